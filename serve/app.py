@@ -1,0 +1,106 @@
+"""The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
+
+No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
+"""
+
+import base64
+import logging
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve.errors import EaselError, InvalidInput, Overloaded
+from serve.text_to_image.deployment import TextToImage, require_ready
+from serve.text_to_image.schema import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+api = FastAPI(title="Easel", description="Text-to-image and vectorize serving on Triton and Ray Serve.")
+
+
+def as_easel_error(error: BaseException) -> EaselError | None:
+    """The :class:`EaselError` behind ``error`` (unwrapping Ray's task errors), if there is one."""
+    if isinstance(error, RayTaskError):
+        error = error.cause
+    if isinstance(error, EaselError):
+        return error
+    if isinstance(error, BackPressureError):
+        return Overloaded("too many requests in flight; retry shortly", retry_after_s=1)
+    return None
+
+
+def error_response(error: EaselError) -> JSONResponse:
+    """The HTTP response for an Easel error."""
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers())
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    first = exc.errors()[0]
+    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    if first["type"] == "json_invalid":
+        return error_response(InvalidInput(f"request body is not valid JSON: {first['msg']}", field="body"))
+    message = first["msg"].removeprefix("Value error, ")
+    return error_response(InvalidInput(f"{field}: {message}", field=field))
+
+
+async def _easel_error(_: Request, exc: Exception) -> JSONResponse:
+    error = as_easel_error(exc)
+    if error is None:
+        raise exc
+    return error_response(error)
+
+
+for _error_type in (EaselError, RayTaskError, BackPressureError):
+    api.add_exception_handler(_error_type, _easel_error)
+
+
+@serve.deployment(name="Gateway")
+@serve.ingress(api)
+class Gateway:
+    """Validates requests, forwards them to the pipeline deployments and shapes the responses."""
+
+    def __init__(self, text_to_image: DeploymentHandle) -> None:
+        self.text_to_image = text_to_image
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict:
+        """Alive: the HTTP path through Ray Serve works."""
+        return {"status": "ok"}
+
+    @api.get("/readyz")
+    async def readyz(self) -> dict:
+        """Ready: every Triton model the pipelines need is loaded (503 with Retry-After if not)."""
+        states = await self.text_to_image.ready.remote()
+        require_ready(states)
+        return {"status": "ready", "models": states}
+
+    @api.post("/v1/images/generations")
+    async def generate(self, request: GenerationRequest) -> JSONResponse:
+        """OpenAI Images API: generate ``n`` images for a prompt, returned as base64."""
+        result = await self.text_to_image.generate.remote(request)
+        body = {"created": int(time.time()), "seed": result.seed,
+                "data": [{"b64_json": base64.b64encode(image).decode()} for image in result.images]}
+        headers = {"Easel-Seed": str(result.seed)}
+        if result.prompt_tokens_dropped:
+            headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
+        return JSONResponse(body, headers=headers)
+
+
+class AppArgs(BaseModel):
+    """Arguments of the Easel Serve application (``args:`` in the Serve config)."""
+
+    engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
+    triton_grpc_url: str = Field(description="host:port of Triton's gRPC endpoint.")
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Typed Serve application builder: ``import_path: serve.app:build_app``."""
+    return Gateway.bind(TextToImage.bind(args.engine_dir, args.triton_grpc_url))

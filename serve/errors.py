@@ -1,0 +1,63 @@
+"""Easel's exception hierarchy, mapped to HTTP status codes and gRPC codes in this one place."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class EaselError(Exception):
+    """Base of every error Easel reports to a client."""
+
+    status = 500
+    grpc_code = grpc.StatusCode.INTERNAL
+    kind = "server_error"
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.field, self.retry_after_s))
+
+    def headers(self) -> dict[str, str]:
+        """HTTP headers that go with the error."""
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+    def body(self) -> dict:
+        """OpenAI-style error body: message, type and the offending field."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.field, "code": self.status}}
+
+
+class InvalidInput(EaselError):
+    """The request is malformed or out of range; the message names the field and the limit."""
+
+    status = 400
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    kind = "invalid_request_error"
+
+
+class PayloadTooLarge(InvalidInput):
+    """The upload is over a size limit."""
+
+    status = 413
+
+
+class NotReady(EaselError):
+    """A backend (Triton, a model) is not up; retry later."""
+
+    status = 503
+    grpc_code = grpc.StatusCode.UNAVAILABLE
+    kind = "service_unavailable"
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = 5) -> None:
+        super().__init__(message, field, retry_after_s)
+
+
+class Overloaded(NotReady):
+    """Too many requests in flight; retry later."""
+
+    status = 429
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    kind = "rate_limit_exceeded"

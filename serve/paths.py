@@ -1,0 +1,15 @@
+"""Where Easel keeps its files: the model repository in this checkout, caches under ``$EASEL_HOME``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
+SERVE_CONFIG = PROJECT_ROOT / "deployments" / "serve_config.yaml"
+
+
+def easel_home() -> Path:
+    """Cache root for models, engines and run state (``$EASEL_HOME``, default ``~/.cache/easel``)."""
+    return Path(os.environ.get("EASEL_HOME", Path.home() / ".cache" / "easel"))

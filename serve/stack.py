@@ -1,0 +1,173 @@
+"""The whole stack on one machine: engines built, Triton started, Ray Serve running the Easel app."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+from pydantic import BaseModel, Field
+
+from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
+from serve.text_to_image.spec import ENGINE_NAMES
+from serve.triton.server import TritonServer, free_port, stop_process
+
+logger = logging.getLogger(__name__)
+
+APP_NAME = "easel"
+
+
+class StackOptions(BaseModel):
+    """What ``easel up`` starts, and where."""
+
+    host: str = Field("127.0.0.1", description="Address of the public API.")
+    port: int = Field(8000, ge=0, le=65535, description="Port of the public API (0: a free port).")
+    model_dir: Path | None = Field(None, description="Diffusers model folder; None: the embedded default.")
+    repository: Path = Field(MODEL_REPOSITORY, description="Triton model repository.")
+    serve_config: Path = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
+    dashboard: bool = Field(True, description="Start the Ray dashboard.")
+    dashboard_port: int = Field(8265, ge=0, le=65535, description="Ray dashboard port (0: a free port).")
+    run_dir: Path = Field(default_factory=lambda: easel_home() / "run", description="Logs and state.")
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the running stack listens; written to ``state.json`` for ``easel down``."""
+
+    pid: int
+    api_url: str
+    triton_http_url: str
+    triton_grpc_url: str
+    triton_metrics_url: str
+    triton_pid: int
+    dashboard_url: str | None
+    engine_dir: str
+
+
+def load_serve_config(path: Path, engine_dir: Path, triton_grpc_url: str, host: str, port: int):
+    """The Serve config at ``path`` with the app's ``args`` and the HTTP address filled in."""
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("http_options", {}).update(host=host, port=port)
+    for app in raw["applications"]:
+        app.setdefault("args", {}).update(engine_dir=str(engine_dir), triton_grpc_url=triton_grpc_url)
+    return ServeDeploySchema.model_validate(raw)
+
+
+class Stack:
+    """Start and stop Triton plus Ray Serve in this process (``easel up`` and the integration tests)."""
+
+    def __init__(self, options: StackOptions) -> None:
+        self.options = options
+        self.triton: TritonServer | None = None
+        self.info: StackInfo | None = None
+
+    def start(self, timeout_s: float = 300.0) -> StackInfo:
+        """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
+        from build_engines.text_to_image.build import build
+
+        opts = self.options
+        engine_dir = build(opts.model_dir, opts.repository)
+        self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(ENGINE_NAMES)
+        port = opts.port or free_port(opts.host)
+        dashboard_url = self._start_ray()
+        config = load_serve_config(opts.serve_config, engine_dir, self.triton.endpoints.grpc_url, opts.host, port)
+        _deploy(config, timeout_s)
+        e = self.triton.endpoints
+        self.info = StackInfo(os.getpid(), f"http://{opts.host}:{port}", e.http_url, e.grpc_url, e.metrics_url,
+                              self.triton.process.pid, dashboard_url, str(engine_dir))
+        wait_until_ready(self.info.api_url, timeout_s)
+        return self.info
+
+    def _start_ray(self) -> str | None:
+        import ray
+
+        opts = self.options
+        dashboard_port = opts.dashboard_port or free_port()
+        context = ray.init(
+            num_cpus=max(4, os.cpu_count() or 1), include_dashboard=opts.dashboard, dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port, logging_level=logging.WARNING, log_to_driver=False,
+            configure_logging=True, _temp_dir=None,
+        )
+        return f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
+
+    def stop(self) -> None:
+        """Tear down Ray Serve, Ray and Triton (whatever of them was started)."""
+        import ray
+        from ray import serve
+
+        if ray.is_initialized():
+            try:
+                serve.shutdown()
+            finally:
+                ray.shutdown()
+        if self.triton is not None:
+            self.triton.stop()
+        logger.info("stack stopped")
+
+    def write_state(self) -> Path:
+        """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
+        path = self.options.run_dir / "state.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self.info), indent=2))
+        return path
+
+
+def _deploy(config, timeout_s: float) -> None:
+    """Deploy a Serve config the way ``serve run CONFIG`` does, and wait until every application runs."""
+    from ray import serve
+    from ray.serve._private import api as serve_api
+
+    client = serve_api.serve_start(http_options=config.http_options.model_dump(),
+                                   proxy_location=config.proxy_location)
+    client.deploy_apps(config, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve deployment failed: {failed}")
+        if apps and all(app.status == "RUNNING" for app in apps.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve applications not running after {timeout_s:.0f} s")
+
+
+def wait_until_ready(api_url: str, timeout_s: float) -> None:
+    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` with the last answer if it does not."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{api_url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.TransportError as error:
+            last = repr(error)
+        time.sleep(0.5)
+    raise TimeoutError(f"{api_url} not ready after {timeout_s:.0f} s: {last}")
+
+
+def read_state(run_dir: Path | None = None) -> StackInfo | None:
+    """The state of a stack started with ``easel up``, if one is recorded."""
+    path = (run_dir or easel_home() / "run") / "state.json"
+    return StackInfo(**json.loads(path.read_text())) if path.exists() else None
+
+
+def stop_recorded(run_dir: Path | None = None) -> bool:
+    """Stop the stack recorded in ``state.json`` (its ``easel up`` process, then its Triton if left over)."""
+    run_dir = run_dir or easel_home() / "run"
+    info = read_state(run_dir)
+    if info is None:
+        return False
+    stop_process(info.pid, timeout_s=60)
+    stop_process(info.triton_pid, timeout_s=10)
+    (run_dir / "state.json").unlink(missing_ok=True)
+    return True

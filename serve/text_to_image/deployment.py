@@ -1,0 +1,80 @@
+"""Ray Serve ``TextToImage`` deployment: runs the denoising loop, sending each UNet step to Triton."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from ray import serve
+
+from serve.errors import NotReady
+from serve.text_to_image.pipeline import Generation, TextToImagePipeline
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.spec import ENGINE_NAMES
+from serve.triton.client import TritonClient
+
+logger = logging.getLogger(__name__)
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Encoded images and what the response should say about them."""
+
+    images: list[bytes]
+    seed: int
+    prompt_tokens_dropped: int
+
+
+def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
+    """Encode an HWC uint8 image as png, jpeg or webp."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=_PIL_FORMATS[output_format])
+    return buffer.getvalue()
+
+
+def to_generation(request: GenerationRequest) -> Generation:
+    """The pipeline job for an API request; a missing seed is drawn here so the response can report it."""
+    width, height = request.width_height
+    seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
+    return Generation(request.prompt, request.negative_prompt, request.n, width, height, request.num_inference_steps,
+                      request.guidance_scale, seed, request.scheduler)
+
+
+@serve.deployment(name="TextToImage")
+class TextToImage:
+    """Many generations in flight per replica: every Triton call is awaited, CPU work runs in threads."""
+
+    def __init__(self, engine_dir: str, triton_grpc_url: str) -> None:
+        torch.set_num_threads(1)
+        self.triton = TritonClient(triton_grpc_url)
+        self.pipeline = TextToImagePipeline(Path(engine_dir), self.triton)
+
+    async def generate(self, request: GenerationRequest) -> EncodedImages:
+        """Run one API request and return the encoded images."""
+        result = await self.pipeline.generate(to_generation(request))
+        images = await asyncio.gather(*(asyncio.to_thread(encode_image, image, request.output_format)
+                                        for image in result.images))
+        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
+
+    async def ready(self) -> dict[str, bool]:
+        """Readiness of each Triton model this deployment needs."""
+        return await self.triton.models_ready(ENGINE_NAMES)
+
+    async def check_health(self) -> None:
+        """Ray Serve health check: the replica's event loop answers (Triton's state is /readyz's business)."""
+
+
+def require_ready(states: dict[str, bool]) -> None:
+    """Raise :class:`NotReady` naming the models that are not ready."""
+    missing = sorted(name for name, ready in states.items() if not ready)
+    if missing:
+        raise NotReady(f"Triton models not ready: {', '.join(missing)}", retry_after_s=5)

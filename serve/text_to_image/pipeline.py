@@ -1,0 +1,146 @@
+"""Classifier-free-guided denoising over engines called one step at a time, matching diffusers' StableDiffusionPipeline.
+
+The engines are reached through an :class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for
+benchmarks and unit tests. Each generation owns its scheduler, so concurrent requests never share state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+from diffusers.utils.torch_utils import randn_tensor
+
+from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
+from serve.triton.onnx_backend import make_session
+from serve.triton.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+SCHEDULERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+
+
+class EngineRunner(Protocol):
+    """Runs one engine on named numpy inputs (batch axis first)."""
+
+    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Return the engine's outputs by name."""
+
+
+class OnnxRuntimeRunner:
+    """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests."""
+
+    def __init__(self, engine_dir: Path, intra_op_threads: int = 0) -> None:
+        self.sessions = {name: make_session(engine_dir / name / "model.onnx", intra_op_threads)
+                         for name in (TEXT_ENCODER, UNET, VAE_DECODER)}
+
+    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the session for ``spec`` in a worker thread."""
+        session = self.sessions[spec.name]
+        feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
+        outputs = await asyncio.to_thread(session.run, [t.name for t in spec.outputs], feeds)
+        return dict(zip([t.name for t in spec.outputs], outputs, strict=True))
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One validated generation job."""
+
+    prompt: str
+    negative_prompt: str
+    n: int
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    scheduler: str
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Images as uint8 HWC arrays, plus what the caller should be told."""
+
+    images: list[np.ndarray]
+    seed: int
+    prompt_tokens_dropped: int
+
+
+class TextToImagePipeline:
+    """Tokenizer, scheduler configs and engine specs of one built model; :meth:`generate` runs a job."""
+
+    def __init__(self, engine_dir: Path, engines: EngineRunner) -> None:
+        from transformers import CLIPTokenizer
+
+        self.dims = PipelineDims.load(engine_dir / "pipeline.json")
+        self.specs = engine_specs(self.dims)
+        self.tokenizer = CLIPTokenizer.from_pretrained(engine_dir / "tokenizer")
+        self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
+        self.engines = engines
+
+    def make_scheduler(self, name: str):
+        """A fresh scheduler ``name`` built from the model's scheduler config."""
+        cls, overrides = SCHEDULERS[name]
+        return cls.from_config(self.scheduler_config, **overrides)
+
+    def tokenize(self, text: str) -> tuple[np.ndarray, int]:
+        """Token ids padded/truncated to the text length, and how many tokens truncation dropped."""
+        length = self.dims.text_length
+        ids = self.tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
+        full = len(self.tokenizer(text, truncation=False).input_ids)
+        return np.asarray([ids], dtype=np.int64), max(0, full - length)
+
+    async def encode_prompts(self, job: Generation, guided: bool) -> tuple[np.ndarray, int]:
+        """Text embeddings [uncond..., cond...] repeated per image, as diffusers lays them out."""
+        cond_ids, dropped = self.tokenize(job.prompt)
+        ids = np.concatenate([self.tokenize(job.negative_prompt)[0], cond_ids]) if guided else cond_ids
+        hidden = (await self.engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids}))["last_hidden_state"]
+        return np.repeat(hidden, job.n, axis=0), dropped
+
+    async def generate(self, job: Generation) -> GenerationResult:
+        """Denoise ``job`` with one UNet call per step and decode the latents to images."""
+        guided = job.guidance_scale > 1.0
+        embeddings, dropped = await self.encode_prompts(job, guided)
+        scheduler = self.make_scheduler(job.scheduler)
+        scheduler.set_timesteps(job.steps)
+        generator = torch.Generator("cpu").manual_seed(job.seed)
+        shape = (job.n, self.dims.latent_channels, job.height // self.dims.vae_scale_factor,
+                 job.width // self.dims.vae_scale_factor)
+        latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        step_kwargs = _step_kwargs(scheduler, generator)
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents] * 2) if guided else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            timestep = np.full(len(model_input), float(t), dtype=np.float32)
+            noise = (await self.engines.infer(self.specs[UNET], {
+                "sample": model_input.numpy(), "timestep": timestep, "encoder_hidden_states": embeddings,
+            }))["noise_pred"]
+            noise = torch.from_numpy(noise)
+            if guided:
+                uncond, cond = noise.chunk(2)
+                noise = uncond + job.guidance_scale * (cond - uncond)
+            latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        pixels = (await self.engines.infer(self.specs[VAE_DECODER], {"latent": latents.numpy()}))["image"]
+        images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
+        return GenerationResult(images, job.seed, dropped)
+
+
+def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
+    """The extra ``step`` arguments diffusers passes: eta=0 where accepted, and the generator."""
+    accepted = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": 0.0} if "eta" in accepted else {}
+    if "generator" in accepted:
+        kwargs["generator"] = generator
+    return kwargs

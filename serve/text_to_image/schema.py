@@ -1,0 +1,66 @@
+"""The images API request (OpenAI Images shape plus Easel's extensions) and its limits."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_IMAGES = 4
+MIN_SIDE = 64
+MAX_SIDE = 1024
+SIDE_MULTIPLE = 8
+MAX_STEPS = 150
+MAX_GUIDANCE = 50.0
+MAX_PROMPT_CHARS = 4000
+SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
+_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+
+
+class GenerationRequest(BaseModel):
+    """``POST /v1/images/generations`` body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
+    size: str = Field("256x256", description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in "
+                                             f"[{MIN_SIDE}, {MAX_SIDE}].")
+    response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
+    num_inference_steps: int = Field(20, ge=1, le=MAX_STEPS, description="Denoising steps.")
+    guidance_scale: float = Field(7.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
+                                  description="Classifier-free guidance; <= 1 disables it.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn at random when omitted.")
+    scheduler: Literal[SCHEDULER_NAMES] = Field("ddim", description="Sampler.")
+    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Image encoding.")
+    # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
+    model: str | None = None
+    quality: str | None = None
+    style: str | None = None
+    user: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("prompt must contain at least one non-space character")
+        return value
+
+    @field_validator("size")
+    @classmethod
+    def _size_in_range(cls, value: str) -> str:
+        match = _SIZE.match(value)
+        if not match:
+            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
+        for side in map(int, match.groups()):
+            if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
+                raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
+        return value
+
+    @property
+    def width_height(self) -> tuple[int, int]:
+        """The requested (width, height) in pixels."""
+        width, height = self.size.split("x")
+        return int(width), int(height)

@@ -1,0 +1,65 @@
+"""Async KServe v2 gRPC client for Triton, typed by the model specs; connection failures become ``NotReady``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import numpy as np
+from tritonclient.grpc import InferInput, InferRequestedOutput
+from tritonclient.grpc.aio import InferenceServerClient
+from tritonclient.utils import InferenceServerException
+
+from serve.errors import InvalidInput, NotReady
+from serve.triton.spec import ModelSpec, triton_dtype_name
+
+logger = logging.getLogger(__name__)
+
+_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "not ready", "unavailable", "failed to connect")
+
+
+class TritonClient:
+    """One gRPC channel to Triton; ``infer`` sends numpy arrays named by a :class:`ModelSpec`."""
+
+    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._client = InferenceServerClient(url)
+
+    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run ``spec``'s model on ``inputs`` (batch axis first) and return its outputs by name."""
+        request = []
+        for tensor in spec.inputs:
+            array = np.ascontiguousarray(inputs[tensor.name], dtype=tensor.numpy_dtype)
+            if not tensor.dims and spec.max_batch_size > 0:  # per-sample scalar travels as [batch, 1]
+                array = array.reshape(-1, 1)
+            item = InferInput(tensor.name, list(array.shape), triton_dtype_name(tensor.dtype))
+            item.set_data_from_numpy(array)
+            request.append(item)
+        outputs = [InferRequestedOutput(t.name) for t in spec.outputs]
+        try:
+            result = await self._client.infer(spec.name, request, outputs=outputs, client_timeout=self.timeout_s)
+        except InferenceServerException as error:
+            raise _translate(error, spec.name) from error
+        return {t.name: result.as_numpy(t.name) for t in spec.outputs}
+
+    async def models_ready(self, names: tuple[str, ...]) -> dict[str, bool]:
+        """Readiness of each model; all False when Triton cannot be reached."""
+        try:
+            return {name: await self._client.is_model_ready(name) for name in names}
+        except InferenceServerException as error:
+            logger.warning("Triton at %s unreachable: %s", self.url, error.message())
+            return dict.fromkeys(names, False)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._client.close()
+
+
+def _translate(error: InferenceServerException, model: str) -> Exception:
+    text = f"{error.status()} {error.message()}"
+    if any(marker in text for marker in _UNAVAILABLE):
+        return NotReady(f"Triton model {model!r} is unavailable: {error.message()}", retry_after_s=5)
+    if "INVALID_ARG" in text:
+        return InvalidInput(f"Triton rejected the input of {model!r}: {error.message()}")
+    return error

@@ -1,0 +1,142 @@
+"""One declaration of each Triton model's I/O, read by the exporter, the config writer and the clients."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+_TRITON_DTYPES = {
+    "bool": mc.TYPE_BOOL,
+    "uint8": mc.TYPE_UINT8,
+    "int32": mc.TYPE_INT32,
+    "int64": mc.TYPE_INT64,
+    "float16": mc.TYPE_FP16,
+    "float32": mc.TYPE_FP32,
+    "bytes": mc.TYPE_STRING,
+}
+
+
+class Backend(str, enum.Enum):
+    """How a model is hosted: a python-backend ONNX Runtime model (bundled CPU Triton) or native backends (NGC)."""
+
+    PYTHON_ONNX = "python"
+    ONNXRUNTIME = "onnxruntime"
+    PYTHON = "python-only"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor without its batch dimension; ``-1`` marks a dynamic axis, named in ``axis_names``."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+    axis_names: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.dtype not in _TRITON_DTYPES:
+            raise ValueError(f"unsupported dtype {self.dtype!r} for tensor {self.name!r}")
+        if len(self.axis_names) != sum(d == -1 for d in self.dims):
+            raise ValueError(f"tensor {self.name!r}: one axis name is needed per dynamic dimension")
+
+    @property
+    def numpy_dtype(self) -> np.dtype:
+        """The numpy dtype of this tensor (object for strings)."""
+        return np.dtype(object) if self.dtype == "bytes" else np.dtype(self.dtype)
+
+    def onnx_dynamic_axes(self, batch_axis: str | None) -> dict[int, str]:
+        """ONNX ``dynamic_axes`` entry for this tensor, with the batch axis first when batched."""
+        offset = 0 if batch_axis is None else 1
+        axes = {0: batch_axis} if batch_axis is not None else {}
+        names = iter(self.axis_names)
+        axes.update({i + offset: next(names) for i, d in enumerate(self.dims) if d == -1})
+        return axes
+
+
+@dataclass(frozen=True)
+class DynamicBatching:
+    """Triton dynamic batcher settings."""
+
+    max_queue_delay_us: int = 0
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A Triton model: its name, tensors and batching."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    dynamic_batching: DynamicBatching | None = None
+    instance_count: int = 1
+    parameters: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def batch_axis(self) -> str | None:
+        """Name of the leading batch axis, or None for an unbatched model."""
+        return "batch" if self.max_batch_size > 0 else None
+
+    def input(self, name: str) -> TensorSpec:
+        """The input tensor called ``name``."""
+        return next(t for t in self.inputs if t.name == name)
+
+    def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """``dynamic_axes`` for ``torch.onnx.export``."""
+        return {t.name: t.onnx_dynamic_axes(self.batch_axis) for t in (*self.inputs, *self.outputs)}
+
+    def to_model_config(self, backend: Backend = Backend.PYTHON_ONNX) -> mc.ModelConfig:
+        """The Triton ``ModelConfig`` protobuf for this model on ``backend``."""
+        config = mc.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
+        if backend is Backend.ONNXRUNTIME:
+            config.platform = "onnxruntime_onnx"
+        else:
+            config.backend = "python"
+        config.input.extend(_tensor_config(t, mc.ModelInput) for t in self.inputs)
+        config.output.extend(_tensor_config(t, mc.ModelOutput) for t in self.outputs)
+        config.instance_group.append(mc.ModelInstanceGroup(count=self.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU))
+        if self.dynamic_batching is not None:
+            config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
+            config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)
+        for key, value in sorted(self.parameters.items()):
+            config.parameters[key].string_value = value
+        return config
+
+
+def _tensor_config(tensor: TensorSpec, message: type) -> mc.ModelInput | mc.ModelOutput:
+    # A per-sample scalar is declared [1] to Triton and reshaped to [] so ONNX sees shape [batch].
+    dims = list(tensor.dims) or [1]
+    proto = message(name=tensor.name, data_type=_TRITON_DTYPES[tensor.dtype], dims=dims)
+    if not tensor.dims:
+        proto.reshape.SetInParent()
+    return proto
+
+
+def write_model_config(spec: ModelSpec, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> Path:
+    """Write ``<repository>/<model>/config.pbtxt`` for ``spec`` and return its path."""
+    path = repository / spec.name / "config.pbtxt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text_format.MessageToString(spec.to_model_config(backend)))
+    return path
+
+
+def read_model_config(path: Path) -> mc.ModelConfig:
+    """Parse a ``config.pbtxt`` with Triton's own protobuf schema."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def triton_dtype_name(dtype: str) -> str:
+    """The KServe v2 datatype string ("FP32", "INT64", "BYTES", ...) for a numpy dtype name."""
+    return mc.DataType.Name(_TRITON_DTYPES[dtype]).removeprefix("TYPE_").replace("STRING", "BYTES")
+
+
+def shapes_of(tensors: Sequence[TensorSpec]) -> dict[str, tuple[int, ...]]:
+    """Map tensor names to their declared dims."""
+    return {t.name: t.dims for t in tensors}

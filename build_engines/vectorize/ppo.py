@@ -1,0 +1,142 @@
+"""Tier 3: a PPO policy (stable-baselines3) trained against the quality predictor as a surrogate reward.
+
+Each episode is one step: observe a training image's standardised features, emit a parameter vector (actions
+in
+``[-1, 1]``, mapped to ``[0, 1]``), receive ``-(ln bytes - ln bytes_defaults) - penalty * max(0, ssim_defaults
++
+margin - ssim)`` from the predictor.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
+from torch import nn
+
+from serve.vectorize.params import DEFAULTS, P, to_vector
+from serve.vectorize.tiers import Predictor
+
+logger = logging.getLogger(__name__)
+
+
+class SurrogateEnv(gym.Env):
+    """One-step episodes over training images with a predictor-based reward."""
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        predictor: Predictor,
+        mean: np.ndarray,
+        std: np.ndarray,
+        penalty: float = 60.0,
+        margin: float = 0.005,
+    ) -> None:
+        super().__init__()
+        self.features = features.astype(np.float32)
+        self.z = ((features - mean) / std).astype(np.float32)
+        self.predictor = predictor
+        self.penalty, self.margin = penalty, margin
+        defaults = np.repeat(to_vector(DEFAULTS)[None], len(features), axis=0)
+        self.default_ssim, self.default_log_bytes = predictor(self.features, defaults)
+        self.observation_space = gym.spaces.Box(-10.0, 10.0, shape=(features.shape[1],), dtype=np.float32)
+        self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(P,), dtype=np.float32)
+        self.current = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Draw a training image."""
+        super().reset(seed=seed)
+        self.current = int(self.np_random.integers(len(self.features)))
+        return np.clip(self.z[self.current], -10, 10), {}
+
+    def step(self, action: np.ndarray):
+        """Score the action with the predictor; the episode ends."""
+        i = self.current
+        vector = (np.clip(action, -1.0, 1.0) + 1.0) / 2.0
+        ssim, log_bytes = self.predictor(self.features[i : i + 1], vector[None].astype(np.float32))
+        shortfall = max(0.0, float(self.default_ssim[i]) + self.margin - float(ssim[0]))
+        reward = -(float(log_bytes[0]) - float(self.default_log_bytes[i])) - self.penalty * shortfall
+        obs, _ = self.reset()
+        return obs, reward, True, False, {}
+
+
+class _Progress(BaseCallback):
+    def __init__(self, total: int) -> None:
+        super().__init__()
+        self.total, self.next_report = total, total // 5
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_report:
+            rewards = [e["r"] for e in self.model.ep_info_buffer] or [float("nan")]
+            logger.info(
+                "ppo %d/%d steps: mean reward %.3f", self.num_timesteps, self.total, float(np.mean(rewards))
+            )
+            self.next_report += max(1, self.total // 5)
+        return True
+
+
+class ActorMean(nn.Module):
+    """The policy's deterministic action, as exported: raw features -> parameter vector in ``[0, 1]``."""
+
+    def __init__(self, policy, mean: np.ndarray, std: np.ndarray) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.extractor = policy.mlp_extractor.policy_net
+        self.action_net = policy.action_net
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``(N, F)`` -> ``(N, P)``."""
+        z = torch.clamp((features - self.mean) / self.std, -10.0, 10.0)
+        action = torch.clamp(self.action_net(self.extractor(z)), -1.0, 1.0)
+        return (action + 1.0) / 2.0
+
+
+def train_policy(
+    features: np.ndarray, predictor: Predictor, steps: int, seed: int, n_envs: int = 8
+) -> tuple[ActorMean, dict]:
+    """Train PPO for ``steps`` environment steps; return the exportable actor and the final mean reward."""
+    mean, std = features.mean(0), features.std(0) + 1e-3
+    env = VecMonitor(
+        DummyVecEnv([lambda: SurrogateEnv(features, predictor, mean, std) for _ in range(n_envs)])
+    )
+    env.seed(seed)
+    n_steps = max(8, min(64, steps // n_envs))
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=n_steps,
+        batch_size=min(256, n_steps * n_envs),
+        n_epochs=8,
+        learning_rate=1e-3,
+        gamma=0.0,
+        gae_lambda=1.0,
+        ent_coef=0.0,
+        clip_range=0.2,
+        seed=seed,
+        device="cpu",
+        verbose=0,
+        policy_kwargs={"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "log_std_init": -0.5},
+    )
+    model.learn(total_timesteps=steps, callback=_Progress(steps))
+    actor = ActorMean(model.policy, mean, std).eval()
+    with torch.no_grad():
+        vectors = actor(torch.as_tensor(features, dtype=torch.float32)).numpy()
+    ssim, log_bytes = predictor(features.astype(np.float32), vectors)
+    base = SurrogateEnv(features, predictor, mean, std)
+    metrics = {
+        "steps": steps,
+        "predicted_ssim_gain": float((ssim - base.default_ssim).mean()),
+        "predicted_bytes_ratio_median": float(np.median(np.exp(log_bytes - base.default_log_bytes))),
+    }
+    logger.info(
+        "ppo policy on training images (predicted): ssim gain %.4f, median bytes ratio %.3f",
+        metrics["predicted_ssim_gain"],
+        metrics["predicted_bytes_ratio_median"],
+    )
+    return actor, metrics

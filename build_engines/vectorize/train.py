@@ -1,0 +1,153 @@
+"""``train_all``: conversions table -> predictor -> tier 1 map -> tier 2 margin -> PPO policy -> ONNX.
+
+Writes into ``output_dir``: ``vectorize_quality.onnx``, ``vectorize_policy.onnx``, ``tier1.json`` (the mapping
+and
+the calibrated tier 2 margin) and ``training_report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from build_engines.vectorize.dataset import Table, build_table, cache_dir, list_images
+from build_engines.vectorize.export import export_onnx
+from build_engines.vectorize.ppo import train_policy
+from build_engines.vectorize.predictor import as_numpy_predictor, split_images, train_predictor
+from build_engines.vectorize.tier1_fit import fit_tier1
+from serve.vectorize.convert import score
+from serve.vectorize.image import load_image, resize
+from serve.vectorize.runtime import TIER1_FILE
+from serve.vectorize.spec import POLICY, QUALITY
+from serve.vectorize.tiers import Predictor, Tier1Map, tier2
+
+logger = logging.getLogger(__name__)
+
+MARGINS = (0.0, 0.003, 0.006, 0.01, 0.015, 0.02)
+
+
+def calibrate_margin(
+    table: Table,
+    heldout: np.ndarray,
+    predictor: Predictor,
+    mapping: Tier1Map,
+    paths: list[Path],
+    size: int,
+    limit: int = 30,
+) -> tuple[float, list[dict]]:
+    """Smallest tier 2 margin whose real mean SSIM on held-out training images is >= the defaults' + 0.002."""
+    images = np.flatnonzero(heldout)[:limit]
+    if images.size == 0:
+        return MARGINS[1], []
+    pixels = [resize(load_image(paths[i]), size) for i in images]
+    default_ssim = float(np.mean([table.ssim[np.flatnonzero(table.image == i)[0]] for i in images]))
+    default_bytes = np.asarray([table.n_bytes[np.flatnonzero(table.image == i)[0]] for i in images])
+    trials = []
+    for margin in MARGINS:
+        scores = [
+            score(p, tier2(table.features[i], predictor, mapping, margin).params)
+            for p, i in zip(pixels, images, strict=True)
+        ]
+        trial = {
+            "margin": margin,
+            "ssim": float(np.mean([s.ssim for s in scores])),
+            "defaults_ssim": default_ssim,
+            "bytes_ratio": float(np.median(np.asarray([s.n_bytes for s in scores]) / default_bytes)),
+        }
+        logger.info(
+            "tier2 margin %.3f on %d held-out images: ssim %.4f (defaults %.4f), median bytes ratio %.3f",
+            margin,
+            images.size,
+            trial["ssim"],
+            default_ssim,
+            trial["bytes_ratio"],
+        )
+        trials.append(trial)
+    ok = [t["margin"] for t in trials if t["ssim"] >= default_ssim + 0.002]
+    return (ok[0] if ok else MARGINS[-1]), trials
+
+
+def train_all(
+    data_dir: Path,
+    output_dir: Path,
+    samples_per_image: int = 48,
+    seed: int = 0,
+    ppo_steps: int = 150_000,
+    limit: int | None = None,
+    processes: int = 2,
+    clusters: int = 8,
+    epochs: int = 60,
+    size: int = 256,
+    use_cache: bool = True,
+    verify_images: int = 10,
+) -> dict:
+    """Train every vectorize model from the images in ``data_dir`` and write them to ``output_dir``.
+
+    Args:
+        data_dir: Training PNG/JPEG folder.
+        output_dir: Where the ONNX files, ``tier1.json`` and the report go.
+        samples_per_image: Random parameter sets converted per image (besides defaults and presets).
+        seed: Seed for sampling, splits, torch and PPO.
+        ppo_steps: PPO environment steps.
+        limit: Use only the first ``limit`` images.
+        processes: Conversion worker processes.
+        clusters: Tier 1 clusters.
+        epochs: Predictor epochs.
+        size: Training image size (longest side).
+        use_cache: Reuse/write the conversions table under the cache dir.
+        verify_images: Real conversions per tier 1 cluster when choosing its parameters (0: predictor only).
+
+    Returns:
+        The training report (also written as ``training_report.json``).
+    """
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, processes))
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = list_images(Path(data_dir), limit)
+    if not paths:
+        raise ValueError(f"no PNG/JPEG images in {data_dir}")
+    logger.info("training on %d images from %s, %d samples each", len(paths), data_dir, samples_per_image)
+    table = build_table(paths, samples_per_image, seed, size, processes, cache_dir() if use_cache else None)
+    timings = {"table_s": time.perf_counter() - start}
+
+    heldout = split_images(len(paths), 0.1 if len(paths) >= 10 else 0.0, seed)
+    model, predictor_metrics = train_predictor(table, heldout, seed, epochs)
+    predictor = as_numpy_predictor(model)
+    timings["predictor_s"] = time.perf_counter() - start - timings["table_s"]
+
+    mapping = fit_tier1(table, predictor, paths, clusters, seed, verify_images=verify_images, size=size)
+    margin, margin_trials = calibrate_margin(table, heldout, predictor, mapping, paths, size)
+    logger.info("tier2 margin: %.3f", margin)
+    timings["tier1_tier2_s"] = time.perf_counter() - start - sum(timings.values())
+
+    actor, ppo_metrics = train_policy(table.features, predictor, ppo_steps, seed)
+    timings["ppo_s"] = time.perf_counter() - start - sum(timings.values())
+
+    errors = {
+        QUALITY.name: export_onnx(model, QUALITY, output_dir / f"{QUALITY.name}.onnx", seed),
+        POLICY.name: export_onnx(actor, POLICY, output_dir / f"{POLICY.name}.onnx", seed),
+    }
+    (output_dir / TIER1_FILE).write_text(json.dumps({**mapping.to_json(), "tier2_margin": margin}, indent=1))
+    timings["total_s"] = time.perf_counter() - start
+    report = {
+        "images": len(paths),
+        "rows": int(len(table.ssim)),
+        "samples_per_image": samples_per_image,
+        "seed": seed,
+        "predictor": predictor_metrics,
+        "tier2_margin": margin,
+        "tier2_margin_trials": margin_trials,
+        "ppo": ppo_metrics,
+        "onnx_max_abs_error": errors,
+        "timings": timings,
+    }
+    (output_dir / "training_report.json").write_text(json.dumps(report, indent=1))
+    logger.info("vectorize training done in %.0f s -> %s", timings["total_s"], output_dir)
+    return report

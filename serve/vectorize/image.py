@@ -1,0 +1,129 @@
+"""Decode and validate an uploaded raster image into an RGB ``uint8`` array on white.
+
+Limits are checked from the header, before any pixel is decoded, and without touching PIL's global
+``Image.MAX_IMAGE_PIXELS``. Animated images (GIF, APNG, WebP) are reduced to their first frame. CMYK, 16-bit,
+palette, grey and alpha images are converted to RGB; alpha is flattened onto white.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 16_000_000
+MAX_SIDE = 4096
+
+
+class ImageRejected(ValueError):
+    """An upload that cannot be vectorized; ``status`` is the HTTP status it maps to (400 or 413)."""
+
+    def __init__(self, message: str, field: str = "image", status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def check_size(width: int, height: int, field: str = "image") -> None:
+    """Raise :class:`ImageRejected` when a ``width`` x ``height`` image breaks the size limits.
+
+    Args:
+        width: Image width in pixels.
+        height: Image height in pixels.
+        field: Request field named in the error.
+    """
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"{field}: image has zero size ({width}x{height})", field, 400)
+    if max(width, height) > MAX_SIDE:
+        raise ImageRejected(
+            f"{field}: image is {width}x{height}; the longest side may be at most {MAX_SIDE} pixels",
+            field,
+            413,
+        )
+    if width * height > MAX_PIXELS:
+        raise ImageRejected(
+            f"{field}: image has {width * height} pixels; at most {MAX_PIXELS // 1_000_000} megapixels "
+            "are accepted",
+            field,
+            413,
+        )
+
+
+def decode_image(data: bytes, field: str = "image") -> np.ndarray:
+    """Decode ``data`` into an ``(H, W, 3)`` RGB ``uint8`` array, alpha flattened onto white.
+
+    The header is read and the size limits checked before pixels are decoded. Animated images yield their
+    first
+    frame.
+
+    Args:
+        data: The encoded image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
+        field: Request field named in errors.
+
+    Returns:
+        The RGB pixels.
+
+    Raises:
+        ImageRejected: Empty, not an image, truncated, or over the limits (413).
+    """
+    if not data:
+        raise ImageRejected(f"{field}: empty upload", field, 400)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            check_size(*image.size, field=field)
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(
+            f"{field}: image over {MAX_PIXELS // 1_000_000} megapixels ({error})", field, 413
+        ) from error
+    except UnidentifiedImageError as error:
+        raise ImageRejected(f"{field}: not a readable image ({error})", field, 400) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"{field}: truncated or corrupt image ({error})", field, 400) from error
+    return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB ``uint8``, flattening alpha (or palette transparency) onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if pixels.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        grey = np.clip(pixels / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        flat = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(flat + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def load_image(path, field: str = "image") -> np.ndarray:
+    """Read and decode the image file at ``path`` (see :func:`decode_image`)."""
+    with open(path, "rb") as handle:
+        return decode_image(handle.read(), field=field)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize RGB pixels so the longest side is ``size`` (Lanczos); unchanged if already that size."""
+    height, width = pixels.shape[:2]
+    if max(height, width) == size:
+        return pixels
+    scale = size / max(height, width)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)

@@ -1,0 +1,214 @@
+"""Parameter selection tiers. The same code runs with in-process ONNX Runtime models and with Triton clients.
+
+* tier 1: nearest feature centroid -> a fitted parameter set (JSON, microseconds).
+* tier 2: score K candidate parameter sets (defaults, presets, tier 1's answer, a fixed random bank) with the
+  quality predictor; pick the smallest predicted SVG among those whose predicted SSIM is at least the
+  defaults'
+  predicted SSIM plus ``margin`` (the most similar one if none qualifies).
+* tier 3: the PPO policy's deterministic action.
+* auto: picks a tier from the image class and a time budget.
+
+Parameters are learned at a 256 px reference size; :func:`choose` rescales the pixel-sized ones to the image.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from serve.vectorize.features import ImageClass, classify, compute_features
+from serve.vectorize.params import (
+    DEFAULTS,
+    PRESETS,
+    P,
+    VtracerParams,
+    from_vector,
+    sample_vectors,
+    scale_to_size,
+    to_vector,
+)
+
+logger = logging.getLogger(__name__)
+
+TIERS = ("tier1", "tier2", "tier3", "auto")
+
+
+class Predictor(Protocol):
+    """Quality predictor: ``(N, F)`` features, ``(N, P)`` parameters -> ``(N,)`` SSIM, ``(N,)`` ln bytes."""
+
+    def __call__(self, features: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predict SSIM and log bytes."""
+        ...
+
+
+class Policy(Protocol):
+    """Policy: ``(N, F)`` float32 features -> ``(N, P)`` parameter vectors in ``[0, 1]``."""
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Emit parameter vectors."""
+        ...
+
+
+@dataclass(frozen=True)
+class Tier1Map:
+    """Nearest-centroid mapping from standardised features to a parameter vector per centroid."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    centroids: np.ndarray
+    params: np.ndarray
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Parameter vectors ``(N, P)`` for features ``(N, F)``."""
+        z = (np.atleast_2d(features) - self.mean) / self.std
+        nearest = np.argmin(((z[:, None, :] - self.centroids[None]) ** 2).sum(-1), axis=1)
+        return self.params[nearest]
+
+    def to_json(self) -> dict:
+        """A JSON-serialisable form, with the decoded parameters for readers."""
+        return {
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "centroids": self.centroids.tolist(),
+            "params": self.params.tolist(),
+            "decoded": [from_vector(p).kwargs() for p in self.params],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Tier1Map:
+        """Rebuild from :meth:`to_json` output."""
+        arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "std", "centroids", "params")}
+        if arrays["params"].shape[1] != P or arrays["centroids"].shape != (
+            len(arrays["params"]),
+            len(arrays["mean"]),
+        ):
+            raise ValueError("tier 1 mapping has inconsistent shapes")
+        return cls(**arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> Tier1Map:
+        """Read a mapping written as JSON."""
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A chosen parameter set and, where a predictor was used, its predicted quality."""
+
+    params: VtracerParams
+    tier: str
+    predicted_ssim: float | None = None
+    predicted_bytes: float | None = None
+
+
+_BANK_SIZE = 256
+_BANK = sample_vectors(np.random.default_rng(12345), _BANK_SIZE)
+
+
+def tier1(features: np.ndarray, mapping: Tier1Map) -> Choice:
+    """Tier 1: the fitted parameter set of the nearest feature centroid."""
+    return Choice(from_vector(mapping(features)[0]), "tier1")
+
+
+def candidates(
+    features: np.ndarray, mapping: Tier1Map | None = None, bank: np.ndarray | None = None
+) -> np.ndarray:
+    """Candidate vectors for tier 2: defaults first, then presets, tier 1's answer and the random bank."""
+    rows = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values())]
+    if mapping is not None:
+        rows.append(mapping(features)[0])
+    return np.concatenate([np.stack(rows), _BANK if bank is None else bank]).astype(np.float32)
+
+
+def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float) -> int:
+    """Index of the smallest ``log_bytes`` with ``ssim >= ssim[0] + margin`` (row 0 is the defaults).
+
+    Falls back to the highest predicted SSIM when no candidate qualifies.
+    """
+    ok = ssim >= ssim[0] + margin
+    if not ok.any():
+        return int(np.argmax(ssim))
+    return int(np.flatnonzero(ok)[np.argmin(log_bytes[ok])])
+
+
+def tier2(
+    features: np.ndarray, predictor: Predictor, mapping: Tier1Map | None = None, margin: float = 0.005
+) -> Choice:
+    """Tier 2: the best predicted quality-for-size among K candidates (see :func:`pick`)."""
+    vectors = candidates(features, mapping)
+    batch = np.repeat(np.atleast_2d(features).astype(np.float32), len(vectors), axis=0)
+    ssim, log_bytes = predictor(batch, vectors)
+    ssim, log_bytes = np.asarray(ssim).reshape(-1), np.asarray(log_bytes).reshape(-1)
+    best = pick(ssim, log_bytes, margin)
+    return Choice(from_vector(vectors[best]), "tier2", float(ssim[best]), float(np.exp(log_bytes[best])))
+
+
+def tier3(features: np.ndarray, policy: Policy) -> Choice:
+    """Tier 3: the policy's parameter vector."""
+    return Choice(from_vector(np.asarray(policy(np.atleast_2d(features).astype(np.float32)))[0]), "tier3")
+
+
+def auto(
+    features: np.ndarray,
+    mapping: Tier1Map | None,
+    predictor: Predictor | None,
+    policy: Policy | None,
+    budget_ms: float = 300.0,
+    margin: float = 0.005,
+) -> Choice:
+    """Pick a tier by image class and time budget, degrading to what is available (defaults last).
+
+    Gradient and complex images, where the predictor's search pays most, use tier 2 when the budget allows
+    (>= 50 ms of selection time); other images use the policy, then tier 2, then tier 1.
+    """
+    kind = classify(features)
+    if predictor is not None and budget_ms >= 50 and kind in (ImageClass.GRADIENT, ImageClass.COMPLEX):
+        choice = tier2(features, predictor, mapping, margin)
+    elif policy is not None:
+        choice = tier3(features, policy)
+    elif predictor is not None and budget_ms >= 50:
+        choice = tier2(features, predictor, mapping, margin)
+    elif mapping is not None:
+        choice = tier1(features, mapping)
+    else:
+        logger.warning("no vectorize models available; using vtracer defaults")
+        return Choice(DEFAULTS, "defaults")
+    return Choice(choice.params, f"auto:{choice.tier}", choice.predicted_ssim, choice.predicted_bytes)
+
+
+def choose(
+    pixels: np.ndarray,
+    tier: str,
+    mapping: Tier1Map | None = None,
+    predictor: Predictor | None = None,
+    policy: Policy | None = None,
+    budget_ms: float = 300.0,
+    margin: float = 0.005,
+) -> Choice:
+    """Features -> tier -> parameters rescaled to the image size.
+
+    Raises:
+        ValueError: Unknown tier, or the tier's model is missing.
+    """
+    features = compute_features(pixels)
+    if tier == "tier1" and mapping is not None:
+        choice = tier1(features, mapping)
+    elif tier == "tier2" and predictor is not None:
+        choice = tier2(features, predictor, mapping, margin)
+    elif tier == "tier3" and policy is not None:
+        choice = tier3(features, policy)
+    elif tier == "auto":
+        choice = auto(features, mapping, predictor, policy, budget_ms, margin)
+    else:
+        raise ValueError(f"tier {tier!r} is unknown or its model is not loaded (known: {', '.join(TIERS)})")
+    if choice.tier == "defaults":
+        return choice  # the fallback stays exactly vtracer's defaults
+    side = max(pixels.shape[:2])
+    return Choice(
+        scale_to_size(choice.params, side), choice.tier, choice.predicted_ssim, choice.predicted_bytes
+    )

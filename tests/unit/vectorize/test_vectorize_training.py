@@ -1,0 +1,129 @@
+"""A tiny end-to-end training run, ONNX parity, and the tiers on its models and on the committed ones."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from build_engines.vectorize.export import ParityError, export_onnx
+from build_engines.vectorize.train import train_all
+from serve.triton.spec import read_model_config, write_model_config
+from serve.vectorize.features import F, compute_features
+from serve.vectorize.image import load_image
+from serve.vectorize.params import DEFAULTS, P, VtracerParams
+from serve.vectorize.runtime import TRAINED_DIR, Models
+from serve.vectorize.spec import POLICY, QUALITY, SPECS
+from serve.vectorize.tiers import TIERS, choose, pick
+
+TRAIN = Path("/work/shared/datasets/icons-dev/train")
+
+
+def _make_images(folder: Path, count: int = 6) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    folder.mkdir()
+    for i in range(count):
+        pixels = np.full((96, 96, 3), 255, dtype=np.uint8)
+        for _ in range(3):
+            y, x = rng.integers(0, 70, 2)
+            pixels[y : y + rng.integers(8, 26), x : x + rng.integers(8, 26)] = rng.integers(0, 255, 3)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, dict, Path]:
+    root = tmp_path_factory.mktemp("vectorize")
+    data = _make_images(root / "data")
+    report = train_all(
+        data,
+        root / "out",
+        samples_per_image=4,
+        seed=0,
+        ppo_steps=256,
+        processes=1,
+        clusters=2,
+        epochs=3,
+        size=96,
+        use_cache=False,
+        verify_images=1,
+    )
+    return root / "out", report, data
+
+
+def test_training_writes_models_with_parity(trained):
+    out, report, _ = trained
+    assert report["images"] == 6 and report["rows"] == 6 * (4 + 4)
+    for spec in SPECS:
+        model = onnx.load(out / f"{spec.name}.onnx")
+        assert [i.name for i in model.graph.input] == [t.name for t in spec.inputs]
+        assert [o.name for o in model.graph.output] == [t.name for t in spec.outputs]
+        assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+        assert report["onnx_max_abs_error"][spec.name] <= 1e-3
+    assert (out / "tier1.json").exists()
+
+
+def test_tiers_return_valid_params(trained):
+    out, _, data = trained
+    models = Models.load(out)
+    assert models.mapping is not None and models.predictor is not None and models.policy is not None
+    pixels = load_image(sorted(data.iterdir())[0])
+    for tier in TIERS:
+        choice = choose(pixels, tier, models.mapping, models.predictor, models.policy, margin=models.margin)
+        assert isinstance(choice.params, VtracerParams)
+        assert choice.tier.endswith(tier) or choice.tier.startswith("auto")
+    features = np.repeat(compute_features(pixels)[None], 5, axis=0)
+    assert models.policy(features).shape == (5, P)
+    ssim, log_bytes = models.predictor(features, np.random.default_rng(0).random((5, P), dtype=np.float32))
+    assert ssim.shape == (5,) and log_bytes.shape == (5,)
+
+
+def test_missing_model_is_an_error_and_auto_degrades():
+    pixels = np.full((32, 32, 3), 255, dtype=np.uint8)
+    with pytest.raises(ValueError, match="tier2"):
+        choose(pixels, "tier2")
+    assert choose(pixels, "auto").params == DEFAULTS
+
+
+def test_pick_prefers_smallest_that_keeps_quality():
+    ssim = np.asarray([0.95, 0.96, 0.99, 0.90])
+    log_bytes = np.asarray([8.0, 7.0, 7.5, 5.0])
+    assert pick(ssim, log_bytes, margin=0.0) == 1
+    assert pick(ssim, log_bytes, margin=0.02) == 2
+    assert pick(ssim, log_bytes, margin=0.1) == 2  # none qualifies: highest SSIM
+
+
+def test_export_parity_failure_raises(tmp_path):
+    import torch
+
+    class Drift(torch.nn.Module):
+        def forward(self, features):
+            # random output: ONNX and PyTorch disagree
+            return torch.rand(features.shape[0], P) + features[:, :1] * 0
+
+    with pytest.raises(ParityError):
+        export_onnx(Drift(), POLICY, tmp_path / "drift.onnx")
+
+
+def test_triton_configs_round_trip(tmp_path):
+    for spec in SPECS:
+        config = read_model_config(write_model_config(spec, tmp_path))
+        assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+        assert [tuple(i.dims) for i in config.input] == [t.dims for t in spec.inputs]
+    assert QUALITY.input("features").dims == (F,) and QUALITY.input("params").dims == (P,)
+
+
+@pytest.mark.skipif(not (TRAINED_DIR / "tier1.json").exists(), reason="no committed models")
+def test_committed_models_load_and_answer():
+    models = Models.load(TRAINED_DIR)
+    assert models.mapping is not None and models.predictor is not None and models.policy is not None
+    image = sorted(TRAIN.glob("*.png"))[0] if TRAIN.exists() else None
+    pixels = load_image(image) if image else np.full((64, 64, 3), 255, np.uint8)
+    for tier in TIERS:
+        assert isinstance(
+            choose(pixels, tier, models.mapping, models.predictor, models.policy).params, VtracerParams
+        )
+    total = sum(p.stat().st_size for p in TRAINED_DIR.iterdir())
+    assert total < 5 * 1024 * 1024

@@ -14,7 +14,7 @@ import torch
 
 from build_engines.repository import install_model
 from build_engines.text_to_image.default_model import create_default_model
-from build_engines.text_to_image.export import OPSET, export_all
+from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.spec import PipelineDims, engine_specs
 from serve.triton.spec import Backend
@@ -47,7 +47,7 @@ def default_model_dir(variant: str = "tiny") -> Path:
 
 def engine_dir_for(model_dir: Path) -> Path:
     """Cache folder named by model hash, precision, exporter and backend versions."""
-    key = f"{content_hash(model_dir)[:16]}-fp32-onnx{OPSET}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
+    key = f"{content_hash(model_dir)[:16]}-fp32-opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
     return easel_home() / "engines" / key
 
 

@@ -1,0 +1,180 @@
+"""``easel``: build engines, bring the stack up or down, train and evaluate. Parses and wires only."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+import httpx
+
+from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
+from serve.triton.spec import Backend
+
+logger = logging.getLogger("easel")
+
+FIRST_REQUEST = {"prompt": "a lighthouse on a cliff at dusk, flat vector illustration", "size": "256x256",
+                 "num_inference_steps": 20, "seed": 0, "scheduler": "ddim"}
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def main(verbose: bool) -> None:
+    """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+_model_option = click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                             help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.")
+_repository_option = click.option("--repository", type=click.Path(file_okay=False, path_type=Path),
+                                  default=MODEL_REPOSITORY, show_default=True, help="Triton model repository.")
+
+
+@main.command()
+@_model_option
+@_repository_option
+@click.option("--embedded", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
+              help="Which embedded model to build when --model is not given.")
+@click.option("--backend", type=click.Choice([b.value for b in (Backend.PYTHON_ONNX, Backend.ONNXRUNTIME)]),
+              default=Backend.PYTHON_ONNX.value, show_default=True,
+              help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
+                   "onnxruntime: native backend configs for the NGC Triton container.")
+@click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
+def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, force: bool) -> None:
+    """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
+    from build_engines.text_to_image.build import build as build_engines
+    from build_engines.text_to_image.build import default_model_dir
+
+    engine_dir = build_engines(model_dir or default_model_dir(embedded), repository, force, Backend(backend))
+    click.echo(f"engines: {engine_dir}\nrepository: {repository}")
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address of the public API.")
+@click.option("--port", default=8000, show_default=True, help="Port of the public API.")
+@_model_option
+@_repository_option
+@click.option("--serve-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=SERVE_CONFIG,
+              show_default=True, help="Ray Serve config YAML.")
+@click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard port.")
+@click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
+@click.option("--first-request/--no-first-request", default=True, show_default=True,
+              help="Send one example generation once ready and show the result.")
+def up(host: str, port: int, model_dir: Path | None, repository: Path, serve_config: Path, dashboard_port: int,
+       detach: bool, first_request: bool) -> None:
+    """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
+    from serve.stack import Stack, StackOptions, read_state
+
+    if (state := read_state()) is not None and _alive(state.pid):
+        raise click.ClickException(f"Easel is already up (pid {state.pid}, {state.api_url}); run `easel down` first")
+    if detach:
+        info = _start_detached()
+    else:
+        stack = Stack(StackOptions(host=host, port=port, model_dir=model_dir, repository=repository,
+                                   serve_config=serve_config, dashboard_port=dashboard_port))
+        stop = threading.Event()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stop.set())
+        try:
+            info = stack.start()
+            stack.write_state()
+        except BaseException:
+            stack.stop()
+            raise
+    _print_endpoints(info)
+    if first_request:
+        _send_first_request(info.api_url)
+    if detach:
+        return
+    click.echo("Serving; press Ctrl-C to stop.")
+    try:
+        stop.wait()
+    finally:
+        click.echo("stopping...")
+        stack.stop()
+        (stack.options.run_dir / "state.json").unlink(missing_ok=True)
+
+
+@main.command()
+def down() -> None:
+    """Stop the stack that `easel up` started."""
+    from serve.stack import stop_recorded
+
+    click.echo("stopped" if stop_recorded() else "nothing recorded as running")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _start_detached(timeout_s: float = 600.0):
+    """Run `easel up` (foreground) in a new session, logging to a file, and wait for its recorded state."""
+    from serve.stack import read_state, wait_until_ready
+
+    run_dir = easel_home() / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "state.json").unlink(missing_ok=True)
+    argv = [a for a in sys.argv[1:] if a != "--detach"]
+    argv = [a for a in argv if a not in ("--first-request",)] + ["--no-first-request"]
+    log_path = run_dir / "easel-up.log"
+    with log_path.open("ab") as log:
+        child = subprocess.Popen([sys.executable, "-m", "serve.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    click.echo(f"starting in the background (pid {child.pid}, log {log_path})")
+    deadline = time.monotonic() + timeout_s
+    while (info := read_state(run_dir)) is None or info.pid != child.pid:
+        if child.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise click.ClickException(f"`easel up` exited with {child.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise click.ClickException(f"not ready after {timeout_s:.0f} s; see {log_path}")
+        time.sleep(1)
+    wait_until_ready(info.api_url, timeout_s=60)
+    return info
+
+
+def _print_endpoints(info) -> None:
+    click.echo(f"""
+Easel is up.
+  API             {info.api_url}   (POST /v1/images/generations, GET /healthz, GET /readyz, docs at /docs)
+  Triton HTTP     {info.triton_http_url}   (KServe v2, e.g. GET /v2/models/unet/stats)
+  Triton gRPC     {info.triton_grpc_url}
+  Triton metrics  {info.triton_metrics_url}""")
+    if info.dashboard_url:
+        click.echo(f"  Ray dashboard   {info.dashboard_url}   (token auth: `ray get-auth-token` prints the token "
+                   "to paste at its login; API calls send `Authorization: Bearer <token>`)")
+    click.echo(f"""
+Example:
+  curl -s {info.api_url}/v1/images/generations -H 'Content-Type: application/json' \\
+    -d '{{"prompt": "a red fox, flat icon", "size": "256x256", "seed": 7}}' \\
+    | python -c 'import base64,json,sys; open("fox.png","wb").write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))'
+""")
+
+
+def _send_first_request(api_url: str) -> None:
+    started = time.perf_counter()
+    response = httpx.post(f"{api_url}/v1/images/generations", json=FIRST_REQUEST, timeout=300)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise click.ClickException(f"first request failed: {response.status_code} {response.text[:500]}")
+    path = easel_home() / "run" / "first.png"
+    path.write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    click.echo(f"First request: POST /v1/images/generations {FIRST_REQUEST}\n"
+               f"  -> {response.status_code} in {elapsed:.2f} s, image saved to {path}")
+
+
+if __name__ == "__main__":
+    main()

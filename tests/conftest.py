@@ -1,0 +1,51 @@
+"""Shared fixtures: the embedded model and its engines, built once per test session into the Easel cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def default_model():
+    """The embedded tiny diffusers model folder."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny")
+
+
+@pytest.fixture(scope="session")
+def engine_dir(default_model, tmp_path_factory):
+    """Engines of the embedded model (cached), installed into a throw-away repository."""
+    from build_engines.text_to_image.build import build
+
+    return build(default_model, repository=tmp_path_factory.mktemp("repository"))
+
+
+@pytest.fixture(scope="session")
+def diffusers_pipeline(default_model):
+    """diffusers' own StableDiffusionPipeline over the same weights: the reference for parity."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def reference_images(pipeline, scheduler: str, **kwargs) -> np.ndarray:
+    """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...)."""
+    from serve.text_to_image.pipeline import SCHEDULERS
+
+    cls, overrides = SCHEDULERS[scheduler]
+    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
+    seed = kwargs.pop("seed")
+    images = pipeline(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
+    return (images * 255).round().astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -1,0 +1,37 @@
+"""A real Triton and a real Ray Serve app on free loopback ports, shared by a test module."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.stack import Stack, StackOptions
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The Easel stack (embedded model) on free ports; torn down after the module."""
+    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run")))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    """An HTTP client for the public API."""
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+        yield client
+
+
+def decode_images(response: httpx.Response) -> np.ndarray:
+    """The response's images as uint8 NHWC."""
+    data = response.json()["data"]
+    return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])

@@ -1,0 +1,137 @@
+"""Text-to-image through a real Triton and a real Ray Serve app, over HTTP."""
+
+import asyncio
+import collections
+import time
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+from serve.text_to_image.pipeline import SCHEDULERS
+from serve.text_to_image.spec import ENGINE_NAMES
+from tests.conftest import psnr, reference_images
+from tests.integration.conftest import decode_images
+
+pytestmark = pytest.mark.integration
+
+GENERATE = "/v1/images/generations"
+
+
+def test_health_and_readiness(api):
+    assert api.get("/healthz").json() == {"status": "ok"}
+    ready = api.get("/readyz")
+    assert ready.status_code == 200 and all(ready.json()["models"][m] for m in ENGINE_NAMES)
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_parity_with_diffusers(api, diffusers_pipeline, scheduler):
+    body = {"prompt": "a lighthouse, flat icon", "negative_prompt": "noise", "size": "256x192", "seed": 5,
+            "num_inference_steps": 12, "guidance_scale": 6.0, "scheduler": scheduler}
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 200, response.text
+    assert response.headers["Easel-Seed"] == "5"
+    want = reference_images(diffusers_pipeline, scheduler, prompt=body["prompt"], negative_prompt="noise",
+                            width=256, height=192, num_inference_steps=12, guidance_scale=6.0, seed=5)
+    got = decode_images(response)
+    assert got.shape == want.shape
+    assert psnr(got, want) >= 40
+
+
+def _unet_batch_histogram(triton_http_url: str) -> collections.Counter:
+    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
+    return collections.Counter({int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]})
+
+
+def test_concurrent_requests_are_isolated_and_batched_per_step(api, stack):
+    bodies = [{"prompt": f"icon number {i}", "seed": 100 + i, "num_inference_steps": 10, "size": "128x128"}
+              for i in range(8)]
+    alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
+    before = _unet_batch_histogram(stack.info.triton_http_url)
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
+            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
+
+    together = asyncio.run(all_at_once())
+    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    for body, single, response in zip(bodies, alone, together, strict=True):
+        assert response.status_code == 200, response.text
+        np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")
+    # Each guided request sends 2 rows per step: a batch of more than 2 rows merged several requests' steps.
+    merged = sum(count for size, count in histogram.items() if size > 2)
+    assert merged > 0, f"no UNet execution merged requests: {dict(histogram)}"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"prompt": ""}, "prompt"),
+        ({"prompt": "x", "n": 99}, "n"),
+        ({"prompt": "x", "size": "100x100"}, "size"),
+        ({"prompt": "x", "size": "4096x4096"}, "size"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": "x", "num_inference_steps": 10_000}, "num_inference_steps"),
+        ({"prompt": "x", "guidance_scale": -2}, "guidance_scale"),
+        ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
+        ({"prompt": "x", "output_format": "gif"}, "output_format"),
+        ({"n": 1}, "prompt"),
+    ],
+)
+def test_bad_input_is_a_400_naming_the_field(api, body, field):
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == field and field in error["message"]
+
+
+@pytest.mark.parametrize("raw", [b'{"prompt": "x", "guidance_scale": NaN}', b"{not json", b"[1, 2]", b""])
+def test_malformed_bodies_are_400s(api, raw):
+    response = api.post(GENERATE, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_long_prompts_are_truncated_and_say_so(api):
+    response = api.post(GENERATE, json={"prompt": "tiny red boat " * 20, "num_inference_steps": 2, "size": "64x64"})
+    assert response.status_code == 200
+    assert int(response.headers["Easel-Prompt-Truncated"]) > 0
+
+
+@pytest.mark.parametrize("fmt, magic", [("png", b"\x89PNG"), ("jpeg", b"\xff\xd8"), ("webp", b"RIFF")])
+def test_output_formats_and_n(api, fmt, magic):
+    import base64
+
+    response = api.post(GENERATE, json={"prompt": "x", "n": 2, "size": "64x64", "num_inference_steps": 2,
+                                        "output_format": fmt})
+    data = response.json()["data"]
+    assert len(data) == 2 and all(base64.b64decode(d["b64_json"]).startswith(magic) for d in data)
+
+
+def test_triton_is_reachable_directly_over_grpc(stack):
+    client = grpcclient.InferenceServerClient(stack.info.triton_grpc_url)
+    ids = np.zeros((1, 77), np.int64)
+    tensor = grpcclient.InferInput("input_ids", list(ids.shape), "INT64")
+    tensor.set_data_from_numpy(ids)
+    hidden = client.infer("text_encoder", [tensor]).as_numpy("last_hidden_state")
+    assert hidden.shape[:2] == (1, 77) and np.isfinite(hidden).all()
+
+
+def test_triton_down_is_a_503_with_retry_after_and_the_stack_recovers(api, stack):
+    from serve.text_to_image.spec import ENGINE_NAMES as models
+
+    stack.triton.stop()
+    try:
+        response = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
+        assert response.status_code == 503, response.text
+        assert int(response.headers["Retry-After"]) > 0
+        assert api.get("/readyz").status_code == 503
+        assert api.get("/healthz").status_code == 200
+    finally:
+        stack.triton.start(models)
+    deadline = time.monotonic() + 30
+    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    recovered = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
+    assert recovered.status_code == 200, recovered.text

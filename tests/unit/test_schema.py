@@ -1,0 +1,39 @@
+import pytest
+from pydantic import ValidationError
+
+from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MAX_STEPS, GenerationRequest
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "limit"),
+    [
+        ({"prompt": ""}, "prompt", "at least 1"),
+        ({"prompt": "   "}, "prompt", "non-space"),
+        ({"prompt": "x", "n": 0}, "n", "1"),
+        ({"prompt": "x", "n": MAX_IMAGES + 1}, "n", str(MAX_IMAGES)),
+        ({"prompt": "x", "size": "250x256"}, "size", "multiples of 8"),
+        ({"prompt": "x", "size": f"{MAX_SIDE + 8}x256"}, "size", str(MAX_SIDE)),
+        ({"prompt": "x", "size": "big"}, "size", "WIDTHxHEIGHT"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps", "1"),
+        ({"prompt": "x", "num_inference_steps": MAX_STEPS + 1}, "num_inference_steps", str(MAX_STEPS)),
+        ({"prompt": "x", "guidance_scale": float("nan")}, "guidance_scale", "finite"),
+        ({"prompt": "x", "guidance_scale": -1}, "guidance_scale", "0"),
+        ({"prompt": "x", "scheduler": "plms"}, "scheduler", "ddim"),
+        ({"prompt": "x", "output_format": "bmp"}, "output_format", "png"),
+        ({"prompt": "x", "response_format": "url"}, "response_format", "b64_json"),
+        ({"prompt": "x", "seed": -1}, "seed", "0"),
+        ({"prompt": "x", "steps": 5}, "steps", "not permitted"),
+    ],
+)
+def test_bad_fields_are_named_with_their_limit(body, field, limit):
+    with pytest.raises(ValidationError) as info:
+        GenerationRequest(**body)
+    error = info.value.errors()[0]
+    assert error["loc"][0] == field
+    assert limit in error["msg"] or limit in str(error.get("ctx", ""))
+
+
+def test_defaults_and_openai_fields_are_accepted():
+    request = GenerationRequest(prompt="a fox", model="dall-e-3", size="512x256", user="u1")
+    assert request.width_height == (512, 256)
+    assert request.response_format == "b64_json" and request.n == 1 and request.scheduler == "ddim"

@@ -1,0 +1,63 @@
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from serve.paths import MODEL_REPOSITORY
+from serve.text_to_image.spec import ENGINE_NAMES, PipelineDims, engine_specs
+from serve.triton.spec import Backend, ModelSpec, TensorSpec, read_model_config, triton_dtype_name, write_model_config
+
+
+def test_committed_configs_match_the_spec(default_model):
+    specs = engine_specs(PipelineDims.from_diffusers(default_model))
+    for name in ENGINE_NAMES:
+        parsed = read_model_config(MODEL_REPOSITORY / name / "config.pbtxt")
+        assert parsed == specs[name].to_model_config(), f"{name}/config.pbtxt is out of date: run `easel build`"
+
+
+def test_every_committed_config_parses_with_tritons_schema():
+    paths = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt"))
+    assert {p.parent.name for p in paths} >= set(ENGINE_NAMES)
+    for path in paths:
+        config = read_model_config(path)
+        assert config.name == path.parent.name
+        assert config.input and config.output
+
+
+def test_unet_batches_dynamically_with_a_per_sample_timestep(default_model):
+    unet = engine_specs(PipelineDims.from_diffusers(default_model))["unet"].to_model_config()
+    assert unet.max_batch_size >= 16
+    assert unet.HasField("dynamic_batching")
+    timestep = next(i for i in unet.input if i.name == "timestep")
+    assert list(timestep.dims) == [1] and timestep.HasField("reshape") and list(timestep.reshape.shape) == []
+
+
+def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
+    dims = PipelineDims(text_length=77, text_hidden=768, latent_channels=4, vae_scale_factor=8,
+                        vae_scaling_factor=0.18215, sample_size=64)
+    for spec in engine_specs(dims).values():
+        path = write_model_config(spec, tmp_path, Backend.ONNXRUNTIME)
+        parsed = read_model_config(path)
+        assert parsed == spec.to_model_config(Backend.ONNXRUNTIME)
+        assert parsed.platform == "onnxruntime_onnx" and not parsed.backend
+    assert read_model_config(tmp_path / "unet" / "config.pbtxt").input[2].dims == [77, 768]
+
+
+def test_dynamic_axes_name_the_batch_and_every_free_dimension():
+    spec = ModelSpec("m", (TensorSpec("x", "float32", (4, -1, -1), ("h", "w")),),
+                     (TensorSpec("y", "float32", ()),), max_batch_size=8)
+    assert spec.onnx_dynamic_axes() == {"x": {0: "batch", 2: "h", 3: "w"}, "y": {0: "batch"}}
+
+
+def test_tensor_spec_rejects_bad_declarations():
+    with pytest.raises(ValueError, match="dtype"):
+        TensorSpec("x", "complex64", (1,))
+    with pytest.raises(ValueError, match="axis name"):
+        TensorSpec("x", "float32", (-1,))
+
+
+def test_kserve_dtype_names():
+    assert triton_dtype_name("float32") == "FP32"
+    assert triton_dtype_name("int64") == "INT64"
+    assert triton_dtype_name("bytes") == "BYTES"
+    assert mc.DataType.Name(mc.TYPE_FP32) == "TYPE_FP32"

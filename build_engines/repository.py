@@ -1,31 +1,47 @@
-"""Install engines into a Triton model repository: ``<model>/config.pbtxt`` from the spec, files in ``<model>/1/``."""
+"""Install models into a Triton model repository: ``<model>/config.pbtxt`` from the spec, files in ``<model>/1/``."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 from serve.triton.spec import Backend, ModelSpec, write_model_config
 
 logger = logging.getLogger(__name__)
 
-ONNX_MODEL_PY = '''"""Triton python-backend model: serves model.onnx beside this file with ONNX Runtime (see serve.triton)."""
-
-from serve.triton.onnx_backend import OnnxRuntimeModel as TritonPythonModel  # noqa: F401
-'''
+ONNX_ENGINE_CLASS = "serve.triton.onnx_backend:OnnxRuntimeModel"
 
 
-def install_model(spec: ModelSpec, repository: Path, engine_folder: Path, backend: Backend = Backend.PYTHON_ONNX) -> Path:
-    """Write ``spec``'s config and link the engine files of ``engine_folder`` into ``<repository>/<name>/1/``."""
+def model_py(python_class: str) -> str:
+    """The ``model.py`` of a python-backend model implemented by ``python_class`` ("module:Class")."""
+    module, cls = python_class.split(":")
+    return (
+        f'"""Triton python-backend model, implemented in {module}."""\n\n'
+        f"from {module} import {cls} as TritonPythonModel  # noqa: F401\n"
+    )
+
+
+def install_model(
+    spec: ModelSpec, repository: Path, files: Mapping[str, Path] | None = None, backend: Backend = Backend.PYTHON_ONNX
+) -> Path:
+    """Write ``spec``'s config and ``model.py``, and link ``files`` (name in the version folder -> source)."""
     write_model_config(spec, repository, backend)
     version_dir = repository / spec.name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    if backend is Backend.PYTHON_ONNX:
-        (version_dir / "model.py").write_text(ONNX_MODEL_PY)
-    for source in sorted(engine_folder.iterdir()):
-        link = version_dir / source.name
+    if spec.python_model:
+        (version_dir / "model.py").write_text(model_py(spec.python_model))
+    elif not spec.ensemble and backend is Backend.PYTHON_ONNX:
+        (version_dir / "model.py").write_text(model_py(ONNX_ENGINE_CLASS))
+    for name, source in (files or {}).items():
+        link = version_dir / name
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(source.resolve())
     logger.info("installed %s into %s", spec.name, version_dir)
     return version_dir
+
+
+def engine_files(folder: Path) -> dict[str, Path]:
+    """Every file of an engine folder (``model.onnx`` and any external-data files), by name."""
+    return {path.name: path for path in sorted(folder.iterdir()) if path.is_file()}

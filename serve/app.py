@@ -1,24 +1,29 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
+``@serve.ingress`` pickles the FastAPI app when the class is decorated: helpers must be defined above it.
 """
 
 import base64
+import binascii
 import logging
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
 
-from serve.errors import EaselError, InvalidInput, Overloaded
+from serve.errors import EaselError, InvalidInput, Overloaded, PayloadTooLarge
 from serve.text_to_image.deployment import TextToImage, require_ready
 from serve.text_to_image.schema import GenerationRequest
+from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +47,8 @@ def error_response(error: EaselError) -> JSONResponse:
 
 
 @api.exception_handler(RequestValidationError)
-async def _invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+@api.exception_handler(ValidationError)
+async def _invalid_request(_: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
     first = exc.errors()[0]
     field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
     if first["type"] == "json_invalid":
@@ -62,13 +68,38 @@ for _error_type in (EaselError, RayTaskError, BackPressureError):
     api.add_exception_handler(_error_type, _easel_error)
 
 
+async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOptions]:
+    """The upload and options of a vectorize request, refusing oversize bodies before reading them."""
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > MAX_UPLOAD_BYTES:
+        raise PayloadTooLarge(f"file: request body is {declared} bytes; the limit is {MAX_UPLOAD_BYTES}", field="file")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=8)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput("file: a multipart request needs a file part named 'file'", field="file")
+        fields = {key: value for key, value in form.items() if key != "file"}
+        return await upload.read(), VectorizeOptions.model_validate(fields)
+    if content_type.startswith("application/json"):
+        body = VectorizeJson.model_validate_json(await request.body())
+        try:
+            return base64.b64decode(body.image, validate=True), body
+        except binascii.Error as error:
+            raise InvalidInput(f"image: not valid base64 ({error})", field="image") from error
+    if content_type.startswith("image/"):
+        return await request.body(), VectorizeOptions.model_validate(dict(request.query_params))
+    raise InvalidInput("Content-Type must be multipart/form-data, application/json or image/*", field="Content-Type")
+
+
 @serve.deployment(name="Gateway")
 @serve.ingress(api)
 class Gateway:
     """Validates requests, forwards them to the pipeline deployments and shapes the responses."""
 
-    def __init__(self, text_to_image: DeploymentHandle) -> None:
+    def __init__(self, text_to_image: DeploymentHandle, vectorizer: DeploymentHandle) -> None:
         self.text_to_image = text_to_image
+        self.vectorizer = vectorizer
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -80,18 +111,34 @@ class Gateway:
         """Ready: every Triton model the pipelines need is loaded (503 with Retry-After if not)."""
         states = await self.text_to_image.ready.remote()
         require_ready(states)
-        return {"status": "ready", "models": states}
+        vectorize = await self.vectorizer.ready.remote()
+        return {"status": "ready", "models": {**states, **vectorize}}
 
     @api.post("/v1/images/generations")
     async def generate(self, request: GenerationRequest) -> JSONResponse:
         """OpenAI Images API: generate ``n`` images for a prompt, returned as base64."""
         result = await self.text_to_image.generate.remote(request)
-        body = {"created": int(time.time()), "seed": result.seed,
-                "data": [{"b64_json": base64.b64encode(image).decode()} for image in result.images]}
+        body = {
+            "created": int(time.time()),
+            "seed": result.seed,
+            "data": [{"b64_json": base64.b64encode(image).decode()} for image in result.images],
+        }
         headers = {"Easel-Seed": str(result.seed)}
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         return JSONResponse(body, headers=headers)
+
+    @api.post("/v1/vectorize")
+    async def vectorize(self, request: Request) -> Response:
+        """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
+        upload, options = await _read_vectorize_request(request)
+        result = await self.vectorizer.vectorize.remote(upload, options)
+        headers = {"Easel-Tier": result.tier}
+        if result.fallback:
+            headers["Easel-Fallback"] = result.fallback
+        if "application/json" in request.headers.get("accept", ""):
+            return JSONResponse(result.to_json(), headers=headers)
+        return Response(result.svg, media_type="image/svg+xml", headers=headers)
 
 
 class AppArgs(BaseModel):
@@ -103,4 +150,4 @@ class AppArgs(BaseModel):
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
-    return Gateway.bind(TextToImage.bind(args.engine_dir, args.triton_grpc_url))
+    return Gateway.bind(TextToImage.bind(args.engine_dir, args.triton_grpc_url), Vectorizer.bind(args.triton_grpc_url))

@@ -20,41 +20,67 @@ from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
 
-FIRST_REQUEST = {"prompt": "a lighthouse on a cliff at dusk, flat vector illustration", "size": "256x256",
-                 "num_inference_steps": 20, "seed": 0, "scheduler": "ddim"}
+FIRST_REQUEST = {
+    "prompt": "a lighthouse on a cliff at dusk, flat vector illustration",
+    "size": "256x256",
+    "num_inference_steps": 20,
+    "seed": 0,
+    "scheduler": "ddim",
+}
 
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-_model_option = click.option("--model", "model_dir", type=click.Path(exists=True, file_okay=False, path_type=Path),
-                             help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.")
-_repository_option = click.option("--repository", type=click.Path(file_okay=False, path_type=Path),
-                                  default=MODEL_REPOSITORY, show_default=True, help="Triton model repository.")
+_model_option = click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.",
+)
+_repository_option = click.option(
+    "--repository",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=MODEL_REPOSITORY,
+    show_default=True,
+    help="Triton model repository.",
+)
 
 
 @main.command()
 @_model_option
 @_repository_option
-@click.option("--embedded", type=click.Choice(["tiny", "bench"]), default="tiny", show_default=True,
-              help="Which embedded model to build when --model is not given.")
-@click.option("--backend", type=click.Choice([b.value for b in (Backend.PYTHON_ONNX, Backend.ONNXRUNTIME)]),
-              default=Backend.PYTHON_ONNX.value, show_default=True,
-              help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
-                   "onnxruntime: native backend configs for the NGC Triton container.")
+@click.option(
+    "--embedded",
+    type=click.Choice(["tiny", "bench"]),
+    default="tiny",
+    show_default=True,
+    help="Which embedded model to build when --model is not given.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice([b.value for b in (Backend.PYTHON_ONNX, Backend.ONNXRUNTIME)]),
+    default=Backend.PYTHON_ONNX.value,
+    show_default=True,
+    help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
+    "onnxruntime: native backend configs for the NGC Triton container.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
 def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, force: bool) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
+    from build_engines.vectorize.repository import install_vectorize
 
     engine_dir = build_engines(model_dir or default_model_dir(embedded), repository, force, Backend(backend))
+    install_vectorize(repository, backend=Backend(backend))
     click.echo(f"engines: {engine_dir}\nrepository: {repository}")
 
 
@@ -63,14 +89,31 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
 @click.option("--port", default=8000, show_default=True, help="Port of the public API.")
 @_model_option
 @_repository_option
-@click.option("--serve-config", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=SERVE_CONFIG,
-              show_default=True, help="Ray Serve config YAML.")
+@click.option(
+    "--serve-config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=SERVE_CONFIG,
+    show_default=True,
+    help="Ray Serve config YAML.",
+)
 @click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard port.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
-@click.option("--first-request/--no-first-request", default=True, show_default=True,
-              help="Send one example generation once ready and show the result.")
-def up(host: str, port: int, model_dir: Path | None, repository: Path, serve_config: Path, dashboard_port: int,
-       detach: bool, first_request: bool) -> None:
+@click.option(
+    "--first-request/--no-first-request",
+    default=True,
+    show_default=True,
+    help="Send one example generation once ready and show the result.",
+)
+def up(
+    host: str,
+    port: int,
+    model_dir: Path | None,
+    repository: Path,
+    serve_config: Path,
+    dashboard_port: int,
+    detach: bool,
+    first_request: bool,
+) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from serve.stack import Stack, StackOptions, read_state
 
@@ -79,8 +122,16 @@ def up(host: str, port: int, model_dir: Path | None, repository: Path, serve_con
     if detach:
         info = _start_detached()
     else:
-        stack = Stack(StackOptions(host=host, port=port, model_dir=model_dir, repository=repository,
-                                   serve_config=serve_config, dashboard_port=dashboard_port))
+        stack = Stack(
+            StackOptions(
+                host=host,
+                port=port,
+                model_dir=model_dir,
+                repository=repository,
+                serve_config=serve_config,
+                dashboard_port=dashboard_port,
+            )
+        )
         stop = threading.Event()
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda *_: stop.set())
@@ -112,6 +163,48 @@ def down() -> None:
     click.echo("stopped" if stop_recorded() else "nothing recorded as running")
 
 
+@main.group()
+def bench() -> None:
+    """Benchmarks: print a table and write JSON."""
+
+
+@bench.command("generate")
+@click.option(
+    "--embedded",
+    type=click.Choice(["tiny", "bench"]),
+    default="tiny",
+    show_default=True,
+    help="Embedded model to benchmark.",
+)
+@click.option("--steps", default=20, show_default=True)
+@click.option("--size", default=256, show_default=True)
+@click.option("--repeats", default=3, show_default=True, help="Timed rounds per column (after one warm-up round).")
+@click.option("--concurrency", default="1", show_default=True, help="Comma-separated concurrencies for the stack.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_generate.json"), show_default=True
+)
+def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurrency: str, out: Path) -> None:
+    """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
+    from build_engines.text_to_image.build import build as build_engines
+    from build_engines.text_to_image.build import default_model_dir
+    from serve import bench_generate as bg
+    from serve.stack import Stack, StackOptions
+
+    settings = bg.BenchSettings(
+        steps=steps, size=size, repeats=repeats, concurrency=tuple(int(c) for c in concurrency.split(","))
+    )
+    model_dir = default_model_dir(embedded)
+    rows = [bg.bench_diffusers(model_dir, settings), bg.bench_onnxruntime(build_engines(model_dir), settings)]
+    stack = Stack(StackOptions(port=0, dashboard=False, model_dir=model_dir, run_dir=easel_home() / "run" / "bench"))
+    try:
+        rows += bg.bench_served(stack.start().api_url, settings)
+    finally:
+        stack.stop()
+    click.echo(bg.format_table(rows))
+    bg.write_json(rows, settings, out, model=embedded, cpus=os.cpu_count())
+    click.echo(f"written to {out}")
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -131,8 +224,13 @@ def _start_detached(timeout_s: float = 600.0):
     argv = [a for a in argv if a not in ("--first-request",)] + ["--no-first-request"]
     log_path = run_dir / "easel-up.log"
     with log_path.open("ab") as log:
-        child = subprocess.Popen([sys.executable, "-m", "serve.cli", *argv], stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
+        child = subprocess.Popen(
+            [sys.executable, "-m", "serve.cli", *argv],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     click.echo(f"starting in the background (pid {child.pid}, log {log_path})")
     deadline = time.monotonic() + timeout_s
     while (info := read_state(run_dir)) is None or info.pid != child.pid:
@@ -154,13 +252,15 @@ Easel is up.
   Triton gRPC     {info.triton_grpc_url}
   Triton metrics  {info.triton_metrics_url}""")
     if info.dashboard_url:
-        click.echo(f"  Ray dashboard   {info.dashboard_url}   (token auth: `ray get-auth-token` prints the token "
-                   "to paste at its login; API calls send `Authorization: Bearer <token>`)")
+        click.echo(
+            f"  Ray dashboard   {info.dashboard_url}   (token auth: `ray get-auth-token` prints the token "
+            "to paste at its login; API calls send `Authorization: Bearer <token>`)"
+        )
     click.echo(f"""
 Example:
   curl -s {info.api_url}/v1/images/generations -H 'Content-Type: application/json' \\
     -d '{{"prompt": "a red fox, flat icon", "size": "256x256", "seed": 7}}' \\
-    | python -c 'import base64,json,sys; open("fox.png","wb").write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))'
+    > fox.json   # data[0].b64_json is the PNG, base64-encoded
 """)
 
 
@@ -172,8 +272,10 @@ def _send_first_request(api_url: str) -> None:
         raise click.ClickException(f"first request failed: {response.status_code} {response.text[:500]}")
     path = easel_home() / "run" / "first.png"
     path.write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
-    click.echo(f"First request: POST /v1/images/generations {FIRST_REQUEST}\n"
-               f"  -> {response.status_code} in {elapsed:.2f} s, image saved to {path}")
+    click.echo(
+        f"First request: POST /v1/images/generations {FIRST_REQUEST}\n"
+        f"  -> {response.status_code} in {elapsed:.2f} s, image saved to {path}"
+    )
 
 
 if __name__ == "__main__":

@@ -71,17 +71,27 @@ class Stack:
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
         from build_engines.text_to_image.build import build
+        from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
         engine_dir = build(opts.model_dir, opts.repository)
+        install_vectorize(opts.repository)
         self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(ENGINE_NAMES)
         port = opts.port or free_port(opts.host)
         dashboard_url = self._start_ray()
         config = load_serve_config(opts.serve_config, engine_dir, self.triton.endpoints.grpc_url, opts.host, port)
         _deploy(config, timeout_s)
         e = self.triton.endpoints
-        self.info = StackInfo(os.getpid(), f"http://{opts.host}:{port}", e.http_url, e.grpc_url, e.metrics_url,
-                              self.triton.process.pid, dashboard_url, str(engine_dir))
+        self.info = StackInfo(
+            os.getpid(),
+            f"http://{opts.host}:{port}",
+            e.http_url,
+            e.grpc_url,
+            e.metrics_url,
+            self.triton.process.pid,
+            dashboard_url,
+            str(engine_dir),
+        )
         wait_until_ready(self.info.api_url, timeout_s)
         return self.info
 
@@ -91,9 +101,14 @@ class Stack:
         opts = self.options
         dashboard_port = opts.dashboard_port or free_port()
         context = ray.init(
-            num_cpus=max(4, os.cpu_count() or 1), include_dashboard=opts.dashboard, dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port, logging_level=logging.WARNING, log_to_driver=False,
-            configure_logging=True, _temp_dir=None,
+            num_cpus=max(4, os.cpu_count() or 1),
+            include_dashboard=opts.dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+            _temp_dir=None,
         )
         return f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
 
@@ -124,8 +139,7 @@ def _deploy(config, timeout_s: float) -> None:
     from ray import serve
     from ray.serve._private import api as serve_api
 
-    client = serve_api.serve_start(http_options=config.http_options.model_dump(),
-                                   proxy_location=config.proxy_location)
+    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
     client.deploy_apps(config, _blocking=False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

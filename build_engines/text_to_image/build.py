@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from build_engines.repository import install_model
+from build_engines.repository import engine_files, install_model
 from build_engines.text_to_image.default_model import create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
 from serve.paths import MODEL_REPOSITORY, easel_home
@@ -47,12 +47,17 @@ def default_model_dir(variant: str = "tiny") -> Path:
 
 def engine_dir_for(model_dir: Path) -> Path:
     """Cache folder named by model hash, precision, exporter and backend versions."""
-    key = f"{content_hash(model_dir)[:16]}-fp32-opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
+    versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
+    key = f"{content_hash(model_dir)[:16]}-fp32-{versions}"
     return easel_home() / "engines" / key
 
 
-def build(model_dir: Path | None = None, repository: Path = MODEL_REPOSITORY, force: bool = False,
-          backend: Backend = Backend.PYTHON_ONNX) -> Path:
+def build(
+    model_dir: Path | None = None,
+    repository: Path = MODEL_REPOSITORY,
+    force: bool = False,
+    backend: Backend = Backend.PYTHON_ONNX,
+) -> Path:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
     Returns the engine folder, which also holds the tokenizer, scheduler config and ``pipeline.json``.
@@ -75,5 +80,5 @@ def build(model_dir: Path | None = None, repository: Path = MODEL_REPOSITORY, fo
         (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     dims = PipelineDims.load(engine_dir / "pipeline.json")
     for name, spec in engine_specs(dims).items():
-        install_model(spec, repository, engine_dir / name, backend)
+        install_model(spec, repository, engine_files(engine_dir / name), backend)
     return engine_dir

@@ -33,10 +33,21 @@ def _write_tokenizer(path: Path) -> int:
 
 def _sizes(variant: str) -> dict:
     if variant == "tiny":
-        return {"text_hidden": 32, "text_layers": 2, "unet_channels": (32, 64), "unet_layers": 1, "vae_channels": (8, 16, 16, 16)}
+        return {
+            "text_hidden": 32,
+            "text_layers": 2,
+            "unet_channels": (32, 64),
+            "unet_layers": 1,
+            "vae_channels": (8, 16, 16, 16),
+        }
     if variant == "bench":  # ~17M-parameter UNet for the benchmark (issue 4)
-        return {"text_hidden": 64, "text_layers": 2, "unet_channels": (64, 128, 256), "unet_layers": 1,
-                "vae_channels": (16, 32, 32, 32)}
+        return {
+            "text_hidden": 64,
+            "text_layers": 2,
+            "unet_channels": (64, 128, 256),
+            "unet_layers": 1,
+            "vae_channels": (16, 32, 32, 32),
+        }
     raise ValueError(f"unknown embedded model {variant!r}; choose one of {MODELS}")
 
 
@@ -48,32 +59,67 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     sizes = _sizes(variant)
     torch.manual_seed(SEED)
     vocab_size = _write_tokenizer(out_dir / "tokenizer")
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=vocab_size, hidden_size=sizes["text_hidden"], intermediate_size=2 * sizes["text_hidden"],
-        num_hidden_layers=sizes["text_layers"], num_attention_heads=4, max_position_embeddings=77,
-        bos_token_id=vocab_size - 2, eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=sizes["text_hidden"],
+            intermediate_size=2 * sizes["text_hidden"],
+            num_hidden_layers=sizes["text_layers"],
+            num_attention_heads=4,
+            max_position_embeddings=77,
+            bos_token_id=vocab_size - 2,
+            eos_token_id=vocab_size - 1,
+            pad_token_id=vocab_size - 1,
+        )
+    )
     channels = sizes["unet_channels"]
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=sizes["unet_layers"],
-        block_out_channels=channels, norm_num_groups=8, cross_attention_dim=sizes["text_hidden"],
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=sizes["unet_layers"],
+        block_out_channels=channels,
+        norm_num_groups=8,
+        cross_attention_dim=sizes["text_hidden"],
         attention_head_dim=8,
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",),
     )
     vae_channels = sizes["vae_channels"]
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=vae_channels, norm_num_groups=8,
-        layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels), sample_size=256,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=vae_channels,
+        norm_num_groups=8,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        sample_size=256,
     )
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     pipeline = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=CLIPTokenizer.from_pretrained(out_dir / "tokenizer"),
-        unet=unet, scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=CLIPTokenizer.from_pretrained(out_dir / "tokenizer"),
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipeline.save_pretrained(out_dir)
-    logger.info("created embedded model %r (UNet %.2f M parameters) in %s", variant,
-                sum(p.numel() for p in unet.parameters()) / 1e6, out_dir)
+    logger.info(
+        "created embedded model %r (UNet %.2f M parameters) in %s",
+        variant,
+        sum(p.numel() for p in unet.parameters()) / 1e6,
+        out_dir,
+    )
     return out_dir

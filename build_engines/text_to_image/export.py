@@ -41,7 +41,9 @@ class _Unet(torch.nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
+    ) -> torch.Tensor:
         return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
 
 
@@ -96,26 +98,42 @@ def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, 
     """Export ``module`` to ONNX at ``out_path`` with the names and dynamic axes of ``spec``."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # An odd latent side makes diffusers' UNet trace its explicit-upsample-size path, right for every size.
-    example = _sample_inputs(spec, dims, batch=2, size=dims.sample_size // 2 + 1, generator=torch.Generator().manual_seed(0))
+    example = _sample_inputs(
+        spec, dims, batch=2, size=dims.sample_size // 2 + 1, generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         torch.onnx.export(
-            module.eval(), tuple(example.values()), str(out_path), dynamo=False, opset_version=OPSET,
-            input_names=[t.name for t in spec.inputs], output_names=[t.name for t in spec.outputs],
+            module.eval(),
+            tuple(example.values()),
+            str(out_path),
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=[t.name for t in spec.inputs],
+            output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.onnx_dynamic_axes(),
         )
 
 
-def check_parity(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, onnx_path: Path, seed: int) -> ParityReport:
+def check_parity(
+    module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, onnx_path: Path, seed: int
+) -> ParityReport:
     """Compare ONNX Runtime with PyTorch on fresh random inputs (batch 3, an even size unlike the export's)."""
-    feeds = _sample_inputs(spec, dims, batch=3, size=dims.sample_size // 2, generator=torch.Generator().manual_seed(seed))
+    feeds = _sample_inputs(
+        spec, dims, batch=3, size=dims.sample_size // 2, generator=torch.Generator().manual_seed(seed)
+    )
     with torch.no_grad():
         expected = module.eval()(*feeds.values()).numpy()
     actual = make_session(onnx_path).run(None, {k: v.numpy() for k, v in feeds.items()})[0]
     max_abs = float(np.max(np.abs(actual - expected)))
     relative = max_abs / max(1.0, float(np.max(np.abs(expected))))
     report = ParityReport(spec.name, max_abs, relative)
-    logger.info("parity %-12s max |onnx - torch| = %.2e (relative %.2e, bound %.0e)", spec.name, max_abs, relative,
-                PARITY_TOLERANCE)
+    logger.info(
+        "parity %-12s max |onnx - torch| = %.2e (relative %.2e, bound %.0e)",
+        spec.name,
+        max_abs,
+        relative,
+        PARITY_TOLERANCE,
+    )
     if not relative <= PARITY_TOLERANCE:
         raise ParityError(f"{spec.name}: ONNX differs from PyTorch by {relative:.2e} > {PARITY_TOLERANCE:.0e}")
     return report

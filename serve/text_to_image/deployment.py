@@ -45,8 +45,17 @@ def to_generation(request: GenerationRequest) -> Generation:
     """The pipeline job for an API request; a missing seed is drawn here so the response can report it."""
     width, height = request.width_height
     seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
-    return Generation(request.prompt, request.negative_prompt, request.n, width, height, request.num_inference_steps,
-                      request.guidance_scale, seed, request.scheduler)
+    return Generation(
+        request.prompt,
+        request.negative_prompt,
+        request.n,
+        width,
+        height,
+        request.num_inference_steps,
+        request.guidance_scale,
+        seed,
+        request.scheduler,
+    )
 
 
 @serve.deployment(name="TextToImage")
@@ -61,8 +70,9 @@ class TextToImage:
     async def generate(self, request: GenerationRequest) -> EncodedImages:
         """Run one API request and return the encoded images."""
         result = await self.pipeline.generate(to_generation(request))
-        images = await asyncio.gather(*(asyncio.to_thread(encode_image, image, request.output_format)
-                                        for image in result.images))
+        images = await asyncio.gather(
+            *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
+        )
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
 
     async def ready(self) -> dict[str, bool]:

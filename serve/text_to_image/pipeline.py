@@ -43,8 +43,10 @@ class OnnxRuntimeRunner:
     """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests."""
 
     def __init__(self, engine_dir: Path, intra_op_threads: int = 0) -> None:
-        self.sessions = {name: make_session(engine_dir / name / "model.onnx", intra_op_threads)
-                         for name in (TEXT_ENCODER, UNET, VAE_DECODER)}
+        self.sessions = {
+            name: make_session(engine_dir / name / "model.onnx", intra_op_threads)
+            for name in (TEXT_ENCODER, UNET, VAE_DECODER)
+        }
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session for ``spec`` in a worker thread."""
@@ -116,17 +118,28 @@ class TextToImagePipeline:
         scheduler = self.make_scheduler(job.scheduler)
         scheduler.set_timesteps(job.steps)
         generator = torch.Generator("cpu").manual_seed(job.seed)
-        shape = (job.n, self.dims.latent_channels, job.height // self.dims.vae_scale_factor,
-                 job.width // self.dims.vae_scale_factor)
+        shape = (
+            job.n,
+            self.dims.latent_channels,
+            job.height // self.dims.vae_scale_factor,
+            job.width // self.dims.vae_scale_factor,
+        )
         latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
         step_kwargs = _step_kwargs(scheduler, generator)
         for t in scheduler.timesteps:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
-            noise = (await self.engines.infer(self.specs[UNET], {
-                "sample": model_input.numpy(), "timestep": timestep, "encoder_hidden_states": embeddings,
-            }))["noise_pred"]
+            noise = (
+                await self.engines.infer(
+                    self.specs[UNET],
+                    {
+                        "sample": model_input.numpy(),
+                        "timestep": timestep,
+                        "encoder_hidden_states": embeddings,
+                    },
+                )
+            )["noise_pred"]
             noise = torch.from_numpy(noise)
             if guided:
                 uncond, cond = noise.chunk(2)

@@ -25,13 +25,15 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
-    size: str = Field("256x256", description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in "
-                                             f"[{MIN_SIDE}, {MAX_SIDE}].")
+    size: str = Field(
+        "256x256", description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]."
+    )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     num_inference_steps: int = Field(20, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(7.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False,
-                                  description="Classifier-free guidance; <= 1 disables it.")
+    guidance_scale: float = Field(
+        7.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, description="Classifier-free guidance; <= 1 disables it."
+    )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn at random when omitted.")
     scheduler: Literal[SCHEDULER_NAMES] = Field("ddim", description="Sampler.")
     output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Image encoding.")

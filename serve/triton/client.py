@@ -25,10 +25,15 @@ class TritonClient:
         self.url = url
         self.timeout_s = timeout_s
         # Reconnect within a second once Triton is back, rather than gRPC's default backoff of up to 2 minutes.
-        self._client = InferenceServerClient(url, channel_args=[
-            ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000),
-            ("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20),
-        ])
+        self._client = InferenceServerClient(
+            url,
+            channel_args=[
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 1000),
+                ("grpc.max_send_message_length", 256 << 20),
+                ("grpc.max_receive_message_length", 256 << 20),
+            ],
+        )
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run ``spec``'s model on ``inputs`` (batch axis first) and return its outputs by name."""

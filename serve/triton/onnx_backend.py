@@ -81,7 +81,9 @@ class OnnxRuntimeModel:
             if isinstance(result, Exception):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
                 continue
-            tensors = [pb_utils.Tensor(name, result[name].astype(dtype, copy=False)) for name, dtype in self.outputs.items()]
+            tensors = [
+                pb_utils.Tensor(name, result[name].astype(dtype, copy=False)) for name, dtype in self.outputs.items()
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
@@ -96,5 +98,11 @@ class OnnxRuntimeModel:
 
 
 def _numpy_dtype(triton_type: str) -> str:
-    return {"TYPE_FP32": "float32", "TYPE_FP16": "float16", "TYPE_INT64": "int64", "TYPE_INT32": "int32",
-            "TYPE_UINT8": "uint8", "TYPE_BOOL": "bool"}[triton_type]
+    return {
+        "TYPE_FP32": "float32",
+        "TYPE_FP16": "float16",
+        "TYPE_INT64": "int64",
+        "TYPE_INT32": "int32",
+        "TYPE_UINT8": "uint8",
+        "TYPE_BOOL": "bool",
+    }[triton_type]

@@ -39,7 +39,9 @@ def backend_directory() -> Path:
     source = _pytriton_dir() / "tritonserver" / "backends" / "python"
     target = easel_home() / "triton" / f"backends-py{sys.version_info.major}.{sys.version_info.minor}"
     python = target / "python"
-    stub = _pytriton_dir() / "tritonserver" / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = (
+        _pytriton_dir() / "tritonserver" / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
+    )
     if not (python / "triton_python_backend_stub").exists():
         python.mkdir(parents=True, exist_ok=True)
         for item in source.iterdir():
@@ -90,8 +92,14 @@ class TritonStartError(RuntimeError):
 class TritonServer:
     """One tritonserver process over a model repository, on free loopback ports unless told otherwise."""
 
-    def __init__(self, repository: Path, log_path: Path, host: str = "127.0.0.1",
-                 ports: tuple[int, int, int] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        repository: Path,
+        log_path: Path,
+        host: str = "127.0.0.1",
+        ports: tuple[int, int, int] | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.repository = repository
         self.log_path = log_path
         http, grpc, metrics = ports or (free_port(host), free_port(host), free_port(host))
@@ -104,19 +112,28 @@ class TritonServer:
         e = self.endpoints
         return [
             str(_pytriton_dir() / "tritonserver" / "bin" / "tritonserver"),
-            f"--model-repository={self.repository}", f"--backend-directory={backend_directory()}",
-            f"--http-address={e.host}", f"--http-port={e.http_port}",
-            f"--grpc-address={e.host}", f"--grpc-port={e.grpc_port}",
-            f"--metrics-address={e.host}", f"--metrics-port={e.metrics_port}",
-            "--exit-on-error=false", "--strict-readiness=false", "--exit-timeout-secs=5", "--log-verbose=0", *self.extra_args,
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backend_directory()}",
+            f"--http-address={e.host}",
+            f"--http-port={e.http_port}",
+            f"--grpc-address={e.host}",
+            f"--grpc-port={e.grpc_port}",
+            f"--metrics-address={e.host}",
+            f"--metrics-port={e.metrics_port}",
+            "--exit-on-error=false",
+            "--strict-readiness=false",
+            "--exit-timeout-secs=5",
+            "--log-verbose=0",
+            *self.extra_args,
         ]
 
     def start(self, models: tuple[str, ...] = (), timeout_s: float = 180.0, detach: bool = False) -> TritonServer:
         """Start the process and wait until it and ``models`` are ready; raise :class:`TritonStartError` if not."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=server_environment(), start_new_session=detach)
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=detach
+            )
         logger.info("tritonserver pid %d starting (log: %s)", self.process.pid, self.log_path)
         self.wait_ready(models, timeout_s)
         return self

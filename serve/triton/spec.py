@@ -22,12 +22,11 @@ _TRITON_DTYPES = {
 }
 
 
-class Backend(str, enum.Enum):
-    """How a model is hosted: a python-backend ONNX Runtime model (bundled CPU Triton) or native backends (NGC)."""
+class Backend(enum.StrEnum):
+    """How an ONNX engine is hosted: a python-backend ONNX Runtime model (bundled CPU Triton) or native (NGC)."""
 
     PYTHON_ONNX = "python"
     ONNXRUNTIME = "onnxruntime"
-    PYTHON = "python-only"
 
 
 @dataclass(frozen=True)
@@ -68,8 +67,20 @@ class DynamicBatching:
 
 
 @dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: ``model``'s tensors mapped to ensemble tensor names."""
+
+    model: str
+    input_map: dict[str, str]
+    output_map: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ModelSpec:
-    """A Triton model: its name, tensors and batching."""
+    """A Triton model: its name, tensors and batching; an ensemble when ``ensemble`` lists steps.
+
+    ``python_model`` ("module:Class") marks a python-backend model implemented by that class, not an ONNX engine.
+    """
 
     name: str
     inputs: tuple[TensorSpec, ...]
@@ -78,6 +89,8 @@ class ModelSpec:
     dynamic_batching: DynamicBatching | None = None
     instance_count: int = 1
     parameters: dict[str, str] = field(default_factory=dict)
+    ensemble: tuple[EnsembleStep, ...] = ()
+    python_model: str | None = None
 
     @property
     def batch_axis(self) -> str | None:
@@ -95,13 +108,23 @@ class ModelSpec:
     def to_model_config(self, backend: Backend = Backend.PYTHON_ONNX) -> mc.ModelConfig:
         """The Triton ``ModelConfig`` protobuf for this model on ``backend``."""
         config = mc.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
-        if backend is Backend.ONNXRUNTIME:
+        if self.ensemble:
+            config.platform = "ensemble"
+        elif backend is Backend.ONNXRUNTIME and not self.python_model:
             config.platform = "onnxruntime_onnx"
         else:
             config.backend = "python"
         config.input.extend(_tensor_config(t, mc.ModelInput) for t in self.inputs)
         config.output.extend(_tensor_config(t, mc.ModelOutput) for t in self.outputs)
-        config.instance_group.append(mc.ModelInstanceGroup(count=self.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU))
+        for step in self.ensemble:
+            config.ensemble_scheduling.step.append(
+                mc.ModelEnsembling.Step(
+                    model_name=step.model, model_version=-1, input_map=step.input_map, output_map=step.output_map
+                )
+            )
+        if not self.ensemble:
+            group = mc.ModelInstanceGroup(count=self.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
+            config.instance_group.append(group)
         if self.dynamic_batching is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
             config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)

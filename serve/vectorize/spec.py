@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
+from serve.triton.spec import DynamicBatching, EnsembleStep, ModelSpec, TensorSpec
 from serve.vectorize.features import F
 from serve.vectorize.params import P
 
@@ -12,7 +12,7 @@ QUALITY = ModelSpec(
     name="vectorize_quality",
     inputs=(TensorSpec("features", "float32", (F,)), TensorSpec("params", "float32", (P,))),
     outputs=(TensorSpec("ssim", "float32", (1,)), TensorSpec("log_bytes", "float32", (1,))),
-    max_batch_size=64,
+    max_batch_size=512,  # one request scores all tier-2 candidates (about 260) in one batch
     dynamic_batching=_BATCHING,
 )
 """Quality predictor: image features and a normalised parameter vector -> predicted SSIM and ``ln(SVG
@@ -28,3 +28,35 @@ POLICY = ModelSpec(
 """PPO policy (deterministic actor mean): image features -> normalised parameter vector in ``[0, 1]``."""
 
 SPECS = (QUALITY, POLICY)
+
+FEATURES = ModelSpec(
+    name="vectorize_features",
+    inputs=(TensorSpec("image", "uint8", (-1, -1, 3), ("height", "width")),),
+    outputs=(
+        TensorSpec("features", "float32", (1, F)),
+        TensorSpec("features_tiled", "float32", (-1, F), ("candidates",)),
+        TensorSpec("candidates", "float32", (-1, P), ("candidates",)),
+    ),
+    python_model="serve.vectorize.triton_features:FeaturesModel",
+)
+"""Image features, plus the tier-2 candidate parameter sets (and the features tiled to match) for the predictor."""
+
+ENSEMBLE = ModelSpec(
+    name="vectorize",
+    inputs=FEATURES.inputs,
+    outputs=(
+        FEATURES.outputs[0],
+        FEATURES.outputs[2],
+        TensorSpec("ssim", "float32", (-1, 1), ("candidates",)),
+        TensorSpec("log_bytes", "float32", (-1, 1), ("candidates",)),
+        TensorSpec("policy_params", "float32", (-1, P), ("rows",)),
+    ),
+    ensemble=(
+        EnsembleStep(FEATURES.name, {"image": "image"},
+                     {"features": "features", "features_tiled": "features_tiled", "candidates": "candidates"}),
+        EnsembleStep(QUALITY.name, {"features": "features_tiled", "params": "candidates"},
+                     {"ssim": "ssim", "log_bytes": "log_bytes"}),
+        EnsembleStep(POLICY.name, {"features": "features"}, {"params": "policy_params"}),
+    ),
+)
+"""One call for every tier: features -> (policy params, predicted quality of every tier-2 candidate)."""

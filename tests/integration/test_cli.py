@@ -17,9 +17,23 @@ def test_up_detach_serves_a_first_request_and_down_stops_everything(tmp_path):
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_port(), free_port()
     easel = [sys.executable, "-m", "serve.cli"]
-    up = subprocess.run([*easel, "up", "--detach", "--port", str(port), "--dashboard-port", str(dashboard_port),
-                         "--repository", str(tmp_path / "repository")],
-                        env=env, capture_output=True, text=True, timeout=600)
+    up = subprocess.run(
+        [
+            *easel,
+            "up",
+            "--detach",
+            "--port",
+            str(port),
+            "--dashboard-port",
+            str(dashboard_port),
+            "--repository",
+            str(tmp_path / "repository"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     state = read_state(tmp_path / "home" / "run")
     try:
         assert up.returncode == 0, up.stdout + up.stderr

@@ -2,6 +2,7 @@
 
 import asyncio
 import collections
+import logging
 import time
 
 import httpx
@@ -15,6 +16,7 @@ from tests.conftest import psnr, reference_images
 from tests.integration.conftest import decode_images
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
 
 GENERATE = "/v1/images/generations"
 
@@ -27,15 +29,32 @@ def test_health_and_readiness(api):
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_parity_with_diffusers(api, diffusers_pipeline, scheduler):
-    body = {"prompt": "a lighthouse, flat icon", "negative_prompt": "noise", "size": "256x192", "seed": 5,
-            "num_inference_steps": 12, "guidance_scale": 6.0, "scheduler": scheduler}
+    body = {
+        "prompt": "a lighthouse, flat icon",
+        "negative_prompt": "noise",
+        "size": "256x192",
+        "seed": 5,
+        "num_inference_steps": 12,
+        "guidance_scale": 6.0,
+        "scheduler": scheduler,
+    }
     response = api.post(GENERATE, json=body)
     assert response.status_code == 200, response.text
     assert response.headers["Easel-Seed"] == "5"
-    want = reference_images(diffusers_pipeline, scheduler, prompt=body["prompt"], negative_prompt="noise",
-                            width=256, height=192, num_inference_steps=12, guidance_scale=6.0, seed=5)
+    want = reference_images(
+        diffusers_pipeline,
+        scheduler,
+        prompt=body["prompt"],
+        negative_prompt="noise",
+        width=256,
+        height=192,
+        num_inference_steps=12,
+        guidance_scale=6.0,
+        seed=5,
+    )
     got = decode_images(response)
     assert got.shape == want.shape
+    logger.info("parity %s: PSNR %.1f dB against diffusers", scheduler, psnr(got, want))
     assert psnr(got, want) >= 40
 
 
@@ -45,8 +64,9 @@ def _unet_batch_histogram(triton_http_url: str) -> collections.Counter:
 
 
 def test_concurrent_requests_are_isolated_and_batched_per_step(api, stack):
-    bodies = [{"prompt": f"icon number {i}", "seed": 100 + i, "num_inference_steps": 10, "size": "128x128"}
-              for i in range(8)]
+    bodies = [
+        {"prompt": f"icon number {i}", "seed": 100 + i, "num_inference_steps": 10, "size": "128x128"} for i in range(8)
+    ]
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
     before = _unet_batch_histogram(stack.info.triton_http_url)
 
@@ -60,6 +80,7 @@ def test_concurrent_requests_are_isolated_and_batched_per_step(api, stack):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")
     # Each guided request sends 2 rows per step: a batch of more than 2 rows merged several requests' steps.
+    logger.info("unet batch-size histogram under 8 concurrent requests: %s", dict(sorted(histogram.items())))
     merged = sum(count for size, count in histogram.items() if size > 2)
     assert merged > 0, f"no UNet execution merged requests: {dict(histogram)}"
 
@@ -103,8 +124,9 @@ def test_long_prompts_are_truncated_and_say_so(api):
 def test_output_formats_and_n(api, fmt, magic):
     import base64
 
-    response = api.post(GENERATE, json={"prompt": "x", "n": 2, "size": "64x64", "num_inference_steps": 2,
-                                        "output_format": fmt})
+    response = api.post(
+        GENERATE, json={"prompt": "x", "n": 2, "size": "64x64", "num_inference_steps": 2, "output_format": fmt}
+    )
     data = response.json()["data"]
     assert len(data) == 2 and all(base64.b64decode(d["b64_json"]).startswith(magic) for d in data)
 

@@ -7,7 +7,11 @@ from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, Payload
 
 def test_status_codes_and_bodies():
     assert InvalidInput("bad", field="size").body()["error"] == {
-        "message": "bad", "type": "invalid_request_error", "param": "size", "code": 400}
+        "message": "bad",
+        "type": "invalid_request_error",
+        "param": "size",
+        "code": 400,
+    }
     assert PayloadTooLarge("big", field="file").status == 413
     assert NotReady("down").headers() == {"Retry-After": "5"}
     assert Overloaded("busy", retry_after_s=1).status == 429

@@ -7,7 +7,8 @@ from serve.triton.onnx_backend import make_session, run_batched
 
 def _double_model(path):
     graph = helper.make_graph(
-        [helper.make_node("Add", ["x", "x"], ["y"])], "double",
+        [helper.make_node("Add", ["x", "x"], ["y"])],
+        "double",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
     )

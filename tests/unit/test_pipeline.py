@@ -19,9 +19,18 @@ def pipeline(engine_dir):
 def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance, width, height):
     job = Generation("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler)
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
-    want = reference_images(diffusers_pipeline, scheduler, prompt="a red fox", negative_prompt="blurry",
-                            num_images_per_prompt=n, width=width, height=height, num_inference_steps=8,
-                            guidance_scale=guidance, seed=11)
+    want = reference_images(
+        diffusers_pipeline,
+        scheduler,
+        prompt="a red fox",
+        negative_prompt="blurry",
+        num_images_per_prompt=n,
+        width=width,
+        height=height,
+        num_inference_steps=8,
+        guidance_scale=guidance,
+        seed=11,
+    )
     assert got.shape == want.shape == (n, height, width, 3)
     assert psnr(got, want) >= 40
 

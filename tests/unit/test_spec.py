@@ -6,11 +6,14 @@ from tritonclient.grpc import model_config_pb2 as mc
 from serve.paths import MODEL_REPOSITORY
 from serve.text_to_image.spec import ENGINE_NAMES, PipelineDims, engine_specs
 from serve.triton.spec import Backend, ModelSpec, TensorSpec, read_model_config, triton_dtype_name, write_model_config
+from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 
 def test_committed_configs_match_the_spec(default_model):
     specs = engine_specs(PipelineDims.from_diffusers(default_model))
-    for name in ENGINE_NAMES:
+    specs.update({spec.name: spec for spec in (QUALITY, POLICY, FEATURES, ENSEMBLE)})
+    assert {p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt")} == set(specs)
+    for name in specs:
         parsed = read_model_config(MODEL_REPOSITORY / name / "config.pbtxt")
         assert parsed == specs[name].to_model_config(), f"{name}/config.pbtxt is out of date: run `easel build`"
 
@@ -33,8 +36,14 @@ def test_unet_batches_dynamically_with_a_per_sample_timestep(default_model):
 
 
 def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
-    dims = PipelineDims(text_length=77, text_hidden=768, latent_channels=4, vae_scale_factor=8,
-                        vae_scaling_factor=0.18215, sample_size=64)
+    dims = PipelineDims(
+        text_length=77,
+        text_hidden=768,
+        latent_channels=4,
+        vae_scale_factor=8,
+        vae_scaling_factor=0.18215,
+        sample_size=64,
+    )
     for spec in engine_specs(dims).values():
         path = write_model_config(spec, tmp_path, Backend.ONNXRUNTIME)
         parsed = read_model_config(path)
@@ -44,8 +53,9 @@ def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
 
 
 def test_dynamic_axes_name_the_batch_and_every_free_dimension():
-    spec = ModelSpec("m", (TensorSpec("x", "float32", (4, -1, -1), ("h", "w")),),
-                     (TensorSpec("y", "float32", ()),), max_batch_size=8)
+    spec = ModelSpec(
+        "m", (TensorSpec("x", "float32", (4, -1, -1), ("h", "w")),), (TensorSpec("y", "float32", ()),), max_batch_size=8
+    )
     assert spec.onnx_dynamic_axes() == {"x": {0: "batch", 2: "h", 3: "w"}, "y": {0: "batch"}}
 
 
@@ -61,3 +71,13 @@ def test_kserve_dtype_names():
     assert triton_dtype_name("int64") == "INT64"
     assert triton_dtype_name("bytes") == "BYTES"
     assert mc.DataType.Name(mc.TYPE_FP32) == "TYPE_FP32"
+
+
+def test_vectorize_ensemble_wires_existing_tensors():
+    config = ENSEMBLE.to_model_config()
+    assert config.platform == "ensemble" and not config.instance_group
+    produced = {"image"}
+    for step in config.ensemble_scheduling.step:
+        assert set(step.input_map.values()) <= produced, step.model_name
+        produced |= set(step.output_map.values())
+    assert {o.name for o in config.output} <= produced

@@ -1,3 +1,3 @@
-"""Triton python-backend model: serves model.onnx beside this file with ONNX Runtime (see serve.triton)."""
+"""Triton python-backend model, implemented in serve.triton.onnx_backend."""
 
 from serve.triton.onnx_backend import OnnxRuntimeModel as TritonPythonModel  # noqa: F401

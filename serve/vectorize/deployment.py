@@ -1,0 +1,193 @@
+"""Ray Serve ``Vectorizer`` deployment: decode, one Triton ensemble call for every tier, vtracer, optional SSIM.
+
+With Triton down or the models not built it answers with vtracer's defaults and says why (``fallback``).
+vtracer holds the GIL, so throughput scales with replicas (processes), not threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from ray import serve
+
+from serve.errors import EaselError, InvalidInput, PayloadTooLarge
+from serve.triton.client import TritonClient
+from serve.vectorize import tiers
+from serve.vectorize.convert import render, ssim, vectorize
+from serve.vectorize.features import classify
+from serve.vectorize.image import ImageRejected, decode_image
+from serve.vectorize.params import DEFAULTS, from_vector, scale_to_size
+from serve.vectorize.runtime import TIER1_FILE, TRAINED_DIR
+from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.spec import ENSEMBLE
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class VectorizeResult:
+    """What the API returns (as SVG, or as JSON with everything)."""
+
+    svg: str
+    tier: str
+    requested_tier: str
+    image_class: str | None
+    parameters: dict
+    predicted_quality: float | None
+    ssim: float | None
+    bytes: int
+    paths: int
+    fallback: str | None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        """The JSON response body."""
+        return asdict(self)
+
+
+class _Precomputed:
+    """The quality predictor's answers for the candidates Triton scored, in the shape tier 2 asks for."""
+
+    def __init__(self, candidates: np.ndarray, ssim_: np.ndarray, log_bytes: np.ndarray) -> None:
+        self.candidates, self.ssim, self.log_bytes = candidates, ssim_.reshape(-1), log_bytes.reshape(-1)
+
+    def __call__(self, features: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if not np.array_equal(params, self.candidates):
+            raise RuntimeError("tier 2 asked about other candidates than the ones Triton scored")
+        return self.ssim, self.log_bytes
+
+
+def select(
+    requested: str,
+    outputs: dict[str, np.ndarray],
+    mapping: tiers.Tier1Map | None,
+    margin: float,
+    budget_ms: float,
+    target_quality: float | None,
+) -> tiers.Choice:
+    """The parameter choice of tier ``requested`` from one ``vectorize`` ensemble answer."""
+    features = outputs["features"][0]
+    predictor = _Precomputed(outputs["candidates"], outputs["ssim"], outputs["log_bytes"])
+    policy = lambda _: outputs["policy_params"]  # noqa: E731 - the policy already ran inside the ensemble
+    if requested == "2" and target_quality is not None:
+        ok = predictor.ssim >= target_quality
+        best = int(np.flatnonzero(ok)[np.argmin(predictor.log_bytes[ok])]) if ok.any() else int(predictor.ssim.argmax())
+        return tiers.Choice(
+            from_vector(predictor.candidates[best]),
+            "tier2",
+            float(predictor.ssim[best]),
+            float(np.exp(predictor.log_bytes[best])),
+        )
+    if requested == "1":
+        if mapping is None:
+            raise LookupError("the tier-1 mapping is not trained")
+        return tiers.tier1(features, mapping)
+    if requested == "2":
+        return tiers.tier2(features, predictor, mapping, margin)
+    if requested == "3":
+        return tiers.tier3(features, policy)
+    return tiers.auto(features, mapping, predictor, policy, budget_ms, margin)
+
+
+@serve.deployment(name="Vectorizer")
+class Vectorizer:
+    """Vectorize uploads; many in flight per replica, CPU work in worker threads."""
+
+    def __init__(self, triton_grpc_url: str) -> None:
+        path = TRAINED_DIR / TIER1_FILE
+        self.mapping = tiers.Tier1Map.load(path) if path.exists() else None
+        self.margin = 0.005
+        self.triton = TritonClient(triton_grpc_url, timeout_s=30)
+
+    async def vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
+        """Decode and validate ``upload``, choose parameters, convert, and optionally score the SVG."""
+        timings: dict[str, float] = {}
+        started = time.perf_counter()
+        try:
+            pixels = await asyncio.to_thread(decode_image, upload, "image")
+        except ImageRejected as error:
+            raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
+        timings["decode"] = _ms_since(started)
+        choice, image_class, fallback = await self._choose(pixels, options, timings)
+        mark = time.perf_counter()
+        conversion = await asyncio.to_thread(vectorize, pixels, choice.params)
+        timings["convert"] = _ms_since(mark)
+        measured = None
+        if options.validate_output:
+            mark = time.perf_counter()
+            measured = await asyncio.to_thread(_score, pixels, conversion.svg)
+            if options.target_quality is not None and measured < options.target_quality and choice.tier != "default":
+                default = await asyncio.to_thread(vectorize, pixels, DEFAULTS)
+                default_ssim = await asyncio.to_thread(_score, pixels, default.svg)
+                if default_ssim > measured:
+                    choice, conversion, measured = tiers.Choice(DEFAULTS, "default"), default, default_ssim
+                    fallback = "below target_quality; vtracer defaults scored higher"
+            timings["validate"] = _ms_since(mark)
+        timings["total"] = _ms_since(started)
+        return VectorizeResult(
+            svg=conversion.svg,
+            tier=_public_tier(choice.tier),
+            requested_tier=options.tier,
+            image_class=image_class,
+            parameters=choice.params.kwargs(),
+            predicted_quality=choice.predicted_ssim,
+            ssim=measured,
+            bytes=conversion.n_bytes,
+            paths=conversion.n_paths,
+            fallback=fallback,
+            timings_ms=timings,
+        )
+
+    async def _choose(self, pixels: np.ndarray, options: VectorizeOptions, timings: dict) -> tuple:
+        """The parameter choice, the image class, and the fallback reason if the defaults had to stand in."""
+        if options.tier == "default":
+            return tiers.Choice(DEFAULTS, "default"), None, None
+        mark = time.perf_counter()
+        try:
+            outputs = await self.triton.infer(ENSEMBLE, {"image": pixels})
+        except EaselError as error:
+            logger.warning("vectorize models unavailable, using defaults: %s", error.message)
+            return tiers.Choice(DEFAULTS, "default"), None, f"models unavailable: {error.message}"
+        except Exception as error:  # noqa: BLE001 - any Triton failure degrades to the defaults, never a 500
+            logger.warning("vectorize ensemble failed, using defaults: %s", error)
+            return tiers.Choice(DEFAULTS, "default"), None, f"models failed: {error}"
+        timings["models"] = _ms_since(mark)
+        image_class = classify(outputs["features"][0]).value
+        try:
+            choice = select(
+                options.tier, outputs, self.mapping, self.margin, options.time_budget_ms, options.target_quality
+            )
+        except LookupError as error:
+            return tiers.Choice(DEFAULTS, "default"), image_class, f"models unavailable: {error}"
+        return (
+            tiers.Choice(
+                scale_to_size(choice.params, max(pixels.shape[:2])),
+                choice.tier,
+                choice.predicted_ssim,
+                choice.predicted_bytes,
+            ),
+            image_class,
+            None,
+        )
+
+    async def ready(self) -> dict[str, bool]:
+        """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
+        return await self.triton.models_ready((ENSEMBLE.name,))
+
+
+def _score(pixels: np.ndarray, svg: str) -> float:
+    return ssim(pixels, render(svg, pixels.shape[1], pixels.shape[0]))
+
+
+def _public_tier(tier: str) -> str:
+    """'tier2' -> '2', 'auto:tier3' -> '3', 'default'/'defaults' -> 'default'."""
+    name = tier.removeprefix("auto:")
+    return name.removeprefix("tier") if name.startswith("tier") else "default"
+
+
+def _ms_since(mark: float) -> float:
+    return round((time.perf_counter() - mark) * 1000, 2)

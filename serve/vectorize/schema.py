@@ -1,0 +1,47 @@
+"""The vectorize API request options and their limits."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+TIER_CHOICES = ("auto", "1", "2", "3", "default")
+MAX_UPLOAD_BYTES = 32 * 1024 * 1024
+MAX_BUDGET_MS = 60_000
+
+
+class VectorizeOptions(BaseModel):
+    """Options of ``POST /v1/vectorize`` (form fields with a multipart upload, or JSON fields beside ``image``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: Literal[TIER_CHOICES] = Field(
+        "auto",
+        description="1: fitted mapping, 2: predictor-guided search, 3: PPO policy, auto: by image class and "
+        "time budget, default: vtracer's defaults.",
+    )
+    time_budget_ms: float = Field(
+        1000.0,
+        gt=0,
+        le=MAX_BUDGET_MS,
+        allow_inf_nan=False,
+        description="Time the caller allows; auto picks a tier that fits it.",
+    )
+    target_quality: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Minimum SSIM wanted: tier 2 keeps only candidates predicted "
+        "to reach it; with validate, a result below it falls back to defaults.",
+    )
+    validate_output: bool = Field(
+        False, alias="validate", description="Render the SVG back and report its SSIM against the input."
+    )
+
+
+class VectorizeJson(VectorizeOptions):
+    """JSON body: the image as base64 plus the options."""
+
+    image: str = Field(min_length=1, description="The PNG/JPEG/... file, base64-encoded.")

@@ -1,0 +1,51 @@
+"""Triton python-backend model ``vectorize_features``: image -> features, and the tier-2 candidates to score.
+
+It heads the ``vectorize`` ensemble: its ``features`` feed the policy, its ``candidates`` (tiled with the features)
+feed the quality predictor, so one ensemble call answers every tier.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def features_and_candidates(pixels: np.ndarray, mapping) -> dict[str, np.ndarray]:
+    """The ``vectorize_features`` outputs for one RGB image."""
+    from serve.vectorize.features import compute_features
+    from serve.vectorize.tiers import candidates
+
+    features = compute_features(pixels).astype(np.float32)[None]
+    vectors = candidates(features, mapping)
+    return {"features": features, "features_tiled": np.repeat(features, len(vectors), axis=0), "candidates": vectors}
+
+
+class FeaturesModel:
+    """The python-backend model; a bad image gets its own error response, the other requests still run."""
+
+    def initialize(self, args: dict) -> None:
+        """Load the tier-1 mapping (its answer is one of the candidates) if it was trained."""
+        from serve.vectorize.runtime import TIER1_FILE, TRAINED_DIR
+        from serve.vectorize.tiers import Tier1Map
+
+        path = TRAINED_DIR / TIER1_FILE
+        self.mapping = Tier1Map.load(path) if path.exists() else None
+
+    def execute(self, requests: list) -> list:
+        """Compute each request's features and candidates."""
+        import triton_python_backend_utils as pb_utils
+
+        responses = []
+        for request in requests:
+            pixels = pb_utils.get_input_tensor_by_name(request, "image").as_numpy()
+            if pixels.ndim != 3 or pixels.shape[2] != 3 or min(pixels.shape[:2]) == 0:
+                error = pb_utils.TritonError(f"image must be HxWx3 uint8, got shape {pixels.shape}")
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            outputs = features_and_candidates(pixels, self.mapping)
+            tensors = [pb_utils.Tensor(name, array) for name, array in outputs.items()]
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+        return responses

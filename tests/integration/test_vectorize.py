@@ -1,0 +1,159 @@
+"""Vectorize through a real Triton (features -> quality/policy ensemble) and a real Ray Serve app, over HTTP."""
+
+import base64
+import io
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from serve.vectorize.schema import MAX_UPLOAD_BYTES
+from serve.vectorize.spec import ENSEMBLE
+from tests.unit.vectorize.test_vectorize_image import _png_header_only
+
+pytestmark = pytest.mark.integration
+
+VECTORIZE = "/v1/vectorize"
+ICONS = sorted((Path(__file__).resolve().parents[3] / "shared" / "datasets" / "icons-dev" / "val").glob("*.png"))
+JSON = {"Accept": "application/json"}
+
+
+def _png(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def icon() -> bytes:
+    if ICONS:
+        return ICONS[0].read_bytes()
+    image = Image.new("RGB", (128, 128), "white")
+    image.paste((200, 30, 30), (20, 20, 100, 100))
+    return _png(image)
+
+
+def test_multipart_upload_returns_svg(api, icon):
+    response = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("image/svg+xml")
+    assert "<svg" in response.text and "<path" in response.text
+    assert response.headers["Easel-Tier"] in {"1", "2", "3"}
+
+
+@pytest.mark.parametrize("tier", ["1", "2", "3", "auto", "default"])
+def test_every_tier_answers_with_json_details(api, icon, tier):
+    response = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")},
+                        data={"tier": tier, "validate": "true"}, headers=JSON)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["requested_tier"] == tier and body["fallback"] is None
+    assert body["tier"] == ("default" if tier == "default" else body["tier"])
+    if tier in {"1", "2", "3"}:
+        assert body["tier"] == tier
+    assert 0.5 < body["ssim"] <= 1.0 and body["bytes"] == len(body["svg"].encode()) and body["paths"] > 0
+    assert {"decode", "convert", "validate", "total"} <= set(body["timings_ms"])
+    assert body["parameters"]["path_precision"] >= 0
+    if tier == "2":
+        assert 0 < body["predicted_quality"] <= 1.1
+
+
+def test_json_body_with_base64(api, icon):
+    response = api.post(VECTORIZE, json={"image": base64.b64encode(icon).decode(), "tier": "3"}, headers=JSON)
+    assert response.status_code == 200, response.text
+    assert response.json()["tier"] == "3"
+
+
+def test_raw_image_body_with_query_options(api, icon):
+    response = api.post(f"{VECTORIZE}?tier=1", content=icon, headers={"Content-Type": "image/png", **JSON})
+    assert response.status_code == 200, response.text
+    assert response.json()["tier"] == "1"
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGBA", (64, 64), (255, 0, 0, 0)),
+        Image.new("P", (64, 64), 3),
+        Image.new("I;16", (64, 64), 40000),
+        Image.new("LA", (64, 64), (10, 128)),
+    ],
+    ids=["rgba", "palette", "16bit", "grey-alpha"],
+)
+def test_modes_are_converted(api, image):
+    response = api.post(VECTORIZE, files={"file": ("x.png", _png(image), "image/png")}, headers=JSON)
+    assert response.status_code == 200, response.text
+
+
+def test_cmyk_jpeg_and_animated_gif_first_frame(api):
+    cmyk = _png(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG")
+    assert api.post(VECTORIZE, files={"file": ("x.jpg", cmyk, "image/jpeg")}).status_code == 200
+    frames = [Image.new("P", (48, 48), i) for i in (1, 2, 3)]
+    gif = io.BytesIO()
+    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:])
+    assert api.post(VECTORIZE, files={"file": ("x.gif", gif.getvalue(), "image/gif")}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "field"),
+    [
+        ({"files": {"file": ("x.png", b"definitely not an image", "image/png")}}, 400, "image"),
+        ({"files": {"file": ("x.png", b"", "image/png")}}, 400, "image"),
+        ({"files": {"file": ("x.png", _png_header_only(5000, 10), "image/png")}}, 413, "image"),
+        ({"files": {"file": ("x.png", _png_header_only(4096, 4096), "image/png")}}, 413, "image"),
+        ({"files": {"file": ("x.png", _png_header_only(0, 10), "image/png")}}, 400, "image"),
+        ({"files": {"other": ("x.png", b"123", "image/png")}}, 400, "file"),
+        ({"json": {"image": "not base64!!"}}, 400, "image"),
+        ({"json": {"image": "aGVsbG8=", "tier": "7"}}, 400, "tier"),
+        ({"json": {"image": "aGVsbG8=", "time_budget_ms": -5}}, 400, "time_budget_ms"),
+        ({"json": {"image": "aGVsbG8=", "target_quality": 2}}, 400, "target_quality"),
+        ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type"),
+        ({"content": b"\0" * (MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "image/png"}}, 413, "file"),
+    ],
+    ids=["not-image", "zero-bytes", "side-over-4096", "over-16mp", "zero-size", "no-file-part", "bad-base64",
+         "unknown-tier", "negative-budget", "target-over-1", "wrong-content-type", "body-over-limit"],
+)
+def test_bad_uploads_are_4xx_naming_the_field(api, kwargs, status, field):
+    response = api.post(VECTORIZE, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == field
+
+
+def test_truncated_png_is_a_400_and_the_server_keeps_serving(api, icon):
+    response = api.post(VECTORIZE, files={"file": ("x.png", icon[: len(icon) // 2], "image/png")})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+    assert api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}).status_code == 200
+
+
+def test_ensemble_is_ready_and_callable_over_grpc(api, stack, icon):
+    import tritonclient.grpc as grpcclient
+
+    assert api.get("/readyz").json()["models"][ENSEMBLE.name] is True
+    pixels = np.asarray(Image.open(io.BytesIO(icon)).convert("RGB"))
+    tensor = grpcclient.InferInput("image", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    result = grpcclient.InferenceServerClient(stack.info.triton_grpc_url).infer(ENSEMBLE.name, [tensor])
+    assert result.as_numpy("ssim").shape[0] == result.as_numpy("candidates").shape[0] > 1
+
+
+def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
+    from serve.text_to_image.spec import ENGINE_NAMES
+
+    stack.triton.stop()
+    try:
+        response = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"},
+                            headers=JSON)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["tier"] == "default" and "unavailable" in body["fallback"]
+        assert response.headers["Easel-Fallback"] == body["fallback"]
+        assert body["parameters"]["path_precision"] == 2 and body["parameters"]["filter_speckle"] == 4
+    finally:
+        stack.triton.start((*ENGINE_NAMES, ENSEMBLE.name))
+    deadline = time.monotonic() + 30
+    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)
+    assert again.json()["tier"] == "2"

@@ -164,6 +164,27 @@ def down() -> None:
 
 
 @main.group()
+def train() -> None:
+    """Train models (their small outputs are committed)."""
+
+
+@main.group("eval")
+def evaluate() -> None:
+    """Evaluate models over a folder of data."""
+
+
+def _register_vectorize_commands() -> None:
+    from build_engines.vectorize.cli import train_vectorize
+    from serve.vectorize.cli import eval_vectorize
+
+    train.add_command(train_vectorize)
+    evaluate.add_command(eval_vectorize)
+
+
+_register_vectorize_commands()
+
+
+@main.group()
 def bench() -> None:
     """Benchmarks: print a table and write JSON."""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 import httpx
 
-from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
+from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, easel_home
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
@@ -189,6 +189,21 @@ def bench() -> None:
     """Benchmarks: print a table and write JSON."""
 
 
+def _int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(","))
+
+
+def _run_against_stack(model_dir: Path | None, bench_fn):
+    """Start a stack on free ports (no dashboard), run ``bench_fn(api_url)``, stop the stack."""
+    from serve.stack import Stack, StackOptions
+
+    stack = Stack(StackOptions(port=0, dashboard=False, model_dir=model_dir, run_dir=easel_home() / "run" / "bench"))
+    try:
+        return bench_fn(stack.start().api_url)
+    finally:
+        stack.stop()
+
+
 @bench.command("generate")
 @click.option(
     "--embedded",
@@ -199,7 +214,7 @@ def bench() -> None:
 )
 @click.option("--steps", default=20, show_default=True)
 @click.option("--size", default=256, show_default=True)
-@click.option("--repeats", default=3, show_default=True, help="Timed rounds per column (after one warm-up round).")
+@click.option("--repeats", default=3, show_default=True, help="Timed requests per concurrency slot, after a warm-up.")
 @click.option("--concurrency", default="1", show_default=True, help="Comma-separated concurrencies for the stack.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_generate.json"), show_default=True
@@ -208,21 +223,52 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
-    from serve import bench_generate as bg
-    from serve.stack import Stack, StackOptions
+    from serve.benchmarks import generate, loop
 
-    settings = bg.BenchSettings(
-        steps=steps, size=size, repeats=repeats, concurrency=tuple(int(c) for c in concurrency.split(","))
-    )
+    settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
     model_dir = default_model_dir(embedded)
-    rows = [bg.bench_diffusers(model_dir, settings), bg.bench_onnxruntime(build_engines(model_dir), settings)]
-    stack = Stack(StackOptions(port=0, dashboard=False, model_dir=model_dir, run_dir=easel_home() / "run" / "bench"))
-    try:
-        rows += bg.bench_served(stack.start().api_url, settings)
-    finally:
-        stack.stop()
-    click.echo(bg.format_table(rows))
-    bg.write_json(rows, settings, out, model=embedded, cpus=os.cpu_count())
+    rows = [
+        generate.bench_diffusers(model_dir, settings),
+        generate.bench_onnxruntime(build_engines(model_dir), settings),
+    ]
+    rows += _run_against_stack(model_dir, lambda url: generate.bench_served(url, settings))
+    click.echo(loop.format_table(rows, "img"))
+    loop.write_json(out, rows, settings=settings.__dict__, model=embedded, cpus=os.cpu_count())
+    click.echo(f"written to {out}")
+
+
+@bench.command("vectorize")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev" / "val",
+    show_default=True,
+)
+@click.option("--size", default=512, show_default=True, help="Longest side the icons are resized to.")
+@click.option("--tiers", default="1,2,3,auto,default", show_default=True)
+@click.option("--concurrency", default="1", show_default=True, help="Comma-separated concurrencies.")
+@click.option("--requests", default=40, show_default=True, help="Timed requests per tier and concurrency.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("out/bench_vectorize.json"),
+    show_default=True,
+)
+def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, requests: int, out: Path) -> None:
+    """Per tier: latency p50/p95 (client and server side), conversions/s and CPU-seconds per request."""
+    from serve.benchmarks import loop, vectorize
+
+    settings = vectorize.VectorizeSettings(
+        size=size, tiers=tuple(tiers.split(",")), concurrency=_int_list(concurrency), requests=requests
+    )
+    uploads = vectorize.load_uploads(images, size)
+    rows, server_ms = _run_against_stack(None, lambda url: vectorize.bench_tiers(url, uploads, settings))
+    click.echo(loop.format_table(rows, "conv"))
+    click.echo(
+        "server-side total ms (p50 / p95): "
+        + ", ".join(f"tier {key}: {value['p50']:.1f} / {value['p95']:.1f}" for key, value in server_ms.items())
+    )
+    loop.write_json(out, rows, settings=settings.__dict__, server_ms=server_ms, images=str(images), cpus=os.cpu_count())
     click.echo(f"written to {out}")
 
 

@@ -1,0 +1,102 @@
+"""``easel bench generate``: the same weights, prompts, steps and size through diffusers, ONNX Runtime and the stack.
+
+Columns: (a) diffusers' StableDiffusionPipeline in-process (PyTorch), (b) the same ONNX engines in-process with ONNX
+Runtime through Easel's pipeline code, (c) the served stack over HTTP at each concurrency. Each column is warmed up,
+then timed; latency p50/p95 and images/s are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from serve.benchmarks.loop import BenchRow, measure
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = ("a lighthouse on a cliff", "a red fox, flat icon", "a bowl of ramen, watercolor", "a city skyline at night")
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    """What every column runs."""
+
+    steps: int = 20
+    size: int = 256
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+    repeats: int = 3
+    concurrency: tuple[int, ...] = (1,)
+
+
+def bench_diffusers(model_dir: Path, settings: GenerateSettings) -> BenchRow:
+    """(a) diffusers in-process, one request at a time."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipeline.set_progress_bar_config(disable=True)
+
+    async def call(index: int) -> None:
+        pipeline(
+            PROMPTS[index % len(PROMPTS)],
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            height=settings.size,
+            width=settings.size,
+            generator=torch.Generator().manual_seed(index),
+        )
+
+    return asyncio.run(measure("diffusers", call, 1, settings.repeats))
+
+
+def bench_onnxruntime(engine_dir: Path, settings: GenerateSettings) -> BenchRow:
+    """(b) the ONNX engines in-process with ONNX Runtime, one request at a time."""
+    from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+
+    pipeline = TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
+
+    async def call(index: int) -> None:
+        await pipeline.generate(
+            Generation(
+                PROMPTS[index % len(PROMPTS)],
+                "",
+                1,
+                settings.size,
+                settings.size,
+                settings.steps,
+                settings.guidance_scale,
+                index,
+                settings.scheduler,
+            )
+        )
+
+    return asyncio.run(measure("onnxruntime", call, 1, settings.repeats))
+
+
+def bench_served(api_url: str, settings: GenerateSettings) -> list[BenchRow]:
+    """(c) the served stack over HTTP, at each concurrency."""
+
+    async def run_all() -> list[BenchRow]:
+        limits = httpx.Limits(max_connections=max(settings.concurrency))
+        async with httpx.AsyncClient(base_url=api_url, timeout=600, limits=limits) as client:
+
+            async def call(index: int) -> None:
+                body = {
+                    "prompt": PROMPTS[index % len(PROMPTS)],
+                    "seed": index,
+                    "size": f"{settings.size}x{settings.size}",
+                    "num_inference_steps": settings.steps,
+                    "guidance_scale": settings.guidance_scale,
+                    "scheduler": settings.scheduler,
+                }
+                response = await client.post("/v1/images/generations", json=body)
+                response.raise_for_status()
+
+            return [await measure("served", call, c, c * settings.repeats) for c in settings.concurrency]
+
+    return asyncio.run(run_all())

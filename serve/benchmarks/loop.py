@@ -1,0 +1,91 @@
+"""Closed-loop load at a fixed concurrency, latency percentiles, CPU time, tables and JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One method at one concurrency."""
+
+    method: str
+    concurrency: int
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    per_s: float
+    cpu_s_per_request: float
+
+
+async def run_closed_loop(call: Callable[[int], Awaitable[None]], concurrency: int, total: int) -> tuple[list, float]:
+    """``total`` calls, ``concurrency`` at a time; returns each call's latency (s) and the wall time."""
+    latencies: list[float] = []
+    indices = iter(range(total))
+
+    async def worker() -> None:
+        for index in indices:
+            started = time.perf_counter()
+            await call(index)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+async def measure(method: str, call, concurrency: int, total: int, warmup: int | None = None) -> BenchRow:
+    """Warm up, then time ``total`` calls at ``concurrency``; CPU is the whole machine's user+system time."""
+    await run_closed_loop(call, concurrency, concurrency if warmup is None else warmup)
+    before = psutil.cpu_times()
+    latencies, wall = await run_closed_loop(call, concurrency, total)
+    after = psutil.cpu_times()
+    cpu = (after.user - before.user) + (after.system - before.system)
+    ms = np.asarray(latencies) * 1000
+    row = BenchRow(
+        method,
+        concurrency,
+        len(ms),
+        float(np.percentile(ms, 50)),
+        float(np.percentile(ms, 95)),
+        len(ms) / wall,
+        cpu / len(ms),
+    )
+    logger.info(
+        "%-14s c=%-3d p50 %8.1f ms  p95 %8.1f ms  %6.2f/s  %.3f CPU-s/req",
+        method,
+        concurrency,
+        row.p50_ms,
+        row.p95_ms,
+        row.per_s,
+        row.cpu_s_per_request,
+    )
+    return row
+
+
+def format_table(rows: list[BenchRow], unit: str) -> str:
+    """A plain-text table of the rows; ``unit`` names what ``per_s`` counts."""
+    head = f"{'method':<16}{'conc':>5}{'reqs':>6}{'p50 ms':>10}{'p95 ms':>10}{unit + '/s':>12}{'CPU-s/req':>11}"
+    body = [
+        f"{r.method:<16}{r.concurrency:>5}{r.requests:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.per_s:>12.2f}"
+        f"{r.cpu_s_per_request:>11.3f}"
+        for r in rows
+    ]
+    return "\n".join([head, *body])
+
+
+def write_json(path: Path, rows: list[BenchRow], **context) -> None:
+    """Write the context and rows as JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({**context, "rows": [asdict(r) for r in rows]}, indent=2, default=str))

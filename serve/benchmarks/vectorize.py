@@ -1,0 +1,75 @@
+"""``easel bench vectorize``: per tier, latency (client and server side), conversions/s and CPU-seconds per request."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from serve.benchmarks.loop import BenchRow, measure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VectorizeSettings:
+    """What every tier runs."""
+
+    size: int = 512
+    tiers: tuple[str, ...] = ("1", "2", "3", "auto", "default")
+    concurrency: tuple[int, ...] = (1,)
+    requests: int = 40
+
+
+def load_uploads(folder: Path, size: int, limit: int = 40) -> list[bytes]:
+    """PNG uploads from ``folder``, resized so the longest side is ``size`` pixels."""
+    uploads = []
+    for path in sorted(p for p in folder.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[:limit]:
+        image = Image.open(path).convert("RGB")
+        scale = size / max(image.size)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.LANCZOS)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        uploads.append(buffer.getvalue())
+    if not uploads:
+        raise FileNotFoundError(f"no PNG/JPEG images in {folder}")
+    return uploads
+
+
+def bench_tiers(api_url: str, uploads: list[bytes], settings: VectorizeSettings) -> tuple[list[BenchRow], dict]:
+    """Every tier at every concurrency; also the server-side total time (``timings_ms.total``) percentiles."""
+    server_ms: dict[str, dict[str, float]] = {}
+
+    async def run_all() -> list[BenchRow]:
+        rows = []
+        limits = httpx.Limits(max_connections=max(settings.concurrency))
+        async with httpx.AsyncClient(base_url=api_url, timeout=300, limits=limits) as client:
+            for tier in settings.tiers:
+                for concurrency in settings.concurrency:
+                    totals: list[float] = []
+
+                    async def call(index: int, tier: str = tier, totals: list = totals) -> None:
+                        response = await client.post(
+                            "/v1/vectorize",
+                            files={"file": ("icon.png", uploads[index % len(uploads)], "image/png")},
+                            data={"tier": tier},
+                            headers={"Accept": "application/json"},
+                        )
+                        response.raise_for_status()
+                        totals.append(response.json()["timings_ms"]["total"])
+
+                    rows.append(await measure(f"tier {tier}", call, concurrency, settings.requests))
+                    timed = totals[-settings.requests :]
+                    server_ms[f"{tier}@{concurrency}"] = {
+                        "p50": float(np.percentile(timed, 50)),
+                        "p95": float(np.percentile(timed, 95)),
+                    }
+        return rows
+
+    return asyncio.run(run_all()), server_ms

@@ -31,10 +31,17 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "trained"
 )
 @click.option("--samples", type=int, default=48, show_default=True, help="Random parameter sets per image.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ppo-steps", type=int, default=150_000, show_default=True)
+@click.option("--ppo-steps", type=int, default=100_000, show_default=True)
 @click.option("--processes", type=int, default=2, show_default=True, help="Conversion worker processes.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the cached conversions table.")
+@click.option(
+    "--refine-rounds",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Rounds of real conversions at the policy's choices, predictor refit and PPO retraining.",
+)
 @click.option("--quick", is_flag=True, help="A smoke run: 12 images, 8 samples, 2k PPO steps.")
 def train_vectorize(
     data: Path,
@@ -45,6 +52,7 @@ def train_vectorize(
     processes: int,
     limit: int | None,
     no_cache: bool,
+    refine_rounds: int,
     quick: bool,
 ) -> None:
     """Train the vectorize tiers (table of conversions, predictor, tier 1 map, PPO policy) and export ONNX."""
@@ -60,8 +68,9 @@ def train_vectorize(
         limit=limit,
         processes=processes,
         use_cache=not no_cache,
-        epochs=20 if quick else 60,
-        verify_images=2 if quick else 10,
+        epochs=20 if quick else 100,
+        verify_images=2 if quick else 16,
+        refine_rounds=1 if quick else refine_rounds,
     )
     click.echo(
         json.dumps(

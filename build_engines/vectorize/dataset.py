@@ -135,6 +135,37 @@ def build_table(
     return table
 
 
+def _score_job(job: tuple[str, np.ndarray, int]) -> list[tuple]:
+    path, vectors, size = job
+    pixels = resize(load_image(path), size)
+    rows = []
+    for vector in vectors:
+        result = score(pixels, from_vector(vector))
+        rows.append((vector, result.ssim, result.n_bytes, result.n_paths, result.convert_s))
+    return rows
+
+
+def extend_table(
+    table: Table, paths: list[Path], images: np.ndarray, vectors: np.ndarray, size: int, processes: int
+) -> Table:
+    """A copy of ``table`` with real conversions of ``vectors[k]`` (``(n, m, P)``) on image ``images[k]`` added."""
+    jobs = [(str(paths[i]), vectors[k], size) for k, i in enumerate(images)]
+    context = multiprocessing.get_context("fork")
+    with context.Pool(processes) if processes > 1 else _Serial() as pool:
+        results = list(pool.imap(_score_job, jobs))
+    rows = [(i, row) for i, image_rows in zip(images, results, strict=True) for row in image_rows]
+    return Table(
+        features=table.features,
+        image=np.concatenate([table.image, np.asarray([i for i, _ in rows], dtype=np.int32)]),
+        params=np.concatenate([table.params, np.stack([r[0] for _, r in rows]).astype(np.float32)]),
+        ssim=np.concatenate([table.ssim, np.asarray([r[1] for _, r in rows], dtype=np.float32)]),
+        n_bytes=np.concatenate([table.n_bytes, np.asarray([r[2] for _, r in rows], dtype=np.int64)]),
+        n_paths=np.concatenate([table.n_paths, np.asarray([r[3] for _, r in rows], dtype=np.int32)]),
+        seconds=np.concatenate([table.seconds, np.asarray([r[4] for _, r in rows], dtype=np.float32)]),
+        names=table.names,
+    )
+
+
 class _Serial:
     """A stand-in for a process pool that maps in this process."""
 

@@ -1,11 +1,9 @@
 """Tier 1 fitting: k-means over standardised features, one parameter set per cluster.
 
-Each cluster's parameter set minimises the predicted mean ln(bytes) over its training images subject to the
-predicted mean SSIM being at least the defaults' plus a margin; the best few predicted candidates are then
-checked
-with real conversions of (up to ``verify_images``) cluster images and the smallest one that keeps the real
-mean SSIM
-at or above the defaults' wins.
+For each cluster, the quality predictor shortlists the candidates with the smallest predicted mean ln(bytes)
+whose predicted mean SSIM beats the defaults' by a margin (at three margins); real conversions of up to
+``verify_images`` cluster images then pick the smallest one whose real mean SSIM beats the defaults' by
+:data:`REAL_MARGIN`.
 """
 
 from __future__ import annotations
@@ -22,6 +20,8 @@ from serve.vectorize.params import from_vector
 from serve.vectorize.tiers import Predictor, Tier1Map, candidates
 
 logger = logging.getLogger(__name__)
+
+REAL_MARGIN = 0.003  # the real mean SSIM over the checked images must beat the defaults' by this much
 
 
 def kmeans(z: np.ndarray, k: int, seed: int, iterations: int = 50) -> np.ndarray:
@@ -46,8 +46,8 @@ def fit_tier1(
     k: int,
     seed: int,
     margin: float = 0.003,
-    shortlist: int = 5,
-    verify_images: int = 10,
+    shortlist: int = 6,
+    verify_images: int = 16,
     size: int = 256,
 ) -> Tier1Map:
     """Fit the tier 1 mapping (see module docstring); ``image_paths`` are the table's images, in order."""
@@ -67,8 +67,7 @@ def fit_tier1(
         ssim, log_bytes = predictor(feats, np.tile(bank, (members.size, 1)))
         ssim = ssim.reshape(members.size, len(bank)).mean(0)
         log_bytes = log_bytes.reshape(members.size, len(bank)).mean(0)
-        ok = np.flatnonzero(ssim >= ssim[0] + margin)
-        order = ok[np.argsort(log_bytes[ok])][:shortlist] if ok.size else np.asarray([0])
+        order = _shortlist(ssim, log_bytes, margin, shortlist)
         sample = rng.permutation(members)[:verify_images]
         best = _verify(table, bank[order], sample, image_paths, size) if verify_images else 0
         chosen.append(bank[order[best]])
@@ -79,6 +78,31 @@ def fit_tier1(
         centroids.astype(np.float32),
         np.stack(chosen).astype(np.float32),
     )
+
+
+def _shortlist(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, size: int) -> np.ndarray:
+    """The smallest predicted candidates at margins ``margin``, ``3 margin`` and ``6 margin``, then defaults."""
+    picked: list[int] = []
+    for m in (margin, 3 * margin, 6 * margin):
+        ok = np.flatnonzero(ssim >= ssim[0] + m)
+        picked += [int(i) for i in ok[np.argsort(log_bytes[ok])] if i not in picked][: max(1, size // 3)]
+    return np.asarray([*picked, 0])
+
+
+def best_found(table: Table, images: np.ndarray, margin: float = 0.003) -> np.ndarray:
+    """Tier 2's candidate bank: each image's smallest set whose real SSIM beats the defaults' by ``margin``.
+
+    Images without one are skipped; duplicates are removed.
+    """
+    found = []
+    for i in images:
+        rows = np.flatnonzero(table.image == i)
+        ok = rows[table.ssim[rows] >= table.ssim[rows[0]] + margin]
+        if ok.size:
+            found.append(table.params[ok[np.argmin(table.n_bytes[ok])]])
+    if not found:
+        return np.zeros((0, table.params.shape[1]), dtype=np.float32)
+    return np.unique(np.round(np.stack(found), 5), axis=0).astype(np.float32)
 
 
 def _bank(seed: int) -> np.ndarray:
@@ -96,7 +120,7 @@ def _verify(table: Table, shortlist: np.ndarray, images: np.ndarray, paths: list
     for vector in shortlist:
         scores = [score(p, from_vector(vector)) for p in pixels]
         results.append((np.mean([s.ssim for s in scores]), np.mean([np.log(s.n_bytes) for s in scores])))
-    ok = [i for i, (s, _) in enumerate(results) if s >= default_ssim]
+    ok = [i for i, (s, _) in enumerate(results) if s >= default_ssim + REAL_MARGIN]
     if not ok:
         return int(np.argmax([s for s, _ in results]))
     return min(ok, key=lambda i: results[i][1])

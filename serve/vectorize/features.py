@@ -137,12 +137,12 @@ def feature_dict(features: np.ndarray) -> dict[str, float]:
 
 
 def classify(features: np.ndarray) -> ImageClass:
-    """A coarse class from the features (hand-set thresholds, documented inline)."""
+    """A coarse class from the features (thresholds set from the Breeze training set's percentiles)."""
     f = feature_dict(features)
-    if f["smooth_fraction"] > 0.3 and f["colors_95"] > 0.45:
-        return ImageClass.GRADIENT  # wide areas of slowly changing colour
-    if f["saturation"] < 0.15 and f["edge_density"] > 0.12 and f["dark_fraction"] > 0.05:
+    if f["smooth_fraction"] > 0.12:
+        return ImageClass.GRADIENT  # wide areas of slowly changing colour (shading, gradients)
+    if f["saturation"] < 0.15 and f["edge_density"] > 0.08 and f["dark_fraction"] > 0.02:
         return ImageClass.TEXT  # dense, dark, colourless strokes
-    if f["unique_colors"] > 0.6 and f["edge_density"] > 0.2:
-        return ImageClass.COMPLEX  # many colours and many edges
+    if f["unique_colors"] > 0.45 and f["entropy"] > 0.5:
+        return ImageClass.COMPLEX  # many colours, busy tonal histogram
     return ImageClass.SIMPLE

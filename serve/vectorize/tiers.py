@@ -1,10 +1,9 @@
 """Parameter selection tiers. The same code runs with in-process ONNX Runtime models and with Triton clients.
 
 * tier 1: nearest feature centroid -> a fitted parameter set (JSON, microseconds).
-* tier 2: score K candidate parameter sets (defaults, presets, tier 1's answer, a fixed random bank) with the
-  quality predictor; pick the smallest predicted SVG among those whose predicted SSIM is at least the
-  defaults'
-  predicted SSIM plus ``margin`` (the most similar one if none qualifies).
+* tier 2: score K candidate parameter sets (defaults, presets, tier 1's answer, the training images' best-found
+  parameter sets) with the quality predictor; pick the smallest predicted SVG among those whose predicted SSIM is
+  at least tier 1's (and the defaults') plus ``margin``, else tier 1's answer (see :func:`pick`).
 * tier 3: the PPO policy's deterministic action.
 * auto: picks a tier from the image class and a time budget.
 
@@ -62,6 +61,7 @@ class Tier1Map:
     std: np.ndarray
     centroids: np.ndarray
     params: np.ndarray
+    bank: np.ndarray | None = None
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Parameter vectors ``(N, P)`` for features ``(N, F)``."""
@@ -77,12 +77,15 @@ class Tier1Map:
             "centroids": self.centroids.tolist(),
             "params": self.params.tolist(),
             "decoded": [from_vector(p).kwargs() for p in self.params],
+            **({"bank": self.bank.tolist()} if self.bank is not None else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Tier1Map:
         """Rebuild from :meth:`to_json` output."""
         arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "std", "centroids", "params")}
+        if data.get("bank") is not None:
+            arrays["bank"] = np.asarray(data["bank"], dtype=np.float32).reshape(-1, P)
         if arrays["params"].shape[1] != P or arrays["centroids"].shape != (
             len(arrays["params"]),
             len(arrays["mean"]),
@@ -107,6 +110,7 @@ class Choice:
 
 
 _BANK_SIZE = 256
+TIER1_ROW = 1 + len(PRESETS)  # tier 1's answer in :func:`candidates` (after the defaults and the presets)
 _BANK = sample_vectors(np.random.default_rng(12345), _BANK_SIZE)
 
 
@@ -118,19 +122,29 @@ def tier1(features: np.ndarray, mapping: Tier1Map) -> Choice:
 def candidates(
     features: np.ndarray, mapping: Tier1Map | None = None, bank: np.ndarray | None = None
 ) -> np.ndarray:
-    """Candidate vectors for tier 2: defaults first, then presets, tier 1's answer and the random bank."""
+    """Candidate vectors for tier 2: defaults first, then presets, tier 1's answer and a bank.
+
+    The bank is ``bank`` if given, else the mapping's (the best-found parameters of the training images), else a
+    fixed random sample of the parameter space.
+    """
     rows = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values())]
     if mapping is not None:
         rows.append(mapping(features)[0])
+        if bank is None:
+            bank = mapping.bank
     return np.concatenate([np.stack(rows), _BANK if bank is None else bank]).astype(np.float32)
 
 
-def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float) -> int:
-    """Index of the smallest ``log_bytes`` with ``ssim >= ssim[0] + margin`` (row 0 is the defaults).
+def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int = 0) -> int:
+    """Index of the smallest ``log_bytes`` whose ``ssim`` is at least the reference's and the defaults' + margin.
 
-    Falls back to the highest predicted SSIM when no candidate qualifies.
+    Row 0 is the defaults; ``reference`` (tier 1's answer when there is one) always qualifies, so tier 2 only
+    leaves it for a candidate the predictor rates better by ``margin``. Without a reference (0), falls back to
+    the highest predicted SSIM when nothing qualifies.
     """
-    ok = ssim >= ssim[0] + margin
+    ok = ssim >= max(ssim[0], ssim[reference]) + margin
+    if reference:
+        ok[reference] = True
     if not ok.any():
         return int(np.argmax(ssim))
     return int(np.flatnonzero(ok)[np.argmin(log_bytes[ok])])
@@ -144,7 +158,7 @@ def tier2(
     batch = np.repeat(np.atleast_2d(features).astype(np.float32), len(vectors), axis=0)
     ssim, log_bytes = predictor(batch, vectors)
     ssim, log_bytes = np.asarray(ssim).reshape(-1), np.asarray(log_bytes).reshape(-1)
-    best = pick(ssim, log_bytes, margin)
+    best = pick(ssim, log_bytes, margin, reference=TIER1_ROW if mapping is not None else 0)
     return Choice(from_vector(vectors[best]), "tier2", float(ssim[best]), float(np.exp(log_bytes[best])))
 
 

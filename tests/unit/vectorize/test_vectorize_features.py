@@ -37,9 +37,7 @@ def test_features_respond_to_content():
 
 def test_gradient_is_classified_as_gradient():
     ramp = np.linspace(0, 255, 256, dtype=np.float32)
-    pixels = np.stack(
-        [np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128)], 2
-    )
+    pixels = np.stack([np.tile(ramp, (256, 1)), np.tile(ramp[:, None], (1, 256)), np.full((256, 256), 128)], 2)
     assert classify(compute_features(pixels.astype(np.uint8))) is ImageClass.GRADIENT
     assert classify(compute_features(_icon())) is ImageClass.SIMPLE
 

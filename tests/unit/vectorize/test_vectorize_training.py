@@ -49,13 +49,14 @@ def trained(tmp_path_factory) -> tuple[Path, dict, Path]:
         size=96,
         use_cache=False,
         verify_images=1,
+        refine_rounds=1,
     )
     return root / "out", report, data
 
 
 def test_training_writes_models_with_parity(trained):
     out, report, _ = trained
-    assert report["images"] == 6 and report["rows"] == 6 * (4 + 4)
+    assert report["images"] == 6 and report["rows"] == 6 * (4 + 4) + 6 * 3  # + one refinement round
     for spec in SPECS:
         model = onnx.load(out / f"{spec.name}.onnx")
         assert [i.name for i in model.graph.input] == [t.name for t in spec.inputs]
@@ -93,6 +94,10 @@ def test_pick_prefers_smallest_that_keeps_quality():
     assert pick(ssim, log_bytes, margin=0.0) == 1
     assert pick(ssim, log_bytes, margin=0.02) == 2
     assert pick(ssim, log_bytes, margin=0.1) == 2  # none qualifies: highest SSIM
+    # with a reference (tier 1's answer) only candidates rated better than it may replace it
+    assert pick(ssim, log_bytes, margin=0.0, reference=1) == 1
+    assert pick(ssim, log_bytes, margin=0.0, reference=2) == 2
+    assert pick(np.asarray([0.95, 0.96, 0.99, 0.97]), log_bytes, margin=0.0, reference=1) == 3
 
 
 def test_export_parity_failure_raises(tmp_path):
@@ -110,7 +115,7 @@ def test_export_parity_failure_raises(tmp_path):
 def test_triton_configs_round_trip(tmp_path):
     for spec in SPECS:
         config = read_model_config(write_model_config(spec, tmp_path))
-        assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+        assert config.max_batch_size == spec.max_batch_size > 0 and config.HasField("dynamic_batching")
         assert [tuple(i.dims) for i in config.input] == [t.dims for t in spec.inputs]
     assert QUALITY.input("features").dims == (F,) and QUALITY.input("params").dims == (P,)
 
@@ -122,8 +127,22 @@ def test_committed_models_load_and_answer():
     image = sorted(TRAIN.glob("*.png"))[0] if TRAIN.exists() else None
     pixels = load_image(image) if image else np.full((64, 64, 3), 255, np.uint8)
     for tier in TIERS:
-        assert isinstance(
-            choose(pixels, tier, models.mapping, models.predictor, models.policy).params, VtracerParams
-        )
+        assert isinstance(choose(pixels, tier, models.mapping, models.predictor, models.policy).params, VtracerParams)
     total = sum(p.stat().st_size for p in TRAINED_DIR.iterdir())
     assert total < 5 * 1024 * 1024
+
+
+def test_evaluate_folder_and_plot(trained, tmp_path):
+    from serve.vectorize.evaluate import METHODS, evaluate_folder, format_table
+    from serve.vectorize.plot import plot_quality_vs_size
+
+    out, _, data = trained
+    result = evaluate_folder(data, size=64, random_search=3, limit=2, processes=1, models_dir=out)
+    rows = {r["method"]: r for r in result["summary"]}
+    assert list(rows) == list(METHODS)
+    assert rows["defaults"]["bytes_ratio"] == 1.0 and all(r["images"] == 2 for r in rows.values())
+    # the oracles never lose SSIM against the defaults
+    assert rows["random_search"]["mean_ssim"] >= rows["defaults"]["mean_ssim"]
+    assert rows["best_preset"]["mean_ssim"] >= rows["defaults"]["mean_ssim"]
+    assert "tier2" in format_table(result["summary"])
+    assert plot_quality_vs_size(result["summary"], tmp_path / "plot.png").stat().st_size > 1000

@@ -97,6 +97,8 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     help="Ray Serve config YAML.",
 )
 @click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard port.")
+@click.option("--prometheus", is_flag=True, help="Also start /usr/bin/prometheus (Debian) scraping Triton and Ray.")
+@click.option("--prometheus-port", default=9090, show_default=True, help="Prometheus port on 127.0.0.1.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
 @click.option(
     "--first-request/--no-first-request",
@@ -111,11 +113,18 @@ def up(
     repository: Path,
     serve_config: Path,
     dashboard_port: int,
+    prometheus: bool,
+    prometheus_port: int,
     detach: bool,
     first_request: bool,
 ) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
+    from serve.observability.prometheus import PROMETHEUS_BINARY
     from serve.stack import Stack, StackOptions, read_state
+
+    if prometheus and not PROMETHEUS_BINARY.exists():
+        click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
+        prometheus = False
 
     if (state := read_state()) is not None and _alive(state.pid):
         raise click.ClickException(f"Easel is already up (pid {state.pid}, {state.api_url}); run `easel down` first")
@@ -130,6 +139,8 @@ def up(
                 repository=repository,
                 serve_config=serve_config,
                 dashboard_port=dashboard_port,
+                prometheus=prometheus,
+                prometheus_port=prometheus_port,
             )
         )
         stop = threading.Event()
@@ -193,13 +204,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-def _run_against_stack(model_dir: Path | None, bench_fn):
-    """Start a stack on free ports (no dashboard), run ``bench_fn(api_url)``, stop the stack."""
+def _run_against_stack(model_dir: Path | None, bench_fn, whole_info: bool = False):
+    """Start a stack on free ports (no dashboard), run ``bench_fn`` on its API URL (or its info), stop it."""
     from serve.stack import Stack, StackOptions
 
     stack = Stack(StackOptions(port=0, dashboard=False, model_dir=model_dir, run_dir=easel_home() / "run" / "bench"))
     try:
-        return bench_fn(stack.start().api_url)
+        info = stack.start()
+        return bench_fn(info if whole_info else info.api_url)
     finally:
         stack.stop()
 
@@ -272,6 +284,98 @@ def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, reque
     click.echo(f"written to {out}")
 
 
+@main.command()
+@click.argument("scenario")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev" / "val",
+    show_default=True,
+    help="Icons the vectorize users upload.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where locust's CSV/HTML go (default out/loadtest/SCENARIO).",
+)
+def loadtest(scenario: str, images: Path, out: Path | None) -> None:
+    """Run a bounded locust SCENARIO (loadtests/scenarios/*.yaml) against the stack, starting it if it is down."""
+    from serve import loadtest as lt
+    from serve.stack import read_state
+
+    try:
+        spec = lt.Scenario.load(scenario)
+    except (FileNotFoundError, ValueError) as error:
+        raise click.ClickException(str(error)) from error
+    out = out or Path("out") / "loadtest" / Path(scenario).stem
+
+    def run(info) -> int:
+        env = {**os.environ, "EASEL_TRITON_GRPC": info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(images)}
+        return lt.run_locust(spec, info.api_url, out, env)
+
+    state = read_state()
+    if state is not None and _alive(state.pid):
+        code = run(state)
+    else:
+        click.echo("no stack is up; starting one for this run")
+        code = _run_against_stack(None, run, whole_info=True)
+    click.echo(lt.format_summary(lt.summary(out)))
+    click.echo(f"locust CSV and HTML in {out} (exit code {code})")
+    if code != 0:
+        raise SystemExit(code)
+
+
+@main.group()
+def dashboards() -> None:
+    """Grafana dashboards (deployments/grafana/*.json): push them, or render their panels from Prometheus."""
+
+
+@dashboards.command("push")
+@click.option("--url", required=True, help="Grafana base URL, e.g. http://grafana:3000.")
+@click.option("--token", required=True, envvar="GRAFANA_TOKEN", help="Service-account token (or $GRAFANA_TOKEN).")
+@click.option(
+    "--prometheus-url",
+    default="http://127.0.0.1:9090",
+    show_default=True,
+    help="Prometheus URL as Grafana's server reaches it (used when the datasource is created).",
+)
+def dashboards_push(url: str, token: str, prometheus_url: str) -> None:
+    """Create the Easel folder and Prometheus datasource if missing, and create or update every dashboard."""
+    from serve.observability.grafana import FOLDER_TITLE, GrafanaPushError, push
+
+    try:
+        result = push(url, token, prometheus_url)
+    except GrafanaPushError as error:
+        raise click.ClickException(str(error)) from error
+    click.echo(f"folder {FOLDER_TITLE}: {'created' if result.folder_created else 'present'}")
+    click.echo(f"datasource: {'created' if result.datasource_created else 'present'}")
+    click.echo("dashboards saved: " + ", ".join(result.dashboards))
+
+
+@dashboards.command("render")
+@click.option("--prometheus-url", default="http://127.0.0.1:9090", show_default=True, help="Prometheus to query.")
+@click.option("--dashboard", "uid", default="easel-text-to-image", show_default=True, help="Dashboard uid.")
+@click.option("--panel", "titles", multiple=True, help="Only the panels with these titles (repeatable).")
+@click.option("--minutes", default=15.0, show_default=True, help="Time range, ending now.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/dashboard.png"))
+def dashboards_render(prometheus_url: str, uid: str, titles: tuple[str, ...], minutes: float, out: Path) -> None:
+    """Plot a dashboard's panels to a PNG with their own PromQL against a running Prometheus (needs matplotlib)."""
+    from serve.observability.dashboards import load_dashboards
+    from serve.observability.prometheus import PrometheusError
+    from serve.observability.render import render_dashboard
+
+    found = {d["uid"]: d for d in load_dashboards()}
+    if uid not in found:
+        raise click.ClickException(f"no dashboard {uid!r}; choose from {', '.join(sorted(found))}")
+    try:
+        click.echo(f"written to {render_dashboard(found[uid], prometheus_url, out, minutes, titles=titles)}")
+    except PrometheusError as error:
+        raise click.ClickException(str(error)) from error
+    except ModuleNotFoundError as error:
+        raise click.ClickException(f"{error.name} is missing: pip install matplotlib") from error
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -322,6 +426,11 @@ Easel is up.
         click.echo(
             f"  Ray dashboard   {info.dashboard_url}   (token auth: `ray get-auth-token` prints the token "
             "to paste at its login; API calls send `Authorization: Bearer <token>`)"
+        )
+    if getattr(info, "prometheus_url", None):
+        click.echo(
+            f"  Prometheus      {info.prometheus_url}   (scrapes Triton and Ray; Grafana dashboards: "
+            f"`easel dashboards push --url GRAFANA --token TOKEN --prometheus-url {info.prometheus_url}`)"
         )
     click.echo(f"""
 Example:

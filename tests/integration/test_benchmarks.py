@@ -30,3 +30,26 @@ def test_vectorize_tiers(stack):
     rows, server_ms = vectorize.bench_tiers(stack.info.api_url, vectorize.load_uploads(VAL, 128, limit=3), settings)
     assert [r.method for r in rows] == ["tier 1", "tier default"]
     assert set(server_ms) == {"1@2", "default@2"} and all(v["p50"] > 0 for v in server_ms.values())
+
+
+@pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")
+def test_locust_smoke_scenario(stack, tmp_path):
+    import os
+
+    from serve import loadtest
+
+    scenario = loadtest.Scenario.load("smoke").model_copy(update={"run_time_s": 4, "users": 3})
+    env = {**os.environ, "EASEL_TRITON_GRPC": stack.info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(VAL)}
+    assert loadtest.run_locust(scenario, stack.info.api_url, tmp_path, env) == 0
+    rows = {row["Name"]: row for row in loadtest.summary(tmp_path)}
+    assert int(rows["Aggregated"]["Request Count"]) > 0 and rows["Aggregated"]["Failure Count"] == "0"
+    assert (tmp_path / "report.html").exists()
+
+
+def test_load_is_refused_off_loopback():
+    from serve.loadtest import require_loopback
+
+    require_loopback("http://127.0.0.1:8000")
+    require_loopback("http://localhost:8000")
+    with pytest.raises(ValueError, match="loopback"):
+        require_loopback("http://10.0.0.5:8000")

@@ -1,0 +1,142 @@
+"""Locust users for Easel: text-to-image and vectorize over HTTP, and Triton directly over gRPC (KServe v2).
+
+Environment (set by `easel loadtest`): ``EASEL_TRITON_GRPC`` (host:port of Triton's gRPC endpoint) and
+``EASEL_LOADTEST_IMAGES`` (a folder of PNG/JPEG files for the vectorize users).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+
+import grpc.experimental.gevent as grpc_gevent
+import numpy as np
+from locust import HttpUser, User, between, events, task
+
+grpc_gevent.init_gevent()
+
+PROMPTS = ("a lighthouse on a cliff", "a red fox, flat icon", "a bowl of ramen", "a paper plane, line art")
+_images: list[bytes] = []
+
+
+def _uploads() -> list[bytes]:
+    """The vectorize uploads, read once per worker from ``EASEL_LOADTEST_IMAGES``."""
+    if not _images:
+        folder = Path(os.environ.get("EASEL_LOADTEST_IMAGES", ""))
+        paths = sorted(p for p in folder.glob("*") if p.suffix.lower() in {".png", ".jpg", ".jpeg"})[:64]
+        if not paths:
+            raise RuntimeError(f"EASEL_LOADTEST_IMAGES={folder} holds no PNG/JPEG files")
+        _images.extend(p.read_bytes() for p in paths)
+    return _images
+
+
+class TextToImageUser(HttpUser):
+    """Generates small images with a few steps, like an interactive client."""
+
+    wait_time = between(0.0, 0.5)
+
+    @task
+    def generate(self) -> None:
+        """POST /v1/images/generations."""
+        body = {
+            "prompt": random.choice(PROMPTS),
+            "size": "256x256",
+            "num_inference_steps": 10,
+            "seed": random.randrange(2**31),
+        }
+        self.client.post("/v1/images/generations", json=body, name="generations")
+
+
+class VectorizeUser(HttpUser):
+    """Uploads icons from a folder, mostly with the auto tier."""
+
+    wait_time = between(0.0, 0.2)
+
+    @task(4)
+    def auto(self) -> None:
+        """POST /v1/vectorize, tier auto."""
+        self._vectorize("auto")
+
+    @task(1)
+    def each_tier(self) -> None:
+        """POST /v1/vectorize with a named tier."""
+        self._vectorize(random.choice(("1", "2", "3")))
+
+    def _vectorize(self, tier: str) -> None:
+        upload = random.choice(_uploads())
+        self.client.post(
+            "/v1/vectorize",
+            files={"file": ("icon.png", upload, "image/png")},
+            data={"tier": tier},
+            headers={"Accept": "application/json"},
+            name=f"vectorize tier {tier}",
+        )
+
+
+class MixedUser(HttpUser):
+    """Mostly vectorize, sometimes a generation: both pipelines share the machine."""
+
+    wait_time = between(0.0, 0.5)
+    tasks = {TextToImageUser.generate: 1, VectorizeUser.auto: 6}
+
+    def _vectorize(self, tier: str) -> None:
+        VectorizeUser._vectorize(self, tier)
+
+
+class TritonGrpcUser(User):
+    """Calls Triton directly over gRPC: one UNet step, and the vectorize ensemble."""
+
+    wait_time = between(0.0, 0.1)
+
+    def on_start(self) -> None:
+        """Connect and prepare inputs shaped from Triton's own model metadata."""
+        import tritonclient.grpc as grpcclient
+
+        self.grpc = grpcclient
+        self.client = grpcclient.InferenceServerClient(os.environ["EASEL_TRITON_GRPC"])
+        meta = {i.name: list(i.shape) for i in self.client.get_model_metadata("unet").inputs}
+        sample = [2, meta["sample"][1], 32, 32]
+        self.unet_inputs = {
+            "sample": np.random.default_rng(0).standard_normal(sample).astype(np.float32),
+            "timestep": np.full((2, 1), 500.0, np.float32),
+            "encoder_hidden_states": np.zeros([2, *meta["encoder_hidden_states"][1:]], np.float32),
+        }
+        self.icon = np.full((256, 256, 3), 255, np.uint8)
+        self.icon[64:192, 64:192] = (200, 40, 40)
+
+    def on_stop(self) -> None:
+        """Close the channel: an open gRPC channel under gevent keeps the process from exiting."""
+        self.client.close()
+
+    @task(3)
+    def unet_step(self) -> None:
+        """One classifier-free-guided UNet call (2 rows)."""
+        self._infer("unet", self.unet_inputs)
+
+    @task(1)
+    def vectorize_ensemble(self) -> None:
+        """The vectorize ensemble on one icon."""
+        self._infer("vectorize", {"image": self.icon})
+
+    def _infer(self, model: str, arrays: dict[str, np.ndarray]) -> None:
+        tensors = []
+        for name, array in arrays.items():
+            tensor = self.grpc.InferInput(name, list(array.shape), "UINT8" if array.dtype == np.uint8 else "FP32")
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        started = time.perf_counter()
+        error = None
+        try:
+            self.client.infer(model, tensors)
+        except Exception as exc:  # noqa: BLE001 - reported to locust as a failure
+            error = exc
+        events.request.fire(
+            request_type="grpc",
+            name=model,
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )

@@ -1,0 +1,99 @@
+"""``easel loadtest SCENARIO``: a bounded, loopback-only locust run from a scenario file, summarised."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import subprocess
+import sys
+from ipaddress import ip_address
+from pathlib import Path
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from serve.paths import PROJECT_ROOT
+
+logger = logging.getLogger(__name__)
+
+SCENARIOS = PROJECT_ROOT / "loadtests" / "scenarios"
+LOCUSTFILE = PROJECT_ROOT / "loadtests" / "locustfile.py"
+
+
+class Scenario(BaseModel):
+    """A load scenario file (``loadtests/scenarios/NAME.yaml``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: int = Field(ge=1, le=512, description="Concurrent users.")
+    spawn_rate: float = Field(gt=0, description="Users started per second.")
+    run_time_s: int = Field(ge=1, le=1800, description="Duration; every run is bounded.")
+    user_classes: list[str] = Field(min_length=1, description="Locust user classes from loadtests/locustfile.py.")
+
+    @classmethod
+    def load(cls, name_or_path: str) -> Scenario:
+        """Read a scenario by name (from loadtests/scenarios) or by path."""
+        path = Path(name_or_path)
+        if not path.exists():
+            path = SCENARIOS / f"{name_or_path}.yaml"
+        if not path.exists():
+            known = ", ".join(sorted(p.stem for p in SCENARIOS.glob("*.yaml")))
+            raise FileNotFoundError(f"no scenario {name_or_path!r}; known: {known}")
+        return cls.model_validate(yaml.safe_load(path.read_text()))
+
+
+def require_loopback(url: str) -> None:
+    """Refuse to send load anywhere but this machine."""
+    host = urlparse(url).hostname or ""
+    if host != "localhost" and not ip_address(host).is_loopback:
+        raise ValueError(f"load tests only target loopback addresses, not {host!r}")
+
+
+def run_locust(scenario: Scenario, api_url: str, out_dir: Path, env: dict[str, str]) -> int:
+    """Run locust headless; CSV and HTML land in ``out_dir``. Returns locust's exit code."""
+    require_loopback(api_url)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--host",
+        api_url,
+        "--users",
+        str(scenario.users),
+        "--spawn-rate",
+        str(scenario.spawn_rate),
+        "--run-time",
+        f"{scenario.run_time_s}s",
+        "--stop-timeout",
+        "60",
+        "--only-summary",
+        "--csv",
+        str(out_dir / "locust"),
+        "--html",
+        str(out_dir / "report.html"),
+        *scenario.user_classes,
+    ]
+    logger.info("running: %s", " ".join(command))
+    return subprocess.run(command, env=env, timeout=scenario.run_time_s + 180, check=False).returncode
+
+
+def summary(out_dir: Path) -> list[dict[str, str]]:
+    """Locust's aggregated stats rows (name, requests, failures, percentiles, req/s)."""
+    with (out_dir / "locust_stats.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def format_summary(rows: list[dict[str, str]]) -> str:
+    """A short table of the stats rows."""
+    head = f"{'name':<28}{'reqs':>7}{'fails':>7}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}"
+    body = [
+        f"{r['Name'][:27]:<28}{r['Request Count']:>7}{r['Failure Count']:>7}{r['50%']:>9}{r['95%']:>9}"
+        f"{float(r['Requests/s']):>8.2f}"
+        for r in rows
+    ]
+    return "\n".join([head, *body])

@@ -19,6 +19,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
+from serve import metrics
 from serve.errors import EaselError, InvalidInput, Overloaded, PayloadTooLarge
 from serve.text_to_image.deployment import TextToImage, require_ready
 from serve.text_to_image.schema import GenerationRequest
@@ -66,6 +67,30 @@ async def _easel_error(_: Request, exc: Exception) -> JSONResponse:
 
 for _error_type in (EaselError, RayTaskError, BackPressureError):
     api.add_exception_handler(_error_type, _easel_error)
+
+
+PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
+
+
+@api.middleware("http")
+async def _record_metrics(request: Request, call_next):
+    """Count every answer by endpoint and status code, and time it (status 500 if the app raised)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await call_next(request)
+        status = response.status_code
+        return response
+    finally:
+        route = request.scope.get("route")
+        endpoint = getattr(route, "path", "unmatched")
+        metrics.count(metrics.HTTP_REQUESTS, endpoint=endpoint, method=request.method, status=status)
+        metrics.observe(
+            metrics.HTTP_LATENCY,
+            time.perf_counter() - started,
+            endpoint=endpoint,
+            pipeline=PIPELINES.get(endpoint, "none"),
+        )
 
 
 async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOptions]:
@@ -117,7 +142,7 @@ class Gateway:
     @api.post("/v1/images/generations")
     async def generate(self, request: GenerationRequest) -> JSONResponse:
         """OpenAI Images API: generate ``n`` images for a prompt, returned as base64."""
-        result = await self.text_to_image.generate.remote(request)
+        result = await self.text_to_image.generate.remote(request, sent_at=time.time())
         body = {
             "created": int(time.time()),
             "seed": result.seed,
@@ -132,7 +157,7 @@ class Gateway:
     async def vectorize(self, request: Request) -> Response:
         """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
         upload, options = await _read_vectorize_request(request)
-        result = await self.vectorizer.vectorize.remote(upload, options)
+        result = await self.vectorizer.vectorize.remote(upload, options, sent_at=time.time())
         headers = {"Easel-Tier": result.tier}
         if result.fallback:
             headers["Easel-Fallback"] = result.fallback

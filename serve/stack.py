@@ -6,13 +6,14 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
 import yaml
 from pydantic import BaseModel, Field
 
+from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
 from serve.text_to_image.spec import ENGINE_NAMES
 from serve.triton.server import TritonServer, free_port, stop_process
@@ -33,6 +34,9 @@ class StackOptions(BaseModel):
     dashboard: bool = Field(True, description="Start the Ray dashboard.")
     dashboard_port: int = Field(8265, ge=0, le=65535, description="Ray dashboard port (0: a free port).")
     run_dir: Path = Field(default_factory=lambda: easel_home() / "run", description="Logs and state.")
+    prometheus: bool = Field(False, description="Start /usr/bin/prometheus scraping Triton and Ray.")
+    prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on 127.0.0.1 (0: a free port).")
+    scrape_interval_s: float = Field(5.0, ge=1, le=60, description="Prometheus scrape interval.")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,8 @@ class StackInfo:
     triton_pid: int
     dashboard_url: str | None
     engine_dir: str
+    prometheus_url: str | None = None
+    prometheus_pid: int | None = None
 
 
 def load_serve_config(path: Path, engine_dir: Path, triton_grpc_url: str, host: str, port: int):
@@ -66,6 +72,8 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.triton: TritonServer | None = None
+        self.prometheus: PrometheusServer | None = None
+        self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
@@ -92,8 +100,26 @@ class Stack:
             dashboard_url,
             str(engine_dir),
         )
+        if opts.prometheus:
+            self._start_prometheus()
         wait_until_ready(self.info.api_url, timeout_s)
         return self.info
+
+    def _start_prometheus(self) -> None:
+        """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""
+        opts = self.options
+        work_dir = opts.run_dir / "prometheus"
+        metrics_address = f"{self.triton.endpoints.host}:{self.triton.endpoints.metrics_port}"
+        config = render_config(
+            metrics_address, ray_targets_file(self.ray_session_dir, opts.dashboard, work_dir), opts.scrape_interval_s
+        )
+        server = PrometheusServer(config, work_dir, "127.0.0.1", opts.prometheus_port or free_port())
+        try:
+            self.prometheus = server.start()
+        except PrometheusError as error:
+            logger.error("Prometheus not started: %s", error)
+            return
+        self.info = replace(self.info, prometheus_url=server.url, prometheus_pid=server.process.pid)
 
     def _start_ray(self) -> str | None:
         import ray
@@ -110,6 +136,7 @@ class Stack:
             configure_logging=True,
             _temp_dir=None,
         )
+        self.ray_session_dir = Path(context.address_info["session_dir"])
         return f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
 
     def stop(self) -> None:
@@ -117,6 +144,8 @@ class Stack:
         import ray
         from ray import serve
 
+        if self.prometheus is not None:
+            self.prometheus.stop()
         if ray.is_initialized():
             try:
                 serve.shutdown()
@@ -183,5 +212,7 @@ def stop_recorded(run_dir: Path | None = None) -> bool:
         return False
     stop_process(info.pid, timeout_s=60)
     stop_process(info.triton_pid, timeout_s=10)
+    if info.prometheus_pid is not None:
+        stop_process(info.prometheus_pid, timeout_s=10)
     (run_dir / "state.json").unlink(missing_ok=True)
     return True

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from ray import serve
 
+from serve import metrics
 from serve.errors import NotReady
 from serve.text_to_image.pipeline import Generation, TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
@@ -67,12 +68,16 @@ class TextToImage:
         self.triton = TritonClient(triton_grpc_url)
         self.pipeline = TextToImagePipeline(Path(engine_dir), self.triton)
 
-    async def generate(self, request: GenerationRequest) -> EncodedImages:
-        """Run one API request and return the encoded images."""
-        result = await self.pipeline.generate(to_generation(request))
-        images = await asyncio.gather(
-            *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
-        )
+    async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
+        """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s)."""
+        metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
+        with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
+            result = await self.pipeline.generate(to_generation(request))
+            images = await asyncio.gather(
+                *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
+            )
+        metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
+        metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
 
     async def ready(self) -> dict[str, bool]:

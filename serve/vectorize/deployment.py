@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ray import serve
 
+from serve import metrics
 from serve.errors import EaselError, InvalidInput, PayloadTooLarge
 from serve.triton.client import TritonClient
 from serve.vectorize import tiers
@@ -103,8 +104,20 @@ class Vectorizer:
         self.margin = 0.005
         self.triton = TritonClient(triton_grpc_url, timeout_s=30)
 
-    async def vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
-        """Decode and validate ``upload``, choose parameters, convert, and optionally score the SVG."""
+    async def vectorize(
+        self, upload: bytes, options: VectorizeOptions, sent_at: float | None = None
+    ) -> VectorizeResult:
+        """Decode and validate ``upload``, choose parameters, convert, and optionally score the SVG.
+
+        ``sent_at`` is when the Gateway sent the request (epoch seconds), for the queue-time metric.
+        """
+        metrics.observe_queue_time(metrics.VECTORIZE, sent_at)
+        with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.VECTORIZE, outcome="ok"):
+            result = await self._vectorize(upload, options)
+        _record(result)
+        return result
+
+    async def _vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         try:
@@ -177,6 +190,16 @@ class Vectorizer:
     async def ready(self) -> dict[str, bool]:
         """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
         return await self.triton.models_ready((ENSEMBLE.name,))
+
+
+def _record(result: VectorizeResult) -> None:
+    """Metrics of one answered request: the tier asked for and used, the fallback taken, each stage's time."""
+    metrics.count(metrics.VECTORIZE_TIERS, requested_tier=result.requested_tier, tier=result.tier)
+    if result.fallback:
+        metrics.count(metrics.VECTORIZE_FALLBACKS, reason=metrics.fallback_reason(result.fallback))
+    for stage, ms in result.timings_ms.items():
+        if stage != "total":
+            metrics.observe(metrics.VECTORIZE_STAGE, ms / 1000, stage=stage)
 
 
 def _score(pixels: np.ndarray, svg: str) -> float:

@@ -1,0 +1,185 @@
+"""Easel's own metrics, declared once (name, kind, description, tag keys, buckets) and recorded through Ray Serve.
+
+Ray exports each metric with a ``ray_`` prefix on every node's metrics-export port, next to Ray Serve's built-in
+``ray_serve_*`` metrics; Serve adds the ``deployment``, ``replica`` and ``application`` tags. So the histogram
+``easel_pipeline_latency_seconds`` is scraped as ``ray_easel_pipeline_latency_seconds_{bucket,sum,count}`` and the
+counter ``easel_http_requests`` as ``ray_easel_http_requests_total``. Dashboards and tests take names from here.
+
+UNet batch sizes are not recorded here: Triton's own ``nv_inference_count`` (samples) over ``nv_inference_exec_count``
+(executions) per model is the batch size Triton's dynamic batcher actually formed, which no client can see.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+logger = logging.getLogger(__name__)
+
+RAY_PREFIX = "ray_"
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+TEXT_TO_IMAGE = "text_to_image"
+VECTORIZE = "vectorize"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One metric: what it is called, what it measures, its tags and (for histograms) its bucket bounds."""
+
+    name: str
+    kind: Literal["counter", "histogram", "gauge"]
+    description: str
+    tag_keys: tuple[str, ...] = ()
+    boundaries: tuple[float, ...] = ()
+
+    @property
+    def exported(self) -> str:
+        """The name Prometheus sees (before ``_total`` / ``_bucket`` / ``_sum`` / ``_count`` suffixes)."""
+        return RAY_PREFIX + self.name
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Every series name Prometheus scrapes for this metric."""
+        if self.kind == "counter":
+            return (f"{self.exported}_total",)
+        if self.kind == "histogram":
+            return tuple(f"{self.exported}_{suffix}" for suffix in ("bucket", "sum", "count"))
+        return (self.exported,)
+
+
+HTTP_REQUESTS = MetricSpec(
+    "easel_http_requests",
+    "counter",
+    "HTTP requests answered by the Gateway, by endpoint, method and status code (errors: status >= 400).",
+    ("endpoint", "method", "status"),
+)
+HTTP_LATENCY = MetricSpec(
+    "easel_http_request_latency_seconds",
+    "histogram",
+    "Gateway latency from request received to response sent, by endpoint and pipeline.",
+    ("endpoint", "pipeline"),
+    LATENCY_BUCKETS_S,
+)
+PIPELINE_LATENCY = MetricSpec(
+    "easel_pipeline_latency_seconds",
+    "histogram",
+    "Time a pipeline deployment spends on one request (text_to_image: encode, denoise, decode, encode images).",
+    ("pipeline", "outcome"),
+    LATENCY_BUCKETS_S,
+)
+QUEUE_TIME = MetricSpec(
+    "easel_queue_time_seconds",
+    "histogram",
+    "Time from the Gateway sending a request to a pipeline replica starting it (Ray Serve routing and queueing).",
+    ("pipeline",),
+    STAGE_BUCKETS_S,
+)
+DENOISING_STEPS = MetricSpec(
+    "easel_denoising_steps",
+    "counter",
+    "Denoising steps completed (one Triton UNet call each); rate() is steps/s.",
+    ("scheduler",),
+)
+IMAGES_GENERATED = MetricSpec("easel_images_generated", "counter", "Images generated.", ("output_format",))
+VECTORIZE_TIERS = MetricSpec(
+    "easel_vectorize_requests",
+    "counter",
+    "Vectorize requests by the tier asked for and the tier that chose the parameters (default: vtracer's).",
+    ("requested_tier", "tier"),
+)
+VECTORIZE_FALLBACKS = MetricSpec(
+    "easel_vectorize_fallbacks",
+    "counter",
+    "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason.",
+    ("reason",),
+)
+VECTORIZE_STAGE = MetricSpec(
+    "easel_vectorize_stage_seconds",
+    "histogram",
+    "Time of each vectorize stage: decode, models (Triton ensemble), convert (vtracer), validate (render + SSIM).",
+    ("stage",),
+    STAGE_BUCKETS_S,
+)
+
+ALL = (
+    HTTP_REQUESTS,
+    HTTP_LATENCY,
+    PIPELINE_LATENCY,
+    QUEUE_TIME,
+    DENOISING_STEPS,
+    IMAGES_GENERATED,
+    VECTORIZE_TIERS,
+    VECTORIZE_FALLBACKS,
+    VECTORIZE_STAGE,
+)
+
+FALLBACK_REASONS = {
+    "models unavailable": "models_unavailable",
+    "models failed": "models_failed",
+    "below target_quality": "below_target_quality",
+}
+
+_made: dict[str, object] = {}
+_lock = threading.Lock()
+
+
+def _metric(spec: MetricSpec):
+    """The Ray metric for ``spec``, made on first use in this process (inside a replica it gets Serve's tags)."""
+    with _lock:
+        metric = _made.get(spec.name)
+        if metric is None:
+            from ray.serve import metrics
+
+            kinds = {"counter": metrics.Counter, "histogram": metrics.Histogram, "gauge": metrics.Gauge}
+            kwargs = {"boundaries": list(spec.boundaries)} if spec.kind == "histogram" else {}
+            metric = kinds[spec.kind](spec.name, spec.description, tag_keys=spec.tag_keys, **kwargs)
+            _made[spec.name] = metric
+        return metric
+
+
+def _tags(spec: MetricSpec, tags: dict[str, object]) -> dict[str, str]:
+    if set(tags) != set(spec.tag_keys):
+        raise ValueError(f"{spec.name} takes tags {spec.tag_keys}, got {tuple(tags)}")
+    return {key: str(value) for key, value in tags.items()}
+
+
+def count(spec: MetricSpec, value: float = 1.0, **tags: object) -> None:
+    """Add ``value`` to counter ``spec``."""
+    _metric(spec).inc(value, tags=_tags(spec, tags))
+
+
+def observe(spec: MetricSpec, value: float, **tags: object) -> None:
+    """Record ``value`` in histogram ``spec``."""
+    _metric(spec).observe(value, tags=_tags(spec, tags))
+
+
+@contextmanager
+def timed(spec: MetricSpec, **tags: object) -> Iterator[None]:
+    """Observe the block's duration in seconds in histogram ``spec``; an exception sets ``outcome`` to ``error``."""
+    started = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        if "outcome" in tags:
+            tags["outcome"] = "error"
+        raise
+    finally:
+        observe(spec, time.perf_counter() - started, **tags)
+
+
+def observe_queue_time(pipeline: str, sent_at: float | None) -> None:
+    """Record the time since the Gateway sent the request (wall clock; on one node Gateway and replica share it)."""
+    if sent_at is not None:
+        observe(QUEUE_TIME, max(0.0, time.time() - sent_at), pipeline=pipeline)
+
+
+def fallback_reason(fallback: str) -> str:
+    """A bounded label for a free-text vectorize fallback message."""
+    return next((label for prefix, label in FALLBACK_REASONS.items() if fallback.startswith(prefix)), "other")

@@ -1,0 +1,139 @@
+"""Debian's ``prometheus`` for a running stack: the scrape config rendered from ``deployments/``, start, query, stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import yaml
+
+from serve.paths import PROJECT_ROOT
+
+logger = logging.getLogger(__name__)
+
+PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
+PROMETHEUS_CONFIG = PROJECT_ROOT / "deployments" / "prometheus" / "prometheus.yml"
+RAY_SERVICE_DISCOVERY_FILE = "prom_metrics_service_discovery.json"
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not start, or a query failed."""
+
+
+def render_config(
+    triton_metrics_address: str, ray_targets_file: Path, scrape_interval_s: float, template: Path = PROMETHEUS_CONFIG
+) -> dict:
+    """The scrape config of ``template`` aimed at one stack: Triton's ``host:port`` and Ray's targets file."""
+    config = yaml.safe_load(template.read_text())
+    interval = f"{max(1, round(scrape_interval_s))}s"
+    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
+    for job in config["scrape_configs"]:
+        if job["job_name"] == "triton":
+            job["static_configs"] = [{"targets": [triton_metrics_address]}]
+        elif job["job_name"] == "ray":
+            job["file_sd_configs"] = [{"files": [str(ray_targets_file)]}]
+    return config
+
+
+def ray_targets_file(session_dir: Path, dashboard: bool, out_dir: Path) -> Path:
+    """Where Prometheus finds Ray's metrics-export ports.
+
+    Ray's dashboard keeps ``<session>/prom_metrics_service_discovery.json`` current; without the dashboard nothing
+    writes it, so the ports of the nodes alive now are written to ``out_dir/ray_targets.json`` instead.
+    """
+    if dashboard:
+        return session_dir / RAY_SERVICE_DISCOVERY_FILE
+    import ray
+
+    targets = [f"{n['NodeManagerAddress']}:{n['MetricsExportPort']}" for n in ray.nodes() if n.get("Alive")]
+    path = out_dir / "ray_targets.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps([{"labels": {"job": "ray"}, "targets": targets}]))
+    return path
+
+
+class PrometheusServer:
+    """One ``prometheus`` process on loopback with its own config and storage under ``work_dir``."""
+
+    def __init__(self, config: dict, work_dir: Path, host: str = "127.0.0.1", port: int = 9090) -> None:
+        self.config, self.work_dir, self.host, self.port = config, work_dir, host, port
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of Prometheus' web UI and HTTP API."""
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, binary: Path = PROMETHEUS_BINARY, timeout_s: float = 60.0) -> PrometheusServer:
+        """Write the config, start Prometheus and wait until ``/-/ready`` answers 200."""
+        if not binary.exists():
+            raise PrometheusError(f"{binary} is not installed (Debian: apt-get install prometheus)")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        config_path = self.work_dir / "prometheus.yml"
+        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        log_path = self.work_dir / "prometheus.log"
+        command = [
+            str(binary),
+            f"--config.file={config_path}",
+            f"--storage.tsdb.path={self.work_dir / 'data'}",
+            "--storage.tsdb.retention.time=2d",
+            f"--web.listen-address={self.host}:{self.port}",
+        ]
+        with log_path.open("ab") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        logger.info("prometheus pid %s on %s (log %s)", self.process.pid, self.url, log_path)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+                raise PrometheusError(f"prometheus exited with {self.process.returncode}:\n{tail}")
+            try:
+                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        self.stop()
+        raise PrometheusError(f"prometheus not ready after {timeout_s:.0f} s; see {log_path}")
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Terminate Prometheus (kill it if it does not exit in ``timeout_s``)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def query(prometheus_url: str, expr: str, timeout_s: float = 10.0) -> list[dict]:
+    """The result vector of an instant PromQL query (``[{"metric": {...}, "value": [t, "v"]}, ...]``)."""
+    return _api(prometheus_url, "query", {"query": expr}, timeout_s)
+
+
+def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s: float) -> list[dict]:
+    """The result matrix of a range query (``[{"metric": {...}, "values": [[t, "v"], ...]}, ...]``)."""
+    return _api(prometheus_url, "query_range", {"query": expr, "start": start, "end": end, "step": step_s}, 30.0)
+
+
+def metric_names(prometheus_url: str) -> set[str]:
+    """Every metric name Prometheus holds series for."""
+    response = httpx.get(f"{prometheus_url}/api/v1/label/__name__/values", timeout=10)
+    return set(response.json()["data"])
+
+
+def _api(prometheus_url: str, endpoint: str, params: dict, timeout_s: float) -> list[dict]:
+    try:
+        response = httpx.get(f"{prometheus_url}/api/v1/{endpoint}", params=params, timeout=timeout_s)
+    except httpx.TransportError as error:
+        raise PrometheusError(f"cannot reach Prometheus at {prometheus_url}: {error}") from error
+    body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}
+    if response.status_code != 200 or body.get("status") != "success":
+        raise PrometheusError(f"query {params['query']!r} failed: {body.get('error') or response.text[:300]}")
+    return body["data"]["result"]

@@ -1,0 +1,232 @@
+"""A real Prometheus scraping a real stack: every panel query of every dashboard returns data after a bounded load.
+
+The module starts its own stack with the Ray dashboard on (Prometheus then reads Ray's own service-discovery file)
+and Prometheus on a free loopback port scraping every second; both are stopped when the module ends.
+"""
+
+import math
+import os
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve import metrics
+from serve.observability.dashboards import load_dashboards, panel_queries
+from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
+from serve.stack import Stack, StackOptions
+from serve.text_to_image.spec import ENGINE_NAMES
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(
+        not PROMETHEUS_BINARY.exists(), reason=f"{PROMETHEUS_BINARY} is not installed (apt-get install prometheus)"
+    ),
+]
+
+ICONS = sorted((Path(__file__).resolve().parents[3] / "shared" / "datasets" / "icons-dev" / "val").glob("*.png"))
+WINDOW = "5m"  # Grafana's $__rate_interval when queries are evaluated: covers the whole load
+DEADLINE_S = 120  # Ray reports custom metrics every few seconds; Prometheus scrapes every second
+ROUNDS = 2
+QUERIES = [q for d in load_dashboards() for q in panel_queries(d)]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Stack + Ray dashboard + Prometheus (1 s scrapes, storage in a temp dir), all stopped after the module."""
+    stack = Stack(
+        StackOptions(
+            port=0,
+            dashboard=True,
+            dashboard_port=0,
+            prometheus=True,
+            prometheus_port=0,
+            scrape_interval_s=1,
+            run_dir=tmp_path_factory.mktemp("run"),
+        )
+    )
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        if stack.prometheus is not None and stack.prometheus.process.poll() is None:
+            stack.prometheus.process.kill()
+            pytest.fail("Prometheus outlived the stack")
+
+
+@pytest.fixture(scope="module")
+def prometheus(stack):
+    assert stack.info.prometheus_url, "the stack did not start Prometheus (see its log in the run dir)"
+    return stack.info.prometheus_url
+
+
+def _icon() -> bytes:
+    if ICONS:
+        return ICONS[0].read_bytes()
+    from io import BytesIO
+
+    from PIL import Image
+
+    image, buffer = Image.new("RGB", (96, 96), "white"), BytesIO()
+    image.paste((30, 90, 200), (16, 16, 80, 80))
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _vectorize(api, tier: str) -> httpx.Response:
+    return api.post(
+        "/v1/vectorize", files={"file": ("icon.png", _icon(), "image/png")}, data={"tier": tier, "validate": "true"}
+    )
+
+
+def _exported(prometheus: str, expr: str, at_least: float, timeout_s: float = 45) -> None:
+    """Wait until Prometheus has scraped ``expr >= at_least`` (Ray reports metrics every few seconds)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(float(s["value"][1]) >= at_least for s in query(prometheus, expr)):
+            return
+        time.sleep(1)
+    pytest.fail(f"Prometheus never saw {expr} >= {at_least} within {timeout_s} s")
+
+
+def _round(api) -> list[int]:
+    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404."""
+    jobs = [
+        {"prompt": f"icon {i}", "size": "64x64", "num_inference_steps": 6, "seed": i, "scheduler": scheduler}
+        for i, scheduler in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
+        statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]
+    statuses.append(_vectorize(api, "default").status_code)
+    statuses.append(api.post("/v1/images/generations", json={"prompt": ""}).status_code)
+    statuses.append(api.get("/no-such-route").status_code)
+    return statuses
+
+
+@pytest.fixture(scope="module")
+def load(stack, api, prometheus):
+    """A short bounded load on loopback, in rounds that Prometheus sees apart, so rates and quantiles have data.
+
+    Round 0 stops Triton (a 503, a vectorize fallback) and restarts it; rounds 1 and 2 are normal traffic.
+    """
+    stack.triton.stop()
+    try:
+        statuses = [api.post("/v1/images/generations", json={"prompt": "x", "num_inference_steps": 2}).status_code]
+        statuses.append(_vectorize(api, "3").status_code)
+    finally:
+        stack.triton.start(ENGINE_NAMES)
+    deadline = time.monotonic() + 60
+    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    vectorized = 'sum(ray_easel_http_requests_total{endpoint="/v1/vectorize"})'
+    _exported(prometheus, vectorized, 1)
+    for round_ in range(1, ROUNDS + 1):
+        statuses += _round(api)
+        _exported(prometheus, vectorized, 1 + 5 * round_)
+    return statuses
+
+
+def _finite(result: list[dict]) -> bool:
+    """At least one series, and at least one of them a finite number."""
+    return any(math.isfinite(float(series["value"][1])) for series in result)
+
+
+def _poll(check, what: str):
+    deadline = time.monotonic() + DEADLINE_S
+    missing = check()
+    while missing and time.monotonic() < deadline:
+        time.sleep(2)
+        missing = check()
+    assert not missing, f"{what} after {DEADLINE_S} s: {missing}"
+
+
+def test_load_got_the_answers_it_was_built_for(load):
+    assert load[:2] == [503, 200]
+    assert load[2:] == ([200] * 9 + [400, 404]) * ROUNDS
+
+
+def test_prometheus_scrapes_triton_and_ray(prometheus, load):
+    def down():
+        targets = httpx.get(f"{prometheus}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
+        up = {t["labels"]["job"] for t in targets if t["health"] == "up"}
+        return {"triton", "ray"} - up
+
+    _poll(down, "jobs with no target up")
+
+
+def test_every_metric_easel_declares_is_exported(prometheus, load):
+    expected = {name for spec in metrics.ALL for name in spec.series}
+    _poll(lambda: sorted(expected - metric_names(prometheus)), "declared metrics not in Prometheus")
+
+
+def test_every_metric_a_dashboard_names_is_exported(prometheus, load):
+    named = {name for q in QUERIES for name in q.metric_names()}
+    _poll(lambda: sorted(named - metric_names(prometheus)), "metrics named by dashboards that nothing exports")
+
+
+@pytest.fixture(scope="module")
+def answers(prometheus, load) -> dict[str, list[dict]]:
+    """Every panel query's result, polled until each has finite data or the deadline passes."""
+    deadline = time.monotonic() + DEADLINE_S
+    while True:
+        results = {q.expr: query(prometheus, q.promql(WINDOW)) for q in QUERIES}
+        empty = [expr for expr, result in results.items() if not _finite(result)]
+        if not empty or time.monotonic() > deadline:
+            return results
+        time.sleep(2)
+
+
+@pytest.mark.parametrize("panel_query", QUERIES, ids=[f"{q.dashboard}:{q.panel}:{q.ref_id}" for q in QUERIES])
+def test_every_panel_query_returns_data(prometheus, answers, panel_query):
+    result = answers[panel_query.expr]
+    if not _finite(result):
+        raw = {name: query(prometheus, name)[:3] for name in panel_query.metric_names()}
+        pytest.fail(f"no finite data for {panel_query.promql(WINDOW)}: got {result[:3]}; raw series: {raw}")
+
+
+def test_fallbacks_and_errors_are_counted_by_reason_and_status(prometheus, load):
+
+    def missing():
+        reasons = {s["metric"]["reason"] for s in query(prometheus, "ray_easel_vectorize_fallbacks_total")}
+        statuses = {s["metric"]["status"] for s in query(prometheus, "ray_easel_http_requests_total")}
+        return sorted(({"models_unavailable"} - reasons) | ({"200", "400", "404", "503"} - statuses))
+
+    _poll(missing, "labels missing")
+
+
+def test_unet_batches_merge_requests(prometheus, load):
+    unet = '{model="unet"}'
+    expr = f"sum(increase(nv_inference_count{unet}[{WINDOW}])) / sum(increase(nv_inference_exec_count{unet}[{WINDOW}]))"
+    _poll(lambda: [] if _finite(query(prometheus, expr)) else [expr], "no UNet batch size")
+    mean_batch = float(query(prometheus, expr)[0]["value"][1])
+    assert mean_batch >= 2.0  # classifier-free guidance alone sends 2 samples per request
+
+
+def test_ray_dashboard_shows_the_serve_app_deployments_and_replicas(stack, load):
+    token = subprocess.run(["ray", "get-auth-token"], capture_output=True, text=True, timeout=60).stdout.split()[-1]
+    url = f"{stack.info.dashboard_url}/api/serve/applications/"
+    assert httpx.get(url, timeout=30).status_code == 401
+    response = httpx.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert response.status_code == 200, response.text
+    app = response.json()["applications"]["easel"]
+    assert app["status"] == "RUNNING"
+    deployments = app["deployments"]
+    assert set(deployments) == {"Gateway", "TextToImage", "Vectorizer"}
+    for deployment in deployments.values():
+        assert deployment["status"] == "HEALTHY"
+        assert deployment["replicas"] and all(r["state"] == "RUNNING" for r in deployment["replicas"])
+
+
+def test_dashboards_render_to_png_from_real_data(prometheus, load, tmp_path):
+    pytest.importorskip("matplotlib")
+    from serve.observability.render import render_dashboard
+
+    out_dir = Path(os.environ.get("EASEL_DASHBOARD_PNG_DIR") or tmp_path)
+    for dashboard in load_dashboards():
+        path = render_dashboard(dashboard, prometheus, out_dir / f"{dashboard['uid']}.png", minutes=4, window="30s")
+        assert path.stat().st_size > 10_000

@@ -1,0 +1,88 @@
+import pytest
+
+from serve import metrics
+from serve.observability.dashboards import DATASOURCE_UID, PanelQuery, load_dashboards, panel_queries, panels
+
+
+def test_metric_names_are_unique_and_series_follow_ray_naming():
+    assert len({spec.name for spec in metrics.ALL}) == len(metrics.ALL)
+    assert metrics.HTTP_REQUESTS.series == ("ray_easel_http_requests_total",)
+    assert metrics.PIPELINE_LATENCY.series == tuple(
+        f"ray_easel_pipeline_latency_seconds_{s}" for s in ("bucket", "sum", "count")
+    )
+    for spec in metrics.ALL:
+        assert spec.name.startswith("easel_") and spec.description
+        assert (spec.kind == "histogram") == bool(spec.boundaries)
+        assert list(spec.boundaries) == sorted(spec.boundaries)
+
+
+def test_recording_checks_tag_keys():
+    metrics.count(metrics.DENOISING_STEPS, 3, scheduler="ddim")
+    metrics.observe(metrics.QUEUE_TIME, 0.01, pipeline=metrics.VECTORIZE)
+    with pytest.raises(ValueError, match="takes tags"):
+        metrics.count(metrics.DENOISING_STEPS, 1, sampler="ddim")
+
+
+def test_timed_marks_errors(monkeypatch):
+    seen = []
+    monkeypatch.setattr(metrics, "observe", lambda spec, value, **tags: seen.append((spec, value, tags)))
+    with metrics.timed(metrics.PIPELINE_LATENCY, pipeline="vectorize", outcome="ok"):
+        pass
+    with pytest.raises(RuntimeError), metrics.timed(metrics.PIPELINE_LATENCY, pipeline="vectorize", outcome="ok"):
+        raise RuntimeError("boom")
+    assert [tags["outcome"] for _, _, tags in seen] == ["ok", "error"]
+    assert all(value >= 0 for _, value, _ in seen)
+
+
+def test_queue_time_needs_a_send_time(monkeypatch):
+    seen = []
+    monkeypatch.setattr(metrics, "observe", lambda spec, value, **tags: seen.append(value))
+    metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, None)
+    assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("fallback", "label"),
+    [
+        ("models unavailable: Triton not reachable", "models_unavailable"),
+        ("models failed: boom", "models_failed"),
+        ("below target_quality; vtracer defaults scored higher", "below_target_quality"),
+        ("something new", "other"),
+    ],
+)
+def test_fallback_reasons_are_bounded(fallback, label):
+    assert metrics.fallback_reason(fallback) == label
+
+
+DASHBOARDS = load_dashboards()
+
+
+def test_the_four_dashboards_are_importable_json():
+    uids = {d["uid"] for d in DASHBOARDS}
+    assert uids == {"easel-overview", "easel-text-to-image", "easel-vectorize", "easel-triton"}
+    for dashboard in DASHBOARDS:
+        assert dashboard["title"].startswith("Easel / ") and "id" not in dashboard
+        variable = dashboard["templating"]["list"][0]
+        assert variable["type"] == "datasource" and variable["query"] == "prometheus"
+        assert variable["current"]["value"] == DATASOURCE_UID
+        ids = [p["id"] for p in panels(dashboard)]
+        assert len(ids) == len(set(ids)) and ids
+        for panel in panels(dashboard):
+            assert panel["targets"], panel["title"]
+            assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+            assert all(t["datasource"]["uid"] == "${datasource}" and t["expr"] for t in panel["targets"])
+
+
+def test_dashboards_read_only_declared_easel_metrics_and_use_them_all():
+    named = {name for d in DASHBOARDS for q in panel_queries(d) for name in q.metric_names()}
+    declared = {name for spec in metrics.ALL for name in spec.series}
+    easel = {name for name in named if name.startswith("ray_easel_")}
+    assert easel <= declared, easel - declared
+    assert {spec.exported for spec in metrics.ALL} <= {name.rsplit("_", 1)[0] for name in easel}
+    assert all(name.startswith(("ray_easel_", "ray_serve_", "nv_")) for name in named)
+
+
+def test_grafana_interval_variables_become_plain_promql():
+    panel_query = PanelQuery("d", "p", "A", "rate(x[$__rate_interval]) + rate(y[${__interval}])", "")
+    assert panel_query.promql("30s") == "rate(x[30s]) + rate(y[30s])"
+    assert "$" not in "".join(q.promql() for d in DASHBOARDS for q in panel_queries(d))

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
 
 from serve.benchmarks.loop import BenchRow, measure
 
@@ -76,6 +79,54 @@ def bench_onnxruntime(engine_dir: Path, settings: GenerateSettings) -> BenchRow:
         )
 
     return asyncio.run(measure("onnxruntime", call, 1, settings.repeats))
+
+
+def _median_run_s(session, feeds: dict, repeats: int) -> float:
+    session.run(None, feeds)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, feeds)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def compute_floor(engine_dir: Path, settings: GenerateSettings, batch_sizes=(2, 4, 8, 16, 32)) -> dict:
+    """Images/s these engines give with zero serving overhead: each engine at its best batch size, all cores.
+
+    Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row, each at the
+    cheapest per-row time over ``batch_sizes``.
+    """
+    from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
+    from serve.triton.onnx_backend import make_session
+
+    dims = PipelineDims.load(engine_dir / "pipeline.json")
+    specs = engine_specs(dims)
+    latent = settings.size // dims.vae_scale_factor
+    rng = np.random.default_rng(0)
+    per_row: dict[str, dict[int, float]] = {}
+    for name in (TEXT_ENCODER, UNET, VAE_DECODER):
+        session = make_session(engine_dir / name / "model.onnx")
+        per_row[name] = {}
+        for batch in batch_sizes:
+            if batch > specs[name].max_batch_size:
+                continue
+            feeds = {}
+            for tensor in specs[name].inputs:
+                shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
+                feeds[tensor.name] = (
+                    rng.integers(0, 300, shape) if tensor.dtype == "int64" else rng.standard_normal(shape)
+                ).astype(tensor.numpy_dtype)
+            per_row[name][batch] = _median_run_s(session, feeds, settings.repeats) / batch
+            logger.info("floor %-12s batch %-3d %.2f ms/row", name, batch, per_row[name][batch] * 1000)
+    best = {name: min(rows.values()) for name, rows in per_row.items()}
+    seconds_per_image = 2 * settings.steps * best[UNET] + 2 * best[TEXT_ENCODER] + best[VAE_DECODER]
+    return {
+        "images_per_s": 1 / seconds_per_image,
+        "seconds_per_image": seconds_per_image,
+        "best_batch": {name: min(rows, key=rows.get) for name, rows in per_row.items()},
+        "ms_per_row": {name: {b: t * 1000 for b, t in rows.items()} for name, rows in per_row.items()},
+    }
 
 
 def bench_served(api_url: str, settings: GenerateSettings) -> list[BenchRow]:

@@ -22,6 +22,8 @@ def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     loop.write_json(tmp_path / "g.json", rows, settings=settings.__dict__)
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4
     assert "served" in loop.format_table(rows, "img")
+    floor = generate.compute_floor(engine_dir, settings, batch_sizes=(2, 4))
+    assert floor["images_per_s"] > 0 and set(floor["best_batch"]) == {"text_encoder", "unet", "vae_decoder"}
 
 
 @pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")

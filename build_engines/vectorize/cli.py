@@ -18,7 +18,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "trained"
 @click.option(
     "--data",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=DEFAULT_DATA,
+    multiple=True,
+    default=[DEFAULT_DATA],
     show_default=True,
     help="Folder of training PNG/JPEG icons.",
 )
@@ -44,7 +45,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "trained"
 )
 @click.option("--quick", is_flag=True, help="A smoke run: 12 images, 8 samples, 2k PPO steps.")
 def train_vectorize(
-    data: Path,
+    data: tuple[Path, ...],
     out: Path,
     samples: int,
     seed: int,
@@ -60,7 +61,7 @@ def train_vectorize(
     if quick:
         limit, samples, ppo_steps = limit or 12, min(samples, 8), min(ppo_steps, 2048)
     report = train_all(
-        data,
+        list(data),
         out,
         samples_per_image=samples,
         seed=seed,

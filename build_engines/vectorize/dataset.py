@@ -116,9 +116,7 @@ def build_table(
             image += [i] * len(image_rows)
             rows += image_rows
             if (i + 1) % max(1, len(jobs) // 20) == 0 or i + 1 == len(jobs):
-                logger.info(
-                    "conversions: %d/%d images, %.0f s", i + 1, len(jobs), time.perf_counter() - start
-                )
+                logger.info("conversions: %d/%d images, %.0f s", i + 1, len(jobs), time.perf_counter() - start)
     table = Table(
         features=np.stack(features).astype(np.float32),
         image=np.asarray(image, dtype=np.int32),
@@ -133,6 +131,21 @@ def build_table(
         table.save(path)
         logger.info("cached training table %s (%d rows)", path, len(table.ssim))
     return table
+
+
+def merge_tables(tables: list[Table]) -> Table:
+    """Concatenate tables of different image sets (image indices are offset)."""
+    offsets = np.cumsum([0, *(len(t.features) for t in tables[:-1])])
+    return Table(
+        features=np.concatenate([t.features for t in tables]),
+        image=np.concatenate([t.image + o for t, o in zip(tables, offsets, strict=True)]).astype(np.int32),
+        params=np.concatenate([t.params for t in tables]),
+        ssim=np.concatenate([t.ssim for t in tables]),
+        n_bytes=np.concatenate([t.n_bytes for t in tables]),
+        n_paths=np.concatenate([t.n_paths for t in tables]),
+        seconds=np.concatenate([t.seconds for t in tables]),
+        names=np.concatenate([t.names for t in tables]),
+    )
 
 
 def _score_job(job: tuple[str, np.ndarray, int]) -> list[tuple]:

@@ -24,9 +24,7 @@ def _random_inputs(spec: ModelSpec, batch: int, rng: np.random.Generator) -> lis
     return [rng.random((batch, *t.dims)).astype(t.numpy_dtype) * 1.2 - 0.1 for t in spec.inputs]
 
 
-def export_onnx(
-    module: nn.Module, spec: ModelSpec, path: Path, seed: int = 0, tolerance: float = 1e-3
-) -> float:
+def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, seed: int = 0, tolerance: float = 1e-3) -> float:
     """Export ``module`` to ``path`` (legacy exporter, opset 17) and compare with PyTorch on fresh inputs.
 
     Args:
@@ -65,9 +63,7 @@ def export_onnx(
         with torch.no_grad():
             expected = module(*(torch.as_tensor(a) for a in inputs))
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(
-            [t.name for t in spec.outputs], {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)}
-        )
+        got = session.run([t.name for t in spec.outputs], {t.name: a for t, a in zip(spec.inputs, inputs, strict=True)})
         for e, g in zip(expected, got, strict=True):
             if tuple(e.shape) != g.shape:
                 raise ParityError(f"{spec.name}: shape {g.shape} from ONNX, {tuple(e.shape)} from PyTorch")
@@ -75,7 +71,5 @@ def export_onnx(
             worst = max(worst, float((np.abs(e.numpy() - g) / scale).max()))
     logger.info("%s: exported %s, max abs error vs PyTorch %.2e", spec.name, path, worst)
     if not worst <= tolerance:
-        raise ParityError(
-            f"{spec.name}: ONNX differs from PyTorch by {worst:.3e} (tolerance {tolerance:.1e})"
-        )
+        raise ParityError(f"{spec.name}: ONNX differs from PyTorch by {worst:.3e} (tolerance {tolerance:.1e})")
     return worst

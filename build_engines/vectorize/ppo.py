@@ -78,9 +78,7 @@ class _Progress(BaseCallback):
     def _on_step(self) -> bool:
         if self.num_timesteps >= self.next_report:
             rewards = [e["r"] for e in self.model.ep_info_buffer] or [float("nan")]
-            logger.info(
-                "ppo %d/%d steps: mean reward %.3f", self.num_timesteps, self.total, float(np.mean(rewards))
-            )
+            logger.info("ppo %d/%d steps: mean reward %.3f", self.num_timesteps, self.total, float(np.mean(rewards)))
             self.next_report += max(1, self.total // 5)
         return True
 

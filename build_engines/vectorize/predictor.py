@@ -24,9 +24,7 @@ def ssim_to_target(ssim: np.ndarray) -> np.ndarray:
 class QualityNet(nn.Module):
     """MLP with the feature standardisation baked in, so the exported graph reads raw features."""
 
-    def __init__(
-        self, n_features: int, n_params: int, mean: np.ndarray, std: np.ndarray, hidden: int = 128
-    ) -> None:
+    def __init__(self, n_features: int, n_params: int, mean: np.ndarray, std: np.ndarray, hidden: int = 128) -> None:
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
@@ -56,9 +54,7 @@ def split_images(n_images: int, holdout: float, seed: int) -> np.ndarray:
     return mask
 
 
-def train_predictor(
-    table: Table, heldout: np.ndarray, seed: int, epochs: int = 60
-) -> tuple[QualityNet, dict]:
+def train_predictor(table: Table, heldout: np.ndarray, seed: int, epochs: int = 60) -> tuple[QualityNet, dict]:
     """Fit :class:`QualityNet` on the table rows of images not in ``heldout``.
 
     Returns:
@@ -83,10 +79,7 @@ def train_predictor(
         model.train()
         total = 0.0
         for batch in np.array_split(rng.permutation(index), max(1, len(index) // 256)):
-            out = (
-                model.body(torch.cat([(x_f[batch] - model.mean) / model.std, x_p[batch]], 1))
-                + model.out_shift
-            )
+            out = model.body(torch.cat([(x_f[batch] - model.mean) / model.std, x_p[batch]], 1)) + model.out_shift
             loss = nn.functional.smooth_l1_loss(out, y[batch], beta=0.1)
             optimiser.zero_grad()
             loss.backward()
@@ -103,9 +96,7 @@ def train_predictor(
             )
     model.eval()
     metrics = evaluate_predictor(model, table, heldout if heldout.any() else ~heldout)
-    logger.info(
-        "predictor held-out MAE: ssim %.4f, ln bytes %.3f", metrics["ssim_mae"], metrics["log_bytes_mae"]
-    )
+    logger.info("predictor held-out MAE: ssim %.4f, ln bytes %.3f", metrics["ssim_mae"], metrics["log_bytes_mae"])
     return model, metrics
 
 
@@ -113,9 +104,7 @@ def evaluate_predictor(model: QualityNet, table: Table, images: np.ndarray) -> d
     """Mean absolute errors of ``model`` on the rows of the selected ``images``."""
     rows = images[table.image]
     with torch.no_grad():
-        ssim, log_bytes = model(
-            torch.as_tensor(table.features[table.image[rows]]), torch.as_tensor(table.params[rows])
-        )
+        ssim, log_bytes = model(torch.as_tensor(table.features[table.image[rows]]), torch.as_tensor(table.params[rows]))
     return {
         "ssim_mae": float(np.abs(ssim.numpy()[:, 0] - table.ssim[rows]).mean()),
         "log_bytes_mae": float(np.abs(log_bytes.numpy()[:, 0] - np.log(table.n_bytes[rows])).mean()),

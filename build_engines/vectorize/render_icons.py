@@ -20,9 +20,10 @@ logger = logging.getLogger(__name__)
 
 
 def find_icons(theme: Path, size_dir: str = "128") -> list[Path]:
-    """Non-symbolic SVGs under ``theme`` in a folder named ``size_dir``, sorted, symlinks de-duplicated."""
+    """Non-symbolic SVGs (else PNGs) under ``theme`` in a ``size_dir`` folder, sorted, symlinks de-duplicated."""
     seen, icons = set(), []
-    for path in sorted(theme.rglob("*.svg")):
+    paths = sorted(theme.rglob("*.svg")) or sorted(theme.rglob("*.png"))
+    for path in paths:
         parts = path.relative_to(theme).parts
         if size_dir not in parts[:-1] or "symbolic" in str(path):
             continue
@@ -33,9 +34,7 @@ def find_icons(theme: Path, size_dir: str = "128") -> list[Path]:
     return icons
 
 
-def render_icons(
-    theme: Path, out_dir: Path, count: int = 48, size: int = 256, size_dir: str = "128"
-) -> list[Path]:
+def render_icons(theme: Path, out_dir: Path, count: int = 48, size: int = 256, size_dir: str = "128") -> list[Path]:
     """Render ``count`` icons spread evenly over the sorted list to ``size`` px PNGs flattened on white."""
     icons = find_icons(theme, size_dir)
     if not icons:
@@ -44,8 +43,11 @@ def render_icons(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in chosen:
-        png = cairosvg.svg2png(url=str(path.resolve()), output_width=size, output_height=size)
-        image = Image.open(io.BytesIO(png)).convert("RGBA")
+        if path.suffix == ".svg":
+            png = cairosvg.svg2png(url=str(path.resolve()), output_width=size, output_height=size)
+            image = Image.open(io.BytesIO(png)).convert("RGBA")
+        else:
+            image = Image.open(path.resolve()).convert("RGBA").resize((size, size), Image.Resampling.LANCZOS)
         flat = Image.new("RGBA", image.size, "white")
         flat.alpha_composite(image)
         folders = [p for p in path.relative_to(theme).parts[:-1] if p != size_dir]

@@ -72,11 +72,16 @@ def fit_tier1(
         best = _verify(table, bank[order], sample, image_paths, size) if verify_images else 0
         chosen.append(bank[order[best]])
         logger.info("tier1 cluster %d: %d images -> %s", j, members.size, from_vector(chosen[-1]))
+    distance = np.sqrt(((z - centroids[labels]) ** 2).sum(-1))
+    radius = np.asarray(
+        [np.percentile(distance[labels == j], 95) if (labels == j).any() else 0.0 for j in range(len(centroids))]
+    )
     return Tier1Map(
         mean.astype(np.float32),
         std.astype(np.float32),
         centroids.astype(np.float32),
         np.stack(chosen).astype(np.float32),
+        radius=radius.astype(np.float32),
     )
 
 

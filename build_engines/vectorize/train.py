@@ -15,7 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build_engines.vectorize.dataset import Table, build_table, cache_dir, extend_table, list_images
+from build_engines.vectorize.dataset import (
+    Table,
+    build_table,
+    cache_dir,
+    extend_table,
+    list_images,
+    merge_tables,
+)
 from build_engines.vectorize.export import export_onnx
 from build_engines.vectorize.ppo import train_policy
 from build_engines.vectorize.predictor import as_numpy_predictor, split_images, train_predictor
@@ -76,7 +83,7 @@ def calibrate_margin(
 
 
 def train_all(
-    data_dir: Path,
+    data_dir: Path | list[Path],
     output_dir: Path,
     samples_per_image: int = 48,
     seed: int = 0,
@@ -93,7 +100,7 @@ def train_all(
     """Train every vectorize model from the images in ``data_dir`` and write them to ``output_dir``.
 
     Args:
-        data_dir: Training PNG/JPEG folder.
+        data_dir: Training PNG/JPEG folder, or several (each folder's conversions are cached separately).
         output_dir: Where the ONNX files, ``tier1.json`` and the report go.
         samples_per_image: Random parameter sets converted per image (besides defaults and presets).
         seed: Seed for sampling, splits, torch and PPO.
@@ -115,11 +122,14 @@ def train_all(
     torch.set_num_threads(max(1, processes))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = list_images(Path(data_dir), limit)
+    folders = [Path(d) for d in (data_dir if isinstance(data_dir, list | tuple) else [data_dir])]
+    per_folder = [list_images(folder, limit) for folder in folders]
+    paths = [p for folder_paths in per_folder for p in folder_paths]
     if not paths:
-        raise ValueError(f"no PNG/JPEG images in {data_dir}")
-    logger.info("training on %d images from %s, %d samples each", len(paths), data_dir, samples_per_image)
-    table = build_table(paths, samples_per_image, seed, size, processes, cache_dir() if use_cache else None)
+        raise ValueError(f"no PNG/JPEG images in {', '.join(map(str, folders))}")
+    logger.info("training on %d images from %s, %d samples each", len(paths), folders, samples_per_image)
+    cache = cache_dir() if use_cache else None
+    table = merge_tables([build_table(p, samples_per_image, seed, size, processes, cache) for p in per_folder if p])
     timings = {"table_s": time.perf_counter() - start}
 
     heldout = split_images(len(paths), 0.1 if len(paths) >= 10 else 0.0, seed)

@@ -30,7 +30,9 @@ def plot_quality_vs_size(rows: list[dict], path: Path, title: str = "") -> Path:
     xs = [math.log2(max(r["bytes_ratio"], 1e-3)) for r in rows]
     ys = [r["mean_ssim"] for r in rows]
     x0, x1 = min(xs + [0.0]) - 0.25, max(xs + [0.0]) + 0.25
-    y0, y1 = min(ys) - 0.01, max(ys) + 0.01
+    # zoom on the region around the defaults; methods far below are pinned to the bottom edge (legend has values)
+    reference = next((r["mean_ssim"] for r in rows if r["method"] == "defaults"), min(ys))
+    y0, y1 = max(min(ys), reference - 0.03) - 0.005, max(ys) + 0.005
 
     def at(x: float, y: float) -> tuple[float, float]:
         return (
@@ -52,7 +54,7 @@ def plot_quality_vs_size(rows: list[dict], path: Path, title: str = "") -> Path:
     draw.text((left, 15), title or "mean SSIM vs SVG size", fill="black")
     for i, (row, x, y) in enumerate(zip(rows, xs, ys, strict=True)):
         colour = _COLOURS[i % len(_COLOURS)]
-        px, py = at(x, y)
+        px, py = at(x, max(y, y0))
         draw.ellipse([px - 5, py - 5, px + 5, py + 5], fill=colour)
         draw.text((px + 7, py - 7), row["method"], fill=colour)
         draw.text(

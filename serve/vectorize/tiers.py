@@ -62,12 +62,25 @@ class Tier1Map:
     centroids: np.ndarray
     params: np.ndarray
     bank: np.ndarray | None = None
+    radius: np.ndarray | None = None  # per cluster: 95th percentile distance of its training images
+
+    def nearest(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Nearest centroid index and distance (standardised feature space) for each row of ``features``."""
+        z = (np.atleast_2d(features) - self.mean) / self.std
+        d = np.sqrt(((z[:, None, :] - self.centroids[None]) ** 2).sum(-1))
+        index = np.argmin(d, axis=1)
+        return index, d[np.arange(len(d)), index]
+
+    def familiar(self, features: np.ndarray) -> bool:
+        """Whether the first row of ``features`` lies within its cluster's training radius (True if unknown)."""
+        if self.radius is None:
+            return True
+        index, distance = self.nearest(features)
+        return bool(distance[0] <= self.radius[index[0]])
 
     def __call__(self, features: np.ndarray) -> np.ndarray:
         """Parameter vectors ``(N, P)`` for features ``(N, F)``."""
-        z = (np.atleast_2d(features) - self.mean) / self.std
-        nearest = np.argmin(((z[:, None, :] - self.centroids[None]) ** 2).sum(-1), axis=1)
-        return self.params[nearest]
+        return self.params[self.nearest(features)[0]]
 
     def to_json(self) -> dict:
         """A JSON-serialisable form, with the decoded parameters for readers."""
@@ -78,12 +91,15 @@ class Tier1Map:
             "params": self.params.tolist(),
             "decoded": [from_vector(p).kwargs() for p in self.params],
             **({"bank": self.bank.tolist()} if self.bank is not None else {}),
+            **({"radius": self.radius.tolist()} if self.radius is not None else {}),
         }
 
     @classmethod
     def from_json(cls, data: dict) -> Tier1Map:
         """Rebuild from :meth:`to_json` output."""
         arrays = {k: np.asarray(data[k], dtype=np.float32) for k in ("mean", "std", "centroids", "params")}
+        if data.get("radius") is not None:
+            arrays["radius"] = np.asarray(data["radius"], dtype=np.float32).reshape(-1)
         if data.get("bank") is not None:
             arrays["bank"] = np.asarray(data["bank"], dtype=np.float32).reshape(-1, P)
         if arrays["params"].shape[1] != P or arrays["centroids"].shape != (
@@ -153,7 +169,13 @@ def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int 
 def tier2(
     features: np.ndarray, predictor: Predictor, mapping: Tier1Map | None = None, margin: float = 0.005
 ) -> Choice:
-    """Tier 2: the best predicted quality-for-size among K candidates (see :func:`pick`)."""
+    """Tier 2: the best predicted quality-for-size among K candidates (see :func:`pick`).
+
+    For an image outside the training distribution (farther from its tier 1 centroid than 95 % of that cluster's
+    training images) the predictor is not trusted and tier 1's answer is returned.
+    """
+    if mapping is not None and not mapping.familiar(features):
+        return Choice(tier1(features, mapping).params, "tier2:unfamiliar->tier1")
     vectors = candidates(features, mapping)
     batch = np.repeat(np.atleast_2d(features).astype(np.float32), len(vectors), axis=0)
     ssim, log_bytes = predictor(batch, vectors)

@@ -146,3 +146,48 @@ def test_evaluate_folder_and_plot(trained, tmp_path):
     assert rows["best_preset"]["mean_ssim"] >= rows["defaults"]["mean_ssim"]
     assert "tier2" in format_table(result["summary"])
     assert plot_quality_vs_size(result["summary"], tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_merge_tables_offsets_images():
+    from build_engines.vectorize.dataset import Table, merge_tables
+
+    def table(n_images: int, rows: int, name: str) -> Table:
+        return Table(
+            features=np.zeros((n_images, F), np.float32),
+            image=np.arange(rows, dtype=np.int32) % n_images,
+            params=np.zeros((rows, P), np.float32),
+            ssim=np.ones(rows, np.float32),
+            n_bytes=np.ones(rows, np.int64),
+            n_paths=np.ones(rows, np.int32),
+            seconds=np.zeros(rows, np.float32),
+            names=np.asarray([f"{name}{i}" for i in range(n_images)]),
+        )
+
+    merged = merge_tables([table(2, 4, "a"), table(3, 6, "b")])
+    assert len(merged.features) == 5 and len(merged.ssim) == 10
+    assert merged.image.tolist() == [0, 1, 0, 1, 2, 3, 4, 2, 3, 4]
+    assert merged.names.tolist() == ["a0", "a1", "b0", "b1", "b2"]
+
+
+def test_tier2_falls_back_to_tier1_outside_training_radius():
+    from serve.vectorize.params import PRESETS, to_vector
+    from serve.vectorize.tiers import Tier1Map, tier2
+
+    mapping = Tier1Map(
+        mean=np.zeros(F, np.float32),
+        std=np.ones(F, np.float32),
+        centroids=np.zeros((1, F), np.float32),
+        params=to_vector(PRESETS["photo"])[None],
+        radius=np.asarray([0.5], np.float32),
+    )
+
+    def predictor(features, params):  # rates the defaults (row 0) best and smallest
+        ssim = np.full(len(params), 0.5, np.float32)
+        ssim[0] = 0.99
+        return ssim, np.where(np.arange(len(params)) == 0, 1.0, 9.0).astype(np.float32)
+
+    near, far = np.zeros(F, np.float32), np.full(F, 3.0, np.float32)
+    assert mapping.familiar(near) and not mapping.familiar(far)
+    assert tier2(near, predictor, mapping).params == DEFAULTS
+    assert tier2(far, predictor, mapping).params == PRESETS["photo"]
+    assert Tier1Map.from_json(mapping.to_json()).radius.tolist() == [0.5]

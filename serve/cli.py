@@ -360,7 +360,7 @@ def dashboards_push(url: str, token: str, prometheus_url: str) -> None:
 @click.option("--minutes", default=15.0, show_default=True, help="Time range, ending now.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/dashboard.png"))
 def dashboards_render(prometheus_url: str, uid: str, titles: tuple[str, ...], minutes: float, out: Path) -> None:
-    """Plot a dashboard's panels to a PNG with their own PromQL against a running Prometheus (needs matplotlib)."""
+    """Plot a dashboard's panels to a PNG with their own PromQL against a running Prometheus."""
     from serve.observability.dashboards import load_dashboards
     from serve.observability.prometheus import PrometheusError
     from serve.observability.render import render_dashboard
@@ -372,8 +372,6 @@ def dashboards_render(prometheus_url: str, uid: str, titles: tuple[str, ...], mi
         click.echo(f"written to {render_dashboard(found[uid], prometheus_url, out, minutes, titles=titles)}")
     except PrometheusError as error:
         raise click.ClickException(str(error)) from error
-    except ModuleNotFoundError as error:
-        raise click.ClickException(f"{error.name} is missing: pip install matplotlib") from error
 
 
 def _alive(pid: int) -> bool:

@@ -153,7 +153,10 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
     finally:
         stack.triton.start((*ENGINE_NAMES, ENSEMBLE.name))
     deadline = time.monotonic() + 30
-    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+    while time.monotonic() < deadline:  # the Vectorizer's own channel must have reconnected, not just Triton
+        ready = api.get("/readyz")
+        if ready.status_code == 200 and ready.json()["models"].get(ENSEMBLE.name):
+            break
         time.sleep(0.5)
     again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)
     assert again.json()["tier"] == "2"

@@ -188,6 +188,6 @@ def test_tier2_falls_back_to_tier1_outside_training_radius():
 
     near, far = np.zeros(F, np.float32), np.full(F, 3.0, np.float32)
     assert mapping.familiar(near) and not mapping.familiar(far)
-    assert tier2(near, predictor, mapping).params == DEFAULTS
-    assert tier2(far, predictor, mapping).params == PRESETS["photo"]
+    assert tier2(near, predictor, mapping, margin=0.0).params == DEFAULTS
+    assert tier2(far, predictor, mapping, margin=0.0).params == PRESETS["photo"]
     assert Tier1Map.from_json(mapping.to_json()).radius.tolist() == [0.5]

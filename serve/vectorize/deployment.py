@@ -21,8 +21,8 @@ from serve.vectorize import tiers
 from serve.vectorize.convert import render, ssim, vectorize
 from serve.vectorize.features import classify
 from serve.vectorize.image import ImageRejected, decode_image
-from serve.vectorize.params import DEFAULTS, from_vector, scale_to_size
-from serve.vectorize.runtime import TIER1_FILE, TRAINED_DIR
+from serve.vectorize.params import DEFAULTS, from_vector
+from serve.vectorize.runtime import load_tier1
 from serve.vectorize.schema import VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 
@@ -99,9 +99,7 @@ class Vectorizer:
     """Vectorize uploads; many in flight per replica, CPU work in worker threads."""
 
     def __init__(self, triton_grpc_url: str) -> None:
-        path = TRAINED_DIR / TIER1_FILE
-        self.mapping = tiers.Tier1Map.load(path) if path.exists() else None
-        self.margin = 0.005
+        self.mapping, self.margin = load_tier1()
         self.triton = TritonClient(triton_grpc_url, timeout_s=30)
 
     async def vectorize(
@@ -125,14 +123,20 @@ class Vectorizer:
         except ImageRejected as error:
             raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
         timings["decode"] = _ms_since(started)
-        choice, image_class, fallback = await self._choose(pixels, options, timings)
+        choice, image_class, fallback, features = await self._choose(pixels, options, timings)
         mark = time.perf_counter()
-        conversion = await asyncio.to_thread(vectorize, pixels, choice.params)
+        verified = None
+        if features is not None:  # tier 2 converts its pick and tier 1's answer, keeping the better SSIM
+            verified = await asyncio.to_thread(tiers.verify_tier2, pixels, choice, features, self.mapping)
+        if verified is not None:
+            choice, conversion, measured = verified.choice, verified.conversion, verified.ssim
+        else:
+            conversion, measured = await asyncio.to_thread(vectorize, pixels, choice.params), None
         timings["convert"] = _ms_since(mark)
-        measured = None
         if options.validate_output:
             mark = time.perf_counter()
-            measured = await asyncio.to_thread(_score, pixels, conversion.svg)
+            if measured is None:
+                measured = await asyncio.to_thread(_score, pixels, conversion.svg)
             if options.target_quality is not None and measured < options.target_quality and choice.tier != "default":
                 default = await asyncio.to_thread(vectorize, pixels, DEFAULTS)
                 default_ssim = await asyncio.to_thread(_score, pixels, default.svg)
@@ -156,36 +160,28 @@ class Vectorizer:
         )
 
     async def _choose(self, pixels: np.ndarray, options: VectorizeOptions, timings: dict) -> tuple:
-        """The parameter choice, the image class, and the fallback reason if the defaults had to stand in."""
+        """The parameter choice, the image class, the fallback reason if the defaults stood in, and the features."""
         if options.tier == "default":
-            return tiers.Choice(DEFAULTS, "default"), None, None
+            return tiers.Choice(DEFAULTS, "default"), None, None, None
         mark = time.perf_counter()
         try:
             outputs = await self.triton.infer(ENSEMBLE, {"image": pixels})
         except EaselError as error:
             logger.warning("vectorize models unavailable, using defaults: %s", error.message)
-            return tiers.Choice(DEFAULTS, "default"), None, f"models unavailable: {error.message}"
+            return tiers.Choice(DEFAULTS, "default"), None, f"models unavailable: {error.message}", None
         except Exception as error:  # noqa: BLE001 - any Triton failure degrades to the defaults, never a 500
             logger.warning("vectorize ensemble failed, using defaults: %s", error)
-            return tiers.Choice(DEFAULTS, "default"), None, f"models failed: {error}"
+            return tiers.Choice(DEFAULTS, "default"), None, f"models failed: {error}", None
         timings["models"] = _ms_since(mark)
-        image_class = classify(outputs["features"][0]).value
+        features = outputs["features"][0]
+        image_class = classify(features).value
         try:
             choice = select(
                 options.tier, outputs, self.mapping, self.margin, options.time_budget_ms, options.target_quality
             )
         except LookupError as error:
-            return tiers.Choice(DEFAULTS, "default"), image_class, f"models unavailable: {error}"
-        return (
-            tiers.Choice(
-                scale_to_size(choice.params, max(pixels.shape[:2])),
-                choice.tier,
-                choice.predicted_ssim,
-                choice.predicted_bytes,
-            ),
-            image_class,
-            None,
-        )
+            return tiers.Choice(DEFAULTS, "default"), image_class, f"models unavailable: {error}", None
+        return tiers.sized(choice, max(pixels.shape[:2])), image_class, None, features
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
@@ -207,8 +203,8 @@ def _score(pixels: np.ndarray, svg: str) -> float:
 
 
 def _public_tier(tier: str) -> str:
-    """'tier2' -> '2', 'auto:tier3' -> '3', 'default'/'defaults' -> 'default'."""
-    name = tier.removeprefix("auto:")
+    """'tier2' -> '2', 'auto:tier3' -> '3', 'tier2:unfamiliar->tier1' -> '2', 'default'/'defaults' -> 'default'."""
+    name = tier.removeprefix("auto:").split(":")[0]
     return name.removeprefix("tier") if name.startswith("tier") else "default"
 
 

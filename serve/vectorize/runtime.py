@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 TRAINED_DIR = Path(__file__).resolve().parents[2] / "build_engines" / "vectorize" / "trained"
 TIER1_FILE = "tier1.json"
+MIN_MARGIN = 0.005
 
 
 def _session(path: Path):
@@ -68,17 +69,14 @@ class Models:
     mapping: Tier1Map | None = None
     predictor: OrtPredictor | None = None
     policy: OrtPolicy | None = None
-    margin: float = 0.005
+    margin: float = MIN_MARGIN
 
     @classmethod
     def load(cls, folder: Path = TRAINED_DIR) -> Models:
         """Load ``tier1.json``, ``vectorize_quality.onnx`` and ``vectorize_policy.onnx`` from ``folder``."""
         folder = Path(folder)
         models = cls()
-        if (folder / TIER1_FILE).exists():
-            data = json.loads((folder / TIER1_FILE).read_text())
-            models.mapping = Tier1Map.from_json(data)
-            models.margin = float(data.get("tier2_margin", models.margin))
+        models.mapping, models.margin = load_tier1(folder)
         if (folder / f"{QUALITY.name}.onnx").exists():
             models.predictor = OrtPredictor(folder / f"{QUALITY.name}.onnx")
         if (folder / f"{POLICY.name}.onnx").exists():
@@ -91,3 +89,16 @@ class Models:
         if missing:
             logger.warning("vectorize models missing in %s: %s", folder, ", ".join(missing))
         return models
+
+
+def load_tier1(folder: Path = TRAINED_DIR) -> tuple[Tier1Map | None, float]:
+    """The tier-1 mapping (None if untrained) and tier 2's margin: the calibrated one, at least ``MIN_MARGIN``.
+
+    The floor keeps tier 2 on tier 1's answer unless the predictor expects a clear SSIM gain: a 30-image
+    calibration is too noisy to trust a margin of zero on unfamiliar icon styles.
+    """
+    path = Path(folder) / TIER1_FILE
+    if not path.exists():
+        return None, MIN_MARGIN
+    data = json.loads(path.read_text())
+    return Tier1Map.from_json(data), max(MIN_MARGIN, float(data.get("tier2_margin", MIN_MARGIN)))

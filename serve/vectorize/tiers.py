@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serve.vectorize.convert import Conversion, render, ssim, vectorize
 from serve.vectorize.features import ImageClass, classify, compute_features
 from serve.vectorize.params import (
     DEFAULTS,
@@ -135,9 +136,7 @@ def tier1(features: np.ndarray, mapping: Tier1Map) -> Choice:
     return Choice(from_vector(mapping(features)[0]), "tier1")
 
 
-def candidates(
-    features: np.ndarray, mapping: Tier1Map | None = None, bank: np.ndarray | None = None
-) -> np.ndarray:
+def candidates(features: np.ndarray, mapping: Tier1Map | None = None, bank: np.ndarray | None = None) -> np.ndarray:
     """Candidate vectors for tier 2: defaults first, then presets, tier 1's answer and a bank.
 
     The bank is ``bank`` if given, else the mapping's (the best-found parameters of the training images), else a
@@ -166,9 +165,7 @@ def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int 
     return int(np.flatnonzero(ok)[np.argmin(log_bytes[ok])])
 
 
-def tier2(
-    features: np.ndarray, predictor: Predictor, mapping: Tier1Map | None = None, margin: float = 0.005
-) -> Choice:
+def tier2(features: np.ndarray, predictor: Predictor, mapping: Tier1Map | None = None, margin: float = 0.005) -> Choice:
     """Tier 2: the best predicted quality-for-size among K candidates (see :func:`pick`).
 
     For an image outside the training distribution (farther from its tier 1 centroid than 95 % of that cluster's
@@ -217,6 +214,46 @@ def auto(
     return Choice(choice.params, f"auto:{choice.tier}", choice.predicted_ssim, choice.predicted_bytes)
 
 
+@dataclass(frozen=True)
+class Verified:
+    """A choice checked by real conversion: its SVG and the SSIM of the SVG rendered back."""
+
+    choice: Choice
+    conversion: Conversion
+    ssim: float
+
+
+def sized(choice: Choice, side: int) -> Choice:
+    """``choice`` with its pixel-sized parameters rescaled to an image whose longest side is ``side``."""
+    if choice.tier == "defaults":
+        return choice  # the fallback stays exactly vtracer's defaults
+    return Choice(scale_to_size(choice.params, side), choice.tier, choice.predicted_ssim, choice.predicted_bytes)
+
+
+def verify_tier2(pixels: np.ndarray, choice: Choice, features: np.ndarray, mapping: Tier1Map | None) -> Verified | None:
+    """Tier 2's search ends with a real check: its pick is kept unless tier 1's answer scores a higher SSIM.
+
+    Both are converted and rendered back (two conversions at most), so the predictor's mistakes on unfamiliar
+    images cost size, not quality. Returns None for choices that are not tier 2's.
+    """
+    if not choice.tier.removeprefix("auto:").startswith("tier2"):
+        return None
+    side = max(pixels.shape[:2])
+    reference = sized(tier1(features, mapping), side) if mapping is not None else Choice(DEFAULTS, "defaults")
+    mine = _convert_and_score(pixels, choice.params)
+    if reference.params == choice.params:
+        return Verified(choice, *mine)
+    theirs = _convert_and_score(pixels, reference.params)
+    if mine[1] >= theirs[1]:
+        return Verified(choice, *mine)
+    return Verified(Choice(reference.params, f"{choice.tier}:verified->{reference.tier}"), *theirs)
+
+
+def _convert_and_score(pixels: np.ndarray, params: VtracerParams) -> tuple[Conversion, float]:
+    conversion = vectorize(pixels, params)
+    return conversion, ssim(pixels, render(conversion.svg, pixels.shape[1], pixels.shape[0]))
+
+
 def choose(
     pixels: np.ndarray,
     tier: str,
@@ -226,7 +263,7 @@ def choose(
     budget_ms: float = 300.0,
     margin: float = 0.005,
 ) -> Choice:
-    """Features -> tier -> parameters rescaled to the image size.
+    """Features -> tier -> parameters rescaled to the image size (tier 2's pick verified, see :func:`verify_tier2`).
 
     Raises:
         ValueError: Unknown tier, or the tier's model is missing.
@@ -242,9 +279,6 @@ def choose(
         choice = auto(features, mapping, predictor, policy, budget_ms, margin)
     else:
         raise ValueError(f"tier {tier!r} is unknown or its model is not loaded (known: {', '.join(TIERS)})")
-    if choice.tier == "defaults":
-        return choice  # the fallback stays exactly vtracer's defaults
-    side = max(pixels.shape[:2])
-    return Choice(
-        scale_to_size(choice.params, side), choice.tier, choice.predicted_ssim, choice.predicted_bytes
-    )
+    choice = sized(choice, max(pixels.shape[:2]))
+    verified = verify_tier2(pixels, choice, features, mapping)
+    return verified.choice if verified else choice

@@ -28,11 +28,9 @@ class FeaturesModel:
 
     def initialize(self, args: dict) -> None:
         """Load the tier-1 mapping (its answer is one of the candidates) if it was trained."""
-        from serve.vectorize.runtime import TIER1_FILE, TRAINED_DIR
-        from serve.vectorize.tiers import Tier1Map
+        from serve.vectorize.runtime import load_tier1
 
-        path = TRAINED_DIR / TIER1_FILE
-        self.mapping = Tier1Map.load(path) if path.exists() else None
+        self.mapping, _ = load_tier1()
 
     def execute(self, requests: list) -> list:
         """Compute each request's features and candidates."""

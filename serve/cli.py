@@ -239,13 +239,19 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
     model_dir = default_model_dir(embedded)
-    rows = [
-        generate.bench_diffusers(model_dir, settings),
-        generate.bench_onnxruntime(build_engines(model_dir), settings),
-    ]
+    engine_dir = build_engines(model_dir)
+    floor = generate.compute_floor(engine_dir, settings)
+    rows = [generate.bench_diffusers(model_dir, settings), generate.bench_onnxruntime(engine_dir, settings)]
     rows += _run_against_stack(model_dir, lambda url: generate.bench_served(url, settings))
     click.echo(loop.format_table(rows, "img"))
-    loop.write_json(out, rows, settings=settings.__dict__, model=embedded, cpus=os.cpu_count())
+    click.echo(f"compute floor: {floor['images_per_s']:.3f} img/s (best batch {floor['best_batch']})")
+    onnxruntime = rows[1]
+    for row in rows[2:]:
+        click.echo(
+            f"served c={row.concurrency}: {row.per_s / floor['images_per_s']:.2f} x the floor's throughput, "
+            f"p50 {row.p50_ms / onnxruntime.p50_ms:.2f} x ONNX Runtime in-process"
+        )
+    loop.write_json(out, rows, settings=settings.__dict__, model=embedded, cpus=os.cpu_count(), floor=floor)
     click.echo(f"written to {out}")
 
 

@@ -46,12 +46,12 @@ async def run_closed_loop(call: Callable[[int], Awaitable[None]], concurrency: i
 
 
 async def measure(method: str, call, concurrency: int, total: int, warmup: int | None = None) -> BenchRow:
-    """Warm up, then time ``total`` calls at ``concurrency``; CPU is the whole machine's user+system time."""
+    """Warm up, then time ``total`` calls at ``concurrency``; CPU is the whole machine's busy time."""
     await run_closed_loop(call, concurrency, concurrency if warmup is None else warmup)
     before = psutil.cpu_times()
     latencies, wall = await run_closed_loop(call, concurrency, total)
     after = psutil.cpu_times()
-    cpu = (after.user - before.user) + (after.system - before.system)
+    cpu = _busy_s(after) - _busy_s(before)
     ms = np.asarray(latencies) * 1000
     row = BenchRow(
         method,
@@ -72,6 +72,11 @@ async def measure(method: str, call, concurrency: int, total: int, warmup: int |
         row.cpu_s_per_request,
     )
     return row
+
+
+def _busy_s(times) -> float:
+    """CPU seconds not idle, all cores; ``nice`` counts too (Ray runs its workers niced)."""
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
 def format_table(rows: list[BenchRow], unit: str) -> str:

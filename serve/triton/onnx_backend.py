@@ -27,6 +27,8 @@ def make_session(model_path: Path, intra_op_threads: int = 0):
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle ONNX Runtime threads spin by default; beside Ray replicas on few cores that burns the CPU they need.
+    options.add_session_config_entry("session.intra_op.allow_spinning", os.environ.get("EASEL_ORT_SPIN", "0"))
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import click
 import httpx
 
+from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
 from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, easel_home
 from serve.triton.spec import Backend
 
@@ -45,6 +46,14 @@ _model_option = click.option(
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.",
 )
+
+
+def _embedded_option(help_text: str):
+    return click.option(
+        "--embedded", type=click.Choice(EMBEDDED_MODELS), default=EMBEDDED_MODELS[0], show_default=True, help=help_text
+    )
+
+
 _repository_option = click.option(
     "--repository",
     type=click.Path(file_okay=False, path_type=Path),
@@ -57,13 +66,7 @@ _repository_option = click.option(
 @main.command()
 @_model_option
 @_repository_option
-@click.option(
-    "--embedded",
-    type=click.Choice(["tiny", "bench"]),
-    default="tiny",
-    show_default=True,
-    help="Which embedded model to build when --model is not given.",
-)
+@_embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
     type=click.Choice([b.value for b in (Backend.PYTHON_ONNX, Backend.ONNXRUNTIME)]),
@@ -217,13 +220,7 @@ def _run_against_stack(model_dir: Path | None, bench_fn, whole_info: bool = Fals
 
 
 @bench.command("generate")
-@click.option(
-    "--embedded",
-    type=click.Choice(["tiny", "bench"]),
-    default="tiny",
-    show_default=True,
-    help="Embedded model to benchmark.",
-)
+@_embedded_option("Embedded model to benchmark.")
 @click.option("--steps", default=20, show_default=True)
 @click.option("--size", default=256, show_default=True)
 @click.option("--repeats", default=3, show_default=True, help="Timed requests per concurrency slot, after a warm-up.")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
 logger = logging.getLogger(__name__)
 
 SEED = 20261121
@@ -53,6 +51,7 @@ def _sizes(variant: str) -> dict:
 
 def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     """Create and save the embedded diffusers model ``variant`` in diffusers format under ``out_dir``."""
+    import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 

@@ -56,8 +56,8 @@ def test_every_tier_answers_with_json_details(api, icon, tier):
     assert 0.5 < body["ssim"] <= 1.0 and body["bytes"] == len(body["svg"].encode()) and body["paths"] > 0
     assert {"decode", "convert", "validate", "total"} <= set(body["timings_ms"])
     assert body["parameters"]["path_precision"] >= 0
-    if tier == "2":
-        assert 0 < body["predicted_quality"] <= 1.1
+    if tier == "2":  # no prediction when the image is unlike the training icons (tier 1's answer stands)
+        assert body["predicted_quality"] is None or 0 < body["predicted_quality"] <= 1.1
 
 
 def test_json_body_with_base64(api, icon):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.vectorize.spec import ENSEMBLE
-from tests.unit.vectorize.test_vectorize_image import _png_header_only
+from tests.images import encode, png_header_only
 
 pytestmark = pytest.mark.integration
 
@@ -20,19 +20,13 @@ ICONS = sorted((Path(__file__).resolve().parents[3] / "shared" / "datasets" / "i
 JSON = {"Accept": "application/json"}
 
 
-def _png(image: Image.Image, fmt: str = "PNG", **save) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **save)
-    return buffer.getvalue()
-
-
 @pytest.fixture(scope="module")
 def icon() -> bytes:
     if ICONS:
         return ICONS[0].read_bytes()
     image = Image.new("RGB", (128, 128), "white")
     image.paste((200, 30, 30), (20, 20, 100, 100))
-    return _png(image)
+    return encode(image)
 
 
 def test_multipart_upload_returns_svg(api, icon):
@@ -45,8 +39,12 @@ def test_multipart_upload_returns_svg(api, icon):
 
 @pytest.mark.parametrize("tier", ["1", "2", "3", "auto", "default"])
 def test_every_tier_answers_with_json_details(api, icon, tier):
-    response = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")},
-                        data={"tier": tier, "validate": "true"}, headers=JSON)
+    response = api.post(
+        VECTORIZE,
+        files={"file": ("icon.png", icon, "image/png")},
+        data={"tier": tier, "validate": "true"},
+        headers=JSON,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["requested_tier"] == tier and body["fallback"] is None
@@ -83,12 +81,12 @@ def test_raw_image_body_with_query_options(api, icon):
     ids=["rgba", "palette", "16bit", "grey-alpha"],
 )
 def test_modes_are_converted(api, image):
-    response = api.post(VECTORIZE, files={"file": ("x.png", _png(image), "image/png")}, headers=JSON)
+    response = api.post(VECTORIZE, files={"file": ("x.png", encode(image), "image/png")}, headers=JSON)
     assert response.status_code == 200, response.text
 
 
 def test_cmyk_jpeg_and_animated_gif_first_frame(api):
-    cmyk = _png(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG")
+    cmyk = encode(Image.new("CMYK", (64, 64), (0, 255, 255, 0)), "JPEG")
     assert api.post(VECTORIZE, files={"file": ("x.jpg", cmyk, "image/jpeg")}).status_code == 200
     frames = [Image.new("P", (48, 48), i) for i in (1, 2, 3)]
     gif = io.BytesIO()
@@ -101,9 +99,9 @@ def test_cmyk_jpeg_and_animated_gif_first_frame(api):
     [
         ({"files": {"file": ("x.png", b"definitely not an image", "image/png")}}, 400, "image"),
         ({"files": {"file": ("x.png", b"", "image/png")}}, 400, "image"),
-        ({"files": {"file": ("x.png", _png_header_only(5000, 10), "image/png")}}, 413, "image"),
-        ({"files": {"file": ("x.png", _png_header_only(4096, 4096), "image/png")}}, 413, "image"),
-        ({"files": {"file": ("x.png", _png_header_only(0, 10), "image/png")}}, 400, "image"),
+        ({"files": {"file": ("x.png", png_header_only(5000, 10), "image/png")}}, 413, "image"),
+        ({"files": {"file": ("x.png", png_header_only(4096, 4096), "image/png")}}, 413, "image"),
+        ({"files": {"file": ("x.png", png_header_only(0, 10), "image/png")}}, 400, "image"),
         ({"files": {"other": ("x.png", b"123", "image/png")}}, 400, "file"),
         ({"json": {"image": "not base64!!"}}, 400, "image"),
         ({"json": {"image": "aGVsbG8=", "tier": "7"}}, 400, "tier"),
@@ -112,8 +110,20 @@ def test_cmyk_jpeg_and_animated_gif_first_frame(api):
         ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type"),
         ({"content": b"\0" * (MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "image/png"}}, 413, "file"),
     ],
-    ids=["not-image", "zero-bytes", "side-over-4096", "over-16mp", "zero-size", "no-file-part", "bad-base64",
-         "unknown-tier", "negative-budget", "target-over-1", "wrong-content-type", "body-over-limit"],
+    ids=[
+        "not-image",
+        "zero-bytes",
+        "side-over-4096",
+        "over-16mp",
+        "zero-size",
+        "no-file-part",
+        "bad-base64",
+        "unknown-tier",
+        "negative-budget",
+        "target-over-1",
+        "wrong-content-type",
+        "body-over-limit",
+    ],
 )
 def test_bad_uploads_are_4xx_naming_the_field(api, kwargs, status, field):
     response = api.post(VECTORIZE, **kwargs)
@@ -143,8 +153,9 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
 
     stack.triton.stop()
     try:
-        response = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"},
-                            headers=JSON)
+        response = api.post(
+            VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON
+        )
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["tier"] == "default" and "unavailable" in body["fallback"]

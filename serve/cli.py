@@ -16,7 +16,7 @@ import click
 import httpx
 
 from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
-from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, easel_home
+from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG, easel_home
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
@@ -256,7 +256,7 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 @click.option(
     "--images",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev" / "val",
+    default=ICONS_DEV / "val",
     show_default=True,
 )
 @click.option("--size", default=512, show_default=True, help="Longest side the icons are resized to.")
@@ -292,7 +292,7 @@ def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, reque
 @click.option(
     "--images",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    default=PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev" / "val",
+    default=ICONS_DEV / "val",
     show_default=True,
     help="Icons the vectorize users upload.",
 )

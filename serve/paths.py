@@ -8,6 +8,8 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 SERVE_CONFIG = PROJECT_ROOT / "deployments" / "serve_config.yaml"
+# The shared icon data sits beside the checkout (../shared), as in development and CI.
+ICONS_DEV = PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev"
 
 
 def easel_home() -> Path:

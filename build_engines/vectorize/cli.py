@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 
 from build_engines.vectorize.train import train_all
+from serve.paths import ICONS_DEV
 
-DEFAULT_DATA = Path("/work/shared/datasets/icons-dev/train")
+DEFAULT_DATA = ICONS_DEV / "train"
 DEFAULT_OUT = Path(__file__).resolve().parent / "trained"
 
 

@@ -1,23 +1,30 @@
 """Seconds-long smoke runs of the benchmarks against a real stack, so the commands keep working."""
 
 import json
-from pathlib import Path
 
 import pytest
 
 from serve.benchmarks import generate, loop, vectorize
+from serve.paths import ICONS_DEV
 
 pytestmark = pytest.mark.integration
 
-VAL = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "icons-dev" / "val"
+VAL = ICONS_DEV / "val"
 
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     settings = generate.GenerateSettings(steps=2, size=64, repeats=1, concurrency=(1, 2))
-    rows = [generate.bench_diffusers(default_model, settings), generate.bench_onnxruntime(engine_dir, settings),
-            *generate.bench_served(stack.info.api_url, settings)]
-    assert [(r.method, r.concurrency) for r in rows] == [("diffusers", 1), ("onnxruntime", 1), ("served", 1),
-                                                          ("served", 2)]
+    rows = [
+        generate.bench_diffusers(default_model, settings),
+        generate.bench_onnxruntime(engine_dir, settings),
+        *generate.bench_served(stack.info.api_url, settings),
+    ]
+    assert [(r.method, r.concurrency) for r in rows] == [
+        ("diffusers", 1),
+        ("onnxruntime", 1),
+        ("served", 1),
+        ("served", 2),
+    ]
     assert all(r.requests >= 1 and r.p50_ms > 0 and r.per_s > 0 for r in rows)
     loop.write_json(tmp_path / "g.json", rows, settings=settings.__dict__)
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4

@@ -17,6 +17,7 @@ import pytest
 from serve import metrics
 from serve.observability.dashboards import load_dashboards, panel_queries
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
+from serve.paths import ICONS_DEV
 from serve.stack import Stack, StackOptions
 from serve.text_to_image.spec import ENGINE_NAMES
 
@@ -27,7 +28,7 @@ pytestmark = [
     ),
 ]
 
-ICONS = sorted((Path(__file__).resolve().parents[3] / "shared" / "datasets" / "icons-dev" / "val").glob("*.png"))
+ICONS = sorted((ICONS_DEV / "val").glob("*.png"))
 WINDOW = "5m"  # Grafana's $__rate_interval when queries are evaluated: covers the whole load
 DEADLINE_S = 120  # Ray reports custom metrics every few seconds; Prometheus scrapes every second
 ROUNDS = 2

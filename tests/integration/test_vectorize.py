@@ -3,12 +3,12 @@
 import base64
 import io
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from serve.paths import ICONS_DEV
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.vectorize.spec import ENSEMBLE
 from tests.images import encode, png_header_only
@@ -16,7 +16,7 @@ from tests.images import encode, png_header_only
 pytestmark = pytest.mark.integration
 
 VECTORIZE = "/v1/vectorize"
-ICONS = sorted((Path(__file__).resolve().parents[3] / "shared" / "datasets" / "icons-dev" / "val").glob("*.png"))
+ICONS = sorted((ICONS_DEV / "val").glob("*.png"))
 JSON = {"Accept": "application/json"}
 
 

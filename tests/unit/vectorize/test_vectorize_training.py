@@ -8,6 +8,7 @@ import pytest
 
 from build_engines.vectorize.export import ParityError, export_onnx
 from build_engines.vectorize.train import train_all
+from serve.paths import ICONS_DEV
 from serve.triton.spec import read_model_config, write_model_config
 from serve.vectorize.features import F, compute_features
 from serve.vectorize.image import load_image
@@ -16,7 +17,7 @@ from serve.vectorize.runtime import TRAINED_DIR, Models
 from serve.vectorize.spec import POLICY, QUALITY, SPECS
 from serve.vectorize.tiers import TIERS, choose, pick
 
-TRAIN = Path("/work/shared/datasets/icons-dev/train")
+TRAIN = ICONS_DEV / "train"
 
 
 def _make_images(folder: Path, count: int = 6) -> Path:

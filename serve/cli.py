@@ -6,10 +6,12 @@ import base64
 import logging
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -207,11 +209,22 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
+def _bench_run_dir() -> Path:
+    return easel_home() / "run" / "bench"
+
+
 def _run_against_stack(model_dir: Path | None, bench_fn, whole_info: bool = False):
-    """Start a stack on free ports (no dashboard), run ``bench_fn`` on its API URL (or its info), stop it."""
+    """Start a stack on free ports (no dashboard), run ``bench_fn`` on its API URL (or its info), stop it.
+
+    Its model repository is a scratch one, so benchmarking another model leaves the checkout's repository alone.
+    """
     from serve.stack import Stack, StackOptions
 
-    stack = Stack(StackOptions(port=0, dashboard=False, model_dir=model_dir, run_dir=easel_home() / "run" / "bench"))
+    run_dir = _bench_run_dir()
+    options = StackOptions(
+        port=0, dashboard=False, model_dir=model_dir, repository=run_dir / "model_repository", run_dir=run_dir
+    )
+    stack = Stack(options)
     try:
         info = stack.start()
         return bench_fn(info if whole_info else info.api_url)
@@ -236,19 +249,37 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
     model_dir = default_model_dir(embedded)
-    engine_dir = build_engines(model_dir)
-    floor = generate.compute_floor(engine_dir, settings)
-    rows = [generate.bench_diffusers(model_dir, settings), generate.bench_onnxruntime(engine_dir, settings)]
-    rows += _run_against_stack(model_dir, lambda url: generate.bench_served(url, settings))
+    engine_dir = build_engines(model_dir, _bench_run_dir() / "model_repository")
+    rows = [generate.bench_diffusers(model_dir, settings)]
+
+    def against_stack(api_url: str) -> tuple[list, list[dict]]:
+        floors = [generate.compute_floor(engine_dir, settings, pause=loop.children_paused)]
+        served = []
+        if 1 in settings.concurrency:
+            served += generate.bench_single_request(engine_dir, api_url, settings, pause=loop.children_paused)
+        loaded = tuple(c for c in settings.concurrency if c > 1)
+        served += generate.bench_served(api_url, replace(settings, concurrency=loaded)) if loaded else []
+        floors.append(generate.compute_floor(engine_dir, settings, pause=loop.children_paused))
+        return served, floors
+
+    served, floors = _run_against_stack(model_dir, against_stack)
+    rows += served
+    floor_per_s = statistics.mean(f["images_per_s"] for f in floors)  # a machine's drift during the runs evens out
     click.echo(loop.format_table(rows, "img"))
-    click.echo(f"compute floor: {floor['images_per_s']:.3f} img/s (best batch {floor['best_batch']})")
-    onnxruntime = rows[1]
-    for row in rows[2:]:
-        click.echo(
-            f"served c={row.concurrency}: {row.per_s / floor['images_per_s']:.2f} x the floor's throughput, "
-            f"p50 {row.p50_ms / onnxruntime.p50_ms:.2f} x ONNX Runtime in-process"
-        )
-    loop.write_json(out, rows, settings=settings.__dict__, model=embedded, cpus=os.cpu_count(), floor=floor)
+    chosen = ", ".join(f"{name} {best['setting']}" for name, best in floors[0]["best"].items())
+    click.echo(
+        f"compute floor: {floor_per_s:.3f} img/s (mean of before the served runs {floors[0]['images_per_s']:.3f} and "
+        f"after {floors[1]['images_per_s']:.3f}; {chosen})"
+    )
+    by_key = {(r.method, r.concurrency): r for r in rows}
+    if ("onnxruntime", 1) in by_key:
+        ratio = by_key["served", 1].p50_ms / by_key["onnxruntime", 1].p50_ms
+        click.echo(f"served c=1: p50 {ratio:.2f} x ONNX Runtime in-process (taking turns)")
+    for row in rows:
+        if row.method == "served":
+            click.echo(f"served c={row.concurrency}: {row.per_s / floor_per_s:.2f} x the floor's throughput")
+    context = {"settings": settings.__dict__, "model": embedded, "cpus": os.cpu_count(), "floors": floors}
+    loop.write_json(out, rows, floor_images_per_s=floor_per_s, **context)
     click.echo(f"written to {out}")
 
 

@@ -22,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "easel"
 
+# Ray Serve's defaults suit a cluster: its controller loops every 0.1 s and every replica exports metrics every 0.1 s.
+# On one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; see
+# docs/PERFORMANCE.md). Prometheus scrapes every 5 s anyway. A value already in the environment wins.
+RAY_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+
 
 class StackOptions(BaseModel):
     """What ``easel up`` starts, and where."""
@@ -126,6 +131,8 @@ class Stack:
 
         opts = self.options
         dashboard_port = opts.dashboard_port or free_port()
+        for name, value in RAY_SERVE_ENV.items():
+            os.environ.setdefault(name, value)  # inherited by Ray's workers, so set before ray.init
         context = ray.init(
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=opts.dashboard,

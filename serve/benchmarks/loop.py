@@ -6,7 +6,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -48,10 +49,13 @@ async def run_closed_loop(call: Callable[[int], Awaitable[None]], concurrency: i
 async def measure(method: str, call, concurrency: int, total: int, warmup: int | None = None) -> BenchRow:
     """Warm up, then time ``total`` calls at ``concurrency``; CPU is the whole machine's busy time."""
     await run_closed_loop(call, concurrency, concurrency if warmup is None else warmup)
-    before = psutil.cpu_times()
+    before = busy_s()
     latencies, wall = await run_closed_loop(call, concurrency, total)
-    after = psutil.cpu_times()
-    cpu = _busy_s(after) - _busy_s(before)
+    return make_row(method, concurrency, latencies, wall, busy_s() - before)
+
+
+def make_row(method: str, concurrency: int, latencies: list[float], wall_s: float, cpu_s: float) -> BenchRow:
+    """A row from per-call latencies (s), the wall time they took and the machine's busy CPU seconds; logged."""
     ms = np.asarray(latencies) * 1000
     row = BenchRow(
         method,
@@ -59,8 +63,8 @@ async def measure(method: str, call, concurrency: int, total: int, warmup: int |
         len(ms),
         float(np.percentile(ms, 50)),
         float(np.percentile(ms, 95)),
-        len(ms) / wall,
-        cpu / len(ms),
+        len(ms) / wall_s,
+        cpu_s / len(ms),
     )
     logger.info(
         "%-14s c=%-3d p50 %8.1f ms  p95 %8.1f ms  %6.2f/s  %.3f CPU-s/req",
@@ -74,9 +78,29 @@ async def measure(method: str, call, concurrency: int, total: int, warmup: int |
     return row
 
 
-def _busy_s(times) -> float:
-    """CPU seconds not idle, all cores; ``nice`` counts too (Ray runs its workers niced)."""
+def busy_s() -> float:
+    """CPU seconds the whole machine has been busy, all cores; ``nice`` counts too (Ray runs its workers niced)."""
+    times = psutil.cpu_times()
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@contextmanager
+def children_paused() -> Iterator[None]:
+    """Stop (SIGSTOP) every process this one started, e.g. the stack a benchmark runs, until the block ends.
+
+    In-process baselines timed inside it see a machine as quiet as with no stack at all, while the stack stays up,
+    so they can be interleaved with served requests and both see the same machine.
+    """
+    children = psutil.Process().children(recursive=True)
+    for child in children:
+        with suppress(psutil.NoSuchProcess):
+            child.suspend()
+    try:
+        yield
+    finally:
+        for child in children:
+            with suppress(psutil.NoSuchProcess):
+                child.resume()
 
 
 def format_table(rows: list[BenchRow], unit: str) -> str:

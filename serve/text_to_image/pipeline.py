@@ -20,7 +20,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.utils.torch_utils import randn_tensor
 
 from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
-from serve.triton.onnx_backend import make_session
+from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -42,18 +42,17 @@ class EngineRunner(Protocol):
 class OnnxRuntimeRunner:
     """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests."""
 
-    def __init__(self, engine_dir: Path, intra_op_threads: int = 0) -> None:
+    def __init__(self, engine_dir: Path, shards: int = 0) -> None:
         self.sessions = {
-            name: make_session(engine_dir / name / "model.onnx", intra_op_threads)
-            for name in (TEXT_ENCODER, UNET, VAE_DECODER)
+            name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in (TEXT_ENCODER, UNET, VAE_DECODER)
         }
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run the session for ``spec`` in a worker thread."""
+        """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
         session = self.sessions[spec.name]
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
-        outputs = await asyncio.to_thread(session.run, [t.name for t in spec.outputs], feeds)
-        return dict(zip([t.name for t in spec.outputs], outputs, strict=True))
+        outputs = await asyncio.to_thread(session.run, feeds)
+        return dict(zip(session.output_names, outputs, strict=True))
 
 
 @dataclass(frozen=True)

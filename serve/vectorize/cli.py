@@ -23,9 +23,7 @@ from serve.vectorize.runtime import TRAINED_DIR
     help="Where results.json and quality_vs_size.png are written.",
 )
 @click.option("--size", type=int, default=256, show_default=True, help="Longest side images are resized to.")
-@click.option(
-    "--random-search", type=int, default=40, show_default=True, help="Sets per image for the oracle."
-)
+@click.option("--random-search", type=int, default=40, show_default=True, help="Sets per image for the oracle.")
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--processes", type=int, default=2, show_default=True, help="Worker processes.")
 @click.option(

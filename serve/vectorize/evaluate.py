@@ -77,19 +77,13 @@ def evaluate_image(job: tuple[str, int, int, int]) -> list[Record]:
     records.append(_record(name, "best_preset", result, sum(r.total_s for _, r in pool) * 1000, params))
     if random_search > 0:
         rng = np.random.default_rng([seed, *name.encode()])
-        search = [pool[0]] + [
-            (p, score(pixels, p)) for p in map(from_vector, sample_vectors(rng, random_search))
-        ]
+        search = [pool[0]] + [(p, score(pixels, p)) for p in map(from_vector, sample_vectors(rng, random_search))]
         params, result = _oracle(search, baseline)
-        records.append(
-            _record(name, "random_search", result, sum(r.total_s for _, r in search) * 1000, params)
-        )
+        records.append(_record(name, "random_search", result, sum(r.total_s for _, r in search) * 1000, params))
     for method in TIER_METHODS:
         try:
             start = time.perf_counter()
-            choice = choose(
-                pixels, method, models.mapping, models.predictor, models.policy, margin=models.margin
-            )
+            choice = choose(pixels, method, models.mapping, models.predictor, models.policy, margin=models.margin)
             select_ms = (time.perf_counter() - start) * 1000
         except ValueError as error:
             logger.warning("%s: %s skipped (%s)", name, method, error)

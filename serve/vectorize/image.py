@@ -47,8 +47,7 @@ def check_size(width: int, height: int, field: str = "image") -> None:
         )
     if width * height > MAX_PIXELS:
         raise ImageRejected(
-            f"{field}: image has {width * height} pixels; at most {MAX_PIXELS // 1_000_000} megapixels "
-            "are accepted",
+            f"{field}: image has {width * height} pixels; at most {MAX_PIXELS // 1_000_000} megapixels are accepted",
             field,
             413,
         )

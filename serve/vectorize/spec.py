@@ -52,10 +52,16 @@ ENSEMBLE = ModelSpec(
         TensorSpec("policy_params", "float32", (-1, P), ("rows",)),
     ),
     ensemble=(
-        EnsembleStep(FEATURES.name, {"image": "image"},
-                     {"features": "features", "features_tiled": "features_tiled", "candidates": "candidates"}),
-        EnsembleStep(QUALITY.name, {"features": "features_tiled", "params": "candidates"},
-                     {"ssim": "ssim", "log_bytes": "log_bytes"}),
+        EnsembleStep(
+            FEATURES.name,
+            {"image": "image"},
+            {"features": "features", "features_tiled": "features_tiled", "candidates": "candidates"},
+        ),
+        EnsembleStep(
+            QUALITY.name,
+            {"features": "features_tiled", "params": "candidates"},
+            {"ssim": "ssim", "log_bytes": "log_bytes"},
+        ),
         EnsembleStep(POLICY.name, {"features": "features"}, {"params": "policy_params"}),
     ),
 )

@@ -6,6 +6,7 @@ import pytest
 
 from serve.benchmarks import generate, loop, vectorize
 from serve.paths import ICONS_DEV
+from serve.stack import wait_until_ready
 
 pytestmark = pytest.mark.integration
 
@@ -13,10 +14,10 @@ VAL = ICONS_DEV / "val"
 
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
-    settings = generate.GenerateSettings(steps=2, size=64, repeats=1, concurrency=(1, 2))
+    settings = generate.GenerateSettings(steps=2, size=64, repeats=1, concurrency=(2,))
     rows = [
         generate.bench_diffusers(default_model, settings),
-        generate.bench_onnxruntime(engine_dir, settings),
+        *generate.bench_single_request(engine_dir, stack.info.api_url, settings, pause=loop.children_paused),
         *generate.bench_served(stack.info.api_url, settings),
     ]
     assert [(r.method, r.concurrency) for r in rows] == [
@@ -29,8 +30,25 @@ def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     loop.write_json(tmp_path / "g.json", rows, settings=settings.__dict__)
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4
     assert "served" in loop.format_table(rows, "img")
-    floor = generate.compute_floor(engine_dir, settings, batch_sizes=(2, 4))
-    assert floor["images_per_s"] > 0 and set(floor["best_batch"]) == {"text_encoder", "unet", "vae_decoder"}
+    floor = generate.compute_floor(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused)
+    assert floor["images_per_s"] > 0 and set(floor["best"]) == {"text_encoder", "unet", "vae_decoder"}
+    wait_until_ready(stack.info.api_url, timeout_s=30)  # the stack answers again after the paused timings
+
+
+def test_children_paused_stops_and_resumes_child_processes():
+    import subprocess
+    import sys
+
+    import psutil
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with loop.children_paused():
+            assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
+        assert psutil.Process(child.pid).status() != psutil.STATUS_STOPPED
+    finally:
+        child.kill()
+        child.wait()
 
 
 @pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")

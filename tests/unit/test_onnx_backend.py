@@ -1,11 +1,12 @@
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper
 
-from serve.triton.onnx_backend import make_session, run_batched
+from serve.triton.onnx_backend import ShardedSession, run_batched
 
 
-def _double_model(path):
+def _double_model(path, shards: int = 1) -> ShardedSession:
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "x"], ["y"])],
         "double",
@@ -13,14 +14,24 @@ def _double_model(path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
-    return make_session(path, intra_op_threads=1)
+    return ShardedSession(path, shards)
+
+
+def _record_calls(session: ShardedSession, monkeypatch) -> list[tuple]:
+    calls = []
+    real_run = session.session.run
+
+    def run(names, feed):
+        calls.append(feed["x"].shape)
+        return real_run(names, feed)
+
+    monkeypatch.setattr(session.session, "run", run)
+    return calls
 
 
 def test_requests_of_equal_shape_share_one_call_and_split_back(tmp_path, monkeypatch):
     session = _double_model(tmp_path / "m.onnx")
-    calls = []
-    real_run = session.run
-    monkeypatch.setattr(session, "run", lambda names, feed: calls.append(feed["x"].shape) or real_run(names, feed))
+    calls = _record_calls(session, monkeypatch)
     feeds = [{"x": np.full((rows, 3), i, np.float32)} for i, rows in enumerate([2, 1, 2])]
     feeds.append({"x": np.ones((1, 5), np.float32)})
     results = run_batched(session, feeds)
@@ -34,3 +45,15 @@ def test_a_failing_group_does_not_fail_the_others(tmp_path):
     results = run_batched(session, [{"x": np.ones((1, 3), np.float32)}, {"x": np.ones((1, 2, 2), np.float32)}])
     np.testing.assert_array_equal(results[0]["y"], np.full((1, 3), 2, np.float32))
     assert isinstance(results[1], Exception)
+
+
+@pytest.mark.parametrize(
+    ("rows", "slices"), [(1, [(1, 4)]), (2, [(1, 4), (1, 4)]), (7, [(2, 4), (2, 4), (2, 4), (1, 4)])]
+)
+def test_a_batch_is_split_into_at_most_shards_slices_in_order(tmp_path, monkeypatch, rows, slices):
+    session = _double_model(tmp_path / "m.onnx", shards=4)
+    calls = _record_calls(session, monkeypatch)
+    x = np.arange(rows * 4, dtype=np.float32).reshape(rows, 4)
+    (y,) = session.run({"x": x})
+    np.testing.assert_array_equal(y, x * 2)
+    assert sorted(calls, reverse=True) == slices

@@ -11,7 +11,7 @@ from tests.conftest import psnr, reference_images
 
 @pytest.fixture(scope="module")
 def pipeline(engine_dir):
-    return TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir, intra_op_threads=1))
+    return TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))

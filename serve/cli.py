@@ -6,12 +6,10 @@ import base64
 import logging
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -252,33 +250,50 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     engine_dir = build_engines(model_dir, _bench_run_dir() / "model_repository")
     rows = [generate.bench_diffusers(model_dir, settings)]
 
-    def against_stack(api_url: str) -> tuple[list, list[dict]]:
-        floors = [generate.compute_floor(engine_dir, settings, pause=loop.children_paused)]
-        served = []
+    def against_stack(api_url: str) -> tuple[list, generate.Floor, list[dict]]:
+        floor = generate.Floor(engine_dir, settings, pause=loop.children_paused)
+        served, ratios = [], []
         if 1 in settings.concurrency:
+            floor.time()
             served += generate.bench_single_request(engine_dir, api_url, settings, pause=loop.children_paused)
-        loaded = tuple(c for c in settings.concurrency if c > 1)
-        served += generate.bench_served(api_url, replace(settings, concurrency=loaded)) if loaded else []
-        floors.append(generate.compute_floor(engine_dir, settings, pause=loop.children_paused))
-        return served, floors
+            floor.time()
+        for loaded in (c for c in settings.concurrency if c > 1):
+            row, ratio = generate.bench_against_floor(api_url, settings, loaded, floor)
+            served.append(row)
+            ratios.append(ratio)
+        return served, floor, ratios
 
-    served, floors = _run_against_stack(model_dir, against_stack)
+    served, floor, ratios = _run_against_stack(model_dir, against_stack)
     rows += served
-    floor_per_s = statistics.mean(f["images_per_s"] for f in floors)  # a machine's drift during the runs evens out
     click.echo(loop.format_table(rows, "img"))
-    chosen = ", ".join(f"{name} {best['setting']}" for name, best in floors[0]["best"].items())
+    floor_per_s = floor.mean_images_per_s()
+    timed = [t["images_per_s"] for t in floor.timings]
+    chosen = ", ".join(f"{name} {best['setting']}" for name, best in floor.timings[0]["best"].items())
     click.echo(
-        f"compute floor: {floor_per_s:.3f} img/s (mean of before the served runs {floors[0]['images_per_s']:.3f} and "
-        f"after {floors[1]['images_per_s']:.3f}; {chosen})"
+        f"compute floor: {floor_per_s:.3f} img/s, mean of {len(timed)} timings ({min(timed):.3f}-{max(timed):.3f}); "
+        f"{chosen}"
     )
     by_key = {(r.method, r.concurrency): r for r in rows}
     if ("onnxruntime", 1) in by_key:
         ratio = by_key["served", 1].p50_ms / by_key["onnxruntime", 1].p50_ms
         click.echo(f"served c=1: p50 {ratio:.2f} x ONNX Runtime in-process (taking turns)")
-    for row in rows:
-        if row.method == "served":
-            click.echo(f"served c={row.concurrency}: {row.per_s / floor_per_s:.2f} x the floor's throughput")
-    context = {"settings": settings.__dict__, "model": embedded, "cpus": os.cpu_count(), "floors": floors}
+    for ratio in ratios:
+        chunks = " ".join(f"{r:.2f}" for r in ratio["chunk_ratios"])
+        click.echo(
+            f"served c={ratio['concurrency']}: {ratio['ratio']:.2f} x the floor's throughput "
+            f"(median of chunks, each against the floor timed around it: {chunks})"
+        )
+        by_process = ratio["cpu_s_per_image_by_process"]
+        top = ", ".join(f"{label} {cpu_s:.3f}" for label, cpu_s in list(by_process.items())[:8])
+        click.echo(f"  CPU-s per image by process: {top}, all {sum(by_process.values()):.3f}")
+    context = {
+        "settings": settings.__dict__,
+        "model": embedded,
+        "cpus": os.cpu_count(),
+        "floor_sweep_ms_per_row": floor.sweep_ms_per_row,
+        "floor_timings": floor.timings,
+        "served_to_floor": ratios,
+    }
     loop.write_json(out, rows, floor_images_per_s=floor_per_s, **context)
     click.echo(f"written to {out}")
 

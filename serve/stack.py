@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
 from serve.text_to_image.spec import ENGINE_NAMES
-from serve.triton.server import TritonServer, free_port, stop_process
+from serve.triton.server import TritonServer, free_port, free_ports, stop_process
 
 logger = logging.getLogger(__name__)
 
@@ -90,8 +90,9 @@ class Stack:
         engine_dir = build(opts.model_dir, opts.repository)
         install_vectorize(opts.repository)
         self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(ENGINE_NAMES)
-        port = opts.port or free_port(opts.host)
-        dashboard_url = self._start_ray()
+        spare = iter(free_ports(2, opts.host))  # together, so the two cannot be the same port
+        port = opts.port or next(spare)
+        dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         config = load_serve_config(opts.serve_config, engine_dir, self.triton.endpoints.grpc_url, opts.host, port)
         _deploy(config, timeout_s)
         e = self.triton.endpoints
@@ -126,11 +127,10 @@ class Stack:
             return
         self.info = replace(self.info, prometheus_url=server.url, prometheus_pid=server.process.pid)
 
-    def _start_ray(self) -> str | None:
+    def _start_ray(self, dashboard_port: int) -> str | None:
         import ray
 
         opts = self.options
-        dashboard_port = opts.dashboard_port or free_port()
         for name, value in RAY_SERVE_ENV.items():
             os.environ.setdefault(name, value)  # inherited by Ray's workers, so set before ray.init
         context = ray.init(

@@ -2,8 +2,9 @@
 
 Columns: (a) diffusers' StableDiffusionPipeline in-process (PyTorch), (b) the same ONNX engines in-process with ONNX
 Runtime through Easel's pipeline code, (c) the served stack over HTTP at each concurrency. Each column is warmed up,
-then timed; latency p50/p95 and images/s are reported. (b) and (c) at concurrency 1 take turns, and the compute floor
-is timed before and after the served runs, so that a shared machine's slow spells hit both sides of each ratio.
+then timed; latency p50/p95 and images/s are reported. (b) and (c) at concurrency 1 take turns, and each loaded run
+of (c) is split into chunks bracketed by timings of the compute floor, so a shared machine's slow spells hit both
+sides of each ratio.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -146,63 +148,120 @@ def _layouts(model_path: Path) -> dict:
     return {"threads": lambda feeds: threaded.run(None, feeds), "sharded": ShardedSession(model_path).run}
 
 
-def compute_floor(
-    engine_dir: Path, settings: GenerateSettings, batch_sizes=(2, 4, 8, 16, 32), pause: PauseStack = nullcontext
-) -> dict:
-    """Images/s these engines give with zero serving overhead: each engine at its best batch size and layout.
+class Floor:
+    """The compute floor: images/s these engines give with zero serving overhead.
 
-    Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row. For each engine
-    the cheapest per-row time over ``batch_sizes`` and both ways of using all cores (:func:`_layouts`) picks a
-    setting, which is then timed afresh (the minimum of noisy timings would flatter the floor). Each timing runs
-    inside ``pause`` (a few seconds each), so a running stack can be stopped meanwhile.
+    Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row. A sweep picks, for
+    each engine, the cheapest per-row time over ``batch_sizes`` and both ways of using all cores (:func:`_layouts`);
+    :meth:`time` then times those settings afresh (the minimum of noisy timings would flatter the floor), as often as
+    a benchmark needs, so each served run can be bracketed by floor timings. All timings run inside ``pause``.
     """
-    from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
 
-    dims = PipelineDims.load(engine_dir / "pipeline.json")
-    specs = engine_specs(dims)
-    latent = settings.size // dims.vae_scale_factor
-    rng = np.random.default_rng(0)
+    def __init__(
+        self,
+        engine_dir: Path,
+        settings: GenerateSettings,
+        batch_sizes=(2, 4, 8, 16, 32),
+        pause: PauseStack = nullcontext,
+    ) -> None:
+        from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
 
-    def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
-        feeds = {}
-        for tensor in specs[name].inputs:
-            shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
-            values = rng.integers(0, 300, shape) if tensor.dtype == "int64" else rng.standard_normal(shape)
-            feeds[tensor.name] = values.astype(tensor.numpy_dtype)
-        return feeds
+        self.settings, self.pause = settings, pause
+        dims = PipelineDims.load(engine_dir / "pipeline.json")
+        specs = engine_specs(dims)
+        latent = settings.size // dims.vae_scale_factor
+        rng = np.random.default_rng(0)
 
-    sweep: dict[str, dict[str, float]] = {}
-    best: dict[str, tuple[str, float]] = {}
-    for name in (TEXT_ENCODER, UNET, VAE_DECODER):
-        layouts = _layouts(engine_dir / name / "model.onnx")
-        settings_tried = [(layout, b) for layout in layouts for b in batch_sizes if b <= specs[name].max_batch_size]
-        sweep[name] = {}
-        for layout, batch in settings_tried:
-            sweep[name][f"{layout} x{batch}"] = _median_run_s(layouts[layout], feeds_for(name, batch), 3, pause) / batch
-        layout, batch = min(settings_tried, key=lambda lb: sweep[name][f"{lb[0]} x{lb[1]}"])
-        retimed = _median_run_s(layouts[layout], feeds_for(name, batch), settings.repeats + 2, pause) / batch
-        best[name] = (f"{layout} x{batch}", retimed)
-        logger.info("floor %-12s best %-11s %.2f ms/row", name, best[name][0], retimed * 1000)
-    seconds_per_image = 2 * settings.steps * best[UNET][1] + 2 * best[TEXT_ENCODER][1] + best[VAE_DECODER][1]
-    return {
-        "images_per_s": 1 / seconds_per_image,
-        "seconds_per_image": seconds_per_image,
-        "best": {name: {"setting": key, "ms_per_row": t * 1000} for name, (key, t) in best.items()},
-        "sweep_ms_per_row": {name: {key: t * 1000 for key, t in rows.items()} for name, rows in sweep.items()},
-    }
+        def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
+            feeds = {}
+            for tensor in specs[name].inputs:
+                shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
+                values = rng.integers(0, 300, shape) if tensor.dtype == "int64" else rng.standard_normal(shape)
+                feeds[tensor.name] = values.astype(tensor.numpy_dtype)
+            return feeds
+
+        self.sweep_ms_per_row: dict[str, dict[str, float]] = {}
+        self._chosen: dict[str, tuple[str, Callable, dict]] = {}
+        for name in (TEXT_ENCODER, UNET, VAE_DECODER):
+            layouts = _layouts(engine_dir / name / "model.onnx")
+            tried = [(layout, b) for layout in layouts for b in batch_sizes if b <= specs[name].max_batch_size]
+            sweep = {
+                f"{layout} x{batch}": _median_run_s(layouts[layout], feeds_for(name, batch), 3, pause) / batch
+                for layout, batch in tried
+            }
+            self.sweep_ms_per_row[name] = {key: t * 1000 for key, t in sweep.items()}
+            layout, batch = min(tried, key=lambda lb: sweep[f"{lb[0]} x{lb[1]}"])
+            self._chosen[name] = (f"{layout} x{batch}", layouts[layout], feeds_for(name, batch))
+        self._rows_per_image = {TEXT_ENCODER: 2, UNET: 2 * settings.steps, VAE_DECODER: 1}
+        self.timings: list[dict] = []
+
+    def time(self) -> dict:
+        """Time the chosen settings once more; the result is also kept in :attr:`timings`."""
+        best, seconds_per_image = {}, 0.0
+        for name, (key, run, feeds) in self._chosen.items():
+            batch = len(next(iter(feeds.values())))
+            per_row = _median_run_s(run, feeds, self.settings.repeats + 2, self.pause) / batch
+            best[name] = {"setting": key, "ms_per_row": per_row * 1000}
+            seconds_per_image += self._rows_per_image[name] * per_row
+        timing = {"images_per_s": 1 / seconds_per_image, "seconds_per_image": seconds_per_image, "best": best}
+        logger.info("floor %.3f img/s (%s)", timing["images_per_s"], _describe(best))
+        self.timings.append(timing)
+        return timing
+
+    def mean_images_per_s(self) -> float:
+        """The mean of every timing so far (a drifting machine's spells even out)."""
+        return statistics.mean(t["images_per_s"] for t in self.timings)
 
 
-def bench_served(api_url: str, settings: GenerateSettings) -> list[BenchRow]:
-    """(c) the served stack over HTTP, at each concurrency."""
+def _describe(best: dict) -> str:
+    return ", ".join(f"{name} {b['setting']} {b['ms_per_row']:.2f} ms/row" for name, b in best.items())
 
-    async def run_all() -> list[BenchRow]:
-        limits = httpx.Limits(max_connections=max(settings.concurrency))
+
+def bench_against_floor(
+    api_url: str, settings: GenerateSettings, concurrency: int, floor: Floor, chunks: int = 4
+) -> tuple[BenchRow, dict]:
+    """(c) at ``concurrency`` in ``chunks`` closed-loop runs, each bracketed by floor timings.
+
+    A shared machine drifts by more than the gap being measured, so each chunk's images/s is divided by the mean of
+    the floor timed just before and just after it; the ratio reported is the median over chunks. The row pools every
+    chunk's latencies; its images/s is all requests over all chunks' wall time. Where the CPU went is kept per process
+    of the stack (:func:`loop.cpu_by_process`), per image.
+    """
+    total = concurrency * settings.repeats
+    sizes = [len(part) for part in np.array_split(np.arange(total), min(chunks, total))]
+
+    async def run() -> tuple[BenchRow, dict]:
+        limits = httpx.Limits(max_connections=concurrency)
         async with httpx.AsyncClient(base_url=api_url, timeout=600, limits=limits) as client:
 
             async def call(index: int) -> None:
                 response = await client.post("/v1/images/generations", json=_request_body(settings, index))
                 response.raise_for_status()
 
-            return [await loop.measure("served", call, c, c * settings.repeats) for c in settings.concurrency]
+            await loop.run_closed_loop(call, concurrency, concurrency)  # warm-up
+            latencies, wall, cpu, ratios, by_process = [], 0.0, 0.0, [], Counter()
+            before = floor.time()
+            for size in sizes:
+                busy, processes = loop.busy_s(), loop.cpu_by_process()
+                chunk_latencies, chunk_wall = await loop.run_closed_loop(call, concurrency, size)
+                cpu += loop.busy_s() - busy
+                by_process.update({k: v - processes.get(k, 0.0) for k, v in loop.cpu_by_process().items()})
+                after = floor.time()
+                floor_per_s = (before["images_per_s"] + after["images_per_s"]) / 2
+                ratios.append(size / chunk_wall / floor_per_s)
+                logger.info(
+                    "served c=%d chunk: %.3f img/s = %.2f x the floor", concurrency, size / chunk_wall, ratios[-1]
+                )
+                latencies += chunk_latencies
+                wall += chunk_wall
+                before = after
+            row = loop.make_row("served", concurrency, latencies, wall, cpu)
+            per_image = {label: cpu_s / total for label, cpu_s in by_process.most_common()}
+            return row, {
+                "concurrency": concurrency,
+                "chunk_ratios": ratios,
+                "ratio": statistics.median(ratios),
+                "cpu_s_per_image_by_process": per_image,
+            }
 
-    return asyncio.run(run_all())
+    return asyncio.run(run())

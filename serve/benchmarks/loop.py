@@ -84,6 +84,32 @@ def busy_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+def cpu_by_process() -> dict[str, float]:
+    """CPU seconds used so far by this process and every process it started, summed by :func:`process_label`."""
+    totals: dict[str, float] = {}
+    me = psutil.Process()
+    for process in [me, *me.children(recursive=True)]:
+        with suppress(psutil.Error):
+            label = "benchmark" if process.pid == me.pid else process_label(process.cmdline())
+            times = process.cpu_times()
+            totals[label] = totals.get(label, 0.0) + times.user + times.system
+    return totals
+
+
+def process_label(cmdline: list[str]) -> str:
+    """A short name for a process of the stack.
+
+    A Ray actor's title (``ServeController``), ``triton MODEL`` for a python-backend model, else the script or
+    program name (``raylet``, ``log_monitor.py``).
+    """
+    first = cmdline[0] if cmdline else "?"
+    if first.startswith("ray::"):
+        return first.split()[0].split(".")[0].removeprefix("ray::")
+    if first.endswith("triton_python_backend_stub") and len(cmdline) > 1:
+        return f"triton {Path(cmdline[1]).parent.parent.name}"
+    return next((Path(arg).name for arg in cmdline if arg.endswith(".py")), Path(first).name)
+
+
 @contextmanager
 def children_paused() -> Iterator[None]:
     """Stop (SIGSTOP) every process this one started, e.g. the stack a benchmark runs, until the block ends.

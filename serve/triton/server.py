@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,22 @@ from serve.paths import easel_home
 logger = logging.getLogger(__name__)
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct TCP ports nobody listens on right now.
+
+    All are held open until each is bound: ports asked for one at a time may come back equal, since the kernel
+    can hand out a port again as soon as it is released.
+    """
+    with ExitStack() as held:
+        sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind((host, 0))
+        return [sock.getsockname()[1] for sock in sockets]
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    return free_ports(1, host)[0]
 
 
 def _pytriton_dir() -> Path:
@@ -102,7 +114,7 @@ class TritonServer:
     ) -> None:
         self.repository = repository
         self.log_path = log_path
-        http, grpc, metrics = ports or (free_port(host), free_port(host), free_port(host))
+        http, grpc, metrics = ports or free_ports(3, host)
         self.endpoints = TritonEndpoints(host, http, grpc, metrics)
         self.extra_args = extra_args
         self.process: subprocess.Popen | None = None

@@ -8,14 +8,14 @@ import httpx
 import pytest
 
 from serve.stack import read_state
-from serve.triton.server import free_port
+from serve.triton.server import free_ports
 
 pytestmark = pytest.mark.integration
 
 
 def test_up_detach_serves_a_first_request_and_down_stops_everything(tmp_path):
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
-    port, dashboard_port = free_port(), free_port()
+    port, dashboard_port = free_ports(2)
     easel = [sys.executable, "-m", "serve.cli"]
     up = subprocess.run(
         [

@@ -169,5 +169,10 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
         if ready.status_code == 200 and ready.json()["models"].get(ENSEMBLE.name):
             break
         time.sleep(0.5)
-    again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)
-    assert again.json()["tier"] == "2"
+    # Each Vectorizer replica has its own channel, which retries within a second (TritonClient's reconnect backoff):
+    # a request may still fall back meanwhile, but four in a row (both replicas, most likely) must be served by tier 2.
+    tiers: list[str] = []
+    while time.monotonic() < deadline + 10 and tiers[-4:] != ["2"] * 4:
+        again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)
+        tiers.append(again.json()["tier"])
+    assert tiers[-4:] == ["2"] * 4, tiers

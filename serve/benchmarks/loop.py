@@ -121,12 +121,23 @@ def children_paused() -> Iterator[None]:
     for child in children:
         with suppress(psutil.NoSuchProcess):
             child.suspend()
+    _wait_until_stopped(children)
     try:
         yield
     finally:
         for child in children:
             with suppress(psutil.NoSuchProcess):
                 child.resume()
+
+
+def _wait_until_stopped(processes: list[psutil.Process], timeout_s: float = 1.0) -> None:
+    """Wait (briefly) until SIGSTOP has taken effect: the signal is delivered when each process next runs."""
+    done = {psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
+    deadline = time.monotonic() + timeout_s
+    for process in processes:
+        with suppress(psutil.NoSuchProcess):
+            while process.status() not in done and time.monotonic() < deadline:
+                time.sleep(0.001)
 
 
 def format_table(rows: list[BenchRow], unit: str) -> str:

@@ -1,6 +1,7 @@
 """Seconds-long smoke runs of the benchmarks against a real stack, so the commands keep working."""
 
 import json
+import time
 
 import pytest
 
@@ -46,8 +47,11 @@ def test_children_paused_stops_and_resumes_child_processes():
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        with loop.children_paused():
+        with loop.children_paused():  # returns once SIGSTOP has taken effect
             assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
+        deadline = time.monotonic() + 5  # SIGCONT, like SIGSTOP, takes effect when the child next runs
+        while psutil.Process(child.pid).status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert psutil.Process(child.pid).status() != psutil.STATUS_STOPPED
     finally:
         child.kill()

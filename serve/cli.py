@@ -254,9 +254,8 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
         floor = generate.Floor(engine_dir, settings, pause=loop.children_paused)
         served, ratios = [], []
         if 1 in settings.concurrency:
-            floor.time()
+            floor.time()  # loaded runs time the floor around each of their chunks
             served += generate.bench_single_request(engine_dir, api_url, settings, pause=loop.children_paused)
-            floor.time()
         for loaded in (c for c in settings.concurrency if c > 1):
             row, ratio = generate.bench_against_floor(api_url, settings, loaded, floor)
             served.append(row)

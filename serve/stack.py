@@ -22,10 +22,16 @@ logger = logging.getLogger(__name__)
 
 APP_NAME = "easel"
 
-# Ray Serve's defaults suit a cluster: its controller loops every 0.1 s and every replica exports metrics every 0.1 s.
-# On one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; see
-# docs/PERFORMANCE.md). Prometheus scrapes every 5 s anyway. A value already in the environment wins.
-RAY_SERVE_ENV = {"RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5", "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000"}
+# Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
+# on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
+# scrapes every 5 s anyway). Results over 100 KiB (an encoded image) go through the object store rather than inline
+# in the reply: inline, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request. See docs/PERFORMANCE.md.
+# A value already in the environment wins.
+RAY_ENV = {
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    "RAY_max_direct_call_object_size": str(16 << 20),
+}
 
 
 class StackOptions(BaseModel):
@@ -131,7 +137,7 @@ class Stack:
         import ray
 
         opts = self.options
-        for name, value in RAY_SERVE_ENV.items():
+        for name, value in RAY_ENV.items():
             os.environ.setdefault(name, value)  # inherited by Ray's workers, so set before ray.init
         context = ray.init(
             num_cpus=max(4, os.cpu_count() or 1),

@@ -129,15 +129,24 @@ def bench_single_request(
     return asyncio.run(run())
 
 
-def _median_run_s(run, feeds: dict, repeats: int, pause: PauseStack) -> float:
-    with pause():
+def _median_run_s(run, feeds: dict, repeats: int) -> float:
+    run(feeds)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
         run(feeds)
-        times = []
-        for _ in range(repeats):
-            started = time.perf_counter()
-            run(feeds)
-            times.append(time.perf_counter() - started)
+        times.append(time.perf_counter() - started)
     return statistics.median(times)
+
+
+def _mean_run_s(run, feeds: dict, min_s: float) -> float:
+    """Seconds per run, over back-to-back runs that last at least ``min_s`` (after one warm-up run)."""
+    run(feeds)
+    count, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < min_s or count < 3:
+        run(feeds)
+        count += 1
+    return elapsed / count
 
 
 def _layouts(model_path: Path) -> dict:
@@ -154,7 +163,9 @@ class Floor:
     Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row. A sweep picks, for
     each engine, the cheapest per-row time over ``batch_sizes`` and both ways of using all cores (:func:`_layouts`);
     :meth:`time` then times those settings afresh (the minimum of noisy timings would flatter the floor), as often as
-    a benchmark needs, so each served run can be bracketed by floor timings. All timings run inside ``pause``.
+    a benchmark needs, so each served run can be bracketed by floor timings. Each engine of a floor timing runs back
+    to back for ``engine_s``: this machine's speed swings within seconds, and a served chunk lasts tens of seconds.
+    All timings run inside ``pause``.
     """
 
     def __init__(
@@ -163,10 +174,11 @@ class Floor:
         settings: GenerateSettings,
         batch_sizes=(2, 4, 8, 16, 32),
         pause: PauseStack = nullcontext,
+        engine_s: float = 2.0,
     ) -> None:
         from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
 
-        self.settings, self.pause = settings, pause
+        self.settings, self.pause, self.engine_s = settings, pause, engine_s
         dims = PipelineDims.load(engine_dir / "pipeline.json")
         specs = engine_specs(dims)
         latent = settings.size // dims.vae_scale_factor
@@ -185,10 +197,10 @@ class Floor:
         for name in (TEXT_ENCODER, UNET, VAE_DECODER):
             layouts = _layouts(engine_dir / name / "model.onnx")
             tried = [(layout, b) for layout in layouts for b in batch_sizes if b <= specs[name].max_batch_size]
-            sweep = {
-                f"{layout} x{batch}": _median_run_s(layouts[layout], feeds_for(name, batch), 3, pause) / batch
-                for layout, batch in tried
-            }
+            sweep = {}
+            for layout, batch in tried:
+                with pause():
+                    sweep[f"{layout} x{batch}"] = _median_run_s(layouts[layout], feeds_for(name, batch), 3) / batch
             self.sweep_ms_per_row[name] = {key: t * 1000 for key, t in sweep.items()}
             layout, batch = min(tried, key=lambda lb: sweep[f"{lb[0]} x{lb[1]}"])
             self._chosen[name] = (f"{layout} x{batch}", layouts[layout], feeds_for(name, batch))
@@ -200,7 +212,8 @@ class Floor:
         best, seconds_per_image = {}, 0.0
         for name, (key, run, feeds) in self._chosen.items():
             batch = len(next(iter(feeds.values())))
-            per_row = _median_run_s(run, feeds, self.settings.repeats + 2, self.pause) / batch
+            with self.pause():
+                per_row = _mean_run_s(run, feeds, self.engine_s) / batch
             best[name] = {"setting": key, "ms_per_row": per_row * 1000}
             seconds_per_image += self._rows_per_image[name] * per_row
         timing = {"images_per_s": 1 / seconds_per_image, "seconds_per_image": seconds_per_image, "best": best}
@@ -218,17 +231,22 @@ def _describe(best: dict) -> str:
 
 
 def bench_against_floor(
-    api_url: str, settings: GenerateSettings, concurrency: int, floor: Floor, chunks: int = 4
+    api_url: str, settings: GenerateSettings, concurrency: int, floor: Floor, repeats_per_chunk: int = 4
 ) -> tuple[BenchRow, dict]:
-    """(c) at ``concurrency`` in ``chunks`` closed-loop runs, each bracketed by floor timings.
+    """(c) at ``concurrency``, in closed-loop chunks of ``repeats_per_chunk`` requests per slot between floor timings.
 
-    A shared machine drifts by more than the gap being measured, so each chunk's images/s is divided by the mean of
-    the floor timed just before and just after it; the ratio reported is the median over chunks. The row pools every
-    chunk's latencies; its images/s is all requests over all chunks' wall time. Where the CPU went is kept per process
-    of the stack (:func:`loop.cpu_by_process`), per image.
+    A shared machine drifts by more than the gap being measured, so each chunk's throughput is divided by the mean of
+    the floor timed just before and just after it; the ratio reported is the median over chunks. (The floor is not
+    timed while requests are in flight: Triton's python backend takes a stub stopped mid-request for a dead one.) A
+    chunk's throughput is its steady rate (:func:`loop.steady_rate`: the drain at its end, with fewer than
+    ``concurrency`` requests in flight, left out); its whole rate, drain included, is kept beside it. The row pools
+    every chunk's latencies; its images/s is all requests over all chunks' wall time. Where the CPU went is kept per
+    process of the stack (:func:`loop.cpu_by_process`), per image.
     """
+    if min(settings.repeats, repeats_per_chunk) < 2:
+        raise ValueError("a steady rate needs at least 2 requests per slot in each chunk")
     total = concurrency * settings.repeats
-    sizes = [len(part) for part in np.array_split(np.arange(total), min(chunks, total))]
+    sizes = [len(part) for part in np.array_split(np.arange(total), max(1, settings.repeats // repeats_per_chunk))]
 
     async def run() -> tuple[BenchRow, dict]:
         limits = httpx.Limits(max_connections=concurrency)
@@ -239,29 +257,38 @@ def bench_against_floor(
                 response.raise_for_status()
 
             await loop.run_closed_loop(call, concurrency, concurrency)  # warm-up
-            latencies, wall, cpu, ratios, by_process = [], 0.0, 0.0, [], Counter()
+            latencies, wall, cpu, by_process = [], 0.0, 0.0, Counter()
+            steady, ratios, whole_ratios = [], [], []
             before = floor.time()
             for size in sizes:
                 processes, busy = loop.cpu_by_process(), loop.busy_s()  # the walk stays out of the window
-                chunk_latencies, chunk_wall = await loop.run_closed_loop(call, concurrency, size)
+                calls, chunk_wall = await loop.run_closed_loop(call, concurrency, size)
                 cpu += loop.busy_s() - busy
                 by_process.update({k: v - processes.get(k, 0.0) for k, v in loop.cpu_by_process().items()})
                 after = floor.time()
                 floor_per_s = (before["images_per_s"] + after["images_per_s"]) / 2
-                ratios.append(size / chunk_wall / floor_per_s)
+                steady.append(loop.steady_rate(calls, concurrency))
+                ratios.append(steady[-1] / floor_per_s)
+                whole_ratios.append(size / chunk_wall / floor_per_s)
                 logger.info(
-                    "served c=%d chunk: %.3f img/s = %.2f x the floor", concurrency, size / chunk_wall, ratios[-1]
+                    "served c=%d chunk: %.3f img/s steady = %.2f x the floor (whole chunk %.2f x)",
+                    concurrency,
+                    steady[-1],
+                    ratios[-1],
+                    whole_ratios[-1],
                 )
-                latencies += chunk_latencies
+                latencies += [c.latency_s for c in calls]
                 wall += chunk_wall
                 before = after
             row = loop.make_row("served", concurrency, latencies, wall, cpu)
-            per_image = {label: cpu_s / total for label, cpu_s in by_process.most_common()}
             return row, {
                 "concurrency": concurrency,
+                "steady_images_per_s": steady,
                 "chunk_ratios": ratios,
                 "ratio": statistics.median(ratios),
-                "cpu_s_per_image_by_process": per_image,
+                "whole_chunk_ratios": whole_ratios,
+                "whole_ratio": statistics.median(whole_ratios),
+                "cpu_s_per_image_by_process": {label: cpu_s / total for label, cpu_s in by_process.most_common()},
             }
 
     return asyncio.run(run())

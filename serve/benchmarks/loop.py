@@ -30,28 +30,63 @@ class BenchRow:
     cpu_s_per_request: float
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call of a closed loop: the slot that ran it and when it started and ended (``perf_counter`` s)."""
+
+    slot: int
+    started: float
+    ended: float
+
+    @property
+    def latency_s(self) -> float:
+        """Seconds from start to end."""
+        return self.ended - self.started
+
+
 async def run_closed_loop(call: Callable[[int], Awaitable[None]], concurrency: int, total: int) -> tuple[list, float]:
-    """``total`` calls, ``concurrency`` at a time; returns each call's latency (s) and the wall time."""
-    latencies: list[float] = []
+    """``total`` calls from ``concurrency`` slots, each slot calling again as soon as its call returns.
+
+    Returns the :class:`Call` records and the wall time.
+    """
+    calls: list[Call] = []
     indices = iter(range(total))
 
-    async def worker() -> None:
+    async def slot(number: int) -> None:
         for index in indices:
             started = time.perf_counter()
             await call(index)
-            latencies.append(time.perf_counter() - started)
+            calls.append(Call(number, started, time.perf_counter()))
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
+    await asyncio.gather(*(slot(number) for number in range(concurrency)))
+    return calls, time.perf_counter() - started
+
+
+def steady_rate(calls: list[Call], concurrency: int) -> float:
+    """Calls/s while all ``concurrency`` slots were busy, i.e. without the closed loop's drain.
+
+    Once the last call has started, slots fall idle one by one and fewer than ``concurrency`` calls are in flight.
+    Every call but each slot's last ended before that moment, so each slot's rate over those calls (their count over
+    the time from its first start to their last end) is a rate at full concurrency; the mean over slots times
+    ``concurrency`` is the total. Needs a slot that ran at least two calls.
+    """
+    rates = []
+    for number in {c.slot for c in calls}:
+        done = sorted((c for c in calls if c.slot == number), key=lambda c: c.started)[:-1]
+        if done:
+            rates.append(len(done) / (done[-1].ended - done[0].started))
+    if not rates:
+        raise ValueError("a steady rate needs at least two calls per slot")
+    return float(np.mean(rates)) * concurrency
 
 
 async def measure(method: str, call, concurrency: int, total: int, warmup: int | None = None) -> BenchRow:
     """Warm up, then time ``total`` calls at ``concurrency``; CPU is the whole machine's busy time."""
     await run_closed_loop(call, concurrency, concurrency if warmup is None else warmup)
     before = busy_s()
-    latencies, wall = await run_closed_loop(call, concurrency, total)
-    return make_row(method, concurrency, latencies, wall, busy_s() - before)
+    calls, wall = await run_closed_loop(call, concurrency, total)
+    return make_row(method, concurrency, [c.latency_s for c in calls], wall, busy_s() - before)
 
 
 def make_row(method: str, concurrency: int, latencies: list[float], wall_s: float, cpu_s: float) -> BenchRow:

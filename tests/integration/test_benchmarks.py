@@ -15,24 +15,24 @@ VAL = ICONS_DEV / "val"
 
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
-    settings = generate.GenerateSettings(steps=2, size=64, repeats=1, concurrency=(2,))
-    floor = generate.Floor(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused)
+    settings = generate.GenerateSettings(steps=2, size=64, repeats=4, concurrency=(2,))
+    floor = generate.Floor(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused, engine_s=0.1)
     assert set(floor.sweep_ms_per_row) == {"text_encoder", "unet", "vae_decoder"}
-    loaded, ratio = generate.bench_against_floor(stack.info.api_url, settings, 2, floor, chunks=2)
+    loaded, ratio = generate.bench_against_floor(stack.info.api_url, settings, 2, floor, repeats_per_chunk=2)
     rows = [
         generate.bench_diffusers(default_model, settings),
         *generate.bench_single_request(engine_dir, stack.info.api_url, settings, pause=loop.children_paused),
         loaded,
     ]
     assert [(r.method, r.concurrency, r.requests) for r in rows] == [
-        ("diffusers", 1, 1),
-        ("onnxruntime", 1, 1),
-        ("served", 1, 1),
-        ("served", 2, 2),
+        ("diffusers", 1, 4),
+        ("onnxruntime", 1, 4),
+        ("served", 1, 4),
+        ("served", 2, 8),
     ]
     assert all(r.p50_ms > 0 and r.per_s > 0 for r in rows)
     assert len(floor.timings) == 3 and all(t["images_per_s"] > 0 for t in floor.timings)  # before, between, after
-    assert len(ratio["chunk_ratios"]) == 2 and ratio["ratio"] > 0
+    assert len(ratio["chunk_ratios"]) == len(ratio["whole_chunk_ratios"]) == 2 and ratio["ratio"] > 0
     loop.write_json(tmp_path / "g.json", rows, settings=settings.__dict__)
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4
     assert "served" in loop.format_table(rows, "img")

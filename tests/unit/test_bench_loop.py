@@ -45,3 +45,27 @@ def test_make_row_percentiles_and_rates():
     row = loop.make_row("served", 2, [0.1, 0.2, 0.3, 0.4], wall_s=2.0, cpu_s=1.0)
     assert (row.requests, row.p50_ms, row.per_s, row.cpu_s_per_request) == (4, 250.0, 2.0, 0.25)
     assert row.p95_ms == pytest.approx(385.0)
+
+
+def test_steady_rate_leaves_out_the_drain():
+    # Slot 1's last call ends at 2.5 s while slot 0 still runs: from 2 s on, fewer than 2 calls are in flight.
+    calls = [loop.Call(0, 0, 1), loop.Call(0, 1, 2), loop.Call(0, 2, 3), loop.Call(1, 0, 1), loop.Call(1, 1, 2.5)]
+    assert loop.steady_rate(calls, 2) == pytest.approx(2.0)  # each slot: one call per second before its last
+    assert len(calls) / 3 == pytest.approx(1.667, abs=1e-3)  # the whole run's rate, drain included, is lower
+    with pytest.raises(ValueError, match="two calls per slot"):
+        loop.steady_rate([loop.Call(0, 0, 1), loop.Call(1, 0, 1)], 2)
+
+
+def test_run_closed_loop_keeps_every_slot_busy():
+    import asyncio
+
+    seen = []
+
+    async def call(index: int) -> None:
+        seen.append(index)
+        await asyncio.sleep(0.02)
+
+    calls, wall = asyncio.run(loop.run_closed_loop(call, 3, 9))
+    assert sorted(seen) == list(range(9)) and {c.slot for c in calls} == {0, 1, 2}
+    assert all(c.latency_s >= 0.02 for c in calls) and wall >= 0.06
+    assert loop.steady_rate(calls, 3) == pytest.approx(3 / 0.02, rel=0.5)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -275,10 +276,10 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     click.echo(loop.format_table(rows, "img"))
     floor_per_s = floor.mean_images_per_s()
     timed = [t["images_per_s"] for t in floor.timings]
-    chosen = ", ".join(f"{name} {best['setting']}" for name, best in floor.timings[0]["best"].items())
+    faster = Counter(f"{name} {best['setting']}" for t in floor.timings for name, best in t["best"].items())
     click.echo(
         f"compute floor: {floor_per_s:.3f} img/s, mean of {len(timed)} timings ({min(timed):.3f}-{max(timed):.3f}); "
-        f"{chosen}"
+        f"faster setting (timings): {', '.join(f'{key} ({count})' for key, count in sorted(faster.items()))}"
     )
     by_key = {(r.method, r.concurrency): r for r in rows}
     if ("onnxruntime", 1) in by_key:

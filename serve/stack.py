@@ -24,8 +24,9 @@ APP_NAME = "easel"
 
 # Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
 # on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
-# scrapes every 5 s anyway). Results over 100 KiB (an encoded image) go through the object store rather than inline
-# in the reply: inline, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request. See docs/PERFORMANCE.md.
+# scrapes every 5 s anyway). Ray passes a result over 100 KiB (an encoded image) through the object store; inline in
+# the reply instead, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request, and 16 MiB holds the
+# largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md.
 # A value already in the environment wins.
 RAY_ENV = {
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",

@@ -20,6 +20,7 @@ from serve.text_to_image.pipeline import Generation, TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import ENGINE_NAMES
 from serve.triton.client import TritonClient
+from serve.triton.coalesce import CoalescingRunner
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +62,12 @@ def to_generation(request: GenerationRequest) -> Generation:
 
 @serve.deployment(name="TextToImage")
 class TextToImage:
-    """Many generations in flight per replica: every Triton call is awaited, CPU work runs in threads."""
+    """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
     def __init__(self, engine_dir: str, triton_grpc_url: str) -> None:
         torch.set_num_threads(1)
         self.triton = TritonClient(triton_grpc_url)
-        self.pipeline = TextToImagePipeline(Path(engine_dir), self.triton)
+        self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
 
     async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s)."""

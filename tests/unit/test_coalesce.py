@@ -1,0 +1,125 @@
+"""Merging engine calls that are ready together (no servers: ONNX Runtime in-process, or a recording runner)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve.errors import InvalidInput
+from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.spec import UNET, PipelineDims, engine_specs
+from serve.triton.coalesce import CoalescingRunner
+from tests.conftest import psnr
+
+DIMS = PipelineDims(
+    text_length=4, text_hidden=3, latent_channels=2, vae_scale_factor=8, vae_scaling_factor=0.18, sample_size=4
+)
+SPECS = engine_specs(DIMS)
+
+
+class Recorder:
+    """Answers each UNet request with ``sample * 10 + timestep`` and records the rows of every request."""
+
+    def __init__(self, runner=None, fail: Exception | None = None) -> None:
+        self.runner = runner
+        self.fail = fail
+        self.requests: list[tuple[str, int]] = []
+
+    async def infer(self, spec, inputs):
+        self.requests.append((spec.name, len(next(iter(inputs.values())))))
+        await asyncio.sleep(0)
+        if self.fail:
+            raise self.fail
+        if self.runner:
+            return await self.runner.infer(spec, inputs)
+        return {"noise_pred": inputs["sample"] * 10 + inputs["timestep"][:, None, None, None]}
+
+
+def unet_inputs(rows: int, side: int, value: float) -> dict[str, np.ndarray]:
+    return {
+        "sample": np.full((rows, 2, side, side), value, np.float32),
+        "timestep": np.full(rows, value, np.float32),
+        "encoder_hidden_states": np.zeros((rows, 4, 3), np.float32),
+    }
+
+
+def test_calls_made_together_go_as_one_request_and_each_gets_its_rows():
+    recorder = Recorder()
+    runner = CoalescingRunner(recorder)
+
+    async def main():
+        return await asyncio.gather(*(runner.infer(SPECS[UNET], unet_inputs(2, 4, v)) for v in (1.0, 2.0, 3.0)))
+
+    results = asyncio.run(main())
+    assert recorder.requests == [(UNET, 6)]
+    for value, result in zip((1.0, 2.0, 3.0), results, strict=True):
+        np.testing.assert_array_equal(result["noise_pred"], np.full((2, 2, 4, 4), value * 11, np.float32))
+
+
+def test_shapes_are_never_mixed_and_requests_stay_within_the_models_batch_limit():
+    recorder = Recorder()
+    runner = CoalescingRunner(recorder)
+    limit = SPECS[UNET].max_batch_size
+
+    async def main():
+        calls = [runner.infer(SPECS[UNET], unet_inputs(limit // 2, 4, 1.0)) for _ in range(3)]
+        calls.append(runner.infer(SPECS[UNET], unet_inputs(2, 8, 1.0)))
+        return await asyncio.gather(*calls)
+
+    results = asyncio.run(main())
+    assert sorted(recorder.requests) == sorted([(UNET, limit), (UNET, limit // 2), (UNET, 2)])
+    assert [r["noise_pred"].shape for r in results] == [(limit // 2, 2, 4, 4)] * 3 + [(2, 2, 8, 8)]
+
+
+def test_a_lone_call_goes_alone_and_calls_in_later_turns_are_separate_requests():
+    recorder = Recorder()
+    runner = CoalescingRunner(recorder)
+
+    async def main():
+        for value in (1.0, 2.0):
+            await runner.infer(SPECS[UNET], unet_inputs(2, 4, value))
+
+    asyncio.run(main())
+    assert recorder.requests == [(UNET, 2), (UNET, 2)]
+
+
+def test_an_error_reaches_every_caller_in_the_request_and_a_cancelled_caller_is_left_out():
+    runner = CoalescingRunner(Recorder(fail=InvalidInput("bad")))
+
+    async def failing():
+        return await asyncio.gather(
+            *(runner.infer(SPECS[UNET], unet_inputs(2, 4, 1.0)) for _ in range(2)), return_exceptions=True
+        )
+
+    assert [type(e) for e in asyncio.run(failing())] == [InvalidInput, InvalidInput]
+
+    recorder = Recorder()
+    runner = CoalescingRunner(recorder)
+
+    async def cancelled():
+        gone = asyncio.ensure_future(runner.infer(SPECS[UNET], unet_inputs(2, 4, 1.0)))
+        kept = asyncio.ensure_future(runner.infer(SPECS[UNET], unet_inputs(2, 4, 2.0)))
+        await asyncio.sleep(0)  # both are queued
+        gone.cancel()
+        return await kept
+
+    np.testing.assert_array_equal(asyncio.run(cancelled())["noise_pred"], np.full((2, 2, 4, 4), 22.0, np.float32))
+    assert recorder.requests == [(UNET, 2)]
+
+
+@pytest.mark.slow
+def test_concurrent_generations_merged_match_each_run_alone(engine_dir):
+    alone = TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
+    recorder = Recorder(OnnxRuntimeRunner(engine_dir))
+    merged = TextToImagePipeline(engine_dir, CoalescingRunner(recorder))
+    jobs = [Generation(f"a red fox {i}", "", 1, 64, 64, 4, 7.5, i, "ddim") for i in range(3)]
+
+    async def together():
+        return await asyncio.gather(*(merged.generate(job) for job in jobs))
+
+    results = asyncio.run(together())
+    unet_rows = [rows for name, rows in recorder.requests if name == UNET]
+    assert unet_rows == [6] * 4  # 3 guided generations, 4 steps: one request of 6 rows per step
+    for job, result in zip(jobs, results, strict=True):
+        want = asyncio.run(alone.generate(job)).images[0]
+        assert psnr(result.images[0], want) >= 40

@@ -7,6 +7,7 @@ import time
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
@@ -25,6 +26,14 @@ def test_health_and_readiness(api):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
     assert ready.status_code == 200 and all(ready.json()["models"][m] for m in ENGINE_NAMES)
+
+
+def test_replica_logs_reach_their_files_with_rays_log_monitor_stopped(api, stack):
+    processes = psutil.Process().children(recursive=True)
+    assert not [p.pid for p in processes if any(arg.endswith("log_monitor.py") for arg in p.cmdline())]
+    api.get("/healthz")
+    logs = (stack.ray_session_dir / "logs" / "serve").glob("replica_easel_Gateway_*.log")
+    assert any("/healthz" in path.read_text() for path in logs)
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))

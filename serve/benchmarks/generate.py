@@ -202,20 +202,19 @@ class Floor:
             sweep = {}
             for layout, batch in tried:
                 with pause():
-                    sweep[f"{layout} x{batch}"] = _median_run_s(layouts[layout], feeds_for(name, batch), 3) / batch
-            self.sweep_ms_per_row[name] = {key: t * 1000 for key, t in sweep.items()}
-            close = sorted(
-                (t, layout, b) for (layout, b) in tried if (t := sweep[f"{layout} x{b}"]) <= 1.1 * min(sweep.values())
-            )
+                    sweep[layout, batch] = _median_run_s(layouts[layout], feeds_for(name, batch), 3) / batch
+            self.sweep_ms_per_row[name] = {f"{layout} x{batch}": t * 1000 for (layout, batch), t in sweep.items()}
+            cheapest = min(sweep.values())
+            close = sorted((setting for setting, t in sweep.items() if t <= 1.1 * cheapest), key=sweep.get)
             self._candidates[name] = [
                 (f"{layout} x{batch}", layouts[layout], feeds_for(name, batch))
-                for _, layout, batch in close[:max_candidates]
+                for layout, batch in close[:max_candidates]
             ]
         self._rows_per_image = {TEXT_ENCODER: 2, UNET: 2 * settings.steps, VAE_DECODER: 1}
         self.timings: list[dict] = []
 
     def time(self) -> dict:
-        """Time every engine's candidates once more and keep the faster; the result is also kept in :attr:`timings`."""
+        """Time every engine's candidates once more and keep the fastest; the result is also kept in :attr:`timings`."""
         best, seconds_per_image = {}, 0.0
         for name, candidates in self._candidates.items():
             per_row = {}

@@ -33,8 +33,7 @@ class CoalescingRunner:
 
     def __init__(self, runner: EngineRunner) -> None:
         self.runner = runner
-        self._pending: dict[tuple, list[_Call]] = {}
-        self._specs: dict[tuple, ModelSpec] = {}
+        self._pending: dict[tuple, tuple[ModelSpec, list[_Call]]] = {}
         self._tasks: set[asyncio.Task] = set()
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -44,17 +43,15 @@ class CoalescingRunner:
         arrays = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
         key = (spec.name, *((name, array.shape[1:]) for name, array in arrays.items()))
         call = _Call(arrays, len(next(iter(arrays.values()))), asyncio.get_running_loop().create_future())
-        pending = self._pending.setdefault(key, [])
-        if not pending:
-            self._specs[key] = spec
+        if key not in self._pending:
+            self._pending[key] = (spec, [])
             asyncio.get_running_loop().call_soon(self._flush, key)
-        pending.append(call)
+        self._pending[key][1].append(call)
         return await call.future
 
     def _flush(self, key: tuple) -> None:
-        calls = [call for call in self._pending.pop(key) if not call.future.cancelled()]
-        spec = self._specs.pop(key)
-        for group in _fill(calls, spec.max_batch_size):
+        spec, calls = self._pending.pop(key)
+        for group in _fill([call for call in calls if not call.future.cancelled()], spec.max_batch_size):
             task = asyncio.create_task(self._send(spec, group))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -78,9 +75,9 @@ class CoalescingRunner:
 def _fill(calls: list[_Call], max_rows: int) -> list[list[_Call]]:
     """Split ``calls`` in order into groups of at most ``max_rows`` rows (a call larger than that goes alone)."""
     groups: list[list[_Call]] = []
-    rows = max_rows
+    rows = 0
     for call in calls:
-        if rows + call.rows > max_rows:
+        if not groups or rows + call.rows > max_rows:
             groups.append([])
             rows = 0
         groups[-1].append(call)

@@ -32,8 +32,15 @@ def test_replica_logs_reach_their_files_with_rays_log_monitor_stopped(api, stack
     processes = psutil.Process().children(recursive=True)
     assert not [p.pid for p in processes if any(arg.endswith("log_monitor.py") for arg in p.cmdline())]
     api.get("/healthz")
-    logs = (stack.ray_session_dir / "logs" / "serve").glob("replica_easel_Gateway_*.log")
-    assert any("/healthz" in path.read_text() for path in logs)
+
+    def logged() -> bool:
+        logs = (stack.ray_session_dir / "logs" / "serve").glob("replica_easel_Gateway_*.log")
+        return any("/healthz" in path.read_text() for path in logs)
+
+    deadline = time.monotonic() + 5  # the replica writes its access log after the response has gone
+    while not logged() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert logged()
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))

@@ -259,7 +259,7 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     rows = [generate.bench_diffusers(model_dir, settings)]
 
     def against_stack(api_url: str) -> tuple[list, generate.Floor, list[dict]]:
-        floor = generate.Floor(engine_dir, settings, pause=loop.children_paused)
+        floor = generate.Floor.sweep(engine_dir, settings, pause=loop.children_paused)
         served, ratios = [], []
         if 1 in settings.concurrency:
             served += generate.bench_single_request(engine_dir, api_url, settings, pause=loop.children_paused)
@@ -276,10 +276,10 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     click.echo(loop.format_table(rows, "img"))
     floor_per_s = floor.mean_images_per_s()
     timed = [t["images_per_s"] for t in floor.timings]
-    faster = Counter(f"{name} {best['setting']}" for t in floor.timings for name, best in t["best"].items())
+    counted = Counter(f"{name} {c['setting']}" for t in floor.timings for name, c in t["counted"].items())
     click.echo(
         f"compute floor: {floor_per_s:.3f} img/s, mean of {len(timed)} timings ({min(timed):.3f}-{max(timed):.3f}); "
-        f"faster setting (timings): {', '.join(f'{key} ({count})' for key, count in sorted(faster.items()))}"
+        f"setting counted (timings): {', '.join(f'{key} ({count})' for key, count in sorted(counted.items()))}"
     )
     by_key = {(r.method, r.concurrency): r for r in rows}
     if ("onnxruntime", 1) in by_key:

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -129,14 +129,10 @@ def bench_single_request(
     return asyncio.run(run())
 
 
-def _median_run_s(run, feeds: dict, repeats: int) -> float:
+def _run_s(run, feeds: dict) -> float:
+    started = time.perf_counter()
     run(feeds)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(feeds)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return time.perf_counter() - started
 
 
 def _mean_run_s(run, feeds: dict, min_s: float) -> float:
@@ -160,27 +156,43 @@ def _layouts(model_path: Path) -> dict:
 class Floor:
     """The compute floor: images/s these engines give with zero serving overhead.
 
-    Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row. A sweep over the
-    ways of using all cores (:func:`_layouts`) and the batch sizes in ``batch_sizes`` keeps, per engine, the settings
-    within 10 % of its cheapest per-row time (at most ``max_candidates``): one noisy sweep timing must not pick the
-    setting. :meth:`time` times those candidates afresh and keeps each engine's fastest, as often as a benchmark
-    needs, so each served run can be bracketed by floor timings. Each candidate runs back to back for ``engine_s``:
-    this machine's speed swings within seconds, and a served chunk lasts tens of seconds. All timings run inside
-    ``pause``.
+    Per image: ``2 x steps`` UNet rows (classifier-free guidance), 2 text-encoder rows, 1 VAE row. A sweep
+    (:meth:`sweep`, round-robin) over the ways of using all cores (:func:`_layouts`) and a range of batch sizes keeps,
+    per engine, each layout's cheapest setting and any other within 10 % of the cheapest per-row time (at most
+    ``max_candidates``): one noisy sweep must not pick, or drop, the setting. :meth:`time` times every candidate
+    afresh, as often as a benchmark needs, so each served run can be bracketed by floor timings. A timing counts the
+    candidate with the lowest mean over the sweep and the timings before it, not the one fastest within it:
+    near-equal settings each win some timings by luck, and the fastest of several noisy times is biased fast. Each
+    candidate runs back to back for ``engine_s``: this machine's speed swings within seconds, and a served chunk
+    lasts tens of seconds. All timings run inside ``pause``.
     """
 
     def __init__(
         self,
+        candidates: dict[str, list[tuple[str, Callable, dict]]],
+        sweep_ms_per_row: dict[str, dict[str, float]],
+        rows_per_image: dict[str, int],
+        pause: PauseStack = nullcontext,
+        engine_s: float = 1.5,
+    ) -> None:
+        """``candidates``: per engine, (setting, run, feeds) to time; ``sweep_ms_per_row`` has each one's sweep time."""
+        self._candidates, self.sweep_ms_per_row, self._rows_per_image = candidates, sweep_ms_per_row, rows_per_image
+        self.pause, self.engine_s = pause, engine_s
+        self.timings: list[dict] = []
+
+    @classmethod
+    def sweep(
+        cls,
         engine_dir: Path,
         settings: GenerateSettings,
         batch_sizes=(2, 4, 8, 16, 32),
         pause: PauseStack = nullcontext,
         engine_s: float = 1.5,
         max_candidates: int = 4,
-    ) -> None:
+    ) -> Floor:
+        """Sweep the engines in ``engine_dir`` at ``settings``' size and keep each one's candidates."""
         from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
 
-        self.settings, self.pause, self.engine_s = settings, pause, engine_s
         dims = PipelineDims.load(engine_dir / "pipeline.json")
         specs = engine_specs(dims)
         latent = settings.size // dims.vae_scale_factor
@@ -194,48 +206,72 @@ class Floor:
                 feeds[tensor.name] = values.astype(tensor.numpy_dtype)
             return feeds
 
-        self.sweep_ms_per_row: dict[str, dict[str, float]] = {}
-        self._candidates: dict[str, list[tuple[str, Callable, dict]]] = {}
+        sweep_ms_per_row, candidates = {}, {}
         for name in (TEXT_ENCODER, UNET, VAE_DECODER):
             layouts = _layouts(engine_dir / name / "model.onnx")
             tried = [(layout, b) for layout in layouts for b in batch_sizes if b <= specs[name].max_batch_size]
-            sweep = {}
-            for layout, batch in tried:
-                with pause():
-                    sweep[layout, batch] = _median_run_s(layouts[layout], feeds_for(name, batch), 3) / batch
-            self.sweep_ms_per_row[name] = {f"{layout} x{batch}": t * 1000 for (layout, batch), t in sweep.items()}
-            cheapest = min(sweep.values())
-            close = sorted((setting for setting, t in sweep.items() if t <= 1.1 * cheapest), key=sweep.get)
-            self._candidates[name] = [
-                (f"{layout} x{batch}", layouts[layout], feeds_for(name, batch))
-                for layout, batch in close[:max_candidates]
+            feeds = {setting: feeds_for(name, setting[1]) for setting in tried}
+            per_row = defaultdict(list)
+            for sweep_round in range(4):  # round-robin, so a slow spell slows every setting alike; round 0 warms up
+                for (layout, batch), setting_feeds in feeds.items():
+                    with pause():
+                        seconds = _run_s(layouts[layout], setting_feeds)
+                    if sweep_round:
+                        per_row[layout, batch].append(seconds / batch)
+            sweep = {setting: statistics.median(times) for setting, times in per_row.items()}
+            sweep_ms_per_row[name] = {f"{layout} x{batch}": t * 1000 for (layout, batch), t in sweep.items()}
+            # Each layout's cheapest, then any other setting within 10 % of the cheapest of all.
+            per_layout = sorted(
+                (min((s for s in sweep if s[0] == layout), key=sweep.get) for layout in layouts), key=sweep.get
+            )
+            close = sorted(
+                (s for s, t in sweep.items() if t <= 1.1 * min(sweep.values()) and s not in per_layout), key=sweep.get
+            )
+            candidates[name] = [
+                (f"{layout} x{batch}", layouts[layout], feeds[layout, batch])
+                for layout, batch in (per_layout + close)[:max_candidates]
             ]
-        self._rows_per_image = {TEXT_ENCODER: 2, UNET: 2 * settings.steps, VAE_DECODER: 1}
-        self.timings: list[dict] = []
+        rows_per_image = {TEXT_ENCODER: 2, UNET: 2 * settings.steps, VAE_DECODER: 1}
+        return cls(candidates, sweep_ms_per_row, rows_per_image, pause, engine_s)
 
     def time(self) -> dict:
-        """Time every engine's candidates once more and keep the fastest; the result is also kept in :attr:`timings`."""
-        best, seconds_per_image = {}, 0.0
+        """Time every engine's candidates once more; the result is also kept in :attr:`timings`.
+
+        ``counted`` is, per engine, the candidate with the lowest mean ms/row in the sweep and the earlier timings;
+        ``ms_per_row`` has every candidate's time in this timing.
+        """
+        counted, ms_per_row, seconds_per_image = {}, {}, 0.0
         for name, candidates in self._candidates.items():
-            per_row = {}
-            for key, run, feeds in candidates:
+            key = min((key for key, _, _ in candidates), key=lambda key: self._mean_ms_per_row(name, key))
+            ms_per_row[name] = {}
+            for setting, run, feeds in candidates:
                 with self.pause():
-                    per_row[key] = _mean_run_s(run, feeds, self.engine_s) / len(next(iter(feeds.values())))
-            key = min(per_row, key=per_row.get)
-            best[name] = {"setting": key, "ms_per_row": per_row[key] * 1000}
-            seconds_per_image += self._rows_per_image[name] * per_row[key]
-        timing = {"images_per_s": 1 / seconds_per_image, "seconds_per_image": seconds_per_image, "best": best}
-        logger.info("floor %.3f img/s (%s)", timing["images_per_s"], _describe(best))
+                    per_row_s = _mean_run_s(run, feeds, self.engine_s) / len(next(iter(feeds.values())))
+                ms_per_row[name][setting] = per_row_s * 1000
+            counted[name] = {"setting": key, "ms_per_row": ms_per_row[name][key]}
+            seconds_per_image += self._rows_per_image[name] * ms_per_row[name][key] / 1000
+        timing = {
+            "images_per_s": 1 / seconds_per_image,
+            "seconds_per_image": seconds_per_image,
+            "counted": counted,
+            "ms_per_row": ms_per_row,
+        }
+        logger.info("floor %.3f img/s (%s)", timing["images_per_s"], _describe(counted))
         self.timings.append(timing)
         return timing
+
+    def _mean_ms_per_row(self, name: str, setting: str) -> float:
+        """``setting``'s mean over the sweep and every timing so far."""
+        times = [self.sweep_ms_per_row[name][setting], *(t["ms_per_row"][name][setting] for t in self.timings)]
+        return statistics.mean(times)
 
     def mean_images_per_s(self) -> float:
         """The mean of every timing so far (a drifting machine's spells even out)."""
         return statistics.mean(t["images_per_s"] for t in self.timings)
 
 
-def _describe(best: dict) -> str:
-    return ", ".join(f"{name} {b['setting']} {b['ms_per_row']:.2f} ms/row" for name, b in best.items())
+def _describe(counted: dict) -> str:
+    return ", ".join(f"{name} {c['setting']} {c['ms_per_row']:.2f} ms/row" for name, c in counted.items())
 
 
 def bench_against_floor(

@@ -16,7 +16,7 @@ VAL = ICONS_DEV / "val"
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     settings = generate.GenerateSettings(steps=2, size=64, repeats=4, concurrency=(2,))
-    floor = generate.Floor(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused, engine_s=0.1)
+    floor = generate.Floor.sweep(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused, engine_s=0.1)
     assert set(floor.sweep_ms_per_row) == {"text_encoder", "unet", "vae_decoder"}
     loaded, ratio = generate.bench_against_floor(stack.info.api_url, settings, 2, floor, repeats_per_chunk=2)
     rows = [
@@ -32,6 +32,10 @@ def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     ]
     assert all(r.p50_ms > 0 and r.per_s > 0 for r in rows)
     assert len(floor.timings) == 3 and all(t["images_per_s"] > 0 for t in floor.timings)  # before, between, after
+    layouts_timed = [
+        {setting.split()[0] for setting in times} for t in floor.timings for times in t["ms_per_row"].values()
+    ]
+    assert all(timed == {"threads", "sharded"} for timed in layouts_timed)  # each engine's, however the sweep went
     assert len(ratio["chunk_ratios"]) == len(ratio["whole_chunk_ratios"]) == 2 and ratio["ratio"] > 0
     loop.write_json(tmp_path / "g.json", rows, settings=settings.__dict__)
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4

@@ -220,16 +220,11 @@ class Floor:
                         per_row[layout, batch].append(seconds / batch)
             sweep = {setting: statistics.median(times) for setting, times in per_row.items()}
             sweep_ms_per_row[name] = {f"{layout} x{batch}": t * 1000 for (layout, batch), t in sweep.items()}
-            # Each layout's cheapest, then any other setting within 10 % of the cheapest of all.
-            per_layout = sorted(
-                (min((s for s in sweep if s[0] == layout), key=sweep.get) for layout in layouts), key=sweep.get
-            )
-            close = sorted(
-                (s for s, t in sweep.items() if t <= 1.1 * min(sweep.values()) and s not in per_layout), key=sweep.get
-            )
+            ranked = sorted(sweep, key=sweep.get)
+            kept = sorted((next(s for s in ranked if s[0] == layout) for layout in layouts), key=sweep.get)
+            kept += [s for s in ranked if s not in kept and sweep[s] <= 1.1 * sweep[ranked[0]]]
             candidates[name] = [
-                (f"{layout} x{batch}", layouts[layout], feeds[layout, batch])
-                for layout, batch in (per_layout + close)[:max_candidates]
+                (f"{layout} x{batch}", layouts[layout], feeds[layout, batch]) for layout, batch in kept[:max_candidates]
             ]
         rows_per_image = {TEXT_ENCODER: 2, UNET: 2 * settings.steps, VAE_DECODER: 1}
         return cls(candidates, sweep_ms_per_row, rows_per_image, pause, engine_s)
@@ -242,14 +237,14 @@ class Floor:
         """
         counted, ms_per_row, seconds_per_image = {}, {}, 0.0
         for name, candidates in self._candidates.items():
-            key = min((key for key, _, _ in candidates), key=lambda key: self._mean_ms_per_row(name, key))
+            pick = min((setting for setting, _, _ in candidates), key=lambda s: self._mean_ms_per_row(name, s))
             ms_per_row[name] = {}
             for setting, run, feeds in candidates:
                 with self.pause():
                     per_row_s = _mean_run_s(run, feeds, self.engine_s) / len(next(iter(feeds.values())))
                 ms_per_row[name][setting] = per_row_s * 1000
-            counted[name] = {"setting": key, "ms_per_row": ms_per_row[name][key]}
-            seconds_per_image += self._rows_per_image[name] * ms_per_row[name][key] / 1000
+            counted[name] = {"setting": pick, "ms_per_row": ms_per_row[name][pick]}
+            seconds_per_image += self._rows_per_image[name] * ms_per_row[name][pick] / 1000
         timing = {
             "images_per_s": 1 / seconds_per_image,
             "seconds_per_image": seconds_per_image,

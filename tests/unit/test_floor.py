@@ -11,7 +11,7 @@ FEEDS = {"sample": np.zeros((1, 4))}  # one row per run
 
 
 def _sleeping(durations_ms):
-    """A run that sleeps the next of ``durations_ms`` per timing (its warm-up and repeats sleep the same)."""
+    """A run sleeping ``durations_ms[i]`` in every call of timing ``i``, and the function that moves it to the next."""
     timing = iter(durations_ms)
     state = {"ms": next(timing)}
 

@@ -20,26 +20,32 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
 from serve import metrics
-from serve.errors import EaselError, InvalidInput, Overloaded, PayloadTooLarge
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
 from serve.text_to_image.deployment import TextToImage, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
+from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
 
 api = FastAPI(title="Easel", description="Text-to-image and vectorize serving on Triton and Ray Serve.")
 
 
-def as_easel_error(error: BaseException) -> EaselError | None:
-    """The :class:`EaselError` behind ``error`` (unwrapping Ray's task errors), if there is one."""
+def as_easel_error(error: BaseException) -> EaselError:
+    """The :class:`EaselError` behind ``error`` (unwrapping Ray's task errors).
+
+    Anything that is not an Easel error is not the client's fault (a replica died, a backend broke): it becomes a
+    503 with ``Retry-After``, its details logged here and never sent to the client.
+    """
     if isinstance(error, RayTaskError):
         error = error.cause
     if isinstance(error, EaselError):
         return error
     if isinstance(error, BackPressureError):
         return Overloaded("too many requests in flight; retry shortly", retry_after_s=1)
-    return None
+    logger.error("request failed: %s: %s", type(error).__name__, error)
+    return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
 
 
 def error_response(error: EaselError) -> JSONResponse:
@@ -59,17 +65,17 @@ async def _invalid_request(_: Request, exc: RequestValidationError | ValidationE
 
 
 async def _easel_error(_: Request, exc: Exception) -> JSONResponse:
-    error = as_easel_error(exc)
-    if error is None:
-        raise exc
-    return error_response(error)
+    return error_response(as_easel_error(exc))
 
 
-for _error_type in (EaselError, RayTaskError, BackPressureError):
+for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
     api.add_exception_handler(_error_type, _easel_error)
 
 
 PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
+BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES}  # other routes: serve.wire.DEFAULT_BODY_LIMIT
+
+api.add_middleware(BodyLimits, limits=BODY_LIMITS)  # added before the metrics middleware, so 413s are counted
 
 
 @api.middleware("http")
@@ -94,10 +100,7 @@ async def _record_metrics(request: Request, call_next):
 
 
 async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOptions]:
-    """The upload and options of a vectorize request, refusing oversize bodies before reading them."""
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > MAX_UPLOAD_BYTES:
-        raise PayloadTooLarge(f"file: request body is {declared} bytes; the limit is {MAX_UPLOAD_BYTES}", field="file")
+    """The upload and options of a vectorize request (the body's size is bounded by :class:`BodyLimits`)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         form = await request.form(max_files=1, max_fields=8)
@@ -159,8 +162,8 @@ class Gateway:
         upload, options = await _read_vectorize_request(request)
         result = await self.vectorizer.vectorize.remote(upload, options, sent_at=time.time())
         headers = {"Easel-Tier": result.tier}
-        if result.fallback:
-            headers["Easel-Fallback"] = result.fallback
+        if result.fallback:  # a short label: free text (error messages) never goes into a header
+            headers["Easel-Fallback"] = metrics.fallback_reason(result.fallback)
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(result.to_json(), headers=headers)
         return Response(result.svg, media_type="image/svg+xml", headers=headers)

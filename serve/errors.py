@@ -44,6 +44,13 @@ class PayloadTooLarge(InvalidInput):
     status = 413
 
 
+class RequestTimeout(InvalidInput):
+    """The client took too long to send its request."""
+
+    status = 408
+    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
 class NotReady(EaselError):
     """A backend (Triton, a model) is not up; retry later."""
 

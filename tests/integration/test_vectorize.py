@@ -108,7 +108,7 @@ def test_cmyk_jpeg_and_animated_gif_first_frame(api):
         ({"json": {"image": "aGVsbG8=", "time_budget_ms": -5}}, 400, "time_budget_ms"),
         ({"json": {"image": "aGVsbG8=", "target_quality": 2}}, 400, "target_quality"),
         ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type"),
-        ({"content": b"\0" * (MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "image/png"}}, 413, "file"),
+        ({"content": b"\0" * (MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "image/png"}}, 413, "body"),
     ],
     ids=[
         "not-image",
@@ -159,7 +159,7 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["tier"] == "default" and "unavailable" in body["fallback"]
-        assert response.headers["Easel-Fallback"] == body["fallback"]
+        assert response.headers["Easel-Fallback"] == "models_unavailable"
         assert body["parameters"]["path_precision"] == 2 and body["parameters"]["filter_speckle"] == 4
     finally:
         stack.triton.start((*ENGINE_NAMES, ENSEMBLE.name))

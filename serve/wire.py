@@ -1,0 +1,126 @@
+"""Limits on the wire: request bodies are counted as they arrive (chunked uploads included) and slow senders time out.
+
+An ASGI middleware in front of the public app. A declared ``Content-Length`` over the route's limit is refused
+before any byte is read; otherwise the bytes actually received are counted and the request is refused (413) as soon
+as they pass the limit, so no more than the limit is ever held. A client that stops sending its body for
+``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+
+from serve.errors import EaselError, PayloadTooLarge, RequestTimeout
+
+logger = logging.getLogger(__name__)
+
+Scope = dict
+Message = dict
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+DEFAULT_BODY_LIMIT = 1 << 20
+"""Bytes a request body may have on routes without their own limit (JSON requests)."""
+BODY_IDLE_TIMEOUT_S = 15.0
+"""Seconds a client may pause while sending its body."""
+
+
+async def send_error(send: Send, error: EaselError) -> None:
+    """Answer with ``error``'s JSON body and headers (the one error shape) at the ASGI level."""
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyLimits:
+    """ASGI middleware: per-route body limits on the bytes received, and an idle timeout while the body arrives."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        limits: Mapping[str, int],
+        default_limit: int = DEFAULT_BODY_LIMIT,
+        idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+    ) -> None:
+        self.app = app
+        self.limits = dict(limits)
+        self.default_limit = default_limit
+        self.idle_timeout_s = idle_timeout_s
+
+    def limit_for(self, path: str) -> int:
+        """The body limit of ``path`` in bytes."""
+        return self.limits.get(path.rstrip("/") or "/", self.default_limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on with its body counted; answer 413 or 408 in the app's place when refused."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit_for(scope["path"])
+        declared = _content_length(scope)
+        if declared is not None and declared > limit:
+            await send_error(send, _too_large(declared, limit))
+            return
+        guard = _Guard(receive, send, limit, self.idle_timeout_s)
+        try:
+            await self.app(scope, guard.receive, guard.send)
+        except Exception:
+            if guard.refusal is None:
+                raise
+        if guard.refusal is not None and not guard.response_started:
+            logger.info("refused %s %s: %s", scope["method"], scope["path"], guard.refusal.message)
+            await send_error(send, guard.refusal)
+
+
+class _Guard:
+    """One request's body count: past the limit or idle too long, the app sees a disconnect; its answer is dropped."""
+
+    def __init__(self, receive: Receive, send: Send, limit: int, idle_timeout_s: float) -> None:
+        self._receive, self._send = receive, send
+        self.limit, self.idle_timeout_s = limit, idle_timeout_s
+        self.received = 0
+        self.refusal: EaselError | None = None
+        self.response_started = False
+
+    async def receive(self) -> Message:
+        if self.refusal is not None:
+            return {"type": "http.disconnect"}
+        try:
+            message = await asyncio.wait_for(self._receive(), self.idle_timeout_s)
+        except TimeoutError:
+            self.refusal = RequestTimeout(f"body: nothing received for {self.idle_timeout_s:.0f} s", field="body")
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self.limit:
+                self.refusal = _too_large(self.received, self.limit, so_far=message.get("more_body", False))
+                return {"type": "http.disconnect"}
+        return message
+
+    async def send(self, message: Message) -> None:
+        if self.refusal is not None:  # the app answered a body it never fully saw: the refusal replaces it
+            return
+        self.response_started = True
+        await self._send(message)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _too_large(size: int, limit: int, so_far: bool = False) -> PayloadTooLarge:
+    amount = f"more than {limit}" if so_far else str(size)
+    return PayloadTooLarge(f"body: the request body is {amount} bytes; the limit is {limit}", field="body")

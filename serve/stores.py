@@ -1,0 +1,64 @@
+"""Where state that must survive a restart lives, picked by one URL: SQLite (default, embedded) or Redis.
+
+``sqlite:///ABSOLUTE/PATH.db`` (the default is ``$EASEL_HOME/easel.db``) for one machine; ``redis://HOST:PORT/DB``
+when the stack spans nodes. Background jobs and API keys/limits open their stores from the same URL, so one flag
+(``easel up --store URL``) moves all of them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from urllib.parse import urlparse
+
+from serve.paths import easel_home
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+class StoreURLError(ValueError):
+    """A store URL that names no supported store."""
+
+
+def default_url() -> str:
+    """The embedded default: a SQLite file under ``$EASEL_HOME``."""
+    return f"sqlite:///{easel_home() / 'easel.db'}"
+
+
+def scheme(url: str) -> str:
+    """``sqlite`` or ``redis``; raises :class:`StoreURLError` for anything else."""
+    kind = urlparse(url).scheme
+    if kind not in ("sqlite", "redis"):
+        raise StoreURLError(f"store URL {url!r}: use sqlite:///PATH or redis://HOST:PORT/DB")
+    return kind
+
+
+def sqlite_path(url: str) -> Path:
+    """The database file of a ``sqlite:///PATH`` URL."""
+    if scheme(url) != "sqlite":
+        raise StoreURLError(f"{url!r} is not a sqlite:/// URL")
+    path = urlparse(url).path
+    if not path:
+        raise StoreURLError(f"store URL {url!r} names no file")
+    return Path(path)
+
+
+def sqlite_connect(url: str) -> sqlite3.Connection:
+    """A connection in WAL mode (readers never block the writer) that waits for locks instead of failing."""
+    path = sqlite_path(url)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+    connection.execute("PRAGMA synchronous=NORMAL")
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def redis_client(url: str):
+    """A Redis client for a ``redis://HOST:PORT/DB`` URL (responses decoded as str)."""
+    import redis
+
+    if scheme(url) != "redis":
+        raise StoreURLError(f"{url!r} is not a redis:// URL")
+    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)

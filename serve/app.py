@@ -21,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from serve import metrics
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, default_memory_budget
 from serve.text_to_image.deployment import TextToImage, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
@@ -174,8 +175,15 @@ class AppArgs(BaseModel):
 
     engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
     triton_grpc_url: str = Field(description="host:port of Triton's gRPC endpoint.")
+    memory_budget_bytes: int = Field(
+        default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
+    )
+    max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels served.")
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
-    return Gateway.bind(TextToImage.bind(args.engine_dir, args.triton_grpc_url), Vectorizer.bind(args.triton_grpc_url))
+    limits = Limits(args.memory_budget_bytes, args.max_cost, 2 * args.max_cost)
+    return Gateway.bind(
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits), Vectorizer.bind(args.triton_grpc_url)
+    )

@@ -2,35 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import logging
-import os
+import re
 import signal
-import statistics
-import subprocess
 import sys
 import threading
-import time
-from collections import Counter
 from pathlib import Path
 
 import click
-import httpx
 
 from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
-from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG, easel_home
+from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
-
-FIRST_REQUEST = {
-    "prompt": "a lighthouse on a cliff at dusk, flat vector illustration",
-    "size": "256x256",
-    "num_inference_steps": 20,
-    "seed": 0,
-    "scheduler": "ddim",
-}
-
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
@@ -55,6 +40,26 @@ def _embedded_option(help_text: str):
         "--embedded", type=click.Choice(EMBEDDED_MODELS), default=EMBEDDED_MODELS[0], show_default=True, help=help_text
     )
 
+
+class _Bytes(click.ParamType):
+    """A size in bytes: 8GiB, 512MiB, 2G, 1500000000."""
+
+    name = "size"
+    _FORM = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(?:([kmgt])(i?)b?)?\s*$", re.IGNORECASE)
+
+    def convert(self, value, param, ctx) -> int:
+        match = self._FORM.match(str(value))
+        if not match:
+            self.fail(f"{value!r} is not a size like 8GiB, 512MiB or 2G", param, ctx)
+        number, unit, binary = match.groups()
+        power = "kmgt".index(unit.lower()) + 1 if unit else 0
+        size = int(float(number) * (1024 if binary else 1000) ** power)
+        if size <= 0:
+            self.fail(f"{value!r}: the size must be positive", param, ctx)
+        return size
+
+
+_BYTES = _Bytes()
 
 _repository_option = click.option(
     "--repository",
@@ -104,6 +109,18 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
 @click.option("--dashboard-port", default=8265, show_default=True, help="Ray dashboard port.")
 @click.option("--prometheus", is_flag=True, help="Also start /usr/bin/prometheus (Debian) scraping Triton and Ray.")
 @click.option("--prometheus-port", default=9090, show_default=True, help="Prometheus port on 127.0.0.1.")
+@click.option(
+    "--memory-budget",
+    type=_BYTES,
+    default=None,
+    help="Memory the text-to-image engines may use, e.g. 8GiB (default: 40 % of this machine's memory).",
+)
+@click.option(
+    "--max-cost",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Largest n x steps x megapixels a generation may cost (default 64).",
+)
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
 @click.option(
     "--first-request/--no-first-request",
@@ -120,63 +137,74 @@ def up(
     dashboard_port: int,
     prometheus: bool,
     prometheus_port: int,
+    memory_budget: int | None,
+    max_cost: float | None,
     detach: bool,
     first_request: bool,
 ) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from serve.observability.prometheus import PROMETHEUS_BINARY
-    from serve.stack import Stack, StackOptions, read_state
+    from serve.stack import Stack, StackOptions, read_state, start_detached, stop_recorded
 
     if prometheus and not PROMETHEUS_BINARY.exists():
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
         prometheus = False
-
-    if (state := read_state()) is not None and _alive(state.pid):
-        raise click.ClickException(f"Easel is already up (pid {state.pid}, {state.api_url}); run `easel down` first")
+    if (state := read_state()) is not None:
+        if state.alive():
+            raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
+        stopped = stop_recorded()
+        click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
     if detach:
-        info = _start_detached()
-    else:
-        stack = Stack(
-            StackOptions(
-                host=host,
-                port=port,
-                model_dir=model_dir,
-                repository=repository,
-                serve_config=serve_config,
-                dashboard_port=dashboard_port,
-                prometheus=prometheus,
-                prometheus_port=prometheus_port,
-            )
-        )
-        stop = threading.Event()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stop.set())
         try:
-            info = stack.start()
-            stack.write_state()
-        except BaseException:
-            stack.stop()
-            raise
-    _print_endpoints(info)
-    if first_request:
-        _send_first_request(info.api_url)
-    if detach:
+            info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
+        except (RuntimeError, TimeoutError) as error:
+            raise click.ClickException(str(error)) from error
+        _print_endpoints(info)
+        if first_request:
+            _send_first_request(info.api_url)
         return
-    click.echo("Serving; press Ctrl-C to stop.")
+    options = StackOptions(
+        host=host,
+        port=port,
+        model_dir=model_dir,
+        repository=repository,
+        serve_config=serve_config,
+        dashboard_port=dashboard_port,
+        prometheus=prometheus,
+        prometheus_port=prometheus_port,
+        **({"memory_budget_bytes": memory_budget} if memory_budget else {}),
+        **({"max_cost": max_cost} if max_cost else {}),
+    )
+    stack = Stack(options)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
+        info = stack.start()
+        stack.write_state()
+        _print_endpoints(info)
+        if first_request:
+            _send_first_request(info.api_url)
+        click.echo("Serving; press Ctrl-C to stop.")
         stop.wait()
-    finally:
         click.echo("stopping...")
+    finally:
         stack.stop()
-        (stack.options.run_dir / "state.json").unlink(missing_ok=True)
+        stack.forget_state()
 
 
 @main.command()
 def down() -> None:
-    """Stop the stack that `easel up` started."""
+    """Stop the stack that `easel up` started, and every process it left behind."""
     from serve.stack import stop_recorded
 
-    click.echo("stopped" if stop_recorded() else "nothing recorded as running")
+    stopped = stop_recorded()
+    if not stopped.recorded:
+        click.echo("nothing recorded as running")
+    elif stopped.was_alive:
+        click.echo(f"stopped ({stopped.leftovers} leftover process(es) stopped after it)")
+    else:
+        click.echo(f"the recorded stack was not running (its process had died); {stopped.leftovers} leftovers stopped")
 
 
 @main.group()
@@ -209,29 +237,6 @@ def _int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(","))
 
 
-def _bench_run_dir() -> Path:
-    return easel_home() / "run" / "bench"
-
-
-def _run_against_stack(model_dir: Path | None, bench_fn, whole_info: bool = False):
-    """Start a stack on free ports (no dashboard), run ``bench_fn`` on its API URL (or its info), stop it.
-
-    Its model repository is a scratch one, so benchmarking another model leaves the checkout's repository alone.
-    """
-    from serve.stack import Stack, StackOptions
-
-    run_dir = _bench_run_dir()
-    options = StackOptions(
-        port=0, dashboard=False, model_dir=model_dir, repository=run_dir / "model_repository", run_dir=run_dir
-    )
-    stack = Stack(options)
-    try:
-        info = stack.start()
-        return bench_fn(info if whole_info else info.api_url)
-    finally:
-        stack.stop()
-
-
 @bench.command("generate")
 @_embedded_option("Embedded model to benchmark.")
 @click.option("--steps", default=20, show_default=True)
@@ -249,65 +254,10 @@ def _run_against_stack(model_dir: Path | None, bench_fn, whole_info: bool = Fals
 )
 def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurrency: str, out: Path) -> None:
     """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
-    from build_engines.text_to_image.build import build as build_engines
-    from build_engines.text_to_image.build import default_model_dir
-    from serve.benchmarks import generate, loop
+    from serve.benchmarks import generate
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
-    model_dir = default_model_dir(embedded)
-    engine_dir = build_engines(model_dir, _bench_run_dir() / "model_repository")
-    rows = [generate.bench_diffusers(model_dir, settings)]
-
-    def against_stack(api_url: str) -> tuple[list, generate.Floor, list[dict]]:
-        floor = generate.Floor.sweep(engine_dir, settings, pause=loop.children_paused)
-        served, ratios = [], []
-        if 1 in settings.concurrency:
-            served += generate.bench_single_request(engine_dir, api_url, settings, pause=loop.children_paused)
-        for loaded in (c for c in settings.concurrency if c > 1):
-            row, ratio = generate.bench_against_floor(api_url, settings, loaded, floor)  # times the floor around chunks
-            served.append(row)
-            ratios.append(ratio)
-        if not floor.timings:
-            floor.time()
-        return served, floor, ratios
-
-    served, floor, ratios = _run_against_stack(model_dir, against_stack)
-    rows += served
-    click.echo(loop.format_table(rows, "img"))
-    floor_per_s = floor.mean_images_per_s()
-    timed = [t["images_per_s"] for t in floor.timings]
-    counted = Counter(f"{name} {c['setting']}" for t in floor.timings for name, c in t["counted"].items())
-    click.echo(
-        f"compute floor: {floor_per_s:.3f} img/s, mean of {len(timed)} timings ({min(timed):.3f}-{max(timed):.3f}); "
-        f"setting counted (timings): {', '.join(f'{key} ({count})' for key, count in sorted(counted.items()))}"
-    )
-    by_key = {(r.method, r.concurrency): r for r in rows}
-    if ("onnxruntime", 1) in by_key:
-        ratio = by_key["served", 1].p50_ms / by_key["onnxruntime", 1].p50_ms
-        click.echo(f"served c=1: p50 {ratio:.2f} x ONNX Runtime in-process (taking turns)")
-    for ratio in ratios:
-        overall = statistics.mean(ratio["steady_images_per_s"]) / floor_per_s
-        chunks = " ".join(f"{r:.2f}" for r in ratio["chunk_ratios"])
-        whole = " ".join(f"{r:.2f}" for r in ratio["whole_chunk_ratios"])
-        click.echo(
-            f"served c={ratio['concurrency']}: {ratio['ratio']:.2f} x the floor's throughput with all "
-            f"{ratio['concurrency']} requests in flight (median of chunks, each against the floor timed around it: "
-            f"{chunks}); whole chunks, drain included: {ratio['whole_ratio']:.2f} x ({whole}); mean steady rate "
-            f"against the mean of all floor timings: {overall:.2f} x"
-        )
-        by_process = ratio["cpu_s_per_image_by_process"]
-        top = ", ".join(f"{label} {cpu_s:.3f}" for label, cpu_s in list(by_process.items())[:8])
-        click.echo(f"  CPU-s per image by process: {top}, all {sum(by_process.values()):.3f}")
-    context = {
-        "settings": settings.__dict__,
-        "model": embedded,
-        "cpus": os.cpu_count(),
-        "floor_sweep_ms_per_row": floor.sweep_ms_per_row,
-        "floor_timings": floor.timings,
-        "served_to_floor": ratios,
-    }
-    loop.write_json(out, rows, floor_images_per_s=floor_per_s, **context)
-    click.echo(f"written to {out}")
+    click.echo(generate.run_benchmark(embedded, settings, out))
 
 
 @bench.command("vectorize")
@@ -329,20 +279,12 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 )
 def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, requests: int, out: Path) -> None:
     """Per tier: latency p50/p95 (client and server side), conversions/s and CPU-seconds per request."""
-    from serve.benchmarks import loop, vectorize
+    from serve.benchmarks import vectorize
 
     settings = vectorize.VectorizeSettings(
         size=size, tiers=tuple(tiers.split(",")), concurrency=_int_list(concurrency), requests=requests
     )
-    uploads = vectorize.load_uploads(images, size)
-    rows, server_ms = _run_against_stack(None, lambda url: vectorize.bench_tiers(url, uploads, settings))
-    click.echo(loop.format_table(rows, "conv"))
-    click.echo(
-        "server-side total ms (p50 / p95): "
-        + ", ".join(f"tier {key}: {value['p50']:.1f} / {value['p95']:.1f}" for key, value in server_ms.items())
-    )
-    loop.write_json(out, rows, settings=settings.__dict__, server_ms=server_ms, images=str(images), cpus=os.cpu_count())
-    click.echo(f"written to {out}")
+    click.echo(vectorize.run_benchmark(images, settings, out))
 
 
 @main.command()
@@ -363,28 +305,30 @@ def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, reque
 def loadtest(scenario: str, images: Path, out: Path | None) -> None:
     """Run a bounded locust SCENARIO (loadtests/scenarios/*.yaml) against the stack, starting it if it is down."""
     from serve import loadtest as lt
-    from serve.stack import read_state
 
     try:
         spec = lt.Scenario.load(scenario)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     out = out or Path("out") / "loadtest" / Path(scenario).stem
-
-    def run(info) -> int:
-        env = {**os.environ, "EASEL_TRITON_GRPC": info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(images)}
-        return lt.run_locust(spec, info.api_url, out, env)
-
-    state = read_state()
-    if state is not None and _alive(state.pid):
-        code = run(state)
-    else:
-        click.echo("no stack is up; starting one for this run")
-        code = _run_against_stack(None, run, whole_info=True)
-    click.echo(lt.format_summary(lt.summary(out)))
+    code, summary = lt.run_scenario(spec, images, out)
+    click.echo(summary)
     click.echo(f"locust CSV and HTML in {out} (exit code {code})")
     if code != 0:
         raise SystemExit(code)
+
+
+@main.command()
+@click.option("--clients", default=4, show_default=True, help="Concurrent clients of the background load.")
+@click.option("--window", "window_s", default=20.0, show_default=True, help="Seconds each fault plays out.")
+@click.option("--memory-budget", type=_BYTES, default=None, help="The stack's engine memory budget (see `up`).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/chaos.json"))
+def chaos(clients: int, window_s: float, memory_budget: int | None, out: Path) -> None:
+    """Kill Triton, the UNet stub, a TextToImage and a Gateway replica, and send the largest requests, under load."""
+    from serve.chaos import run
+
+    options = {"memory_budget_bytes": memory_budget} if memory_budget else {}
+    click.echo(run(out, clients=clients, window_s=window_s, **options))
 
 
 @main.group()
@@ -435,45 +379,6 @@ def dashboards_render(prometheus_url: str, uid: str, titles: tuple[str, ...], mi
         raise click.ClickException(str(error)) from error
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _start_detached(timeout_s: float = 600.0):
-    """Run `easel up` (foreground) in a new session, logging to a file, and wait for its recorded state."""
-    from serve.stack import read_state, wait_until_ready
-
-    run_dir = easel_home() / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "state.json").unlink(missing_ok=True)
-    argv = [a for a in sys.argv[1:] if a != "--detach"]
-    argv = [a for a in argv if a not in ("--first-request",)] + ["--no-first-request"]
-    log_path = run_dir / "easel-up.log"
-    with log_path.open("ab") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", *argv],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    click.echo(f"starting in the background (pid {child.pid}, log {log_path})")
-    deadline = time.monotonic() + timeout_s
-    while (info := read_state(run_dir)) is None or info.pid != child.pid:
-        if child.poll() is not None:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-            raise click.ClickException(f"`easel up` exited with {child.returncode}:\n{tail}")
-        if time.monotonic() > deadline:
-            raise click.ClickException(f"not ready after {timeout_s:.0f} s; see {log_path}")
-        time.sleep(1)
-    wait_until_ready(info.api_url, timeout_s=60)
-    return info
-
-
 def _print_endpoints(info) -> None:
     click.echo(f"""
 Easel is up.
@@ -500,16 +405,14 @@ Example:
 
 
 def _send_first_request(api_url: str) -> None:
-    started = time.perf_counter()
-    response = httpx.post(f"{api_url}/v1/images/generations", json=FIRST_REQUEST, timeout=300)
-    elapsed = time.perf_counter() - started
-    if response.status_code != 200:
-        raise click.ClickException(f"first request failed: {response.status_code} {response.text[:500]}")
-    path = easel_home() / "run" / "first.png"
-    path.write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    from serve.stack import send_first_request
+
+    first = send_first_request(api_url)
+    if first.error is not None:
+        raise click.ClickException(f"first request failed: {first.status} {first.error}")
     click.echo(
-        f"First request: POST /v1/images/generations {FIRST_REQUEST}\n"
-        f"  -> {response.status_code} in {elapsed:.2f} s, image saved to {path}"
+        f"First request: POST /v1/images/generations {first.body}\n"
+        f"  -> {first.status} in {first.seconds:.2f} s, image saved to {first.image_path}"
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import os
 import subprocess
 import sys
 from ipaddress import ip_address
@@ -97,3 +98,21 @@ def format_summary(rows: list[dict[str, str]]) -> str:
         for r in rows
     ]
     return "\n".join([head, *body])
+
+
+def run_scenario(scenario: Scenario, images: Path, out: Path) -> tuple[int, str]:
+    """Run ``scenario`` against the running stack, or a scratch one started for it; (exit code, summary)."""
+    from serve.stack import running_stack, scratch_stack
+
+    def run(info) -> int:
+        env = {**os.environ, "EASEL_TRITON_GRPC": info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(images)}
+        return run_locust(scenario, info.api_url, out, env)
+
+    info = running_stack()
+    if info is not None:
+        code = run(info)
+    else:
+        logger.info("no stack is up; starting one for this run")
+        with scratch_stack() as stack:
+            code = run(stack.info)
+    return code, format_summary(summary(out))

@@ -15,3 +15,8 @@ ICONS_DEV = PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev"
 def easel_home() -> Path:
     """Cache root for models, engines and run state (``$EASEL_HOME``, default ``~/.cache/easel``)."""
     return Path(os.environ.get("EASEL_HOME", Path.home() / ".cache" / "easel"))
+
+
+def run_dir() -> Path:
+    """Where a running stack keeps its logs and state (``$EASEL_HOME/run``)."""
+    return easel_home() / "run"

@@ -1,26 +1,43 @@
-"""The whole stack on one machine: engines built, Triton started, Ray Serve running the Easel app."""
+"""The whole stack on one machine: engines built, Triton started and supervised, Ray Serve running the Easel app.
+
+Every process the stack starts carries ``EASEL_STACK=<id>`` in its environment, so stopping a stack (``Stack.stop``
+in-process, ``stop_recorded`` from ``easel down``) finds and stops all of them, orphans included, whether the stack
+is alive or its process was killed. The run state (``state.json``) lives in one place: :func:`state_path`.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
+import subprocess
+import sys
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 import yaml
 from pydantic import BaseModel, Field
 
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
-from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
-from serve.text_to_image.spec import ENGINE_NAMES
-from serve.triton.server import TritonServer, free_port, free_ports, stop_process
+from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
+from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
+from serve.processes.signals import children_paused, stop_stack_processes, terminate
+from serve.text_to_image.admission import DEFAULT_MAX_COST, default_memory_budget, engine_budgets, memory_models
+from serve.text_to_image.spec import PipelineDims, engine_specs
+from serve.triton.server import TritonServer
+from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
 
 APP_NAME = "easel"
+STATE_FILE = "state.json"
 
 # Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
 # on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
@@ -34,6 +51,14 @@ RAY_ENV = {
     "RAY_max_direct_call_object_size": str(16 << 20),
 }
 
+FIRST_REQUEST = {
+    "prompt": "a lighthouse on a cliff at dusk, flat vector illustration",
+    "size": "256x256",
+    "num_inference_steps": 20,
+    "seed": 0,
+    "scheduler": "ddim",
+}
+
 
 class StackOptions(BaseModel):
     """What ``easel up`` starts, and where."""
@@ -45,44 +70,70 @@ class StackOptions(BaseModel):
     serve_config: Path = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
     dashboard: bool = Field(True, description="Start the Ray dashboard.")
     dashboard_port: int = Field(8265, ge=0, le=65535, description="Ray dashboard port (0: a free port).")
-    run_dir: Path = Field(default_factory=lambda: easel_home() / "run", description="Logs and state.")
+    run_dir: Path = Field(default_factory=run_dir, description="Logs and state.")
     prometheus: bool = Field(False, description="Start /usr/bin/prometheus scraping Triton and Ray.")
     prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on 127.0.0.1 (0: a free port).")
     scrape_interval_s: float = Field(5.0, ge=1, le=60, description="Prometheus scrape interval.")
+    canary_interval_s: float = Field(10.0, gt=0, description="Seconds between canary inferences on every model.")
+    memory_budget_bytes: int = Field(
+        default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
+    )
+    max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels a request may cost.")
 
 
 @dataclass(frozen=True)
 class StackInfo:
-    """Where the running stack listens; written to ``state.json`` for ``easel down``."""
+    """Where the running stack listens and which process runs it; written to ``state.json``."""
 
     pid: int
+    started_at: float
+    stack_id: str
     api_url: str
     triton_http_url: str
     triton_grpc_url: str
     triton_metrics_url: str
-    triton_pid: int
     dashboard_url: str | None
     engine_dir: str
     prometheus_url: str | None = None
-    prometheus_pid: int | None = None
+
+    def alive(self) -> bool:
+        """Whether the process that runs this stack still does (a reused pid does not count)."""
+        try:
+            return abs(psutil.Process(self.pid).create_time() - self.started_at) < 1.0
+        except psutil.NoSuchProcess:
+            return False
 
 
-def load_serve_config(path: Path, engine_dir: Path, triton_grpc_url: str, host: str, port: int):
-    """The Serve config at ``path`` with the app's ``args`` and the HTTP address filled in."""
+def load_serve_config(path: Path, host: str, port: int, **args):
+    """The Serve config at ``path`` with the HTTP address and the app's ``args`` (engine folder, Triton...) set."""
     from ray.serve.schema import ServeDeploySchema
 
     raw = yaml.safe_load(path.read_text())
     raw.setdefault("http_options", {}).update(host=host, port=port)
     for app in raw["applications"]:
-        app.setdefault("args", {}).update(engine_dir=str(engine_dir), triton_grpc_url=triton_grpc_url)
+        app.setdefault("args", {}).update(args)
     return ServeDeploySchema.model_validate(raw)
 
 
+def triton_models(engine_dir: Path, vectorize: bool) -> list:
+    """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
+    specs = list(engine_specs(PipelineDims.load(engine_dir / "pipeline.json")).values())
+    return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
+
+
+def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:
+    """Each text-to-image engine's activation budget for Triton (the split ``TextToImage`` admits requests by)."""
+    specs = engine_specs(PipelineDims.load(engine_dir / "pipeline.json"))
+    return engine_budgets(memory_models(engine_dir, specs), specs, total_bytes)
+
+
 class Stack:
-    """Start and stop Triton plus Ray Serve in this process (``easel up`` and the integration tests)."""
+    """Start, supervise and stop Triton plus Ray Serve in this process (``easel up`` and the integration tests)."""
 
     def __init__(self, options: StackOptions) -> None:
         self.options = options
+        self.stack_id = uuid.uuid4().hex[:12]
+        self.supervisor = Supervisor()
         self.triton: TritonServer | None = None
         self.prometheus: PrometheusServer | None = None
         self.ray_session_dir: Path | None = None
@@ -94,22 +145,40 @@ class Stack:
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
+        os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         engine_dir = build(opts.model_dir, opts.repository)
-        install_vectorize(opts.repository)
-        self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(ENGINE_NAMES)
+        vectorize = install_vectorize(opts.repository)
+        self.triton = TritonServer(
+            opts.repository,
+            opts.run_dir / "triton.log",
+            triton_models(engine_dir, vectorize),
+            canary_interval_s=opts.canary_interval_s,
+            memory_budgets=memory_budgets(engine_dir, opts.memory_budget_bytes),
+        ).start()
+        self.supervisor.watch(self.triton.managed, self.triton.check)
         spare = iter(free_ports(2, opts.host))  # together, so the two cannot be the same port
         port = opts.port or next(spare)
         dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
-        config = load_serve_config(opts.serve_config, engine_dir, self.triton.endpoints.grpc_url, opts.host, port)
+        config = load_serve_config(
+            opts.serve_config,
+            opts.host,
+            port,
+            engine_dir=str(engine_dir),
+            triton_grpc_url=self.triton.endpoints.grpc_url,
+            memory_budget_bytes=opts.memory_budget_bytes,
+            max_cost=opts.max_cost,
+        )
         _deploy(config, timeout_s)
         e = self.triton.endpoints
+        me = psutil.Process()
         self.info = StackInfo(
-            os.getpid(),
+            me.pid,
+            me.create_time(),
+            self.stack_id,
             f"http://{opts.host}:{port}",
             e.http_url,
             e.grpc_url,
             e.metrics_url,
-            self.triton.process.pid,
             dashboard_url,
             str(engine_dir),
         )
@@ -132,7 +201,8 @@ class Stack:
         except PrometheusError as error:
             logger.error("Prometheus not started: %s", error)
             return
-        self.info = replace(self.info, prometheus_url=server.url, prometheus_pid=server.process.pid)
+        self.supervisor.watch(server.managed)
+        self.info = replace(self.info, prometheus_url=server.url)
 
     def _start_ray(self, dashboard_port: int) -> str | None:
         import ray
@@ -154,28 +224,41 @@ class Stack:
         _stop_log_monitor()
         return f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Stop (SIGSTOP) every process of the stack, supervision included, until the block ends (benchmarks)."""
+        with self.supervisor.paused(), children_paused():
+            yield
+
     def stop(self) -> None:
-        """Tear down Ray Serve, Ray and Triton (whatever of them was started)."""
+        """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left."""
         import ray
         from ray import serve
 
-        if self.prometheus is not None:
-            self.prometheus.stop()
-        if ray.is_initialized():
-            try:
-                serve.shutdown()
-            finally:
-                ray.shutdown()
-        if self.triton is not None:
-            self.triton.stop()
-        logger.info("stack stopped")
+        self.supervisor.stopping.set()
+        try:
+            if ray.is_initialized():
+                try:
+                    serve.shutdown()
+                finally:
+                    ray.shutdown()
+        finally:
+            self.supervisor.stop()
+            left = stop_stack_processes(self.stack_id)
+            logger.info("stack stopped%s", f" ({left} leftover process(es) stopped)" if left else "")
 
     def write_state(self) -> Path:
         """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
-        path = self.options.run_dir / "state.json"
+        path = state_path(self.options.run_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self.info), indent=2))
         return path
+
+    def forget_state(self) -> None:
+        """Remove ``state.json`` if it records this stack."""
+        recorded = read_state(self.options.run_dir)
+        if recorded is not None and recorded.stack_id == self.stack_id:
+            state_path(self.options.run_dir).unlink(missing_ok=True)
 
 
 def _stop_log_monitor() -> None:
@@ -226,21 +309,121 @@ def wait_until_ready(api_url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{api_url} not ready after {timeout_s:.0f} s: {last}")
 
 
-def read_state(run_dir: Path | None = None) -> StackInfo | None:
+def state_path(folder: Path | None = None) -> Path:
+    """The run-state file of the stack whose run folder is ``folder`` (default ``$EASEL_HOME/run``)."""
+    return (folder or run_dir()) / STATE_FILE
+
+
+def read_state(folder: Path | None = None) -> StackInfo | None:
     """The state of a stack started with ``easel up``, if one is recorded."""
-    path = (run_dir or easel_home() / "run") / "state.json"
-    return StackInfo(**json.loads(path.read_text())) if path.exists() else None
+    path = state_path(folder)
+    try:
+        return StackInfo(**json.loads(path.read_text()))
+    except (FileNotFoundError, TypeError, json.JSONDecodeError):
+        return None
 
 
-def stop_recorded(run_dir: Path | None = None) -> bool:
-    """Stop the stack recorded in ``state.json`` (its ``easel up`` process, then its Triton if left over)."""
-    run_dir = run_dir or easel_home() / "run"
-    info = read_state(run_dir)
+def running_stack(folder: Path | None = None) -> StackInfo | None:
+    """The recorded stack if its process is alive; None if none is recorded or it is dead."""
+    info = read_state(folder)
+    return info if info is not None and info.alive() else None
+
+
+@dataclass(frozen=True)
+class Stopped:
+    """What :func:`stop_recorded` found and did."""
+
+    recorded: bool
+    was_alive: bool = False
+    leftovers: int = 0
+
+
+def stop_recorded(folder: Path | None = None, grace_s: float = 60.0) -> Stopped:
+    """Stop the stack recorded in ``state.json``, and every process left that carries its mark.
+
+    Its process gets SIGTERM, then SIGKILL after ``grace_s``. A dead stack (its process was killed) still has its
+    leftovers stopped.
+    """
+    info = read_state(folder)
     if info is None:
-        return False
-    stop_process(info.pid, timeout_s=60)
-    stop_process(info.triton_pid, timeout_s=10)
-    if info.prometheus_pid is not None:
-        stop_process(info.prometheus_pid, timeout_s=10)
-    (run_dir / "state.json").unlink(missing_ok=True)
-    return True
+        return Stopped(recorded=False)
+    was_alive = info.alive()
+    if was_alive:
+        terminate([psutil.Process(info.pid)], grace_s)
+    leftovers = stop_stack_processes(info.stack_id)
+    state_path(folder).unlink(missing_ok=True)
+    return Stopped(True, was_alive, leftovers)
+
+
+def start_detached(argv: list[str], folder: Path | None = None, timeout_s: float = 600.0) -> StackInfo:
+    """Run ``easel ARGV`` (an ``up`` command line) in a new session, logging to a file; return its recorded state."""
+    folder = folder or run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    state_path(folder).unlink(missing_ok=True)
+    log_path = folder / "easel-up.log"
+    with log_path.open("ab") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "serve.cli", *argv, "--no-first-request"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != STACK_ENV},  # it marks its own processes
+        )
+    logger.info("starting in the background (pid %d, log %s)", child.pid, log_path)
+    deadline = time.monotonic() + timeout_s
+    while (info := read_state(folder)) is None or info.pid != child.pid:
+        if child.poll() is not None:
+            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"`easel up` exited with {child.returncode}:\n{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not ready after {timeout_s:.0f} s; see {log_path}")
+        time.sleep(1)
+    wait_until_ready(info.api_url, timeout_s=60)
+    return info
+
+
+@dataclass(frozen=True)
+class FirstRequest:
+    """The example generation ``easel up`` sends once ready."""
+
+    body: dict
+    status: int
+    seconds: float
+    image_path: Path | None
+    error: str | None = None
+
+
+def send_first_request(api_url: str, folder: Path | None = None) -> FirstRequest:
+    """Send :data:`FIRST_REQUEST` and save its image under the run folder."""
+    started = time.perf_counter()
+    response = httpx.post(f"{api_url}/v1/images/generations", json=FIRST_REQUEST, timeout=300)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        return FirstRequest(FIRST_REQUEST, response.status_code, elapsed, None, response.text[:500])
+    path = (folder or run_dir()) / "first.png"
+    path.write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
+    return FirstRequest(FIRST_REQUEST, response.status_code, elapsed, path)
+
+
+@contextmanager
+def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **options) -> Iterator[Stack]:
+    """A stack on free ports (no dashboard) over a scratch model repository, for benchmarks, load tests and chaos.
+
+    Benchmarking another model leaves the checkout's repository alone. ``options``: more :class:`StackOptions`.
+    """
+    folder = folder or run_dir() / "bench"
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        model_dir=model_dir,
+        repository=folder / "model_repository",
+        run_dir=folder,
+        **options,
+    )
+    stack = Stack(options)
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()

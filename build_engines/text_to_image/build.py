@@ -12,11 +12,13 @@ from pathlib import Path
 import onnx
 import torch
 
+from build_engines.memory import measure as measure_memory
 from build_engines.repository import engine_files, install_model
 from build_engines.text_to_image.default_model import create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.spec import PipelineDims, engine_specs
+from serve.triton.memory import MEMORY_FILE
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -80,5 +82,7 @@ def build(
         (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
     dims = PipelineDims.load(engine_dir / "pipeline.json")
     for name, spec in engine_specs(dims).items():
+        if not (engine_dir / name / MEMORY_FILE).exists():  # measured once per engine, in a fresh process
+            measure_memory(engine_dir / name, spec)
         install_model(spec, repository, engine_files(engine_dir / name), backend)
     return engine_dir

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -25,7 +26,7 @@ import numpy as np
 from serve.benchmarks import loop
 from serve.benchmarks.loop import BenchRow
 
-# A context manager factory under which in-process timings run (``loop.children_paused`` stops the stack).
+# A context manager factory under which in-process timings run (``Stack.paused`` stops the stack).
 PauseStack = Callable[[], AbstractContextManager]
 
 logger = logging.getLogger(__name__)
@@ -331,3 +332,65 @@ def bench_against_floor(
             }
 
     return asyncio.run(run())
+
+
+def run_benchmark(embedded: str, settings: GenerateSettings, out: Path) -> str:
+    """``easel bench generate``: every column on one embedded model; writes JSON to ``out``, returns the report."""
+    from build_engines.text_to_image.build import build, default_model_dir
+    from serve.paths import run_dir
+    from serve.stack import scratch_stack
+
+    model_dir = default_model_dir(embedded)
+    engine_dir = build(model_dir, run_dir() / "bench" / "model_repository")
+    rows = [bench_diffusers(model_dir, settings)]
+    with scratch_stack(model_dir) as stack:
+        floor = Floor.sweep(engine_dir, settings, pause=stack.paused)
+        ratios = []
+        if 1 in settings.concurrency:
+            rows += bench_single_request(engine_dir, stack.info.api_url, settings, pause=stack.paused)
+        for loaded in (c for c in settings.concurrency if c > 1):
+            row, ratio = bench_against_floor(stack.info.api_url, settings, loaded, floor)  # times the floor too
+            rows.append(row)
+            ratios.append(ratio)
+        if not floor.timings:
+            floor.time()
+    floor_per_s = floor.mean_images_per_s()
+    context = {
+        "settings": settings.__dict__,
+        "model": embedded,
+        "cpus": os.cpu_count(),
+        "floor_sweep_ms_per_row": floor.sweep_ms_per_row,
+        "floor_timings": floor.timings,
+        "served_to_floor": ratios,
+    }
+    loop.write_json(out, rows, floor_images_per_s=floor_per_s, **context)
+    return "\n".join([loop.format_table(rows, "img"), *_summary(rows, floor, ratios), f"written to {out}"])
+
+
+def _summary(rows: list[BenchRow], floor: Floor, ratios: list[dict]) -> list[str]:
+    """The lines under the table: the floor, and each served column against it."""
+    floor_per_s = floor.mean_images_per_s()
+    timed = [t["images_per_s"] for t in floor.timings]
+    counted = Counter(f"{name} {c['setting']}" for t in floor.timings for name, c in t["counted"].items())
+    lines = [
+        f"compute floor: {floor_per_s:.3f} img/s, mean of {len(timed)} timings ({min(timed):.3f}-{max(timed):.3f}); "
+        f"setting counted (timings): {', '.join(f'{key} ({count})' for key, count in sorted(counted.items()))}"
+    ]
+    by_key = {(r.method, r.concurrency): r for r in rows}
+    if ("onnxruntime", 1) in by_key:
+        ratio = by_key["served", 1].p50_ms / by_key["onnxruntime", 1].p50_ms
+        lines.append(f"served c=1: p50 {ratio:.2f} x ONNX Runtime in-process (taking turns)")
+    for ratio in ratios:
+        overall = statistics.mean(ratio["steady_images_per_s"]) / floor_per_s
+        chunks = " ".join(f"{r:.2f}" for r in ratio["chunk_ratios"])
+        whole = " ".join(f"{r:.2f}" for r in ratio["whole_chunk_ratios"])
+        lines.append(
+            f"served c={ratio['concurrency']}: {ratio['ratio']:.2f} x the floor's throughput with all "
+            f"{ratio['concurrency']} requests in flight (median of chunks, each against the floor timed around it: "
+            f"{chunks}); whole chunks, drain included: {ratio['whole_ratio']:.2f} x ({whole}); mean steady rate "
+            f"against the mean of all floor timings: {overall:.2f} x"
+        )
+        by_process = ratio["cpu_s_per_image_by_process"]
+        top = ", ".join(f"{label} {cpu_s:.3f}" for label, cpu_s in list(by_process.items())[:8])
+        lines.append(f"  CPU-s per image by process: {top}, all {sum(by_process.values()):.3f}")
+    return lines

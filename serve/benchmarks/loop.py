@@ -6,8 +6,8 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -143,36 +143,6 @@ def process_label(cmdline: list[str]) -> str:
     if first.endswith("triton_python_backend_stub") and len(cmdline) > 1:
         return f"triton {Path(cmdline[1]).parent.parent.name}"
     return next((Path(arg).name for arg in cmdline if arg.endswith(".py")), Path(first).name)
-
-
-@contextmanager
-def children_paused() -> Iterator[None]:
-    """Stop (SIGSTOP) every process this one started, e.g. the stack a benchmark runs, until the block ends.
-
-    In-process baselines timed inside it see a machine as quiet as with no stack at all, while the stack stays up,
-    so they can be interleaved with served requests and both see the same machine.
-    """
-    children = psutil.Process().children(recursive=True)
-    for child in children:
-        with suppress(psutil.NoSuchProcess):
-            child.suspend()
-    _wait_until_stopped(children)
-    try:
-        yield
-    finally:
-        for child in children:
-            with suppress(psutil.NoSuchProcess):
-                child.resume()
-
-
-def _wait_until_stopped(processes: list[psutil.Process], timeout_s: float = 1.0) -> None:
-    """Wait (briefly) until SIGSTOP has taken effect: the signal is delivered when each process next runs."""
-    done = {psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD}
-    deadline = time.monotonic() + timeout_s
-    for process in processes:
-        with suppress(psutil.NoSuchProcess):
-            while process.status() not in done and time.monotonic() < deadline:
-                time.sleep(0.001)
 
 
 def format_table(rows: list[BenchRow], unit: str) -> str:

@@ -73,3 +73,19 @@ def bench_tiers(api_url: str, uploads: list[bytes], settings: VectorizeSettings)
         return rows
 
     return asyncio.run(run_all()), server_ms
+
+
+def run_benchmark(images: Path, settings: VectorizeSettings, out: Path) -> str:
+    """``easel bench vectorize``: every tier against a scratch stack; writes JSON to ``out``, returns the report."""
+    import os
+
+    from serve.benchmarks import loop
+    from serve.stack import scratch_stack
+
+    uploads = load_uploads(images, settings.size)
+    with scratch_stack() as stack:
+        rows, server_ms = bench_tiers(stack.info.api_url, uploads, settings)
+    loop.write_json(out, rows, settings=settings.__dict__, server_ms=server_ms, images=str(images), cpus=os.cpu_count())
+    server = ", ".join(f"tier {key}: {value['p50']:.1f} / {value['p95']:.1f}" for key, value in server_ms.items())
+    table = loop.format_table(rows, "conv")
+    return "\n".join([table, f"server-side total ms (p50 / p95): {server}", f"written to {out}"])

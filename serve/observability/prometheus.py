@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
 import yaml
 
 from serve.paths import PROJECT_ROOT
+from serve.processes import ManagedProcess, ProcessStartError
 
 logger = logging.getLogger(__name__)
 
@@ -61,55 +60,47 @@ class PrometheusServer:
 
     def __init__(self, config: dict, work_dir: Path, host: str = "127.0.0.1", port: int = 9090) -> None:
         self.config, self.work_dir, self.host, self.port = config, work_dir, host, port
-        self.process: subprocess.Popen | None = None
+        self.managed = ManagedProcess("prometheus", self.command, work_dir / "prometheus.log", self.ready)
 
     @property
     def url(self) -> str:
         """Base URL of Prometheus' web UI and HTTP API."""
         return f"http://{self.host}:{self.port}"
 
-    def start(self, binary: Path = PROMETHEUS_BINARY, timeout_s: float = 60.0) -> PrometheusServer:
-        """Write the config, start Prometheus and wait until ``/-/ready`` answers 200."""
-        if not binary.exists():
-            raise PrometheusError(f"{binary} is not installed (Debian: apt-get install prometheus)")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        config_path = self.work_dir / "prometheus.yml"
-        config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        log_path = self.work_dir / "prometheus.log"
-        command = [
+    @property
+    def process(self):
+        """The running ``subprocess.Popen`` (None before the first start)."""
+        return self.managed.process
+
+    def command(self, binary: Path = PROMETHEUS_BINARY) -> list[str]:
+        """The prometheus command line (the config is written beside its storage)."""
+        return [
             str(binary),
-            f"--config.file={config_path}",
+            f"--config.file={self.work_dir / 'prometheus.yml'}",
             f"--storage.tsdb.path={self.work_dir / 'data'}",
             "--storage.tsdb.retention.time=2d",
             f"--web.listen-address={self.host}:{self.port}",
         ]
-        with log_path.open("ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        logger.info("prometheus pid %s on %s (log %s)", self.process.pid, self.url, log_path)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
-                raise PrometheusError(f"prometheus exited with {self.process.returncode}:\n{tail}")
-            try:
-                if httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise PrometheusError(f"prometheus not ready after {timeout_s:.0f} s; see {log_path}")
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Terminate Prometheus (kill it if it does not exit in ``timeout_s``)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+    def ready(self) -> bool:
+        """Whether ``/-/ready`` answers 200."""
+        return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+
+    def start(self, binary: Path = PROMETHEUS_BINARY, timeout_s: float = 60.0) -> PrometheusServer:
+        """Write the config, start Prometheus and wait until it is ready."""
+        if not binary.exists():
+            raise PrometheusError(f"{binary} is not installed (Debian: apt-get install prometheus)")
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        (self.work_dir / "prometheus.yml").write_text(yaml.safe_dump(self.config, sort_keys=False))
         try:
-            self.process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            self.managed.start(timeout_s)
+        except ProcessStartError as error:
+            raise PrometheusError(str(error)) from error
+        return self
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        """Terminate Prometheus (killed if it does not exit within ``grace_s``)."""
+        self.managed.stop(grace_s)
 
 
 def query(prometheus_url: str, expr: str, timeout_s: float = 10.0) -> list[dict]:

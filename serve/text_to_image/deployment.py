@@ -16,6 +16,7 @@ from ray import serve
 
 from serve import metrics
 from serve.errors import NotReady
+from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
 from serve.text_to_image.pipeline import Generation, TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import ENGINE_NAMES
@@ -64,16 +65,26 @@ def to_generation(request: GenerationRequest) -> Generation:
 class TextToImage:
     """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
-    def __init__(self, engine_dir: str, triton_grpc_url: str) -> None:
+    def __init__(self, engine_dir: str, triton_grpc_url: str, limits: Limits) -> None:
         torch.set_num_threads(1)
         self.triton = TritonClient(triton_grpc_url)
         self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
+        models = memory_models(Path(engine_dir), self.pipeline.specs)
+        budgets = engine_budgets(models, self.pipeline.specs, limits.memory_budget_bytes)
+        self.admission = Admission(models, budgets, limits, self.pipeline.dims.vae_scale_factor)
 
     async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
-        """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s)."""
+        """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
+
+        Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
+        turn in the replica's in-flight capacity.
+        """
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
+        job = to_generation(request)
+        cost = self.admission.check(job.n, job.steps, job.width, job.height)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            result = await self.pipeline.generate(to_generation(request))
+            async with self.admission.slot(cost):
+                result = await self.pipeline.generate(job)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
             )

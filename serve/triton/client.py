@@ -15,7 +15,18 @@ from serve.triton.spec import ModelSpec, triton_dtype_name
 
 logger = logging.getLogger(__name__)
 
-_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "not ready", "unavailable", "failed to connect")
+# Triton down or restarting, a model being reloaded by the supervisor, a stub that died: retryable, never a 500.
+_UNAVAILABLE = (
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "not ready",
+    "unavailable",
+    "failed to connect",
+    "not healthy",
+    "unknown model",
+    "is not found",
+    "Socket closed",
+)
 
 
 class TritonClient:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.triton.memory import MEMORY_FILE, MemoryModel, budgets_from_env, positions
+
 logger = logging.getLogger(__name__)
 
 
@@ -26,11 +28,12 @@ def cpu_count() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def make_session(model_path: Path, intra_op_threads: int = 0, spinning: bool = False):
-    """An ONNX Runtime CPU session with ``intra_op_threads`` threads (0: one per core).
+def make_session(model_path: Path, intra_op_threads: int = 0, spinning: bool = False, arena: bool = True):
+    """The one ONNX Runtime CPU session factory: ``intra_op_threads`` threads (0: one per core).
 
     Idle intra-op threads spin by default; beside Ray replicas on few cores that burns the CPU they need, so
-    spinning is off unless asked for.
+    spinning is off unless asked for. ``arena=False`` frees each run's activations when it ends (served engines:
+    a large request's memory is given back), where ONNX Runtime's arena would keep its high-water mark for good.
     """
     import onnxruntime as ort
 
@@ -39,6 +42,8 @@ def make_session(model_path: Path, intra_op_threads: int = 0, spinning: bool = F
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.enable_cpu_mem_arena = arena
+    options.enable_mem_pattern = arena
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
@@ -52,7 +57,7 @@ class ShardedSession:
 
     def __init__(self, model_path: Path, shards: int = 0) -> None:
         self.shards = shards or cpu_count()
-        self.session = make_session(model_path, intra_op_threads=1)
+        self.session = make_session(model_path, intra_op_threads=1, arena=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="onnx-shard") if self.shards > 1 else None
 
@@ -68,10 +73,31 @@ class ShardedSession:
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
-def run_batched(session: ShardedSession, feeds: list[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray] | Exception]:
+class MemoryBound:
+    """Splits a batch into runs that fit an activation budget, by the engine's measured :class:`MemoryModel`."""
+
+    def __init__(self, model: MemoryModel, budget_bytes: int, dynamic_axes: tuple[int, ...]) -> None:
+        self.model, self.budget_bytes, self.dynamic_axes = model, budget_bytes, dynamic_axes
+
+    def rows_per_run(self, shape: tuple[int, ...]) -> int:
+        """Rows of this input shape (batch axis first) that one run may hold; raises if not even one fits."""
+        at = positions(shape, self.dynamic_axes)
+        rows = self.model.rows_within(self.budget_bytes, at)
+        if rows < 1:
+            raise MemoryError(
+                f"one row of shape {tuple(shape[1:])} needs about {self.model.per_row(at) / 2**30:.2f} GiB; "
+                f"this engine's memory budget is {self.budget_bytes / 2**30:.2f} GiB"
+            )
+        return rows
+
+
+def run_batched(
+    session: ShardedSession, feeds: list[dict[str, np.ndarray]], bound: MemoryBound | None = None
+) -> list[dict[str, np.ndarray] | Exception]:
     """Run many requests' feeds through ``session``, one batch per group of equal shapes.
 
-    Returns, for each feed in order, its outputs or the exception that its group raised.
+    With a ``bound``, each group runs in consecutive slices that fit its memory budget. Returns, for each feed in
+    order, its outputs or the exception that its group raised.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, feed in enumerate(feeds):
@@ -81,7 +107,7 @@ def run_batched(session: ShardedSession, feeds: list[dict[str, np.ndarray]]) -> 
         sizes = [len(next(iter(feeds[i].values()))) for i in members]
         merged = {name: np.concatenate([feeds[i][name] for i in members]) for name in feeds[members[0]]}
         try:
-            outputs = session.run(merged)
+            outputs = _run_bounded(session, merged, bound)
         except Exception as error:  # noqa: BLE001 - reported per request, the server keeps running
             for i in members:
                 results[i] = error
@@ -90,6 +116,15 @@ def run_batched(session: ShardedSession, feeds: list[dict[str, np.ndarray]]) -> 
         for i, start, stop in zip(members, bounds[:-1], bounds[1:], strict=True):
             results[i] = {name: out[start:stop] for name, out in zip(session.output_names, outputs, strict=True)}
     return results
+
+
+def _run_bounded(session: ShardedSession, feeds: dict[str, np.ndarray], bound: MemoryBound | None) -> list:
+    rows = len(next(iter(feeds.values())))
+    step = rows if bound is None else bound.rows_per_run(next(iter(feeds.values())).shape)
+    if step >= rows:
+        return session.run(feeds)
+    parts = [session.run({name: array[lo : lo + step] for name, array in feeds.items()}) for lo in range(0, rows, step)]
+    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 class OnnxRuntimeModel:
@@ -102,6 +137,7 @@ class OnnxRuntimeModel:
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         shards = int(params.get("batch_shards", "0")) if config.get("max_batch_size", 0) > 0 else 1
         self.session = ShardedSession(version_dir / "model.onnx", shards)
+        self.bound = _memory_bound(config, version_dir)
         self.input_ranks = {i.name: len(i.shape) for i in self.session.session.get_inputs()}
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}
         self.outputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["output"]}
@@ -112,7 +148,7 @@ class OnnxRuntimeModel:
         import triton_python_backend_utils as pb_utils
 
         feeds = [self._feed(request, pb_utils) for request in requests]
-        results = run_batched(self.session, feeds)
+        results = run_batched(self.session, feeds, self.bound)
         responses = []
         for result in results:
             if isinstance(result, Exception):
@@ -132,6 +168,17 @@ class OnnxRuntimeModel:
                 array = array.reshape(array.shape[: self.input_ranks[name]])
             feed[name] = array
         return feed
+
+
+def _memory_bound(config: dict, version_dir: Path) -> MemoryBound | None:
+    """The bound of a model with a measured memory model and a budget handed to this Triton; None otherwise."""
+    budget = budgets_from_env().get(config["name"])
+    if budget is None or not (version_dir / MEMORY_FILE).exists():
+        return None
+    first = next((t for t in config["input"] if -1 in [int(d) for d in t["dims"]]), None)
+    axes = () if first is None else tuple(i + 1 for i, d in enumerate(first["dims"]) if int(d) == -1)
+    logger.info("%s: activation budget %.2f GiB", config["name"], budget / 2**30)
+    return MemoryBound(MemoryModel.load(version_dir / MEMORY_FILE), budget, axes)
 
 
 def _numpy_dtype(triton_type: str) -> str:

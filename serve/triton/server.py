@@ -1,43 +1,33 @@
-"""Run the tritonserver binary shipped in the nvidia-pytriton wheel: set-up, free ports, readiness, logs, shutdown."""
+"""The tritonserver binary shipped in the nvidia-pytriton wheel, as a supervised process.
+
+Triton runs with explicit model control, so one broken model (a python-backend stub that died or stopped answering)
+is unloaded and loaded again without restarting the server; :meth:`TritonServer.check` is the supervisor's health
+check (stub processes alive, every model ready, a small canary inference per model at an interval).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import sysconfig
 import time
-from contextlib import ExitStack
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import numpy as np
+import psutil
 
 from serve.paths import easel_home
+from serve.processes import ManagedProcess, free_ports
+from serve.triton.memory import BUDGETS_ENV
+from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-
-def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct TCP ports nobody listens on right now.
-
-    All are held open until each is bound: ports asked for one at a time may come back equal, since the kernel
-    can hand out a port again as soon as it is released.
-    """
-    with ExitStack() as held:
-        sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
-            sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in sockets]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now."""
-    return free_ports(1, host)[0]
 
 
 def _pytriton_dir() -> Path:
@@ -63,12 +53,30 @@ def backend_directory() -> Path:
     return target
 
 
-def server_environment() -> dict[str, str]:
-    """Environment for tritonserver: its bundled libraries, and this interpreter's libpython first for the stub."""
+# glibc serves allocations over its mmap threshold from fresh mappings that free() returns to the system at once;
+# by default that threshold grows with every large block freed (up to 32 MiB), after which activations come from the
+# heap and a large request's memory stays resident. A fixed threshold keeps giving it back. ONNX Runtime's arena is
+# off in served sessions for the same reason (onnx_backend.make_session).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
+
+
+def allocator_environment() -> dict[str, str]:
+    """This environment with the allocator settings of served engines (also used where engines are measured)."""
+    return {**os.environ, **ALLOCATOR_ENV}
+
+
+def server_environment(memory_budgets: dict[str, int] | None = None) -> dict[str, str]:
+    """Environment for tritonserver.
+
+    Its bundled libraries, this interpreter's libpython first for the stub, the allocator settings, and each engine's
+    activation budget for the python backend.
+    """
     libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent / "nvidia_pytriton.libs")]
-    env = dict(os.environ)
+    env = allocator_environment()
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    if memory_budgets:
+        env[BUDGETS_ENV] = json.dumps(memory_budgets)
     return env
 
 
@@ -97,27 +105,48 @@ class TritonEndpoints:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
-class TritonStartError(RuntimeError):
-    """Triton exited or did not become ready in time; the message carries the end of its log."""
+HTTP_CHECK_S = 2.0
+"""Seconds between the supervisor's looks at Triton's HTTP health and model readiness."""
+CANARY_TIMEOUT_S = 30.0
 
 
 class TritonServer:
-    """One tritonserver process over a model repository, on free loopback ports unless told otherwise."""
+    """One tritonserver over a model repository, on free loopback ports unless told otherwise.
+
+    ``models`` are the specs of the models the stack needs: readiness waits for them, and the health check watches
+    their stubs and sends each a canary inference.
+    """
 
     def __init__(
         self,
         repository: Path,
         log_path: Path,
+        models: Iterable[ModelSpec] = (),
         host: str = "127.0.0.1",
         ports: tuple[int, int, int] | None = None,
+        canary_interval_s: float = 10.0,
+        memory_budgets: dict[str, int] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repository = repository
-        self.log_path = log_path
+        self.models = {spec.name: spec for spec in models}
         http, grpc, metrics = ports or free_ports(3, host)
         self.endpoints = TritonEndpoints(host, http, grpc, metrics)
+        self.canary_interval_s = canary_interval_s
         self.extra_args = extra_args
-        self.process: subprocess.Popen | None = None
+        self.memory_budgets = dict(memory_budgets or {})
+        self.managed = ManagedProcess(
+            "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.memory_budgets)
+        )
+        self._http = httpx.Client(base_url=self.endpoints.http_url, timeout=5.0)
+        self._last_canary = 0.0
+        self._next_http_check = 0.0
+        self._successes: dict[str, int] = {}
+
+    @property
+    def process(self):
+        """The running ``subprocess.Popen`` (None before the first start)."""
+        return self.managed.process
 
     def command(self) -> list[str]:
         """The tritonserver command line."""
@@ -126,6 +155,8 @@ class TritonServer:
             str(_pytriton_dir() / "tritonserver" / "bin" / "tritonserver"),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
             f"--http-address={e.host}",
             f"--http-port={e.http_port}",
             f"--grpc-address={e.host}",
@@ -139,71 +170,150 @@ class TritonServer:
             *self.extra_args,
         ]
 
-    def start(self, models: tuple[str, ...] = (), timeout_s: float = 180.0, detach: bool = False) -> TritonServer:
-        """Start the process and wait until it and ``models`` are ready; raise :class:`TritonStartError` if not."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, env=server_environment(), start_new_session=detach
-            )
-        logger.info("tritonserver pid %d starting (log: %s)", self.process.pid, self.log_path)
-        self.wait_ready(models, timeout_s)
+    def start(self, timeout_s: float = 180.0) -> TritonServer:
+        """Start the process and wait until it and every model are ready (:class:`ProcessStartError` if not)."""
+        self.managed.start(timeout_s)
+        self._last_canary = time.monotonic()
+        logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)
         return self
 
-    def wait_ready(self, models: tuple[str, ...], timeout_s: float) -> None:
-        """Poll server and model readiness; fail fast if the process dies."""
-        deadline = time.monotonic() + timeout_s
-        pending = ["/v2/health/ready", *(f"/v2/models/{m}/ready" for m in models)]
-        with httpx.Client(base_url=self.endpoints.http_url, timeout=2.0) as client:
-            while pending:
-                if self.process is not None and self.process.poll() is not None:
-                    raise TritonStartError(f"tritonserver exited with {self.process.returncode}:\n{self.log_tail()}")
-                if time.monotonic() > deadline:
-                    raise TritonStartError(f"not ready after {timeout_s:.0f} s ({pending[0]}):\n{self.log_tail()}")
-                try:
-                    if client.get(pending[0]).status_code == 200:
-                        pending.pop(0)
-                        continue
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.25)
-        logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)
+    def stop(self, grace_s: float = 15.0) -> None:
+        """SIGTERM Triton and its stubs, SIGKILL what is left after ``grace_s``."""
+        self.managed.stop(grace_s)
+
+    def ready(self) -> bool:
+        """Whether the server and every model it hosts for the stack answer ready."""
+        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.models)]
+        return all(self._http.get(path).status_code == 200 for path in paths)
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the server log."""
+        return self.managed.log_tail(lines)
+
+    def reload(self, model: str) -> None:
+        """Unload ``model`` (its readiness goes false, so ``/readyz`` says 503) and load it again."""
+        self._http.post(f"/v2/repository/models/{model}/unload", timeout=60)
+        response = self._http.post(f"/v2/repository/models/{model}/load", timeout=300)
+        if response.status_code != 200:
+            raise RuntimeError(f"reloading {model} failed: {response.status_code} {response.text[:200]}")
+
+    def check(self) -> str | None:
+        """The supervisor's health check: None if healthy, else what was wrong (and repaired where it could be).
+
+        Stub processes are looked at on every call (cheap); Triton's HTTP health and model readiness every
+        :data:`HTTP_CHECK_S`; the canary inferences every ``canary_interval_s``.
+        """
+        broken = self._models_without_stub()
+        now = time.monotonic()
+        if not broken and now >= self._next_http_check:
+            self._next_http_check = now + HTTP_CHECK_S
+            try:
+                if self._http.get("/v2/health/live").status_code != 200:
+                    return "not live"
+                broken = self._models_not_ready()
+            except httpx.TransportError as error:
+                return f"not answering ({type(error).__name__})"
+        if not broken and now - self._last_canary >= self.canary_interval_s:
+            self._last_canary = now
+            broken = self._models_failing_canary()
+        if not broken:
+            return None
+        for model, why in broken.items():
+            logger.warning("Triton model %s: %s; reloading it", model, why)
+            try:
+                self.reload(model)
+            except (httpx.TransportError, RuntimeError) as error:
+                return f"{model}: {why}; reload failed: {error}"
+        return "; ".join(f"{model}: {why}, reloaded" for model, why in broken.items())
+
+    def _stubs(self, name: str) -> list[psutil.Process]:
+        """The live python-backend stub processes of model ``name``."""
         try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except FileNotFoundError:
-            return "(no log)"
+            children = psutil.Process(self.managed.pid).children()
+        except psutil.Error:
+            return []
+        found = []
+        for child in children:
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and any(f"/{name}/1/model.py" in a for a in child.cmdline()):
+                    found.append(child)
+            except psutil.Error:
+                continue
+        return found
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Ask Triton to exit (SIGTERM), then kill it if it has not after ``timeout_s``."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
+    def _models_without_stub(self) -> dict[str, str]:
+        """Python-backend models with fewer live stub processes than instances."""
+        if not self.managed.running():
+            return {}
+        missing = {}
+        for name, spec in self.models.items():
+            if spec.ensemble:
+                continue
+            if len(self._stubs(name)) < spec.instance_count:
+                missing[name] = "stub process died"
+        return missing
+
+    def _models_not_ready(self) -> dict[str, str]:
+        return {
+            name: "not ready"
+            for name in self.models
+            if self._http.get(f"/v2/models/{name}/ready").status_code != 200
+        }
+
+    def _models_failing_canary(self) -> dict[str, str]:
+        """Models whose smallest possible inference fails (a stub that is alive but broken).
+
+        A canary that times out behind a long batch is not a failure: only one whose stubs used no CPU meanwhile
+        (stopped or deadlocked) is.
+        """
+        failing = {}
+        for name, spec in self.models.items():
+            if spec.ensemble or self._answered_since_last_look(name):
+                continue
+            body = {"inputs": [_canary_input(tensor, spec) for tensor in spec.inputs]}
+            busy_before = _cpu_seconds(self._stubs(name))
+            try:
+                response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
+            except httpx.TimeoutException:
+                if _cpu_seconds(self._stubs(name)) - busy_before < 0.5:
+                    failing[name] = f"canary inference got no answer in {CANARY_TIMEOUT_S:.0f} s and its stub is idle"
+                continue
+            except httpx.TransportError as error:
+                failing[name] = f"canary inference failed ({type(error).__name__})"
+                continue
+            if response.status_code != 200:
+                failing[name] = f"canary inference failed: {response.text[:200]}"
+        return failing
+
+
+    def _answered_since_last_look(self, name: str) -> bool:
+        """Whether ``name`` answered a request successfully since this was last asked (its own proof of health)."""
         try:
-            self.process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            logger.warning("tritonserver ignored SIGTERM for %.0f s; killing it", timeout_s)
-            self.process.kill()
-            self.process.wait()
-
-    def __enter__(self) -> TritonServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+            stats = self._http.get(f"/v2/models/{name}/stats").json()["model_stats"][0]
+            count = int(stats["inference_stats"]["success"]["count"])
+        except (httpx.TransportError, ValueError, KeyError, IndexError):
+            return False
+        answered = count > self._successes.get(name, count)
+        self._successes[name] = count if answered else count + 1  # a canary about to be sent counts too
+        return answered
 
 
-def stop_process(pid: int, timeout_s: float = 30.0) -> None:
-    """SIGTERM a process this one did not start (e.g. a detached Triton), then SIGKILL it after ``timeout_s``."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            os.kill(pid, 0)
-            time.sleep(0.2)
-        logger.warning("process %d ignored SIGTERM for %.0f s; killing it", pid, timeout_s)
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
+def _cpu_seconds(processes: list[psutil.Process]) -> float:
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            continue
+    return total
+
+
+def _canary_input(tensor, spec: ModelSpec) -> dict:
+    """A KServe v2 JSON input of zeros: one row, 8 for every dynamic axis."""
+    from serve.triton.spec import triton_dtype_name
+
+    dims = [8 if d == -1 else d for d in tensor.dims] or [1]
+    shape = [1, *dims] if spec.max_batch_size > 0 else dims
+    data = np.zeros(shape, dtype=tensor.numpy_dtype).reshape(-1).tolist()
+    return {"name": tensor.name, "shape": shape, "datatype": triton_dtype_name(tensor.dtype), "data": data}

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import io
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from serve.stack import Stack, StackOptions
+from serve.stack import Stack, StackOptions, wait_until_ready
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +36,18 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     """The response's images as uint8 NHWC."""
     data = response.json()["data"]
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
+
+
+@contextmanager
+def triton_killed(stack: Stack, ready_within_s: float = 60.0):
+    """SIGKILL Triton; the block runs while it is down. The supervisor restarts it; the block's end waits for /readyz.
+
+    Triton takes seconds to come back (a backoff, then loading every model), so requests sent at once in the block
+    meet a stack without it.
+    """
+    stack.triton.process.kill()
+    stack.triton.process.wait()
+    try:
+        yield
+    finally:
+        wait_until_ready(stack.info.api_url, ready_within_s)

@@ -1,39 +1,47 @@
 """`easel up --detach` / `easel down` as a user runs them: real processes, free loopback ports."""
 
 import os
+import signal
 import subprocess
 import sys
 
 import httpx
+import psutil
 import pytest
 
+from serve.processes import free_ports
+from serve.processes.signals import stack_processes
 from serve.stack import read_state
-from serve.triton.server import free_ports
 
 pytestmark = pytest.mark.integration
 
+EASEL = [sys.executable, "-m", "serve.cli"]
 
-def test_up_detach_serves_a_first_request_and_down_stops_everything(tmp_path):
+
+def _up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subprocess.CompletedProcess:
+    command = [
+        *EASEL,
+        "up",
+        "--detach",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(dashboard_port),
+        "--repository",
+        str(tmp_path / "repository"),
+        *extra,
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _down(env) -> subprocess.CompletedProcess:
+    return subprocess.run([*EASEL, "down"], env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_ports(2)
-    easel = [sys.executable, "-m", "serve.cli"]
-    up = subprocess.run(
-        [
-            *easel,
-            "up",
-            "--detach",
-            "--port",
-            str(port),
-            "--dashboard-port",
-            str(dashboard_port),
-            "--repository",
-            str(tmp_path / "repository"),
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    up = _up(tmp_path, env, port, dashboard_port)
     state = read_state(tmp_path / "home" / "run")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -44,11 +52,29 @@ def test_up_detach_serves_a_first_request_and_down_stops_everything(tmp_path):
         assert httpx.get(f"{state.triton_http_url}/v2/health/ready", timeout=10).status_code == 200
         # The dashboard is up and, with Ray's token authentication, refuses calls without the token.
         assert httpx.get(f"{state.dashboard_url}/api/version", timeout=10).status_code == 401
+        names = {p.name() for p in stack_processes(state.stack_id)}
+        assert {"tritonserver", "raylet", "gcs_server", "triton_python_backend_stub"} <= names, names
     finally:
-        down = subprocess.run([*easel, "down"], env=env, capture_output=True, text=True, timeout=180)
-    assert down.returncode == 0 and "stopped" in down.stdout
-    for pid in (state.pid, state.triton_pid):
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+        down = _down(env)
+    assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
+    assert not psutil.pid_exists(state.pid) or not state.alive()
+    assert [p.name() for p in stack_processes(state.stack_id)] == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    assert "nothing recorded" in _down(env).stdout
+
+
+def test_down_knows_a_dead_stack_and_stops_what_it_left(tmp_path):
+    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
+    port, dashboard_port = free_ports(2)
+    up = _up(tmp_path, env, port, dashboard_port, "--no-first-request")
+    assert up.returncode == 0, up.stdout + up.stderr
+    state = read_state(tmp_path / "home" / "run")
+    os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind
+    psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
+    assert stack_processes(state.stack_id), "nothing was left behind to clean up"
+    down = _down(env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
+    assert [p.name() for p in stack_processes(state.stack_id)] == []
+    assert read_state(tmp_path / "home" / "run") is None

@@ -19,7 +19,7 @@ from serve.observability.dashboards import load_dashboards, panel_queries
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
 from serve.stack import Stack, StackOptions
-from serve.text_to_image.spec import ENGINE_NAMES
+from tests.integration.conftest import triton_killed
 
 pytestmark = [
     pytest.mark.integration,
@@ -113,17 +113,11 @@ def _round(api) -> list[int]:
 def load(stack, api, prometheus):
     """A short bounded load on loopback, in rounds that Prometheus sees apart, so rates and quantiles have data.
 
-    Round 0 stops Triton (a 503, a vectorize fallback) and restarts it; rounds 1 and 2 are normal traffic.
+    Round 0 kills Triton (a 503, a vectorize fallback) and the supervisor restarts it; rounds 1 and 2 are normal.
     """
-    stack.triton.stop()
-    try:
+    with triton_killed(stack):
         statuses = [api.post("/v1/images/generations", json={"prompt": "x", "num_inference_steps": 2}).status_code]
         statuses.append(_vectorize(api, "3").status_code)
-    finally:
-        stack.triton.start(ENGINE_NAMES)
-    deadline = time.monotonic() + 60
-    while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
-        time.sleep(0.5)
     vectorized = 'sum(ray_easel_http_requests_total{endpoint="/v1/vectorize"})'
     _exported(prometheus, vectorized, 1)
     for round_ in range(1, ROUNDS + 1):

@@ -1,15 +1,38 @@
 """Never falls over: limits on the wire, failures shaped as retryable errors, supervision, clean shutdown."""
 
+import logging
+import os
+import signal
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
+from serve.processes.signals import stack_processes
+from serve.stack import Stack, StackOptions, memory_budgets
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import DEFAULT_BODY_LIMIT
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+BUDGET = 6 << 30  # small enough that the largest request is split into several runs per step
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The stack with a 6 GiB engine memory budget and the default cost ceiling."""
+    run_dir = tmp_path_factory.mktemp("run")
+    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, memory_budget_bytes=BUDGET))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
 
 GENERATE = "/v1/images/generations"
 
@@ -89,3 +112,152 @@ def test_a_client_that_stops_sending_its_body_gets_a_408(stack):
     answer = _raw_request(stack.info.api_url, head, [b'{"prompt": '], read_timeout_s=90)
     assert b" 408 " in answer.partition(b"\r\n")[0], answer[:300]
     assert time.monotonic() - started < 40
+
+
+def _stack_stubs(stack) -> list[psutil.Process]:
+    """Live python-backend stubs of this stack's Triton (any parent: orphans count too)."""
+    found = []
+    for process in stack_processes(stack.stack_id):
+        try:
+            if process.name().startswith("triton_python") and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _until_ready(api, within_s: float) -> float:
+    """Seconds until /readyz answers 200 (fails the test after ``within_s``)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within_s:
+        if api.get("/readyz").status_code == 200:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    pytest.fail(f"not ready within {within_s} s")
+
+
+SMALL = {"prompt": "x", "num_inference_steps": 2, "size": "64x64", "seed": 1}
+
+
+def test_sigkill_of_triton_is_a_503_then_ready_within_20_s_with_nothing_orphaned(stack, api):
+    expected = len(_stack_stubs(stack))
+    old = stack.triton.process.pid
+    os.kill(old, signal.SIGKILL)
+    response = api.post(GENERATE, json=SMALL)
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
+    assert api.get("/readyz").status_code == 503
+    seconds = _until_ready(api, 20)
+    assert stack.triton.process.pid != old
+    stubs = _stack_stubs(stack)
+    assert len(stubs) == expected and all(p.ppid() == stack.triton.process.pid for p in stubs)
+    assert api.post(GENERATE, json=SMALL).status_code == 200
+    assert any(e.process == "tritonserver" and "exited" in e.what for e in stack.supervisor.events)
+    logger.info("ready again %.1f s after the SIGKILL of tritonserver", seconds)
+
+
+def test_sigkill_of_the_unet_stub_is_a_503_then_ready_within_20_s(stack, api):
+    (stub,) = [p for p in _stack_stubs(stack) if any("/unet/1/model.py" in a for a in p.cmdline())]
+    stub.kill()
+    stub.wait(5)
+    response = api.post(GENERATE, json=SMALL)
+    assert response.status_code in (200, 503), response.text  # 200 only if the supervisor was faster
+    if response.status_code == 503:
+        assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
+    seconds = _until_ready(api, 20)
+    deadline = time.monotonic() + 20
+    while api.post(GENERATE, json=SMALL).status_code != 200:
+        assert time.monotonic() < deadline, "generations did not come back within 20 s"
+        time.sleep(0.5)
+    assert any("unet" in e.what for e in stack.supervisor.events)
+    logger.info("ready again %.1f s after the SIGKILL of the UNet stub", seconds)
+
+
+def _replicas(deployment: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(f"ServeReplica:easel:{deployment}" in part for part in process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retry_after(stack, api):
+    with ThreadPoolExecutor(1) as pool:
+        # ~150 UNet calls of 2x2 rows: seconds of work, so the replica dies with the request in its loop
+        in_flight = pool.submit(api.post, GENERATE, json={**SMALL, "num_inference_steps": 150, "n": 2})
+        time.sleep(1.5)
+        for replica in _replicas("TextToImage"):
+            replica.kill()
+        response = in_flight.result()
+    assert response.status_code == 503, response.text
+    assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
+    deadline = time.monotonic() + 60
+    while api.post(GENERATE, json=SMALL).status_code != 200:
+        assert time.monotonic() < deadline, "no replica came back within 60 s"
+        time.sleep(1)
+
+
+def test_a_killed_gateway_replica_does_not_stop_the_api(stack, api):
+    gateways = _replicas("Gateway")
+    assert len(gateways) >= 2
+    gateways[0].kill()
+    statuses, slowest = [], 0.0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        started = time.monotonic()
+        try:
+            statuses.append(api.get("/healthz", timeout=5).status_code)
+        except httpx.TimeoutException:
+            statuses.append("timeout")
+        slowest = max(slowest, time.monotonic() - started)
+    failed = [s for s in statuses if s != 200]
+    logger.info("/healthz after a Gateway death: %d calls, failed %s, slowest %.2f s", len(statuses), failed, slowest)
+    assert "timeout" not in statuses and len(failed) <= 2 and set(failed) <= {503}
+
+
+def _unet_stub(stack) -> psutil.Process:
+    (stub,) = [p for p in _stack_stubs(stack) if any("/unet/1/model.py" in a for a in p.cmdline())]
+    return stub
+
+
+def _peak_rss(process: psutil.Process) -> int:
+    """The process's peak resident set size since it started (VmHWM)."""
+    for line in open(f"/proc/{process.pid}/status").read().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_the_largest_allowed_request_is_served_within_the_memory_budget_and_memory_is_given_back(stack, api):
+    budgets = memory_budgets(Path(stack.info.engine_dir), BUDGET)
+    stub = _unet_stub(stack)
+    body = {"prompt": "x", "size": "1024x1024", "n": 4, "num_inference_steps": 2, "seed": 3}
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 200, response.text[:500]
+    assert len(response.json()["data"]) == 4
+    peak, after = _peak_rss(stub), stub.memory_info().rss
+    logger.info("UNet stub at 1024x1024 n=4: peak %.2f GiB (its budget %.2f GiB), %.2f GiB after", peak / 2**30,
+                budgets["unet"] / 2**30, after / 2**30)
+    assert peak < budgets["unet"] + (1 << 30)
+    assert after < 1 << 30
+    assert api.get("/readyz").status_code == 200
+
+
+def test_a_size_that_cannot_fit_the_budget_and_a_cost_over_the_ceiling_are_400s_naming_the_field(stack, api):
+    big = api.post(GENERATE, json={"prompt": "x", "n": 4, "size": "512x512", "num_inference_steps": 150})
+    assert big.status_code == 400 and big.json()["error"]["param"] == "num_inference_steps", big.text
+    assert "64" in big.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 64), (300, 1)])
+def test_one_pixel_wide_images_get_a_400_naming_the_limit_never_an_empty_reply(api, size):
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, "red").save(buffer, format="PNG")
+    response = api.post("/v1/vectorize", files={"file": ("thin.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "image" and "at least 8 pixels" in error["message"]

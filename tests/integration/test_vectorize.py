@@ -12,6 +12,7 @@ from serve.paths import ICONS_DEV
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.vectorize.spec import ENSEMBLE
 from tests.images import encode, png_header_only
+from tests.integration.conftest import triton_killed
 
 pytestmark = pytest.mark.integration
 
@@ -149,10 +150,7 @@ def test_ensemble_is_ready_and_callable_over_grpc(api, stack, icon):
 
 
 def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
-    from serve.text_to_image.spec import ENGINE_NAMES
-
-    stack.triton.stop()
-    try:
+    with triton_killed(stack):
         response = api.post(
             VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON
         )
@@ -161,8 +159,6 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
         assert body["tier"] == "default" and "unavailable" in body["fallback"]
         assert response.headers["Easel-Fallback"] == "models_unavailable"
         assert body["parameters"]["path_precision"] == 2 and body["parameters"]["filter_speckle"] == 4
-    finally:
-        stack.triton.start((*ENGINE_NAMES, ENSEMBLE.name))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the Vectorizer's own channel must have reconnected, not just Triton
         ready = api.get("/readyz")

@@ -25,11 +25,12 @@ def _sleeping(durations_ms):
 
 
 def test_a_timing_counts_the_setting_fastest_before_it_not_the_luckiest_in_it():
-    steady, steady_next = _sleeping([20, 20, 20])
-    lucky, lucky_next = _sleeping([2, 40, 40])  # fastest in the first timing only
+    # Gaps wide enough that a loaded machine's late wake-ups (a few ms per sleep) cannot reorder the means.
+    steady, steady_next = _sleeping([30, 30, 30])
+    lucky, lucky_next = _sleeping([1, 90, 90])  # fastest in the first timing only
     floor = Floor(
         {"unet": [("steady", steady, FEEDS), ("lucky", lucky, FEEDS)]},
-        {"unet": {"steady": 20.0, "lucky": 21.0}},
+        {"unet": {"steady": 30.0, "lucky": 31.0}},
         {"unet": 10},
         engine_s=0.05,
     )
@@ -41,7 +42,7 @@ def test_a_timing_counts_the_setting_fastest_before_it_not_the_luckiest_in_it():
         steady_next(), lucky_next()
     first = floor.timings[0]
     assert first["ms_per_row"]["unet"]["lucky"] < first["ms_per_row"]["unet"]["steady"]
-    # The sweep had steady ahead; after the first timing lucky's mean (21, 2) is ahead; then (21, 2, 40) is not.
+    # The sweep had steady ahead; after the first timing lucky's mean (31, 1) is ahead; then (31, 1, 90) is not.
     assert counted == ["steady", "lucky", "steady"]
     assert first["seconds_per_image"] == pytest.approx(10 * first["ms_per_row"]["unet"]["steady"] / 1000)
     assert first["images_per_s"] == pytest.approx(1 / first["seconds_per_image"])

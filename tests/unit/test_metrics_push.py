@@ -10,7 +10,7 @@ from serve.cli import main
 from serve.observability.dashboards import DATASOURCE_UID, load_dashboards
 from serve.observability.grafana import GrafanaPushError, dashboard_body, datasource_body, push
 from serve.observability.prometheus import PROMETHEUS_CONFIG, render_config
-from serve.triton.server import free_port
+from serve.processes import free_port
 
 
 def test_dashboard_body_saves_by_uid_in_place():

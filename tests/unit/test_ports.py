@@ -2,7 +2,7 @@
 
 import socket
 
-from serve.triton.server import free_ports
+from serve.processes import free_ports
 
 
 def test_free_ports_are_distinct_and_bindable():

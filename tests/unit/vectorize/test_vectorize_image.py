@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, ImageRejected, decode_image
+from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE, ImageRejected, decode_image
 from tests.images import encode, png_header_only
 
 
@@ -23,12 +23,12 @@ def test_rejects_truncated_png():
     assert info.value.status == 400
 
 
-def test_rejects_over_16_megapixels_from_header_only():
+def test_rejects_over_the_pixel_limit_from_header_only():
     width, height = 4096, MAX_PIXELS // 4096 + 1  # sides within limits, area over
     with pytest.raises(ImageRejected) as info:
         decode_image(png_header_only(width, height))
     assert info.value.status == 413
-    assert "16 megapixels" in str(info.value)
+    assert str(MAX_PIXELS) in str(info.value)
 
 
 def test_rejects_side_over_4096():
@@ -36,6 +36,14 @@ def test_rejects_side_over_4096():
         decode_image(png_header_only(MAX_SIDE + 1, 8))
     assert info.value.status == 413
     assert str(MAX_SIDE) in str(info.value)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 300), (300, 7)])
+def test_images_thinner_than_the_minimum_side_are_a_400_naming_it(size):
+    data = encode(Image.new("RGB", size, "red"))
+    with pytest.raises(ImageRejected) as info:
+        decode_image(data)
+    assert info.value.status == 400 and str(MIN_SIDE) in str(info.value)
 
 
 def test_zero_size_header():

@@ -1,0 +1,113 @@
+"""Measure an ONNX engine's memory (weights, and activation bytes per row at a few sizes) and save its model.
+
+Each engine is measured in a fresh process (``python -m build_engines.memory``): a process that has exported or run
+other models holds freed memory that new allocations reuse unseen, so its peaks would read low. The process runs the
+engine exactly as the python backend serves it (ONNX Runtime, arena off, the same allocator settings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from serve.triton.memory import MEMORY_FILE, MemoryModel, peak_rss_reset, rss_bytes
+from serve.triton.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+SIDES = (16, 32, 48, 64)
+"""Sizes of every dynamic axis at which one row is measured (latent sides for the UNet and the VAE)."""
+
+
+def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
+    """Axes (batch axis first, so 1-based) of the first input that has dynamic dims; () when none has."""
+    for tensor in spec.inputs:
+        axes = tuple(i + 1 for i, d in enumerate(tensor.dims) if d == -1)
+        if axes:
+            return axes
+    return ()
+
+
+def _row(spec: ModelSpec, side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    feeds = {}
+    for tensor in spec.inputs:
+        shape = (1, *(side if d == -1 else d for d in tensor.dims))
+        if tensor.dtype.startswith("int"):
+            feeds[tensor.name] = rng.integers(0, 300, shape).astype(tensor.numpy_dtype)
+        else:
+            feeds[tensor.name] = rng.standard_normal(shape).astype(tensor.numpy_dtype)
+    return feeds
+
+
+def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SIDES) -> MemoryModel:
+    """Measure in this process (call it in a fresh one: see the module docstring)."""
+    from serve.triton.onnx_backend import make_session
+
+    rng = np.random.default_rng(0)
+    start = rss_bytes()
+    session = make_session(model_path, intra_op_threads=1, arena=False)
+    sides = sides if dynamic_axes(spec) else sides[:1]
+    session.run(None, _row(spec, sides[0], rng))  # warm-up: lazy initialisation counts as weights
+    weights = rss_bytes() - start
+    measured = []
+    for side in sides:
+        feeds = _row(spec, side, rng)
+        before = rss_bytes()
+        peak_rss_reset()
+        session.run(None, feeds)
+        positions = side ** len(dynamic_axes(spec)) if dynamic_axes(spec) else 1
+        measured.append((positions, max(0, rss_bytes(peak=True) - before)))
+        logger.info("%s: one row at %d positions peaks %.1f MiB", spec.name, positions, measured[-1][1] / 2**20)
+    return MemoryModel.fit(weights, measured)
+
+
+def measure(engine_folder: Path, spec: ModelSpec) -> MemoryModel:
+    """Measure ``engine_folder/model.onnx`` in a fresh process and save ``memory.json`` beside it."""
+    from serve.triton.server import allocator_environment
+
+    command = [sys.executable, "-m", "build_engines.memory", str(engine_folder), json.dumps(_spec_json(spec))]
+    result = subprocess.run(
+        command, capture_output=True, text=True, check=False, env=allocator_environment(), timeout=3600
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"measuring {spec.name} failed:\n{result.stderr[-2000:]}")
+    model = MemoryModel.load(engine_folder / MEMORY_FILE)
+    logger.info(
+        "%s: weights %.1f MiB, one row at 64x64 positions %.1f MiB",
+        spec.name,
+        model.weights_bytes / 2**20,
+        model.per_row(64 * 64 if dynamic_axes(spec) else 1) / 2**20,
+    )
+    return model
+
+
+def _spec_json(spec: ModelSpec) -> dict:
+    return {"name": spec.name, "inputs": [[t.name, t.dtype, list(t.dims), list(t.axis_names)] for t in spec.inputs]}
+
+
+def _spec_from_json(raw: dict) -> ModelSpec:
+    from serve.triton.spec import TensorSpec
+
+    inputs = tuple(TensorSpec(n, dtype, tuple(dims), tuple(axes)) for n, dtype, dims, axes in raw["inputs"])
+    return ModelSpec(name=raw["name"], inputs=inputs, outputs=())
+
+
+def main() -> None:
+    """``python -m build_engines.memory ENGINE_FOLDER SPEC_JSON``: measure and write ``memory.json``."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("spec")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    model = measure_here(args.folder / "model.onnx", _spec_from_json(json.loads(args.spec)))
+    model.save(args.folder / MEMORY_FILE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Admission control for text-to-image: what a request needs and costs, decided before it runs.
+
+- **Memory**: the engines run within a memory budget (``easel up --memory-budget``). What the engines' weights leave
+  of it is split into activation budgets: each fixed-size engine (the text encoders) gets what its largest batch
+  needs, the spatial engines (UNet, VAE decoder) share the rest equally. Triton's python backend splits batches to
+  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
+  budget, or the VAE decoder's, is refused here with a 400 naming ``size`` and the budget.
+- **Cost**: ``n x num_inference_steps x megapixels``. A request over ``max_cost`` is refused (400); admitted
+  requests wait their turn while the replica's requests in flight already add up to ``max_inflight_cost``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from serve.errors import InvalidInput
+from serve.triton.memory import MEMORY_FILE, MemoryModel
+from serve.triton.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_COST = 64.0
+"""Largest ``n x steps x megapixels`` served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
+DEFAULT_BUDGET_SHARE = 0.4
+"""Default memory budget of the text-to-image engines, as a share of the machine's memory."""
+
+
+def default_memory_budget() -> int:
+    """The default memory budget: :data:`DEFAULT_BUDGET_SHARE` of this machine's memory."""
+    return int(psutil.virtual_memory().total * DEFAULT_BUDGET_SHARE)
+
+
+def request_cost(n: int, steps: int, width: int, height: int) -> float:
+    """A generation's cost: images x denoising steps x megapixels."""
+    return n * steps * width * height / 1e6
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a replica admits."""
+
+    memory_budget_bytes: int
+    max_cost: float = DEFAULT_MAX_COST
+    max_inflight_cost: float = 2 * DEFAULT_MAX_COST
+
+
+def memory_models(engine_dir: Path, specs: dict[str, ModelSpec]) -> dict[str, MemoryModel]:
+    """The measured memory model of each engine (written by ``easel build``)."""
+    return {name: MemoryModel.load(engine_dir / name / MEMORY_FILE) for name in specs}
+
+
+def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:
+    """Each engine's activation budget within ``total_bytes`` (see the module docstring)."""
+    free = total_bytes - sum(m.weights_bytes for m in models.values())
+    fixed = {
+        name: model.per_row(1) * max(1, specs[name].max_batch_size)
+        for name, model in models.items()
+        if model.coefficients[1] == 0 and model.coefficients[2] == 0
+    }
+    spatial = [name for name in models if name not in fixed]
+    share = (free - sum(fixed.values())) // max(1, len(spatial))
+    if share <= 0:
+        need = sum(m.weights_bytes for m in models.values()) + sum(fixed.values())
+        raise ValueError(
+            f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and fixed "
+            f"activations ({need / 2**30:.2f} GiB)"
+        )
+    return {**fixed, **dict.fromkeys(spatial, share)}
+
+
+class Admission:
+    """Checks a request against the memory budgets and the cost ceiling, and queues it for an in-flight slot."""
+
+    def __init__(self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, scale: int) -> None:
+        self.models, self.budgets, self.limits, self.scale = models, budgets, limits, scale
+        self._inflight = 0.0
+        self._waiting: deque[object] = deque()
+        self._turn = asyncio.Condition()
+
+    def check(self, n: int, steps: int, width: int, height: int) -> float:
+        """Raise :class:`InvalidInput` if the request cannot be served; return its cost."""
+        cost = request_cost(n, steps, width, height)
+        if cost > self.limits.max_cost:
+            raise InvalidInput(
+                f"num_inference_steps: n x num_inference_steps x megapixels = {n} x {steps} x "
+                f"{width * height / 1e6:.2f} = {cost:.1f} is over the limit of {self.limits.max_cost:g} "
+                "(easel up --max-cost)",
+                field="num_inference_steps",
+            )
+        latent_positions = (width // self.scale) * (height // self.scale)
+        for name, model in self.models.items():
+            positions = latent_positions if name in self.budgets and model.coefficients[1:] != (0, 0) else 1
+            need = model.per_row(positions)
+            if need > self.budgets.get(name, need):
+                raise InvalidInput(
+                    f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
+                    f"share of the memory budget is {self.budgets[name] / 2**30:.2f} GiB (easel up --memory-budget)",
+                    field="size",
+                )
+        return cost
+
+    def _fits(self, cost: float) -> bool:
+        return self._inflight == 0 or self._inflight + cost <= self.limits.max_inflight_cost
+
+    @asynccontextmanager
+    async def slot(self, cost: float) -> AsyncIterator[None]:
+        """Hold ``cost`` of the replica's in-flight capacity for the block, waiting until it is free.
+
+        Requests start in arrival order (a large one is not overtaken for ever by small ones), and one always runs
+        when nothing else is in flight, so every admitted request runs eventually.
+        """
+        me = object()
+        async with self._turn:
+            self._waiting.append(me)
+            try:
+                await self._turn.wait_for(lambda: self._waiting[0] is me and self._fits(cost))
+            finally:
+                self._waiting.remove(me)
+                self._turn.notify_all()
+            self._inflight += cost
+        try:
+            yield
+        finally:
+            async with self._turn:
+                self._inflight -= cost
+                self._turn.notify_all()

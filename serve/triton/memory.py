@@ -1,0 +1,95 @@
+"""How much memory an engine needs, measured once per engine at build time, and the budgets it must run within.
+
+An engine's peak is its resident weights plus, per batch row, ``a + b p + c p^2`` bytes, where ``p`` is the number
+of positions in its dynamic axes (latent height x width for the UNet and the VAE decoder; 1 for the text encoder):
+the quadratic term is attention over every position. The coefficients are fitted to peaks measured with ONNX
+Runtime (arena off, as served) at a few small sizes; :meth:`MemoryModel.per_row` adds a safety margin.
+
+The python backend splits every batch into runs of at most :meth:`MemoryModel.rows_within` rows for its budget, so
+Triton's memory stays bounded whatever its dynamic batcher merges; the text-to-image replica refuses (400) a size
+whose single row does not fit, and decodes images in tiles when one row of the VAE does not.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+MEMORY_FILE = "memory.json"
+BUDGETS_ENV = "EASEL_ENGINE_MEMORY_BUDGETS"
+"""Environment variable carrying each model's activation budget (JSON, bytes by model name) to Triton's stubs."""
+SAFETY = 1.25
+"""Measured peaks are scaled by this before any decision (allocator overhead, fragmentation, drift between sizes)."""
+
+
+@dataclass(frozen=True)
+class MemoryModel:
+    """An engine's resident weights and its activation bytes per batch row, as a function of positions."""
+
+    weights_bytes: int
+    coefficients: tuple[float, float, float]
+    measured: tuple[tuple[int, int], ...] = ()  # (positions, bytes of one row) as measured
+
+    def per_row(self, positions: int) -> int:
+        """Activation bytes one batch row needs at ``positions``, with the safety margin."""
+        a, b, c = self.coefficients
+        return int(SAFETY * max(0.0, a + b * positions + c * positions * positions))
+
+    def rows_within(self, budget_bytes: int, positions: int) -> int:
+        """How many rows fit in ``budget_bytes`` of activations at ``positions`` (0 if not even one)."""
+        return budget_bytes // max(1, self.per_row(positions))
+
+    def save(self, path: Path) -> None:
+        """Write the model as JSON."""
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> MemoryModel:
+        """Read a model written by :meth:`save`."""
+        raw = json.loads(path.read_text())
+        return cls(raw["weights_bytes"], tuple(raw["coefficients"]), tuple(map(tuple, raw.get("measured", ()))))
+
+    @classmethod
+    def fit(cls, weights_bytes: int, measured: list[tuple[int, int]]) -> MemoryModel:
+        """Non-negative least squares of ``a + b p + c p^2`` through measured (positions, bytes) pairs."""
+        from scipy.optimize import nnls
+
+        p = np.asarray([m[0] for m in measured], dtype=np.float64)
+        y = np.asarray([m[1] for m in measured], dtype=np.float64)
+        scale = max(1.0, float(p.max()))  # conditioning: fit in units of the largest size
+        design = np.stack([np.ones_like(p), p / scale, (p / scale) ** 2], axis=1)
+        (a, b, c), _ = nnls(design, y)
+        return cls(int(weights_bytes), (float(a), float(b / scale), float(c / scale**2)), tuple(measured))
+
+
+def positions(shape: tuple[int, ...], dynamic_axes: tuple[int, ...]) -> int:
+    """The product of a tensor's dynamic axes (batch axis excluded), 1 when it has none."""
+    return math.prod(shape[axis] for axis in dynamic_axes) if dynamic_axes else 1
+
+
+def budgets_from_env() -> dict[str, int]:
+    """The activation budgets handed to this Triton (empty when none were set: engines then run unbounded)."""
+    raw = os.environ.get(BUDGETS_ENV)
+    return {name: int(value) for name, value in json.loads(raw).items()} if raw else {}
+
+
+def peak_rss_reset() -> None:
+    """Reset this process's peak resident set size (Linux: ``/proc/self/clear_refs``), so the next peak is new."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def rss_bytes(peak: bool = False) -> int:
+    """This process's resident set size now, or its peak since the last :func:`peak_rss_reset`."""
+    key = "VmHWM:" if peak else "VmRSS:"
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")

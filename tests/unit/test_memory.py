@@ -1,0 +1,128 @@
+"""Memory models, budgets, batches split to fit, and admission (no servers)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve.errors import InvalidInput
+from serve.text_to_image.admission import Admission, Limits, engine_budgets, request_cost
+from serve.triton.memory import SAFETY, MemoryModel
+from serve.triton.onnx_backend import MemoryBound, run_batched
+from serve.triton.spec import ModelSpec, TensorSpec
+
+MiB = 2**20
+
+
+def test_fit_recovers_a_quadratic_and_extrapolates():
+    truth = (1000.0, 50.0, 0.5)
+    measured = [(p, int(truth[0] + truth[1] * p + truth[2] * p * p)) for p in (256, 1024, 2304, 4096)]
+    model = MemoryModel.fit(10 * MiB, measured)
+    at = 16384
+    exact = truth[0] + truth[1] * at + truth[2] * at * at
+    assert model.per_row(at) == pytest.approx(SAFETY * exact, rel=1e-3)
+    assert model.rows_within(int(3.5 * model.per_row(at)), at) == 3
+    assert model.rows_within(model.per_row(at) - 1, at) == 0
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = MemoryModel(123, (1.0, 2.0, 3.0), ((1, 6),))
+    model.save(tmp_path / "memory.json")
+    assert MemoryModel.load(tmp_path / "memory.json") == model
+
+
+class _CountingSession:
+    """Doubles its input; records the rows of every run."""
+
+    output_names = ["out"]
+
+    def __init__(self):
+        self.runs = []
+
+    def run(self, feeds):
+        (array,) = feeds.values()
+        self.runs.append(len(array))
+        return [array * 2]
+
+
+def test_a_bounded_batch_runs_in_slices_that_fit_and_answers_every_request_exactly():
+    model = MemoryModel(0, (0.0, 0.0, 1.0))  # one row at 8x8 positions: 64^2 x 1.25 bytes
+    bound = MemoryBound(model, budget_bytes=3 * model.per_row(64), dynamic_axes=(2, 3))
+    session = _CountingSession()
+    feeds = [{"x": np.full((rows, 4, 8, 8), i, np.float32)} for i, rows in enumerate([2, 3, 2])]
+    results = run_batched(session, feeds, bound)
+    assert session.runs == [3, 3, 1]
+    for i, (feed, result) in enumerate(zip(feeds, results, strict=True)):
+        np.testing.assert_array_equal(result["out"], feed["x"] * 2, err_msg=f"request {i}")
+
+
+def test_a_row_that_cannot_fit_is_an_error_for_its_requests_and_other_shapes_still_run():
+    model = MemoryModel(0, (0.0, 0.0, 1.0))
+    bound = MemoryBound(model, budget_bytes=model.per_row(64), dynamic_axes=(2, 3))
+    small = {"x": np.ones((1, 4, 8, 8), np.float32)}
+    large = {"x": np.ones((1, 4, 16, 16), np.float32)}
+    small_result, large_result = run_batched(_CountingSession(), [small, large], bound)
+    np.testing.assert_array_equal(small_result["out"], small["x"] * 2)
+    assert isinstance(large_result, MemoryError) and "memory budget" in str(large_result)
+
+
+def _specs():
+    latent = TensorSpec("sample", "float32", (4, -1, -1), ("h", "w"))
+    return {
+        "text_encoder": ModelSpec("text_encoder", (TensorSpec("ids", "int64", (77,)),), (), max_batch_size=16),
+        "unet": ModelSpec("unet", (latent,), (), max_batch_size=32),
+        "vae_decoder": ModelSpec("vae_decoder", (latent,), (), max_batch_size=8),
+    }
+
+
+def _models():
+    return {
+        "text_encoder": MemoryModel(100 * MiB, (1.0 * MiB, 0.0, 0.0)),
+        "unet": MemoryModel(200 * MiB, (0.0, 1000.0, 1.0)),
+        "vae_decoder": MemoryModel(100 * MiB, (0.0, 2000.0, 8.0)),
+    }
+
+
+def test_budgets_reserve_fixed_engines_and_split_the_rest_between_spatial_ones():
+    budgets = engine_budgets(_models(), _specs(), 2048 * MiB)
+    assert budgets["text_encoder"] == int(SAFETY * MiB) * 16
+    assert budgets["unet"] == budgets["vae_decoder"] == (2048 * MiB - 400 * MiB - budgets["text_encoder"]) // 2
+    with pytest.raises(ValueError, match="does not hold"):
+        engine_budgets(_models(), _specs(), 300 * MiB)
+
+
+def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_field():
+    models = _models()
+    budgets = engine_budgets(models, _specs(), 2048 * MiB)
+    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), scale=8)
+    assert admission.check(1, 20, 512, 512) == pytest.approx(request_cost(1, 20, 512, 512))
+    with pytest.raises(InvalidInput) as cost:
+        admission.check(4, 150, 512, 512)
+    assert cost.value.field == "num_inference_steps" and "64" in cost.value.message
+    with pytest.raises(InvalidInput) as size:  # the VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes
+        admission.check(1, 2, 1024, 1024)
+    assert size.value.field == "size" and "vae_decoder" in size.value.message
+
+
+def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless_alone():
+    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), scale=8)
+    started, running, most = [], [0.0], [0.0]
+
+    async def request(name: str, cost: float, hold_s: float) -> None:
+        async with admission.slot(cost):
+            started.append(name)
+            running[0] += cost
+            most[0] = max(most[0], running[0])
+            await asyncio.sleep(hold_s)
+            running[0] -= cost
+
+    async def scenario() -> None:
+        first = asyncio.create_task(request("a", 6, 0.05))
+        await asyncio.sleep(0.01)
+        big = asyncio.create_task(request("big", 10, 0.01))  # waits for "a"
+        await asyncio.sleep(0.01)
+        small = asyncio.create_task(request("small", 1, 0.01))  # would fit now, but arrived after "big"
+        await asyncio.gather(first, big, small)
+
+    asyncio.run(scenario())
+    assert started == ["a", "big", "small"] and most[0] <= 10

@@ -1,0 +1,97 @@
+"""The supervisor and process cleanup, on plain sleeping processes (no servers)."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import psutil
+import pytest
+
+from serve.processes import STACK_ENV, ManagedProcess, ProcessStartError, Supervisor
+from serve.processes.signals import stack_processes, stop_stack_processes
+
+# A child that ignores SIGTERM and starts a grandchild of its own (which inherits its process group and environment).
+STUBBORN = (
+    "import signal, subprocess, sys, time\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "subprocess.Popen([sys.executable, '-c', 'import signal, time; "
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)'])\n"
+    "time.sleep(600)\n"
+)
+
+
+def _sleeper(tmp_path, name="sleeper", code="import time; time.sleep(600)", ready=lambda: True) -> ManagedProcess:
+    return ManagedProcess(name, lambda: [sys.executable, "-c", code], tmp_path / f"{name}.log", ready)
+
+
+def _wait(condition, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_stop_escalates_to_sigkill_for_the_whole_group_including_grandchildren(tmp_path):
+    process = _sleeper(tmp_path, code=STUBBORN).start(timeout_s=10)
+    _wait(lambda: len(psutil.Process(process.pid).children()) == 1)
+    grandchild = psutil.Process(process.pid).children()[0]
+    started = time.monotonic()
+    process.stop(grace_s=0.5)
+    assert time.monotonic() - started < 10
+    assert not process.running()
+    _wait(lambda: not grandchild.is_running() or grandchild.status() == psutil.STATUS_ZOMBIE)
+
+
+def test_a_process_that_exits_before_it_is_ready_fails_fast_with_its_log(tmp_path):
+    process = _sleeper(tmp_path, code="import sys; print('broken config'); sys.exit(3)", ready=lambda: False)
+    started = time.monotonic()
+    with pytest.raises(ProcessStartError, match="broken config"):
+        process.start(timeout_s=30)
+    assert time.monotonic() - started < 10
+
+
+def test_the_supervisor_restarts_a_killed_process_and_records_it(tmp_path):
+    supervisor = Supervisor()
+    process = _sleeper(tmp_path).start(timeout_s=10)
+    watch = supervisor.watch(process)
+    try:
+        first = process.pid
+        os.kill(first, 9)
+        _wait(lambda: watch.restarts == 1 and process.running())
+        assert process.pid != first
+        assert [e.what.split()[0] for e in supervisor.events] == ["exited", "restarted"]
+    finally:
+        supervisor.stop(grace_s=1)
+    assert not process.running()
+
+
+def test_a_failing_check_restarts_after_repeated_failures_and_pausing_suspends_everything(tmp_path):
+    supervisor = Supervisor()
+    healthy = {"value": True}
+    process = _sleeper(tmp_path).start(timeout_s=10)
+    watch = supervisor.watch(process, check=lambda: None if healthy["value"] else "sick", restart_after=2)
+    try:
+        with supervisor.paused():
+            healthy["value"] = False
+            os.kill(process.pid, 19)  # SIGSTOP: looks dead to a check, on purpose
+            time.sleep(1.5)
+            assert watch.restarts == 0 and not supervisor.events
+            os.kill(process.pid, 18)
+        _wait(lambda: watch.restarts == 1)
+        assert [e.what for e in supervisor.events][:2] == ["sick", "sick"]
+    finally:
+        supervisor.stop(grace_s=1)
+
+
+def test_stack_processes_are_found_by_their_mark_and_stopped_even_when_orphaned(tmp_path):
+    stack_id = uuid.uuid4().hex[:12]
+    env = {**os.environ, STACK_ENV: stack_id}
+    parent = subprocess.Popen([sys.executable, "-c", STUBBORN], env=env, start_new_session=True)
+    _wait(lambda: len(stack_processes(stack_id)) == 2)
+    parent.kill()  # the grandchild is orphaned, still marked
+    parent.wait()
+    _wait(lambda: len(stack_processes(stack_id)) == 1)
+    assert stop_stack_processes(stack_id, grace_s=0.5) == 1
+    assert stack_processes(stack_id) == []

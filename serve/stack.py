@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, easel_home
-from serve.text_to_image.spec import ENGINE_NAMES
+from serve.text_to_image.families import family_of_engines
 from serve.triton.server import TritonServer, free_port, free_ports, stop_process
 
 logger = logging.getLogger(__name__)
@@ -96,7 +96,8 @@ class Stack:
         opts = self.options
         engine_dir = build(opts.model_dir, opts.repository)
         install_vectorize(opts.repository)
-        self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(ENGINE_NAMES)
+        engines = tuple(family_of_engines(engine_dir).specs)
+        self.triton = TritonServer(opts.repository, opts.run_dir / "triton.log").start(engines)
         spare = iter(free_ports(2, opts.host))  # together, so the two cannot be the same port
         port = opts.port or next(spare)
         dashboard_url = self._start_ray(opts.dashboard_port or next(spare))

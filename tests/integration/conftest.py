@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 from PIL import Image
 
 from serve.stack import Stack, StackOptions
+from serve.text_to_image.families import family_of_engines
 
 
 @pytest.fixture(scope="module")
@@ -35,3 +37,8 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     """The response's images as uint8 NHWC."""
     data = response.json()["data"]
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
+
+
+def engine_names(stack: Stack) -> tuple[str, ...]:
+    """The Triton models of the stack's text-to-image pipeline (its family's engines)."""
+    return tuple(family_of_engines(Path(stack.info.engine_dir)).specs)

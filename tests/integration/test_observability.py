@@ -19,7 +19,7 @@ from serve.observability.dashboards import load_dashboards, panel_queries
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
 from serve.stack import Stack, StackOptions
-from serve.text_to_image.spec import ENGINE_NAMES
+from tests.integration.conftest import engine_names
 
 pytestmark = [
     pytest.mark.integration,
@@ -120,7 +120,7 @@ def load(stack, api, prometheus):
         statuses = [api.post("/v1/images/generations", json={"prompt": "x", "num_inference_steps": 2}).status_code]
         statuses.append(_vectorize(api, "3").status_code)
     finally:
-        stack.triton.start(ENGINE_NAMES)
+        stack.triton.start(engine_names(stack))
     deadline = time.monotonic() + 60
     while api.get("/readyz").status_code != 200 and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -149,7 +149,7 @@ def test_ensemble_is_ready_and_callable_over_grpc(api, stack, icon):
 
 
 def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
-    from serve.text_to_image.spec import ENGINE_NAMES
+    from tests.integration.conftest import engine_names
 
     stack.triton.stop()
     try:
@@ -162,7 +162,7 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
         assert response.headers["Easel-Fallback"] == "models_unavailable"
         assert body["parameters"]["path_precision"] == 2 and body["parameters"]["filter_speckle"] == 4
     finally:
-        stack.triton.start((*ENGINE_NAMES, ENSEMBLE.name))
+        stack.triton.start((*engine_names(stack), ENSEMBLE.name))
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # the Vectorizer's own channel must have reconnected, not just Triton
         ready = api.get("/readyz")

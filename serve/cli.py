@@ -18,6 +18,8 @@ import click
 import httpx
 
 from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
+from build_engines.text_to_image.published import PUBLISHED
+from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG, easel_home
 from serve.triton.spec import Backend
 
@@ -46,8 +48,19 @@ _model_option = click.option(
     "--model",
     "model_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.",
+    help="Local diffusers model folder (SD 1.x/2.x or SDXL pipeline). Default: the embedded model.",
 )
+
+
+def _check_model(model_dir: Path | None) -> None:
+    """Refuse a folder that is not a supported pipeline with a one-line error, before anything starts."""
+    from serve.text_to_image.families import family_of_folder
+
+    if model_dir is not None:
+        try:
+            family_of_folder(model_dir)
+        except UnsupportedModel as error:
+            raise click.ClickException(str(error)) from error
 
 
 def _embedded_option(help_text: str):
@@ -77,14 +90,25 @@ _repository_option = click.option(
     help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
     "onnxruntime: native backend configs for the NGC Triton container.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16: half-precision weights for GPU execution providers (I/O stays fp32; a force_upcast VAE stays fp32). "
+    "ONNX Runtime's CPU provider cannot run fp16 engines: their graphs are checked, not their outputs.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
-def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, force: bool) -> None:
+def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, precision: str, force: bool) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
 
-    engine_dir = build_engines(model_dir or default_model_dir(embedded), repository, force, Backend(backend))
+    _check_model(model_dir)
+    engine_dir = build_engines(
+        model_dir or default_model_dir(embedded), repository, force, Backend(backend), precision=precision
+    )
     install_vectorize(repository, backend=Backend(backend))
     click.echo(f"engines: {engine_dir}\nrepository: {repository}")
 
@@ -133,6 +157,7 @@ def up(
 
     if (state := read_state()) is not None and _alive(state.pid):
         raise click.ClickException(f"Easel is already up (pid {state.pid}, {state.api_url}); run `easel down` first")
+    _check_model(model_dir)
     if detach:
         info = _start_detached()
     else:
@@ -169,6 +194,19 @@ def up(
         click.echo("stopping...")
         stack.stop()
         (stack.options.run_dir / "state.json").unlink(missing_ok=True)
+
+
+@main.command("random-model")
+@click.argument("name", type=click.Choice(PUBLISHED))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def random_model(name: str, out_dir: Path) -> None:
+    """Create a full-size published architecture (sd15: SD 1.5, sdxl: SDXL base 1.0) with random weights in OUT_DIR.
+
+    Its configs are committed in build_engines/text_to_image/published/; the tokenizers are CLIP's real BPE.
+    """
+    from build_engines.text_to_image.published import create_random_model
+
+    click.echo(f"created {create_random_model(name, out_dir)}")
 
 
 @main.command()

@@ -171,3 +171,55 @@ def test_committed_published_configs_are_the_full_size_architectures(name, param
         else:
             model = getattr(transformers, config["architectures"][0])(transformers.AutoConfig.from_pretrained(folder))
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(parameters_m, abs=0.1)
+
+
+_SHRUNK = {  # the published configs at toy sizes: the same files and classes, seconds to create
+    "unet/config.json": {"block_out_channels": [32, 32, 64, 64], "attention_head_dim": 2, "cross_attention_dim": 64},
+    "text_encoder/config.json": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "text_encoder_2/config.json": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "vae/config.json": {"block_out_channels": [32, 32, 32, 32]},
+}
+_SHRUNK_XL_UNET = {
+    "block_out_channels": [32, 64, 64],
+    "attention_head_dim": [2, 2, 2],
+    "transformer_layers_per_block": [1, 1, 2],
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,
+}
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path, monkeypatch):
+    from build_engines.text_to_image import published
+
+    configs = shutil.copytree(PUBLISHED_DIR, tmp_path / "published")
+    for path, overrides in _SHRUNK.items():
+        file = configs / name / path
+        if file.exists():
+            config = json.loads(file.read_text())
+            config.update(overrides)
+            if name == "sdxl" and path.startswith("unet"):
+                config.update(_SHRUNK_XL_UNET, cross_attention_dim=64)
+            if "projection_dim" in config:
+                config["projection_dim"] = 32
+            file.write_text(json.dumps(config))
+    monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
+    model_dir = published.create_random_model(name, tmp_path / name)
+    family = family_of_folder(model_dir)
+    assert family.name == {"sd15": "sd", "sdxl": "sdxl"}[name]
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index.get("safety_checker", [None, None]) == [None, None]
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]

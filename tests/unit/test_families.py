@@ -223,3 +223,13 @@ def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path
 
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_xl_engine_dir, tmp_path):
+    repository = tmp_path / "repository"
+    build_module.install(tiny_xl_engine_dir, repository)
+    (repository / "unet" / "1" / "model.onnx.data").symlink_to(tmp_path / "gone")  # an earlier engine's weights
+    assert (repository / "text_encoder_2" / "config.pbtxt").exists()
+    build_module.install(engine_dir, repository)
+    assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder"]
+    assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["model.onnx", "model.py"]

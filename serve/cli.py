@@ -348,6 +348,45 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     click.echo(f"written to {out}")
 
 
+@bench.command("model")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--sizes", default="512", show_default=True, help="Comma-separated image sides, run in ascending order.")
+@click.option("--steps", default=10, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_model.json"), show_default=True
+)
+def bench_model(model_dir: Path, sizes: str, steps: int, guidance: float, out: Path) -> None:
+    """Serve MODEL and send one request per size until one fails: end to end, per engine, peak memory."""
+    from dataclasses import asdict
+
+    from serve.benchmarks import loop
+    from serve.benchmarks.model import TreeMemory, format_runs, run_sizes
+
+    _check_model(model_dir)
+    with TreeMemory() as memory:
+        started = time.perf_counter()
+
+        def measure(info):
+            start_s = time.perf_counter() - started
+            return start_s, memory.peak_gb, run_sizes(info, list(_int_list(sizes)), steps, guidance, memory, out.parent)
+
+        start_s, start_peak_gb, runs = _run_against_stack(model_dir, measure, whole_info=True)
+    click.echo(f"stack start (cache check or build, Triton, Ray): {start_s:.0f} s, peak {start_peak_gb:.2f} GB own")
+    click.echo(format_runs(runs))
+    loop.write_json(
+        out,
+        [],
+        model=str(model_dir),
+        steps=steps,
+        guidance=guidance,
+        stack_start_s=round(start_s, 1),
+        stack_start_peak_own_gb=round(start_peak_gb, 2),
+        runs=[asdict(run) for run in runs],
+    )
+    click.echo(f"written to {out}")
+
+
 @bench.command("vectorize")
 @click.option(
     "--images",

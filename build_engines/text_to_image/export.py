@@ -54,7 +54,11 @@ class ParityReport:
 
 @dataclass(frozen=True)
 class EngineReport:
-    """What exporting one engine took and gave."""
+    """What exporting one engine took and gave.
+
+    ``peak_rss_gb`` is the build process's peak resident memory up to this engine's end; memory-mapped weights
+    (file pages, reclaimable) count in it.
+    """
 
     engine: str
     precision: str

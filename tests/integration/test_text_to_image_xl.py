@@ -91,3 +91,14 @@ def test_concurrent_sdxl_requests_are_isolated_and_batched_per_step(api, stack):
     logger.info("sdxl unet batch-size histogram under %d concurrent requests: %s", len(bodies), dict(histogram))
     merged = sum(count for size, count in histogram.items() if size > 2)
     assert merged > 0, f"no UNet execution merged requests: {dict(histogram)}"
+
+
+def test_bench_model_times_each_size_until_one_fails(stack):
+    from serve.benchmarks.model import TreeMemory, format_runs, run_sizes
+
+    with TreeMemory(interval_s=0.2) as memory:
+        runs = run_sizes(stack.info, [96, 64, 4096], steps=2, guidance=6.0, memory=memory)
+    assert [r.size for r in runs] == [64, 96, 4096] and [r.status for r in runs] == [200, 200, 400]
+    assert all(r.engines["unet"]["executions"] == 2 and r.engines["unet"]["compute_s"] > 0 for r in runs[:2])
+    assert "size" in runs[2].error and runs[0].peak_own_gb > 0
+    assert len(format_runs(runs).splitlines()) == 4

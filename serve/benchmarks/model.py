@@ -52,19 +52,25 @@ class TreeMemory:
         self._thread.join()
 
     def reset(self) -> None:
-        """Start a new peak."""
+        """Start a new peak at the current value."""
         self.peak_gb = 0.0
+        self.sample()
+
+    def sample(self) -> float:
+        """The tree's own memory now, in GB (also kept in the peak)."""
+        root = psutil.Process()
+        own = 0
+        for process in (root, *root.children(recursive=True)):
+            try:
+                own += _rss_anon(process.pid)
+            except OSError:
+                continue
+        self.peak_gb = max(self.peak_gb, own / 1e9)
+        return own / 1e9
 
     def _run(self) -> None:
-        root = psutil.Process()
         while not self._stop.wait(self.interval_s):
-            own = 0
-            for process in (root, *root.children(recursive=True)):
-                try:
-                    own += _rss_anon(process.pid)
-                except OSError:
-                    continue
-            self.peak_gb = max(self.peak_gb, own / 1e9)
+            self.sample()
 
 
 def _rss_anon(pid: int) -> int:
@@ -108,6 +114,7 @@ def run_sizes(
         except httpx.HTTPError as error:
             run.error = repr(error)[:500]
         run.end_to_end_s = round(time.perf_counter() - started, 1)
+        memory.sample()
         run.peak_own_gb = round(memory.peak_gb, 2)
         try:
             after = _engine_stats(info.triton_http_url)

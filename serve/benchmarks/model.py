@@ -60,10 +60,14 @@ class TreeMemory:
         """The tree's own memory now, in GB (also kept in the peak)."""
         root = psutil.Process()
         own = 0
-        for process in (root, *root.children(recursive=True)):
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            processes = [root]
+        for process in processes:
             try:
                 own += _rss_anon(process.pid)
-            except OSError:
+            except (OSError, StopIteration):  # gone, or a zombie (no RssAnon line)
                 continue
         self.peak_gb = max(self.peak_gb, own / 1e9)
         return own / 1e9

@@ -25,7 +25,10 @@ def model_py(python_class: str) -> str:
 def install_model(
     spec: ModelSpec, repository: Path, files: Mapping[str, Path] | None = None, backend: Backend = Backend.PYTHON_ONNX
 ) -> Path:
-    """Write ``spec``'s config and ``model.py``, and link ``files`` (name in the version folder -> source)."""
+    """Write ``spec``'s config and ``model.py``, and link ``files`` (name in the version folder -> source).
+
+    Links in the version folder that ``files`` does not name are removed.
+    """
     write_model_config(spec, repository, backend)
     version_dir = repository / spec.name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
@@ -33,7 +36,11 @@ def install_model(
         (version_dir / "model.py").write_text(model_py(spec.python_model))
     elif not spec.ensemble and backend is Backend.PYTHON_ONNX:
         (version_dir / "model.py").write_text(model_py(ONNX_ENGINE_CLASS))
-    for name, source in (files or {}).items():
+    files = files or {}
+    for stale in version_dir.iterdir():  # links left by an earlier engine (e.g. its external-data file)
+        if stale.is_symlink() and stale.name not in files:
+            stale.unlink()
+    for name, source in files.items():
         link = version_dir / name
         if link.is_symlink() or link.exists():
             link.unlink()

@@ -12,6 +12,8 @@ from pathlib import Path
 import click
 
 from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
+from build_engines.text_to_image.published import PUBLISHED
+from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
 from serve.triton.spec import Backend
 
@@ -31,8 +33,19 @@ _model_option = click.option(
     "--model",
     "model_dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Local diffusers model folder (SD 1.x/2.x layout). Default: the embedded model.",
+    help="Local diffusers model folder (SD 1.x/2.x or SDXL pipeline). Default: the embedded model.",
 )
+
+
+def _check_model(model_dir: Path | None) -> None:
+    """Refuse a folder that is not a supported pipeline with a one-line error, before anything starts."""
+    from serve.text_to_image.families import family_of_folder
+
+    if model_dir is not None:
+        try:
+            family_of_folder(model_dir)
+        except UnsupportedModel as error:
+            raise click.ClickException(str(error)) from error
 
 
 def _embedded_option(help_text: str):
@@ -82,14 +95,25 @@ _repository_option = click.option(
     help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
     "onnxruntime: native backend configs for the NGC Triton container.",
 )
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp16: half-precision weights for GPU execution providers (I/O stays fp32; a force_upcast VAE stays fp32). "
+    "ONNX Runtime's CPU provider cannot run fp16 engines: their graphs are checked, not their outputs.",
+)
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
-def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, force: bool) -> None:
+def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, precision: str, force: bool) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
 
-    engine_dir = build_engines(model_dir or default_model_dir(embedded), repository, force, Backend(backend))
+    _check_model(model_dir)
+    engine_dir = build_engines(
+        model_dir or default_model_dir(embedded), repository, force, Backend(backend), precision=precision
+    )
     install_vectorize(repository, backend=Backend(backend))
     click.echo(f"engines: {engine_dir}\nrepository: {repository}")
 
@@ -154,6 +178,7 @@ def up(
             raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
         stopped = stop_recorded()
         click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
+    _check_model(model_dir)
     if detach:
         try:
             info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
@@ -191,6 +216,19 @@ def up(
     finally:
         stack.stop()
         stack.forget_state()
+
+
+@main.command("random-model")
+@click.argument("name", type=click.Choice(PUBLISHED))
+@click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
+def random_model(name: str, out_dir: Path) -> None:
+    """Create a full-size published architecture (sd15: SD 1.5, sdxl: SDXL base 1.0) with random weights in OUT_DIR.
+
+    Its configs are committed in build_engines/text_to_image/published/; the tokenizers are CLIP's real BPE.
+    """
+    from build_engines.text_to_image.published import create_random_model
+
+    click.echo(f"created {create_random_model(name, out_dir)}")
 
 
 @main.command()
@@ -258,6 +296,22 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
     click.echo(generate.run_benchmark(embedded, settings, out))
+
+
+@bench.command("model")
+@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--sizes", default="512", show_default=True, help="Comma-separated image sides, run in ascending order.")
+@click.option("--steps", default=10, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_model.json"), show_default=True
+)
+def bench_model(model_dir: Path, sizes: str, steps: int, guidance: float, out: Path) -> None:
+    """Serve MODEL and send one request per size until one fails: end to end, per engine, peak memory."""
+    from serve.benchmarks.model import run_benchmark
+
+    _check_model(model_dir)
+    click.echo(run_benchmark(model_dir, list(_int_list(sizes)), steps, guidance, out))
 
 
 @bench.command("vectorize")

@@ -68,3 +68,7 @@ class Overloaded(NotReady):
     status = 429
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
     kind = "rate_limit_exceeded"
+
+
+class UnsupportedModel(InvalidInput):
+    """A model folder that is not a pipeline Easel serves; the message names what is missing or unknown."""

@@ -30,7 +30,7 @@ from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.text_to_image.admission import DEFAULT_MAX_COST, default_memory_budget, engine_budgets, memory_models
-from serve.text_to_image.spec import PipelineDims, engine_specs
+from serve.text_to_image.families import family_of_engines
 from serve.triton.server import TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
@@ -117,13 +117,13 @@ def load_serve_config(path: Path, host: str, port: int, **args):
 
 def triton_models(engine_dir: Path, vectorize: bool) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
-    specs = list(engine_specs(PipelineDims.load(engine_dir / "pipeline.json")).values())
+    specs = list(family_of_engines(engine_dir).specs.values())
     return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
 def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:
     """Each text-to-image engine's activation budget for Triton (the split ``TextToImage`` admits requests by)."""
-    specs = engine_specs(PipelineDims.load(engine_dir / "pipeline.json"))
+    specs = family_of_engines(engine_dir).specs
     return engine_budgets(memory_models(engine_dir, specs), specs, total_bytes)
 
 

@@ -34,13 +34,45 @@ def diffusers_pipeline(default_model):
     return pipeline
 
 
+@pytest.fixture(scope="session")
+def tiny_xl_model():
+    """The embedded tiny SDXL diffusers model folder."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny-xl")
+
+
+@pytest.fixture(scope="session")
+def tiny_xl_engine_dir(tiny_xl_model, tmp_path_factory):
+    """Engines of the tiny SDXL (cached), installed into a throw-away repository."""
+    from build_engines.text_to_image.build import build
+
+    return build(tiny_xl_model, repository=tmp_path_factory.mktemp("repository-xl"))
+
+
+@pytest.fixture(scope="session")
+def diffusers_xl_pipeline(tiny_xl_model):
+    """diffusers' own StableDiffusionXLPipeline over the tiny SDXL's weights (no watermark): the parity reference."""
+    from diffusers import StableDiffusionXLPipeline
+
+    torch.set_num_threads(1)
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_xl_model, add_watermarker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def reference_images(pipeline, scheduler: str, **kwargs) -> np.ndarray:
-    """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...)."""
+    """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...).
+
+    An empty ``negative_prompt`` is passed as None: Easel's "no negative prompt", which SDXL's pipeline turns into
+    zeros (``force_zeros_for_empty_prompt``) and SD's encodes as "".
+    """
     from serve.text_to_image.pipeline import SCHEDULERS
 
     cls, overrides = SCHEDULERS[scheduler]
     pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
     seed = kwargs.pop("seed")
+    kwargs["negative_prompt"] = kwargs.get("negative_prompt") or None
     images = pipeline(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
     return (images * 255).round().astype(np.uint8)
 

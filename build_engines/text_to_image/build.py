@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -15,16 +16,17 @@ import torch
 from build_engines.memory import measure as measure_memory
 from build_engines.repository import engine_files, install_model
 from build_engines.text_to_image.default_model import create_default_model
-from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
+from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
 from serve.paths import MODEL_REPOSITORY, easel_home
-from serve.text_to_image.spec import PipelineDims, engine_specs
+from serve.text_to_image.families import Family, family_of_engines, family_of_folder
+from serve.text_to_image.spec import ALL_ENGINE_NAMES
 from serve.triton.memory import MEMORY_FILE
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-PIPELINE_FILES = ("tokenizer", "scheduler", "model_index.json")
+PARTIAL_SUFFIX = ".partial"
 
 
 def content_hash(model_dir: Path) -> str:
@@ -47,10 +49,10 @@ def default_model_dir(variant: str = "tiny") -> Path:
     return model_dir
 
 
-def engine_dir_for(model_dir: Path) -> Path:
+def engine_dir_for(model_dir: Path, precision: str = "fp32") -> Path:
     """Cache folder named by model hash, precision, exporter and backend versions."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    key = f"{content_hash(model_dir)[:16]}-fp32-{versions}"
+    key = f"{content_hash(model_dir)[:16]}-{precision}-{versions}"
     return easel_home() / "engines" / key
 
 
@@ -59,30 +61,58 @@ def build(
     repository: Path = MODEL_REPOSITORY,
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
+    precision: str = "fp32",
 ) -> Path:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
-    Returns the engine folder, which also holds the tokenizer, scheduler config and ``pipeline.json``.
+    A folder that is not a supported pipeline raises :class:`~serve.errors.UnsupportedModel` before anything is
+    written. Returns the engine folder, which also holds the tokenizers, scheduler config and ``pipeline.json``.
     """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model_dir = default_model_dir() if model_dir is None else model_dir
-    if not (model_dir / "model_index.json").exists():
-        raise FileNotFoundError(f"{model_dir} is not a diffusers model directory (no model_index.json)")
-    engine_dir = engine_dir_for(model_dir)
+    family = family_of_folder(model_dir)
+    engine_dir = engine_dir_for(model_dir, precision)
     if (engine_dir / MANIFEST).exists() and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
-        shutil.rmtree(engine_dir, ignore_errors=True)
-        reports = export_all(model_dir, engine_dir)
-        for name in PIPELINE_FILES:
+        logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
+        _build_into(engine_dir, family, model_dir, precision)
+    install(engine_dir, repository, backend)
+    return engine_dir
+
+
+def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str) -> None:
+    """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing."""
+    partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        reports = export_all(family, model_dir, partial, precision)
+        for name in (*family.tokenizers(), "scheduler", "model_index.json"):
             source = model_dir / name
             copy = shutil.copytree if source.is_dir() else shutil.copy2
-            copy(source, engine_dir / name)
-        PipelineDims.from_diffusers(model_dir).save(engine_dir / "pipeline.json")
-        manifest = {"model_dir": str(model_dir.resolve()), "parity": [asdict(r) for r in reports]}
-        (engine_dir / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    dims = PipelineDims.load(engine_dir / "pipeline.json")
-    for name, spec in engine_specs(dims).items():
+            copy(source, partial / name)
+        family.save(partial)
+        manifest = {"model_dir": str(model_dir.resolve()), "engines": [asdict(r) for r in reports]}
+        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(engine_dir, ignore_errors=True)
+        partial.rename(engine_dir)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def install(engine_dir: Path, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
+    """Install the family's engines in ``repository`` and remove text-to-image engines it does not use."""
+    family = family_of_engines(engine_dir)
+    for name in set(ALL_ENGINE_NAMES) - set(family.specs):
+        if (repository / name).exists():
+            shutil.rmtree(repository / name)
+            logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
+    for name, spec in family.specs.items():
         if not (engine_dir / name / MEMORY_FILE).exists():  # measured once per engine, in a fresh process
-            measure_memory(engine_dir / name, spec)
+            try:
+                measure_memory(engine_dir / name, spec)
+            except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
+                logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
         install_model(spec, repository, engine_files(engine_dir / name), backend)
-    return engine_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 SEED = 20261121
-MODELS = ("tiny", "bench")
+MODELS = ("tiny", "bench", "tiny-xl")
 
 
 def _byte_vocabulary() -> dict[str, int]:
@@ -51,6 +51,10 @@ def _sizes(variant: str) -> dict:
 
 def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     """Create and save the embedded diffusers model ``variant`` in diffusers format under ``out_dir``."""
+    if variant == "tiny-xl":  # SDXL's layout (tiny_xl.py)
+        from build_engines.text_to_image.tiny_xl import create_tiny_xl
+
+        return create_tiny_xl(out_dir)
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

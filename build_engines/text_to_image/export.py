@@ -1,16 +1,26 @@
-"""Export a diffusers model's text encoder, UNet and VAE decoder to ONNX, each checked against PyTorch."""
+"""Export a model family's engines to ONNX, one at a time, each checked against PyTorch.
+
+Engines over ONNX's 2 GB protobuf limit keep their weights in one external-data file beside the graph
+(``model.onnx.data``, tensors 4 KiB-aligned). Only one engine's torch module is loaded at a time, and it is freed
+before the next; its PyTorch reference outputs are computed before ONNX Runtime loads the exported copy, so the two
+copies of the weights are never held together.
+"""
 
 from __future__ import annotations
 
+import gc
 import logging
+import resource
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
+from serve.text_to_image.families import Family, PipelineDims
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
 
@@ -18,89 +28,88 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the exported graphs change, so cached engines are rebuilt.
-EXPORTER_VERSION = 2
+EXPORTER_VERSION = 3
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+# The largest latent side traced and checked: a full-size UNet at its native size would take minutes per call here.
+MAX_CHECK_SIDE = 32
+EXTERNAL_DATA_SUFFIX = ".data"
+_ALIGN = 4096
 
 
 class ParityError(RuntimeError):
     """An exported engine disagrees with PyTorch beyond the tolerance."""
 
 
-class _TextEncoder(torch.nn.Module):
-    def __init__(self, text_encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
+@dataclass(frozen=True)
+class ParityReport:
+    """Largest error of one engine against PyTorch on fresh random inputs (None: not checked, see ``note``)."""
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text_encoder(input_ids, return_dict=False)[0]
-
-
-class _Unet(torch.nn.Module):
-    def __init__(self, unet: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-
-    def forward(
-        self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor
-    ) -> torch.Tensor:
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-
-class _VaeDecoder(torch.nn.Module):
-    """Latents in, image in [0, 1] out: the scaling and denormalisation of diffusers' pipeline are folded in."""
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-        self.scaling_factor = float(vae.config.scaling_factor)
-
-    def forward(self, latent: torch.Tensor) -> torch.Tensor:
-        image = self.vae.decode(latent / self.scaling_factor, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
+    engine: str
+    max_abs_error: float | None
+    relative_error: float | None
+    note: str = ""
 
 
 @dataclass(frozen=True)
-class ParityReport:
-    """Largest error of one engine against PyTorch on fresh random inputs."""
+class EngineReport:
+    """What exporting one engine took and gave.
+
+    ``peak_rss_gb`` is the build process's peak resident memory up to this engine's end; memory-mapped weights
+    (file pages, reclaimable) count in it.
+    """
 
     engine: str
-    max_abs_error: float
-    relative_error: float
+    precision: str
+    export_s: float
+    peak_rss_gb: float
+    bytes: int
+    parity: ParityReport
 
 
-def _sample_inputs(spec: ModelSpec, dims: PipelineDims, batch: int, size: int, generator: torch.Generator) -> dict:
+class CastIO(torch.nn.Module):
+    """Runs ``module`` in ``dtype`` behind float32 inputs and outputs, so an fp16 engine keeps the fp32 specs."""
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.module = module
+        self.dtype = dtype
+
+    def forward(self, *inputs):
+        """``module``'s outputs in float32."""
+        outputs = self.module(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
+        return tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory so far, in GB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+
+
+def _check_side(dims: PipelineDims) -> int:
+    return min(dims.sample_size // 2, MAX_CHECK_SIDE)
+
+
+def sample_inputs(spec: ModelSpec, batch: int, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """Random inputs of the right dtypes, with ``size`` for every dynamic axis."""
     feeds = {}
     for tensor in spec.inputs:
         shape = (batch, *(size if d == -1 else d for d in tensor.dims))
         if tensor.dtype == "int64":
             feeds[tensor.name] = torch.randint(0, 400, shape, generator=generator)
-        elif tensor.name == "timestep":
+        elif tensor.name in ("timestep", "time_ids"):
             feeds[tensor.name] = torch.rand(shape, generator=generator) * 999
         else:
             feeds[tensor.name] = torch.randn(shape, generator=generator)
     return feeds
 
 
-def _modules(model_dir: Path) -> dict[str, torch.nn.Module]:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    return {
-        TEXT_ENCODER: _TextEncoder(CLIPTextModel.from_pretrained(model_dir / "text_encoder")),
-        UNET: _Unet(UNet2DConditionModel.from_pretrained(model_dir / "unet")),
-        VAE_DECODER: _VaeDecoder(AutoencoderKL.from_pretrained(model_dir / "vae")),
-    }
-
-
 def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, out_path: Path) -> None:
     """Export ``module`` to ONNX at ``out_path`` with the names and dynamic axes of ``spec``."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # An odd latent side makes diffusers' UNet trace its explicit-upsample-size path, right for every size.
-    example = _sample_inputs(
-        spec, dims, batch=2, size=dims.sample_size // 2 + 1, generator=torch.Generator().manual_seed(0)
-    )
+    example = sample_inputs(spec, batch=2, size=_check_side(dims) + 1, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         torch.onnx.export(
             module.eval(),
@@ -112,23 +121,86 @@ def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, 
             output_names=[t.name for t in spec.outputs],
             dynamic_axes=spec.onnx_dynamic_axes(),
         )
+    gather_external_data(out_path)
+
+
+def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        tensors += [a.t for a in node.attribute if a.type == onnx.AttributeProto.TENSOR]
+    return tensors
+
+
+def gather_external_data(onnx_path: Path) -> None:
+    """Move the weights an export wrote as one file per tensor into one ``model.onnx.data`` (no-op if none).
+
+    Streams file by file: only the graph (without weights) is ever in memory.
+    """
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    external = [t for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return
+    data_path = onnx_path.with_name(onnx_path.name + EXTERNAL_DATA_SUFFIX)
+    sources = set()
+    with data_path.open("wb") as out:
+        for tensor in external:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            source = onnx_path.parent / info["location"]
+            out.write(b"\0" * (-out.tell() % _ALIGN))
+            start = out.tell()
+            with source.open("rb") as handle:
+                handle.seek(int(info.get("offset", 0)))
+                length = int(info["length"]) if "length" in info else None
+                _copy(handle, out, length)
+            del tensor.external_data[:]
+            for key, value in (("location", data_path.name), ("offset", start), ("length", out.tell() - start)):
+                tensor.external_data.add(key=key, value=str(value))
+            if source != data_path:
+                sources.add(source)
+    onnx.save(model, str(onnx_path))
+    for source in sources:
+        source.unlink()
+    logger.info("  weights gathered into %s (%d tensors)", data_path.name, len(external))
+
+
+def _copy(source, target, length: int | None, chunk: int = 64 << 20) -> None:
+    if length is None:
+        shutil.copyfileobj(source, target, chunk)
+        return
+    while length > 0:
+        block = source.read(min(chunk, length))
+        if not block:
+            raise OSError("external data file is shorter than its tensor")
+        target.write(block)
+        length -= len(block)
+
+
+def reference_outputs(module: torch.nn.Module, feeds: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """PyTorch's outputs for ``feeds``, as numpy arrays."""
+    with torch.no_grad():
+        outputs = module.eval()(*feeds.values())
+    outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+    return [o.float().numpy() for o in outputs]
+
+
+def parity_feeds(spec: ModelSpec, dims: PipelineDims, seed: int) -> dict[str, torch.Tensor]:
+    """Fresh random inputs for the parity check (batch 3, an even size unlike the export's)."""
+    return sample_inputs(spec, batch=3, size=_check_side(dims), generator=torch.Generator().manual_seed(seed))
 
 
 def check_parity(
-    module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, onnx_path: Path, seed: int
+    spec: ModelSpec, onnx_path: Path, feeds: dict[str, torch.Tensor], expected: list[np.ndarray]
 ) -> ParityReport:
-    """Compare ONNX Runtime with PyTorch on fresh random inputs (batch 3, an even size unlike the export's)."""
-    feeds = _sample_inputs(
-        spec, dims, batch=3, size=dims.sample_size // 2, generator=torch.Generator().manual_seed(seed)
-    )
-    with torch.no_grad():
-        expected = module.eval()(*feeds.values()).numpy()
-    actual = make_session(onnx_path).run(None, {k: v.numpy() for k, v in feeds.items()})[0]
-    max_abs = float(np.max(np.abs(actual - expected)))
-    relative = max_abs / max(1.0, float(np.max(np.abs(expected))))
+    """Compare ONNX Runtime's outputs for ``feeds`` with PyTorch's ``expected``, output by output."""
+    actual = make_session(onnx_path).run(None, {k: v.numpy() for k, v in feeds.items()})
+    max_abs = relative = 0.0
+    for got, want in zip(actual, expected, strict=True):
+        error = float(np.max(np.abs(got - want)))
+        max_abs = max(max_abs, error)
+        relative = max(relative, error / max(1.0, float(np.max(np.abs(want)))))
     report = ParityReport(spec.name, max_abs, relative)
     logger.info(
-        "parity %-12s max |onnx - torch| = %.2e (relative %.2e, bound %.0e)",
+        "  parity %-14s max |onnx - torch| = %.2e (relative %.2e, bound %.0e)",
         spec.name,
         max_abs,
         relative,
@@ -139,17 +211,60 @@ def check_parity(
     return report
 
 
-def export_all(model_dir: Path, engine_dir: Path, seed: int = 1) -> list[ParityReport]:
+def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
+    """For engines ONNX Runtime's CPU provider cannot run (fp16): the graph is valid and has the spec's I/O."""
+    onnx.checker.check_model(str(onnx_path))
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    if [i.name for i in graph.input] != [t.name for t in spec.inputs]:
+        raise ParityError(f"{spec.name}: inputs {[i.name for i in graph.input]} differ from the spec")
+    note = "fp16: graph checked; parity needs a GPU execution provider"
+    logger.info("  %s: %s", spec.name, note)
+    return ParityReport(spec.name, None, None, note)
+
+
+def export_all(
+    family: Family, model_dir: Path, engine_dir: Path, precision: str = "fp32", seed: int = 1
+) -> list[EngineReport]:
     """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one."""
-    dims = PipelineDims.from_diffusers(model_dir)
-    specs = engine_specs(dims)
-    modules = _modules(model_dir)
+    dtype = PRECISIONS[precision]
+    modules = family.export_modules(model_dir)
     reports = []
-    for step, (name, module) in enumerate(modules.items(), start=1):
+    for step, (name, source) in enumerate(modules.items(), start=1):
+        spec = family.specs[name]
+        engine_dtype = torch.float32 if source.keep_fp32 else dtype
         started = time.perf_counter()
-        logger.info("[%d/%d] exporting %s", step, len(modules), name)
+        logger.info("[%d/%d] %s: loading weights (%s)", step, len(modules), name, engine_dtype)
+        module = source.load(engine_dtype).to(engine_dtype)
+        if engine_dtype != torch.float32:
+            module = CastIO(module, engine_dtype)
         onnx_path = engine_dir / name / "model.onnx"
-        export_engine(module, specs[name], dims, onnx_path)
-        reports.append(check_parity(module, specs[name], dims, onnx_path, seed))
-        logger.info("[%d/%d] %s done in %.1f s", step, len(modules), name, time.perf_counter() - started)
+        logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
+        export_engine(module, spec, family.dims, onnx_path)
+        if engine_dtype == torch.float32:
+            logger.info("[%d/%d] %s: PyTorch reference outputs", step, len(modules), name)
+            feeds = parity_feeds(spec, family.dims, seed)
+            expected = reference_outputs(module, feeds)
+            del module
+            gc.collect()
+            logger.info("[%d/%d] %s: ONNX Runtime parity check", step, len(modules), name)
+            parity = check_parity(spec, onnx_path, feeds, expected)
+        else:
+            del module
+            gc.collect()
+            parity = _check_graph(spec, onnx_path)
+        size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
+        engine_precision = "fp32" if engine_dtype == torch.float32 else precision
+        report = EngineReport(
+            name, engine_precision, round(time.perf_counter() - started, 1), round(peak_rss_gb(), 2), size, parity
+        )
+        logger.info(
+            "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",
+            step,
+            len(modules),
+            name,
+            report.export_s,
+            size / 1e9,
+            report.peak_rss_gb,
+        )
+        reports.append(report)
     return reports

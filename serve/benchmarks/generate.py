@@ -192,10 +192,11 @@ class Floor:
         max_candidates: int = 4,
     ) -> Floor:
         """Sweep the engines in ``engine_dir`` at ``settings``' size and keep each one's candidates."""
-        from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
+        from serve.text_to_image.families import family_of_engines
+        from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER
 
-        dims = PipelineDims.load(engine_dir / "pipeline.json")
-        specs = engine_specs(dims)
+        family = family_of_engines(engine_dir)
+        dims, specs = family.dims, family.specs
         latent = settings.size // dims.vae_scale_factor
         rng = np.random.default_rng(0)
 

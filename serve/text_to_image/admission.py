@@ -53,8 +53,12 @@ class Limits:
 
 
 def memory_models(engine_dir: Path, specs: dict[str, ModelSpec]) -> dict[str, MemoryModel]:
-    """The measured memory model of each engine (written by ``easel build``)."""
-    return {name: MemoryModel.load(engine_dir / name / MEMORY_FILE) for name in specs}
+    """The measured memory model of each engine that has one (written by ``easel build``)."""
+    return {
+        name: MemoryModel.load(engine_dir / name / MEMORY_FILE)
+        for name in specs
+        if (engine_dir / name / MEMORY_FILE).exists()
+    }
 
 
 def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:

@@ -19,7 +19,6 @@ from serve.errors import NotReady
 from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
 from serve.text_to_image.pipeline import Generation, TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.spec import ENGINE_NAMES
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
 
@@ -94,7 +93,7 @@ class TextToImage:
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of each Triton model this deployment needs."""
-        return await self.triton.models_ready(ENGINE_NAMES)
+        return await self.triton.models_ready(tuple(self.pipeline.specs))
 
     async def check_health(self) -> None:
         """Ray Serve health check: the replica's event loop answers (Triton's state is /readyz's business)."""

@@ -1,7 +1,9 @@
-"""Classifier-free-guided denoising over engines called one step at a time, matching diffusers' StableDiffusionPipeline.
+"""Classifier-free-guided denoising over engines called one step at a time, matching diffusers' pipelines.
 
-The engines are reached through an :class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for
-benchmarks and unit tests. Each generation owns its scheduler, so concurrent requests never share state.
+One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
+conditioning, and the loop sends it with each step's latents. The engines are reached through an
+:class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for benchmarks and unit tests. Each
+generation owns its scheduler, so concurrent requests never share state.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, PipelineDims, engine_specs
+from serve.text_to_image.families import family_of_engines
+from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import ModelSpec
 
@@ -43,9 +46,8 @@ class OnnxRuntimeRunner:
     """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests."""
 
     def __init__(self, engine_dir: Path, shards: int = 0) -> None:
-        self.sessions = {
-            name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in (TEXT_ENCODER, UNET, VAE_DECODER)
-        }
+        names = family_of_engines(engine_dir).specs
+        self.sessions = {name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in names}
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
@@ -80,14 +82,15 @@ class GenerationResult:
 
 
 class TextToImagePipeline:
-    """Tokenizer, scheduler configs and engine specs of one built model; :meth:`generate` runs a job."""
+    """Family, tokenizers, scheduler config and engine specs of one built model; :meth:`generate` runs a job."""
 
     def __init__(self, engine_dir: Path, engines: EngineRunner) -> None:
         from transformers import CLIPTokenizer
 
-        self.dims = PipelineDims.load(engine_dir / "pipeline.json")
-        self.specs = engine_specs(self.dims)
-        self.tokenizer = CLIPTokenizer.from_pretrained(engine_dir / "tokenizer")
+        self.family = family_of_engines(engine_dir)
+        self.dims = self.family.dims
+        self.specs = self.family.specs
+        self.tokenizers = {name: CLIPTokenizer.from_pretrained(engine_dir / name) for name in self.family.tokenizers()}
         self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
         self.engines = engines
 
@@ -96,26 +99,16 @@ class TextToImagePipeline:
         cls, overrides = SCHEDULERS[name]
         return cls.from_config(self.scheduler_config, **overrides)
 
-    def tokenize(self, text: str) -> tuple[np.ndarray, int]:
-        """Token ids padded/truncated to the text length, and how many tokens truncation dropped."""
-        length = self.dims.text_length
-        ids = self.tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
-        full = len(self.tokenizer(text, truncation=False).input_ids)
-        return np.asarray([ids], dtype=np.int64), max(0, full - length)
-
-    async def encode_prompts(self, job: Generation, guided: bool) -> tuple[np.ndarray, int]:
-        """Text embeddings [uncond..., cond...] repeated per image, as diffusers lays them out."""
-        cond_ids, dropped = self.tokenize(job.prompt)
-        ids = np.concatenate([self.tokenize(job.negative_prompt)[0], cond_ids]) if guided else cond_ids
-        hidden = (await self.engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids}))["last_hidden_state"]
-        return np.repeat(hidden, job.n, axis=0), dropped
-
     async def generate(self, job: Generation) -> GenerationResult:
         """Denoise ``job`` with one UNet call per step and decode the latents to images."""
         guided = job.guidance_scale > 1.0
-        embeddings, dropped = await self.encode_prompts(job, guided)
+        conditioning, dropped = await self.family.condition(self.engines, self.tokenizers, job, guided)
+        # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
+        conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
         scheduler.set_timesteps(job.steps)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(0)
         generator = torch.Generator("cpu").manual_seed(job.seed)
         shape = (
             job.n,
@@ -129,17 +122,8 @@ class TextToImagePipeline:
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
-            noise = (
-                await self.engines.infer(
-                    self.specs[UNET],
-                    {
-                        "sample": model_input.numpy(),
-                        "timestep": timestep,
-                        "encoder_hidden_states": embeddings,
-                    },
-                )
-            )["noise_pred"]
-            noise = torch.from_numpy(noise)
+            inputs = {"sample": model_input.numpy(), "timestep": timestep, **conditioning}
+            noise = torch.from_numpy((await self.engines.infer(self.specs[UNET], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image
 
 from serve.stack import Stack, StackOptions, wait_until_ready
+from serve.text_to_image.families import family_of_engines
 
 
 @pytest.fixture(scope="module")
@@ -51,3 +53,8 @@ def triton_killed(stack: Stack, ready_within_s: float = 60.0):
         yield
     finally:
         wait_until_ready(stack.info.api_url, ready_within_s)
+
+
+def engine_names(stack: Stack) -> tuple[str, ...]:
+    """The Triton models of the stack's text-to-image pipeline (its family's engines)."""
+    return tuple(family_of_engines(Path(stack.info.engine_dir)).specs)

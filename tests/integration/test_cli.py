@@ -64,16 +64,23 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
     assert "nothing recorded" in _down(env).stdout
 
 
-def test_down_knows_a_dead_stack_and_stops_what_it_left(tmp_path):
+def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_it_left(tmp_path, tiny_xl_model):
+    """`easel up --model DIR` on a StableDiffusionXLPipeline.save_pretrained folder; then its process is killed."""
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_ports(2)
-    up = _up(tmp_path, env, port, dashboard_port, "--no-first-request")
-    assert up.returncode == 0, up.stdout + up.stderr
+    repository = tmp_path / "repository"
+    up = _up(tmp_path, env, port, dashboard_port, "--model", str(tiny_xl_model))
     state = read_state(tmp_path / "home" / "run")
-    os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind
-    psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
-    assert stack_processes(state.stack_id), "nothing was left behind to clean up"
-    down = _down(env)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert "First request" in up.stdout and "-> 200" in up.stdout
+        engines = sorted(p.name for p in repository.iterdir() if not p.name.startswith("vectorize"))
+        assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+        os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind
+        psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
+        assert stack_processes(state.stack_id), "nothing was left behind to clean up"
+    finally:
+        down = _down(env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
     assert [p.name() for p in stack_processes(state.stack_id)] == []

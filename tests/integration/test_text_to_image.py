@@ -12,9 +12,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from serve.text_to_image.pipeline import SCHEDULERS
-from serve.text_to_image.spec import ENGINE_NAMES
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import decode_images, triton_killed
+from tests.integration.conftest import decode_images, engine_names, triton_killed
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -22,10 +21,10 @@ logger = logging.getLogger(__name__)
 GENERATE = "/v1/images/generations"
 
 
-def test_health_and_readiness(api):
+def test_health_and_readiness(api, stack):
     assert api.get("/healthz").json() == {"status": "ok"}
     ready = api.get("/readyz")
-    assert ready.status_code == 200 and all(ready.json()["models"][m] for m in ENGINE_NAMES)
+    assert ready.status_code == 200 and all(ready.json()["models"][m] for m in engine_names(stack))
 
 
 def test_replica_logs_reach_their_files_with_rays_log_monitor_stopped(api, stack):

@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 
 from serve.errors import InvalidInput
+from serve.text_to_image.families.sd import SDDims, StableDiffusion
 from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
-from serve.text_to_image.spec import UNET, PipelineDims, engine_specs
+from serve.text_to_image.spec import UNET
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr
 
-DIMS = PipelineDims(
+DIMS = SDDims(
     text_length=4, text_hidden=3, latent_channels=2, vae_scale_factor=8, vae_scaling_factor=0.18, sample_size=4
 )
-SPECS = engine_specs(DIMS)
+SPECS = StableDiffusion(DIMS).specs
 
 
 class Recorder:

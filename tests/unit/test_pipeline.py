@@ -41,3 +41,31 @@ def test_seeds_change_the_image_and_long_prompts_report_truncation(pipeline):
     assert psnr(a, b) < 30
     result = asyncio.run(pipeline.generate(Generation("word " * 40, "", 1, 64, 64, 1, 1.0, 1, "euler")))
     assert result.prompt_tokens_dropped > 0
+
+
+@pytest.fixture(scope="module")
+def xl_pipeline(tiny_xl_engine_dir):
+    return TextToImagePipeline(tiny_xl_engine_dir, OnnxRuntimeRunner(tiny_xl_engine_dir))
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "negative", "n", "guidance", "width", "height"),
+    [("euler", "", 1, 6.0, 192, 128), ("dpmpp_2m", "blurry", 2, 5.0, 128, 96), ("ddim", "", 1, 1.0, 96, 128)],
+)
+def test_sdxl_matches_diffusers(xl_pipeline, diffusers_xl_pipeline, scheduler, negative, n, guidance, width, height):
+    job = Generation("a red fox", negative, n, width, height, 6, guidance, 11, scheduler)
+    got = np.stack(asyncio.run(xl_pipeline.generate(job)).images)
+    want = reference_images(
+        diffusers_xl_pipeline,
+        scheduler,
+        prompt="a red fox",
+        negative_prompt=negative,
+        num_images_per_prompt=n,
+        width=width,
+        height=height,
+        num_inference_steps=6,
+        guidance_scale=guidance,
+        seed=11,
+    )
+    assert got.shape == want.shape == (n, height, width, 3)
+    assert psnr(got, want) >= 40

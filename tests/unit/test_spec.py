@@ -4,13 +4,14 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from serve.paths import MODEL_REPOSITORY
-from serve.text_to_image.spec import ENGINE_NAMES, PipelineDims, engine_specs
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.families.sd import SDDims, StableDiffusion
 from serve.triton.spec import Backend, ModelSpec, TensorSpec, read_model_config, triton_dtype_name, write_model_config
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 
 def test_committed_configs_match_the_spec(default_model):
-    specs = engine_specs(PipelineDims.from_diffusers(default_model))
+    specs = dict(family_of_folder(default_model).specs)
     specs.update({spec.name: spec for spec in (QUALITY, POLICY, FEATURES, ENSEMBLE)})
     assert {p.parent.name for p in MODEL_REPOSITORY.glob("*/config.pbtxt")} == set(specs)
     for name in specs:
@@ -20,7 +21,7 @@ def test_committed_configs_match_the_spec(default_model):
 
 def test_every_committed_config_parses_with_tritons_schema():
     paths = sorted(MODEL_REPOSITORY.glob("*/config.pbtxt"))
-    assert {p.parent.name for p in paths} >= set(ENGINE_NAMES)
+    assert {p.parent.name for p in paths} >= {"text_encoder", "unet", "vae_decoder"}
     for path in paths:
         config = read_model_config(path)
         assert config.name == path.parent.name
@@ -28,7 +29,7 @@ def test_every_committed_config_parses_with_tritons_schema():
 
 
 def test_unet_batches_dynamically_with_a_per_sample_timestep(default_model):
-    unet = engine_specs(PipelineDims.from_diffusers(default_model))["unet"].to_model_config()
+    unet = family_of_folder(default_model).specs["unet"].to_model_config()
     assert unet.max_batch_size >= 16
     assert unet.HasField("dynamic_batching")
     timestep = next(i for i in unet.input if i.name == "timestep")
@@ -36,7 +37,7 @@ def test_unet_batches_dynamically_with_a_per_sample_timestep(default_model):
 
 
 def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
-    dims = PipelineDims(
+    dims = SDDims(
         text_length=77,
         text_hidden=768,
         latent_channels=4,
@@ -44,7 +45,7 @@ def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
         vae_scaling_factor=0.18215,
         sample_size=64,
     )
-    for spec in engine_specs(dims).values():
+    for spec in StableDiffusion(dims).specs.values():
         path = write_model_config(spec, tmp_path, Backend.ONNXRUNTIME)
         parsed = read_model_config(path)
         assert parsed == spec.to_model_config(Backend.ONNXRUNTIME)

@@ -1,0 +1,117 @@
+"""The embedded tiny SDXL (``tiny-xl``): SDXL's layout at toy sizes, created locally and deterministically.
+
+Two CLIP text encoders of different widths (the second with a projection to yet another width), so a mix-up of the
+encoders' outputs cannot go unnoticed; a UNet with SDXL's ``text_time`` added embedding and per-block transformer
+depths (its added embedding scaled up, so that a wrong time id changes the image by more than a parity test
+allows); a VAE with SDXL's scaling factor and ``force_upcast``; SDXL's Euler scheduler config; byte-level tokenizers,
+the second padding with ``!`` as SDXL's does.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from build_engines.text_to_image.default_model import SEED, _byte_vocabulary
+
+logger = logging.getLogger(__name__)
+
+TEXT_HIDDEN = 32
+TEXT_HIDDEN_2 = 48
+POOLED_DIM = 40
+TIME_EMBED_DIM = 8
+
+
+def _tokenizer(pad_token: str):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=_byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
+
+
+def _text_config(hidden: int, vocab_size: int, projection_dim: int):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def create_tiny_xl(out_dir: Path) -> Path:
+    """Create and save the embedded tiny SDXL in diffusers format under ``out_dir``."""
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    torch.manual_seed(SEED)
+    tokenizer, tokenizer_2 = _tokenizer("<|endoftext|>"), _tokenizer("!")
+    vocab_size = len(tokenizer)
+    text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, vocab_size, TEXT_HIDDEN))
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN_2, vocab_size, POOLED_DIM))
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
+        norm_num_groups=8,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        transformer_layers_per_block=(1, 2),
+        use_linear_projection=True,
+        cross_attention_dim=TEXT_HIDDEN + TEXT_HIDDEN_2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * TIME_EMBED_DIM + POOLED_DIM,
+    )
+    with torch.no_grad():  # a louder added embedding: a wrong time id or pooled embedding shows in the image
+        unet.add_embedding.linear_2.weight.mul_(4)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(8, 16, 16, 16),
+        norm_num_groups=8,
+        layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=256,
+        scaling_factor=0.13025,
+        force_upcast=True,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        interpolation_type="linear",
+    )
+    pipeline = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=scheduler,
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+    pipeline.save_pretrained(out_dir)
+    logger.info(
+        "created embedded model 'tiny-xl' (UNet %.2f M parameters) in %s",
+        sum(p.numel() for p in unet.parameters()) / 1e6,
+        out_dir,
+    )
+    return out_dir

@@ -1,0 +1,180 @@
+"""One model served end to end at growing sizes: stack start, one request per size, Triton's compute per engine.
+
+For full-size models (``easel random-model``), where one request takes minutes: the sizes run in ascending order and
+the first one that fails ends the run, so its error names where the machine stops coping. Memory is sampled over the
+whole process tree (its own pages, ``RssAnon``, and mapped file pages, ``RssFile``) every second.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "a lighthouse on a cliff at dusk, flat vector illustration"
+
+
+@dataclass
+class SizeRun:
+    """One request at one size."""
+
+    size: int
+    status: int | None = None
+    end_to_end_s: float = 0.0
+    error: str = ""
+    peak_own_gb: float = 0.0
+    engines: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+class TreeMemory:
+    """Samples the summed own (anonymous) resident memory of this process and its descendants in a thread."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self.peak_gb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TreeMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def reset(self) -> None:
+        """Start a new peak at the current value."""
+        self.peak_gb = 0.0
+        self.sample()
+
+    def sample(self) -> float:
+        """The tree's own memory now, in GB (also kept in the peak)."""
+        root = psutil.Process()
+        own = 0
+        try:
+            processes = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            processes = [root]
+        for process in processes:
+            try:
+                own += _rss_anon(process.pid)
+            except (OSError, StopIteration):  # gone, or a zombie (no RssAnon line)
+                continue
+        self.peak_gb = max(self.peak_gb, own / 1e9)
+        return own / 1e9
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+
+def _rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+
+def _engine_stats(triton_http_url: str) -> dict[str, tuple[int, float]]:
+    stats = httpx.get(f"{triton_http_url}/v2/models/stats", timeout=30).json()["model_stats"]
+    return {s["name"]: (int(s["execution_count"]), s["inference_stats"]["compute_infer"]["ns"] / 1e9) for s in stats}
+
+
+def run_sizes(
+    info, sizes: list[int], steps: int, guidance: float, memory: TreeMemory, images: Path | None = None
+) -> list[SizeRun]:
+    """One request per size against the stack ``info`` until one fails; Triton's compute per engine for each."""
+    runs = []
+    for size in sorted(sizes):
+        before = _engine_stats(info.triton_http_url)
+        body = {
+            "prompt": PROMPT,
+            "size": f"{size}x{size}",
+            "num_inference_steps": steps,
+            "guidance_scale": guidance,
+            "seed": 1,
+            "scheduler": "euler",
+        }
+        logger.info("request %dx%d, %d steps", size, size, steps)
+        run = SizeRun(size)
+        memory.reset()
+        started = time.perf_counter()
+        try:
+            response = httpx.post(f"{info.api_url}/v1/images/generations", json=body, timeout=3600)
+            run.status = response.status_code
+            if response.status_code != 200:
+                run.error = response.text[:500]
+            elif images is not None:
+                images.mkdir(parents=True, exist_ok=True)
+                image = base64.b64decode(response.json()["data"][0]["b64_json"])
+                (images / f"{size}.png").write_bytes(image)
+        except httpx.HTTPError as error:
+            run.error = repr(error)[:500]
+        run.end_to_end_s = round(time.perf_counter() - started, 1)
+        memory.sample()
+        run.peak_own_gb = round(memory.peak_gb, 2)
+        try:
+            after = _engine_stats(info.triton_http_url)
+            run.engines = {
+                name: {
+                    "executions": after[name][0] - before[name][0],
+                    "compute_s": round(after[name][1] - before[name][1], 2),
+                }
+                for name in after
+                if after[name][0] > before[name][0]
+            }
+        except httpx.HTTPError as error:
+            run.error += f" (Triton stats: {error!r})"[:300]
+        logger.info("%s", run)
+        runs.append(run)
+        if run.status != 200:
+            break
+    return runs
+
+
+def format_runs(runs: list[SizeRun]) -> str:
+    """A table: size, status, end-to-end s, s per UNet step, VAE s, peak own memory."""
+    head = f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/UNet step':>13}{'VAE s':>8}{'peak own GB':>13}  error"
+    lines = [head]
+    for run in runs:
+        unet = run.engines.get("unet", {})
+        per_step = unet["compute_s"] / unet["executions"] if unet.get("executions") else float("nan")
+        vae = run.engines.get("vae_decoder", {}).get("compute_s", float("nan"))
+        lines.append(
+            f"{run.size:>6}{run.status or '-':>8}{run.end_to_end_s:>9.1f}{per_step:>13.2f}{vae:>8.1f}"
+            f"{run.peak_own_gb:>13.2f}  {run.error[:80]}"
+        )
+    return "\n".join(lines)
+
+
+def run_benchmark(model_dir: Path, sizes: list[int], steps: int, guidance: float, out: Path) -> str:
+    """``easel bench model``: a scratch stack over ``model_dir``, one request per size; JSON to ``out``, report back."""
+    from dataclasses import asdict
+
+    from serve.benchmarks import loop
+    from serve.stack import scratch_stack
+
+    with TreeMemory() as memory:
+        started = time.perf_counter()
+        with scratch_stack(model_dir) as stack:
+            start_s, start_peak_gb = time.perf_counter() - started, memory.peak_gb
+            runs = run_sizes(stack.info, sizes, steps, guidance, memory, out.parent)
+    loop.write_json(
+        out,
+        [],
+        model=str(model_dir),
+        steps=steps,
+        guidance=guidance,
+        stack_start_s=round(start_s, 1),
+        stack_start_peak_own_gb=round(start_peak_gb, 2),
+        runs=[asdict(run) for run in runs],
+    )
+    head = f"stack start (cache check or build, Triton, Ray): {start_s:.0f} s, peak {start_peak_gb:.2f} GB own"
+    return "\n".join([head, format_runs(runs), f"written to {out}"])

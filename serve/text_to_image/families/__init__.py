@@ -1,0 +1,33 @@
+"""Model families, each declared once (``sd.py``, ``sdxl.py``) and recognised from ``model_index.json``'s class."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from serve.errors import UnsupportedModel
+from serve.text_to_image.families.base import PIPELINE_FILE, Family, PipelineDims, read_model_index
+from serve.text_to_image.families.sd import StableDiffusion
+from serve.text_to_image.families.sdxl import StableDiffusionXL
+
+FAMILIES: dict[str, type[Family]] = {family.name: family for family in (StableDiffusion, StableDiffusionXL)}
+
+__all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder", "family_of_engines"]
+
+
+def family_of_folder(model_dir: Path) -> Family:
+    """The family of a diffusers folder with its dims; :class:`UnsupportedModel` names what does not fit."""
+    class_name = read_model_index(model_dir).get("_class_name")
+    family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
+    if family is None:
+        supported = ", ".join(f.pipeline_class for f in FAMILIES.values())
+        raise UnsupportedModel(f"{model_dir}: pipeline class {class_name!r} is not supported (supported: {supported})")
+    family.check_folder(model_dir)
+    return family(family.read_dims(model_dir))
+
+
+def family_of_engines(engine_dir: Path) -> Family:
+    """The family and dims saved beside built engines (``pipeline.json``)."""
+    saved = json.loads((engine_dir / PIPELINE_FILE).read_text())
+    family = FAMILIES[saved["family"]]
+    return family(family.dims_type(**saved["dims"]))

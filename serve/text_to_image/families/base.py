@@ -1,0 +1,238 @@
+"""What a model family declares, and the parts families share.
+
+A family declares the diffusers folder it reads, its engines and their specs, the torch modules they are exported
+from, and the UNet's conditioning for a prompt. The denoising loop, the exporter, the Triton configs and the clients
+only read these declarations.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from serve.errors import UnsupportedModel
+from serve.triton.spec import ModelSpec
+
+if TYPE_CHECKING:
+    from serve.text_to_image.pipeline import EngineRunner, Generation
+
+PIPELINE_FILE = "pipeline.json"
+MODEL_INDEX = "model_index.json"
+
+
+@dataclass(frozen=True)
+class PipelineDims:
+    """Shape facts of one diffusers model that every family has; families add their own fields."""
+
+    text_length: int
+    latent_channels: int
+    vae_scale_factor: int
+    vae_scaling_factor: float
+    sample_size: int
+
+    @property
+    def native_size(self) -> int:
+        """Image side the model was built for, in pixels."""
+        return self.sample_size * self.vae_scale_factor
+
+
+@dataclass(frozen=True)
+class Component:
+    """A folder of a diffusers pipeline that a family needs, and the file that must be in it."""
+
+    folder: str
+    required_file: str
+    has_weights: bool = True
+
+
+@dataclass(frozen=True)
+class ExportModule:
+    """How to get the torch module an engine is exported from: ``load(dtype)``, called for one engine at a time.
+
+    ``keep_fp32``: the engine stays in fp32 in an fp16 export (SDXL's VAE, as diffusers' ``force_upcast``).
+    """
+
+    load: Callable[[torch.dtype], torch.nn.Module]
+    keep_fp32: bool = False
+
+
+class Family(ABC):
+    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model."""
+
+    name: ClassVar[str]
+    pipeline_class: ClassVar[str]
+    components: ClassVar[tuple[Component, ...]]
+    dims_type: ClassVar[type[PipelineDims]]
+
+    def __init__(self, dims: PipelineDims) -> None:
+        self.dims = dims
+        self.specs = self.engine_specs()
+
+    # -- what a diffusers folder of this family holds ---------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def read_dims(cls, model_dir: Path) -> PipelineDims:
+        """Read the dims from a diffusers folder's configs (no weights)."""
+
+    @classmethod
+    def tokenizers(cls) -> tuple[str, ...]:
+        """The tokenizer folders, copied beside the engines."""
+        return tuple(c.folder for c in cls.components if c.folder.startswith("tokenizer"))
+
+    @classmethod
+    def check_folder(cls, model_dir: Path) -> None:
+        """Raise :class:`UnsupportedModel` naming the first component ``model_dir`` lacks."""
+        index = read_model_index(model_dir)
+        for component in cls.components:
+            folder = model_dir / component.folder
+            listed = index.get(component.folder)
+            if not isinstance(listed, list) or None in listed:
+                raise UnsupportedModel(f"{model_dir}: {cls.pipeline_class} needs component {component.folder!r}")
+            if not (folder / component.required_file).is_file():
+                raise UnsupportedModel(
+                    f"{model_dir}: component {component.folder!r} has no {component.folder}/{component.required_file}"
+                )
+            if component.has_weights and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+                raise UnsupportedModel(f"{model_dir}: component {component.folder!r} has no weights (.safetensors)")
+
+    # -- engines ----------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def engine_specs(self) -> dict[str, ModelSpec]:
+        """Every engine's Triton/ONNX spec, in export order."""
+
+    @abstractmethod
+    def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
+        """For each engine, how to load the torch module it is exported from out of ``model_dir``."""
+
+    # -- conditioning -----------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    async def condition(
+        self, engines: EngineRunner, tokenizers: Mapping, job: Generation, guided: bool
+    ) -> tuple[dict[str, np.ndarray], int]:
+        """The UNet's per-row inputs besides ``sample`` and ``timestep`` for ``job``'s prompts.
+
+        Rows are ``[negative, prompt]`` when ``guided``, else ``[prompt]`` (the caller repeats them per image).
+        Also returns how many prompt tokens truncation dropped.
+        """
+
+    # -- saved beside the engines -----------------------------------------------------------------------------------
+
+    def save(self, engine_dir: Path) -> None:
+        """Write ``pipeline.json``: the family's name and dims."""
+        payload = {"family": self.name, "dims": asdict(self.dims)}
+        (engine_dir / PIPELINE_FILE).write_text(json.dumps(payload, indent=2))
+
+
+def read_model_index(model_dir: Path) -> dict:
+    """``model_index.json`` of a diffusers folder; :class:`UnsupportedModel` when it is missing or not JSON."""
+    path = model_dir / MODEL_INDEX
+    if not path.is_file():
+        raise UnsupportedModel(f"{model_dir} is not a diffusers pipeline folder: it has no {MODEL_INDEX}")
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UnsupportedModel(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(index, dict):
+        raise UnsupportedModel(f"{path} is not a JSON object")
+    return index
+
+
+def read_config(model_dir: Path, component: str, file: str = "config.json") -> dict:
+    """A component's JSON config."""
+    return json.loads((model_dir / component / file).read_text())
+
+
+def vae_dims(model_dir: Path) -> dict:
+    """The dims every family reads from the UNet and the VAE configs."""
+    unet = read_config(model_dir, "unet")
+    vae = read_config(model_dir, "vae")
+    sample_size = unet["sample_size"]
+    return {
+        "latent_channels": int(unet["in_channels"]),
+        "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
+        "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
+    }
+
+
+def text_length(model_dir: Path) -> int:
+    """Token length of the prompts: the tokenizer's ``model_max_length``, else the text encoder's positions."""
+    tokenizer = read_config(model_dir, "tokenizer", "tokenizer_config.json")
+    text = read_config(model_dir, "text_encoder")
+    return int(tokenizer.get("model_max_length", text["max_position_embeddings"]))
+
+
+def tokenize(tokenizer, text: str, length: int) -> tuple[np.ndarray, int]:
+    """Token ids ``[1, length]`` padded/truncated as diffusers does, and how many tokens truncation dropped."""
+    ids = tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
+    full = len(tokenizer(text, truncation=False).input_ids)
+    return np.asarray([ids], dtype=np.int64), max(0, full - length)
+
+
+def diffusers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The diffusers model class ``cls_name`` loaded from ``folder`` in ``dtype``."""
+    import diffusers
+
+    return getattr(diffusers, cls_name).from_pretrained(folder, torch_dtype=dtype).eval()
+
+
+def transformers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
+    """The transformers model class ``cls_name`` loaded from ``folder`` in ``dtype``."""
+    import transformers
+
+    return getattr(transformers, cls_name).from_pretrained(folder, dtype=dtype).eval()
+
+
+class UnetModule(torch.nn.Module):
+    """The UNet with positional inputs: sample, timestep, encoder_hidden_states, then ``added`` conditioning."""
+
+    def __init__(self, unet: torch.nn.Module, added: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.unet = unet
+        self.added = added
+
+    def forward(self, sample, timestep, encoder_hidden_states, *added):
+        """The noise prediction."""
+        extra = dict(zip(self.added, added, strict=True)) or None
+        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=extra, return_dict=False)[0]
+
+
+class VaeDecoderModule(torch.nn.Module):
+    """Latents in, image in [0, 1] out: the pipeline's unscaling (with latents mean/std) and denormalising folded in."""
+
+    def __init__(self, vae: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        config = vae.config
+        self.scaling_factor = float(config.scaling_factor)
+        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+        self.denormalise = mean is not None and std is not None
+        if self.denormalise:
+            self.register_buffer("latents_mean", torch.tensor(mean).view(1, -1, 1, 1))
+            self.register_buffer("latents_std", torch.tensor(std).view(1, -1, 1, 1))
+
+    def forward(self, latent):
+        """The decoded image in [0, 1]."""
+        if self.denormalise:
+            latent = latent * self.latents_std / self.scaling_factor + self.latents_mean
+        else:
+            latent = latent / self.scaling_factor
+        image = self.vae.decode(latent, return_dict=False)[0]
+        return (image / 2 + 0.5).clamp(0, 1)
+
+
+def vae_decoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:
+    """The VAE decoder of ``model_dir`` as an :class:`ExportModule`."""
+    return ExportModule(
+        lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32
+    )

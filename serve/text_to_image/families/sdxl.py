@@ -1,0 +1,189 @@
+"""SDXL: two CLIP text encoders (the second with a projection), as ``StableDiffusionXLPipeline`` conditions its UNet.
+
+The UNet sees the two encoders' penultimate hidden states side by side, the second encoder's pooled, projected
+embedding (``text_embeds``) and ``time_ids`` = original size + crop top-left (0, 0) + target size, with the original
+and target size both the requested (height, width). An empty negative prompt is all zeros when the pipeline config
+says ``force_zeros_for_empty_prompt`` (diffusers' default for SDXL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from serve.errors import UnsupportedModel
+from serve.text_to_image.families.base import (
+    Component,
+    ExportModule,
+    Family,
+    PipelineDims,
+    UnetModule,
+    diffusers_model,
+    read_config,
+    read_model_index,
+    text_length,
+    tokenize,
+    transformers_model,
+    vae_decoder_export,
+    vae_dims,
+)
+from serve.text_to_image.spec import (
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    VAE_DECODER,
+    text_encoder_spec,
+    unet_spec,
+    vae_decoder_spec,
+)
+from serve.triton.spec import ModelSpec, TensorSpec
+
+# original (height, width) + crop top-left (y, x) + target (height, width)
+TIME_IDS = 6
+
+
+@dataclass(frozen=True)
+class SDXLDims(PipelineDims):
+    """SDXL dims: both encoders' widths, the pooled embedding's width, and the empty-negative-prompt rule."""
+
+    text_hidden: int
+    text_hidden_2: int
+    pooled_dim: int
+    force_zeros_for_empty_prompt: bool
+
+
+class ClipPenultimate(torch.nn.Module):
+    """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
+
+    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids):
+        """The penultimate hidden state (and ``text_embeds``)."""
+        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[-2]
+        return (hidden, out.text_embeds) if self.pooled else hidden
+
+
+class StableDiffusionXL(Family):
+    """``StableDiffusionXLPipeline`` folders (the base model; the refiner is another pipeline class)."""
+
+    name = "sdxl"
+    pipeline_class = "StableDiffusionXLPipeline"
+    dims_type = SDXLDims
+    components = (
+        Component("text_encoder", "config.json"),
+        Component("text_encoder_2", "config.json"),
+        Component("tokenizer", "tokenizer_config.json", has_weights=False),
+        Component("tokenizer_2", "tokenizer_config.json", has_weights=False),
+        Component("unet", "config.json"),
+        Component("vae", "config.json"),
+        Component("scheduler", "scheduler_config.json", has_weights=False),
+    )
+
+    @classmethod
+    def read_dims(cls, model_dir: Path) -> SDXLDims:
+        """Dims from the configs; a UNet whose added embedding does not fit these encoders is refused."""
+        text_2 = read_config(model_dir, "text_encoder_2")
+        unet = read_config(model_dir, "unet")
+        dims = SDXLDims(
+            text_length=text_length(model_dir),
+            text_hidden=int(read_config(model_dir, "text_encoder")["hidden_size"]),
+            text_hidden_2=int(text_2["hidden_size"]),
+            pooled_dim=int(text_2["projection_dim"]),
+            force_zeros_for_empty_prompt=bool(read_model_index(model_dir).get("force_zeros_for_empty_prompt", True)),
+            **vae_dims(model_dir),
+        )
+        added = unet.get("addition_time_embed_dim", 0) * TIME_IDS + dims.pooled_dim
+        if unet.get("addition_embed_type") != "text_time" or unet.get("projection_class_embeddings_input_dim") != added:
+            raise UnsupportedModel(
+                f"{model_dir}: the UNet's added embedding does not take text_embeds ({dims.pooled_dim}) and "
+                f"{TIME_IDS} time ids (addition_embed_type, addition_time_embed_dim, "
+                "projection_class_embeddings_input_dim)"
+            )
+        length_2 = read_config(model_dir, "tokenizer_2", "tokenizer_config.json").get("model_max_length")
+        if length_2 not in (None, dims.text_length):
+            raise UnsupportedModel(f"{model_dir}: tokenizer_2 length {length_2} differs from tokenizer's")
+        return dims
+
+    def engine_specs(self) -> dict[str, ModelSpec]:
+        """Two text encoders, the UNet with its three conditioning inputs, the VAE decoder."""
+        d = self.dims
+        return {
+            TEXT_ENCODER: text_encoder_spec(
+                TEXT_ENCODER, d.text_length, (TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden)),)
+            ),
+            TEXT_ENCODER_2: text_encoder_spec(
+                TEXT_ENCODER_2,
+                d.text_length,
+                (
+                    TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden_2)),
+                    TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
+                ),
+            ),
+            UNET: unet_spec(
+                d.latent_channels,
+                (
+                    TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),
+                    TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
+                    TensorSpec("time_ids", "float32", (TIME_IDS,)),
+                ),
+            ),
+            VAE_DECODER: vae_decoder_spec(d.latent_channels),
+        }
+
+    def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
+        """Both encoders' penultimate layers (the second's pooled projection too), the UNet, the VAE decoder.
+
+        The VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the diffusers pipeline does.
+        """
+        force_upcast = bool(read_config(model_dir, "vae").get("force_upcast", True))
+        return {
+            TEXT_ENCODER: ExportModule(
+                lambda dtype: ClipPenultimate(
+                    transformers_model("CLIPTextModel", model_dir / "text_encoder", dtype), pooled=False
+                )
+            ),
+            TEXT_ENCODER_2: ExportModule(
+                lambda dtype: ClipPenultimate(
+                    transformers_model("CLIPTextModelWithProjection", model_dir / "text_encoder_2", dtype), pooled=True
+                )
+            ),
+            UNET: ExportModule(
+                lambda dtype: UnetModule(
+                    diffusers_model("UNet2DConditionModel", model_dir / "unet", dtype), ("text_embeds", "time_ids")
+                )
+            ),
+            VAE_DECODER: vae_decoder_export(model_dir, keep_fp32=force_upcast),
+        }
+
+    async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
+        """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""
+        length = self.dims.text_length
+        zero_negative = guided and not job.negative_prompt and self.dims.force_zeros_for_empty_prompt
+        texts = [job.negative_prompt, job.prompt] if guided and not zero_negative else [job.prompt]
+        ids_1 = np.concatenate([tokenize(tokenizers["tokenizer"], text, length)[0] for text in texts])
+        ids_2 = np.concatenate([tokenize(tokenizers["tokenizer_2"], text, length)[0] for text in texts])
+        first, second = await asyncio.gather(
+            engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids_1}),
+            engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": ids_2}),
+        )
+        hidden = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)
+        pooled = second["text_embeds"]
+        if zero_negative:
+            hidden = np.concatenate([np.zeros_like(hidden), hidden])
+            pooled = np.concatenate([np.zeros_like(pooled), pooled])
+        time_ids = np.array([[job.height, job.width, 0, 0, job.height, job.width]], dtype=np.float32)
+        dropped = tokenize(tokenizers["tokenizer"], job.prompt, length)[1]
+        return {
+            "encoder_hidden_states": hidden,
+            "text_embeds": pooled,
+            "time_ids": np.repeat(time_ids, len(hidden), axis=0),
+        }, dropped

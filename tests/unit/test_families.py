@@ -1,0 +1,235 @@
+"""Model families: recognised from model_index.json, bad folders refused by name, SDXL's conditioning (no servers)."""
+
+import asyncio
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from build_engines.text_to_image import build as build_module
+from build_engines.text_to_image.published import PUBLISHED_DIR, clip_bpe
+from serve.cli import main
+from serve.errors import UnsupportedModel
+from serve.text_to_image.families import family_of_engines, family_of_folder
+from serve.text_to_image.pipeline import Generation
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+
+
+def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_xl_model):
+    assert family_of_folder(default_model).name == "sd"
+    xl = family_of_folder(tiny_xl_model)
+    assert xl.name == "sdxl" and list(xl.specs) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+    unet = {t.name: t.dims for t in xl.specs[UNET].inputs}
+    assert unet == {
+        "sample": (4, -1, -1),
+        "timestep": (),
+        "encoder_hidden_states": (77, 32 + 48),
+        "text_embeds": (40,),
+        "time_ids": (6,),
+    }
+
+
+def _copy(model_dir, tmp_path):
+    return shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("*.safetensors"))
+
+
+def _bad_folders(tmp_path, tiny_xl_model):
+    """(folder, words the error must name) for each way a folder can fail."""
+    cases = []
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases.append((empty, "model_index.json"))
+
+    unknown = shutil.copytree(tiny_xl_model, tmp_path / "unknown")
+    index = json.loads((unknown / "model_index.json").read_text())
+    (unknown / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    cases.append((unknown, "'KandinskyPipeline' is not supported"))
+
+    missing = shutil.copytree(tiny_xl_model, tmp_path / "missing")
+    shutil.rmtree(missing / "text_encoder_2")
+    cases.append((missing, "'text_encoder_2'"))
+
+    no_weights = shutil.copytree(tiny_xl_model, tmp_path / "no_weights")
+    for path in (no_weights / "unet").glob("*.safetensors"):
+        path.unlink()
+    cases.append((no_weights, "'unet' has no weights"))
+
+    broken = shutil.copytree(tiny_xl_model, tmp_path / "broken")
+    (broken / "model_index.json").write_text("{not json")
+    cases.append((broken, "not valid JSON"))
+    return cases
+
+
+def test_bad_folders_are_one_line_errors_and_leave_the_engine_cache_empty(tiny_xl_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    runner = CliRunner()
+    for folder, words in _bad_folders(tmp_path, tiny_xl_model):
+        with pytest.raises(UnsupportedModel, match=words.replace("(", r"\(")):
+            family_of_folder(folder)
+        for command in ("build", "up"):
+            result = runner.invoke(main, [command, "--model", str(folder), "--repository", str(tmp_path / "repo")])
+            assert result.exit_code == 1, (command, folder, result.output)
+            lines = result.output.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("Error: ") and words in lines[0], result.output
+    assert not (tmp_path / "home" / "engines").exists() or not any((tmp_path / "home" / "engines").iterdir())
+    assert not (tmp_path / "repo").exists()
+
+
+def test_a_build_that_fails_halfway_leaves_nothing_in_the_cache(default_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+
+    def half_then_fail(family, model_dir, engine_dir, precision):
+        (engine_dir / "unet").mkdir(parents=True)
+        (engine_dir / "unet" / "model.onnx").write_bytes(b"half")
+        raise RuntimeError("export crashed")
+
+    monkeypatch.setattr(build_module, "export_all", half_then_fail)
+    with pytest.raises(RuntimeError, match="export crashed"):
+        build_module.build(default_model, tmp_path / "repository")
+    assert list((tmp_path / "home" / "engines").iterdir()) == []
+
+
+class FakeEncoders:
+    """Text encoders answering with the token ids as features, recording what each was asked."""
+
+    def __init__(self, family) -> None:
+        self.family = family
+        self.calls = []
+
+    async def infer(self, spec, inputs):
+        ids = inputs["input_ids"].astype(np.float32)
+        self.calls.append((spec.name, inputs["input_ids"]))
+        hidden = next(t for t in spec.outputs if t.name == "hidden_states")
+        out = {"hidden_states": np.repeat(ids[:, :, None], hidden.dims[1], axis=2) + (spec.name == TEXT_ENCODER_2)}
+        if spec.name == TEXT_ENCODER_2:
+            out["text_embeds"] = np.repeat(ids[:, :1] + 1, 40, axis=1)
+        return out
+
+
+def _condition(family, tokenizers, negative: str, guidance: float = 6.0):
+    job = Generation("a fox", negative, 1, 192, 128, 2, guidance, 0, "euler")
+    encoders = FakeEncoders(family)
+    conditioning, dropped = asyncio.run(family.condition(encoders, tokenizers, job, guidance > 1))
+    return conditioning, encoders.calls
+
+
+def test_sdxl_conditioning_follows_the_diffusers_pipeline(tiny_xl_engine_dir):
+    from transformers import CLIPTokenizer
+
+    family = family_of_engines(tiny_xl_engine_dir)
+    tokenizers = {name: CLIPTokenizer.from_pretrained(tiny_xl_engine_dir / name) for name in family.tokenizers()}
+    conditioning, calls = _condition(family, tokenizers, "")
+    # An empty negative prompt is zeros (force_zeros_for_empty_prompt) and is not encoded.
+    assert [len(ids) for _, ids in calls] == [1, 1]
+    assert not conditioning["encoder_hidden_states"][0].any() and not conditioning["text_embeds"][0].any()
+    # Both encoders' hidden states side by side, text_encoder's first.
+    ids = dict(calls)
+    hidden = conditioning["encoder_hidden_states"][1]
+    assert hidden.shape == (77, 80)
+    np.testing.assert_array_equal(hidden[:, :32], np.repeat(ids[TEXT_ENCODER][0][:, None], 32, axis=1))
+    np.testing.assert_array_equal(hidden[:, 32:], np.repeat(ids[TEXT_ENCODER_2][0][:, None], 48, axis=1) + 1)
+    # original size + crop top-left + target size, each (height, width), on every row.
+    np.testing.assert_array_equal(conditioning["time_ids"], [[128, 192, 0, 0, 128, 192]] * 2)
+    # tokenizer_2 pads with "!" (id 0 in CLIP's byte alphabet), tokenizer with <|endoftext|>.
+    assert ids[TEXT_ENCODER][0, -1] == tokenizers["tokenizer"].eos_token_id and ids[TEXT_ENCODER_2][0, -1] == 0
+
+    conditioning, calls = _condition(family, tokenizers, "blurry")
+    assert [len(ids) for _, ids in calls] == [2, 2] and conditioning["encoder_hidden_states"][0].any()
+    conditioning, calls = _condition(family, tokenizers, "", guidance=1.0)
+    assert len(conditioning["time_ids"]) == 1
+
+
+def test_clip_bpe_from_the_openai_clip_package_tokenizes_as_clip():
+    vocab, merges = clip_bpe()
+    assert len(vocab) == 49408 and len(merges) == 48894
+    assert vocab["<|startoftext|>"] == 49406 and vocab["a</w>"] == 320 and vocab["photo</w>"] == 1125
+
+
+@pytest.mark.parametrize(
+    ("name", "parameters_m"),
+    [
+        ("sd15/unet", 859.5),
+        ("sd15/text_encoder", 123.1),
+        ("sdxl/unet", 2567.5),
+        ("sdxl/text_encoder_2", 694.7),
+        ("sdxl/vae", 83.7),
+    ],
+)
+def test_committed_published_configs_are_the_full_size_architectures(name, parameters_m):
+    import diffusers
+    import transformers
+
+    folder = PUBLISHED_DIR / name
+    config = json.loads((folder / "config.json").read_text())
+    with torch.device("meta"):
+        if "_class_name" in config:
+            cls = getattr(diffusers, config["_class_name"])
+            model = cls.from_config(cls.load_config(folder))
+        else:
+            model = getattr(transformers, config["architectures"][0])(transformers.AutoConfig.from_pretrained(folder))
+    assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(parameters_m, abs=0.1)
+
+
+_SHRUNK = {  # the published configs at toy sizes: the same files and classes, seconds to create
+    "unet/config.json": {"block_out_channels": [32, 32, 64, 64], "attention_head_dim": 2, "cross_attention_dim": 64},
+    "text_encoder/config.json": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "text_encoder_2/config.json": {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+    },
+    "vae/config.json": {"block_out_channels": [32, 32, 32, 32]},
+}
+_SHRUNK_XL_UNET = {
+    "block_out_channels": [32, 64, 64],
+    "attention_head_dim": [2, 2, 2],
+    "transformer_layers_per_block": [1, 1, 2],
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,
+}
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path, monkeypatch):
+    from build_engines.text_to_image import published
+
+    configs = shutil.copytree(PUBLISHED_DIR, tmp_path / "published")
+    for path, overrides in _SHRUNK.items():
+        file = configs / name / path
+        if file.exists():
+            config = json.loads(file.read_text())
+            config.update(overrides)
+            if name == "sdxl" and path.startswith("unet"):
+                config.update(_SHRUNK_XL_UNET, cross_attention_dim=64)
+            if "projection_dim" in config:
+                config["projection_dim"] = 32
+            file.write_text(json.dumps(config))
+    monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
+    model_dir = published.create_random_model(name, tmp_path / name)
+    family = family_of_folder(model_dir)
+    assert family.name == {"sd15": "sd", "sdxl": "sdxl"}[name]
+    index = json.loads((model_dir / "model_index.json").read_text())
+    assert index.get("safety_checker", [None, None]) == [None, None]
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_xl_engine_dir, tmp_path):
+    repository = tmp_path / "repository"
+    build_module.install(tiny_xl_engine_dir, repository)
+    (repository / "unet" / "1" / "model.onnx.data").symlink_to(tmp_path / "gone")  # an earlier engine's weights
+    assert (repository / "text_encoder_2" / "config.pbtxt").exists()
+    build_module.install(engine_dir, repository)
+    assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder"]
+    assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["memory.json", "model.onnx", "model.py"]

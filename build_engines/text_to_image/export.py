@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the exported graphs change, so cached engines are rebuilt.
-EXPORTER_VERSION = 3
+EXPORTER_VERSION = 4
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}

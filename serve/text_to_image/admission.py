@@ -4,7 +4,8 @@
   of it is split into activation budgets: each fixed-size engine (the text encoders) gets what its largest batch
   needs, the spatial engines (UNet, VAE decoder) share the rest equally. Triton's python backend splits batches to
   fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
-  budget, or the VAE decoder's, is refused here with a 400 naming ``size`` and the budget.
+  budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
+  decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
 - **Cost**: ``n x num_inference_steps x megapixels``. A request over ``max_cost`` is refused (400); admitted
   requests wait their turn while the replica's requests in flight already add up to ``max_inflight_cost``.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 import psutil
 
 from serve.errors import InvalidInput
+from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MEMORY_FILE, MemoryModel
 from serve.triton.spec import ModelSpec
 
@@ -80,17 +83,30 @@ def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], 
     return {**fixed, **dict.fromkeys(spatial, share)}
 
 
-class Admission:
-    """Checks a request against the memory budgets and the cost ceiling, and queues it for an in-flight slot."""
+@dataclass(frozen=True)
+class Admitted:
+    """A request that passed :meth:`Admission.check`: its cost, and whether its images are decoded in tiles."""
 
-    def __init__(self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, scale: int) -> None:
-        self.models, self.budgets, self.limits, self.scale = models, budgets, limits, scale
+    cost: float
+    tiled_decode: bool = False
+
+
+class Admission:
+    """Checks a request against the memory budgets and the cost ceiling, and queues it for an in-flight slot.
+
+    A latent whose single row does not fit the VAE decoder's budget is decoded in tiles when a tile fits.
+    """
+
+    def __init__(
+        self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, tiling: VaeTiling
+    ) -> None:
+        self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
         self._inflight = 0.0
         self._waiting: deque[object] = deque()
         self._turn = asyncio.Condition()
 
-    def check(self, n: int, steps: int, width: int, height: int) -> float:
-        """Raise :class:`InvalidInput` if the request cannot be served; return its cost."""
+    def check(self, n: int, steps: int, width: int, height: int) -> Admitted:
+        """Raise :class:`InvalidInput` if the request cannot be served; say how it will be."""
         cost = request_cost(n, steps, width, height)
         if cost > self.limits.max_cost:
             raise InvalidInput(
@@ -99,17 +115,25 @@ class Admission:
                 "(easel up --max-cost)",
                 field="num_inference_steps",
             )
-        latent_positions = (width // self.scale) * (height // self.scale)
+        latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
+        tiled = False
         for name, model in self.models.items():
-            positions = latent_positions if name in self.budgets and model.coefficients[1:] != (0, 0) else 1
-            need = model.per_row(positions)
-            if need > self.budgets.get(name, need):
-                raise InvalidInput(
-                    f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
-                    f"share of the memory budget is {self.budgets[name] / 2**30:.2f} GiB (easel up --memory-budget)",
-                    field="size",
-                )
-        return cost
+            spatial = model.coefficients[1:] != (0, 0)
+            need = model.per_row(latent[0] * latent[1] if spatial else 1)
+            budget = self.budgets.get(name, need)
+            if need <= budget:
+                continue
+            if name == VAE_DECODER and self.tiling.applies(*latent):
+                tile = min(latent[0], self.tiling.latent_tile) * min(latent[1], self.tiling.latent_tile)
+                if model.per_row(tile) <= budget:
+                    tiled = True
+                    continue
+            raise InvalidInput(
+                f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
+                f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
+                field="size",
+            )
+        return Admitted(cost, tiled)
 
     def _fits(self, cost: float) -> bool:
         return self._inflight == 0 or self._inflight + cost <= self.limits.max_inflight_cost

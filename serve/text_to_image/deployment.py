@@ -70,7 +70,7 @@ class TextToImage:
         self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
         models = memory_models(Path(engine_dir), self.pipeline.specs)
         budgets = engine_budgets(models, self.pipeline.specs, limits.memory_budget_bytes)
-        self.admission = Admission(models, budgets, limits, self.pipeline.dims.vae_scale_factor)
+        self.admission = Admission(models, budgets, limits, self.pipeline.tiling)
 
     async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
@@ -80,10 +80,10 @@ class TextToImage:
         """
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         job = to_generation(request)
-        cost = self.admission.check(job.n, job.steps, job.width, job.height)
+        admitted = self.admission.check(job.n, job.steps, job.width, job.height)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with self.admission.slot(cost):
-                result = await self.pipeline.generate(job)
+            async with self.admission.slot(admitted.cost):
+                result = await self.pipeline.generate(job, tiled_decode=admitted.tiled_decode)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
             )

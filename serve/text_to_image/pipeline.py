@@ -23,6 +23,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from serve.text_to_image.families import family_of_engines
 from serve.text_to_image.spec import UNET, VAE_DECODER
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import ModelSpec
 
@@ -92,6 +93,7 @@ class TextToImagePipeline:
         self.specs = self.family.specs
         self.tokenizers = {name: CLIPTokenizer.from_pretrained(engine_dir / name) for name in self.family.tokenizers()}
         self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
+        self.tiling = VaeTiling(self.dims.vae_sample_size, self.dims.vae_scale_factor)
         self.engines = engines
 
     def make_scheduler(self, name: str):
@@ -99,8 +101,8 @@ class TextToImagePipeline:
         cls, overrides = SCHEDULERS[name]
         return cls.from_config(self.scheduler_config, **overrides)
 
-    async def generate(self, job: Generation) -> GenerationResult:
-        """Denoise ``job`` with one UNet call per step and decode the latents to images."""
+    async def generate(self, job: Generation, tiled_decode: bool = False) -> GenerationResult:
+        """Denoise ``job`` with one UNet call per step and decode the latents to images (in tiles if asked)."""
         guided = job.guidance_scale > 1.0
         conditioning, dropped = await self.family.condition(self.engines, self.tokenizers, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
@@ -128,9 +130,19 @@ class TextToImagePipeline:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-        pixels = (await self.engines.infer(self.specs[VAE_DECODER], {"latent": latents.numpy()}))["image"]
+        pixels = np.clip(await self.decode(latents.numpy(), tiled_decode), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)
+
+    async def decode(self, latents: np.ndarray, tiled: bool = False) -> np.ndarray:
+        """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in diffusers' tiles."""
+
+        async def run(part: np.ndarray) -> np.ndarray:
+            return (await self.engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
+
+        if tiled and self.tiling.applies(*latents.shape[2:]):
+            return await self.tiling.decode(latents, run)
+        return await run(latents)
 
 
 def _step_kwargs(scheduler, generator: torch.Generator) -> dict:

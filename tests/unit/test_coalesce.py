@@ -13,7 +13,13 @@ from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr
 
 DIMS = SDDims(
-    text_length=4, text_hidden=3, latent_channels=2, vae_scale_factor=8, vae_scaling_factor=0.18, sample_size=4
+    text_length=4,
+    text_hidden=3,
+    latent_channels=2,
+    vae_scale_factor=8,
+    vae_scaling_factor=0.18,
+    sample_size=4,
+    vae_sample_size=32,
 )
 SPECS = StableDiffusion(DIMS).specs
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from serve.errors import InvalidInput
-from serve.text_to_image.admission import Admission, Limits, engine_budgets, request_cost
+from serve.text_to_image.admission import Admission, Admitted, Limits, engine_budgets, request_cost
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import SAFETY, MemoryModel
 from serve.triton.onnx_backend import MemoryBound, run_batched
 from serve.triton.spec import ModelSpec, TensorSpec
@@ -94,18 +95,22 @@ def test_budgets_reserve_fixed_engines_and_split_the_rest_between_spatial_ones()
 def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_field():
     models = _models()
     budgets = engine_budgets(models, _specs(), 2048 * MiB)
-    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), scale=8)
-    assert admission.check(1, 20, 512, 512) == pytest.approx(request_cost(1, 20, 512, 512))
+    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8))
+    assert admission.check(1, 20, 512, 512) == Admitted(request_cost(1, 20, 512, 512), tiled_decode=False)
     with pytest.raises(InvalidInput) as cost:
         admission.check(4, 150, 512, 512)
     assert cost.value.field == "num_inference_steps" and "64" in cost.value.message
-    with pytest.raises(InvalidInput) as size:  # the VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes
-        admission.check(1, 2, 1024, 1024)
-    assert size.value.field == "size" and "vae_decoder" in size.value.message
+    # The VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes, over its share: decoded in 32x32 tiles.
+    assert admission.check(1, 2, 1024, 1024).tiled_decode
+    models["unet"] = MemoryModel(200 * MiB, (0.0, 1000.0, 4.0))  # now the UNet's row does not fit either
+    refusing = Admission(models, engine_budgets(models, _specs(), 2048 * MiB), Limits(2048 * MiB), VaeTiling(256, 8))
+    with pytest.raises(InvalidInput) as size:
+        refusing.check(1, 2, 1024, 1024)
+    assert size.value.field == "size" and "unet" in size.value.message
 
 
 def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless_alone():
-    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), scale=8)
+    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8))
     started, running, most = [], [0.0], [0.0]
 
     async def request(name: str, cost: float, hold_s: float) -> None:

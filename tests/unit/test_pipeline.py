@@ -69,3 +69,31 @@ def test_sdxl_matches_diffusers(xl_pipeline, diffusers_xl_pipeline, scheduler, n
     )
     assert got.shape == want.shape == (n, height, width, 3)
     assert psnr(got, want) >= 40
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_tiled_decoding_matches_diffusers_vae_tiling(
+    family, pipeline, diffusers_pipeline, xl_pipeline, diffusers_xl_pipeline
+):
+    ours, theirs = (pipeline, diffusers_pipeline) if family == "sd" else (xl_pipeline, diffusers_xl_pipeline)
+    width = height = ours.tiling.sample_tile + 64  # one side past a tile: diffusers tiles it too
+    job = Generation("a red fox", "", 1, width, height, 3, 5.0, 4, "ddim")
+    got = np.stack(asyncio.run(ours.generate(job, tiled_decode=True)).images)
+    theirs.vae.enable_tiling()
+    try:
+        want = reference_images(
+            theirs,
+            "ddim",
+            prompt="a red fox",
+            width=width,
+            height=height,
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            seed=4,
+        )
+    finally:
+        theirs.vae.disable_tiling()
+    untiled = np.stack(asyncio.run(ours.generate(job)).images)
+    assert got.shape == want.shape == (1, height, width, 3)
+    assert psnr(got, want) >= 40
+    assert psnr(got, untiled) < psnr(got, want)  # tiling changed the image, the way diffusers' does

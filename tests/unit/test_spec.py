@@ -44,6 +44,7 @@ def test_round_trip_for_sd15_dims_and_native_onnxruntime(tmp_path: Path):
         vae_scale_factor=8,
         vae_scaling_factor=0.18215,
         sample_size=64,
+        vae_sample_size=512,
     )
     for spec in StableDiffusion(dims).specs.values():
         path = write_model_config(spec, tmp_path, Backend.ONNXRUNTIME)

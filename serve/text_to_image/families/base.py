@@ -36,6 +36,7 @@ class PipelineDims:
     vae_scale_factor: int
     vae_scaling_factor: float
     sample_size: int
+    vae_sample_size: int  # the VAE config's sample size: diffusers' tile size for tiled decoding
 
     @property
     def native_size(self) -> int:
@@ -157,11 +158,13 @@ def vae_dims(model_dir: Path) -> dict:
     unet = read_config(model_dir, "unet")
     vae = read_config(model_dir, "vae")
     sample_size = unet["sample_size"]
+    vae_sample_size = vae.get("sample_size", 512)
     return {
         "latent_channels": int(unet["in_channels"]),
         "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
         "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
+        "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
     }
 
 
@@ -208,7 +211,10 @@ class UnetModule(torch.nn.Module):
 
 
 class VaeDecoderModule(torch.nn.Module):
-    """Latents in, image in [0, 1] out: the pipeline's unscaling (with latents mean/std) and denormalising folded in."""
+    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+
+    The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
+    """
 
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
@@ -228,7 +234,7 @@ class VaeDecoderModule(torch.nn.Module):
         else:
             latent = latent / self.scaling_factor
         image = self.vae.decode(latent, return_dict=False)[0]
-        return (image / 2 + 0.5).clamp(0, 1)
+        return image / 2 + 0.5
 
 
 def vae_decoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:

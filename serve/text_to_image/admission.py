@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_COST = 64.0
 """Largest ``n x steps x megapixels`` served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
+MIN_FIXED_BUDGET = 64 << 20
+"""A fixed-size engine's budget is at least this (its rows may measure too small to see)."""
 DEFAULT_BUDGET_SHARE = 0.4
 """Default memory budget of the text-to-image engines, as a share of the machine's memory."""
 
@@ -68,7 +70,7 @@ def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], 
     """Each engine's activation budget within ``total_bytes`` (see the module docstring)."""
     free = total_bytes - sum(m.weights_bytes for m in models.values())
     fixed = {
-        name: model.per_row(1) * max(1, specs[name].max_batch_size)
+        name: max(MIN_FIXED_BUDGET, model.per_row(1) * max(1, specs[name].max_batch_size))
         for name, model in models.items()
         if model.coefficients[1] == 0 and model.coefficients[2] == 0
     }

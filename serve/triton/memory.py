@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,8 +45,12 @@ class MemoryModel:
         return int(SAFETY * max(0.0, a + b * positions + c * positions * positions))
 
     def rows_within(self, budget_bytes: int, positions: int) -> int:
-        """How many rows fit in ``budget_bytes`` of activations at ``positions`` (0 if not even one)."""
-        return budget_bytes // max(1, self.per_row(positions))
+        """How many rows fit in ``budget_bytes`` of activations at ``positions`` (0 if not even one).
+
+        An engine whose rows measured nothing (too small to see) is not split.
+        """
+        need = self.per_row(positions)
+        return budget_bytes // need if need > 0 else sys.maxsize
 
     def save(self, path: Path) -> None:
         """Write the model as JSON."""

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from serve.errors import InvalidInput
-from serve.text_to_image.admission import Admission, Admitted, Limits, engine_budgets, request_cost
+from serve.text_to_image.admission import (
+    MIN_FIXED_BUDGET,
+    Admission,
+    Admitted,
+    Limits,
+    engine_budgets,
+    request_cost,
+)
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import SAFETY, MemoryModel
 from serve.triton.onnx_backend import MemoryBound, run_batched
@@ -24,6 +31,11 @@ def test_fit_recovers_a_quadratic_and_extrapolates():
     assert model.per_row(at) == pytest.approx(SAFETY * exact, rel=1e-3)
     assert model.rows_within(int(3.5 * model.per_row(at)), at) == 3
     assert model.rows_within(model.per_row(at) - 1, at) == 0
+
+
+def test_rows_that_measured_nothing_are_never_split():
+    model = MemoryModel(10 * MiB, (0.0, 0.0, 0.0), ((1, 0),))
+    assert model.rows_within(0, 1) > 1 << 30
 
 
 def test_save_and_load_round_trip(tmp_path):
@@ -86,7 +98,7 @@ def _models():
 
 def test_budgets_reserve_fixed_engines_and_split_the_rest_between_spatial_ones():
     budgets = engine_budgets(_models(), _specs(), 2048 * MiB)
-    assert budgets["text_encoder"] == int(SAFETY * MiB) * 16
+    assert budgets["text_encoder"] == max(MIN_FIXED_BUDGET, int(SAFETY * MiB) * 16)
     assert budgets["unet"] == budgets["vae_decoder"] == (2048 * MiB - 400 * MiB - budgets["text_encoder"]) // 2
     with pytest.raises(ValueError, match="does not hold"):
         engine_budgets(_models(), _specs(), 300 * MiB)

@@ -91,13 +91,13 @@ IMAGES_GENERATED = MetricSpec("easel_images_generated", "counter", "Images gener
 VECTORIZE_TIERS = MetricSpec(
     "easel_vectorize_requests",
     "counter",
-    "Vectorize requests by the tier asked for and the tier that chose the parameters (default: vtracer's).",
-    ("requested_tier", "tier"),
+    "Vectorize requests by the tier asked for, the tier that chose the parameters (default: vtracer's) and why.",
+    ("requested_tier", "tier", "why"),
 )
 VECTORIZE_FALLBACKS = MetricSpec(
     "easel_vectorize_fallbacks",
     "counter",
-    "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason.",
+    "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason (the answer's why).",
     ("reason",),
 )
 VECTORIZE_STAGE = MetricSpec(
@@ -119,12 +119,6 @@ ALL = (
     VECTORIZE_FALLBACKS,
     VECTORIZE_STAGE,
 )
-
-FALLBACK_REASONS = {
-    "models unavailable": "models_unavailable",
-    "models failed": "models_failed",
-    "below target_quality": "below_target_quality",
-}
 
 _made: dict[str, object] = {}
 _lock = threading.Lock()
@@ -178,8 +172,3 @@ def observe_queue_time(pipeline: str, sent_at: float | None) -> None:
     """Record the time since the Gateway sent the request (wall clock; on one node Gateway and replica share it)."""
     if sent_at is not None:
         observe(QUEUE_TIME, max(0.0, time.time() - sent_at), pipeline=pipeline)
-
-
-def fallback_reason(fallback: str) -> str:
-    """A bounded label for a free-text vectorize fallback message."""
-    return next((label for prefix, label in FALLBACK_REASONS.items() if fallback.startswith(prefix)), "other")

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import click
 
+from build_engines.vectorize.dataset import list_images
 from build_engines.vectorize.evaluate import evaluate_folder, format_table
 from build_engines.vectorize.plot import plot_quality_vs_size
 from build_engines.vectorize.runtime import TRAINED_DIR
-from build_engines.vectorize.styles import BY_NAME, Role, prepare, styles_with
+from build_engines.vectorize.styles import BY_NAME, Role, prepare, style_images, styles_with
 from build_engines.vectorize.train import train_all
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -59,11 +60,11 @@ def train_vectorize(
 ) -> None:
     """Train the vectorize tiers (conversions, predictor, tier 1 map, PPO policy, check margins) and export ONNX."""
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
-    folders = list(data) or [prepare(style) for style in styles_with(Role.TRAIN)]
+    sets = [list_images(folder) for folder in data] or [style_images(style) for style in styles_with(Role.TRAIN)]
     if quick:
         limit, samples, ppo_steps = limit or 12, min(samples, 8), min(ppo_steps, 2048)
     report = train_all(
-        folders,
+        sets,
         out,
         samples_per_image=samples,
         seed=seed,

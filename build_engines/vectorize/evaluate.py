@@ -26,7 +26,7 @@ from build_engines.vectorize.runtime import TRAINED_DIR, Models
 from serve.vectorize.convert import Scored, render, score, ssim
 from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors
-from serve.vectorize.tiers import Priority, Tier, answer, choose, needs_check
+from serve.vectorize.tiers import Priority, Tier, answer, choose, needs_check, score_svg
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _original(name: str, path: Path, pixels: np.ndarray) -> Record | None:
 
 
 def _tier_records(name: str, pixels: np.ndarray, models: Models) -> list[Record]:
-    """Each tier as served (quality first) and size first (its own pick, unchecked)."""
+    """Each tier as served (quality first) and size first (its own pick, unchecked), from one conversion each."""
     records = []
     for tier, method in zip(TIERS, TIER_METHODS, strict=True):
         start = time.perf_counter()
@@ -98,32 +98,16 @@ def _tier_records(name: str, pixels: np.ndarray, models: Models) -> list[Record]
         choice = choose(tier, scores, max(pixels.shape[:2]))
         result = answer(pixels, choice, needs_check(choice, scores, Priority.QUALITY, None))
         ms = (time.perf_counter() - start) * 1000
-        served = score(pixels, result.choice.params)
+        served = result.ssim if result.ssim is not None else score_svg(pixels, result.conversion.svg)
         replaced = result.unchecked is not None
+        conversion, params = result.conversion, result.choice.params.kwargs()
         records.append(
-            Record(
-                name,
-                method,
-                served.ssim,
-                served.n_bytes,
-                served.n_paths,
-                ms,
-                result.choice.params.kwargs(),
-                result.checked,
-                replaced,
-            )
+            Record(name, method, served, conversion.n_bytes, conversion.n_paths, ms, params, result.checked, replaced)
         )
-        own = score(pixels, choice.params) if replaced else served
+        own, own_ssim = (result.unchecked, result.unchecked_ssim) if replaced else (conversion, served)
+        own_ms = ms - result.timings_ms.get("check", 0.0)
         records.append(
-            Record(
-                name,
-                f"{method}_size",
-                own.ssim,
-                own.n_bytes,
-                own.n_paths,
-                ms - sum(v for k, v in result.timings_ms.items() if k == "check"),
-                choice.params.kwargs(),
-            )
+            Record(name, f"{method}_size", own_ssim, own.n_bytes, own.n_paths, own_ms, choice.params.kwargs())
         )
     return records
 

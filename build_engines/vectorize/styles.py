@@ -124,6 +124,7 @@ STYLES: tuple[Style, ...] = (
         Role.RESERVED,
         "deb",
         "papirus-icon-theme",
+        "20230104-2",
         count=125,
         member="usr/share/icons/Papirus/64x64/apps",
         description="Papirus app icons (reserved: final evaluation only)",
@@ -175,7 +176,8 @@ def _npm_icons(style: Style, work: Path) -> dict[str, str]:
 
 def _deb_icons(style: Style, work: Path) -> dict[str, str]:
     """``name -> svg`` of the SVG files (symlinks resolved once each) under ``style.member`` of a Debian package."""
-    subprocess.run(["apt-get", "download", style.package], cwd=work, check=True, capture_output=True)
+    spec = f"{style.package}={style.version}" if style.version else style.package
+    subprocess.run(["apt-get", "download", spec], cwd=work, check=True, capture_output=True)
     deb = next(work.glob("*.deb"))
     subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "root")], check=True)
     folder = work / "root" / style.member

@@ -103,7 +103,8 @@ VECTORIZE_FALLBACKS = MetricSpec(
 VECTORIZE_STAGE = MetricSpec(
     "easel_vectorize_stage_seconds",
     "histogram",
-    "Time of each vectorize stage: decode, models (Triton ensemble), convert (vtracer), validate (render + SSIM).",
+    "Time of each vectorize stage: decode, models (Triton ensemble), convert (vtracer), check (against the defaults), "
+    "validate (render + SSIM).",
     ("stage",),
     STAGE_BUCKETS_S,
 )

@@ -13,7 +13,7 @@ from build_engines.vectorize.evaluate import evaluate_folder, format_table
 from build_engines.vectorize.plot import plot_quality_vs_size
 from build_engines.vectorize.runtime import TRAINED_DIR
 from build_engines.vectorize.styles import BY_NAME, Role, prepare, style_images, styles_with
-from build_engines.vectorize.train import train_all
+from build_engines.vectorize.train import recalibrate, train_all
 
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -32,7 +32,7 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     show_default=True,
     help="Where the ONNX models and tier1.json are written.",
 )
-@click.option("--samples", type=int, default=24, show_default=True, help="Random parameter sets per image.")
+@click.option("--samples", type=int, default=16, show_default=True, help="Random parameter sets per image.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--ppo-steps", type=int, default=50_000, show_default=True)
 @click.option("--processes", type=int, default=2, show_default=True, help="Conversion worker processes.")
@@ -46,6 +46,11 @@ _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     help="Rounds of real conversions at the policy's choices, predictor refit and PPO retraining.",
 )
 @click.option("--quick", is_flag=True, help="A smoke run: 12 images per folder, 8 samples, 2k PPO steps.")
+@click.option(
+    "--calibrate-only",
+    is_flag=True,
+    help="Only re-calibrate the check and tier-2 margins of the models in --out (conversion tables are cached).",
+)
 def train_vectorize(
     data: tuple[Path, ...],
     out: Path,
@@ -57,12 +62,17 @@ def train_vectorize(
     no_cache: bool,
     refine_rounds: int,
     quick: bool,
+    calibrate_only: bool,
 ) -> None:
     """Train the vectorize tiers (conversions, predictor, tier 1 map, PPO policy, check margins) and export ONNX."""
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
     sets = [list_images(folder) for folder in data] or [style_images(style) for style in styles_with(Role.TRAIN)]
     if quick:
         limit, samples, ppo_steps = limit or 12, min(samples, 8), min(ppo_steps, 2048)
+    if calibrate_only:
+        report = recalibrate([images[:limit] for images in sets], out, samples, seed)
+        click.echo(json.dumps({k: report[k] for k in ("tier2_margin", "trust_margins", "calibration_images")}))
+        return
     report = train_all(
         sets,
         out,

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 MARGINS = (0.0, 0.002, 0.005, 0.01, 0.02)
 TRUST_GRID = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.12, 1.0)
-TRUST_LOSS = 0.01  # a choice served unchecked may lose at most this much SSIM to the defaults ...
-TRUST_LOSS_SHARE = 0.02  # ... on at most this share of the calibration images
+TRUST_LOSS = 0.02  # a choice served unchecked may lose more than this much SSIM to the defaults ...
+TRUST_LOSS_SHARE = 0.05  # ... on at most this share of the calibration images (the issue-20 acceptance bar)
 HOLDOUT = 0.15
 
 
@@ -106,10 +106,43 @@ def calibrate_margins(calibration: _Calibration) -> tuple[Margins, dict]:
     return Margins(tier2, trust), trials
 
 
+def calibrate(
+    output_dir: Path, table: Table, heldout: np.ndarray, paths: list[Path], size: int
+) -> tuple[Margins, dict, int]:
+    """Calibrate the margins of the models in ``output_dir`` on the held-out images; rewrite its ``tier1.json``."""
+    calibrate_on = heldout if heldout.any() else ~heldout  # a tiny run holds nothing out: calibrate on all
+    models = Models.load(output_dir)
+    calibration = _calibration_set(table, calibrate_on, models, paths, size)
+    margins, trials = calibrate_margins(calibration)
+    mapping = dataclasses.replace(models.mapping, margins=margins)
+    (output_dir / TIER1_FILE).write_text(json.dumps(mapping.to_json(), indent=1))
+    return margins, trials, len(calibration.pixels)
+
+
+def recalibrate(
+    image_sets: list[list[Path]], output_dir: Path, samples_per_image: int = 16, seed: int = 0, size: int = 256
+) -> dict:
+    """Only the margin calibration of :func:`train_all`, on its trained models and cached tables; updates the report."""
+    table = merge_tables([build_table(p, samples_per_image, seed, size, 2, cache_dir()) for p in image_sets if p])
+    paths = [p for images in image_sets for p in images]
+    heldout = split_images(len(paths), HOLDOUT if len(paths) >= 10 else 0.0, seed)
+    margins, trials, count = calibrate(Path(output_dir), table, heldout, paths, size)
+    report_path = Path(output_dir) / "training_report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    report.update(
+        tier2_margin=margins.tier2,
+        trust_margins={str(t): v for t, v in margins.trust.items()},
+        calibration_images=count,
+        margin_trials=trials,
+    )
+    report_path.write_text(json.dumps(report, indent=1))
+    return report
+
+
 def train_all(
     image_sets: list[list[Path]],
     output_dir: Path,
-    samples_per_image: int = 24,
+    samples_per_image: int = 16,
     seed: int = 0,
     ppo_steps: int = 50_000,
     limit: int | None = None,
@@ -186,11 +219,7 @@ def train_all(
         POLICY.name: export_onnx(RatedPolicy(actor, model), POLICY, output_dir / f"{POLICY.name}.onnx", seed),
     }
     (output_dir / TIER1_FILE).write_text(json.dumps(mapping.to_json(), indent=1))
-    calibrate_on = heldout if heldout.any() else ~heldout  # a tiny run holds nothing out: calibrate on all
-    calibration = _calibration_set(table, calibrate_on, Models.load(output_dir), paths, size)
-    margins, margin_trials = calibrate_margins(calibration)
-    mapping = dataclasses.replace(mapping, margins=margins)
-    (output_dir / TIER1_FILE).write_text(json.dumps(mapping.to_json(), indent=1))
+    margins, margin_trials, n_calibration = calibrate(output_dir, table, heldout, paths, size)
     timings["calibration_s"] = time.perf_counter() - start - sum(timings.values())
     timings["total_s"] = time.perf_counter() - start
     report = {
@@ -202,7 +231,7 @@ def train_all(
         "predictor": predictor_metrics,
         "tier2_margin": margins.tier2,
         "trust_margins": {str(t): v for t, v in margins.trust.items()},
-        "calibration_images": len(calibration.pixels),
+        "calibration_images": n_calibration,
         "margin_trials": margin_trials,
         "ppo": ppo_metrics,
         "onnx_max_abs_error": errors,

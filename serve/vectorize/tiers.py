@@ -5,7 +5,8 @@
   of best-found sets): the smallest predicted SVG among those predicted at least as good as tier 1's answer (and the
   defaults) plus a margin (see :func:`pick`); tier 1's answer for an image outside the training distribution.
 * tier 3: the PPO policy's deterministic action (a residual around tier 1's answer), with the predictor's rating.
-* auto: tier 2 for gradient and complex images when the time budget allows, else tier 3.
+* auto: tier 2 for gradient and complex images when the time budget allows, else tier 1 (which beat tier 3 on the dev
+  set and every held-out style: docs/PERFORMANCE.md).
 * default: vtracer's defaults.
 
 Every model output the dispatcher needs comes in one :class:`Scores` (one ``vectorize`` ensemble answer in the
@@ -298,7 +299,7 @@ def choose(
     """The one dispatcher: the parameters of tier ``asked`` for an image whose longest side is ``side``.
 
     ``auto`` uses tier 2 for gradient and complex images (where the predictor's search pays most) when the budget
-    allows, else tier 3. ``target_quality`` makes tier 2 pick the smallest candidate predicted to reach it.
+    allows, else tier 1. ``target_quality`` makes tier 2 pick the smallest candidate predicted to reach it.
     """
     if asked is Tier.DEFAULT:
         return defaults(asked)
@@ -307,7 +308,7 @@ def choose(
     if asked is Tier.AUTO:
         why = Why.AUTO
         searchable = scores.image_class in (ImageClass.GRADIENT, ImageClass.COMPLEX)
-        used = Tier.TIER2 if searchable and budget_ms >= AUTO_TIER2_MIN_BUDGET_MS else Tier.TIER3
+        used = Tier.TIER2 if searchable and budget_ms >= AUTO_TIER2_MIN_BUDGET_MS else Tier.TIER1
     choice = _model_choice(asked, used, why, scores, target_quality)
     return replace(choice, params=scale_to_size(choice.params, side))
 

@@ -58,7 +58,7 @@ def test_tier_is_the_api_vocabulary():
         (Tier.TIER1, Tier.TIER1, Why.ASKED, PRESETS["poster"]),
         (Tier.TIER2, Tier.TIER2, Why.ASKED, PRESETS["photo"]),
         (Tier.TIER3, Tier.TIER3, Why.ASKED, PRESETS["bw"]),
-        (Tier.AUTO, Tier.TIER3, Why.AUTO, PRESETS["bw"]),
+        (Tier.AUTO, Tier.TIER1, Why.AUTO, PRESETS["poster"]),
         (Tier.DEFAULT, Tier.DEFAULT, Why.ASKED, DEFAULTS),
     ],
 )
@@ -71,7 +71,7 @@ def test_choose_carries_asked_used_and_why(asked, used, why, params):
 
 def test_auto_searches_gradients_within_budget():
     assert choose(Tier.AUTO, _scores(gradient=True), 256).used is Tier.TIER2
-    assert choose(Tier.AUTO, _scores(gradient=True), 256, budget_ms=10).used is Tier.TIER3
+    assert choose(Tier.AUTO, _scores(gradient=True), 256, budget_ms=10).used is Tier.TIER1
 
 
 def test_tier2_keeps_tier1s_answer_for_unfamiliar_images_and_honours_target_quality():

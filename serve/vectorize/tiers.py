@@ -102,8 +102,8 @@ class Margins:
     @classmethod
     def from_array(cls, values: np.ndarray) -> Margins:
         """Inverse of :meth:`as_array`."""
-        values = np.asarray(values, dtype=np.float64).reshape(-1)
-        return cls(float(values[0]), {t: float(v) for t, v in zip(MODEL_TIERS, values[1:], strict=True)})
+        values = [round(float(v), 6) for v in np.asarray(values).reshape(-1)]  # float32 -> the table's decimals
+        return cls(values[0], dict(zip(MODEL_TIERS, values[1:], strict=True)))
 
 
 @dataclass(frozen=True)

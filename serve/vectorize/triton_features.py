@@ -12,15 +12,23 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.vectorize.features import compute_features
+from serve.vectorize.features import FEATURE_NAMES, compute_features
 from serve.vectorize.tiers import TIER1_FILE, Tier1Map, candidates
 
 logger = logging.getLogger(__name__)
 
+_LOG_SIDE = FEATURE_NAMES.index("log_side")
+
 
 def features_and_candidates(pixels: np.ndarray, mapping: Tier1Map) -> dict[str, np.ndarray]:
-    """The ``vectorize_features`` outputs for one RGB image."""
+    """The ``vectorize_features`` outputs for one RGB image.
+
+    The models are trained at the 256 px reference size, where ``log_side`` is always 0 (its training spread is nil,
+    so any other value would stand hundreds of deviations away); pixel-sized parameters follow the image's size through
+    :func:`serve.vectorize.params.scale_to_size` instead, so the models see the size feature at the reference.
+    """
     features = compute_features(pixels).astype(np.float32)[None]
+    features[0, _LOG_SIDE] = 0.0
     vectors = candidates(features, mapping)
     return {
         "features": features,

@@ -7,7 +7,7 @@ from build_engines.vectorize.runtime import TRAINED_DIR
 from serve.triton.spec import Backend
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 from serve.vectorize.tiers import TIER1_FILE, Scores
-from serve.vectorize.triton_features import FeaturesModel
+from serve.vectorize.triton_features import FeaturesModel, features_and_candidates
 from tests.images import icon_pixels
 
 
@@ -29,8 +29,6 @@ def test_features_model_reads_its_table_from_the_repository(tmp_path):
     install_vectorize(tmp_path)
     model = FeaturesModel()
     model.initialize({"model_repository": str(tmp_path / FEATURES.name), "model_version": "1"})
-    from serve.vectorize.triton_features import features_and_candidates
-
     outputs = features_and_candidates(icon_pixels(64), model.mapping)
     assert list(outputs) == [t.name for t in FEATURES.outputs]
     for tensor in FEATURES.outputs:
@@ -47,3 +45,16 @@ def test_features_model_reads_its_table_from_the_repository(tmp_path):
     assert set(scored) == {t.name for t in ENSEMBLE.outputs} | {"features_tiled"}
     scores = Scores.from_outputs(scored)
     assert scores.margins == model.mapping.margins and isinstance(scores.familiar, bool)
+
+
+def test_the_models_see_a_512_px_image_as_its_256_px_self():
+    """Trained at 256 px only: the size feature is pinned, so a larger upload is neither unfamiliar nor mispredicted."""
+    from build_engines.vectorize.runtime import Models
+
+    models = Models.load(TRAINED_DIR)
+    small, large = (
+        features_and_candidates(icon_pixels(256), models.mapping),
+        features_and_candidates(icon_pixels(512), models.mapping),
+    )
+    np.testing.assert_allclose(small["features"], large["features"], atol=0.02)
+    assert small["familiar"][0] == large["familiar"][0]

@@ -164,7 +164,7 @@ class Gateway:
         result = await self.vectorizer.vectorize.remote(upload, options, sent_at=time.time())
         headers = {"Easel-Tier": result.tier}
         if result.fallback:  # a short label: free text (error messages) never goes into a header
-            headers["Easel-Fallback"] = metrics.fallback_reason(result.fallback)
+            headers["Easel-Fallback"] = result.why
         if "application/json" in request.headers.get("accept", ""):
             return JSONResponse(result.to_json(), headers=headers)
         return Response(result.svg, media_type="image/svg+xml", headers=headers)

@@ -256,8 +256,7 @@ def evaluate() -> None:
 
 
 def _register_vectorize_commands() -> None:
-    from build_engines.vectorize.cli import train_vectorize
-    from serve.vectorize.cli import eval_vectorize
+    from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 
     train.add_command(train_vectorize)
     evaluate.add_command(eval_vectorize)

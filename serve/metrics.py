@@ -91,19 +91,20 @@ IMAGES_GENERATED = MetricSpec("easel_images_generated", "counter", "Images gener
 VECTORIZE_TIERS = MetricSpec(
     "easel_vectorize_requests",
     "counter",
-    "Vectorize requests by the tier asked for and the tier that chose the parameters (default: vtracer's).",
-    ("requested_tier", "tier"),
+    "Vectorize requests by the tier asked for, the tier that chose the parameters (default: vtracer's) and why.",
+    ("requested_tier", "tier", "why"),
 )
 VECTORIZE_FALLBACKS = MetricSpec(
     "easel_vectorize_fallbacks",
     "counter",
-    "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason.",
+    "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason (the answer's why).",
     ("reason",),
 )
 VECTORIZE_STAGE = MetricSpec(
     "easel_vectorize_stage_seconds",
     "histogram",
-    "Time of each vectorize stage: decode, models (Triton ensemble), convert (vtracer), validate (render + SSIM).",
+    "Time of each vectorize stage: decode, models (Triton ensemble), convert (vtracer), check (against the defaults), "
+    "validate (render + SSIM).",
     ("stage",),
     STAGE_BUCKETS_S,
 )
@@ -119,12 +120,6 @@ ALL = (
     VECTORIZE_FALLBACKS,
     VECTORIZE_STAGE,
 )
-
-FALLBACK_REASONS = {
-    "models unavailable": "models_unavailable",
-    "models failed": "models_failed",
-    "below target_quality": "below_target_quality",
-}
 
 _made: dict[str, object] = {}
 _lock = threading.Lock()
@@ -178,8 +173,3 @@ def observe_queue_time(pipeline: str, sent_at: float | None) -> None:
     """Record the time since the Gateway sent the request (wall clock; on one node Gateway and replica share it)."""
     if sent_at is not None:
         observe(QUEUE_TIME, max(0.0, time.time() - sent_at), pipeline=pipeline)
-
-
-def fallback_reason(fallback: str) -> str:
-    """A bounded label for a free-text vectorize fallback message."""
-    return next((label for prefix, label in FALLBACK_REASONS.items() if fallback.startswith(prefix)), "other")

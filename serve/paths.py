@@ -8,8 +8,9 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 MODEL_REPOSITORY = PROJECT_ROOT / "model_repository"
 SERVE_CONFIG = PROJECT_ROOT / "deployments" / "serve_config.yaml"
-# The shared icon data sits beside the checkout (../shared), as in development and CI.
-ICONS_DEV = PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev"
+# The shared icon data sits beside the checkout (../shared), as in development and CI; a git worktree elsewhere
+# names it with $EASEL_ICONS_DEV.
+ICONS_DEV = Path(os.environ.get("EASEL_ICONS_DEV", PROJECT_ROOT.parent / "shared" / "datasets" / "icons-dev"))
 
 
 def easel_home() -> Path:

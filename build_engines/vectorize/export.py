@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, seed: int = 0, t
     Raises:
         ParityError: The difference exceeds ``tolerance``.
     """
-    import onnxruntime as ort
-
     module = module.eval()
     rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +55,7 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, seed: int = 0, t
         opset_version=OPSET,
         dynamo=False,
     )
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = make_session(path, intra_op_threads=1)
     worst = 0.0
     for batch in (1, 37):
         inputs = _random_inputs(spec, batch, rng)

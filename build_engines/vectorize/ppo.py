@@ -19,8 +19,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecMonitor
 from torch import nn
 
+from build_engines.vectorize.predictor import Predictor, QualityNet
 from serve.vectorize.params import DEFAULTS, P, to_vector
-from serve.vectorize.tiers import Predictor, Tier1Map
+from serve.vectorize.tiers import Tier1Map
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,20 @@ class ActorMean(nn.Module):
         z = torch.clamp((features - self.mean) / self.std, -10.0, 10.0)
         action = torch.clamp(self.action_net(self.extractor(z)), -1.0, 1.0)
         return torch.clamp(self.anchors[nearest] + self.radius * action, 0.0, 1.0)
+
+
+class RatedPolicy(nn.Module):
+    """The exported policy: its action, with the quality predictor's SSIM and ln(bytes) for that action."""
+
+    def __init__(self, actor: ActorMean, quality: QualityNet) -> None:
+        super().__init__()
+        self.actor, self.quality = actor, quality
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(N, F)`` -> ``(N, P)`` parameters, ``(N, 1)`` SSIM, ``(N, 1)`` ln(bytes)."""
+        params = self.actor(features)
+        ssim, log_bytes = self.quality(features, params)
+        return params, ssim, log_bytes
 
 
 def train_policy(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -12,6 +13,15 @@ from torch import nn
 from build_engines.vectorize.dataset import Table
 
 logger = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """Quality predictor: ``(N, F)`` features, ``(N, P)`` parameters -> ``(N,)`` SSIM, ``(N,)`` ln bytes."""
+
+    def __call__(self, features: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Predict SSIM and log bytes."""
+        ...
+
 
 SSIM_FLOOR = 1e-4  # the SSIM head predicts u = -ln(1 - ssim), which spreads out the high-quality end
 
@@ -113,7 +123,7 @@ def evaluate_predictor(model: QualityNet, table: Table, images: np.ndarray) -> d
 
 
 def as_numpy_predictor(model: QualityNet):
-    """A fast batched numpy callable with the :class:`serve.vectorize.tiers.Predictor` signature."""
+    """A fast batched numpy callable with the :class:`Predictor` signature."""
 
     def predict(features: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():

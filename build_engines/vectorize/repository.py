@@ -1,4 +1,8 @@
-"""Install the trained vectorize models (committed ONNX) and their ensemble into a Triton model repository."""
+"""Install the trained vectorize models (committed ONNX, tier-1 table) and their ensemble into a Triton repository.
+
+The served models read everything from the repository: the ONNX engines, and ``tier1.json`` in
+``vectorize_features``'s version folder (the features model reads it at start-up).
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import logging
 from pathlib import Path
 
 from build_engines.repository import install_model
+from build_engines.vectorize.runtime import TRAINED_DIR
 from serve.triton.spec import Backend
-from serve.vectorize.runtime import TRAINED_DIR
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
+from serve.vectorize.tiers import TIER1_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +23,8 @@ def install_vectorize(
 ) -> bool:
     """Install features, quality, policy and the ``vectorize`` ensemble; False (nothing installed) if untrained."""
     engines = [(spec, trained_dir / f"{spec.name}.onnx") for spec in (QUALITY, POLICY)]
-    missing = [str(path) for _, path in engines if not path.exists()]
+    table = trained_dir / TIER1_FILE
+    missing = [str(path) for path in (*(p for _, p in engines), table) if not path.exists()]
     if missing:
         logger.warning(
             "vectorize models not trained (%s missing); vectorize will use vtracer defaults", ", ".join(missing)
@@ -26,6 +32,6 @@ def install_vectorize(
         return False
     for spec, path in engines:
         install_model(spec, repository, {"model.onnx": path}, backend)
-    install_model(FEATURES, repository, backend=backend)
+    install_model(FEATURES, repository, {TIER1_FILE: table}, backend=backend)
     install_model(ENSEMBLE, repository, backend=backend)
     return True

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from build_engines.vectorize.dataset import Table
+from build_engines.vectorize.predictor import Predictor
 from serve.vectorize.convert import score
 from serve.vectorize.image import load_image, resize
-from serve.vectorize.params import from_vector
-from serve.vectorize.tiers import Predictor, Tier1Map, candidates
+from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors, to_vector
+from serve.vectorize.tiers import Tier1Map
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +56,8 @@ def fit_tier1(
     z = (table.features - mean) / std
     centroids = kmeans(z, k, seed)
     labels = np.argmin(((z[:, None] - centroids[None]) ** 2).sum(-1), axis=1)
-    bank = candidates(table.features[0], bank=_bank(seed))[[0, 1, 2, 3, *range(4, 4 + 2048)]]
+    named = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values())]
+    bank = np.concatenate([np.stack(named), sample_vectors(np.random.default_rng([seed, 1]), 2048)])
     rng = np.random.default_rng(seed)
     chosen = []
     for j in range(len(centroids)):
@@ -108,12 +110,6 @@ def best_found(table: Table, images: np.ndarray, margin: float = 0.003) -> np.nd
     if not found:
         return np.zeros((0, table.params.shape[1]), dtype=np.float32)
     return np.unique(np.round(np.stack(found), 5), axis=0).astype(np.float32)
-
-
-def _bank(seed: int) -> np.ndarray:
-    from serve.vectorize.params import sample_vectors
-
-    return sample_vectors(np.random.default_rng([seed, 1]), 2048)
 
 
 def _verify(table: Table, shortlist: np.ndarray, images: np.ndarray, paths: list[Path], size: int) -> int:

@@ -1,4 +1,8 @@
-"""``easel bench vectorize``: per tier, latency (client and server side), conversions/s and CPU-seconds per request."""
+"""``easel bench vectorize``: per tier, latency (client and server side), conversions/s and CPU-seconds per request.
+
+Server side, it also reports how often the quality check ran (``checked``) and what it cost (``check_ms`` p50 over the
+checked requests: the tier's SVG rendered back and scored, and the defaults converted, rendered and scored).
+"""
 
 from __future__ import annotations
 
@@ -53,8 +57,9 @@ def bench_tiers(api_url: str, uploads: list[bytes], settings: VectorizeSettings)
             for tier in settings.tiers:
                 for concurrency in settings.concurrency:
                     totals: list[float] = []
+                    checks: list[float | None] = []
 
-                    async def call(index: int, tier: str = tier, totals: list = totals) -> None:
+                    async def call(index: int, tier: str = tier, totals: list = totals, checks: list = checks) -> None:
                         response = await client.post(
                             "/v1/vectorize",
                             files={"file": ("icon.png", uploads[index % len(uploads)], "image/png")},
@@ -62,13 +67,18 @@ def bench_tiers(api_url: str, uploads: list[bytes], settings: VectorizeSettings)
                             headers={"Accept": "application/json"},
                         )
                         response.raise_for_status()
-                        totals.append(response.json()["timings_ms"]["total"])
+                        body = response.json()
+                        totals.append(body["timings_ms"]["total"])
+                        checks.append(body["timings_ms"].get("check") if body["checked"] else None)
 
                     rows.append(await measure(f"tier {tier}", call, concurrency, settings.requests))
                     timed = totals[-settings.requests :]
+                    checked = [c for c in checks[-settings.requests :] if c is not None]
                     server_ms[f"{tier}@{concurrency}"] = {
                         "p50": float(np.percentile(timed, 50)),
                         "p95": float(np.percentile(timed, 95)),
+                        "checked": len(checked) / len(timed),
+                        "check_p50": float(np.percentile(checked, 50)) if checked else 0.0,
                     }
         return rows
 
@@ -86,6 +96,10 @@ def run_benchmark(images: Path, settings: VectorizeSettings, out: Path) -> str:
     with scratch_stack() as stack:
         rows, server_ms = bench_tiers(stack.info.api_url, uploads, settings)
     loop.write_json(out, rows, settings=settings.__dict__, server_ms=server_ms, images=str(images), cpus=os.cpu_count())
-    server = ", ".join(f"tier {key}: {value['p50']:.1f} / {value['p95']:.1f}" for key, value in server_ms.items())
+    server = ", ".join(
+        f"tier {key}: {v['p50']:.1f} / {v['p95']:.1f} ({v['checked']:.0%}, {v['check_p50']:.1f})"
+        for key, v in server_ms.items()
+    )
     table = loop.format_table(rows, "conv")
-    return "\n".join([table, f"server-side total ms (p50 / p95): {server}", f"written to {out}"])
+    heading = "server-side total ms (p50 / p95; share checked, check ms p50)"
+    return "\n".join([table, f"{heading}: {server}", f"written to {out}"])

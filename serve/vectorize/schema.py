@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-TIER_CHOICES = ("auto", "1", "2", "3", "default")
+from serve.vectorize.tiers import Priority, Tier
+
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
 
@@ -16,10 +15,16 @@ class VectorizeOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tier: Literal[TIER_CHOICES] = Field(
-        "auto",
+    tier: Tier = Field(
+        Tier.AUTO,
         description="1: fitted mapping, 2: predictor-guided search, 3: PPO policy, auto: by image class and "
         "time budget, default: vtracer's defaults.",
+    )
+    priority: Priority = Field(
+        Priority.QUALITY,
+        description="quality: the answer is never worse than vtracer's defaults (SSIM); when the predictor is not "
+        "sure of it, the SVG is rendered back beside the defaults' and the defaults answer if they score higher. "
+        "size: the tier's smallest pick as is, unchecked.",
     )
     time_budget_ms: float = Field(
         1000.0,
@@ -33,8 +38,8 @@ class VectorizeOptions(BaseModel):
         ge=0.0,
         le=1.0,
         allow_inf_nan=False,
-        description="Minimum SSIM wanted: tier 2 keeps only candidates predicted "
-        "to reach it; with validate, a result below it falls back to defaults.",
+        description="Minimum SSIM wanted (in place of the defaults' quality): tier 2 keeps only candidates "
+        "predicted to reach it; with validate, a result below it falls back to defaults.",
     )
     validate_output: bool = Field(
         False, alias="validate", description="Render the SVG back and report its SSIM against the input."

@@ -1,27 +1,33 @@
-"""Parameter selection tiers. The same code runs with in-process ONNX Runtime models and with Triton clients.
+"""The one vocabulary and the one dispatcher of vectorize: which tier answers, with which parameters, and why.
 
-* tier 1: nearest feature centroid -> a fitted parameter set (JSON, microseconds).
-* tier 2: score K candidate parameter sets (defaults, presets, tier 1's answer, the training images' best-found
-  parameter sets) with the quality predictor; pick the smallest predicted SVG among those whose predicted SSIM is
-  at least tier 1's (and the defaults') plus ``margin``, else tier 1's answer (see :func:`pick`).
-* tier 3: the PPO policy's deterministic action.
-* auto: picks a tier from the image class and a time budget.
+* tier 1: nearest feature centroid -> a fitted parameter set (its answer is candidate row :data:`TIER1_ROW`).
+* tier 2: the quality predictor's scores of K candidate parameter sets (defaults, presets, tier 1's answer, a bank
+  of best-found sets): the smallest predicted SVG among those predicted at least as good as tier 1's answer (and the
+  defaults) plus a margin (see :func:`pick`); tier 1's answer for an image outside the training distribution.
+* tier 3: the PPO policy's deterministic action (a residual around tier 1's answer), with the predictor's rating.
+* auto: tier 2 for gradient and complex images when the time budget allows, else tier 1 (which beat tier 3 on the dev
+  set and every held-out style: docs/PERFORMANCE.md).
+* default: vtracer's defaults.
 
-Parameters are learned at a 256 px reference size; :func:`choose` rescales the pixel-sized ones to the image.
+Every model output the dispatcher needs comes in one :class:`Scores` (one ``vectorize`` ensemble answer in the
+server, the same models in-process offline). :func:`choose` turns a request's tier into a :class:`Choice` (tier
+asked, tier used, why); :func:`needs_check` decides cheaply whether the choice must be checked against the defaults
+(the quality guarantee); :func:`answer` converts, checks when asked, and replaces a choice that lost with the
+defaults. Parameters are learned at a 256 px reference size; :func:`choose` rescales the pixel-sized ones.
 """
 
 from __future__ import annotations
 
+import enum
 import json
-import logging
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
 from serve.vectorize.convert import Conversion, render, ssim, vectorize
-from serve.vectorize.features import ImageClass, classify, compute_features
+from serve.vectorize.features import ImageClass, classify
 from serve.vectorize.params import (
     DEFAULTS,
     PRESETS,
@@ -33,25 +39,71 @@ from serve.vectorize.params import (
     to_vector,
 )
 
-logger = logging.getLogger(__name__)
-
-TIERS = ("tier1", "tier2", "tier3", "auto")
-
-
-class Predictor(Protocol):
-    """Quality predictor: ``(N, F)`` features, ``(N, P)`` parameters -> ``(N,)`` SSIM, ``(N,)`` ln bytes."""
-
-    def __call__(self, features: np.ndarray, params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Predict SSIM and log bytes."""
-        ...
+TIER1_FILE = "tier1.json"
+DEFAULTS_ROW = 0
+TIER1_ROW = 1 + len(PRESETS)  # tier 1's answer among the candidates (after the defaults and the presets)
+AUTO_TIER2_MIN_BUDGET_MS = 50.0
+CHECK_TOLERANCE = 0.0
+"""A checked choice stands when its SSIM is at least the defaults' minus this."""
 
 
-class Policy(Protocol):
-    """Policy: ``(N, F)`` float32 features -> ``(N, P)`` parameter vectors in ``[0, 1]``."""
+class Tier(enum.StrEnum):
+    """A tier as the API names it (``tier`` option, ``Easel-Tier`` header, metric labels)."""
 
-    def __call__(self, features: np.ndarray) -> np.ndarray:
-        """Emit parameter vectors."""
-        ...
+    AUTO = "auto"
+    TIER1 = "1"
+    TIER2 = "2"
+    TIER3 = "3"
+    DEFAULT = "default"
+
+
+MODEL_TIERS = (Tier.TIER1, Tier.TIER2, Tier.TIER3)
+
+
+class Why(enum.StrEnum):
+    """Why the tier used answered (bounded: a metric label)."""
+
+    ASKED = "asked"  # the tier asked for answered
+    AUTO = "auto"  # auto picked the tier from the image class and the time budget
+    UNFAMILIAR = "unfamiliar"  # tier 2 kept tier 1's answer: the image is unlike the training icons
+    TARGET_QUALITY = "target_quality"  # tier 2 picked the smallest candidate predicted to reach target_quality
+    BELOW_DEFAULTS = "below_defaults"  # checked: the tier's SVG scored below the defaults', which answered
+    BELOW_TARGET = "below_target"  # validated: below target_quality, and the defaults scored higher
+    MODELS_UNAVAILABLE = "models_unavailable"  # Triton or the vectorize models not ready: the defaults answered
+    MODELS_FAILED = "models_failed"  # the ensemble call failed: the defaults answered
+
+
+FALLBACKS = (Why.BELOW_DEFAULTS, Why.BELOW_TARGET, Why.MODELS_UNAVAILABLE, Why.MODELS_FAILED)
+"""Reasons the defaults answered in place of the tier asked for."""
+
+
+class Priority(enum.StrEnum):
+    """What a request puts first: ``quality`` (never worse than the defaults) or ``size`` (the tier's pick as is)."""
+
+    QUALITY = "quality"
+    SIZE = "size"
+
+
+@dataclass(frozen=True)
+class Margins:
+    """Calibrated thresholds that travel with the models (in ``tier1.json``).
+
+    ``tier2`` is the predicted SSIM gain tier 2 needs to leave tier 1's answer. ``trust`` is, per model tier, the
+    predicted SSIM gain over the defaults above which its choice is served unchecked (see :func:`needs_check`).
+    """
+
+    tier2: float = 0.005
+    trust: dict[Tier, float] = field(default_factory=lambda: {tier: 0.0 for tier in MODEL_TIERS})
+
+    def as_array(self) -> np.ndarray:
+        """``[tier2, trust 1, trust 2, trust 3]`` as float32 (the ``margins`` tensor)."""
+        return np.asarray([self.tier2, *(self.trust[t] for t in MODEL_TIERS)], dtype=np.float32)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> Margins:
+        """Inverse of :meth:`as_array`."""
+        values = [round(float(v), 6) for v in np.asarray(values).reshape(-1)]  # float32 -> the table's decimals
+        return cls(values[0], dict(zip(MODEL_TIERS, values[1:], strict=True)))
 
 
 @dataclass(frozen=True)
@@ -64,6 +116,7 @@ class Tier1Map:
     params: np.ndarray
     bank: np.ndarray | None = None
     radius: np.ndarray | None = None  # per cluster: 95th percentile distance of its training images
+    margins: Margins = field(default_factory=Margins)
 
     def nearest(self, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centroid index and distance (standardised feature space) for each row of ``features``."""
@@ -91,6 +144,8 @@ class Tier1Map:
             "centroids": self.centroids.tolist(),
             "params": self.params.tolist(),
             "decoded": [from_vector(p).kwargs() for p in self.params],
+            "tier2_margin": self.margins.tier2,
+            "trust_margins": {str(t): v for t, v in self.margins.trust.items()},
             **({"bank": self.bank.tolist()} if self.bank is not None else {}),
             **({"radius": self.radius.tolist()} if self.radius is not None else {}),
         }
@@ -108,7 +163,9 @@ class Tier1Map:
             len(arrays["mean"]),
         ):
             raise ValueError("tier 1 mapping has inconsistent shapes")
-        return cls(**arrays)
+        trust = {Tier(k): float(v) for k, v in data.get("trust_margins", {}).items()}
+        margins = Margins(float(data.get("tier2_margin", Margins.tier2)), {**Margins().trust, **trust})
+        return cls(**arrays, margins=margins)
 
     @classmethod
     def load(cls, path: Path) -> Tier1Map:
@@ -116,48 +173,85 @@ class Tier1Map:
         return cls.from_json(json.loads(Path(path).read_text()))
 
 
+_BANK = sample_vectors(np.random.default_rng(12345), 256)
+
+
+def candidates(features: np.ndarray, mapping: Tier1Map) -> np.ndarray:
+    """Candidate vectors for tier 2: the defaults, the presets, tier 1's answer, then the mapping's bank.
+
+    The bank is the best-found parameters of the training images, or a fixed random sample without one.
+    """
+    rows = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values()), mapping(features)[0]]
+    bank = _BANK if mapping.bank is None else mapping.bank
+    return np.concatenate([np.stack(rows), bank]).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """What the models say about one image: everything :func:`choose` and :func:`needs_check` read."""
+
+    features: np.ndarray  # (F,)
+    candidates: np.ndarray  # (K, P): DEFAULTS_ROW, presets, TIER1_ROW, bank
+    ssim: np.ndarray  # (K,) predicted SSIM of each candidate
+    log_bytes: np.ndarray  # (K,) predicted ln(SVG bytes)
+    policy: np.ndarray  # (P,) tier 3's vector
+    policy_ssim: float
+    policy_log_bytes: float
+    familiar: bool  # within the training radius of its tier 1 cluster
+    margins: Margins
+
+    @classmethod
+    def from_outputs(cls, outputs: dict[str, np.ndarray]) -> Scores:
+        """From one ``vectorize`` ensemble answer (:data:`serve.vectorize.spec.ENSEMBLE` outputs)."""
+        return cls(
+            features=outputs["features"].reshape(-1),
+            candidates=outputs["candidates"],
+            ssim=outputs["ssim"].reshape(-1),
+            log_bytes=outputs["log_bytes"].reshape(-1),
+            policy=outputs["policy_params"].reshape(-1),
+            policy_ssim=float(outputs["policy_ssim"].reshape(-1)[0]),
+            policy_log_bytes=float(outputs["policy_log_bytes"].reshape(-1)[0]),
+            familiar=bool(outputs["familiar"].reshape(-1)[0] > 0.5),
+            margins=Margins.from_array(outputs["margins"]),
+        )
+
+    @property
+    def image_class(self) -> ImageClass:
+        """The coarse class auto dispatches on."""
+        return classify(self.features)
+
+
 @dataclass(frozen=True)
 class Choice:
-    """A chosen parameter set and, where a predictor was used, its predicted quality."""
+    """A parameter choice: the tier asked for, the tier used, why, and the predictor's view of it."""
 
+    asked: Tier
+    used: Tier
+    why: Why
     params: VtracerParams
-    tier: str
     predicted_ssim: float | None = None
     predicted_bytes: float | None = None
+    predicted_gain: float | None = None  # predicted SSIM over the defaults' predicted SSIM
+
+    @property
+    def fallback(self) -> bool:
+        """Whether the defaults answered in place of the tier asked for."""
+        return self.why in FALLBACKS
 
 
-_BANK_SIZE = 256
-TIER1_ROW = 1 + len(PRESETS)  # tier 1's answer in :func:`candidates` (after the defaults and the presets)
-_BANK = sample_vectors(np.random.default_rng(12345), _BANK_SIZE)
+def defaults(asked: Tier, why: Why = Why.ASKED) -> Choice:
+    """Vtracer's defaults answering a request for ``asked`` (exactly the defaults, never rescaled)."""
+    return Choice(asked, Tier.DEFAULT, why, DEFAULTS)
 
 
-def tier1(features: np.ndarray, mapping: Tier1Map) -> Choice:
-    """Tier 1: the fitted parameter set of the nearest feature centroid."""
-    return Choice(from_vector(mapping(features)[0]), "tier1")
-
-
-def candidates(features: np.ndarray, mapping: Tier1Map | None = None, bank: np.ndarray | None = None) -> np.ndarray:
-    """Candidate vectors for tier 2: defaults first, then presets, tier 1's answer and a bank.
-
-    The bank is ``bank`` if given, else the mapping's (the best-found parameters of the training images), else a
-    fixed random sample of the parameter space.
-    """
-    rows = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values())]
-    if mapping is not None:
-        rows.append(mapping(features)[0])
-        if bank is None:
-            bank = mapping.bank
-    return np.concatenate([np.stack(rows), _BANK if bank is None else bank]).astype(np.float32)
-
-
-def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int = 0) -> int:
+def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int = DEFAULTS_ROW) -> int:
     """Index of the smallest ``log_bytes`` whose ``ssim`` is at least the reference's and the defaults' + margin.
 
-    Row 0 is the defaults; ``reference`` (tier 1's answer when there is one) always qualifies, so tier 2 only
-    leaves it for a candidate the predictor rates better by ``margin``. Without a reference (0), falls back to
-    the highest predicted SSIM when nothing qualifies.
+    Row 0 is the defaults; ``reference`` (tier 1's answer) always qualifies, so tier 2 only leaves it for a
+    candidate the predictor rates better by ``margin``. Without a reference (0), the highest predicted SSIM when
+    nothing qualifies.
     """
-    ok = ssim >= max(ssim[0], ssim[reference]) + margin
+    ok = ssim >= max(ssim[DEFAULTS_ROW], ssim[reference]) + margin
     if reference:
         ok[reference] = True
     if not ok.any():
@@ -165,120 +259,112 @@ def pick(ssim: np.ndarray, log_bytes: np.ndarray, margin: float, reference: int 
     return int(np.flatnonzero(ok)[np.argmin(log_bytes[ok])])
 
 
-def tier2(features: np.ndarray, predictor: Predictor, mapping: Tier1Map | None = None, margin: float = 0.005) -> Choice:
-    """Tier 2: the best predicted quality-for-size among K candidates (see :func:`pick`).
-
-    For an image outside the training distribution (farther from its tier 1 centroid than 95 % of that cluster's
-    training images) the predictor is not trusted and tier 1's answer is returned.
-    """
-    if mapping is not None and not mapping.familiar(features):
-        return Choice(tier1(features, mapping).params, "tier2:unfamiliar->tier1")
-    vectors = candidates(features, mapping)
-    batch = np.repeat(np.atleast_2d(features).astype(np.float32), len(vectors), axis=0)
-    ssim, log_bytes = predictor(batch, vectors)
-    ssim, log_bytes = np.asarray(ssim).reshape(-1), np.asarray(log_bytes).reshape(-1)
-    best = pick(ssim, log_bytes, margin, reference=TIER1_ROW if mapping is not None else 0)
-    return Choice(from_vector(vectors[best]), "tier2", float(ssim[best]), float(np.exp(log_bytes[best])))
+def smallest_reaching(ssim: np.ndarray, log_bytes: np.ndarray, target: float) -> int:
+    """Index of the smallest predicted candidate predicted to reach ``target`` (else the highest predicted)."""
+    ok = ssim >= target
+    return int(np.flatnonzero(ok)[np.argmin(log_bytes[ok])]) if ok.any() else int(np.argmax(ssim))
 
 
-def tier3(features: np.ndarray, policy: Policy) -> Choice:
-    """Tier 3: the policy's parameter vector."""
-    return Choice(from_vector(np.asarray(policy(np.atleast_2d(features).astype(np.float32)))[0]), "tier3")
+def _row(asked: Tier, used: Tier, why: Why, scores: Scores, row: int) -> Choice:
+    return Choice(
+        asked,
+        used,
+        why,
+        from_vector(scores.candidates[row]),
+        float(scores.ssim[row]),
+        float(np.exp(scores.log_bytes[row])),
+        float(scores.ssim[row] - scores.ssim[DEFAULTS_ROW]),
+    )
 
 
-def auto(
-    features: np.ndarray,
-    mapping: Tier1Map | None,
-    predictor: Predictor | None,
-    policy: Policy | None,
-    budget_ms: float = 300.0,
-    margin: float = 0.005,
-) -> Choice:
-    """Pick a tier by image class and time budget, degrading to what is available (defaults last).
-
-    Gradient and complex images, where the predictor's search pays most, use tier 2 when the budget allows
-    (>= 50 ms of selection time); other images use the policy, then tier 2, then tier 1.
-    """
-    kind = classify(features)
-    if predictor is not None and budget_ms >= 50 and kind in (ImageClass.GRADIENT, ImageClass.COMPLEX):
-        choice = tier2(features, predictor, mapping, margin)
-    elif policy is not None:
-        choice = tier3(features, policy)
-    elif predictor is not None and budget_ms >= 50:
-        choice = tier2(features, predictor, mapping, margin)
-    elif mapping is not None:
-        choice = tier1(features, mapping)
-    else:
-        logger.warning("no vectorize models available; using vtracer defaults")
-        return Choice(DEFAULTS, "defaults")
-    return Choice(choice.params, f"auto:{choice.tier}", choice.predicted_ssim, choice.predicted_bytes)
-
-
-@dataclass(frozen=True)
-class Verified:
-    """A choice checked by real conversion: its SVG and the SSIM of the SVG rendered back."""
-
-    choice: Choice
-    conversion: Conversion
-    ssim: float
-
-
-def sized(choice: Choice, side: int) -> Choice:
-    """``choice`` with its pixel-sized parameters rescaled to an image whose longest side is ``side``."""
-    if choice.tier == "defaults":
-        return choice  # the fallback stays exactly vtracer's defaults
-    return Choice(scale_to_size(choice.params, side), choice.tier, choice.predicted_ssim, choice.predicted_bytes)
-
-
-def verify_tier2(pixels: np.ndarray, choice: Choice, features: np.ndarray, mapping: Tier1Map | None) -> Verified | None:
-    """Tier 2's search ends with a real check: its pick is kept unless tier 1's answer scores a higher SSIM.
-
-    Both are converted and rendered back (two conversions at most), so the predictor's mistakes on unfamiliar
-    images cost size, not quality. Returns None for choices that are not tier 2's.
-    """
-    if not choice.tier.removeprefix("auto:").startswith("tier2"):
-        return None
-    side = max(pixels.shape[:2])
-    reference = sized(tier1(features, mapping), side) if mapping is not None else Choice(DEFAULTS, "defaults")
-    mine = _convert_and_score(pixels, choice.params)
-    if reference.params == choice.params:
-        return Verified(choice, *mine)
-    theirs = _convert_and_score(pixels, reference.params)
-    if mine[1] >= theirs[1]:
-        return Verified(choice, *mine)
-    return Verified(Choice(reference.params, f"{choice.tier}:verified->{reference.tier}"), *theirs)
-
-
-def _convert_and_score(pixels: np.ndarray, params: VtracerParams) -> tuple[Conversion, float]:
-    conversion = vectorize(pixels, params)
-    return conversion, ssim(pixels, render(conversion.svg, pixels.shape[1], pixels.shape[0]))
+def _model_choice(asked: Tier, used: Tier, why: Why, scores: Scores, target_quality: float | None) -> Choice:
+    if used is Tier.TIER1:
+        return _row(asked, used, why, scores, TIER1_ROW)
+    if used is Tier.TIER3:
+        gain = scores.policy_ssim - float(scores.ssim[DEFAULTS_ROW])
+        predicted_bytes = float(np.exp(scores.policy_log_bytes))
+        return Choice(asked, used, why, from_vector(scores.policy), scores.policy_ssim, predicted_bytes, gain)
+    if target_quality is not None:
+        return _row(
+            asked, used, Why.TARGET_QUALITY, scores, smallest_reaching(scores.ssim, scores.log_bytes, target_quality)
+        )
+    if not scores.familiar:
+        return _row(asked, used, Why.UNFAMILIAR, scores, TIER1_ROW)
+    return _row(asked, used, why, scores, pick(scores.ssim, scores.log_bytes, scores.margins.tier2, TIER1_ROW))
 
 
 def choose(
-    pixels: np.ndarray,
-    tier: str,
-    mapping: Tier1Map | None = None,
-    predictor: Predictor | None = None,
-    policy: Policy | None = None,
-    budget_ms: float = 300.0,
-    margin: float = 0.005,
+    asked: Tier, scores: Scores, side: int, budget_ms: float = 1000.0, target_quality: float | None = None
 ) -> Choice:
-    """Features -> tier -> parameters rescaled to the image size (tier 2's pick verified, see :func:`verify_tier2`).
+    """The one dispatcher: the parameters of tier ``asked`` for an image whose longest side is ``side``.
 
-    Raises:
-        ValueError: Unknown tier, or the tier's model is missing.
+    ``auto`` uses tier 2 for gradient and complex images (where the predictor's search pays most) when the budget
+    allows, else tier 1. ``target_quality`` makes tier 2 pick the smallest candidate predicted to reach it.
     """
-    features = compute_features(pixels)
-    if tier == "tier1" and mapping is not None:
-        choice = tier1(features, mapping)
-    elif tier == "tier2" and predictor is not None:
-        choice = tier2(features, predictor, mapping, margin)
-    elif tier == "tier3" and policy is not None:
-        choice = tier3(features, policy)
-    elif tier == "auto":
-        choice = auto(features, mapping, predictor, policy, budget_ms, margin)
-    else:
-        raise ValueError(f"tier {tier!r} is unknown or its model is not loaded (known: {', '.join(TIERS)})")
-    choice = sized(choice, max(pixels.shape[:2]))
-    verified = verify_tier2(pixels, choice, features, mapping)
-    return verified.choice if verified else choice
+    if asked is Tier.DEFAULT:
+        return defaults(asked)
+    why = Why.ASKED
+    used = asked
+    if asked is Tier.AUTO:
+        why = Why.AUTO
+        searchable = scores.image_class in (ImageClass.GRADIENT, ImageClass.COMPLEX)
+        used = Tier.TIER2 if searchable and budget_ms >= AUTO_TIER2_MIN_BUDGET_MS else Tier.TIER1
+    choice = _model_choice(asked, used, why, scores, target_quality)
+    return replace(choice, params=scale_to_size(choice.params, side))
+
+
+def needs_check(choice: Choice, scores: Scores | None, priority: Priority, target_quality: float | None) -> bool:
+    """Whether ``choice`` must be converted beside the defaults and compared (the quality guarantee).
+
+    Not for the defaults themselves, a size-first request or one that names its own ``target_quality``. Otherwise
+    checked when the image is unfamiliar, or when the predictor's SSIM gain over the defaults is below the tier's
+    calibrated trust margin.
+    """
+    if choice.used is Tier.DEFAULT or priority is Priority.SIZE or target_quality is not None or scores is None:
+        return False
+    if not scores.familiar:
+        return True
+    return choice.predicted_gain is None or choice.predicted_gain < scores.margins.trust[choice.used]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A choice converted: its SVG, the SSIM measured (when checked), and each stage's time."""
+
+    choice: Choice
+    conversion: Conversion
+    ssim: float | None
+    checked: bool
+    timings_ms: dict[str, float]
+    unchecked: Conversion | None = None  # the tier's own SVG when the check replaced it
+    unchecked_ssim: float | None = None
+
+
+def score_svg(pixels: np.ndarray, svg: str) -> float:
+    """SSIM of ``svg`` rendered back at the size of ``pixels`` (EVAL.md protocol)."""
+    return ssim(pixels, render(svg, pixels.shape[1], pixels.shape[0]))
+
+
+def answer(pixels: np.ndarray, choice: Choice, check: bool) -> Answer:
+    """Convert ``pixels`` with ``choice``; when ``check``, keep it only if it scores at least the defaults.
+
+    A checked choice costs its own render and SSIM, plus the defaults' conversion, render and SSIM.
+    """
+    start = time.perf_counter()
+    conversion = vectorize(pixels, choice.params)
+    timings = {"convert": _ms_since(start)}
+    if not check:
+        return Answer(choice, conversion, None, False, timings)
+    mark = time.perf_counter()
+    mine = score_svg(pixels, conversion.svg)
+    baseline = vectorize(pixels, DEFAULTS)
+    theirs = score_svg(pixels, baseline.svg)
+    timings["check"] = _ms_since(mark)
+    if mine >= theirs - CHECK_TOLERANCE:
+        return Answer(choice, conversion, mine, True, timings)
+    fallback = replace(defaults(choice.asked, Why.BELOW_DEFAULTS), predicted_gain=choice.predicted_gain)
+    return Answer(fallback, baseline, theirs, True, timings, conversion, mine)
+
+
+def _ms_since(mark: float) -> float:
+    return round((time.perf_counter() - mark) * 1000, 2)

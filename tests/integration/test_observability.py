@@ -19,6 +19,7 @@ from serve.observability.dashboards import load_dashboards, panel_queries
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
 from serve.stack import Stack, StackOptions
+from tests.images import dev_icon_png
 from tests.integration.conftest import triton_killed
 
 pytestmark = [
@@ -28,7 +29,6 @@ pytestmark = [
     ),
 ]
 
-ICONS = sorted((ICONS_DEV / "val").glob("*.png"))
 WINDOW = "5m"  # Grafana's $__rate_interval when queries are evaluated: covers the whole load
 DEADLINE_S = 120  # Ray reports custom metrics every few seconds; Prometheus scrapes every second
 ROUNDS = 2
@@ -66,16 +66,7 @@ def prometheus(stack):
 
 
 def _icon() -> bytes:
-    if ICONS:
-        return ICONS[0].read_bytes()
-    from io import BytesIO
-
-    from PIL import Image
-
-    image, buffer = Image.new("RGB", (96, 96), "white"), BytesIO()
-    image.paste((30, 90, 200), (16, 16, 80, 80))
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    return dev_icon_png(ICONS_DEV / "val")
 
 
 def _vectorize(api, tier: str) -> httpx.Response:

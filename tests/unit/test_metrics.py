@@ -41,17 +41,12 @@ def test_queue_time_needs_a_send_time(monkeypatch):
     assert seen == []
 
 
-@pytest.mark.parametrize(
-    ("fallback", "label"),
-    [
-        ("models unavailable: Triton not reachable", "models_unavailable"),
-        ("models failed: boom", "models_failed"),
-        ("below target_quality; vtracer defaults scored higher", "below_target_quality"),
-        ("something new", "other"),
-    ],
-)
-def test_fallback_reasons_are_bounded(fallback, label):
-    assert metrics.fallback_reason(fallback) == label
+def test_vectorize_reasons_are_bounded_labels():
+    from serve.vectorize.tiers import FALLBACKS, Why
+
+    assert all(why.value.isidentifier() for why in Why)
+    assert set(FALLBACKS) < set(Why)
+    assert "why" in metrics.VECTORIZE_TIERS.tag_keys
 
 
 DASHBOARDS = load_dashboards()

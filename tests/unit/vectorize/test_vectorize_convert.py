@@ -2,13 +2,7 @@ import numpy as np
 
 from serve.vectorize.convert import render, score, ssim, vectorize
 from serve.vectorize.params import DEFAULTS, PRESETS
-
-
-def _icon() -> np.ndarray:
-    pixels = np.full((64, 96, 3), 255, dtype=np.uint8)
-    pixels[10:50, 20:70] = (200, 30, 30)
-    pixels[20:40, 30:60] = (20, 20, 160)
-    return pixels
+from tests.images import icon_pixels
 
 
 def test_ssim_of_image_with_itself_is_one():
@@ -18,7 +12,7 @@ def test_ssim_of_image_with_itself_is_one():
 
 
 def test_vectorize_and_render_at_input_size():
-    pixels = _icon()
+    pixels = icon_pixels(64, 96)
     result = vectorize(pixels, DEFAULTS)
     assert result.svg.startswith("<?xml") and "viewBox" not in result.svg
     assert result.n_bytes == len(result.svg.encode()) and result.n_paths >= 2

@@ -6,40 +6,28 @@ import numpy as np
 import onnx
 import pytest
 
+from build_engines.vectorize.dataset import list_images
 from build_engines.vectorize.export import ParityError, export_onnx
+from build_engines.vectorize.runtime import TRAINED_DIR, Models
 from build_engines.vectorize.train import train_all
 from serve.paths import ICONS_DEV
 from serve.triton.spec import read_model_config, write_model_config
 from serve.vectorize.features import F, compute_features
 from serve.vectorize.image import load_image
-from serve.vectorize.params import DEFAULTS, P, VtracerParams
-from serve.vectorize.runtime import TRAINED_DIR, Models
+from serve.vectorize.params import P, VtracerParams
 from serve.vectorize.spec import POLICY, QUALITY, SPECS
-from serve.vectorize.tiers import TIERS, choose, pick
+from serve.vectorize.tiers import MODEL_TIERS, Tier, choose
+from tests.images import write_icons
 
 TRAIN = ICONS_DEV / "train"
-
-
-def _make_images(folder: Path, count: int = 6) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for i in range(count):
-        pixels = np.full((96, 96, 3), 255, dtype=np.uint8)
-        for _ in range(3):
-            y, x = rng.integers(0, 70, 2)
-            pixels[y : y + rng.integers(8, 26), x : x + rng.integers(8, 26)] = rng.integers(0, 255, 3)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict, Path]:
     root = tmp_path_factory.mktemp("vectorize")
-    data = _make_images(root / "data")
+    data = write_icons(root / "data")
     report = train_all(
-        data,
+        [list_images(data)],
         root / "out",
         samples_per_image=4,
         seed=0,
@@ -65,40 +53,27 @@ def test_training_writes_models_with_parity(trained):
         assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
         assert report["onnx_max_abs_error"][spec.name] <= 1e-3
     assert (out / "tier1.json").exists()
+    assert set(report["trust_margins"]) == {str(t) for t in MODEL_TIERS}
 
 
 def test_tiers_return_valid_params(trained):
     out, _, data = trained
     models = Models.load(out)
-    assert models.mapping is not None and models.predictor is not None and models.policy is not None
     pixels = load_image(sorted(data.iterdir())[0])
-    for tier in TIERS:
-        choice = choose(pixels, tier, models.mapping, models.predictor, models.policy, margin=models.margin)
-        assert isinstance(choice.params, VtracerParams)
-        assert choice.tier.endswith(tier) or choice.tier.startswith("auto")
+    scores = models.scores(pixels)
+    for tier in Tier:
+        choice = choose(tier, scores, max(pixels.shape[:2]))
+        assert isinstance(choice.params, VtracerParams) and choice.asked is tier
     features = np.repeat(compute_features(pixels)[None], 5, axis=0)
-    assert models.policy(features).shape == (5, P)
-    ssim, log_bytes = models.predictor(features, np.random.default_rng(0).random((5, P), dtype=np.float32))
-    assert ssim.shape == (5,) and log_bytes.shape == (5,)
+    params, ssim, log_bytes = models.policy(features)
+    assert params.shape == (5, P) and ssim.shape == log_bytes.shape == (5, 1)
+    rated, _ = models.predictor(features, params)  # the policy's own rating is the predictor's
+    np.testing.assert_allclose(rated, ssim[:, 0], atol=1e-5)
 
 
-def test_missing_model_is_an_error_and_auto_degrades():
-    pixels = np.full((32, 32, 3), 255, dtype=np.uint8)
-    with pytest.raises(ValueError, match="tier2"):
-        choose(pixels, "tier2")
-    assert choose(pixels, "auto").params == DEFAULTS
-
-
-def test_pick_prefers_smallest_that_keeps_quality():
-    ssim = np.asarray([0.95, 0.96, 0.99, 0.90])
-    log_bytes = np.asarray([8.0, 7.0, 7.5, 5.0])
-    assert pick(ssim, log_bytes, margin=0.0) == 1
-    assert pick(ssim, log_bytes, margin=0.02) == 2
-    assert pick(ssim, log_bytes, margin=0.1) == 2  # none qualifies: highest SSIM
-    # with a reference (tier 1's answer) only candidates rated better than it may replace it
-    assert pick(ssim, log_bytes, margin=0.0, reference=1) == 1
-    assert pick(ssim, log_bytes, margin=0.0, reference=2) == 2
-    assert pick(np.asarray([0.95, 0.96, 0.99, 0.97]), log_bytes, margin=0.0, reference=1) == 3
+def test_missing_models_are_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="easel train vectorize"):
+        Models.load(tmp_path)
 
 
 def test_export_parity_failure_raises(tmp_path):
@@ -107,7 +82,8 @@ def test_export_parity_failure_raises(tmp_path):
     class Drift(torch.nn.Module):
         def forward(self, features):
             # random output: ONNX and PyTorch disagree
-            return torch.rand(features.shape[0], P) + features[:, :1] * 0
+            params = torch.rand(features.shape[0], P) + features[:, :1] * 0
+            return params, params[:, :1], params[:, 1:2]
 
     with pytest.raises(ParityError):
         export_onnx(Drift(), POLICY, tmp_path / "drift.onnx")
@@ -121,27 +97,36 @@ def test_triton_configs_round_trip(tmp_path):
     assert QUALITY.input("features").dims == (F,) and QUALITY.input("params").dims == (P,)
 
 
-@pytest.mark.skipif(not (TRAINED_DIR / "tier1.json").exists(), reason="no committed models")
 def test_committed_models_load_and_answer():
     models = Models.load(TRAINED_DIR)
-    assert models.mapping is not None and models.predictor is not None and models.policy is not None
     image = sorted(TRAIN.glob("*.png"))[0] if TRAIN.exists() else None
     pixels = load_image(image) if image else np.full((64, 64, 3), 255, np.uint8)
-    for tier in TIERS:
-        assert isinstance(choose(pixels, tier, models.mapping, models.predictor, models.policy).params, VtracerParams)
+    scores = models.scores(pixels)
+    for tier in Tier:
+        assert isinstance(choose(tier, scores, max(pixels.shape[:2])).params, VtracerParams)
     total = sum(p.stat().st_size for p in TRAINED_DIR.iterdir())
     assert total < 5 * 1024 * 1024
 
 
 def test_evaluate_folder_and_plot(trained, tmp_path):
-    from serve.vectorize.evaluate import METHODS, evaluate_folder, format_table
-    from serve.vectorize.plot import plot_quality_vs_size
+    from build_engines.vectorize.evaluate import METHODS, TIER_METHODS, evaluate_folder, format_table
+    from build_engines.vectorize.plot import plot_quality_vs_size
 
     out, _, data = trained
+    (data / "img0.svg").write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="96" height="96"><rect width="9" height="9"/></svg>'
+    )
     result = evaluate_folder(data, size=64, random_search=3, limit=2, processes=1, models_dir=out)
     rows = {r["method"]: r for r in result["summary"]}
     assert list(rows) == list(METHODS)
-    assert rows["defaults"]["bytes_ratio"] == 1.0 and all(r["images"] == 2 for r in rows.values())
+    assert rows["original"]["images"] == 1 and rows["original"]["median_paths"] == 1  # the source SVG's one shape
+    assert rows["defaults"]["bytes_ratio"] == 1.0 and all(
+        r["images"] == 2 for r in rows.values() if r["method"] != "original"
+    )
+    for method in TIER_METHODS:  # served quality first: a checked choice never scores below the defaults
+        served = [r for r in result["records"] if r["method"] == method and r["checked"]]
+        defaults = {r["image"]: r["ssim"] for r in result["records"] if r["method"] == "defaults"}
+        assert all(r["ssim"] >= defaults[r["image"]] - 1e-9 for r in served)
     # the oracles never lose SSIM against the defaults
     assert rows["random_search"]["mean_ssim"] >= rows["defaults"]["mean_ssim"]
     assert rows["best_preset"]["mean_ssim"] >= rows["defaults"]["mean_ssim"]
@@ -170,9 +155,9 @@ def test_merge_tables_offsets_images():
     assert merged.names.tolist() == ["a0", "a1", "b0", "b1", "b2"]
 
 
-def test_tier2_falls_back_to_tier1_outside_training_radius():
+def test_tier1_table_round_trips_with_its_margins():
     from serve.vectorize.params import PRESETS, to_vector
-    from serve.vectorize.tiers import Tier1Map, tier2
+    from serve.vectorize.tiers import Margins, Tier1Map
 
     mapping = Tier1Map(
         mean=np.zeros(F, np.float32),
@@ -180,15 +165,9 @@ def test_tier2_falls_back_to_tier1_outside_training_radius():
         centroids=np.zeros((1, F), np.float32),
         params=to_vector(PRESETS["photo"])[None],
         radius=np.asarray([0.5], np.float32),
+        margins=Margins(0.002, {Tier.TIER1: 0.03, Tier.TIER2: 0.0, Tier.TIER3: 0.05}),
     )
-
-    def predictor(features, params):  # rates the defaults (row 0) best and smallest
-        ssim = np.full(len(params), 0.5, np.float32)
-        ssim[0] = 0.99
-        return ssim, np.where(np.arange(len(params)) == 0, 1.0, 9.0).astype(np.float32)
-
     near, far = np.zeros(F, np.float32), np.full(F, 3.0, np.float32)
     assert mapping.familiar(near) and not mapping.familiar(far)
-    assert tier2(near, predictor, mapping, margin=0.0).params == DEFAULTS
-    assert tier2(far, predictor, mapping, margin=0.0).params == PRESETS["photo"]
-    assert Tier1Map.from_json(mapping.to_json()).radius.tolist() == [0.5]
+    again = Tier1Map.from_json(mapping.to_json())
+    assert again.radius.tolist() == [0.5] and again.margins == mapping.margins

@@ -1,0 +1,137 @@
+"""The one dispatcher (tiers.choose), the check that guards quality (needs_check, answer) and their vocabulary."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from serve.vectorize.features import F
+from serve.vectorize.params import DEFAULTS, PRESETS, P, from_vector, to_vector
+from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.tiers import (
+    DEFAULTS_ROW,
+    TIER1_ROW,
+    Margins,
+    Priority,
+    Scores,
+    Tier,
+    Why,
+    answer,
+    choose,
+    needs_check,
+    pick,
+)
+from tests.images import icon_pixels
+
+SMALL = to_vector(PRESETS["photo"])  # a candidate the fake predictor rates best and smallest
+
+
+def _scores(familiar: bool = True, gradient: bool = False, trust: float = 0.01) -> Scores:
+    """Candidates: defaults, 3 presets, tier 1's answer (poster), SMALL; the policy proposes the bw preset."""
+    rows = [to_vector(DEFAULTS), *(to_vector(p) for p in PRESETS.values()), to_vector(PRESETS["poster"]), SMALL]
+    features = np.zeros(F, np.float32)
+    features[8] = 0.5 if gradient else 0.0  # smooth_fraction: the gradient class
+    return Scores(
+        features=features,
+        candidates=np.stack(rows),
+        ssim=np.asarray([0.90, 0.90, 0.80, 0.70, 0.905, 0.95], np.float32),
+        log_bytes=np.asarray([9.0, 9.5, 9.0, 8.0, 8.5, 7.0], np.float32),
+        policy=to_vector(PRESETS["bw"]),
+        policy_ssim=0.93,
+        policy_log_bytes=7.5,
+        familiar=familiar,
+        margins=Margins(0.01, {Tier.TIER1: trust, Tier.TIER2: trust, Tier.TIER3: trust}),
+    )
+
+
+def test_tier_is_the_api_vocabulary():
+    assert [t.value for t in Tier] == ["auto", "1", "2", "3", "default"]
+    assert VectorizeOptions.model_validate({"tier": "2"}).tier is Tier.TIER2
+    assert VectorizeOptions.model_validate({}).priority is Priority.QUALITY
+    with pytest.raises(ValueError):
+        VectorizeOptions.model_validate({"tier": "tier2"})
+
+
+@pytest.mark.parametrize(
+    ("asked", "used", "why", "params"),
+    [
+        (Tier.TIER1, Tier.TIER1, Why.ASKED, PRESETS["poster"]),
+        (Tier.TIER2, Tier.TIER2, Why.ASKED, PRESETS["photo"]),
+        (Tier.TIER3, Tier.TIER3, Why.ASKED, PRESETS["bw"]),
+        (Tier.AUTO, Tier.TIER1, Why.AUTO, PRESETS["poster"]),
+        (Tier.DEFAULT, Tier.DEFAULT, Why.ASKED, DEFAULTS),
+    ],
+)
+def test_choose_carries_asked_used_and_why(asked, used, why, params):
+    choice = choose(asked, _scores(), side=256)
+    assert (choice.asked, choice.used, choice.why, choice.params) == (asked, used, why, params)
+    if used is not Tier.DEFAULT:
+        assert choice.predicted_gain == pytest.approx(choice.predicted_ssim - 0.90, abs=1e-6)
+
+
+def test_auto_searches_gradients_within_budget():
+    assert choose(Tier.AUTO, _scores(gradient=True), 256).used is Tier.TIER2
+    assert choose(Tier.AUTO, _scores(gradient=True), 256, budget_ms=10).used is Tier.TIER1
+
+
+def test_tier2_keeps_tier1s_answer_for_unfamiliar_images_and_honours_target_quality():
+    unfamiliar = choose(Tier.TIER2, _scores(familiar=False), 256)
+    assert unfamiliar.why is Why.UNFAMILIAR and unfamiliar.params == PRESETS["poster"]
+    target = choose(Tier.TIER2, _scores(), 256, target_quality=0.85)
+    assert target.why is Why.TARGET_QUALITY and target.params == PRESETS["photo"]
+    assert choose(Tier.TIER2, _scores(), 256, target_quality=0.99).params == PRESETS["photo"]  # none reach: best
+
+
+def test_pixel_sized_parameters_follow_the_image_size_but_defaults_stay_exact():
+    assert choose(Tier.TIER2, _scores(), 512).params.filter_speckle == 2 * PRESETS["photo"].filter_speckle
+    assert choose(Tier.DEFAULT, _scores(), 512).params == DEFAULTS
+
+
+def test_pick_prefers_smallest_that_keeps_quality():
+    ssim = np.asarray([0.95, 0.96, 0.99, 0.90])
+    log_bytes = np.asarray([8.0, 7.0, 7.5, 5.0])
+    assert pick(ssim, log_bytes, margin=0.0) == 1
+    assert pick(ssim, log_bytes, margin=0.02) == 2
+    assert pick(ssim, log_bytes, margin=0.1) == 2  # none qualifies: highest SSIM
+    assert pick(ssim, log_bytes, margin=0.0, reference=1) == 1
+    assert pick(ssim, log_bytes, margin=0.0, reference=2) == 2
+    assert pick(np.asarray([0.95, 0.96, 0.99, 0.97]), log_bytes, margin=0.0, reference=1) == 3
+
+
+def test_needs_check_when_the_predictor_is_not_sure():
+    scores = _scores(trust=0.01)
+    sure = choose(Tier.TIER2, scores, 256)  # predicted +0.05 over the defaults
+    unsure = choose(Tier.TIER1, scores, 256)  # predicted +0.005
+    assert not needs_check(sure, scores, Priority.QUALITY, None)
+    assert needs_check(unsure, scores, Priority.QUALITY, None)
+    assert needs_check(sure, replace(scores, familiar=False), Priority.QUALITY, None)
+    assert not needs_check(unsure, scores, Priority.SIZE, None)  # size first: as is
+    assert not needs_check(unsure, scores, Priority.QUALITY, 0.9)  # the request names its own quality
+    assert not needs_check(choose(Tier.DEFAULT, scores, 256), scores, Priority.QUALITY, None)
+
+
+def test_a_choice_that_loses_to_the_defaults_is_replaced_by_them():
+    pixels = icon_pixels(96)
+    losing = choose(Tier.TIER3, _scores(), 96)  # binary mode loses the colours
+    result = answer(pixels, losing, check=True)
+    assert result.choice.used is Tier.DEFAULT and result.choice.asked is Tier.TIER3
+    assert result.choice.why is Why.BELOW_DEFAULTS and result.choice.fallback
+    assert result.choice.params == DEFAULTS and result.unchecked_ssim < result.ssim
+    assert result.conversion.n_bytes > 0 and "check" in result.timings_ms
+
+
+def test_a_choice_at_least_as_good_stays_and_unchecked_answers_measure_nothing():
+    pixels = icon_pixels(96)
+    good = replace(choose(Tier.TIER1, _scores(), 96), params=DEFAULTS.replace(color_precision=8))
+    kept = answer(pixels, good, check=True)
+    assert kept.choice == good and kept.checked and kept.ssim > 0.9 and kept.unchecked is None
+    plain = answer(pixels, good, check=False)
+    assert plain.ssim is None and not plain.checked and set(plain.timings_ms) == {"convert"}
+
+
+def test_margins_round_trip_through_the_tensor():
+    margins = Margins(0.005, {Tier.TIER1: 0.02, Tier.TIER2: 0.0, Tier.TIER3: 0.05})
+    again = Margins.from_array(margins.as_array())
+    assert again.tier2 == pytest.approx(0.005) and again.trust[Tier.TIER3] == pytest.approx(0.05)
+    assert DEFAULTS_ROW == 0 and TIER1_ROW == 1 + len(PRESETS) and from_vector(SMALL) == PRESETS["photo"]
+    assert P == len(SMALL)

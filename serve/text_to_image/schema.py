@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from serve.vectorize.schema import TIER_CHOICES
 
 MAX_IMAGES = 4
 MIN_SIDE = 64
@@ -36,7 +38,12 @@ class GenerationRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn at random when omitted.")
     scheduler: Literal[SCHEDULER_NAMES] = Field("ddim", description="Sampler.")
-    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Image encoding.")
+    output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
+        "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
+    )
+    vectorize_tier: Literal[TIER_CHOICES] | None = Field(
+        None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
+    )
     # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
     model: str | None = None
     quality: str | None = None
@@ -48,6 +55,13 @@ class GenerationRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must contain at least one non-space character")
+        return value
+
+    @field_validator("vectorize_tier")
+    @classmethod
+    def _tier_only_with_svg(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("output_format") != "svg":
+            raise ValueError("vectorize_tier is only accepted with output_format 'svg'")
         return value
 
     @field_validator("size")

@@ -11,9 +11,9 @@ from build_engines.text_to_image.export import ParityError, _modules, check_pari
 from serve.text_to_image.spec import ENGINE_NAMES, PipelineDims, engine_specs
 
 
-def test_embedded_model_is_deterministic(tmp_path):
-    first = create_default_model(tmp_path / "a")
-    second = create_default_model(tmp_path / "b")
+def test_random_embedded_model_is_deterministic(tmp_path):
+    first = create_default_model(tmp_path / "a", "bench")
+    second = create_default_model(tmp_path / "b", "bench")
     assert build_module.content_hash(first) == build_module.content_hash(second)
 
 

@@ -31,15 +31,19 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
     help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default.",
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--unet-steps", type=int, default=None, help="Stop stage 2 here (default: the committed recipe's).")
 @click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
-def train_default(out: Path, work: Path | None, threads: int, quick: bool) -> None:
+def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | None, quick: bool) -> None:
     """Train the embedded default model (VAE, then text encoder + UNet) on coloured icons; resumable."""
+    import dataclasses
     import shutil
 
     from build_engines.text_to_image.train_default import TrainSettings, train
 
     work = work or easel_home() / "train" / ("default-quick" if quick else "default")
     settings = TrainSettings.quick() if quick else TrainSettings()
+    if unet_steps is not None:
+        settings = dataclasses.replace(settings, unet_steps=unet_steps)
     shutil.rmtree(out, ignore_errors=True)
     train(out, work, settings, threads)
     click.echo(f"model: {out}\ncheckpoints: {work}")

@@ -53,17 +53,17 @@ def dominant_colour(image: np.ndarray) -> str | None:
 
 
 class IconClassifier(torch.nn.Module):
-    """A small CNN over a 64x64 ink map -> one logit per icon."""
+    """A small CNN over an ink map (pooled to 32x32) -> one logit per icon."""
 
     def __init__(self, classes: int = len(ICONS)) -> None:
         super().__init__()
-        layers, width = [], 1
-        for out in (32, 64, 128):
+        layers, width = [torch.nn.AvgPool2d(IMAGE_SIZE // 32)], 1
+        for out in (16, 32, 64):
             layers += [torch.nn.Conv2d(width, out, 3, padding=1), torch.nn.BatchNorm2d(out), torch.nn.ReLU()]
             layers += [torch.nn.Conv2d(out, out, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
             width = out
         self.features = torch.nn.Sequential(*layers)
-        self.head = torch.nn.Linear(width * 8 * 8, classes)
+        self.head = torch.nn.Linear(width * 4 * 4, classes)
 
     def forward(self, ink_maps: torch.Tensor) -> torch.Tensor:
         """Logits for a batch of ink maps [N, H, W]."""
@@ -89,7 +89,7 @@ def _augmented_icons(copies: int, rng: np.random.Generator) -> tuple[np.ndarray,
     return np.stack(images), np.asarray(labels)
 
 
-def train_classifier(copies: int = 24, epochs: int = 6) -> tuple[IconClassifier, float]:
+def train_classifier(copies: int = 24, epochs: int = 15) -> tuple[IconClassifier, float]:
     """Train the judge on real rasterised icons; returns it and its top-1 accuracy on fresh augmented renders."""
     torch.manual_seed(SEED)
     rng = np.random.default_rng(SEED)
@@ -100,7 +100,7 @@ def train_classifier(copies: int = 24, epochs: int = 6) -> tuple[IconClassifier,
     generator = torch.Generator().manual_seed(SEED)
     for epoch in range(epochs):
         model.train()
-        for batch in torch.randperm(len(inputs), generator=generator).split(64):
+        for batch in torch.randperm(len(inputs), generator=generator).split(32):
             loss = F.cross_entropy(model(inputs[batch]), targets[batch])
             optimizer.zero_grad()
             loss.backward()
@@ -152,10 +152,14 @@ class GenerateSettings:
 
 
 def generate_images(engine_dir: Path, pairings: list[Pairing], settings: GenerateSettings) -> dict:
-    """``{(pairing, seed): uint8 HWC image}`` through the serving loop on in-process ONNX Runtime engines."""
-    from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+    """``{(pairing, seed): uint8 HWC image}`` through the serving loop on in-process ONNX Runtime engines.
 
-    pipeline = TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
+    All generations run at once, their engine calls merged per step as a replica merges them.
+    """
+    from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+    from serve.triton.coalesce import CoalescingRunner
+
+    pipeline = TextToImagePipeline(engine_dir, CoalescingRunner(OnnxRuntimeRunner(engine_dir)))
     size = pipeline.dims.native_size
     jobs = [
         (

@@ -43,12 +43,12 @@ CAPTION_DROPOUT = 0.1
 class TrainSettings:
     """Steps, batch sizes and learning rates of both stages."""
 
-    vae_steps: int = 400
+    vae_steps: int = 300
     vae_batch: int = 32
     vae_crop: int = 32
     vae_lr: float = 2e-3
-    unet_steps: int = 1200
-    unet_batch: int = 32
+    unet_steps: int = 800
+    unet_batch: int = 16
     unet_lr: float = 1e-3
     ema_decay: float = 0.998
     checkpoint_every: int = 100
@@ -368,9 +368,10 @@ def train(out_dir: Path, work_dir: Path, settings: TrainSettings | None = None, 
 
     train_vae(vae, images, settings, work_dir)
     latents = encode_latents(vae, images)
-    scaling = 1.0 / latents.std().item()
+    # diffusers only scales latents (no shift): the root mean square, not the std, makes them unit-sized
+    scaling = 1.0 / latents.pow(2).mean().sqrt().item()
     vae.register_to_config(scaling_factor=scaling)
-    logger.info("VAE latent std %.3f -> scaling factor %.4f", 1 / scaling, scaling)
+    logger.info("VAE latents: mean %.3f, std %.3f -> scaling factor %.4f", latents.mean(), latents.std(), scaling)
 
     denoiser = _Denoiser(text_encoder, unet)
     ema = copy.deepcopy(denoiser).requires_grad_(False)

@@ -44,9 +44,9 @@ def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def to_generation(request: GenerationRequest) -> Generation:
+def to_generation(request: GenerationRequest, native_size: int) -> Generation:
     """The pipeline job for an API request; a missing seed is drawn here so the response can report it."""
-    width, height = request.width_height
+    width, height = request.width_height(native_size)
     seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
     return Generation(
         request.prompt,
@@ -81,7 +81,7 @@ class TextToImage:
         hand to the Vectorizer.
         """
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        job = to_generation(request)
+        job = to_generation(request, self.pipeline.dims.native_size)
         cost = self.admission.check(job.n, job.steps, job.width, job.height)
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):

@@ -27,8 +27,10 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
-    size: str = Field(
-        "256x256", description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]."
+    size: str | None = Field(
+        None,
+        description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
+        "default: the served model's native size (64x64 for the embedded default).",
     )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
@@ -66,7 +68,9 @@ class GenerationRequest(BaseModel):
 
     @field_validator("size")
     @classmethod
-    def _size_in_range(cls, value: str) -> str:
+    def _size_in_range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         match = _SIZE.match(value)
         if not match:
             raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
@@ -75,8 +79,9 @@ class GenerationRequest(BaseModel):
                 raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
         return value
 
-    @property
-    def width_height(self) -> tuple[int, int]:
-        """The requested (width, height) in pixels."""
+    def width_height(self, native_size: int) -> tuple[int, int]:
+        """The requested (width, height) in pixels; ``native_size`` square when no size was given."""
+        if self.size is None:
+            return native_size, native_size
         width, height = self.size.split("x")
         return int(width), int(height)

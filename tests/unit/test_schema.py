@@ -37,7 +37,8 @@ def test_bad_fields_are_named_with_their_limit(body, field, limit):
 
 def test_defaults_and_openai_fields_are_accepted():
     request = GenerationRequest(prompt="a fox", model="dall-e-3", size="512x256", user="u1")
-    assert request.width_height == (512, 256)
+    assert request.width_height(64) == (512, 256)
+    assert GenerationRequest(prompt="a fox").width_height(64) == (64, 64)
     assert request.response_format == "b64_json" and request.n == 1 and request.scheduler == "ddim"
 
 

@@ -4,6 +4,7 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 ``@serve.ingress`` pickles the FastAPI app when the class is decorated: helpers must be defined above it.
 """
 
+import asyncio
 import base64
 import binascii
 import logging
@@ -26,6 +27,7 @@ from serve.text_to_image.deployment import TextToImage, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
+from serve.vectorize.tiers import Tier
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -145,17 +147,27 @@ class Gateway:
 
     @api.post("/v1/images/generations")
     async def generate(self, request: GenerationRequest) -> JSONResponse:
-        """OpenAI Images API: generate ``n`` images for a prompt, returned as base64."""
+        """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG)."""
         result = await self.text_to_image.generate.remote(request, sent_at=time.time())
-        body = {
-            "created": int(time.time()),
-            "seed": result.seed,
-            "data": [{"b64_json": base64.b64encode(image).decode()} for image in result.images],
-        }
+        if request.output_format == "svg":
+            data = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
+        else:
+            data = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
+        body = {"created": int(time.time()), "seed": result.seed, "data": data}
         headers = {"Easel-Seed": str(result.seed)}
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         return JSONResponse(body, headers=headers)
+
+    async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[dict]:
+        """Each generated PNG through the Vectorizer: the SVG in ``b64_json``, with its tier and rendered-back SSIM."""
+        options = VectorizeOptions(tier=tier, validate=True)
+        results = await asyncio.gather(
+            *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
+        )
+        return [
+            {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim} for r in results
+        ]
 
     @api.post("/v1/vectorize")
     async def vectorize(self, request: Request) -> Response:

@@ -255,14 +255,17 @@ def evaluate() -> None:
     """Evaluate models over a folder of data."""
 
 
-def _register_vectorize_commands() -> None:
+def _register_training_commands() -> None:
+    from build_engines.text_to_image.cli import eval_generate, train_default
     from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 
     train.add_command(train_vectorize)
+    train.add_command(train_default)
     evaluate.add_command(eval_vectorize)
+    evaluate.add_command(eval_generate)
 
 
-_register_vectorize_commands()
+_register_training_commands()
 
 
 @main.group()
@@ -452,21 +455,22 @@ Easel is up.
     click.echo(f"""
 Example:
   curl -s {info.api_url}/v1/images/generations -H 'Content-Type: application/json' \\
-    -d '{{"prompt": "a red fox, flat icon", "size": "256x256", "seed": 7}}' \\
-    > fox.json   # data[0].b64_json is the PNG, base64-encoded
+    -d '{{"prompt": "a blue rocket icon", "size": "64x64", "seed": 7}}' \\
+    > rocket.json   # data[0].b64_json is the PNG, base64-encoded ("output_format": "svg" for an SVG)
 """)
 
 
 def _send_first_request(api_url: str) -> None:
-    from serve.stack import send_first_request
+    from serve.stack import send_first_requests
 
-    first = send_first_request(api_url)
-    if first.error is not None:
-        raise click.ClickException(f"first request failed: {first.status} {first.error}")
-    click.echo(
-        f"First request: POST /v1/images/generations {first.body}\n"
-        f"  -> {first.status} in {first.seconds:.2f} s, image saved to {first.image_path}"
-    )
+    for first in send_first_requests(api_url):
+        if first.error is not None:
+            raise click.ClickException(f"first request failed: {first.status} {first.error}")
+        detail = "" if first.ssim is None else f" (SSIM {first.ssim:.3f} against the PNG)"
+        click.echo(
+            f"First request: POST /v1/images/generations {first.body}\n"
+            f"  -> {first.status} in {first.seconds:.2f} s, saved to {first.image_path}{detail}"
+        )
 
 
 if __name__ == "__main__":

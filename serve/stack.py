@@ -52,8 +52,8 @@ RAY_ENV = {
 }
 
 FIRST_REQUEST = {
-    "prompt": "a lighthouse on a cliff at dusk, flat vector illustration",
-    "size": "256x256",
+    "prompt": "a red heart icon",
+    "size": "64x64",
     "num_inference_steps": 20,
     "seed": 0,
     "scheduler": "ddim",
@@ -392,18 +392,28 @@ class FirstRequest:
     seconds: float
     image_path: Path | None
     error: str | None = None
+    ssim: float | None = None  # svg: the SVG rendered back against the PNG it came from
 
 
-def send_first_request(api_url: str, folder: Path | None = None) -> FirstRequest:
-    """Send :data:`FIRST_REQUEST` and save its image under the run folder."""
-    started = time.perf_counter()
-    response = httpx.post(f"{api_url}/v1/images/generations", json=FIRST_REQUEST, timeout=300)
-    elapsed = time.perf_counter() - started
-    if response.status_code != 200:
-        return FirstRequest(FIRST_REQUEST, response.status_code, elapsed, None, response.text[:500])
-    path = (folder or run_dir()) / "first.png"
-    path.write_bytes(base64.b64decode(response.json()["data"][0]["b64_json"]))
-    return FirstRequest(FIRST_REQUEST, response.status_code, elapsed, path)
+def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstRequest]:
+    """Send :data:`FIRST_REQUEST` as PNG, then as SVG (text -> image -> Vectorizer); save both under the run folder.
+
+    Stops at the first answer that is not a 200.
+    """
+    answers = []
+    for output_format in ("png", "svg"):
+        body = FIRST_REQUEST | {"output_format": output_format}
+        started = time.perf_counter()
+        response = httpx.post(f"{api_url}/v1/images/generations", json=body, timeout=300)
+        elapsed = time.perf_counter() - started
+        if response.status_code != 200:
+            answers.append(FirstRequest(body, response.status_code, elapsed, None, response.text[:500]))
+            break
+        item = response.json()["data"][0]
+        path = (folder or run_dir()) / f"first.{output_format}"
+        path.write_bytes(base64.b64decode(item["b64_json"]))
+        answers.append(FirstRequest(body, response.status_code, elapsed, path, ssim=item.get("ssim")))
+    return answers
 
 
 @contextmanager

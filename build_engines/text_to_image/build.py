@@ -15,7 +15,7 @@ import torch
 
 from build_engines.memory import measure as measure_memory
 from build_engines.repository import engine_files, install_model
-from build_engines.text_to_image.default_model import create_default_model
+from build_engines.text_to_image.default_model import TRAINED, create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.families import Family, family_of_engines, family_of_folder
@@ -41,7 +41,9 @@ def content_hash(model_dir: Path) -> str:
 
 
 def default_model_dir(variant: str = "tiny") -> Path:
-    """The embedded model ``variant``, created on first use under ``$EASEL_HOME/models``."""
+    """The embedded model ``variant``: a trained one's committed folder, else created under ``$EASEL_HOME/models``."""
+    if variant in TRAINED:
+        return TRAINED[variant]
     model_dir = easel_home() / "models" / variant
     if not (model_dir / "model_index.json").exists():
         shutil.rmtree(model_dir, ignore_errors=True)

@@ -1,14 +1,21 @@
-"""The embedded default: a small, deterministic Stable-Diffusion-layout model created locally (nothing downloaded)."""
+"""The embedded models: ``tiny``, the trained default (committed weights), and ``bench``, random weights made here.
+
+Nothing is downloaded: ``tiny`` is read from :data:`TRAINED` (written by ``easel train default``), ``bench`` is a
+deterministic random model created locally.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
 SEED = 20261121
 MODELS = ("tiny", "bench", "tiny-xl")
+# Embedded models whose weights are committed: variant -> diffusers folder.
+TRAINED = {"tiny": Path(__file__).resolve().parent / "default"}
 
 
 def _byte_vocabulary() -> dict[str, int]:
@@ -30,14 +37,6 @@ def _write_tokenizer(path: Path) -> int:
 
 
 def _sizes(variant: str) -> dict:
-    if variant == "tiny":
-        return {
-            "text_hidden": 32,
-            "text_layers": 2,
-            "unet_channels": (32, 64),
-            "unet_layers": 1,
-            "vae_channels": (8, 16, 16, 16),
-        }
     if variant == "bench":  # ~17M-parameter UNet for the benchmark (issue 4)
         return {
             "text_hidden": 64,
@@ -51,6 +50,9 @@ def _sizes(variant: str) -> dict:
 
 def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     """Create and save the embedded diffusers model ``variant`` in diffusers format under ``out_dir``."""
+    if variant in TRAINED:
+        shutil.copytree(TRAINED[variant], out_dir)
+        return out_dir
     if variant == "tiny-xl":  # SDXL's layout (tiny_xl.py)
         from build_engines.text_to_image.tiny_xl import create_tiny_xl
 

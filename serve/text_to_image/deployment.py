@@ -43,9 +43,9 @@ def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
-def to_generation(request: GenerationRequest) -> Generation:
+def to_generation(request: GenerationRequest, native_size: int) -> Generation:
     """The pipeline job for an API request; a missing seed is drawn here so the response can report it."""
-    width, height = request.width_height
+    width, height = request.width_height(native_size)
     seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
     return Generation(
         request.prompt,
@@ -76,16 +76,18 @@ class TextToImage:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
         Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
-        turn in the replica's in-flight capacity.
+        turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
+        hand to the Vectorizer.
         """
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        job = to_generation(request)
+        job = to_generation(request, self.pipeline.dims.native_size)
         admitted = self.admission.check(job.n, job.steps, job.width, job.height)
+        raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with self.admission.slot(admitted.cost):
                 result = await self.pipeline.generate(job, tiled_decode=admitted.tiled_decode)
             images = await asyncio.gather(
-                *(asyncio.to_thread(encode_image, image, request.output_format) for image in result.images)
+                *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from serve.vectorize.tiers import Tier
 
 MAX_IMAGES = 4
 MIN_SIDE = 64
@@ -25,8 +27,10 @@ class GenerationRequest(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
     n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
-    size: str = Field(
-        "256x256", description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]."
+    size: str | None = Field(
+        None,
+        description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
+        "default: the served model's native size (64x64 for the embedded default).",
     )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
@@ -36,7 +40,12 @@ class GenerationRequest(BaseModel):
     )
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn at random when omitted.")
     scheduler: Literal[SCHEDULER_NAMES] = Field("ddim", description="Sampler.")
-    output_format: Literal["png", "jpeg", "webp"] = Field("png", description="Image encoding.")
+    output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
+        "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
+    )
+    vectorize_tier: Tier | None = Field(
+        None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
+    )
     # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
     model: str | None = None
     quality: str | None = None
@@ -50,9 +59,18 @@ class GenerationRequest(BaseModel):
             raise ValueError("prompt must contain at least one non-space character")
         return value
 
+    @field_validator("vectorize_tier")
+    @classmethod
+    def _tier_only_with_svg(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("output_format") != "svg":
+            raise ValueError("vectorize_tier is only accepted with output_format 'svg'")
+        return value
+
     @field_validator("size")
     @classmethod
-    def _size_in_range(cls, value: str) -> str:
+    def _size_in_range(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         match = _SIZE.match(value)
         if not match:
             raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
@@ -61,8 +79,9 @@ class GenerationRequest(BaseModel):
                 raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
         return value
 
-    @property
-    def width_height(self) -> tuple[int, int]:
-        """The requested (width, height) in pixels."""
+    def width_height(self, native_size: int) -> tuple[int, int]:
+        """The requested (width, height) in pixels; ``native_size`` square when no size was given."""
+        if self.size is None:
+            return native_size, native_size
         width, height = self.size.split("x")
         return int(width), int(height)

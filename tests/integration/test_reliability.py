@@ -14,6 +14,8 @@ import pytest
 
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, memory_budgets
+from serve.text_to_image.admission import memory_models
+from serve.text_to_image.families import family_of_engines
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import DEFAULT_BODY_LIMIT
 
@@ -231,16 +233,37 @@ def _peak_rss(process: psutil.Process) -> int:
     raise AssertionError("no VmHWM")
 
 
-def test_the_largest_allowed_request_is_served_within_the_memory_budget_and_memory_is_given_back(stack, api):
+def _largest_side_that_fits(stack) -> int:
+    """The largest square side (a multiple of 64, at most 1024) whose one UNet row fits the UNet's budget."""
+    engine_dir = Path(stack.info.engine_dir)
+    family = family_of_engines(engine_dir)
+    unet = memory_models(engine_dir, family.specs)["unet"]
+    budget = memory_budgets(engine_dir, BUDGET)["unet"]
+    scale = family.dims.vae_scale_factor
+    return max(side for side in range(64, 1025, 64) if unet.per_row((side // scale) ** 2) <= budget)
+
+
+def test_the_largest_allowed_requests_are_refused_or_served_within_the_memory_budget(stack, api):
+    limit = api.post(GENERATE, json={"prompt": "x", "size": "1024x1024", "n": 4, "num_inference_steps": 2})
+    assert limit.status_code in (200, 400), limit.text[:500]
+    if limit.status_code == 400:  # the model's UNet cannot hold one 1024x1024 row in this budget: said so
+        assert limit.json()["error"]["param"] == "size" and "memory budget" in limit.json()["error"]["message"]
+    side = _largest_side_that_fits(stack)
     budgets = memory_budgets(Path(stack.info.engine_dir), BUDGET)
     stub = _unet_stub(stack)
-    body = {"prompt": "x", "size": "1024x1024", "n": 4, "num_inference_steps": 2, "seed": 3}
+    body = {"prompt": "x", "size": f"{side}x{side}", "n": 4, "num_inference_steps": 2, "seed": 3}
     response = api.post(GENERATE, json=body)
     assert response.status_code == 200, response.text[:500]
     assert len(response.json()["data"]) == 4
     peak, after = _peak_rss(stub), stub.memory_info().rss
-    logger.info("UNet stub at 1024x1024 n=4: peak %.2f GiB (its budget %.2f GiB), %.2f GiB after", peak / 2**30,
-                budgets["unet"] / 2**30, after / 2**30)
+    logger.info(
+        "UNet stub at %dx%d n=4: peak %.2f GiB (its budget %.2f GiB), %.2f GiB after",
+        side,
+        side,
+        peak / 2**30,
+        budgets["unet"] / 2**30,
+        after / 2**30,
+    )
     assert peak < budgets["unet"] + (1 << 30)
     assert after < 1 << 30
     assert api.get("/readyz").status_code == 200

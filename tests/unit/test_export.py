@@ -19,9 +19,9 @@ from build_engines.text_to_image.export import (
 from serve.text_to_image.families import family_of_engines, family_of_folder
 
 
-def test_embedded_model_is_deterministic(tmp_path):
-    first = create_default_model(tmp_path / "a")
-    second = create_default_model(tmp_path / "b")
+def test_random_embedded_model_is_deterministic(tmp_path):
+    first = create_default_model(tmp_path / "a", "bench")
+    second = create_default_model(tmp_path / "b", "bench")
     assert build_module.content_hash(first) == build_module.content_hash(second)
 
 

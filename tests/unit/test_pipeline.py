@@ -15,7 +15,7 @@ def pipeline(engine_dir):
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
-@pytest.mark.parametrize(("n", "guidance", "width", "height"), [(1, 7.5, 192, 128), (2, 1.0, 200, 136)])
+@pytest.mark.parametrize(("n", "guidance", "width", "height"), [(1, 7.5, 96, 64), (2, 1.0, 72, 56)])
 def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance, width, height):
     job = Generation("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler)
     got = np.stack(asyncio.run(pipeline.generate(job)).images)

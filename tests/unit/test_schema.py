@@ -22,6 +22,8 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MAX_STEPS, Generati
         ({"prompt": "x", "output_format": "bmp"}, "output_format", "png"),
         ({"prompt": "x", "response_format": "url"}, "response_format", "b64_json"),
         ({"prompt": "x", "seed": -1}, "seed", "0"),
+        ({"prompt": "x", "output_format": "svg", "vectorize_tier": "4"}, "vectorize_tier", "auto"),
+        ({"prompt": "x", "vectorize_tier": "2"}, "vectorize_tier", "output_format 'svg'"),
         ({"prompt": "x", "steps": 5}, "steps", "not permitted"),
     ],
 )
@@ -35,5 +37,11 @@ def test_bad_fields_are_named_with_their_limit(body, field, limit):
 
 def test_defaults_and_openai_fields_are_accepted():
     request = GenerationRequest(prompt="a fox", model="dall-e-3", size="512x256", user="u1")
-    assert request.width_height == (512, 256)
+    assert request.width_height(64) == (512, 256)
+    assert GenerationRequest(prompt="a fox").width_height(64) == (64, 64)
     assert request.response_format == "b64_json" and request.n == 1 and request.scheduler == "ddim"
+
+
+def test_svg_output_takes_an_optional_vectorize_tier():
+    assert GenerationRequest(prompt="x", output_format="svg").vectorize_tier is None
+    assert GenerationRequest(prompt="x", output_format="svg", vectorize_tier="2").vectorize_tier == "2"

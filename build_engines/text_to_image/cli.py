@@ -1,0 +1,71 @@
+"""``easel train default`` and ``easel eval generate`` (thin wrappers over the training and evaluation modules)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from build_engines.text_to_image.default_model import TRAINED
+from serve.paths import easel_home
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = TRAINED["tiny"]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@click.command("default")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="Where the diffusers model is written (the committed default by default).",
+)
+@click.option(
+    "--work",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default.",
+)
+@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@click.option("--unet-steps", type=int, default=None, help="Stop stage 2 here (default: the committed recipe's).")
+@click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
+def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | None, quick: bool) -> None:
+    """Train the embedded default model (VAE, then text encoder + UNet) on coloured icons; resumable."""
+    import dataclasses
+    import shutil
+
+    from build_engines.text_to_image.train_default import TrainSettings, train
+
+    work = work or easel_home() / "train" / ("default-quick" if quick else "default")
+    settings = TrainSettings.quick() if quick else TrainSettings()
+    if unet_steps is not None:
+        settings = dataclasses.replace(settings, unet_steps=unet_steps)
+    shutil.rmtree(out, ignore_errors=True)
+    train(out, work, settings, threads)
+    click.echo(f"model: {out}\ncheckpoints: {work}")
+
+
+@click.command("generate")
+@click.option(
+    "--model",
+    "model_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="diffusers model folder to evaluate.",
+)
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DOCS, show_default=True)
+@click.option("--seeds", type=int, default=4, show_default=True, help="Images per held-out pairing.")
+@click.option("--steps", type=int, default=20, show_default=True)
+@click.option("--scheduler", type=click.Choice(["ddim", "euler", "dpmpp_2m"]), default="ddim", show_default=True)
+def eval_generate(model_dir: Path, out: Path, seeds: int, steps: int, scheduler: str) -> None:
+    """Colour accuracy and recognisability over colour x icon pairings held out of training."""
+    from build_engines.text_to_image.evaluate import GenerateSettings, evaluate, table
+
+    report = evaluate(model_dir, out, GenerateSettings(seeds=seeds, steps=steps, scheduler=scheduler))
+    click.echo(table(report))
+    click.echo(f"written: {out / 'generate_eval.json'}, {out / 'generate_eval.md'}, {out / 'generate_eval.png'}")

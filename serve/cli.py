@@ -305,15 +305,20 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 @click.option("--sizes", default="512", show_default=True, help="Comma-separated image sides, run in ascending order.")
 @click.option("--steps", default=10, show_default=True)
 @click.option("--guidance", default=7.5, show_default=True)
+@click.option("--n", default=1, show_default=True, type=click.IntRange(1, 4), help="Images per request.")
+@click.option("--memory-budget", type=_BYTES, default=None, help="The stack's engine memory budget (see `up`).")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_model.json"), show_default=True
 )
-def bench_model(model_dir: Path, sizes: str, steps: int, guidance: float, out: Path) -> None:
+def bench_model(
+    model_dir: Path, sizes: str, steps: int, guidance: float, n: int, memory_budget: int | None, out: Path
+) -> None:
     """Serve MODEL and send one request per size until one fails: end to end, per engine, peak memory."""
     from serve.benchmarks.model import run_benchmark
 
     _check_model(model_dir)
-    click.echo(run_benchmark(model_dir, list(_int_list(sizes)), steps, guidance, out))
+    options = {"memory_budget_bytes": memory_budget} if memory_budget else {}
+    click.echo(run_benchmark(model_dir, list(_int_list(sizes)), steps, guidance, out, n=n, **options))
 
 
 @bench.command("vectorize")

@@ -32,6 +32,7 @@ class SizeRun:
     error: str = ""
     peak_own_gb: float = 0.0
     engines: dict[str, dict[str, float]] = field(default_factory=dict)
+    engine_peak_gib: dict[str, float] = field(default_factory=dict)  # each stub's peak RSS so far (VmHWM)
 
 
 class TreeMemory:
@@ -87,8 +88,26 @@ def _engine_stats(triton_http_url: str) -> dict[str, tuple[int, float]]:
     return {s["name"]: (int(s["execution_count"]), s["inference_stats"]["compute_infer"]["ns"] / 1e9) for s in stats}
 
 
+def _engine_peaks(stack_id: str) -> dict[str, float]:
+    """Each python-backend stub's peak resident memory since it started (VmHWM), GiB, by model name."""
+    from serve.processes.signals import stack_processes
+
+    peaks = {}
+    for process in stack_processes(stack_id):
+        try:
+            model = next((a.split("/")[-3] for a in process.cmdline() if a.endswith("/1/model.py")), None)
+            if model is None:
+                continue
+            with open(f"/proc/{process.pid}/status") as status:
+                hwm = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmHWM:"))
+        except (OSError, StopIteration, psutil.Error):
+            continue
+        peaks[model] = round(max(peaks.get(model, 0.0), hwm / 2**30), 2)
+    return peaks
+
+
 def run_sizes(
-    info, sizes: list[int], steps: int, guidance: float, memory: TreeMemory, images: Path | None = None
+    info, sizes: list[int], steps: int, guidance: float, memory: TreeMemory, images: Path | None = None, n: int = 1
 ) -> list[SizeRun]:
     """One request per size against the stack ``info`` until one fails; Triton's compute per engine for each."""
     runs = []
@@ -96,6 +115,7 @@ def run_sizes(
         before = _engine_stats(info.triton_http_url)
         body = {
             "prompt": PROMPT,
+            "n": n,
             "size": f"{size}x{size}",
             "num_inference_steps": steps,
             "guidance_scale": guidance,
@@ -120,6 +140,7 @@ def run_sizes(
         run.end_to_end_s = round(time.perf_counter() - started, 1)
         memory.sample()
         run.peak_own_gb = round(memory.peak_gb, 2)
+        run.engine_peak_gib = _engine_peaks(info.stack_id)
         try:
             after = _engine_stats(info.triton_http_url)
             run.engines = {
@@ -141,21 +162,30 @@ def run_sizes(
 
 def format_runs(runs: list[SizeRun]) -> str:
     """A table: size, status, end-to-end s, s per UNet step, VAE s, peak own memory."""
-    head = f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/UNet step':>13}{'VAE s':>8}{'peak own GB':>13}  error"
+    head = (
+        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/UNet step':>13}{'VAE s':>8}{'peak own GB':>13}"
+        "  engine peak RSS GiB  error"
+    )
     lines = [head]
     for run in runs:
         unet = run.engines.get("unet", {})
         per_step = unet["compute_s"] / unet["executions"] if unet.get("executions") else float("nan")
         vae = run.engines.get("vae_decoder", {}).get("compute_s", float("nan"))
+        engines = " ".join(f"{k}={v:.2f}" for k, v in sorted(run.engine_peak_gib.items()) if not k.startswith("vec"))
         lines.append(
             f"{run.size:>6}{run.status or '-':>8}{run.end_to_end_s:>9.1f}{per_step:>13.2f}{vae:>8.1f}"
-            f"{run.peak_own_gb:>13.2f}  {run.error[:80]}"
+            f"{run.peak_own_gb:>13.2f}  {engines}  {run.error[:80]}"
         )
     return "\n".join(lines)
 
 
-def run_benchmark(model_dir: Path, sizes: list[int], steps: int, guidance: float, out: Path) -> str:
-    """``easel bench model``: a scratch stack over ``model_dir``, one request per size; JSON to ``out``, report back."""
+def run_benchmark(
+    model_dir: Path, sizes: list[int], steps: int, guidance: float, out: Path, n: int = 1, **options
+) -> str:
+    """``easel bench model``: a scratch stack over ``model_dir``, one request per size; JSON to ``out``, report back.
+
+    ``options``: more ``StackOptions`` (e.g. ``memory_budget_bytes``).
+    """
     from dataclasses import asdict
 
     from serve.benchmarks import loop
@@ -163,13 +193,14 @@ def run_benchmark(model_dir: Path, sizes: list[int], steps: int, guidance: float
 
     with TreeMemory() as memory:
         started = time.perf_counter()
-        with scratch_stack(model_dir) as stack:
+        with scratch_stack(model_dir, **options) as stack:
             start_s, start_peak_gb = time.perf_counter() - started, memory.peak_gb
-            runs = run_sizes(stack.info, sizes, steps, guidance, memory, out.parent)
+            runs = run_sizes(stack.info, sizes, steps, guidance, memory, out.parent, n=n)
     loop.write_json(
         out,
         [],
         model=str(model_dir),
+        n=n,
         steps=steps,
         guidance=guidance,
         stack_start_s=round(start_s, 1),

@@ -19,6 +19,7 @@ from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
 
+
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:

@@ -29,10 +29,16 @@ _UNAVAILABLE = (
 )
 
 
+CALL_TIMEOUT_S = 600.0
+"""The longest one engine call may take. A hung engine is the supervisor's to find (its canary); this is the last
+resort. It is long because a UNet call of the largest admitted request (8 rows at 1024x1024, run in slices that fit
+the memory budget) took 100-130 s on a 2-core CPU, and a call may queue behind another request's batch."""
+
+
 class TritonClient:
     """One gRPC channel to Triton; ``infer`` sends numpy arrays named by a :class:`ModelSpec`."""
 
-    def __init__(self, url: str, timeout_s: float = 120.0) -> None:
+    def __init__(self, url: str, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.url = url
         self.timeout_s = timeout_s
         # Reconnect within a second once Triton is back, rather than gRPC's default backoff of up to 2 minutes.

@@ -255,9 +255,7 @@ class TritonServer:
 
     def _models_not_ready(self) -> dict[str, str]:
         return {
-            name: "not ready"
-            for name in self.models
-            if self._http.get(f"/v2/models/{name}/ready").status_code != 200
+            name: "not ready" for name in self.models if self._http.get(f"/v2/models/{name}/ready").status_code != 200
         }
 
     def _models_failing_canary(self) -> dict[str, str]:
@@ -284,7 +282,6 @@ class TritonServer:
             if response.status_code != 200:
                 failing[name] = f"canary inference failed: {response.text[:200]}"
         return failing
-
 
     def _answered_since_last_look(self, name: str) -> bool:
         """Whether ``name`` answered a request successfully since this was last asked (its own proof of health)."""

@@ -3,7 +3,8 @@
 The tier is chosen by :func:`serve.vectorize.tiers.choose` and checked against vtracer's defaults when
 :func:`serve.vectorize.tiers.needs_check` says so (the quality guarantee). With Triton down or the models not built
 it answers with vtracer's defaults and says why (``why``, ``fallback``).
-vtracer holds the GIL, so throughput scales with replicas (processes), not threads.
+vtracer holds the GIL for a whole conversion, so tracing runs in each replica's worker process, within a deadline
+(:mod:`serve.processes.worker`); throughput scales with replicas.
 """
 
 from __future__ import annotations
@@ -17,12 +18,11 @@ import numpy as np
 from ray import serve
 
 from serve import metrics
-from serve.errors import EaselError, InvalidInput, PayloadTooLarge
+from serve.errors import EaselError, InvalidInput, NotReady, PayloadTooLarge
+from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerDied
 from serve.triton.client import TritonClient
 from serve.vectorize import tiers
-from serve.vectorize.convert import vectorize
 from serve.vectorize.image import ImageRejected, decode_image
-from serve.vectorize.params import DEFAULTS
 from serve.vectorize.schema import VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Tier, Why
@@ -53,12 +53,17 @@ class VectorizeResult:
         return asdict(self)
 
 
+TRACE_DEADLINE_S = 20.0
+"""Seconds one request's tracing (conversions, renders, SSIM) may take; an image that needs more is refused (400)."""
+
+
 @serve.deployment(name="Vectorizer")
 class Vectorizer:
-    """Vectorize uploads; many in flight per replica, CPU work in worker threads."""
+    """Vectorize uploads; many in flight per replica, tracing in the replica's worker process one at a time."""
 
     def __init__(self, triton_grpc_url: str) -> None:
         self.triton = TritonClient(triton_grpc_url, timeout_s=30)
+        self.worker = DeadlineWorker("vectorize", preload=("serve.vectorize.tiers",)).start()
 
     async def vectorize(
         self, upload: bytes, options: VectorizeOptions, sent_at: float | None = None
@@ -82,19 +87,9 @@ class Vectorizer:
         timings = {"decode": _ms_since(started)}
         choice, scores, detail = await self._choose(pixels, options, timings)
         check = tiers.needs_check(choice, scores, options.priority, options.target_quality)
-        result = await asyncio.to_thread(tiers.answer, pixels, choice, check)
+        result = await self._trace(pixels, choice, check, options)
         timings.update(result.timings_ms)
         choice, conversion, measured = result.choice, result.conversion, result.ssim
-        if options.validate_output:
-            mark = time.perf_counter()
-            if measured is None:
-                measured = await asyncio.to_thread(tiers.score_svg, pixels, conversion.svg)
-            if options.target_quality is not None and measured < options.target_quality and choice.used != Tier.DEFAULT:
-                default = await asyncio.to_thread(vectorize, pixels, DEFAULTS)
-                default_ssim = await asyncio.to_thread(tiers.score_svg, pixels, default.svg)
-                if default_ssim > measured:
-                    choice, conversion, measured = tiers.defaults(choice.asked, Why.BELOW_TARGET), default, default_ssim
-            timings["validate"] = _ms_since(mark)
         timings["total"] = _ms_since(started)
         return VectorizeResult(
             svg=conversion.svg,
@@ -111,6 +106,29 @@ class Vectorizer:
             fallback=_fallback_message(choice.why, detail) if choice.fallback else None,
             timings_ms=timings,
         )
+
+    async def _trace(
+        self, pixels: np.ndarray, choice: tiers.Choice, check: bool, options: VectorizeOptions
+    ) -> tiers.Answer:
+        """:func:`tiers.served_answer` in the worker process, within :data:`TRACE_DEADLINE_S`."""
+        try:
+            return await self.worker.call(
+                TRACE_DEADLINE_S,
+                "serve.vectorize.tiers:served_answer",
+                pixels,
+                choice,
+                check,
+                options.validate_output,
+                options.target_quality,
+            )
+        except DeadlineExceeded as error:
+            raise InvalidInput(
+                f"image: tracing it took more than {TRACE_DEADLINE_S:g} s, the limit per request; it is too detailed "
+                "to vectorize (noise and photographs are): send a logo, an icon or flat art, or a smaller image",
+                field="image",
+            ) from error
+        except WorkerDied as error:
+            raise NotReady("the vectorize worker died; retry shortly", retry_after_s=1) from error
 
     async def _choose(
         self, pixels: np.ndarray, options: VectorizeOptions, timings: dict

@@ -92,9 +92,7 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
     except ImageRejected:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageRejected(
-            f"{field}: image over {MAX_PIXELS} pixels ({error})", field, 413
-        ) from error
+        raise ImageRejected(f"{field}: image over {MAX_PIXELS} pixels ({error})", field, 413) from error
     except UnidentifiedImageError as error:
         raise ImageRejected(f"{field}: not a readable image ({error})", field, 400) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:

@@ -366,5 +366,27 @@ def answer(pixels: np.ndarray, choice: Choice, check: bool) -> Answer:
     return Answer(fallback, baseline, theirs, True, timings, conversion, mine)
 
 
+def served_answer(
+    pixels: np.ndarray, choice: Choice, check: bool, measure: bool, target_quality: float | None
+) -> Answer:
+    """What the Vectorizer serves: :func:`answer`, then, when ``measure``, the SSIM of the SVG served.
+
+    Under ``target_quality``, a model tier's SVG that measures below it is replaced by the defaults' when those score
+    higher (``why: below_target``).
+    """
+    result = answer(pixels, choice, check)
+    if not measure:
+        return result
+    mark = time.perf_counter()
+    measured = result.ssim if result.ssim is not None else score_svg(pixels, result.conversion.svg)
+    result = replace(result, ssim=measured)
+    if target_quality is not None and measured < target_quality and result.choice.used != Tier.DEFAULT:
+        baseline = vectorize(pixels, DEFAULTS)
+        theirs = score_svg(pixels, baseline.svg)
+        if theirs > measured:
+            result = replace(result, choice=defaults(choice.asked, Why.BELOW_TARGET), conversion=baseline, ssim=theirs)
+    return replace(result, timings_ms={**result.timings_ms, "validate": _ms_since(mark)})
+
+
 def _ms_since(mark: float) -> float:
     return round((time.perf_counter() - mark) * 1000, 2)

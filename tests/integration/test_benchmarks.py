@@ -1,7 +1,6 @@
 """Seconds-long smoke runs of the benchmarks against a real stack, so the commands keep working."""
 
 import json
-import time
 
 import pytest
 
@@ -16,12 +15,12 @@ VAL = ICONS_DEV / "val"
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     settings = generate.GenerateSettings(steps=2, size=64, repeats=4, concurrency=(2,))
-    floor = generate.Floor.sweep(engine_dir, settings, batch_sizes=(2, 4), pause=loop.children_paused, engine_s=0.1)
+    floor = generate.Floor.sweep(engine_dir, settings, batch_sizes=(2, 4), pause=stack.paused, engine_s=0.1)
     assert set(floor.sweep_ms_per_row) == {"text_encoder", "unet", "vae_decoder"}
     loaded, ratio = generate.bench_against_floor(stack.info.api_url, settings, 2, floor, repeats_per_chunk=2)
     rows = [
         generate.bench_diffusers(default_model, settings),
-        *generate.bench_single_request(engine_dir, stack.info.api_url, settings, pause=loop.children_paused),
+        *generate.bench_single_request(engine_dir, stack.info.api_url, settings, pause=stack.paused),
         loaded,
     ]
     assert [(r.method, r.concurrency, r.requests) for r in rows] == [
@@ -41,25 +40,6 @@ def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     assert len(json.loads((tmp_path / "g.json").read_text())["rows"]) == 4
     assert "served" in loop.format_table(rows, "img")
     wait_until_ready(stack.info.api_url, timeout_s=30)  # the stack answers again after the paused timings
-
-
-def test_children_paused_stops_and_resumes_child_processes():
-    import subprocess
-    import sys
-
-    import psutil
-
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        with loop.children_paused():  # returns once SIGSTOP has taken effect
-            assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
-        deadline = time.monotonic() + 5  # SIGCONT, like SIGSTOP, takes effect when the child next runs
-        while psutil.Process(child.pid).status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert psutil.Process(child.pid).status() != psutil.STATUS_STOPPED
-    finally:
-        child.kill()
-        child.wait()
 
 
 @pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")

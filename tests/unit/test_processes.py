@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from serve.processes import STACK_ENV, ManagedProcess, ProcessStartError, Supervisor
-from serve.processes.signals import stack_processes, stop_stack_processes
+from serve.processes.signals import children_paused, stack_processes, stop_stack_processes
 
 # A child that ignores SIGTERM and starts a grandchild of its own (which inherits its process group and environment).
 STUBBORN = (
@@ -95,3 +95,17 @@ def test_stack_processes_are_found_by_their_mark_and_stopped_even_when_orphaned(
     _wait(lambda: len(stack_processes(stack_id)) == 1)
     assert stop_stack_processes(stack_id, grace_s=0.5) == 1
     assert stack_processes(stack_id) == []
+
+
+def test_children_paused_stops_and_resumes_child_processes():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        with children_paused():  # returns once SIGSTOP has taken effect
+            assert psutil.Process(child.pid).status() == psutil.STATUS_STOPPED
+        deadline = time.monotonic() + 5  # SIGCONT, like SIGSTOP, takes effect when the child next runs
+        while psutil.Process(child.pid).status() == psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert psutil.Process(child.pid).status() != psutil.STATUS_STOPPED
+    finally:
+        child.kill()
+        child.wait()

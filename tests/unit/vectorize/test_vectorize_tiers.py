@@ -20,6 +20,7 @@ from serve.vectorize.tiers import (
     choose,
     needs_check,
     pick,
+    served_answer,
 )
 from tests.images import icon_pixels
 
@@ -127,6 +128,16 @@ def test_a_choice_at_least_as_good_stays_and_unchecked_answers_measure_nothing()
     assert kept.choice == good and kept.checked and kept.ssim > 0.9 and kept.unchecked is None
     plain = answer(pixels, good, check=False)
     assert plain.ssim is None and not plain.checked and set(plain.timings_ms) == {"convert"}
+
+
+def test_the_served_answer_measures_its_svg_and_falls_back_below_the_target_quality():
+    pixels = icon_pixels(96)
+    binary = choose(Tier.TIER3, _scores(), 96)  # binary mode loses the colours: well below the defaults
+    measured = served_answer(pixels, binary, check=False, measure=True, target_quality=None)
+    assert measured.choice == binary and measured.ssim is not None and "validate" in measured.timings_ms
+    below = served_answer(pixels, binary, check=False, measure=True, target_quality=0.99)
+    assert below.choice.used is Tier.DEFAULT and below.choice.why is Why.BELOW_TARGET and below.ssim > measured.ssim
+    assert served_answer(pixels, binary, check=False, measure=False, target_quality=0.99).ssim is None
 
 
 def test_margins_round_trip_through_the_tensor():

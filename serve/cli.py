@@ -302,7 +302,8 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
 
 
 @bench.command("model")
-@click.option("--model", "model_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_model_option
+@_embedded_option("Embedded model to serve when --model is not given.")
 @click.option("--sizes", default="512", show_default=True, help="Comma-separated image sides, run in ascending order.")
 @click.option("--steps", default=10, show_default=True)
 @click.option("--guidance", default=7.5, show_default=True)
@@ -312,13 +313,22 @@ def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurren
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_model.json"), show_default=True
 )
 def bench_model(
-    model_dir: Path, sizes: str, steps: int, guidance: float, n: int, memory_budget: int | None, out: Path
+    model_dir: Path | None,
+    embedded: str,
+    sizes: str,
+    steps: int,
+    guidance: float,
+    n: int,
+    memory_budget: int | None,
+    out: Path,
 ) -> None:
-    """Serve MODEL and send one request per size until one fails: end to end, per engine, peak memory."""
+    """Serve a model and send one request per size until one fails: end to end, per engine, peak memory."""
+    from build_engines.text_to_image.build import default_model_dir
     from serve.benchmarks.model import run_benchmark
 
     _check_model(model_dir)
     options = {"memory_budget_bytes": memory_budget} if memory_budget else {}
+    model_dir = model_dir or default_model_dir(embedded)
     click.echo(run_benchmark(model_dir, list(_int_list(sizes)), steps, guidance, out, n=n, **options))
 
 

@@ -25,12 +25,22 @@ import psutil
 import yaml
 from pydantic import BaseModel, Field
 
+from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
-from serve.text_to_image.admission import DEFAULT_MAX_COST, default_memory_budget, engine_budgets, memory_models
+from serve.text_to_image.admission import (
+    DEFAULT_MAX_COST,
+    Admission,
+    Limits,
+    default_memory_budget,
+    engine_budgets,
+    memory_models,
+)
 from serve.text_to_image.families import family_of_engines
+from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.server import TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
@@ -43,9 +53,11 @@ STATE_FILE = "state.json"
 # on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
 # scrapes every 5 s anyway). Ray passes a result over 100 KiB (an encoded image) through the object store; inline in
 # the reply instead, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request, and 16 MiB holds the
-# largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md.
+# largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md. The proxy's own failure answers (a replica that
+# died with the request) get Easel's JSON error shape from a middleware the proxy loads (serve.wire).
 # A value already in the environment wins.
 RAY_ENV = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_max_direct_call_object_size": str(16 << 20),
@@ -125,6 +137,26 @@ def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:
     """Each text-to-image engine's activation budget for Triton (the split ``TextToImage`` admits requests by)."""
     specs = family_of_engines(engine_dir).specs
     return engine_budgets(memory_models(engine_dir, specs), specs, total_bytes)
+
+
+def largest_admitted_side(engine_dir: Path, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
+    """The largest square side (a multiple of 64, up to the API's limit) that admission lets ``n`` images have.
+
+    Decided as the ``TextToImage`` replicas decide (:class:`Admission`), for the budget ``total_bytes``.
+    """
+    family = family_of_engines(engine_dir)
+    models = memory_models(engine_dir, family.specs)
+    budgets = engine_budgets(models, family.specs, total_bytes)
+    tiling = VaeTiling(family.dims.vae_sample_size, family.dims.vae_scale_factor)
+    admission = Admission(models, budgets, Limits(total_bytes), tiling)
+    admitted = MIN_SIDE
+    for side in range(64, MAX_SIDE + 1, 64):
+        try:
+            admission.check(n, steps, side, side)
+        except InvalidInput:
+            break
+        admitted = side
+    return admitted
 
 
 class Stack:

@@ -1,9 +1,11 @@
 """Limits on the wire: request bodies are counted as they arrive (chunked uploads included) and slow senders time out.
 
-An ASGI middleware in front of the public app. A declared ``Content-Length`` over the route's limit is refused
-before any byte is read; otherwise the bytes actually received are counted and the request is refused (413) as soon
-as they pass the limit, so no more than the limit is ever held. A client that stops sending its body for
-``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body.
+:class:`BodyLimits`, an ASGI middleware in front of the public app: a declared ``Content-Length`` over the route's
+limit is refused before any byte is read; otherwise the bytes actually received are counted and the request is
+refused (413) as soon as they pass the limit, so no more than the limit is ever held. A client that stops sending
+its body for ``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body.
+
+:class:`ShapedProxyErrors`, loaded by Ray Serve's proxy: what the proxy itself answers has the one error shape.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 
-from serve.errors import EaselError, PayloadTooLarge, RequestTimeout
+from serve.errors import EaselError, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -124,3 +126,66 @@ def _content_length(scope: Scope) -> int | None:
 def _too_large(size: int, limit: int, so_far: bool = False) -> PayloadTooLarge:
     amount = f"more than {limit}" if so_far else str(size)
     return PayloadTooLarge(f"body: the request body is {amount} bytes; the limit is {limit}", field="body")
+
+
+class ShapedProxyErrors:
+    """ASGI middleware for Ray Serve's HTTP proxy: its own failures answer in the one JSON error shape.
+
+    When a replica dies with a request in it, the proxy answers nothing and uvicorn sends a text/plain 500; its
+    back-pressure and timeout answers are text too. Those become the JSON error with ``Retry-After`` (a 500 becomes
+    a 503: it is never the client's fault). Answers from the app itself, always JSON, pass untouched.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; replace the proxy's own failure answers."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        state = {"started": False, "replaced": None}
+
+        async def shaped_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                state["started"] = True
+                if _is_proxy_failure(message):
+                    state["replaced"] = message["status"]
+                    return
+            elif state["replaced"] is not None:
+                if not message.get("more_body", False):
+                    await send_error(send, _proxy_error(state["replaced"]))
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, shaped_send)
+        except Exception:
+            if state["started"]:
+                raise
+            logger.exception("the proxy failed before answering %s %s", scope["method"], scope["path"])
+        if not state["started"]:
+            await send_error(send, _proxy_error(500))
+
+
+def _is_proxy_failure(message: Message) -> bool:
+    status = message["status"]
+    if status < 500 and status not in (408, 429):
+        return False
+    content_type = dict(message.get("headers", ())).get(b"content-type", b"")
+    return not content_type.startswith(b"application/json")
+
+
+def _proxy_error(status: int) -> EaselError:
+    if status == 429:
+        return Overloaded("too many requests in flight; retry shortly", retry_after_s=1)
+    if status == 408:
+        return NotReady("the request took too long to be served; retry shortly", retry_after_s=1)
+    return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
+
+
+def proxy_middlewares() -> list:
+    """Ray Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the middlewares it applies."""
+    from starlette.middleware import Middleware
+
+    return [Middleware(ShapedProxyErrors)]

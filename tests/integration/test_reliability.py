@@ -13,9 +13,7 @@ import psutil
 import pytest
 
 from serve.processes.signals import stack_processes
-from serve.stack import Stack, StackOptions, memory_budgets
-from serve.text_to_image.admission import memory_models
-from serve.text_to_image.families import family_of_engines
+from serve.stack import Stack, StackOptions, largest_admitted_side, memory_budgets
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import DEFAULT_BODY_LIMIT
 
@@ -237,22 +235,12 @@ def _peak_rss(process: psutil.Process) -> int:
     raise AssertionError("no VmHWM")
 
 
-def _largest_side_that_fits(stack) -> int:
-    """The largest square side (a multiple of 64, at most 1024) whose one UNet row fits the UNet's budget."""
-    engine_dir = Path(stack.info.engine_dir)
-    family = family_of_engines(engine_dir)
-    unet = memory_models(engine_dir, family.specs)["unet"]
-    budget = memory_budgets(engine_dir, BUDGET)["unet"]
-    scale = family.dims.vae_scale_factor
-    return max(side for side in range(64, 1025, 64) if unet.per_row((side // scale) ** 2) <= budget)
-
-
 def test_the_largest_allowed_requests_are_refused_or_served_within_the_memory_budget(stack, api):
     limit = api.post(GENERATE, json={"prompt": "x", "size": "1024x1024", "n": 4, "num_inference_steps": 2})
     assert limit.status_code in (200, 400), limit.text[:500]
     if limit.status_code == 400:  # the model's UNet cannot hold one 1024x1024 row in this budget: said so
         assert limit.json()["error"]["param"] == "size" and "memory budget" in limit.json()["error"]["message"]
-    side = _largest_side_that_fits(stack)
+    side = largest_admitted_side(Path(stack.info.engine_dir), BUDGET)
     budgets = memory_budgets(Path(stack.info.engine_dir), BUDGET)
     stub = _unet_stub(stack)
     body = {"prompt": "x", "size": f"{side}x{side}", "n": 4, "num_inference_steps": 2, "seed": 3}

@@ -1,4 +1,4 @@
-"""Measure an ONNX engine's memory (weights, and activation bytes per row at a few sizes) and save its model.
+"""Measure an ONNX engine's memory (weights, activation bytes per row at a few sizes) and time per row; save both.
 
 Each engine is measured in a fresh process (``python -m build_engines.memory``): a process that has exported or run
 other models holds freed memory that new allocations reuse unseen, so its peaks would read low. The process runs the
@@ -12,6 +12,7 @@ import json
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -55,16 +56,21 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
     sides = sides if dynamic_axes(spec) else sides[:1]
     session.run(None, _row(spec, sides[0], rng))  # warm-up: lazy initialisation counts as weights
     weights = rss_bytes() - start
-    measured = []
+    measured, timed = [], []
     for side in sides:
         feeds = _row(spec, side, rng)
         before = rss_bytes()
         peak_rss_reset()
+        started = time.perf_counter()
         session.run(None, feeds)
+        seconds = time.perf_counter() - started
         positions = side ** len(dynamic_axes(spec)) if dynamic_axes(spec) else 1
         measured.append((positions, max(0, rss_bytes(peak=True) - before)))
-        logger.info("%s: one row at %d positions peaks %.1f MiB", spec.name, positions, measured[-1][1] / 2**20)
-    return MemoryModel.fit(weights, measured)
+        timed.append((positions, seconds))
+        logger.info(
+            "%s: one row at %d positions peaks %.1f MiB, %.3f s", spec.name, positions, measured[-1][1] / 2**20, seconds
+        )
+    return MemoryModel.fit(weights, measured, timed)
 
 
 def measure(engine_folder: Path, spec: ModelSpec) -> MemoryModel:

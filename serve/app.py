@@ -7,12 +7,15 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 import asyncio
 import base64
 import binascii
+import hashlib
+import json
 import logging
 import time
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
@@ -21,9 +24,14 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
 from serve import metrics
+from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
+from serve.jobs.model import Event, Job, JobStatus, check_idempotency_key
+from serve.jobs.runner import JobCanceled, JobLease, JobRunner
+from serve.jobs.store import LeaseLost, open_job_store
+from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, default_memory_budget
-from serve.text_to_image.deployment import TextToImage, require_ready
+from serve.text_to_image.deployment import TextToImage, draw_seed, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
@@ -41,14 +49,18 @@ def as_easel_error(error: BaseException) -> EaselError:
     Anything that is not an Easel error is not the client's fault (a replica died, a backend broke): it becomes a
     503 with ``Retry-After``, its details logged here and never sent to the client.
     """
-    if isinstance(error, RayTaskError):
-        error = error.cause
+    error = unwrap(error)
     if isinstance(error, EaselError):
         return error
     if isinstance(error, BackPressureError):
         return Overloaded("too many requests in flight; retry shortly", retry_after_s=1)
     logger.error("request failed: %s: %s", type(error).__name__, error)
     return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
+
+
+def unwrap(error: BaseException) -> BaseException:
+    """The exception a deployment raised, from the Ray error that carries it."""
+    return error.cause if isinstance(error, RayTaskError) and error.cause is not None else error
 
 
 def error_response(error: EaselError) -> JSONResponse:
@@ -123,14 +135,43 @@ async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpt
     raise InvalidInput("Content-Type must be multipart/form-data, application/json or image/*", field="Content-Type")
 
 
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
+MAX_PAGE = 100
+
+
+def _sse(event: str, data: dict, seq: int | None = None) -> bytes:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _body_hash(request: GenerationRequest) -> str:
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
 @serve.deployment(name="Gateway")
 @serve.ingress(api)
 class Gateway:
-    """Validates requests, forwards them to the pipeline deployments and shapes the responses."""
+    """Validates requests, forwards them to the pipeline deployments and shapes the responses; runs background jobs.
 
-    def __init__(self, text_to_image: DeploymentHandle, vectorizer: DeploymentHandle) -> None:
+    Every generation, synchronous or a job's, goes through :meth:`_answer` (the result cache, TextToImage, the
+    Vectorizer for SVG). Each replica runs a :class:`JobRunner` over the shared job store.
+    """
+
+    def __init__(
+        self,
+        text_to_image: DeploymentHandle,
+        vectorizer: DeploymentHandle,
+        engine: str = "",
+        store_url: str | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
+        self.engine = engine
+        self.store = open_job_store(store_url or default_url())
+        self.cache = open_cache(store_url or default_url(), cache_bytes) if cache_bytes > 0 else None
+        self.runner = JobRunner(self.store, self._run_job).start()
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -146,9 +187,38 @@ class Gateway:
         return {"status": "ready", "models": {**states, **vectorize}}
 
     @api.post("/v1/images/generations")
-    async def generate(self, request: GenerationRequest) -> JSONResponse:
-        """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG)."""
-        result = await self.text_to_image.generate.remote(request, sent_at=time.time())
+    async def generate(
+        self,
+        request: GenerationRequest,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ) -> JSONResponse:
+        """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
+
+        With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
+        """
+        if request.background:
+            return await self._submit(request, check_idempotency_key(idempotency_key))
+        body, headers = await self._answer(request)
+        return JSONResponse(body, headers=headers)
+
+    async def _submit(self, request: GenerationRequest, key: str | None) -> JSONResponse:
+        """Queue ``request`` as a job (its seed drawn now, so a re-run draws the same image)."""
+        stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
+        idempotency = (key, _body_hash(request)) if key else None
+        job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency)
+        headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
+        return JSONResponse(job.to_api(), status_code=202, headers=headers)
+
+    async def _answer(self, request: GenerationRequest, lease: JobLease | None = None) -> tuple[dict, dict]:
+        """The response body and headers of a generation: from the cache, or generated (and cached)."""
+        key = cache_key(self.engine, request.model_dump(mode="json")) if self.cache is not None else None
+        if key is not None:
+            cached = await asyncio.to_thread(self.cache.get, key)
+            metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
+            if cached is not None:
+                body = json.loads(cached) | {"created": int(time.time())}
+                return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
+        result = await self.text_to_image.generate.remote(request, sent_at=time.time(), lease=lease)
         if request.output_format == "svg":
             data = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
         else:
@@ -157,7 +227,83 @@ class Gateway:
         headers = {"Easel-Seed": str(result.seed)}
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
-        return JSONResponse(body, headers=headers)
+        if key is not None:
+            await asyncio.to_thread(self.cache.put, key, json.dumps(body).encode())
+            headers["Easel-Cache"] = "miss"
+        return body, headers
+
+    async def _run_job(self, job: Job, lease: JobLease) -> dict:
+        """The job runner's work: the job's request answered as a synchronous one, its steps reported."""
+        try:
+            body, _ = await self._answer(GenerationRequest.model_validate(job.request), lease)
+        except Exception as error:
+            cause = unwrap(error)
+            if isinstance(cause, JobCanceled | LeaseLost):
+                raise cause from None
+            raise as_easel_error(error) from None
+        return body
+
+    @api.get("/v1/jobs/{job_id}")
+    async def job(self, job_id: str) -> dict:
+        """A background job: status, progress, timestamps, priority; the images once succeeded, the error if failed."""
+        return (await asyncio.to_thread(self.store.require, job_id)).to_api()
+
+    @api.get("/v1/jobs")
+    async def jobs(
+        self,
+        status: JobStatus | None = None,
+        limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
+        after: str | None = None,
+    ) -> dict:
+        """A page of jobs, newest first (``after``: the last id of the previous page)."""
+        page = await asyncio.to_thread(self.store.list, status, limit + 1, after)
+        data = [job.to_api() for job in page[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": len(page) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    @api.post("/v1/jobs/{job_id}/cancel")
+    async def cancel(self, job_id: str) -> dict:
+        """Cancel a job: a queued one never runs; a running one stops at its next denoising step (409 if over)."""
+        before = await asyncio.to_thread(self.store.require, job_id)
+        job = await asyncio.to_thread(self.store.cancel, job_id)
+        metrics.count(metrics.JOB_CANCELS, state=before.status.value)
+        return job.to_api()
+
+    @api.get("/v1/jobs/{job_id}/events")
+    async def events(self, job_id: str, preview: bool = False) -> StreamingResponse:
+        """Server-Sent Events: the job's state first, then one ``progress`` per step, then its final event."""
+        job = await asyncio.to_thread(self.store.require, job_id)
+        seen = await asyncio.to_thread(self.store.events, job_id)
+        return StreamingResponse(
+            self._event_stream(job, seen, preview),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _event_stream(self, job: Job, seen: list[Event], preview: bool):
+        yield _sse("state", job.to_api())
+        if job.status.final:
+            final = next((e for e in reversed(seen) if e.type.value in ("completed", "failed", "canceled")), None)
+            if final is not None:
+                yield _sse(final.type.value, final.data, final.seq)
+            return
+        after, quiet_since = (seen[-1].seq if seen else 0), time.monotonic()
+        while True:
+            await asyncio.sleep(SSE_POLL_S)
+            for event in await asyncio.to_thread(self.store.events, job.id, after):
+                after, quiet_since = event.seq, time.monotonic()
+                data = event.data if preview else {k: v for k, v in event.data.items() if k != "preview"}
+                yield _sse(event.type.value, data, event.seq)
+                if event.type.value in ("completed", "failed", "canceled"):
+                    return
+            if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
 
     async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[dict]:
         """Each generated PNG through the Vectorizer: the SVG in ``b64_json``, with its tier and rendered-back SSIM."""
@@ -191,11 +337,21 @@ class AppArgs(BaseModel):
         default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
     )
     max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels served.")
+    store_url: str = Field(
+        default_factory=default_url, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB."
+    )
+    cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
+    from pathlib import Path
+
     limits = Limits(args.memory_budget_bytes, args.max_cost, 2 * args.max_cost)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits), Vectorizer.bind(args.triton_grpc_url)
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, args.store_url),
+        Vectorizer.bind(args.triton_grpc_url),
+        Path(args.engine_dir).name,
+        args.store_url,
+        args.cache_bytes,
     )

@@ -15,6 +15,7 @@ from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
 from build_engines.text_to_image.published import PUBLISHED
 from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
+from serve.stores import StoreURLError, scheme
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
@@ -146,6 +147,16 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     default=None,
     help="Largest n x steps x megapixels a generation may cost (default 64).",
 )
+@click.option(
+    "--store",
+    "--jobs",
+    "store_url",
+    default=None,
+    help="Where background jobs and the result cache live: sqlite:///PATH (default $EASEL_HOME/easel.db) or "
+    "redis://HOST:PORT/DB (a stack across machines).",
+)
+@click.option("--cache-bytes", type=_BYTES, default=None, help="Result cache bound, e.g. 2GiB (default 1GiB).")
+@click.option("--no-cache", is_flag=True, help="No result cache: every generation runs.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
 @click.option(
     "--first-request/--no-first-request",
@@ -164,6 +175,9 @@ def up(
     prometheus_port: int,
     memory_budget: int | None,
     max_cost: float | None,
+    store_url: str | None,
+    cache_bytes: int | None,
+    no_cache: bool,
     detach: bool,
     first_request: bool,
 ) -> None:
@@ -180,6 +194,11 @@ def up(
         stopped = stop_recorded()
         click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
     _check_model(model_dir)
+    if store_url is not None:
+        try:
+            scheme(store_url)
+        except StoreURLError as error:
+            raise click.ClickException(str(error)) from error
     if detach:
         try:
             info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
@@ -200,6 +219,8 @@ def up(
         prometheus_port=prometheus_port,
         **({"memory_budget_bytes": memory_budget} if memory_budget else {}),
         **({"max_cost": max_cost} if max_cost else {}),
+        **({"store_url": store_url} if store_url else {}),
+        **({"cache_bytes": 0 if no_cache else cache_bytes} if no_cache or cache_bytes else {}),
     )
     stack = Stack(options)
     stop = threading.Event()

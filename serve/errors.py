@@ -51,6 +51,22 @@ class RequestTimeout(InvalidInput):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class NotFound(EaselError):
+    """The request names something that does not exist (an unknown job id)."""
+
+    status = 404
+    grpc_code = grpc.StatusCode.NOT_FOUND
+    kind = "not_found_error"
+
+
+class Conflict(EaselError):
+    """What was asked conflicts with the state (cancel a finished job; an idempotency key reused for another body)."""
+
+    status = 409
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+    kind = "conflict_error"
+
+
 class NotReady(EaselError):
     """A backend (Triton, a model) is not up; retry later."""
 

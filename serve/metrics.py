@@ -109,6 +109,29 @@ VECTORIZE_STAGE = MetricSpec(
     STAGE_BUCKETS_S,
 )
 
+JOBS = MetricSpec(
+    "easel_jobs",
+    "gauge",
+    "Background jobs in the store by state and priority (queued: the queue's depth); each Gateway replica reports it.",
+    ("state", "priority"),
+)
+JOB_QUEUE_TIME = MetricSpec(
+    "easel_job_queue_seconds",
+    "histogram",
+    "Time a background job waited in the queue before a runner first claimed it, by priority.",
+    ("priority",),
+    LATENCY_BUCKETS_S,
+)
+JOB_CANCELS = MetricSpec(
+    "easel_job_cancels", "counter", "Cancels asked for, by the job's state when asked (queued, running).", ("state",)
+)
+CACHE_REQUESTS = MetricSpec(
+    "easel_cache_requests",
+    "counter",
+    "Generations that could be answered from the result cache (an explicit seed), by result: hit or miss.",
+    ("result",),
+)
+
 ALL = (
     HTTP_REQUESTS,
     HTTP_LATENCY,
@@ -119,6 +142,10 @@ ALL = (
     VECTORIZE_TIERS,
     VECTORIZE_FALLBACKS,
     VECTORIZE_STAGE,
+    JOBS,
+    JOB_QUEUE_TIME,
+    JOB_CANCELS,
+    CACHE_REQUESTS,
 )
 
 _made: dict[str, object] = {}
@@ -153,6 +180,11 @@ def count(spec: MetricSpec, value: float = 1.0, **tags: object) -> None:
 def observe(spec: MetricSpec, value: float, **tags: object) -> None:
     """Record ``value`` in histogram ``spec``."""
     _metric(spec).observe(value, tags=_tags(spec, tags))
+
+
+def set_gauge(spec: MetricSpec, value: float, **tags: object) -> None:
+    """Set gauge ``spec`` to ``value``."""
+    _metric(spec).set(value, tags=_tags(spec, tags))
 
 
 @contextmanager

@@ -25,11 +25,13 @@ import psutil
 import yaml
 from pydantic import BaseModel, Field
 
+from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
+from serve.stores import default_url
 from serve.text_to_image.admission import (
     DEFAULT_MAX_COST,
     Admission,
@@ -91,6 +93,10 @@ class StackOptions(BaseModel):
         default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
     )
     max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels a request may cost.")
+    store_url: str | None = Field(
+        None, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB (None: in run_dir)."
+    )
+    cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,8 @@ class Stack:
             triton_grpc_url=self.triton.endpoints.grpc_url,
             memory_budget_bytes=opts.memory_budget_bytes,
             max_cost=opts.max_cost,
+            store_url=opts.store_url or default_url(opts.run_dir),
+            cache_bytes=opts.cache_bytes,
         )
         _deploy(config, timeout_s)
         e = self.triton.endpoints

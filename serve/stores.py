@@ -1,8 +1,9 @@
 """Where state that must survive a restart lives, picked by one URL: SQLite (default, embedded) or Redis.
 
-``sqlite:///ABSOLUTE/PATH.db`` (the default is ``$EASEL_HOME/easel.db``) for one machine; ``redis://HOST:PORT/DB``
-when the stack spans nodes. Background jobs and API keys/limits open their stores from the same URL, so one flag
-(``easel up --store URL``) moves all of them.
+``sqlite:///ABSOLUTE/PATH.db`` for one machine (the default: ``easel.db`` in the stack's run folder,
+``$EASEL_HOME/run``); ``redis://HOST:PORT/DB`` when the stack spans nodes. Background jobs (:mod:`serve.jobs.store`)
+and the result cache (:mod:`serve.cache`) open their stores from the same URL, so one flag (``easel up --store URL``)
+moves all of them.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import sqlite3
 from pathlib import Path
 from urllib.parse import urlparse
 
-from serve.paths import easel_home
+from serve.paths import run_dir
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 
@@ -20,9 +21,9 @@ class StoreURLError(ValueError):
     """A store URL that names no supported store."""
 
 
-def default_url() -> str:
-    """The embedded default: a SQLite file under ``$EASEL_HOME``."""
-    return f"sqlite:///{easel_home() / 'easel.db'}"
+def default_url(folder: Path | None = None) -> str:
+    """The embedded default: ``easel.db`` in ``folder`` (a stack's run folder; default ``$EASEL_HOME/run``)."""
+    return f"sqlite:///{(folder or run_dir()) / 'easel.db'}"
 
 
 def scheme(url: str) -> str:
@@ -55,10 +56,10 @@ def sqlite_connect(url: str) -> sqlite3.Connection:
     return connection
 
 
-def redis_client(url: str):
-    """A Redis client for a ``redis://HOST:PORT/DB`` URL (responses decoded as str)."""
+def redis_client(url: str, decode: bool = True):
+    """A Redis client for a ``redis://HOST:PORT/DB`` URL (responses decoded as str unless ``decode`` is False)."""
     import redis
 
     if scheme(url) != "redis":
         raise StoreURLError(f"{url!r} is not a redis:// URL")
-    return redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5)
+    return redis.Redis.from_url(url, decode_responses=decode, socket_timeout=10, socket_connect_timeout=5)

@@ -20,7 +20,7 @@ from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIO
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.families import Family, family_of_engines, family_of_folder
 from serve.text_to_image.spec import ALL_ENGINE_NAMES
-from serve.triton.memory import MEMORY_FILE
+from serve.triton.memory import MEMORY_FILE, MemoryModel
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -104,6 +104,12 @@ def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: st
         shutil.rmtree(partial, ignore_errors=True)
 
 
+def _measured(engine_folder: Path) -> bool:
+    """Whether the engine's memory and time per row were measured (engines built before times were: again)."""
+    path = engine_folder / MEMORY_FILE
+    return path.exists() and MemoryModel.load(path).seconds is not None
+
+
 def install(engine_dir: Path, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
     """Install the family's engines in ``repository`` and remove text-to-image engines it does not use."""
     family = family_of_engines(engine_dir)
@@ -112,7 +118,7 @@ def install(engine_dir: Path, repository: Path, backend: Backend = Backend.PYTHO
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
     for name, spec in family.specs.items():
-        if not (engine_dir / name / MEMORY_FILE).exists():  # measured once per engine, in a fresh process
+        if not _measured(engine_dir / name):  # measured once per engine, in a fresh process
             try:
                 measure_memory(engine_dir / name, spec)
             except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run

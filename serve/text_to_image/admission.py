@@ -7,23 +7,27 @@
   budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
   decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
 - **Cost**: ``n x num_inference_steps x megapixels``. A request over ``max_cost`` is refused (400); admitted
-  requests wait their turn while the replica's requests in flight already add up to ``max_inflight_cost``.
+  requests wait their turn while the replica's requests in flight (of their priority or above) already add up to
+  ``max_inflight_cost``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-from collections import deque
+import os
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 from serve.errors import InvalidInput
-from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.priority import Priority
+from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MEMORY_FILE, MemoryModel
 from serve.triton.spec import ModelSpec
@@ -34,6 +38,8 @@ DEFAULT_MAX_COST = 64.0
 """Largest ``n x steps x megapixels`` served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
 MIN_FIXED_BUDGET = 64 << 20
 """A fixed-size engine's budget is at least this (its rows may measure too small to see)."""
+CALL_SECONDS = 2.0
+"""Engine time (one core) a single engine call of a large request aims to stay under (see ``rows_per_call``)."""
 DEFAULT_BUDGET_SHARE = 0.4
 """Default memory budget of the text-to-image engines, as a share of the machine's memory."""
 
@@ -91,6 +97,7 @@ class Admitted:
 
     cost: float
     tiled_decode: bool = False
+    rows_per_call: dict[str, int] = field(default_factory=dict)  # by engine; absent: any number
 
 
 class Admission:
@@ -103,8 +110,9 @@ class Admission:
         self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, tiling: VaeTiling
     ) -> None:
         self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
-        self._inflight = 0.0
-        self._waiting: deque[object] = deque()
+        self._inflight: Counter[int] = Counter()  # cost in flight by priority rank
+        self._waiting: set[tuple[int, int]] = set()  # (priority rank, arrival)
+        self._arrivals = itertools.count()
         self._turn = asyncio.Condition()
 
     def check(self, n: int, steps: int, width: int, height: int) -> Admitted:
@@ -135,30 +143,47 @@ class Admission:
                 f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiled)
+        return Admitted(cost, tiled, self._rows_per_call(latent[0] * latent[1]))
 
-    def _fits(self, cost: float) -> bool:
-        return self._inflight == 0 or self._inflight + cost <= self.limits.max_inflight_cost
+    def _rows_per_call(self, positions: int) -> dict[str, int]:
+        """Rows per engine call so that no call holds an engine much longer than :data:`CALL_SECONDS`.
+
+        A large request's steps then go to Triton in several calls one after another, and other requests' calls
+        queued meanwhile run between them instead of behind the whole batch. At least one row per core.
+        """
+        rows = {}
+        for name in (UNET, VAE_DECODER):
+            seconds = self.models[name].seconds_per_row(positions) if name in self.models else 0.0
+            if seconds > 0:
+                rows[name] = max(os.cpu_count() or 1, int(CALL_SECONDS / seconds))
+        return rows
+
+    def _fits(self, cost: float, priority: Priority) -> bool:
+        """Whether ``cost`` fits beside what is in flight at ``priority`` or above (lower levels do not count)."""
+        ahead = sum(cost for rank, cost in self._inflight.items() if rank <= priority.rank)
+        return ahead == 0 or ahead + cost <= self.limits.max_inflight_cost
 
     @asynccontextmanager
-    async def slot(self, cost: float) -> AsyncIterator[None]:
+    async def slot(self, cost: float, priority: Priority = Priority.NORMAL) -> AsyncIterator[None]:
         """Hold ``cost`` of the replica's in-flight capacity for the block, waiting until it is free.
 
-        Requests start in arrival order (a large one is not overtaken for ever by small ones), and one always runs
-        when nothing else is in flight, so every admitted request runs eventually.
+        Requests start in priority order, then in arrival order (a large one is not overtaken for ever by small
+        ones); one always runs when nothing of its priority or above is in flight, so every admitted request runs
+        eventually, and a higher-priority request never waits for lower ones to finish (they hold their steps while
+        it runs: :class:`serve.text_to_image.priority.PriorityGate`).
         """
-        me = object()
+        me = (priority.rank, next(self._arrivals))
         async with self._turn:
-            self._waiting.append(me)
+            self._waiting.add(me)
             try:
-                await self._turn.wait_for(lambda: self._waiting[0] is me and self._fits(cost))
+                await self._turn.wait_for(lambda: min(self._waiting) == me and self._fits(cost, priority))
             finally:
-                self._waiting.remove(me)
+                self._waiting.discard(me)
                 self._turn.notify_all()
-            self._inflight += cost
+            self._inflight[priority.rank] += cost
         try:
             yield
         finally:
             async with self._turn:
-                self._inflight -= cost
+                self._inflight[priority.rank] -= cost
                 self._turn.notify_all()

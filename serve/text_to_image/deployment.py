@@ -16,8 +16,11 @@ from ray import serve
 
 from serve import metrics
 from serve.errors import NotReady
+from serve.jobs.runner import JobCanceled, JobLease
+from serve.jobs.store import open_job_store
 from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
-from serve.text_to_image.pipeline import Generation, TextToImagePipeline
+from serve.text_to_image.pipeline import Generation, StepCallback, TextToImagePipeline
+from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
@@ -43,10 +46,14 @@ def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
     return buffer.getvalue()
 
 
+def draw_seed(seed: int | None) -> int:
+    """``seed``, or a random one when the request has none (so the answer can report it)."""
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)
+
+
 def to_generation(request: GenerationRequest, native_size: int) -> Generation:
-    """The pipeline job for an API request; a missing seed is drawn here so the response can report it."""
+    """The pipeline job for an API request (a missing seed drawn here)."""
     width, height = request.width_height(native_size)
-    seed = request.seed if request.seed is not None else random.SystemRandom().randrange(2**31)
     return Generation(
         request.prompt,
         request.negative_prompt,
@@ -55,8 +62,9 @@ def to_generation(request: GenerationRequest, native_size: int) -> Generation:
         height,
         request.num_inference_steps,
         request.guidance_scale,
-        seed,
+        draw_seed(request.seed),
         request.scheduler,
+        request.priority,
     )
 
 
@@ -64,34 +72,55 @@ def to_generation(request: GenerationRequest, native_size: int) -> Generation:
 class TextToImage:
     """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
-    def __init__(self, engine_dir: str, triton_grpc_url: str, limits: Limits) -> None:
+    def __init__(self, engine_dir: str, triton_grpc_url: str, limits: Limits, store_url: str | None = None) -> None:
         torch.set_num_threads(1)
         self.triton = TritonClient(triton_grpc_url)
         self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
         models = memory_models(Path(engine_dir), self.pipeline.specs)
         budgets = engine_budgets(models, self.pipeline.specs, limits.memory_budget_bytes)
         self.admission = Admission(models, budgets, limits, self.pipeline.tiling)
+        self.store = open_job_store(store_url) if store_url else None
+        self.preview = LatentPreview(
+            self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
+        )
 
-    async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
+    async def generate(
+        self, request: GenerationRequest, sent_at: float | None = None, lease: JobLease | None = None
+    ) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
         Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
         turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
-        hand to the Vectorizer.
+        hand to the Vectorizer. With a job's ``lease``, each step is reported to the job store (with a preview every
+        few steps), and a cancel asked meanwhile stops the loop at the next step (:class:`JobCanceled`).
         """
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         job = to_generation(request, self.pipeline.dims.native_size)
         admitted = self.admission.check(job.n, job.steps, job.width, job.height)
         raster_format = "png" if request.output_format == "svg" else request.output_format
+        on_step = None if lease is None else self._reporter(lease)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with self.admission.slot(admitted.cost):
-                result = await self.pipeline.generate(job, tiled_decode=admitted.tiled_decode)
+            async with self.admission.slot(admitted.cost, job.priority):
+                result = await self.pipeline.generate(job, admitted.tiled_decode, on_step, admitted.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
+
+    def _reporter(self, lease: JobLease) -> StepCallback:
+        """The step callback of a job: progress (and previews) into the store; stop when a cancel was asked."""
+        if self.store is None:
+            raise NotReady("this replica has no job store", retry_after_s=2)
+
+        async def report(step: int, total: int, latents: np.ndarray) -> None:
+            preview = await self.preview.png(latents) if wants_preview(step, total) else None
+            args = (lease.job_id, lease.worker, lease.lease_s, step, total, preview)
+            if await asyncio.to_thread(self.store.progress, *args):
+                raise JobCanceled(lease.job_id)
+
+        return report
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of each Triton model this deployment needs."""

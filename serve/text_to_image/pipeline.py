@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +22,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.utils.torch_utils import randn_tensor
 
 from serve.text_to_image.families import family_of_engines
+from serve.text_to_image.priority import Priority, PriorityGate
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.onnx_backend import ShardedSession
@@ -39,8 +40,10 @@ SCHEDULERS = {
 class EngineRunner(Protocol):
     """Runs one engine on named numpy inputs (batch axis first)."""
 
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Return the engine's outputs by name."""
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Return the engine's outputs by name (``priority``: Triton's level, 1 first; 0 the default)."""
 
 
 class OnnxRuntimeRunner:
@@ -50,7 +53,9 @@ class OnnxRuntimeRunner:
         names = family_of_engines(engine_dir).specs
         self.sessions = {name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in names}
 
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
         """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
         session = self.sessions[spec.name]
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
@@ -71,6 +76,43 @@ class Generation:
     guidance_scale: float
     seed: int
     scheduler: str
+    priority: Priority = Priority.NORMAL
+
+
+StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]
+"""Called after each denoising step with (step, total, latents); what it raises stops the generation."""
+
+
+class _AtPriority:
+    """An :class:`EngineRunner` that sends every call at one Triton priority level."""
+
+    def __init__(self, runner: EngineRunner, priority: Priority) -> None:
+        self.runner, self.level = runner, priority.triton_level
+
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        return await self.runner.infer(spec, inputs, priority or self.level)
+
+
+class _Chunked:
+    """An :class:`EngineRunner` that sends at most ``rows[engine]`` rows per call, the calls one after another."""
+
+    def __init__(self, runner: EngineRunner, rows: Mapping[str, int]) -> None:
+        self.runner, self.rows = runner, rows
+
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        total = len(next(iter(inputs.values())))
+        step = self.rows.get(spec.name, total)
+        if step >= total:
+            return await self.runner.infer(spec, inputs, priority)
+        parts = []
+        for start in range(0, total, step):
+            part = {name: array[start : start + step] for name, array in inputs.items()}
+            parts.append(await self.runner.infer(spec, part, priority))
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 @dataclass(frozen=True)
@@ -95,16 +137,35 @@ class TextToImagePipeline:
         self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
         self.tiling = VaeTiling(self.dims.vae_sample_size, self.dims.vae_scale_factor)
         self.engines = engines
+        self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
         """A fresh scheduler ``name`` built from the model's scheduler config."""
         cls, overrides = SCHEDULERS[name]
         return cls.from_config(self.scheduler_config, **overrides)
 
-    async def generate(self, job: Generation, tiled_decode: bool = False) -> GenerationResult:
-        """Denoise ``job`` with one UNet call per step and decode the latents to images (in tiles if asked)."""
+    async def generate(
+        self,
+        job: Generation,
+        tiled_decode: bool = False,
+        on_step: StepCallback | None = None,
+        rows_per_call: Mapping[str, int] | None = None,
+    ) -> GenerationResult:
+        """Denoise ``job`` with one UNet call per step and decode the latents to images (in tiles if asked).
+
+        Every engine call goes at the job's priority, and each step waits its turn behind higher-priority
+        generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
+        request's step then goes as several calls in turn, so others' calls run between them).
+        """
+        engines = _Chunked(_AtPriority(self.engines, job.priority), rows_per_call or {})
+        async with self.gate.active(job.priority):
+            return await self._generate(job, engines, tiled_decode, on_step)
+
+    async def _generate(
+        self, job: Generation, engines: EngineRunner, tiled_decode: bool, on_step: StepCallback | None
+    ) -> GenerationResult:
         guided = job.guidance_scale > 1.0
-        conditioning, dropped = await self.family.condition(self.engines, self.tokenizers, job, guided)
+        conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
@@ -120,25 +181,29 @@ class TextToImagePipeline:
         )
         latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
         step_kwargs = _step_kwargs(scheduler, generator)
-        for t in scheduler.timesteps:
+        for step, t in enumerate(scheduler.timesteps, start=1):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
             inputs = {"sample": model_input.numpy(), "timestep": timestep, **conditioning}
-            noise = torch.from_numpy((await self.engines.infer(self.specs[UNET], inputs))["noise_pred"])
+            await self.gate.turn(job.priority)
+            noise = torch.from_numpy((await engines.infer(self.specs[UNET], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
-        pixels = np.clip(await self.decode(latents.numpy(), tiled_decode), 0.0, 1.0)
+            if on_step is not None:
+                await on_step(step, len(scheduler.timesteps), latents.numpy())
+        pixels = np.clip(await self.decode(latents.numpy(), tiled_decode, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)
 
-    async def decode(self, latents: np.ndarray, tiled: bool = False) -> np.ndarray:
+    async def decode(self, latents: np.ndarray, tiled: bool = False, engines: EngineRunner | None = None) -> np.ndarray:
         """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in diffusers' tiles."""
+        engines = engines or self.engines
 
         async def run(part: np.ndarray) -> np.ndarray:
-            return (await self.engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
+            return (await engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
 
         if tiled and self.tiling.applies(*latents.shape[2:]):
             return await self.tiling.decode(latents, run)

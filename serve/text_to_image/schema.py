@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from serve.text_to_image.priority import Priority
 from serve.vectorize.tiers import Tier
 
 MAX_IMAGES = 4
@@ -45,6 +46,15 @@ class GenerationRequest(BaseModel):
     )
     vectorize_tier: Tier | None = Field(
         None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
+    )
+    background: bool = Field(
+        False,
+        description="Run as a background job: answered at once with 202 and the job (GET /v1/jobs/{id} for the "
+        "result, /events for its progress). An Idempotency-Key header returns the same job for the same body.",
+    )
+    priority: Priority = Field(
+        Priority.NORMAL,
+        description="Under load, higher-priority generations start first and their denoising steps go first.",
     )
     # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
     model: str | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from serve.text_to_image.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 TEXT_ENCODER = "text_encoder"
@@ -14,8 +15,10 @@ ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER)
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while
 # a wait would delay every step of a lone request (0.66 ms per step in Triton's queue stats at 500 us).
+# Every text-to-image engine queues requests by the generation's priority (serve/text_to_image/priority.py).
+PRIORITIES = {"priority_levels": TRITON_PRIORITY_LEVELS, "default_priority_level": TRITON_DEFAULT_LEVEL}
 UNET_MAX_BATCH = 32
-UNET_BATCHING = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(8, 16, 32))
+UNET_BATCHING = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(8, 16, 32), **PRIORITIES)
 TEXT_ENCODER_MAX_BATCH = 16
 VAE_MAX_BATCH = 8
 
@@ -29,7 +32,7 @@ def text_encoder_spec(name: str, text_length: int, outputs: tuple[TensorSpec, ..
         inputs=(TensorSpec("input_ids", "int64", (text_length,)),),
         outputs=outputs,
         max_batch_size=TEXT_ENCODER_MAX_BATCH,
-        dynamic_batching=DynamicBatching(),
+        dynamic_batching=DynamicBatching(**PRIORITIES),
     )
 
 
@@ -52,5 +55,5 @@ def vae_decoder_spec(latent_channels: int) -> ModelSpec:
         inputs=(TensorSpec("latent", "float32", (latent_channels, -1, -1), LATENT_AXES),),
         outputs=(TensorSpec("image", "float32", (3, -1, -1), ("height", "width")),),
         max_batch_size=VAE_MAX_BATCH,
-        dynamic_batching=DynamicBatching(),
+        dynamic_batching=DynamicBatching(**PRIORITIES),
     )

@@ -52,8 +52,13 @@ class TritonClient:
             ],
         )
 
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run ``spec``'s model on ``inputs`` (batch axis first) and return its outputs by name."""
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Run ``spec``'s model on ``inputs`` (batch axis first) and return its outputs by name.
+
+        ``priority``: Triton's priority level for the request (1 first; 0: the model's default).
+        """
         request = []
         for tensor in spec.inputs:
             array = np.ascontiguousarray(inputs[tensor.name], dtype=tensor.numpy_dtype)
@@ -64,7 +69,9 @@ class TritonClient:
             request.append(item)
         outputs = [InferRequestedOutput(t.name) for t in spec.outputs]
         try:
-            result = await self._client.infer(spec.name, request, outputs=outputs, client_timeout=self.timeout_s)
+            result = await self._client.infer(
+                spec.name, request, outputs=outputs, client_timeout=self.timeout_s, priority=priority
+            )
         except InferenceServerException as error:
             raise _translate(error, spec.name) from error
         return {t.name: result.as_numpy(t.name) for t in spec.outputs}

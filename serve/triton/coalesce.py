@@ -36,12 +36,14 @@ class CoalescingRunner:
         self._pending: dict[tuple, tuple[ModelSpec, list[_Call]]] = {}
         self._tasks: set[asyncio.Task] = set()
 
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Queue ``inputs`` for ``spec``'s next merged request and return this call's rows of the outputs."""
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Queue ``inputs`` for ``spec``'s next merged request (one per priority) and return this call's rows."""
         if spec.max_batch_size <= 0:
-            return await self.runner.infer(spec, inputs)
+            return await self.runner.infer(spec, inputs, priority)
         arrays = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
-        key = (spec.name, *((name, array.shape[1:]) for name, array in arrays.items()))
+        key = (spec.name, priority, *((name, array.shape[1:]) for name, array in arrays.items()))
         call = _Call(arrays, len(next(iter(arrays.values()))), asyncio.get_running_loop().create_future())
         if key not in self._pending:
             self._pending[key] = (spec, [])
@@ -52,14 +54,14 @@ class CoalescingRunner:
     def _flush(self, key: tuple) -> None:
         spec, calls = self._pending.pop(key)
         for group in _fill([call for call in calls if not call.future.cancelled()], spec.max_batch_size):
-            task = asyncio.create_task(self._send(spec, group))
+            task = asyncio.create_task(self._send(spec, group, key[1]))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _send(self, spec: ModelSpec, calls: list[_Call]) -> None:
+    async def _send(self, spec: ModelSpec, calls: list[_Call], priority: int) -> None:
         inputs = {name: np.concatenate([call.inputs[name] for call in calls]) for name in calls[0].inputs}
         try:
-            outputs = await self.runner.infer(spec, inputs)
+            outputs = await self.runner.infer(spec, inputs, priority)
         except Exception as error:  # every call in the request gets the error
             for call in calls:
                 if not call.future.done():

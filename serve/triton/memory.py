@@ -1,9 +1,11 @@
-"""How much memory an engine needs, measured once per engine at build time, and the budgets it must run within.
+"""How much memory and time an engine needs, measured once per engine at build time, and the budgets it runs within.
 
 An engine's peak is its resident weights plus, per batch row, ``a + b p + c p^2`` bytes, where ``p`` is the number
 of positions in its dynamic axes (latent height x width for the UNet and the VAE decoder; 1 for the text encoder):
 the quadratic term is attention over every position. The coefficients are fitted to peaks measured with ONNX
-Runtime (arena off, as served) at a few small sizes; :meth:`MemoryModel.per_row` adds a safety margin.
+Runtime (arena off, as served) at a few small sizes; :meth:`MemoryModel.per_row` adds a safety margin. The seconds
+one row takes on one core are fitted the same way (:meth:`MemoryModel.seconds_per_row`): admission refuses sizes
+whose row is too slow, and the pipeline sizes its engine calls so that none holds an engine for long.
 
 The python backend splits every batch into runs of at most :meth:`MemoryModel.rows_within` rows for its budget, so
 Triton's memory stays bounded whatever its dynamic batcher merges; the text-to-image replica refuses (400) a size
@@ -38,11 +40,20 @@ class MemoryModel:
     weights_bytes: int
     coefficients: tuple[float, float, float]
     measured: tuple[tuple[int, int], ...] = ()  # (positions, bytes of one row) as measured
+    seconds: tuple[float, float, float] | None = None  # one row's time on one core; None: not measured
+    measured_seconds: tuple[tuple[int, float], ...] = ()
 
     def per_row(self, positions: int) -> int:
         """Activation bytes one batch row needs at ``positions``, with the safety margin."""
         a, b, c = self.coefficients
         return int(SAFETY * max(0.0, a + b * positions + c * positions * positions))
+
+    def seconds_per_row(self, positions: int) -> float:
+        """Seconds one batch row takes at ``positions`` on one core (0 when the time was not measured)."""
+        if self.seconds is None:
+            return 0.0
+        a, b, c = self.seconds
+        return max(0.0, a + b * positions + c * positions * positions)
 
     def rows_within(self, budget_bytes: int, positions: int) -> int:
         """How many rows fit in ``budget_bytes`` of activations at ``positions`` (0 if not even one).
@@ -60,19 +71,33 @@ class MemoryModel:
     def load(cls, path: Path) -> MemoryModel:
         """Read a model written by :meth:`save`."""
         raw = json.loads(path.read_text())
-        return cls(raw["weights_bytes"], tuple(raw["coefficients"]), tuple(map(tuple, raw.get("measured", ()))))
+        return cls(
+            raw["weights_bytes"],
+            tuple(raw["coefficients"]),
+            tuple(map(tuple, raw.get("measured", ()))),
+            tuple(raw["seconds"]) if raw.get("seconds") else None,
+            tuple(map(tuple, raw.get("measured_seconds", ()))),
+        )
 
     @classmethod
-    def fit(cls, weights_bytes: int, measured: list[tuple[int, int]]) -> MemoryModel:
-        """Non-negative least squares of ``a + b p + c p^2`` through measured (positions, bytes) pairs."""
-        from scipy.optimize import nnls
+    def fit(
+        cls, weights_bytes: int, measured: list[tuple[int, int]], measured_seconds: list[tuple[int, float]] = ()
+    ) -> MemoryModel:
+        """Fit bytes (and, when given, seconds) per row through measured (positions, value) pairs."""
+        seconds = _quadratic(measured_seconds) if measured_seconds else None
+        return cls(int(weights_bytes), _quadratic(measured), tuple(measured), seconds, tuple(measured_seconds))
 
-        p = np.asarray([m[0] for m in measured], dtype=np.float64)
-        y = np.asarray([m[1] for m in measured], dtype=np.float64)
-        scale = max(1.0, float(p.max()))  # conditioning: fit in units of the largest size
-        design = np.stack([np.ones_like(p), p / scale, (p / scale) ** 2], axis=1)
-        (a, b, c), _ = nnls(design, y)
-        return cls(int(weights_bytes), (float(a), float(b / scale), float(c / scale**2)), tuple(measured))
+
+def _quadratic(measured) -> tuple[float, float, float]:
+    """Non-negative least squares of ``a + b p + c p^2`` through (positions, value) pairs."""
+    from scipy.optimize import nnls
+
+    p = np.asarray([m[0] for m in measured], dtype=np.float64)
+    y = np.asarray([m[1] for m in measured], dtype=np.float64)
+    scale = max(1.0, float(p.max()))  # conditioning: fit in units of the largest size
+    design = np.stack([np.ones_like(p), p / scale, (p / scale) ** 2], axis=1)
+    (a, b, c), _ = nnls(design, y)
+    return float(a), float(b / scale), float(c / scale**2)
 
 
 def positions(shape: tuple[int, ...], dynamic_axes: tuple[int, ...]) -> int:

@@ -64,6 +64,8 @@ class DynamicBatching:
 
     max_queue_delay_us: int = 0
     preferred_batch_sizes: tuple[int, ...] = ()
+    priority_levels: int = 0  # 0: one queue; else requests name a level (1 first) and the batcher honours it
+    default_priority_level: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,9 @@ class ModelSpec:
         if self.dynamic_batching is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
             config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)
+            if self.dynamic_batching.priority_levels:
+                config.dynamic_batching.priority_levels = self.dynamic_batching.priority_levels
+                config.dynamic_batching.default_priority_level = self.dynamic_batching.default_priority_level
         for key, value in sorted(self.parameters.items()):
             config.parameters[key].string_value = value
         return config

@@ -58,3 +58,43 @@ def triton_killed(stack: Stack, ready_within_s: float = 60.0):
 def engine_names(stack: Stack) -> tuple[str, ...]:
     """The Triton models of the stack's text-to-image pipeline (its family's engines)."""
     return tuple(family_of_engines(Path(stack.info.engine_dir)).specs)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    """A real redis-server on a free loopback port (Debian's; `.ci/run` installs it), stopped after the session."""
+    import shutil
+
+    import redis
+
+    from serve.processes import ManagedProcess, free_port
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (apt-get install redis-server; .ci/run does)")
+    folder = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(folder),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    client = redis.Redis(port=port)
+
+    def probe() -> bool:
+        return bool(client.ping())
+
+    server = ManagedProcess("redis-server", lambda: command, folder / "redis.log", probe).start(30)
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.stop()

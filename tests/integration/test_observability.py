@@ -85,8 +85,21 @@ def _exported(prometheus: str, expr: str, at_least: float, timeout_s: float = 45
     pytest.fail(f"Prometheus never saw {expr} >= {at_least} within {timeout_s} s")
 
 
+def _jobs(api) -> list[int]:
+    """A background job run to the end and one canceled (the second round's seeded generations hit the cache)."""
+    body = {"prompt": "icon", "size": "64x64", "num_inference_steps": 4, "seed": 7, "background": True}
+    done = api.post("/v1/images/generations", json=body).json()
+    canceled = api.post("/v1/images/generations", json={**body, "num_inference_steps": 150}).json()
+    statuses = [api.post(f"/v1/jobs/{canceled['id']}/cancel").status_code]
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{done['id']}").json()["status"] != "succeeded" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    statuses.append(api.get(f"/v1/jobs/{done['id']}").status_code)
+    return statuses
+
+
 def _round(api) -> list[int]:
-    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404."""
+    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404, two background jobs."""
     jobs = [
         {"prompt": f"icon {i}", "size": "64x64", "num_inference_steps": 6, "seed": i, "scheduler": scheduler}
         for i, scheduler in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
@@ -97,7 +110,7 @@ def _round(api) -> list[int]:
     statuses.append(_vectorize(api, "default").status_code)
     statuses.append(api.post("/v1/images/generations", json={"prompt": ""}).status_code)
     statuses.append(api.get("/no-such-route").status_code)
-    return statuses
+    return statuses + _jobs(api)
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ class Recorder:
         self.fail = fail
         self.requests: list[tuple[str, int]] = []
 
-    async def infer(self, spec, inputs):
+    async def infer(self, spec, inputs, priority=0):
         self.requests.append((spec.name, len(next(iter(inputs.values())))))
         await asyncio.sleep(0)
         if self.fail:

@@ -99,7 +99,7 @@ class FakeEncoders:
         self.family = family
         self.calls = []
 
-    async def infer(self, spec, inputs):
+    async def infer(self, spec, inputs, priority=0):
         ids = inputs["input_ids"].astype(np.float32)
         self.calls.append((spec.name, inputs["input_ids"]))
         hidden = next(t for t in spec.outputs if t.name == "hidden_states")

@@ -14,6 +14,7 @@ from serve.text_to_image.admission import (
     engine_budgets,
     request_cost,
 )
+from serve.text_to_image.priority import Priority
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import SAFETY, MemoryModel
 from serve.triton.onnx_backend import MemoryBound, run_batched
@@ -143,3 +144,28 @@ def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless
 
     asyncio.run(scenario())
     assert started == ["a", "big", "small"] and most[0] <= 10
+
+
+def test_higher_priority_starts_first_and_does_not_wait_for_lower_ones_in_flight():
+    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8))
+    started = []
+
+    async def request(name: str, cost: float, hold_s: float, priority: Priority) -> None:
+        async with admission.slot(cost, priority):
+            started.append(name)
+            await asyncio.sleep(hold_s)
+
+    async def scenario() -> None:
+        normal = asyncio.create_task(request("normal", 10, 0.2, Priority.NORMAL))  # the replica is full
+        await asyncio.sleep(0.01)
+        low = asyncio.create_task(request("low", 1, 0.01, Priority.LOW))  # waits for "normal"
+        await asyncio.sleep(0.01)
+        later = asyncio.create_task(request("normal 2", 1, 0.01, Priority.NORMAL))  # waits too
+        await asyncio.sleep(0.01)
+        high = asyncio.create_task(request("high", 10, 0.01, Priority.HIGH))  # starts beside the full replica
+        await asyncio.sleep(0.05)
+        assert started == ["normal", "high"]
+        await asyncio.gather(normal, low, later, high)
+
+    asyncio.run(scenario())
+    assert started == ["normal", "high", "normal 2", "low"]

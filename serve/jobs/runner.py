@@ -1,0 +1,148 @@
+"""The job runner: claims background jobs from the store and runs each like a synchronous request, holding its lease.
+
+Each Gateway replica runs one (:class:`JobRunner`). It claims while it has room (``per_priority`` jobs of each
+priority at a time, so an urgent job never waits for a slot held by less urgent ones), renews each job's lease
+every third of it, and ends the job with the answer, the error, or ``canceled``. A failure that is not the job's
+fault (Triton restarting, a replica that died) is retried after a pause, the lease held meanwhile: the job is
+never lost; only a request the pipeline refuses (4xx) fails it. A runner that dies stops renewing; its jobs' leases
+expire and another runner runs them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from serve import metrics
+from serve.errors import EaselError
+from serve.jobs.model import DEFAULT_LEASE_S, Job, JobStatus
+from serve.jobs.store import JobStore, LeaseLost
+from serve.text_to_image.priority import Priority
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.25
+HOUSEKEEPING_S = 10.0
+RETRY_S = 2.0
+
+
+@dataclass(frozen=True)
+class JobLease:
+    """What the generation loop needs to report a job's progress: the job, who holds it, for how long."""
+
+    job_id: str
+    worker: str
+    lease_s: float
+
+
+class JobCanceled(Exception):
+    """The job was canceled while it ran (its loop stops at the next step)."""
+
+
+Run = Callable[[Job, JobLease], Awaitable[dict]]
+
+
+class JobRunner:
+    """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) until :meth:`stop`."""
+
+    def __init__(self, store: JobStore, run: Run, per_priority: int = 4, lease_s: float = DEFAULT_LEASE_S) -> None:
+        self.store, self.run, self.per_priority, self.lease_s = store, run, per_priority, lease_s
+        self.worker = f"runner-{secrets.token_hex(6)}"
+        self.running: Counter[Priority] = Counter()
+        self._tasks: set[asyncio.Task] = set()
+        self._loop_task: asyncio.Task | None = None
+
+    def start(self) -> JobRunner:
+        """Start claiming in the running event loop."""
+        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    async def stop(self) -> None:
+        """Stop claiming and abandon running jobs (their leases expire; another runner takes them)."""
+        for task in [self._loop_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+
+    async def _loop(self) -> None:
+        housekeeping = 0.0
+        while True:
+            try:
+                while job := await self._claim():
+                    task = asyncio.create_task(self._run(job))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                if time.monotonic() - housekeeping > HOUSEKEEPING_S:
+                    housekeeping = time.monotonic()
+                    await self._housekeeping()
+            except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable; keep trying
+                logger.warning("job runner: %s: %s", type(error).__name__, error)
+            await asyncio.sleep(POLL_S)
+
+    async def _claim(self) -> Job | None:
+        free = tuple(p for p in Priority if self.running[p] < self.per_priority)
+        if not free:
+            return None
+        job = await asyncio.to_thread(self.store.claim, self.worker, self.lease_s, free)
+        if job is not None:
+            self.running[job.priority] += 1
+            if job.attempts == 1:
+                metrics.observe(metrics.JOB_QUEUE_TIME, job.started_at - job.created_at, priority=job.priority.value)
+            logger.info("job %s claimed (%s, attempt %d)", job.id, job.priority.value, job.attempts)
+        return job
+
+    async def _housekeeping(self) -> None:
+        """Delete jobs past their retention, and publish the jobs by state and priority."""
+        await asyncio.to_thread(self.store.purge)
+        counts = await asyncio.to_thread(self.store.counts)
+        for status in JobStatus:
+            for priority in Priority:
+                metrics.set_gauge(metrics.JOBS, counts[(status, priority)], state=status.value, priority=priority.value)
+
+    async def _run(self, job: Job) -> None:
+        lease = JobLease(job.id, self.worker, self.lease_s)
+        heartbeat = asyncio.create_task(self._heartbeat(lease))
+        try:
+            status, result, error = await self._attempt(job, lease)
+            await asyncio.to_thread(self.store.finish, job.id, self.worker, status, result, error)
+            logger.info("job %s %s", job.id, status.value)
+        except LeaseLost:
+            logger.warning("job %s: lease lost; another runner has it", job.id)
+        finally:
+            heartbeat.cancel()
+            self.running[job.priority] -= 1
+
+    async def _attempt(self, job: Job, lease: JobLease) -> tuple[JobStatus, dict | None, dict | None]:
+        """Run until the job succeeds, is canceled or is refused; retry what was not its fault."""
+        while True:
+            try:
+                return JobStatus.SUCCEEDED, await self.run(job, lease), None
+            except JobCanceled:
+                return JobStatus.CANCELED, None, None
+            except LeaseLost:
+                raise
+            except EaselError as error:
+                if error.status < 500 and error.status != 429:
+                    return JobStatus.FAILED, None, error.body()["error"]
+                retry_s = error.retry_after_s or RETRY_S
+            except Exception as error:  # noqa: BLE001 - a replica died, Ray failed: not the job's fault
+                logger.warning("job %s: %s: %s; retrying", job.id, type(error).__name__, error)
+                retry_s = RETRY_S
+            if await asyncio.to_thread(self.store.heartbeat, job.id, self.worker, self.lease_s):
+                return JobStatus.CANCELED, None, None
+            await asyncio.sleep(retry_s)
+
+    async def _heartbeat(self, lease: JobLease) -> None:
+        """Renew the lease every third of it while the job runs (a step may take longer than the lease)."""
+        while True:
+            await asyncio.sleep(lease.lease_s / 3)
+            try:
+                await asyncio.to_thread(self.store.heartbeat, lease.job_id, lease.worker, lease.lease_s)
+            except LeaseLost:
+                return
+            except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable
+                logger.warning("job %s heartbeat: %s", lease.job_id, error)

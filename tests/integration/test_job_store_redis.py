@@ -1,0 +1,22 @@
+"""The job store's contract on a real Redis server (the store for a stack that spans machines)."""
+
+import pytest
+import redis
+
+from serve.jobs.store import RedisJobStore
+from tests.job_store_contract import *  # noqa: F403 - the contract's tests
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store_factory(redis_url):
+    redis.Redis.from_url(redis_url).flushdb()  # each test starts from an empty store
+    return lambda: RedisJobStore(redis_url)
+
+
+@pytest.fixture
+def store(store_factory):
+    opened = store_factory()
+    yield opened
+    opened.close()

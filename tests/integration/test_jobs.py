@@ -1,0 +1,183 @@
+"""Background jobs and the result cache through the running stack (SQLite store in the stack's run folder)."""
+
+import base64
+import io
+import json
+import logging
+import time
+
+import httpx
+import pytest
+from PIL import Image
+
+pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+GENERATE = "/v1/images/generations"
+SMALL = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 6, "seed": 5}
+
+
+def submit(api, body: dict, **headers) -> dict:
+    response = api.post(GENERATE, json={**body, "background": True}, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_for(api, job_id: str, statuses=("succeeded", "failed", "canceled"), timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in statuses:
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} not {statuses} within {timeout_s} s: {job}")
+
+
+def read_events(base_url: str, job_id: str, preview: bool = False) -> list[tuple[str, dict]]:
+    """Every Server-Sent Event of a job's stream, until the server ends it."""
+    events, kind = [], None
+    with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", params={"preview": preview}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def test_a_background_job_is_queued_runs_and_answers_as_the_synchronous_call_does(api):
+    job = submit(api, SMALL)
+    assert job["object"] == "image.generation.job" and job["id"].startswith("job_")
+    assert job["status"] in ("queued", "running") and job["priority"] == "normal"
+    done = wait_for(api, job["id"])
+    assert done["status"] == "succeeded" and done["progress"] == {"step": 6, "total": 6}, done
+    assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
+    synchronous = api.post(GENERATE, json=SMALL).json()
+    assert done["data"] == synchronous["data"] and done["seed"] == 5
+
+
+def test_events_give_the_state_first_then_every_step_then_one_final_event(stack, api):
+    job = submit(api, {**SMALL, "num_inference_steps": 12, "seed": 6})
+    events = read_events(stack.info.api_url, job["id"], preview=True)
+    kinds = [kind for kind, _ in events]
+    assert kinds[0] == "state" and kinds[-1] == "completed" and kinds.count("completed") == 1
+    steps = [data["step"] for kind, data in events if kind == "progress"]
+    assert steps[-12:] == list(range(1, 13))  # one event per denoising step (a late connect may miss early ones)
+    previews = {data["step"]: data["preview"] for kind, data in events if kind == "progress" and "preview" in data}
+    assert set(previews) <= {5, 10, 12} and 12 in previews
+    preview = Image.open(io.BytesIO(base64.b64decode(previews[12])))
+    assert preview.size == (16, 16)  # the latent grid of a 64x64 image
+    assert events[-1][1]["data"] == api.get(f"/v1/jobs/{job['id']}").json()["data"]
+    late = read_events(stack.info.api_url, job["id"])  # connects after the end: state, then the final event
+    assert [kind for kind, _ in late] == ["state", "completed"] and late[0][1]["status"] == "succeeded"
+    plain = [data for kind, data in late if kind == "progress"]
+    assert all("preview" not in data for data in plain)
+
+
+def test_cancel_stops_a_running_job_at_its_next_step_and_a_queued_one_never_runs(stack, api):
+    running = submit(api, {**SMALL, "num_inference_steps": 150, "seed": 7})
+    job = wait_for(api, running["id"], statuses=("running",))
+    while api.get(f"/v1/jobs/{running['id']}").json()["progress"]["step"] < 3:
+        time.sleep(0.05)
+    at_cancel = api.post(f"/v1/jobs/{running['id']}/cancel")
+    assert at_cancel.status_code == 200 and at_cancel.json()["cancel_requested"]
+    step_at_cancel = at_cancel.json()["progress"]["step"]
+    events = read_events(stack.info.api_url, running["id"])
+    assert events[-1][0] == "canceled" and [k for k, _ in events].count("canceled") == 1
+    job = api.get(f"/v1/jobs/{running['id']}").json()
+    last = max(data["step"] for kind, data in events if kind == "progress")
+    logger.info("cancel at step %d; last progress event at step %d of 150", step_at_cancel, last)
+    assert job["status"] == "canceled" and last - step_at_cancel <= 1, (step_at_cancel, last)
+    assert api.post(f"/v1/jobs/{running['id']}/cancel").status_code == 409
+
+
+def test_a_queued_job_canceled_never_runs(stack, api):
+    # Fill every runner slot of the low priority (4 per Gateway replica) with long jobs, then one more queues.
+    blockers = [submit(api, {**SMALL, "num_inference_steps": 150, "seed": 10 + i, "priority": "low"}) for i in range(8)]
+    queued = submit(api, {**SMALL, "priority": "low", "seed": 30})
+    time.sleep(1.0)
+    assert api.get(f"/v1/jobs/{queued['id']}").json()["status"] == "queued"
+    canceled = api.post(f"/v1/jobs/{queued['id']}/cancel").json()
+    assert canceled["status"] == "canceled" and canceled["started_at"] is None
+    for blocker in blockers:
+        api.post(f"/v1/jobs/{blocker['id']}/cancel")
+    for blocker in blockers:
+        wait_for(api, blocker["id"])
+    events = read_events(stack.info.api_url, queued["id"])
+    assert [kind for kind, _ in events] == ["state", "canceled"]  # it never ran
+
+
+def test_high_priority_starts_before_earlier_normal_jobs_when_slots_are_full(api):
+    blockers = [submit(api, {**SMALL, "num_inference_steps": 60, "seed": 40 + i}) for i in range(8)]
+    normal = submit(api, {**SMALL, "seed": 50})
+    high = submit(api, {**SMALL, "seed": 51, "priority": "high"})
+    high_done = wait_for(api, high["id"])
+    normal_now = api.get(f"/v1/jobs/{normal['id']}").json()
+    assert high_done["status"] == "succeeded" and normal_now["status"] in ("queued", "running")
+    for job in [*blockers, normal]:
+        api.post(f"/v1/jobs/{job['id']}/cancel")
+        wait_for(api, job["id"])
+
+
+def test_list_pages_newest_first_and_filters_by_status(api):
+    made = [submit(api, {**SMALL, "seed": 60 + i})["id"] for i in range(3)]
+    for job_id in made:
+        wait_for(api, job_id)
+    first = api.get("/v1/jobs", params={"limit": 2}).json()
+    assert first["object"] == "list" and [j["id"] for j in first["data"]] == made[::-1][:2] and first["has_more"]
+    rest = api.get("/v1/jobs", params={"limit": 1, "after": first["last_id"]}).json()
+    assert rest["data"][0]["id"] == made[0]
+    succeeded = api.get("/v1/jobs", params={"status": "succeeded", "limit": 100}).json()["data"]
+    assert set(made) <= {j["id"] for j in succeeded} and all(j["status"] == "succeeded" for j in succeeded)
+
+
+def test_an_idempotency_key_returns_the_same_job_and_refuses_another_body(api):
+    first = api.post(GENERATE, json={**SMALL, "background": True, "seed": 70}, headers={"Idempotency-Key": "k-70"})
+    again = api.post(GENERATE, json={**SMALL, "background": True, "seed": 70}, headers={"Idempotency-Key": "k-70"})
+    assert first.status_code == again.status_code == 202 and first.json()["id"] == again.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    other = api.post(GENERATE, json={**SMALL, "background": True, "seed": 71}, headers={"Idempotency-Key": "k-70"})
+    assert other.status_code == 409 and other.json()["error"]["param"] == "Idempotency-Key"
+    wait_for(api, first.json()["id"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status", "param"),
+    [
+        ("get", "/v1/jobs/job_000000000000000000000000", {}, 404, "id"),
+        ("post", "/v1/jobs/job_000000000000000000000000/cancel", {}, 404, "id"),
+        ("get", "/v1/jobs/job_000000000000000000000000/events", {}, 404, "id"),
+        ("get", "/v1/jobs", {"params": {"limit": 0}}, 400, "query.limit"),
+        ("get", "/v1/jobs", {"params": {"status": "sleeping"}}, 400, "query.status"),
+        ("get", "/v1/jobs", {"params": {"after": "job_missing"}}, 404, "after"),
+        ("post", GENERATE, {"json": {**SMALL, "background": True, "priority": "urgent"}}, 400, "priority"),
+        (
+            "post",
+            GENERATE,
+            {"json": {**SMALL, "background": True}, "headers": {"Idempotency-Key": "has space"}},
+            400,
+            "Idempotency-Key",
+        ),
+    ],
+)
+def test_bad_job_requests_are_clear_4xx(api, method, path, kwargs, status, param):
+    response = getattr(api, method)(path, **kwargs)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_seeded_request_again_is_a_cache_hit_byte_identical_and_faster(api):
+    body = {**SMALL, "num_inference_steps": 20, "seed": 80}
+    started = time.perf_counter()
+    miss = api.post(GENERATE, json=body)
+    miss_s = time.perf_counter() - started
+    started = time.perf_counter()
+    hit = api.post(GENERATE, json=body)
+    hit_s = time.perf_counter() - started
+    assert miss.headers["Easel-Cache"] == "miss" and hit.headers["Easel-Cache"] == "hit"
+    assert hit.json()["data"] == miss.json()["data"] and hit.json()["seed"] == 80
+    logger.info("cache miss %.3f s, hit %.3f s", miss_s, hit_s)
+    assert hit_s < miss_s
+    unseeded = api.post(GENERATE, json={k: v for k, v in body.items() if k != "seed"})
+    assert "Easel-Cache" not in unseeded.headers  # only an explicit seed makes an answer reusable

@@ -1,0 +1,148 @@
+"""The job store's contract, run against SQLite (unit tests) and a real Redis server (integration tests).
+
+A test module imports these and defines a ``store`` fixture (a fresh, empty store).
+"""
+
+import threading
+import time
+
+import pytest
+
+from serve.errors import Conflict, NotFound
+from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus
+from serve.jobs.store import LeaseLost
+from serve.text_to_image.priority import Priority
+
+REQUEST = {"prompt": "a red heart icon", "seed": 1}
+
+
+def test_submit_get_and_list_newest_first_with_pages_and_status(store):
+    jobs = [store.submit({**REQUEST, "seed": i}, Priority.NORMAL)[0] for i in range(5)]
+    assert store.get(jobs[0].id).request == {**REQUEST, "seed": 0} and store.get(jobs[0].id).status is JobStatus.QUEUED
+    assert store.get("job_missing") is None
+    first = store.list(limit=2)
+    assert [j.id for j in first] == [jobs[4].id, jobs[3].id]
+    assert [j.id for j in store.list(limit=10, after=first[-1].id)] == [jobs[2].id, jobs[1].id, jobs[0].id]
+    store.cancel(jobs[1].id)
+    assert [j.id for j in store.list(status=JobStatus.CANCELED)] == [jobs[1].id]
+    with pytest.raises(NotFound):
+        store.list(after="job_missing")
+
+
+def test_claims_go_most_urgent_first_then_oldest_and_each_job_to_one_worker(store):
+    low = store.submit(REQUEST, Priority.LOW)[0]
+    normal = store.submit(REQUEST, Priority.NORMAL)[0]
+    high = store.submit(REQUEST, Priority.HIGH)[0]
+    normal_2 = store.submit(REQUEST, Priority.NORMAL)[0]
+    assert store.claim("w1", 30, (Priority.NORMAL, Priority.LOW)).id == normal.id  # high is not this worker's
+    order = [store.claim("w1", 30).id for _ in range(3)]
+    assert order == [high.id, normal_2.id, low.id] and store.claim("w1", 30) is None
+    claimed = store.get(high.id)
+    assert claimed.status is JobStatus.RUNNING and claimed.attempts == 1 and claimed.started_at is not None
+
+
+def test_concurrent_claims_never_hand_one_job_to_two_workers(store, store_factory):
+    for _ in range(20):
+        store.submit(REQUEST, Priority.NORMAL)
+    taken: list[str] = []
+    lock = threading.Lock()
+
+    def worker(name: str) -> None:
+        mine = store_factory()
+        while (job := mine.claim(name, 30)) is not None:
+            with lock:
+                taken.append(job.id)
+        mine.close()
+
+    threads = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(taken) == 20 == len(set(taken))
+
+
+def test_progress_events_then_exactly_one_final_event(store):
+    job = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("w", 30)
+    for step in (1, 2, 3):
+        assert store.progress(job.id, "w", 30, step, 3, "cHJldmlldw==" if step == 2 else None) is False
+    store.finish(job.id, "w", JobStatus.SUCCEEDED, {"seed": 1, "data": [{"b64_json": "eA=="}]}, None)
+    events = store.events(job.id)
+    assert [e.type for e in events] == [EventType.RUNNING, *[EventType.PROGRESS] * 3, EventType.COMPLETED]
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5] and events[2].data["preview"] == "cHJldmlldw=="
+    assert events[-1].data["data"] == [{"b64_json": "eA=="}]
+    assert [e.seq for e in store.events(job.id, after=3)] == [4, 5]
+    done = store.get(job.id)
+    assert done.status is JobStatus.SUCCEEDED and done.step == 3 and done.finished_at is not None
+    assert done.to_api()["data"] == [{"b64_json": "eA=="}]
+    with pytest.raises(LeaseLost):  # over: nobody holds it
+        store.progress(job.id, "w", 30, 4, 3, None)
+
+
+def test_cancel_a_queued_job_at_once_a_running_one_at_its_next_step_a_finished_one_never(store):
+    queued = store.submit(REQUEST, Priority.NORMAL)[0]
+    assert store.cancel(queued.id).status is JobStatus.CANCELED
+    assert [e.type for e in store.events(queued.id)] == [EventType.CANCELED]
+    assert store.claim("w", 30) is None  # a canceled job never runs
+    running = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("w", 30)
+    assert store.cancel(running.id).cancel_requested
+    assert store.progress(running.id, "w", 30, 1, 10, None) is True
+    assert store.heartbeat(running.id, "w", 30) is True
+    store.finish(running.id, "w", JobStatus.CANCELED, None, None)
+    assert store.get(running.id).status is JobStatus.CANCELED
+    with pytest.raises(Conflict):
+        store.cancel(running.id)
+    with pytest.raises(NotFound):
+        store.cancel("job_missing")
+
+
+def test_an_expired_lease_lets_another_worker_run_the_job_again_and_the_first_one_lose_it(store):
+    job = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("dead", 0.2)
+    store.progress(job.id, "dead", 0.2, 3, 10, None)
+    assert store.claim("alive", 30) is None  # the lease still holds
+    time.sleep(0.3)
+    again = store.claim("alive", 30)
+    assert again.id == job.id and again.attempts == 2 and again.step == 0
+    with pytest.raises(LeaseLost):
+        store.progress(job.id, "dead", 30, 4, 10, None)
+    with pytest.raises(LeaseLost):
+        store.finish(job.id, "dead", JobStatus.SUCCEEDED, {}, None)
+    store.finish(job.id, "alive", JobStatus.SUCCEEDED, {"data": []}, None)
+    assert [e.type for e in store.events(job.id)].count(EventType.RUNNING) == 2
+
+
+def test_a_job_whose_workers_keep_dying_fails_and_a_cancel_asked_meanwhile_ends_it(store):
+    doomed = store.submit(REQUEST, Priority.NORMAL)[0]
+    for _ in range(MAX_ATTEMPTS):
+        assert store.claim("w", 0.05).id == doomed.id
+        time.sleep(0.1)
+    assert store.claim("w", 30) is None
+    failed = store.get(doomed.id)
+    assert failed.status is JobStatus.FAILED and str(MAX_ATTEMPTS) in failed.error["message"]
+    orphan = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("w", 0.05)
+    store.cancel(orphan.id)
+    time.sleep(0.1)
+    assert store.claim("w", 30) is None and store.get(orphan.id).status is JobStatus.CANCELED
+
+
+def test_idempotency_key_returns_the_same_job_for_the_same_body_and_conflicts_for_another(store):
+    first, created = store.submit(REQUEST, Priority.NORMAL, ("key-1", "hash-a"))
+    again, created_again = store.submit(REQUEST, Priority.NORMAL, ("key-1", "hash-a"))
+    assert created and not created_again and again.id == first.id
+    with pytest.raises(Conflict):
+        store.submit(REQUEST, Priority.NORMAL, ("key-1", "hash-b"))
+    assert store.submit(REQUEST, Priority.NORMAL, ("key-2", "hash-b"))[0].id != first.id
+
+
+def test_finished_jobs_are_purged_after_the_retention_and_counted_by_status_and_priority(store):
+    old = store.submit(REQUEST, Priority.HIGH)[0]
+    store.cancel(old.id)
+    kept = store.submit(REQUEST, Priority.LOW)[0]
+    counts = store.counts()
+    assert counts[(JobStatus.CANCELED, Priority.HIGH)] == 1 and counts[(JobStatus.QUEUED, Priority.LOW)] == 1
+    assert store.purge(now=time.time() + store.retention_s + 1) == 1
+    assert store.get(old.id) is None and store.events(old.id) == [] and store.get(kept.id) is not None

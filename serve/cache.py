@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 import time
 from abc import ABC, abstractmethod
 
-from serve.stores import redis_client, scheme, sqlite_connect
+from serve.stores import redis_client, scheme, serialized, sqlite_connect
 
 DEFAULT_CACHE_BYTES = 1 << 30
 """Bytes of cached answers kept by default (``easel up --cache-bytes``)."""
@@ -54,12 +55,14 @@ class SqliteResultCache(ResultCache):
     def __init__(self, url: str, max_bytes: int) -> None:
         super().__init__(max_bytes)
         self.db = sqlite_connect(url)
+        self._lock = threading.RLock()
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS result_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, "
             "size INTEGER NOT NULL, used_at REAL NOT NULL)"
         )
         self.db.execute("CREATE INDEX IF NOT EXISTS result_cache_used ON result_cache (used_at)")
 
+    @serialized
     def get(self, key: str) -> bytes | None:
         """See :meth:`ResultCache.get`."""
         row = self.db.execute(
@@ -67,6 +70,7 @@ class SqliteResultCache(ResultCache):
         ).fetchone()
         return None if row is None else bytes(row[0])
 
+    @serialized
     def put(self, key: str, value: bytes) -> None:
         """See :meth:`ResultCache.put`."""
         if len(value) > self.max_bytes:
@@ -85,6 +89,7 @@ class SqliteResultCache(ResultCache):
                 self.db.execute("DELETE FROM result_cache WHERE key = ?", (key_out,))
                 total -= size
 
+    @serialized
     def size(self) -> int:
         """See :meth:`ResultCache.size`."""
         return self.db.execute("SELECT COALESCE(SUM(size), 0) FROM result_cache").fetchone()[0]

@@ -8,6 +8,7 @@ moves all of them.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,15 +46,32 @@ def sqlite_path(url: str) -> Path:
 
 
 def sqlite_connect(url: str) -> sqlite3.Connection:
-    """A connection in WAL mode (readers never block the writer) that waits for locks instead of failing."""
+    """A connection in WAL mode (readers never block the writer) that waits for locks instead of failing.
+
+    It may be used from any thread (callers run store calls in worker threads), one call at a time: see
+    :func:`serialized`.
+    """
     path = sqlite_path(url)
     path.parent.mkdir(parents=True, exist_ok=True)
-    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    connection = sqlite3.connect(
+        path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False
+    )
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.row_factory = sqlite3.Row
     return connection
+
+
+def serialized(method):
+    """Run a method of an object holding one SQLite connection under the object's ``_lock``, one call at a time."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 def redis_client(url: str, decode: bool = True):

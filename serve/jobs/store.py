@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
@@ -26,7 +27,7 @@ from serve.jobs.model import (
     JobStatus,
     new_job_id,
 )
-from serve.stores import redis_client, scheme, sqlite_connect
+from serve.stores import redis_client, scheme, serialized, sqlite_connect
 from serve.text_to_image.priority import Priority
 
 
@@ -169,6 +170,7 @@ class SqliteJobStore(JobStore):
     def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
         super().__init__(retention_s)
         self.db = sqlite_connect(url)
+        self._lock = threading.RLock()
         self.db.executescript(_SCHEMA)
 
     def _job(self, row) -> Job:
@@ -196,6 +198,7 @@ class SqliteJobStore(JobStore):
             (job_id, seq, type_.value, json.dumps(data)),
         )
 
+    @serialized
     def submit(self, request: dict, priority: Priority, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
         """See :meth:`JobStore.submit`."""
         with self.db:
@@ -222,11 +225,13 @@ class SqliteJobStore(JobStore):
                 )
             return self._job(self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
 
+    @serialized
     def get(self, job_id: str) -> Job | None:
         """See :meth:`JobStore.get`."""
         row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else self._job(row)
 
+    @serialized
     def list(self, status: JobStatus | None = None, limit: int = 20, after: str | None = None) -> list[Job]:
         """See :meth:`JobStore.list`."""
         where, args = [], []
@@ -246,6 +251,7 @@ class SqliteJobStore(JobStore):
         ).fetchall()
         return [self._job(row) for row in rows]
 
+    @serialized
     def claim(self, worker: str, lease_s: float, priorities: tuple[Priority, ...] = tuple(Priority)) -> Job | None:
         """See :meth:`JobStore.claim`."""
         ranks = [p.rank for p in priorities]
@@ -285,6 +291,7 @@ class SqliteJobStore(JobStore):
             raise LeaseLost(job_id)
         return row
 
+    @serialized
     def progress(self, job_id: str, worker: str, lease_s: float, step: int, total: int, preview: str | None) -> bool:
         """See :meth:`JobStore.progress`."""
         with self.db:
@@ -298,6 +305,7 @@ class SqliteJobStore(JobStore):
             self._append(job_id, EventType.PROGRESS, data)
             return bool(row["cancel_requested"])
 
+    @serialized
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
         """See :meth:`JobStore.heartbeat`."""
         with self.db:
@@ -320,6 +328,7 @@ class SqliteJobStore(JobStore):
         )
         self._append(job_id, *_final_event(status, result, error))
 
+    @serialized
     def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
         """See :meth:`JobStore.finish`."""
         with self.db:
@@ -327,6 +336,7 @@ class SqliteJobStore(JobStore):
             self._owned(job_id, worker)
             self._end(job_id, status, result, error)
 
+    @serialized
     def cancel(self, job_id: str) -> Job:
         """See :meth:`JobStore.cancel`."""
         with self.db:
@@ -340,6 +350,7 @@ class SqliteJobStore(JobStore):
                 self.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         return self.require(job_id)
 
+    @serialized
     def events(self, job_id: str, after: int = 0) -> list[Event]:
         """See :meth:`JobStore.events`."""
         rows = self.db.execute(
@@ -347,6 +358,7 @@ class SqliteJobStore(JobStore):
         ).fetchall()
         return [Event(row["seq"], EventType(row["type"]), json.loads(row["data"])) for row in rows]
 
+    @serialized
     def purge(self, now: float | None = None) -> int:
         """See :meth:`JobStore.purge`."""
         cutoff = (now or time.time()) - self.retention_s
@@ -359,11 +371,13 @@ class SqliteJobStore(JobStore):
                 self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return len(old)
 
+    @serialized
     def counts(self) -> Counter[tuple[JobStatus, Priority]]:
         """See :meth:`JobStore.counts`."""
         rows = self.db.execute("SELECT status, priority, COUNT(*) FROM jobs GROUP BY status, priority").fetchall()
         return Counter({(JobStatus(s), list(Priority)[p]): n for s, p, n in rows})
 
+    @serialized
     def close(self) -> None:
         """See :meth:`JobStore.close`."""
         self.db.close()

@@ -15,7 +15,7 @@ import io
 import numpy as np
 from PIL import Image
 
-FIT_SAMPLES = 16
+FIT_SAMPLES = 8  # within the VAE decoder engine's largest batch
 FIT_SIDE = 8  # latent side of the fitting samples
 PREVIEW_EVERY = 5
 """Steps between previews (the last step always has one)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -98,3 +100,28 @@ def redis_url(tmp_path_factory):
     finally:
         client.close()
         server.stop()
+
+
+EASEL = [sys.executable, "-m", "serve.cli"]
+
+
+def easel_up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subprocess.CompletedProcess:
+    """``easel up --detach`` as a user runs it, on the given ports, with the repository in ``tmp_path``."""
+    command = [
+        *EASEL,
+        "up",
+        "--detach",
+        "--port",
+        str(port),
+        "--dashboard-port",
+        str(dashboard_port),
+        "--repository",
+        str(tmp_path / "repository"),
+        *extra,
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def easel_down(env) -> subprocess.CompletedProcess:
+    """``easel down``."""
+    return subprocess.run([*EASEL, "down"], env=env, capture_output=True, text=True, timeout=180)

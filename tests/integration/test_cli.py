@@ -2,8 +2,6 @@
 
 import os
 import signal
-import subprocess
-import sys
 
 import httpx
 import psutil
@@ -12,36 +10,15 @@ import pytest
 from serve.processes import free_ports
 from serve.processes.signals import stack_processes
 from serve.stack import read_state
+from tests.integration.conftest import easel_down, easel_up
 
 pytestmark = pytest.mark.integration
-
-EASEL = [sys.executable, "-m", "serve.cli"]
-
-
-def _up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subprocess.CompletedProcess:
-    command = [
-        *EASEL,
-        "up",
-        "--detach",
-        "--port",
-        str(port),
-        "--dashboard-port",
-        str(dashboard_port),
-        "--repository",
-        str(tmp_path / "repository"),
-        *extra,
-    ]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-
-
-def _down(env) -> subprocess.CompletedProcess:
-    return subprocess.run([*EASEL, "down"], env=env, capture_output=True, text=True, timeout=180)
 
 
 def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_ports(2)
-    up = _up(tmp_path, env, port, dashboard_port)
+    up = easel_up(tmp_path, env, port, dashboard_port)
     state = read_state(tmp_path / "home" / "run")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -55,13 +32,13 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         names = {p.name() for p in stack_processes(state.stack_id)}
         assert {"tritonserver", "raylet", "gcs_server", "triton_python_backend_stub"} <= names, names
     finally:
-        down = _down(env)
+        down = easel_down(env)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert not psutil.pid_exists(state.pid) or not state.alive()
     assert [p.name() for p in stack_processes(state.stack_id)] == []
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-    assert "nothing recorded" in _down(env).stdout
+    assert "nothing recorded" in easel_down(env).stdout
 
 
 def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_it_left(tmp_path, tiny_xl_model):
@@ -69,7 +46,7 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_ports(2)
     repository = tmp_path / "repository"
-    up = _up(tmp_path, env, port, dashboard_port, "--model", str(tiny_xl_model))
+    up = easel_up(tmp_path, env, port, dashboard_port, "--model", str(tiny_xl_model))
     state = read_state(tmp_path / "home" / "run")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -80,7 +57,7 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
         psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
         assert stack_processes(state.stack_id), "nothing was left behind to clean up"
     finally:
-        down = _down(env)
+        down = easel_down(env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
     assert [p.name() for p in stack_processes(state.stack_id)] == []

@@ -1,4 +1,5 @@
-"""Background jobs and the result cache through the running stack (SQLite store in the stack's run folder)."""
+"""Background jobs and the result cache through the running stack, on each store: SQLite (the stack's run folder,
+the default) and a real Redis server (a stack across machines)."""
 
 import base64
 import io
@@ -8,12 +9,32 @@ import time
 
 import httpx
 import pytest
+import redis
 from PIL import Image
+
+from serve.stack import Stack, StackOptions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 GENERATE = "/v1/images/generations"
+
+
+@pytest.fixture(scope="module", params=["sqlite", "redis"])
+def stack(request, tmp_path_factory):
+    """The stack with its jobs and cache in SQLite (default) or in a real Redis server."""
+    store_url = None
+    if request.param == "redis":
+        store_url = request.getfixturevalue("redis_url")
+        redis.Redis.from_url(store_url).flushdb()
+    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), store_url=store_url))
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+
+
 SMALL = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 6, "seed": 5}
 
 
@@ -86,7 +107,8 @@ def test_cancel_stops_a_running_job_at_its_next_step_and_a_queued_one_never_runs
     events = read_events(stack.info.api_url, running["id"])
     assert events[-1][0] == "canceled" and [k for k, _ in events].count("canceled") == 1
     job = api.get(f"/v1/jobs/{running['id']}").json()
-    last = max(data["step"] for kind, data in events if kind == "progress")
+    state = events[0][1]  # the stream starts with the state at connect: steps before it are not sent again
+    last = max([state["progress"]["step"], *(data["step"] for kind, data in events if kind == "progress")])
     logger.info("cancel at step %d; last progress event at step %d of 150", step_at_cancel, last)
     assert job["status"] == "canceled" and last - step_at_cancel <= 1, (step_at_cancel, last)
     assert api.post(f"/v1/jobs/{running['id']}/cancel").status_code == 409

@@ -191,14 +191,16 @@ class Gateway:
         self,
         request: GenerationRequest,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
     ) -> JSONResponse:
         """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
 
         With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
+        ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer.
         """
         if request.background:
             return await self._submit(request, check_idempotency_key(idempotency_key))
-        body, headers = await self._answer(request)
+        body, headers = await self._answer(request, fresh="no-cache" in (cache_control or "").lower())
         return JSONResponse(body, headers=headers)
 
     async def _submit(self, request: GenerationRequest, key: str | None) -> JSONResponse:
@@ -209,10 +211,12 @@ class Gateway:
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job.to_api(), status_code=202, headers=headers)
 
-    async def _answer(self, request: GenerationRequest, lease: JobLease | None = None) -> tuple[dict, dict]:
-        """The response body and headers of a generation: from the cache, or generated (and cached)."""
+    async def _answer(
+        self, request: GenerationRequest, lease: JobLease | None = None, fresh: bool = False
+    ) -> tuple[dict, dict]:
+        """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached)."""
         key = cache_key(self.engine, request.model_dump(mode="json")) if self.cache is not None else None
-        if key is not None:
+        if key is not None and not fresh:
             cached = await asyncio.to_thread(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
             if cached is not None:

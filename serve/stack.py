@@ -460,16 +460,23 @@ def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstR
 def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **options) -> Iterator[Stack]:
     """A stack on free ports (no dashboard) over a scratch model repository, for benchmarks, load tests and chaos.
 
-    Benchmarking another model leaves the checkout's repository alone. ``options``: more :class:`StackOptions`.
+    Benchmarking another model leaves the checkout's repository alone. Its job store starts empty and it has no
+    result cache (a benchmark that repeats a seeded request must time the generation, not a cache hit).
+    ``options``: more :class:`StackOptions`.
     """
     folder = folder or run_dir() / "bench"
+    for stale in folder.glob("easel.db*"):
+        stale.unlink()
     options = StackOptions(
-        port=0,
-        dashboard=False,
-        model_dir=model_dir,
-        repository=folder / "model_repository",
-        run_dir=folder,
-        **options,
+        **{
+            "port": 0,
+            "dashboard": False,
+            "model_dir": model_dir,
+            "repository": folder / "model_repository",
+            "run_dir": folder,
+            "cache_bytes": 0,
+            **options,
+        }
     )
     stack = Stack(options)
     try:

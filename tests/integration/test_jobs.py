@@ -74,8 +74,9 @@ def test_a_background_job_is_queued_runs_and_answers_as_the_synchronous_call_doe
     done = wait_for(api, job["id"])
     assert done["status"] == "succeeded" and done["progress"] == {"step": 6, "total": 6}, done
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
-    synchronous = api.post(GENERATE, json=SMALL).json()
-    assert done["data"] == synchronous["data"] and done["seed"] == 5
+    synchronous = api.post(GENERATE, json=SMALL, headers={"Cache-Control": "no-cache"})  # generated, not cached
+    assert synchronous.headers["Easel-Cache"] == "miss"
+    assert done["data"] == synchronous.json()["data"] and done["seed"] == 5
 
 
 def test_events_give_the_state_first_then_every_step_then_one_final_event(stack, api):
@@ -203,3 +204,5 @@ def test_a_seeded_request_again_is_a_cache_hit_byte_identical_and_faster(api):
     assert hit_s < miss_s
     unseeded = api.post(GENERATE, json={k: v for k, v in body.items() if k != "seed"})
     assert "Easel-Cache" not in unseeded.headers  # only an explicit seed makes an answer reusable
+    fresh = api.post(GENERATE, json=body, headers={"Cache-Control": "no-cache"})
+    assert fresh.headers["Easel-Cache"] == "miss" and fresh.json()["data"] == miss.json()["data"]

@@ -208,6 +208,7 @@ class Gateway:
         stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
         idempotency = (key, _body_hash(request)) if key else None
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency)
+        self.runner.wake()
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job.to_api(), status_code=202, headers=headers)
 

@@ -1,6 +1,7 @@
 """The job runner: claims background jobs from the store and runs each like a synchronous request, holding its lease.
 
-Each Gateway replica runs one (:class:`JobRunner`). It claims while it has room (``per_priority`` jobs of each
+Each Gateway replica runs one (:class:`JobRunner`). It claims every quarter second, and at once when a job is
+submitted to its replica or one of its jobs ends, while it has room (``per_priority`` jobs of each
 priority at a time, so an urgent job never waits for a slot held by less urgent ones), renews each job's lease
 every third of it, and ends the job with the answer, the error, or ``canceled``. A failure that is not the job's
 fault (Triton restarting, a replica that died) is retried after a pause, the lease held meanwhile: the job is
@@ -11,6 +12,7 @@ expire and another runner runs them again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
@@ -56,6 +58,11 @@ class JobRunner:
         self.running: Counter[Priority] = Counter()
         self._tasks: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Claim now rather than at the next poll (a job was just submitted here, or one of ours ended)."""
+        self._wake.set()
 
     def start(self) -> JobRunner:
         """Start claiming in the running event loop."""
@@ -81,7 +88,9 @@ class JobRunner:
                     await self._housekeeping()
             except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable; keep trying
                 logger.warning("job runner: %s: %s", type(error).__name__, error)
-            await asyncio.sleep(POLL_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), POLL_S)
+            self._wake.clear()
 
     async def _claim(self) -> Job | None:
         free = tuple(p for p in Priority if self.running[p] < self.per_priority)
@@ -115,6 +124,7 @@ class JobRunner:
         finally:
             heartbeat.cancel()
             self.running[job.priority] -= 1
+            self.wake()
 
     async def _attempt(self, job: Job, lease: JobLease) -> tuple[JobStatus, dict | None, dict | None]:
         """Run until the job succeeds, is canceled or is refused; retry what was not its fault."""

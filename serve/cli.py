@@ -354,17 +354,19 @@ def bench_model(
 
 
 @bench.command("jobs")
+@click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")
 @click.option("--high-jobs", default=10, show_default=True, help="High-priority jobs timed per condition.")
 @click.option("--normal-jobs", default=24, show_default=True, help="Normal-priority jobs that saturate the stack.")
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_jobs.json"), show_default=True
 )
-def bench_jobs(steps: int, high_jobs: int, normal_jobs: int, out: Path) -> None:
+def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Path) -> None:
     """High-priority background jobs: latency on an idle stack and on one saturated by normal-priority jobs."""
     from serve.benchmarks.jobs import JobSettings, run_benchmark
 
-    click.echo(run_benchmark(JobSettings(steps=steps, high_jobs=high_jobs, normal_jobs=normal_jobs), out))
+    settings = JobSettings(size=size, steps=steps, high_jobs=high_jobs, normal_jobs=normal_jobs)
+    click.echo(run_benchmark(settings, out))
 
 
 @bench.command("vectorize")

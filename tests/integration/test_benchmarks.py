@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from serve.benchmarks import generate, loop, vectorize
+from serve.benchmarks import generate, jobs, loop, vectorize
 from serve.paths import ICONS_DEV
 from serve.stack import wait_until_ready
 
@@ -71,3 +71,11 @@ def test_load_is_refused_off_loopback():
     require_loopback("http://localhost:8000")
     with pytest.raises(ValueError, match="loopback"):
         require_loopback("http://10.0.0.5:8000")
+
+
+def test_jobs_priority_columns(stack, tmp_path):
+    settings = jobs.JobSettings(steps=2, high_jobs=2, normal_jobs=3, normal_steps=20)
+    rows, ratio = jobs.bench_priority(stack.info.api_url, settings)
+    assert [(r.condition, r.jobs) for r in rows] == [("idle stack", 2), ("saturated by normal jobs", 2)]
+    assert all(r.p50_s > 0 for r in rows) and ratio > 0
+    assert "saturated / idle" in jobs.format_rows(rows, ratio)

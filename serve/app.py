@@ -30,7 +30,7 @@ from serve.jobs.model import Event, Job, JobStatus, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, default_memory_budget
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.deployment import TextToImage, draw_seed, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
@@ -338,8 +338,8 @@ class AppArgs(BaseModel):
 
     engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
     triton_grpc_url: str = Field(description="host:port of Triton's gRPC endpoint.")
-    memory_budget_bytes: int = Field(
-        default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
+    memory_budget_bytes: int | None = Field(
+        None, gt=0, description="Memory budget of the text-to-image engines (None: weights + 40 % of what they leave)."
     )
     max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels served.")
     store_url: str = Field(
@@ -352,7 +352,10 @@ def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     from pathlib import Path
 
-    limits = Limits(args.memory_budget_bytes, args.max_cost, 2 * args.max_cost)
+    from serve.stack import memory_budget
+
+    budget = memory_budget(Path(args.engine_dir), args.memory_budget_bytes)
+    limits = Limits(budget, args.max_cost, 2 * args.max_cost)
     return Gateway.bind(
         TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, args.store_url),
         Vectorizer.bind(args.triton_grpc_url),

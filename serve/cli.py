@@ -184,6 +184,7 @@ def up(
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from serve.observability.prometheus import PROMETHEUS_BINARY
     from serve.stack import Stack, StackOptions, read_state, start_detached, stop_recorded
+    from serve.text_to_image.admission import MemoryBudgetTooSmall
 
     if prometheus and not PROMETHEUS_BINARY.exists():
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
@@ -227,7 +228,10 @@ def up(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        info = stack.start()
+        try:
+            info = stack.start()
+        except MemoryBudgetTooSmall as error:
+            raise click.ClickException(f"{error}; give more with --memory-budget") from error
         stack.write_state()
         _print_endpoints(info)
         if first_request:

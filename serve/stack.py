@@ -89,8 +89,8 @@ class StackOptions(BaseModel):
     prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on 127.0.0.1 (0: a free port).")
     scrape_interval_s: float = Field(5.0, ge=1, le=60, description="Prometheus scrape interval.")
     canary_interval_s: float = Field(10.0, gt=0, description="Seconds between canary inferences on every model.")
-    memory_budget_bytes: int = Field(
-        default_factory=default_memory_budget, gt=0, description="Memory budget of the text-to-image engines."
+    memory_budget_bytes: int | None = Field(
+        None, gt=0, description="Memory budget of the text-to-image engines (None: weights + 40 % of what they leave)."
     )
     max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels a request may cost.")
     store_url: str | None = Field(
@@ -139,6 +139,14 @@ def triton_models(engine_dir: Path, vectorize: bool) -> list:
     return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
+def memory_budget(engine_dir: Path, requested: int | None = None) -> int:
+    """The text-to-image engines' memory budget: ``requested``, or the default for these engines' weights."""
+    if requested is not None:
+        return requested
+    models = memory_models(engine_dir, family_of_engines(engine_dir).specs)
+    return default_memory_budget(sum(m.weights_bytes for m in models.values()))
+
+
 def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:
     """Each text-to-image engine's activation budget for Triton (the split ``TextToImage`` admits requests by)."""
     specs = family_of_engines(engine_dir).specs
@@ -176,6 +184,7 @@ class Stack:
         self.prometheus: PrometheusServer | None = None
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
+        self.memory_budget_bytes: int | None = None  # resolved at start
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
@@ -186,12 +195,13 @@ class Stack:
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         engine_dir = build(opts.model_dir, opts.repository)
         vectorize = install_vectorize(opts.repository)
+        self.memory_budget_bytes = memory_budget(engine_dir, opts.memory_budget_bytes)
         self.triton = TritonServer(
             opts.repository,
             opts.run_dir / "triton.log",
             triton_models(engine_dir, vectorize),
             canary_interval_s=opts.canary_interval_s,
-            memory_budgets=memory_budgets(engine_dir, opts.memory_budget_bytes),
+            memory_budgets=memory_budgets(engine_dir, self.memory_budget_bytes),
         ).start()
         self.supervisor.watch(self.triton.managed, self.triton.check)
         spare = iter(free_ports(2, opts.host))  # together, so the two cannot be the same port
@@ -203,7 +213,7 @@ class Stack:
             port,
             engine_dir=str(engine_dir),
             triton_grpc_url=self.triton.endpoints.grpc_url,
-            memory_budget_bytes=opts.memory_budget_bytes,
+            memory_budget_bytes=self.memory_budget_bytes,
             max_cost=opts.max_cost,
             store_url=opts.store_url or default_url(opts.run_dir),
             cache_bytes=opts.cache_bytes,

@@ -1,4 +1,4 @@
-"""One supervisor for every process Easel starts (Triton, Prometheus, Redis): start, watch, restart, stop."""
+"""The processes Easel starts (Triton, Prometheus, deadline workers): start, watch, restart, stop."""
 
 from serve.processes.managed import STACK_ENV, ManagedProcess, ProcessStartError
 from serve.processes.ports import free_port, free_ports

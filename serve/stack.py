@@ -143,8 +143,9 @@ def memory_budget(engine_dir: Path, requested: int | None = None) -> int:
     """The text-to-image engines' memory budget: ``requested``, or the default for these engines' weights."""
     if requested is not None:
         return requested
-    models = memory_models(engine_dir, family_of_engines(engine_dir).specs)
-    return default_memory_budget(sum(m.weights_bytes for m in models.values()))
+    specs = family_of_engines(engine_dir).specs
+    models = memory_models(engine_dir, specs)
+    return default_memory_budget(sum(m.weights_bytes * specs[name].instance_count for name, m in models.items()))
 
 
 def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:

@@ -82,8 +82,11 @@ def memory_models(engine_dir: Path, specs: dict[str, ModelSpec]) -> dict[str, Me
 
 
 def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:
-    """Each engine's activation budget within ``total_bytes`` (see the module docstring)."""
-    free = total_bytes - sum(m.weights_bytes for m in models.values())
+    """Each engine instance's activation budget within ``total_bytes`` (see the module docstring).
+
+    An engine with several instances (a small UNet) holds its weights once per instance and splits its share.
+    """
+    free = total_bytes - sum(m.weights_bytes * specs[name].instance_count for name, m in models.items())
     fixed = {
         name: max(MIN_FIXED_BUDGET, model.per_row(1) * max(1, specs[name].max_batch_size))
         for name, model in models.items()
@@ -92,12 +95,12 @@ def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], 
     spatial = [name for name in models if name not in fixed]
     share = (free - sum(fixed.values())) // max(1, len(spatial))
     if share <= 0:
-        need = sum(m.weights_bytes for m in models.values()) + sum(fixed.values())
+        need = total_bytes - free + sum(fixed.values())
         raise MemoryBudgetTooSmall(
             f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and fixed "
             f"activations ({need / 2**30:.2f} GiB)"
         )
-    return {**fixed, **dict.fromkeys(spatial, share)}
+    return {**fixed, **{name: share // specs[name].instance_count for name in spatial}}
 
 
 @dataclass(frozen=True)

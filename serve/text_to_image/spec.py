@@ -36,7 +36,21 @@ def text_encoder_spec(name: str, text_length: int, outputs: tuple[TensorSpec, ..
     )
 
 
-def unet_spec(latent_channels: int, conditioning: tuple[TensorSpec, ...]) -> ModelSpec:
+SMALL_UNET_BYTES = 1 << 30
+"""A UNet whose weights are at most this runs as two Triton instances (see :func:`unet_instances`)."""
+
+
+def unet_instances(unet_bytes: int | None) -> int:
+    """Two UNet instances for a small UNet, else one.
+
+    With two, a large request's long UNet call (it sends its calls one at a time) occupies one instance while other
+    requests' steps run on the other, instead of queueing behind it. Each instance holds its own copy of the weights
+    and half the UNet's memory budget, which a large model cannot spare.
+    """
+    return 2 if unet_bytes is not None and unet_bytes <= SMALL_UNET_BYTES else 1
+
+
+def unet_spec(latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1) -> ModelSpec:
     """The UNet: latents and a per-row timestep, plus the family's per-row ``conditioning`` tensors."""
     latent = TensorSpec("sample", "float32", (latent_channels, -1, -1), LATENT_AXES)
     return ModelSpec(
@@ -45,6 +59,7 @@ def unet_spec(latent_channels: int, conditioning: tuple[TensorSpec, ...]) -> Mod
         outputs=(TensorSpec("noise_pred", "float32", latent.dims, latent.axis_names),),
         max_batch_size=UNET_MAX_BATCH,
         dynamic_batching=UNET_BATCHING,
+        instance_count=instances,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from serve.text_to_image.pipeline import EngineRunner, Generation
 
 PIPELINE_FILE = "pipeline.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MODEL_INDEX = "model_index.json"
 
 
@@ -37,6 +38,7 @@ class PipelineDims:
     vae_scaling_factor: float
     sample_size: int
     vae_sample_size: int  # the VAE config's sample size: diffusers' tile size for tiled decoding
+    unet_bytes: int | None = field(default=None, kw_only=True)  # the UNet's weight files (None: not known)
 
     @property
     def native_size(self) -> int:
@@ -165,6 +167,9 @@ def vae_dims(model_dir: Path) -> dict:
         "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
         "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
+        "unet_bytes": sum(
+            f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in (".safetensors", ".bin")
+        ),
     }
 
 

@@ -23,7 +23,15 @@ from serve.text_to_image.families.base import (
     vae_decoder_export,
     vae_dims,
 )
-from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER, text_encoder_spec, unet_spec, vae_decoder_spec
+from serve.text_to_image.spec import (
+    TEXT_ENCODER,
+    UNET,
+    VAE_DECODER,
+    text_encoder_spec,
+    unet_instances,
+    unet_spec,
+    vae_decoder_spec,
+)
 from serve.triton.spec import ModelSpec, TensorSpec
 
 
@@ -77,7 +85,11 @@ class StableDiffusion(Family):
             TEXT_ENCODER: text_encoder_spec(
                 TEXT_ENCODER, d.text_length, (TensorSpec("last_hidden_state", "float32", hidden),)
             ),
-            UNET: unet_spec(d.latent_channels, (TensorSpec("encoder_hidden_states", "float32", hidden),)),
+            UNET: unet_spec(
+                d.latent_channels,
+                (TensorSpec("encoder_hidden_states", "float32", hidden),),
+                unet_instances(d.unet_bytes),
+            ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
         }
 

@@ -38,6 +38,7 @@ from serve.text_to_image.spec import (
     UNET,
     VAE_DECODER,
     text_encoder_spec,
+    unet_instances,
     unet_spec,
     vae_decoder_spec,
 )
@@ -135,6 +136,7 @@ class StableDiffusionXL(Family):
                     TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
                     TensorSpec("time_ids", "float32", (TIME_IDS,)),
                 ),
+                unet_instances(d.unet_bytes),
             ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
         }

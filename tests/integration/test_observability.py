@@ -85,9 +85,9 @@ def _exported(prometheus: str, expr: str, at_least: float, timeout_s: float = 45
     pytest.fail(f"Prometheus never saw {expr} >= {at_least} within {timeout_s} s")
 
 
-def _jobs(api) -> list[int]:
-    """A background job run to the end and one canceled (the second round's seeded generations hit the cache)."""
-    body = {"prompt": "icon", "size": "64x64", "num_inference_steps": 4, "seed": 7, "background": True}
+def _jobs(api, round_: int) -> list[int]:
+    """A background job run to the end and one canceled."""
+    body = {"prompt": "icon", "size": "64x64", "num_inference_steps": 4, "seed": 100 + round_, "background": True}
     done = api.post("/v1/images/generations", json=body).json()
     canceled = api.post("/v1/images/generations", json={**body, "num_inference_steps": 150}).json()
     statuses = [api.post(f"/v1/jobs/{canceled['id']}/cancel").status_code]
@@ -98,11 +98,14 @@ def _jobs(api) -> list[int]:
     return statuses
 
 
-def _round(api) -> list[int]:
-    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404, two background jobs."""
+def _round(api, round_: int) -> list[int]:
+    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404, two background jobs, a cache hit.
+
+    Each round's generations have seeds of their own (a repeated seed would be answered from the result cache).
+    """
     jobs = [
-        {"prompt": f"icon {i}", "size": "64x64", "num_inference_steps": 6, "seed": i, "scheduler": scheduler}
-        for i, scheduler in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
+        {"prompt": f"icon {i}", "size": "64x64", "num_inference_steps": 6, "seed": 10 * round_ + i, "scheduler": s}
+        for i, s in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
     ]
     with ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
@@ -110,7 +113,8 @@ def _round(api) -> list[int]:
     statuses.append(_vectorize(api, "default").status_code)
     statuses.append(api.post("/v1/images/generations", json={"prompt": ""}).status_code)
     statuses.append(api.get("/no-such-route").status_code)
-    return statuses + _jobs(api)
+    statuses.append(api.post("/v1/images/generations", json=jobs[0]).status_code)  # a cache hit
+    return statuses + _jobs(api, round_)
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +129,11 @@ def load(stack, api, prometheus):
     vectorized = 'sum(ray_easel_http_requests_total{endpoint="/v1/vectorize"})'
     _exported(prometheus, vectorized, 1)
     for round_ in range(1, ROUNDS + 1):
-        statuses += _round(api)
-        _exported(prometheus, vectorized, 1 + 5 * round_)
+        statuses += _round(api, round_)
+        _exported(prometheus, vectorized, 1 + 5 * round_)  # each round's observations reach Prometheus apart
+        _exported(prometheus, "sum(ray_easel_job_queue_seconds_count)", round_)
+        _exported(prometheus, 'sum(ray_easel_cache_requests_total{result="hit"})', round_)
+        _exported(prometheus, "sum(ray_easel_job_cancels_total)", round_)
     return statuses
 
 
@@ -146,7 +153,7 @@ def _poll(check, what: str):
 
 def test_load_got_the_answers_it_was_built_for(load):
     assert load[:2] == [503, 200]
-    assert load[2:] == ([200] * 9 + [400, 404]) * ROUNDS
+    assert load[2:] == ([200] * 9 + [400, 404, 200] + [200, 200]) * ROUNDS
 
 
 def test_prometheus_scrapes_triton_and_ray(prometheus, load):

@@ -18,13 +18,17 @@ logger = logging.getLogger(__name__)
 
 @pytest.fixture(scope="module")
 def stack(tiny_xl_model, tmp_path_factory):
-    """The stack serving tiny-xl from its diffusers folder, on free ports, with a throw-away model repository."""
+    """The stack serving tiny-xl from its diffusers folder, on free ports, with a throw-away model repository.
+
+    No result cache: the isolation test sends the same seeded requests alone and together.
+    """
     options = StackOptions(
         port=0,
         dashboard=False,
         model_dir=tiny_xl_model,
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
+        cache_bytes=0,
     )
     stack = Stack(options)
     try:

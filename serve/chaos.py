@@ -54,6 +54,7 @@ class FaultReport:
     ready_again_s: float | None = None
     peak_memory_gib: float = 0.0
     left_behind: int = 0
+    detail: str = ""  # what the injection itself saw (the largest requests' sizes and answers)
 
 
 class _Load:
@@ -147,7 +148,7 @@ class Chaos:
         self.stack, self.clients, self.window_s, self.hang_s = stack, clients, window_s, hang_s
         self.api = httpx.Client(base_url=stack.info.api_url, timeout=hang_s)
 
-    def faults(self) -> dict[str, Callable[[], None]]:
+    def faults(self) -> dict[str, Callable[[], str | None]]:
         """Each fault of :data:`FAULTS`, by name: a function that injects it."""
         injections = (
             lambda: os.kill(self.stack.triton.process.pid, signal.SIGKILL),
@@ -181,7 +182,7 @@ class Chaos:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         started = time.monotonic()
-        worker = threading.Thread(target=inject, daemon=True)
+        worker = threading.Thread(target=lambda: setattr(report, "detail", inject() or ""), daemon=True)
         worker.start()
         time.sleep(0.5)
         report.ready_again_s = self._ready_again(started)
@@ -215,7 +216,7 @@ class Chaos:
                 return
         raise RuntimeError("no UNet stub found")
 
-    def _largest_requests(self) -> None:
+    def _largest_requests(self) -> str:
         import io
 
         import numpy as np
@@ -230,11 +231,18 @@ class Chaos:
         admitted = largest_admitted_side(Path(self.stack.info.engine_dir), self.stack.memory_budget_bytes)
         largest = {**LARGEST, "size": f"{admitted}x{admitted}"}
         with httpx.Client(base_url=self.stack.info.api_url, timeout=self.hang_s * 4) as client:
+            started = time.monotonic()
             answers = [client.post("/v1/images/generations", json=largest).status_code]
+            generated_s = time.monotonic() - started
             answers.append(client.post("/v1/vectorize", files={"file": ("big.png", buffer.getvalue())}).status_code)
-        logger.info("largest requests answered %s", answers)
+        detail = (
+            f"{admitted}x{admitted} n=4 x 2 steps: {answers[0]} in {generated_s:.0f} s; "
+            f"{side}x{side} noise to vectorize: {answers[1]}"
+        )
+        logger.info("largest requests: %s", detail)
         if any(code >= 500 for code in answers):
             raise RuntimeError(f"the largest allowed requests were answered {answers}")
+        return detail
 
 
 def format_reports(reports: list[FaultReport], leftover_after_stop: int) -> str:
@@ -246,7 +254,8 @@ def format_reports(reports: list[FaultReport], leftover_after_stop: int) -> str:
         f"{r.left_behind:>6}"
         for r in reports
     ]
-    return "\n".join([head, *rows, f"processes left after the stack stopped: {leftover_after_stop}"])
+    details = [f"{r.fault}: {r.detail}" for r in reports if r.detail]
+    return "\n".join([head, *rows, *details, f"processes left after the stack stopped: {leftover_after_stop}"])
 
 
 def write_json(path: Path, reports: list[FaultReport], leftover_after_stop: int, **context) -> None:

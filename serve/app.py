@@ -26,7 +26,7 @@ from starlette.datastructures import UploadFile
 from serve import metrics
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
-from serve.jobs.model import Event, Job, JobStatus, check_idempotency_key
+from serve.jobs.model import FINAL_EVENTS, Event, Job, JobStatus, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
@@ -293,7 +293,7 @@ class Gateway:
     async def _event_stream(self, job: Job, seen: list[Event], preview: bool):
         yield _sse("state", job.to_api())
         if job.status.final:
-            final = next((e for e in reversed(seen) if e.type.value in ("completed", "failed", "canceled")), None)
+            final = next((e for e in reversed(seen) if e.type in FINAL_EVENTS.values()), None)
             if final is not None:
                 yield _sse(final.type.value, final.data, final.seq)
             return
@@ -304,7 +304,7 @@ class Gateway:
                 after, quiet_since = event.seq, time.monotonic()
                 data = event.data if preview else {k: v for k, v in event.data.items() if k != "preview"}
                 yield _sse(event.type.value, data, event.seq)
-                if event.type.value in ("completed", "failed", "canceled"):
+                if event.type in FINAL_EVENTS.values():
                     return
             if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
                 quiet_since = time.monotonic()

@@ -50,14 +50,14 @@ Run = Callable[[Job, JobLease], Awaitable[dict]]
 
 
 class JobRunner:
-    """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) until :meth:`stop`."""
+    """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) while its replica lives."""
 
     def __init__(self, store: JobStore, run: Run, per_priority: int = 4, lease_s: float = DEFAULT_LEASE_S) -> None:
         self.store, self.run, self.per_priority, self.lease_s = store, run, per_priority, lease_s
         self.worker = f"runner-{secrets.token_hex(6)}"
         self.running: Counter[Priority] = Counter()
         self._tasks: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None
+        self._loop_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
         self._wake = asyncio.Event()
 
     def wake(self) -> None:
@@ -68,12 +68,6 @@ class JobRunner:
         """Start claiming in the running event loop."""
         self._loop_task = asyncio.get_running_loop().create_task(self._loop())
         return self
-
-    async def stop(self) -> None:
-        """Stop claiming and abandon running jobs (their leases expire; another runner takes them)."""
-        for task in [self._loop_task, *self._tasks]:
-            if task is not None:
-                task.cancel()
 
     async def _loop(self) -> None:
         housekeeping = 0.0

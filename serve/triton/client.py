@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping
 
@@ -34,6 +35,11 @@ CALL_TIMEOUT_S = 600.0
 resort. It is long because a UNet call of the largest admitted request (8 rows at 1024x1024, run in slices that fit
 the memory budget) took 100-130 s on a 2-core CPU, and a call may queue behind another request's batch."""
 
+# Triton 2.51 (the binary nvidia-pytriton 0.7 ships) has races between a gRPC call's cancellation and its response
+# (triton-inference-server/server#7368, #8034: SIGSEGV in the response path; fixed in later releases). So Easel never
+# cancels a call it sent: a caller that gives up (client gone, job canceled, past ``timeout_s``) stops waiting and the
+# call runs out on its own; Triton would have finished the batch anyway.
+
 
 class TritonClient:
     """One gRPC channel to Triton; ``infer`` sends numpy arrays named by a :class:`ModelSpec`."""
@@ -41,6 +47,7 @@ class TritonClient:
     def __init__(self, url: str, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._abandoned: set[asyncio.Future] = set()
         # Reconnect within a second once Triton is back, rather than gRPC's default backoff of up to 2 minutes.
         self._client = InferenceServerClient(
             url,
@@ -68,13 +75,23 @@ class TritonClient:
             item.set_data_from_numpy(array)
             request.append(item)
         outputs = [InferRequestedOutput(t.name) for t in spec.outputs]
+        call = asyncio.ensure_future(self._client.infer(spec.name, request, outputs=outputs, priority=priority))
         try:
-            result = await self._client.infer(
-                spec.name, request, outputs=outputs, client_timeout=self.timeout_s, priority=priority
-            )
+            result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except InferenceServerException as error:
             raise _translate(error, spec.name) from error
+        except TimeoutError as error:
+            raise NotReady(f"Triton model {spec.name!r} took over {self.timeout_s:.0f} s", retry_after_s=5) from error
+        finally:
+            if not call.done():  # given up on: let it finish, never cancel it (see above)
+                self._abandoned.add(call)
+                call.add_done_callback(self._forget)
         return {t.name: result.as_numpy(t.name) for t in spec.outputs}
+
+    def _forget(self, call: asyncio.Future) -> None:
+        self._abandoned.discard(call)
+        if not call.cancelled():
+            call.exception()  # retrieved: an abandoned call's error is nobody's to report
 
     async def models_ready(self, names: tuple[str, ...]) -> dict[str, bool]:
         """Readiness of each model; all False when Triton cannot be reached."""

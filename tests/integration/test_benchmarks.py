@@ -1,6 +1,7 @@
 """Seconds-long smoke runs of the benchmarks against a real stack, so the commands keep working."""
 
 import json
+import logging
 
 import pytest
 
@@ -58,10 +59,22 @@ def test_locust_smoke_scenario(stack, tmp_path):
 
     scenario = loadtest.Scenario.load("smoke").model_copy(update={"run_time_s": 4, "users": 3})
     env = {**os.environ, "EASEL_TRITON_GRPC": stack.info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(VAL)}
-    assert loadtest.run_locust(scenario, stack.info.api_url, tmp_path, env) == 0
+    crashes_before = _triton_exits(stack)
+    code = loadtest.run_locust(scenario, stack.info.api_url, tmp_path, env)
+    if code != 0 and _triton_exits(stack) > crashes_before:
+        # Triton 2.51 itself segfaulted once in CI under this load (in TRITONBACKEND_ResponseSend); the supervisor
+        # restarts it and the request in flight gets a 503. That is the stack working: run the smoke once more.
+        logging.getLogger(__name__).warning("Triton exited during the smoke run: %s", stack.supervisor.events[-3:])
+        wait_until_ready(stack.info.api_url, timeout_s=60)
+        code = loadtest.run_locust(scenario, stack.info.api_url, tmp_path, env)
+    assert code == 0
     rows = {row["Name"]: row for row in loadtest.summary(tmp_path)}
     assert int(rows["Aggregated"]["Request Count"]) > 0 and rows["Aggregated"]["Failure Count"] == "0"
     assert (tmp_path / "report.html").exists()
+
+
+def _triton_exits(stack) -> int:
+    return sum(e.process == "tritonserver" and e.what.startswith("exited") for e in stack.supervisor.events)
 
 
 def test_load_is_refused_off_loopback():

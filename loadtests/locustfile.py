@@ -1,7 +1,8 @@
 """Locust users for Easel: text-to-image and vectorize over HTTP, and Triton directly over gRPC (KServe v2).
 
 Environment (set by `easel loadtest`): ``EASEL_TRITON_GRPC`` (host:port of Triton's gRPC endpoint) and
-``EASEL_LOADTEST_IMAGES`` (a folder of PNG/JPEG files for the vectorize users).
+``EASEL_LOADTEST_IMAGES`` (a folder of PNG/JPEG files for the vectorize users); ``EASEL_API_KEY`` when the stack has
+API keys.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from pathlib import Path
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import HttpUser, User, between, events, task
+
+from serve.access.keys import client_headers
 
 grpc_gevent.init_gevent()
 
@@ -32,7 +35,17 @@ def _uploads() -> list[bytes]:
     return _images
 
 
-class TextToImageUser(HttpUser):
+class EaselUser(HttpUser):
+    """An HTTP user that sends ``$EASEL_API_KEY`` (if set) with every request."""
+
+    abstract = True
+
+    def on_start(self) -> None:
+        """Authenticate every request of this user."""
+        self.client.headers.update(client_headers())
+
+
+class TextToImageUser(EaselUser):
     """Generates small images with a few steps, like an interactive client."""
 
     wait_time = between(0.0, 0.5)
@@ -49,7 +62,7 @@ class TextToImageUser(HttpUser):
         self.client.post("/v1/images/generations", json=body, name="generations")
 
 
-class VectorizeUser(HttpUser):
+class VectorizeUser(EaselUser):
     """Uploads icons from a folder, mostly with the auto tier."""
 
     wait_time = between(0.0, 0.2)
@@ -75,7 +88,7 @@ class VectorizeUser(HttpUser):
         )
 
 
-class MixedUser(HttpUser):
+class MixedUser(EaselUser):
     """Mostly vectorize, sometimes a generation: both pipelines share the machine."""
 
     wait_time = between(0.0, 0.5)

@@ -24,6 +24,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 
 from serve import metrics
+from serve.access import KeyCheck, open_access
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
 from serve.jobs.model import FINAL_EVENTS, Event, Job, JobStatus, check_idempotency_key
@@ -90,6 +91,7 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
 PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
 BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES}  # other routes: serve.wire.DEFAULT_BODY_LIMIT
 
+api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
 api.add_middleware(BodyLimits, limits=BODY_LIMITS)  # added before the metrics middleware, so 413s are counted
 
 
@@ -165,11 +167,13 @@ class Gateway:
         engine: str = "",
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
+        native_size: int = 512,
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.engine = engine
         self.store = open_job_store(store_url or default_url())
+        open_access(store_url or default_url(), native_size)
         self.cache = open_cache(store_url or default_url(), cache_bytes) if cache_bytes > 0 else None
         self.runner = JobRunner(self.store, self._run_job).start()
 
@@ -353,6 +357,7 @@ def build_app(args: AppArgs) -> serve.Application:
     from pathlib import Path
 
     from serve.stack import memory_budget
+    from serve.text_to_image.families import family_of_engines
 
     budget = memory_budget(Path(args.engine_dir), args.memory_budget_bytes)
     limits = Limits(budget, args.max_cost, 2 * args.max_cost)
@@ -362,4 +367,5 @@ def build_app(args: AppArgs) -> serve.Application:
         Path(args.engine_dir).name,
         args.store_url,
         args.cache_bytes,
+        family_of_engines(Path(args.engine_dir)).dims.native_size,
     )

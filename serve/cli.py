@@ -158,6 +158,7 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
 @click.option("--cache-bytes", type=_BYTES, default=None, help="Result cache bound, e.g. 2GiB (default 1GiB).")
 @click.option("--no-cache", is_flag=True, help="No result cache: every generation runs.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
+@click.option("--insecure", is_flag=True, help="Serve on a non-loopback --host even with no API key (anyone may call).")
 @click.option(
     "--first-request/--no-first-request",
     default=True,
@@ -179,36 +180,24 @@ def up(
     cache_bytes: int | None,
     no_cache: bool,
     detach: bool,
+    insecure: bool,
     first_request: bool,
 ) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from serve.observability.prometheus import PROMETHEUS_BINARY
-    from serve.stack import Stack, StackOptions, read_state, start_detached, stop_recorded
+    from serve.stack import OpenToTheNetwork, Stack, StackOptions, check_exposure, start_detached
     from serve.text_to_image.admission import MemoryBudgetTooSmall
 
     if prometheus and not PROMETHEUS_BINARY.exists():
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
         prometheus = False
-    if (state := read_state()) is not None:
-        if state.alive():
-            raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
-        stopped = stop_recorded()
-        click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
+    _stop_dead_stack()
     _check_model(model_dir)
     if store_url is not None:
         try:
             scheme(store_url)
         except StoreURLError as error:
             raise click.ClickException(str(error)) from error
-    if detach:
-        try:
-            info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
-        except (RuntimeError, TimeoutError) as error:
-            raise click.ClickException(str(error)) from error
-        _print_endpoints(info)
-        if first_request:
-            _send_first_request(info.api_url)
-        return
     options = StackOptions(
         host=host,
         port=port,
@@ -222,7 +211,21 @@ def up(
         **({"max_cost": max_cost} if max_cost else {}),
         **({"store_url": store_url} if store_url else {}),
         **({"cache_bytes": 0 if no_cache else cache_bytes} if no_cache or cache_bytes else {}),
+        insecure=insecure,
     )
+    try:
+        check_exposure(options)
+    except OpenToTheNetwork as error:
+        raise click.ClickException(str(error)) from error
+    if detach:
+        try:
+            info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
+        except (RuntimeError, TimeoutError) as error:
+            raise click.ClickException(str(error)) from error
+        _print_endpoints(info)
+        if first_request:
+            _send_first_request(info.api_url)
+        return
     stack = Stack(options)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -242,6 +245,17 @@ def up(
     finally:
         stack.stop()
         stack.forget_state()
+
+
+def _stop_dead_stack() -> None:
+    """Refuse if a stack is up; stop what a dead one left behind."""
+    from serve.stack import read_state, stop_recorded
+
+    if (state := read_state()) is not None:
+        if state.alive():
+            raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
+        stopped = stop_recorded()
+        click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
 
 
 @main.command("random-model")
@@ -269,6 +283,95 @@ def down() -> None:
         click.echo(f"stopped ({stopped.leftovers} leftover process(es) stopped after it)")
     else:
         click.echo(f"the recorded stack was not running (its process had died); {stopped.leftovers} leftovers stopped")
+
+
+def _store_option(function):
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        help="The stack's store (as `easel up --store`; default: the embedded SQLite file).",
+    )(function)
+
+
+def _key_store(store_url: str | None):
+    from serve.access.keys import open_key_store
+    from serve.stores import default_url
+
+    try:
+        return open_key_store(store_url or default_url())
+    except StoreURLError as error:
+        raise click.ClickException(str(error)) from error
+
+
+@main.group()
+def keys() -> None:
+    """API keys: once one exists, every route but /healthz and /readyz needs `Authorization: Bearer <key>`."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option(
+    "--scopes",
+    default="generate,vectorize,jobs",
+    show_default=True,
+    help="Comma-separated: generate, vectorize, jobs, admin (admin: every route).",
+)
+@click.option("--rpm", type=click.IntRange(min=1), default=None, help="Requests per minute.")
+@click.option(
+    "--cost-per-minute",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Generation cost per minute (images x steps x megapixels).",
+)
+@click.option("--concurrent", type=click.IntRange(min=1), default=None, help="Requests in flight at once.")
+@click.option("--per-day", type=click.IntRange(min=1), default=None, help="Requests per UTC day.")
+@_store_option
+def keys_create(
+    name: str,
+    scopes: str,
+    rpm: int | None,
+    cost_per_minute: float | None,
+    concurrent: int | None,
+    per_day: int | None,
+    store_url: str | None,
+) -> None:
+    """Create a key and print it (only once: the store keeps its hash)."""
+    from serve.access.keys import KeyLimits, Scope
+
+    try:
+        chosen = {Scope(s.strip()) for s in scopes.split(",") if s.strip()}
+    except ValueError as error:
+        raise click.BadParameter(f"{error}; choose from {', '.join(Scope)}", param_hint="--scopes") from error
+    limits = KeyLimits(
+        requests_per_minute=rpm, cost_per_minute=cost_per_minute, concurrent=concurrent, requests_per_day=per_day
+    )
+    record, key = _key_store(store_url).create(name, chosen, limits)
+    click.echo(f"created key {record.id} ({name}; scopes {', '.join(sorted(chosen))})")
+    click.echo(f"{key}\nkeep it now: it is not shown again")
+
+
+@keys.command("list")
+@_store_option
+def keys_list(store_url: str | None) -> None:
+    """The keys: id, name, scopes, limits, created, revoked."""
+    import time
+
+    for record in _key_store(store_url).list():
+        limits = ", ".join(f"{k}={v:g}" for k, v in record.limits.model_dump(exclude_none=True).items()) or "-"
+        state = "revoked" if record.revoked_at else "live"
+        created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.created_at))
+        click.echo(f"{record.id}  {state:7}  {created}  {record.name}  [{','.join(sorted(record.scopes))}]  {limits}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_store_option
+def keys_revoke(key_id: str, store_url: str | None) -> None:
+    """Revoke a key at once (every Gateway replica refuses it from its next request)."""
+    if not _key_store(store_url).revoke(key_id):
+        raise click.ClickException(f"no key {key_id}")
+    click.echo(f"revoked {key_id}")
 
 
 @main.group()
@@ -518,9 +621,13 @@ Example:
 
 
 def _send_first_request(api_url: str) -> None:
+    from serve.access.keys import API_KEY_ENV
     from serve.stack import send_first_requests
 
     for first in send_first_requests(api_url):
+        if first.status in (401, 403):
+            click.echo(f"API keys are on: set {API_KEY_ENV} to a key with scope 'generate' to send the first request")
+            return
         if first.error is not None:
             raise click.ClickException(f"first request failed: {first.status} {first.error}")
         detail = "" if first.ssim is None else f" (SSIM {first.ssim:.3f} against the PNG)"

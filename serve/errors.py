@@ -51,6 +51,26 @@ class RequestTimeout(InvalidInput):
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Unauthorized(EaselError):
+    """No API key, or one that is unknown or revoked."""
+
+    status = 401
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+    kind = "authentication_error"
+
+    def headers(self) -> dict[str, str]:
+        """The scheme the client must use."""
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(EaselError):
+    """A valid API key whose scopes do not include what the route needs."""
+
+    status = 403
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    kind = "permission_error"
+
+
 class NotFound(EaselError):
     """The request names something that does not exist (an unknown job id)."""
 

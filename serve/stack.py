@@ -8,6 +8,7 @@ is alive or its process was killed. The run state (``state.json``) lives in one 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -97,6 +98,37 @@ class StackOptions(BaseModel):
         None, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB (None: in run_dir)."
     )
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
+    insecure: bool = Field(False, description="Serve off loopback even with no API key (anyone may call it).")
+
+    @property
+    def store(self) -> str:
+        """The store URL of jobs, the result cache and API keys."""
+        return self.store_url or default_url(self.run_dir)
+
+
+class OpenToTheNetwork(ValueError):
+    """``easel up`` asked to serve off loopback with no API key and without ``--insecure``."""
+
+
+def check_exposure(options: StackOptions) -> None:
+    """Refuse to serve on a non-loopback address with no API key unless ``options.insecure``."""
+    from serve.access.keys import open_key_store
+
+    if options.insecure or _is_loopback(options.host) or open_key_store(options.store).active() > 0:
+        return
+    raise OpenToTheNetwork(
+        f"--host {options.host} is reachable from other machines and there is no API key: "
+        "create one with `easel keys create` (or pass --insecure to serve it open)"
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -193,6 +225,7 @@ class Stack:
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
+        check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         engine_dir = build(opts.model_dir, opts.repository)
         vectorize = install_vectorize(opts.repository)
@@ -216,7 +249,7 @@ class Stack:
             triton_grpc_url=self.triton.endpoints.grpc_url,
             memory_budget_bytes=self.memory_budget_bytes,
             max_cost=opts.max_cost,
-            store_url=opts.store_url or default_url(opts.run_dir),
+            store_url=opts.store,
             cache_bytes=opts.cache_bytes,
         )
         _deploy(config, timeout_s)
@@ -449,13 +482,15 @@ class FirstRequest:
 def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstRequest]:
     """Send :data:`FIRST_REQUEST` as PNG, then as SVG (text -> image -> Vectorizer); save both under the run folder.
 
-    Stops at the first answer that is not a 200.
+    Stops at the first answer that is not a 200. With API keys on, it sends ``$EASEL_API_KEY``.
     """
+    from serve.access.keys import client_headers
+
     answers = []
     for output_format in ("png", "svg"):
         body = FIRST_REQUEST | {"output_format": output_format}
         started = time.perf_counter()
-        response = httpx.post(f"{api_url}/v1/images/generations", json=body, timeout=300)
+        response = httpx.post(f"{api_url}/v1/images/generations", json=body, headers=client_headers(), timeout=300)
         elapsed = time.perf_counter() - started
         if response.status_code != 200:
             answers.append(FirstRequest(body, response.status_code, elapsed, None, response.text[:500]))

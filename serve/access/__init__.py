@@ -1,0 +1,214 @@
+"""Who may call the API, and how much: the one door every request passes (an ASGI middleware of the Gateway).
+
+With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
+exists, every route but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
+its scopes lack the route's (:data:`ROUTE_SCOPES`), 429 with ``Retry-After`` past one of its limits
+(:mod:`serve.access.keys`). Every answer to a keyed request carries
+``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
+key's id, never the key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+
+from pydantic import ValidationError
+
+from serve.access.keys import ApiKey, Decision, KeyStore, Scope, open_key_store
+from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
+from serve.text_to_image.admission import request_cost
+from serve.text_to_image.schema import GenerationRequest
+from serve.wire import Message, Receive, Send, send_error
+from serve.wire import Scope as AsgiScope
+
+logger = logging.getLogger(__name__)
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+ROUTE_SCOPES = {"/v1/images/generations": Scope.GENERATE, "/v1/vectorize": Scope.VECTORIZE, "/v1/jobs": Scope.JOBS}
+"""The scope each route (and what is under it) needs; any other route needs a valid key of any scope."""
+ACTIVE_CHECK_S = 1.0
+"""How long whether any key exists is remembered (a first key closes the API within this)."""
+
+
+def required_scope(path: str) -> Scope | None:
+    """The scope ``path`` needs (None: any valid key)."""
+    for prefix, scope in ROUTE_SCOPES.items():
+        if path == prefix or path.startswith(prefix + "/"):
+            return scope
+    return None
+
+
+def generation_cost(body: bytes, native_size: int) -> float:
+    """What a generation request costs (images x steps x megapixels); 0 for a body the app will refuse anyway."""
+    try:
+        request = GenerationRequest.model_validate_json(body)
+    except ValidationError:
+        return 0.0
+    width, height = request.width_height(native_size)
+    return request_cost(request.n, request.num_inference_steps, width, height)
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: ``450ms``, ``12s``, ``6m0s``."""
+    if seconds < 1:
+        return f"{math.ceil(seconds * 1000)}ms"
+    minutes, rest = divmod(math.ceil(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
+    """The ``x-ratelimit-*`` headers of a decision's buckets."""
+    headers = []
+    for name, bucket in decision.buckets.items():
+        step = 1 if name == "requests" else 100  # whole requests; cost to two decimals
+        remaining = math.floor(bucket.remaining * step) / step
+        headers += [
+            (f"x-ratelimit-limit-{name}".encode(), f"{bucket.limit:g}".encode()),
+            (f"x-ratelimit-remaining-{name}".encode(), f"{remaining:g}".encode()),
+            (f"x-ratelimit-reset-{name}".encode(), duration(bucket.reset_s).encode()),
+        ]
+    return headers
+
+
+class Access:
+    """The key store a Gateway replica checks against (None until :meth:`open`: the API is open)."""
+
+    def __init__(self) -> None:
+        self.store: KeyStore | None = None
+        self.native_size = 512
+        self._active: tuple[float, bool] = (0.0, False)
+
+    def open(self, store_url: str, native_size: int) -> None:
+        """Check keys in the store at ``store_url``; ``native_size``: the model's image side (a request's default)."""
+        self.store, self.native_size = open_key_store(store_url), native_size
+
+    async def keys_required(self) -> bool:
+        """Whether any key is live (remembered for :data:`ACTIVE_CHECK_S`)."""
+        if self.store is None:
+            return False
+        checked_at, active = self._active
+        if time.monotonic() - checked_at > ACTIVE_CHECK_S:
+            active = await asyncio.to_thread(self.store.active) > 0
+            self._active = (time.monotonic(), active)
+        return active
+
+    async def authenticate(self, scope: AsgiScope) -> ApiKey:
+        """The key the request carries, allowed on its route (:class:`Unauthorized`, :class:`Forbidden`)."""
+        header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+        kind, _, token = header.partition(" ")
+        if kind.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'", field="Authorization")
+        key = await asyncio.to_thread(self.store.verify, token.strip())
+        if key is None:
+            raise Unauthorized("invalid or revoked API key", field="Authorization")
+        needed = required_scope(scope["path"])
+        if needed is not None and needed not in key.scopes and Scope.ADMIN not in key.scopes:
+            raise Forbidden(
+                f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {scope['path']} needs '{needed}'",
+                field="Authorization",
+            )
+        return key
+
+
+ACCESS = Access()
+"""This process's (one Gateway replica's) access state."""
+
+
+def open_access(store_url: str, native_size: int) -> None:
+    """Check keys in the store at ``store_url`` from now on (a Gateway replica calls it as it starts).
+
+    A function, not ``ACCESS.open``: Ray Serve pickles the ingress class by value, and with it any object its code
+    names, so the replica would open a copy of ``ACCESS`` that the middleware never sees.
+    """
+    ACCESS.open(store_url, native_size)
+
+
+class KeyCheck:
+    """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
+        """Pass the request on, or answer 401/403/429 in the app's place."""
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not await ACCESS.keys_required():
+            await self.app(scope, receive, send)
+            return
+        try:
+            key = await ACCESS.authenticate(scope)
+        except EaselError as error:
+            logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
+            await send_error(send, error)
+            return
+        cost = 0.0
+        if scope["path"] == "/v1/images/generations" and scope["method"] == "POST":
+            body = await _read_body(receive)
+            cost = generation_cost(body, ACCESS.native_size)
+            receive = _replay(body, receive)
+        decision = await asyncio.to_thread(ACCESS.store.admit, key, cost)
+        headers = ratelimit_headers(decision)
+        if not decision.allowed:
+            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
+            await send_error(_send_with_headers(send, headers), _over_limit(key, decision, cost))
+            return
+        try:
+            await self.app(scope, receive, _send_with_headers(send, headers))
+        finally:
+            if decision.slot is not None:
+                await asyncio.to_thread(ACCESS.store.release, key, decision.slot)
+
+
+def _over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:
+    limits, refused_by = key.limits, decision.refused_by
+    if refused_by == "requests":
+        what = f"{limits.requests_per_minute} requests per minute"
+    elif refused_by == "cost":
+        what = f"a cost of {limits.cost_per_minute:g} per minute (this request costs {cost:.3g})"
+    elif refused_by == "requests_per_day":
+        what = f"{limits.requests_per_day} requests per day (UTC)"
+    else:
+        what = f"{limits.concurrent} requests at once"
+    return Overloaded(
+        f"key {key.id} is over its limit of {what}",
+        field=refused_by,
+        retry_after_s=max(1, math.ceil(decision.retry_after_s)),
+    )
+
+
+def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    async def send_more(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+        await send(message)
+
+    return send_more
+
+
+async def _read_body(receive: Receive) -> bytes:
+    """The whole request body (its size is already bounded by :class:`serve.wire.BodyLimits`)."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app ``body`` once, then what the client sends next (its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -1,0 +1,122 @@
+"""API keys and per-key limits on a running stack: 401/403/200 through the OpenAI client, one bucket, two replicas."""
+
+import time
+
+import httpx
+import openai
+import pytest
+
+from serve.access import ACTIVE_CHECK_S
+from serve.access.keys import KeyLimits, Scope, open_key_store
+
+pytestmark = pytest.mark.integration
+
+SMALL = {"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2, "seed": 3}
+
+
+@pytest.fixture(scope="module")
+def keys(stack):
+    """The stack's key store; the API is open until the first key exists, closed from then on."""
+    with httpx.Client(base_url=stack.info.api_url, timeout=60) as client:
+        assert client.get("/v1/jobs").status_code == 200  # no key yet: open
+    store = open_key_store(stack.options.store)
+    made = {
+        "generate": store.create("painter", {Scope.GENERATE}, KeyLimits(cost_per_minute=1.0)),
+        "vectorize": store.create("tracer", {Scope.VECTORIZE}, KeyLimits()),
+        "jobs": store.create("poller", {Scope.JOBS}, KeyLimits(requests_per_minute=20)),
+        "revoked": store.create("gone", {Scope.ADMIN}, KeyLimits()),
+    }
+    store.revoke(made["revoked"][0].id)
+    time.sleep(ACTIVE_CHECK_S + 0.5)  # each replica re-reads whether keys exist
+    return store, {name: key for name, (_, key) in made.items()} | {"ids": {n: r.id for n, (r, _) in made.items()}}
+
+
+def _bearer(key: str) -> dict:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_every_route_but_health_needs_a_valid_key(api, keys):
+    _, made = keys
+    assert api.get("/healthz").status_code == 200 and api.get("/readyz").status_code == 200
+    for path in ("/v1/jobs", "/docs", "/openapi.json"):
+        missing = api.get(path)
+        assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+        assert missing.json()["error"]["type"] == "authentication_error"
+        assert missing.json()["error"]["param"] == "Authorization"
+    assert api.get("/v1/jobs", headers=_bearer("easel-nope-nope")).status_code == 401
+    revoked = api.get("/v1/jobs", headers=_bearer(made["revoked"]))
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
+    assert api.get("/v1/jobs", headers={"Authorization": made["jobs"]}).status_code == 401  # no "Bearer"
+    assert api.get("/docs", headers=_bearer(made["vectorize"])).status_code == 200  # any scope reads the docs
+
+
+def test_the_openai_client_s_api_key_just_works_and_scopes_hold(stack, keys):
+    _, made = keys
+    client = openai.OpenAI(api_key=made["generate"], base_url=f"{stack.info.api_url}/v1", max_retries=0)
+    images = client.images.generate(
+        prompt=SMALL["prompt"], size="64x64", extra_body={"num_inference_steps": 2, "seed": 3}
+    )
+    assert len(images.data) == 1 and images.data[0].b64_json
+    with pytest.raises(openai.PermissionDeniedError, match="needs 'generate'"):
+        openai.OpenAI(api_key=made["vectorize"], base_url=f"{stack.info.api_url}/v1", max_retries=0).images.generate(
+            prompt="x", size="64x64"
+        )
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(api_key="easel-x-y", base_url=f"{stack.info.api_url}/v1", max_retries=0).images.generate(
+            prompt="x", size="64x64"
+        )
+
+
+def test_a_generation_takes_its_cost_and_one_over_the_budget_is_429(api, keys):
+    _, made = keys
+    answer = api.post("/v1/images/generations", json=SMALL, headers=_bearer(made["generate"]))
+    assert answer.status_code == 200
+    assert answer.headers["x-ratelimit-limit-cost"] == "1"
+    assert float(answer.headers["x-ratelimit-remaining-cost"]) < 1.0  # 2 steps x 0.004 MP taken
+    costly = SMALL | {"size": "512x512", "num_inference_steps": 8}  # 8 x 0.26 MP = 2.1 > 1 per minute
+    refused = api.post("/v1/images/generations", json=costly, headers=_bearer(made["generate"]))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    error = refused.json()["error"]
+    assert error["param"] == "cost" and "cost of 1 per minute (this request costs 2.1" in error["message"]
+
+
+def test_one_bucket_holds_across_both_gateway_replicas(api, stack, keys):
+    _, made = keys
+    started, answers = time.monotonic(), []
+    while len(answers) < 40:
+        answers.append(api.get("/v1/jobs", headers=_bearer(made["jobs"])))
+        if answers[-1].status_code == 429:
+            break
+    elapsed = time.monotonic() - started
+    allowed = [a for a in answers if a.status_code == 200]
+    refused = answers[-1]
+    # 20 per minute: a full bucket, plus whatever refilled during the burst (one every 3 s)
+    assert 20 <= len(allowed) <= 20 + int(elapsed / 3) and refused.status_code == 429
+    assert [int(a.headers["x-ratelimit-remaining-requests"]) for a in allowed[:3]] == [19, 18, 17]
+    assert refused.headers["x-ratelimit-limit-requests"] == "20" and 1 <= int(refused.headers["retry-after"]) <= 3
+    assert refused.json()["error"]["param"] == "requests"
+    replicas = _replicas_that_answered(stack, [a.headers["x-request-id"] for a in answers])
+    assert len(replicas) == 2, replicas  # both Gateway replicas drew from the one bucket
+
+
+def test_logs_name_key_ids_never_keys(stack, keys):
+    _, made = keys
+    folder = stack.ray_session_dir / "logs"
+    logs = "".join(p.read_text(errors="replace") for p in [*folder.glob("worker-*"), *folder.glob("serve/*.log")])
+    assert f"key {made['ids']['jobs']} over its requests limit" in logs
+    assert not any(made[name] in logs for name in ("generate", "vectorize", "jobs", "revoked"))
+
+
+def _replicas_that_answered(stack, request_ids: list[str]) -> set[str]:
+    """The Gateway replicas whose access logs hold these request ids (logged just after each answer)."""
+    deadline, found = time.monotonic() + 10, set()
+    while time.monotonic() < deadline:
+        found = set()
+        for path in (stack.ray_session_dir / "logs" / "serve").glob("replica_easel_Gateway_*.log"):
+            text = path.read_text()
+            if any(request_id in text for request_id in request_ids):
+                found.add(path.stem)
+        if len(found) == 2:
+            break
+        time.sleep(0.2)
+    return found

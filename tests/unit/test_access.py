@@ -1,0 +1,98 @@
+"""The access door's pieces: scopes by route, costs, rate-limit headers, and the refusal to serve open off loopback."""
+
+import pytest
+
+from serve.access import duration, generation_cost, ratelimit_headers, required_scope
+from serve.access.keys import Bucket, Decision, KeyLimits, Scope, SqliteKeyStore
+from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+
+
+def test_each_route_needs_its_scope_and_health_needs_none():
+    assert required_scope("/v1/images/generations") is Scope.GENERATE
+    assert required_scope("/v1/vectorize") is Scope.VECTORIZE
+    assert required_scope("/v1/jobs") is Scope.JOBS and required_scope("/v1/jobs/job_1/events") is Scope.JOBS
+    assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
+
+
+def test_a_generation_costs_images_times_steps_times_megapixels():
+    assert generation_cost(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}', 64) == (
+        pytest.approx(2 * 10 * 512 * 512 / 1e6)
+    )
+    assert generation_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
+    assert generation_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
+
+
+def test_rate_limit_headers_are_openai_s():
+    decision = Decision(True, {"requests": Bucket(60, 41.7, 18.3), "cost": Bucket(10.0, 2.456, 0.4)})
+    assert dict(ratelimit_headers(decision)) == {
+        b"x-ratelimit-limit-requests": b"60",
+        b"x-ratelimit-remaining-requests": b"41",
+        b"x-ratelimit-reset-requests": b"19s",
+        b"x-ratelimit-limit-cost": b"10",
+        b"x-ratelimit-remaining-cost": b"2.45",
+        b"x-ratelimit-reset-cost": b"400ms",
+    }
+    assert duration(360.0) == "6m0s" and duration(0.0201) == "21ms"
+
+
+def test_up_refuses_to_serve_open_off_loopback(tmp_path):
+    options = StackOptions(host="0.0.0.0", run_dir=tmp_path)
+    with pytest.raises(OpenToTheNetwork, match="easel keys create"):
+        check_exposure(options)
+    check_exposure(options.model_copy(update={"insecure": True}))
+    check_exposure(options.model_copy(update={"host": "127.0.0.1"}))
+    check_exposure(options.model_copy(update={"host": "localhost"}))
+    SqliteKeyStore(options.store).create("ops", {Scope.ADMIN}, KeyLimits())
+    check_exposure(options)
+
+
+@pytest.mark.parametrize(
+    ("refused_by", "says"),
+    [
+        ("requests", "6 requests per minute"),
+        ("cost", "a cost of 2 per minute (this request costs 3.5)"),
+        ("requests_per_day", "9 requests per day (UTC)"),
+        ("concurrent", "1 requests at once"),
+    ],
+)
+def test_a_refusal_names_the_limit_and_when_to_retry(refused_by, says):
+    from serve.access import _over_limit
+    from serve.access.keys import ApiKey
+
+    limits = KeyLimits(requests_per_minute=6, cost_per_minute=2.0, requests_per_day=9, concurrent=1)
+    key = ApiKey("abc", "n", frozenset({Scope.JOBS}), limits, 0.0)
+    error = _over_limit(key, Decision(False, refused_by=refused_by, retry_after_s=2.2), 3.5)
+    assert error.status == 429 and error.field == refused_by and error.headers() == {"Retry-After": "3"}
+    assert error.message == f"key abc is over its limit of {says}"
+
+
+def test_keys_commands_create_list_and_revoke(tmp_path):
+    from click.testing import CliRunner
+
+    from serve.cli import main
+
+    store = f"sqlite:///{tmp_path / 'easel.db'}"
+    runner = CliRunner()
+    created = runner.invoke(
+        main, ["keys", "create", "--name", "ci", "--scopes", "jobs", "--rpm", "5", "--store", store]
+    )
+    assert created.exit_code == 0, created.output
+    key = next(line for line in created.output.splitlines() if line.startswith("easel-"))
+    listed = runner.invoke(main, ["keys", "list", "--store", store])
+    key_id = key.split("-")[1]
+    assert f"{key_id}  live" in listed.output and "requests_per_minute=5" in listed.output and key not in listed.output
+    assert runner.invoke(main, ["keys", "revoke", key_id, "--store", store]).exit_code == 0
+    assert f"{key_id}  revoked" in runner.invoke(main, ["keys", "list", "--store", store]).output
+    assert runner.invoke(main, ["keys", "revoke", "nope", "--store", store]).exit_code == 1
+    bad = runner.invoke(main, ["keys", "create", "--name", "x", "--scopes", "root", "--store", store])
+    assert bad.exit_code == 2 and "--scopes" in bad.output
+
+
+def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from serve.cli import main
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["up", "--host", "0.0.0.0", "--no-first-request"])
+    assert result.exit_code == 1 and "there is no API key" in result.output and "--insecure" in result.output

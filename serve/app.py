@@ -6,27 +6,30 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 
 import asyncio
 import base64
-import binascii
 import hashlib
 import json
 import logging
 import time
+from importlib.resources import files
 from typing import Annotated
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import metrics
+from serve import contract, metrics
 from serve.access import KeyCheck, open_access
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
-from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError
 from serve.jobs.model import FINAL_EVENTS, Event, Job, JobStatus, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
@@ -41,7 +44,37 @@ from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
 
-api = FastAPI(title="Easel", description="Text-to-image and vectorize serving on Triton and Ray Serve.")
+
+DOCS_ASSETS = "/docs-assets"
+"""Where Swagger UI's files are served from (fastapi-offline's copies: /docs loads nothing from outside)."""
+
+
+class EaselAPI(FastAPI):
+    """FastAPI whose OpenAPI document is the behaviour (:mod:`serve.contract`), with a self-contained /docs page."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(docs_url=None, redoc_url=None, **kwargs)
+        self.mount(DOCS_ASSETS, StaticFiles(directory=files("fastapi_offline") / "static"), name="docs-assets")
+        self.add_api_route("/docs", self.docs_page, include_in_schema=False)
+
+    async def docs_page(self) -> HTMLResponse:
+        """Swagger UI over this API's document."""
+        return get_swagger_ui_html(
+            openapi_url=self.openapi_url,
+            title=f"{self.title} API",
+            swagger_js_url=f"{DOCS_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{DOCS_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{DOCS_ASSETS}/favicon.png",
+        )
+
+    def openapi(self) -> dict:
+        """The document, made once."""
+        if self.openapi_schema is None:
+            self.openapi_schema = contract.openapi(super().openapi())
+        return self.openapi_schema
+
+
+api = EaselAPI(title="Easel", description="Text-to-image and vectorize serving on Triton and Ray Serve.")
 
 
 def as_easel_error(error: BaseException) -> EaselError:
@@ -78,6 +111,22 @@ async def _invalid_request(_: Request, exc: RequestValidationError | ValidationE
         return error_response(InvalidInput(f"request body is not valid JSON: {first['msg']}", field="body"))
     message = first["msg"].removeprefix("Value error, ")
     return error_response(InvalidInput(f"{field}: {message}", field=field))
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _route_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The framework's own refusals in the one error shape (its headers, e.g. 405's ``Allow``, kept)."""
+    if exc.status_code == 400 and "parsing the body" in str(exc.detail):
+        error = RouteError("body: not readable (invalid UTF-8, nested too deeply, or malformed)", 400, "body")
+    elif exc.status_code == 404:
+        error = RouteError("no such route", 404)
+    elif exc.status_code == 405:
+        error = RouteError("this route does not take that method", 405)
+    else:
+        error = RouteError(str(exc.detail), exc.status_code)
+    response = error_response(error)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 async def _easel_error(_: Request, exc: Exception) -> JSONResponse:
@@ -130,7 +179,7 @@ async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpt
         body = VectorizeJson.model_validate_json(await request.body())
         try:
             return base64.b64decode(body.image, validate=True), body
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or characters outside ASCII
             raise InvalidInput(f"image: not valid base64 ({error})", field="image") from error
     if content_type.startswith("image/"):
         return await request.body(), VectorizeOptions.model_validate(dict(request.query_params))

@@ -15,6 +15,7 @@ from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
 from build_engines.text_to_image.published import PUBLISHED
 from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
+from serve.processes.ports import TRITON_PORTS
 from serve.stores import StoreURLError, scheme
 from serve.triton.spec import Backend
 
@@ -152,12 +153,19 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     "--jobs",
     "store_url",
     default=None,
-    help="Where background jobs and the result cache live: sqlite:///PATH (default $EASEL_HOME/easel.db) or "
+    help="Where jobs, the result cache and API keys live: sqlite:///PATH (default $EASEL_HOME/run/easel.db) or "
     "redis://HOST:PORT/DB (a stack across machines).",
 )
 @click.option("--cache-bytes", type=_BYTES, default=None, help="Result cache bound, e.g. 2GiB (default 1GiB).")
 @click.option("--no-cache", is_flag=True, help="No result cache: every generation runs.")
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
+@click.option(
+    "--triton-ports",
+    default=",".join(map(str, TRITON_PORTS)),
+    show_default=True,
+    callback=lambda _ctx, _param, value: _triton_ports(value),
+    help="Triton's HTTP,gRPC,metrics ports on 127.0.0.1 (0: a free port).",
+)
 @click.option("--insecure", is_flag=True, help="Serve on a non-loopback --host even with no API key (anyone may call).")
 @click.option(
     "--first-request/--no-first-request",
@@ -180,6 +188,7 @@ def up(
     cache_bytes: int | None,
     no_cache: bool,
     detach: bool,
+    triton_ports: tuple[int, int, int],
     insecure: bool,
     first_request: bool,
 ) -> None:
@@ -212,6 +221,7 @@ def up(
         **({"store_url": store_url} if store_url else {}),
         **({"cache_bytes": 0 if no_cache else cache_bytes} if no_cache or cache_bytes else {}),
         insecure=insecure,
+        triton_ports=triton_ports,
     )
     try:
         check_exposure(options)
@@ -245,6 +255,16 @@ def up(
     finally:
         stack.stop()
         stack.forget_state()
+
+
+def _triton_ports(text: str) -> tuple[int, int, int]:
+    try:
+        ports = _int_list(text)
+    except ValueError:
+        ports = ()
+    if len(ports) != 3 or not all(0 <= p <= 65535 for p in ports):
+        raise click.BadParameter("three ports, HTTP,GRPC,METRICS (0: a free port)", param_hint="--triton-ports")
+    return ports
 
 
 def _stop_dead_stack() -> None:

@@ -87,6 +87,18 @@ class Conflict(EaselError):
     kind = "conflict_error"
 
 
+class RouteError(EaselError):
+    """What the web framework refuses before a route runs (no such route, a method it lacks, an unreadable body)."""
+
+    def __init__(self, message: str, status: int, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.status = status
+        self.kind = "not_found_error" if status == 404 else "invalid_request_error"
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.status, self.field))
+
+
 class NotReady(EaselError):
     """A backend (Triton, a model) is not up; retry later."""
 

@@ -99,6 +99,9 @@ class StackOptions(BaseModel):
     )
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
     insecure: bool = Field(False, description="Serve off loopback even with no API key (anyone may call it).")
+    triton_ports: tuple[int, int, int] = Field(
+        (0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port)."
+    )
 
     @property
     def store(self) -> str:
@@ -120,6 +123,12 @@ def check_exposure(options: StackOptions) -> None:
         f"--host {options.host} is reachable from other machines and there is no API key: "
         "create one with `easel keys create` (or pass --insecure to serve it open)"
     )
+
+
+def _fill_free(ports: tuple[int, ...]) -> tuple[int, ...]:
+    """``ports`` with each 0 replaced by a free loopback port."""
+    spare = iter(free_ports(len(ports)))
+    return tuple(port or next(spare) for port in ports)
 
 
 def _is_loopback(host: str) -> bool:
@@ -234,6 +243,7 @@ class Stack:
             opts.repository,
             opts.run_dir / "triton.log",
             triton_models(engine_dir, vectorize),
+            ports=_fill_free(opts.triton_ports),
             canary_interval_s=opts.canary_interval_s,
             memory_budgets=memory_budgets(engine_dir, self.memory_budget_bytes),
         ).start()

@@ -1,9 +1,13 @@
-"""Free TCP ports for the servers a stack starts."""
+"""TCP ports for the servers a stack starts: the fixed defaults, and free ones."""
 
 from __future__ import annotations
 
 import socket
 from contextlib import ExitStack
+
+TRITON_PORTS = (8003, 8001, 8002)
+"""``easel up``'s Triton ports (HTTP, gRPC, metrics): gRPC and metrics are Triton's own defaults (8000, its HTTP
+default, is the API's); ``deployments/prometheus/prometheus.yml`` scrapes metrics on 8002 as written."""
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, ValidationInfo, field_validator
 
 from serve.text_to_image.priority import Priority
 from serve.vectorize.tiers import Tier
@@ -17,17 +17,18 @@ SIDE_MULTIPLE = 8
 MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
+MAX_SEED = 2**63 - 1
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
-_SIZE = re.compile(r"^(\d{1,5})x(\d{1,5})$")
+_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, matched whole (no trailing newline)
 
 
 class GenerationRequest(BaseModel):
-    """``POST /v1/images/generations`` body."""
+    """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
-    n: int = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
+    n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
         None,
         description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
@@ -35,11 +36,13 @@ class GenerationRequest(BaseModel):
     )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
-    num_inference_steps: int = Field(20, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    guidance_scale: float = Field(
+    num_inference_steps: StrictInt = Field(20, ge=1, le=MAX_STEPS, description="Denoising steps.")
+    guidance_scale: Annotated[float, Strict()] = Field(
         7.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, description="Classifier-free guidance; <= 1 disables it."
     )
-    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="Random seed; drawn at random when omitted.")
+    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
+        None, description="Random seed; drawn at random when omitted."
+    )
     scheduler: Literal[SCHEDULER_NAMES] = Field("ddim", description="Sampler.")
     output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
         "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
@@ -47,7 +50,7 @@ class GenerationRequest(BaseModel):
     vectorize_tier: Tier | None = Field(
         None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
     )
-    background: bool = Field(
+    background: StrictBool = Field(
         False,
         description="Run as a background job: answered at once with 202 and the job (GET /v1/jobs/{id} for the "
         "result, /events for its progress). An Idempotency-Key header returns the same job for the same body.",
@@ -81,7 +84,7 @@ class GenerationRequest(BaseModel):
     def _size_in_range(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        match = _SIZE.match(value)
+        match = _SIZE.fullmatch(value)
         if not match:
             raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
         for side in map(int, match.groups()):

@@ -117,6 +117,8 @@ def easel_up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subp
         str(dashboard_port),
         "--repository",
         str(tmp_path / "repository"),
+        "--triton-ports",
+        "0,0,0",  # free ones: the fixed defaults may be taken on a shared machine
         *extra,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

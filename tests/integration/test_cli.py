@@ -1,5 +1,6 @@
 """`easel up --detach` / `easel down` as a user runs them: real processes, free loopback ports."""
 
+import ipaddress
 import os
 import signal
 
@@ -31,6 +32,9 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         assert httpx.get(f"{state.dashboard_url}/api/version", timeout=10).status_code == 401
         names = {p.name() for p in stack_processes(state.stack_id)}
         assert {"tritonserver", "raylet", "gcs_server", "triton_python_backend_stub"} <= names, names
+        ours = {port, dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in _triton_urls(state))}
+        listening = {(name, ip, p) for name, ip, p in _listening(state.stack_id) if p in ours}
+        assert {p for _, _, p in listening} == ours and all(_loopback(ip) for _, ip, _ in listening), listening
     finally:
         down = easel_down(env)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
@@ -62,3 +66,24 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
     assert [p.name() for p in stack_processes(state.stack_id)] == []
     assert read_state(tmp_path / "home" / "run") is None
+
+
+def _triton_urls(state) -> list[str]:
+    return [state.triton_http_url, state.triton_grpc_url, state.triton_metrics_url]
+
+
+def _loopback(ip: str) -> bool:
+    address = ipaddress.ip_address(ip)
+    return address.is_loopback or bool(getattr(address, "ipv4_mapped", None) and address.ipv4_mapped.is_loopback)
+
+
+def _listening(stack_id: str) -> set[tuple[str, str, int]]:
+    """(process, address, port) of every socket the stack's processes listen on."""
+    found = set()
+    for process in stack_processes(stack_id):
+        try:
+            connections = process.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        found |= {(process.name(), c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found

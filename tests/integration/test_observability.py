@@ -134,7 +134,24 @@ def load(stack, api, prometheus):
         _exported(prometheus, "sum(ray_easel_job_queue_seconds_count)", round_)
         _exported(prometheus, 'sum(ray_easel_cache_requests_total{result="hit"})', round_)
         _exported(prometheus, "sum(ray_easel_job_cancels_total)", round_)
+    _until_a_job_queue_time_rises(api, prometheus)
     return statuses
+
+
+def _until_a_job_queue_time_rises(api, prometheus) -> None:
+    """More jobs until one replica's queue-time histogram has risen while Prometheus watched.
+
+    Each Gateway replica's runner observes the jobs it claims; a replica's series is born at its first observation,
+    so if every series was first scraped already holding all of its jobs, no rate is above zero and the panels'
+    quantiles are NaN however long one waits.
+    """
+    expr = f"histogram_quantile(0.5, sum by (le) (rate(ray_easel_job_queue_seconds_bucket[{WINDOW}])))"
+    for extra in range(1, 7):
+        if _finite(query(prometheus, expr)):
+            return
+        before = sum(float(r["value"][1]) for r in query(prometheus, "sum(ray_easel_job_queue_seconds_count)"))
+        _jobs(api, 100 + extra)
+        _exported(prometheus, "sum(ray_easel_job_queue_seconds_count)", before + 1)
 
 
 def _finite(result: list[dict]) -> bool:

@@ -96,3 +96,15 @@ def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["up", "--host", "0.0.0.0", "--no-first-request"])
     assert result.exit_code == 1 and "there is no API key" in result.output and "--insecure" in result.output
+
+
+def test_triton_ports_default_to_the_documented_ones_and_parse(tmp_path):
+    from click.testing import CliRunner
+
+    from serve.cli import _triton_ports, main
+    from serve.processes.ports import TRITON_PORTS
+
+    assert TRITON_PORTS == (8003, 8001, 8002) and _triton_ports("0,0,0") == (0, 0, 0)
+    assert "8003,8001,8002" in CliRunner().invoke(main, ["up", "--help"]).output
+    bad = CliRunner().invoke(main, ["up", "--triton-ports", "1,x", "--no-first-request"])  # refused as it is parsed
+    assert bad.exit_code == 2 and "--triton-ports" in bad.output

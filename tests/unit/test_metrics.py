@@ -81,3 +81,12 @@ def test_grafana_interval_variables_become_plain_promql():
     panel_query = PanelQuery("d", "p", "A", "rate(x[$__rate_interval]) + rate(y[${__interval}])", "")
     assert panel_query.promql("30s") == "rate(x[30s]) + rate(y[30s])"
     assert "$" not in "".join(q.promql() for d in DASHBOARDS for q in panel_queries(d))
+
+
+def test_rate_panels_show_zero_before_anything_happened():
+    """A counter that has not moved yet has no series: its panel says 0, not "No data" (``or on() vector(0)``)."""
+    import re
+
+    rate_only = re.compile(r"^sum(?: by \([^)]*\))? ?\(rate\([^()]*\)\)(?: or on\(\) vector\(0\))?$")
+    rates = [q for d in DASHBOARDS for q in panel_queries(d) if rate_only.match(q.expr)]
+    assert len(rates) >= 10 and all(q.expr.endswith(" or on() vector(0)") for q in rates)

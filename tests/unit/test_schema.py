@@ -25,6 +25,14 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MAX_STEPS, Generati
         ({"prompt": "x", "output_format": "svg", "vectorize_tier": "4"}, "vectorize_tier", "auto"),
         ({"prompt": "x", "vectorize_tier": "2"}, "vectorize_tier", "output_format 'svg'"),
         ({"prompt": "x", "steps": 5}, "steps", "not permitted"),
+        ({"prompt": "x", "size": "256x256\n"}, "size", "WIDTHxHEIGHT"),
+        ({"prompt": "x", "size": "\uff12\uff15\uff16x256"}, "size", "WIDTHxHEIGHT"),  # full-width digits
+        ({"prompt": "x", "seed": "7"}, "seed", "valid integer"),
+        ({"prompt": "x", "seed": 2**63}, "seed", "9223372036854775807"),
+        ({"prompt": "x", "n": True}, "n", "valid integer"),
+        ({"prompt": "x", "num_inference_steps": 2.0}, "num_inference_steps", "valid integer"),
+        ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "valid number"),
+        ({"prompt": "x", "background": "true"}, "background", "valid boolean"),
     ],
 )
 def test_bad_fields_are_named_with_their_limit(body, field, limit):
@@ -45,3 +53,9 @@ def test_defaults_and_openai_fields_are_accepted():
 def test_svg_output_takes_an_optional_vectorize_tier():
     assert GenerationRequest(prompt="x", output_format="svg").vectorize_tier is None
     assert GenerationRequest(prompt="x", output_format="svg", vectorize_tier="2").vectorize_tier == "2"
+
+
+def test_the_schema_s_seed_limit_is_an_exact_integer():
+    seed = GenerationRequest.model_json_schema()["properties"]["seed"]["anyOf"][0]
+    assert seed["maximum"] == 2**63 - 1 and isinstance(seed["maximum"], int)
+    assert GenerationRequest(prompt="x", seed=2**63 - 1, guidance_scale=7).guidance_scale == 7.0  # an int is a number

@@ -221,9 +221,10 @@ class Gateway:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.engine = engine
-        self.store = open_job_store(store_url or default_url())
-        open_access(store_url or default_url(), native_size)
-        self.cache = open_cache(store_url or default_url(), cache_bytes) if cache_bytes > 0 else None
+        store_url = store_url or default_url()
+        self.store = open_job_store(store_url)
+        open_access(store_url, native_size)
+        self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         self.runner = JobRunner(self.store, self._run_job).start()
 
     @api.get("/healthz")

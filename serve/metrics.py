@@ -131,6 +131,7 @@ CACHE_REQUESTS = MetricSpec(
     "Generations that could be answered from the result cache (an explicit seed), by result: hit or miss.",
     ("result",),
 )
+
 ALL = (
     HTTP_REQUESTS,
     HTTP_LATENCY,

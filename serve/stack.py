@@ -125,12 +125,6 @@ def check_exposure(options: StackOptions) -> None:
     )
 
 
-def _fill_free(ports: tuple[int, ...]) -> tuple[int, ...]:
-    """``ports`` with each 0 replaced by a free loopback port."""
-    spare = iter(free_ports(len(ports)))
-    return tuple(port or next(spare) for port in ports)
-
-
 def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -243,7 +237,7 @@ class Stack:
             opts.repository,
             opts.run_dir / "triton.log",
             triton_models(engine_dir, vectorize),
-            ports=_fill_free(opts.triton_ports),
+            ports=opts.triton_ports,
             canary_interval_s=opts.canary_interval_s,
             memory_budgets=memory_budgets(engine_dir, self.memory_budget_bytes),
         ).start()

@@ -123,14 +123,15 @@ class TritonServer:
         log_path: Path,
         models: Iterable[ModelSpec] = (),
         host: str = "127.0.0.1",
-        ports: tuple[int, int, int] | None = None,
+        ports: tuple[int, int, int] = (0, 0, 0),
         canary_interval_s: float = 10.0,
         memory_budgets: dict[str, int] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repository = repository
         self.models = {spec.name: spec for spec in models}
-        http, grpc, metrics = ports or free_ports(3, host)
+        spare = iter(free_ports(3, host))
+        http, grpc, metrics = (port or next(spare) for port in ports)  # 0: a free port
         self.endpoints = TritonEndpoints(host, http, grpc, metrics)
         self.canary_interval_s = canary_interval_s
         self.extra_args = extra_args

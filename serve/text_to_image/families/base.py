@@ -167,9 +167,7 @@ def vae_dims(model_dir: Path) -> dict:
         "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
         "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
-        "unet_bytes": sum(
-            f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in (".safetensors", ".bin")
-        ),
+        "unet_bytes": sum(f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in WEIGHT_SUFFIXES),
     }
 
 

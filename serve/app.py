@@ -27,10 +27,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import contract, metrics
-from serve.access import KeyCheck, open_access
+from serve.access import KeyCheck, caller, job_owner, may_see, open_access, owner_filter
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError
-from serve.jobs.model import FINAL_EVENTS, Event, Job, JobStatus, check_idempotency_key
+from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
@@ -243,6 +243,7 @@ class Gateway:
     @api.post("/v1/images/generations")
     async def generate(
         self,
+        http: Request,
         request: GenerationRequest,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
         cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
@@ -253,15 +254,18 @@ class Gateway:
         ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer.
         """
         if request.background:
-            return await self._submit(request, check_idempotency_key(idempotency_key))
+            return await self._submit(request, check_idempotency_key(idempotency_key), job_owner(caller(http)))
         body, headers = await self._answer(request, fresh="no-cache" in (cache_control or "").lower())
         return JSONResponse(body, headers=headers)
 
-    async def _submit(self, request: GenerationRequest, key: str | None) -> JSONResponse:
-        """Queue ``request`` as a job (its seed drawn now, so a re-run draws the same image)."""
+    async def _submit(self, request: GenerationRequest, key: str | None, owner: Owner | None) -> JSONResponse:
+        """Queue ``request`` as ``owner``'s job (its seed drawn now, so a re-run draws the same image).
+
+        An idempotency key is the owner's own: another API key's same key is another job.
+        """
         stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
-        idempotency = (key, _body_hash(request)) if key else None
-        job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency)
+        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(request)) if key else None
+        job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
         self.runner.wake()
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job.to_api(), status_code=202, headers=headers)
@@ -302,20 +306,28 @@ class Gateway:
             raise as_easel_error(error) from None
         return body
 
+    async def _visible_job(self, http: Request, job_id: str) -> Job:
+        """The job, if the caller's key may see it; another key's job is as unknown as a missing one (404)."""
+        job = await asyncio.to_thread(self.store.require, job_id)
+        if not may_see(caller(http), job.owner):
+            raise self.store.missing(job_id)
+        return job
+
     @api.get("/v1/jobs/{job_id}")
-    async def job(self, job_id: str) -> dict:
+    async def job(self, http: Request, job_id: str) -> dict:
         """A background job: status, progress, timestamps, priority; the images once succeeded, the error if failed."""
-        return (await asyncio.to_thread(self.store.require, job_id)).to_api()
+        return (await self._visible_job(http, job_id)).to_api()
 
     @api.get("/v1/jobs")
     async def jobs(
         self,
+        http: Request,
         status: JobStatus | None = None,
         limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
         after: str | None = None,
     ) -> dict:
-        """A page of jobs, newest first (``after``: the last id of the previous page)."""
-        page = await asyncio.to_thread(self.store.list, status, limit + 1, after)
+        """A page of the caller's jobs (every job for an admin key), newest first (``after``: the previous last id)."""
+        page = await asyncio.to_thread(self.store.list, status, limit + 1, after, owner_filter(caller(http)))
         data = [job.to_api() for job in page[:limit]]
         return {
             "object": "list",
@@ -326,34 +338,28 @@ class Gateway:
         }
 
     @api.post("/v1/jobs/{job_id}/cancel")
-    async def cancel(self, job_id: str) -> dict:
+    async def cancel(self, http: Request, job_id: str) -> dict:
         """Cancel a job: a queued one never runs; a running one stops at its next denoising step (409 if over)."""
-        before = await asyncio.to_thread(self.store.require, job_id)
+        before = await self._visible_job(http, job_id)
         job = await asyncio.to_thread(self.store.cancel, job_id)
         metrics.count(metrics.JOB_CANCELS, state=before.status.value)
         return job.to_api()
 
     @api.get("/v1/jobs/{job_id}/events")
-    async def events(self, job_id: str, preview: bool = False) -> StreamingResponse:
+    async def events(self, http: Request, job_id: str, preview: bool = False) -> StreamingResponse:
         """Server-Sent Events: the job's state first, then one ``progress`` per step, then its final event."""
-        job = await asyncio.to_thread(self.store.require, job_id)
-        seen = await asyncio.to_thread(self.store.events, job_id)
+        job = await self._visible_job(http, job_id)
         return StreamingResponse(
-            self._event_stream(job, seen, preview),
+            self._event_stream(job, preview),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
-    async def _event_stream(self, job: Job, seen: list[Event], preview: bool):
+    async def _event_stream(self, job: Job, preview: bool):
+        """The state as read, then every event after it (``job.seq``: the last event that state includes)."""
         yield _sse("state", job.to_api())
-        if job.status.final:
-            final = next((e for e in reversed(seen) if e.type in FINAL_EVENTS.values()), None)
-            if final is not None:
-                yield _sse(final.type.value, final.data, final.seq)
-            return
-        after, quiet_since = (seen[-1].seq if seen else 0), time.monotonic()
+        after, quiet_since = (job.seq - 1 if job.status.final else job.seq), time.monotonic()
         while True:
-            await asyncio.sleep(SSE_POLL_S)
             for event in await asyncio.to_thread(self.store.events, job.id, after):
                 after, quiet_since = event.seq, time.monotonic()
                 data = event.data if preview else {k: v for k, v in event.data.items() if k != "preview"}
@@ -363,6 +369,7 @@ class Gateway:
             if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
                 quiet_since = time.monotonic()
                 yield b": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_S)
 
     async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[dict]:
         """Each generated PNG through the Vectorizer: the SVG in ``b64_json``, with its tier and rendered-back SSIM."""

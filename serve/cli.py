@@ -346,6 +346,7 @@ def keys() -> None:
 )
 @click.option("--concurrent", type=click.IntRange(min=1), default=None, help="Requests in flight at once.")
 @click.option("--per-day", type=click.IntRange(min=1), default=None, help="Requests per UTC day.")
+@click.option("--concurrent-jobs", type=click.IntRange(min=1), default=None, help="Unfinished background jobs at once.")
 @_store_option
 def keys_create(
     name: str,
@@ -354,6 +355,7 @@ def keys_create(
     cost_per_minute: float | None,
     concurrent: int | None,
     per_day: int | None,
+    concurrent_jobs: int | None,
     store_url: str | None,
 ) -> None:
     """Create a key and print it (only once: the store keeps its hash)."""
@@ -364,7 +366,11 @@ def keys_create(
     except ValueError as error:
         raise click.BadParameter(f"{error}; choose from {', '.join(Scope)}", param_hint="--scopes") from error
     limits = KeyLimits(
-        requests_per_minute=rpm, cost_per_minute=cost_per_minute, concurrent=concurrent, requests_per_day=per_day
+        requests_per_minute=rpm,
+        cost_per_minute=cost_per_minute,
+        concurrent=concurrent,
+        requests_per_day=per_day,
+        concurrent_jobs=concurrent_jobs,
     )
     record, key = _key_store(store_url).create(name, chosen, limits)
     click.echo(f"created key {record.id} ({name}; scopes {', '.join(sorted(chosen))})")

@@ -120,3 +120,12 @@ class Overloaded(NotReady):
 
 class UnsupportedModel(InvalidInput):
     """A model folder that is not a pipeline Easel serves; the message names what is missing or unknown."""
+
+
+def invalid_input(error) -> InvalidInput:
+    """The 400 for a pydantic (or FastAPI request) validation error: its first problem, naming the field."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    if first["type"] == "json_invalid":
+        return InvalidInput(f"request body is not valid JSON: {first['msg']}", field="body")
+    return InvalidInput(f"{field}: {first['msg'].removeprefix('Value error, ')}", field=field)

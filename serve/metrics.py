@@ -131,6 +131,19 @@ CACHE_REQUESTS = MetricSpec(
     "Generations that could be answered from the result cache (an explicit seed), by result: hit or miss.",
     ("result",),
 )
+KEY_REQUESTS = MetricSpec(
+    "easel_key_requests",
+    "counter",
+    "Requests checked against an API key, by key id (never the key) and result: admitted, or the limit that refused "
+    "it (requests, cost, requests_per_day, concurrent).",
+    ("key_id", "result"),
+)
+KEY_COST = MetricSpec(
+    "easel_key_cost",
+    "counter",
+    "Generation cost admitted (images x steps x megapixels), by key id.",
+    ("key_id",),
+)
 
 ALL = (
     HTTP_REQUESTS,
@@ -146,6 +159,8 @@ ALL = (
     JOB_QUEUE_TIME,
     JOB_CANCELS,
     CACHE_REQUESTS,
+    KEY_REQUESTS,
+    KEY_COST,
 )
 
 _made: dict[str, object] = {}

@@ -57,13 +57,15 @@ STATE_FILE = "state.json"
 # scrapes every 5 s anyway). Ray passes a result over 100 KiB (an encoded image) through the object store; inline in
 # the reply instead, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request, and 16 MiB holds the
 # largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md. The proxy's own failure answers (a replica that
-# died with the request) get Easel's JSON error shape from a middleware the proxy loads (serve.wire).
-# A value already in the environment wins.
+# died with the request) get Easel's JSON error shape from a middleware the proxy loads (serve.wire). Ray on Linux
+# binds its own servers (GCS, raylet, workers, agents) to every interface; its single-machine mode (the one it uses on
+# macOS) keeps them on 127.0.0.1. Ray reads that switch when imported. A value already in the environment wins.
 RAY_ENV = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_max_direct_call_object_size": str(16 << 20),
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
 
 FIRST_REQUEST = {
@@ -293,11 +295,11 @@ class Stack:
         self.info = replace(self.info, prometheus_url=server.url)
 
     def _start_ray(self, dashboard_port: int) -> str | None:
+        for name, value in RAY_ENV.items():
+            os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
         import ray
 
         opts = self.options
-        for name, value in RAY_ENV.items():
-            os.environ.setdefault(name, value)  # inherited by Ray's workers, so set before ray.init
         context = ray.init(
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=opts.dashboard,
@@ -307,6 +309,7 @@ class Stack:
             log_to_driver=False,
             configure_logging=True,
             _temp_dir=None,
+            runtime_env={"worker_process_setup_hook": "serve.processes.loopback.bind_replica_servers_to_loopback"},
         )
         self.ray_session_dir = Path(context.address_info["session_dir"])
         _stop_log_monitor()

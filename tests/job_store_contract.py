@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from serve.errors import Conflict, NotFound
-from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus
+from serve.errors import Conflict, NotFound, Overloaded
+from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner
 from serve.jobs.store import LeaseLost
 from serve.text_to_image.priority import Priority
 
@@ -73,6 +73,7 @@ def test_progress_events_then_exactly_one_final_event(store):
     assert [e.seq for e in events] == [1, 2, 3, 4, 5] and events[2].data["preview"] == "cHJldmlldw=="
     assert events[-1].data["data"] == [{"b64_json": "eA=="}]
     assert [e.seq for e in store.events(job.id, after=3)] == [4, 5]
+    assert store.get(job.id).seq == 5  # a job read says which event its state is as of
     done = store.get(job.id)
     assert done.status is JobStatus.SUCCEEDED and done.step == 3 and done.finished_at is not None
     assert done.to_api()["data"] == [{"b64_json": "eA=="}]
@@ -136,6 +137,52 @@ def test_idempotency_key_returns_the_same_job_for_the_same_body_and_conflicts_fo
     with pytest.raises(Conflict):
         store.submit(REQUEST, Priority.NORMAL, ("key-1", "hash-b"))
     assert store.submit(REQUEST, Priority.NORMAL, ("key-2", "hash-b"))[0].id != first.id
+
+
+def test_an_owner_has_at_most_its_cap_of_unfinished_jobs_and_sees_only_its_own(store):
+    capped = Owner("key_a", max_open=2)
+    first, second = (store.submit(REQUEST, Priority.NORMAL, owner=capped)[0] for _ in range(2))
+    assert first.owner == "key_a" and store.get(first.id).owner == "key_a"
+    with pytest.raises(Overloaded) as refused:
+        store.submit(REQUEST, Priority.NORMAL, owner=capped)
+    assert refused.value.field == "concurrent_jobs" and refused.value.retry_after_s > 0
+    other = store.submit(REQUEST, Priority.NORMAL, owner=Owner("key_b", max_open=1))[0]  # another key's own cap
+    unowned = store.submit(REQUEST, Priority.NORMAL)[0]
+    # A replayed submission is not a new job; a running one still counts; a finished or canceled one frees a place.
+    store.claim("w", 30, (Priority.NORMAL,))
+    with pytest.raises(Overloaded):
+        store.submit(REQUEST, Priority.NORMAL, owner=capped)
+    store.finish(first.id, "w", JobStatus.SUCCEEDED, {"data": []}, None)
+    third = store.submit(REQUEST, Priority.NORMAL, ("idem", "hash"), owner=capped)[0]
+    assert store.submit(REQUEST, Priority.NORMAL, ("idem", "hash"), owner=capped)[0].id == third.id
+    store.cancel(second.id)
+    store.submit(REQUEST, Priority.NORMAL, owner=capped)
+    assert {j.id for j in store.list(owner="key_b")} == {other.id}
+    assert len(store.list(owner="key_a")) == 4 and unowned.id in {j.id for j in store.list()}
+
+
+def test_concurrent_submissions_never_pass_the_cap(store, store_factory):
+    capped = Owner("key_a", max_open=3)
+    made: list[str] = []
+    lock = threading.Lock()
+
+    def client() -> None:
+        mine = store_factory()
+        for _ in range(5):
+            try:
+                job = mine.submit(REQUEST, Priority.NORMAL, owner=capped)[0]
+            except Overloaded:
+                continue
+            with lock:
+                made.append(job.id)
+        mine.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(made) == 3 and len(store.list(owner="key_a")) == 3
 
 
 def test_finished_jobs_are_purged_after_the_retention_and_counted_by_status_and_priority(store):

@@ -5,7 +5,8 @@ exists, every route but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>``
 its scopes lack the route's (:data:`ROUTE_SCOPES`), 429 with ``Retry-After`` past one of its limits
 (:mod:`serve.access.keys`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
-key's id, never the key.
+key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
+that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import time
 
 from pydantic import ValidationError
 
+from serve import metrics
 from serve.access.keys import ApiKey, Decision, KeyStore, Scope, open_key_store
 from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
+from serve.jobs.model import Owner
 from serve.text_to_image.admission import request_cost
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import Message, Receive, Send, send_error
@@ -31,6 +34,8 @@ ROUTE_SCOPES = {"/v1/images/generations": Scope.GENERATE, "/v1/vectorize": Scope
 """The scope each route (and what is under it) needs; any other route needs a valid key of any scope."""
 ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""
+CALLER = "api_key"
+"""Where in the request's state :class:`KeyCheck` leaves the admitted key."""
 
 
 def required_scope(path: str) -> Scope | None:
@@ -39,6 +44,26 @@ def required_scope(path: str) -> Scope | None:
         if path == prefix or path.startswith(prefix + "/"):
             return scope
     return None
+
+
+def caller(request) -> ApiKey | None:
+    """The key ``request`` (a Starlette request) was admitted with; None while the API is open."""
+    return request.scope.get("state", {}).get(CALLER)
+
+
+def job_owner(key: ApiKey | None) -> Owner | None:
+    """Who a job submitted with ``key`` belongs to, with the key's cap on unfinished jobs."""
+    return None if key is None else Owner(key.id, key.limits.concurrent_jobs)
+
+
+def may_see(key: ApiKey | None, owner: str | None) -> bool:
+    """Whether ``key`` may see (and cancel) a job of ``owner``: its own, any with an admin key or an open API."""
+    return key is None or Scope.ADMIN in key.scopes or key.id == owner
+
+
+def owner_filter(key: ApiKey | None) -> str | None:
+    """The owner a job listing is limited to for ``key`` (None: every job)."""
+    return None if key is None or Scope.ADMIN in key.scopes else key.id
 
 
 def generation_cost(body: bytes, native_size: int) -> float:
@@ -143,12 +168,17 @@ class KeyCheck:
             logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
             await send_error(send, error)
             return
+        scope.setdefault("state", {})[CALLER] = key
         cost = 0.0
         if scope["path"] == "/v1/images/generations" and scope["method"] == "POST":
             body = await _read_body(receive)
             cost = generation_cost(body, ACCESS.native_size)
             receive = _replay(body, receive)
         decision = await asyncio.to_thread(ACCESS.store.admit, key, cost)
+        result = "admitted" if decision.allowed else decision.refused_by
+        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
+        if decision.allowed and cost:
+            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
             logger.warning("key %s over its %s limit", key.id, decision.refused_by)

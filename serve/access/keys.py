@@ -53,6 +53,7 @@ class KeyLimits(BaseModel):
     cost_per_minute: float | None = Field(None, gt=0)
     concurrent: int | None = Field(None, ge=1)
     requests_per_day: int | None = Field(None, ge=1)
+    concurrent_jobs: int | None = Field(None, ge=1)  # unfinished (queued or running) background jobs
 
 
 @dataclass(frozen=True)

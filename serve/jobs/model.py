@@ -6,7 +6,7 @@ import enum
 import secrets
 from dataclasses import dataclass
 
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, Overloaded
 from serve.text_to_image.priority import Priority
 
 JOB_OBJECT = "image.generation.job"
@@ -17,6 +17,8 @@ DEFAULT_RETENTION_S = 24 * 3600.0
 MAX_ATTEMPTS = 3
 """A job whose worker died this many times fails instead of running again."""
 MAX_IDEMPOTENCY_KEY = 255
+OPEN_JOBS_RETRY_S = 5
+"""Retry-After of a job refused because its key has as many unfinished jobs as it may."""
 
 
 class JobStatus(enum.StrEnum):
@@ -68,6 +70,8 @@ class Job:
     cancel_requested: bool = False
     result: dict | None = None
     error: dict | None = None
+    owner: str | None = None  # the id of the API key that submitted it (None: the API was open)
+    seq: int = 0  # the sequence number of its latest event when read: this state is as of that event
 
     def to_api(self) -> dict:
         """The body of ``GET /v1/jobs/{id}``."""
@@ -87,6 +91,23 @@ class Job:
         if self.status is JobStatus.FAILED and self.error is not None:
             body["error"] = self.error
         return body
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who submits a job: an API key's id, and how many unfinished (queued or running) jobs it may have."""
+
+    key_id: str
+    max_open: int | None = None  # None: no cap
+
+    def refuse_if_full(self, open_jobs: int) -> None:
+        """Raise 429 if the key already has ``max_open`` unfinished jobs."""
+        if self.max_open is not None and open_jobs >= self.max_open:
+            raise Overloaded(
+                f"key {self.key_id} is over its limit of {self.max_open} unfinished jobs at once",
+                field="concurrent_jobs",
+                retry_after_s=OPEN_JOBS_RETRY_S,
+            )
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ one worker with a lease; the worker renews it while it runs (:meth:`JobStore.pro
 a worker that dies stops renewing, its lease expires and the job is claimed again (at most
 :data:`~serve.jobs.model.MAX_ATTEMPTS` times). Jobs are claimed highest priority first, then oldest first. Every
 change a client can watch appends an event with the next sequence number, which is how ``/events`` streams.
+A job submitted with a key has that key as its :class:`~serve.jobs.model.Owner`: the cap on the key's unfinished
+jobs is checked in the same transaction that adds one, so it holds across replicas.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from serve.jobs.model import (
     EventType,
     Job,
     JobStatus,
+    Owner,
     new_job_id,
 )
 from serve.stores import redis_client, scheme, serialized, sqlite_connect
@@ -42,10 +45,17 @@ class JobStore(ABC):
         self.retention_s = retention_s
 
     @abstractmethod
-    def submit(self, request: dict, priority: Priority, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+    def submit(
+        self,
+        request: dict,
+        priority: Priority,
+        idempotency: tuple[str, str] | None = None,
+        owner: Owner | None = None,
+    ) -> tuple[Job, bool]:
         """Queue a job; with ``idempotency`` (key, body hash) the key's earlier job is returned instead.
 
-        Returns the job and whether it was created. A key used before for another body is a :class:`Conflict`.
+        Returns the job and whether it was created. A key used before for another body is a :class:`Conflict`; an
+        ``owner`` with as many unfinished jobs as it may have gets :class:`~serve.errors.Overloaded`.
         """
 
     @abstractmethod
@@ -53,8 +63,10 @@ class JobStore(ABC):
         """The job, or None."""
 
     @abstractmethod
-    def list(self, status: JobStatus | None = None, limit: int = 20, after: str | None = None) -> list[Job]:
-        """Jobs newest first, optionally of one status, starting after the job ``after`` (a page's last id)."""
+    def list(
+        self, status: JobStatus | None = None, limit: int = 20, after: str | None = None, owner: str | None = None
+    ) -> list[Job]:
+        """Jobs newest first, optionally of one status or one owner, after the job ``after`` (a page's last id)."""
 
     @abstractmethod
     def claim(self, worker: str, lease_s: float, priorities: tuple[Priority, ...] = tuple(Priority)) -> Job | None:
@@ -96,8 +108,12 @@ class JobStore(ABC):
         """The job, or :class:`NotFound` naming the id."""
         job = self.get(job_id)
         if job is None:
-            raise NotFound(f"job_id: no job {job_id!r} (finished jobs are kept {self.retention_s / 3600:g} h)", "id")
+            raise self.missing(job_id)
         return job
+
+    def missing(self, job_id: str) -> NotFound:
+        """The 404 of a job id that is not there (or not the caller's to see)."""
+        return NotFound(f"job_id: no job {job_id!r} (finished jobs are kept {self.retention_s / 3600:g} h)", "id")
 
 
 def _idempotency_conflict(key: str) -> Conflict:
@@ -145,7 +161,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     lease_until REAL,
     result TEXT,
     error TEXT,
-    seq INTEGER NOT NULL DEFAULT 0
+    seq INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
@@ -162,6 +179,9 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     job_id TEXT NOT NULL
 );
 """
+_SCHEMA_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status);
+"""
 
 
 class SqliteJobStore(JobStore):
@@ -172,6 +192,9 @@ class SqliteJobStore(JobStore):
         self.db = sqlite_connect(url)
         self._lock = threading.RLock()
         self.db.executescript(_SCHEMA)
+        if "owner" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before jobs had owners
+        self.db.executescript(_SCHEMA_INDEXES)
 
     def _job(self, row) -> Job:
         return Job(
@@ -188,6 +211,8 @@ class SqliteJobStore(JobStore):
             cancel_requested=bool(row["cancel_requested"]),
             result=json.loads(row["result"]) if row["result"] else None,
             error=json.loads(row["error"]) if row["error"] else None,
+            owner=row["owner"],
+            seq=row["seq"],
         )
 
     def _append(self, job_id: str, type_: EventType, data: dict) -> None:
@@ -199,7 +224,13 @@ class SqliteJobStore(JobStore):
         )
 
     @serialized
-    def submit(self, request: dict, priority: Priority, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+    def submit(
+        self,
+        request: dict,
+        priority: Priority,
+        idempotency: tuple[str, str] | None = None,
+        owner: Owner | None = None,
+    ) -> tuple[Job, bool]:
         """See :meth:`JobStore.submit`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
@@ -213,10 +244,23 @@ class SqliteJobStore(JobStore):
                     earlier = self.db.execute("SELECT * FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
                     if earlier is not None:
                         return self._job(earlier), False
+            if owner is not None:
+                owner.refuse_if_full(
+                    self.db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (owner.key_id,)
+                    ).fetchone()[0]
+                )
             job_id = new_job_id()
             self.db.execute(
-                "INSERT INTO jobs (id, status, priority, request, created_at) VALUES (?, ?, ?, ?, ?)",
-                (job_id, JobStatus.QUEUED.value, priority.rank, json.dumps(request), time.time()),
+                "INSERT INTO jobs (id, status, priority, request, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    JobStatus.QUEUED.value,
+                    priority.rank,
+                    json.dumps(request),
+                    time.time(),
+                    owner and owner.key_id,
+                ),
             )
             if idempotency is not None:
                 self.db.execute(
@@ -232,12 +276,17 @@ class SqliteJobStore(JobStore):
         return None if row is None else self._job(row)
 
     @serialized
-    def list(self, status: JobStatus | None = None, limit: int = 20, after: str | None = None) -> list[Job]:
+    def list(
+        self, status: JobStatus | None = None, limit: int = 20, after: str | None = None, owner: str | None = None
+    ) -> list[Job]:
         """See :meth:`JobStore.list`."""
         where, args = [], []
         if status is not None:
             where.append("status = ?")
             args.append(status.value)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
         if after is not None:
             anchor = self.db.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
             if anchor is None:
@@ -389,6 +438,7 @@ _PREFIX = "easel:"
 _CREATED = _PREFIX + "jobs:created"  # zset: id by creation time (listing)
 _QUEUE = _PREFIX + "jobs:queue"  # zset: queued ids by (priority, creation)
 _LEASES = _PREFIX + "jobs:leases"  # zset: running ids by lease expiry
+_OPEN = _PREFIX + "jobs:open:"  # set per owner: its queued and running ids
 _RANK_SPAN = 1e14  # queue score = rank x span + creation in ms (exact in a double)
 
 
@@ -437,6 +487,8 @@ class RedisJobStore(JobStore):
             cancel_requested=fields.get("cancel_requested") == "1",
             result=json.loads(fields["result"]) if fields.get("result") else None,
             error=json.loads(fields["error"]) if fields.get("error") else None,
+            owner=fields.get("owner") or None,
+            seq=int(fields.get("seq", 0)),
         )
 
     @staticmethod
@@ -447,7 +499,13 @@ class RedisJobStore(JobStore):
         pipe.hset(_job_key(job_id), "seq", seq)
         pipe.rpush(_events_key(job_id), json.dumps({"seq": seq, "type": type_.value, "data": data}))
 
-    def submit(self, request: dict, priority: Priority, idempotency: tuple[str, str] | None = None) -> tuple[Job, bool]:
+    def submit(
+        self,
+        request: dict,
+        priority: Priority,
+        idempotency: tuple[str, str] | None = None,
+        owner: Owner | None = None,
+    ) -> tuple[Job, bool]:
         """See :meth:`JobStore.submit`."""
         job_id, now = new_job_id(), time.time()
         fields = {
@@ -456,7 +514,7 @@ class RedisJobStore(JobStore):
             "request": json.dumps(request),
             "created_at": repr(now),
             "seq": "0",
-        }
+        } | ({"owner": owner.key_id} if owner else {})
 
         def create(pipe) -> tuple[str, bool]:
             if idempotency is not None:
@@ -467,8 +525,12 @@ class RedisJobStore(JobStore):
                         raise _idempotency_conflict(idempotency[0])
                     if pipe.exists(_job_key(earlier_id)):
                         return earlier_id, False
+            if owner is not None:
+                owner.refuse_if_full(pipe.scard(_OPEN + owner.key_id))
             pipe.multi()
             pipe.hset(_job_key(job_id), mapping=fields)
+            if owner is not None:
+                pipe.sadd(_OPEN + owner.key_id, job_id)
             pipe.zadd(_CREATED, {job_id: now})
             pipe.zadd(_QUEUE, {job_id: _queue_score(priority.rank, now)})
             if idempotency is not None:
@@ -476,6 +538,7 @@ class RedisJobStore(JobStore):
             return job_id, True
 
         watched = [_idempotency_key(idempotency[0])] if idempotency else []
+        watched += [_OPEN + owner.key_id] if owner else []
         made_id, created = self.redis.transaction(create, *watched, value_from_callable=True)
         return self.get(made_id), created
 
@@ -483,7 +546,9 @@ class RedisJobStore(JobStore):
         """See :meth:`JobStore.get`."""
         return self._job(job_id, self.redis.hgetall(_job_key(job_id)))
 
-    def list(self, status: JobStatus | None = None, limit: int = 20, after: str | None = None) -> list[Job]:
+    def list(
+        self, status: JobStatus | None = None, limit: int = 20, after: str | None = None, owner: str | None = None
+    ) -> list[Job]:
         """See :meth:`JobStore.list`."""
         start = 0
         if after is not None:
@@ -499,7 +564,7 @@ class RedisJobStore(JobStore):
             start += len(ids)
             for job_id in ids:
                 job = self.get(job_id)
-                if job is not None and (status is None or job.status is status):
+                if job is not None and (status is None or job.status is status) and owner in (None, job.owner):
                     found.append(job)
                     if len(found) == limit:
                         break
@@ -615,6 +680,8 @@ class RedisJobStore(JobStore):
         pipe.hdel(_job_key(job_id), "worker")
         pipe.zrem(_QUEUE, job_id)
         pipe.zrem(_LEASES, job_id)
+        if fields.get("owner"):
+            pipe.srem(_OPEN + fields["owner"], job_id)
         self._append(pipe, job_id, fields, *_final_event(status, result, error))
 
     def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
@@ -634,7 +701,7 @@ class RedisJobStore(JobStore):
             fields = pipe.hgetall(_job_key(job_id))
             job = self._job(job_id, fields)
             if job is None:
-                raise NotFound(f"job_id: no job {job_id!r}", "id")
+                raise self.missing(job_id)
             if job.status.final:
                 raise Conflict(f"job {job_id} is already {job.status.value}", "id")
             pipe.multi()

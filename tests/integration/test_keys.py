@@ -99,6 +99,51 @@ def test_one_bucket_holds_across_both_gateway_replicas(api, stack, keys):
     assert len(replicas) == 2, replicas  # both Gateway replicas drew from the one bucket
 
 
+def test_a_key_s_jobs_are_capped_and_its_own(api, keys):
+    store, _ = keys
+    _, capped = store.create("batcher", {Scope.GENERATE, Scope.JOBS}, KeyLimits(concurrent_jobs=1))
+    _, other = store.create("neighbour", {Scope.GENERATE, Scope.JOBS}, KeyLimits())
+    _, admin = store.create("operator", {Scope.ADMIN}, KeyLimits())
+    slow = SMALL | {"size": "256x256", "num_inference_steps": 150, "background": True}  # still running when asked
+    idempotent = _bearer(capped) | {"Idempotency-Key": "batch-1"}
+    first = api.post("/v1/images/generations", json=slow, headers=idempotent)
+    assert first.status_code == 202, first.text
+    job = first.json()["id"]
+    refused = api.post("/v1/images/generations", json=slow | {"seed": 4}, headers=_bearer(capped))
+    assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
+    assert refused.json()["error"]["param"] == "concurrent_jobs"
+    assert "1 unfinished jobs at once" in refused.json()["error"]["message"]
+    replayed = api.post("/v1/images/generations", json=slow, headers=idempotent)  # the same job, not a second one
+    assert replayed.status_code == 202 and replayed.json()["id"] == job
+    # Another key: the job is unknown to it, its own Idempotency-Key of the same name is its own job.
+    for answer in (
+        api.get(f"/v1/jobs/{job}", headers=_bearer(other)),
+        api.post(f"/v1/jobs/{job}/cancel", headers=_bearer(other)),
+        api.get(f"/v1/jobs/{job}/events", headers=_bearer(other)),
+    ):
+        assert answer.status_code == 404 and answer.json()["error"]["param"] == "id"
+    assert job not in {j["id"] for j in api.get("/v1/jobs", headers=_bearer(other)).json()["data"]}
+    theirs = api.post("/v1/images/generations", json=slow, headers=_bearer(other) | {"Idempotency-Key": "batch-1"})
+    assert theirs.status_code == 202 and theirs.json()["id"] != job
+    # The owner and an admin key see it; once the owner cancels it, the key may queue another.
+    assert [j["id"] for j in api.get("/v1/jobs", headers=_bearer(capped)).json()["data"]] == [job]
+    assert {job, theirs.json()["id"]} <= {j["id"] for j in api.get("/v1/jobs", headers=_bearer(admin)).json()["data"]}
+    assert api.get(f"/v1/jobs/{job}", headers=_bearer(admin)).status_code == 200
+    for mine, key in ((job, capped), (theirs.json()["id"], other)):
+        assert api.post(f"/v1/jobs/{mine}/cancel", headers=_bearer(key)).status_code == 200
+    _wait_until_final(api, job, capped)
+    again = api.post("/v1/images/generations", json=slow | {"seed": 5}, headers=_bearer(capped))
+    assert again.status_code == 202, again.text
+    assert api.post(f"/v1/jobs/{again.json()['id']}/cancel", headers=_bearer(capped)).status_code == 200
+
+
+def _wait_until_final(api, job: str, key: str) -> None:
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{job}", headers=_bearer(key)).json()["status"] not in ("succeeded", "failed", "canceled"):
+        assert time.monotonic() < deadline, f"job {job} never ended"
+        time.sleep(0.2)
+
+
 def test_logs_name_key_ids_never_keys(stack, keys):
     _, made = keys
     folder = stack.ray_session_dir / "logs"

@@ -1,8 +1,8 @@
-"""Locust users for Easel: text-to-image and vectorize over HTTP, and Triton directly over gRPC (KServe v2).
+"""Locust users for Easel: text-to-image and vectorize over HTTP and over Easel's gRPC API, and Triton directly.
 
-Environment (set by `easel loadtest`): ``EASEL_TRITON_GRPC`` (host:port of Triton's gRPC endpoint) and
-``EASEL_LOADTEST_IMAGES`` (a folder of PNG/JPEG files for the vectorize users); ``EASEL_API_KEY`` when the stack has
-API keys.
+Environment (set by `easel loadtest`): ``EASEL_GRPC`` (host:port of Easel's gRPC API), ``EASEL_TRITON_GRPC``
+(host:port of Triton's gRPC endpoint, KServe v2) and ``EASEL_LOADTEST_IMAGES`` (a folder of PNG/JPEG files for the
+vectorize users); ``EASEL_API_KEY`` when the stack has API keys.
 """
 
 from __future__ import annotations
@@ -96,6 +96,57 @@ class MixedUser(EaselUser):
 
     def _vectorize(self, tier: str) -> None:
         VectorizeUser._vectorize(self, tier)
+
+
+class EaselGrpcUser(User):
+    """Easel's public gRPC API: a streamed small generation (every progress event read) and a vectorize call."""
+
+    wait_time = between(0.5, 2.0)
+
+    def on_start(self) -> None:
+        """Open a channel to ``$EASEL_GRPC``; send ``$EASEL_API_KEY`` (if set) as metadata."""
+        import grpc
+
+        from serve.grpc_api import easel_pb2, easel_pb2_grpc
+
+        self.messages = easel_pb2
+        self.channel = grpc.insecure_channel(os.environ["EASEL_GRPC"])
+        self.stub = easel_pb2_grpc.EaselStub(self.channel)
+        self.metadata = [(k.lower(), v) for k, v in client_headers().items()]
+
+    def on_stop(self) -> None:
+        """Close the channel (an open one under gevent keeps the process from exiting)."""
+        self.channel.close()
+
+    @task(1)
+    def generate(self) -> None:
+        """A streamed 64x64 generation of a few steps."""
+        request = self.messages.GenerateRequest(
+            prompt=random.choice(PROMPTS), size="64x64", num_inference_steps=4, seed=random.randrange(1000)
+        )
+        self._call("Generate", lambda: list(self.stub.Generate(request, metadata=self.metadata, timeout=120)))
+
+    @task(2)
+    def vectorize(self) -> None:
+        """One icon to SVG with tier auto."""
+        request = self.messages.VectorizeRequest(image=random.choice(_uploads()), tier="auto")
+        self._call("Vectorize", lambda: self.stub.Vectorize(request, metadata=self.metadata, timeout=60))
+
+    def _call(self, name: str, call) -> None:
+        started = time.perf_counter()
+        error = None
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - reported to locust as a failure
+            error = exc
+        events.request.fire(
+            request_type="grpc",
+            name=f"easel.v1.Easel/{name}",
+            response_time=(time.perf_counter() - started) * 1000,
+            response_length=0,
+            exception=error,
+            context={},
+        )
 
 
 class TritonGrpcUser(User):

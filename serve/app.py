@@ -26,16 +26,17 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import contract, metrics
-from serve.access import KeyCheck, caller, job_owner, may_see, open_access, owner_filter
+from serve import contract, grpc_api, metrics
+from serve.access import KeyCheck, call_admitted, caller, job_owner, may_see, open_access, owner_filter
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
-from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
+from serve.grpc_api import easel_pb2
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
-from serve.text_to_image.deployment import TextToImage, draw_seed, require_ready
+from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
@@ -105,12 +106,7 @@ def error_response(error: EaselError) -> JSONResponse:
 @api.exception_handler(RequestValidationError)
 @api.exception_handler(ValidationError)
 async def _invalid_request(_: Request, exc: RequestValidationError | ValidationError) -> JSONResponse:
-    first = exc.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
-    if first["type"] == "json_invalid":
-        return error_response(InvalidInput(f"request body is not valid JSON: {first['msg']}", field="body"))
-    message = first["msg"].removeprefix("Value error, ")
-    return error_response(InvalidInput(f"{field}: {message}", field=field))
+    return error_response(invalid_input(exc))
 
 
 @api.exception_handler(StarletteHTTPException)
@@ -380,6 +376,39 @@ class Gateway:
         return [
             {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim} for r in results
         ]
+
+    async def Generate(self, message: easel_pb2.GenerateRequest, grpc_context):  # noqa: N802 - the RPC's name
+        """The gRPC ``easel.v1.Easel/Generate``: one ``progress`` event per denoising step, then the images.
+
+        The request, its limits, its key check and its errors are the HTTP route's; the result cache is not used
+        (a cached answer has no steps to report).
+        """
+        try:
+            request = grpc_api.generation_request(message)
+            async with call_admitted(grpc_context, grpc_api.ROUTES["Generate"], request):
+                stream = self.text_to_image.options(stream=True).generate_stream.remote(request, sent_at=time.time())
+                async for item in stream:
+                    if not isinstance(item, EncodedImages):
+                        yield grpc_api.progress(*item)
+                        continue
+                    if request.output_format == "svg":
+                        data = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
+                        images = [grpc_api.svg_image(d) for d in data]
+                    else:
+                        images = [easel_pb2.Image(data=image) for image in item.images]
+                    yield grpc_api.result(item.seed, images)
+        except Exception as error:  # every failure ends the stream with its status code
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
+        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
+        try:
+            options = grpc_api.vectorize_options(message)
+            async with call_admitted(grpc_context, grpc_api.ROUTES["Vectorize"]):
+                result = await self.vectorizer.vectorize.remote(message.image, options, sent_at=time.time())
+            return grpc_api.vectorize_reply(result)
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))
 
     @api.post("/v1/vectorize")
     async def vectorize(self, request: Request) -> Response:

@@ -15,7 +15,7 @@ from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
 from build_engines.text_to_image.published import PUBLISHED
 from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
-from serve.processes.ports import TRITON_PORTS
+from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import StoreURLError, scheme
 from serve.triton.spec import Backend
 
@@ -92,11 +92,12 @@ _repository_option = click.option(
 @_embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
-    type=click.Choice([b.value for b in (Backend.PYTHON_ONNX, Backend.ONNXRUNTIME)]),
+    type=click.Choice([b.value for b in Backend]),
     default=Backend.PYTHON_ONNX.value,
     show_default=True,
     help="python: ONNX Runtime inside Triton's python backend (bundled CPU Triton); "
-    "onnxruntime: native backend configs for the NGC Triton container.",
+    "onnxruntime: native backend configs for the NGC Triton container; tensorrt: fp16 TensorRT plans for it (needs "
+    "the gpu extra and an NVIDIA GPU).",
 )
 @click.option(
     "--precision",
@@ -112,8 +113,11 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
+    from serve.triton.tensorrt import TENSORRT_MISSING, tensorrt_available
 
     _check_model(model_dir)
+    if backend == Backend.TENSORRT and not tensorrt_available():
+        raise click.ClickException(TENSORRT_MISSING)
     engine_dir = build_engines(
         model_dir or default_model_dir(embedded), repository, force, Backend(backend), precision=precision
     )
@@ -166,6 +170,7 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     callback=lambda _ctx, _param, value: _triton_ports(value),
     help="Triton's HTTP,gRPC,metrics ports on 127.0.0.1 (0: a free port).",
 )
+@click.option("--grpc-port", default=GRPC_PORT, show_default=True, help="Port of the public gRPC API (0: a free port).")
 @click.option("--insecure", is_flag=True, help="Serve on a non-loopback --host even with no API key (anyone may call).")
 @click.option(
     "--first-request/--no-first-request",
@@ -189,6 +194,7 @@ def up(
     no_cache: bool,
     detach: bool,
     triton_ports: tuple[int, int, int],
+    grpc_port: int,
     insecure: bool,
     first_request: bool,
 ) -> None:
@@ -222,6 +228,7 @@ def up(
         **({"cache_bytes": 0 if no_cache else cache_bytes} if no_cache or cache_bytes else {}),
         insecure=insecure,
         triton_ports=triton_ports,
+        grpc_port=grpc_port,
     )
     try:
         check_exposure(options)
@@ -447,12 +454,36 @@ def _int_list(text: str) -> tuple[int, ...]:
 @click.option(
     "--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("out/bench_generate.json"), show_default=True
 )
-def bench_generate(embedded: str, steps: int, size: int, repeats: int, concurrency: str, out: Path) -> None:
+@click.option(
+    "--device",
+    default=None,
+    help="cuda (or cpu): diffusers vs Easel's loop on PyTorch, steps merged or not, on this device; no Triton.",
+)
+@_model_option
+def bench_generate(
+    embedded: str,
+    steps: int,
+    size: int,
+    repeats: int,
+    concurrency: str,
+    out: Path,
+    device: str | None,
+    model_dir: Path | None,
+) -> None:
     """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
     from serve.benchmarks import generate
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
-    click.echo(generate.run_benchmark(embedded, settings, out))
+    if device is None:
+        if model_dir is not None:
+            raise click.UsageError("--model is for --device runs; the stack comparison uses --embedded")
+        click.echo(generate.run_benchmark(embedded, settings, out))
+        return
+    from build_engines.text_to_image.build import default_model_dir
+    from serve.benchmarks.device import run_device_benchmark
+
+    _check_model(model_dir)
+    click.echo(run_device_benchmark(model_dir or default_model_dir(embedded), settings, device, out))
 
 
 @bench.command("model")
@@ -625,6 +656,7 @@ def _print_endpoints(info) -> None:
     click.echo(f"""
 Easel is up.
   API             {info.api_url}   (POST /v1/images/generations, GET /healthz, GET /readyz, docs at /docs)
+  gRPC API        {info.grpc_address}   (easel.v1.Easel: Generate, Vectorize; serve/grpc_api/easel.proto)
   Triton HTTP     {info.triton_http_url}   (KServe v2, e.g. GET /v2/models/unet/stats)
   Triton gRPC     {info.triton_grpc_url}
   Triton metrics  {info.triton_metrics_url}""")

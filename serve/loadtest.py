@@ -100,13 +100,22 @@ def format_summary(rows: list[dict[str, str]]) -> str:
     return "\n".join([head, *body])
 
 
+def locust_env(info, images: Path) -> dict[str, str]:
+    """The environment the locust users read: the stack's gRPC addresses and the vectorize uploads."""
+    return {
+        **os.environ,
+        "EASEL_GRPC": info.grpc_address,
+        "EASEL_TRITON_GRPC": info.triton_grpc_url,
+        "EASEL_LOADTEST_IMAGES": str(images),
+    }
+
+
 def run_scenario(scenario: Scenario, images: Path, out: Path) -> tuple[int, str]:
     """Run ``scenario`` against the running stack, or a scratch one started for it; (exit code, summary)."""
     from serve.stack import running_stack, scratch_stack
 
     def run(info) -> int:
-        env = {**os.environ, "EASEL_TRITON_GRPC": info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(images)}
-        return run_locust(scenario, info.api_url, out, env)
+        return run_locust(scenario, info.api_url, out, locust_env(info, images))
 
     info = running_stack()
     if info is not None:

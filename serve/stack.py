@@ -31,6 +31,7 @@ from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
+from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.stores import default_url
 from serve.text_to_image.admission import (
@@ -104,6 +105,7 @@ class StackOptions(BaseModel):
     triton_ports: tuple[int, int, int] = Field(
         (0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port)."
     )
+    grpc_port: int = Field(0, ge=0, le=65535, description="Port of the public gRPC API on `host` (0: a free port).")
 
     @property
     def store(self) -> str:
@@ -144,6 +146,7 @@ class StackInfo:
     started_at: float
     stack_id: str
     api_url: str
+    grpc_address: str  # host:port of the public gRPC API
     triton_http_url: str
     triton_grpc_url: str
     triton_metrics_url: str
@@ -159,12 +162,16 @@ class StackInfo:
             return False
 
 
-def load_serve_config(path: Path, host: str, port: int, **args):
-    """The Serve config at ``path`` with the HTTP address and the app's ``args`` (engine folder, Triton...) set."""
+def load_serve_config(path: Path, host: str, port: int, grpc_port: int, **args):
+    """The Serve config at ``path`` with the HTTP and gRPC ports and the app's ``args`` (engine folder...) set.
+
+    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`).
+    """
     from ray.serve.schema import ServeDeploySchema
 
     raw = yaml.safe_load(path.read_text())
     raw.setdefault("http_options", {}).update(host=host, port=port)
+    raw.setdefault("grpc_options", {}).update(port=grpc_port)
     for app in raw["applications"]:
         app.setdefault("args", {}).update(args)
     return ServeDeploySchema.model_validate(raw)
@@ -244,13 +251,14 @@ class Stack:
             memory_budgets=memory_budgets(engine_dir, self.memory_budget_bytes),
         ).start()
         self.supervisor.watch(self.triton.managed, self.triton.check)
-        spare = iter(free_ports(2, opts.host))  # together, so the two cannot be the same port
-        port = opts.port or next(spare)
+        spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
+        port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         config = load_serve_config(
             opts.serve_config,
             opts.host,
             port,
+            grpc_port,
             engine_dir=str(engine_dir),
             triton_grpc_url=self.triton.endpoints.grpc_url,
             memory_budget_bytes=self.memory_budget_bytes,
@@ -266,6 +274,7 @@ class Stack:
             me.create_time(),
             self.stack_id,
             f"http://{opts.host}:{port}",
+            f"{opts.host}:{grpc_port}",
             e.http_url,
             e.grpc_url,
             e.metrics_url,
@@ -297,6 +306,7 @@ class Stack:
     def _start_ray(self, dashboard_port: int) -> str | None:
         for name, value in RAY_ENV.items():
             os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
+        os.environ[API_HOST_ENV] = self.options.host
         import ray
 
         opts = self.options
@@ -309,7 +319,7 @@ class Stack:
             log_to_driver=False,
             configure_logging=True,
             _temp_dir=None,
-            runtime_env={"worker_process_setup_hook": "serve.processes.loopback.bind_replica_servers_to_loopback"},
+            runtime_env={"worker_process_setup_hook": "serve.processes.loopback.bind_serve_servers"},
         )
         self.ray_session_dir = Path(context.address_info["session_dir"])
         _stop_log_monitor()
@@ -370,7 +380,11 @@ def _deploy(config, timeout_s: float) -> None:
     from ray import serve
     from ray.serve._private import api as serve_api
 
-    client = serve_api.serve_start(http_options=config.http_options.model_dump(), proxy_location=config.proxy_location)
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        grpc_options=config.grpc_options.model_dump(),
+        proxy_location=config.proxy_location,
+    )
     client.deploy_apps(config, _blocking=False)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

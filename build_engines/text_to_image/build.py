@@ -22,6 +22,7 @@ from serve.text_to_image.families import Family, family_of_engines, family_of_fo
 from serve.text_to_image.spec import ALL_ENGINE_NAMES
 from serve.triton.memory import MEMORY_FILE, MemoryModel
 from serve.triton.spec import Backend
+from serve.triton.tensorrt import PLAN_FILE, axis_ranges, build_plan, profile
 
 logger = logging.getLogger(__name__)
 
@@ -123,4 +124,8 @@ def install(engine_dir: Path, repository: Path, backend: Backend = Backend.PYTHO
                 measure_memory(engine_dir / name, spec)
             except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
-        install_model(spec, repository, engine_files(engine_dir / name), backend)
+        files = engine_files(engine_dir / name)
+        if backend is Backend.TENSORRT:
+            shapes = profile(spec, axis_ranges(family.dims.native_size, family.dims.vae_scale_factor))
+            files = {PLAN_FILE: build_plan(files["model.onnx"], shapes)}
+        install_model(spec, repository, files, backend)

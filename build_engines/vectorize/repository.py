@@ -21,7 +21,12 @@ logger = logging.getLogger(__name__)
 def install_vectorize(
     repository: Path, trained_dir: Path = TRAINED_DIR, backend: Backend = Backend.PYTHON_ONNX
 ) -> bool:
-    """Install features, quality, policy and the ``vectorize`` ensemble; False (nothing installed) if untrained."""
+    """Install features, quality, policy and the ``vectorize`` ensemble; False (nothing installed) if untrained.
+
+    The models are small (microseconds per call): with ``backend`` TensorRT they stay on native ONNX Runtime.
+    """
+    if backend is Backend.TENSORRT:
+        backend = Backend.ONNXRUNTIME
     engines = [(spec, trained_dir / f"{spec.name}.onnx") for spec in (QUALITY, POLICY)]
     table = trained_dir / TIER1_FILE
     missing = [str(path) for path in (*(p for _, p in engines), table) if not path.exists()]

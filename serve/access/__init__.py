@@ -15,6 +15,8 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
 
@@ -66,14 +68,18 @@ def owner_filter(key: ApiKey | None) -> str | None:
     return None if key is None or Scope.ADMIN in key.scopes else key.id
 
 
-def generation_cost(body: bytes, native_size: int) -> float:
-    """What a generation request costs (images x steps x megapixels); 0 for a body the app will refuse anyway."""
-    try:
-        request = GenerationRequest.model_validate_json(body)
-    except ValidationError:
-        return 0.0
+def generation_cost(request: GenerationRequest, native_size: int) -> float:
+    """What a generation costs: images x steps x megapixels."""
     width, height = request.width_height(native_size)
     return request_cost(request.n, request.num_inference_steps, width, height)
+
+
+def body_cost(body: bytes, native_size: int) -> float:
+    """What a generation request's JSON body costs; 0 for a body the app will refuse anyway."""
+    try:
+        return generation_cost(GenerationRequest.model_validate_json(body), native_size)
+    except ValidationError:
+        return 0.0
 
 
 def duration(seconds: float) -> str:
@@ -120,22 +126,37 @@ class Access:
             self._active = (time.monotonic(), active)
         return active
 
-    async def authenticate(self, scope: AsgiScope) -> ApiKey:
-        """The key the request carries, allowed on its route (:class:`Unauthorized`, :class:`Forbidden`)."""
-        header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+    async def authenticate(self, header: str, path: str) -> ApiKey:
+        """The key in an ``Authorization`` header, allowed on ``path`` (:class:`Unauthorized`, :class:`Forbidden`)."""
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'", field="Authorization")
         key = await asyncio.to_thread(self.store.verify, token.strip())
         if key is None:
             raise Unauthorized("invalid or revoked API key", field="Authorization")
-        needed = required_scope(scope["path"])
+        needed = required_scope(path)
         if needed is not None and needed not in key.scopes and Scope.ADMIN not in key.scopes:
             raise Forbidden(
-                f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {scope['path']} needs '{needed}'",
+                f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {path} needs '{needed}'",
                 field="Authorization",
             )
         return key
+
+    async def admit(self, key: ApiKey, cost: float) -> Decision:
+        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics)."""
+        decision = await asyncio.to_thread(self.store.admit, key, cost)
+        result = "admitted" if decision.allowed else decision.refused_by
+        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
+        if decision.allowed and cost:
+            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
+        if not decision.allowed:
+            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
+        return decision
+
+    async def release(self, key: ApiKey, decision: Decision) -> None:
+        """Give back the concurrency slot ``decision`` took, if any."""
+        if decision.slot is not None:
+            await asyncio.to_thread(self.store.release, key, decision.slot)
 
 
 ACCESS = Access()
@@ -163,7 +184,8 @@ class KeyCheck:
             await self.app(scope, receive, send)
             return
         try:
-            key = await ACCESS.authenticate(scope)
+            header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+            key = await ACCESS.authenticate(header, scope["path"])
         except EaselError as error:
             logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
             await send_error(send, error)
@@ -172,23 +194,37 @@ class KeyCheck:
         cost = 0.0
         if scope["path"] == "/v1/images/generations" and scope["method"] == "POST":
             body = await _read_body(receive)
-            cost = generation_cost(body, ACCESS.native_size)
+            cost = body_cost(body, ACCESS.native_size)
             receive = _replay(body, receive)
-        decision = await asyncio.to_thread(ACCESS.store.admit, key, cost)
-        result = "admitted" if decision.allowed else decision.refused_by
-        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
-        if decision.allowed and cost:
-            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
+        decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
-            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
             await send_error(_send_with_headers(send, headers), _over_limit(key, decision, cost))
             return
         try:
             await self.app(scope, receive, _send_with_headers(send, headers))
         finally:
-            if decision.slot is not None:
-                await asyncio.to_thread(ACCESS.store.release, key, decision.slot)
+            await ACCESS.release(key, decision)
+
+
+@asynccontextmanager
+async def call_admitted(grpc_context, path: str, request: GenerationRequest | None = None) -> AsyncIterator[None]:
+    """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
+
+    ``path``: the HTTP route whose scope the call needs; ``request``: a generation, for its cost.
+    """
+    if not await ACCESS.keys_required():
+        yield
+        return
+    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), path)
+    cost = 0.0 if request is None else generation_cost(request, ACCESS.native_size)
+    decision = await ACCESS.admit(key, cost)
+    if not decision.allowed:
+        raise _over_limit(key, decision, cost)
+    try:
+        yield
+    finally:
+        await ACCESS.release(key, decision)
 
 
 def _over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:

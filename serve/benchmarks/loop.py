@@ -147,9 +147,10 @@ def process_label(cmdline: list[str]) -> str:
 
 def format_table(rows: list[BenchRow], unit: str) -> str:
     """A plain-text table of the rows; ``unit`` names what ``per_s`` counts."""
-    head = f"{'method':<16}{'conc':>5}{'reqs':>6}{'p50 ms':>10}{'p95 ms':>10}{unit + '/s':>12}{'CPU-s/req':>11}"
+    width = max([16, *(len(r.method) + 2 for r in rows)])
+    head = f"{'method':<{width}}{'conc':>5}{'reqs':>6}{'p50 ms':>10}{'p95 ms':>10}{unit + '/s':>12}{'CPU-s/req':>11}"
     body = [
-        f"{r.method:<16}{r.concurrency:>5}{r.requests:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.per_s:>12.2f}"
+        f"{r.method:<{width}}{r.concurrency:>5}{r.requests:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.per_s:>12.2f}"
         f"{r.cpu_s_per_request:>11.3f}"
         for r in rows
     ]

@@ -15,6 +15,7 @@ from serve.paths import PROJECT_ROOT
 
 DASHBOARD_DIR = PROJECT_ROOT / "deployments" / "grafana"
 DATASOURCE_UID = "easel-prometheus"
+GPU_METRIC_PREFIX = "nv_gpu_"
 _GRAFANA_VARIABLES = re.compile(r"\$(?:__rate_interval|__interval|__range)\b|\$\{(?:__rate_interval|__interval)\}")
 _METRIC = re.compile(r"\b(?:ray|nv)_[A-Za-z0-9_:]+")
 
@@ -36,6 +37,11 @@ class PanelQuery:
     def metric_names(self) -> set[str]:
         """The Ray (``ray_*``) and Triton (``nv_*``) metric names the expression reads."""
         return set(_METRIC.findall(self.expr))
+
+    @property
+    def needs_gpu(self) -> bool:
+        """Whether it reads Triton's GPU metrics, which Triton exports only where it sees a GPU."""
+        return any(name.startswith(GPU_METRIC_PREFIX) for name in self.metric_names())
 
 
 def load_dashboards(directory: Path = DASHBOARD_DIR) -> list[dict]:

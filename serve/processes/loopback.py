@@ -1,25 +1,31 @@
-"""Keep a single-machine Ray on loopback.
+"""Where Ray Serve's own servers listen: a single-machine Ray kept on loopback, the gRPC API on the API's host.
 
 Ray's own servers (GCS, raylet, workers, agents) bind the node's address; :data:`serve.stack.RAY_ENV` makes that
-127.0.0.1. One server ignores it: every Ray Serve replica starts an inter-deployment gRPC server on ``[::]:0``, every
-interface, with no setting to move it (ray-project/ray#64623 adds a port range, not an address). The worker setup
-hook below, run by Ray in each of its worker processes, binds that server to 127.0.0.1 instead; callers reach it
-at the node's address, which is 127.0.0.1 too.
+127.0.0.1. Two Ray Serve servers ignore it and bind ``[::]``, every interface, with no setting to move them
+(ray-project/ray#64623 adds a port range, not an address): each replica's inter-deployment gRPC server, and the
+proxy's gRPC server (Easel's public gRPC API). The worker setup hook below, which Ray runs in each of its worker
+processes, binds the first to 127.0.0.1 (callers reach it at the node's address, 127.0.0.1 too) and the second to
+the API's host (``$EASEL_API_HOST``, set by the stack), as the HTTP proxy is.
 """
 
 from __future__ import annotations
 
+import os
+
+API_HOST_ENV = "EASEL_API_HOST"
+"""The public API's host, which the stack sets for Ray's workers."""
 ALL_INTERFACES = "[::]:"
-LOOPBACK = "127.0.0.1:"
 
 
-def bind_replica_servers_to_loopback() -> None:
-    """Ray worker setup hook: Serve replicas' inter-deployment gRPC server listens on 127.0.0.1 only."""
-    from ray.serve._private import replica
+def bind_serve_servers() -> None:
+    """Ray worker setup hook: replicas' gRPC servers on 127.0.0.1, the gRPC proxy on the API's host."""
+    from ray.serve._private import default_impl, replica
 
     add_port = replica.add_port_to_grpc_server
-
-    def add_loopback_port(server, address: str) -> int:
-        return add_port(server, address.replace(ALL_INTERFACES, LOOPBACK))
-
-    replica.add_port_to_grpc_server = add_loopback_port
+    replica.add_port_to_grpc_server = lambda server, address: add_port(
+        server, address.replace(ALL_INTERFACES, "127.0.0.1:")
+    )
+    add_address = default_impl.add_grpc_address
+    host = os.environ.get(API_HOST_ENV, "127.0.0.1")
+    bound = f"[{host}]:" if ":" in host else f"{host}:"  # an IPv6 address in brackets
+    default_impl.add_grpc_address = lambda server, address: add_address(server, address.replace(ALL_INTERFACES, bound))

@@ -8,6 +8,8 @@ from contextlib import ExitStack
 TRITON_PORTS = (8003, 8001, 8002)
 """``easel up``'s Triton ports (HTTP, gRPC, metrics): gRPC and metrics are Triton's own defaults (8000, its HTTP
 default, is the API's); ``deployments/prometheus/prometheus.yml`` scrapes metrics on 8002 as written."""
+GRPC_PORT = 9000
+"""``easel up``'s public gRPC API port (Ray Serve's default gRPC port)."""
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:

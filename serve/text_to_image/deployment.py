@@ -94,11 +94,34 @@ class TextToImage:
         hand to the Vectorizer. With a job's ``lease``, each step is reported to the job store (with a preview every
         few steps), and a cancel asked meanwhile stops the loop at the next step (:class:`JobCanceled`).
         """
+        return await self._generate(request, sent_at, None if lease is None else self._reporter(lease))
+
+    async def generate_stream(self, request: GenerationRequest, sent_at: float | None = None):
+        """:meth:`generate` as a stream (``handle.options(stream=True)``): ``(step, total)`` per step, then the images.
+
+        A caller that stops reading (its client went away) cancels the generation.
+        """
+        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+
+        async def report(step: int, total: int, _: np.ndarray) -> None:
+            steps.put_nowait((step, total))
+
+        generation = asyncio.create_task(self._generate(request, sent_at, report))
+        generation.add_done_callback(lambda _: steps.put_nowait(None))
+        try:
+            while (step := await steps.get()) is not None:
+                yield step
+            yield await generation
+        finally:
+            generation.cancel()
+
+    async def _generate(
+        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
+    ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         job = to_generation(request, self.pipeline.dims.native_size)
         admitted = self.admission.check(job.n, job.steps, job.width, job.height)
         raster_format = "png" if request.output_format == "svg" else request.output_format
-        on_step = None if lease is None else self._reporter(lease)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with self.admission.slot(admitted.cost, job.priority):
                 result = await self.pipeline.generate(job, admitted.tiled_decode, on_step, admitted.rows_per_call)

@@ -2,7 +2,8 @@
 
 One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
 conditioning, and the loop sends it with each step's latents. The engines are reached through an
-:class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for benchmarks and unit tests. Each
+:class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for benchmarks and unit tests, PyTorch
+(fp16 on a CUDA GPU) to measure the loop on a GPU without Triton. Each
 generation owns its scheduler, so concurrent requests never share state.
 """
 
@@ -61,6 +62,43 @@ class OnnxRuntimeRunner:
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
         outputs = await asyncio.to_thread(session.run, feeds)
         return dict(zip(session.output_names, outputs, strict=True))
+
+
+class TorchRunner:
+    """In-process engines on PyTorch: the diffusers modules the engines are exported from, fp16 on a CUDA GPU.
+
+    The same loop, schedulers and step merging (wrap it in a ``CoalescingRunner``) as the served stack, without
+    Triton: for measuring on a GPU. On CPU it runs fp32 (the unit tests' parity check against ONNX Runtime).
+    Calls run one at a time, in a thread, in the order they come.
+    """
+
+    def __init__(self, model_dir: Path, engine_dir: Path, device: str = "cuda", dtype: torch.dtype = torch.float16):
+        from build_engines.text_to_image.export import CastIO
+
+        self.device = torch.device(device)
+        dtype = dtype if self.device.type == "cuda" else torch.float32
+        self.modules: dict[str, torch.nn.Module] = {}
+        for name, source in family_of_engines(engine_dir).export_modules(model_dir).items():
+            engine_dtype = torch.float32 if source.keep_fp32 else dtype
+            module = source.load(engine_dtype).to(device=self.device, dtype=engine_dtype).eval()
+            self.modules[name] = CastIO(module, engine_dtype) if engine_dtype != torch.float32 else module
+        self._lock = asyncio.Lock()
+
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Run ``spec``'s module on the inputs (float32 numpy in and out)."""
+        module = self.modules[spec.name]
+
+        def run() -> dict[str, np.ndarray]:
+            feeds = [torch.from_numpy(np.asarray(inputs[t.name], t.numpy_dtype)).to(self.device) for t in spec.inputs]
+            with torch.inference_mode():
+                outputs = module(*feeds)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outputs, strict=True)}
+
+        async with self._lock:
+            return await asyncio.to_thread(run)
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,14 @@ _TRITON_DTYPES = {
 
 
 class Backend(enum.StrEnum):
-    """How an ONNX engine is hosted: a python-backend ONNX Runtime model (bundled CPU Triton) or native (NGC)."""
+    """How an engine is hosted: python-backend ONNX Runtime (bundled CPU Triton), native ONNX Runtime, or TensorRT.
+
+    The last two are for the NGC Triton image; TensorRT plans run on its GPU (:mod:`serve.triton.tensorrt`).
+    """
 
     PYTHON_ONNX = "python"
     ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,8 @@ class ModelSpec:
             config.platform = "ensemble"
         elif backend is Backend.ONNXRUNTIME and not self.python_model:
             config.platform = "onnxruntime_onnx"
+        elif backend is Backend.TENSORRT and not self.python_model:
+            config.platform = "tensorrt_plan"
         else:
             config.backend = "python"
         config.input.extend(_tensor_config(t, mc.ModelInput) for t in self.inputs)
@@ -125,8 +131,9 @@ class ModelSpec:
                 )
             )
         if not self.ensemble:
-            group = mc.ModelInstanceGroup(count=self.instance_count, kind=mc.ModelInstanceGroup.KIND_CPU)
-            config.instance_group.append(group)
+            gpu = config.platform == "tensorrt_plan"
+            kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+            config.instance_group.append(mc.ModelInstanceGroup(count=self.instance_count, kind=kind))
         if self.dynamic_batching is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
             config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)

@@ -119,6 +119,8 @@ def easel_up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subp
         str(tmp_path / "repository"),
         "--triton-ports",
         "0,0,0",  # free ones: the fixed defaults may be taken on a shared machine
+        "--grpc-port",
+        "0",
         *extra,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

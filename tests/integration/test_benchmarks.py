@@ -53,12 +53,10 @@ def test_vectorize_tiers(stack):
 
 @pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")
 def test_locust_smoke_scenario(stack, tmp_path):
-    import os
-
     from serve import loadtest
 
     scenario = loadtest.Scenario.load("smoke").model_copy(update={"run_time_s": 4, "users": 3})
-    env = {**os.environ, "EASEL_TRITON_GRPC": stack.info.triton_grpc_url, "EASEL_LOADTEST_IMAGES": str(VAL)}
+    env = loadtest.locust_env(stack.info, VAL)
     crashes_before = _triton_exits(stack)
     code = loadtest.run_locust(scenario, stack.info.api_url, tmp_path, env)
     if code != 0 and _triton_exits(stack) > crashes_before:

@@ -24,7 +24,8 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert f"http://127.0.0.1:{port}" in up.stdout
-        assert "Triton gRPC" in up.stdout and "Ray dashboard" in up.stdout and "ray get-auth-token" in up.stdout
+        for printed in ("gRPC API", "Triton gRPC", "Ray dashboard", "ray get-auth-token"):
+            assert printed in up.stdout
         assert "First request" in up.stdout and "-> 200" in up.stdout
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"{state.triton_http_url}/v2/health/ready", timeout=10).status_code == 200
@@ -32,7 +33,8 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         assert httpx.get(f"{state.dashboard_url}/api/version", timeout=10).status_code == 401
         names = {p.name() for p in stack_processes(state.stack_id)}
         assert {"tritonserver", "raylet", "gcs_server", "triton_python_backend_stub"} <= names, names
-        ours = {port, dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in _triton_urls(state))}
+        urls = [*_triton_urls(state), state.grpc_address]
+        ours = {port, dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls)}
         listening = _listening(state.stack_id)
         assert ours <= {p for _, _, p in listening}, listening
         # Every socket the stack listens on (Ray's GCS, raylet, workers and agents included) is on loopback.

@@ -2,12 +2,14 @@
 
 import time
 
+import grpc
 import httpx
 import openai
 import pytest
 
 from serve.access import ACTIVE_CHECK_S
 from serve.access.keys import KeyLimits, Scope, open_key_store
+from serve.grpc_api import easel_pb2, easel_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -142,6 +144,23 @@ def _wait_until_final(api, job: str, key: str) -> None:
     while api.get(f"/v1/jobs/{job}", headers=_bearer(key)).json()["status"] not in ("succeeded", "failed", "canceled"):
         assert time.monotonic() < deadline, f"job {job} never ended"
         time.sleep(0.2)
+
+
+def test_grpc_calls_need_the_same_keys_and_scopes(stack, keys):
+    _, made = keys
+    request = easel_pb2.GenerateRequest(prompt="a red heart icon", size="64x64", num_inference_steps=2, seed=3)
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        stub = easel_pb2_grpc.EaselStub(channel)
+        for metadata, code in (
+            ((), grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", "Bearer easel-x-y"),), grpc.StatusCode.UNAUTHENTICATED),
+            ((("authorization", f"Bearer {made['vectorize']}"),), grpc.StatusCode.PERMISSION_DENIED),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                list(stub.Generate(request, metadata=metadata, timeout=60))
+            assert refused.value.code() is code, refused.value.details()
+        events = list(stub.Generate(request, metadata=(("authorization", f"Bearer {made['generate']}"),), timeout=60))
+    assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
 
 
 def test_logs_name_key_ids_never_keys(stack, keys):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.access import duration, generation_cost, ratelimit_headers, required_scope
+from serve.access import body_cost, duration, ratelimit_headers, required_scope
 from serve.access.keys import Bucket, Decision, KeyLimits, Scope, SqliteKeyStore
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
 
@@ -15,11 +15,11 @@ def test_each_route_needs_its_scope_and_health_needs_none():
 
 
 def test_a_generation_costs_images_times_steps_times_megapixels():
-    assert generation_cost(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}', 64) == (
+    assert body_cost(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}', 64) == (
         pytest.approx(2 * 10 * 512 * 512 / 1e6)
     )
-    assert generation_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
-    assert generation_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
+    assert body_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
+    assert body_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
 
 
 def test_rate_limit_headers_are_openai_s():

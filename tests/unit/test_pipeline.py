@@ -5,7 +5,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.text_to_image.pipeline import SCHEDULERS, Generation, OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.pipeline import SCHEDULERS, Generation, OnnxRuntimeRunner, TextToImagePipeline, TorchRunner
+from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr, reference_images
 
 
@@ -97,3 +98,34 @@ def test_tiled_decoding_matches_diffusers_vae_tiling(
     assert got.shape == want.shape == (1, height, width, 3)
     assert psnr(got, want) >= 40
     assert psnr(got, untiled) < psnr(got, want)  # tiling changed the image, the way diffusers' does
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl"])
+def test_the_torch_runner_draws_what_diffusers_draws(
+    family, default_model, engine_dir, tiny_xl_model, tiny_xl_engine_dir, diffusers_pipeline, diffusers_xl_pipeline
+):
+    """The loop on PyTorch modules (fp32 on CPU here; fp16 on a GPU) against diffusers' own pipeline."""
+    model, engines, reference = {
+        "sd": (default_model, engine_dir, diffusers_pipeline),
+        "sdxl": (tiny_xl_model, tiny_xl_engine_dir, diffusers_xl_pipeline),
+    }[family]
+    torch_pipeline = TextToImagePipeline(engines, CoalescingRunner(TorchRunner(model, engines, device="cpu")))
+    jobs = [Generation("a red fox", "blurry", 1, 64, 64, 6, 6.0, seed, "euler") for seed in (11, 12)]
+    results = asyncio.run(_together(torch_pipeline, jobs))  # two at once: their steps merged into one call
+    for job, result in zip(jobs, results, strict=True):
+        want = reference_images(
+            reference,
+            "euler",
+            prompt="a red fox",
+            negative_prompt="blurry",
+            width=64,
+            height=64,
+            num_inference_steps=6,
+            guidance_scale=6.0,
+            seed=job.seed,
+        )
+        assert psnr(result.images[0], want[0]) >= 40
+
+
+async def _together(pipeline, jobs):
+    return await asyncio.gather(*(pipeline.generate(job) for job in jobs))

@@ -1,0 +1,88 @@
+"""Easel's public gRPC API (``easel.v1.Easel`` in ``easel.proto``), served through Ray Serve's gRPC proxy.
+
+The Gateway answers both RPCs (``Generate``, ``Vectorize``); this module turns messages into the HTTP API's own
+request models, so both APIs share one set of fields, limits, defaults and validation, and errors into gRPC status
+codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from ``easel.proto``
+(the command is in its header); a unit test checks they are current.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import NoReturn
+
+from google.protobuf.message import Message
+from pydantic import ValidationError
+
+from serve.errors import EaselError, invalid_input
+from serve.grpc_api import easel_pb2
+from serve.text_to_image.schema import GenerationRequest
+from serve.vectorize.schema import VectorizeOptions
+
+APPLICATION = "easel"
+"""The Serve application gRPC calls go to (the ``application`` metadata, needed where Serve runs several)."""
+ROUTES = {"Generate": "/v1/images/generations", "Vectorize": "/v1/vectorize"}
+"""The HTTP route whose scope and limits each RPC shares."""
+
+
+def fields(message: Message) -> dict:
+    """The fields a message sets (proto3 ``optional`` ones only when present), by name."""
+    return {field.name: value for field, value in message.ListFields()}
+
+
+def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
+    """The HTTP API's request for a ``GenerateRequest`` (:class:`~serve.errors.InvalidInput` naming the field)."""
+    try:
+        return GenerationRequest.model_validate(fields(message))
+    except ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def vectorize_options(message: easel_pb2.VectorizeRequest) -> VectorizeOptions:
+    """The HTTP API's vectorize options for a ``VectorizeRequest`` (its image aside)."""
+    options = fields(message)
+    options.pop("image", None)
+    try:
+        return VectorizeOptions.model_validate(options)
+    except ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def progress(step: int, total: int) -> easel_pb2.GenerateEvent:
+    """A ``progress`` event."""
+    return easel_pb2.GenerateEvent(progress=easel_pb2.Progress(step=step, total=total))
+
+
+def result(seed: int, images: list[easel_pb2.Image]) -> easel_pb2.GenerateEvent:
+    """The final ``result`` event."""
+    return easel_pb2.GenerateEvent(result=easel_pb2.Images(seed=seed, images=images))
+
+
+def svg_image(vectorized: dict) -> easel_pb2.Image:
+    """An SVG answer of the Gateway's vectorize step (``b64_json``, ``tier``, ``ssim``) as an ``Image``."""
+    return easel_pb2.Image(
+        data=base64.b64decode(vectorized["b64_json"]), tier=vectorized["tier"], ssim=vectorized["ssim"]
+    )
+
+
+def vectorize_reply(result) -> easel_pb2.VectorizeReply:
+    """A ``VectorizeReply`` from the Vectorizer's :class:`~serve.vectorize.deployment.VectorizeResult`."""
+    return easel_pb2.VectorizeReply(
+        svg=result.svg,
+        tier=result.tier,
+        requested_tier=result.requested_tier,
+        why=result.why,
+        ssim=result.ssim,
+        fallback=result.fallback,
+    )
+
+
+def fail(context, error: EaselError) -> NoReturn:
+    """End the call with ``error``'s status code and message (``context``: Ray Serve's gRPC context).
+
+    Set on the context, then raised: Ray Serve's proxy answers with the status a handler set before raising (a status
+    merely set on a stream that yielded nothing would read OK).
+    """
+    context.set_code(error.grpc_code)
+    context.set_details(error.message)
+    raise error

@@ -1,0 +1,99 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GenerateRequest(_message.Message):
+    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    N_FIELD_NUMBER: _ClassVar[int]
+    NUM_INFERENCE_STEPS_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FORMAT_FIELD_NUMBER: _ClassVar[int]
+    VECTORIZE_TIER_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    negative_prompt: str
+    size: str
+    n: int
+    num_inference_steps: int
+    guidance_scale: float
+    seed: int
+    scheduler: str
+    output_format: str
+    vectorize_tier: str
+    priority: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ...) -> None: ...
+
+class Progress(_message.Message):
+    __slots__ = ("step", "total")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    step: int
+    total: int
+    def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
+
+class Image(_message.Message):
+    __slots__ = ("data", "tier", "ssim")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    tier: str
+    ssim: float
+    def __init__(self, data: _Optional[bytes] = ..., tier: _Optional[str] = ..., ssim: _Optional[float] = ...) -> None: ...
+
+class Images(_message.Message):
+    __slots__ = ("seed", "images")
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    seed: int
+    images: _containers.RepeatedCompositeFieldContainer[Image]
+    def __init__(self, seed: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
+
+class GenerateEvent(_message.Message):
+    __slots__ = ("progress", "result")
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    progress: Progress
+    result: Images
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
+
+class VectorizeRequest(_message.Message):
+    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    TIME_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    tier: str
+    validate: bool
+    priority: str
+    time_budget_ms: float
+    target_quality: float
+    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ...) -> None: ...
+
+class VectorizeReply(_message.Message):
+    __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback")
+    SVG_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_TIER_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    svg: str
+    tier: str
+    requested_tier: str
+    why: str
+    ssim: float
+    fallback: str
+    def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ...) -> None: ...

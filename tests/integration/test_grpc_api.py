@@ -1,0 +1,72 @@
+"""Easel's public gRPC API (``easel.v1.Easel``) through Ray Serve's gRPC proxy: the HTTP API's answers, streamed."""
+
+import base64
+
+import grpc
+import pytest
+
+from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.paths import ICONS_DEV
+from tests.images import dev_icon_png
+
+pytestmark = pytest.mark.integration
+
+REQUEST = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 5, "seed": 11, "scheduler": "euler"}
+
+
+@pytest.fixture(scope="module")
+def easel(stack):
+    """A stub of the stack's gRPC API."""
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        yield easel_pb2_grpc.EaselStub(channel)
+
+
+def test_generate_streams_one_progress_event_per_step_then_the_http_api_s_image(api, easel):
+    events = list(easel.Generate(easel_pb2.GenerateRequest(**REQUEST), timeout=120))
+    progress = [(e.progress.step, e.progress.total) for e in events if e.WhichOneof("event") == "progress"]
+    assert progress == [(step, 5) for step in range(1, 6)]
+    assert [e.WhichOneof("event") for e in events][-1] == "result" and len(events) == 6
+    result = events[-1].result
+    over_http = api.post("/v1/images/generations", json=REQUEST).json()
+    assert result.seed == over_http["seed"] == 11 and len(result.images) == 1
+    assert result.images[0].data == base64.b64decode(over_http["data"][0]["b64_json"])  # byte-identical PNG
+    assert result.images[0].data.startswith(b"\x89PNG")
+
+
+def test_svg_output_carries_tier_and_ssim(easel):
+    request = easel_pb2.GenerateRequest(**REQUEST, output_format="svg", vectorize_tier="1")
+    image = list(easel.Generate(request, timeout=120))[-1].result.images[0]
+    assert image.data.startswith(b"<svg") or b"<svg" in image.data[:200]
+    assert image.tier == "1" and 0 < image.ssim <= 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"prompt": "x", "size": "13x13"}, "size"),
+        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
+        ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
+        ({"size": "64x64"}, "prompt"),
+    ],
+)
+def test_bad_input_is_invalid_argument_naming_the_field(easel, fields, field):
+    with pytest.raises(grpc.RpcError) as refused:
+        list(easel.Generate(easel_pb2.GenerateRequest(**fields), timeout=30))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith(f"{field}:"), refused.value.details()
+
+
+def test_vectorize_answers_what_the_http_api_does(api, easel):
+    icon = dev_icon_png(ICONS_DEV / "val")
+    reply = easel.Vectorize(easel_pb2.VectorizeRequest(image=icon, tier="1", validate=True), timeout=60)
+    over_http = api.post(
+        "/v1/vectorize",
+        files={"file": ("icon.png", icon, "image/png")},
+        data={"tier": "1", "validate": "true"},
+        headers={"Accept": "application/json"},
+    ).json()
+    assert reply.svg == over_http["svg"] and reply.tier == over_http["tier"] == "1"
+    assert reply.ssim == pytest.approx(over_http["ssim"])
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.Vectorize(easel_pb2.VectorizeRequest(image=b"not an image"), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT

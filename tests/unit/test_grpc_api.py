@@ -1,0 +1,75 @@
+"""The gRPC API's messages: the HTTP API's validation and defaults, generated code that matches the proto."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from ray._common.utils import import_attr
+
+from serve.errors import InvalidInput, NotReady
+from serve.grpc_api import easel_pb2, generation_request, vectorize_options
+from serve.paths import PROJECT_ROOT, SERVE_CONFIG
+
+PROTO = Path("serve/grpc_api/easel.proto")
+
+
+def test_unset_fields_take_the_http_api_s_defaults():
+    request = generation_request(easel_pb2.GenerateRequest(prompt="a fox", seed=7))
+    assert (request.prompt, request.seed, request.n, request.num_inference_steps) == ("a fox", 7, 1, 20)
+    assert request.scheduler == "ddim" and request.output_format == "png" and request.size is None
+    assert generation_request(easel_pb2.GenerateRequest(prompt="x", seed=0)).seed == 0  # set, though the zero value
+    options = vectorize_options(easel_pb2.VectorizeRequest(image=b"png", tier="1", validate=True))
+    assert options.tier == "1" and options.validate_output is True
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (easel_pb2.GenerateRequest(prompt="x", size="13x13"), "size"),
+        (easel_pb2.GenerateRequest(prompt="x", n=99), "n"),
+        (easel_pb2.GenerateRequest(prompt="x", seed=2**63 + 5), "seed"),
+        (easel_pb2.GenerateRequest(size="64x64"), "prompt"),
+        (easel_pb2.GenerateRequest(prompt="x", vectorize_tier="1"), "vectorize_tier"),
+    ],
+)
+def test_bad_fields_are_invalid_argument_naming_the_field(message, field):
+    with pytest.raises(InvalidInput) as refused:
+        generation_request(message)
+    assert refused.value.field == field and refused.value.message.startswith(f"{field}:")
+    assert refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_failure_sets_the_error_s_status_and_ends_the_call():
+    class Context:
+        def set_code(self, code):
+            self.code = code
+
+        def set_details(self, details):
+            self.details = details
+
+    from serve.grpc_api import fail
+
+    context, error = Context(), NotReady("Triton is restarting", retry_after_s=2)
+    with pytest.raises(NotReady):
+        fail(context, error)
+    assert context.code is grpc.StatusCode.UNAVAILABLE and context.details == "Triton is restarting"
+
+
+def test_the_generated_code_is_what_the_proto_makes(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", ".", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}"]
+        + [f"--grpc_python_out={tmp_path}", str(PROTO)],
+        cwd=PROJECT_ROOT,
+        check=True,
+    )
+    for name in ("easel_pb2.py", "easel_pb2.pyi", "easel_pb2_grpc.py"):
+        generated = (tmp_path / PROTO.parent / name).read_text()
+        assert generated == (PROJECT_ROOT / PROTO.parent / name).read_text(), f"{name} is stale: regenerate it"
+
+
+def test_the_serve_config_registers_the_servicer():
+    functions = yaml.safe_load(SERVE_CONFIG.read_text())["grpc_options"]["grpc_servicer_functions"]
+    assert [import_attr(f).__name__ for f in functions] == ["add_EaselServicer_to_server"]

@@ -7,6 +7,7 @@ its scopes lack the route's (:data:`ROUTE_SCOPES`), 429 with ``Retry-After`` pas
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
+gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`call_admitted`).
 """
 
 from __future__ import annotations

@@ -91,13 +91,14 @@ def test_json_body_over_the_limit_is_refused_without_the_proxy_or_a_gateway_hold
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
     # The 413 leaves the Gateway at 1 MiB, but the proxy reads on until the answer reaches it and closes the
-    # connection: on loopback tens of MiB arrive meanwhile (measured 20-90 MiB), bounded by that round trip, not by
-    # the body. A body read whole (before the limits) grew them by four times its size.
+    # connection: on loopback tens of MiB arrive meanwhile, bounded by that round trip, not by the body (the proxy
+    # grew 23-127 MiB per 512 MiB body over four rounds, 2026-11-23; proxy and Gateways 212 MiB once in CI). A body
+    # held whole grows them by at least its size (read before the limits: four times it), hence the bound below it.
     answer = _raw_request(stack.info.api_url, head, _chunked(512 << 20))
     assert b" 413 " in answer.partition(b"\r\n")[0], answer[:300]
     assert str(DEFAULT_BODY_LIMIT).encode() in answer
     grown = sum(p.memory_info().rss for p in gateways) - before
-    assert grown < 160 << 20, f"the proxy and Gateways grew by {grown >> 20} MiB for a 512 MiB body"
+    assert grown < 384 << 20, f"the proxy and Gateways grew by {grown >> 20} MiB for a 512 MiB body"
     assert api.get("/healthz").status_code == 200
 
 

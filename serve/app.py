@@ -38,7 +38,7 @@ from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready
 from serve.text_to_image.schema import GenerationRequest
-from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
 from serve.vectorize.tiers import Tier
 from serve.wire import BodyLimits
@@ -279,7 +279,11 @@ class Gateway:
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
         result = await self.text_to_image.generate.remote(request, sent_at=time.time(), lease=lease)
         if request.output_format == "svg":
-            data = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
+            vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
+            data = [
+                {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
+                for r in vectorized
+            ]
         else:
             data = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
@@ -367,15 +371,12 @@ class Gateway:
                 yield b": keep-alive\n\n"
             await asyncio.sleep(SSE_POLL_S)
 
-    async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[dict]:
-        """Each generated PNG through the Vectorizer: the SVG in ``b64_json``, with its tier and rendered-back SSIM."""
+    async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[VectorizeResult]:
+        """Each generated PNG through the Vectorizer (its SVG checked: rendered back, SSIM measured)."""
         options = VectorizeOptions(tier=tier, validate=True)
-        results = await asyncio.gather(
+        return await asyncio.gather(
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
-        return [
-            {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim} for r in results
-        ]
 
     async def Generate(self, message: easel_pb2.GenerateRequest, grpc_context):  # noqa: N802 - the RPC's name
         """The gRPC ``easel.v1.Easel/Generate``: one ``progress`` event per denoising step, then the images.
@@ -392,8 +393,8 @@ class Gateway:
                         yield grpc_api.progress(*item)
                         continue
                     if request.output_format == "svg":
-                        data = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
-                        images = [grpc_api.svg_image(d) for d in data]
+                        vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
+                        images = [grpc_api.svg_image(r) for r in vectorized]
                     else:
                         images = [easel_pb2.Image(data=image) for image in item.images]
                     yield grpc_api.result(item.seed, images)

@@ -8,7 +8,6 @@ codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are g
 
 from __future__ import annotations
 
-import base64
 from typing import NoReturn
 
 from google.protobuf.message import Message
@@ -19,8 +18,6 @@ from serve.grpc_api import easel_pb2
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
 
-APPLICATION = "easel"
-"""The Serve application gRPC calls go to (the ``application`` metadata, needed where Serve runs several)."""
 ROUTES = {"Generate": "/v1/images/generations", "Vectorize": "/v1/vectorize"}
 """The HTTP route whose scope and limits each RPC shares."""
 
@@ -58,11 +55,9 @@ def result(seed: int, images: list[easel_pb2.Image]) -> easel_pb2.GenerateEvent:
     return easel_pb2.GenerateEvent(result=easel_pb2.Images(seed=seed, images=images))
 
 
-def svg_image(vectorized: dict) -> easel_pb2.Image:
-    """An SVG answer of the Gateway's vectorize step (``b64_json``, ``tier``, ``ssim``) as an ``Image``."""
-    return easel_pb2.Image(
-        data=base64.b64decode(vectorized["b64_json"]), tier=vectorized["tier"], ssim=vectorized["ssim"]
-    )
+def svg_image(result) -> easel_pb2.Image:
+    """A generated image's :class:`~serve.vectorize.deployment.VectorizeResult` as an SVG ``Image``."""
+    return easel_pb2.Image(data=result.svg.encode(), tier=result.tier, ssim=result.ssim)
 
 
 def vectorize_reply(result) -> easel_pb2.VectorizeReply:

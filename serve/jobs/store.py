@@ -436,10 +436,11 @@ class SqliteJobStore(JobStore):
 
 _PREFIX = "easel:"
 _CREATED = _PREFIX + "jobs:created"  # zset: id by creation time (listing)
-_QUEUE = _PREFIX + "jobs:queue"  # zset: queued ids by (priority, creation)
+_QUEUE = _PREFIX + "jobs:queue"  # zset: queued ids by (priority, submission number)
+_SUBMITTED = _PREFIX + "jobs:submitted"  # counter: submission numbers (first in, first out within a priority)
 _LEASES = _PREFIX + "jobs:leases"  # zset: running ids by lease expiry
 _OPEN = _PREFIX + "jobs:open:"  # set per owner: its queued and running ids
-_RANK_SPAN = 1e14  # queue score = rank x span + creation in ms (exact in a double)
+_RANK_SPAN = 1e14  # queue score = rank x span + submission number (exact in a double)
 
 
 def _job_key(job_id: str) -> str:
@@ -454,8 +455,8 @@ def _idempotency_key(key: str) -> str:
     return f"{_PREFIX}idempotency:{key}"
 
 
-def _queue_score(rank: int, created_at: float) -> float:
-    return rank * _RANK_SPAN + round(created_at * 1000)
+def _queue_score(rank: int, number: int) -> float:
+    return rank * _RANK_SPAN + number
 
 
 class RedisJobStore(JobStore):
@@ -507,10 +508,12 @@ class RedisJobStore(JobStore):
         owner: Owner | None = None,
     ) -> tuple[Job, bool]:
         """See :meth:`JobStore.submit`."""
-        job_id, now = new_job_id(), time.time()
+        # A counter, not the clock: two submissions in one millisecond still leave in the order they came.
+        job_id, now, score = new_job_id(), time.time(), _queue_score(priority.rank, self.redis.incr(_SUBMITTED))
         fields = {
             "status": JobStatus.QUEUED.value,
             "priority": str(priority.rank),
+            "queue_score": repr(score),
             "request": json.dumps(request),
             "created_at": repr(now),
             "seq": "0",
@@ -532,7 +535,7 @@ class RedisJobStore(JobStore):
             if owner is not None:
                 pipe.sadd(_OPEN + owner.key_id, job_id)
             pipe.zadd(_CREATED, {job_id: now})
-            pipe.zadd(_QUEUE, {job_id: _queue_score(priority.rank, now)})
+            pipe.zadd(_QUEUE, {job_id: score})
             if idempotency is not None:
                 pipe.set(_idempotency_key(idempotency[0]), f"{idempotency[1]} {job_id}")
             return job_id, True
@@ -583,9 +586,9 @@ class RedisJobStore(JobStore):
                 )
             ]
             for job_id in self.redis.zrangebyscore(_LEASES, "-inf", now):
-                job = self.get(job_id)
-                if job is not None and job.priority.rank in allowed:
-                    candidates.append((_queue_score(job.priority.rank, job.created_at), job_id, True))
+                fields = self.redis.hgetall(_job_key(job_id))
+                if fields and int(fields["priority"]) in allowed:
+                    candidates.append((float(fields["queue_score"]), job_id, True))
             if not candidates:
                 return None
             _, job_id, expired = min(candidates)

@@ -62,6 +62,16 @@ class TextToImageUser(EaselUser):
         self.client.post("/v1/images/generations", json=body, name="generations")
 
 
+class SmallImageUser(EaselUser):
+    """Generates 64x64 images with 4 steps and no pause: enough requests that autoscaling sees the load (ramp)."""
+
+    @task
+    def generate(self) -> None:
+        """POST /v1/images/generations."""
+        body = {"prompt": random.choice(PROMPTS), "size": "64x64", "num_inference_steps": 4}
+        self.client.post("/v1/images/generations", json={**body, "seed": random.randrange(2**31)}, name="generations")
+
+
 class VectorizeUser(EaselUser):
     """Uploads icons from a folder, mostly with the auto tier."""
 

@@ -428,7 +428,9 @@ class AppArgs(BaseModel):
     """Arguments of the Easel Serve application (``args:`` in the Serve config)."""
 
     engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
-    triton_grpc_url: str = Field(description="host:port of Triton's gRPC endpoint.")
+    triton_grpc_url: str = Field(
+        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
+    )
     memory_budget_bytes: int | None = Field(
         None, gt=0, description="Memory budget of the text-to-image engines (None: weights + 40 % of what they leave)."
     )

@@ -173,6 +173,12 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
 @click.option("--grpc-port", default=GRPC_PORT, show_default=True, help="Port of the public gRPC API (0: a free port).")
 @click.option("--insecure", is_flag=True, help="Serve on a non-loopback --host even with no API key (anyone may call).")
 @click.option(
+    "--address",
+    default=None,
+    help="Deploy onto a running Ray cluster (its GCS host:port) instead of starting Ray: every node started with "
+    "the `triton` resource (ray start --resources='{\"triton\": 1}') gets its own Triton and the model replicas.",
+)
+@click.option(
     "--first-request/--no-first-request",
     default=True,
     show_default=True,
@@ -196,6 +202,7 @@ def up(
     triton_ports: tuple[int, int, int],
     grpc_port: int,
     insecure: bool,
+    address: str | None,
     first_request: bool,
 ) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
@@ -229,6 +236,7 @@ def up(
         insecure=insecure,
         triton_ports=triton_ports,
         grpc_port=grpc_port,
+        address=address,
     )
     try:
         check_exposure(options)
@@ -575,16 +583,30 @@ def bench_vectorize(images: Path, size: int, tiers: str, concurrency: str, reque
     default=None,
     help="Where locust's CSV/HTML go (default out/loadtest/SCENARIO).",
 )
-def loadtest(scenario: str, images: Path, out: Path | None) -> None:
-    """Run a bounded locust SCENARIO (loadtests/scenarios/*.yaml) against the stack, starting it if it is down."""
+@click.option(
+    "--docs",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A scenario with stages (ramp): also write its ramp.json, ramp.md and ramp.png here (e.g. docs).",
+)
+def loadtest(scenario: str, images: Path, out: Path | None, docs: Path | None) -> None:
+    """Run a bounded locust SCENARIO (loadtests/scenarios/*.yaml) against the stack, starting it if it is down.
+
+    A scenario with stages (``ramp``) runs on a scratch stack with Prometheus and records TextToImage's replicas,
+    requests in flight and latency over time (table, JSON, plot).
+    """
     from serve import loadtest as lt
+    from serve.benchmarks.ramp import run_ramp
 
     try:
         spec = lt.Scenario.load(scenario)
     except (FileNotFoundError, ValueError) as error:
         raise click.ClickException(str(error)) from error
     out = out or Path("out") / "loadtest" / Path(scenario).stem
-    code, summary = lt.run_scenario(spec, images, out)
+    if spec.stages:
+        code, summary = run_ramp(spec, images, out, docs)
+    else:
+        code, summary = lt.run_scenario(spec, images, out)
     click.echo(summary)
     click.echo(f"locust CSV and HTML in {out} (exit code {code})")
     if code != 0:

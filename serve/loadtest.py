@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.paths import PROJECT_ROOT
 
@@ -20,17 +21,43 @@ logger = logging.getLogger(__name__)
 
 SCENARIOS = PROJECT_ROOT / "loadtests" / "scenarios"
 LOCUSTFILE = PROJECT_ROOT / "loadtests" / "locustfile.py"
+SHAPES = PROJECT_ROOT / "loadtests" / "shapes.py"
+STAGES_ENV = "EASEL_LOADTEST_STAGES"  # a scenario's stages, for loadtests/shapes.py
 
 
-class Scenario(BaseModel):
-    """A load scenario file (``loadtests/scenarios/NAME.yaml``)."""
+class Stage(BaseModel):
+    """One stage of a shaped run: the users reached, linearly, by the stage's end."""
 
     model_config = ConfigDict(extra="forbid")
 
-    users: int = Field(ge=1, le=512, description="Concurrent users.")
-    spawn_rate: float = Field(gt=0, description="Users started per second.")
-    run_time_s: int = Field(ge=1, le=1800, description="Duration; every run is bounded.")
+    duration_s: int = Field(ge=1, le=1800)
+    users: int = Field(ge=0, le=512)
+
+
+class Scenario(BaseModel):
+    """A load scenario file (``loadtests/scenarios/NAME.yaml``): a steady run, or ``stages`` (users rise and fall)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    users: int = Field(ge=1, le=512, description="Concurrent users (with stages: their peak).")
+    spawn_rate: float = Field(gt=0, description="Users started per second (with stages: the fastest stage's).")
+    run_time_s: int = Field(ge=1, le=1800, description="Duration; every run is bounded (with stages: their sum).")
     user_classes: list[str] = Field(min_length=1, description="Locust user classes from loadtests/locustfile.py.")
+    stages: list[Stage] = Field(default_factory=list, description="Users over time (loadtests/shapes.py).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_stages(cls, data: dict) -> dict:
+        """With stages, the peak users, fastest spawn rate and run time follow from them."""
+        if not isinstance(data, dict) or not data.get("stages"):
+            return data
+        stages = [Stage.model_validate(s) for s in data["stages"]]
+        users = [0, *(s.users for s in stages)]
+        rates = [abs(b - a) / s.duration_s for a, b, s in zip(users, users[1:], stages, strict=False)]
+        derived = {"users": max(users), "spawn_rate": max(1.0, *rates), "run_time_s": sum(s.duration_s for s in stages)}
+        if given := sorted(k for k in derived if k in data):
+            raise ValueError(f"{', '.join(given)} follow from stages; leave them out")
+        return {**data, **derived}
 
     @classmethod
     def load(cls, name_or_path: str) -> Scenario:
@@ -44,6 +71,20 @@ class Scenario(BaseModel):
         return cls.model_validate(yaml.safe_load(path.read_text()))
 
 
+def users_at(stages: list[tuple[int, int]], elapsed_s: float) -> tuple[int, float] | None:
+    """Users wanted ``elapsed_s`` into a run of ``(duration_s, users)`` stages, and a spawn rate that keeps up.
+
+    Each stage reaches its users linearly from the previous stage's; None once the stages are over.
+    """
+    start_s, start_users = 0.0, 0
+    for duration_s, users in stages:
+        if elapsed_s < start_s + duration_s:
+            wanted = start_users + (users - start_users) * (elapsed_s - start_s) / duration_s
+            return round(wanted), max(1.0, 2 * abs(users - start_users) / duration_s)
+        start_s, start_users = start_s + duration_s, users
+    return None
+
+
 def require_loopback(url: str) -> None:
     """Refuse to send load anywhere but this machine."""
     host = urlparse(url).hostname or ""
@@ -55,12 +96,18 @@ def run_locust(scenario: Scenario, api_url: str, out_dir: Path, env: dict[str, s
     """Run locust headless; CSV and HTML land in ``out_dir``. Returns locust's exit code."""
     require_loopback(api_url)
     out_dir.mkdir(parents=True, exist_ok=True)
+    files = [LOCUSTFILE]
+    history = []
+    if scenario.stages:  # users change over the run: keep the percentiles of each moment (a 10 s window)
+        files.append(SHAPES)
+        env = {**env, STAGES_ENV: json.dumps([[s.duration_s, s.users] for s in scenario.stages])}
+        history = ["--csv-full-history"]
     command = [
         sys.executable,
         "-m",
         "locust",
         "-f",
-        str(LOCUSTFILE),
+        ",".join(map(str, files)),
         "--headless",
         "--host",
         api_url,
@@ -75,6 +122,7 @@ def run_locust(scenario: Scenario, api_url: str, out_dir: Path, env: dict[str, s
         "--only-summary",
         "--csv",
         str(out_dir / "locust"),
+        *history,
         "--html",
         str(out_dir / "report.html"),
         *scenario.user_classes,

@@ -12,6 +12,7 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from urllib.parse import urlparse
 
 import httpx
 import psutil
@@ -45,7 +47,8 @@ from serve.text_to_image.admission import (
 from serve.text_to_image.families import family_of_engines
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.text_to_image.tiling import VaeTiling
-from serve.triton.server import TritonServer
+from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
+from serve.triton.server import TritonEndpoints, TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
@@ -68,6 +71,10 @@ RAY_ENV = {
     "RAY_max_direct_call_object_size": str(16 << 20),
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
 }
+SINGLE_MACHINE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
+"""Left out when deploying onto a cluster off loopback (`address`): its nodes have addresses of their own. A cluster
+on loopback (nodes started with 127.0.0.1) needs it: without it Ray rewrites 127.0.0.1 to the machine's address."""
+LOOPBACK_HOOK = "serve.processes.loopback.bind_serve_servers"
 
 FIRST_REQUEST = {
     "prompt": "a red heart icon",
@@ -106,6 +113,11 @@ class StackOptions(BaseModel):
         (0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port)."
     )
     grpc_port: int = Field(0, ge=0, le=65535, description="Port of the public gRPC API on `host` (0: a free port).")
+    address: str | None = Field(
+        None,
+        description="A running Ray cluster to deploy onto (its GCS host:port); each node with the `triton` resource "
+        "gets its own Triton and hosts the model replicas. None: start Ray and one Triton here.",
+    )
 
     @property
     def store(self) -> str:
@@ -162,10 +174,15 @@ class StackInfo:
             return False
 
 
-def load_serve_config(path: Path, host: str, port: int, grpc_port: int, **args):
+MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
+"""The deployments that call Triton: on a cluster they run only on nodes with a Triton of their own."""
+
+
+def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_cluster: bool = False, **args):
     """The Serve config at ``path`` with the HTTP and gRPC ports and the app's ``args`` (engine folder...) set.
 
-    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`).
+    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`). ``on_cluster``: the model deployments ask
+    for a sliver of the ``triton`` resource, so they land on nodes that have a Triton.
     """
     from ray.serve.schema import ServeDeploySchema
 
@@ -174,6 +191,10 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, **args):
     raw.setdefault("grpc_options", {}).update(port=grpc_port)
     for app in raw["applications"]:
         app.setdefault("args", {}).update(args)
+        for deployment in app.get("deployments", []) if on_cluster else []:
+            if deployment["name"] in MODEL_DEPLOYMENTS:
+                options = deployment.setdefault("ray_actor_options", {})
+                options.setdefault("resources", {})[NODE_RESOURCE] = NODE_RESOURCE_PER_REPLICA
     return ServeDeploySchema.model_validate(raw)
 
 
@@ -225,7 +246,8 @@ class Stack:
         self.options = options
         self.stack_id = uuid.uuid4().hex[:12]
         self.supervisor = Supervisor()
-        self.triton: TritonServer | None = None
+        self.triton: TritonServer | None = None  # this machine's Triton (None on a cluster: see node_tritons)
+        self.node_tritons = None  # serve.triton.node.NodeTritons on a cluster
         self.prometheus: PrometheusServer | None = None
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
@@ -242,32 +264,36 @@ class Stack:
         engine_dir = build(opts.model_dir, opts.repository)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = memory_budget(engine_dir, opts.memory_budget_bytes)
-        self.triton = TritonServer(
-            opts.repository,
-            opts.run_dir / "triton.log",
-            triton_models(engine_dir, vectorize),
-            ports=opts.triton_ports,
-            canary_interval_s=opts.canary_interval_s,
-            memory_budgets=memory_budgets(engine_dir, self.memory_budget_bytes),
-        ).start()
-        self.supervisor.watch(self.triton.managed, self.triton.check)
+        models, budgets = triton_models(engine_dir, vectorize), memory_budgets(engine_dir, self.memory_budget_bytes)
+        if opts.address is None:
+            self.triton = TritonServer(
+                opts.repository,
+                opts.run_dir / "triton.log",
+                models,
+                ports=opts.triton_ports,
+                canary_interval_s=opts.canary_interval_s,
+                memory_budgets=budgets,
+            ).start()
+            self.supervisor.watch(self.triton.managed, self.triton.check)
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
+        triton = self._triton_endpoints(models, budgets)
         config = load_serve_config(
             opts.serve_config,
             opts.host,
             port,
             grpc_port,
+            on_cluster=opts.address is not None,
             engine_dir=str(engine_dir),
-            triton_grpc_url=self.triton.endpoints.grpc_url,
+            triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
             memory_budget_bytes=self.memory_budget_bytes,
             max_cost=opts.max_cost,
             store_url=opts.store,
             cache_bytes=opts.cache_bytes,
         )
         _deploy(config, timeout_s)
-        e = self.triton.endpoints
+        e = triton
         me = psutil.Process()
         self.info = StackInfo(
             me.pid,
@@ -286,11 +312,33 @@ class Stack:
         wait_until_ready(self.info.api_url, timeout_s)
         return self.info
 
+    def __enter__(self) -> Stack:
+        """Start (stopping whatever started if the start fails); the block's end stops the stack."""
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+
+    def _triton_endpoints(self, models: list, budgets: dict[str, int]) -> TritonEndpoints:
+        """This machine's Triton; on a cluster, start one per model node and answer the first's (for clients)."""
+        if self.triton is not None:
+            return self.triton.endpoints
+        from serve.triton.node import NodeTritons
+
+        opts = self.options
+        self.node_tritons = NodeTritons(self.stack_id, opts.repository, opts.run_dir, models, budgets).start()
+        return next(iter(self.node_tritons.endpoints().values()))
+
     def _start_prometheus(self) -> None:
         """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""
         opts = self.options
         work_dir = opts.run_dir / "prometheus"
-        metrics_address = f"{self.triton.endpoints.host}:{self.triton.endpoints.metrics_port}"
+        metrics_address = urlparse(self.info.triton_metrics_url).netloc
         config = render_config(
             metrics_address, ray_targets_file(self.ray_session_dir, opts.dashboard, work_dir), opts.scrape_interval_s
         )
@@ -304,12 +352,24 @@ class Stack:
         self.info = replace(self.info, prometheus_url=server.url)
 
     def _start_ray(self, dashboard_port: int) -> str | None:
+        opts = self.options
+        one_machine = opts.address is None or _is_loopback(opts.address.rsplit(":", 1)[0])
         for name, value in RAY_ENV.items():
-            os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
-        os.environ[API_HOST_ENV] = self.options.host
+            if one_machine or name not in SINGLE_MACHINE_ENV:
+                os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
+        os.environ[API_HOST_ENV] = opts.host
         import ray
 
-        opts = self.options
+        if opts.address:  # a cluster's workers get the settings from the job (its nodes were started elsewhere)
+            env = {name: os.environ[name] for name in (*RAY_ENV, API_HOST_ENV) if name in os.environ}
+            context = ray.init(
+                address=opts.address,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK, "env_vars": env},
+            )
+            self.ray_session_dir = Path(context.address_info["session_dir"])
+            return f"http://{context.dashboard_url}" if context.dashboard_url else None
         context = ray.init(
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=opts.dashboard,
@@ -319,7 +379,7 @@ class Stack:
             log_to_driver=False,
             configure_logging=True,
             _temp_dir=None,
-            runtime_env={"worker_process_setup_hook": "serve.processes.loopback.bind_serve_servers"},
+            runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK},
         )
         self.ray_session_dir = Path(context.address_info["session_dir"])
         _stop_log_monitor()
@@ -338,6 +398,8 @@ class Stack:
 
         self.supervisor.stopping.set()
         try:
+            if self.node_tritons is not None:
+                self.node_tritons.stop()
             if ray.is_initialized():
                 try:
                     serve.shutdown()
@@ -527,13 +589,14 @@ def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstR
 def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **options) -> Iterator[Stack]:
     """A stack on free ports (no dashboard) over a scratch model repository, for benchmarks, load tests and chaos.
 
-    Benchmarking another model leaves the checkout's repository alone. Its job store starts empty and it has no
-    result cache (a benchmark that repeats a seeded request must time the generation, not a cache hit).
+    Benchmarking another model leaves the checkout's repository alone. Its job store and Prometheus start empty and it
+    has no result cache (a benchmark that repeats a seeded request must time the generation, not a cache hit).
     ``options``: more :class:`StackOptions`.
     """
     folder = folder or run_dir() / "bench"
     for stale in folder.glob("easel.db*"):
         stale.unlink()
+    shutil.rmtree(folder / "prometheus", ignore_errors=True)  # an earlier run's series would blend into this one's
     options = StackOptions(
         **{
             "port": 0,
@@ -545,9 +608,5 @@ def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **o
             **options,
         }
     )
-    stack = Stack(options)
-    try:
-        stack.start()
+    with Stack(options) as stack:
         yield stack
-    finally:
-        stack.stop()

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
+
+from serve.stack import RAY_ENV
+
+# Ray reads these when first imported (test modules import it while being collected): set them first, as
+# `easel up` does, so the stacks the tests start run Ray as it does (on loopback, single-machine mode).
+for _name, _value in RAY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 @pytest.fixture(scope="session")

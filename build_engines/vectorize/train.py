@@ -93,8 +93,9 @@ def calibrate_margins(calibration: _Calibration) -> tuple[Margins, dict]:
     ok = [t["margin"] for t in trials["tier2"] if t["ssim_gain"] >= 0.002]
     tier2 = ok[0] if ok else max(trials["tier2"], key=lambda t: t["ssim_gain"])["margin"]
     trust = {}
+    picked_as_is = {t: -1.0 for t in MODEL_TIERS}  # no trust margin: tier 3's policy answers even where unsure
     for tier in MODEL_TIERS:
-        gains, real, _ = _real(calibration, tier, Margins(tier2))
+        gains, real, _ = _real(calibration, tier, Margins(tier2, picked_as_is))
         trust[tier] = TRUST_GRID[-1]
         for m in TRUST_GRID:
             served = gains >= m

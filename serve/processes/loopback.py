@@ -4,8 +4,9 @@ Ray's own servers (GCS, raylet, workers, agents) bind the node's address; :data:
 127.0.0.1. Two Ray Serve servers ignore it and bind ``[::]``, every interface, with no setting to move them
 (ray-project/ray#64623 adds a port range, not an address): each replica's inter-deployment gRPC server, and the
 proxy's gRPC server (Easel's public gRPC API). The worker setup hook below, which Ray runs in each of its worker
-processes, binds the first to 127.0.0.1 (callers reach it at the node's address, 127.0.0.1 too) and the second to
-the API's host (``$EASEL_API_HOST``, set by the stack), as the HTTP proxy is.
+processes, binds the first to the node's address, where callers reach it (127.0.0.1 on a single machine; the node's
+own address on a cluster), and the second to the API's host (``$EASEL_API_HOST``, set by the stack), as the HTTP
+proxy is.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ ALL_INTERFACES = "[::]:"
 
 
 def bind_serve_servers() -> None:
-    """Ray worker setup hook: replicas' gRPC servers on 127.0.0.1, the gRPC proxy on the API's host."""
+    """Ray worker setup hook: replicas' gRPC servers on the node's address, the gRPC proxy on the API's host."""
     from ray.serve._private import default_impl, replica
+    from ray.util import get_node_ip_address
 
     add_port = replica.add_port_to_grpc_server
-    replica.add_port_to_grpc_server = lambda server, address: add_port(
-        server, address.replace(ALL_INTERFACES, "127.0.0.1:")
-    )
+    node = _bound(get_node_ip_address())
+    replica.add_port_to_grpc_server = lambda server, address: add_port(server, address.replace(ALL_INTERFACES, node))
     add_address = default_impl.add_grpc_address
-    host = os.environ.get(API_HOST_ENV, "127.0.0.1")
-    bound = f"[{host}]:" if ":" in host else f"{host}:"  # an IPv6 address in brackets
-    default_impl.add_grpc_address = lambda server, address: add_address(server, address.replace(ALL_INTERFACES, bound))
+    api = _bound(os.environ.get(API_HOST_ENV, "127.0.0.1"))
+    default_impl.add_grpc_address = lambda server, address: add_address(server, address.replace(ALL_INTERFACES, api))
+
+
+def _bound(host: str) -> str:
+    """``host:`` as a gRPC address prefix (an IPv6 address in brackets)."""
+    return f"[{host}]:" if ":" in host else f"{host}:"

@@ -24,6 +24,7 @@ from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
+from serve.triton.node import grpc_url_on_this_node
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class TextToImage:
 
     def __init__(self, engine_dir: str, triton_grpc_url: str, limits: Limits, store_url: str | None = None) -> None:
         torch.set_num_threads(1)
-        self.triton = TritonClient(triton_grpc_url)
+        self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
         models = memory_models(Path(engine_dir), self.pipeline.specs)
         budgets = engine_budgets(models, self.pipeline.specs, limits.memory_budget_bytes)

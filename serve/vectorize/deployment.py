@@ -21,6 +21,7 @@ from serve import metrics
 from serve.errors import EaselError, InvalidInput, NotReady, PayloadTooLarge
 from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerDied
 from serve.triton.client import TritonClient
+from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
 from serve.vectorize.image import ImageRejected, decode_image
 from serve.vectorize.schema import VectorizeOptions
@@ -62,7 +63,7 @@ class Vectorizer:
     """Vectorize uploads; many in flight per replica, tracing in the replica's worker process one at a time."""
 
     def __init__(self, triton_grpc_url: str) -> None:
-        self.triton = TritonClient(triton_grpc_url, timeout_s=30)
+        self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url), timeout_s=30)
         self.worker = DeadlineWorker("vectorize", preload=("serve.vectorize.tiers",)).start()
 
     async def vectorize(

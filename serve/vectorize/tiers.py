@@ -4,7 +4,8 @@
 * tier 2: the quality predictor's scores of K candidate parameter sets (defaults, presets, tier 1's answer, a bank
   of best-found sets): the smallest predicted SVG among those predicted at least as good as tier 1's answer (and the
   defaults) plus a margin (see :func:`pick`); tier 1's answer for an image outside the training distribution.
-* tier 3: the PPO policy's deterministic action (a residual around tier 1's answer), with the predictor's rating.
+* tier 3: the PPO policy's deterministic action (a residual around tier 1's answer) where the predictor trusts it
+  (its predicted gain reaches tier 3's trust margin on a familiar image); tier 1's answer elsewhere.
 * auto: tier 2 for gradient and complex images when the time budget allows, else tier 1 (which beat tier 3 on the dev
   set and every held-out style: docs/PERFORMANCE.md).
 * default: vtracer's defaults.
@@ -12,8 +13,9 @@
 Every model output the dispatcher needs comes in one :class:`Scores` (one ``vectorize`` ensemble answer in the
 server, the same models in-process offline). :func:`choose` turns a request's tier into a :class:`Choice` (tier
 asked, tier used, why); :func:`needs_check` decides cheaply whether the choice must be checked against the defaults
-(the quality guarantee); :func:`answer` converts, checks when asked, and replaces a choice that lost with the
-defaults. Parameters are learned at a 256 px reference size; :func:`choose` rescales the pixel-sized ones.
+(the quality guarantee); :func:`answer` converts, checks when asked, and replaces a choice that lost with tier 1's
+answer (its runner-up) or the defaults. Parameters are learned at a 256 px reference size; :func:`choose` rescales
+the pixel-sized ones.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ class Why(enum.StrEnum):
     UNFAMILIAR = "unfamiliar"  # tier 2 kept tier 1's answer: the image is unlike the training icons
     TARGET_QUALITY = "target_quality"  # tier 2 picked the smallest candidate predicted to reach target_quality
     BELOW_DEFAULTS = "below_defaults"  # checked: the tier's SVG scored below the defaults', which answered
+    TIER1_AFTER_CHECK = "tier1_after_check"  # checked: the tier's SVG scored below the defaults', tier 1's did not
+    POLICY_UNSURE = "policy_unsure"  # tier 3: the policy's pick was not trusted, tier 1's answer stood in
     BELOW_TARGET = "below_target"  # validated: below target_quality, and the defaults scored higher
     MODELS_UNAVAILABLE = "models_unavailable"  # Triton or the vectorize models not ready: the defaults answered
     MODELS_FAILED = "models_failed"  # the ensemble call failed: the defaults answered
@@ -232,6 +236,7 @@ class Choice:
     predicted_ssim: float | None = None
     predicted_bytes: float | None = None
     predicted_gain: float | None = None  # predicted SSIM over the defaults' predicted SSIM
+    runner_up: VtracerParams | None = None  # tier 1's answer, tried when this choice loses its check
 
     @property
     def fallback(self) -> bool:
@@ -282,6 +287,8 @@ def _model_choice(asked: Tier, used: Tier, why: Why, scores: Scores, target_qual
         return _row(asked, used, why, scores, TIER1_ROW)
     if used is Tier.TIER3:
         gain = scores.policy_ssim - float(scores.ssim[DEFAULTS_ROW])
+        if not scores.familiar or gain < scores.margins.trust[Tier.TIER3]:
+            return _row(asked, Tier.TIER1, Why.POLICY_UNSURE, scores, TIER1_ROW)
         predicted_bytes = float(np.exp(scores.policy_log_bytes))
         return Choice(asked, used, why, from_vector(scores.policy), scores.policy_ssim, predicted_bytes, gain)
     if target_quality is not None:
@@ -299,7 +306,9 @@ def choose(
     """The one dispatcher: the parameters of tier ``asked`` for an image whose longest side is ``side``.
 
     ``auto`` uses tier 2 for gradient and complex images (where the predictor's search pays most) when the budget
-    allows, else tier 1. ``target_quality`` makes tier 2 pick the smallest candidate predicted to reach it.
+    allows, else tier 1. ``target_quality`` makes tier 2 pick the smallest candidate predicted to reach it. Tier 3
+    serves the policy's pick only where the predictor trusts it (else tier 1's answer: ``policy_unsure``). A choice
+    other than tier 1's answer carries that answer as the runner-up its check tries before the defaults.
     """
     if asked is Tier.DEFAULT:
         return defaults(asked)
@@ -310,7 +319,9 @@ def choose(
         searchable = scores.image_class in (ImageClass.GRADIENT, ImageClass.COMPLEX)
         used = Tier.TIER2 if searchable and budget_ms >= AUTO_TIER2_MIN_BUDGET_MS else Tier.TIER1
     choice = _model_choice(asked, used, why, scores, target_quality)
-    return replace(choice, params=scale_to_size(choice.params, side))
+    tier1 = scale_to_size(from_vector(scores.candidates[TIER1_ROW]), side)
+    params = scale_to_size(choice.params, side)
+    return replace(choice, params=params, runner_up=None if tier1 == params else tier1)
 
 
 def needs_check(choice: Choice, scores: Scores | None, priority: Priority, target_quality: float | None) -> bool:
@@ -348,7 +359,9 @@ def score_svg(pixels: np.ndarray, svg: str) -> float:
 def answer(pixels: np.ndarray, choice: Choice, check: bool) -> Answer:
     """Convert ``pixels`` with ``choice``; when ``check``, keep it only if it scores at least the defaults.
 
-    A checked choice costs its own render and SSIM, plus the defaults' conversion, render and SSIM.
+    A choice that loses gives way to its runner-up (tier 1's answer) if that scores at least the defaults, else to
+    the defaults. A check costs its own render and SSIM plus the defaults' conversion, render and SSIM; a runner-up
+    adds its conversion, render and SSIM.
     """
     start = time.perf_counter()
     conversion = vectorize(pixels, choice.params)
@@ -359,11 +372,19 @@ def answer(pixels: np.ndarray, choice: Choice, check: bool) -> Answer:
     mine = score_svg(pixels, conversion.svg)
     baseline = vectorize(pixels, DEFAULTS)
     theirs = score_svg(pixels, baseline.svg)
+    served, served_ssim, why = choice, mine, None
+    if mine < theirs - CHECK_TOLERANCE:
+        served, served_ssim, why = defaults(choice.asked), theirs, Why.BELOW_DEFAULTS
+        if choice.runner_up is not None:
+            second = vectorize(pixels, choice.runner_up)
+            if (its := score_svg(pixels, second.svg)) >= theirs - CHECK_TOLERANCE:
+                baseline, served_ssim, why = second, its, Why.TIER1_AFTER_CHECK
+                served = replace(choice, used=Tier.TIER1, params=choice.runner_up, runner_up=None)
     timings["check"] = _ms_since(mark)
-    if mine >= theirs - CHECK_TOLERANCE:
+    if why is None:
         return Answer(choice, conversion, mine, True, timings)
-    fallback = replace(defaults(choice.asked, Why.BELOW_DEFAULTS), predicted_gain=choice.predicted_gain)
-    return Answer(fallback, baseline, theirs, True, timings, conversion, mine)
+    served = replace(served, why=why, predicted_gain=choice.predicted_gain)
+    return Answer(served, baseline, served_ssim, True, timings, conversion, mine)
 
 
 def served_answer(

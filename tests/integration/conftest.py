@@ -21,12 +21,8 @@ from serve.text_to_image.families import family_of_engines
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     """The Easel stack (embedded model) on free ports, no result cache (tests repeat seeded requests on purpose)."""
-    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), cache_bytes=0))
-    try:
-        stack.start()
+    with Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), cache_bytes=0)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -11,12 +11,8 @@ pytestmark = pytest.mark.integration
 
 def test_every_fault_is_survived_under_load(tmp_path):
     # A 1 GiB engine budget: the largest admitted request (4 images at 384x384) takes seconds, not minutes.
-    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path, memory_budget_bytes=1 << 30))
-    try:
-        stack.start()
+    with Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path, memory_budget_bytes=1 << 30)) as stack:
         reports = Chaos(stack, clients=3, window_s=8, hang_s=120).run(sample_icon())
-    finally:
-        stack.stop()
     by_fault = {r.fault: r for r in reports}
     assert list(by_fault) == list(FAULTS)
     for report in reports:

@@ -27,12 +27,9 @@ def stack(request, tmp_path_factory):
     if request.param == "redis":
         store_url = request.getfixturevalue("redis_url")
         redis.Redis.from_url(store_url).flushdb()
-    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), store_url=store_url))
-    try:
-        stack.start()
+    options = StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), store_url=store_url)
+    with Stack(options) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 SMALL = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 6, "seed": 5}

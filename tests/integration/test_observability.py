@@ -275,3 +275,23 @@ def test_dashboards_render_to_png_from_real_data(prometheus, load, tmp_path):
     for dashboard in load_dashboards():
         path = render_dashboard(dashboard, prometheus, out_dir / f"{dashboard['uid']}.png", minutes=4, window="30s")
         assert path.stat().st_size > 10_000
+
+
+def test_a_ramp_records_replicas_requests_in_flight_and_latency_over_time(stack, prometheus, tmp_path, monkeypatch):
+    from serve.benchmarks.ramp import plot, record_ramp
+    from serve.loadtest import Scenario
+
+    limits = KeyLimits(requests_per_minute=100_000, cost_per_minute=100_000.0)
+    _, key = open_key_store(stack.options.store).create("ramp", {Scope.ADMIN}, limits)
+    monkeypatch.setenv("EASEL_API_KEY", key)  # locust's users send it
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    stages = [{"duration_s": 8, "users": 3}, {"duration_s": 8, "users": 0}]
+    scenario = Scenario.model_validate({"user_classes": ["SmallImageUser"], "stages": stages})
+    code, points = record_ramp(stack.info, scenario, ICONS_DEV / "val", tmp_path)
+    assert code == 0
+    assert points and all(p.replicas and p.replicas >= 1 for p in points)  # serve.status() throughout
+    users = [p.users for p in points if p.users is not None]
+    assert max(users) == 3 and users[-1] < 3  # the shape rose, then fell
+    assert any(p.p50_ms for p in points) and any(p.requests_per_s for p in points)
+    assert any(p.in_flight for p in points), "Prometheus had no ray_serve_autoscaling_total_requests during the run"
+    assert plot(points, scenario, tmp_path / "ramp.png").stat().st_size > 10_000

@@ -27,12 +27,8 @@ BUDGET = 6 << 30  # small enough that the largest request is split into several 
 def stack(tmp_path_factory):
     """The stack with a 6 GiB engine memory budget and the default cost ceiling."""
     run_dir = tmp_path_factory.mktemp("run")
-    stack = Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, memory_budget_bytes=BUDGET))
-    try:
-        stack.start()
+    with Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, memory_budget_bytes=BUDGET)) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 GENERATE = "/v1/images/generations"

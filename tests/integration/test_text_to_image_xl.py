@@ -30,12 +30,8 @@ def stack(tiny_xl_model, tmp_path_factory):
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
     )
-    stack = Stack(options)
-    try:
-        stack.start()
+    with Stack(options) as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 def test_every_sdxl_engine_is_ready(api):

@@ -10,6 +10,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve.app import AppArgs
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
+from serve.stack import MODEL_DEPLOYMENTS, load_serve_config
+from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 
 KUBERAY = PROJECT_ROOT / "deployments" / "kuberay"
 CRD = KUBERAY / "crd" / "ray.io_rayservices.v1.7.0.yaml"
@@ -79,7 +81,18 @@ def test_the_serve_config_is_the_project_s_own_with_the_cluster_s_values(manifes
     for deployment, own in zip(app["deployments"], ours["deployments"], strict=True):
         resources = deployment["ray_actor_options"].pop("resources", {})
         assert deployment == own  # the same knobs; only where replicas may run differs
-        assert resources == ({"triton": 0.01} if own["name"] in ("TextToImage", "Vectorizer") else {})
+        assert resources == ({NODE_RESOURCE: NODE_RESOURCE_PER_REPLICA} if own["name"] in MODEL_DEPLOYMENTS else {})
+
+
+def test_on_a_ray_cluster_the_same_config_puts_model_replicas_beside_a_triton():
+    config = load_serve_config(SERVE_CONFIG, "127.0.0.1", 8000, 9000, on_cluster=True, triton_grpc_url=THIS_NODE)
+    (app,) = config.applications
+    for deployment in app.deployments:
+        resources = deployment.ray_actor_options.resources or {}
+        assert resources == ({NODE_RESOURCE: NODE_RESOURCE_PER_REPLICA} if deployment.name in MODEL_DEPLOYMENTS else {})
+    assert AppArgs.model_validate(app.args).triton_grpc_url == THIS_NODE
+    local = load_serve_config(SERVE_CONFIG, "127.0.0.1", 8000, 9000)
+    assert all(not d.ray_actor_options.resources for d in local.applications[0].deployments)
 
 
 def test_replicas_reach_their_pod_s_triton_and_the_store_is_the_redis_service(manifest):

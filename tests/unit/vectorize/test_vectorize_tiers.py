@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from serve.vectorize.features import F
-from serve.vectorize.params import DEFAULTS, PRESETS, P, from_vector, to_vector
+from serve.vectorize.params import DEFAULTS, PRESETS, P, from_vector, scale_to_size, to_vector
 from serve.vectorize.schema import VectorizeOptions
 from serve.vectorize.tiers import (
     DEFAULTS_ROW,
@@ -111,14 +111,39 @@ def test_needs_check_when_the_predictor_is_not_sure():
     assert not needs_check(choose(Tier.DEFAULT, scores, 256), scores, Priority.QUALITY, None)
 
 
-def test_a_choice_that_loses_to_the_defaults_is_replaced_by_them():
+def test_a_choice_that_loses_gives_way_to_tier_1_s_answer_when_that_holds():
     pixels = icon_pixels(96)
-    losing = choose(Tier.TIER3, _scores(), 96)  # binary mode loses the colours
+    losing = choose(Tier.TIER3, _scores(), 96)  # binary mode loses the colours; tier 1's answer is the poster preset
+    assert losing.runner_up == scale_to_size(PRESETS["poster"], 96)
+    result = answer(pixels, losing, check=True)
+    assert result.choice.used is Tier.TIER1 and result.choice.asked is Tier.TIER3 and not result.choice.fallback
+    assert result.choice.why is Why.TIER1_AFTER_CHECK and result.choice.params == losing.runner_up
+    assert result.unchecked_ssim < result.ssim and result.unchecked.svg != result.conversion.svg
+
+
+def test_a_choice_that_loses_with_its_runner_up_is_replaced_by_the_defaults():
+    pixels = icon_pixels(96)
+    losing = replace(choose(Tier.TIER3, _scores(), 96), runner_up=PRESETS["bw"].replace(filter_speckle=8))
     result = answer(pixels, losing, check=True)
     assert result.choice.used is Tier.DEFAULT and result.choice.asked is Tier.TIER3
     assert result.choice.why is Why.BELOW_DEFAULTS and result.choice.fallback
     assert result.choice.params == DEFAULTS and result.unchecked_ssim < result.ssim
     assert result.conversion.n_bytes > 0 and "check" in result.timings_ms
+
+
+def test_tier_1_has_no_runner_up_and_neither_has_a_choice_that_is_tier_1_s_answer():
+    assert choose(Tier.TIER1, _scores(), 256).runner_up is None
+    assert choose(Tier.TIER2, _scores(familiar=False), 256).runner_up is None  # unfamiliar: tier 1's answer
+    assert choose(Tier.TIER2, _scores(), 256).runner_up == PRESETS["poster"]
+
+
+def test_tier_3_serves_the_policy_only_where_the_predictor_trusts_it():
+    trusted = choose(Tier.TIER3, _scores(trust=0.01), 256)  # the policy's gain over the defaults: 0.03
+    assert (trusted.used, trusted.why, trusted.params) == (Tier.TIER3, Why.ASKED, PRESETS["bw"])
+    for scores in (_scores(trust=0.05), _scores(familiar=False)):
+        unsure = choose(Tier.TIER3, scores, 256)
+        assert (unsure.used, unsure.why, unsure.params) == (Tier.TIER1, Why.POLICY_UNSURE, PRESETS["poster"])
+        assert unsure.asked is Tier.TIER3 and unsure.runner_up is None and not unsure.fallback
 
 
 def test_a_choice_at_least_as_good_stays_and_unchecked_answers_measure_nothing():

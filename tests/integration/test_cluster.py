@@ -1,0 +1,155 @@
+"""Easel on a Ray cluster of three nodes on loopback: a Triton per model node, and a worker node killed under load.
+
+The module starts a head (no ``triton`` resource: it hosts the proxy and Gateways) and two worker nodes with the
+``triton`` resource (Ray's own ``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)``
+deploys onto it as ``easel up --address`` does. TextToImage runs two replicas, so each worker has one.
+"""
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+import yaml
+
+from serve.jobs.store import open_job_store
+from serve.paths import SERVE_CONFIG
+from serve.stack import RAY_ENV, Stack, StackOptions
+from serve.text_to_image.schema import MAX_STEPS
+from serve.triton.node import NODE_RESOURCE
+from tests.integration.conftest import engine_names
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+logger = logging.getLogger(__name__)
+
+BODY = {"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 4}
+REQUEST_TIMEOUT_S = 120.0  # no request may hang: each one ends (answered or refused) within this
+RETRY_WINDOW_S = 60.0  # after a node dies, requests may fail for at most this long
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    assert all(os.environ.get(name) == value for name, value in RAY_ENV.items())  # tests/conftest.py: nodes inherit
+    loopback = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 << 20}
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
+    workers = [cluster.add_node(num_cpus=2, resources={NODE_RESOURCE: 1}, **loopback) for _ in range(2)]
+    cluster.wait_for_nodes()
+    try:
+        yield cluster, workers
+    finally:
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def stack(cluster, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    config = yaml.safe_load(SERVE_CONFIG.read_text())
+    for deployment in config["applications"][0]["deployments"]:
+        if deployment["name"] == "TextToImage":  # one replica on each worker node
+            deployment.pop("autoscaling_config")
+            deployment["num_replicas"] = 2
+    (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(config))
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        run_dir=run_dir,
+        cache_bytes=0,
+        serve_config=run_dir / "serve_config.yaml",
+        address=cluster[0].address,
+    )
+    with Stack(options) as stack:
+        yield stack
+
+
+def _unet_calls(triton_http_url: str, models: tuple[str, ...]) -> int:
+    """Successful inferences of ``models`` on one Triton (its statistics API)."""
+    total = 0
+    for model in models:
+        stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats", timeout=10).json()
+        total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
+    return total
+
+
+def _generate(api_url: str, seed: int) -> tuple[float, int]:
+    """(seconds taken, status code; 0 for a transport error)."""
+    start = time.monotonic()
+    try:
+        code = httpx.post(f"{api_url}/v1/images/generations", json={**BODY, "seed": seed}, timeout=REQUEST_TIMEOUT_S)
+        return time.monotonic() - start, code.status_code
+    except httpx.TransportError:
+        return time.monotonic() - start, 0
+
+
+def test_each_model_node_has_its_own_triton_and_replicas_that_use_it(cluster, stack):
+    endpoints = stack.node_tritons.endpoints()
+    workers = {node.node_id for node in cluster[1]}
+    assert set(endpoints) == workers  # the head has no `triton` resource: no Triton there
+    assert len({e.grpc_url for e in endpoints.values()}) == 2
+    models = engine_names(stack)
+    before = {node: _unet_calls(e.http_url, models) for node, e in endpoints.items()}
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda seed: _generate(stack.info.api_url, seed), range(16)))
+    assert all(code == 200 for _, code in answers), answers
+    served = {node: _unet_calls(e.http_url, models) - before[node] for node, e in endpoints.items()}
+    assert all(calls > 0 for calls in served.values()), served  # both nodes' replicas served, each on its own Triton
+
+
+def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster, stack):
+    api = stack.info.api_url
+    results: list[tuple[float, float, int]] = []  # (sent at, seconds taken, status)
+    stop = threading.Event()
+
+    def client(worker: int) -> None:
+        seed = 1000 * worker
+        while not stop.is_set():
+            sent = time.monotonic()
+            taken, code = _generate(api, seed)
+            results.append((sent, taken, code))
+            seed += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(5)
+    long_job = {**BODY, "num_inference_steps": MAX_STEPS, "background": True}  # still running when the node dies
+    jobs = [
+        httpx.post(f"{api}/v1/images/generations", json={**long_job, "seed": 100 + i}, timeout=30) for i in range(8)
+    ]  # each replica's runner takes up to 4: both nodes run some
+    assert all(j.status_code == 202 for j in jobs), [j.text for j in jobs]
+    time.sleep(2)
+    killed_at = time.monotonic()
+    cluster[0].remove_node(cluster[1][0], allow_graceful=False)
+    time.sleep(RETRY_WINDOW_S + 30)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT_S + 10)
+    failed = [sent - killed_at for sent, _, code in results if code != 200]
+    logger.info(
+        "node killed under load: %d requests, %d failed (sent %s s after the kill), longest %.1f s",
+        len(results),
+        len(failed),
+        [round(t, 1) for t in failed],
+        max(taken for _, taken, _ in results),
+    )
+    assert max(taken for _, taken, _ in results) < REQUEST_TIMEOUT_S  # nothing hung
+    after_window = [code for sent, _, code in results if sent > killed_at + RETRY_WINDOW_S]
+    assert after_window and all(code == 200 for code in after_window), results
+    assert any(code == 200 for sent, _, code in results if sent < killed_at)
+    deadline = time.monotonic() + 120
+    statuses = []
+    while time.monotonic() < deadline:
+        statuses = [httpx.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
+        if all(s == "succeeded" for s in statuses):
+            break
+        time.sleep(1)
+    assert statuses == ["succeeded"] * len(jobs)  # none lost: the dead node's were run again elsewhere
+    store = open_job_store(stack.options.store)
+    attempts = [store.get(j.json()["id"]).attempts for j in jobs]
+    store.close()
+    logger.info("background jobs: all succeeded, attempts %s", attempts)
+    assert max(attempts) >= 2  # the dead node's jobs were claimed again after their lease ran out

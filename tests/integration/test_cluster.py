@@ -50,9 +50,9 @@ def stack(cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     for deployment in config["applications"][0]["deployments"]:
-        if deployment["name"] == "TextToImage":  # one replica on each worker node
+        if deployment["name"] == "TextToImage":  # one replica on each worker node (Serve may otherwise pack both)
             deployment.pop("autoscaling_config")
-            deployment["num_replicas"] = 2
+            deployment.update(num_replicas=2, max_replicas_per_node=1)
     (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(config))
     options = StackOptions(
         port=0,
@@ -85,18 +85,32 @@ def _generate(api_url: str, seed: int) -> tuple[float, int]:
         return time.monotonic() - start, 0
 
 
+def _replica_nodes(deployment: str) -> list[str]:
+    """The node of each live replica of ``deployment`` (Ray's actor table)."""
+    from ray._private.state import actors
+
+    return [
+        a["Address"]["NodeID"]
+        for a in actors().values()
+        if a["ActorClassName"].endswith(f":{deployment}") and a["State"] == "ALIVE"
+    ]
+
+
 def test_each_model_node_has_its_own_triton_and_replicas_that_use_it(cluster, stack):
     endpoints = stack.node_tritons.endpoints()
     workers = {node.node_id for node in cluster[1]}
     assert set(endpoints) == workers  # the head has no `triton` resource: no Triton there
     assert len({e.grpc_url for e in endpoints.values()}) == 2
+    assert sorted(_replica_nodes("TextToImage")) == sorted(workers)
+    assert set(_replica_nodes("Vectorizer")) <= workers
     models = engine_names(stack)
     before = {node: _unet_calls(e.http_url, models) for node, e in endpoints.items()}
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda seed: _generate(stack.info.api_url, seed), range(16)))
     assert all(code == 200 for _, code in answers), answers
     served = {node: _unet_calls(e.http_url, models) - before[node] for node, e in endpoints.items()}
-    assert all(calls > 0 for calls in served.values()), served  # both nodes' replicas served, each on its own Triton
+    # Both nodes' replicas served, each on its own Triton (a canary every 10 s adds one call at most meanwhile).
+    assert all(calls >= 4 for calls in served.values()), served
 
 
 def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster, stack):

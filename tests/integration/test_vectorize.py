@@ -17,6 +17,7 @@ from tests.integration.conftest import triton_killed
 pytestmark = pytest.mark.integration
 
 VECTORIZE = "/v1/vectorize"
+TIER1_STOOD_IN = {"policy_unsure", "tier1_after_check"}  # tier 1's answer served for a tier 2 or 3 request
 JSON = {"Accept": "application/json"}
 
 
@@ -47,6 +48,9 @@ def test_every_tier_answers_with_json_details(api, icon, tier):
     # quality first: the tier answers, or the defaults do when the check found them better (and says so)
     if body["tier"] == "default" and tier != "default":
         assert body["why"] == "below_defaults" and body["checked"] and body["fallback"]
+    elif body["why"] in TIER1_STOOD_IN:  # tier 1's answer in place of tier 2 or 3's pick (and says why)
+        assert tier in {"2", "3", "auto"} and body["tier"] == "1" and body["fallback"] is None
+        assert body["why"] != "policy_unsure" or tier == "3"
     else:
         assert body["fallback"] is None and body["why"] in {"asked", "auto", "unfamiliar"}
         assert body["tier"] == tier if tier in {"1", "2", "3", "default"} else body["tier"] in {"1", "2"}
@@ -60,7 +64,8 @@ def test_every_tier_answers_with_json_details(api, icon, tier):
 def test_json_body_with_base64(api, icon):
     response = api.post(VECTORIZE, json={"image": base64.b64encode(icon).decode(), "tier": "3"}, headers=JSON)
     assert response.status_code == 200, response.text
-    assert response.json()["tier"] == "3"
+    body = response.json()
+    assert body["requested_tier"] == "3" and (body["tier"] == "3" or body["why"] in TIER1_STOOD_IN)
 
 
 def test_raw_image_body_with_query_options(api, icon):
@@ -168,7 +173,7 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
     # Each Vectorizer replica has its own channel, which retries within a second (TritonClient's reconnect backoff):
     # a request may still fall back meanwhile, but four in a row (both replicas, most likely) must be answered by the
     # models again: tier 2, or the defaults when tier 2's check found them better (never "models_unavailable").
-    served = ("asked", "unfamiliar", "below_defaults")
+    served = ("asked", "unfamiliar", "below_defaults", "tier1_after_check")
     whys: list[str] = []
     while time.monotonic() < deadline + 10 and not (len(whys) >= 4 and all(why in served for why in whys[-4:])):
         again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)

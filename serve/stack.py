@@ -48,7 +48,7 @@ from serve.text_to_image.families import family_of_engines
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
-from serve.triton.server import TritonEndpoints, TritonServer
+from serve.triton.server import TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
@@ -278,7 +278,12 @@ class Stack:
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
-        triton = self._triton_endpoints(models, budgets)
+        if opts.address is not None:  # a Triton per model node, once Ray is reachable
+            from serve.triton.node import NodeTritons
+
+            self.node_tritons = NodeTritons(self.stack_id, opts.repository, opts.run_dir, models, budgets).start()
+        # Where clients (load tests, Prometheus) reach Triton: this machine's, or the first model node's.
+        triton = self.triton.endpoints if self.triton else next(iter(self.node_tritons.endpoints().values()))
         config = load_serve_config(
             opts.serve_config,
             opts.host,
@@ -323,16 +328,6 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
-
-    def _triton_endpoints(self, models: list, budgets: dict[str, int]) -> TritonEndpoints:
-        """This machine's Triton; on a cluster, start one per model node and answer the first's (for clients)."""
-        if self.triton is not None:
-            return self.triton.endpoints
-        from serve.triton.node import NodeTritons
-
-        opts = self.options
-        self.node_tritons = NodeTritons(self.stack_id, opts.repository, opts.run_dir, models, budgets).start()
-        return next(iter(self.node_tritons.endpoints().values()))
 
     def _start_prometheus(self) -> None:
         """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""

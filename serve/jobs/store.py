@@ -588,7 +588,9 @@ class RedisJobStore(JobStore):
             for job_id in self.redis.zrangebyscore(_LEASES, "-inf", now):
                 fields = self.redis.hgetall(_job_key(job_id))
                 if fields and int(fields["priority"]) in allowed:
-                    candidates.append((float(fields["queue_score"]), job_id, True))
+                    # A job queued before scores were submission numbers has none: it is older than any that has.
+                    score = fields.get("queue_score") or _queue_score(int(fields["priority"]), 0)
+                    candidates.append((float(score), job_id, True))
             if not candidates:
                 return None
             _, job_id, expired = min(candidates)

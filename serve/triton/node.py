@@ -54,10 +54,6 @@ class NodeTriton:
         """Where this node's Triton listens."""
         return self.server.endpoints
 
-    def triton_pid(self) -> int | None:
-        """Triton's process id (tests kill it)."""
-        return self.server.managed.pid
-
     def stop(self) -> None:
         """Stop supervising and stop Triton."""
         self.supervisor.stop()
@@ -97,6 +93,7 @@ class NodeTritons:
             node: self.actor_class.options(
                 name=actor_name(node),
                 namespace=NAMESPACE,
+                get_if_exists=True,  # one whose start timed out in an earlier round: wait for it again
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
                 num_gpus=nodes[node]["Resources"].get("GPU", 0),  # Triton holds the node's GPUs (CUDA_VISIBLE_DEVICES)
             ).remote(*self.args)

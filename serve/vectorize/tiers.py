@@ -372,19 +372,18 @@ def answer(pixels: np.ndarray, choice: Choice, check: bool) -> Answer:
     mine = score_svg(pixels, conversion.svg)
     baseline = vectorize(pixels, DEFAULTS)
     theirs = score_svg(pixels, baseline.svg)
-    served, served_ssim, why = choice, mine, None
-    if mine < theirs - CHECK_TOLERANCE:
-        served, served_ssim, why = defaults(choice.asked), theirs, Why.BELOW_DEFAULTS
-        if choice.runner_up is not None:
-            second = vectorize(pixels, choice.runner_up)
-            if (its := score_svg(pixels, second.svg)) >= theirs - CHECK_TOLERANCE:
-                baseline, served_ssim, why = second, its, Why.TIER1_AFTER_CHECK
-                served = replace(choice, used=Tier.TIER1, params=choice.runner_up, runner_up=None)
-    timings["check"] = _ms_since(mark)
-    if why is None:
+    if mine >= theirs - CHECK_TOLERANCE:
+        timings["check"] = _ms_since(mark)
         return Answer(choice, conversion, mine, True, timings)
-    served = replace(served, why=why, predicted_gain=choice.predicted_gain)
-    return Answer(served, baseline, served_ssim, True, timings, conversion, mine)
+    served, served_conversion, served_ssim = defaults(choice.asked, Why.BELOW_DEFAULTS), baseline, theirs
+    if choice.runner_up is not None:
+        second = vectorize(pixels, choice.runner_up)
+        if (its := score_svg(pixels, second.svg)) >= theirs - CHECK_TOLERANCE:
+            served = replace(choice, used=Tier.TIER1, why=Why.TIER1_AFTER_CHECK, params=choice.runner_up)
+            served_conversion, served_ssim = second, its
+    timings["check"] = _ms_since(mark)
+    served = replace(served, predicted_gain=choice.predicted_gain, runner_up=None)
+    return Answer(served, served_conversion, served_ssim, True, timings, conversion, mine)
 
 
 def served_answer(

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.adapters.lora import SCALE_INPUT, SLOTS_FILE, LoraBanks, load_slots
 from serve.triton.memory import MEMORY_FILE, MemoryModel, peak_rss_reset, rss_bytes
 from serve.triton.spec import ModelSpec
 
@@ -35,14 +36,17 @@ def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
     return ()
 
 
-def _row(spec: ModelSpec, side: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> dict[str, np.ndarray]:
     feeds = {}
-    for tensor in spec.inputs:
+    for tensor in spec.graph_inputs:
         shape = (1, *(side if d == -1 else d for d in tensor.dims))
         if tensor.dtype.startswith("int"):
             feeds[tensor.name] = rng.integers(0, 300, shape).astype(tensor.numpy_dtype)
         else:
             feeds[tensor.name] = rng.standard_normal(shape).astype(tensor.numpy_dtype)
+    if (folder / SLOTS_FILE).exists():  # a LoRA-ready engine, measured without adapters
+        scale, bank = LoraBanks(spec.name, load_slots(folder / SLOTS_FILE), lambda _: {}, 1).feeds([()])
+        feeds |= {SCALE_INPUT: scale, **bank}
     return feeds
 
 
@@ -53,12 +57,17 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
     rng = np.random.default_rng(0)
     start = rss_bytes()
     session = make_session(model_path, intra_op_threads=1, arena=False)
+    taken = {i.name for i in session.get_inputs()}
     sides = sides if dynamic_axes(spec) else sides[:1]
-    session.run(None, _row(spec, sides[0], rng))  # warm-up: lazy initialisation counts as weights
+
+    def row(side: int) -> dict[str, np.ndarray]:
+        return {k: v for k, v in _row(spec, side, rng, model_path.parent).items() if k in taken}
+
+    session.run(None, row(sides[0]))  # warm-up: lazy initialisation counts as weights
     weights = rss_bytes() - start
     measured, timed = [], []
     for side in sides:
-        feeds = _row(spec, side, rng)
+        feeds = row(side)
         before = rss_bytes()
         peak_rss_reset()
         started = time.perf_counter()

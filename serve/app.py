@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import contract, grpc_api, metrics
 from serve.access import KeyCheck, call_admitted, caller, job_owner, may_see, open_access, owner_filter
+from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.grpc_api import easel_pb2
@@ -37,7 +38,7 @@ from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready
-from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
 from serve.vectorize.tiers import Tier
@@ -134,7 +135,8 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
 
 
 PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
-BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES}  # other routes: serve.wire.DEFAULT_BODY_LIMIT
+# other routes: serve.wire.DEFAULT_BODY_LIMIT; a generation may carry an IP-Adapter reference image
+BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES, "/v1/images/generations": MAX_REQUEST_BYTES}
 
 api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
 api.add_middleware(BodyLimits, limits=BODY_LIMITS)  # added before the metrics middleware, so 413s are counted
@@ -213,10 +215,12 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         native_size: int = 512,
+        adapters: StackAdapters | None = None,
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.engine = engine
+        self.adapters = adapters or StackAdapters()
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
         open_access(store_url, native_size)
@@ -249,6 +253,7 @@ class Gateway:
         With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
         ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer.
         """
+        self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
         if request.background:
             return await self._submit(request, check_idempotency_key(idempotency_key), job_owner(caller(http)))
         body, headers = await self._answer(request, fresh="no-cache" in (cache_control or "").lower())
@@ -270,7 +275,8 @@ class Gateway:
         self, request: GenerationRequest, lease: JobLease | None = None, fresh: bool = False
     ) -> tuple[dict, dict]:
         """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached)."""
-        key = cache_key(self.engine, request.model_dump(mode="json")) if self.cache is not None else None
+        engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        key = cache_key(engine, request.model_dump(mode="json")) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await asyncio.to_thread(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -298,7 +304,11 @@ class Gateway:
     async def _run_job(self, job: Job, lease: JobLease) -> dict:
         """The job runner's work: the job's request answered as a synchronous one, its steps reported."""
         try:
-            body, _ = await self._answer(GenerationRequest.model_validate(job.request), lease)
+            request = GenerationRequest.model_validate(job.request)
+        except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
+            raise invalid_input(error) from None
+        try:
+            body, _ = await self._answer(request, lease)
         except Exception as error:
             cause = unwrap(error)
             if isinstance(cause, JobCanceled | LeaseLost):
@@ -312,6 +322,11 @@ class Gateway:
         if not may_see(caller(http), job.owner):
             raise self.store.missing(job_id)
         return job
+
+    @api.get("/v1/loras")
+    async def loras(self) -> dict:
+        """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
+        return {"object": "list", "data": self.adapters.listing()}
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, http: Request, job_id: str) -> dict:
@@ -439,6 +454,9 @@ class AppArgs(BaseModel):
         default_factory=default_url, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB."
     )
     cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
+    loras_dir: str | None = Field(
+        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
+    )
 
 
 def build_app(args: AppArgs) -> serve.Application:
@@ -450,11 +468,14 @@ def build_app(args: AppArgs) -> serve.Application:
 
     budget = memory_budget(Path(args.engine_dir), args.memory_budget_bytes)
     limits = Limits(budget, args.max_cost, 2 * args.max_cost)
+    family = family_of_engines(Path(args.engine_dir))
+    adapters = StackAdapters(args.loras_dir, family.adapters.ip_adapter is not None)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, args.store_url),
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, args.store_url, adapters),
         Vectorizer.bind(args.triton_grpc_url),
         Path(args.engine_dir).name,
         args.store_url,
         args.cache_bytes,
-        family_of_engines(Path(args.engine_dir)).dims.native_size,
+        family.dims.native_size,
+        adapters,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import signal
@@ -13,6 +14,7 @@ import click
 
 from build_engines.text_to_image.default_model import MODELS as EMBEDDED_MODELS
 from build_engines.text_to_image.published import PUBLISHED
+from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.errors import UnsupportedModel
 from serve.paths import ICONS_DEV, MODEL_REPOSITORY, SERVE_CONFIG
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
@@ -48,6 +50,17 @@ def _check_model(model_dir: Path | None) -> None:
         try:
             family_of_folder(model_dir)
         except UnsupportedModel as error:
+            raise click.ClickException(str(error)) from error
+
+
+def _check_ip_adapter(folder: Path | None) -> None:
+    """Refuse an ``--ip-adapter`` folder without its weights or image encoder with a one-line error."""
+    from serve.adapters.ip_adapter import IpAdapterError, IpAdapterFolder
+
+    if folder is not None:
+        try:
+            IpAdapterFolder.read(folder).state_dict()
+        except IpAdapterError as error:
             raise click.ClickException(str(error)) from error
 
 
@@ -179,6 +192,28 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     "the `triton` resource (ray start --resources='{\"triton\": 1}') gets its own Triton and the model replicas.",
 )
 @click.option(
+    "--loras",
+    "loras_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of LoRA adapters: each NAME.safetensors (diffusers/PEFT or kohya format) is adapter NAME, chosen "
+    "per request.",
+)
+@click.option(
+    "--lora-resident",
+    type=click.IntRange(min=1),
+    default=DEFAULT_RESIDENT,
+    show_default=True,
+    help="LoRA adapters each engine instance keeps loaded (least recently used go first).",
+)
+@click.option(
+    "--ip-adapter",
+    "ip_adapter_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/; references per request.",
+)
+@click.option(
     "--first-request/--no-first-request",
     default=True,
     show_default=True,
@@ -203,6 +238,9 @@ def up(
     grpc_port: int,
     insecure: bool,
     address: str | None,
+    loras_dir: Path | None,
+    lora_resident: int,
+    ip_adapter_dir: Path | None,
     first_request: bool,
 ) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
@@ -215,6 +253,7 @@ def up(
         prometheus = False
     _stop_dead_stack()
     _check_model(model_dir)
+    _check_ip_adapter(ip_adapter_dir)
     if store_url is not None:
         try:
             scheme(store_url)
@@ -237,6 +276,9 @@ def up(
         triton_ports=triton_ports,
         grpc_port=grpc_port,
         address=address,
+        loras_dir=loras_dir,
+        lora_resident=lora_resident,
+        ip_adapter_dir=ip_adapter_dir,
     )
     try:
         check_exposure(options)
@@ -467,6 +509,14 @@ def _int_list(text: str) -> tuple[int, ...]:
     default=None,
     help="cuda (or cpu): diffusers vs Easel's loop on PyTorch, steps merged or not, on this device; no Triton.",
 )
+@click.option(
+    "--adapters",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Benchmark LoRA adapters instead: this many random LoRAs (half held per engine instance); a cold adapter's "
+    "first request, throughput with one adapter vs mixed adapters, and the engines' cost per row (with --model: the "
+    "engines' costs only, in-process).",
+)
 @_model_option
 def bench_generate(
     embedded: str,
@@ -476,12 +526,33 @@ def bench_generate(
     concurrency: str,
     out: Path,
     device: str | None,
+    adapters: int | None,
     model_dir: Path | None,
 ) -> None:
     """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
     from serve.benchmarks import generate
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=_int_list(concurrency))
+    if adapters is not None:
+        from build_engines.text_to_image.build import default_model_dir
+        from serve.benchmarks.adapters import AdapterBenchSettings, run_adapter_benchmark
+
+        concurrent = max(settings.concurrency)
+        adapter_settings = AdapterBenchSettings(
+            adapters,
+            resident=adapters // 2,
+            steps=steps,
+            size=size,
+            concurrency=concurrent,
+            requests=concurrent * repeats,
+        )
+        if model_dir is not None:  # a local (full-size) model: the engines in-process only, 4 rows at a time
+            _check_model(model_dir)
+            adapter_settings = dataclasses.replace(adapter_settings, batch=4)
+            click.echo(run_adapter_benchmark(model_dir, model_dir.name, adapter_settings, out, stack=False))
+        else:
+            click.echo(run_adapter_benchmark(default_model_dir(embedded), embedded, adapter_settings, out, stack=True))
+        return
     if device is None:
         if model_dir is not None:
             raise click.UsageError("--model is for --device runs; the stack comparison uses --embedded")

@@ -47,6 +47,7 @@ ERRORS_BY_ROUTE: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/healthz"): (503,),
     ("get", "/readyz"): (503,),
     ("post", "/v1/images/generations"): (*_ON_EVERY_ROUTE, 409),
+    ("get", "/v1/loras"): _ON_EVERY_ROUTE,
     ("get", "/v1/jobs"): (*_ON_EVERY_ROUTE, 404),
     ("get", "/v1/jobs/{job_id}"): (*_ON_EVERY_ROUTE, 404),
     ("post", "/v1/jobs/{job_id}/cancel"): (*_ON_EVERY_ROUTE, 404, 409),

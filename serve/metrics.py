@@ -38,11 +38,12 @@ class MetricSpec:
     description: str
     tag_keys: tuple[str, ...] = ()
     boundaries: tuple[float, ...] = ()
+    exporter: Literal["ray", "triton"] = "ray"  # triton: a python-backend model's, on Triton's metrics port
 
     @property
     def exported(self) -> str:
         """The name Prometheus sees (before ``_total`` / ``_bucket`` / ``_sum`` / ``_count`` suffixes)."""
-        return RAY_PREFIX + self.name
+        return (RAY_PREFIX if self.exporter == "ray" else "") + self.name
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -144,6 +145,33 @@ KEY_COST = MetricSpec(
     "Generation cost admitted (images x steps x megapixels), by key id.",
     ("key_id",),
 )
+ADAPTER_REQUESTS = MetricSpec(
+    "easel_adapter_requests",
+    "counter",
+    "Generations using an adapter, by adapter (a LoRA's name, or ip_adapter) and kind (lora, ip_adapter).",
+    ("adapter", "kind"),
+)
+# Recorded by the LoRA-ready engines' python-backend models (serve/adapters/backend.py), exported by Triton.
+ADAPTER_LOADS = MetricSpec(
+    "easel_adapter_loads",
+    "counter",
+    "LoRA adapters loaded into an engine instance.",
+    ("model", "adapter"),
+    (),
+    "triton",
+)
+ADAPTER_LOAD_SECONDS = MetricSpec(
+    "easel_adapter_load_seconds", "counter", "Seconds spent loading LoRA adapters.", ("model", "instance"), (), "triton"
+)
+ADAPTER_EVICTIONS = MetricSpec(
+    "easel_adapter_evictions", "counter", "LoRA adapters evicted (least recently used).", ("model",), (), "triton"
+)
+ADAPTER_RESIDENT = MetricSpec(
+    "easel_adapter_resident", "gauge", "LoRA adapters an engine instance holds.", ("model", "instance"), (), "triton"
+)
+ADAPTER_RESIDENT_BYTES = MetricSpec(
+    "easel_adapter_resident_bytes", "gauge", "Bytes of LoRA adapters held.", ("model", "instance"), (), "triton"
+)
 
 ALL = (
     HTTP_REQUESTS,
@@ -161,6 +189,12 @@ ALL = (
     CACHE_REQUESTS,
     KEY_REQUESTS,
     KEY_COST,
+    ADAPTER_REQUESTS,
+    ADAPTER_LOADS,
+    ADAPTER_LOAD_SECONDS,
+    ADAPTER_EVICTIONS,
+    ADAPTER_RESIDENT,
+    ADAPTER_RESIDENT_BYTES,
 )
 
 _made: dict[str, object] = {}

@@ -28,6 +28,8 @@ import psutil
 import yaml
 from pydantic import BaseModel, Field
 
+from serve.adapters.engines import LORA_ENGINE_CLASS, AdapterBuild
+from serve.adapters.registry import DEFAULT_RESIDENT, build_registry, install_registry
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
@@ -118,6 +120,20 @@ class StackOptions(BaseModel):
         description="A running Ray cluster to deploy onto (its GCS host:port); each node with the `triton` resource "
         "gets its own Triton and hosts the model replicas. None: start Ray and one Triton here.",
     )
+    loras_dir: Path | None = Field(
+        None, description="A folder of LoRA adapters (NAME.safetensors): LoRA-ready engines, the adapters per request."
+    )
+    lora_resident: int = Field(
+        DEFAULT_RESIDENT, ge=1, description="LoRA adapters each engine instance keeps loaded (least recently used go)."
+    )
+    ip_adapter_dir: Path | None = Field(
+        None, description="An IP-Adapter folder (weights + image_encoder/): reference images per request."
+    )
+
+    @property
+    def adapters(self) -> AdapterBuild:
+        """What adapters the engines are built for."""
+        return AdapterBuild(lora=self.loras_dir is not None, ip_adapter=self.ip_adapter_dir)
 
     @property
     def store(self) -> str:
@@ -261,7 +277,8 @@ class Stack:
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
-        engine_dir = build(opts.model_dir, opts.repository)
+        engine_dir = build(opts.model_dir, opts.repository, adapters=opts.adapters)
+        loras_dir = self._install_loras(engine_dir)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = memory_budget(engine_dir, opts.memory_budget_bytes)
         models, budgets = triton_models(engine_dir, vectorize), memory_budgets(engine_dir, self.memory_budget_bytes)
@@ -296,6 +313,7 @@ class Stack:
             max_cost=opts.max_cost,
             store_url=opts.store,
             cache_bytes=opts.cache_bytes,
+            loras_dir=loras_dir,
         )
         _deploy(config, timeout_s)
         e = triton
@@ -328,6 +346,21 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+    def _install_loras(self, engine_dir: Path) -> str | None:
+        """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""
+        opts = self.options
+        if opts.loras_dir is None:
+            return None
+        from build_engines.text_to_image.build import default_model_dir
+
+        family = family_of_engines(engine_dir)
+        model_dir = opts.model_dir or default_model_dir()
+        registry = build_registry(opts.loras_dir, engine_dir, model_dir, family.pipeline_class, opts.lora_resident)
+        folder = opts.run_dir / "loras"
+        engines = [name for name, spec in family.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
+        install_registry(registry, folder, opts.repository, engines)
+        return str(folder)
 
     def _start_prometheus(self) -> None:
         """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""

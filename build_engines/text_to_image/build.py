@@ -17,6 +17,9 @@ from build_engines.memory import measure as measure_memory
 from build_engines.repository import engine_files, install_model
 from build_engines.text_to_image.default_model import TRAINED, create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
+from serve.adapters.engines import AdapterBuild, AdapterSupport, ip_info
+from serve.adapters.ip_adapter import FEATURE_EXTRACTOR
+from serve.adapters.requests import UNET_CONFIG
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.families import Family, family_of_engines, family_of_folder
 from serve.text_to_image.spec import ALL_ENGINE_NAMES
@@ -52,10 +55,11 @@ def default_model_dir(variant: str = "tiny") -> Path:
     return model_dir
 
 
-def engine_dir_for(model_dir: Path, precision: str = "fp32") -> Path:
-    """Cache folder named by model hash, precision, exporter and backend versions."""
+def engine_dir_for(model_dir: Path, precision: str = "fp32", adapters: AdapterBuild | None = None) -> Path:
+    """Cache folder named by model hash, precision, the adapters the engines take, exporter and backend versions."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    key = f"{content_hash(model_dir)[:16]}-{precision}-{versions}"
+    adapter_key = adapters.key() if adapters else ""
+    key = f"{content_hash(model_dir)[:16]}-{precision}{'-' + adapter_key if adapter_key else ''}-{versions}"
     return easel_home() / "engines" / key
 
 
@@ -65,37 +69,47 @@ def build(
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",
+    adapters: AdapterBuild | None = None,
 ) -> Path:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
-    A folder that is not a supported pipeline raises :class:`~serve.errors.UnsupportedModel` before anything is
-    written. Returns the engine folder, which also holds the tokenizers, scheduler config and ``pipeline.json``.
+    A folder that is not a supported pipeline (or an ``adapters.ip_adapter`` folder that does not fit it) raises a
+    one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
+    (:mod:`serve.adapters`). Returns the engine folder, which also holds the tokenizers, scheduler config and
+    ``pipeline.json``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model_dir = default_model_dir() if model_dir is None else model_dir
+    adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
-    engine_dir = engine_dir_for(model_dir, precision)
+    engine_dir = engine_dir_for(model_dir, precision, adapters)
     if (engine_dir / MANIFEST).exists() and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
+        family = family.with_adapters(AdapterSupport(adapters.lora, ip_info(adapters, model_dir)))
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
-        _build_into(engine_dir, family, model_dir, precision)
+        _build_into(engine_dir, family, model_dir, precision, adapters)
     install(engine_dir, repository, backend)
     return engine_dir
 
 
-def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str) -> None:
+def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild) -> None:
     """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing."""
     partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        reports = export_all(family, model_dir, partial, precision)
-        for name in (*family.tokenizers(), "scheduler", "model_index.json"):
+        reports = export_all(family, model_dir, partial, precision, adapters=adapters)
+        kept = [*family.tokenizers(), "scheduler", "model_index.json"]
+        if family.adapters.ip_adapter is not None and (model_dir / FEATURE_EXTRACTOR).is_dir():
+            kept.append(FEATURE_EXTRACTOR)  # the image preprocessing diffusers uses for IP-Adapter references
+        for name in kept:
             source = model_dir / name
             copy = shutil.copytree if source.is_dir() else shutil.copy2
             copy(source, partial / name)
+        if family.adapters.ip_adapter is not None:  # InstantStyle's mappings are expanded over the UNet's blocks
+            shutil.copy2(model_dir / "unet" / "config.json", partial / UNET_CONFIG)
         family.save(partial)
         manifest = {"model_dir": str(model_dir.resolve()), "engines": [asdict(r) for r in reports]}
         (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import torch
 
+from serve.adapters.engines import AdapterBuild, adapter_modules
 from serve.text_to_image.families import Family, PipelineDims
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
@@ -75,6 +76,8 @@ class CastIO(torch.nn.Module):
         super().__init__()
         self.module = module
         self.dtype = dtype
+        self.graph_extras = getattr(module, "graph_extras", None)  # an adapter-ready engine's bank inputs
+        self.side_files = getattr(module, "side_files", {})
 
     def forward(self, *inputs):
         """``module``'s outputs in float32."""
@@ -91,10 +94,12 @@ def _check_side(dims: PipelineDims) -> int:
     return min(dims.sample_size // 2, MAX_CHECK_SIDE)
 
 
-def sample_inputs(spec: ModelSpec, batch: int, size: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random inputs of the right dtypes, with ``size`` for every dynamic axis."""
+def sample_inputs(
+    spec: ModelSpec, batch: int, size: int, generator: torch.Generator, module: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
+    """Random inputs of the right dtypes, with ``size`` for every dynamic axis (and ``module``'s graph extras)."""
     feeds = {}
-    for tensor in spec.inputs:
+    for tensor in spec.graph_inputs:
         shape = (batch, *(size if d == -1 else d for d in tensor.dims))
         if tensor.dtype == "int64":
             feeds[tensor.name] = torch.randint(0, 400, shape, generator=generator)
@@ -102,6 +107,9 @@ def sample_inputs(spec: ModelSpec, batch: int, size: int, generator: torch.Gener
             feeds[tensor.name] = torch.rand(shape, generator=generator) * 999
         else:
             feeds[tensor.name] = torch.randn(shape, generator=generator)
+    extras = getattr(module, "graph_extras", None)
+    if extras is not None:
+        feeds.update(extras.sample(batch, generator))
     return feeds
 
 
@@ -109,7 +117,9 @@ def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, 
     """Export ``module`` to ONNX at ``out_path`` with the names and dynamic axes of ``spec``."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # An odd latent side makes diffusers' UNet trace its explicit-upsample-size path, right for every size.
-    example = sample_inputs(spec, batch=2, size=_check_side(dims) + 1, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    example = sample_inputs(spec, batch=2, size=_check_side(dims) + 1, generator=generator, module=module)
+    extras = getattr(module, "graph_extras", None)
     with torch.no_grad():
         torch.onnx.export(
             module.eval(),
@@ -117,11 +127,13 @@ def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, 
             str(out_path),
             dynamo=False,
             opset_version=OPSET,
-            input_names=[t.name for t in spec.inputs],
+            input_names=list(example),
             output_names=[t.name for t in spec.outputs],
-            dynamic_axes=spec.onnx_dynamic_axes(),
+            dynamic_axes=spec.onnx_dynamic_axes() | (extras.dynamic_axes if extras else {}),
         )
     gather_external_data(out_path)
+    for name, write in getattr(module, "side_files", {}).items():  # e.g. the LoRA slot table, read when served
+        write(out_path.parent / name)
 
 
 def _tensors(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -183,16 +195,21 @@ def reference_outputs(module: torch.nn.Module, feeds: dict[str, torch.Tensor]) -
     return [o.float().numpy() for o in outputs]
 
 
-def parity_feeds(spec: ModelSpec, dims: PipelineDims, seed: int) -> dict[str, torch.Tensor]:
+def parity_feeds(
+    spec: ModelSpec, dims: PipelineDims, seed: int, module: torch.nn.Module | None = None
+) -> dict[str, torch.Tensor]:
     """Fresh random inputs for the parity check (batch 3, an even size unlike the export's)."""
-    return sample_inputs(spec, batch=3, size=_check_side(dims), generator=torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    return sample_inputs(spec, batch=3, size=_check_side(dims), generator=generator, module=module)
 
 
 def check_parity(
     spec: ModelSpec, onnx_path: Path, feeds: dict[str, torch.Tensor], expected: list[np.ndarray]
 ) -> ParityReport:
     """Compare ONNX Runtime's outputs for ``feeds`` with PyTorch's ``expected``, output by output."""
-    actual = make_session(onnx_path).run(None, {k: v.numpy() for k, v in feeds.items()})
+    session = make_session(onnx_path)
+    taken = {i.name for i in session.get_inputs()}  # unused layers' bank inputs are dropped by the exporter
+    actual = session.run(None, {k: v.numpy() for k, v in feeds.items() if k in taken})
     max_abs = relative = 0.0
     for got, want in zip(actual, expected, strict=True):
         error = float(np.max(np.abs(got - want)))
@@ -215,7 +232,7 @@ def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
     """For engines ONNX Runtime's CPU provider cannot run (fp16): the graph is valid and has the spec's I/O."""
     onnx.checker.check_model(str(onnx_path))
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    if [i.name for i in graph.input] != [t.name for t in spec.inputs]:
+    if [i.name for i in graph.input][: len(spec.graph_inputs)] != [t.name for t in spec.graph_inputs]:
         raise ParityError(f"{spec.name}: inputs {[i.name for i in graph.input]} differ from the spec")
     note = "fp16: graph checked; parity needs a GPU execution provider"
     logger.info("  %s: %s", spec.name, note)
@@ -223,11 +240,19 @@ def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
 
 
 def export_all(
-    family: Family, model_dir: Path, engine_dir: Path, precision: str = "fp32", seed: int = 1
+    family: Family,
+    model_dir: Path,
+    engine_dir: Path,
+    precision: str = "fp32",
+    seed: int = 1,
+    adapters: AdapterBuild | None = None,
 ) -> list[EngineReport]:
-    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one."""
+    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one.
+
+    ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder).
+    """
     dtype = PRECISIONS[precision]
-    modules = family.export_modules(model_dir)
+    modules = adapter_modules(family.export_modules(model_dir), adapters or AdapterBuild(), family.adapters)
     reports = []
     for step, (name, source) in enumerate(modules.items(), start=1):
         spec = family.specs[name]
@@ -242,7 +267,7 @@ def export_all(
         export_engine(module, spec, family.dims, onnx_path)
         if engine_dtype == torch.float32:
             logger.info("[%d/%d] %s: PyTorch reference outputs", step, len(modules), name)
-            feeds = parity_feeds(spec, family.dims, seed)
+            feeds = parity_feeds(spec, family.dims, seed, module)
             expected = reference_outputs(module, feeds)
             del module
             gc.collect()

@@ -43,15 +43,15 @@ CAPTION_DROPOUT = 0.1
 class TrainSettings:
     """Steps, batch sizes and learning rates of both stages."""
 
-    vae_steps: int = 300
+    vae_steps: int = 2000
     vae_batch: int = 32
     vae_crop: int = 32
     vae_lr: float = 2e-3
-    unet_steps: int = 800
-    unet_batch: int = 16
+    unet_steps: int = 12000
+    unet_batch: int = 32
     unet_lr: float = 1e-3
-    ema_decay: float = 0.998
-    checkpoint_every: int = 100
+    ema_decay: float = 0.999
+    checkpoint_every: int = 500
 
     @classmethod
     def quick(cls) -> TrainSettings:

@@ -33,7 +33,12 @@ from serve.wire import Scope as AsgiScope
 logger = logging.getLogger(__name__)
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-ROUTE_SCOPES = {"/v1/images/generations": Scope.GENERATE, "/v1/vectorize": Scope.VECTORIZE, "/v1/jobs": Scope.JOBS}
+ROUTE_SCOPES = {
+    "/v1/images/generations": Scope.GENERATE,
+    "/v1/loras": Scope.GENERATE,
+    "/v1/vectorize": Scope.VECTORIZE,
+    "/v1/jobs": Scope.JOBS,
+}
 """The scope each route (and what is under it) needs; any other route needs a valid key of any scope."""
 ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""

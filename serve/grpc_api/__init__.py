@@ -8,12 +8,14 @@ codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are g
 
 from __future__ import annotations
 
+import base64
+import json
 from typing import NoReturn
 
 from google.protobuf.message import Message
 from pydantic import ValidationError
 
-from serve.errors import EaselError, invalid_input
+from serve.errors import EaselError, InvalidInput, invalid_input
 from serve.grpc_api import easel_pb2
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
@@ -28,9 +30,24 @@ def fields(message: Message) -> dict:
 
 
 def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
-    """The HTTP API's request for a ``GenerateRequest`` (:class:`~serve.errors.InvalidInput` naming the field)."""
+    """The HTTP API's request for a ``GenerateRequest`` (:class:`~serve.errors.InvalidInput` naming the field).
+
+    The reference image travels as bytes (the HTTP API's base64), an InstantStyle mapping as JSON text.
+    """
+    body = fields(message)
+    body["loras"] = [fields(lora) for lora in body.get("loras", [])]
+    if "ip_adapter_image" in body:
+        body["ip_adapter_image"] = base64.b64encode(body["ip_adapter_image"]).decode()
+    if "ip_adapter_scale_json" in body:
+        if "ip_adapter_scale" in body:
+            message = "ip_adapter_scale_json: give ip_adapter_scale or the mapping, not both"
+            raise InvalidInput(message, "ip_adapter_scale_json")
+        try:
+            body["ip_adapter_scale"] = json.loads(body.pop("ip_adapter_scale_json"))
+        except json.JSONDecodeError as error:
+            raise InvalidInput(f"ip_adapter_scale_json: not JSON ({error})", "ip_adapter_scale_json") from None
     try:
-        return GenerationRequest.model_validate(fields(message))
+        return GenerationRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_input(error) from None
 

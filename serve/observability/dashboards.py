@@ -17,7 +17,7 @@ DASHBOARD_DIR = PROJECT_ROOT / "deployments" / "grafana"
 DATASOURCE_UID = "easel-prometheus"
 GPU_METRIC_PREFIX = "nv_gpu_"
 _GRAFANA_VARIABLES = re.compile(r"\$(?:__rate_interval|__interval|__range)\b|\$\{(?:__rate_interval|__interval)\}")
-_METRIC = re.compile(r"\b(?:ray|nv)_[A-Za-z0-9_:]+")
+_METRIC = re.compile(r"\b(?:ray|nv|easel)_[A-Za-z0-9_:]+")
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class PanelQuery:
         return _GRAFANA_VARIABLES.sub(window, self.expr)
 
     def metric_names(self) -> set[str]:
-        """The Ray (``ray_*``) and Triton (``nv_*``) metric names the expression reads."""
+        """The Ray (``ray_*``), Triton (``nv_*``) and Triton-model (``easel_*``) metric names the expression reads."""
         return set(_METRIC.findall(self.expr))
 
     @property

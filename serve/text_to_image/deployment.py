@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
 import logging
 import random
@@ -15,7 +16,8 @@ from PIL import Image
 from ray import serve
 
 from serve import metrics
-from serve.errors import NotReady
+from serve.adapters.requests import StackAdapters
+from serve.errors import InvalidInput, NotReady
 from serve.jobs.runner import JobCanceled, JobLease
 from serve.jobs.store import open_job_store
 from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
@@ -25,6 +27,10 @@ from serve.text_to_image.schema import GenerationRequest
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
 from serve.triton.node import grpc_url_on_this_node
+from serve.vectorize.image import ImageRejected, decode_image
+
+MAX_REFERENCE_PIXELS = 4096 * 4096
+"""An IP-Adapter reference is scaled to the image encoder's side: any photo up to 4096 pixels a side is taken."""
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +58,8 @@ def draw_seed(seed: int | None) -> int:
     return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
 
-def to_generation(request: GenerationRequest, native_size: int) -> Generation:
-    """The pipeline job for an API request (a missing seed drawn here)."""
+def to_generation(request: GenerationRequest, native_size: int, ip_image: np.ndarray | None = None) -> Generation:
+    """The pipeline job for an API request (a missing seed drawn here; ``ip_image``: its decoded reference)."""
     width, height = request.width_height(native_size)
     return Generation(
         request.prompt,
@@ -66,15 +72,37 @@ def to_generation(request: GenerationRequest, native_size: int) -> Generation:
         draw_seed(request.seed),
         request.scheduler,
         request.priority,
+        tuple((lora.name, lora.scale) for lora in request.loras),
+        ip_image,
+        request.ip_adapter_scale,
     )
+
+
+def decode_reference(request: GenerationRequest) -> np.ndarray | None:
+    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
+    if request.ip_adapter_image is None:
+        return None
+    field = "ip_adapter_image"
+    try:
+        return decode_image(base64.b64decode(request.ip_adapter_image), field, max_pixels=MAX_REFERENCE_PIXELS)
+    except ImageRejected as error:
+        raise InvalidInput(str(error), field) from error
 
 
 @serve.deployment(name="TextToImage")
 class TextToImage:
     """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
-    def __init__(self, engine_dir: str, triton_grpc_url: str, limits: Limits, store_url: str | None = None) -> None:
+    def __init__(
+        self,
+        engine_dir: str,
+        triton_grpc_url: str,
+        limits: Limits,
+        store_url: str | None = None,
+        adapters: StackAdapters | None = None,
+    ) -> None:
         torch.set_num_threads(1)
+        self.adapters = adapters or StackAdapters()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
         models = memory_models(Path(engine_dir), self.pipeline.specs)
@@ -120,7 +148,7 @@ class TextToImage:
         self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        job = to_generation(request, self.pipeline.dims.native_size)
+        job = to_generation(request, self.pipeline.dims.native_size, await self._reference(request))
         admitted = self.admission.check(job.n, job.steps, job.width, job.height)
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
@@ -132,6 +160,17 @@ class TextToImage:
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
+
+    async def _reference(self, request: GenerationRequest) -> np.ndarray | None:
+        """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""
+        self.adapters.check(request)
+        reference = await asyncio.to_thread(decode_reference, request)
+        if reference is not None:
+            self.pipeline.adapters.scales(request.ip_adapter_scale)  # a mapping that does not fit the UNet: 400 now
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
+        for lora in request.loras:
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
+        return reference
 
     def _reporter(self, lease: JobLease) -> StepCallback:
         """The step callback of a job: progress (and previews) into the store; stop when a cancel was asked."""

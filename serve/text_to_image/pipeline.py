@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from serve.adapters.requests import GenerationAdapters
 from serve.text_to_image.families import family_of_engines
 from serve.text_to_image.priority import Priority, PriorityGate
 from serve.text_to_image.spec import UNET, VAE_DECODER
@@ -48,19 +49,33 @@ class EngineRunner(Protocol):
 
 
 class OnnxRuntimeRunner:
-    """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests."""
+    """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests.
 
-    def __init__(self, engine_dir: Path, shards: int = 0) -> None:
+    LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
+    """
+
+    def __init__(self, engine_dir: Path, shards: int = 0, loras_dir: Path | None = None) -> None:
+        from serve.adapters.lora import SLOTS_FILE
+        from serve.adapters.registry import engine_banks
+
         names = family_of_engines(engine_dir).specs
         self.sessions = {name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in names}
+        ready = [name for name in names if (engine_dir / name / SLOTS_FILE).exists()]
+        self.banks = {name: engine_banks(engine_dir / name, name, loras_dir or engine_dir / "loras") for name in ready}
 
     async def infer(
         self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
+        from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
+
         session = self.sessions[spec.name]
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
-        outputs = await asyncio.to_thread(session.run, feeds)
+        shared = {}
+        if spec.name in self.banks:
+            rows = [parse_row(text) for text in feeds.pop(ADAPTERS_INPUT)]
+            feeds[SCALE_INPUT], shared = self.banks[spec.name].feeds(rows)
+        outputs = await asyncio.to_thread(session.run, feeds, shared)
         return dict(zip(session.output_names, outputs, strict=True))
 
 
@@ -115,6 +130,9 @@ class Generation:
     seed: int
     scheduler: str
     priority: Priority = Priority.NORMAL
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
+    ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
+    ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
 
 
 StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]
@@ -175,6 +193,7 @@ class TextToImagePipeline:
         self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
         self.tiling = VaeTiling(self.dims.vae_sample_size, self.dims.vae_scale_factor)
         self.engines = engines
+        self.adapters = GenerationAdapters(engine_dir, self.family.adapters, self.specs)
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
@@ -195,7 +214,7 @@ class TextToImagePipeline:
         generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
         request's step then goes as several calls in turn, so others' calls run between them).
         """
-        engines = _Chunked(_AtPriority(self.engines, job.priority), rows_per_call or {})
+        engines = _Chunked(self.adapters.runner(_AtPriority(self.engines, job.priority), job), rows_per_call or {})
         async with self.gate.active(job.priority):
             return await self._generate(job, engines, tiled_decode, on_step)
 
@@ -204,6 +223,7 @@ class TextToImagePipeline:
     ) -> GenerationResult:
         guided = job.guidance_scale > 1.0
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
+        conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)

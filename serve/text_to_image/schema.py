@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictBool, StrictInt, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from serve.text_to_image.priority import Priority
 from serve.vectorize.tiers import Tier
@@ -19,7 +31,39 @@ MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
+MAX_LORAS = 4
+MAX_LORA_SCALE = 4.0
+MAX_IP_SCALE = 2.0
+MAX_IP_IMAGE_BYTES = 8 << 20
+MAX_IP_IMAGE_CHARS = -(-MAX_IP_IMAGE_BYTES // 3) * 4  # its base64
+MAX_REQUEST_BYTES = MAX_IP_IMAGE_CHARS + (1 << 20)
+"""A generation body's limit on the wire: a reference image plus a megabyte for everything else."""
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, matched whole (no trailing newline)
+
+
+class LoraChoice(BaseModel):
+    """One LoRA adapter of a request and its weight (diffusers' ``set_adapters`` weight)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="An adapter of `GET /v1/loras`.")
+    scale: Annotated[float, Strict()] = Field(
+        1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False, description="The adapter's weight."
+    )
+
+
+IpScale = Annotated[float, Strict(), Field(ge=0.0, le=MAX_IP_SCALE, allow_inf_nan=False)]
+IpBlock = Annotated[str, StringConstraints(pattern=r"^block_[0-9]{1,2}$")]
+IpScaleMap = dict[Literal["down", "mid", "up"], IpScale | list[IpScale] | dict[IpBlock, IpScale | list[IpScale]]]
+"""InstantStyle's per-block scales, as ``set_ip_adapter_scale`` takes them: ``{"up": {"block_0": [0, 1, 0]}}``."""
+
+
+def _check_ip_scale(value, where: str) -> None:
+    at = f"{where}: " if where else ""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{at}must be a number or a mapping like {{'up': {{'block_0': [0.0, 1.0, 0.0]}}}}")
+    if not 0.0 <= value <= MAX_IP_SCALE:  # NaN fails this too
+        raise ValueError(f"{at}scales must be finite numbers in [0, {MAX_IP_SCALE:g}], not {value}")
 
 
 class GenerationRequest(BaseModel):
@@ -59,6 +103,23 @@ class GenerationRequest(BaseModel):
         Priority.NORMAL,
         description="Under load, higher-priority generations start first and their denoising steps go first.",
     )
+    loras: list[LoraChoice] = Field(
+        [],
+        max_length=MAX_LORAS,
+        description=f"Up to {MAX_LORAS} LoRA adapters (names from GET /v1/loras), combined with their own weights; "
+        "empty: the base model.",
+    )
+    ip_adapter_image: str | None = Field(
+        None,
+        max_length=MAX_IP_IMAGE_CHARS,
+        description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IP_IMAGE_BYTES >> 20} MiB "
+        "(sides up to 4096); needs a stack started with --ip-adapter.",
+    )
+    ip_adapter_scale: IpScale | IpScaleMap = Field(
+        1.0,
+        description=f"With ip_adapter_image: the reference's weight in [0, {MAX_IP_SCALE:g}], or InstantStyle's "
+        'per-block mapping as diffusers\' set_ip_adapter_scale takes it, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
+    )
     # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
     model: str | None = None
     quality: str | None = None
@@ -70,6 +131,55 @@ class GenerationRequest(BaseModel):
     def _prompt_not_blank(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("prompt must contain at least one non-space character")
+        return value
+
+    @field_validator("loras")
+    @classmethod
+    def _loras_once_each(cls, value: list[LoraChoice]) -> list[LoraChoice]:
+        names = [lora.name for lora in value]
+        if len(set(names)) != len(names):
+            raise ValueError("each adapter may appear once")
+        return value
+
+    @field_validator("ip_adapter_image")
+    @classmethod
+    def _ip_image_is_base64(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as error:
+            raise ValueError(f"not valid base64 ({error})") from error
+        if not data:
+            raise ValueError("empty image")
+        if len(data) > MAX_IP_IMAGE_BYTES:
+            raise ValueError(f"image is {len(data)} bytes; at most {MAX_IP_IMAGE_BYTES} are accepted")
+        return value
+
+    @field_validator("ip_adapter_scale", mode="before")
+    @classmethod
+    def _ip_scale_shape(cls, value):
+        """Name what is wrong (where, and the limit) before the union's own, less readable, errors."""
+        if not isinstance(value, dict):
+            _check_ip_scale(value, "")
+            return value
+        for part, scales in value.items():
+            if part not in ("down", "mid", "up"):
+                raise ValueError(f"keys must be 'down', 'mid' or 'up', not {part!r}")
+            blocks = scales.items() if isinstance(scales, dict) else [("", scales)]
+            for block, values in blocks:
+                if block and not re.fullmatch(r"block_[0-9]{1,2}", block):
+                    raise ValueError(f"{part}: keys must look like 'block_0', not {block!r}")
+                where = f"{part}.{block}".rstrip(".")
+                for item in values if isinstance(values, list) else [values]:
+                    _check_ip_scale(item, where)
+        return value
+
+    @field_validator("ip_adapter_scale")
+    @classmethod
+    def _ip_scale_with_image(cls, value, info: ValidationInfo):
+        if info.data.get("ip_adapter_image") is None and value != 1.0:  # the default is stored with every job
+            raise ValueError("ip_adapter_scale is only accepted with ip_adapter_image")
         return value
 
     @field_validator("vectorize_tier")

@@ -9,8 +9,9 @@ TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
+IMAGE_ENCODER = "image_encoder"  # an IP-Adapter's (serve/adapters)
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository.
-ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER)
+ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCODER)
 
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
@@ -59,16 +60,22 @@ class ShardedSession:
         self.shards = shards or cpu_count()
         self.session = make_session(model_path, intra_op_threads=1, arena=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self.input_names = {i.name for i in self.session.get_inputs()}
         self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="onnx-shard") if self.shards > 1 else None
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """All outputs for ``feeds`` (batch axis first), computed slice by slice in parallel."""
+    def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
+        """All outputs for ``feeds`` (batch axis first), computed slice by slice in parallel.
+
+        ``shared``: inputs without a batch axis (an adapter-ready engine's banks), given whole to every slice; those
+        the graph does not take (the exporter drops inputs of layers whose output is unused) are left out.
+        """
+        shared = {name: array for name, array in (shared or {}).items() if name in self.input_names}
         rows = len(next(iter(feeds.values())))
         count = min(self.shards, rows)
         if count <= 1:
-            return self.session.run(self.output_names, feeds)
+            return self.session.run(self.output_names, feeds | shared)
         bounds = np.linspace(0, rows, count + 1).round().astype(int)
-        slices = [{name: array[lo:hi] for name, array in feeds.items()} for lo, hi in pairwise(bounds)]
+        slices = [{name: array[lo:hi] for name, array in feeds.items()} | shared for lo, hi in pairwise(bounds)]
         parts = list(self._pool.map(lambda feed: self.session.run(self.output_names, feed), slices))
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
@@ -91,13 +98,21 @@ class MemoryBound:
         return rows
 
 
+Prepare = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
+"""A merged batch -> (the graph's per-row inputs, its inputs without a batch axis): see :func:`run_batched`."""
+
+
 def run_batched(
-    session: ShardedSession, feeds: list[dict[str, np.ndarray]], bound: MemoryBound | None = None
+    session: ShardedSession,
+    feeds: list[dict[str, np.ndarray]],
+    bound: MemoryBound | None = None,
+    prepare: Prepare | None = None,
 ) -> list[dict[str, np.ndarray] | Exception]:
     """Run many requests' feeds through ``session``, one batch per group of equal shapes.
 
-    With a ``bound``, each group runs in consecutive slices that fit its memory budget. Returns, for each feed in
-    order, its outputs or the exception that its group raised.
+    With a ``bound``, each group runs in consecutive slices that fit its memory budget. ``prepare`` turns each
+    merged group into the graph's inputs (an adapter-ready engine reads its ``adapters`` strings and adds the banks).
+    Returns, for each feed in order, its outputs or the exception that its group raised.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, feed in enumerate(feeds):
@@ -107,7 +122,8 @@ def run_batched(
         sizes = [len(next(iter(feeds[i].values()))) for i in members]
         merged = {name: np.concatenate([feeds[i][name] for i in members]) for name in feeds[members[0]]}
         try:
-            outputs = _run_bounded(session, merged, bound)
+            merged, shared = prepare(merged) if prepare else (merged, {})
+            outputs = _run_bounded(session, merged, bound, shared)
         except Exception as error:  # noqa: BLE001 - reported per request, the server keeps running
             for i in members:
                 results[i] = error
@@ -118,12 +134,15 @@ def run_batched(
     return results
 
 
-def _run_bounded(session: ShardedSession, feeds: dict[str, np.ndarray], bound: MemoryBound | None) -> list:
+def _run_bounded(session: ShardedSession, feeds: dict, bound: MemoryBound | None, shared: dict) -> list:
     rows = len(next(iter(feeds.values())))
     step = rows if bound is None else bound.rows_per_run(next(iter(feeds.values())).shape)
     if step >= rows:
-        return session.run(feeds)
-    parts = [session.run({name: array[lo : lo + step] for name, array in feeds.items()}) for lo in range(0, rows, step)]
+        return session.run(feeds, shared)
+    parts = [
+        session.run({name: array[lo : lo + step] for name, array in feeds.items()}, shared)
+        for lo in range(0, rows, step)
+    ]
     return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
@@ -148,7 +167,7 @@ class OnnxRuntimeModel:
         import triton_python_backend_utils as pb_utils
 
         feeds = [self._feed(request, pb_utils) for request in requests]
-        results = run_batched(self.session, feeds, self.bound)
+        results = run_batched(self.session, feeds, self.bound, self.prepare)
         responses = []
         for result in results:
             if isinstance(result, Exception):
@@ -160,12 +179,16 @@ class OnnxRuntimeModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
+    prepare: Prepare | None = None
+    """Subclasses that read inputs of their own (strings) turn a merged batch into the graph's inputs here."""
+
     def _feed(self, request, pb_utils) -> dict[str, np.ndarray]:
         feed = {}
         for name, dtype in self.inputs.items():
             array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dtype, copy=False)
-            if array.ndim > self.input_ranks[name]:  # a per-sample scalar arrives as [batch, 1]
-                array = array.reshape(array.shape[: self.input_ranks[name]])
+            rank = self.input_ranks.get(name, 1)  # not a graph input: a per-row string the model reads itself
+            if array.ndim > rank:  # a per-sample scalar arrives as [batch, 1]
+                array = array.reshape(array.shape[:rank])
             feed[name] = array
         return feed
 
@@ -189,4 +212,5 @@ def _numpy_dtype(triton_type: str) -> str:
         "TYPE_INT32": "int32",
         "TYPE_UINT8": "uint8",
         "TYPE_BOOL": "bool",
+        "TYPE_STRING": "object",
     }[triton_type]

@@ -107,9 +107,14 @@ class ModelSpec:
         """The input tensor called ``name``."""
         return next(t for t in self.inputs if t.name == name)
 
+    @property
+    def graph_inputs(self) -> tuple[TensorSpec, ...]:
+        """The inputs an ONNX graph takes: all but strings, which the python-backend model reads itself."""
+        return tuple(t for t in self.inputs if t.dtype != "bytes")
+
     def onnx_dynamic_axes(self) -> dict[str, dict[int, str]]:
         """``dynamic_axes`` for ``torch.onnx.export``."""
-        return {t.name: t.onnx_dynamic_axes(self.batch_axis) for t in (*self.inputs, *self.outputs)}
+        return {t.name: t.onnx_dynamic_axes(self.batch_axis) for t in (*self.graph_inputs, *self.outputs)}
 
     def to_model_config(self, backend: Backend = Backend.PYTHON_ONNX) -> mc.ModelConfig:
         """The Triton ``ModelConfig`` protobuf for this model on ``backend``."""

@@ -32,13 +32,14 @@ class ImageRejected(ValueError):
         self.status = status
 
 
-def check_size(width: int, height: int, field: str = "image") -> None:
+def check_size(width: int, height: int, field: str = "image", max_pixels: int = MAX_PIXELS) -> None:
     """Raise :class:`ImageRejected` when a ``width`` x ``height`` image breaks the size limits.
 
     Args:
         width: Image width in pixels.
         height: Image height in pixels.
         field: Request field named in the error.
+        max_pixels: The most pixels accepted.
     """
     if width <= 0 or height <= 0:
         raise ImageRejected(f"{field}: image has zero size ({width}x{height})", field, 400)
@@ -52,16 +53,16 @@ def check_size(width: int, height: int, field: str = "image") -> None:
             field,
             413,
         )
-    if width * height > MAX_PIXELS:
+    if width * height > max_pixels:
         raise ImageRejected(
-            f"{field}: image has {width * height} pixels; at most {MAX_PIXELS} ({MAX_PIXELS / 1e6:.1f} megapixels) "
+            f"{field}: image has {width * height} pixels; at most {max_pixels} ({max_pixels / 1e6:.1f} megapixels) "
             "are accepted",
             field,
             413,
         )
 
 
-def decode_image(data: bytes, field: str = "image") -> np.ndarray:
+def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` into an ``(H, W, 3)`` RGB ``uint8`` array, alpha flattened onto white.
 
     The header is read and the size limits checked before pixels are decoded. Animated images yield their
@@ -71,6 +72,7 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
     Args:
         data: The encoded image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
         field: Request field named in errors.
+        max_pixels: The most pixels accepted (vectorize's limit by default).
 
     Returns:
         The RGB pixels.
@@ -84,21 +86,21 @@ def decode_image(data: bytes, field: str = "image") -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-            check_size(*image.size, field=field)
+            check_size(*image.size, field, max_pixels)
             if getattr(image, "n_frames", 1) > 1:
                 image.seek(0)
             image.load()
-            check_size(*image.size, field=field)  # what was decoded, not only what the header claimed
+            check_size(*image.size, field, max_pixels)  # what was decoded, not only what the header claimed
     except ImageRejected:
         raise
     except Image.DecompressionBombError as error:
-        raise ImageRejected(f"{field}: image over {MAX_PIXELS} pixels ({error})", field, 413) from error
+        raise ImageRejected(f"{field}: image over {max_pixels} pixels ({error})", field, 413) from error
     except UnidentifiedImageError as error:
         raise ImageRejected(f"{field}: not a readable image ({error})", field, 400) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"{field}: truncated or corrupt image ({error})", field, 400) from error
     pixels = to_rgb(image)
-    check_size(pixels.shape[1], pixels.shape[0], field=field)
+    check_size(pixels.shape[1], pixels.shape[0], field, max_pixels)
     return pixels
 
 

@@ -21,6 +21,7 @@ from serve.observability.dashboards import GPU_METRIC_PREFIX, load_dashboards, p
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
 from serve.stack import Stack, StackOptions
+from tests.adapters import make_adapters
 from tests.images import dev_icon_png
 from tests.integration.conftest import triton_killed
 
@@ -38,8 +39,12 @@ QUERIES = [q for d in load_dashboards() for q in panel_queries(d)]
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """Stack + Ray dashboard + Prometheus (1 s scrapes, storage in a temp dir), all stopped after the module."""
+def stack(default_model, tmp_path_factory):
+    """Stack + Ray dashboard + Prometheus (1 s scrapes, storage in a temp dir), all stopped after the module.
+
+    With LoRA adapters, one held per engine instance, so the load's adapters are loaded and evicted every round.
+    """
+    adapters = make_adapters(default_model, tmp_path_factory.mktemp("adapters"))
     stack = Stack(
         StackOptions(
             port=0,
@@ -49,6 +54,9 @@ def stack(tmp_path_factory):
             prometheus_port=0,
             scrape_interval_s=1,
             run_dir=tmp_path_factory.mktemp("run"),
+            loras_dir=adapters.loras,
+            lora_resident=1,
+            ip_adapter_dir=adapters.ip_adapter,
         )
     )
     try:
@@ -112,7 +120,8 @@ def _jobs(api, round_: int) -> list[int]:
 
 
 def _round(api, round_: int) -> list[int]:
-    """One burst: 4 concurrent generations, every vectorize tier, a 400 and a 404, two background jobs, a cache hit.
+    """One burst: 4 concurrent generations (two with LoRAs), every vectorize tier, a 400 and a 404, two background
+    jobs, a cache hit.
 
     Each round's generations have seeds of their own (a repeated seed would be answered from the result cache).
     """
@@ -120,6 +129,7 @@ def _round(api, round_: int) -> list[int]:
         {"prompt": f"icon {i}", "size": "64x64", "num_inference_steps": 6, "seed": 10 * round_ + i, "scheduler": s}
         for i, s in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
     ]
+    jobs[1]["loras"], jobs[2]["loras"] = [{"name": "style"}], [{"name": "line"}]  # loaded and evicted each round
     with ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
         statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]

@@ -14,8 +14,8 @@ import pytest
 
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, largest_admitted_side, memory_budgets
+from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
-from serve.wire import DEFAULT_BODY_LIMIT
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -86,13 +86,14 @@ def test_json_body_over_the_limit_is_refused_without_the_proxy_or_a_gateway_hold
         b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
     )
-    # The 413 leaves the Gateway at 1 MiB, but the proxy reads on until the answer reaches it and closes the
-    # connection: on loopback tens of MiB arrive meanwhile, bounded by that round trip, not by the body (the proxy
-    # grew 23-127 MiB per 512 MiB body over four rounds, 2026-11-23; proxy and Gateways 212 MiB once in CI). A body
-    # held whole grows them by at least its size (read before the limits: four times it), hence the bound below it.
+    # The 413 leaves the Gateway at its limit (11.7 MiB), but the proxy reads on until the answer reaches it and
+    # closes the connection: on loopback tens of MiB arrive meanwhile, bounded by that round trip, not by the body
+    # (the proxy grew 23-127 MiB per 512 MiB body over four rounds, 2026-11-23; proxy and Gateways 212 MiB once in
+    # CI). A body held whole grows them by at least its size (read before the limits: four times it), hence the bound
+    # below it.
     answer = _raw_request(stack.info.api_url, head, _chunked(512 << 20))
     assert b" 413 " in answer.partition(b"\r\n")[0], answer[:300]
-    assert str(DEFAULT_BODY_LIMIT).encode() in answer
+    assert str(MAX_REQUEST_BYTES).encode() in answer
     grown = sum(p.memory_info().rss for p in gateways) - before
     assert grown < 384 << 20, f"the proxy and Gateways grew by {grown >> 20} MiB for a 512 MiB body"
     assert api.get("/healthz").status_code == 200
@@ -101,7 +102,7 @@ def test_json_body_over_the_limit_is_refused_without_the_proxy_or_a_gateway_hold
 def test_declared_oversize_body_is_refused_before_it_is_sent(stack):
     head = (
         f"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {DEFAULT_BODY_LIMIT + 1}\r\nConnection: close\r\n\r\n"
+        f"Content-Length: {MAX_REQUEST_BYTES + 1}\r\nConnection: close\r\n\r\n"
     ).encode()
     answer = _raw_request(stack.info.api_url, head, [])
     assert b" 413 " in answer.partition(b"\r\n")[0], answer[:300]

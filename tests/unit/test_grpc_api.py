@@ -33,6 +33,11 @@ def test_unset_fields_take_the_http_api_s_defaults():
         (easel_pb2.GenerateRequest(prompt="x", seed=2**63 + 5), "seed"),
         (easel_pb2.GenerateRequest(size="64x64"), "prompt"),
         (easel_pb2.GenerateRequest(prompt="x", vectorize_tier="1"), "vectorize_tier"),
+        (easel_pb2.GenerateRequest(prompt="x", loras=[easel_pb2.Lora(name="a", scale=9)]), "loras.0.scale"),
+        (
+            easel_pb2.GenerateRequest(prompt="x", ip_adapter_image=b"i", ip_adapter_scale_json="{"),
+            "ip_adapter_scale_json",
+        ),
     ],
 )
 def test_bad_fields_are_invalid_argument_naming_the_field(message, field):
@@ -40,6 +45,18 @@ def test_bad_fields_are_invalid_argument_naming_the_field(message, field):
         generation_request(message)
     assert refused.value.field == field and refused.value.message.startswith(f"{field}:")
     assert refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_adapters_travel_as_the_http_api_s_fields():
+    message = easel_pb2.GenerateRequest(
+        prompt="x",
+        loras=[easel_pb2.Lora(name="style", scale=0.5), easel_pb2.Lora(name="line")],
+        ip_adapter_image=b"png bytes",
+        ip_adapter_scale_json='{"up": {"block_0": [0.0, 1.0, 0.0]}}',
+    )
+    request = generation_request(message)
+    assert [(lora.name, lora.scale) for lora in request.loras] == [("style", 0.5), ("line", 1.0)]
+    assert request.ip_adapter_image == "cG5nIGJ5dGVz" and request.ip_adapter_scale == {"up": {"block_0": [0, 1, 0]}}
 
 
 def test_a_failure_sets_the_error_s_status_and_ends_the_call():

@@ -7,6 +7,7 @@ from serve.observability.dashboards import DATASOURCE_UID, PanelQuery, load_dash
 def test_metric_names_are_unique_and_series_follow_ray_naming():
     assert len({spec.name for spec in metrics.ALL}) == len(metrics.ALL)
     assert metrics.HTTP_REQUESTS.series == ("ray_easel_http_requests_total",)
+    assert metrics.ADAPTER_LOADS.series == ("easel_adapter_loads_total",)  # a Triton model's: no ray_ prefix
     assert metrics.PIPELINE_LATENCY.series == tuple(
         f"ray_easel_pipeline_latency_seconds_{s}" for s in ("bucket", "sum", "count")
     )
@@ -71,10 +72,10 @@ def test_the_dashboards_are_importable_json():
 def test_dashboards_read_only_declared_easel_metrics_and_use_them_all():
     named = {name for d in DASHBOARDS for q in panel_queries(d) for name in q.metric_names()}
     declared = {name for spec in metrics.ALL for name in spec.series}
-    easel = {name for name in named if name.startswith("ray_easel_")}
+    easel = {name for name in named if name.startswith(("ray_easel_", "easel_"))}  # Ray's, and Triton models'
     assert easel <= declared, easel - declared
     assert [spec.name for spec in metrics.ALL if not set(spec.series) & easel] == []  # every one is on a panel
-    assert all(name.startswith(("ray_easel_", "ray_serve_", "nv_")) for name in named)
+    assert all(name.startswith(("ray_easel_", "ray_serve_", "nv_", "easel_")) for name in named)
 
 
 def test_grafana_interval_variables_become_plain_promql():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from serve.adapters.engines import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import PIPELINE_FILE, Family, PipelineDims, read_model_index
 from serve.text_to_image.families.sd import StableDiffusion
@@ -27,7 +28,7 @@ def family_of_folder(model_dir: Path) -> Family:
 
 
 def family_of_engines(engine_dir: Path) -> Family:
-    """The family and dims saved beside built engines (``pipeline.json``)."""
+    """The family, dims and adapters saved beside built engines (``pipeline.json``, ``adapters.json``)."""
     saved = json.loads((engine_dir / PIPELINE_FILE).read_text())
     family = FAMILIES[saved["family"]]
-    return family(family.dims_type(**saved["dims"]))
+    return family(family.dims_type(**saved["dims"]), AdapterSupport.load(engine_dir))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import torch
 
+from serve.adapters.engines import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.triton.spec import ModelSpec
 
@@ -67,16 +68,21 @@ class ExportModule:
 
 
 class Family(ABC):
-    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model."""
+    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model and the adapters its engines take."""
 
     name: ClassVar[str]
     pipeline_class: ClassVar[str]
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
 
-    def __init__(self, dims: PipelineDims) -> None:
+    def __init__(self, dims: PipelineDims, adapters: AdapterSupport | None = None) -> None:
         self.dims = dims
-        self.specs = self.engine_specs()
+        self.adapters = adapters or AdapterSupport()
+        self.specs = self.adapters.specs(self.engine_specs())
+
+    def with_adapters(self, adapters: AdapterSupport) -> Family:
+        """This family and model, its engines taking ``adapters``."""
+        return type(self)(self.dims, adapters)
 
     # -- what a diffusers folder of this family holds ---------------------------------------------------------------
 
@@ -131,9 +137,11 @@ class Family(ABC):
     # -- saved beside the engines -----------------------------------------------------------------------------------
 
     def save(self, engine_dir: Path) -> None:
-        """Write ``pipeline.json``: the family's name and dims."""
+        """Write ``pipeline.json`` (the family's name and dims) and, for adapter-ready engines, ``adapters.json``."""
         payload = {"family": self.name, "dims": asdict(self.dims)}
         (engine_dir / PIPELINE_FILE).write_text(json.dumps(payload, indent=2))
+        if self.adapters.any:
+            self.adapters.save(engine_dir)
 
 
 def read_model_index(model_dir: Path) -> dict:
@@ -200,7 +208,10 @@ def transformers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch
 
 
 class UnetModule(torch.nn.Module):
-    """The UNet with positional inputs: sample, timestep, encoder_hidden_states, then ``added`` conditioning."""
+    """The UNet with positional inputs: sample, timestep, encoder_hidden_states, then ``added`` conditioning.
+
+    An added ``image_embeds`` (an IP-Adapter's) goes to the UNet as diffusers' pipelines pass it: a list of one.
+    """
 
     def __init__(self, unet: torch.nn.Module, added: tuple[str, ...] = ()) -> None:
         super().__init__()
@@ -210,6 +221,8 @@ class UnetModule(torch.nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states, *added):
         """The noise prediction."""
         extra = dict(zip(self.added, added, strict=True)) or None
+        if extra and "image_embeds" in extra:
+            extra["image_embeds"] = [extra["image_embeds"]]
         return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=extra, return_dict=False)[0]
 
 

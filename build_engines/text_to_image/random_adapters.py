@@ -1,0 +1,155 @@
+"""Adapters with random weights for a local diffusers model, in the formats users bring (nothing downloaded).
+
+* :func:`make_lora`: a LoRA over the UNet and the text encoder(s), saved as diffusers saves PEFT adapters
+  (``save_lora_weights``: ``unet.<module>.lora_A.weight`` ..., with the adapter's config as metadata) or as kohya's
+  scripts save them (``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
+* :func:`make_ip_adapter`: an IP-Adapter folder as ``load_ip_adapter`` reads it: one ``ip_adapter.safetensors``
+  (``image_proj.*`` and ``ip_adapter.<n>.to_k_ip.weight`` ...) and an ``image_encoder/`` CLIP vision model.
+
+Tests, the adapter benchmark and ``easel random-adapter`` make their adapters here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from serve.text_to_image.families import family_of_folder
+
+logger = logging.getLogger(__name__)
+
+LORA_FORMATS = ("diffusers", "kohya")
+UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.2")
+TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1")
+IP_WEIGHTS = "ip_adapter.safetensors"
+IMAGE_ENCODER = "image_encoder"
+
+
+def _text_encoders(model_dir: Path) -> list[str]:
+    return [name for name in ("text_encoder", "text_encoder_2") if (model_dir / name).is_dir()]
+
+
+def _lora_layers(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, seed: int, strength):
+    """PEFT LoRA layers with random A and B (B scaled so the adapter moves the image without wrecking it)."""
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights=False)
+    module.add_adapter(config)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "lora_B" in name:
+                param.mul_(strength / max(1.0, param.abs().max().item()))
+    return get_peft_model_state_dict(module), config.to_dict()
+
+
+def make_lora(
+    model_dir: Path,
+    out_file: Path,
+    rank: int = 4,
+    alpha: float | None = None,
+    seed: int = 0,
+    fmt: str = "diffusers",
+    strength: float = 0.3,
+    text_encoder: bool = True,
+) -> Path:
+    """Write a random LoRA for ``model_dir``'s UNet (and text encoders) to ``out_file`` in format ``fmt``."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    if fmt not in LORA_FORMATS:
+        raise ValueError(f"format must be one of {LORA_FORMATS}, not {fmt!r}")
+    family = family_of_folder(model_dir)
+    alpha = float(rank if alpha is None else alpha)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    layers = {"unet": _lora_layers(unet, UNET_TARGETS, rank, alpha, seed, strength)}
+    for offset, name in enumerate(_text_encoders(model_dir) if text_encoder else []):
+        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+        module = cls.from_pretrained(model_dir / name)
+        layers[name] = _lora_layers(module, TEXT_TARGETS, max(1, rank // 2), alpha / 2, seed + 1 + offset, strength)
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "kohya":
+        _save_kohya(layers, out_file)
+    else:
+        _save_diffusers(family.pipeline_class, layers, out_file)
+    logger.info("random %s LoRA (rank %d, alpha %g) for %s written to %s", fmt, rank, alpha, model_dir, out_file)
+    return out_file
+
+
+def _save_diffusers(pipeline_class: str, layers: dict, out_file: Path) -> None:
+    import diffusers
+
+    kwargs = {}
+    for name, (state, config) in layers.items():
+        kwargs[f"{name}_lora_layers"] = state
+        kwargs[f"{name}_lora_adapter_metadata"] = config
+    getattr(diffusers, pipeline_class).save_lora_weights(out_file.parent, weight_name=out_file.name, **kwargs)
+
+
+# kohya's prefixes (SD 1.x names its one text encoder lora_te_, SDXL its two lora_te1_ and lora_te2_)
+_KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te1_", "text_encoder_2": "lora_te2_"}
+
+
+def _save_kohya(layers: dict, out_file: Path) -> None:
+    from safetensors.torch import save_file
+
+    single_text_encoder = "text_encoder_2" not in layers
+    tensors = {}
+    for component, (state, config) in layers.items():
+        prefix = "lora_te_" if component == "text_encoder" and single_text_encoder else _KOHYA_PREFIX[component]
+        for key, value in state.items():
+            if not key.endswith("lora_A.weight"):
+                continue
+            module = key.removesuffix(".lora_A.weight")
+            # kohya names text encoder modules as transformers 4 did (text_model.encoder...)
+            path = module if component == "unet" else "text_model." + module.removeprefix("text_model.")
+            name = prefix + path.replace(".", "_")
+            tensors[f"{name}.lora_down.weight"] = value.contiguous()
+            tensors[f"{name}.lora_up.weight"] = state[f"{module}.lora_B.weight"].contiguous()
+            tensors[f"{name}.alpha"] = torch.tensor(float(config["lora_alpha"]))
+    save_file(tensors, out_file)
+
+
+def make_ip_adapter(model_dir: Path, out_dir: Path, seed: int = 0, image_size: int = 32, strength: float = 1.0) -> Path:
+    """Write a random IP-Adapter (image projection + per-layer ``to_k_ip``/``to_v_ip``) and CLIP image encoder."""
+    from diffusers import UNet2DConditionModel
+    from safetensors.torch import save_file
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    cross = unet.config.cross_attention_dim
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=8,
+            projection_dim=24,
+        )
+    ).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    encoder.save_pretrained(out_dir / IMAGE_ENCODER)
+    tokens = 4  # diffusers' ImageProjection for IP-Adapter weights with "proj.weight": 4 image tokens
+    tensors = {
+        "image_proj.proj.weight": torch.randn(cross * tokens, encoder.config.projection_dim) * 0.2,
+        "image_proj.proj.bias": torch.randn(cross * tokens) * 0.1,
+        "image_proj.norm.weight": 1 + 0.1 * torch.randn(cross),
+        "image_proj.norm.bias": 0.1 * torch.randn(cross),
+    }
+    key_id = 1
+    for name in unet.attn_processors:
+        if name.endswith("attn1.processor"):
+            continue
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        shape = attention.to_k.weight.shape
+        for proj in ("to_k_ip", "to_v_ip"):
+            tensors[f"ip_adapter.{key_id}.{proj}.weight"] = torch.randn(shape) * strength / shape[1] ** 0.5
+        key_id += 2
+    save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / IP_WEIGHTS)
+    logger.info("random IP-Adapter for %s written to %s (%d attention layers)", model_dir, out_dir, key_id // 2)
+    return out_dir

@@ -1,0 +1,172 @@
+"""LoRA per batch row: every Linear and Conv2d of a LoRA-ready engine adds the low-rank deltas of the batch's adapters.
+
+A LoRA-ready engine's graph takes, besides its usual inputs, one bank per layer ("slot"): ``lora_down_<i>``
+``[R_i, in(, kh, kw)]``, ``lora_up_<i>`` ``[out, R_i(, 1, 1)]`` and ``lora_column_<i>`` ``[R_i]`` (which of the
+batch's adapters each rank column belongs to), and ``lora_scale`` ``[batch, K]``: each row's weight for each of the
+batch's K adapters. A layer computes ``base(x) + up((down x) * scale[row, column])``, which is PEFT's
+``base(x) + sum_k w_k * scaling_k * B_k(A_k x)`` (``scaling`` folded into ``up``), so rows with different adapters,
+different weights or none share one execution. The python-backend model (:mod:`serve.adapters.backend`) assembles the
+banks of each batch from the adapters it holds (:class:`LoraBanks`).
+
+Adapters are read exactly as diffusers' ``load_lora_weights`` reads them (``lora_state_dict``, then
+``load_lora_into_unet`` / ``load_lora_into_text_encoder`` on weightless copies of the models), so every format
+diffusers accepts (diffusers/PEFT, kohya, with alphas, rank patterns) is read the same way; :func:`prepare` keeps each
+layer's ``A`` and ``B * scaling`` in the engines' slot order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SLOTS_FILE = "lora_slots.json"
+ADAPTERS_INPUT = "adapters"
+"""The per-row Triton input of a LoRA-ready engine: JSON ``[[name, weight], ...]`` ("" or "[]": none)."""
+SCALE_INPUT = "lora_scale"
+LORA_ENGINES = ("text_encoder", "text_encoder_2", "unet")
+"""Engines that take LoRA slots (the VAE and the image encoder never do)."""
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One layer that takes LoRA deltas: its module path in the diffusers/transformers model, and its shape."""
+
+    name: str
+    kind: str  # "linear" or "conv"
+    in_features: int
+    out_features: int
+    kernel: tuple[int, int] = (1, 1)
+
+    def down_shape(self, rank: int) -> tuple[int, ...]:
+        """Shape of ``A`` (``lora_down``) at ``rank``."""
+        return (rank, self.in_features, *self.kernel) if self.kind == "conv" else (rank, self.in_features)
+
+    def up_shape(self, rank: int) -> tuple[int, ...]:
+        """Shape of ``B * scaling`` (``lora_up``) at ``rank``."""
+        return (self.out_features, rank, 1, 1) if self.kind == "conv" else (self.out_features, rank)
+
+
+def save_slots(slots: list[Slot], path: Path) -> None:
+    """Write the slot table beside an engine (the python-backend model and the adapter preparation read it)."""
+    path.write_text(json.dumps([asdict(slot) for slot in slots]))
+
+
+def load_slots(path: Path) -> list[Slot]:
+    """Read a slot table written by :func:`save_slots`."""
+    return [Slot(**{**raw, "kernel": tuple(raw["kernel"])}) for raw in json.loads(path.read_text())]
+
+
+def bank_names(index: int) -> tuple[str, str, str]:
+    """Graph input names of slot ``index``'s bank."""
+    return f"lora_down_{index}", f"lora_up_{index}", f"lora_column_{index}"
+
+
+# -- the graph (export time) -----------------------------------------------------------------------------------------
+
+
+def parse_row(text: str) -> tuple[tuple[str, float], ...]:
+    """One row's adapters from the ``adapters`` input (JSON ``[[name, weight], ...]``; empty: none)."""
+    if not text or text == "[]":
+        return ()
+    return tuple((str(name), float(weight)) for name, weight in json.loads(text))
+
+
+def row_text(loras: Iterable[tuple[str, float]]) -> str:
+    """The ``adapters`` input of a row (see :func:`parse_row`)."""
+    return json.dumps([[name, weight] for name, weight in loras]) if loras else ""
+
+
+class LoraBanks:
+    """Adapters held by one engine instance (least recently used beyond ``resident`` go), and each batch's banks.
+
+    ``load(name)`` returns an adapter's tensors for this engine (``{slot: (down, up)}``); a batch needing more
+    distinct adapters than ``resident`` holds them all for its own execution.
+    """
+
+    def __init__(
+        self,
+        engine: str,
+        slots: list[Slot],
+        load: Callable[[str], dict[int, tuple[np.ndarray, np.ndarray]]],
+        resident: int,
+        on_event: Callable[[str, str, float], None] | None = None,
+    ) -> None:
+        self.engine, self.slots, self._load, self.resident = engine, slots, load, max(1, resident)
+        self.on_event = on_event or (lambda kind, name, value: None)
+        self._held: OrderedDict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = OrderedDict()
+        self._banks: OrderedDict[tuple[str, ...], dict[str, np.ndarray]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _adapter(self, name: str) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        if name in self._held:
+            self._held.move_to_end(name)
+            return self._held[name]
+        started = time.perf_counter()
+        tensors = self._load(name)
+        self.on_event("load", name, time.perf_counter() - started)
+        self._held[name] = tensors
+        return tensors
+
+    def _evict(self, keep: set[str]) -> None:
+        for name in list(self._held):
+            if len(self._held) <= self.resident:
+                break
+            if name not in keep:
+                del self._held[name]
+                self._banks = OrderedDict((k, v) for k, v in self._banks.items() if name not in k)
+                self.on_event("evict", name, 0.0)
+
+    def feeds(self, rows: list[tuple[tuple[str, float], ...]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``lora_scale`` (per row) and every slot's bank (shared by the rows) for a batch wanting ``rows[i]``."""
+        names = tuple(dict.fromkeys(name for row in rows for name, _ in row))
+        scale = np.zeros((len(rows), max(1, len(names))), dtype=np.float32)
+        column = {name: k for k, name in enumerate(names)}
+        for i, row in enumerate(rows):
+            for name, weight in row:
+                scale[i, column[name]] += weight
+        with self._lock:
+            adapters = {name: self._adapter(name) for name in names}
+            self._evict(set(names))
+            bank = self._banks.get(names)
+            if bank is None:
+                bank = self._bank(names, adapters)
+                self._banks[names] = bank
+                while len(self._banks) > 8:
+                    self._banks.popitem(last=False)
+            else:
+                self._banks.move_to_end(names)
+        return scale, bank
+
+    def _bank(self, names: tuple[str, ...], adapters: dict) -> dict[str, np.ndarray]:
+        bank = {}
+        for index, slot in enumerate(self.slots):
+            parts = [(k, adapters[name][index]) for k, name in enumerate(names) if index in adapters[name]]
+            down_name, up_name, column_name = bank_names(index)
+            if not parts:  # no adapter of this batch touches the layer: one zero column
+                bank[down_name] = np.zeros(slot.down_shape(1), np.float32)
+                bank[up_name] = np.zeros(slot.up_shape(1), np.float32)
+                bank[column_name] = np.zeros(1, np.int64)
+                continue
+            bank[down_name] = np.ascontiguousarray(np.concatenate([down for _, (down, _) in parts]))
+            bank[up_name] = np.ascontiguousarray(np.concatenate([up for _, (_, up) in parts], axis=1))
+            bank[column_name] = np.concatenate([np.full(len(down), k, np.int64) for k, (down, _) in parts])
+        return bank
+
+    @property
+    def held(self) -> list[str]:
+        """Adapters held now, least recently used first."""
+        return list(self._held)
+
+    def held_bytes(self) -> int:
+        """Bytes of the adapters held now."""
+        return sum(d.nbytes + u.nbytes for tensors in self._held.values() for d, u in tensors.values())

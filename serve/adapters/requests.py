@@ -1,0 +1,148 @@
+"""The request side of adapters: what a stack offers and checks, and what a generation's adapters add to its calls.
+
+:class:`StackAdapters` (the Gateway and the ``TextToImage`` replicas): the LoRA registry, the IP-Adapter, the 400s.
+:class:`GenerationAdapters` (the loop): each job's LoRA rows and IP-Adapter rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from serve.adapters.engines import AdapterSupport
+from serve.adapters.ip_adapter import IMAGE_EMBEDS, IP_SCALE, IpScales, image_processor
+from serve.adapters.lora import ADAPTERS_INPUT, row_text
+from serve.adapters.registry import READY, LoraRegistry
+from serve.errors import InvalidInput
+from serve.text_to_image.spec import IMAGE_ENCODER
+from serve.triton.spec import ModelSpec
+
+UNET_CONFIG = "unet_config.json"
+"""Saved beside IP-Adapter engines: InstantStyle's mappings are expanded over the UNet's blocks."""
+
+
+@dataclass(frozen=True)
+class StackAdapters:
+    """What a stack offers: its LoRA registry (the folder ``registry.json`` is in) and whether it has an IP-Adapter."""
+
+    loras_dir: str | None = None
+    ip_adapter: bool = False
+
+    def registry(self) -> LoraRegistry:
+        """The registry as written at start-up (re-read when the file changes)."""
+        if self.loras_dir is None:
+            return LoraRegistry({})
+        path = Path(self.loras_dir) / "registry.json"
+        stamp = path.stat().st_mtime_ns if path.exists() else 0
+        cached = _REGISTRIES.get(self.loras_dir)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, LoraRegistry.load(Path(self.loras_dir)))
+            _REGISTRIES[self.loras_dir] = cached
+        return cached[1]
+
+    def listing(self) -> list[dict]:
+        """``GET /v1/loras``: every adapter of the folder, ready or with its error."""
+        return [entry.public() for entry in self.registry().entries.values()]
+
+    def check(self, request) -> None:
+        """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
+        registry = self.registry()
+        for index, lora in enumerate(request.loras):
+            field = f"loras.{index}.name"
+            if self.loras_dir is None:
+                raise InvalidInput(f"{field}: this stack serves no LoRA adapters (start it with --loras DIR)", field)
+            entry = registry.get(lora.name)
+            if entry is None:
+                known = ", ".join(sorted(n for n, e in registry.entries.items() if e.status == READY)) or "none"
+                raise InvalidInput(f"{field}: unknown LoRA adapter {lora.name!r} (ready: {known})", field)
+            if entry.status != READY:
+                raise InvalidInput(f"{field}: LoRA adapter {lora.name!r} cannot be served: {entry.error}", field)
+        if request.ip_adapter_image is not None and not self.ip_adapter:
+            field = "ip_adapter_image"
+            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+
+    def cache_tag(self, request) -> str:
+        """What of the adapters' files shapes ``request``'s images (for the result cache's key)."""
+        registry = self.registry()
+        entries = [registry.get(lora.name) for lora in request.loras]
+        return ",".join(f"{entry.name}={entry.prepared}" for entry in entries if entry is not None)
+
+
+_REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
+
+
+class _WithLoras:
+    """An engine runner that adds the job's ``adapters`` row to every call of an engine that takes it."""
+
+    def __init__(self, runner, text: str) -> None:
+        self.runner, self.text = runner, text
+
+    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0) -> dict:
+        if any(t.name == ADAPTERS_INPUT for t in spec.inputs) and ADAPTERS_INPUT not in inputs:
+            rows = len(next(iter(inputs.values())))
+            inputs = {**inputs, ADAPTERS_INPUT: np.full(rows, self.text, dtype=object)}
+        return await self.runner.infer(spec, inputs, priority)
+
+
+class GenerationAdapters:
+    """A pipeline's adapter inputs: a job's LoRA rows for the LoRA-ready engines, its IP-Adapter rows for the UNet."""
+
+    def __init__(self, engine_dir: Path, support: AdapterSupport, specs: Mapping[str, ModelSpec]) -> None:
+        self.support, self.specs = support, specs
+        ip = support.ip_adapter
+        self.ip_scales = IpScales(json.loads((engine_dir / UNET_CONFIG).read_text()), ip.layers) if ip else None
+        self.processor = image_processor(engine_dir, ip.image_size) if ip else None
+        self._negative: np.ndarray | None = None
+
+    def runner(self, engines, job):
+        """``engines`` adding ``job``'s LoRA rows where an engine takes them."""
+        return _WithLoras(engines, row_text(job.loras)) if self.support.lora else engines
+
+    def scales(self, scale) -> np.ndarray:
+        """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; 400 if it does not fit)."""
+        try:
+            return self.ip_scales(scale)
+        except ValueError as error:
+            raise InvalidInput(f"ip_adapter_scale: {error}", "ip_adapter_scale") from error
+
+    async def ip_rows(self, engines, job, guided: bool) -> dict[str, np.ndarray]:
+        """``image_embeds`` and ``ip_scale`` rows ([negative, prompt] when guided), zeros for a job without a reference.
+
+        As diffusers: the negative row's embeddings are zeros (for encoders read by their hidden states, the
+        encoding of an all-zero image).
+        """
+        info = self.support.ip_adapter
+        if info is None:
+            return {}
+        rows = 2 if guided else 1
+        if job.ip_image is None:
+            return {
+                IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
+                IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
+            }
+        scales = self.scales(job.ip_scale)
+        pixels = await asyncio.to_thread(self._pixels, job.ip_image)
+        spec = self.specs[IMAGE_ENCODER]
+        embeds = (await engines.infer(spec, {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
+        if guided:
+            negative = (
+                await self._negative_embeds(engines, spec, pixels) if info.hidden_states else np.zeros_like(embeds)
+            )
+            embeds = np.concatenate([negative, embeds])
+        return {IMAGE_EMBEDS: embeds.astype(np.float32), IP_SCALE: np.repeat(scales[None], rows, axis=0)}
+
+    def _pixels(self, image: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        return self.processor(Image.fromarray(image), return_tensors="np").pixel_values.astype(np.float32)
+
+    async def _negative_embeds(self, engines, spec: ModelSpec, pixels: np.ndarray) -> np.ndarray:
+        if self._negative is None:
+            zeros = np.zeros_like(pixels)
+            self._negative = (await engines.infer(spec, {"pixel_values": zeros}))[IMAGE_EMBEDS][:, None]
+        return self._negative

@@ -1,0 +1,291 @@
+"""``easel bench generate --adapters N``: what LoRA adapters cost, and what sharing UNet batches across them saves.
+
+Three parts, on one embedded model with ``N`` random LoRAs made for it (``random_adapters.make_lora``):
+
+* **engines, in-process** (ONNX Runtime, the stack stopped): UNet ms per row at one batch size for the plain engine,
+  the LoRA-ready engine with no adapter, with one adapter for every row and with every row its own adapter; and the
+  plain engine with the batch split into one execution per adapter (what engines with fused adapters, which cannot
+  share executions, would run).
+* **making an adapter ready**: Easel's, reading the file as diffusers does (once per file; cached) and loading the
+  prepared tensors into an engine instance (each cold use); the fused alternative's, fusing the LoRA into the UNet,
+  exporting it to ONNX and opening a session.
+* **served** (the stack with the LoRA folder): a cold adapter's first request against a warm one's (concurrency 1),
+  and images/s at a concurrency with every request on the base model, on one adapter, on adapters that all fit the
+  resident bound, and on more adapters than it holds; with the UNet rows per execution Triton formed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from serve.benchmarks import loop
+
+logger = logging.getLogger(__name__)
+
+PROMPT = "a lighthouse on a cliff"
+
+
+@dataclass(frozen=True)
+class AdapterBenchSettings:
+    """What the adapter benchmark runs."""
+
+    adapters: int = 8
+    rank: int = 8
+    resident: int = 4
+    steps: int = 10
+    size: int = 128
+    concurrency: int = 8
+    requests: int = 24  # per served condition, after a warm-up
+    batch: int = 8  # rows of the in-process UNet timings
+
+
+def make_loras(model_dir: Path, folder: Path, settings: AdapterBenchSettings) -> list[str]:
+    """``settings.adapters`` random LoRAs for ``model_dir`` in ``folder`` (kept between runs)."""
+    from build_engines.text_to_image.random_adapters import make_lora
+
+    names = [f"bench{i}" for i in range(settings.adapters)]
+    for i, name in enumerate(names):
+        path = folder / f"{name}.safetensors"
+        if not path.exists():
+            make_lora(model_dir, path, rank=settings.rank, seed=100 + i)
+    return names
+
+
+def _unet_feeds(engine_dir: Path, batch: int, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    from serve.text_to_image.families import family_of_engines
+
+    spec = family_of_engines(engine_dir).specs["unet"]
+    feeds = {}
+    for tensor in spec.graph_inputs:
+        shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
+        values = rng.random(shape) * 999 if tensor.name == "timestep" else rng.standard_normal(shape)
+        feeds[tensor.name] = values.astype(tensor.numpy_dtype)
+    return feeds
+
+
+def engine_costs(
+    plain_dir: Path, lora_dir: Path, loras_dir: Path, names: list[str], settings, rounds: int = 5
+) -> dict[str, float]:
+    """UNet ms/row in-process: plain, LoRA-ready without/with adapters, and the plain batch run per adapter.
+
+    Every setting runs the same ``settings.batch`` rows; the settings take turns (``rounds`` rounds after a warm-up
+    one), so a drifting machine slows them alike, and each reports its median.
+    """
+    from serve.adapters.registry import engine_banks
+    from serve.text_to_image.families import family_of_engines
+    from serve.triton.onnx_backend import ShardedSession
+
+    latent = settings.size // family_of_engines(plain_dir).dims.vae_scale_factor
+    plain = ShardedSession(plain_dir / "unet" / "model.onnx", 1)
+    ready = ShardedSession(lora_dir / "unet" / "model.onnx", 1)
+    banks = engine_banks(lora_dir / "unet", "unet", loras_dir)
+    batch = settings.batch
+    feeds = _unet_feeds(plain_dir, batch, latent, np.random.default_rng(0))
+
+    def with_adapters(rows):
+        scale, bank = banks.feeds(rows)
+        return lambda: ready.run(feeds | {"lora_scale": scale}, bank)
+
+    def split(groups: int):
+        parts = [{k: v[g::groups] for k, v in feeds.items()} for g in range(groups)]
+        return lambda: [plain.run(part) for part in parts]
+
+    settings_run = {
+        "plain": lambda: plain.run(feeds),
+        "lora-ready, no adapter": with_adapters([()] * batch),
+        "lora-ready, one adapter": with_adapters([((names[0], 1.0),)] * batch),
+        "lora-ready, each row its own adapter": with_adapters([((names[i % len(names)], 1.0),) for i in range(batch)]),
+        **{f"plain, one run per adapter ({k} adapters)": split(k) for k in (2, 4, 8) if k <= batch},
+    }
+    times: dict[str, list[float]] = {label: [] for label in settings_run}
+    for round_ in range(rounds + 1):
+        for label, run in settings_run.items():
+            started = time.perf_counter()
+            run()
+            if round_:  # round 0 warms up
+                times[label].append((time.perf_counter() - started) / batch * 1000)
+        logger.info("engine costs: round %d/%d", round_, rounds)
+    return {label: statistics.median(values) for label, values in times.items()}
+
+
+def fused_ready_s(model_dir: Path, lora: Path, plain_dir: Path) -> float:
+    """Seconds to make an adapter ready the fused way: fuse into the UNet, export ONNX, open a session."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from build_engines.text_to_image.export import export_engine
+    from serve.text_to_image.families import family_of_engines
+    from serve.text_to_image.families.base import UnetModule
+    from serve.triton.onnx_backend import make_session
+
+    family = family_of_engines(plain_dir)
+    spec = family.specs["unet"]
+    pipeline = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    started = time.perf_counter()
+    pipeline.load_lora_weights(str(lora.parent), weight_name=lora.name, adapter_name="fused")
+    pipeline.fuse_lora()
+    pipeline.unload_lora_weights()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        added = tuple(t.name for t in spec.inputs[3:])  # SDXL's text_embeds and time_ids
+        export_engine(UnetModule(pipeline.unet, added), spec, family.dims, path)
+        make_session(path)
+    return time.perf_counter() - started
+
+
+def _body(settings: AdapterBenchSettings, index: int, loras: list[dict]) -> dict:
+    size = f"{settings.size}x{settings.size}"
+    body = {"prompt": PROMPT, "seed": index, "size": size, "num_inference_steps": settings.steps}
+    return body | ({"loras": loras} if loras else {})
+
+
+def _unet_stats(triton_http_url: str) -> tuple[int, int]:
+    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def served(api_url: str, triton_http_url: str, names: list[str], settings: AdapterBenchSettings) -> dict:
+    """Cold vs warm first requests, and throughput per condition with the UNet rows per execution."""
+
+    async def run() -> dict:
+        limits = httpx.Limits(max_connections=settings.concurrency)
+        async with httpx.AsyncClient(base_url=api_url, timeout=600, limits=limits) as client:
+
+            async def once(index: int, loras: list[dict]) -> float:
+                started = time.perf_counter()
+                response = await client.post("/v1/images/generations", json=_body(settings, index, loras))
+                response.raise_for_status()
+                return time.perf_counter() - started
+
+            await once(0, [])  # warm the engines
+            cold, warm = [], []
+            for i, name in enumerate(names):  # each adapter's first use is cold (the resident bound evicts others)
+                cold.append(await once(i, [{"name": name}]))
+                warm.append(await once(i, [{"name": name}]))
+            conditions = {
+                "base model": lambda i: [],
+                "one adapter": lambda i: [{"name": names[0]}],
+                f"{settings.resident} adapters (all held)": lambda i: [{"name": names[i % settings.resident]}],
+                f"{len(names)} adapters (more than held)": lambda i: [{"name": names[i % len(names)]}],
+            }
+            rows, batching = [], {}
+            for label, loras in conditions.items():
+
+                async def call(index: int, loras=loras) -> None:
+                    await once(index, loras(index))
+
+                before = _unet_stats(triton_http_url)
+                rows.append(await loop.measure(label, call, settings.concurrency, settings.requests))
+                after = _unet_stats(triton_http_url)
+                executions = max(1, after[1] - before[1])
+                batching[label] = (after[0] - before[0]) / executions
+            return {"cold_s": cold, "warm_s": warm, "rows": rows, "unet_rows_per_execution": batching}
+
+    return asyncio.run(run())
+
+
+def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSettings, out: Path, stack: bool) -> str:
+    """The adapter benchmark on ``model_dir``; with ``stack``, its served part too. Writes JSON, returns the report."""
+    from build_engines.text_to_image.build import build
+    from serve.adapters.engines import AdapterBuild
+    from serve.adapters.registry import LoraRegistry, build_registry
+    from serve.paths import run_dir
+    from serve.stack import scratch_stack
+    from serve.text_to_image.families import family_of_folder
+
+    folder = run_dir() / "bench"
+    loras_dir = folder / f"loras-{label}"
+    names = make_loras(model_dir, loras_dir, settings)
+    plain_dir = build(model_dir, folder / "plain_repository")
+    report: dict = {"settings": asdict(settings), "model": label}
+    rows = []
+    if stack:
+        with scratch_stack(model_dir, loras_dir=loras_dir, lora_resident=settings.resident) as running:
+            lora_dir, registry_dir = Path(running.info.engine_dir), running.options.run_dir / "loras"
+            with running.paused():
+                costs = engine_costs(plain_dir, lora_dir, registry_dir, names, settings)
+            result = served(running.info.api_url, running.info.triton_http_url, names, settings)
+            report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
+        rows = result.pop("rows")
+        report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}
+        report["unet_rows_per_execution"] = result["unet_rows_per_execution"]
+    else:
+        lora_dir = build(model_dir, folder / "model_repository", adapters=AdapterBuild(lora=True))
+        registry_dir = folder / f"registry-{label}"
+        family = family_of_folder(model_dir)
+        build_registry(loras_dir, lora_dir, model_dir, family.pipeline_class, len(names)).save(registry_dir)
+        costs = engine_costs(plain_dir, lora_dir, registry_dir, names, settings)
+    entries = LoraRegistry.load(registry_dir).entries
+    report["adapter_bytes"] = {name: entries[name].bytes for name in names}
+    report["unet_ms_per_row"] = costs
+    report.setdefault("ready_s", {})
+    report["ready_s"]["prepare (once per file)"] = _prepare_seconds(loras_dir, lora_dir, model_dir)
+    report["ready_s"]["fused: fuse + export + session"] = fused_ready_s(
+        model_dir, loras_dir / f"{names[0]}.safetensors", plain_dir
+    )
+    loop.write_json(out, rows, **report)
+    table = [loop.format_table(rows, "img")] if rows else []
+    return "\n".join([*table, *_lines(report), f"written to {out}"])
+
+
+def _prepare_seconds(loras_dir: Path, engine_dir: Path, model_dir: Path) -> float:
+    """Seconds to read one LoRA file as diffusers does, for these engines (no cache; the median of 3)."""
+    from serve.adapters.lora import LORA_ENGINES, SLOTS_FILE, load_slots
+    from serve.adapters.lora_layers import prepare
+    from serve.text_to_image.families import family_of_engines
+
+    slots = {e: load_slots(engine_dir / e / SLOTS_FILE) for e in LORA_ENGINES if (engine_dir / e / SLOTS_FILE).exists()}
+    path = next(iter(sorted(loras_dir.glob("*.safetensors"))))
+    times = []
+    for _ in range(3):  # the first pays for imports
+        started = time.perf_counter()
+        prepare(path, model_dir, family_of_engines(engine_dir).pipeline_class, slots)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def _triton_load_seconds(metrics_url: str) -> float | None:
+    """Mean seconds per adapter load in the engine instances, from Triton's metrics."""
+    from serve import metrics
+
+    text = httpx.get(metrics_url).text
+    seconds = _sum_series(text, metrics.ADAPTER_LOAD_SECONDS.series[0])
+    loads = _sum_series(text, metrics.ADAPTER_LOADS.series[0])
+    return seconds / loads if loads else None
+
+
+def _sum_series(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def _lines(report: dict) -> list[str]:
+    lines = []
+    if "cold_first_request_s" in report:
+        cold, warm = report["cold_first_request_s"], report["warm_request_s"]
+        lines.append(
+            f"cold adapter, first request: p50 {statistics.median(cold) * 1000:.0f} ms; the same adapter warm: p50 "
+            f"{statistics.median(warm) * 1000:.0f} ms ({len(cold)} adapters)"
+        )
+    lines += [
+        "making an adapter ready: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in report["ready_s"].items() if v is not None),
+        f"adapter size: {statistics.mean(report['adapter_bytes'].values()) / 2**20:.2f} MiB (prepared, rank "
+        f"{report['settings']['rank']})",
+        "UNet ms/row in-process at batch "
+        + str(report["settings"]["batch"])
+        + ": "
+        + ", ".join(f"{k} {v:.2f}" for k, v in report["unet_ms_per_row"].items()),
+    ]
+    if "unet_rows_per_execution" in report:
+        batching = report["unet_rows_per_execution"].items()
+        lines.append("UNet rows per execution served: " + ", ".join(f"{k} {v:.1f}" for k, v in batching))
+    return lines

@@ -1,0 +1,229 @@
+"""LoRA and IP-Adapter per request through a real Triton and Ray Serve app, against diffusers' own adapter loading."""
+
+import asyncio
+import base64
+import io
+import logging
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from serve.stack import Stack, StackOptions
+from tests.adapters import LORAS, make_adapters, reference_image
+from tests.conftest import psnr, reference_images
+from tests.images import encode
+from tests.integration.conftest import decode_images
+from tests.integration.test_text_to_image import GENERATE, _unet_batch_histogram
+
+pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+RESIDENT = 2
+BODY = {"prompt": "a red heart icon", "seed": 3, "num_inference_steps": 10, "size": "64x64", "scheduler": "ddim"}
+
+
+@pytest.fixture(scope="module")
+def adapters(default_model, tmp_path_factory):
+    return make_adapters(default_model, tmp_path_factory.mktemp("adapters"))
+
+
+@pytest.fixture(scope="module")
+def stack(default_model, adapters, tmp_path_factory):
+    """The embedded model with every test LoRA (at most 2 held per engine instance) and the IP-Adapter."""
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        repository=tmp_path_factory.mktemp("repository"),
+        run_dir=tmp_path_factory.mktemp("run"),
+        cache_bytes=0,
+        loras_dir=adapters.loras,
+        lora_resident=RESIDENT,
+        ip_adapter_dir=adapters.ip_adapter,
+    )
+    with Stack(options) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def with_loras(default_model, adapters):
+    """diffusers' pipeline with every test LoRA loaded by ``load_lora_weights``."""
+    from diffusers import StableDiffusionPipeline
+
+    torch.set_num_threads(1)
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    for name in LORAS:
+        pipeline.load_lora_weights(str(adapters.loras), weight_name=adapters.lora_file(name), adapter_name=name)
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def with_ip_adapter(default_model, adapters):
+    """diffusers' pipeline with the IP-Adapter loaded by ``load_ip_adapter`` (and the LoRAs)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    for name in LORAS:
+        pipeline.load_lora_weights(str(adapters.loras), weight_name=adapters.lora_file(name), adapter_name=name)
+    pipeline.load_ip_adapter(str(adapters.ip_adapter), subfolder="", weight_name="ip_adapter.safetensors")
+    return pipeline
+
+
+def _diffusers(pipeline, loras: list[dict], **kwargs) -> np.ndarray:
+    if loras:
+        pipeline.set_adapters([lora["name"] for lora in loras], [lora.get("scale", 1.0) for lora in loras])
+    else:
+        pipeline.disable_lora()
+    try:
+        return reference_images(
+            pipeline, "ddim", prompt=BODY["prompt"], width=64, height=64, num_inference_steps=10, seed=3, **kwargs
+        )
+    finally:
+        pipeline.enable_lora()
+
+
+def _served(api, **fields) -> np.ndarray:
+    response = api.post(GENERATE, json=BODY | fields)
+    assert response.status_code == 200, response.text
+    return decode_images(response)
+
+
+def test_the_folder_is_listed_with_the_broken_adapter_and_why(api):
+    listed = {entry["name"]: entry for entry in api.get("/v1/loras").json()["data"]}
+    assert {name for name, entry in listed.items() if entry["status"] == "ready"} == set(LORAS)
+    assert listed["broken"]["status"] == "error" and "not a readable LoRA file" in listed["broken"]["error"]
+    assert listed["kohya"]["layers"]["text_encoder"] > 0 and listed["kohya"]["layers"]["unet"] > 0
+
+
+@pytest.mark.parametrize(
+    "loras",
+    [
+        [{"name": "style"}],
+        [{"name": "style", "scale": 0.8}, {"name": "line", "scale": -0.6}],
+        [{"name": "kohya", "scale": 1.3}],
+    ],
+    ids=["one", "two-with-weights", "kohya"],
+)
+def test_lora_parity_with_diffusers(api, with_loras, loras):
+    got = _served(api, loras=loras)
+    want = _diffusers(with_loras, loras)
+    base = _diffusers(with_loras, [])
+    logger.info(
+        "LoRA %s: PSNR %.1f dB against diffusers, %.1f dB against the base model",
+        loras,
+        psnr(got, want),
+        psnr(want, base),
+    )
+    assert psnr(got, want) >= 40
+    assert psnr(want, base) < 35, "the adapter should change the image"
+
+
+@pytest.mark.parametrize(
+    "scale",
+    [0.7, {"up": {"block_0": [0.0, 1.0]}, "down": {"block_1": [0.5]}}],
+    ids=["number", "instantstyle"],
+)
+def test_ip_adapter_parity_with_diffusers(api, with_ip_adapter, scale):
+    image, b64 = reference_image(seed=1)
+    loras = [{"name": "line", "scale": 0.7}]
+    got = _served(api, loras=loras, ip_adapter_image=b64, ip_adapter_scale=scale)
+    with_ip_adapter.set_ip_adapter_scale(scale)
+    want = _diffusers(with_ip_adapter, loras, ip_adapter_image=image)
+    with_ip_adapter.set_ip_adapter_scale(0.0)
+    without = _diffusers(with_ip_adapter, loras, ip_adapter_image=image)
+    logger.info(
+        "IP-Adapter %s: PSNR %.1f dB against diffusers, %.1f dB against no reference",
+        scale,
+        psnr(got, want),
+        psnr(want, without),
+    )
+    assert psnr(got, want) >= 40
+    assert psnr(want, without) < 35, "the reference should change the image"
+
+
+def test_different_adapters_share_batches_and_each_gets_its_solo_image(api, stack):
+    _, b64 = reference_image(seed=2)
+    variants = [
+        {},
+        {"loras": [{"name": "style"}]},
+        {"loras": [{"name": "style", "scale": 0.3}]},
+        {"loras": [{"name": "line"}]},
+        {"ip_adapter_image": b64},
+        {"loras": [{"name": "line", "scale": 0.5}], "ip_adapter_image": b64, "ip_adapter_scale": {"up": 1.0}},
+    ]
+    bodies = [BODY | {"seed": 40 + i} | variant for i, variant in enumerate(variants)]
+    alone = [_served(api, **body) for body in bodies]
+    before = _unet_batch_histogram(stack.info.triton_http_url)
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
+            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
+
+    together = asyncio.run(all_at_once())
+    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    for body, single, response in zip(bodies, alone, together, strict=True):
+        assert response.status_code == 200, response.text
+        np.testing.assert_array_equal(decode_images(response), single, err_msg=str(body)[:200])
+    logger.info("unet batch sizes with mixed adapters: %s", dict(sorted(histogram.items())))
+    assert sum(count for size, count in histogram.items() if size > 2) > 0, "no execution merged requests"
+
+
+def test_more_adapters_than_held_are_evicted_reloaded_and_still_right(api, stack):
+    order = ["style", "line", "kohya", "spare"]
+    first = {name: _served(api, loras=[{"name": name}]) for name in order}
+    second = {name: _served(api, loras=[{"name": name}]) for name in reversed(order)}
+    for name in order:
+        np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+    metrics = httpx.get(stack.info.triton_metrics_url).text
+    evictions = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("easel_adapter_evictions_total{") and 'model="unet"' in line
+    )
+    assert evictions >= len(order) - RESIDENT
+
+
+def test_a_background_job_uses_its_adapters(api):
+    loras = [{"name": "kohya", "scale": 0.9}]
+    job = api.post(GENERATE, json=BODY | {"loras": loras, "background": True}).json()
+    for _ in range(600):
+        job = api.get(f"/v1/jobs/{job['id']}").json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(job["data"][0]["b64_json"]))).convert("RGB"))
+    np.testing.assert_array_equal(image[None], _served(api, loras=loras))
+
+
+def _png_b64(width: int, height: int) -> str:
+    return base64.b64encode(encode(Image.new("RGB", (width, height), "white"))).decode()
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"loras": [{"name": "nope"}]}, "loras.0.name"),
+        ({"loras": [{"name": "broken"}]}, "loras.0.name"),
+        ({"loras": [{"name": "style", "scale": 9}]}, "loras.0.scale"),
+        ({"loras": [{"name": "style"}, {"name": "style"}]}, "loras"),
+        ({"loras": [{"name": n} for n in "abcde"]}, "loras"),
+        ({"ip_adapter_image": "bm90IGFuIGltYWdl"}, "ip_adapter_image"),
+        ({"ip_adapter_image": "###"}, "ip_adapter_image"),
+        ({"ip_adapter_image": _png_b64(5000, 8)}, "ip_adapter_image"),
+        ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": 3}, "ip_adapter_scale"),
+        ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": {"up": {"block_7": 1.0}}}, "ip_adapter_scale"),
+        ({"ip_adapter_scale": 0.5}, "ip_adapter_scale"),
+    ],
+)
+def test_bad_adapter_input_is_a_400_naming_the_field(api, fields, param):
+    response = api.post(GENERATE, json=BODY | fields)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param, error
+    assert _served(api).shape == (1, 64, 64, 3)  # the stack goes on

@@ -1,0 +1,175 @@
+"""Adapters without servers: reading LoRA files as diffusers does, the per-row LoRA layers, banks, IP scales, checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from build_engines.text_to_image.random_adapters import make_ip_adapter, make_lora
+from serve.adapters.ip_adapter import IpAdapterFolder, IpScales, ip_layers, load_into_unet
+from serve.adapters.lora import LoraBanks, Slot, parse_row, row_text, save_slots
+from serve.adapters.lora_layers import AdapterError, lora_ready, prepare, slots_of, weightless
+from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry, build_registry
+from serve.adapters.requests import StackAdapters
+from serve.errors import InvalidInput
+from serve.text_to_image.schema import GenerationRequest
+
+SD = "StableDiffusionPipeline"
+
+
+@pytest.fixture(scope="module")
+def slots(default_model):
+    return {engine: slots_of(weightless(default_model, engine)) for engine in ("text_encoder", "unet")}
+
+
+def test_kohya_and_diffusers_files_of_one_lora_read_the_same(default_model, slots, tmp_path):
+    make_lora(default_model, tmp_path / "d.safetensors", rank=4, alpha=2, seed=7)
+    make_lora(default_model, tmp_path / "k.safetensors", rank=4, alpha=2, seed=7, fmt="kohya")
+    ours = prepare(tmp_path / "d.safetensors", default_model, SD, slots)
+    kohya = prepare(tmp_path / "k.safetensors", default_model, SD, slots)
+    assert ours.layers == kohya.layers and ours.layers["text_encoder"] > 0 and ours.layers["unet"] > 0
+    assert ours.tensors.keys() == kohya.tensors.keys()
+    for key, value in ours.tensors.items():
+        np.testing.assert_array_equal(value, kohya.tensors[key], err_msg=key)
+    # alpha / rank = 0.5 is folded into B: the same LoRA with alpha = rank has twice the up matrices
+    make_lora(default_model, tmp_path / "a.safetensors", rank=4, alpha=4, seed=7)
+    doubled = prepare(tmp_path / "a.safetensors", default_model, SD, slots)
+    key = next(k for k in ours.tensors if k.startswith("unet.") and k.endswith(".up"))
+    np.testing.assert_allclose(doubled.tensors[key], 2 * ours.tensors[key], rtol=1e-6)
+
+
+def test_files_that_cannot_be_served_say_why(default_model, slots, tmp_path, tiny_xl_model):
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(AdapterError, match="not a readable LoRA file"):
+        prepare(tmp_path / "junk.safetensors", default_model, SD, slots)
+    make_lora(tiny_xl_model, tmp_path / "xl.safetensors", rank=2, seed=1, text_encoder=False)
+    with pytest.raises(AdapterError, match="made for another base model"):
+        prepare(tmp_path / "xl.safetensors", default_model, SD, slots)
+
+
+def test_the_registry_reports_each_file_and_reuses_what_it_prepared(default_model, tmp_path, monkeypatch):
+    engine_dir = tmp_path / "engines"
+    for engine in ("text_encoder", "unet"):
+        (engine_dir / engine).mkdir(parents=True)
+        save_slots(slots_of(weightless(default_model, engine)), engine_dir / engine / "lora_slots.json")
+    loras = tmp_path / "loras"
+    make_lora(default_model, loras / "good.safetensors", rank=2, seed=3)
+    make_lora(default_model, loras / "bad name!.safetensors", rank=2, seed=3)
+    (loras / "broken.safetensors").write_bytes(b"\0" * 64)
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    registry = build_registry(loras, engine_dir, default_model, SD)
+    assert registry.get("good").status == READY and registry.get("good").rank == 2
+    assert registry.get("broken").status == ERROR and "not a readable" in registry.get("broken").error
+    assert registry.get("bad name!").status == ERROR and "name must match" in registry.get("bad name!").error
+
+    read_again = []
+
+    def reading(path, *_args):
+        read_again.append(path.name)
+        raise AdapterError("still broken")
+
+    monkeypatch.setattr("serve.adapters.lora_layers.prepare", reading)
+    again = build_registry(loras, engine_dir, default_model, SD)
+    assert again.get("good") == registry.get("good") and read_again == ["broken.safetensors"]
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(6, 5)
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+
+    def forward(self, x, y):
+        return self.linear(x), self.conv(y)
+
+
+def test_each_row_gets_exactly_its_own_adapters_and_weights():
+    torch.manual_seed(0)
+    toy = _Toy().eval()
+    ready, slots, _ = lora_ready(toy, toy)
+    adapters = {
+        name: {i: (torch.randn(s.down_shape(rank)), torch.randn(s.up_shape(rank))) for i, s in enumerate(slots)}
+        for name, rank in (("a", 2), ("b", 3))
+    }
+    numpy_adapters = {n: {i: (d.numpy(), u.numpy()) for i, (d, u) in t.items()} for n, t in adapters.items()}
+    banks = LoraBanks("toy", slots, lambda name: numpy_adapters[name], resident=2)
+    rows = [(("a", 1.0),), (("b", 1.0),), (("a", 0.5), ("b", -1.0)), ()]
+    scale, bank = banks.feeds(rows)
+    x, y = torch.randn(4, 7, 6), torch.randn(4, 3, 5, 5)
+    args = [x, y, torch.from_numpy(scale)]
+    for i in range(len(slots)):
+        args += [torch.from_numpy(bank[f"lora_{part}_{i}"]) for part in ("down", "up", "column")]
+    with torch.no_grad():
+        got_linear, got_conv = ready(*args)
+        for row, wanted in enumerate(rows):
+            linear, conv = toy.linear.base(x[row]), toy.conv.base(y[row : row + 1])
+            for name, weight in wanted:
+                (down_l, up_l), (down_c, up_c) = adapters[name][0], adapters[name][1]
+                linear = linear + weight * (x[row] @ down_l.T @ up_l.T)
+                conv = conv + weight * torch.nn.functional.conv2d(
+                    torch.nn.functional.conv2d(y[row : row + 1], down_c, padding=1), up_c
+                )
+            torch.testing.assert_close(got_linear[row], linear, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got_conv[row : row + 1], conv, rtol=1e-5, atol=1e-5)
+
+
+def test_banks_hold_the_most_recently_used_and_a_batch_all_it_needs():
+    slot = Slot("layer", "linear", 3, 2)
+    loaded, events = [], []
+
+    def load(name):
+        loaded.append(name)
+        return {0: (np.ones((1, 3), np.float32), np.ones((2, 1), np.float32))}
+
+    banks = LoraBanks("m", [slot, Slot("other", "linear", 2, 2)], load, 2, lambda kind, name, _: events.append(kind))
+    for name in "abab":
+        banks.feeds([((name, 1.0),)])
+    assert loaded == ["a", "b"] and banks.held == ["a", "b"]
+    banks.feeds([(("c", 1.0),)])
+    assert banks.held == ["b", "c"] and events.count("evict") == 1
+    scale, bank = banks.feeds([(("a", 0.5),), (("b", 1.0), ("c", 2.0)), ()])  # three in one batch: all held for it
+    assert scale.tolist() == [[0.5, 0, 0], [0, 1.0, 2.0], [0, 0, 0]]
+    assert bank["lora_column_0"].tolist() == [0, 1, 2] and bank["lora_down_0"].shape == (3, 3)
+    assert bank["lora_down_1"].shape == (1, 2) and not bank["lora_up_1"].any()  # no adapter touches it
+    assert len(banks.held) == 3
+
+
+def test_rows_travel_as_text():
+    assert parse_row(row_text([("a", 0.5), ("b", -1.0)])) == (("a", 0.5), ("b", -1.0))
+    assert parse_row(row_text([])) == () and parse_row("") == ()
+
+
+def test_ip_scales_are_what_set_ip_adapter_scale_gives(default_model, tmp_path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    folder = IpAdapterFolder.read(make_ip_adapter(default_model, tmp_path / "ip"))
+    unet = UNet2DConditionModel.from_pretrained(default_model / "unet")
+    config = json.loads((default_model / "unet" / "config.json").read_text())
+    scales = IpScales(config, ip_layers(unet))
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.load_ip_adapter(str(folder.weights.parent), subfolder="", weight_name=folder.weights.name)
+    for scale in (0.6, {"up": {"block_0": [0.0, 1.0]}}, {"down": 0.3, "mid": 0.0, "up": {"block_0": [0.5]}}):
+        pipeline.set_ip_adapter_scale(scale)
+        processors = pipeline.unet.attn_processors
+        want = [processors[name].scale[0] for name in scales.layers]
+        np.testing.assert_allclose(scales(scale), want, err_msg=str(scale))
+    with pytest.raises(ValueError, match="block_7"):
+        scales({"up": {"block_7": 1.0}})
+    layers, hidden_states = load_into_unet(weightless(default_model, "unet"), folder)
+    assert layers == scales.layers and not hidden_states
+
+
+def test_the_stack_refuses_adapters_it_does_not_have(tmp_path):
+    LoraRegistry({"ok": LoraEntry("ok", READY), "bad": LoraEntry("bad", ERROR, "corrupt")}).save(tmp_path)
+    offered = StackAdapters(str(tmp_path), ip_adapter=False)
+    offered.check(GenerationRequest(prompt="x", loras=[{"name": "ok"}]))
+    for loras, message in (([{"name": "nope"}], "unknown LoRA adapter 'nope'"), ([{"name": "bad"}], "corrupt")):
+        with pytest.raises(InvalidInput, match=message) as refused:
+            offered.check(GenerationRequest(prompt="x", loras=loras))
+        assert refused.value.field == "loras.0.name"
+    with pytest.raises(InvalidInput, match="start it with --loras"):
+        StackAdapters().check(GenerationRequest(prompt="x", loras=[{"name": "ok"}]))
+    with pytest.raises(InvalidInput, match="no IP-Adapter") as refused:
+        offered.check(GenerationRequest(prompt="x", ip_adapter_image="aGk="))
+    assert refused.value.field == "ip_adapter_image"

@@ -58,8 +58,7 @@ class RowLoRA(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``base(x) + up((down x) * scale[row, column])``."""
         down, up, column = self.bank.layers[self.index]
-        scale = self.bank.scale.index_select(1, column).to(x.dtype)  # [batch, R]
-        down, up = down.to(x.dtype), up.to(x.dtype)
+        scale = self.bank.scale.index_select(1, column)  # [batch, R]; an fp16 export casts every input (CastIO)
         if isinstance(self.base, torch.nn.Conv2d):
             hidden = F.conv2d(x, down, None, self.base.stride, self.base.padding, self.base.dilation)
             hidden = hidden * scale.unsqueeze(-1).unsqueeze(-1)

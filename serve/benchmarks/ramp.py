@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENT = "TextToImage"
 SAMPLE_S = 2.0
+SETTLE_S = 10.0
+"""Seconds recorded after the load ends: the last requests drain, Ray's metrics reach Prometheus."""
 TABLE_WINDOW_S = 15
 PROMQL = {
     "in_flight": 'sum(ray_serve_autoscaling_total_requests{{deployment="{d}"}})',
@@ -95,8 +97,8 @@ def record_ramp(info, scenario: Scenario, images: Path, out: Path) -> tuple[int,
     start = time.time()
     try:
         code = run_locust(scenario, info.api_url, out, locust_env(info, images))
+        time.sleep(SETTLE_S)  # the last requests drain, and Ray's metrics reach Prometheus (reported every few s)
         end = time.time()
-        time.sleep(SAMPLE_S)
     finally:
         sampler.stop()
     prometheus = info.prometheus_url

@@ -1,8 +1,9 @@
 """Easel on a Ray cluster of three nodes on loopback: a Triton per model node, and a worker node killed under load.
 
-The module starts a head (no ``triton`` resource: it hosts the proxy and Gateways) and two worker nodes with the
-``triton`` resource (Ray's own ``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)``
-deploys onto it as ``easel up --address`` does. TextToImage runs two replicas, so each worker has one.
+The module starts a head (no ``triton`` resource: it hosts the proxy) and two worker nodes with the ``triton``
+resource (Ray's own ``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)`` deploys onto it
+as ``easel up --address`` does. TextToImage runs two replicas, so each worker has one; the two Gateways (whose job
+runners hold background jobs) run on two different nodes, so at least one is on a worker node.
 """
 
 import logging
@@ -53,6 +54,8 @@ def stack(cluster, tmp_path_factory):
         if deployment["name"] == "TextToImage":  # one replica on each worker node (Serve may otherwise pack both)
             deployment.pop("autoscaling_config")
             deployment.update(num_replicas=2, max_replicas_per_node=1)
+        if deployment["name"] == "Gateway":  # two nodes: a worker node's Gateway holds jobs when that node dies
+            deployment.update(max_replicas_per_node=1)
     (run_dir / "serve_config.yaml").write_text(yaml.safe_dump(config))
     options = StackOptions(
         port=0,
@@ -136,8 +139,10 @@ def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster
     ]  # each replica's runner takes up to 4: both nodes run some
     assert all(j.status_code == 202 for j in jobs), [j.text for j in jobs]
     time.sleep(2)
+    gateways = _replica_nodes("Gateway")
+    victim = next(node for node in cluster[1] if node.node_id in gateways)  # its Gateway's runner holds jobs
     killed_at = time.monotonic()
-    cluster[0].remove_node(cluster[1][0], allow_graceful=False)
+    cluster[0].remove_node(victim, allow_graceful=False)
     time.sleep(RETRY_WINDOW_S + 30)
     stop.set()
     for thread in threads:
@@ -166,4 +171,4 @@ def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster
     attempts = [store.get(j.json()["id"]).attempts for j in jobs]
     store.close()
     logger.info("background jobs: all succeeded, attempts %s", attempts)
-    assert max(attempts) >= 2  # the dead node's jobs were claimed again after their lease ran out
+    assert max(attempts) >= 2  # the dead node's Gateway's jobs were claimed again after their lease ran out

@@ -33,6 +33,15 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MAX_STEPS, Generati
         ({"prompt": "x", "num_inference_steps": 2.0}, "num_inference_steps", "valid integer"),
         ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "valid number"),
         ({"prompt": "x", "background": "true"}, "background", "valid boolean"),
+        ({"prompt": "x", "loras": [{"name": "a", "scale": float("nan")}]}, "loras", "finite"),
+        ({"prompt": "x", "loras": [{"name": "a", "scale": 4.5}]}, "loras", "4"),
+        ({"prompt": "x", "loras": [{"name": "a"}, {"name": "a"}]}, "loras", "once"),
+        ({"prompt": "x", "loras": [{"name": str(i)} for i in range(5)]}, "loras", "4"),
+        ({"prompt": "x", "loras": [{"name": ""}]}, "loras", "at least 1"),
+        ({"prompt": "x", "ip_adapter_image": "not base64!"}, "ip_adapter_image", "base64"),
+        ({"prompt": "x", "ip_adapter_image": "aGk=", "ip_adapter_scale": float("inf")}, "ip_adapter_scale", "[0, 2]"),
+        ({"prompt": "x", "ip_adapter_image": "aGk=", "ip_adapter_scale": {"side": 1}}, "ip_adapter_scale", "'up'"),
+        ({"prompt": "x", "ip_adapter_scale": 0.5}, "ip_adapter_scale", "ip_adapter_image"),
     ],
 )
 def test_bad_fields_are_named_with_their_limit(body, field, limit):

@@ -38,11 +38,11 @@ from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready
-from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
+from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
-from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson, VectorizeOptions
+from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 from serve.vectorize.tiers import Tier
-from serve.wire import BodyLimits
+from serve.wire import BODY_LIMITS, BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +135,6 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
 
 
 PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
-# other routes: serve.wire.DEFAULT_BODY_LIMIT; a generation may carry an IP-Adapter reference image
-BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES, "/v1/images/generations": MAX_REQUEST_BYTES}
-
 api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
 api.add_middleware(BodyLimits, limits=BODY_LIMITS)  # added before the metrics middleware, so 413s are counted
 

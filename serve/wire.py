@@ -1,9 +1,11 @@
 """Limits on the wire: request bodies are counted as they arrive (chunked uploads included) and slow senders time out.
 
-:class:`BodyLimits`, an ASGI middleware in front of the public app: a declared ``Content-Length`` over the route's
-limit is refused before any byte is read; otherwise the bytes actually received are counted and the request is
-refused (413) as soon as they pass the limit, so no more than the limit is ever held. A client that stops sending
-its body for ``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body.
+:class:`BodyLimits`, an ASGI middleware: a declared ``Content-Length`` over the route's limit is refused before any
+byte is read; otherwise the bytes actually received are counted and the request is refused (413) as soon as they
+pass the limit, so no more than the limit is ever held. A client that stops sending its body for
+``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body. It runs twice: in Ray Serve's
+HTTP proxy, which otherwise reads a body as fast as the client sends it and queues it until a replica asks for it
+(without a bound of its own), and in front of the public app.
 
 :class:`ShapedProxyErrors`, loaded by Ray Serve's proxy: what the proxy itself answers has the one error shape.
 """
@@ -16,6 +18,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from serve.errors import EaselError, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
+from serve.text_to_image.schema import MAX_REQUEST_BYTES
+from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +33,8 @@ DEFAULT_BODY_LIMIT = 1 << 20
 """Bytes a request body may have on routes without their own limit (JSON requests)."""
 BODY_IDLE_TIMEOUT_S = 15.0
 """Seconds a client may pause while sending its body."""
+BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES, "/v1/images/generations": MAX_REQUEST_BYTES}
+"""Routes with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
 
 
 async def send_error(send: Send, error: EaselError) -> None:
@@ -82,18 +88,25 @@ class BodyLimits:
 
 
 class _Guard:
-    """One request's body count: past the limit or idle too long, the app sees a disconnect; its answer is dropped."""
+    """One request's body count: past the limit or idle too long, the app sees a disconnect; its answer is dropped.
+
+    Once the body is whole, ``receive`` passes straight through: what waits on it then (the proxy, a streaming
+    response) waits for the client to disconnect, which may be minutes away and is not a slow body.
+    """
 
     def __init__(self, receive: Receive, send: Send, limit: int, idle_timeout_s: float) -> None:
         self._receive, self._send = receive, send
         self.limit, self.idle_timeout_s = limit, idle_timeout_s
         self.received = 0
+        self.body_complete = False
         self.refusal: EaselError | None = None
         self.response_started = False
 
     async def receive(self) -> Message:
         if self.refusal is not None:
             return {"type": "http.disconnect"}
+        if self.body_complete:
+            return await self._receive()
         try:
             message = await asyncio.wait_for(self._receive(), self.idle_timeout_s)
         except TimeoutError:
@@ -104,6 +117,7 @@ class _Guard:
             if self.received > self.limit:
                 self.refusal = _too_large(self.received, self.limit, so_far=message.get("more_body", False))
                 return {"type": "http.disconnect"}
+            self.body_complete = not message.get("more_body", False)
         return message
 
     async def send(self, message: Message) -> None:
@@ -188,4 +202,4 @@ def proxy_middlewares() -> list:
     """Ray Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the middlewares it applies."""
     from starlette.middleware import Middleware
 
-    return [Middleware(ShapedProxyErrors)]
+    return [Middleware(ShapedProxyErrors), Middleware(BodyLimits, limits=BODY_LIMITS)]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
 import socket
 from contextlib import ExitStack
+from pathlib import Path
 
 TRITON_PORTS = (8003, 8001, 8002)
 """``easel up``'s Triton ports (HTTP, gRPC, metrics): gRPC and metrics are Triton's own defaults (8000, its HTTP
@@ -12,17 +14,45 @@ GRPC_PORT = 9000
 """``easel up``'s public gRPC API port (Ray Serve's default gRPC port)."""
 
 
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+RAY_WORKER_PORTS_END = 19999
+"""The last of Ray's default worker ports (10002-19999)."""
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports nobody listens on right now.
 
-    All are held open until each is bound: ports asked for one at a time may come back equal, since the kernel
-    can hand out a port again as soon as it is released.
+    They come from between Ray's worker ports and the kernel's ephemeral range where this machine says where that
+    is: a port the kernel chose would be free for any process's ``bind(0)`` until it is bound, and a server started
+    meanwhile may take it (Ray's runtime-env agent took the API's port once in CI, and its proxy could not start).
+    All are held open until each is found: ports asked for one at a time may come back equal.
     """
     with ExitStack() as held:
-        sockets = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in sockets:
+        found: list[int] = []
+        for port in _outside_the_ephemeral_range():
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            found.append(port)
+            if len(found) == count:
+                return found
+        for _ in range(count - len(found)):  # no such range here: the kernel's choice
+            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind((host, 0))
-        return [sock.getsockname()[1] for sock in sockets]
+            found.append(sock.getsockname()[1])
+        return found
+
+
+def _outside_the_ephemeral_range(tries: int = 200) -> list[int]:
+    """Random ports above Ray's worker ports and below the kernel's ephemeral range (none if it cannot be read)."""
+    try:
+        first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return []
+    candidates = range(RAY_WORKER_PORTS_END + 1, first_ephemeral)
+    return random.sample(candidates, min(tries, len(candidates)))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -136,7 +136,9 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
 
 PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
 api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
-api.add_middleware(BodyLimits, limits=BODY_LIMITS)  # added before the metrics middleware, so 413s are counted
+# The proxy applies the same limits first where it loads serve.wire (the stack's Ray); these hold on any proxy, and,
+# added before the metrics middleware, their 413s are counted.
+api.add_middleware(BodyLimits, limits=BODY_LIMITS)
 
 
 @api.middleware("http")

@@ -22,26 +22,24 @@ RAY_WORKER_PORTS_END = 19999
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     """``count`` distinct TCP ports nobody listens on right now.
 
-    They come from between Ray's worker ports and the kernel's ephemeral range where this machine says where that
-    is: a port the kernel chose would be free for any process's ``bind(0)`` until it is bound, and a server started
-    meanwhile may take it (Ray's runtime-env agent took the API's port once in CI, and its proxy could not start).
-    All are held open until each is found: ports asked for one at a time may come back equal.
+    Where the kernel's ephemeral range is known they come from between Ray's worker ports and that range: a port the
+    kernel chose stays free for any process's ``bind(0)`` until it is bound, and a server started meanwhile may take
+    it (Ray's runtime-env agent took the API's port once in CI, and the proxy could not start). All are held open
+    until each is found: ports asked for one at a time may come back equal.
     """
     with ExitStack() as held:
         found: list[int] = []
-        for port in _outside_the_ephemeral_range():
+        for port in [*_outside_the_ephemeral_range(), *[0] * count]:  # 0: the kernel's choice, where no range is left
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((host, port))
             except OSError:
+                if port == 0:
+                    raise
                 continue
-            found.append(port)
-            if len(found) == count:
-                return found
-        for _ in range(count - len(found)):  # no such range here: the kernel's choice
-            sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind((host, 0))
             found.append(sock.getsockname()[1])
+            if len(found) == count:
+                break
         return found
 
 

@@ -11,7 +11,7 @@ import pytest
 from serve.errors import Conflict, NotFound, Overloaded
 from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner
 from serve.jobs.store import LeaseLost
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 
 REQUEST = {"prompt": "a red heart icon", "seed": 1}
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIO
 from serve.adapters.engines import AdapterBuild, AdapterSupport, ip_info
 from serve.adapters.ip_adapter import FEATURE_EXTRACTOR
 from serve.adapters.requests import UNET_CONFIG
+from serve.files import content_hash
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image.families import Family, family_of_engines, family_of_folder
 from serve.text_to_image.spec import ALL_ENGINE_NAMES
@@ -31,17 +31,6 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
-
-
-def content_hash(model_dir: Path) -> str:
-    """SHA-256 over every file's relative path and bytes under ``model_dir``."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(model_dir).as_posix().encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
 
 
 def default_model_dir(variant: str = "tiny") -> Path:

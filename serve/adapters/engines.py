@@ -27,6 +27,7 @@ from serve.adapters.ip_adapter import (
     load_into_unet,
 )
 from serve.adapters.lora import ADAPTERS_INPUT, LORA_ENGINES, SLOTS_FILE, save_slots
+from serve.files import content_hash
 from serve.text_to_image.spec import PRIORITIES
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
@@ -44,8 +45,6 @@ class AdapterBuild:
 
     def key(self) -> str:
         """Part of the engine cache key: "" without adapters."""
-        from build_engines.text_to_image.build import content_hash
-
         parts = (["lora"] if self.lora else []) + (
             [f"ip{content_hash(self.ip_adapter)[:12]}"] if self.ip_adapter else []
         )

@@ -12,7 +12,6 @@ share UNet batches. The image encoder is an engine of its own (``image_encoder``
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,8 +270,3 @@ def image_processor(engine_dir: Path, image_size: int):
     if (folder / "preprocessor_config.json").is_file():
         return CLIPImageProcessor.from_pretrained(folder)
     return CLIPImageProcessor(size=image_size, crop_size=image_size)
-
-
-def read_unet_config(model_dir: Path) -> dict:
-    """The UNet's config.json."""
-    return json.loads((model_dir / "unet" / "config.json").read_text())

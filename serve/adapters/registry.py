@@ -11,7 +11,6 @@ engine's version folder, where the python-backend model loads adapters from it o
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.adapters.lora import LORA_ENGINES, SLOTS_FILE, LoraBanks, load_slots
+from serve.files import file_hash
 from serve.paths import easel_home
 
 logger = logging.getLogger(__name__)
@@ -80,14 +80,6 @@ class LoraRegistry:
         return cls(entries, int(raw.get("resident", DEFAULT_RESIDENT)))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_registry(
     loras_dir: Path, engine_dir: Path, model_dir: Path, pipeline_class: str, resident: int = DEFAULT_RESIDENT
 ) -> LoraRegistry:
@@ -117,7 +109,7 @@ def _prepare_one(path, name, cache, model_dir, pipeline_class, slots) -> LoraEnt
 
     started = time.perf_counter()
     try:
-        prepared_path = cache / f"{_sha256(path)[:24]}.safetensors"
+        prepared_path = cache / f"{file_hash(path)[:24]}.safetensors"
         if prepared_path.is_file():
             tensors = load_file(prepared_path)
             meta = json.loads(prepared_path.with_suffix(".json").read_text())

@@ -7,7 +7,7 @@ import secrets
 from dataclasses import dataclass
 
 from serve.errors import InvalidInput, Overloaded
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 
 JOB_OBJECT = "image.generation.job"
 DEFAULT_LEASE_S = 15.0

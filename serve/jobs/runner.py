@@ -24,7 +24,7 @@ from serve import metrics
 from serve.errors import EaselError
 from serve.jobs.model import DEFAULT_LEASE_S, Job, JobStatus
 from serve.jobs.store import JobStore, LeaseLost
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 
 logger = logging.getLogger(__name__)
 

@@ -30,8 +30,8 @@ from serve.jobs.model import (
     Owner,
     new_job_id,
 )
+from serve.priority import Priority
 from serve.stores import redis_client, scheme, serialized, sqlite_connect
-from serve.text_to_image.priority import Priority
 
 
 class LeaseLost(RuntimeError):

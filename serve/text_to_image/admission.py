@@ -26,7 +26,7 @@ from pathlib import Path
 import psutil
 
 from serve.errors import InvalidInput
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MEMORY_FILE, MemoryModel
@@ -182,7 +182,7 @@ class Admission:
         Requests start in priority order, then in arrival order (a large one is not overtaken for ever by small
         ones); one always runs when nothing of its priority or above is in flight, so every admitted request runs
         eventually, and a higher-priority request never waits for lower ones to finish (they hold their steps while
-        it runs: :class:`serve.text_to_image.priority.PriorityGate`).
+        it runs: :class:`serve.priority.PriorityGate`).
         """
         me = (priority.rank, next(self._arrivals))
         async with self._turn:

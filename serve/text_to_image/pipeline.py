@@ -23,8 +23,8 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteS
 from diffusers.utils.torch_utils import randn_tensor
 
 from serve.adapters.requests import GenerationAdapters
+from serve.priority import Priority, PriorityGate
 from serve.text_to_image.families import family_of_engines
-from serve.text_to_image.priority import Priority, PriorityGate
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.onnx_backend import ShardedSession

@@ -19,7 +19,7 @@ from pydantic import (
     field_validator,
 )
 
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 from serve.vectorize.tiers import Tier
 
 MAX_IMAGES = 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from serve.text_to_image.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS
+from serve.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 TEXT_ENCODER = "text_encoder"
@@ -16,7 +16,7 @@ ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCOD
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while
 # a wait would delay every step of a lone request (0.66 ms per step in Triton's queue stats at 500 us).
-# Every text-to-image engine queues requests by the generation's priority (serve/text_to_image/priority.py).
+# Every text-to-image engine queues requests by the generation's priority (serve/priority.py).
 PRIORITIES = {"priority_levels": TRITON_PRIORITY_LEVELS, "default_priority_level": TRITON_DEFAULT_LEVEL}
 UNET_MAX_BATCH = 32
 UNET_BATCHING = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(8, 16, 32), **PRIORITIES)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -175,8 +174,3 @@ def read_model_config(path: Path) -> mc.ModelConfig:
 def triton_dtype_name(dtype: str) -> str:
     """The KServe v2 datatype string ("FP32", "INT64", "BYTES", ...) for a numpy dtype name."""
     return mc.DataType.Name(_TRITON_DTYPES[dtype]).removeprefix("TYPE_").replace("STRING", "BYTES")
-
-
-def shapes_of(tensors: Sequence[TensorSpec]) -> dict[str, tuple[int, ...]]:
-    """Map tensor names to their declared dims."""
-    return {t.name: t.dims for t in tensors}

@@ -9,13 +9,13 @@ profile, the GPU and the TensorRT version. The build needs ``tensorrt`` (the ``g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from serve.files import files_hash
 from serve.paths import easel_home
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE
 from serve.triton.spec import ModelSpec
@@ -74,14 +74,10 @@ def profile(spec: ModelSpec, axes: Mapping[str, Range]) -> dict[str, tuple[Shape
 
 def plan_key(onnx_path: Path, shapes: Mapping[str, tuple[Shape, Shape, Shape]], gpu: str, tensorrt: str) -> str:
     """The cache key of a plan: the ONNX graph and weights, the profile, the GPU and the TensorRT version."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in onnx_path.parent.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")):
-        digest.update(path.name.encode())
-        with path.open("rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    digest.update(json.dumps({"profile": shapes, "gpu": gpu, "tensorrt": tensorrt}, sort_keys=True).encode())
-    return digest.hexdigest()[:24]
+    folder = onnx_path.parent
+    graph = [p for p in folder.iterdir() if p.is_file() and p.suffix in (".onnx", ".data")]
+    extra = json.dumps({"profile": shapes, "gpu": gpu, "tensorrt": tensorrt}, sort_keys=True).encode()
+    return files_hash(graph, folder, extra)[:24]
 
 
 def build_plan(onnx_path: Path, shapes: Mapping[str, tuple[Shape, Shape, Shape]], cache: Path | None = None) -> Path:

@@ -5,11 +5,12 @@ import pytest
 import torch
 
 from build_engines.text_to_image import train_default
-from build_engines.text_to_image.build import content_hash, default_model_dir, engine_dir_for
+from build_engines.text_to_image.build import default_model_dir, engine_dir_for
 from build_engines.text_to_image.default_model import TRAINED
 from build_engines.text_to_image.evaluate import dominant_colour
 from build_engines.text_to_image.icons import COLOURS, FONT_AWESOME, ICONS, caption_words, held_out, render
 from build_engines.text_to_image.icons import training_pairings as all_training_pairings
+from serve.files import content_hash
 from serve.text_to_image.families import family_of_folder
 
 

@@ -16,13 +16,14 @@ from build_engines.text_to_image.export import (
     parity_feeds,
     reference_outputs,
 )
+from serve.files import content_hash
 from serve.text_to_image.families import family_of_engines, family_of_folder
 
 
 def test_random_embedded_model_is_deterministic(tmp_path):
     first = create_default_model(tmp_path / "a", "bench")
     second = create_default_model(tmp_path / "b", "bench")
-    assert build_module.content_hash(first) == build_module.content_hash(second)
+    assert content_hash(first) == content_hash(second)
 
 
 def test_build_exports_checked_engines_and_reuses_the_cache(default_model, tmp_path, monkeypatch, caplog):

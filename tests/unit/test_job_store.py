@@ -6,7 +6,7 @@ import pytest
 
 from serve.jobs.model import Owner
 from serve.jobs.store import SqliteJobStore
-from serve.text_to_image.priority import Priority
+from serve.priority import Priority
 from tests.job_store_contract import *  # noqa: F403 - the contract's tests
 from tests.job_store_contract import REQUEST
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from serve.errors import InvalidInput
+from serve.priority import Priority
 from serve.text_to_image.admission import (
     MIN_FIXED_BUDGET,
     Admission,
@@ -14,7 +15,6 @@ from serve.text_to_image.admission import (
     engine_budgets,
     request_cost,
 )
-from serve.text_to_image.priority import Priority
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import SAFETY, MemoryModel
 from serve.triton.onnx_backend import MemoryBound, run_batched

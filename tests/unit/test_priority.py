@@ -2,7 +2,7 @@
 
 import asyncio
 
-from serve.text_to_image.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS, Priority, PriorityGate
+from serve.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS, Priority, PriorityGate
 from serve.text_to_image.spec import UNET_BATCHING
 from serve.triton.spec import ModelSpec
 

@@ -1,0 +1,37 @@
+"""Content hashes of files and folders: the one way Easel names what a file or a folder holds."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+_CHUNK = 1 << 20
+
+
+def _update(digest, path: Path) -> None:
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+
+
+def file_hash(path: Path) -> str:
+    """SHA-256 of one file's bytes (hex)."""
+    digest = hashlib.sha256()
+    _update(digest, path)
+    return digest.hexdigest()
+
+
+def files_hash(paths: Iterable[Path], root: Path, extra: bytes = b"") -> str:
+    """SHA-256 over each file's path relative to ``root`` and its bytes, in sorted order, then ``extra`` (hex)."""
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.relative_to(root).as_posix().encode())
+        _update(digest, path)
+    digest.update(extra)
+    return digest.hexdigest()
+
+
+def content_hash(folder: Path) -> str:
+    """SHA-256 over every file's relative path and bytes under ``folder`` (hex)."""
+    return files_hash((p for p in folder.rglob("*") if p.is_file()), folder)

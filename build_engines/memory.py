@@ -8,6 +8,7 @@ engine exactly as the python backend serves it (ONNX Runtime, arena off, the sam
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import subprocess
@@ -17,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.adapters.lora import SCALE_INPUT, SLOTS_FILE, LoraBanks, load_slots
-from serve.triton.memory import MEMORY_FILE, MemoryModel, peak_rss_reset, rss_bytes
-from serve.triton.spec import ModelSpec
+from serve.adapters.lora import SCALE_INPUT, LoraBanks, load_slots
+from serve.triton.engine_files import EngineFiles
+from serve.triton.memory import MemoryModel, peak_rss_reset, rss_bytes
+from serve.triton.server import allocator_environment
+from serve.triton.spec import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +47,9 @@ def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> 
             feeds[tensor.name] = rng.integers(0, 300, shape).astype(tensor.numpy_dtype)
         else:
             feeds[tensor.name] = rng.standard_normal(shape).astype(tensor.numpy_dtype)
-    if (folder / SLOTS_FILE).exists():  # a LoRA-ready engine, measured without adapters
-        scale, bank = LoraBanks(spec.name, load_slots(folder / SLOTS_FILE), lambda _: {}, 1).feeds([()])
+    files = EngineFiles(folder)
+    if files.lora_ready:  # a LoRA-ready engine, measured without adapters
+        scale, bank = LoraBanks(spec.name, load_slots(files.lora_slots), lambda _: {}, 1).feeds([()])
         feeds |= {SCALE_INPUT: scale, **bank}
     return feeds
 
@@ -82,17 +86,25 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
     return MemoryModel.fit(weights, measured, timed)
 
 
+def save(model: MemoryModel, path: Path) -> None:
+    """Write ``model`` as JSON (read by :meth:`MemoryModel.load`)."""
+    path.write_text(json.dumps(dataclasses.asdict(model), indent=2))
+
+
+def measured(files: EngineFiles) -> bool:
+    """Whether the engine's memory and time per row were measured (engines built before times were: again)."""
+    return files.memory.exists() and MemoryModel.load(files.memory).seconds is not None
+
+
 def measure(engine_folder: Path, spec: ModelSpec) -> MemoryModel:
     """Measure ``engine_folder/model.onnx`` in a fresh process and save ``memory.json`` beside it."""
-    from serve.triton.server import allocator_environment
-
     command = [sys.executable, "-m", "build_engines.memory", str(engine_folder), json.dumps(_spec_json(spec))]
     result = subprocess.run(
         command, capture_output=True, text=True, check=False, env=allocator_environment(), timeout=3600
     )
     if result.returncode != 0:
         raise RuntimeError(f"measuring {spec.name} failed:\n{result.stderr[-2000:]}")
-    model = MemoryModel.load(engine_folder / MEMORY_FILE)
+    model = MemoryModel.load(EngineFiles(engine_folder).memory)
     logger.info(
         "%s: weights %.1f MiB, one row at 64x64 positions %.1f MiB",
         spec.name,
@@ -107,8 +119,6 @@ def _spec_json(spec: ModelSpec) -> dict:
 
 
 def _spec_from_json(raw: dict) -> ModelSpec:
-    from serve.triton.spec import TensorSpec
-
     inputs = tuple(TensorSpec(n, dtype, tuple(dims), tuple(axes)) for n, dtype, dims, axes in raw["inputs"])
     return ModelSpec(name=raw["name"], inputs=inputs, outputs=())
 
@@ -120,8 +130,8 @@ def main() -> None:
     parser.add_argument("spec")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    model = measure_here(args.folder / "model.onnx", _spec_from_json(json.loads(args.spec)))
-    model.save(args.folder / MEMORY_FILE)
+    files = EngineFiles(args.folder)
+    save(measure_here(files.onnx, _spec_from_json(json.loads(args.spec))), files.memory)
 
 
 if __name__ == "__main__":

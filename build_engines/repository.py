@@ -47,8 +47,3 @@ def install_model(
         link.symlink_to(source.resolve())
     logger.info("installed %s into %s", spec.name, version_dir)
     return version_dir
-
-
-def engine_files(folder: Path) -> dict[str, Path]:
-    """Every file of an engine folder (``model.onnx`` and any external-data files), by name."""
-    return {path.name: path for path in sorted(folder.iterdir()) if path.is_file()}

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Annotated
 
@@ -37,7 +38,8 @@ from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
-from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready
+from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
+from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
@@ -193,6 +195,10 @@ def _sse(event: str, data: dict, seq: int | None = None) -> bytes:
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
 
 
+OnStep = Callable[[Progress], Awaitable[None]]
+"""What a job's generation hands each step to (it writes the step to the store)."""
+
+
 def _body_hash(request: GenerationRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
@@ -271,9 +277,13 @@ class Gateway:
         return JSONResponse(job.to_api(), status_code=202, headers=headers)
 
     async def _answer(
-        self, request: GenerationRequest, lease: JobLease | None = None, fresh: bool = False
+        self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
-        """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached)."""
+        """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
+
+        ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
+        reading, which cancels the generation.
+        """
         engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
         key = cache_key(engine, request.model_dump(mode="json")) if self.cache is not None else None
         if key is not None and not fresh:
@@ -282,7 +292,10 @@ class Gateway:
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
-        result = await self.text_to_image.generate.remote(request, sent_at=time.time(), lease=lease)
+        if on_step is None:
+            result = await self.text_to_image.generate.remote(request, sent_at=time.time())
+        else:
+            result = await self._generate_reporting(request, on_step)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -300,14 +313,39 @@ class Gateway:
             headers["Easel-Cache"] = "miss"
         return body, headers
 
+    async def _generate_reporting(self, request: GenerationRequest, on_step: OnStep) -> EncodedImages:
+        """The generation as a stream with previews: each step to ``on_step``, then the images."""
+        stream = self.text_to_image.options(stream=True).generate_stream.remote(
+            request, sent_at=time.time(), previews=True
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, Progress):
+                    await on_step(item)
+                else:
+                    return item
+        finally:
+            stream.cancel()  # a no-op once the stream ended; otherwise the generation stops at its current step
+        raise NotReady("the generation ended without its images; retry shortly", retry_after_s=2)
+
     async def _run_job(self, job: Job, lease: JobLease) -> dict:
-        """The job runner's work: the job's request answered as a synchronous one, its steps reported."""
+        """The job runner's work: the job's request answered as a synchronous one, each step written to the store.
+
+        Only the Gateway writes the job store: a step's progress (and preview) as it streams in; a cancel asked
+        meanwhile, or the lease lost, stops reading the stream, which stops the generation.
+        """
         try:
             request = GenerationRequest.model_validate(job.request)
         except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
             raise invalid_input(error) from None
+
+        async def report(progress: Progress) -> None:
+            args = (lease.job_id, lease.worker, lease.lease_s, progress.step, progress.total, progress.preview)
+            if await asyncio.to_thread(self.store.progress, *args):
+                raise JobCanceled(lease.job_id)
+
         try:
-            body, _ = await self._answer(request, lease)
+            body, _ = await self._answer(request, on_step=report)
         except Exception as error:
             cause = unwrap(error)
             if isinstance(cause, JobCanceled | LeaseLost):
@@ -403,8 +441,8 @@ class Gateway:
             async with call_admitted(grpc_context, grpc_api.ROUTES["Generate"], request):
                 stream = self.text_to_image.options(stream=True).generate_stream.remote(request, sent_at=time.time())
                 async for item in stream:
-                    if not isinstance(item, EncodedImages):
-                        yield grpc_api.progress(*item)
+                    if isinstance(item, Progress):
+                        yield grpc_api.progress(item.step, item.total)
                         continue
                     if request.output_format == "svg":
                         vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
@@ -460,21 +498,15 @@ class AppArgs(BaseModel):
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
-    from pathlib import Path
-
-    from serve.stack import memory_budget
-    from serve.text_to_image.families import family_of_engines
-
-    budget = memory_budget(Path(args.engine_dir), args.memory_budget_bytes)
-    limits = Limits(budget, args.max_cost, 2 * args.max_cost)
-    family = family_of_engines(Path(args.engine_dir))
-    adapters = StackAdapters(args.loras_dir, family.adapters.ip_adapter is not None)
+    engines = EngineFolder(args.engine_dir)
+    limits = Limits(engines.memory_budget(args.memory_budget_bytes), args.max_cost, 2 * args.max_cost)
+    adapters = StackAdapters(args.loras_dir, engines.adapters.ip_adapter is not None)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, args.store_url, adapters),
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters),
         Vectorizer.bind(args.triton_grpc_url),
-        Path(args.engine_dir).name,
+        engines.key,
         args.store_url,
         args.cache_bytes,
-        family.dims.native_size,
+        engines.family.dims.native_size,
         adapters,
     )

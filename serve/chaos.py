@@ -228,7 +228,7 @@ class Chaos:
         noise = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(noise).save(buffer, format="PNG")
-        admitted = largest_admitted_side(Path(self.stack.info.engine_dir), self.stack.memory_budget_bytes)
+        admitted = largest_admitted_side(self.stack.engines, self.stack.memory_budget_bytes)
         largest = {**LARGEST, "size": f"{admitted}x{admitted}"}
         with httpx.Client(base_url=self.stack.info.api_url, timeout=self.hang_s * 4) as client:
             started = time.monotonic()

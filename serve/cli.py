@@ -55,7 +55,7 @@ def _check_model(model_dir: Path | None) -> None:
 
 def _check_ip_adapter(folder: Path | None) -> None:
     """Refuse an ``--ip-adapter`` folder without its weights or image encoder with a one-line error."""
-    from serve.adapters.ip_adapter import IpAdapterError, IpAdapterFolder
+    from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
 
     if folder is not None:
         try:
@@ -123,19 +123,19 @@ _repository_option = click.option(
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
 def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, precision: str, force: bool) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
+    from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
-    from serve.triton.tensorrt import TENSORRT_MISSING, tensorrt_available
 
     _check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():
         raise click.ClickException(TENSORRT_MISSING)
-    engine_dir = build_engines(
+    engines = build_engines(
         model_dir or default_model_dir(embedded), repository, force, Backend(backend), precision=precision
     )
     install_vectorize(repository, backend=Backend(backend))
-    click.echo(f"engines: {engine_dir}\nrepository: {repository}")
+    click.echo(f"engines: {engines.path}\nrepository: {repository}")
 
 
 @main.command()
@@ -246,7 +246,7 @@ def up(
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from serve.observability.prometheus import PROMETHEUS_BINARY
     from serve.stack import OpenToTheNetwork, Stack, StackOptions, check_exposure, start_detached
-    from serve.text_to_image.admission import MemoryBudgetTooSmall
+    from serve.triton.memory import MemoryBudgetTooSmall
 
     if prometheus and not PROMETHEUS_BINARY.exists():
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")

@@ -37,6 +37,8 @@ class Priority(enum.StrEnum):
 
 TRITON_PRIORITY_LEVELS = len(Priority)
 TRITON_DEFAULT_LEVEL = Priority.NORMAL.triton_level
+PRIORITIES = {"priority_levels": TRITON_PRIORITY_LEVELS, "default_priority_level": TRITON_DEFAULT_LEVEL}
+"""Every generation engine's dynamic-batching priority settings (Triton's queue order follows the request's level)."""
 
 
 class PriorityGate:

@@ -28,8 +28,8 @@ import psutil
 import yaml
 from pydantic import BaseModel, Field
 
-from serve.adapters.engines import LORA_ENGINE_CLASS, AdapterBuild
-from serve.adapters.registry import DEFAULT_RESIDENT, build_registry, install_registry
+from serve.adapters.registry import DEFAULT_RESIDENT
+from serve.adapters.support import LORA_ENGINE_CLASS
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
@@ -38,17 +38,9 @@ from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.stores import default_url
-from serve.text_to_image.admission import (
-    DEFAULT_MAX_COST,
-    Admission,
-    Limits,
-    default_memory_budget,
-    engine_budgets,
-    memory_models,
-)
-from serve.text_to_image.families import family_of_engines
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits
+from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
-from serve.text_to_image.tiling import VaeTiling
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 from serve.triton.server import TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
@@ -130,11 +122,6 @@ class StackOptions(BaseModel):
     )
 
     @property
-    def adapters(self) -> AdapterBuild:
-        """What adapters the engines are built for."""
-        return AdapterBuild(lora=self.loras_dir is not None, ip_adapter=self.ip_adapter_dir)
-
-    @property
     def store(self) -> str:
         """The store URL of jobs, the result cache and API keys."""
         return self.store_url or default_url(self.run_dir)
@@ -213,37 +200,17 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
-def triton_models(engine_dir: Path, vectorize: bool) -> list:
+def triton_models(engines: EngineFolder, vectorize: bool) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
-    specs = list(family_of_engines(engine_dir).specs.values())
-    return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
+    return list(engines.specs.values()) + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
-def memory_budget(engine_dir: Path, requested: int | None = None) -> int:
-    """The text-to-image engines' memory budget: ``requested``, or the default for these engines' weights."""
-    if requested is not None:
-        return requested
-    specs = family_of_engines(engine_dir).specs
-    models = memory_models(engine_dir, specs)
-    return default_memory_budget(sum(m.weights_bytes * specs[name].instance_count for name, m in models.items()))
-
-
-def memory_budgets(engine_dir: Path, total_bytes: int) -> dict[str, int]:
-    """Each text-to-image engine's activation budget for Triton (the split ``TextToImage`` admits requests by)."""
-    specs = family_of_engines(engine_dir).specs
-    return engine_budgets(memory_models(engine_dir, specs), specs, total_bytes)
-
-
-def largest_admitted_side(engine_dir: Path, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
+def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
     """The largest square side (a multiple of 64, up to the API's limit) that admission lets ``n`` images have.
 
     Decided as the ``TextToImage`` replicas decide (:class:`Admission`), for the budget ``total_bytes``.
     """
-    family = family_of_engines(engine_dir)
-    models = memory_models(engine_dir, family.specs)
-    budgets = engine_budgets(models, family.specs, total_bytes)
-    tiling = VaeTiling(family.dims.vae_sample_size, family.dims.vae_scale_factor)
-    admission = Admission(models, budgets, Limits(total_bytes), tiling)
+    admission = Admission.for_engines(engines, Limits(total_bytes))
     admitted = MIN_SIDE
     for side in range(64, MAX_SIDE + 1, 64):
         try:
@@ -267,20 +234,23 @@ class Stack:
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
         self.memory_budget_bytes: int | None = None  # resolved at start
+        self.engines: EngineFolder | None = None  # the text-to-image engines served, once built
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
+        from build_engines.text_to_image.adapters import AdapterBuild
         from build_engines.text_to_image.build import build
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
-        engine_dir = build(opts.model_dir, opts.repository, adapters=opts.adapters)
-        loras_dir = self._install_loras(engine_dir)
+        adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
+        self.engines = engines = build(opts.model_dir, opts.repository, adapters=adapters)
+        loras_dir = self._install_loras(engines)
         vectorize = install_vectorize(opts.repository)
-        self.memory_budget_bytes = memory_budget(engine_dir, opts.memory_budget_bytes)
-        models, budgets = triton_models(engine_dir, vectorize), memory_budgets(engine_dir, self.memory_budget_bytes)
+        self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
+        models, budgets = triton_models(engines, vectorize), engines.budgets(self.memory_budget_bytes)
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
@@ -306,7 +276,7 @@ class Stack:
             port,
             grpc_port,
             on_cluster=opts.address is not None,
-            engine_dir=str(engine_dir),
+            engine_dir=str(engines.path),
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
             memory_budget_bytes=self.memory_budget_bytes,
             max_cost=opts.max_cost,
@@ -327,7 +297,7 @@ class Stack:
             e.grpc_url,
             e.metrics_url,
             dashboard_url,
-            str(engine_dir),
+            str(engines.path),
         )
         if opts.prometheus:
             self._start_prometheus()
@@ -346,19 +316,19 @@ class Stack:
     def __exit__(self, *_exc) -> None:
         self.stop()
 
-    def _install_loras(self, engine_dir: Path) -> str | None:
+    def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""
         opts = self.options
         if opts.loras_dir is None:
             return None
         from build_engines.text_to_image.build import default_model_dir
+        from build_engines.text_to_image.loras import build_registry, install_registry
 
-        family = family_of_engines(engine_dir)
         model_dir = opts.model_dir or default_model_dir()
-        registry = build_registry(opts.loras_dir, engine_dir, model_dir, family.pipeline_class, opts.lora_resident)
+        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident)
         folder = opts.run_dir / "loras"
-        engines = [name for name, spec in family.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, engines)
+        lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
+        install_registry(registry, folder, opts.repository, lora_ready)
         return str(folder)
 
     def _start_prometheus(self) -> None:

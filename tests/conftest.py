@@ -29,7 +29,7 @@ def engine_dir(default_model, tmp_path_factory):
     """Engines of the embedded model (cached), installed into a throw-away repository."""
     from build_engines.text_to_image.build import build
 
-    return build(default_model, repository=tmp_path_factory.mktemp("repository"))
+    return build(default_model, repository=tmp_path_factory.mktemp("repository")).path
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +56,7 @@ def tiny_xl_engine_dir(tiny_xl_model, tmp_path_factory):
     """Engines of the tiny SDXL (cached), installed into a throw-away repository."""
     from build_engines.text_to_image.build import build
 
-    return build(tiny_xl_model, repository=tmp_path_factory.mktemp("repository-xl"))
+    return build(tiny_xl_model, repository=tmp_path_factory.mktemp("repository-xl")).path
 
 
 @pytest.fixture(scope="session")

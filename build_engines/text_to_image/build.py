@@ -1,35 +1,42 @@
-"""``easel build``: diffusers model -> parity-checked ONNX engines (cached by content hash) -> Triton repository."""
+"""``easel build``: diffusers model -> parity-checked ONNX engines (cached by content hash) -> Triton repository.
+
+This is the one writer of an engine folder (:class:`serve.text_to_image.engine_folder.EngineFolder` reads it): the
+engines, then what the serving side needs beside them (tokenizers, scheduler, ``pipeline.json``, ``adapters.json``),
+the manifest last.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
 from pathlib import Path
 
 import onnx
 import torch
 
 from build_engines.memory import measure as measure_memory
-from build_engines.repository import engine_files, install_model
+from build_engines.memory import measured
+from build_engines.repository import install_model
+from build_engines.tensorrt import axis_ranges, build_plan, profile
+from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.default_model import TRAINED, create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
-from serve.adapters.engines import AdapterBuild, AdapterSupport, ip_info
-from serve.adapters.ip_adapter import FEATURE_EXTRACTOR
-from serve.adapters.requests import UNET_CONFIG
+from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.paths import MODEL_REPOSITORY, easel_home
-from serve.text_to_image.families import Family, family_of_engines, family_of_folder
+from serve.text_to_image import engine_folder as layout
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import Family, family_of_folder
+from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.spec import ALL_ENGINE_NAMES
-from serve.triton.memory import MEMORY_FILE, MemoryModel
+from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.spec import Backend
-from serve.triton.tensorrt import PLAN_FILE, axis_ranges, build_plan, profile
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
 PARTIAL_SUFFIX = ".partial"
 
 
@@ -38,7 +45,7 @@ def default_model_dir(variant: str = "tiny") -> Path:
     if variant in TRAINED:
         return TRAINED[variant]
     model_dir = easel_home() / "models" / variant
-    if not (model_dir / "model_index.json").exists():
+    if not (model_dir / MODEL_INDEX).exists():
         shutil.rmtree(model_dir, ignore_errors=True)
         create_default_model(model_dir, variant)
     return model_dir
@@ -59,13 +66,12 @@ def build(
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",
     adapters: AdapterBuild | None = None,
-) -> Path:
+) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
     A folder that is not a supported pipeline (or an ``adapters.ip_adapter`` folder that does not fit it) raises a
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
-    (:mod:`serve.adapters`). Returns the engine folder, which also holds the tokenizers, scheduler config and
-    ``pipeline.json``.
+    (:mod:`build_engines.text_to_image.adapters`). Returns the engine folder, opened.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -73,14 +79,15 @@ def build(
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
     engine_dir = engine_dir_for(model_dir, precision, adapters)
-    if (engine_dir / MANIFEST).exists() and not force:
+    if EngineFolder.built(engine_dir) and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
         family = family.with_adapters(AdapterSupport(adapters.lora, ip_info(adapters, model_dir)))
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
         _build_into(engine_dir, family, model_dir, precision, adapters)
-    install(engine_dir, repository, backend)
-    return engine_dir
+    folder = EngineFolder(engine_dir)
+    install(folder, repository, backend)
+    return folder
 
 
 def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild) -> None:
@@ -90,45 +97,48 @@ def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: st
     partial.mkdir(parents=True)
     try:
         reports = export_all(family, model_dir, partial, precision, adapters=adapters)
-        kept = [*family.tokenizers(), "scheduler", "model_index.json"]
-        if family.adapters.ip_adapter is not None and (model_dir / FEATURE_EXTRACTOR).is_dir():
-            kept.append(FEATURE_EXTRACTOR)  # the image preprocessing diffusers uses for IP-Adapter references
-        for name in kept:
-            source = model_dir / name
-            copy = shutil.copytree if source.is_dir() else shutil.copy2
-            copy(source, partial / name)
-        if family.adapters.ip_adapter is not None:  # InstantStyle's mappings are expanded over the UNet's blocks
-            shutil.copy2(model_dir / "unet" / "config.json", partial / UNET_CONFIG)
-        family.save(partial)
-        manifest = {"model_dir": str(model_dir.resolve()), "engines": [asdict(r) for r in reports]}
-        (partial / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        _write_beside_engines(partial, family, model_dir)
+        manifest = {"model_dir": str(model_dir.resolve()), "engines": [dataclasses.asdict(r) for r in reports]}
+        (partial / layout.MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(engine_dir, ignore_errors=True)
         partial.rename(engine_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
 
 
-def _measured(engine_folder: Path) -> bool:
-    """Whether the engine's memory and time per row were measured (engines built before times were: again)."""
-    path = engine_folder / MEMORY_FILE
-    return path.exists() and MemoryModel.load(path).seconds is not None
+def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None:
+    """What serving reads beside the engines: the family and dims, the adapters, tokenizers and scheduler config."""
+    kept = [*family.tokenizers(), layout.SCHEDULER, MODEL_INDEX]
+    if family.adapters.ip_adapter is not None and (model_dir / layout.FEATURE_EXTRACTOR).is_dir():
+        kept.append(layout.FEATURE_EXTRACTOR)  # the image preprocessing diffusers uses for IP-Adapter references
+    for name in kept:
+        source = model_dir / name
+        copy = shutil.copytree if source.is_dir() else shutil.copy2
+        copy(source, folder / name)
+    if family.adapters.ip_adapter is not None:  # InstantStyle's mappings are expanded over the UNet's blocks
+        shutil.copy2(model_dir / "unet" / "config.json", folder / layout.UNET_CONFIG)
+    declaration = {"family": family.name, "dims": dataclasses.asdict(family.dims)}
+    (folder / layout.PIPELINE).write_text(json.dumps(declaration, indent=2))
+    if family.adapters.any:
+        (folder / layout.ADAPTERS).write_text(json.dumps(family.adapters.to_json(), indent=2))
 
 
-def install(engine_dir: Path, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
+def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
     """Install the family's engines in ``repository`` and remove text-to-image engines it does not use."""
-    family = family_of_engines(engine_dir)
-    for name in set(ALL_ENGINE_NAMES) - set(family.specs):
+    family = folder.family
+    for name in set(ALL_ENGINE_NAMES) - set(folder.specs):
         if (repository / name).exists():
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
-    for name, spec in family.specs.items():
-        if not _measured(engine_dir / name):  # measured once per engine, in a fresh process
+    for name, spec in folder.specs.items():
+        engine = folder.engine(name)
+        if not measured(engine):  # measured once per engine, in a fresh process
             try:
-                measure_memory(engine_dir / name, spec)
+                measure_memory(engine.folder, spec)
             except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
-        files = engine_files(engine_dir / name)
+        files = engine.files()
         if backend is Backend.TENSORRT:
             shapes = profile(spec, axis_ranges(family.dims.native_size, family.dims.vae_scale_factor))
-            files = {PLAN_FILE: build_plan(files["model.onnx"], shapes)}
+            files = {PLAN: build_plan(files[ONNX], shapes)}
         install_model(spec, repository, files, backend)

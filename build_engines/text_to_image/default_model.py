@@ -10,28 +10,20 @@ import logging
 import shutil
 from pathlib import Path
 
+from build_engines.text_to_image.embedded import SEED, byte_vocabulary
+
 logger = logging.getLogger(__name__)
 
-SEED = 20261121
 MODELS = ("tiny", "bench", "tiny-xl")
 # Embedded models whose weights are committed: variant -> diffusers folder.
 TRAINED = {"tiny": Path(__file__).resolve().parent / "default"}
-
-
-def _byte_vocabulary() -> dict[str, int]:
-    """CLIP's byte-level alphabet with and without the end-of-word marker, plus the special tokens."""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    alphabet = sorted(ByteLevel.alphabet())
-    tokens = alphabet + [f"{c}</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
-    return {token: index for index, token in enumerate(tokens)}
 
 
 def _write_tokenizer(path: Path) -> int:
     """Write a byte-level CLIP tokenizer (no merges) and return its vocabulary size."""
     from transformers import CLIPTokenizer
 
-    vocab = _byte_vocabulary()
+    vocab = byte_vocabulary()
     CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77).save_pretrained(path)
     return len(vocab)
 

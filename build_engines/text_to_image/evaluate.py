@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from build_engines.text_to_image.icons import COLOURS, ICON_BOX, ICONS, IMAGE_SIZE, Pairing, held_out, render
+from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
 
@@ -151,15 +152,16 @@ class GenerateSettings:
     scheduler: str = "ddim"
 
 
-def generate_images(engine_dir: Path, pairings: list[Pairing], settings: GenerateSettings) -> dict:
+def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: GenerateSettings) -> dict:
     """``{(pairing, seed): uint8 HWC image}`` through the serving loop on in-process ONNX Runtime engines.
 
     All generations run at once, their engine calls merged per step as a replica merges them.
     """
-    from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.generation import Generation
+    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
     from serve.triton.coalesce import CoalescingRunner
 
-    pipeline = TextToImagePipeline(engine_dir, CoalescingRunner(OnnxRuntimeRunner(engine_dir)))
+    pipeline = TextToImagePipeline(engines, CoalescingRunner(OnnxRuntimeRunner(engines)))
     size = pipeline.dims.native_size
     jobs = [
         (
@@ -187,9 +189,9 @@ def evaluate(model_dir: Path, out_dir: Path, settings: GenerateSettings | None =
     settings = settings or GenerateSettings()
     pairings = held_out()
     with tempfile.TemporaryDirectory() as repository:
-        engine_dir = build(model_dir, repository=Path(repository))
+        engines = build(model_dir, repository=Path(repository))
     logger.info("generating %d held-out pairings x %d seeds", len(pairings), settings.seeds)
-    images = generate_images(engine_dir, pairings, settings)
+    images = generate_images(engines, pairings, settings)
     classifier, classifier_accuracy = train_classifier()
     keys = list(images)
     stacked = np.stack([images[k] for k in keys])

@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 import torch
 
-from serve.adapters.engines import AdapterBuild, adapter_modules
+from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from serve.text_to_image.families import Family, PipelineDims
+from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
 
@@ -262,7 +263,7 @@ def export_all(
         module = source.load(engine_dtype).to(engine_dtype)
         if engine_dtype != torch.float32:
             module = CastIO(module, engine_dtype)
-        onnx_path = engine_dir / name / "model.onnx"
+        onnx_path = EngineFiles(engine_dir / name).onnx
         logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
         export_engine(module, spec, family.dims, onnx_path)
         if engine_dtype == torch.float32:

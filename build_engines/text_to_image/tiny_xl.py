@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.text_to_image.default_model import SEED, _byte_vocabulary
+from build_engines.text_to_image.embedded import SEED, byte_vocabulary
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ TIME_EMBED_DIM = 8
 def _tokenizer(pad_token: str):
     from transformers import CLIPTokenizer
 
-    return CLIPTokenizer(vocab=_byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
+    return CLIPTokenizer(vocab=byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
 
 
 def _text_config(hidden: int, vocab_size: int, projection_dim: int):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from build_engines.repository import install_model
 from build_engines.vectorize.runtime import TRAINED_DIR
+from serve.triton.engine_files import ONNX
 from serve.triton.spec import Backend
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 from serve.vectorize.tiers import TIER1_FILE
@@ -36,7 +37,7 @@ def install_vectorize(
         )
         return False
     for spec, path in engines:
-        install_model(spec, repository, {"model.onnx": path}, backend)
+        install_model(spec, repository, {ONNX: path}, backend)
     install_model(FEATURES, repository, {TIER1_FILE: table}, backend=backend)
     install_model(ENSEMBLE, repository, backend=backend)
     return True

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
 from serve import metrics
 from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
-from serve.adapters.registry import LORAS_LINK, engine_banks
+from serve.adapters.registry import engine_banks
 from serve.triton.onnx_backend import OnnxRuntimeModel
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,6 @@ class LoraOnnxModel(OnnxRuntimeModel):
         """Load the session, the slot table and the registry's bound on resident adapters."""
         super().initialize(args)
         config = json.loads(args["model_config"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
         self.model = config["name"]
         try:
             self.metrics: _Metrics | None = _Metrics(self.model, args.get("model_instance_name", self.model))
@@ -77,7 +75,7 @@ class LoraOnnxModel(OnnxRuntimeModel):
             logger.warning("%s: adapter metrics unavailable: %s", self.model, error)
             self.metrics = None
         on_event = self.metrics.event if self.metrics else None
-        self.banks = engine_banks(version_dir, self.model, version_dir / LORAS_LINK, on_event)
+        self.banks = engine_banks(self.files.lora_slots, self.model, self.files.loras, on_event)
         logger.info(
             "%s: LoRA-ready, %d slots, up to %d adapters held", self.model, len(self.banks.slots), self.banks.resident
         )

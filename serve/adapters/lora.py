@@ -22,14 +22,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
 
-SLOTS_FILE = "lora_slots.json"
 ADAPTERS_INPUT = "adapters"
 """The per-row Triton input of a LoRA-ready engine: JSON ``[[name, weight], ...]`` ("" or "[]": none)."""
 SCALE_INPUT = "lora_scale"
@@ -56,22 +55,14 @@ class Slot:
         return (self.out_features, rank, 1, 1) if self.kind == "conv" else (self.out_features, rank)
 
 
-def save_slots(slots: list[Slot], path: Path) -> None:
-    """Write the slot table beside an engine (the python-backend model and the adapter preparation read it)."""
-    path.write_text(json.dumps([asdict(slot) for slot in slots]))
-
-
 def load_slots(path: Path) -> list[Slot]:
-    """Read a slot table written by :func:`save_slots`."""
+    """Read a slot table (``lora_slots.json``, written by ``easel build`` beside a LoRA-ready engine)."""
     return [Slot(**{**raw, "kernel": tuple(raw["kernel"])}) for raw in json.loads(path.read_text())]
 
 
 def bank_names(index: int) -> tuple[str, str, str]:
     """Graph input names of slot ``index``'s bank."""
     return f"lora_down_{index}", f"lora_up_{index}", f"lora_column_{index}"
-
-
-# -- the graph (export time) -----------------------------------------------------------------------------------------
 
 
 def parse_row(text: str) -> tuple[tuple[str, float], ...]:

@@ -7,23 +7,18 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from serve.adapters.engines import AdapterSupport
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IP_SCALE, IpScales, image_processor
+from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpScales, image_processor
 from serve.adapters.lora import ADAPTERS_INPUT, row_text
-from serve.adapters.registry import READY, LoraRegistry
+from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
+from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
-from serve.text_to_image.spec import IMAGE_ENCODER
-from serve.triton.spec import ModelSpec
-
-UNET_CONFIG = "unet_config.json"
-"""Saved beside IP-Adapter engines: InstantStyle's mappings are expanded over the UNet's blocks."""
+from serve.triton.spec import EngineRunner, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -37,7 +32,7 @@ class StackAdapters:
         """The registry as written at start-up (re-read when the file changes)."""
         if self.loras_dir is None:
             return LoraRegistry({})
-        path = Path(self.loras_dir) / "registry.json"
+        path = Path(self.loras_dir) / REGISTRY_FILE
         stamp = path.stat().st_mtime_ns if path.exists() else 0
         cached = _REGISTRIES.get(self.loras_dir)
         if cached is None or cached[0] != stamp:
@@ -79,7 +74,7 @@ _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
 class _WithLoras:
     """An engine runner that adds the job's ``adapters`` row to every call of an engine that takes it."""
 
-    def __init__(self, runner, text: str) -> None:
+    def __init__(self, runner: EngineRunner, text: str) -> None:
         self.runner, self.text = runner, text
 
     async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0) -> dict:
@@ -92,11 +87,18 @@ class _WithLoras:
 class GenerationAdapters:
     """A pipeline's adapter inputs: a job's LoRA rows for the LoRA-ready engines, its IP-Adapter rows for the UNet."""
 
-    def __init__(self, engine_dir: Path, support: AdapterSupport, specs: Mapping[str, ModelSpec]) -> None:
+    def __init__(
+        self,
+        support: AdapterSupport,
+        specs: Mapping[str, ModelSpec],
+        unet_config: dict | None = None,
+        feature_extractor: Path | None = None,
+    ) -> None:
+        """``unet_config`` and ``feature_extractor`` (folder): what an IP-Adapter's scales and references need."""
         self.support, self.specs = support, specs
         ip = support.ip_adapter
-        self.ip_scales = IpScales(json.loads((engine_dir / UNET_CONFIG).read_text()), ip.layers) if ip else None
-        self.processor = image_processor(engine_dir, ip.image_size) if ip else None
+        self.ip_scales = IpScales(unet_config, ip.layers) if ip else None
+        self.processor = image_processor(feature_extractor, ip.image_size) if ip else None
         self._negative: np.ndarray | None = None
 
     def runner(self, engines, job):

@@ -27,7 +27,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from build_engines.text_to_image.adapters import AdapterBuild
+from build_engines.text_to_image.build import build
+from build_engines.text_to_image.export import export_engine
+from build_engines.text_to_image.lora_layers import prepare
+from build_engines.text_to_image.loras import build_registry, save_registry
+from serve.adapters.registry import LoraRegistry, engine_banks
 from serve.benchmarks import loop
+from serve.paths import run_dir
+from serve.stack import scratch_stack
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families.base import UnetModule
+from serve.triton.engine_files import EngineFiles
+from serve.triton.onnx_backend import ShardedSession, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +72,8 @@ def make_loras(model_dir: Path, folder: Path, settings: AdapterBenchSettings) ->
     return names
 
 
-def _unet_feeds(engine_dir: Path, batch: int, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    from serve.text_to_image.families import family_of_engines
-
-    spec = family_of_engines(engine_dir).specs["unet"]
+def _unet_feeds(engines: EngineFolder, batch: int, latent: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    spec = engines.specs["unet"]
     feeds = {}
     for tensor in spec.graph_inputs:
         shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
@@ -73,23 +83,21 @@ def _unet_feeds(engine_dir: Path, batch: int, latent: int, rng: np.random.Genera
 
 
 def engine_costs(
-    plain_dir: Path, lora_dir: Path, loras_dir: Path, names: list[str], settings, rounds: int = 5
+    plain: EngineFolder, lora_ready: EngineFolder, loras_dir: Path, names: list[str], settings, rounds: int = 5
 ) -> dict[str, float]:
     """UNet ms/row in-process: plain, LoRA-ready without/with adapters, and the plain batch run per adapter.
 
     Every setting runs the same ``settings.batch`` rows; the settings take turns (``rounds`` rounds after a warm-up
     one), so a drifting machine slows them alike, and each reports its median.
     """
-    from serve.adapters.registry import engine_banks
-    from serve.text_to_image.families import family_of_engines
-    from serve.triton.onnx_backend import ShardedSession
-
-    latent = settings.size // family_of_engines(plain_dir).dims.vae_scale_factor
-    plain = ShardedSession(plain_dir / "unet" / "model.onnx", 1)
-    ready = ShardedSession(lora_dir / "unet" / "model.onnx", 1)
-    banks = engine_banks(lora_dir / "unet", "unet", loras_dir)
+    latent = settings.size // plain.family.dims.vae_scale_factor
+    unet = plain.engine("unet")
+    plain_unet = ShardedSession(unet.onnx, 1)
+    ready_unet = lora_ready.engine("unet")
+    ready = ShardedSession(ready_unet.onnx, 1)
+    banks = engine_banks(ready_unet.lora_slots, "unet", loras_dir)
     batch = settings.batch
-    feeds = _unet_feeds(plain_dir, batch, latent, np.random.default_rng(0))
+    feeds = _unet_feeds(plain, batch, latent, np.random.default_rng(0))
 
     def with_adapters(rows):
         scale, bank = banks.feeds(rows)
@@ -97,10 +105,10 @@ def engine_costs(
 
     def split(groups: int):
         parts = [{k: v[g::groups] for k, v in feeds.items()} for g in range(groups)]
-        return lambda: [plain.run(part) for part in parts]
+        return lambda: [plain_unet.run(part) for part in parts]
 
     settings_run = {
-        "plain": lambda: plain.run(feeds),
+        "plain": lambda: plain_unet.run(feeds),
         "lora-ready, no adapter": with_adapters([()] * batch),
         "lora-ready, one adapter": with_adapters([((names[0], 1.0),)] * batch),
         "lora-ready, each row its own adapter": with_adapters([((names[i % len(names)], 1.0),) for i in range(batch)]),
@@ -117,17 +125,12 @@ def engine_costs(
     return {label: statistics.median(values) for label, values in times.items()}
 
 
-def fused_ready_s(model_dir: Path, lora: Path, plain_dir: Path) -> float:
+def fused_ready_s(model_dir: Path, lora: Path, plain: EngineFolder) -> float:
     """Seconds to make an adapter ready the fused way: fuse into the UNet, export ONNX, open a session."""
     import torch
     from diffusers import DiffusionPipeline
 
-    from build_engines.text_to_image.export import export_engine
-    from serve.text_to_image.families import family_of_engines
-    from serve.text_to_image.families.base import UnetModule
-    from serve.triton.onnx_backend import make_session
-
-    family = family_of_engines(plain_dir)
+    family = plain.family
     spec = family.specs["unet"]
     pipeline = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
     started = time.perf_counter()
@@ -135,7 +138,7 @@ def fused_ready_s(model_dir: Path, lora: Path, plain_dir: Path) -> float:
     pipeline.fuse_lora()
     pipeline.unload_lora_weights()
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "model.onnx"
+        path = EngineFiles(Path(folder)).onnx
         added = tuple(t.name for t in spec.inputs[3:])  # SDXL's text_embeds and time_ids
         export_engine(UnetModule(pipeline.unet, added), spec, family.dims, path)
         make_session(path)
@@ -195,60 +198,48 @@ def served(api_url: str, triton_http_url: str, names: list[str], settings: Adapt
 
 def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSettings, out: Path, stack: bool) -> str:
     """The adapter benchmark on ``model_dir``; with ``stack``, its served part too. Writes JSON, returns the report."""
-    from build_engines.text_to_image.build import build
-    from serve.adapters.engines import AdapterBuild
-    from serve.adapters.registry import LoraRegistry, build_registry
-    from serve.paths import run_dir
-    from serve.stack import scratch_stack
-    from serve.text_to_image.families import family_of_folder
-
     folder = run_dir() / "bench"
     loras_dir = folder / f"loras-{label}"
     names = make_loras(model_dir, loras_dir, settings)
-    plain_dir = build(model_dir, folder / "plain_repository")
+    plain = build(model_dir, folder / "plain_repository")
     report: dict = {"settings": asdict(settings), "model": label}
     rows = []
     if stack:
         with scratch_stack(model_dir, loras_dir=loras_dir, lora_resident=settings.resident) as running:
-            lora_dir, registry_dir = Path(running.info.engine_dir), running.options.run_dir / "loras"
+            lora_ready, registry_dir = EngineFolder(running.info.engine_dir), running.options.run_dir / "loras"
             with running.paused():
-                costs = engine_costs(plain_dir, lora_dir, registry_dir, names, settings)
+                costs = engine_costs(plain, lora_ready, registry_dir, names, settings)
             result = served(running.info.api_url, running.info.triton_http_url, names, settings)
             report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
         rows = result.pop("rows")
         report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}
         report["unet_rows_per_execution"] = result["unet_rows_per_execution"]
     else:
-        lora_dir = build(model_dir, folder / "model_repository", adapters=AdapterBuild(lora=True))
+        lora_ready = build(model_dir, folder / "model_repository", adapters=AdapterBuild(lora=True))
         registry_dir = folder / f"registry-{label}"
-        family = family_of_folder(model_dir)
-        build_registry(loras_dir, lora_dir, model_dir, family.pipeline_class, len(names)).save(registry_dir)
-        costs = engine_costs(plain_dir, lora_dir, registry_dir, names, settings)
+        save_registry(build_registry(loras_dir, lora_ready, model_dir, len(names)), registry_dir)
+        costs = engine_costs(plain, lora_ready, registry_dir, names, settings)
     entries = LoraRegistry.load(registry_dir).entries
     report["adapter_bytes"] = {name: entries[name].bytes for name in names}
     report["unet_ms_per_row"] = costs
     report.setdefault("ready_s", {})
-    report["ready_s"]["prepare (once per file)"] = _prepare_seconds(loras_dir, lora_dir, model_dir)
+    report["ready_s"]["prepare (once per file)"] = _prepare_seconds(loras_dir, lora_ready, model_dir)
     report["ready_s"]["fused: fuse + export + session"] = fused_ready_s(
-        model_dir, loras_dir / f"{names[0]}.safetensors", plain_dir
+        model_dir, loras_dir / f"{names[0]}.safetensors", plain
     )
     loop.write_json(out, rows, **report)
     table = [loop.format_table(rows, "img")] if rows else []
     return "\n".join([*table, *_lines(report), f"written to {out}"])
 
 
-def _prepare_seconds(loras_dir: Path, engine_dir: Path, model_dir: Path) -> float:
+def _prepare_seconds(loras_dir: Path, engines: EngineFolder, model_dir: Path) -> float:
     """Seconds to read one LoRA file as diffusers does, for these engines (no cache; the median of 3)."""
-    from serve.adapters.lora import LORA_ENGINES, SLOTS_FILE, load_slots
-    from serve.adapters.lora_layers import prepare
-    from serve.text_to_image.families import family_of_engines
-
-    slots = {e: load_slots(engine_dir / e / SLOTS_FILE) for e in LORA_ENGINES if (engine_dir / e / SLOTS_FILE).exists()}
+    slots = engines.lora_slots()
     path = next(iter(sorted(loras_dir.glob("*.safetensors"))))
     times = []
     for _ in range(3):  # the first pays for imports
         started = time.perf_counter()
-        prepare(path, model_dir, family_of_engines(engine_dir).pipeline_class, slots)
+        prepare(path, model_dir, engines.family.pipeline_class, slots)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

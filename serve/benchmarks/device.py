@@ -1,7 +1,7 @@
 """``easel bench generate --device cuda``: diffusers and Easel's loop side by side on one device, no Triton.
 
 Rows, each at every concurrency: diffusers' pipeline (fp16 on a GPU; one request at a time, as it serves), Easel's
-loop on the same weights as PyTorch modules (:class:`~serve.text_to_image.pipeline.TorchRunner`) with each step
+loop on the same weights as PyTorch modules (:class:`~serve.benchmarks.torch_runner.TorchRunner`) with each step
 called on its own, and the same loop with the steps of concurrent requests merged into one UNet call
 (``CoalescingRunner``, what the served stack does before Triton). Latency p50/p95, images/s and the device's peak
 memory per row. On ``--device cpu`` it runs fp32 (a smoke run; the GPU is the point).
@@ -16,16 +16,20 @@ from pathlib import Path
 from serve.benchmarks import loop
 from serve.benchmarks.generate import PROMPTS, GenerateSettings, _generation
 from serve.benchmarks.loop import BenchRow
+from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
 
 
-def bench_on_device(model_dir: Path, engine_dir: Path, settings: GenerateSettings, device: str) -> tuple[list, dict]:
+def bench_on_device(
+    model_dir: Path, engines: EngineFolder, settings: GenerateSettings, device: str
+) -> tuple[list, dict]:
     """Every row on ``device``; returns the rows and each row's peak device memory (bytes, CUDA only)."""
     import torch
 
+    from serve.benchmarks.torch_runner import TorchRunner
     from serve.text_to_image.families import family_of_folder
-    from serve.text_to_image.pipeline import TextToImagePipeline, TorchRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
     from serve.triton.coalesce import CoalescingRunner
 
     cuda = torch.device(device).type == "cuda"
@@ -66,9 +70,9 @@ def bench_on_device(model_dir: Path, engine_dir: Path, settings: GenerateSetting
     loaded.clear()  # its weights leave the device before the loop's copy arrives
     if cuda:
         torch.cuda.empty_cache()
-    runner = TorchRunner(model_dir, engine_dir, device, dtype)
-    for method, engines in (("easel loop", runner), ("easel loop merged", CoalescingRunner(runner))):
-        pipeline = TextToImagePipeline(engine_dir, engines)
+    runner = TorchRunner(model_dir, engines, device, dtype)
+    for method, runs in (("easel loop", runner), ("easel loop merged", CoalescingRunner(runner))):
+        pipeline = TextToImagePipeline(engines, runs)
 
         async def easel_call(index: int, pipeline=pipeline) -> None:
             await pipeline.generate(_generation(settings, index))
@@ -85,8 +89,8 @@ def run_device_benchmark(model_dir: Path, settings: GenerateSettings, device: st
     from build_engines.text_to_image.build import build
     from serve.paths import run_dir
 
-    engine_dir = build(model_dir, run_dir() / "bench" / "model_repository")
-    rows, peak = bench_on_device(model_dir, engine_dir, settings, device)
+    engines = build(model_dir, run_dir() / "bench" / "model_repository")
+    rows, peak = bench_on_device(model_dir, engines, settings, device)
     name = torch.cuda.get_device_name(device) if torch.device(device).type == "cuda" else "cpu"
     loop.write_json(out, rows, settings=settings.__dict__, model=str(model_dir), device=name, peak_memory_bytes=peak)
     lines = [loop.format_table(rows, "img"), f"device: {name}"]

@@ -25,6 +25,7 @@ import numpy as np
 
 from serve.benchmarks import loop
 from serve.benchmarks.loop import BenchRow
+from serve.text_to_image.engine_folder import EngineFolder
 
 # A context manager factory under which in-process timings run (``Stack.paused`` stops the stack).
 PauseStack = Callable[[], AbstractContextManager]
@@ -95,7 +96,7 @@ def _request_body(settings: GenerateSettings, index: int) -> dict:
 
 
 def bench_single_request(
-    engine_dir: Path, api_url: str, settings: GenerateSettings, pause: PauseStack = nullcontext
+    engines: EngineFolder, api_url: str, settings: GenerateSettings, pause: PauseStack = nullcontext
 ) -> list[BenchRow]:
     """(b) and (c) at concurrency 1, taking turns request by request so that both see the same machine.
 
@@ -104,7 +105,7 @@ def bench_single_request(
     """
     from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 
-    pipeline = TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
+    pipeline = TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
     async def run() -> list[BenchRow]:
         async with httpx.AsyncClient(base_url=api_url, timeout=600) as client:
@@ -184,19 +185,17 @@ class Floor:
     @classmethod
     def sweep(
         cls,
-        engine_dir: Path,
+        engines: EngineFolder,
         settings: GenerateSettings,
         batch_sizes=(2, 4, 8, 16, 32),
         pause: PauseStack = nullcontext,
         engine_s: float = 1.5,
         max_candidates: int = 4,
     ) -> Floor:
-        """Sweep the engines in ``engine_dir`` at ``settings``' size and keep each one's candidates."""
-        from serve.text_to_image.families import family_of_engines
+        """Sweep ``engines`` at ``settings``' size and keep each one's candidates."""
         from serve.text_to_image.spec import TEXT_ENCODER, UNET, VAE_DECODER
 
-        family = family_of_engines(engine_dir)
-        dims, specs = family.dims, family.specs
+        dims, specs = engines.family.dims, engines.specs
         latent = settings.size // dims.vae_scale_factor
         rng = np.random.default_rng(0)
 
@@ -210,7 +209,7 @@ class Floor:
 
         sweep_ms_per_row, candidates = {}, {}
         for name in (TEXT_ENCODER, UNET, VAE_DECODER):
-            layouts = _layouts(engine_dir / name / "model.onnx")
+            layouts = _layouts(engines.engine(name).onnx)
             tried = [(layout, b) for layout in layouts for b in batch_sizes if b <= specs[name].max_batch_size]
             feeds = {setting: feeds_for(name, setting[1]) for setting in tried}
             per_row = defaultdict(list)
@@ -342,13 +341,13 @@ def run_benchmark(embedded: str, settings: GenerateSettings, out: Path) -> str:
     from serve.stack import scratch_stack
 
     model_dir = default_model_dir(embedded)
-    engine_dir = build(model_dir, run_dir() / "bench" / "model_repository")
+    engines = build(model_dir, run_dir() / "bench" / "model_repository")
     rows = [bench_diffusers(model_dir, settings)]
     with scratch_stack(model_dir) as stack:
-        floor = Floor.sweep(engine_dir, settings, pause=stack.paused)
+        floor = Floor.sweep(engines, settings, pause=stack.paused)
         ratios = []
         if 1 in settings.concurrency:
-            rows += bench_single_request(engine_dir, stack.info.api_url, settings, pause=stack.paused)
+            rows += bench_single_request(engines, stack.info.api_url, settings, pause=stack.paused)
         for loaded in (c for c in settings.concurrency if c > 1):
             row, ratio = bench_against_floor(stack.info.api_url, settings, loaded, floor)  # times the floor too
             rows.append(row)

@@ -1,8 +1,7 @@
 """Admission control for text-to-image: what a request needs and costs, decided before it runs.
 
-- **Memory**: the engines run within a memory budget (``easel up --memory-budget``). What the engines' weights leave
-  of it is split into activation budgets: each fixed-size engine (the text encoders) gets what its largest batch
-  needs, the spatial engines (UNet, VAE decoder) share the rest equally. Triton's python backend splits batches to
+- **Memory**: the engines run within a memory budget (``easel up --memory-budget``), split into per-engine activation
+  budgets (:func:`serve.triton.memory.engine_budgets`). Triton's python backend splits batches to
   fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
   budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
   decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
@@ -21,41 +20,20 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
-
-import psutil
 
 from serve.errors import InvalidInput
 from serve.priority import Priority
+from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
-from serve.triton.memory import MEMORY_FILE, MemoryModel
-from serve.triton.spec import ModelSpec
+from serve.triton.memory import MemoryModel
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_COST = 64.0
 """Largest ``n x steps x megapixels`` served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
-MIN_FIXED_BUDGET = 64 << 20
-"""A fixed-size engine's budget is at least this (its rows may measure too small to see)."""
 CALL_SECONDS = 2.0
 """Engine time (one core) a single engine call of a large request aims to stay under (see ``rows_per_call``)."""
-DEFAULT_BUDGET_SHARE = 0.4
-"""Default activation share: the engines may use this share of the memory their weights leave of the machine's."""
-
-
-class MemoryBudgetTooSmall(ValueError):
-    """A memory budget that does not hold the engines' weights and fixed activations."""
-
-
-def default_memory_budget(weights_bytes: int = 0) -> int:
-    """The default memory budget: the engines' weights plus :data:`DEFAULT_BUDGET_SHARE` of what they leave.
-
-    So a small model gets 40 % of the machine, and SDXL (13.7 GB of weights on a 24 GB machine) still has room for
-    activations rather than a budget below its weights.
-    """
-    total = psutil.virtual_memory().total
-    return int(weights_bytes + DEFAULT_BUDGET_SHARE * max(0, total - weights_bytes))
 
 
 def request_cost(n: int, steps: int, width: int, height: int) -> float:
@@ -70,37 +48,6 @@ class Limits:
     memory_budget_bytes: int
     max_cost: float = DEFAULT_MAX_COST
     max_inflight_cost: float = 2 * DEFAULT_MAX_COST
-
-
-def memory_models(engine_dir: Path, specs: dict[str, ModelSpec]) -> dict[str, MemoryModel]:
-    """The measured memory model of each engine that has one (written by ``easel build``)."""
-    return {
-        name: MemoryModel.load(engine_dir / name / MEMORY_FILE)
-        for name in specs
-        if (engine_dir / name / MEMORY_FILE).exists()
-    }
-
-
-def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:
-    """Each engine instance's activation budget within ``total_bytes`` (see the module docstring).
-
-    An engine with several instances (a small UNet) holds its weights once per instance and splits its share.
-    """
-    free = total_bytes - sum(m.weights_bytes * specs[name].instance_count for name, m in models.items())
-    fixed = {
-        name: max(MIN_FIXED_BUDGET, model.per_row(1) * max(1, specs[name].max_batch_size))
-        for name, model in models.items()
-        if model.coefficients[1] == 0 and model.coefficients[2] == 0
-    }
-    spatial = [name for name in models if name not in fixed]
-    share = (free - sum(fixed.values())) // max(1, len(spatial))
-    if share <= 0:
-        need = total_bytes - free + sum(fixed.values())
-        raise MemoryBudgetTooSmall(
-            f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and fixed "
-            f"activations ({need / 2**30:.2f} GiB)"
-        )
-    return {**fixed, **{name: share // specs[name].instance_count for name in spatial}}
 
 
 @dataclass(frozen=True)
@@ -126,6 +73,11 @@ class Admission:
         self._waiting: set[tuple[int, int]] = set()  # (priority rank, arrival)
         self._arrivals = itertools.count()
         self._turn = asyncio.Condition()
+
+    @classmethod
+    def for_engines(cls, engines: EngineFolder, limits: Limits) -> Admission:
+        """Admission for ``engines`` under ``limits``: their measured memory, budget split and VAE tiling."""
+        return cls(engines.memory_models, engines.budgets(limits.memory_budget_bytes), limits, engines.tiling)
 
     def check(self, n: int, steps: int, width: int, height: int) -> Admitted:
         """Raise :class:`InvalidInput` if the request cannot be served; say how it will be."""

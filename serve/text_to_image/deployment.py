@@ -8,7 +8,6 @@ import io
 import logging
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,10 +17,10 @@ from ray import serve
 from serve import metrics
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, NotReady
-from serve.jobs.runner import JobCanceled, JobLease
-from serve.jobs.store import open_job_store
-from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
-from serve.text_to_image.pipeline import Generation, StepCallback, TextToImagePipeline
+from serve.text_to_image.admission import Admission, Limits
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.generation import Generation, StepCallback
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.client import TritonClient
@@ -35,6 +34,15 @@ MAX_REFERENCE_PIXELS = 4096 * 4096
 logger = logging.getLogger(__name__)
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done (a stream's event): with a preview PNG (base64) every few steps when asked."""
+
+    step: int
+    total: int
+    preview: str | None = None
 
 
 @dataclass(frozen=True)
@@ -94,46 +102,38 @@ class TextToImage:
     """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
     def __init__(
-        self,
-        engine_dir: str,
-        triton_grpc_url: str,
-        limits: Limits,
-        store_url: str | None = None,
-        adapters: StackAdapters | None = None,
+        self, engine_dir: str, triton_grpc_url: str, limits: Limits, adapters: StackAdapters | None = None
     ) -> None:
         torch.set_num_threads(1)
+        engines = EngineFolder(engine_dir)
         self.adapters = adapters or StackAdapters()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
-        self.pipeline = TextToImagePipeline(Path(engine_dir), CoalescingRunner(self.triton))
-        models = memory_models(Path(engine_dir), self.pipeline.specs)
-        budgets = engine_budgets(models, self.pipeline.specs, limits.memory_budget_bytes)
-        self.admission = Admission(models, budgets, limits, self.pipeline.tiling)
-        self.store = open_job_store(store_url) if store_url else None
+        self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton))
+        self.admission = Admission.for_engines(engines, limits)
         self.preview = LatentPreview(
             self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
         )
 
-    async def generate(
-        self, request: GenerationRequest, sent_at: float | None = None, lease: JobLease | None = None
-    ) -> EncodedImages:
+    async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
         Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
         turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
-        hand to the Vectorizer. With a job's ``lease``, each step is reported to the job store (with a preview every
-        few steps), and a cancel asked meanwhile stops the loop at the next step (:class:`JobCanceled`).
+        hand to the Vectorizer.
         """
-        return await self._generate(request, sent_at, None if lease is None else self._reporter(lease))
+        return await self._generate(request, sent_at, None)
 
-    async def generate_stream(self, request: GenerationRequest, sent_at: float | None = None):
-        """:meth:`generate` as a stream (``handle.options(stream=True)``): ``(step, total)`` per step, then the images.
+    async def generate_stream(self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False):
+        """:meth:`generate` streamed (``handle.options(stream=True)``): a :class:`Progress` per step, then the images.
 
-        A caller that stops reading (its client went away) cancels the generation.
+        ``previews``: every few steps (and the last) carries a preview of the first image. A caller that stops
+        reading (its client went away, its job was canceled) cancels the generation at the step it is in.
         """
-        steps: asyncio.Queue[tuple[int, int] | None] = asyncio.Queue()
+        steps: asyncio.Queue[Progress | None] = asyncio.Queue()
 
-        async def report(step: int, total: int, _: np.ndarray) -> None:
-            steps.put_nowait((step, total))
+        async def report(step: int, total: int, latents: np.ndarray) -> None:
+            preview = await self.preview.png(latents) if previews and wants_preview(step, total) else None
+            steps.put_nowait(Progress(step, total, preview))
 
         generation = asyncio.create_task(self._generate(request, sent_at, report))
         generation.add_done_callback(lambda _: steps.put_nowait(None))
@@ -171,19 +171,6 @@ class TextToImage:
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
-
-    def _reporter(self, lease: JobLease) -> StepCallback:
-        """The step callback of a job: progress (and previews) into the store; stop when a cancel was asked."""
-        if self.store is None:
-            raise NotReady("this replica has no job store", retry_after_s=2)
-
-        async def report(step: int, total: int, latents: np.ndarray) -> None:
-            preview = await self.preview.png(latents) if wants_preview(step, total) else None
-            args = (lease.job_id, lease.worker, lease.lease_s, step, total, preview)
-            if await asyncio.to_thread(self.store.progress, *args):
-                raise JobCanceled(lease.job_id)
-
-        return report
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of each Triton model this deployment needs."""

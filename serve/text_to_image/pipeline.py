@@ -2,9 +2,9 @@
 
 One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
 conditioning, and the loop sends it with each step's latents. The engines are reached through an
-:class:`EngineRunner`: Triton in the served stack, ONNX Runtime in-process for benchmarks and unit tests, PyTorch
-(fp16 on a CUDA GPU) to measure the loop on a GPU without Triton. Each
-generation owns its scheduler, so concurrent requests never share state.
+:class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
+(:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
+(:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
 """
 
 from __future__ import annotations
@@ -12,23 +12,24 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
+from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
-from serve.text_to_image.families import family_of_engines
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.spec import UNET, VAE_DECODER
-from serve.text_to_image.tiling import VaeTiling
+from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
-from serve.triton.spec import ModelSpec
+from serve.triton.spec import EngineRunner, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -39,36 +40,24 @@ SCHEDULERS = {
 }
 
 
-class EngineRunner(Protocol):
-    """Runs one engine on named numpy inputs (batch axis first)."""
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        """Return the engine's outputs by name (``priority``: Triton's level, 1 first; 0 the default)."""
-
-
 class OnnxRuntimeRunner:
     """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests.
 
     LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
     """
 
-    def __init__(self, engine_dir: Path, shards: int = 0, loras_dir: Path | None = None) -> None:
-        from serve.adapters.lora import SLOTS_FILE
-        from serve.adapters.registry import engine_banks
-
-        names = family_of_engines(engine_dir).specs
-        self.sessions = {name: ShardedSession(engine_dir / name / "model.onnx", shards) for name in names}
-        ready = [name for name in names if (engine_dir / name / SLOTS_FILE).exists()]
-        self.banks = {name: engine_banks(engine_dir / name, name, loras_dir or engine_dir / "loras") for name in ready}
+    def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
+        engines = {name: folder.engine(name) for name in folder.specs}
+        self.sessions = {name: ShardedSession(files.onnx, shards) for name, files in engines.items()}
+        registry = loras_dir or folder.path / LORAS_LINK
+        self.banks = {
+            name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready
+        }
 
     async def infer(
         self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
-        from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
-
         session = self.sessions[spec.name]
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
         shared = {}
@@ -77,66 +66,6 @@ class OnnxRuntimeRunner:
             feeds[SCALE_INPUT], shared = self.banks[spec.name].feeds(rows)
         outputs = await asyncio.to_thread(session.run, feeds, shared)
         return dict(zip(session.output_names, outputs, strict=True))
-
-
-class TorchRunner:
-    """In-process engines on PyTorch: the diffusers modules the engines are exported from, fp16 on a CUDA GPU.
-
-    The same loop, schedulers and step merging (wrap it in a ``CoalescingRunner``) as the served stack, without
-    Triton: for measuring on a GPU. On CPU it runs fp32 (the unit tests' parity check against ONNX Runtime).
-    Calls run one at a time, in a thread, in the order they come.
-    """
-
-    def __init__(self, model_dir: Path, engine_dir: Path, device: str = "cuda", dtype: torch.dtype = torch.float16):
-        from build_engines.text_to_image.export import CastIO
-
-        self.device = torch.device(device)
-        dtype = dtype if self.device.type == "cuda" else torch.float32
-        self.modules: dict[str, torch.nn.Module] = {}
-        for name, source in family_of_engines(engine_dir).export_modules(model_dir).items():
-            engine_dtype = torch.float32 if source.keep_fp32 else dtype
-            module = source.load(engine_dtype).to(device=self.device, dtype=engine_dtype).eval()
-            self.modules[name] = CastIO(module, engine_dtype) if engine_dtype != torch.float32 else module
-        self._lock = asyncio.Lock()
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        """Run ``spec``'s module on the inputs (float32 numpy in and out)."""
-        module = self.modules[spec.name]
-
-        def run() -> dict[str, np.ndarray]:
-            feeds = [torch.from_numpy(np.asarray(inputs[t.name], t.numpy_dtype)).to(self.device) for t in spec.inputs]
-            with torch.inference_mode():
-                outputs = module(*feeds)
-            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-            return {t.name: o.float().cpu().numpy() for t, o in zip(spec.outputs, outputs, strict=True)}
-
-        async with self._lock:
-            return await asyncio.to_thread(run)
-
-
-@dataclass(frozen=True)
-class Generation:
-    """One validated generation job."""
-
-    prompt: str
-    negative_prompt: str
-    n: int
-    width: int
-    height: int
-    steps: int
-    guidance_scale: float
-    seed: int
-    scheduler: str
-    priority: Priority = Priority.NORMAL
-    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
-    ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
-    ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
-
-
-StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]
-"""Called after each denoising step with (step, total, latents); what it raises stops the generation."""
 
 
 class _AtPriority:
@@ -171,29 +100,20 @@ class _Chunked:
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
-@dataclass(frozen=True)
-class GenerationResult:
-    """Images as uint8 HWC arrays, plus what the caller should be told."""
-
-    images: list[np.ndarray]
-    seed: int
-    prompt_tokens_dropped: int
-
-
 class TextToImagePipeline:
     """Family, tokenizers, scheduler config and engine specs of one built model; :meth:`generate` runs a job."""
 
-    def __init__(self, engine_dir: Path, engines: EngineRunner) -> None:
-        from transformers import CLIPTokenizer
-
-        self.family = family_of_engines(engine_dir)
+    def __init__(self, folder: EngineFolder, engines: EngineRunner) -> None:
+        self.family = folder.family
         self.dims = self.family.dims
         self.specs = self.family.specs
-        self.tokenizers = {name: CLIPTokenizer.from_pretrained(engine_dir / name) for name in self.family.tokenizers()}
-        self.scheduler_config = DDIMScheduler.load_config(engine_dir / "scheduler")
-        self.tiling = VaeTiling(self.dims.vae_sample_size, self.dims.vae_scale_factor)
+        self.tokenizers = folder.tokenizers()
+        self.scheduler_config = folder.scheduler_config()
+        self.tiling = folder.tiling
         self.engines = engines
-        self.adapters = GenerationAdapters(engine_dir, self.family.adapters, self.specs)
+        self.adapters = GenerationAdapters(
+            folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor
+        )
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from serve.priority import TRITON_DEFAULT_LEVEL, TRITON_PRIORITY_LEVELS
+from serve.adapters.ip_adapter import IMAGE_ENCODER
+from serve.priority import PRIORITIES
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
-IMAGE_ENCODER = "image_encoder"  # an IP-Adapter's (serve/adapters)
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository.
 ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCODER)
 
@@ -17,7 +17,6 @@ ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCOD
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while
 # a wait would delay every step of a lone request (0.66 ms per step in Triton's queue stats at 500 us).
 # Every text-to-image engine queues requests by the generation's priority (serve/priority.py).
-PRIORITIES = {"priority_levels": TRITON_PRIORITY_LEVELS, "default_priority_level": TRITON_DEFAULT_LEVEL}
 UNET_MAX_BATCH = 32
 UNET_BATCHING = DynamicBatching(max_queue_delay_us=0, preferred_batch_sizes=(8, 16, 32), **PRIORITIES)
 TEXT_ENCODER_MAX_BATCH = 16

@@ -11,14 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serve.triton.spec import ModelSpec
-
-if TYPE_CHECKING:
-    from serve.text_to_image.pipeline import EngineRunner
+from serve.triton.spec import EngineRunner, ModelSpec
 
 
 @dataclass

@@ -19,18 +19,24 @@ import logging
 import math
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
+
+from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-MEMORY_FILE = "memory.json"
 BUDGETS_ENV = "EASEL_ENGINE_MEMORY_BUDGETS"
 """Environment variable carrying each model's activation budget (JSON, bytes by model name) to Triton's stubs."""
 SAFETY = 1.25
 """Measured peaks are scaled by this before any decision (allocator overhead, fragmentation, drift between sizes)."""
+MIN_FIXED_BUDGET = 64 << 20
+"""A fixed-size engine's budget is at least this (its rows may measure too small to see)."""
+DEFAULT_BUDGET_SHARE = 0.4
+"""Default activation share: the engines may use this share of the memory their weights leave of the machine's."""
 
 
 @dataclass(frozen=True)
@@ -62,10 +68,6 @@ class MemoryModel:
         """
         need = self.per_row(positions)
         return budget_bytes // need if need > 0 else sys.maxsize
-
-    def save(self, path: Path) -> None:
-        """Write the model as JSON."""
-        path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def load(cls, path: Path) -> MemoryModel:
@@ -123,3 +125,44 @@ def rss_bytes(peak: bool = False) -> int:
         if line.startswith(key):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"{key} not in /proc/self/status")
+
+
+# -- budgets: the stack's memory budget split between its engines ----------------------------------------------------
+
+
+class MemoryBudgetTooSmall(ValueError):
+    """A memory budget that does not hold the engines' weights and fixed activations."""
+
+
+def default_memory_budget(weights_bytes: int = 0) -> int:
+    """The default memory budget: the engines' weights plus :data:`DEFAULT_BUDGET_SHARE` of what they leave.
+
+    So a small model gets 40 % of the machine, and SDXL (13.7 GB of weights on a 24 GB machine) still has room for
+    activations rather than a budget below its weights.
+    """
+    total = psutil.virtual_memory().total
+    return int(weights_bytes + DEFAULT_BUDGET_SHARE * max(0, total - weights_bytes))
+
+
+def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:
+    """Each engine instance's activation budget within ``total_bytes``.
+
+    What the weights leave is split: each fixed-size engine (the text encoders) gets what its largest batch needs,
+    the spatial engines (UNet, VAE decoder) share the rest equally. An engine with several instances (a small UNet)
+    holds its weights once per instance and splits its share.
+    """
+    free = total_bytes - sum(m.weights_bytes * specs[name].instance_count for name, m in models.items())
+    fixed = {
+        name: max(MIN_FIXED_BUDGET, model.per_row(1) * max(1, specs[name].max_batch_size))
+        for name, model in models.items()
+        if model.coefficients[1] == 0 and model.coefficients[2] == 0
+    }
+    spatial = [name for name in models if name not in fixed]
+    share = (free - sum(fixed.values())) // max(1, len(spatial))
+    if share <= 0:
+        need = total_bytes - free + sum(fixed.values())
+        raise MemoryBudgetTooSmall(
+            f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and fixed "
+            f"activations ({need / 2**30:.2f} GiB)"
+        )
+    return {**fixed, **{name: share // specs[name].instance_count for name in spatial}}

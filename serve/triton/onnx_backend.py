@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.triton.memory import MEMORY_FILE, MemoryModel, budgets_from_env, positions
+from serve.triton.engine_files import EngineFiles
+from serve.triton.memory import MemoryModel, budgets_from_env, positions
 
 logger = logging.getLogger(__name__)
 
@@ -152,15 +153,15 @@ class OnnxRuntimeModel:
     def initialize(self, args: dict) -> None:
         """Load the ONNX Runtime session named by the model repository layout."""
         config = json.loads(args["model_config"])
-        version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.files = EngineFiles(Path(args["model_repository"]) / args["model_version"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         shards = int(params.get("batch_shards", "0")) if config.get("max_batch_size", 0) > 0 else 1
-        self.session = ShardedSession(version_dir / "model.onnx", shards)
-        self.bound = _memory_bound(config, version_dir)
+        self.session = ShardedSession(self.files.onnx, shards)
+        self.bound = _memory_bound(config, self.files)
         self.input_ranks = {i.name: len(i.shape) for i in self.session.session.get_inputs()}
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}
         self.outputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["output"]}
-        logger.info("%s: %s, batches split %d ways", config["name"], version_dir / "model.onnx", self.session.shards)
+        logger.info("%s: %s, batches split %d ways", config["name"], self.files.onnx, self.session.shards)
 
     def execute(self, requests: list) -> list:
         """Merge the batch's requests into one session call per shape group; answer each request."""
@@ -193,15 +194,15 @@ class OnnxRuntimeModel:
         return feed
 
 
-def _memory_bound(config: dict, version_dir: Path) -> MemoryBound | None:
+def _memory_bound(config: dict, files: EngineFiles) -> MemoryBound | None:
     """The bound of a model with a measured memory model and a budget handed to this Triton; None otherwise."""
     budget = budgets_from_env().get(config["name"])
-    if budget is None or not (version_dir / MEMORY_FILE).exists():
+    if budget is None or not files.memory.exists():
         return None
     first = next((t for t in config["input"] if -1 in [int(d) for d in t["dims"]]), None)
     axes = () if first is None else tuple(i + 1 for i, d in enumerate(first["dims"]) if int(d) == -1)
     logger.info("%s: activation budget %.2f GiB", config["name"], budget / 2**30)
-    return MemoryBound(MemoryModel.load(version_dir / MEMORY_FILE), budget, axes)
+    return MemoryBound(MemoryModel.load(files.memory), budget, axes)
 
 
 def _numpy_dtype(triton_type: str) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from google.protobuf import text_format
@@ -24,7 +26,7 @@ _TRITON_DTYPES = {
 class Backend(enum.StrEnum):
     """How an engine is hosted: python-backend ONNX Runtime (bundled CPU Triton), native ONNX Runtime, or TensorRT.
 
-    The last two are for the NGC Triton image; TensorRT plans run on its GPU (:mod:`serve.triton.tensorrt`).
+    The last two are for the NGC Triton image; TensorRT plans run on its GPU (:mod:`build_engines.tensorrt`).
     """
 
     PYTHON_ONNX = "python"
@@ -174,3 +176,12 @@ def read_model_config(path: Path) -> mc.ModelConfig:
 def triton_dtype_name(dtype: str) -> str:
     """The KServe v2 datatype string ("FP32", "INT64", "BYTES", ...) for a numpy dtype name."""
     return mc.DataType.Name(_TRITON_DTYPES[dtype]).removeprefix("TYPE_").replace("STRING", "BYTES")
+
+
+class EngineRunner(Protocol):
+    """Runs one engine on named numpy inputs (batch axis first): Triton, or ONNX Runtime or PyTorch in-process."""
+
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Return the engine's outputs by name (``priority``: Triton's level, 1 first; 0 the default)."""

@@ -7,7 +7,6 @@ import io
 import subprocess
 import sys
 from contextlib import contextmanager
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +14,6 @@ import pytest
 from PIL import Image
 
 from serve.stack import Stack, StackOptions, wait_until_ready
-from serve.text_to_image.families import family_of_engines
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +53,7 @@ def triton_killed(stack: Stack, ready_within_s: float = 60.0):
 
 def engine_names(stack: Stack) -> tuple[str, ...]:
     """The Triton models of the stack's text-to-image pipeline (its family's engines)."""
-    return tuple(family_of_engines(Path(stack.info.engine_dir)).specs)
+    return tuple(stack.engines.specs)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import pytest
 from serve.benchmarks import generate, jobs, loop, vectorize
 from serve.paths import ICONS_DEV
 from serve.stack import wait_until_ready
+from serve.text_to_image.engine_folder import EngineFolder
 
 pytestmark = pytest.mark.integration
 
@@ -16,12 +17,13 @@ VAL = ICONS_DEV / "val"
 
 def test_generate_columns(stack, default_model, engine_dir, tmp_path):
     settings = generate.GenerateSettings(steps=2, size=64, repeats=4, concurrency=(2,))
-    floor = generate.Floor.sweep(engine_dir, settings, batch_sizes=(2, 4), pause=stack.paused, engine_s=0.1)
+    engines = EngineFolder(engine_dir)
+    floor = generate.Floor.sweep(engines, settings, batch_sizes=(2, 4), pause=stack.paused, engine_s=0.1)
     assert set(floor.sweep_ms_per_row) == {"text_encoder", "unet", "vae_decoder"}
     loaded, ratio = generate.bench_against_floor(stack.info.api_url, settings, 2, floor, repeats_per_chunk=2)
     rows = [
         generate.bench_diffusers(default_model, settings),
-        *generate.bench_single_request(engine_dir, stack.info.api_url, settings, pause=stack.paused),
+        *generate.bench_single_request(engines, stack.info.api_url, settings, pause=stack.paused),
         loaded,
     ]
     assert [(r.method, r.concurrency, r.requests) for r in rows] == [

@@ -6,14 +6,13 @@ import signal
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
 from serve.processes.signals import stack_processes
-from serve.stack import Stack, StackOptions, largest_admitted_side, memory_budgets
+from serve.stack import Stack, StackOptions, largest_admitted_side
 from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
@@ -237,8 +236,8 @@ def test_the_largest_allowed_requests_are_refused_or_served_within_the_memory_bu
     assert limit.status_code in (200, 400), limit.text[:500]
     if limit.status_code == 400:  # the model's UNet cannot hold one 1024x1024 row in this budget: said so
         assert limit.json()["error"]["param"] == "size" and "memory budget" in limit.json()["error"]["message"]
-    side = largest_admitted_side(Path(stack.info.engine_dir), BUDGET)
-    budgets = memory_budgets(Path(stack.info.engine_dir), BUDGET)
+    side = largest_admitted_side(stack.engines, BUDGET)
+    budgets = stack.engines.budgets(BUDGET)
     stubs = _unet_stubs(stack)
     body = {"prompt": "x", "size": f"{side}x{side}", "n": 4, "num_inference_steps": 2, "seed": 3}
     response = api.post(GENERATE, json=body)

@@ -1,19 +1,24 @@
 """Adapters without servers: reading LoRA files as diffusers does, the per-row LoRA layers, banks, IP scales, checks."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
+from build_engines.text_to_image.ip_adapter import IpAdapterFolder, ip_layers, load_into_unet
+from build_engines.text_to_image.lora_layers import AdapterError, lora_ready, prepare, save_slots, slots_of, weightless
+from build_engines.text_to_image.loras import build_registry, save_registry
 from build_engines.text_to_image.random_adapters import make_ip_adapter, make_lora
-from serve.adapters.ip_adapter import IpAdapterFolder, IpScales, ip_layers, load_into_unet
-from serve.adapters.lora import LoraBanks, Slot, parse_row, row_text, save_slots
-from serve.adapters.lora_layers import AdapterError, lora_ready, prepare, slots_of, weightless
-from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry, build_registry
+from serve.adapters.ip_adapter import IpScales
+from serve.adapters.lora import LoraBanks, Slot, parse_row, row_text
+from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput
+from serve.text_to_image.engine_folder import PIPELINE, EngineFolder
 from serve.text_to_image.schema import GenerationRequest
+from serve.triton.engine_files import EngineFiles
 
 SD = "StableDiffusionPipeline"
 
@@ -48,17 +53,18 @@ def test_files_that_cannot_be_served_say_why(default_model, slots, tmp_path, tin
         prepare(tmp_path / "xl.safetensors", default_model, SD, slots)
 
 
-def test_the_registry_reports_each_file_and_reuses_what_it_prepared(default_model, tmp_path, monkeypatch):
-    engine_dir = tmp_path / "engines"
+def test_the_registry_reports_each_file_and_reuses_what_it_prepared(default_model, engine_dir, tmp_path, monkeypatch):
+    ready = tmp_path / "engines"  # the embedded model's engine folder, as if built LoRA-ready
     for engine in ("text_encoder", "unet"):
-        (engine_dir / engine).mkdir(parents=True)
-        save_slots(slots_of(weightless(default_model, engine)), engine_dir / engine / "lora_slots.json")
+        (ready / engine).mkdir(parents=True)
+        save_slots(slots_of(weightless(default_model, engine)), EngineFiles(ready / engine).lora_slots)
+    shutil.copy2(engine_dir / PIPELINE, ready / PIPELINE)
     loras = tmp_path / "loras"
     make_lora(default_model, loras / "good.safetensors", rank=2, seed=3)
     make_lora(default_model, loras / "bad name!.safetensors", rank=2, seed=3)
     (loras / "broken.safetensors").write_bytes(b"\0" * 64)
     monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
-    registry = build_registry(loras, engine_dir, default_model, SD)
+    registry = build_registry(loras, EngineFolder(ready), default_model)
     assert registry.get("good").status == READY and registry.get("good").rank == 2
     assert registry.get("broken").status == ERROR and "not a readable" in registry.get("broken").error
     assert registry.get("bad name!").status == ERROR and "name must match" in registry.get("bad name!").error
@@ -69,8 +75,8 @@ def test_the_registry_reports_each_file_and_reuses_what_it_prepared(default_mode
         read_again.append(path.name)
         raise AdapterError("still broken")
 
-    monkeypatch.setattr("serve.adapters.lora_layers.prepare", reading)
-    again = build_registry(loras, engine_dir, default_model, SD)
+    monkeypatch.setattr("build_engines.text_to_image.loras.prepare", reading)
+    again = build_registry(loras, EngineFolder(ready), default_model)
     assert again.get("good") == registry.get("good") and read_again == ["broken.safetensors"]
 
 
@@ -161,7 +167,7 @@ def test_ip_scales_are_what_set_ip_adapter_scale_gives(default_model, tmp_path):
 
 
 def test_the_stack_refuses_adapters_it_does_not_have(tmp_path):
-    LoraRegistry({"ok": LoraEntry("ok", READY), "bad": LoraEntry("bad", ERROR, "corrupt")}).save(tmp_path)
+    save_registry(LoraRegistry({"ok": LoraEntry("ok", READY), "bad": LoraEntry("bad", ERROR, "corrupt")}), tmp_path)
     offered = StackAdapters(str(tmp_path), ip_adapter=False)
     offered.check(GenerationRequest(prompt="x", loras=[{"name": "ok"}]))
     for loras, message in (([{"name": "nope"}], "unknown LoRA adapter 'nope'"), ([{"name": "bad"}], "corrupt")):

@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from serve.errors import InvalidInput
+from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families.sd import SDDims, StableDiffusion
-from serve.text_to_image.pipeline import Generation, OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import Generation
+from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.spec import UNET
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr
@@ -116,9 +118,10 @@ def test_an_error_reaches_every_caller_in_the_request_and_a_cancelled_caller_is_
 
 @pytest.mark.slow
 def test_concurrent_generations_merged_match_each_run_alone(engine_dir):
-    alone = TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
-    recorder = Recorder(OnnxRuntimeRunner(engine_dir))
-    merged = TextToImagePipeline(engine_dir, CoalescingRunner(recorder))
+    engines = EngineFolder(engine_dir)
+    alone = TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
+    recorder = Recorder(OnnxRuntimeRunner(engines))
+    merged = TextToImagePipeline(engines, CoalescingRunner(recorder))
     jobs = [Generation(f"a red fox {i}", "", 1, 64, 64, 4, 7.5, i, "ddim") for i in range(3)]
 
     async def together():

@@ -17,7 +17,8 @@ from build_engines.text_to_image.export import (
     reference_outputs,
 )
 from serve.files import content_hash
-from serve.text_to_image.families import family_of_engines, family_of_folder
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import family_of_folder
 
 
 def test_random_embedded_model_is_deterministic(tmp_path):
@@ -29,9 +30,9 @@ def test_random_embedded_model_is_deterministic(tmp_path):
 def test_build_exports_checked_engines_and_reuses_the_cache(default_model, tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
     repository = tmp_path / "repository"
-    engine_dir = build_module.build(default_model, repository)
+    engine_dir = build_module.build(default_model, repository).path
     manifest = json.loads((engine_dir / "manifest.json").read_text())
-    specs = family_of_engines(engine_dir).specs
+    specs = EngineFolder(engine_dir).specs
     assert [r["engine"] for r in manifest["engines"]] == list(specs) == ["text_encoder", "unet", "vae_decoder"]
     assert all(r["parity"]["relative_error"] <= 1e-3 for r in manifest["engines"])
     for name in specs:
@@ -42,7 +43,7 @@ def test_build_exports_checked_engines_and_reuses_the_cache(default_model, tmp_p
 
     stamp = (engine_dir / "unet" / "model.onnx").stat().st_mtime_ns
     with caplog.at_level(logging.INFO):
-        assert build_module.build(default_model, repository) == engine_dir
+        assert build_module.build(default_model, repository).path == engine_dir
     assert "up to date" in caplog.text
     assert (engine_dir / "unet" / "model.onnx").stat().st_mtime_ns == stamp
     build_module.build(default_model, repository, force=True)

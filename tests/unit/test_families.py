@@ -13,8 +13,9 @@ from build_engines.text_to_image import build as build_module
 from build_engines.text_to_image.published import PUBLISHED_DIR, clip_bpe
 from serve.cli import main
 from serve.errors import UnsupportedModel
-from serve.text_to_image.families import family_of_engines, family_of_folder
-from serve.text_to_image.pipeline import Generation
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.generation import Generation
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 
 
@@ -119,7 +120,7 @@ def _condition(family, tokenizers, negative: str, guidance: float = 6.0):
 def test_sdxl_conditioning_follows_the_diffusers_pipeline(tiny_xl_engine_dir):
     from transformers import CLIPTokenizer
 
-    family = family_of_engines(tiny_xl_engine_dir)
+    family = EngineFolder(tiny_xl_engine_dir).family
     tokenizers = {name: CLIPTokenizer.from_pretrained(tiny_xl_engine_dir / name) for name in family.tokenizers()}
     conditioning, calls = _condition(family, tokenizers, "")
     # An empty negative prompt is zeros (force_zeros_for_empty_prompt) and is not encoded.
@@ -227,9 +228,9 @@ def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path
 
 def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_xl_engine_dir, tmp_path):
     repository = tmp_path / "repository"
-    build_module.install(tiny_xl_engine_dir, repository)
+    build_module.install(EngineFolder(tiny_xl_engine_dir), repository)
     (repository / "unet" / "1" / "model.onnx.data").symlink_to(tmp_path / "gone")  # an earlier engine's weights
     assert (repository / "text_encoder_2" / "config.pbtxt").exists()
-    build_module.install(engine_dir, repository)
+    build_module.install(EngineFolder(engine_dir), repository)
     assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder"]
     assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["memory.json", "model.onnx", "model.py"]

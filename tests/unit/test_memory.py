@@ -5,18 +5,12 @@ import asyncio
 import numpy as np
 import pytest
 
+from build_engines.memory import save
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.admission import (
-    MIN_FIXED_BUDGET,
-    Admission,
-    Admitted,
-    Limits,
-    engine_budgets,
-    request_cost,
-)
+from serve.text_to_image.admission import Admission, Admitted, Limits, request_cost
 from serve.text_to_image.tiling import VaeTiling
-from serve.triton.memory import SAFETY, MemoryModel
+from serve.triton.memory import MIN_FIXED_BUDGET, SAFETY, MemoryModel, engine_budgets
 from serve.triton.onnx_backend import MemoryBound, run_batched
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -41,7 +35,7 @@ def test_rows_that_measured_nothing_are_never_split():
 
 def test_save_and_load_round_trip(tmp_path):
     model = MemoryModel(123, (1.0, 2.0, 3.0), ((1, 6),))
-    model.save(tmp_path / "memory.json")
+    save(model, tmp_path / "memory.json")
     assert MemoryModel.load(tmp_path / "memory.json") == model
 
 

@@ -5,14 +5,18 @@ import asyncio
 import numpy as np
 import pytest
 
-from serve.text_to_image.pipeline import SCHEDULERS, Generation, OnnxRuntimeRunner, TextToImagePipeline, TorchRunner
+from serve.benchmarks.torch_runner import TorchRunner
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.generation import Generation
+from serve.text_to_image.pipeline import SCHEDULERS, OnnxRuntimeRunner, TextToImagePipeline
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr, reference_images
 
 
 @pytest.fixture(scope="module")
 def pipeline(engine_dir):
-    return TextToImagePipeline(engine_dir, OnnxRuntimeRunner(engine_dir))
+    engines = EngineFolder(engine_dir)
+    return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
@@ -46,7 +50,8 @@ def test_seeds_change_the_image_and_long_prompts_report_truncation(pipeline):
 
 @pytest.fixture(scope="module")
 def xl_pipeline(tiny_xl_engine_dir):
-    return TextToImagePipeline(tiny_xl_engine_dir, OnnxRuntimeRunner(tiny_xl_engine_dir))
+    engines = EngineFolder(tiny_xl_engine_dir)
+    return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 
 @pytest.mark.parametrize(
@@ -105,10 +110,11 @@ def test_the_torch_runner_draws_what_diffusers_draws(
     family, default_model, engine_dir, tiny_xl_model, tiny_xl_engine_dir, diffusers_pipeline, diffusers_xl_pipeline
 ):
     """The loop on PyTorch modules (fp32 on CPU here; fp16 on a GPU) against diffusers' own pipeline."""
-    model, engines, reference = {
+    model, folder, reference = {
         "sd": (default_model, engine_dir, diffusers_pipeline),
         "sdxl": (tiny_xl_model, tiny_xl_engine_dir, diffusers_xl_pipeline),
     }[family]
+    engines = EngineFolder(folder)
     torch_pipeline = TextToImagePipeline(engines, CoalescingRunner(TorchRunner(model, engines, device="cpu")))
     jobs = [Generation("a red fox", "blurry", 1, 64, 64, 6, 6.0, seed, "euler") for seed in (11, 12)]
     results = asyncio.run(_together(torch_pipeline, jobs))  # two at once: their steps merged into one call

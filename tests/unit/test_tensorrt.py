@@ -2,10 +2,11 @@
 
 import pytest
 
-from serve.text_to_image.families import family_of_engines, family_of_folder
+from build_engines.tensorrt import axis_ranges, build_plan, plan_key, profile, tensorrt_available
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE
 from serve.triton.spec import Backend, read_model_config, write_model_config
-from serve.triton.tensorrt import axis_ranges, build_plan, plan_key, profile, tensorrt_available
 
 
 def test_profiles_cover_every_request_the_api_admits(tiny_xl_model):
@@ -71,7 +72,7 @@ def test_without_tensorrt_the_build_says_what_it_needs(tmp_path):
 def test_a_plan_builds_deserialises_and_is_cached(engine_dir, tmp_path):
     import tensorrt as trt
 
-    family = family_of_engines(engine_dir)
+    family = EngineFolder(engine_dir).family
     spec = family.specs["vae_decoder"]
     shapes = profile(spec, axis_ranges(family.dims.native_size, family.dims.vae_scale_factor))
     plan = build_plan(engine_dir / "vae_decoder" / "model.onnx", shapes, cache=tmp_path)

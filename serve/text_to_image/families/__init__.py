@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from serve.adapters.engines import AdapterSupport
 from serve.errors import UnsupportedModel
-from serve.text_to_image.families.base import PIPELINE_FILE, Family, PipelineDims, read_model_index
+from serve.text_to_image.families.base import Family, PipelineDims, read_model_index
 from serve.text_to_image.families.sd import StableDiffusion
 from serve.text_to_image.families.sdxl import StableDiffusionXL
 
 FAMILIES: dict[str, type[Family]] = {family.name: family for family in (StableDiffusion, StableDiffusionXL)}
 
-__all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder", "family_of_engines"]
+__all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder"]
 
 
 def family_of_folder(model_dir: Path) -> Family:
@@ -25,10 +23,3 @@ def family_of_folder(model_dir: Path) -> Family:
         raise UnsupportedModel(f"{model_dir}: pipeline class {class_name!r} is not supported (supported: {supported})")
     family.check_folder(model_dir)
     return family(family.read_dims(model_dir))
-
-
-def family_of_engines(engine_dir: Path) -> Family:
-    """The family, dims and adapters saved beside built engines (``pipeline.json``, ``adapters.json``)."""
-    saved = json.loads((engine_dir / PIPELINE_FILE).read_text())
-    family = FAMILIES[saved["family"]]
-    return family(family.dims_type(**saved["dims"]), AdapterSupport.load(engine_dir))

@@ -10,21 +10,18 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from serve.adapters.engines import AdapterSupport
+from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
-from serve.triton.spec import ModelSpec
+from serve.text_to_image.generation import Generation
+from serve.triton.spec import EngineRunner, ModelSpec
 
-if TYPE_CHECKING:
-    from serve.text_to_image.pipeline import EngineRunner, Generation
-
-PIPELINE_FILE = "pipeline.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 MODEL_INDEX = "model_index.json"
 
@@ -133,15 +130,6 @@ class Family(ABC):
         Rows are ``[negative, prompt]`` when ``guided``, else ``[prompt]`` (the caller repeats them per image).
         Also returns how many prompt tokens truncation dropped.
         """
-
-    # -- saved beside the engines -----------------------------------------------------------------------------------
-
-    def save(self, engine_dir: Path) -> None:
-        """Write ``pipeline.json`` (the family's name and dims) and, for adapter-ready engines, ``adapters.json``."""
-        payload = {"family": self.name, "dims": asdict(self.dims)}
-        (engine_dir / PIPELINE_FILE).write_text(json.dumps(payload, indent=2))
-        if self.adapters.any:
-            self.adapters.save(engine_dir)
 
 
 def read_model_index(model_dir: Path) -> dict:

@@ -1,14 +1,14 @@
 """The torch side of LoRA slots: the layers an engine's graph gets, and adapter files read as diffusers reads them.
 
-Used at export time (:func:`lora_ready`) and at start-up (:func:`prepare`). The numpy side, which the engines'
-python-backend models use, is :mod:`serve.adapters.lora`.
+Used at export time (:func:`lora_ready`, :func:`save_slots`) and when a stack starts (:func:`prepare`). The numpy
+side, which the engines' python-backend models use, is :mod:`serve.adapters.lora`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +18,11 @@ import torch.nn.functional as F
 from serve.adapters.lora import SCALE_INPUT, Slot, bank_names
 
 _EXCLUDED = (".processor.", "encoder_hid_proj")  # IP-Adapter's own layers: not LoRA targets
+
+
+def save_slots(slots: list[Slot], path: Path) -> None:
+    """Write the slot table beside an engine (the python-backend model and the adapter preparation read it)."""
+    path.write_text(json.dumps([asdict(slot) for slot in slots]))
 
 
 def slot_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:

@@ -18,11 +18,11 @@ from pathlib import Path
 from serve.files import files_hash
 from serve.paths import easel_home
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE
+from serve.triton.engine_files import PLAN
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-PLAN_FILE = "model.plan"
 TENSORRT_MISSING = (
     "--backend tensorrt needs TensorRT and an NVIDIA GPU: pip install 'easel-serve[gpu]' on a machine with CUDA"
 )
@@ -87,7 +87,7 @@ def build_plan(onnx_path: Path, shapes: Mapping[str, tuple[Shape, Shape, Shape]]
 
     cache = cache or easel_home() / "plans"
     key = plan_key(onnx_path, shapes, torch.cuda.get_device_name(), trt.__version__)
-    plan = cache / key / PLAN_FILE
+    plan = cache / key / PLAN
     if plan.exists():
         logger.info("plan of %s cached in %s", onnx_path.parent.name, plan.parent)
         return plan

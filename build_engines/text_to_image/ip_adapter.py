@@ -1,0 +1,193 @@
+"""IP-Adapter at build time: the adapter folder, and the UNet and image encoder exported to take references per row.
+
+``easel up --ip-adapter DIR`` names the adapter: ``DIR`` holds its weights as ``load_ip_adapter`` reads them (one
+``*.safetensors`` with ``image_proj.*`` and ``ip_adapter.*`` tensors, or a ``*.bin`` with those two dicts) and its CLIP
+image encoder in ``DIR/image_encoder``. The UNet is exported with the adapter loaded by diffusers itself
+(``_load_ip_adapter_weights``: the image projection and each cross-attention's ``to_k_ip``/``to_v_ip``), its attention
+processors replaced by :class:`RowScaledIPAttnProcessor`, which weighs the image tokens' attention by an input
+``ip_scale[row, layer]`` instead of a number held by the processor. What the served engines then take is
+:class:`serve.adapters.ip_adapter.IpAdapterInfo`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from serve.adapters.ip_adapter import IMAGE_ENCODER
+from serve.text_to_image.families.base import WEIGHT_SUFFIXES
+
+
+class IpAdapterError(ValueError):
+    """An ``--ip-adapter`` folder that cannot be served (one line: what is wrong)."""
+
+
+@dataclass(frozen=True)
+class IpAdapterFolder:
+    """An IP-Adapter on disk: its weights file and its image encoder folder."""
+
+    weights: Path
+    image_encoder: Path
+
+    @classmethod
+    def read(cls, folder: Path) -> IpAdapterFolder:
+        """Check ``folder``'s layout; :class:`IpAdapterError` names what is missing."""
+        if not folder.is_dir():
+            raise IpAdapterError(f"--ip-adapter {folder}: not a folder")
+        weights = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+        if len(weights) != 1:
+            found = ", ".join(p.name for p in weights) or "none"
+            raise IpAdapterError(
+                f"--ip-adapter {folder}: needs exactly one weights file (*.safetensors or *.bin), found {found}"
+            )
+        encoder = folder / IMAGE_ENCODER
+        if not (encoder / "config.json").is_file():
+            raise IpAdapterError(f"--ip-adapter {folder}: has no image encoder ({IMAGE_ENCODER}/config.json)")
+        return cls(weights[0], encoder)
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """``{"image_proj": ..., "ip_adapter": ...}`` as ``load_ip_adapter`` reads the weights file."""
+        if self.weights.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: dict[str, dict[str, torch.Tensor]] = {"image_proj": {}, "ip_adapter": {}}
+            for key, value in load_file(self.weights).items():
+                part, _, rest = key.partition(".")
+                if part in state:
+                    state[part][rest] = value
+        else:
+            state = torch.load(self.weights, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
+            raise IpAdapterError(f"{self.weights}: no image_proj and ip_adapter weights (not an IP-Adapter file)")
+        return state
+
+
+class _Scales:
+    """``ip_scale`` of the forward being traced, read by every :class:`RowScaledIPAttnProcessor`."""
+
+    value: torch.Tensor | None = None
+
+
+class RowScaledIPAttnProcessor(torch.nn.Module):
+    """diffusers' ``IPAdapterAttnProcessor2_0`` for one adapter, its scale read per row from ``ip_scale[:, index]``."""
+
+    def __init__(self, to_k_ip: torch.nn.Linear, to_v_ip: torch.nn.Linear, index: int, scales: _Scales) -> None:
+        super().__init__()
+        self.to_k_ip, self.to_v_ip, self.index, self.scales = to_k_ip, to_v_ip, index, scales
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
+        """Text attention plus ``scale[row]`` times attention over the image tokens, then diffusers' tail."""
+        residual = hidden_states
+        encoder_hidden_states, (ip_hidden_states,) = encoder_hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size = encoder_hidden_states.shape[0]
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.to_k(encoder_hidden_states)
+        value = attn.to_v(encoder_hidden_states)
+        head_dim = key.shape[-1] // attn.heads
+
+        def heads(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        query = heads(query)
+        hidden_states = F.scaled_dot_product_attention(query, heads(key), heads(value), attn_mask=attention_mask)
+        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        ip_key, ip_value = heads(self.to_k_ip(ip_hidden_states)), heads(self.to_v_ip(ip_hidden_states))
+        ip_states = F.scaled_dot_product_attention(query, ip_key, ip_value)
+        ip_states = ip_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
+        scale = self.scales.value[:, self.index].to(ip_states.dtype).view(-1, 1, 1)
+        hidden_states = hidden_states + scale * ip_states
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class IpReadyUnet(torch.nn.Module):
+    """The export UNet (``UnetModule`` taking ``image_embeds``) with ``ip_scale`` as its last input."""
+
+    def __init__(self, module: torch.nn.Module, scales: _Scales) -> None:
+        super().__init__()
+        self.module, self.scales = module, scales
+
+    def forward(self, *args):
+        """The noise prediction with each row's image tokens weighed by its scales."""
+        *inputs, ip_scale = args
+        self.scales.value = ip_scale
+        try:
+            return self.module(*inputs)
+        finally:
+            self.scales.value = None
+
+
+def ip_layers(unet) -> tuple[str, ...]:
+    """The attention processors an IP-Adapter adds image tokens to (every one but self-attention), in order."""
+    return tuple(name for name in unet.attn_processors if not name.endswith("attn1.processor"))
+
+
+def load_into_unet(unet, folder: IpAdapterFolder) -> tuple[tuple[str, ...], bool]:
+    """Load the adapter into ``unet`` as diffusers does, then make its scales per row. Returns (layers, hidden_states).
+
+    After this the UNet takes ``added_cond_kwargs["image_embeds"]`` (a list of one tensor) and reads each layer's
+    scale from the :class:`_Scales` its processors share (``unet.ip_scales``).
+    """
+    from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+    from diffusers.models.embeddings import ImageProjection
+
+    try:
+        unet._load_ip_adapter_weights([folder.state_dict()], low_cpu_mem_usage=False)
+    except (KeyError, RuntimeError, ValueError) as error:
+        raise IpAdapterError(f"{folder.weights}: does not fit this UNet ({type(error).__name__}: {error})") from error
+    scales = _Scales()
+    layers = ip_layers(unet)
+    processors = {}
+    for name, processor in unet.attn_processors.items():
+        if isinstance(processor, IPAdapterAttnProcessor2_0):
+            if len(processor.to_k_ip) != 1:
+                raise IpAdapterError("one IP-Adapter at a time is supported")
+            index = layers.index(name)
+            processor = RowScaledIPAttnProcessor(processor.to_k_ip[0], processor.to_v_ip[0], index, scales)
+        processors[name] = processor
+    unet.set_attn_processor(processors)
+    unet.ip_scales = scales
+    projection = unet.encoder_hid_proj.image_projection_layers[0]
+    return layers, not isinstance(projection, ImageProjection)
+
+
+class ImageEncoderModule(torch.nn.Module):
+    """CLIP vision model -> what the UNet's image projection reads (embeddings, or penultimate hidden states)."""
+
+    def __init__(self, encoder: torch.nn.Module, hidden_states: bool) -> None:
+        super().__init__()
+        self.encoder, self.hidden_states = encoder, hidden_states
+
+    def forward(self, pixel_values):
+        """``image_embeds`` of the images."""
+        if self.hidden_states:
+            return self.encoder(pixel_values, output_hidden_states=True).hidden_states[-2]
+        return self.encoder(pixel_values).image_embeds
+
+
+def load_image_encoder(folder: Path, dtype: torch.dtype, hidden_states: bool) -> ImageEncoderModule:
+    """The CLIP vision model of an IP-Adapter folder as an engine module."""
+    from transformers import CLIPVisionModelWithProjection
+
+    encoder = CLIPVisionModelWithProjection.from_pretrained(folder, dtype=dtype).eval()
+    return ImageEncoderModule(encoder, hidden_states)

@@ -1,0 +1,73 @@
+"""What an adapter-ready engine folder's engines take: LoRA slots, an IP-Adapter; the specs gain the matching inputs.
+
+A folder built with ``--loras`` has LoRA slots in its text encoders and UNet (:mod:`serve.adapters.lora`); one built
+with ``--ip-adapter DIR`` has a UNet that takes image embeddings and per-layer scales, and an ``image_encoder``
+engine (:mod:`serve.adapters.ip_adapter`). The model family reads this (:meth:`AdapterSupport.specs`), so the
+exporter, the Triton configs, the clients and the loop all see the same inputs. How the engines are made
+adapter-ready is build time: :mod:`build_engines.text_to_image.adapters`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpAdapterInfo
+from serve.adapters.lora import ADAPTERS_INPUT, LORA_ENGINES
+from serve.priority import PRIORITIES
+from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
+
+LORA_ENGINE_CLASS = "serve.adapters.backend:LoraOnnxModel"
+IMAGE_ENCODER_MAX_BATCH = 8
+
+
+@dataclass(frozen=True)
+class AdapterSupport:
+    """What the engines of a folder take (``adapters.json``); the family's specs gain the matching inputs."""
+
+    lora: bool = False
+    ip_adapter: IpAdapterInfo | None = None
+
+    def to_json(self) -> dict:
+        """What ``easel build`` saves beside the engines (``adapters.json``)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> AdapterSupport:
+        """Read what :meth:`to_json` wrote."""
+        ip = raw.get("ip_adapter")
+        return cls(bool(raw.get("lora")), IpAdapterInfo.from_json(ip) if ip else None)
+
+    @property
+    def any(self) -> bool:
+        """Whether the engines take any adapter."""
+        return self.lora or self.ip_adapter is not None
+
+    def specs(self, specs: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        """``specs`` with the adapter inputs added, and the image encoder's spec when there is an IP-Adapter."""
+        specs = dict(specs)
+        ip = self.ip_adapter
+        if ip is not None:
+            unet = specs["unet"]
+            extra = (
+                TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shape),
+                TensorSpec(IP_SCALE, "float32", (len(ip.layers),)),
+            )
+            specs["unet"] = dataclasses.replace(unet, inputs=(*unet.inputs, *extra))
+            side = ip.image_size
+            specs[IMAGE_ENCODER] = ModelSpec(
+                name=IMAGE_ENCODER,
+                inputs=(TensorSpec("pixel_values", "float32", (3, side, side)),),
+                outputs=(TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shape[1:]),),
+                max_batch_size=IMAGE_ENCODER_MAX_BATCH,
+                dynamic_batching=DynamicBatching(**PRIORITIES),
+            )
+        if self.lora:
+            for name in LORA_ENGINES:
+                if name in specs:
+                    spec = specs[name]
+                    adapters = TensorSpec(ADAPTERS_INPUT, "bytes", ())
+                    specs[name] = dataclasses.replace(
+                        spec, inputs=(*spec.inputs, adapters), python_model=LORA_ENGINE_CLASS
+                    )
+        return specs

@@ -1,0 +1,127 @@
+"""A built engine folder, opened once: its layout, the model family it was built from, its specs and memory figures.
+
+``easel build`` (:mod:`build_engines.text_to_image.build`) is the folder's only writer; everything that serves or
+measures the model reads it through :class:`EngineFolder`. Its name is its content key (the model's hash, precision,
+adapters and exporter versions), so two folders with the same name hold the same engines.
+
+```
+<key>/
+  pipeline.json       the family's name and the model's dims          manifest.json   the build's report (done)
+  adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
+  model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
+  <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, memory.json, lora_slots.json)
+```
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from serve.adapters.lora import LORA_ENGINES, Slot, load_slots
+from serve.adapters.support import AdapterSupport
+from serve.text_to_image.families import FAMILIES, Family
+from serve.text_to_image.tiling import VaeTiling
+from serve.triton.engine_files import EngineFiles
+from serve.triton.memory import MemoryModel, default_memory_budget, engine_budgets
+from serve.triton.spec import ModelSpec
+
+PIPELINE = "pipeline.json"
+ADAPTERS = "adapters.json"
+MANIFEST = "manifest.json"
+UNET_CONFIG = "unet_config.json"
+SCHEDULER = "scheduler"
+FEATURE_EXTRACTOR = "feature_extractor"
+
+
+class EngineFolder:
+    """One built model's engines and what was saved beside them; read once, shared by whoever serves them."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        saved = json.loads((self.path / PIPELINE).read_text())
+        adapters_file = self.path / ADAPTERS
+        adapters = AdapterSupport.from_json(json.loads(adapters_file.read_text())) if adapters_file.is_file() else None
+        family = FAMILIES[saved["family"]]
+        self.family: Family = family(family.dims_type(**saved["dims"]), adapters)
+
+    def __repr__(self) -> str:
+        return f"EngineFolder({str(self.path)!r})"
+
+    @staticmethod
+    def built(path: Path) -> bool:
+        """Whether ``path`` holds a complete build (its manifest is written last)."""
+        return (path / MANIFEST).is_file()
+
+    @property
+    def key(self) -> str:
+        """The content key the folder is named by (the result cache's key names it too)."""
+        return self.path.name
+
+    @property
+    def specs(self) -> dict[str, ModelSpec]:
+        """Every engine's spec, adapter inputs included, in the family's export order."""
+        return self.family.specs
+
+    @property
+    def adapters(self) -> AdapterSupport:
+        """What adapters the engines take."""
+        return self.family.adapters
+
+    def engine(self, name: str) -> EngineFiles:
+        """The files of engine ``name``."""
+        return EngineFiles(self.path / name)
+
+    # -- memory -------------------------------------------------------------------------------------------------------
+
+    @cached_property
+    def memory_models(self) -> dict[str, MemoryModel]:
+        """Each engine's measured memory and time model (engines not measured are left out)."""
+        files = {name: self.engine(name).memory for name in self.specs}
+        return {name: MemoryModel.load(path) for name, path in files.items() if path.exists()}
+
+    @property
+    def weights_bytes(self) -> int:
+        """The engines' resident weights, once per Triton instance."""
+        return sum(m.weights_bytes * self.specs[name].instance_count for name, m in self.memory_models.items())
+
+    def memory_budget(self, requested: int | None = None) -> int:
+        """The engines' memory budget: ``requested``, or the default for these engines' weights."""
+        return requested if requested is not None else default_memory_budget(self.weights_bytes)
+
+    def budgets(self, total_bytes: int) -> dict[str, int]:
+        """Each engine's activation budget within ``total_bytes`` (what Triton bounds and admission decides by)."""
+        return engine_budgets(self.memory_models, self.specs, total_bytes)
+
+    @cached_property
+    def tiling(self) -> VaeTiling:
+        """How this model's VAE decodes in tiles (diffusers' tile size)."""
+        return VaeTiling(self.family.dims.vae_sample_size, self.family.dims.vae_scale_factor)
+
+    # -- what the loop reads ------------------------------------------------------------------------------------------
+
+    def tokenizers(self) -> dict:
+        """The family's tokenizers by folder name."""
+        from transformers import CLIPTokenizer
+
+        return {name: CLIPTokenizer.from_pretrained(self.path / name) for name in self.family.tokenizers()}
+
+    def scheduler_config(self) -> dict:
+        """The model's scheduler config (every sampler is built from it)."""
+        return json.loads((self.path / SCHEDULER / "scheduler_config.json").read_text())
+
+    def unet_config(self) -> dict | None:
+        """The UNet's config, saved for IP-Adapter engines (None for others)."""
+        path = self.path / UNET_CONFIG
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    @property
+    def feature_extractor(self) -> Path:
+        """The image preprocessing of IP-Adapter references, if the model has one."""
+        return self.path / FEATURE_EXTRACTOR
+
+    def lora_slots(self) -> dict[str, list[Slot]]:
+        """The slot tables of the LoRA-ready engines, by engine."""
+        files = {name: self.engine(name) for name in LORA_ENGINES if name in self.specs}
+        return {name: load_slots(f.lora_slots) for name, f in files.items() if f.lora_ready}

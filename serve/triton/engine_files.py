@@ -1,0 +1,52 @@
+"""The files of one engine's folder: in the engine cache, and linked into its Triton model's version folder.
+
+Every name an engine's folder may hold is declared here, once; :class:`EngineFiles` gives their paths for one folder.
+``easel build`` (``build_engines/``) writes them; the python-backend models and the replicas only read them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+ONNX = "model.onnx"  # beside it, model.onnx.data: the weights of a graph over 2 GB
+PLAN = "model.plan"  # a TensorRT plan (the GPU path)
+MEMORY = "memory.json"  # bytes and seconds per row, measured at build (serve.triton.memory)
+LORA_SLOTS = "lora_slots.json"  # a LoRA-ready engine's layers (serve.adapters.lora)
+LORAS_LINK = "loras"  # a LoRA-ready model's link to the stack's adapter registry folder
+
+
+@dataclass(frozen=True)
+class EngineFiles:
+    """Where one engine's files are in ``folder`` (an engine's cache folder or its Triton version folder)."""
+
+    folder: Path
+
+    @property
+    def onnx(self) -> Path:
+        """The ONNX graph."""
+        return self.folder / ONNX
+
+    @property
+    def memory(self) -> Path:
+        """The engine's measured memory and time model."""
+        return self.folder / MEMORY
+
+    @property
+    def lora_slots(self) -> Path:
+        """The LoRA slot table (present only in a LoRA-ready engine)."""
+        return self.folder / LORA_SLOTS
+
+    @property
+    def loras(self) -> Path:
+        """The adapter registry folder a LoRA-ready Triton model reads adapters from."""
+        return self.folder / LORAS_LINK
+
+    @property
+    def lora_ready(self) -> bool:
+        """Whether the engine takes LoRA banks."""
+        return self.lora_slots.exists()
+
+    def files(self) -> dict[str, Path]:
+        """Every file of the folder (the graph and its external data, side files), by name."""
+        return {path.name: path for path in sorted(self.folder.iterdir()) if path.is_file()}

@@ -1,0 +1,195 @@
+"""The house's rules, read from the code's own imports: no circles, build time apart, every arrow runs down a floor.
+
+Every import counts, at module level or inside a function (a function-local import cannot hide a circle here). The
+floors are the table in docs/ARCHITECTURE.md ("The house"), so the picture a newcomer reads is the one tested.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from serve.paths import PROJECT_ROOT
+
+PACKAGES = ("serve", "build_engines", "loadtests")
+ENTRY_POINTS = ("serve.cli", "serve.stack", "serve.benchmarks")
+"""Serving code may not import build_engines; these entry points (they build, then serve or measure) may."""
+
+
+def _modules() -> dict[str, Path]:
+    found = {}
+    for package in PACKAGES:
+        for path in (PROJECT_ROOT / package).rglob("*.py"):
+            parts = path.relative_to(PROJECT_ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            found[name] = path
+    return found
+
+
+def _imports(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules ``path`` imports, anywhere in the file (``from a import b`` counts a.b if it is one)."""
+    is_package = path.name == "__init__.py"
+    targets = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            targets |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = name.split(".") if is_package else name.split(".")[:-1]
+                anchor = anchor[: len(anchor) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            targets |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names}
+    resolved = set()
+    for target in targets:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        if target and target != name:
+            resolved.add(target)
+    return resolved
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Every project module and the project modules it imports."""
+    modules = _modules()
+    return {name: _imports(path, name, modules) for name, path in modules.items()}
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles (strongly connected components of more than one module), Tarjan's algorithm."""
+    index, low, on_stack, stack, found = {}, {}, set(), [], []
+    counter = iter(range(len(graph) * 2))
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = next(counter)
+        stack.append(node)
+        on_stack.add(node)
+        for target in graph.get(node, ()):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def floors() -> dict[str, int]:
+    """Each room's floor, from the table under "## The house" in docs/ARCHITECTURE.md (``| floor | rooms | ...``)."""
+    text = (PROJECT_ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    section = text.split("## The house", 1)[1].split("\n## ", 1)[0]
+    table = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].isdigit():
+            for room in re.findall(r"`([\w./]+)`", cells[1]):
+                table[room.removesuffix(".py").removesuffix("/").replace("/", ".")] = int(cells[0])
+    return table
+
+
+def floor_of(module: str, table: dict[str, int]) -> int | None:
+    """The floor of the most specific room containing ``module``."""
+    while module:
+        if module in table:
+            return table[module]
+        module = module.rpartition(".")[0]
+    return None
+
+
+def test_there_are_no_import_circles():
+    assert circles(import_graph()) == []
+
+
+def test_serving_code_imports_nothing_from_build_engines():
+    graph = import_graph()
+    serving = [m for m in graph if m.startswith("serve") and not m.startswith(ENTRY_POINTS)]
+    wrong = {m: sorted(t for t in graph[m] if t.startswith("build_engines")) for m in serving}
+    assert {m: targets for m, targets in wrong.items() if targets} == {}
+
+
+def test_every_room_has_a_floor_and_every_arrow_runs_down():
+    graph, table = import_graph(), floors()
+    assert table, "docs/ARCHITECTURE.md has no floor table under '## The house'"
+    homeless = sorted(m for m in graph if floor_of(m, table) is None and m not in PACKAGES)  # empty faces
+    assert homeless == [], f"rooms without a floor in docs/ARCHITECTURE.md: {homeless}"
+    upward = defaultdict(list)
+    for module, targets in graph.items():
+        for target in targets:
+            if floor_of(target, table) > floor_of(module, table):
+                upward[module].append(target)
+    assert dict(upward) == {}
+
+
+def test_the_checks_see_a_circle_and_an_upward_arrow():
+    """The rules above can fail: a made-up circle and a made-up upward arrow are found."""
+    assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    table = {"serve.errors": 1, "serve.app": 7}
+    assert floor_of("serve.errors", table) < floor_of("serve.app", table)
+
+
+def room_of(module: str, table: dict[str, int]) -> str | None:
+    """The most specific room of the floor table that contains ``module``."""
+    while module and module not in table:
+        module = module.rpartition(".")[0]
+    return module or None
+
+
+def room_arrows() -> set[tuple[str, str]]:
+    """The arrows between rooms the code's imports draw, floor-1 rooms left out, an arrow left out when another
+    path already leads there (the transitive reduction: one diagram per code, and a readable one)."""
+    graph, table = import_graph(), floors()
+    arrows: dict[str, set[str]] = defaultdict(set)
+    for module, targets in graph.items():
+        for target in targets:
+            source, sink = room_of(module, table), room_of(target, table)
+            if source and sink and source != sink and table[sink] > 1:
+                arrows[source].add(sink)
+
+    def reachable(start: str, skip: tuple[str, str]) -> set[str]:
+        """Rooms reachable from ``start`` without the arrow ``skip``."""
+        seen, todo = set(), [start]
+        while todo:
+            here = todo.pop()
+            for nxt in arrows[here] - seen:
+                if (here, nxt) != skip:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        return seen
+
+    return {(a, b) for a in list(arrows) for b in arrows[a] if b not in reachable(a, (a, b))}
+
+
+def drawn_arrows() -> set[tuple[str, str]]:
+    """The arrows of the mermaid diagram under "## The house" (node ids mapped to their room labels)."""
+    text = (PROJECT_ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    diagram = text.split("## The house", 1)[1].split("```mermaid", 1)[1].split("```", 1)[0]
+    labels = dict(re.findall(r'(\w+)\["`?([\w./]+)`?"\]', diagram))
+    edges = re.findall(r"(\w+)(?:\[[^\]]*\])?\s*-->\s*(\w+)", diagram)
+
+    def room(node: str) -> str:
+        return labels[node].removesuffix(".py").removesuffix("/").replace("/", ".")
+
+    return {(room(a), room(b)) for a, b in edges}
+
+
+def test_the_diagram_draws_every_arrow_of_the_code_and_no_other():
+    drawn, real = drawn_arrows(), room_arrows()
+    assert sorted(real - drawn) == [] and sorted(drawn - real) == [], (
+        f"docs/ARCHITECTURE.md's diagram lacks {sorted(real - drawn)} and draws {sorted(drawn - real)}, "
+        "which the code does not import"
+    )

@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
@@ -36,8 +36,9 @@ from serve.grpc_api import easel_pb2
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost, open_job_store
+from serve.settings import AppSettings
 from serve.stores import default_url
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
+from serve.text_to_image.admission import Limits
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import GenerationRequest
@@ -476,21 +477,13 @@ class Gateway:
         return Response(result.svg, media_type="image/svg+xml", headers=headers)
 
 
-class AppArgs(BaseModel):
-    """Arguments of the Easel Serve application (``args:`` in the Serve config)."""
+class AppArgs(AppSettings):
+    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
 
     engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
     triton_grpc_url: str = Field(
         description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
     )
-    memory_budget_bytes: int | None = Field(
-        None, gt=0, description="Memory budget of the text-to-image engines (None: weights + 40 % of what they leave)."
-    )
-    max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels served.")
-    store_url: str = Field(
-        default_factory=default_url, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB."
-    )
-    cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
     loras_dir: str | None = Field(
         None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
     )
@@ -505,7 +498,7 @@ def build_app(args: AppArgs) -> serve.Application:
         TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters),
         Vectorizer.bind(args.triton_grpc_url),
         engines.key,
-        args.store_url,
+        args.store,
         args.cache_bytes,
         engines.family.dims.native_size,
         adapters,

@@ -26,19 +26,16 @@ from urllib.parse import urlparse
 import httpx
 import psutil
 import yaml
-from pydantic import BaseModel, Field
 
-from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.adapters.support import LORA_ENGINE_CLASS
-from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
-from serve.paths import MODEL_REPOSITORY, SERVE_CONFIG, run_dir
+from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
-from serve.stores import default_url
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits
+from serve.settings import StackOptions
+from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
@@ -76,55 +73,6 @@ FIRST_REQUEST = {
     "seed": 0,
     "scheduler": "ddim",
 }
-
-
-class StackOptions(BaseModel):
-    """What ``easel up`` starts, and where."""
-
-    host: str = Field("127.0.0.1", description="Address of the public API.")
-    port: int = Field(8000, ge=0, le=65535, description="Port of the public API (0: a free port).")
-    model_dir: Path | None = Field(None, description="Diffusers model folder; None: the embedded default.")
-    repository: Path = Field(MODEL_REPOSITORY, description="Triton model repository.")
-    serve_config: Path = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
-    dashboard: bool = Field(True, description="Start the Ray dashboard.")
-    dashboard_port: int = Field(8265, ge=0, le=65535, description="Ray dashboard port (0: a free port).")
-    run_dir: Path = Field(default_factory=run_dir, description="Logs and state.")
-    prometheus: bool = Field(False, description="Start /usr/bin/prometheus scraping Triton and Ray.")
-    prometheus_port: int = Field(9090, ge=0, le=65535, description="Prometheus port on 127.0.0.1 (0: a free port).")
-    scrape_interval_s: float = Field(5.0, ge=1, le=60, description="Prometheus scrape interval.")
-    canary_interval_s: float = Field(10.0, gt=0, description="Seconds between canary inferences on every model.")
-    memory_budget_bytes: int | None = Field(
-        None, gt=0, description="Memory budget of the text-to-image engines (None: weights + 40 % of what they leave)."
-    )
-    max_cost: float = Field(DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels a request may cost.")
-    store_url: str | None = Field(
-        None, description="Job store and result cache: sqlite:///PATH or redis://HOST:PORT/DB (None: in run_dir)."
-    )
-    cache_bytes: int = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound in bytes (0: no cache).")
-    insecure: bool = Field(False, description="Serve off loopback even with no API key (anyone may call it).")
-    triton_ports: tuple[int, int, int] = Field(
-        (0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port)."
-    )
-    grpc_port: int = Field(0, ge=0, le=65535, description="Port of the public gRPC API on `host` (0: a free port).")
-    address: str | None = Field(
-        None,
-        description="A running Ray cluster to deploy onto (its GCS host:port); each node with the `triton` resource "
-        "gets its own Triton and hosts the model replicas. None: start Ray and one Triton here.",
-    )
-    loras_dir: Path | None = Field(
-        None, description="A folder of LoRA adapters (NAME.safetensors): LoRA-ready engines, the adapters per request."
-    )
-    lora_resident: int = Field(
-        DEFAULT_RESIDENT, ge=1, description="LoRA adapters each engine instance keeps loaded (least recently used go)."
-    )
-    ip_adapter_dir: Path | None = Field(
-        None, description="An IP-Adapter folder (weights + image_encoder/): reference images per request."
-    )
-
-    @property
-    def store(self) -> str:
-        """The store URL of jobs, the result cache and API keys."""
-        return self.store_url or default_url(self.run_dir)
 
 
 class OpenToTheNetwork(ValueError):

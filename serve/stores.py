@@ -1,9 +1,9 @@
 """Where state that must survive a restart lives, picked by one URL: SQLite (default, embedded) or Redis.
 
 ``sqlite:///ABSOLUTE/PATH.db`` for one machine (the default: ``easel.db`` in the stack's run folder,
-``$EASEL_HOME/run``); ``redis://HOST:PORT/DB`` when the stack spans nodes. Background jobs (:mod:`serve.jobs.store`)
-and the result cache (:mod:`serve.cache`) open their stores from the same URL, so one flag (``easel up --store URL``)
-moves all of them.
+``$EASEL_HOME/run``); ``redis://HOST:PORT/DB`` when the stack spans nodes. Background jobs (:mod:`serve.jobs.store`),
+the result cache (:mod:`serve.cache`) and API keys (:mod:`serve.access`) open their stores from the same URL, so
+one flag (``easel up --store URL``) moves all of them.
 """
 
 from __future__ import annotations

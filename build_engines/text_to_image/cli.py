@@ -1,4 +1,4 @@
-"""``easel train default`` and ``easel eval generate`` (thin wrappers over the training and evaluation modules)."""
+"""``easel train default``, ``easel eval generate`` (thin wrappers over training and evaluation), ``--embedded``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.default_model import TRAINED
+from build_engines.text_to_image.default_model import MODELS, TRAINED
+from serve.cli_options import EXISTING_FOLDER, FOLDER
 from serve.paths import easel_home
 
 logger = logging.getLogger(__name__)
@@ -16,19 +17,17 @@ DEFAULT_OUT = TRAINED["tiny"]
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
+def embedded_option(help_text: str):
+    """``--embedded NAME``: one of the embedded models (the first by default)."""
+    return click.option("--embedded", type=click.Choice(MODELS), default=MODELS[0], show_default=True, help=help_text)
+
+
 @click.command("default")
 @click.option(
-    "--out",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Where the diffusers model is written (the committed default by default).",
+    "--out", type=FOLDER, default=DEFAULT_OUT, show_default=True, help="Where the diffusers model is written."
 )
 @click.option(
-    "--work",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default.",
+    "--work", type=FOLDER, help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default."
 )
 @click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
 @click.option("--unet-steps", type=int, default=None, help="Stop stage 2 here (default: the committed recipe's).")
@@ -53,12 +52,12 @@ def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | 
 @click.option(
     "--model",
     "model_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_FOLDER,
     default=DEFAULT_OUT,
     show_default=True,
-    help="diffusers model folder to evaluate.",
+    help="Model folder to evaluate.",
 )
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=DOCS, show_default=True)
+@click.option("--out", type=FOLDER, default=DOCS, show_default=True)
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per held-out pairing.")
 @click.option("--steps", type=int, default=20, show_default=True)
 @click.option("--scheduler", type=click.Choice(["ddim", "euler", "dpmpp_2m"]), default="ddim", show_default=True)

@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import click
 
-from build_engines.vectorize.dataset import list_images
-from build_engines.vectorize.evaluate import evaluate_folder, format_table
-from build_engines.vectorize.plot import plot_quality_vs_size
 from build_engines.vectorize.runtime import TRAINED_DIR
 from build_engines.vectorize.styles import BY_NAME, Role, prepare, style_images, styles_with
-from build_engines.vectorize.train import recalibrate, train_all
-
-_LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+from serve.cli_options import EXISTING_FOLDER, FOLDER
 
 
 @click.command("vectorize")
 @click.option(
     "--data",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    type=EXISTING_FOLDER,
     multiple=True,
     help="Folders of training PNG/JPEG icons (default: every training style, fetched and rendered when missing).",
 )
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default=TRAINED_DIR,
     show_default=True,
     help="Where the ONNX models and tier1.json are written.",
@@ -65,7 +59,9 @@ def train_vectorize(
     calibrate_only: bool,
 ) -> None:
     """Train the vectorize tiers (conversions, predictor, tier 1 map, PPO policy, check margins) and export ONNX."""
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    from build_engines.vectorize.dataset import list_images
+    from build_engines.vectorize.train import recalibrate, train_all
+
     sets = [list_images(folder) for folder in data] or [style_images(style) for style in styles_with(Role.TRAIN)]
     if quick:
         limit, samples, ppo_steps = limit or 12, min(samples, 8), min(ppo_steps, 2048)
@@ -91,7 +87,7 @@ def train_vectorize(
 
 
 @click.command("vectorize")
-@click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("folder", required=False, type=EXISTING_FOLDER)
 @click.option(
     "--style",
     "style_names",
@@ -102,7 +98,7 @@ def train_vectorize(
 @click.option("--final", is_flag=True, help="Allow the reserved styles (noto, papirus): the final evaluation only.")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=FOLDER,
     default=Path("out/eval-vectorize"),
     show_default=True,
     help="Where results.json and quality_vs_size.png are written (one subfolder per style).",
@@ -112,12 +108,7 @@ def train_vectorize(
 @click.option("--limit", type=int, default=None, help="Only the first N images.")
 @click.option("--processes", type=int, default=2, show_default=True, help="Worker processes.")
 @click.option(
-    "--models",
-    "models_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=TRAINED_DIR,
-    show_default=True,
-    help="Trained vectorize models.",
+    "--models", "models_dir", type=FOLDER, default=TRAINED_DIR, show_default=True, help="Trained vectorize models."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 def eval_vectorize(
@@ -133,7 +124,9 @@ def eval_vectorize(
     seed: int,
 ) -> None:
     """Evaluate defaults, presets, oracles and tiers 1-3/auto on FOLDER's PNG/JPEG files, or on named styles."""
-    logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT)
+    from build_engines.vectorize.evaluate import evaluate_folder, format_table
+    from build_engines.vectorize.plot import plot_quality_vs_size
+
     styles = [BY_NAME[name] for name in style_names]
     reserved = [s.name for s in styles if s.role is Role.RESERVED]
     if reserved and not final:

@@ -20,13 +20,16 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
+
+if TYPE_CHECKING:  # a type only: admission is read where no engine folder is (the CLI's defaults)
+    from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,7 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     try:
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.
-        up = easel_up(tmp_path, env, port, dashboard_port, "--jobs", store_url, "--no-cache", "--no-first-request")
+        up = easel_up(tmp_path, env, port, dashboard_port, "--store", store_url, "--no-cache", "--no-first-request")
         assert up.returncode == 0, up.stdout + up.stderr
         # 10 low-priority jobs: 8 run at once (4 per Gateway replica), 2 wait in the queue.
         bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True} for i in range(10)]
@@ -75,7 +75,7 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
             ids.append(store.submit(request, Priority.NORMAL)[0].id)
         store.close()
 
-        again = easel_up(tmp_path, env, port, dashboard_port, "--jobs", store_url, "--no-cache", "--no-first-request")
+        again = easel_up(tmp_path, env, port, dashboard_port, "--store", store_url, "--no-cache", "--no-first-request")
         assert again.returncode == 0, again.stdout + again.stderr
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:

@@ -101,10 +101,11 @@ def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch
 def test_triton_ports_default_to_the_documented_ones_and_parse(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import _triton_ports, main
+    from serve.cli import main
+    from serve.cli_options import PORTS
     from serve.processes.ports import TRITON_PORTS
 
-    assert TRITON_PORTS == (8003, 8001, 8002) and _triton_ports("0,0,0") == (0, 0, 0)
+    assert TRITON_PORTS == (8003, 8001, 8002) and PORTS.convert("0,0,0", None, None) == (0, 0, 0)
     assert "8003,8001,8002" in CliRunner().invoke(main, ["up", "--help"]).output
     bad = CliRunner().invoke(main, ["up", "--triton-ports", "1,x", "--no-first-request"])  # refused as it is parsed
     assert bad.exit_code == 2 and "--triton-ports" in bad.output

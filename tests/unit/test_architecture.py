@@ -193,3 +193,25 @@ def test_the_diagram_draws_every_arrow_of_the_code_and_no_other():
         f"docs/ARCHITECTURE.md's diagram lacks {sorted(real - drawn)} and draws {sorted(drawn - real)}, "
         "which the code does not import"
     )
+
+
+def mermaid() -> str:
+    """The diagram the code draws, as ARCHITECTURE.md holds it: ``python tests/unit/test_architecture.py`` prints it."""
+    table = floors()
+    arrows = sorted(room_arrows(), key=lambda a: (-table[a[0]], a[0], -table[a[1]], a[1]))
+    rooms = sorted({room for arrow in arrows for room in arrow}, key=lambda r: (-table[r], r))
+
+    def label(room: str) -> str:
+        path = room.replace(".", "/")
+        return f"{path}.py" if (PROJECT_ROOT / f"{path}.py").exists() else f"{path}/"
+
+    lines = ["flowchart TD", *(f'  {r.replace(".", "_")}["{label(r)}"]' for r in rooms)]
+    lines += [f"  {a.replace('.', '_')} --> {b.replace('.', '_')}" for a, b in arrows]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger(__name__).info("%s", mermaid())

@@ -1,0 +1,211 @@
+"""``easel bench *``, ``easel loadtest`` and ``easel chaos``: the stack measured under load; parse and wire only."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from build_engines.text_to_image.cli import embedded_option
+from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
+from serve.paths import ICONS_DEV
+from serve.settings import StackOptions, check_model
+
+model_option = model_options(StackOptions, "model_dir")
+memory_budget_option = model_options(StackOptions, "memory_budget_bytes")
+
+
+def out_option(default: str | None, kind: click.Path = FILE, help_text: str | None = None):
+    """``--out PATH``: where a command writes what it measured."""
+    return click.option("--out", type=kind, default=default and Path(default), show_default=True, help=help_text)
+
+
+images_option = click.option(
+    "--images", type=EXISTING_FOLDER, default=ICONS_DEV / "val", show_default=True, help="Icons to vectorize."
+)
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: print a table and write JSON."""
+
+
+@bench.command("generate")
+@embedded_option("Embedded model to benchmark.")
+@click.option("--steps", default=20, show_default=True)
+@click.option("--size", default=256, show_default=True)
+@click.option(
+    "--repeats",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=2),
+    help="Timed requests per concurrency slot, after a warm-up; loaded runs take them in chunks of 4.",
+)
+@click.option("--concurrency", type=INT_LIST, default="1", show_default=True, help="Concurrencies for the stack.")
+@out_option("out/bench_generate.json")
+@click.option(
+    "--device",
+    default=None,
+    help="cuda (or cpu): diffusers vs Easel's loop on PyTorch, steps merged or not, on this device; no Triton.",
+)
+@click.option(
+    "--adapters",
+    type=click.IntRange(min=2),
+    default=None,
+    help="Benchmark LoRA adapters instead: this many random LoRAs (half held per engine instance); a cold adapter's "
+    "first request, throughput with one adapter vs mixed adapters, and the engines' cost per row (with --model: the "
+    "engines' costs only, in-process).",
+)
+@model_option
+def bench_generate(
+    embedded: str,
+    steps: int,
+    size: int,
+    repeats: int,
+    concurrency: tuple[int, ...],
+    out: Path,
+    device: str | None,
+    adapters: int | None,
+    model_dir: Path | None,
+) -> None:
+    """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
+    from build_engines.text_to_image.build import default_model_dir
+    from serve.benchmarks import generate
+
+    settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=concurrency)
+    if adapters is not None:
+        from serve.benchmarks.adapters import AdapterBenchSettings, run_adapter_benchmark
+
+        concurrent = max(concurrency)
+        adapter_settings = AdapterBenchSettings(
+            adapters,
+            resident=adapters // 2,
+            steps=steps,
+            size=size,
+            concurrency=concurrent,
+            requests=concurrent * repeats,
+        )
+        if model_dir is not None:  # a local (full-size) model: the engines in-process only, 4 rows at a time
+            check_model(model_dir)
+            adapter_settings = dataclasses.replace(adapter_settings, batch=4)
+            click.echo(run_adapter_benchmark(model_dir, model_dir.name, adapter_settings, out, stack=False))
+        else:
+            click.echo(run_adapter_benchmark(default_model_dir(embedded), embedded, adapter_settings, out, stack=True))
+        return
+    if device is None:
+        if model_dir is not None:
+            raise click.UsageError("--model is for --device runs; the stack comparison uses --embedded")
+        click.echo(generate.run_benchmark(embedded, settings, out))
+        return
+    from serve.benchmarks.device import run_device_benchmark
+
+    check_model(model_dir)
+    click.echo(run_device_benchmark(model_dir or default_model_dir(embedded), settings, device, out))
+
+
+@bench.command("model")
+@model_option
+@embedded_option("Embedded model to serve when --model is not given.")
+@click.option("--sizes", type=INT_LIST, default="512", show_default=True, help="Image sides, run in ascending order.")
+@click.option("--steps", default=10, show_default=True)
+@click.option("--guidance", default=7.5, show_default=True)
+@click.option("--n", default=1, show_default=True, type=click.IntRange(1, 4), help="Images per request.")
+@memory_budget_option
+@out_option("out/bench_model.json")
+def bench_model(
+    model_dir: Path | None,
+    embedded: str,
+    sizes: tuple[int, ...],
+    steps: int,
+    guidance: float,
+    n: int,
+    memory_budget_bytes: int | None,
+    out: Path,
+) -> None:
+    """Serve a model and send one request per size until one fails: end to end, per engine, peak memory."""
+    from build_engines.text_to_image.build import default_model_dir
+    from serve.benchmarks.model import run_benchmark
+
+    check_model(model_dir)
+    model_dir = model_dir or default_model_dir(embedded)
+    click.echo(
+        run_benchmark(model_dir, list(sizes), steps, guidance, out, n=n, memory_budget_bytes=memory_budget_bytes)
+    )
+
+
+@bench.command("jobs")
+@click.option("--size", default=64, show_default=True, help="Image side of every job.")
+@click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")
+@click.option("--high-jobs", default=10, show_default=True, help="High-priority jobs timed per condition.")
+@click.option("--normal-jobs", default=24, show_default=True, help="Normal-priority jobs that saturate the stack.")
+@out_option("out/bench_jobs.json")
+def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Path) -> None:
+    """High-priority background jobs: latency on an idle stack and on one saturated by normal-priority jobs."""
+    from serve.benchmarks.jobs import JobSettings, run_benchmark
+
+    settings = JobSettings(size=size, steps=steps, high_jobs=high_jobs, normal_jobs=normal_jobs)
+    click.echo(run_benchmark(settings, out))
+
+
+@bench.command("vectorize")
+@images_option
+@click.option("--size", default=512, show_default=True, help="Longest side the icons are resized to.")
+@click.option("--tiers", default="1,2,3,auto,default", show_default=True)
+@click.option("--concurrency", type=INT_LIST, default="1", show_default=True, help="Concurrencies.")
+@click.option("--requests", default=40, show_default=True, help="Timed requests per tier and concurrency.")
+@out_option("out/bench_vectorize.json")
+def bench_vectorize(
+    images: Path, size: int, tiers: str, concurrency: tuple[int, ...], requests: int, out: Path
+) -> None:
+    """Per tier: latency p50/p95 (client and server side), conversions/s and CPU-seconds per request."""
+    from serve.benchmarks import vectorize
+
+    settings = vectorize.VectorizeSettings(
+        size=size, tiers=tuple(tiers.split(",")), concurrency=concurrency, requests=requests
+    )
+    click.echo(vectorize.run_benchmark(images, settings, out))
+
+
+@click.command()
+@click.argument("scenario")
+@images_option
+@out_option(None, FOLDER, "Where locust's CSV/HTML go (default out/loadtest/SCENARIO).")
+@click.option(
+    "--docs",
+    type=FOLDER,
+    default=None,
+    help="A scenario with stages (ramp): also write its ramp.json, ramp.md and ramp.png here (e.g. docs).",
+)
+def loadtest(scenario: str, images: Path, out: Path | None, docs: Path | None) -> None:
+    """Run a bounded locust SCENARIO (loadtests/scenarios/*.yaml) against the stack, starting it if it is down.
+
+    A scenario with stages (``ramp``) runs on a scratch stack with Prometheus and records TextToImage's replicas,
+    requests in flight and latency over time (table, JSON, plot).
+    """
+    from serve import loadtest as lt
+    from serve.benchmarks.ramp import run_ramp
+
+    with one_line_errors(FileNotFoundError, ValueError):
+        spec = lt.Scenario.load(scenario)
+    out = out or Path("out") / "loadtest" / Path(scenario).stem
+    if spec.stages:
+        code, summary = run_ramp(spec, images, out, docs)
+    else:
+        code, summary = lt.run_scenario(spec, images, out)
+    click.echo(summary)
+    click.echo(f"locust CSV and HTML in {out} (exit code {code})")
+    if code != 0:
+        raise SystemExit(code)
+
+
+@click.command()
+@click.option("--clients", default=4, show_default=True, help="Concurrent clients of the background load.")
+@click.option("--window", "window_s", default=20.0, show_default=True, help="Seconds each fault plays out.")
+@memory_budget_option
+@out_option("out/chaos.json")
+def chaos(clients: int, window_s: float, memory_budget_bytes: int | None, out: Path) -> None:
+    """Kill Triton, the UNet stub, a TextToImage and a Gateway replica, and send the largest requests, under load."""
+    from serve.chaos import run
+
+    click.echo(run(out, clients=clients, window_s=window_s, memory_budget_bytes=memory_budget_bytes))

@@ -1,0 +1,155 @@
+"""A stack's settings, declared once: what ``easel up`` takes, and the part the Serve application is given too.
+
+:class:`StackOptions` is everything ``easel up`` takes; :class:`AppSettings`, its base, is what the Serve
+application's arguments (``serve.app.AppArgs``) share with it.
+
+``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
+``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. The README's table of them is generated:
+``python -m serve.settings`` rewrites it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import click
+from pydantic import BaseModel, Field
+
+from serve.adapters.registry import DEFAULT_RESIDENT
+from serve.cache import DEFAULT_CACHE_BYTES
+from serve.cli_options import (
+    EXISTING_FILE,
+    EXISTING_FOLDER,
+    FOLDER,
+    NOT_ON_CLI,
+    PORTS,
+    SIZE,
+    Cli,
+    markdown_table,
+    model_options,
+    one_line_errors,
+)
+from serve.errors import UnsupportedModel
+from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
+from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.stores import default_url
+from serve.text_to_image.admission import DEFAULT_MAX_COST
+from serve.triton.memory import DEFAULT_BUDGET_SHARE
+
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class AppSettings(BaseModel):
+    """What the Serve application is told besides where its engines and Triton are: its budgets and its store."""
+
+    memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", SIZE)] = Field(
+        None,
+        gt=0,
+        description="Memory the text-to-image engines may use (default: their weights plus "
+        f"{DEFAULT_BUDGET_SHARE:.0%} of the memory the weights leave).",
+    )
+    max_cost: float = Field(
+        DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels one generation may cost."
+    )
+    store_url: Annotated[str | None, Cli("--store", metavar="URL", deprecated=("--jobs",))] = Field(
+        None,
+        description="The stack's store, where jobs, the result cache and API keys live: sqlite:///PATH (default: "
+        "easel.db in the run folder, $EASEL_HOME/run) or redis://HOST:PORT/DB (a stack across machines).",
+    )
+    cache_bytes: Annotated[
+        int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
+    ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
+
+    @property
+    def store(self) -> str:
+        """The store's URL: ``store_url``, or the embedded default."""
+        return self.store_url or default_url()
+
+
+class StackOptions(AppSettings):
+    """What ``easel up`` starts, and where."""
+
+    host: str = Field("127.0.0.1", description="Address of the public API.")
+    port: Port = Field(8000, description="Port of the public API (0: a free port).")
+    model_dir: Annotated[Path | None, Cli("--model", EXISTING_FOLDER)] = Field(
+        None, description="Local diffusers model folder (SD 1.x/2.x or SDXL pipeline). Default: the embedded model."
+    )
+    repository: Annotated[Path, Cli(type=FOLDER)] = Field(MODEL_REPOSITORY, description="Triton model repository.")
+    serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
+    dashboard: Annotated[bool, NOT_ON_CLI] = Field(True, description="Start the Ray dashboard.")
+    dashboard_port: Port = Field(8265, description="Ray dashboard port (0: a free port).")
+    run_dir: Annotated[Path, NOT_ON_CLI] = Field(default_factory=run_dir, description="Logs and state.")
+    prometheus: bool = Field(False, description="Also start /usr/bin/prometheus (Debian) scraping Triton and Ray.")
+    prometheus_port: Port = Field(9090, description="Prometheus port on 127.0.0.1 (0: a free port).")
+    scrape_interval_s: Annotated[float, NOT_ON_CLI] = Field(5.0, ge=1, le=60, description="Prometheus scrape interval.")
+    canary_interval_s: Annotated[float, NOT_ON_CLI] = Field(
+        10.0, gt=0, description="Seconds between canary inferences on every model."
+    )
+    insecure: bool = Field(False, description="Serve on a non-loopback host even with no API key (anyone may call it).")
+    triton_ports: Annotated[
+        tuple[int, int, int], Cli(type=PORTS, default=TRITON_PORTS, metavar="HTTP,GRPC,METRICS")
+    ] = Field((0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port).")
+    grpc_port: Annotated[Port, Cli(default=GRPC_PORT)] = Field(
+        0, description="Port of the public gRPC API, on the API's host (0: a free port)."
+    )
+    address: Annotated[str | None, Cli(metavar="HOST:PORT")] = Field(
+        None,
+        description="Deploy onto a running Ray cluster (its GCS host:port) instead of starting Ray: every node "
+        "started with the `triton` resource (ray start --resources='{\"triton\": 1}') gets its own Triton and the "
+        "model replicas.",
+    )
+    loras_dir: Annotated[Path | None, Cli("--loras", EXISTING_FOLDER)] = Field(
+        None,
+        description="Folder of LoRA adapters: each NAME.safetensors (diffusers/PEFT or kohya format) is adapter "
+        "NAME, chosen per request (the engines are built LoRA-ready).",
+    )
+    lora_resident: int = Field(
+        DEFAULT_RESIDENT,
+        ge=1,
+        description="LoRA adapters each engine instance keeps loaded (least recently used go first).",
+    )
+    ip_adapter_dir: Annotated[Path | None, Cli("--ip-adapter", EXISTING_FOLDER)] = Field(
+        None,
+        description="IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/; references "
+        "per request.",
+    )
+
+    @property
+    def store(self) -> str:
+        """The store's URL: ``store_url``, or the embedded default in ``run_dir``."""
+        return self.store_url or default_url(self.run_dir)
+
+
+README = PROJECT_ROOT / "README.md"
+TABLE_START = "<!-- `easel up` options: generated from serve.settings.StackOptions by `python -m serve.settings` -->"
+TABLE_END = "<!-- end of the generated options -->"
+
+
+def options_table() -> str:
+    """``easel up``'s options from :class:`StackOptions`, as a markdown table."""
+    return markdown_table(click.command("up")(model_options(StackOptions)(lambda **_: None)))
+
+
+def readme_table(readme: str) -> str:
+    """The table between :data:`TABLE_START` and :data:`TABLE_END` in ``readme``."""
+    return readme.split(TABLE_START + "\n", 1)[1].split(TABLE_END, 1)[0]
+
+
+def write_readme_table(path: Path = README) -> None:
+    """Rewrite the README's table of ``easel up``'s options from :class:`StackOptions`."""
+    head, rest = path.read_text().split(TABLE_START + "\n", 1)
+    path.write_text(f"{head}{TABLE_START}\n{options_table()}{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
+
+
+if __name__ == "__main__":
+    write_readme_table()
+
+
+def check_model(model_dir: Path | None) -> None:
+    """Refuse a folder that is not a supported pipeline with a one-line error, before anything starts."""
+    from serve.text_to_image.families import family_of_folder  # here: `easel --help` loads no torch
+
+    if model_dir is not None:
+        with one_line_errors(UnsupportedModel):
+            family_of_folder(model_dir)

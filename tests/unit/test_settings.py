@@ -1,0 +1,95 @@
+"""`easel up`'s options are StackOptions' fields; the Serve app's arguments share them; the README's table is theirs."""
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from serve.app import AppArgs
+from serve.cli import up
+from serve.cli_options import PORTS, SIZE, cli_fields, model_values
+from serve.paths import PROJECT_ROOT
+from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.settings import README, AppSettings, StackOptions, options_table, readme_table
+from serve.stores import default_url
+
+
+def _up_options(*args: str) -> StackOptions:
+    params = dict(up.make_context("up", list(args)).params)
+    params.pop("detach"), params.pop("first_request")
+    return StackOptions(**model_values(StackOptions, params))
+
+
+def test_the_readme_lists_easel_up_s_options_as_stack_options_declares_them():
+    assert readme_table(README.read_text()) == options_table(), "run `python -m serve.settings` to rewrite it"
+
+
+def test_every_setting_is_an_option_of_easel_up_with_its_description_or_marked_as_no_option():
+    options = {p.name: p for p in up.params if isinstance(p, click.Option)}
+    on_cli = cli_fields(StackOptions)
+    assert {"run_dir", "dashboard", "scrape_interval_s", "canary_interval_s"} == set(StackOptions.model_fields) - set(
+        on_cli
+    )
+    for name in on_cli:
+        assert options[name].help == StackOptions.model_fields[name].description, name
+    assert set(options) == {*on_cli, "no_cache", "jobs", "detach", "first_request"}
+
+
+def test_the_serve_app_s_arguments_restate_no_shared_setting():
+    assert set(AppArgs.__annotations__).isdisjoint(AppSettings.model_fields)
+    for name in AppSettings.model_fields:
+        assert AppArgs.model_fields[name].description == StackOptions.model_fields[name].description
+
+
+def test_existing_command_lines_keep_their_meaning(tmp_path):
+    default = _up_options()
+    library = StackOptions()
+    assert default.triton_ports == TRITON_PORTS and default.grpc_port == GRPC_PORT  # the library takes free ones
+    assert library.triton_ports == (0, 0, 0) and library.grpc_port == 0
+    assert default.model_dump(exclude={"triton_ports", "grpc_port", "run_dir"}) == library.model_dump(
+        exclude={"triton_ports", "grpc_port", "run_dir"}
+    )
+    conftest_line = ["--port", "8123", "--dashboard-port", "8124", "--repository", str(tmp_path), "--grpc-port", "0"]
+    options = _up_options(*conftest_line, "--triton-ports", "0,0,0", "--model", str(tmp_path), "--no-cache")
+    assert (options.port, options.dashboard_port, options.repository) == (8123, 8124, tmp_path)
+    assert (options.triton_ports, options.grpc_port, options.model_dir, options.cache_bytes) == (
+        (0, 0, 0),
+        0,
+        tmp_path,
+        0,
+    )
+    assert _up_options("--jobs", "redis://h:6379/0").store_url == "redis://h:6379/0"  # the old spelling, hidden
+    assert _up_options("--store", "redis://h:6379/1").store_url == "redis://h:6379/1"
+    sized = _up_options("--memory-budget", "8GiB", "--cache-bytes", "512MiB", "--max-cost", "12")
+    assert (sized.memory_budget_bytes, sized.cache_bytes, sized.max_cost) == (8 << 30, 512 << 20, 12.0)
+    assert "--jobs" not in up.get_help(click.Context(up))
+
+
+def test_sizes_and_port_lists_parse_and_read_back():
+    assert [SIZE.convert(s, None, None) for s in ("8GiB", "512MiB", "2G", "1500000000")] == [
+        8 << 30,
+        512 << 20,
+        2_000_000_000,
+        1_500_000_000,
+    ]
+    assert SIZE.show(1 << 30) == "1GiB" and SIZE.show(1_500_000_000) == "1500000000"
+    for bad in ("lots", "0", "-1G"):
+        with pytest.raises(click.BadParameter):
+            SIZE.convert(bad, None, None)
+    assert PORTS.convert("0,0,0", None, None) == (0, 0, 0) and PORTS.show(TRITON_PORTS) == "8003,8001,8002"
+    for bad in ("1,2", "1,x,3", "1,2,70000"):
+        with pytest.raises(click.BadParameter):
+            PORTS.convert(bad, None, None)
+
+
+def test_the_store_defaults_to_the_run_folder_s_file(tmp_path):
+    assert StackOptions(run_dir=tmp_path).store == default_url(tmp_path)
+    assert AppArgs(engine_dir="e", triton_grpc_url="t").store == default_url()
+    assert AppArgs(engine_dir="e", triton_grpc_url="t", store_url="redis://r:1/0").store == "redis://r:1/0"
+
+
+def test_easel_help_imports_neither_torch_nor_ray():
+    code = "import sys; from serve.cli import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
+    assert result.stdout.strip() == "[]"

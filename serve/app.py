@@ -32,9 +32,10 @@ from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.grpc_api import easel_pb2
+from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
-from serve.jobs.store import LeaseLost, open_job_store
+from serve.jobs.store import LeaseLost
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.deployment import EncodedImages, TextToImage, draw_seed, require_ready

@@ -372,7 +372,7 @@ def _store_option(function):
 
 
 def _key_store(store_url: str | None):
-    from serve.access.keys import open_key_store
+    from serve.access import open_key_store
     from serve.stores import default_url
 
     try:

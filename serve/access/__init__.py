@@ -3,7 +3,7 @@
 With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
 exists, every route but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
 its scopes lack the route's (:data:`ROUTE_SCOPES`), 429 with ``Retry-After`` past one of its limits
-(:mod:`serve.access.keys`). Every answer to a keyed request carries
+(:mod:`serve.access.keys`; the store: :func:`open_key_store`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
@@ -22,9 +22,12 @@ from contextlib import asynccontextmanager
 from pydantic import ValidationError
 
 from serve import metrics
-from serve.access.keys import ApiKey, Decision, KeyStore, Scope, open_key_store
+from serve.access.keys import ApiKey, Decision, KeyStore, Scope
+from serve.access.redis import RedisKeyStore
+from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
 from serve.jobs.model import Owner
+from serve.stores import scheme
 from serve.text_to_image.admission import request_cost
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import Message, Receive, Send, send_error
@@ -44,6 +47,13 @@ ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""
 CALLER = "api_key"
 """Where in the request's state :class:`KeyCheck` leaves the admitted key."""
+
+
+def open_key_store(url: str) -> KeyStore:
+    """The key store at ``url`` (``sqlite:///PATH`` or ``redis://HOST:PORT/DB``)."""
+    if scheme(url) == "sqlite":
+        return SqliteKeyStore(url)
+    return RedisKeyStore(url)
 
 
 def required_scope(path: str) -> Scope | None:

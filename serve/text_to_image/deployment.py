@@ -18,8 +18,8 @@ from ray import serve
 from serve import metrics
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, NotReady
+from serve.jobs import open_job_store
 from serve.jobs.runner import JobCanceled, JobLease
-from serve.jobs.store import open_job_store
 from serve.text_to_image.admission import Admission, Limits, engine_budgets, memory_models
 from serve.text_to_image.pipeline import Generation, StepCallback, TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview

@@ -3,7 +3,8 @@
 import pytest
 
 from serve.access import body_cost, duration, ratelimit_headers, required_scope
-from serve.access.keys import Bucket, Decision, KeyLimits, Scope, SqliteKeyStore
+from serve.access.keys import Bucket, Decision, KeyLimits, Scope
+from serve.access.sqlite import SqliteKeyStore
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
 
 

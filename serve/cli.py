@@ -416,7 +416,8 @@ def keys_create(
     store_url: str | None,
 ) -> None:
     """Create a key and print it (only once: the store keeps its hash)."""
-    from serve.access.keys import KeyLimits, Scope
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
 
     try:
         chosen = {Scope(s.strip()) for s in scopes.split(",") if s.strip()}

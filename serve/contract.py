@@ -1,7 +1,8 @@
 """The OpenAPI document as the API behaves: every status a route answers, the one error body, every request body.
 
-FastAPI documents a 422 the API never sends and nothing else that can go wrong; ``/v1/vectorize`` reads its body by
-hand, so FastAPI sees none. :func:`openapi` starts from FastAPI's document and makes it true, in this one place.
+FastAPI documents a 422 the API never sends and nothing else that can go wrong (the statuses each route answers
+are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand, so FastAPI sees none.
+:func:`openapi` starts from FastAPI's document and makes it true, in this one place.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve.routes import KEYED_ROUTE_ERRORS, route
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
@@ -42,19 +44,6 @@ WHY = {
     503: "A backend is not ready or failed: retry after Retry-After seconds.",
 }
 
-_ON_EVERY_ROUTE = (400, 401, 403, 408, 413, 429, 503)
-ERRORS_BY_ROUTE: dict[tuple[str, str], tuple[int, ...]] = {
-    ("get", "/healthz"): (503,),
-    ("get", "/readyz"): (503,),
-    ("post", "/v1/images/generations"): (*_ON_EVERY_ROUTE, 409),
-    ("get", "/v1/loras"): _ON_EVERY_ROUTE,
-    ("get", "/v1/jobs"): (*_ON_EVERY_ROUTE, 404),
-    ("get", "/v1/jobs/{job_id}"): (*_ON_EVERY_ROUTE, 404),
-    ("post", "/v1/jobs/{job_id}/cancel"): (*_ON_EVERY_ROUTE, 404, 409),
-    ("get", "/v1/jobs/{job_id}/events"): (*_ON_EVERY_ROUTE, 404),
-    ("post", "/v1/vectorize"): _ON_EVERY_ROUTE,
-}
-"""The error statuses each route can answer (its own, the wire's limits, keys, back-pressure, backends)."""
 
 _BINARY = {"type": "string", "format": "binary"}
 
@@ -99,7 +88,8 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in ERRORS_BY_ROUTE.get((method, path), _ON_EVERY_ROUTE):
+            declared = route(method, path)
+            for status in declared.error_statuses if declared else KEYED_ROUTE_ERRORS:
                 responses[str(status)] = {
                     "description": WHY[status],
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},

@@ -26,7 +26,8 @@ from build_engines.vectorize.runtime import TRAINED_DIR, Models
 from serve.vectorize.convert import Scored, render, score, ssim
 from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors
-from serve.vectorize.tiers import Priority, Tier, answer, choose, needs_check, score_svg
+from serve.vectorize.schema import Priority, Tier
+from serve.vectorize.tiers import answer, choose, needs_check, score_svg
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,6 @@ request checks and takes them in one transaction (SQLite ``BEGIN IMMEDIATE``; a 
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import hmac
 import json
@@ -28,19 +27,12 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.routes import Scope
+
 API_KEY_ENV = "EASEL_API_KEY"
 """The key Easel's own clients (the first request, load tests, benchmarks) send, when set."""
 INFLIGHT_TTL_S = 900.0
 """A request slot not given back in this time (its replica died) is dropped."""
-
-
-class Scope(enum.StrEnum):
-    """What a key may do; each route needs one (``serve.access.ROUTE_SCOPES``)."""
-
-    GENERATE = "generate"
-    VECTORIZE = "vectorize"
-    JOBS = "jobs"
-    ADMIN = "admin"
 
 
 class KeyLimits(BaseModel):

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from serve.priority import Priority
-from serve.vectorize.tiers import Tier
+from serve.vectorize.schema import Tier
 
 MAX_IMAGES = 4
 MIN_SIDE = 64

@@ -24,9 +24,9 @@ from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
 from serve.vectorize.image import ImageRejected, decode_image
-from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
-from serve.vectorize.tiers import Tier, Why
+from serve.vectorize.tiers import Why
 
 logger = logging.getLogger(__name__)
 

@@ -1,13 +1,30 @@
-"""The vectorize API request options and their limits."""
+"""The vectorize API request options, their vocabulary (tiers, what a request puts first) and their limits."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import enum
 
-from serve.vectorize.tiers import Priority, Tier
+from pydantic import BaseModel, ConfigDict, Field
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
+
+
+class Tier(enum.StrEnum):
+    """A tier as the API names it (``tier`` option, ``Easel-Tier`` header, metric labels)."""
+
+    AUTO = "auto"
+    TIER1 = "1"
+    TIER2 = "2"
+    TIER3 = "3"
+    DEFAULT = "default"
+
+
+class Priority(enum.StrEnum):
+    """What a request puts first: ``quality`` (never worse than the defaults) or ``size`` (the tier's pick as is)."""
+
+    QUALITY = "quality"
+    SIZE = "size"
 
 
 class VectorizeOptions(BaseModel):

@@ -4,7 +4,7 @@ import json
 
 from serve import errors
 from serve.app import api
-from serve.contract import ERRORS_BY_ROUTE
+from serve.routes import ROUTES, route
 
 DOCUMENT = api.openapi()
 
@@ -14,10 +14,10 @@ def _operations():
 
 
 def test_every_route_is_declared_and_documents_its_errors_with_the_one_error_body():
-    assert {(method, path) for method, path, _ in _operations()} == set(ERRORS_BY_ROUTE)
+    assert {(method, path) for method, path, _ in _operations()} == {(r.method, r.path) for r in ROUTES}
     for method, path, operation in _operations():
         documented = {int(s) for s in operation["responses"] if s.startswith(("4", "5"))}
-        assert documented == set(ERRORS_BY_ROUTE[(method, path)]), (method, path)
+        assert documented == set(route(method, path).error_statuses), (method, path)
         for status in documented:
             schema = operation["responses"][str(status)]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/Error"}

@@ -7,14 +7,12 @@ import pytest
 
 from serve.vectorize.features import F
 from serve.vectorize.params import DEFAULTS, PRESETS, P, from_vector, scale_to_size, to_vector
-from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.schema import Priority, Tier, VectorizeOptions
 from serve.vectorize.tiers import (
     DEFAULTS_ROW,
     TIER1_ROW,
     Margins,
-    Priority,
     Scores,
-    Tier,
     Why,
     answer,
     choose,

@@ -64,6 +64,7 @@ def _vectorize_body(components: dict) -> dict:
         "type": "object",
         "required": ["file"],
         "properties": {"file": _BINARY | {"description": "The PNG/JPEG/... file."}, **options["properties"]},
+        "not": options["not"],  # prefer or its former name, not both
     }
     return {
         "required": True,

@@ -87,7 +87,7 @@ class Vectorizer:
             raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
         timings = {"decode": _ms_since(started)}
         choice, scores, detail = await self._choose(pixels, options, timings)
-        check = tiers.needs_check(choice, scores, options.priority, options.target_quality)
+        check = tiers.needs_check(choice, scores, options.prefer, options.target_quality)
         result = await self._trace(pixels, choice, check, options)
         timings.update(result.timings_ms)
         choice, conversion, measured = result.choice, result.conversion, result.ssim

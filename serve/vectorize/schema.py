@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
@@ -20,7 +20,7 @@ class Tier(enum.StrEnum):
     DEFAULT = "default"
 
 
-class Priority(enum.StrEnum):
+class Preference(enum.StrEnum):
     """What a request puts first: ``quality`` (never worse than the defaults) or ``size`` (the tier's pick as is)."""
 
     QUALITY = "quality"
@@ -30,15 +30,21 @@ class Priority(enum.StrEnum):
 class VectorizeOptions(BaseModel):
     """Options of ``POST /v1/vectorize`` (form fields with a multipart upload, or JSON fields beside ``image``)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["priority", "prefer"]}})
 
     tier: Tier = Field(
         Tier.AUTO,
         description="1: fitted mapping, 2: predictor-guided search, 3: PPO policy, auto: by image class and "
         "time budget, default: vtracer's defaults.",
     )
-    priority: Priority = Field(
-        Priority.QUALITY,
+    priority: Preference = Field(  # None: not given (a null sent is refused, as the schema says)
+        None,
+        description="Deprecated: the former name of prefer (give one of them, not both).",
+        json_schema_extra={"deprecated": True},
+        exclude=True,
+    )
+    prefer: Preference = Field(
+        Preference.QUALITY,
         description="quality: the answer is never worse than vtracer's defaults (SSIM); when the predictor is not "
         "sure of it, the SVG is rendered back beside the defaults' and the defaults answer if they score higher. "
         "size: the tier's smallest pick as is, unchecked.",
@@ -61,6 +67,19 @@ class VectorizeOptions(BaseModel):
     validate_output: bool = Field(
         False, alias="validate", description="Render the SVG back and report its SSIM against the input."
     )
+
+    @field_validator("prefer")
+    @classmethod
+    def _one_name(cls, value: Preference, info: ValidationInfo) -> Preference:
+        if info.data.get("priority") is not None:
+            raise ValueError("give prefer or priority (its former name), not both")
+        return value
+
+    @model_validator(mode="after")
+    def _former_name(self) -> VectorizeOptions:
+        if self.priority is not None:
+            self.prefer, self.priority = self.priority, None
+        return self
 
 
 class VectorizeJson(VectorizeOptions):

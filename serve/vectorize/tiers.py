@@ -42,7 +42,7 @@ from serve.vectorize.params import (
     scale_to_size,
     to_vector,
 )
-from serve.vectorize.schema import Priority, Tier
+from serve.vectorize.schema import Preference, Tier
 
 TIER1_FILE = "tier1.json"
 DEFAULTS_ROW = 0
@@ -310,14 +310,14 @@ def choose(
     return replace(choice, params=params, runner_up=None if tier1 == params else tier1)
 
 
-def needs_check(choice: Choice, scores: Scores | None, priority: Priority, target_quality: float | None) -> bool:
+def needs_check(choice: Choice, scores: Scores | None, prefer: Preference, target_quality: float | None) -> bool:
     """Whether ``choice`` must be converted beside the defaults and compared (the quality guarantee).
 
     Not for the defaults themselves, a size-first request or one that names its own ``target_quality``. Otherwise
     checked when the image is unfamiliar, or when the predictor's SSIM gain over the defaults is below the tier's
     calibrated trust margin.
     """
-    if choice.used is Tier.DEFAULT or priority is Priority.SIZE or target_quality is not None or scores is None:
+    if choice.used is Tier.DEFAULT or prefer is Preference.SIZE or target_quality is not None or scores is None:
         return False
     if not scores.familiar:
         return True

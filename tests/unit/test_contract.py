@@ -5,6 +5,8 @@ import json
 from serve import errors
 from serve.app import api
 from serve.routes import ROUTES, route
+from serve.text_to_image.schema import GenerationRequest
+from serve.vectorize.schema import VectorizeJson
 
 DOCUMENT = api.openapi()
 
@@ -38,10 +40,21 @@ def test_vectorize_documents_its_three_request_encodings():
     body = DOCUMENT["paths"]["/v1/vectorize"]["post"]["requestBody"]
     assert set(body["content"]) == {"multipart/form-data", "application/json", "image/png", "image/jpeg"}
     form = body["content"]["multipart/form-data"]["schema"]
-    assert form["required"] == ["file"] and {"file", "tier", "priority"} <= set(form["properties"])
+    assert form["required"] == ["file"] and {"file", "tier", "priority", "prefer"} <= set(form["properties"])
     assert "image" in DOCUMENT["components"]["schemas"]["VectorizeJson"]["properties"]
 
 
 def test_limits_are_exact_numbers():
     seed = DOCUMENT["components"]["schemas"]["GenerationRequest"]["properties"]["seed"]["anyOf"][0]
     assert seed["maximum"] == 2**63 - 1 and isinstance(seed["maximum"], int)
+
+
+def test_each_model_s_enums_keep_their_own_name_in_the_document():
+    """Two enums of one name would merge into one component: the generation's priority once offered "size"."""
+    components = DOCUMENT["components"]["schemas"]
+    for model in (GenerationRequest, VectorizeJson):
+        for name, schema in model.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"].items():
+            assert components[name] == schema, name
+    assert components["GenerationRequest"]["properties"]["priority"]["$ref"].endswith("/Priority")
+    assert components["Priority"]["enum"] == ["high", "normal", "low"]
+    assert components["Preference"]["enum"] == ["quality", "size"]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import enum
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
+BASE64_PATTERN = r"^(?:(?:[A-Za-z0-9+/]{4})+=*|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=))?(?!\n)$"
+"""What ``base64.b64decode(text, validate=True)`` decodes, for the schemas (``(?!\\n)$``: the end, not a newline)."""
 
 
 class Tier(enum.StrEnum):
@@ -30,16 +32,16 @@ class Preference(enum.StrEnum):
 class VectorizeOptions(BaseModel):
     """Options of ``POST /v1/vectorize`` (form fields with a multipart upload, or JSON fields beside ``image``)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"not": {"required": ["priority", "prefer"]}})
+    model_config = ConfigDict(extra="forbid")
 
     tier: Tier = Field(
         Tier.AUTO,
         description="1: fitted mapping, 2: predictor-guided search, 3: PPO policy, auto: by image class and "
         "time budget, default: vtracer's defaults.",
     )
-    priority: Preference = Field(  # None: not given (a null sent is refused, as the schema says)
+    priority: Preference | None = Field(
         None,
-        description="Deprecated: the former name of prefer (give one of them, not both).",
+        description="Deprecated: the former name of prefer (ignored when prefer is given).",
         json_schema_extra={"deprecated": True},
         exclude=True,
     )
@@ -68,21 +70,19 @@ class VectorizeOptions(BaseModel):
         False, alias="validate", description="Render the SVG back and report its SSIM against the input."
     )
 
-    @field_validator("prefer")
-    @classmethod
-    def _one_name(cls, value: Preference, info: ValidationInfo) -> Preference:
-        if info.data.get("priority") is not None:
-            raise ValueError("give prefer or priority (its former name), not both")
-        return value
-
     @model_validator(mode="after")
     def _former_name(self) -> VectorizeOptions:
-        if self.priority is not None:
-            self.prefer, self.priority = self.priority, None
+        if self.priority is not None and "prefer" not in self.model_fields_set:
+            self.prefer = self.priority
+        self.priority = None
         return self
 
 
 class VectorizeJson(VectorizeOptions):
     """JSON body: the image as base64 plus the options."""
 
-    image: str = Field(min_length=1, description="The PNG/JPEG/... file, base64-encoded.")
+    image: str = Field(
+        min_length=1,
+        json_schema_extra={"pattern": BASE64_PATTERN},  # documented; decoded by the Gateway
+        description="The PNG/JPEG/... file, base64-encoded.",
+    )

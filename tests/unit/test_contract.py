@@ -1,12 +1,20 @@
 """The OpenAPI document says what the API does: its statuses, the one error body, every request body."""
 
+import base64
+import itertools
 import json
+import re
+
+import pytest
 
 from serve import errors
 from serve.app import api
+from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
+from serve.errors import InvalidInput
+from serve.jobs.model import check_idempotency_key
 from serve.routes import ROUTES, route
-from serve.text_to_image.schema import GenerationRequest
-from serve.vectorize.schema import VectorizeJson
+from serve.text_to_image.schema import PROMPT_PATTERN, SIZE_PATTERN, GenerationRequest
+from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
 
 DOCUMENT = api.openapi()
 
@@ -58,3 +66,52 @@ def test_each_model_s_enums_keep_their_own_name_in_the_document():
     assert components["GenerationRequest"]["properties"]["priority"]["$ref"].endswith("/Priority")
     assert components["Priority"]["enum"] == ["high", "normal", "low"]
     assert components["Preference"]["enum"] == ["quality", "size"]
+
+
+def _accepted(check, value) -> bool:
+    try:
+        check(value)
+    except (ValueError, InvalidInput):
+        return False
+    return True
+
+
+SIDES = ["0", "8", "56", "64", "064", "0064", "00064", "000064", "72", "100", "1016", "1024", "01024", "1032", "2048"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "check", "values"),
+    [
+        (
+            SIZE_PATTERN,
+            lambda size: GenerationRequest(prompt="x", size=size),
+            [f"{w}x{h}" for w in SIDES for h in ("64", "1024")] + ["64x64\n", "\uff16\uff14x64", "64X64", " 64x64"],
+        ),
+        (
+            PROMPT_PATTERN,
+            lambda prompt: GenerationRequest(prompt=prompt),
+            [chr(c) * 2 for c in range(0x3001)] + ["\ufeff", " \x85a"],
+        ),
+        (
+            BASE64_PATTERN,
+            lambda text: base64.b64decode(text, validate=True),
+            ["".join(chars) for n in range(8) for chars in itertools.product("A+/=\n-", repeat=n)][::7] + ["é==="],
+        ),
+        (
+            IDEMPOTENCY_KEY["pattern"],
+            check_idempotency_key,
+            ["k", "k" * 255, "k" * 256, "a b", "a\tb", "k\n", "~!", "\x7f", "é"],
+        ),
+    ],
+)
+def test_each_pattern_in_the_document_is_exactly_what_the_server_accepts(pattern, check, values):
+    for value in values:
+        assert bool(re.search(pattern, value)) == _accepted(check, value), repr(value)
+
+
+def test_every_limit_no_schema_states_is_documented_on_a_declared_route():
+    for limit in UNSTATED_LIMITS:
+        declared = route(limit.method, limit.path)
+        assert declared is not None and limit.status in declared.error_statuses, limit
+        description = DOCUMENT["paths"][limit.path][limit.method]["responses"][str(limit.status)]["description"]
+        assert limit.limit in description and limit.why in description

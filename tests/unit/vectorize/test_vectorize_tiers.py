@@ -56,8 +56,7 @@ def test_priority_is_prefer_s_former_name_still_accepted():
     former = VectorizeOptions.model_validate({"priority": "size"})
     assert former.prefer is Preference.SIZE
     assert VectorizeOptions.model_validate(former.model_dump(by_alias=True)).prefer is Preference.SIZE
-    with pytest.raises(ValueError, match="prefer or priority"):
-        VectorizeOptions.model_validate({"priority": "size", "prefer": "size"})
+    assert VectorizeOptions.model_validate({"priority": "size", "prefer": "quality"}).prefer is Preference.QUALITY
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ UNSTATED_LIMITS = (
         _GENERATIONS,
         ("ip_adapter_image",),
         "",
-        "a PNG, JPEG or WebP image of at most 4096 x 4096 pixels, on a stack started with --ip-adapter",
+        "a PNG, JPEG or WebP image within the field's limits, on a stack started with --ip-adapter",
         f"{_IMAGE}; the IP-Adapter is the stack's",
     ),
     UnstatedLimit(

@@ -33,9 +33,11 @@ from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.grpc_api import easel_pb2
+from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
-from serve.jobs.store import LeaseLost, open_job_store
+from serve.jobs.store import LeaseLost
+from serve.routes import BODY_LIMITS, PIPELINES, rpc_route
 from serve.settings import AppSettings
 from serve.stores import default_url
 from serve.text_to_image.admission import Limits
@@ -43,9 +45,8 @@ from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage,
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
-from serve.vectorize.schema import VectorizeJson, VectorizeOptions
-from serve.vectorize.tiers import Tier
-from serve.wire import BODY_LIMITS, BodyLimits
+from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
+from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,6 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
     api.add_exception_handler(_error_type, _easel_error)
 
 
-PIPELINES = {"/v1/images/generations": metrics.TEXT_TO_IMAGE, "/v1/vectorize": metrics.VECTORIZE}
 api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
 # The proxy applies the same limits first where it loads serve.wire (the stack's Ray); these hold on any proxy, and,
 # added before the metrics middleware, their 413s are counted.
@@ -439,7 +439,7 @@ class Gateway:
         """
         try:
             request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, grpc_api.ROUTES["Generate"], request):
+            async with call_admitted(grpc_context, rpc_route("Generate").path, request):
                 stream = self.text_to_image.options(stream=True).generate_stream.remote(request, sent_at=time.time())
                 async for item in stream:
                     if isinstance(item, Progress):
@@ -458,7 +458,7 @@ class Gateway:
         """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
         try:
             options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, grpc_api.ROUTES["Vectorize"]):
+            async with call_admitted(grpc_context, rpc_route("Vectorize").path):
                 result = await self.vectorizer.vectorize.remote(message.image, options, sent_at=time.time())
             return grpc_api.vectorize_reply(result)
         except Exception as error:

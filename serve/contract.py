@@ -1,16 +1,26 @@
 """The OpenAPI document as the API behaves: every status a route answers, the one error body, every request body.
 
-FastAPI documents a 422 the API never sends and nothing else that can go wrong; ``/v1/vectorize`` reads its body by
-hand, so FastAPI sees none. :func:`openapi` starts from FastAPI's document and makes it true, in this one place.
+FastAPI documents a 422 the API never sends and nothing else that can go wrong (the statuses each route answers
+are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand, so FastAPI sees none.
+:func:`openapi` starts from FastAPI's document and makes it true, in this one place.
+
+The schemas state every limit they can. What no schema can state is in :data:`UNSTATED_LIMITS`, each with why: the
+document lists them under the status they answer, and the contract test accepts those refusals of schema-valid
+requests, and no other.
 """
 
 from __future__ import annotations
 
+import fnmatch
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from serve.jobs.model import MAX_IDEMPOTENCY_KEY
+from serve.routes import KEYED_ROUTE_ERRORS, route
 from serve.text_to_image.schema import GenerationRequest
+from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
 ERROR = {
@@ -42,21 +52,126 @@ WHY = {
     503: "A backend is not ready or failed: retry after Retry-After seconds.",
 }
 
-_ON_EVERY_ROUTE = (400, 401, 403, 408, 413, 429, 503)
-ERRORS_BY_ROUTE: dict[tuple[str, str], tuple[int, ...]] = {
-    ("get", "/healthz"): (503,),
-    ("get", "/readyz"): (503,),
-    ("post", "/v1/images/generations"): (*_ON_EVERY_ROUTE, 409),
-    ("get", "/v1/loras"): _ON_EVERY_ROUTE,
-    ("get", "/v1/jobs"): (*_ON_EVERY_ROUTE, 404),
-    ("get", "/v1/jobs/{job_id}"): (*_ON_EVERY_ROUTE, 404),
-    ("post", "/v1/jobs/{job_id}/cancel"): (*_ON_EVERY_ROUTE, 404, 409),
-    ("get", "/v1/jobs/{job_id}/events"): (*_ON_EVERY_ROUTE, 404),
-    ("post", "/v1/vectorize"): _ON_EVERY_ROUTE,
-}
-"""The error statuses each route can answer (its own, the wire's limits, keys, back-pressure, backends)."""
+
+@dataclass(frozen=True)
+class UnstatedLimit:
+    """A limit no schema states: a schema-valid request over it is refused with ``status``, naming one of ``params``."""
+
+    method: str
+    path: str
+    params: tuple[str, ...]  # the fields the refusal may name (``*`` stands for a list index)
+    says: str  # what the refusal's message says
+    limit: str  # the limit, as the document says it
+    why: str  # why no schema states it
+    status: int = 400
+
+    def refuses(self, method: str, path: str, status: int, error: dict) -> bool:
+        """Whether ``error`` (the error body's ``error``), answered with ``status`` to an operation, is this limit's."""
+        if (method.lower(), path, status) != (self.method, self.path, self.status) or self.says not in error["message"]:
+            return False
+        return any(fnmatch.fnmatchcase(error["param"] or "", param) for param in self.params)
+
+
+_GENERATIONS, _VECTORIZE = "/v1/images/generations", "/v1/vectorize"
+_IMAGE = "whether bytes are an image is known by decoding them"
+UNSTATED_LIMITS = (
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("num_inference_steps",),
+        "is over the limit of",
+        "n x num_inference_steps x megapixels (of size, or of the model's native size) is at most the stack's cost "
+        "ceiling, `easel up --max-cost`",
+        "a product of three fields against a setting of the stack",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("size",),
+        "of the memory budget",
+        "an image of this size fits each engine's share of the stack's memory budget, `easel up --memory-budget`",
+        "what a size needs depends on the engines the stack serves",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("n", "num_inference_steps", "seed"),
+        "valid integer",
+        "an integer written without a fraction: 2, not 2.0",
+        "JSON Schema counts 2.0 as an integer; the API's types are strict",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("loras.*.name",),
+        "LoRA adapter",
+        "each name is an adapter GET /v1/loras lists as ready",
+        "the adapters are the stack's, `easel up --loras`",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("loras",),
+        "each adapter may appear once",
+        "each adapter appears once",
+        "JSON Schema's uniqueItems compares whole items, name and scale, not names",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("ip_adapter_image",),
+        "",
+        "a PNG, JPEG or WebP image within the field's limits, on a stack started with --ip-adapter",
+        f"{_IMAGE}; the IP-Adapter is the stack's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("ip_adapter_scale",),
+        "",
+        "an InstantStyle mapping names blocks the model's UNet has, with at most one scale per layer",
+        "the blocks are the model's",
+    ),
+    UnstatedLimit(
+        "post",
+        _VECTORIZE,
+        ("image",),
+        "",
+        f"a raster image (PNG, JPEG, WebP, GIF, ...) with sides of at least {MIN_SIDE} pixels that vtracer traces "
+        "within the deadline of a request",
+        f"{_IMAGE}, and how long tracing takes by tracing",
+    ),
+    UnstatedLimit(
+        "post",
+        _VECTORIZE,
+        ("image",),
+        "",
+        f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all",
+        "an image's size is known by reading its header",
+        status=413,
+    ),
+)
+"""Every limit of the API that no schema states."""
+
+
+def unstated_limit(method: str, path: str, status: int, error: dict) -> UnstatedLimit | None:
+    """The limit of :data:`UNSTATED_LIMITS` a refusal is (``path`` as the document names the route), or None."""
+    return next((limit for limit in UNSTATED_LIMITS if limit.refuses(method, path, status, error)), None)
+
+
+def _why(method: str, path: str, status: int) -> str:
+    """A status's description on one route: what it means, and the limits no schema states that it answers."""
+    limits = [limit for limit in UNSTATED_LIMITS if (limit.method, limit.path, limit.status) == (method, path, status)]
+    beyond = "".join(
+        f"\n- {', '.join(f'`{param}`' for param in limit.params)}: {limit.limit}. Not in the schema: {limit.why}."
+        for limit in limits
+    )
+    return WHY[status] + (f"\n\nLimits no schema states:{beyond}" if beyond else "")
+
 
 _BINARY = {"type": "string", "format": "binary"}
+IDEMPOTENCY_KEY = {"type": "string", "pattern": f"^[!-~]{{1,{MAX_IDEMPOTENCY_KEY}}}(?!\\n)$"}
+"""The ``Idempotency-Key`` header as :func:`~serve.jobs.model.check_idempotency_key` takes it (visible ASCII)."""
 
 
 def _add_schema(components: dict, model: type[BaseModel]) -> dict:
@@ -67,14 +182,25 @@ def _add_schema(components: dict, model: type[BaseModel]) -> dict:
     return schema
 
 
+def _not_null(schema: dict) -> dict:
+    """A field's schema as a form states it: a form has no null (a field left out takes its default)."""
+    kinds = [kind for kind in schema.get("anyOf", ()) if kind != {"type": "null"}]
+    if len(kinds) != 1:
+        return schema
+    rest = {key: value for key, value in schema.items() if key != "anyOf" and (key, value) != ("default", None)}
+    return rest | kinds[0]
+
+
 def _vectorize_body(components: dict) -> dict:
     """``/v1/vectorize``'s three encodings: multipart (``file`` + option fields), JSON (base64), a raw image."""
     _add_schema(components, VectorizeJson)
     options = _add_schema(components, VectorizeOptions)
+    fields = {name: _not_null(schema) for name, schema in options["properties"].items()}
     form = {
         "type": "object",
         "required": ["file"],
-        "properties": {"file": _BINARY | {"description": "The PNG/JPEG/... file."}, **options["properties"]},
+        "properties": {"file": _BINARY | {"description": "The PNG/JPEG/... file."}, **fields},
+        "additionalProperties": options["additionalProperties"],
     }
     return {
         "required": True,
@@ -99,12 +225,17 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         for method, operation in operations.items():
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
-            for status in ERRORS_BY_ROUTE.get((method, path), _ON_EVERY_ROUTE):
+            declared = route(method, path)
+            for status in declared.error_statuses if declared else KEYED_ROUTE_ERRORS:
                 responses[str(status)] = {
-                    "description": WHY[status],
+                    "description": _why(method, path, status),
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
-    generations = document["paths"]["/v1/images/generations"]["post"]["responses"]
+    generation = document["paths"][_GENERATIONS]["post"]
+    for parameter in generation["parameters"]:
+        if parameter["name"] == "Idempotency-Key":
+            parameter["schema"] = IDEMPOTENCY_KEY
+    generations = generation["responses"]
     generations["202"] = {
         "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
         "content": {"application/json": {"schema": {"type": "object"}}},
@@ -113,7 +244,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         "description": "Server-Sent Events: state, one progress per step, then completed, failed or canceled.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
-    vectorize = document["paths"]["/v1/vectorize"]["post"]
+    vectorize = document["paths"][_VECTORIZE]["post"]
     vectorize["requestBody"] = _vectorize_body(components)
     vectorize["responses"]["200"] = {
         "description": "The SVG (image/svg+xml), or with Accept: application/json the SVG, its tier and timings.",

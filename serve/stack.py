@@ -81,7 +81,7 @@ class OpenToTheNetwork(ValueError):
 
 def check_exposure(options: StackOptions) -> None:
     """Refuse to serve on a non-loopback address with no API key unless ``options.insecure``."""
-    from serve.access.keys import open_key_store
+    from serve.access import open_key_store
 
     if options.insecure or _is_loopback(options.host) or open_key_store(options.store).active() > 0:
         return

@@ -1,9 +1,11 @@
 """Where state that must survive a restart lives, picked by one URL: SQLite (default, embedded) or Redis.
 
 ``sqlite:///ABSOLUTE/PATH.db`` for one machine (the default: ``easel.db`` in the stack's run folder,
-``$EASEL_HOME/run``); ``redis://HOST:PORT/DB`` when the stack spans nodes. Background jobs (:mod:`serve.jobs.store`),
-the result cache (:mod:`serve.cache`) and API keys (:mod:`serve.access`) open their stores from the same URL, so
-one flag (``easel up --store URL``) moves all of them.
+``$EASEL_HOME/run``); ``redis://HOST:PORT/DB`` when the stack spans nodes. Background jobs, API keys and the result
+cache open their stores from the same URL (:func:`serve.jobs.open_job_store`, :func:`serve.access.open_key_store`,
+:func:`serve.cache.open_cache`), so one flag (``easel up --store URL``) moves all of them. Each has one contract
+(``store.py``; keys: ``keys.py``) and one module per store (``sqlite.py``, ``redis.py``), which share what is here:
+the URL's scheme, SQLite connections, the Redis client.
 """
 
 from __future__ import annotations

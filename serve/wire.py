@@ -1,8 +1,8 @@
 """Limits on the wire: request bodies are counted as they arrive (chunked uploads included) and slow senders time out.
 
-:class:`BodyLimits`, an ASGI middleware: a declared ``Content-Length`` over the route's limit is refused before any
-byte is read; otherwise the bytes actually received are counted and the request is refused (413) as soon as they
-pass the limit, so no more than the limit is ever held. A client that stops sending its body for
+:class:`BodyLimits`, an ASGI middleware: a declared ``Content-Length`` over the route's limit (:mod:`serve.routes`)
+is refused before any byte is read; otherwise the bytes actually received are counted and the request is refused
+(413) as soon as they pass the limit, so no more than the limit is ever held. A client that stops sending its body for
 ``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body. It runs twice: in Ray Serve's
 HTTP proxy, which otherwise reads a body as fast as the client sends it and queues it until a replica asks for it
 (without a bound of its own), and in front of the public app.
@@ -18,8 +18,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 
 from serve.errors import EaselError, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
-from serve.text_to_image.schema import MAX_REQUEST_BYTES
-from serve.vectorize.schema import MAX_UPLOAD_BYTES
+from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT
 
 logger = logging.getLogger(__name__)
 
@@ -29,12 +28,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-DEFAULT_BODY_LIMIT = 1 << 20
-"""Bytes a request body may have on routes without their own limit (JSON requests)."""
 BODY_IDLE_TIMEOUT_S = 15.0
 """Seconds a client may pause while sending its body."""
-BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES, "/v1/images/generations": MAX_REQUEST_BYTES}
-"""Routes with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
 
 
 async def send_error(send: Send, error: EaselError) -> None:

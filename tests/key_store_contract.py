@@ -5,7 +5,8 @@ A test module imports these and defines a ``store`` fixture (a fresh, empty stor
 
 import pytest
 
-from serve.access.keys import KeyLimits, Scope, digest, key_id_of
+from serve.access.keys import KeyLimits, digest, key_id_of
+from serve.routes import Scope
 
 GEN = {Scope.GENERATE}
 

@@ -26,7 +26,8 @@ from build_engines.vectorize.runtime import TRAINED_DIR, Models
 from serve.vectorize.convert import Scored, render, score, ssim
 from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors
-from serve.vectorize.tiers import Priority, Tier, answer, choose, needs_check, score_svg
+from serve.vectorize.schema import Preference, Tier
+from serve.vectorize.tiers import answer, choose, needs_check, score_svg
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def _tier_records(name: str, pixels: np.ndarray, models: Models) -> list[Record]
         start = time.perf_counter()
         scores = models.scores(pixels)
         choice = choose(tier, scores, max(pixels.shape[:2]))
-        result = answer(pixels, choice, needs_check(choice, scores, Priority.QUALITY, None))
+        result = answer(pixels, choice, needs_check(choice, scores, Preference.QUALITY, None))
         ms = (time.perf_counter() - start) * 1000
         served = result.ssim if result.ssim is not None else score_svg(pixels, result.conversion.svg)
         replaced = result.unchecked is not None

@@ -25,8 +25,9 @@ from build_engines.vectorize.runtime import Models
 from build_engines.vectorize.tier1_fit import best_found, fit_tier1
 from serve.vectorize.convert import score
 from serve.vectorize.image import load_image, resize
+from serve.vectorize.schema import Tier
 from serve.vectorize.spec import POLICY, QUALITY
-from serve.vectorize.tiers import MODEL_TIERS, TIER1_FILE, Margins, Scores, Tier, choose
+from serve.vectorize.tiers import MODEL_TIERS, TIER1_FILE, Margins, Scores, choose
 
 logger = logging.getLogger(__name__)
 

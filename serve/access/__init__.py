@@ -1,9 +1,9 @@
 """Who may call the API, and how much: the one door every request passes (an ASGI middleware of the Gateway).
 
 With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
-exists, every route but :data:`OPEN_PATHS` needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
-its scopes lack the route's (:data:`ROUTE_SCOPES`), 429 with ``Retry-After`` past one of its limits
-(:mod:`serve.access.keys`). Every answer to a keyed request carries
+exists, every route but the open ones (health) needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
+its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past one of its limits
+(:mod:`serve.access.keys`; the store: :func:`open_key_store`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
@@ -22,9 +22,13 @@ from contextlib import asynccontextmanager
 from pydantic import ValidationError
 
 from serve import metrics
-from serve.access.keys import ApiKey, Decision, KeyStore, Scope, open_key_store
+from serve.access.keys import ApiKey, Decision, KeyStore
+from serve.access.redis import RedisKeyStore
+from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
 from serve.jobs.model import Owner
+from serve.routes import OPEN_PATHS, Scope, costed, required_scope
+from serve.stores import scheme
 from serve.text_to_image.admission import request_cost
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import Message, Receive, Send, send_error
@@ -32,26 +36,17 @@ from serve.wire import Scope as AsgiScope
 
 logger = logging.getLogger(__name__)
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-ROUTE_SCOPES = {
-    "/v1/images/generations": Scope.GENERATE,
-    "/v1/loras": Scope.GENERATE,
-    "/v1/vectorize": Scope.VECTORIZE,
-    "/v1/jobs": Scope.JOBS,
-}
-"""The scope each route (and what is under it) needs; any other route needs a valid key of any scope."""
 ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""
 CALLER = "api_key"
 """Where in the request's state :class:`KeyCheck` leaves the admitted key."""
 
 
-def required_scope(path: str) -> Scope | None:
-    """The scope ``path`` needs (None: any valid key)."""
-    for prefix, scope in ROUTE_SCOPES.items():
-        if path == prefix or path.startswith(prefix + "/"):
-            return scope
-    return None
+def open_key_store(url: str) -> KeyStore:
+    """The key store at ``url`` (``sqlite:///PATH`` or ``redis://HOST:PORT/DB``)."""
+    if scheme(url) == "sqlite":
+        return SqliteKeyStore(url)
+    return RedisKeyStore(url)
 
 
 def caller(request) -> ApiKey | None:
@@ -198,7 +193,7 @@ class KeyCheck:
             return
         scope.setdefault("state", {})[CALLER] = key
         cost = 0.0
-        if scope["path"] == "/v1/images/generations" and scope["method"] == "POST":
+        if costed(scope["method"], scope["path"]):
             body = await _read_body(receive)
             cost = body_cost(body, ACCESS.native_size)
             receive = _replay(body, receive)

@@ -6,8 +6,10 @@ import time
 
 import click
 
-from serve.access.keys import KeyLimits, Scope, open_key_store
+from serve.access import open_key_store
+from serve.access.keys import KeyLimits
 from serve.cli_options import field_type, one_line_errors
+from serve.routes import Scope
 from serve.settings import StackOptions
 from serve.stores import StoreURLError, default_url
 

@@ -20,9 +20,6 @@ from serve.grpc_api import easel_pb2
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
 
-ROUTES = {"Generate": "/v1/images/generations", "Vectorize": "/v1/vectorize"}
-"""The HTTP route whose scope and limits each RPC shares."""
-
 
 def fields(message: Message) -> dict:
     """The fields a message sets (proto3 ``optional`` ones only when present), by name."""

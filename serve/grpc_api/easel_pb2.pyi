@@ -83,20 +83,22 @@ class GenerateEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
 
 class VectorizeRequest(_message.Message):
-    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality")
+    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality", "prefer")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TIME_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_QUALITY_FIELD_NUMBER: _ClassVar[int]
+    PREFER_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     tier: str
     validate: bool
     priority: str
     time_budget_ms: float
     target_quality: float
-    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ...) -> None: ...
+    prefer: str
+    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ..., prefer: _Optional[str] = ...) -> None: ...
 
 class VectorizeReply(_message.Message):
     __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback")

@@ -20,7 +20,7 @@ from pydantic import (
 )
 
 from serve.priority import Priority
-from serve.vectorize.tiers import Tier
+from serve.vectorize.schema import BASE64_PATTERN, Tier
 
 MAX_IMAGES = 4
 MIN_SIDE = 64
@@ -39,6 +39,33 @@ MAX_IP_IMAGE_CHARS = -(-MAX_IP_IMAGE_BYTES // 3) * 4  # its base64
 MAX_REQUEST_BYTES = MAX_IP_IMAGE_CHARS + (1 << 20)
 """A generation body's limit on the wire: a reference image plus a megabyte for everything else."""
 _SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, matched whole (no trailing newline)
+SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+"""Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
+
+
+def _side_pattern() -> str:
+    """Every side :data:`_SIZE` and the limits accept (zeros in front included), as one regular expression."""
+    sides = [str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0]
+    by_digits = {digits: [s for s in sides if len(s) == digits] for digits in sorted({len(s) for s in sides})}
+    return "|".join(f"0{{0,{5 - digits}}}(?:{'|'.join(group)})" for digits, group in by_digits.items())
+
+
+SIZE_PATTERN = f"^(?:{_side_pattern()})x(?:{_side_pattern()})(?!\\n)$"
+"""The sizes the API accepts, for the schema (``(?!\\n)$``: the end, not a newline before it)."""
+PROMPT_PATTERN = f"[^{SPACES}]"
+"""A prompt holds at least one character that is not whitespace."""
+DEPENDENT_FIELDS = [
+    {
+        "if": {"required": ["vectorize_tier"], "properties": {"vectorize_tier": {"not": {"type": "null"}}}},
+        "then": {"required": ["output_format"], "properties": {"output_format": {"const": "svg"}}},
+    },
+    {
+        "if": {"required": ["ip_adapter_scale"], "properties": {"ip_adapter_scale": {"not": {"const": 1}}}},
+        "then": {"required": ["ip_adapter_image"], "properties": {"ip_adapter_image": {"type": "string"}}},
+    },
+]
+"""Fields that need another, as the schema states them: vectorize_tier needs output_format svg, and an
+ip_adapter_scale other than its default needs an ip_adapter_image."""
 
 
 class LoraChoice(BaseModel):
@@ -69,12 +96,18 @@ def _check_ip_scale(value, where: str) -> None:
 class GenerationRequest(BaseModel):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What to draw.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+        description="What to draw.",
+    )
     n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
         None,
+        json_schema_extra={"pattern": SIZE_PATTERN},  # documented; checked by _size_in_range
         description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
         "default: the served model's native size (64x64 for the embedded default).",
     )
@@ -112,6 +145,7 @@ class GenerationRequest(BaseModel):
     ip_adapter_image: str | None = Field(
         None,
         max_length=MAX_IP_IMAGE_CHARS,
+        json_schema_extra={"pattern": BASE64_PATTERN},  # documented; checked by _ip_image_is_base64
         description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IP_IMAGE_BYTES >> 20} MiB "
         "(sides up to 4096); needs a stack started with --ip-adapter.",
     )

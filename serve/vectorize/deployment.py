@@ -24,9 +24,9 @@ from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
 from serve.vectorize.image import ImageRejected, decode_image
-from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
-from serve.vectorize.tiers import Tier, Why
+from serve.vectorize.tiers import Why
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Vectorizer:
             raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
         timings = {"decode": _ms_since(started)}
         choice, scores, detail = await self._choose(pixels, options, timings)
-        check = tiers.needs_check(choice, scores, options.priority, options.target_quality)
+        check = tiers.needs_check(choice, scores, options.prefer, options.target_quality)
         result = await self._trace(pixels, choice, check, options)
         timings.update(result.timings_ms)
         choice, conversion, measured = result.choice, result.conversion, result.ssim

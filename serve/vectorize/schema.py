@@ -1,13 +1,32 @@
-"""The vectorize API request options and their limits."""
+"""The vectorize API request options, their vocabulary (tiers, what a request puts first) and their limits."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import enum
 
-from serve.vectorize.tiers import Priority, Tier
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
+BASE64_PATTERN = r"^(?:(?:[A-Za-z0-9+/]{4})+=*|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=))?(?!\n)$"
+"""What ``base64.b64decode(text, validate=True)`` decodes, for the schemas (``(?!\\n)$``: the end, not a newline)."""
+
+
+class Tier(enum.StrEnum):
+    """A tier as the API names it (``tier`` option, ``Easel-Tier`` header, metric labels)."""
+
+    AUTO = "auto"
+    TIER1 = "1"
+    TIER2 = "2"
+    TIER3 = "3"
+    DEFAULT = "default"
+
+
+class Preference(enum.StrEnum):
+    """What a request puts first: ``quality`` (never worse than the defaults) or ``size`` (the tier's pick as is)."""
+
+    QUALITY = "quality"
+    SIZE = "size"
 
 
 class VectorizeOptions(BaseModel):
@@ -20,8 +39,14 @@ class VectorizeOptions(BaseModel):
         description="1: fitted mapping, 2: predictor-guided search, 3: PPO policy, auto: by image class and "
         "time budget, default: vtracer's defaults.",
     )
-    priority: Priority = Field(
-        Priority.QUALITY,
+    priority: Preference | None = Field(
+        None,
+        description="Deprecated: the former name of prefer (ignored when prefer is given).",
+        json_schema_extra={"deprecated": True},
+        exclude=True,
+    )
+    prefer: Preference = Field(
+        Preference.QUALITY,
         description="quality: the answer is never worse than vtracer's defaults (SSIM); when the predictor is not "
         "sure of it, the SVG is rendered back beside the defaults' and the defaults answer if they score higher. "
         "size: the tier's smallest pick as is, unchecked.",
@@ -45,8 +70,19 @@ class VectorizeOptions(BaseModel):
         False, alias="validate", description="Render the SVG back and report its SSIM against the input."
     )
 
+    @model_validator(mode="after")
+    def _former_name(self) -> VectorizeOptions:
+        if self.priority is not None and "prefer" not in self.model_fields_set:
+            self.prefer = self.priority
+        self.priority = None
+        return self
+
 
 class VectorizeJson(VectorizeOptions):
     """JSON body: the image as base64 plus the options."""
 
-    image: str = Field(min_length=1, description="The PNG/JPEG/... file, base64-encoded.")
+    image: str = Field(
+        min_length=1,
+        json_schema_extra={"pattern": BASE64_PATTERN},  # documented; decoded by the Gateway
+        description="The PNG/JPEG/... file, base64-encoded.",
+    )

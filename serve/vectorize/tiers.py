@@ -1,4 +1,6 @@
-"""The one vocabulary and the one dispatcher of vectorize: which tier answers, with which parameters, and why.
+"""The one dispatcher of vectorize: which tier answers, with which parameters, and why.
+
+The tiers a request names (:class:`~serve.vectorize.schema.Tier`) are the API's vocabulary, with the request.
 
 * tier 1: nearest feature centroid -> a fitted parameter set (its answer is candidate row :data:`TIER1_ROW`).
 * tier 2: the quality predictor's scores of K candidate parameter sets (defaults, presets, tier 1's answer, a bank
@@ -40,6 +42,7 @@ from serve.vectorize.params import (
     scale_to_size,
     to_vector,
 )
+from serve.vectorize.schema import Preference, Tier
 
 TIER1_FILE = "tier1.json"
 DEFAULTS_ROW = 0
@@ -47,16 +50,6 @@ TIER1_ROW = 1 + len(PRESETS)  # tier 1's answer among the candidates (after the 
 AUTO_TIER2_MIN_BUDGET_MS = 50.0
 CHECK_TOLERANCE = 0.0
 """A checked choice stands when its SSIM is at least the defaults' minus this."""
-
-
-class Tier(enum.StrEnum):
-    """A tier as the API names it (``tier`` option, ``Easel-Tier`` header, metric labels)."""
-
-    AUTO = "auto"
-    TIER1 = "1"
-    TIER2 = "2"
-    TIER3 = "3"
-    DEFAULT = "default"
 
 
 MODEL_TIERS = (Tier.TIER1, Tier.TIER2, Tier.TIER3)
@@ -79,13 +72,6 @@ class Why(enum.StrEnum):
 
 FALLBACKS = (Why.BELOW_DEFAULTS, Why.BELOW_TARGET, Why.MODELS_UNAVAILABLE, Why.MODELS_FAILED)
 """Reasons the defaults answered in place of the tier asked for."""
-
-
-class Priority(enum.StrEnum):
-    """What a request puts first: ``quality`` (never worse than the defaults) or ``size`` (the tier's pick as is)."""
-
-    QUALITY = "quality"
-    SIZE = "size"
 
 
 @dataclass(frozen=True)
@@ -324,14 +310,14 @@ def choose(
     return replace(choice, params=params, runner_up=None if tier1 == params else tier1)
 
 
-def needs_check(choice: Choice, scores: Scores | None, priority: Priority, target_quality: float | None) -> bool:
+def needs_check(choice: Choice, scores: Scores | None, prefer: Preference, target_quality: float | None) -> bool:
     """Whether ``choice`` must be converted beside the defaults and compared (the quality guarantee).
 
     Not for the defaults themselves, a size-first request or one that names its own ``target_quality``. Otherwise
     checked when the image is unfamiliar, or when the predictor's SSIM gain over the defaults is below the tier's
     calibrated trust margin.
     """
-    if choice.used is Tier.DEFAULT or priority is Priority.SIZE or target_quality is not None or scores is None:
+    if choice.used is Tier.DEFAULT or prefer is Preference.SIZE or target_quality is not None or scores is None:
         return False
     if not scores.familiar:
         return True

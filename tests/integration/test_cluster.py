@@ -16,7 +16,7 @@ import httpx
 import pytest
 import yaml
 
-from serve.jobs.store import open_job_store
+from serve.jobs import open_job_store
 from serve.paths import SERVE_CONFIG
 from serve.stack import RAY_ENV, Stack, StackOptions
 from serve.text_to_image.schema import MAX_STEPS

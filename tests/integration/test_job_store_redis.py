@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from serve.jobs.store import RedisJobStore
+from serve.jobs.redis import RedisJobStore
 from tests.job_store_contract import *  # noqa: F403 - the contract's tests
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from serve.jobs.model import JobStatus
-from serve.jobs.store import SqliteJobStore
+from serve.jobs.sqlite import SqliteJobStore
 from serve.priority import Priority
 from serve.processes import free_ports
 from serve.processes.signals import stack_processes

@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from serve.access.keys import RedisKeyStore
+from serve.access.redis import RedisKeyStore
 from tests.key_store_contract import *  # noqa: F403 - the contract's tests
 
 pytestmark = pytest.mark.integration

@@ -7,9 +7,10 @@ import httpx
 import openai
 import pytest
 
-from serve.access import ACTIVE_CHECK_S
-from serve.access.keys import KeyLimits, Scope, open_key_store
+from serve.access import ACTIVE_CHECK_S, open_key_store
+from serve.access.keys import KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.routes import Scope
 
 pytestmark = pytest.mark.integration
 

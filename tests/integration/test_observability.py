@@ -15,11 +15,12 @@ import httpx
 import pytest
 
 from serve import metrics
-from serve.access import ACTIVE_CHECK_S
-from serve.access.keys import KeyLimits, Scope, open_key_store
+from serve.access import ACTIVE_CHECK_S, open_key_store
+from serve.access.keys import KeyLimits
 from serve.observability.dashboards import GPU_METRIC_PREFIX, load_dashboards, panel_queries
 from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
+from serve.routes import Scope
 from serve.stack import Stack, StackOptions
 from tests.adapters import make_adapters
 from tests.images import dev_icon_png

@@ -2,8 +2,10 @@
 
 import pytest
 
-from serve.access import body_cost, duration, ratelimit_headers, required_scope
-from serve.access.keys import Bucket, Decision, KeyLimits, Scope, SqliteKeyStore
+from serve.access import body_cost, duration, ratelimit_headers
+from serve.access.keys import Bucket, Decision, KeyLimits
+from serve.access.sqlite import SqliteKeyStore
+from serve.routes import Scope, required_scope
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
 
 

@@ -1,10 +1,20 @@
 """The OpenAPI document says what the API does: its statuses, the one error body, every request body."""
 
+import base64
+import itertools
 import json
+import re
+
+import pytest
 
 from serve import errors
 from serve.app import api
-from serve.contract import ERRORS_BY_ROUTE
+from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
+from serve.errors import InvalidInput
+from serve.jobs.model import check_idempotency_key
+from serve.routes import ROUTES, route
+from serve.text_to_image.schema import PROMPT_PATTERN, SIZE_PATTERN, GenerationRequest
+from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
 
 DOCUMENT = api.openapi()
 
@@ -14,10 +24,10 @@ def _operations():
 
 
 def test_every_route_is_declared_and_documents_its_errors_with_the_one_error_body():
-    assert {(method, path) for method, path, _ in _operations()} == set(ERRORS_BY_ROUTE)
+    assert {(method, path) for method, path, _ in _operations()} == {(r.method, r.path) for r in ROUTES}
     for method, path, operation in _operations():
         documented = {int(s) for s in operation["responses"] if s.startswith(("4", "5"))}
-        assert documented == set(ERRORS_BY_ROUTE[(method, path)]), (method, path)
+        assert documented == set(route(method, path).error_statuses), (method, path)
         for status in documented:
             schema = operation["responses"][str(status)]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/Error"}
@@ -38,10 +48,70 @@ def test_vectorize_documents_its_three_request_encodings():
     body = DOCUMENT["paths"]["/v1/vectorize"]["post"]["requestBody"]
     assert set(body["content"]) == {"multipart/form-data", "application/json", "image/png", "image/jpeg"}
     form = body["content"]["multipart/form-data"]["schema"]
-    assert form["required"] == ["file"] and {"file", "tier", "priority"} <= set(form["properties"])
+    assert form["required"] == ["file"] and {"file", "tier", "priority", "prefer"} <= set(form["properties"])
     assert "image" in DOCUMENT["components"]["schemas"]["VectorizeJson"]["properties"]
 
 
 def test_limits_are_exact_numbers():
     seed = DOCUMENT["components"]["schemas"]["GenerationRequest"]["properties"]["seed"]["anyOf"][0]
     assert seed["maximum"] == 2**63 - 1 and isinstance(seed["maximum"], int)
+
+
+def test_each_model_s_enums_keep_their_own_name_in_the_document():
+    """Two enums of one name would merge into one component: the generation's priority once offered "size"."""
+    components = DOCUMENT["components"]["schemas"]
+    for model in (GenerationRequest, VectorizeJson):
+        for name, schema in model.model_json_schema(ref_template="#/components/schemas/{model}")["$defs"].items():
+            assert components[name] == schema, name
+    assert components["GenerationRequest"]["properties"]["priority"]["$ref"].endswith("/Priority")
+    assert components["Priority"]["enum"] == ["high", "normal", "low"]
+    assert components["Preference"]["enum"] == ["quality", "size"]
+
+
+def _accepted(check, value) -> bool:
+    try:
+        check(value)
+    except (ValueError, InvalidInput):
+        return False
+    return True
+
+
+SIDES = ["0", "8", "56", "64", "064", "0064", "00064", "000064", "72", "100", "1016", "1024", "01024", "1032", "2048"]
+
+
+@pytest.mark.parametrize(
+    ("pattern", "check", "values"),
+    [
+        (
+            SIZE_PATTERN,
+            lambda size: GenerationRequest(prompt="x", size=size),
+            [f"{w}x{h}" for w in SIDES for h in ("64", "1024")] + ["64x64\n", "\uff16\uff14x64", "64X64", " 64x64"],
+        ),
+        (
+            PROMPT_PATTERN,
+            lambda prompt: GenerationRequest(prompt=prompt),
+            [chr(c) * 2 for c in range(0x3001)] + ["\ufeff", " \x85a"],
+        ),
+        (
+            BASE64_PATTERN,
+            lambda text: base64.b64decode(text, validate=True),
+            ["".join(chars) for n in range(8) for chars in itertools.product("A+/=\n-", repeat=n)][::7] + ["é==="],
+        ),
+        (
+            IDEMPOTENCY_KEY["pattern"],
+            check_idempotency_key,
+            ["k", "k" * 255, "k" * 256, "a b", "a\tb", "k\n", "~!", "\x7f", "é"],
+        ),
+    ],
+)
+def test_each_pattern_in_the_document_is_exactly_what_the_server_accepts(pattern, check, values):
+    for value in values:
+        assert bool(re.search(pattern, value)) == _accepted(check, value), repr(value)
+
+
+def test_every_limit_no_schema_states_is_documented_on_a_declared_route():
+    for limit in UNSTATED_LIMITS:
+        declared = route(limit.method, limit.path)
+        assert declared is not None and limit.status in declared.error_statuses, limit
+        description = DOCUMENT["paths"][limit.path][limit.method]["responses"][str(limit.status)]["description"]
+        assert limit.limit in description and limit.why in description

@@ -12,6 +12,7 @@ from ray._common.utils import import_attr
 from serve.errors import InvalidInput, NotReady
 from serve.grpc_api import easel_pb2, generation_request, vectorize_options
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
+from serve.routes import ROUTES, rpc_route
 
 PROTO = Path("serve/grpc_api/easel.proto")
 
@@ -90,3 +91,9 @@ def test_the_generated_code_is_what_the_proto_makes(tmp_path):
 def test_the_serve_config_registers_the_servicer():
     functions = yaml.safe_load(SERVE_CONFIG.read_text())["grpc_options"]["grpc_servicer_functions"]
     assert [import_attr(f).__name__ for f in functions] == ["add_EaselServicer_to_server"]
+
+
+def test_every_rpc_shares_one_http_route_s_scope_and_limits():
+    methods = {method.name for method in easel_pb2.DESCRIPTOR.services_by_name["Easel"].methods}
+    assert methods == {route.rpc for route in ROUTES if route.rpc is not None}
+    assert rpc_route("Generate").path == "/v1/images/generations" and rpc_route("Vectorize").path == "/v1/vectorize"

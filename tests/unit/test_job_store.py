@@ -5,7 +5,7 @@ import sqlite3
 import pytest
 
 from serve.jobs.model import Owner
-from serve.jobs.store import SqliteJobStore
+from serve.jobs.sqlite import SqliteJobStore
 from serve.priority import Priority
 from tests.job_store_contract import *  # noqa: F403 - the contract's tests
 from tests.job_store_contract import REQUEST

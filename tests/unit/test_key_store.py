@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.access.keys import SqliteKeyStore
+from serve.access.sqlite import SqliteKeyStore
 from tests.key_store_contract import *  # noqa: F403 - the contract's tests
 
 

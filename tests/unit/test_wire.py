@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from serve.wire import BODY_LIMITS, BodyLimits, ShapedProxyErrors, proxy_middlewares
+from serve.routes import BODY_LIMITS
+from serve.wire import BodyLimits, ShapedProxyErrors, proxy_middlewares
 
 
 def _run(app) -> tuple[int, dict, bytes]:

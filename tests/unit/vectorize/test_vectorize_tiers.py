@@ -7,14 +7,12 @@ import pytest
 
 from serve.vectorize.features import F
 from serve.vectorize.params import DEFAULTS, PRESETS, P, from_vector, scale_to_size, to_vector
-from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.schema import Preference, Tier, VectorizeOptions
 from serve.vectorize.tiers import (
     DEFAULTS_ROW,
     TIER1_ROW,
     Margins,
-    Priority,
     Scores,
-    Tier,
     Why,
     answer,
     choose,
@@ -48,9 +46,17 @@ def _scores(familiar: bool = True, gradient: bool = False, trust: float = 0.01) 
 def test_tier_is_the_api_vocabulary():
     assert [t.value for t in Tier] == ["auto", "1", "2", "3", "default"]
     assert VectorizeOptions.model_validate({"tier": "2"}).tier is Tier.TIER2
-    assert VectorizeOptions.model_validate({}).priority is Priority.QUALITY
+    assert VectorizeOptions.model_validate({}).prefer is Preference.QUALITY
     with pytest.raises(ValueError):
         VectorizeOptions.model_validate({"tier": "tier2"})
+
+
+def test_priority_is_prefer_s_former_name_still_accepted():
+    assert VectorizeOptions.model_validate({"prefer": "size"}).prefer is Preference.SIZE
+    former = VectorizeOptions.model_validate({"priority": "size"})
+    assert former.prefer is Preference.SIZE
+    assert VectorizeOptions.model_validate(former.model_dump(by_alias=True)).prefer is Preference.SIZE
+    assert VectorizeOptions.model_validate({"priority": "size", "prefer": "quality"}).prefer is Preference.QUALITY
 
 
 @pytest.mark.parametrize(
@@ -103,12 +109,12 @@ def test_needs_check_when_the_predictor_is_not_sure():
     scores = _scores(trust=0.01)
     sure = choose(Tier.TIER2, scores, 256)  # predicted +0.05 over the defaults
     unsure = choose(Tier.TIER1, scores, 256)  # predicted +0.005
-    assert not needs_check(sure, scores, Priority.QUALITY, None)
-    assert needs_check(unsure, scores, Priority.QUALITY, None)
-    assert needs_check(sure, replace(scores, familiar=False), Priority.QUALITY, None)
-    assert not needs_check(unsure, scores, Priority.SIZE, None)  # size first: as is
-    assert not needs_check(unsure, scores, Priority.QUALITY, 0.9)  # the request names its own quality
-    assert not needs_check(choose(Tier.DEFAULT, scores, 256), scores, Priority.QUALITY, None)
+    assert not needs_check(sure, scores, Preference.QUALITY, None)
+    assert needs_check(unsure, scores, Preference.QUALITY, None)
+    assert needs_check(sure, replace(scores, familiar=False), Preference.QUALITY, None)
+    assert not needs_check(unsure, scores, Preference.SIZE, None)  # size first: as is
+    assert not needs_check(unsure, scores, Preference.QUALITY, 0.9)  # the request names its own quality
+    assert not needs_check(choose(Tier.DEFAULT, scores, 256), scores, Preference.QUALITY, None)
 
 
 def test_a_choice_that_loses_gives_way_to_tier_1_s_answer_when_that_holds():

@@ -15,8 +15,9 @@ from serve.triton.spec import read_model_config, write_model_config
 from serve.vectorize.features import F, compute_features
 from serve.vectorize.image import load_image
 from serve.vectorize.params import P, VtracerParams
+from serve.vectorize.schema import Tier
 from serve.vectorize.spec import POLICY, QUALITY, SPECS
-from serve.vectorize.tiers import MODEL_TIERS, Tier, choose
+from serve.vectorize.tiers import MODEL_TIERS, choose
 from tests.images import write_icons
 
 TRAIN = ICONS_DEV / "train"

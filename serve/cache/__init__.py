@@ -1,0 +1,38 @@
+"""The result cache: answers of earlier generations, content-addressed, bounded in bytes, least recently used out.
+
+A request with an explicit seed whose model (the engine folder's content-addressed name) and every parameter that
+shapes the images match an earlier one gets that answer again without touching Triton. Only raster answers are kept:
+an SVG answer may be a fallback of the moment (vectorize models unavailable). The cache lives in the stack's store
+(``--store URL``: SQLite on one machine, Redis across machines), so every Gateway replica shares it: one contract
+(:mod:`serve.cache.store`), one module per store (:mod:`serve.cache.sqlite`, :mod:`serve.cache.redis`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from serve.cache.redis import RedisResultCache
+from serve.cache.sqlite import SqliteResultCache
+from serve.cache.store import ResultCache
+from serve.stores import scheme
+
+DEFAULT_CACHE_BYTES = 1 << 30
+"""Bytes of cached answers kept by default (``easel up --cache-bytes``)."""
+IGNORED_FIELDS = ("background", "priority", "user", "model", "quality", "style")
+"""Request fields that do not change the images: not part of the key."""
+
+
+def cache_key(engine: str, request: dict) -> str | None:
+    """The content address of a generation's answer; None when it must not be cached (no seed, or SVG output)."""
+    if request.get("seed") is None or request.get("output_format") == "svg":
+        return None
+    shaping = {k: v for k, v in sorted(request.items()) if k not in IGNORED_FIELDS}
+    return hashlib.sha256(json.dumps({"engine": engine, "request": shaping}, sort_keys=True).encode()).hexdigest()
+
+
+def open_cache(url: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> ResultCache:
+    """The result cache in the store at ``url``."""
+    if scheme(url) == "sqlite":
+        return SqliteResultCache(url, max_bytes)
+    return RedisResultCache(url, max_bytes)

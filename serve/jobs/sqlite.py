@@ -1,0 +1,302 @@
+"""The job store in one SQLite file (WAL): every process of one machine's stack opens the same file."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections import Counter
+
+from serve.errors import Conflict, NotFound
+from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, new_job_id
+from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, idempotency_conflict
+from serve.priority import Priority
+from serve.stores import serialized, sqlite_connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    request TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    step INTEGER NOT NULL DEFAULT 0,
+    total INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    lease_until REAL,
+    result TEXT,
+    error TEXT,
+    seq INTEGER NOT NULL DEFAULT 0,
+    owner TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority, created_at);
+CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
+CREATE TABLE IF NOT EXISTS job_events (
+    job_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (job_id, seq)
+);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    body_hash TEXT NOT NULL,
+    job_id TEXT NOT NULL
+);
+"""
+_SCHEMA_INDEXES = """
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs (owner, status);
+"""
+
+
+class SqliteJobStore(JobStore):
+    """Jobs in one SQLite file (WAL): every process of one machine's stack opens the same file."""
+
+    def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
+        super().__init__(retention_s)
+        self.db = sqlite_connect(url)
+        self._lock = threading.RLock()
+        self.db.executescript(_SCHEMA)
+        if "owner" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:
+            self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before jobs had owners
+        self.db.executescript(_SCHEMA_INDEXES)
+
+    def _job(self, row) -> Job:
+        return Job(
+            id=row["id"],
+            status=JobStatus(row["status"]),
+            priority=list(Priority)[row["priority"]],
+            request=json.loads(row["request"]),
+            created_at=row["created_at"],
+            started_at=row["started_at"],
+            finished_at=row["finished_at"],
+            step=row["step"],
+            total=row["total"],
+            attempts=row["attempts"],
+            cancel_requested=bool(row["cancel_requested"]),
+            result=json.loads(row["result"]) if row["result"] else None,
+            error=json.loads(row["error"]) if row["error"] else None,
+            owner=row["owner"],
+            seq=row["seq"],
+        )
+
+    def _append(self, job_id: str, type_: EventType, data: dict) -> None:
+        """Append an event (inside the caller's transaction)."""
+        seq = self.db.execute("UPDATE jobs SET seq = seq + 1 WHERE id = ? RETURNING seq", (job_id,)).fetchone()[0]
+        self.db.execute(
+            "INSERT INTO job_events (job_id, seq, type, data) VALUES (?, ?, ?, ?)",
+            (job_id, seq, type_.value, json.dumps(data)),
+        )
+
+    @serialized
+    def submit(
+        self,
+        request: dict,
+        priority: Priority,
+        idempotency: tuple[str, str] | None = None,
+        owner: Owner | None = None,
+    ) -> tuple[Job, bool]:
+        """See :meth:`JobStore.submit`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            if idempotency is not None:
+                row = self.db.execute(
+                    "SELECT body_hash, job_id FROM idempotency_keys WHERE key = ?", (idempotency[0],)
+                ).fetchone()
+                if row is not None:
+                    if row["body_hash"] != idempotency[1]:
+                        raise idempotency_conflict(idempotency[0])
+                    earlier = self.db.execute("SELECT * FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
+                    if earlier is not None:
+                        return self._job(earlier), False
+            if owner is not None:
+                owner.refuse_if_full(
+                    self.db.execute(
+                        "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (owner.key_id,)
+                    ).fetchone()[0]
+                )
+            job_id = new_job_id()
+            self.db.execute(
+                "INSERT INTO jobs (id, status, priority, request, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    job_id,
+                    JobStatus.QUEUED.value,
+                    priority.rank,
+                    json.dumps(request),
+                    time.time(),
+                    owner and owner.key_id,
+                ),
+            )
+            if idempotency is not None:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO idempotency_keys (key, body_hash, job_id) VALUES (?, ?, ?)",
+                    (*idempotency, job_id),
+                )
+            return self._job(self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
+
+    @serialized
+    def get(self, job_id: str) -> Job | None:
+        """See :meth:`JobStore.get`."""
+        row = self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return None if row is None else self._job(row)
+
+    @serialized
+    def list(
+        self, status: JobStatus | None = None, limit: int = 20, after: str | None = None, owner: str | None = None
+    ) -> list[Job]:
+        """See :meth:`JobStore.list`."""
+        where, args = [], []
+        if status is not None:
+            where.append("status = ?")
+            args.append(status.value)
+        if owner is not None:
+            where.append("owner = ?")
+            args.append(owner)
+        if after is not None:
+            anchor = self.db.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
+            if anchor is None:
+                raise NotFound(f"after: no job {after!r}", "after")
+            where.append("(created_at < ? OR (created_at = ? AND id < ?))")
+            args += [anchor[0], anchor[0], after]
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = self.db.execute(
+            f"SELECT * FROM jobs {clause} ORDER BY created_at DESC, id DESC LIMIT ?",  # noqa: S608 - fixed clauses
+            (*args, limit),
+        ).fetchall()
+        return [self._job(row) for row in rows]
+
+    @serialized
+    def claim(self, worker: str, lease_s: float, priorities: tuple[Priority, ...] = tuple(Priority)) -> Job | None:
+        """See :meth:`JobStore.claim`."""
+        ranks = [p.rank for p in priorities]
+        marks = ",".join("?" * len(ranks))
+        now = time.time()
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            while ranks:
+                row = self.db.execute(
+                    f"SELECT * FROM jobs WHERE priority IN ({marks}) AND (status = 'queued' OR "  # noqa: S608
+                    "(status = 'running' AND lease_until < ?)) ORDER BY priority, created_at, id LIMIT 1",
+                    (*ranks, now),
+                ).fetchone()
+                if row is None:
+                    return None
+                job = self._job(row)
+                if job.status is JobStatus.QUEUED or not (job.cancel_requested or job.attempts >= MAX_ATTEMPTS):
+                    break
+                # Its worker died: a cancel asked meanwhile ends it, as do too many deaths.
+                error = None if job.cancel_requested else attempts_exhausted(job.id)
+                self._end(job.id, JobStatus.CANCELED if job.cancel_requested else JobStatus.FAILED, None, error)
+            else:
+                return None
+            self.db.execute(
+                "UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
+                "started_at = COALESCE(started_at, ?), step = 0 WHERE id = ?",
+                (worker, now + lease_s, now, job.id),
+            )
+            self._append(job.id, EventType.RUNNING, {"attempt": job.attempts + 1})
+            return self._job(self.db.execute("SELECT * FROM jobs WHERE id = ?", (job.id,)).fetchone())
+
+    def _owned(self, job_id: str, worker: str) -> sqlite3.Row:
+        row = self.db.execute(
+            "SELECT cancel_requested FROM jobs WHERE id = ? AND worker = ? AND status = 'running'", (job_id, worker)
+        ).fetchone()
+        if row is None:
+            raise LeaseLost(job_id)
+        return row
+
+    @serialized
+    def progress(self, job_id: str, worker: str, lease_s: float, step: int, total: int, preview: str | None) -> bool:
+        """See :meth:`JobStore.progress`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self._owned(job_id, worker)
+            self.db.execute(
+                "UPDATE jobs SET step = ?, total = ?, lease_until = ? WHERE id = ?",
+                (step, total, time.time() + lease_s, job_id),
+            )
+            data = {"step": step, "total": total} | ({"preview": preview} if preview else {})
+            self._append(job_id, EventType.PROGRESS, data)
+            return bool(row["cancel_requested"])
+
+    @serialized
+    def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
+        """See :meth:`JobStore.heartbeat`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self._owned(job_id, worker)
+            self.db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (time.time() + lease_s, job_id))
+            return bool(row["cancel_requested"])
+
+    def _end(self, job_id: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
+        self.db.execute(
+            "UPDATE jobs SET status = ?, finished_at = ?, result = ?, error = ?, worker = NULL, lease_until = NULL "
+            "WHERE id = ?",
+            (
+                status.value,
+                time.time(),
+                json.dumps(result) if result else None,
+                json.dumps(error) if error else None,
+                job_id,
+            ),
+        )
+        self._append(job_id, *final_event(status, result, error))
+
+    @serialized
+    def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
+        """See :meth:`JobStore.finish`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._owned(job_id, worker)
+            self._end(job_id, status, result, error)
+
+    @serialized
+    def cancel(self, job_id: str) -> Job:
+        """See :meth:`JobStore.cancel`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            job = self.require(job_id)
+            if job.status.final:
+                raise Conflict(f"job {job_id} is already {job.status.value}", "id")
+            if job.status is JobStatus.QUEUED:
+                self._end(job_id, JobStatus.CANCELED, None, None)
+            else:
+                self.db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        return self.require(job_id)
+
+    @serialized
+    def events(self, job_id: str, after: int = 0) -> list[Event]:
+        """See :meth:`JobStore.events`."""
+        rows = self.db.execute(
+            "SELECT seq, type, data FROM job_events WHERE job_id = ? AND seq > ? ORDER BY seq", (job_id, after)
+        ).fetchall()
+        return [Event(row["seq"], EventType(row["type"]), json.loads(row["data"])) for row in rows]
+
+    @serialized
+    def purge(self, now: float | None = None) -> int:
+        """See :meth:`JobStore.purge`."""
+        cutoff = (now or time.time()) - self.retention_s
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = [r[0] for r in self.db.execute("SELECT id FROM jobs WHERE finished_at < ?", (cutoff,)).fetchall()]
+            for job_id in old:
+                self.db.execute("DELETE FROM job_events WHERE job_id = ?", (job_id,))
+                self.db.execute("DELETE FROM idempotency_keys WHERE job_id = ?", (job_id,))
+                self.db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return len(old)
+
+    @serialized
+    def counts(self) -> Counter[tuple[JobStatus, Priority]]:
+        """See :meth:`JobStore.counts`."""
+        rows = self.db.execute("SELECT status, priority, COUNT(*) FROM jobs GROUP BY status, priority").fetchall()
+        return Counter({(JobStatus(s), list(Priority)[p]): n for s, p, n in rows})
+
+    @serialized
+    def close(self) -> None:
+        """See :meth:`JobStore.close`."""
+        self.db.close()

@@ -1,0 +1,110 @@
+"""Every operation of the public API, declared once with the facts the layers around its handler read.
+
+Each :class:`Route` names the key scope it needs (:class:`~serve.access.KeyCheck`), its body limit
+(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), its pipeline label in the metrics, the error statuses
+it answers (the OpenAPI document, :mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray
+Serve's HTTP proxy loads this module (through :mod:`serve.wire`): it imports only the request schemas' limits.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
+from serve.text_to_image.schema import MAX_REQUEST_BYTES
+from serve.vectorize.schema import MAX_UPLOAD_BYTES
+
+
+class Scope(enum.StrEnum):
+    """What an API key may do; each keyed route needs one (:attr:`Route.scope`)."""
+
+    GENERATE = "generate"
+    VECTORIZE = "vectorize"
+    JOBS = "jobs"
+    ADMIN = "admin"
+
+
+DEFAULT_BODY_LIMIT = 1 << 20
+"""Bytes a request body may have on routes without their own limit (JSON requests)."""
+KEYED_ROUTE_ERRORS = (400, 401, 403, 408, 413, 429, 503)
+"""What any keyed route can answer: invalid input, the wire's limits (408, 413), the key check (401, 403, 429),
+back-pressure (429) and backends (503)."""
+
+
+@dataclass(frozen=True)
+class Route:
+    """One operation: its method and path as FastAPI declares them, and what the door and the document know of it."""
+
+    method: str  # lower case, as OpenAPI writes it
+    path: str  # a FastAPI path: {name} is a path parameter
+    scope: Scope | None  # the key scope it (and every path under it) needs; None: open, no key asked
+    errors: tuple[int, ...] = ()  # error statuses of its own (a keyed route adds KEYED_ROUTE_ERRORS)
+    body_limit: int | None = None  # bytes; None: DEFAULT_BODY_LIMIT
+    pipeline: str = "none"  # the ``pipeline`` label of its latency metric
+    rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
+    costed: bool = False  # its body's cost (images x steps x megapixels) is taken from the key's cost limit
+
+    @property
+    def prefix(self) -> str:
+        """The path up to its first parameter: the route and what is under it need its scope."""
+        return self.path.split("/{", 1)[0]
+
+    @property
+    def error_statuses(self) -> tuple[int, ...]:
+        """Every error status it can answer."""
+        return self.errors if self.scope is None else (*KEYED_ROUTE_ERRORS, *self.errors)
+
+
+ROUTES = (
+    Route("get", "/healthz", None, (503,)),
+    Route("get", "/readyz", None, (503,)),
+    Route(
+        "post",
+        "/v1/images/generations",
+        Scope.GENERATE,
+        (409,),
+        body_limit=MAX_REQUEST_BYTES,
+        pipeline=TEXT_TO_IMAGE,
+        rpc="Generate",
+        costed=True,
+    ),
+    Route("get", "/v1/loras", Scope.GENERATE),
+    Route("get", "/v1/jobs", Scope.JOBS, (404,)),
+    Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
+    Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
+    Route("get", "/v1/jobs/{job_id}/events", Scope.JOBS, (404,)),
+    Route("post", "/v1/vectorize", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Vectorize"),
+)
+"""The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
+
+OPEN_PATHS = frozenset(route.path for route in ROUTES if route.scope is None)
+"""Paths that never ask for a key (health)."""
+BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_limit is not None}
+"""Paths with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
+PIPELINES = {route.path: route.pipeline for route in ROUTES}
+"""The metrics' pipeline label by FastAPI route path."""
+
+
+def route(method: str, path: str) -> Route | None:
+    """The route of an operation (``method`` in any case; ``path`` as FastAPI declares it), or None."""
+    return next((r for r in ROUTES if r.method == method.lower() and r.path == path), None)
+
+
+def rpc_route(rpc: str) -> Route:
+    """The HTTP route a gRPC method shares its scope and limits with."""
+    return next(r for r in ROUTES if r.rpc == rpc)
+
+
+def required_scope(path: str) -> Scope | None:
+    """The scope a request path needs (None: any valid key)."""
+    for keyed in ROUTES:
+        if keyed.scope is not None and (path == keyed.prefix or path.startswith(keyed.prefix + "/")):
+            return keyed.scope
+    return None
+
+
+def costed(method: str, path: str) -> bool:
+    """Whether a request's body is priced against its key's cost limit."""
+    found = route(method, path)
+    return found is not None and found.costed

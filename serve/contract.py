@@ -47,7 +47,9 @@ ERRORS_BY_ROUTE: dict[tuple[str, str], tuple[int, ...]] = {
     ("get", "/healthz"): (503,),
     ("get", "/readyz"): (503,),
     ("post", "/v1/images/generations"): (*_ON_EVERY_ROUTE, 409),
+    ("post", "/v1/images/edits"): (*_ON_EVERY_ROUTE, 409),
     ("get", "/v1/loras"): _ON_EVERY_ROUTE,
+    ("get", "/v1/controlnets"): _ON_EVERY_ROUTE,
     ("get", "/v1/jobs"): (*_ON_EVERY_ROUTE, 404),
     ("get", "/v1/jobs/{job_id}"): (*_ON_EVERY_ROUTE, 404),
     ("post", "/v1/jobs/{job_id}/cancel"): (*_ON_EVERY_ROUTE, 404, 409),
@@ -88,6 +90,25 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
+def _edit_body(components: dict) -> dict:
+    """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
+    properties = dict(_add_schema(components, GenerationRequest)["properties"])
+    properties["image"] = {
+        "type": "array",
+        "items": _BINARY,
+        "minItems": 1,
+        "description": "The image(s) to edit: one file part `image`, or several (`image` or `image[]`).",
+    }
+    properties["mask"] = _BINARY | {"description": "Where to draw: the PNG's fully transparent pixels."}
+    properties["ip_adapter_image"] = _BINARY | {"description": "An IP-Adapter reference (a file, or base64 text)."}
+    form = {"type": "object", "required": ["image", "prompt"], "properties": properties}
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": form}},
+        "description": "OpenAI's edits form; fields that are not text (numbers, lists, mappings) as JSON text.",
+    }
+
+
 def openapi(document: dict[str, Any]) -> dict[str, Any]:
     """FastAPI's ``document`` made true to the behaviour (changed in place and returned)."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
@@ -104,11 +125,12 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
                     "description": WHY[status],
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
-    generations = document["paths"]["/v1/images/generations"]["post"]["responses"]
-    generations["202"] = {
-        "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+    for path in ("/v1/images/generations", "/v1/images/edits"):
+        document["paths"][path]["post"]["responses"]["202"] = {
+            "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    document["paths"]["/v1/images/edits"]["post"]["requestBody"] = _edit_body(components)
     document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"] = {
         "description": "Server-Sent Events: state, one progress per step, then completed, failed or canceled.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

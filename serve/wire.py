@@ -33,8 +33,12 @@ DEFAULT_BODY_LIMIT = 1 << 20
 """Bytes a request body may have on routes without their own limit (JSON requests)."""
 BODY_IDLE_TIMEOUT_S = 15.0
 """Seconds a client may pause while sending its body."""
-BODY_LIMITS = {"/v1/vectorize": MAX_UPLOAD_BYTES, "/v1/images/generations": MAX_REQUEST_BYTES}
-"""Routes with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
+BODY_LIMITS = {
+    "/v1/vectorize": MAX_UPLOAD_BYTES,
+    "/v1/images/generations": MAX_REQUEST_BYTES,
+    "/v1/images/edits": MAX_REQUEST_BYTES,
+}
+"""Routes with a body limit of their own (a generation may carry input, control and reference images)."""
 
 
 async def send_error(send: Send, error: EaselError) -> None:

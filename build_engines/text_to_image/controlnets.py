@@ -25,10 +25,6 @@ from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
 
 logger = logging.getLogger(__name__)
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
-"""What a ControlNet may be called (it names a Triton model)."""
-
-
 def controlnets_key(controlnets: Mapping[str, Path]) -> str:
     """Part of the engine cache key: "" without ControlNets, else their names and folders' content."""
     if not controlnets:

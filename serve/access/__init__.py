@@ -20,12 +20,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from serve import metrics
 from serve.access.keys import ApiKey, Decision, KeyStore, Scope, open_key_store
 from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
 from serve.jobs.model import Owner
 from serve.text_to_image.admission import request_cost
+from serve.text_to_image.edit_form import read_edit_form
+from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import Message, Receive, Send, send_error
 from serve.wire import Scope as AsgiScope
@@ -35,7 +38,9 @@ logger = logging.getLogger(__name__)
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 ROUTE_SCOPES = {
     "/v1/images/generations": Scope.GENERATE,
+    "/v1/images/edits": Scope.GENERATE,
     "/v1/loras": Scope.GENERATE,
+    "/v1/controlnets": Scope.GENERATE,
     "/v1/vectorize": Scope.VECTORIZE,
     "/v1/jobs": Scope.JOBS,
 }
@@ -74,18 +79,35 @@ def owner_filter(key: ApiKey | None) -> str | None:
     return None if key is None or Scope.ADMIN in key.scopes else key.id
 
 
+COSTED_PATHS = ("/v1/images/generations", "/v1/images/edits")
+"""Generations: their bodies are read for their cost."""
+
+
 def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps x megapixels."""
-    width, height = request.width_height(native_size)
-    return request_cost(request.n, request.num_inference_steps, width, height)
+    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it."""
+    width, height = output_size(request, native_size)
+    return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
 
 
 def body_cost(body: bytes, native_size: int) -> float:
     """What a generation request's JSON body costs; 0 for a body the app will refuse anyway."""
     try:
         return generation_cost(GenerationRequest.model_validate_json(body), native_size)
-    except ValidationError:
+    except (ValidationError, EaselError):
         return 0.0
+
+
+async def edit_cost(scope: AsgiScope, body: bytes, native_size: int) -> float:
+    """What an edit's multipart body costs; 0 for a body the app will refuse anyway."""
+    try:
+        request = await read_edit_form(Request(scope, _replay(body, _nothing_more)))
+        return generation_cost(request, native_size)
+    except Exception:  # noqa: BLE001 - a malformed body: the route refuses it, naming what is wrong
+        return 0.0
+
+
+async def _nothing_more() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def duration(seconds: float) -> str:
@@ -198,9 +220,12 @@ class KeyCheck:
             return
         scope.setdefault("state", {})[CALLER] = key
         cost = 0.0
-        if scope["path"] == "/v1/images/generations" and scope["method"] == "POST":
+        if scope["path"] in COSTED_PATHS and scope["method"] == "POST":
             body = await _read_body(receive)
-            cost = body_cost(body, ACCESS.native_size)
+            if scope["path"] == "/v1/images/edits":
+                cost = await edit_cost(scope, body, ACCESS.native_size)
+            else:
+                cost = await asyncio.to_thread(body_cost, body, ACCESS.native_size)
             receive = _replay(body, receive)
         decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)

@@ -22,7 +22,8 @@ from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_xl_model):
     assert family_of_folder(default_model).name == "sd"
     xl = family_of_folder(tiny_xl_model)
-    assert xl.name == "sdxl" and list(xl.specs) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
+    assert xl.name == "sdxl"
+    assert list(xl.specs) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
     unet = {t.name: t.dims for t in xl.specs[UNET].inputs}
     assert unet == {
         "sample": (4, -1, -1),

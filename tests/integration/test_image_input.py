@@ -4,7 +4,6 @@ The tiny SD with two ControlNets (and one made for SDXL, refused), against diffu
 weights; concurrent requests of every kind each get their solo image while Triton merges their UNet rows.
 """
 
-import asyncio
 import base64
 import io
 import json
@@ -24,8 +23,8 @@ from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, edges_image, input_image, openai_mask
 from tests.images import encode, png_header_only
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE, _unet_batch_histogram
+from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -191,14 +190,10 @@ def test_concurrent_controlnets_strengths_masks_and_text_are_isolated_and_share_
     ]
     bodies = [BODY | {"seed": 60 + i} | variant for i, variant in enumerate(variants)]
     alone = [_ok(api.post(GENERATE, json=body)) for body in bodies]
-    before = _unet_batch_histogram(stack.info.triton_http_url)
+    before = unet_batch_histogram(stack.info.triton_http_url)
 
-    async def all_at_once():
-        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
-            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
-
-    together = asyncio.run(all_at_once())
-    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    together = post_together(stack.info.api_url, GENERATE, bodies)
+    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         np.testing.assert_array_equal(_ok(response), single, err_msg=str(body)[:200])
     logger.info("unet batch sizes with mixed ControlNets, images and masks: %s", dict(sorted(histogram.items())))

@@ -289,3 +289,62 @@ def test_sdxl_img2img_inpainting_and_controlnets_match_diffusers(
         diffusers_xl_pipeline, controlnet_dirs.sdxl, ["edges", "depth"], controls, scheduler, 128, 6, 6.0
     )
     assert psnr(_run(xl_controlled, job), want) >= 40
+
+
+def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
+    default_model, controlnet_dirs, tmp_path_factory
+):
+    """LoRA slots wrap the ControlNet-ready UNet, which wraps the IP-Adapter's: all three in one request, and img2img
+    with a LoRA (the style-transfer recipe), against diffusers with the same adapters loaded."""
+    from build_engines.text_to_image.adapters import AdapterBuild
+    from build_engines.text_to_image.build import build
+    from build_engines.text_to_image.loras import build_registry, save_registry
+    from tests.adapters import make_adapters, reference_image
+
+    folder = tmp_path_factory.mktemp("composed")
+    adapters = make_adapters(default_model, folder / "adapters")
+    built_for = AdapterBuild(lora=True, ip_adapter=adapters.ip_adapter)
+    engines = build(default_model, folder / "repository", adapters=built_for, controlnets=controlnet_dirs.sd)
+    save_registry(build_registry(adapters.loras, engines, default_model), folder / "registry")
+    ours = TextToImagePipeline(engines, OnnxRuntimeRunner(engines, loras_dir=folder / "registry"))
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(default_model)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(adapters.loras), weight_name=adapters.lora_file("style"), adapter_name="style")
+    reference.load_ip_adapter(str(adapters.ip_adapter), subfolder="", weight_name="ip_adapter.safetensors")
+    reference.set_adapters(["style"], [0.8])
+    reference.set_ip_adapter_scale(0.6)
+    picture, _ = reference_image(seed=4)
+    control = Control("edges", edges_image(64), 0.7)
+    job = Generation(
+        PROMPT, "", 1, 64, 64, 8, 7.5, 3, "euler", loras=(("style", 0.8),), ip_image=np.asarray(picture), ip_scale=0.6,
+        controls=(control,),
+    )
+    want = reference_images(
+        diffusers.StableDiffusionControlNetPipeline.from_pipe(
+            reference, controlnet=diffusers.ControlNetModel.from_pretrained(controlnet_dirs.sd["edges"])
+        ),
+        "euler",
+        prompt=PROMPT,
+        image=Image.fromarray(control.image),
+        controlnet_conditioning_scale=0.7,
+        ip_adapter_image=picture,
+        num_inference_steps=8,
+        height=64,
+        width=64,
+        seed=3,
+    )
+    assert psnr(_run(ours, job), want) >= 40
+    reference.set_ip_adapter_scale(0.0)
+    image = input_image(64)
+    job = Generation(PROMPT, "", 1, 64, 64, 8, 7.5, 3, "ddim", loras=(("style", 0.8),), images=(image,), strength=0.6)
+    want = reference_images(
+        diffusers.StableDiffusionImg2ImgPipeline.from_pipe(reference),
+        "ddim",
+        prompt=PROMPT,
+        image=Image.fromarray(image),
+        strength=0.6,
+        ip_adapter_image=picture,  # at scale 0: as Easel's rows without a reference
+        num_inference_steps=8,
+        seed=3,
+    )
+    assert psnr(_run(ours, job), want) >= 40

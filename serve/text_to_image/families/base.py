@@ -292,11 +292,8 @@ class ControlNetModule(torch.nn.Module):
         return (*(residual * scale for residual in down), mid * scale)
 
 
-class VaeDecoderModule(torch.nn.Module):
-    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
-
-    The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
-    """
+class _VaeModule(torch.nn.Module):
+    """The VAE with the pipelines' latent scaling (and, where its config has them, ``latents_mean``/``latents_std``)."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
@@ -304,14 +301,21 @@ class VaeDecoderModule(torch.nn.Module):
         config = vae.config
         self.scaling_factor = float(config.scaling_factor)
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        self.denormalise = mean is not None and std is not None
-        if self.denormalise:
+        self.normalised = mean is not None and std is not None
+        if self.normalised:
             self.register_buffer("latents_mean", torch.tensor(mean).view(1, -1, 1, 1))
             self.register_buffer("latents_std", torch.tensor(std).view(1, -1, 1, 1))
 
+
+class VaeDecoderModule(_VaeModule):
+    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+
+    The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
+    """
+
     def forward(self, latent):
         """The decoded image in [0, 1]."""
-        if self.denormalise:
+        if self.normalised:
             latent = latent * self.latents_std / self.scaling_factor + self.latents_mean
         else:
             latent = latent / self.scaling_factor
@@ -319,34 +323,20 @@ class VaeDecoderModule(torch.nn.Module):
         return image / 2 + 0.5
 
 
-class VaeEncoderModule(torch.nn.Module):
+class VaeEncoderModule(_VaeModule):
     """Image in (``[-1, 1]``, as diffusers' image processor makes it), the latent distribution out.
 
-    Its mean and standard deviation, scaled (and normalised) as the decoder unscales them.
-
-    The pipeline samples ``mean + std * noise`` with the generation's generator, as ``latent_dist.sample`` does.
+    Its mean and standard deviation, scaled (and normalised) as the decoder unscales them. The pipeline samples
+    ``mean + std * noise`` with the generation's generator, as ``latent_dist.sample`` does.
     """
-
-    def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.vae = vae
-        config = vae.config
-        self.scaling_factor = float(config.scaling_factor)
-        mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        self.normalise = mean is not None and std is not None
-        if self.normalise:
-            self.register_buffer("latents_mean", torch.tensor(mean).view(1, -1, 1, 1))
-            self.register_buffer("latents_std", torch.tensor(std).view(1, -1, 1, 1))
 
     def forward(self, image):
         """The scaled mean and standard deviation of the image's latents."""
         distribution = self.vae.encode(image, return_dict=False)[0]
-        mean, std = distribution.mean, distribution.std
-        if self.normalise:
-            return (mean - self.latents_mean) * self.scaling_factor / self.latents_std, std * (
-                self.scaling_factor / self.latents_std
-            )
-        return mean * self.scaling_factor, std * self.scaling_factor
+        if self.normalised:
+            scale = self.scaling_factor / self.latents_std
+            return (distribution.mean - self.latents_mean) * scale, distribution.std * scale
+        return distribution.mean * self.scaling_factor, distribution.std * self.scaling_factor
 
 
 def vae_decoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:

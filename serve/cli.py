@@ -181,7 +181,7 @@ def random_model(name: str, out_dir: Path) -> None:
 def _print_endpoints(info) -> None:
     click.echo(f"""
 Easel is up.
-  API             {info.api_url}   (POST /v1/images/generations, GET /healthz, GET /readyz, docs at /docs)
+  API             {info.api_url}   (POST /v1/images/generations and /edits, GET /healthz, /readyz, docs at /docs)
   gRPC API        {info.grpc_address}   (easel.v1.Easel: Generate, Vectorize; serve/grpc_api/easel.proto)
   Triton HTTP     {info.triton_http_url}   (KServe v2, e.g. GET /v2/models/unet/stats)
   Triton gRPC     {info.triton_grpc_url}

@@ -316,6 +316,7 @@ class Stack:
             self.ray_session_dir = Path(context.address_info["session_dir"])
             return f"http://{context.dashboard_url}" if context.dashboard_url else None
         context = ray.init(
+            address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=opts.dashboard,
             dashboard_host="127.0.0.1",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import embedded_option, eval_generate, train_default
+from build_engines.text_to_image.cli import embedded_option, eval_generate, random_controlnet, train_default
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
@@ -27,7 +27,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, dashboards])
+@click.group(commands=[keys, bench, loadtest, chaos, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

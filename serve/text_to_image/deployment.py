@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import logging
 import random
@@ -16,11 +15,11 @@ from ray import serve
 
 from serve import metrics
 from serve.adapters.requests import StackAdapters
-from serve.errors import InvalidInput, NotReady
+from serve.errors import NotReady
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, StepCallback
-from serve.text_to_image.images import RequestImages, decode_images
+from serve.text_to_image.images import RequestImages, decode_images, decode_reference
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
@@ -28,10 +27,6 @@ from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
 from serve.triton.node import grpc_url_on_this_node
-from serve.vectorize.image import ImageRejected, decode_image
-
-MAX_REFERENCE_PIXELS = 4096 * 4096
-"""An IP-Adapter reference is scaled to the image encoder's side: any photo up to 4096 pixels a side is taken."""
 
 logger = logging.getLogger(__name__)
 
@@ -108,17 +103,6 @@ def generation_kind(request: GenerationRequest) -> str:
     if request.mask is not None:
         return "inpaint"
     return "img2img" if request.image else "text"
-
-
-def decode_reference(request: GenerationRequest) -> np.ndarray | None:
-    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
-    if request.ip_adapter_image is None:
-        return None
-    field = "ip_adapter_image"
-    try:
-        return decode_image(base64.b64decode(request.ip_adapter_image), field, max_pixels=MAX_REFERENCE_PIXELS)
-    except ImageRejected as error:
-        raise InvalidInput(str(error), field) from error
 
 
 @serve.deployment(name="TextToImage")

@@ -23,7 +23,8 @@ from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Genera
 from serve.vectorize.image import ImageRejected, check_size, decode_image
 
 MAX_INPUT_PIXELS = 4096 * 4096
-"""An input image is resized to the output's size: any picture up to 4096 pixels a side is taken."""
+"""Input, mask, control and reference images are resized (to the output's size, the image encoder's): any picture up
+to 4096 pixels a side is taken."""
 DRAW = 255
 """The mask's value where the image is drawn (diffusers' convention: white)."""
 
@@ -134,6 +135,13 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     strong = np.unique(labels[candidate & (magnitude > high)])
     edges = np.isin(labels, strong[strong > 0])
     return np.repeat((edges * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def decode_reference(request: GenerationRequest) -> np.ndarray | None:
+    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
+    if request.ip_adapter_image is None:
+        return None
+    return _decode(_bytes(request.ip_adapter_image), "ip_adapter_image")
 
 
 def decode_images(request: GenerationRequest, native_size: int) -> RequestImages:

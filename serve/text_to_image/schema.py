@@ -46,7 +46,6 @@ MAX_IP_SCALE = 2.0
 MAX_IMAGE_BYTES = 8 << 20
 """Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
 MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
-MAX_IP_IMAGE_BYTES, MAX_IP_IMAGE_CHARS = MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 MAX_REQUEST_BYTES = 32 << 20
 """A generation's or an edit's body on the wire: all its images together (base64 in JSON, files in multipart)."""
 MAX_CONTROLNETS = 4
@@ -207,8 +206,8 @@ class GenerationRequest(BaseModel):
     )
     ip_adapter_image: str | None = Field(
         None,
-        max_length=MAX_IP_IMAGE_CHARS,
-        description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IP_IMAGE_BYTES >> 20} MiB "
+        max_length=MAX_IMAGE_CHARS,
+        description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB "
         "(sides up to 4096); needs a stack started with --ip-adapter.",
     )
     ip_adapter_scale: IpScale | IpScaleMap = Field(

@@ -72,7 +72,7 @@ class UnstatedLimit:
         return any(fnmatch.fnmatchcase(error["param"] or "", param) for param in self.params)
 
 
-_GENERATIONS, _VECTORIZE = "/v1/images/generations", "/v1/vectorize"
+_GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
 _IMAGE = "whether bytes are an image is known by decoding them"
 UNSTATED_LIMITS = (
     UnstatedLimit(
@@ -214,6 +214,25 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
+def _edit_body(components: dict) -> dict:
+    """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
+    properties = dict(_add_schema(components, GenerationRequest)["properties"])
+    properties["image"] = {
+        "type": "array",
+        "items": _BINARY,
+        "minItems": 1,
+        "description": "The image(s) to edit: one file part `image`, or several (`image` or `image[]`).",
+    }
+    properties["mask"] = _BINARY | {"description": "Where to draw: the PNG's fully transparent pixels."}
+    properties["ip_adapter_image"] = _BINARY | {"description": "An IP-Adapter reference (a file, or base64 text)."}
+    form = {"type": "object", "required": ["image", "prompt"], "properties": properties}
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": form}},
+        "description": "OpenAI's edits form; fields that are not text (numbers, lists, mappings) as JSON text.",
+    }
+
+
 def openapi(document: dict[str, Any]) -> dict[str, Any]:
     """FastAPI's ``document`` made true to the behaviour (changed in place and returned)."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
@@ -235,11 +254,12 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
     for parameter in generation["parameters"]:
         if parameter["name"] == "Idempotency-Key":
             parameter["schema"] = IDEMPOTENCY_KEY
-    generations = generation["responses"]
-    generations["202"] = {
-        "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+    for path in (_GENERATIONS, _EDITS):
+        document["paths"][path]["post"]["responses"]["202"] = {
+            "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    document["paths"][_EDITS]["post"]["requestBody"] = _edit_body(components)
     document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"] = {
         "description": "Server-Sent Events: state, one progress per step, then completed, failed or canceled.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

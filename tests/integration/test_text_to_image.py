@@ -209,10 +209,10 @@ def test_triton_is_reachable_directly_over_grpc(stack):
 
 def test_triton_down_is_a_503_with_retry_after_and_the_stack_recovers(api, stack):
     with triton_killed(stack):
+        assert api.get("/readyz").status_code == 503  # asked first: the supervisor brings Triton back within seconds
+        assert api.get("/healthz").status_code == 200
         response = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
         assert response.status_code == 503, response.text
         assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
-        assert api.get("/readyz").status_code == 503
-        assert api.get("/healthz").status_code == 200
     recovered = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
     assert recovered.status_code == 200, recovered.text

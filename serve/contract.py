@@ -95,6 +95,22 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
+        ("scheduler",),
+        "is not a sampler of",
+        "a sampler of the served model's family (flow-matching models, SD3 and Flux, take ddim and euler)",
+        "the samplers are the served model family's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("size",),
+        "images are multiples of",
+        "sides that are whole latent patches of the served model (multiples of 16 for SD3 and Flux)",
+        "the patch is the served model's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
         ("n", "num_inference_steps", "seed"),
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",

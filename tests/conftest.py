@@ -70,15 +70,17 @@ def diffusers_xl_pipeline(tiny_xl_model):
     return pipeline
 
 
-def reference_images(pipeline, scheduler: str, **kwargs) -> np.ndarray:
+def reference_images(pipeline, scheduler: str, samplers=None, **kwargs) -> np.ndarray:
     """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...).
+
+    ``scheduler`` is looked up in ``samplers`` (the served family's table; default: SD's and SDXL's).
 
     An empty ``negative_prompt`` is passed as None: Easel's "no negative prompt", which SDXL's pipeline turns into
     zeros (``force_zeros_for_empty_prompt``) and SD's encodes as "".
     """
-    from serve.text_to_image.pipeline import SCHEDULERS
+    from serve.text_to_image.samplers import NOISE_SAMPLERS
 
-    cls, overrides = SCHEDULERS[scheduler]
+    cls, overrides = (samplers or NOISE_SAMPLERS)[scheduler]
     pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
     seed = kwargs.pop("seed")
     kwargs["negative_prompt"] = kwargs.get("negative_prompt") or None

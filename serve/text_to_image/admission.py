@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.spec import UNET, VAE_DECODER
+from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
 
@@ -69,9 +69,10 @@ class Admission:
     """
 
     def __init__(
-        self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, tiling: VaeTiling
+        self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, tiling: VaeTiling, denoiser: str
     ) -> None:
         self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
+        self.denoiser = denoiser  # the engine each step calls
         self._inflight: Counter[int] = Counter()  # cost in flight by priority rank
         self._waiting: set[tuple[int, int]] = set()  # (priority rank, arrival)
         self._arrivals = itertools.count()
@@ -80,7 +81,8 @@ class Admission:
     @classmethod
     def for_engines(cls, engines: EngineFolder, limits: Limits) -> Admission:
         """Admission for ``engines`` under ``limits``: their measured memory, budget split and VAE tiling."""
-        return cls(engines.memory_models, engines.budgets(limits.memory_budget_bytes), limits, engines.tiling)
+        budgets = engines.budgets(limits.memory_budget_bytes)
+        return cls(engines.memory_models, budgets, limits, engines.tiling, engines.family.denoiser)
 
     def check(self, n: int, steps: int, width: int, height: int) -> Admitted:
         """Raise :class:`InvalidInput` if the request cannot be served; say how it will be."""
@@ -119,7 +121,7 @@ class Admission:
         queued meanwhile run between them instead of behind the whole batch. At least one row per core.
         """
         rows = {}
-        for name in (UNET, VAE_DECODER):
+        for name in (self.denoiser, VAE_DECODER):
             seconds = self.models[name].seconds_per_row(positions) if name in self.models else 0.0
             if seconds > 0:
                 rows[name] = max(os.cpu_count() or 1, int(CALL_SECONDS / seconds))

@@ -149,6 +149,7 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         job = to_generation(request, self.pipeline.dims.native_size, await self._reference(request))
+        self.pipeline.family.check(job)
         admitted = self.admission.check(job.n, job.steps, job.width, job.height)
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):

@@ -1,7 +1,9 @@
-"""Classifier-free-guided denoising over engines called one step at a time, matching diffusers' pipelines.
+"""Guided denoising over engines called one step at a time, matching diffusers' pipelines.
 
-One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
-conditioning, and the loop sends it with each step's latents. The engines are reached through an
+One loop serves every model family: the family (``families/``) turns the prompts into its denoiser's per-row
+conditioning, names the denoiser engine, its samplers and their timesteps, and says whether guidance is
+classifier-free; the loop sends the conditioning with each step's latents (NCHW: a family whose denoiser works on
+another layout, Flux's packed patches, packs them inside its engine). The engines are reached through an
 :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
 (:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
@@ -17,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
@@ -26,18 +27,12 @@ from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
-from serve.text_to_image.spec import UNET, VAE_DECODER
+from serve.text_to_image.spec import VAE_DECODER
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import EngineRunner, ModelSpec
 
 logger = logging.getLogger(__name__)
-
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-}
 
 
 class OnnxRuntimeRunner:
@@ -111,14 +106,12 @@ class TextToImagePipeline:
         self.scheduler_config = folder.scheduler_config()
         self.tiling = folder.tiling
         self.engines = engines
-        self.adapters = GenerationAdapters(
-            folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor
-        )
+        self.adapters = GenerationAdapters(folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor)
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
-        """A fresh scheduler ``name`` built from the model's scheduler config."""
-        cls, overrides = SCHEDULERS[name]
+        """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
+        cls, overrides = self.family.samplers[name]
         return cls.from_config(self.scheduler_config, **overrides)
 
     async def generate(
@@ -128,7 +121,7 @@ class TextToImagePipeline:
         on_step: StepCallback | None = None,
         rows_per_call: Mapping[str, int] | None = None,
     ) -> GenerationResult:
-        """Denoise ``job`` with one UNet call per step and decode the latents to images (in tiles if asked).
+        """Denoise ``job`` with one denoiser call per step and decode the latents to images (in tiles if asked).
 
         Every engine call goes at the job's priority, and each step waits its turn behind higher-priority
         generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
@@ -141,13 +134,13 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiled_decode: bool, on_step: StepCallback | None
     ) -> GenerationResult:
-        guided = job.guidance_scale > 1.0
+        guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
-        scheduler.set_timesteps(job.steps)
+        self.family.set_timesteps(scheduler, job)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(0)
         generator = torch.Generator("cpu").manual_seed(job.seed)
@@ -157,15 +150,18 @@ class TextToImagePipeline:
             job.height // self.dims.vae_scale_factor,
             job.width // self.dims.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        latents = randn_tensor(shape, generator=generator, dtype=torch.float32)
+        if hasattr(scheduler, "init_noise_sigma"):  # flow matching starts from the noise itself
+            latents = latents * scheduler.init_noise_sigma
         step_kwargs = _step_kwargs(scheduler, generator)
         for step, t in enumerate(scheduler.timesteps, start=1):
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+            if hasattr(scheduler, "scale_model_input"):
+                model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
             inputs = {"sample": model_input.numpy(), "timestep": timestep, **conditioning}
             await self.gate.turn(job.priority)
-            noise = torch.from_numpy((await engines.infer(self.specs[UNET], inputs))["noise_pred"])
+            noise = torch.from_numpy((await engines.infer(self.specs[self.family.denoiser], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)

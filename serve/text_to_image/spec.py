@@ -50,11 +50,16 @@ def unet_instances(unet_bytes: int | None) -> int:
     return 2 if unet_bytes is not None and unet_bytes <= SMALL_UNET_BYTES else 1
 
 
-def unet_spec(latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1) -> ModelSpec:
-    """The UNet: latents and a per-row timestep, plus the family's per-row ``conditioning`` tensors."""
+def denoiser_spec(
+    latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1, name: str = UNET
+) -> ModelSpec:
+    """The denoiser (a UNet or a transformer): latents, a per-row timestep and the family's per-row ``conditioning``.
+
+    Out comes what the scheduler steps with (``noise_pred``), in the latents' layout.
+    """
     latent = TensorSpec("sample", "float32", (latent_channels, -1, -1), LATENT_AXES)
     return ModelSpec(
-        name=UNET,
+        name=name,
         inputs=(latent, TensorSpec("timestep", "float32", ()), *conditioning),
         outputs=(TensorSpec("noise_pred", "float32", latent.dims, latent.axis_names),),
         max_batch_size=UNET_MAX_BATCH,

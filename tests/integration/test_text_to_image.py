@@ -12,7 +12,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from serve.stack import FIRST_REQUEST
-from serve.text_to_image.pipeline import SCHEDULERS
+from serve.text_to_image.samplers import NOISE_SAMPLERS
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import decode_images, engine_names, triton_killed
 
@@ -43,7 +43,7 @@ def test_replica_logs_reach_their_files_with_rays_log_monitor_stopped(api, stack
     assert logged()
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(NOISE_SAMPLERS))
 def test_parity_with_diffusers(api, diffusers_pipeline, scheduler):
     body = {
         "prompt": "a lighthouse, flat icon",

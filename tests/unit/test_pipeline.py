@@ -8,7 +8,8 @@ import pytest
 from serve.benchmarks.torch_runner import TorchRunner
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import SCHEDULERS, OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr, reference_images
 
@@ -19,7 +20,7 @@ def pipeline(engine_dir):
     return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(NOISE_SAMPLERS))
 @pytest.mark.parametrize(("n", "guidance", "width", "height"), [(1, 7.5, 96, 64), (2, 1.0, 72, 56)])
 def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance, width, height):
     job = Generation("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler)

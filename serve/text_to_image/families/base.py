@@ -1,8 +1,9 @@
 """What a model family declares, and the parts families share.
 
 A family declares the diffusers folder it reads, its engines and their specs, the torch modules they are exported
-from, and the UNet's conditioning for a prompt. The denoising loop, the exporter, the Triton configs and the clients
-only read these declarations.
+from, the denoiser's conditioning for a prompt, and how its denoising runs: which engine each step calls, its
+samplers and their timesteps, and whether guidance is classifier-free. The denoising loop, the exporter, the Triton
+configs and the clients only read these declarations.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ import numpy as np
 import torch
 
 from serve.adapters.support import AdapterSupport
-from serve.errors import UnsupportedModel
+from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image.generation import Generation
+from serve.text_to_image.samplers import NOISE_SAMPLERS
+from serve.text_to_image.spec import UNET
 from serve.triton.spec import EngineRunner, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -36,7 +39,7 @@ class PipelineDims:
     vae_scaling_factor: float
     sample_size: int
     vae_sample_size: int  # the VAE config's sample size: diffusers' tile size for tiled decoding
-    unet_bytes: int | None = field(default=None, kw_only=True)  # the UNet's weight files (None: not known)
+    unet_bytes: int | None = field(default=None, kw_only=True)  # the denoiser's weight files (None: not known)
 
     @property
     def native_size(self) -> int:
@@ -65,12 +68,19 @@ class ExportModule:
 
 
 class Family(ABC):
-    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model and the adapters its engines take."""
+    """One model family (SD 1.x/2.x, SDXL, ...), bound to the dims of one model and the adapters its engines take.
+
+    ``denoiser`` is the engine each step calls (its output ``noise_pred`` is what the scheduler steps with, whatever
+    the model predicts); ``samplers`` the API's samplers as this family runs them
+    (:mod:`serve.text_to_image.samplers`).
+    """
 
     name: ClassVar[str]
     pipeline_class: ClassVar[str]
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
+    denoiser: ClassVar[str] = UNET
+    samplers: ClassVar[Mapping[str, tuple[type, dict]]] = NOISE_SAMPLERS
 
     def __init__(self, dims: PipelineDims, adapters: AdapterSupport | None = None) -> None:
         self.dims = dims
@@ -119,16 +129,46 @@ class Family(ABC):
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """For each engine, how to load the torch module it is exported from out of ``model_dir``."""
 
+    # -- denoising ---------------------------------------------------------------------------------------------------
+
+    @property
+    def side_multiple(self) -> int:
+        """What an image side must be a multiple of: one latent position."""
+        return self.dims.vae_scale_factor
+
+    def check(self, job: Generation) -> None:
+        """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
+        if job.scheduler not in self.samplers:
+            raise InvalidInput(
+                f"scheduler: {job.scheduler!r} is not a sampler of {self.name} models (they take "
+                f"{', '.join(self.samplers)})",
+                field="scheduler",
+            )
+        if job.width % self.side_multiple or job.height % self.side_multiple:
+            raise InvalidInput(
+                f"size: {job.width}x{job.height}: the sides of {self.name} images are multiples of "
+                f"{self.side_multiple}",
+                field="size",
+            )
+
+    def classifier_free(self, job: Generation) -> bool:
+        """Whether ``job`` runs classifier-free guidance: two rows per image (negative, prompt) mixed each step."""
+        return job.guidance_scale > 1.0
+
+    def set_timesteps(self, scheduler, job: Generation) -> None:
+        """Set ``scheduler``'s timesteps for ``job`` as the family's diffusers pipeline does."""
+        scheduler.set_timesteps(job.steps)
+
     # -- conditioning -----------------------------------------------------------------------------------------------
 
     @abstractmethod
     async def condition(
         self, engines: EngineRunner, tokenizers: Mapping, job: Generation, guided: bool
     ) -> tuple[dict[str, np.ndarray], int]:
-        """The UNet's per-row inputs besides ``sample`` and ``timestep`` for ``job``'s prompts.
+        """The denoiser's per-row inputs besides ``sample`` and ``timestep`` for ``job``'s prompts.
 
-        Rows are ``[negative, prompt]`` when ``guided``, else ``[prompt]`` (the caller repeats them per image).
-        Also returns how many prompt tokens truncation dropped.
+        Rows are ``[negative, prompt]`` when ``guided`` (:meth:`classifier_free`), else ``[prompt]`` (the caller
+        repeats them per image). Also returns how many prompt tokens truncation dropped.
         """
 
 
@@ -151,19 +191,22 @@ def read_config(model_dir: Path, component: str, file: str = "config.json") -> d
     return json.loads((model_dir / component / file).read_text())
 
 
-def vae_dims(model_dir: Path) -> dict:
-    """The dims every family reads from the UNet and the VAE configs."""
-    unet = read_config(model_dir, "unet")
+def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 128) -> dict:
+    """The dims every family reads from the denoiser's and the VAE's configs.
+
+    ``default_sample_size``: the latent side of a denoiser whose config has none (diffusers' Flux default).
+    """
+    config = read_config(model_dir, denoiser)
     vae = read_config(model_dir, "vae")
-    sample_size = unet["sample_size"]
+    sample_size = config.get("sample_size", default_sample_size)
     vae_sample_size = vae.get("sample_size", 512)
     return {
-        "latent_channels": int(unet["in_channels"]),
+        "latent_channels": int(vae.get("latent_channels", config.get("in_channels", 4))),
         "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
         "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
         "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
-        "unet_bytes": sum(f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in WEIGHT_SUFFIXES),
+        "unet_bytes": sum(f.stat().st_size for f in (model_dir / denoiser).iterdir() if f.suffix in WEIGHT_SUFFIXES),
     }
 
 
@@ -215,7 +258,7 @@ class UnetModule(torch.nn.Module):
 
 
 class VaeDecoderModule(torch.nn.Module):
-    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling, shift and denormalising folded in.
 
     The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
     """
@@ -225,6 +268,7 @@ class VaeDecoderModule(torch.nn.Module):
         self.vae = vae
         config = vae.config
         self.scaling_factor = float(config.scaling_factor)
+        self.shift_factor = getattr(config, "shift_factor", None)  # SD3's and Flux's VAEs
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         self.denormalise = mean is not None and std is not None
         if self.denormalise:
@@ -237,6 +281,8 @@ class VaeDecoderModule(torch.nn.Module):
             latent = latent * self.latents_std / self.scaling_factor + self.latents_mean
         else:
             latent = latent / self.scaling_factor
+        if self.shift_factor is not None:
+            latent = latent + self.shift_factor
         image = self.vae.decode(latent, return_dict=False)[0]
         return image / 2 + 0.5
 

@@ -27,9 +27,9 @@ from serve.text_to_image.spec import (
     TEXT_ENCODER,
     UNET,
     VAE_DECODER,
+    denoiser_spec,
     text_encoder_spec,
     unet_instances,
-    unet_spec,
     vae_decoder_spec,
 )
 from serve.triton.spec import ModelSpec, TensorSpec
@@ -85,7 +85,7 @@ class StableDiffusion(Family):
             TEXT_ENCODER: text_encoder_spec(
                 TEXT_ENCODER, d.text_length, (TensorSpec("last_hidden_state", "float32", hidden),)
             ),
-            UNET: unet_spec(
+            UNET: denoiser_spec(
                 d.latent_channels,
                 (TensorSpec("encoder_hidden_states", "float32", hidden),),
                 unet_instances(d.unet_bytes),

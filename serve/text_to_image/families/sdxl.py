@@ -37,9 +37,9 @@ from serve.text_to_image.spec import (
     TEXT_ENCODER_2,
     UNET,
     VAE_DECODER,
+    denoiser_spec,
     text_encoder_spec,
     unet_instances,
-    unet_spec,
     vae_decoder_spec,
 )
 from serve.triton.spec import ModelSpec, TensorSpec
@@ -129,7 +129,7 @@ class StableDiffusionXL(Family):
                     TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
                 ),
             ),
-            UNET: unet_spec(
+            UNET: denoiser_spec(
                 d.latent_channels,
                 (
                     TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),

@@ -14,7 +14,7 @@ from build_engines.text_to_image.embedded import SEED, byte_vocabulary
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("tiny", "bench", "tiny-xl")
+MODELS = ("tiny", "bench", "tiny-xl", "tiny-sd3", "tiny-flux", "tiny-flux-schnell")
 # Embedded models whose weights are committed: variant -> diffusers folder.
 TRAINED = {"tiny": Path(__file__).resolve().parent / "default"}
 
@@ -49,6 +49,14 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
         from build_engines.text_to_image.tiny_xl import create_tiny_xl
 
         return create_tiny_xl(out_dir)
+    if variant == "tiny-sd3":  # SD3's and Flux's layouts (tiny_transformers.py)
+        from build_engines.text_to_image.tiny_transformers import create_tiny_sd3
+
+        return create_tiny_sd3(out_dir)
+    if variant in ("tiny-flux", "tiny-flux-schnell"):
+        from build_engines.text_to_image.tiny_transformers import create_tiny_flux
+
+        return create_tiny_flux(out_dir, dev=variant == "tiny-flux")
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

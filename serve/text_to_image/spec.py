@@ -8,10 +8,12 @@ from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
+TEXT_ENCODER_3 = "text_encoder_3"
 UNET = "unet"
+TRANSFORMER = "transformer"
 VAE_DECODER = "vae_decoder"
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository.
-ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCODER)
+ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, UNET, TRANSFORMER, VAE_DECODER, IMAGE_ENCODER)
 
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while

@@ -49,11 +49,15 @@ class PipelineDims:
 
 @dataclass(frozen=True)
 class Component:
-    """A folder of a diffusers pipeline that a family needs, and the file that must be in it."""
+    """A folder of a diffusers pipeline that a family needs, and the file that must be in it.
+
+    ``optional``: the pipeline runs without it when ``model_index.json`` lists it as ``[null, null]`` (SD3's T5).
+    """
 
     folder: str
     required_file: str
     has_weights: bool = True
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,7 @@ class Family(ABC):
     dims_type: ClassVar[type[PipelineDims]]
     denoiser: ClassVar[str] = UNET
     samplers: ClassVar[Mapping[str, tuple[type, dict]]] = NOISE_SAMPLERS
+    latent_multiple: ClassVar[int] = 1  # a latent side is a multiple of this: the denoiser's patch
 
     def __init__(self, dims: PipelineDims, adapters: AdapterSupport | None = None) -> None:
         self.dims = dims
@@ -98,10 +103,13 @@ class Family(ABC):
     def read_dims(cls, model_dir: Path) -> PipelineDims:
         """Read the dims from a diffusers folder's configs (no weights)."""
 
-    @classmethod
-    def tokenizers(cls) -> tuple[str, ...]:
-        """The tokenizer folders, copied beside the engines."""
-        return tuple(c.folder for c in cls.components if c.folder.startswith("tokenizer"))
+    def tokenizers(self) -> tuple[str, ...]:
+        """The tokenizer folders of this model's engines, copied beside them."""
+        return tuple(c.folder for c in self.components if c.folder.startswith("tokenizer") and self.uses(c))
+
+    def uses(self, component: Component) -> bool:
+        """Whether this model has ``component`` (an optional one may be left out)."""
+        return True
 
     @classmethod
     def check_folder(cls, model_dir: Path) -> None:
@@ -110,6 +118,8 @@ class Family(ABC):
         for component in cls.components:
             folder = model_dir / component.folder
             listed = index.get(component.folder)
+            if component.optional and listed == [None, None]:
+                continue
             if not isinstance(listed, list) or None in listed:
                 raise UnsupportedModel(f"{model_dir}: {cls.pipeline_class} needs component {component.folder!r}")
             if not (folder / component.required_file).is_file():
@@ -133,8 +143,8 @@ class Family(ABC):
 
     @property
     def side_multiple(self) -> int:
-        """What an image side must be a multiple of: one latent position."""
-        return self.dims.vae_scale_factor
+        """What an image side must be a multiple of: one patch of latent positions."""
+        return self.dims.vae_scale_factor * self.latent_multiple
 
     def check(self, job: Generation) -> None:
         """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
@@ -236,6 +246,21 @@ def transformers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch
     import transformers
 
     return getattr(transformers, cls_name).from_pretrained(folder, dtype=dtype).eval()
+
+
+class ClipPenultimate(torch.nn.Module):
+    """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
+
+    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids):
+        """The penultimate hidden state (and ``text_embeds``)."""
+        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[-2]
+        return (hidden, out.text_embeds) if self.pooled else hidden
 
 
 class UnetModule(torch.nn.Module):

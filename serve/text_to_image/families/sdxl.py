@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
+    ClipPenultimate,
     Component,
     ExportModule,
     Family,
@@ -56,21 +56,6 @@ class SDXLDims(PipelineDims):
     text_hidden_2: int
     pooled_dim: int
     force_zeros_for_empty_prompt: bool
-
-
-class ClipPenultimate(torch.nn.Module):
-    """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
-
-    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-        self.pooled = pooled
-
-    def forward(self, input_ids):
-        """The penultimate hidden state (and ``text_embeds``)."""
-        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
-        hidden = out.hidden_states[-2]
-        return (hidden, out.text_embeds) if self.pooled else hidden
 
 
 class StableDiffusionXL(Family):

@@ -70,6 +70,41 @@ def diffusers_xl_pipeline(tiny_xl_model):
     return pipeline
 
 
+TRANSFORMER_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux-schnell")
+"""The embedded flow-matching transformer models (SD3, Flux dev-like, Flux schnell-like)."""
+
+
+@pytest.fixture(scope="session")
+def transformer_models():
+    """Each embedded transformer model's diffusers folder, by name."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return {name: default_model_dir(name) for name in TRANSFORMER_MODELS}
+
+
+@pytest.fixture(scope="session")
+def transformer_engine_dirs(transformer_models, tmp_path_factory):
+    """Engines of each embedded transformer model (cached), installed into throw-away repositories."""
+    from build_engines.text_to_image.build import build
+
+    return {
+        name: build(model, repository=tmp_path_factory.mktemp(f"repository-{name}")).path
+        for name, model in transformer_models.items()
+    }
+
+
+def diffusers_reference(model_dir, **components):
+    """diffusers' own pipeline of ``model_dir``'s class over its weights (``components`` as given): the reference."""
+    import diffusers
+
+    from serve.text_to_image.families.base import read_model_index
+
+    torch.set_num_threads(1)
+    pipeline = getattr(diffusers, read_model_index(model_dir)["_class_name"]).from_pretrained(model_dir, **components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def reference_images(pipeline, scheduler: str, samplers=None, **kwargs) -> np.ndarray:
     """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...).
 

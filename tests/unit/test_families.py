@@ -33,6 +33,45 @@ def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_
     }
 
 
+def test_transformer_models_are_recognised_with_their_engines(transformer_models):
+    sd3 = family_of_folder(transformer_models["tiny-sd3"])
+    assert sd3.name == "sd3" and list(sd3.specs) == [
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "transformer",
+        "vae_decoder",
+    ]
+    # Both CLIPs' 77 tokens, then T5's 256, at T5's width; both pooled projections (32 + 40) side by side.
+    assert {t.name: t.dims for t in sd3.specs["transformer"].inputs} == {
+        "sample": (16, -1, -1),
+        "timestep": (),
+        "encoder_hidden_states": (77 + 256, 96),
+        "pooled_projections": (72,),
+    }
+    dev, schnell = (family_of_folder(transformer_models[name]) for name in ("tiny-flux", "tiny-flux-schnell"))
+    assert dev.name == schnell.name == "flux" and list(dev.specs) == [
+        "text_encoder",
+        "text_encoder_2",
+        "transformer",
+        "vae_decoder",
+    ]
+    inputs = [t.name for t in dev.specs["transformer"].inputs]
+    assert inputs == ["sample", "timestep", "encoder_hidden_states", "pooled_projections", "guidance"]
+    assert "guidance" not in [t.name for t in schnell.specs["transformer"].inputs]
+    assert dev.side_multiple == sd3.side_multiple == 16  # 2x2 patches of 8x8-pixel latents
+
+
+def test_an_unknown_pipeline_class_names_every_supported_one(tiny_xl_model, tmp_path):
+    folder = shutil.copytree(tiny_xl_model, tmp_path / "kandinsky", ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    with pytest.raises(UnsupportedModel) as error:
+        family_of_folder(folder)
+    supported = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+    assert len(str(error.value).splitlines()) == 1 and all(name in str(error.value) for name in supported)
+
+
 def _copy(model_dir, tmp_path):
     return shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("*.safetensors"))
 

@@ -1,17 +1,20 @@
 """The denoising loop with in-process ONNX Runtime engines against diffusers' own pipeline (no servers)."""
 
 import asyncio
+import json
+import shutil
 
 import numpy as np
 import pytest
 
 from serve.benchmarks.torch_runner import TorchRunner
+from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
-from tests.conftest import psnr, reference_images
+from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +139,81 @@ def test_the_torch_runner_draws_what_diffusers_draws(
 
 async def _together(pipeline, jobs):
     return await asyncio.gather(*(pipeline.generate(job) for job in jobs))
+
+
+@pytest.fixture(scope="module", params=TRANSFORMER_MODELS)
+def transformer_case(request, transformer_models, transformer_engine_dirs):
+    """(name, our pipeline on ONNX Runtime, diffusers' pipeline) of one embedded transformer model."""
+    folder = EngineFolder(transformer_engine_dirs[request.param])
+    ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    return request.param, ours, diffusers_reference(transformer_models[request.param])
+
+
+def _transformer_pair(ours, theirs, job: Generation) -> tuple[np.ndarray, np.ndarray]:
+    got = np.stack(asyncio.run(ours.generate(job)).images)
+    want = reference_images(
+        theirs,
+        job.scheduler,
+        samplers=ours.family.samplers,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        num_images_per_prompt=job.n,
+        width=job.width,
+        height=job.height,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        seed=job.seed,
+    )
+    return got, want
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "negative", "n", "guidance", "width", "height"),
+    [("euler", "", 1, 4.0, 128, 96), ("ddim", "blurry", 2, 3.0, 96, 128), ("euler", "", 1, 1.0, 64, 64)],
+)
+def test_transformer_families_match_diffusers(transformer_case, scheduler, negative, n, guidance, width, height):
+    """SD3 (classifier-free guidance), Flux dev (guidance embedded, dynamic shift) and schnell, as diffusers draws."""
+    _, ours, theirs = transformer_case
+    job = Generation("a red fox", negative, n, width, height, 4, guidance, 11, scheduler)
+    got, want = _transformer_pair(ours, theirs, job)
+    assert got.shape == want.shape == (n, height, width, 3)
+    assert psnr(got, want) >= 40
+
+
+def test_each_transformer_family_uses_guidance_as_its_pipeline_does(transformer_case):
+    name, ours, _ = transformer_case
+    jobs = [Generation("a red fox", "", 1, 64, 64, 3, guidance, 5, "euler") for guidance in (1.0, 5.0)]
+    images = [asyncio.run(ours.generate(job)).images[0] for job in jobs]
+    if name == "tiny-flux-schnell":  # no guidance at all
+        np.testing.assert_array_equal(images[0], images[1])
+    else:  # SD3: classifier-free; Flux dev: the embedded scale
+        assert psnr(images[0], images[1]) < 40
+
+
+def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_case):
+    _, ours, _ = transformer_case
+    with pytest.raises(InvalidInput, match="dpmpp_2m") as sampler:
+        ours.family.check(Generation("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m"))
+    with pytest.raises(InvalidInput, match="multiples of 16") as size:
+        ours.family.check(Generation("x", "", 1, 72, 64, 2, 1.0, 1, "euler"))
+    assert (sampler.value.field, size.value.field) == ("scheduler", "size")
+
+
+def test_sd3_without_t5_matches_diffusers(transformer_models, tmp_path, monkeypatch):
+    """A folder without T5 (``text_encoder_3`` null, as diffusers allows): zeros stand for T5's states."""
+    from build_engines.text_to_image.build import build
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    model = shutil.copytree(transformer_models["tiny-sd3"], tmp_path / "sd3-no-t5")
+    for folder in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(model / folder)
+    index = json.loads((model / "model_index.json").read_text())
+    without = {"text_encoder_3": [None, None], "tokenizer_3": [None, None]}
+    (model / "model_index.json").write_text(json.dumps(index | without))
+    folder = build(model, repository=tmp_path / "repository")
+    assert "text_encoder_3" not in folder.specs and not folder.family.dims.t5
+    ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    job = Generation("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler")
+    reference = diffusers_reference(model, text_encoder_3=None, tokenizer_3=None)
+    got, want = _transformer_pair(ours, reference, job)
+    assert psnr(got, want) >= 40

@@ -259,7 +259,9 @@ def export_all(
     ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder).
     """
     dtype = PRECISIONS[precision]
-    modules = adapter_modules(family.export_modules(model_dir), adapters or AdapterBuild(), family.adapters)
+    modules = adapter_modules(
+        family.export_modules(model_dir), adapters or AdapterBuild(), family.adapters, family.lora_engines
+    )
     reports = []
     for step, (name, source) in enumerate(modules.items(), start=1):
         spec = family.specs[name]

@@ -19,7 +19,7 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from serve.adapters.lora import LORA_ENGINES, Slot, load_slots
+from serve.adapters.lora import Slot, load_slots
 from serve.adapters.support import AdapterSupport
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.families.base import read_model_index
@@ -128,5 +128,5 @@ class EngineFolder:
 
     def lora_slots(self) -> dict[str, list[Slot]]:
         """The slot tables of the LoRA-ready engines, by engine."""
-        files = {name: self.engine(name) for name in LORA_ENGINES if name in self.specs}
+        files = {name: self.engine(name) for name in self.family.lora_engines if name in self.specs}
         return {name: load_slots(f.lora_slots) for name, f in files.items() if f.lora_ready}

@@ -22,7 +22,7 @@ from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.samplers import NOISE_SAMPLERS
-from serve.text_to_image.spec import UNET
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from serve.triton.spec import EngineRunner, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -86,11 +86,13 @@ class Family(ABC):
     denoiser: ClassVar[str] = UNET
     samplers: ClassVar[Mapping[str, tuple[type, dict]]] = NOISE_SAMPLERS
     latent_multiple: ClassVar[int] = 1  # a latent side is a multiple of this: the denoiser's patch
+    lora_engines: ClassVar[tuple[str, ...]] = (TEXT_ENCODER, TEXT_ENCODER_2, UNET)
+    """The engines diffusers' ``load_lora_weights`` loads a LoRA into (those the family has): they take LoRA slots."""
 
     def __init__(self, dims: PipelineDims, adapters: AdapterSupport | None = None) -> None:
         self.dims = dims
         self.adapters = adapters or AdapterSupport()
-        self.specs = self.adapters.specs(self.engine_specs())
+        self.specs = self.adapters.specs(self.engine_specs(), self.lora_engines)
 
     def with_adapters(self, adapters: AdapterSupport) -> Family:
         """This family and model, its engines taking ``adapters``."""

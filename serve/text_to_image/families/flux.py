@@ -149,6 +149,7 @@ class Flux(FlowFamily):
     name = "flux"
     pipeline_class = "FluxPipeline"
     dims_type = FluxDims
+    lora_engines = (TEXT_ENCODER, TRANSFORMER)  # not T5, as FluxPipeline's load_lora_weights
     components = (
         Component("text_encoder", "config.json"),
         Component("text_encoder_2", "config.json"),

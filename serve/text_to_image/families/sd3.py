@@ -88,6 +88,7 @@ class StableDiffusion3(FlowFamily):
     pipeline_class = "StableDiffusion3Pipeline"
     dims_type = SD3Dims
     max_shift_default = 1.16
+    lora_engines = (TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER)
     components = (
         Component("text_encoder", "config.json"),
         Component("text_encoder_2", "config.json"),

@@ -2,9 +2,10 @@
 
 - **Memory**: the engines run within a memory budget (``easel up --memory-budget``), split into per-engine activation
   budgets (:func:`serve.triton.memory.engine_budgets`). Triton's python backend splits batches to
-  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
+  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the denoiser's
   budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
-  decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
+  decoded in tiles (:mod:`serve.text_to_image.tiling`): diffusers' own, else halves or quarters of them, the largest
+  that fits; refused only if none does.
 - **Cost**: ``n x num_inference_steps x megapixels``. A request over ``max_cost`` is refused (400); admitted
   requests wait their turn while the replica's requests in flight (of their priority or above) already add up to
   ``max_inflight_cost``.
@@ -55,10 +56,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A request that passed :meth:`Admission.check`: its cost, and whether its images are decoded in tiles."""
+    """A request that passed :meth:`Admission.check`: its cost, and the tiles its images are decoded in (if any)."""
 
     cost: float
-    tiled_decode: bool = False
+    tiling: VaeTiling | None = None
     rows_per_call: dict[str, int] = field(default_factory=dict)  # by engine; absent: any number
 
 
@@ -95,24 +96,32 @@ class Admission:
                 field="num_inference_steps",
             )
         latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
-        tiled = False
+        tiling = None
         for name, model in self.models.items():
             spatial = model.coefficients[1:] != (0, 0)
             need = model.per_row(latent[0] * latent[1] if spatial else 1)
             budget = self.budgets.get(name, need)
             if need <= budget:
                 continue
-            if name == VAE_DECODER and self.tiling.applies(*latent):
-                tile = min(latent[0], self.tiling.latent_tile) * min(latent[1], self.tiling.latent_tile)
-                if model.per_row(tile) <= budget:
-                    tiled = True
+            if name == VAE_DECODER:
+                tiling = self._tiling_within(model, budget, latent)
+                if tiling is not None:
                     continue
             raise InvalidInput(
                 f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
                 f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiled, self._rows_per_call(latent[0] * latent[1]))
+        return Admitted(cost, tiling, self._rows_per_call(latent[0] * latent[1]))
+
+    def _tiling_within(self, model: MemoryModel, budget: int, latent: tuple[int, int]) -> VaeTiling | None:
+        """The largest tiles (diffusers' own, then halves) a ``latent`` decodes in within ``budget``; None: none."""
+        tiling = self.tiling
+        while tiling is not None and tiling.applies(*latent):
+            if model.per_row(tiling.tile_positions(*latent)) <= budget:
+                return tiling
+            tiling = tiling.halved()
+        return None
 
     def _rows_per_call(self, positions: int) -> dict[str, int]:
         """Rows per engine call so that no call holds an engine much longer than :data:`CALL_SECONDS`.

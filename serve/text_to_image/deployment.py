@@ -154,7 +154,7 @@ class TextToImage:
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with self.admission.slot(admitted.cost, job.priority):
-                result = await self.pipeline.generate(job, admitted.tiled_decode, on_step, admitted.rows_per_call)
+                result = await self.pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )

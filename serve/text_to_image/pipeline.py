@@ -28,6 +28,7 @@ from serve.priority import Priority, PriorityGate
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import EngineRunner, ModelSpec
@@ -117,11 +118,11 @@ class TextToImagePipeline:
     async def generate(
         self,
         job: Generation,
-        tiled_decode: bool = False,
+        tiling: VaeTiling | None = None,
         on_step: StepCallback | None = None,
         rows_per_call: Mapping[str, int] | None = None,
     ) -> GenerationResult:
-        """Denoise ``job`` with one denoiser call per step and decode the latents to images (in tiles if asked).
+        """Denoise ``job`` with one denoiser call per step and decode the latents to images (in ``tiling``'s tiles).
 
         Every engine call goes at the job's priority, and each step waits its turn behind higher-priority
         generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
@@ -129,10 +130,10 @@ class TextToImagePipeline:
         """
         engines = _Chunked(self.adapters.runner(_AtPriority(self.engines, job.priority), job), rows_per_call or {})
         async with self.gate.active(job.priority):
-            return await self._generate(job, engines, tiled_decode, on_step)
+            return await self._generate(job, engines, tiling, on_step)
 
     async def _generate(
-        self, job: Generation, engines: EngineRunner, tiled_decode: bool, on_step: StepCallback | None
+        self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
@@ -168,19 +169,21 @@ class TextToImagePipeline:
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             if on_step is not None:
                 await on_step(step, len(scheduler.timesteps), latents.numpy())
-        pixels = np.clip(await self.decode(latents.numpy(), tiled_decode, engines), 0.0, 1.0)
+        pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)
 
-    async def decode(self, latents: np.ndarray, tiled: bool = False, engines: EngineRunner | None = None) -> np.ndarray:
-        """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in diffusers' tiles."""
+    async def decode(
+        self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None
+    ) -> np.ndarray:
+        """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in ``tiling``'s tiles."""
         engines = engines or self.engines
 
         async def run(part: np.ndarray) -> np.ndarray:
             return (await engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
 
-        if tiled and self.tiling.applies(*latents.shape[2:]):
-            return await self.tiling.decode(latents, run)
+        if tiling is not None and tiling.applies(*latents.shape[2:]):
+            return await tiling.decode(latents, run)
         return await run(latents)
 
 

@@ -81,15 +81,19 @@ def test_sdxl_matches_diffusers(xl_pipeline, diffusers_xl_pipeline, scheduler, n
     assert psnr(got, want) >= 40
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize(("family", "halvings"), [("sd", 0), ("sdxl", 0), ("sdxl", 1)])
 def test_tiled_decoding_matches_diffusers_vae_tiling(
-    family, pipeline, diffusers_pipeline, xl_pipeline, diffusers_xl_pipeline
+    family, halvings, pipeline, diffusers_pipeline, xl_pipeline, diffusers_xl_pipeline
 ):
+    """diffusers' own tiles, and halves of them (what admission picks when a default tile does not fit)."""
     ours, theirs = (pipeline, diffusers_pipeline) if family == "sd" else (xl_pipeline, diffusers_xl_pipeline)
-    width = height = ours.tiling.sample_tile + 64  # one side past a tile: diffusers tiles it too
+    tiling = ours.tiling.halved() if halvings else ours.tiling
+    width = height = ours.tiling.sample_tile + 64  # one side past a default tile: diffusers tiles it too
     job = Generation("a red fox", "", 1, width, height, 3, 5.0, 4, "ddim")
-    got = np.stack(asyncio.run(ours.generate(job, tiled_decode=True)).images)
+    got = np.stack(asyncio.run(ours.generate(job, tiling=tiling)).images)
     theirs.vae.enable_tiling()
+    theirs.vae.tile_sample_min_size = tiling.sample_tile
+    theirs.vae.tile_latent_min_size = tiling.latent_tile
     try:
         want = reference_images(
             theirs,
@@ -103,6 +107,8 @@ def test_tiled_decoding_matches_diffusers_vae_tiling(
         )
     finally:
         theirs.vae.disable_tiling()
+        theirs.vae.tile_sample_min_size = ours.tiling.sample_tile
+        theirs.vae.tile_latent_min_size = ours.tiling.latent_tile
     untiled = np.stack(asyncio.run(ours.generate(job)).images)
     assert got.shape == want.shape == (1, height, width, 3)
     assert psnr(got, want) >= 40

@@ -34,7 +34,7 @@ def model(request, transformer_models):
 def loras(model, tmp_path_factory):
     """A LoRA folder with one random adapter (transformer and CLIP layers) for the model."""
     folder = tmp_path_factory.mktemp("loras")
-    make_lora(model[1], folder / "style.safetensors", rank=4, seed=1, strength=0.6)
+    make_lora(model[1], folder / "style.safetensors", rank=4, seed=1, strength=1.5)
     return folder
 
 

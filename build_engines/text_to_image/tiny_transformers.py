@@ -13,37 +13,18 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, T5_VOCAB_SIZE, byte_vocabulary, t5_tokenizer
+from build_engines.text_to_image.embedded import SEED, T5_VOCAB_SIZE, clip_text_config, clip_tokenizer, t5_tokenizer
 
 logger = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 16
 
 
-def _clip_tokenizer(pad_token: str = "<|endoftext|>"):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
-
-
 def _clip(hidden: int, projection_dim: int | None):
     """A 2-layer CLIP text encoder, with a projection to ``projection_dim`` unless it is None."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    vocab_size = len(byte_vocabulary())
-    config = CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=projection_dim or hidden,
-        hidden_act="gelu",
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+    config = clip_text_config(hidden, projection_dim or hidden, layers=2)
     return CLIPTextModelWithProjection(config) if projection_dim else CLIPTextModel(config)
 
 
@@ -112,9 +93,9 @@ def create_tiny_sd3(out_dir: Path) -> Path:
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(1.5305, 0.0609),
         text_encoder=text_encoder,
-        tokenizer=_clip_tokenizer(),
+        tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
-        tokenizer_2=_clip_tokenizer("!"),
+        tokenizer_2=clip_tokenizer("!"),
         text_encoder_3=text_encoder_3,
         tokenizer_3=t5_tokenizer(),
     )
@@ -151,7 +132,7 @@ def create_tiny_flux(out_dir: Path, dev: bool = True) -> Path:
         scheduler=FlowMatchEulerDiscreteScheduler(**schedule),
         vae=_vae(0.3611, 0.1159),
         text_encoder=text_encoder,
-        tokenizer=_clip_tokenizer(),
+        tokenizer=clip_tokenizer(),
         text_encoder_2=text_encoder_2,
         tokenizer_2=t5_tokenizer(),
     )

@@ -36,7 +36,8 @@ class TileRow:
     peak_rss_gib: float
 
 
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
@@ -66,7 +67,7 @@ def measure(folder: EngineFolder, size: int, steps: int, seed: int) -> list[Tile
         side = 0 if current is None else current.sample_tile
         count = 1 if current is None else _count(current, latents.shape[2:])
         diff = int(np.abs(images.astype(int) - whole.astype(int)).max())
-        rows.append(TileRow(side, count, _psnr(images, whole), diff, round(seconds, 2), rss_bytes(peak=True) / 2**30))
+        rows.append(TileRow(side, count, psnr(images, whole), diff, round(seconds, 2), rss_bytes(peak=True) / 2**30))
         logger.info("%s", rows[-1])
     return rows
 

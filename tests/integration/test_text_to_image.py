@@ -74,8 +74,9 @@ def test_parity_with_diffusers(api, diffusers_pipeline, scheduler):
     assert psnr(got, want) >= 40
 
 
-def _unet_batch_histogram(triton_http_url: str) -> collections.Counter:
-    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
+def batch_histogram(triton_http_url: str, model: str = "unet") -> collections.Counter:
+    """How many executions of each batch size Triton ran of ``model`` so far."""
+    stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]
     return collections.Counter({int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]})
 
 
@@ -84,14 +85,14 @@ def test_concurrent_requests_are_isolated_and_batched_per_step(api, stack):
         {"prompt": f"icon number {i}", "seed": 100 + i, "num_inference_steps": 10, "size": "64x64"} for i in range(8)
     ]
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = _unet_batch_histogram(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url)
 
     async def all_at_once():
         async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
             return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
 
     together = asyncio.run(all_at_once())
-    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

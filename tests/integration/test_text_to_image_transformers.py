@@ -5,7 +5,6 @@ a LoRA, and concurrent requests that each equal their solo image while sharing t
 """
 
 import asyncio
-import collections
 import logging
 
 import httpx
@@ -16,7 +15,7 @@ from build_engines.text_to_image.random_adapters import make_lora
 from serve.stack import Stack, StackOptions
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.test_text_to_image import GENERATE, batch_histogram
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -119,11 +118,6 @@ def test_sizes_and_samplers_the_family_cannot_run_are_400s_naming_the_field(api)
         assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
 
 
-def _transformer_batches(triton_http_url: str) -> collections.Counter:
-    stats = httpx.get(f"{triton_http_url}/v2/models/transformer/stats").json()["model_stats"][0]
-    return collections.Counter({int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]})
-
-
 def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, stack, model):
     sizes = ["64x64", "64x64", "96x64", "64x64", "64x96", "64x64"]
     bodies = [
@@ -132,14 +126,14 @@ def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, 
     ]
     bodies[1] |= {"loras": [{"name": "style", "scale": 1.0}]}  # a LoRA row in the same batches
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = _transformer_batches(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url, "transformer")
 
     async def all_at_once():
         async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
             return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
 
     together = asyncio.run(all_at_once())
-    histogram = _transformer_batches(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url, "transformer") - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

@@ -69,7 +69,17 @@ ROUTES = (
         rpc="Generate",
         costed=True,
     ),
+    Route(
+        "post",
+        "/v1/images/edits",
+        Scope.GENERATE,
+        (409,),
+        body_limit=MAX_REQUEST_BYTES,
+        pipeline=TEXT_TO_IMAGE,
+        costed=True,
+    ),
     Route("get", "/v1/loras", Scope.GENERATE),
+    Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
@@ -81,7 +91,7 @@ ROUTES = (
 OPEN_PATHS = frozenset(route.path for route in ROUTES if route.scope is None)
 """Paths that never ask for a key (health)."""
 BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_limit is not None}
-"""Paths with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
+"""Paths with a body limit of their own (a generation may carry input, control and reference images)."""
 PIPELINES = {route.path: route.pipeline for route in ROUTES}
 """The metrics' pipeline label by FastAPI route path."""
 

@@ -124,3 +124,45 @@ def reference_images(pipeline, scheduler: str, samplers=None, **kwargs) -> np.nd
     kwargs["negative_prompt"] = kwargs.get("negative_prompt") or None
     images = pipeline(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
     return (images * 255).round().astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def controlnet_dirs(default_model, tiny_xl_model, tmp_path_factory):
+    """Random ControlNets made here in diffusers' format: two for the tiny SD, two for the tiny SDXL."""
+    from tests.controls import make_controlnets
+
+    return make_controlnets(default_model, tiny_xl_model, tmp_path_factory.mktemp("controlnets"))
+
+
+@pytest.fixture(scope="session")
+def control_engine_dir(default_model, controlnet_dirs, tmp_path_factory):
+    """The tiny SD's engines with its two ControlNets (``edges``, ``depth``) and an SDXL one (``xl``: refused)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-controlnets")
+    return build(default_model, repository=repository, controlnets=controlnet_dirs.for_sd).path
+
+
+@pytest.fixture(scope="session")
+def xl_control_engine_dir(tiny_xl_model, controlnet_dirs, tmp_path_factory):
+    """The tiny SDXL's engines with its two ControlNets (``edges``, ``depth``) and an SD one (``sd``: refused)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-xl-controlnets")
+    return build(tiny_xl_model, repository=repository, controlnets=controlnet_dirs.for_sdxl).path
+
+
+@pytest.fixture(scope="session")
+def inpaint_model():
+    """The tiny SD as an inpainting checkpoint (a 9-channel UNet), made here."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def xl_inpaint_model():
+    """The tiny SDXL as an inpainting checkpoint (a 9-channel UNet), made here."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny-xl-inpaint")

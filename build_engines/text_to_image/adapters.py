@@ -56,10 +56,14 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
     return IpAdapterInfo(str(folder.weights), int(vision["image_size"]), shape, hidden_states, layers)
 
 
-def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport, lora_engines: tuple[str, ...]) -> dict:
+def adapter_modules(
+    modules: dict, build: AdapterBuild, support: AdapterSupport, lora_engines: tuple[str, ...], between=None
+) -> dict:
     """The family's export modules made adapter-ready, plus the image encoder.
 
-    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet.
+    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet. ``between``: what else changes
+    the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them (ControlNet residual inputs,
+    which the specs order between the two).
     """
     modules = dict(modules)
     ip = support.ip_adapter
@@ -78,6 +82,8 @@ def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport,
         modules[IMAGE_ENCODER] = ExportModule(
             lambda dtype: load_image_encoder(folder.image_encoder, dtype, ip.hidden_states)
         )
+    if between is not None:
+        modules = between(modules)
     if support.lora:
         for name in lora_engines:
             if name in modules:

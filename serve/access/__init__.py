@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from serve import metrics
 from serve.access.keys import ApiKey, Decision, KeyStore
@@ -30,6 +31,8 @@ from serve.jobs.model import Owner
 from serve.routes import OPEN_PATHS, Scope, costed, required_scope
 from serve.stores import scheme
 from serve.text_to_image.admission import request_cost
+from serve.text_to_image.edit_form import read_edit_form
+from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import Message, Receive, Send, send_error
 from serve.wire import Scope as AsgiScope
@@ -70,17 +73,30 @@ def owner_filter(key: ApiKey | None) -> str | None:
 
 
 def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps x megapixels."""
-    width, height = request.width_height(native_size)
-    return request_cost(request.n, request.num_inference_steps, width, height)
+    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it."""
+    width, height = output_size(request, native_size)
+    return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
 
 
 def body_cost(body: bytes, native_size: int) -> float:
     """What a generation request's JSON body costs; 0 for a body the app will refuse anyway."""
     try:
         return generation_cost(GenerationRequest.model_validate_json(body), native_size)
-    except ValidationError:
+    except (ValidationError, EaselError):
         return 0.0
+
+
+async def edit_cost(scope: AsgiScope, body: bytes, native_size: int) -> float:
+    """What an edit's multipart body costs; 0 for a body the app will refuse anyway."""
+    try:
+        request = await read_edit_form(Request(scope, _replay(body, _nothing_more)))
+        return generation_cost(request, native_size)
+    except Exception:  # noqa: BLE001 - a malformed body: the route refuses it, naming what is wrong
+        return 0.0
+
+
+async def _nothing_more() -> Message:
+    return {"type": "http.disconnect"}
 
 
 def duration(seconds: float) -> str:
@@ -195,7 +211,10 @@ class KeyCheck:
         cost = 0.0
         if costed(scope["method"], scope["path"]):
             body = await _read_body(receive)
-            cost = body_cost(body, ACCESS.native_size)
+            if scope["path"] == "/v1/images/edits":
+                cost = await edit_cost(scope, body, ACCESS.native_size)
+            else:
+                cost = await asyncio.to_thread(body_cost, body, ACCESS.native_size)
             receive = _replay(body, receive)
         decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)

@@ -3,8 +3,10 @@
 One loop serves every model family: the family (``families/``) turns the prompts into its denoiser's per-row
 conditioning, names the denoiser engine, its samplers and their timesteps, and says whether guidance is
 classifier-free; the loop sends the conditioning with each step's latents (NCHW: a family whose denoiser works on
-another layout, Flux's packed patches, packs them inside its engine). The engines are reached through an
-:class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
+another layout, Flux's packed patches, packs them inside its engine). Input images (img2img, inpainting) set the
+starting latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals
+to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path. The engines are
+reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
 (:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
 """
@@ -19,14 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.utils.torch_utils import randn_tensor
 
 from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
+from serve.text_to_image import image_to_image
+from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
+from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
 from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
@@ -108,6 +112,7 @@ class TextToImagePipeline:
         self.tiling = folder.tiling
         self.engines = engines
         self.adapters = GenerationAdapters(folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor)
+        self.processors = ImageProcessors(self.dims.vae_scale_factor)
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
@@ -142,8 +147,7 @@ class TextToImagePipeline:
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
         self.family.set_timesteps(scheduler, job)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
+        timesteps = strength_timesteps(scheduler, job.steps, job.strength if job.images else 1.0)
         generator = torch.Generator("cpu").manual_seed(job.seed)
         shape = (
             job.n,
@@ -151,24 +155,32 @@ class TextToImagePipeline:
             job.height // self.dims.vae_scale_factor,
             job.width // self.dims.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generator, dtype=torch.float32)
-        if hasattr(scheduler, "init_noise_sigma"):  # flow matching starts from the noise itself
-            latents = latents * scheduler.init_noise_sigma
+        inpainting = self.dims.inpainting
+        start = await image_to_image.start(
+            job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
+        )
+        control_images = await asyncio.to_thread(self.processors.controls, job) if job.controls else []
+        controls = JobControls(self.specs, job, control_images, guided)
+        latents = start.latents
         step_kwargs = _step_kwargs(scheduler, generator)
-        for step, t in enumerate(scheduler.timesteps, start=1):
+        for index, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
-            inputs = {"sample": model_input.numpy(), "timestep": timestep, **conditioning}
+            inputs = {"sample": start.unet_sample(model_input), "timestep": timestep, **conditioning}
             await self.gate.turn(job.priority)
+            inputs |= await controls.residuals(
+                engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
+            )
             noise = torch.from_numpy((await engines.infer(self.specs[self.family.denoiser], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            latents = start.after_step(latents, index, timesteps, scheduler)
             if on_step is not None:
-                await on_step(step, len(scheduler.timesteps), latents.numpy())
+                await on_step(index + 1, len(timesteps), latents.numpy())
         pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)

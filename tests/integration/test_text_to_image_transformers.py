@@ -14,8 +14,8 @@ import pytest
 from build_engines.text_to_image.random_adapters import make_lora
 from serve.stack import Stack, StackOptions
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE, batch_histogram
+from tests.integration.conftest import batch_histogram, decode_images
+from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

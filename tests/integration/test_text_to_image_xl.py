@@ -1,16 +1,14 @@
 """SDXL (the embedded tiny-xl) through a real Triton and a real Ray Serve app, over HTTP, against diffusers."""
 
-import asyncio
 import logging
 
-import httpx
 import numpy as np
 import pytest
 
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE, batch_histogram
+from tests.integration.conftest import batch_histogram, decode_images, post_together
+from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -79,11 +77,7 @@ def test_concurrent_sdxl_requests_are_isolated_and_batched_per_step(api, stack):
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
     before = batch_histogram(stack.info.triton_http_url)
 
-    async def all_at_once():
-        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
-            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
-
-    together = asyncio.run(all_at_once())
+    together = post_together(stack.info.api_url, GENERATE, bodies)
     histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text

@@ -1,16 +1,23 @@
 """The access door's pieces: scopes by route, costs, rate-limit headers, and the refusal to serve open off loopback."""
 
+import asyncio
+import base64
+import json
+
+import httpx
 import pytest
 
-from serve.access import body_cost, duration, ratelimit_headers
+from serve.access import body_cost, duration, edit_cost, ratelimit_headers
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.routes import Scope, required_scope
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from tests.controls import b64, input_image
 
 
 def test_each_route_needs_its_scope_and_health_needs_none():
     assert required_scope("/v1/images/generations") is Scope.GENERATE
+    assert required_scope("/v1/images/edits") is Scope.GENERATE and required_scope("/v1/controlnets") is Scope.GENERATE
     assert required_scope("/v1/vectorize") is Scope.VECTORIZE
     assert required_scope("/v1/jobs") is Scope.JOBS and required_scope("/v1/jobs/job_1/events") is Scope.JOBS
     assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
@@ -22,6 +29,24 @@ def test_a_generation_costs_images_times_steps_times_megapixels():
     )
     assert body_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
     assert body_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
+
+
+def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_each():
+    image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
+    body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
+    assert body_cost(json.dumps(body).encode(), 512) == pytest.approx(2 * 5 * 128 * 64 / 1e6)
+    controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
+    assert body_cost(json.dumps(controlled).encode(), 64) == pytest.approx(10 * 64 * 64 / 1e6 * 3)
+    form = httpx.Request(
+        "POST",
+        "http://x/v1/images/edits",
+        files=[("image", ("a.png", base64.b64decode(image)))],
+        data={"prompt": "x", "num_inference_steps": "10", "strength": "0.5"},
+    )
+    headers = [(name.lower(), value) for name, value in form.headers.raw]
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
+    assert asyncio.run(edit_cost(scope, form.read(), 512)) == pytest.approx(5 * 128 * 64 / 1e6)
+    assert asyncio.run(edit_cost(scope, b"not multipart", 512)) == 0.0  # refused by the route anyway
 
 
 def test_rate_limit_headers_are_openai_s():

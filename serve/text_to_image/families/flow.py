@@ -20,9 +20,10 @@ PATCH = 2
 
 
 class FlowFamily(Family):
-    """A flow-matching family: the ``transformer`` engine, flow samplers, sides in whole patches."""
+    """A flow-matching family: the ``transformer`` engine, flow samplers, sides in whole patches, text only."""
 
     denoiser = TRANSFORMER
+    takes_images = False
     samplers = FLOW_SAMPLERS
     latent_multiple = PATCH
     max_shift_default = 1.15  # the pipeline's ``max_shift`` when the scheduler config has none

@@ -148,6 +148,7 @@ class Flux(FlowFamily):
 
     name = "flux"
     pipeline_class = "FluxPipeline"
+    pipeline_classes = ("FluxPipeline",)
     dims_type = FluxDims
     lora_engines = (TEXT_ENCODER, TRANSFORMER)  # not T5, as FluxPipeline's load_lora_weights
     components = (

@@ -86,6 +86,7 @@ class StableDiffusion3(FlowFamily):
 
     name = "sd3"
     pipeline_class = "StableDiffusion3Pipeline"
+    pipeline_classes = ("StableDiffusion3Pipeline",)
     dims_type = SD3Dims
     max_shift_default = 1.16
     lora_engines = (TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER)

@@ -1,6 +1,7 @@
 """The denoising loop with in-process ONNX Runtime engines against diffusers' own pipeline (no servers)."""
 
 import asyncio
+import dataclasses
 import json
 import shutil
 
@@ -8,9 +9,10 @@ import numpy as np
 import pytest
 
 from serve.benchmarks.torch_runner import TorchRunner
+from serve.contract import unstated_limit
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation
+from serve.text_to_image.generation import Control, Generation
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
@@ -203,6 +205,25 @@ def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_cas
     with pytest.raises(InvalidInput, match="multiples of 16") as size:
         ours.family.check(Generation("x", "", 1, 72, 64, 2, 1.0, 1, "euler"))
     assert (sampler.value.field, size.value.field) == ("scheduler", "size")
+
+
+def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_case):
+    """SD3 and Flux declare no image input: an input image, a mask or a ControlNet is a 400 naming that field."""
+    _, ours, _ = transformer_case
+    text = Generation("x", "", 1, 64, 64, 2, 1.0, 1, "euler")
+    ours.family.check(text)
+    picture = np.zeros((64, 64, 3), np.uint8)
+    asked = {
+        "image": dataclasses.replace(text, images=(picture,)),
+        "mask": dataclasses.replace(text, mask=picture[:, :, 0]),
+        "controlnets": dataclasses.replace(text, controls=(Control("edges", picture),)),
+    }
+    for field, job in asked.items():
+        with pytest.raises(InvalidInput, match="text only") as refused:
+            ours.family.check(job)
+        assert refused.value.field == field
+        limit = unstated_limit("post", "/v1/images/edits", 400, refused.value.body()["error"])
+        assert limit.says == "take no input images"
 
 
 def test_sd3_without_t5_matches_diffusers(transformer_models, tmp_path, monkeypatch):

@@ -4,17 +4,16 @@ Each model gets its own stack (with a LoRA folder): parity with diffusers' own p
 a LoRA, and concurrent requests that each equal their solo image while sharing transformer executions.
 """
 
-import asyncio
 import logging
 
-import httpx
 import numpy as np
 import pytest
 
 from build_engines.text_to_image.random_adapters import make_lora
 from serve.stack import Stack, StackOptions
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
-from tests.integration.conftest import batch_histogram, decode_images
+from tests.controls import b64, input_image
+from tests.integration.conftest import batch_histogram, decode_images, post_together
 from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
@@ -112,8 +111,14 @@ def test_a_lora_per_request_matches_load_lora_weights(api, stack, model, referen
     assert psnr(got, _diffusers(stack, reference, body)) < 40  # the adapter changed the image
 
 
-def test_sizes_and_samplers_the_family_cannot_run_are_400s_naming_the_field(api):
-    for fields, field in (({"size": "72x64"}, "size"), ({"scheduler": "dpmpp_2m"}, "scheduler")):
+def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_the_field(api):
+    picture = b64(input_image(64, 96))
+    for fields, field in (
+        ({"size": "72x64"}, "size"),
+        ({"scheduler": "dpmpp_2m"}, "scheduler"),
+        ({"image": [picture]}, "image"),
+        ({"controlnets": [{"name": "edges", "image": picture}]}, "controlnets"),
+    ):
         response = api.post(GENERATE, json=BODY | fields)
         assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
 
@@ -127,12 +132,7 @@ def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, 
     bodies[1] |= {"loras": [{"name": "style", "scale": 1.0}]}  # a LoRA row in the same batches
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
     before = batch_histogram(stack.info.triton_http_url, "transformer")
-
-    async def all_at_once():
-        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
-            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
-
-    together = asyncio.run(all_at_once())
+    together = post_together(stack.info.api_url, GENERATE, bodies)
     histogram = batch_histogram(stack.info.triton_http_url, "transformer") - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
+from build_engines.text_to_image.controlnets import controlnet_support
 from serve.benchmarks.torch_runner import TorchRunner
 from serve.contract import unstated_limit
 from serve.errors import InvalidInput
@@ -207,9 +208,14 @@ def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_cas
     assert (sampler.value.field, size.value.field) == ("scheduler", "size")
 
 
-def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_case):
-    """SD3 and Flux declare no image input: an input image, a mask or a ControlNet is a 400 naming that field."""
-    _, ours, _ = transformer_case
+def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_case, transformer_models, controlnet_dirs):
+    """SD3 and Flux declare no image input: an input image, a mask or a ControlNet is a 400 naming that field.
+
+    A ControlNet folder given to their build is listed as not served.
+    """
+    name, ours, _ = transformer_case
+    support = controlnet_support(ours.family, transformer_models[name], controlnet_dirs.for_sd)
+    assert support.ready == () and all("take no ControlNets" in entry.error for entry in support.entries)
     text = Generation("x", "", 1, 64, 64, 2, 1.0, 1, "euler")
     ours.family.check(text)
     picture = np.zeros((64, 64, 3), np.uint8)

@@ -181,12 +181,16 @@ class Family(ABC):
         """What an image side must be a multiple of: one patch of latent positions."""
         return self.dims.vae_scale_factor * self.latent_multiple
 
+    @classmethod
+    def check_images(cls, image: bool, mask: bool, controlnets: bool) -> None:
+        """Raise :class:`InvalidInput` naming the first of these fields a request gives a family without images."""
+        given = {"image": image, "mask": mask, "controlnets": controlnets}
+        if not cls.takes_images and (name := next((name for name, present in given.items() if present), None)):
+            raise InvalidInput(f"{name}: {cls.name} models take no input images or ControlNets (text only)", name)
+
     def check(self, job: Generation) -> None:
         """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
-        if not self.takes_images:
-            given = {"image": bool(job.images), "mask": job.mask is not None, "controlnets": bool(job.controls)}
-            if name := next((name for name, present in given.items() if present), None):
-                raise InvalidInput(f"{name}: {self.name} models take no input images or ControlNets (text only)", name)
+        self.check_images(bool(job.images), job.mask is not None, bool(job.controls))
         if job.scheduler not in self.samplers:
             raise InvalidInput(
                 f"scheduler: {job.scheduler!r} is not a sampler of {self.name} models (they take "

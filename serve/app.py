@@ -45,6 +45,7 @@ from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import Family
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
@@ -226,6 +227,7 @@ class Gateway:
         native_size: int = 512,
         adapters: StackAdapters | None = None,
         controlnets: ControlNetSupport | None = None,
+        family: type[Family] = Family,
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
@@ -233,6 +235,7 @@ class Gateway:
         self.native_size = native_size
         self.adapters = adapters or StackAdapters()
         self.controlnets = controlnets or ControlNetSupport()
+        self.family = family  # the served model's family: what a request may bring
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
         open_access(store_url, native_size)
@@ -286,6 +289,7 @@ class Gateway:
     ) -> JSONResponse:
         """A generation, whichever route it came by: a job (background) or the answer."""
         self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
+        self.family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
         self.controlnets.check(request.controlnets)
         if request.background:
             await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
@@ -536,4 +540,5 @@ def build_app(args: AppArgs) -> serve.Application:
         engines.family.dims.native_size,
         adapters,
         engines.controlnets,
+        type(engines.family),
     )

@@ -168,14 +168,19 @@ def down() -> None:
 @main.command("random-model")
 @click.argument("name", type=click.Choice(PUBLISHED))
 @click.argument("out_dir", type=FOLDER)
-def random_model(name: str, out_dir: Path) -> None:
-    """Create a full-size published architecture (sd15: SD 1.5, sdxl: SDXL base 1.0) with random weights in OUT_DIR.
+@click.option("--without-t5", is_flag=True, help="sd3: leave T5 out, as diffusers allows (text_encoder_3=None).")
+def random_model(name: str, out_dir: Path, without_t5: bool) -> None:
+    """Create a full-size published architecture with random weights in OUT_DIR.
 
-    Its configs are committed in build_engines/text_to_image/published/; the tokenizers are CLIP's real BPE.
+    sd15: SD 1.5, sdxl: SDXL base 1.0, sd3: SD3 medium, flux: FLUX.1 dev. Its configs are committed in
+    build_engines/text_to_image/published/; the CLIP tokenizers are CLIP's real BPE.
     """
     from build_engines.text_to_image.published import create_random_model
 
-    click.echo(f"created {create_random_model(name, out_dir)}")
+    try:
+        click.echo(f"created {create_random_model(name, out_dir, without_t5=without_t5)}")
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
 
 
 def _print_endpoints(info) -> None:

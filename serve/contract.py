@@ -96,6 +96,22 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
+        ("scheduler",),
+        "is not a sampler of",
+        "a sampler of the served model's family (flow-matching models, SD3 and Flux, take ddim and euler)",
+        "the samplers are the served model family's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("size",),
+        "images are multiples of",
+        "sides that are whole latent patches of the served model (multiples of 16 for SD3 and Flux)",
+        "the patch is the served model's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
         ("n", "num_inference_steps", "seed", "outpaint.*"),
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
@@ -132,6 +148,14 @@ _GENERATION_LIMITS = (
         "",
         "an InstantStyle mapping names blocks the model's UNet has, with at most one scale per layer",
         "the blocks are the model's",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("image", "mask", "controlnets"),
+        "take no input images",
+        "input images, masks and ControlNets go to UNet models (SD 1.x/2.x, SDXL); SD3 and Flux models take text only",
+        "the family is the served model's",
     ),
     UnstatedLimit(
         "post",

@@ -74,7 +74,8 @@ class StackOptions(AppSettings):
     host: str = Field("127.0.0.1", description="Address of the public API.")
     port: Port = Field(8000, description="Port of the public API (0: a free port).")
     model_dir: Annotated[Path | None, Cli("--model", EXISTING_FOLDER)] = Field(
-        None, description="Local diffusers model folder (SD 1.x/2.x or SDXL pipeline). Default: the embedded model."
+        None,
+        description="Local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline). Default: embedded.",
     )
     repository: Annotated[Path, Cli(type=FOLDER)] = Field(MODEL_REPOSITORY, description="Triton model repository.")
     serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")

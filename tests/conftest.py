@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from serve.benchmarks.tiles import psnr
 from serve.stack import RAY_ENV
+
+__all__ = ["psnr"]  # tests compare images with the benchmarks' measure
 
 # Ray reads these when first imported (test modules import it while being collected): set them first, as
 # `easel up` does, so the stacks the tests start run Ray as it does (on loopback, single-machine mode).
@@ -70,26 +73,57 @@ def diffusers_xl_pipeline(tiny_xl_model):
     return pipeline
 
 
-def reference_images(pipeline, scheduler: str, **kwargs) -> np.ndarray:
+TRANSFORMER_MODELS = ("tiny-sd3", "tiny-flux", "tiny-flux-schnell")
+"""The embedded flow-matching transformer models (SD3, Flux dev-like, Flux schnell-like)."""
+
+
+@pytest.fixture(scope="session")
+def transformer_models():
+    """Each embedded transformer model's diffusers folder, by name."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return {name: default_model_dir(name) for name in TRANSFORMER_MODELS}
+
+
+@pytest.fixture(scope="session")
+def transformer_engine_dirs(transformer_models, tmp_path_factory):
+    """Engines of each embedded transformer model (cached), installed into throw-away repositories."""
+    from build_engines.text_to_image.build import build
+
+    return {
+        name: build(model, repository=tmp_path_factory.mktemp(f"repository-{name}")).path
+        for name, model in transformer_models.items()
+    }
+
+
+def diffusers_reference(model_dir, **components):
+    """diffusers' own pipeline of ``model_dir``'s class over its weights (``components`` as given): the reference."""
+    import diffusers
+
+    from serve.text_to_image.families.base import read_model_index
+
+    torch.set_num_threads(1)
+    pipeline = getattr(diffusers, read_model_index(model_dir)["_class_name"]).from_pretrained(model_dir, **components)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def reference_images(pipeline, scheduler: str, samplers=None, **kwargs) -> np.ndarray:
     """uint8 NHWC images from diffusers for ``kwargs`` (prompt, seed, steps, size...).
+
+    ``scheduler`` is looked up in ``samplers`` (the served family's table; default: SD's and SDXL's).
 
     An empty ``negative_prompt`` is passed as None: Easel's "no negative prompt", which SDXL's pipeline turns into
     zeros (``force_zeros_for_empty_prompt``) and SD's encodes as "".
     """
-    from serve.text_to_image.pipeline import SCHEDULERS
+    from serve.text_to_image.samplers import NOISE_SAMPLERS
 
-    cls, overrides = SCHEDULERS[scheduler]
+    cls, overrides = (samplers or NOISE_SAMPLERS)[scheduler]
     pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
     seed = kwargs.pop("seed")
     kwargs["negative_prompt"] = kwargs.get("negative_prompt") or None
     images = pipeline(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images
     return (images * 255).round().astype(np.uint8)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,6 @@ from transformers import PreTrainedModel
 from build_engines.text_to_image.ip_adapter import IpAdapterFolder, IpReadyUnet, load_image_encoder, load_into_unet
 from build_engines.text_to_image.lora_layers import lora_ready, save_slots, weightless
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IpAdapterInfo
-from serve.adapters.lora import LORA_ENGINES
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.base import ExportModule
@@ -57,11 +56,14 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
     return IpAdapterInfo(str(folder.weights), int(vision["image_size"]), shape, hidden_states, layers)
 
 
-def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport, between=None) -> dict:
-    """The family's export modules made adapter-ready (LoRA slots, the IP-Adapter), plus the image encoder.
+def adapter_modules(
+    modules: dict, build: AdapterBuild, support: AdapterSupport, lora_engines: tuple[str, ...], between=None
+) -> dict:
+    """The family's export modules made adapter-ready, plus the image encoder.
 
-    ``between``: what else changes the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them
-    (ControlNet residual inputs, which the specs order between the two).
+    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet. ``between``: what else changes
+    the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them (ControlNet residual inputs,
+    which the specs order between the two).
     """
     modules = dict(modules)
     ip = support.ip_adapter
@@ -83,7 +85,7 @@ def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport,
     if between is not None:
         modules = between(modules)
     if support.lora:
-        for name in LORA_ENGINES:
+        for name in lora_engines:
             if name in modules:
                 modules[name] = _with_slots(modules[name])
     return modules

@@ -27,13 +27,14 @@ from build_engines.text_to_image.controlnets import controlnet_support, controln
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
 from serve.adapters.support import AdapterSupport
+from serve.errors import UnsupportedModel
 from serve.files import content_hash
 from serve.paths import MODEL_REPOSITORY, easel_home
 from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
-from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.spec import Backend
 
@@ -92,6 +93,8 @@ def build(
     model_dir = default_model_dir() if model_dir is None else model_dir
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
+    if adapters.ip_adapter is not None and family.denoiser != UNET:
+        raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
     engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets)
     if EngineFolder.built(engine_dir) and not force:

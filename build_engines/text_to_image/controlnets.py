@@ -40,6 +40,8 @@ def made_for(config: Mapping) -> str:
 
 def fit(family: Family, unet_config: Mapping, folder: Path) -> str | None:
     """Why the ControlNet in ``folder`` cannot serve ``family``'s model (None: it fits)."""
+    if not family.takes_images:
+        return f"{family.pipeline_class} models take no ControlNets"
     path = folder / "config.json"
     try:
         config = json.loads(path.read_text())
@@ -78,7 +80,7 @@ def tuple_of(value):
 
 def controlnet_support(family: Family, model_dir: Path, controlnets: Mapping[str, Path]) -> ControlNetSupport:
     """The entry of each ControlNet for ``model_dir``'s model: ready to build, or why not (logged)."""
-    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
+    unet_config = json.loads((model_dir / UNET / "config.json").read_text()) if family.denoiser == UNET else {}
     entries = []
     for name, folder in sorted(controlnets.items()):
         config_path = folder / "config.json"

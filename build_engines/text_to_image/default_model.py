@@ -2,7 +2,9 @@
 
 Nothing is downloaded: ``tiny`` is read from :data:`TRAINED` (written by ``easel train default``), ``bench`` is a
 deterministic random model created locally; ``tiny-xl`` is SDXL's layout (:mod:`.tiny_xl`); ``tiny-inpaint`` and
-``tiny-xl-inpaint`` are ``tiny`` and ``tiny-xl`` as inpainting checkpoints (a 9-channel UNet, :mod:`.random_controls`).
+``tiny-xl-inpaint`` are ``tiny`` and ``tiny-xl`` as inpainting checkpoints (a 9-channel UNet, :mod:`.random_controls`);
+``tiny-sd3``, ``tiny-flux`` (dev-like) and ``tiny-flux-schnell`` are the transformer families' layouts
+(:mod:`.tiny_transformers`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from build_engines.text_to_image.embedded import SEED, byte_vocabulary
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("tiny", "bench", "tiny-xl", "tiny-inpaint", "tiny-xl-inpaint")
+MODELS = ("tiny", "bench", "tiny-xl", "tiny-inpaint", "tiny-xl-inpaint", "tiny-sd3", "tiny-flux", "tiny-flux-schnell")
 INPAINTING = "-inpaint"
 """A variant's suffix for its base model as an inpainting checkpoint."""
 # Embedded models whose weights are committed: variant -> diffusers folder.
@@ -52,6 +54,14 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
         from build_engines.text_to_image.tiny_xl import create_tiny_xl
 
         return create_tiny_xl(out_dir)
+    if variant == "tiny-sd3":  # SD3's and Flux's layouts (tiny_transformers.py)
+        from build_engines.text_to_image.tiny_transformers import create_tiny_sd3
+
+        return create_tiny_sd3(out_dir)
+    if variant in ("tiny-flux", "tiny-flux-schnell"):
+        from build_engines.text_to_image.tiny_transformers import create_tiny_flux
+
+        return create_tiny_flux(out_dir, dev=variant == "tiny-flux")
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer

@@ -1,4 +1,4 @@
-"""What the embedded models made here share: their seed and CLIP's byte-level vocabulary (tokenizers without merges)."""
+"""What the embedded models made here share: their seed, CLIP's byte-level vocabulary (no merges), a T5 tokenizer."""
 
 from __future__ import annotations
 
@@ -12,3 +12,46 @@ def byte_vocabulary() -> dict[str, int]:
     alphabet = sorted(ByteLevel.alphabet())
     tokens = alphabet + [f"{c}</w>" for c in alphabet] + ["<|startoftext|>", "<|endoftext|>"]
     return {token: index for index, token in enumerate(tokens)}
+
+
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):
+    """A byte-level CLIP tokenizer (no merges), 77 tokens, padding with ``pad_token`` (SDXL's second pads with "!")."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer(vocab=byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
+
+
+def clip_text_config(hidden: int, projection_dim: int, layers: int):
+    """A small CLIP text encoder's config over :func:`byte_vocabulary` (its end token pads, as CLIP's does)."""
+    from transformers import CLIPTextConfig
+
+    vocab_size = len(byte_vocabulary())
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=projection_dim,
+        hidden_act="gelu",
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+T5_VOCAB_SIZE = 512
+"""The tiny T5 encoders' embedding rows: more than their tokenizer's pieces (as T5's 32128 rows hold 32100 pieces)."""
+
+
+def t5_tokenizer():
+    """A T5 tokenizer (SentencePiece unigram, as T5's) over printable ASCII: each character alone or opening a word."""
+    import string
+
+    from transformers import T5Tokenizer
+
+    characters = [c for c in string.printable if not c.isspace()]
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    pieces += [("\u2581" + c, -1.0) for c in characters] + [(c, -1.5) for c in characters]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)

@@ -22,7 +22,7 @@ import torch
 
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
-from serve.text_to_image.families import Family, PipelineDims
+from serve.text_to_image.families import Family
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
@@ -92,8 +92,10 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 
 
-def _check_side(dims: PipelineDims) -> int:
-    return min(dims.sample_size // 2, MAX_CHECK_SIDE)
+def _check_side(family: Family) -> int:
+    """The latent side of the parity check: whole patches, at most :data:`MAX_CHECK_SIDE`."""
+    side = min(family.dims.sample_size // 2, MAX_CHECK_SIDE)
+    return side - side % family.latent_multiple
 
 
 def sample_inputs(
@@ -115,12 +117,16 @@ def sample_inputs(
     return feeds
 
 
-def export_engine(module: torch.nn.Module, spec: ModelSpec, dims: PipelineDims, out_path: Path) -> None:
-    """Export ``module`` to ONNX at ``out_path`` with the names and dynamic axes of ``spec``."""
+def export_engine(module: torch.nn.Module, spec: ModelSpec, family: Family, out_path: Path) -> None:
+    """Export ``module`` (an engine of ``family``) to ONNX at ``out_path`` with the names and dynamic axes of ``spec``.
+
+    Traced at one patch more than the parity check's side: a size the check does not see, odd for a UNet (it then
+    traces diffusers' explicit-upsample-size path, right for every size).
+    """
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # An odd latent side makes diffusers' UNet trace its explicit-upsample-size path, right for every size.
     generator = torch.Generator().manual_seed(0)
-    example = sample_inputs(spec, batch=2, size=_check_side(dims) + 1, generator=generator, module=module)
+    side = _check_side(family) + family.latent_multiple
+    example = sample_inputs(spec, batch=2, size=side, generator=generator, module=module)
     extras = getattr(module, "graph_extras", None)
     with torch.no_grad():
         torch.onnx.export(
@@ -198,11 +204,11 @@ def reference_outputs(module: torch.nn.Module, feeds: dict[str, torch.Tensor]) -
 
 
 def parity_feeds(
-    spec: ModelSpec, dims: PipelineDims, seed: int, module: torch.nn.Module | None = None
+    spec: ModelSpec, family: Family, seed: int, module: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    """Fresh random inputs for the parity check (batch 3, an even size unlike the export's)."""
+    """Fresh random inputs for the parity check (batch 3, a size unlike the export's)."""
     generator = torch.Generator().manual_seed(seed)
-    return sample_inputs(spec, batch=3, size=_check_side(dims), generator=generator, module=module)
+    return sample_inputs(spec, batch=3, size=_check_side(family), generator=generator, module=module)
 
 
 def check_parity(
@@ -259,6 +265,7 @@ def export_all(
         family.export_modules(model_dir),
         adapters or AdapterBuild(),
         family.adapters,
+        family.lora_engines,
         between=lambda ready: controlnet_modules(ready, family, family.controlnets),
     )
     reports = []
@@ -272,10 +279,10 @@ def export_all(
             module = CastIO(module, engine_dtype)
         onnx_path = EngineFiles(engine_dir / name).onnx
         logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
-        export_engine(module, spec, family.dims, onnx_path)
+        export_engine(module, spec, family, onnx_path)
         if engine_dtype == torch.float32:
             logger.info("[%d/%d] %s: PyTorch reference outputs", step, len(modules), name)
-            feeds = parity_feeds(spec, family.dims, seed, module)
+            feeds = parity_feeds(spec, family, seed, module)
             expected = reference_outputs(module, feeds)
             del module
             gc.collect()

@@ -6,6 +6,7 @@ side, which the engines' python-backend models use, is :mod:`serve.adapters.lora
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -157,8 +158,8 @@ def weightless(model_dir: Path, component: str) -> torch.nn.Module:
 
     config = json.loads((model_dir / component / "config.json").read_text())
     with init_empty_weights():
-        if component == "unet":
-            model = diffusers.UNet2DConditionModel.from_config(config)
+        if "_class_name" in config:  # a diffusers model: the UNet or a transformer
+            model = getattr(diffusers, config["_class_name"]).from_config(config)
         else:
             cls = getattr(transformers, config.get("architectures", ["CLIPTextModel"])[0])
             model = cls(cls.config_class.from_dict(config))
@@ -186,7 +187,7 @@ def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, l
 
     loader = getattr(diffusers, pipeline_class)
     try:
-        state, alphas, metadata = loader.lora_state_dict(str(path), return_lora_metadata=True)
+        state, alphas, metadata = _read(loader, path)
     except Exception as error:  # noqa: BLE001 - any reader error is the file's: reported with its name
         raise AdapterError(f"not a readable LoRA file ({type(error).__name__}: {_first_line(error)})") from error
     if not state or not all("lora" in key for key in state):
@@ -198,12 +199,7 @@ def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, l
             continue
         model = weightless(model_dir, engine)
         try:
-            if engine == "unet":
-                loader.load_lora_into_unet(state, alphas, model, adapter_name="easel", metadata=metadata)
-            else:
-                loader.load_lora_into_text_encoder(
-                    state, alphas, model, prefix=engine, adapter_name="easel", metadata=metadata
-                )
+            _load_into(loader, engine, model, state, alphas, metadata)
         except Exception as error:  # noqa: BLE001
             raise AdapterError(
                 f"diffusers could not load its {engine} layers into this model, made for another base model? "
@@ -220,6 +216,30 @@ def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, l
         raise AdapterError(f"it has no layers for this model's {', '.join(slots)}")
     rank = max(array.shape[0] for key, array in tensors.items() if key.endswith(".down"))
     return PreparedLora(tensors, rank, layers)
+
+
+def _read(loader, path: Path) -> tuple[dict, dict | None, dict | None]:
+    """``(state, alphas, metadata)`` of a LoRA file as the pipeline class's ``lora_state_dict`` reads it.
+
+    SD and SDXL return alphas with the metadata, Flux when asked, SD3 none (its LoRAs carry no alphas).
+    """
+    options = {"return_lora_metadata": True}
+    if "return_alphas" in inspect.signature(loader.lora_state_dict).parameters:
+        options["return_alphas"] = True
+    read = loader.lora_state_dict(str(path), **options)
+    return (read[0], None, read[1]) if len(read) == 2 else read
+
+
+def _load_into(loader, engine: str, model: torch.nn.Module, state: dict, alphas, metadata) -> None:
+    """Inject the LoRA's ``engine`` layers into ``model`` as the pipeline class's ``load_lora_weights`` does."""
+    if engine == "unet":
+        loader.load_lora_into_unet(state, alphas, model, adapter_name="easel", metadata=metadata)
+    elif engine == "transformer":
+        takes_alphas = "network_alphas" in inspect.signature(loader.load_lora_into_transformer).parameters
+        extra = {"network_alphas": alphas} if takes_alphas else {}
+        loader.load_lora_into_transformer(state, transformer=model, adapter_name="easel", metadata=metadata, **extra)
+    else:
+        loader.load_lora_into_text_encoder(state, alphas, model, prefix=engine, adapter_name="easel", metadata=metadata)
 
 
 def _take_layers(model: torch.nn.Module, engine: str, slots: list[Slot], tensors: dict[str, np.ndarray]) -> int:

@@ -1,9 +1,12 @@
 """Full-size models with random weights, made locally from the published component configs committed beside this file.
 
-``published/sd15`` and ``published/sdxl`` hold the configs of Stable Diffusion 1.5 and SDXL base 1.0 (configs only, no
-weights). :func:`create_random_model` builds every component from them with freshly initialised weights and saves a
-diffusers folder, so the full-size engines can be exported, served and timed without any download. The tokenizers are
-CLIP's real BPE, rebuilt from the merges file that the ``openai-clip`` package ships.
+``published/`` holds the configs (no weights) of Stable Diffusion 1.5 (``sd15``), SDXL base 1.0 (``sdxl``), SD3
+medium (``sd3``) and FLUX.1 dev (``flux``). :func:`create_random_model` builds every component from them with freshly
+initialised weights and saves a diffusers folder, so the full-size engines can be exported, served and timed without
+any download. The CLIP tokenizers are CLIP's real BPE, rebuilt from the merges file that the ``openai-clip`` package
+ships. No installed package ships T5's SentencePiece vocabulary: the T5 tokenizers are unigram tokenizers of T5's
+size (32000 pieces and 100 sentinels) whose pieces are CLIP's BPE tokens, words opening with SentencePiece's ``▁``,
+so prompts split into word pieces as T5's do (with other ids: the weights are random anyway).
 """
 
 from __future__ import annotations
@@ -19,7 +22,11 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
-PUBLISHED = ("sd15", "sdxl")
+PUBLISHED = ("sd15", "sdxl", "sd3", "flux")
+T5_PIECES = 32000
+"""T5's SentencePiece vocabulary size (its tokenizer adds 100 sentinel ids)."""
+OPTIONAL_T5 = ("text_encoder_3", "tokenizer_3")
+"""SD3's T5 and its tokenizer, which ``--without-t5`` leaves out (``[null, null]``, as diffusers allows)."""
 SEED = 0
 # Shards keep the extra memory of saving (safetensors serialises a shard at a time) to this size.
 SHARD_SIZE = "2GB"
@@ -54,6 +61,22 @@ def write_clip_tokenizer(config_dir: Path, out_dir: Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
+def write_t5_tokenizer(config_dir: Path, out_dir: Path) -> None:
+    """Save a T5 tokenizer with ``config_dir``'s settings over a unigram vocabulary of T5's size from CLIP's BPE."""
+    from transformers import T5Tokenizer
+
+    config = json.loads((config_dir / "tokenizer_config.json").read_text())
+    vocab, _ = clip_bpe()  # in id order: single characters, then merges by rank
+    ends = [f"\u2581{token.removesuffix('</w>')}" if token.endswith("</w>") else token for token in vocab]
+    pieces = list(dict.fromkeys(ends))
+    special = [config["pad_token"], config["eos_token"], config["unk_token"]]
+    pieces = [p for p in pieces if p not in special][: T5_PIECES - len(special)]
+    scored = [(token, 0.0) for token in special] + [(piece, -1.0 - rank * 1e-6) for rank, piece in enumerate(pieces)]
+    tokenizer = T5Tokenizer(vocab=scored, extra_ids=config.get("extra_ids", 100))
+    tokenizer.model_max_length = config["model_max_length"]
+    tokenizer.save_pretrained(out_dir)
+
+
 def _token_text(token: str | dict) -> str:
     return token["content"] if isinstance(token, dict) else token
 
@@ -85,15 +108,18 @@ def _create_component(library: str, class_name: str, config_dir: Path, out_dir: 
     )
 
 
-def create_random_model(name: str, out_dir: Path, seed: int = SEED) -> Path:
-    """Create the published model ``name`` (``sd15``, ``sdxl``) with random weights as a diffusers folder ``out_dir``.
+def create_random_model(name: str, out_dir: Path, seed: int = SEED, without_t5: bool = False) -> Path:
+    """Create the published model ``name`` (:data:`PUBLISHED`) with random weights as a diffusers folder ``out_dir``.
 
     Components are made and saved one at a time, so the peak memory is about the largest one plus a shard.
+    ``without_t5``: SD3 without its T5 encoder (4.8 G parameters), as diffusers runs it with ``text_encoder_3=None``.
     """
     import torch
 
     if name not in PUBLISHED:
         raise ValueError(f"unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
+    if without_t5 and name != "sd3":
+        raise ValueError(f"only SD3 runs without T5, not {name}")
     source = PUBLISHED_DIR / name
     index = json.loads((source / "model_index.json").read_text())
     partial = out_dir.with_name(out_dir.name + ".partial")
@@ -106,10 +132,12 @@ def create_random_model(name: str, out_dir: Path, seed: int = SEED) -> Path:
             continue
         library, class_name = value
         config_dir = source / component
-        if not config_dir.is_dir():  # safety checker and feature extractor: published, not served
+        if not config_dir.is_dir() or (without_t5 and component in OPTIONAL_T5):  # published, not served
             index[component] = [None, None]
         elif class_name == "CLIPTokenizer":
             write_clip_tokenizer(config_dir, partial / component)
+        elif class_name in ("T5Tokenizer", "T5TokenizerFast"):
+            write_t5_tokenizer(config_dir, partial / component)
         elif component == "scheduler":
             shutil.copytree(config_dir, partial / component)
         else:

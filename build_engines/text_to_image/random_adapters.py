@@ -1,8 +1,9 @@
 """Adapters with random weights for a local diffusers model, in the formats users bring (nothing downloaded).
 
-* :func:`make_lora`: a LoRA over the UNet and the text encoder(s), saved as diffusers saves PEFT adapters
-  (``save_lora_weights``: ``unet.<module>.lora_A.weight`` ..., with the adapter's config as metadata) or as kohya's
-  scripts save them (``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
+* :func:`make_lora`: a LoRA over the denoiser (UNet or transformer) and the text encoder(s) ``load_lora_weights``
+  loads into, saved as diffusers saves PEFT adapters (``save_lora_weights``: ``unet.<module>.lora_A.weight`` or
+  ``transformer.<module>...``, with the adapter's config as metadata) or, for UNets, as kohya's scripts save them
+  (``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
 * :func:`make_ip_adapter`: an IP-Adapter folder as ``load_ip_adapter`` reads it: one ``ip_adapter.safetensors``
   (``image_proj.*`` and ``ip_adapter.<n>.to_k_ip.weight`` ...) and an ``image_encoder/`` CLIP vision model.
 
@@ -22,13 +23,24 @@ logger = logging.getLogger(__name__)
 
 LORA_FORMATS = ("diffusers", "kohya")
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.2")
+TRANSFORMER_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "ff.net.2")
+"""SD3's and Flux's attention (image and text streams) and feed-forward layers, as their LoRA trainers target."""
 TEXT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1")
 IP_WEIGHTS = "ip_adapter.safetensors"
 IMAGE_ENCODER = "image_encoder"
 
 
-def _text_encoders(model_dir: Path) -> list[str]:
-    return [name for name in ("text_encoder", "text_encoder_2") if (model_dir / name).is_dir()]
+def _pretrained(model_dir: Path, component: str) -> torch.nn.Module:
+    """``component`` of ``model_dir`` with its weights, of the class its config names."""
+    import json
+
+    import diffusers
+    import transformers
+
+    config = json.loads((model_dir / component / "config.json").read_text())
+    if "_class_name" in config:
+        return getattr(diffusers, config["_class_name"]).from_pretrained(model_dir / component)
+    return getattr(transformers, config["architectures"][0]).from_pretrained(model_dir / component)
 
 
 def _lora_layers(module: torch.nn.Module, targets: tuple[str, ...], rank: int, alpha: float, seed: int, strength):
@@ -55,19 +67,17 @@ def make_lora(
     strength: float = 0.3,
     text_encoder: bool = True,
 ) -> Path:
-    """Write a random LoRA for ``model_dir``'s UNet (and text encoders) to ``out_file`` in format ``fmt``."""
-    from diffusers import UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    if fmt not in LORA_FORMATS:
-        raise ValueError(f"format must be one of {LORA_FORMATS}, not {fmt!r}")
+    """Write a random LoRA for ``model_dir``'s denoiser (and text encoders) to ``out_file`` in format ``fmt``."""
     family = family_of_folder(model_dir)
+    if fmt not in LORA_FORMATS or (fmt == "kohya" and family.denoiser != "unet"):
+        raise ValueError(f"format must be one of {LORA_FORMATS} (kohya for UNets), not {fmt!r} for {family.name}")
     alpha = float(rank if alpha is None else alpha)
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
-    layers = {"unet": _lora_layers(unet, UNET_TARGETS, rank, alpha, seed, strength)}
-    for offset, name in enumerate(_text_encoders(model_dir) if text_encoder else []):
-        cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
-        module = cls.from_pretrained(model_dir / name)
+    denoiser = _pretrained(model_dir, family.denoiser)
+    targets = UNET_TARGETS if family.denoiser == "unet" else TRANSFORMER_TARGETS
+    layers = {family.denoiser: _lora_layers(denoiser, targets, rank, alpha, seed, strength)}
+    encoders = [name for name in family.lora_engines if name in family.specs and name != family.denoiser]
+    for offset, name in enumerate(encoders if text_encoder else []):
+        module = _pretrained(model_dir, name)
         layers[name] = _lora_layers(module, TEXT_TARGETS, max(1, rank // 2), alpha / 2, seed + 1 + offset, strength)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "kohya":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, byte_vocabulary
+from build_engines.text_to_image.embedded import SEED, clip_text_config, clip_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -22,30 +22,6 @@ POOLED_DIM = 40
 TIME_EMBED_DIM = 8
 
 
-def _tokenizer(pad_token: str):
-    from transformers import CLIPTokenizer
-
-    return CLIPTokenizer(vocab=byte_vocabulary(), merges=[], model_max_length=77, pad_token=pad_token)
-
-
-def _text_config(hidden: int, vocab_size: int, projection_dim: int):
-    from transformers import CLIPTextConfig
-
-    return CLIPTextConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=77,
-        projection_dim=projection_dim,
-        hidden_act="gelu",
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
-
-
 def create_tiny_xl(out_dir: Path) -> Path:
     """Create and save the embedded tiny SDXL in diffusers format under ``out_dir``."""
     import torch
@@ -53,10 +29,9 @@ def create_tiny_xl(out_dir: Path) -> Path:
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(SEED)
-    tokenizer, tokenizer_2 = _tokenizer("<|endoftext|>"), _tokenizer("!")
-    vocab_size = len(tokenizer)
-    text_encoder = CLIPTextModel(_text_config(TEXT_HIDDEN, vocab_size, TEXT_HIDDEN))
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(TEXT_HIDDEN_2, vocab_size, POOLED_DIM))
+    tokenizer, tokenizer_2 = clip_tokenizer(), clip_tokenizer("!")
+    text_encoder = CLIPTextModel(clip_text_config(TEXT_HIDDEN, TEXT_HIDDEN, layers=3))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(TEXT_HIDDEN_2, POOLED_DIM, layers=3))
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=4,

@@ -32,8 +32,6 @@ logger = logging.getLogger(__name__)
 ADAPTERS_INPUT = "adapters"
 """The per-row Triton input of a LoRA-ready engine: JSON ``[[name, weight], ...]`` ("" or "[]": none)."""
 SCALE_INPUT = "lora_scale"
-LORA_ENGINES = ("text_encoder", "text_encoder_2", "unet")
-"""Engines that take LoRA slots (the VAE and the image encoder never do)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpAdapterInfo
-from serve.adapters.lora import ADAPTERS_INPUT, LORA_ENGINES
+from serve.adapters.lora import ADAPTERS_INPUT
 from serve.priority import PRIORITIES
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
@@ -43,8 +43,11 @@ class AdapterSupport:
         """Whether the engines take any adapter."""
         return self.lora or self.ip_adapter is not None
 
-    def specs(self, specs: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
-        """``specs`` with the adapter inputs added, and the image encoder's spec when there is an IP-Adapter."""
+    def specs(self, specs: dict[str, ModelSpec], lora_engines: tuple[str, ...]) -> dict[str, ModelSpec]:
+        """``specs`` with the adapter inputs added, and the image encoder's spec when there is an IP-Adapter.
+
+        ``lora_engines``: the engines that take LoRA slots (the model family's).
+        """
         specs = dict(specs)
         ip = self.ip_adapter
         if ip is not None:
@@ -63,7 +66,7 @@ class AdapterSupport:
                 dynamic_batching=DynamicBatching(**PRIORITIES),
             )
         if self.lora:
-            for name in LORA_ENGINES:
+            for name in lora_engines:
                 if name in specs:
                     spec = specs[name]
                     adapters = TensorSpec(ADAPTERS_INPUT, "bytes", ())

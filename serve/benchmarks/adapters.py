@@ -140,7 +140,7 @@ def fused_ready_s(model_dir: Path, lora: Path, plain: EngineFolder) -> float:
     with tempfile.TemporaryDirectory() as folder:
         path = EngineFiles(Path(folder)).onnx
         added = tuple(t.name for t in spec.inputs[3:])  # SDXL's text_embeds and time_ids
-        export_engine(UnetModule(pipeline.unet, added), spec, family.dims, path)
+        export_engine(UnetModule(pipeline.unet, added), spec, family, path)
         make_session(path)
     return time.perf_counter() - started
 

@@ -150,6 +150,23 @@ def bench_model(
     )
 
 
+@bench.command("tiles")
+@model_option
+@embedded_option("Embedded model to use when --model is not given.")
+@click.option("--size", default=512, show_default=True, help="Image side.")
+@click.option("--steps", default=4, show_default=True)
+@click.option("--seed", default=7, show_default=True)
+@out_option("out/bench_tiles.json")
+def bench_tiles(model_dir: Path | None, embedded: str, size: int, steps: int, seed: int, out: Path) -> None:
+    """One image's latents decoded whole and in diffusers' tiles and halves of them: PSNR to the whole, time, memory."""
+    from build_engines.text_to_image.build import build, default_model_dir
+    from serve.benchmarks.tiles import run
+
+    check_model(model_dir)
+    folder = build(model_dir or default_model_dir(embedded), repository=out.parent / "repository")
+    click.echo(run(folder, size, steps, seed, out))
+
+
 @bench.command("jobs")
 @click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")

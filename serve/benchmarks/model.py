@@ -160,16 +160,16 @@ def run_sizes(
     return runs
 
 
-def format_runs(runs: list[SizeRun]) -> str:
-    """A table: size, status, end-to-end s, s per UNet step, VAE s, peak own memory."""
+def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
+    """A table: size, status, end-to-end s, s per denoising step (``denoiser``'s calls), VAE s, peak own memory."""
     head = (
-        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/UNet step':>13}{'VAE s':>8}{'peak own GB':>13}"
+        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/step':>13}{'VAE s':>8}{'peak own GB':>13}"
         "  engine peak RSS GiB  error"
     )
     lines = [head]
     for run in runs:
-        unet = run.engines.get("unet", {})
-        per_step = unet["compute_s"] / unet["executions"] if unet.get("executions") else float("nan")
+        steps = run.engines.get(denoiser, {})
+        per_step = steps["compute_s"] / steps["executions"] if steps.get("executions") else float("nan")
         vae = run.engines.get("vae_decoder", {}).get("compute_s", float("nan"))
         engines = " ".join(f"{k}={v:.2f}" for k, v in sorted(run.engine_peak_gib.items()) if not k.startswith("vec"))
         lines.append(
@@ -196,6 +196,7 @@ def run_benchmark(
         with scratch_stack(model_dir, **options) as stack:
             start_s, start_peak_gb = time.perf_counter() - started, memory.peak_gb
             runs = run_sizes(stack.info, sizes, steps, guidance, memory, out.parent, n=n)
+            denoiser = stack.engines.family.denoiser
     loop.write_json(
         out,
         [],
@@ -208,4 +209,4 @@ def run_benchmark(
         runs=[asdict(run) for run in runs],
     )
     head = f"stack start (cache check or build, Triton, Ray): {start_s:.0f} s, peak {start_peak_gb:.2f} GB own"
-    return "\n".join([head, format_runs(runs), f"written to {out}"])
+    return "\n".join([head, format_runs(runs, denoiser), f"written to {out}"])

@@ -2,9 +2,10 @@
 
 - **Memory**: the engines run within a memory budget (``easel up --memory-budget``), split into per-engine activation
   budgets (:func:`serve.triton.memory.engine_budgets`). Triton's python backend splits batches to
-  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
+  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the denoiser's
   budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
-  decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
+  decoded in tiles (:mod:`serve.text_to_image.tiling`): diffusers' own, else halves or quarters of them, the largest
+  that fits; refused only if none does.
 - **Cost**: ``n x num_inference_steps x megapixels``, the steps those that run (img2img's ``strength`` runs part
   of the schedule), times the UNet-sized passes per step (1, plus one per ControlNet). A request over ``max_cost``
   is refused (400); admitted requests wait their turn while the replica's requests in flight (of their priority or
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET, VAE_DECODER, VAE_ENCODER
+from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
 from serve.triton.spec import ModelSpec
@@ -64,10 +65,10 @@ class Limits:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A request that passed :meth:`Admission.check`: its cost, and whether its images are decoded in tiles."""
+    """A request that passed :meth:`Admission.check`: its cost, and the tiles its images are decoded in (if any)."""
 
     cost: float
-    tiled_decode: bool = False
+    tiling: VaeTiling | None = None
     rows_per_call: dict[str, int] = field(default_factory=dict)  # by engine; absent: any number
 
 
@@ -83,10 +84,12 @@ class Admission:
         budgets: dict[str, int],
         limits: Limits,
         tiling: VaeTiling,
+        denoiser: str,
         specs: Mapping[str, ModelSpec] | None = None,
     ) -> None:
         """``specs``: where an engine's positions are not the latents' (an image, a residual); absent: the latents'."""
         self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
+        self.denoiser = denoiser  # the engine each step calls
         self.specs = specs or {}
         self._inflight: Counter[int] = Counter()  # cost in flight by priority rank
         self._waiting: set[tuple[int, int]] = set()  # (priority rank, arrival)
@@ -97,7 +100,7 @@ class Admission:
     def for_engines(cls, engines: EngineFolder, limits: Limits) -> Admission:
         """Admission for ``engines`` under ``limits``: their measured memory, budget split and VAE tiling."""
         budgets = engines.budgets(limits.memory_budget_bytes)
-        return cls(engines.memory_models, budgets, limits, engines.tiling, engines.specs)
+        return cls(engines.memory_models, budgets, limits, engines.tiling, engines.family.denoiser, engines.specs)
 
     def check(
         self, n: int, steps: int, width: int, height: int, passes: int = 1, uses: Collection[str] = ()
@@ -117,7 +120,7 @@ class Admission:
                 field="num_inference_steps",
             )
         latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
-        tiled = False
+        tiling = None
         for name, model in self.models.items():
             if optional_engine(name) and name not in uses:
                 continue
@@ -125,17 +128,25 @@ class Admission:
             budget = self.budgets.get(name, need)
             if need <= budget:
                 continue
-            if name == VAE_DECODER and self.tiling.applies(*latent):
-                tile = min(latent[0], self.tiling.latent_tile) * min(latent[1], self.tiling.latent_tile)
-                if model.per_row(tile) <= budget:
-                    tiled = True
+            if name == VAE_DECODER:
+                tiling = self._tiling_within(model, budget, latent)
+                if tiling is not None:
                     continue
             raise InvalidInput(
                 f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
                 f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiled, self._rows_per_call(latent))
+        return Admitted(cost, tiling, self._rows_per_call(latent))
+
+    def _tiling_within(self, model: MemoryModel, budget: int, latent: tuple[int, int]) -> VaeTiling | None:
+        """The largest tiles (diffusers' own, then halves) a ``latent`` decodes in within ``budget``; None: none."""
+        tiling = self.tiling
+        while tiling is not None and tiling.applies(*latent):
+            if model.per_row(tiling.tile_positions(*latent)) <= budget:
+                return tiling
+            tiling = tiling.halved()
+        return None
 
     def _positions(self, name: str, model: MemoryModel, latent: tuple[int, int]) -> int:
         """The positions engine ``name``'s memory and time are fitted over, for a request of ``latent`` size."""
@@ -151,7 +162,7 @@ class Admission:
         """
         rows = {}
         for name, model in self.models.items():
-            if name not in (UNET, VAE_DECODER, VAE_ENCODER) and not name.startswith(CONTROLNET_PREFIX):
+            if name not in (self.denoiser, VAE_DECODER, VAE_ENCODER) and not name.startswith(CONTROLNET_PREFIX):
                 continue
             seconds = model.seconds_per_row(self._positions(name, model, latent))
             if seconds > 0:

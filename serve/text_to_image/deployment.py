@@ -158,9 +158,10 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         reference = await self._reference(request)
-        self.controlnets.check(request.controlnets)
         images = await asyncio.to_thread(decode_images, request, self.pipeline.dims.native_size)
         job = to_generation(request, self.pipeline.dims.native_size, reference, images)
+        self.pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
+        self.controlnets.check(request.controlnets)
         uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
         if job.images or self.pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)
@@ -173,7 +174,7 @@ class TextToImage:
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with self.admission.slot(admitted.cost, job.priority):
-                result = await self.pipeline.generate(job, admitted.tiled_decode, on_step, admitted.rows_per_call)
+                result = await self.pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )

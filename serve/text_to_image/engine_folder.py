@@ -20,10 +20,11 @@ import json
 from functools import cached_property
 from pathlib import Path
 
-from serve.adapters.lora import LORA_ENGINES, Slot, load_slots
+from serve.adapters.lora import Slot, load_slots
 from serve.adapters.support import AdapterSupport
 from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.families import FAMILIES, Family
+from serve.text_to_image.families.base import read_model_index
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import MemoryModel, default_memory_budget, engine_budgets
@@ -114,10 +115,14 @@ class EngineFolder:
     # -- what the loop reads ------------------------------------------------------------------------------------------
 
     def tokenizers(self) -> dict:
-        """The family's tokenizers by folder name."""
-        from transformers import CLIPTokenizer
+        """The family's tokenizers by folder name, each of the class ``model_index.json`` names (as diffusers loads)."""
+        import transformers
 
-        return {name: CLIPTokenizer.from_pretrained(self.path / name) for name in self.family.tokenizers()}
+        index = read_model_index(self.path)
+        return {
+            name: getattr(transformers, index[name][1]).from_pretrained(self.path / name)
+            for name in self.family.tokenizers()
+        }
 
     def scheduler_config(self) -> dict:
         """The model's scheduler config (every sampler is built from it)."""
@@ -135,5 +140,5 @@ class EngineFolder:
 
     def lora_slots(self) -> dict[str, list[Slot]]:
         """The slot tables of the LoRA-ready engines, by engine."""
-        files = {name: self.engine(name) for name in LORA_ENGINES if name in self.specs}
+        files = {name: self.engine(name) for name in self.family.lora_engines if name in self.specs}
         return {name: load_slots(f.lora_slots) for name, f in files.items() if f.lora_ready}

@@ -86,8 +86,10 @@ class ImageStart:
 
 
 def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
-    """The timesteps that run for ``strength`` (all of them at 1), as the img2img pipelines' ``get_timesteps``."""
-    scheduler.set_timesteps(steps)
+    """The timesteps that run for ``strength`` (all of them at 1), as the img2img pipelines' ``get_timesteps``.
+
+    ``scheduler``'s timesteps are set (for ``steps``) by the model's family.
+    """
     start = steps - min(int(steps * strength), steps)
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(start * scheduler.order)
@@ -101,6 +103,11 @@ async def encode(
     out = await engines.infer(spec, {"image": pixels.numpy()})
     mean, std = torch.from_numpy(out["latent_mean"]), torch.from_numpy(out["latent_std"])
     return mean + std * randn_tensor(mean.shape, generator=generator, dtype=mean.dtype)
+
+
+def _noise_start(noise: torch.Tensor, scheduler) -> torch.Tensor:
+    """Pure noise as the first latents: scaled by the scheduler's ``init_noise_sigma`` (flow matching has none)."""
+    return noise * getattr(scheduler, "init_noise_sigma", 1.0)
 
 
 def _rows(latents: torch.Tensor, n: int) -> torch.Tensor:
@@ -122,7 +129,7 @@ async def start(
 ) -> ImageStart:
     """The job's starting latents (and per-step parts), drawing from ``generator`` as diffusers' pipelines do."""
     if not job.images and not inpainting_unet:
-        return ImageStart(randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma)
+        return ImageStart(_noise_start(randn_tensor(shape, generator=generator, dtype=torch.float32), scheduler))
     encoder = specs[VAE_ENCODER]
     pixels = processors.images(job) if job.images else torch.zeros(1, 3, job.height, job.width)
     if not len(timesteps):  # a strength too small for one step: the images through the VAE
@@ -138,7 +145,7 @@ async def start(
     if blend or not full:
         image_latents = _rows(await encode(engines, encoder, pixels, generator), job.n)
     noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
-    latents = noise * scheduler.init_noise_sigma if full else scheduler.add_noise(image_latents, noise, latent_timestep)
+    latents = _noise_start(noise, scheduler) if full else scheduler.add_noise(image_latents, noise, latent_timestep)
     mask = processors.mask_of(job)
     latent_mask = _rows(F.interpolate(mask, size=shape[2:]), job.n)
     if blend:

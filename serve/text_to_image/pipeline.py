@@ -1,9 +1,11 @@
-"""Classifier-free-guided denoising over engines called one step at a time, matching diffusers' pipelines.
+"""Guided denoising over engines called one step at a time, matching diffusers' pipelines.
 
-One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
-conditioning, and the loop sends it with each step's latents. Input images (img2img, inpainting) set the starting
-latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals to
-each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path. The engines are
+One loop serves every model family: the family (``families/``) turns the prompts into its denoiser's per-row
+conditioning, names the denoiser engine, its samplers and their timesteps, and says whether guidance is
+classifier-free; the loop sends the conditioning with each step's latents (NCHW: a family whose denoiser works on
+another layout, Flux's packed patches, packs them inside its engine). Input images (img2img, inpainting) set the
+starting latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals
+to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path. The engines are
 reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
 (:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
 from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
@@ -30,18 +31,13 @@ from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
-from serve.text_to_image.spec import UNET, VAE_DECODER
+from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
 from serve.triton.spec import EngineRunner, ModelSpec
 
 logger = logging.getLogger(__name__)
-
-SCHEDULERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-}
 
 
 class OnnxRuntimeRunner:
@@ -115,25 +111,23 @@ class TextToImagePipeline:
         self.scheduler_config = folder.scheduler_config()
         self.tiling = folder.tiling
         self.engines = engines
-        self.adapters = GenerationAdapters(
-            folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor
-        )
+        self.adapters = GenerationAdapters(folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor)
         self.processors = ImageProcessors(self.dims.vae_scale_factor)
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
-        """A fresh scheduler ``name`` built from the model's scheduler config."""
-        cls, overrides = SCHEDULERS[name]
+        """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
+        cls, overrides = self.family.samplers[name]
         return cls.from_config(self.scheduler_config, **overrides)
 
     async def generate(
         self,
         job: Generation,
-        tiled_decode: bool = False,
+        tiling: VaeTiling | None = None,
         on_step: StepCallback | None = None,
         rows_per_call: Mapping[str, int] | None = None,
     ) -> GenerationResult:
-        """Denoise ``job`` with one UNet call per step and decode the latents to images (in tiles if asked).
+        """Denoise ``job`` with one denoiser call per step and decode the latents to images (in ``tiling``'s tiles).
 
         Every engine call goes at the job's priority, and each step waits its turn behind higher-priority
         generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
@@ -141,17 +135,18 @@ class TextToImagePipeline:
         """
         engines = _Chunked(self.adapters.runner(_AtPriority(self.engines, job.priority), job), rows_per_call or {})
         async with self.gate.active(job.priority):
-            return await self._generate(job, engines, tiled_decode, on_step)
+            return await self._generate(job, engines, tiling, on_step)
 
     async def _generate(
-        self, job: Generation, engines: EngineRunner, tiled_decode: bool, on_step: StepCallback | None
+        self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
-        guided = job.guidance_scale > 1.0
+        guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
+        self.family.set_timesteps(scheduler, job)
         timesteps = strength_timesteps(scheduler, job.steps, job.strength if job.images else 1.0)
         generator = torch.Generator("cpu").manual_seed(job.seed)
         shape = (
@@ -170,14 +165,15 @@ class TextToImagePipeline:
         step_kwargs = _step_kwargs(scheduler, generator)
         for index, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
-            model_input = scheduler.scale_model_input(model_input, t)
+            if hasattr(scheduler, "scale_model_input"):
+                model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
             inputs = {"sample": start.unet_sample(model_input), "timestep": timestep, **conditioning}
             await self.gate.turn(job.priority)
             inputs |= await controls.residuals(
                 engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
             )
-            noise = torch.from_numpy((await engines.infer(self.specs[UNET], inputs))["noise_pred"])
+            noise = torch.from_numpy((await engines.infer(self.specs[self.family.denoiser], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
@@ -185,19 +181,21 @@ class TextToImagePipeline:
             latents = start.after_step(latents, index, timesteps, scheduler)
             if on_step is not None:
                 await on_step(index + 1, len(timesteps), latents.numpy())
-        pixels = np.clip(await self.decode(latents.numpy(), tiled_decode, engines), 0.0, 1.0)
+        pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)
 
-    async def decode(self, latents: np.ndarray, tiled: bool = False, engines: EngineRunner | None = None) -> np.ndarray:
-        """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in diffusers' tiles."""
+    async def decode(
+        self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None
+    ) -> np.ndarray:
+        """The VAE decoder's images (NCHW, not yet clamped) for ``latents``, whole or in ``tiling``'s tiles."""
         engines = engines or self.engines
 
         async def run(part: np.ndarray) -> np.ndarray:
             return (await engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
 
-        if tiled and self.tiling.applies(*latents.shape[2:]):
-            return await self.tiling.decode(latents, run)
+        if tiling is not None and tiling.applies(*latents.shape[2:]):
+            return await tiling.decode(latents, run)
         return await run(latents)
 
 

@@ -8,7 +8,9 @@ from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
+TEXT_ENCODER_3 = "text_encoder_3"
 UNET = "unet"
+TRANSFORMER = "transformer"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 CONTROLNET_PREFIX = "controlnet_"
@@ -17,7 +19,9 @@ RESIDUAL_PREFIX = "residual_"
 """A ControlNet's outputs, a ControlNet-ready UNet's inputs: ``residual_down_<i>``, then ``residual_mid``."""
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository
 # (and every ControlNet engine the folder does not have).
-ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER, IMAGE_ENCODER)
+ALL_ENGINE_NAMES = (
+    TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, UNET, TRANSFORMER, VAE_DECODER, VAE_ENCODER, IMAGE_ENCODER
+)
 
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while
@@ -56,17 +60,21 @@ def unet_instances(unet_bytes: int | None) -> int:
     return 2 if unet_bytes is not None and unet_bytes <= SMALL_UNET_BYTES else 1
 
 
-def unet_spec(
-    in_channels: int, latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1
+def denoiser_spec(
+    latent_channels: int,
+    conditioning: tuple[TensorSpec, ...],
+    instances: int = 1,
+    name: str = UNET,
+    in_channels: int | None = None,
 ) -> ModelSpec:
-    """The UNet: latents and a per-row timestep, plus the family's per-row ``conditioning`` tensors.
+    """The denoiser (a UNet or a transformer): latents, a per-row timestep and the family's per-row ``conditioning``.
 
-    An inpainting UNet's ``sample`` is the latents, the mask and the masked image's latents (``in_channels`` in all);
-    its output is the noise of the latents.
+    Out comes what the scheduler steps with (``noise_pred``), in the latents' layout. An inpainting UNet's ``sample``
+    is the latents, the mask and the masked image's latents (``in_channels`` in all); its output is the latents'.
     """
-    sample = TensorSpec("sample", "float32", (in_channels, -1, -1), LATENT_AXES)
+    sample = TensorSpec("sample", "float32", (in_channels or latent_channels, -1, -1), LATENT_AXES)
     return ModelSpec(
-        name=UNET,
+        name=name,
         inputs=(sample, TensorSpec("timestep", "float32", ()), *conditioning),
         outputs=(TensorSpec("noise_pred", "float32", (latent_channels, -1, -1), LATENT_AXES),),
         max_batch_size=UNET_MAX_BATCH,

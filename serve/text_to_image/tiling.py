@@ -1,9 +1,10 @@
 """Tiled VAE decoding, exactly as diffusers' ``AutoencoderKL.tiled_decode`` (``enable_vae_tiling``) does it.
 
-A latent too large for the VAE decoder's memory budget is decoded in overlapping tiles of the VAE's own sample size;
-each tile's top and left edges are blended linearly with the tiles above and to its left (which were blended
-themselves), and the tiles are cropped and joined. Every tile is one engine call, so memory follows the tile, not
-the image.
+A latent too large for the VAE decoder's memory budget is decoded in overlapping tiles: of the VAE's own sample size
+(diffusers' default), or of a half or a quarter of it when a default tile does not fit the budget either (diffusers
+takes the same smaller tiles when its ``tile_sample_min_size`` is set so). Each tile's top and left edges are blended
+linearly with the tiles above and to its left (which were blended themselves), and the tiles are cropped and joined.
+Every tile is one engine call, so memory follows the tile, not the image.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import numpy as np
 
 OVERLAP = 0.25
 """diffusers' ``tile_overlap_factor``."""
+MIN_LATENT_TILE = 16
+"""The smallest tile side tried, in latent positions (128 pixels for an 8x VAE)."""
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,15 @@ class VaeTiling:
     def latent_tile(self) -> int:
         """Tile side in latent positions (diffusers' ``tile_latent_min_size``)."""
         return int(self.sample_tile / self.vae_scale_factor)
+
+    def halved(self) -> VaeTiling | None:
+        """Tiles of half this side, or None below :data:`MIN_LATENT_TILE`."""
+        half = VaeTiling(self.sample_tile // 2, self.vae_scale_factor)
+        return half if half.latent_tile >= MIN_LATENT_TILE else None
+
+    def tile_positions(self, latent_height: int, latent_width: int) -> int:
+        """Latent positions of the largest tile of a latent of this size."""
+        return min(latent_height, self.latent_tile) * min(latent_width, self.latent_tile)
 
     def applies(self, latent_height: int, latent_width: int) -> bool:
         """Whether diffusers would tile this latent (it does when a side exceeds the tile)."""

@@ -38,9 +38,9 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
 
 
-def unet_batch_histogram(triton_http_url: str) -> collections.Counter:
-    """How many UNet executions Triton ran at each batch size so far."""
-    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
+def batch_histogram(triton_http_url: str, model: str = "unet") -> collections.Counter:
+    """How many executions of ``model`` Triton ran at each batch size so far."""
+    stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]
     return collections.Counter({int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]})
 
 

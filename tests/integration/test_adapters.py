@@ -15,7 +15,7 @@ from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
-from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.conftest import batch_histogram, decode_images, post_together
 from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
@@ -157,10 +157,10 @@ def test_different_adapters_share_batches_and_each_gets_its_solo_image(api, stac
     ]
     bodies = [BODY | {"seed": 40 + i} | variant for i, variant in enumerate(variants)]
     alone = [_served(api, **body) for body in bodies]
-    before = unet_batch_histogram(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url)
 
     together = post_together(stack.info.api_url, GENERATE, bodies)
-    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=str(body)[:200])

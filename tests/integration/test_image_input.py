@@ -23,7 +23,7 @@ from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, edges_image, input_image, openai_mask
 from tests.images import encode, png_header_only
-from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.conftest import batch_histogram, decode_images, post_together
 from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
@@ -190,10 +190,10 @@ def test_concurrent_controlnets_strengths_masks_and_text_are_isolated_and_share_
     ]
     bodies = [BODY | {"seed": 60 + i} | variant for i, variant in enumerate(variants)]
     alone = [_ok(api.post(GENERATE, json=body)) for body in bodies]
-    before = unet_batch_histogram(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url)
 
     together = post_together(stack.info.api_url, GENERATE, bodies)
-    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         np.testing.assert_array_equal(_ok(response), single, err_msg=str(body)[:200])
     logger.info("unet batch sizes with mixed ControlNets, images and masks: %s", dict(sorted(histogram.items())))

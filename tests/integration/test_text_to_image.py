@@ -9,14 +9,14 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from serve.stack import FIRST_REQUEST
-from serve.text_to_image.pipeline import SCHEDULERS
+from serve.text_to_image.samplers import NOISE_SAMPLERS
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
+    batch_histogram,
     decode_images,
     engine_names,
     post_together,
     triton_killed,
-    unet_batch_histogram,
 )
 
 pytestmark = pytest.mark.integration
@@ -46,7 +46,7 @@ def test_replica_logs_reach_their_files_with_rays_log_monitor_stopped(api, stack
     assert logged()
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(NOISE_SAMPLERS))
 def test_parity_with_diffusers(api, diffusers_pipeline, scheduler):
     body = {
         "prompt": "a lighthouse, flat icon",
@@ -82,10 +82,10 @@ def test_concurrent_requests_are_isolated_and_batched_per_step(api, stack):
         {"prompt": f"icon number {i}", "seed": 100 + i, "num_inference_steps": 10, "size": "64x64"} for i in range(8)
     ]
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = unet_batch_histogram(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url)
 
     together = post_together(stack.info.api_url, GENERATE, bodies)
-    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

@@ -7,7 +7,7 @@ import pytest
 
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.conftest import batch_histogram, decode_images, post_together
 from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
@@ -75,10 +75,10 @@ def test_concurrent_sdxl_requests_are_isolated_and_batched_per_step(api, stack):
         for i, size in enumerate(sizes)
     ]
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = unet_batch_histogram(stack.info.triton_http_url)
+    before = batch_histogram(stack.info.triton_http_url)
 
     together = post_together(stack.info.api_url, GENERATE, bodies)
-    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
+    histogram = batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

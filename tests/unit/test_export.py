@@ -58,7 +58,7 @@ def test_parity_check_catches_a_wrong_engine(default_model, engine_dir):
         for parameter in unet.parameters():
             parameter.mul_(1.5)
     spec = family.specs["unet"]
-    feeds = parity_feeds(spec, family.dims, seed=3)
+    feeds = parity_feeds(spec, family, seed=3)
     with pytest.raises(ParityError, match="unet"):
         check_parity(spec, engine_dir / "unet" / "model.onnx", feeds, reference_outputs(unet, feeds))
 

@@ -34,6 +34,45 @@ def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_
     }
 
 
+def test_transformer_models_are_recognised_with_their_engines(transformer_models):
+    sd3 = family_of_folder(transformer_models["tiny-sd3"])
+    assert sd3.name == "sd3" and list(sd3.specs) == [
+        "text_encoder",
+        "text_encoder_2",
+        "text_encoder_3",
+        "transformer",
+        "vae_decoder",
+    ]
+    # Both CLIPs' 77 tokens, then T5's 256, at T5's width; both pooled projections (32 + 40) side by side.
+    assert {t.name: t.dims for t in sd3.specs["transformer"].inputs} == {
+        "sample": (16, -1, -1),
+        "timestep": (),
+        "encoder_hidden_states": (77 + 256, 96),
+        "pooled_projections": (72,),
+    }
+    dev, schnell = (family_of_folder(transformer_models[name]) for name in ("tiny-flux", "tiny-flux-schnell"))
+    assert dev.name == schnell.name == "flux" and list(dev.specs) == [
+        "text_encoder",
+        "text_encoder_2",
+        "transformer",
+        "vae_decoder",
+    ]
+    inputs = [t.name for t in dev.specs["transformer"].inputs]
+    assert inputs == ["sample", "timestep", "encoder_hidden_states", "pooled_projections", "guidance"]
+    assert "guidance" not in [t.name for t in schnell.specs["transformer"].inputs]
+    assert dev.side_multiple == sd3.side_multiple == 16  # 2x2 patches of 8x8-pixel latents
+
+
+def test_an_unknown_pipeline_class_names_every_supported_one(tiny_xl_model, tmp_path):
+    folder = shutil.copytree(tiny_xl_model, tmp_path / "kandinsky", ignore=shutil.ignore_patterns("*.safetensors"))
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": "KandinskyPipeline"}))
+    with pytest.raises(UnsupportedModel) as error:
+        family_of_folder(folder)
+    supported = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+    assert len(str(error.value).splitlines()) == 1 and all(name in str(error.value) for name in supported)
+
+
 def _copy(model_dir, tmp_path):
     return shutil.copytree(model_dir, tmp_path / "model", ignore=shutil.ignore_patterns("*.safetensors"))
 
@@ -158,6 +197,10 @@ def test_clip_bpe_from_the_openai_clip_package_tokenizes_as_clip():
         ("sdxl/unet", 2567.5),
         ("sdxl/text_encoder_2", 694.7),
         ("sdxl/vae", 83.7),
+        ("sd3/transformer", 2028.3),
+        ("sd3/text_encoder_3", 4762.3),
+        ("flux/transformer", 11901.4),
+        ("flux/vae", 83.8),
     ],
 )
 def test_committed_published_configs_are_the_full_size_architectures(name, parameters_m):
@@ -200,7 +243,37 @@ _SHRUNK_XL_UNET = {
 }
 
 
-@pytest.mark.parametrize("name", ["sd15", "sdxl"])
+_T5 = {"d_model": 32, "d_ff": 64, "num_layers": 1, "num_heads": 2, "d_kv": 8}
+_SHRUNK_TRANSFORMERS = {
+    "sd3": {
+        "transformer/config.json": {
+            "num_layers": 1,
+            "attention_head_dim": 8,
+            "num_attention_heads": 2,
+            "caption_projection_dim": 16,
+            "joint_attention_dim": 32,
+            "pooled_projection_dim": 64,
+            "pos_embed_max_size": 16,
+            "sample_size": 16,
+        },
+        "text_encoder_3/config.json": _T5,
+    },
+    "flux": {
+        "transformer/config.json": {
+            "num_layers": 1,
+            "num_single_layers": 1,
+            "attention_head_dim": 16,
+            "num_attention_heads": 2,
+            "joint_attention_dim": 32,
+            "pooled_projection_dim": 32,
+            "axes_dims_rope": [4, 6, 6],
+        },
+        "text_encoder_2/config.json": _T5,
+    },
+}
+
+
+@pytest.mark.parametrize("name", ["sd15", "sdxl", "sd3", "flux"])
 def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path, monkeypatch):
     from build_engines.text_to_image import published
 
@@ -215,10 +288,13 @@ def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path
             if "projection_dim" in config:
                 config["projection_dim"] = 32
             file.write_text(json.dumps(config))
+    for path, overrides in _SHRUNK_TRANSFORMERS.get(name, {}).items():
+        file = configs / name / path
+        file.write_text(json.dumps(json.loads(file.read_text()) | overrides))
     monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
     model_dir = published.create_random_model(name, tmp_path / name)
     family = family_of_folder(model_dir)
-    assert family.name == {"sd15": "sd", "sdxl": "sdxl"}[name]
+    assert family.name == {"sd15": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}[name]
     index = json.loads((model_dir / "model_index.json").read_text())
     assert index.get("safety_checker", [None, None]) == [None, None]
     from transformers import CLIPTokenizer
@@ -235,3 +311,25 @@ def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_
     build_module.install(EngineFolder(engine_dir), repository)
     assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["memory.json", "model.onnx", "model.py"]
+
+
+def test_sd3_without_t5_from_published_configs(tmp_path, monkeypatch):
+    from build_engines.text_to_image import published
+
+    configs = shutil.copytree(PUBLISHED_DIR, tmp_path / "published")
+    for path, overrides in {**_SHRUNK, **_SHRUNK_TRANSFORMERS["sd3"]}.items():
+        file = configs / "sd3" / path
+        if not file.exists():  # the UNet's
+            continue
+        config = json.loads(file.read_text()) | overrides
+        if "projection_dim" in config:
+            config["projection_dim"] = 32
+        file.write_text(json.dumps(config))
+    monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
+    family = family_of_folder(published.create_random_model("sd3", tmp_path / "sd3", without_t5=True))
+    assert not family.dims.t5 and "text_encoder_3" not in family.specs and family.tokenizers() == (
+        "tokenizer",
+        "tokenizer_2",
+    )
+    with pytest.raises(ValueError, match="only SD3"):
+        published.create_random_model("flux", tmp_path / "flux", without_t5=True)

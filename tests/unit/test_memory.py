@@ -102,22 +102,32 @@ def test_budgets_reserve_fixed_engines_and_split_the_rest_between_spatial_ones()
 def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_field():
     models = _models()
     budgets = engine_budgets(models, _specs(), 2048 * MiB)
-    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8))
-    assert admission.check(1, 20, 512, 512) == Admitted(request_cost(1, 20, 512, 512), tiled_decode=False)
+    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8), "unet")
+    assert admission.check(1, 20, 512, 512) == Admitted(request_cost(1, 20, 512, 512), tiling=None)
     with pytest.raises(InvalidInput) as cost:
         admission.check(4, 150, 512, 512)
     assert cost.value.field == "num_inference_steps" and "64" in cost.value.message
     # The VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes, over its share: decoded in 32x32 tiles.
-    assert admission.check(1, 2, 1024, 1024).tiled_decode
+    assert admission.check(1, 2, 1024, 1024).tiling == VaeTiling(256, 8)
+    # A VAE whose 32x32 tile does not fit its share either decodes in the largest halved tiles that do.
+    models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1000.0))  # 1.25 GiB at 32x32, 78 MiB at 16x16
+    halving = Admission(models, budgets, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
+    assert halving.check(1, 2, 1024, 1024).tiling == VaeTiling(128, 8)
+    models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1e5))  # not even the smallest tile fits
+    with pytest.raises(InvalidInput, match="vae_decoder"):
+        Admission(models, budgets, Limits(2048 * MiB), VaeTiling(256, 8), "unet").check(1, 2, 1024, 1024)
+    models = _models()
     models["unet"] = MemoryModel(200 * MiB, (0.0, 1000.0, 4.0))  # now the UNet's row does not fit either
-    refusing = Admission(models, engine_budgets(models, _specs(), 2048 * MiB), Limits(2048 * MiB), VaeTiling(256, 8))
+    refusing = Admission(
+        models, engine_budgets(models, _specs(), 2048 * MiB), Limits(2048 * MiB), VaeTiling(256, 8), "unet"
+    )
     with pytest.raises(InvalidInput) as size:
         refusing.check(1, 2, 1024, 1024)
     assert size.value.field == "size" and "unet" in size.value.message
 
 
 def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless_alone():
-    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8))
+    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
     started, running, most = [], [0.0], [0.0]
 
     async def request(name: str, cost: float, hold_s: float) -> None:
@@ -141,7 +151,7 @@ def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless
 
 
 def test_higher_priority_starts_first_and_does_not_wait_for_lower_ones_in_flight():
-    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8))
+    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
     started = []
 
     async def request(name: str, cost: float, hold_s: float, priority: Priority) -> None:

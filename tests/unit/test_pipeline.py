@@ -1,16 +1,23 @@
 """The denoising loop with in-process ONNX Runtime engines against diffusers' own pipeline (no servers)."""
 
 import asyncio
+import dataclasses
+import json
+import shutil
 
 import numpy as np
 import pytest
 
+from build_engines.text_to_image.controlnets import controlnet_support
 from serve.benchmarks.torch_runner import TorchRunner
+from serve.contract import unstated_limit
+from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import SCHEDULERS, OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import Control, Generation
+from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
-from tests.conftest import psnr, reference_images
+from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +26,7 @@ def pipeline(engine_dir):
     return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 
-@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+@pytest.mark.parametrize("scheduler", list(NOISE_SAMPLERS))
 @pytest.mark.parametrize(("n", "guidance", "width", "height"), [(1, 7.5, 96, 64), (2, 1.0, 72, 56)])
 def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance, width, height):
     job = Generation("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler)
@@ -77,15 +84,19 @@ def test_sdxl_matches_diffusers(xl_pipeline, diffusers_xl_pipeline, scheduler, n
     assert psnr(got, want) >= 40
 
 
-@pytest.mark.parametrize("family", ["sd", "sdxl"])
+@pytest.mark.parametrize(("family", "halvings"), [("sd", 0), ("sdxl", 0), ("sdxl", 1)])
 def test_tiled_decoding_matches_diffusers_vae_tiling(
-    family, pipeline, diffusers_pipeline, xl_pipeline, diffusers_xl_pipeline
+    family, halvings, pipeline, diffusers_pipeline, xl_pipeline, diffusers_xl_pipeline
 ):
+    """diffusers' own tiles, and halves of them (what admission picks when a default tile does not fit)."""
     ours, theirs = (pipeline, diffusers_pipeline) if family == "sd" else (xl_pipeline, diffusers_xl_pipeline)
-    width = height = ours.tiling.sample_tile + 64  # one side past a tile: diffusers tiles it too
+    tiling = ours.tiling.halved() if halvings else ours.tiling
+    width = height = ours.tiling.sample_tile + 64  # one side past a default tile: diffusers tiles it too
     job = Generation("a red fox", "", 1, width, height, 3, 5.0, 4, "ddim")
-    got = np.stack(asyncio.run(ours.generate(job, tiled_decode=True)).images)
+    got = np.stack(asyncio.run(ours.generate(job, tiling=tiling)).images)
     theirs.vae.enable_tiling()
+    theirs.vae.tile_sample_min_size = tiling.sample_tile
+    theirs.vae.tile_latent_min_size = tiling.latent_tile
     try:
         want = reference_images(
             theirs,
@@ -99,6 +110,8 @@ def test_tiled_decoding_matches_diffusers_vae_tiling(
         )
     finally:
         theirs.vae.disable_tiling()
+        theirs.vae.tile_sample_min_size = ours.tiling.sample_tile
+        theirs.vae.tile_latent_min_size = ours.tiling.latent_tile
     untiled = np.stack(asyncio.run(ours.generate(job)).images)
     assert got.shape == want.shape == (1, height, width, 3)
     assert psnr(got, want) >= 40
@@ -135,3 +148,105 @@ def test_the_torch_runner_draws_what_diffusers_draws(
 
 async def _together(pipeline, jobs):
     return await asyncio.gather(*(pipeline.generate(job) for job in jobs))
+
+
+@pytest.fixture(scope="module", params=TRANSFORMER_MODELS)
+def transformer_case(request, transformer_models, transformer_engine_dirs):
+    """(name, our pipeline on ONNX Runtime, diffusers' pipeline) of one embedded transformer model."""
+    folder = EngineFolder(transformer_engine_dirs[request.param])
+    ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    return request.param, ours, diffusers_reference(transformer_models[request.param])
+
+
+def _transformer_pair(ours, theirs, job: Generation) -> tuple[np.ndarray, np.ndarray]:
+    got = np.stack(asyncio.run(ours.generate(job)).images)
+    want = reference_images(
+        theirs,
+        job.scheduler,
+        samplers=ours.family.samplers,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        num_images_per_prompt=job.n,
+        width=job.width,
+        height=job.height,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance_scale,
+        seed=job.seed,
+    )
+    return got, want
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "negative", "n", "guidance", "width", "height"),
+    [("euler", "", 1, 4.0, 128, 96), ("ddim", "blurry", 2, 3.0, 96, 128), ("euler", "", 1, 1.0, 64, 64)],
+)
+def test_transformer_families_match_diffusers(transformer_case, scheduler, negative, n, guidance, width, height):
+    """SD3 (classifier-free guidance), Flux dev (guidance embedded, dynamic shift) and schnell, as diffusers draws."""
+    _, ours, theirs = transformer_case
+    job = Generation("a red fox", negative, n, width, height, 4, guidance, 11, scheduler)
+    got, want = _transformer_pair(ours, theirs, job)
+    assert got.shape == want.shape == (n, height, width, 3)
+    assert psnr(got, want) >= 40
+
+
+def test_each_transformer_family_uses_guidance_as_its_pipeline_does(transformer_case):
+    name, ours, _ = transformer_case
+    jobs = [Generation("a red fox", "", 1, 64, 64, 3, guidance, 5, "euler") for guidance in (1.0, 5.0)]
+    images = [asyncio.run(ours.generate(job)).images[0] for job in jobs]
+    if name == "tiny-flux-schnell":  # no guidance at all
+        np.testing.assert_array_equal(images[0], images[1])
+    else:  # SD3: classifier-free; Flux dev: the embedded scale
+        assert psnr(images[0], images[1]) < 40
+
+
+def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_case):
+    _, ours, _ = transformer_case
+    with pytest.raises(InvalidInput, match="dpmpp_2m") as sampler:
+        ours.family.check(Generation("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m"))
+    with pytest.raises(InvalidInput, match="multiples of 16") as size:
+        ours.family.check(Generation("x", "", 1, 72, 64, 2, 1.0, 1, "euler"))
+    assert (sampler.value.field, size.value.field) == ("scheduler", "size")
+
+
+def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_case, transformer_models, controlnet_dirs):
+    """SD3 and Flux declare no image input: an input image, a mask or a ControlNet is a 400 naming that field.
+
+    A ControlNet folder given to their build is listed as not served.
+    """
+    name, ours, _ = transformer_case
+    support = controlnet_support(ours.family, transformer_models[name], controlnet_dirs.for_sd)
+    assert support.ready == () and all("take no ControlNets" in entry.error for entry in support.entries)
+    text = Generation("x", "", 1, 64, 64, 2, 1.0, 1, "euler")
+    ours.family.check(text)
+    picture = np.zeros((64, 64, 3), np.uint8)
+    asked = {
+        "image": dataclasses.replace(text, images=(picture,)),
+        "mask": dataclasses.replace(text, mask=picture[:, :, 0]),
+        "controlnets": dataclasses.replace(text, controls=(Control("edges", picture),)),
+    }
+    for field, job in asked.items():
+        with pytest.raises(InvalidInput, match="text only") as refused:
+            ours.family.check(job)
+        assert refused.value.field == field
+        limit = unstated_limit("post", "/v1/images/edits", 400, refused.value.body()["error"])
+        assert limit.says == "take no input images"
+
+
+def test_sd3_without_t5_matches_diffusers(transformer_models, tmp_path, monkeypatch):
+    """A folder without T5 (``text_encoder_3`` null, as diffusers allows): zeros stand for T5's states."""
+    from build_engines.text_to_image.build import build
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+    model = shutil.copytree(transformer_models["tiny-sd3"], tmp_path / "sd3-no-t5")
+    for folder in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(model / folder)
+    index = json.loads((model / "model_index.json").read_text())
+    without = {"text_encoder_3": [None, None], "tokenizer_3": [None, None]}
+    (model / "model_index.json").write_text(json.dumps(index | without))
+    folder = build(model, repository=tmp_path / "repository")
+    assert "text_encoder_3" not in folder.specs and not folder.family.dims.t5
+    ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    job = Generation("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler")
+    reference = diffusers_reference(model, text_encoder_3=None, tokenizer_3=None)
+    got, want = _transformer_pair(ours, reference, job)
+    assert psnr(got, want) >= 40

@@ -1,4 +1,7 @@
-"""Model families, each declared once (``sd.py``, ``sdxl.py``) and recognised from ``model_index.json``'s class."""
+"""Model families, each declared once and recognised from ``model_index.json``'s class.
+
+``sd.py`` and ``sdxl.py`` (UNets), ``sd3.py`` and ``flux.py`` (flow-matching transformers, ``flow.py``).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +9,14 @@ from pathlib import Path
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import Family, PipelineDims, read_model_index
+from serve.text_to_image.families.flux import Flux
 from serve.text_to_image.families.sd import StableDiffusion
+from serve.text_to_image.families.sd3 import StableDiffusion3
 from serve.text_to_image.families.sdxl import StableDiffusionXL
 
-FAMILIES: dict[str, type[Family]] = {family.name: family for family in (StableDiffusion, StableDiffusionXL)}
+FAMILIES: dict[str, type[Family]] = {
+    family.name: family for family in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
+}
 
 __all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder"]
 

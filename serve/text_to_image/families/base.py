@@ -1,10 +1,12 @@
 """What a model family declares, and the parts families share.
 
 A family declares the diffusers folder it reads, its engines and their specs, the torch modules they are exported
-from, and the UNet's conditioning for a prompt. The denoising loop, the exporter, the Triton configs and the clients
-only read these declarations. Every family has a ``vae_encoder`` (images in: img2img, inpainting); a folder whose
-UNet takes 9 channels (latents, mask, masked image's latents) is an inpainting checkpoint; a folder built with
-ControlNets has their engines and a UNet that takes their residuals (:mod:`serve.text_to_image.controlnet`).
+from, the denoiser's conditioning for a prompt, and how its denoising runs: which engine each step calls, its
+samplers and their timesteps, and whether guidance is classifier-free. The denoising loop, the exporter, the Triton
+configs and the clients only read these declarations. A family whose requests may bring images (``takes_images``:
+the UNet families) has a ``vae_encoder`` (img2img, inpainting); a folder whose UNet takes 9 channels (latents, mask,
+masked image's latents) is an inpainting checkpoint; a folder built with ControlNets has their engines and a UNet that
+takes their residuals (:mod:`serve.text_to_image.controlnet`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ import numpy as np
 import torch
 
 from serve.adapters.support import AdapterSupport
-from serve.errors import UnsupportedModel
+from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image.controlnet import ControlNetSupport, Residual, residual_layout
 from serve.text_to_image.generation import Generation
+from serve.text_to_image.samplers import NOISE_SAMPLERS
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from serve.triton.spec import EngineRunner, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -43,7 +47,7 @@ class PipelineDims:
     # the latents' (None: a plain UNet's), or with an inpainting UNet theirs + a mask + the masked image's latents
     unet_in_channels: int | None = field(default=None, kw_only=True)
     residuals: tuple[Residual, ...] = field(default=(), kw_only=True)  # a ControlNet's residuals for this UNet
-    unet_bytes: int | None = field(default=None, kw_only=True)  # the UNet's weight files (None: not known)
+    unet_bytes: int | None = field(default=None, kw_only=True)  # the denoiser's weight files (None: not known)
 
     def __post_init__(self) -> None:
         if self.unet_in_channels is None:
@@ -63,11 +67,15 @@ class PipelineDims:
 
 @dataclass(frozen=True)
 class Component:
-    """A folder of a diffusers pipeline that a family needs, and the file that must be in it."""
+    """A folder of a diffusers pipeline that a family needs, and the file that must be in it.
+
+    ``optional``: the pipeline runs without it when ``model_index.json`` lists it as ``[null, null]`` (SD3's T5).
+    """
 
     folder: str
     required_file: str
     has_weights: bool = True
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,12 @@ class ExportModule:
 
 
 class Family(ABC):
-    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model, its adapters and its ControlNets.
+    """One model family (SD 1.x/2.x, SDXL, ...), bound to the dims of one model, its adapters and its ControlNets.
 
     ``pipeline_class`` is the family's text-to-image pipeline; ``pipeline_classes`` every ``model_index.json`` class
-    recognised as the family (its img2img and inpainting pipelines' folders hold the same components).
+    recognised as the family (its img2img and inpainting pipelines' folders hold the same components). ``denoiser``
+    is the engine each step calls (its output ``noise_pred`` is what the scheduler steps with, whatever the model
+    predicts); ``samplers`` the API's samplers as this family runs them (:mod:`serve.text_to_image.samplers`).
     """
 
     name: ClassVar[str]
@@ -93,6 +103,13 @@ class Family(ABC):
     pipeline_classes: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
+    denoiser: ClassVar[str] = UNET
+    samplers: ClassVar[Mapping[str, tuple[type, dict]]] = NOISE_SAMPLERS
+    latent_multiple: ClassVar[int] = 1  # a latent side is a multiple of this: the denoiser's patch
+    lora_engines: ClassVar[tuple[str, ...]] = (TEXT_ENCODER, TEXT_ENCODER_2, UNET)
+    """The engines diffusers' ``load_lora_weights`` loads a LoRA into (those the family has): they take LoRA slots."""
+    takes_images: ClassVar[bool] = True
+    """Whether requests may bring images: input images and masks (img2img, inpainting) and ControlNets."""
     added_conditioning: ClassVar[tuple[str, ...]] = ()
     """The UNet's conditioning after ``encoder_hidden_states`` (SDXL's ``text_embeds``, ``time_ids``)."""
 
@@ -103,7 +120,7 @@ class Family(ABC):
         self.adapters = adapters or AdapterSupport()
         self.controlnets = controlnets or ControlNetSupport()
         plain = self.engine_specs()
-        self.specs = self.controlnets.specs(self.adapters.specs(plain), plain[UNET_ENGINE], dims)
+        self.specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
 
     def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport) -> Family:
         """This family and model, its engines taking ``adapters`` and ``controlnets``."""
@@ -116,10 +133,13 @@ class Family(ABC):
     def read_dims(cls, model_dir: Path) -> PipelineDims:
         """Read the dims from a diffusers folder's configs (no weights)."""
 
-    @classmethod
-    def tokenizers(cls) -> tuple[str, ...]:
-        """The tokenizer folders, copied beside the engines."""
-        return tuple(c.folder for c in cls.components if c.folder.startswith("tokenizer"))
+    def tokenizers(self) -> tuple[str, ...]:
+        """The tokenizer folders of this model's engines, copied beside them."""
+        return tuple(c.folder for c in self.components if c.folder.startswith("tokenizer") and self.uses(c))
+
+    def uses(self, component: Component) -> bool:
+        """Whether this model has ``component`` (an optional one may be left out)."""
+        return True
 
     @classmethod
     def check_folder(cls, model_dir: Path) -> None:
@@ -128,6 +148,8 @@ class Family(ABC):
         for component in cls.components:
             folder = model_dir / component.folder
             listed = index.get(component.folder)
+            if component.optional and listed == [None, None]:
+                continue
             if not isinstance(listed, list) or None in listed:
                 raise UnsupportedModel(f"{model_dir}: {cls.pipeline_class} needs component {component.folder!r}")
             if not (folder / component.required_file).is_file():
@@ -152,16 +174,54 @@ class Family(ABC):
         added = self.added_conditioning
         return ExportModule(lambda dtype: ControlNetModule(diffusers_model("ControlNetModel", folder, dtype), added))
 
+    # -- denoising ---------------------------------------------------------------------------------------------------
+
+    @property
+    def side_multiple(self) -> int:
+        """What an image side must be a multiple of: one patch of latent positions."""
+        return self.dims.vae_scale_factor * self.latent_multiple
+
+    @classmethod
+    def check_images(cls, image: bool, mask: bool, controlnets: bool) -> None:
+        """Raise :class:`InvalidInput` naming the first of these fields a request gives a family without images."""
+        given = {"image": image, "mask": mask, "controlnets": controlnets}
+        if not cls.takes_images and (name := next((name for name, present in given.items() if present), None)):
+            raise InvalidInput(f"{name}: {cls.name} models take no input images or ControlNets (text only)", name)
+
+    def check(self, job: Generation) -> None:
+        """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
+        self.check_images(bool(job.images), job.mask is not None, bool(job.controls))
+        if job.scheduler not in self.samplers:
+            raise InvalidInput(
+                f"scheduler: {job.scheduler!r} is not a sampler of {self.name} models (they take "
+                f"{', '.join(self.samplers)})",
+                field="scheduler",
+            )
+        if job.width % self.side_multiple or job.height % self.side_multiple:
+            raise InvalidInput(
+                f"size: {job.width}x{job.height}: the sides of {self.name} images are multiples of "
+                f"{self.side_multiple}",
+                field="size",
+            )
+
+    def classifier_free(self, job: Generation) -> bool:
+        """Whether ``job`` runs classifier-free guidance: two rows per image (negative, prompt) mixed each step."""
+        return job.guidance_scale > 1.0
+
+    def set_timesteps(self, scheduler, job: Generation) -> None:
+        """Set ``scheduler``'s timesteps for ``job`` as the family's diffusers pipeline does."""
+        scheduler.set_timesteps(job.steps)
+
     # -- conditioning -----------------------------------------------------------------------------------------------
 
     @abstractmethod
     async def condition(
         self, engines: EngineRunner, tokenizers: Mapping, job: Generation, guided: bool
     ) -> tuple[dict[str, np.ndarray], int]:
-        """The UNet's per-row inputs besides ``sample`` and ``timestep`` for ``job``'s prompts.
+        """The denoiser's per-row inputs besides ``sample`` and ``timestep`` for ``job``'s prompts.
 
-        Rows are ``[negative, prompt]`` when ``guided``, else ``[prompt]`` (the caller repeats them per image).
-        Also returns how many prompt tokens truncation dropped.
+        Rows are ``[negative, prompt]`` when ``guided`` (:meth:`classifier_free`), else ``[prompt]`` (the caller
+        repeats them per image). Also returns how many prompt tokens truncation dropped.
         """
 
 
@@ -184,32 +244,37 @@ def read_config(model_dir: Path, component: str, file: str = "config.json") -> d
     return json.loads((model_dir / component / file).read_text())
 
 
-def vae_dims(model_dir: Path) -> dict:
-    """The dims every family reads from the UNet and the VAE configs.
+def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 128) -> dict:
+    """The dims every family reads from the denoiser's and the VAE's configs.
 
-    A UNet takes the VAE's latents, or (an inpainting UNet) those, a mask and the masked image's latents.
+    A UNet takes the VAE's latents, or (an inpainting UNet) those, a mask and the masked image's latents; its down
+    blocks make the residuals a ControlNet adds. ``default_sample_size``: the latent side of a denoiser whose config
+    has none (diffusers' Flux default).
     """
-    unet = read_config(model_dir, "unet")
+    config = read_config(model_dir, denoiser)
     vae = read_config(model_dir, "vae")
-    sample_size = unet["sample_size"]
+    sample_size = config.get("sample_size", default_sample_size)
     vae_sample_size = vae.get("sample_size", 512)
     latent_channels = int(vae.get("latent_channels", 4))
+    return {
+        "latent_channels": latent_channels,
+        "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
+        "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
+        "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
+        "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
+        "unet_bytes": sum(f.stat().st_size for f in (model_dir / denoiser).iterdir() if f.suffix in WEIGHT_SUFFIXES),
+    } | (_unet_dims(config, latent_channels, model_dir) if denoiser == UNET else {})
+
+
+def _unet_dims(unet: Mapping, latent_channels: int, model_dir: Path) -> dict:
+    """A UNet's input channels (checked against the VAE's latents) and the residuals a ControlNet adds to it."""
     unet_in_channels = int(unet["in_channels"])
     if unet_in_channels not in (latent_channels, 2 * latent_channels + 1):
         raise UnsupportedModel(
             f"{model_dir}: the UNet takes {unet_in_channels} channels; the VAE's latents have {latent_channels} "
             f"(an inpainting UNet takes {2 * latent_channels + 1})"
         )
-    return {
-        "latent_channels": latent_channels,
-        "unet_in_channels": unet_in_channels,
-        "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
-        "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
-        "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
-        "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
-        "residuals": residual_layout(unet),
-        "unet_bytes": sum(f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in WEIGHT_SUFFIXES),
-    }
+    return {"unet_in_channels": unet_in_channels, "residuals": residual_layout(unet)}
 
 
 def text_length(model_dir: Path) -> int:
@@ -238,6 +303,21 @@ def transformers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch
     import transformers
 
     return getattr(transformers, cls_name).from_pretrained(folder, dtype=dtype).eval()
+
+
+class ClipPenultimate(torch.nn.Module):
+    """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
+
+    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+        self.pooled = pooled
+
+    def forward(self, input_ids):
+        """The penultimate hidden state (and ``text_embeds``)."""
+        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states[-2]
+        return (hidden, out.text_embeds) if self.pooled else hidden
 
 
 class UnetModule(torch.nn.Module):
@@ -300,6 +380,7 @@ class _VaeModule(torch.nn.Module):
         self.vae = vae
         config = vae.config
         self.scaling_factor = float(config.scaling_factor)
+        self.shift_factor = getattr(config, "shift_factor", None)  # SD3's and Flux's VAEs
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
         self.normalised = mean is not None and std is not None
         if self.normalised:
@@ -308,7 +389,7 @@ class _VaeModule(torch.nn.Module):
 
 
 class VaeDecoderModule(_VaeModule):
-    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling, shift and denormalising folded in.
 
     The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
     """
@@ -319,6 +400,8 @@ class VaeDecoderModule(_VaeModule):
             latent = latent * self.latents_std / self.scaling_factor + self.latents_mean
         else:
             latent = latent / self.scaling_factor
+        if self.shift_factor is not None:
+            latent = latent + self.shift_factor
         image = self.vae.decode(latent, return_dict=False)[0]
         return image / 2 + 0.5
 

@@ -29,9 +29,9 @@ from serve.text_to_image.spec import (
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
+    denoiser_spec,
     text_encoder_spec,
     unet_instances,
-    unet_spec,
     vae_decoder_spec,
     vae_encoder_spec,
 )
@@ -89,11 +89,11 @@ class StableDiffusion(Family):
             TEXT_ENCODER: text_encoder_spec(
                 TEXT_ENCODER, d.text_length, (TensorSpec("last_hidden_state", "float32", hidden),)
             ),
-            UNET: unet_spec(
-                d.unet_in_channels,
+            UNET: denoiser_spec(
                 d.latent_channels,
                 (TensorSpec("encoder_hidden_states", "float32", hidden),),
                 unet_instances(d.unet_bytes),
+                in_channels=d.unet_in_channels,
             ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
             VAE_ENCODER: vae_encoder_spec(d.latent_channels, d.vae_scale_factor),

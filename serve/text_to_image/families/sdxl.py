@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
+    ClipPenultimate,
     Component,
     ExportModule,
     Family,
@@ -39,9 +39,9 @@ from serve.text_to_image.spec import (
     UNET,
     VAE_DECODER,
     VAE_ENCODER,
+    denoiser_spec,
     text_encoder_spec,
     unet_instances,
-    unet_spec,
     vae_decoder_spec,
     vae_encoder_spec,
 )
@@ -59,21 +59,6 @@ class SDXLDims(PipelineDims):
     text_hidden_2: int
     pooled_dim: int
     force_zeros_for_empty_prompt: bool
-
-
-class ClipPenultimate(torch.nn.Module):
-    """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
-
-    def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-        self.pooled = pooled
-
-    def forward(self, input_ids):
-        """The penultimate hidden state (and ``text_embeds``)."""
-        out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
-        hidden = out.hidden_states[-2]
-        return (hidden, out.text_embeds) if self.pooled else hidden
 
 
 class StableDiffusionXL(Family):
@@ -141,8 +126,7 @@ class StableDiffusionXL(Family):
                     TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
                 ),
             ),
-            UNET: unet_spec(
-                d.unet_in_channels,
+            UNET: denoiser_spec(
                 d.latent_channels,
                 (
                     TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),
@@ -150,6 +134,7 @@ class StableDiffusionXL(Family):
                     TensorSpec("time_ids", "float32", (TIME_IDS,)),
                 ),
                 unet_instances(d.unet_bytes),
+                in_channels=d.unet_in_channels,
             ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
             VAE_ENCODER: vae_encoder_spec(d.latent_channels, d.vae_scale_factor),

@@ -1,0 +1,30 @@
+"""The API's samplers (``scheduler``) as each kind of model runs them: diffusers scheduler classes and their settings.
+
+A family names its table (:attr:`serve.text_to_image.families.base.Family.samplers`); a request for a sampler that
+is not in it is a 400 naming ``scheduler``. Noise-prediction models (SD, SDXL) run the three diffusers schedulers.
+Flow-matching models (SD3, Flux) run ``FlowMatchEulerDiscreteScheduler``, diffusers' scheduler for them, under both
+``euler`` and ``ddim``: deterministic DDIM on the flow's straight paths (``x_t = (1 - s) x_0 + s noise``) is exactly
+its Euler step, ``x' = x + (s' - s) v``.
+"""
+
+from __future__ import annotations
+
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
+
+NOISE_SAMPLERS = {
+    "ddim": (DDIMScheduler, {}),
+    "euler": (EulerDiscreteScheduler, {}),
+    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+}
+"""Samplers of models that predict the noise (SD 1.x/2.x, SDXL)."""
+
+FLOW_SAMPLERS = {
+    "ddim": (FlowMatchEulerDiscreteScheduler, {}),
+    "euler": (FlowMatchEulerDiscreteScheduler, {}),
+}
+"""Samplers of flow-matching models (SD3, Flux)."""

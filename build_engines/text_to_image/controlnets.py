@@ -25,6 +25,7 @@ from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
 
 logger = logging.getLogger(__name__)
 
+
 def controlnets_key(controlnets: Mapping[str, Path]) -> str:
     """Part of the engine cache key: "" without ControlNets, else their names and folders' content."""
     if not controlnets:

@@ -13,7 +13,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, byte_vocabulary
+from build_engines.text_to_image.embedded import SEED, byte_vocabulary, sd_scheduler, tiny_vae
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
 
         return create_tiny_flux(out_dir, dev=variant == "tiny-flux")
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sizes = _sizes(variant)
@@ -95,26 +95,8 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(channels) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(channels) - 1) + ("UpBlock2D",),
     )
-    vae_channels = sizes["vae_channels"]
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=vae_channels,
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
-        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
-        sample_size=256,
-    )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
+    vae = tiny_vae(sizes["vae_channels"])
+    scheduler = sd_scheduler()
     pipeline = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -1,4 +1,4 @@
-"""What the embedded models made here share: their seed, CLIP's byte-level vocabulary (no merges), a T5 tokenizer."""
+"""What the embedded models made here share: their seed, tokenizers, a small VAE and SD's noise schedule."""
 
 from __future__ import annotations
 
@@ -55,3 +55,37 @@ def t5_tokenizer():
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + c, -1.0) for c in characters] + [(c, -1.5) for c in characters]
     return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def tiny_vae(block_out_channels: tuple[int, ...], latent_channels: int = 4, **config):
+    """A small ``AutoencoderKL`` (one layer per block, 8 norm groups, 256 px tiles); ``config`` overrides the rest."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        **{
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": latent_channels,
+            "block_out_channels": block_out_channels,
+            "norm_num_groups": 8,
+            "layers_per_block": 1,
+            "down_block_types": ("DownEncoderBlock2D",) * len(block_out_channels),
+            "up_block_types": ("UpDecoderBlock2D",) * len(block_out_channels),
+            "sample_size": 256,
+            **config,
+        }
+    )
+
+
+def sd_scheduler():
+    """Stable Diffusion 1.x's DDIM schedule (scaled-linear betas from 0.00085 to 0.012, steps offset by one)."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )

@@ -13,7 +13,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, T5_VOCAB_SIZE, clip_text_config, clip_tokenizer, t5_tokenizer
+from build_engines.text_to_image.embedded import (
+    SEED,
+    T5_VOCAB_SIZE,
+    clip_text_config,
+    clip_tokenizer,
+    t5_tokenizer,
+    tiny_vae,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,18 +54,10 @@ def _t5(d_model: int):
 
 
 def _vae(scaling_factor: float, shift_factor: float):
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=LATENT_CHANNELS,
-        block_out_channels=(8, 16, 16, 16),
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=256,
+    """SD3's and Flux's VAE shape: 16 latent channels, a shift, no quant convolutions."""
+    return tiny_vae(
+        (8, 16, 16, 16),
+        LATENT_CHANNELS,
         scaling_factor=scaling_factor,
         shift_factor=shift_factor,
         use_quant_conv=False,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, clip_text_config, clip_tokenizer
+from build_engines.text_to_image.embedded import SEED, clip_text_config, clip_tokenizer, tiny_vae
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ TIME_EMBED_DIM = 8
 def create_tiny_xl(out_dir: Path) -> Path:
     """Create and save the embedded tiny SDXL in diffusers format under ``out_dir``."""
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(SEED)
@@ -51,19 +51,7 @@ def create_tiny_xl(out_dir: Path) -> Path:
     )
     with torch.no_grad():  # a louder added embedding: a wrong time id or pooled embedding shows in the image
         unet.add_embedding.linear_2.weight.mul_(4)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16, 16),
-        norm_num_groups=8,
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=256,
-        scaling_factor=0.13025,
-        force_upcast=True,
-    )
+    vae = tiny_vae((8, 16, 16, 16), scaling_factor=0.13025, force_upcast=True)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

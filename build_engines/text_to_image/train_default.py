@@ -26,11 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from build_engines.text_to_image.embedded import SEED, sd_scheduler, tiny_vae
 from build_engines.text_to_image.icons import IMAGE_SIZE, TEMPLATES, caption_words, render_pairings, training_pairings
 
 logger = logging.getLogger(__name__)
 
-SEED = 20261121
 TEXT_LENGTH = 16  # captions are at most 8 tokens with their start and end tokens
 TEXT_HIDDEN = 64
 LATENT_CHANNELS = 4
@@ -102,21 +102,12 @@ def write_tokenizer(path: Path) -> int:
 
 def make_models(vocab_size: int):
     """Fresh (seeded) VAE, text encoder, UNet and scheduler of the default architecture."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     torch.manual_seed(SEED)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=LATENT_CHANNELS,
-        block_out_channels=VAE_CHANNELS,
-        norm_num_groups=1,  # normalising all channels together keeps their ratios: the colour
-        layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * len(VAE_CHANNELS),
-        up_block_types=("UpDecoderBlock2D",) * len(VAE_CHANNELS),
-        sample_size=IMAGE_SIZE,
-    )
+    # normalising all channels together keeps their ratios: the colour
+    vae = tiny_vae(VAE_CHANNELS, LATENT_CHANNELS, norm_num_groups=1, sample_size=IMAGE_SIZE)
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=vocab_size,
@@ -142,15 +133,7 @@ def make_models(vocab_size: int):
         down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(UNET_CHANNELS) - 1),
         up_block_types=("CrossAttnUpBlock2D",) * (len(UNET_CHANNELS) - 1) + ("UpBlock2D",),
     )
-    scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return vae, text_encoder, unet, scheduler
+    return vae, text_encoder, unet, sd_scheduler()
 
 
 class _Checkpoint:

@@ -269,6 +269,13 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
+def _as_form_rule(rule: dict, form: dict) -> dict:
+    """A JSON body's dependent-field rule for a form: a field the form takes as a file is only required there."""
+    then = dict(rule["then"])
+    then["properties"] = {name: schema for name, schema in then.get("properties", {}).items() if form[name].get("format") != "binary"}
+    return rule | {"then": then}
+
+
 def _edit_body(components: dict) -> dict:
     """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
     request = _add_schema(components, GenerationRequest)
@@ -287,7 +294,7 @@ def _edit_body(components: dict) -> dict:
         "required": ["image", "prompt"],
         "properties": properties,
         "additionalProperties": request.get("additionalProperties", False),
-        "allOf": request.get("allOf", []),  # fields that need another (vectorize_tier needs svg...)
+        "allOf": [_as_form_rule(rule, properties) for rule in request.get("allOf", [])],  # fields that need another
     }
     return {
         "required": True,

@@ -188,3 +188,7 @@ class KeyStore(ABC):
     @abstractmethod
     def release(self, key: ApiKey, slot: str) -> None:
         """Give back a concurrency slot."""
+
+    @abstractmethod
+    def in_flight(self, key_id: str) -> int:
+        """How many concurrency slots the key holds now (its requests in flight)."""

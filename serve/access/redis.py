@@ -156,3 +156,7 @@ class RedisKeyStore(KeyStore):
     def release(self, key: ApiKey, slot: str) -> None:
         """See :meth:`KeyStore.release`."""
         self.redis.zrem(_SLOTS + key.id, slot)
+
+    def in_flight(self, key_id: str) -> int:
+        """See :meth:`KeyStore.in_flight`."""
+        return self.redis.zcount(_SLOTS + key_id, self.clock() - INFLIGHT_TTL_S, "+inf")

@@ -137,3 +137,10 @@ class SqliteKeyStore(KeyStore):
     def release(self, key: ApiKey, slot: str) -> None:
         """See :meth:`KeyStore.release`."""
         self.db.execute("DELETE FROM key_slots WHERE slot = ?", (slot,))
+
+    @serialized
+    def in_flight(self, key_id: str) -> int:
+        """See :meth:`KeyStore.in_flight`."""
+        since = self.clock() - INFLIGHT_TTL_S
+        query = "SELECT COUNT(*) FROM key_slots WHERE key_id = ? AND taken_at >= ?"
+        return self.db.execute(query, (key_id, since)).fetchone()[0]

@@ -5,8 +5,11 @@ import pytest
 from serve.access import body_cost, duration, ratelimit_headers
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
+from serve.errors import InvalidInput
 from serve.routes import Scope, required_scope
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from serve.text_to_image.schema import GenerationRequest
+from serve.wire import read_json
 
 
 def test_each_route_needs_its_scope_and_health_needs_none():
@@ -16,12 +19,20 @@ def test_each_route_needs_its_scope_and_health_needs_none():
     assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
 
 
+def _read(raw: bytes) -> GenerationRequest | InvalidInput:
+    """A generation's body as the key check reads it: the request, or its refusal."""
+    try:
+        return read_json(GenerationRequest, raw, "application/json")
+    except InvalidInput as refusal:
+        return refusal
+
+
 def test_a_generation_costs_images_times_steps_times_megapixels():
-    assert body_cost(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}', 64) == (
+    assert body_cost(_read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}'), 64) == (
         pytest.approx(2 * 10 * 512 * 512 / 1e6)
     )
-    assert body_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
-    assert body_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
+    assert body_cost(_read(b'{"prompt": "x"}'), 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
+    assert body_cost(_read(b'{"prompt": 3'), 64) == 0.0  # refused by the handler, with the reading's 400
 
 
 def test_rate_limit_headers_are_openai_s():

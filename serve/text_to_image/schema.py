@@ -38,16 +38,14 @@ MAX_IP_IMAGE_BYTES = 8 << 20
 MAX_IP_IMAGE_CHARS = -(-MAX_IP_IMAGE_BYTES // 3) * 4  # its base64
 MAX_REQUEST_BYTES = MAX_IP_IMAGE_CHARS + (1 << 20)
 """A generation body's limit on the wire: a reference image plus a megabyte for everything else."""
-_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, matched whole (no trailing newline)
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # canonical ASCII digits, matched whole (no newline)
 SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 """Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
 
 
 def _side_pattern() -> str:
-    """Every side :data:`_SIZE` and the limits accept (zeros in front included), as one regular expression."""
-    sides = [str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0]
-    by_digits = {digits: [s for s in sides if len(s) == digits] for digits in sorted({len(s) for s in sides})}
-    return "|".join(f"0{{0,{5 - digits}}}(?:{'|'.join(group)})" for digits, group in by_digits.items())
+    """Every side :data:`_SIZE` and the limits accept (canonical digits: no zeros in front), as one expression."""
+    return "|".join(str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0)
 
 
 SIZE_PATTERN = f"^(?:{_side_pattern()})x(?:{_side_pattern()})(?!\\n)$"
@@ -230,7 +228,7 @@ class GenerationRequest(BaseModel):
             return None
         match = _SIZE.fullmatch(value)
         if not match:
-            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
+            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT, digits without zeros in front)")
         for side in map(int, match.groups()):
             if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
                 raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")

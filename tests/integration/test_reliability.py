@@ -13,12 +13,13 @@ import httpx
 import psutil
 import pytest
 
+from serve.benchmarks.vectorize import noise_png, upload_and_hold
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, largest_admitted_side
 from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import BODY_DEADLINE_S
-from tests.images import encode, icon_png
+from tests.images import icon_png
 from tests.integration.conftest import assert_unet_goes_quiet, stack_replicas, unet_executions
 
 pytestmark = pytest.mark.integration
@@ -364,24 +365,6 @@ def test_an_image_too_detailed_to_trace_is_a_400_and_its_replica_keeps_answering
         assert api.post("/v1/vectorize", files={"file": ("red.png", small.getvalue())}).status_code == 200
 
 
-def _upload(url: str, image: bytes) -> socket.socket:
-    """A vectorize upload sent whole on a raw socket, left open (the caller reads the answer or hangs up)."""
-    boundary = "easel-boundary"
-    body = (
-        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode()
-    body += image + f"\r\n--{boundary}--\r\n".encode()
-    head = (
-        f"POST /v1/vectorize HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode()
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)))
-    sock.sendall(head + body)
-    return sock
-
-
 def _vectorize_workers(stack) -> list[psutil.Process]:
     """The stack's Vectorizer replicas' tracing workers."""
     found = []
@@ -395,13 +378,10 @@ def _vectorize_workers(stack) -> list[psutil.Process]:
 
 
 def test_four_heavy_uploads_in_flight_do_not_hold_up_a_small_icon(stack, api):
-    import numpy as np
-    from PIL import Image
-
-    noise = encode(Image.fromarray(np.random.default_rng(1).integers(0, 255, (2048, 2048, 3), dtype=np.uint8)))
+    noise = noise_png()
     icon = icon_png(64)
     assert api.post("/v1/vectorize", files={"file": ("icon.png", icon)}).status_code == 200  # warm
-    heavy = [_upload(stack.info.api_url, noise) for _ in range(4)]
+    heavy = [upload_and_hold(stack.info.api_url, noise) for _ in range(4)]
     try:
         deadline = time.monotonic() + 30
         while not (tracing := _busy(_vectorize_workers(stack))):  # uploaded, decoded, scored: now tracing

@@ -27,7 +27,7 @@ from serve.triton.spec import ModelSpec, TensorSpec
 logger = logging.getLogger(__name__)
 
 SIDES = (16, 32, 48, 64)
-"""Sizes of every dynamic axis at which one row is measured (latent sides for the UNet and the VAE)."""
+"""Reference sizes of the dynamic axes at which one row is measured (latent sides: the UNet, the VAE, ...)."""
 
 
 def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
@@ -42,7 +42,7 @@ def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
 def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> dict[str, np.ndarray]:
     feeds = {}
     for tensor in spec.graph_inputs:
-        shape = (1, *(side if d == -1 else d for d in tensor.dims))
+        shape = (1, *tensor.shape(side))
         if tensor.dtype.startswith("int"):
             feeds[tensor.name] = rng.integers(0, 300, shape).astype(tensor.numpy_dtype)
         else:
@@ -77,7 +77,7 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
         started = time.perf_counter()
         session.run(None, feeds)
         seconds = time.perf_counter() - started
-        positions = side ** len(dynamic_axes(spec)) if dynamic_axes(spec) else 1
+        positions = spec.positions(side)
         measured.append((positions, max(0, rss_bytes(peak=True) - before)))
         timed.append((positions, seconds))
         logger.info(
@@ -106,20 +106,21 @@ def measure(engine_folder: Path, spec: ModelSpec) -> MemoryModel:
         raise RuntimeError(f"measuring {spec.name} failed:\n{result.stderr[-2000:]}")
     model = MemoryModel.load(EngineFiles(engine_folder).memory)
     logger.info(
-        "%s: weights %.1f MiB, one row at 64x64 positions %.1f MiB",
+        "%s: weights %.1f MiB, one row at a 64 x 64 latent %.1f MiB",
         spec.name,
         model.weights_bytes / 2**20,
-        model.per_row(64 * 64 if dynamic_axes(spec) else 1) / 2**20,
+        model.per_row(spec.positions(64)) / 2**20,
     )
     return model
 
 
 def _spec_json(spec: ModelSpec) -> dict:
-    return {"name": spec.name, "inputs": [[t.name, t.dtype, list(t.dims), list(t.axis_names)] for t in spec.inputs]}
+    inputs = [[t.name, t.dtype, list(t.dims), list(t.axis_names), t.axis_scale] for t in spec.inputs]
+    return {"name": spec.name, "inputs": inputs}
 
 
 def _spec_from_json(raw: dict) -> ModelSpec:
-    inputs = tuple(TensorSpec(n, dtype, tuple(dims), tuple(axes)) for n, dtype, dims, axes in raw["inputs"])
+    inputs = tuple(TensorSpec(n, kind, tuple(dims), tuple(axes), scale) for n, kind, dims, axes, scale in raw["inputs"])
     return ModelSpec(name=raw["name"], inputs=inputs, outputs=())
 
 

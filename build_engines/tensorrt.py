@@ -2,9 +2,10 @@
 
 Each dynamic axis of an engine gets a (min, opt, max) range: the batch axis 1 / the first preferred batch size (else
 2, one guided request) / the spec's ``max_batch_size``; latent axes the API's smallest side, the model's native side
-and the API's largest side over the VAE's scale; image axes the same sides in pixels; fixed axes (text length,
-channels) their size. Plans are fp16, built with a shared timing cache, and cached by the ONNX file's hash, the
-profile, the GPU and the TensorRT version. The build needs ``tensorrt`` (the ``gpu`` extra) and an NVIDIA GPU.
+and the API's largest side over the VAE's scale; other axes (an image's pixels, a ControlNet residual's) those scaled
+by their tensor's ``axis_scale``; fixed axes (text length, channels) their size. Plans are fp16, built with a shared
+timing cache, and cached by the ONNX file's hash, the profile, the GPU and the TensorRT version. The build needs
+``tensorrt`` (the ``gpu`` extra) and an NVIDIA GPU.
 """
 
 from __future__ import annotations
@@ -47,11 +48,9 @@ def tensorrt_available() -> bool:
     return importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
 
 
-def axis_ranges(native_size: int, vae_scale_factor: int) -> dict[str, Range]:
-    """The range of every named dynamic axis of the text-to-image engines, from the API's limits."""
-    image = Range(MIN_SIDE, native_size, MAX_SIDE)
-    latent = Range(*(side // vae_scale_factor for side in (image.min, image.opt, image.max)))
-    return {"latent_height": latent, "latent_width": latent, "height": image, "width": image}
+def latent_range(native_size: int, vae_scale_factor: int) -> Range:
+    """The latent side's range, from the API's limits: every dynamic axis of the engines follows it (scaled)."""
+    return Range(*(side // vae_scale_factor for side in (MIN_SIDE, native_size, MAX_SIDE)))
 
 
 def batch_range(spec: ModelSpec) -> Range:
@@ -60,15 +59,18 @@ def batch_range(spec: ModelSpec) -> Range:
     return Range(1, min(preferred[0] if preferred else 2, spec.max_batch_size), spec.max_batch_size)
 
 
-def profile(spec: ModelSpec, axes: Mapping[str, Range]) -> dict[str, tuple[Shape, Shape, Shape]]:
-    """The min, opt and max shape of each input of ``spec`` (ONNX shapes: the batch axis first, scalars as [batch])."""
+def profile(spec: ModelSpec, latent: Range) -> dict[str, tuple[Shape, Shape, Shape]]:
+    """The min, opt and max shape of each input of ``spec`` (ONNX shapes: the batch axis first, scalars as [batch]).
+
+    Each dynamic axis is the latent side scaled by its tensor's ``axis_scale`` (an image's pixels, a residual's).
+    """
     shapes = {}
     for tensor in spec.inputs:
-        names = iter(tensor.axis_names)
-        ranges = [axes[next(names)] if size == -1 else Range(size, size, size) for size in tensor.dims]
+        ends = [tensor.shape(getattr(latent, end)) for end in ("min", "opt", "max")]
         if spec.max_batch_size:
-            ranges.insert(0, batch_range(spec))
-        shapes[tensor.name] = tuple(tuple(getattr(r, end) for r in ranges) for end in ("min", "opt", "max"))
+            batch = batch_range(spec)
+            ends = [(getattr(batch, end), *shape) for end, shape in zip(("min", "opt", "max"), ends, strict=True)]
+        shapes[tensor.name] = tuple(ends)
     return shapes
 
 

@@ -52,8 +52,10 @@ from serve.routes import BODY_LIMITS, PIPELINES, rpc_route
 from serve.settings import AppSettings
 from serve.stores import default_url
 from serve.text_to_image.admission import Limits
+from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
@@ -256,11 +258,14 @@ class Gateway:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         native_size: int = 512,
         adapters: StackAdapters | None = None,
+        controlnets: ControlNetSupport | None = None,
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.engine = engine
+        self.native_size = native_size
         self.adapters = adapters or StackAdapters()
+        self.controlnets = controlnets or ControlNetSupport()
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
         open_access(store_url, native_size)
@@ -290,12 +295,34 @@ class Gateway:
         """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
 
         With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
-        ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer. The body (a
+        ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer. Input images
+        (``image``, ``mask``: img2img, inpainting) and ``controlnets`` travel base64 in the JSON. The body (a
         :class:`GenerationRequest`) is the one the key check read and priced.
         """
-        request: GenerationRequest = request_body(http)
+        return await self._generation(http, request_body(http), idempotency_key, cache_control)
+
+    @api.post("/v1/images/edits")
+    async def edit(
+        self,
+        http: Request,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
+    ) -> JSONResponse:
+        """OpenAI Images API's edits: multipart ``image`` (one or several) and ``mask`` files, the generation's fields.
+
+        The mask's transparent pixels are redrawn; no mask: img2img. The answer is the generation's. The form is read,
+        and priced, by the key check, as a JSON body is.
+        """
+        return await self._generation(http, request_body(http), idempotency_key, cache_control)
+
+    async def _generation(
+        self, http: Request, request: GenerationRequest, idempotency_key: str | None, cache_control: str | None
+    ) -> JSONResponse:
+        """A generation, whichever route it came by: a job (background) or the answer."""
         self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
+        self.controlnets.check(request.controlnets)
         if request.background:
+            await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
             return await self._submit(request, check_idempotency_key(idempotency_key), job_owner(caller(http)))
         body, headers = await self._answer(request, fresh="no-cache" in (cache_control or "").lower())
         return JSONResponse(body, headers=headers)
@@ -321,7 +348,7 @@ class Gateway:
         reading, which cancels the generation.
         """
         engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
-        key = cache_key(engine, request.model_dump(mode="json")) if self.cache is not None else None
+        key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await asyncio.to_thread(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -400,6 +427,11 @@ class Gateway:
     async def loras(self) -> dict:
         """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
         return {"object": "list", "data": self.adapters.listing()}
+
+    @api.get("/v1/controlnets")
+    async def controlnets_listed(self) -> dict:
+        """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
+        return {"object": "list", "data": self.controlnets.listing()}
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, http: Request, job_id: str) -> dict:
@@ -537,4 +569,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.cache_bytes,
         engines.family.dims.native_size,
         adapters,
+        engines.controlnets,
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import embedded_option, eval_generate, train_default
+from build_engines.text_to_image.cli import embedded_option, eval_generate, random_controlnet, train_default
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
@@ -27,7 +27,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, dashboards])
+@click.group(commands=[keys, bench, loadtest, chaos, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""
@@ -181,7 +181,7 @@ def random_model(name: str, out_dir: Path) -> None:
 def _print_endpoints(info) -> None:
     click.echo(f"""
 Easel is up.
-  API             {info.api_url}   (POST /v1/images/generations, GET /healthz, GET /readyz, docs at /docs)
+  API             {info.api_url}   (POST /v1/images/generations and /edits, GET /healthz, /readyz, docs at /docs)
   gRPC API        {info.grpc_address}   (easel.v1.Easel: Generate, Vectorize; serve/grpc_api/easel.proto)
   Triton HTTP     {info.triton_http_url}   (KServe v2, e.g. GET /v2/models/unet/stats)
   Triton gRPC     {info.triton_grpc_url}

@@ -85,8 +85,28 @@ class IntList(click.ParamType):
         return ",".join(map(str, numbers))
 
 
+class NamedFolder(click.ParamType):
+    """``NAME=DIR``: a name (lower case letters, digits, ``-``, ``_``: it names a Triton model) and a folder."""
+
+    name = "named folder"
+    _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+    def convert(self, value, param, ctx) -> tuple[str, Path]:
+        """``(name, folder)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        name, equals, folder = str(value).partition("=")
+        if not equals or not self._NAME.match(name):
+            self.fail(f"{value!r} is not NAME=DIR with NAME of lower case letters, digits, - and _", param, ctx)
+        path = Path(folder)
+        if not path.is_dir():
+            self.fail(f"{value!r}: {folder} is not a folder", param, ctx)
+        return name, path
+
+
 SIZE = Size()
 INT_LIST = IntList()
+NAMED_FOLDER = NamedFolder()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 
@@ -99,7 +119,8 @@ class Cli:
 
     ``default``: the command's default where it is not the field's (``easel up`` listens on fixed ports; a stack
     started in-process, free ones). ``off``: a flag that sets the setting to ``off_value`` (``--no-cache``).
-    ``deprecated``: old spellings still taken, left out of ``--help``.
+    ``deprecated``: old spellings still taken, left out of ``--help``. ``multiple``: the option repeats, each a
+    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``).
     """
 
     flag: str | None = None
@@ -110,6 +131,7 @@ class Cli:
     off_help: str = ""
     off_value: Any = 0
     deprecated: tuple[str, ...] = ()
+    multiple: bool = False
 
 
 class NotOnCli:
@@ -175,6 +197,19 @@ def field_options(model: type[BaseModel], name: str) -> list:
     if kind is bool:
         spelling = f"{flag}/--no-{flag[2:]}" if default else flag
         options = [click.option(spelling, name, is_flag=True, default=default, help=field.description)]
+    elif cli.multiple:
+        options = [
+            click.option(
+                flag,
+                name,
+                type=kind,
+                multiple=True,
+                default=(),
+                metavar=cli.metavar,
+                help=field.description,
+                callback=_mapping,
+            )
+        ]
     else:
         metavar = cli.metavar or _RANGE_METAVARS.get(type(kind))
         shown = default is not None
@@ -188,6 +223,15 @@ def field_options(model: type[BaseModel], name: str) -> list:
     for old in cli.deprecated:
         options.append(click.option(old, _dest(old), type=kind, hidden=True, deprecated=f"use {flag}"))
     return options
+
+
+def _mapping(ctx, param, pairs) -> dict:
+    """A repeated option's ``(name, value)`` pairs as a mapping; a name given twice is an error."""
+    names = [name for name, _ in pairs]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise click.BadParameter(f"{', '.join(twice)} given more than once", ctx, param)
+    return dict(pairs)
 
 
 def cli_fields(model: type[BaseModel]) -> list[str]:
@@ -236,7 +280,7 @@ def _shown(value: Any) -> str:
     """A default as the README shows it: a path in this checkout relative to it (the same on every machine)."""
     if isinstance(value, Path) and value.is_relative_to(PROJECT_ROOT):
         return str(value.relative_to(PROJECT_ROOT))
-    return "" if value is None else str(value)
+    return "" if value is None or value == () else str(value)
 
 
 def markdown_table(command: click.Command) -> str:

@@ -12,6 +12,7 @@ requests, and no other.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +21,7 @@ from pydantic import BaseModel
 
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route
-from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.schema import MAX_IMAGES, GenerationRequest
 from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
@@ -73,9 +74,9 @@ class UnstatedLimit:
         return any(fnmatch.fnmatchcase(error["param"] or "", param) for param in self.params)
 
 
-_GENERATIONS, _VECTORIZE = "/v1/images/generations", "/v1/vectorize"
+_GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
 _IMAGE = "whether bytes are an image is known by decoding them"
-UNSTATED_LIMITS = (
+_GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
@@ -96,7 +97,7 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
-        ("n", "num_inference_steps", "seed"),
+        ("n", "num_inference_steps", "seed", "outpaint.*"),
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
         "JSON Schema counts 2.0 as an integer; the API's types are strict",
@@ -133,6 +134,36 @@ UNSTATED_LIMITS = (
         "an InstantStyle mapping names blocks the model's UNet has, with at most one scale per layer",
         "the blocks are the model's",
     ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("image", "image.*", "mask", "controlnets.*.image", "controlnets"),
+        "",
+        "each image (an input image, the mask, a control image) decodes as PNG, JPEG or WebP with sides from 8 to "
+        "4096 pixels; a mask has its image's size; several input images have one size",
+        _IMAGE,
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("controlnets.*.name",),
+        "ControlNet",
+        "each name is a ControlNet GET /v1/controlnets lists for the model",
+        "the ControlNets are the stack's, `easel up --controlnet`",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("mask", "strength", "outpaint", "n"),
+        "image",
+        "mask, strength and outpaint come with an image; n images from each input image are at most 4 in all",
+        "a field that needs another, and a product of two fields",
+    ),
+)
+"""Limits of a generation's fields, the same on the JSON route and the edits form."""
+UNSTATED_LIMITS = (
+    *_GENERATION_LIMITS,
+    *(dataclasses.replace(limit, path=_EDITS) for limit in _GENERATION_LIMITS),
     UnstatedLimit(
         "post",
         _VECTORIZE,
@@ -215,6 +246,33 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
+def _edit_body(components: dict) -> dict:
+    """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
+    request = _add_schema(components, GenerationRequest)
+    properties = {name: _not_null(schema) for name, schema in request["properties"].items()}
+    properties["image"] = {
+        "type": "array",
+        "items": _BINARY,
+        "minItems": 1,
+        "maxItems": MAX_IMAGES,
+        "description": "The image(s) to edit: one file part `image`, or several (`image` or `image[]`).",
+    }
+    properties["mask"] = _BINARY | {"description": "Where to draw: the PNG's fully transparent pixels."}
+    properties["ip_adapter_image"] = _BINARY | {"description": "An IP-Adapter reference (a file, or base64 text)."}
+    form = {
+        "type": "object",
+        "required": ["image", "prompt"],
+        "properties": properties,
+        "additionalProperties": request.get("additionalProperties", False),
+        "allOf": request.get("allOf", []),  # fields that need another (vectorize_tier needs svg...)
+    }
+    return {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": form}},
+        "description": "OpenAI's edits form; fields that are not text (numbers, lists, mappings) as JSON text.",
+    }
+
+
 def openapi(document: dict[str, Any]) -> dict[str, Any]:
     """FastAPI's ``document`` made true to the behaviour (changed in place and returned)."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
@@ -240,11 +298,12 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
     for parameter in generation["parameters"]:
         if parameter["name"] == "Idempotency-Key":
             parameter["schema"] = IDEMPOTENCY_KEY
-    generations = generation["responses"]
-    generations["202"] = {
-        "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
-        "content": {"application/json": {"schema": {"type": "object"}}},
-    }
+    for path in (_GENERATIONS, _EDITS):
+        document["paths"][path]["post"]["responses"]["202"] = {
+            "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        }
+    document["paths"][_EDITS]["post"]["requestBody"] = _edit_body(components)
     document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"] = {
         "description": "Server-Sent Events: state, one progress per step, then completed, failed or canceled.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

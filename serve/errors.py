@@ -129,9 +129,13 @@ class UnsupportedModel(InvalidInput):
 
 
 def invalid_input(error) -> InvalidInput:
-    """The 400 for a pydantic (or FastAPI request) validation error: its first problem, naming the field."""
+    """The 400 for a pydantic (or FastAPI request) validation error: its first problem, naming the field.
+
+    A check across fields names its field in the error's context (``ctx["field"]``).
+    """
     first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"] if part != "body") or "body"
+    named = (first.get("ctx") or {}).get("field")
+    field = ".".join(str(part) for part in (*first["loc"], *([named] if named else ())) if part != "body") or "body"
     if first["type"] == "json_invalid":
         return InvalidInput(f"request body is not valid JSON: {first['msg']}", field="body")
     return InvalidInput(f"{field}: {first['msg'].removeprefix('Value error, ')}", field=field)

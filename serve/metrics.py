@@ -148,8 +148,15 @@ KEY_COST = MetricSpec(
 ADAPTER_REQUESTS = MetricSpec(
     "easel_adapter_requests",
     "counter",
-    "Generations using an adapter, by adapter (a LoRA's name, or ip_adapter) and kind (lora, ip_adapter).",
+    "Generations using an adapter, by adapter (a LoRA's or ControlNet's name, or ip_adapter) and kind (lora, "
+    "ip_adapter, controlnet).",
     ("adapter", "kind"),
+)
+GENERATION_KINDS = MetricSpec(
+    "easel_generation_requests",
+    "counter",
+    "Generations by kind (text, img2img, inpaint, outpaint) and whether ControlNets guide them (controlnet: yes, no).",
+    ("kind", "controlnet"),
 )
 # Recorded by the LoRA-ready engines' python-backend models (serve/adapters/backend.py), exported by Triton.
 ADAPTER_LOADS = MetricSpec(
@@ -190,6 +197,7 @@ ALL = (
     KEY_REQUESTS,
     KEY_COST,
     ADAPTER_REQUESTS,
+    GENERATION_KINDS,
     ADAPTER_LOADS,
     ADAPTER_LOAD_SECONDS,
     ADAPTER_EVICTIONS,

@@ -1,7 +1,7 @@
 """Every operation of the public API, declared once with the facts the layers around its handler read.
 
 Each :class:`Route` names the key scope it needs (:class:`~serve.access.KeyCheck`), its body limit
-(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its JSON body is read as (once, by the key
+(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its body is read as (once, by the key
 check, which prices it), its pipeline label in the metrics, the error statuses it answers (the OpenAPI document,
 :mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray Serve's HTTP proxy loads this module
 (through :mod:`serve.wire`): it imports only the request schemas.
@@ -46,7 +46,8 @@ class Route:
     body_limit: int | None = None  # bytes; None: DEFAULT_BODY_LIMIT
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
-    body: type[BaseModel] | None = None  # its JSON body's model: read once, before the key's limits, for all
+    body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
+    form: bool = False  # its body is the edits form (multipart), read into ``body``; else JSON
     costed: bool = False  # its body's cost (images x steps x megapixels) is taken from the key's cost limit
 
     @property
@@ -74,7 +75,19 @@ ROUTES = (
         body=GenerationRequest,
         costed=True,
     ),
+    Route(
+        "post",
+        "/v1/images/edits",
+        Scope.GENERATE,
+        (409,),
+        body_limit=MAX_REQUEST_BYTES,
+        pipeline=TEXT_TO_IMAGE,
+        body=GenerationRequest,
+        form=True,
+        costed=True,
+    ),
     Route("get", "/v1/loras", Scope.GENERATE),
+    Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
@@ -86,7 +99,7 @@ ROUTES = (
 OPEN_PATHS = frozenset(route.path for route in ROUTES if route.scope is None)
 """Paths that never ask for a key (health)."""
 BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_limit is not None}
-"""Paths with a body limit of their own (a generation may carry an IP-Adapter reference image)."""
+"""Paths with a body limit of their own (a generation may carry input, control and reference images)."""
 PIPELINES = {route.path: route.pipeline for route in ROUTES}
 """The metrics' pipeline label by FastAPI route path."""
 
@@ -107,15 +120,3 @@ def required_scope(path: str) -> Scope | None:
         if keyed.scope is not None and (path == keyed.prefix or path.startswith(keyed.prefix + "/")):
             return keyed.scope
     return None
-
-
-def body_model(method: str, path: str) -> type[BaseModel] | None:
-    """The model a request's JSON body is read as (None: the route reads its body itself, or has none)."""
-    found = route(method, path)
-    return None if found is None else found.body
-
-
-def costed(method: str, path: str) -> bool:
-    """Whether a request's body is priced against its key's cost limit."""
-    found = route(method, path)
-    return found is not None and found.costed

@@ -22,6 +22,7 @@ from serve.cli_options import (
     EXISTING_FILE,
     EXISTING_FOLDER,
     FOLDER,
+    NAMED_FOLDER,
     NOT_ON_CLI,
     PORTS,
     SIZE,
@@ -113,6 +114,13 @@ class StackOptions(AppSettings):
         None,
         description="IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/; references "
         "per request.",
+    )
+    controlnets: Annotated[dict[str, Path], Cli("--controlnet", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)] = (
+        Field(
+            {},
+            description="A diffusers ControlNetModel folder, served as ControlNet NAME (repeatable; several may guide "
+            "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
+        )
     )
 
     @property

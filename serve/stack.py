@@ -194,7 +194,7 @@ class Stack:
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
-        self.engines = engines = build(opts.model_dir, opts.repository, adapters=adapters)
+        self.engines = engines = build(opts.model_dir, opts.repository, adapters=adapters, controlnets=opts.controlnets)
         loras_dir = self._install_loras(engines)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
@@ -316,6 +316,7 @@ class Stack:
             self.ray_session_dir = Path(context.address_info["session_dir"])
             return f"http://{context.dashboard_url}" if context.dashboard_url else None
         context = ray.init(
+            address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
             num_cpus=max(4, os.cpu_count() or 1),
             include_dashboard=opts.dashboard,
             dashboard_host="127.0.0.1",

@@ -166,7 +166,16 @@ def _too_large(size: int, limit: int, so_far: bool = False) -> PayloadTooLarge:
 
 
 Model = TypeVar("Model", bound=BaseModel)
+UTF8_NAMES = ("utf-8", "utf8")
+"""How a ``charset`` parameter names UTF-8, the one charset a body's text may have."""
 _ENCODINGS = {"utf-8-sig": "UTF-8 with a byte order mark"}
+
+
+def media_and_charset(content_type: str) -> tuple[str, str]:
+    """A ``Content-Type`` header's media type and charset (lower case; UTF-8 when it names none)."""
+    header = MimeHeader()
+    header["content-type"] = content_type
+    return header.get_content_type(), str(header.get_param("charset") or "utf-8").lower()
 
 
 def read_json(model: type[Model], body: bytes, content_type: str | None) -> Model:
@@ -174,18 +183,15 @@ def read_json(model: type[Model], body: bytes, content_type: str | None) -> Mode
 
     ``content_type``: the request's header (none: JSON); its charset, if any, must be UTF-8.
     """
-    header = MimeHeader()
-    header["content-type"] = content_type or "application/json"
-    media = header.get_content_type()
+    media, charset = media_and_charset(content_type or "application/json")
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
         raise InvalidInput(
             f"Content-Type: the body must be JSON, sent as application/json, not {media} "
             "(curl -d sends a form: add -H 'Content-Type: application/json')",
             field="Content-Type",
         )
-    charset = str(header.get_param("charset") or "utf-8").lower()
     encoding = json.detect_encoding(body)
-    if charset not in ("utf-8", "utf8") or encoding != "utf-8":
+    if charset not in UTF8_NAMES or encoding != "utf-8":
         said = f"this body is {_ENCODINGS.get(encoding, encoding.upper())}" if encoding != "utf-8" else ""
         said = said or f"Content-Type says charset={charset}"
         raise InvalidInput(f"body: JSON must be UTF-8 (RFC 8259); {said}", field="body")

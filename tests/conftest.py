@@ -90,3 +90,45 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 images in dB (inf when identical)."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+@pytest.fixture(scope="session")
+def controlnet_dirs(default_model, tiny_xl_model, tmp_path_factory):
+    """Random ControlNets made here in diffusers' format: two for the tiny SD, two for the tiny SDXL."""
+    from tests.controls import make_controlnets
+
+    return make_controlnets(default_model, tiny_xl_model, tmp_path_factory.mktemp("controlnets"))
+
+
+@pytest.fixture(scope="session")
+def control_engine_dir(default_model, controlnet_dirs, tmp_path_factory):
+    """The tiny SD's engines with its two ControlNets (``edges``, ``depth``) and an SDXL one (``xl``: refused)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-controlnets")
+    return build(default_model, repository=repository, controlnets=controlnet_dirs.for_sd).path
+
+
+@pytest.fixture(scope="session")
+def xl_control_engine_dir(tiny_xl_model, controlnet_dirs, tmp_path_factory):
+    """The tiny SDXL's engines with its two ControlNets (``edges``, ``depth``) and an SD one (``sd``: refused)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-xl-controlnets")
+    return build(tiny_xl_model, repository=repository, controlnets=controlnet_dirs.for_sdxl).path
+
+
+@pytest.fixture(scope="session")
+def inpaint_model():
+    """The tiny SD as an inpainting checkpoint (a 9-channel UNet), made here."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
+def xl_inpaint_model():
+    """The tiny SDXL as an inpainting checkpoint (a 9-channel UNet), made here."""
+    from build_engines.text_to_image.build import default_model_dir
+
+    return default_model_dir("tiny-xl-inpaint")

@@ -57,8 +57,12 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
     return IpAdapterInfo(str(folder.weights), int(vision["image_size"]), shape, hidden_states, layers)
 
 
-def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport) -> dict:
-    """The family's export modules made adapter-ready (LoRA slots, the IP-Adapter), plus the image encoder."""
+def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport, between=None) -> dict:
+    """The family's export modules made adapter-ready (LoRA slots, the IP-Adapter), plus the image encoder.
+
+    ``between``: what else changes the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them
+    (ControlNet residual inputs, which the specs order between the two).
+    """
     modules = dict(modules)
     ip = support.ip_adapter
     if ip is not None:
@@ -76,6 +80,8 @@ def adapter_modules(modules: dict, build: AdapterBuild, support: AdapterSupport)
         modules[IMAGE_ENCODER] = ExportModule(
             lambda dtype: load_image_encoder(folder.image_encoder, dtype, ip.hidden_states)
         )
+    if between is not None:
+        modules = between(modules)
     if support.lora:
         for name in LORA_ENGINES:
             if name in modules:

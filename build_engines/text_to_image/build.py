@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import onnx
@@ -20,9 +21,10 @@ import torch
 from build_engines.memory import measure as measure_memory
 from build_engines.memory import measured
 from build_engines.repository import install_model
-from build_engines.tensorrt import axis_ranges, build_plan, profile
+from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
-from build_engines.text_to_image.default_model import TRAINED, create_default_model
+from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
+from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
 from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
@@ -31,7 +33,7 @@ from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
-from serve.text_to_image.spec import ALL_ENGINE_NAMES
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.spec import Backend
 
@@ -47,16 +49,25 @@ def default_model_dir(variant: str = "tiny") -> Path:
     model_dir = easel_home() / "models" / variant
     if not (model_dir / MODEL_INDEX).exists():
         shutil.rmtree(model_dir, ignore_errors=True)
-        create_default_model(model_dir, variant)
+        if variant.endswith(INPAINTING):
+            from build_engines.text_to_image.random_controls import make_inpainting_model
+
+            make_inpainting_model(default_model_dir(variant.removesuffix(INPAINTING)), model_dir)
+        else:
+            create_default_model(model_dir, variant)
     return model_dir
 
 
-def engine_dir_for(model_dir: Path, precision: str = "fp32", adapters: AdapterBuild | None = None) -> Path:
-    """Cache folder named by model hash, precision, the adapters the engines take, exporter and backend versions."""
+def engine_dir_for(
+    model_dir: Path,
+    precision: str = "fp32",
+    adapters: AdapterBuild | None = None,
+    controlnets: Mapping[str, Path] | None = None,
+) -> Path:
+    """Cache folder named by model hash, precision, the adapters and ControlNets the engines take, and versions."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    adapter_key = adapters.key() if adapters else ""
-    key = f"{content_hash(model_dir)[:16]}-{precision}{'-' + adapter_key if adapter_key else ''}-{versions}"
-    return easel_home() / "engines" / key
+    parts = [content_hash(model_dir)[:16], precision, adapters.key() if adapters else "", controlnets_key(controlnets)]
+    return easel_home() / "engines" / "-".join([part for part in parts if part] + [versions])
 
 
 def build(
@@ -66,23 +77,30 @@ def build(
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",
     adapters: AdapterBuild | None = None,
+    controlnets: Mapping[str, Path] | None = None,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
     A folder that is not a supported pipeline (or an ``adapters.ip_adapter`` folder that does not fit it) raises a
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
-    (:mod:`build_engines.text_to_image.adapters`). Returns the engine folder, opened.
+    (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
+    engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`). Returns the engine folder,
+    opened.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
     model_dir = default_model_dir() if model_dir is None else model_dir
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
-    engine_dir = engine_dir_for(model_dir, precision, adapters)
+    controlnets = dict(controlnets or {})
+    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets)
     if EngineFolder.built(engine_dir) and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
-        family = family.with_adapters(AdapterSupport(adapters.lora, ip_info(adapters, model_dir)))
+        family = family.with_engines(
+            AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
+            controlnet_support(family, model_dir, controlnets),
+        )
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
         _build_into(engine_dir, family, model_dir, precision, adapters)
     folder = EngineFolder(engine_dir)
@@ -121,12 +139,15 @@ def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None
     (folder / layout.PIPELINE).write_text(json.dumps(declaration, indent=2))
     if family.adapters.any:
         (folder / layout.ADAPTERS).write_text(json.dumps(family.adapters.to_json(), indent=2))
+    if family.controlnets.entries:
+        (folder / layout.CONTROLNETS).write_text(json.dumps(family.controlnets.to_json(), indent=2))
 
 
 def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
     """Install the family's engines in ``repository`` and remove text-to-image engines it does not use."""
     family = folder.family
-    for name in set(ALL_ENGINE_NAMES) - set(folder.specs):
+    stale_controlnets = {path.name for path in repository.glob(f"{CONTROLNET_PREFIX}*")}
+    for name in (set(ALL_ENGINE_NAMES) | stale_controlnets) - set(folder.specs):
         if (repository / name).exists():
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
@@ -139,6 +160,6 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
         files = engine.files()
         if backend is Backend.TENSORRT:
-            shapes = profile(spec, axis_ranges(family.dims.native_size, family.dims.vae_scale_factor))
+            shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
             files = {PLAN: build_plan(files[ONNX], shapes)}
         install_model(spec, repository, files, backend)

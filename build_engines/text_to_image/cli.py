@@ -1,4 +1,4 @@
-"""``easel train default``, ``easel eval generate`` (thin wrappers over training and evaluation), ``--embedded``."""
+"""``easel train default``, ``easel eval generate``, ``easel random-controlnet`` (thin wrappers), ``--embedded``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ from pathlib import Path
 import click
 
 from build_engines.text_to_image.default_model import MODELS, TRAINED
-from serve.cli_options import EXISTING_FOLDER, FOLDER
+from serve.cli_options import EXISTING_FOLDER, FOLDER, one_line_errors
+from serve.errors import UnsupportedModel
 from serve.paths import easel_home
 
 logger = logging.getLogger(__name__)
@@ -68,3 +69,18 @@ def eval_generate(model_dir: Path, out: Path, seeds: int, steps: int, scheduler:
     report = evaluate(model_dir, out, GenerateSettings(seeds=seeds, steps=steps, scheduler=scheduler))
     click.echo(table(report))
     click.echo(f"written: {out / 'generate_eval.json'}, {out / 'generate_eval.md'}, {out / 'generate_eval.png'}")
+
+
+@click.command("random-controlnet")
+@click.argument("model_dir", type=EXISTING_FOLDER)
+@click.argument("out_dir", type=FOLDER)
+@click.option("--seed", default=0, show_default=True)
+def random_controlnet(model_dir: Path, out_dir: Path, seed: int) -> None:
+    """Create a ControlNet with random weights for MODEL_DIR's UNet in OUT_DIR (diffusers' ControlNetModel format).
+
+    Serve it with `easel up --model MODEL_DIR --controlnet NAME=OUT_DIR`: it steers images; it knows no edges.
+    """
+    from build_engines.text_to_image.random_controls import make_controlnet
+
+    with one_line_errors(UnsupportedModel):
+        click.echo(f"created {make_controlnet(model_dir, out_dir, seed=seed)}")

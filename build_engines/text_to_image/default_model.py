@@ -1,7 +1,8 @@
 """The embedded models: ``tiny``, the trained default (committed weights), and ``bench``, random weights made here.
 
 Nothing is downloaded: ``tiny`` is read from :data:`TRAINED` (written by ``easel train default``), ``bench`` is a
-deterministic random model created locally.
+deterministic random model created locally; ``tiny-xl`` is SDXL's layout (:mod:`.tiny_xl`); ``tiny-inpaint`` and
+``tiny-xl-inpaint`` are ``tiny`` and ``tiny-xl`` as inpainting checkpoints (a 9-channel UNet, :mod:`.random_controls`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ from build_engines.text_to_image.embedded import SEED, byte_vocabulary
 
 logger = logging.getLogger(__name__)
 
-MODELS = ("tiny", "bench", "tiny-xl")
+MODELS = ("tiny", "bench", "tiny-xl", "tiny-inpaint", "tiny-xl-inpaint")
+INPAINTING = "-inpaint"
+"""A variant's suffix for its base model as an inpainting checkpoint."""
 # Embedded models whose weights are committed: variant -> diffusers folder.
 TRAINED = {"tiny": Path(__file__).resolve().parent / "default"}
 

@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
+from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family, PipelineDims
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import make_session
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the exported graphs change, so cached engines are rebuilt.
-EXPORTER_VERSION = 4
+EXPORTER_VERSION = 5
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
@@ -98,10 +99,10 @@ def _check_side(dims: PipelineDims) -> int:
 def sample_inputs(
     spec: ModelSpec, batch: int, size: int, generator: torch.Generator, module: torch.nn.Module | None = None
 ) -> dict[str, torch.Tensor]:
-    """Random inputs of the right dtypes, with ``size`` for every dynamic axis (and ``module``'s graph extras)."""
+    """Random inputs of the right dtypes, ``size`` the reference side of dynamic axes (and ``module``'s extras)."""
     feeds = {}
     for tensor in spec.graph_inputs:
-        shape = (batch, *(size if d == -1 else d for d in tensor.dims))
+        shape = (batch, *tensor.shape(size))
         if tensor.dtype == "int64":
             feeds[tensor.name] = torch.randint(0, 400, shape, generator=generator)
         elif tensor.name in ("timestep", "time_ids"):
@@ -250,10 +251,16 @@ def export_all(
 ) -> list[EngineReport]:
     """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one.
 
-    ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder).
+    ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder); the family's
+    ControlNets (ready ones) are exported too, and the UNet takes their residuals.
     """
     dtype = PRECISIONS[precision]
-    modules = adapter_modules(family.export_modules(model_dir), adapters or AdapterBuild(), family.adapters)
+    modules = adapter_modules(
+        family.export_modules(model_dir),
+        adapters or AdapterBuild(),
+        family.adapters,
+        between=lambda ready: controlnet_modules(ready, family, family.controlnets),
+    )
     reports = []
     for step, (name, source) in enumerate(modules.items(), start=1):
         spec = family.specs[name]

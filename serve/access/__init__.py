@@ -10,7 +10,8 @@ that submitted it (:func:`job_owner`), and only that key, or an admin key, sees 
 gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`call_admitted`).
 
 A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
-(:func:`serve.wire.read_json`): its cost, the admission and the handler (:func:`request_body`) see the same request.
+(:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
+(:func:`request_body`) see the same request.
 A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
 ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
@@ -25,18 +26,23 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
 
 from serve import metrics
 from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
-from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
+from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
 from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Scope, body_model, costed, required_scope
+from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
 from serve.stores import scheme
 from serve.text_to_image.admission import request_cost
+from serve.text_to_image.edit_form import read_edit_form
+from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
-from serve.wire import Message, Receive, Send, read_json, send_error
+from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
 from serve.wire import Scope as AsgiScope
 
 logger = logging.getLogger(__name__)
@@ -79,9 +85,9 @@ def owner_filter(key: ApiKey | None) -> str | None:
 
 
 def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps x megapixels."""
-    width, height = request.width_height(native_size)
-    return request_cost(request.n, request.num_inference_steps, width, height)
+    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it."""
+    width, height = output_size(request, native_size)
+    return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
 
 
 def request_body(request) -> BaseModel:
@@ -93,7 +99,7 @@ def request_body(request) -> BaseModel:
 
 
 def body_cost(body: BaseModel | EaselError, native_size: int) -> float:
-    """What a request read as ``body`` costs: a generation's images x steps x megapixels; 0 for anything else."""
+    """What a request read as ``body`` costs: a generation's (:func:`generation_cost`); 0 for anything else."""
     return generation_cost(body, native_size) if isinstance(body, GenerationRequest) else 0.0
 
 
@@ -264,13 +270,13 @@ class KeyCheck:
                 logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
                 await send_error(send, error)
                 return
-        model = body_model(scope["method"], scope["path"])
-        if model is not None:
-            state[BODY] = await _read_body(model, scope, receive)
+        found = route(scope["method"], scope["path"])
+        if found is not None and found.body is not None:
+            state[BODY] = await read_body(found, scope, receive)
         if not keyed:
             await self.app(scope, receive, send)
             return
-        cost = body_cost(state[BODY], ACCESS.native_size) if costed(scope["method"], scope["path"]) else 0.0
+        cost = body_cost(state[BODY], ACCESS.native_size) if found is not None and found.costed else 0.0
         decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
@@ -328,8 +334,38 @@ def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
     return send_more
 
 
-async def _read_body(model: type[BaseModel], scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
-    """The request's body (its size already bounded by :class:`serve.wire.BodyLimits`) read as ``model``, or why not."""
+async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
+    """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or why not.
+
+    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8).
+    """
+    try:
+        if found.form:
+            return await _read_form(Request(scope, receive))
+        content_type = dict(scope.get("headers", ())).get(b"content-type")
+        return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
+    except EaselError as error:
+        return error
+    except (HTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts, malformed)
+        detail = str(getattr(error, "detail", error))
+        field = "image" if "files" in detail else "body"
+        return InvalidInput(f"{field}: {detail} (the edits form: image, mask and the generation's fields)", field)
+
+
+async def _read_form(request: Request) -> GenerationRequest | EaselError:
+    """The edits form's request; its text is UTF-8, as a JSON body's is (a ``charset`` other than that: 400)."""
+    charset = media_and_charset(request.headers.get("content-type", ""))[1]
+    if charset not in UTF8_NAMES:
+        return InvalidInput(f"body: a form's text must be UTF-8; Content-Type says charset={charset}", "body")
+    try:
+        return await read_edit_form(request)
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        return InvalidInput("body: the request ended before its body did", "body")
+    finally:
+        await request.close()  # the form's files
+
+
+async def _whole_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -338,8 +374,4 @@ async def _read_body(model: type[BaseModel], scope: AsgiScope, receive: Receive)
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             break
-    content_type = dict(scope.get("headers", ())).get(b"content-type")
-    try:
-        return read_json(model, b"".join(chunks), None if content_type is None else content_type.decode("latin-1"))
-    except EaselError as error:
-        return error
+    return b"".join(chunks)

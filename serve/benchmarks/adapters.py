@@ -76,7 +76,7 @@ def _unet_feeds(engines: EngineFolder, batch: int, latent: int, rng: np.random.G
     spec = engines.specs["unet"]
     feeds = {}
     for tensor in spec.graph_inputs:
-        shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
+        shape = (batch, *tensor.shape(latent))
         values = rng.random(shape) * 999 if tensor.name == "timestep" else rng.standard_normal(shape)
         feeds[tensor.name] = values.astype(tensor.numpy_dtype)
     return feeds

@@ -104,6 +104,22 @@ def bench_generate(
     click.echo(run_device_benchmark(model_dir or default_model_dir(embedded), settings, device, out))
 
 
+@bench.command("controlnet")
+@embedded_option("Embedded model to benchmark (two random ControlNets are made for it).")
+@click.option("--steps", default=10, show_default=True)
+@click.option("--size", default=128, show_default=True)
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Requests per slot.")
+@out_option("out/bench_controlnet.json")
+def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, repeats: int, out: Path) -> None:
+    """What a ControlNet adds per step (ms, bytes, memory per row); whether plain and controlled requests merge."""
+    from build_engines.text_to_image.build import default_model_dir
+    from serve.benchmarks.controlnets import ControlNetBenchSettings, run_controlnet_benchmark
+
+    settings = ControlNetBenchSettings(steps, size, concurrency, concurrency * repeats)
+    click.echo(run_controlnet_benchmark(default_model_dir(embedded), embedded, settings, out))
+
+
 @bench.command("model")
 @model_option
 @embedded_option("Embedded model to serve when --model is not given.")

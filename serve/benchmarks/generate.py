@@ -202,7 +202,7 @@ class Floor:
         def feeds_for(name: str, batch: int) -> dict[str, np.ndarray]:
             feeds = {}
             for tensor in specs[name].inputs:
-                shape = (batch, *(latent if d == -1 else d for d in tensor.dims))
+                shape = (batch, *tensor.shape(latent))
                 values = rng.integers(0, 300, shape) if tensor.dtype == "int64" else rng.standard_normal(shape)
                 feeds[tensor.name] = values.astype(tensor.numpy_dtype)
             return feeds

@@ -29,12 +29,19 @@ def fields(message: Message) -> dict:
 def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
     """The HTTP API's request for a ``GenerateRequest`` (:class:`~serve.errors.InvalidInput` naming the field).
 
-    The reference image travels as bytes (the HTTP API's base64), an InstantStyle mapping as JSON text.
+    Images travel as bytes (the HTTP API's base64), an InstantStyle mapping as JSON text.
     """
     body = fields(message)
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
-    if "ip_adapter_image" in body:
-        body["ip_adapter_image"] = base64.b64encode(body["ip_adapter_image"]).decode()
+    body["controlnets"] = [fields(control) for control in body.get("controlnets", [])]
+    for control in body["controlnets"]:
+        control["image"] = _base64(control.get("image", b""))
+    body["image"] = [_base64(image) for image in body.get("image", [])]
+    for name in ("ip_adapter_image", "mask"):
+        if name in body:
+            body[name] = _base64(body[name])
+    if "outpaint" in body:
+        body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
     if "ip_adapter_scale_json" in body:
         if "ip_adapter_scale" in body:
             message = "ip_adapter_scale_json: give ip_adapter_scale or the mapping, not both"
@@ -47,6 +54,10 @@ def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
         return GenerationRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_input(error) from None
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def vectorize_options(message: easel_pb2.VectorizeRequest) -> VectorizeOptions:

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json")
+    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,11 @@ class GenerateRequest(_message.Message):
     IP_ADAPTER_IMAGE_FIELD_NUMBER: _ClassVar[int]
     IP_ADAPTER_SCALE_FIELD_NUMBER: _ClassVar[int]
     IP_ADAPTER_SCALE_JSON_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    MASK_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    OUTPAINT_FIELD_NUMBER: _ClassVar[int]
+    CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     size: str
@@ -38,7 +43,44 @@ class GenerateRequest(_message.Message):
     ip_adapter_image: bytes
     ip_adapter_scale: float
     ip_adapter_scale_json: str
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ...) -> None: ...
+    image: _containers.RepeatedScalarFieldContainer[bytes]
+    mask: bytes
+    strength: float
+    outpaint: Outpaint
+    controlnets: _containers.RepeatedCompositeFieldContainer[ControlNet]
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ...) -> None: ...
+
+class Outpaint(_message.Message):
+    __slots__ = ("left", "top", "right", "bottom")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    RIGHT_FIELD_NUMBER: _ClassVar[int]
+    BOTTOM_FIELD_NUMBER: _ClassVar[int]
+    left: int
+    top: int
+    right: int
+    bottom: int
+    def __init__(self, left: _Optional[int] = ..., top: _Optional[int] = ..., right: _Optional[int] = ..., bottom: _Optional[int] = ...) -> None: ...
+
+class ControlNet(_message.Message):
+    __slots__ = ("name", "image", "scale", "start", "end", "preprocess", "low_threshold", "high_threshold")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    START_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    PREPROCESS_FIELD_NUMBER: _ClassVar[int]
+    LOW_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    HIGH_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: bytes
+    scale: float
+    start: float
+    end: float
+    preprocess: str
+    low_threshold: float
+    high_threshold: float
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[bytes] = ..., scale: _Optional[float] = ..., start: _Optional[float] = ..., end: _Optional[float] = ..., preprocess: _Optional[str] = ..., low_threshold: _Optional[float] = ..., high_threshold: _Optional[float] = ...) -> None: ...
 
 class Lora(_message.Message):
     __slots__ = ("name", "scale")

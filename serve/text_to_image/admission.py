@@ -5,9 +5,12 @@
   fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the UNet's
   budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
   decoded in tiles (:mod:`serve.text_to_image.tiling`), and refused only if a tile does not fit either.
-- **Cost**: ``n x num_inference_steps x megapixels``. A request over ``max_cost`` is refused (400); admitted
-  requests wait their turn while the replica's requests in flight (of their priority or above) already add up to
-  ``max_inflight_cost``.
+- **Cost**: ``n x num_inference_steps x megapixels``, the steps those that run (img2img's ``strength`` runs part
+  of the schedule), times the UNet-sized passes per step (1, plus one per ControlNet). A request over ``max_cost``
+  is refused (400); admitted requests wait their turn while the replica's requests in flight (of their priority or
+  above) already add up to ``max_inflight_cost``.
+- Engines a request does not use (the VAE encoder of a text-only request, ControlNets it does not name) are not
+  checked for it.
 """
 
 from __future__ import annotations
@@ -17,16 +20,17 @@ import itertools
 import logging
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.spec import UNET, VAE_DECODER
+from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
+from serve.triton.spec import ModelSpec
 
 if TYPE_CHECKING:  # a type only: admission is read where no engine folder is (the CLI's defaults)
     from serve.text_to_image.engine_folder import EngineFolder
@@ -39,9 +43,14 @@ CALL_SECONDS = 2.0
 """Engine time (one core) a single engine call of a large request aims to stay under (see ``rows_per_call``)."""
 
 
-def request_cost(n: int, steps: int, width: int, height: int) -> float:
-    """A generation's cost: images x denoising steps x megapixels."""
-    return n * steps * width * height / 1e6
+def request_cost(n: int, steps: int, width: int, height: int, passes: int = 1) -> float:
+    """A generation's cost: images x denoising steps x megapixels x UNet-sized passes per step (1 + ControlNets)."""
+    return n * steps * width * height / 1e6 * passes
+
+
+def optional_engine(name: str) -> bool:
+    """Whether only some requests use engine ``name`` (the VAE encoder: images in; a ControlNet: naming it)."""
+    return name == VAE_ENCODER or name.startswith(CONTROLNET_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -69,9 +78,16 @@ class Admission:
     """
 
     def __init__(
-        self, models: dict[str, MemoryModel], budgets: dict[str, int], limits: Limits, tiling: VaeTiling
+        self,
+        models: dict[str, MemoryModel],
+        budgets: dict[str, int],
+        limits: Limits,
+        tiling: VaeTiling,
+        specs: Mapping[str, ModelSpec] | None = None,
     ) -> None:
+        """``specs``: where an engine's positions are not the latents' (an image, a residual); absent: the latents'."""
         self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
+        self.specs = specs or {}
         self._inflight: Counter[int] = Counter()  # cost in flight by priority rank
         self._waiting: set[tuple[int, int]] = set()  # (priority rank, arrival)
         self._arrivals = itertools.count()
@@ -80,23 +96,32 @@ class Admission:
     @classmethod
     def for_engines(cls, engines: EngineFolder, limits: Limits) -> Admission:
         """Admission for ``engines`` under ``limits``: their measured memory, budget split and VAE tiling."""
-        return cls(engines.memory_models, engines.budgets(limits.memory_budget_bytes), limits, engines.tiling)
+        budgets = engines.budgets(limits.memory_budget_bytes)
+        return cls(engines.memory_models, budgets, limits, engines.tiling, engines.specs)
 
-    def check(self, n: int, steps: int, width: int, height: int) -> Admitted:
-        """Raise :class:`InvalidInput` if the request cannot be served; say how it will be."""
-        cost = request_cost(n, steps, width, height)
+    def check(
+        self, n: int, steps: int, width: int, height: int, passes: int = 1, uses: Collection[str] = ()
+    ) -> Admitted:
+        """Raise :class:`InvalidInput` if the request cannot be served; say how it will be.
+
+        ``steps``: the denoising steps that run; ``passes``: UNet-sized engine calls per step (1 + ControlNets);
+        ``uses``: the optional engines it uses (:func:`optional_engine`).
+        """
+        cost = request_cost(n, steps, width, height, passes)
         if cost > self.limits.max_cost:
+            times = f" x {passes} (the UNet and {passes - 1} ControlNets)" if passes > 1 else ""
             raise InvalidInput(
-                f"num_inference_steps: n x num_inference_steps x megapixels = {n} x {steps} x "
-                f"{width * height / 1e6:.2f} = {cost:.1f} is over the limit of {self.limits.max_cost:g} "
-                "(easel up --max-cost)",
+                f"num_inference_steps: n x num_inference_steps x megapixels{' x passes' if times else ''} = {n} x "
+                f"{steps} x {width * height / 1e6:.2f}{times} = {cost:.1f} is over the limit of "
+                f"{self.limits.max_cost:g} (easel up --max-cost)",
                 field="num_inference_steps",
             )
         latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
         tiled = False
         for name, model in self.models.items():
-            spatial = model.coefficients[1:] != (0, 0)
-            need = model.per_row(latent[0] * latent[1] if spatial else 1)
+            if optional_engine(name) and name not in uses:
+                continue
+            need = model.per_row(self._positions(name, model, latent))
             budget = self.budgets.get(name, need)
             if need <= budget:
                 continue
@@ -110,17 +135,25 @@ class Admission:
                 f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiled, self._rows_per_call(latent[0] * latent[1]))
+        return Admitted(cost, tiled, self._rows_per_call(latent))
 
-    def _rows_per_call(self, positions: int) -> dict[str, int]:
+    def _positions(self, name: str, model: MemoryModel, latent: tuple[int, int]) -> int:
+        """The positions engine ``name``'s memory and time are fitted over, for a request of ``latent`` size."""
+        if name in self.specs:
+            return self.specs[name].positions(*latent)
+        return latent[0] * latent[1] if model.coefficients[1:] != (0, 0) else 1
+
+    def _rows_per_call(self, latent: tuple[int, int]) -> dict[str, int]:
         """Rows per engine call so that no call holds an engine much longer than :data:`CALL_SECONDS`.
 
         A large request's steps then go to Triton in several calls one after another, and other requests' calls
         queued meanwhile run between them instead of behind the whole batch. At least one row per core.
         """
         rows = {}
-        for name in (UNET, VAE_DECODER):
-            seconds = self.models[name].seconds_per_row(positions) if name in self.models else 0.0
+        for name, model in self.models.items():
+            if name not in (UNET, VAE_DECODER, VAE_ENCODER) and not name.startswith(CONTROLNET_PREFIX):
+                continue
+            seconds = model.seconds_per_row(self._positions(name, model, latent))
             if seconds > 0:
                 rows[name] = max(os.cpu_count() or 1, int(CALL_SECONDS / seconds))
         return rows

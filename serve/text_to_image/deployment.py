@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import logging
 import random
@@ -16,20 +15,18 @@ from ray import serve
 
 from serve import metrics
 from serve.adapters.requests import StackAdapters
-from serve.errors import InvalidInput, NotReady
+from serve.errors import NotReady
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, StepCallback
+from serve.text_to_image.images import RequestImages, decode_images, decode_reference
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
 from serve.triton.client import TritonClient
 from serve.triton.coalesce import CoalescingRunner
 from serve.triton.node import grpc_url_on_this_node
-from serve.vectorize.image import ImageRejected, decode_image
-
-MAX_REFERENCE_PIXELS = 4096 * 4096
-"""An IP-Adapter reference is scaled to the image encoder's side: any photo up to 4096 pixels a side is taken."""
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +63,24 @@ def draw_seed(seed: int | None) -> int:
     return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
 
-def to_generation(request: GenerationRequest, native_size: int, ip_image: np.ndarray | None = None) -> Generation:
-    """The pipeline job for an API request (a missing seed drawn here; ``ip_image``: its decoded reference)."""
-    width, height = request.width_height(native_size)
+def to_generation(
+    request: GenerationRequest,
+    native_size: int,
+    ip_image: np.ndarray | None = None,
+    images: RequestImages | None = None,
+) -> Generation:
+    """The pipeline job for an API request (a missing seed drawn here).
+
+    ``ip_image``: its decoded reference; ``images``: its decoded input images, mask and control images, with the
+    output's size.
+    """
+    images = images or RequestImages(*request.width_height(native_size))
     return Generation(
         request.prompt,
         request.negative_prompt,
-        request.n,
-        width,
-        height,
+        request.rows,
+        images.width,
+        images.height,
         request.num_inference_steps,
         request.guidance_scale,
         draw_seed(request.seed),
@@ -83,18 +89,20 @@ def to_generation(request: GenerationRequest, native_size: int, ip_image: np.nda
         tuple((lora.name, lora.scale) for lora in request.loras),
         ip_image,
         request.ip_adapter_scale,
+        images.images,
+        images.mask,
+        request.effective_strength,
+        images.controls,
     )
 
 
-def decode_reference(request: GenerationRequest) -> np.ndarray | None:
-    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
-    if request.ip_adapter_image is None:
-        return None
-    field = "ip_adapter_image"
-    try:
-        return decode_image(base64.b64decode(request.ip_adapter_image), field, max_pixels=MAX_REFERENCE_PIXELS)
-    except ImageRejected as error:
-        raise InvalidInput(str(error), field) from error
+def generation_kind(request: GenerationRequest) -> str:
+    """What a request asks (the metrics' ``kind``): text, img2img, inpaint or outpaint."""
+    if request.outpaint is not None:
+        return "outpaint"
+    if request.mask is not None:
+        return "inpaint"
+    return "img2img" if request.image else "text"
 
 
 @serve.deployment(name="TextToImage")
@@ -109,6 +117,7 @@ class TextToImage:
         self.adapters = adapters or StackAdapters()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton))
+        self.controlnets = engines.controlnets
         self.admission = Admission.for_engines(engines, limits)
         self.preview = LatentPreview(
             self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
@@ -148,8 +157,19 @@ class TextToImage:
         self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        job = to_generation(request, self.pipeline.dims.native_size, await self._reference(request))
-        admitted = self.admission.check(job.n, job.steps, job.width, job.height)
+        reference = await self._reference(request)
+        self.controlnets.check(request.controlnets)
+        images = await asyncio.to_thread(decode_images, request, self.pipeline.dims.native_size)
+        job = to_generation(request, self.pipeline.dims.native_size, reference, images)
+        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
+        if job.images or self.pipeline.dims.inpainting:
+            uses.append(VAE_ENCODER)
+        admitted = self.admission.check(job.n, request.denoising_steps, job.width, job.height, request.passes, uses)
+        metrics.count(
+            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.controls else "no"
+        )
+        for control in job.controls:
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with self.admission.slot(admitted.cost, job.priority):

@@ -8,6 +8,7 @@ adapters and exporter versions), so two folders with the same name hold the same
 <key>/
   pipeline.json       the family's name and the model's dims          manifest.json   the build's report (done)
   adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
+  controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
   <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, memory.json, lora_slots.json)
 ```
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from serve.adapters.lora import LORA_ENGINES, Slot, load_slots
 from serve.adapters.support import AdapterSupport
+from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import EngineFiles
@@ -29,6 +31,7 @@ from serve.triton.spec import ModelSpec
 
 PIPELINE = "pipeline.json"
 ADAPTERS = "adapters.json"
+CONTROLNETS = "controlnets.json"
 MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"
 SCHEDULER = "scheduler"
@@ -41,10 +44,14 @@ class EngineFolder:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         saved = json.loads((self.path / PIPELINE).read_text())
-        adapters_file = self.path / ADAPTERS
-        adapters = AdapterSupport.from_json(json.loads(adapters_file.read_text())) if adapters_file.is_file() else None
+        adapters, controlnets = self._read(ADAPTERS, AdapterSupport), self._read(CONTROLNETS, ControlNetSupport)
         family = FAMILIES[saved["family"]]
-        self.family: Family = family(family.dims_type(**saved["dims"]), adapters)
+        self.family: Family = family(family.dims_type(**saved["dims"]), adapters, controlnets)
+
+    def _read(self, name: str, kind):
+        """``kind`` read from the JSON file ``name`` (None when the folder has none)."""
+        path = self.path / name
+        return kind.from_json(json.loads(path.read_text())) if path.is_file() else None
 
     def __repr__(self) -> str:
         return f"EngineFolder({str(self.path)!r})"
@@ -68,6 +75,11 @@ class EngineFolder:
     def adapters(self) -> AdapterSupport:
         """What adapters the engines take."""
         return self.family.adapters
+
+    @property
+    def controlnets(self) -> ControlNetSupport:
+        """The ControlNets the folder was built with (ready, or refused with why)."""
+        return self.family.controlnets
 
     def engine(self, name: str) -> EngineFiles:
         """The files of engine ``name``."""

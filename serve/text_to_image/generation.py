@@ -11,8 +11,27 @@ from serve.priority import Priority
 
 
 @dataclass(frozen=True)
+class Control:
+    """One ControlNet of a job: its name, control image (RGB uint8, any size), scale, and the steps it guides.
+
+    ``start`` and ``end`` are diffusers' ``control_guidance_start`` / ``control_guidance_end``.
+    """
+
+    name: str
+    image: np.ndarray
+    scale: float = 1.0
+    start: float = 0.0
+    end: float = 1.0
+
+
+@dataclass(frozen=True)
 class Generation:
-    """One validated generation job."""
+    """One validated generation job.
+
+    ``n`` is the number of images; with input ``images`` (img2img, inpainting) image ``i`` starts from
+    ``images[i % len(images)]``, as diffusers lays out a batch of images. ``mask`` (white: repaint, diffusers'
+    convention) and ``images`` have the job's size; ``strength``: how much of the schedule runs from them.
+    """
 
     prompt: str
     negative_prompt: str
@@ -27,6 +46,10 @@ class Generation:
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
     ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
     ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
+    images: tuple[np.ndarray, ...] = ()  # RGB uint8, width x height
+    mask: np.ndarray | None = None  # grey uint8, width x height; white: repaint
+    strength: float = 1.0
+    controls: tuple[Control, ...] = ()
 
 
 StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]

@@ -1,8 +1,10 @@
 """Classifier-free-guided denoising over engines called one step at a time, matching diffusers' pipelines.
 
 One loop serves every model family: the family (``families/``) turns the prompts into the UNet's per-row
-conditioning, and the loop sends it with each step's latents. The engines are reached through an
-:class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
+conditioning, and the loop sends it with each step's latents. Input images (img2img, inpainting) set the starting
+latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals to
+each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path. The engines are
+reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
 (:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
 """
@@ -18,14 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
-from diffusers.utils.torch_utils import randn_tensor
 
 from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
+from serve.text_to_image import image_to_image
+from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
+from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
 from serve.text_to_image.spec import UNET, VAE_DECODER
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
@@ -114,6 +118,7 @@ class TextToImagePipeline:
         self.adapters = GenerationAdapters(
             folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor
         )
+        self.processors = ImageProcessors(self.dims.vae_scale_factor)
         self.gate = PriorityGate()
 
     def make_scheduler(self, name: str):
@@ -147,9 +152,7 @@ class TextToImagePipeline:
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
-        scheduler.set_timesteps(job.steps)
-        if hasattr(scheduler, "set_begin_index"):
-            scheduler.set_begin_index(0)
+        timesteps = strength_timesteps(scheduler, job.steps, job.strength if job.images else 1.0)
         generator = torch.Generator("cpu").manual_seed(job.seed)
         shape = (
             job.n,
@@ -157,21 +160,31 @@ class TextToImagePipeline:
             job.height // self.dims.vae_scale_factor,
             job.width // self.dims.vae_scale_factor,
         )
-        latents = randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma
+        inpainting = self.dims.inpainting
+        start = await image_to_image.start(
+            job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
+        )
+        control_images = await asyncio.to_thread(self.processors.controls, job) if job.controls else []
+        controls = JobControls(self.specs, job, control_images, guided)
+        latents = start.latents
         step_kwargs = _step_kwargs(scheduler, generator)
-        for step, t in enumerate(scheduler.timesteps, start=1):
+        for index, t in enumerate(timesteps):
             model_input = torch.cat([latents] * 2) if guided else latents
             model_input = scheduler.scale_model_input(model_input, t)
             timestep = np.full(len(model_input), float(t), dtype=np.float32)
-            inputs = {"sample": model_input.numpy(), "timestep": timestep, **conditioning}
+            inputs = {"sample": start.unet_sample(model_input), "timestep": timestep, **conditioning}
             await self.gate.turn(job.priority)
+            inputs |= await controls.residuals(
+                engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
+            )
             noise = torch.from_numpy((await engines.infer(self.specs[UNET], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+            latents = start.after_step(latents, index, timesteps, scheduler)
             if on_step is not None:
-                await on_step(step, len(scheduler.timesteps), latents.numpy())
+                await on_step(index + 1, len(timesteps), latents.numpy())
         pixels = np.clip(await self.decode(latents.numpy(), tiled_decode, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.seed, dropped)

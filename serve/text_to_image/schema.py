@@ -1,9 +1,16 @@
-"""The images API request (OpenAI Images shape plus Easel's extensions) and its limits."""
+"""The images API request (OpenAI Images shape plus Easel's extensions) and its limits.
+
+One request model serves ``/v1/images/generations`` (JSON: images in base64), ``/v1/images/edits`` (multipart, as
+OpenAI's edits take it: the files become this model's base64 fields) and gRPC's ``Generate``. Input images
+(``image``, ``mask``, ``outpaint``: img2img, inpainting, outpainting) and ``controlnets`` are checked here for shape;
+decoding them is the replica's (:mod:`serve.text_to_image.images`).
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from typing import Annotated, Literal
 
@@ -17,7 +24,9 @@ from pydantic import (
     StringConstraints,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from serve.priority import Priority
 from serve.vectorize.schema import BASE64_PATTERN, Tier
@@ -34,10 +43,15 @@ SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
 MAX_LORAS = 4
 MAX_LORA_SCALE = 4.0
 MAX_IP_SCALE = 2.0
-MAX_IP_IMAGE_BYTES = 8 << 20
-MAX_IP_IMAGE_CHARS = -(-MAX_IP_IMAGE_BYTES // 3) * 4  # its base64
-MAX_REQUEST_BYTES = MAX_IP_IMAGE_CHARS + (1 << 20)
-"""A generation body's limit on the wire: a reference image plus a megabyte for everything else."""
+MAX_IMAGE_BYTES = 8 << 20
+"""Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
+MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
+MAX_REQUEST_BYTES = 32 << 20
+"""A generation's or an edit's body on the wire: all its images together (base64 in JSON, files in multipart)."""
+MAX_CONTROLNETS = 4
+MAX_CONTROL_SCALE = 2.0
+DEFAULT_STRENGTH = 0.8
+"""img2img's default (diffusers' StableDiffusionImg2ImgPipeline); with a mask: 1.0, the masked area redrawn."""
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # canonical ASCII digits, matched whole (no newline)
 SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 """Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
@@ -81,6 +95,87 @@ IpScale = Annotated[float, Strict(), Field(ge=0.0, le=MAX_IP_SCALE, allow_inf_na
 IpBlock = Annotated[str, StringConstraints(pattern=r"^block_[0-9]{1,2}$")]
 IpScaleMap = dict[Literal["down", "mid", "up"], IpScale | list[IpScale] | dict[IpBlock, IpScale | list[IpScale]]]
 """InstantStyle's per-block scales, as ``set_ip_adapter_scale`` takes them: ``{"up": {"block_0": [0, 1, 0]}}``."""
+
+
+Unit = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
+
+
+def _base64_image(value: str, where: str = "") -> str:
+    """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
+    at = f"{where}: " if where else ""
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"{at}not valid base64 ({error})") from error
+    if not data:
+        raise ValueError(f"{at}empty image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"{at}image is {len(data)} bytes; at most {MAX_IMAGE_BYTES} are accepted")
+    return value
+
+
+class ControlNetChoice(BaseModel):
+    """One ControlNet of a request: which, its control image, its weight and the part of the steps it guides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="A ControlNet of `GET /v1/controlnets`.")
+    image: str = Field(
+        max_length=MAX_IMAGE_CHARS,
+        description="The control image (an edge map, a depth map, a pose...), base64 PNG/JPEG/WebP; resized to the "
+        "output's size. With preprocess canny: a photo, turned into its edges here.",
+    )
+    scale: Annotated[float, Strict()] = Field(
+        1.0,
+        ge=0.0,
+        le=MAX_CONTROL_SCALE,
+        allow_inf_nan=False,
+        description="Its weight (diffusers' controlnet_conditioning_scale).",
+    )
+    start: Unit = Field(0.0, description="The share of the steps before it guides (control_guidance_start).")
+    end: Unit = Field(1.0, description="The share of the steps after which it stops (control_guidance_end).")
+    preprocess: Literal["none", "canny"] = Field(
+        "none", description="canny: the image's edges (Canny, as OpenCV's with L2 gradients) are the control image."
+    )
+    low_threshold: Annotated[float, Strict()] = Field(
+        100.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="With canny: the hysteresis' low gradient."
+    )
+    high_threshold: Annotated[float, Strict()] = Field(
+        200.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="With canny: the hysteresis' high gradient."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_base64(cls, value: str) -> str:
+        return _base64_image(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ControlNetChoice:
+        if self.start >= self.end:
+            raise PydanticCustomError(
+                "start_after_end", f"must be below end ({self.start} >= {self.end})", {"field": "start"}
+            )
+        if self.preprocess == "canny" and self.low_threshold > self.high_threshold:
+            message = f"is above high_threshold ({self.low_threshold} > {self.high_threshold})"
+            raise PydanticCustomError("thresholds", message, {"field": "low_threshold"})
+        return self
+
+
+class Outpaint(BaseModel):
+    """Pixels added on each side of the input image, to be drawn: the image padded, the new area the mask."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    left: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    top: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    right: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    bottom: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+
+    @model_validator(mode="after")
+    def _some(self) -> Outpaint:
+        if not (self.left or self.top or self.right or self.bottom):
+            raise PydanticCustomError("no_side", "needs at least one side over 0", {})
+        return self
 
 
 def _check_ip_scale(value, where: str) -> None:
@@ -142,15 +237,45 @@ class GenerationRequest(BaseModel):
     )
     ip_adapter_image: str | None = Field(
         None,
-        max_length=MAX_IP_IMAGE_CHARS,
+        max_length=MAX_IMAGE_CHARS,
         json_schema_extra={"pattern": BASE64_PATTERN},  # documented; checked by _ip_image_is_base64
-        description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IP_IMAGE_BYTES >> 20} MiB "
+        description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB "
         "(sides up to 4096); needs a stack started with --ip-adapter.",
     )
     ip_adapter_scale: IpScale | IpScaleMap = Field(
         1.0,
         description=f"With ip_adapter_image: the reference's weight in [0, {MAX_IP_SCALE:g}], or InstantStyle's "
         'per-block mapping as diffusers\' set_ip_adapter_scale takes it, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
+    )
+    image: list[Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]] = Field(
+        [],
+        max_length=MAX_IMAGES,
+        description="Input images (img2img; with mask, inpainting): base64 PNG/JPEG/WebP, each at most "
+        f"{MAX_IMAGE_BYTES >> 20} MiB and 4096 px a side, alpha flattened onto white. Several: one batch, n images "
+        "from each (image i of the answer starts from image i modulo their number); all the same size.",
+    )
+    mask: str | None = Field(
+        None,
+        max_length=MAX_IMAGE_CHARS,
+        description="With image: where to draw, base64 PNG of the image's size: its fully transparent pixels "
+        "(OpenAI's edits), or for a mask without alpha its white pixels (diffusers' convention).",
+    )
+    strength: Unit | None = Field(
+        None,
+        description=f"With image: how much of the schedule runs from it, as diffusers' strength (default "
+        f"{DEFAULT_STRENGTH}; with a mask or outpaint 1.0). steps x strength steps run; none: the image through "
+        "the VAE.",
+    )
+    outpaint: Outpaint | None = Field(
+        None,
+        description='With image: pixels (multiples of 8) to add on each side and draw, e.g. {"left": 64}: the '
+        "image padded (its edge pixels repeated) and the new area masked, joined to any mask given.",
+    )
+    controlnets: list[ControlNetChoice] = Field(
+        [],
+        max_length=MAX_CONTROLNETS,
+        description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
+        "(diffusers' MultiControlNetModel).",
     )
     # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
     model: str | None = None
@@ -176,17 +301,28 @@ class GenerationRequest(BaseModel):
     @field_validator("ip_adapter_image")
     @classmethod
     def _ip_image_is_base64(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            data = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as error:
-            raise ValueError(f"not valid base64 ({error})") from error
-        if not data:
-            raise ValueError("empty image")
-        if len(data) > MAX_IP_IMAGE_BYTES:
-            raise ValueError(f"image is {len(data)} bytes; at most {MAX_IP_IMAGE_BYTES} are accepted")
-        return value
+        return None if value is None else _base64_image(value)
+
+    @field_validator("image")
+    @classmethod
+    def _images_are_base64(cls, value: list[str]) -> list[str]:
+        return [_base64_image(image, f"image {index}") for index, image in enumerate(value)]
+
+    @field_validator("mask")
+    @classmethod
+    def _mask_is_base64(cls, value: str | None) -> str | None:
+        return None if value is None else _base64_image(value)
+
+    @model_validator(mode="after")
+    def _image_fields_with_an_image(self) -> GenerationRequest:
+        """A mask, strength or outpaint needs an image; n images from each input image stay within the limit."""
+        for name in ("mask", "strength", "outpaint"):
+            if getattr(self, name) is not None and not self.image:
+                raise PydanticCustomError("needs_image", "only accepted with an image", {"field": name})
+        if self.rows > MAX_IMAGES:
+            message = f"{self.n} images from each of {len(self.image)} input images is over {MAX_IMAGES} images"
+            raise PydanticCustomError("too_many", message, {"field": "n"})
+        return self
 
     @field_validator("ip_adapter_scale", mode="before")
     @classmethod
@@ -235,8 +371,52 @@ class GenerationRequest(BaseModel):
         return value
 
     def width_height(self, native_size: int) -> tuple[int, int]:
-        """The requested (width, height) in pixels; ``native_size`` square when no size was given."""
+        """The requested (width, height) in pixels; ``native_size`` square when no size was given.
+
+        A request with input images and no size takes theirs (:func:`serve.text_to_image.images.output_size`).
+        """
         if self.size is None:
             return native_size, native_size
         width, height = self.size.split("x")
         return int(width), int(height)
+
+    @property
+    def rows(self) -> int:
+        """Images made: ``n`` from each input image."""
+        return self.n * max(1, len(self.image))
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether part of the image is redrawn (a mask, or outpainting's new area)."""
+        return self.mask is not None or self.outpaint is not None
+
+    @property
+    def effective_strength(self) -> float:
+        """The strength a request with images runs at (1.0 without images)."""
+        if not self.image:
+            return 1.0
+        if self.strength is not None:
+            return self.strength
+        return 1.0 if self.inpainting else DEFAULT_STRENGTH
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps that run: img2img's strength runs part of the schedule, as diffusers' ``get_timesteps``."""
+        return min(int(self.num_inference_steps * self.effective_strength), self.num_inference_steps)
+
+    @property
+    def passes(self) -> int:
+        """UNet-sized engine calls per step: the UNet and each ControlNet."""
+        return 1 + len(self.controlnets)
+
+    def images_hashed(self) -> dict:
+        """The request as JSON with each image replaced by its content's SHA-256 (the result cache's key)."""
+        body = self.model_dump(mode="json")
+        digest = lambda text: "sha256:" + hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
+        body["image"] = [digest(image) for image in self.image]
+        for name in ("mask", "ip_adapter_image"):
+            if body[name] is not None:
+                body[name] = digest(body[name])
+        for control in body["controlnets"]:
+            control["image"] = digest(control["image"])
+        return body

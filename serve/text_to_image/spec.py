@@ -10,8 +10,14 @@ TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 UNET = "unet"
 VAE_DECODER = "vae_decoder"
-# Every engine name some family uses: a build removes the ones its family does not use from the model repository.
-ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, IMAGE_ENCODER)
+VAE_ENCODER = "vae_encoder"
+CONTROLNET_PREFIX = "controlnet_"
+"""A ControlNet's engine is ``controlnet_<name>`` (``easel up --controlnet NAME=DIR``)."""
+RESIDUAL_PREFIX = "residual_"
+"""A ControlNet's outputs, a ControlNet-ready UNet's inputs: ``residual_down_<i>``, then ``residual_mid``."""
+# Every engine name some family uses: a build removes the ones its family does not use from the model repository
+# (and every ControlNet engine the folder does not have).
+ALL_ENGINE_NAMES = (TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER, VAE_ENCODER, IMAGE_ENCODER)
 
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
 # under load the UNet is busy and its queue fills anyway (8 requests: 7 rows per batch on average either way), while
@@ -50,13 +56,19 @@ def unet_instances(unet_bytes: int | None) -> int:
     return 2 if unet_bytes is not None and unet_bytes <= SMALL_UNET_BYTES else 1
 
 
-def unet_spec(latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1) -> ModelSpec:
-    """The UNet: latents and a per-row timestep, plus the family's per-row ``conditioning`` tensors."""
-    latent = TensorSpec("sample", "float32", (latent_channels, -1, -1), LATENT_AXES)
+def unet_spec(
+    in_channels: int, latent_channels: int, conditioning: tuple[TensorSpec, ...], instances: int = 1
+) -> ModelSpec:
+    """The UNet: latents and a per-row timestep, plus the family's per-row ``conditioning`` tensors.
+
+    An inpainting UNet's ``sample`` is the latents, the mask and the masked image's latents (``in_channels`` in all);
+    its output is the noise of the latents.
+    """
+    sample = TensorSpec("sample", "float32", (in_channels, -1, -1), LATENT_AXES)
     return ModelSpec(
         name=UNET,
-        inputs=(latent, TensorSpec("timestep", "float32", ()), *conditioning),
-        outputs=(TensorSpec("noise_pred", "float32", latent.dims, latent.axis_names),),
+        inputs=(sample, TensorSpec("timestep", "float32", ()), *conditioning),
+        outputs=(TensorSpec("noise_pred", "float32", (latent_channels, -1, -1), LATENT_AXES),),
         max_batch_size=UNET_MAX_BATCH,
         dynamic_batching=UNET_BATCHING,
         instance_count=instances,
@@ -71,4 +83,59 @@ def vae_decoder_spec(latent_channels: int) -> ModelSpec:
         outputs=(TensorSpec("image", "float32", (3, -1, -1), ("height", "width")),),
         max_batch_size=VAE_MAX_BATCH,
         dynamic_batching=DynamicBatching(**PRIORITIES),
+    )
+
+
+def vae_encoder_spec(latent_channels: int, vae_scale_factor: int) -> ModelSpec:
+    """The VAE encoder: an image in ``[-1, 1]`` in; its latent distribution's mean and deviation (scaled) out."""
+    latent = {"dims": (latent_channels, -1, -1), "axis_names": LATENT_AXES}
+    return ModelSpec(
+        name=VAE_ENCODER,
+        inputs=(TensorSpec("image", "float32", (3, -1, -1), ("height", "width"), vae_scale_factor),),
+        outputs=(TensorSpec("latent_mean", "float32", **latent), TensorSpec("latent_std", "float32", **latent)),
+        max_batch_size=VAE_MAX_BATCH,
+        dynamic_batching=DynamicBatching(**PRIORITIES),
+    )
+
+
+def residual_inputs(residuals) -> tuple[TensorSpec, ...]:
+    """A ControlNet's residuals as tensors (a ControlNet engine's outputs, a ControlNet-ready UNet's inputs).
+
+    ``residuals``: (channels, downscale) of each down-block residual, then the mid block's.
+    """
+    *down, mid = residuals
+    names = [f"{RESIDUAL_PREFIX}down_{i}" for i in range(len(down))] + [f"{RESIDUAL_PREFIX}mid"]
+    return tuple(
+        TensorSpec(
+            name,
+            "float32",
+            (channels, -1, -1),
+            (f"latent_height_{scale}", f"latent_width_{scale}") if scale > 1 else LATENT_AXES,
+            1 / scale,
+        )
+        for name, (channels, scale) in zip(names, residuals, strict=True)
+    )
+
+
+def controlnet_spec(
+    name: str, unet: ModelSpec, latent_channels: int, vae_scale_factor: int, residuals
+) -> ModelSpec:
+    """ControlNet ``name``'s engine; its residuals out.
+
+    In: the latents, timestep and conditioning of ``unet`` (a plain UNet's spec), the control image (``[0, 1]``, at
+    the image's size) and a per-row scale.
+    """
+    conditioning = tuple(t for t in unet.inputs if t.name not in ("sample", "timestep"))
+    return ModelSpec(
+        name=f"{CONTROLNET_PREFIX}{name}",
+        inputs=(
+            TensorSpec("sample", "float32", (latent_channels, -1, -1), LATENT_AXES),
+            TensorSpec("timestep", "float32", ()),
+            *conditioning,
+            TensorSpec("controlnet_cond", "float32", (3, -1, -1), ("height", "width"), vae_scale_factor),
+            TensorSpec("conditioning_scale", "float32", ()),
+        ),
+        outputs=residual_inputs(residuals),
+        max_batch_size=UNET_MAX_BATCH,
+        dynamic_batching=UNET_BATCHING,
     )

@@ -323,10 +323,10 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
 
 
 def _canary_input(tensor, spec: ModelSpec) -> dict:
-    """A KServe v2 JSON input of zeros (empty strings): one row, 8 for every dynamic axis."""
+    """A KServe v2 JSON input of zeros (empty strings): one row, 8 for the reference of its dynamic axes."""
     from serve.triton.spec import triton_dtype_name
 
-    dims = [8 if d == -1 else d for d in tensor.dims] or [1]
+    dims = list(tensor.shape(8)) or [1]
     shape = [1, *dims] if spec.max_batch_size > 0 else dims
     if tensor.dtype == "bytes":  # e.g. a LoRA-ready engine's adapters: none
         data = [""] * int(np.prod(shape))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,18 @@ class Backend(enum.StrEnum):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A tensor without its batch dimension; ``-1`` marks a dynamic axis, named in ``axis_names``."""
+    """A tensor without its batch dimension; ``-1`` marks a dynamic axis, named in ``axis_names``.
+
+    Every dynamic axis of a model follows one reference length (the latent side, for text-to-image):
+    ``axis_scale`` says how this tensor's follow it, ``ceil(reference x axis_scale)`` (an image: the VAE's factor;
+    a ControlNet residual: 1/2, 1/4, ...).
+    """
 
     name: str
     dtype: str
     dims: tuple[int, ...]
     axis_names: tuple[str, ...] = ()
+    axis_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dtype not in _TRITON_DTYPES:
@@ -53,6 +60,11 @@ class TensorSpec:
     def numpy_dtype(self) -> np.dtype:
         """The numpy dtype of this tensor (object for strings)."""
         return np.dtype(object) if self.dtype == "bytes" else np.dtype(self.dtype)
+
+    def shape(self, *sides: int) -> tuple[int, ...]:
+        """Its dims with the dynamic axes at ``sides`` of the reference (one side: every axis), scaled."""
+        sides = iter(sides * len(self.dims) if len(sides) == 1 else sides)
+        return tuple(math.ceil(next(sides) * self.axis_scale) if d == -1 else d for d in self.dims)
 
     def onnx_dynamic_axes(self, batch_axis: str | None) -> dict[int, str]:
         """ONNX ``dynamic_axes`` entry for this tensor, with the batch axis first when batched."""
@@ -107,6 +119,17 @@ class ModelSpec:
     def input(self, name: str) -> TensorSpec:
         """The input tensor called ``name``."""
         return next(t for t in self.inputs if t.name == name)
+
+    def positions(self, *sides: int) -> int:
+        """The positions of its first input with dynamic axes at ``sides`` of the reference (1 when none has any).
+
+        What its memory and time per row are fitted over (:mod:`serve.triton.memory`); the python backend counts
+        them on the same input.
+        """
+        first = next((t for t in self.inputs if -1 in t.dims), None)
+        if first is None:
+            return 1
+        return math.prod(size for size, d in zip(first.shape(*sides), first.dims, strict=True) if d == -1)
 
     @property
     def graph_inputs(self) -> tuple[TensorSpec, ...]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
 import io
 import subprocess
 import sys
@@ -37,6 +39,22 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     """The response's images as uint8 NHWC."""
     data = response.json()["data"]
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
+
+
+def unet_batch_histogram(triton_http_url: str) -> collections.Counter:
+    """How many UNet executions Triton ran at each batch size so far."""
+    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
+    return collections.Counter({int(b["batch_size"]): int(b["compute_infer"]["count"]) for b in stats["batch_stats"]})
+
+
+def post_together(api_url: str, route: str, bodies: list[dict]) -> list[httpx.Response]:
+    """``bodies`` posted as JSON to ``route`` all at once, the answers in their order."""
+
+    async def all_at_once():
+        async with httpx.AsyncClient(base_url=api_url, timeout=300) as client:
+            return await asyncio.gather(*(client.post(route, json=body) for body in bodies))
+
+    return asyncio.run(all_at_once())
 
 
 @contextmanager

@@ -1,6 +1,5 @@
 """LoRA and IP-Adapter per request through a real Triton and Ray Serve app, against diffusers' own adapter loading."""
 
-import asyncio
 import base64
 import io
 import logging
@@ -16,8 +15,8 @@ from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE, _unet_batch_histogram
+from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -158,14 +157,10 @@ def test_different_adapters_share_batches_and_each_gets_its_solo_image(api, stac
     ]
     bodies = [BODY | {"seed": 40 + i} | variant for i, variant in enumerate(variants)]
     alone = [_served(api, **body) for body in bodies]
-    before = _unet_batch_histogram(stack.info.triton_http_url)
+    before = unet_batch_histogram(stack.info.triton_http_url)
 
-    async def all_at_once():
-        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
-            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
-
-    together = asyncio.run(all_at_once())
-    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    together = post_together(stack.info.api_url, GENERATE, bodies)
+    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=str(body)[:200])

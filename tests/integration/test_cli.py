@@ -60,7 +60,7 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
         assert up.returncode == 0, up.stdout + up.stderr
         assert "First request" in up.stdout and "-> 200" in up.stdout
         engines = sorted(p.name for p in repository.iterdir() if not p.name.startswith("vectorize"))
-        assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+        assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
         os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind
         psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
         assert stack_processes(state.stack_id), "nothing was left behind to clean up"

@@ -1,16 +1,14 @@
 """SDXL (the embedded tiny-xl) through a real Triton and a real Ray Serve app, over HTTP, against diffusers."""
 
-import asyncio
 import logging
 
-import httpx
 import numpy as np
 import pytest
 
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE, _unet_batch_histogram
+from tests.integration.conftest import decode_images, post_together, unet_batch_histogram
+from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -77,14 +75,10 @@ def test_concurrent_sdxl_requests_are_isolated_and_batched_per_step(api, stack):
         for i, size in enumerate(sizes)
     ]
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = _unet_batch_histogram(stack.info.triton_http_url)
+    before = unet_batch_histogram(stack.info.triton_http_url)
 
-    async def all_at_once():
-        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
-            return await asyncio.gather(*(client.post(GENERATE, json=b) for b in bodies))
-
-    together = asyncio.run(all_at_once())
-    histogram = _unet_batch_histogram(stack.info.triton_http_url) - before
+    together = post_together(stack.info.api_url, GENERATE, bodies)
+    histogram = unet_batch_histogram(stack.info.triton_http_url) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

@@ -22,7 +22,8 @@ from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_xl_model):
     assert family_of_folder(default_model).name == "sd"
     xl = family_of_folder(tiny_xl_model)
-    assert xl.name == "sdxl" and list(xl.specs) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder"]
+    assert xl.name == "sdxl"
+    assert list(xl.specs) == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
     unet = {t.name: t.dims for t in xl.specs[UNET].inputs}
     assert unet == {
         "sample": (4, -1, -1),
@@ -232,5 +233,5 @@ def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_
     (repository / "unet" / "1" / "model.onnx.data").symlink_to(tmp_path / "gone")  # an earlier engine's weights
     assert (repository / "text_encoder_2" / "config.pbtxt").exists()
     build_module.install(EngineFolder(engine_dir), repository)
-    assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder"]
+    assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["memory.json", "model.onnx", "model.py"]

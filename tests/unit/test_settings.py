@@ -93,3 +93,14 @@ def test_easel_help_imports_neither_torch_nor_ray():
     code = "import sys; from serve.cli import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_controlnets_are_repeated_name_equals_folder_options(tmp_path):
+    (tmp_path / "edges").mkdir()
+    (tmp_path / "depth").mkdir()
+    options = _up_options("--controlnet", f"edges={tmp_path / 'edges'}", "--controlnet", f"depth={tmp_path / 'depth'}")
+    assert options.controlnets == {"edges": tmp_path / "edges", "depth": tmp_path / "depth"}
+    assert _up_options().controlnets == {}
+    for bad in (["edges"], [f"Edges={tmp_path}"], [f"edges={tmp_path / 'none'}"], [f"a={tmp_path}", f"a={tmp_path}"]):
+        with pytest.raises(click.BadParameter):
+            _up_options(*[arg for value in bad for arg in ("--controlnet", value)])

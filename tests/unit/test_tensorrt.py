@@ -2,7 +2,7 @@
 
 import pytest
 
-from build_engines.tensorrt import axis_ranges, build_plan, plan_key, profile, tensorrt_available
+from build_engines.tensorrt import build_plan, latent_range, plan_key, profile, tensorrt_available
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE
@@ -12,9 +12,8 @@ from serve.triton.spec import Backend, read_model_config, write_model_config
 def test_profiles_cover_every_request_the_api_admits(tiny_xl_model):
     family = family_of_folder(tiny_xl_model)
     dims = family.dims
-    shapes = {
-        name: profile(spec, axis_ranges(dims.native_size, dims.vae_scale_factor)) for name, spec in family.specs.items()
-    }
+    latent = latent_range(dims.native_size, dims.vae_scale_factor)
+    shapes = {name: profile(spec, latent) for name, spec in family.specs.items()}
     scale, channels = dims.vae_scale_factor, dims.latent_channels
     smallest, largest = MIN_SIDE // scale, MAX_SIDE // scale
     unet = shapes["unet"]
@@ -74,7 +73,7 @@ def test_a_plan_builds_deserialises_and_is_cached(engine_dir, tmp_path):
 
     family = EngineFolder(engine_dir).family
     spec = family.specs["vae_decoder"]
-    shapes = profile(spec, axis_ranges(family.dims.native_size, family.dims.vae_scale_factor))
+    shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
     plan = build_plan(engine_dir / "vae_decoder" / "model.onnx", shapes, cache=tmp_path)
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan.read_bytes())
     assert engine is not None and engine.num_optimization_profiles == 1

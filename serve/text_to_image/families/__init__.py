@@ -17,9 +17,9 @@ __all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder"]
 def family_of_folder(model_dir: Path) -> Family:
     """The family of a diffusers folder with its dims; :class:`UnsupportedModel` names what does not fit."""
     class_name = read_model_index(model_dir).get("_class_name")
-    family = next((f for f in FAMILIES.values() if f.pipeline_class == class_name), None)
+    family = next((f for f in FAMILIES.values() if class_name in f.pipeline_classes), None)
     if family is None:
-        supported = ", ".join(f.pipeline_class for f in FAMILIES.values())
+        supported = ", ".join(name for f in FAMILIES.values() for name in f.pipeline_classes)
         raise UnsupportedModel(f"{model_dir}: pipeline class {class_name!r} is not supported (supported: {supported})")
     family.check_folder(model_dir)
     return family(family.read_dims(model_dir))

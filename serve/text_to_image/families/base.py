@@ -2,7 +2,9 @@
 
 A family declares the diffusers folder it reads, its engines and their specs, the torch modules they are exported
 from, and the UNet's conditioning for a prompt. The denoising loop, the exporter, the Triton configs and the clients
-only read these declarations.
+only read these declarations. Every family has a ``vae_encoder`` (images in: img2img, inpainting); a folder whose
+UNet takes 9 channels (latents, mask, masked image's latents) is an inpainting checkpoint; a folder built with
+ControlNets has their engines and a UNet that takes their residuals (:mod:`serve.text_to_image.controlnet`).
 """
 
 from __future__ import annotations
@@ -19,10 +21,12 @@ import torch
 
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
+from serve.text_to_image.controlnet import ControlNetSupport, Residual, residual_layout
 from serve.text_to_image.generation import Generation
 from serve.triton.spec import EngineRunner, ModelSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+UNET_ENGINE = "unet"
 MODEL_INDEX = "model_index.json"
 
 
@@ -36,12 +40,25 @@ class PipelineDims:
     vae_scaling_factor: float
     sample_size: int
     vae_sample_size: int  # the VAE config's sample size: diffusers' tile size for tiled decoding
+    # the latents' (None: a plain UNet's), or with an inpainting UNet theirs + a mask + the masked image's latents
+    unet_in_channels: int | None = field(default=None, kw_only=True)
+    residuals: tuple[Residual, ...] = field(default=(), kw_only=True)  # a ControlNet's residuals for this UNet
     unet_bytes: int | None = field(default=None, kw_only=True)  # the UNet's weight files (None: not known)
+
+    def __post_init__(self) -> None:
+        if self.unet_in_channels is None:
+            object.__setattr__(self, "unet_in_channels", self.latent_channels)
+        object.__setattr__(self, "residuals", tuple(Residual(*r) for r in self.residuals))  # as read from JSON
 
     @property
     def native_size(self) -> int:
         """Image side the model was built for, in pixels."""
         return self.sample_size * self.vae_scale_factor
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the UNet is an inpainting UNet (it takes a mask and the masked image's latents)."""
+        return self.unet_in_channels != self.latent_channels
 
 
 @dataclass(frozen=True)
@@ -65,21 +82,32 @@ class ExportModule:
 
 
 class Family(ABC):
-    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model and the adapters its engines take."""
+    """One model family (SD 1.x/2.x, SDXL), bound to the dims of one model, its adapters and its ControlNets.
+
+    ``pipeline_class`` is the family's text-to-image pipeline; ``pipeline_classes`` every ``model_index.json`` class
+    recognised as the family (its img2img and inpainting pipelines' folders hold the same components).
+    """
 
     name: ClassVar[str]
     pipeline_class: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
+    added_conditioning: ClassVar[tuple[str, ...]] = ()
+    """The UNet's conditioning after ``encoder_hidden_states`` (SDXL's ``text_embeds``, ``time_ids``)."""
 
-    def __init__(self, dims: PipelineDims, adapters: AdapterSupport | None = None) -> None:
+    def __init__(
+        self, dims: PipelineDims, adapters: AdapterSupport | None = None, controlnets: ControlNetSupport | None = None
+    ) -> None:
         self.dims = dims
         self.adapters = adapters or AdapterSupport()
-        self.specs = self.adapters.specs(self.engine_specs())
+        self.controlnets = controlnets or ControlNetSupport()
+        plain = self.engine_specs()
+        self.specs = self.controlnets.specs(self.adapters.specs(plain), plain[UNET_ENGINE], dims)
 
-    def with_adapters(self, adapters: AdapterSupport) -> Family:
-        """This family and model, its engines taking ``adapters``."""
-        return type(self)(self.dims, adapters)
+    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport) -> Family:
+        """This family and model, its engines taking ``adapters`` and ``controlnets``."""
+        return type(self)(self.dims, adapters, controlnets)
 
     # -- what a diffusers folder of this family holds ---------------------------------------------------------------
 
@@ -119,6 +147,11 @@ class Family(ABC):
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """For each engine, how to load the torch module it is exported from out of ``model_dir``."""
 
+    def controlnet_export(self, folder: Path) -> ExportModule:
+        """A diffusers ``ControlNetModel`` folder as its engine's module, conditioned as the family's UNet is."""
+        added = self.added_conditioning
+        return ExportModule(lambda dtype: ControlNetModule(diffusers_model("ControlNetModel", folder, dtype), added))
+
     # -- conditioning -----------------------------------------------------------------------------------------------
 
     @abstractmethod
@@ -152,17 +185,29 @@ def read_config(model_dir: Path, component: str, file: str = "config.json") -> d
 
 
 def vae_dims(model_dir: Path) -> dict:
-    """The dims every family reads from the UNet and the VAE configs."""
+    """The dims every family reads from the UNet and the VAE configs.
+
+    A UNet takes the VAE's latents, or (an inpainting UNet) those, a mask and the masked image's latents.
+    """
     unet = read_config(model_dir, "unet")
     vae = read_config(model_dir, "vae")
     sample_size = unet["sample_size"]
     vae_sample_size = vae.get("sample_size", 512)
+    latent_channels = int(vae.get("latent_channels", 4))
+    unet_in_channels = int(unet["in_channels"])
+    if unet_in_channels not in (latent_channels, 2 * latent_channels + 1):
+        raise UnsupportedModel(
+            f"{model_dir}: the UNet takes {unet_in_channels} channels; the VAE's latents have {latent_channels} "
+            f"(an inpainting UNet takes {2 * latent_channels + 1})"
+        )
     return {
-        "latent_channels": int(unet["in_channels"]),
+        "latent_channels": latent_channels,
+        "unet_in_channels": unet_in_channels,
         "vae_scale_factor": 2 ** (len(vae["block_out_channels"]) - 1),
         "vae_scaling_factor": float(vae.get("scaling_factor", 0.18215)),
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
         "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
+        "residuals": residual_layout(unet),
         "unet_bytes": sum(f.stat().st_size for f in (model_dir / "unet").iterdir() if f.suffix in WEIGHT_SUFFIXES),
     }
 
@@ -199,26 +244,56 @@ class UnetModule(torch.nn.Module):
     """The UNet with positional inputs: sample, timestep, encoder_hidden_states, then ``added`` conditioning.
 
     An added ``image_embeds`` (an IP-Adapter's) goes to the UNet as diffusers' pipelines pass it: a list of one.
+    ``residuals``, when set for a call (a ControlNet-ready UNet's wrapper sets them), are ControlNets' down-block
+    residuals then the mid-block one, added as diffusers' ControlNet pipelines add them.
     """
 
     def __init__(self, unet: torch.nn.Module, added: tuple[str, ...] = ()) -> None:
         super().__init__()
         self.unet = unet
         self.added = added
+        self.residuals: tuple[torch.Tensor, ...] | None = None
 
     def forward(self, sample, timestep, encoder_hidden_states, *added):
         """The noise prediction."""
         extra = dict(zip(self.added, added, strict=True)) or None
         if extra and "image_embeds" in extra:
             extra["image_embeds"] = [extra["image_embeds"]]
-        return self.unet(sample, timestep, encoder_hidden_states, added_cond_kwargs=extra, return_dict=False)[0]
+        control = {}
+        if self.residuals is not None:
+            *down, mid = self.residuals
+            control = {"down_block_additional_residuals": tuple(down), "mid_block_additional_residual": mid}
+        return self.unet(
+            sample, timestep, encoder_hidden_states, added_cond_kwargs=extra, return_dict=False, **control
+        )[0]
 
 
-class VaeDecoderModule(torch.nn.Module):
-    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+class ControlNetModule(torch.nn.Module):
+    """A ``ControlNetModel`` with positional inputs; out, its residuals scaled per row.
 
-    The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
+    In: sample, timestep, encoder_hidden_states, ``added`` conditioning, the control image (``[0, 1]``), a scale.
+    Scaled here rather than by the model's ``conditioning_scale`` (a number), so rows of several requests with
+    different scales are one execution; the products are diffusers' (``sample * conditioning_scale``).
     """
+
+    def __init__(self, controlnet: torch.nn.Module, added: tuple[str, ...]) -> None:
+        super().__init__()
+        self.controlnet = controlnet
+        self.added = added
+
+    def forward(self, sample, timestep, encoder_hidden_states, *rest):
+        """The residuals, down blocks' then the mid block's."""
+        *added, image, scale = rest
+        extra = dict(zip(self.added, added, strict=True)) or None
+        down, mid = self.controlnet(
+            sample, timestep, encoder_hidden_states, image, added_cond_kwargs=extra, return_dict=False
+        )
+        scale = scale.view(-1, 1, 1, 1)
+        return (*(residual * scale for residual in down), mid * scale)
+
+
+class _VaeModule(torch.nn.Module):
+    """The VAE with the pipelines' latent scaling (and, where its config has them, ``latents_mean``/``latents_std``)."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
         super().__init__()
@@ -226,14 +301,21 @@ class VaeDecoderModule(torch.nn.Module):
         config = vae.config
         self.scaling_factor = float(config.scaling_factor)
         mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
-        self.denormalise = mean is not None and std is not None
-        if self.denormalise:
+        self.normalised = mean is not None and std is not None
+        if self.normalised:
             self.register_buffer("latents_mean", torch.tensor(mean).view(1, -1, 1, 1))
             self.register_buffer("latents_std", torch.tensor(std).view(1, -1, 1, 1))
 
+
+class VaeDecoderModule(_VaeModule):
+    """Latents in, image out (``[0, 1]`` once clamped): the pipeline's unscaling and denormalising folded in.
+
+    The clamp is left to the pipeline, after tiles are blended, as diffusers blends raw tiles.
+    """
+
     def forward(self, latent):
         """The decoded image in [0, 1]."""
-        if self.denormalise:
+        if self.normalised:
             latent = latent * self.latents_std / self.scaling_factor + self.latents_mean
         else:
             latent = latent / self.scaling_factor
@@ -241,8 +323,31 @@ class VaeDecoderModule(torch.nn.Module):
         return image / 2 + 0.5
 
 
+class VaeEncoderModule(_VaeModule):
+    """Image in (``[-1, 1]``, as diffusers' image processor makes it), the latent distribution out.
+
+    Its mean and standard deviation, scaled (and normalised) as the decoder unscales them. The pipeline samples
+    ``mean + std * noise`` with the generation's generator, as ``latent_dist.sample`` does.
+    """
+
+    def forward(self, image):
+        """The scaled mean and standard deviation of the image's latents."""
+        distribution = self.vae.encode(image, return_dict=False)[0]
+        if self.normalised:
+            scale = self.scaling_factor / self.latents_std
+            return (distribution.mean - self.latents_mean) * scale, distribution.std * scale
+        return distribution.mean * self.scaling_factor, distribution.std * self.scaling_factor
+
+
 def vae_decoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:
     """The VAE decoder of ``model_dir`` as an :class:`ExportModule`."""
     return ExportModule(
         lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32
+    )
+
+
+def vae_encoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:
+    """The VAE encoder of ``model_dir`` as an :class:`ExportModule`."""
+    return ExportModule(
+        lambda dtype: VaeEncoderModule(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32
     )

@@ -22,15 +22,18 @@ from serve.text_to_image.families.base import (
     transformers_model,
     vae_decoder_export,
     vae_dims,
+    vae_encoder_export,
 )
 from serve.text_to_image.spec import (
     TEXT_ENCODER,
     UNET,
     VAE_DECODER,
+    VAE_ENCODER,
     text_encoder_spec,
     unet_instances,
     unet_spec,
     vae_decoder_spec,
+    vae_encoder_spec,
 )
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -55,10 +58,11 @@ class ClipLastHidden(torch.nn.Module):
 
 
 class StableDiffusion(Family):
-    """``StableDiffusionPipeline`` folders."""
+    """``StableDiffusionPipeline`` folders (and the img2img and inpainting pipelines' folders)."""
 
     name = "sd"
     pipeline_class = "StableDiffusionPipeline"
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
     dims_type = SDDims
     components = (
         Component("text_encoder", "config.json"),
@@ -78,7 +82,7 @@ class StableDiffusion(Family):
         )
 
     def engine_specs(self) -> dict[str, ModelSpec]:
-        """text_encoder -> last_hidden_state; unet on encoder_hidden_states; vae_decoder."""
+        """text_encoder -> last_hidden_state; unet on encoder_hidden_states; vae_decoder, vae_encoder."""
         d = self.dims
         hidden = (d.text_length, d.text_hidden)
         return {
@@ -86,15 +90,17 @@ class StableDiffusion(Family):
                 TEXT_ENCODER, d.text_length, (TensorSpec("last_hidden_state", "float32", hidden),)
             ),
             UNET: unet_spec(
+                d.unet_in_channels,
                 d.latent_channels,
                 (TensorSpec("encoder_hidden_states", "float32", hidden),),
                 unet_instances(d.unet_bytes),
             ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
+            VAE_ENCODER: vae_encoder_spec(d.latent_channels, d.vae_scale_factor),
         }
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
-        """CLIPTextModel's last hidden state, the UNet, the VAE decoder."""
+        """CLIPTextModel's last hidden state, the UNet, the VAE decoder and encoder."""
         return {
             TEXT_ENCODER: ExportModule(
                 lambda dtype: ClipLastHidden(transformers_model("CLIPTextModel", model_dir / "text_encoder", dtype))
@@ -103,6 +109,7 @@ class StableDiffusion(Family):
                 lambda dtype: UnetModule(diffusers_model("UNet2DConditionModel", model_dir / "unet", dtype))
             ),
             VAE_DECODER: vae_decoder_export(model_dir),
+            VAE_ENCODER: vae_encoder_export(model_dir),
         }
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:

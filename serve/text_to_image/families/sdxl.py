@@ -31,16 +31,19 @@ from serve.text_to_image.families.base import (
     transformers_model,
     vae_decoder_export,
     vae_dims,
+    vae_encoder_export,
 )
 from serve.text_to_image.spec import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     UNET,
     VAE_DECODER,
+    VAE_ENCODER,
     text_encoder_spec,
     unet_instances,
     unet_spec,
     vae_decoder_spec,
+    vae_encoder_spec,
 )
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -74,11 +77,20 @@ class ClipPenultimate(torch.nn.Module):
 
 
 class StableDiffusionXL(Family):
-    """``StableDiffusionXLPipeline`` folders (the base model; the refiner is another pipeline class)."""
+    """``StableDiffusionXLPipeline`` folders, and the img2img and inpainting pipelines' folders with both encoders.
+
+    The refiner (one encoder, aesthetic scores) is not this family.
+    """
 
     name = "sdxl"
     pipeline_class = "StableDiffusionXLPipeline"
+    pipeline_classes = (
+        "StableDiffusionXLPipeline",
+        "StableDiffusionXLImg2ImgPipeline",
+        "StableDiffusionXLInpaintPipeline",
+    )
     dims_type = SDXLDims
+    added_conditioning = ("text_embeds", "time_ids")
     components = (
         Component("text_encoder", "config.json"),
         Component("text_encoder_2", "config.json"),
@@ -115,7 +127,7 @@ class StableDiffusionXL(Family):
         return dims
 
     def engine_specs(self) -> dict[str, ModelSpec]:
-        """Two text encoders, the UNet with its three conditioning inputs, the VAE decoder."""
+        """Two text encoders, the UNet with its three conditioning inputs, the VAE decoder and encoder."""
         d = self.dims
         return {
             TEXT_ENCODER: text_encoder_spec(
@@ -130,6 +142,7 @@ class StableDiffusionXL(Family):
                 ),
             ),
             UNET: unet_spec(
+                d.unet_in_channels,
                 d.latent_channels,
                 (
                     TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),
@@ -139,10 +152,11 @@ class StableDiffusionXL(Family):
                 unet_instances(d.unet_bytes),
             ),
             VAE_DECODER: vae_decoder_spec(d.latent_channels),
+            VAE_ENCODER: vae_encoder_spec(d.latent_channels, d.vae_scale_factor),
         }
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
-        """Both encoders' penultimate layers (the second's pooled projection too), the UNet, the VAE decoder.
+        """Both encoders' penultimate layers (the second's pooled projection too), the UNet, the VAE decoder, encoder.
 
         The VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the diffusers pipeline does.
         """
@@ -160,10 +174,11 @@ class StableDiffusionXL(Family):
             ),
             UNET: ExportModule(
                 lambda dtype: UnetModule(
-                    diffusers_model("UNet2DConditionModel", model_dir / "unet", dtype), ("text_embeds", "time_ids")
+                    diffusers_model("UNet2DConditionModel", model_dir / "unet", dtype), self.added_conditioning
                 )
             ),
             VAE_DECODER: vae_decoder_export(model_dir, keep_fp32=force_upcast),
+            VAE_ENCODER: vae_encoder_export(model_dir, keep_fp32=force_upcast),
         }
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:

@@ -1,0 +1,135 @@
+"""ControlNets at build time: which ``--controlnet NAME=DIR`` folders fit the model, and the modules exported for them.
+
+Each fitting diffusers ``ControlNetModel`` folder becomes an engine ``controlnet_<NAME>``, and the UNet is exported
+ControlNet-ready: it takes their residuals as its last inputs. A folder that does not fit (not a ControlNetModel,
+made for another family, another UNet's blocks, another image scale, guess-mode-only) is recorded with why, not
+built: the stack serves the others and a request naming it is a 400
+(:class:`serve.text_to_image.controlnet.ControlNetSupport`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from serve.files import content_hash
+from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSupport, residual_layout
+from serve.text_to_image.families import FAMILIES, Family
+from serve.text_to_image.families.base import ExportModule, UnetModule
+from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
+
+logger = logging.getLogger(__name__)
+
+def controlnets_key(controlnets: Mapping[str, Path]) -> str:
+    """Part of the engine cache key: "" without ControlNets, else their names and folders' content."""
+    if not controlnets:
+        return ""
+    listed = json.dumps({name: content_hash(folder) for name, folder in sorted(controlnets.items())}).encode()
+    return f"cn{hashlib.sha256(listed).hexdigest()[:12]}"
+
+
+def made_for(config: Mapping) -> str:
+    """The family a ControlNet config was made for: SDXL's has the ``text_time`` added embedding."""
+    return "sdxl" if config.get("addition_embed_type") == "text_time" else "sd"
+
+
+def fit(family: Family, unet_config: Mapping, folder: Path) -> str | None:
+    """Why the ControlNet in ``folder`` cannot serve ``family``'s model (None: it fits)."""
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        return f"{path} is not readable JSON ({error})"
+    if config.get("_class_name") != "ControlNetModel":
+        return f"{path} is a {config.get('_class_name')!r}, not a diffusers ControlNetModel"
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        return f"{folder} has no weights (.safetensors)"
+    kind = made_for(config)
+    if kind != family.name:
+        return f"made for {FAMILIES[kind].pipeline_class} models; this stack serves a {family.pipeline_class} model"
+    if config.get("global_pool_conditions"):
+        return "a guess-mode ControlNet (global_pool_conditions), which Easel does not serve"
+    checks = {
+        "residual layout (block_out_channels, layers_per_block)": (residual_layout(config), family.dims.residuals),
+        "cross_attention_dim": (config.get("cross_attention_dim"), unet_config.get("cross_attention_dim")),
+        "image scale (conditioning_embedding_out_channels)": (
+            2 ** (len(config.get("conditioning_embedding_out_channels", (16, 32, 96, 256))) - 1),
+            family.dims.vae_scale_factor,
+        ),
+        "added embedding (projection_class_embeddings_input_dim)": (
+            config.get("projection_class_embeddings_input_dim"),
+            unet_config.get("projection_class_embeddings_input_dim"),
+        ),
+        "in_channels": (config.get("in_channels"), family.dims.latent_channels),
+    }
+    wrong = [what for what, (theirs, ours) in checks.items() if tuple_of(theirs) != tuple_of(ours)]
+    return f"does not fit this model's UNet: {', '.join(wrong)} differ" if wrong else None
+
+
+def tuple_of(value):
+    """Lists as tuples (configs read from JSON against dims), anything else as is."""
+    return tuple(tuple_of(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def controlnet_support(family: Family, model_dir: Path, controlnets: Mapping[str, Path]) -> ControlNetSupport:
+    """The entry of each ControlNet for ``model_dir``'s model: ready to build, or why not (logged)."""
+    unet_config = json.loads((model_dir / "unet" / "config.json").read_text())
+    entries = []
+    for name, folder in sorted(controlnets.items()):
+        config_path = folder / "config.json"
+        config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+        error = fit(family, unet_config, folder)
+        family_name = made_for(config) if config.get("_class_name") == "ControlNetModel" else None
+        if error:
+            logger.warning("ControlNet %s (%s) is not served: %s", name, folder, error)
+            entries.append(ControlNetEntry(name, str(folder), ERROR, family_name, error))
+        else:
+            entries.append(ControlNetEntry(name, str(folder), family=family_name))
+    return ControlNetSupport(tuple(entries))
+
+
+class ControlNetReadyUnet(torch.nn.Module):
+    """The export UNet taking ``residuals`` ControlNet residuals as its last inputs (zeros: exactly the UNet)."""
+
+    def __init__(self, module: torch.nn.Module, unet: UnetModule, residuals: int) -> None:
+        super().__init__()
+        self.module, self.count = module, residuals
+        self.__dict__["unet_module"] = unet  # not a child: the module tree stays one chain for the LoRA wrapper
+
+    def forward(self, *args):
+        """The noise prediction with the residuals added to the UNet's down and mid blocks."""
+        inputs, residuals = args[: -self.count], args[-self.count :]
+        self.unet_module.residuals = residuals
+        try:
+            return self.module(*inputs)
+        finally:
+            self.unet_module.residuals = None
+
+
+def controlnet_modules(modules: dict, family: Family, support: ControlNetSupport) -> dict:
+    """``modules`` with a ControlNet-ready UNet and an engine module per ready ControlNet (none: unchanged).
+
+    Called after the IP-Adapter's UNet is made and before LoRA slots wrap it (its residuals come after the IP
+    inputs and before the LoRA banks, as the specs order them).
+    """
+    if not support.ready:
+        return modules
+    modules = dict(modules)
+    source = modules[UNET]
+    count = len(family.dims.residuals)
+
+    def ready_unet(dtype: torch.dtype) -> torch.nn.Module:
+        module = source.load(dtype)
+        unet = next(m for m in module.modules() if isinstance(m, UnetModule))
+        return ControlNetReadyUnet(module, unet, count)
+
+    modules[UNET] = ExportModule(ready_unet, source.keep_fp32)
+    for entry in support.entries:
+        if entry.status != ERROR:
+            modules[f"{CONTROLNET_PREFIX}{entry.name}"] = family.controlnet_export(Path(entry.source))
+    return modules

@@ -1,0 +1,89 @@
+"""``POST /v1/images/edits``' multipart body, as OpenAI's edits route takes it, read into the one request model.
+
+Files: ``image`` (one, or several as ``image`` or ``image[]`` parts, as the ``openai`` client sends a list), ``mask``,
+and ``ip_adapter_image``; each becomes the model's base64 field. Every other part is a field of
+:class:`~serve.text_to_image.schema.GenerationRequest`: text fields as sent, the others (numbers, booleans, lists,
+mappings) as JSON text (``n=2``, ``strength=0.6``, ``background=true``,
+``controlnets=[{"name": "edges", "image": "<base64>"}]``). OpenAI's ``background`` values ``auto`` and ``opaque``
+are taken as Easel's ``false`` (its images are opaque); ``transparent`` is a 400.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from functools import cache
+
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+
+from serve.errors import InvalidInput, invalid_input
+from serve.text_to_image.schema import MAX_CONTROLNETS, MAX_IMAGES, MAX_REQUEST_BYTES, GenerationRequest
+
+FILE_FIELDS = ("image", "mask", "ip_adapter_image")
+"""The request's image fields a multipart body sends as files (``ip_adapter_image`` may be base64 text too)."""
+LIST_SUFFIX = "[]"
+OPAQUE_BACKGROUNDS = ("auto", "opaque")
+
+
+@cache
+def _text_fields() -> frozenset[str]:
+    """Fields whose values are strings (sent as they are); every other field's part is JSON."""
+    schema = GenerationRequest.model_json_schema()
+    definitions = schema.get("$defs", {})
+
+    def types(node: dict) -> set[str]:
+        if "$ref" in node:
+            return types(definitions[node["$ref"].rsplit("/", 1)[-1]])
+        if "anyOf" in node:
+            return set().union(*(types(option) for option in node["anyOf"]))
+        return {node.get("type", "object")}
+
+    return frozenset(name for name, node in schema["properties"].items() if types(node) <= {"string", "null"})
+
+
+def _value(name: str, text: str):
+    """A form part's value for field ``name``: the text, or the JSON it holds."""
+    if name in _text_fields() or name not in GenerationRequest.model_fields:
+        return text
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InvalidInput(f"{name}: not a JSON value ({error}): send numbers, true/false or JSON text", name) from None
+
+
+async def read_edit_form(request: Request) -> GenerationRequest:
+    """The request model of an edits body (its size already bounded on the wire); 400s naming the field."""
+    form = await request.form(
+        max_files=MAX_IMAGES + 2, max_fields=32 + MAX_CONTROLNETS, max_part_size=MAX_REQUEST_BYTES
+    )
+    body: dict = {}
+    images: list[str] = []
+    for key, part in form.multi_items():
+        name = key.removesuffix(LIST_SUFFIX)
+        if isinstance(part, UploadFile):
+            if name not in FILE_FIELDS:
+                raise InvalidInput(f"{name}: a file where a value was expected (files: {', '.join(FILE_FIELDS)})", name)
+            encoded = base64.b64encode(await part.read()).decode()
+            if name == "image":
+                images.append(encoded)
+            else:
+                body[name] = encoded
+        elif name == "image":
+            raise InvalidInput("image: send the image as a file part (multipart), not as text", "image")
+        elif name == "background" and part in OPAQUE_BACKGROUNDS:
+            continue
+        elif name == "background" and part == "transparent":
+            raise InvalidInput(
+                "background: Easel's images are opaque; 'true' runs the edit as a background job", "background"
+            )
+        else:
+            body[name] = _value(name, part)
+    if not images:
+        raise InvalidInput("image: the image to edit is required (a file part named 'image')", "image")
+    body["image"] = images
+    try:
+        return GenerationRequest.model_validate(body)
+    except ValidationError as error:
+        raise invalid_input(error) from None

@@ -1,0 +1,148 @@
+"""Images into the loop: img2img's and inpainting's starting latents, an inpainting UNet's inputs, latent blending.
+
+Each case follows the diffusers pipeline it matches, step for step and draw for draw from the generator:
+
+- **text only**: pure noise (``StableDiffusionPipeline``); an inpainting UNet gets a mask of ones over a blank image,
+  which is ``StableDiffusionInpaintPipeline`` with a white mask at strength 1.
+- **img2img** (``StableDiffusionImg2ImgPipeline``): the images' latents, sampled from the ``vae_encoder`` engine's
+  distribution, noised to the first timestep ``strength`` leaves.
+- **inpainting** (``StableDiffusionInpaintPipeline``): noise (strength 1) or the noised image latents; a 9-channel
+  UNet also takes the mask and the masked image's latents each step; a 4-channel UNet's latents are blended with
+  the image's (noised to the next timestep) outside the mask after each step.
+
+The SDXL pipelines do the same. The masked image is encoded only for a 9-channel UNet (diffusers also encodes it for
+a 4-channel one, drawing from the generator after the noise; no scheduler Easel serves draws after that).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 - torch's own alias
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from serve.text_to_image.generation import Generation
+from serve.text_to_image.spec import VAE_ENCODER
+from serve.triton.spec import EngineRunner, ModelSpec
+
+
+class ImageProcessors:
+    """diffusers' preprocessing of a pipeline's input images, its masks and its control images."""
+
+    def __init__(self, vae_scale_factor: int) -> None:
+        self.image = VaeImageProcessor(vae_scale_factor=vae_scale_factor)
+        self.mask = VaeImageProcessor(
+            vae_scale_factor=vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
+        )
+        self.control = VaeImageProcessor(vae_scale_factor=vae_scale_factor, do_convert_rgb=True, do_normalize=False)
+
+    def images(self, job: Generation) -> torch.Tensor:
+        """The job's images in ``[-1, 1]`` at its size, NCHW."""
+        pictures = [Image.fromarray(image) for image in job.images]
+        return self.image.preprocess(pictures, height=job.height, width=job.width).to(torch.float32)
+
+    def mask_of(self, job: Generation) -> torch.Tensor:
+        """The job's mask, binarised (1: repaint), N1HW; all ones when it has none."""
+        if job.mask is None:
+            return torch.ones(1, 1, job.height, job.width)
+        return self.mask.preprocess(Image.fromarray(job.mask), height=job.height, width=job.width)
+
+    def controls(self, job: Generation) -> list[torch.Tensor]:
+        """Each control image in ``[0, 1]`` at the job's size, one row each."""
+        return [
+            self.control.preprocess(Image.fromarray(c.image), height=job.height, width=job.width).to(torch.float32)
+            for c in job.controls
+        ]
+
+
+@dataclass
+class ImageStart:
+    """A generation's starting latents, and what its image input adds to each step."""
+
+    latents: torch.Tensor
+    noise: torch.Tensor | None = None
+    image_latents: torch.Tensor | None = None  # a 4-channel UNet's blending: the image, re-noised each step
+    mask: torch.Tensor | None = None  # the latents' mask, one row per image (1: repaint)
+    unet_extra: torch.Tensor | None = None  # a 9-channel UNet's mask and masked image latents, per UNet row
+
+    def unet_sample(self, model_input: torch.Tensor) -> np.ndarray:
+        """The UNet's ``sample``: the scaled latents, with an inpainting UNet's mask and masked image latents."""
+        if self.unet_extra is not None:
+            model_input = torch.cat([model_input, self.unet_extra], dim=1)
+        return model_input.numpy()
+
+    def after_step(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor, scheduler) -> torch.Tensor:
+        """A 4-channel UNet's inpainting: the image outside the mask, noised to the next timestep (as diffusers)."""
+        if self.image_latents is None:
+            return latents
+        proper = self.image_latents
+        if index < len(timesteps) - 1:
+            proper = scheduler.add_noise(proper, self.noise, torch.tensor([timesteps[index + 1]]))
+        return (1 - self.mask) * proper + self.mask * latents
+
+
+def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
+    """The timesteps that run for ``strength`` (all of them at 1), as the img2img pipelines' ``get_timesteps``."""
+    scheduler.set_timesteps(steps)
+    start = steps - min(int(steps * strength), steps)
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(start * scheduler.order)
+    return scheduler.timesteps[start * scheduler.order :]
+
+
+async def encode(
+    engines: EngineRunner, spec: ModelSpec, pixels: torch.Tensor, generator: torch.Generator
+) -> torch.Tensor:
+    """Latents sampled from the VAE encoder's distribution of ``pixels``, as ``latent_dist.sample(generator)``."""
+    out = await engines.infer(spec, {"image": pixels.numpy()})
+    mean, std = torch.from_numpy(out["latent_mean"]), torch.from_numpy(out["latent_std"])
+    return mean + std * randn_tensor(mean.shape, generator=generator, dtype=mean.dtype)
+
+
+def _rows(latents: torch.Tensor, n: int) -> torch.Tensor:
+    """The images' latents for ``n`` rows: all images, again and again (diffusers' layout of a batch of images)."""
+    return latents.repeat(n // latents.shape[0], 1, 1, 1)
+
+
+async def start(
+    job: Generation,
+    engines: EngineRunner,
+    specs,
+    processors: ImageProcessors,
+    scheduler,
+    timesteps: torch.Tensor,
+    generator: torch.Generator,
+    shape: tuple[int, ...],
+    inpainting_unet: bool,
+    guided: bool,
+) -> ImageStart:
+    """The job's starting latents (and per-step parts), drawing from ``generator`` as diffusers' pipelines do."""
+    if not job.images and not inpainting_unet:
+        return ImageStart(randn_tensor(shape, generator=generator, dtype=torch.float32) * scheduler.init_noise_sigma)
+    encoder = specs[VAE_ENCODER]
+    pixels = processors.images(job) if job.images else torch.zeros(1, 3, job.height, job.width)
+    if not len(timesteps):  # a strength too small for one step: the images through the VAE
+        return ImageStart(_rows(await encode(engines, encoder, pixels, generator), job.n))
+    latent_timestep = timesteps[:1].repeat(job.n)
+    if job.mask is None and not inpainting_unet:  # img2img
+        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.n)
+        noise = randn_tensor(image_latents.shape, generator=generator, dtype=torch.float32)
+        return ImageStart(scheduler.add_noise(image_latents, noise, latent_timestep))
+    blend = not inpainting_unet
+    full = job.strength == 1.0
+    image_latents = None
+    if blend or not full:
+        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.n)
+    noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
+    latents = noise * scheduler.init_noise_sigma if full else scheduler.add_noise(image_latents, noise, latent_timestep)
+    mask = processors.mask_of(job)
+    latent_mask = _rows(F.interpolate(mask, size=shape[2:]), job.n)
+    if blend:
+        return ImageStart(latents, noise, image_latents, latent_mask)
+    masked = _rows(await encode(engines, encoder, pixels * (mask < 0.5), generator), job.n)
+    extra = torch.cat([latent_mask, masked], dim=1)
+    return ImageStart(latents, noise, unet_extra=torch.cat([extra] * 2) if guided else extra)

@@ -1,0 +1,170 @@
+"""A request's images, decoded and checked: input images, the mask, outpainting's padding, ControlNets' images.
+
+Every failure is a 400 naming its field: an image that does not decode or is over the limits (4096 px a side,
+:data:`MAX_INPUT_PIXELS`), input images of different sizes, a mask whose size is not the image's, an output size out
+of the API's range. The mask follows OpenAI's edits (its fully transparent pixels are the area to draw); a mask
+without an alpha channel is read as diffusers reads one (white: draw). The ``canny`` preprocessor is OpenCV's Canny
+(3x3 Sobel, L2 gradient magnitude, the strongest channel of a colour image) written with numpy and scipy.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from serve.errors import InvalidInput
+from serve.text_to_image.generation import Control
+from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, GenerationRequest, Outpaint
+from serve.vectorize.image import ImageRejected, check_size, decode_image
+
+MAX_INPUT_PIXELS = 4096 * 4096
+"""Input, mask, control and reference images are resized (to the output's size, the image encoder's): any picture up
+to 4096 pixels a side is taken."""
+DRAW = 255
+"""The mask's value where the image is drawn (diffusers' convention: white)."""
+
+
+@dataclass(frozen=True)
+class RequestImages:
+    """What a request's images give its generation, at the output's size (``width`` x ``height``)."""
+
+    width: int
+    height: int
+    images: tuple[np.ndarray, ...] = ()
+    mask: np.ndarray | None = None
+    controls: tuple[Control, ...] = ()
+
+
+def _bytes(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def _decode(data: bytes, field: str) -> np.ndarray:
+    try:
+        return decode_image(data, field, max_pixels=MAX_INPUT_PIXELS)
+    except ImageRejected as error:
+        raise InvalidInput(str(error), field) from error
+
+
+def header_size(data: bytes, field: str) -> tuple[int, int]:
+    """An encoded image's (width, height) from its header, within the limits (no pixel decoded)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            check_size(*image.size, field, MAX_INPUT_PIXELS)
+            return image.size
+    except ImageRejected as error:
+        raise InvalidInput(str(error), field) from error
+    except Exception as error:  # noqa: BLE001 - whatever PIL raises for bytes that are no image
+        raise InvalidInput(f"{field}: not a readable image ({error})", field) from error
+
+
+def output_size(request: GenerationRequest, native_size: int) -> tuple[int, int]:
+    """The (width, height) of a request's images, read from the headers of its images (cheap: the cost needs it).
+
+    Its ``size``; else its input image's (outpainting's padding added) rounded down to a multiple of 8; else the
+    model's native size.
+    """
+    if request.size is not None or not request.image:
+        return request.width_height(native_size)
+    width, height = header_size(_bytes(request.image[0]), "image")
+    if (pad := request.outpaint) is not None:
+        width, height = width + pad.left + pad.right, height + pad.top + pad.bottom
+    width, height = width - width % SIDE_MULTIPLE, height - height % SIDE_MULTIPLE
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise InvalidInput(
+            f"size: the image makes {width}x{height}; the sides must be in [{MIN_SIDE}, {MAX_SIDE}]: give a size "
+            "to resize it to",
+            "size",
+        )
+    return width, height
+
+
+def edit_mask(data: bytes, field: str = "mask") -> np.ndarray:
+    """The area to draw as a grey ``uint8`` image (255: draw): alpha 0 where the mask has alpha, else its white."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            check_size(*image.size, field, MAX_INPUT_PIXELS)
+            image.load()
+            if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
+                alpha = np.asarray(image.convert("RGBA"))[:, :, 3]
+                return np.where(alpha == 0, DRAW, 0).astype(np.uint8)
+            return np.asarray(image.convert("L"), dtype=np.uint8)
+    except ImageRejected as error:
+        raise InvalidInput(str(error), field) from error
+    except Exception as error:  # noqa: BLE001 - whatever PIL raises for bytes that are no image
+        raise InvalidInput(f"{field}: not a readable image ({error})", field) from error
+
+
+def outpainted(images: list[np.ndarray], mask: np.ndarray | None, pad: Outpaint) -> tuple[list, np.ndarray]:
+    """The images padded by ``pad`` (their edge pixels repeated) and the mask: the new area drawn, and ``mask``."""
+    sides = ((pad.top, pad.bottom), (pad.left, pad.right))
+    height, width = images[0].shape[:2]
+    mask = np.zeros((height, width), np.uint8) if mask is None else mask
+    return [np.pad(image, (*sides, (0, 0)), mode="edge") for image in images], np.pad(mask, sides, constant_values=DRAW)
+
+
+def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The edges of an RGB ``uint8`` image, white on black (RGB), as OpenCV's ``Canny(image, low, high, L2gradient)``.
+
+    3x3 Sobel gradients of each channel, the strongest channel's at each pixel; non-maximum suppression along the
+    gradient's direction (four sectors); hysteresis: pixels over ``high``, and those over ``low`` connected to them.
+    """
+    channels = pixels.astype(np.float64).transpose(2, 0, 1)
+    gx = np.stack([ndimage.sobel(c, axis=1, mode="nearest") for c in channels])
+    gy = np.stack([ndimage.sobel(c, axis=0, mode="nearest") for c in channels])
+    magnitude = np.hypot(gx, gy)
+    strongest = magnitude.argmax(axis=0)[None]
+    gx, gy = (np.take_along_axis(g, strongest, axis=0)[0] for g in (gx, gy))
+    magnitude = np.take_along_axis(magnitude, strongest, axis=0)[0]
+    angle = (np.degrees(np.arctan2(gy, gx)) + 180.0) % 180.0
+    sector = np.digitize(angle, (22.5, 67.5, 112.5, 157.5)) % 4  # 0: horizontal gradient, 1: 45°, 2: vertical, 3: 135°
+    padded = np.pad(magnitude, 1)
+    height, width = magnitude.shape
+    keep = np.zeros_like(magnitude, dtype=bool)
+    for index, (dy, dx) in enumerate(((0, 1), (1, 1), (1, 0), (1, -1))):
+        ahead = padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+        behind = padded[1 - dy : 1 - dy + height, 1 - dx : 1 - dx + width]
+        keep |= (sector == index) & (magnitude > ahead) & (magnitude >= behind)
+    candidate = keep & (magnitude > low)
+    labels, _ = ndimage.label(candidate, structure=np.ones((3, 3)))
+    strong = np.unique(labels[candidate & (magnitude > high)])
+    edges = np.isin(labels, strong[strong > 0])
+    return np.repeat((edges * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def decode_reference(request: GenerationRequest) -> np.ndarray | None:
+    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
+    if request.ip_adapter_image is None:
+        return None
+    return _decode(_bytes(request.ip_adapter_image), "ip_adapter_image")
+
+
+def decode_images(request: GenerationRequest, native_size: int) -> RequestImages:
+    """Decode and check every image of ``request`` (400s naming the field)."""
+    width, height = output_size(request, native_size)
+    images = [_decode(_bytes(text), "image") for text in request.image]
+    if len({image.shape for image in images}) > 1:
+        sizes = ", ".join(f"{image.shape[1]}x{image.shape[0]}" for image in images)
+        raise InvalidInput(f"image: the images must have one size, not {sizes}", "image")
+    mask = None
+    if request.mask is not None:
+        mask = edit_mask(_bytes(request.mask))
+        if mask.shape != images[0].shape[:2]:
+            raise InvalidInput(
+                f"mask: it is {mask.shape[1]}x{mask.shape[0]}; the image is {images[0].shape[1]}x{images[0].shape[0]}",
+                "mask",
+            )
+    if request.outpaint is not None:
+        images, mask = outpainted(images, mask, request.outpaint)
+    controls = []
+    for index, choice in enumerate(request.controlnets):
+        pixels = _decode(_bytes(choice.image), f"controlnets.{index}.image")
+        if choice.preprocess == "canny":
+            pixels = canny(pixels, choice.low_threshold, choice.high_threshold)
+        controls.append(Control(choice.name, pixels, choice.scale, choice.start, choice.end))
+    return RequestImages(width, height, tuple(images), mask, tuple(controls))

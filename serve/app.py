@@ -18,6 +18,7 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import Field, ValidationError
 from ray import serve
@@ -28,7 +29,17 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import contract, grpc_api, metrics
-from serve.access import KeyCheck, call_admitted, caller, job_owner, may_see, open_access, owner_filter
+from serve.access import (
+    BODY,
+    KeyCheck,
+    call_admitted,
+    caller,
+    job_owner,
+    may_see,
+    open_access,
+    owner_filter,
+    request_body,
+)
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
@@ -43,14 +54,13 @@ from serve.stores import default_url
 from serve.text_to_image.admission import Limits
 from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
-from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
-from serve.wire import BodyLimits
+from serve.wire import BodyLimits, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +69,30 @@ DOCS_ASSETS = "/docs-assets"
 """Where Swagger UI's files are served from (fastapi-offline's copies: /docs loads nothing from outside)."""
 
 
+class BodyReadOnce(APIRoute):
+    """A route that answers the refusal of the body the key check read (:func:`serve.access.request_body`).
+
+    The refusal is given before the handler, and the dependency that finds its Serve replica, runs.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
+        """The route's handler, behind its body's refusal."""
+        handler = super().get_route_handler()
+
+        async def refused_first(request: Request) -> Response:
+            if BODY in request.scope.get("state", {}):
+                request_body(request)  # raises the refusal, if the body was refused
+            return await handler(request)
+
+        return refused_first
+
+
 class EaselAPI(FastAPI):
     """FastAPI whose OpenAPI document is the behaviour (:mod:`serve.contract`), with a self-contained /docs page."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__(docs_url=None, redoc_url=None, **kwargs)
+        self.router.route_class = BodyReadOnce
         self.mount(DOCS_ASSETS, StaticFiles(directory=files("fastapi_offline") / "static"), name="docs-assets")
         self.add_api_route("/docs", self.docs_page, include_in_schema=False)
 
@@ -142,7 +171,7 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
     api.add_exception_handler(_error_type, _easel_error)
 
 
-api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read for its cost
+api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read (once, there)
 # The proxy applies the same limits first where it loads serve.wire (the stack's Ray); these hold on any proxy, and,
 # added before the metrics middleware, their 413s are counted.
 api.add_middleware(BodyLimits, limits=BODY_LIMITS)
@@ -173,14 +202,18 @@ async def _read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpt
     """The upload and options of a vectorize request (the body's size is bounded by :class:`BodyLimits`)."""
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=8)
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
+            field = "file" if "files" in str(error.detail) else "body"
+            raise InvalidInput(f"{field}: {error.detail} (one file part, 'file', and the options)", field) from None
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise InvalidInput("file: a multipart request needs a file part named 'file'", field="file")
         fields = {key: value for key, value in form.items() if key != "file"}
         return await upload.read(), VectorizeOptions.model_validate(fields)
     if content_type.startswith("application/json"):
-        body = VectorizeJson.model_validate_json(await request.body())
+        body = read_json(VectorizeJson, await request.body(), content_type)
         try:
             return base64.b64decode(body.image, validate=True), body
         except ValueError as error:  # binascii.Error, or characters outside ASCII
@@ -259,7 +292,6 @@ class Gateway:
     async def generate(
         self,
         http: Request,
-        request: GenerationRequest,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
         cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
     ) -> JSONResponse:
@@ -267,9 +299,10 @@ class Gateway:
 
         With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
         ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer. Input images
-        (``image``, ``mask``: img2img, inpainting) and ``controlnets`` travel base64 in the JSON.
+        (``image``, ``mask``: img2img, inpainting) and ``controlnets`` travel base64 in the JSON. The body (a
+        :class:`GenerationRequest`) is the one the key check read and priced.
         """
-        return await self._generation(http, request, idempotency_key, cache_control)
+        return await self._generation(http, request_body(http), idempotency_key, cache_control)
 
     @api.post("/v1/images/edits")
     async def edit(
@@ -280,9 +313,10 @@ class Gateway:
     ) -> JSONResponse:
         """OpenAI Images API's edits: multipart ``image`` (one or several) and ``mask`` files, the generation's fields.
 
-        The mask's transparent pixels are redrawn; no mask: img2img. The answer is the generation's.
+        The mask's transparent pixels are redrawn; no mask: img2img. The answer is the generation's. The form is read,
+        and priced, by the key check, as a JSON body is.
         """
-        return await self._generation(http, await read_edit_form(http), idempotency_key, cache_control)
+        return await self._generation(http, request_body(http), idempotency_key, cache_control)
 
     async def _generation(
         self, http: Request, request: GenerationRequest, idempotency_key: str | None, cache_control: str | None

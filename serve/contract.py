@@ -1,7 +1,8 @@
 """The OpenAPI document as the API behaves: every status a route answers, the one error body, every request body.
 
 FastAPI documents a 422 the API never sends and nothing else that can go wrong (the statuses each route answers
-are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand, so FastAPI sees none.
+are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand and a generation's is read by the key
+check (:mod:`serve.access`), so FastAPI sees neither.
 :func:`openapi` starts from FastAPI's document and makes it true, in this one place.
 
 The schemas state every limit they can. What no schema can state is in :data:`UNSTATED_LIMITS`, each with why: the
@@ -272,7 +273,8 @@ def _vectorize_body(components: dict) -> dict:
 def _as_form_rule(rule: dict, form: dict) -> dict:
     """A JSON body's dependent-field rule for a form: a field the form takes as a file is only required there."""
     then = dict(rule["then"])
-    then["properties"] = {name: schema for name, schema in then.get("properties", {}).items() if form[name].get("format") != "binary"}
+    stated = then.get("properties", {}).items()
+    then["properties"] = {name: schema for name, schema in stated if form[name].get("format") != "binary"}
     return rule | {"then": then}
 
 
@@ -321,6 +323,10 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
     generation = document["paths"][_GENERATIONS]["post"]
+    generation["requestBody"] = {  # read by the key check, once (serve.access), not by FastAPI
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
+    }
     for parameter in generation["parameters"]:
         if parameter["name"] == "Idempotency-Key":
             parameter["schema"] = IDEMPOTENCY_KEY

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 import grpc
+
+_REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
+"""A Python object's default repr (``<_io.BytesIO object at 0x7f...>``), as a library's message may carry one."""
 
 
 class EaselError(Exception):
-    """Base of every error Easel reports to a client."""
+    """Base of every error Easel reports to a client (its message never carries a Python object's repr)."""
 
     status = 500
     grpc_code = grpc.StatusCode.INTERNAL
     kind = "server_error"
 
     def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None) -> None:
+        message = _REPR.sub("", message)
         super().__init__(message)
         self.message = message
         self.field = field

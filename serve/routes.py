@@ -1,9 +1,10 @@
 """Every operation of the public API, declared once with the facts the layers around its handler read.
 
 Each :class:`Route` names the key scope it needs (:class:`~serve.access.KeyCheck`), its body limit
-(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), its pipeline label in the metrics, the error statuses
-it answers (the OpenAPI document, :mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray
-Serve's HTTP proxy loads this module (through :mod:`serve.wire`): it imports only the request schemas' limits.
+(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its body is read as (once, by the key
+check, which prices it), its pipeline label in the metrics, the error statuses it answers (the OpenAPI document,
+:mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray Serve's HTTP proxy loads this module
+(through :mod:`serve.wire`): it imports only the request schemas.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from pydantic import BaseModel
+
 from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
-from serve.text_to_image.schema import MAX_REQUEST_BYTES
+from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
 
@@ -43,6 +46,8 @@ class Route:
     body_limit: int | None = None  # bytes; None: DEFAULT_BODY_LIMIT
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
+    body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
+    form: bool = False  # its body is the edits form (multipart), read into ``body``; else JSON
     costed: bool = False  # its body's cost (images x steps x megapixels) is taken from the key's cost limit
 
     @property
@@ -67,6 +72,7 @@ ROUTES = (
         body_limit=MAX_REQUEST_BYTES,
         pipeline=TEXT_TO_IMAGE,
         rpc="Generate",
+        body=GenerationRequest,
         costed=True,
     ),
     Route(
@@ -76,6 +82,8 @@ ROUTES = (
         (409,),
         body_limit=MAX_REQUEST_BYTES,
         pipeline=TEXT_TO_IMAGE,
+        body=GenerationRequest,
+        form=True,
         costed=True,
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
@@ -112,9 +120,3 @@ def required_scope(path: str) -> Scope | None:
         if keyed.scope is not None and (path == keyed.prefix or path.startswith(keyed.prefix + "/")):
             return keyed.scope
     return None
-
-
-def costed(method: str, path: str) -> bool:
-    """Whether a request's body is priced against its key's cost limit."""
-    found = route(method, path)
-    return found is not None and found.costed

@@ -64,7 +64,7 @@ RAY_ENV = {
 SINGLE_MACHINE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
 """Left out when deploying onto a cluster off loopback (`address`): its nodes have addresses of their own. A cluster
 on loopback (nodes started with 127.0.0.1) needs it: without it Ray rewrites 127.0.0.1 to the machine's address."""
-LOOPBACK_HOOK = "serve.processes.loopback.bind_serve_servers"
+WORKER_SETUP_HOOK = "serve.processes.ray_worker.setup"
 
 FIRST_REQUEST = {
     "prompt": "a red heart icon",
@@ -311,7 +311,7 @@ class Stack:
                 address=opts.address,
                 logging_level=logging.WARNING,
                 log_to_driver=False,
-                runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK, "env_vars": env},
+                runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env},
             )
             self.ray_session_dir = Path(context.address_info["session_dir"])
             return f"http://{context.dashboard_url}" if context.dashboard_url else None
@@ -325,7 +325,7 @@ class Stack:
             log_to_driver=False,
             configure_logging=True,
             _temp_dir=None,
-            runtime_env={"worker_process_setup_hook": LOOPBACK_HOOK},
+            runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
         )
         self.ray_session_dir = Path(context.address_info["session_dir"])
         _stop_log_monitor()

@@ -1,11 +1,15 @@
-"""Limits on the wire: request bodies are counted as they arrive (chunked uploads included) and slow senders time out.
+"""Limits on the wire (bodies counted as they arrive, slow senders timed out) and the one way a JSON body is read.
 
 :class:`BodyLimits`, an ASGI middleware: a declared ``Content-Length`` over the route's limit (:mod:`serve.routes`)
 is refused before any byte is read; otherwise the bytes actually received are counted and the request is refused
 (413) as soon as they pass the limit, so no more than the limit is ever held. A client that stops sending its body for
-``BODY_IDLE_TIMEOUT_S`` gets a 408. The app never sees the refused request's body. It runs twice: in Ray Serve's
-HTTP proxy, which otherwise reads a body as fast as the client sends it and queues it until a replica asks for it
-(without a bound of its own), and in front of the public app.
+``BODY_IDLE_TIMEOUT_S``, or has not sent all of it by its deadline (``BODY_DEADLINE_S``, plus a second for every
+``BODY_MIN_RATE`` bytes received), gets a 408. The app never sees the refused request's body. It runs twice: in Ray
+Serve's HTTP proxy, which otherwise reads a body as fast as the client sends it and queues it until a replica asks for
+it (without a bound of its own), and in front of the public app.
+
+:func:`read_json`: JSON is UTF-8 (RFC 8259), sent as ``application/json`` (or ``application/*+json``); a body in
+another encoding, or said to be in one, is a 400 naming ``body``, any other media type a 400 naming ``Content-Type``.
 
 :class:`ShapedProxyErrors`, loaded by Ray Serve's proxy: what the proxy itself answers has the one error shape.
 """
@@ -15,9 +19,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
+from email.message import Message as MimeHeader
+from typing import TypeVar
 
-from serve.errors import EaselError, NotReady, Overloaded, PayloadTooLarge, RequestTimeout
+from pydantic import BaseModel, ValidationError
+
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge, RequestTimeout, invalid_input
 from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT
 
 logger = logging.getLogger(__name__)
@@ -30,6 +39,10 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 BODY_IDLE_TIMEOUT_S = 15.0
 """Seconds a client may pause while sending its body."""
+BODY_DEADLINE_S = 15.0
+"""Seconds a whole body may take to arrive, plus a second for every :data:`BODY_MIN_RATE` bytes received."""
+BODY_MIN_RATE = 64 << 10
+"""Bytes a second a body must average past its first :data:`BODY_DEADLINE_S` (a 32 MiB upload: 527 s at most)."""
 
 
 async def send_error(send: Send, error: EaselError) -> None:
@@ -43,7 +56,7 @@ async def send_error(send: Send, error: EaselError) -> None:
 
 
 class BodyLimits:
-    """ASGI middleware: per-route body limits on the bytes received, and an idle timeout while the body arrives."""
+    """ASGI middleware: per-route body limits on the bytes received; an idle timeout and a deadline for the body."""
 
     def __init__(
         self,
@@ -51,11 +64,13 @@ class BodyLimits:
         limits: Mapping[str, int],
         default_limit: int = DEFAULT_BODY_LIMIT,
         idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
+        deadline_s: float = BODY_DEADLINE_S,
     ) -> None:
         self.app = app
         self.limits = dict(limits)
         self.default_limit = default_limit
         self.idle_timeout_s = idle_timeout_s
+        self.deadline_s = deadline_s
 
     def limit_for(self, path: str) -> int:
         """The body limit of ``path`` in bytes."""
@@ -71,7 +86,7 @@ class BodyLimits:
         if declared is not None and declared > limit:
             await send_error(send, _too_large(declared, limit))
             return
-        guard = _Guard(receive, send, limit, self.idle_timeout_s)
+        guard = _Guard(receive, send, limit, self.idle_timeout_s, self.deadline_s)
         try:
             await self.app(scope, guard.receive, guard.send)
         except Exception:
@@ -89,23 +104,36 @@ class _Guard:
     response) waits for the client to disconnect, which may be minutes away and is not a slow body.
     """
 
-    def __init__(self, receive: Receive, send: Send, limit: int, idle_timeout_s: float) -> None:
+    def __init__(self, receive: Receive, send: Send, limit: int, idle_timeout_s: float, deadline_s: float) -> None:
         self._receive, self._send = receive, send
-        self.limit, self.idle_timeout_s = limit, idle_timeout_s
+        self.limit, self.idle_timeout_s, self.deadline_s = limit, idle_timeout_s, deadline_s
+        self.started = time.monotonic()
         self.received = 0
         self.body_complete = False
         self.refusal: EaselError | None = None
         self.response_started = False
+
+    @property
+    def deadline(self) -> float:
+        """When the whole body must have arrived (monotonic seconds): later for every ``BODY_MIN_RATE`` received."""
+        return self.started + self.deadline_s + self.received / BODY_MIN_RATE
 
     async def receive(self) -> Message:
         if self.refusal is not None:
             return {"type": "http.disconnect"}
         if self.body_complete:
             return await self._receive()
+        left_s = self.deadline - time.monotonic()
         try:
-            message = await asyncio.wait_for(self._receive(), self.idle_timeout_s)
+            message = await asyncio.wait_for(self._receive(), max(0.0, min(self.idle_timeout_s, left_s)))
         except TimeoutError:
-            self.refusal = RequestTimeout(f"body: nothing received for {self.idle_timeout_s:.0f} s", field="body")
+            if left_s < self.idle_timeout_s:
+                took = time.monotonic() - self.started
+                why = f"{self.received} bytes in {took:.0f} s; a body must arrive within {self.deadline_s:.0f} s, "
+                why += f"then at {BODY_MIN_RATE >> 10} KiB/s"
+            else:
+                why = f"nothing received for {self.idle_timeout_s:.0f} s"
+            self.refusal = RequestTimeout(f"body: {why}", field="body")
             return {"type": "http.disconnect"}
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
@@ -135,6 +163,42 @@ def _content_length(scope: Scope) -> int | None:
 def _too_large(size: int, limit: int, so_far: bool = False) -> PayloadTooLarge:
     amount = f"more than {limit}" if so_far else str(size)
     return PayloadTooLarge(f"body: the request body is {amount} bytes; the limit is {limit}", field="body")
+
+
+Model = TypeVar("Model", bound=BaseModel)
+UTF8_NAMES = ("utf-8", "utf8")
+"""How a ``charset`` parameter names UTF-8, the one charset a body's text may have."""
+_ENCODINGS = {"utf-8-sig": "UTF-8 with a byte order mark"}
+
+
+def media_and_charset(content_type: str) -> tuple[str, str]:
+    """A ``Content-Type`` header's media type and charset (lower case; UTF-8 when it names none)."""
+    header = MimeHeader()
+    header["content-type"] = content_type
+    return header.get_content_type(), str(header.get_param("charset") or "utf-8").lower()
+
+
+def read_json(model: type[Model], body: bytes, content_type: str | None) -> Model:
+    """``body`` read as ``model`` (:class:`InvalidInput` naming the field): JSON in UTF-8, as RFC 8259 has it.
+
+    ``content_type``: the request's header (none: JSON); its charset, if any, must be UTF-8.
+    """
+    media, charset = media_and_charset(content_type or "application/json")
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise InvalidInput(
+            f"Content-Type: the body must be JSON, sent as application/json, not {media} "
+            "(curl -d sends a form: add -H 'Content-Type: application/json')",
+            field="Content-Type",
+        )
+    encoding = json.detect_encoding(body)
+    if charset not in UTF8_NAMES or encoding != "utf-8":
+        said = f"this body is {_ENCODINGS.get(encoding, encoding.upper())}" if encoding != "utf-8" else ""
+        said = said or f"Content-Type says charset={charset}"
+        raise InvalidInput(f"body: JSON must be UTF-8 (RFC 8259); {said}", field="body")
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as error:
+        raise invalid_input(error) from None
 
 
 class ShapedProxyErrors:

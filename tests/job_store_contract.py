@@ -159,6 +159,14 @@ def test_an_owner_has_at_most_its_cap_of_unfinished_jobs_and_sees_only_its_own(s
     store.submit(REQUEST, Priority.NORMAL, owner=capped)
     assert {j.id for j in store.list(owner="key_b")} == {other.id}
     assert len(store.list(owner="key_a")) == 4 and unowned.id in {j.id for j in store.list()}
+    # Paging after another owner's job is as after a job that does not exist: the same refusal, whatever the id.
+    refusals = []
+    for after in (first.id, "job_" + "0" * 24):
+        with pytest.raises(NotFound) as refused:
+            store.list(owner="key_b", after=after)
+        refusals.append((refused.value.field, refused.value.message.replace(after, "ID")))
+    assert refusals[0] == refusals[1]
+    assert [j.id for j in store.list(owner="key_b", after=other.id)] == []  # its own
 
 
 def test_concurrent_submissions_never_pass_the_cap(store, store_factory):

@@ -5,7 +5,7 @@ A test module imports these and defines a ``store`` fixture (a fresh, empty stor
 
 import pytest
 
-from serve.access.keys import KeyLimits, digest, key_id_of
+from serve.access.keys import SLOT_LEASE_S, KeyLimits, digest, key_id_of
 from serve.routes import Scope
 
 GEN = {Scope.GENERATE}
@@ -80,6 +80,25 @@ def test_a_slot_never_given_back_expires(store):
     assert store.admit(record, 0.0).allowed and not store.admit(record, 0.0).allowed
     now[0] += 901.0  # its replica died holding it
     assert store.admit(record, 0.0).allowed
+
+
+def test_a_slot_lives_while_its_holder_renews_it_and_expires_seconds_after_it_stops(store):
+    now = _clocked(store)
+    record, _ = store.create("a", GEN, KeyLimits(concurrent=2))
+    renewed, abandoned = store.admit(record, 0.0), store.admit(record, 0.0)
+    assert store.in_flight(record.id) == 2 and not store.admit(record, 0.0).allowed
+    for _ in range(3):  # the holder of the first renews it; the holder of the second died
+        now[0] += SLOT_LEASE_S * 0.6
+        store.renew({renewed.slot: record.id})
+    assert store.in_flight(record.id) == 1
+    replacement = store.admit(record, 0.0)
+    assert replacement.allowed and not store.admit(record, 0.0).allowed
+    store.release(record, renewed.slot)
+    store.renew({renewed.slot: record.id, abandoned.slot: record.id})  # given back or expired: not taken again
+    assert store.in_flight(record.id) == 1
+    now[0] += SLOT_LEASE_S + 1  # the replacement's holder stalled past the lease: it is not brought back
+    store.renew({replacement.slot: record.id})
+    assert store.in_flight(record.id) == 0
 
 
 def test_requests_per_day_reset_at_utc_midnight(store):

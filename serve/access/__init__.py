@@ -8,6 +8,12 @@ its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
 gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`call_admitted`).
+
+A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
+(:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
+(:func:`request_body`) see the same request.
+A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
+ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
 
 from __future__ import annotations
@@ -19,22 +25,24 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from pydantic import ValidationError
-from starlette.requests import Request
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
 
 from serve import metrics
-from serve.access.keys import ApiKey, Decision, KeyStore
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
-from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
+from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
 from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Scope, costed, required_scope
+from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
 from serve.stores import scheme
 from serve.text_to_image.admission import request_cost
 from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
-from serve.wire import Message, Receive, Send, send_error
+from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
 from serve.wire import Scope as AsgiScope
 
 logger = logging.getLogger(__name__)
@@ -43,6 +51,10 @@ ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""
 CALLER = "api_key"
 """Where in the request's state :class:`KeyCheck` leaves the admitted key."""
+BODY = "body"
+"""Where in the request's state :class:`KeyCheck` leaves the request its body was read as (or why it was refused)."""
+SLOT_RENEW_S = SLOT_LEASE_S / 4
+"""How often a replica renews the slots of its running requests, and gives back those whose request ended."""
 
 
 def open_key_store(url: str) -> KeyStore:
@@ -78,25 +90,17 @@ def generation_cost(request: GenerationRequest, native_size: int) -> float:
     return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
 
 
-def body_cost(body: bytes, native_size: int) -> float:
-    """What a generation request's JSON body costs; 0 for a body the app will refuse anyway."""
-    try:
-        return generation_cost(GenerationRequest.model_validate_json(body), native_size)
-    except (ValidationError, EaselError):
-        return 0.0
+def request_body(request) -> BaseModel:
+    """The request ``request``'s body was read as by :class:`KeyCheck` (raises the refusal if it was refused)."""
+    body = request.scope["state"][BODY]
+    if isinstance(body, EaselError):
+        raise body
+    return body
 
 
-async def edit_cost(scope: AsgiScope, body: bytes, native_size: int) -> float:
-    """What an edit's multipart body costs; 0 for a body the app will refuse anyway."""
-    try:
-        request = await read_edit_form(Request(scope, _replay(body, _nothing_more)))
-        return generation_cost(request, native_size)
-    except Exception:  # noqa: BLE001 - a malformed body: the route refuses it, naming what is wrong
-        return 0.0
-
-
-async def _nothing_more() -> Message:
-    return {"type": "http.disconnect"}
+def body_cost(body: BaseModel | EaselError, native_size: int) -> float:
+    """What a request read as ``body`` costs: a generation's (:func:`generation_cost`); 0 for anything else."""
+    return generation_cost(body, native_size) if isinstance(body, GenerationRequest) else 0.0
 
 
 def duration(seconds: float) -> str:
@@ -122,11 +126,19 @@ def ratelimit_headers(decision: Decision) -> list[tuple[bytes, bytes]]:
 
 
 class Access:
-    """The key store a Gateway replica checks against (None until :meth:`open`: the API is open)."""
+    """The key store a Gateway replica checks against (None until :meth:`open`: the API is open).
+
+    It holds the concurrency slots of the replica's requests, each with its request's task: a slot is given back when
+    its request ends (:meth:`release`); the renewer, running while slots are held, renews the others every
+    :data:`SLOT_RENEW_S` and gives back any whose task ended without doing so (a request cancelled, a stream its
+    client dropped). A slot outlives its request by seconds, and a replica that died by ``SLOT_LEASE_S``.
+    """
 
     def __init__(self) -> None:
         self.store: KeyStore | None = None
         self.native_size = 512
+        self.held: dict[str, tuple[ApiKey, asyncio.Task]] = {}  # slot -> its key and its request's task
+        self._renewer: asyncio.Task | None = None
         self._active: tuple[float, bool] = (0.0, False)
 
     def open(self, store_url: str, native_size: int) -> None:
@@ -160,8 +172,20 @@ class Access:
         return key
 
     async def admit(self, key: ApiKey, cost: float) -> Decision:
-        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics)."""
-        decision = await asyncio.to_thread(self.store.admit, key, cost)
+        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics).
+
+        A slot it takes is held for the calling task from the moment the store grants it, also when the caller is
+        cancelled while it waits (the renewer then gives it back).
+        """
+        task = asyncio.current_task()
+        taking = asyncio.get_running_loop().run_in_executor(None, self.store.admit, key, cost)
+
+        def hold(done: asyncio.Future) -> None:
+            if not done.cancelled() and done.exception() is None and done.result().slot is not None:
+                self._hold(key, done.result().slot, task)
+
+        taking.add_done_callback(hold)
+        decision = await asyncio.shield(taking)
         result = "admitted" if decision.allowed else decision.refused_by
         metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
         if decision.allowed and cost:
@@ -170,10 +194,42 @@ class Access:
             logger.warning("key %s over its %s limit", key.id, decision.refused_by)
         return decision
 
-    async def release(self, key: ApiKey, decision: Decision) -> None:
-        """Give back the concurrency slot ``decision`` took, if any."""
+    async def release(self, decision: Decision) -> None:
+        """Give back the concurrency slot ``decision`` took, if any (also when the caller is cancelled meanwhile)."""
         if decision.slot is not None:
-            await asyncio.to_thread(self.store.release, key, decision.slot)
+            await self._give_back(decision.slot)
+
+    def _hold(self, key: ApiKey, slot: str, task: asyncio.Task) -> None:
+        self.held[slot] = (key, task)
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.get_running_loop().create_task(self._renew())
+
+    async def _give_back(self, slot: str) -> None:
+        """Stop holding ``slot`` and delete it from the store (one the store missed expires in ``SLOT_LEASE_S``)."""
+        found = self.held.pop(slot, None)
+        if found is None:  # given back already
+            return
+        key = found[0]
+        try:
+            await asyncio.shield(asyncio.get_running_loop().run_in_executor(None, self.store.release, key, slot))
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable
+            logger.warning("giving back a slot of key %s: %s: %s", key.id, type(error).__name__, error)
+
+    async def _renew(self) -> None:
+        """While slots are held: give back those whose request ended, renew the others."""
+        while self.held:
+            await asyncio.sleep(SLOT_RENEW_S)
+            for slot, (key, _) in [(slot, held) for slot, held in self.held.items() if held[1].done()]:
+                logger.info("a request of key %s ended without giving its slot back: given back", key.id)
+                await self._give_back(slot)
+            running = {slot: key.id for slot, (key, _) in self.held.items()}
+            if running:
+                try:
+                    await asyncio.to_thread(self.store.renew, running)
+                except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable; the next round renews
+                    logger.warning("renewing %d slots: %s: %s", len(running), type(error).__name__, error)
 
 
 ACCESS = Access()
@@ -190,32 +246,37 @@ def open_access(store_url: str, native_size: int) -> None:
 
 
 class KeyCheck:
-    """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`."""
+    """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`.
+
+    A route's body with a model is read here, once, into the request's state (:func:`request_body`), after the key
+    is known and before its limits are taken (the cost is the body's).
+    """
 
     def __init__(self, app) -> None:
         self.app = app
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403/429 in the app's place."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not await ACCESS.keys_required():
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        try:
-            header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-            key = await ACCESS.authenticate(header, scope["path"])
-        except EaselError as error:
-            logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
-            await send_error(send, error)
+        state = scope.setdefault("state", {})
+        keyed = await ACCESS.keys_required()
+        if keyed:
+            try:
+                header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+                state[CALLER] = key = await ACCESS.authenticate(header, scope["path"])
+            except EaselError as error:
+                logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
+                await send_error(send, error)
+                return
+        found = route(scope["method"], scope["path"])
+        if found is not None and found.body is not None:
+            state[BODY] = await read_body(found, scope, receive)
+        if not keyed:
+            await self.app(scope, receive, send)
             return
-        scope.setdefault("state", {})[CALLER] = key
-        cost = 0.0
-        if costed(scope["method"], scope["path"]):
-            body = await _read_body(receive)
-            if scope["path"] == "/v1/images/edits":
-                cost = await edit_cost(scope, body, ACCESS.native_size)
-            else:
-                cost = await asyncio.to_thread(body_cost, body, ACCESS.native_size)
-            receive = _replay(body, receive)
+        cost = body_cost(state[BODY], ACCESS.native_size) if found is not None and found.costed else 0.0
         decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
@@ -224,7 +285,7 @@ class KeyCheck:
         try:
             await self.app(scope, receive, _send_with_headers(send, headers))
         finally:
-            await ACCESS.release(key, decision)
+            await ACCESS.release(decision)
 
 
 @asynccontextmanager
@@ -244,7 +305,7 @@ async def call_admitted(grpc_context, path: str, request: GenerationRequest | No
     try:
         yield
     finally:
-        await ACCESS.release(key, decision)
+        await ACCESS.release(decision)
 
 
 def _over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:
@@ -273,8 +334,38 @@ def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
     return send_more
 
 
-async def _read_body(receive: Receive) -> bytes:
-    """The whole request body (its size is already bounded by :class:`serve.wire.BodyLimits`)."""
+async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
+    """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or why not.
+
+    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8).
+    """
+    try:
+        if found.form:
+            return await _read_form(Request(scope, receive))
+        content_type = dict(scope.get("headers", ())).get(b"content-type")
+        return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
+    except EaselError as error:
+        return error
+    except (HTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts, malformed)
+        detail = str(getattr(error, "detail", error))
+        field = "image" if "files" in detail else "body"
+        return InvalidInput(f"{field}: {detail} (the edits form: image, mask and the generation's fields)", field)
+
+
+async def _read_form(request: Request) -> GenerationRequest | EaselError:
+    """The edits form's request; its text is UTF-8, as a JSON body's is (a ``charset`` other than that: 400)."""
+    charset = media_and_charset(request.headers.get("content-type", ""))[1]
+    if charset not in UTF8_NAMES:
+        return InvalidInput(f"body: a form's text must be UTF-8; Content-Type says charset={charset}", "body")
+    try:
+        return await read_edit_form(request)
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        return InvalidInput("body: the request ended before its body did", "body")
+    finally:
+        await request.close()  # the form's files
+
+
+async def _whole_body(receive: Receive) -> bytes:
     chunks = []
     while True:
         message = await receive()
@@ -284,17 +375,3 @@ async def _read_body(receive: Receive) -> bytes:
         if not message.get("more_body", False):
             break
     return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """A ``receive`` that gives the app ``body`` once, then what the client sends next (its disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay

@@ -5,7 +5,8 @@ stored (the secret is 32 random bytes, so a fast hash is enough). Each key has s
 
 - **requests per minute** and **cost per minute** (cost = images x denoising steps x megapixels, as admission counts
   it; a vectorize request costs 0): token buckets that refill continuously, full after a minute;
-- **concurrent requests**: at most that many of the key's requests in flight at once;
+- **concurrent requests**: at most that many of the key's requests in flight at once (a slot each, held while the
+  request lives: its replica renews it, and one not renewed for ``SLOT_LEASE_S`` is dropped);
 - **requests per day** (UTC).
 
 Every limit lives in the store, so all Gateway replicas (and all nodes with Redis) draw from the same buckets; a
@@ -31,8 +32,8 @@ from serve.routes import Scope
 
 API_KEY_ENV = "EASEL_API_KEY"
 """The key Easel's own clients (the first request, load tests, benchmarks) send, when set."""
-INFLIGHT_TTL_S = 900.0
-"""A request slot not given back in this time (its replica died) is dropped."""
+SLOT_LEASE_S = 10.0
+"""A concurrency slot not renewed for this long (its replica died) is dropped; replicas renew theirs in seconds."""
 
 
 class KeyLimits(BaseModel):
@@ -188,3 +189,11 @@ class KeyStore(ABC):
     @abstractmethod
     def release(self, key: ApiKey, slot: str) -> None:
         """Give back a concurrency slot."""
+
+    @abstractmethod
+    def renew(self, slots: Mapping[str, str]) -> None:
+        """Renew the leases of held slots (``slots``: slot -> its key's id); a slot given back stays given back."""
+
+    @abstractmethod
+    def in_flight(self, key_id: str) -> int:
+        """How many concurrency slots the key holds now (its requests in flight)."""

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Mapping
 
-from serve.access.keys import INFLIGHT_TTL_S, ApiKey, Bucket, Decision, KeyStore, utc_day
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyStore, utc_day
 from serve.stores import redis_client
 
 _KEY = "easel:key:"  # hash per key
 _KEYS = "easel:keys"  # zset: key id by creation time
 _BUCKET = "easel:key-bucket:"  # hash per key and bucket: tokens, updated_at
 _DAY = "easel:key-day:"  # counter per key and UTC day
-_SLOTS = "easel:key-slots:"  # zset per key: slot by time taken
+_SLOTS = "easel:key-slots:"  # zset per key: slot by time taken or last renewed
 
 # KEYS: requests bucket, cost bucket, day counter, slots. ARGV: now, rpm, cost/min, cost, per day, concurrent,
 # slot, ttl, day seconds left (empty string: no such limit). Returns [allowed, refused_by, retry_after, req tokens,
@@ -72,6 +73,17 @@ end
 return {1, '', '0', tostring(tokens[1]), tostring(tokens[2])}
 """
 
+# KEYS: each slot's zset; ARGV: now, the oldest live time, then the slots. A slot given back or expired stays so.
+_RENEW = """
+for i, zset in ipairs(KEYS) do
+  local taken = tonumber(redis.call('ZSCORE', zset, ARGV[i + 2]))
+  if taken and taken >= tonumber(ARGV[2]) then
+    redis.call('ZADD', zset, ARGV[1], ARGV[i + 2])
+  end
+end
+return 0
+"""
+
 
 class RedisKeyStore(KeyStore):
     """Keys in Redis (a stack across machines)."""
@@ -79,6 +91,7 @@ class RedisKeyStore(KeyStore):
     def __init__(self, url: str) -> None:
         self.redis = redis_client(url)
         self._admit = self.redis.register_script(_ADMIT)
+        self._renew = self.redis.register_script(_RENEW)
 
     def _insert(self, record: ApiKey, stored: str) -> None:
         fields = {
@@ -137,7 +150,7 @@ class RedisKeyStore(KeyStore):
                 arg(limits.requests_per_day),
                 arg(limits.concurrent),
                 slot,
-                repr(INFLIGHT_TTL_S),
+                repr(SLOT_LEASE_S),
                 repr(86400 - now % 86400),
             ],
         )
@@ -156,3 +169,13 @@ class RedisKeyStore(KeyStore):
     def release(self, key: ApiKey, slot: str) -> None:
         """See :meth:`KeyStore.release`."""
         self.redis.zrem(_SLOTS + key.id, slot)
+
+    def renew(self, slots: Mapping[str, str]) -> None:
+        """See :meth:`KeyStore.renew`."""
+        now = self.clock()
+        keys = [_SLOTS + key_id for key_id in slots.values()]
+        self._renew(keys=keys, args=[repr(now), repr(now - SLOT_LEASE_S), *slots])
+
+    def in_flight(self, key_id: str) -> int:
+        """See :meth:`KeyStore.in_flight`."""
+        return self.redis.zcount(_SLOTS + key_id, self.clock() - SLOT_LEASE_S, "+inf")

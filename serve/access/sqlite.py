@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import secrets
 import threading
+from collections.abc import Mapping
 
-from serve.access.keys import INFLIGHT_TTL_S, ApiKey, Bucket, Decision, KeyStore, utc_day
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyStore, utc_day
 from serve.stores import serialized, sqlite_connect
 
 
@@ -36,6 +37,7 @@ class SqliteKeyStore(KeyStore):
                 tokens REAL NOT NULL, updated_at REAL NOT NULL, PRIMARY KEY (key_id, bucket));
             CREATE TABLE IF NOT EXISTS key_days (key_id TEXT NOT NULL, day TEXT NOT NULL, used INTEGER NOT NULL,
                 PRIMARY KEY (key_id, day));
+            -- taken_at: when the slot was taken or last renewed
             CREATE TABLE IF NOT EXISTS key_slots (slot TEXT PRIMARY KEY, key_id TEXT NOT NULL, taken_at REAL NOT NULL);
             """
         )
@@ -107,9 +109,7 @@ class SqliteKeyStore(KeyStore):
                     decision.allowed, decision.refused_by = False, "requests_per_day"
                     decision.retry_after_s = 86400 - now % 86400
             if decision.allowed and limits.concurrent is not None:
-                self.db.execute(
-                    "DELETE FROM key_slots WHERE key_id = ? AND taken_at < ?", (key.id, now - INFLIGHT_TTL_S)
-                )
+                self.db.execute("DELETE FROM key_slots WHERE key_id = ? AND taken_at < ?", (key.id, now - SLOT_LEASE_S))
                 held = self.db.execute("SELECT COUNT(*) FROM key_slots WHERE key_id = ?", (key.id,)).fetchone()[0]
                 if held >= limits.concurrent:
                     decision.allowed, decision.refused_by, decision.retry_after_s = False, "concurrent", 1.0
@@ -137,3 +137,20 @@ class SqliteKeyStore(KeyStore):
     def release(self, key: ApiKey, slot: str) -> None:
         """See :meth:`KeyStore.release`."""
         self.db.execute("DELETE FROM key_slots WHERE slot = ?", (slot,))
+
+    @serialized
+    def renew(self, slots: Mapping[str, str]) -> None:
+        """See :meth:`KeyStore.renew`."""
+        now = self.clock()
+        with self.db:
+            self.db.executemany(
+                "UPDATE key_slots SET taken_at = ? WHERE slot = ? AND taken_at >= ?",
+                [(now, slot, now - SLOT_LEASE_S) for slot in slots],
+            )
+
+    @serialized
+    def in_flight(self, key_id: str) -> int:
+        """See :meth:`KeyStore.in_flight`."""
+        since = self.clock() - SLOT_LEASE_S
+        query = "SELECT COUNT(*) FROM key_slots WHERE key_id = ? AND taken_at >= ?"
+        return self.db.execute(query, (key_id, since)).fetchone()[0]

@@ -187,15 +187,18 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
 @click.option("--tiers", default="1,2,3,auto,default", show_default=True)
 @click.option("--concurrency", type=INT_LIST, default="1", show_default=True, help="Concurrencies.")
 @click.option("--requests", default=40, show_default=True, help="Timed requests per tier and concurrency.")
+@click.option(
+    "--behind-heavy", default=0, show_default=True, help="Also time a 64 px icon while N 2048 px noise uploads trace."
+)
 @out_option("out/bench_vectorize.json")
 def bench_vectorize(
-    images: Path, size: int, tiers: str, concurrency: tuple[int, ...], requests: int, out: Path
+    images: Path, size: int, tiers: str, concurrency: tuple[int, ...], requests: int, behind_heavy: int, out: Path
 ) -> None:
     """Per tier: latency p50/p95 (client and server side), conversions/s and CPU-seconds per request."""
     from serve.benchmarks import vectorize
 
     settings = vectorize.VectorizeSettings(
-        size=size, tiers=tuple(tiers.split(",")), concurrency=concurrency, requests=requests
+        size=size, tiers=tuple(tiers.split(",")), concurrency=concurrency, requests=requests, behind_heavy=behind_heavy
     )
     click.echo(vectorize.run_benchmark(images, settings, out))
 

@@ -9,11 +9,11 @@ codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are g
 from __future__ import annotations
 
 import base64
-import json
 from typing import NoReturn
 
 from google.protobuf.message import Message
 from pydantic import ValidationError
+from pydantic_core import from_json
 
 from serve.errors import EaselError, InvalidInput, invalid_input
 from serve.grpc_api import easel_pb2
@@ -46,9 +46,9 @@ def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
         if "ip_adapter_scale" in body:
             message = "ip_adapter_scale_json: give ip_adapter_scale or the mapping, not both"
             raise InvalidInput(message, "ip_adapter_scale_json")
-        try:
-            body["ip_adapter_scale"] = json.loads(body.pop("ip_adapter_scale_json"))
-        except json.JSONDecodeError as error:
+        try:  # the HTTP API's parser, with its bound on nesting
+            body["ip_adapter_scale"] = from_json(body.pop("ip_adapter_scale_json"))
+        except ValueError as error:
             raise InvalidInput(f"ip_adapter_scale_json: not JSON ({error})", "ip_adapter_scale_json") from None
     try:
         return GenerationRequest.model_validate(body)

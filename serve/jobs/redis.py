@@ -136,8 +136,10 @@ class RedisJobStore(JobStore):
     ) -> list[Job]:
         """See :meth:`JobStore.list`."""
         start = 0
-        if after is not None:
+        if after is not None:  # another owner's job is as unknown as a missing one
             rank = self.redis.zrevrank(_CREATED, after)
+            if owner is not None and rank is not None and self.redis.hget(_job_key(after), "owner") != owner:
+                rank = None
             if rank is None:
                 raise NotFound(f"after: no job {after!r}", "after")
             start = rank + 1

@@ -157,8 +157,10 @@ class SqliteJobStore(JobStore):
         if owner is not None:
             where.append("owner = ?")
             args.append(owner)
-        if after is not None:
-            anchor = self.db.execute("SELECT created_at FROM jobs WHERE id = ?", (after,)).fetchone()
+        if after is not None:  # another owner's job is as unknown as a missing one
+            anchor = self.db.execute(
+                "SELECT created_at FROM jobs WHERE id = ? AND (? IS NULL OR owner = ?)", (after, owner, owner)
+            ).fetchone()
             if anchor is None:
                 raise NotFound(f"after: no job {after!r}", "after")
             where.append("(created_at < ? OR (created_at = ? AND id < ?))")

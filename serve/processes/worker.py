@@ -3,7 +3,9 @@
 vtracer holds the GIL for as long as a conversion takes, and a detailed image (noise, a photograph) takes minutes:
 run in the replica itself, it starves the replica's event loop (health checks fail, Ray kills the replica and every
 request in it). In a :class:`DeadlineWorker` the caller's event loop stays free, and a call past its deadline kills
-the child (a new one serves the next call) and raises :class:`DeadlineExceeded`.
+the child (a new one serves the next call) and raises :class:`DeadlineExceeded`. A call waits for its turn at most
+as long as its caller allows (:class:`WorkerBusy`), and a caller that gives up (is cancelled) mid-call kills the child
+too: its work stops with it.
 
 The child is a plain ``python -m serve.processes.worker`` (no ``multiprocessing`` main-module re-import inside a
 Ray worker); calls travel as pickles over its stdin/stdout. It dies with its parent (``PR_SET_PDEATHSIG``).
@@ -35,6 +37,10 @@ class DeadlineExceeded(TimeoutError):
 
 class WorkerDied(RuntimeError):
     """The worker exited during a call (killed from outside, or out of memory)."""
+
+
+class WorkerBusy(TimeoutError):
+    """The worker was busy with other calls for longer than the caller would wait."""
 
 
 def _send(stream: BinaryIO, value: Any) -> None:
@@ -72,13 +78,18 @@ class DeadlineWorker:
         )
         return self
 
-    async def call(self, deadline_s: float, function: str, *args: Any) -> Any:
+    async def call(self, deadline_s: float, function: str, *args: Any, wait_s: float | None = None) -> Any:
         """``function`` (``"package.module:name"``) applied to ``args`` in the child, within ``deadline_s`` seconds.
 
-        Calls queue for the child; the deadline counts from the moment the child is handed the call. Exceptions
-        raised by the function are raised here.
+        Calls queue for the child, each at most ``wait_s`` seconds (None: as long as it takes) before
+        :class:`WorkerBusy`; the deadline counts from the moment the child is handed the call. Exceptions raised by
+        the function are raised here; a caller cancelled mid-call kills the child (its call's work stops).
         """
-        async with self._lock:
+        try:
+            await asyncio.wait_for(self._lock.acquire(), wait_s)
+        except TimeoutError:
+            raise WorkerBusy(f"{self.name} worker busy for more than {wait_s:g} s") from None
+        try:
             if self._process is None or self._process.poll() is not None:
                 self.start()
             process = self._process
@@ -88,9 +99,14 @@ class DeadlineWorker:
             except TimeoutError:
                 self._replace(process, f"past its {deadline_s:g} s deadline running {function}")
                 raise DeadlineExceeded(f"{function} took more than {deadline_s:g} s") from None
+            except asyncio.CancelledError:
+                self._replace(process, f"left by its caller running {function}")
+                raise
             except (EOFError, BrokenPipeError, pickle.UnpicklingError) as error:
                 self._replace(process, f"exited with {process.poll()} running {function}")
                 raise WorkerDied(f"{self.name} worker died running {function}") from error
+        finally:
+            self._lock.release()
         if not ok:
             raise value
         return value
@@ -101,12 +117,12 @@ class DeadlineWorker:
         return _receive(process.stdout)
 
     def _replace(self, process: subprocess.Popen, why: str) -> None:
-        """Kill ``process`` (its thread, blocked on the pipe, then sees EOF); the next call starts a new one."""
+        """Kill ``process`` (its thread, blocked on the pipe, then sees EOF) and start the one for the next call."""
         logger.warning("%s worker (pid %d) %s; killed, a new one takes the next call", self.name, process.pid, why)
         process.kill()
         process.wait()
         self.restarts += 1
-        self._process = None
+        self.start()  # its imports run while no call waits
 
     def stop(self) -> None:
         """Stop the child."""

@@ -52,16 +52,14 @@ MAX_CONTROLNETS = 4
 MAX_CONTROL_SCALE = 2.0
 DEFAULT_STRENGTH = 0.8
 """img2img's default (diffusers' StableDiffusionImg2ImgPipeline); with a mask: 1.0, the masked area redrawn."""
-_SIZE = re.compile(r"([0-9]{1,5})x([0-9]{1,5})")  # ASCII digits only, matched whole (no trailing newline)
+_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # canonical ASCII digits, matched whole (no newline)
 SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 """Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
 
 
 def _side_pattern() -> str:
-    """Every side :data:`_SIZE` and the limits accept (zeros in front included), as one regular expression."""
-    sides = [str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0]
-    by_digits = {digits: [s for s in sides if len(s) == digits] for digits in sorted({len(s) for s in sides})}
-    return "|".join(f"0{{0,{5 - digits}}}(?:{'|'.join(group)})" for digits, group in by_digits.items())
+    """Every side :data:`_SIZE` and the limits accept (canonical digits: no zeros in front), as one expression."""
+    return "|".join(str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0)
 
 
 SIZE_PATTERN = f"^(?:{_side_pattern()})x(?:{_side_pattern()})(?!\\n)$"
@@ -366,7 +364,7 @@ class GenerationRequest(BaseModel):
             return None
         match = _SIZE.fullmatch(value)
         if not match:
-            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT)")
+            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT, digits without zeros in front)")
         for side in map(int, match.groups()):
             if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
                 raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")

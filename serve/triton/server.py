@@ -3,6 +3,12 @@
 Triton runs with explicit model control, so one broken model (a python-backend stub that died or stopped answering)
 is unloaded and loaded again without restarting the server; :meth:`TritonServer.check` is the supervisor's health
 check (stub processes alive, every model ready, a small canary inference per model at an interval).
+
+Model control (load, unload), shared-memory registration, tracing and logging settings answer only requests that carry
+the server's own key (:data:`CONTROL_HEADER`, random per server, known to the process that supervises it): a local
+process or a web page that can only send requests to Triton's loopback ports cannot unload the UNet. Health, metadata,
+statistics and inference stay open on loopback, as the replicas and tools use them. The key is on tritonserver's
+command line (it takes it nowhere else), which local users who can read ``/proc`` can see.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import secrets
 import shutil
 import sys
 import sysconfig
@@ -105,6 +112,10 @@ class TritonEndpoints:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
+CONTROL_HEADER = "easel-triton-control"
+"""The header (gRPC metadata: ``triton-grpc-protocol-`` before it) that carries a server's control key."""
+RESTRICTED = "model-repository,shared-memory,trace,logging"
+"""Triton's APIs that answer only with the control key (``--http-restricted-api``, ``--grpc-restricted-protocol``)."""
 HTTP_CHECK_S = 2.0
 """Seconds between the supervisor's looks at Triton's HTTP health and model readiness."""
 CANARY_TIMEOUT_S = 30.0
@@ -136,6 +147,7 @@ class TritonServer:
         self.canary_interval_s = canary_interval_s
         self.extra_args = extra_args
         self.memory_budgets = dict(memory_budgets or {})
+        self.control_key = secrets.token_urlsafe(24)
         self.managed = ManagedProcess(
             "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.memory_budgets)
         )
@@ -164,6 +176,8 @@ class TritonServer:
             f"--grpc-port={e.grpc_port}",
             f"--metrics-address={e.host}",
             f"--metrics-port={e.metrics_port}",
+            f"--http-restricted-api={RESTRICTED}:{CONTROL_HEADER}={self.control_key}",
+            f"--grpc-restricted-protocol={RESTRICTED}:{CONTROL_HEADER}={self.control_key}",
             "--exit-on-error=false",
             "--strict-readiness=false",
             "--exit-timeout-secs=5",
@@ -193,8 +207,9 @@ class TritonServer:
 
     def reload(self, model: str) -> None:
         """Unload ``model`` (its readiness goes false, so ``/readyz`` says 503) and load it again."""
-        self._http.post(f"/v2/repository/models/{model}/unload", timeout=60)
-        response = self._http.post(f"/v2/repository/models/{model}/load", timeout=300)
+        control = {CONTROL_HEADER: self.control_key}
+        self._http.post(f"/v2/repository/models/{model}/unload", headers=control, timeout=60)
+        response = self._http.post(f"/v2/repository/models/{model}/load", headers=control, timeout=300)
         if response.status_code != 200:
             raise RuntimeError(f"reloading {model} failed: {response.status_code} {response.text[:200]}")
 

@@ -3,8 +3,10 @@
 The tier is chosen by :func:`serve.vectorize.tiers.choose` and checked against vtracer's defaults when
 :func:`serve.vectorize.tiers.needs_check` says so (the quality guarantee). With Triton down or the models not built
 it answers with vtracer's defaults and says why (``why``, ``fallback``).
-vtracer holds the GIL for a whole conversion, so tracing runs in each replica's worker process, within a deadline
-(:mod:`serve.processes.worker`); throughput scales with replicas.
+vtracer holds the GIL for a whole conversion, so tracing runs in worker processes of each replica, within a deadline
+(:mod:`serve.processes.worker`); throughput scales with replicas. Each replica has a worker per size class, so a small
+icon (milliseconds of tracing) never waits behind a large upload (up to the deadline); a request waits for its
+class's worker at most ``QUEUE_WAIT_S`` (429 past it), and a client that leaves stops its tracing.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ import numpy as np
 from ray import serve
 
 from serve import metrics
-from serve.errors import EaselError, InvalidInput, NotReady, PayloadTooLarge
-from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerDied
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge
+from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy, WorkerDied
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
@@ -56,15 +58,27 @@ class VectorizeResult:
 
 TRACE_DEADLINE_S = 20.0
 """Seconds one request's tracing (conversions, renders, SSIM) may take; an image that needs more is refused (400)."""
+QUEUE_WAIT_S = 10.0
+"""Seconds a request waits for its size class's worker, busy with others, before a 429 with ``Retry-After``."""
+SMALL_PIXELS = 512 * 512
+"""Images up to this many pixels (icons) trace in a replica's small-image worker, larger ones in its large-image one."""
+
+
+def size_class(pixels: np.ndarray) -> str:
+    """Which of a replica's workers traces an image (``small`` or ``large``)."""
+    return "small" if pixels.shape[0] * pixels.shape[1] <= SMALL_PIXELS else "large"
 
 
 @serve.deployment(name="Vectorizer")
 class Vectorizer:
-    """Vectorize uploads; many in flight per replica, tracing in the replica's worker process one at a time."""
+    """Vectorize uploads; many in flight per replica, tracing in its worker processes (one per size class)."""
 
     def __init__(self, triton_grpc_url: str) -> None:
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url), timeout_s=30)
-        self.worker = DeadlineWorker("vectorize", preload=("serve.vectorize.tiers",)).start()
+        self.workers = {
+            size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers",)).start()
+            for size in ("small", "large")
+        }
 
     async def vectorize(
         self, upload: bytes, options: VectorizeOptions, sent_at: float | None = None
@@ -111,9 +125,10 @@ class Vectorizer:
     async def _trace(
         self, pixels: np.ndarray, choice: tiers.Choice, check: bool, options: VectorizeOptions
     ) -> tiers.Answer:
-        """:func:`tiers.served_answer` in the worker process, within :data:`TRACE_DEADLINE_S`."""
+        """:func:`tiers.served_answer` in the worker of the image's size class, within :data:`TRACE_DEADLINE_S`."""
+        size = size_class(pixels)
         try:
-            return await self.worker.call(
+            return await self.workers[size].call(
                 TRACE_DEADLINE_S,
                 "serve.vectorize.tiers:served_answer",
                 pixels,
@@ -121,7 +136,13 @@ class Vectorizer:
                 check,
                 options.validate_output,
                 options.target_quality,
+                wait_s=QUEUE_WAIT_S,
             )
+        except WorkerBusy as error:
+            raise Overloaded(
+                f"vectorize: busy with other {size} images for more than {QUEUE_WAIT_S:g} s; retry shortly",
+                retry_after_s=int(QUEUE_WAIT_S),
+            ) from error
         except DeadlineExceeded as error:
             raise InvalidInput(
                 f"image: tracing it took more than {TRACE_DEADLINE_S:g} s, the limit per request; it is too detailed "

@@ -95,8 +95,8 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
         raise
     except Image.DecompressionBombError as error:
         raise ImageRejected(f"{field}: image over {max_pixels} pixels ({error})", field, 413) from error
-    except UnidentifiedImageError as error:
-        raise ImageRejected(f"{field}: not a readable image ({error})", field, 400) from error
+    except UnidentifiedImageError as error:  # PIL's message names only its file object
+        raise ImageRejected(f"{field}: not a readable image (PNG, JPEG, WebP, GIF, ...)", field, 400) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"{field}: truncated or corrupt image ({error})", field, 400) from error
     pixels = to_rgb(image)

@@ -8,13 +8,16 @@ import collections
 import io
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 
+from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, wait_until_ready
 
 
@@ -67,6 +70,38 @@ def triton_killed(stack: Stack, ready_within_s: float = 60.0):
         yield
     finally:
         wait_until_ready(stack.info.api_url, ready_within_s)
+
+
+def unet_executions(stack: Stack) -> int:
+    """How many executions the UNet has run (every instance), from Triton's statistics."""
+    stats = httpx.get(f"{stack.info.triton_http_url}/v2/models/unet/stats", timeout=10).json()["model_stats"][0]
+    return int(stats["execution_count"])
+
+
+def assert_unet_goes_quiet(stack: Stack, settle_s: float = 4.0, window_s: float = 4.0) -> None:
+    """The UNet runs nothing (one health-check canary at most) in the ``window_s`` after ``settle_s``.
+
+    An engine call already in Triton is left to finish (they are never canceled), so the window starts after it.
+    """
+    time.sleep(settle_s)
+    before = unet_executions(stack)
+    time.sleep(window_s)
+    ran = unet_executions(stack) - before
+    assert ran <= 1, f"the UNet ran {ran} executions {settle_s:g}-{settle_s + window_s:g} s after its caller left"
+
+
+def stack_replicas(stack: Stack, *deployments: str) -> list[psutil.Process]:
+    """The stack's Ray Serve replicas of ``deployments`` (or Ray's proxy, ``ProxyActor``); never another stack's."""
+    found = []
+    for process in stack_processes(stack.stack_id):
+        try:
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        marks = (f"ServeReplica:easel:{name}" if name != "ProxyActor" else "ray::ProxyActor" for name in deployments)
+        if any(mark in command for mark in marks):
+            found.append(process)
+    return found
 
 
 def engine_names(stack: Stack) -> tuple[str, ...]:

@@ -7,7 +7,9 @@ import pytest
 
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.paths import ICONS_DEV
+from tests.bad_requests import BAD_GENERATIONS, as_message, deeply_nested
 from tests.images import dev_icon_png
+from tests.integration.conftest import assert_unet_goes_quiet
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,31 @@ def test_bad_input_is_invalid_argument_naming_the_field(easel, fields, field):
         list(easel.Generate(easel_pb2.GenerateRequest(**fields), timeout=30))
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details().startswith(f"{field}:"), refused.value.details()
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_GENERATIONS)
+def test_the_http_api_s_bad_input_is_invalid_argument_naming_the_same_field(easel, body, field):
+    with pytest.raises(grpc.RpcError) as refused:
+        list(easel.Generate(as_message(body), timeout=30))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert refused.value.details().startswith(f"{field}:"), refused.value.details()
+    assert " object at 0x" not in refused.value.details()
+
+
+def test_a_mapping_nested_past_any_parser_s_limit_is_invalid_argument(easel):
+    message = easel_pb2.GenerateRequest(prompt="x", ip_adapter_image=b"i", ip_adapter_scale_json=deeply_nested())
+    with pytest.raises(grpc.RpcError) as refused:
+        list(easel.Generate(message, timeout=30))
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value.details()
+    assert refused.value.details().startswith("ip_adapter_scale_json:"), refused.value.details()
+
+
+def test_a_stream_its_client_cancels_stops_its_generation(stack, easel):
+    long = easel_pb2.GenerateRequest(prompt="x", size="256x256", n=4, num_inference_steps=150, seed=1)
+    call = easel.Generate(long, timeout=300)
+    assert next(call).WhichOneof("event") == "progress"
+    call.cancel()
+    assert_unet_goes_quiet(stack)
 
 
 def test_vectorize_answers_what_the_http_api_does(api, easel):

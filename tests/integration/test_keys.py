@@ -1,6 +1,9 @@
 """API keys and per-key limits on a running stack: 401/403/200 through the OpenAI client, one bucket, two replicas."""
 
+import json
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 
 import grpc
 import httpx
@@ -8,13 +11,16 @@ import openai
 import pytest
 
 from serve.access import ACTIVE_CHECK_S, open_key_store
-from serve.access.keys import KeyLimits
+from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.routes import Scope
+from tests.integration.conftest import stack_replicas
 
 pytestmark = pytest.mark.integration
 
 SMALL = {"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2, "seed": 3}
+GENERATE = "/v1/images/generations"
+SLOW_JOB = SMALL | {"size": "256x256", "num_inference_steps": 150, "background": True}  # still running when asked
 
 
 @pytest.fixture(scope="module")
@@ -170,6 +176,94 @@ def test_logs_name_key_ids_never_keys(stack, keys):
     logs = "".join(p.read_text(errors="replace") for p in [*folder.glob("worker-*"), *folder.glob("serve/*.log")])
     assert f"key {made['ids']['jobs']} over its requests limit" in logs
     assert not any(made[name] in logs for name in ("generate", "vectorize", "jobs", "revoked"))
+
+
+def test_a_key_s_cost_holds_whatever_the_body_s_encoding(api, keys):
+    """JSON is UTF-8 (RFC 8259): a body in another encoding is a 400 naming it, never a generation at no cost."""
+    store, _ = keys
+    _, key = store.create("encoder", {Scope.GENERATE}, KeyLimits(cost_per_minute=0.5))
+    costly = json.dumps({"prompt": "a red heart icon", "n": 4, "num_inference_steps": 30, "seed": 11})  # 0.49
+    as_json = _bearer(key) | {"Content-Type": "application/json"}
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "utf-8-sig"):
+        refused = api.post(GENERATE, content=costly.encode(encoding), headers=as_json)
+        assert refused.status_code == 400, f"{encoding}: {refused.status_code} {refused.text[:200]}"
+        assert refused.json()["error"]["param"] == "body" and "UTF-8" in refused.json()["error"]["message"]
+    for charset in ("utf-16", "latin-1"):
+        headers = as_json | {"Content-Type": f"application/json; charset={charset}"}
+        refused = api.post(GENERATE, content=costly.encode(), headers=headers)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "body", (charset, refused.text)
+    charset_utf8 = as_json | {"Content-Type": "application/json; charset=UTF-8"}
+    first = api.post(GENERATE, content=costly.encode(), headers=charset_utf8)
+    assert first.status_code == 200 and float(first.headers["x-ratelimit-remaining-cost"]) < 0.02, first.text
+    again = api.post(GENERATE, content=costly.encode(), headers=as_json)
+    assert again.status_code == 429 and again.json()["error"]["param"] == "cost"
+
+
+def test_listing_after_another_key_s_job_answers_as_for_an_id_that_does_not_exist(api, keys):
+    store, _ = keys
+    _, mine = store.create("lister", {Scope.JOBS}, KeyLimits())
+    _, theirs = store.create("submitter", {Scope.GENERATE, Scope.JOBS}, KeyLimits())
+    job = api.post(GENERATE, json=SMALL | {"background": True}, headers=_bearer(theirs)).json()["id"]
+    made_up = "job_" + "0" * 24
+    answers = {given: api.get("/v1/jobs", params={"after": given}, headers=_bearer(mine)) for given in (job, made_up)}
+    assert [a.status_code for a in answers.values()] == [404, 404], [a.text for a in answers.values()]
+    errors = [a.json()["error"] for a in answers.values()]
+    for error, given in zip(errors, answers, strict=True):
+        error["message"] = error["message"].replace(given, "ID")
+    assert errors[0] == errors[1] and errors[0]["param"] == "after"
+    assert api.get("/v1/jobs", params={"after": job}, headers=_bearer(theirs)).status_code == 200  # its own
+
+
+def test_abandoned_event_streams_and_grpc_streams_give_their_slots_back_within_5_s(api, stack, keys):
+    store, _ = keys
+    record, key = store.create("watcher", {Scope.GENERATE, Scope.JOBS}, KeyLimits(concurrent=100))
+    job = api.post(GENERATE, json=SLOW_JOB, headers=_bearer(key)).json()["id"]
+
+    def watch_and_leave(_: int) -> list[str]:
+        with httpx.Client(base_url=stack.info.api_url, timeout=30) as client:
+            with client.stream("GET", f"/v1/jobs/{job}/events", headers=_bearer(key)) as events:
+                assert events.status_code == 200
+                lines = events.iter_lines()
+                return [next(lines) for _ in range(3)]  # the state event, then the client hangs up
+
+    request = easel_pb2.GenerateRequest(prompt="a red heart icon", size="64x64", num_inference_steps=150, seed=3)
+
+    def generate_and_cancel(stub) -> None:
+        call = stub.Generate(request, metadata=(("authorization", f"Bearer {key}"),), timeout=120)
+        assert [next(call).WhichOneof("event") for _ in range(3)] == ["progress"] * 3
+        call.cancel()
+
+    with ThreadPoolExecutor(10) as pool:
+        assert all(lines[0] == "event: state" for lines in pool.map(watch_and_leave, range(50)))
+        with grpc.insecure_channel(stack.info.grpc_address) as channel:
+            list(pool.map(generate_and_cancel, [easel_pb2_grpc.EaselStub(channel)] * 20))
+    assert api.post(f"/v1/jobs/{job}/cancel", headers=_bearer(key)).status_code == 200
+    deadline = time.monotonic() + 5
+    while (held := store.in_flight(record.id)) > 0:
+        assert time.monotonic() < deadline, f"{held} slots still held 5 s after every stream was dropped"
+        time.sleep(0.1)
+
+
+def test_the_slots_of_a_replica_that_died_expire_in_seconds(api, stack, keys):
+    """Last: it kills a Gateway replica (Ray Serve starts another; the other one answers meanwhile)."""
+    store, _ = keys
+    record, key = store.create("orphan", {Scope.GENERATE, Scope.JOBS}, KeyLimits(concurrent=20))
+    job = api.post(GENERATE, json=SLOW_JOB, headers=_bearer(key)).json()["id"]
+    with httpx.Client(base_url=stack.info.api_url, timeout=30) as client, ExitStack() as streams:
+        readers = []  # held: a line iterator dropped closes its connection
+        for _ in range(12):  # on both replicas (all on one: 1 chance in 4096)
+            events = streams.enter_context(client.stream("GET", f"/v1/jobs/{job}/events", headers=_bearer(key)))
+            readers.append(events.iter_lines())
+            assert next(readers[-1]) == "event: state"
+        assert store.in_flight(record.id) == 12
+        stack_replicas(stack, "Gateway")[0].kill()
+        killed = time.monotonic()
+    time.sleep(2)  # the live replica has given back its streams' slots; the dead one's are neither given nor renewed
+    assert store.in_flight(record.id) > 0, "the replica that was killed held none of the streams"
+    while (held := store.in_flight(record.id)) > 0:  # seconds, not the 15 minutes a slot once lived
+        assert time.monotonic() - killed < SLOT_LEASE_S + 3, f"{held} slots of a dead replica still held"
+        time.sleep(0.2)
+    assert api.post(f"/v1/jobs/{job}/cancel", headers=_bearer(key)).status_code == 200
 
 
 def _replicas_that_answered(stack, request_ids: list[str]) -> set[str]:

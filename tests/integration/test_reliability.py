@@ -1,7 +1,9 @@
 """Never falls over: limits on the wire, failures shaped as retryable errors, supervision, clean shutdown."""
 
+import json
 import logging
 import os
+import select
 import signal
 import socket
 import time
@@ -11,10 +13,14 @@ import httpx
 import psutil
 import pytest
 
+from serve.benchmarks.vectorize import noise_png, upload_and_hold
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, largest_admitted_side
 from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
+from serve.wire import BODY_DEADLINE_S
+from tests.images import icon_png
+from tests.integration.conftest import assert_unet_goes_quiet, stack_replicas, unet_executions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -76,10 +82,7 @@ def test_chunked_upload_over_the_limit_is_a_413_after_reading_no_more_than_the_l
 def test_json_body_over_the_limit_is_refused_without_the_proxy_or_a_gateway_holding_it(stack, api):
     for _ in range(10):  # both Gateway replicas warmed up: their first requests' own allocations are not the body
         assert api.post(GENERATE, json={"prompt": ""}).status_code == 400
-    front = ("ServeReplica:easel:Gateway", "ProxyActor")
-    gateways = [
-        p for p in psutil.process_iter(["cmdline"]) if any(f in " ".join(p.info["cmdline"] or []) for f in front)
-    ]
+    gateways = stack_replicas(stack, "Gateway", "ProxyActor")
     before = sum(p.memory_info().rss for p in gateways)
     head = (
         b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -116,6 +119,67 @@ def test_a_client_that_stops_sending_its_body_gets_a_408(stack):
     answer = _raw_request(stack.info.api_url, head, [b'{"prompt": '], read_timeout_s=90)
     assert b" 408 " in answer.partition(b"\r\n")[0], answer[:300]
     assert time.monotonic() - started < 40
+
+
+def _trickle(url: str, head: bytes, give_up_s: float) -> tuple[bytes, float]:
+    """Send ``head``, then the body one byte a second until the server answers; the answer and how long it took."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head)
+        while b"\r\n\r\n" not in answer and time.monotonic() - started < give_up_s:
+            try:
+                sock.sendall(b" ")
+            except OSError:
+                pass  # refused: the answer is on its way
+            if select.select([sock], [], [], 1.0)[0]:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                answer += data
+    return answer, time.monotonic() - started
+
+
+def test_bodies_arriving_a_byte_a_second_are_cut_off_by_the_body_deadline(stack):
+    head = (
+        b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100\r\nConnection: close\r\n\r\n"
+    )
+    with ThreadPoolExecutor(20) as pool:
+        answers = list(pool.map(lambda _: _trickle(stack.info.api_url, head, 40), range(20)))
+    for answer, took in answers:
+        assert b" 408 " in answer.partition(b"\r\n")[0], (took, answer[:300])
+        assert took < BODY_DEADLINE_S + 5, f"a body arriving a byte a second was held {took:.0f} s"
+
+
+def test_a_generation_whose_client_hung_up_stops_at_its_next_step(stack):
+    body = json.dumps({"prompt": "x", "size": "256x256", "n": 4, "num_inference_steps": 150, "seed": 1}).encode()
+    head = (
+        f"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    host, port = stack.info.api_url.removeprefix("http://").split(":")
+    before = unet_executions(stack)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(head + body)
+        deadline = time.monotonic() + 30
+        while unet_executions(stack) < before + 3:  # it is denoising
+            assert time.monotonic() < deadline, "the generation never started"
+            time.sleep(0.1)
+    assert_unet_goes_quiet(stack)
+
+
+def test_triton_s_model_control_refuses_callers_without_the_stack_s_key(stack):
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    unload = httpx.post(f"{stack.info.triton_http_url}/v2/repository/models/unet/unload", timeout=30)
+    assert unload.status_code in (401, 403), unload.text
+    with pytest.raises(InferenceServerException):
+        grpcclient.InferenceServerClient(stack.info.triton_grpc_url).unload_model("unet")
+    time.sleep(1)
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/unet/ready", timeout=10).status_code == 200
 
 
 def _stack_stubs(stack) -> list[psutil.Process]:
@@ -177,20 +241,12 @@ def test_sigkill_of_the_unet_stub_is_a_503_then_ready_within_20_s(stack, api):
     logger.info("ready again %.1f s after the SIGKILL of the UNet stub", seconds)
 
 
-def _replicas(deployment: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if any(f"ServeReplica:easel:{deployment}" in part for part in process.info["cmdline"] or []):
-            found.append(process)
-    return found
-
-
 def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retry_after(stack, api):
     with ThreadPoolExecutor(1) as pool:
         # ~150 UNet calls of 2x2 rows: seconds of work, so the replica dies with the request in its loop
         in_flight = pool.submit(api.post, GENERATE, json={**SMALL, "num_inference_steps": 150, "n": 2})
         time.sleep(1.5)
-        for replica in _replicas("TextToImage"):
+        for replica in stack_replicas(stack, "TextToImage"):
             replica.kill()
         response = in_flight.result()
     assert response.status_code == 503, response.text
@@ -202,7 +258,7 @@ def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retr
 
 
 def test_a_killed_gateway_replica_does_not_stop_the_api(stack, api):
-    gateways = _replicas("Gateway")
+    gateways = stack_replicas(stack, "Gateway")
     assert len(gateways) >= 2
     gateways[0].kill()
     statuses, slowest = [], 0.0
@@ -307,3 +363,52 @@ def test_an_image_too_detailed_to_trace_is_a_400_and_its_replica_keeps_answering
     Image.new("RGB", (64, 64), "red").save(small, format="PNG")
     for _ in range(4):  # both replicas, and the one whose worker was replaced
         assert api.post("/v1/vectorize", files={"file": ("red.png", small.getvalue())}).status_code == 200
+
+
+def _vectorize_workers(stack) -> list[psutil.Process]:
+    """The stack's Vectorizer replicas' tracing workers."""
+    found = []
+    for process in stack_processes(stack.stack_id):
+        try:
+            if {"serve.processes.worker", "serve.vectorize.tiers"} <= set(process.cmdline()):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_four_heavy_uploads_in_flight_do_not_hold_up_a_small_icon(stack, api):
+    noise = noise_png()
+    icon = icon_png(64)
+    assert api.post("/v1/vectorize", files={"file": ("icon.png", icon)}).status_code == 200  # warm
+    heavy = [upload_and_hold(stack.info.api_url, noise) for _ in range(4)]
+    try:
+        deadline = time.monotonic() + 30
+        while not (tracing := _busy(_vectorize_workers(stack))):  # uploaded, decoded, scored: now tracing
+            assert time.monotonic() < deadline, "no worker started tracing the heavy uploads"
+        started = time.monotonic()
+        answer = api.post("/v1/vectorize", files={"file": ("icon.png", icon)}, timeout=60)
+        took = time.monotonic() - started
+    finally:
+        for sock in heavy:  # their clients leave: their tracing stops
+            sock.close()
+    logger.info("a 64x64 icon behind four heavy uploads: %.2f s", took)
+    assert answer.status_code == 200 and took < 2.0, f"{answer.status_code} after {took:.1f} s"
+    deadline = time.monotonic() + 5
+    while any(_alive(worker) for worker in tracing):
+        assert time.monotonic() < deadline, "tracing went on after its clients left"
+        time.sleep(0.2)
+
+
+def _busy(processes: list[psutil.Process], over_s: float = 0.5) -> list[psutil.Process]:
+    """The processes that used a fifth of a core or more over ``over_s`` (an idle worker uses none)."""
+    before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
+    time.sleep(over_s)
+    return [p for p in processes if _alive(p) and sum(p.cpu_times()[:2]) - before[p.pid] > over_s / 5]
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -10,6 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
+from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
     batch_histogram,
@@ -114,30 +115,30 @@ def test_the_default_draws_the_colour_and_the_icon_asked_for(api, pairing):
     assert overlap > 0.7
 
 
-@pytest.mark.parametrize(
-    ("body", "field"),
-    [
-        ({"prompt": ""}, "prompt"),
-        ({"prompt": "x", "n": 99}, "n"),
-        ({"prompt": "x", "size": "100x100"}, "size"),
-        ({"prompt": "x", "size": "4096x4096"}, "size"),
-        ({"prompt": "x", "num_inference_steps": 0}, "num_inference_steps"),
-        ({"prompt": "x", "num_inference_steps": 10_000}, "num_inference_steps"),
-        ({"prompt": "x", "guidance_scale": -2}, "guidance_scale"),
-        ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
-        ({"prompt": "x", "output_format": "gif"}, "output_format"),
-        ({"prompt": "x", "output_format": "svg", "vectorize_tier": "9"}, "vectorize_tier"),
-        ({"prompt": "x", "vectorize_tier": "1"}, "vectorize_tier"),
-        ({"n": 1}, "prompt"),
-        ({"prompt": "x", "loras": [{"name": "style"}]}, "loras.0.name"),  # this stack has no adapters
-        ({"prompt": "x", "ip_adapter_image": "aGk="}, "ip_adapter_image"),
-    ],
-)
+@pytest.mark.parametrize(("body", "field"), BAD_GENERATIONS)
 def test_bad_input_is_a_400_naming_the_field(api, body, field):
     response = api.post(GENERATE, json=body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == field and field in error["message"]
+    assert " object at 0x" not in error["message"]  # no Python reprs
+
+
+def test_json_nested_past_any_parser_s_limit_is_a_400(api):
+    raw = f'{{"prompt": "x", "ip_adapter_scale": {deeply_nested()}}}'.encode()
+    response = api.post(GENERATE, content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "body"
+
+
+def test_a_body_sent_as_a_form_is_a_400_saying_which_content_type_to_send(api):
+    """``curl -d`` without ``-H 'Content-Type: application/json'`` sends application/x-www-form-urlencoded."""
+    body = b'{"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}'
+    response = api.post(GENERATE, content=body, headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "Content-Type" and "application/json" in error["message"]
+    assert api.post(GENERATE, content=body, headers={"Content-Type": "application/json"}).status_code == 200
 
 
 @pytest.mark.parametrize("raw", [b'{"prompt": "x", "guidance_scale": NaN}', b"{not json", b"[1, 2]", b""])

@@ -114,6 +114,7 @@ def test_cmyk_jpeg_and_animated_gif_first_frame(api):
         ({"json": {"image": "aGVsbG8=", "target_quality": 2}}, 400, "target_quality"),
         ({"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 400, "Content-Type"),
         ({"content": b"\0" * (MAX_UPLOAD_BYTES + 1), "headers": {"Content-Type": "image/png"}}, 413, "body"),
+        ({"files": [("file", (f"{n}.png", b"123", "image/png")) for n in range(3)]}, 400, "file"),
     ],
     ids=[
         "not-image",
@@ -129,12 +130,14 @@ def test_cmyk_jpeg_and_animated_gif_first_frame(api):
         "target-over-1",
         "wrong-content-type",
         "body-over-limit",
+        "three-files",
     ],
 )
 def test_bad_uploads_are_4xx_naming_the_field(api, kwargs, status, field):
     response = api.post(VECTORIZE, **kwargs)
     assert response.status_code == status, response.text
     assert response.json()["error"]["param"] == field
+    assert " object at 0x" not in response.json()["error"]["message"]  # no Python reprs
 
 
 def test_truncated_png_is_a_400_and_the_server_keeps_serving(api, icon):

@@ -7,11 +7,14 @@ import json
 import httpx
 import pytest
 
-from serve.access import body_cost, duration, edit_cost, ratelimit_headers
+from serve.access import body_cost, duration, ratelimit_headers, read_body
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
-from serve.routes import Scope, required_scope
+from serve.errors import InvalidInput
+from serve.routes import Scope, required_scope, route
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from serve.text_to_image.schema import GenerationRequest
+from serve.wire import read_json
 from tests.controls import b64, input_image
 
 
@@ -23,20 +26,28 @@ def test_each_route_needs_its_scope_and_health_needs_none():
     assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
 
 
+def _read(raw: bytes) -> GenerationRequest | InvalidInput:
+    """A generation's body as the key check reads it: the request, or its refusal."""
+    try:
+        return read_json(GenerationRequest, raw, "application/json")
+    except InvalidInput as refusal:
+        return refusal
+
+
 def test_a_generation_costs_images_times_steps_times_megapixels():
-    assert body_cost(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}', 64) == (
+    assert body_cost(_read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}'), 64) == (
         pytest.approx(2 * 10 * 512 * 512 / 1e6)
     )
-    assert body_cost(b'{"prompt": "x"}', 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
-    assert body_cost(b'{"prompt": 3', 64) == 0.0  # refused by the app anyway
+    assert body_cost(_read(b'{"prompt": "x"}'), 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
+    assert body_cost(_read(b'{"prompt": 3'), 64) == 0.0  # refused by the handler, with the reading's 400
 
 
 def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_each():
     image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
     body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
-    assert body_cost(json.dumps(body).encode(), 512) == pytest.approx(2 * 5 * 128 * 64 / 1e6)
+    assert body_cost(_read(json.dumps(body).encode()), 512) == pytest.approx(2 * 5 * 128 * 64 / 1e6)
     controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
-    assert body_cost(json.dumps(controlled).encode(), 64) == pytest.approx(10 * 64 * 64 / 1e6 * 3)
+    assert body_cost(_read(json.dumps(controlled).encode()), 64) == pytest.approx(10 * 64 * 64 / 1e6 * 3)
     form = httpx.Request(
         "POST",
         "http://x/v1/images/edits",
@@ -45,8 +56,17 @@ def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_eac
     )
     headers = [(name.lower(), value) for name, value in form.headers.raw]
     scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
-    assert asyncio.run(edit_cost(scope, form.read(), 512)) == pytest.approx(5 * 128 * 64 / 1e6)
-    assert asyncio.run(edit_cost(scope, b"not multipart", 512)) == 0.0  # refused by the route anyway
+    assert body_cost(_read_form(scope, form.read()), 512) == pytest.approx(5 * 128 * 64 / 1e6)
+    assert body_cost(_read_form(scope, b"not multipart"), 512) == 0.0  # refused by the route, with the reading's 400
+
+
+def _read_form(scope: dict, raw: bytes) -> GenerationRequest | InvalidInput:
+    """An edit's multipart body as the key check reads it: the request, or its refusal."""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return asyncio.run(read_body(route("post", "/v1/images/edits"), scope, receive))
 
 
 def test_rate_limit_headers_are_openai_s():
@@ -136,3 +156,16 @@ def test_triton_ports_default_to_the_documented_ones_and_parse(tmp_path):
     assert "8003,8001,8002" in CliRunner().invoke(main, ["up", "--help"]).output
     bad = CliRunner().invoke(main, ["up", "--triton-ports", "1,x", "--no-first-request"])  # refused as it is parsed
     assert bad.exit_code == 2 and "--triton-ports" in bad.output
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "latin-1"])
+def test_an_edit_form_whose_text_is_not_utf_8_is_a_400_naming_the_body_as_json_s_is(charset):
+    form = httpx.Request("POST", "http://x/v1/images/edits", files=[("image", ("a.png", b"png"))], data={"prompt": "x"})
+    headers = [(name.lower(), value) for name, value in form.headers.raw]
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
+    assert _read_form(scope, form.read()).prompt == "x"
+    declared = [
+        (name, value + f"; charset={charset}".encode() if name == b"content-type" else value) for name, value in headers
+    ]
+    refusal = _read_form({**scope, "headers": declared}, form.read())
+    assert isinstance(refusal, InvalidInput) and refusal.field == "body" and charset in refusal.message

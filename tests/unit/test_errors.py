@@ -22,3 +22,8 @@ def test_status_codes_and_bodies():
 def test_errors_survive_pickling_across_ray_processes():
     error = pickle.loads(pickle.dumps(NotReady("Triton down", field=None, retry_after_s=7)))
     assert isinstance(error, NotReady) and error.retry_after_s == 7 and error.message == "Triton down"
+
+
+def test_a_message_never_carries_a_python_object_s_repr():
+    error = InvalidInput("image: truncated (cannot identify image file <_io.BytesIO object at 0x7efbe68b84f0>)", "x")
+    assert error.message == "image: truncated (cannot identify image file)" == error.body()["error"]["message"]

@@ -13,6 +13,7 @@ from serve.errors import InvalidInput, NotReady
 from serve.grpc_api import easel_pb2, generation_request, vectorize_options
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
 from serve.routes import ROUTES, rpc_route
+from tests.bad_requests import deeply_nested
 
 PROTO = Path("serve/grpc_api/easel.proto")
 
@@ -39,6 +40,11 @@ def test_unset_fields_take_the_http_api_s_defaults():
             easel_pb2.GenerateRequest(prompt="x", ip_adapter_image=b"i", ip_adapter_scale_json="{"),
             "ip_adapter_scale_json",
         ),
+        (
+            easel_pb2.GenerateRequest(prompt="x", ip_adapter_image=b"i", ip_adapter_scale_json=deeply_nested()),
+            "ip_adapter_scale_json",
+        ),
+        (easel_pb2.GenerateRequest(prompt="x", size="0064x0064"), "size"),
     ],
 )
 def test_bad_fields_are_invalid_argument_naming_the_field(message, field):

@@ -1,4 +1,4 @@
-"""Free ports for the servers a stack starts."""
+"""Where the servers a stack starts listen: free ports; Triton on loopback, its model control behind its own key."""
 
 import socket
 
@@ -22,3 +22,17 @@ def test_free_ports_are_outside_the_kernels_ephemeral_range():
     first_ephemeral = int(EPHEMERAL_RANGE.read_text().split()[0])
     ports = free_ports(3)
     assert all(RAY_WORKER_PORTS_END < port < first_ephemeral for port in ports), ports
+
+
+def test_triton_listens_on_loopback_and_its_model_control_needs_its_own_key(tmp_path):
+    from serve.triton.server import CONTROL_HEADER, TritonServer
+
+    first, second = (TritonServer(tmp_path, tmp_path / "triton.log") for _ in range(2))
+    command = first.command()
+    assert {f"--{kind}-address=127.0.0.1" for kind in ("http", "grpc", "metrics")} <= set(command)
+    restricted = [arg for arg in command if "restricted" in arg]
+    assert restricted == [
+        f"--http-restricted-api=model-repository,shared-memory,trace,logging:{CONTROL_HEADER}={first.control_key}",
+        f"--grpc-restricted-protocol=model-repository,shared-memory,trace,logging:{CONTROL_HEADER}={first.control_key}",
+    ]
+    assert len(first.control_key) >= 32 and first.control_key != second.control_key

@@ -1,5 +1,6 @@
 """The supervisor and process cleanup, on plain sleeping processes (no servers)."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -109,3 +110,32 @@ def test_children_paused_stops_and_resumes_child_processes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_proxy_response_still_open_when_its_task_ends_is_cancelled():
+    from ray.serve._private.proxy_response_generator import ProxyResponseGenerator
+    from ray.serve.handle import DeploymentResponseGenerator
+
+    from serve.processes.ray_worker import cancel_abandoned_responses
+
+    class Response(DeploymentResponseGenerator):
+        def __init__(self) -> None:  # noqa: D107 - no Ray behind it
+            self.cancels = 0
+
+        def cancel(self) -> None:
+            self.cancels += 1
+
+    cancel_abandoned_responses()
+    responses = {"abandoned": Response(), "finished": Response()}
+
+    async def proxy_task(name: str) -> None:  # the proxy's task for one request: left mid-stream, or done
+        generator = ProxyResponseGenerator(responses[name])
+        generator._done = name == "finished"
+
+    async def scenario() -> None:
+        for name in responses:
+            await asyncio.create_task(proxy_task(name))
+        await asyncio.sleep(0)  # done callbacks run
+
+    asyncio.run(scenario())
+    assert responses["abandoned"].cancels == 1 and responses["finished"].cancels == 0

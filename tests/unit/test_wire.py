@@ -1,12 +1,15 @@
-"""The proxy's own failure answers get the one JSON error shape; the app's answers pass untouched; body limits."""
+"""The proxy's own failure answers get the one JSON error shape; the app's answers pass untouched; body limits and
+deadlines; the one way a JSON body is read (UTF-8, sent as JSON)."""
 
 import asyncio
 import json
 
 import pytest
 
+from serve.errors import InvalidInput
 from serve.routes import BODY_LIMITS
-from serve.wire import BodyLimits, ShapedProxyErrors, proxy_middlewares
+from serve.text_to_image.schema import GenerationRequest
+from serve.wire import BodyLimits, ShapedProxyErrors, proxy_middlewares, read_json
 
 
 def _run(app) -> tuple[int, dict, bytes]:
@@ -67,10 +70,10 @@ def test_the_apps_answers_pass_untouched(status):
     assert (got, headers["content-type"], sent) == (status, "application/json", body)
 
 
-def _limited(chunks, delays_s, disconnect_after_s: float = 0.0) -> tuple[int, list[dict]]:
+def _limited(chunks, delays_s, disconnect_after_s: float = 0.0, deadline_s: float = 60) -> tuple[int, list[dict]]:
     """A POST whose body arrives as ``chunks`` (each after its delay) through ``BodyLimits`` (limit 10 bytes, 0.2 s
-    idle timeout) to an app that reads the body, then waits for the disconnect as a proxy does, then answers 200:
-    the status sent and the messages the app received."""
+    idle timeout, ``deadline_s``) to an app that reads the body, then waits for the disconnect as a proxy does, then
+    answers 200: the status sent and the messages the app received."""
     seen, sent = [], []
     pending = list(zip(chunks, delays_s, strict=True))
 
@@ -93,7 +96,8 @@ def _limited(chunks, delays_s, disconnect_after_s: float = 0.0) -> tuple[int, li
         await _answering(200, b"application/json", b"{}")(scope, receive, send)
 
     scope = {"type": "http", "method": "POST", "path": "/x", "headers": []}
-    asyncio.run(BodyLimits(app, {}, default_limit=10, idle_timeout_s=0.2)(scope, receive, send))
+    limits = BodyLimits(app, {}, default_limit=10, idle_timeout_s=0.2, deadline_s=deadline_s)
+    asyncio.run(limits(scope, receive, send))
     (status,) = [m["status"] for m in sent if m["type"] == "http.response.start"]  # the refusal replaces the app's
     return status, seen
 
@@ -108,6 +112,11 @@ def test_a_pause_inside_the_body_is_a_408():
     assert status == 408
 
 
+def test_a_body_trickling_in_past_its_deadline_is_a_408_though_it_never_pauses_long():
+    status, seen = _limited([b"1"] * 8, [0.1] * 8, deadline_s=0.35)
+    assert status == 408 and len(seen) <= 5
+
+
 def test_once_the_body_is_whole_waiting_for_the_disconnect_is_no_timeout():
     status, seen = _limited([b"12", b"34"], [0, 0], disconnect_after_s=0.5)
     assert status == 200 and [m["type"] for m in seen] == ["http.request", "http.request", "http.disconnect"]
@@ -116,3 +125,59 @@ def test_once_the_body_is_whole_waiting_for_the_disconnect_is_no_timeout():
 def test_the_proxy_applies_the_same_body_limits_as_the_app():
     limits = [m for m in proxy_middlewares() if m.cls is BodyLimits]
     assert len(limits) == 1 and limits[0].kwargs["limits"] is BODY_LIMITS
+
+
+BODY = '{"prompt": "a red heart icon", "n": 4, "num_inference_steps": 30}'
+
+
+ENCODINGS = ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "utf-8-sig"]
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_json_in_any_encoding_but_utf_8_is_a_400_naming_body_and_the_encoding(encoding):
+    with pytest.raises(InvalidInput) as refused:
+        read_json(GenerationRequest, BODY.encode(encoding), "application/json")
+    assert refused.value.field == "body" and "must be UTF-8 (RFC 8259)" in refused.value.message
+    assert ("byte order mark" if encoding == "utf-8-sig" else encoding.upper()[:6]) in refused.value.message
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-16", "application/json; charset=latin-1"])
+def test_a_charset_other_than_utf_8_is_a_400_naming_body(content_type):
+    with pytest.raises(InvalidInput) as refused:
+        read_json(GenerationRequest, BODY.encode(), content_type)
+    assert refused.value.field == "body" and content_type.split("=")[1] in refused.value.message
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, "application/json", "application/json; charset=UTF-8", 'application/json;charset="utf-8"']
+)
+def test_utf_8_json_is_read_as_the_model(content_type):
+    request = read_json(GenerationRequest, BODY.encode(), content_type)
+    assert (request.prompt, request.n, request.num_inference_steps) == ("a red heart icon", 4, 30)
+
+
+@pytest.mark.parametrize("content_type", ["application/x-www-form-urlencoded", "text/plain", "multipart/form-data"])
+def test_a_body_that_is_not_sent_as_json_is_a_400_naming_content_type(content_type):
+    with pytest.raises(InvalidInput) as refused:
+        read_json(GenerationRequest, BODY.encode(), content_type)
+    assert refused.value.field == "Content-Type" and "application/json" in refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [(b"[" * 100_000 + b"]" * 100_000, "body"), (b'{"prompt": "x", "n": "2"}', "n"), (b"\xff{}", "body")],
+)
+def test_nesting_invalid_bytes_and_wrong_types_are_400s_naming_the_field(raw, field):
+    with pytest.raises(InvalidInput) as refused:
+        read_json(GenerationRequest, raw, "application/json")
+    assert refused.value.field == field
+
+
+def test_every_curl_example_in_the_docs_sends_its_json_as_json():
+    """``curl -d`` alone sends application/x-www-form-urlencoded, which the API refuses (a 400 naming Content-Type)."""
+    from serve.paths import PROJECT_ROOT
+
+    for path in [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").glob("*.md")]:
+        commands = path.read_text().replace("\\\n", " ").splitlines()
+        for command in (c for c in commands if "curl " in c and (" -d " in c or " --data" in c)):
+            assert "Content-Type: application/json" in command or " --json " in command, (path.name, command)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from serve.processes.worker import DeadlineExceeded, DeadlineWorker
+from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy
 
 
 def test_a_call_returns_its_result_and_raises_its_exception():
@@ -61,5 +61,39 @@ def test_calls_queue_and_each_gets_its_own_deadline():
         finally:
             worker.stop()
         assert results == [None] * 4  # 1.2 s in all, each call within its own 2 s
+
+    asyncio.run(scenario())
+
+
+def test_a_call_waits_for_its_turn_no_longer_than_its_caller_allows():
+    async def scenario():
+        worker = DeadlineWorker("test").start()
+        try:
+            busy = asyncio.create_task(worker.call(5, "time:sleep", 1.0))
+            await asyncio.sleep(0.2)
+            with pytest.raises(WorkerBusy):
+                await worker.call(5, "math:factorial", 3, wait_s=0.3)
+            await busy
+            assert await worker.call(5, "math:factorial", 3, wait_s=0.3) == 6
+        finally:
+            worker.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_caller_that_leaves_mid_call_stops_the_work_and_the_next_call_gets_a_clean_worker():
+    async def scenario():
+        worker = DeadlineWorker("test").start()
+        first = worker._process
+        try:
+            leaving = asyncio.create_task(worker.call(30, "time:sleep", 30))
+            await asyncio.sleep(0.5)
+            leaving.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leaving
+            assert first.poll() is not None and worker.restarts == 1  # its work stopped with it
+            assert await worker.call(10, "math:factorial", 4) == 24  # answered by a new worker, no stale answer
+        finally:
+            worker.stop()
 
     asyncio.run(scenario())

@@ -170,6 +170,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
+        ("outpaint",),
+        "needs at least one side over 0",
+        "an outpaint grows the image by at least one pixel on some side",
+        "a rule over several fields of an object (one of them above 0)",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
         ("controlnets.*.name",),
         "ControlNet",
         "each name is a ControlNet GET /v1/controlnets lists for the model",
@@ -188,6 +196,15 @@ _GENERATION_LIMITS = (
 UNSTATED_LIMITS = (
     *_GENERATION_LIMITS,
     *(dataclasses.replace(limit, path=_EDITS) for limit in _GENERATION_LIMITS),
+    UnstatedLimit(
+        "post",
+        _EDITS,
+        ("vectorize_tier", "ip_adapter_scale"),
+        "is only accepted with",
+        "vectorize_tier needs output_format svg; an ip_adapter_scale other than 1 needs an ip_adapter_image",
+        "the JSON body's schema states these (allOf); a form's cannot: schemathesis judges conditionals against "
+        "its file parts and fails",
+    ),
     UnstatedLimit(
         "post",
         _VECTORIZE,
@@ -270,14 +287,6 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
-def _as_form_rule(rule: dict, form: dict) -> dict:
-    """A JSON body's dependent-field rule for a form: a field the form takes as a file is only required there."""
-    then = dict(rule["then"])
-    stated = then.get("properties", {}).items()
-    then["properties"] = {name: schema for name, schema in stated if form[name].get("format") != "binary"}
-    return rule | {"then": then}
-
-
 def _edit_body(components: dict) -> dict:
     """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
     request = _add_schema(components, GenerationRequest)
@@ -296,7 +305,6 @@ def _edit_body(components: dict) -> dict:
         "required": ["image", "prompt"],
         "properties": properties,
         "additionalProperties": request.get("additionalProperties", False),
-        "allOf": [_as_form_rule(rule, properties) for rule in request.get("allOf", [])],  # fields that need another
     }
     return {
         "required": True,

@@ -242,10 +242,14 @@ def test_sigkill_of_the_unet_stub_is_a_503_then_ready_within_20_s(stack, api):
 
 
 def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retry_after(stack, api):
+    body = {**SMALL, "size": "256x256", "num_inference_steps": 150, "n": 4}  # seconds of work, never cached
+    before = unet_executions(stack)
     with ThreadPoolExecutor(1) as pool:
-        # ~150 UNet calls of 2x2 rows: seconds of work, so the replica dies with the request in its loop
-        in_flight = pool.submit(api.post, GENERATE, json={**SMALL, "num_inference_steps": 150, "n": 2})
-        time.sleep(1.5)
+        in_flight = pool.submit(api.post, GENERATE, json=body, headers={"Cache-Control": "no-cache"})
+        deadline = time.monotonic() + 30
+        while unet_executions(stack) < before + 3:  # the replica dies with the request in its loop
+            assert time.monotonic() < deadline and not in_flight.done(), "the generation never started"
+            time.sleep(0.05)
         for replica in stack_replicas(stack, "TextToImage"):
             replica.kill()
         response = in_flight.result()

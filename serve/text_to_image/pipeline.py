@@ -140,6 +140,7 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
+        denoiser = self.specs[self.family.step_engine(job)]
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
@@ -173,7 +174,7 @@ class TextToImagePipeline:
             inputs |= await controls.residuals(
                 engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
             )
-            noise = torch.from_numpy((await engines.infer(self.specs[self.family.denoiser], inputs))["noise_pred"])
+            noise = torch.from_numpy((await engines.infer(denoiser, inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)

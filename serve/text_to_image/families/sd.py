@@ -110,7 +110,7 @@ class StableDiffusion(Family):
             ),
             VAE_DECODER: vae_decoder_export(model_dir),
             VAE_ENCODER: vae_encoder_export(model_dir),
-        }
+        } | self.distilled_export(model_dir)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """``encoder_hidden_states``: the text encoder's last hidden state of the negative prompt and the prompt."""

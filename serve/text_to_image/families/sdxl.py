@@ -164,7 +164,7 @@ class StableDiffusionXL(Family):
             ),
             VAE_DECODER: vae_decoder_export(model_dir, keep_fp32=force_upcast),
             VAE_ENCODER: vae_encoder_export(model_dir, keep_fp32=force_upcast),
-        }
+        } | self.distilled_export(model_dir)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""

@@ -1,0 +1,147 @@
+"""Fewer UNet rows per image, in-process (ONNX Runtime), against diffusers and against today's loop.
+
+Few-step samplers (``lcm``, ``tcd``) on the embedded default's distilled UNet and on a UNet with an LCM-LoRA.
+"""
+
+import asyncio
+import copy
+
+import diffusers
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from serve.errors import invalid_input
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.generation import Generation
+from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
+from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
+from serve.text_to_image.spec import DISTILLED_UNET, UNET
+from tests.conftest import psnr, reference_images
+
+PROMPT = "a green heart icon"
+
+
+class Counting:
+    """An engine runner that counts each engine's rows."""
+
+    def __init__(self, runner) -> None:
+        self.runner, self.rows = runner, {}
+
+    async def infer(self, spec, inputs, priority=0):
+        self.rows[spec.name] = self.rows.get(spec.name, 0) + len(inputs["sample" if "sample" in inputs else "latent"])
+        return await self.runner.infer(spec, inputs, priority)
+
+
+def _counting(pipeline: TextToImagePipeline) -> tuple[TextToImagePipeline, Counting]:
+    counted = copy.copy(pipeline)
+    counted.engines = Counting(pipeline.engines)
+    return counted, counted.engines
+
+
+def _run(pipeline: TextToImagePipeline, job: Generation) -> np.ndarray:
+    return np.stack(asyncio.run(pipeline.generate(job)).images)
+
+
+@pytest.fixture(scope="module")
+def plain(engine_dir):
+    folder = EngineFolder(engine_dir)
+    return TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+
+
+@pytest.fixture(scope="module")
+def distilled_reference(default_model):
+    """diffusers' pipeline over the default with its distilled UNet as the UNet: how diffusers runs an LCM."""
+    unet = diffusers.UNet2DConditionModel.from_pretrained(default_model / DISTILLED_UNET)
+    pipeline = diffusers.StableDiffusionPipeline.from_pretrained(default_model, unet=unet)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_the_api_s_samplers_are_the_unet_families_and_few_step_limits_are_the_schedulers():
+    assert set(SCHEDULER_NAMES) == set(UNET_SAMPLERS) and set(FEW_STEP_SCHEDULERS) == set(FEW_STEP_SAMPLERS)
+    for cls, overrides in FEW_STEP_SAMPLERS.values():
+        scheduler = cls(**overrides)
+        assert scheduler.config.original_inference_steps == MAX_FEW_STEPS
+        scheduler.set_timesteps(MAX_FEW_STEPS)
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            scheduler.set_timesteps(MAX_FEW_STEPS + 1)
+
+
+@pytest.mark.parametrize("scheduler", FEW_STEP_SCHEDULERS)
+def test_a_few_step_sampler_over_its_steps_is_refused_naming_num_inference_steps(scheduler):
+    GenerationRequest(prompt="x", scheduler=scheduler, num_inference_steps=MAX_FEW_STEPS)
+    GenerationRequest(prompt="x", scheduler="ddim", num_inference_steps=MAX_FEW_STEPS + 1)
+    with pytest.raises(ValidationError) as refused:
+        GenerationRequest(prompt="x", scheduler=scheduler, num_inference_steps=MAX_FEW_STEPS + 1)
+    error = invalid_input(refused.value)
+    assert error.field == "num_inference_steps" and f"at most {MAX_FEW_STEPS} steps" in error.message
+
+
+@pytest.mark.parametrize("scheduler", FEW_STEP_SCHEDULERS)
+@pytest.mark.parametrize(("n", "steps", "width", "height"), [(1, 4, 64, 64), (2, 2, 96, 64)])
+def test_few_step_samplers_run_the_distilled_unet_as_diffusers_runs_an_lcm(
+    plain, distilled_reference, scheduler, n, steps, width, height
+):
+    """One unguided row per image and step, on the distilled UNet: diffusers' pipeline with it as its UNet."""
+    counted, counter = _counting(plain)
+    job = Generation(PROMPT, "blurry", n, width, height, steps, 7.5, 5, scheduler)
+    got = _run(counted, job)
+    assert counter.rows.get(DISTILLED_UNET) == n * steps and UNET not in counter.rows
+    kwargs = {"prompt": PROMPT, "num_images_per_prompt": n, "width": width, "height": height}
+    want = reference_images(
+        distilled_reference, scheduler, FEW_STEP_SAMPLERS, num_inference_steps=steps, guidance_scale=1.0, seed=5, **kwargs
+    )
+    assert psnr(got, want) >= 40
+    np.testing.assert_array_equal(_run(plain, job), got)  # deterministic for a seed
+
+
+def test_the_distilled_default_draws_what_the_baseline_draws(plain):
+    """4 unguided rows of the distilled UNet against 40 of the 20-step guided baseline: the same picture."""
+    baseline = _run(plain, Generation(PROMPT, "", 1, 64, 64, 20, 7.5, 0, "ddim"))
+    few = _run(plain, Generation(PROMPT, "", 1, 64, 64, 4, 7.5, 0, "lcm"))
+    assert psnr(few, baseline) >= 20, psnr(few, baseline)
+
+
+@pytest.fixture(scope="module")
+def lora_pipeline(default_model, tmp_path_factory):
+    """The default's LoRA-ready engines and a registry with a random ``lcm`` LoRA (an LCM-LoRA's format)."""
+    from build_engines.text_to_image.adapters import AdapterBuild
+    from build_engines.text_to_image.build import build
+    from build_engines.text_to_image.loras import build_registry, save_registry
+    from build_engines.text_to_image.random_adapters import make_lora
+
+    folder = tmp_path_factory.mktemp("lcm-lora")
+    make_lora(default_model, folder / "loras" / "lcm.safetensors", rank=8, seed=11, text_encoder=False, strength=0.5)
+    engines = build(default_model, folder / "repository", adapters=AdapterBuild(lora=True))
+    save_registry(build_registry(folder / "loras", engines, default_model), folder / "registry")
+    return TextToImagePipeline(engines, OnnxRuntimeRunner(engines, loras_dir=folder / "registry")), folder / "loras"
+
+
+@pytest.mark.parametrize("scheduler", FEW_STEP_SCHEDULERS)
+@pytest.mark.parametrize("guidance", [1.0, 1.5])
+def test_an_lcm_lora_matches_diffusers_lcm_scheduler_and_load_lora_weights(
+    lora_pipeline, default_model, scheduler, guidance
+):
+    """A few-step job with a LoRA runs the UNet with it (not the distilled UNet), guided as diffusers guides it."""
+    ours, loras = lora_pipeline
+    counted, counter = _counting(ours)
+    job = Generation(PROMPT, "", 1, 64, 64, 4, guidance, 3, scheduler, loras=(("lcm", 1.0),))
+    got = _run(counted, job)
+    assert counter.rows.get(UNET) == 4 * (2 if guidance > 1 else 1) and DISTILLED_UNET not in counter.rows
+    reference = diffusers.StableDiffusionPipeline.from_pretrained(default_model)
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(loras), weight_name="lcm.safetensors", adapter_name="lcm")
+    want = reference_images(
+        reference, scheduler, FEW_STEP_SAMPLERS, prompt=PROMPT, num_inference_steps=4, guidance_scale=guidance, seed=3
+    )
+    assert psnr(got, want) >= 40
+    without = _run(ours, Generation(PROMPT, "", 1, 64, 64, 4, guidance, 3, "ddim", loras=(("lcm", 1.0),)))
+    assert psnr(without, got) < 40  # the sampler matters: the parity bar tells them apart
+
+
+def test_requests_without_a_few_step_sampler_never_touch_the_distilled_unet(plain):
+    counted, counter = _counting(plain)
+    _run(counted, Generation(PROMPT, "", 1, 64, 64, 3, 7.5, 0, "euler"))
+    assert counter.rows.get(UNET) == 6 and DISTILLED_UNET not in counter.rows

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -145,16 +146,32 @@ def process_label(cmdline: list[str]) -> str:
     return next((Path(arg).name for arg in cmdline if arg.endswith(".py")), Path(first).name)
 
 
+def text_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence]) -> str:
+    """A plain-text table: ``columns`` are (header, format spec of the column's cells, e.g. ``">10.1f"``).
+
+    Each row has a value per column; a header is aligned and padded as its column's spec says (its width included).
+    """
+    head = "".join(f"{header:{_header_spec(spec)}}" for header, spec in columns)
+    body = ["".join(f"{value:{spec}}" for value, (_, spec) in zip(row, columns, strict=True)) for row in rows]
+    return "\n".join([head, *body])
+
+
+def _header_spec(spec: str) -> str:
+    """The alignment and width of a cell's format spec (``">+8.4f"`` -> ``">8"``), for the column's header."""
+    match = _ALIGN_WIDTH.match(spec)
+    return f"{match['align'] or '<'}{match['width']}"
+
+
+_ALIGN_WIDTH = re.compile(r"(?P<align>[<>^]?)[+\- ]?#?0?(?P<width>\d*)")
+
+
 def format_table(rows: list[BenchRow], unit: str) -> str:
     """A plain-text table of the rows; ``unit`` names what ``per_s`` counts."""
     width = max([16, *(len(r.method) + 2 for r in rows)])
-    head = f"{'method':<{width}}{'conc':>5}{'reqs':>6}{'p50 ms':>10}{'p95 ms':>10}{unit + '/s':>12}{'CPU-s/req':>11}"
-    body = [
-        f"{r.method:<{width}}{r.concurrency:>5}{r.requests:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.per_s:>12.2f}"
-        f"{r.cpu_s_per_request:>11.3f}"
-        for r in rows
-    ]
-    return "\n".join([head, *body])
+    columns = [("method", f"<{width}"), ("conc", ">5"), ("reqs", ">6"), ("p50 ms", ">10.1f"), ("p95 ms", ">10.1f")]
+    columns += [(f"{unit}/s", ">12.2f"), ("CPU-s/req", ">11.3f")]
+    cells = [(r.method, r.concurrency, r.requests, r.p50_ms, r.p95_ms, r.per_s, r.cpu_s_per_request) for r in rows]
+    return text_table(columns, cells)
 
 
 def write_json(path: Path, rows: list[BenchRow], **context) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from build_engines.text_to_image.embedded import SEED, sd_scheduler, tiny_vae
+from build_engines.text_to_image.embedded import SEED, sd_pipeline, sd_scheduler, tiny_vae
 from build_engines.text_to_image.icons import IMAGE_SIZE, TEMPLATES, caption_words, render_pairings, training_pairings
 
 logger = logging.getLogger(__name__)
@@ -335,7 +335,6 @@ def _caption_ids(tokenizer, pairings) -> torch.Tensor:
 
 def train(out_dir: Path, work_dir: Path, settings: TrainSettings | None = None, threads: int = 1) -> Path:
     """Train both stages (resuming from ``work_dir``) and save the diffusers model in ``out_dir``."""
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     settings = settings or TrainSettings()
@@ -364,16 +363,6 @@ def train(out_dir: Path, work_dir: Path, settings: TrainSettings | None = None, 
         denoiser, ema, latents * scaling, _caption_ids(tokenizer, pairings), empty, alphas, settings, work_dir
     )
 
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=ema.text_encoder,
-        tokenizer=tokenizer,
-        unet=ema.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir)
+    sd_pipeline(vae, ema.text_encoder, tokenizer, ema.unet, scheduler).save_pretrained(out_dir)
     logger.info("saved the trained default model in %s", out_dir)
     return out_dir

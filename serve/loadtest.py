@@ -15,8 +15,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve.benchmarks.loop import text_table
 from serve.paths import PROJECT_ROOT
+from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 

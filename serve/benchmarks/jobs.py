@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve.benchmarks.loop import text_table
+from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 

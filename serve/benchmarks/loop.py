@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import psutil
+
+from serve import tables
 
 logger = logging.getLogger(__name__)
 
@@ -146,32 +147,13 @@ def process_label(cmdline: list[str]) -> str:
     return next((Path(arg).name for arg in cmdline if arg.endswith(".py")), Path(first).name)
 
 
-def text_table(columns: Sequence[tuple[str, str]], rows: Iterable[Sequence]) -> str:
-    """A plain-text table: ``columns`` are (header, format spec of the column's cells, e.g. ``">10.1f"``).
-
-    Each row has a value per column; a header is aligned and padded as its column's spec says (its width included).
-    """
-    head = "".join(f"{header:{_header_spec(spec)}}" for header, spec in columns)
-    body = ["".join(f"{value:{spec}}" for value, (_, spec) in zip(row, columns, strict=True)) for row in rows]
-    return "\n".join([head, *body])
-
-
-def _header_spec(spec: str) -> str:
-    """The alignment and width of a cell's format spec (``">+8.4f"`` -> ``">8"``), for the column's header."""
-    match = _ALIGN_WIDTH.match(spec)
-    return f"{match['align'] or '<'}{match['width']}"
-
-
-_ALIGN_WIDTH = re.compile(r"(?P<align>[<>^]?)[+\- ]?#?0?(?P<width>\d*)")
-
-
 def format_table(rows: list[BenchRow], unit: str) -> str:
     """A plain-text table of the rows; ``unit`` names what ``per_s`` counts."""
     width = max([16, *(len(r.method) + 2 for r in rows)])
     columns = [("method", f"<{width}"), ("conc", ">5"), ("reqs", ">6"), ("p50 ms", ">10.1f"), ("p95 ms", ">10.1f")]
     columns += [(f"{unit}/s", ">12.2f"), ("CPU-s/req", ">11.3f")]
     cells = [(r.method, r.concurrency, r.requests, r.p50_ms, r.p95_ms, r.per_s, r.cpu_s_per_request) for r in rows]
-    return text_table(columns, cells)
+    return tables.text_table(columns, cells)
 
 
 def write_json(path: Path, rows: list[BenchRow], **context) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from serve.benchmarks import loop
+from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
                 f"  {engines}  {run.error[:80]}",
             )
         )
-    return loop.text_table(columns, cells)
+    return text_table(columns, cells)
 
 
 def run_benchmark(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.benchmarks import loop
+from serve.tables import text_table
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
@@ -97,4 +98,4 @@ def run(folder: EngineFolder, size: int, steps: int, seed: int, out: Path) -> st
         for r in rows
     ]
     heading = f"{folder.family.name} at {size}x{size}, {steps} steps, seed {seed}"
-    return "\n".join([heading, loop.text_table(columns, cells), f"written to {out}"])
+    return "\n".join([heading, text_table(columns, cells), f"written to {out}"])

@@ -7,6 +7,7 @@ import time
 import pytest
 
 from serve.benchmarks import loop
+from serve.tables import text_table
 
 STUB = "/root/.cache/easel/triton/backends-py3.11/python/triton_python_backend_stub"
 
@@ -72,7 +73,7 @@ def test_run_closed_loop_keeps_every_slot_busy():
 
 
 def test_text_table_pads_each_header_as_its_column_and_formats_each_cell():
-    table = loop.text_table([("name", "<8"), ("p50 ms", ">+9.2f"), ("n", ">3")], [("a", 1.5, 7), ("bb", -20.125, 12)])
+    table = text_table([("name", "<8"), ("p50 ms", ">+9.2f"), ("n", ">3")], [("a", 1.5, 7), ("bb", -20.125, 12)])
     assert table.splitlines() == [
         "name       p50 ms  n",
         "a           +1.50  7",

@@ -11,6 +11,7 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
 
@@ -30,6 +31,27 @@ class BenchRow:
     p95_ms: float
     per_s: float
     cpu_s_per_request: float
+
+
+@dataclass(frozen=True)
+class ServedComparison:
+    """The load of a benchmark that compares served conditions (adapters, ControlNets) and times engines in-process.
+
+    Each request's steps and size; requests in flight at once and requests per condition; rows of the in-process
+    engine timings.
+    """
+
+    steps: int = 10
+    size: int = 128
+    concurrency: int = 8
+    requests: int = 24  # per served condition, after a warm-up
+    batch: int = 8  # rows of the in-process timings
+
+
+def triton_counts(triton_http_url: str, model: str) -> tuple[int, int]:
+    """Triton's inference and execution counts of ``model`` so far (their ratio over a span: rows per execution)."""
+    stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,29 @@ def explicit_rms_norms(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+class FlowTransformerModule(torch.nn.Module):
+    """A flow-matching transformer as its engine's module, its RMS norms in elementary ops (:func:`explicit_rms_norms`).
+
+    SD3's and Flux's diffusers transformers take the same four inputs by keyword (Flux more); a subclass's ``forward``
+    makes them from the engine's inputs and calls :meth:`velocity`.
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = explicit_rms_norms(transformer)
+
+    def velocity(self, hidden_states, timestep, encoder_hidden_states, pooled_projections, **extra):
+        """The transformer's predicted velocity (``extra``: a family's own inputs, such as Flux's position ids)."""
+        return self.transformer(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            return_dict=False,
+            **extra,
+        )[0]
+
+
 def sigmas(steps: int) -> np.ndarray:
     """Flux's sigmas before the shift: evenly from 1 to ``1 / steps``."""
     return np.linspace(1.0, 1 / steps, steps)

@@ -30,7 +30,7 @@ from serve.text_to_image.families.base import (
     text_encoder_export,
     tokenize,
 )
-from serve.text_to_image.families.flow import PATCH, FlowFamily, explicit_rms_norms, sigmas
+from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -89,12 +89,11 @@ def _rotated(x, frequencies):
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-class FluxTransformerModule(torch.nn.Module):
+class FluxTransformerModule(FlowTransformerModule):
     """The Flux transformer on NCHW latents: packing, position ids and the timestep's scale inside the graph."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = explicit_rms_norms(transformer)
+        super().__init__(transformer)
         self.transformer.set_attn_processor(TracedFluxAttention())
 
     def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, *guidance):
@@ -107,16 +106,16 @@ class FluxTransformerModule(torch.nn.Module):
         column_ids = torch.arange(columns, dtype=sample.dtype).view(1, columns).expand(rows, columns)
         image_ids = torch.stack([torch.zeros_like(row_ids), row_ids, column_ids], dim=-1).reshape(rows * columns, 3)
         text_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=sample.dtype)
-        velocity = self.transformer(
-            hidden_states=packed,
-            timestep=timestep / 1000,
-            guidance=guidance[0] if guidance else None,
-            pooled_projections=pooled_projections,
-            encoder_hidden_states=encoder_hidden_states,
+        guidance = guidance[0] if guidance else None
+        velocity = self.velocity(
+            packed,
+            timestep / 1000,
+            encoder_hidden_states,
+            pooled_projections,
+            guidance=guidance,
             txt_ids=text_ids,
             img_ids=image_ids,
-            return_dict=False,
-        )[0]
+        )
         velocity = velocity.view(batch, rows, columns, channels, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
         return velocity.reshape(batch, channels, height, width)
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
@@ -31,7 +30,7 @@ from serve.text_to_image.families.base import (
     text_encoder_export,
     token_rows,
 )
-from serve.text_to_image.families.flow import PATCH, FlowFamily, explicit_rms_norms
+from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -53,22 +52,12 @@ class SD3Dims(PipelineDims):
     t5: bool
 
 
-class SD3TransformerModule(torch.nn.Module):
+class SD3TransformerModule(FlowTransformerModule):
     """The SD3 transformer with positional inputs: latents, timestep, the token sequence, the pooled embeddings."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = explicit_rms_norms(transformer)
 
     def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
         """The predicted velocity, in the latents' layout."""
-        return self.transformer(
-            hidden_states=sample,
-            timestep=timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-            return_dict=False,
-        )[0]
+        return self.velocity(sample, timestep, encoder_hidden_states, pooled_projections)
 
 
 class StableDiffusion3(FlowFamily):

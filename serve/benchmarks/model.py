@@ -33,6 +33,7 @@ class SizeRun:
     peak_own_gb: float = 0.0
     engines: dict[str, dict[str, float]] = field(default_factory=dict)
     engine_peak_gib: dict[str, float] = field(default_factory=dict)  # each stub's peak RSS so far (VmHWM)
+    ready_after: int | None = None  # /readyz's status right after the request (200: the stack stayed ready)
 
 
 class TreeMemory:
@@ -81,6 +82,14 @@ class TreeMemory:
 def _rss_anon(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+
+def _ready(api_url: str) -> int | None:
+    """``/readyz``'s status (None: no answer)."""
+    try:
+        return httpx.get(f"{api_url}/readyz", timeout=30).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def _engine_stats(triton_http_url: str) -> dict[str, tuple[int, float]]:
@@ -138,6 +147,7 @@ def run_sizes(
         except httpx.HTTPError as error:
             run.error = repr(error)[:500]
         run.end_to_end_s = round(time.perf_counter() - started, 1)
+        run.ready_after = _ready(info.api_url)
         memory.sample()
         run.peak_own_gb = round(memory.peak_gb, 2)
         run.engine_peak_gib = _engine_peaks(info.stack_id)
@@ -161,9 +171,12 @@ def run_sizes(
 
 
 def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
-    """A table: size, status, end-to-end s, s per denoising step (``denoiser``'s calls), VAE s, peak own memory."""
+    """A table of the runs: size, status, end-to-end s, s per step, VAE s, peak own memory, ``/readyz`` after.
+
+    The seconds per step are the ``denoiser``'s calls.
+    """
     head = (
-        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/step':>13}{'VAE s':>8}{'peak own GB':>13}"
+        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/step':>13}{'VAE s':>8}{'peak own GB':>13}{'readyz':>8}"
         "  engine peak RSS GiB  error"
     )
     lines = [head]
@@ -174,7 +187,7 @@ def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
         engines = " ".join(f"{k}={v:.2f}" for k, v in sorted(run.engine_peak_gib.items()) if not k.startswith("vec"))
         lines.append(
             f"{run.size:>6}{run.status or '-':>8}{run.end_to_end_s:>9.1f}{per_step:>13.2f}{vae:>8.1f}"
-            f"{run.peak_own_gb:>13.2f}  {engines}  {run.error[:80]}"
+            f"{run.peak_own_gb:>13.2f}{run.ready_after or '-':>8}  {engines}  {run.error[:80]}"
         )
     return "\n".join(lines)
 

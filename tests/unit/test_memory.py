@@ -5,12 +5,13 @@ import asyncio
 import numpy as np
 import pytest
 
-from build_engines.memory import save
+from build_engines.memory import SIDES, measured, save, sides_up_to
 from serve.errors import InvalidInput
 from serve.priority import Priority
 from serve.text_to_image.admission import Admission, Admitted, Limits, request_cost
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import ActivationPool
+from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import SAFETY, MemoryModel, activation_pool
 from serve.triton.onnx_backend import MemoryBound, run_batched
 from serve.triton.spec import ModelSpec, TensorSpec
@@ -38,6 +39,23 @@ def test_save_and_load_round_trip(tmp_path):
     model = MemoryModel(123, (1.0, 2.0, 3.0), ((1, 6),))
     save(model, tmp_path / "memory.json")
     assert MemoryModel.load(tmp_path / "memory.json") == model
+
+
+def test_engines_are_measured_up_to_their_models_native_size_and_measured_again_if_they_were_not(tmp_path):
+    assert sides_up_to(64) == SIDES
+    assert sides_up_to(128) == (*SIDES, 96, 128)  # SDXL, SD3: where a fit through 16-64 said a third of the peak
+    unet = _specs()["unet"]
+    files = EngineFiles(tmp_path)
+    assert not measured(files, unet)
+    small = MemoryModel(0, (0.0, 1.0, 0.0), ((256, 1), (4096, 2)), (0.0, 1.0, 0.0), ((4096, 0.1),))
+    save(small, files.memory)
+    assert measured(files, unet) and not measured(files, unet, sides_up_to(128))
+    save(MemoryModel(0, (0.0, 1.0, 0.0), ((4096, 2), (16384, 9)), (0.0, 1.0, 0.0)), files.memory)
+    assert measured(files, unet, sides_up_to(128))
+    save(MemoryModel(0, (0.0, 0.0, 0.0), ((1, 0),), (0.0, 0.0, 0.0)), files.memory)  # no dynamic axes: one size
+    assert measured(files, _specs()["text_encoder"], sides_up_to(128))
+    save(MemoryModel(0, (0.0, 1.0, 0.0), ((4096, 2), (16384, 9))), files.memory)  # no times: measured again
+    assert not measured(files, unet)
 
 
 class _CountingSession:

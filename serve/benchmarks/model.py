@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from serve.tables import text_table
+
 logger = logging.getLogger(__name__)
 
 PROMPT = "a lighthouse on a cliff at dusk, flat vector illustration"
@@ -175,21 +177,27 @@ def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
 
     The seconds per step are the ``denoiser``'s calls.
     """
-    head = (
-        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/step':>13}{'VAE s':>8}{'peak own GB':>13}{'readyz':>8}"
-        "  engine peak RSS GiB  error"
-    )
-    lines = [head]
+    columns = [("size", ">6"), ("status", ">8"), ("e2e s", ">9.1f"), ("s/step", ">13.2f"), ("VAE s", ">8.1f")]
+    columns += [("peak own GB", ">13.2f"), ("readyz", ">8"), ("  engine peak RSS GiB  error", "")]
+    cells = []
     for run in runs:
         steps = run.engines.get(denoiser, {})
         per_step = steps["compute_s"] / steps["executions"] if steps.get("executions") else float("nan")
         vae = run.engines.get("vae_decoder", {}).get("compute_s", float("nan"))
         engines = " ".join(f"{k}={v:.2f}" for k, v in sorted(run.engine_peak_gib.items()) if not k.startswith("vec"))
-        lines.append(
-            f"{run.size:>6}{run.status or '-':>8}{run.end_to_end_s:>9.1f}{per_step:>13.2f}{vae:>8.1f}"
-            f"{run.peak_own_gb:>13.2f}{run.ready_after or '-':>8}  {engines}  {run.error[:80]}"
+        cells.append(
+            (
+                run.size,
+                run.status or "-",
+                run.end_to_end_s,
+                per_step,
+                vae,
+                run.peak_own_gb,
+                run.ready_after or "-",
+                f"  {engines}  {run.error[:80]}",
+            )
         )
-    return "\n".join(lines)
+    return text_table(columns, cells)
 
 
 def run_benchmark(

@@ -1,4 +1,4 @@
-"""What the flow-matching transformer families (SD3, Flux) share: the denoiser, samplers, timesteps and T5.
+"""What the flow-matching transformer families (SD3, Flux) share: the denoiser, samplers and timesteps.
 
 Their denoiser is a diffusion transformer (the ``transformer`` engine) over 2x2 patches of 16-channel latents, so an
 image side is a multiple of 16 pixels; it predicts the flow's velocity, which diffusers' flow-matching scheduler steps
@@ -40,18 +40,6 @@ class FlowFamily(Family):
         base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", self.max_shift_default)
         slope = (max_shift - base_shift) / (max_len - base_len)
         return self.patches(job) * slope + base_shift - slope * base_len
-
-
-class T5Hidden(torch.nn.Module):
-    """T5 encoder -> its last hidden state."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids):
-        """The last hidden state."""
-        return self.encoder(input_ids, return_dict=False)[0]
 
 
 class ExplicitRmsNorm(torch.nn.Module):

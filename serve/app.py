@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -237,6 +237,18 @@ OnStep = Callable[[Progress], Awaitable[None]]
 """What a job's generation hands each step to (it writes the step to the store)."""
 
 
+class GenerationHeaders:
+    """The headers both generation routes read (as FastAPI's dependency): ``Idempotency-Key``, ``Cache-Control``."""
+
+    def __init__(
+        self,
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
+    ) -> None:
+        self.idempotency_key = idempotency_key
+        self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
+
+
 def _body_hash(request: GenerationRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
@@ -289,12 +301,7 @@ class Gateway:
         return {"status": "ready", "models": {**states, **vectorize}}
 
     @api.post("/v1/images/generations")
-    async def generate(
-        self,
-        http: Request,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
-    ) -> JSONResponse:
+    async def generate(self, http: Request, headers: Annotated[GenerationHeaders, Depends()]) -> JSONResponse:
         """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
 
         With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
@@ -302,34 +309,27 @@ class Gateway:
         (``image``, ``mask``: img2img, inpainting) and ``controlnets`` travel base64 in the JSON. The body (a
         :class:`GenerationRequest`) is the one the key check read and priced.
         """
-        return await self._generation(http, request_body(http), idempotency_key, cache_control)
+        return await self._generation(http, request_body(http), headers)
 
     @api.post("/v1/images/edits")
-    async def edit(
-        self,
-        http: Request,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
-    ) -> JSONResponse:
+    async def edit(self, http: Request, headers: Annotated[GenerationHeaders, Depends()]) -> JSONResponse:
         """OpenAI Images API's edits: multipart ``image`` (one or several) and ``mask`` files, the generation's fields.
 
         The mask's transparent pixels are redrawn; no mask: img2img. The answer is the generation's. The form is read,
         and priced, by the key check, as a JSON body is.
         """
-        return await self._generation(http, request_body(http), idempotency_key, cache_control)
+        return await self._generation(http, request_body(http), headers)
 
-    async def _generation(
-        self, http: Request, request: GenerationRequest, idempotency_key: str | None, cache_control: str | None
-    ) -> JSONResponse:
+    async def _generation(self, http: Request, request: GenerationRequest, headers: GenerationHeaders) -> JSONResponse:
         """A generation, whichever route it came by: a job (background) or the answer."""
         self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
         self.family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
         self.controlnets.check(request.controlnets)
         if request.background:
             await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
-            return await self._submit(request, check_idempotency_key(idempotency_key), job_owner(caller(http)))
-        body, headers = await self._answer(request, fresh="no-cache" in (cache_control or "").lower())
-        return JSONResponse(body, headers=headers)
+            return await self._submit(request, check_idempotency_key(headers.idempotency_key), job_owner(caller(http)))
+        body, answer_headers = await self._answer(request, fresh=headers.fresh)
+        return JSONResponse(body, headers=answer_headers)
 
     async def _submit(self, request: GenerationRequest, key: str | None, owner: Owner | None) -> JSONResponse:
         """Queue ``request`` as ``owner``'s job (its seed drawn now, so a re-run draws the same image).

@@ -90,8 +90,9 @@ _GENERATION_LIMITS = (
         "post",
         _GENERATIONS,
         ("size",),
-        "of the memory budget",
-        "an image of this size fits each engine's share of the stack's memory budget, `easel up --memory-budget`",
+        "the memory budget leaves",
+        "one image of this size fits each engine in the activation memory the stack's memory budget leaves beside the "
+        "engines' weights, `easel up --memory-budget`",
         "what a size needs depends on the engines the stack serves",
     ),
     UnstatedLimit(

@@ -1,10 +1,36 @@
-"""Easel's exception hierarchy, mapped to HTTP status codes and gRPC codes in this one place."""
+"""Easel's exception hierarchy, mapped to HTTP status codes and gRPC codes in this one place.
+
+Each error class declares its HTTP status; :data:`WIRE` gives the status its gRPC code and OpenAI error ``type``.
+"""
 
 from __future__ import annotations
 
 import re
 
 import grpc
+
+_CODE = grpc.StatusCode
+WIRE: dict[int, tuple[grpc.StatusCode, str]] = {
+    400: (_CODE.INVALID_ARGUMENT, "invalid_request_error"),
+    401: (_CODE.UNAUTHENTICATED, "authentication_error"),
+    403: (_CODE.PERMISSION_DENIED, "permission_error"),
+    404: (_CODE.NOT_FOUND, "not_found_error"),
+    408: (_CODE.DEADLINE_EXCEEDED, "invalid_request_error"),
+    409: (_CODE.FAILED_PRECONDITION, "conflict_error"),
+    413: (_CODE.INVALID_ARGUMENT, "invalid_request_error"),
+    429: (_CODE.RESOURCE_EXHAUSTED, "rate_limit_exceeded"),
+    500: (_CODE.INTERNAL, "server_error"),
+    503: (_CODE.UNAVAILABLE, "service_unavailable"),
+}
+"""An HTTP status Easel answers with -> its gRPC status code and its OpenAI-style error ``type``."""
+
+
+def wire(status: int) -> tuple[grpc.StatusCode, str]:
+    """:data:`WIRE`'s gRPC code and error type of ``status``; another 4xx is an invalid request, another 5xx a 500."""
+    if status in WIRE:
+        return WIRE[status]
+    return (_CODE.INVALID_ARGUMENT, "invalid_request_error") if status < 500 else WIRE[500]
+
 
 _REPR = re.compile(r" ?<[^<>]* at 0x[0-9a-fA-F]+>")
 """A Python object's default repr (``<_io.BytesIO object at 0x7f...>``), as a library's message may carry one."""
@@ -14,8 +40,11 @@ class EaselError(Exception):
     """Base of every error Easel reports to a client (its message never carries a Python object's repr)."""
 
     status = 500
-    grpc_code = grpc.StatusCode.INTERNAL
-    kind = "server_error"
+    grpc_code, kind = WIRE[status]
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.grpc_code, cls.kind = wire(cls.status)
 
     def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = None) -> None:
         message = _REPR.sub("", message)
@@ -40,8 +69,6 @@ class InvalidInput(EaselError):
     """The request is malformed or out of range; the message names the field and the limit."""
 
     status = 400
-    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
-    kind = "invalid_request_error"
 
 
 class PayloadTooLarge(InvalidInput):
@@ -54,15 +81,12 @@ class RequestTimeout(InvalidInput):
     """The client took too long to send its request."""
 
     status = 408
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class Unauthorized(EaselError):
     """No API key, or one that is unknown or revoked."""
 
     status = 401
-    grpc_code = grpc.StatusCode.UNAUTHENTICATED
-    kind = "authentication_error"
 
     def headers(self) -> dict[str, str]:
         """The scheme the client must use."""
@@ -73,24 +97,18 @@ class Forbidden(EaselError):
     """A valid API key whose scopes do not include what the route needs."""
 
     status = 403
-    grpc_code = grpc.StatusCode.PERMISSION_DENIED
-    kind = "permission_error"
 
 
 class NotFound(EaselError):
     """The request names something that does not exist (an unknown job id)."""
 
     status = 404
-    grpc_code = grpc.StatusCode.NOT_FOUND
-    kind = "not_found_error"
 
 
 class Conflict(EaselError):
     """What was asked conflicts with the state (cancel a finished job; an idempotency key reused for another body)."""
 
     status = 409
-    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
-    kind = "conflict_error"
 
 
 class RouteError(EaselError):
@@ -99,7 +117,7 @@ class RouteError(EaselError):
     def __init__(self, message: str, status: int, field: str | None = None) -> None:
         super().__init__(message, field)
         self.status = status
-        self.kind = "not_found_error" if status == 404 else "invalid_request_error"
+        self.grpc_code, self.kind = wire(status)
 
     def __reduce__(self):
         return (type(self), (self.message, self.status, self.field))
@@ -109,8 +127,6 @@ class NotReady(EaselError):
     """A backend (Triton, a model) is not up; retry later."""
 
     status = 503
-    grpc_code = grpc.StatusCode.UNAVAILABLE
-    kind = "service_unavailable"
 
     def __init__(self, message: str, field: str | None = None, retry_after_s: int | None = 5) -> None:
         super().__init__(message, field, retry_after_s)
@@ -120,8 +136,6 @@ class Overloaded(NotReady):
     """Too many requests in flight; retry later."""
 
     status = 429
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-    kind = "rate_limit_exceeded"
 
 
 class UnsupportedModel(InvalidInput):

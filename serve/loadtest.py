@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.paths import PROJECT_ROOT
+from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
@@ -139,13 +140,12 @@ def summary(out_dir: Path) -> list[dict[str, str]]:
 
 def format_summary(rows: list[dict[str, str]]) -> str:
     """A short table of the stats rows."""
-    head = f"{'name':<28}{'reqs':>7}{'fails':>7}{'p50 ms':>9}{'p95 ms':>9}{'req/s':>8}"
-    body = [
-        f"{r['Name'][:27]:<28}{r['Request Count']:>7}{r['Failure Count']:>7}{r['50%']:>9}{r['95%']:>9}"
-        f"{float(r['Requests/s']):>8.2f}"
+    columns = [("name", "<28"), ("reqs", ">7"), ("fails", ">7"), ("p50 ms", ">9"), ("p95 ms", ">9"), ("req/s", ">8.2f")]
+    cells = [
+        (r["Name"][:27], r["Request Count"], r["Failure Count"], r["50%"], r["95%"], float(r["Requests/s"]))
         for r in rows
     ]
-    return "\n".join([head, *body])
+    return text_table(columns, cells)
 
 
 def locust_env(info, images: Path) -> dict[str, str]:

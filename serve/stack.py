@@ -198,7 +198,7 @@ class Stack:
         loras_dir = self._install_loras(engines)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
-        models, budgets = triton_models(engines, vectorize), engines.budgets(self.memory_budget_bytes)
+        models, pools = triton_models(engines, vectorize), {engines.key: engines.pool(self.memory_budget_bytes)}
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
@@ -206,7 +206,7 @@ class Stack:
                 models,
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
-                memory_budgets=budgets,
+                pools=pools,
             ).start()
             self.supervisor.watch(self.triton.managed, self.triton.check)
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
@@ -215,7 +215,7 @@ class Stack:
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
             from serve.triton.node import NodeTritons
 
-            self.node_tritons = NodeTritons(self.stack_id, opts.repository, opts.run_dir, models, budgets).start()
+            self.node_tritons = NodeTritons(self.stack_id, opts.repository, opts.run_dir, models, pools).start()
         # Where clients (load tests, Prometheus) reach Triton: this machine's, or the first model node's.
         triton = self.triton.endpoints if self.triton else next(iter(self.node_tritons.endpoints().values()))
         config = load_serve_config(

@@ -25,7 +25,9 @@ def cases() -> dict[str, Generation]:
         "ddim_20_guided": Generation(PROMPT, "", 1, 64, 64, 20, 7.5, 0, "ddim"),
         "euler_8_negative_n2": Generation("a blue anchor icon", "blurry", 2, 96, 64, 8, 6.0, 3, "euler"),
         "dpmpp_6_unguided": Generation("a green cat icon", "", 1, 64, 64, 6, 1.0, 4, "dpmpp_2m"),
-        "img2img_ddim_10": Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 5, "ddim", images=(input_image(64),), strength=0.6),
+        "img2img_ddim_10": Generation(
+            PROMPT, "", 1, 64, 64, 10, 7.5, 5, "ddim", images=(input_image(64),), strength=0.6
+        ),
     }
 
 

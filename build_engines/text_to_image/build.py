@@ -19,7 +19,7 @@ import onnx
 import torch
 
 from build_engines.memory import measure as measure_memory
-from build_engines.memory import measured
+from build_engines.memory import measured, sides_up_to
 from build_engines.repository import install_model
 from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
@@ -154,11 +154,12 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
         if (repository / name).exists():
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
+    sides = sides_up_to(family.dims.sample_size)
     for name, spec in folder.specs.items():
         engine = folder.engine(name)
-        if not measured(engine):  # measured once per engine, in a fresh process
+        if not measured(engine, spec, sides):  # measured once per engine, in a fresh process
             try:
-                measure_memory(engine.folder, spec)
+                measure_memory(engine.folder, spec, sides)
             except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
         files = engine.files()

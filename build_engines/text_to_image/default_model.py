@@ -9,13 +9,17 @@ deterministic random model created locally; ``tiny-xl`` is SDXL's layout (:mod:`
 
 from __future__ import annotations
 
-import logging
 import shutil
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, byte_vocabulary, sd_scheduler, tiny_vae
-
-logger = logging.getLogger(__name__)
+from build_engines.text_to_image.embedded import (
+    SEED,
+    byte_vocabulary,
+    save_embedded,
+    sd_pipeline,
+    sd_scheduler,
+    tiny_vae,
+)
 
 MODELS = ("tiny", "bench", "tiny-xl", "tiny-inpaint", "tiny-xl-inpaint", "tiny-sd3", "tiny-flux", "tiny-flux-schnell")
 INPAINTING = "-inpaint"
@@ -63,7 +67,7 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
 
         return create_tiny_flux(out_dir, dev=variant == "tiny-flux")
     import torch
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sizes = _sizes(variant)
@@ -97,21 +101,5 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     )
     vae = tiny_vae(sizes["vae_channels"])
     scheduler = sd_scheduler()
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=CLIPTokenizer.from_pretrained(out_dir / "tokenizer"),
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir)
-    logger.info(
-        "created embedded model %r (UNet %.2f M parameters) in %s",
-        variant,
-        sum(p.numel() for p in unet.parameters()) / 1e6,
-        out_dir,
-    )
-    return out_dir
+    tokenizer = CLIPTokenizer.from_pretrained(out_dir / "tokenizer")
+    return save_embedded(sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler), variant, out_dir)

@@ -1,6 +1,11 @@
-"""What the embedded models made here share: their seed, tokenizers, a small VAE and SD's noise schedule."""
+"""What the embedded models made here share: their seed, tokenizers, a small VAE, SD's noise schedule and pipeline."""
 
 from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 SEED = 20261121
 
@@ -89,3 +94,29 @@ def sd_scheduler():
         set_alpha_to_one=False,
         steps_offset=1,
     )
+
+
+def sd_pipeline(vae, text_encoder, tokenizer, unet, scheduler):
+    """A ``StableDiffusionPipeline`` of these components, without a safety checker or feature extractor."""
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_embedded(pipeline, name: str, out_dir: Path) -> Path:
+    """Save the embedded model ``name``'s pipeline in diffusers format under ``out_dir``; log its denoiser's size."""
+    pipeline.save_pretrained(out_dir)
+    unet = getattr(pipeline, "unet", None)
+    denoiser, label = (unet, "UNet") if unet is not None else (pipeline.transformer, "transformer")
+    parameters = sum(p.numel() for p in denoiser.parameters()) / 1e6
+    logger.info("created embedded model %r (%s %.2f M parameters) in %s", name, label, parameters, out_dir)
+    return out_dir

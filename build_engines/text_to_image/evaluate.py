@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from build_engines.text_to_image.icons import COLOURS, ICON_BOX, ICONS, IMAGE_SIZE, Pairing, held_out, render
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.schema import Sampling
 
 logger = logging.getLogger(__name__)
 
@@ -143,13 +144,10 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
-    """How each image is generated (the API's defaults, at the model's native size)."""
+class GenerateSettings(Sampling):
+    """How each image is generated: the API's sampling (its defaults), at the model's native size, ``seeds`` each."""
 
     seeds: int = 4
-    steps: int = 20
-    guidance_scale: float = 7.5
-    scheduler: str = "ddim"
 
 
 def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: GenerateSettings) -> dict:

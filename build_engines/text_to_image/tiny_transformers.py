@@ -10,7 +10,6 @@ positions), a VAE with Flux's scaling and shift. Byte-level CLIP tokenizers and 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from build_engines.text_to_image.embedded import (
@@ -18,11 +17,10 @@ from build_engines.text_to_image.embedded import (
     T5_VOCAB_SIZE,
     clip_text_config,
     clip_tokenizer,
+    save_embedded,
     t5_tokenizer,
     tiny_vae,
 )
-
-logger = logging.getLogger(__name__)
 
 LATENT_CHANNELS = 16
 
@@ -98,9 +96,7 @@ def create_tiny_sd3(out_dir: Path) -> Path:
         text_encoder_3=text_encoder_3,
         tokenizer_3=t5_tokenizer(),
     )
-    pipeline.save_pretrained(out_dir)
-    _log("tiny-sd3", transformer, out_dir)
-    return out_dir
+    return save_embedded(pipeline, "tiny-sd3", out_dir)
 
 
 def create_tiny_flux(out_dir: Path, dev: bool = True) -> Path:
@@ -135,11 +131,4 @@ def create_tiny_flux(out_dir: Path, dev: bool = True) -> Path:
         text_encoder_2=text_encoder_2,
         tokenizer_2=t5_tokenizer(),
     )
-    pipeline.save_pretrained(out_dir)
-    _log("tiny-flux" if dev else "tiny-flux-schnell", transformer, out_dir)
-    return out_dir
-
-
-def _log(name: str, transformer, out_dir: Path) -> None:
-    parameters = sum(p.numel() for p in transformer.parameters()) / 1e6
-    logger.info("created embedded model %r (transformer %.2f M parameters) in %s", name, parameters, out_dir)
+    return save_embedded(pipeline, "tiny-flux" if dev else "tiny-flux-schnell", out_dir)

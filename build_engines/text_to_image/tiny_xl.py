@@ -9,12 +9,9 @@ the second padding with ``!`` as SDXL's does.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
-from build_engines.text_to_image.embedded import SEED, clip_text_config, clip_tokenizer, tiny_vae
-
-logger = logging.getLogger(__name__)
+from build_engines.text_to_image.embedded import SEED, clip_text_config, clip_tokenizer, save_embedded, tiny_vae
 
 TEXT_HIDDEN = 32
 TEXT_HIDDEN_2 = 48
@@ -71,10 +68,4 @@ def create_tiny_xl(out_dir: Path) -> Path:
         force_zeros_for_empty_prompt=True,
         add_watermarker=False,
     )
-    pipeline.save_pretrained(out_dir)
-    logger.info(
-        "created embedded model 'tiny-xl' (UNet %.2f M parameters) in %s",
-        sum(p.numel() for p in unet.parameters()) / 1e6,
-        out_dir,
-    )
-    return out_dir
+    return save_embedded(pipeline, "tiny-xl", out_dir)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from build_engines.text_to_image.embedded import SEED, sd_scheduler, tiny_vae
+from build_engines.text_to_image.embedded import SEED, sd_pipeline, sd_scheduler, tiny_vae
 from build_engines.text_to_image.icons import IMAGE_SIZE, TEMPLATES, caption_words, render_pairings, training_pairings
 
 logger = logging.getLogger(__name__)
@@ -137,18 +137,47 @@ def make_models(vocab_size: int):
 
 
 class _Checkpoint:
-    """One stage's resumable state (modules, optimiser, EMA, RNG, step) in ``work_dir/<stage>.pt``."""
+    """One stage's resumable state in ``work_dir/<stage>.pt``: its modules (by key), optimiser, RNG and step.
 
-    def __init__(self, work_dir: Path, stage: str) -> None:
+    Saved every ``every`` steps and after the last (``total``).
+    """
+
+    def __init__(
+        self, work_dir: Path, stage: str, modules: dict[str, torch.nn.Module], optimizer, generator, every: int
+    ) -> None:
         self.path = work_dir / f"{stage}.pt"
+        self.modules, self.optimizer, self.generator, self.every = modules, optimizer, generator, every
 
-    def load(self) -> dict | None:
-        return torch.load(self.path, weights_only=False) if self.path.exists() else None
+    def resume(self) -> int:
+        """Load the saved state, if any, into the modules, optimiser and RNG; the step to go on from (0: none)."""
+        if not self.path.exists():
+            return 0
+        state = torch.load(self.path, weights_only=False)
+        for key, module in self.modules.items():
+            module.load_state_dict(state[key])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        return state["step"]
 
-    def save(self, state: dict) -> None:
+    def after(self, step: int, total: int) -> None:
+        """Save the state after ``step`` (0-based) if it ends an interval of ``every`` steps or the stage."""
+        if (step + 1) % self.every and step + 1 != total:
+            return
+        state = {key: module.state_dict() for key, module in self.modules.items()}
+        state |= {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(), "step": step + 1}
         partial = self.path.with_suffix(".tmp")
         torch.save(state, partial)
         partial.replace(self.path)
+
+
+def _optimise(optimizer, loss: torch.Tensor, module: torch.nn.Module, learning_rate: float) -> None:
+    """One optimiser step on ``loss``: gradients clipped to norm 1, at ``learning_rate``."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = learning_rate
+    optimizer.step()
 
 
 class _Progress:
@@ -187,15 +216,10 @@ def train_vae(vae, images: torch.Tensor, settings: TrainSettings, work_dir: Path
     Loss: L1 + MSE, the MSE of 4x-downsampled images (colour, which the VAE otherwise learns last), a tiny KL term.
     The convolutions do not care about the crop; a crop costs a quarter of a whole icon.
     """
-    checkpoint = _Checkpoint(work_dir, "vae")
     optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.vae_lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(SEED + 1)
-    start = 0
-    if state := checkpoint.load():
-        vae.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+    checkpoint = _Checkpoint(work_dir, "vae", {"model": vae}, optimizer, generator, settings.checkpoint_every)
+    start = checkpoint.resume()
     progress = _Progress("vae", settings.vae_steps, start)
     vae.train()
     for step in range(start, settings.vae_steps):
@@ -209,22 +233,9 @@ def train_vae(vae, images: torch.Tensor, settings: TrainSettings, work_dir: Path
             + F.mse_loss(F.avg_pool2d(reconstruction, 4), F.avg_pool2d(batch, 4))
             + 1e-6 * posterior.kl().mean()
         )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.vae_lr * _cosine(step, settings.vae_steps)
-        optimizer.step()
+        _optimise(optimizer, loss, vae, settings.vae_lr * _cosine(step, settings.vae_steps))
         progress.step(step, loss.item())
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.vae_steps:
-            checkpoint.save(
-                {
-                    "model": vae.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": step + 1,
-                }
-            )
+        checkpoint.after(step, settings.vae_steps)
     vae.eval()
 
 
@@ -273,16 +284,11 @@ def train_denoiser(
     work_dir: Path,
 ) -> None:
     """Stage 2: epsilon prediction, min-SNR-5 weighted; ``captions[i, k]``: the ids of latent i's k-th caption."""
-    checkpoint = _Checkpoint(work_dir, "denoiser")
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=settings.unet_lr, weight_decay=1e-2)
     generator = torch.Generator().manual_seed(SEED + 2)
-    start = 0
-    if state := checkpoint.load():
-        denoiser.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+    modules = {"model": denoiser, "ema": ema}
+    checkpoint = _Checkpoint(work_dir, "denoiser", modules, optimizer, generator, settings.checkpoint_every)
+    start = checkpoint.resume()
     progress = _Progress("text_encoder+unet", settings.unet_steps, start)
     snr = alphas_cumprod / (1 - alphas_cumprod)
     denoiser.train()
@@ -300,24 +306,10 @@ def train_denoiser(
         prediction = denoiser(noisy, timesteps, ids)
         weight = torch.clamp(snr[timesteps], max=5.0) / snr[timesteps]
         loss = (weight * ((prediction - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(denoiser.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.unet_lr * _cosine(step, settings.unet_steps)
-        optimizer.step()
+        _optimise(optimizer, loss, denoiser, settings.unet_lr * _cosine(step, settings.unet_steps))
         _update_ema(ema, denoiser, min(settings.ema_decay, (1 + step) / (10 + step)))
         progress.step(step, loss.item())
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.unet_steps:
-            checkpoint.save(
-                {
-                    "model": denoiser.state_dict(),
-                    "ema": ema.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": step + 1,
-                }
-            )
+        checkpoint.after(step, settings.unet_steps)
 
 
 @torch.no_grad()
@@ -335,7 +327,6 @@ def _caption_ids(tokenizer, pairings) -> torch.Tensor:
 
 def train(out_dir: Path, work_dir: Path, settings: TrainSettings | None = None, threads: int = 1) -> Path:
     """Train both stages (resuming from ``work_dir``) and save the diffusers model in ``out_dir``."""
-    from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
     settings = settings or TrainSettings()
@@ -364,16 +355,6 @@ def train(out_dir: Path, work_dir: Path, settings: TrainSettings | None = None, 
         denoiser, ema, latents * scaling, _caption_ids(tokenizer, pairings), empty, alphas, settings, work_dir
     )
 
-    pipeline = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=ema.text_encoder,
-        tokenizer=tokenizer,
-        unet=ema.unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(out_dir)
+    sd_pipeline(vae, ema.text_encoder, tokenizer, ema.unet, scheduler).save_pretrained(out_dir)
     logger.info("saved the trained default model in %s", out_dir)
     return out_dir

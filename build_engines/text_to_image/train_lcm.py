@@ -32,6 +32,7 @@ from build_engines.text_to_image.train_default import (
     _caption_ids,
     _Checkpoint,
     _cosine,
+    _optimise,
     _Progress,
     _to_tensor,
     _update_ema,
@@ -110,14 +111,9 @@ def distil(
     skeleton = _Skeleton(alphas_cumprod, settings.skeleton_steps)
     optimizer = torch.optim.AdamW(student.parameters(), lr=settings.lr, weight_decay=0.0)
     generator = torch.Generator().manual_seed(SEED + 3)
-    checkpoint = _Checkpoint(work_dir, "lcm")
-    start = 0
-    if state := checkpoint.load():
-        student.load_state_dict(state["student"])
-        target.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        start = state["step"]
+    modules = {"student": student, "target": target}
+    checkpoint = _Checkpoint(work_dir, "lcm", modules, optimizer, generator, settings.checkpoint_every)
+    start = checkpoint.resume()
     progress = _Progress("lcm", settings.steps, start)
     w = settings.guidance_scale
     for step in range(start, settings.steps):
@@ -147,24 +143,10 @@ def distil(
             target_x0, _ = skeleton.x0_and_eps(target(previous, t_end, states).sample, previous, t_end)
             goal = skip_end * previous + out_end * target_x0
         loss = F.mse_loss(prediction, goal)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * _cosine(step, settings.steps)
-        optimizer.step()
+        _optimise(optimizer, loss, student, settings.lr * _cosine(step, settings.steps))
         _update_ema(target, student, settings.target_decay)
         progress.step(step, loss.item())
-        if (step + 1) % settings.checkpoint_every == 0 or step + 1 == settings.steps:
-            checkpoint.save(
-                {
-                    "student": student.state_dict(),
-                    "target": target.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(),
-                    "step": step + 1,
-                }
-            )
+        checkpoint.after(step, settings.steps)
     return student.eval()
 
 

@@ -57,68 +57,23 @@ class Style:
     description: str = ""
 
 
+def iconify(name: str, role: Role, version: str, count: int, description: str) -> Style:
+    """An Iconify JSON set: npm's ``@iconify-json/<name>`` at ``version``."""
+    return Style(name, role, "npm", f"@iconify-json/{name}", version, count, description=description)
+
+
 STYLES: tuple[Style, ...] = (
     Style("breeze", Role.TRAIN, "dev", count=100, description="Breeze theme (icons-dev/train): flat and line icons"),
-    Style("twemoji", Role.TRAIN, "npm", "@iconify-json/twemoji", "1.2.5", 40, description="Twemoji: flat colour emoji"),
-    Style(
-        "openmoji", Role.TRAIN, "npm", "@iconify-json/openmoji", "1.2.29", 40, description="OpenMoji: outlined emoji"
-    ),
-    Style(
-        "fluent-emoji",
-        Role.TRAIN,
-        "npm",
-        "@iconify-json/fluent-emoji",
-        "1.2.7",
-        60,
-        description="Fluent Emoji (colour): gradient emoji",
-    ),
-    Style("logos", Role.TRAIN, "npm", "@iconify-json/logos", "1.2.19", 40, description="SVG Logos: brand logos"),
-    Style(
-        "flat-color-icons",
-        Role.TRAIN,
-        "npm",
-        "@iconify-json/flat-color-icons",
-        "1.2.3",
-        40,
-        description="Flat Color Icons: flat icons",
-    ),
-    Style("tabler", Role.TRAIN, "npm", "@iconify-json/tabler", "1.2.41", 30, description="Tabler: line icons"),
-    Style(
-        "fxemoji",
-        Role.HELDOUT,
-        "npm",
-        "@iconify-json/fxemoji",
-        "1.2.2",
-        count=80,
-        description="Firefox OS emoji: gradient colour emoji",
-    ),
-    Style(
-        "devicon",
-        Role.HELDOUT,
-        "npm",
-        "@iconify-json/devicon",
-        "1.2.68",
-        count=80,
-        description="Devicon: programming-language and tool logos",
-    ),
-    Style(
-        "fluent-color",
-        Role.HELDOUT,
-        "npm",
-        "@iconify-json/fluent-color",
-        "1.2.21",
-        count=80,
-        description="Fluent UI colour icons: gradient UI icons",
-    ),
-    Style(
-        "noto",
-        Role.RESERVED,
-        "npm",
-        "@iconify-json/noto",
-        "1.2.9",
-        count=125,
-        description="Noto Color Emoji (reserved: final evaluation only)",
-    ),
+    iconify("twemoji", Role.TRAIN, "1.2.5", 40, "Twemoji: flat colour emoji"),
+    iconify("openmoji", Role.TRAIN, "1.2.29", 40, "OpenMoji: outlined emoji"),
+    iconify("fluent-emoji", Role.TRAIN, "1.2.7", 60, "Fluent Emoji (colour): gradient emoji"),
+    iconify("logos", Role.TRAIN, "1.2.19", 40, "SVG Logos: brand logos"),
+    iconify("flat-color-icons", Role.TRAIN, "1.2.3", 40, "Flat Color Icons: flat icons"),
+    iconify("tabler", Role.TRAIN, "1.2.41", 30, "Tabler: line icons"),
+    iconify("fxemoji", Role.HELDOUT, "1.2.2", 80, "Firefox OS emoji: gradient colour emoji"),
+    iconify("devicon", Role.HELDOUT, "1.2.68", 80, "Devicon: programming-language and tool logos"),
+    iconify("fluent-color", Role.HELDOUT, "1.2.21", 80, "Fluent UI colour icons: gradient UI icons"),
+    iconify("noto", Role.RESERVED, "1.2.9", 125, "Noto Color Emoji (reserved: final evaluation only)"),
     Style(
         "papirus",
         Role.RESERVED,

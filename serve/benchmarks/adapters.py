@@ -38,6 +38,7 @@ from serve.paths import run_dir
 from serve.stack import scratch_stack
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families.base import UnetModule
+from serve.text_to_image.spec import UNET
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session
 
@@ -47,17 +48,12 @@ PROMPT = "a lighthouse on a cliff"
 
 
 @dataclass(frozen=True)
-class AdapterBenchSettings:
-    """What the adapter benchmark runs."""
+class AdapterBenchSettings(loop.ServedComparison):
+    """What the adapter benchmark runs: the served comparison's load, and its random LoRAs (how many are held)."""
 
     adapters: int = 8
     rank: int = 8
     resident: int = 4
-    steps: int = 10
-    size: int = 128
-    concurrency: int = 8
-    requests: int = 24  # per served condition, after a warm-up
-    batch: int = 8  # rows of the in-process UNet timings
 
 
 def make_loras(model_dir: Path, folder: Path, settings: AdapterBenchSettings) -> list[str]:
@@ -151,11 +147,6 @@ def _body(settings: AdapterBenchSettings, index: int, loras: list[dict]) -> dict
     return body | ({"loras": loras} if loras else {})
 
 
-def _unet_stats(triton_http_url: str) -> tuple[int, int]:
-    stats = httpx.get(f"{triton_http_url}/v2/models/unet/stats").json()["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
 def served(api_url: str, triton_http_url: str, names: list[str], settings: AdapterBenchSettings) -> dict:
     """Cold vs warm first requests, and throughput per condition with the UNet rows per execution."""
 
@@ -186,9 +177,9 @@ def served(api_url: str, triton_http_url: str, names: list[str], settings: Adapt
                 async def call(index: int, loras=loras) -> None:
                     await once(index, loras(index))
 
-                before = _unet_stats(triton_http_url)
+                before = loop.triton_counts(triton_http_url, UNET)
                 rows.append(await loop.measure(label, call, settings.concurrency, settings.requests))
-                after = _unet_stats(triton_http_url)
+                after = loop.triton_counts(triton_http_url, UNET)
                 executions = max(1, after[1] - before[1])
                 batching[label] = (after[0] - before[0]) / executions
             return {"cold_s": cold, "warm_s": warm, "rows": rows, "unet_rows_per_execution": batching}

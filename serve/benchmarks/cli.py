@@ -79,7 +79,7 @@ def bench_generate(
 
         concurrent = max(concurrency)
         adapter_settings = AdapterBenchSettings(
-            adapters,
+            adapters=adapters,
             resident=adapters // 2,
             steps=steps,
             size=size,
@@ -114,9 +114,10 @@ def bench_generate(
 def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, repeats: int, out: Path) -> None:
     """What a ControlNet adds per step (ms, bytes, memory per row); whether plain and controlled requests merge."""
     from build_engines.text_to_image.build import default_model_dir
-    from serve.benchmarks.controlnets import ControlNetBenchSettings, run_controlnet_benchmark
+    from serve.benchmarks.controlnets import run_controlnet_benchmark
+    from serve.benchmarks.loop import ServedComparison
 
-    settings = ControlNetBenchSettings(steps, size, concurrency, concurrency * repeats)
+    settings = ServedComparison(steps, size, concurrency, concurrency * repeats)
     click.echo(run_controlnet_benchmark(default_model_dir(embedded), embedded, settings, out))
 
 

@@ -20,7 +20,7 @@ import io
 import logging
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import httpx
@@ -40,17 +40,6 @@ logger = logging.getLogger(__name__)
 
 PROMPT = "a lighthouse on a cliff"
 NAMES = ("edges", "depth")
-
-
-@dataclass(frozen=True)
-class ControlNetBenchSettings:
-    """What the ControlNet benchmark runs."""
-
-    steps: int = 10
-    size: int = 128
-    concurrency: int = 8
-    requests: int = 24  # per served condition, after a warm-up
-    batch: int = 8  # rows of the in-process timings
 
 
 def make_controlnets(model_dir: Path, folder: Path) -> dict[str, Path]:
@@ -73,7 +62,7 @@ def _feeds(spec, batch: int, latent: int, rng: np.random.Generator, residuals: b
     return feeds
 
 
-def engine_costs(plain: EngineFolder, ready: EngineFolder, settings: ControlNetBenchSettings, rounds: int = 5) -> dict:
+def engine_costs(plain: EngineFolder, ready: EngineFolder, settings: loop.ServedComparison, rounds: int = 5) -> dict:
     """Ms per row in-process (one core, the same rows, settings in turns, medians), and bytes per row."""
     latent = settings.size // plain.family.dims.vae_scale_factor
     rng = np.random.default_rng(0)
@@ -127,12 +116,7 @@ def _control_image(size: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _stats(triton_http_url: str, model: str) -> tuple[int, int]:
-    stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]
-    return int(stats["inference_count"]), int(stats["execution_count"])
-
-
-def served(api_url: str, triton_http_url: str, settings: ControlNetBenchSettings) -> dict:
+def served(api_url: str, triton_http_url: str, settings: loop.ServedComparison) -> dict:
     """Throughput per condition, with the rows per execution of the UNet and the ControlNets."""
     image = _control_image(settings.size)
     size = f"{settings.size}x{settings.size}"
@@ -160,9 +144,9 @@ def served(api_url: str, triton_http_url: str, settings: ControlNetBenchSettings
                 async def call(index: int, controlled=controlled) -> None:
                     await once(index, bool(controlled(index)))
 
-                before = {model: _stats(triton_http_url, model) for model in models}
+                before = {model: loop.triton_counts(triton_http_url, model) for model in models}
                 rows.append(await loop.measure(label, call, settings.concurrency, settings.requests))
-                after = {model: _stats(triton_http_url, model) for model in models}
+                after = {model: loop.triton_counts(triton_http_url, model) for model in models}
                 batching[label] = {
                     model: (after[model][0] - before[model][0]) / max(1, after[model][1] - before[model][1])
                     for model in models
@@ -173,7 +157,7 @@ def served(api_url: str, triton_http_url: str, settings: ControlNetBenchSettings
     return asyncio.run(run())
 
 
-def run_controlnet_benchmark(model_dir: Path, label: str, settings: ControlNetBenchSettings, out: Path) -> str:
+def run_controlnet_benchmark(model_dir: Path, label: str, settings: loop.ServedComparison, out: Path) -> str:
     """The ControlNet benchmark on ``model_dir``: engines in-process, then served. Writes JSON, returns the report."""
     folder = run_dir() / "bench"
     controlnets = make_controlnets(model_dir, folder / f"controlnets-{label}")

@@ -26,6 +26,7 @@ import numpy as np
 from serve.benchmarks import loop
 from serve.benchmarks.loop import BenchRow
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.schema import Sampling
 
 # A context manager factory under which in-process timings run (``Stack.paused`` stops the stack).
 PauseStack = Callable[[], AbstractContextManager]
@@ -36,13 +37,10 @@ PROMPTS = ("a lighthouse on a cliff", "a red fox, flat icon", "a bowl of ramen, 
 
 
 @dataclass(frozen=True)
-class GenerateSettings:
-    """What every column runs."""
+class GenerateSettings(Sampling):
+    """What every column runs: the API's sampling (its defaults unless given), at ``size``."""
 
-    steps: int = 20
     size: int = 256
-    guidance_scale: float = 7.5
-    scheduler: str = "ddim"
     repeats: int = 3
     concurrency: tuple[int, ...] = (1,)
 

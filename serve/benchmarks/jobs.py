@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from serve.tables import text_table
+
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.02
@@ -104,12 +106,10 @@ def bench_priority(api_url: str, settings: JobSettings) -> tuple[list[JobRow], f
 
 def format_rows(rows: list[JobRow], ratio: float) -> str:
     """The table the command prints."""
-    head = f"{'condition':<28}{'high jobs':>10}{'p50 s':>9}{'p95 s':>9}{'normal running':>16}{'normal queued':>15}"
-    lines = [head] + [
-        f"{r.condition:<28}{r.jobs:>10}{r.p50_s:>9.3f}{r.p95_s:>9.3f}{r.normal_running:>16}{r.normal_queued:>15}"
-        for r in rows
-    ]
-    return "\n".join([*lines, f"high-priority p50, saturated / idle: {ratio:.2f}x"])
+    columns = [("condition", "<28"), ("high jobs", ">10"), ("p50 s", ">9.3f"), ("p95 s", ">9.3f")]
+    columns += [("normal running", ">16"), ("normal queued", ">15")]
+    cells = [(r.condition, r.jobs, r.p50_s, r.p95_s, r.normal_running, r.normal_queued) for r in rows]
+    return f"{text_table(columns, cells)}\nhigh-priority p50, saturated / idle: {ratio:.2f}x"
 
 
 def run_benchmark(settings: JobSettings, out: Path) -> str:

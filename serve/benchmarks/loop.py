@@ -11,8 +11,11 @@ from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import psutil
+
+from serve import tables
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +31,27 @@ class BenchRow:
     p95_ms: float
     per_s: float
     cpu_s_per_request: float
+
+
+@dataclass(frozen=True)
+class ServedComparison:
+    """The load of a benchmark that compares served conditions (adapters, ControlNets) and times engines in-process.
+
+    Each request's steps and size; requests in flight at once and requests per condition; rows of the in-process
+    engine timings.
+    """
+
+    steps: int = 10
+    size: int = 128
+    concurrency: int = 8
+    requests: int = 24  # per served condition, after a warm-up
+    batch: int = 8  # rows of the in-process timings
+
+
+def triton_counts(triton_http_url: str, model: str) -> tuple[int, int]:
+    """Triton's inference and execution counts of ``model`` so far (their ratio over a span: rows per execution)."""
+    stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]
+    return int(stats["inference_count"]), int(stats["execution_count"])
 
 
 @dataclass(frozen=True)
@@ -148,13 +172,10 @@ def process_label(cmdline: list[str]) -> str:
 def format_table(rows: list[BenchRow], unit: str) -> str:
     """A plain-text table of the rows; ``unit`` names what ``per_s`` counts."""
     width = max([16, *(len(r.method) + 2 for r in rows)])
-    head = f"{'method':<{width}}{'conc':>5}{'reqs':>6}{'p50 ms':>10}{'p95 ms':>10}{unit + '/s':>12}{'CPU-s/req':>11}"
-    body = [
-        f"{r.method:<{width}}{r.concurrency:>5}{r.requests:>6}{r.p50_ms:>10.1f}{r.p95_ms:>10.1f}{r.per_s:>12.2f}"
-        f"{r.cpu_s_per_request:>11.3f}"
-        for r in rows
-    ]
-    return "\n".join([head, *body])
+    columns = [("method", f"<{width}"), ("conc", ">5"), ("reqs", ">6"), ("p50 ms", ">10.1f"), ("p95 ms", ">10.1f")]
+    columns += [(f"{unit}/s", ">12.2f"), ("CPU-s/req", ">11.3f")]
+    cells = [(r.method, r.concurrency, r.requests, r.p50_ms, r.p95_ms, r.per_s, r.cpu_s_per_request) for r in rows]
+    return tables.text_table(columns, cells)
 
 
 def write_json(path: Path, rows: list[BenchRow], **context) -> None:

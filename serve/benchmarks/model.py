@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from serve.tables import text_table
+
 logger = logging.getLogger(__name__)
 
 PROMPT = "a lighthouse on a cliff at dusk, flat vector illustration"
@@ -33,6 +35,7 @@ class SizeRun:
     peak_own_gb: float = 0.0
     engines: dict[str, dict[str, float]] = field(default_factory=dict)
     engine_peak_gib: dict[str, float] = field(default_factory=dict)  # each stub's peak RSS so far (VmHWM)
+    ready_after: int | None = None  # /readyz's status right after the request (200: the stack stayed ready)
 
 
 class TreeMemory:
@@ -81,6 +84,14 @@ class TreeMemory:
 def _rss_anon(pid: int) -> int:
     with open(f"/proc/{pid}/status") as status:
         return next(int(line.split()[1]) * 1024 for line in status if line.startswith("RssAnon:"))
+
+
+def _ready(api_url: str) -> int | None:
+    """``/readyz``'s status (None: no answer)."""
+    try:
+        return httpx.get(f"{api_url}/readyz", timeout=30).status_code
+    except httpx.HTTPError:
+        return None
 
 
 def _engine_stats(triton_http_url: str) -> dict[str, tuple[int, float]]:
@@ -138,6 +149,7 @@ def run_sizes(
         except httpx.HTTPError as error:
             run.error = repr(error)[:500]
         run.end_to_end_s = round(time.perf_counter() - started, 1)
+        run.ready_after = _ready(info.api_url)
         memory.sample()
         run.peak_own_gb = round(memory.peak_gb, 2)
         run.engine_peak_gib = _engine_peaks(info.stack_id)
@@ -161,22 +173,31 @@ def run_sizes(
 
 
 def format_runs(runs: list[SizeRun], denoiser: str = "unet") -> str:
-    """A table: size, status, end-to-end s, s per denoising step (``denoiser``'s calls), VAE s, peak own memory."""
-    head = (
-        f"{'size':>6}{'status':>8}{'e2e s':>9}{'s/step':>13}{'VAE s':>8}{'peak own GB':>13}"
-        "  engine peak RSS GiB  error"
-    )
-    lines = [head]
+    """A table of the runs: size, status, end-to-end s, s per step, VAE s, peak own memory, ``/readyz`` after.
+
+    The seconds per step are the ``denoiser``'s calls.
+    """
+    columns = [("size", ">6"), ("status", ">8"), ("e2e s", ">9.1f"), ("s/step", ">13.2f"), ("VAE s", ">8.1f")]
+    columns += [("peak own GB", ">13.2f"), ("readyz", ">8"), ("  engine peak RSS GiB  error", "")]
+    cells = []
     for run in runs:
         steps = run.engines.get(denoiser, {})
         per_step = steps["compute_s"] / steps["executions"] if steps.get("executions") else float("nan")
         vae = run.engines.get("vae_decoder", {}).get("compute_s", float("nan"))
         engines = " ".join(f"{k}={v:.2f}" for k, v in sorted(run.engine_peak_gib.items()) if not k.startswith("vec"))
-        lines.append(
-            f"{run.size:>6}{run.status or '-':>8}{run.end_to_end_s:>9.1f}{per_step:>13.2f}{vae:>8.1f}"
-            f"{run.peak_own_gb:>13.2f}  {engines}  {run.error[:80]}"
+        cells.append(
+            (
+                run.size,
+                run.status or "-",
+                run.end_to_end_s,
+                per_step,
+                vae,
+                run.peak_own_gb,
+                run.ready_after or "-",
+                f"  {engines}  {run.error[:80]}",
+            )
         )
-    return "\n".join(lines)
+    return text_table(columns, cells)
 
 
 def run_benchmark(

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.benchmarks import loop
+from serve.tables import text_table
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
@@ -90,14 +91,11 @@ def run(folder: EngineFolder, size: int, steps: int, seed: int, out: Path) -> st
     loop.write_json(
         out, [], engines=str(folder.path), size=size, steps=steps, seed=seed, tilings=[r.__dict__ for r in rows]
     )
-    lines = [
-        f"{'tile px':>8}{'tiles':>7}{'PSNR vs whole dB':>18}{'max |diff|':>12}{'decode s':>10}{'peak RSS GiB':>14}"
+    columns = [("tile px", ">8"), ("tiles", ">7"), ("PSNR vs whole dB", ">18.1f"), ("max |diff|", ">12")]
+    columns += [("decode s", ">10.2f"), ("peak RSS GiB", ">14.2f")]
+    cells = [
+        ("whole" if r.tile_px == 0 else str(r.tile_px), r.tiles, r.psnr_db, r.max_abs_diff, r.seconds, r.peak_rss_gib)
+        for r in rows
     ]
-    for r in rows:
-        tile = "whole" if r.tile_px == 0 else str(r.tile_px)
-        lines.append(
-            f"{tile:>8}{r.tiles:>7}{r.psnr_db:>18.1f}{r.max_abs_diff:>12}{r.seconds:>10.2f}{r.peak_rss_gib:>14.2f}"
-        )
-    return "\n".join(
-        [f"{folder.family.name} at {size}x{size}, {steps} steps, seed {seed}", *lines, f"written to {out}"]
-    )
+    heading = f"{folder.family.name} at {size}x{size}, {steps} steps, seed {seed}"
+    return "\n".join([heading, text_table(columns, cells), f"written to {out}"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, new_job_id
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, idempotency_conflict
+from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
+from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event
 from serve.priority import Priority
 from serve.stores import redis_client
 
@@ -82,16 +83,29 @@ class RedisJobStore(JobStore):
         pipe.hset(_job_key(job_id), "seq", seq)
         pipe.rpush(_events_key(job_id), json.dumps({"seq": seq, "type": type_.value, "data": data}))
 
-    def submit(
-        self,
-        request: dict,
-        priority: Priority,
-        idempotency: tuple[str, str] | None = None,
-        owner: Owner | None = None,
-    ) -> tuple[Job, bool]:
-        """See :meth:`JobStore.submit`."""
+    def _atomically(self, change: Callable, idempotency: tuple[str, str] | None, owner: Owner | None):
+        """See :meth:`JobStore._atomically`: an optimistic transaction watching the key and the owner's open set."""
+        watched = [_idempotency_key(idempotency[0])] if idempotency else []
+        watched += [_OPEN + owner.key_id] if owner else []
+        return self.redis.transaction(change, *watched, value_from_callable=True)
+
+    def _idempotency_record(self, tx, key: str) -> tuple[str, str] | None:
+        """See :meth:`JobStore._idempotency_record`."""
+        earlier = tx.get(_idempotency_key(key))
+        return None if earlier is None else tuple(earlier.split(" ", 1))
+
+    def _exists(self, tx, job_id: str) -> bool:
+        """See :meth:`JobStore._exists`."""
+        return bool(tx.exists(_job_key(job_id)))
+
+    def _unfinished(self, tx, key_id: str) -> int:
+        """See :meth:`JobStore._unfinished`."""
+        return tx.scard(_OPEN + key_id)
+
+    def _add(self, tx, job_id: str, request: dict, priority: Priority, owner: Owner | None) -> None:
+        """See :meth:`JobStore._add`: the reads are done, so the transaction's writes (MULTI) begin here."""
         # A counter, not the clock: two submissions in one millisecond still leave in the order they came.
-        job_id, now, score = new_job_id(), time.time(), _queue_score(priority.rank, self.redis.incr(_SUBMITTED))
+        now, score = time.time(), _queue_score(priority.rank, self.redis.incr(_SUBMITTED))
         fields = {
             "status": JobStatus.QUEUED.value,
             "priority": str(priority.rank),
@@ -100,32 +114,16 @@ class RedisJobStore(JobStore):
             "created_at": repr(now),
             "seq": "0",
         } | ({"owner": owner.key_id} if owner else {})
+        tx.multi()
+        tx.hset(_job_key(job_id), mapping=fields)
+        if owner is not None:
+            tx.sadd(_OPEN + owner.key_id, job_id)
+        tx.zadd(_CREATED, {job_id: now})
+        tx.zadd(_QUEUE, {job_id: score})
 
-        def create(pipe) -> tuple[str, bool]:
-            if idempotency is not None:
-                earlier = pipe.get(_idempotency_key(idempotency[0]))
-                if earlier is not None:
-                    body_hash, earlier_id = earlier.split(" ", 1)
-                    if body_hash != idempotency[1]:
-                        raise idempotency_conflict(idempotency[0])
-                    if pipe.exists(_job_key(earlier_id)):
-                        return earlier_id, False
-            if owner is not None:
-                owner.refuse_if_full(pipe.scard(_OPEN + owner.key_id))
-            pipe.multi()
-            pipe.hset(_job_key(job_id), mapping=fields)
-            if owner is not None:
-                pipe.sadd(_OPEN + owner.key_id, job_id)
-            pipe.zadd(_CREATED, {job_id: now})
-            pipe.zadd(_QUEUE, {job_id: score})
-            if idempotency is not None:
-                pipe.set(_idempotency_key(idempotency[0]), f"{idempotency[1]} {job_id}")
-            return job_id, True
-
-        watched = [_idempotency_key(idempotency[0])] if idempotency else []
-        watched += [_OPEN + owner.key_id] if owner else []
-        made_id, created = self.redis.transaction(create, *watched, value_from_callable=True)
-        return self.get(made_id), created
+    def _record_idempotency(self, tx, idempotency: tuple[str, str], job_id: str) -> None:
+        """See :meth:`JobStore._record_idempotency`."""
+        tx.set(_idempotency_key(idempotency[0]), f"{idempotency[1]} {job_id}")
 
     def get(self, job_id: str) -> Job | None:
         """See :meth:`JobStore.get`."""

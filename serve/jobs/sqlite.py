@@ -7,10 +7,11 @@ import sqlite3
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, new_job_id
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, idempotency_conflict
+from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
+from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event
 from serve.priority import Priority
 from serve.stores import serialized, sqlite_connect
 
@@ -94,50 +95,39 @@ class SqliteJobStore(JobStore):
         )
 
     @serialized
-    def submit(
-        self,
-        request: dict,
-        priority: Priority,
-        idempotency: tuple[str, str] | None = None,
-        owner: Owner | None = None,
-    ) -> tuple[Job, bool]:
-        """See :meth:`JobStore.submit`."""
+    def _atomically(self, change: Callable, idempotency: tuple[str, str] | None, owner: Owner | None):
+        """See :meth:`JobStore._atomically`: under the store's lock, in an immediate (write-locked) transaction."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            if idempotency is not None:
-                row = self.db.execute(
-                    "SELECT body_hash, job_id FROM idempotency_keys WHERE key = ?", (idempotency[0],)
-                ).fetchone()
-                if row is not None:
-                    if row["body_hash"] != idempotency[1]:
-                        raise idempotency_conflict(idempotency[0])
-                    earlier = self.db.execute("SELECT * FROM jobs WHERE id = ?", (row["job_id"],)).fetchone()
-                    if earlier is not None:
-                        return self._job(earlier), False
-            if owner is not None:
-                owner.refuse_if_full(
-                    self.db.execute(
-                        "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (owner.key_id,)
-                    ).fetchone()[0]
-                )
-            job_id = new_job_id()
-            self.db.execute(
-                "INSERT INTO jobs (id, status, priority, request, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
-                (
-                    job_id,
-                    JobStatus.QUEUED.value,
-                    priority.rank,
-                    json.dumps(request),
-                    time.time(),
-                    owner and owner.key_id,
-                ),
-            )
-            if idempotency is not None:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO idempotency_keys (key, body_hash, job_id) VALUES (?, ?, ?)",
-                    (*idempotency, job_id),
-                )
-            return self._job(self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()), True
+            return change(self.db)
+
+    def _idempotency_record(self, tx, key: str) -> tuple[str, str] | None:
+        """See :meth:`JobStore._idempotency_record`."""
+        row = tx.execute("SELECT body_hash, job_id FROM idempotency_keys WHERE key = ?", (key,)).fetchone()
+        return None if row is None else (row["body_hash"], row["job_id"])
+
+    def _exists(self, tx, job_id: str) -> bool:
+        """See :meth:`JobStore._exists`."""
+        return tx.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is not None
+
+    def _unfinished(self, tx, key_id: str) -> int:
+        """See :meth:`JobStore._unfinished`."""
+        return tx.execute(
+            "SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ('queued', 'running')", (key_id,)
+        ).fetchone()[0]
+
+    def _add(self, tx, job_id: str, request: dict, priority: Priority, owner: Owner | None) -> None:
+        """See :meth:`JobStore._add`."""
+        tx.execute(
+            "INSERT INTO jobs (id, status, priority, request, created_at, owner) VALUES (?, ?, ?, ?, ?, ?)",
+            (job_id, JobStatus.QUEUED.value, priority.rank, json.dumps(request), time.time(), owner and owner.key_id),
+        )
+
+    def _record_idempotency(self, tx, idempotency: tuple[str, str], job_id: str) -> None:
+        """See :meth:`JobStore._record_idempotency`."""
+        tx.execute(
+            "INSERT OR REPLACE INTO idempotency_keys (key, body_hash, job_id) VALUES (?, ?, ?)", (*idempotency, job_id)
+        )
 
     @serialized
     def get(self, job_id: str) -> Job | None:

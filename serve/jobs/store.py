@@ -14,9 +14,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, FINAL_EVENTS, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
+from serve.jobs.model import (
+    DEFAULT_RETENTION_S,
+    FINAL_EVENTS,
+    MAX_ATTEMPTS,
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Owner,
+    new_job_id,
+)
 from serve.priority import Priority
 
 
@@ -30,7 +41,6 @@ class JobStore(ABC):
     def __init__(self, retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.retention_s = retention_s
 
-    @abstractmethod
     def submit(
         self,
         request: dict,
@@ -41,8 +51,55 @@ class JobStore(ABC):
         """Queue a job; with ``idempotency`` (key, body hash) the key's earlier job is returned instead.
 
         Returns the job and whether it was created. A key used before for another body is a :class:`Conflict`; an
-        ``owner`` with as many unfinished jobs as it may have gets :class:`~serve.errors.Overloaded`.
+        ``owner`` with as many unfinished jobs as it may have gets :class:`~serve.errors.Overloaded`. The checks and
+        the new job are one transaction of the backend (:meth:`_atomically`), so they hold across replicas.
         """
+
+        def add(tx) -> tuple[str, bool]:
+            if idempotency is not None:
+                earlier = self._idempotency_record(tx, idempotency[0])
+                if earlier is not None:
+                    body_hash, earlier_id = earlier
+                    if body_hash != idempotency[1]:
+                        raise idempotency_conflict(idempotency[0])
+                    if self._exists(tx, earlier_id):
+                        return earlier_id, False
+            if owner is not None:
+                owner.refuse_if_full(self._unfinished(tx, owner.key_id))
+            job_id = new_job_id()
+            self._add(tx, job_id, request, priority, owner)
+            if idempotency is not None:
+                self._record_idempotency(tx, idempotency, job_id)
+            return job_id, True
+
+        job_id, created = self._atomically(add, idempotency, owner)
+        return self.get(job_id), created
+
+    # -- what :meth:`submit` asks of a backend, inside its transaction ``tx`` ----------------------------------------
+
+    @abstractmethod
+    def _atomically(self, change: Callable, idempotency: tuple[str, str] | None, owner: Owner | None):
+        """Run ``change(tx)`` as one transaction that the key's and the owner's concurrent submissions cannot split."""
+
+    @abstractmethod
+    def _idempotency_record(self, tx, key: str) -> tuple[str, str] | None:
+        """The body hash and job id recorded for an idempotency key, or None."""
+
+    @abstractmethod
+    def _exists(self, tx, job_id: str) -> bool:
+        """Whether the job is still kept."""
+
+    @abstractmethod
+    def _unfinished(self, tx, key_id: str) -> int:
+        """How many queued or running jobs the API key ``key_id`` owns."""
+
+    @abstractmethod
+    def _add(self, tx, job_id: str, request: dict, priority: Priority, owner: Owner | None) -> None:
+        """Store a new queued job."""
+
+    @abstractmethod
+    def _record_idempotency(self, tx, idempotency: tuple[str, str], job_id: str) -> None:
+        """Record that the key (with its body hash) made ``job_id``, replacing an earlier record."""
 
     @abstractmethod
     def get(self, job_id: str) -> Job | None:

@@ -1,11 +1,11 @@
 """Admission control for text-to-image: what a request needs and costs, decided before it runs.
 
-- **Memory**: the engines run within a memory budget (``easel up --memory-budget``), split into per-engine activation
-  budgets (:func:`serve.triton.memory.engine_budgets`). Triton's python backend splits batches to
-  fit (:class:`serve.triton.onnx_backend.MemoryBound`); a request whose single image row cannot fit the denoiser's
-  budget is refused here with a 400 naming ``size`` and the budget. A row that does not fit the VAE decoder's is
-  decoded in tiles (:mod:`serve.text_to_image.tiling`): diffusers' own, else halves or quarters of them, the largest
-  that fits; refused only if none does.
+- **Memory**: the engines run within a memory budget (``easel up --memory-budget``); what their weights leave is one
+  activation pool they share (:func:`serve.triton.memory.activation_pool`), from which Triton's python backend
+  reserves each run's bytes, splitting batches to fit (:class:`serve.triton.onnx_backend.MemoryBound`). A request
+  whose single image row in an engine cannot fit the pool is refused here with a 400 naming ``size`` and the
+  budget; a row that does not fit in the VAE decoder is decoded in tiles (:mod:`serve.text_to_image.tiling`):
+  diffusers' own, else halves or quarters of them, the largest that fits; refused only if none does.
 - **Cost**: ``n x num_inference_steps x megapixels``, the steps those that run (img2img's ``strength`` runs part
   of the schedule), times the UNet-sized passes per step (1, plus one per ControlNet). A request over ``max_cost``
   is refused (400); admitted requests wait their turn while the replica's requests in flight (of their priority or
@@ -73,22 +73,22 @@ class Admitted:
 
 
 class Admission:
-    """Checks a request against the memory budgets and the cost ceiling, and queues it for an in-flight slot.
+    """Checks a request against the activation pool and the cost ceiling, and queues it for an in-flight slot.
 
-    A latent whose single row does not fit the VAE decoder's budget is decoded in tiles when a tile fits.
+    A latent whose single row does not fit the pool in the VAE decoder is decoded in tiles when a tile fits.
     """
 
     def __init__(
         self,
         models: dict[str, MemoryModel],
-        budgets: dict[str, int],
+        pool_bytes: int,
         limits: Limits,
         tiling: VaeTiling,
         denoiser: str,
         specs: Mapping[str, ModelSpec] | None = None,
     ) -> None:
-        """``specs``: where an engine's positions are not the latents' (an image, a residual); absent: the latents'."""
-        self.models, self.budgets, self.limits, self.tiling = models, budgets, limits, tiling
+        """``pool_bytes``: the engines' activation pool; ``specs``: engines whose positions are not the latents'."""
+        self.models, self.pool_bytes, self.limits, self.tiling = models, pool_bytes, limits, tiling
         self.denoiser = denoiser  # the engine each step calls
         self.specs = specs or {}
         self._inflight: Counter[int] = Counter()  # cost in flight by priority rank
@@ -98,9 +98,9 @@ class Admission:
 
     @classmethod
     def for_engines(cls, engines: EngineFolder, limits: Limits) -> Admission:
-        """Admission for ``engines`` under ``limits``: their measured memory, budget split and VAE tiling."""
-        budgets = engines.budgets(limits.memory_budget_bytes)
-        return cls(engines.memory_models, budgets, limits, engines.tiling, engines.family.denoiser, engines.specs)
+        """Admission for ``engines`` under ``limits``: their measured memory, activation pool and VAE tiling."""
+        pool = engines.activation_bytes(limits.memory_budget_bytes)
+        return cls(engines.memory_models, pool, limits, engines.tiling, engines.family.denoiser, engines.specs)
 
     def check(
         self, n: int, steps: int, width: int, height: int, passes: int = 1, uses: Collection[str] = ()
@@ -125,16 +125,15 @@ class Admission:
             if optional_engine(name) and name not in uses:
                 continue
             need = model.per_row(self._positions(name, model, latent))
-            budget = self.budgets.get(name, need)
-            if need <= budget:
+            if need <= self.pool_bytes:
                 continue
             if name == VAE_DECODER:
-                tiling = self._tiling_within(model, budget, latent)
+                tiling = self._tiling_within(model, self.pool_bytes, latent)
                 if tiling is not None:
                     continue
             raise InvalidInput(
-                f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; its "
-                f"share of the memory budget is {budget / 2**30:.2f} GiB (easel up --memory-budget)",
+                f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; the "
+                f"memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
                 field="size",
             )
         return Admitted(cost, tiling, self._rows_per_call(latent))

@@ -26,8 +26,9 @@ from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.families.base import read_model_index
 from serve.text_to_image.tiling import VaeTiling
+from serve.triton.activations import PoolSpec
 from serve.triton.engine_files import EngineFiles
-from serve.triton.memory import MemoryModel, default_memory_budget, engine_budgets
+from serve.triton.memory import MemoryModel, activation_pool, default_memory_budget
 from serve.triton.spec import ModelSpec
 
 PIPELINE = "pipeline.json"
@@ -103,9 +104,13 @@ class EngineFolder:
         """The engines' memory budget: ``requested``, or the default for these engines' weights."""
         return requested if requested is not None else default_memory_budget(self.weights_bytes)
 
-    def budgets(self, total_bytes: int) -> dict[str, int]:
-        """Each engine's activation budget within ``total_bytes`` (what Triton bounds and admission decides by)."""
-        return engine_budgets(self.memory_models, self.specs, total_bytes)
+    def activation_bytes(self, total_bytes: int) -> int:
+        """The activation pool the engines share within ``total_bytes`` (Triton bounds it, admission decides by it)."""
+        return activation_pool(self.memory_models, self.specs, total_bytes)
+
+    def pool(self, total_bytes: int) -> PoolSpec:
+        """The activation pool Triton's stubs of these engines reserve their runs from, within ``total_bytes``."""
+        return PoolSpec(self.activation_bytes(total_bytes), tuple(self.memory_models))
 
     @cached_property
     def tiling(self) -> VaeTiling:

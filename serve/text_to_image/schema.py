@@ -12,6 +12,7 @@ import base64
 import binascii
 import hashlib
 import re
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import (
@@ -195,6 +196,18 @@ def _check_ip_scale(value, where: str) -> None:
         raise ValueError(f"{at}scales must be finite numbers in [0, {MAX_IP_SCALE:g}], not {value}")
 
 
+@dataclass(frozen=True)
+class Sampling:
+    """How a generation samples, with the API's defaults.
+
+    A request's fields default to these; the benchmarks' and the evaluation's settings start from them.
+    """
+
+    steps: int = 20
+    guidance_scale: float = 7.5
+    scheduler: str = "ddim"
+
+
 class GenerationRequest(BaseModel):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count."""
 
@@ -215,15 +228,19 @@ class GenerationRequest(BaseModel):
     )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
-    num_inference_steps: StrictInt = Field(20, ge=1, le=MAX_STEPS, description="Denoising steps.")
+    num_inference_steps: StrictInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: Annotated[float, Strict()] = Field(
-        7.5, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, description="Classifier-free guidance; <= 1 disables it."
+        Sampling.guidance_scale,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description="Classifier-free guidance; <= 1 disables it.",
     )
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed; drawn at random when omitted."
     )
     scheduler: Literal[SCHEDULER_NAMES] = Field(
-        "ddim",
+        Sampling.scheduler,
         description=f"Sampler. lcm and tcd are few-step samplers (at most {MAX_FEW_STEPS} steps; 4 is typical) for "
         "latent consistency models: a model's distilled UNet where it ships one (the embedded default does; its "
         "guidance is distilled in, so guidance_scale and negative_prompt are not used), else the model's UNet as "

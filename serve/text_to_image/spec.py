@@ -64,8 +64,8 @@ def unet_instances(unet_bytes: int | None) -> int:
     """Two UNet instances for a small UNet, else one.
 
     With two, a large request's long UNet call (it sends its calls one at a time) occupies one instance while other
-    requests' steps run on the other, instead of queueing behind it. Each instance holds its own copy of the weights
-    and half the UNet's memory budget, which a large model cannot spare.
+    requests' steps run on the other, instead of queueing behind it. Each instance holds its own copy of the weights,
+    which a large model cannot spare.
     """
     return 2 if unet_bytes is not None and unet_bytes <= SMALL_UNET_BYTES else 1
 

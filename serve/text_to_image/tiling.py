@@ -1,7 +1,7 @@
 """Tiled VAE decoding, exactly as diffusers' ``AutoencoderKL.tiled_decode`` (``enable_vae_tiling``) does it.
 
-A latent too large for the VAE decoder's memory budget is decoded in overlapping tiles: of the VAE's own sample size
-(diffusers' default), or of a half or a quarter of it when a default tile does not fit the budget either (diffusers
+A latent too large for the VAE decoder in the activation memory is decoded in overlapping tiles: of the VAE's own
+sample size (diffusers' default), or of a half or a quarter of it when a default tile does not fit either (diffusers
 takes the same smaller tiles when its ``tile_sample_min_size`` is set so). Each tile's top and left edges are blended
 linearly with the tiles above and to its left (which were blended themselves), and the tiles are cropped and joined.
 Every tile is one engine call, so memory follows the tile, not the image.

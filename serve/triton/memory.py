@@ -7,9 +7,11 @@ Runtime (arena off, as served) at a few small sizes; :meth:`MemoryModel.per_row`
 one row takes on one core are fitted the same way (:meth:`MemoryModel.seconds_per_row`): admission refuses sizes
 whose row is too slow, and the pipeline sizes its engine calls so that none holds an engine for long.
 
-The python backend splits every batch into runs of at most :meth:`MemoryModel.rows_within` rows for its budget, so
-Triton's memory stays bounded whatever its dynamic batcher merges; the text-to-image replica refuses (400) a size
-whose single row does not fit, and decodes images in tiles when one row of the VAE does not.
+A model's engines share one activation pool (:func:`activation_pool`: the budget less their weights). The python
+backend splits every batch into runs of at most :meth:`MemoryModel.rows_within` rows of the pool, and reserves each
+run's bytes from it while the run lasts (:mod:`serve.triton.activations`), so Triton's memory stays bounded whatever
+its dynamic batcher merges and whatever engines run at once; the text-to-image replica refuses (400) a size whose
+single row does not fit the pool, and decodes images in tiles when one row of the VAE does not.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,12 +30,8 @@ from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
-BUDGETS_ENV = "EASEL_ENGINE_MEMORY_BUDGETS"
-"""Environment variable carrying each model's activation budget (JSON, bytes by model name) to Triton's stubs."""
 SAFETY = 1.25
 """Measured peaks are scaled by this before any decision (allocator overhead, fragmentation, drift between sizes)."""
-MIN_FIXED_BUDGET = 64 << 20
-"""A fixed-size engine's budget is at least this (its rows may measure too small to see)."""
 DEFAULT_BUDGET_SHARE = 0.4
 """Default activation share: the engines may use this share of the memory their weights leave of the machine's."""
 
@@ -107,12 +104,6 @@ def positions(shape: tuple[int, ...], dynamic_axes: tuple[int, ...]) -> int:
     return math.prod(shape[axis] for axis in dynamic_axes) if dynamic_axes else 1
 
 
-def budgets_from_env() -> dict[str, int]:
-    """The activation budgets handed to this Triton (empty when none were set: engines then run unbounded)."""
-    raw = os.environ.get(BUDGETS_ENV)
-    return {name: int(value) for name, value in json.loads(raw).items()} if raw else {}
-
-
 def peak_rss_reset() -> None:
     """Reset this process's peak resident set size (Linux: ``/proc/self/clear_refs``), so the next peak is new."""
     Path("/proc/self/clear_refs").write_text("5")
@@ -127,7 +118,7 @@ def rss_bytes(peak: bool = False) -> int:
     raise RuntimeError(f"{key} not in /proc/self/status")
 
 
-# -- budgets: the stack's memory budget split between its engines ----------------------------------------------------
+# -- budgets: the stack's memory budget, and the activation pool its engines share ------------------------------------
 
 
 class MemoryBudgetTooSmall(ValueError):
@@ -144,25 +135,20 @@ def default_memory_budget(weights_bytes: int = 0) -> int:
     return int(weights_bytes + DEFAULT_BUDGET_SHARE * max(0, total - weights_bytes))
 
 
-def engine_budgets(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> dict[str, int]:
-    """Each engine instance's activation budget within ``total_bytes``.
+def activation_pool(models: dict[str, MemoryModel], specs: dict[str, ModelSpec], total_bytes: int) -> int:
+    """The bytes the engines' activations share within ``total_bytes``: what their weights leave.
 
-    What the weights leave is split: each fixed-size engine (the text encoders) gets what its largest batch needs,
-    the spatial engines (UNet, VAE decoder) share the rest equally. An engine with several instances (a small UNet)
-    holds its weights once per instance and splits its share.
+    Weights count once per Triton instance. The engines of a request run one after another and each run reserves
+    its bytes from the pool while it lasts (:mod:`serve.triton.activations`), so one engine may use all of it when
+    it runs alone. Raises :class:`MemoryBudgetTooSmall` when the pool cannot hold one row of every fixed-size engine
+    (the text encoders: no request could run).
     """
-    free = total_bytes - sum(m.weights_bytes * specs[name].instance_count for name, m in models.items())
-    fixed = {
-        name: max(MIN_FIXED_BUDGET, model.per_row(1) * max(1, specs[name].max_batch_size))
-        for name, model in models.items()
-        if model.coefficients[1] == 0 and model.coefficients[2] == 0
-    }
-    spatial = [name for name in models if name not in fixed]
-    share = (free - sum(fixed.values())) // max(1, len(spatial))
-    if share <= 0:
-        need = total_bytes - free + sum(fixed.values())
+    weights = sum(m.weights_bytes * specs[name].instance_count for name, m in models.items())
+    pool = total_bytes - weights
+    fixed = max((m.per_row(1) for m in models.values() if m.coefficients[1:] == (0, 0)), default=0)
+    if pool <= 0 or pool < fixed:
         raise MemoryBudgetTooSmall(
-            f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and fixed "
-            f"activations ({need / 2**30:.2f} GiB)"
+            f"the memory budget {total_bytes / 2**30:.2f} GiB does not hold the engines' weights and one row of "
+            f"each text encoder ({(weights + fixed) / 2**30:.2f} GiB)"
         )
-    return {**fixed, **{name: share // specs[name].instance_count for name in spatial}}
+    return pool

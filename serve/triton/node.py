@@ -40,13 +40,13 @@ def actor_name(node_id: str) -> str:
 class NodeTriton:
     """A Ray actor (:class:`NodeTritons` makes it one): Triton on its node's loopback, restarted when it fails."""
 
-    def __init__(self, stack_id: str, repository: str, log_dir: str, models: list, memory_budgets: dict) -> None:
+    def __init__(self, stack_id: str, repository: str, log_dir: str, models: list, pools: dict) -> None:
         import ray
 
         os.environ[STACK_ENV] = stack_id  # Triton and its stubs carry the stack's mark, for `easel down`
         node = ray.get_runtime_context().get_node_id()
         log = Path(log_dir) / f"triton-{node[:12]}.log"
-        self.server = TritonServer(Path(repository), log, models, memory_budgets=memory_budgets).start()
+        self.server = TritonServer(Path(repository), log, models, pools=pools).start()
         self.supervisor = Supervisor()
         self.supervisor.watch(self.server.managed, self.server.check)
 
@@ -62,10 +62,10 @@ class NodeTriton:
 class NodeTritons:
     """One :class:`NodeTriton` on every alive node with :data:`NODE_RESOURCE`, checked every :data:`SYNC_S`."""
 
-    def __init__(self, stack_id: str, repository: Path, log_dir: Path, models: list, memory_budgets: dict) -> None:
+    def __init__(self, stack_id: str, repository: Path, log_dir: Path, models: list, pools: dict) -> None:
         import ray
 
-        self.args = (stack_id, str(repository), str(log_dir), models, memory_budgets)
+        self.args = (stack_id, str(repository), str(log_dir), models, pools)
         self.actor_class = ray.remote(num_cpus=0, max_restarts=0)(NodeTriton)
         self.actors: dict = {}
         self._stop = threading.Event()

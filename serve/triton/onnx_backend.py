@@ -19,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.triton.activations import ActivationPool, pools_from_env
 from serve.triton.engine_files import EngineFiles
-from serve.triton.memory import MemoryModel, budgets_from_env, positions
+from serve.triton.memory import MemoryModel, positions
 
 logger = logging.getLogger(__name__)
 
@@ -82,21 +83,29 @@ class ShardedSession:
 
 
 class MemoryBound:
-    """Splits a batch into runs that fit an activation budget, by the engine's measured :class:`MemoryModel`."""
+    """Runs a batch in slices whose activations fit the model's pool, each slice's bytes reserved while it runs.
 
-    def __init__(self, model: MemoryModel, budget_bytes: int, dynamic_axes: tuple[int, ...]) -> None:
-        self.model, self.budget_bytes, self.dynamic_axes = model, budget_bytes, dynamic_axes
+    ``engine``: the Triton model's name, as the pool's entries say who holds and who waits.
+    """
+
+    def __init__(self, model: MemoryModel, pool: ActivationPool, dynamic_axes: tuple[int, ...], engine: str) -> None:
+        self.model, self.pool, self.dynamic_axes, self.engine = model, pool, dynamic_axes, engine
 
     def rows_per_run(self, shape: tuple[int, ...]) -> int:
         """Rows of this input shape (batch axis first) that one run may hold; raises if not even one fits."""
         at = positions(shape, self.dynamic_axes)
-        rows = self.model.rows_within(self.budget_bytes, at)
+        capacity = self.pool.capacity
+        rows = self.model.rows_within(capacity, at)
         if rows < 1:
             raise MemoryError(
                 f"one row of shape {tuple(shape[1:])} needs about {self.model.per_row(at) / 2**30:.2f} GiB; "
-                f"this engine's memory budget is {self.budget_bytes / 2**30:.2f} GiB"
+                f"the model's activation memory is {capacity / 2**30:.2f} GiB"
             )
         return rows
+
+    def reserved(self, shape: tuple[int, ...]):
+        """Hold the activations of a run of this input shape (rows first) for the block, waiting for them."""
+        return self.pool.reserve(self.model.per_row(positions(shape, self.dynamic_axes)) * shape[0], self.engine)
 
 
 Prepare = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
@@ -111,9 +120,10 @@ def run_batched(
 ) -> list[dict[str, np.ndarray] | Exception]:
     """Run many requests' feeds through ``session``, one batch per group of equal shapes.
 
-    With a ``bound``, each group runs in consecutive slices that fit its memory budget. ``prepare`` turns each
-    merged group into the graph's inputs (an adapter-ready engine reads its ``adapters`` strings and adds the banks).
-    Returns, for each feed in order, its outputs or the exception that its group raised.
+    With a ``bound``, each group runs in consecutive slices that fit the activation pool, each reserved from it while
+    it runs. ``prepare`` turns each merged group into the graph's inputs (an adapter-ready engine reads its
+    ``adapters`` strings and adds the banks). Returns, for each feed in order, its outputs or the exception that its
+    group raised.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, feed in enumerate(feeds):
@@ -136,15 +146,16 @@ def run_batched(
 
 
 def _run_bounded(session: ShardedSession, feeds: dict, bound: MemoryBound | None, shared: dict) -> list:
-    rows = len(next(iter(feeds.values())))
-    step = rows if bound is None else bound.rows_per_run(next(iter(feeds.values())).shape)
-    if step >= rows:
+    if bound is None:
         return session.run(feeds, shared)
-    parts = [
-        session.run({name: array[lo : lo + step] for name, array in feeds.items()}, shared)
-        for lo in range(0, rows, step)
-    ]
-    return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+    first = next(iter(feeds.values()))
+    step = bound.rows_per_run(first.shape)
+    parts = []
+    for lo in range(0, len(first), step):
+        run = {name: array[lo : lo + step] for name, array in feeds.items()}
+        with bound.reserved(next(iter(run.values())).shape):
+            parts.append(session.run(run, shared))
+    return parts[0] if len(parts) == 1 else [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
 class OnnxRuntimeModel:
@@ -195,14 +206,14 @@ class OnnxRuntimeModel:
 
 
 def _memory_bound(config: dict, files: EngineFiles) -> MemoryBound | None:
-    """The bound of a model with a measured memory model and a budget handed to this Triton; None otherwise."""
-    budget = budgets_from_env().get(config["name"])
-    if budget is None or not files.memory.exists():
+    """The bound of a model with a measured memory model and a pool handed to this Triton; None otherwise."""
+    pool = pools_from_env().get(config["name"])
+    if pool is None or not files.memory.exists():
         return None
     first = next((t for t in config["input"] if -1 in [int(d) for d in t["dims"]]), None)
     axes = () if first is None else tuple(i + 1 for i, d in enumerate(first["dims"]) if int(d) == -1)
-    logger.info("%s: activation budget %.2f GiB", config["name"], budget / 2**30)
-    return MemoryBound(MemoryModel.load(files.memory), budget, axes)
+    logger.info("%s: activations from %s (%.2f GiB)", config["name"], pool.path, pool.capacity / 2**30)
+    return MemoryBound(MemoryModel.load(files.memory), pool, axes, config["name"])
 
 
 def _numpy_dtype(triton_type: str) -> str:

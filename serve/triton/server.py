@@ -13,7 +13,6 @@ command line (it takes it nowhere else), which local users who can read ``/proc`
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -21,7 +20,7 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import psutil
 
 from serve.paths import easel_home
 from serve.processes import ManagedProcess, free_ports
-from serve.triton.memory import BUDGETS_ENV
+from serve.triton.activations import ActivationPool, PoolSpec, pools_environment
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -72,19 +71,17 @@ def allocator_environment() -> dict[str, str]:
     return {**os.environ, **ALLOCATOR_ENV}
 
 
-def server_environment(memory_budgets: dict[str, int] | None = None) -> dict[str, str]:
+def server_environment(pools: dict[str, ActivationPool] | None = None) -> dict[str, str]:
     """Environment for tritonserver.
 
     Its bundled libraries, this interpreter's libpython first for the stub, the allocator settings, and each engine's
-    activation budget for the python backend.
+    activation pool (by Triton model name) for the python backend.
     """
     libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent / "nvidia_pytriton.libs")]
     env = allocator_environment()
     env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    if memory_budgets:
-        env[BUDGETS_ENV] = json.dumps(memory_budgets)
-    return env
+    return env | pools_environment(pools or {})
 
 
 @dataclass(frozen=True)
@@ -136,7 +133,7 @@ class TritonServer:
         host: str = "127.0.0.1",
         ports: tuple[int, int, int] = (0, 0, 0),
         canary_interval_s: float = 10.0,
-        memory_budgets: dict[str, int] | None = None,
+        pools: Mapping[str, PoolSpec] | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.repository = repository
@@ -146,10 +143,12 @@ class TritonServer:
         self.endpoints = TritonEndpoints(host, http, grpc, metrics)
         self.canary_interval_s = canary_interval_s
         self.extra_args = extra_args
-        self.memory_budgets = dict(memory_budgets or {})
+        self.pool_specs = dict(pools or {})
+        self.pools: dict[str, ActivationPool] = {}  # by Triton model name, once started
+        self.pools_dir = log_path.parent / f"{log_path.stem}-memory"
         self.control_key = secrets.token_urlsafe(24)
         self.managed = ManagedProcess(
-            "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.memory_budgets)
+            "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.pools)
         )
         self._http = httpx.Client(base_url=self.endpoints.http_url, timeout=5.0)
         self._last_canary = 0.0
@@ -186,7 +185,14 @@ class TritonServer:
         ]
 
     def start(self, timeout_s: float = 180.0) -> TritonServer:
-        """Start the process and wait until it and every model are ready (:class:`ProcessStartError` if not)."""
+        """Create the activation pools, start the process and wait until it and every model are ready.
+
+        Raises :class:`ProcessStartError` if they are not. The pools outlive restarts of the process (the entries of
+        stubs that died are dropped at the next look).
+        """
+        for name, spec in self.pool_specs.items():
+            pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
+            self.pools |= dict.fromkeys(spec.engines, pool)
         self.managed.start(timeout_s)
         self._last_canary = time.monotonic()
         logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)
@@ -278,7 +284,7 @@ class TritonServer:
         """Models whose smallest possible inference fails (a stub that is alive but broken).
 
         A canary that times out behind a long batch is not a failure: only one whose stubs used no CPU meanwhile
-        (stopped or deadlocked) is.
+        and are not waiting for activation memory (stopped or deadlocked) is.
         """
         failing = {}
         for name, spec in self.models.items():
@@ -289,7 +295,8 @@ class TritonServer:
             try:
                 response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
             except httpx.TimeoutException:
-                if _cpu_seconds(self._stubs(name)) - busy_before < 0.5:
+                idle = _cpu_seconds(self._stubs(name)) - busy_before < 0.5
+                if idle and not (name in self.pools and self.pools[name].waiting(name)):
                     failing[name] = f"canary inference got no answer in {CANARY_TIMEOUT_S:.0f} s and its stub is idle"
                 continue
             except httpx.TransportError as error:

@@ -25,12 +25,12 @@ from tests.integration.conftest import assert_unet_goes_quiet, stack_replicas, u
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
-BUDGET = 6 << 30  # small enough that the largest request is split into several runs per step
+BUDGET = 1280 << 20  # small enough that the largest request is split into several runs per step (1.05 GiB pool)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """The stack with a 6 GiB engine memory budget and the default cost ceiling."""
+    """The stack with a 1.25 GiB engine memory budget and the default cost ceiling."""
     run_dir = tmp_path_factory.mktemp("run")
     with Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, memory_budget_bytes=BUDGET)) as stack:
         yield stack
@@ -297,25 +297,27 @@ def test_the_largest_allowed_requests_are_refused_or_served_within_the_memory_bu
     if limit.status_code == 400:  # the model's UNet cannot hold one 1024x1024 row in this budget: said so
         assert limit.json()["error"]["param"] == "size" and "memory budget" in limit.json()["error"]["message"]
     side = largest_admitted_side(stack.engines, BUDGET)
-    budgets = stack.engines.budgets(BUDGET)
+    pool = stack.engines.activation_bytes(BUDGET)
     stubs = _unet_stubs(stack)
     body = {"prompt": "x", "size": f"{side}x{side}", "n": 4, "num_inference_steps": 2, "seed": 3}
     response = api.post(GENERATE, json=body)
     assert response.status_code == 200, response.text[:500]
     assert len(response.json()["data"]) == 4
-    for stub in stubs:  # each instance within its own share of the budget, and its memory given back
+    for stub in stubs:  # each instance within the engines' activation pool, and its memory given back
         peak, after = _peak_rss(stub), stub.memory_info().rss
         logger.info(
-            "UNet stub %d at %dx%d n=4: peak %.2f GiB (its budget %.2f GiB), %.2f GiB after",
+            "UNet stub %d at %dx%d n=4: peak %.2f GiB (the activation pool %.2f GiB), %.2f GiB after",
             stub.pid,
             side,
             side,
             peak / 2**30,
-            budgets["unet"] / 2**30,
+            pool / 2**30,
             after / 2**30,
         )
-        assert peak < budgets["unet"] + (1 << 30)
+        assert peak < pool + (1 << 30)
         assert after < 1 << 30
+    usage = stack.triton.pools["unet"].usage()  # every run gave its reservation back
+    assert (usage.capacity, usage.held, usage.waiting) == (pool, 0, ())
     assert api.get("/readyz").status_code == 200
 
 

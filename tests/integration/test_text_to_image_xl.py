@@ -94,5 +94,5 @@ def test_bench_model_times_each_size_until_one_fails(stack):
         runs = run_sizes(stack.info, [96, 64, 4096], steps=2, guidance=6.0, memory=memory)
     assert [r.size for r in runs] == [64, 96, 4096] and [r.status for r in runs] == [200, 200, 400]
     assert all(r.engines["unet"]["executions"] == 2 and r.engines["unet"]["compute_s"] > 0 for r in runs[:2])
-    assert "size" in runs[2].error and runs[0].peak_own_gb > 0
+    assert "size" in runs[2].error and runs[0].peak_own_gb > 0 and [r.ready_after for r in runs] == [200, 200, 200]
     assert len(format_runs(runs).splitlines()) == 4

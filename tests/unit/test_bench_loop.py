@@ -7,6 +7,7 @@ import time
 import pytest
 
 from serve.benchmarks import loop
+from serve.tables import text_table
 
 STUB = "/root/.cache/easel/triton/backends-py3.11/python/triton_python_backend_stub"
 
@@ -69,3 +70,12 @@ def test_run_closed_loop_keeps_every_slot_busy():
     assert sorted(seen) == list(range(9)) and {c.slot for c in calls} == {0, 1, 2}
     assert all(c.latency_s >= 0.1 for c in calls) and wall >= 0.3
     assert loop.steady_rate(calls, 3) == pytest.approx(3 / 0.1, rel=0.5)
+
+
+def test_text_table_pads_each_header_as_its_column_and_formats_each_cell():
+    table = text_table([("name", "<8"), ("p50 ms", ">+9.2f"), ("n", ">3")], [("a", 1.5, 7), ("bb", -20.125, 12)])
+    assert table.splitlines() == [
+        "name       p50 ms  n",
+        "a           +1.50  7",
+        "bb         -20.12 12",
+    ]

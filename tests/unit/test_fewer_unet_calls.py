@@ -91,7 +91,13 @@ def test_few_step_samplers_run_the_distilled_unet_as_diffusers_runs_an_lcm(
     assert counter.rows.get(DISTILLED_UNET) == n * steps and UNET not in counter.rows
     kwargs = {"prompt": PROMPT, "num_images_per_prompt": n, "width": width, "height": height}
     want = reference_images(
-        distilled_reference, scheduler, FEW_STEP_SAMPLERS, num_inference_steps=steps, guidance_scale=1.0, seed=5, **kwargs
+        distilled_reference,
+        scheduler,
+        FEW_STEP_SAMPLERS,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        seed=5,
+        **kwargs,
     )
     assert psnr(got, want) >= 40
     np.testing.assert_array_equal(_run(plain, job), got)  # deterministic for a seed

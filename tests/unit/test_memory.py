@@ -5,12 +5,14 @@ import asyncio
 import numpy as np
 import pytest
 
-from build_engines.memory import save
+from build_engines.memory import SIDES, measured, save, sides_up_to
 from serve.errors import InvalidInput
 from serve.priority import Priority
 from serve.text_to_image.admission import Admission, Admitted, Limits, request_cost
 from serve.text_to_image.tiling import VaeTiling
-from serve.triton.memory import MIN_FIXED_BUDGET, SAFETY, MemoryModel, engine_budgets
+from serve.triton.activations import ActivationPool
+from serve.triton.engine_files import EngineFiles
+from serve.triton.memory import SAFETY, MemoryModel, activation_pool
 from serve.triton.onnx_backend import MemoryBound, run_batched
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -39,6 +41,23 @@ def test_save_and_load_round_trip(tmp_path):
     assert MemoryModel.load(tmp_path / "memory.json") == model
 
 
+def test_engines_are_measured_up_to_their_models_native_size_and_measured_again_if_they_were_not(tmp_path):
+    assert sides_up_to(64) == SIDES
+    assert sides_up_to(128) == (*SIDES, 96, 128)  # SDXL, SD3: where a fit through 16-64 said a third of the peak
+    unet = _specs()["unet"]
+    files = EngineFiles(tmp_path)
+    assert not measured(files, unet)
+    small = MemoryModel(0, (0.0, 1.0, 0.0), ((256, 1), (4096, 2)), (0.0, 1.0, 0.0), ((4096, 0.1),))
+    save(small, files.memory)
+    assert measured(files, unet) and not measured(files, unet, sides_up_to(128))
+    save(MemoryModel(0, (0.0, 1.0, 0.0), ((4096, 2), (16384, 9)), (0.0, 1.0, 0.0)), files.memory)
+    assert measured(files, unet, sides_up_to(128))
+    save(MemoryModel(0, (0.0, 0.0, 0.0), ((1, 0),), (0.0, 0.0, 0.0)), files.memory)  # no dynamic axes: one size
+    assert measured(files, _specs()["text_encoder"], sides_up_to(128))
+    save(MemoryModel(0, (0.0, 1.0, 0.0), ((4096, 2), (16384, 9))), files.memory)  # no times: measured again
+    assert not measured(files, unet)
+
+
 class _CountingSession:
     """Doubles its input; records the rows of every run."""
 
@@ -53,25 +72,41 @@ class _CountingSession:
         return [array * 2]
 
 
-def test_a_bounded_batch_runs_in_slices_that_fit_and_answers_every_request_exactly():
+class _PoolWatchingSession(_CountingSession):
+    """Also records what the pool holds while each run runs."""
+
+    def __init__(self, pool):
+        super().__init__()
+        self.pool, self.held = pool, []
+
+    def run(self, feeds, shared=None):
+        self.held.append(self.pool.usage().held)
+        return super().run(feeds, shared)
+
+
+def test_a_bounded_batch_runs_in_slices_that_fit_and_answers_every_request_exactly(tmp_path):
     model = MemoryModel(0, (0.0, 0.0, 1.0))  # one row at 8x8 positions: 64^2 x 1.25 bytes
-    bound = MemoryBound(model, budget_bytes=3 * model.per_row(64), dynamic_axes=(2, 3))
-    session = _CountingSession()
+    pool = ActivationPool.create(tmp_path / "pool.json", 3 * model.per_row(64))
+    bound = MemoryBound(model, pool, dynamic_axes=(2, 3), engine="unet")
+    session = _PoolWatchingSession(pool)
     feeds = [{"x": np.full((rows, 4, 8, 8), i, np.float32)} for i, rows in enumerate([2, 3, 2])]
     results = run_batched(session, feeds, bound)
     assert session.runs == [3, 3, 1]
+    assert session.held == [3 * model.per_row(64), 3 * model.per_row(64), model.per_row(64)]  # each run reserved
+    assert pool.usage().held == 0  # and gave them back
     for i, (feed, result) in enumerate(zip(feeds, results, strict=True)):
         np.testing.assert_array_equal(result["out"], feed["x"] * 2, err_msg=f"request {i}")
 
 
-def test_a_row_that_cannot_fit_is_an_error_for_its_requests_and_other_shapes_still_run():
+def test_a_row_that_cannot_fit_is_an_error_for_its_requests_and_other_shapes_still_run(tmp_path):
     model = MemoryModel(0, (0.0, 0.0, 1.0))
-    bound = MemoryBound(model, budget_bytes=model.per_row(64), dynamic_axes=(2, 3))
+    pool = ActivationPool.create(tmp_path / "pool.json", model.per_row(64))
+    bound = MemoryBound(model, pool, dynamic_axes=(2, 3), engine="unet")
     small = {"x": np.ones((1, 4, 8, 8), np.float32)}
     large = {"x": np.ones((1, 4, 16, 16), np.float32)}
     small_result, large_result = run_batched(_CountingSession(), [small, large], bound)
     np.testing.assert_array_equal(small_result["out"], small["x"] * 2)
-    assert isinstance(large_result, MemoryError) and "memory budget" in str(large_result)
+    assert isinstance(large_result, MemoryError) and "activation memory" in str(large_result)
 
 
 def _specs():
@@ -91,43 +126,44 @@ def _models():
     }
 
 
-def test_budgets_reserve_fixed_engines_and_split_the_rest_between_spatial_ones():
-    budgets = engine_budgets(_models(), _specs(), 2048 * MiB)
-    assert budgets["text_encoder"] == max(MIN_FIXED_BUDGET, int(SAFETY * MiB) * 16)
-    assert budgets["unet"] == budgets["vae_decoder"] == (2048 * MiB - 400 * MiB - budgets["text_encoder"]) // 2
+def test_the_pool_is_what_the_weights_leave_and_must_hold_a_row_of_each_text_encoder():
+    assert activation_pool(_models(), _specs(), 2048 * MiB) == 2048 * MiB - 400 * MiB
     with pytest.raises(ValueError, match="does not hold"):
-        engine_budgets(_models(), _specs(), 300 * MiB)
+        activation_pool(_models(), _specs(), 400 * MiB)
+    with pytest.raises(ValueError, match="does not hold"):  # the text encoder's row: 1.25 MiB
+        activation_pool(_models(), _specs(), 401 * MiB)
+    assert activation_pool(_models(), _specs(), 402 * MiB) == 2 * MiB
 
 
 def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_field():
     models = _models()
-    budgets = engine_budgets(models, _specs(), 2048 * MiB)
-    admission = Admission(models, budgets, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8), "unet")
+    pool = activation_pool(models, _specs(), 2048 * MiB)  # 1648 MiB
+    admission = Admission(models, pool, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8), "unet")
     assert admission.check(1, 20, 512, 512) == Admitted(request_cost(1, 20, 512, 512), tiling=None)
     with pytest.raises(InvalidInput) as cost:
         admission.check(4, 150, 512, 512)
     assert cost.value.field == "num_inference_steps" and "64" in cost.value.message
-    # The VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes, over its share: decoded in 32x32 tiles.
+    # The VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes (2.5 GiB), over the pool: 32x32 tiles.
     assert admission.check(1, 2, 1024, 1024).tiling == VaeTiling(256, 8)
-    # A VAE whose 32x32 tile does not fit its share either decodes in the largest halved tiles that do.
-    models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1000.0))  # 1.25 GiB at 32x32, 78 MiB at 16x16
-    halving = Admission(models, budgets, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
+    # A lone VAE row larger than any equal share of the pool decodes whole: the engines share one pool.
+    assert admission.check(1, 2, 768, 768).tiling is None  # 832 MiB; its equal share was 792 MiB
+    # A VAE whose 32x32 tile does not fit the pool either decodes in the largest halved tiles that do.
+    models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1500.0))  # 1.83 GiB at 32x32, 117 MiB at 16x16
+    halving = Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
     assert halving.check(1, 2, 1024, 1024).tiling == VaeTiling(128, 8)
     models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1e5))  # not even the smallest tile fits
     with pytest.raises(InvalidInput, match="vae_decoder"):
-        Admission(models, budgets, Limits(2048 * MiB), VaeTiling(256, 8), "unet").check(1, 2, 1024, 1024)
+        Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet").check(1, 2, 1024, 1024)
     models = _models()
-    models["unet"] = MemoryModel(200 * MiB, (0.0, 1000.0, 4.0))  # now the UNet's row does not fit either
-    refusing = Admission(
-        models, engine_budgets(models, _specs(), 2048 * MiB), Limits(2048 * MiB), VaeTiling(256, 8), "unet"
-    )
+    models["unet"] = MemoryModel(200 * MiB, (0.0, 1000.0, 8.0))  # now the UNet's row does not fit either
+    refusing = Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
     with pytest.raises(InvalidInput) as size:
         refusing.check(1, 2, 1024, 1024)
-    assert size.value.field == "size" and "unet" in size.value.message
+    assert size.value.field == "size" and "unet" in size.value.message and "1.61 GiB" in size.value.message
 
 
 def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless_alone():
-    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
+    admission = Admission({}, 0, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
     started, running, most = [], [0.0], [0.0]
 
     async def request(name: str, cost: float, hold_s: float) -> None:
@@ -151,7 +187,7 @@ def test_slots_start_in_arrival_order_and_never_exceed_the_in_flight_cost_unless
 
 
 def test_higher_priority_starts_first_and_does_not_wait_for_lower_ones_in_flight():
-    admission = Admission({}, {}, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
+    admission = Admission({}, 0, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
     started = []
 
     async def request(name: str, cost: float, hold_s: float, priority: Priority) -> None:

@@ -19,6 +19,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -30,8 +31,20 @@ from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image.controlnet import ControlNetSupport, Residual, residual_layout
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
-from serve.text_to_image.spec import DISTILLED_UNET, TEXT_ENCODER, TEXT_ENCODER_2, UNET
-from serve.triton.spec import EngineRunner, ModelSpec
+from serve.text_to_image.spec import (
+    DISTILLED_UNET,
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    UNET,
+    VAE_DECODER,
+    VAE_ENCODER,
+    denoiser_spec,
+    text_encoder_spec,
+    unet_instances,
+    vae_decoder_spec,
+    vae_encoder_spec,
+)
+from serve.triton.spec import EngineRunner, ModelSpec, TensorSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 UNET_CLASS = "UNet2DConditionModel"
@@ -95,6 +108,26 @@ class ExportModule:
     keep_fp32: bool = False
 
 
+def pipeline_components(denoiser: str, encoders: int, optional: int = 0) -> tuple[Component, ...]:
+    """A pipeline folder's components: its text encoders, their tokenizers, the denoiser, the VAE, the scheduler.
+
+    The encoders are ``text_encoder``, ``text_encoder_2``, ...; the last ``optional`` of them and their tokenizers may
+    be left out (SD3's T5).
+    """
+    suffixes = ["" if number == 1 else f"_{number}" for number in range(1, encoders + 1)]
+    optional_suffixes = suffixes[encoders - optional :]
+    return (
+        *(Component(f"text_encoder{s}", "config.json", optional=s in optional_suffixes) for s in suffixes),
+        *(
+            Component(f"tokenizer{s}", "tokenizer_config.json", has_weights=False, optional=s in optional_suffixes)
+            for s in suffixes
+        ),
+        Component(denoiser, "config.json"),
+        Component("vae", "config.json"),
+        Component("scheduler", "scheduler_config.json", has_weights=False),
+    )
+
+
 class Family(ABC):
     """One model family (SD 1.x/2.x, SDXL, ...), bound to the dims of one model, its adapters and its ControlNets.
 
@@ -118,6 +151,8 @@ class Family(ABC):
     """Whether requests may bring images: input images and masks (img2img, inpainting) and ControlNets."""
     added_conditioning: ClassVar[tuple[str, ...]] = ()
     """The UNet's conditioning after ``encoder_hidden_states`` (SDXL's ``text_embeds``, ``time_ids``)."""
+    upcasts_vae: ClassVar[bool] = True
+    """Whether the VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the pipeline does."""
 
     def __init__(
         self, dims: PipelineDims, adapters: AdapterSupport | None = None, controlnets: ControlNetSupport | None = None
@@ -140,6 +175,11 @@ class Family(ABC):
     @abstractmethod
     def read_dims(cls, model_dir: Path) -> PipelineDims:
         """Read the dims from a diffusers folder's configs (no weights)."""
+
+    @classmethod
+    def shared_dims(cls, model_dir: Path) -> dict:
+        """The dims every family reads: the prompts' token length (:func:`text_length`), then :func:`vae_dims`."""
+        return {"text_length": text_length(model_dir), **vae_dims(model_dir, cls.denoiser)}
 
     def tokenizers(self) -> tuple[str, ...]:
         """The tokenizer folders of this model's engines, copied beside them."""
@@ -173,17 +213,40 @@ class Family(ABC):
     def engine_specs(self) -> dict[str, ModelSpec]:
         """Every engine's Triton/ONNX spec, in export order."""
 
+    def denoiser_with(self, conditioning: tuple[TensorSpec, ...]) -> ModelSpec:
+        """The denoiser's spec: the latents (an inpainting UNet's channels), a timestep, then ``conditioning``."""
+        d = self.dims
+        return denoiser_spec(
+            d.latent_channels, conditioning, unet_instances(d.unet_bytes), self.denoiser, d.unet_in_channels
+        )
+
+    def vae_specs(self) -> dict[str, ModelSpec]:
+        """The VAE decoder's spec, and the encoder's when requests may bring images; the last engines of a family."""
+        specs = {VAE_DECODER: vae_decoder_spec(self.dims.latent_channels)}
+        if self.takes_images:
+            specs[VAE_ENCODER] = vae_encoder_spec(self.dims.latent_channels, self.dims.vae_scale_factor)
+        return specs
+
     @abstractmethod
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """For each engine, how to load the torch module it is exported from out of ``model_dir``."""
 
+    def unet_export(self, model_dir: Path, folder: str = UNET) -> ExportModule:
+        """The UNet of ``model_dir`` (in ``folder``) taking the family's added conditioning."""
+        added = self.added_conditioning
+        return ExportModule(lambda dtype: UnetModule(diffusers_model(UNET_CLASS, model_dir / folder, dtype), added))
+
     def distilled_export(self, model_dir: Path) -> dict[str, ExportModule]:
         """The distilled UNet's module where the folder ships one, conditioned as the family's UNet is."""
-        if not self.dims.distilled_unet:
-            return {}
-        folder, added = model_dir / DISTILLED_UNET, self.added_conditioning
-        module = ExportModule(lambda dtype: UnetModule(diffusers_model(UNET_CLASS, folder, dtype), added))
-        return {DISTILLED_UNET: module}
+        return {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
+
+    def vae_exports(self, model_dir: Path) -> dict[str, ExportModule]:
+        """The VAE decoder (and encoder, as :meth:`vae_specs`), in fp32 when :attr:`upcasts_vae` and the config asks."""
+        keep_fp32 = self.upcasts_vae and bool(read_config(model_dir, "vae").get("force_upcast", True))
+        modules = {VAE_DECODER: _vae_export(VaeDecoderModule, model_dir, keep_fp32)}
+        if self.takes_images:
+            modules[VAE_ENCODER] = _vae_export(VaeEncoderModule, model_dir, keep_fp32)
+        return modules
 
     def controlnet_export(self, folder: Path) -> ExportModule:
         """A diffusers ``ControlNetModel`` folder as its engine's module, conditioned as the family's UNet is."""
@@ -331,6 +394,17 @@ def tokenize(tokenizer, text: str, length: int) -> tuple[np.ndarray, int]:
     return np.asarray([ids], dtype=np.int64), max(0, full - length)
 
 
+def prompt_rows(job: Generation, guided: bool) -> list[str]:
+    """The texts a job's conditioning encodes: ``[negative, prompt]`` when ``guided``, else ``[prompt]``."""
+    return [job.negative_prompt, job.prompt] if guided else [job.prompt]
+
+
+def token_rows(tokenizer, texts: list[str], length: int) -> tuple[np.ndarray, int]:
+    """Token ids of ``texts``, one row each (:func:`tokenize`), and how many tokens truncation dropped from the last."""
+    rows = [tokenize(tokenizer, text, length) for text in texts]
+    return np.concatenate([ids for ids, _ in rows]), rows[-1][1]
+
+
 def diffusers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
     """The diffusers model class ``cls_name`` loaded from ``folder`` in ``dtype``."""
     import diffusers
@@ -345,12 +419,35 @@ def transformers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch
     return getattr(transformers, cls_name).from_pretrained(folder, dtype=dtype).eval()
 
 
-class ClipPenultimate(torch.nn.Module):
+class TextEncoderModule(torch.nn.Module):
+    """A transformers text encoder as its engine's module; each subclass's ``forward`` says what the engine returns."""
+
+    def __init__(self, text_encoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.text_encoder = text_encoder
+
+
+class LastHidden(TextEncoderModule):
+    """Text encoder -> its last hidden state (SD's CLIP, what StableDiffusionPipeline conditions on; T5)."""
+
+    def forward(self, input_ids):
+        """The last hidden state."""
+        return self.text_encoder(input_ids, return_dict=False)[0]
+
+
+class ClipPooled(TextEncoderModule):
+    """CLIP text encoder -> its pooled output (the end token's final hidden state), what Flux conditions on."""
+
+    def forward(self, input_ids):
+        """The pooled output."""
+        return self.text_encoder(input_ids, return_dict=True).pooler_output
+
+
+class ClipPenultimate(TextEncoderModule):
     """CLIP text encoder -> its penultimate hidden state (and, with a projection, the pooled ``text_embeds``)."""
 
     def __init__(self, text_encoder: torch.nn.Module, pooled: bool) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
+        super().__init__(text_encoder)
         self.pooled = pooled
 
     def forward(self, input_ids):
@@ -358,6 +455,27 @@ class ClipPenultimate(torch.nn.Module):
         out = self.text_encoder(input_ids, output_hidden_states=True, return_dict=True)
         hidden = out.hidden_states[-2]
         return (hidden, out.text_embeds) if self.pooled else hidden
+
+
+def text_encoder_export(
+    model_dir: Path, engine: str, model_class: str, wrapper: Callable[[torch.nn.Module], torch.nn.Module] = LastHidden
+) -> ExportModule:
+    """The transformers ``model_class`` in ``model_dir``'s folder of ``engine``, as ``wrapper`` makes it an engine."""
+    return ExportModule(lambda dtype: wrapper(transformers_model(model_class, model_dir / engine, dtype)))
+
+
+def clip_penultimate_export(model_dir: Path, engine: str, projection: bool) -> ExportModule:
+    """A CLIP encoder as :class:`ClipPenultimate`; ``projection``: a ``CLIPTextModelWithProjection`` (text_embeds)."""
+    model_class = "CLIPTextModelWithProjection" if projection else "CLIPTextModel"
+    return text_encoder_export(model_dir, engine, model_class, partial(ClipPenultimate, pooled=projection))
+
+
+def hidden_states_spec(engine: str, length: int, width: int, pooled: int | None = None) -> ModelSpec:
+    """A text encoder's spec, ``hidden_states`` out (T5, CLIP's penultimate layer), and with ``pooled`` text_embeds."""
+    outputs = (TensorSpec("hidden_states", "float32", (length, width)),)
+    if pooled is not None:
+        outputs += (TensorSpec("text_embeds", "float32", (pooled,)),)
+    return text_encoder_spec(engine, length, outputs)
 
 
 class UnetModule(torch.nn.Module):
@@ -462,15 +580,6 @@ class VaeEncoderModule(_VaeModule):
         return distribution.mean * self.scaling_factor, distribution.std * self.scaling_factor
 
 
-def vae_decoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:
-    """The VAE decoder of ``model_dir`` as an :class:`ExportModule`."""
-    return ExportModule(
-        lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32
-    )
-
-
-def vae_encoder_export(model_dir: Path, keep_fp32: bool = False) -> ExportModule:
-    """The VAE encoder of ``model_dir`` as an :class:`ExportModule`."""
-    return ExportModule(
-        lambda dtype: VaeEncoderModule(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32
-    )
+def _vae_export(wrapper: type[_VaeModule], model_dir: Path, keep_fp32: bool) -> ExportModule:
+    """The VAE of ``model_dir`` as ``wrapper`` (its decoder or encoder) sees it."""
+    return ExportModule(lambda dtype: wrapper(diffusers_model("AutoencoderKL", model_dir / "vae", dtype)), keep_fp32)

@@ -1,4 +1,4 @@
-"""What the flow-matching transformer families (SD3, Flux) share: the denoiser, samplers, timesteps and T5.
+"""What the flow-matching transformer families (SD3, Flux) share: the denoiser, samplers and timesteps.
 
 Their denoiser is a diffusion transformer (the ``transformer`` engine) over 2x2 patches of 16-channel latents, so an
 image side is a multiple of 16 pixels; it predicts the flow's velocity, which diffusers' flow-matching scheduler steps
@@ -42,18 +42,6 @@ class FlowFamily(Family):
         return self.patches(job) * slope + base_shift - slope * base_len
 
 
-class T5Hidden(torch.nn.Module):
-    """T5 encoder -> its last hidden state."""
-
-    def __init__(self, encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.encoder = encoder
-
-    def forward(self, input_ids):
-        """The last hidden state."""
-        return self.encoder(input_ids, return_dict=False)[0]
-
-
 class ExplicitRmsNorm(torch.nn.Module):
     """``torch.nn.RMSNorm`` in elementary ops (the TorchScript ONNX exporter has no ``aten::rms_norm`` at opset 17)."""
 
@@ -76,6 +64,29 @@ def explicit_rms_norms(model: torch.nn.Module) -> torch.nn.Module:
             parent, _, child = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, child, ExplicitRmsNorm(module))
     return model
+
+
+class FlowTransformerModule(torch.nn.Module):
+    """A flow-matching transformer as its engine's module, its RMS norms in elementary ops (:func:`explicit_rms_norms`).
+
+    SD3's and Flux's diffusers transformers take the same four inputs by keyword (Flux more); a subclass's ``forward``
+    makes them from the engine's inputs and calls :meth:`velocity`.
+    """
+
+    def __init__(self, transformer: torch.nn.Module) -> None:
+        super().__init__()
+        self.transformer = explicit_rms_norms(transformer)
+
+    def velocity(self, hidden_states, timestep, encoder_hidden_states, pooled_projections, **extra):
+        """The transformer's predicted velocity (``extra``: a family's own inputs, such as Flux's position ids)."""
+        return self.transformer(
+            hidden_states=hidden_states,
+            timestep=timestep,
+            encoder_hidden_states=encoder_hidden_states,
+            pooled_projections=pooled_projections,
+            return_dict=False,
+            **extra,
+        )[0]
 
 
 def sigmas(steps: int) -> np.ndarray:

@@ -20,28 +20,18 @@ import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    Component,
+    ClipPooled,
     ExportModule,
     PipelineDims,
     diffusers_model,
+    hidden_states_spec,
+    pipeline_components,
     read_config,
-    text_length,
+    text_encoder_export,
     tokenize,
-    transformers_model,
-    vae_decoder_export,
-    vae_dims,
 )
-from serve.text_to_image.families.flow import PATCH, FlowFamily, T5Hidden, explicit_rms_norms, sigmas
-from serve.text_to_image.spec import (
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    TRANSFORMER,
-    VAE_DECODER,
-    denoiser_spec,
-    text_encoder_spec,
-    unet_instances,
-    vae_decoder_spec,
-)
+from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec
 
 T5_LENGTH = 512
@@ -56,18 +46,6 @@ class FluxDims(PipelineDims):
     joint_dim: int
     t5_length: int
     guidance_embeds: bool
-
-
-class ClipPooled(torch.nn.Module):
-    """CLIP text encoder -> its pooled output (the end token's final hidden state), what Flux conditions on."""
-
-    def __init__(self, text_encoder: torch.nn.Module) -> None:
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids):
-        """The pooled output."""
-        return self.text_encoder(input_ids, return_dict=True).pooler_output
 
 
 class TracedFluxAttention:
@@ -111,12 +89,11 @@ def _rotated(x, frequencies):
     return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
-class FluxTransformerModule(torch.nn.Module):
+class FluxTransformerModule(FlowTransformerModule):
     """The Flux transformer on NCHW latents: packing, position ids and the timestep's scale inside the graph."""
 
     def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = explicit_rms_norms(transformer)
+        super().__init__(transformer)
         self.transformer.set_attn_processor(TracedFluxAttention())
 
     def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, *guidance):
@@ -129,16 +106,16 @@ class FluxTransformerModule(torch.nn.Module):
         column_ids = torch.arange(columns, dtype=sample.dtype).view(1, columns).expand(rows, columns)
         image_ids = torch.stack([torch.zeros_like(row_ids), row_ids, column_ids], dim=-1).reshape(rows * columns, 3)
         text_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=sample.dtype)
-        velocity = self.transformer(
-            hidden_states=packed,
-            timestep=timestep / 1000,
-            guidance=guidance[0] if guidance else None,
-            pooled_projections=pooled_projections,
-            encoder_hidden_states=encoder_hidden_states,
+        guidance = guidance[0] if guidance else None
+        velocity = self.velocity(
+            packed,
+            timestep / 1000,
+            encoder_hidden_states,
+            pooled_projections,
+            guidance=guidance,
             txt_ids=text_ids,
             img_ids=image_ids,
-            return_dict=False,
-        )[0]
+        )
         velocity = velocity.view(batch, rows, columns, channels, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
         return velocity.reshape(batch, channels, height, width)
 
@@ -151,27 +128,18 @@ class Flux(FlowFamily):
     pipeline_classes = ("FluxPipeline",)
     dims_type = FluxDims
     lora_engines = (TEXT_ENCODER, TRANSFORMER)  # not T5, as FluxPipeline's load_lora_weights
-    components = (
-        Component("text_encoder", "config.json"),
-        Component("text_encoder_2", "config.json"),
-        Component("tokenizer", "tokenizer_config.json", has_weights=False),
-        Component("tokenizer_2", "tokenizer_config.json", has_weights=False),
-        Component("transformer", "config.json"),
-        Component("vae", "config.json"),
-        Component("scheduler", "scheduler_config.json", has_weights=False),
-    )
+    components = pipeline_components(TRANSFORMER, encoders=2)
 
     @classmethod
     def read_dims(cls, model_dir: Path) -> FluxDims:
         """Dims from the configs; a transformer whose inputs do not fit these encoders and VAE is refused."""
         transformer = read_config(model_dir, TRANSFORMER)
         dims = FluxDims(
-            text_length=text_length(model_dir),
             pooled_dim=int(read_config(model_dir, "text_encoder")["hidden_size"]),
             joint_dim=int(read_config(model_dir, "text_encoder_2")["d_model"]),
             t5_length=T5_LENGTH,
             guidance_embeds=bool(transformer.get("guidance_embeds", False)),
-            **vae_dims(model_dir, TRANSFORMER),
+            **cls.shared_dims(model_dir),
         )
         expected = {
             "in_channels": dims.latent_channels * PATCH * PATCH,
@@ -199,29 +167,22 @@ class Flux(FlowFamily):
             TEXT_ENCODER: text_encoder_spec(
                 TEXT_ENCODER, d.text_length, (TensorSpec("pooled", "float32", (d.pooled_dim,)),)
             ),
-            TEXT_ENCODER_2: text_encoder_spec(
-                TEXT_ENCODER_2, d.t5_length, (TensorSpec("hidden_states", "float32", (d.t5_length, d.joint_dim)),)
-            ),
-            TRANSFORMER: denoiser_spec(d.latent_channels, conditioning, unet_instances(d.unet_bytes), TRANSFORMER),
-            VAE_DECODER: vae_decoder_spec(d.latent_channels),
+            TEXT_ENCODER_2: hidden_states_spec(TEXT_ENCODER_2, d.t5_length, d.joint_dim),
+            TRANSFORMER: self.denoiser_with(conditioning),
+            **self.vae_specs(),
         }
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """CLIP's pooled output, T5, the transformer on NCHW latents, the VAE decoder (``force_upcast``: fp32)."""
-        force_upcast = bool(read_config(model_dir, "vae").get("force_upcast", True))
         return {
-            TEXT_ENCODER: ExportModule(
-                lambda dtype: ClipPooled(transformers_model("CLIPTextModel", model_dir / "text_encoder", dtype))
-            ),
-            TEXT_ENCODER_2: ExportModule(
-                lambda dtype: T5Hidden(transformers_model("T5EncoderModel", model_dir / "text_encoder_2", dtype))
-            ),
+            TEXT_ENCODER: text_encoder_export(model_dir, TEXT_ENCODER, "CLIPTextModel", ClipPooled),
+            TEXT_ENCODER_2: text_encoder_export(model_dir, TEXT_ENCODER_2, "T5EncoderModel"),
             TRANSFORMER: ExportModule(
                 lambda dtype: FluxTransformerModule(
                     diffusers_model("FluxTransformer2DModel", model_dir / TRANSFORMER, dtype)
                 )
             ),
-            VAE_DECODER: vae_decoder_export(model_dir, keep_fp32=force_upcast),
+            **self.vae_exports(model_dir),
         }
 
     def classifier_free(self, job) -> bool:

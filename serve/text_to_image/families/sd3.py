@@ -14,35 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    ClipPenultimate,
     Component,
     ExportModule,
     PipelineDims,
+    clip_penultimate_export,
     diffusers_model,
+    hidden_states_spec,
+    pipeline_components,
+    prompt_rows,
     read_config,
     read_model_index,
-    text_length,
-    tokenize,
-    transformers_model,
-    vae_decoder_export,
-    vae_dims,
+    text_encoder_export,
+    token_rows,
 )
-from serve.text_to_image.families.flow import PATCH, FlowFamily, T5Hidden, explicit_rms_norms
-from serve.text_to_image.spec import (
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    TEXT_ENCODER_3,
-    TRANSFORMER,
-    VAE_DECODER,
-    denoiser_spec,
-    text_encoder_spec,
-    unet_instances,
-    vae_decoder_spec,
-)
+from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER
 from serve.triton.spec import ModelSpec, TensorSpec
 
 T5_LENGTH = 256
@@ -63,22 +52,12 @@ class SD3Dims(PipelineDims):
     t5: bool
 
 
-class SD3TransformerModule(torch.nn.Module):
+class SD3TransformerModule(FlowTransformerModule):
     """The SD3 transformer with positional inputs: latents, timestep, the token sequence, the pooled embeddings."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = explicit_rms_norms(transformer)
 
     def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
         """The predicted velocity, in the latents' layout."""
-        return self.transformer(
-            hidden_states=sample,
-            timestep=timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-            return_dict=False,
-        )[0]
+        return self.velocity(sample, timestep, encoder_hidden_states, pooled_projections)
 
 
 class StableDiffusion3(FlowFamily):
@@ -90,17 +69,7 @@ class StableDiffusion3(FlowFamily):
     dims_type = SD3Dims
     max_shift_default = 1.16
     lora_engines = (TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER)
-    components = (
-        Component("text_encoder", "config.json"),
-        Component("text_encoder_2", "config.json"),
-        Component("text_encoder_3", "config.json", optional=True),
-        Component("tokenizer", "tokenizer_config.json", has_weights=False),
-        Component("tokenizer_2", "tokenizer_config.json", has_weights=False),
-        Component("tokenizer_3", "tokenizer_config.json", has_weights=False, optional=True),
-        Component("transformer", "config.json"),
-        Component("vae", "config.json"),
-        Component("scheduler", "scheduler_config.json", has_weights=False),
-    )
+    components = pipeline_components(TRANSFORMER, encoders=3, optional=1)
 
     @classmethod
     def read_dims(cls, model_dir: Path) -> SD3Dims:
@@ -110,7 +79,6 @@ class StableDiffusion3(FlowFamily):
         transformer = read_config(model_dir, TRANSFORMER)
         t5 = all(index.get(name) not in (None, [None, None]) for name in T5_COMPONENTS)
         dims = SD3Dims(
-            text_length=text_length(model_dir),
             text_hidden=int(first["hidden_size"]),
             text_hidden_2=int(second["hidden_size"]),
             projection_dim=int(first["projection_dim"]),
@@ -118,7 +86,7 @@ class StableDiffusion3(FlowFamily):
             joint_dim=int(transformer["joint_attention_dim"]),
             t5_length=T5_LENGTH,
             t5=t5,
-            **vae_dims(model_dir, TRANSFORMER),
+            **cls.shared_dims(model_dir),
         )
         pooled = dims.projection_dim + dims.projection_dim_2
         if transformer.get("patch_size", PATCH) != PATCH or transformer["pooled_projection_dim"] != pooled:
@@ -138,63 +106,31 @@ class StableDiffusion3(FlowFamily):
         """Two CLIP encoders (penultimate hidden states and pooled embeddings), T5 if present, the transformer, VAE."""
         d = self.dims
         specs = {
-            TEXT_ENCODER: text_encoder_spec(
-                TEXT_ENCODER,
-                d.text_length,
-                (
-                    TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden)),
-                    TensorSpec("text_embeds", "float32", (d.projection_dim,)),
-                ),
-            ),
-            TEXT_ENCODER_2: text_encoder_spec(
-                TEXT_ENCODER_2,
-                d.text_length,
-                (
-                    TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden_2)),
-                    TensorSpec("text_embeds", "float32", (d.projection_dim_2,)),
-                ),
-            ),
+            TEXT_ENCODER: hidden_states_spec(TEXT_ENCODER, d.text_length, d.text_hidden, d.projection_dim),
+            TEXT_ENCODER_2: hidden_states_spec(TEXT_ENCODER_2, d.text_length, d.text_hidden_2, d.projection_dim_2),
         }
         if d.t5:
-            specs[TEXT_ENCODER_3] = text_encoder_spec(
-                TEXT_ENCODER_3, d.t5_length, (TensorSpec("hidden_states", "float32", (d.t5_length, d.joint_dim)),)
-            )
-        specs[TRANSFORMER] = denoiser_spec(
-            d.latent_channels,
+            specs[TEXT_ENCODER_3] = hidden_states_spec(TEXT_ENCODER_3, d.t5_length, d.joint_dim)
+        specs[TRANSFORMER] = self.denoiser_with(
             (
                 TensorSpec("encoder_hidden_states", "float32", (d.text_length + d.t5_length, d.joint_dim)),
                 TensorSpec("pooled_projections", "float32", (d.projection_dim + d.projection_dim_2,)),
-            ),
-            unet_instances(d.unet_bytes),
-            name=TRANSFORMER,
+            )
         )
-        specs[VAE_DECODER] = vae_decoder_spec(d.latent_channels)
-        return specs
+        return specs | self.vae_specs()
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """Both CLIP encoders with their projections, T5, the transformer, the VAE decoder (``force_upcast``: fp32)."""
-        force_upcast = bool(read_config(model_dir, "vae").get("force_upcast", True))
         modules = {
-            TEXT_ENCODER: ExportModule(
-                lambda dtype: ClipPenultimate(
-                    transformers_model("CLIPTextModelWithProjection", model_dir / "text_encoder", dtype), pooled=True
-                )
-            ),
-            TEXT_ENCODER_2: ExportModule(
-                lambda dtype: ClipPenultimate(
-                    transformers_model("CLIPTextModelWithProjection", model_dir / "text_encoder_2", dtype), pooled=True
-                )
-            ),
+            TEXT_ENCODER: clip_penultimate_export(model_dir, TEXT_ENCODER, projection=True),
+            TEXT_ENCODER_2: clip_penultimate_export(model_dir, TEXT_ENCODER_2, projection=True),
         }
         if self.dims.t5:
-            modules[TEXT_ENCODER_3] = ExportModule(
-                lambda dtype: T5Hidden(transformers_model("T5EncoderModel", model_dir / "text_encoder_3", dtype))
-            )
+            modules[TEXT_ENCODER_3] = text_encoder_export(model_dir, TEXT_ENCODER_3, "T5EncoderModel")
         modules[TRANSFORMER] = ExportModule(
             lambda dtype: SD3TransformerModule(diffusers_model("SD3Transformer2DModel", model_dir / TRANSFORMER, dtype))
         )
-        modules[VAE_DECODER] = vae_decoder_export(model_dir, keep_fp32=force_upcast)
-        return modules
+        return modules | self.vae_exports(model_dir)
 
     def set_timesteps(self, scheduler, job) -> None:
         """The scheduler's own schedule, shifted by the patch count when its config asks (SD3.5's dynamic shift)."""
@@ -206,27 +142,22 @@ class StableDiffusion3(FlowFamily):
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """One token sequence per row (both CLIPs side by side, padded to T5's width, then T5) and the pooled pair."""
         d = self.dims
-        texts = [job.negative_prompt, job.prompt] if guided else [job.prompt]
+        texts = prompt_rows(job, guided)
+        ids_1, dropped = token_rows(tokenizers["tokenizer"], texts, d.text_length)
+        ids_2, _ = token_rows(tokenizers["tokenizer_2"], texts, d.text_length)
         calls = [
-            engines.infer(self.specs[engine], {"input_ids": _ids(tokenizers[folder], texts, d.text_length)})
-            for engine, folder in ((TEXT_ENCODER, "tokenizer"), (TEXT_ENCODER_2, "tokenizer_2"))
+            engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids_1}),
+            engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": ids_2}),
         ]
-        if d.t5:
-            t5_ids = _ids(tokenizers["tokenizer_3"], texts, d.t5_length)
+        if d.t5:  # the prompt's truncation is T5's when it has T5
+            t5_ids, dropped = token_rows(tokenizers["tokenizer_3"], texts, d.t5_length)
             calls.append(engines.infer(self.specs[TEXT_ENCODER_3], {"input_ids": t5_ids}))
         first, second, *t5 = await asyncio.gather(*calls)
         clip = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)
         clip = np.pad(clip, ((0, 0), (0, 0), (0, d.joint_dim - clip.shape[-1])))
         t5_hidden = t5[0]["hidden_states"] if t5 else np.zeros((len(texts), d.t5_length, d.joint_dim), np.float32)
         pooled = np.concatenate([first["text_embeds"], second["text_embeds"]], axis=-1)
-        truncating = ("tokenizer_3", d.t5_length) if d.t5 else ("tokenizer", d.text_length)
-        dropped = tokenize(tokenizers[truncating[0]], job.prompt, truncating[1])[1]
         return {
             "encoder_hidden_states": np.concatenate([clip, t5_hidden], axis=1).astype(np.float32),
             "pooled_projections": pooled,
         }, dropped
-
-
-def _ids(tokenizer, texts: list[str], length: int) -> np.ndarray:
-    """Token ids of ``texts``, one row each."""
-    return np.concatenate([tokenize(tokenizer, text, length)[0] for text in texts])

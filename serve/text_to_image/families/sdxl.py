@@ -17,34 +17,18 @@ import numpy as np
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    ClipPenultimate,
-    Component,
     ExportModule,
     Family,
     PipelineDims,
-    UnetModule,
-    diffusers_model,
+    clip_penultimate_export,
+    hidden_states_spec,
+    pipeline_components,
+    prompt_rows,
     read_config,
     read_model_index,
-    text_length,
-    tokenize,
-    transformers_model,
-    vae_decoder_export,
-    vae_dims,
-    vae_encoder_export,
+    token_rows,
 )
-from serve.text_to_image.spec import (
-    TEXT_ENCODER,
-    TEXT_ENCODER_2,
-    UNET,
-    VAE_DECODER,
-    VAE_ENCODER,
-    denoiser_spec,
-    text_encoder_spec,
-    unet_instances,
-    vae_decoder_spec,
-    vae_encoder_spec,
-)
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from serve.triton.spec import ModelSpec, TensorSpec
 
 # original (height, width) + crop top-left (y, x) + target (height, width)
@@ -76,15 +60,7 @@ class StableDiffusionXL(Family):
     )
     dims_type = SDXLDims
     added_conditioning = ("text_embeds", "time_ids")
-    components = (
-        Component("text_encoder", "config.json"),
-        Component("text_encoder_2", "config.json"),
-        Component("tokenizer", "tokenizer_config.json", has_weights=False),
-        Component("tokenizer_2", "tokenizer_config.json", has_weights=False),
-        Component("unet", "config.json"),
-        Component("vae", "config.json"),
-        Component("scheduler", "scheduler_config.json", has_weights=False),
-    )
+    components = pipeline_components(UNET, encoders=2)
 
     @classmethod
     def read_dims(cls, model_dir: Path) -> SDXLDims:
@@ -92,12 +68,11 @@ class StableDiffusionXL(Family):
         text_2 = read_config(model_dir, "text_encoder_2")
         unet = read_config(model_dir, "unet")
         dims = SDXLDims(
-            text_length=text_length(model_dir),
             text_hidden=int(read_config(model_dir, "text_encoder")["hidden_size"]),
             text_hidden_2=int(text_2["hidden_size"]),
             pooled_dim=int(text_2["projection_dim"]),
             force_zeros_for_empty_prompt=bool(read_model_index(model_dir).get("force_zeros_for_empty_prompt", True)),
-            **vae_dims(model_dir),
+            **cls.shared_dims(model_dir),
         )
         added = unet.get("addition_time_embed_dim", 0) * TIME_IDS + dims.pooled_dim
         if unet.get("addition_embed_type") != "text_time" or unet.get("projection_class_embeddings_input_dim") != added:
@@ -115,29 +90,16 @@ class StableDiffusionXL(Family):
         """Two text encoders, the UNet with its three conditioning inputs, the VAE decoder and encoder."""
         d = self.dims
         return {
-            TEXT_ENCODER: text_encoder_spec(
-                TEXT_ENCODER, d.text_length, (TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden)),)
-            ),
-            TEXT_ENCODER_2: text_encoder_spec(
-                TEXT_ENCODER_2,
-                d.text_length,
-                (
-                    TensorSpec("hidden_states", "float32", (d.text_length, d.text_hidden_2)),
-                    TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
-                ),
-            ),
-            UNET: denoiser_spec(
-                d.latent_channels,
+            TEXT_ENCODER: hidden_states_spec(TEXT_ENCODER, d.text_length, d.text_hidden),
+            TEXT_ENCODER_2: hidden_states_spec(TEXT_ENCODER_2, d.text_length, d.text_hidden_2, d.pooled_dim),
+            UNET: self.denoiser_with(
                 (
                     TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),
                     TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
                     TensorSpec("time_ids", "float32", (TIME_IDS,)),
-                ),
-                unet_instances(d.unet_bytes),
-                in_channels=d.unet_in_channels,
+                )
             ),
-            VAE_DECODER: vae_decoder_spec(d.latent_channels),
-            VAE_ENCODER: vae_encoder_spec(d.latent_channels, d.vae_scale_factor),
+            **self.vae_specs(),
         }
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
@@ -145,34 +107,20 @@ class StableDiffusionXL(Family):
 
         The VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the diffusers pipeline does.
         """
-        force_upcast = bool(read_config(model_dir, "vae").get("force_upcast", True))
         return {
-            TEXT_ENCODER: ExportModule(
-                lambda dtype: ClipPenultimate(
-                    transformers_model("CLIPTextModel", model_dir / "text_encoder", dtype), pooled=False
-                )
-            ),
-            TEXT_ENCODER_2: ExportModule(
-                lambda dtype: ClipPenultimate(
-                    transformers_model("CLIPTextModelWithProjection", model_dir / "text_encoder_2", dtype), pooled=True
-                )
-            ),
-            UNET: ExportModule(
-                lambda dtype: UnetModule(
-                    diffusers_model("UNet2DConditionModel", model_dir / "unet", dtype), self.added_conditioning
-                )
-            ),
-            VAE_DECODER: vae_decoder_export(model_dir, keep_fp32=force_upcast),
-            VAE_ENCODER: vae_encoder_export(model_dir, keep_fp32=force_upcast),
+            TEXT_ENCODER: clip_penultimate_export(model_dir, TEXT_ENCODER, projection=False),
+            TEXT_ENCODER_2: clip_penultimate_export(model_dir, TEXT_ENCODER_2, projection=True),
+            UNET: self.unet_export(model_dir),
+            **self.vae_exports(model_dir),
         } | self.distilled_export(model_dir)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""
         length = self.dims.text_length
         zero_negative = guided and not job.negative_prompt and self.dims.force_zeros_for_empty_prompt
-        texts = [job.negative_prompt, job.prompt] if guided and not zero_negative else [job.prompt]
-        ids_1 = np.concatenate([tokenize(tokenizers["tokenizer"], text, length)[0] for text in texts])
-        ids_2 = np.concatenate([tokenize(tokenizers["tokenizer_2"], text, length)[0] for text in texts])
+        texts = prompt_rows(job, guided and not zero_negative)
+        ids_1, dropped = token_rows(tokenizers["tokenizer"], texts, length)
+        ids_2, _ = token_rows(tokenizers["tokenizer_2"], texts, length)
         first, second = await asyncio.gather(
             engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids_1}),
             engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": ids_2}),
@@ -183,7 +131,6 @@ class StableDiffusionXL(Family):
             hidden = np.concatenate([np.zeros_like(hidden), hidden])
             pooled = np.concatenate([np.zeros_like(pooled), pooled])
         time_ids = np.array([[job.height, job.width, 0, 0, job.height, job.width]], dtype=np.float32)
-        dropped = tokenize(tokenizers["tokenizer"], job.prompt, length)[1]
         return {
             "encoder_hidden_states": hidden,
             "text_embeds": pooled,

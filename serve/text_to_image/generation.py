@@ -50,6 +50,14 @@ class Generation:
     mask: np.ndarray | None = None  # grey uint8, width x height; white: repaint
     strength: float = 1.0
     controls: tuple[Control, ...] = ()
+    guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
+
+
+@dataclass(frozen=True)
+class StackDefaults:
+    """What a stack gives the requests that leave a technique unset (``easel up``'s options)."""
+
+    guidance_cutoff: float = 1.0
 
 
 StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]

@@ -26,7 +26,7 @@ from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
-from serve.text_to_image import image_to_image
+from serve.text_to_image import guidance, image_to_image
 from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
@@ -164,7 +164,11 @@ class TextToImagePipeline:
         controls = JobControls(self.specs, job, control_images, guided)
         latents = start.latents
         step_kwargs = _step_kwargs(scheduler, generator)
+        guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
         for index, t in enumerate(timesteps):
+            if guided and index == guided_steps:  # adaptive guidance: the prompt's rows alone from here
+                guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
+                controls = JobControls(self.specs, job, control_images, guided)
             model_input = torch.cat([latents] * 2) if guided else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)

@@ -236,6 +236,15 @@ class GenerationRequest(BaseModel):
         allow_inf_nan=False,
         description="Classifier-free guidance; <= 1 disables it.",
     )
+    guidance_cutoff: Annotated[float, Strict()] | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Adaptive guidance: the share of the steps that run guided (the first ones); the rest run one "
+        "UNet row per image instead of two. 1: every step (today's images). Default: the stack's "
+        "(easel up --guidance-cutoff, 1 unless set).",
+    )
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed; drawn at random when omitted."
     )

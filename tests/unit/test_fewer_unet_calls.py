@@ -1,10 +1,13 @@
-"""Fewer UNet rows per image, in-process (ONNX Runtime), against diffusers and against today's loop.
+"""Fewer UNet rows per image, in-process (ONNX Runtime), against diffusers and against the loop before them.
 
-Few-step samplers (``lcm``, ``tcd``) on the embedded default's distilled UNet and on a UNet with an LCM-LoRA.
+Few-step samplers (``lcm``, ``tcd``) on the embedded default's distilled UNet and on a UNet with an LCM-LoRA;
+adaptive guidance (``guidance_cutoff``).
 """
 
 import asyncio
 import copy
+import dataclasses
+from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -13,12 +16,15 @@ from pydantic import ValidationError
 
 from serve.errors import invalid_input
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation
+from serve.text_to_image.generation import Control, Generation
+from serve.text_to_image.guidance import guided_steps
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.conftest import psnr, reference_images
+from tests.controls import box_mask, edges_image, input_image
+from tests.loop_cases import cases
 
 PROMPT = "a green heart icon"
 
@@ -30,7 +36,7 @@ class Counting:
         self.runner, self.rows = runner, {}
 
     async def infer(self, spec, inputs, priority=0):
-        self.rows[spec.name] = self.rows.get(spec.name, 0) + len(inputs["sample" if "sample" in inputs else "latent"])
+        self.rows[spec.name] = self.rows.get(spec.name, 0) + len(next(iter(inputs.values())))
         return await self.runner.infer(spec, inputs, priority)
 
 
@@ -47,6 +53,12 @@ def _run(pipeline: TextToImagePipeline, job: Generation) -> np.ndarray:
 @pytest.fixture(scope="module")
 def plain(engine_dir):
     folder = EngineFolder(engine_dir)
+    return TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+
+
+@pytest.fixture(scope="module")
+def controlled(control_engine_dir):
+    folder = EngineFolder(control_engine_dir)
     return TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
 
 
@@ -151,3 +163,62 @@ def test_requests_without_a_few_step_sampler_never_touch_the_distilled_unet(plai
     counted, counter = _counting(plain)
     _run(counted, Generation(PROMPT, "", 1, 64, 64, 3, 7.5, 0, "euler"))
     assert counter.rows.get(UNET) == 6 and DISTILLED_UNET not in counter.rows
+
+
+def test_every_technique_off_gives_the_bytes_of_the_loop_before_them(plain):
+    """Images recorded with main's loop before issue 33 (``tests/loop_cases.py``), regenerated: equal bytes."""
+    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
+    for name, job in cases().items():
+        np.testing.assert_array_equal(_run(plain, job), recorded[name], err_msg=name)
+
+
+def _dynamic_guidance(guided: int):
+    """diffusers' dynamic classifier-free guidance recipe: guidance off after step ``guided - 1``."""
+
+    def cut(pipeline, index, _timestep, tensors):
+        if index == guided - 1:
+            pipeline._guidance_scale = 0.0
+            tensors["prompt_embeds"] = tensors["prompt_embeds"].chunk(2)[-1]
+        return tensors
+
+    return {"callback_on_step_end": cut, "callback_on_step_end_tensor_inputs": ["prompt_embeds"]}
+
+
+@pytest.mark.parametrize(("scheduler", "steps", "cutoff", "guided"), [("ddim", 10, 0.4, 4), ("euler", 7, 0.5, 4)])
+def test_a_guidance_cutoff_is_diffusers_dynamic_guidance(plain, diffusers_pipeline, scheduler, steps, cutoff, guided):
+    assert guided_steps(steps, cutoff) == guided
+    counted, counter = _counting(plain)
+    job = Generation(PROMPT, "blurry", 2, 64, 64, steps, 7.5, 9, scheduler, guidance_cutoff=cutoff)
+    got = _run(counted, job)
+    assert counter.rows[UNET] == 2 * (2 * guided + (steps - guided))
+    want = reference_images(
+        diffusers_pipeline,
+        scheduler,
+        prompt=PROMPT,
+        negative_prompt="blurry",
+        num_images_per_prompt=2,
+        num_inference_steps=steps,
+        guidance_scale=7.5,
+        seed=9,
+        **_dynamic_guidance(guided),
+    )
+    assert psnr(got, want) >= 40
+    np.testing.assert_array_equal(_run(plain, job), got)  # deterministic for a seed
+    full = _run(plain, dataclasses.replace(job, guidance_cutoff=1.0))
+    assert psnr(full, got) < 60  # the cut-off changed the images (a little)
+
+
+def test_a_guidance_cutoff_composes_with_images_and_controlnets(controlled, inpaint_model, tmp_path_factory):
+    """img2img, a 9-channel inpainting UNet and a ControlNet lose their negative rows at the cut-off too."""
+    from build_engines.text_to_image.build import build
+
+    image, mask = input_image(64), box_mask(64)
+    counted, counter = _counting(controlled)
+    job = Generation(PROMPT, "", 1, 64, 64, 8, 7.5, 2, "ddim", controls=(Control("edges", edges_image(64)),))
+    _run(counted, dataclasses.replace(job, guidance_cutoff=0.5, images=(image,), strength=0.5))
+    assert counter.rows[UNET] == 2 * 2 + 2 and counter.rows["controlnet_edges"] == 2 * 2 + 2
+    folder = build(inpaint_model, repository=tmp_path_factory.mktemp("repository-inpaint"))
+    inpainting, counter = _counting(TextToImagePipeline(folder, OnnxRuntimeRunner(folder)))
+    inpaint = Generation(PROMPT, "", 1, 64, 64, 6, 7.5, 2, "ddim", images=(image,), mask=mask, guidance_cutoff=0.5)
+    _run(inpainting, inpaint)
+    assert counter.rows[UNET] == 3 * 2 + 3

@@ -138,6 +138,12 @@ class StackOptions(AppSettings):
         )
     )
 
+    step_cache: bool = Field(
+        False,
+        description="Also build step caching's engines (a UNet that returns its deep features, and a shallow one), "
+        "so requests may ask cache_interval (UNet models).",
+    )
+
     @property
     def store(self) -> str:
         """The store's URL: ``store_url``, or the embedded default in ``run_dir``."""

@@ -16,6 +16,7 @@ from ray import serve
 from serve import metrics
 from serve.adapters.requests import StackAdapters
 from serve.errors import NotReady
+from serve.text_to_image import step_cache
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
@@ -96,6 +97,7 @@ def to_generation(
         request.effective_strength,
         images.controls,
         defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
+        request.cache_interval,
     )
 
 
@@ -171,6 +173,7 @@ class TextToImage:
         job = to_generation(request, self.pipeline.dims.native_size, reference, images, self.defaults)
         self.pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         self.controlnets.check(request.controlnets)
+        step_cache.check(job, self.pipeline.specs, self.pipeline.family.step_engine(job))
         uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
         if job.images or self.pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)

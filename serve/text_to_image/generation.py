@@ -51,6 +51,7 @@ class Generation:
     strength: float = 1.0
     controls: tuple[Control, ...] = ()
     guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
+    cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
 from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.step_cache import JobStepCache
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
@@ -140,7 +141,7 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
-        denoiser = self.specs[self.family.step_engine(job)]
+        step_engine = self.family.step_engine(job)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
@@ -165,6 +166,7 @@ class TextToImagePipeline:
         latents = start.latents
         step_kwargs = _step_kwargs(scheduler, generator)
         guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
+        denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)
         for index, t in enumerate(timesteps):
             if guided and index == guided_steps:  # adaptive guidance: the prompt's rows alone from here
                 guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
@@ -178,7 +180,7 @@ class TextToImagePipeline:
             inputs |= await controls.residuals(
                 engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
             )
-            noise = torch.from_numpy((await engines.infer(denoiser, inputs))["noise_pred"])
+            noise = torch.from_numpy(await denoiser.noise(engines, index, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)

@@ -43,6 +43,7 @@ MAX_SEED = 2**63 - 1
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
+MAX_CACHE_INTERVAL = 10
 MAX_FEW_STEPS = 50
 """The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
 MAX_LORAS = 4
@@ -244,6 +245,14 @@ class GenerationRequest(BaseModel):
         description="Adaptive guidance: the share of the steps that run guided (the first ones); the rest run one "
         "UNet row per image instead of two. 1: every step (today's images). Default: the stack's "
         "(easel up --guidance-cutoff, 1 unless set).",
+    )
+    cache_interval: StrictInt = Field(
+        1,
+        ge=1,
+        le=MAX_CACHE_INTERVAL,
+        description="Step caching (DeepCache): the whole UNet runs every cache_interval-th step and its deep features "
+        "serve the steps between, which run a shallow UNet. 1: the whole UNet every step. Needs a stack started with "
+        "--step-cache; not with loras, an IP-Adapter reference, ControlNets or a distilled UNet (lcm, tcd).",
     )
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed; drawn at random when omitted."

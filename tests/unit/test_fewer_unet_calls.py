@@ -1,7 +1,8 @@
 """Fewer UNet rows per image, in-process (ONNX Runtime), against diffusers and against the loop before them.
 
 Few-step samplers (``lcm``, ``tcd``) on the embedded default's distilled UNet and on a UNet with an LCM-LoRA;
-adaptive guidance (``guidance_cutoff``).
+adaptive guidance (``guidance_cutoff``) against diffusers' dynamic guidance; step caching (``cache_interval``)
+against the DeepCache package's own helper.
 """
 
 import asyncio
@@ -14,14 +15,15 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from serve.errors import invalid_input
+from serve.errors import InvalidInput, invalid_input
+from serve.text_to_image import step_cache
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Control, Generation
 from serve.text_to_image.guidance import guided_steps
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
-from serve.text_to_image.spec import DISTILLED_UNET, UNET
+from serve.text_to_image.spec import DEEP_FEATURES, DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image
 from tests.loop_cases import cases
@@ -222,3 +224,106 @@ def test_a_guidance_cutoff_composes_with_images_and_controlnets(controlled, inpa
     inpaint = Generation(PROMPT, "", 1, 64, 64, 6, 7.5, 2, "ddim", images=(image,), mask=mask, guidance_cutoff=0.5)
     _run(inpainting, inpaint)
     assert counter.rows[UNET] == 3 * 2 + 3
+
+
+@pytest.fixture(scope="module")
+def cached(default_model, tmp_path_factory):
+    """The default's engines with step caching's pair."""
+    from build_engines.text_to_image.build import build
+
+    folder = build(default_model, tmp_path_factory.mktemp("repository-step-cache"), step_cache=True)
+    assert {UNET_DEEP, UNET_SHALLOW} <= set(folder.specs)
+    return TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+
+
+def test_the_shallow_unet_on_a_step_s_own_deep_features_is_the_whole_unet(cached):
+    """The split is exact: the shallow branch given the features the whole UNet kept for the same input."""
+    specs, rng = cached.specs, np.random.default_rng(0)
+    inputs = {
+        "sample": rng.standard_normal((3, 4, 16, 12)).astype(np.float32),
+        "timestep": np.array([999.0, 500.0, 1.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((3, *specs[UNET].input("encoder_hidden_states").dims)),
+    }
+    inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"].astype(np.float32)
+    run = lambda name, feeds: asyncio.run(cached.engines.infer(specs[name], feeds))  # noqa: E731
+    deep, whole = run(UNET_DEEP, inputs), run(UNET, inputs)
+    np.testing.assert_allclose(deep["noise_pred"], whole["noise_pred"], atol=1e-5)
+    shallow = run(UNET_SHALLOW, inputs | {DEEP_FEATURES: deep[DEEP_FEATURES]})
+    np.testing.assert_allclose(shallow["noise_pred"], whole["noise_pred"], atol=1e-4)
+
+
+def _deep_cache_reference(pipeline, interval: int, **kwargs) -> np.ndarray:
+    """diffusers' pipeline under DeepCache's own helper (``DeepCacheSDHelper``, shallowest branch)."""
+    from DeepCache import DeepCacheSDHelper
+
+    helper = DeepCacheSDHelper(pipe=pipeline)
+    helper.set_params(cache_interval=interval, cache_branch_id=0)
+    helper.enable()
+    try:
+        return reference_images(pipeline, **kwargs)
+    finally:
+        helper.disable()
+
+
+@pytest.mark.parametrize(("scheduler", "steps", "interval", "n"), [("ddim", 10, 3, 1), ("euler", 8, 2, 2)])
+def test_step_caching_is_deepcache(cached, diffusers_pipeline, scheduler, steps, interval, n):
+    counted, counter = _counting(cached)
+    job = Generation(PROMPT, "blurry", n, 64, 64, steps, 7.5, 4, scheduler, cache_interval=interval)
+    got = _run(counted, job)
+    whole = -(-steps // interval)
+    assert counter.rows[UNET_DEEP] == 2 * n * whole and counter.rows[UNET_SHALLOW] == 2 * n * (steps - whole)
+    assert UNET not in counter.rows
+    kwargs = {"prompt": PROMPT, "negative_prompt": "blurry", "num_images_per_prompt": n, "seed": 4}
+    want = _deep_cache_reference(
+        diffusers_pipeline, interval, scheduler=scheduler, num_inference_steps=steps, guidance_scale=7.5, **kwargs
+    )
+    assert psnr(got, want) >= 40
+    np.testing.assert_array_equal(_run(cached, job), got)  # deterministic for a seed
+
+
+def test_step_caching_with_a_guidance_cutoff_is_both_recipes_at_once(cached, diffusers_pipeline):
+    """Guidance ends on a whole-UNet step (DeepCache's helper keeps guided rows otherwise); ending between them, the
+    kept features' prompt rows serve the unguided steps."""
+    job = Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 6, "ddim", guidance_cutoff=0.6, cache_interval=2)
+    want = _deep_cache_reference(
+        diffusers_pipeline,
+        2,
+        scheduler="ddim",
+        prompt=PROMPT,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        seed=6,
+        **_dynamic_guidance(6),
+    )
+    assert psnr(_run(cached, job), want) >= 40
+    counted, counter = _counting(cached)
+    between = _run(counted, dataclasses.replace(job, guidance_cutoff=0.5))  # guided steps 0-4, whole UNet 0, 2, 4...
+    assert counter.rows[UNET_DEEP] == 2 + 2 + 2 + 1 + 1 and counter.rows[UNET_SHALLOW] == 2 + 2 + 1 + 1 + 1
+    assert psnr(between, want) >= 25  # near the cut-off at 6
+
+
+def test_interval_1_on_a_stack_with_step_caching_is_the_loop_before_it(cached):
+    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
+    for name, job in cases().items():
+        np.testing.assert_array_equal(_run(cached, job), recorded[name], err_msg=name)
+
+
+def test_cached_jobs_the_engines_cannot_run_are_refused_naming_cache_interval(cached, plain):
+    job = Generation(PROMPT, "", 1, 64, 64, 4, 7.5, 0, "ddim", cache_interval=2)
+    step_cache.check(job, cached.specs, UNET)
+    refusals = [
+        (plain.specs, job, "--step-cache"),
+        (cached.specs, dataclasses.replace(job, loras=(("style", 1.0),)), "LoRAs"),
+        (cached.specs, dataclasses.replace(job, controls=(Control("edges", edges_image(64)),)), "ControlNets"),
+    ]
+    if DISTILLED_UNET in cached.specs:
+        lcm = dataclasses.replace(job, scheduler="lcm")
+        refusals.append((cached.specs, lcm, "distilled UNet"))
+    for specs, refused, says in refusals:
+        with pytest.raises(InvalidInput, match=says) as error:
+            step_cache.check(refused, specs, cached.family.step_engine(refused))
+        assert error.value.field == "cache_interval"
+    for interval in (0, 11):
+        with pytest.raises(ValidationError) as error:
+            GenerationRequest(prompt="x", cache_interval=interval)
+        assert invalid_input(error.value).field == "cache_interval"

@@ -36,6 +36,8 @@ from serve.text_to_image.spec import (
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     UNET,
+    UNET_DEEP,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
     denoiser_spec,
@@ -44,6 +46,7 @@ from serve.text_to_image.spec import (
     vae_decoder_spec,
     vae_encoder_spec,
 )
+from serve.text_to_image.step_cache import DeepUnetModule, ShallowUnetModule, step_cache_specs
 from serve.triton.spec import EngineRunner, ModelSpec, TensorSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -155,19 +158,29 @@ class Family(ABC):
     """Whether the VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the pipeline does."""
 
     def __init__(
-        self, dims: PipelineDims, adapters: AdapterSupport | None = None, controlnets: ControlNetSupport | None = None
+        self,
+        dims: PipelineDims,
+        adapters: AdapterSupport | None = None,
+        controlnets: ControlNetSupport | None = None,
+        step_cache: bool = False,
     ) -> None:
+        """``step_cache``: the engines include step caching's pair (:mod:`serve.text_to_image.step_cache`)."""
         self.dims = dims
         self.adapters = adapters or AdapterSupport()
         self.controlnets = controlnets or ControlNetSupport()
+        self.step_cache = step_cache
         plain = self.engine_specs()
+        if step_cache and UNET not in plain:
+            raise UnsupportedModel(f"step caching serves UNet models, not {self.name} models")
         if dims.distilled_unet:  # the plain UNet's inputs: it takes no adapters or ControlNets
             plain[DISTILLED_UNET] = dataclasses.replace(plain[UNET], name=DISTILLED_UNET)
+        if step_cache:  # the final up block works at the first block's width: the input convolution's residual's
+            plain |= step_cache_specs(plain[UNET], dims.residuals[0].channels)
         self.specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
 
-    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport) -> Family:
-        """This family and model, its engines taking ``adapters`` and ``controlnets``."""
-        return type(self)(self.dims, adapters, controlnets)
+    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport, step_cache: bool) -> Family:
+        """This family and model, its engines taking ``adapters`` and ``controlnets`` (and step caching's pair)."""
+        return type(self)(self.dims, adapters, controlnets, step_cache)
 
     # -- what a diffusers folder of this family holds ---------------------------------------------------------------
 
@@ -236,9 +249,18 @@ class Family(ABC):
         added = self.added_conditioning
         return ExportModule(lambda dtype: UnetModule(diffusers_model(UNET_CLASS, model_dir / folder, dtype), added))
 
-    def distilled_export(self, model_dir: Path) -> dict[str, ExportModule]:
-        """The distilled UNet's module where the folder ships one, conditioned as the family's UNet is."""
-        return {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
+    def derived_exports(self, model_dir: Path) -> dict[str, ExportModule]:
+        """The engines made from a UNet: the distilled UNet where the folder ships one, step caching's pair if asked.
+
+        Each conditioned as the family's UNet is.
+        """
+        modules = {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
+        if self.step_cache:
+            plain = self.unet_export(model_dir)
+            added = self.added_conditioning
+            modules[UNET_DEEP] = ExportModule(lambda dtype: DeepUnetModule(plain.load(dtype)))
+            modules[UNET_SHALLOW] = ExportModule(lambda dtype: ShallowUnetModule(plain.load(dtype).unet, added))
+        return modules
 
     def vae_exports(self, model_dir: Path) -> dict[str, ExportModule]:
         """The VAE decoder (and encoder, as :meth:`vae_specs`), in fp32 when :attr:`upcasts_vae` and the config asks."""

@@ -255,11 +255,15 @@ class _Load:
                 with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
                     for line in stream.iter_lines():
                         if line.startswith("event: ") and line[7:] in ("completed", "failed", "canceled"):
-                            self.streams["to the end"] += 1
+                            self._count_stream("to the end")
                             return
             except httpx.TransportError:
                 pass
-            self.streams["broken"] += 1
+            self._count_stream("broken")
+
+    def _count_stream(self, how: str) -> None:
+        with self._lock:
+            self.streams[how] += 1
 
 
 class Soak:

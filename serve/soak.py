@@ -36,7 +36,7 @@ import httpx
 import numpy as np
 import psutil
 
-from serve.chaos import SMALL, sample_icon
+from serve.chaos import SMALL, Clients, sample_icon
 from serve.processes.signals import stack_processes
 from serve.stack import Stack
 from serve.tables import text_table
@@ -166,29 +166,17 @@ def _shaped(response: httpx.Response) -> bool:
         return False
 
 
-class _Load:
+class _Load(Clients):
     """``clients`` threads sending the mixed load until stopped; every answer and every job submitted recorded."""
 
     def __init__(self, stack: Stack, clients: int, seed: int, hang_s: float, started: float) -> None:
+        super().__init__(clients, hang_s)
         self.api_url, self.grpc_address = stack.info.api_url, stack.info.grpc_address
-        self.seed, self.hang_s, self.started = seed, hang_s, started
+        self.seed, self.started = seed, started
         self.icon = sample_icon()
         self.outcomes: list[Outcome] = []
         self.jobs: dict[str, dict] = {}  # id -> the request submitted
         self.streams: Counter[str] = Counter()  # event streams: read to their final event, or broken
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
-
-    def __enter__(self) -> _Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.hang_s + 30)
 
     def _record(self, kind: str, status: str, shaped: bool, began: float) -> None:
         now = time.monotonic()

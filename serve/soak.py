@@ -464,8 +464,8 @@ def _label(process: psutil.Process) -> str:
     model = next((part for part in cmdline if part.endswith("/model.py")), None)
     if "triton_python_backend_stub" in name and model:
         return f"stub {Path(model).parent.parent.name}"  # .../MODEL/1/model.py
-    if cmdline and cmdline[0].startswith("ray::"):
-        return cmdline[0].strip()
+    if cmdline and cmdline[0].startswith("ray::"):  # a busy worker's title names its method: left out
+        return cmdline[0].strip().split(".")[0]
     return name
 
 

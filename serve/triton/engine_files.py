@@ -16,31 +16,25 @@ LORA_SLOTS = "lora_slots.json"  # a LoRA-ready engine's layers (serve.adapters.l
 LORAS_LINK = "loras"  # a LoRA-ready model's link to the stack's adapter registry folder
 
 
+class _FolderFile:
+    """One of the names above as an attribute of :class:`EngineFiles`: that file's path in the instance's folder."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, files: EngineFiles | None, owner: type | None = None):
+        return self if files is None else files.folder / self.name
+
+
 @dataclass(frozen=True)
 class EngineFiles:
     """Where one engine's files are in ``folder`` (an engine's cache folder or its Triton version folder)."""
 
     folder: Path
-
-    @property
-    def onnx(self) -> Path:
-        """The ONNX graph."""
-        return self.folder / ONNX
-
-    @property
-    def memory(self) -> Path:
-        """The engine's measured memory and time model."""
-        return self.folder / MEMORY
-
-    @property
-    def lora_slots(self) -> Path:
-        """The LoRA slot table (present only in a LoRA-ready engine)."""
-        return self.folder / LORA_SLOTS
-
-    @property
-    def loras(self) -> Path:
-        """The adapter registry folder a LoRA-ready Triton model reads adapters from."""
-        return self.folder / LORAS_LINK
+    onnx = _FolderFile(ONNX)
+    memory = _FolderFile(MEMORY)
+    lora_slots = _FolderFile(LORA_SLOTS)
+    loras = _FolderFile(LORAS_LINK)
 
     @property
     def lora_ready(self) -> bool:

@@ -57,17 +57,16 @@ class FaultReport:
     detail: str = ""  # what the injection itself saw (the largest requests' sizes and answers)
 
 
-class _Load:
-    """``clients`` threads sending small generations and vectorize uploads until stopped; answers are tallied."""
+class Clients:
+    """``clients`` threads, each running :meth:`_run` with its index until the block ends (a load's clients)."""
 
-    def __init__(self, api_url: str, clients: int, hang_s: float, icon: bytes) -> None:
-        self.api_url, self.clients, self.hang_s, self.icon = api_url, clients, hang_s, icon
-        self.statuses: Counter[str] = Counter()
+    def __init__(self, clients: int, hang_s: float) -> None:
+        self.hang_s = hang_s  # the clients' timeout: a request without an answer by then hung
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
 
-    def __enter__(self) -> _Load:
+    def __enter__(self) -> Clients:
         for thread in self._threads:
             thread.start()
         return self
@@ -75,7 +74,19 @@ class _Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         for thread in self._threads:
-            thread.join(self.hang_s + 10)
+            thread.join(self.hang_s + 30)
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+
+class _Load(Clients):
+    """``clients`` threads sending small generations and vectorize uploads until stopped; answers are tallied."""
+
+    def __init__(self, api_url: str, clients: int, hang_s: float, icon: bytes) -> None:
+        super().__init__(clients, hang_s)
+        self.api_url, self.icon = api_url, icon
+        self.statuses: Counter[str] = Counter()
 
     def take(self) -> Counter[str]:
         """The tally since the last call."""

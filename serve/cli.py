@@ -23,7 +23,7 @@ from build_engines.text_to_image.cli import (
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
-from serve.benchmarks.cli import bench, chaos, loadtest
+from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
 from serve.observability.cli import dashboards
 from serve.settings import StackOptions, check_model
@@ -33,7 +33,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, dashboards, random_controlnet])
+@click.group(commands=[keys, bench, loadtest, chaos, soak, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

@@ -13,8 +13,10 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -53,13 +55,17 @@ STATE_FILE = "state.json"
 # largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md. The proxy's own failure answers (a replica that
 # died with the request) get Easel's JSON error shape from a middleware the proxy loads (serve.wire). Ray on Linux
 # binds its own servers (GCS, raylet, workers, agents) to every interface; its single-machine mode (the one it uses on
-# macOS) keeps them on 127.0.0.1. Ray reads that switch when imported. A value already in the environment wins.
+# macOS) keeps them on 127.0.0.1. Ray reads that switch when imported. Ray names its processes (``ray::DashboardAgent``)
+# with setproctitle, which by default writes the title over the process's environment block, so ``/proc/PID/environ``
+# lost the stack's mark and ``easel down`` could not find Ray's agents (they outlived the stack); ``SPT_NOENV`` makes
+# it write within the command line only. A value already in the environment wins.
 RAY_ENV = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_max_direct_call_object_size": str(16 << 20),
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "SPT_NOENV": "1",
 }
 SINGLE_MACHINE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
 """Left out when deploying onto a cluster off loopback (`address`): its nodes have addresses of their own. A cluster
@@ -213,7 +219,8 @@ class Stack:
             self.supervisor.watch(self.triton.managed, self.triton.check)
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
-        dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
+        with _sigterm_kept():  # ray.init installs its own handler
+            dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
             from serve.triton.node import NodeTritons
 
@@ -370,6 +377,22 @@ class Stack:
         recorded = read_state(self.options.run_dir)
         if recorded is not None and recorded.stack_id == self.stack_id:
             state_path(self.options.run_dir).unlink(missing_ok=True)
+
+
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Keep this process's SIGTERM handler across the block (``ray.init``, which installs Ray's own).
+
+    Ray's handler waits up to 30 s for the node to drain, kills Ray's processes and exits, so a SIGTERM from
+    ``easel down`` skipped ``easel up``'s orderly :meth:`Stack.stop`. The stack's owner decides what SIGTERM does.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _stop_log_monitor() -> None:

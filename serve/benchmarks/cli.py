@@ -246,3 +246,33 @@ def chaos(clients: int, window_s: float, memory_budget_bytes: int | None, out: P
     from serve.chaos import run
 
     click.echo(run(out, clients=clients, window_s=window_s, memory_budget_bytes=memory_budget_bytes))
+
+
+@click.command()
+@click.option(
+    "--minutes", default=20.0, show_default=True, type=click.FloatRange(min=1.0), help="How long the load runs."
+)
+@click.option("--seed", default=0, show_default=True, help="Seeds the load and the fault schedule.")
+@click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64), help="Concurrent clients.")
+@click.option(
+    "--fault-every",
+    "fault_every_s",
+    default=90.0,
+    show_default=True,
+    type=click.FloatRange(min=10.0),
+    help="Seconds between faults (the first after as long).",
+)
+@memory_budget_option
+@out_option("out/soak.json")
+def soak(
+    minutes: float, seed: int, clients: int, fault_every_s: float, memory_budget_bytes: int | None, out: Path
+) -> None:
+    """Mixed load on a scratch stack for MINUTES with faults in the middle; checks what must hold (exit 1 if not)."""
+    from serve.soak import run
+
+    passed, tables = run(
+        out, minutes, seed=seed, clients=clients, fault_every_s=fault_every_s, memory_budget_bytes=memory_budget_bytes
+    )
+    click.echo(tables)
+    if not passed:
+        raise SystemExit(1)

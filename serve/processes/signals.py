@@ -21,17 +21,32 @@ logger = logging.getLogger(__name__)
 
 
 def stack_processes(stack_id: str) -> list[psutil.Process]:
-    """Every live process (but this one) whose environment marks it as part of stack ``stack_id``."""
-    found = []
+    """Every live process (but this one) whose environment marks it as part of stack ``stack_id``, and their children.
+
+    Children count unmarked too: a process can rewrite its own environment block (setproctitle does by default).
+    """
+    found: dict[int, psutil.Process] = {}
     for process in psutil.process_iter():
         if process.pid == os.getpid():
             continue
         try:
             if process.environ().get(STACK_ENV) == stack_id and process.status() != psutil.STATUS_ZOMBIE:
-                found.append(process)
+                found[process.pid] = process
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    return found
+    for process in list(found.values()):
+        with suppress(psutil.Error):
+            for child in process.children(recursive=True):
+                if child.pid != os.getpid() and _alive(child):
+                    found.setdefault(child.pid, child)
+    return list(found.values())
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def terminate(processes: list[psutil.Process], grace_s: float = 10.0) -> list[psutil.Process]:

@@ -1,18 +1,48 @@
-"""`easel chaos` on the default model: every fault recovers, nothing hangs, nothing is left behind."""
+"""Faults on a stack under load: a 3-minute `easel soak`, then `easel chaos`; nothing hangs, nothing is left behind.
+
+One stack serves both (a stack start costs a minute or two here); the last test stops it.
+"""
+
+import logging
 
 import pytest
 
 from serve.chaos import FAULTS, Chaos, left_behind, sample_icon
 from serve.processes.signals import stack_processes
+from serve.soak import FAULTS as SOAK_FAULTS
+from serve.soak import Soak, format_report, left_after_stop
 from serve.stack import Stack, StackOptions
 
 pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
 
 
-def test_every_fault_is_survived_under_load(tmp_path):
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
     # A 1 GiB engine budget: the largest admitted request (4 images at 384x384) takes seconds, not minutes.
-    with Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path, memory_budget_bytes=1 << 30)) as stack:
-        reports = Chaos(stack, clients=3, window_s=8, hang_s=120).run(sample_icon())
+    options = StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), memory_budget_bytes=1 << 30)
+    with Stack(options) as stack:
+        yield stack
+
+
+def test_a_three_minute_soak_with_a_fault_of_each_kind_keeps_every_job_and_shapes_every_failure(stack):
+    soak = Soak(stack, minutes=3, seed=0, clients=4, fault_every_s=35, compare=5)
+    report = soak.run()
+    logger.info("soak report:\n%s", format_report(report))
+    assert sorted(f["kind"] for f in report["faults"]) == sorted(SOAK_FAULTS)
+    checks = {c["name"]: c for c in report["checks"]}
+    for name, check in checks.items():
+        assert check["passed"] is not False, (name, check["detail"])
+    judged = [name for name, check in checks.items() if check["passed"] is None]
+    assert all("flat" in name for name in judged), judged  # only the trends need a longer run
+    assert report["jobs"]["submitted"] > 0 and report["jobs"]["compared"] > 0, report["jobs"]
+    assert set(report["requests"]) == {"generate", "job", "vectorize", "grpc"}, report["requests"]
+
+
+def test_every_fault_is_survived_under_load_and_nothing_is_left_after_the_stack_stops(stack):
+    reports = Chaos(stack, clients=3, window_s=8, hang_s=120).run(sample_icon())
+    seen = stack_processes(stack.stack_id)
+    stack.stop()
     by_fault = {r.fault: r for r in reports}
     assert list(by_fault) == list(FAULTS)
     for report in reports:
@@ -23,4 +53,4 @@ def test_every_fault_is_survived_under_load(tmp_path):
         assert not [status for status in report.requests if "not JSON" in status or "connection" in status], report
     for fault in ("SIGKILL tritonserver", "SIGKILL UNet stub"):
         assert by_fault[fault].ready_again_s <= 20, by_fault[fault]
-    assert stack_processes(stack.stack_id) == [] and left_behind(stack.stack_id) == []
+    assert left_after_stop(seen, stack.stack_id) == [] and left_behind(stack.stack_id) == []

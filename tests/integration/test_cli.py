@@ -3,12 +3,13 @@
 import ipaddress
 import os
 import signal
+import time
 
 import httpx
 import psutil
 import pytest
 
-from serve.processes import free_ports
+from serve.processes import STACK_ENV, free_ports
 from serve.processes.signals import stack_processes
 from serve.stack import read_state
 from tests.integration.conftest import easel_down, easel_up
@@ -33,6 +34,11 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         assert httpx.get(f"{state.dashboard_url}/api/version", timeout=10).status_code == 401
         names = {p.name() for p in stack_processes(state.stack_id)}
         assert {"tritonserver", "raylet", "gcs_server", "triton_python_backend_stub"} <= names, names
+        family = _family(state)
+        titles = {_title(p) for p in family}
+        assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= titles, titles
+        # Every process `easel up` started, by parentage, carries the stack's mark (Ray's agents lost it once).
+        assert [_title(p) for p in family if _mark(p) not in (state.stack_id, GONE)] == [], family
         urls = [*_triton_urls(state), state.grpc_address]
         ours = {port, dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls)}
         listening = _listening(state.stack_id)
@@ -43,7 +49,9 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         down = easel_down(env)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert not psutil.pid_exists(state.pid) or not state.alive()
-    assert [p.name() for p in stack_processes(state.stack_id)] == []
+    # `easel up` stopped the stack itself: its SIGTERM handler survived ray.init (Ray's exits without this line).
+    assert "stopping..." in (tmp_path / "home" / "run" / "easel-up.log").read_text()
+    _assert_none_alive_5_s_after(family, state.stack_id)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
     assert "nothing recorded" in easel_down(env).stdout
@@ -61,6 +69,7 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
         assert "First request" in up.stdout and "-> 200" in up.stdout
         engines = sorted(p.name for p in repository.iterdir() if not p.name.startswith("vectorize"))
         assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
+        family = _family(state)
         os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind
         psutil.wait_procs([psutil.Process(state.pid)], timeout=10)
         assert stack_processes(state.stack_id), "nothing was left behind to clean up"
@@ -68,8 +77,45 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
         down = easel_down(env)
     assert down.returncode == 0, down.stdout + down.stderr
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
-    assert [p.name() for p in stack_processes(state.stack_id)] == []
+    _assert_none_alive_5_s_after(family, state.stack_id)
     assert read_state(tmp_path / "home" / "run") is None
+
+
+def _family(state) -> list[psutil.Process]:
+    """Every process of the stack: marked with its id, or a descendant of `easel up` or of a marked process."""
+    found = {p.pid: p for p in stack_processes(state.stack_id)}
+    for parent in [psutil.Process(state.pid), *found.values()]:
+        for child in parent.children(recursive=True):
+            found.setdefault(child.pid, child)
+    return list(found.values())
+
+
+def _assert_none_alive_5_s_after(family: list[psutil.Process], stack_id: str) -> None:
+    """5 s after `easel down` returned, no process of the stack's family and none marked with its id is alive."""
+    time.sleep(5)
+    alive = [f"{p.pid} {_title(p)}" for p in family if _mark(p) is not GONE]
+    assert alive == [], alive
+    assert [_title(p) for p in stack_processes(stack_id)] == []
+
+
+def _title(process: psutil.Process) -> str:
+    try:
+        return (process.cmdline() or [process.name()])[0].strip()
+    except psutil.Error:
+        return "?"
+
+
+GONE = "(exited)"
+
+
+def _mark(process: psutil.Process) -> str | None:
+    """The stack id in ``process``'s environment; :data:`GONE` if it exited (or is a zombie)."""
+    try:
+        if not process.is_running() or process.status() == psutil.STATUS_ZOMBIE:
+            return GONE
+        return process.environ().get(STACK_ENV)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return GONE
 
 
 def _triton_urls(state) -> list[str]:

@@ -79,3 +79,12 @@ def test_text_table_pads_each_header_as_its_column_and_formats_each_cell():
         "a           +1.50  7",
         "bb         -20.12 12",
     ]
+
+
+def test_bench_model_s_per_step_divides_the_denoisers_compute_by_the_steps_asked_not_its_executions():
+    from serve.benchmarks.model import SizeRun, format_runs
+
+    # one 2-step request whose UNet also answered 3 canaries (sent while it ran): 2 x 60 s + 3 tiny executions
+    run = SizeRun(1024, steps=2, status=200, engines={"unet": {"executions": 5, "compute_s": 120.3}}, ready_after=200)
+    row = format_runs([run]).splitlines()[1].split()
+    assert row[:4] == ["1024", "200", "0.0", "60.15"] and row[6] == "200"

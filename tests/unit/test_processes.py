@@ -98,6 +98,46 @@ def test_stack_processes_are_found_by_their_mark_and_stopped_even_when_orphaned(
     assert stack_processes(stack_id) == []
 
 
+# A marked parent whose child names itself as Ray names its agents (Ray's setproctitle), then both sleep. Run from a
+# file: the guard against servers reads "raylet" in a command line.
+RENAMED_CHILD = """
+import subprocess, sys, time
+child = "import time, ray._raylet as r; r.setproctitle('ray::DashboardAgent'); time.sleep(600)"
+subprocess.Popen([sys.executable, "-c", child])
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("keeps_environment", [False, True], ids=["setproctitle-default", "ray-env"])
+def test_a_child_renamed_by_setproctitle_is_found_and_stopped(tmp_path, keeps_environment):
+    """setproctitle writes over the environment block (the mark); the stack's Ray settings (SPT_NOENV) prevent it."""
+    from serve.stack import RAY_ENV
+
+    stack_id = uuid.uuid4().hex[:12]
+    env = {k: v for k, v in os.environ.items() if k not in RAY_ENV} | {STACK_ENV: stack_id}
+    script = tmp_path / "renamed_child.py"
+    script.write_text(RENAMED_CHILD)
+    parent = subprocess.Popen(
+        [sys.executable, str(script)], env=env | (RAY_ENV if keeps_environment else {}), start_new_session=True
+    )
+    try:
+        _wait(lambda: any(_renamed(p) for p in stack_processes(stack_id)))
+        child = next(p for p in stack_processes(stack_id) if _renamed(p))
+        assert (child.environ().get(STACK_ENV) == stack_id) is keeps_environment
+        assert stop_stack_processes(stack_id, grace_s=2) == 2
+        assert stack_processes(stack_id) == [] and not child.is_running()
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def _renamed(process: psutil.Process) -> bool:
+    try:
+        return process.cmdline()[:1] == ["ray::DashboardAgent"]
+    except psutil.Error:
+        return False
+
+
 def test_children_paused_stops_and_resumes_child_processes():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

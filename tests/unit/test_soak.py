@@ -1,0 +1,119 @@
+"""`easel soak`'s schedule, trends and report, on made-up samples (no servers)."""
+
+import httpx
+import pytest
+
+from serve.soak import (
+    FAULTS,
+    MIN_TREND_S,
+    Outcome,
+    Series,
+    _shaped,
+    _trend_check,
+    format_report,
+    passed,
+    plot,
+    schedule,
+    slope_per_min,
+    trends,
+    windows,
+)
+
+
+def test_a_schedule_is_seeded_meets_every_fault_kind_first_and_ends_before_the_run_does():
+    faults = schedule(seed=3, duration_s=180, fault_every_s=35)
+    assert [f.at_s for f in faults] == [35, 70, 105, 140]
+    assert sorted(f.kind for f in faults) == sorted(FAULTS)
+    assert [f.kind for f in schedule(3, 180, 35)] == [f.kind for f in faults]
+    kinds = {tuple(f.kind for f in schedule(seed, 180, 35)) for seed in range(20)}
+    assert len(kinds) > 1  # the seed draws the order
+    long = schedule(0, 1200, 90)
+    assert len(long) == 13 and long[-1].at_s < 1200 - 20
+    assert [f.kind for f in long[4:8]] == [f.kind for f in long[:4]]
+
+
+def test_slopes_are_per_minute_and_trends_skip_the_warm_up_and_short_lived_processes():
+    t = [float(s) for s in range(0, 901, 30)]
+    assert slope_per_min(t, [100 + 2 * s / 60 for s in t]) == pytest.approx(2.0)
+    # Grows 50 MiB in the first two minutes (warm-up), then flat; a restarted process lived 2 minutes only.
+    warm = Series(
+        "stub unet", 1, t, [150.0 if s >= 120 else 100 + s / 120 * 50 for s in t], [40] * len(t), [9] * len(t)
+    )
+    leaking = Series(
+        "ray::ServeReplica:easel:Gateway",
+        2,
+        t,
+        [500 + 1.5 * s / 60 for s in t],
+        [80] * len(t),
+        [30 + s // 60 for s in t],
+    )
+    short = Series("stub vae_decoder", 3, t[:5], [100, 120, 140, 160, 180], [1] * 5, [1] * 5)
+    rows = {r["pid"]: r for r in trends([warm, leaking, short], warmup_s=120)}
+    assert set(rows) == {1, 2}
+    assert rows[1]["rss_mib_per_min"] == pytest.approx(0.0) and rows[1]["minutes"] >= MIN_TREND_S / 60
+    assert rows[2]["rss_mib_per_min"] == pytest.approx(1.5) and rows[2]["threads_per_min"] == pytest.approx(1.0, 0.05)
+    memory = _trend_check("memory", list(rows.values()), "rss_mib_per_min", 1.0)
+    assert memory.passed is False and "Gateway" in memory.detail and "unet" not in memory.detail
+    assert _trend_check("memory", [], "rss_mib_per_min", 1.0).passed is None  # too short to say
+
+
+def test_windows_count_failures_and_the_generations_latency():
+    outcomes = [
+        Outcome(1.0, "generate", "200", True, 0.5),
+        Outcome(2.0, "generate", "200", True, 1.5),
+        Outcome(3.0, "vectorize", "503", True, 0.1),
+        Outcome(31.0, "grpc", "OK", True, 2.0),
+        Outcome(32.0, "grpc", "UNAVAILABLE", True, 0.1),
+    ]
+    first, second = windows(outcomes, 60.0)
+    assert (first["requests"], first["failed"], second["requests"], second["failed"]) == (3, 1, 2, 1)
+    assert first["generate_p50_s"] == pytest.approx(1.0) and second["generate_p95_s"] is None
+
+
+@pytest.mark.parametrize(
+    ("status", "headers", "body", "shaped"),
+    [
+        (200, {}, b"{}", True),
+        (503, {"Retry-After": "5"}, b'{"error": {"message": "not ready"}}', True),
+        (429, {"Retry-After": "1"}, b'{"error": {"message": "busy"}}', True),
+        (503, {}, b'{"error": {"message": "not ready"}}', False),  # no Retry-After
+        (503, {"Retry-After": "5"}, b"upstream died", False),  # not Easel's JSON error
+        (500, {"Retry-After": "5"}, b'{"error": {"message": "boom"}}', False),
+        (400, {}, b'{"error": {"message": "bad"}}', False),  # the soak sends only valid requests
+    ],
+)
+def test_a_failed_request_is_shaped_only_as_503_or_429_with_retry_after_and_a_json_error(status, headers, body, shaped):
+    assert _shaped(httpx.Response(status, headers=headers, content=body)) is shaped
+
+
+def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_path):
+    report = {
+        "minutes": 3.0,
+        "seed": 0,
+        "clients": 4,
+        "jobs": {"submitted": 2, "succeeded": 2, "lost": 0, "compared": 1},
+        "requests": {"generate": {"200": 10, "503": 1}},
+        "faults": [{"at_s": 35.0, "kind": "triton", "target": "tritonserver", "ready_again_s": 4.2}],
+        "windows": [{"from_s": 0.0, "requests": 11, "failed": 1, "generate_p50_s": 0.4, "generate_p95_s": None}],
+        "trends": [],
+        "series": [
+            {
+                "label": "tritonserver",
+                "pid": 7,
+                "t": [0.0, 5.0],
+                "rss_mib": [300.0, 301.0],
+                "fds": [90, 90],
+                "threads": [40, 40],
+            }
+        ],
+        "checks": [
+            {"name": "every job ends, none lost", "passed": True, "detail": "2 submitted"},
+            {"name": "memory flat", "passed": None, "detail": "not judged"},
+        ],
+    }
+    assert passed(report)
+    text = format_report(report)
+    assert "PASS" in text and "not judged" in text and "tritonserver" in text
+    report["checks"].append({"name": "ready again within 20 s", "passed": False, "detail": "triton None s"})
+    assert not passed(report) and "FAIL" in format_report(report)
+    assert plot(report, tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"

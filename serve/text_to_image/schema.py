@@ -260,8 +260,9 @@ class GenerationRequest(BaseModel):
     scheduler: Literal[SCHEDULER_NAMES] = Field(
         Sampling.scheduler,
         description=f"Sampler. lcm and tcd are few-step samplers (at most {MAX_FEW_STEPS} steps; 4 is typical) for "
-        "latent consistency models: a model's distilled UNet where it ships one (the embedded default does; its "
-        "guidance is distilled in, so guidance_scale and negative_prompt are not used), else the model's UNet as "
+        "latent consistency models: a model's distilled UNet where its folder ships one (unet_lcm/, made by "
+        "easel train lcm; its guidance is distilled in, so guidance_scale and negative_prompt are not used), else "
+        "the model's UNet as "
         "loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep guidance_scale "
         "near 1).",
     )

@@ -115,10 +115,14 @@ def slope_per_min(t: list[float], values: list[float]) -> float:
 
 
 def trends(series: list[Series], warmup_s: float) -> list[dict]:
-    """Per process sampled long enough after ``warmup_s``: its RSS, fd and thread slopes per minute."""
+    """Per process sampled long enough after its warm-up: its RSS, fd and thread slopes per minute.
+
+    A process's warm-up is the first ``warmup_s`` after it was first seen: the run's start, or, for one started during
+    the run (a restart after a fault), its own start.
+    """
     rows = []
     for s in series:
-        kept = [i for i, t in enumerate(s.t) if t >= warmup_s]
+        kept = [i for i, t in enumerate(s.t) if t >= s.t[0] + warmup_s]
         if len(kept) < 3 or s.t[kept[-1]] - s.t[kept[0]] < MIN_TREND_S:
             continue
         t = [s.t[i] for i in kept]

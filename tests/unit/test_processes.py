@@ -179,3 +179,27 @@ def test_a_proxy_response_still_open_when_its_task_ends_is_cancelled():
 
     asyncio.run(scenario())
     assert responses["abandoned"].cancels == 1 and responses["finished"].cancels == 0
+
+
+def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_supervisor_not_reloaded(tmp_path, monkeypatch):
+    """Killed between the two looks, Triton has no children (its stubs went to init): no model is reloaded."""
+    from serve.triton.server import TritonServer
+    from serve.vectorize.spec import FEATURES
+
+    server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES])
+    server.managed.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    reloads = []
+    monkeypatch.setattr(server, "reload", reloads.append)
+    try:
+        assert server.check() is not None and reloads == ["vectorize_features"]  # alive, no stub: a stub died
+
+        def killed_while_counting(name: str) -> list:
+            server.managed.process.kill()
+            server.managed.process.wait()
+            return []
+
+        monkeypatch.setattr(server, "_stubs", killed_while_counting)
+        assert server._models_without_stub() == {}
+    finally:
+        server.managed.process.kill()
+        server.managed.process.wait()

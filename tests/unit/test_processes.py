@@ -203,3 +203,24 @@ def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_superviso
     finally:
         server.managed.process.kill()
         server.managed.process.wait()
+
+
+def test_the_grpc_proxy_answers_unavailable_for_a_call_whose_replica_died_and_leaves_other_statuses():
+    import grpc
+    from ray.exceptions import ActorDiedError
+    from ray.serve._private import proxy
+
+    from serve.processes.ray_worker import replica_deaths_unavailable
+
+    original = proxy.get_grpc_response_status
+    try:
+        replica_deaths_unavailable()
+        replica_deaths_unavailable()  # once per process however often the hook runs
+        status_of = proxy.get_grpc_response_status
+        died = status_of(ActorDiedError(), None, "r1")
+        assert died.code == grpc.StatusCode.UNAVAILABLE and died.is_error and "retry" in died.message
+        assert original(ActorDiedError(), None, "r1").code == grpc.StatusCode.INTERNAL  # Ray Serve's own answer
+        assert status_of(ValueError("a bug"), None, "r2").code == grpc.StatusCode.INTERNAL  # not a replica's death
+        assert status_of(TimeoutError(), 5.0, "r3").code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        proxy.get_grpc_response_status = original

@@ -58,8 +58,18 @@ def test_slopes_are_per_minute_and_trends_skip_the_warm_up_and_short_lived_proce
         [50] * len(later),
         [20] * len(later),
     )
-    rows = {r["pid"]: r for r in trends([warm, leaking, short, restarted], warmup_s=120)}
-    assert set(rows) == {1, 2, 4}
+    # A Ray worker idle from the start that became a replica at 300 s and warmed up until 420 s.
+    became = Series(
+        "ServeReplica:easel:Gateway",
+        5,
+        t,
+        [60.0 if s < 300 else min(300.0, 60 + 2 * (s - 300)) for s in t],
+        [30] * len(t),
+        [10] * len(t),
+        since=300.0,
+    )
+    rows = {r["pid"]: r for r in trends([warm, leaking, short, restarted, became], warmup_s=120)}
+    assert set(rows) == {1, 2, 4, 5} and rows[5]["rss_mib_per_min"] == pytest.approx(0.0)
     assert rows[4]["rss_mib_per_min"] == pytest.approx(0.0) and rows[4]["rss_first_mib"] == 200.0
     assert rows[1]["rss_mib_per_min"] == pytest.approx(0.0) and rows[1]["minutes"] >= MIN_TREND_S / 60
     assert rows[2]["rss_mib_per_min"] == pytest.approx(1.5) and rows[2]["threads_per_min"] == pytest.approx(1.0, 0.05)

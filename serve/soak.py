@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import time
@@ -95,6 +96,7 @@ class Series:
     rss_mib: list[float] = field(default_factory=list)
     fds: list[int] = field(default_factory=list)
     threads: list[int] = field(default_factory=list)
+    since: float = 0.0  # when it took this label (a Ray worker becomes a replica after it started)
 
 
 def schedule(seed: int, duration_s: float, fault_every_s: float) -> list[Fault]:
@@ -115,10 +117,14 @@ def slope_per_min(t: list[float], values: list[float]) -> float:
 
 
 def trends(series: list[Series], warmup_s: float) -> list[dict]:
-    """Per process sampled long enough after ``warmup_s``: its RSS, fd and thread slopes per minute."""
+    """Per process sampled long enough after its warm-up: its RSS, fd and thread slopes per minute.
+
+    A process's warm-up is the first ``warmup_s`` after it was first seen as what it is: the run's start, or, for one
+    started during the run (a restart after a fault, a Ray worker that became a replica), that moment.
+    """
     rows = []
     for s in series:
-        kept = [i for i, t in enumerate(s.t) if t >= warmup_s]
+        kept = [i for i, t in enumerate(s.t) if t >= max(s.t[0], s.since) + warmup_s]
         if len(kept) < 3 or s.t[kept[-1]] - s.t[kept[0]] < MIN_TREND_S:
             continue
         t = [s.t[i] for i in kept]
@@ -308,10 +314,12 @@ class Soak:
                 try:
                     with process.oneshot():
                         rss, fds, threads = process.memory_info().rss, process.num_fds(), process.num_threads()
-                        series = self.series.get(process.pid) or Series(_label(process), process.pid)
+                        label = _label(process)
                 except psutil.Error:
                     continue
-                self.series[process.pid] = series
+                series = self.series.setdefault(process.pid, Series(label, process.pid, since=t))
+                if label != series.label:
+                    series.label, series.since = label, t
                 self.processes.setdefault(process.pid, process)
                 series.t.append(t)
                 series.rss_mib.append(round(rss / 2**20, 2))
@@ -464,7 +472,10 @@ def _label(process: psutil.Process) -> str:
     model = next((part for part in cmdline if part.endswith("/model.py")), None)
     if "triton_python_backend_stub" in name and model:
         return f"stub {Path(model).parent.parent.name}"  # .../MODEL/1/model.py
-    if cmdline and cmdline[0].startswith("ray::"):  # a busy worker's title names its method: left out
+    replica = re.search(r"ServeReplica:[^:\s]+:[^.\s]+", " ".join(cmdline))  # Ray titles it two ways
+    if replica:
+        return replica.group(0)
+    if cmdline and cmdline[0].startswith("ray::"):
         return cmdline[0].strip().split(".")[0]
     return name
 

@@ -264,7 +264,12 @@ class TritonServer:
         return found
 
     def _models_without_stub(self) -> dict[str, str]:
-        """Python-backend models with fewer live stub processes than instances."""
+        """Python-backend models with fewer live stub processes than instances, while Triton runs.
+
+        Triton is asked again after its children were listed: one that died meanwhile has none (its stubs went to
+        init), and reloading its models through it waited for an answer (a soak saw the unload time out after 60 s)
+        before the supervisor noticed the death and restarted it.
+        """
         if not self.managed.running():
             return {}
         missing = {}
@@ -273,7 +278,7 @@ class TritonServer:
                 continue
             if len(self._stubs(name)) < spec.instance_count:
                 missing[name] = "stub process died"
-        return missing
+        return missing if self.managed.running() else {}
 
     def _models_not_ready(self) -> dict[str, str]:
         return {

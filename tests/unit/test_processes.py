@@ -179,3 +179,48 @@ def test_a_proxy_response_still_open_when_its_task_ends_is_cancelled():
 
     asyncio.run(scenario())
     assert responses["abandoned"].cancels == 1 and responses["finished"].cancels == 0
+
+
+def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_supervisor_not_reloaded(tmp_path, monkeypatch):
+    """Killed between the two looks, Triton has no children (its stubs went to init): no model is reloaded."""
+    from serve.triton.server import TritonServer
+    from serve.vectorize.spec import FEATURES
+
+    server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES])
+    server.managed.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    reloads = []
+    monkeypatch.setattr(server, "reload", reloads.append)
+    try:
+        assert server.check() is not None and reloads == ["vectorize_features"]  # alive, no stub: a stub died
+
+        def killed_while_counting(name: str) -> list:
+            server.managed.process.kill()
+            server.managed.process.wait()
+            return []
+
+        monkeypatch.setattr(server, "_stubs", killed_while_counting)
+        assert server._models_without_stub() == {}
+    finally:
+        server.managed.process.kill()
+        server.managed.process.wait()
+
+
+def test_the_grpc_proxy_answers_unavailable_for_a_call_whose_replica_died_and_leaves_other_statuses():
+    import grpc
+    from ray.exceptions import ActorDiedError
+    from ray.serve._private import proxy
+
+    from serve.processes.ray_worker import replica_deaths_unavailable
+
+    original = proxy.get_grpc_response_status
+    try:
+        replica_deaths_unavailable()
+        replica_deaths_unavailable()  # once per process however often the hook runs
+        status_of = proxy.get_grpc_response_status
+        died = status_of(ActorDiedError(), None, "r1")
+        assert died.code == grpc.StatusCode.UNAVAILABLE and died.is_error and "retry" in died.message
+        assert original(ActorDiedError(), None, "r1").code == grpc.StatusCode.INTERNAL  # Ray Serve's own answer
+        assert status_of(ValueError("a bug"), None, "r2").code == grpc.StatusCode.INTERNAL  # not a replica's death
+        assert status_of(TimeoutError(), 5.0, "r3").code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        proxy.get_grpc_response_status = original

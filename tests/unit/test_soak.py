@@ -48,8 +48,29 @@ def test_slopes_are_per_minute_and_trends_skip_the_warm_up_and_short_lived_proce
         [30 + s // 60 for s in t],
     )
     short = Series("stub vae_decoder", 3, t[:5], [100, 120, 140, 160, 180], [1] * 5, [1] * 5)
-    rows = {r["pid"]: r for r in trends([warm, leaking, short], warmup_s=120)}
-    assert set(rows) == {1, 2}
+    # Restarted at 300 s (after a fault): its own first two minutes are its warm-up.
+    later = [s for s in t if s >= 300]
+    restarted = Series(
+        "tritonserver",
+        4,
+        later,
+        [200.0 if s >= 420 else 100 + (s - 300) for s in later],
+        [50] * len(later),
+        [20] * len(later),
+    )
+    # A Ray worker idle from the start that became a replica at 300 s and warmed up until 420 s.
+    became = Series(
+        "ServeReplica:easel:Gateway",
+        5,
+        t,
+        [60.0 if s < 300 else min(300.0, 60 + 2 * (s - 300)) for s in t],
+        [30] * len(t),
+        [10] * len(t),
+        since=300.0,
+    )
+    rows = {r["pid"]: r for r in trends([warm, leaking, short, restarted, became], warmup_s=120)}
+    assert set(rows) == {1, 2, 4, 5} and rows[5]["rss_mib_per_min"] == pytest.approx(0.0)
+    assert rows[4]["rss_mib_per_min"] == pytest.approx(0.0) and rows[4]["rss_first_mib"] == 200.0
     assert rows[1]["rss_mib_per_min"] == pytest.approx(0.0) and rows[1]["minutes"] >= MIN_TREND_S / 60
     assert rows[2]["rss_mib_per_min"] == pytest.approx(1.5) and rows[2]["threads_per_min"] == pytest.approx(1.0, 0.05)
     memory = _trend_check("memory", list(rows.values()), "rss_mib_per_min", 1.0)

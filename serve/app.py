@@ -566,7 +566,7 @@ def build_app(args: AppArgs) -> serve.Application:
     limits = Limits(engines.memory_budget(args.memory_budget_bytes), args.max_cost, 2 * args.max_cost)
     adapters = StackAdapters(args.loras_dir, engines.adapters.ip_adapter is not None)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters),
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters, args.defaults),
         Vectorizer.bind(args.triton_grpc_url),
         engines.key,
         args.store,

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import embedded_option, eval_generate, random_controlnet, train_default
+from build_engines.text_to_image.cli import (
+    embedded_option,
+    eval_generate,
+    random_controlnet,
+    train_default,
+    train_lcm,
+)
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
@@ -37,7 +43,7 @@ def main(verbose: bool) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-@main.group(commands=[train_vectorize, train_default])
+@main.group(commands=[train_vectorize, train_default, train_lcm])
 def train() -> None:
     """Train models (their small outputs are committed)."""
 

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route
-from serve.text_to_image.schema import MAX_IMAGES, GenerationRequest
+from serve.text_to_image.schema import MAX_FEW_STEPS, MAX_IMAGES, GenerationRequest
 from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
@@ -192,6 +192,15 @@ _GENERATION_LIMITS = (
         "mask, strength and outpaint come with an image; n images from each input image are at most 4 in all",
         "a field that needs another, and a product of two fields",
     ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("cache_interval",),
+        "cache_interval:",
+        "a cache_interval over 1 needs a stack started with --step-cache, and a job on the model's UNet (no lcm or "
+        "tcd on a distilled UNet) without LoRAs, an IP-Adapter reference or ControlNets",
+        "the step-cache engines are the stack's, and a rule over several fields",
+    ),
 )
 """Limits of a generation's fields, the same on the JSON route and the edits form."""
 UNSTATED_LIMITS = (
@@ -205,6 +214,14 @@ UNSTATED_LIMITS = (
         "vectorize_tier needs output_format svg; an ip_adapter_scale other than 1 needs an ip_adapter_image",
         "the JSON body's schema states these (allOf); a form's cannot: schemathesis judges conditionals against "
         "its file parts and fails",
+    ),
+    UnstatedLimit(
+        "post",
+        _EDITS,
+        ("num_inference_steps",),
+        "sampler takes at most",
+        f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
+        "the JSON body's schema states it (allOf); a form's cannot, as above",
     ),
     UnstatedLimit(
         "post",

@@ -36,6 +36,8 @@ from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
+from serve.text_to_image.generation import StackDefaults
+from serve.text_to_image.guidance import NO_CUTOFF
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
 
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -61,6 +63,18 @@ class AppSettings(BaseModel):
     cache_bytes: Annotated[
         int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
     ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
+    guidance_cutoff: float = Field(
+        NO_CUTOFF,
+        gt=0,
+        le=1,
+        description="Adaptive guidance for requests that do not set guidance_cutoff: the share of a generation's "
+        "steps that run guided (1: all of them, today's images).",
+    )
+
+    @property
+    def defaults(self) -> StackDefaults:
+        """What the stack gives requests that leave a technique unset."""
+        return StackDefaults(self.guidance_cutoff)
 
     @property
     def store(self) -> str:
@@ -122,6 +136,12 @@ class StackOptions(AppSettings):
             description="A diffusers ControlNetModel folder, served as ControlNet NAME (repeatable; several may guide "
             "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
         )
+    )
+
+    step_cache: bool = Field(
+        False,
+        description="Also build step caching's engines (a UNet that returns its deep features, and a shallow one), "
+        "so requests may ask cache_interval (UNet models).",
     )
 
     @property

@@ -200,7 +200,9 @@ class Stack:
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
-        self.engines = engines = build(opts.model_dir, opts.repository, adapters=adapters, controlnets=opts.controlnets)
+        self.engines = engines = build(
+            opts.model_dir, opts.repository, adapters=adapters, controlnets=opts.controlnets, step_cache=opts.step_cache
+        )
         loras_dir = self._install_loras(engines)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)

@@ -14,6 +14,12 @@ BAD_GENERATIONS = [
     ({"prompt": "x", "num_inference_steps": 10_000}, "num_inference_steps"),
     ({"prompt": "x", "guidance_scale": -2}, "guidance_scale"),
     ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
+    ({"prompt": "x", "scheduler": "lcm", "num_inference_steps": 51}, "num_inference_steps"),
+    ({"prompt": "x", "guidance_cutoff": 0}, "guidance_cutoff"),
+    ({"prompt": "x", "guidance_cutoff": 1.5}, "guidance_cutoff"),
+    ({"prompt": "x", "cache_interval": 0}, "cache_interval"),
+    ({"prompt": "x", "cache_interval": 11}, "cache_interval"),
+    ({"prompt": "x", "size": "64x64", "num_inference_steps": 4, "cache_interval": 2}, "cache_interval"),  # no engines
     ({"prompt": "x", "output_format": "gif"}, "output_format"),
     ({"prompt": "x", "output_format": "svg", "vectorize_tier": "9"}, "vectorize_tier"),
     ({"prompt": "x", "vectorize_tier": "1"}, "vectorize_tier"),

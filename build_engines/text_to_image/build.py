@@ -64,10 +64,15 @@ def engine_dir_for(
     precision: str = "fp32",
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
+    step_cache: bool = False,
 ) -> Path:
-    """Cache folder named by model hash, precision, the adapters and ControlNets the engines take, and versions."""
+    """Cache folder named by model hash, precision, what the engines take or add, and versions.
+
+    What they take or add: adapters, ControlNets, step caching's engines.
+    """
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
     parts = [content_hash(model_dir)[:16], precision, adapters.key() if adapters else "", controlnets_key(controlnets)]
+    parts.append("stepcache" if step_cache else "")
     return easel_home() / "engines" / "-".join([part for part in parts if part] + [versions])
 
 
@@ -79,14 +84,15 @@ def build(
     precision: str = "fp32",
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
+    step_cache: bool = False,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
     A folder that is not a supported pipeline (or an ``adapters.ip_adapter`` folder that does not fit it) raises a
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
-    engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`). Returns the engine folder,
-    opened.
+    engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
+    caching's engines too (:mod:`serve.text_to_image.step_cache`). Returns the engine folder, opened.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -96,13 +102,14 @@ def build(
     if adapters.ip_adapter is not None and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets)
+    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache)
     if EngineFolder.built(engine_dir) and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
         family = family.with_engines(
             AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
             controlnet_support(family, model_dir, controlnets),
+            step_cache,
         )
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
         _build_into(engine_dir, family, model_dir, precision, adapters)
@@ -138,7 +145,7 @@ def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None
         copy(source, folder / name)
     if family.adapters.ip_adapter is not None:  # InstantStyle's mappings are expanded over the UNet's blocks
         shutil.copy2(model_dir / "unet" / "config.json", folder / layout.UNET_CONFIG)
-    declaration = {"family": family.name, "dims": dataclasses.asdict(family.dims)}
+    declaration = {"family": family.name, "dims": dataclasses.asdict(family.dims), "step_cache": family.step_cache}
     (folder / layout.PIPELINE).write_text(json.dumps(declaration, indent=2))
     if family.adapters.any:
         (folder / layout.ADAPTERS).write_text(json.dumps(family.adapters.to_json(), indent=2))

@@ -1,4 +1,4 @@
-"""``easel train default``, ``easel eval generate``, ``easel random-controlnet`` (thin wrappers), ``--embedded``."""
+"""``easel train default`` and ``lcm``, ``easel eval generate``, ``easel random-controlnet``, ``--embedded``."""
 
 from __future__ import annotations
 
@@ -23,6 +23,10 @@ def embedded_option(help_text: str):
     return click.option("--embedded", type=click.Choice(MODELS), default=MODELS[0], show_default=True, help=help_text)
 
 
+threads_option = click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+quick_option = click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
+
+
 @click.command("default")
 @click.option(
     "--out", type=FOLDER, default=DEFAULT_OUT, show_default=True, help="Where the diffusers model is written."
@@ -30,9 +34,9 @@ def embedded_option(help_text: str):
 @click.option(
     "--work", type=FOLDER, help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default."
 )
-@click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+@threads_option
 @click.option("--unet-steps", type=int, default=None, help="Stop stage 2 here (default: the committed recipe's).")
-@click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
+@quick_option
 def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | None, quick: bool) -> None:
     """Train the embedded default model (VAE, then text encoder + UNet) on coloured icons; resumable."""
     import dataclasses
@@ -47,6 +51,32 @@ def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | 
     shutil.rmtree(out, ignore_errors=True)
     train(out, work, settings, threads)
     click.echo(f"model: {out}\ncheckpoints: {work}")
+
+
+@click.command("lcm")
+@click.option(
+    "--model",
+    "model_dir",
+    type=EXISTING_FOLDER,
+    default=DEFAULT_OUT,
+    show_default=True,
+    help="The teacher (a diffusers folder); the student is written into its unet_lcm/ folder.",
+)
+@click.option("--work", type=FOLDER, help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/lcm.")
+@threads_option
+@click.option("--steps", type=int, default=None, help="Distillation steps (default: the committed recipe's).")
+@quick_option
+def train_lcm(model_dir: Path, work: Path | None, threads: int, steps: int | None, quick: bool) -> None:
+    """Distil the default's UNet into a 4-step latent consistency model (served by the lcm and tcd schedulers)."""
+    import dataclasses
+
+    from build_engines.text_to_image.train_lcm import DistilSettings, train
+
+    work = work or easel_home() / "train" / ("lcm-quick" if quick else "lcm")
+    settings = DistilSettings.quick() if quick else DistilSettings()
+    if steps is not None:
+        settings = dataclasses.replace(settings, steps=steps)
+    click.echo(f"student: {train(model_dir, work, settings, threads)}\ncheckpoints: {work}")
 
 
 @click.command("generate")

@@ -16,9 +16,10 @@ from ray import serve
 from serve import metrics
 from serve.adapters.requests import StackAdapters
 from serve.errors import NotReady
+from serve.text_to_image import step_cache
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation, StepCallback
+from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
 from serve.text_to_image.images import RequestImages, decode_images, decode_reference
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -68,13 +69,15 @@ def to_generation(
     native_size: int,
     ip_image: np.ndarray | None = None,
     images: RequestImages | None = None,
+    defaults: StackDefaults | None = None,
 ) -> Generation:
-    """The pipeline job for an API request (a missing seed drawn here).
+    """The pipeline job for an API request (a missing seed drawn here, what it leaves unset from ``defaults``).
 
     ``ip_image``: its decoded reference; ``images``: its decoded input images, mask and control images, with the
     output's size.
     """
     images = images or RequestImages(*request.width_height(native_size))
+    defaults = defaults or StackDefaults()
     return Generation(
         request.prompt,
         request.negative_prompt,
@@ -93,6 +96,8 @@ def to_generation(
         images.mask,
         request.effective_strength,
         images.controls,
+        defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
+        request.cache_interval,
     )
 
 
@@ -110,11 +115,17 @@ class TextToImage:
     """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
 
     def __init__(
-        self, engine_dir: str, triton_grpc_url: str, limits: Limits, adapters: StackAdapters | None = None
+        self,
+        engine_dir: str,
+        triton_grpc_url: str,
+        limits: Limits,
+        adapters: StackAdapters | None = None,
+        defaults: StackDefaults | None = None,
     ) -> None:
         torch.set_num_threads(1)
         engines = EngineFolder(engine_dir)
         self.adapters = adapters or StackAdapters()
+        self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton))
         self.controlnets = engines.controlnets
@@ -159,9 +170,10 @@ class TextToImage:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         reference = await self._reference(request)
         images = await asyncio.to_thread(decode_images, request, self.pipeline.dims.native_size)
-        job = to_generation(request, self.pipeline.dims.native_size, reference, images)
+        job = to_generation(request, self.pipeline.dims.native_size, reference, images, self.defaults)
         self.pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         self.controlnets.check(request.controlnets)
+        step_cache.check(job, self.pipeline.specs, self.pipeline.family.step_engine(job))
         uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
         if job.images or self.pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)

@@ -6,7 +6,7 @@ adapters and exporter versions), so two folders with the same name hold the same
 
 ```
 <key>/
-  pipeline.json       the family's name and the model's dims          manifest.json   the build's report (done)
+  pipeline.json       the family, the model's dims, step caching          manifest.json   the build's report (done)
   adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
   controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
@@ -48,7 +48,8 @@ class EngineFolder:
         saved = json.loads((self.path / PIPELINE).read_text())
         adapters, controlnets = self._read(ADAPTERS, AdapterSupport), self._read(CONTROLNETS, ControlNetSupport)
         family = FAMILIES[saved["family"]]
-        self.family: Family = family(family.dims_type(**saved["dims"]), adapters, controlnets)
+        dims = family.dims_type(**saved["dims"])
+        self.family: Family = family(dims, adapters, controlnets, saved.get("step_cache", False))
 
     def _read(self, name: str, kind):
         """``kind`` read from the JSON file ``name`` (None when the folder has none)."""

@@ -50,6 +50,15 @@ class Generation:
     mask: np.ndarray | None = None  # grey uint8, width x height; white: repaint
     strength: float = 1.0
     controls: tuple[Control, ...] = ()
+    guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
+    cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
+
+
+@dataclass(frozen=True)
+class StackDefaults:
+    """What a stack gives the requests that leave a technique unset (``easel up``'s options)."""
+
+    guidance_cutoff: float = 1.0
 
 
 StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]

@@ -16,6 +16,7 @@ a 4-channel one, drawing from the generator after the noise; no scheduler Easel 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,12 @@ class ImageStart:
         if self.unet_extra is not None:
             model_input = torch.cat([model_input, self.unet_extra], dim=1)
         return model_input.numpy()
+
+    def unguided(self) -> ImageStart:
+        """This start for unguided steps: an inpainting UNet's extra inputs for the prompt's rows only."""
+        if self.unet_extra is None:
+            return self
+        return dataclasses.replace(self, unet_extra=self.unet_extra[len(self.unet_extra) // 2 :])
 
     def after_step(self, latents: torch.Tensor, index: int, timesteps: torch.Tensor, scheduler) -> torch.Tensor:
         """A 4-channel UNet's inpainting: the image outside the mask, noised to the next timestep (as diffusers)."""

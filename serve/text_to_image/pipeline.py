@@ -26,12 +26,13 @@ from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
-from serve.text_to_image import image_to_image
+from serve.text_to_image import guidance, image_to_image
 from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
 from serve.text_to_image.spec import VAE_DECODER
+from serve.text_to_image.step_cache import JobStepCache
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import ShardedSession
@@ -140,6 +141,7 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
+        step_engine = self.family.step_engine(job)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
@@ -163,7 +165,12 @@ class TextToImagePipeline:
         controls = JobControls(self.specs, job, control_images, guided)
         latents = start.latents
         step_kwargs = _step_kwargs(scheduler, generator)
+        guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
+        denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)
         for index, t in enumerate(timesteps):
+            if guided and index == guided_steps:  # adaptive guidance: the prompt's rows alone from here
+                guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
+                controls = JobControls(self.specs, job, control_images, guided)
             model_input = torch.cat([latents] * 2) if guided else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)
@@ -173,7 +180,7 @@ class TextToImagePipeline:
             inputs |= await controls.residuals(
                 engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
             )
-            noise = torch.from_numpy((await engines.infer(self.specs[self.family.denoiser], inputs))["noise_pred"])
+            noise = torch.from_numpy(await denoiser.noise(engines, index, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)

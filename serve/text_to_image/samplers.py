@@ -1,10 +1,12 @@
 """The API's samplers (``scheduler``) as each kind of model runs them: diffusers scheduler classes and their settings.
 
 A family names its table (:attr:`serve.text_to_image.families.base.Family.samplers`); a request for a sampler that
-is not in it is a 400 naming ``scheduler``. Noise-prediction models (SD, SDXL) run the three diffusers schedulers.
-Flow-matching models (SD3, Flux) run ``FlowMatchEulerDiscreteScheduler``, diffusers' scheduler for them, under both
-``euler`` and ``ddim``: deterministic DDIM on the flow's straight paths (``x_t = (1 - s) x_0 + s noise``) is exactly
-its Euler step, ``x' = x + (s' - s) v``.
+is not in it is a 400 naming ``scheduler``. Noise-prediction models (SD, SDXL) run the three diffusers schedulers,
+and the few-step samplers ``lcm`` and ``tcd`` (diffusers' ``LCMScheduler`` and ``TCDScheduler``) for latent
+consistency models: a UNet with an LCM-LoRA, or a model's distilled UNet
+(:meth:`serve.text_to_image.families.base.Family.step_engine`). Flow-matching models (SD3, Flux) run
+``FlowMatchEulerDiscreteScheduler``, diffusers' scheduler for them, under both ``euler`` and ``ddim``: deterministic
+DDIM on the flow's straight paths (``x_t = (1 - s) x_0 + s noise``) is exactly its Euler step, ``x' = x + (s' - s) v``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
     FlowMatchEulerDiscreteScheduler,
+    LCMScheduler,
+    TCDScheduler,
 )
 
 NOISE_SAMPLERS = {
@@ -22,6 +26,18 @@ NOISE_SAMPLERS = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
 """Samplers of models that predict the noise (SD 1.x/2.x, SDXL)."""
+
+FEW_STEP_SAMPLERS = {
+    "lcm": (LCMScheduler, {}),
+    "tcd": (TCDScheduler, {}),
+}
+"""Samplers of latent consistency models (an LCM-LoRA's UNet, a distilled UNet), run on SD and SDXL models too.
+
+They take at most their ``original_inference_steps`` (50, the distillation's DDIM skeleton) steps: the API's
+``MAX_FEW_STEPS``."""
+
+UNET_SAMPLERS = NOISE_SAMPLERS | FEW_STEP_SAMPLERS
+"""What the UNet families (SD, SDXL) run."""
 
 FLOW_SAMPLERS = {
     "ddim": (FlowMatchEulerDiscreteScheduler, {}),

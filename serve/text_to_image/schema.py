@@ -40,7 +40,12 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
-SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m")
+FEW_STEP_SCHEDULERS = ("lcm", "tcd")
+"""Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
+SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
+MAX_CACHE_INTERVAL = 10
+MAX_FEW_STEPS = 50
+"""The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
 MAX_LORAS = 4
 MAX_LORA_SCALE = 4.0
 MAX_IP_SCALE = 2.0
@@ -76,9 +81,14 @@ DEPENDENT_FIELDS = [
         "if": {"required": ["ip_adapter_scale"], "properties": {"ip_adapter_scale": {"not": {"const": 1}}}},
         "then": {"required": ["ip_adapter_image"], "properties": {"ip_adapter_image": {"type": "string"}}},
     },
+    {
+        "if": {"required": ["scheduler"], "properties": {"scheduler": {"enum": list(FEW_STEP_SCHEDULERS)}}},
+        "then": {"properties": {"num_inference_steps": {"maximum": MAX_FEW_STEPS}}},
+    },
 ]
-"""Fields that need another, as the schema states them: vectorize_tier needs output_format svg, and an
-ip_adapter_scale other than its default needs an ip_adapter_image."""
+"""Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
+ip_adapter_scale other than its default needs an ip_adapter_image, a few-step sampler takes at most
+:data:`MAX_FEW_STEPS` steps."""
 
 
 class LoraChoice(BaseModel):
@@ -227,10 +237,35 @@ class GenerationRequest(BaseModel):
         allow_inf_nan=False,
         description="Classifier-free guidance; <= 1 disables it.",
     )
+    guidance_cutoff: Annotated[float, Strict()] | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description="Adaptive guidance: the share of the steps that run guided (the first ones); the rest run one "
+        "UNet row per image instead of two. 1: every step (today's images). Default: the stack's "
+        "(easel up --guidance-cutoff, 1 unless set).",
+    )
+    cache_interval: StrictInt = Field(
+        1,
+        ge=1,
+        le=MAX_CACHE_INTERVAL,
+        description="Step caching (DeepCache): the whole UNet runs every cache_interval-th step and its deep features "
+        "serve the steps between, which run a shallow UNet. 1: the whole UNet every step. Needs a stack started with "
+        "--step-cache; not with loras, an IP-Adapter reference, ControlNets or a distilled UNet (lcm, tcd).",
+    )
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed; drawn at random when omitted."
     )
-    scheduler: Literal[SCHEDULER_NAMES] = Field(Sampling.scheduler, description="Sampler.")
+    scheduler: Literal[SCHEDULER_NAMES] = Field(
+        Sampling.scheduler,
+        description=f"Sampler. lcm and tcd are few-step samplers (at most {MAX_FEW_STEPS} steps; 4 is typical) for "
+        "latent consistency models: a model's distilled UNet where its folder ships one (unet_lcm/, made by "
+        "easel train lcm; its guidance is distilled in, so guidance_scale and negative_prompt are not used), else "
+        "the model's UNet as "
+        "loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep guidance_scale "
+        "near 1).",
+    )
     output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
         "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
     )
@@ -339,6 +374,14 @@ class GenerationRequest(BaseModel):
         if self.rows > MAX_IMAGES:
             message = f"{self.n} images from each of {len(self.image)} input images is over {MAX_IMAGES} images"
             raise PydanticCustomError("too_many", message, {"field": "n"})
+        return self
+
+    @model_validator(mode="after")
+    def _few_steps_for_few_step_samplers(self) -> GenerationRequest:
+        if self.scheduler in FEW_STEP_SCHEDULERS and self.num_inference_steps > MAX_FEW_STEPS:
+            steps = self.num_inference_steps
+            message = f"the {self.scheduler} sampler takes at most {MAX_FEW_STEPS} steps, not {steps}"
+            raise PydanticCustomError("too_many_steps", message, {"field": "num_inference_steps"})
         return self
 
     @field_validator("ip_adapter_scale", mode="before")

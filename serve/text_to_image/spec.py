@@ -10,6 +10,12 @@ TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 TEXT_ENCODER_3 = "text_encoder_3"
 UNET = "unet"
+DISTILLED_UNET = "unet_lcm"
+"""A model's LCM-distilled UNet (an optional folder of a UNet model; its engine has the UNet's inputs)."""
+UNET_DEEP = "unet_deep"
+UNET_SHALLOW = "unet_shallow"
+"""Step caching's engines (``easel up --step-cache``): the whole UNet returning its deep features, the shallow one."""
+DEEP_FEATURES = "deep_features"
 TRANSFORMER = "transformer"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
@@ -20,7 +26,15 @@ RESIDUAL_PREFIX = "residual_"
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository
 # (and every ControlNet engine the folder does not have).
 ALL_ENGINE_NAMES = (
-    TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, UNET, TRANSFORMER, VAE_DECODER, VAE_ENCODER, IMAGE_ENCODER
+    TEXT_ENCODER,
+    TEXT_ENCODER_2,
+    TEXT_ENCODER_3,
+    UNET,
+    DISTILLED_UNET,
+    TRANSFORMER,
+    VAE_DECODER,
+    VAE_ENCODER,
+    IMAGE_ENCODER,
 )
 
 # A request with classifier-free guidance sends 2 rows per UNet call; 16 such requests fit one batch. No queue delay:
@@ -125,9 +139,7 @@ def residual_inputs(residuals) -> tuple[TensorSpec, ...]:
     )
 
 
-def controlnet_spec(
-    name: str, unet: ModelSpec, latent_channels: int, vae_scale_factor: int, residuals
-) -> ModelSpec:
+def controlnet_spec(name: str, unet: ModelSpec, latent_channels: int, vae_scale_factor: int, residuals) -> ModelSpec:
     """ControlNet ``name``'s engine; its residuals out.
 
     In: the latents, timestep and conditioning of ``unet`` (a plain UNet's spec), the control image (``[0, 1]``, at

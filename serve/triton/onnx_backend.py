@@ -68,9 +68,11 @@ class ShardedSession:
     def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """All outputs for ``feeds`` (batch axis first), computed slice by slice in parallel.
 
-        ``shared``: inputs without a batch axis (an adapter-ready engine's banks), given whole to every slice; those
-        the graph does not take (the exporter drops inputs of layers whose output is unused) are left out.
+        ``shared``: inputs without a batch axis (an adapter-ready engine's banks), given whole to every slice. Inputs
+        the graph does not take are left out: the exporter drops those no output depends on (an unused layer's
+        bank; the text conditioning of a shallow UNet whose last block has no attention).
         """
+        feeds = {name: array for name, array in feeds.items() if name in self.input_names}
         shared = {name: array for name, array in (shared or {}).items() if name in self.input_names}
         rows = len(next(iter(feeds.values())))
         count = min(self.shards, rows)

@@ -217,3 +217,14 @@ def test_triton_down_is_a_503_with_retry_after_and_the_stack_recovers(api, stack
         assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
     recovered = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
     assert recovered.status_code == 200, recovered.text
+
+
+def test_fewer_unet_rows_options_are_served_and_deterministic(api):
+    """A few-step sampler and a guidance cut-off through the stack: served, the same seed gives the same bytes, and
+    each differs from the request without it."""
+    body = {"prompt": "a green heart icon", "size": "64x64", "seed": 4, "num_inference_steps": 4}
+    cases = [({"scheduler": "lcm"}, {"scheduler": "ddim"}), ({"guidance_cutoff": 0.5}, {"guidance_cutoff": 1.0})]
+    for on, off in cases:
+        first, again = (decode_images(api.post(GENERATE, json=body | on)) for _ in range(2))
+        np.testing.assert_array_equal(first, again)
+        assert not np.array_equal(first, decode_images(api.post(GENERATE, json=body | off))), on

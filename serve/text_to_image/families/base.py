@@ -6,11 +6,15 @@ samplers and their timesteps, and whether guidance is classifier-free. The denoi
 configs and the clients only read these declarations. A family whose requests may bring images (``takes_images``:
 the UNet families) has a ``vae_encoder`` (img2img, inpainting); a folder whose UNet takes 9 channels (latents, mask,
 masked image's latents) is an inpainting checkpoint; a folder built with ControlNets has their engines and a UNet that
-takes their residuals (:mod:`serve.text_to_image.controlnet`).
+takes their residuals (:mod:`serve.text_to_image.controlnet`). A UNet model may ship an LCM-distilled copy of its
+UNet (``unet_lcm/``, same architecture and inputs, its guidance distilled in): it is one more engine, and the steps of
+a few-step job (``lcm``, ``tcd``) that brings no adapters or ControlNets call it, one row per image
+(:meth:`Family.step_engine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -26,11 +30,14 @@ from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image.controlnet import ControlNetSupport, Residual, residual_layout
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.samplers import NOISE_SAMPLERS
+from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.spec import (
+    DISTILLED_UNET,
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     UNET,
+    UNET_DEEP,
+    UNET_SHALLOW,
     VAE_DECODER,
     VAE_ENCODER,
     denoiser_spec,
@@ -39,9 +46,11 @@ from serve.text_to_image.spec import (
     vae_decoder_spec,
     vae_encoder_spec,
 )
+from serve.text_to_image.step_cache import DeepUnetModule, ShallowUnetModule, step_cache_specs
 from serve.triton.spec import EngineRunner, ModelSpec, TensorSpec
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
+UNET_CLASS = "UNet2DConditionModel"
 UNET_ENGINE = "unet"
 MODEL_INDEX = "model_index.json"
 
@@ -60,6 +69,7 @@ class PipelineDims:
     unet_in_channels: int | None = field(default=None, kw_only=True)
     residuals: tuple[Residual, ...] = field(default=(), kw_only=True)  # a ControlNet's residuals for this UNet
     unet_bytes: int | None = field(default=None, kw_only=True)  # the denoiser's weight files (None: not known)
+    distilled_unet: bool = field(default=False, kw_only=True)  # the folder ships an LCM-distilled UNet (unet_lcm/)
 
     def __post_init__(self) -> None:
         if self.unet_in_channels is None:
@@ -136,7 +146,7 @@ class Family(ABC):
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
     denoiser: ClassVar[str] = UNET
-    samplers: ClassVar[Mapping[str, tuple[type, dict]]] = NOISE_SAMPLERS
+    samplers: ClassVar[Mapping[str, tuple[type, dict]]] = UNET_SAMPLERS
     latent_multiple: ClassVar[int] = 1  # a latent side is a multiple of this: the denoiser's patch
     lora_engines: ClassVar[tuple[str, ...]] = (TEXT_ENCODER, TEXT_ENCODER_2, UNET)
     """The engines diffusers' ``load_lora_weights`` loads a LoRA into (those the family has): they take LoRA slots."""
@@ -148,17 +158,29 @@ class Family(ABC):
     """Whether the VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the pipeline does."""
 
     def __init__(
-        self, dims: PipelineDims, adapters: AdapterSupport | None = None, controlnets: ControlNetSupport | None = None
+        self,
+        dims: PipelineDims,
+        adapters: AdapterSupport | None = None,
+        controlnets: ControlNetSupport | None = None,
+        step_cache: bool = False,
     ) -> None:
+        """``step_cache``: the engines include step caching's pair (:mod:`serve.text_to_image.step_cache`)."""
         self.dims = dims
         self.adapters = adapters or AdapterSupport()
         self.controlnets = controlnets or ControlNetSupport()
+        self.step_cache = step_cache
         plain = self.engine_specs()
+        if step_cache and UNET not in plain:
+            raise UnsupportedModel(f"step caching serves UNet models, not {self.name} models")
+        if dims.distilled_unet:  # the plain UNet's inputs: it takes no adapters or ControlNets
+            plain[DISTILLED_UNET] = dataclasses.replace(plain[UNET], name=DISTILLED_UNET)
+        if step_cache:  # the final up block works at the first block's width: the input convolution's residual's
+            plain |= step_cache_specs(plain[UNET], dims.residuals[0].channels)
         self.specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
 
-    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport) -> Family:
-        """This family and model, its engines taking ``adapters`` and ``controlnets``."""
-        return type(self)(self.dims, adapters, controlnets)
+    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport, step_cache: bool) -> Family:
+        """This family and model, its engines taking ``adapters`` and ``controlnets`` (and step caching's pair)."""
+        return type(self)(self.dims, adapters, controlnets, step_cache)
 
     # -- what a diffusers folder of this family holds ---------------------------------------------------------------
 
@@ -222,12 +244,23 @@ class Family(ABC):
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """For each engine, how to load the torch module it is exported from out of ``model_dir``."""
 
-    def unet_export(self, model_dir: Path) -> ExportModule:
-        """The UNet of ``model_dir`` taking the family's added conditioning."""
+    def unet_export(self, model_dir: Path, folder: str = UNET) -> ExportModule:
+        """The UNet of ``model_dir`` (in ``folder``) taking the family's added conditioning."""
         added = self.added_conditioning
-        return ExportModule(
-            lambda dtype: UnetModule(diffusers_model("UNet2DConditionModel", model_dir / UNET, dtype), added)
-        )
+        return ExportModule(lambda dtype: UnetModule(diffusers_model(UNET_CLASS, model_dir / folder, dtype), added))
+
+    def derived_exports(self, model_dir: Path) -> dict[str, ExportModule]:
+        """The engines made from a UNet: the distilled UNet where the folder ships one, step caching's pair if asked.
+
+        Each conditioned as the family's UNet is.
+        """
+        modules = {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
+        if self.step_cache:
+            plain = self.unet_export(model_dir)
+            added = self.added_conditioning
+            modules[UNET_DEEP] = ExportModule(lambda dtype: DeepUnetModule(plain.load(dtype)))
+            modules[UNET_SHALLOW] = ExportModule(lambda dtype: ShallowUnetModule(plain.load(dtype).unet, added))
+        return modules
 
     def vae_exports(self, model_dir: Path) -> dict[str, ExportModule]:
         """The VAE decoder (and encoder, as :meth:`vae_specs`), in fp32 when :attr:`upcasts_vae` and the config asks."""
@@ -272,9 +305,22 @@ class Family(ABC):
                 field="size",
             )
 
+    def step_engine(self, job: Generation) -> str:
+        """The engine ``job``'s steps call: the distilled UNet for a few-step job without adapters or ControlNets.
+
+        Elsewhere the denoiser as loaded: a few-step job with an LCM-LoRA runs the UNet with it, as diffusers does.
+        """
+        plain = not (job.loras or job.controls or job.ip_image is not None)
+        if DISTILLED_UNET in self.specs and job.scheduler in FEW_STEP_SAMPLERS and plain:
+            return DISTILLED_UNET
+        return self.denoiser
+
     def classifier_free(self, job: Generation) -> bool:
-        """Whether ``job`` runs classifier-free guidance: two rows per image (negative, prompt) mixed each step."""
-        return job.guidance_scale > 1.0
+        """Whether ``job`` runs classifier-free guidance: two rows per image (negative, prompt) mixed each step.
+
+        Not on a distilled UNet: its guidance is distilled in.
+        """
+        return job.guidance_scale > 1.0 and self.step_engine(job) != DISTILLED_UNET
 
     def set_timesteps(self, scheduler, job: Generation) -> None:
         """Set ``scheduler``'s timesteps for ``job`` as the family's diffusers pipeline does."""
@@ -335,14 +381,25 @@ def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 1
 
 
 def _unet_dims(unet: Mapping, latent_channels: int, model_dir: Path) -> dict:
-    """A UNet's input channels (checked against the VAE's latents) and the residuals a ControlNet adds to it."""
+    """A UNet's input channels (checked against the VAE's latents) and the residuals a ControlNet adds to it.
+
+    Also whether the folder ships a distilled UNet of the same architecture (a different one is refused).
+    """
     unet_in_channels = int(unet["in_channels"])
     if unet_in_channels not in (latent_channels, 2 * latent_channels + 1):
         raise UnsupportedModel(
             f"{model_dir}: the UNet takes {unet_in_channels} channels; the VAE's latents have {latent_channels} "
             f"(an inpainting UNet takes {2 * latent_channels + 1})"
         )
-    return {"unet_in_channels": unet_in_channels, "residuals": residual_layout(unet)}
+    distilled = (model_dir / DISTILLED_UNET / "config.json").is_file()
+    if distilled and _architecture(read_config(model_dir, DISTILLED_UNET)) != _architecture(unet):
+        raise UnsupportedModel(f"{model_dir}: {DISTILLED_UNET}/ is not a UNet of the same architecture as unet/")
+    return {"unet_in_channels": unet_in_channels, "residuals": residual_layout(unet), "distilled_unet": distilled}
+
+
+def _architecture(config: Mapping) -> dict:
+    """A model config without diffusers' bookkeeping (its version, where it was read from)."""
+    return {key: value for key, value in config.items() if not key.startswith("_")}
 
 
 def text_length(model_dir: Path) -> int:

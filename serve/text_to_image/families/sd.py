@@ -67,7 +67,7 @@ class StableDiffusion(Family):
             TEXT_ENCODER: text_encoder_export(model_dir, TEXT_ENCODER, "CLIPTextModel"),
             UNET: self.unet_export(model_dir),
             **self.vae_exports(model_dir),
-        }
+        } | self.derived_exports(model_dir)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """``encoder_hidden_states``: the text encoder's last hidden state of the negative prompt and the prompt."""

@@ -112,7 +112,7 @@ class StableDiffusionXL(Family):
             TEXT_ENCODER_2: clip_penultimate_export(model_dir, TEXT_ENCODER_2, projection=True),
             UNET: self.unet_export(model_dir),
             **self.vae_exports(model_dir),
-        }
+        } | self.derived_exports(model_dir)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""

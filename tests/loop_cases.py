@@ -1,0 +1,46 @@
+"""Fixed-seed generations of the embedded default, recorded with the loop before issue 33 (no technique existed).
+
+``tests/data/loop_before_issue_33.npz`` holds their images; every technique off must give exactly these bytes. Made by
+running this file with the code of main before the change (commit 9d0dc4d) first on ``PYTHONPATH``::
+
+    PYTHONPATH=/path/to/main-checkout python tests/loop_cases.py tests/data/loop_before_issue_33.npz
+"""
+
+import asyncio
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from serve.text_to_image.generation import Generation
+from tests.controls import input_image
+
+PROMPT = "a red heart icon"
+
+
+def cases() -> dict[str, Generation]:
+    """Text (each sampler, guided and not, n 2, another size) and img2img."""
+    return {
+        "ddim_20_guided": Generation(PROMPT, "", 1, 64, 64, 20, 7.5, 0, "ddim"),
+        "euler_8_negative_n2": Generation("a blue anchor icon", "blurry", 2, 96, 64, 8, 6.0, 3, "euler"),
+        "dpmpp_6_unguided": Generation("a green cat icon", "", 1, 64, 64, 6, 1.0, 4, "dpmpp_2m"),
+        "img2img_ddim_10": Generation(
+            PROMPT, "", 1, 64, 64, 10, 7.5, 5, "ddim", images=(input_image(64),), strength=0.6
+        ),
+    }
+
+
+def record(out: Path) -> None:
+    """Generate every case in-process (ONNX Runtime engines of the embedded default) and save the images."""
+    from build_engines.text_to_image.build import build
+    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+
+    folder = build(repository=Path(tempfile.mkdtemp()))
+    pipeline = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    images = {name: np.stack(asyncio.run(pipeline.generate(job)).images) for name, job in cases().items()}
+    np.savez_compressed(out, **images)
+
+
+if __name__ == "__main__":
+    record(Path(sys.argv[1]))

@@ -7,8 +7,10 @@ them back when the run ends; while the pool is busy it waits its turn, first com
 once stays within the pool, and an engine running alone may use all of it (a lone request's VAE decode takes what
 the denoiser's steps would have used).
 
-The pool is a small JSON file changed under an exclusive ``flock``. Each entry names its process (pid and start
-time): entries of a process that died (a SIGKILLed stub) are dropped at the next look, so nothing leaks. Nothing
+The pool is a small JSON file changed under an exclusive ``flock`` of a lock file beside it, and replaced whole
+(written aside, then renamed), so a stub killed while it writes leaves the previous state, never a torn file. Each
+entry names its process (pid and start time): entries of a process that died (a SIGKILLed stub) are dropped at the
+next look, so nothing leaks. Nothing
 deadlocks: a holder waits for nothing while it holds (one reservation per run, taken whole, never nested), a
 reservation larger than the pool is refused at once, and waiters are served in order, so each one's turn comes.
 """
@@ -144,10 +146,9 @@ class ActivationPool:
     @contextmanager
     def _locked(self, create: bool = False) -> Iterator[dict]:
         """The pool's state, read and written back under an exclusive lock; dead processes' entries dropped."""
-        with open(self.path, "a+" if create else "r+") as file:
-            fcntl.flock(file, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
-            file.seek(0)
-            raw = file.read()
+        with open(self.path.with_name(f"{self.path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also if this process dies
+            raw = "" if create else self.path.read_text()
             state = json.loads(raw) if raw else {}
             for key in ("held", "queue"):
                 if key in state:
@@ -155,9 +156,9 @@ class ActivationPool:
             yield state
             text = json.dumps(state)
             if text != raw:
-                file.seek(0)
-                file.truncate()
-                file.write(text)
+                aside = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+                aside.write_text(text)
+                os.replace(aside, self.path)  # atomic: readers see the old state or the new, never a torn one
 
 
 def _entry(engine: str, nbytes: int) -> dict:

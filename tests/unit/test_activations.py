@@ -140,3 +140,23 @@ def test_the_stubs_find_their_pools_by_triton_model_name(tmp_path, monkeypatch):
     found = pools_from_env()
     assert set(found) == {"unet", "vae_decoder"} and found["unet"].capacity == 100 * MiB
     assert pools_environment({}) == {}
+
+
+def _die_while_writing(path):
+    """Reserve, but die (SIGKILL) in the middle of writing the pool's new state."""
+    os.replace = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+    with ActivationPool(path).reserve(10 * MiB, "unet"):
+        pass
+
+
+def test_a_stub_killed_while_it_writes_leaves_the_pool_whole(tmp_path):
+    # Found in CI: a stub that died mid-write left an empty pool file, and every stub of the restarted Triton failed
+    # to start (KeyError: 'capacity'), so the stack never became ready again.
+    pool = ActivationPool.create(tmp_path / "pool.json", 100 * MiB)
+    child = FORK.Process(target=_die_while_writing, args=(pool.path,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == -signal.SIGKILL
+    assert pool.usage() == PoolUsage(100 * MiB, 0, (), ())
+    with pool.reserve(100 * MiB, "vae_decoder"):
+        assert pool.usage().holders == ("vae_decoder",)

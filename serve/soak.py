@@ -3,7 +3,9 @@
 The load (threads, each seeded): synchronous generations (a few seeds repeat, so some are cache hits), background jobs
 (some followed through their event stream, some canceled), vectorize uploads and streamed gRPC generations. A fault
 every ``fault_every_s`` from a seeded schedule: SIGKILL of ``tritonserver``, of a python-backend stub, of a
-``TextToImage`` replica, of a ``Gateway`` replica. Each process of the stack is sampled (RSS, open file descriptors,
+``TextToImage`` replica, of a ``Gateway`` replica, of the Ray head's GCS; a Redis restart (a Redis store the soak
+started); a full disk under the SQLite store (a tmpfs the soak mounted); memory taken by a process outside the stack.
+Each process of the stack is sampled (RSS, open file descriptors,
 threads) every few seconds.
 
 What must hold, each a check in the report (pass, fail, or not judged when the run is too short to say):
@@ -21,15 +23,21 @@ Timings are reported, never judged.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,14 +46,23 @@ import numpy as np
 import psutil
 
 from serve.chaos import SMALL, Clients, sample_icon
+from serve.processes import STACK_ENV, ManagedProcess
 from serve.processes.signals import stack_processes
 from serve.stack import Stack
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
-FAULTS = ("triton", "stub", "text_to_image", "gateway")
-"""The faults a schedule draws from: SIGKILL of tritonserver, of a python-backend stub, of a replica of each."""
+PROCESS_FAULTS = ("triton", "stub", "text_to_image", "gateway", "gcs")
+"""SIGKILL of tritonserver, of a python-backend stub, of a replica of each deployment, of the Ray head's GCS."""
+FAULTS = (*PROCESS_FAULTS, "redis", "disk", "memory")
+"""Every fault a schedule may draw from: those, a Redis restart, the store's disk full, memory taken from outside."""
+HOLD_S = 20.0
+"""How long a full disk or memory taken from outside lasts."""
+MEMORY_TAKEN_BYTES = 8 << 30
+MEMORY_LEFT_BYTES = 4 << 30
+"""Memory pressure takes up to MEMORY_TAKEN_BYTES, leaving at least MEMORY_LEFT_BYTES available (a shared machine)."""
+STORE_DISK_MIB = 512
 GENERATE = "/v1/images/generations"
 READY_WITHIN_S = 20.0
 RSS_SLOPE_MIB_PER_MIN = 1.0
@@ -74,6 +91,7 @@ class Fault:
     at_s: float
     kind: str
     target: str = ""
+    lasted_s: float = 0.0  # a full disk, memory taken: held this long; "ready again" counts from its end
     ready_again_s: float | None = None
 
 
@@ -99,13 +117,15 @@ class Series:
     since: float = 0.0  # when it took this label (a Ray worker becomes a replica after it started)
 
 
-def schedule(seed: int, duration_s: float, fault_every_s: float) -> list[Fault]:
+def schedule(
+    seed: int, duration_s: float, fault_every_s: float, kinds: tuple[str, ...] = PROCESS_FAULTS
+) -> list[Fault]:
     """Faults every ``fault_every_s`` from the first at that time until 20 s before the end; each kind once first.
 
     The kinds go round in an order drawn from ``seed`` (so a short run still meets each of them), then again.
     """
     rng = random.Random(seed)
-    kinds = list(FAULTS)
+    kinds = list(kinds)
     rng.shuffle(kinds)
     times = np.arange(fault_every_s, duration_s - READY_WITHIN_S, fault_every_s)
     return [Fault(round(float(at), 1), kinds[i % len(kinds)]) for i, at in enumerate(times)]
@@ -274,11 +294,20 @@ class Soak:
         sample_s: float = 5.0,
         compare: int = 10,
         hang_s: float = 120.0,
+        faults: tuple[str, ...] = PROCESS_FAULTS,
+        store_disk: Path | None = None,
+        redis: ManagedProcess | None = None,
     ) -> None:
+        """The soak of a started stack; ``faults``: the kinds to play.
+
+        ``disk`` needs ``store_disk`` (the SQLite store's own small filesystem), ``redis`` the store's Redis server
+        (``redis``), ``gcs`` a stack that keeps its GCS.
+        """
         self.stack, self.duration_s, self.seed, self.clients = stack, minutes * 60, seed, clients
         self.fault_every_s, self.sample_s, self.compare, self.hang_s = fault_every_s, sample_s, compare, hang_s
         self.warmup_s = min(120.0, self.duration_s / 5)
-        self.faults = schedule(seed, self.duration_s, fault_every_s)
+        self.store_disk, self.redis = store_disk, redis
+        self.faults = schedule(seed, self.duration_s, fault_every_s, faults)
         self.series: dict[int, Series] = {}
         self.processes: dict[int, psutil.Process] = {}  # every process of the stack seen, for the check after stop
         self.rng = random.Random(seed)
@@ -329,8 +358,26 @@ class Soak:
                 return
 
     def _inject(self, fault: Fault) -> None:
+        """Play the fault: SIGKILL its process, or restart Redis, or hold the disk full or memory taken."""
+        began = time.monotonic()
+        if fault.kind == "disk":
+            fault.target = _fill(self.store_disk / "filler", HOLD_S)
+        elif fault.kind == "memory":
+            fault.target = _take_memory(HOLD_S)
+        elif fault.kind == "redis":
+            fault.target = f"redis-server (pid {self.redis.pid}): SIGKILL, started again on its port"
+            self.redis.kill()
+            self.redis.start(60)
+        else:
+            self._kill(fault)
+        fault.lasted_s = round(time.monotonic() - began, 1)
+        logger.info("fault %s at %.0f s: %s (%.1f s)", fault.kind, fault.at_s, fault.target, fault.lasted_s)
+
+    def _kill(self, fault: Fault) -> None:
         """SIGKILL the fault's process."""
-        if fault.kind == "triton":
+        if fault.kind == "gcs":
+            process = psutil.Process(self.stack.gcs.pid)
+        elif fault.kind == "triton":
             process = psutil.Process(self.stack.triton.process.pid)
         elif fault.kind == "stub":
             stubs = sorted(psutil.Process(self.stack.triton.process.pid).children(), key=_label)
@@ -455,6 +502,44 @@ class Soak:
         return len(sample), differ
 
 
+def _fill(path: Path, hold_s: float) -> str:
+    """Fill the filesystem of ``path`` with one file, hold it full ``hold_s``, then delete the file; what it did."""
+    written = 0
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            written += os.write(descriptor, chunk)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        time.sleep(hold_s)
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return f"{path.parent} full ({written >> 20} MiB written) for {hold_s:.0f} s"
+
+
+def _take_memory(hold_s: float) -> str:
+    """A process outside the stack allocates and touches memory, holds it ``hold_s`` and exits; what it took."""
+    available = psutil.virtual_memory().available
+    taken = max(0, min(MEMORY_TAKEN_BYTES, available - MEMORY_LEFT_BYTES))
+    code = (
+        "import sys, time, numpy; m = numpy.ones(int(sys.argv[1]), numpy.uint8); print(flush=True); "
+        "time.sleep(float(sys.argv[2]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != STACK_ENV}  # not the stack's
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(taken), str(hold_s)], stdout=subprocess.PIPE, env=env
+    ) as hog:
+        hog.stdout.readline()  # allocated
+        low = psutil.virtual_memory().available
+        hog.wait()
+    return (
+        f"{taken / 2**30:.1f} GiB taken for {hold_s:.0f} s (available {available / 2**30:.1f} -> {low / 2**30:.1f} GiB)"
+    )
+
+
 def _trend_check(name: str, rows: list[dict], key: str, limit: float) -> Check:
     if not rows:
         return Check(name, None, f"not judged: no process sampled {MIN_TREND_S:.0f} s after the warm-up")
@@ -503,9 +588,15 @@ def format_report(report: dict) -> str:
         ],
     )
     faults = text_table(
-        [("at s", ">6.0f"), ("fault", ">15"), ("target", ">42"), ("ready again s", ">15")],
+        [("at s", ">6.0f"), ("fault", ">15"), ("target", ">42"), ("lasted s", ">9"), ("ready again s", ">15")],
         [
-            (f["at_s"], f["kind"], f["target"][:39], "-" if f["ready_again_s"] is None else f["ready_again_s"])
+            (
+                f["at_s"],
+                f["kind"],
+                f["target"][:39],
+                f["lasted_s"],
+                "-" if f["ready_again_s"] is None else f["ready_again_s"],
+            )
             for f in report["faults"]
         ],
     )
@@ -606,15 +697,51 @@ def passed(report: dict) -> bool:
 
 
 def run(
-    out: Path, minutes: float, seed: int = 0, clients: int = 4, fault_every_s: float = 90.0, **options
+    out: Path,
+    minutes: float,
+    seed: int = 0,
+    clients: int = 4,
+    fault_every_s: float = 90.0,
+    store: str = "sqlite",
+    **options,
 ) -> tuple[bool, str]:
-    """``easel soak``: a scratch stack soaked, then stopped and checked; JSON to ``out``; (passed, the tables)."""
+    """``easel soak``: a scratch stack soaked, then stopped and checked; JSON to ``out``; (passed, the tables).
+
+    ``store``: ``sqlite`` (the embedded default, on a small tmpfs of its own when this process may mount one, so the
+    disk can fill) or ``redis`` (a Redis server the soak starts, so it can restart it).
+    """
+    from serve.paths import run_dir
     from serve.stack import scratch_stack
 
-    with scratch_stack(cache_bytes=64 << 20, **options) as stack:
-        soak = Soak(stack, minutes, seed=seed, clients=clients, fault_every_s=fault_every_s)
+    folder = run_dir() / "bench"
+    faults = [*PROCESS_FAULTS, "memory"]
+    with ExitStack() as held:
+        store_disk, redis = None, None
+        if store == "redis":
+            redis = held.enter_context(_redis_server(folder / "redis"))
+            options["store_url"] = f"redis://127.0.0.1:{redis.port}/0"
+            faults.append("redis")
+        else:
+            store_disk = held.enter_context(_small_disk(folder / "store", STORE_DISK_MIB))
+            if store_disk is not None:
+                options["store_url"] = f"sqlite:///{store_disk / 'easel.db'}"
+                faults.append("disk")
+        stack = held.enter_context(scratch_stack(folder=folder, cache_bytes=64 << 20, **options))
+        if stack.gcs is None:
+            faults.remove("gcs")
+        soak = Soak(
+            stack,
+            minutes,
+            seed=seed,
+            clients=clients,
+            fault_every_s=fault_every_s,
+            faults=tuple(faults),
+            store_disk=store_disk,
+            redis=redis,
+        )
         report = soak.run()
-    left = left_after_stop(list(soak.processes.values()), stack.stack_id)
+        stack.stop()
+        left = left_after_stop(list(soak.processes.values()), stack.stack_id)
     report["checks"].append(
         asdict(
             Check(
@@ -624,7 +751,52 @@ def run(
             )
         )
     )
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     figure = plot(report, out.with_suffix(".png"))
     return passed(report), format_report(report) + f"\nwritten to {out} and {figure}"
+
+
+@contextmanager
+def _small_disk(folder: Path, mib: int) -> Iterator[Path | None]:
+    """A tmpfs of ``mib`` MiB on ``folder`` for the SQLite store, so a fault can fill it; None where mounting fails.
+
+    Mounting needs root (or CAP_SYS_ADMIN); without it the soak runs without the full-disk fault.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "easel-soak-store", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        logger.warning("no tmpfs for the store (%s): the full-disk fault is left out", mounted.stderr.strip())
+        yield None
+        return
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+@contextmanager
+def _redis_server(folder: Path) -> Iterator[ManagedProcess]:
+    """A redis-server for the store that loses nothing it acknowledged when killed (append-only file, fsync always)."""
+    import redis
+
+    from serve.processes import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+    command += ["--appendonly", "yes", "--appendfsync", "always"]
+    client = redis.Redis(port=port)
+    server = ManagedProcess("redis-server", lambda: command, folder / "redis.log", lambda: bool(client.ping()))
+    server.port = port
+    server.start(30)
+    try:
+        yield server
+    finally:
+        client.close()
+        server.stop()

@@ -1,6 +1,9 @@
 """The SQLite result cache: its byte bound and least-recently-used eviction, its kept total (no servers)."""
 
+import asyncio
 import sqlite3
+
+import pytest
 
 from serve.cache.sqlite import SqliteResultCache
 
@@ -44,3 +47,19 @@ def test_a_file_from_before_the_total_was_kept_is_summed_once(tmp_path):
     assert cache.size() == 40
     cache.put("new", bytes(60))
     assert cache.size() == 100 == _summed(path)
+
+
+def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises():
+    from serve.app import Gateway
+
+    cached = Gateway.func_or_class._cache  # how the Gateway calls its cache
+
+    def full(key):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def broken(key):
+        raise KeyError(key)
+
+    assert asyncio.run(cached(full, "k")) is None  # answered without the cache
+    with pytest.raises(KeyError):
+        asyncio.run(cached(broken, "k"))

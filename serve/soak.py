@@ -163,11 +163,17 @@ def trends(series: list[Series], warmup_s: float) -> list[dict]:
     return rows
 
 
-def windows(outcomes: list[Outcome], duration_s: float, width_s: float = 30.0) -> list[dict]:
-    """Requests, failures and the synchronous generations' p50/p95 latency per window of ``width_s``."""
+def windows(
+    outcomes: list[Outcome], duration_s: float, width_s: float = 30.0, load: list[tuple[float, float]] = ()
+) -> list[dict]:
+    """Requests, failures, the synchronous generations' p50/p95 latency and the machine's load per ``width_s``.
+
+    ``load``: (seconds into the run, the 1-minute load average) samples; the window's mean (None without samples).
+    """
     rows = []
     for start in np.arange(0.0, max(duration_s, width_s), width_s):
         inside = [o for o in outcomes if start <= o.t < start + width_s]
+        loads = [value for t, value in load if start <= t < start + width_s]
         latencies = [o.seconds for o in inside if o.kind == "generate" and o.status == "200"]
         rows.append(
             {
@@ -176,6 +182,7 @@ def windows(outcomes: list[Outcome], duration_s: float, width_s: float = 30.0) -
                 "failed": sum(not o.status.startswith("2") and o.status != "OK" for o in inside),
                 "generate_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
                 "generate_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
+                "load_average": round(float(np.mean(loads)), 1) if loads else None,
             }
         )
     return rows
@@ -311,6 +318,7 @@ class Soak:
         self.series: dict[int, Series] = {}
         self.processes: dict[int, psutil.Process] = {}  # every process of the stack seen, for the check after stop
         self.rng = random.Random(seed)
+        self.load: list[tuple[float, float]] = []  # the machine's 1-minute load average (it is shared)
 
     def run(self) -> dict:
         """The whole soak; the report (JSON-ready) with its checks."""
@@ -339,6 +347,7 @@ class Soak:
     def _sample(self, started: float, done: threading.Event) -> None:
         while True:
             t = round(time.monotonic() - started, 1)
+            self.load.append((t, os.getloadavg()[0]))
             for process in stack_processes(self.stack.stack_id):
                 try:
                     with process.oneshot():
@@ -455,7 +464,7 @@ class Soak:
             "warmup_s": self.warmup_s,
             "faults": [asdict(f) for f in self.faults],
             "requests": {kind: dict(sorted(c.items())) for kind, c in sorted(by_kind.items())},
-            "windows": windows(outcomes, elapsed_s),
+            "windows": windows(outcomes, elapsed_s, load=self.load),
             "jobs": {"submitted": len(jobs), **dict(sorted(statuses.items())), "lost": lost, "compared": compared},
             "trends": rows,
             "series": [asdict(s) for s in self.series.values()],
@@ -601,9 +610,23 @@ def format_report(report: dict) -> str:
         ],
     )
     windows_table = text_table(
-        [("from s", ">7.0f"), ("requests", ">9"), ("failed", ">7"), ("gen p50 s", ">10"), ("gen p95 s", ">10")],
         [
-            (w["from_s"], w["requests"], w["failed"], w["generate_p50_s"] or "-", w["generate_p95_s"] or "-")
+            ("from s", ">7.0f"),
+            ("requests", ">9"),
+            ("failed", ">7"),
+            ("gen p50 s", ">10"),
+            ("gen p95 s", ">10"),
+            ("load avg", ">9"),
+        ],
+        [
+            (
+                w["from_s"],
+                w["requests"],
+                w["failed"],
+                w["generate_p50_s"] or "-",
+                w["generate_p95_s"] or "-",
+                w["load_average"] or "-",
+            )
             for w in report["windows"]
         ],
     )
@@ -655,6 +678,8 @@ def plot(report: dict, path: Path) -> Path:
     figure, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     axes[0].plot(mid, [w["requests"] / width for w in rows], label="requests/s")
     axes[0].plot(mid, [w["failed"] / width for w in rows], label="failed/s (503/429, gRPC UNAVAILABLE)")
+    load = [float("nan") if w["load_average"] is None else w["load_average"] for w in rows]
+    axes[0].plot(mid, load, label="machine load average (1 min)", color="grey", linestyle=":")
     axes[1].plot(mid, [float("nan") if w["generate_p95_s"] is None else w["generate_p95_s"] for w in rows], label="p95")
     axes[1].plot(mid, [float("nan") if w["generate_p50_s"] is None else w["generate_p50_s"] for w in rows], label="p50")
     for series in report["series"]:

@@ -108,9 +108,11 @@ def test_windows_count_failures_and_the_generations_latency():
         Outcome(31.0, "grpc", "OK", True, 2.0),
         Outcome(32.0, "grpc", "UNAVAILABLE", True, 0.1),
     ]
-    first, second = windows(outcomes, 60.0)
+    first, second = windows(outcomes, 60.0, load=[(0.0, 2.0), (5.0, 4.0), (35.0, 40.0)])
     assert (first["requests"], first["failed"], second["requests"], second["failed"]) == (3, 1, 2, 1)
     assert first["generate_p50_s"] == pytest.approx(1.0) and second["generate_p95_s"] is None
+    assert (first["load_average"], second["load_average"]) == (3.0, 40.0)
+    assert windows(outcomes, 60.0)[0]["load_average"] is None
 
 
 @pytest.mark.parametrize(
@@ -137,7 +139,16 @@ def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_
         "jobs": {"submitted": 2, "succeeded": 2, "lost": 0, "compared": 1},
         "requests": {"generate": {"200": 10, "503": 1}},
         "faults": [{"at_s": 35.0, "kind": "triton", "target": "tritonserver", "lasted_s": 0.0, "ready_again_s": 4.2}],
-        "windows": [{"from_s": 0.0, "requests": 11, "failed": 1, "generate_p50_s": 0.4, "generate_p95_s": None}],
+        "windows": [
+            {
+                "from_s": 0.0,
+                "requests": 11,
+                "failed": 1,
+                "generate_p50_s": 0.4,
+                "generate_p95_s": None,
+                "load_average": 1.5,
+            }
+        ],
         "trends": [],
         "series": [
             {

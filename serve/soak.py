@@ -679,7 +679,9 @@ def plot(report: dict, path: Path) -> Path:
     axes[0].plot(mid, [w["requests"] / width for w in rows], label="requests/s")
     axes[0].plot(mid, [w["failed"] / width for w in rows], label="failed/s (503/429, gRPC UNAVAILABLE)")
     load = [float("nan") if w["load_average"] is None else w["load_average"] for w in rows]
-    axes[0].plot(mid, load, label="machine load average (1 min)", color="grey", linestyle=":")
+    shared = axes[0].twinx()  # the machine is shared: its load on a scale of its own
+    shared.plot(mid, load, color="grey", linestyle=":")
+    shared.set_ylabel("machine load average, 1 min (dotted)", fontsize=8, color="grey")
     axes[1].plot(mid, [float("nan") if w["generate_p95_s"] is None else w["generate_p95_s"] for w in rows], label="p95")
     axes[1].plot(mid, [float("nan") if w["generate_p50_s"] is None else w["generate_p50_s"] for w in rows], label="p50")
     for series in report["series"]:

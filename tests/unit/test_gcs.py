@@ -4,13 +4,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from serve.processes import Supervisor, free_port, gcs
 from serve.processes.gcs import KeptGcs, external_storage, keep, storage_env
+from tests.unit.test_processes import _wait
 
 # Listens on the port its --port flag names (0: the first argument's), as Ray's GCS does with its --gcs_server_port
 # (named otherwise here: a command line naming Ray's server is refused in unit tests).
@@ -21,13 +21,6 @@ FAKE_GCS = (
     "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
     "s.bind(('127.0.0.1', port)); s.listen(); time.sleep(600)\n"
 )
-
-
-def _wait(condition, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_the_gcs_state_goes_to_the_store_s_redis_or_to_rocksdb_in_the_run_folder(tmp_path):

@@ -79,7 +79,7 @@ class KeptGcs(ManagedProcess):
     def __init__(self, process: psutil.Process, address: str, log_path: Path, owned: bool) -> None:
         host, port = address.rsplit(":", 1)
         command = [f"{PORT_FLAG}{port}" if part.startswith(PORT_FLAG) else part for part in process.cmdline()]
-        environment, self.cwd = process.environ(), process.cwd()
+        environment = process.environ()
         super().__init__(
             "gcs_server",
             lambda: command,

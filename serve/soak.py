@@ -745,30 +745,28 @@ def run(
     with ExitStack() as held:
         store_disk, redis = None, None
         if store == "redis":
-            redis = held.enter_context(_redis_server(folder / "redis"))
-            options["store_url"] = f"redis://127.0.0.1:{redis.port}/0"
+            redis, options["store_url"] = held.enter_context(_redis_server(folder / "redis"))
             faults.append("redis")
         else:
             store_disk = held.enter_context(_small_disk(folder / "store", STORE_DISK_MIB))
             if store_disk is not None:
                 options["store_url"] = f"sqlite:///{store_disk / 'easel.db'}"
                 faults.append("disk")
-        stack = held.enter_context(scratch_stack(folder=folder, cache_bytes=64 << 20, **options))
-        if stack.gcs is None:
-            faults.remove("gcs")
-        soak = Soak(
-            stack,
-            minutes,
-            seed=seed,
-            clients=clients,
-            fault_every_s=fault_every_s,
-            faults=tuple(faults),
-            store_disk=store_disk,
-            redis=redis,
-        )
-        report = soak.run()
-        stack.stop()
-        left = left_after_stop(list(soak.processes.values()), stack.stack_id)
+        with scratch_stack(folder=folder, cache_bytes=64 << 20, **options) as stack:
+            if stack.gcs is None:
+                faults.remove("gcs")
+            soak = Soak(
+                stack,
+                minutes,
+                seed=seed,
+                clients=clients,
+                fault_every_s=fault_every_s,
+                faults=tuple(faults),
+                store_disk=store_disk,
+                redis=redis,
+            )
+            report = soak.run()
+        left = left_after_stop(list(soak.processes.values()), stack.stack_id)  # its store still up
     report["checks"].append(
         asdict(
             Check(
@@ -806,8 +804,11 @@ def _small_disk(folder: Path, mib: int) -> Iterator[Path | None]:
 
 
 @contextmanager
-def _redis_server(folder: Path) -> Iterator[ManagedProcess]:
-    """A redis-server for the store that loses nothing it acknowledged when killed (append-only file, fsync always)."""
+def _redis_server(folder: Path) -> Iterator[tuple[ManagedProcess, str]]:
+    """A redis-server for the store, and its URL.
+
+    It loses nothing it acknowledged when killed: an append-only file, fsync'd on every write.
+    """
     import redis
 
     from serve.processes import free_port
@@ -820,10 +821,9 @@ def _redis_server(folder: Path) -> Iterator[ManagedProcess]:
     command += ["--appendonly", "yes", "--appendfsync", "always"]
     client = redis.Redis(port=port)
     server = ManagedProcess("redis-server", lambda: command, folder / "redis.log", lambda: bool(client.ping()))
-    server.port = port
     server.start(30)
     try:
-        yield server
+        yield server, f"redis://127.0.0.1:{port}/0"
     finally:
         client.close()
         server.stop()

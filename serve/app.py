@@ -9,6 +9,7 @@ import base64
 import hashlib
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
@@ -25,6 +26,7 @@ from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
+from redis.exceptions import RedisError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -354,7 +356,7 @@ class Gateway:
         engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
         key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
         if key is not None and not fresh:
-            cached = await asyncio.to_thread(self.cache.get, key)
+            cached = await self._cache(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
@@ -376,9 +378,21 @@ class Gateway:
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         if key is not None:
-            await asyncio.to_thread(self.cache.put, key, json.dumps(body).encode())
+            await self._cache(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
         return body, headers
+
+    @staticmethod
+    async def _cache(call: Callable, *args):
+        """A result-cache call in a worker thread; one the store fails (its disk full, Redis restarting) is a miss.
+
+        The generation is answered without the cache, never refused for it.
+        """
+        try:
+            return await asyncio.to_thread(call, *args)
+        except (sqlite3.Error, RedisError) as error:
+            logger.warning("result cache skipped: %s", error)
+            return None
 
     async def _generate_reporting(self, request: GenerationRequest, on_step: OnStep) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""

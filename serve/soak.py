@@ -3,7 +3,9 @@
 The load (threads, each seeded): synchronous generations (a few seeds repeat, so some are cache hits), background jobs
 (some followed through their event stream, some canceled), vectorize uploads and streamed gRPC generations. A fault
 every ``fault_every_s`` from a seeded schedule: SIGKILL of ``tritonserver``, of a python-backend stub, of a
-``TextToImage`` replica, of a ``Gateway`` replica. Each process of the stack is sampled (RSS, open file descriptors,
+``TextToImage`` replica, of a ``Gateway`` replica, of the Ray head's GCS; a Redis restart (a Redis store the soak
+started); a full disk under the SQLite store (a tmpfs the soak mounted); memory taken by a process outside the stack.
+Each process of the stack is sampled (RSS, open file descriptors,
 threads) every few seconds.
 
 What must hold, each a check in the report (pass, fail, or not judged when the run is too short to say):
@@ -21,15 +23,21 @@ Timings are reported, never judged.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import random
 import re
+import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,14 +46,23 @@ import numpy as np
 import psutil
 
 from serve.chaos import SMALL, Clients, sample_icon
+from serve.processes import STACK_ENV, ManagedProcess
 from serve.processes.signals import stack_processes
 from serve.stack import Stack
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
-FAULTS = ("triton", "stub", "text_to_image", "gateway")
-"""The faults a schedule draws from: SIGKILL of tritonserver, of a python-backend stub, of a replica of each."""
+PROCESS_FAULTS = ("triton", "stub", "text_to_image", "gateway", "gcs")
+"""SIGKILL of tritonserver, of a python-backend stub, of a replica of each deployment, of the Ray head's GCS."""
+FAULTS = (*PROCESS_FAULTS, "redis", "disk", "memory")
+"""Every fault a schedule may draw from: those, a Redis restart, the store's disk full, memory taken from outside."""
+HOLD_S = 20.0
+"""How long a full disk or memory taken from outside lasts."""
+MEMORY_TAKEN_BYTES = 8 << 30
+MEMORY_LEFT_BYTES = 4 << 30
+"""Memory pressure takes up to MEMORY_TAKEN_BYTES, leaving at least MEMORY_LEFT_BYTES available (a shared machine)."""
+STORE_DISK_MIB = 512
 GENERATE = "/v1/images/generations"
 READY_WITHIN_S = 20.0
 RSS_SLOPE_MIB_PER_MIN = 1.0
@@ -74,6 +91,7 @@ class Fault:
     at_s: float
     kind: str
     target: str = ""
+    lasted_s: float = 0.0  # a full disk, memory taken: held this long; "ready again" counts from its end
     ready_again_s: float | None = None
 
 
@@ -99,13 +117,15 @@ class Series:
     since: float = 0.0  # when it took this label (a Ray worker becomes a replica after it started)
 
 
-def schedule(seed: int, duration_s: float, fault_every_s: float) -> list[Fault]:
+def schedule(
+    seed: int, duration_s: float, fault_every_s: float, kinds: tuple[str, ...] = PROCESS_FAULTS
+) -> list[Fault]:
     """Faults every ``fault_every_s`` from the first at that time until 20 s before the end; each kind once first.
 
     The kinds go round in an order drawn from ``seed`` (so a short run still meets each of them), then again.
     """
     rng = random.Random(seed)
-    kinds = list(FAULTS)
+    kinds = list(kinds)
     rng.shuffle(kinds)
     times = np.arange(fault_every_s, duration_s - READY_WITHIN_S, fault_every_s)
     return [Fault(round(float(at), 1), kinds[i % len(kinds)]) for i, at in enumerate(times)]
@@ -143,11 +163,17 @@ def trends(series: list[Series], warmup_s: float) -> list[dict]:
     return rows
 
 
-def windows(outcomes: list[Outcome], duration_s: float, width_s: float = 30.0) -> list[dict]:
-    """Requests, failures and the synchronous generations' p50/p95 latency per window of ``width_s``."""
+def windows(
+    outcomes: list[Outcome], duration_s: float, width_s: float = 30.0, load: list[tuple[float, float]] = ()
+) -> list[dict]:
+    """Requests, failures, the synchronous generations' p50/p95 latency and the machine's load per ``width_s``.
+
+    ``load``: (seconds into the run, the 1-minute load average) samples; the window's mean (None without samples).
+    """
     rows = []
     for start in np.arange(0.0, max(duration_s, width_s), width_s):
         inside = [o for o in outcomes if start <= o.t < start + width_s]
+        loads = [value for t, value in load if start <= t < start + width_s]
         latencies = [o.seconds for o in inside if o.kind == "generate" and o.status == "200"]
         rows.append(
             {
@@ -156,6 +182,7 @@ def windows(outcomes: list[Outcome], duration_s: float, width_s: float = 30.0) -
                 "failed": sum(not o.status.startswith("2") and o.status != "OK" for o in inside),
                 "generate_p50_s": round(float(np.percentile(latencies, 50)), 3) if latencies else None,
                 "generate_p95_s": round(float(np.percentile(latencies, 95)), 3) if latencies else None,
+                "load_average": round(float(np.mean(loads)), 1) if loads else None,
             }
         )
     return rows
@@ -274,14 +301,24 @@ class Soak:
         sample_s: float = 5.0,
         compare: int = 10,
         hang_s: float = 120.0,
+        faults: tuple[str, ...] = PROCESS_FAULTS,
+        store_disk: Path | None = None,
+        redis: ManagedProcess | None = None,
     ) -> None:
+        """The soak of a started stack; ``faults``: the kinds to play.
+
+        ``disk`` needs ``store_disk`` (the SQLite store's own small filesystem), ``redis`` the store's Redis server
+        (``redis``), ``gcs`` a stack that keeps its GCS.
+        """
         self.stack, self.duration_s, self.seed, self.clients = stack, minutes * 60, seed, clients
         self.fault_every_s, self.sample_s, self.compare, self.hang_s = fault_every_s, sample_s, compare, hang_s
         self.warmup_s = min(120.0, self.duration_s / 5)
-        self.faults = schedule(seed, self.duration_s, fault_every_s)
+        self.store_disk, self.redis = store_disk, redis
+        self.faults = schedule(seed, self.duration_s, fault_every_s, faults)
         self.series: dict[int, Series] = {}
         self.processes: dict[int, psutil.Process] = {}  # every process of the stack seen, for the check after stop
         self.rng = random.Random(seed)
+        self.load: list[tuple[float, float]] = []  # the machine's 1-minute load average (it is shared)
 
     def run(self) -> dict:
         """The whole soak; the report (JSON-ready) with its checks."""
@@ -310,6 +347,7 @@ class Soak:
     def _sample(self, started: float, done: threading.Event) -> None:
         while True:
             t = round(time.monotonic() - started, 1)
+            self.load.append((t, os.getloadavg()[0]))
             for process in stack_processes(self.stack.stack_id):
                 try:
                     with process.oneshot():
@@ -329,8 +367,26 @@ class Soak:
                 return
 
     def _inject(self, fault: Fault) -> None:
+        """Play the fault: SIGKILL its process, or restart Redis, or hold the disk full or memory taken."""
+        began = time.monotonic()
+        logger.info("fault at %.0f s: %s", fault.at_s, fault.kind)
+        if fault.kind == "disk":
+            fault.target = _fill(self.store_disk / "filler", HOLD_S)
+        elif fault.kind == "memory":
+            fault.target = _take_memory(HOLD_S)
+        elif fault.kind == "redis":
+            fault.target = f"redis-server (pid {self.redis.pid}): SIGKILL, started again on its port"
+            self.redis.kill()
+            self.redis.start(60)
+        else:
+            self._kill(fault)
+        fault.lasted_s = round(time.monotonic() - began, 1)
+
+    def _kill(self, fault: Fault) -> None:
         """SIGKILL the fault's process."""
-        if fault.kind == "triton":
+        if fault.kind == "gcs":
+            process = psutil.Process(self.stack.gcs.pid)
+        elif fault.kind == "triton":
             process = psutil.Process(self.stack.triton.process.pid)
         elif fault.kind == "stub":
             stubs = sorted(psutil.Process(self.stack.triton.process.pid).children(), key=_label)
@@ -342,7 +398,7 @@ class Soak:
             ]
             process = self.rng.choice(sorted(replicas, key=lambda p: p.pid))
         fault.target = _label(process)
-        logger.info("fault at %.0f s: SIGKILL %s (pid %d)", fault.at_s, fault.target, process.pid)
+        logger.info("SIGKILL %s (pid %d)", fault.target, process.pid)
         os.kill(process.pid, signal.SIGKILL)
 
     def _ready_again(self, since: float) -> float | None:
@@ -408,7 +464,7 @@ class Soak:
             "warmup_s": self.warmup_s,
             "faults": [asdict(f) for f in self.faults],
             "requests": {kind: dict(sorted(c.items())) for kind, c in sorted(by_kind.items())},
-            "windows": windows(outcomes, elapsed_s),
+            "windows": windows(outcomes, elapsed_s, load=self.load),
             "jobs": {"submitted": len(jobs), **dict(sorted(statuses.items())), "lost": lost, "compared": compared},
             "trends": rows,
             "series": [asdict(s) for s in self.series.values()],
@@ -453,6 +509,44 @@ class Soak:
                     differ += 1
                     logger.warning("job %s differs from its solo run (%d)", job_id, solo.status_code)
         return len(sample), differ
+
+
+def _fill(path: Path, hold_s: float) -> str:
+    """Fill the filesystem of ``path`` with one file, hold it full ``hold_s``, then delete the file; what it did."""
+    written = 0
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        chunk = b"\0" * (1 << 20)
+        while True:
+            written += os.write(descriptor, chunk)
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        time.sleep(hold_s)
+    finally:
+        os.close(descriptor)
+        path.unlink()
+    return f"{path.parent} full ({written >> 20} MiB written) for {hold_s:.0f} s"
+
+
+def _take_memory(hold_s: float) -> str:
+    """A process outside the stack allocates and touches memory, holds it ``hold_s`` and exits; what it took."""
+    available = psutil.virtual_memory().available
+    taken = max(0, min(MEMORY_TAKEN_BYTES, available - MEMORY_LEFT_BYTES))
+    code = (  # MAP_POPULATE: the kernel backs every page at once (touching them from Python took 38 s at load 40)
+        "import mmap, sys, time; m = mmap.mmap(-1, int(sys.argv[1]), mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | "
+        "mmap.MAP_POPULATE); print(flush=True); time.sleep(float(sys.argv[2]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != STACK_ENV}  # not the stack's
+    with subprocess.Popen(
+        [sys.executable, "-c", code, str(taken), str(hold_s)], stdout=subprocess.PIPE, env=env
+    ) as hog:
+        hog.stdout.readline()  # allocated
+        low = psutil.virtual_memory().available
+        hog.wait()
+    return (
+        f"{taken / 2**30:.1f} GiB taken for {hold_s:.0f} s (available {available / 2**30:.1f} -> {low / 2**30:.1f} GiB)"
+    )
 
 
 def _trend_check(name: str, rows: list[dict], key: str, limit: float) -> Check:
@@ -503,16 +597,36 @@ def format_report(report: dict) -> str:
         ],
     )
     faults = text_table(
-        [("at s", ">6.0f"), ("fault", ">15"), ("target", ">42"), ("ready again s", ">15")],
+        [("at s", ">6.0f"), ("fault", ">15"), ("target", ">42"), ("lasted s", ">9"), ("ready again s", ">15")],
         [
-            (f["at_s"], f["kind"], f["target"][:39], "-" if f["ready_again_s"] is None else f["ready_again_s"])
+            (
+                f["at_s"],
+                f["kind"],
+                f["target"][:39],
+                f["lasted_s"],
+                "-" if f["ready_again_s"] is None else f["ready_again_s"],
+            )
             for f in report["faults"]
         ],
     )
     windows_table = text_table(
-        [("from s", ">7.0f"), ("requests", ">9"), ("failed", ">7"), ("gen p50 s", ">10"), ("gen p95 s", ">10")],
         [
-            (w["from_s"], w["requests"], w["failed"], w["generate_p50_s"] or "-", w["generate_p95_s"] or "-")
+            ("from s", ">7.0f"),
+            ("requests", ">9"),
+            ("failed", ">7"),
+            ("gen p50 s", ">10"),
+            ("gen p95 s", ">10"),
+            ("load avg", ">9"),
+        ],
+        [
+            (
+                w["from_s"],
+                w["requests"],
+                w["failed"],
+                w["generate_p50_s"] or "-",
+                w["generate_p95_s"] or "-",
+                w["load_average"] or "-",
+            )
             for w in report["windows"]
         ],
     )
@@ -564,6 +678,10 @@ def plot(report: dict, path: Path) -> Path:
     figure, axes = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
     axes[0].plot(mid, [w["requests"] / width for w in rows], label="requests/s")
     axes[0].plot(mid, [w["failed"] / width for w in rows], label="failed/s (503/429, gRPC UNAVAILABLE)")
+    load = [float("nan") if w["load_average"] is None else w["load_average"] for w in rows]
+    shared = axes[0].twinx()  # the machine is shared: its load on a scale of its own
+    shared.plot(mid, load, color="grey", linestyle=":")
+    shared.set_ylabel("machine load average, 1 min (dotted)", fontsize=8, color="grey")
     axes[1].plot(mid, [float("nan") if w["generate_p95_s"] is None else w["generate_p95_s"] for w in rows], label="p95")
     axes[1].plot(mid, [float("nan") if w["generate_p50_s"] is None else w["generate_p50_s"] for w in rows], label="p50")
     for series in report["series"]:
@@ -606,15 +724,49 @@ def passed(report: dict) -> bool:
 
 
 def run(
-    out: Path, minutes: float, seed: int = 0, clients: int = 4, fault_every_s: float = 90.0, **options
+    out: Path,
+    minutes: float,
+    seed: int = 0,
+    clients: int = 4,
+    fault_every_s: float = 90.0,
+    store: str = "sqlite",
+    **options,
 ) -> tuple[bool, str]:
-    """``easel soak``: a scratch stack soaked, then stopped and checked; JSON to ``out``; (passed, the tables)."""
+    """``easel soak``: a scratch stack soaked, then stopped and checked; JSON to ``out``; (passed, the tables).
+
+    ``store``: ``sqlite`` (the embedded default, on a small tmpfs of its own when this process may mount one, so the
+    disk can fill) or ``redis`` (a Redis server the soak starts, so it can restart it).
+    """
+    from serve.paths import run_dir
     from serve.stack import scratch_stack
 
-    with scratch_stack(cache_bytes=64 << 20, **options) as stack:
-        soak = Soak(stack, minutes, seed=seed, clients=clients, fault_every_s=fault_every_s)
-        report = soak.run()
-    left = left_after_stop(list(soak.processes.values()), stack.stack_id)
+    folder = run_dir() / "bench"
+    faults = [*PROCESS_FAULTS, "memory"]
+    with ExitStack() as held:
+        store_disk, redis = None, None
+        if store == "redis":
+            redis, options["store_url"] = held.enter_context(_redis_server(folder / "redis"))
+            faults.append("redis")
+        else:
+            store_disk = held.enter_context(_small_disk(folder / "store", STORE_DISK_MIB))
+            if store_disk is not None:
+                options["store_url"] = f"sqlite:///{store_disk / 'easel.db'}"
+                faults.append("disk")
+        with scratch_stack(folder=folder, cache_bytes=64 << 20, **options) as stack:
+            if stack.gcs is None:
+                faults.remove("gcs")
+            soak = Soak(
+                stack,
+                minutes,
+                seed=seed,
+                clients=clients,
+                fault_every_s=fault_every_s,
+                faults=tuple(faults),
+                store_disk=store_disk,
+                redis=redis,
+            )
+            report = soak.run()
+        left = left_after_stop(list(soak.processes.values()), stack.stack_id)  # its store still up
     report["checks"].append(
         asdict(
             Check(
@@ -624,7 +776,54 @@ def run(
             )
         )
     )
+    report["load_average"] = [round(x, 2) for x in os.getloadavg()]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
     figure = plot(report, out.with_suffix(".png"))
     return passed(report), format_report(report) + f"\nwritten to {out} and {figure}"
+
+
+@contextmanager
+def _small_disk(folder: Path, mib: int) -> Iterator[Path | None]:
+    """A tmpfs of ``mib`` MiB on ``folder`` for the SQLite store, so a fault can fill it; None where mounting fails.
+
+    Mounting needs root (or CAP_SYS_ADMIN); without it the soak runs without the full-disk fault.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={mib}m", "easel-soak-store", str(folder)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        logger.warning("no tmpfs for the store (%s): the full-disk fault is left out", mounted.stderr.strip())
+        yield None
+        return
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "--lazy", str(folder)], check=False)
+
+
+@contextmanager
+def _redis_server(folder: Path) -> Iterator[tuple[ManagedProcess, str]]:
+    """A redis-server for the store, and its URL.
+
+    It loses nothing it acknowledged when killed: an append-only file, fsync'd on every write.
+    """
+    import redis
+
+    from serve.processes import free_port
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder), "--save", ""]
+    command += ["--appendonly", "yes", "--appendfsync", "always"]
+    client = redis.Redis(port=port)
+    server = ManagedProcess("redis-server", lambda: command, folder / "redis.log", lambda: bool(client.ping()))
+    server.start(30)
+    try:
+        yield server, f"redis://127.0.0.1:{port}/0"
+    finally:
+        client.close()
+        server.stop()

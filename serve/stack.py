@@ -34,6 +34,7 @@ from serve.errors import InvalidInput
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
+from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.settings import StackOptions
@@ -185,6 +186,7 @@ class Stack:
         self.triton: TritonServer | None = None  # this machine's Triton (None on a cluster: see node_tritons)
         self.node_tritons = None  # serve.triton.node.NodeTritons on a cluster
         self.prometheus: PrometheusServer | None = None
+        self.gcs: KeptGcs | None = None  # the Ray head's GCS, restarted when it dies (serve.processes.gcs)
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
         self.memory_budget_bytes: int | None = None  # resolved at start
@@ -323,22 +325,33 @@ class Stack:
                 runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env},
             )
             self.ray_session_dir = Path(context.address_info["session_dir"])
+            self._keep_gcs(context.address_info["gcs_address"], owned=False)
             return f"http://{context.dashboard_url}" if context.dashboard_url else None
-        context = ray.init(
-            address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
-            num_cpus=max(4, os.cpu_count() or 1),
-            include_dashboard=opts.dashboard,
-            dashboard_host="127.0.0.1",
-            dashboard_port=dashboard_port,
-            logging_level=logging.WARNING,
-            log_to_driver=False,
-            configure_logging=True,
-            _temp_dir=None,
-            runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
-        )
+        gcs_env = storage_env(opts.store, opts.run_dir, self.stack_id, free_port())
+        shutil.rmtree(opts.run_dir / "gcs", ignore_errors=True)  # a GCS's state belongs to its own Ray
+        with _environ(gcs_env):  # read by the GCS Ray starts
+            context = ray.init(
+                address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
+                num_cpus=max(4, os.cpu_count() or 1),
+                include_dashboard=opts.dashboard,
+                dashboard_host="127.0.0.1",
+                dashboard_port=dashboard_port,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+                configure_logging=True,
+                _temp_dir=None,
+                runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+            )
         self.ray_session_dir = Path(context.address_info["session_dir"])
+        self._keep_gcs(context.address_info["gcs_address"], owned=True)
         _stop_log_monitor()
         return f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
+
+    def _keep_gcs(self, address: str, owned: bool) -> None:
+        """Supervise the head's GCS if it runs here with its state outside itself (:mod:`serve.processes.gcs`)."""
+        self.gcs = keep(address, self.options.run_dir / "gcs_server.log", owned)
+        if self.gcs is not None:
+            self.supervisor.watch(self.gcs, start_timeout_s=60.0)
 
     @contextmanager
     def paused(self) -> Iterator[None]:
@@ -357,13 +370,27 @@ class Stack:
                 self.node_tritons.stop()
             if ray.is_initialized():
                 try:
-                    serve.shutdown()
+                    if self.gcs is None or not self.gcs.owned or not self.gcs.restarted:
+                        serve.shutdown()  # after its GCS restarted, the controller's shutdown waits out its 30 s
                 finally:
                     ray.shutdown()
+                    self._forget_gcs_state()
         finally:
             self.supervisor.stop()
             left = stop_stack_processes(self.stack_id)
             logger.info("stack stopped%s", f" ({left} leftover process(es) stopped)" if left else "")
+
+    def _forget_gcs_state(self) -> None:
+        """Delete the GCS's state the stack's own Ray kept in Redis (RocksDB's folder goes with the next start)."""
+        if self.gcs is None or not self.gcs.owned or not (self.gcs.storage or "").startswith("redis"):
+            return
+        from ray._private.gcs_utils import cleanup_redis_storage
+
+        url = urlparse(self.options.store)
+        try:
+            cleanup_redis_storage(url.hostname, url.port or 6379, url.password or "", False, self.stack_id)
+        except Exception as error:  # noqa: BLE001 - a store that went away keeps a dead stack's keys, no more
+            logger.warning("the GCS's state in %s not deleted: %s", self.options.store, error)
 
     def write_state(self) -> Path:
         """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
@@ -393,6 +420,21 @@ def _sigterm_kept() -> Iterator[None]:
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """``values`` in this process's environment inside the block (the processes started there inherit them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _stop_log_monitor() -> None:

@@ -262,16 +262,35 @@ def chaos(clients: int, window_s: float, memory_budget_bytes: int | None, out: P
     type=click.FloatRange(min=10.0),
     help="Seconds between faults (the first after as long).",
 )
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "redis"]),
+    default="sqlite",
+    show_default=True,
+    help="The stack's store: the embedded SQLite (on a small tmpfs, so the disk can fill) or a Redis it restarts.",
+)
 @memory_budget_option
 @out_option("out/soak.json")
 def soak(
-    minutes: float, seed: int, clients: int, fault_every_s: float, memory_budget_bytes: int | None, out: Path
+    minutes: float,
+    seed: int,
+    clients: int,
+    fault_every_s: float,
+    store: str,
+    memory_budget_bytes: int | None,
+    out: Path,
 ) -> None:
     """Mixed load on a scratch stack for MINUTES with faults in the middle; checks what must hold (exit 1 if not)."""
     from serve.soak import run
 
     passed, tables = run(
-        out, minutes, seed=seed, clients=clients, fault_every_s=fault_every_s, memory_budget_bytes=memory_budget_bytes
+        out,
+        minutes,
+        seed=seed,
+        clients=clients,
+        fault_every_s=fault_every_s,
+        store=store,
+        memory_budget_bytes=memory_budget_bytes,
     )
     click.echo(tables)
     if not passed:

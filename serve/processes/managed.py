@@ -43,8 +43,10 @@ class ManagedProcess:
         log_path: Path,
         probe: Callable[[], bool],
         env: Callable[[], dict[str, str]] | None = None,
+        die_with_parent: bool = True,
     ) -> None:
         self.name = name
+        self.die_with_parent = die_with_parent
         self.command = command
         self.log_path = log_path
         self.probe = probe
@@ -61,7 +63,7 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                _die_with_parent(self.command()),
+                _die_with_parent(self.command()) if self.die_with_parent else self.command(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

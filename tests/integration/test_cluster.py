@@ -1,16 +1,20 @@
-"""Easel on a Ray cluster of three nodes on loopback: a Triton per model node, and a worker node killed under load.
+"""Easel on a Ray cluster of three nodes on loopback: a Triton per model node, the head's GCS and a worker node killed
+under load.
 
-The module starts a head (no ``triton`` resource: it hosts the proxy) and two worker nodes with the ``triton``
-resource (Ray's own ``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)`` deploys onto it
-as ``easel up --address`` does. TextToImage runs two replicas, so each worker has one; the two Gateways (whose job
+The module starts a head (no ``triton`` resource: it hosts the proxy; its GCS keeps the cluster's state in Redis, as
+KubeRay's GCS fault tolerance has it) and two worker nodes with the ``triton`` resource (Ray's own
+``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)`` deploys onto it as ``easel up
+--address`` does. TextToImage runs two replicas, so each worker has one; the two Gateways (whose job
 runners hold background jobs) run on two different nodes, so at least one is on a worker node.
 """
 
 import logging
 import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -18,6 +22,8 @@ import yaml
 
 from serve.jobs import open_job_store
 from serve.paths import SERVE_CONFIG
+from serve.processes import free_port
+from serve.processes.gcs import NAMESPACE, REDIS_ADDRESS, find_gcs
 from serve.stack import RAY_ENV, Stack, StackOptions
 from serve.text_to_image.schema import MAX_STEPS
 from serve.triton.node import NODE_RESOURCE
@@ -32,18 +38,31 @@ RETRY_WINDOW_S = 60.0  # after a node dies, requests may fail for at most this l
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(redis_url):
+    from ray._private.gcs_utils import cleanup_redis_storage
     from ray.cluster_utils import Cluster
 
     assert all(os.environ.get(name) == value for name, value in RAY_ENV.items())  # tests/conftest.py: nodes inherit
     loopback = {"node_ip_address": "127.0.0.1", "object_store_memory": 200 << 20}
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False, **loopback})
+    redis = urlparse(redis_url)
+    storage = {REDIS_ADDRESS: redis.netloc, NAMESPACE: "easel-test-cluster"}  # the head's GCS state, in Redis
+    os.environ.update(storage)  # read by the head and its GCS (`ray start --head` with these set does the same)
+    try:
+        head = {"num_cpus": 2, "include_dashboard": False, "gcs_server_port": free_port(), **loopback}
+        cluster = Cluster(initialize_head=True, head_node_args=head)
+    finally:
+        for name in storage:
+            os.environ.pop(name)
     workers = [cluster.add_node(num_cpus=2, resources={NODE_RESOURCE: 1}, **loopback) for _ in range(2)]
     cluster.wait_for_nodes()
     try:
         yield cluster, workers
     finally:
+        gcs = find_gcs(cluster.address)  # restarted by the stack: the cluster no longer knows it
         cluster.shutdown()
+        if gcs is not None and gcs.is_running():
+            gcs.kill()
+        cleanup_redis_storage(redis.hostname, redis.port, "", False, storage[NAMESPACE])
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +133,64 @@ def test_each_model_node_has_its_own_triton_and_replicas_that_use_it(cluster, st
     served = {node: _unet_calls(e.http_url, models) - before[node] for node, e in endpoints.items()}
     # Both nodes' replicas served, each on its own Triton (a canary every 10 s adds one call at most meanwhile).
     assert all(calls >= 4 for calls in served.values()), served
+
+
+def test_the_head_s_gcs_killed_under_load_is_restarted_while_requests_are_answered_and_no_job_is_lost(cluster, stack):
+    import ray
+
+    api = stack.info.api_url
+    assert stack.gcs is not None and stack.gcs.storage.startswith("redis"), stack.gcs  # kept: on this machine
+    results: list[tuple[float, int, str | None]] = []  # (sent at, status, Retry-After)
+    stop = threading.Event()
+
+    def client(index: int) -> None:
+        with httpx.Client(base_url=api, timeout=REQUEST_TIMEOUT_S) as http:
+            seed = 5000 + 1000 * index
+            while not stop.is_set():
+                sent = time.monotonic()
+                answer = http.post("/v1/images/generations", json={**BODY, "seed": seed})
+                results.append((sent, answer.status_code, answer.headers.get("Retry-After")))
+                seed += 1
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    time.sleep(3)
+    job = {**BODY, "num_inference_steps": 20, "background": True}
+    jobs = [httpx.post(f"{api}/v1/images/generations", json={**job, "seed": 300 + i}, timeout=30) for i in range(4)]
+    old_pid = stack.gcs.pid
+    killed_at = time.monotonic()
+    os.kill(old_pid, signal.SIGKILL)
+    jobs += [httpx.post(f"{api}/v1/images/generations", json={**job, "seed": 400 + i}, timeout=30) for i in range(4)]
+    while not (stack.gcs.pid != old_pid and stack.gcs.running()) and time.monotonic() - killed_at < 30:
+        time.sleep(0.1)
+    restarted_s = time.monotonic() - killed_at
+    time.sleep(15)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=REQUEST_TIMEOUT_S + 10)
+    after = [(code, retry) for sent, code, retry in results if sent >= killed_at]
+    failed = [(code, retry) for code, retry in after if code != 200]
+    logger.info(
+        "GCS killed under load: restarted after %.1f s; %d requests since, %d failed %s",
+        restarted_s,
+        len(after),
+        len(failed),
+        failed,
+    )
+    assert stack.gcs.pid != old_pid and restarted_s < 30  # the GCS is back ...
+    assert {n["NodeID"] for n in ray.nodes() if n["Alive"]} >= {w.node_id for w in cluster[1]}  # ... with the nodes
+    assert after and all(code == 200 or (code == 503 and retry) for code, retry in after), failed
+    assert any(code == 200 for sent, code, _ in results if killed_at <= sent < killed_at + 5), results
+    assert all(j.status_code == 202 for j in jobs), [j.text for j in jobs]
+    statuses: list[str] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        statuses = [httpx.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
+        if all(s == "succeeded" for s in statuses):
+            break
+        time.sleep(1)
+    assert statuses == ["succeeded"] * len(jobs)  # none lost
 
 
 def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster, stack):

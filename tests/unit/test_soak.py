@@ -1,13 +1,19 @@
 """`easel soak`'s schedule, trends and report, on made-up samples (no servers)."""
 
+import shutil
+import subprocess
+import time
+
 import httpx
 import pytest
 
 from serve.soak import (
     FAULTS,
     MIN_TREND_S,
+    PROCESS_FAULTS,
     Outcome,
     Series,
+    _fill,
     _shaped,
     _trend_check,
     format_report,
@@ -21,15 +27,31 @@ from serve.soak import (
 
 
 def test_a_schedule_is_seeded_meets_every_fault_kind_first_and_ends_before_the_run_does():
-    faults = schedule(seed=3, duration_s=180, fault_every_s=35)
-    assert [f.at_s for f in faults] == [35, 70, 105, 140]
-    assert sorted(f.kind for f in faults) == sorted(FAULTS)
-    assert [f.kind for f in schedule(3, 180, 35)] == [f.kind for f in faults]
-    kinds = {tuple(f.kind for f in schedule(seed, 180, 35)) for seed in range(20)}
+    faults = schedule(seed=3, duration_s=180, fault_every_s=30)
+    assert [f.at_s for f in faults] == [30, 60, 90, 120, 150]
+    assert sorted(f.kind for f in faults) == sorted(PROCESS_FAULTS)  # the default kinds
+    assert [f.kind for f in schedule(3, 180, 30)] == [f.kind for f in faults]
+    kinds = {tuple(f.kind for f in schedule(seed, 180, 30)) for seed in range(20)}
     assert len(kinds) > 1  # the seed draws the order
-    long = schedule(0, 1200, 90)
+    every = tuple(k for k in FAULTS if k != "redis")  # the embedded default's: no Redis to restart
+    long = schedule(0, 1200, 90, every)
     assert len(long) == 13 and long[-1].at_s < 1200 - 20
-    assert [f.kind for f in long[4:8]] == [f.kind for f in long[:4]]
+    assert sorted(f.kind for f in long[:7]) == sorted(every)
+    assert [f.kind for f in long[7:13]] == [f.kind for f in long[:6]]
+
+
+def test_a_full_disk_is_held_then_freed(tmp_path):
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "t", str(folder)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        started = time.monotonic()
+        what = _fill(folder / "filler", hold_s=0.2)
+        assert time.monotonic() - started >= 0.2 and "full (4 MiB written)" in what, what
+        assert not list(folder.iterdir()) and shutil.disk_usage(folder).free > 3 << 20  # freed
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
 
 
 def test_slopes_are_per_minute_and_trends_skip_the_warm_up_and_short_lived_processes():
@@ -86,9 +108,11 @@ def test_windows_count_failures_and_the_generations_latency():
         Outcome(31.0, "grpc", "OK", True, 2.0),
         Outcome(32.0, "grpc", "UNAVAILABLE", True, 0.1),
     ]
-    first, second = windows(outcomes, 60.0)
+    first, second = windows(outcomes, 60.0, load=[(0.0, 2.0), (5.0, 4.0), (35.0, 40.0)])
     assert (first["requests"], first["failed"], second["requests"], second["failed"]) == (3, 1, 2, 1)
     assert first["generate_p50_s"] == pytest.approx(1.0) and second["generate_p95_s"] is None
+    assert (first["load_average"], second["load_average"]) == (3.0, 40.0)
+    assert windows(outcomes, 60.0)[0]["load_average"] is None
 
 
 @pytest.mark.parametrize(
@@ -114,8 +138,17 @@ def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_
         "clients": 4,
         "jobs": {"submitted": 2, "succeeded": 2, "lost": 0, "compared": 1},
         "requests": {"generate": {"200": 10, "503": 1}},
-        "faults": [{"at_s": 35.0, "kind": "triton", "target": "tritonserver", "ready_again_s": 4.2}],
-        "windows": [{"from_s": 0.0, "requests": 11, "failed": 1, "generate_p50_s": 0.4, "generate_p95_s": None}],
+        "faults": [{"at_s": 35.0, "kind": "triton", "target": "tritonserver", "lasted_s": 0.0, "ready_again_s": 4.2}],
+        "windows": [
+            {
+                "from_s": 0.0,
+                "requests": 11,
+                "failed": 1,
+                "generate_p50_s": 0.4,
+                "generate_p95_s": None,
+                "load_average": 1.5,
+            }
+        ],
         "trends": [],
         "series": [
             {

@@ -1,0 +1,65 @@
+"""The SQLite result cache: its byte bound and least-recently-used eviction, its kept total (no servers)."""
+
+import asyncio
+import sqlite3
+
+import pytest
+
+from serve.cache.sqlite import SqliteResultCache
+
+
+def _summed(path) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT COALESCE(SUM(size), 0) FROM result_cache").fetchone()[0]
+
+
+def test_the_total_is_the_entries_sum_through_replaces_and_evictions_from_two_processes_caches(tmp_path):
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    first, second = SqliteResultCache(url, 10_000), SqliteResultCache(url, 10_000)  # two replicas, one file
+    for i in range(30):
+        (first if i % 2 else second).put(f"k{i % 12}", bytes(100 * (i % 7 + 1)))  # replaces from k12 on
+    assert first.size() == second.size() == _summed(tmp_path / "easel.db") <= 10_000
+    first.put("big", bytes(9_500))  # evicts the least recently used until it fits
+    assert first.size() == _summed(tmp_path / "easel.db") <= 10_000
+    assert first.get("big") == bytes(9_500)
+    first.put("too-big", bytes(10_001))  # larger than the whole cache: not kept
+    assert first.get("too-big") is None
+
+
+def test_the_least_recently_used_entry_goes_first(tmp_path):
+    cache = SqliteResultCache(f"sqlite:///{tmp_path / 'easel.db'}", 300)
+    for key in ("a", "b", "c"):
+        cache.put(key, bytes(100))
+    assert cache.get("a") is not None  # a used after b
+    cache.put("d", bytes(100))
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("d") is not None
+
+
+def test_a_file_from_before_the_total_was_kept_is_summed_once(tmp_path):
+    path = tmp_path / "easel.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE result_cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, size INTEGER NOT NULL, "
+            "used_at REAL NOT NULL)"
+        )
+        db.execute("INSERT INTO result_cache VALUES ('old', ?, 40, 0)", (bytes(40),))
+    cache = SqliteResultCache(f"sqlite:///{path}", 1000)
+    assert cache.size() == 40
+    cache.put("new", bytes(60))
+    assert cache.size() == 100 == _summed(path)
+
+
+def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises():
+    from serve.app import Gateway
+
+    cached = Gateway.func_or_class._cache  # how the Gateway calls its cache
+
+    def full(key):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    def broken(key):
+        raise KeyError(key)
+
+    assert asyncio.run(cached(full, "k")) is None  # answered without the cache
+    with pytest.raises(KeyError):
+        asyncio.run(cached(broken, "k"))

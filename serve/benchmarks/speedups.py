@@ -325,7 +325,10 @@ def plot(rows: list[dict], path: Path) -> Path:
 
 
 def run_speedups_benchmark(settings: SpeedupSettings, out: Path, plot_path: Path) -> str:
-    """Every technique over the stream on one stack; writes JSON and the plot, returns the report."""
+    """Every technique over the stream on one stack; writes JSON, the images and the plot, returns the report.
+
+    The images go beside the JSON (``.npz``, each under ``technique index|prompt|seed``).
+    """
     prompts = stream(settings)
     logger.info("stream: %d prompts (%d of easel eval generate's)", len(prompts), sum(p.evaluated for p in prompts))
     options = {"step_cache": True, "approximate_cache": settings.skip_share, "canary_interval_s": 86_400.0}
@@ -342,6 +345,10 @@ def run_speedups_benchmark(settings: SpeedupSettings, out: Path, plot_path: Path
                     )
 
         asyncio.run(all_runs())
+    np.savez_compressed(
+        out.with_suffix(".npz"),
+        **{f"{i}|{p.text}|{p.seed}": images[run.name][p] for i, run in enumerate(runs) for p in prompts},
+    )
     _score(runs, images)
     rows = [run.summary() for run in runs]
     verdict = acceptance(rows)

@@ -175,6 +175,8 @@ class TextToImagePipeline:
             if reused.latents is not None:
                 latents = torch.from_numpy(reused.latents)
         first = reused.skipped if reused is not None else 0
+        if first and hasattr(scheduler, "set_begin_index"):  # its own step count (sigmas, noise, last step) too
+            scheduler.set_begin_index((scheduler.begin_index or 0) + first * scheduler.order)
         step_kwargs = _step_kwargs(scheduler, generator)
         guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
         denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)

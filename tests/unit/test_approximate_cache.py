@@ -22,7 +22,8 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
 from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.spec import UNET
+from serve.text_to_image.spec import DISTILLED_UNET, UNET
+from tests.conftest import psnr
 from tests.controls import input_image
 from tests.latent_store_contract import *  # noqa: F403 - the contract's tests
 from tests.latent_store_contract import ENTRIES
@@ -139,6 +140,36 @@ def test_a_near_prompt_starts_from_the_kept_latents_k_steps_in(folder, tmp_path)
     assert skipped == 0  # another colour is not similar enough
     without, _ = _run(other, dataclasses.replace(NEAR, approximate_cache=False))
     assert not np.array_equal(without, hit)
+
+
+@pytest.mark.parametrize(("scheduler", "steps"), [("euler", 8), ("dpmpp_2m", 20)])
+def test_a_hit_on_its_own_prompt_and_seed_is_the_full_run_for_schedulers_that_count_their_steps(
+    folder, tmp_path, scheduler, steps
+):
+    """The scheduler resumes at step K (its sigmas, its order's history), not at its first step.
+
+    (DPM-Solver++ 2M at 8 guided steps is unstable on the embedded default: its full run is no reference there.)
+    """
+    pipeline, _ = _pipeline(folder, tmp_path / "easel.db")
+    job = dataclasses.replace(JOB, scheduler=scheduler, steps=steps)
+    full, _ = _run(pipeline, job)
+    hit, skipped = _run(pipeline, job)
+    assert skipped == skipped_steps(SHARE, job.steps)
+    if scheduler == "euler":  # a one-step method: from the same latents, the same steps
+        np.testing.assert_array_equal(hit, full)
+    else:  # DPM-Solver++ 2M restarts its history at K: a first-order step there
+        assert psnr(hit, full) > 30
+
+
+def test_an_lcm_hit_ends_denoised_on_the_distilled_unet(folder, tmp_path):
+    """LCM adds fresh noise after every step but its last: resumed at K, its last step is still the last."""
+    pipeline, counting = _pipeline(folder, tmp_path / "easel.db")
+    job = dataclasses.replace(JOB, scheduler="lcm", steps=4)
+    full, _ = _run(pipeline, job)
+    hit, skipped = _run(pipeline, dataclasses.replace(job, seed=12))
+    own, _ = _run(pipeline, dataclasses.replace(job, seed=12, approximate_cache=False))
+    assert skipped == 2 and counting.rows[DISTILLED_UNET] == 4 + 2 + 4
+    assert psnr(hit, own) > 25 and psnr(hit, full) > 25
 
 
 def test_a_hit_past_the_guidance_cutoff_runs_unguided_from_the_first_step_it_runs(folder, tmp_path):

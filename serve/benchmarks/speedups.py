@@ -345,6 +345,7 @@ def run_speedups_benchmark(settings: SpeedupSettings, out: Path, plot_path: Path
                     )
 
         asyncio.run(all_runs())
+    out.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         out.with_suffix(".npz"),
         **{f"{i}|{p.text}|{p.seed}": images[run.name][p] for i, run in enumerate(runs) for p in prompts},
@@ -353,7 +354,6 @@ def run_speedups_benchmark(settings: SpeedupSettings, out: Path, plot_path: Path
     rows = [run.summary() for run in runs]
     verdict = acceptance(rows)
     report = {"settings": asdict(settings), "prompts": len(prompts), "rows": rows, "acceptance": verdict}
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     plot(rows, plot_path)
     said = (

@@ -377,6 +377,8 @@ class Gateway:
         headers = {"Easel-Seed": str(result.seed)}
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
+        if result.steps_skipped is not None:
+            headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
         if key is not None:
             await self._cache(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
@@ -535,7 +537,7 @@ class Gateway:
                         images = [grpc_api.svg_image(r) for r in vectorized]
                     else:
                         images = [easel_pb2.Image(data=image) for image in item.images]
-                    yield grpc_api.result(item.seed, images)
+                    yield grpc_api.result(item.seed, images, item.steps_skipped)
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
 
@@ -580,7 +582,7 @@ def build_app(args: AppArgs) -> serve.Application:
     limits = Limits(engines.memory_budget(args.memory_budget_bytes), args.max_cost, 2 * args.max_cost)
     adapters = StackAdapters(args.loras_dir, engines.adapters.ip_adapter is not None)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters, args.defaults),
+        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters, args.defaults, args.store),
         Vectorizer.bind(args.triton_grpc_url),
         engines.key,
         args.store,

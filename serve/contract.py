@@ -201,6 +201,15 @@ _GENERATION_LIMITS = (
         "tcd on a distilled UNet) without LoRAs, an IP-Adapter reference or ControlNets",
         "the step-cache engines are the stack's, and a rule over several fields",
     ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("approximate_cache",),
+        "approximate_cache:",
+        "approximate_cache true needs a stack that keeps latents (--approximate-cache) and a text-to-image job (no "
+        "input images, mask, IP-Adapter reference or ControlNets)",
+        "the latent cache is the stack's, and a rule over several fields",
+    ),
 )
 """Limits of a generation's fields, the same on the JSON route and the edits form."""
 UNSTATED_LIMITS = (

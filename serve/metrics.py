@@ -89,6 +89,17 @@ DENOISING_STEPS = MetricSpec(
     ("scheduler",),
 )
 IMAGES_GENERATED = MetricSpec("easel_images_generated", "counter", "Images generated.", ("output_format",))
+APPROXIMATE_CACHE = MetricSpec(
+    "easel_approximate_cache_requests",
+    "counter",
+    "Generations that looked for a similar earlier prompt's kept latents, by result: hit (started from them) or miss.",
+    ("result",),
+)
+STEPS_SKIPPED = MetricSpec(
+    "easel_steps_skipped",
+    "counter",
+    "Denoising steps not run: generations started from a similar earlier prompt's kept latents this many steps in.",
+)
 VECTORIZE_TIERS = MetricSpec(
     "easel_vectorize_requests",
     "counter",
@@ -187,6 +198,8 @@ ALL = (
     QUEUE_TIME,
     DENOISING_STEPS,
     IMAGES_GENERATED,
+    APPROXIMATE_CACHE,
+    STEPS_SKIPPED,
     VECTORIZE_TIERS,
     VECTORIZE_FALLBACKS,
     VECTORIZE_STAGE,

@@ -32,6 +32,7 @@ from serve.cli_options import (
     one_line_errors,
 )
 from serve.errors import UnsupportedModel
+from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
@@ -71,10 +72,27 @@ class AppSettings(BaseModel):
         "steps that run guided (1: all of them, today's images).",
     )
 
+    approximate_cache: Annotated[float, Cli(metavar="SHARE")] = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Approximate caching across requests: keep each generation's latents this share of its steps "
+        "in, and start a later one whose prompt is similar (same model, size, sampler, steps, guidance, adapters) "
+        "from them, skipping those steps (0: off). Requests without a seed use it unless they say "
+        "approximate_cache false; requests with one only when they say true.",
+    )
+    approximate_similarity: float = Field(
+        DEFAULT_SIMILARITY,
+        gt=0,
+        le=1,
+        description="The similarity (cosine of the prompts' mean-pooled text embeddings) at which a kept prompt's "
+        "latents are reused.",
+    )
+
     @property
     def defaults(self) -> StackDefaults:
         """What the stack gives requests that leave a technique unset."""
-        return StackDefaults(self.guidance_cutoff)
+        return StackDefaults(self.guidance_cutoff, self.approximate_cache, self.approximate_similarity)
 
     @property
     def store(self) -> str:

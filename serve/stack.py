@@ -37,7 +37,7 @@ from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
-from serve.settings import StackOptions
+from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
@@ -155,6 +155,16 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
+def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
+    """What the Serve app is told of ``easel up``'s settings.
+
+    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget and
+    the store resolved.
+    """
+    given = opts.model_dump(include=set(AppSettings.model_fields))
+    return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
+
+
 def triton_models(engines: EngineFolder, vectorize: bool) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
     return list(engines.specs.values()) + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
@@ -237,11 +247,8 @@ class Stack:
             on_cluster=opts.address is not None,
             engine_dir=str(engines.path),
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
-            memory_budget_bytes=self.memory_budget_bytes,
-            max_cost=opts.max_cost,
-            store_url=opts.store,
-            cache_bytes=opts.cache_bytes,
             loras_dir=loras_dir,
+            **app_settings(opts, self.memory_budget_bytes),
         )
         _deploy(config, timeout_s)
         e = triton

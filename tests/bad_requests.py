@@ -20,6 +20,7 @@ BAD_GENERATIONS = [
     ({"prompt": "x", "cache_interval": 0}, "cache_interval"),
     ({"prompt": "x", "cache_interval": 11}, "cache_interval"),
     ({"prompt": "x", "size": "64x64", "num_inference_steps": 4, "cache_interval": 2}, "cache_interval"),  # no engines
+    ({"prompt": "x", "size": "64x64", "num_inference_steps": 2, "approximate_cache": True}, "approximate_cache"),
     ({"prompt": "x", "output_format": "gif"}, "output_format"),
     ({"prompt": "x", "output_format": "svg", "vectorize_tier": "9"}, "vectorize_tier"),
     ({"prompt": "x", "vectorize_tier": "1"}, "vectorize_tier"),
@@ -27,7 +28,8 @@ BAD_GENERATIONS = [
     ({"prompt": "x", "loras": [{"name": "style"}]}, "loras.0.name"),  # a stack without adapters
     ({"prompt": "x", "ip_adapter_image": "aGk="}, "ip_adapter_image"),
 ]
-"""Each body and the field its 400 (gRPC: INVALID_ARGUMENT) names, on a stack without adapters."""
+"""Each body and the field its 400 (gRPC: INVALID_ARGUMENT) names, on a stack without adapters, step-cache engines
+or an approximate cache."""
 
 DEEP = 100_000
 """Nesting far past any parser's limit (a recursive parser overflows its stack)."""

@@ -11,6 +11,7 @@ from build_engines.text_to_image.default_model import MODELS, TRAINED
 from serve.cli_options import EXISTING_FOLDER, FOLDER, one_line_errors
 from serve.errors import UnsupportedModel
 from serve.paths import easel_home
+from serve.text_to_image.schema import SCHEDULER_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,13 @@ def train_lcm(model_dir: Path, work: Path | None, threads: int, steps: int | Non
 @click.option("--out", type=FOLDER, default=DOCS, show_default=True)
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per held-out pairing.")
 @click.option("--steps", type=int, default=20, show_default=True)
-@click.option("--scheduler", type=click.Choice(["ddim", "euler", "dpmpp_2m"]), default="ddim", show_default=True)
+@click.option(
+    "--scheduler",
+    type=click.Choice(SCHEDULER_NAMES),
+    default="ddim",
+    show_default=True,
+    help="lcm and tcd: the model's distilled UNet where its folder ships one (unet_lcm/).",
+)
 def eval_generate(model_dir: Path, out: Path, seeds: int, steps: int, scheduler: str) -> None:
     """Colour accuracy and recognisability over colour x icon pairings held out of training."""
     from build_engines.text_to_image.evaluate import GenerateSettings, evaluate, table

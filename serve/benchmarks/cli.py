@@ -121,6 +121,24 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
     click.echo(run_controlnet_benchmark(default_model_dir(embedded), embedded, settings, out))
 
 
+@bench.command("speedups")
+@click.option("--pairings", default=55, show_default=True, type=click.IntRange(1, 55), help="Held-out pairings.")
+@click.option("--skip-share", default=0.25, show_default=True, help="The stack's --approximate-cache.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1))
+@out_option("out/bench_speedups.json")
+@click.option("--plot", "plot_path", type=FILE, default=Path("out/bench_speedups.png"), show_default=True)
+def bench_speedups(pairings: int, skip_share: float, concurrency: int, out: Path, plot_path: Path) -> None:
+    """Fewer UNet rows per image: the LCM student, guidance cutoff, step cache, approximate cache, alone and combined.
+
+    UNet rows from Triton's statistics, CPU-seconds, p50 latency and quality (easel eval generate's scores, PSNR and
+    SSIM to the 20-step DDIM baseline) on one stream of prompts with repeats and near repeats, on one stack.
+    """
+    from serve.benchmarks.speedups import SpeedupSettings, run_speedups_benchmark
+
+    settings = SpeedupSettings(pairings=pairings, skip_share=skip_share, concurrency=concurrency)
+    click.echo(run_speedups_benchmark(settings, out, plot_path))
+
+
 @bench.command("model")
 @model_option
 @embedded_option("Embedded model to serve when --model is not given.")

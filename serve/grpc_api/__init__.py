@@ -75,9 +75,9 @@ def progress(step: int, total: int) -> easel_pb2.GenerateEvent:
     return easel_pb2.GenerateEvent(progress=easel_pb2.Progress(step=step, total=total))
 
 
-def result(seed: int, images: list[easel_pb2.Image]) -> easel_pb2.GenerateEvent:
-    """The final ``result`` event."""
-    return easel_pb2.GenerateEvent(result=easel_pb2.Images(seed=seed, images=images))
+def result(seed: int, images: list[easel_pb2.Image], steps_skipped: int | None = None) -> easel_pb2.GenerateEvent:
+    """The final ``result`` event (``steps_skipped``: the HTTP API's ``Easel-Steps-Skipped``)."""
+    return easel_pb2.GenerateEvent(result=easel_pb2.Images(seed=seed, images=images, steps_skipped=steps_skipped))
 
 
 def svg_image(result) -> easel_pb2.Image:

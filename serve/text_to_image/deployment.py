@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import logging
 import random
@@ -16,8 +17,11 @@ from ray import serve
 from serve import metrics
 from serve.adapters.requests import StackAdapters
 from serve.errors import NotReady
-from serve.text_to_image import step_cache
+from serve.latent_cache import open_latent_store
+from serve.stores import default_url
+from serve.text_to_image import approximate, step_cache
 from serve.text_to_image.admission import Admission, Limits
+from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
 from serve.text_to_image.images import RequestImages, decode_images, decode_reference
@@ -50,6 +54,7 @@ class EncodedImages:
     images: list[bytes]
     seed: int
     prompt_tokens_dropped: int
+    steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
 
 
 def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
@@ -121,13 +126,18 @@ class TextToImage:
         limits: Limits,
         adapters: StackAdapters | None = None,
         defaults: StackDefaults | None = None,
+        store_url: str | None = None,
     ) -> None:
         torch.set_num_threads(1)
         engines = EngineFolder(engine_dir)
         self.adapters = adapters or StackAdapters()
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
-        self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton))
+        reuse = None
+        if self.defaults.approximate_cache > 0:  # the stack keeps latents, in its store
+            store = open_latent_store(store_url or default_url())
+            reuse = LatentReuse(store, self.defaults.approximate_cache, self.defaults.approximate_similarity)
+        self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton), reuse)
         self.controlnets = engines.controlnets
         self.admission = Admission.for_engines(engines, limits)
         self.preview = LatentPreview(
@@ -171,6 +181,14 @@ class TextToImage:
         reference = await self._reference(request)
         images = await asyncio.to_thread(decode_images, request, self.pipeline.dims.native_size)
         job = to_generation(request, self.pipeline.dims.native_size, reference, images, self.defaults)
+        reuse = approximate.decide(
+            request.approximate_cache,
+            request.seed is not None,
+            job,
+            self.defaults.approximate_cache,
+            self.pipeline.dims.inpainting,
+        )
+        job = dataclasses.replace(job, approximate_cache=reuse)
         self.pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         self.controlnets.check(request.controlnets)
         step_cache.check(job, self.pipeline.specs, self.pipeline.family.step_engine(job))
@@ -192,7 +210,11 @@ class TextToImage:
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
-        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped)
+        if result.steps_skipped is not None:
+            metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
+            if result.steps_skipped:
+                metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
+        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
 
     async def _reference(self, request: GenerationRequest) -> np.ndarray | None:
         """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""

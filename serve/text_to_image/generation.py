@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.priority import Priority
 
 
@@ -52,6 +53,7 @@ class Generation:
     controls: tuple[Control, ...] = ()
     guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
     cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
+    approximate_cache: bool = False  # may start from a similar prompt's kept latents (serve.text_to_image.approximate)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,8 @@ class StackDefaults:
     """What a stack gives the requests that leave a technique unset (``easel up``'s options)."""
 
     guidance_cutoff: float = 1.0
+    approximate_cache: float = 0.0  # the share of the steps a similar prompt's kept latents skip; 0: none kept
+    approximate_similarity: float = DEFAULT_SIMILARITY  # the cosine of the prompts' embeddings a hit needs
 
 
 StepCallback = Callable[[int, int, np.ndarray], Awaitable[None]]
@@ -72,3 +76,4 @@ class GenerationResult:
     images: list[np.ndarray]
     seed: int
     prompt_tokens_dropped: int
+    steps_skipped: int | None = None  # a similar prompt's kept latents skipped these steps (None: not asked)

@@ -5,7 +5,8 @@ conditioning, names the denoiser engine, its samplers and their timesteps, and s
 classifier-free; the loop sends the conditioning with each step's latents (NCHW: a family whose denoiser works on
 another layout, Flux's packed patches, packs them inside its engine). Input images (img2img, inpainting) set the
 starting latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals
-to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path. The engines are
+to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path, and may start
+from a similar earlier prompt's kept latents some steps in (:mod:`serve.text_to_image.approximate`). The engines are
 reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
 (:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
@@ -27,6 +28,7 @@ from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import Priority, PriorityGate
 from serve.text_to_image import guidance, image_to_image
+from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
@@ -104,8 +106,9 @@ class _Chunked:
 class TextToImagePipeline:
     """Family, tokenizers, scheduler config and engine specs of one built model; :meth:`generate` runs a job."""
 
-    def __init__(self, folder: EngineFolder, engines: EngineRunner) -> None:
+    def __init__(self, folder: EngineFolder, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
         self.family = folder.family
+        self.model = folder.key
         self.dims = self.family.dims
         self.specs = self.family.specs
         self.tokenizers = folder.tokenizers()
@@ -115,6 +118,7 @@ class TextToImagePipeline:
         self.adapters = GenerationAdapters(folder.adapters, self.specs, folder.unet_config(), folder.feature_extractor)
         self.processors = ImageProcessors(self.dims.vae_scale_factor)
         self.gate = PriorityGate()
+        self.reuse = reuse  # the stack's approximate cache (serve.text_to_image.approximate), if it keeps latents
 
     def make_scheduler(self, name: str):
         """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
@@ -146,6 +150,7 @@ class TextToImagePipeline:
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
+        unrepeated = conditioning
         conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
         scheduler = self.make_scheduler(job.scheduler)
         self.family.set_timesteps(scheduler, job)
@@ -164,11 +169,19 @@ class TextToImagePipeline:
         control_images = await asyncio.to_thread(self.processors.controls, job) if job.controls else []
         controls = JobControls(self.specs, job, control_images, guided)
         latents = start.latents
+        reused = None
+        if job.approximate_cache and self.reuse is not None:  # before the rows are repeated per image
+            reused = await self.reuse.start(self.model, job, unrepeated, len(timesteps))
+            if reused.latents is not None:
+                latents = torch.from_numpy(reused.latents)
+        first = reused.skipped if reused is not None else 0
+        if first and hasattr(scheduler, "set_begin_index"):  # its own step count (sigmas, noise, last step) too
+            scheduler.set_begin_index((scheduler.begin_index or 0) + first * scheduler.order)
         step_kwargs = _step_kwargs(scheduler, generator)
         guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
         denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)
-        for index, t in enumerate(timesteps):
-            if guided and index == guided_steps:  # adaptive guidance: the prompt's rows alone from here
+        for index, t in enumerate(timesteps[first:], start=first):
+            if guided and index >= guided_steps:  # adaptive guidance: the prompt's rows alone from here
                 guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
                 controls = JobControls(self.specs, job, control_images, guided)
             model_input = torch.cat([latents] * 2) if guided else latents
@@ -180,17 +193,19 @@ class TextToImagePipeline:
             inputs |= await controls.residuals(
                 engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
             )
-            noise = torch.from_numpy(await denoiser.noise(engines, index, inputs))
+            noise = torch.from_numpy(await denoiser.noise(engines, index - first, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = start.after_step(latents, index, timesteps, scheduler)
+            if reused is not None and not first and index + 1 == reused.step:
+                await self.reuse.keep(reused, latents.numpy())
             if on_step is not None:
                 await on_step(index + 1, len(timesteps), latents.numpy())
         pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
-        return GenerationResult(images, job.seed, dropped)
+        return GenerationResult(images, job.seed, dropped, None if reused is None else reused.skipped)
 
     async def decode(
         self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None

@@ -254,6 +254,14 @@ class GenerationRequest(BaseModel):
         "serve the steps between, which run a shallow UNet. 1: the whole UNet every step. Needs a stack started with "
         "--step-cache; not with loras, an IP-Adapter reference, ControlNets or a distilled UNet (lcm, tcd).",
     )
+    approximate_cache: StrictBool | None = Field(
+        None,
+        description="Approximate caching across requests: true: may start from the kept latents of the most similar "
+        "earlier prompt (same model, size, sampler, steps, guidance, adapters), skipping the stack's share of the "
+        "steps (the Easel-Steps-Skipped header says how many); false: never. Default: on where the stack keeps "
+        "latents (easel up --approximate-cache) and the request has no seed (a seed asks for the same image every "
+        "time). Text to image only: not with input images, a mask, an IP-Adapter reference or ControlNets.",
+    )
     seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
         None, description="Random seed; drawn at random when omitted."
     )

@@ -200,11 +200,21 @@ class OnnxRuntimeModel:
         feed = {}
         for name, dtype in self.inputs.items():
             array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dtype, copy=False)
-            rank = self.input_ranks.get(name, 1)  # not a graph input: a per-row string the model reads itself
-            if array.ndim > rank:  # a per-sample scalar arrives as [batch, 1]
-                array = array.reshape(array.shape[:rank])
-            feed[name] = array
+            feed[name] = graph_input(array, self.input_ranks.get(name))
         return feed
+
+
+def graph_input(array: np.ndarray, rank: int | None) -> np.ndarray:
+    """A Triton input as the graph takes it: a per-sample scalar arrives as ``[batch, 1]`` and is ``[batch]``.
+
+    ``rank``: the graph input's, None for an input the graph lacks: a per-row string the model reads itself (rank 1),
+    or a tensor the export dropped because the graph does not use it (a shallow UNet's text states, where its last
+    block has no attention), passed on as it is (the session leaves it out).
+    """
+    rank = rank or 1
+    if array.ndim > rank and all(size == 1 for size in array.shape[rank:]):
+        return array.reshape(array.shape[:rank])
+    return array
 
 
 def _memory_bound(config: dict, files: EngineFiles) -> MemoryBound | None:

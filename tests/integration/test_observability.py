@@ -58,6 +58,7 @@ def stack(default_model, tmp_path_factory):
             loras_dir=adapters.loras,
             lora_resident=1,
             ip_adapter_dir=adapters.ip_adapter,
+            approximate_cache=0.5,
         )
     )
     try:
@@ -121,8 +122,8 @@ def _jobs(api, round_: int) -> list[int]:
 
 
 def _round(api, round_: int) -> list[int]:
-    """One burst: 4 concurrent generations (two with LoRAs), every vectorize tier, a 400 and a 404, two background
-    jobs, a cache hit.
+    """One burst: 4 concurrent generations (two with LoRAs, one from the approximate cache), every vectorize tier, a 400
+    and a 404, two background jobs, a cache hit.
 
     Each round's generations have seeds of their own (a repeated seed would be answered from the result cache).
     """
@@ -131,6 +132,7 @@ def _round(api, round_: int) -> list[int]:
         for i, s in enumerate(["ddim", "euler", "dpmpp_2m", "ddim"])
     ]
     jobs[1]["loras"], jobs[2]["loras"] = [{"name": "style"}], [{"name": "line"}]  # loaded and evicted each round
+    jobs[3]["approximate_cache"] = True  # a miss in the first round, then starts from its kept latents
     with ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
         statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]
@@ -253,6 +255,18 @@ def test_fallbacks_and_errors_are_counted_by_reason_and_status(prometheus, load)
         return sorted(({"models_unavailable"} - reasons) | ({"200", "400", "404", "503"} - statuses))
 
     _poll(missing, "labels missing")
+
+
+def test_a_similar_prompt_starts_from_kept_latents_and_says_how_many_steps_it_skipped(api):
+    """The stack keeps latents half the steps in: a rewording of a kept prompt skips them; a seed alone never does."""
+    body = {"size": "64x64", "num_inference_steps": 4, "seed": 5, "negative_prompt": "only this test's"}
+    opted = body | {"approximate_cache": True}
+    first = api.post("/v1/images/generations", json=opted | {"prompt": "a red heart icon"})
+    near = api.post("/v1/images/generations", json=opted | {"prompt": "an icon of a red heart"})
+    seeded = api.post("/v1/images/generations", json=body | {"prompt": "a red heart"})
+    assert [r.status_code for r in (first, near, seeded)] == [200, 200, 200]
+    assert first.headers["Easel-Steps-Skipped"] == "0" and near.headers["Easel-Steps-Skipped"] == "2"
+    assert "Easel-Steps-Skipped" not in seeded.headers
 
 
 def test_unet_batches_merge_requests(prometheus, load):

@@ -8,8 +8,10 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
+from serve.benchmarks.loop import triton_counts
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
+from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
@@ -228,3 +230,15 @@ def test_fewer_unet_rows_options_are_served_and_deterministic(api):
         first, again = (decode_images(api.post(GENERATE, json=body | on)) for _ in range(2))
         np.testing.assert_array_equal(first, again)
         assert not np.array_equal(first, decode_images(api.post(GENERATE, json=body | off))), on
+
+
+def test_a_stock_stack_answers_a_4_step_lcm_request_through_the_embedded_default_s_student(api, stack):
+    """The embedded default ships its LCM student (unet_lcm): a 4-step lcm request is one row per step there."""
+    assert DISTILLED_UNET in engine_names(stack)
+    url = stack.info.triton_http_url
+    before = {model: triton_counts(url, model)[0] for model in (UNET, DISTILLED_UNET)}
+    body = {"prompt": "a red heart icon", "size": "64x64", "seed": 1, "num_inference_steps": 4, "scheduler": "lcm"}
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 200, response.text
+    rows = {model: triton_counts(url, model)[0] - before[model] for model in before}
+    assert rows[DISTILLED_UNET] >= 4 and rows[UNET] <= 2, rows  # the student's 4 rows; canaries add 1 row at most

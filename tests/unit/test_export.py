@@ -33,7 +33,7 @@ def test_build_exports_checked_engines_and_reuses_the_cache(default_model, tmp_p
     engine_dir = build_module.build(default_model, repository).path
     manifest = json.loads((engine_dir / "manifest.json").read_text())
     specs = EngineFolder(engine_dir).specs
-    engines = ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    engines = ["text_encoder", "unet", "vae_decoder", "vae_encoder", "unet_lcm"]
     assert [r["engine"] for r in manifest["engines"]] == list(specs) == engines
     assert all(r["parity"]["relative_error"] <= 1e-3 for r in manifest["engines"])
     for name in specs:

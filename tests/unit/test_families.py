@@ -309,7 +309,8 @@ def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_
     (repository / "unet" / "1" / "model.onnx.data").symlink_to(tmp_path / "gone")  # an earlier engine's weights
     assert (repository / "text_encoder_2" / "config.pbtxt").exists()
     build_module.install(EngineFolder(engine_dir), repository)
-    assert sorted(p.name for p in repository.iterdir()) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    installed = sorted(p.name for p in repository.iterdir())
+    assert installed == ["text_encoder", "unet", "unet_lcm", "vae_decoder", "vae_encoder"]
     assert sorted(p.name for p in (repository / "unet" / "1").iterdir()) == ["memory.json", "model.onnx", "model.py"]
 
 

@@ -68,7 +68,7 @@ def controlled(control_engine_dir):
 def distilled_model(default_model, tmp_path_factory):
     """The default with a distilled UNet beside its own (``unet_lcm/``): its UNet's weights, seeded noise added.
 
-    A stand-in student of the same architecture (the trained one, `easel train lcm`, is not committed yet): what is
+    A stand-in student of the same architecture (the committed one, from `easel train lcm`, is left out): what is
     tested is where its rows go and that they run as diffusers runs an LCM, not what it learned.
     """
     import shutil

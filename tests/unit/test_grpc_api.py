@@ -9,6 +9,7 @@ import pytest
 import yaml
 from ray._common.utils import import_attr
 
+from serve import grpc_api
 from serve.errors import InvalidInput, NotReady
 from serve.grpc_api import easel_pb2, generation_request, vectorize_options
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
@@ -23,6 +24,10 @@ def test_unset_fields_take_the_http_api_s_defaults():
     assert (request.prompt, request.seed, request.n, request.num_inference_steps) == ("a fox", 7, 1, 20)
     assert request.scheduler == "ddim" and request.output_format == "png" and request.size is None
     assert generation_request(easel_pb2.GenerateRequest(prompt="x", seed=0)).seed == 0  # set, though the zero value
+    assert request.approximate_cache is None  # unset: the stack's default for a request without a seed
+    for asked in (True, False):
+        message = easel_pb2.GenerateRequest(prompt="x", approximate_cache=asked)
+        assert generation_request(message).approximate_cache is asked
     options = vectorize_options(easel_pb2.VectorizeRequest(image=b"png", tier="1", validate=True))
     assert options.tier == "1" and options.validate_output is True
 
@@ -64,6 +69,12 @@ def test_adapters_travel_as_the_http_api_s_fields():
     request = generation_request(message)
     assert [(lora.name, lora.scale) for lora in request.loras] == [("style", 0.5), ("line", 1.0)]
     assert request.ip_adapter_image == "cG5nIGJ5dGVz" and request.ip_adapter_scale == {"up": {"block_0": [0, 1, 0]}}
+
+
+def test_the_result_says_the_steps_the_approximate_cache_skipped_only_when_it_was_asked():
+    assert grpc_api.result(3, [], 5).result.steps_skipped == 5
+    assert grpc_api.result(3, [], 0).result.HasField("steps_skipped")  # asked, nothing similar kept
+    assert not grpc_api.result(3, []).result.HasField("steps_skipped")
 
 
 def test_a_failure_sets_the_error_s_status_and_ends_the_call():

@@ -3,7 +3,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from serve.triton.onnx_backend import ShardedSession, run_batched
+from serve.triton.onnx_backend import ShardedSession, graph_input, run_batched
 
 
 def _double_model(path, shards: int = 1) -> ShardedSession:
@@ -57,3 +57,11 @@ def test_a_batch_is_split_into_at_most_shards_slices_in_order(tmp_path, monkeypa
     (y,) = session.run({"x": x})
     np.testing.assert_array_equal(y, x * 2)
     assert sorted(calls, reverse=True) == slices
+
+
+def test_triton_inputs_become_the_graph_s_per_sample_scalars_and_unused_tensors_pass_as_they_are():
+    assert graph_input(np.zeros((3, 1), np.float32), 1).shape == (3,)  # a timestep per row
+    assert graph_input(np.array([[b"a"], [b"b"]], dtype=object), None).shape == (2,)  # a string the model reads
+    assert graph_input(np.zeros((2, 4, 8, 8), np.float32), 4).shape == (2, 4, 8, 8)
+    unused = np.zeros((2, 16, 64), np.float32)  # the text states of a shallow UNet without attention, not exported
+    assert graph_input(unused, None) is unused

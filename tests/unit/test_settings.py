@@ -104,3 +104,19 @@ def test_controlnets_are_repeated_name_equals_folder_options(tmp_path):
     for bad in (["edges"], [f"Edges={tmp_path}"], [f"edges={tmp_path / 'none'}"], [f"a={tmp_path}", f"a={tmp_path}"]):
         with pytest.raises(click.BadParameter):
             _up_options(*[arg for value in bad for arg in ("--controlnet", value)])
+
+
+def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
+    from serve.stack import app_settings
+
+    options = StackOptions(guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0)
+    given = app_settings(options, memory_budget_bytes=123)
+    assert set(given) == set(AppSettings.model_fields)
+    args = AppArgs(engine_dir="engines", triton_grpc_url="this-node", **given)
+    assert (args.guidance_cutoff, args.approximate_cache, args.approximate_similarity, args.max_cost) == (
+        0.5,
+        0.25,
+        0.9,
+        9.0,
+    )
+    assert args.memory_budget_bytes == 123 and args.store_url == options.store

@@ -6,15 +6,16 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -40,9 +41,14 @@ from serve.access import (
     owner_filter,
     request_body,
 )
+from serve.access.keys import ApiKey
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
+from serve.experiments import open_experiment_store
+from serve.experiments.feedback import FeedbackRequest, new_image_id
+from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.experiments.traffic import NO_EXPERIMENT, Assignment, Experiments
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
@@ -249,6 +255,20 @@ class GenerationHeaders:
         self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
 
 
+@contextlib.asynccontextmanager
+async def _variant_measured(assignment: Assignment) -> AsyncIterator[None]:
+    """Count a generation by the model that serves it and the experiment that chose it, and time it."""
+    labels = {"experiment": assignment.label, "variant": assignment.model}
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
+        raise
+    metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
+    metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
+
+
 def _body_hash(request: GenerationRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
@@ -273,6 +293,8 @@ class Gateway:
         adapters: StackAdapters | None = None,
         controlnets: ControlNetSupport | None = None,
         family: type[Family] = Family,
+        experiments: dict[str, ExperimentSpec] | None = None,
+        model_name: str = "easel-default",
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
@@ -285,7 +307,22 @@ class Gateway:
         self.store = open_job_store(store_url)
         open_access(store_url, native_size)
         self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
+        self.model_name = model_name
+        self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
+        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
+            self.experiments.define(name, spec)
         self.runner = JobRunner(self.store, self._run_job).start()
+
+    def _served_models(self) -> frozenset[str]:
+        """The names a request's ``model`` may give (an experiment's variants are among them)."""
+        return frozenset((self.model_name,))
+
+    async def _assignment(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment]:
+        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it."""
+        chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
+        if chosen is None:
+            return request, Assignment(self.model_name)
+        return request.model_copy(update={"model": chosen.model}), chosen
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -325,23 +362,53 @@ class Gateway:
         self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
         self.family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
         self.controlnets.check(request.controlnets)
+        owner = job_owner(caller(http))
         if request.background:
             await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
-            return await self._submit(request, check_idempotency_key(headers.idempotency_key), job_owner(caller(http)))
-        body, answer_headers = await self._answer(request, fresh=headers.fresh)
+            return await self._submit(request, check_idempotency_key(headers.idempotency_key), owner)
+        served, assignment = await self._assignment(request)
+        body, answer_headers = await self._served_answer(served, assignment, owner and owner.key_id, headers.fresh)
         return JSONResponse(body, headers=answer_headers)
 
     async def _submit(self, request: GenerationRequest, key: str | None, owner: Owner | None) -> JSONResponse:
         """Queue ``request`` as ``owner``'s job (its seed drawn now, so a re-run draws the same image).
 
-        An idempotency key is the owner's own: another API key's same key is another job.
+        An idempotency key is the owner's own: another API key's same key is another job. An experiment's variant is
+        chosen now too (the job's request names it) and recorded under the job's id, so feedback can name the job.
         """
-        stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(request)) if key else None
+        request, assignment = await self._assignment(request)
+        stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
+        if created:
+            await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
         self.runner.wake()
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
-        return JSONResponse(job.to_api(), status_code=202, headers=headers)
+        return JSONResponse(job.to_api(), status_code=202, headers=headers | assignment.headers())
+
+    async def _served_answer(
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        owner: str | None,
+        fresh: bool = False,
+        on_step: OnStep | None = None,
+    ) -> tuple[dict, dict]:
+        """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
+
+        Per-variant requests and latency are counted here, whichever door the generation came by.
+        """
+        async with _variant_measured(assignment):
+            body, headers = await self._answer(request, fresh, on_step)
+        ids = await self._image_ids(len(body["data"]), assignment, owner)
+        body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
+        return body | assignment.to_api(), headers | assignment.headers()
+
+    async def _image_ids(self, count: int, assignment: Assignment, owner: str | None) -> list[str]:
+        """Ids for ``count`` images, recorded with what served them (so feedback can name each)."""
+        ids = [new_image_id() for _ in range(count)]
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner)
+        return ids
 
     async def _answer(
         self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
@@ -411,8 +478,10 @@ class Gateway:
             if await asyncio.to_thread(self.store.progress, *args):
                 raise JobCanceled(lease.job_id)
 
+        served = await asyncio.to_thread(self.experiments.store.served, job.id)
+        assignment = Assignment(served.model, served.experiment) if served else Assignment(self.model_name)
         try:
-            body, _ = await self._answer(request, on_step=report)
+            body, _ = await self._served_answer(request, assignment, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)
             if isinstance(cause, JobCanceled | LeaseLost):
@@ -436,6 +505,45 @@ class Gateway:
     async def controlnets_listed(self) -> dict:
         """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
         return {"object": "list", "data": self.controlnets.listing()}
+
+    @api.post("/v1/feedback")
+    async def feedback(self, http: Request, body: FeedbackRequest) -> dict:
+        """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
+
+        It goes to the posterior of the variant that served it, if an experiment chose it; each id counts once (409
+        after). An id the caller's key did not generate is as unknown as one never made (400 naming the field).
+        """
+        return await self._rated(body, caller(http))
+
+    async def _rated(self, feedback: FeedbackRequest, key: ApiKey | None) -> dict:
+        """Feedback taken for ``key`` (it may rate what it generated), and its reward in the per-variant metric."""
+        answer = await asyncio.to_thread(self.experiments.rate, feedback, lambda owner: may_see(key, owner))
+        labels = {"experiment": answer["experiment"] or NO_EXPERIMENT, "variant": answer["model"]}
+        metrics.observe(metrics.VARIANT_REWARD, answer["reward"], **labels)
+        return answer
+
+    @api.get("/v1/experiments")
+    async def experiments_listed(self) -> dict:
+        """Every experiment: its policy, its variants and each variant's posterior (admin)."""
+        return {"object": "list", "data": await asyncio.to_thread(self.experiments.listing)}
+
+    @api.get("/v1/experiments/{name}")
+    async def experiment(self, name: str) -> dict:
+        """One experiment with its variants' posteriors (admin; 404 if there is none)."""
+        return await asyncio.to_thread(self.experiments.describe, name)
+
+    @api.put("/v1/experiments/{name}")
+    async def experiment_defined(self, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec) -> dict:
+        """Create or replace experiment ``name``, a model alias (admin): its variants must be served models.
+
+        Replacing keeps the posteriors of the variants it keeps.
+        """
+        return await asyncio.to_thread(self.experiments.define, name, spec)
+
+    @api.delete("/v1/experiments/{name}")
+    async def experiment_deleted(self, name: str) -> dict:
+        """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
+        return await asyncio.to_thread(self.experiments.delete, name)
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, http: Request, job_id: str) -> dict:
@@ -510,19 +618,35 @@ class Gateway:
         """
         try:
             request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request):
-                stream = self.text_to_image.options(stream=True).generate_stream.remote(request, sent_at=time.time())
-                async for item in stream:
-                    if isinstance(item, Progress):
-                        yield grpc_api.progress(item.step, item.total)
-                        continue
-                    if request.output_format == "svg":
-                        vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
-                        images = [grpc_api.svg_image(r) for r in vectorized]
-                    else:
-                        images = [easel_pb2.Image(data=image) for image in item.images]
-                    yield grpc_api.result(item.seed, images)
+            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
+                request, assignment = await self._assignment(request)
+                async with _variant_measured(assignment):
+                    stream = self.text_to_image.options(stream=True).generate_stream.remote(
+                        request, sent_at=time.time()
+                    )
+                    async for item in stream:
+                        if isinstance(item, Progress):
+                            yield grpc_api.progress(item.step, item.total)
+                            continue
+                        if request.output_format == "svg":
+                            vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
+                            images = [grpc_api.svg_image(r) for r in vectorized]
+                        else:
+                            images = [easel_pb2.Image(data=image) for image in item.images]
+                        ids = await self._image_ids(len(images), assignment, key and key.id)
+                        for image, image_id in zip(images, ids, strict=True):
+                            image.id = image_id
+                        yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment)
         except Exception as error:  # every failure ends the stream with its status code
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
+        """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
+        try:
+            feedback = grpc_api.feedback_request(message)
+            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+                return grpc_api.feedback_reply(await self._rated(feedback, key))
+        except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
@@ -575,4 +699,5 @@ def build_app(args: AppArgs) -> serve.Application:
         adapters,
         engines.controlnets,
         type(engines.family),
+        args.experiments,
     )

@@ -8,6 +8,7 @@ checked by a unit test).
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from collections.abc import Iterator
@@ -104,9 +105,28 @@ class NamedFolder(click.ParamType):
         return name, path
 
 
+class NamedJson(click.ParamType):
+    """``NAME=JSON``: a name and a JSON value (``--experiment 'logo-v={"variants": {"v1": 0.9, "v2": 0.1}}'``)."""
+
+    name = "named json"
+
+    def convert(self, value, param, ctx) -> tuple[str, Any]:
+        """``(name, value)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        name, equals, text = str(value).partition("=")
+        if not equals or not name:
+            self.fail(f"{value!r} is not NAME=JSON", param, ctx)
+        try:
+            return name, json.loads(text)
+        except ValueError as error:
+            self.fail(f"{value!r}: the part after = is not JSON ({error})", param, ctx)
+
+
 SIZE = Size()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
+NAMED_JSON = NamedJson()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 

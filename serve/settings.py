@@ -23,6 +23,7 @@ from serve.cli_options import (
     EXISTING_FOLDER,
     FOLDER,
     NAMED_FOLDER,
+    NAMED_JSON,
     NOT_ON_CLI,
     PORTS,
     SIZE,
@@ -32,6 +33,7 @@ from serve.cli_options import (
     one_line_errors,
 )
 from serve.errors import UnsupportedModel
+from serve.experiments.policy import ExperimentSpec
 from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
@@ -63,6 +65,15 @@ class AppSettings(BaseModel):
     cache_bytes: Annotated[
         int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
     ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
+    experiments: Annotated[
+        dict[str, ExperimentSpec], Cli("--experiment", NAMED_JSON, metavar="NAME=JSON", multiple=True)
+    ] = Field(
+        {},
+        description="An experiment: model alias NAME split among served models by weight, sticky per user "
+        '({"variants": {"v1": 0.9, "v2": 0.1}}), or a Thompson-sampling bandit ({"policy": "bandit", "variants": '
+        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; declared again at each start, its posteriors '
+        "kept).",
+    )
     guidance_cutoff: float = Field(
         NO_CUTOFF,
         gt=0,

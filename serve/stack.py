@@ -240,6 +240,7 @@ class Stack:
             store_url=opts.store,
             cache_bytes=opts.cache_bytes,
             loras_dir=loras_dir,
+            experiments={name: spec.model_dump(mode="json") for name, spec in opts.experiments.items()},
         )
         _deploy(config, timeout_s)
         e = triton

@@ -8,14 +8,16 @@ when it was served through an experiment, and to the per-variant reward metric i
 from __future__ import annotations
 
 import secrets
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, model_validator
 from pydantic_core import PydanticCustomError
 
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{24}$"
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
 RATINGS = (1, 5)
 """A rating's range; rating r is the reward (r - 1) / 4."""
+RATED_BY = (("reward", "number"), ("rating", "integer"))
 
 
 def new_image_id() -> str:
@@ -23,15 +25,25 @@ def new_image_id() -> str:
     return f"img_{secrets.token_hex(12)}"
 
 
+ONE_OF_EACH = [
+    {"oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in ("image_id", "job_id")]},
+    {"oneOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in RATED_BY]},
+]
+"""What the schema states of the two pairs: exactly one of ``image_id`` and ``job_id``, one of ``reward`` and
+``rating``, given (and not null)."""
+
+
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: what is rated (``image_id`` or ``job_id``) and how (``reward`` or ``rating``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"allOf": ONE_OF_EACH})
 
     image_id: str | None = Field(None, pattern=IMAGE_ID_PATTERN, description="An image's id (its data item's id).")
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="A background job's id.")
-    reward: float | None = Field(None, ge=0, le=1, description="The reward, 0 (bad) to 1 (good).")
-    rating: int | None = Field(
+    reward: Annotated[float, Strict()] | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description="The reward, 0 (bad) to 1 (good)."
+    )
+    rating: StrictInt | None = Field(
         None, ge=RATINGS[0], le=RATINGS[1], description="Or a rating of 1 to 5 stars: the reward (rating - 1) / 4."
     )
 

@@ -17,8 +17,9 @@ import random
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 from serve.errors import InvalidInput
@@ -50,7 +51,7 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: Policy = Field(Policy.SPLIT, description="split: by weight, sticky per user; bandit: Thompson sampling.")
-    variants: dict[str, float] | list[str] = Field(
+    variants: dict[str, Annotated[float, Strict()]] | list[str] = Field(
         description='split: served model -> weight, e.g. {"v1": 0.9, "v2": 0.1} (weights > 0, summing to 1); '
         'bandit: the served models it chooses among, e.g. ["v1", "v2"].',
         min_length=1,
@@ -70,9 +71,7 @@ class ExperimentSpec(BaseModel):
                 raise _variants_error(f"weights must sum to 1 (within {WEIGHT_TOLERANCE:g}); they sum to {total:g}")
         else:
             if not isinstance(self.variants, list):
-                raise _variants_error(
-                    "a bandit takes a list of models (its traffic follows the posteriors, not weights)"
-                )
+                raise _variants_error("a bandit takes a list of models (its traffic follows its posteriors)")
             if len(set(self.variants)) != len(self.variants) or len(self.variants) < 2:
                 raise _variants_error("a bandit chooses among at least two different models")
         return self

@@ -24,7 +24,6 @@ class Assignment:
 
     model: str
     experiment: str | None = None
-    policy: Policy | None = None
 
     @property
     def label(self) -> str:
@@ -32,16 +31,13 @@ class Assignment:
         return self.experiment or NO_EXPERIMENT
 
     def headers(self) -> dict[str, str]:
-        """What the answer's headers say of it."""
-        if self.experiment is None:
-            return {}
-        return {"Easel-Experiment": self.experiment, "Easel-Variant": self.model}
+        """What the answer's headers say of it: ``Easel-Model`` (the variant), ``Easel-Experiment`` (the alias)."""
+        return {"Easel-Model": self.model} | ({"Easel-Experiment": self.experiment} if self.experiment else {})
 
     def to_api(self) -> dict:
-        """What the answer's body says of it (``experiment``: null when the model was named directly)."""
-        if self.experiment is None:
-            return {"experiment": None}
-        return {"experiment": {"id": self.experiment, "variant": self.model, "policy": self.policy.value}}
+        """What the answer's body says of it (``experiment``: null when the request named the model itself)."""
+        experiment = {"id": self.experiment, "variant": self.model} if self.experiment else None
+        return {"model": self.model, "experiment": experiment}
 
 
 class Experiments:
@@ -89,7 +85,7 @@ class Experiments:
         if experiment is None:
             return None
         posteriors = self.store.posteriors(model) if experiment.spec.policy is Policy.BANDIT else {}
-        return Assignment(assign(experiment, posteriors, user, self.rng), model, experiment.spec.policy)
+        return Assignment(assign(experiment, posteriors, user, self.rng), model)
 
     def record(self, item_ids: Collection[str], assignment: Assignment, owner: str | None) -> None:
         """Remember what served ``item_ids`` (images, or a job), so feedback can name them."""

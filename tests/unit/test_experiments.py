@@ -118,8 +118,8 @@ def test_a_served_model_or_an_unknown_name_is_no_experiment(experiments):
     assert experiments.assign("v1", "ann") is None and experiments.assign("nothing", "ann") is None
     assert experiments.assign(None, "ann") is None
     assignment = experiments.assign("logo-v", "ann")
-    assert assignment.headers() == {"Easel-Experiment": "logo-v", "Easel-Variant": "v1"}
-    assert assignment.to_api() == {"experiment": {"id": "logo-v", "variant": "v1", "policy": "split"}}
+    assert assignment.headers() == {"Easel-Model": "v1", "Easel-Experiment": "logo-v"}
+    assert assignment.to_api() == {"model": "v1", "experiment": {"id": "logo-v", "variant": "v1"}}
 
 
 def test_admin_operations_list_describe_and_delete(experiments):

@@ -8,7 +8,6 @@ Gateway replica (the default Serve config runs two) reads.
 import time
 
 import grpc
-import httpx
 import pytest
 
 from serve.experiments import open_experiment_store
@@ -35,12 +34,6 @@ def stack(tmp_path_factory):
     )
     with Stack(options) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from serve.errors import InvalidInput
@@ -29,6 +29,10 @@ WEIGHT_TOLERANCE = 1e-6
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """An experiment's name (the alias requests give as ``model``)."""
 MAX_VARIANTS = 16
+
+
+Weights = Annotated[dict[str, Annotated[float, Strict()]], Field(min_length=1, max_length=MAX_VARIANTS)]
+"""A split's variants: served model -> weight."""
 
 
 class Policy(enum.StrEnum):
@@ -51,12 +55,24 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: Policy = Field(Policy.SPLIT, description="split: by weight, sticky per user; bandit: Thompson sampling.")
-    variants: dict[str, Annotated[float, Strict()]] | list[str] = Field(
+    variants: Weights | Annotated[list[str], Field(min_length=1, max_length=MAX_VARIANTS)] = Field(
         description='split: served model -> weight, e.g. {"v1": 0.9, "v2": 0.1} (weights > 0, summing to 1); '
         'bandit: the served models it chooses among, e.g. ["v1", "v2"].',
-        min_length=1,
-        max_length=MAX_VARIANTS,
+        union_mode="left_to_right",
     )
+
+    @field_validator("variants", mode="wrap")
+    @classmethod
+    def _variants_shaped(cls, value, handler):
+        """One refusal naming ``variants`` for a value that is neither shape (not one per shape of the union)."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "variants",
+                f"a mapping of 1 to {MAX_VARIANTS} models to weights (numbers), or a list of 1 to {MAX_VARIANTS} "
+                "models",
+            ) from None
 
     @model_validator(mode="after")
     def _variants_fit_the_policy(self) -> ExperimentSpec:

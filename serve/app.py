@@ -478,8 +478,8 @@ class Gateway:
             if await asyncio.to_thread(self.store.progress, *args):
                 raise JobCanceled(lease.job_id)
 
-        served = await asyncio.to_thread(self.experiments.store.served, job.id)
-        assignment = Assignment(served.model, served.experiment) if served else Assignment(self.model_name)
+        chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
+        assignment = chosen or Assignment(self.model_name)
         try:
             body, _ = await self._served_answer(request, assignment, job.owner, on_step=report)
         except Exception as error:

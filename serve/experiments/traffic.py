@@ -91,6 +91,11 @@ class Experiments:
         """Remember what served ``item_ids`` (images, or a job), so feedback can name them."""
         self.store.record(item_ids, Served(assignment.model, assignment.experiment, owner))
 
+    def served_by(self, item_id: str) -> Assignment | None:
+        """What served ``item_id`` (a job's variant, chosen at submission), or None if nothing was recorded."""
+        served = self.store.served(item_id)
+        return None if served is None else Assignment(served.model, served.experiment)
+
     def rate(self, feedback: FeedbackRequest, may_see: Callable[[str | None], bool]) -> dict:
         """Take a reward for what ``feedback`` names (a 400 naming the field if the caller has served no such id)."""
         field, item_id = feedback.target

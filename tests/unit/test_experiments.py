@@ -166,6 +166,7 @@ def test_feedback_for_an_unknown_or_anothers_image_is_a_400_naming_the_id_and_a_
     image, job = new_image_id(), "job_" + "1" * 24
     experiments.record([image], assignment, owner="key_a")
     experiments.record([job], assignment, owner="key_a")
+    assert experiments.served_by(job) == assignment and experiments.served_by("job_" + "2" * 24) is None
     with pytest.raises(InvalidInput) as unknown:
         experiments.rate(FeedbackRequest(image_id=new_image_id(), reward=1), lambda owner: True)
     assert unknown.value.field == "image_id"

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from build_engines.text_to_image.cli import (
     embedded_option,
@@ -25,6 +26,7 @@ from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
 from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
+from serve.errors import invalid_input
 from serve.observability.cli import dashboards
 from serve.settings import StackOptions, check_model
 from serve.stores import StoreURLError, scheme
@@ -118,7 +120,10 @@ def up(detach: bool, first_request: bool, **settings) -> None:
             IpAdapterFolder.read(values["ip_adapter_dir"]).state_dict()
         if values["store_url"] is not None:
             scheme(values["store_url"])
-        options = StackOptions(**values)
+        try:
+            options = StackOptions(**values)
+        except ValidationError as error:  # e.g. an --experiment whose weights do not sum to 1
+            raise click.ClickException(invalid_input(error).message) from None
         check_exposure(options)
     if detach:
         with one_line_errors(RuntimeError, TimeoutError):

@@ -184,3 +184,31 @@ def test_feedback_for_an_unknown_or_anothers_image_is_a_400_naming_the_id_and_a_
     with pytest.raises(Conflict):
         experiments.rate(FeedbackRequest(image_id=image, reward=0), lambda owner: True)
     assert experiments.describe("logo-v")["posteriors"][assignment.model]["feedback"] == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "says"),
+    [
+        ('logo-v={"variants": {"v1": 0.9, "v2": 0.2}}', "experiments.logo-v.variants: weights must sum to 1"),
+        ("logo-v={nope", "is not JSON"),
+        ('{"variants": {"v1": 1.0}}', "is not NAME=JSON"),
+    ],
+)
+def test_up_refuses_a_malformed_experiment_in_one_line_before_starting(tmp_path, monkeypatch, option, says):
+    from click.testing import CliRunner
+
+    from serve.cli import main
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["up", "--experiment", option, "--no-first-request"])
+    assert result.exit_code in (1, 2) and says in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_stack_options_take_experiments_as_the_cli_and_the_serve_config_give_them():
+    from serve.cli_options import model_values
+    from serve.settings import StackOptions
+
+    pairs = (("a", {"variants": {"v1": 1.0}}), ("b", {"policy": "bandit", "variants": ["v1", "v2"]}))
+    options = StackOptions(**model_values(StackOptions, {"experiments": dict(pairs)}))
+    assert options.experiments["b"].policy is Policy.BANDIT and options.experiments["a"].variants == {"v1": 1.0}

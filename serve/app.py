@@ -54,7 +54,7 @@ from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost
-from serve.routes import BODY_LIMITS, PIPELINES, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
 from serve.settings import AppSettings
 from serve.stores import default_url
 from serve.text_to_image.admission import Limits
@@ -154,8 +154,12 @@ async def _invalid_request(_: Request, exc: RequestValidationError | ValidationE
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _route_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """The framework's own refusals in the one error shape (its headers, e.g. 405's ``Allow``, kept)."""
+async def _route_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The framework's own refusals in the one error shape (its headers kept; 405's ``Allow`` lists every method).
+
+    Starlette's ``Allow`` names the methods of the first route whose path matched; a path several routes share
+    (``/v1/experiments/{name}``: GET, PUT, DELETE) has them all.
+    """
     if exc.status_code == 400 and "parsing the body" in str(exc.detail):
         error = RouteError("body: not readable (invalid UTF-8, nested too deeply, or malformed)", 400, "body")
     elif exc.status_code == 404:
@@ -166,6 +170,8 @@ async def _route_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = RouteError(str(exc.detail), exc.status_code)
     response = error_response(error)
     response.headers.update(exc.headers or {})
+    if exc.status_code == 405 and (methods := allowed_methods(request.url.path)):
+        response.headers["Allow"] = ", ".join(methods)
     return response
 
 

@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from pydantic import BaseModel
+from starlette.routing import compile_path
 
 from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
@@ -112,6 +113,11 @@ PIPELINES = {route.path: route.pipeline for route in ROUTES}
 def route(method: str, path: str) -> Route | None:
     """The route of an operation (``method`` in any case; ``path`` as FastAPI declares it), or None."""
     return next((r for r in ROUTES if r.method == method.lower() and r.path == path), None)
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the API's routes take on a request ``path`` (upper case, sorted; ``Allow`` of a 405)."""
+    return sorted({r.method.upper() for r in ROUTES if compile_path(r.path)[0].match(path)})
 
 
 def rpc_route(rpc: str) -> Route:

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval")
+    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval", "model")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class GenerateRequest(_message.Message):
     CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_CUTOFF_FIELD_NUMBER: _ClassVar[int]
     CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     size: str
@@ -52,7 +53,8 @@ class GenerateRequest(_message.Message):
     controlnets: _containers.RepeatedCompositeFieldContainer[ControlNet]
     guidance_cutoff: float
     cache_interval: int
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ...) -> None: ...
+    model: str
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., model: _Optional[str] = ...) -> None: ...
 
 class Outpaint(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")

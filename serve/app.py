@@ -57,12 +57,10 @@ from serve.jobs.store import LeaseLost
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
 from serve.settings import AppSettings
 from serve.stores import default_url
-from serve.text_to_image.admission import Limits
-from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.families import Family
 from serve.text_to_image.images import decode_images
+from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
@@ -292,42 +290,45 @@ class Gateway:
         self,
         text_to_image: DeploymentHandle,
         vectorizer: DeploymentHandle,
-        engine: str = "",
+        models: ServedModels,
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        native_size: int = 512,
-        adapters: StackAdapters | None = None,
-        controlnets: ControlNetSupport | None = None,
-        family: type[Family] = Family,
         experiments: dict[str, ExperimentSpec] | None = None,
-        model_name: str = "easel-default",
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
-        self.engine = engine
-        self.native_size = native_size
-        self.adapters = adapters or StackAdapters()
-        self.controlnets = controlnets or ControlNetSupport()
-        self.family = family  # the served model's family: what a request may bring
+        self.models = models
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
-        open_access(store_url, native_size)
+        open_access(store_url, models.default.native_size)
         self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
-        self.model_name = model_name
         self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             self.experiments.define(name, spec)
         self.runner = JobRunner(self.store, self._run_job).start()
 
+    def _model(self, request: GenerationRequest) -> ServedModel:
+        """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
+        return self.models.resolve(request.model)
+
+    def _pipeline(self, model: ServedModel) -> DeploymentHandle:
+        """The ``TextToImage`` handle that routes to the replicas serving ``model``."""
+        return self.text_to_image.options(multiplexed_model_id=model.name)
+
     def _served_models(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""
-        return frozenset((self.model_name,))
+        return frozenset(self.models)
 
     async def _assignment(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment]:
-        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it."""
-        chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
+        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it.
+
+        In front of :meth:`_model`: a name that is neither a served model nor an experiment is its 400.
+        """
+        chosen = None
+        if request.model and request.model not in self.models:
+            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
         if chosen is None:
-            return request, Assignment(self.model_name)
+            return request, Assignment(self._model(request).name)
         return request.model_copy(update={"model": chosen.model}), chosen
 
     @api.get("/healthz")
@@ -365,25 +366,32 @@ class Gateway:
 
     async def _generation(self, http: Request, request: GenerationRequest, headers: GenerationHeaders) -> JSONResponse:
         """A generation, whichever route it came by: a job (background) or the answer."""
-        self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
-        self.family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
-        self.controlnets.check(request.controlnets)
+        asked = request
+        request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
+        model = self._model(request)
+        model.check(request)  # an unknown adapter is a 400 now, not a failed job later
         owner = job_owner(caller(http))
         if request.background:
-            await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
-            return await self._submit(request, check_idempotency_key(headers.idempotency_key), owner)
-        served, assignment = await self._assignment(request)
-        body, answer_headers = await self._served_answer(served, assignment, owner and owner.key_id, headers.fresh)
+            await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
+            key = check_idempotency_key(headers.idempotency_key)
+            # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
+            idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
+            return await self._submit(request, assignment, idempotency, owner)
+        body, answer_headers = await self._served_answer(request, assignment, owner and owner.key_id, headers.fresh)
         return JSONResponse(body, headers=answer_headers)
 
-    async def _submit(self, request: GenerationRequest, key: str | None, owner: Owner | None) -> JSONResponse:
+    async def _submit(
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        idempotency: tuple[str, str] | None,
+        owner: Owner | None,
+    ) -> JSONResponse:
         """Queue ``request`` as ``owner``'s job (its seed drawn now, so a re-run draws the same image).
 
-        An idempotency key is the owner's own: another API key's same key is another job. An experiment's variant is
-        chosen now too (the job's request names it) and recorded under the job's id, so feedback can name the job.
+        ``idempotency``: (the key, owner's own, and the body's hash). An experiment's variant is chosen at submission
+        (the job's request names it) and recorded under the job's id, so feedback can name the job.
         """
-        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(request)) if key else None
-        request, assignment = await self._assignment(request)
         stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
         if created:
@@ -424,7 +432,8 @@ class Gateway:
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
-        engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        model = self._model(request)
+        engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
         key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await asyncio.to_thread(self.cache.get, key)
@@ -433,9 +442,9 @@ class Gateway:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
         if on_step is None:
-            result = await self.text_to_image.generate.remote(request, sent_at=time.time())
+            result = await self._pipeline(model).generate.remote(request, sent_at=time.time())
         else:
-            result = await self._generate_reporting(request, on_step)
+            result = await self._generate_reporting(model, request, on_step)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -453,10 +462,14 @@ class Gateway:
             headers["Easel-Cache"] = "miss"
         return body, headers
 
-    async def _generate_reporting(self, request: GenerationRequest, on_step: OnStep) -> EncodedImages:
+    async def _generate_reporting(
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+    ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
-        stream = self.text_to_image.options(stream=True).generate_stream.remote(
-            request, sent_at=time.time(), previews=True
+        stream = (
+            self._pipeline(model)
+            .options(stream=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True)
         )
         try:
             async for item in stream:
@@ -485,7 +498,7 @@ class Gateway:
                 raise JobCanceled(lease.job_id)
 
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
-        assignment = chosen or Assignment(self.model_name)
+        assignment = chosen or Assignment(self._model(request).name)
         try:
             body, _ = await self._served_answer(request, assignment, job.owner, on_step=report)
         except Exception as error:
@@ -505,12 +518,32 @@ class Gateway:
     @api.get("/v1/loras")
     async def loras(self) -> dict:
         """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-        return {"object": "list", "data": self.adapters.listing()}
+        return {"object": "list", "data": self.models.default.adapters.listing()}
 
     @api.get("/v1/controlnets")
     async def controlnets_listed(self) -> dict:
         """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
-        return {"object": "list", "data": self.controlnets.listing()}
+        return {"object": "list", "data": self.models.default.folder.controlnets.listing()}
+
+    @api.get("/v1/models")
+    async def models_listed(self) -> dict:
+        """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
+        loaded = await self._loaded()
+        return {"object": "list", "data": [model.public(loaded[name]) for name, model in self.models.items()]}
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str) -> dict:
+        """One served model, as the list gives it (404 if this stack serves none of that name)."""
+        model = self.models.require(model_id)
+        return model.public((await self._loaded())[model_id])
+
+    async def _loaded(self) -> dict[str, bool]:
+        """Whether each model's engines are all loaded in Triton."""
+        states = await self.text_to_image.ready.remote()
+        return {
+            name: all(states.get(model.triton_name(engine), False) for engine in model.folder.specs)
+            for name, model in self.models.items()
+        }
 
     @api.post("/v1/feedback")
     async def feedback(self, http: Request, body: FeedbackRequest) -> dict:
@@ -625,9 +658,11 @@ class Gateway:
         try:
             request = grpc_api.generation_request(message)
             async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
-                request, assignment = await self._assignment(request)
+                request, assignment = await self._assignment(request)  # an experiment's alias: its variant
+                model = self._model(request)
+                model.check(request)
                 async with _variant_measured(assignment):
-                    stream = self.text_to_image.options(stream=True).generate_stream.remote(
+                    stream = self._pipeline(model).options(stream=True).generate_stream.remote(
                         request, sent_at=time.time()
                     )
                     async for item in stream:
@@ -681,7 +716,12 @@ class Gateway:
 class AppArgs(AppSettings):
     """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
 
-    engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
+    models: dict[str, str] = Field(
+        min_length=1,
+        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
+        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
+        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
+    )
     triton_grpc_url: str = Field(
         description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
     )
@@ -692,18 +732,14 @@ class AppArgs(AppSettings):
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
-    engines = EngineFolder(args.engine_dir)
-    limits = Limits(engines.memory_budget(args.memory_budget_bytes), args.max_cost, 2 * args.max_cost)
-    adapters = StackAdapters(args.loras_dir, engines.adapters.ip_adapter is not None)
+    default = EngineFolder(next(iter(args.models.values())))
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    models = ServedModels.open(args.models, adapters, args.memory_budget_bytes, args.max_cost)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters, args.defaults),
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults),
         Vectorizer.bind(args.triton_grpc_url),
-        engines.key,
+        models,
         args.store,
         args.cache_bytes,
-        engines.family.dims.native_size,
-        adapters,
-        engines.controlnets,
-        type(engines.family),
         args.experiments,
     )

@@ -28,7 +28,7 @@ from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
 from serve.errors import invalid_input
 from serve.observability.cli import dashboards
-from serve.settings import StackOptions, check_model
+from serve.settings import MODEL_OPTION, StackOptions, check_model
 from serve.stores import StoreURLError, scheme
 from serve.triton.spec import Backend
 
@@ -56,7 +56,8 @@ def evaluate() -> None:
 
 
 @main.command()
-@model_options(StackOptions, "model_dir", "repository")
+@MODEL_OPTION
+@model_options(StackOptions, "repository")
 @embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
@@ -114,7 +115,8 @@ def up(detach: bool, first_request: bool, **settings) -> None:
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
         values["prometheus"] = False
     _stop_dead_stack()
-    check_model(values["model_dir"])
+    for model_dir in values["models"].values():
+        check_model(model_dir)
     with one_line_errors(IpAdapterError, StoreURLError, OpenToTheNetwork):
         if values["ip_adapter_dir"] is not None:  # one without its weights or image encoder: refused now
             IpAdapterFolder.read(values["ip_adapter_dir"]).state_dict()

@@ -86,22 +86,55 @@ class IntList(click.ParamType):
         return ",".join(map(str, numbers))
 
 
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+"""A name that names Triton models and files (a ControlNet's, a served model's)."""
+NAME_RULE = "lower case letters, digits, - and _ (at most 32, the first a letter or digit)"
+
+
 class NamedFolder(click.ParamType):
-    """``NAME=DIR``: a name (lower case letters, digits, ``-``, ``_``: it names a Triton model) and a folder."""
+    """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder."""
 
     name = "named folder"
-    _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
     def convert(self, value, param, ctx) -> tuple[str, Path]:
         """``(name, folder)`` of ``value`` (a pair passes through)."""
         if isinstance(value, tuple):
             return value
         name, equals, folder = str(value).partition("=")
-        if not equals or not self._NAME.match(name):
-            self.fail(f"{value!r} is not NAME=DIR with NAME of lower case letters, digits, - and _", param, ctx)
+        if not equals or not NAME.match(name):
+            self.fail(f"{value!r} is not NAME=DIR with NAME of {NAME_RULE}", param, ctx)
+        return name, self._folder(value, folder, param, ctx)
+
+    def _folder(self, value, folder: str, param, ctx) -> Path:
         path = Path(folder)
         if not path.is_dir():
             self.fail(f"{value!r}: {folder} is not a folder", param, ctx)
+        return path
+
+
+class ModelFolder(NamedFolder):
+    """A served model: ``NAME=DIR``, ``DIR`` (named after the folder) or ``NAME`` alone for an embedded model.
+
+    ``embedded``: the names that stand alone for an embedded model (its folder None: the stack makes it).
+    """
+
+    name = "model folder"
+
+    def __init__(self, embedded: tuple[str, ...]) -> None:
+        self.embedded = embedded
+
+    def convert(self, value, param, ctx) -> tuple[str, Path | None]:
+        """``(name, folder)`` of ``value``; ``(name, None)`` for an embedded model."""
+        if isinstance(value, tuple):
+            return value
+        if "=" in str(value):
+            return super().convert(value, param, ctx)
+        if value in self.embedded and not Path(value).is_dir():
+            return value, None
+        path = self._folder(value, value, param, ctx)
+        name = path.resolve().name.lower()
+        if not NAME.match(name):
+            self.fail(f"{value!r}: the folder's name cannot name a model ({NAME_RULE}); give NAME={value}", param, ctx)
         return name, path
 
 

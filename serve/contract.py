@@ -124,6 +124,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
+        ("model",),
+        "unknown model",
+        "a model GET /v1/models lists (absent: the stack's default model)",
+        "the models are the stack's, `easel up --model NAME=DIR`",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
         ("loras.*.name",),
         "LoRA adapter",
         "each name is an adapter GET /v1/loras lists as ready",

@@ -89,6 +89,8 @@ ROUTES = (
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
     Route("get", "/v1/controlnets", Scope.GENERATE),
+    Route("get", "/v1/models", Scope.GENERATE),
+    Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
@@ -28,12 +28,13 @@ from serve.cli_options import (
     PORTS,
     SIZE,
     Cli,
+    ModelFolder,
     markdown_table,
     model_options,
     one_line_errors,
 )
-from serve.errors import UnsupportedModel
-from serve.experiments.policy import ExperimentSpec
+from serve.errors import InvalidInput, UnsupportedModel
+from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
@@ -43,6 +44,8 @@ from serve.text_to_image.guidance import NO_CUTOFF
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+DEFAULT_MODEL = "easel-default"
+"""The name the embedded default model is served under."""
 
 
 class AppSettings(BaseModel):
@@ -96,11 +99,17 @@ class AppSettings(BaseModel):
 class StackOptions(AppSettings):
     """What ``easel up`` starts, and where."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not the default silently
+
     host: str = Field("127.0.0.1", description="Address of the public API.")
     port: Port = Field(8000, description="Port of the public API (0: a free port).")
-    model_dir: Annotated[Path | None, Cli("--model", EXISTING_FOLDER)] = Field(
-        None,
-        description="Local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline). Default: embedded.",
+    models: Annotated[
+        dict[str, Path | None], Cli("--model", ModelFolder((DEFAULT_MODEL,)), metavar="[NAME=]DIR", multiple=True)
+    ] = Field(
+        {},
+        description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline) served as model NAME "
+        "(repeatable: a request's `model` picks one, the first is the default; DIR alone: named after its folder; "
+        f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`.",
     )
     repository: Annotated[Path, Cli(type=FOLDER)] = Field(MODEL_REPOSITORY, description="Triton model repository.")
     serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
@@ -160,6 +169,26 @@ class StackOptions(AppSettings):
         """The store's URL: ``store_url``, or the embedded default in ``run_dir``."""
         return self.store_url or default_url(self.run_dir)
 
+    @model_validator(mode="after")
+    def _experiments_name_served_models(self) -> StackOptions:
+        """An ``--experiment`` whose variants are not all served models, or whose name is one, is refused now."""
+        for name, spec in self.experiments.items():
+            try:
+                Experiment(name, spec).check(self.served)
+            except InvalidInput as error:
+                raise ValueError(f"experiment {name!r}: {error.message}") from None
+        return self
+
+    @property
+    def served(self) -> dict[str, Path | None]:
+        """The models to serve by name, the default first (a folder None: the embedded model)."""
+        return dict(self.models) or {DEFAULT_MODEL: None}
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The default model's folder (None: the embedded model)."""
+        return next(iter(self.served.values()))
+
 
 README = PROJECT_ROOT / "README.md"
 TABLE_START = "<!-- `easel up` options: generated from serve.settings.StackOptions by `python -m serve.settings` -->"
@@ -184,6 +213,12 @@ def write_readme_table(path: Path = README) -> None:
 
 if __name__ == "__main__":
     write_readme_table()
+
+
+MODEL_OPTION = click.option(
+    "--model", "model_dir", type=EXISTING_FOLDER, help="Local diffusers model folder. Default: the embedded model."
+)
+"""The one model folder of a command that takes one (``easel build``, the benchmarks)."""
 
 
 def check_model(model_dir: Path | None) -> None:

@@ -39,6 +39,7 @@ from serve.processes.signals import children_paused, stop_stack_processes, termi
 from serve.settings import StackOptions
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 from serve.triton.server import TritonServer
@@ -154,9 +155,10 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
-def triton_models(engines: EngineFolder, vectorize: bool) -> list:
+def triton_models(models: ServedModels, vectorize: bool) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
-    return list(engines.specs.values()) + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
+    specs = [spec for model in models.values() for spec in model.triton_specs()]
+    return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
 def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
@@ -187,26 +189,28 @@ class Stack:
         self.prometheus: PrometheusServer | None = None
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
-        self.memory_budget_bytes: int | None = None  # resolved at start
-        self.engines: EngineFolder | None = None  # the text-to-image engines served, once built
+        self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
+        self.engines: EngineFolder | None = None  # the default model's engines, once built
+        self.models: ServedModels | None = None  # every served model, once built
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
-        from build_engines.text_to_image.adapters import AdapterBuild
-        from build_engines.text_to_image.build import build
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
-        adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
-        self.engines = engines = build(
-            opts.model_dir, opts.repository, adapters=adapters, controlnets=opts.controlnets, step_cache=opts.step_cache
-        )
+        engine_dirs = self._build_models()
+        self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
+        self.models = ServedModels.open(engine_dirs)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
-        models, pools = triton_models(engines, vectorize), {engines.key: engines.pool(self.memory_budget_bytes)}
+        pools = {
+            name: model.folder.pool(model.folder.memory_budget(opts.memory_budget_bytes), model.prefix)
+            for name, model in self.models.items()
+        }
+        models = triton_models(self.models, vectorize)
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
@@ -233,9 +237,9 @@ class Stack:
             port,
             grpc_port,
             on_cluster=opts.address is not None,
-            engine_dir=str(engines.path),
+            models=engine_dirs,
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
-            memory_budget_bytes=self.memory_budget_bytes,
+            memory_budget_bytes=opts.memory_budget_bytes,
             max_cost=opts.max_cost,
             store_url=opts.store,
             cache_bytes=opts.cache_bytes,
@@ -273,6 +277,27 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+    def _build_models(self) -> dict[str, str]:
+        """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.
+
+        The default model (the first) is built with the stack's adapters, ControlNets and step caching.
+        """
+        from build_engines.text_to_image.adapters import AdapterBuild
+        from build_engines.text_to_image.build import build
+
+        opts = self.options
+        built = {}
+        for index, (name, model_dir) in enumerate(opts.served.items()):
+            default = index == 0
+            extras = {}
+            if default:
+                adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
+                extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
+            logger.info("model %s: %s", name, model_dir or "embedded")
+            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
+            built[name] = str(folder.path)
+        return built
 
     def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""
@@ -573,7 +598,7 @@ def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **o
         **{
             "port": 0,
             "dashboard": False,
-            "model_dir": model_dir,
+            "models": {"model": model_dir} if model_dir is not None else {},
             "repository": folder / "model_repository",
             "run_dir": folder,
             "cache_bytes": 0,

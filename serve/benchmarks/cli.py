@@ -10,9 +10,8 @@ import click
 from build_engines.text_to_image.cli import embedded_option
 from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
-from serve.settings import StackOptions, check_model
+from serve.settings import MODEL_OPTION, StackOptions, check_model
 
-model_option = model_options(StackOptions, "model_dir")
 memory_budget_option = model_options(StackOptions, "memory_budget_bytes")
 
 
@@ -57,7 +56,7 @@ def bench() -> None:
     "first request, throughput with one adapter vs mixed adapters, and the engines' cost per row (with --model: the "
     "engines' costs only, in-process).",
 )
-@model_option
+@MODEL_OPTION
 def bench_generate(
     embedded: str,
     steps: int,
@@ -122,7 +121,7 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
 
 
 @bench.command("model")
-@model_option
+@MODEL_OPTION
 @embedded_option("Embedded model to serve when --model is not given.")
 @click.option("--sizes", type=INT_LIST, default="512", show_default=True, help="Image sides, run in ascending order.")
 @click.option("--steps", default=10, show_default=True)
@@ -152,7 +151,7 @@ def bench_model(
 
 
 @bench.command("tiles")
-@model_option
+@MODEL_OPTION
 @embedded_option("Embedded model to use when --model is not given.")
 @click.option("--size", default=512, show_default=True, help="Image side.")
 @click.option("--steps", default=4, show_default=True)

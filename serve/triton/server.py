@@ -168,7 +168,7 @@ class TritonServer:
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
             "--model-control-mode=explicit",
-            "--load-model=*",
+            *(f"--load-model={name}" for name in self.models),  # the stack's: not whatever else the folder holds
             f"--http-address={e.host}",
             f"--http-port={e.http_port}",
             f"--grpc-address={e.host}",

@@ -190,6 +190,7 @@ def test_feedback_for_an_unknown_or_anothers_image_is_a_400_naming_the_id_and_a_
     ("option", "says"),
     [
         ('logo-v={"variants": {"v1": 0.9, "v2": 0.2}}', "experiments.logo-v.variants: weights must sum to 1"),
+        ('logo-v={"variants": {"easel-default": 0.5, "v2": 0.5}}', "v2 not served (served models: easel-default)"),
         ("logo-v={nope", "is not JSON"),
         ('{"variants": {"v1": 1.0}}', "is not NAME=JSON"),
     ],
@@ -205,10 +206,17 @@ def test_up_refuses_a_malformed_experiment_in_one_line_before_starting(tmp_path,
     assert "Traceback" not in result.output
 
 
-def test_stack_options_take_experiments_as_the_cli_and_the_serve_config_give_them():
-    from serve.cli_options import model_values
+def test_stack_options_take_experiments_over_their_served_models(tmp_path):
     from serve.settings import StackOptions
 
-    pairs = (("a", {"variants": {"v1": 1.0}}), ("b", {"policy": "bandit", "variants": ["v1", "v2"]}))
-    options = StackOptions(**model_values(StackOptions, {"experiments": dict(pairs)}))
+    models = {"v1": tmp_path, "v2": tmp_path}
+    pairs = {"a": {"variants": {"v1": 1.0}}, "b": {"policy": "bandit", "variants": ["v1", "v2"]}}
+    options = StackOptions(models=models, experiments=pairs)
     assert options.experiments["b"].policy is Policy.BANDIT and options.experiments["a"].variants == {"v1": 1.0}
+    for name, spec, says in [
+        ("a", {"variants": {"v1": 0.5, "v3": 0.5}}, "v3 not served"),
+        ("v1", {"variants": {"v2": 1.0}}, "is a served model"),
+    ]:
+        with pytest.raises(ValidationError) as refused:
+            StackOptions(models=models, experiments={name: spec})
+        assert says in invalid_input(refused.value).message

@@ -85,8 +85,8 @@ def test_sizes_and_port_lists_parse_and_read_back():
 
 def test_the_store_defaults_to_the_run_folder_s_file(tmp_path):
     assert StackOptions(run_dir=tmp_path).store == default_url(tmp_path)
-    assert AppArgs(engine_dir="e", triton_grpc_url="t").store == default_url()
-    assert AppArgs(engine_dir="e", triton_grpc_url="t", store_url="redis://r:1/0").store == "redis://r:1/0"
+    assert AppArgs(models={"m": "e"}, triton_grpc_url="t").store == default_url()
+    assert AppArgs(models={"m": "e"}, triton_grpc_url="t", store_url="redis://r:1/0").store == "redis://r:1/0"
 
 
 def test_easel_help_imports_neither_torch_nor_ray():

@@ -66,6 +66,17 @@ class AppSettings(BaseModel):
     cache_bytes: Annotated[
         int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
     ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
+    model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
+        None,
+        gt=0,
+        description="Memory the loaded models' weights may use together, out of the memory budget (default: every "
+        "model's: all stay loaded). A request for a model that does not fit waits while the least recently used "
+        "models with no request in flight are unloaded and it is loaded; the rest of the budget is one activation "
+        "pool for all models.",
+    )
+    pin: Annotated[tuple[str, ...], Cli(metavar="NAME", multiple=True)] = Field(
+        (), description="A model that stays loaded whatever else is asked (repeatable)."
+    )
     guidance_cutoff: float = Field(
         NO_CUTOFF,
         gt=0,

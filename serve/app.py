@@ -6,12 +6,12 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated
 
@@ -61,6 +61,7 @@ from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage,
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.models import ServedModel, ServedModels
+from serve.text_to_image.residency import ModelResidency
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
@@ -259,7 +260,7 @@ class GenerationHeaders:
         self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
 
 
-@contextlib.asynccontextmanager
+@asynccontextmanager
 async def _variant_measured(assignment: Assignment) -> AsyncIterator[None]:
     """Count a generation by the model that serves it and the experiment that chose it, and time it."""
     labels = {"experiment": assignment.label, "variant": assignment.model}
@@ -290,6 +291,7 @@ class Gateway:
         self,
         text_to_image: DeploymentHandle,
         vectorizer: DeploymentHandle,
+        residency: DeploymentHandle,
         models: ServedModels,
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
@@ -297,6 +299,7 @@ class Gateway:
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
+        self.residency = residency
         self.models = models
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
@@ -331,6 +334,18 @@ class Gateway:
             return request, Assignment(self._model(request).name)
         return request.model_copy(update={"model": chosen.model}), chosen
 
+    @asynccontextmanager
+    async def _loaded_for(self, model: ServedModel) -> AsyncIterator[dict]:
+        """``model`` loaded in Triton, and kept loaded, while the block runs; yields the answer's headers about it.
+
+        A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
+        """
+        waited = await self.residency.begin.remote(model.name)
+        try:
+            yield {"Easel-Model": model.name} | ({"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {})
+        finally:
+            await self.residency.end.remote(model.name)
+
     @api.get("/healthz")
     async def healthz(self) -> dict:
         """Alive: the HTTP path through Ray Serve works."""
@@ -338,8 +353,8 @@ class Gateway:
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
-        """Ready: every Triton model the pipelines need is loaded (503 with Retry-After if not)."""
-        states = await self.text_to_image.ready.remote()
+        """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
+        states = await self.text_to_image.ready.remote(await self.residency.loaded.remote())
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
         return {"status": "ready", "models": {**states, **vectorize}}
@@ -441,10 +456,11 @@ class Gateway:
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
-        if on_step is None:
-            result = await self._pipeline(model).generate.remote(request, sent_at=time.time())
-        else:
-            result = await self._generate_reporting(model, request, on_step)
+        async with self._loaded_for(model) as model_headers:
+            if on_step is None:
+                result = await self._pipeline(model).generate.remote(request, sent_at=time.time())
+            else:
+                result = await self._generate_reporting(model, request, on_step)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -454,7 +470,7 @@ class Gateway:
         else:
             data = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
-        headers = {"Easel-Seed": str(result.seed)}
+        headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         if key is not None:
@@ -538,10 +554,11 @@ class Gateway:
         return model.public((await self._loaded())[model_id])
 
     async def _loaded(self) -> dict[str, bool]:
-        """Whether each model's engines are all loaded in Triton."""
-        states = await self.text_to_image.ready.remote()
+        """Whether each model is loaded (its engines all ready in Triton)."""
+        loaded = await self.residency.loaded.remote()
+        states = await self.text_to_image.ready.remote(loaded)
         return {
-            name: all(states.get(model.triton_name(engine), False) for engine in model.folder.specs)
+            name: name in loaded and all(states.get(t, False) for t in model.triton_names())
             for name, model in self.models.items()
         }
 
@@ -661,17 +678,15 @@ class Gateway:
                 request, assignment = await self._assignment(request)  # an experiment's alias: its variant
                 model = self._model(request)
                 model.check(request)
-                async with _variant_measured(assignment):
-                    stream = self._pipeline(model).options(stream=True).generate_stream.remote(
-                        request, sent_at=time.time()
-                    )
-                    async for item in stream:
+                async with self._loaded_for(model), _variant_measured(assignment):
+                    stream = self._pipeline(model).options(stream=True).generate_stream
+                    async for item in stream.remote(request, sent_at=time.time()):
                         if isinstance(item, Progress):
                             yield grpc_api.progress(item.step, item.total)
                             continue
                         if request.output_format == "svg":
-                            vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
-                            images = [grpc_api.svg_image(r) for r in vectorized]
+                            tier = request.vectorize_tier or Tier.AUTO
+                            images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
                         else:
                             images = [easel_pb2.Image(data=image) for image in item.images]
                         ids = await self._image_ids(len(images), assignment, key and key.id)
@@ -728,16 +743,26 @@ class AppArgs(AppSettings):
     loras_dir: str | None = Field(
         None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
     )
+    triton_http_url: str | None = Field(
+        None,
+        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
+        "environment); None: every model stays loaded.",
+    )
+    parked_path: str | None = Field(
+        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
+    )
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
     adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
-    models = ServedModels.open(args.models, adapters, args.memory_budget_bytes, args.max_cost)
+    models = ServedModels.open(args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes)
+    residency = ModelResidency.bind(models, models.room_bytes, args.pin, args.triton_http_url, args.parked_path)
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults),
         Vectorizer.bind(args.triton_grpc_url),
+        residency,
         models,
         args.store,
         args.cache_bytes,

@@ -109,6 +109,7 @@ def up(detach: bool, first_request: bool, **settings) -> None:
     from serve.observability.prometheus import PROMETHEUS_BINARY
     from serve.stack import OpenToTheNetwork, Stack, check_exposure, start_detached
     from serve.triton.memory import MemoryBudgetTooSmall
+    from serve.triton.residency import DoesNotFit
 
     values = model_values(StackOptions, settings)
     if values["prometheus"] and not PROMETHEUS_BINARY.exists():
@@ -139,7 +140,8 @@ def up(detach: bool, first_request: bool, **settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        with one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget"):
+        budget = one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget")
+        with one_line_errors(DoesNotFit), budget:
             info = stack.start()
         stack.write_state()
         _print_endpoints(info)

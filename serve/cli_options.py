@@ -173,7 +173,7 @@ class Cli:
     ``default``: the command's default where it is not the field's (``easel up`` listens on fixed ports; a stack
     started in-process, free ones). ``off``: a flag that sets the setting to ``off_value`` (``--no-cache``).
     ``deprecated``: old spellings still taken, left out of ``--help``. ``multiple``: the option repeats, each a
-    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``).
+    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``) or, for a tuple, one of its items (``--pin``).
     """
 
     flag: str | None = None
@@ -260,7 +260,7 @@ def field_options(model: type[BaseModel], name: str) -> list:
                 default=(),
                 metavar=cli.metavar,
                 help=field.description,
-                callback=_mapping,
+                callback=_mapping if get_origin(_bare(field.annotation)) is dict else None,
             )
         ]
     else:

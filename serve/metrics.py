@@ -203,6 +203,17 @@ ADAPTER_RESIDENT = MetricSpec(
 ADAPTER_RESIDENT_BYTES = MetricSpec(
     "easel_adapter_resident_bytes", "gauge", "Bytes of LoRA adapters held.", ("model", "instance"), (), "triton"
 )
+MODEL_LOAD_SECONDS = MetricSpec(
+    "easel_model_load_seconds",
+    "histogram",
+    "Seconds a request waited for its model to load into Triton (a cold model's first requests).",
+    ("model",),
+    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+MODEL_UNLOADS = MetricSpec(
+    "easel_model_unloads", "counter", "Served models unloaded from Triton to make room for another.", ("model",)
+)
+MODELS_LOADED = MetricSpec("easel_models_loaded", "gauge", "Served models whose engines are loaded in Triton.")
 
 ALL = (
     HTTP_REQUESTS,
@@ -230,6 +241,9 @@ ALL = (
     ADAPTER_EVICTIONS,
     ADAPTER_RESIDENT,
     ADAPTER_RESIDENT_BYTES,
+    MODEL_LOAD_SECONDS,
+    MODEL_UNLOADS,
+    MODELS_LOADED,
 )
 
 _made: dict[str, object] = {}

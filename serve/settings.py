@@ -77,6 +77,17 @@ class AppSettings(BaseModel):
         '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; declared again at each start, its posteriors '
         "kept).",
     )
+    model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
+        None,
+        gt=0,
+        description="Memory the loaded models' weights may use together, out of the memory budget (default: every "
+        "model's: all stay loaded). A request for a model that does not fit waits while the least recently used "
+        "models with no request in flight are unloaded and it is loaded; the rest of the budget is one activation "
+        "pool for all models.",
+    )
+    pin: Annotated[tuple[str, ...], Cli(metavar="NAME", multiple=True)] = Field(
+        (), description="A model that stays loaded whatever else is asked (repeatable)."
+    )
     guidance_cutoff: float = Field(
         NO_CUTOFF,
         gt=0,

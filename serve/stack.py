@@ -42,12 +42,14 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
-from serve.triton.server import TritonServer
+from serve.triton.residency import Residency, write_parked
+from serve.triton.server import CONTROL_KEY_ENV, TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+PARKED_FILE = "parked-models.json"
 
 # Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
 # on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
@@ -203,14 +205,13 @@ class Stack:
         engine_dirs = self._build_models()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
-        self.models = ServedModels.open(engine_dirs)
+        served = ServedModels.open(engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes)
+        self.models = served
         vectorize = install_vectorize(opts.repository)
-        self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
-        pools = {
-            name: model.folder.pool(model.folder.memory_budget(opts.memory_budget_bytes), model.prefix)
-            for name, model in self.models.items()
-        }
-        models = triton_models(self.models, vectorize)
+        self.memory_budget_bytes = served.room_bytes + served.activation_bytes
+        pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
+        models = triton_models(served, vectorize)
+        parked = self._park(served) if opts.address is None else None
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
@@ -219,8 +220,10 @@ class Stack:
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
+                parked=parked,
             ).start()
             self.supervisor.watch(self.triton.managed, self.triton.check)
+            os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         with _sigterm_kept():  # ray.init installs its own handler
@@ -239,7 +242,11 @@ class Stack:
             on_cluster=opts.address is not None,
             models=engine_dirs,
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
-            memory_budget_bytes=opts.memory_budget_bytes,
+            triton_http_url=None if opts.address else triton.http_url,
+            parked_path=str(parked) if parked else None,
+            model_weights_bytes=served.room_bytes,
+            pin=list(opts.pin),
+            memory_budget_bytes=self.memory_budget_bytes,
             max_cost=opts.max_cost,
             store_url=opts.store,
             cache_bytes=opts.cache_bytes,
@@ -277,6 +284,19 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+    def _park(self, served: ServedModels) -> Path:
+        """Decide which models Triton loads at start (the pinned, then in order while their weights fit the room).
+
+        Writes the others' Triton models to the file the supervisor and the residency read; returns its path.
+        """
+        weights = {name: model.folder.weights_bytes for name, model in served.items()}
+        loaded = Residency(weights, served.room_bytes, frozenset(self.options.pin)).fill(served)
+        path = self.options.run_dir / PARKED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_parked(path, [t for name, model in served.items() if name not in loaded for t in model.triton_names()])
+        logger.info("models loaded at start: %s (weights room %.2f GiB)", ", ".join(loaded), served.room_bytes / 2**30)
+        return path
 
     def _build_models(self) -> dict[str, str]:
         """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.

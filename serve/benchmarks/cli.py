@@ -181,6 +181,20 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
     click.echo(run_benchmark(settings, out))
 
 
+@bench.command("models")
+@click.option("--size", default=64, show_default=True, help="Image side of every request.")
+@click.option("--steps", default=4, show_default=True, help="Steps of every request.")
+@click.option("--requests", default=48, show_default=True, help="Requests per spread (1, 2, 3 models).")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cold-rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Cold loads per model.")
+@out_option("out/bench_models.json")
+def bench_models(size: int, steps: int, requests: int, concurrency: int, cold_rounds: int, out: Path) -> None:
+    """Several models in one stack: cold-load time per family, and throughput spread over 1, 2 and 3 models."""
+    from serve.benchmarks.models import ModelsSettings, run_benchmark
+
+    click.echo(run_benchmark(ModelsSettings(size, steps, requests, concurrency, cold_rounds), out))
+
+
 @bench.command("vectorize")
 @images_option
 @click.option("--size", default=512, show_default=True, help="Longest side the icons are resized to.")

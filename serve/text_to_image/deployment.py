@@ -227,9 +227,9 @@ class TextToImage:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
 
-    async def ready(self) -> dict[str, bool]:
-        """Readiness of each Triton model this deployment needs."""
-        names = (model.triton_name(engine) for model in self.models.values() for engine in model.folder.specs)
+    async def ready(self, models: list[str]) -> dict[str, bool]:
+        """Readiness of each Triton model of ``models`` (served model names)."""
+        names = (name for model in models for name in self.models[model].triton_names())
         return await self.triton.models_ready(tuple(names))
 
     async def check_health(self) -> None:

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field, replace
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import InvalidInput, NotFound
-from serve.text_to_image.admission import Limits
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
+from serve.triton.activations import PoolSpec
+from serve.triton.memory import default_memory_budget
 from serve.triton.spec import ModelSpec
 
 
@@ -40,7 +42,7 @@ class ServedModel:
     folder: EngineFolder
     prefix: str = ""
     adapters: StackAdapters = field(default_factory=StackAdapters)
-    limits: Limits | None = None
+    limits: Limits = field(default_factory=lambda: Limits(0))
 
     @property
     def key(self) -> str:
@@ -55,6 +57,10 @@ class ServedModel:
     def triton_name(self, engine: str) -> str:
         """The Triton model that serves its engine ``engine``."""
         return f"{self.prefix}{engine}"
+
+    def triton_names(self) -> tuple[str, ...]:
+        """Its engines' Triton model names."""
+        return tuple(self.triton_name(engine) for engine in self.folder.specs)
 
     def triton_specs(self) -> list[ModelSpec]:
         """Its engines' specs under their Triton names (what the repository holds and the server watches)."""
@@ -89,10 +95,12 @@ class ServedModel:
 class ServedModels(Mapping[str, ServedModel]):
     """The stack's models in the order given; the first is the default."""
 
-    def __init__(self, models: Mapping[str, ServedModel]) -> None:
+    def __init__(self, models: Mapping[str, ServedModel], room_bytes: int = 0, activation_bytes: int = 0) -> None:
         if not models:
             raise ValueError("a stack serves at least one model")
         self._models = dict(models)
+        self.room_bytes = room_bytes  # what the loaded models' weights may use together
+        self.activation_bytes = activation_bytes  # the one activation pool every model's engines share
 
     @classmethod
     def open(
@@ -100,22 +108,31 @@ class ServedModels(Mapping[str, ServedModel]):
         engine_dirs: Mapping[str, str],
         adapters: StackAdapters | None = None,
         memory_budget_bytes: int | None = None,
-        max_cost: float | None = None,
+        max_cost: float = DEFAULT_MAX_COST,
+        room_bytes: int | None = None,
     ) -> ServedModels:
         """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: the default's.
 
-        Each model's admission limits come from ``memory_budget_bytes`` (None: its engines' default) and ``max_cost``.
+        One memory budget for all: ``room_bytes`` for the loaded models' weights (None: every model's, so all stay
+        loaded) and the rest of ``memory_budget_bytes`` (None: the default for that room) one activation pool that
+        every model's engines share. Each model's admission counts its own weights and that pool. Raises
+        :class:`~serve.triton.memory.MemoryBudgetTooSmall` when the pool cannot run some model at all.
         """
+        folders = {check_name(name): EngineFolder(path) for name, path in engine_dirs.items()}
+        room = room_bytes or sum(folder.weights_bytes for folder in folders.values())
+        activations = (memory_budget_bytes or default_memory_budget(room)) - room
         models = {}
-        for index, (name, path) in enumerate(engine_dirs.items()):
-            check_name(name)
-            folder = EngineFolder(path)
-            limits = None
-            if max_cost is not None:
-                limits = Limits(folder.memory_budget(memory_budget_bytes), max_cost, 2 * max_cost)
+        for index, (name, folder) in enumerate(folders.items()):
+            limits = Limits(activations + folder.weights_bytes, max_cost, 2 * max_cost)
+            folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
             own = (adapters or StackAdapters()) if index == 0 else StackAdapters()
             models[name] = ServedModel(name, folder, cls.prefix(name, index == 0), own, limits)
-        return cls(models)
+        return cls(models, room, activations)
+
+    def pool(self) -> PoolSpec:
+        """The activation pool Triton's stubs of every model's engines reserve their runs from."""
+        engines = (model.triton_name(engine) for model in self.values() for engine in model.folder.memory_models)
+        return PoolSpec(self.activation_bytes, tuple(engines))
 
     @staticmethod
     def prefix(name: str, default: bool) -> str:

@@ -1,15 +1,19 @@
 """Three models in one stack (the embedded default, a second tiny SD and the tiny SDXL): each request's `model` picks
-one, each image is that model's (parity with diffusers), OpenAI's client lists them, an unknown one is a 400."""
+one, each image is that model's (parity with diffusers), OpenAI's client lists them, an unknown one is a 400.
 
-import json
+The room for weights holds two of the three: a cold model loads on demand and the least recently used one with no
+request in flight is unloaded for it; no request fails meanwhile.
+"""
+
 import logging
-import shutil
+import time
 
 import grpc
 import httpx
 import openai
 import pytest
 
+from build_engines.text_to_image.default_model import schedule_variant
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
@@ -22,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
+ROOM = 480 << 20
+"""Weights of two of the three (each measured at 200-250 MB as served), not of all three."""
+LOAD_SECONDS = "Easel-Model-Load-Seconds"
 BODY = {
     "prompt": "a red heart icon",
     "size": "64x64",
@@ -35,13 +42,7 @@ BODY = {
 @pytest.fixture(scope="module")
 def second_sd(default_model, tmp_path_factory):
     """A second SD model: the embedded default with another noise schedule (so its images differ, its engines too)."""
-    folder = tmp_path_factory.mktemp("second-sd") / "model"
-    shutil.copytree(default_model, folder)
-    config_path = folder / "scheduler" / "scheduler_config.json"
-    config = json.loads(config_path.read_text())
-    config["beta_end"] = 0.02
-    config_path.write_text(json.dumps(config))
-    return folder
+    return schedule_variant(default_model, tmp_path_factory.mktemp("second-sd") / "model")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,7 @@ def stack(second_sd, tiny_xl_model, tmp_path_factory):
         port=0,
         dashboard=False,
         models={DEFAULT_MODEL: None, SD: second_sd, XL: tiny_xl_model},
+        model_weights_bytes=ROOM,
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
@@ -91,12 +93,46 @@ def test_the_openai_client_lists_every_model_with_its_family(stack, api):
     assert [model.id for model in listed] == list(MODELS)  # the default first
     assert all(model.object == "model" and model.owned_by == "easel" and model.created > 0 for model in listed)
     xl = api.get("/v1/models/xl").json()
-    assert (xl["family"], xl["loaded"], xl["native_size"], xl["controlnets"]) == ("sdxl", True, "256x256", [])
+    assert (xl["family"], xl["loaded"], xl["native_size"], xl["controlnets"]) == ("sdxl", False, "256x256", [])
+    assert [model.model_extra["loaded"] for model in listed] == [True, True, False]  # the first two fit the room
     assert api.get(f"/v1/models/{DEFAULT_MODEL}").json()["family"] == "sd"
     missing = api.get("/v1/models/nope")
     assert missing.status_code == 404 and missing.json()["error"]["param"] == "model_id"
     ready = api.get("/readyz").json()["models"]
-    assert {"unet", "sd.unet", "xl.unet", "xl.text_encoder_2"} <= set(ready)  # each model's own Triton models
+    assert {"unet", "sd.unet"} <= set(ready) and "xl.unet" not in ready  # each model's own Triton models, if loaded
+
+
+def _loaded(api) -> dict[str, bool]:
+    return {model["id"]: model["loaded"] for model in api.get("/v1/models").json()["data"]}
+
+
+def test_a_cold_model_loads_on_demand_and_the_least_recently_used_makes_room(stack, api):
+    warm = api.post(GENERATE, json=BODY | {"model": DEFAULT_MODEL})  # the default used last: sd is the LRU
+    assert warm.status_code == 200 and LOAD_SECONDS not in warm.headers and warm.headers["Easel-Model"] == DEFAULT_MODEL
+    cold = api.post(GENERATE, json=BODY | {"model": XL})
+    assert cold.status_code == 200, cold.text
+    logger.info("xl loaded in %s s", cold.headers[LOAD_SECONDS])
+    assert float(cold.headers[LOAD_SECONDS]) > 0
+    assert _loaded(api) == {DEFAULT_MODEL: True, SD: False, XL: True}
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code != 200
+    assert LOAD_SECONDS not in api.post(GENERATE, json=BODY | {"model": XL}).headers  # loaded now
+
+
+def test_a_model_with_requests_in_flight_is_never_unloaded(stack, api):
+    long = BODY | {"num_inference_steps": 150, "background": True}
+    jobs = [api.post(GENERATE, json=long | {"model": name}).json()["id"] for name in (DEFAULT_MODEL, XL)]
+    deadline = time.monotonic() + 120
+    while not all(api.get(f"/v1/jobs/{job}").json()["progress"]["step"] > 0 for job in jobs):
+        assert time.monotonic() < deadline, "the long jobs did not start"
+        time.sleep(0.05)
+    # Both loaded models have a request in flight: sd waits for one of them to end, then takes its room.
+    cold = api.post(GENERATE, json=BODY | {"model": SD})
+    assert cold.status_code == 200, cold.text
+    states = [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs]
+    assert "succeeded" in states, states  # sd was served only once a long job had ended
+    while not all(api.get(f"/v1/jobs/{job}").json()["status"] in ("succeeded", "failed") for job in jobs):
+        time.sleep(0.2)
+    assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs] == ["succeeded", "succeeded"]
 
 
 def test_each_request_gets_its_model_s_image_alone_and_together(stack, api, references):

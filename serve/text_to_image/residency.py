@@ -50,12 +50,14 @@ class ModelResidency:
         self.control = TritonControl(triton_http_url, key) if triton_http_url and key and self.parked_path else None
         self.loading = asyncio.Lock()  # one load at a time
         self.ended = asyncio.Event()  # a request ended: a model may have become free to unload
-        metrics.set_gauge(metrics.MODELS_LOADED, len(loaded))
+        for name in models:
+            metrics.set_gauge(metrics.MODEL_LOADED, int(name in loaded), model=name)
 
     async def begin(self, name: str) -> float:
         """A request of model ``name`` starts: seconds it waited for the model to load (0 when it was loaded)."""
         if name in self.residency.loaded:
             self.residency.begin(name)
+            metrics.observe(metrics.MODEL_LOAD_SECONDS, 0.0, model=name)
             return 0.0
         started = time.perf_counter()
         async with self.loading:
@@ -89,7 +91,7 @@ class ModelResidency:
             self._write_parked()
             logger.info("unloading model %s (least recently used, nothing in flight)", victim)
             await asyncio.gather(*(self.control.unload(t) for t in self.models[victim].triton_names()))
-            metrics.count(metrics.MODEL_UNLOADS, model=victim)
+            metrics.set_gauge(metrics.MODEL_LOADED, 0, model=victim)
         logger.info("loading model %s", name)
         started = time.perf_counter()
         self._write_parked(loading=True)
@@ -102,7 +104,7 @@ class ModelResidency:
         self.residency.loaded[name] = time.monotonic()
         self._write_parked()
         logger.info("model %s loaded in %.2f s", name, time.perf_counter() - started)
-        metrics.set_gauge(metrics.MODELS_LOADED, len(self.residency.loaded))
+        metrics.set_gauge(metrics.MODEL_LOADED, 1, model=name)
 
     def _write_parked(self, loading: bool = False) -> None:
         cold = [model for name, model in self.models.items() if name not in self.residency.loaded]

@@ -206,14 +206,13 @@ ADAPTER_RESIDENT_BYTES = MetricSpec(
 MODEL_LOAD_SECONDS = MetricSpec(
     "easel_model_load_seconds",
     "histogram",
-    "Seconds a request waited for its model to load into Triton (a cold model's first requests).",
+    "Seconds each generation waited for its model to load into Triton (0: it was loaded).",
     ("model",),
-    (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+    (0.001, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
 )
-MODEL_UNLOADS = MetricSpec(
-    "easel_model_unloads", "counter", "Served models unloaded from Triton to make room for another.", ("model",)
+MODEL_LOADED = MetricSpec(
+    "easel_model_loaded", "gauge", "Whether a served model's engines are loaded in Triton (1) or not (0).", ("model",)
 )
-MODELS_LOADED = MetricSpec("easel_models_loaded", "gauge", "Served models whose engines are loaded in Triton.")
 
 ALL = (
     HTTP_REQUESTS,
@@ -242,8 +241,7 @@ ALL = (
     ADAPTER_RESIDENT,
     ADAPTER_RESIDENT_BYTES,
     MODEL_LOAD_SECONDS,
-    MODEL_UNLOADS,
-    MODELS_LOADED,
+    MODEL_LOADED,
 )
 
 _made: dict[str, object] = {}

@@ -85,7 +85,7 @@ class AppSettings(BaseModel):
         "models with no request in flight are unloaded and it is loaded; the rest of the budget is one activation "
         "pool for all models.",
     )
-    pin: Annotated[tuple[str, ...], Cli(metavar="NAME", multiple=True)] = Field(
+    pin: Annotated[tuple[str, ...], Cli(type=click.STRING, metavar="NAME", multiple=True)] = Field(
         (), description="A model that stays loaded whatever else is asked (repeatable)."
     )
     guidance_cutoff: float = Field(

@@ -42,7 +42,7 @@ class ModelResidency:
         self.models = models
         weights = {name: model.folder.weights_bytes for name, model in models.items()}
         self.parked_path = Path(parked_path) if parked_path else None
-        parked = read_parked(self.parked_path)
+        parked, _ = read_parked(self.parked_path)
         loaded = [name for name, model in models.items() if not parked & set(model.triton_names())]
         self.residency = Residency(weights, room_bytes or sum(weights.values()), frozenset(pinned))
         self.residency.loaded.update(dict.fromkeys(loaded, 0.0))
@@ -50,12 +50,14 @@ class ModelResidency:
         self.control = TritonControl(triton_http_url, key) if triton_http_url and key and self.parked_path else None
         self.loading = asyncio.Lock()  # one load at a time
         self.ended = asyncio.Event()  # a request ended: a model may have become free to unload
-        metrics.set_gauge(metrics.MODELS_LOADED, len(loaded))
+        for name in models:
+            metrics.set_gauge(metrics.MODEL_LOADED, int(name in loaded), model=name)
 
     async def begin(self, name: str) -> float:
         """A request of model ``name`` starts: seconds it waited for the model to load (0 when it was loaded)."""
         if name in self.residency.loaded:
             self.residency.begin(name)
+            metrics.observe(metrics.MODEL_LOAD_SECONDS, 0.0, model=name)
             return 0.0
         started = time.perf_counter()
         async with self.loading:
@@ -89,22 +91,24 @@ class ModelResidency:
             self._write_parked()
             logger.info("unloading model %s (least recently used, nothing in flight)", victim)
             await asyncio.gather(*(self.control.unload(t) for t in self.models[victim].triton_names()))
-            metrics.count(metrics.MODEL_UNLOADS, model=victim)
+            metrics.set_gauge(metrics.MODEL_LOADED, 0, model=victim)
         logger.info("loading model %s", name)
         started = time.perf_counter()
+        self._write_parked(loading=True)
         try:
             await asyncio.gather(*(self.control.load(t) for t in self.models[name].triton_names()))
         except Exception as error:
+            self._write_parked()
             logger.error("loading model %s failed: %s", name, error)
             raise NotReady(f"model {name!r} could not be loaded now; retry shortly", retry_after_s=5) from None
         self.residency.loaded[name] = time.monotonic()
         self._write_parked()
         logger.info("model %s loaded in %.2f s", name, time.perf_counter() - started)
-        metrics.set_gauge(metrics.MODELS_LOADED, len(self.residency.loaded))
+        metrics.set_gauge(metrics.MODEL_LOADED, 1, model=name)
 
-    def _write_parked(self) -> None:
+    def _write_parked(self, loading: bool = False) -> None:
         cold = [model for name, model in self.models.items() if name not in self.residency.loaded]
-        write_parked(self.parked_path, [name for model in cold for name in model.triton_names()])
+        write_parked(self.parked_path, [name for model in cold for name in model.triton_names()], loading)
 
     async def check_health(self) -> None:
         """Ray Serve's health check: the event loop answers."""

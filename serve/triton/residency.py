@@ -89,19 +89,24 @@ class Residency:
         self.in_flight[model] = max(0, self.in_flight[model] - 1)
 
 
-def write_parked(path: Path, triton_models: Iterable[str]) -> None:
-    """Record the Triton models that are not loaded (replaced whole: a reader never sees half a file)."""
+def write_parked(path: Path, triton_models: Iterable[str], loading: bool = False) -> None:
+    """Record the Triton models that are not loaded, and whether a load is under way (replaced whole).
+
+    While one is, Triton may answer its health checks late (loading engines takes its time and CPU): the supervisor
+    does not count that against it.
+    """
     aside = path.with_name(f".{path.name}.{os.getpid()}")
-    aside.write_text(json.dumps(sorted(triton_models)))
+    aside.write_text(json.dumps({"parked": sorted(triton_models), "loading": loading}))
     aside.replace(path)
 
 
-def read_parked(path: Path | None) -> set[str]:
-    """The Triton models recorded as not loaded (none when nothing is recorded)."""
+def read_parked(path: Path | None) -> tuple[set[str], bool]:
+    """The Triton models recorded as not loaded (none when nothing is recorded), and whether a load is under way."""
     try:
-        return set(json.loads(path.read_text())) if path is not None else set()
+        recorded = json.loads(path.read_text()) if path is not None else {}
     except (FileNotFoundError, ValueError):
-        return set()
+        recorded = {}
+    return set(recorded.get("parked", ())), bool(recorded.get("loading", False))
 
 
 def _gib(size: int) -> str:

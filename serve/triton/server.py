@@ -207,7 +207,7 @@ class TritonServer:
 
     def loaded(self) -> dict[str, ModelSpec]:
         """The stack's models that are loaded now (all but those the residency parked): the ones watched."""
-        parked = read_parked(self.parked)
+        parked, _ = read_parked(self.parked)
         return {name: spec for name, spec in self.models.items() if name not in parked}
 
     def ready(self) -> bool:
@@ -242,6 +242,8 @@ class TritonServer:
                     return "not live"
                 broken = self._models_not_ready()
             except httpx.TransportError as error:
+                if read_parked(self.parked)[1]:  # a model is being loaded: late answers are expected meanwhile
+                    return None
                 return f"not answering ({type(error).__name__})"
         if not broken and now - self._last_canary >= self.canary_interval_s:
             self._last_canary = now

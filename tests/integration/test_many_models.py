@@ -18,7 +18,7 @@ from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
-from tests.integration.conftest import batch_histogram, decode_images, post_together
+from tests.integration.conftest import batch_histogram, decode_images, post_together, triton_killed
 from tests.integration.test_text_to_image import GENERATE
 
 pytestmark = pytest.mark.integration
@@ -59,12 +59,6 @@ def stack(second_sd, tiny_xl_model, tmp_path_factory):
     )
     with Stack(options) as stack:
         yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +170,15 @@ def test_an_unknown_model_is_a_400_naming_model_and_what_a_model_lacks_is_refuse
         events = list(easel.Generate(easel_pb2.GenerateRequest(prompt="x", size="64x64", model=XL), timeout=120))
         assert len(events[-1].result.images) == 1
     assert api.get("/readyz").status_code == 200  # the stack serves on
+
+
+def test_a_restarted_triton_loads_what_was_loaded_and_a_parked_model_still_loads_on_demand(stack, api):
+    before = _loaded(api)
+    parked = next(name for name, loaded in before.items() if not loaded)
+    with triton_killed(stack, ready_within_s=180):
+        pass
+    assert _loaded(api) == before
+    unet = "unet" if parked == DEFAULT_MODEL else f"{parked}.unet"
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready").status_code != 200
+    cold = api.post(GENERATE, json=BODY | {"model": parked})
+    assert cold.status_code == 200 and LOAD_SECONDS in cold.headers, cold.text

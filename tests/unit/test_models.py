@@ -6,6 +6,7 @@ import click
 import pytest
 
 from build_engines.text_to_image.build import install
+from serve.cli_options import model_options, model_values
 from serve.errors import InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
@@ -16,8 +17,6 @@ from serve.triton.spec import read_model_config
 
 def _parse(*values: str) -> dict:
     command = click.command()(lambda models: models)
-    from serve.cli_options import model_options
-
     return model_options(StackOptions, "models")(command).main(
         [arg for value in values for arg in ("--model", value)], standalone_mode=False
     )
@@ -96,3 +95,14 @@ def test_two_models_install_side_by_side_in_one_repository(engine_dir, tmp_path)
         assert Path(tmp_path / f"second.{engine}" / "1").is_dir()
     pool = folder.pool(1 << 30, "second.")
     assert set(pool.engines) == {f"second.{engine}" for engine in folder.memory_models}
+
+
+def test_easel_up_takes_several_models_pins_and_a_room_for_their_weights(tmp_path):
+    command = click.command()(model_options(StackOptions)(lambda **values: values))
+    argv = ["--model", DEFAULT_MODEL, "--model", f"x={tmp_path}", "--pin", "x", "--model-weights", "512MiB"]
+    options = StackOptions(**model_values(StackOptions, command.main(argv, standalone_mode=False)))
+    assert (options.served, options.pin, options.model_weights_bytes) == (
+        {DEFAULT_MODEL: None, "x": tmp_path},
+        ("x",),
+        512 << 20,
+    )

@@ -46,7 +46,7 @@ def test_a_pinned_model_stays_and_what_cannot_fit_beside_it_is_refused_at_once()
 
 def test_the_parked_models_are_recorded_whole(tmp_path):
     path = tmp_path / "parked.json"
-    assert read_parked(path) == set() and read_parked(None) == set()
-    write_parked(path, ["b.unet", "b.text_encoder"])
-    assert read_parked(path) == {"b.unet", "b.text_encoder"}
+    assert read_parked(path) == (set(), False) and read_parked(None) == (set(), False)
+    write_parked(path, ["b.unet", "b.text_encoder"], loading=True)
+    assert read_parked(path) == ({"b.unet", "b.text_encoder"}, True)
     assert [p.name for p in tmp_path.iterdir()] == ["parked.json"]

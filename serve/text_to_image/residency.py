@@ -111,4 +111,9 @@ class ModelResidency:
         write_parked(self.parked_path, [name for model in cold for name in model.triton_names()], loading)
 
     async def check_health(self) -> None:
-        """Ray Serve's health check: the event loop answers."""
+        """Ray Serve's health check: the event loop answers.
+
+        It also sets again which models are loaded: a gauge not set for a while is no longer exported.
+        """
+        for name in self.models:
+            metrics.set_gauge(metrics.MODEL_LOADED, int(name in self.residency.loaded), model=name)

@@ -275,7 +275,7 @@ def test_ray_dashboard_shows_the_serve_app_deployments_and_replicas(stack, load)
     app = response.json()["applications"]["easel"]
     assert app["status"] == "RUNNING"
     deployments = app["deployments"]
-    assert set(deployments) == {"Gateway", "TextToImage", "Vectorizer"}
+    assert set(deployments) == {"Gateway", "TextToImage", "Vectorizer", "ModelResidency"}
     for deployment in deployments.values():
         assert deployment["status"] == "HEALTHY"
         assert deployment["replicas"] and all(r["state"] == "RUNNING" for r in deployment["replicas"])

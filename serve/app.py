@@ -11,11 +11,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -42,23 +43,27 @@ from serve.access import (
     owner_filter,
     request_body,
 )
+from serve.access.keys import ApiKey
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
+from serve.experiments import open_experiment_store
+from serve.experiments.feedback import FeedbackRequest, new_image_id
+from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.experiments.traffic import NO_EXPERIMENT, Assignment, Experiments
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost
-from serve.routes import BODY_LIMITS, PIPELINES, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
 from serve.settings import AppSettings
 from serve.stores import default_url
-from serve.text_to_image.admission import Limits
-from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.families import Family
 from serve.text_to_image.images import decode_images
+from serve.text_to_image.models import ServedModel, ServedModels
+from serve.text_to_image.residency import ModelResidency
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
@@ -150,8 +155,12 @@ async def _invalid_request(_: Request, exc: RequestValidationError | ValidationE
 
 
 @api.exception_handler(StarletteHTTPException)
-async def _route_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-    """The framework's own refusals in the one error shape (its headers, e.g. 405's ``Allow``, kept)."""
+async def _route_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """The framework's own refusals in the one error shape (its headers kept; 405's ``Allow`` lists every method).
+
+    Starlette's ``Allow`` names the methods of the first route whose path matched; a path several routes share
+    (``/v1/experiments/{name}``: GET, PUT, DELETE) has them all.
+    """
     if exc.status_code == 400 and "parsing the body" in str(exc.detail):
         error = RouteError("body: not readable (invalid UTF-8, nested too deeply, or malformed)", 400, "body")
     elif exc.status_code == 404:
@@ -162,6 +171,8 @@ async def _route_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         error = RouteError(str(exc.detail), exc.status_code)
     response = error_response(error)
     response.headers.update(exc.headers or {})
+    if exc.status_code == 405 and (methods := allowed_methods(request.url.path)):
+        response.headers["Allow"] = ", ".join(methods)
     return response
 
 
@@ -251,6 +262,20 @@ class GenerationHeaders:
         self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
 
 
+@asynccontextmanager
+async def _variant_measured(assignment: Assignment) -> AsyncIterator[None]:
+    """Count a generation by the model that serves it and the experiment that chose it, and time it."""
+    labels = {"experiment": assignment.label, "variant": assignment.model}
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
+        raise
+    metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
+    metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
+
+
 def _body_hash(request: GenerationRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
@@ -268,26 +293,60 @@ class Gateway:
         self,
         text_to_image: DeploymentHandle,
         vectorizer: DeploymentHandle,
-        engine: str = "",
+        residency: DeploymentHandle,
+        models: ServedModels,
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
-        native_size: int = 512,
-        adapters: StackAdapters | None = None,
-        controlnets: ControlNetSupport | None = None,
-        family: type[Family] = Family,
+        experiments: dict[str, ExperimentSpec] | None = None,
     ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
-        self.engine = engine
-        self.native_size = native_size
-        self.adapters = adapters or StackAdapters()
-        self.controlnets = controlnets or ControlNetSupport()
-        self.family = family  # the served model's family: what a request may bring
+        self.residency = residency
+        self.models = models
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
-        open_access(store_url, native_size)
+        open_access(store_url, models.default.native_size)
         self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
+        self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
+        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
+            self.experiments.define(name, spec)
         self.runner = JobRunner(self.store, self._run_job).start()
+
+    def _model(self, request: GenerationRequest) -> ServedModel:
+        """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
+        return self.models.resolve(request.model)
+
+    def _pipeline(self, model: ServedModel) -> DeploymentHandle:
+        """The ``TextToImage`` handle that routes to the replicas serving ``model``."""
+        return self.text_to_image.options(multiplexed_model_id=model.name)
+
+    def _served_models(self) -> frozenset[str]:
+        """The names a request's ``model`` may give (an experiment's variants are among them)."""
+        return frozenset(self.models)
+
+    async def _assignment(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment]:
+        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it.
+
+        In front of :meth:`_model`: a name that is neither a served model nor an experiment is its 400.
+        """
+        chosen = None
+        if request.model and request.model not in self.models:
+            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
+        if chosen is None:
+            return request, Assignment(self._model(request).name)
+        return request.model_copy(update={"model": chosen.model}), chosen
+
+    @asynccontextmanager
+    async def _loaded_for(self, model: ServedModel) -> AsyncIterator[dict]:
+        """``model`` loaded in Triton, and kept loaded, while the block runs; yields the answer's headers about it.
+
+        A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
+        """
+        waited = await self.residency.begin.remote(model.name)
+        try:
+            yield {"Easel-Model": model.name} | ({"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {})
+        finally:
+            await self.residency.end.remote(model.name)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -296,8 +355,8 @@ class Gateway:
 
     @api.get("/readyz")
     async def readyz(self) -> dict:
-        """Ready: every Triton model the pipelines need is loaded (503 with Retry-After if not)."""
-        states = await self.text_to_image.ready.remote()
+        """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
+        states = await self.text_to_image.ready.remote(await self.residency.loaded.remote())
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
         return {"status": "ready", "models": {**states, **vectorize}}
@@ -324,26 +383,63 @@ class Gateway:
 
     async def _generation(self, http: Request, request: GenerationRequest, headers: GenerationHeaders) -> JSONResponse:
         """A generation, whichever route it came by: a job (background) or the answer."""
-        self.adapters.check(request)  # an unknown adapter is a 400 now, not a failed job later
-        self.family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
-        self.controlnets.check(request.controlnets)
+        asked = request
+        request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
+        model = self._model(request)
+        model.check(request)  # an unknown adapter is a 400 now, not a failed job later
+        owner = job_owner(caller(http))
         if request.background:
-            await asyncio.to_thread(decode_images, request, self.native_size)  # so is an image that does not decode
-            return await self._submit(request, check_idempotency_key(headers.idempotency_key), job_owner(caller(http)))
-        body, answer_headers = await self._answer(request, fresh=headers.fresh)
+            await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
+            key = check_idempotency_key(headers.idempotency_key)
+            # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
+            idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
+            return await self._submit(request, assignment, idempotency, owner)
+        body, answer_headers = await self._served_answer(request, assignment, owner and owner.key_id, headers.fresh)
         return JSONResponse(body, headers=answer_headers)
 
-    async def _submit(self, request: GenerationRequest, key: str | None, owner: Owner | None) -> JSONResponse:
+    async def _submit(
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        idempotency: tuple[str, str] | None,
+        owner: Owner | None,
+    ) -> JSONResponse:
         """Queue ``request`` as ``owner``'s job (its seed drawn now, so a re-run draws the same image).
 
-        An idempotency key is the owner's own: another API key's same key is another job.
+        ``idempotency``: (the key, owner's own, and the body's hash). An experiment's variant is chosen at submission
+        (the job's request names it) and recorded under the job's id, so feedback can name the job.
         """
         stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
-        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(request)) if key else None
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
+        if created:
+            await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
         self.runner.wake()
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
-        return JSONResponse(job.to_api(), status_code=202, headers=headers)
+        return JSONResponse(job.to_api(), status_code=202, headers=headers | assignment.headers())
+
+    async def _served_answer(
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        owner: str | None,
+        fresh: bool = False,
+        on_step: OnStep | None = None,
+    ) -> tuple[dict, dict]:
+        """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
+
+        Per-variant requests and latency are counted here, whichever door the generation came by.
+        """
+        async with _variant_measured(assignment):
+            body, headers = await self._answer(request, fresh, on_step)
+        ids = await self._image_ids(len(body["data"]), assignment, owner)
+        body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
+        return body | assignment.to_api(), headers | assignment.headers()
+
+    async def _image_ids(self, count: int, assignment: Assignment, owner: str | None) -> list[str]:
+        """Ids for ``count`` images, recorded with what served them (so feedback can name each)."""
+        ids = [new_image_id() for _ in range(count)]
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner)
+        return ids
 
     async def _answer(
         self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
@@ -353,7 +449,8 @@ class Gateway:
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
-        engine = f"{self.engine}|{self.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        model = self._model(request)
+        engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
         key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await self._cache(self.cache.get, key)
@@ -361,10 +458,11 @@ class Gateway:
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
-        if on_step is None:
-            result = await self.text_to_image.generate.remote(request, sent_at=time.time())
-        else:
-            result = await self._generate_reporting(request, on_step)
+        async with self._loaded_for(model) as model_headers:
+            if on_step is None:
+                result = await self._pipeline(model).generate.remote(request, sent_at=time.time())
+            else:
+                result = await self._generate_reporting(model, request, on_step)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -374,7 +472,7 @@ class Gateway:
         else:
             data = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
-        headers = {"Easel-Seed": str(result.seed)}
+        headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         if result.steps_skipped is not None:
@@ -396,10 +494,14 @@ class Gateway:
             logger.warning("result cache skipped: %s", error)
             return None
 
-    async def _generate_reporting(self, request: GenerationRequest, on_step: OnStep) -> EncodedImages:
+    async def _generate_reporting(
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+    ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
-        stream = self.text_to_image.options(stream=True).generate_stream.remote(
-            request, sent_at=time.time(), previews=True
+        stream = (
+            self._pipeline(model)
+            .options(stream=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True)
         )
         try:
             async for item in stream:
@@ -427,8 +529,10 @@ class Gateway:
             if await asyncio.to_thread(self.store.progress, *args):
                 raise JobCanceled(lease.job_id)
 
+        chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
+        assignment = chosen or Assignment(self._model(request).name)
         try:
-            body, _ = await self._answer(request, on_step=report)
+            body, _ = await self._served_answer(request, assignment, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)
             if isinstance(cause, JobCanceled | LeaseLost):
@@ -446,12 +550,72 @@ class Gateway:
     @api.get("/v1/loras")
     async def loras(self) -> dict:
         """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-        return {"object": "list", "data": self.adapters.listing()}
+        return {"object": "list", "data": self.models.default.adapters.listing()}
 
     @api.get("/v1/controlnets")
     async def controlnets_listed(self) -> dict:
         """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
-        return {"object": "list", "data": self.controlnets.listing()}
+        return {"object": "list", "data": self.models.default.folder.controlnets.listing()}
+
+    @api.get("/v1/models")
+    async def models_listed(self) -> dict:
+        """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
+        loaded = await self._loaded()
+        return {"object": "list", "data": [model.public(loaded[name]) for name, model in self.models.items()]}
+
+    @api.get("/v1/models/{model_id}")
+    async def model(self, model_id: str) -> dict:
+        """One served model, as the list gives it (404 if this stack serves none of that name)."""
+        model = self.models.require(model_id)
+        return model.public((await self._loaded())[model_id])
+
+    async def _loaded(self) -> dict[str, bool]:
+        """Whether each model is loaded (its engines all ready in Triton)."""
+        loaded = await self.residency.loaded.remote()
+        states = await self.text_to_image.ready.remote(loaded)
+        return {
+            name: name in loaded and all(states.get(t, False) for t in model.triton_names())
+            for name, model in self.models.items()
+        }
+
+    @api.post("/v1/feedback")
+    async def feedback(self, http: Request, body: FeedbackRequest) -> dict:
+        """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
+
+        It goes to the posterior of the variant that served it, if an experiment chose it; each id counts once (409
+        after). An id the caller's key did not generate is as unknown as one never made (400 naming the field).
+        """
+        return await self._rated(body, caller(http))
+
+    async def _rated(self, feedback: FeedbackRequest, key: ApiKey | None) -> dict:
+        """Feedback taken for ``key`` (it may rate what it generated), and its reward in the per-variant metric."""
+        answer = await asyncio.to_thread(self.experiments.rate, feedback, lambda owner: may_see(key, owner))
+        labels = {"experiment": answer["experiment"] or NO_EXPERIMENT, "variant": answer["model"]}
+        metrics.observe(metrics.VARIANT_REWARD, answer["reward"], **labels)
+        return answer
+
+    @api.get("/v1/experiments")
+    async def experiments_listed(self) -> dict:
+        """Every experiment: its policy, its variants and each variant's posterior (admin)."""
+        return {"object": "list", "data": await asyncio.to_thread(self.experiments.listing)}
+
+    @api.get("/v1/experiments/{name}")
+    async def experiment(self, name: str) -> dict:
+        """One experiment with its variants' posteriors (admin; 404 if there is none)."""
+        return await asyncio.to_thread(self.experiments.describe, name)
+
+    @api.put("/v1/experiments/{name}")
+    async def experiment_defined(self, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec) -> dict:
+        """Create or replace experiment ``name``, a model alias (admin): its variants must be served models.
+
+        Replacing keeps the posteriors of the variants it keeps.
+        """
+        return await asyncio.to_thread(self.experiments.define, name, spec)
+
+    @api.delete("/v1/experiments/{name}")
+    async def experiment_deleted(self, name: str) -> dict:
+        """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
+        return await asyncio.to_thread(self.experiments.delete, name)
 
     @api.get("/v1/jobs/{job_id}")
     async def job(self, http: Request, job_id: str) -> dict:
@@ -526,19 +690,37 @@ class Gateway:
         """
         try:
             request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request):
-                stream = self.text_to_image.options(stream=True).generate_stream.remote(request, sent_at=time.time())
-                async for item in stream:
-                    if isinstance(item, Progress):
-                        yield grpc_api.progress(item.step, item.total)
-                        continue
-                    if request.output_format == "svg":
-                        vectorized = await self._vectorize_all(item.images, request.vectorize_tier or Tier.AUTO)
-                        images = [grpc_api.svg_image(r) for r in vectorized]
-                    else:
-                        images = [easel_pb2.Image(data=image) for image in item.images]
-                    yield grpc_api.result(item.seed, images, item.steps_skipped)
+            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
+                request, assignment = await self._assignment(request)  # an experiment's alias: its variant
+                model = self._model(request)
+                model.check(request)
+                async with self._loaded_for(model), _variant_measured(assignment):
+                    stream = self._pipeline(model).options(stream=True).generate_stream
+                    async for item in stream.remote(request, sent_at=time.time()):
+                        if isinstance(item, Progress):
+                            yield grpc_api.progress(item.step, item.total)
+                            continue
+                        if request.output_format == "svg":
+                            tier = request.vectorize_tier or Tier.AUTO
+                            images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
+                        else:
+                            images = [easel_pb2.Image(data=image) for image in item.images]
+                        ids = await self._image_ids(len(images), assignment, key and key.id)
+                        for image, image_id in zip(images, ids, strict=True):
+                            image.id = image_id
+                        yield grpc_api.result(
+                            item.seed, images, assignment.model, assignment.experiment, item.steps_skipped
+                        )
         except Exception as error:  # every failure ends the stream with its status code
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
+        """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
+        try:
+            feedback = grpc_api.feedback_request(message)
+            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+                return grpc_api.feedback_reply(await self._rated(feedback, key))
+        except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
@@ -567,28 +749,40 @@ class Gateway:
 class AppArgs(AppSettings):
     """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
 
-    engine_dir: str = Field(description="Engine folder from `easel build` (tokenizer, scheduler, pipeline.json).")
+    models: dict[str, str] = Field(
+        min_length=1,
+        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
+        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
+        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
+    )
     triton_grpc_url: str = Field(
         description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
     )
     loras_dir: str | None = Field(
         None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
     )
+    triton_http_url: str | None = Field(
+        None,
+        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
+        "environment); None: every model stays loaded.",
+    )
+    parked_path: str | None = Field(
+        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
+    )
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
-    engines = EngineFolder(args.engine_dir)
-    limits = Limits(engines.memory_budget(args.memory_budget_bytes), args.max_cost, 2 * args.max_cost)
-    adapters = StackAdapters(args.loras_dir, engines.adapters.ip_adapter is not None)
+    default = EngineFolder(next(iter(args.models.values())))
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    models = ServedModels.open(args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes)
+    residency = ModelResidency.bind(models, models.room_bytes, args.pin, args.triton_http_url, args.parked_path)
     return Gateway.bind(
-        TextToImage.bind(args.engine_dir, args.triton_grpc_url, limits, adapters, args.defaults, args.store),
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
         Vectorizer.bind(args.triton_grpc_url),
-        engines.key,
+        residency,
+        models,
         args.store,
         args.cache_bytes,
-        engines.family.dims.native_size,
-        adapters,
-        engines.controlnets,
-        type(engines.family),
+        args.experiments,
     )

@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import click
+from pydantic import ValidationError
 
 from build_engines.text_to_image.cli import (
     embedded_option,
@@ -25,8 +26,9 @@ from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve.access.cli import keys
 from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
+from serve.errors import invalid_input
 from serve.observability.cli import dashboards
-from serve.settings import StackOptions, check_model
+from serve.settings import MODEL_OPTION, StackOptions, check_model
 from serve.stores import StoreURLError, scheme
 from serve.triton.spec import Backend
 
@@ -54,7 +56,8 @@ def evaluate() -> None:
 
 
 @main.command()
-@model_options(StackOptions, "model_dir", "repository")
+@MODEL_OPTION
+@model_options(StackOptions, "repository")
 @embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
@@ -106,19 +109,24 @@ def up(detach: bool, first_request: bool, **settings) -> None:
     from serve.observability.prometheus import PROMETHEUS_BINARY
     from serve.stack import OpenToTheNetwork, Stack, check_exposure, start_detached
     from serve.triton.memory import MemoryBudgetTooSmall
+    from serve.triton.residency import DoesNotFit
 
     values = model_values(StackOptions, settings)
     if values["prometheus"] and not PROMETHEUS_BINARY.exists():
         click.echo(f"warning: {PROMETHEUS_BINARY} is not installed (apt-get install prometheus); starting without it")
         values["prometheus"] = False
     _stop_dead_stack()
-    check_model(values["model_dir"])
+    for model_dir in values["models"].values():
+        check_model(model_dir)
     with one_line_errors(IpAdapterError, StoreURLError, OpenToTheNetwork):
         if values["ip_adapter_dir"] is not None:  # one without its weights or image encoder: refused now
             IpAdapterFolder.read(values["ip_adapter_dir"]).state_dict()
         if values["store_url"] is not None:
             scheme(values["store_url"])
-        options = StackOptions(**values)
+        try:
+            options = StackOptions(**values)
+        except ValidationError as error:  # e.g. an --experiment whose weights do not sum to 1
+            raise click.ClickException(invalid_input(error).message) from None
         check_exposure(options)
     if detach:
         with one_line_errors(RuntimeError, TimeoutError):
@@ -132,7 +140,8 @@ def up(detach: bool, first_request: bool, **settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        with one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget"):
+        budget = one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget")
+        with one_line_errors(DoesNotFit), budget:
             info = stack.start()
         stack.write_state()
         _print_endpoints(info)

@@ -8,6 +8,7 @@ checked by a unit test).
 
 from __future__ import annotations
 
+import json
 import re
 import types
 from collections.abc import Iterator
@@ -85,28 +86,80 @@ class IntList(click.ParamType):
         return ",".join(map(str, numbers))
 
 
+NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+"""A name that names Triton models and files (a ControlNet's, a served model's)."""
+NAME_RULE = "lower case letters, digits, - and _ (at most 32, the first a letter or digit)"
+
+
 class NamedFolder(click.ParamType):
-    """``NAME=DIR``: a name (lower case letters, digits, ``-``, ``_``: it names a Triton model) and a folder."""
+    """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder."""
 
     name = "named folder"
-    _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
     def convert(self, value, param, ctx) -> tuple[str, Path]:
         """``(name, folder)`` of ``value`` (a pair passes through)."""
         if isinstance(value, tuple):
             return value
         name, equals, folder = str(value).partition("=")
-        if not equals or not self._NAME.match(name):
-            self.fail(f"{value!r} is not NAME=DIR with NAME of lower case letters, digits, - and _", param, ctx)
+        if not equals or not NAME.match(name):
+            self.fail(f"{value!r} is not NAME=DIR with NAME of {NAME_RULE}", param, ctx)
+        return name, self._folder(value, folder, param, ctx)
+
+    def _folder(self, value, folder: str, param, ctx) -> Path:
         path = Path(folder)
         if not path.is_dir():
             self.fail(f"{value!r}: {folder} is not a folder", param, ctx)
+        return path
+
+
+class ModelFolder(NamedFolder):
+    """A served model: ``NAME=DIR``, ``DIR`` (named after the folder) or ``NAME`` alone for an embedded model.
+
+    ``embedded``: the names that stand alone for an embedded model (its folder None: the stack makes it).
+    """
+
+    name = "model folder"
+
+    def __init__(self, embedded: tuple[str, ...]) -> None:
+        self.embedded = embedded
+
+    def convert(self, value, param, ctx) -> tuple[str, Path | None]:
+        """``(name, folder)`` of ``value``; ``(name, None)`` for an embedded model."""
+        if isinstance(value, tuple):
+            return value
+        if "=" in str(value):
+            return super().convert(value, param, ctx)
+        if value in self.embedded and not Path(value).is_dir():
+            return value, None
+        path = self._folder(value, value, param, ctx)
+        name = path.resolve().name.lower()
+        if not NAME.match(name):
+            self.fail(f"{value!r}: the folder's name cannot name a model ({NAME_RULE}); give NAME={value}", param, ctx)
         return name, path
+
+
+class NamedJson(click.ParamType):
+    """``NAME=JSON``: a name and a JSON value (``--experiment 'logo-v={"variants": {"v1": 0.9, "v2": 0.1}}'``)."""
+
+    name = "named json"
+
+    def convert(self, value, param, ctx) -> tuple[str, Any]:
+        """``(name, value)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        name, equals, text = str(value).partition("=")
+        if not equals or not name:
+            self.fail(f"{value!r} is not NAME=JSON", param, ctx)
+        try:
+            return name, json.loads(text)
+        except ValueError as error:
+            self.fail(f"{value!r}: the part after = is not JSON ({error})", param, ctx)
 
 
 SIZE = Size()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
+NAMED_JSON = NamedJson()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 
@@ -120,7 +173,7 @@ class Cli:
     ``default``: the command's default where it is not the field's (``easel up`` listens on fixed ports; a stack
     started in-process, free ones). ``off``: a flag that sets the setting to ``off_value`` (``--no-cache``).
     ``deprecated``: old spellings still taken, left out of ``--help``. ``multiple``: the option repeats, each a
-    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``).
+    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``) or, for a tuple, one of its items (``--pin``).
     """
 
     flag: str | None = None
@@ -207,7 +260,7 @@ def field_options(model: type[BaseModel], name: str) -> list:
                 default=(),
                 metavar=cli.metavar,
                 help=field.description,
-                callback=_mapping,
+                callback=_mapping if get_origin(_bare(field.annotation)) is dict else None,
             )
         ]
     else:

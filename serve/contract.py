@@ -46,9 +46,10 @@ WHY = {
     400: "Invalid input: the message names the field and its limit.",
     401: "No valid API key (once keys exist): send Authorization: Bearer <key>.",
     403: "The key's scopes do not include this route's.",
-    404: "No such job (or route).",
+    404: "No such job or experiment (or route).",
     408: "The request body stopped arriving for 15 s.",
-    409: "The job is over already, or the Idempotency-Key was used with another body.",
+    409: "The job is over already, the Idempotency-Key was used with another body, or the image or job was rated "
+    "already.",
     413: "The request body is over its limit.",
     429: "Over the key's limit or the stack's queue: retry after Retry-After seconds.",
     503: "A backend is not ready or failed: retry after Retry-After seconds.",
@@ -75,6 +76,7 @@ class UnstatedLimit:
 
 
 _GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
+_FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _IMAGE = "whether bytes are an image is known by decoding them"
 _GENERATION_LIMITS = (
     UnstatedLimit(
@@ -118,6 +120,14 @@ _GENERATION_LIMITS = (
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
         "JSON Schema counts 2.0 as an integer; the API's types are strict",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
+        ("model",),
+        "unknown model",
+        "a model GET /v1/models lists (absent: the stack's default model)",
+        "the models are the stack's, `easel up --model NAME=DIR`",
     ),
     UnstatedLimit(
         "post",
@@ -231,6 +241,39 @@ UNSTATED_LIMITS = (
         "sampler takes at most",
         f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
         "the JSON body's schema states it (allOf); a form's cannot, as above",
+    ),
+    UnstatedLimit(
+        "post",
+        _FEEDBACK,
+        ("image_id", "job_id"),
+        "to rate",
+        "the id names an image or a background job this stack generated for the caller's key, within 30 days",
+        "the ids are the stack's",
+    ),
+    UnstatedLimit(
+        "post",
+        _FEEDBACK,
+        ("rating",),
+        "valid integer",
+        "an integer written without a fraction: 5, not 5.0",
+        "JSON Schema counts 5.0 as an integer; the API's types are strict",
+    ),
+    UnstatedLimit(
+        "put",
+        _EXPERIMENT,
+        ("variants",),
+        "",
+        "a split's weights are each > 0 and sum to 1 (within 1e-6); a bandit's variants are a list of at least two "
+        "different models; every variant is a model GET /v1/models lists",
+        "a sum over a mapping's values, a rule across two fields, and the stack's models",
+    ),
+    UnstatedLimit(
+        "put",
+        _EXPERIMENT,
+        ("name",),
+        "is a served model",
+        "the name is not a served model's (an experiment may not shadow one)",
+        "the models are the stack's",
     ),
     UnstatedLimit(
         "post",

@@ -169,6 +169,30 @@ GENERATION_KINDS = MetricSpec(
     "Generations by kind (text, img2img, inpaint, outpaint) and whether ControlNets guide them (controlnet: yes, no).",
     ("kind", "controlnet"),
 )
+REWARD_BUCKETS = (0.125, 0.375, 0.625, 0.875, 1.0)
+"""A reward's buckets: each 1-5 rating in one of its own (rating r is the reward (r - 1) / 4)."""
+VARIANT_REQUESTS = MetricSpec(
+    "easel_variant_requests",
+    "counter",
+    "Generations by the model that served them (variant) and the experiment (alias) that chose it (none: the "
+    "request named the model), by outcome (ok, error).",
+    ("experiment", "variant", "outcome"),
+)
+VARIANT_LATENCY = MetricSpec(
+    "easel_variant_latency_seconds",
+    "histogram",
+    "Time to answer a generation (synchronous ones: the Gateway's; jobs: their run), by experiment and variant.",
+    ("experiment", "variant"),
+    LATENCY_BUCKETS_S,
+)
+VARIANT_REWARD = MetricSpec(
+    "easel_variant_reward",
+    "histogram",
+    "Rewards given by POST /v1/feedback (0 to 1; a 1-5 rating r as (r - 1) / 4), by experiment and variant: "
+    "_sum / _count is the mean reward.",
+    ("experiment", "variant"),
+    REWARD_BUCKETS,
+)
 # Recorded by the LoRA-ready engines' python-backend models (serve/adapters/backend.py), exported by Triton.
 ADAPTER_LOADS = MetricSpec(
     "easel_adapter_loads",
@@ -189,6 +213,16 @@ ADAPTER_RESIDENT = MetricSpec(
 )
 ADAPTER_RESIDENT_BYTES = MetricSpec(
     "easel_adapter_resident_bytes", "gauge", "Bytes of LoRA adapters held.", ("model", "instance"), (), "triton"
+)
+MODEL_LOAD_SECONDS = MetricSpec(
+    "easel_model_load_seconds",
+    "histogram",
+    "Seconds each generation waited for its model to load into Triton (0: it was loaded).",
+    ("model",),
+    (0.001, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0),
+)
+MODEL_LOADED = MetricSpec(
+    "easel_model_loaded", "gauge", "Whether a served model's engines are loaded in Triton (1) or not (0).", ("model",)
 )
 
 ALL = (
@@ -211,11 +245,16 @@ ALL = (
     KEY_COST,
     ADAPTER_REQUESTS,
     GENERATION_KINDS,
+    VARIANT_REQUESTS,
+    VARIANT_LATENCY,
+    VARIANT_REWARD,
     ADAPTER_LOADS,
     ADAPTER_LOAD_SECONDS,
     ADAPTER_EVICTIONS,
     ADAPTER_RESIDENT,
     ADAPTER_RESIDENT_BYTES,
+    MODEL_LOAD_SECONDS,
+    MODEL_LOADED,
 )
 
 _made: dict[str, object] = {}

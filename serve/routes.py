@@ -13,6 +13,7 @@ import enum
 from dataclasses import dataclass
 
 from pydantic import BaseModel
+from starlette.routing import compile_path
 
 from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
@@ -88,11 +89,18 @@ ROUTES = (
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
     Route("get", "/v1/controlnets", Scope.GENERATE),
+    Route("get", "/v1/models", Scope.GENERATE),
+    Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
     Route("get", "/v1/jobs/{job_id}/events", Scope.JOBS, (404,)),
     Route("post", "/v1/vectorize", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Vectorize"),
+    Route("post", "/v1/feedback", Scope.GENERATE, (409,), rpc="Feedback"),
+    Route("get", "/v1/experiments", Scope.ADMIN),
+    Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
+    Route("put", "/v1/experiments/{name}", Scope.ADMIN),
+    Route("delete", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
 )
 """The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
 
@@ -107,6 +115,11 @@ PIPELINES = {route.path: route.pipeline for route in ROUTES}
 def route(method: str, path: str) -> Route | None:
     """The route of an operation (``method`` in any case; ``path`` as FastAPI declares it), or None."""
     return next((r for r in ROUTES if r.method == method.lower() and r.path == path), None)
+
+
+def allowed_methods(path: str) -> list[str]:
+    """The methods the API's routes take on a request ``path`` (upper case, sorted; ``Allow`` of a 405)."""
+    return sorted({r.method.upper() for r in ROUTES if compile_path(r.path)[0].match(path)})
 
 
 def rpc_route(rpc: str) -> Route:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
@@ -23,15 +23,18 @@ from serve.cli_options import (
     EXISTING_FOLDER,
     FOLDER,
     NAMED_FOLDER,
+    NAMED_JSON,
     NOT_ON_CLI,
     PORTS,
     SIZE,
     Cli,
+    ModelFolder,
     markdown_table,
     model_options,
     one_line_errors,
 )
-from serve.errors import UnsupportedModel
+from serve.errors import InvalidInput, UnsupportedModel
+from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
@@ -42,6 +45,8 @@ from serve.text_to_image.guidance import NO_CUTOFF
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
 
 Port = Annotated[int, Field(ge=0, le=65535)]
+DEFAULT_MODEL = "easel-default"
+"""The name the embedded default model is served under."""
 
 
 class AppSettings(BaseModel):
@@ -64,6 +69,26 @@ class AppSettings(BaseModel):
     cache_bytes: Annotated[
         int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
     ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
+    experiments: Annotated[
+        dict[str, ExperimentSpec], Cli("--experiment", NAMED_JSON, metavar="NAME=JSON", multiple=True)
+    ] = Field(
+        {},
+        description="An experiment: model alias NAME split among served models by weight, sticky per user "
+        '({"variants": {"v1": 0.9, "v2": 0.1}}), or a Thompson-sampling bandit ({"policy": "bandit", "variants": '
+        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; declared again at each start, its posteriors '
+        "kept).",
+    )
+    model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
+        None,
+        gt=0,
+        description="Memory the loaded models' weights may use together, out of the memory budget (default: every "
+        "model's: all stay loaded). A request for a model that does not fit waits while the least recently used "
+        "models with no request in flight are unloaded and it is loaded; the rest of the budget is one activation "
+        "pool for all models.",
+    )
+    pin: Annotated[tuple[str, ...], Cli(type=click.STRING, metavar="NAME", multiple=True)] = Field(
+        (), description="A model that stays loaded whatever else is asked (repeatable)."
+    )
     guidance_cutoff: float = Field(
         NO_CUTOFF,
         gt=0,
@@ -103,11 +128,17 @@ class AppSettings(BaseModel):
 class StackOptions(AppSettings):
     """What ``easel up`` starts, and where."""
 
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not the default silently
+
     host: str = Field("127.0.0.1", description="Address of the public API.")
     port: Port = Field(8000, description="Port of the public API (0: a free port).")
-    model_dir: Annotated[Path | None, Cli("--model", EXISTING_FOLDER)] = Field(
-        None,
-        description="Local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline). Default: embedded.",
+    models: Annotated[
+        dict[str, Path | None], Cli("--model", ModelFolder((DEFAULT_MODEL,)), metavar="[NAME=]DIR", multiple=True)
+    ] = Field(
+        {},
+        description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline) served as model NAME "
+        "(repeatable: a request's `model` picks one, the first is the default; DIR alone: named after its folder; "
+        f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`.",
     )
     repository: Annotated[Path, Cli(type=FOLDER)] = Field(MODEL_REPOSITORY, description="Triton model repository.")
     serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
@@ -167,6 +198,26 @@ class StackOptions(AppSettings):
         """The store's URL: ``store_url``, or the embedded default in ``run_dir``."""
         return self.store_url or default_url(self.run_dir)
 
+    @model_validator(mode="after")
+    def _experiments_name_served_models(self) -> StackOptions:
+        """An ``--experiment`` whose variants are not all served models, or whose name is one, is refused now."""
+        for name, spec in self.experiments.items():
+            try:
+                Experiment(name, spec).check(self.served)
+            except InvalidInput as error:
+                raise ValueError(f"experiment {name!r}: {error.message}") from None
+        return self
+
+    @property
+    def served(self) -> dict[str, Path | None]:
+        """The models to serve by name, the default first (a folder None: the embedded model)."""
+        return dict(self.models) or {DEFAULT_MODEL: None}
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The default model's folder (None: the embedded model)."""
+        return next(iter(self.served.values()))
+
 
 README = PROJECT_ROOT / "README.md"
 TABLE_START = "<!-- `easel up` options: generated from serve.settings.StackOptions by `python -m serve.settings` -->"
@@ -191,6 +242,12 @@ def write_readme_table(path: Path = README) -> None:
 
 if __name__ == "__main__":
     write_readme_table()
+
+
+MODEL_OPTION = click.option(
+    "--model", "model_dir", type=EXISTING_FOLDER, help="Local diffusers model folder. Default: the embedded model."
+)
+"""The one model folder of a command that takes one (``easel build``, the benchmarks)."""
 
 
 def check_model(model_dir: Path | None) -> None:

@@ -40,14 +40,17 @@ from serve.processes.signals import children_paused, stop_stack_processes, termi
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
-from serve.triton.server import TritonServer
+from serve.triton.residency import Residency, write_parked
+from serve.triton.server import CONTROL_KEY_ENV, TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
+PARKED_FILE = "parked-models.json"
 
 # Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
 # on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
@@ -155,19 +158,21 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
-def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
+def app_settings(opts: StackOptions, memory_budget_bytes: int, model_weights_bytes: int) -> dict:
     """What the Serve app is told of ``easel up``'s settings.
 
-    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget and
-    the store resolved.
+    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the budgets and the
+    store resolved.
     """
-    given = opts.model_dump(include=set(AppSettings.model_fields))
-    return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
+    given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
+    resolved = {"memory_budget_bytes": memory_budget_bytes, "model_weights_bytes": model_weights_bytes}
+    return given | resolved | {"store_url": opts.store}
 
 
-def triton_models(engines: EngineFolder, vectorize: bool) -> list:
+def triton_models(models: ServedModels, vectorize: bool) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
-    return list(engines.specs.values()) + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
+    specs = [spec for model in models.values() for spec in model.triton_specs()]
+    return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
 def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
@@ -199,26 +204,27 @@ class Stack:
         self.gcs: KeptGcs | None = None  # the Ray head's GCS, restarted when it dies (serve.processes.gcs)
         self.ray_session_dir: Path | None = None
         self.info: StackInfo | None = None
-        self.memory_budget_bytes: int | None = None  # resolved at start
-        self.engines: EngineFolder | None = None  # the text-to-image engines served, once built
+        self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
+        self.engines: EngineFolder | None = None  # the default model's engines, once built
+        self.models: ServedModels | None = None  # every served model, once built
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
-        from build_engines.text_to_image.adapters import AdapterBuild
-        from build_engines.text_to_image.build import build
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
-        adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
-        self.engines = engines = build(
-            opts.model_dir, opts.repository, adapters=adapters, controlnets=opts.controlnets, step_cache=opts.step_cache
-        )
+        engine_dirs = self._build_models()
+        self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
+        served = ServedModels.open(engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes)
+        self.models = served
         vectorize = install_vectorize(opts.repository)
-        self.memory_budget_bytes = engines.memory_budget(opts.memory_budget_bytes)
-        models, pools = triton_models(engines, vectorize), {engines.key: engines.pool(self.memory_budget_bytes)}
+        self.memory_budget_bytes = served.room_bytes + served.activation_bytes
+        pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
+        models = triton_models(served, vectorize)
+        parked = self._park(served) if opts.address is None else None
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
@@ -227,8 +233,10 @@ class Stack:
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
+                parked=parked,
             ).start()
             self.supervisor.watch(self.triton.managed, self.triton.check)
+            os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         with _sigterm_kept():  # ray.init installs its own handler
@@ -245,10 +253,12 @@ class Stack:
             port,
             grpc_port,
             on_cluster=opts.address is not None,
-            engine_dir=str(engines.path),
+            models=engine_dirs,
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
+            triton_http_url=None if opts.address else triton.http_url,
+            parked_path=str(parked) if parked else None,
             loras_dir=loras_dir,
-            **app_settings(opts, self.memory_budget_bytes),
+            **app_settings(opts, self.memory_budget_bytes, served.room_bytes),
         )
         _deploy(config, timeout_s)
         e = triton
@@ -281,6 +291,40 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+    def _park(self, served: ServedModels) -> Path:
+        """Decide which models Triton loads at start (the pinned, then in order while their weights fit the room).
+
+        Writes the others' Triton models to the file the supervisor and the residency read; returns its path.
+        """
+        weights = {name: model.folder.weights_bytes for name, model in served.items()}
+        loaded = Residency(weights, served.room_bytes, frozenset(self.options.pin)).fill(served)
+        path = self.options.run_dir / PARKED_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_parked(path, [t for name, model in served.items() if name not in loaded for t in model.triton_names()])
+        logger.info("models loaded at start: %s (weights room %.2f GiB)", ", ".join(loaded), served.room_bytes / 2**30)
+        return path
+
+    def _build_models(self) -> dict[str, str]:
+        """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.
+
+        The default model (the first) is built with the stack's adapters, ControlNets and step caching.
+        """
+        from build_engines.text_to_image.adapters import AdapterBuild
+        from build_engines.text_to_image.build import build
+
+        opts = self.options
+        built = {}
+        for index, (name, model_dir) in enumerate(opts.served.items()):
+            default = index == 0
+            extras = {}
+            if default:
+                adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
+                extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
+            logger.info("model %s: %s", name, model_dir or "embedded")
+            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
+            built[name] = str(folder.path)
+        return built
 
     def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""
@@ -621,7 +665,7 @@ def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **o
         **{
             "port": 0,
             "dashboard": False,
-            "model_dir": model_dir,
+            "models": {"model": model_dir} if model_dir is not None else {},
             "repository": folder / "model_repository",
             "run_dir": folder,
             "cache_bytes": 0,

@@ -14,6 +14,8 @@ BAD_GENERATIONS = [
     ({"prompt": "x", "num_inference_steps": 10_000}, "num_inference_steps"),
     ({"prompt": "x", "guidance_scale": -2}, "guidance_scale"),
     ({"prompt": "x", "scheduler": "nope"}, "scheduler"),
+    ({"prompt": "x", "model": "no-such-model"}, "model"),
+    ({"prompt": "x", "model": "m" * 65}, "model"),
     ({"prompt": "x", "scheduler": "lcm", "num_inference_steps": 51}, "num_inference_steps"),
     ({"prompt": "x", "guidance_cutoff": 0}, "guidance_cutoff"),
     ({"prompt": "x", "guidance_cutoff": 1.5}, "guidance_cutoff"),

@@ -34,6 +34,7 @@ from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
+from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.spec import Backend
@@ -85,6 +86,7 @@ def build(
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
+    prefix: str = "",
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -92,7 +94,8 @@ def build(
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
-    caching's engines too (:mod:`serve.text_to_image.step_cache`). Returns the engine folder, opened.
+    caching's engines too (:mod:`serve.text_to_image.step_cache`); ``prefix``: the Triton model names start with
+    it (:meth:`serve.text_to_image.models.ServedModels.prefix`). Returns the engine folder, opened.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -114,7 +117,7 @@ def build(
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
         _build_into(engine_dir, family, model_dir, precision, adapters)
     folder = EngineFolder(engine_dir)
-    install(folder, repository, backend)
+    install(folder, repository, backend, prefix)
     return folder
 
 
@@ -153,11 +156,17 @@ def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None
         (folder / layout.CONTROLNETS).write_text(json.dumps(family.controlnets.to_json(), indent=2))
 
 
-def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> None:
-    """Install the family's engines in ``repository`` and remove text-to-image engines it does not use."""
+def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.PYTHON_ONNX, prefix: str = "") -> None:
+    """Install the family's engines in ``repository`` as Triton models ``prefix`` + engine.
+
+    Text-to-image engines under ``prefix`` that it does not use are removed (another model's, under another prefix,
+    stay).
+    """
     family = folder.family
-    stale_controlnets = {path.name for path in repository.glob(f"{CONTROLNET_PREFIX}*")}
-    for name in (set(ALL_ENGINE_NAMES) | stale_controlnets) - set(folder.specs):
+    named = triton_specs(folder, prefix)
+    stale_controlnets = {path.name for path in repository.glob(f"{prefix}{CONTROLNET_PREFIX}*")}
+    wanted = {spec.name for spec in named.values()}
+    for name in ({f"{prefix}{engine}" for engine in ALL_ENGINE_NAMES} | stale_controlnets) - wanted:
         if (repository / name).exists():
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
@@ -173,4 +182,4 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
         if backend is Backend.TENSORRT:
             shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
             files = {PLAN: build_plan(files[ONNX], shapes)}
-        install_model(spec, repository, files, backend)
+        install_model(named[name], repository, files, backend)

@@ -49,6 +49,22 @@ def _sizes(variant: str) -> dict:
     raise ValueError(f"unknown embedded model {variant!r}; choose one of {MODELS}")
 
 
+def schedule_variant(model_dir: Path, out_dir: Path, beta_end: float = 0.02) -> Path:
+    """A second model made from ``model_dir``: its weights under another noise schedule.
+
+    Its images differ, and so does its engine folder: stacks that serve several models use it (tests, ``easel bench
+    models``).
+    """
+    import json
+
+    if not (out_dir / "model_index.json").exists():
+        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.copytree(model_dir, out_dir)
+        path = out_dir / "scheduler" / "scheduler_config.json"
+        path.write_text(json.dumps(json.loads(path.read_text()) | {"beta_end": beta_end}, indent=2))
+    return out_dir
+
+
 def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
     """Create and save the embedded diffusers model ``variant`` in diffusers format under ``out_dir``."""
     if variant in TRAINED:

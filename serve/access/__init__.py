@@ -289,13 +289,16 @@ class KeyCheck:
 
 
 @asynccontextmanager
-async def call_admitted(grpc_context, path: str, request: GenerationRequest | None = None) -> AsyncIterator[None]:
+async def call_admitted(
+    grpc_context, path: str, request: GenerationRequest | None = None
+) -> AsyncIterator[ApiKey | None]:
     """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
 
-    ``path``: the HTTP route whose scope the call needs; ``request``: a generation, for its cost.
+    ``path``: the HTTP route whose scope the call needs; ``request``: a generation, for its cost. Yields the key
+    (None while the API is open).
     """
     if not await ACCESS.keys_required():
-        yield
+        yield None
         return
     key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), path)
     cost = 0.0 if request is None else generation_cost(request, ACCESS.native_size)
@@ -303,7 +306,7 @@ async def call_admitted(grpc_context, path: str, request: GenerationRequest | No
     if not decision.allowed:
         raise _over_limit(key, decision, cost)
     try:
-        yield
+        yield key
     finally:
         await ACCESS.release(decision)
 

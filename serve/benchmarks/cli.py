@@ -10,9 +10,8 @@ import click
 from build_engines.text_to_image.cli import embedded_option
 from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
-from serve.settings import StackOptions, check_model
+from serve.settings import MODEL_OPTION, StackOptions, check_model
 
-model_option = model_options(StackOptions, "model_dir")
 memory_budget_option = model_options(StackOptions, "memory_budget_bytes")
 
 
@@ -57,7 +56,7 @@ def bench() -> None:
     "first request, throughput with one adapter vs mixed adapters, and the engines' cost per row (with --model: the "
     "engines' costs only, in-process).",
 )
-@model_option
+@MODEL_OPTION
 def bench_generate(
     embedded: str,
     steps: int,
@@ -140,7 +139,7 @@ def bench_speedups(pairings: int, skip_share: float, concurrency: int, out: Path
 
 
 @bench.command("model")
-@model_option
+@MODEL_OPTION
 @embedded_option("Embedded model to serve when --model is not given.")
 @click.option("--sizes", type=INT_LIST, default="512", show_default=True, help="Image sides, run in ascending order.")
 @click.option("--steps", default=10, show_default=True)
@@ -170,7 +169,7 @@ def bench_model(
 
 
 @bench.command("tiles")
-@model_option
+@MODEL_OPTION
 @embedded_option("Embedded model to use when --model is not given.")
 @click.option("--size", default=512, show_default=True, help="Image side.")
 @click.option("--steps", default=4, show_default=True)
@@ -198,6 +197,20 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
 
     settings = JobSettings(size=size, steps=steps, high_jobs=high_jobs, normal_jobs=normal_jobs)
     click.echo(run_benchmark(settings, out))
+
+
+@bench.command("models")
+@click.option("--size", default=64, show_default=True, help="Image side of every request.")
+@click.option("--steps", default=4, show_default=True, help="Steps of every request.")
+@click.option("--requests", default=48, show_default=True, help="Requests per spread (1, 2, 3 models).")
+@click.option("--concurrency", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--cold-rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Cold loads per model.")
+@out_option("out/bench_models.json")
+def bench_models(size: int, steps: int, requests: int, concurrency: int, cold_rounds: int, out: Path) -> None:
+    """Several models in one stack: cold-load time per family, and throughput spread over 1, 2 and 3 models."""
+    from serve.benchmarks.models import ModelsSettings, run_benchmark
+
+    click.echo(run_benchmark(ModelsSettings(size, steps, requests, concurrency, cold_rounds), out))
 
 
 @bench.command("vectorize")

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from pydantic_core import from_json
 
 from serve.errors import EaselError, InvalidInput, invalid_input
+from serve.experiments.feedback import FeedbackRequest
 from serve.grpc_api import easel_pb2
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
@@ -70,14 +71,42 @@ def vectorize_options(message: easel_pb2.VectorizeRequest) -> VectorizeOptions:
         raise invalid_input(error) from None
 
 
+def feedback_request(message: easel_pb2.FeedbackRequest) -> FeedbackRequest:
+    """The HTTP API's feedback for a ``FeedbackRequest`` (:class:`~serve.errors.InvalidInput` naming the field)."""
+    try:
+        return FeedbackRequest.model_validate(fields(message))
+    except ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def feedback_reply(answer: dict) -> easel_pb2.FeedbackReply:
+    """The HTTP API's feedback answer as a ``FeedbackReply``."""
+    return easel_pb2.FeedbackReply(
+        id=answer["id"], reward=answer["reward"], model=answer["model"], experiment=answer["experiment"]
+    )
+
+
 def progress(step: int, total: int) -> easel_pb2.GenerateEvent:
     """A ``progress`` event."""
     return easel_pb2.GenerateEvent(progress=easel_pb2.Progress(step=step, total=total))
 
 
-def result(seed: int, images: list[easel_pb2.Image], steps_skipped: int | None = None) -> easel_pb2.GenerateEvent:
-    """The final ``result`` event (``steps_skipped``: the HTTP API's ``Easel-Steps-Skipped``)."""
-    return easel_pb2.GenerateEvent(result=easel_pb2.Images(seed=seed, images=images, steps_skipped=steps_skipped))
+def result(
+    seed: int,
+    images: list[easel_pb2.Image],
+    model: str,
+    experiment: str | None = None,
+    steps_skipped: int | None = None,
+) -> easel_pb2.GenerateEvent:
+    """The final ``result`` event: the images, the model (and experiment) that served them, the steps skipped.
+
+    ``steps_skipped``: the HTTP API's ``Easel-Steps-Skipped``.
+    """
+    return easel_pb2.GenerateEvent(
+        result=easel_pb2.Images(
+            seed=seed, images=images, model=model, experiment=experiment, steps_skipped=steps_skipped
+        )
+    )
 
 
 def svg_image(result) -> easel_pb2.Image:

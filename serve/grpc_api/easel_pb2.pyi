@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval", "approximate_cache")
+    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval", "model", "user", "approximate_cache")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,8 @@ class GenerateRequest(_message.Message):
     CONTROLNETS_FIELD_NUMBER: _ClassVar[int]
     GUIDANCE_CUTOFF_FIELD_NUMBER: _ClassVar[int]
     CACHE_INTERVAL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     APPROXIMATE_CACHE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
@@ -53,8 +55,10 @@ class GenerateRequest(_message.Message):
     controlnets: _containers.RepeatedCompositeFieldContainer[ControlNet]
     guidance_cutoff: float
     cache_interval: int
+    model: str
+    user: str
     approximate_cache: bool
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., approximate_cache: _Optional[bool] = ...) -> None: ...
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., approximate_cache: _Optional[bool] = ...) -> None: ...
 
 class Outpaint(_message.Message):
     __slots__ = ("left", "top", "right", "bottom")
@@ -105,24 +109,30 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("data", "tier", "ssim")
+    __slots__ = ("data", "tier", "ssim", "id")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     SSIM_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     tier: str
     ssim: float
-    def __init__(self, data: _Optional[bytes] = ..., tier: _Optional[str] = ..., ssim: _Optional[float] = ...) -> None: ...
+    id: str
+    def __init__(self, data: _Optional[bytes] = ..., tier: _Optional[str] = ..., ssim: _Optional[float] = ..., id: _Optional[str] = ...) -> None: ...
 
 class Images(_message.Message):
-    __slots__ = ("seed", "images", "steps_skipped")
+    __slots__ = ("seed", "images", "model", "experiment", "steps_skipped")
     SEED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     STEPS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
     seed: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
+    model: str
+    experiment: str
     steps_skipped: int
-    def __init__(self, seed: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., steps_skipped: _Optional[int] = ...) -> None: ...
+    def __init__(self, seed: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ..., steps_skipped: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "result")
@@ -165,3 +175,27 @@ class VectorizeReply(_message.Message):
     ssim: float
     fallback: str
     def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("image_id", "job_id", "reward", "rating")
+    IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    RATING_FIELD_NUMBER: _ClassVar[int]
+    image_id: str
+    job_id: str
+    reward: float
+    rating: int
+    def __init__(self, image_id: _Optional[str] = ..., job_id: _Optional[str] = ..., reward: _Optional[float] = ..., rating: _Optional[int] = ...) -> None: ...
+
+class FeedbackReply(_message.Message):
+    __slots__ = ("id", "reward", "model", "experiment")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reward: float
+    model: str
+    experiment: str
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...

@@ -44,6 +44,11 @@ class EaselStub:
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
                 response_deserializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/easel.v1.Easel/Feedback',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.FromString,
+                _registered_method=True)
 
 
 class EaselServicer:
@@ -63,6 +68,13 @@ class EaselServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Feedback(self, request, context):
+        """A reward (0 to 1) or a 1-5 rating for a generated image (its id) or a background job (POST /v1/feedback).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EaselServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_EaselServicer_to_server(servicer, server):
                     servicer.Vectorize,
                     request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.FromString,
                     response_serializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class Easel:
             '/easel.v1.Easel/Vectorize',
             serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
             serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/Feedback',
+            serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.FromString,
             options,
             channel_credentials,
             insecure,

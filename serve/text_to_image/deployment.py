@@ -15,23 +15,23 @@ from PIL import Image
 from ray import serve
 
 from serve import metrics
-from serve.adapters.requests import StackAdapters
 from serve.errors import NotReady
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
 from serve.text_to_image import approximate, step_cache
-from serve.text_to_image.admission import Admission, Limits
+from serve.text_to_image.admission import Admission
 from serve.text_to_image.approximate import LatentReuse
-from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
 from serve.text_to_image.images import RequestImages, decode_images, decode_reference
+from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
-from serve.triton.client import TritonClient
+from serve.triton.client import Namespaced, TritonClient
 from serve.triton.coalesce import CoalescingRunner
 from serve.triton.node import grpc_url_on_this_node
+from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
 
@@ -115,34 +115,57 @@ def generation_kind(request: GenerationRequest) -> str:
     return "img2img" if request.image else "text"
 
 
+MAX_MODELS_PER_REPLICA = 8
+"""Models whose loops a replica keeps open (Ray Serve's multiplexing drops the least recently used past it)."""
+
+
+class ModelPipeline:
+    """One served model in a replica: its loop over its Triton models, its admission and its previews."""
+
+    def __init__(self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
+        self.model = model
+        self.pipeline = TextToImagePipeline(model.folder, Namespaced(engines, model.prefix), reuse)
+        self.admission = Admission.for_engines(model.folder, model.limits)
+        self.preview = LatentPreview(
+            self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
+        )
+
+
 @serve.deployment(name="TextToImage")
 class TextToImage:
-    """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads."""
+    """Many generations in flight per replica: Triton calls are awaited (and merged), CPU work runs in threads.
+
+    A request's model is its multiplexed model id (``handle.options(multiplexed_model_id=NAME)``, set by the
+    Gateway): Ray Serve routes a model's requests to the replicas that have its loop open, so its steps merge.
+    """
 
     def __init__(
         self,
-        engine_dir: str,
+        models: ServedModels,
         triton_grpc_url: str,
-        limits: Limits,
-        adapters: StackAdapters | None = None,
         defaults: StackDefaults | None = None,
         store_url: str | None = None,
     ) -> None:
         torch.set_num_threads(1)
-        engines = EngineFolder(engine_dir)
-        self.adapters = adapters or StackAdapters()
+        self.models = models
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
-        reuse = None
-        if self.defaults.approximate_cache > 0:  # the stack keeps latents, in its store
+        self.engines = CoalescingRunner(self.triton)  # one for every model: their Triton names differ
+        self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
+        if self.defaults.approximate_cache > 0:
             store = open_latent_store(store_url or default_url())
-            reuse = LatentReuse(store, self.defaults.approximate_cache, self.defaults.approximate_similarity)
-        self.pipeline = TextToImagePipeline(engines, CoalescingRunner(self.triton), reuse)
-        self.controlnets = engines.controlnets
-        self.admission = Admission.for_engines(engines, limits)
-        self.preview = LatentPreview(
-            self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
-        )
+            self.reuse = LatentReuse(store, self.defaults.approximate_cache, self.defaults.approximate_similarity)
+
+    @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
+    async def model(self, name: str) -> ModelPipeline:
+        """Model ``name``'s loop in this replica (opened on its first request: tokenizers, scheduler, admission)."""
+        served = self.models.resolve(name)
+        logger.info("opening model %s (%s)", name, served.folder.path)
+        return await asyncio.to_thread(ModelPipeline, served, self.engines, self.reuse)
+
+    async def _requested(self) -> ModelPipeline:
+        """The loop of the model this request was sent for (none named: the default)."""
+        return await self.model(serve.get_multiplexed_model_id() or self.models.default.name)
 
     async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
@@ -160,9 +183,10 @@ class TextToImage:
         reading (its client went away, its job was canceled) cancels the generation at the step it is in.
         """
         steps: asyncio.Queue[Progress | None] = asyncio.Queue()
+        served = await self._requested()
 
         async def report(step: int, total: int, latents: np.ndarray) -> None:
-            preview = await self.preview.png(latents) if previews and wants_preview(step, total) else None
+            preview = await served.preview.png(latents) if previews and wants_preview(step, total) else None
             steps.put_nowait(Progress(step, total, preview))
 
         generation = asyncio.create_task(self._generate(request, sent_at, report))
@@ -178,24 +202,27 @@ class TextToImage:
         self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        reference = await self._reference(request)
-        images = await asyncio.to_thread(decode_images, request, self.pipeline.dims.native_size)
-        job = to_generation(request, self.pipeline.dims.native_size, reference, images, self.defaults)
+        served = await self._requested()
+        pipeline = served.pipeline
+        reference = await self._reference(request, served)
+        images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
+        job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,
             job,
             self.defaults.approximate_cache,
-            self.pipeline.dims.inpainting,
+            pipeline.dims.inpainting,
         )
         job = dataclasses.replace(job, approximate_cache=reuse)
-        self.pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
-        self.controlnets.check(request.controlnets)
-        step_cache.check(job, self.pipeline.specs, self.pipeline.family.step_engine(job))
+        pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
+        pipeline.family.controlnets.check(request.controlnets)
+        step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
         uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
-        if job.images or self.pipeline.dims.inpainting:
+        if job.images or pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)
-        admitted = self.admission.check(job.n, request.denoising_steps, job.width, job.height, request.passes, uses)
+        admission = served.admission
+        admitted = admission.check(job.n, request.denoising_steps, job.width, job.height, request.passes, uses)
         metrics.count(
             metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.controls else "no"
         )
@@ -203,8 +230,8 @@ class TextToImage:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with self.admission.slot(admitted.cost, job.priority):
-                result = await self.pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
+            async with admission.slot(admitted.cost, job.priority):
+                result = await pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )
@@ -216,20 +243,21 @@ class TextToImage:
                 metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
 
-    async def _reference(self, request: GenerationRequest) -> np.ndarray | None:
+    async def _reference(self, request: GenerationRequest, served: ModelPipeline) -> np.ndarray | None:
         """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""
-        self.adapters.check(request)
+        served.model.adapters.check(request)
         reference = await asyncio.to_thread(decode_reference, request)
         if reference is not None:
-            self.pipeline.adapters.scales(request.ip_adapter_scale)  # a mapping that does not fit the UNet: 400 now
+            served.pipeline.adapters.scales(request.ip_adapter_scale)  # a mapping that does not fit the UNet: 400 now
             metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
 
-    async def ready(self) -> dict[str, bool]:
-        """Readiness of each Triton model this deployment needs."""
-        return await self.triton.models_ready(tuple(self.pipeline.specs))
+    async def ready(self, models: list[str]) -> dict[str, bool]:
+        """Readiness of each Triton model of ``models`` (served model names)."""
+        names = (name for model in models for name in self.models[model].triton_names())
+        return await self.triton.models_ready(tuple(names))
 
     async def check_health(self) -> None:
         """Ray Serve health check: the replica's event loop answers (Triton's state is /readyz's business)."""

@@ -109,9 +109,12 @@ class EngineFolder:
         """The activation pool the engines share within ``total_bytes`` (Triton bounds it, admission decides by it)."""
         return activation_pool(self.memory_models, self.specs, total_bytes)
 
-    def pool(self, total_bytes: int) -> PoolSpec:
-        """The activation pool Triton's stubs of these engines reserve their runs from, within ``total_bytes``."""
-        return PoolSpec(self.activation_bytes(total_bytes), tuple(self.memory_models))
+    def pool(self, total_bytes: int, prefix: str = "") -> PoolSpec:
+        """The activation pool Triton's stubs of these engines reserve their runs from, within ``total_bytes``.
+
+        ``prefix``: what the engines' Triton model names start with (a stack's second model's, ``NAME.``).
+        """
+        return PoolSpec(self.activation_bytes(total_bytes), tuple(f"{prefix}{name}" for name in self.memory_models))
 
     @cached_property
     def tiling(self) -> VaeTiling:

@@ -337,8 +337,13 @@ class GenerationRequest(BaseModel):
         description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
         "(diffusers' MultiControlNetModel).",
     )
-    # Accepted for OpenAI client compatibility; Easel serves the one model it was started with.
-    model: str | None = None
+    model: str | None = Field(
+        None,
+        max_length=64,
+        description="The model to generate with, one GET /v1/models lists, or an experiment (a model alias: one of its "
+        "variants serves; GET /v1/experiments). Absent: the stack's default model.",
+    )
+    # Accepted for OpenAI client compatibility.
     quality: str | None = None
     style: str | None = None
     user: str | None = None

@@ -31,6 +31,7 @@ import psutil
 from serve.paths import easel_home
 from serve.processes import ManagedProcess, free_ports
 from serve.triton.activations import ActivationPool, PoolSpec, pools_environment
+from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -135,9 +136,11 @@ class TritonServer:
         canary_interval_s: float = 10.0,
         pools: Mapping[str, PoolSpec] | None = None,
         extra_args: tuple[str, ...] = (),
+        parked: Path | None = None,
     ) -> None:
         self.repository = repository
         self.models = {spec.name: spec for spec in models}
+        self.parked = parked  # the file naming those of ``models`` that are not loaded now (serve.triton.residency)
         spare = iter(free_ports(3, host))
         http, grpc, metrics = (port or next(spare) for port in ports)  # 0: a free port
         self.endpoints = TritonEndpoints(host, http, grpc, metrics)
@@ -168,7 +171,7 @@ class TritonServer:
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
             "--model-control-mode=explicit",
-            "--load-model=*",
+            *(f"--load-model={name}" for name in self.loaded()),  # the stack's, loaded now: not all the folder holds
             f"--http-address={e.host}",
             f"--http-port={e.http_port}",
             f"--grpc-address={e.host}",
@@ -202,9 +205,14 @@ class TritonServer:
         """SIGTERM Triton and its stubs, SIGKILL what is left after ``grace_s``."""
         self.managed.stop(grace_s)
 
+    def loaded(self) -> dict[str, ModelSpec]:
+        """The stack's models that are loaded now (all but those the residency parked): the ones watched."""
+        parked, _ = read_parked(self.parked)
+        return {name: spec for name, spec in self.models.items() if name not in parked}
+
     def ready(self) -> bool:
         """Whether the server and every model it hosts for the stack answer ready."""
-        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.models)]
+        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.loaded())]
         return all(self._http.get(path).status_code == 200 for path in paths)
 
     def log_tail(self, lines: int = 40) -> str:
@@ -234,6 +242,8 @@ class TritonServer:
                     return "not live"
                 broken = self._models_not_ready()
             except httpx.TransportError as error:
+                if read_parked(self.parked)[1]:  # a model is being loaded: late answers are expected meanwhile
+                    return None
                 return f"not answering ({type(error).__name__})"
         if not broken and now - self._last_canary >= self.canary_interval_s:
             self._last_canary = now
@@ -273,7 +283,7 @@ class TritonServer:
         if not self.managed.running():
             return {}
         missing = {}
-        for name, spec in self.models.items():
+        for name, spec in self.loaded().items():
             if spec.ensemble:
                 continue
             if len(self._stubs(name)) < spec.instance_count:
@@ -282,7 +292,7 @@ class TritonServer:
 
     def _models_not_ready(self) -> dict[str, str]:
         return {
-            name: "not ready" for name in self.models if self._http.get(f"/v2/models/{name}/ready").status_code != 200
+            name: "not ready" for name in self.loaded() if self._http.get(f"/v2/models/{name}/ready").status_code != 200
         }
 
     def _models_failing_canary(self) -> dict[str, str]:
@@ -292,7 +302,7 @@ class TritonServer:
         and are not waiting for activation memory (stopped or deadlocked) is.
         """
         failing = {}
-        for name, spec in self.models.items():
+        for name, spec in self.loaded().items():
             if spec.ensemble or self._answered_since_last_look(name):
                 continue
             body = {"inputs": [_canary_input(tensor, spec) for tensor in spec.inputs]}
@@ -321,6 +331,30 @@ class TritonServer:
         answered = count > self._successes.get(name, count)
         self._successes[name] = count if answered else count + 1  # a canary about to be sent counts too
         return answered
+
+
+CONTROL_KEY_ENV = "EASEL_TRITON_CONTROL_KEY"
+"""Where the stack hands its Triton's control key to its Ray workers (the model residency loads and unloads)."""
+
+
+class TritonControl:
+    """Triton's model control API (explicit mode), with the server's control key: load and unload models."""
+
+    def __init__(self, http_url: str, key: str) -> None:
+        self._http = httpx.AsyncClient(base_url=http_url, headers={CONTROL_HEADER: key}, timeout=600)
+
+    async def load(self, name: str) -> None:
+        """Load ``name`` (its files as the repository holds them); raise ``RuntimeError`` if Triton refuses."""
+        await self._post(name, "load")
+
+    async def unload(self, name: str) -> None:
+        """Unload ``name``: Triton finishes what it is running, then frees it."""
+        await self._post(name, "unload")
+
+    async def _post(self, name: str, action: str) -> None:
+        response = await self._http.post(f"/v2/repository/models/{name}/{action}")
+        if response.status_code != 200:
+            raise RuntimeError(f"{action} of Triton model {name} failed: {response.status_code} {response.text[:200]}")
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:

@@ -41,6 +41,11 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
 
 
+def pictures(answer: dict) -> list[str]:
+    """An answer's (or a succeeded job's) images, base64, without their ids (each answer's images get new ids)."""
+    return [item["b64_json"] for item in answer["data"]]
+
+
 def batch_histogram(triton_http_url: str, model: str = "unet") -> collections.Counter:
     """How many executions of ``model`` Triton ran at each batch size so far."""
     stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats").json()["model_stats"][0]

@@ -123,7 +123,7 @@ def _jobs(api, round_: int) -> list[int]:
 
 def _round(api, round_: int) -> list[int]:
     """One burst: 4 concurrent generations (two with LoRAs, one from the approximate cache), every vectorize tier, a 400
-    and a 404, two background jobs, a cache hit.
+    and a 404, a cache hit and feedback on its image, two background jobs.
 
     Each round's generations have seeds of their own (a repeated seed would be answered from the result cache).
     """
@@ -139,7 +139,10 @@ def _round(api, round_: int) -> list[int]:
     statuses.append(_vectorize(api, "default").status_code)
     statuses.append(api.post("/v1/images/generations", json={"prompt": ""}).status_code)
     statuses.append(api.get("/no-such-route").status_code)
-    statuses.append(api.post("/v1/images/generations", json=jobs[0]).status_code)  # a cache hit
+    cached = api.post("/v1/images/generations", json=jobs[0])  # a cache hit
+    statuses.append(cached.status_code)
+    image_id = cached.json()["data"][0]["id"]  # each answer's images have ids of their own, a cache hit's too
+    statuses.append(api.post("/v1/feedback", json={"image_id": image_id, "rating": 1 + round_ % 5}).status_code)
     return statuses + _jobs(api, round_)
 
 
@@ -197,7 +200,7 @@ def _poll(check, what: str):
 
 def test_load_got_the_answers_it_was_built_for(load):
     assert load[:2] == [503, 200]
-    assert load[2:] == ([200] * 9 + [400, 404, 200] + [200, 200]) * ROUNDS
+    assert load[2:] == ([200] * 9 + [400, 404, 200, 200] + [200, 200]) * ROUNDS
 
 
 def test_prometheus_scrapes_triton_and_ray(prometheus, load):
@@ -286,7 +289,7 @@ def test_ray_dashboard_shows_the_serve_app_deployments_and_replicas(stack, load)
     app = response.json()["applications"]["easel"]
     assert app["status"] == "RUNNING"
     deployments = app["deployments"]
-    assert set(deployments) == {"Gateway", "TextToImage", "Vectorizer"}
+    assert set(deployments) == {"Gateway", "TextToImage", "Vectorizer", "ModelResidency"}
     for deployment in deployments.values():
         assert deployment["status"] == "HEALTHY"
         assert deployment["replicas"] and all(r["state"] == "RUNNING" for r in deployment["replicas"])

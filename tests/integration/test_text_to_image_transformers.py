@@ -42,7 +42,7 @@ def stack(model, loras, tmp_path_factory):
     options = StackOptions(
         port=0,
         dashboard=False,
-        model_dir=model[1],
+        models={"model": model[1]},
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,

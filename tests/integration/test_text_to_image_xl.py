@@ -23,7 +23,7 @@ def stack(tiny_xl_model, tmp_path_factory):
     options = StackOptions(
         port=0,
         dashboard=False,
-        model_dir=tiny_xl_model,
+        models={"model": tiny_xl_model},
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,

@@ -55,7 +55,14 @@ DASHBOARDS = load_dashboards()
 
 def test_the_dashboards_are_importable_json():
     uids = {d["uid"] for d in DASHBOARDS}
-    assert uids == {"easel-overview", "easel-text-to-image", "easel-vectorize", "easel-triton", "easel-jobs"}
+    assert uids == {
+        "easel-overview",
+        "easel-text-to-image",
+        "easel-vectorize",
+        "easel-triton",
+        "easel-jobs",
+        "easel-experiments",
+    }
     for dashboard in DASHBOARDS:
         assert dashboard["title"].startswith("Easel / ") and "id" not in dashboard
         variable = dashboard["templating"]["list"][0]

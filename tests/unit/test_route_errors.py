@@ -32,6 +32,11 @@ def test_a_missing_method_is_a_405_that_keeps_allow(client):
     }
 
 
+def test_a_405_allows_every_method_of_a_path_several_routes_share(client):
+    response = client.post("/v1/experiments/logo-v")
+    assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET, PUT"
+
+
 @pytest.mark.parametrize("body", [b'{"prompt": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000])
 def test_an_unreadable_body_is_a_400_naming_the_body(client, body):
     response = client.post("/v1/images/generations", content=body, headers={"content-type": "application/json"})

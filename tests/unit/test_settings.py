@@ -85,8 +85,8 @@ def test_sizes_and_port_lists_parse_and_read_back():
 
 def test_the_store_defaults_to_the_run_folder_s_file(tmp_path):
     assert StackOptions(run_dir=tmp_path).store == default_url(tmp_path)
-    assert AppArgs(engine_dir="e", triton_grpc_url="t").store == default_url()
-    assert AppArgs(engine_dir="e", triton_grpc_url="t", store_url="redis://r:1/0").store == "redis://r:1/0"
+    assert AppArgs(models={"m": "e"}, triton_grpc_url="t").store == default_url()
+    assert AppArgs(models={"m": "e"}, triton_grpc_url="t", store_url="redis://r:1/0").store == "redis://r:1/0"
 
 
 def test_easel_help_imports_neither_torch_nor_ray():
@@ -110,13 +110,13 @@ def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
     from serve.stack import app_settings
 
     options = StackOptions(guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0)
-    given = app_settings(options, memory_budget_bytes=123)
+    given = app_settings(options, memory_budget_bytes=123, model_weights_bytes=45)
     assert set(given) == set(AppSettings.model_fields)
-    args = AppArgs(engine_dir="engines", triton_grpc_url="this-node", **given)
+    args = AppArgs(models={"easel-default": "engines"}, triton_grpc_url="this-node", **given)
     assert (args.guidance_cutoff, args.approximate_cache, args.approximate_similarity, args.max_cost) == (
         0.5,
         0.25,
         0.9,
         9.0,
     )
-    assert args.memory_budget_bytes == 123 and args.store_url == options.store
+    assert args.memory_budget_bytes == 123 and args.model_weights_bytes == 45 and args.store_url == options.store

@@ -1,0 +1,191 @@
+"""What an experiment is and how it picks a variant: a weighted split (sticky per user) or a Thompson-sampling bandit.
+
+An experiment is a model alias: a request whose ``model`` names it is served by one of its variants (served models).
+``split``: each variant takes its weight's share of the traffic; a request with a ``user`` is placed by a stable hash
+of alias and user, so one user always sees one variant; without a user, each request is drawn. ``bandit``: Thompson
+sampling: each request draws a mean reward from every variant's Beta posterior and takes the highest, so traffic
+moves to the variant feedback favours while the others are still tried now and then. Every experiment keeps its
+variants' posteriors (a split's show how its variants fare; only a bandit acts on them).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+import random
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from serve.errors import InvalidInput
+
+WEIGHT_TOLERANCE = 1e-6
+"""How far a split's weights may sum from 1."""
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""An experiment's name (the alias requests give as ``model``)."""
+MAX_VARIANTS = 16
+
+
+Weights = Annotated[dict[str, Annotated[float, Strict()]], Field(min_length=1, max_length=MAX_VARIANTS)]
+"""A split's variants: served model -> weight."""
+
+
+class Policy(enum.StrEnum):
+    """How an experiment picks a variant."""
+
+    SPLIT = "split"
+    BANDIT = "bandit"
+
+
+def _variants_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("variants", message, {"field": "variants"})
+
+
+class ExperimentSpec(BaseModel):
+    """An experiment's declaration: its policy and variants (``easel up --experiment``, ``PUT /v1/experiments/{name}``).
+
+    ``split``: a mapping of served model -> weight (each > 0, summing to 1); ``bandit``: a list of served models.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy = Field(Policy.SPLIT, description="split: by weight, sticky per user; bandit: Thompson sampling.")
+    variants: Weights | Annotated[list[str], Field(min_length=1, max_length=MAX_VARIANTS)] = Field(
+        description='split: served model -> weight, e.g. {"v1": 0.9, "v2": 0.1} (weights > 0, summing to 1); '
+        'bandit: the served models it chooses among, e.g. ["v1", "v2"].',
+        union_mode="left_to_right",
+    )
+
+    @field_validator("variants", mode="wrap")
+    @classmethod
+    def _variants_shaped(cls, value, handler):
+        """One refusal naming ``variants`` for a value that is neither shape (not one per shape of the union)."""
+        try:
+            return handler(value)
+        except ValidationError:
+            raise PydanticCustomError(
+                "variants",
+                f"a mapping of 1 to {MAX_VARIANTS} models to weights (numbers), or a list of 1 to {MAX_VARIANTS} "
+                "models",
+            ) from None
+
+    @model_validator(mode="after")
+    def _variants_fit_the_policy(self) -> ExperimentSpec:
+        if self.policy is Policy.SPLIT:
+            if not isinstance(self.variants, dict):
+                raise _variants_error('a split takes a mapping of model -> weight, e.g. {"v1": 0.9, "v2": 0.1}')
+            bad = sorted(name for name, weight in self.variants.items() if not weight > 0 or not math.isfinite(weight))
+            if bad:
+                raise _variants_error(f"weights must be > 0 (not for {', '.join(bad)})")
+            total = sum(self.variants.values())
+            if abs(total - 1) > WEIGHT_TOLERANCE:
+                raise _variants_error(f"weights must sum to 1 (within {WEIGHT_TOLERANCE:g}); they sum to {total:g}")
+        else:
+            if not isinstance(self.variants, list):
+                raise _variants_error("a bandit takes a list of models (its traffic follows its posteriors)")
+            if len(set(self.variants)) != len(self.variants) or len(self.variants) < 2:
+                raise _variants_error("a bandit chooses among at least two different models")
+        return self
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The variants' model names, in a fixed order (sorted)."""
+        return tuple(sorted(self.variants))
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A declared experiment: its name (the alias) and its declaration."""
+
+    name: str
+    spec: ExperimentSpec
+
+    def check(self, served: Collection[str]) -> None:
+        """Refuse (400) a name that shadows a served model or is malformed, or a variant that is not served."""
+        if not re.match(NAME_PATTERN, self.name):
+            raise InvalidInput(f"name: {self.name!r} does not match {NAME_PATTERN}", "name")
+        if self.name in served:
+            raise InvalidInput(f"name: {self.name!r} is a served model; an experiment may not shadow it", "name")
+        unknown = [model for model in self.spec.models if model not in served]
+        if unknown:
+            listed = ", ".join(sorted(served)) or "none"
+            raise InvalidInput(f"variants: {', '.join(unknown)} not served (served models: {listed})", "variants")
+
+    def to_api(self, posteriors: Mapping[str, Posterior]) -> dict:
+        """The experiment as ``GET /v1/experiments`` lists it, with each variant's posterior."""
+        return {
+            "object": "experiment",
+            "id": self.name,
+            **self.spec.model_dump(mode="json"),
+            "posteriors": {model: posteriors.get(model, PRIOR).to_api() for model in self.spec.models},
+        }
+
+
+@dataclass(frozen=True)
+class Posterior:
+    """A variant's Beta posterior over its mean reward: Beta(1 + successes, 1 + failures) (a uniform prior).
+
+    A reward r in [0, 1] adds r to ``successes`` and 1 - r to ``failures`` (fractional Bernoulli observations).
+    """
+
+    successes: float = 0.0
+    failures: float = 0.0
+    feedback: int = 0  # rewards observed
+
+    @property
+    def alpha(self) -> float:
+        """Beta's first parameter."""
+        return 1.0 + self.successes
+
+    @property
+    def beta(self) -> float:
+        """Beta's second parameter."""
+        return 1.0 + self.failures
+
+    @property
+    def mean(self) -> float:
+        """The posterior mean reward."""
+        return self.alpha / (self.alpha + self.beta)
+
+    def to_api(self) -> dict:
+        """As the API shows it."""
+        return {"alpha": self.alpha, "beta": self.beta, "mean": self.mean, "feedback": self.feedback}
+
+
+PRIOR = Posterior()
+
+
+def user_share(name: str, user: str) -> float:
+    """A stable point in [0, 1) for ``user`` in experiment ``name`` (the same on every replica, every restart)."""
+    digest = hashlib.sha256(f"{name}\0{user}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign(
+    experiment: Experiment,
+    posteriors: Mapping[str, Posterior],
+    user: str | None,
+    rng: random.Random,
+) -> str:
+    """The variant that serves a request: by weight (a user's stable share; else drawn) or by Thompson sampling."""
+    spec = experiment.spec
+    if spec.policy is Policy.BANDIT:
+        return thompson(spec.models, posteriors, rng)
+    point = user_share(experiment.name, user) if user else rng.random()
+    edge = 0.0
+    for model in spec.models:
+        edge += spec.variants[model]
+        if point < edge:
+            return model
+    return spec.models[-1]  # the weights' sum fell a rounding error short of 1
+
+
+def thompson(models: tuple[str, ...], posteriors: Mapping[str, Posterior], rng: random.Random) -> str:
+    """The model whose mean reward, drawn from its posterior, is highest (Thompson sampling)."""
+    draws = {model: rng.betavariate(p.alpha, p.beta) for model in models for p in (posteriors.get(model, PRIOR),)}
+    return max(models, key=draws.__getitem__)

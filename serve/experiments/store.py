@@ -1,0 +1,87 @@
+"""The experiment store's contract: experiments, their variants' posteriors, and what served each image or job.
+
+Two implementations keep it, tested against the same tests: :mod:`serve.experiments.sqlite` and
+:mod:`serve.experiments.redis` (:func:`serve.experiments.open_experiment_store` picks one by URL). Every Gateway
+replica (and, with Redis, every node) reads the same definitions and posteriors, and a restart keeps them. A reward
+marks its id rated and adds to its variant's posterior in one transaction, so an id counts once.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from serve.errors import Conflict
+from serve.experiments.policy import Experiment, Posterior
+
+SERVED_RETENTION_S = 30 * 24 * 3600.0
+"""How long what served an image (or job) is kept, so feedback can name it."""
+
+
+@dataclass(frozen=True)
+class Served:
+    """What served an image or a job: the model, the experiment it was served through (if any), whose it is."""
+
+    model: str
+    experiment: str | None = None
+    owner: str | None = None  # the id of the API key that asked for it (None: the API was open)
+    created_at: float = 0.0
+    reward: float | None = None  # its feedback, once given
+
+
+def already_rated(item_id: str) -> Conflict:
+    """The 409 for a second rating of one id."""
+    return Conflict(f"{item_id} has been rated already (each image or job counts once)")
+
+
+class ExperimentStore(ABC):
+    """Experiments, their posteriors and serving records. ``clock`` is injectable for tests."""
+
+    clock = staticmethod(time.time)
+
+    def __init__(self, retention_s: float = SERVED_RETENTION_S) -> None:
+        self.retention_s = retention_s
+
+    @abstractmethod
+    def define(self, experiment: Experiment) -> None:
+        """Create or replace an experiment; posteriors of variants it keeps stay, those of variants it drops go."""
+
+    @abstractmethod
+    def get(self, name: str) -> Experiment | None:
+        """The experiment called ``name``, or None."""
+
+    @abstractmethod
+    def list(self) -> list[Experiment]:
+        """Every experiment, by name."""
+
+    @abstractmethod
+    def delete(self, name: str) -> bool:
+        """Remove an experiment and its posteriors; False if there is none."""
+
+    @abstractmethod
+    def posteriors(self, name: str) -> dict[str, Posterior]:
+        """Each of the experiment's variants that has feedback -> its posterior (the others are at the prior)."""
+
+    def record(self, item_ids: Iterable[str], served: Served) -> None:
+        """Remember what served each of ``item_ids`` (images, or a job), for :data:`SERVED_RETENTION_S`."""
+        self._record(list(item_ids), Served(served.model, served.experiment, served.owner, self.clock()))
+
+    @abstractmethod
+    def _record(self, item_ids: list[str], served: Served) -> None: ...
+
+    @abstractmethod
+    def served(self, item_id: str) -> Served | None:
+        """What served ``item_id``, or None (never served, or past retention)."""
+
+    @abstractmethod
+    def rate(self, item_id: str, reward: float) -> Served | None:
+        """Record ``reward`` for ``item_id`` and add it to its variant's posterior (if its experiment still has it).
+
+        Returns what served it (None: unknown id); a second rating of one id is a :class:`~serve.errors.Conflict`.
+        """
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's connections."""

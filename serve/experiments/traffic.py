@@ -1,0 +1,123 @@
+"""The Gateway's door to experiments: an alias resolved to its variant, what served each image recorded, feedback.
+
+Also the admin operations (define, describe, list, delete), each checked against the served models.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+
+from serve.errors import InvalidInput, NotFound
+from serve.experiments.feedback import FeedbackRequest
+from serve.experiments.policy import Experiment, ExperimentSpec, Policy, assign
+from serve.experiments.store import ExperimentStore, Served
+
+NO_EXPERIMENT = "none"
+"""The ``experiment`` label of a generation that named its model directly."""
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """Which model serves a request, and the experiment (alias) that chose it, if any."""
+
+    model: str
+    experiment: str | None = None
+
+    @property
+    def label(self) -> str:
+        """The metrics' ``experiment`` label."""
+        return self.experiment or NO_EXPERIMENT
+
+    def headers(self) -> dict[str, str]:
+        """What the answer's headers say of it: ``Easel-Model`` (the variant), ``Easel-Experiment`` (the alias)."""
+        return {"Easel-Model": self.model} | ({"Easel-Experiment": self.experiment} if self.experiment else {})
+
+    def to_api(self) -> dict:
+        """What the answer's body says of it (``experiment``: null when the request named the model itself)."""
+        experiment = {"id": self.experiment, "variant": self.model} if self.experiment else None
+        return {"model": self.model, "experiment": experiment}
+
+
+class Experiments:
+    """Experiments over the stack's store; ``served_models`` gives the names a variant may take (and an alias not).
+
+    ``rng`` draws a split's requests without a user and the bandit's samples (seeded in tests).
+    """
+
+    def __init__(
+        self,
+        store: ExperimentStore,
+        served_models: Callable[[], Collection[str]],
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.served_models = served_models
+        self.rng = rng or random.Random()
+
+    def define(self, name: str, spec: ExperimentSpec) -> dict:
+        """Create or replace experiment ``name`` (400 naming the field for a bad one); its listing."""
+        experiment = Experiment(name, spec)
+        experiment.check(self.served_models())
+        self.store.define(experiment)
+        return experiment.to_api(self.store.posteriors(name))
+
+    def describe(self, name: str) -> dict:
+        """Experiment ``name`` with its posteriors (404 if there is none)."""
+        return self._require(name).to_api(self.store.posteriors(name))
+
+    def listing(self) -> list[dict]:
+        """Every experiment with its posteriors."""
+        return [e.to_api(self.store.posteriors(e.name)) for e in self.store.list()]
+
+    def delete(self, name: str) -> dict:
+        """Remove experiment ``name`` and its posteriors (404 if there is none)."""
+        if not self.store.delete(name):
+            raise self._missing(name)
+        return {"object": "experiment", "id": name, "deleted": True}
+
+    def assign(self, model: str | None, user: str | None) -> Assignment | None:
+        """The variant that serves a request whose ``model`` names an experiment; None when it names none."""
+        if not model or model in self.served_models():
+            return None
+        experiment = self.store.get(model)
+        if experiment is None:
+            return None
+        posteriors = self.store.posteriors(model) if experiment.spec.policy is Policy.BANDIT else {}
+        return Assignment(assign(experiment, posteriors, user, self.rng), model)
+
+    def record(self, item_ids: Collection[str], assignment: Assignment, owner: str | None) -> None:
+        """Remember what served ``item_ids`` (images, or a job), so feedback can name them."""
+        self.store.record(item_ids, Served(assignment.model, assignment.experiment, owner))
+
+    def served_by(self, item_id: str) -> Assignment | None:
+        """What served ``item_id`` (a job's variant, chosen at submission), or None if nothing was recorded."""
+        served = self.store.served(item_id)
+        return None if served is None else Assignment(served.model, served.experiment)
+
+    def rate(self, feedback: FeedbackRequest, may_see: Callable[[str | None], bool]) -> dict:
+        """Take a reward for what ``feedback`` names (a 400 naming the field if the caller has served no such id)."""
+        field, item_id = feedback.target
+        served = self.store.served(item_id)
+        rated = self.store.rate(item_id, feedback.value) if served is not None and may_see(served.owner) else None
+        if rated is None:
+            what = "image" if field == "image_id" else "job"
+            raise InvalidInput(f"{field}: no generated {what} {item_id} to rate (unknown or expired)", field)
+        return {
+            "object": "feedback",
+            "id": item_id,
+            "reward": rated.reward,
+            "model": rated.model,
+            "experiment": rated.experiment,
+        }
+
+    def _require(self, name: str) -> Experiment:
+        experiment = self.store.get(name)
+        if experiment is None:
+            raise self._missing(name)
+        return experiment
+
+    @staticmethod
+    def _missing(name: str) -> NotFound:
+        return NotFound(f"no experiment {name!r}", "name")

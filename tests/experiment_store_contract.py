@@ -1,0 +1,113 @@
+"""The experiment store's contract, run against SQLite (unit tests) and a real Redis server (integration tests).
+
+A test module imports these and defines ``store_factory`` (opens another connection to one fresh, empty store) and
+``store`` (one opened from it).
+"""
+
+import threading
+
+import pytest
+
+from serve.errors import Conflict
+from serve.experiments.policy import Experiment, ExperimentSpec, Policy, Posterior
+from serve.experiments.store import Served
+
+SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
+BANDIT = Experiment("art", ExperimentSpec(policy=Policy.BANDIT, variants=["sd", "sdxl", "lcm"]))
+
+
+def test_experiments_are_defined_listed_replaced_and_deleted(store):
+    assert store.list() == [] and store.get("logo-v") is None
+    store.define(SPLIT)
+    store.define(BANDIT)
+    assert store.list() == [BANDIT, SPLIT] and store.get("logo-v") == SPLIT
+    replaced = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.5, "v2": 0.5}))
+    store.define(replaced)
+    assert store.get("logo-v") == replaced and len(store.list()) == 2
+    assert store.delete("logo-v") and not store.delete("logo-v")
+    assert store.list() == [BANDIT]
+
+
+def test_a_reward_counts_once_and_goes_to_the_posterior_of_the_variant_that_served(store):
+    store.define(BANDIT)
+    store.record(["img_a", "img_b"], Served("sdxl", "art", owner="key1"))
+    store.record(["job_c"], Served("sd", "art"))
+    assert store.posteriors("art") == {}
+    served = store.rate("img_a", 1.0)
+    assert (served.model, served.experiment, served.owner, served.reward) == ("sdxl", "art", "key1", 1.0)
+    store.rate("img_b", 0.25)
+    store.rate("job_c", 0.0)
+    assert store.posteriors("art") == {"sdxl": Posterior(1.25, 0.75, 2), "sd": Posterior(0.0, 1.0, 1)}
+    with pytest.raises(Conflict):
+        store.rate("img_a", 0.0)
+    assert store.posteriors("art")["sdxl"] == Posterior(1.25, 0.75, 2)
+    assert store.served("img_a").reward == 1.0 and store.served("img_b").owner == "key1"
+
+
+def test_unknown_and_expired_ids_are_not_rated(store):
+    assert store.served("img_missing") is None and store.rate("img_missing", 1.0) is None
+    store.clock = lambda: 1000.0
+    store.record(["img_old"], Served("v1", "logo-v"))
+    store.clock = lambda: 1000.0 + store.retention_s + 1
+    assert store.served("img_old") is None and store.rate("img_old", 1.0) is None
+
+
+def test_feedback_on_a_plain_model_or_a_dropped_variant_touches_no_posterior(store):
+    store.define(SPLIT)
+    store.record(["img_plain"], Served("v1"))
+    store.record(["img_v2"], Served("v2", "logo-v"))
+    assert store.rate("img_plain", 1.0).experiment is None
+    store.define(Experiment("logo-v", ExperimentSpec(variants={"v1": 1.0})))  # v2 dropped
+    assert store.rate("img_v2", 1.0).model == "v2"
+    assert store.posteriors("logo-v") == {}
+
+
+def test_redefining_keeps_the_posteriors_of_kept_variants_and_deleting_drops_them(store):
+    store.define(SPLIT)
+    store.record(["img_1"], Served("v1", "logo-v"))
+    store.record(["img_2"], Served("v2", "logo-v"))
+    store.rate("img_1", 1.0)
+    store.rate("img_2", 1.0)
+    store.define(Experiment("logo-v", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v3"])))
+    assert store.posteriors("logo-v") == {"v1": Posterior(1.0, 0.0, 1)}
+    store.delete("logo-v")
+    store.define(SPLIT)
+    assert store.posteriors("logo-v") == {}
+
+
+def test_concurrent_ratings_from_many_connections_all_count_and_none_twice(store, store_factory):
+    store.define(SPLIT)
+    ids = [f"img_{i}" for i in range(40)]
+    store.record(ids, Served("v1", "logo-v"))
+    counted, conflicts, lock = [], [], threading.Lock()
+
+    def rater(offset: int) -> None:
+        mine = store_factory()
+        for item_id in ids[offset:] + ids[:offset]:  # every rater tries every id
+            try:
+                mine.rate(item_id, 1.0)
+                with lock:
+                    counted.append(item_id)
+            except Conflict:
+                with lock:
+                    conflicts.append(item_id)
+        mine.close()
+
+    threads = [threading.Thread(target=rater, args=(i * 10,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(counted) == sorted(ids) and len(conflicts) == 3 * len(ids)
+    assert store.posteriors("logo-v") == {"v1": Posterior(40.0, 0.0, 40)}
+
+
+def test_a_second_connection_sees_the_same_experiments_and_posteriors(store, store_factory):
+    store.define(BANDIT)
+    store.record(["img_x"], Served("lcm", "art"))
+    store.rate("img_x", 0.5)
+    other = store_factory()
+    try:
+        assert other.get("art") == BANDIT and other.posteriors("art") == {"lcm": Posterior(0.5, 0.5, 1)}
+    finally:
+        other.close()

@@ -1,0 +1,184 @@
+"""Three models in one stack (the embedded default, a second tiny SD and the tiny SDXL): each request's `model` picks
+one, each image is that model's (parity with diffusers), OpenAI's client lists them, an unknown one is a 400.
+
+The room for weights holds two of the three: a cold model loads on demand and the least recently used one with no
+request in flight is unloaded for it; no request fails meanwhile.
+"""
+
+import logging
+import time
+
+import grpc
+import httpx
+import openai
+import pytest
+
+from build_engines.text_to_image.default_model import schedule_variant
+from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.settings import DEFAULT_MODEL
+from serve.stack import Stack, StackOptions
+from tests.conftest import diffusers_reference, psnr, reference_images
+from tests.integration.conftest import batch_histogram, decode_images, post_together, triton_killed
+from tests.integration.test_text_to_image import GENERATE
+
+pytestmark = pytest.mark.integration
+logger = logging.getLogger(__name__)
+
+SD, XL = "sd", "xl"
+MODELS = (DEFAULT_MODEL, SD, XL)
+ROOM = 480 << 20
+"""Weights of two of the three (each measured at 200-250 MB as served), not of all three."""
+LOAD_SECONDS = "Easel-Model-Load-Seconds"
+BODY = {
+    "prompt": "a red heart icon",
+    "size": "64x64",
+    "num_inference_steps": 2,
+    "guidance_scale": 7.5,
+    "seed": 3,
+    "scheduler": "ddim",
+}
+
+
+@pytest.fixture(scope="module")
+def second_sd(default_model, tmp_path_factory):
+    """A second SD model: the embedded default with another noise schedule (so its images differ, its engines too)."""
+    return schedule_variant(default_model, tmp_path_factory.mktemp("second-sd") / "model")
+
+
+@pytest.fixture(scope="module")
+def stack(second_sd, tiny_xl_model, tmp_path_factory):
+    """One stack serving the three models (the default first) on free ports, no result cache."""
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        models={DEFAULT_MODEL: None, SD: second_sd, XL: tiny_xl_model},
+        model_weights_bytes=ROOM,
+        repository=tmp_path_factory.mktemp("repository"),
+        run_dir=tmp_path_factory.mktemp("run"),
+        cache_bytes=0,
+    )
+    with Stack(options) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def references(default_model, second_sd, tiny_xl_model):
+    """Each model's image for :data:`BODY` from diffusers' own pipeline over its folder."""
+    folders = {DEFAULT_MODEL: default_model, SD: second_sd, XL: tiny_xl_model}
+    wanted = {}
+    for name, folder in folders.items():
+        pipeline = diffusers_reference(folder, **({"add_watermarker": False} if name == XL else {}))
+        wanted[name] = reference_images(
+            pipeline,
+            "ddim",
+            prompt=BODY["prompt"],
+            width=64,
+            height=64,
+            num_inference_steps=2,
+            guidance_scale=7.5,  # SDXL's pipeline defaults to 5
+            seed=3,
+        )
+    return wanted
+
+
+def test_the_openai_client_lists_every_model_with_its_family(stack, api):
+    client = openai.OpenAI(base_url=f"{stack.info.api_url}/v1", api_key="unused", timeout=60)
+    listed = client.models.list().data
+    assert [model.id for model in listed] == list(MODELS)  # the default first
+    assert all(model.object == "model" and model.owned_by == "easel" and model.created > 0 for model in listed)
+    xl = api.get("/v1/models/xl").json()
+    assert (xl["family"], xl["loaded"], xl["native_size"], xl["controlnets"]) == ("sdxl", False, "256x256", [])
+    assert [model.model_extra["loaded"] for model in listed] == [True, True, False]  # the first two fit the room
+    assert api.get(f"/v1/models/{DEFAULT_MODEL}").json()["family"] == "sd"
+    missing = api.get("/v1/models/nope")
+    assert missing.status_code == 404 and missing.json()["error"]["param"] == "model_id"
+    ready = api.get("/readyz").json()["models"]
+    assert {"unet", "sd.unet"} <= set(ready) and "xl.unet" not in ready  # each model's own Triton models, if loaded
+
+
+def _loaded(api) -> dict[str, bool]:
+    return {model["id"]: model["loaded"] for model in api.get("/v1/models").json()["data"]}
+
+
+def test_a_cold_model_loads_on_demand_and_the_least_recently_used_makes_room(stack, api):
+    warm = api.post(GENERATE, json=BODY | {"model": DEFAULT_MODEL})  # the default used last: sd is the LRU
+    assert warm.status_code == 200 and LOAD_SECONDS not in warm.headers and warm.headers["Easel-Model"] == DEFAULT_MODEL
+    cold = api.post(GENERATE, json=BODY | {"model": XL})
+    assert cold.status_code == 200, cold.text
+    logger.info("xl loaded in %s s", cold.headers[LOAD_SECONDS])
+    assert float(cold.headers[LOAD_SECONDS]) > 0
+    assert _loaded(api) == {DEFAULT_MODEL: True, SD: False, XL: True}
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code != 200
+    assert LOAD_SECONDS not in api.post(GENERATE, json=BODY | {"model": XL}).headers  # loaded now
+
+
+def test_a_model_with_requests_in_flight_is_never_unloaded(stack, api):
+    long = BODY | {"num_inference_steps": 150, "background": True}
+    jobs = [api.post(GENERATE, json=long | {"model": name}).json()["id"] for name in (DEFAULT_MODEL, XL)]
+    deadline = time.monotonic() + 120
+    while not all(api.get(f"/v1/jobs/{job}").json()["progress"]["step"] > 0 for job in jobs):
+        assert time.monotonic() < deadline, "the long jobs did not start"
+        time.sleep(0.05)
+    # Both loaded models have a request in flight: sd waits for one of them to end, then takes its room.
+    cold = api.post(GENERATE, json=BODY | {"model": SD})
+    assert cold.status_code == 200, cold.text
+    states = [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs]
+    assert "succeeded" in states, states  # sd was served only once a long job had ended
+    while not all(api.get(f"/v1/jobs/{job}").json()["status"] in ("succeeded", "failed") for job in jobs):
+        time.sleep(0.2)
+    assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs] == ["succeeded", "succeeded"]
+
+
+def test_each_request_gets_its_model_s_image_alone_and_together(stack, api, references):
+    alone = {}
+    for name in MODELS:
+        response = api.post(GENERATE, json=BODY | {"model": name})
+        assert response.status_code == 200, response.text
+        alone[name] = decode_images(response)
+    parity = {name: psnr(alone[name], references[name]) for name in MODELS}
+    logger.info("PSNR against diffusers: %s", parity)
+    assert all(value >= 40 for value in parity.values()), parity
+    assert psnr(alone[DEFAULT_MODEL], alone[SD]) < 30 and psnr(alone[SD], alone[XL]) < 30  # three models, not one
+    no_model = api.post(GENERATE, json=BODY)
+    assert (decode_images(no_model) == alone[DEFAULT_MODEL]).all()  # absent: the default model
+
+    before = batch_histogram(stack.info.triton_http_url, "xl.unet")
+    bodies = [BODY | {"model": name, "seed": 3} for name in MODELS for _ in range(3)]
+    together = post_together(stack.info.api_url, GENERATE, bodies)
+    for body, response in zip(bodies, together, strict=True):
+        assert response.status_code == 200, response.text
+        assert (decode_images(response) == alone[body["model"]]).all()
+    merged = batch_histogram(stack.info.triton_http_url, "xl.unet") - before
+    logger.info("xl.unet batches while the three models ran together: %s", dict(merged))
+    assert any(size > 1 for size in merged)  # a model's steps still merge across its requests
+
+
+def test_an_unknown_model_is_a_400_naming_model_and_what_a_model_lacks_is_refused(stack, api):
+    unknown = api.post(GENERATE, json=BODY | {"model": "gpt-image-1"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "model"
+    assert "served: easel-default, sd, xl" in unknown.json()["error"]["message"]
+    background = api.post(GENERATE, json=BODY | {"model": "nope", "background": True})
+    assert background.status_code == 400 and background.json()["error"]["param"] == "model"  # refused, not queued
+    refused = api.post(GENERATE, json=BODY | {"model": XL, "loras": [{"name": "style"}]})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "loras.0.name"
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        easel = easel_pb2_grpc.EaselStub(channel)
+        with pytest.raises(grpc.RpcError) as refused_rpc:
+            list(easel.Generate(easel_pb2.GenerateRequest(prompt="x", model="nope"), timeout=30))
+        assert refused_rpc.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused_rpc.value.details().startswith("model:")
+        events = list(easel.Generate(easel_pb2.GenerateRequest(prompt="x", size="64x64", model=XL), timeout=120))
+        assert len(events[-1].result.images) == 1
+    assert api.get("/readyz").status_code == 200  # the stack serves on
+
+
+def test_a_restarted_triton_loads_what_was_loaded_and_a_parked_model_still_loads_on_demand(stack, api):
+    before = _loaded(api)
+    parked = next(name for name, loaded in before.items() if not loaded)
+    with triton_killed(stack, ready_within_s=180):
+        pass
+    assert _loaded(api) == before
+    unet = "unet" if parked == DEFAULT_MODEL else f"{parked}.unet"
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready").status_code != 200
+    cold = api.post(GENERATE, json=BODY | {"model": parked})
+    assert cold.status_code == 200 and LOAD_SECONDS in cold.headers, cold.text

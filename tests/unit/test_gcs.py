@@ -44,13 +44,14 @@ def test_a_killed_gcs_is_started_again_on_its_port_with_its_environment_and_only
     port = free_port()
     env = {**os.environ, "RAY_gcs_storage": "rocksdb", "RAY_gcs_storage_path": str(tmp_path)}
     first = subprocess.Popen([sys.executable, "-c", FAKE_GCS, str(port), "--port=0"], env=env)
-    _wait(lambda: any(c.laddr.port == port for c in psutil.Process(first.pid).net_connections("tcp")))
+    _wait(lambda: _listens(first.pid, port))
     kept = KeptGcs(psutil.Process(first.pid), f"127.0.0.1:{port}", tmp_path / "gcs.log", owned=owned)
     assert kept.storage == f"rocksdb {tmp_path}" and kept.running() and not kept.restarted
     supervisor = Supervisor()
     supervisor.watch(kept)
     os.kill(first.pid, signal.SIGKILL)
-    _wait(lambda: kept.restarted and kept.running())
+    # Listening, not only started: until then the pid may still be setpriv exec'ing it (environ read mid-exec: {})
+    _wait(lambda: kept.restarted and kept.running() and _listens(kept.pid, port))
     again = psutil.Process(kept.pid)
     assert f"--port={port}" in again.cmdline()  # pinned: raylets find it where the old one was
     assert again.environ()["RAY_gcs_storage_path"] == str(tmp_path)
@@ -62,6 +63,13 @@ def test_a_killed_gcs_is_started_again_on_its_port_with_its_environment_and_only
         assert again.is_running()
         again.kill()
         again.wait(10)
+
+
+def _listens(pid: int, port: int) -> bool:
+    try:
+        return any(c.laddr.port == port for c in psutil.Process(pid).net_connections("tcp"))
+    except psutil.Error:
+        return False
 
 
 def test_a_gcs_not_on_this_machine_is_not_kept(tmp_path):

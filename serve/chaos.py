@@ -155,12 +155,23 @@ def left_behind(stack_id: str) -> list[psutil.Process]:
 class Chaos:
     """Runs the faults against a started :class:`Stack` under a bounded load."""
 
-    def __init__(self, stack: Stack, clients: int = 4, window_s: float = 20.0, hang_s: float = 120.0) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        clients: int = 4,
+        window_s: float = 20.0,
+        hang_s: float = 120.0,
+        faults: tuple[str, ...] = FAULTS,
+    ) -> None:
+        unknown = set(faults) - set(FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {', '.join(FAULTS)}")
         self.stack, self.clients, self.window_s, self.hang_s = stack, clients, window_s, hang_s
+        self.chosen = faults
         self.api = httpx.Client(base_url=stack.info.api_url, timeout=hang_s)
 
     def faults(self) -> dict[str, Callable[[], str | None]]:
-        """Each fault of :data:`FAULTS`, by name: a function that injects it."""
+        """Each chosen fault (of :data:`FAULTS`, in its order), by name: a function that injects it."""
         injections = (
             lambda: os.kill(self.stack.triton.process.pid, signal.SIGKILL),
             self._kill_unet_stub,
@@ -168,7 +179,7 @@ class Chaos:
             lambda: _replicas("Gateway")[0].kill(),
             self._largest_requests,
         )
-        return dict(zip(FAULTS, injections, strict=True))
+        return {name: inject for name, inject in zip(FAULTS, injections, strict=True) if name in self.chosen}
 
     def run(self, icon: bytes) -> list[FaultReport]:
         """Every fault in turn, each followed by recovery; the stack must be ready when called."""

@@ -101,8 +101,9 @@ def check(job: Generation, specs: Mapping[str, ModelSpec], step_engine: str) -> 
     if UNET_SHALLOW not in specs:
         raise InvalidInput(f"{field}: this stack has no step-cache engines (start it with --step-cache)", field)
     if step_engine != UNET:
-        raise InvalidInput(f"{field}: step caching runs the model's UNet; the {job.scheduler} sampler runs its "
-                           "distilled UNet", field)
+        raise InvalidInput(
+            f"{field}: step caching runs the model's UNet; the {job.scheduler} sampler runs its distilled UNet", field
+        )
     if job.loras or job.controls or job.ip_image is not None:
         raise InvalidInput(f"{field}: step caching takes no LoRAs, IP-Adapter reference or ControlNets", field)
 

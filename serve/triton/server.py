@@ -153,7 +153,9 @@ class TritonServer:
         self.managed = ManagedProcess(
             "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.pools)
         )
-        self._http = httpx.Client(base_url=self.endpoints.http_url, timeout=5.0)
+        # No connection kept open between checks: Triton's SIGTERM waits (its exit timeout, 5 s) for open ones to close.
+        no_keepalive = httpx.Limits(max_keepalive_connections=0)
+        self._http = httpx.Client(base_url=self.endpoints.http_url, timeout=5.0, limits=no_keepalive)
         self._last_canary = 0.0
         self._next_http_check = 0.0
         self._successes: dict[str, int] = {}

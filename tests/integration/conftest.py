@@ -9,6 +9,7 @@ import io
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import httpx
@@ -20,12 +21,19 @@ from PIL import Image
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, wait_until_ready
 
+GENERATE = "/v1/images/generations"
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+
+def default_stack(tmp_path_factory) -> Iterator[Stack]:
     """The Easel stack (embedded model) on free ports, no result cache (tests repeat seeded requests on purpose)."""
     with Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), cache_bytes=0)) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """A module's own default stack (``default_stack/`` shares one among its modules)."""
+    yield from default_stack(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,7 @@ from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
-from tests.integration.conftest import batch_histogram, decode_images, post_together
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

@@ -8,8 +8,7 @@ import torch
 from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, decode_images
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from serve.chaos import FAULTS, Chaos, left_behind, sample_icon
+from serve.chaos import Chaos, left_behind, sample_icon
 from serve.processes.signals import stack_processes
 from serve.soak import PROCESS_FAULTS, Soak, format_report, left_after_stop
 from serve.stack import Stack, StackOptions
@@ -38,18 +38,16 @@ def test_a_three_minute_soak_with_each_process_killed_keeps_every_job_and_shapes
     assert set(report["requests"]) == {"generate", "job", "vectorize", "grpc"}, report["requests"]
 
 
-def test_every_fault_is_survived_under_load_and_nothing_is_left_after_the_stack_stops(stack):
-    reports = Chaos(stack, clients=3, window_s=8, hang_s=120).run(sample_icon())
+def test_easel_chaos_plays_a_fault_under_load_and_nothing_is_left_after_the_stack_stops(stack):
+    # One fault: the soak above killed each of these processes already (and test_reliability sends the largest
+    # requests); this is `easel chaos`'s own machinery, end to end.
+    reports = Chaos(stack, clients=3, window_s=8, hang_s=120, faults=("SIGKILL UNet stub",)).run(sample_icon())
     seen = stack_processes(stack.stack_id)
     stack.stop()
-    by_fault = {r.fault: r for r in reports}
-    assert list(by_fault) == list(FAULTS)
-    for report in reports:
-        assert report.hung == 0, report
-        assert report.left_behind == 0, report
-        assert report.ready_again_s is not None, report
-        assert not [status for status in report.requests if status.startswith("5") and status != "503"], report
-        assert not [status for status in report.requests if "not JSON" in status or "connection" in status], report
-    for fault in ("SIGKILL tritonserver", "SIGKILL UNet stub"):
-        assert by_fault[fault].ready_again_s <= 20, by_fault[fault]
+    assert [report.fault for report in reports] == ["SIGKILL UNet stub"]
+    (report,) = reports
+    assert report.hung == 0 and report.left_behind == 0, report
+    assert report.ready_again_s is not None and report.ready_again_s <= 20, report
+    assert not [status for status in report.requests if status.startswith("5") and status != "503"], report
+    assert not [status for status in report.requests if "not JSON" in status or "connection" in status], report
     assert left_after_stop(seen, stack.stack_id) == [] and left_behind(stack.stack_id) == []

@@ -23,8 +23,7 @@ from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, edges_image, input_image, openai_mask
 from tests.images import encode, png_header_only
-from tests.integration.conftest import batch_histogram, decode_images, post_together
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

@@ -9,8 +9,7 @@ from PIL import Image
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, edges_image, input_image
-from tests.integration.conftest import decode_images
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, decode_images
 
 pytestmark = pytest.mark.integration
 
@@ -78,8 +77,15 @@ def test_sdxl_controlnets_match_diffusers(xl_stack, diffusers_xl_pipeline, contr
     }
     settings = settings if stacked else {name: values[0] for name, values in settings.items()}
     want = reference_images(
-        reference, scheduler, prompt=PROMPT, num_inference_steps=6, guidance_scale=6.0, height=128, width=128,
-        seed=3, **settings,
+        reference,
+        scheduler,
+        prompt=PROMPT,
+        num_inference_steps=6,
+        guidance_scale=6.0,
+        height=128,
+        width=128,
+        seed=3,
+        **settings,
     )
     body = [c | {"image": b64(c["image"])} for c in controls]
     assert psnr(served(xl_stack, controlnets=body, scheduler=scheduler), want) >= 40

@@ -18,8 +18,7 @@ from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
-from tests.integration.conftest import batch_histogram, decode_images, post_together, triton_killed
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together, triton_killed
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

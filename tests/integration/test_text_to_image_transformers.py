@@ -13,8 +13,7 @@ from build_engines.text_to_image.random_adapters import make_lora
 from serve.stack import Stack, StackOptions
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 from tests.controls import b64, input_image
-from tests.integration.conftest import batch_histogram, decode_images, post_together
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

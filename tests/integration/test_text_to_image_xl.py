@@ -7,8 +7,7 @@ import pytest
 
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
-from tests.integration.conftest import batch_histogram, decode_images, post_together
-from tests.integration.test_text_to_image import GENERATE
+from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)

@@ -328,9 +328,14 @@ def test_sd3_without_t5_from_published_configs(tmp_path, monkeypatch):
         file.write_text(json.dumps(config))
     monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
     family = family_of_folder(published.create_random_model("sd3", tmp_path / "sd3", without_t5=True))
-    assert not family.dims.t5 and "text_encoder_3" not in family.specs and family.tokenizers() == (
-        "tokenizer",
-        "tokenizer_2",
+    assert (
+        not family.dims.t5
+        and "text_encoder_3" not in family.specs
+        and family.tokenizers()
+        == (
+            "tokenizer",
+            "tokenizer_2",
+        )
     )
     with pytest.raises(ValueError, match="only SD3"):
         published.create_random_model("flux", tmp_path / "flux", without_t5=True)

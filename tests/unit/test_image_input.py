@@ -316,7 +316,18 @@ def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
     picture, _ = reference_image(seed=4)
     control = Control("edges", edges_image(64), 0.7)
     job = Generation(
-        PROMPT, "", 1, 64, 64, 8, 7.5, 3, "euler", loras=(("style", 0.8),), ip_image=np.asarray(picture), ip_scale=0.6,
+        PROMPT,
+        "",
+        1,
+        64,
+        64,
+        8,
+        7.5,
+        3,
+        "euler",
+        loras=(("style", 0.8),),
+        ip_image=np.asarray(picture),
+        ip_scale=0.6,
         controls=(control,),
     )
     want = reference_images(

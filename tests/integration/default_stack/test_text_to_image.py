@@ -15,6 +15,7 @@ from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
+    GENERATE,
     batch_histogram,
     decode_images,
     engine_names,
@@ -24,8 +25,6 @@ from tests.integration.conftest import (
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
-
-GENERATE = "/v1/images/generations"
 
 
 def test_health_and_readiness(api, stack):

@@ -1,35 +1,55 @@
-"""Inpainting checkpoints (a 9-channel UNet) of both families through the stack, against diffusers' pipelines."""
+"""Inpainting checkpoints (a 9-channel UNet) of both families through the stack, against diffusers' pipelines.
+
+One stack serves both checkpoints as two models (``model`` picks one), as `easel up --model sd=DIR --model sdxl=DIR`.
+"""
 
 import diffusers
 import pytest
 from PIL import Image
 
+from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, input_image
-from tests.integration.test_image_input_xl import PROMPT, image_stack, served
+from tests.integration.test_image_input_xl import PROMPT, served
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module", params=["sd", "sdxl"])
-def inpainting(request, inpaint_model, xl_inpaint_model, tmp_path_factory):
-    """A stack serving the tiny SD's, then the tiny SDXL's, inpainting checkpoint, with diffusers' pipeline for it."""
-    model, cls = {
-        "sd": (inpaint_model, diffusers.StableDiffusionInpaintPipeline),
-        "sdxl": (xl_inpaint_model, diffusers.StableDiffusionXLInpaintPipeline),
-    }[request.param]
-    pipeline = cls.from_pretrained(model)
-    pipeline.set_progress_bar_config(disable=True)
-    with image_stack(tmp_path_factory, model) as stack:
-        yield stack, pipeline
+PIPELINES = {"sd": diffusers.StableDiffusionInpaintPipeline, "sdxl": diffusers.StableDiffusionXLInpaintPipeline}
 
 
+@pytest.fixture(scope="module")
+def stack(inpaint_model, xl_inpaint_model, tmp_path_factory):
+    """The tiny SD's and the tiny SDXL's inpainting checkpoints, served side by side without a result cache."""
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        models={"sd": inpaint_model, "sdxl": xl_inpaint_model},
+        repository=tmp_path_factory.mktemp("repository"),
+        run_dir=tmp_path_factory.mktemp("run"),
+        cache_bytes=0,
+    )
+    with Stack(options) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def pipelines(inpaint_model, xl_inpaint_model):
+    """diffusers' inpainting pipeline of each checkpoint, by model name."""
+    loaded = {
+        "sd": PIPELINES["sd"].from_pretrained(inpaint_model),
+        "sdxl": PIPELINES["sdxl"].from_pretrained(xl_inpaint_model),
+    }
+    for pipeline in loaded.values():
+        pipeline.set_progress_bar_config(disable=True)
+    return loaded
+
+
+@pytest.mark.parametrize("model", ["sd", "sdxl"])
 @pytest.mark.parametrize(("scheduler", "strength"), [("ddim", 1.0), ("euler", 0.7)])
-def test_a_9_channel_inpainting_checkpoint_matches_diffusers(inpainting, scheduler, strength):
-    stack, pipeline = inpainting
+def test_a_9_channel_inpainting_checkpoint_matches_diffusers(stack, pipelines, model, scheduler, strength):
     image, mask = input_image(128), box_mask(128)
     want = reference_images(
-        pipeline,
+        pipelines[model],
         scheduler,
         prompt=PROMPT,
         image=Image.fromarray(image),
@@ -41,5 +61,5 @@ def test_a_9_channel_inpainting_checkpoint_matches_diffusers(inpainting, schedul
         width=128,
         seed=3,
     )
-    got = served(stack, image=[b64(image)], mask=b64(mask), strength=strength, scheduler=scheduler)
+    got = served(stack, model=model, image=[b64(image)], mask=b64(mask), strength=strength, scheduler=scheduler)
     assert psnr(got, want) >= 40

@@ -46,7 +46,7 @@ from serve.access import (
 from serve.access.keys import ApiKey
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
-from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
+from serve.errors import Conflict, EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.experiments import open_experiment_store
 from serve.experiments.feedback import FeedbackRequest, new_image_id
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
@@ -62,7 +62,7 @@ from serve.stores import default_url
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.images import decode_images
-from serve.text_to_image.models import ServedModel, ServedModels
+from serve.text_to_image.models import ModelFolder, NewModel, ServedModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
@@ -581,6 +581,37 @@ class Gateway:
         """One served model, as the list gives it (404 if this stack serves none of that name)."""
         model = self.models.require(model_id)
         return model.public((await self._loaded())[model_id])
+
+    @api.post("/v1/models")
+    async def model_added(self, body: NewModel) -> dict:
+        """Serve a built engine folder as a new model (admin): installed in Triton and loaded if it fits the room.
+
+        A name served already or an experiment's is a 409; a folder Triton cannot load a 400 naming ``engine_dir``,
+        and nothing changes. ``easel models add NAME=DIR`` builds the folder and calls this.
+        """
+        if await asyncio.to_thread(self.experiments.exists, body.name):
+            raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
+        return await self.residency.add.remote(body.name, body.engine_dir)
+
+    @api.put("/v1/models/{model_id}")
+    async def model_replaced(self, model_id: str, body: ModelFolder) -> dict:
+        """Serve a built engine folder as the model's next version (admin; 404 if none is served under that name).
+
+        Requests from here on get the new version; those in flight finish on the old one, which is then unloaded.
+        """
+        return await self.residency.replace.remote(model_id, body.engine_dir)
+
+    @api.delete("/v1/models/{model_id}")
+    async def model_removed(self, model_id: str) -> dict:
+        """Stop serving a model (admin): its requests in flight finish; its jobs not started fail naming ``model``.
+
+        404 if none is served under that name; 409 for the default model or one an experiment has as a variant.
+        """
+        experiments = await asyncio.to_thread(self.experiments.using, model_id)
+        if experiments:
+            named = ", ".join(experiments)
+            raise Conflict(f"model_id: {model_id!r} is a variant of {named}: redefine or delete it first", "model_id")
+        return await self.residency.remove.remote(model_id)
 
     async def _loaded(self) -> dict[str, bool]:
         """Whether each model is loaded (its engines all ready in Triton)."""

@@ -20,6 +20,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
@@ -152,6 +154,25 @@ class ModelTable:
     def read(cls, path: Path) -> ModelTable:
         """The table in the file at ``path``."""
         return cls.from_json(json.loads(path.read_text()))
+
+
+class ModelFolder(BaseModel):
+    """``PUT /v1/models/{model_id}``'s body: the engine folder that becomes the model's next version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine_dir: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute path, on the stack's machine, of an engine folder `easel build` built (the `engines:` "
+        "it prints; `easel models add` builds one and sends it); the stack installs and loads it.",
+    )
+
+
+class NewModel(ModelFolder):
+    """``POST /v1/models``' body: a name and the engine folder served under it."""
+
+    name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
 
 
 def open_engine_folder(engine_dir: str) -> EngineFolder:

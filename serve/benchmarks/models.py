@@ -215,8 +215,7 @@ def bench_spread(api_url: str, names: list[str], settings: ModelsSettings) -> li
 
 def bench_replace(api_url: str, names: list[str], model: str, engine_dir: Path, settings: ModelsSettings) -> ReplaceRow:
     """``model`` replaced by ``engine_dir`` while ``settings.concurrency`` threads send mixed requests to ``names``."""
-    body = {"prompt": "a red heart icon", "size": f"{settings.size}x{settings.size}"}
-    body["num_inference_steps"] = settings.steps
+    body = _body(settings, model, 0)  # the load sets each request's model and seed
     with MixedLoad(api_url, names, body, threads=settings.concurrency) as load, httpx.Client(base_url=api_url) as api:
         time.sleep(3)  # under way before the replace
         started = time.perf_counter()

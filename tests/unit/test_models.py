@@ -215,3 +215,18 @@ def test_a_running_stack_installs_a_built_version_under_its_own_names_and_remove
     assert (tmp_path / f"{DEFAULT_MODEL}.v2.unet" / "1" / "memory.json").is_symlink()
     new.uninstall(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from serve.cli import main
+    from serve.model_admin import ChangeRefused, built_engines
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    for argv in (["add", f"x={tmp_path}"], ["replace", f"x={tmp_path}"], ["remove", "x"], ["list"]):
+        result = CliRunner().invoke(main, ["models", *argv])
+        assert result.exit_code == 1 and result.output.strip() == "Error: no stack is running (start one with `easel up`)"
+    with pytest.raises(click.ClickException) as refused:
+        built_engines(tmp_path)  # no model_index.json: not a diffusers pipeline, nothing built
+    assert "\n" not in refused.value.message and not isinstance(refused.value, ChangeRefused)

@@ -178,7 +178,11 @@ class NewModel(ModelFolder):
 def open_engine_folder(engine_dir: str) -> EngineFolder:
     """The built engine folder at ``engine_dir``, or a 400 naming ``engine_dir`` saying why it cannot be served."""
     path = Path(engine_dir)
-    if not path.is_absolute() or not path.is_dir():
+    try:
+        folder_there = path.is_absolute() and path.is_dir()
+    except (OSError, ValueError):  # a name too long, a character no file name has
+        folder_there = False
+    if not folder_there:
         raise InvalidInput(f"engine_dir: {engine_dir!r} is not an absolute path to a folder", "engine_dir")
     if not EngineFolder.built(path):
         raise InvalidInput(

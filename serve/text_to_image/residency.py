@@ -194,13 +194,13 @@ class ModelResidency:
         started = time.perf_counter()
         self._write_parked(loading=True)
         names = model.triton_names()
-        try:
-            await asyncio.gather(*(self.control.load(t) for t in names))
-        except Exception as error:
+        loads = await asyncio.gather(*(self.control.load(t) for t in names), return_exceptions=True)
+        failed = [outcome for outcome in loads if isinstance(outcome, BaseException)]
+        if failed:  # every load has ended: what did load is unloaded again
             await asyncio.gather(*(self.control.unload(t) for t in names), return_exceptions=True)
             self._write_parked()
-            logger.error("loading model %s failed: %s", model.name, error)
-            why = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+            logger.error("loading model %s failed: %s", model.name, failed[0])
+            why = (str(failed[0]).splitlines() or [type(failed[0]).__name__])[0][:300]
             raise NotReady(f"model {model.name!r} could not be loaded now; retry shortly", retry_after_s=5) from (
                 RuntimeError(why)
             )

@@ -335,13 +335,16 @@ class ServedModels(Mapping[str, ServedModel]):
 
     def with_table(self, table: ModelTable) -> ServedModels:
         """These models as ``table`` lists them (the same budget); a folder that cannot be served is a 400."""
-        folders = {path: folder for path, folder in self._folders.items()}
+        folders = dict(self._folders)
         for entry in table.entries():
             if entry.engine_dir not in folders:
                 folders[entry.engine_dir] = open_engine_folder(entry.engine_dir)
-        return ServedModels(
-            table, folders, self.activation_bytes, self.room, self.adapters, self.max_cost, self.table_path
-        )
+        try:
+            return ServedModels(
+                table, folders, self.activation_bytes, self.room, self.adapters, self.max_cost, self.table_path
+            )
+        except MemoryBudgetTooSmall as error:  # its engines cannot run in the stack's activation pool
+            raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
 
     def refreshed(self) -> ServedModels:
         """These models, or the table file's if it changed since they were read (one ``stat`` when it did not)."""
@@ -355,10 +358,7 @@ class ServedModels(Mapping[str, ServedModel]):
     def _served(self, entry: ModelEntry) -> ServedModel:
         folder = self._folders[entry.engine_dir]
         limits = Limits(self.activation_bytes + folder.weights_bytes, self.max_cost, 2 * self.max_cost)
-        try:
-            folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
-        except MemoryBudgetTooSmall as error:
-            raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
+        folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
         default = entry.name == next(iter(self.table.current))
         own = self.adapters if default and entry.version == 1 else StackAdapters()
         prefix = self.prefix(entry.name, default, entry.version)

@@ -36,8 +36,8 @@ MODELS = (DEFAULT_MODEL, SD, XL)
 ROOM = 480 << 20
 """Weights of two of the three (each measured at 200-250 MB as served), not of all three."""
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
-LONG_STEPS = 400
-"""Steps of a job that runs across a replace (a tiny model's step takes milliseconds)."""
+LONG = {"num_inference_steps": 150, "size": "128x128", "n": 2, "seed": 11}
+"""A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds)."""
 BODY = {
     "prompt": "a red heart icon",
     "size": "64x64",
@@ -204,7 +204,7 @@ def _job_ended(api, job_id: str, timeout_s: float = 300) -> dict:
 def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_version(stack, api):
     default_dir = stack.models.resolve(DEFAULT_MODEL).folder.path
     alone = {name: decode_images(api.post(GENERATE, json=BODY | {"model": name})) for name in (DEFAULT_MODEL, SD)}
-    long = BODY | {"model": SD, "num_inference_steps": LONG_STEPS, "seed": 11}
+    long = BODY | LONG | {"model": SD}
     version_1 = decode_images(api.post(GENERATE, json=long))  # what version 1 draws for the long job
     on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
     deadline = time.monotonic() + 120

@@ -19,6 +19,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray import serve
@@ -106,18 +107,11 @@ class ModelResidency:
 
     async def add(self, name: str, engine_dir: str) -> dict:
         """Serve the built engine folder ``engine_dir`` as model ``name`` (installed, loaded if it fits); its entry."""
-        self._require_changeable()
-        async with self.changing:
-            table = self.models.table.copy()
-            return await self._switch(table, table.add(name, engine_dir), None)
+        return await self._switch(lambda table: (table.add(name, engine_dir), None))
 
     async def replace(self, name: str, engine_dir: str) -> dict:
         """Serve ``engine_dir`` as model ``name``'s next version; the old one finishes its requests, then goes."""
-        self._require_changeable()
-        async with self.changing:
-            table = self.models.table.copy()
-            new, old = table.replace(name, engine_dir)
-            return await self._switch(table, new, old)
+        return await self._switch(lambda table: table.replace(name, engine_dir))
 
     async def remove(self, name: str) -> dict:
         """Stop serving model ``name``: new requests for it are 400s; those in flight finish, then it is unloaded."""
@@ -132,10 +126,29 @@ class ModelResidency:
             logger.info("model %s removed (version %d finishes its requests, then is unloaded)", name, old.version)
             return {"object": "model", "id": name, "deleted": True, "version": old.version}
 
-    async def _switch(self, table: ModelTable, new: ModelEntry, old: ModelEntry | None) -> dict:
-        """Install and load ``new`` (refused, and nothing changed, if Triton cannot), then serve ``table``."""
-        models = await asyncio.to_thread(self.models.with_table, table)  # a folder that cannot be read: its 400
-        model = models.version(new.version_id)
+    async def _switch(self, change: Callable[[ModelTable], tuple[ModelEntry, ModelEntry | None]]) -> dict:
+        """Make ``change`` to the table (it gives the new version and the one it retires).
+
+        The new version is installed and loaded (refused, and nothing changed, if Triton cannot), then served.
+        """
+        self._require_changeable()
+        async with self.changing:
+            table = self.models.table.copy()
+            new, old = change(table)
+            models = await asyncio.to_thread(self.models.with_table, table)  # a folder that cannot be read: its 400
+            model = models.version(new.version_id)
+            loaded = await self._installed_and_loaded(model, old)
+            table = self.models.table.copy()  # as it is now: a retired version may have gone meanwhile
+            change(table)
+            self.models = models.with_table(table)
+            if old is not None:
+                self.residency.retire(old.version_id)
+            self._publish()
+        logger.info("model %s version %d served from %s (loaded: %s)", new.name, new.version, new.engine_dir, loaded)
+        return model.public(loaded)
+
+    async def _installed_and_loaded(self, model: ServedModel, old: ModelEntry | None) -> bool:
+        """``model`` counted, installed and (if room can be made now) loaded; undone if any of it fails."""
         pinned = old is not None and old.version_id in self.residency.pinned
         try:
             self.residency.add(model.version_id, model.folder.weights_bytes, pinned)
@@ -143,17 +156,11 @@ class ModelResidency:
             raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
         try:
             await asyncio.to_thread(model.install, self.repository)
-            loaded = await self._load_now(model)
+            return await self._load_now(model)
         except BaseException:
             self.residency.forget(model.version_id)
             await asyncio.to_thread(model.uninstall, self.repository)
             raise
-        self.models = models
-        if old is not None:
-            self.residency.retire(old.version_id)
-        self._publish()
-        logger.info("model %s version %d served from %s (loaded: %s)", new.name, new.version, new.engine_dir, loaded)
-        return model.public(loaded)
 
     async def _load_now(self, model: ServedModel) -> bool:
         """Load a new version now if room can be made without waiting (else its first request loads it).

@@ -226,7 +226,8 @@ def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     for argv in (["add", f"x={tmp_path}"], ["replace", f"x={tmp_path}"], ["remove", "x"], ["list"]):
         result = CliRunner().invoke(main, ["models", *argv])
-        assert result.exit_code == 1 and result.output.strip() == "Error: no stack is running (start one with `easel up`)"
+        assert result.exit_code == 1
+        assert result.output.strip() == "Error: no stack is running (start one with `easel up`)"
     with pytest.raises(click.ClickException) as refused:
         built_engines(tmp_path)  # no model_index.json: not a diffusers pipeline, nothing built
     assert "\n" not in refused.value.message and not isinstance(refused.value, ChangeRefused)

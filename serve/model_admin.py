@@ -9,6 +9,7 @@ found through its run state, as ``easel down`` finds it; a key with scope ``admi
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -95,22 +96,28 @@ def models_list() -> None:
         click.echo(_said(model))
 
 
+MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR")
+
+
+def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
+    """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
+    name, model_dir = model
+    api_url = stack_api()  # first: with no stack up, nothing is built
+    return _said(change(api_url, name, built_engines(model_dir)))
+
+
 @models.command("add")
-@click.argument("model", type=ModelFolder(()), metavar="NAME=DIR")
+@MODEL_ARGUMENT
 def models_add(model: tuple[str, Path]) -> None:
     """Build DIR's engines and serve them as a new model NAME (DIR alone: named after its folder)."""
-    name, model_dir = model
-    api_url = stack_api()
-    click.echo(f"added {_said(add(api_url, name, built_engines(model_dir)))}")
+    click.echo(f"added {_built_and_sent(add, model)}")
 
 
 @models.command("replace")
-@click.argument("model", type=ModelFolder(()), metavar="NAME=DIR")
+@MODEL_ARGUMENT
 def models_replace(model: tuple[str, Path]) -> None:
     """Build DIR's engines and serve them as model NAME's next version; the old one finishes what it started."""
-    name, model_dir = model
-    api_url = stack_api()
-    click.echo(f"replaced {_said(replace(api_url, name, built_engines(model_dir)))}")
+    click.echo(f"replaced {_built_and_sent(replace, model)}")
 
 
 @models.command("remove")

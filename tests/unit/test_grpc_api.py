@@ -72,9 +72,10 @@ def test_adapters_travel_as_the_http_api_s_fields():
 
 
 def test_the_result_says_the_steps_the_approximate_cache_skipped_only_when_it_was_asked():
-    assert grpc_api.result(3, [], 5).result.steps_skipped == 5
-    assert grpc_api.result(3, [], 0).result.HasField("steps_skipped")  # asked, nothing similar kept
-    assert not grpc_api.result(3, []).result.HasField("steps_skipped")
+    assert grpc_api.result(3, [], "easel-default", steps_skipped=5).result.steps_skipped == 5
+    asked = grpc_api.result(3, [], "easel-default", steps_skipped=0).result
+    assert asked.HasField("steps_skipped") and asked.model == "easel-default"  # asked, nothing similar kept
+    assert not grpc_api.result(3, [], "easel-default").result.HasField("steps_skipped")
 
 
 def test_a_failure_sets_the_error_s_status_and_ends_the_call():

@@ -46,7 +46,7 @@ from serve.access import (
 from serve.access.keys import ApiKey
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
-from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
+from serve.errors import Conflict, EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.experiments import open_experiment_store
 from serve.experiments.feedback import FeedbackRequest, new_image_id
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
@@ -62,7 +62,7 @@ from serve.stores import default_url
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.images import decode_images
-from serve.text_to_image.models import ServedModel, ServedModels
+from serve.text_to_image.models import ModelFolder, NewModel, ServedModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
@@ -302,7 +302,7 @@ class Gateway:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
-        self.models = models
+        self._models = models
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
         open_access(store_url, models.default.native_size)
@@ -312,13 +312,19 @@ class Gateway:
             self.experiments.define(name, spec)
         self.runner = JobRunner(self.store, self._run_job).start()
 
+    @property
+    def models(self) -> ServedModels:
+        """The models served now (the table read again when the residency has changed it)."""
+        self._models = self._models.refreshed()
+        return self._models
+
     def _model(self, request: GenerationRequest) -> ServedModel:
         """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
         return self.models.resolve(request.model)
 
     def _pipeline(self, model: ServedModel) -> DeploymentHandle:
-        """The ``TextToImage`` handle that routes to the replicas serving ``model``."""
-        return self.text_to_image.options(multiplexed_model_id=model.name)
+        """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
+        return self.text_to_image.options(multiplexed_model_id=model.version_id)
 
     def _served_models(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""
@@ -337,16 +343,23 @@ class Gateway:
         return request.model_copy(update={"model": chosen.model}), chosen
 
     @asynccontextmanager
-    async def _loaded_for(self, model: ServedModel) -> AsyncIterator[dict]:
-        """``model`` loaded in Triton, and kept loaded, while the block runs; yields the answer's headers about it.
+    async def _loaded_for(
+        self, model: ServedModel, request: GenerationRequest
+    ) -> AsyncIterator[tuple[ServedModel, dict]]:
+        """``model`` loaded in Triton, and kept loaded, while the block runs; yields its version and the headers.
 
-        A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
+        The version is the one the residency counted the request on: it finishes on it, whatever replaces it
+        meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
         """
-        waited = await self.residency.begin.remote(model.name)
+        version_id, waited = await self.residency.begin.remote(model.name)
         try:
-            yield {"Easel-Model": model.name} | ({"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {})
+            served = self.models.version(version_id)
+            if served.version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
+                served.check(request)
+            loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
+            yield served, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
         finally:
-            await self.residency.end.remote(model.name)
+            await self.residency.end.remote(version_id)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:
@@ -356,7 +369,7 @@ class Gateway:
     @api.get("/readyz")
     async def readyz(self) -> dict:
         """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
-        states = await self.text_to_image.ready.remote(await self.residency.loaded.remote())
+        states = await self.text_to_image.ready.remote(await self._loaded_triton_models())
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
         return {"status": "ready", "models": {**states, **vectorize}}
@@ -458,11 +471,11 @@ class Gateway:
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
-        async with self._loaded_for(model) as model_headers:
+        async with self._loaded_for(model, request) as (served, model_headers):
             if on_step is None:
-                result = await self._pipeline(model).generate.remote(request, sent_at=time.time())
+                result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
             else:
-                result = await self._generate_reporting(model, request, on_step)
+                result = await self._generate_reporting(served, request, on_step)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -569,14 +582,48 @@ class Gateway:
         model = self.models.require(model_id)
         return model.public((await self._loaded())[model_id])
 
+    @api.post("/v1/models")
+    async def model_added(self, body: NewModel) -> dict:
+        """Serve a built engine folder as a new model (admin): installed in Triton and loaded if it fits the room.
+
+        A name served already or an experiment's is a 409; a folder Triton cannot load a 400 naming ``engine_dir``,
+        and nothing changes. ``easel models add NAME=DIR`` builds the folder and calls this.
+        """
+        if await asyncio.to_thread(self.experiments.exists, body.name):
+            raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
+        return await self.residency.add.remote(body.name, body.engine_dir)
+
+    @api.put("/v1/models/{model_id}")
+    async def model_replaced(self, model_id: str, body: ModelFolder) -> dict:
+        """Serve a built engine folder as the model's next version (admin; 404 if none is served under that name).
+
+        Requests from here on get the new version; those in flight finish on the old one, which is then unloaded.
+        """
+        return await self.residency.replace.remote(model_id, body.engine_dir)
+
+    @api.delete("/v1/models/{model_id}")
+    async def model_removed(self, model_id: str) -> dict:
+        """Stop serving a model (admin): its requests in flight finish; its jobs not started fail naming ``model``.
+
+        404 if none is served under that name; 409 for the default model or one an experiment has as a variant.
+        """
+        experiments = await asyncio.to_thread(self.experiments.using, model_id)
+        if experiments:
+            named = ", ".join(experiments)
+            raise Conflict(f"model_id: {model_id!r} is a variant of {named}: redefine or delete it first", "model_id")
+        return await self.residency.remove.remote(model_id)
+
     async def _loaded(self) -> dict[str, bool]:
         """Whether each model is loaded (its engines all ready in Triton)."""
-        loaded = await self.residency.loaded.remote()
-        states = await self.text_to_image.ready.remote(loaded)
+        states = await self.text_to_image.ready.remote(await self._loaded_triton_models())
         return {
-            name: name in loaded and all(states.get(t, False) for t in model.triton_names())
-            for name, model in self.models.items()
+            name: all(states.get(t, False) for t in model.triton_names()) for name, model in self.models.items()
         }
+
+    async def _loaded_triton_models(self) -> list[str]:
+        """The Triton models of the versions loaded now (old versions still finishing their requests included)."""
+        loaded = set(await self.residency.loaded.remote())
+        return [name for model in self.models.versions() if model.version_id in loaded for name in model.triton_names()]
 
     @api.post("/v1/feedback")
     async def feedback(self, http: Request, body: FeedbackRequest) -> dict:
@@ -694,8 +741,8 @@ class Gateway:
                 request, assignment = await self._assignment(request)  # an experiment's alias: its variant
                 model = self._model(request)
                 model.check(request)
-                async with self._loaded_for(model), _variant_measured(assignment):
-                    stream = self._pipeline(model).options(stream=True).generate_stream
+                async with self._loaded_for(model, request) as (served, _), _variant_measured(assignment):
+                    stream = self._pipeline(served).options(stream=True).generate_stream
                     async for item in stream.remote(request, sent_at=time.time()):
                         if isinstance(item, Progress):
                             yield grpc_api.progress(item.step, item.total)
@@ -769,14 +816,24 @@ class AppArgs(AppSettings):
     parked_path: str | None = Field(
         None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
     )
+    model_table_path: str | None = Field(
+        None,
+        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
+        "while the stack runs change; None: `models`, unchangeable.",
+    )
+    repository: str | None = Field(
+        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
+    )
 
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
     adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
-    models = ServedModels.open(args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes)
-    residency = ModelResidency.bind(models, models.room_bytes, args.pin, args.triton_http_url, args.parked_path)
+    models = ServedModels.open(
+        args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
+    )
+    residency = ModelResidency.bind(models, args.pin, args.triton_http_url, args.parked_path, args.repository)
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
         Vectorizer.bind(args.triton_grpc_url),

@@ -27,6 +27,7 @@ from serve.access.cli import keys
 from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
 from serve.errors import invalid_input
+from serve.model_admin import models
 from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
 from serve.stores import StoreURLError, scheme
@@ -35,7 +36,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, soak, dashboards, random_controlnet])
+@click.group(commands=[keys, models, bench, loadtest, chaos, soak, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

@@ -46,10 +46,11 @@ WHY = {
     400: "Invalid input: the message names the field and its limit.",
     401: "No valid API key (once keys exist): send Authorization: Bearer <key>.",
     403: "The key's scopes do not include this route's.",
-    404: "No such job or experiment (or route).",
+    404: "No such job, experiment or model (or route).",
     408: "The request body stopped arriving for 15 s.",
-    409: "The job is over already, the Idempotency-Key was used with another body, or the image or job was rated "
-    "already.",
+    409: "The job is over already, the Idempotency-Key was used with another body, the image or job was rated "
+    "already, or the model cannot change so (its name is served or an experiment's; the default model, or a variant "
+    "of an experiment, cannot be removed).",
     413: "The request body is over its limit.",
     429: "Over the key's limit or the stack's queue: retry after Retry-After seconds.",
     503: "A backend is not ready or failed: retry after Retry-After seconds.",
@@ -77,6 +78,13 @@ class UnstatedLimit:
 
 _GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
+_MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
+_ENGINE_DIR = (
+    "an absolute path, on the stack's machine, to an engine folder `easel build` finished (its engines measured), "
+    "which Triton loads, whose weights fit the room for weights beside the pinned models' and whose engines fit "
+    "the activation pool"
+)
+_ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by reading and loading it"
 _IMAGE = "whether bytes are an image is known by decoding them"
 _GENERATION_LIMITS = (
     UnstatedLimit(
@@ -275,6 +283,8 @@ UNSTATED_LIMITS = (
         "the name is not a served model's (an experiment may not shadow one)",
         "the models are the stack's",
     ),
+    UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
+    UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit(
         "post",
         _VECTORIZE,

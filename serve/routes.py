@@ -90,7 +90,10 @@ ROUTES = (
     Route("get", "/v1/loras", Scope.GENERATE),
     Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/models", Scope.GENERATE),
+    Route("post", "/v1/models", Scope.ADMIN, (409,)),
     Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),
+    Route("put", "/v1/models/{model_id}", Scope.ADMIN, (404, 409)),
+    Route("delete", "/v1/models/{model_id}", Scope.ADMIN, (404, 409)),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
@@ -127,8 +130,17 @@ def rpc_route(rpc: str) -> Route:
     return next(r for r in ROUTES if r.rpc == rpc)
 
 
-def required_scope(path: str) -> Scope | None:
-    """The scope a request path needs (None: any valid key)."""
+_PATTERNS = {keyed: compile_path(keyed.path)[0] for keyed in ROUTES}
+
+
+def required_scope(path: str, method: str = "GET") -> Scope | None:
+    """The scope a request needs: its operation's, else that of the keyed route its path is under (None: any key).
+
+    An operation's own scope comes first: ``GET /v1/models`` needs ``generate``, ``POST /v1/models`` ``admin``.
+    """
+    for keyed in ROUTES:
+        if keyed.scope is not None and keyed.method == method.lower() and _PATTERNS[keyed].match(path):
+            return keyed.scope
     for keyed in ROUTES:
         if keyed.scope is not None and (path == keyed.prefix or path.startswith(keyed.prefix + "/")):
             return keyed.scope

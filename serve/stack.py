@@ -40,7 +40,7 @@ from serve.processes.signals import children_paused, stop_stack_processes, termi
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ServedModels
+from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 from serve.triton.residency import Residency, write_parked
@@ -158,15 +158,14 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
-def app_settings(opts: StackOptions, memory_budget_bytes: int, model_weights_bytes: int) -> dict:
+def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
     """What the Serve app is told of ``easel up``'s settings.
 
-    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the budgets and the
-    store resolved.
+    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget
+    and the store resolved. The room for weights stays as given: None, every model's, grows with a model added.
     """
     given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
-    resolved = {"memory_budget_bytes": memory_budget_bytes, "model_weights_bytes": model_weights_bytes}
-    return given | resolved | {"store_url": opts.store}
+    return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
 
 
 def triton_models(models: ServedModels, vectorize: bool) -> list:
@@ -218,7 +217,10 @@ class Stack:
         engine_dirs = self._build_models()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
-        served = ServedModels.open(engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes)
+        table = self._start_table(engine_dirs) if opts.address is None else None
+        served = ServedModels.open(
+            engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
+        )
         self.models = served
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
@@ -229,7 +231,7 @@ class Stack:
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
-                models,
+                lambda: triton_models(self._served_now(), vectorize),
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
@@ -257,8 +259,10 @@ class Stack:
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
             triton_http_url=None if opts.address else triton.http_url,
             parked_path=str(parked) if parked else None,
+            model_table_path=str(table) if table else None,
+            repository=str(opts.repository.resolve()),
             loras_dir=loras_dir,
-            **app_settings(opts, self.memory_budget_bytes, served.room_bytes),
+            **app_settings(opts, self.memory_budget_bytes),
         )
         _deploy(config, timeout_s)
         e = triton
@@ -291,6 +295,18 @@ class Stack:
 
     def __exit__(self, *_exc) -> None:
         self.stop()
+
+    def _start_table(self, engine_dirs: dict[str, str]) -> Path:
+        """Write the model table of this start (every model at version 1; an earlier run's table is replaced)."""
+        path = self.options.run_dir / MODEL_TABLE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        ModelTable.start(engine_dirs).write(path)
+        return path
+
+    def _served_now(self) -> ServedModels:
+        """The models served now: the table as ``easel models`` last changed it."""
+        self.models = self.models.refreshed()
+        return self.models
 
     def _park(self, served: ServedModels) -> Path:
         """Decide which models Triton loads at start (the pinned, then in order while their weights fit the room).

@@ -20,7 +20,6 @@ import torch
 
 from build_engines.memory import measure as measure_memory
 from build_engines.memory import measured, sides_up_to
-from build_engines.repository import install_model
 from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
@@ -37,6 +36,7 @@ from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
 from serve.triton.engine_files import ONNX, PLAN
+from serve.triton.repository import install_model
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def engine_dir_for(
 
 def build(
     model_dir: Path | None = None,
-    repository: Path = MODEL_REPOSITORY,
+    repository: Path | None = MODEL_REPOSITORY,
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",
@@ -95,7 +95,9 @@ def build(
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
     caching's engines too (:mod:`serve.text_to_image.step_cache`); ``prefix``: the Triton model names start with
-    it (:meth:`serve.text_to_image.models.ServedModels.prefix`). Returns the engine folder, opened.
+    it (:meth:`serve.text_to_image.models.ServedModels.prefix`). ``repository`` None: built and measured, not
+    installed (``easel models add`` hands the folder to a running stack, which installs it). Returns the engine
+    folder, opened.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
@@ -117,8 +119,22 @@ def build(
         logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
         _build_into(engine_dir, family, model_dir, precision, adapters)
     folder = EngineFolder(engine_dir)
-    install(folder, repository, backend, prefix)
+    measure(folder)
+    if repository is not None:
+        install(folder, repository, backend, prefix)
     return folder
+
+
+def measure(folder: EngineFolder) -> None:
+    """Measure each engine's memory and time per row once (in a fresh process), what serving bounds its runs by."""
+    sides = sides_up_to(folder.family.dims.sample_size)
+    for name, spec in folder.specs.items():
+        engine = folder.engine(name)
+        if not measured(engine, spec, sides):
+            try:
+                measure_memory(engine.folder, spec, sides)
+            except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
+                logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
 
 
 def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild) -> None:
@@ -157,7 +173,7 @@ def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None
 
 
 def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.PYTHON_ONNX, prefix: str = "") -> None:
-    """Install the family's engines in ``repository`` as Triton models ``prefix`` + engine.
+    """Install the family's engines (measured: :func:`measure`) in ``repository`` as Triton models ``prefix`` + engine.
 
     Text-to-image engines under ``prefix`` that it does not use are removed (another model's, under another prefix,
     stay).
@@ -170,15 +186,8 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
         if (repository / name).exists():
             shutil.rmtree(repository / name)
             logger.info("removed %s from %s (not an engine of %s models)", name, repository, family.name)
-    sides = sides_up_to(family.dims.sample_size)
     for name, spec in folder.specs.items():
-        engine = folder.engine(name)
-        if not measured(engine, spec, sides):  # measured once per engine, in a fresh process
-            try:
-                measure_memory(engine.folder, spec, sides)
-            except RuntimeError as error:  # e.g. fp16 graphs, which ONNX Runtime's CPU provider cannot run
-                logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
-        files = engine.files()
+        files = folder.engine(name).files()
         if backend is Backend.TENSORRT:
             shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
             files = {PLAN: build_plan(files[ONNX], shapes)}

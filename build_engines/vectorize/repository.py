@@ -9,9 +9,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from build_engines.repository import install_model
 from build_engines.vectorize.runtime import TRAINED_DIR
 from serve.triton.engine_files import ONNX
+from serve.triton.repository import install_model
 from serve.triton.spec import Backend
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 from serve.vectorize.tiers import TIER1_FILE

@@ -155,15 +155,18 @@ class Access:
             self._active = (time.monotonic(), active)
         return active
 
-    async def authenticate(self, header: str, path: str) -> ApiKey:
-        """The key in an ``Authorization`` header, allowed on ``path`` (:class:`Unauthorized`, :class:`Forbidden`)."""
+    async def authenticate(self, header: str, path: str, method: str = "POST") -> ApiKey:
+        """The key in an ``Authorization`` header, allowed to call ``method`` ``path`` (401, 403 if not).
+
+        gRPC calls (their routes are POSTs) give no method.
+        """
         kind, _, token = header.partition(" ")
         if kind.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing API key: send the header 'Authorization: Bearer <key>'", field="Authorization")
         key = await asyncio.to_thread(self.store.verify, token.strip())
         if key is None:
             raise Unauthorized("invalid or revoked API key", field="Authorization")
-        needed = required_scope(path)
+        needed = required_scope(path, method)
         if needed is not None and needed not in key.scopes and Scope.ADMIN not in key.scopes:
             raise Forbidden(
                 f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {path} needs '{needed}'",
@@ -265,7 +268,7 @@ class KeyCheck:
         if keyed:
             try:
                 header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-                state[CALLER] = key = await ACCESS.authenticate(header, scope["path"])
+                state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
             except EaselError as error:
                 logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
                 await send_error(send, error)

@@ -77,6 +77,14 @@ class Experiments:
             raise self._missing(name)
         return {"object": "experiment", "id": name, "deleted": True}
 
+    def exists(self, name: str) -> bool:
+        """Whether an experiment is named ``name`` (a model added under that name would shadow it)."""
+        return self.store.get(name) is not None
+
+    def using(self, model: str) -> list[str]:
+        """The experiments with ``model`` among their variants (the model may not be removed while there are)."""
+        return [experiment.name for experiment in self.store.list() if model in experiment.spec.models]
+
     def assign(self, model: str | None, user: str | None) -> Assignment | None:
         """The variant that serves a request whose ``model`` names an experiment; None when it names none."""
         if not model or model in self.served_models():

@@ -157,15 +157,19 @@ class TextToImage:
             self.reuse = LatentReuse(store, self.defaults.approximate_cache, self.defaults.approximate_similarity)
 
     @serve.multiplexed(max_num_models_per_replica=MAX_MODELS_PER_REPLICA)
-    async def model(self, name: str) -> ModelPipeline:
-        """Model ``name``'s loop in this replica (opened on its first request: tokenizers, scheduler, admission)."""
-        served = self.models.resolve(name)
-        logger.info("opening model %s (%s)", name, served.folder.path)
+    async def model(self, version_id: str) -> ModelPipeline:
+        """A model version's loop in this replica (opened on its first request: tokenizers, scheduler, admission).
+
+        Keyed by version, so a replaced model's new requests never run on the old version's loop.
+        """
+        self.models = self.models.refreshed()
+        served = self.models.version(version_id)
+        logger.info("opening model %s version %d (%s)", served.name, served.version, served.folder.path)
         return await asyncio.to_thread(ModelPipeline, served, self.engines, self.reuse)
 
     async def _requested(self) -> ModelPipeline:
-        """The loop of the model this request was sent for (none named: the default)."""
-        return await self.model(serve.get_multiplexed_model_id() or self.models.default.name)
+        """The loop of the model version this request was sent for (none named: the default's first)."""
+        return await self.model(serve.get_multiplexed_model_id() or self.models.default.version_id)
 
     async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
@@ -254,10 +258,9 @@ class TextToImage:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
 
-    async def ready(self, models: list[str]) -> dict[str, bool]:
-        """Readiness of each Triton model of ``models`` (served model names)."""
-        names = (name for model in models for name in self.models[model].triton_names())
-        return await self.triton.models_ready(tuple(names))
+    async def ready(self, triton_models: list[str]) -> dict[str, bool]:
+        """Readiness of each of ``triton_models`` (Triton model names)."""
+        return await self.triton.models_ready(tuple(triton_models))
 
     async def check_health(self) -> None:
         """Ray Serve health check: the replica's event loop answers (Triton's state is /readyz's business)."""

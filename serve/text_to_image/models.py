@@ -4,21 +4,32 @@
 default, the first given; unknown: a 400 naming ``model``). The stack names the Triton models with
 :meth:`ServedModels.prefix` when it installs them, and the replicas call them by the same rule: the default model's
 engines keep their bare names (``unet``, ``vae_decoder``: a one-model stack is what it always was), every other
-model's carry its name (``sdxl.unet``).
+model's carry its name (``sdxl.unet``), and a version installed while the stack runs its name and version
+(``sdxl.v2.unet``).
+
+:class:`ModelTable` is what the stack serves now: the models by name, each at a version, and the old versions that
+still finish their requests. It is a file in the run folder (``models.json``) that the ``ModelResidency`` writes when
+a model is added, replaced or removed, and every replica reads again when it changes (:meth:`ServedModels.refreshed`).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
-from serve.errors import InvalidInput, NotFound
+from serve.errors import Conflict, InvalidInput, NotFound
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
-from serve.triton.activations import PoolSpec
-from serve.triton.memory import default_memory_budget
+from serve.triton.activations import ANY_ENGINE, PoolSpec
+from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
+from serve.triton.repository import install_model, uninstall_model
 from serve.triton.spec import ModelSpec
 
 
@@ -34,6 +45,161 @@ def check_name(name: str) -> str:
     return name
 
 
+MODEL_TABLE = "models.json"
+"""The run folder's file that names the models a stack serves now (:class:`ModelTable`)."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One version of a served model: its engine folder; version 1 is what the stack started with (or first added)."""
+
+    name: str
+    engine_dir: str
+    version: int = 1
+
+    @property
+    def version_id(self) -> str:
+        """The version's id: Ray Serve's multiplexed model id and the residency's key (``sd.v2``)."""
+        return f"{self.name}.v{self.version}"
+
+
+@dataclass
+class ModelTable:
+    """The models served now by name (the default first), and old versions still finishing their requests.
+
+    Versions of a name are never reused (``versions`` remembers the last of every name ever served), so an old
+    version's Triton models, loop and counts are never mistaken for a new one's. A name in ``versions`` that is not
+    served was removed.
+    """
+
+    current: dict[str, ModelEntry]
+    retired: dict[str, ModelEntry] = field(default_factory=dict)  # by version id, until its requests have ended
+    versions: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for entry in self.entries():
+            self.versions[entry.name] = max(self.versions.get(entry.name, 0), entry.version)
+
+    @classmethod
+    def start(cls, engine_dirs: Mapping[str, str]) -> ModelTable:
+        """The table of a stack's start: every model at version 1, in the order given."""
+        return cls({name: ModelEntry(name, str(path)) for name, path in engine_dirs.items()})
+
+    def entries(self) -> list[ModelEntry]:
+        """Every version with Triton models: the current ones, then the retired."""
+        return [*self.current.values(), *self.retired.values()]
+
+    def copy(self) -> ModelTable:
+        """A table to change (this one stays as it is until the change is done)."""
+        return ModelTable(dict(self.current), dict(self.retired), dict(self.versions))
+
+    def add(self, name: str, engine_dir: str) -> ModelEntry:
+        """Serve ``engine_dir`` as a new model ``name`` (409 naming ``name`` if one is served)."""
+        if name in self.current:
+            raise Conflict(f"name: model {name!r} is served already (replace it instead)", "name")
+        return self._serve(name, engine_dir)
+
+    def replace(self, name: str, engine_dir: str) -> tuple[ModelEntry, ModelEntry]:
+        """Serve ``engine_dir`` as model ``name``'s next version; (the new version, the old, now retired)."""
+        old = self._served(name)
+        self.retired[old.version_id] = old
+        return self._serve(name, engine_dir), old
+
+    def remove(self, name: str) -> ModelEntry:
+        """Stop serving ``name`` (the default model cannot go: 409); its version, retired."""
+        old = self._served(name)
+        if name == next(iter(self.current)):
+            raise Conflict(f"model_id: {name!r} is the default model: replace it instead", "model_id")
+        del self.current[name]
+        self.retired[old.version_id] = old
+        return old
+
+    def drop(self, version_id: str) -> None:
+        """Forget a retired version (its requests ended, its Triton models unloaded)."""
+        self.retired.pop(version_id, None)
+
+    def _serve(self, name: str, engine_dir: str) -> ModelEntry:
+        entry = ModelEntry(check_name(name), engine_dir, self.versions.get(name, 0) + 1)
+        self.current[name] = entry
+        self.versions[name] = entry.version
+        return entry
+
+    def _served(self, name: str) -> ModelEntry:
+        if name not in self.current:
+            raise NotFound(f"no model {name!r} (served: {', '.join(self.current)})", "model_id")
+        return self.current[name]
+
+    def to_json(self) -> dict:
+        """The table as its file holds it."""
+        return {
+            "current": [asdict(entry) for entry in self.current.values()],
+            "retired": [asdict(entry) for entry in self.retired.values()],
+            "versions": self.versions,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> ModelTable:
+        """The table its file held."""
+        current = [ModelEntry(**entry) for entry in data["current"]]
+        retired = [ModelEntry(**entry) for entry in data.get("retired", ())]
+        return cls({e.name: e for e in current}, {e.version_id: e for e in retired}, dict(data.get("versions", {})))
+
+    def write(self, path: Path) -> None:
+        """Replace the file at ``path`` with this table whole (written aside, then renamed)."""
+        aside = path.with_name(f".{path.name}.{os.getpid()}")
+        aside.write_text(json.dumps(self.to_json(), indent=2))
+        aside.replace(path)
+
+    @classmethod
+    def read(cls, path: Path) -> ModelTable:
+        """The table in the file at ``path``."""
+        return cls.from_json(json.loads(path.read_text()))
+
+
+class ModelFolder(BaseModel):
+    """``PUT /v1/models/{model_id}``'s body: the engine folder that becomes the model's next version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine_dir: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute path, on the stack's machine, of an engine folder `easel build` built (the `engines:` "
+        "it prints; `easel models add` builds one and sends it); the stack installs and loads it.",
+    )
+
+
+class NewModel(ModelFolder):
+    """``POST /v1/models``' body: a name and the engine folder served under it."""
+
+    name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
+
+
+def open_engine_folder(engine_dir: str) -> EngineFolder:
+    """The built engine folder at ``engine_dir``, or a 400 naming ``engine_dir`` saying why it cannot be served."""
+    path = Path(engine_dir)
+    try:
+        folder_there = path.is_absolute() and path.is_dir()
+    except (OSError, ValueError):  # a name too long, a character no file name has
+        folder_there = False
+    if not folder_there:
+        raise InvalidInput(f"engine_dir: {engine_dir!r} is not an absolute path to a folder", "engine_dir")
+    if not EngineFolder.built(path):
+        raise InvalidInput(
+            f"engine_dir: {engine_dir} holds no finished build ({MANIFEST}): `easel build --model DIR` makes one",
+            "engine_dir",
+        )
+    try:
+        folder = EngineFolder(path)
+        unmeasured = sorted(set(folder.specs) - set(folder.memory_models))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        why = f"engine_dir: {engine_dir} is not a readable engine folder ({type(error).__name__}: {error})"
+        raise InvalidInput(why, "engine_dir") from None
+    if unmeasured:
+        raise InvalidInput(f"engine_dir: engines not measured in {engine_dir}: {', '.join(unmeasured)}", "engine_dir")
+    return folder
+
+
 @dataclass(frozen=True)
 class ServedModel:
     """One served model: its engine folder, the prefix of its Triton models, its adapters and its admission limits."""
@@ -43,6 +209,12 @@ class ServedModel:
     prefix: str = ""
     adapters: StackAdapters = field(default_factory=StackAdapters)
     limits: Limits = field(default_factory=lambda: Limits(0))
+    version: int = 1
+
+    @property
+    def version_id(self) -> str:
+        """This version's id (:attr:`ModelEntry.version_id`): what routes it to replicas and counts its requests."""
+        return ModelEntry(self.name, "", self.version).version_id
 
     @property
     def key(self) -> str:
@@ -65,6 +237,16 @@ class ServedModel:
     def triton_specs(self) -> list[ModelSpec]:
         """Its engines' specs under their Triton names (what the repository holds and the server watches)."""
         return list(triton_specs(self.folder, self.prefix).values())
+
+    def install(self, repository: Path) -> None:
+        """Install its engines (built and measured) in Triton's ``repository`` under its Triton names."""
+        for engine, spec in triton_specs(self.folder, self.prefix).items():
+            install_model(spec, repository, self.folder.engine(engine).files())
+
+    def uninstall(self, repository: Path) -> None:
+        """Remove its Triton models from ``repository`` (a version the running stack installed, once unloaded)."""
+        for name in self.triton_names():
+            uninstall_model(name, repository)
 
     def check(self, request) -> None:
         """Refuse (400 naming the field) what ``request`` brings that this model does not take."""
@@ -89,18 +271,40 @@ class ServedModel:
             "ip_adapter": self.adapters.ip_adapter,
             "controlnets": list(family.controlnets.ready),
             "takes_images": family.takes_images,
+            "version": self.version,
         }
 
 
 class ServedModels(Mapping[str, ServedModel]):
-    """The stack's models in the order given; the first is the default."""
+    """The stack's models in the order given (the first is the default), and old versions finishing their requests.
 
-    def __init__(self, models: Mapping[str, ServedModel], room_bytes: int = 0, activation_bytes: int = 0) -> None:
-        if not models:
+    ``room_bytes`` is what the loaded models' weights may use together (None: all of them, whatever is added);
+    ``activation_bytes`` the one activation pool every model's engines share (fixed at the stack's start).
+    ``table_path``: the table file this was read from, read again by :meth:`refreshed` when it changes.
+    """
+
+    def __init__(
+        self,
+        table: ModelTable,
+        folders: Mapping[str, EngineFolder],
+        activation_bytes: int = 0,
+        room_bytes: int | None = None,
+        adapters: StackAdapters | None = None,
+        max_cost: float = DEFAULT_MAX_COST,
+        table_path: Path | None = None,
+    ) -> None:
+        if not table.current:
             raise ValueError("a stack serves at least one model")
-        self._models = dict(models)
-        self.room_bytes = room_bytes  # what the loaded models' weights may use together
-        self.activation_bytes = activation_bytes  # the one activation pool every model's engines share
+        self.table = table
+        self.activation_bytes = activation_bytes
+        self.room = room_bytes
+        self.adapters = adapters or StackAdapters()  # the default model's, as the stack started it
+        self.max_cost = max_cost
+        self.table_path = table_path
+        self._stamp = _stamp(table_path)
+        self._folders = dict(folders)  # by engine folder path
+        self._versions = {entry.version_id: self._served(entry) for entry in table.entries()}
+        self._models = {name: self._versions[entry.version_id] for name, entry in table.current.items()}
 
     @classmethod
     def open(
@@ -110,33 +314,88 @@ class ServedModels(Mapping[str, ServedModel]):
         memory_budget_bytes: int | None = None,
         max_cost: float = DEFAULT_MAX_COST,
         room_bytes: int | None = None,
+        table_path: str | Path | None = None,
     ) -> ServedModels:
         """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: the default's.
 
         One memory budget for all: ``room_bytes`` for the loaded models' weights (None: every model's, so all stay
         loaded) and the rest of ``memory_budget_bytes`` (None: the default for that room) one activation pool that
         every model's engines share. Each model's admission counts its own weights and that pool. Raises
-        :class:`~serve.triton.memory.MemoryBudgetTooSmall` when the pool cannot run some model at all.
+        :class:`~serve.triton.memory.MemoryBudgetTooSmall` when the pool cannot run some model at all. With a
+        ``table_path`` whose file exists, the models are the table's (``engine_dirs`` set the budget only).
         """
         folders = {check_name(name): EngineFolder(path) for name, path in engine_dirs.items()}
         room = room_bytes or sum(folder.weights_bytes for folder in folders.values())
         activations = (memory_budget_bytes or default_memory_budget(room)) - room
-        models = {}
-        for index, (name, folder) in enumerate(folders.items()):
-            limits = Limits(activations + folder.weights_bytes, max_cost, 2 * max_cost)
-            folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
-            own = (adapters or StackAdapters()) if index == 0 else StackAdapters()
-            models[name] = ServedModel(name, folder, cls.prefix(name, index == 0), own, limits)
-        return cls(models, room, activations)
+        by_path = {str(folder.path): folder for folder in folders.values()}
+        path = Path(table_path) if table_path else None
+        started = cls(ModelTable.start(engine_dirs), by_path, activations, room_bytes, adapters, max_cost, path)
+        started._stamp = None  # the table's file, if there is one, is read at once
+        return started.refreshed()
+
+    def with_table(self, table: ModelTable) -> ServedModels:
+        """These models as ``table`` lists them (the same budget); a folder that cannot be served is a 400."""
+        folders = dict(self._folders)
+        for entry in table.entries():
+            if entry.engine_dir not in folders:
+                folders[entry.engine_dir] = open_engine_folder(entry.engine_dir)
+        try:
+            return ServedModels(
+                table, folders, self.activation_bytes, self.room, self.adapters, self.max_cost, self.table_path
+            )
+        except MemoryBudgetTooSmall as error:  # its engines cannot run in the stack's activation pool
+            raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
+
+    def refreshed(self) -> ServedModels:
+        """These models, or the table file's if it changed since they were read (one ``stat`` when it did not)."""
+        stamp = _stamp(self.table_path)  # before the read: a change after it is seen next time
+        if stamp == self._stamp or stamp is None:
+            return self
+        models = self.with_table(ModelTable.read(self.table_path))
+        models._stamp = stamp
+        return models
+
+    def _served(self, entry: ModelEntry) -> ServedModel:
+        folder = self._folders[entry.engine_dir]
+        limits = Limits(self.activation_bytes + folder.weights_bytes, self.max_cost, 2 * self.max_cost)
+        folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
+        default = entry.name == next(iter(self.table.current))
+        own = self.adapters if default and entry.version == 1 else StackAdapters()
+        prefix = self.prefix(entry.name, default, entry.version)
+        return ServedModel(entry.name, folder, prefix, own, limits, entry.version)
+
+    @property
+    def room_bytes(self) -> int:
+        """What the loaded models' weights may use together: as set, or every version's that has Triton models."""
+        return self.room if self.room is not None else sum(m.folder.weights_bytes for m in self.versions())
+
+    def versions(self) -> list[ServedModel]:
+        """Every version with Triton models: the current ones, then those finishing their requests."""
+        return list(self._versions.values())
+
+    def version(self, version_id: str) -> ServedModel:
+        """The version ``version_id`` names (current or retired); one no longer served is a 400 naming ``model``."""
+        model = self._versions.get(version_id)
+        if model is None:
+            raise InvalidInput(f"model: no version {version_id!r} is served (served: {', '.join(self)})", "model")
+        return model
 
     def pool(self) -> PoolSpec:
-        """The activation pool Triton's stubs of every model's engines reserve their runs from."""
-        engines = (model.triton_name(engine) for model in self.values() for engine in model.folder.memory_models)
-        return PoolSpec(self.activation_bytes, tuple(engines))
+        """The activation pool Triton's stubs of every model's engines reserve their runs from.
+
+        Engines installed while the stack runs draw from it too (:data:`~serve.triton.activations.ANY_ENGINE`).
+        """
+        engines = (model.triton_name(engine) for model in self.versions() for engine in model.folder.memory_models)
+        return PoolSpec(self.activation_bytes, (*engines, ANY_ENGINE))
 
     @staticmethod
-    def prefix(name: str, default: bool) -> str:
-        """The prefix of a model's Triton model names: none for the default model, ``NAME.`` for the others."""
+    def prefix(name: str, default: bool, version: int = 1) -> str:
+        """The prefix of a model's Triton model names: none for the default model, ``NAME.`` for the others.
+
+        A later version's carry it too: ``NAME.vN.``.
+        """
+        if version > 1:
+            return f"{name}.v{version}."
         return "" if default else f"{name}."
 
     @property
@@ -150,7 +409,8 @@ class ServedModels(Mapping[str, ServedModel]):
             return self.default
         model = self._models.get(requested)
         if model is None:
-            raise InvalidInput(f"model: unknown model {requested!r} (served: {', '.join(self._models)})", "model")
+            gone = " was removed from this stack" if requested in self.table.versions else ""
+            raise InvalidInput(f"model: unknown model {requested!r}{gone} (served: {', '.join(self._models)})", "model")
         return model
 
     def require(self, model_id: str) -> ServedModel:
@@ -168,3 +428,12 @@ class ServedModels(Mapping[str, ServedModel]):
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+def _stamp(path: Path | None) -> tuple[int, int, int] | None:
+    """What tells a file's versions apart (its inode, size and change time), None when there is none."""
+    try:
+        stat = path.stat() if path is not None else None
+    except FileNotFoundError:
+        return None
+    return None if stat is None else (stat.st_ino, stat.st_size, stat.st_mtime_ns)

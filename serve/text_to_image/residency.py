@@ -1,11 +1,16 @@
-"""The ``ModelResidency`` deployment: the one keeper of which served models are loaded in Triton.
+"""The ``ModelResidency`` deployment: the keeper of which served models are loaded in Triton, and of the model table.
 
-The Gateway asks it before each generation (:meth:`ModelResidency.begin`) and tells it after (:meth:`end`). A loaded
-model's request passes at once; a cold model's waits while the least recently used models with nothing in flight
-(and not pinned) are unloaded and its engines loaded (Triton's model control API, explicit mode), then is served.
-One replica holds the counts, so every Gateway replica's requests count. It knows Triton's control key from the
-environment the stack gave Ray (:data:`~serve.triton.server.CONTROL_KEY_ENV`); without one (a cluster's Tritons)
-every model stays loaded.
+The Gateway asks it before each generation (:meth:`ModelResidency.begin`, by model name: it answers with the version
+it counted) and tells it after (:meth:`end`). A loaded model's request passes at once; a cold model's waits while the
+least recently used models with nothing in flight (and not pinned) are unloaded and its engines loaded (Triton's
+model control API, explicit mode), then is served. One replica holds the counts, so every Gateway replica's requests
+count. It knows Triton's control key from the environment the stack gave Ray
+(:data:`~serve.triton.server.CONTROL_KEY_ENV`); without one (a cluster's Tritons) every model stays loaded.
+
+It is also the one writer of the model table (:class:`~serve.text_to_image.models.ModelTable`): :meth:`add`,
+:meth:`replace` and :meth:`remove` install an engine folder already built (nothing is built here), load it, and
+write the table, which every replica reads again. A replaced or removed version is retired: it takes no new request,
+finishes those it has, and is unloaded (and forgotten) once they have ended.
 """
 
 from __future__ import annotations
@@ -14,14 +19,15 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ray import serve
 
 from serve import metrics
-from serve.errors import NotReady
-from serve.text_to_image.models import ServedModels
-from serve.triton.residency import Residency, read_parked, write_parked
+from serve.errors import Conflict, InvalidInput, NotReady
+from serve.text_to_image.models import ModelEntry, ModelTable, ServedModel, ServedModels
+from serve.triton.residency import DoesNotFit, Residency, read_parked, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonControl
 
 logger = logging.getLogger(__name__)
@@ -34,86 +40,232 @@ class ModelResidency:
     def __init__(
         self,
         models: ServedModels,
-        room_bytes: int | None = None,
         pinned: tuple[str, ...] = (),
         triton_http_url: str | None = None,
         parked_path: str | None = None,
+        repository: str | None = None,
     ) -> None:
-        self.models = models
-        weights = {name: model.folder.weights_bytes for name, model in models.items()}
+        self.models = models.refreshed()  # the table as its file holds it (a replica started again finds it)
         self.parked_path = Path(parked_path) if parked_path else None
+        self.repository = Path(repository) if repository else None
         parked, _ = read_parked(self.parked_path)
-        loaded = [name for name, model in models.items() if not parked & set(model.triton_names())]
-        self.residency = Residency(weights, room_bytes or sum(weights.values()), frozenset(pinned))
+        versions = self.models.versions()
+        weights = {model.version_id: model.folder.weights_bytes for model in versions}
+        pins = frozenset(self.models[name].version_id if name in self.models else name for name in pinned)
+        self.residency = Residency(weights, models.room, pins)
+        loaded = [model.version_id for model in versions if not parked & set(model.triton_names())]
         self.residency.loaded.update(dict.fromkeys(loaded, 0.0))
+        for version_id in self.models.table.retired:
+            self.residency.retire(version_id)
         key = os.environ.get(CONTROL_KEY_ENV)
         self.control = TritonControl(triton_http_url, key) if triton_http_url and key and self.parked_path else None
         self.loading = asyncio.Lock()  # one load at a time
+        self.changing = asyncio.Lock()  # one change of the table at a time
         self.ended = asyncio.Event()  # a request ended: a model may have become free to unload
-        for name in models:
-            metrics.set_gauge(metrics.MODEL_LOADED, int(name in loaded), model=name)
+        self._tasks: set[asyncio.Task] = set()
+        self._gauges()
 
-    async def begin(self, name: str) -> float:
-        """A request of model ``name`` starts: seconds it waited for the model to load (0 when it was loaded)."""
-        if name in self.residency.loaded:
-            self.residency.begin(name)
+    # -- requests -----------------------------------------------------------------------------------------------------
+
+    async def begin(self, name: str) -> tuple[str, float]:
+        """A request of model ``name`` starts: the version counted for it, and seconds it waited for its load.
+
+        The version is the one served now (a request that raced a replace gets the new one); an unknown or removed
+        name is the 400 :meth:`ServedModels.resolve` gives.
+        """
+        version_id = self.models.resolve(name).version_id
+        if version_id in self.residency.loaded:
+            self.residency.begin(version_id)
             metrics.observe(metrics.MODEL_LOAD_SECONDS, 0.0, model=name)
-            return 0.0
+            return version_id, 0.0
         started = time.perf_counter()
         async with self.loading:
-            while name not in self.residency.loaded:
-                unloads = self.residency.unloads_for(name)
+            while (model := self.models.resolve(name)).version_id not in self.residency.loaded:
+                unloads = self.residency.unloads_for(model.version_id)
                 if unloads is None:  # every model it could replace is busy or pinned: wait for a request to end
                     self.ended.clear()
                     await self.ended.wait()
                     continue
-                await self._swap(unloads, name)
-            self.residency.begin(name)
+                await self._swap(unloads, model)
+            self.residency.begin(model.version_id)
         waited = time.perf_counter() - started
         metrics.observe(metrics.MODEL_LOAD_SECONDS, waited, model=name)
-        return waited
+        return model.version_id, waited
 
-    def end(self, name: str) -> None:
-        """A request of model ``name`` ended."""
-        self.residency.end(name)
+    def end(self, version_id: str) -> None:
+        """A request of version ``version_id`` ended (a retired version with none left is unloaded)."""
+        self.residency.end(version_id)
         self.ended.set()
+        if version_id in self.residency.retired:
+            self._unload_retired_soon()
 
     def loaded(self) -> list[str]:
-        """The models loaded now, in the stack's order."""
-        return [name for name in self.models if name in self.residency.loaded]
+        """The versions loaded now (their ids), the current ones in the stack's order first."""
+        return [model.version_id for model in self.models.versions() if model.version_id in self.residency.loaded]
 
-    async def _swap(self, unloads: list[str], name: str) -> None:
-        """Unload ``unloads`` (parked first, so Triton's supervisor stops watching them), then load ``name``."""
+    # -- the table ----------------------------------------------------------------------------------------------------
+
+    async def add(self, name: str, engine_dir: str) -> dict:
+        """Serve the built engine folder ``engine_dir`` as model ``name`` (installed, loaded if it fits); its entry."""
+        return await self._switch(lambda table: (table.add(name, engine_dir), None))
+
+    async def replace(self, name: str, engine_dir: str) -> dict:
+        """Serve ``engine_dir`` as model ``name``'s next version; the old one finishes its requests, then goes."""
+        return await self._switch(lambda table: table.replace(name, engine_dir))
+
+    async def remove(self, name: str) -> dict:
+        """Stop serving model ``name``: new requests for it are 400s; those in flight finish, then it is unloaded."""
+        self._require_changeable()
+        async with self.changing:
+            table = self.models.table.copy()
+            old = table.remove(name)
+            self.models = self.models.with_table(table)
+            self.residency.retire(old.version_id)
+            self._publish()
+            metrics.set_gauge(metrics.MODEL_LOADED, 0, model=name)
+            logger.info("model %s removed (version %d finishes its requests, then is unloaded)", name, old.version)
+            return {"object": "model", "id": name, "deleted": True, "version": old.version}
+
+    async def _switch(self, change: Callable[[ModelTable], tuple[ModelEntry, ModelEntry | None]]) -> dict:
+        """Make ``change`` to the table (it gives the new version and the one it retires).
+
+        The new version is installed and loaded (refused, and nothing changed, if Triton cannot), then served.
+        """
+        self._require_changeable()
+        async with self.changing:
+            table = self.models.table.copy()
+            new, old = change(table)
+            models = await asyncio.to_thread(self.models.with_table, table)  # a folder that cannot be read: its 400
+            model = models.version(new.version_id)
+            loaded = await self._installed_and_loaded(model, old)
+            table = self.models.table.copy()  # as it is now: a retired version may have gone meanwhile
+            change(table)
+            self.models = models.with_table(table)
+            if old is not None:
+                self.residency.retire(old.version_id)
+            self._publish()
+        logger.info("model %s version %d served from %s (loaded: %s)", new.name, new.version, new.engine_dir, loaded)
+        return model.public(loaded)
+
+    async def _installed_and_loaded(self, model: ServedModel, old: ModelEntry | None) -> bool:
+        """``model`` counted, installed and (if room can be made now) loaded; undone if any of it fails."""
+        pinned = old is not None and old.version_id in self.residency.pinned
+        try:
+            self.residency.add(model.version_id, model.folder.weights_bytes, pinned)
+        except DoesNotFit as error:
+            raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
+        try:
+            await asyncio.to_thread(model.install, self.repository)
+            return await self._load_now(model)
+        except BaseException:
+            self.residency.forget(model.version_id)
+            await asyncio.to_thread(model.uninstall, self.repository)
+            raise
+
+    async def _load_now(self, model: ServedModel) -> bool:
+        """Load a new version now if room can be made without waiting (else its first request loads it).
+
+        Triton refusing it is a 400 naming ``engine_dir``: the folder cannot be served.
+        """
+        async with self.loading:
+            unloads = self.residency.unloads_for(model.version_id)
+            if unloads is None:
+                return False
+            try:
+                await self._swap(unloads, model)
+            except NotReady as error:
+                why = f"engine_dir: Triton could not load it: {error.__cause__ or error}"
+                raise InvalidInput(why, "engine_dir") from None
+            return True
+
+    def _publish(self) -> None:
+        """Write what Triton's supervisor and every replica read: the parked models first, then the table."""
+        self._write_parked()
+        self.models.table.write(self.models.table_path)
+        self._gauges()
+        self._unload_retired_soon()
+
+    def _require_changeable(self) -> None:
+        if self.control is None or self.repository is None or self.models.table_path is None:
+            raise Conflict("this stack cannot change its models while it runs (a cluster's, or one without a table)")
+
+    # -- Triton -------------------------------------------------------------------------------------------------------
+
+    async def _swap(self, unloads: list[str], model: ServedModel) -> None:
+        """Unload ``unloads`` (parked first, so Triton's supervisor stops watching them), then load ``model``."""
         if self.control is None:
-            raise NotReady(f"model {name!r} is not loaded and this stack cannot load models", retry_after_s=5)
+            raise NotReady(f"model {model.name!r} is not loaded and this stack cannot load models", retry_after_s=5)
         for victim in unloads:
-            del self.residency.loaded[victim]  # no request starts on it from here on
-            self._write_parked()
-            logger.info("unloading model %s (least recently used, nothing in flight)", victim)
-            await asyncio.gather(*(self.control.unload(t) for t in self.models[victim].triton_names()))
-            metrics.set_gauge(metrics.MODEL_LOADED, 0, model=victim)
-        logger.info("loading model %s", name)
+            await self._unload(victim)
+        logger.info("loading model %s (version %d)", model.name, model.version)
         started = time.perf_counter()
         self._write_parked(loading=True)
-        try:
-            await asyncio.gather(*(self.control.load(t) for t in self.models[name].triton_names()))
-        except Exception as error:
+        names = model.triton_names()
+        loads = await asyncio.gather(*(self.control.load(t) for t in names), return_exceptions=True)
+        failed = [outcome for outcome in loads if isinstance(outcome, BaseException)]
+        if failed:  # every load has ended: what did load is unloaded again
+            await asyncio.gather(*(self.control.unload(t) for t in names), return_exceptions=True)
             self._write_parked()
-            logger.error("loading model %s failed: %s", name, error)
-            raise NotReady(f"model {name!r} could not be loaded now; retry shortly", retry_after_s=5) from None
-        self.residency.loaded[name] = time.monotonic()
+            logger.error("loading model %s failed: %s", model.name, failed[0])
+            why = (str(failed[0]).splitlines() or [type(failed[0]).__name__])[0][:300]
+            raise NotReady(f"model {model.name!r} could not be loaded now; retry shortly", retry_after_s=5) from (
+                RuntimeError(why)
+            )
+        self.residency.loaded[model.version_id] = time.monotonic()
         self._write_parked()
-        logger.info("model %s loaded in %.2f s", name, time.perf_counter() - started)
-        metrics.set_gauge(metrics.MODEL_LOADED, 1, model=name)
+        logger.info("model %s loaded in %.2f s", model.name, time.perf_counter() - started)
+
+    async def _unload(self, version_id: str) -> None:
+        """Unload a version with nothing in flight (a retired one is forgotten after: the table no longer has it)."""
+        model = self.models.version(version_id)
+        del self.residency.loaded[version_id]  # no request starts on it from here on
+        self._write_parked()
+        logger.info("unloading model %s version %d (nothing in flight)", model.name, model.version)
+        await asyncio.gather(*(self.control.unload(t) for t in model.triton_names()))
+        if version_id in self.residency.retired:
+            self._forget(model)
+        self._gauges()
+
+    def _forget(self, model: ServedModel) -> None:
+        """A retired version unloaded: out of the table, and out of the repository if the running stack put it there."""
+        table = self.models.table.copy()
+        table.drop(model.version_id)
+        self.models = self.models.with_table(table)
+        self.residency.forget(model.version_id)
+        self._write_parked()
+        table.write(self.models.table_path)
+        if model.version > 1 and self.repository is not None:  # version 1 is what `easel up` installed
+            model.uninstall(self.repository)
+        logger.info("model %s version %d unloaded and forgotten", model.name, model.version)
+
+    def _unload_retired_soon(self) -> None:
+        """Unload (in a task) the retired versions whose requests have all ended."""
+        if self.control is None or not self.residency.idle_retired():
+            return
+        task = asyncio.get_running_loop().create_task(self._unload_retired())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unload_retired(self) -> None:
+        async with self.loading:
+            for version_id in self.residency.idle_retired():
+                if version_id in self.residency.loaded:
+                    await self._unload(version_id)
+                else:
+                    self._forget(self.models.version(version_id))
 
     def _write_parked(self, loading: bool = False) -> None:
-        cold = [model for name, model in self.models.items() if name not in self.residency.loaded]
+        cold = [model for model in self.models.versions() if model.version_id not in self.residency.loaded]
         write_parked(self.parked_path, [name for model in cold for name in model.triton_names()], loading)
+
+    def _gauges(self) -> None:
+        """Set whether each served model (its current version) is loaded."""
+        for name, model in self.models.items():
+            metrics.set_gauge(metrics.MODEL_LOADED, int(model.version_id in self.residency.loaded), model=name)
 
     async def check_health(self) -> None:
         """Ray Serve's health check: the event loop answers.
 
         It also sets again which models are loaded: a gauge not set for a while is no longer exported.
         """
-        for name in self.models:
-            metrics.set_gauge(metrics.MODEL_LOADED, int(name in self.residency.loaded), model=name)
+        self._gauges()

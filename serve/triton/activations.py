@@ -34,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 POOLS_ENV = "EASEL_ACTIVATION_POOLS"
 """Environment variable naming each Triton model's pool file (JSON ``{model name: path}``) for its stubs."""
+ANY_ENGINE = "*"
+"""The name in a pool's engines that stands for any measured engine the map does not name (one installed later)."""
 POLL_S = (0.01, 0.05)
 """A waiting reservation looks again after the first, then at most the second, seconds."""
 
@@ -187,6 +189,11 @@ def pools_from_env() -> dict[str, ActivationPool]:
     """The pools handed to this Triton's stubs, by Triton model name (empty: engines run unbounded)."""
     raw = os.environ.get(POOLS_ENV)
     return {name: ActivationPool(path) for name, path in json.loads(raw).items()} if raw else {}
+
+
+def pool_of(pools: dict[str, ActivationPool], model: str) -> ActivationPool | None:
+    """The pool Triton model ``model`` draws on: its own entry, else :data:`ANY_ENGINE`'s (None: unbounded)."""
+    return pools.get(model) or pools.get(ANY_ENGINE)
 
 
 def pools_environment(pools: dict[str, ActivationPool]) -> dict[str, str]:

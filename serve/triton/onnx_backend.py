@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.triton.activations import ActivationPool, pools_from_env
+from serve.triton.activations import ActivationPool, pool_of, pools_from_env
 from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import MemoryModel, positions
 
@@ -219,7 +219,7 @@ def graph_input(array: np.ndarray, rank: int | None) -> np.ndarray:
 
 def _memory_bound(config: dict, files: EngineFiles) -> MemoryBound | None:
     """The bound of a model with a measured memory model and a pool handed to this Triton; None otherwise."""
-    pool = pools_from_env().get(config["name"])
+    pool = pool_of(pools_from_env(), config["name"])
     if pool is None or not files.memory.exists():
         return None
     first = next((t for t in config["input"] if -1 in [int(d) for d in t["dims"]]), None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,46 +24,91 @@ class DoesNotFit(ValueError):
 
 @dataclass
 class Residency:
-    """The loaded models, their requests in flight and last use, within ``room_bytes`` of weights."""
+    """The loaded models, their requests in flight and last use, within ``room_bytes`` of weights.
 
-    weights: Mapping[str, int]  # bytes of each model's weights
-    room_bytes: int
+    ``room_bytes`` None: room for every model's weights, whatever is added (all stay loaded). A model is any version
+    the stack has Triton models for; a retired one (an old version, a removed model) takes no new request and is the
+    first to go once its requests have ended.
+    """
+
+    weights: dict[str, int]  # bytes of each model's weights
+    room_bytes: int | None
     pinned: frozenset[str] = frozenset()
     loaded: dict[str, float] = field(default_factory=dict)  # model -> last use (monotonic seconds)
     in_flight: dict[str, int] = field(default_factory=dict)
+    retired: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
+        self.weights = dict(self.weights)
         unknown = sorted(self.pinned - set(self.weights))
         if unknown:
             raise DoesNotFit(f"--pin {unknown[0]}: not a served model (served: {', '.join(self.weights)})")
         for name in self.weights:
             self.in_flight.setdefault(name, 0)
         pinned = sum(self.weights[name] for name in self.pinned)
-        if pinned > self.room_bytes:
-            room = _gib(self.room_bytes)
-            raise DoesNotFit(f"the pinned models' weights ({_gib(pinned)}) are more than the room ({room})")
-        for name, size in self.weights.items():
-            if size + (pinned if name not in self.pinned else pinned - size) > self.room_bytes:
-                raise DoesNotFit(
-                    f"model {name!r}: its weights ({_gib(size)}) and the pinned models' do not fit the room "
-                    f"({_gib(self.room_bytes)})"
-                )
+        if pinned > self.room:
+            raise DoesNotFit(f"the pinned models' weights ({_gib(pinned)}) are more than the room ({_gib(self.room)})")
+        for name in self.weights:
+            self.check(name)
+
+    @property
+    def room(self) -> int:
+        """Bytes the loaded models' weights may use together."""
+        return self.room_bytes if self.room_bytes is not None else sum(self.weights.values())
 
     @property
     def used_bytes(self) -> int:
         """The loaded models' weights."""
         return sum(self.weights[name] for name in self.loaded)
 
+    def check(self, model: str) -> None:
+        """Raise :class:`DoesNotFit` if ``model``'s weights can never fit beside the pinned models'."""
+        size = self.weights[model]
+        pinned = sum(self.weights[name] for name in self.pinned if name != model)
+        if size + pinned > self.room:
+            raise DoesNotFit(
+                f"model {model!r}: its weights ({_gib(size)}) and the pinned models' do not fit the room "
+                f"({_gib(self.room)})"
+            )
+
+    def add(self, model: str, size: int, pinned: bool = False) -> None:
+        """A model served from now on (not loaded); :class:`DoesNotFit` (and nothing added) if it can never fit."""
+        self.weights[model] = size
+        self.in_flight.setdefault(model, 0)
+        try:
+            self.check(model)
+        except DoesNotFit:
+            self.forget(model)
+            raise
+        if pinned:
+            self.pinned = self.pinned | {model}
+
+    def retire(self, model: str) -> None:
+        """``model`` takes no new request (replaced or removed): it goes once its requests have ended."""
+        self.retired.add(model)
+        self.pinned = self.pinned - {model}
+
+    def idle_retired(self) -> list[str]:
+        """The retired models with no request in flight (to unload and forget)."""
+        return [name for name in sorted(self.retired) if self.in_flight.get(name, 0) == 0]
+
+    def forget(self, model: str) -> None:
+        """``model`` has no Triton models any more."""
+        for table in (self.weights, self.in_flight, self.loaded):
+            table.pop(model, None)
+        self.retired.discard(model)
+        self.pinned = self.pinned - {model}
+
     def unloads_for(self, model: str) -> list[str] | None:
-        """The models to unload (least recently used first) so that ``model`` fits; None if it cannot fit yet.
+        """The models to unload (retired ones first, then least recently used) so that ``model`` fits; None if not yet.
 
         Only models with no request in flight and not pinned may go; [] when it is loaded or fits as it is.
         """
         if model in self.loaded:
             return []
-        free = self.room_bytes - self.used_bytes
+        free = self.room - self.used_bytes
         chosen = []
-        for name in sorted(self.loaded, key=self.loaded.__getitem__):
+        for name in sorted(self.loaded, key=lambda name: (name not in self.retired, self.loaded[name])):
             if free >= self.weights[model]:
                 break
             if name in self.pinned or self.in_flight[name] > 0:
@@ -86,7 +131,8 @@ class Residency:
 
     def end(self, model: str) -> None:
         """A request of ``model`` ended."""
-        self.in_flight[model] = max(0, self.in_flight[model] - 1)
+        if model in self.in_flight:
+            self.in_flight[model] = max(0, self.in_flight[model] - 1)
 
 
 def write_parked(path: Path, triton_models: Iterable[str], loading: bool = False) -> None:

@@ -20,7 +20,7 @@ import shutil
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ import psutil
 
 from serve.paths import easel_home
 from serve.processes import ManagedProcess, free_ports
-from serve.triton.activations import ActivationPool, PoolSpec, pools_environment
+from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_environment
 from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
 
@@ -123,14 +123,15 @@ class TritonServer:
     """One tritonserver over a model repository, on free loopback ports unless told otherwise.
 
     ``models`` are the specs of the models the stack needs: readiness waits for them, and the health check watches
-    their stubs and sends each a canary inference.
+    their stubs and sends each a canary inference. A callable is asked again at each look (a stack whose models
+    change while it runs).
     """
 
     def __init__(
         self,
         repository: Path,
         log_path: Path,
-        models: Iterable[ModelSpec] = (),
+        models: Iterable[ModelSpec] | Callable[[], Iterable[ModelSpec]] = (),
         host: str = "127.0.0.1",
         ports: tuple[int, int, int] = (0, 0, 0),
         canary_interval_s: float = 10.0,
@@ -139,7 +140,7 @@ class TritonServer:
         parked: Path | None = None,
     ) -> None:
         self.repository = repository
-        self.models = {spec.name: spec for spec in models}
+        self._models = models if callable(models) else tuple(models)
         self.parked = parked  # the file naming those of ``models`` that are not loaded now (serve.triton.residency)
         spare = iter(free_ports(3, host))
         http, grpc, metrics = (port or next(spare) for port in ports)  # 0: a free port
@@ -159,6 +160,12 @@ class TritonServer:
         self._last_canary = 0.0
         self._next_http_check = 0.0
         self._successes: dict[str, int] = {}
+
+    @property
+    def models(self) -> dict[str, ModelSpec]:
+        """The specs of the models the stack needs now, by Triton name."""
+        specs = self._models() if callable(self._models) else self._models
+        return {spec.name: spec for spec in specs}
 
     @property
     def process(self):
@@ -313,7 +320,8 @@ class TritonServer:
                 response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
             except httpx.TimeoutException:
                 idle = _cpu_seconds(self._stubs(name)) - busy_before < 0.5
-                if idle and not (name in self.pools and self.pools[name].waiting(name)):
+                pool = pool_of(self.pools, name)
+                if idle and not (pool is not None and pool.waiting(name)):
                     failing[name] = f"canary inference got no answer in {CANARY_TIMEOUT_S:.0f} s and its stub is idle"
                 continue
             except httpx.TransportError as error:

@@ -3,9 +3,14 @@ one, each image is that model's (parity with diffusers), OpenAI's client lists t
 
 The room for weights holds two of the three: a cold model loads on demand and the least recently used one with no
 request in flight is unloaded for it; no request fails meanwhile.
+
+Last, the models change while the stack runs: one is replaced under a load of synchronous generations and jobs (none
+fails, none is lost, a job in flight finishes on the old version, new requests get the new one), one is added and
+removed (its queued jobs fail naming it), and changes that cannot be made are refused naming the field.
 """
 
 import logging
+import shutil
 import time
 
 import grpc
@@ -14,6 +19,8 @@ import openai
 import pytest
 
 from build_engines.text_to_image.default_model import schedule_variant
+from serve import model_admin
+from serve.benchmarks.models import MixedLoad
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
@@ -26,6 +33,8 @@ logger = logging.getLogger(__name__)
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
+LONG = {"num_inference_steps": 150, "size": "128x128", "n": 2, "seed": 11}
+"""A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds)."""
 BODY = {
     "prompt": "a red heart icon",
     "size": "64x64",
@@ -193,3 +202,103 @@ def test_a_restarted_triton_loads_what_was_loaded_and_a_parked_model_still_loads
     assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready").status_code != 200
     cold = api.post(GENERATE, json=BODY | {"model": parked})
     assert cold.status_code == 200 and LOAD_SECONDS in cold.headers, cold.text
+
+
+def _job_ended(api, job_id: str, timeout_s: float = 300) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while (job := api.get(f"/v1/jobs/{job_id}").json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"job {job_id} did not end"
+        time.sleep(0.2)
+    return job
+
+
+def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_version(stack, api):
+    default_dir = stack.models.resolve(DEFAULT_MODEL).folder.path
+    alone = {name: decode_images(api.post(GENERATE, json=BODY | {"model": name})) for name in (DEFAULT_MODEL, SD)}
+    long = BODY | LONG | {"model": SD}
+    version_1 = decode_images(api.post(GENERATE, json=long))  # what version 1 draws for the long job
+    on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
+    deadline = time.monotonic() + 120
+    while api.get(f"/v1/jobs/{on_the_old}").json()["progress"]["step"] == 0:
+        assert time.monotonic() < deadline, "the long job did not start"
+        time.sleep(0.05)
+    with MixedLoad(stack.info.api_url, [DEFAULT_MODEL, SD], BODY, threads=3) as load:
+        time.sleep(1)
+        replaced = model_admin.replace(stack.info.api_url, SD, default_dir)  # the default's engines, as sd's version 2
+        running = api.get(f"/v1/jobs/{on_the_old}").json()["status"]
+        after = api.post(GENERATE, json=BODY | {"model": SD})
+        time.sleep(1)
+    states = load.settle()
+    logger.info("under the replace: %d requests, %d jobs %s", len(load.tally.statuses), len(load.tally.jobs), states)
+    assert load.tally.failed == 0, load.tally.refusals
+    assert len(load.tally.jobs) > 0 and states == {"succeeded": len(load.tally.jobs)}  # no job lost
+    assert (replaced["id"], replaced["version"], replaced["family"]) == (SD, 2, "sd")
+    assert after.status_code == 200 and after.headers["Easel-Model-Version"] == "2"
+    assert (decode_images(after) == alone[DEFAULT_MODEL]).all()  # the new version's engines draw it
+    assert psnr(decode_images(after), alone[SD]) < 30
+    # The long job began on version 1 and was still running when the replace was done: it finished on version 1.
+    assert running == "running"
+    finished = _job_ended(api, on_the_old)
+    assert finished["status"] == "succeeded"
+    assert (decode_images(httpx.Response(200, json=finished)) == version_1).all()
+    deadline = time.monotonic() + 60  # version 1, its requests ended, is unloaded
+    while httpx.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code == 200:
+        assert time.monotonic() < deadline, "the old version stayed loaded"
+        time.sleep(0.5)
+    assert api.get(f"/v1/models/{SD}").json()["version"] == 2
+
+
+def test_models_are_added_and_removed_and_what_cannot_be_changed_is_refused_naming_the_field(
+    stack, api, second_sd, references, tmp_path
+):
+    folder = model_admin.built_engines(second_sd)  # in the engine cache already: found, not built again
+    added = model_admin.add(stack.info.api_url, "sd2", folder)
+    assert (added["id"], added["version"]) == ("sd2", 1)
+    served = api.post(GENERATE, json=BODY | {"model": "sd2"})
+    assert served.status_code == 200 and psnr(decode_images(served), references[SD]) >= 40
+    assert [model["id"] for model in api.get("/v1/models").json()["data"]] == [*MODELS, "sd2"]
+
+    broken = tmp_path / "broken"
+    shutil.copytree(folder, broken)
+    (broken / "unet" / "model.onnx").write_bytes(b"not an ONNX graph")
+    refusals = [
+        ("post", "/v1/models", {"name": XL, "engine_dir": str(folder)}, 409, "name"),
+        ("post", "/v1/models", {"name": "Not A Name", "engine_dir": str(folder)}, 400, "name"),
+        ("post", "/v1/models", {"name": "new", "engine_dir": "engines"}, 400, "engine_dir"),
+        ("post", "/v1/models", {"name": "new", "engine_dir": str(tmp_path)}, 400, "engine_dir"),
+        ("post", "/v1/models", {"name": "new", "engine_dir": str(broken)}, 400, "engine_dir"),  # Triton cannot load it
+        ("post", "/v1/models", {"name": "new"}, 400, "engine_dir"),
+        ("put", "/v1/models/nope", {"engine_dir": str(folder)}, 404, "model_id"),
+        ("delete", f"/v1/models/{DEFAULT_MODEL}", None, 409, "model_id"),
+        ("delete", "/v1/models/nope", None, 404, "model_id"),
+    ]
+    for method, path, body, status, field in refusals:
+        refused = api.request(method, path, json=body)
+        assert (refused.status_code, refused.json()["error"]["param"]) == (status, field), (path, body, refused.text)
+    assert "Triton could not load it" in api.post("/v1/models", json={"name": "new", "engine_dir": str(broken)}).text
+    assert [model["id"] for model in api.get("/v1/models").json()["data"]] == [*MODELS, "sd2"]  # nothing changed
+    assert not list(stack.options.repository.glob("new.*"))  # the refused folder's Triton models were removed
+    assert api.get("/readyz").status_code == 200
+
+    experiment = api.put("/v1/experiments/ab", json={"variants": {"sd2": 0.5, XL: 0.5}})
+    assert experiment.status_code == 200, experiment.text
+    shadowing = api.post("/v1/models", json={"name": "ab", "engine_dir": str(folder)})
+    assert (shadowing.status_code, shadowing.json()["error"]["param"]) == (409, "name")
+    in_use = api.delete("/v1/models/sd2")
+    assert in_use.status_code == 409 and "ab" in in_use.json()["error"]["message"]  # the experiment's variant stays
+    assert api.delete("/v1/experiments/ab").status_code == 200
+
+    queued = [
+        api.post(GENERATE, json=BODY | {"model": "sd2", "num_inference_steps": 40, "background": True}).json()["id"]
+        for _ in range(16)
+    ]
+    removed = api.delete("/v1/models/sd2")
+    assert removed.status_code == 200 and removed.json()["deleted"] is True
+    ended = [_job_ended(api, job) for job in queued]
+    failed = [job for job in ended if job["status"] == "failed"]
+    logger.info("jobs of the removed model: %d succeeded, %d failed", len(ended) - len(failed), len(failed))
+    assert {job["status"] for job in ended} <= {"succeeded", "failed"} and failed  # the queued ones failed ...
+    assert all(job["error"]["param"] == "model" and "was removed" in job["error"]["message"] for job in failed)
+    gone = api.post(GENERATE, json=BODY | {"model": "sd2"})  # ... naming the model, as a request now is refused
+    assert gone.status_code == 400 and "was removed" in gone.json()["error"]["message"]
+    assert api.get("/readyz").status_code == 200

@@ -26,6 +26,16 @@ def test_each_route_needs_its_scope_and_health_needs_none():
     assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
 
 
+def test_an_operation_s_own_scope_comes_before_its_path_s():
+    assert required_scope("/v1/models") is Scope.GENERATE and required_scope("/v1/models/sd", "get") is Scope.GENERATE
+    assert required_scope("/v1/models", "POST") is Scope.ADMIN
+    assert (
+        required_scope("/v1/models/sd", "PUT") is Scope.ADMIN
+        and required_scope("/v1/models/sd", "DELETE") is Scope.ADMIN
+    )
+    assert required_scope("/v1/models/sd", "PATCH") is Scope.GENERATE  # no such operation: its path's (then a 405)
+
+
 def _read(raw: bytes) -> GenerationRequest | InvalidInput:
     """A generation's body as the key check reads it: the request, or its refusal."""
     try:

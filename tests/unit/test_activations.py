@@ -8,7 +8,15 @@ import time
 
 import pytest
 
-from serve.triton.activations import POOLS_ENV, ActivationPool, PoolUsage, pools_environment, pools_from_env
+from serve.triton.activations import (
+    ANY_ENGINE,
+    POOLS_ENV,
+    ActivationPool,
+    PoolUsage,
+    pool_of,
+    pools_environment,
+    pools_from_env,
+)
 
 MiB = 2**20
 FORK = multiprocessing.get_context("fork")
@@ -160,3 +168,10 @@ def test_a_stub_killed_while_it_writes_leaves_the_pool_whole(tmp_path):
     assert pool.usage() == PoolUsage(100 * MiB, 0, (), ())
     with pool.reserve(100 * MiB, "vae_decoder"):
         assert pool.usage().holders == ("vae_decoder",)
+
+
+def test_an_engine_installed_after_the_start_draws_on_the_pool_that_takes_any_engine(tmp_path):
+    pool = ActivationPool.create(tmp_path / "pool.json", 1 << 20)
+    assert pool_of({"unet": pool}, "sd.v2.unet") is None  # a pool that names its engines only: unbounded
+    pools = {"unet": pool, ANY_ENGINE: pool}
+    assert pool_of(pools, "unet") is pool and pool_of(pools, "sd.v2.unet") is pool

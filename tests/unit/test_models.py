@@ -1,5 +1,7 @@
 """The models a stack serves: their names on the command line, the one door from a request's `model`, Triton names."""
 
+import json
+import shutil
 from pathlib import Path
 
 import click
@@ -7,11 +9,12 @@ import pytest
 
 from build_engines.text_to_image.build import install
 from serve.cli_options import model_options, model_values
-from serve.errors import InvalidInput, NotFound
+from serve.errors import EaselError, InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ServedModels
+from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import GenerationRequest
+from serve.triton.activations import ANY_ENGINE
 from serve.triton.spec import read_model_config
 
 
@@ -106,3 +109,125 @@ def test_easel_up_takes_several_models_pins_and_a_room_for_their_weights(tmp_pat
         ("x",),
         512 << 20,
     )
+
+
+def test_a_table_gives_each_name_new_versions_never_reused_and_keeps_old_ones_until_dropped():
+    table = ModelTable.start({DEFAULT_MODEL: "/e/default", "sd": "/e/sd"})
+    assert [entry.version_id for entry in table.entries()] == [f"{DEFAULT_MODEL}.v1", "sd.v1"]
+    added = table.add("xl", "/e/xl")
+    assert (added.version, list(table.current)) == (1, [DEFAULT_MODEL, "sd", "xl"])
+    new, old = table.replace("sd", "/e/sd-2")
+    assert (new.version_id, old.version_id, list(table.current)) == ("sd.v2", "sd.v1", [DEFAULT_MODEL, "sd", "xl"])
+    assert table.retired == {"sd.v1": old}  # still finishing its requests
+    removed = table.remove("xl")
+    assert removed.version_id == "xl.v1" and "xl" not in table.current and "xl.v1" in table.retired
+    table.drop("sd.v1")
+    table.drop("xl.v1")
+    assert table.add("xl", "/e/xl").version == 2  # a name removed and added again: a new version, never xl.v1
+    again = ModelTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again == table
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "field"),
+    [
+        (lambda t: t.add("sd", "/e/x"), 409, "name"),
+        (lambda t: t.add("Not A Name", "/e/x"), None, None),
+        (lambda t: t.replace("nope", "/e/x"), 404, "model_id"),
+        (lambda t: t.remove("nope"), 404, "model_id"),
+        (lambda t: t.remove(DEFAULT_MODEL), 409, "model_id"),  # requests without `model` need it
+    ],
+)
+def test_a_change_the_table_cannot_take_is_refused_naming_the_field_and_changes_nothing(change, status, field):
+    table = ModelTable.start({DEFAULT_MODEL: "/e/default", "sd": "/e/sd"})
+    before = table.copy()
+    with pytest.raises((EaselError, ValueError)) as refused:
+        change(table)
+    if status is not None:
+        assert (refused.value.status, refused.value.field) == (status, field)
+    assert table == before
+
+
+def test_the_table_file_is_written_whole_and_every_reader_sees_the_change_by_one_stat(engine_dir, tmp_path):
+    path = tmp_path / MODEL_TABLE
+    start = {DEFAULT_MODEL: str(engine_dir)}
+    ModelTable.start(start).write(path)
+    reader = ServedModels.open(start, max_cost=64, table_path=path)
+    assert reader.refreshed() is reader  # unchanged: the same models, nothing read
+    table = reader.table.copy()
+    table.add("second", str(engine_dir))
+    table.replace(DEFAULT_MODEL, str(engine_dir))
+    table.write(path)
+    assert [p.name for p in tmp_path.iterdir()] == [MODEL_TABLE]
+    now = reader.refreshed()
+    assert list(now) == [DEFAULT_MODEL, "second"] and now.refreshed() is now
+    assert (now.resolve(None).version, now.resolve(None).prefix) == (2, f"{DEFAULT_MODEL}.v2.")
+    old = now.version(f"{DEFAULT_MODEL}.v1")  # the old version still resolves by id: its requests finish on it
+    assert (old.prefix, old.triton_name("unet")) == ("", "unet")
+    assert now["second"].triton_name("unet") == "second.unet"
+    assert now.activation_bytes == reader.activation_bytes  # the pool is the stack's, whatever is added
+    assert now.room_bytes == 3 * reader.room_bytes  # no room set: every version's weights fit
+    assert {f"{DEFAULT_MODEL}.v2.unet", "unet", "second.unet", ANY_ENGINE} <= set(now.pool().engines)
+    again = ServedModels.open(start, max_cost=64, table_path=path)  # a replica started later reads the table
+    assert [m.version_id for m in again.versions()] == [m.version_id for m in now.versions()]
+
+
+def test_a_removed_model_is_a_400_that_says_so(engine_dir):
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir), "second": str(engine_dir)}, max_cost=64)
+    table = models.table.copy()
+    table.remove("second")
+    with pytest.raises(InvalidInput) as refused:
+        models.with_table(table).resolve("second")
+    assert refused.value.field == "model" and "was removed from this stack" in refused.value.message
+    with pytest.raises(InvalidInput, match="no version 'second.v9'"):
+        models.version("second.v9")
+
+
+def test_a_folder_that_cannot_be_served_is_refused_naming_engine_dir(engine_dir, tmp_path):
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, max_cost=64)
+    unmeasured = tmp_path / "unmeasured"
+    shutil.copytree(engine_dir, unmeasured, symlinks=True)
+    (unmeasured / "unet" / "memory.json").unlink()
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for folder, says in [
+        ("engines", "not an absolute path"),
+        (str(tmp_path / "missing"), "not an absolute path to a folder"),
+        (str(unfinished), "holds no finished build"),
+        (str(unmeasured), "engines not measured"),
+    ]:
+        table = models.table.copy()
+        table.add("new", folder)
+        with pytest.raises(InvalidInput, match=says) as refused:
+            models.with_table(table)
+        assert refused.value.field == "engine_dir"
+
+
+def test_a_running_stack_installs_a_built_version_under_its_own_names_and_removes_it(engine_dir, tmp_path):
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, max_cost=64)
+    table = models.table.copy()
+    table.replace(DEFAULT_MODEL, str(engine_dir))
+    new = models.with_table(table).resolve(None)
+    new.install(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{DEFAULT_MODEL}.v2.{e}" for e in new.folder.specs)
+    config = read_model_config(tmp_path / f"{DEFAULT_MODEL}.v2.unet" / "config.pbtxt")
+    assert config.name == f"{DEFAULT_MODEL}.v2.unet"
+    assert (tmp_path / f"{DEFAULT_MODEL}.v2.unet" / "1" / "memory.json").is_symlink()
+    new.uninstall(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no_model(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from serve.cli import main
+    from serve.model_admin import ChangeRefused, built_engines
+
+    monkeypatch.setenv("EASEL_HOME", str(tmp_path))
+    for argv in (["add", f"x={tmp_path}"], ["replace", f"x={tmp_path}"], ["remove", "x"], ["list"]):
+        result = CliRunner().invoke(main, ["models", *argv])
+        assert result.exit_code == 1
+        assert result.output.strip() == "Error: no stack is running (start one with `easel up`)"
+    with pytest.raises(click.ClickException) as refused:
+        built_engines(tmp_path)  # no model_index.json: not a diffusers pipeline, nothing built
+    assert "\n" not in refused.value.message and not isinstance(refused.value, ChangeRefused)

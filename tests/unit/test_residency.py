@@ -50,3 +50,29 @@ def test_the_parked_models_are_recorded_whole(tmp_path):
     write_parked(path, ["b.unet", "b.text_encoder"], loading=True)
     assert read_parked(path) == ({"b.unet", "b.text_encoder"}, True)
     assert [p.name for p in tmp_path.iterdir()] == ["parked.json"]
+
+
+def test_a_retired_version_takes_no_pin_goes_first_once_idle_and_is_forgotten():
+    residency = _loaded("a", "b", room=500, pinned={"a"})
+    residency.add("a2", 200, pinned=True)  # a's next version takes its pin
+    residency.retire("a")
+    assert residency.pinned == {"a2"} and residency.retired == {"a"}
+    residency.begin("b")
+    residency.end("b")  # b is the most recently used, a (retired) the least: a goes first anyway
+    residency.begin("a")  # ... but not while a request of it is in flight: b, idle, goes instead
+    assert residency.idle_retired() == [] and residency.unloads_for("a2") == ["b"]
+    residency.end("a")
+    assert residency.idle_retired() == ["a"] and residency.unloads_for("a2") == ["a"]
+    residency.forget("a")
+    assert "a" not in residency.weights and "a" not in residency.loaded and residency.retired == set()
+
+
+def test_without_a_room_every_version_fits_and_one_that_never_fits_is_not_added():
+    residency = Residency({"a": 200}, None)
+    residency.fill(["a"])
+    residency.add("b", 900)
+    assert residency.unloads_for("b") == []  # the room is every model's weights: nothing is unloaded
+    bounded = _loaded("a", room=500, pinned={"a"})
+    with pytest.raises(DoesNotFit, match="'d'"):
+        bounded.add("d", 400)  # beside pinned a (200) it never fits 500
+    assert "d" not in bounded.weights and "d" not in bounded.in_flight

@@ -109,8 +109,10 @@ def test_controlnets_are_repeated_name_equals_folder_options(tmp_path):
 def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
     from serve.stack import app_settings
 
-    options = StackOptions(guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0)
-    given = app_settings(options, memory_budget_bytes=123, model_weights_bytes=45)
+    options = StackOptions(
+        guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0, model_weights_bytes=45
+    )
+    given = app_settings(options, memory_budget_bytes=123)
     assert set(given) == set(AppSettings.model_fields)
     args = AppArgs(models={"easel-default": "engines"}, triton_grpc_url="this-node", **given)
     assert (args.guidance_cutoff, args.approximate_cache, args.approximate_similarity, args.max_cost) == (

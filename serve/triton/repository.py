@@ -1,8 +1,13 @@
-"""Install models into a Triton model repository: ``<model>/config.pbtxt`` from the spec, files in ``<model>/1/``."""
+"""Install models into a Triton model repository: ``<model>/config.pbtxt`` from the spec, files in ``<model>/1/``.
+
+``easel build`` installs what it builds; a running stack installs an engine folder already built (a model added or
+replaced while it runs) and removes what it installed once it is unloaded.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -47,3 +52,9 @@ def install_model(
         link.symlink_to(source.resolve())
     logger.info("installed %s into %s", spec.name, version_dir)
     return version_dir
+
+
+def uninstall_model(name: str, repository: Path) -> None:
+    """Remove Triton model ``name``'s folder (its config and links; the engine files they point to stay)."""
+    shutil.rmtree(repository / name, ignore_errors=True)
+    logger.info("removed %s from %s", name, repository)

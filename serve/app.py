@@ -359,7 +359,10 @@ class Gateway:
             loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
             yield served, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
         finally:
-            await self.residency.end.remote(version_id)
+            try:
+                await self.residency.end.remote(version_id)
+            except Exception as error:  # noqa: BLE001 - bookkeeping: a generation that ended is not lost for it
+                logger.warning("model %s: its request's end not counted: %s", version_id, error)
 
     @api.get("/healthz")
     async def healthz(self) -> dict:

@@ -92,14 +92,18 @@ class ModelResidency:
         metrics.observe(metrics.MODEL_LOAD_SECONDS, waited, model=name)
         return model.version_id, waited
 
-    def end(self, version_id: str) -> None:
-        """A request of version ``version_id`` ended (a retired version with none left is unloaded)."""
+    async def end(self, version_id: str) -> None:
+        """A request of version ``version_id`` ended (a retired version with none left is unloaded).
+
+        A coroutine, as every method here: Ray Serve runs a plain method in a thread, away from the event loop that
+        owns the counts (and the unload task it may start).
+        """
         self.residency.end(version_id)
         self.ended.set()
         if version_id in self.residency.retired:
             self._unload_retired_soon()
 
-    def loaded(self) -> list[str]:
+    async def loaded(self) -> list[str]:
         """The versions loaded now (their ids), the current ones in the stack's order first."""
         return [model.version_id for model in self.models.versions() if model.version_id in self.residency.loaded]
 

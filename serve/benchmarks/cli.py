@@ -207,7 +207,7 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
 @click.option("--cold-rounds", default=3, show_default=True, type=click.IntRange(min=1), help="Cold loads per model.")
 @out_option("out/bench_models.json")
 def bench_models(size: int, steps: int, requests: int, concurrency: int, cold_rounds: int, out: Path) -> None:
-    """Several models in one stack: cold-load time per family, and throughput spread over 1, 2 and 3 models."""
+    """Several models in one stack: cold loads per family, throughput spread over 1-3 models, a replace under load."""
     from serve.benchmarks.models import ModelsSettings, run_benchmark
 
     click.echo(run_benchmark(ModelsSettings(size, steps, requests, concurrency, cold_rounds), out))

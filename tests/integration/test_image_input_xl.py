@@ -17,12 +17,12 @@ PROMPT = "a red heart icon"
 BODY = {"prompt": PROMPT, "seed": 3, "num_inference_steps": 6, "guidance_scale": 6.0, "size": "128x128"}
 
 
-def image_stack(tmp_path_factory, model_dir, controlnets=None) -> Stack:
-    """A stack of ``model_dir`` (with ``controlnets``) on free ports, without a result cache."""
+def image_stack(tmp_path_factory, models, controlnets=None) -> Stack:
+    """A stack of ``models`` (a folder, or folders by name; with ``controlnets``) on free ports, without a cache."""
     options = StackOptions(
         port=0,
         dashboard=False,
-        models={"model": model_dir},
+        models=models if isinstance(models, dict) else {"model": models},
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,

@@ -7,10 +7,9 @@ import diffusers
 import pytest
 from PIL import Image
 
-from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, input_image
-from tests.integration.test_image_input_xl import PROMPT, served
+from tests.integration.test_image_input_xl import PROMPT, image_stack, served
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +19,7 @@ PIPELINES = {"sd": diffusers.StableDiffusionInpaintPipeline, "sdxl": diffusers.S
 @pytest.fixture(scope="module")
 def stack(inpaint_model, xl_inpaint_model, tmp_path_factory):
     """The tiny SD's and the tiny SDXL's inpainting checkpoints, served side by side without a result cache."""
-    options = StackOptions(
-        port=0,
-        dashboard=False,
-        models={"sd": inpaint_model, "sdxl": xl_inpaint_model},
-        repository=tmp_path_factory.mktemp("repository"),
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_bytes=0,
-    )
-    with Stack(options) as stack:
+    with image_stack(tmp_path_factory, {"sd": inpaint_model, "sdxl": xl_inpaint_model}) as stack:
         yield stack
 
 

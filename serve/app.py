@@ -619,9 +619,7 @@ class Gateway:
     async def _loaded(self) -> dict[str, bool]:
         """Whether each model is loaded (its engines all ready in Triton)."""
         states = await self.text_to_image.ready.remote(await self._loaded_triton_models())
-        return {
-            name: all(states.get(t, False) for t in model.triton_names()) for name, model in self.models.items()
-        }
+        return {name: all(states.get(t, False) for t in model.triton_names()) for name, model in self.models.items()}
 
     async def _loaded_triton_models(self) -> list[str]:
         """The Triton models of the versions loaded now (old versions still finishing their requests included)."""

@@ -1,4 +1,5 @@
-"""``easel``: build engines, bring the stack up or down; the other command groups live beside the code they drive.
+"""``easel``: build engines, bring the stack up or down, change its models (``easel models``: it builds, which only an
+entry point may); the other command groups live beside the code they drive.
 
 Parses and wires only: ``easel up``'s options are :class:`serve.settings.StackOptions`' fields.
 """
@@ -9,6 +10,7 @@ import logging
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -23,11 +25,11 @@ from build_engines.text_to_image.cli import (
 )
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
+from serve import model_admin
 from serve.access.cli import keys
 from serve.benchmarks.cli import bench, chaos, loadtest, soak
-from serve.cli_options import FOLDER, model_options, model_values, one_line_errors
-from serve.errors import invalid_input
-from serve.model_admin import models
+from serve.cli_options import FOLDER, ModelFolder, model_options, model_values, one_line_errors
+from serve.errors import UnsupportedModel, invalid_input
 from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
 from serve.stores import StoreURLError, scheme
@@ -36,7 +38,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, models, bench, loadtest, chaos, soak, dashboards, random_controlnet])
+@click.group(commands=[keys, bench, loadtest, chaos, soak, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""
@@ -244,3 +246,63 @@ def _send_first_request(api_url: str) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
+
+
+def built_engines(model_dir: Path) -> Path:
+    """``model_dir``'s engine folder, built (or found in the engine cache) and measured, not installed."""
+    from build_engines.text_to_image.build import build
+
+    with one_line_errors(UnsupportedModel):
+        return build(model_dir, repository=None).path
+
+
+def _said(model: dict) -> str:
+    state = "loaded" if model["loaded"] else "loads on its first request"
+    return f"{model['id']}: {model['family']}, version {model['version']}, {state}"
+
+
+@main.group()
+def models() -> None:
+    """The running stack's models: list, add, replace, remove (a request finishes on the version it began on)."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The models the running stack serves (the default first)."""
+    for model in model_admin.call(model_admin.stack_api(), "GET", "/v1/models")["data"]:
+        click.echo(_said(model))
+
+
+MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR")
+
+
+def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
+    """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
+    name, model_dir = model
+    api_url = model_admin.stack_api()  # first: with no stack up, nothing is built
+    return _said(change(api_url, name, built_engines(model_dir)))
+
+
+@models.command("add")
+@MODEL_ARGUMENT
+def models_add(model: tuple[str, Path]) -> None:
+    """Build DIR's engines and serve them as a new model NAME (DIR alone: named after its folder)."""
+    click.echo(f"added {_built_and_sent(model_admin.add, model)}")
+
+
+@models.command("replace")
+@MODEL_ARGUMENT
+def models_replace(model: tuple[str, Path]) -> None:
+    """Build DIR's engines and serve them as model NAME's next version; the old one finishes what it started."""
+    click.echo(f"replaced {_built_and_sent(model_admin.replace, model)}")
+
+
+@models.command("remove")
+@click.argument("name")
+def models_remove(name: str) -> None:
+    """Stop serving model NAME: its requests in flight finish; its background jobs not started fail naming it."""
+    removed = model_admin.remove(model_admin.stack_api(), name)
+    click.echo(f"removed {removed['id']} (version {removed['version']} unloads once its requests have ended)")

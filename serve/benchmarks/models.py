@@ -278,8 +278,15 @@ def format_rows(cold: list[ColdRow], spread: list[SpreadRow], replaced: ReplaceR
             text_table(cold_columns, [(r.model, r.family, r.weights_mib, r.load_s, r.first_image_s) for r in cold]),
             text_table(spread_columns, [(r.models, r.images_per_s, r.p50_s, r.p95_s, r.failed) for r in spread]),
             text_table(
-                [("replace s", ">10.3f"), ("requests", ">9"), ("failed", ">7"), ("jobs", ">5"), ("jobs lost", ">10"),
-                 ("p95 s", ">8.3f"), ("new version served", ">19")],
+                [
+                    ("replace s", ">10.3f"),
+                    ("requests", ">9"),
+                    ("failed", ">7"),
+                    ("jobs", ">5"),
+                    ("jobs lost", ">10"),
+                    ("p95 s", ">8.3f"),
+                    ("new version served", ">19"),
+                ],
                 [tuple(asdict(replaced).values())],
             ),  # fmt: skip
         ]

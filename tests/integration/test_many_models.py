@@ -21,6 +21,7 @@ import pytest
 from build_engines.text_to_image.default_model import schedule_variant
 from serve import model_admin
 from serve.benchmarks.models import MixedLoad
+from serve.cli import built_engines
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
@@ -251,7 +252,7 @@ def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_
 def test_models_are_added_and_removed_and_what_cannot_be_changed_is_refused_naming_the_field(
     stack, api, second_sd, references, tmp_path
 ):
-    folder = model_admin.built_engines(second_sd)  # in the engine cache already: found, not built again
+    folder = built_engines(second_sd)  # in the engine cache already: found, not built again
     added = model_admin.add(stack.info.api_url, "sd2", folder)
     assert (added["id"], added["version"]) == ("sd2", 1)
     served = api.post(GENERATE, json=BODY | {"model": "sd2"})

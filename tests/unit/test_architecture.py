@@ -14,7 +14,7 @@ from pathlib import Path
 from serve.paths import PROJECT_ROOT
 
 PACKAGES = ("serve", "build_engines", "loadtests")
-ENTRY_POINTS = ("serve.cli", "serve.stack", "serve.benchmarks", "serve.model_admin")
+ENTRY_POINTS = ("serve.cli", "serve.stack", "serve.benchmarks")
 """Serving code may not import build_engines; these entry points (they build, then serve or measure) may."""
 
 

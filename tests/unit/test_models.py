@@ -220,8 +220,8 @@ def test_a_running_stack_installs_a_built_version_under_its_own_names_and_remove
 def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from serve.cli import main
-    from serve.model_admin import ChangeRefused, built_engines
+    from serve.cli import built_engines, main
+    from serve.model_admin import ChangeRefused
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     for argv in (["add", f"x={tmp_path}"], ["replace", f"x={tmp_path}"], ["remove", "x"], ["list"]):

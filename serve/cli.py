@@ -1,7 +1,7 @@
-"""``easel``: build engines, bring the stack up or down, change its models (``easel models``: it builds, which only an
-entry point may); the other command groups live beside the code they drive.
+"""``easel``: build engines, bring the stack up or down, change its models; other groups live beside their code.
 
-Parses and wires only: ``easel up``'s options are :class:`serve.settings.StackOptions`' fields.
+Parses and wires only: ``easel up``'s options are :class:`serve.settings.StackOptions`' fields. ``easel models`` is
+here because it builds, which only an entry point may.
 """
 
 from __future__ import annotations

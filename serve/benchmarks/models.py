@@ -19,7 +19,6 @@ import asyncio
 import itertools
 import json
 import logging
-import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,12 +26,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from serve.chaos import Clients
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
 GENERATE = "/v1/images/generations"
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
+REQUEST_TIMEOUT_S = 600.0
+"""A load's client waits this long for an answer (a request queued behind a cold load or a replace)."""
 
 
 @dataclass(frozen=True)
@@ -96,34 +98,19 @@ class LoadTally:
         return sum(status not in (200, 202) for status in self.statuses)
 
 
-class MixedLoad:
+class MixedLoad(Clients):
     """``threads`` threads sending requests over ``models`` until the block ends: every ``job_every``-th a job.
 
     The rest are synchronous generations; each thread goes round the models. :meth:`settle` waits for the jobs.
     """
 
     def __init__(self, api_url: str, models: list[str], body: dict, threads: int = 4, job_every: int = 3) -> None:
-        self.api_url, self.models, self.body = api_url, models, body
-        self.threads, self.job_every = threads, job_every
+        super().__init__(threads, hang_s=REQUEST_TIMEOUT_S)
+        self.api_url, self.models, self.body, self.job_every = api_url, models, body, job_every
         self.tally = LoadTally()
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
 
-    def __enter__(self) -> MixedLoad:
-        for index in range(self.threads):
-            worker = threading.Thread(target=self._send, args=(index,), daemon=True)
-            worker.start()
-            self._workers.append(worker)
-        return self
-
-    def __exit__(self, *_exc) -> None:
-        self._stop.set()
-        for worker in self._workers:
-            worker.join()
-
-    def _send(self, index: int) -> None:
-        with httpx.Client(base_url=self.api_url, timeout=600) as api:
+    def _run(self, index: int) -> None:
+        with httpx.Client(base_url=self.api_url, timeout=REQUEST_TIMEOUT_S) as api:
             for count in itertools.count():
                 if self._stop.is_set():
                     return

@@ -16,7 +16,8 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request
+from fastapi import UploadFile as FormFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -44,6 +45,7 @@ from serve.access import (
     request_body,
 )
 from serve.access.keys import ApiKey
+from serve.adapters.catalog import LoraCatalog
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import Conflict, EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
@@ -310,6 +312,7 @@ class Gateway:
         self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             self.experiments.define(name, spec)
+        self.lora_catalog = LoraCatalog(lambda name: self.models.resolve(name).lora_target())
         self.runner = JobRunner(self.store, self._run_job).start()
 
     @property
@@ -565,8 +568,25 @@ class Gateway:
 
     @api.get("/v1/loras")
     async def loras(self) -> dict:
-        """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-        return {"object": "list", "data": self.models.default.adapters.listing()}
+        """The LoRA adapters (``--loras DIR``, then uploaded ones): each ready, or listed with why it cannot be."""
+        return await asyncio.to_thread(self.lora_catalog.listing)
+
+    @api.post("/v1/loras")
+    async def lora_added(
+        self, file: Annotated[FormFile, File()], name: Annotated[str, Form()], model: Annotated[str, Form()] = ""
+    ) -> dict:
+        """Add a LoRA adapter (scope ``adapters``): served once diffusers has read it for ``model`` (400 if not)."""
+        return await self.lora_catalog.add(name, model or None, file.file)
+
+    @api.put("/v1/loras/{name}")
+    async def lora_replaced(self, name: str, file: Annotated[FormFile, File()]) -> dict:
+        """Replace an uploaded LoRA adapter's weights (404 if none): requests in flight finish on the old ones."""
+        return await self.lora_catalog.replace(name, file.file)
+
+    @api.delete("/v1/loras/{name}")
+    async def lora_removed(self, name: str) -> dict:
+        """Remove an uploaded LoRA adapter (404 if none; 409 for one of the ``--loras`` folder)."""
+        return await self.lora_catalog.remove(name)
 
     @api.get("/v1/controlnets")
     async def controlnets_listed(self) -> dict:
@@ -830,7 +850,7 @@ class AppArgs(AppSettings):
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
-    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None, args.store)
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )

@@ -354,7 +354,7 @@ class Stack:
         registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident)
         folder = opts.run_dir / "loras"
         lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, lora_ready)
+        install_registry(registry, folder, opts.repository, lora_ready, model_dir)
         return str(folder)
 
     def _start_prometheus(self) -> None:

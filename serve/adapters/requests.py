@@ -13,23 +13,32 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.adapters import open_adapter_store
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpScales, image_processor
 from serve.adapters.lora import ADAPTERS_INPUT, row_text
 from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
+from serve.adapters.store import AdapterStore
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
+from serve.stores import default_url
 from serve.triton.spec import EngineRunner, ModelSpec
 
 
 @dataclass(frozen=True)
 class StackAdapters:
-    """What a stack offers: its LoRA registry (the folder ``registry.json`` is in) and whether it has an IP-Adapter."""
+    """What a stack offers: its LoRA registry folder, the store that lists uploaded LoRAs, and its IP-Adapter.
+
+    ``loras_dir``: the registry folder (``registry.json``, the prepared adapters); None: the engines are not
+    LoRA-ready. ``store_url``: the stack's store, where uploaded LoRAs are listed (:mod:`serve.adapters.store`;
+    None: the default store, :func:`serve.stores.default_url`).
+    """
 
     loras_dir: str | None = None
     ip_adapter: bool = False
+    store_url: str | None = None
 
     def registry(self) -> LoraRegistry:
-        """The registry as written at start-up (re-read when the file changes)."""
+        """Every adapter served now: the folder's (as written at start-up), then those uploaded since."""
         if self.loras_dir is None:
             return LoraRegistry({})
         path = Path(self.loras_dir) / REGISTRY_FILE
@@ -38,15 +47,37 @@ class StackAdapters:
         if cached is None or cached[0] != stamp:
             cached = (stamp, LoraRegistry.load(Path(self.loras_dir)))
             _REGISTRIES[self.loras_dir] = cached
-        return cached[1]
+        folder = cached[1]
+        uploaded = {entry.name: entry for entry in self.store().loras()}
+        return LoraRegistry({**uploaded, **folder.entries}, folder.resident)
+
+    def store(self) -> AdapterStore:
+        """The stack's adapter store (opened once per process)."""
+        url = self.store_url or default_url()
+        if url not in _STORES:
+            _STORES[url] = open_adapter_store(url)
+        return _STORES[url]
 
     def listing(self) -> list[dict]:
-        """``GET /v1/loras``: every adapter of the folder, ready or with its error."""
+        """``GET /v1/loras``: every adapter, ready or with its error."""
         return [entry.public() for entry in self.registry().entries.values()]
 
     def check(self, request) -> None:
         """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
+        self.resolve(request)
+        if request.ip_adapter_image is not None and not self.ip_adapter:
+            field = "ip_adapter_image"
+            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+
+    def resolve(self, request) -> tuple[tuple[str, float], ...]:
+        """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
+
+        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones.
+        """
+        if not request.loras:
+            return ()
         registry = self.registry()
+        rows = []
         for index, lora in enumerate(request.loras):
             field = f"loras.{index}.name"
             if self.loras_dir is None:
@@ -57,18 +88,16 @@ class StackAdapters:
                 raise InvalidInput(f"{field}: unknown LoRA adapter {lora.name!r} (ready: {known})", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: LoRA adapter {lora.name!r} cannot be served: {entry.error}", field)
-        if request.ip_adapter_image is not None and not self.ip_adapter:
-            field = "ip_adapter_image"
-            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+            rows.append((entry.key, lora.scale))
+        return tuple(rows)
 
     def cache_tag(self, request) -> str:
         """What of the adapters' files shapes ``request``'s images (for the result cache's key)."""
-        registry = self.registry()
-        entries = [registry.get(lora.name) for lora in request.loras]
-        return ",".join(f"{entry.name}={entry.prepared}" for entry in entries if entry is not None)
+        return ",".join(f"{key}={weight}" for key, weight in self.resolve(request))
 
 
 _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
+_STORES: dict[str, AdapterStore] = {}
 
 
 class _WithLoras:

@@ -211,6 +211,8 @@ class TextToImage:
         reference = await self._reference(request, served)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
+        loras = await asyncio.to_thread(served.model.adapters.resolve, request)  # content keys: a PUT waits for it
+        job = dataclasses.replace(job, loras=loras)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,

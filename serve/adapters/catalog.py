@@ -1,0 +1,157 @@
+"""LoRA adapters added, replaced and removed while the stack runs: ``POST``, ``PUT``, ``DELETE`` and ``GET /v1/loras``.
+
+:class:`LoraCatalog` is the routes' serving class (the Gateway only routes to it). An upload is kept by its content
+in the registry folder (``files/<sha256>.safetensors``), read by diffusers against the model it names
+(:func:`serve.adapters.lora_files.prepare_into`: a file that is not a LoRA for that model is a 400 naming ``file``
+with diffusers' reason), prepared into the folder under its content key, and only then listed in the stack's store,
+which every replica reads when a request names it (:meth:`serve.adapters.requests.StackAdapters.resolve`). A request
+takes the weights of the moment it is resolved: a ``PUT`` gives the name a new key, so requests in flight finish on
+the old weights, whose prepared file stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from serve.adapters.lora import Slot
+from serve.adapters.lora_files import AdapterError, prepare_into
+from serve.adapters.registry import FOLDER, MAX_LORA_BYTES, MODEL_CONFIGS, NAME, READY, UPLOAD, LoraEntry
+from serve.adapters.requests import StackAdapters
+from serve.adapters.store import name_taken
+from serve.errors import Conflict, InvalidInput, NotFound
+
+logger = logging.getLogger(__name__)
+
+UPLOADS = "files"  # <registry folder>/files/<sha256>.safetensors: the uploaded files, by content
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class LoraTarget:
+    """A served model as an upload is read against: its name, its adapters and its LoRA-ready engines."""
+
+    model: str
+    adapters: StackAdapters
+    engines_key: str
+    pipeline_class: str
+    slots: dict[str, list[Slot]]
+
+    @property
+    def folder(self) -> Path:
+        """Its registry folder (where prepared adapters lie and engines load them)."""
+        return Path(self.adapters.loras_dir)
+
+
+def _keep_upload(upload: BinaryIO, folder: Path) -> tuple[Path, str, int]:
+    """Copy ``upload`` into ``folder`` under its SHA-256: (path, hash, bytes); 400 naming ``file`` past the limit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    digest, size = hashlib.sha256(), 0
+    partial = folder / f"upload-{time.time_ns()}.partial"
+    try:
+        with partial.open("wb") as out:
+            while chunk := upload.read(_CHUNK):
+                size += len(chunk)
+                if size > MAX_LORA_BYTES:
+                    raise InvalidInput(f"file: over the {MAX_LORA_BYTES >> 20} MiB a LoRA file may have", "file")
+                digest.update(chunk)
+                out.write(chunk)
+        if size == 0:
+            raise InvalidInput("file: empty (a .safetensors LoRA file is expected)", "file")
+        kept = folder / f"{digest.hexdigest()}.safetensors"
+        partial.replace(kept)
+        return kept, digest.hexdigest(), size
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+class LoraCatalog:
+    """The LoRA routes: ``targets(model)`` is the served model an upload names (None: the default), or its 400."""
+
+    def __init__(self, targets: Callable[[str | None], LoraTarget]) -> None:
+        self.targets = targets
+
+    def listing(self) -> dict:
+        """``GET /v1/loras``: every adapter with its model, size, rank and status (ready, or why it cannot be)."""
+        adapters = self.targets(None).adapters
+        return {"object": "list", "data": adapters.listing()}
+
+    async def add(self, name: str, model: str | None, upload: BinaryIO) -> dict:
+        """``POST /v1/loras``: a new adapter, listed once diffusers has read it for ``model``."""
+        target = self.targets(model)
+        if not NAME.fullmatch(name):
+            raise InvalidInput(f"name: {name!r} must match {NAME.pattern}", "name")
+        if target.adapters.registry().get(name) is not None:
+            raise name_taken(name)
+        entry = await self._prepared(name, target, upload)
+        await asyncio.to_thread(target.adapters.store().add_lora, entry)
+        logger.info("LoRA %r added for model %s (key %s)", name, target.model, entry.key)
+        return self._answer(entry)
+
+    async def replace(self, name: str, upload: BinaryIO) -> dict:
+        """``PUT /v1/loras/{name}``: new weights under the name; requests in flight finish on the old ones."""
+        old = self._uploaded(name)
+        target = self.targets(old.model)
+        entry = await self._prepared(name, target, upload)
+        if await asyncio.to_thread(target.adapters.store().replace_lora, entry) is None:
+            raise NotFound(f"name: no LoRA adapter {name!r} (removed meanwhile)", "name")
+        logger.info("LoRA %r replaced for model %s (key %s -> %s)", name, target.model, old.key, entry.key)
+        return self._answer(entry)
+
+    async def remove(self, name: str) -> dict:
+        """``DELETE /v1/loras/{name}``: new requests naming it are 400s; those in flight finish."""
+        old = self._uploaded(name)
+        if await asyncio.to_thread(self.targets(old.model).adapters.store().remove_lora, name) is None:
+            raise NotFound(f"name: no LoRA adapter {name!r}", "name")
+        logger.info("LoRA %r removed", name)
+        return {"id": name, "object": "lora", "deleted": True}
+
+    def _uploaded(self, name: str) -> LoraEntry:
+        """The uploaded adapter called ``name``: 404 for none, 409 for one of the ``--loras`` folder."""
+        entry = self.targets(None).adapters.registry().get(name)
+        if entry is None:
+            raise NotFound(f"name: no LoRA adapter {name!r}", "name")
+        if entry.source == FOLDER:
+            raise Conflict(f"name: {name!r} is a file of the --loras folder (change the folder, then restart)", "name")
+        return entry
+
+    async def _prepared(self, name: str, target: LoraTarget, upload: BinaryIO) -> LoraEntry:
+        """``upload`` kept and read by diffusers for ``target`` (400 naming ``file`` with the reason if it cannot)."""
+        folder = target.folder
+        path, sha256, _ = await asyncio.to_thread(_keep_upload, upload, folder / UPLOADS)
+        try:
+            prepared = await asyncio.to_thread(
+                prepare_into,
+                path,
+                folder,
+                folder / MODEL_CONFIGS,
+                target.pipeline_class,
+                target.slots,
+                target.engines_key,
+            )
+        except AdapterError as error:
+            path.unlink(missing_ok=True)  # no entry keeps a file diffusers cannot read
+            raise InvalidInput(f"file: not a LoRA adapter for model {target.model}: {error}", "file") from None
+        return LoraEntry(
+            name,
+            READY,
+            None,
+            prepared.rank,
+            prepared.nbytes,
+            prepared.layers,
+            str(prepared.path),
+            target.model,
+            UPLOAD,
+            sha256,
+            time.time(),
+        )
+
+    @staticmethod
+    def _answer(entry: LoraEntry) -> dict:
+        return {"id": entry.name, "object": "lora", **entry.public()}

@@ -6,6 +6,7 @@ No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -16,6 +17,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 from typing import Annotated
 
+import numpy as np
 from fastapi import Depends, FastAPI, File, Form, Header, Path, Query, Request
 from fastapi import UploadFile as FormFile
 from fastapi.exceptions import RequestValidationError
@@ -65,6 +67,7 @@ from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage,
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModel, ServedModels
+from serve.text_to_image.references import NewReference, References
 from serve.text_to_image.residency import ModelResidency
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import Vectorizer, VectorizeResult
@@ -313,6 +316,7 @@ class Gateway:
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             self.experiments.define(name, spec)
         self.lora_catalog = LoraCatalog(lambda name: self.models.resolve(name).lora_target())
+        self.references = References(lambda: self.models, self._encoded_reference)
         self.runner = JobRunner(self.store, self._run_job).start()
 
     @property
@@ -328,6 +332,10 @@ class Gateway:
     def _pipeline(self, model: ServedModel) -> DeploymentHandle:
         """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
         return self.text_to_image.options(multiplexed_model_id=model.version_id)
+
+    async def _encoded_reference(self, model: ServedModel, image: str) -> np.ndarray:
+        """A reference image's embeddings, by ``model``'s image encoder (in a ``TextToImage`` replica)."""
+        return await self._pipeline(model).encode_reference.remote(image)
 
     def _served_models(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""
@@ -406,6 +414,7 @@ class Gateway:
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self._model(request)
         model.check(request)  # an unknown adapter is a 400 now, not a failed job later
+        await self.references.check(request, model, functools.partial(may_see, caller(http)))
         owner = job_owner(caller(http))
         if request.background:
             await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
@@ -588,6 +597,27 @@ class Gateway:
         """Remove an uploaded LoRA adapter (404 if none; 409 for one of the ``--loras`` folder)."""
         return await self.lora_catalog.remove(name)
 
+    @api.post("/v1/references")
+    async def reference_added(self, http: Request, body: NewReference) -> dict:
+        """Store an IP-Adapter reference: encoded once, its embeddings kept as the caller's key's."""
+        key = caller(http)
+        return await self.references.add(body, key and key.id)
+
+    @api.get("/v1/references")
+    async def references_listed(self, http: Request) -> dict:
+        """The caller's stored references (an admin key's, or an open API's: everyone's), newest first."""
+        return await self.references.listing(owner_filter(caller(http)))
+
+    @api.get("/v1/references/{reference_id}")
+    async def reference(self, http: Request, reference_id: str) -> dict:
+        """One stored reference; another key's is as unknown as a missing one (404)."""
+        return await self.references.get(reference_id, functools.partial(may_see, caller(http)))
+
+    @api.delete("/v1/references/{reference_id}")
+    async def reference_removed(self, http: Request, reference_id: str) -> dict:
+        """Forget a stored reference (404 for an unknown id or another key's)."""
+        return await self.references.remove(reference_id, functools.partial(may_see, caller(http)))
+
     @api.get("/v1/controlnets")
     async def controlnets_listed(self) -> dict:
         """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
@@ -762,6 +792,7 @@ class Gateway:
                 request, assignment = await self._assignment(request)  # an experiment's alias: its variant
                 model = self._model(request)
                 model.check(request)
+                await self.references.check(request, model, functools.partial(may_see, key))
                 async with self._loaded_for(model, request) as (served, _), _variant_measured(assignment):
                     stream = self._pipeline(served).options(stream=True).generate_stream
                     async for item in stream.remote(request, sent_at=time.time()):

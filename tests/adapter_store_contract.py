@@ -6,9 +6,11 @@ A test module imports these and defines ``store_factory`` (opens another connect
 
 import threading
 
+import numpy as np
 import pytest
 
 from serve.adapters.registry import READY, UPLOAD, LoraEntry
+from serve.adapters.store import StoredReference
 from serve.errors import InvalidInput
 
 
@@ -57,3 +59,28 @@ def test_another_connection_sees_the_same_adapters_and_one_of_two_racing_adds_wi
         assert len(won) == 1 and store.lora("race").key == won[0]
     finally:
         other.close()
+
+
+def _reference(reference_id: str, owner, created_at: float) -> StoredReference:
+    embeds = np.arange(12, dtype=np.float32).reshape(1, 1, 12) + created_at
+    return StoredReference(reference_id, owner, "easel-default", embeds, f"name-{reference_id}", created_at)
+
+
+def _same(a: StoredReference, b: StoredReference) -> bool:
+    return a.public() == b.public() and a.owner == b.owner and np.array_equal(a.embeds, b.embeds)
+
+
+def test_references_are_kept_with_their_embeddings_listed_per_owner_and_removed(store, store_factory):
+    kept = [_reference("ref_a", "key1", 1.0), _reference("ref_b", "key2", 2.0), _reference("ref_c", "key1", 3.0)]
+    for reference in kept:
+        store.add_reference(reference)
+    other = store_factory()
+    try:
+        assert _same(other.reference("ref_b"), kept[1]) and other.reference("ref_x") is None
+        assert [r.id for r in other.references("key1")] == ["ref_c", "ref_a"]
+        assert [r.id for r in other.references(None)] == ["ref_c", "ref_b", "ref_a"]
+        assert other.reference("ref_a").embeds.dtype == np.float32
+    finally:
+        other.close()
+    assert store.remove_reference("ref_a") and not store.remove_reference("ref_a")
+    assert [r.id for r in store.references("key1")] == ["ref_c"] and store.reference("ref_a") is None

@@ -65,8 +65,8 @@ class StackAdapters:
     def check(self, request) -> None:
         """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
         self.resolve(request)
-        if request.ip_adapter_image is not None and not self.ip_adapter:
-            field = "ip_adapter_image"
+        field = "ip_adapter_image" if request.ip_adapter_image is not None else "ip_adapter_reference"
+        if getattr(request, field) is not None and not self.ip_adapter:
             raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
 
     def resolve(self, request) -> tuple[tuple[str, float], ...]:
@@ -91,9 +91,24 @@ class StackAdapters:
             rows.append((entry.key, lora.scale))
         return tuple(rows)
 
+    def stored_embeds(self, request) -> np.ndarray | None:
+        """The embeddings of ``request``'s stored reference (None: it names none); a 400 naming the field if gone."""
+        if getattr(request, "ip_adapter_reference", None) is None:
+            return None
+        stored = self.store().reference(request.ip_adapter_reference)
+        if stored is None:
+            raise unknown_reference(request.ip_adapter_reference)
+        return stored.embeds
+
     def cache_tag(self, request) -> str:
         """What of the adapters' files shapes ``request``'s images (for the result cache's key)."""
         return ",".join(f"{key}={weight}" for key, weight in self.resolve(request))
+
+
+def unknown_reference(reference_id: str) -> InvalidInput:
+    """The 400 for a stored reference that does not exist, or is another key's (the same answer for both)."""
+    field = "ip_adapter_reference"
+    return InvalidInput(f"{field}: no stored reference {reference_id!r} (POST /v1/references stores one)", field)
 
 
 _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
@@ -151,29 +166,36 @@ class GenerationAdapters:
         if info is None:
             return {}
         rows = 2 if guided else 1
-        if job.ip_image is None:
+        if not job.referenced:
             return {
                 IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
                 IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
             }
         scales = self.scales(job.ip_scale)
-        pixels = await asyncio.to_thread(self._pixels, job.ip_image)
-        spec = self.specs[IMAGE_ENCODER]
-        embeds = (await engines.infer(spec, {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
+        embeds = job.ip_embeds if job.ip_embeds is not None else await self.encode(engines, job.ip_image)
         if guided:
-            negative = (
-                await self._negative_embeds(engines, spec, pixels) if info.hidden_states else np.zeros_like(embeds)
-            )
+            negative = await self._negative_embeds(engines) if info.hidden_states else np.zeros_like(embeds)
             embeds = np.concatenate([negative, embeds])
         return {IMAGE_EMBEDS: embeds.astype(np.float32), IP_SCALE: np.repeat(scales[None], rows, axis=0)}
+
+    async def encode(self, engines, image: np.ndarray) -> np.ndarray:
+        """A reference's image embeddings ``[1, *embeds_shape]``: preprocessed as the pipeline does, then encoded."""
+        if self.support.ip_adapter is None:
+            raise InvalidInput("image: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", "image")
+        pixels = await asyncio.to_thread(self._pixels, image)
+        return (await engines.infer(self.specs[IMAGE_ENCODER], {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
 
     def _pixels(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         return self.processor(Image.fromarray(image), return_tensors="np").pixel_values.astype(np.float32)
 
-    async def _negative_embeds(self, engines, spec: ModelSpec, pixels: np.ndarray) -> np.ndarray:
+    async def _negative_embeds(self, engines) -> np.ndarray:
+        """The encoding of an all-zero image (encoders read by their hidden states), once per pipeline."""
         if self._negative is None:
-            zeros = np.zeros_like(pixels)
-            self._negative = (await engines.infer(spec, {"pixel_values": zeros}))[IMAGE_EMBEDS][:, None]
+            size = self.support.ip_adapter.image_size
+            zeros = np.zeros((1, 3, size, size), np.float32)
+            self._negative = (await engines.infer(self.specs[IMAGE_ENCODER], {"pixel_values": zeros}))[IMAGE_EMBEDS][
+                :, None
+            ]
         return self._negative

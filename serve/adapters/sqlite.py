@@ -6,11 +6,14 @@ import sqlite3
 import threading
 
 from serve.adapters.registry import LoraEntry
-from serve.adapters.store import AdapterStore, name_taken
+from serve.adapters.store import AdapterStore, StoredReference, name_taken
 from serve.stores import serialized, sqlite_connect
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS adapter_references (id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL, name TEXT,
+    created_at REAL NOT NULL, embeds BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS adapter_references_owner ON adapter_references (owner, created_at);
 """
 
 
@@ -63,6 +66,48 @@ class SqliteAdapterStore(AdapterStore):
         """See :meth:`AdapterStore.loras`."""
         return [LoraEntry.from_json(row["entry"]) for row in self.db.execute("SELECT entry FROM loras ORDER BY name")]
 
+    @serialized
+    def add_reference(self, reference: StoredReference) -> None:
+        """See :meth:`AdapterStore.add_reference`."""
+        self.db.execute(
+            "INSERT INTO adapter_references (id, owner, model, name, created_at, embeds) VALUES (?, ?, ?, ?, ?, ?)",
+            (*_fields(reference), reference.embeds_bytes()),
+        )
+
+    @serialized
+    def reference(self, reference_id: str) -> StoredReference | None:
+        """See :meth:`AdapterStore.reference`."""
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM adapter_references WHERE id = ?", (reference_id,)).fetchone()
+        return None if row is None else _reference(row)
+
+    @serialized
+    def references(self, owner: str | None) -> list[StoredReference]:
+        """See :meth:`AdapterStore.references`."""
+        query = f"SELECT {_COLUMNS} FROM adapter_references"
+        rows = (
+            self.db.execute(f"{query} ORDER BY created_at DESC")
+            if owner is None
+            else self.db.execute(f"{query} WHERE owner = ? ORDER BY created_at DESC", (owner,))
+        )
+        return [_reference(row) for row in rows]
+
+    @serialized
+    def remove_reference(self, reference_id: str) -> bool:
+        """See :meth:`AdapterStore.remove_reference`."""
+        return self.db.execute("DELETE FROM adapter_references WHERE id = ?", (reference_id,)).rowcount > 0
+
     def close(self) -> None:
         """See :meth:`AdapterStore.close`."""
         self.db.close()
+
+
+_COLUMNS = "id, owner, model, name, created_at, embeds"
+
+
+def _fields(reference: StoredReference) -> tuple:
+    return reference.id, reference.owner, reference.model, reference.name, reference.created_at
+
+
+def _reference(row) -> StoredReference:
+    embeds = StoredReference.embeds_from(row["embeds"])
+    return StoredReference(row["id"], row["owner"], row["model"], embeds, row["name"], row["created_at"])

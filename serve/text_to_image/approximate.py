@@ -49,7 +49,7 @@ def skipped_steps(share: float, steps: int) -> int:
 
 def usable(job: Generation, inpainting: bool) -> bool:
     """Whether ``job`` is text to image alone (no input images, mask, IP-Adapter reference or ControlNets)."""
-    return not (job.images or job.mask is not None or job.ip_image is not None or job.controls or inpainting)
+    return not (job.images or job.mask is not None or job.referenced or job.controls or inpainting)
 
 
 def decide(asked: bool | None, seeded: bool, job: Generation, share: float, inpainting: bool) -> bool:

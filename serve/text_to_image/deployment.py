@@ -22,7 +22,7 @@ from serve.text_to_image import approximate, step_cache
 from serve.text_to_image.admission import Admission
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
-from serve.text_to_image.images import RequestImages, decode_images, decode_reference
+from serve.text_to_image.images import RequestImages, decode_base64, decode_images, decode_reference
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -212,7 +212,8 @@ class TextToImage:
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
         loras = await asyncio.to_thread(served.model.adapters.resolve, request)  # content keys: a PUT waits for it
-        job = dataclasses.replace(job, loras=loras)
+        embeds = await asyncio.to_thread(served.model.adapters.stored_embeds, request)
+        job = dataclasses.replace(job, loras=loras, ip_embeds=embeds)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,
@@ -259,6 +260,12 @@ class TextToImage:
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
+
+    async def encode_reference(self, image: str) -> np.ndarray:
+        """A reference image's embeddings (base64 ``image``), by the model's image encoder: ``POST /v1/references``."""
+        served = await self._requested()
+        pixels = await asyncio.to_thread(decode_base64, image, "image")
+        return await served.pipeline.adapters.encode(served.pipeline.engines, pixels)
 
     async def ready(self, triton_models: list[str]) -> dict[str, bool]:
         """Readiness of each of ``triton_models`` (Triton model names)."""

@@ -54,6 +54,12 @@ class Generation:
     guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
     cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
     approximate_cache: bool = False  # may start from a similar prompt's kept latents (serve.text_to_image.approximate)
+    ip_embeds: np.ndarray | None = None  # or a stored reference's image embeddings (no encoder call)
+
+    @property
+    def referenced(self) -> bool:
+        """Whether it has an IP-Adapter reference (an image, or a stored reference's embeddings)."""
+        return self.ip_image is not None or self.ip_embeds is not None
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ def check(job: Generation, specs: Mapping[str, ModelSpec], step_engine: str) -> 
         raise InvalidInput(
             f"{field}: step caching runs the model's UNet; the {job.scheduler} sampler runs its distilled UNet", field
         )
-    if job.loras or job.controls or job.ip_image is not None:
+    if job.loras or job.controls or job.referenced:
         raise InvalidInput(f"{field}: step caching takes no LoRAs, IP-Adapter reference or ControlNets", field)
 
 

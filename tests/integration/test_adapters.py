@@ -214,6 +214,9 @@ def _png_b64(width: int, height: int) -> str:
         ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": 3}, "ip_adapter_scale"),
         ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": {"up": {"block_7": 1.0}}}, "ip_adapter_scale"),
         ({"ip_adapter_scale": 0.5}, "ip_adapter_scale"),
+        ({"ip_adapter_reference": "ref_" + "0" * 24}, "ip_adapter_reference"),
+        ({"ip_adapter_reference": "ref_" + "0" * 24, "ip_adapter_image": _png_b64(16, 16)}, "ip_adapter_reference"),
+        ({"ip_adapter_reference": "not-an-id"}, "ip_adapter_reference"),
     ],
 )
 def test_bad_adapter_input_is_a_400_naming_the_field(api, fields, param):
@@ -321,3 +324,45 @@ def test_a_deleted_lora_is_a_400_naming_the_field(api, adapters):
     response = api.post(GENERATE, json=BODY | {"loras": [{"name": "gone"}]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "loras.0.name"
     assert api.delete("/v1/loras/gone").status_code == 404
+
+
+# -- stored references (POST, GET, DELETE /v1/references) -------------------------------------------------------------
+
+
+def _encoder_executions(stack) -> int:
+    stats = httpx.get(f"{stack.info.triton_http_url}/v2/models/image_encoder/stats", timeout=10).json()
+    return int(stats["model_stats"][0]["execution_count"])
+
+
+def test_a_stored_reference_gives_the_inline_image_without_encoding_it_again(api, stack):
+    _, b64 = reference_image(seed=3)
+    scale = {"up": {"block_0": [0.0, 1.0]}}
+    inline = _served(api, ip_adapter_image=b64, ip_adapter_scale=scale)
+    stored = api.post("/v1/references", json={"image": b64, "name": "subject"})
+    assert stored.status_code == 200, stored.text
+    reference = stored.json()
+    assert reference["id"].startswith("ref_") and reference["name"] == "subject"
+    before = _encoder_executions(stack)
+    named = _served(api, ip_adapter_reference=reference["id"], ip_adapter_scale=scale)
+    assert _encoder_executions(stack) == before, "a stored reference's request ran the image encoder"
+    np.testing.assert_array_equal(named, inline)
+    assert reference["id"] in [r["id"] for r in api.get("/v1/references").json()["data"]]
+    assert api.get(f"/v1/references/{reference['id']}").json() == reference
+    assert api.delete(f"/v1/references/{reference['id']}").json()["deleted"] is True
+    gone = api.post(GENERATE, json=BODY | {"ip_adapter_reference": reference["id"]})
+    assert gone.status_code == 400 and gone.json()["error"]["param"] == "ip_adapter_reference"
+    assert api.get(f"/v1/references/{reference['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"image": "###"}, "image"),
+        ({"image": "bm90IGFuIGltYWdl"}, "image"),
+        ({"image": _png_b64(16, 16), "model": "nope"}, "model"),
+    ],
+)
+def test_a_bad_reference_is_a_400_naming_the_field(api, body, param):
+    response = api.post("/v1/references", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param

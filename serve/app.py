@@ -316,6 +316,7 @@ class Gateway:
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             self.experiments.define(name, spec)
         self.lora_catalog = LoraCatalog(lambda name: self.models.resolve(name).lora_target())
+        self.lora_catalog.refresh()  # uploads kept by the store, for engines built anew since
         self.references = References(lambda: self.models, self._encoded_reference)
         self.runner = JobRunner(self.store, self._run_job).start()
 

@@ -12,6 +12,7 @@ the old weights, whose prepared file stays.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import logging
 import time
@@ -22,7 +23,7 @@ from typing import BinaryIO
 
 from serve.adapters.lora import Slot
 from serve.adapters.lora_files import AdapterError, prepare_into
-from serve.adapters.registry import FOLDER, MAX_LORA_BYTES, MODEL_CONFIGS, NAME, READY, UPLOAD, LoraEntry
+from serve.adapters.registry import ERROR, FOLDER, MAX_LORA_BYTES, MODEL_CONFIGS, NAME, READY, UPLOAD, LoraEntry
 from serve.adapters.requests import StackAdapters
 from serve.adapters.store import name_taken
 from serve.errors import Conflict, InvalidInput, NotFound
@@ -112,6 +113,28 @@ class LoraCatalog:
         logger.info("LoRA %r removed", name)
         return {"id": name, "object": "lora", "deleted": True}
 
+    def refresh(self) -> None:
+        """Prepare again, from their kept files, the uploaded LoRAs of a model whose engines were built anew.
+
+        A restart keeps the store's entries; an entry prepared for another engine folder (the model rebuilt, or
+        built with other adapters) would not fit the engines' slots. Idempotent: every Gateway replica may run it.
+        """
+        try:
+            target = self.targets(None)
+        except InvalidInput:  # the default model takes no LoRAs
+            return
+        store = target.adapters.store()
+        for entry in store.loras():
+            if entry.model != target.model or entry.engines in (None, target.engines_key):
+                continue
+            kept = target.folder / UPLOADS / f"{entry.sha256}.safetensors"
+            try:
+                fresh = self._entry(entry.name, target, kept, entry.sha256)
+            except (AdapterError, OSError) as error:
+                fresh = dataclasses.replace(entry, status=ERROR, error=f"cannot be read for the engines now: {error}")
+            store.replace_lora(dataclasses.replace(fresh, created_at=entry.created_at))
+            logger.info("LoRA %r prepared again for engines %s: %s", entry.name, target.engines_key, fresh.status)
+
     def _uploaded(self, name: str) -> LoraEntry:
         """The uploaded adapter called ``name``: 404 for none, 409 for one of the ``--loras`` folder."""
         entry = self.targets(None).adapters.registry().get(name)
@@ -123,21 +146,20 @@ class LoraCatalog:
 
     async def _prepared(self, name: str, target: LoraTarget, upload: BinaryIO) -> LoraEntry:
         """``upload`` kept and read by diffusers for ``target`` (400 naming ``file`` with the reason if it cannot)."""
-        folder = target.folder
-        path, sha256, _ = await asyncio.to_thread(_keep_upload, upload, folder / UPLOADS)
+        path, sha256, _ = await asyncio.to_thread(_keep_upload, upload, target.folder / UPLOADS)
         try:
-            prepared = await asyncio.to_thread(
-                prepare_into,
-                path,
-                folder,
-                folder / MODEL_CONFIGS,
-                target.pipeline_class,
-                target.slots,
-                target.engines_key,
-            )
+            return await asyncio.to_thread(self._entry, name, target, path, sha256)
         except AdapterError as error:
             path.unlink(missing_ok=True)  # no entry keeps a file diffusers cannot read
             raise InvalidInput(f"file: not a LoRA adapter for model {target.model}: {error}", "file") from None
+
+    @staticmethod
+    def _entry(name: str, target: LoraTarget, path: Path, sha256: str) -> LoraEntry:
+        """The entry of the file at ``path``, prepared for ``target``'s engines (:class:`AdapterError` if it cannot)."""
+        folder = target.folder
+        prepared = prepare_into(
+            path, folder, folder / MODEL_CONFIGS, target.pipeline_class, target.slots, target.engines_key
+        )
         return LoraEntry(
             name,
             READY,
@@ -150,6 +172,7 @@ class LoraCatalog:
             UPLOAD,
             sha256,
             time.time(),
+            target.engines_key,
         )
 
     @staticmethod

@@ -13,6 +13,8 @@ import hashlib
 import inspect
 import json
 import logging
+import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,9 +195,11 @@ def prepare_into(
         started = time.perf_counter()
         adapter = prepare(path, model_dir, pipeline_class, slots)
         meta = {"rank": adapter.rank, "layers": adapter.layers, "bytes": adapter.nbytes}
-        partial = prepared.with_name(prepared.name + ".partial")
+        partial = prepared.with_name(f"{prepared.name}.{os.getpid()}.{threading.get_ident()}.partial")
         save_file(adapter.tensors, partial)
-        meta_path.write_text(json.dumps(meta))
+        meta_partial = partial.with_suffix(".json")
+        meta_partial.write_text(json.dumps(meta))
+        meta_partial.replace(meta_path)
         partial.replace(prepared)
         logger.info(
             "LoRA %s prepared in %.2f s (rank %d, %s)",

@@ -49,6 +49,7 @@ class LoraEntry:
     source: str = FOLDER
     sha256: str | None = None  # the uploaded file's content hash
     created_at: float | None = None
+    engines: str | None = None  # the key of the engine folder it was prepared for (an upload's)
 
     @property
     def key(self) -> str | None:
@@ -57,7 +58,8 @@ class LoraEntry:
 
     def public(self) -> dict:
         """What the API shows of it."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "prepared" and v not in (None, {})}
+        hidden = ("prepared", "engines")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in hidden and v not in (None, {})}
 
     def to_json(self) -> str:
         """Its record in a store."""

@@ -153,3 +153,19 @@ def test_bad_uploads_are_400s_naming_the_field_and_change_nothing(
         asyncio.run(catalog.replace("house", io.BytesIO(good)))
     with pytest.raises(NotFound):
         asyncio.run(catalog.replace("absent", io.BytesIO(good)))
+
+
+def test_a_restart_on_engines_built_anew_prepares_the_kept_uploads_again(catalog, default_model, tmp_path):
+    asyncio.run(catalog.add("style", None, io.BytesIO(_lora(default_model, tmp_path, seed=1))))
+    ((old, _),) = _resolved(catalog, "style")
+    catalog.refresh()  # the same engines: nothing to do
+    assert _resolved(catalog, "style")[0][0] == old
+    target = catalog.targets(None)
+    rebuilt = LoraTarget(target.model, target.adapters, "engines-built-again", target.pipeline_class, target.slots)
+    LoraCatalog(lambda model: rebuilt).refresh()
+    ((new, _),) = _resolved(catalog, "style")
+    entry = target.adapters.store().lora("style")
+    assert new != old and entry.engines == "engines-built-again" and entry.status == "ready"
+    assert (
+        load_file(target.folder / f"{new}.safetensors").keys() == load_file(target.folder / f"{old}.safetensors").keys()
+    )

@@ -48,6 +48,7 @@ from serve.access import (
 )
 from serve.access.keys import ApiKey
 from serve.adapters.catalog import LoraCatalog
+from serve.adapters.registry import NAME as LORA_NAME
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
 from serve.errors import Conflict, EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
@@ -75,6 +76,8 @@ from serve.vectorize.schema import Tier, VectorizeJson, VectorizeOptions
 from serve.wire import BodyLimits, read_json
 
 logger = logging.getLogger(__name__)
+
+LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
 
 
 DOCS_ASSETS = "/docs-assets"
@@ -315,7 +318,9 @@ class Gateway:
         self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             self.experiments.define(name, spec)
-        self.lora_catalog = LoraCatalog(lambda name: self.models.resolve(name).lora_target())
+        self.lora_catalog = LoraCatalog(
+            lambda name: self.models.resolve(name).lora_target(), lambda: self.models.default.adapters
+        )
         self.lora_catalog.refresh()  # uploads kept by the store, for engines built anew since
         self.references = References(lambda: self.models, self._encoded_reference)
         self.runner = JobRunner(self.store, self._run_job).start()
@@ -583,7 +588,10 @@ class Gateway:
 
     @api.post("/v1/loras")
     async def lora_added(
-        self, file: Annotated[FormFile, File()], name: Annotated[str, Form()], model: Annotated[str, Form()] = ""
+        self,
+        file: Annotated[FormFile, File()],
+        name: Annotated[str, Form(pattern=LORA_NAME_PATTERN)],
+        model: Annotated[str, Form(max_length=64)] = "",
     ) -> dict:
         """Add a LoRA adapter (scope ``adapters``): served once diffusers has read it for ``model`` (400 if not)."""
         return await self.lora_catalog.add(name, model or None, file.file)

@@ -73,15 +73,18 @@ def _keep_upload(upload: BinaryIO, folder: Path) -> tuple[Path, str, int]:
 
 
 class LoraCatalog:
-    """The LoRA routes: ``targets(model)`` is the served model an upload names (None: the default), or its 400."""
+    """The LoRA routes over the served models.
 
-    def __init__(self, targets: Callable[[str | None], LoraTarget]) -> None:
-        self.targets = targets
+    ``targets(model)``: the served model an upload names (None: the default), or its 400; ``adapters()``: the
+    default model's adapters (what is listed, changed and removed).
+    """
+
+    def __init__(self, targets: Callable[[str | None], LoraTarget], adapters: Callable[[], StackAdapters]) -> None:
+        self.targets, self.adapters = targets, adapters
 
     def listing(self) -> dict:
         """``GET /v1/loras``: every adapter with its model, size, rank and status (ready, or why it cannot be)."""
-        adapters = self.targets(None).adapters
-        return {"object": "list", "data": adapters.listing()}
+        return {"object": "list", "data": self.adapters().listing()}
 
     async def add(self, name: str, model: str | None, upload: BinaryIO) -> dict:
         """``POST /v1/loras``: a new adapter, listed once diffusers has read it for ``model``."""
@@ -137,7 +140,7 @@ class LoraCatalog:
 
     def _uploaded(self, name: str) -> LoraEntry:
         """The uploaded adapter called ``name``: 404 for none, 409 for one of the ``--loras`` folder."""
-        entry = self.targets(None).adapters.registry().get(name)
+        entry = self.adapters().registry().get(name)
         if entry is None:
             raise NotFound(f"name: no LoRA adapter {name!r}", "name")
         if entry.source == FOLDER:

@@ -56,7 +56,7 @@ def catalog(stack_folder, slots, tmp_path):
             raise InvalidInput(f"model: unknown model {model!r}", "model")
         return target
 
-    yield LoraCatalog(targets)
+    yield LoraCatalog(targets, lambda: adapters)
     for store in requests_module._STORES.values():
         store.close()
     requests_module._STORES.clear()
@@ -162,7 +162,7 @@ def test_a_restart_on_engines_built_anew_prepares_the_kept_uploads_again(catalog
     assert _resolved(catalog, "style")[0][0] == old
     target = catalog.targets(None)
     rebuilt = LoraTarget(target.model, target.adapters, "engines-built-again", target.pipeline_class, target.slots)
-    LoraCatalog(lambda model: rebuilt).refresh()
+    LoraCatalog(lambda model: rebuilt, lambda: rebuilt.adapters).refresh()
     ((new, _),) = _resolved(catalog, "style")
     entry = target.adapters.store().lora("style")
     assert new != old and entry.engines == "engines-built-again" and entry.status == "ready"

@@ -33,9 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_registry(
-    loras_dir: Path, engines: EngineFolder, model_dir: Path, resident: int = DEFAULT_RESIDENT
+    loras_dir: Path, engines: EngineFolder, model_dir: Path, resident: int = DEFAULT_RESIDENT, model: str | None = None
 ) -> LoraRegistry:
-    """Prepare every ``*.safetensors`` of ``loras_dir`` for the LoRA-ready ``engines`` (cached by content)."""
+    """Prepare every ``*.safetensors`` of ``loras_dir`` for the LoRA-ready ``engines`` (cached by content).
+
+    ``model``: the served model's name the adapters are listed for.
+    """
     slots, pipeline_class = engines.lora_slots(), engines.family.pipeline_class
     cache = easel_home() / "adapters" / engines.key
     cache.mkdir(parents=True, exist_ok=True)
@@ -46,7 +49,7 @@ def build_registry(
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
             entries[name] = _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines.key)
-        entry = entries[name]
+        entry = entries[name] = dataclasses.replace(entries[name], model=model)
         if entry.status == ERROR:
             logger.warning("LoRA %r (%s) cannot be served: %s", name, path, entry.error)
     ready = sum(e.status == READY for e in entries.values())

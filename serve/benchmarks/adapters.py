@@ -267,20 +267,18 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
 
         uploads_dir = folder / f"uploads-{label}"
         uploads = [uploads_dir / f"{name}.safetensors" for name in make_loras(model_dir, uploads_dir, settings, "up")]
-        ip_adapter = folder / f"ip-adapter-{label}"
-        if not ip_adapter.is_dir():
-            make_ip_adapter(model_dir, ip_adapter, seed=5)
-        with scratch_stack(
-            model_dir, loras_dir=loras_dir, lora_resident=settings.resident, ip_adapter_dir=ip_adapter
-        ) as running:
+        with scratch_stack(model_dir, loras_dir=loras_dir, lora_resident=settings.resident) as running:
             lora_ready, registry_dir = EngineFolder(running.info.engine_dir), running.options.run_dir / "loras"
             with running.paused():
                 costs = engine_costs(plain, lora_ready, registry_dir, names, settings)
-            api, triton = running.info.api_url, running.info.triton_http_url
-            result = served(api, triton, names, settings)
-            report["uploaded"] = uploaded(api, uploads[:3], settings)
-            report["reference"] = stored_reference(api, triton, settings)
+            result = served(running.info.api_url, running.info.triton_http_url, names, settings)
+            report["uploaded"] = uploaded(running.info.api_url, uploads[:3], settings)
             report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
+        ip_adapter = folder / f"ip-adapter-{label}"
+        if not ip_adapter.is_dir():
+            make_ip_adapter(model_dir, ip_adapter, seed=5)
+        with scratch_stack(model_dir, folder / "ip", ip_adapter_dir=ip_adapter) as running:  # a UNet with references
+            report["reference"] = stored_reference(running.info.api_url, running.info.triton_http_url, settings)
         rows = result.pop("rows")
         report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}
         report["unet_rows_per_execution"] = result["unet_rows_per_execution"]

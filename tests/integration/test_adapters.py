@@ -249,7 +249,8 @@ def test_an_uploaded_lora_serves_the_next_request_of_every_replica_as_diffusers_
     for _ in range(4):  # Ray Serve spreads them over the Gateway (and TextToImage) replicas
         np.testing.assert_array_equal(_served(api, loras=[{"name": "fresh", "scale": 0.8}]), first)
     listed = {entry["name"]: entry for entry in api.get("/v1/loras").json()["data"]}
-    assert listed["fresh"]["model"] == "easel-default" and listed["fresh"]["status"] == "ready"
+    assert listed["fresh"]["model"] == listed["style"]["model"] == "easel-default"
+    assert listed["fresh"]["status"] == "ready" and listed["style"]["source"] == "folder"
 
 
 def test_a_put_under_load_drops_nothing_and_each_image_has_the_weights_of_its_moment(api, stack, adapters, with_loras):

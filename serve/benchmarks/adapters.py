@@ -50,6 +50,8 @@ from serve.triton.onnx_backend import ShardedSession, make_session
 logger = logging.getLogger(__name__)
 
 PROMPT = "a lighthouse on a cliff"
+UPLOADS = 3
+"""LoRAs uploaded while the stack runs (each timed from its upload to its first image)."""
 
 
 @dataclass(frozen=True)
@@ -61,11 +63,13 @@ class AdapterBenchSettings(loop.ServedComparison):
     resident: int = 4
 
 
-def make_loras(model_dir: Path, folder: Path, settings: AdapterBenchSettings, prefix: str = "bench") -> list[str]:
-    """``settings.adapters`` random LoRAs for ``model_dir`` in ``folder`` (kept between runs)."""
+def make_loras(
+    model_dir: Path, folder: Path, settings: AdapterBenchSettings, prefix: str = "bench", count: int | None = None
+) -> list[str]:
+    """``count`` (default ``settings.adapters``) random LoRAs for ``model_dir`` in ``folder`` (kept between runs)."""
     from build_engines.text_to_image.random_adapters import make_lora
 
-    names = [f"{prefix}{i}" for i in range(settings.adapters)]
+    names = [f"{prefix}{i}" for i in range(settings.adapters if count is None else count)]
     for i, name in enumerate(names):
         path = folder / f"{name}.safetensors"
         if not path.exists():
@@ -170,12 +174,11 @@ def served(api_url: str, triton_http_url: str, names: list[str], settings: Adapt
             for i, name in enumerate(names):  # each adapter's first use is cold (the resident bound evicts others)
                 cold.append(await once(i, [{"name": name}]))
                 warm.append(await once(i, [{"name": name}]))
-            conditions = {
-                "base model": lambda i: [],
-                "one adapter": lambda i: [{"name": names[0]}],
-                f"{settings.resident} adapters (all held)": lambda i: [{"name": names[i % settings.resident]}],
-                f"{len(names)} adapters (more than held)": lambda i: [{"name": names[i % len(names)]}],
-            }
+            conditions = {"base model": lambda i: []}
+            for distinct in sorted({1, 4, settings.resident, len(names)} & set(range(1, len(names) + 1))):
+                held = "all held" if distinct <= settings.resident else "more than held"
+                label = "one adapter" if distinct == 1 else f"{distinct} adapters ({held})"
+                conditions[label] = lambda i, k=distinct: [{"name": names[i % k]}]
             rows, batching = [], {}
             for label, loras in conditions.items():
 
@@ -266,13 +269,14 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
         from build_engines.text_to_image.random_adapters import make_ip_adapter
 
         uploads_dir = folder / f"uploads-{label}"
-        uploads = [uploads_dir / f"{name}.safetensors" for name in make_loras(model_dir, uploads_dir, settings, "up")]
+        made = make_loras(model_dir, uploads_dir, settings, "up", UPLOADS)
+        uploads = [uploads_dir / f"{name}.safetensors" for name in made]
         with scratch_stack(model_dir, loras_dir=loras_dir, lora_resident=settings.resident) as running:
             lora_ready, registry_dir = EngineFolder(running.info.engine_dir), running.options.run_dir / "loras"
             with running.paused():
                 costs = engine_costs(plain, lora_ready, registry_dir, names, settings)
             result = served(running.info.api_url, running.info.triton_http_url, names, settings)
-            report["uploaded"] = uploaded(running.info.api_url, uploads[:3], settings)
+            report["uploaded"] = uploaded(running.info.api_url, uploads, settings)
             report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
         ip_adapter = folder / f"ip-adapter-{label}"
         if not ip_adapter.is_dir():

@@ -169,3 +169,15 @@ def test_a_restart_on_engines_built_anew_prepares_the_kept_uploads_again(catalog
     assert (
         load_file(target.folder / f"{new}.safetensors").keys() == load_file(target.folder / f"{old}.safetensors").keys()
     )
+
+
+def test_changing_loras_needs_the_adapters_scope_and_takes_the_upload_limit_on_every_path():
+    from serve.routes import BODY_LIMITS, LORA_UPLOAD_BYTES, Scope, required_scope
+    from serve.wire import BodyLimits
+
+    assert required_scope("/v1/loras", "GET") is Scope.GENERATE
+    for method, path in (("POST", "/v1/loras"), ("PUT", "/v1/loras/ink"), ("DELETE", "/v1/loras/ink")):
+        assert required_scope(path, method) is Scope.ADAPTERS, (method, path)
+    limits = BodyLimits(None, BODY_LIMITS)
+    assert limits.limit_for("/v1/loras") == limits.limit_for("/v1/loras/ink") == LORA_UPLOAD_BYTES
+    assert limits.limit_for("/v1/loras/ink/more") == limits.default_limit

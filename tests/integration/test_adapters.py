@@ -367,3 +367,42 @@ def test_a_bad_reference_is_a_400_naming_the_field(api, body, param):
     response = api.post("/v1/references", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_zz_references_are_their_key_s_and_loras_change_with_the_adapters_scope(stack, adapters):
+    """Last in the module: it creates keys, which close the API for the tests after it."""
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    made = {
+        name: store.create(name, scopes, KeyLimits())[1]
+        for name, scopes in (("alice", {Scope.GENERATE}), ("bob", {Scope.GENERATE}), ("curator", {Scope.ADAPTERS}))
+    }
+    time.sleep(ACTIVE_CHECK_S + 0.5)  # each replica re-reads whether keys exist
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+
+        def as_(name: str) -> dict:
+            return {"Authorization": f"Bearer {made[name]}"}
+
+        _, b64 = reference_image(seed=4)
+        stored = client.post("/v1/references", json={"image": b64}, headers=as_("alice"))
+        assert stored.status_code == 200, stored.text
+        ref = stored.json()["id"]
+        mine = client.post(GENERATE, json=BODY | {"ip_adapter_reference": ref}, headers=as_("alice"))
+        assert mine.status_code == 200, mine.text
+        theirs = client.post(GENERATE, json=BODY | {"ip_adapter_reference": ref}, headers=as_("bob"))
+        unknown = client.post(GENERATE, json=BODY | {"ip_adapter_reference": "ref_" + "0" * 24}, headers=as_("bob"))
+        assert theirs.status_code == unknown.status_code == 400
+        assert theirs.json()["error"]["param"] == "ip_adapter_reference"
+        assert theirs.json()["error"]["message"].replace(ref, "ID") == unknown.json()["error"]["message"].replace(
+            "ref_" + "0" * 24, "ID"
+        )
+        assert client.get(f"/v1/references/{ref}", headers=as_("bob")).status_code == 404
+        assert client.get("/v1/references", headers=as_("bob")).json()["data"] == []
+        file = {"file": ("lora.safetensors", (adapters.loras / "line.safetensors").read_bytes())}
+        refused = client.post("/v1/loras", data={"name": "keyed"}, files=file, headers=as_("alice"))
+        assert refused.status_code == 403, refused.text
+        added = client.post("/v1/loras", data={"name": "keyed"}, files=file, headers=as_("curator"))
+        assert added.status_code == 200, added.text

@@ -34,7 +34,8 @@ def cases() -> dict[str, Generation]:
 def record(out: Path) -> None:
     """Generate every case in-process (ONNX Runtime engines of the embedded default) and save the images."""
     from build_engines.text_to_image.build import build
-    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
 
     folder = build(repository=Path(tempfile.mkdtemp()))
     pipeline = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))

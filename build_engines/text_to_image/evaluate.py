@@ -156,7 +156,8 @@ def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: Ge
     All generations run at once, their engine calls merged per step as a replica merges them.
     """
     from serve.text_to_image.generation import Generation
-    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
     from serve.triton.coalesce import CoalescingRunner
 
     pipeline = TextToImagePipeline(engines, CoalescingRunner(OnnxRuntimeRunner(engines)))

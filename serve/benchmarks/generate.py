@@ -101,7 +101,8 @@ def bench_single_request(
     The in-process ONNX Runtime requests run inside ``pause`` (the stack stopped), the served ones with the stack
     running: a slow spell of a shared machine then hits both columns alike.
     """
-    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
 
     pipeline = TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 

@@ -19,7 +19,8 @@ from serve.benchmarks import loop
 from serve.tables import text_table
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.triton.memory import peak_rss_reset, rss_bytes
 
 logger = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
-from serve.triton.client import Namespaced, TritonClient
-from serve.triton.coalesce import CoalescingRunner
+from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
+from serve.triton.runners import model_runner, replica_runner
 from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ class ModelPipeline:
 
     def __init__(self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
         self.model = model
-        self.pipeline = TextToImagePipeline(model.folder, Namespaced(engines, model.prefix), reuse)
+        self.pipeline = TextToImagePipeline(model.folder, model_runner(engines, model.prefix), reuse)
         self.admission = Admission.for_engines(model.folder, model.limits)
         self.preview = LatentPreview(
             self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
@@ -150,7 +150,7 @@ class TextToImage:
         self.models = models
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
-        self.engines = CoalescingRunner(self.triton)  # one for every model: their Triton names differ
+        self.engines = replica_runner(self.triton)  # one for every model: their Triton names differ
         self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
         if self.defaults.approximate_cache > 0:
             store = open_latent_store(store_url or default_url())

@@ -21,7 +21,8 @@ from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import PIPELINE, EngineFolder
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.engine_files import EngineFiles
 from tests.conftest import diffusers_reference, psnr, reference_images

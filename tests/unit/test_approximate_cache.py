@@ -20,7 +20,8 @@ from serve.settings import StackOptions
 from serve.text_to_image.approximate import LatentReuse, decide, embedding, skipped_steps
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.conftest import psnr

@@ -9,7 +9,8 @@ from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families.sd import SDDims, StableDiffusion
 from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr

@@ -20,7 +20,8 @@ from serve.text_to_image import step_cache
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Control, Generation
 from serve.text_to_image.guidance import guided_steps
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
 from serve.text_to_image.spec import DEEP_FEATURES, DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW

@@ -16,7 +16,8 @@ from PIL import Image
 
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Control, Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET, VAE_ENCODER
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image

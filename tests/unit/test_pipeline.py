@@ -14,7 +14,8 @@ from serve.contract import unstated_limit
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Control, Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images

@@ -90,7 +90,7 @@ class GenerationAdapters:
 
     def row(self, job) -> tuple[str, str] | None:
         """The per-row input ``job``'s LoRAs add to the engines that take it (None: this model takes no LoRA)."""
-        return (ADAPTERS_INPUT, row_text(job.loras)) if self.support.lora else None
+        return (ADAPTERS_INPUT, row_text(job.adapters.loras)) if self.support.lora else None
 
     def scales(self, scale) -> np.ndarray:
         """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; 400 if it does not fit)."""
@@ -109,13 +109,13 @@ class GenerationAdapters:
         if info is None:
             return {}
         rows = 2 if guided else 1
-        if job.ip_image is None:
+        if job.adapters.ip_image is None:
             return {
                 IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
                 IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
             }
-        scales = self.scales(job.ip_scale)
-        pixels = await asyncio.to_thread(self._pixels, job.ip_image)
+        scales = self.scales(job.adapters.ip_scale)
+        pixels = await asyncio.to_thread(self._pixels, job.adapters.ip_image)
         spec = self.specs[IMAGE_ENCODER]
         embeds = (await engines.infer(spec, {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
         if guided:

@@ -67,18 +67,20 @@ def bench_diffusers(model_dir: Path, settings: GenerateSettings) -> BenchRow:
 
 
 def _generation(settings: GenerateSettings, index: int):
-    from serve.text_to_image.pipeline import Generation
+    from serve.text_to_image.generation import Generation, SamplingParams
 
     return Generation(
-        PROMPTS[index % len(PROMPTS)],
-        "",
-        1,
-        settings.size,
-        settings.size,
-        settings.steps,
-        settings.guidance_scale,
-        index,
-        settings.scheduler,
+        SamplingParams(
+            PROMPTS[index % len(PROMPTS)],
+            "",
+            1,
+            settings.size,
+            settings.size,
+            settings.steps,
+            settings.guidance_scale,
+            index,
+            settings.scheduler,
+        )
     )
 
 

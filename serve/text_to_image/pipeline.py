@@ -88,26 +88,26 @@ class TextToImagePipeline:
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
-        conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
-        scheduler = self.make_scheduler(job.scheduler)
+        conditioning = {name: np.repeat(rows, job.sampling.n, axis=0) for name, rows in conditioning.items()}
+        scheduler = self.make_scheduler(job.sampling.scheduler)
         self.family.set_timesteps(scheduler, job)
-        timesteps = strength_timesteps(scheduler, job.steps, job.strength if job.images else 1.0)
-        generator = torch.Generator("cpu").manual_seed(job.seed)
+        timesteps = strength_timesteps(scheduler, job.sampling.steps, job.inputs.strength if job.inputs.images else 1.0)
+        generator = torch.Generator("cpu").manual_seed(job.sampling.seed)
         shape = (
-            job.n,
+            job.sampling.n,
             self.dims.latent_channels,
-            job.height // self.dims.vae_scale_factor,
-            job.width // self.dims.vae_scale_factor,
+            job.sampling.height // self.dims.vae_scale_factor,
+            job.sampling.width // self.dims.vae_scale_factor,
         )
         inpainting = self.dims.inpainting
         start = await image_to_image.start(
             job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
         )
-        control_images = await asyncio.to_thread(self.processors.controls, job) if job.controls else []
+        control_images = await asyncio.to_thread(self.processors.controls, job) if job.inputs.controls else []
         controls = JobControls(self.specs, job, control_images, guided)
         latents = start.latents
         reused = None
-        if job.approximate_cache and self.reuse is not None:  # before the rows are repeated per image
+        if job.cache.approximate and self.reuse is not None:  # before the rows are repeated per image
             reused = await self.reuse.start(self.model, job, unrepeated, len(timesteps))
             if reused.latents is not None:
                 latents = torch.from_numpy(reused.latents)
@@ -115,8 +115,8 @@ class TextToImagePipeline:
         if first and hasattr(scheduler, "set_begin_index"):  # its own step count (sigmas, noise, last step) too
             scheduler.set_begin_index((scheduler.begin_index or 0) + first * scheduler.order)
         step_kwargs = _step_kwargs(scheduler, generator)
-        guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
-        denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)
+        guided_steps = guidance.guided_steps(len(timesteps), job.sampling.guidance_cutoff) if guided else 0
+        denoiser = JobStepCache(self.specs, step_engine, job.cache.interval)
         for index, t in enumerate(timesteps[first:], start=first):
             if guided and index >= guided_steps:  # adaptive guidance: the prompt's rows alone from here
                 guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
@@ -133,7 +133,7 @@ class TextToImagePipeline:
             noise = torch.from_numpy(await denoiser.noise(engines, index - first, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
-                noise = uncond + job.guidance_scale * (cond - uncond)
+                noise = uncond + job.sampling.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = start.after_step(latents, index, timesteps, scheduler)
             if reused is not None and not first and index + 1 == reused.step:
@@ -142,7 +142,7 @@ class TextToImagePipeline:
                 await on_step(index + 1, len(timesteps), latents.numpy())
         pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
-        return GenerationResult(images, job.seed, dropped, None if reused is None else reused.skipped)
+        return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
 
     async def decode(
         self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None

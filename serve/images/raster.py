@@ -1,0 +1,156 @@
+"""A request's raster images, decoded and checked here for both pipelines (text-to-image and vectorize).
+
+An image sent as base64 is decoded once per process (:func:`base64_bytes`: its schema's check, the key door's
+pricing, a job's submission and the replica read the same bytes). An encoded image becomes an RGB ``uint8`` array on
+white (:func:`decode_image`). Limits are checked from the header, before any pixel is decoded, and without touching PIL's global
+``Image.MAX_IMAGE_PIXELS``. Animated images (GIF, APNG, WebP) are reduced to their first frame. CMYK, 16-bit,
+palette, grey and alpha images are converted to RGB; alpha is flattened onto white.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import warnings
+from functools import lru_cache
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+logger = logging.getLogger(__name__)
+
+MAX_PIXELS = 4_194_304
+"""2048 x 2048: vtracer's cost grows with the pixels (a 16-megapixel upload took 6.4 s of CPU), so it is bounded."""
+MAX_SIDE = 4096
+MIN_SIDE = 8
+"""Images thinner than this carry no shape to trace (and no gradient for the features): refused with a 400."""
+
+
+BASE64_DECODED_KEPT = 16
+"""Decoded base64 images a process keeps (the most recent requests' images; one is decoded again after that)."""
+
+
+@lru_cache(maxsize=BASE64_DECODED_KEPT)
+def base64_bytes(text: str) -> bytes:
+    """The bytes of base64 ``text`` (strict: a character outside the alphabet is ``binascii.Error``, a ValueError).
+
+    Kept for the next reader of the same request in this process: a request's image is decoded once.
+    """
+    return base64.b64decode(text, validate=True)
+
+
+class ImageRejected(ValueError):
+    """An upload that cannot be vectorized; ``status`` is the HTTP status it maps to (400 or 413)."""
+
+    def __init__(self, message: str, field: str = "image", status: int = 400) -> None:
+        super().__init__(message)
+        self.field = field
+        self.status = status
+
+
+def check_size(width: int, height: int, field: str = "image", max_pixels: int = MAX_PIXELS) -> None:
+    """Raise :class:`ImageRejected` when a ``width`` x ``height`` image breaks the size limits.
+
+    Args:
+        width: Image width in pixels.
+        height: Image height in pixels.
+        field: Request field named in the error.
+        max_pixels: The most pixels accepted.
+    """
+    if width <= 0 or height <= 0:
+        raise ImageRejected(f"{field}: image has zero size ({width}x{height})", field, 400)
+    if min(width, height) < MIN_SIDE:
+        raise ImageRejected(
+            f"{field}: image is {width}x{height}; each side must be at least {MIN_SIDE} pixels", field, 400
+        )
+    if max(width, height) > MAX_SIDE:
+        raise ImageRejected(
+            f"{field}: image is {width}x{height}; the longest side may be at most {MAX_SIDE} pixels",
+            field,
+            413,
+        )
+    if width * height > max_pixels:
+        raise ImageRejected(
+            f"{field}: image has {width * height} pixels; at most {max_pixels} ({max_pixels / 1e6:.1f} megapixels) "
+            "are accepted",
+            field,
+            413,
+        )
+
+
+def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode ``data`` into an ``(H, W, 3)`` RGB ``uint8`` array, alpha flattened onto white.
+
+    The header is read and the size limits checked before pixels are decoded. Animated images yield their
+    first
+    frame.
+
+    Args:
+        data: The encoded image (PNG, JPEG, GIF, WebP, BMP, TIFF...).
+        field: Request field named in errors.
+        max_pixels: The most pixels accepted (vectorize's limit by default).
+
+    Returns:
+        The RGB pixels.
+
+    Raises:
+        ImageRejected: Empty, not an image, truncated, or over the limits (413).
+    """
+    if not data:
+        raise ImageRejected(f"{field}: empty upload", field, 400)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            check_size(*image.size, field, max_pixels)
+            if getattr(image, "n_frames", 1) > 1:
+                image.seek(0)
+            image.load()
+            check_size(*image.size, field, max_pixels)  # what was decoded, not only what the header claimed
+    except ImageRejected:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageRejected(f"{field}: image over {max_pixels} pixels ({error})", field, 413) from error
+    except UnidentifiedImageError as error:  # PIL's message names only its file object
+        raise ImageRejected(f"{field}: not a readable image (PNG, JPEG, WebP, GIF, ...)", field, 400) from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageRejected(f"{field}: truncated or corrupt image ({error})", field, 400) from error
+    pixels = to_rgb(image)
+    check_size(pixels.shape[1], pixels.shape[0], field, max_pixels)
+    return pixels
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Convert any PIL mode to RGB ``uint8``, flattening alpha (or palette transparency) onto white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        scale = 65535.0 if pixels.max(initial=0) > 255 or image.mode.startswith("I;16") else 255.0
+        grey = np.clip(pixels / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[:, :, 3:4] / 255.0
+        flat = rgba[:, :, :3] * alpha + 255.0 * (1.0 - alpha)
+        return np.clip(flat + 0.5, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+
+
+def load_image(path, field: str = "image") -> np.ndarray:
+    """Read and decode the image file at ``path`` (see :func:`decode_image`)."""
+    with open(path, "rb") as handle:
+        return decode_image(handle.read(), field=field)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize RGB pixels so the longest side is ``size`` (Lanczos); unchanged if already that size."""
+    height, width = pixels.shape[:2]
+    if max(height, width) == size:
+        return pixels
+    scale = size / max(height, width)
+    target = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(pixels).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)

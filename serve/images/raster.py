@@ -1,19 +1,15 @@
-"""A request's raster images, decoded and checked here for both pipelines (text-to-image and vectorize).
+"""An encoded raster image decoded into an RGB ``uint8`` array on white, its size checked (both pipelines).
 
-An image sent as base64 is decoded once per process (:func:`base64_bytes`: its schema's check, the key door's
-pricing, a job's submission and the replica read the same bytes). An encoded image becomes an RGB ``uint8`` array on
-white (:func:`decode_image`). Limits are checked from the header, before any pixel is decoded, and without touching PIL's global
+Limits are checked from the header, before any pixel is decoded, and without touching PIL's global
 ``Image.MAX_IMAGE_PIXELS``. Animated images (GIF, APNG, WebP) are reduced to their first frame. CMYK, 16-bit,
 palette, grey and alpha images are converted to RGB; alpha is flattened onto white.
 """
 
 from __future__ import annotations
 
-import base64
 import io
 import logging
 import warnings
-from functools import lru_cache
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -25,19 +21,6 @@ MAX_PIXELS = 4_194_304
 MAX_SIDE = 4096
 MIN_SIDE = 8
 """Images thinner than this carry no shape to trace (and no gradient for the features): refused with a 400."""
-
-
-BASE64_DECODED_KEPT = 16
-"""Decoded base64 images a process keeps (the most recent requests' images; one is decoded again after that)."""
-
-
-@lru_cache(maxsize=BASE64_DECODED_KEPT)
-def base64_bytes(text: str) -> bytes:
-    """The bytes of base64 ``text`` (strict: a character outside the alphabet is ``binascii.Error``, a ValueError).
-
-    Kept for the next reader of the same request in this process: a request's image is decoded once.
-    """
-    return base64.b64decode(text, validate=True)
 
 
 class ImageRejected(ValueError):

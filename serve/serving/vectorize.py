@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import time
 
 from fastapi import Request
@@ -12,6 +11,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve.errors import InvalidInput
+from serve.images import base64_bytes
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 from serve.wire import read_json
@@ -34,7 +34,7 @@ async def read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpti
     if content_type.startswith("application/json"):
         body = read_json(VectorizeJson, await request.body(), content_type)
         try:
-            return base64.b64decode(body.image, validate=True), body
+            return base64_bytes(body.image), body
         except ValueError as error:  # binascii.Error, or characters outside ASCII
             raise InvalidInput(f"image: not valid base64 ({error})", field="image") from error
     if content_type.startswith("image/"):

@@ -399,7 +399,7 @@ class Gateway:
         self.vectorizing = Vectorizing(vectorizer)
         self.health = Health(text_to_image, vectorizer, self.models)
 
-    def __serve_build_asgi_app__(self) -> FastAPI:  # noqa: PLW3201 - Ray Serve's name: the app, once built
+    def __serve_build_asgi_app__(self) -> FastAPI:
         """The HTTP app, its routes answered by this replica's serving classes."""
         api.state.gateway = self
         return api

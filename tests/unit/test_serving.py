@@ -1,7 +1,8 @@
-"""The Gateway's plain serving classes, without Ray: the vectorize route's reading and headers, jobs by owner."""
+"""The Gateway's plain serving classes, without Ray: generations, the vectorize route, jobs by owner."""
 
 import asyncio
 import base64
+import json
 import time
 from types import SimpleNamespace
 
@@ -116,3 +117,63 @@ def test_a_job_is_seen_listed_and_canceled_only_by_its_owner_or_an_admin(tmp_pat
         jobs.runner._loop_task.cancel()  # the replica's runner ends with its event loop
 
     asyncio.run(scenario())
+
+
+class Handles:
+    """The TextToImage and ModelResidency handles as Generations calls them, recording each call."""
+
+    def __init__(self) -> None:
+        self.calls = []
+        self.generate = SimpleNamespace(remote=self._generate)
+        self.begin = SimpleNamespace(remote=self._begin)
+        self.end = SimpleNamespace(remote=self._end)
+
+    def options(self, multiplexed_model_id: str):
+        self.calls.append(("route", multiplexed_model_id))
+        return self
+
+    async def _generate(self, request, sent_at: float):
+        from serve.text_to_image.deployment import EncodedImages
+
+        self.calls.append(("generate", request.model))
+        return EncodedImages([b"png"] * request.n, request.seed, 0, None)
+
+    async def _begin(self, name: str):
+        self.calls.append(("begin", name))
+        return f"{name}.v1", 0.0
+
+    async def _end(self, version_id: str):
+        self.calls.append(("end", version_id))
+
+
+def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_load(engine_dir, tmp_path):
+    from serve.cache import open_cache
+    from serve.errors import InvalidInput
+    from serve.experiments.policy import ExperimentSpec
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
+    traffic = Experiments(open_experiment_store(url), models.names)
+    traffic.define("logo", ExperimentSpec(variants={"b": 1.0}))
+    handles = Handles()
+    generations = Generations(models, handles, None, handles, open_cache(url, 1 << 20), traffic)
+
+    async def scenario():
+        asked = GenerationRequest(prompt="a red fox", model="logo", seed=3)
+        first = await generations.answer(asked, "alice", fresh=False)
+        again = await generations.answer(asked, "alice", fresh=False)
+        with pytest.raises(InvalidInput) as refused:
+            await generations.answer(GenerationRequest(prompt="x", model="nope"), None, fresh=False)
+        return first, again, refused.value
+
+    first, again, refused = asyncio.run(scenario())
+    assert first.headers["easel-model"] == "b" and first.headers["easel-experiment"] == "logo"
+    assert (first.headers["easel-cache"], again.headers["easel-cache"]) == ("miss", "hit")
+    assert handles.calls == [("begin", "b"), ("route", "b.v1"), ("generate", "b"), ("end", "b.v1")]
+    assert refused.field == "model"  # before the residency was asked for any model
+    image_id = json.loads(first.body)["data"][0]["id"]
+    assert traffic.served_by(image_id).model == "b"  # feedback can name the image

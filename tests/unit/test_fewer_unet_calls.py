@@ -7,7 +7,6 @@ against the DeepCache package's own helper.
 
 import asyncio
 import copy
-from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -26,7 +25,7 @@ from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHED
 from serve.text_to_image.spec import DEEP_FEATURES, DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image
-from tests.loop_cases import cases
+from tests.loop_cases import assert_recorded_bytes, cases
 
 PROMPT = "a green heart icon"
 
@@ -204,10 +203,9 @@ def test_requests_without_a_few_step_sampler_never_touch_the_distilled_unet(dist
 
 
 def test_every_technique_off_gives_the_bytes_of_the_loop_before_them(plain):
-    """Images recorded with main's loop before issue 33 (``tests/loop_cases.py``), regenerated: equal bytes."""
-    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
+    """Images recorded with main's loop before issue 33 (``tests/loop_cases.py``), regenerated: the same bytes."""
     for name, job in cases().items():
-        np.testing.assert_array_equal(_run(plain, job), recorded[name], err_msg=name)
+        assert_recorded_bytes(_run(plain, job), name)
 
 
 def _dynamic_guidance(guided: int):
@@ -349,9 +347,8 @@ def test_step_caching_with_a_guidance_cutoff_is_both_recipes_at_once(cached, dif
 
 
 def test_interval_1_on_a_stack_with_step_caching_is_the_loop_before_it(cached):
-    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
     for name, job in cases().items():
-        np.testing.assert_array_equal(_run(cached, job), recorded[name], err_msg=name)
+        assert_recorded_bytes(_run(cached, job), name)
 
 
 def test_cached_jobs_the_engines_cannot_run_are_refused_naming_cache_interval(cached, plain):

@@ -1,12 +1,12 @@
 """LoRA adapters added, replaced and removed while the stack runs: ``POST``, ``PUT``, ``DELETE`` and ``GET /v1/loras``.
 
-:class:`LoraCatalog` is the routes' serving class (the Gateway only routes to it). An upload is kept by its content
-in the registry folder (``files/<sha256>.safetensors``), read by diffusers against the model it names
-(:func:`serve.adapters.lora_files.prepare_into`: a file that is not a LoRA for that model is a 400 naming ``file``
-with diffusers' reason), prepared into the folder under its content key, and only then listed in the stack's store,
-which every replica reads when a request names it (:meth:`serve.adapters.requests.StackAdapters.resolve`). A request
-takes the weights of the moment it is resolved: a ``PUT`` gives the name a new key, so requests in flight finish on
-the old weights, whose prepared file stays.
+:class:`LoraCatalog` answers the routes (through the Gateway's :class:`serve.serving.adapters.Adapters`). An upload
+is kept by its content in the registry folder (``files/<sha256>.safetensors``), read by diffusers against the model
+it names (:func:`serve.adapters.lora_files.prepare_into`: a file that is not a LoRA for that model is a 400 naming
+``file`` with diffusers' reason), prepared into the folder under its content key, and only then listed in the
+stack's store, which every replica reads when a request names it
+(:meth:`serve.adapters.requests.StackAdapters.resolve`). A request takes the weights of the moment it is resolved: a
+``PUT`` gives the name a new key, so requests in flight finish on the old weights, whose prepared file stays.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from serve.adapters.store import AdapterStore
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
 from serve.stores import default_url
-from serve.triton.spec import EngineRunner, ModelSpec
+from serve.triton.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -115,19 +115,6 @@ _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
 _STORES: dict[str, AdapterStore] = {}
 
 
-class _WithLoras:
-    """An engine runner that adds the job's ``adapters`` row to every call of an engine that takes it."""
-
-    def __init__(self, runner: EngineRunner, text: str) -> None:
-        self.runner, self.text = runner, text
-
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0) -> dict:
-        if any(t.name == ADAPTERS_INPUT for t in spec.inputs) and ADAPTERS_INPUT not in inputs:
-            rows = len(next(iter(inputs.values())))
-            inputs = {**inputs, ADAPTERS_INPUT: np.full(rows, self.text, dtype=object)}
-        return await self.runner.infer(spec, inputs, priority)
-
-
 class GenerationAdapters:
     """A pipeline's adapter inputs: a job's LoRA rows for the LoRA-ready engines, its IP-Adapter rows for the UNet."""
 
@@ -145,9 +132,9 @@ class GenerationAdapters:
         self.processor = image_processor(feature_extractor, ip.image_size) if ip else None
         self._negative: np.ndarray | None = None
 
-    def runner(self, engines, job):
-        """``engines`` adding ``job``'s LoRA rows where an engine takes them."""
-        return _WithLoras(engines, row_text(job.loras)) if self.support.lora else engines
+    def row(self, job) -> tuple[str, str] | None:
+        """The per-row input ``job``'s LoRAs add to the engines that take it (None: this model takes no LoRA)."""
+        return (ADAPTERS_INPUT, row_text(job.adapters.loras)) if self.support.lora else None
 
     def scales(self, scale) -> np.ndarray:
         """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; 400 if it does not fit)."""
@@ -166,13 +153,14 @@ class GenerationAdapters:
         if info is None:
             return {}
         rows = 2 if guided else 1
-        if not job.referenced:
+        if not job.adapters.referenced:
             return {
                 IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
                 IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
             }
-        scales = self.scales(job.ip_scale)
-        embeds = job.ip_embeds if job.ip_embeds is not None else await self.encode(engines, job.ip_image)
+        scales = self.scales(job.adapters.ip_scale)
+        adapters = job.adapters
+        embeds = adapters.ip_embeds if adapters.ip_embeds is not None else await self.encode(engines, adapters.ip_image)
         if guided:
             negative = await self._negative_embeds(engines) if info.hidden_states else np.zeros_like(embeds)
             embeds = np.concatenate([negative, embeds])

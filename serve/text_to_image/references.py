@@ -1,11 +1,11 @@
 """Stored IP-Adapter references: ``POST``, ``GET`` and ``DELETE /v1/references``, and requests that name one.
 
-:class:`References` is the routes' serving class (the Gateway only routes to it). A reference is encoded once by
-its model's image encoder (a ``TextToImage`` replica's Triton ``image_encoder`` call) and its embeddings are kept in
-the stack's store (:class:`serve.adapters.store.StoredReference`), owned by the key that stored it. A generation
-naming it (``ip_adapter_reference``) takes those embeddings instead of encoding an image: no image-encoder work.
-Another key's reference is as unknown as a missing one: 404 on its routes, a 400 naming ``ip_adapter_reference``
-in a generation. ``visible(owner)`` says whether the caller may see what ``owner`` stored.
+:class:`References` answers the routes (through the Gateway's :class:`serve.serving.adapters.Adapters`). A reference
+is encoded once by its model's image encoder (a ``TextToImage`` replica's Triton ``image_encoder`` call) and its
+embeddings are kept in the stack's store (:class:`serve.adapters.store.StoredReference`), owned by the key that
+stored it. A generation naming it (``ip_adapter_reference``) takes those embeddings instead of encoding an image: no
+image-encoder work. Another key's reference is as unknown as a missing one: 404 on its routes, a 400 naming
+``ip_adapter_reference`` in a generation. ``visible(owner)`` says whether the caller may see what ``owner`` stored.
 """
 
 from __future__ import annotations

@@ -8,7 +8,6 @@ decoding them is the replica's (:mod:`serve.text_to_image.images`).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -22,14 +21,16 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictInt,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from serve.images import base64_bytes
 from serve.priority import Priority
+from serve.text_to_image import ip_scale
+from serve.text_to_image.ip_scale import MAX_IP_SCALE, IpScale, IpScaleMap
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
 MAX_IMAGES = 4
@@ -48,7 +49,6 @@ MAX_FEW_STEPS = 50
 """The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
 MAX_LORAS = 4
 MAX_LORA_SCALE = 4.0
-MAX_IP_SCALE = 2.0
 MAX_IMAGE_BYTES = 8 << 20
 """Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
 MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
@@ -113,12 +113,6 @@ class LoraChoice(BaseModel):
     )
 
 
-IpScale = Annotated[float, Strict(), Field(ge=0.0, le=MAX_IP_SCALE, allow_inf_nan=False)]
-IpBlock = Annotated[str, StringConstraints(pattern=r"^block_[0-9]{1,2}$")]
-IpScaleMap = dict[Literal["down", "mid", "up"], IpScale | list[IpScale] | dict[IpBlock, IpScale | list[IpScale]]]
-"""InstantStyle's per-block scales, as ``set_ip_adapter_scale`` takes them: ``{"up": {"block_0": [0, 1, 0]}}``."""
-
-
 Unit = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 
 
@@ -126,7 +120,7 @@ def _base64_image(value: str, where: str = "") -> str:
     """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
     at = f"{where}: " if where else ""
     try:
-        data = base64.b64decode(value, validate=True)
+        data = base64_bytes(value)
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"{at}not valid base64 ({error})") from error
     if not data:
@@ -198,14 +192,6 @@ class Outpaint(BaseModel):
         if not (self.left or self.top or self.right or self.bottom):
             raise PydanticCustomError("no_side", "needs at least one side over 0", {})
         return self
-
-
-def _check_ip_scale(value, where: str) -> None:
-    at = f"{where}: " if where else ""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{at}must be a number or a mapping like {{'up': {{'block_0': [0.0, 1.0, 0.0]}}}}")
-    if not 0.0 <= value <= MAX_IP_SCALE:  # NaN fails this too
-        raise ValueError(f"{at}scales must be finite numbers in [0, {MAX_IP_SCALE:g}], not {value}")
 
 
 @dataclass(frozen=True)
@@ -419,20 +405,7 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _ip_scale_shape(cls, value):
         """Name what is wrong (where, and the limit) before the union's own, less readable, errors."""
-        if not isinstance(value, dict):
-            _check_ip_scale(value, "")
-            return value
-        for part, scales in value.items():
-            if part not in ("down", "mid", "up"):
-                raise ValueError(f"keys must be 'down', 'mid' or 'up', not {part!r}")
-            blocks = scales.items() if isinstance(scales, dict) else [("", scales)]
-            for block, values in blocks:
-                if block and not re.fullmatch(r"block_[0-9]{1,2}", block):
-                    raise ValueError(f"{part}: keys must look like 'block_0', not {block!r}")
-                where = f"{part}.{block}".rstrip(".")
-                for item in values if isinstance(values, list) else [values]:
-                    _check_ip_scale(item, where)
-        return value
+        return ip_scale.checked_shape(value)
 
     @field_validator("ip_adapter_reference")
     @classmethod

@@ -1,8 +1,8 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method. No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at
-run time.
+gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`' (included in their place). No
+``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
 import logging
@@ -24,7 +24,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import contract, grpc_api, metrics
+from serve import adapter_routes, contract, grpc_api, metrics
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
@@ -37,6 +37,7 @@ from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
+from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
 from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
@@ -233,16 +234,15 @@ async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()]) 
 
 async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse:
     """A generation, whichever route it came by: a job (background) or the answer."""
-    gateway, request, owner = serving(http), request_body(http), job_owner(caller(http))
+    gateway, request, key = serving(http), request_body(http), caller(http)
+    owner = job_owner(key)
     if request.background:
-        return await gateway.jobs.submit(request, owner, headers.idempotency_key)
-    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh)
+        return await gateway.jobs.submit(request, owner, headers.idempotency_key, key)
+    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh, key)
 
 
-@api.get("/v1/loras")
-async def loras(http: Request) -> dict:
-    """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-    return serving(http).models.loras()
+for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @api.get("/v1/controlnets")
@@ -392,7 +392,9 @@ class Gateway:
         traffic = Experiments(open_experiment_store(store_url), current.names)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
-        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic)
+        self.adapters = Adapters(current, text_to_image)
+        references = self.adapters.references  # a generation naming a stored reference is checked against them
+        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic, references)
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -413,7 +415,7 @@ class Gateway:
         try:
             request = grpc_api.generation_request(message)
             async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
-                async for event in self.generations.events(request, key and key.id):
+                async for event in self.generations.events(request, key):
                     yield event
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -474,7 +476,7 @@ class AppArgs(AppSettings):
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
-    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None, args.store)
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )

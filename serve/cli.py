@@ -38,7 +38,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, soak, dashboards, random_controlnet])
+@click.group(commands=[keys, model_admin.loras, bench, loadtest, chaos, soak, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

@@ -351,10 +351,10 @@ class Stack:
         from build_engines.text_to_image.loras import build_registry, install_registry
 
         model_dir = opts.model_dir or default_model_dir()
-        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident)
+        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident, next(iter(opts.served)))
         folder = opts.run_dir / "loras"
         lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, lora_ready)
+        install_registry(registry, folder, opts.repository, lora_ready, model_dir)
         return str(folder)
 
     def _start_prometheus(self) -> None:

@@ -25,6 +25,7 @@ from email.message import Message as MimeHeader
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.routing import compile_path
 
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge, RequestTimeout, invalid_input
 from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT
@@ -68,13 +69,17 @@ class BodyLimits:
     ) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.patterns = [(compile_path(path)[0], limit) for path, limit in self.limits.items() if "{" in path]
         self.default_limit = default_limit
         self.idle_timeout_s = idle_timeout_s
         self.deadline_s = deadline_s
 
     def limit_for(self, path: str) -> int:
         """The body limit of ``path`` in bytes."""
-        return self.limits.get(path.rstrip("/") or "/", self.default_limit)
+        path = path.rstrip("/") or "/"
+        if path in self.limits:
+            return self.limits[path]
+        return next((limit for pattern, limit in self.patterns if pattern.match(path)), self.default_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on with its body counted; answer 413 or 408 in the app's place when refused."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import sqlite3
@@ -21,6 +22,8 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from serve import grpc_api, metrics
+from serve.access import may_see
+from serve.access.keys import ApiKey
 from serve.cache import cache_key
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
@@ -30,6 +33,7 @@ from serve.grpc_api import easel_pb2
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.deployment import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
+from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
@@ -77,8 +81,10 @@ class Generations:
         residency: DeploymentHandle,
         cache: ResultCache | None,
         experiments: Experiments,
+        references: References | None = None,
     ) -> None:
         self.models = models
+        self.references = references
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
@@ -105,19 +111,26 @@ class Generations:
             return request, Assignment(self.model(request).name)
         return request.model_copy(update={"model": chosen.model}), chosen
 
-    async def admitted(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+    async def admitted(
+        self, request: GenerationRequest, key: ApiKey | None = None
+    ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its variant serves it, what chose it, and its model, which checked it (a 400 if not).
 
-        An unknown adapter is a 400 now, not a failed job later.
+        An unknown adapter is a 400 now, not a failed job later; so is a stored reference ``key`` may not see
+        (another key's is as unknown as a missing one).
         """
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self.model(request)
         model.check(request)
+        if self.references is not None:
+            await self.references.check(request, model, functools.partial(may_see, key))
         return request, assignment, model
 
-    async def answer(self, request: GenerationRequest, owner: str | None, fresh: bool) -> JSONResponse:
+    async def answer(
+        self, request: GenerationRequest, owner: str | None, fresh: bool, key: ApiKey | None = None
+    ) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
-        request, assignment, _ = await self.admitted(request)
+        request, assignment, _ = await self.admitted(request, key)
         body, headers = await self.served_answer(request, assignment, owner, fresh)
         return JSONResponse(body, headers=headers)
 
@@ -236,12 +249,13 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, request: GenerationRequest, owner: str | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
-        """The events of gRPC's ``Generate``: one ``progress`` per denoising step, then the images.
+    async def events(self, request: GenerationRequest, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
+        """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
-        request, assignment, model = await self.admitted(request)
+        request, assignment, model = await self.admitted(request, key)
+        owner = key and key.id
         async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):
             stream = self._pipeline(served).options(stream=True).generate_stream
             async for item in stream.remote(request, sent_at=time.time()):

@@ -50,11 +50,7 @@ def skipped_steps(share: float, steps: int) -> int:
 def usable(job: Generation, inpainting: bool) -> bool:
     """Whether ``job`` is text to image alone (no input images, mask, IP-Adapter reference or ControlNets)."""
     return not (
-        job.inputs.images
-        or job.inputs.mask is not None
-        or job.adapters.ip_image is not None
-        or job.inputs.controls
-        or inpainting
+        job.inputs.images or job.inputs.mask is not None or job.adapters.referenced or job.inputs.controls or inpainting
     )
 
 

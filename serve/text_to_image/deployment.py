@@ -29,7 +29,7 @@ from serve.text_to_image.generation import (
     StackDefaults,
     StepCallback,
 )
-from serve.text_to_image.images import RequestImages, decode_images, decode_reference
+from serve.text_to_image.images import RequestImages, decode_base64, decode_images, decode_reference
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -220,6 +220,9 @@ class TextToImage:
         reference = await self._reference(request, served)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
+        loras = await asyncio.to_thread(served.model.adapters.resolve, request)  # content keys: a PUT waits for it
+        embeds = await asyncio.to_thread(served.model.adapters.stored_embeds, request)
+        job = job.replaced(loras=loras, ip_embeds=embeds)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,
@@ -268,6 +271,12 @@ class TextToImage:
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
+
+    async def encode_reference(self, image: str) -> np.ndarray:
+        """A reference image's embeddings (base64 ``image``), by the model's image encoder: ``POST /v1/references``."""
+        served = await self._requested()
+        pixels = await asyncio.to_thread(decode_base64, image, "image")
+        return await served.pipeline.adapters.encode(served.pipeline.engines, pixels)
 
     async def ready(self, triton_models: list[str]) -> dict[str, bool]:
         """Readiness of each of ``triton_models`` (Triton model names)."""

@@ -133,6 +133,15 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.repeat((edges * 255).astype(np.uint8)[:, :, None], 3, axis=2)
 
 
+def decode_base64(text: str, field: str) -> np.ndarray:
+    """One base64 image of the API as RGB pixels (alpha onto white); a 400 naming ``field`` if unreadable."""
+    try:
+        data = base64_bytes(text)
+    except ValueError as error:
+        raise InvalidInput(f"{field}: not base64", field) from error
+    return _decode(data, field)
+
+
 def decode_reference(request: GenerationRequest) -> np.ndarray | None:
     """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
     if request.ip_adapter_image is None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.adapters.catalog import LoraTarget
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
@@ -254,6 +255,13 @@ class ServedModel:
         self.adapters.check(request)
         family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
         family.controlnets.check(request.controlnets)
+
+    def lora_target(self) -> LoraTarget:
+        """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""
+        if self.adapters.loras_dir is None:
+            raise InvalidInput(f"model: {self.name} takes no LoRA adapters (start the stack with --loras DIR)", "model")
+        folder = self.folder
+        return LoraTarget(self.name, self.adapters, folder.key, folder.family.pipeline_class, folder.lora_slots())
 
     def public(self, loaded: bool) -> dict:
         """``GET /v1/models``' entry: OpenAI's fields, then what Easel adds."""

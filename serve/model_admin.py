@@ -4,17 +4,21 @@
 hands it to the stack's admin route (``POST /v1/models``, ``PUT`` or ``DELETE /v1/models/{id}``), which installs it
 in Triton's repository, loads it and switches the model table (:mod:`serve.text_to_image.residency`). The stack is
 found through its run state, as ``easel down`` finds it; a key with scope ``admin`` goes in ``$EASEL_API_KEY``.
+A model's name is checked with the server's own rule (:data:`serve.cli_options.NAME`) before any call, and every
+part of a URL's path is quoted: no name reaches another resource.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import httpx
 
 from serve.access.keys import client_headers
+from serve.cli_options import NAME, NAME_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +38,18 @@ def stack_api() -> str:
     if info is None:
         raise ChangeRefused("no stack is running (start one with `easel up`)")
     return info.api_url
+
+
+def api_path(*parts: str) -> str:
+    """The API path of ``parts``, each quoted whole (a ``/``, ``?`` or ``%`` in one stays in it)."""
+    return "".join("/" + quote(part, safe="") for part in parts)
+
+
+def model_name(name: str) -> str:
+    """``name`` if the server takes it as a model's name, else :class:`ChangeRefused` saying the rule."""
+    if not NAME.match(name):
+        raise ChangeRefused(f"{name!r} cannot name a model: use {NAME_RULE}")
+    return name
 
 
 def call(api_url: str, method: str, path: str, body: dict | None = None) -> dict:
@@ -60,9 +76,9 @@ def add(api_url: str, name: str, engine_dir: Path) -> dict:
 
 def replace(api_url: str, name: str, engine_dir: Path) -> dict:
     """Serve ``engine_dir`` (built) as model ``name``'s next version."""
-    return call(api_url, "PUT", f"/v1/models/{name}", {"engine_dir": str(engine_dir.resolve())})
+    return call(api_url, "PUT", api_path("v1", "models", model_name(name)), {"engine_dir": str(engine_dir.resolve())})
 
 
 def remove(api_url: str, name: str) -> dict:
     """Stop serving model ``name``."""
-    return call(api_url, "DELETE", f"/v1/models/{name}")
+    return call(api_url, "DELETE", api_path("v1", "models", model_name(name)))

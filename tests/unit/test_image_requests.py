@@ -195,3 +195,43 @@ def test_bad_edit_forms_are_400s_naming_the_field(files, data, field):
     with pytest.raises(InvalidInput) as error:
         asyncio.run(read_edit_form(_form_request(files, data)))
     assert error.value.field == field
+
+
+NESTED = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"prompt": "x", "controlnets": NESTED}, "controlnets"),  # a RecursionError was a 503
+        ({"prompt": "x", "loras": NESTED}, "loras"),
+        ({"prompt": "x", "outpaint": "{" + '"a":{' * 10_000 + "}" * 10_001}, "outpaint"),
+        ({"prompt": "a fox".encode("utf-16")}, "prompt"),  # UTF-16 with its BOM: was read as latin-1
+        ({"prompt": "café".encode("latin-1")}, "prompt"),
+        ({"prompt": ["a fox", "a cat"]}, "prompt"),  # repeated: the last one was taken
+        ({"prompt": "x", "n": ["1", "4"]}, "n"),
+        ({"prompt": "x", "style": "v" * (20 << 20)}, "style"),  # accepted for OpenAI's clients, 20 MiB of it
+        ({"prompt": "x", "quality": "q" * 1000}, "quality"),
+        ({"prompt": "x", "user": "u" * 10_000}, "user"),
+    ],
+)
+def test_the_edits_form_refuses_what_the_json_route_refuses_naming_the_field(data, field):
+    image = encode(Image.fromarray(input_image()))
+    with pytest.raises(InvalidInput) as error:
+        asyncio.run(read_edit_form(_form_request([("image", ("a.png", image))], data)))
+    assert error.value.field == field and error.value.message.startswith(f"{field}:"), error.value.message
+
+
+def test_the_edits_form_refuses_a_second_mask_naming_it():
+    image, mask = encode(Image.fromarray(input_image())), openai_mask(box_mask())
+    files = [("image", ("a.png", image)), ("mask", ("m.png", mask)), ("mask", ("n.png", mask))]
+    with pytest.raises(InvalidInput) as error:
+        asyncio.run(read_edit_form(_form_request(files, {"prompt": "x"})))
+    assert error.value.field == "mask"
+
+
+def test_the_edits_form_takes_utf_8_text_beyond_ascii():
+    image = encode(Image.fromarray(input_image()))
+    data = {"prompt": "café ☕".encode(), "style": "vivid", "quality": "hd"}
+    request = asyncio.run(read_edit_form(_form_request([("image", ("a.png", image))], data)))
+    assert (request.prompt, request.style, request.quality) == ("café ☕", "vivid", "hd")

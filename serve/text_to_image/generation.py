@@ -54,6 +54,7 @@ class Generation:
     guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
     cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
     approximate_cache: bool = False  # may start from a similar prompt's kept latents (serve.text_to_image.approximate)
+    cache_scope: str = ""  # whose kept latents it may start from and keeps its own as: its key's ("": everyone's)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from serve.access import (
 )
 from serve.access.keys import ApiKey
 from serve.adapters.requests import StackAdapters
-from serve.cache import DEFAULT_CACHE_BYTES, cache_key, open_cache
+from serve.cache import DEFAULT_CACHE_BYTES, cache_key, cache_scope, open_cache
 from serve.errors import Conflict, EaselError, InvalidInput, NotReady, Overloaded, RouteError, invalid_input
 from serve.experiments import open_experiment_store
 from serve.experiments.feedback import FeedbackRequest, new_image_id
@@ -298,8 +298,10 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        share_caches: bool = False,
     ) -> None:
         self.text_to_image = text_to_image
+        self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
         self.vectorizer = vectorizer
         self.residency = residency
         self._models = models
@@ -446,7 +448,7 @@ class Gateway:
         Per-variant requests and latency are counted here, whichever door the generation came by.
         """
         async with _variant_measured(assignment):
-            body, headers = await self._answer(request, fresh, on_step)
+            body, headers = await self._answer(request, cache_scope(owner, self.share_caches), fresh, on_step)
         ids = await self._image_ids(len(body["data"]), assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         return body | assignment.to_api(), headers | assignment.headers()
@@ -458,16 +460,18 @@ class Gateway:
         return ids
 
     async def _answer(
-        self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
+        self, request: GenerationRequest, scope: str, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
         """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
+
+        ``scope``: whose cached answers and kept latents it may use (:func:`serve.cache.cache_scope`).
 
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
         model = self._model(request)
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
-        key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
+        key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await self._cache(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -476,9 +480,9 @@ class Gateway:
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
         async with self._loaded_for(model, request) as (served, model_headers):
             if on_step is None:
-                result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
+                result = await self._pipeline(served).generate.remote(request, sent_at=time.time(), cache_scope=scope)
             else:
-                result = await self._generate_reporting(served, request, on_step)
+                result = await self._generate_reporting(served, request, on_step, scope)
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
             data = [
@@ -511,13 +515,13 @@ class Gateway:
             return None
 
     async def _generate_reporting(
-        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep, scope: str
     ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
         stream = (
             self._pipeline(model)
             .options(stream=True)
-            .generate_stream.remote(request, sent_at=time.time(), previews=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True, cache_scope=scope)
         )
         try:
             async for item in stream:
@@ -744,7 +748,8 @@ class Gateway:
                 model.check(request)
                 async with self._loaded_for(model, request) as (served, _), _variant_measured(assignment):
                     stream = self._pipeline(served).options(stream=True).generate_stream
-                    async for item in stream.remote(request, sent_at=time.time()):
+                    scope = cache_scope(key and key.id, self.share_caches)
+                    async for item in stream.remote(request, sent_at=time.time(), cache_scope=scope):
                         if isinstance(item, Progress):
                             yield grpc_api.progress(item.step, item.total)
                             continue
@@ -843,4 +848,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.store,
         args.cache_bytes,
         args.experiments,
+        args.share_caches,
     )

@@ -113,6 +113,13 @@ class AppSettings(BaseModel):
         description="The similarity (cosine of the prompts' mean-pooled text embeddings) at which a kept prompt's "
         "latents are reused.",
     )
+    share_caches: bool = Field(
+        False,
+        description="Share the result cache and the approximate cache across API keys (a single-tenant stack). "
+        "It reveals to every key what the others asked: a hit (Easel-Cache: hit, and its speed) says another key "
+        "sent that prompt and seed, and Easel-Steps-Skipped an image started from another key's similar prompt. "
+        "Default: each key has its own entries.",
+    )
 
     @property
     def defaults(self) -> StackDefaults:

@@ -33,8 +33,10 @@ def cache_scope(key_id: str | None, shared: bool) -> str:
 
 
 def cache_key(engine: str, request: dict, scope: str) -> str | None:
-    """The content address of a generation's answer in ``scope`` (:func:`cache_scope`); None when it must not be
-    cached (no seed, or SVG output)."""
+    """The content address of a generation's answer in ``scope`` (:func:`cache_scope`); None: not to be cached.
+
+    Not cached: an answer without a seed, or an SVG answer.
+    """
     if request.get("seed") is None or request.get("output_format") == "svg":
         return None
     shaping = {k: v for k, v in sorted(request.items()) if k not in IGNORED_FIELDS}

@@ -171,16 +171,22 @@ class TextToImage:
         """The loop of the model version this request was sent for (none named: the default's first)."""
         return await self.model(serve.get_multiplexed_model_id() or self.models.default.version_id)
 
-    async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
+    async def generate(
+        self, request: GenerationRequest, sent_at: float | None = None, cache_scope: str = ""
+    ) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
+
+        ``cache_scope``: whose kept latents the approximate cache may start it from (:func:`serve.cache.cache_scope`).
 
         Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
         turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
         hand to the Vectorizer.
         """
-        return await self._generate(request, sent_at, None)
+        return await self._generate(request, sent_at, None, cache_scope)
 
-    async def generate_stream(self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False):
+    async def generate_stream(
+        self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False, cache_scope: str = ""
+    ):
         """:meth:`generate` streamed (``handle.options(stream=True)``): a :class:`Progress` per step, then the images.
 
         ``previews``: every few steps (and the last) carries a preview of the first image. A caller that stops
@@ -193,7 +199,7 @@ class TextToImage:
             preview = await served.preview.png(latents) if previews and wants_preview(step, total) else None
             steps.put_nowait(Progress(step, total, preview))
 
-        generation = asyncio.create_task(self._generate(request, sent_at, report))
+        generation = asyncio.create_task(self._generate(request, sent_at, report, cache_scope))
         generation.add_done_callback(lambda _: steps.put_nowait(None))
         try:
             while (step := await steps.get()) is not None:
@@ -203,7 +209,7 @@ class TextToImage:
             generation.cancel()
 
     async def _generate(
-        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
+        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None, cache_scope: str
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         served = await self._requested()
@@ -218,7 +224,7 @@ class TextToImage:
             self.defaults.approximate_cache,
             pipeline.dims.inpainting,
         )
-        job = dataclasses.replace(job, approximate_cache=reuse)
+        job = dataclasses.replace(job, approximate_cache=reuse, cache_scope=cache_scope)
         pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         pipeline.family.controlnets.check(request.controlnets)
         step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))

@@ -307,7 +307,7 @@ class Gateway:
         self._models = models
         store_url = store_url or default_url()
         self.store = open_job_store(store_url)
-        open_access(store_url, models.default.native_size)
+        open_access(store_url, self._price)
         self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
@@ -319,6 +319,10 @@ class Gateway:
         """The models served now (the table read again when the residency has changed it)."""
         self._models = self._models.refreshed()
         return self._models
+
+    def _price(self, request: GenerationRequest) -> float:
+        """What ``request`` costs: its model's work in the table served now (the doors' one price)."""
+        return self.models.work(request).cost
 
     def _model(self, request: GenerationRequest) -> ServedModel:
         """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""

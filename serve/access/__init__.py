@@ -11,7 +11,9 @@ gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`ca
 
 A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
 (:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
-(:func:`request_body`) see the same request.
+(:func:`request_body`) see the same request. The cost is the Gateway's price (:func:`open_access`: the model the
+request names, in the table served now, :meth:`serve.text_to_image.models.ServedModels.work`), the one the
+replicas admit it by.
 A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
 ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
@@ -22,7 +24,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from pydantic import BaseModel
@@ -38,9 +40,7 @@ from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauth
 from serve.jobs.model import Owner
 from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
 from serve.stores import scheme
-from serve.text_to_image.admission import request_cost
 from serve.text_to_image.edit_form import read_edit_form
-from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
 from serve.wire import Scope as AsgiScope
@@ -84,12 +84,6 @@ def owner_filter(key: ApiKey | None) -> str | None:
     return None if key is None or Scope.ADMIN in key.scopes else key.id
 
 
-def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it."""
-    width, height = output_size(request, native_size)
-    return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
-
-
 def request_body(request) -> BaseModel:
     """The request ``request``'s body was read as by :class:`KeyCheck` (raises the refusal if it was refused)."""
     body = request.scope["state"][BODY]
@@ -98,9 +92,17 @@ def request_body(request) -> BaseModel:
     return body
 
 
-def body_cost(body: BaseModel | EaselError, native_size: int) -> float:
-    """What a request read as ``body`` costs: a generation's (:func:`generation_cost`); 0 for anything else."""
-    return generation_cost(body, native_size) if isinstance(body, GenerationRequest) else 0.0
+Price = Callable[[GenerationRequest], float]
+"""What a generation costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`)."""
+
+
+def _unpriced(request: GenerationRequest) -> float:
+    raise RuntimeError("no price: open_access() was not called")
+
+
+def body_cost(body: BaseModel | EaselError, price: Price) -> float:
+    """What a request read as ``body`` costs: a generation's ``price``; 0 for anything else."""
+    return price(body) if isinstance(body, GenerationRequest) else 0.0
 
 
 def duration(seconds: float) -> str:
@@ -136,14 +138,14 @@ class Access:
 
     def __init__(self) -> None:
         self.store: KeyStore | None = None
-        self.native_size = 512
+        self.price: Price = _unpriced
         self.held: dict[str, tuple[ApiKey, asyncio.Task]] = {}  # slot -> its key and its request's task
         self._renewer: asyncio.Task | None = None
         self._active: tuple[float, bool] = (0.0, False)
 
-    def open(self, store_url: str, native_size: int) -> None:
-        """Check keys in the store at ``store_url``; ``native_size``: the model's image side (a request's default)."""
-        self.store, self.native_size = open_key_store(store_url), native_size
+    def open(self, store_url: str, price: Price) -> None:
+        """Check keys in the store at ``store_url``, generations costing what ``price`` says."""
+        self.store, self.price = open_key_store(store_url), price
 
     async def keys_required(self) -> bool:
         """Whether any key is live (remembered for :data:`ACTIVE_CHECK_S`)."""
@@ -239,13 +241,13 @@ ACCESS = Access()
 """This process's (one Gateway replica's) access state."""
 
 
-def open_access(store_url: str, native_size: int) -> None:
+def open_access(store_url: str, price: Price) -> None:
     """Check keys in the store at ``store_url`` from now on (a Gateway replica calls it as it starts).
 
     A function, not ``ACCESS.open``: Ray Serve pickles the ingress class by value, and with it any object its code
     names, so the replica would open a copy of ``ACCESS`` that the middleware never sees.
     """
-    ACCESS.open(store_url, native_size)
+    ACCESS.open(store_url, price)
 
 
 class KeyCheck:
@@ -279,7 +281,11 @@ class KeyCheck:
         if not keyed:
             await self.app(scope, receive, send)
             return
-        cost = body_cost(state[BODY], ACCESS.native_size) if found is not None and found.costed else 0.0
+        try:
+            cost = body_cost(state[BODY], ACCESS.price) if found is not None and found.costed else 0.0
+        except EaselError as error:  # an image whose header does not read: the handler would refuse it too
+            await send_error(send, error)
+            return
         decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
@@ -304,7 +310,7 @@ async def call_admitted(
         yield None
         return
     key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), path)
-    cost = 0.0 if request is None else generation_cost(request, ACCESS.native_size)
+    cost = 0.0 if request is None else ACCESS.price(request)
     decision = await ACCESS.admit(key, cost)
     if not decision.allowed:
         raise _over_limit(key, decision, cost)

@@ -213,6 +213,34 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         served = await self._requested()
+        pipeline, admission = served.pipeline, served.admission
+        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in request.controlnets]
+        if request.image or pipeline.dims.inpainting:
+            uses.append(VAE_ENCODER)
+        admitted = admission.check(served.model.work(request), uses)  # the Gateway's price; no pixel decoded yet
+        metrics.count(
+            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if request.controlnets else "no"
+        )
+        for control in request.controlnets:
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
+        raster_format = "png" if request.output_format == "svg" else request.output_format
+        with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
+            async with admission.slot(admitted.cost, request.priority):  # the images decode inside: their memory too
+                job = await self._job(request, served, cache_scope)
+                result = await pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
+            images = await asyncio.gather(
+                *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
+            )
+        metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
+        metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
+        if result.steps_skipped is not None:
+            metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
+            if result.steps_skipped:
+                metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
+        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
+
+    async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
+        """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
         pipeline = served.pipeline
         reference = await self._reference(request, served)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
@@ -228,30 +256,7 @@ class TextToImage:
         pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         pipeline.family.controlnets.check(request.controlnets)
         step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
-        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
-        if job.images or pipeline.dims.inpainting:
-            uses.append(VAE_ENCODER)
-        admission = served.admission
-        admitted = admission.check(job.n, request.denoising_steps, job.width, job.height, request.passes, uses)
-        metrics.count(
-            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.controls else "no"
-        )
-        for control in job.controls:
-            metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
-        raster_format = "png" if request.output_format == "svg" else request.output_format
-        with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with admission.slot(admitted.cost, job.priority):
-                result = await pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
-            images = await asyncio.gather(
-                *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
-            )
-        metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
-        metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
-        if result.steps_skipped is not None:
-            metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
-            if result.steps_skipped:
-                metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
-        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
+        return job
 
     async def _reference(self, request: GenerationRequest, served: ModelPipeline) -> np.ndarray | None:
         """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""

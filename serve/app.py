@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from importlib.resources import files
 from typing import Annotated
 
@@ -56,7 +57,7 @@ from serve.jobs import open_job_store
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import LeaseLost
-from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.settings import AppSettings
 from serve.stores import default_url
 from serve.text_to_image.deployment import EncodedImages, Progress, TextToImage, draw_seed, require_ready
@@ -745,8 +746,8 @@ class Gateway:
         (a cached answer has no steps to report).
         """
         try:
-            request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
+            parse = partial(grpc_api.generation_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Generate", parse) as (key, request):
                 request, assignment = await self._assignment(request)  # an experiment's alias: its variant
                 model = self._model(request)
                 model.check(request)
@@ -774,18 +775,18 @@ class Gateway:
     async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
         """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
-            feedback = grpc_api.feedback_request(message)
-            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+            parse = partial(grpc_api.feedback_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback):
                 return grpc_api.feedback_reply(await self._rated(feedback, key))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
+        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
-            options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, rpc_route("Vectorize").path):
-                result = await self.vectorizer.vectorize.remote(message.image, options, sent_at=time.time())
+            parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options)):
+                result = await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))

@@ -7,7 +7,8 @@ its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
-gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`call_admitted`).
+gRPC calls take the same steps, the key in metadata ``authorization``, checked before their message is parsed
+(:func:`call_admitted`).
 
 A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
 (:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
@@ -26,6 +27,7 @@ import math
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TypeVar
 
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -38,7 +40,7 @@ from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
 from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
+from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_route
 from serve.stores import scheme
 from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.schema import GenerationRequest
@@ -297,25 +299,28 @@ class KeyCheck:
             await ACCESS.release(decision)
 
 
+Read = TypeVar("Read")
+
+
 @asynccontextmanager
-async def call_admitted(
-    grpc_context, path: str, request: GenerationRequest | None = None
-) -> AsyncIterator[ApiKey | None]:
+async def call_admitted(grpc_context, rpc: str, read: Callable[[], Read]) -> AsyncIterator[tuple[ApiKey | None, Read]]:
     """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
 
-    ``path``: the HTTP route whose scope the call needs; ``request``: a generation, for its cost. Yields the key
-    (None while the API is open).
+    ``rpc``: the method (its HTTP route's scope and cost); ``read``: its message parsed and validated, called once
+    the key is known good. Yields the key (None while the API is open) and what ``read`` gave.
     """
+    found = rpc_route(rpc)
     if not await ACCESS.keys_required():
-        yield None
+        yield None, read()
         return
-    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), path)
-    cost = 0.0 if request is None else ACCESS.price(request)
+    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
+    body = read()
+    cost = ACCESS.price(body) if found.costed else 0.0
     decision = await ACCESS.admit(key, cost)
     if not decision.allowed:
         raise _over_limit(key, decision, cost)
     try:
-        yield key
+        yield key, body
     finally:
         await ACCESS.release(decision)
 

@@ -170,6 +170,32 @@ def test_grpc_calls_need_the_same_keys_and_scopes(stack, keys):
     assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
 
 
+def test_grpc_checks_the_key_before_parsing_and_holds_each_method_to_its_http_body_limit(stack, keys):
+    """No key is UNAUTHENTICATED before a byte of the message is parsed; each method's limit is its HTTP route's."""
+    _, made = keys
+    unparsable = easel_pb2.GenerateRequest(prompt="x" * (20 << 20))  # 20 MiB: the prompt's 4000 characters refuse it
+    heavy = easel_pb2.VectorizeRequest(image=bytes(40 << 20))  # the HTTP route takes 32 MiB; Serve's proxy 2 GiB
+    large = easel_pb2.FeedbackRequest(image_id="x" * (2 << 20))  # the feedback route takes 1 MiB
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        stub = easel_pb2_grpc.EaselStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(unparsable, timeout=60))
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED, refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Vectorize(heavy, metadata=(("authorization", f"Bearer {made['vectorize']}"),), timeout=60)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED), (_grpc_key(made), grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Feedback(large, metadata=metadata, timeout=60)
+            assert refused.value.code() is code, refused.value.details()
+        assert "message: 2097157 bytes; Feedback takes at most 1048576" in refused.value.details()
+    assert httpx.get(f"{stack.info.api_url}/readyz", timeout=30).status_code == 200
+
+
+def _grpc_key(made: dict) -> tuple:
+    return (("authorization", f"Bearer {made['generate']}"),)
+
+
 def test_logs_name_key_ids_never_keys(stack, keys):
     _, made = keys
     folder = stack.ray_session_dir / "logs"

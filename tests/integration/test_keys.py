@@ -184,16 +184,13 @@ def test_grpc_checks_the_key_before_parsing_and_holds_each_method_to_its_http_bo
         with pytest.raises(grpc.RpcError) as refused:
             stub.Vectorize(heavy, metadata=(("authorization", f"Bearer {made['vectorize']}"),), timeout=60)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
-        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED), (_grpc_key(made), grpc.StatusCode.INVALID_ARGUMENT)):
+        keyed = (("authorization", f"Bearer {made['generate']}"),)
+        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED), (keyed, grpc.StatusCode.INVALID_ARGUMENT)):
             with pytest.raises(grpc.RpcError) as refused:
                 stub.Feedback(large, metadata=metadata, timeout=60)
             assert refused.value.code() is code, refused.value.details()
         assert "message: 2097157 bytes; Feedback takes at most 1048576" in refused.value.details()
     assert httpx.get(f"{stack.info.api_url}/readyz", timeout=30).status_code == 200
-
-
-def _grpc_key(made: dict) -> tuple:
-    return (("authorization", f"Bearer {made['generate']}"),)
 
 
 def test_logs_name_key_ids_never_keys(stack, keys):

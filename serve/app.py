@@ -450,11 +450,13 @@ class Gateway:
     ) -> tuple[dict, dict]:
         """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
 
-        Per-variant requests and latency are counted here, whichever door the generation came by.
+        Per-variant requests and latency are counted here, whichever door the generation came by. A cached answer's
+        images are recorded without their experiment: their feedback is taken, but is no new evidence.
         """
         async with _variant_measured(assignment):
             body, headers = await self._answer(request, cache_scope(owner, self.share_caches), fresh, on_step)
-        ids = await self._image_ids(len(body["data"]), assignment, owner)
+        cached = headers.get("Easel-Cache") == "hit"
+        ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         return body | assignment.to_api(), headers | assignment.headers()
 

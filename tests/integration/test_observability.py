@@ -286,6 +286,24 @@ def test_another_key_gets_neither_a_key_s_cached_answer_nor_its_kept_latents(sta
     assert again.headers["Easel-Cache"] == "hit"  # the cache works: A's own answer, for A
 
 
+def test_a_cached_answer_s_feedback_is_taken_but_is_no_new_evidence(api):
+    """One key, the result cache on: rating a cached answer again and again used to steer an experiment."""
+    assert api.put("/v1/experiments/cached-ab", json={"variants": {"easel-default": 1.0}}).status_code == 200
+    body = {"prompt": "a blue circle icon", "size": "64x64", "num_inference_steps": 2, "seed": 21, "model": "cached-ab"}
+    try:
+        fresh, cached = api.post("/v1/images/generations", json=body), api.post("/v1/images/generations", json=body)
+        assert (fresh.headers["Easel-Cache"], cached.headers["Easel-Cache"]) == ("miss", "hit")
+        assert cached.json()["experiment"] == {"id": "cached-ab", "variant": "easel-default"}  # as it was served
+        ids = [answer.json()["data"][0]["id"] for answer in (fresh, cached)]
+        rated = [api.post("/v1/feedback", json={"image_id": image_id, "rating": 5}) for image_id in ids]
+        assert [r.status_code for r in rated] == [200, 200]
+        assert [r.json()["experiment"] for r in rated] == ["cached-ab", None]
+        posterior = api.get("/v1/experiments/cached-ab").json()["posteriors"]["easel-default"]
+        assert posterior["feedback"] == 1
+    finally:
+        api.delete("/v1/experiments/cached-ab")
+
+
 def test_unet_batches_merge_requests(prometheus, load):
     unet = '{model="unet"}'
     expr = f"sum(increase(nv_inference_count{unet}[{WINDOW}])) / sum(increase(nv_inference_exec_count{unet}[{WINDOW}]))"

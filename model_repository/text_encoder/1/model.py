@@ -1,3 +1,3 @@
-"""Triton python-backend model, implemented in serve.adapters.backend."""
+"""Triton python-backend model, implemented in serve.triton.onnx_backend."""
 
-from serve.adapters.backend import LoraOnnxModel as TritonPythonModel  # noqa: F401
+from serve.triton.onnx_backend import OnnxRuntimeModel as TritonPythonModel  # noqa: F401

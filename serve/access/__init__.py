@@ -25,8 +25,9 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import TypeVar
 
 from pydantic import BaseModel
@@ -35,7 +36,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
 from serve import metrics
-from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyStore
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
@@ -178,8 +179,46 @@ class Access:
             )
         return key
 
+    async def admit_in_two(self, key: ApiKey, priced: Callable[[], Awaitable[float]]) -> tuple[Decision, float]:
+        """Take the key's limits that need no body (requests, per day, concurrency), then the cost ``priced`` gives.
+
+        ``priced`` reads and prices the request's message (its body): a key over a limit that needs none is refused
+        before it is read. A request then refused for its cost has taken a request, and gives its slot back.
+        Counted once in the per-key metrics. The decision's buckets are both steps'.
+        """
+        bodiless = replace(key, limits=key.limits.model_copy(update={"cost_per_minute": None}))
+        first = await self._take(bodiless, 0.0)
+        if not first.allowed:
+            return self._counted(key, first, 0.0), 0.0
+        try:
+            cost = await priced()
+        except BaseException:
+            await self.release(first)
+            raise
+        if key.limits.cost_per_minute is None:
+            return self._counted(key, first, cost), cost
+        second = await self._take(replace(key, limits=KeyLimits(cost_per_minute=key.limits.cost_per_minute)), cost)
+        if not second.allowed:
+            await self.release(first)
+        both = replace(second, buckets=first.buckets | second.buckets, slot=first.slot if second.allowed else None)
+        return self._counted(key, both, cost), cost
+
     async def admit(self, key: ApiKey, cost: float) -> Decision:
-        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics).
+        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics)."""
+        return self._counted(key, await self._take(key, cost), cost)
+
+    def _counted(self, key: ApiKey, decision: Decision, cost: float) -> Decision:
+        """``decision``, counted in the per-key metrics (and logged when it refuses)."""
+        result = "admitted" if decision.allowed else decision.refused_by
+        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
+        if decision.allowed and cost:
+            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
+        if not decision.allowed:
+            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
+        return decision
+
+    async def _take(self, key: ApiKey, cost: float) -> Decision:
+        """Take a request of ``cost`` from ``key``'s limits in the store.
 
         A slot it takes is held for the calling task from the moment the store grants it, also when the caller is
         cancelled while it waits (the renewer then gives it back).
@@ -192,14 +231,7 @@ class Access:
                 self._hold(key, done.result().slot, task)
 
         taking.add_done_callback(hold)
-        decision = await asyncio.shield(taking)
-        result = "admitted" if decision.allowed else decision.refused_by
-        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
-        if decision.allowed and cost:
-            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
-        if not decision.allowed:
-            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
-        return decision
+        return await asyncio.shield(taking)
 
     async def release(self, decision: Decision) -> None:
         """Give back the concurrency slot ``decision`` took, if any (also when the caller is cancelled meanwhile)."""
@@ -256,7 +288,7 @@ class KeyCheck:
     """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`.
 
     A route's body with a model is read here, once, into the request's state (:func:`request_body`), after the key
-    is known and before its limits are taken (the cost is the body's).
+    is known and its limits that need no body are taken, and before its cost is (:meth:`Access.admit_in_two`).
     """
 
     def __init__(self, app) -> None:
@@ -268,27 +300,28 @@ class KeyCheck:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        keyed = await ACCESS.keys_required()
-        if keyed:
-            try:
-                header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-                state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
-            except EaselError as error:
-                logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
-                await send_error(send, error)
-                return
         found = route(scope["method"], scope["path"])
-        if found is not None and found.body is not None:
-            state[BODY] = await read_body(found, scope, receive)
-        if not keyed:
+
+        async def body_read() -> None:
+            if found is not None and found.body is not None:
+                state[BODY] = await read_body(found, scope, receive)
+
+        async def body_read_and_priced() -> float:
+            await body_read()
+            return body_cost(state[BODY], ACCESS.price) if found is not None and found.costed else 0.0
+
+        if not await ACCESS.keys_required():
+            await body_read()
             await self.app(scope, receive, send)
             return
         try:
-            cost = body_cost(state[BODY], ACCESS.price) if found is not None and found.costed else 0.0
-        except EaselError as error:  # an image whose header does not read: the handler would refuse it too
+            header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+            state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
+            decision, cost = await ACCESS.admit_in_two(key, body_read_and_priced)
+        except EaselError as error:  # no valid key, or an image whose header does not read (the handler's 400 too)
+            logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
             await send_error(send, error)
             return
-        decision = await ACCESS.admit(key, cost)
         headers = ratelimit_headers(decision)
         if not decision.allowed:
             await send_error(_send_with_headers(send, headers), _over_limit(key, decision, cost))
@@ -314,9 +347,14 @@ async def call_admitted(grpc_context, rpc: str, read: Callable[[], Read]) -> Asy
         yield None, read()
         return
     key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
-    body = read()
-    cost = ACCESS.price(body) if found.costed else 0.0
-    decision = await ACCESS.admit(key, cost)
+    body = None
+
+    async def read_and_priced() -> float:
+        nonlocal body
+        body = read()
+        return ACCESS.price(body) if found.costed else 0.0
+
+    decision, cost = await ACCESS.admit_in_two(key, read_and_priced)
     if not decision.allowed:
         raise _over_limit(key, decision, cost)
     try:

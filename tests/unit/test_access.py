@@ -189,3 +189,38 @@ def test_an_edit_form_whose_text_is_not_utf_8_is_a_400_naming_the_body_as_json_s
     ]
     refusal = _read_form({**scope, "headers": declared}, form.read())
     assert isinstance(refusal, InvalidInput) and refusal.field == "body" and charset in refusal.message
+
+
+def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_read(tmp_path, price, monkeypatch):
+    """A key over its request limit had its 30 MiB body read and parsed before the 429 (0.8 s each)."""
+    from serve.access import ACCESS, KeyCheck
+
+    store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
+    _, key = store.create("one a minute", {Scope.GENERATE}, KeyLimits(requests_per_minute=1, cost_per_minute=1.0))
+    monkeypatch.setattr(ACCESS, "store", store)
+    monkeypatch.setattr(ACCESS, "price", price)
+    monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
+    body = json.dumps({"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}).encode()
+
+    def call() -> tuple[int, int]:
+        """(status, body chunks read) of one generation request through the key check."""
+        reads, sent = [], []
+
+        async def receive() -> dict:
+            reads.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def app(scope, receive, send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "headers": headers}
+        asyncio.run(KeyCheck(app)(scope, receive, send))
+        return sent[0]["status"], len(reads)
+
+    assert call() == (200, 1)
+    assert call() == (429, 0)  # its request limit: refused with nothing of the body read

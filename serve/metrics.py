@@ -153,7 +153,7 @@ KEY_REQUESTS = MetricSpec(
 KEY_COST = MetricSpec(
     "easel_key_cost",
     "counter",
-    "Generation cost admitted (images x steps x megapixels), by key id.",
+    "Generation cost admitted (images x megapixels x engine passes, + input megapixels), by key id.",
     ("key_id",),
 )
 ADAPTER_REQUESTS = MetricSpec(

@@ -59,7 +59,10 @@ class AppSettings(BaseModel):
         f"{DEFAULT_BUDGET_SHARE:.0%} of the memory the weights leave).",
     )
     max_cost: float = Field(
-        DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels one generation may cost."
+        DEFAULT_MAX_COST,
+        gt=0,
+        description="Largest cost one generation may have: images x megapixels x engine passes (steps that run x "
+        "(1 + ControlNets), the VAE's) + input megapixels.",
     )
     store_url: Annotated[str | None, Cli("--store", metavar="URL", deprecated=("--jobs",))] = Field(
         None,

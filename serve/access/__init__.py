@@ -3,7 +3,8 @@
 With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
 exists, every route but the open ones (health) needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
 its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past one of its limits
-(:mod:`serve.access.keys`; the store: :func:`open_key_store`). Every answer to a keyed request carries
+(:mod:`serve.access.keys`; the store: :func:`open_key_store`): the limits that need no body first, before the body is
+read, then its cost (:meth:`Access.admit_in_two`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
@@ -202,10 +203,6 @@ class Access:
             await self.release(first)
         both = replace(second, buckets=first.buckets | second.buckets, slot=first.slot if second.allowed else None)
         return self._counted(key, both, cost), cost
-
-    async def admit(self, key: ApiKey, cost: float) -> Decision:
-        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics)."""
-        return self._counted(key, await self._take(key, cost), cost)
 
     def _counted(self, key: ApiKey, decision: Decision, cost: float) -> Decision:
         """``decision``, counted in the per-key metrics (and logged when it refuses)."""

@@ -305,7 +305,8 @@ class KeyCheck:
 
         async def body_read_and_priced() -> float:
             await body_read()
-            return body_cost(state[BODY], ACCESS.price) if found is not None and found.costed else 0.0
+            costed = found is not None and found.costed  # its images' headers read in a thread: base64 is decoded
+            return await asyncio.to_thread(body_cost, state[BODY], ACCESS.price) if costed else 0.0
 
         if not await ACCESS.keys_required():
             await body_read()
@@ -349,7 +350,7 @@ async def call_admitted(grpc_context, rpc: str, read: Callable[[], Read]) -> Asy
     async def read_and_priced() -> float:
         nonlocal body
         body = read()
-        return ACCESS.price(body) if found.costed else 0.0
+        return await asyncio.to_thread(ACCESS.price, body) if found.costed else 0.0
 
     decision, cost = await ACCESS.admit_in_two(key, read_and_priced)
     if not decision.allowed:

@@ -319,14 +319,14 @@ def test_a_sizeless_request_pays_for_its_model_s_size_and_after_a_replace_for_th
     monkeypatch.setenv(API_KEY_ENV, admin_key)
     time.sleep(ACTIVE_CHECK_S + 0.5)  # each Gateway replica re-reads whether keys exist
     sizeless = {"prompt": "a red heart icon", "num_inference_steps": 2, "seed": 3}  # 64 px: 0.012; 256 px: 0.197
-    bearer = {"Authorization": f"Bearer {key}"}
+    bearer, metadata = {"Authorization": f"Bearer {key}"}, (("authorization", f"Bearer {key}"),)
 
     def refused_on_both_doors(body: dict) -> None:
         answer = api.post(GENERATE, json=body, headers=bearer)
         assert answer.status_code == 429 and "this request costs 0.197" in answer.json()["error"]["message"]
         with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as refused:
             message = easel_pb2.GenerateRequest(**body)
-            list(easel_pb2_grpc.EaselStub(channel).Generate(message, metadata=tuple(bearer.items()), timeout=60))
+            list(easel_pb2_grpc.EaselStub(channel).Generate(message, metadata=metadata, timeout=60))
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
 
     try:

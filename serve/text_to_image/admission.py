@@ -86,7 +86,8 @@ class Work:
 
     def explained(self) -> str:
         """The cost's sum, as a refusal says it."""
-        passes = f"({self.steps} steps x {self.passes} passes + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
+        unet = f"{self.passes} passes (the UNet and {self.passes - 1} ControlNets)" if self.passes > 1 else "1 pass"
+        passes = f"({self.steps} steps x {unet} + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
         reference = f" + {self.megapixels:.2f} (IP-Adapter reference)" if self.reference else ""
         inputs = f" + {self.input_pixels / 1e6:.2f} (input megapixels)" if self.input_pixels else ""
         return f"{self.rows} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.cost:.1f}"

@@ -105,4 +105,6 @@ def test_the_replica_admits_by_the_same_work():
     with pytest.raises(Exception, match="input megapixels") as refused:
         admission.check(work)
     assert refused.value.field == "num_inference_steps"
+    with pytest.raises(Exception, match="the UNet and 2 ControlNets"):
+        admission.check(Work(1, 150, 512, 512, passes=3))
     assert admission.check(Work(1, 0, 64, 64, encodes=True)).cost == Work(1, 0, 64, 64, encodes=True).cost > 0

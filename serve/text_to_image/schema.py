@@ -8,7 +8,6 @@ decoding them is the replica's (:mod:`serve.text_to_image.images`).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -29,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from serve.images import base64_bytes
 from serve.priority import Priority
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
@@ -40,10 +40,8 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
-MAX_TAG_CHARS = 32
-"""``quality`` and ``style``: OpenAI's words (``hd``, ``vivid``), taken for its clients and otherwise unused."""
-MAX_USER_CHARS = 256
-"""``user``: an end user's id, as OpenAI's clients send it (an experiment's assignment is sticky per user)."""
+MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
+MAX_USER_CHARS = 256  # user: an end user's id, as OpenAI's clients send it (an experiment's assignment sticks to it)
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
@@ -119,7 +117,7 @@ def _base64_image(value: str, where: str = "") -> str:
     """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
     at = f"{where}: " if where else ""
     try:
-        data = base64.b64decode(value, validate=True)
+        data = base64_bytes(value)
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"{at}not valid base64 ({error})") from error
     if not data:
@@ -351,9 +349,7 @@ class GenerationRequest(BaseModel):
     quality: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's quality word; unused.")
     style: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's style word; unused.")
     user: str | None = Field(
-        None,
-        max_length=MAX_USER_CHARS,
-        description="The end user's id, as OpenAI's clients send it (an experiment counts its evidence per user).",
+        None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
     )
 
     @field_validator("prompt")

@@ -235,3 +235,27 @@ def test_the_edits_form_takes_utf_8_text_beyond_ascii():
     data = {"prompt": "café ☕".encode(), "style": "vivid", "quality": "hd"}
     request = asyncio.run(read_edit_form(_form_request([("image", ("a.png", image))], data)))
     assert (request.prompt, request.style, request.quality) == ("café ☕", "vivid", "hd")
+
+
+def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixels(monkeypatch, engine_dir):
+    """The schema's check, the doors' price, a job's submission check and the decoding read the same bytes."""
+    from serve import images
+    from serve.settings import DEFAULT_MODEL
+    from serve.text_to_image.models import ServedModels
+
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
+
+    decoded, decode = [], base64.b64decode
+
+    def counted(text, validate=False):
+        decoded.append(len(text))
+        return decode(text, validate=validate)
+
+    images.base64_bytes.cache_clear()
+    monkeypatch.setattr(images.base64, "b64decode", counted)
+    picture, mask = b64(input_image(64)), base64.b64encode(openai_mask(box_mask(64))).decode()
+    request = GenerationRequest(prompt="a red fox", image=[picture], mask=mask)  # checked: decoded here
+    assert models.work(request).cost > 0  # priced from the image's and the mask's headers
+    first, again = decode_images(request, 64), decode_images(request, 64)  # a job's submission, then the replica
+    assert first.images[0].shape == again.images[0].shape == (64, 64, 3)
+    assert decoded == [len(picture), len(mask)]

@@ -8,6 +8,7 @@ gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.resources import files
 from typing import Annotated
 
@@ -36,7 +37,7 @@ from serve.experiments.traffic import Experiments
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
-from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
 from serve.serving.experiments import ExperimentsAndFeedback
@@ -384,17 +385,26 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        share_caches: bool = False,
     ) -> None:
         store_url = store_url or default_url()
-        open_access(store_url, models.default.native_size)
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         traffic = Experiments(open_experiment_store(store_url), current.names)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
         self.adapters = Adapters(current, text_to_image)
-        references = self.adapters.references  # a generation naming a stored reference is checked against them
-        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic, references)
+        self.generations = Generations(
+            current,
+            text_to_image,
+            vectorizer,
+            residency,
+            cache,
+            traffic,
+            references=self.adapters.references,  # a generation naming a stored reference is checked against them
+            share_caches=share_caches,
+        )
+        open_access(store_url, self.generations.price)  # the doors' one price: the model's work in the live table
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -413,8 +423,8 @@ class Gateway:
         (a cached answer has no steps to report).
         """
         try:
-            request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
+            parse = partial(grpc_api.generation_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Generate", parse) as (key, request):
                 async for event in self.generations.events(request, key):
                     yield event
         except Exception as error:  # every failure ends the stream with its status code
@@ -423,18 +433,18 @@ class Gateway:
     async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
         """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
-            feedback = grpc_api.feedback_request(message)
-            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+            parse = partial(grpc_api.feedback_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback):
                 return grpc_api.feedback_reply(await self.experiments.rate(feedback, key))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
+        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
-            options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, rpc_route("Vectorize").path):
-                result = await self.vectorizing.vectorize(message.image, options)
+            parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options)):
+                result = await self.vectorizing.vectorize(image, options)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -489,4 +499,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.store,
         args.cache_bytes,
         args.experiments,
+        args.share_caches,
     )

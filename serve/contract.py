@@ -98,8 +98,8 @@ _GENERATION_LIMITS = (
         _GENERATIONS,
         ("num_inference_steps",),
         "is over the limit of",
-        "n x num_inference_steps x megapixels (of size, or of the model's native size) is at most the stack's cost "
-        "ceiling, `easel up --max-cost`",
+        "the cost, n x megapixels (of size, or of the model's native size) x engine passes (the steps that run x (1 + "
+        "ControlNets), the VAE's) + input megapixels, is at most the stack's cost ceiling, `easel up --max-cost`",
         "a product of three fields against a setting of the stack",
     ),
     UnstatedLimit(

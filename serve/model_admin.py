@@ -4,20 +4,26 @@
 hands it to the stack's admin route (``POST /v1/models``, ``PUT`` or ``DELETE /v1/models/{id}``), which installs it
 in Triton's repository, loads it and switches the model table (:mod:`serve.text_to_image.residency`). The stack is
 found through its run state, as ``easel down`` finds it; a key with scope ``admin`` goes in ``$EASEL_API_KEY``.
+A model's name is checked with the server's own rule (:data:`serve.cli_options.NAME`) before any call, and every
+part of a URL's path is quoted: no name reaches another resource.
 
 ``easel loras`` (here: it builds nothing) uploads a LoRA file to ``POST /v1/loras`` or ``PUT /v1/loras/{name}``,
-removes one with ``DELETE`` and lists them (a key with scope ``adapters`` or ``admin``).
+removes one with ``DELETE`` and lists them (a key with scope ``adapters`` or ``admin``); a LoRA's name is checked
+with the adapter registry's rule (:data:`serve.adapters.registry.NAME`) the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import httpx
 
 from serve.access.keys import client_headers
+from serve.adapters.registry import NAME as LORA_NAME
+from serve.cli_options import NAME, NAME_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +43,25 @@ def stack_api() -> str:
     if info is None:
         raise ChangeRefused("no stack is running (start one with `easel up`)")
     return info.api_url
+
+
+def api_path(*parts: str) -> str:
+    """The API path of ``parts``, each quoted whole (a ``/``, ``?`` or ``%`` in one stays in it)."""
+    return "".join("/" + quote(part, safe="") for part in parts)
+
+
+def model_name(name: str) -> str:
+    """``name`` if the server takes it as a model's name, else :class:`ChangeRefused` saying the rule."""
+    if not NAME.match(name):
+        raise ChangeRefused(f"{name!r} cannot name a model: use {NAME_RULE}")
+    return name
+
+
+def lora_name(name: str) -> str:
+    """``name`` if the server takes it as a LoRA's name, else :class:`ChangeRefused` saying the rule."""
+    if not LORA_NAME.fullmatch(name):
+        raise ChangeRefused(f"{name!r} cannot name a LoRA: use letters, digits, '.', '_' and '-' (at most 64)")
+    return name
 
 
 def call(api_url: str, method: str, path: str, body: dict | None = None, file: Path | None = None) -> dict:
@@ -77,12 +102,12 @@ def add(api_url: str, name: str, engine_dir: Path) -> dict:
 
 def replace(api_url: str, name: str, engine_dir: Path) -> dict:
     """Serve ``engine_dir`` (built) as model ``name``'s next version."""
-    return call(api_url, "PUT", f"/v1/models/{name}", {"engine_dir": str(engine_dir.resolve())})
+    return call(api_url, "PUT", api_path("v1", "models", model_name(name)), {"engine_dir": str(engine_dir.resolve())})
 
 
 def remove(api_url: str, name: str) -> dict:
     """Stop serving model ``name``."""
-    return call(api_url, "DELETE", f"/v1/models/{name}")
+    return call(api_url, "DELETE", api_path("v1", "models", model_name(name)))
 
 
 # -- easel loras ------------------------------------------------------------------------------------------------------
@@ -116,7 +141,7 @@ def loras_list() -> None:
 @click.option("--model", default="", help="The served model it is for (default: the stack's default model).")
 def loras_add(name: str, file: Path, model: str) -> None:
     """Upload FILE (.safetensors, any format diffusers reads) as LoRA adapter NAME, checked against the model."""
-    added = call(stack_api(), "POST", "/v1/loras", {"name": name, "model": model}, file)
+    added = call(stack_api(), "POST", "/v1/loras", {"name": lora_name(name), "model": model}, file)
     click.echo(f"added {_said_lora(added)}")
 
 
@@ -125,7 +150,7 @@ def loras_add(name: str, file: Path, model: str) -> None:
 @LORA_FILE
 def loras_replace(name: str, file: Path) -> None:
     """Upload FILE as LoRA adapter NAME's new weights; requests in flight finish on the old ones."""
-    replaced = call(stack_api(), "PUT", f"/v1/loras/{name}", {}, file)
+    replaced = call(stack_api(), "PUT", api_path("v1", "loras", lora_name(name)), {}, file)
     click.echo(f"replaced {_said_lora(replaced)}")
 
 
@@ -133,5 +158,5 @@ def loras_replace(name: str, file: Path) -> None:
 @click.argument("name")
 def loras_remove(name: str) -> None:
     """Remove LoRA adapter NAME: new requests naming it are refused; those in flight finish."""
-    call(stack_api(), "DELETE", f"/v1/loras/{name}")
+    call(stack_api(), "DELETE", api_path("v1", "loras", lora_name(name)))
     click.echo(f"removed {name}")

@@ -53,7 +53,7 @@ class Route:
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
     form: bool = False  # its body is the edits form (multipart), read into ``body``; else JSON
-    costed: bool = False  # its body's cost (images x steps x megapixels) is taken from the key's cost limit
+    costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
 
     @property
     def prefix(self) -> str:

@@ -38,7 +38,7 @@ from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.settings import AppSettings, StackOptions
-from serve.text_to_image.admission import Admission, Limits
+from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
@@ -183,7 +183,7 @@ def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_
     admitted = MIN_SIDE
     for side in range(64, MAX_SIDE + 1, 64):
         try:
-            admission.check(n, steps, side, side)
+            admission.check(Work(n, steps, side, side))
         except InvalidInput:
             break
         admitted = side

@@ -80,11 +80,13 @@ class CachePolicy:
     """What a generation may skip of its work.
 
     ``interval``: steps per whole UNet call, the others shallow (:mod:`serve.text_to_image.step_cache`);
-    ``approximate``: it may start from a similar prompt's kept latents (:mod:`serve.text_to_image.approximate`).
+    ``approximate``: it may start from a similar prompt's kept latents (:mod:`serve.text_to_image.approximate`);
+    ``scope``: whose kept latents it may start from and keeps its own as: its key's ("": everyone's).
     """
 
     interval: int = 1
     approximate: bool = False
+    scope: str = ""
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,8 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
+MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
+MAX_USER_CHARS = 256  # user: an end user's id, as OpenAI's clients send it (an experiment's assignment sticks to it)
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
@@ -348,9 +350,11 @@ class GenerationRequest(BaseModel):
         "variants serves; GET /v1/experiments). Absent: the stack's default model.",
     )
     # Accepted for OpenAI client compatibility.
-    quality: str | None = None
-    style: str | None = None
-    user: str | None = None
+    quality: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's quality word; unused.")
+    style: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's style word; unused.")
+    user: str | None = Field(
+        None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
+    )
 
     @field_validator("prompt")
     @classmethod

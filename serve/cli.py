@@ -80,12 +80,17 @@ def evaluate() -> None:
     "ONNX Runtime's CPU provider cannot run fp16 engines: their graphs are checked, not their outputs.",
 )
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
-def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, precision: str, force: bool) -> None:
+def build(
+    model_dir: Path | None, repository: Path | None, embedded: str, backend: str, precision: str, force: bool
+) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
     from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
+    from serve.paths import live_repository
+
+    repository = repository or live_repository()
 
     check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():

@@ -28,7 +28,7 @@ from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIO
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
-from serve.paths import MODEL_REPOSITORY, easel_home
+from serve.paths import easel_home
 from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
@@ -78,8 +78,8 @@ def engine_dir_for(
 
 
 def build(
-    model_dir: Path | None = None,
-    repository: Path | None = MODEL_REPOSITORY,
+    model_dir: Path | None,
+    repository: Path | None,
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",

@@ -33,6 +33,8 @@ def stack_api() -> str:
     info = running_stack()
     if info is None:
         raise ChangeRefused("no stack is running (start one with `easel up`)")
+    if info.api_url is None:
+        raise ChangeRefused(f"the stack is still starting ({info.phase}, pid {info.pid}); try again once it is up")
     return info.api_url
 
 

@@ -19,7 +19,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,7 +37,7 @@ from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
-from serve.processes.signals import children_paused, stop_stack_processes, terminate
+from serve.processes.signals import children_paused, stack_processes, stop_stack_processes, terminate
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits
 from serve.text_to_image.engine_folder import EngineFolder
@@ -110,20 +111,35 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+BUILDING, STARTING_TRITON, STARTING_RAY, DEPLOYING, READY = (
+    "building",
+    "starting Triton",
+    "starting Ray",
+    "deploying",
+    "ready",
+)
+"""The phases of ``easel up``, recorded in ``state.json`` as each begins (the first before anything is built)."""
+BUILD_GRACE_S = 5.0
+"""How long ``easel down`` gives a stack that is not ready yet to stop on SIGTERM before it kills it."""
+READY_GRACE_S = 60.0
+"""How long ``easel down`` gives a ready stack's orderly stop (Serve, Ray, Triton) before it kills it."""
+
+
 @dataclass(frozen=True)
 class StackInfo:
-    """Where the running stack listens and which process runs it; written to ``state.json``."""
+    """Which process runs the stack, its phase and, once deployed, where it listens; written to ``state.json``."""
 
     pid: int
     started_at: float
     stack_id: str
-    api_url: str
-    grpc_address: str  # host:port of the public gRPC API
-    triton_http_url: str
-    triton_grpc_url: str
-    triton_metrics_url: str
-    dashboard_url: str | None
-    engine_dir: str
+    phase: str = READY
+    api_url: str | None = None
+    grpc_address: str | None = None  # host:port of the public gRPC API
+    triton_http_url: str | None = None
+    triton_grpc_url: str | None = None
+    triton_metrics_url: str | None = None
+    dashboard_url: str | None = None
+    engine_dir: str | None = None
     prometheus_url: str | None = None
 
     def alive(self) -> bool:
@@ -196,13 +212,15 @@ class Stack:
     def __init__(self, options: StackOptions) -> None:
         self.options = options
         self.stack_id = uuid.uuid4().hex[:12]
+        me = psutil.Process()
+        self.info = StackInfo(me.pid, me.create_time(), self.stack_id, phase=BUILDING)
+        self.recorded = False  # whether each phase is written to state.json (`easel up`: :meth:`record`)
         self.supervisor = Supervisor()
         self.triton: TritonServer | None = None  # this machine's Triton (None on a cluster: see node_tritons)
         self.node_tritons = None  # serve.triton.node.NodeTritons on a cluster
         self.prometheus: PrometheusServer | None = None
         self.gcs: KeptGcs | None = None  # the Ray head's GCS, restarted when it dies (serve.processes.gcs)
         self.ray_session_dir: Path | None = None
-        self.info: StackInfo | None = None
         self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
@@ -214,6 +232,7 @@ class Stack:
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
+        self._enter(BUILDING)
         engine_dirs = self._build_models()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
@@ -228,6 +247,7 @@ class Stack:
         models = triton_models(served, vectorize)
         parked = self._park(served) if opts.address is None else None
         if opts.address is None:
+            self._enter(STARTING_TRITON)
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
@@ -241,6 +261,7 @@ class Stack:
             os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
+        self._enter(STARTING_RAY)
         with _sigterm_kept():  # ray.init installs its own handler
             dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
@@ -264,24 +285,22 @@ class Stack:
             loras_dir=loras_dir,
             **app_settings(opts, self.memory_budget_bytes),
         )
+        self._enter(DEPLOYING)
         _deploy(config, timeout_s)
-        e = triton
-        me = psutil.Process()
-        self.info = StackInfo(
-            me.pid,
-            me.create_time(),
-            self.stack_id,
-            f"http://{opts.host}:{port}",
-            f"{opts.host}:{grpc_port}",
-            e.http_url,
-            e.grpc_url,
-            e.metrics_url,
-            dashboard_url,
-            str(engines.path),
+        self.info = replace(
+            self.info,
+            api_url=f"http://{opts.host}:{port}",
+            grpc_address=f"{opts.host}:{grpc_port}",
+            triton_http_url=triton.http_url,
+            triton_grpc_url=triton.grpc_url,
+            triton_metrics_url=triton.metrics_url,
+            dashboard_url=dashboard_url,
+            engine_dir=str(engines.path),
         )
         if opts.prometheus:
             self._start_prometheus()
         wait_until_ready(self.info.api_url, timeout_s)
+        self._enter(READY)
         return self.info
 
     def __enter__(self) -> Stack:
@@ -428,14 +447,15 @@ class Stack:
 
     def stop(self) -> None:
         """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left."""
-        import ray
-        from ray import serve
+        ray = sys.modules.get("ray")  # not imported yet (stopped while building): no Ray to stop, no import to wait for
 
         self.supervisor.stopping.set()
         try:
             if self.node_tritons is not None:
                 self.node_tritons.stop()
-            if ray.is_initialized():
+            if ray is not None and ray.is_initialized():
+                from ray import serve
+
                 try:
                     if self.gcs is None or not self.gcs.owned or not self.gcs.restarted:
                         serve.shutdown()  # after its GCS restarted, the controller's shutdown waits out its 30 s
@@ -459,11 +479,27 @@ class Stack:
         except Exception as error:  # noqa: BLE001 - a store that went away keeps a dead stack's keys, no more
             logger.warning("the GCS's state in %s not deleted: %s", self.options.store, error)
 
+    def record(self) -> Path:
+        """Record the stack in ``state.json`` now and at each phase of its start (``easel up``).
+
+        From this moment ``easel down`` finds it, and a second ``easel up`` sees it, whatever it is doing.
+        """
+        self.recorded = True
+        return self.write_state()
+
+    def _enter(self, phase: str) -> None:
+        self.info = replace(self.info, phase=phase)
+        logger.info("stack %s: %s", self.stack_id, phase)
+        if self.recorded:
+            self.write_state()
+
     def write_state(self) -> Path:
-        """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
+        """Record where the stack runs, for ``easel down`` and ``easel loadtest`` (written whole, then renamed)."""
         path = state_path(self.options.run_dir)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self.info), indent=2))
+        partial = path.with_name(f"{path.name}.{os.getpid()}")
+        partial.write_text(json.dumps(asdict(self.info), indent=2))
+        partial.replace(path)
         return path
 
     def forget_state(self) -> None:
@@ -583,31 +619,59 @@ class Stopped:
     recorded: bool
     was_alive: bool = False
     leftovers: int = 0
+    phase: str | None = None  # the stack's recorded phase when it was stopped
+    pid: int | None = None  # the `easel up` process
+    processes: tuple[str, ...] = ()  # what the stack ran besides it, "name (count)"
 
 
-def stop_recorded(folder: Path | None = None, grace_s: float = 60.0) -> Stopped:
-    """Stop the stack recorded in ``state.json``, and every process left that carries its mark.
+def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> Stopped:
+    """Stop the stack recorded in ``state.json``, in whatever phase, and every process left that carries its mark.
 
-    Its process gets SIGTERM, then SIGKILL after ``grace_s``. A dead stack (its process was killed) still has its
+    Its process gets SIGTERM, then SIGKILL after ``grace_s`` (default: :data:`READY_GRACE_S` for a ready stack's
+    orderly stop, :data:`BUILD_GRACE_S` for one still starting). A dead stack (its process was killed) still has its
     leftovers stopped.
     """
     info = read_state(folder)
     if info is None:
         return Stopped(recorded=False)
     was_alive = info.alive()
+    ran = Counter(_name(process) for process in stack_processes(info.stack_id))
     if was_alive:
+        grace_s = grace_s if grace_s is not None else READY_GRACE_S if info.phase == READY else BUILD_GRACE_S
         terminate([psutil.Process(info.pid)], grace_s)
-    leftovers = stop_stack_processes(info.stack_id)
+    leftovers = stop_stack_processes(info.stack_id, BUILD_GRACE_S)
     state_path(folder).unlink(missing_ok=True)
-    return Stopped(True, was_alive, leftovers)
+    processes = tuple(f"{name} ({n})" if n > 1 else name for name, n in sorted(ran.items()))
+    return Stopped(True, was_alive, leftovers, info.phase, info.pid, processes)
 
 
-def start_detached(argv: list[str], folder: Path | None = None, timeout_s: float = 600.0) -> StackInfo:
-    """Run ``easel ARGV`` (an ``up`` command line) in a new session, logging to a file; return its recorded state."""
+def _name(process: psutil.Process) -> str:
+    try:
+        return process.name()
+    except psutil.Error:
+        return "?"
+
+
+class StillStarting(Exception):
+    """``easel up --detach`` waited its time and the stack is still starting; it goes on in the background."""
+
+
+def start_detached(
+    argv: list[str],
+    folder: Path | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[str], None] = logger.info,
+) -> StackInfo:
+    """Run ``easel ARGV`` (an ``up`` command line) in a new session, logging to a file; return its state once ready.
+
+    ``progress`` is told each phase, and while it builds each new line of the build's log. Past ``timeout_s`` it
+    raises :class:`StillStarting` saying where the start goes on; a start that failed raises ``RuntimeError``.
+    """
     folder = folder or run_dir()
     folder.mkdir(parents=True, exist_ok=True)
     state_path(folder).unlink(missing_ok=True)
     log_path = folder / "easel-up.log"
+    logged_from = log_path.stat().st_size if log_path.exists() else 0
     with log_path.open("ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "serve.cli", *argv, "--no-first-request"],
@@ -617,17 +681,33 @@ def start_detached(argv: list[str], folder: Path | None = None, timeout_s: float
             start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != STACK_ENV},  # it marks its own processes
         )
-    logger.info("starting in the background (pid %d, log %s)", child.pid, log_path)
-    deadline = time.monotonic() + timeout_s
-    while (info := read_state(folder)) is None or info.pid != child.pid:
+    progress(f"starting in the background (pid {child.pid}, log {log_path})")
+    deadline, said = time.monotonic() + timeout_s, None
+    while (info := read_state(folder)) is None or info.pid != child.pid or info.phase != READY:
         if child.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"`easel up` exited with {child.returncode}:\n{tail}")
+        phase = info.phase if info is not None and info.pid == child.pid else BUILDING
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout_s:.0f} s; see {log_path}")
+            raise StillStarting(
+                f"still {phase} after {timeout_s:.0f} s; it goes on in the background (pid {child.pid}): "
+                f"follow {log_path}; `easel down` stops it"
+            )
+        now = f"{phase}: {_last_build_line(log_path, logged_from)}" if phase == BUILDING else phase
+        if now != said:
+            progress(now)
+            said = now
         time.sleep(1)
     wait_until_ready(info.api_url, timeout_s=60)
     return info
+
+
+def _last_build_line(log_path: Path, start: int) -> str:
+    """The message of the last line the build logged in ``log_path`` since byte ``start`` (its progress)."""
+    with log_path.open("rb") as log:
+        log.seek(start)
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if " build_engines." in line]
+    return lines[-1].split(": ", 1)[-1][:120] if lines else "starting"
 
 
 @dataclass(frozen=True)

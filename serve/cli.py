@@ -115,13 +115,14 @@ def build(
     help="With --detach: seconds to wait for readiness, the build included; past them the start goes on in the "
     "background (its log path is printed; `easel down` stops it).",
 )
+@click.option("--stack-id", hidden=True, help="The stack's id, given by `easel up --detach` (which recorded it).")
 @click.option(
     "--first-request/--no-first-request",
     default=True,
     show_default=True,
     help="Send one example generation once ready and show the result.",
 )
-def up(detach: bool, detach_timeout: float, first_request: bool, **settings) -> None:
+def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request: bool, **settings) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
     from serve.observability.prometheus import PROMETHEUS_BINARY
@@ -147,7 +148,7 @@ def up(detach: bool, detach_timeout: float, first_request: bool, **settings) -> 
     if detach:
         _up_detached(detach_timeout, first_request)
     else:
-        _up_here(options, first_request)
+        _up_here(options, first_request, stack_id)
 
 
 def _up_detached(timeout_s: float, first_request: bool) -> None:
@@ -165,13 +166,13 @@ def _up_detached(timeout_s: float, first_request: bool) -> None:
         _send_first_request(info.api_url)
 
 
-def _up_here(options: StackOptions, first_request: bool) -> None:
+def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = None) -> None:
     """Run the stack in this process until SIGINT or SIGTERM, recorded from the first moment for `easel down`."""
     from serve.stack import READY, Stack
     from serve.triton.memory import MemoryBudgetTooSmall
     from serve.triton.residency import DoesNotFit
 
-    stack = Stack(options)
+    stack = Stack(options, stack_id)
     stop = threading.Event()
 
     def on_signal(*_) -> None:
@@ -228,7 +229,7 @@ def _stop_dead_stack() -> None:
     """Refuse if a stack is up or starting; stop what a dead one left behind."""
     from serve.stack import READY, read_state, stop_recorded
 
-    if (state := read_state()) is not None:
+    if (state := read_state()) is not None and state.pid != os.getpid():  # its own: recorded by --detach's parent
         if state.alive() and state.phase == READY:
             raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
         if state.alive():

@@ -8,6 +8,7 @@ is alive or its process was killed. The run state (``state.json``) lives in one 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import json
 import logging
@@ -111,14 +112,16 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-BUILDING, STARTING_TRITON, STARTING_RAY, DEPLOYING, READY = (
+STARTING, BUILDING, STARTING_TRITON, STARTING_RAY, DEPLOYING, READY = (
+    "starting",
     "building",
     "starting Triton",
     "starting Ray",
     "deploying",
     "ready",
 )
-"""The phases of ``easel up``, recorded in ``state.json`` as each begins (the first before anything is built)."""
+"""The phases of ``easel up``, recorded in ``state.json`` as each begins (``starting``: by ``--detach``'s parent the
+moment it starts the process, before that process has even loaded its code)."""
 BUILD_GRACE_S = 5.0
 """How long ``easel down`` gives a stack that is not ready yet to stop on SIGTERM before it kills it."""
 READY_GRACE_S = 60.0
@@ -209,9 +212,9 @@ def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_
 class Stack:
     """Start, supervise and stop Triton plus Ray Serve in this process (``easel up`` and the integration tests)."""
 
-    def __init__(self, options: StackOptions) -> None:
+    def __init__(self, options: StackOptions, stack_id: str | None = None) -> None:
         self.options = options
-        self.stack_id = uuid.uuid4().hex[:12]
+        self.stack_id = stack_id or new_stack_id()
         me = psutil.Process()
         self.info = StackInfo(me.pid, me.create_time(), self.stack_id, phase=BUILDING)
         self.recorded = False  # whether each phase is written to state.json (`easel up`: :meth:`record`)
@@ -494,13 +497,8 @@ class Stack:
             self.write_state()
 
     def write_state(self) -> Path:
-        """Record where the stack runs, for ``easel down`` and ``easel loadtest`` (written whole, then renamed)."""
-        path = state_path(self.options.run_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}")
-        partial.write_text(json.dumps(asdict(self.info), indent=2))
-        partial.replace(path)
-        return path
+        """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
+        return write_state(self.info, self.options.run_dir)
 
     def forget_state(self) -> None:
         """Remove ``state.json`` if it records this stack."""
@@ -597,6 +595,21 @@ def state_path(folder: Path | None = None) -> Path:
     return (folder or run_dir()) / STATE_FILE
 
 
+def new_stack_id() -> str:
+    """A new stack's id, the mark its processes carry."""
+    return uuid.uuid4().hex[:12]
+
+
+def write_state(info: StackInfo, folder: Path | None = None) -> Path:
+    """Record ``info`` as the run folder's stack (written whole, then renamed: a reader never sees half of it)."""
+    path = state_path(folder)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.name}.{os.getpid()}")
+    partial.write_text(json.dumps(asdict(info), indent=2))
+    partial.replace(path)
+    return path
+
+
 def read_state(folder: Path | None = None) -> StackInfo | None:
     """The state of a stack started with ``easel up``, if one is recorded."""
     path = state_path(folder)
@@ -672,22 +685,25 @@ def start_detached(
     state_path(folder).unlink(missing_ok=True)
     log_path = folder / "easel-up.log"
     logged_from = log_path.stat().st_size if log_path.exists() else 0
+    stack_id = new_stack_id()
     with log_path.open("ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", *argv, "--no-first-request"],
+            [sys.executable, "-m", "serve.cli", *argv, "--no-first-request", "--stack-id", stack_id],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != STACK_ENV},  # it marks its own processes
         )
+    with contextlib.suppress(psutil.NoSuchProcess):  # recorded now, so `easel down` finds it however early
+        write_state(StackInfo(child.pid, psutil.Process(child.pid).create_time(), stack_id, STARTING), folder)
     progress(f"starting in the background (pid {child.pid}, log {log_path})")
     deadline, said = time.monotonic() + timeout_s, None
     while (info := read_state(folder)) is None or info.pid != child.pid or info.phase != READY:
         if child.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"`easel up` exited with {child.returncode}:\n{tail}")
-        phase = info.phase if info is not None and info.pid == child.pid else BUILDING
+        phase = info.phase if info is not None and info.pid == child.pid else STARTING
         if time.monotonic() > deadline:
             raise StillStarting(
                 f"still {phase} after {timeout_s:.0f} s; it goes on in the background (pid {child.pid}): "

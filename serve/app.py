@@ -308,8 +308,9 @@ class Gateway:
         open_access(store_url, models.default.native_size)
         self.cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         self.experiments = Experiments(open_experiment_store(store_url), self._served_models)
-        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
-            self.experiments.define(name, spec)
+        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
+            if not self.experiments.exists(name):  # one the store holds (the API may have edited it) stays as it is
+                self.experiments.define(name, spec)
         self.runner = JobRunner(self.store, self._run_job).start()
 
     @property

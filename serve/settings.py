@@ -75,8 +75,8 @@ class AppSettings(BaseModel):
         {},
         description="An experiment: model alias NAME split among served models by weight, sticky per user "
         '({"variants": {"v1": 0.9, "v2": 0.1}}), or a Thompson-sampling bandit ({"policy": "bandit", "variants": '
-        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; declared again at each start, its posteriors '
-        "kept).",
+        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; it seeds the store: '
+        "one the store holds already, maybe edited through the API, stays as it is).",
     )
     model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
         None,

@@ -244,6 +244,7 @@ class Stack:
             engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
         )
         self.models = served
+        self._install_kept(served, engine_dirs)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
         pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
@@ -319,11 +320,25 @@ class Stack:
         self.stop()
 
     def _start_table(self, engine_dirs: dict[str, str]) -> Path:
-        """Write the model table of this start (every model at version 1; an earlier run's table is replaced)."""
+        """Write the model table of this start: the last run's as the API left it, or a new one of ``engine_dirs``.
+
+        The models the table serves that this start did not build (added, or replaced, through the API) are
+        installed in the repository again.
+        """
         path = self.options.run_dir / MODEL_TABLE
         path.parent.mkdir(parents=True, exist_ok=True)
-        ModelTable.start(engine_dirs).write(path)
+        table = ModelTable.resumed(ModelTable.read(path) if path.exists() else None, engine_dirs)
+        table.write(path)
+        kept = [entry for entry in table.current.values() if entry.engine_dir != engine_dirs.get(entry.name)]
+        if kept:
+            logger.info("models kept from the last run: %s", ", ".join(entry.version_id for entry in kept))
         return path
+
+    def _install_kept(self, served: ServedModels, engine_dirs: dict[str, str]) -> None:
+        """Install the served versions this start did not build (the API's, kept from the last run)."""
+        for model in served.versions():
+            if str(model.folder.path) != engine_dirs.get(model.name) or model.version > 1:
+                model.install(self.options.repository)
 
     def _served_now(self) -> ServedModels:
         """The models served now: the table as ``easel models`` last changed it."""

@@ -45,7 +45,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
-from serve.triton.residency import Residency, write_parked
+from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
@@ -354,6 +354,7 @@ class Stack:
         loaded = Residency(weights, served.room_bytes, frozenset(self.options.pin)).fill(served)
         path = self.options.run_dir / PARKED_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        (self.options.run_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # the last run's requests ended with it
         write_parked(path, [t for name, model in served.items() if name not in loaded for t in model.triton_names()])
         logger.info("models loaded at start: %s (weights room %.2f GiB)", ", ".join(loaded), served.room_bytes / 2**30)
         return path

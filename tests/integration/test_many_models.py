@@ -26,7 +26,14 @@ from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
-from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together, triton_killed
+from tests.integration.conftest import (
+    GENERATE,
+    batch_histogram,
+    decode_images,
+    post_together,
+    stack_replicas,
+    triton_killed,
+)
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -145,6 +152,29 @@ def test_a_model_with_requests_in_flight_is_never_unloaded(stack, api):
     assert cold.status_code == 200, cold.text
     states = [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs]
     assert "succeeded" in states, states  # sd was served only once a long job had ended
+    while not all(api.get(f"/v1/jobs/{job}").json()["status"] in ("succeeded", "failed") for job in jobs):
+        time.sleep(0.2)
+    assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs] == ["succeeded", "succeeded"]
+
+
+def test_a_model_s_request_in_flight_survives_the_residency_s_restart_and_its_model_stays_loaded(stack, api):
+    """The ModelResidency replica is killed while both loaded models have a long request in flight; Ray Serve starts
+    it again. A cold model's request must still wait for one of them to end: the counts were resumed, not lost."""
+    loaded = [name for name, is_loaded in _loaded(api).items() if is_loaded]
+    cold = next(name for name in MODELS if name not in loaded)
+    long = BODY | {"num_inference_steps": 150, "n": 4, "background": True}
+    jobs = [api.post(GENERATE, json=long | {"model": name}).json()["id"] for name in loaded]
+    deadline = time.monotonic() + 120
+    while not all(api.get(f"/v1/jobs/{job}").json()["progress"]["step"] > 0 for job in jobs):
+        assert time.monotonic() < deadline, "the long jobs did not start"
+        time.sleep(0.05)
+    (keeper,) = stack_replicas(stack, "ModelResidency")
+    keeper.kill()
+    keeper.wait(30)
+    answer = api.post(GENERATE, json=BODY | {"model": cold})
+    assert answer.status_code == 200, answer.text
+    ended = [api.get(f"/v1/jobs/{job}").json() for job in jobs]
+    assert "succeeded" in [job["status"] for job in ended], ended  # the cold model waited for a request to end
     while not all(api.get(f"/v1/jobs/{job}").json()["status"] in ("succeeded", "failed") for job in jobs):
         time.sleep(0.2)
     assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs] == ["succeeded", "succeeded"]

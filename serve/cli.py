@@ -248,6 +248,7 @@ def down() -> None:
 
     stopped = stop_recorded()
     ran = f"; it ran {', '.join(stopped.processes)}" if stopped.processes else ""
+    ran += "".join(f"; stopped {helper}" for helper in stopped.helpers)
     if not stopped.recorded:
         click.echo("nothing recorded as running")
     elif stopped.was_alive:
@@ -357,9 +358,13 @@ MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR
 
 def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
     """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
+    from serve.stack import working_for_the_stack
+
     name, model_dir = model
     api_url = model_admin.stack_api()  # first: with no stack up, nothing is built
-    return _said(change(api_url, name, built_engines(model_dir)))
+    with working_for_the_stack(f"easel models: building {model_dir}"):  # `easel down` stops it with the stack
+        engine_dir = built_engines(model_dir)
+    return _said(change(api_url, name, engine_dir))
 
 
 @models.command("add")

@@ -651,6 +651,45 @@ class Stopped:
     phase: str | None = None  # the stack's recorded phase when it was stopped
     pid: int | None = None  # the `easel up` process
     processes: tuple[str, ...] = ()  # what the stack ran besides it, "name (count)"
+    helpers: tuple[str, ...] = ()  # processes that worked for it (``easel models add`` building), stopped first
+
+
+HELPERS = "helpers"
+"""The run folder's records of the processes that work for a running stack (``easel models add`` building)."""
+
+
+@contextmanager
+def working_for_the_stack(what: str, folder: Path | None = None) -> Iterator[None]:
+    """Record this process, and mark the processes it starts, as the recorded stack's while the block runs.
+
+    ``easel down`` then stops it and them with the stack (``easel models add`` while it builds).
+    """
+    info = read_state(folder)
+    path = (folder or run_dir()) / HELPERS / f"{os.getpid()}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = psutil.Process()
+    path.write_text(json.dumps({"pid": me.pid, "started_at": me.create_time(), "what": what}))
+    try:
+        with _environ({STACK_ENV: info.stack_id} if info is not None else {}):
+            yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _stop_helpers(folder: Path | None) -> list[str]:
+    """Stop the processes recorded as working for the stack; what each was doing."""
+    stopped = []
+    for path in sorted(((folder or run_dir()) / HELPERS).glob("*.json")):
+        try:
+            record = json.loads(path.read_text())
+            process = psutil.Process(record["pid"])
+            if abs(process.create_time() - record["started_at"]) < 1.0:
+                terminate([process], BUILD_GRACE_S)
+                stopped.append(f"{record['what']} (pid {record['pid']})")
+        except (psutil.NoSuchProcess, OSError, ValueError, KeyError):
+            pass
+        path.unlink(missing_ok=True)
+    return stopped
 
 
 def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> Stopped:
@@ -665,13 +704,14 @@ def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> S
         return Stopped(recorded=False)
     was_alive = info.alive()
     ran = Counter(_name(process) for process in stack_processes(info.stack_id))
+    helpers = _stop_helpers(folder)
     if was_alive:
         grace_s = grace_s if grace_s is not None else READY_GRACE_S if info.phase == READY else BUILD_GRACE_S
         terminate([psutil.Process(info.pid)], grace_s)
     leftovers = stop_stack_processes(info.stack_id, BUILD_GRACE_S)
     state_path(folder).unlink(missing_ok=True)
     processes = tuple(f"{name} ({n})" if n > 1 else name for name, n in sorted(ran.items()))
-    return Stopped(True, was_alive, leftovers, info.phase, info.pid, processes)
+    return Stopped(True, was_alive, leftovers, info.phase, info.pid, processes, tuple(helpers))
 
 
 def _name(process: psutil.Process) -> str:

@@ -243,8 +243,8 @@ def _stop_dead_stack() -> None:
 
 @main.command()
 def down() -> None:
-    """Stop the stack that `easel up` started, and every process it left behind."""
-    from serve.stack import stop_recorded
+    """Stop the stack that `easel up` started, in any phase, and every process it left behind."""
+    from serve.stack import READY, stop_recorded
 
     stopped = stop_recorded()
     ran = f"; it ran {', '.join(stopped.processes)}" if stopped.processes else ""
@@ -253,7 +253,7 @@ def down() -> None:
         click.echo("nothing recorded as running")
     elif stopped.was_alive:
         click.echo(
-            f"stopped `easel up` (pid {stopped.pid}) while {stopped.phase}{ran} "
+            f"stopped `easel up` (pid {stopped.pid}){'' if stopped.phase == READY else f' while {stopped.phase}'}{ran} "
             f"({stopped.leftovers} leftover process(es) stopped after it)"
         )
     else:

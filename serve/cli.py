@@ -168,7 +168,8 @@ def _up_detached(timeout_s: float, first_request: bool) -> None:
 
 def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = None) -> None:
     """Run the stack in this process until SIGINT or SIGTERM, recorded from the first moment for `easel down`."""
-    from serve.stack import READY, Stack
+    from serve.processes.run_state import READY
+    from serve.stack import Stack
     from serve.triton.memory import MemoryBudgetTooSmall
     from serve.triton.residency import DoesNotFit
 
@@ -227,7 +228,7 @@ def _detached_argv(argv: list[str]) -> list[str]:
 
 def _stop_dead_stack() -> None:
     """Refuse if a stack is up or starting; stop what a dead one left behind."""
-    from serve.stack import READY, read_state, stop_recorded
+    from serve.processes.run_state import READY, read_state, stop_recorded
 
     if (state := read_state()) is not None and state.pid != os.getpid():  # its own: recorded by --detach's parent
         if state.alive() and state.phase == READY:
@@ -244,7 +245,7 @@ def _stop_dead_stack() -> None:
 @main.command()
 def down() -> None:
     """Stop the stack that `easel up` started, in any phase, and every process it left behind."""
-    from serve.stack import READY, stop_recorded
+    from serve.processes.run_state import READY, stop_recorded
 
     stopped = stop_recorded()
     ran = f"; it ran {', '.join(stopped.processes)}" if stopped.processes else ""
@@ -358,7 +359,7 @@ MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR
 
 def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
     """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
-    from serve.stack import working_for_the_stack
+    from serve.processes.run_state import working_for_the_stack
 
     name, model_dir = model
     api_url = model_admin.stack_api()  # first: with no stack up, nothing is built

@@ -15,6 +15,7 @@ import click
 import httpx
 
 from serve.access.keys import client_headers
+from serve.processes.run_state import running_stack
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +29,6 @@ class ChangeRefused(click.ClickException):
 
 def stack_api() -> str:
     """The API of the running stack (``easel up``), or :class:`ChangeRefused` when none runs."""
-    from serve.stack import running_stack  # here: `easel --help` starts nothing heavy
-
     info = running_stack()
     if info is None:
         raise ChangeRefused("no stack is running (start one with `easel up`)")

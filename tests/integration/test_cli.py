@@ -12,8 +12,8 @@ import psutil
 import pytest
 
 from serve.processes import STACK_ENV, free_ports
+from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
-from serve.stack import read_state
 from tests.integration.conftest import EASEL, easel_down, easel_up
 
 pytestmark = pytest.mark.integration

@@ -660,13 +660,14 @@ def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstR
 def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **options) -> Iterator[Stack]:
     """A stack on free ports (no dashboard) over a scratch model repository, for benchmarks, load tests and chaos.
 
-    Benchmarking another model leaves the checkout's repository alone. Its job store and Prometheus start empty and it
-    has no result cache (a benchmark that repeats a seeded request must time the generation, not a cache hit).
+    Benchmarking another model leaves the checkout's repository alone. Its job store, model table and Prometheus start
+    empty (nothing an earlier scratch stack changed is resumed) and it has no result cache (a benchmark that repeats
+    a seeded request must time the generation, not a cache hit).
     ``options``: more :class:`StackOptions`.
     """
     folder = folder or run_dir() / "bench"
-    for stale in folder.glob("easel.db*"):
-        stale.unlink()
+    for stale in [*folder.glob("easel.db*"), folder / MODEL_TABLE]:  # a scratch stack starts from nothing
+        stale.unlink(missing_ok=True)
     shutil.rmtree(folder / "prometheus", ignore_errors=True)  # an earlier run's series would blend into this one's
     options = StackOptions(
         **{

@@ -135,7 +135,7 @@ def one_build(engine_dir: Path) -> Iterator[None]:
     Another ``easel up`` or ``easel models add`` (or a test) is told whose build it waits for. The lock goes with its
     process.
     """
-    lock = engine_dir.with_name(f"{engine_dir.name}.lock")
+    lock = engine_dir.parent.with_name("locks") / f"{engine_dir.name}.lock"  # beside the engine cache, not in it
     lock.parent.mkdir(parents=True, exist_ok=True)
     with lock.open("a+") as handle:
         try:

@@ -236,7 +236,7 @@ def _stop_dead_stack() -> None:
         if state.alive():
             raise click.ClickException(
                 f"Easel is starting already ({state.phase}, pid {state.pid}, {time.time() - state.started_at:.0f} s "
-                "in): it builds nothing twice; wait for it, or `easel down` stops it"
+                "in): wait for it (`easel models list` answers once it is up), or `easel down` stops it"
             )
         stopped = stop_recorded()
         click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")

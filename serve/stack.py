@@ -434,8 +434,13 @@ class Stack:
             yield
 
     def stop(self) -> None:
-        """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left."""
+        """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left.
+
+        A stack stopped before it was ready skips Serve's orderly shutdown (nothing is served yet to drain; the
+        controller may still be deploying): its processes are stopped, which ``easel down`` waits 5 s for.
+        """
         ray = sys.modules.get("ray")  # not imported yet (stopped while building): no Ray to stop, no import to wait for
+        orderly = self.info.phase == READY and (self.gcs is None or not self.gcs.owned or not self.gcs.restarted)
 
         self.supervisor.stopping.set()
         try:
@@ -445,8 +450,8 @@ class Stack:
                 from ray import serve
 
                 try:
-                    if self.gcs is None or not self.gcs.owned or not self.gcs.restarted:
-                        serve.shutdown()  # after its GCS restarted, the controller's shutdown waits out its 30 s
+                    if orderly:  # after its GCS restarted, the controller's shutdown waits out its 30 s
+                        serve.shutdown()
                 finally:
                     ray.shutdown()
                     self._forget_gcs_state()

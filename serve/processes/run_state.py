@@ -35,8 +35,10 @@ STARTING, BUILDING, STARTING_TRITON, STARTING_RAY, DEPLOYING, READY = (
 )
 """The phases of ``easel up``, recorded in ``state.json`` as each begins (``starting``: by ``--detach``'s parent the
 moment it starts the process, before that process has even loaded its code)."""
-BUILD_GRACE_S = 5.0
+BUILD_GRACE_S = 2.0
 """How long ``easel down`` gives a stack that is not ready yet to stop on SIGTERM before it kills it."""
+LEFTOVER_GRACE_S = 2.0
+"""How long the processes a stack that was not ready left behind get to stop on SIGTERM (nothing of theirs to drain)."""
 READY_GRACE_S = 60.0
 """How long ``easel down`` gives a ready stack's orderly stop (Serve, Ray, Triton) before it kills it."""
 
@@ -155,20 +157,23 @@ def _stop_helpers(folder: Path | None) -> list[str]:
 def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> Stopped:
     """Stop the stack recorded in ``state.json``, in whatever phase, and every process left that carries its mark.
 
-    Its process gets SIGTERM, then SIGKILL after ``grace_s`` (default: :data:`READY_GRACE_S` for a ready stack's
-    orderly stop, :data:`BUILD_GRACE_S` for one still starting). A dead stack (its process was killed) still has its
-    leftovers stopped.
+    A ready stack's process gets SIGTERM, then SIGKILL after ``grace_s`` (default :data:`READY_GRACE_S`: its orderly
+    stop); one still starting gets it together with every process of the stack (nothing is served yet to drain; its
+    main thread may be inside Ray, where a signal waits), SIGKILL after :data:`BUILD_GRACE_S`. A dead stack (its
+    process was killed) still has its leftovers stopped.
     """
     info = read_state(folder)
     if info is None:
         return Stopped(recorded=False)
     was_alive = info.alive()
-    ran = Counter(_name(process) for process in stack_processes(info.stack_id))
+    marked = stack_processes(info.stack_id)
+    ran = Counter(_name(process) for process in marked)
     helpers = _stop_helpers(folder)
-    if was_alive:
-        grace_s = grace_s if grace_s is not None else READY_GRACE_S if info.phase == READY else BUILD_GRACE_S
-        terminate([psutil.Process(info.pid)], grace_s)
-    leftovers = stop_stack_processes(info.stack_id, BUILD_GRACE_S)
+    if was_alive and info.phase == READY:
+        terminate([psutil.Process(info.pid)], READY_GRACE_S if grace_s is None else grace_s)
+    elif was_alive:
+        terminate([psutil.Process(info.pid), *marked], BUILD_GRACE_S if grace_s is None else grace_s)
+    leftovers = stop_stack_processes(info.stack_id, BUILD_GRACE_S if info.phase == READY else LEFTOVER_GRACE_S)
     state_path(folder).unlink(missing_ok=True)
     processes = tuple(f"{name} ({n})" if n > 1 else name for name, n in sorted(ran.items()))
     return Stopped(True, was_alive, leftovers, info.phase, info.pid, processes, tuple(helpers))

@@ -365,6 +365,12 @@ async def vectorize(http: Request) -> Response:
     return await serving(http).vectorizing.answer(http)
 
 
+@api.post("/v1/vectorize/analyze")
+async def analyze(http: Request) -> Response:
+    """An image's features, class (with a confidence), the tier chosen and each tier's predicted quality; no SVG."""
+    return await serving(http).vectorizing.analyze(http)
+
+
 @serve.deployment(name="Gateway")
 @serve.ingress()
 class Gateway:
@@ -434,6 +440,15 @@ class Gateway:
             async with call_admitted(grpc_context, rpc_route("Vectorize").path):
                 result = await self.vectorizing.vectorize(message.image, options)
             return grpc_api.vectorize_reply(result)
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def Analyze(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
+        """The gRPC ``easel.v1.Easel/Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
+        try:
+            options = grpc_api.vectorize_options(message)
+            async with call_admitted(grpc_context, rpc_route("Analyze").path):
+                return grpc_api.analyze_reply(await self.vectorizing.analysis(message.image, options))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 

@@ -9,6 +9,7 @@ codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are g
 from __future__ import annotations
 
 import base64
+import json
 from typing import NoReturn
 
 from google.protobuf.message import Message
@@ -124,6 +125,13 @@ def vectorize_reply(result) -> easel_pb2.VectorizeReply:
         ssim=result.ssim,
         fallback=result.fallback,
     )
+
+
+def analyze_reply(analysis: dict) -> easel_pb2.AnalyzeReply:
+    """An ``AnalyzeReply`` from the Vectorizer's analysis (:func:`serve.vectorize.analysis.analysis`)."""
+    fields = {key: value for key, value in analysis.items() if key not in ("predicted", "parameters")}
+    predicted = {tier: easel_pb2.TierPrediction(**each) for tier, each in analysis["predicted"].items()}
+    return easel_pb2.AnalyzeReply(**fields, predicted=predicted, parameters_json=json.dumps(analysis["parameters"]))
 
 
 def fail(context, error: EaselError) -> NoReturn:

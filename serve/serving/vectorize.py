@@ -52,6 +52,16 @@ class Vectorizing:
         """The image traced to SVG (gRPC's ``Vectorize`` answers this)."""
         return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
 
+    async def analysis(self, image: bytes, options: VectorizeOptions) -> dict:
+        """The image's features, class and each tier's predicted result, not converted (gRPC's ``Analyze``)."""
+        return await self.vectorizer.analyze.remote(image, options)
+
+    async def analyze(self, request: Request) -> JSONResponse:
+        """The HTTP answer of ``POST /v1/vectorize/analyze``: the analysis as JSON (the request is vectorize's)."""
+        upload, options = await read_vectorize_request(request)
+        result = await self.analysis(upload, options)
+        return JSONResponse(result, headers={"Easel-Tier": result["tier"]})
+
     async def answer(self, request: Request) -> Response:
         """The HTTP answer: the SVG, or with ``Accept: application/json`` the SVG, its tier and timings."""
         upload, options = await read_vectorize_request(request)

@@ -26,6 +26,7 @@ from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy,
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
+from serve.vectorize.analysis import analysis
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Why
@@ -95,10 +96,7 @@ class Vectorizer:
 
     async def _vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
         started = time.perf_counter()
-        try:
-            pixels = await asyncio.to_thread(decode_image, upload, "image")
-        except ImageRejected as error:
-            raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
+        pixels = await _decode(upload)
         timings = {"decode": _ms_since(started)}
         choice, scores, detail = await self._choose(pixels, options, timings)
         check = tiers.needs_check(choice, scores, options.prefer, options.target_quality)
@@ -161,7 +159,7 @@ class Vectorizer:
             return tiers.defaults(asked), None, ""
         mark = time.perf_counter()
         try:
-            outputs = await self.triton.infer(ENSEMBLE, {"image": pixels})
+            scores = await self._scores(pixels)
         except EaselError as error:
             logger.warning("vectorize models unavailable, using defaults: %s", error.message)
             return tiers.defaults(asked, Why.MODELS_UNAVAILABLE), None, error.message
@@ -169,9 +167,23 @@ class Vectorizer:
             logger.warning("vectorize ensemble failed, using defaults: %s", error)
             return tiers.defaults(asked, Why.MODELS_FAILED), None, str(error)
         timings["models"] = _ms_since(mark)
-        scores = tiers.Scores.from_outputs(outputs)
         choice = tiers.choose(asked, scores, max(pixels.shape[:2]), options.time_budget_ms, options.target_quality)
         return choice, scores, ""
+
+    async def _scores(self, pixels: np.ndarray) -> tiers.Scores:
+        """The ``vectorize`` ensemble's scores of one image (one Triton call answers every tier)."""
+        return tiers.Scores.from_outputs(await self.triton.infer(ENSEMBLE, {"image": pixels}))
+
+    async def analyze(self, upload: bytes, options: VectorizeOptions) -> dict:
+        """The image's features, class and each tier's predicted result, without converting (503 without models)."""
+        pixels = await _decode(upload)
+        try:
+            scores = await self._scores(pixels)
+        except EaselError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a Triton failure is the models not answering, never a 500
+            raise NotReady(f"the vectorize models did not answer: {error}", retry_after_s=1) from error
+        return analysis(scores, max(pixels.shape[:2]), options)
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
@@ -184,6 +196,14 @@ _FALLBACK_MESSAGES = {
     Why.BELOW_DEFAULTS: "the tier's SVG scored below vtracer's defaults",
     Why.BELOW_TARGET: "below target_quality; vtracer defaults scored higher",
 }
+
+
+async def _decode(upload: bytes) -> np.ndarray:
+    """The upload's RGB pixels (400 naming ``image``, or 413 past the size limits)."""
+    try:
+        return await asyncio.to_thread(decode_image, upload, "image")
+    except ImageRejected as error:
+        raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
 
 
 def _fallback_message(why: Why, detail: str) -> str:

@@ -52,6 +52,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.versions import TableReader, VersionChange
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -365,9 +366,33 @@ async def vectorize(http: Request) -> Response:
     return await serving(http).vectorizing.answer(http)
 
 
+@api.get("/v1/vectorize/models")
+async def vectorize_versions(http: Request) -> dict:
+    """The vectorize model versions installed (Triton ensembles ``vectorize.vN``), the current one marked."""
+    return await serving(http).vectorizing.versions()
+
+
+@api.post("/v1/vectorize/models")
+async def vectorize_version_added(http: Request, body: VersionChange) -> dict:
+    """Install a trained folder as a new vectorize version beside the current one (admin; 400 if malformed)."""
+    return await serving(http).vectorizing.change("POST", body)
+
+
+@api.put("/v1/vectorize/models")
+async def vectorize_version_replaced(http: Request, body: VersionChange) -> dict:
+    """Make a new version of a trained folder, or an installed ``version``, current (admin: replace, rollback)."""
+    return await serving(http).vectorizing.change("PUT", body)
+
+
+@api.delete("/v1/vectorize/models/{version}")
+async def vectorize_version_removed(http: Request, version: int) -> dict:
+    """Stop serving a vectorize version (admin; 409 for the current one), unloaded once its requests ended."""
+    return await serving(http).vectorizing.change("DELETE", version=version)
+
+
 @api.post("/v1/vectorize/analyze")
 async def analyze(http: Request) -> Response:
-    """An image's features, class (with a confidence), the tier chosen and each tier's predicted quality; no SVG."""
+    """An image's features, class (with a confidence), the tier chosen, each tier's predicted quality; no SVG."""
     return await serving(http).vectorizing.analyze(http)
 
 
@@ -390,19 +415,22 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        vectorize_table_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         open_access(store_url, models.default.native_size)
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
-        traffic = Experiments(open_experiment_store(store_url), current.names)
+        vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
+        variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
+        traffic = Experiments(open_experiment_store(store_url), variants)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
         self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic)
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
-        self.vectorizing = Vectorizing(vectorizer)
+        self.vectorizing = Vectorizing(vectorizer, residency, traffic)
         self.health = Health(text_to_image, vectorizer, self.models)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -484,6 +512,7 @@ class AppArgs(AppSettings):
     repository: str | None = Field(
         None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
     )
+    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
 
 
 def build_app(args: AppArgs) -> serve.Application:
@@ -493,13 +522,16 @@ def build_app(args: AppArgs) -> serve.Application:
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )
-    residency = ModelResidency.bind(models, args.pin, args.triton_http_url, args.parked_path, args.repository)
+    residency = ModelResidency.bind(
+        models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
+    )
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
-        Vectorizer.bind(args.triton_grpc_url),
+        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path),
         residency,
         models,
         args.store,
         args.cache_bytes,
         args.experiments,
+        args.vectorize_table_path,
     )

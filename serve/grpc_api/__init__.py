@@ -124,6 +124,7 @@ def vectorize_reply(result) -> easel_pb2.VectorizeReply:
         why=result.why,
         ssim=result.ssim,
         fallback=result.fallback,
+        model_version=result.model_version,
     )
 
 

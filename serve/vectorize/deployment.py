@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from ray import serve
@@ -30,6 +30,7 @@ from serve.vectorize.analysis import analysis
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Why
+from serve.vectorize.versions import TableReader, ensemble_name
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,10 @@ class VectorizeResult:
     bytes: int
     paths: int
     fallback: str | None
+    model_version: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    id: str | None = None  # set when an experiment chose the version: what feedback names
+    experiment: str | None = None
 
     def to_json(self) -> dict:
         """The JSON response body."""
@@ -74,8 +78,9 @@ def size_class(pixels: np.ndarray) -> str:
 class Vectorizer:
     """Vectorize uploads; many in flight per replica, tracing in its worker processes (one per size class)."""
 
-    def __init__(self, triton_grpc_url: str) -> None:
+    def __init__(self, triton_grpc_url: str, table_path: str | None = None) -> None:
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url), timeout_s=30)
+        self.versions = TableReader(table_path)
         self.workers = {
             size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers",)).start()
             for size in ("small", "large")
@@ -98,7 +103,8 @@ class Vectorizer:
         started = time.perf_counter()
         pixels = await _decode(upload)
         timings = {"decode": _ms_since(started)}
-        choice, scores, detail = await self._choose(pixels, options, timings)
+        version = self.versions.now().resolve(options.model_version)
+        choice, scores, detail = await self._choose(pixels, options, version, timings)
         check = tiers.needs_check(choice, scores, options.prefer, options.target_quality)
         result = await self._trace(pixels, choice, check, options)
         timings.update(result.timings_ms)
@@ -117,6 +123,7 @@ class Vectorizer:
             bytes=conversion.n_bytes,
             paths=conversion.n_paths,
             fallback=_fallback_message(choice.why, detail) if choice.fallback else None,
+            model_version=version,
             timings_ms=timings,
         )
 
@@ -151,7 +158,7 @@ class Vectorizer:
             raise NotReady("the vectorize worker died; retry shortly", retry_after_s=1) from error
 
     async def _choose(
-        self, pixels: np.ndarray, options: VectorizeOptions, timings: dict
+        self, pixels: np.ndarray, options: VectorizeOptions, version: int, timings: dict
     ) -> tuple[tiers.Choice, tiers.Scores | None, str]:
         """The parameter choice, the models' scores (None when they did not answer) and a detail for fallbacks."""
         asked = Tier(options.tier)
@@ -159,7 +166,7 @@ class Vectorizer:
             return tiers.defaults(asked), None, ""
         mark = time.perf_counter()
         try:
-            scores = await self._scores(pixels)
+            scores = await self._scores(pixels, version)
         except EaselError as error:
             logger.warning("vectorize models unavailable, using defaults: %s", error.message)
             return tiers.defaults(asked, Why.MODELS_UNAVAILABLE), None, error.message
@@ -170,24 +177,26 @@ class Vectorizer:
         choice = tiers.choose(asked, scores, max(pixels.shape[:2]), options.time_budget_ms, options.target_quality)
         return choice, scores, ""
 
-    async def _scores(self, pixels: np.ndarray) -> tiers.Scores:
-        """The ``vectorize`` ensemble's scores of one image (one Triton call answers every tier)."""
-        return tiers.Scores.from_outputs(await self.triton.infer(ENSEMBLE, {"image": pixels}))
+    async def _scores(self, pixels: np.ndarray, version: int) -> tiers.Scores:
+        """The scores of one image by vectorize version ``version`` (one ensemble call answers every tier)."""
+        ensemble = replace(ENSEMBLE, name=ensemble_name(version))
+        return tiers.Scores.from_outputs(await self.triton.infer(ensemble, {"image": pixels}))
 
     async def analyze(self, upload: bytes, options: VectorizeOptions) -> dict:
         """The image's features, class and each tier's predicted result, without converting (503 without models)."""
         pixels = await _decode(upload)
+        version = self.versions.now().resolve(options.model_version)
         try:
-            scores = await self._scores(pixels)
+            scores = await self._scores(pixels, version)
         except EaselError:
             raise
         except Exception as error:  # noqa: BLE001 - a Triton failure is the models not answering, never a 500
             raise NotReady(f"the vectorize models did not answer: {error}", retry_after_s=1) from error
-        return analysis(scores, max(pixels.shape[:2]), options)
+        return analysis(scores, max(pixels.shape[:2]), options) | {"model_version": version}
 
     async def ready(self) -> dict[str, bool]:
         """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
-        return await self.triton.models_ready((ENSEMBLE.name,))
+        return await self.triton.models_ready((ensemble_name(self.versions.now().current),))
 
 
 _FALLBACK_MESSAGES = {

@@ -55,7 +55,8 @@ def test_the_class_with_a_confidence_is_the_class_auto_dispatches_on():
 
 
 def test_the_grpc_reply_carries_every_field():
-    result = analysis(_scores(gradient=True), 256, VectorizeOptions())
+    result = analysis(_scores(gradient=True), 256, VectorizeOptions()) | {"model_version": 2}
     reply = analyze_reply(result)
+    assert reply.model_version == 2
     assert reply.tier == "2" and reply.image_class == "gradient" and reply.predicted["2"].tier == "2"
     assert dict(reply.features) == pytest.approx(result["features"]) and reply.check == result["check"]

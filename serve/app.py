@@ -52,6 +52,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader, VersionChange
 from serve.wire import BodyLimits
 
@@ -515,6 +516,12 @@ class AppArgs(AppSettings):
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
 
 
+def recording(args: AppArgs) -> Recording:
+    """What the Vectorizer records of its answers (``--vectorize-record-*``), in the stack's store."""
+    rate, images, rows = args.vectorize_record_rate, args.vectorize_record_images, args.vectorize_record_rows
+    return Recording(rate, images, args.store, rows)
+
+
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
@@ -527,7 +534,7 @@ def build_app(args: AppArgs) -> serve.Application:
     )
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
-        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path),
+        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, recording(args)),
         residency,
         models,
         args.store,

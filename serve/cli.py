@@ -356,5 +356,17 @@ def vectorize_models_remove(version: int) -> None:
     click.echo(f"removed vectorize version {version}")
 
 
+@vectorize.command("export-feedback")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The folder written.")
+@click.option("--store", "store_url", metavar="URL", help="The stack's store (default: the embedded one).")
+def vectorize_export_feedback(out: Path, store_url: str | None) -> None:
+    """Write the recorded vectorize answers: OUT/records.jsonl, and OUT/images/ (`easel train vectorize OUT/images`)."""
+    from serve.stores import default_url
+    from serve.vectorize.records import export, open_record_store
+
+    counts = export(open_record_store(store_url or default_url()), out)
+    click.echo(f"wrote {counts['rows']} records ({counts['images']} with their image) to {counts['out']}")
+
+
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
 from serve.vectorize.analysis import analysis
+from serve.vectorize.recording import Recording
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Why
@@ -78,9 +79,10 @@ def size_class(pixels: np.ndarray) -> str:
 class Vectorizer:
     """Vectorize uploads; many in flight per replica, tracing in its worker processes (one per size class)."""
 
-    def __init__(self, triton_grpc_url: str, table_path: str | None = None) -> None:
+    def __init__(self, triton_grpc_url: str, table_path: str | None = None, recording: Recording | None = None) -> None:
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url), timeout_s=30)
         self.versions = TableReader(table_path)
+        self.recording = recording or Recording()
         self.workers = {
             size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers",)).start()
             for size in ("small", "large")
@@ -94,12 +96,19 @@ class Vectorizer:
         ``sent_at`` is when the Gateway sent the request (epoch seconds), for the queue-time metric.
         """
         metrics.observe_queue_time(metrics.VECTORIZE, sent_at)
+        sampled = self.recording.sampled()
+        if sampled:  # a recorded answer's SSIM is measured
+            options = options.model_copy(update={"validate_output": True})
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.VECTORIZE, outcome="ok"):
-            result = await self._vectorize(upload, options)
+            result, pixels, scores = await self._vectorize(upload, options)
         _record(result)
+        if sampled:
+            await asyncio.to_thread(self.recording.keep, result, pixels, scores)
         return result
 
-    async def _vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
+    async def _vectorize(
+        self, upload: bytes, options: VectorizeOptions
+    ) -> tuple[VectorizeResult, np.ndarray, tiers.Scores | None]:
         started = time.perf_counter()
         pixels = await _decode(upload)
         timings = {"decode": _ms_since(started)}
@@ -110,7 +119,7 @@ class Vectorizer:
         timings.update(result.timings_ms)
         choice, conversion, measured = result.choice, result.conversion, result.ssim
         timings["total"] = _ms_since(started)
-        return VectorizeResult(
+        answer = VectorizeResult(
             svg=conversion.svg,
             tier=choice.used.value,
             requested_tier=choice.asked.value,
@@ -126,6 +135,7 @@ class Vectorizer:
             model_version=version,
             timings_ms=timings,
         )
+        return answer, pixels, scores
 
     async def _trace(
         self, pixels: np.ndarray, choice: tiers.Choice, check: bool, options: VectorizeOptions

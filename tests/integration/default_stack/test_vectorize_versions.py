@@ -87,3 +87,30 @@ def test_bad_version_changes_are_400s_naming_the_field_and_install_nothing(api, 
     assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "model_version"
     assert api.put(MODELS, json={"version": 9}).json()["error"]["param"] == "version"
     assert [v["version"] for v in api.get(MODELS).json()["data"]] == [1]
+
+
+def test_two_versions_under_a_50_50_split_each_user_keeps_its_version(api, other_trained):
+    icon = _val_icons(1)[0]
+    added = api.post(MODELS, json={"trained_dir": str(other_trained)}).json()["version"]
+    variants = {"vectorize.v1": 0.5, f"vectorize.v{added}": 0.5}
+    missing = api.put("/v1/experiments/vab", json={"policy": "split", "variants": {"vectorize.v99": 1.0}})
+    assert missing.status_code == 400 and missing.json()["error"]["param"] == "variants"
+    assert api.put("/v1/experiments/vab", json={"policy": "split", "variants": variants}).status_code == 200
+    try:
+        served = {}
+        for user in [f"user-{i}" for i in range(24)] * 2:
+            response = api.post(
+                "/v1/vectorize",
+                files={"file": ("i.png", icon, "image/png")},
+                data={**TIER1, "experiment": "vab", "user": user},
+                headers={"Accept": "application/json"},
+            )
+            assert response.status_code == 200 and response.headers["Easel-Experiment"] == "vab"
+            body = response.json()
+            assert str(body["model_version"]) == response.headers["Easel-Model-Version"] and body["id"]
+            assert served.setdefault(user, body["model_version"]) == body["model_version"]  # sticky
+        assert 6 <= list(served.values()).count(added) <= 18  # about half of 24 users
+    finally:
+        api.delete("/v1/experiments/vab")
+        api.delete(f"{MODELS}/{added}")
+    assert [v["version"] for v in api.get(MODELS).json()["data"]] == [1]

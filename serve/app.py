@@ -516,12 +516,6 @@ class AppArgs(AppSettings):
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
 
 
-def recording(args: AppArgs) -> Recording:
-    """What the Vectorizer records of its answers (``--vectorize-record-*``), in the stack's store."""
-    rate, images, rows = args.vectorize_record_rate, args.vectorize_record_images, args.vectorize_record_rows
-    return Recording(rate, images, args.store, rows)
-
-
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
@@ -534,7 +528,7 @@ def build_app(args: AppArgs) -> serve.Application:
     )
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
-        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, recording(args)),
+        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,
         args.store,

@@ -32,6 +32,12 @@ class Recording:
     rng: random.Random = field(default_factory=random.Random)
     _store: RecordStore | None = None
 
+    @classmethod
+    def of(cls, settings) -> Recording:
+        """What the stack's settings (``--vectorize-record-*``, its store) ask to record."""
+        rows = settings.vectorize_record_rows
+        return cls(settings.vectorize_record_rate, settings.vectorize_record_images, settings.store, rows)
+
     def sampled(self) -> bool:
         """Whether the next answer is recorded."""
         return self.rate > 0 and self.store_url is not None and self.rng.random() < self.rate

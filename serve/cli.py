@@ -360,7 +360,7 @@ def vectorize_models_remove(version: int) -> None:
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The folder written.")
 @click.option("--store", "store_url", metavar="URL", help="The stack's store (default: the embedded one).")
 def vectorize_export_feedback(out: Path, store_url: str | None) -> None:
-    """Write the recorded vectorize answers: OUT/records.jsonl, and OUT/images/ (`easel train vectorize OUT/images`)."""
+    """Write the recorded vectorize answers: OUT/records.jsonl, and OUT/images/ (`easel train vectorize --data`)."""
     from serve.stores import default_url
     from serve.vectorize.records import export, open_record_store
 

@@ -45,7 +45,7 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 from serve.triton.residency import Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
-from serve.vectorize.versions import VECTORIZE_TABLE, VectorizeTable, version_specs
+from serve.vectorize.versions import VECTORIZE_TABLE, VectorizeTable, uninstall_stale_versions, version_specs
 
 logger = logging.getLogger(__name__)
 
@@ -316,6 +316,7 @@ class Stack:
         from build_engines.vectorize.runtime import TRAINED_DIR
 
         path = self.options.run_dir / VECTORIZE_TABLE
+        uninstall_stale_versions(self.options.repository)  # a version an earlier run left
         VectorizeTable.start(TRAINED_DIR.resolve()).write(path)
         return path
 

@@ -62,11 +62,12 @@ class VectorizeVersionAdmin:
         return self._entry(table, version)
 
     async def remove(self, version: int) -> dict:
-        """Take a version out of service now (409 for the current one); unload it once its requests have ended."""
+        """Out of service and the repository now (409 for the current one); unloaded once its requests have ended."""
         async with self.changing:
             table = self._table()
             table.remove(version)
             table.write(self.table_path)
+        await asyncio.to_thread(uninstall_version, self.repository, version)  # loaded models keep running
         task = asyncio.get_running_loop().create_task(self._unload_later(version))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -106,8 +107,7 @@ class VectorizeVersionAdmin:
                 await self.control.unload(name)
             except RuntimeError as error:
                 logger.warning("unloading vectorize version %d: %s", version, error)
-        await asyncio.to_thread(uninstall_version, self.repository, version)
-        logger.info("vectorize version %d unloaded and uninstalled", version)
+        logger.info("vectorize version %d unloaded", version)
 
     def _table(self) -> VectorizeTable:
         self._require_changeable()

@@ -136,6 +136,13 @@ def uninstall_version(repository: Path, version: int) -> None:
             uninstall_model(spec.name, repository)
 
 
+def uninstall_stale_versions(repository: Path) -> None:
+    """Remove every version but 1 from the repository (a stack's start: its table names version 1 only)."""
+    for spec in version_specs(1):
+        for folder in repository.glob(f"{spec.name}.v*"):
+            uninstall_model(folder.name, repository)
+
+
 @dataclass
 class VectorizeTable:
     """The vectorize versions installed (version -> trained folder) and the current one.

@@ -15,6 +15,7 @@ from serve.vectorize.versions import (
     check_trained_folder,
     ensemble_name,
     install_version,
+    uninstall_stale_versions,
     uninstall_version,
     version_specs,
 )
@@ -100,3 +101,10 @@ def test_a_replica_reads_the_table_again_only_when_its_file_changed(tmp_path):
     changed.write(path)
     assert reader.now().current == 2
     assert TableReader(None).now().resolve(None) == 1
+
+
+def test_a_start_removes_the_versions_an_earlier_run_left(tmp_path):
+    install_version(tmp_path, TRAINED_DIR, 1)
+    install_version(tmp_path, TRAINED_DIR, 4)
+    uninstall_stale_versions(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(spec.name for spec in version_specs(1))

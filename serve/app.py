@@ -1,17 +1,20 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method. No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at
-run time.
+gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`', the feedback and experiment
+routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`' (each included in its
+place). No
+``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -24,19 +27,19 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import contract, grpc_api, metrics
+from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, vectorize_routes
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
 from serve.errors import EaselError, RouteError, invalid_input
 from serve.experiments import open_experiment_store
-from serve.experiments.feedback import FeedbackRequest
-from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import Experiments
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
-from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
+from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
 from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
@@ -53,7 +56,7 @@ from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
-from serve.vectorize.versions import TableReader, VersionChange
+from serve.vectorize.versions import TableReader
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -235,16 +238,15 @@ async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()]) 
 
 async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse:
     """A generation, whichever route it came by: a job (background) or the answer."""
-    gateway, request, owner = serving(http), request_body(http), job_owner(caller(http))
+    gateway, request, key = serving(http), request_body(http), caller(http)
+    owner = job_owner(key)
     if request.background:
-        return await gateway.jobs.submit(request, owner, headers.idempotency_key)
-    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh)
+        return await gateway.jobs.submit(request, owner, headers.idempotency_key, key)
+    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh, key)
 
 
-@api.get("/v1/loras")
-async def loras(http: Request) -> dict:
-    """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-    return serving(http).models.loras()
+for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @api.get("/v1/controlnets")
@@ -293,43 +295,8 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
-@api.post("/v1/feedback")
-async def feedback(http: Request, body: FeedbackRequest) -> dict:
-    """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
-
-    It goes to the posterior of the variant that served it, if an experiment chose it; each id counts once (409
-    after). An id the caller's key did not generate is as unknown as one never made (400 naming the field).
-    """
-    return await serving(http).experiments.rate(body, caller(http))
-
-
-@api.get("/v1/experiments")
-async def experiments_listed(http: Request) -> dict:
-    """Every experiment: its policy, its variants and each variant's posterior (admin)."""
-    return await serving(http).experiments.listing()
-
-
-@api.get("/v1/experiments/{name}")
-async def experiment(http: Request, name: str) -> dict:
-    """One experiment with its variants' posteriors (admin; 404 if there is none)."""
-    return await serving(http).experiments.describe(name)
-
-
-@api.put("/v1/experiments/{name}")
-async def experiment_defined(
-    http: Request, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec
-) -> dict:
-    """Create or replace experiment ``name``, a model alias (admin): its variants must be served models.
-
-    Replacing keeps the posteriors of the variants it keeps.
-    """
-    return await serving(http).experiments.define(name, spec)
-
-
-@api.delete("/v1/experiments/{name}")
-async def experiment_deleted(http: Request, name: str) -> dict:
-    """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
-    return await serving(http).experiments.delete(name)
+for _method, _path, _handler in experiment_routes.ROUTES:  # /v1/feedback, /v1/experiments
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @api.get("/v1/jobs/{job_id}")
@@ -361,40 +328,8 @@ async def events(http: Request, job_id: str, preview: bool = False) -> Streaming
     return await serving(http).jobs.events(caller(http), job_id, preview)
 
 
-@api.post("/v1/vectorize")
-async def vectorize(http: Request) -> Response:
-    """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
-    return await serving(http).vectorizing.answer(http)
-
-
-@api.get("/v1/vectorize/models")
-async def vectorize_versions(http: Request) -> dict:
-    """The vectorize model versions installed (Triton ensembles ``vectorize.vN``), the current one marked."""
-    return await serving(http).vectorizing.versions()
-
-
-@api.post("/v1/vectorize/models")
-async def vectorize_version_added(http: Request, body: VersionChange) -> dict:
-    """Install a trained folder as a new vectorize version beside the current one (admin; 400 if malformed)."""
-    return await serving(http).vectorizing.change("POST", body)
-
-
-@api.put("/v1/vectorize/models")
-async def vectorize_version_replaced(http: Request, body: VersionChange) -> dict:
-    """Make a new version of a trained folder, or an installed ``version``, current (admin: replace, rollback)."""
-    return await serving(http).vectorizing.change("PUT", body)
-
-
-@api.delete("/v1/vectorize/models/{version}")
-async def vectorize_version_removed(http: Request, version: int) -> dict:
-    """Stop serving a vectorize version (admin; 409 for the current one), unloaded once its requests ended."""
-    return await serving(http).vectorizing.change("DELETE", version=version)
-
-
-@api.post("/v1/vectorize/analyze")
-async def analyze(http: Request) -> Response:
-    """An image's features, class (with a confidence), the tier chosen, each tier's predicted quality; no SVG."""
-    return await serving(http).vectorizing.analyze(http)
+for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its analysis and model versions
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @serve.deployment(name="Gateway")
@@ -416,10 +351,10 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        share_caches: bool = False,
         vectorize_table_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
-        open_access(store_url, models.default.native_size)
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
@@ -427,7 +362,18 @@ class Gateway:
         traffic = Experiments(open_experiment_store(store_url), variants)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
-        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic)
+        self.adapters = Adapters(current, text_to_image)
+        self.generations = Generations(
+            current,
+            text_to_image,
+            vectorizer,
+            residency,
+            cache,
+            traffic,
+            references=self.adapters.references,  # a generation naming a stored reference is checked against them
+            share_caches=share_caches,
+        )
+        open_access(store_url, self.generations.price)  # the doors' one price: the model's work in the live table
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -446,9 +392,9 @@ class Gateway:
         (a cached answer has no steps to report).
         """
         try:
-            request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
-                async for event in self.generations.events(request, key and key.id):
+            parse = partial(grpc_api.generation_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Generate", parse) as (key, request):
+                async for event in self.generations.events(request, key):
                     yield event
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -456,18 +402,18 @@ class Gateway:
     async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
         """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
-            feedback = grpc_api.feedback_request(message)
-            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+            parse = partial(grpc_api.feedback_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback):
                 return grpc_api.feedback_reply(await self.experiments.rate(feedback, key))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
+        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
-            options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, rpc_route("Vectorize").path):
-                result = await self.vectorizing.vectorize(message.image, options)
+            parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options)):
+                result = await self.vectorizing.vectorize(image, options)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -475,9 +421,10 @@ class Gateway:
     async def Analyze(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
         """The gRPC ``easel.v1.Easel/Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
         try:
-            options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, rpc_route("Analyze").path):
-                return grpc_api.analyze_reply(await self.vectorizing.analysis(message.image, options))
+            parse = partial(grpc_api.vectorize_request, message, "Analyze")  # once the key is known good
+            async with call_admitted(grpc_context, "Analyze", parse) as (_, (image, options)):
+                analysis = await self.vectorizing.analysis(image, options)
+            return grpc_api.analyze_reply(analysis)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
@@ -519,7 +466,7 @@ class AppArgs(AppSettings):
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
-    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None, args.store)
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )
@@ -534,5 +481,6 @@ def build_app(args: AppArgs) -> serve.Application:
         args.store,
         args.cache_bytes,
         args.experiments,
+        args.share_caches,
         args.vectorize_table_path,
     )

@@ -59,7 +59,10 @@ class AppSettings(BaseModel):
         f"{DEFAULT_BUDGET_SHARE:.0%} of the memory the weights leave).",
     )
     max_cost: float = Field(
-        DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels one generation may cost."
+        DEFAULT_MAX_COST,
+        gt=0,
+        description="Largest cost one generation may have: images x megapixels x engine passes (steps that run x "
+        "(1 + ControlNets), the VAE's) + input megapixels.",
     )
     store_url: Annotated[str | None, Cli("--store", metavar="URL", deprecated=("--jobs",))] = Field(
         None,
@@ -124,6 +127,13 @@ class AppSettings(BaseModel):
         le=1,
         description="The similarity (cosine of the prompts' mean-pooled text embeddings) at which a kept prompt's "
         "latents are reused.",
+    )
+    share_caches: bool = Field(
+        False,
+        description="Share the result cache and the approximate cache across API keys (a single-tenant stack). "
+        "It reveals to every key what the others asked: a hit (Easel-Cache: hit, and its speed) says another key "
+        "sent that prompt and seed, and Easel-Steps-Skipped an image started from another key's similar prompt. "
+        "Default: each key has its own entries.",
     )
 
     @property

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import sqlite3
@@ -21,7 +22,9 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from serve import grpc_api, metrics
-from serve.cache import cache_key
+from serve.access import may_see
+from serve.access.keys import ApiKey
+from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
@@ -30,6 +33,7 @@ from serve.grpc_api import easel_pb2
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.deployment import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
+from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
@@ -77,13 +81,25 @@ class Generations:
         residency: DeploymentHandle,
         cache: ResultCache | None,
         experiments: Experiments,
+        references: References | None = None,
+        share_caches: bool = False,
     ) -> None:
         self.models = models
+        self.references = references
+        self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
         self.cache = cache
         self.experiments = experiments
+
+    def price(self, request: GenerationRequest) -> float:
+        """What ``request`` costs: its model's work in the table served now (the doors' one price).
+
+        :meth:`serve.text_to_image.models.ServedModels.work`, which the replicas' admission counts too; its images'
+        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process).
+        """
+        return self.models.now().work(request).cost
 
     def model(self, request: GenerationRequest) -> ServedModel:
         """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
@@ -105,19 +121,26 @@ class Generations:
             return request, Assignment(self.model(request).name)
         return request.model_copy(update={"model": chosen.model}), chosen
 
-    async def admitted(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+    async def admitted(
+        self, request: GenerationRequest, key: ApiKey | None = None
+    ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its variant serves it, what chose it, and its model, which checked it (a 400 if not).
 
-        An unknown adapter is a 400 now, not a failed job later.
+        An unknown adapter is a 400 now, not a failed job later; so is a stored reference ``key`` may not see
+        (another key's is as unknown as a missing one).
         """
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self.model(request)
         model.check(request)
+        if self.references is not None:
+            await self.references.check(request, model, functools.partial(may_see, key))
         return request, assignment, model
 
-    async def answer(self, request: GenerationRequest, owner: str | None, fresh: bool) -> JSONResponse:
+    async def answer(
+        self, request: GenerationRequest, owner: str | None, fresh: bool, key: ApiKey | None = None
+    ) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
-        request, assignment, _ = await self.admitted(request)
+        request, assignment, _ = await self.admitted(request, key)
         body, headers = await self.served_answer(request, assignment, owner, fresh)
         return JSONResponse(body, headers=headers)
 
@@ -153,11 +176,13 @@ class Generations:
     ) -> tuple[dict, dict]:
         """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
 
-        Per-variant requests and latency are counted here, whichever door the generation came by.
+        Per-variant requests and latency are counted here, whichever door the generation came by. A cached answer's
+        images are recorded without their experiment: their feedback is taken, but is no new evidence.
         """
         async with variant_measured(assignment):
-            body, headers = await self._answer(request, fresh, on_step)
-        ids = await self._image_ids(len(body["data"]), assignment, owner)
+            body, headers = await self._answer(request, cache_scope(owner, self.share_caches), fresh, on_step)
+        cached = headers.get("Easel-Cache") == "hit"
+        ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         return body | assignment.to_api(), headers | assignment.headers()
 
@@ -168,16 +193,18 @@ class Generations:
         return ids
 
     async def _answer(
-        self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
+        self, request: GenerationRequest, scope: str, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
         """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
+
+        ``scope``: whose cached answers and kept latents it may use (:func:`serve.cache.cache_scope`).
 
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
         model = self.model(request)
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
-        key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
+        key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await cache_call(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -186,9 +213,9 @@ class Generations:
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
         async with self._loaded_for(model, request) as (served, model_headers):
             if on_step is None:
-                result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
+                result = await self._pipeline(served).generate.remote(request, sent_at=time.time(), cache_scope=scope)
             else:
-                result = await self._generate_reporting(served, request, on_step)
+                result = await self._generate_reporting(served, request, on_step, scope)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
         headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
@@ -211,13 +238,13 @@ class Generations:
         return [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
 
     async def _generate_reporting(
-        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep, scope: str
     ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
         stream = (
             self._pipeline(model)
             .options(stream=True)
-            .generate_stream.remote(request, sent_at=time.time(), previews=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True, cache_scope=scope)
         )
         try:
             async for item in stream:
@@ -236,15 +263,17 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, request: GenerationRequest, owner: str | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
-        """The events of gRPC's ``Generate``: one ``progress`` per denoising step, then the images.
+    async def events(self, request: GenerationRequest, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
+        """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
-        request, assignment, model = await self.admitted(request)
+        request, assignment, model = await self.admitted(request, key)
+        owner = key and key.id
+        scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from
         async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):
             stream = self._pipeline(served).options(stream=True).generate_stream
-            async for item in stream.remote(request, sent_at=time.time()):
+            async for item in stream.remote(request, sent_at=time.time(), cache_scope=scope):
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue

@@ -12,7 +12,9 @@ from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import InvalidInput
 from serve.routes import Scope, required_scope, route
+from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import read_json
 from tests.controls import b64, input_image
@@ -44,20 +46,28 @@ def _read(raw: bytes) -> GenerationRequest | InvalidInput:
         return refusal
 
 
-def test_a_generation_costs_images_times_steps_times_megapixels():
-    assert body_cost(_read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}'), 64) == (
-        pytest.approx(2 * 10 * 512 * 512 / 1e6)
-    )
-    assert body_cost(_read(b'{"prompt": "x"}'), 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
-    assert body_cost(_read(b'{"prompt": 3'), 64) == 0.0  # refused by the handler, with the reading's 400
+@pytest.fixture(scope="module")
+def price(engine_dir):
+    """The Gateway's price for the embedded default (64 px native): every engine pass, and the inputs decoded."""
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
+    return lambda request: models.work(request).cost
 
 
-def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_each():
+def test_a_generation_costs_images_times_megapixels_times_engine_passes(price):
+    two = _read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}')
+    assert body_cost(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
+    assert body_cost(_read(b'{"prompt": "x"}'), price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
+    assert body_cost(_read(b'{"prompt": 3'), price) == 0.0  # refused by the handler, with the reading's 400
+
+
+def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_controlnets_a_pass_each(price):
     image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
+    megapixels = 128 * 64 / 1e6
     body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
-    assert body_cost(_read(json.dumps(body).encode()), 512) == pytest.approx(2 * 5 * 128 * 64 / 1e6)
+    assert body_cost(_read(json.dumps(body).encode()), price) == pytest.approx(2 * megapixels * 7 + megapixels)
     controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
-    assert body_cost(_read(json.dumps(controlled).encode()), 64) == pytest.approx(10 * 64 * 64 / 1e6 * 3)
+    expected = 64 * 64 / 1e6 * (10 * 3 + 1) + 2 * megapixels
+    assert body_cost(_read(json.dumps(controlled).encode()), price) == pytest.approx(expected)
     form = httpx.Request(
         "POST",
         "http://x/v1/images/edits",
@@ -66,8 +76,8 @@ def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_eac
     )
     headers = [(name.lower(), value) for name, value in form.headers.raw]
     scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
-    assert body_cost(_read_form(scope, form.read()), 512) == pytest.approx(5 * 128 * 64 / 1e6)
-    assert body_cost(_read_form(scope, b"not multipart"), 512) == 0.0  # refused by the route, with the reading's 400
+    assert body_cost(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
+    assert body_cost(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
 
 
 def _read_form(scope: dict, raw: bytes) -> GenerationRequest | InvalidInput:
@@ -179,3 +189,38 @@ def test_an_edit_form_whose_text_is_not_utf_8_is_a_400_naming_the_body_as_json_s
     ]
     refusal = _read_form({**scope, "headers": declared}, form.read())
     assert isinstance(refusal, InvalidInput) and refusal.field == "body" and charset in refusal.message
+
+
+def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_read(tmp_path, price, monkeypatch):
+    """A key over its request limit had its 30 MiB body read and parsed before the 429 (0.8 s each)."""
+    from serve.access import ACCESS, KeyCheck
+
+    store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
+    _, key = store.create("one a minute", {Scope.GENERATE}, KeyLimits(requests_per_minute=1, cost_per_minute=1.0))
+    monkeypatch.setattr(ACCESS, "store", store)
+    monkeypatch.setattr(ACCESS, "price", price)
+    monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
+    body = json.dumps({"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}).encode()
+
+    def call() -> tuple[int, int]:
+        """(status, body chunks read) of one generation request through the key check."""
+        reads, sent = [], []
+
+        async def receive() -> dict:
+            reads.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def app(scope, receive, send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "headers": headers}
+        asyncio.run(KeyCheck(app)(scope, receive, send))
+        return sent[0]["status"], len(reads)
+
+    assert call() == (200, 1)
+    assert call() == (429, 0)  # its request limit: refused with nothing of the body read

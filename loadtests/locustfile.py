@@ -7,6 +7,7 @@ vectorize users); ``EASEL_API_KEY`` when the stack has API keys.
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc.experimental.gevent as grpc_gevent
 import numpy as np
 from locust import HttpUser, User, between, events, task
+from PIL import Image
 
 from serve.access.keys import client_headers
 
@@ -96,6 +98,53 @@ class VectorizeUser(EaselUser):
             headers={"Accept": "application/json"},
             name=f"vectorize tier {tier}",
         )
+
+
+SIZES = (64, 128, 256, 512)
+"""The icon sides a mixed-size vectorize user uploads (the uploads resized, each side equally often)."""
+_sized: list[tuple[int, bytes]] = []
+
+
+def _sized_uploads() -> list[tuple[int, bytes]]:
+    """Every upload at every side of :data:`SIZES`, as PNG (made once per worker)."""
+    if not _sized:
+        for upload in _uploads():
+            image = Image.open(io.BytesIO(upload)).convert("RGB")
+            for side in SIZES:
+                buffer = io.BytesIO()
+                image.resize((side, side), Image.Resampling.LANCZOS).save(buffer, "PNG")
+                _sized.append((side, buffer.getvalue()))
+    return _sized
+
+
+class VectorizeSizesUser(EaselUser):
+    """Uploads icons of mixed sizes (64-512 px), mostly tier auto; a 429 counts apart, by whether it has Retry-After."""
+
+    wait_time = between(0.0, 0.2)
+
+    @task(4)
+    def auto(self) -> None:
+        """POST /v1/vectorize, tier auto."""
+        self._vectorize("auto")
+
+    @task(1)
+    def each_tier(self) -> None:
+        """POST /v1/vectorize with a named tier."""
+        self._vectorize(random.choice(("1", "2", "3")))
+
+    def _vectorize(self, tier: str) -> None:
+        _, upload = random.choice(_sized_uploads())
+        with self.client.post(
+            "/v1/vectorize",
+            files={"file": ("icon.png", upload, "image/png")},
+            data={"tier": tier},
+            headers={"Accept": "application/json"},
+            name=f"vectorize tier {tier}",
+            catch_response=True,
+        ) as response:
+            if response.status_code == 429:  # shed: told when to retry, or not
+                said = "with" if response.headers.get("Retry-After") else "WITHOUT"
+                response.failure(f"429 {said} Retry-After")
 
 
 class MixedUser(EaselUser):

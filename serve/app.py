@@ -1,7 +1,9 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`' (included in their place). No
+gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`', the feedback and experiment
+routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`' (each included in its
+place). No
 ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
@@ -12,7 +14,7 @@ from functools import partial
 from importlib.resources import files
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -25,14 +27,13 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import adapter_routes, contract, grpc_api, metrics
+from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, vectorize_routes
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
 from serve.errors import EaselError, RouteError, invalid_input
 from serve.experiments import open_experiment_store
-from serve.experiments.feedback import FeedbackRequest
-from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import Experiments
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
@@ -54,6 +55,8 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
 from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.recording import Recording
+from serve.vectorize.versions import TableReader
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -292,43 +295,8 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
-@api.post("/v1/feedback")
-async def feedback(http: Request, body: FeedbackRequest) -> dict:
-    """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
-
-    It goes to the posterior of the variant that served it, if an experiment chose it; each id counts once (409
-    after). An id the caller's key did not generate is as unknown as one never made (400 naming the field).
-    """
-    return await serving(http).experiments.rate(body, caller(http))
-
-
-@api.get("/v1/experiments")
-async def experiments_listed(http: Request) -> dict:
-    """Every experiment: its policy, its variants and each variant's posterior (admin)."""
-    return await serving(http).experiments.listing()
-
-
-@api.get("/v1/experiments/{name}")
-async def experiment(http: Request, name: str) -> dict:
-    """One experiment with its variants' posteriors (admin; 404 if there is none)."""
-    return await serving(http).experiments.describe(name)
-
-
-@api.put("/v1/experiments/{name}")
-async def experiment_defined(
-    http: Request, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec
-) -> dict:
-    """Create or replace experiment ``name``, a model alias (admin): its variants must be served models.
-
-    Replacing keeps the posteriors of the variants it keeps.
-    """
-    return await serving(http).experiments.define(name, spec)
-
-
-@api.delete("/v1/experiments/{name}")
-async def experiment_deleted(http: Request, name: str) -> dict:
-    """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
-    return await serving(http).experiments.delete(name)
+for _method, _path, _handler in experiment_routes.ROUTES:  # /v1/feedback, /v1/experiments
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @api.get("/v1/jobs/{job_id}")
@@ -360,10 +328,8 @@ async def events(http: Request, job_id: str, preview: bool = False) -> Streaming
     return await serving(http).jobs.events(caller(http), job_id, preview)
 
 
-@api.post("/v1/vectorize")
-async def vectorize(http: Request) -> Response:
-    """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
-    return await serving(http).vectorizing.answer(http)
+for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its analysis and model versions
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @serve.deployment(name="Gateway")
@@ -386,11 +352,14 @@ class Gateway:
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
         share_caches: bool = False,
+        vectorize_table_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
-        traffic = Experiments(open_experiment_store(store_url), current.names)
+        vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
+        variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
+        traffic = Experiments(open_experiment_store(store_url), variants)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
@@ -409,7 +378,7 @@ class Gateway:
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
-        self.vectorizing = Vectorizing(vectorizer)
+        self.vectorizing = Vectorizing(vectorizer, residency, traffic)
         self.health = Health(text_to_image, vectorizer, self.models)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -450,6 +419,16 @@ class Gateway:
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
+    async def Analyze(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
+        """The gRPC ``easel.v1.Easel/Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
+        try:
+            parse = partial(grpc_api.vectorize_request, message, "Analyze")  # once the key is known good
+            async with call_admitted(grpc_context, "Analyze", parse) as (_, (image, options)):
+                analysis = await self.vectorizing.analysis(image, options)
+            return grpc_api.analyze_reply(analysis)
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
 
 class AppArgs(AppSettings):
     """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
@@ -482,6 +461,7 @@ class AppArgs(AppSettings):
     repository: str | None = Field(
         None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
     )
+    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
 
 
 def build_app(args: AppArgs) -> serve.Application:
@@ -491,14 +471,17 @@ def build_app(args: AppArgs) -> serve.Application:
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )
-    residency = ModelResidency.bind(models, args.pin, args.triton_http_url, args.parked_path, args.repository)
+    residency = ModelResidency.bind(
+        models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
+    )
     return Gateway.bind(
         TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
-        Vectorizer.bind(args.triton_grpc_url),
+        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,
         args.store,
         args.cache_bytes,
         args.experiments,
         args.share_caches,
+        args.vectorize_table_path,
     )

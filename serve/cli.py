@@ -322,10 +322,6 @@ def _send_first_request(api_url: str) -> None:
         )
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
 
 
@@ -388,3 +384,71 @@ def models_remove(name: str) -> None:
     """Stop serving model NAME: its requests in flight finish; its background jobs not started fail naming it."""
     removed = model_admin.remove(model_admin.stack_api(), name)
     click.echo(f"removed {removed['id']} (version {removed['version']} unloads once its requests have ended)")
+
+
+# -- easel vectorize models: the running stack's vectorize versions (serve.vectorize.version_admin) -----------------
+
+
+@main.group()
+def vectorize() -> None:
+    """The running stack's vectorize ensemble."""
+
+
+@vectorize.group("models")
+def vectorize_models() -> None:
+    """Vectorize model versions: list, add, replace (or roll back), remove; each a trained folder."""
+
+
+def _version_said(entry: dict) -> str:
+    current = ", current" if entry["current"] else ""
+    return f"vectorize version {entry['version']} ({entry['triton_model']}{current}): {entry['trained_dir']}"
+
+
+@vectorize_models.command("list")
+def vectorize_models_list() -> None:
+    """The vectorize versions installed (the current one answers requests without model_version)."""
+    for entry in model_admin.call(model_admin.stack_api(), "GET", "/v1/vectorize/models")["data"]:
+        click.echo(_version_said(entry))
+
+
+@vectorize_models.command("add")
+@click.argument("trained_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def vectorize_models_add(trained_dir: Path) -> None:
+    """Install TRAINED_DIR (`easel train vectorize`'s output) as a new version beside the current one."""
+    body = {"trained_dir": str(trained_dir.resolve())}
+    click.echo(
+        f"added {_version_said(model_admin.call(model_admin.stack_api(), 'POST', '/v1/vectorize/models', body))}"
+    )
+
+
+@vectorize_models.command("replace")
+@click.argument("target")
+def vectorize_models_replace(target: str) -> None:
+    """Make TARGET current: a trained folder (installed as a new version) or an installed version's number."""
+    body = {"version": int(target)} if target.isdigit() else {"trained_dir": str(Path(target).resolve())}
+    entry = model_admin.call(model_admin.stack_api(), "PUT", "/v1/vectorize/models", body)
+    click.echo(f"now serving {_version_said(entry)}")
+
+
+@vectorize_models.command("remove")
+@click.argument("version", type=int)
+def vectorize_models_remove(version: int) -> None:
+    """Stop serving VERSION (not the current one); it is unloaded once its requests have ended."""
+    model_admin.call(model_admin.stack_api(), "DELETE", f"/v1/vectorize/models/{version}")
+    click.echo(f"removed vectorize version {version}")
+
+
+@vectorize.command("export-feedback")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The folder written.")
+@click.option("--store", "store_url", metavar="URL", help="The stack's store (default: the embedded one).")
+def vectorize_export_feedback(out: Path, store_url: str | None) -> None:
+    """Write the recorded vectorize answers: OUT/records.jsonl, and OUT/images/ (`easel train vectorize --data`)."""
+    from serve.stores import default_url
+    from serve.vectorize.records import export, open_record_store
+
+    counts = export(open_record_store(store_url or default_url()), out)
+    click.echo(f"wrote {counts['rows']} records ({counts['images']} with their image) to {counts['out']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -77,6 +77,7 @@ class UnstatedLimit:
 
 
 _GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
+_ANALYZE = "/v1/vectorize/analyze"
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
 _LORAS, _LORA = "/v1/loras", "/v1/loras/{name}"
@@ -328,6 +329,23 @@ UNSTATED_LIMITS = (
         "an image's size is known by reading its header",
         status=413,
     ),
+    UnstatedLimit(
+        "post",
+        _ANALYZE,
+        ("image",),
+        "",
+        f"a raster image (PNG, JPEG, WebP, GIF, ...) with sides of at least {MIN_SIDE} pixels",
+        _IMAGE,
+    ),
+    UnstatedLimit(
+        "post",
+        _ANALYZE,
+        ("image",),
+        "",
+        f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all",
+        "an image's size is known by reading its header",
+        status=413,
+    ),
 )
 """Every limit of the API that no schema states."""
 
@@ -461,5 +479,12 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             "image/svg+xml": {"schema": {"type": "string"}},
             "application/json": {"schema": {"type": "object"}},
         },
+    }
+    analyze = document["paths"][_ANALYZE]["post"]
+    analyze["requestBody"] = _vectorize_body(components)
+    analyze["responses"]["200"] = {
+        "description": "The image's features, class (with a confidence), the tier chosen and each tier's predicted "
+        "SSIM and bytes, as JSON; nothing is converted.",
+        "content": {"application/json": {"schema": {"type": "object"}}},
     }
     return document

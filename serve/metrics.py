@@ -112,6 +112,14 @@ VECTORIZE_FALLBACKS = MetricSpec(
     "Vectorize requests answered with vtracer's defaults instead of the asked tier, by reason (the answer's why).",
     ("reason",),
 )
+VECTORIZE_PREDICTOR_ERROR = MetricSpec(
+    "easel_vectorize_predictor_error",
+    "histogram",
+    "The quality predictor's absolute error on recorded vectorize answers: |measured SSIM - predicted|, by tier and "
+    "model version (_sum / _count: the mean absolute error).",
+    ("tier", "model_version"),
+    (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5),
+)
 VECTORIZE_STAGE = MetricSpec(
     "easel_vectorize_stage_seconds",
     "histogram",
@@ -251,6 +259,7 @@ ALL = (
     STEPS_SKIPPED,
     VECTORIZE_TIERS,
     VECTORIZE_FALLBACKS,
+    VECTORIZE_PREDICTOR_ERROR,
     VECTORIZE_STAGE,
     JOBS,
     JOB_QUEUE_TIME,

@@ -110,6 +110,13 @@ ROUTES = (
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
     Route("get", "/v1/jobs/{job_id}/events", Scope.JOBS, (404,)),
     Route("post", "/v1/vectorize", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Vectorize"),
+    Route("get", "/v1/vectorize/models", Scope.VECTORIZE),
+    Route("post", "/v1/vectorize/models", Scope.ADMIN, (409,)),
+    Route("put", "/v1/vectorize/models", Scope.ADMIN, (409,)),
+    Route("delete", "/v1/vectorize/models/{version}", Scope.ADMIN, (409,)),
+    Route(
+        "post", "/v1/vectorize/analyze", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Analyze"
+    ),
     Route("post", "/v1/feedback", Scope.GENERATE, (409,), rpc="Feedback"),
     Route("get", "/v1/experiments", Scope.ADMIN),
     Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),

@@ -92,6 +92,18 @@ class AppSettings(BaseModel):
     pin: Annotated[tuple[str, ...], Cli(type=click.STRING, metavar="NAME", multiple=True)] = Field(
         (), description="A model that stays loaded whatever else is asked (repeatable)."
     )
+    vectorize_record_rate: Annotated[float, Cli(metavar="SHARE")] = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="The share of vectorize answers recorded in the store with their predicted and measured SSIM, "
+        "features, tier and parameters, for `easel vectorize export-feedback` (a recorded answer's SSIM is measured: "
+        "a render more; 0: none).",
+    )
+    vectorize_record_images: bool = Field(
+        False, description="Keep the uploaded image with each recorded vectorize answer (what retraining needs)."
+    )
+    vectorize_record_rows: int = Field(10_000, ge=1, description="The most vectorize answers the store keeps.")
     guidance_cutoff: float = Field(
         NO_CUTOFF,
         gt=0,

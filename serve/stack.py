@@ -58,7 +58,7 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
 from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
-from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
+from serve.vectorize.versions import VECTORIZE_TABLE, VectorizeTable, uninstall_stale_versions, version_specs
 
 logger = logging.getLogger(__name__)
 
@@ -156,10 +156,16 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
     return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
 
 
-def triton_models(models: ServedModels, vectorize: bool) -> list:
-    """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
+def triton_models(models: ServedModels, vectorize: bool, vectorize_table: Path | None = None) -> list:
+    """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
+
+    With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's.
+    """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
-    return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
+    if not vectorize:
+        return specs
+    versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}
+    return specs + [spec for version in sorted(versions) for spec in version_specs(version)]
 
 
 def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
@@ -215,6 +221,7 @@ class Stack:
         self.models = served
         self._install_kept(served, engine_dirs)
         vectorize = install_vectorize(opts.repository)
+        vectorize_table = self._start_vectorize_table() if vectorize and opts.address is None else None
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
         pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
         models = triton_models(served, vectorize)
@@ -224,7 +231,7 @@ class Stack:
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
-                lambda: triton_models(self._served_now(), vectorize),
+                lambda: triton_models(self._served_now(), vectorize, vectorize_table),
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
@@ -254,6 +261,7 @@ class Stack:
             triton_http_url=None if opts.address else triton.http_url,
             parked_path=str(parked) if parked else None,
             model_table_path=str(table) if table else None,
+            vectorize_table_path=str(vectorize_table) if vectorize_table else None,
             repository=str(opts.repository.resolve()),
             loras_dir=loras_dir,
             **app_settings(opts, self.memory_budget_bytes),
@@ -308,6 +316,15 @@ class Stack:
         for model in served.versions():
             if str(model.folder.path) != engine_dirs.get(model.name) or model.version > 1:
                 model.install(self.options.repository)
+
+    def _start_vectorize_table(self) -> Path:
+        """Write the vectorize versions of this start: version 1, the committed trained set."""
+        from build_engines.vectorize.runtime import TRAINED_DIR
+
+        path = self.options.run_dir / VECTORIZE_TABLE
+        uninstall_stale_versions(self.options.repository)  # a version an earlier run left
+        VectorizeTable.start(TRAINED_DIR.resolve()).write(path)
+        return path
 
     def _served_now(self) -> ServedModels:
         """The models served now: the table as ``easel models`` last changed it."""

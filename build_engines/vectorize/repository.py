@@ -10,11 +10,9 @@ import logging
 from pathlib import Path
 
 from build_engines.vectorize.runtime import TRAINED_DIR
-from serve.triton.engine_files import ONNX
-from serve.triton.repository import install_model
 from serve.triton.spec import Backend
-from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 from serve.vectorize.tiers import TIER1_FILE
+from serve.vectorize.versions import ENGINES, install_version
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +26,15 @@ def install_vectorize(
     """
     if backend is Backend.TENSORRT:
         backend = Backend.ONNXRUNTIME
-    engines = [(spec, trained_dir / f"{spec.name}.onnx") for spec in (QUALITY, POLICY)]
-    table = trained_dir / TIER1_FILE
-    missing = [str(path) for path in (*(p for _, p in engines), table) if not path.exists()]
+    missing = [
+        str(path)
+        for path in (*(trained_dir / f"{spec.name}.onnx" for spec in ENGINES), trained_dir / TIER1_FILE)
+        if not path.exists()
+    ]
     if missing:
         logger.warning(
             "vectorize models not trained (%s missing); vectorize will use vtracer defaults", ", ".join(missing)
         )
         return False
-    for spec, path in engines:
-        install_model(spec, repository, {ONNX: path}, backend)
-    install_model(FEATURES, repository, {TIER1_FILE: table}, backend=backend)
-    install_model(ENSEMBLE, repository, backend=backend)
+    install_version(repository, trained_dir, 1, backend)
     return True

@@ -1,9 +1,9 @@
 """Easel's public gRPC API (``easel.v1.Easel`` in ``easel.proto``), served through Ray Serve's gRPC proxy.
 
-The Gateway answers both RPCs (``Generate``, ``Vectorize``); this module turns messages into the HTTP API's own
-request models, so both APIs share one set of fields, limits, defaults and validation, and errors into gRPC status
-codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from ``easel.proto``
-(the command is in its header); a unit test checks they are current.
+The Gateway answers its RPCs (``Generate``, ``Vectorize``, ``Analyze``, ``Feedback``); this module turns messages
+into the HTTP API's own request models, so both APIs share one set of fields, limits, defaults and validation, and
+errors into gRPC status codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from
+``easel.proto`` (the command is in its header); a unit test checks they are current.
 
 A request message reaches the Gateway unparsed (:class:`Unparsed`: Ray Serve's gRPC proxy keeps its bytes, see
 :func:`serve.wire.bound_grpc_messages`), so the key is checked before anything is parsed (:func:`parsed`), and a
@@ -13,6 +13,7 @@ message over its method's limit (its HTTP route's body limit) is refused without
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
@@ -31,6 +32,7 @@ SERVICE = "easel.v1.Easel"
 REQUESTS: dict[str, type[Message]] = {
     "Generate": easel_pb2.GenerateRequest,
     "Vectorize": easel_pb2.VectorizeRequest,
+    "Analyze": easel_pb2.VectorizeRequest,
     "Feedback": easel_pb2.FeedbackRequest,
 }
 """Each method's request message."""
@@ -109,9 +111,11 @@ def _base64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-def vectorize_request(message: easel_pb2.VectorizeRequest | Unparsed) -> tuple[bytes, VectorizeOptions]:
-    """The image and the HTTP API's vectorize options of a ``VectorizeRequest``."""
-    request = parsed(message, "Vectorize")
+def vectorize_request(
+    message: easel_pb2.VectorizeRequest | Unparsed, rpc: str = "Vectorize"
+) -> tuple[bytes, VectorizeOptions]:
+    """The image and the HTTP API's vectorize options of a ``VectorizeRequest`` (``rpc``: Vectorize or Analyze)."""
+    request = parsed(message, rpc)
     return request.image, vectorize_options(request)
 
 
@@ -177,7 +181,15 @@ def vectorize_reply(result) -> easel_pb2.VectorizeReply:
         why=result.why,
         ssim=result.ssim,
         fallback=result.fallback,
+        model_version=result.model_version,
     )
+
+
+def analyze_reply(analysis: dict) -> easel_pb2.AnalyzeReply:
+    """An ``AnalyzeReply`` from the Vectorizer's analysis (:func:`serve.vectorize.analysis.analysis`)."""
+    fields = {key: value for key, value in analysis.items() if key not in ("predicted", "parameters")}
+    predicted = {tier: easel_pb2.TierPrediction(**each) for tier, each in analysis["predicted"].items()}
+    return easel_pb2.AnalyzeReply(**fields, predicted=predicted, parameters_json=json.dumps(analysis["parameters"]))
 
 
 def fail(context, error: EaselError) -> NoReturn:

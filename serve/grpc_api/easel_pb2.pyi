@@ -143,7 +143,7 @@ class GenerateEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
 
 class VectorizeRequest(_message.Message):
-    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality", "prefer")
+    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality", "prefer", "model_version")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +151,7 @@ class VectorizeRequest(_message.Message):
     TIME_BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_QUALITY_FIELD_NUMBER: _ClassVar[int]
     PREFER_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     tier: str
     validate: bool
@@ -158,23 +159,76 @@ class VectorizeRequest(_message.Message):
     time_budget_ms: float
     target_quality: float
     prefer: str
-    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ..., prefer: _Optional[str] = ...) -> None: ...
+    model_version: int
+    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ..., prefer: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class VectorizeReply(_message.Message):
-    __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback")
+    __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback", "model_version")
     SVG_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_TIER_FIELD_NUMBER: _ClassVar[int]
     WHY_FIELD_NUMBER: _ClassVar[int]
     SSIM_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     svg: str
     tier: str
     requested_tier: str
     why: str
     ssim: float
     fallback: str
-    def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ...) -> None: ...
+    model_version: int
+    def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+
+class TierPrediction(_message.Message):
+    __slots__ = ("tier", "ssim", "bytes")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    SSIM_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    ssim: float
+    bytes: int
+    def __init__(self, tier: _Optional[str] = ..., ssim: _Optional[float] = ..., bytes: _Optional[int] = ...) -> None: ...
+
+class AnalyzeReply(_message.Message):
+    __slots__ = ("features", "image_class", "class_confidence", "familiar", "requested_tier", "tier", "why", "check", "predicted", "parameters_json", "model_version")
+    class FeaturesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class PredictedEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TierPrediction
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TierPrediction, _Mapping]] = ...) -> None: ...
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_CLASS_FIELD_NUMBER: _ClassVar[int]
+    CLASS_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FAMILIAR_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_TIER_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    WHY_FIELD_NUMBER: _ClassVar[int]
+    CHECK_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    features: _containers.ScalarMap[str, float]
+    image_class: str
+    class_confidence: float
+    familiar: bool
+    requested_tier: str
+    tier: str
+    why: str
+    check: bool
+    predicted: _containers.MessageMap[str, TierPrediction]
+    parameters_json: str
+    model_version: int
+    def __init__(self, features: _Optional[_Mapping[str, float]] = ..., image_class: _Optional[str] = ..., class_confidence: _Optional[float] = ..., familiar: _Optional[bool] = ..., requested_tier: _Optional[str] = ..., tier: _Optional[str] = ..., why: _Optional[str] = ..., check: _Optional[bool] = ..., predicted: _Optional[_Mapping[str, TierPrediction]] = ..., parameters_json: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("image_id", "job_id", "reward", "rating")

@@ -44,6 +44,11 @@ class EaselStub:
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
                 response_deserializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.FromString,
                 _registered_method=True)
+        self.Analyze = channel.unary_unary(
+                '/easel.v1.Easel/Analyze',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.AnalyzeReply.FromString,
+                _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/easel.v1.Easel/Feedback',
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.SerializeToString,
@@ -68,6 +73,13 @@ class EaselServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Analyze(self, request, context):
+        """The image's features, class and each tier's predicted quality, without converting (POST /v1/vectorize/analyze).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Feedback(self, request, context):
         """A reward (0 to 1) or a 1-5 rating for a generated image (its id) or a background job (POST /v1/feedback).
         """
@@ -87,6 +99,11 @@ def add_EaselServicer_to_server(servicer, server):
                     servicer.Vectorize,
                     request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.FromString,
                     response_serializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.SerializeToString,
+            ),
+            'Analyze': grpc.unary_unary_rpc_method_handler(
+                    servicer.Analyze,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.AnalyzeReply.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
@@ -148,6 +165,33 @@ class Easel:
             '/easel.v1.Easel/Vectorize',
             serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
             serve_dot_grpc__api_dot_easel__pb2.VectorizeReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Analyze(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/Analyze',
+            serve_dot_grpc__api_dot_easel__pb2.VectorizeRequest.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.AnalyzeReply.FromString,
             options,
             channel_credentials,
             insecure,

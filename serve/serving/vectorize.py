@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
+import uuid
+from dataclasses import replace
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -10,10 +13,13 @@ from ray.serve.handle import DeploymentHandle
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve import metrics
 from serve.errors import InvalidInput
+from serve.experiments.traffic import Assignment, Experiments
 from serve.images import base64_bytes
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
+from serve.vectorize.versions import VersionChange, variant_version
 from serve.wire import read_json
 
 
@@ -42,21 +48,89 @@ async def read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpti
     raise InvalidInput("Content-Type must be multipart/form-data, application/json or image/*", field="Content-Type")
 
 
-class Vectorizing:
-    """Vectorize requests answered by the ``Vectorizer`` deployment."""
+REWARD_SSIM = 0.9
+"""The measured SSIM an answer must reach (without the request's own target_quality) for a bandit's reward of 1."""
 
-    def __init__(self, vectorizer: DeploymentHandle) -> None:
+
+def measured_reward(ssim: float, target_quality: float | None) -> float:
+    """A bandit's reward for an answer whose SSIM was measured: 1 if it reaches the target, else 0."""
+    return 1.0 if ssim >= (REWARD_SSIM if target_quality is None else target_quality) else 0.0
+
+
+class Vectorizing:
+    """Vectorize requests answered by the ``Vectorizer`` deployment; its model versions changed by the residency.
+
+    A request naming an ``experiment`` over vectorize versions gets the version its variant names (sticky per
+    ``user`` in a split, a Thompson draw in a bandit); its answer gets an ``id`` that feedback may rate, and when its
+    SSIM was measured (``validate``) that SSIM rewards its variant at once (:func:`measured_reward`).
+    """
+
+    def __init__(
+        self, vectorizer: DeploymentHandle, residency: DeploymentHandle, experiments: Experiments | None = None
+    ) -> None:
         self.vectorizer = vectorizer
+        self.residency = residency
+        self.experiments = experiments
+
+    async def versions(self) -> dict:
+        """The vectorize model versions installed, the current one marked."""
+        return await self.residency.vectorize_versions.remote()
+
+    async def change(self, method: str, body: VersionChange | None = None, version: int | None = None) -> dict:
+        """Add (POST), replace or serve again (PUT), or remove (DELETE) a vectorize model version (admin)."""
+        return await self.residency.change_vectorize.remote(method, body, version)
 
     async def vectorize(self, image: bytes, options: VectorizeOptions) -> VectorizeResult:
         """The image traced to SVG (gRPC's ``Vectorize`` answers this)."""
-        return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
+        assignment = await self._assigned(options)
+        if assignment is None:
+            return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
+        options = options.model_copy(update={"model_version": variant_version(assignment.model)})
+        started = time.perf_counter()
+        result = await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
+        labels = {"experiment": assignment.label, "variant": assignment.model}
+        metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
+        metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
+        result = replace(result, id=f"vec-{uuid.uuid4().hex}", experiment=assignment.experiment)
+        await asyncio.to_thread(self._recorded, result, assignment, options.target_quality)
+        return result
+
+    async def _assigned(self, options: VectorizeOptions) -> Assignment | None:
+        """The variant of the request's experiment (None without one; a 400 naming ``experiment`` if unknown)."""
+        if options.experiment is None:
+            return None
+        assignment = await asyncio.to_thread(self.experiments.assign, options.experiment, options.user)
+        if assignment is None or variant_version(assignment.model) is None:
+            message = f"experiment: no experiment {options.experiment!r} over vectorize versions (vectorize.vN)"
+            raise InvalidInput(message, "experiment")
+        return assignment
+
+    def _recorded(self, result: VectorizeResult, assignment: Assignment, target_quality: float | None) -> None:
+        """Remember what served ``result`` (feedback names its id); its measured SSIM, if any, rewards the variant."""
+        self.experiments.record([result.id], assignment, None)
+        if result.ssim is not None:
+            reward = measured_reward(result.ssim, target_quality)
+            self.experiments.store.rate(result.id, reward)
+            metrics.observe(metrics.VARIANT_REWARD, reward, experiment=assignment.label, variant=assignment.model)
+
+    async def analysis(self, image: bytes, options: VectorizeOptions) -> dict:
+        """The image's features, class and each tier's predicted result, not converted (gRPC's ``Analyze``)."""
+        return await self.vectorizer.analyze.remote(image, options)
+
+    async def analyze(self, request: Request) -> JSONResponse:
+        """The HTTP answer of ``POST /v1/vectorize/analyze``: the analysis as JSON (the request is vectorize's)."""
+        upload, options = await read_vectorize_request(request)
+        result = await self.analysis(upload, options)
+        headers = {"Easel-Tier": result["tier"], "Easel-Model-Version": str(result["model_version"])}
+        return JSONResponse(result, headers=headers)
 
     async def answer(self, request: Request) -> Response:
         """The HTTP answer: the SVG, or with ``Accept: application/json`` the SVG, its tier and timings."""
         upload, options = await read_vectorize_request(request)
         result = await self.vectorize(upload, options)
-        headers = {"Easel-Tier": result.tier}
+        headers = {"Easel-Tier": result.tier, "Easel-Model-Version": str(result.model_version)}
+        if result.experiment:
+            headers["Easel-Experiment"] = result.experiment
         if result.fallback:  # a short label: free text (error messages) never goes into a header
             headers["Easel-Fallback"] = result.why
         if "application/json" in request.headers.get("accept", ""):

@@ -39,6 +39,8 @@ from serve.triton.residency import (
     write_parked,
 )
 from serve.triton.server import CONTROL_KEY_ENV, TritonControl
+from serve.vectorize.version_admin import VectorizeVersionAdmin
+from serve.vectorize.versions import VersionChange
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class ModelResidency:
         triton_http_url: str | None = None,
         parked_path: str | None = None,
         repository: str | None = None,
+        vectorize_table_path: str | None = None,
     ) -> None:
         self.models = models.refreshed()  # the table as its file holds it (a replica started again finds it)
         self.parked_path = Path(parked_path) if parked_path else None
@@ -73,6 +76,7 @@ class ModelResidency:
                 self.residency.in_flight[version_id] = count
         key = os.environ.get(CONTROL_KEY_ENV)
         self.control = TritonControl(triton_http_url, key) if triton_http_url and key and self.parked_path else None
+        self.vectorize = VectorizeVersionAdmin(vectorize_table_path, self.repository, self.control)
         self.loading = asyncio.Lock()  # one load at a time
         self.changing = asyncio.Lock()  # one change of the table at a time
         self.ended = asyncio.Event()  # a request ended: a model may have become free to unload
@@ -149,6 +153,20 @@ class ModelResidency:
             metrics.set_gauge(metrics.MODEL_LOADED, 0, model=name)
             logger.info("model %s removed (version %d finishes its requests, then is unloaded)", name, old.version)
             return {"object": "model", "id": name, "deleted": True, "version": old.version}
+
+    async def vectorize_versions(self) -> dict:
+        """The vectorize versions installed, the current one marked (:mod:`serve.vectorize.version_admin`)."""
+        return self.vectorize.listing()
+
+    async def change_vectorize(self, method: str, change: VersionChange | None, version: int | None = None) -> dict:
+        """``POST`` (add), ``PUT`` (replace, or serve an installed version) or ``DELETE`` a vectorize version."""
+        if method == "DELETE":
+            return await self.vectorize.remove(version)
+        if change.version is not None:
+            if method == "POST":
+                raise InvalidInput("version: POST installs a trained_dir; PUT makes a version current", "version")
+            return await self.vectorize.serve(change.version)
+        return await (self.vectorize.add if method == "POST" else self.vectorize.replace)(change.trained_dir)
 
     async def _switch(self, change: Callable[[ModelTable], tuple[ModelEntry, ModelEntry | None]]) -> dict:
         """Make ``change`` to the table (it gives the new version and the one it retires).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 from ray import serve
@@ -26,9 +26,12 @@ from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy,
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
+from serve.vectorize.analysis import analysis
+from serve.vectorize.recording import Recording
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Why
+from serve.vectorize.versions import TableReader, ensemble_name
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +52,10 @@ class VectorizeResult:
     bytes: int
     paths: int
     fallback: str | None
+    model_version: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    id: str | None = None  # set when an experiment chose the version: what feedback names
+    experiment: str | None = None
 
     def to_json(self) -> dict:
         """The JSON response body."""
@@ -73,8 +79,10 @@ def size_class(pixels: np.ndarray) -> str:
 class Vectorizer:
     """Vectorize uploads; many in flight per replica, tracing in its worker processes (one per size class)."""
 
-    def __init__(self, triton_grpc_url: str) -> None:
+    def __init__(self, triton_grpc_url: str, table_path: str | None = None, recording: Recording | None = None) -> None:
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url), timeout_s=30)
+        self.versions = TableReader(table_path)
+        self.recording = recording or Recording()
         self.workers = {
             size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers",)).start()
             for size in ("small", "large")
@@ -88,25 +96,30 @@ class Vectorizer:
         ``sent_at`` is when the Gateway sent the request (epoch seconds), for the queue-time metric.
         """
         metrics.observe_queue_time(metrics.VECTORIZE, sent_at)
+        sampled = self.recording.sampled()
+        if sampled:  # a recorded answer's SSIM is measured
+            options = options.model_copy(update={"validate_output": True})
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.VECTORIZE, outcome="ok"):
-            result = await self._vectorize(upload, options)
+            result, pixels, scores = await self._vectorize(upload, options)
         _record(result)
+        if sampled:
+            await asyncio.to_thread(self.recording.keep, result, pixels, scores)
         return result
 
-    async def _vectorize(self, upload: bytes, options: VectorizeOptions) -> VectorizeResult:
+    async def _vectorize(
+        self, upload: bytes, options: VectorizeOptions
+    ) -> tuple[VectorizeResult, np.ndarray, tiers.Scores | None]:
         started = time.perf_counter()
-        try:
-            pixels = await asyncio.to_thread(decode_image, upload, "image")
-        except ImageRejected as error:
-            raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
+        pixels = await _decode(upload)
         timings = {"decode": _ms_since(started)}
-        choice, scores, detail = await self._choose(pixels, options, timings)
+        version = self.versions.now().resolve(options.model_version)
+        choice, scores, detail = await self._choose(pixels, options, version, timings)
         check = tiers.needs_check(choice, scores, options.prefer, options.target_quality)
         result = await self._trace(pixels, choice, check, options)
         timings.update(result.timings_ms)
         choice, conversion, measured = result.choice, result.conversion, result.ssim
         timings["total"] = _ms_since(started)
-        return VectorizeResult(
+        answer = VectorizeResult(
             svg=conversion.svg,
             tier=choice.used.value,
             requested_tier=choice.asked.value,
@@ -119,8 +132,10 @@ class Vectorizer:
             bytes=conversion.n_bytes,
             paths=conversion.n_paths,
             fallback=_fallback_message(choice.why, detail) if choice.fallback else None,
+            model_version=version,
             timings_ms=timings,
         )
+        return answer, pixels, scores
 
     async def _trace(
         self, pixels: np.ndarray, choice: tiers.Choice, check: bool, options: VectorizeOptions
@@ -153,7 +168,7 @@ class Vectorizer:
             raise NotReady("the vectorize worker died; retry shortly", retry_after_s=1) from error
 
     async def _choose(
-        self, pixels: np.ndarray, options: VectorizeOptions, timings: dict
+        self, pixels: np.ndarray, options: VectorizeOptions, version: int, timings: dict
     ) -> tuple[tiers.Choice, tiers.Scores | None, str]:
         """The parameter choice, the models' scores (None when they did not answer) and a detail for fallbacks."""
         asked = Tier(options.tier)
@@ -161,7 +176,7 @@ class Vectorizer:
             return tiers.defaults(asked), None, ""
         mark = time.perf_counter()
         try:
-            outputs = await self.triton.infer(ENSEMBLE, {"image": pixels})
+            scores = await self._scores(pixels, version)
         except EaselError as error:
             logger.warning("vectorize models unavailable, using defaults: %s", error.message)
             return tiers.defaults(asked, Why.MODELS_UNAVAILABLE), None, error.message
@@ -169,13 +184,29 @@ class Vectorizer:
             logger.warning("vectorize ensemble failed, using defaults: %s", error)
             return tiers.defaults(asked, Why.MODELS_FAILED), None, str(error)
         timings["models"] = _ms_since(mark)
-        scores = tiers.Scores.from_outputs(outputs)
         choice = tiers.choose(asked, scores, max(pixels.shape[:2]), options.time_budget_ms, options.target_quality)
         return choice, scores, ""
 
+    async def _scores(self, pixels: np.ndarray, version: int) -> tiers.Scores:
+        """The scores of one image by vectorize version ``version`` (one ensemble call answers every tier)."""
+        ensemble = replace(ENSEMBLE, name=ensemble_name(version))
+        return tiers.Scores.from_outputs(await self.triton.infer(ensemble, {"image": pixels}))
+
+    async def analyze(self, upload: bytes, options: VectorizeOptions) -> dict:
+        """The image's features, class and each tier's predicted result, without converting (503 without models)."""
+        pixels = await _decode(upload)
+        version = self.versions.now().resolve(options.model_version)
+        try:
+            scores = await self._scores(pixels, version)
+        except EaselError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a Triton failure is the models not answering, never a 500
+            raise NotReady(f"the vectorize models did not answer: {error}", retry_after_s=1) from error
+        return analysis(scores, max(pixels.shape[:2]), options) | {"model_version": version}
+
     async def ready(self) -> dict[str, bool]:
         """Readiness of the vectorize ensemble (vectorize still answers, with defaults, when it is not)."""
-        return await self.triton.models_ready((ENSEMBLE.name,))
+        return await self.triton.models_ready((ensemble_name(self.versions.now().current),))
 
 
 _FALLBACK_MESSAGES = {
@@ -184,6 +215,14 @@ _FALLBACK_MESSAGES = {
     Why.BELOW_DEFAULTS: "the tier's SVG scored below vtracer's defaults",
     Why.BELOW_TARGET: "below target_quality; vtracer defaults scored higher",
 }
+
+
+async def _decode(upload: bytes) -> np.ndarray:
+    """The upload's RGB pixels (400 naming ``image``, or 413 past the size limits)."""
+    try:
+        return await asyncio.to_thread(decode_image, upload, "image")
+    except ImageRejected as error:
+        raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
 
 
 def _fallback_message(why: Why, detail: str) -> str:

@@ -136,13 +136,42 @@ def feature_dict(features: np.ndarray) -> dict[str, float]:
     return {name: float(v) for name, v in zip(FEATURE_NAMES, features, strict=True)}
 
 
-def classify(features: np.ndarray) -> ImageClass:
-    """A coarse class from the features (thresholds set from the Breeze training set's percentiles)."""
+CLASS_RULES: tuple[tuple[ImageClass, tuple[tuple[str, str, float], ...]], ...] = (
+    (ImageClass.GRADIENT, (("smooth_fraction", ">", 0.12),)),  # wide areas of slowly changing colour
+    (ImageClass.TEXT, (("saturation", "<", 0.15), ("edge_density", ">", 0.08), ("dark_fraction", ">", 0.02))),
+    (ImageClass.COMPLEX, (("unique_colors", ">", 0.45), ("entropy", ">", 0.5))),  # many colours, busy histogram
+)
+"""The classes in the order they are tried, each with the feature thresholds it needs (all of them); none: simple.
+Thresholds set from the Breeze training set's percentiles."""
+CONFIDENCE_SCALE = 0.25
+"""A class decided by a relative margin this wide (from the nearest threshold) has a confidence of about 0.88."""
+
+
+def _rule_margin(f: dict[str, float], conditions: tuple[tuple[str, str, float], ...]) -> float:
+    """How far a rule is inside its thresholds, relative to each (> 0: it holds; its weakest condition decides)."""
+    return min(((f[n] - t) if op == ">" else (t - f[n])) / t for n, op, t in conditions)
+
+
+def classify_with_confidence(features: np.ndarray) -> tuple[ImageClass, float]:
+    """The coarse class and a confidence in ``[0.5, 1)``: how far the features sit from the thresholds that decided it.
+
+    The margin is the smallest relative distance among the deciding rule's conditions and the earlier rules' failed
+    ones; the confidence is ``0.5 + 0.5 * tanh(margin / CONFIDENCE_SCALE)``.
+    """
     f = feature_dict(features)
-    if f["smooth_fraction"] > 0.12:
-        return ImageClass.GRADIENT  # wide areas of slowly changing colour (shading, gradients)
-    if f["saturation"] < 0.15 and f["edge_density"] > 0.08 and f["dark_fraction"] > 0.02:
-        return ImageClass.TEXT  # dense, dark, colourless strokes
-    if f["unique_colors"] > 0.45 and f["entropy"] > 0.5:
-        return ImageClass.COMPLEX  # many colours, busy tonal histogram
-    return ImageClass.SIMPLE
+    margins: list[float] = []
+    for image_class, conditions in CLASS_RULES:
+        margin = _rule_margin(f, conditions)
+        if margin > 0:
+            return image_class, _confidence(min([margin, *margins]))
+        margins.append(-margin)
+    return ImageClass.SIMPLE, _confidence(min(margins))
+
+
+def _confidence(margin: float) -> float:
+    return round(0.5 + 0.5 * math.tanh(margin / CONFIDENCE_SCALE), 4)
+
+
+def classify(features: np.ndarray) -> ImageClass:
+    """The coarse class auto dispatches on (:data:`CLASS_RULES`)."""
+    return classify_with_confidence(features)[0]

@@ -66,6 +66,20 @@ class VectorizeOptions(BaseModel):
         description="Minimum SSIM wanted (in place of the defaults' quality): tier 2 keeps only candidates "
         "predicted to reach it; with validate, a result below it falls back to defaults.",
     )
+    model_version: int | None = Field(
+        None,
+        ge=1,
+        description="The vectorize model version to use (GET /v1/vectorize/models lists them); none: the current one.",
+    )
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=64,
+        description="An experiment over vectorize versions (variants vectorize.vN): it picks the version.",
+    )
+    user: str | None = Field(
+        None, min_length=1, max_length=256, description="Who asks: a split keeps each user on one variant."
+    )
     validate_output: bool = Field(
         False, alias="validate", description="Render the SVG back and report its SSIM against the input."
     )

@@ -136,6 +136,7 @@ def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_
     assert GRPC_LIMITS == {
         "/easel.v1.Easel/Generate": MAX_REQUEST_BYTES,
         "/easel.v1.Easel/Vectorize": MAX_UPLOAD_BYTES,
+        "/easel.v1.Easel/Analyze": MAX_UPLOAD_BYTES,
         "/easel.v1.Easel/Feedback": DEFAULT_BODY_LIMIT,
     }
     assert rpc_route("Feedback").body_limit is None  # the HTTP route's default
@@ -153,7 +154,7 @@ def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_
 
 def test_a_message_is_parsed_only_by_the_gateway_and_one_over_its_limit_is_a_413_naming_it():
     from serve.errors import PayloadTooLarge
-    from serve.grpc_api import Unparsed, feedback_request, generation_request
+    from serve.grpc_api import Unparsed, feedback_request, generation_request, vectorize_request
 
     data = easel_pb2.GenerateRequest(prompt="a fox", seed=7).SerializeToString()
     assert generation_request(Unparsed(data, len(data), 1 << 20)).prompt == "a fox"
@@ -162,3 +163,7 @@ def test_a_message_is_parsed_only_by_the_gateway_and_one_over_its_limit_is_a_413
     assert refused.value.field == "message" and "at most 1048576" in refused.value.message
     with pytest.raises(InvalidInput, match="not a Generate request"):
         generation_request(Unparsed(b"\xff\xff\xff", 3, 1 << 20))
+    image = easel_pb2.VectorizeRequest(image=b"png", prefer="size").SerializeToString()
+    assert vectorize_request(Unparsed(image, len(image), 1 << 20), "Analyze")[0] == b"png"
+    with pytest.raises(PayloadTooLarge, match="Analyze takes at most"):
+        vectorize_request(Unparsed(b"", 2 << 20, 1 << 20), "Analyze")

@@ -33,14 +33,26 @@ class Vectorizer:
     async def _vectorize(self, image: bytes, options, sent_at: float) -> VectorizeResult:
         self.received.append((image, options))
         why = "tier1 untrained" if self.fallback else "asked"
-        return VectorizeResult("<svg/>", "1", "auto", why, None, {}, None, None, False, 6, 0, self.fallback)
+        return VectorizeResult("<svg/>", "1", "auto", why, None, {}, None, None, False, 6, 0, self.fallback, 1)
+
+
+class Residency:
+    """The ModelResidency's handle as the vectorize versions call it, recording the changes it got."""
+
+    def __init__(self) -> None:
+        self.changes = []
+        self.change_vectorize = SimpleNamespace(remote=self._change)
+
+    async def _change(self, method: str, body, version=None) -> dict:
+        self.changes.append((method, body, version))
+        return {"object": "vectorize.model", "version": 2}
 
 
 @pytest.fixture
 def client():
     """The HTTP app with a replica's vectorize class, as the Gateway sets it, and no other."""
     vectorizer = Vectorizer()
-    api.state.gateway = SimpleNamespace(vectorizing=Vectorizing(vectorizer))
+    api.state.gateway = SimpleNamespace(vectorizing=Vectorizing(vectorizer, Residency()))
     yield TestClient(api), vectorizer
     del api.state.gateway
 
@@ -85,7 +97,7 @@ async def _vectorized(vectorizer: Vectorizer):
         return {"type": "http.request", "body": b"png", "more_body": False}
 
     scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", b"image/png")]}
-    return await Vectorizing(vectorizer).answer(Request({**scope, "query_string": b""}, receive))
+    return await Vectorizing(vectorizer, Residency()).answer(Request({**scope, "query_string": b""}, receive))
 
 
 def _key(key_id: str, *scopes: Scope) -> ApiKey:
@@ -181,3 +193,24 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     assert traffic.served_by(image_id) == Assignment("b", "logo")  # feedback can name the image
     cached_id = json.loads(again.body)["data"][0]["id"]
     assert traffic.served_by(cached_id) == Assignment("b")  # a cached answer's feedback is no evidence
+
+
+def test_a_vectorize_answer_names_its_model_version(client):
+    http, _ = client
+    response = http.post("/v1/vectorize", content=b"png", headers={"content-type": "image/png"})
+    assert response.headers["Easel-Model-Version"] == "1"
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({}, "body"), ({"trained_dir": "/x", "version": 2}, "body"), ({"version": 0}, "version"), ({"x": 1}, "x")],
+)
+def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(client, body, field):
+    http, _ = client
+    residency = api.state.gateway.vectorizing.residency
+    response = http.post("/v1/vectorize/models", json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+    assert residency.changes == []
+    assert http.put("/v1/vectorize/models", json={"version": 1}).status_code == 200
+    assert http.delete("/v1/vectorize/models/3").status_code == 200
+    assert [(m, v) for m, _, v in residency.changes] == [("PUT", None), ("DELETE", 3)]

@@ -97,3 +97,18 @@ def test_vectorize_answers_what_the_http_api_does(api, easel):
     with pytest.raises(grpc.RpcError) as refused:
         easel.Vectorize(easel_pb2.VectorizeRequest(image=b"not an image"), timeout=30)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_analyze_answers_what_the_http_api_does(api, easel):
+    icon = dev_icon_png(ICONS_DEV / "val")
+    reply = easel.Analyze(easel_pb2.VectorizeRequest(image=icon, tier="2"), timeout=60)
+    over_http = api.post("/v1/vectorize/analyze", files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"})
+    found = over_http.json()
+    assert reply.tier == found["tier"] and reply.image_class == found["image_class"] and reply.why == found["why"]
+    assert reply.class_confidence == pytest.approx(found["class_confidence"])
+    assert {tier: p.ssim for tier, p in reply.predicted.items()} == pytest.approx(
+        {tier: p["ssim"] for tier, p in found["predicted"].items()}
+    )
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.Analyze(easel_pb2.VectorizeRequest(image=b"not an image"), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -182,3 +182,34 @@ def test_falls_back_to_vtracer_defaults_with_triton_stopped(api, stack, icon):
         again = api.post(VECTORIZE, files={"file": ("icon.png", icon, "image/png")}, data={"tier": "2"}, headers=JSON)
         whys.append(again.json()["why"])
     assert len(whys) >= 4 and all(why in served for why in whys[-4:]), whys
+
+
+ANALYZE = "/v1/vectorize/analyze"
+
+
+def _val_icons(count: int) -> list[bytes]:
+    """The first ``count`` validation icons of the shared set (a flat random icon where it is absent)."""
+    icons = sorted((ICONS_DEV / "val").glob("*.png"))[:count] if (ICONS_DEV / "val").exists() else []
+    return [path.read_bytes() for path in icons] or [encode(Image.new("RGB", (96, 96), "white"))]
+
+
+@pytest.mark.parametrize("prefer", ["size", "quality"])
+def test_analyze_s_class_and_tier_are_what_vectorize_then_reports(api, prefer):
+    for icon in _val_icons(6):
+        upload = {"file": ("icon.png", icon, "image/png")}
+        analyzed = api.post(ANALYZE, files=upload, data={"prefer": prefer})
+        assert analyzed.status_code == 200, analyzed.text
+        found = analyzed.json()
+        assert "svg" not in found and analyzed.headers["Easel-Tier"] == found["tier"]
+        assert set(found["predicted"]) == {"1", "2", "3", "default"} and 0.5 <= found["class_confidence"] <= 1
+        served = api.post(VECTORIZE, files=upload, data={"prefer": prefer}, headers=JSON).json()
+        assert served["image_class"] == found["image_class"]
+        assert served["checked"] == found["check"]
+        if served["why"] not in {"below_defaults", "tier1_after_check"}:  # a check may replace the choice
+            assert served["tier"] == found["tier"] and served["parameters"] == found["parameters"]
+
+
+def test_analyze_refuses_what_vectorize_refuses(api):
+    response = api.post(ANALYZE, files={"file": ("x.png", b"not an image", "image/png")})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "image"
+    assert api.post(ANALYZE, content=b"{}", headers={"Content-Type": "text/plain"}).status_code == 400

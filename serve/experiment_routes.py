@@ -1,0 +1,66 @@
+"""The HTTP API's feedback and experiment routes: ``/v1/feedback``, ``/v1/experiments``.
+
+:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.adapter_routes`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
+Gateway). Each hands its call to the Gateway's :class:`serve.serving.experiments.ExperimentsAndFeedback`; a route's
+docstring is its description in the document. Their scopes and body limits are :mod:`serve.routes`'.
+"""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Path, Request
+
+from serve.access import caller
+from serve.experiments.feedback import FeedbackRequest
+from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.serving.experiments import ExperimentsAndFeedback
+
+
+def experiments(http: Request) -> ExperimentsAndFeedback:
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    return http.app.state.gateway.experiments
+
+
+async def feedback(http: Request, body: FeedbackRequest) -> dict:
+    """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
+
+    It goes to the posterior of the variant that served it, if an experiment chose it; each id counts once (409
+    after). An id the caller's key did not generate is as unknown as one never made (400 naming the field).
+    """
+    return await experiments(http).rate(body, caller(http))
+
+
+async def experiments_listed(http: Request) -> dict:
+    """Every experiment: its policy, its variants and each variant's posterior (admin)."""
+    return await experiments(http).listing()
+
+
+async def experiment(http: Request, name: str) -> dict:
+    """One experiment with its variants' posteriors (admin; 404 if there is none)."""
+    return await experiments(http).describe(name)
+
+
+async def experiment_defined(
+    http: Request, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec
+) -> dict:
+    """Create or replace experiment ``name``, a model alias (admin): its variants must be served models.
+
+    Replacing keeps the posteriors of the variants it keeps.
+    """
+    return await experiments(http).define(name, spec)
+
+
+async def experiment_deleted(http: Request, name: str) -> dict:
+    """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
+    return await experiments(http).delete(name)
+
+
+ROUTES: tuple[tuple[str, str, Callable], ...] = (
+    ("POST", "/v1/feedback", feedback),
+    ("GET", "/v1/experiments", experiments_listed),
+    ("GET", "/v1/experiments/{name}", experiment),
+    ("PUT", "/v1/experiments/{name}", experiment_defined),
+    ("DELETE", "/v1/experiments/{name}", experiment_deleted),
+)
+"""(method, path, handler), in the document's order."""

@@ -33,6 +33,7 @@ from serve.experiments import open_experiment_store
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
 from serve.experiments.traffic import Experiments
+from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
@@ -44,6 +45,7 @@ from serve.serving.health import Health
 from serve.serving.jobs import MAX_PAGE, BackgroundJobs
 from serve.serving.models import ModelAdmin
 from serve.serving.ray_errors import as_easel_error
+from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.settings import AppSettings
 from serve.stores import default_url
@@ -51,6 +53,9 @@ from serve.text_to_image.deployment import TextToImage
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
+from serve.triton.client import TritonClient
+from serve.triton.node import grpc_url_on_this_node
+from serve.triton.runners import replica_runner
 from serve.vectorize.deployment import Vectorizer
 from serve.wire import BodyLimits
 
@@ -359,6 +364,18 @@ async def events(http: Request, job_id: str, preview: bool = False) -> Streaming
     return await serving(http).jobs.events(caller(http), job_id, preview)
 
 
+@api.get("/v1/upscalers")
+async def upscalers_listed(http: Request) -> dict:
+    """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
+    return serving(http).upscaling.listing()
+
+
+@api.post("/v1/images/upscale")
+async def upscale(http: Request) -> dict:
+    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part)."""
+    return await serving(http).upscaling.answer(http)
+
+
 @api.post("/v1/vectorize")
 async def vectorize(http: Request) -> Response:
     """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
@@ -384,6 +401,8 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        upscalers: Upscalers | None = None,
+        triton_grpc_url: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         open_access(store_url, models.default.native_size)
@@ -397,6 +416,9 @@ class Gateway:
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer)
+        upscalers = upscalers or Upscalers()
+        triton = TritonClient(grpc_url_on_this_node(triton_grpc_url)) if upscalers.ready and triton_grpc_url else None
+        self.upscaling = Upscaling(upscalers, replica_runner(triton) if triton else None)
         self.health = Health(text_to_image, vectorizer, self.models)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -469,6 +491,9 @@ class AppArgs(AppSettings):
     repository: str | None = Field(
         None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
     )
+    upscalers_dir: str | None = Field(
+        None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
+    )
 
 
 def build_app(args: AppArgs) -> serve.Application:
@@ -487,4 +512,6 @@ def build_app(args: AppArgs) -> serve.Application:
         args.store,
         args.cache_bytes,
         args.experiments,
+        Upscalers.read(args.upscalers_dir),
+        args.triton_grpc_url,
     )

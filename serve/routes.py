@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.routing import compile_path
 
-from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
+from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES
+from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
@@ -89,6 +90,8 @@ ROUTES = (
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
     Route("get", "/v1/controlnets", Scope.GENERATE),
+    Route("get", "/v1/upscalers", Scope.GENERATE),
+    Route("post", "/v1/images/upscale", Scope.GENERATE, body_limit=MAX_UPSCALE_REQUEST_BYTES, pipeline=UPSCALE),
     Route("get", "/v1/models", Scope.GENERATE),
     Route("post", "/v1/models", Scope.ADMIN, (409,)),
     Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),

@@ -22,6 +22,7 @@ from serve.cli_options import (
     EXISTING_FILE,
     EXISTING_FOLDER,
     FOLDER,
+    NAMED_FILE,
     NAMED_FOLDER,
     NAMED_JSON,
     NOT_ON_CLI,
@@ -185,6 +186,12 @@ class StackOptions(AppSettings):
             description="A diffusers ControlNetModel folder, served as ControlNet NAME (repeatable; several may guide "
             "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
         )
+    )
+    upscalers: Annotated[dict[str, Path], Cli("--upscaler", NAMED_FILE, metavar="NAME=FILE", multiple=True)] = Field(
+        {},
+        description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
+        "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
+        "recognised is listed with why (GET /v1/upscalers) and not served.",
     )
 
     step_cache: bool = Field(

@@ -31,6 +31,7 @@ import yaml
 
 from serve.adapters.support import LORA_ENGINE_CLASS
 from serve.errors import InvalidInput
+from serve.finishing.upscalers import Upscalers
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
@@ -168,9 +169,10 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
     return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
 
 
-def triton_models(models: ServedModels, vectorize: bool) -> list:
+def triton_models(models: ServedModels, vectorize: bool, upscalers_dir: Path | None = None) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover)."""
     specs = [spec for model in models.values() for spec in model.triton_specs()]
+    specs += [entry.spec for entry in Upscalers.read(upscalers_dir).ready]
     return specs + ([FEATURES, QUALITY, POLICY, ENSEMBLE] if vectorize else [])
 
 
@@ -215,6 +217,7 @@ class Stack:
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         engine_dirs = self._build_models()
+        upscalers_dir = self._build_upscalers()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
         table = self._start_table(engine_dirs) if opts.address is None else None
@@ -225,13 +228,13 @@ class Stack:
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
         pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
-        models = triton_models(served, vectorize)
+        models = triton_models(served, vectorize, upscalers_dir)
         parked = self._park(served) if opts.address is None else None
         if opts.address is None:
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
-                lambda: triton_models(self._served_now(), vectorize),
+                lambda: triton_models(self._served_now(), vectorize, upscalers_dir),
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
@@ -262,6 +265,7 @@ class Stack:
             model_table_path=str(table) if table else None,
             repository=str(opts.repository.resolve()),
             loras_dir=loras_dir,
+            upscalers_dir=str(upscalers_dir) if upscalers_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
         _deploy(config, timeout_s)
@@ -341,6 +345,12 @@ class Stack:
             folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
             built[name] = str(folder.path)
         return built
+
+    def _build_upscalers(self) -> Path | None:
+        """Build (or reuse) the ``--upscaler`` engines and install the ready ones; their folder (None: none)."""
+        from build_engines.finishing.upscalers import build_upscalers
+
+        return build_upscalers(self.options.upscalers, self.options.repository)
 
     def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""

@@ -12,9 +12,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from serve.errors import InvalidInput
 from serve.finishing.tiles import Tiling
-from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
+from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 UPSCALER_PREFIX = "upscaler_"
 TILE = 128
@@ -106,3 +109,39 @@ class Upscalers:
         if not 1 <= scale <= entry.scale:
             raise InvalidInput(f"{scale_field}: {scale:g} is outside [1, {entry.scale}] for {name!r}", scale_field)
         return entry, scale
+
+
+MAX_OUTPUT_PIXELS = 4096 * 4096
+"""The most pixels an upscale may give (a 1024x1024 image at x4); over it is a 400 naming ``scale``."""
+
+
+def output_size(width: int, height: int, scale: float, field: str = "scale") -> tuple[int, int]:
+    """The size ``scale`` makes of ``width`` x ``height``; a 400 naming ``field`` over :data:`MAX_OUTPUT_PIXELS`."""
+    size = (round(width * scale), round(height * scale))
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidInput(
+            f"{field}: {width}x{height} at x{scale:g} is {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels "
+            f"({MAX_OUTPUT_PIXELS / 1e6:.1f} megapixels)",
+            field,
+        )
+    return size
+
+
+async def upscale_pixels(pixels: np.ndarray, entry: UpscalerEntry, scale: float, runner: EngineRunner) -> np.ndarray:
+    """RGB ``uint8`` ``pixels`` (H x W x 3) upscaled by ``entry``'s engine through ``runner``, to ``scale``.
+
+    The engine upscales by its own scale, tile by tile; a lower ``scale`` resizes its output down (Lanczos).
+    """
+    height, width = pixels.shape[:2]
+    target = output_size(width, height, scale)
+    spec = entry.spec
+
+    async def run(tiles: np.ndarray) -> np.ndarray:
+        return (await runner.infer(spec, {"image": tiles}))["upscaled"]
+
+    image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    upscaled = await entry.tiling.upscale(image, run)
+    out = (np.clip(upscaled, 0.0, 1.0) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
+    if (out.shape[1], out.shape[0]) == target:
+        return out
+    return np.asarray(Image.fromarray(out).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)

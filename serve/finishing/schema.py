@@ -1,0 +1,28 @@
+"""The upscale route's request, as JSON (``image`` base64) or as a multipart form (``image`` a file part).
+
+Imports no image library and no torch: Ray Serve's HTTP proxy loads the routes, which name it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_UPSCALE_REQUEST_BYTES = 32 << 20
+"""Bytes an upscale request may carry (its image; base64 adds a third)."""
+
+
+class UpscaleOptions(BaseModel):
+    """What to upscale with: an upscaler this stack serves, and a scale up to its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    upscaler: str = Field(description="An upscaler of this stack (GET /v1/upscalers).")
+    scale: float | None = Field(
+        None, description="1 up to the upscaler's scale (default: its own); a lower one resizes its output down."
+    )
+
+
+class UpscaleJson(UpscaleOptions):
+    """``POST /v1/images/upscale`` as JSON."""
+
+    image: str = Field(description="The image, base64 (PNG, JPEG, WebP, ...).")

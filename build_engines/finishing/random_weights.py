@@ -1,8 +1,9 @@
 """Upscaler files with random weights, saved in the community files' key layouts (nothing is downloaded).
 
 Real-ESRGAN's ``RealESRGAN_x4plus.pth`` / ``x2plus`` keep BasicSR's RRDBNet under ``params_ema``;
-``realesr-general-x4v3.pth`` keeps SRVGGNetCompact under ``params``. PyTorch's default initialisation: (BasicSR's
-Kaiming x 0.1 leaves a random RRDBNet's output near 1e-6, too flat to compare tiles by).
+``realesr-general-x4v3.pth`` keeps SRVGGNetCompact under ``params``. PyTorch's default initialisation, except
+RRDBNet's last convolution: scaled so that its output spreads over ``[0, 1]`` around 0.5 as a picture's would (a
+random RRDBNet's output is otherwise near 0, all black once clamped, and any two would compare equal).
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def random_upscaler(kind: str, scale: int, seed: int = 0, **arguments) -> torch.
     """An upscaler of ``kind`` (``RRDBNet``, ``SRVGGNetCompact``) with random weights (tiny unless told)."""
     torch.manual_seed(seed)
     module = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact}[kind](scale=scale, **(TINY[kind] | arguments))
+    if isinstance(module, RRDBNet):
+        with torch.no_grad():
+            picture = torch.nn.functional.avg_pool2d(torch.rand(1, 3, 32, 32), 5, 1, 2)  # smooth, as pictures are
+            spread = module(picture).std()
+            module.conv_last.weight *= 0.25 / spread
+            module.conv_last.bias.fill_(0.5)
     return module.eval()
 
 

@@ -23,11 +23,11 @@ import torch
 from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
 from serve.files import files_hash
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
-from serve.finishing.upscalers import ERROR, TILE, UpscalerEntry, Upscalers, upscaler_spec
+from serve.finishing.upscalers import ERROR, TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
 from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session
-from serve.triton.repository import install_model
+from serve.triton.repository import install_model, uninstall_model
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +46,10 @@ def build_upscalers(
 ) -> Path | None:
     """Build (or reuse) the engines of ``upscalers`` and install the ready ones in ``repository``; their folder.
 
-    None when there are none.
+    None when there are none. Upscalers an earlier start installed and this one has not are removed.
     """
     if not upscalers:
+        _remove_stale(repository, set())
         return None
     folder = upscalers_dir(upscalers, tile)
     if force or not (folder / "upscalers.json").is_file():
@@ -57,10 +58,17 @@ def build_upscalers(
         entries = [_build_one(name, Path(path), folder, tile) for name, path in sorted(upscalers.items())]
         Upscalers(tuple(entries)).write(folder)  # written last: a folder with it is complete
     built = Upscalers.read(folder)
-    if repository is not None:
-        for entry in built.ready:
-            install_model(entry.spec, repository, EngineFiles(folder / entry.spec.name).files())
+    _remove_stale(repository, {entry.spec.name for entry in built.ready})
+    for entry in built.ready if repository is not None else ():
+        install_model(entry.spec, repository, EngineFiles(folder / entry.spec.name).files())
     return folder
+
+
+def _remove_stale(repository: Path | None, wanted: set[str]) -> None:
+    """Remove from ``repository`` the upscalers an earlier start installed that are not ``wanted`` now."""
+    for stale in repository.glob(f"{UPSCALER_PREFIX}*") if repository is not None else ():
+        if stale.name not in wanted:
+            uninstall_model(stale.name, repository)
 
 
 def _build_one(name: str, path: Path, folder: Path, tile: int) -> UpscalerEntry:

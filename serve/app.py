@@ -411,14 +411,14 @@ class Gateway:
         traffic = Experiments(open_experiment_store(store_url), current.names)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
-        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic)
+        upscalers = upscalers or Upscalers()
+        triton = TritonClient(grpc_url_on_this_node(triton_grpc_url)) if upscalers.ready and triton_grpc_url else None
+        self.upscaling = Upscaling(upscalers, replica_runner(triton) if triton else None)
+        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic, self.upscaling)
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer)
-        upscalers = upscalers or Upscalers()
-        triton = TritonClient(grpc_url_on_this_node(triton_grpc_url)) if upscalers.ready and triton_grpc_url else None
-        self.upscaling = Upscaling(upscalers, replica_runner(triton) if triton else None)
         self.health = Health(text_to_image, vectorizer, self.models)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

@@ -35,6 +35,7 @@ from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
+from serve.finishing.schema import MAX_UPSCALE
 from serve.jobs.model import Owner
 from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
 from serve.stores import scheme
@@ -85,9 +86,18 @@ def owner_filter(key: ApiKey | None) -> str | None:
 
 
 def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it."""
+    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it.
+
+    A hires fix adds its second pass: images x its steps x the upscaled megapixels.
+    """
     width, height = output_size(request, native_size)
-    return request_cost(request.rows, request.denoising_steps, width, height, request.passes)
+    cost = request_cost(request.rows, request.denoising_steps, width, height, request.passes)
+    hires = request.upscale
+    if hires is not None and hires.denoise is not None:  # the hires fix's img2img at the upscaled size
+        scale = hires.scale or MAX_UPSCALE  # the upscaler's own scale is not known here: priced at the most
+        steps = int(request.num_inference_steps * hires.denoise)
+        cost += request_cost(request.rows, steps, round(width * scale), round(height * scale))
+    return cost
 
 
 def request_body(request) -> BaseModel:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import logging
 import sqlite3
@@ -26,9 +27,12 @@ from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
+from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.serving.current_models import CurrentModels
+from serve.serving.upscale import Upscaling
 from serve.text_to_image.deployment import EncodedImages, Progress
+from serve.text_to_image.images import output_size
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import VectorizeResult
@@ -77,8 +81,10 @@ class Generations:
         residency: DeploymentHandle,
         cache: ResultCache | None,
         experiments: Experiments,
+        upscaling: Upscaling | None = None,
     ) -> None:
         self.models = models
+        self.upscaling = upscaling or Upscaling(Upscalers(), None)
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
@@ -113,6 +119,8 @@ class Generations:
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self.model(request)
         model.check(request)
+        if request.upscale is not None:
+            self.upscaling.check_generation(request, *output_size(request, model.native_size))
         return request, assignment, model
 
     async def answer(self, request: GenerationRequest, owner: str | None, fresh: bool) -> JSONResponse:
@@ -189,6 +197,7 @@ class Generations:
                 result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
             else:
                 result = await self._generate_reporting(served, request, on_step)
+            result = await self._finished(served, request, result)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
         headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
@@ -199,6 +208,17 @@ class Generations:
             await cache_call(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
         return body, headers
+
+    async def _finished(self, served: ServedModel, request: GenerationRequest, result: EncodedImages) -> EncodedImages:
+        """``result`` with its images upscaled (and redrawn, a hires fix) as the request's ``upscale`` asks."""
+        if request.upscale is None:
+            return result
+
+        async def img2img(second: GenerationRequest) -> list[bytes]:
+            return (await self._pipeline(served).generate.remote(second, sent_at=time.time())).images
+
+        images = await self.upscaling.finish(request, result.images, result.seed, img2img)
+        return dataclasses.replace(result, images=images)
 
     async def _encoded(self, request: GenerationRequest, result: EncodedImages) -> list[dict]:
         """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
@@ -248,6 +268,7 @@ class Generations:
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue
+                item = await self._finished(served, request, item)
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]

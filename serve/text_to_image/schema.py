@@ -28,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from serve.finishing.schema import UpscaleChoice
 from serve.images import base64_bytes
 from serve.priority import Priority
 from serve.vectorize.schema import BASE64_PATTERN, Tier
@@ -336,6 +337,11 @@ class GenerationRequest(BaseModel):
         max_length=MAX_CONTROLNETS,
         description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
         "(diffusers' MultiControlNetModel).",
+    )
+    upscale: UpscaleChoice | None = Field(
+        None,
+        description="Upscale each image before it is answered (GET /v1/upscalers); with `denoise`, a hires fix: "
+        "img2img at that strength at the upscaled size.",
     )
     model: str | None = Field(
         None,

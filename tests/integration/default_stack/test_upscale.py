@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import time
 
 import numpy as np
+import openai
 import pytest
 import torch
 from PIL import Image
 
 from serve.finishing.recognise import read_state, recognise
 from tests.images import encode, icon_pixels
+from tests.integration.conftest import post_together
 
 UPSCALE = "/v1/images/upscale"
 
@@ -89,3 +92,63 @@ def test_bad_input_is_a_400_naming_the_field_and_the_stack_stays_up(api, picture
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == field
     assert api.get("/healthz").status_code == 200
+
+
+GENERATE = "/v1/images/generations"
+BODY = {"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 4, "seed": 3}
+
+
+def job_answer(api, body: dict) -> dict:
+    """A background job's answer, once it succeeded."""
+    job = api.post(GENERATE, json=body | {"background": True}).json()
+    for _ in range(1200):
+        job = api.get(f"/v1/jobs/{job['id']}").json()
+        if job["status"] in ("succeeded", "failed"):
+            break
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    return job
+
+
+def test_a_generation_is_upscaled_before_it_is_answered_synchronously_and_as_a_job(api):
+    plain = api.post(GENERATE, json=BODY).json()["data"][0]["b64_json"]
+    upscaled = answered_pixels(api.post(UPSCALE, json={"image": plain, "upscaler": "general"}))
+    body = BODY | {"upscale": {"upscaler": "general"}}
+    answered = answered_pixels(api.post(GENERATE, json=body))
+    assert answered.shape == (256, 256, 3)
+    np.testing.assert_array_equal(answered, upscaled)
+    job = job_answer(api, body)
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(job["data"][0]["b64_json"]))).convert("RGB"))
+    np.testing.assert_array_equal(image, upscaled)
+
+
+def test_hires_fix_through_the_openai_client_and_two_at_once_each_equal_their_solo_image(stack, api):
+    client = openai.OpenAI(base_url=f"{stack.info.api_url}/v1", api_key="unused", timeout=300)
+    hires = {"upscaler": "general", "scale": 2, "denoise": 0.5}
+    answer = client.images.generate(
+        prompt=BODY["prompt"], size="64x64", extra_body={"seed": 5, "num_inference_steps": 4, "upscale": hires}
+    )
+    solo = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.data[0].b64_json))).convert("RGB"))
+    assert solo.shape == (128, 128, 3)
+    upscaled_only = answered_pixels(api.post(GENERATE, json=BODY | {"seed": 5, "upscale": hires | {"denoise": None}}))
+    assert psnr(solo, upscaled_only) < 40  # the second pass redrew it
+    bodies = [BODY | {"seed": seed, "upscale": hires} for seed in (5, 6)]
+    together = post_together(stack.info.api_url, GENERATE, bodies)
+    np.testing.assert_array_equal(answered_pixels(together[0]), solo)
+    np.testing.assert_array_equal(answered_pixels(together[1]), answered_pixels(api.post(GENERATE, json=bodies[1])))
+
+
+@pytest.mark.parametrize(
+    ("upscale", "field"),
+    [
+        ({"upscaler": "nope"}, "upscale.upscaler"),
+        ({"upscaler": "general", "scale": 5}, "upscale.scale"),
+        ({"upscaler": "general", "denoise": 0}, "upscale.denoise"),
+        ({"upscaler": "general", "denoise": 1.5}, "upscale.denoise"),
+        ({"upscaler": "general", "scale": 1.1, "denoise": 0.5}, "upscale.scale"),
+    ],
+)
+def test_a_generation_s_bad_upscale_is_a_400_naming_the_field(api, upscale, field):
+    answer = api.post(GENERATE, json=BODY | {"upscale": upscale})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == field

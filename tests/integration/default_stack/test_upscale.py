@@ -6,6 +6,7 @@ import base64
 import io
 import time
 
+import grpc
 import numpy as np
 import openai
 import pytest
@@ -13,6 +14,7 @@ import torch
 from PIL import Image
 
 from serve.finishing.recognise import read_state, recognise
+from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from tests.images import encode, icon_pixels
 from tests.integration.conftest import post_together
 
@@ -152,3 +154,13 @@ def test_a_generation_s_bad_upscale_is_a_400_naming_the_field(api, upscale, fiel
     answer = api.post(GENERATE, json=BODY | {"upscale": upscale})
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == field
+
+
+def test_a_grpc_generation_with_upscale_answers_the_http_api_s_image(stack, api):
+    hires = {"upscaler": "general", "scale": 2.0, "denoise": 0.5}
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        message = easel_pb2.GenerateRequest(**BODY, upscale=easel_pb2.Upscale(**hires))
+        events = list(easel_pb2_grpc.EaselStub(channel).Generate(message, timeout=300))
+    image = np.asarray(Image.open(io.BytesIO(events[-1].result.images[0].data)).convert("RGB"))
+    assert image.shape == (128, 128, 3)
+    np.testing.assert_array_equal(image, answered_pixels(api.post(GENERATE, json=BODY | {"upscale": hires})))

@@ -122,3 +122,23 @@ def test_a_build_lists_each_upscaler_ready_or_with_why_and_a_request_is_checked(
         with pytest.raises(InvalidInput) as refused:
             upscalers.choose(name, scale)
         assert refused.value.field == field
+
+
+def _spandrel():
+    try:
+        import spandrel
+    except Exception as error:  # noqa: BLE001 - ImportError, or torchvision's absence surfacing as another kind
+        pytest.skip(f"spandrel does not import here ({type(error).__name__}: {error}); see MACHINE.md")
+    return spandrel
+
+
+@pytest.mark.parametrize(("kind", "scale"), [("RRDBNet", 4), ("RRDBNet", 2), ("SRVGGNetCompact", 4)])
+def test_the_module_matches_spandrel_on_the_same_file_where_spandrel_imports(tmp_path, kind, scale):
+    spandrel = _spandrel()
+    path = save_upscaler(random_upscaler(kind, scale), tmp_path / "model.pth")
+    theirs = spandrel.ModelLoader().load_from_file(str(path))
+    assert theirs.scale == scale
+    state = read_state(path)
+    image = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(recognise(state).module(state)(image), theirs.model.eval()(image))

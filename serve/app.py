@@ -1,13 +1,14 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method. No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at
-run time.
+gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`' (included in their place). No
+``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from importlib.resources import files
 from typing import Annotated
 
@@ -17,14 +18,14 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import contract, grpc_api, metrics
+from serve import adapter_routes, contract, grpc_api, metrics
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
@@ -37,7 +38,8 @@ from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
-from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods, rpc_route
+from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
+from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
 from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
@@ -47,15 +49,12 @@ from serve.serving.models import ModelAdmin
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
-from serve.settings import AppSettings
+from serve.settings import AppArgs
 from serve.stores import default_url
 from serve.text_to_image.deployment import TextToImage
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.text_to_image.residency import ModelResidency
-from serve.triton.client import TritonClient
-from serve.triton.node import grpc_url_on_this_node
-from serve.triton.runners import replica_runner
 from serve.vectorize.deployment import Vectorizer
 from serve.wire import BodyLimits
 
@@ -238,16 +237,15 @@ async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()]) 
 
 async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse:
     """A generation, whichever route it came by: a job (background) or the answer."""
-    gateway, request, owner = serving(http), request_body(http), job_owner(caller(http))
+    gateway, request, key = serving(http), request_body(http), caller(http)
+    owner = job_owner(key)
     if request.background:
-        return await gateway.jobs.submit(request, owner, headers.idempotency_key)
-    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh)
+        return await gateway.jobs.submit(request, owner, headers.idempotency_key, key)
+    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh, key)
 
 
-@api.get("/v1/loras")
-async def loras(http: Request) -> dict:
-    """The LoRA adapters of this stack (``easel up --loras DIR``): each ready, or listed with why it cannot be."""
-    return serving(http).models.loras()
+for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
+    api.add_api_route(_path, _handler, methods=[_method])
 
 
 @api.get("/v1/controlnets")
@@ -373,7 +371,7 @@ async def upscalers_listed(http: Request) -> dict:
 @api.post("/v1/images/upscale")
 async def upscale(http: Request) -> dict:
     """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part)."""
-    return await serving(http).upscaling.answer(http)
+    return await serving(http).upscaling.upscale(*request_body(http))  # read and priced by the key check
 
 
 @api.post("/v1/vectorize")
@@ -401,20 +399,30 @@ class Gateway:
         store_url: str | None = None,
         cache_bytes: int = DEFAULT_CACHE_BYTES,
         experiments: dict[str, ExperimentSpec] | None = None,
+        share_caches: bool = False,
         upscalers: Upscalers | None = None,
         triton_grpc_url: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
-        open_access(store_url, models.default.native_size)
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         traffic = Experiments(open_experiment_store(store_url), current.names)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
             traffic.define(name, spec)
-        upscalers = upscalers or Upscalers()
-        triton = TritonClient(grpc_url_on_this_node(triton_grpc_url)) if upscalers.ready and triton_grpc_url else None
-        self.upscaling = Upscaling(upscalers, replica_runner(triton) if triton else None)
-        self.generations = Generations(current, text_to_image, vectorizer, residency, cache, traffic, self.upscaling)
+        self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
+        self.adapters = Adapters(current, text_to_image)
+        self.generations = Generations(
+            current,
+            text_to_image,
+            vectorizer,
+            residency,
+            cache,
+            traffic,
+            references=self.adapters.references,  # a generation naming a stored reference is checked against them
+            share_caches=share_caches,
+            upscaling=self.upscaling,
+        )
+        open_access(store_url, self.generations.price)  # the doors' one price: the model's work in the live table
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -433,9 +441,9 @@ class Gateway:
         (a cached answer has no steps to report).
         """
         try:
-            request = grpc_api.generation_request(message)
-            async with call_admitted(grpc_context, rpc_route("Generate").path, request) as key:
-                async for event in self.generations.events(request, key and key.id):
+            parse = partial(grpc_api.generation_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Generate", parse) as (key, request):
+                async for event in self.generations.events(request, key):
                     yield event
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -443,63 +451,27 @@ class Gateway:
     async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
         """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
-            feedback = grpc_api.feedback_request(message)
-            async with call_admitted(grpc_context, rpc_route("Feedback").path) as key:
+            parse = partial(grpc_api.feedback_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback):
                 return grpc_api.feedback_reply(await self.experiments.rate(feedback, key))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to gRPC's 4 MiB message size)."""
+        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
-            options = grpc_api.vectorize_options(message)
-            async with call_admitted(grpc_context, rpc_route("Vectorize").path):
-                result = await self.vectorizing.vectorize(message.image, options)
+            parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options)):
+                result = await self.vectorizing.vectorize(image, options)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
 
-class AppArgs(AppSettings):
-    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
-
-    models: dict[str, str] = Field(
-        min_length=1,
-        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
-        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
-        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
-    )
-    triton_grpc_url: str = Field(
-        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
-    )
-    loras_dir: str | None = Field(
-        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
-    )
-    triton_http_url: str | None = Field(
-        None,
-        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
-        "environment); None: every model stays loaded.",
-    )
-    parked_path: str | None = Field(
-        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
-    )
-    model_table_path: str | None = Field(
-        None,
-        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
-        "while the stack runs change; None: `models`, unchangeable.",
-    )
-    repository: str | None = Field(
-        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
-    )
-    upscalers_dir: str | None = Field(
-        None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
-    )
-
-
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
-    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None)
+    adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None, args.store)
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )
@@ -512,6 +484,7 @@ def build_app(args: AppArgs) -> serve.Application:
         args.store,
         args.cache_bytes,
         args.experiments,
+        args.share_caches,
         Upscalers.read(args.upscalers_dir),
         args.triton_grpc_url,
     )

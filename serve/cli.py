@@ -28,7 +28,7 @@ from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from serve import model_admin
 from serve.access.cli import keys
 from serve.benchmarks.cli import bench, chaos, loadtest, soak
-from serve.cli_options import FOLDER, ModelFolder, model_options, model_values, one_line_errors
+from serve.cli_options import FOLDER, ModelFolder, ModelName, model_options, model_values, one_line_errors
 from serve.errors import UnsupportedModel, invalid_input
 from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
@@ -38,7 +38,7 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-@click.group(commands=[keys, bench, loadtest, chaos, soak, dashboards, random_controlnet])
+@click.group(commands=[keys, model_admin.loras, bench, loadtest, chaos, soak, dashboards, random_controlnet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""
@@ -301,7 +301,7 @@ def models_replace(model: tuple[str, Path]) -> None:
 
 
 @models.command("remove")
-@click.argument("name")
+@click.argument("name", type=ModelName())
 def models_remove(name: str) -> None:
     """Stop serving model NAME: its requests in flight finish; its background jobs not started fail naming it."""
     removed = model_admin.remove(model_admin.stack_api(), name)

@@ -91,6 +91,18 @@ NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 NAME_RULE = "lower case letters, digits, - and _ (at most 32, the first a letter or digit)"
 
 
+class ModelName(click.ParamType):
+    """A served model's name, checked with the server's rule (:data:`NAME`) before anything is sent."""
+
+    name = "model name"
+
+    def convert(self, value, param, ctx) -> str:
+        """``value`` if it may name a model."""
+        if not NAME.match(str(value)):
+            self.fail(f"{value!r} cannot name a model: use {NAME_RULE}", param, ctx)
+        return str(value)
+
+
 class NamedFolder(click.ParamType):
     """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder."""
 

@@ -79,6 +79,12 @@ class UnstatedLimit:
 _GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
+_LORAS, _LORA = "/v1/loras", "/v1/loras/{name}"
+_LORA_FILE = (
+    "a .safetensors LoRA file diffusers reads for the model (its layers, not DoRA), of 1 byte to 256 MiB, under a "
+    "name no adapter has, for a served model whose engines are LoRA-ready"
+)
+_THE_STACK_S = "the models and their adapters are the stack's, and what a file holds is known by reading it"
 _ENGINE_DIR = (
     "an absolute path, on the stack's machine, to an engine folder `easel build` finished (its engines measured), "
     "which Triton loads, whose weights fit the room for weights beside the pinned models' and whose engines fit "
@@ -92,8 +98,8 @@ _GENERATION_LIMITS = (
         _GENERATIONS,
         ("num_inference_steps",),
         "is over the limit of",
-        "n x num_inference_steps x megapixels (of size, or of the model's native size) is at most the stack's cost "
-        "ceiling, `easel up --max-cost`",
+        "the cost, n x megapixels (of size, or of the model's native size) x engine passes (the steps that run x (1 + "
+        "ControlNets), the VAE's) + input megapixels, is at most the stack's cost ceiling, `easel up --max-cost`",
         "a product of three fields against a setting of the stack",
     ),
     UnstatedLimit(
@@ -213,6 +219,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         _GENERATIONS,
+        ("ip_adapter_reference",),
+        "",
+        "a reference the caller's key stored (POST /v1/references) for the model, on a stack with an IP-Adapter",
+        "the stored references are the stack's, each of one key",
+    ),
+    UnstatedLimit(
+        "post",
+        _GENERATIONS,
         ("cache_interval",),
         "cache_interval:",
         "a cache_interval over 1 needs a stack started with --step-cache, and a job on the model's UNet (no lcm or "
@@ -282,6 +296,17 @@ UNSTATED_LIMITS = (
         "is a served model",
         "the name is not a served model's (an experiment may not shadow one)",
         "the models are the stack's",
+    ),
+    UnstatedLimit("post", _LORAS, ("file", "name", "model"), "", _LORA_FILE, _THE_STACK_S),
+    UnstatedLimit("put", _LORA, ("file", "model"), "", _LORA_FILE, _THE_STACK_S),
+    UnstatedLimit("delete", _LORA, ("model",), "", _LORA_FILE, _THE_STACK_S),
+    UnstatedLimit(
+        "post",
+        "/v1/references",
+        ("image", "model"),
+        "",
+        "an image that decodes (PNG, JPEG or WebP, sides up to 4096) for a served model with an IP-Adapter",
+        f"{_IMAGE}; the IP-Adapter is the stack's",
     ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),

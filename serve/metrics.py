@@ -154,7 +154,7 @@ KEY_REQUESTS = MetricSpec(
 KEY_COST = MetricSpec(
     "easel_key_cost",
     "counter",
-    "Generation cost admitted (images x steps x megapixels), by key id.",
+    "Generation cost admitted (images x megapixels x engine passes, + input megapixels), by key id.",
     ("key_id",),
 )
 ADAPTER_REQUESTS = MetricSpec(
@@ -193,6 +193,14 @@ VARIANT_REWARD = MetricSpec(
     "_sum / _count is the mean reward.",
     ("experiment", "variant"),
     REWARD_BUCKETS,
+)
+EXPERIMENT_FEEDBACK = MetricSpec(
+    "easel_experiment_feedback",
+    "counter",
+    "Feedback taken, by experiment (none: a model named directly, or a cached answer), the API key that gave it "
+    "(key_id; none: an open API) and whether it counted as evidence (counted: yes; no: past the key's share of the "
+    "experiment, or no experiment's).",
+    ("experiment", "key_id", "counted"),
 )
 # Recorded by the LoRA-ready engines' python-backend models (serve/adapters/backend.py), exported by Triton.
 ADAPTER_LOADS = MetricSpec(
@@ -249,6 +257,7 @@ ALL = (
     VARIANT_REQUESTS,
     VARIANT_LATENCY,
     VARIANT_REWARD,
+    EXPERIMENT_FEEDBACK,
     ADAPTER_LOADS,
     ADAPTER_LOAD_SECONDS,
     ADAPTER_EVICTIONS,

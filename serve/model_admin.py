@@ -1,20 +1,29 @@
-"""The running stack's admin routes for its models, as ``easel models`` (in :mod:`serve.cli`) calls them.
+"""The running stack's admin routes for its models and LoRAs, as ``easel models`` and ``easel loras`` call them.
 
 ``easel models`` builds the engine folder (``easel build``'s code: export, parity checks, memory measured), then
 hands it to the stack's admin route (``POST /v1/models``, ``PUT`` or ``DELETE /v1/models/{id}``), which installs it
 in Triton's repository, loads it and switches the model table (:mod:`serve.text_to_image.residency`). The stack is
 found through its run state, as ``easel down`` finds it; a key with scope ``admin`` goes in ``$EASEL_API_KEY``.
+A model's name is checked with the server's own rule (:data:`serve.cli_options.NAME`) before any call, and every
+part of a URL's path is quoted: no name reaches another resource.
+
+``easel loras`` (here: it builds nothing) uploads a LoRA file to ``POST /v1/loras`` or ``PUT /v1/loras/{name}``,
+removes one with ``DELETE`` and lists them (a key with scope ``adapters`` or ``admin``); a LoRA's name is checked
+with the adapter registry's rule (:data:`serve.adapters.registry.NAME`) the same way.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import quote
 
 import click
 import httpx
 
 from serve.access.keys import client_headers
+from serve.adapters.registry import NAME as LORA_NAME
+from serve.cli_options import NAME, NAME_RULE
 
 logger = logging.getLogger(__name__)
 
@@ -36,12 +45,45 @@ def stack_api() -> str:
     return info.api_url
 
 
-def call(api_url: str, method: str, path: str, body: dict | None = None) -> dict:
-    """One admin call: its answer, or :class:`ChangeRefused` with the stack's one-line error."""
+def api_path(*parts: str) -> str:
+    """The API path of ``parts``, each quoted whole (a ``/``, ``?`` or ``%`` in one stays in it)."""
+    return "".join("/" + quote(part, safe="") for part in parts)
+
+
+def model_name(name: str) -> str:
+    """``name`` if the server takes it as a model's name, else :class:`ChangeRefused` saying the rule."""
+    if not NAME.match(name):
+        raise ChangeRefused(f"{name!r} cannot name a model: use {NAME_RULE}")
+    return name
+
+
+def lora_name(name: str) -> str:
+    """``name`` if the server takes it as a LoRA's name, else :class:`ChangeRefused` saying the rule."""
+    if not LORA_NAME.fullmatch(name):
+        raise ChangeRefused(f"{name!r} cannot name a LoRA: use letters, digits, '.', '_' and '-' (at most 64)")
+    return name
+
+
+def call(api_url: str, method: str, path: str, body: dict | None = None, file: Path | None = None) -> dict:
+    """One admin call: its answer, or :class:`ChangeRefused` with the stack's one-line error.
+
+    ``file``: sent as the multipart form's ``file``, with ``body`` as its fields (else ``body`` is JSON).
+    """
     try:
-        response = httpx.request(
-            method, f"{api_url}{path}", json=body, headers=client_headers(), timeout=CALL_TIMEOUT_S
-        )
+        if file is None:
+            response = httpx.request(
+                method, f"{api_url}{path}", json=body, headers=client_headers(), timeout=CALL_TIMEOUT_S
+            )
+        else:
+            with file.open("rb") as sent:
+                response = httpx.request(
+                    method,
+                    f"{api_url}{path}",
+                    data=body,
+                    files={"file": (file.name, sent, "application/octet-stream")},
+                    headers=client_headers(),
+                    timeout=CALL_TIMEOUT_S,
+                )
     except httpx.HTTPError as error:
         raise ChangeRefused(f"{api_url} did not answer: {error}") from None
     if response.status_code != 200:
@@ -60,9 +102,61 @@ def add(api_url: str, name: str, engine_dir: Path) -> dict:
 
 def replace(api_url: str, name: str, engine_dir: Path) -> dict:
     """Serve ``engine_dir`` (built) as model ``name``'s next version."""
-    return call(api_url, "PUT", f"/v1/models/{name}", {"engine_dir": str(engine_dir.resolve())})
+    return call(api_url, "PUT", api_path("v1", "models", model_name(name)), {"engine_dir": str(engine_dir.resolve())})
 
 
 def remove(api_url: str, name: str) -> dict:
     """Stop serving model ``name``."""
-    return call(api_url, "DELETE", f"/v1/models/{name}")
+    return call(api_url, "DELETE", api_path("v1", "models", model_name(name)))
+
+
+# -- easel loras ------------------------------------------------------------------------------------------------------
+
+
+def _said_lora(lora: dict) -> str:
+    model = lora.get("model") or "the default model"
+    if lora.get("status") != "ready":
+        return f"{lora['name']}: cannot be served: {lora.get('error')}"
+    return f"{lora['name']}: {model}, rank {lora['rank']}, {lora['bytes'] / 2**20:.1f} MiB, {lora.get('source')}"
+
+
+LORA_FILE = click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+
+
+@click.group()
+def loras() -> None:
+    """The running stack's LoRA adapters: list, add, replace, remove (a request keeps the weights it began with)."""
+
+
+@loras.command("list")
+def loras_list() -> None:
+    """Every LoRA adapter of the running stack: its model, rank and size, or why it cannot be served."""
+    for lora in call(stack_api(), "GET", "/v1/loras")["data"]:
+        click.echo(_said_lora(lora))
+
+
+@loras.command("add")
+@click.argument("name")
+@LORA_FILE
+@click.option("--model", default="", help="The served model it is for (default: the stack's default model).")
+def loras_add(name: str, file: Path, model: str) -> None:
+    """Upload FILE (.safetensors, any format diffusers reads) as LoRA adapter NAME, checked against the model."""
+    added = call(stack_api(), "POST", "/v1/loras", {"name": lora_name(name), "model": model}, file)
+    click.echo(f"added {_said_lora(added)}")
+
+
+@loras.command("replace")
+@click.argument("name")
+@LORA_FILE
+def loras_replace(name: str, file: Path) -> None:
+    """Upload FILE as LoRA adapter NAME's new weights; requests in flight finish on the old ones."""
+    replaced = call(stack_api(), "PUT", api_path("v1", "loras", lora_name(name)), {}, file)
+    click.echo(f"replaced {_said_lora(replaced)}")
+
+
+@loras.command("remove")
+@click.argument("name")
+def loras_remove(name: str) -> None:
+    """Remove LoRA adapter NAME: new requests naming it are refused; those in flight finish."""
+    call(stack_api(), "DELETE", api_path("v1", "loras", lora_name(name)))
+    click.echo(f"removed {name}")

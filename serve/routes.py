@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 from starlette.routing import compile_path
 
-from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES
+from serve.adapters.registry import MAX_LORA_BYTES
+from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
@@ -27,11 +28,14 @@ class Scope(enum.StrEnum):
     GENERATE = "generate"
     VECTORIZE = "vectorize"
     JOBS = "jobs"
+    ADAPTERS = "adapters"
     ADMIN = "admin"
 
 
 DEFAULT_BODY_LIMIT = 1 << 20
 """Bytes a request body may have on routes without their own limit (JSON requests)."""
+LORA_UPLOAD_BYTES = MAX_LORA_BYTES + (64 << 10)
+"""A LoRA upload's body: its file (a larger one is a 400 naming ``file``) and the form around it."""
 KEYED_ROUTE_ERRORS = (400, 401, 403, 408, 413, 429, 503)
 """What any keyed route can answer: invalid input, the wire's limits (408, 413), the key check (401, 403, 429),
 back-pressure (429) and backends (503)."""
@@ -49,8 +53,8 @@ class Route:
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
-    form: bool = False  # its body is the edits form (multipart), read into ``body``; else JSON
-    costed: bool = False  # its body's cost (images x steps x megapixels) is taken from the key's cost limit
+    form: str | None = None  # "edits": the edits form; "upscale": JSON or the upscale form; None: JSON
+    costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
 
     @property
     def prefix(self) -> str:
@@ -85,13 +89,29 @@ ROUTES = (
         body_limit=MAX_REQUEST_BYTES,
         pipeline=TEXT_TO_IMAGE,
         body=GenerationRequest,
-        form=True,
+        form="edits",
         costed=True,
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
+    Route("post", "/v1/loras", Scope.ADAPTERS, body_limit=LORA_UPLOAD_BYTES),
+    Route("put", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409), body_limit=LORA_UPLOAD_BYTES),
+    Route("delete", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409)),
+    Route("post", "/v1/references", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES),
+    Route("get", "/v1/references", Scope.GENERATE),
+    Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
+    Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/upscalers", Scope.GENERATE),
-    Route("post", "/v1/images/upscale", Scope.GENERATE, body_limit=MAX_UPSCALE_REQUEST_BYTES, pipeline=UPSCALE),
+    Route(
+        "post",
+        "/v1/images/upscale",
+        Scope.GENERATE,
+        body_limit=MAX_UPSCALE_REQUEST_BYTES,
+        pipeline=UPSCALE,
+        body=UpscaleJson,
+        form="upscale",
+        costed=True,  # by its output's megapixels (serve.serving.upscale.Upscaling.work)
+    ),
     Route("get", "/v1/models", Scope.GENERATE),
     Route("post", "/v1/models", Scope.ADMIN, (409,)),
     Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),

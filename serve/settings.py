@@ -1,7 +1,7 @@
 """A stack's settings, declared once: what ``easel up`` takes, and the part the Serve application is given too.
 
 :class:`StackOptions` is everything ``easel up`` takes; :class:`AppSettings`, its base, is what the Serve
-application's arguments (``serve.app.AppArgs``) share with it.
+application's arguments (:class:`AppArgs`) share with it.
 
 ``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
 ``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. The README's table of them is generated:
@@ -60,7 +60,10 @@ class AppSettings(BaseModel):
         f"{DEFAULT_BUDGET_SHARE:.0%} of the memory the weights leave).",
     )
     max_cost: float = Field(
-        DEFAULT_MAX_COST, gt=0, description="Largest n x steps x megapixels one generation may cost."
+        DEFAULT_MAX_COST,
+        gt=0,
+        description="Largest cost one generation may have: images x megapixels x engine passes (steps that run x "
+        "(1 + ControlNets), the VAE's) + input megapixels.",
     )
     store_url: Annotated[str | None, Cli("--store", metavar="URL", deprecated=("--jobs",))] = Field(
         None,
@@ -114,6 +117,13 @@ class AppSettings(BaseModel):
         description="The similarity (cosine of the prompts' mean-pooled text embeddings) at which a kept prompt's "
         "latents are reused.",
     )
+    share_caches: bool = Field(
+        False,
+        description="Share the result cache and the approximate cache across API keys (a single-tenant stack). "
+        "It reveals to every key what the others asked: a hit (Easel-Cache: hit, and its speed) says another key "
+        "sent that prompt and seed, and Easel-Steps-Skipped an image started from another key's similar prompt. "
+        "Default: each key has its own entries.",
+    )
 
     @property
     def defaults(self) -> StackDefaults:
@@ -124,6 +134,42 @@ class AppSettings(BaseModel):
     def store(self) -> str:
         """The store's URL: ``store_url``, or the embedded default."""
         return self.store_url or default_url()
+
+
+class AppArgs(AppSettings):
+    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
+
+    models: dict[str, str] = Field(
+        min_length=1,
+        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
+        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
+        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
+    )
+    triton_grpc_url: str = Field(
+        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
+    )
+    loras_dir: str | None = Field(
+        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
+    )
+    triton_http_url: str | None = Field(
+        None,
+        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
+        "environment); None: every model stays loaded.",
+    )
+    parked_path: str | None = Field(
+        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
+    )
+    model_table_path: str | None = Field(
+        None,
+        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
+        "while the stack runs change; None: `models`, unchangeable.",
+    )
+    repository: str | None = Field(
+        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
+    )
+    upscalers_dir: str | None = Field(
+        None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
+    )
 
 
 class StackOptions(AppSettings):

@@ -39,7 +39,7 @@ from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.signals import children_paused, stop_stack_processes, terminate
 from serve.settings import AppSettings, StackOptions
-from serve.text_to_image.admission import Admission, Limits
+from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
@@ -185,7 +185,7 @@ def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_
     admitted = MIN_SIDE
     for side in range(64, MAX_SIDE + 1, 64):
         try:
-            admission.check(n, steps, side, side)
+            admission.check(Work(n, steps, side, side))
         except InvalidInput:
             break
         admitted = side
@@ -361,10 +361,10 @@ class Stack:
         from build_engines.text_to_image.loras import build_registry, install_registry
 
         model_dir = opts.model_dir or default_model_dir()
-        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident)
+        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident, next(iter(opts.served)))
         folder = opts.run_dir / "loras"
         lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, lora_ready)
+        install_registry(registry, folder, opts.repository, lora_ready, model_dir)
         return str(folder)
 
     def _start_prometheus(self) -> None:

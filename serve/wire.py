@@ -25,9 +25,11 @@ from email.message import Message as MimeHeader
 from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
+from starlette.routing import compile_path
 
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge, RequestTimeout, invalid_input
-from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT
+from serve.grpc_api import SERVICE, keeping_bytes
+from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT, ROUTES
 
 logger = logging.getLogger(__name__)
 
@@ -68,13 +70,17 @@ class BodyLimits:
     ) -> None:
         self.app = app
         self.limits = dict(limits)
+        self.patterns = [(compile_path(path)[0], limit) for path, limit in self.limits.items() if "{" in path]
         self.default_limit = default_limit
         self.idle_timeout_s = idle_timeout_s
         self.deadline_s = deadline_s
 
     def limit_for(self, path: str) -> int:
         """The body limit of ``path`` in bytes."""
-        return self.limits.get(path.rstrip("/") or "/", self.default_limit)
+        path = path.rstrip("/") or "/"
+        if path in self.limits:
+            return self.limits[path]
+        return next((limit for pattern, limit in self.patterns if pattern.match(path)), self.default_limit)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the request on with its body counted; answer 413 or 408 in the app's place when refused."""
@@ -257,8 +263,44 @@ def _proxy_error(status: int) -> EaselError:
     return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
 
 
+GRPC_LIMITS = {f"/{SERVICE}/{r.rpc}": r.body_limit or DEFAULT_BODY_LIMIT for r in ROUTES if r.rpc is not None}
+"""Bytes a gRPC method's request message may have: its HTTP route's body limit."""
+MAX_RECEIVE = "grpc.max_receive_message_length"
+
+
+def bound_grpc_messages() -> None:
+    """Ray Serve's gRPC proxy in this process: no message over the largest method limit, each method's kept unparsed.
+
+    gRPC refuses a message longer than :data:`GRPC_LIMITS`' largest (``RESOURCE_EXHAUSTED``) from its length, before
+    reading it (Ray Serve's own bound is 2 GiB). Below it, each method's message reaches the Gateway as its bytes
+    (:class:`serve.grpc_api.Unparsed`), dropped when over its method's limit: the Gateway checks the key first,
+    then refuses it (413) or parses it.
+    """
+    from ray.serve._private import grpc_util
+
+    server = grpc_util.gRPCGenericServer
+    if getattr(server, "easel_bounded", False):  # done already in this process
+        return
+    largest = max(GRPC_LIMITS.values())
+    options = grpc_util.DEFAULT_GRPC_SERVER_OPTIONS
+    grpc_util.DEFAULT_GRPC_SERVER_OPTIONS = [(k, largest if k == MAX_RECEIVE else v) for k, v in options]
+    override = server._override_method_handler
+
+    def bounded(self, service_method: str, method_handler):
+        handler = override(self, service_method, method_handler)
+        limit = GRPC_LIMITS.get(service_method)
+        return handler if limit is None else handler._replace(request_deserializer=keeping_bytes(limit))
+
+    server._override_method_handler = bounded
+    server.easel_bounded = True
+
+
 def proxy_middlewares() -> list:
-    """Ray Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the middlewares it applies."""
+    """Ray Serve's proxy callback (``RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH``): the middlewares it applies.
+
+    Called as the proxy starts, before its gRPC server: its messages are bounded here too (:func:`bound_grpc_messages`).
+    """
     from starlette.middleware import Middleware
 
+    bound_grpc_messages()
     return [Middleware(ShapedProxyErrors), Middleware(BodyLimits, limits=BODY_LIMITS)]

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from serve.errors import Conflict
-from serve.experiments.policy import Experiment, ExperimentSpec, Policy, Posterior
+from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Policy, Posterior
 from serve.experiments.store import Served
 
 SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
@@ -111,3 +111,18 @@ def test_a_second_connection_sees_the_same_experiments_and_posteriors(store, sto
         assert other.get("art") == BANDIT and other.posteriors("art") == {"lcm": Posterior(0.5, 0.5, 1)}
     finally:
         other.close()
+
+
+def test_one_key_s_ratings_add_at_most_its_share_to_an_experiment_and_others_still_count(store):
+    """A key rating 30 images (one variant 5, the other 1) moved a bandit's next 30 draws to 30/0."""
+    store.define(BANDIT)
+    store.record([f"a{i}" for i in range(30)], Served("sd", "art", owner="steerer"))
+    store.record([f"b{i}" for i in range(30)], Served("sdxl", "art", owner="steerer"))
+    counted = [store.rate(f"{v}{i}", 1.0 if v == "a" else 0.0).counted for i in range(30) for v in "ab"]
+    assert counted == [True] * MAX_KEY_EVIDENCE + [False] * (60 - MAX_KEY_EVIDENCE)  # every rating taken, once
+    posteriors = store.posteriors("art")
+    assert sum(p.feedback for p in posteriors.values()) == MAX_KEY_EVIDENCE
+    store.record(["c0", "c1"], Served("sdxl", "art", owner="another"))
+    assert store.rate("c0", 1.0).counted and posteriors["sdxl"].feedback + 1 == store.posteriors("art")["sdxl"].feedback
+    store.record(["open"], Served("sd", "art"))  # an open API (no key): not bounded
+    assert store.rate("open", 1.0).counted

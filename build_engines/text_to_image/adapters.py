@@ -17,8 +17,9 @@ from diffusers import ModelMixin
 from transformers import PreTrainedModel
 
 from build_engines.text_to_image.ip_adapter import IpAdapterFolder, IpReadyUnet, load_image_encoder, load_into_unet
-from build_engines.text_to_image.lora_layers import lora_ready, save_slots, weightless
+from build_engines.text_to_image.lora_layers import lora_ready, save_slots
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IpAdapterInfo
+from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.base import ExportModule

@@ -1,18 +1,16 @@
-"""The torch side of LoRA slots: the layers an engine's graph gets, and adapter files read as diffusers reads them.
+"""The torch side of LoRA slots at export time: the layers an engine's graph gets (:func:`lora_ready`).
 
-Used at export time (:func:`lora_ready`, :func:`save_slots`) and when a stack starts (:func:`prepare`). The numpy
+Adapter files are read for these slots by :mod:`serve.adapters.lora_files` (at start-up and on upload); the numpy
 side, which the engines' python-backend models use, is :mod:`serve.adapters.lora`.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -127,140 +125,3 @@ def lora_ready(module: torch.nn.Module, model: torch.nn.Module) -> tuple[LoraRea
         return feeds
 
     return LoraReady(module, bank, len(slots)), slots, GraphExtras(tuple(names), axes, sample)
-
-
-# -- reading adapters (start-up) --------------------------------------------------------------------------------------
-
-
-class AdapterError(ValueError):
-    """An adapter file that cannot be served (unreadable, a format diffusers does not read, or not for this model)."""
-
-
-@dataclass(frozen=True)
-class PreparedLora:
-    """An adapter in the engines' slot order: ``tensors["<engine>.<slot>.down" | ".up"]``, ``B`` scaled."""
-
-    tensors: dict[str, np.ndarray]
-    rank: int
-    layers: dict[str, int]  # engine -> how many of its slots the adapter touches
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes of all its tensors."""
-        return sum(t.nbytes for t in self.tensors.values())
-
-
-def weightless(model_dir: Path, component: str) -> torch.nn.Module:
-    """``component`` of ``model_dir`` built from its config with uninitialised (never touched) weights."""
-    import diffusers
-    import transformers
-    from accelerate import init_empty_weights
-
-    config = json.loads((model_dir / component / "config.json").read_text())
-    with init_empty_weights():
-        if "_class_name" in config:  # a diffusers model: the UNet or a transformer
-            model = getattr(diffusers, config["_class_name"]).from_config(config)
-        else:
-            cls = getattr(transformers, config.get("architectures", ["CLIPTextModel"])[0])
-            model = cls(cls.config_class.from_dict(config))
-    return model.to_empty(device="cpu").eval()
-
-
-def _first_line(error: Exception, limit: int = 200) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def _lora_keys(state: dict, prefix: str) -> int:
-    """How many LoRA layers (their down/A matrices) ``state`` has under ``prefix``."""
-    markers = ("lora_A.", "lora.down.", "lora_down.", "lora_linear_layer.down.")
-    return sum(1 for key in state if key.startswith(prefix + ".") and any(m in key for m in markers))
-
-
-def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, list[Slot]]) -> PreparedLora:
-    """Read the LoRA at ``path`` as diffusers' ``load_lora_weights`` would into ``model_dir``'s modules.
-
-    ``slots``: each LoRA-ready engine's slot table. Raises :class:`AdapterError` (with the reason) for a file that
-    cannot be served here: unreadable, not a LoRA, DoRA or other variants, or layers this model does not have.
-    """
-    import diffusers
-
-    loader = getattr(diffusers, pipeline_class)
-    try:
-        state, alphas, metadata = _read(loader, path)
-    except Exception as error:  # noqa: BLE001 - any reader error is the file's: reported with its name
-        raise AdapterError(f"not a readable LoRA file ({type(error).__name__}: {_first_line(error)})") from error
-    if not state or not all("lora" in key for key in state):
-        raise AdapterError("not a LoRA file: every tensor name must contain 'lora'")
-    tensors, layers = {}, {}
-    for engine, engine_slots in slots.items():
-        expected = _lora_keys(state, engine)
-        if not expected:
-            continue
-        model = weightless(model_dir, engine)
-        try:
-            _load_into(loader, engine, model, state, alphas, metadata)
-        except Exception as error:  # noqa: BLE001
-            raise AdapterError(
-                f"diffusers could not load its {engine} layers into this model, made for another base model? "
-                f"({type(error).__name__}: {_first_line(error)})"
-            ) from error
-        found = _take_layers(model, engine, engine_slots, tensors)
-        if found < expected:
-            raise AdapterError(
-                f"{expected - found} of its {expected} {engine} layers match no layer of this model "
-                "(an adapter made for another base model?)"
-            )
-        layers[engine] = found
-    if not tensors:
-        raise AdapterError(f"it has no layers for this model's {', '.join(slots)}")
-    rank = max(array.shape[0] for key, array in tensors.items() if key.endswith(".down"))
-    return PreparedLora(tensors, rank, layers)
-
-
-def _read(loader, path: Path) -> tuple[dict, dict | None, dict | None]:
-    """``(state, alphas, metadata)`` of a LoRA file as the pipeline class's ``lora_state_dict`` reads it.
-
-    SD and SDXL return alphas with the metadata, Flux when asked, SD3 none (its LoRAs carry no alphas).
-    """
-    options = {"return_lora_metadata": True}
-    if "return_alphas" in inspect.signature(loader.lora_state_dict).parameters:
-        options["return_alphas"] = True
-    read = loader.lora_state_dict(str(path), **options)
-    return (read[0], None, read[1]) if len(read) == 2 else read
-
-
-def _load_into(loader, engine: str, model: torch.nn.Module, state: dict, alphas, metadata) -> None:
-    """Inject the LoRA's ``engine`` layers into ``model`` as the pipeline class's ``load_lora_weights`` does."""
-    if engine == "unet":
-        loader.load_lora_into_unet(state, alphas, model, adapter_name="easel", metadata=metadata)
-    elif engine == "transformer":
-        takes_alphas = "network_alphas" in inspect.signature(loader.load_lora_into_transformer).parameters
-        extra = {"network_alphas": alphas} if takes_alphas else {}
-        loader.load_lora_into_transformer(state, transformer=model, adapter_name="easel", metadata=metadata, **extra)
-    else:
-        loader.load_lora_into_text_encoder(state, alphas, model, prefix=engine, adapter_name="easel", metadata=metadata)
-
-
-def _take_layers(model: torch.nn.Module, engine: str, slots: list[Slot], tensors: dict[str, np.ndarray]) -> int:
-    """Put the LoRA layers diffusers injected into ``model`` into ``tensors`` in slot order; returns how many."""
-    from peft.tuners.lora import LoraLayer
-
-    slot_index = {slot.name: index for index, slot in enumerate(slots)}
-    found = 0
-    for name, module in model.named_modules():
-        if not isinstance(module, LoraLayer) or "easel" not in module.lora_A:
-            continue
-        if name not in slot_index:
-            raise AdapterError(f"{engine} layer {name!r} ({type(module).__name__}) cannot take LoRA in Easel")
-        if module.use_dora.get("easel") or getattr(module, "lora_bias", {}).get("easel"):
-            raise AdapterError(f"{engine} layer {name!r}: DoRA and LoRA biases are not supported")
-        down = module.lora_A["easel"].weight.detach().float()
-        up = module.lora_B["easel"].weight.detach().float() * float(module.scaling["easel"])
-        tensors[f"{engine}.{slot_index[name]}.down"] = down.numpy().copy()
-        tensors[f"{engine}.{slot_index[name]}.up"] = up.numpy().copy()
-        found += 1
-    return found
-
-
-# -- banks per batch (the python-backend model) ------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Prepare a stack's LoRA folder at start-up: each ``NAME.safetensors`` read as diffusers reads it, once per content.
 
-Each adapter is read by :func:`~build_engines.text_to_image.lora_layers.prepare` for the built engines' slots into a
+Each adapter is read by :func:`serve.adapters.lora_files.prepare_into` for the built engines' slots into a
 cache keyed by the file's content and the engine folder; a file that cannot be served is logged with its name and
 listed with its error, the other adapters unaffected. The result is the registry a stack serves
 (:class:`serve.adapters.registry.LoraRegistry`), saved and linked into each LoRA-ready Triton model.
@@ -8,16 +8,23 @@ listed with its error, the other adapters unaffected. The result is the registry
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import time
+import shutil
 from pathlib import Path
 
-from safetensors.numpy import load_file, save_file
-
-from build_engines.text_to_image.lora_layers import AdapterError, prepare
-from serve.adapters.registry import DEFAULT_RESIDENT, ERROR, NAME, READY, REGISTRY_FILE, LoraEntry, LoraRegistry
-from serve.files import file_hash
+from serve.adapters.lora_files import AdapterError, prepare_into
+from serve.adapters.registry import (
+    DEFAULT_RESIDENT,
+    ERROR,
+    MODEL_CONFIGS,
+    NAME,
+    READY,
+    REGISTRY_FILE,
+    LoraEntry,
+    LoraRegistry,
+)
 from serve.paths import easel_home
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.engine_files import LORAS_LINK
@@ -26,9 +33,12 @@ logger = logging.getLogger(__name__)
 
 
 def build_registry(
-    loras_dir: Path, engines: EngineFolder, model_dir: Path, resident: int = DEFAULT_RESIDENT
+    loras_dir: Path, engines: EngineFolder, model_dir: Path, resident: int = DEFAULT_RESIDENT, model: str | None = None
 ) -> LoraRegistry:
-    """Prepare every ``*.safetensors`` of ``loras_dir`` for the LoRA-ready ``engines`` (cached by content)."""
+    """Prepare every ``*.safetensors`` of ``loras_dir`` for the LoRA-ready ``engines`` (cached by content).
+
+    ``model``: the served model's name the adapters are listed for.
+    """
     slots, pipeline_class = engines.lora_slots(), engines.family.pipeline_class
     cache = easel_home() / "adapters" / engines.key
     cache.mkdir(parents=True, exist_ok=True)
@@ -38,8 +48,8 @@ def build_registry(
         if not NAME.fullmatch(name):
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
-            entries[name] = _prepare_one(path, name, cache, model_dir, pipeline_class, slots)
-        entry = entries[name]
+            entries[name] = _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines.key)
+        entry = entries[name] = dataclasses.replace(entries[name], model=model)
         if entry.status == ERROR:
             logger.warning("LoRA %r (%s) cannot be served: %s", name, path, entry.error)
     ready = sum(e.status == READY for e in entries.values())
@@ -47,34 +57,29 @@ def build_registry(
     return LoraRegistry(entries, resident)
 
 
-def _prepare_one(path, name, cache, model_dir, pipeline_class, slots) -> LoraEntry:
-    started = time.perf_counter()
+def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_key) -> LoraEntry:
     try:
-        prepared_path = cache / f"{file_hash(path)[:24]}.safetensors"
-        if prepared_path.is_file():
-            tensors = load_file(prepared_path)
-            meta = json.loads(prepared_path.with_suffix(".json").read_text())
-        else:
-            prepared = prepare(path, model_dir, pipeline_class, slots)
-            tensors, meta = prepared.tensors, {"rank": prepared.rank, "layers": prepared.layers}
-            partial = prepared_path.with_name(prepared_path.name + ".partial")
-            save_file(tensors, partial)
-            prepared_path.with_suffix(".json").write_text(json.dumps(meta))
-            partial.replace(prepared_path)
+        prepared = prepare_into(path, cache, model_dir, pipeline_class, slots, engines_key)
     except AdapterError as error:
         return LoraEntry(name, ERROR, str(error))
     except OSError as error:
         return LoraEntry(name, ERROR, f"unreadable ({error})")
-    logger.info(
-        "LoRA %r ready in %.2f s (rank %d, %s)", name, time.perf_counter() - started, meta["rank"], meta["layers"]
-    )
-    nbytes = sum(t.nbytes for t in tensors.values())
-    return LoraEntry(name, READY, None, meta["rank"], nbytes, meta["layers"], str(prepared_path))
+    return LoraEntry(name, READY, None, prepared.rank, prepared.nbytes, prepared.layers, str(prepared.path))
 
 
-def install_registry(registry: LoraRegistry, folder: Path, repository: Path, engines: list[str]) -> None:
-    """Save ``registry`` in ``folder`` and link it as ``loras`` into each LoRA-ready engine's version folder."""
+def install_registry(
+    registry: LoraRegistry, folder: Path, repository: Path, engines: list[str], model_dir: Path
+) -> None:
+    """Save ``registry`` in ``folder`` and link it as ``loras`` into each LoRA-ready engine's version folder.
+
+    The engines' ``config.json`` files go beside it (``folder/model/<engine>/``): what an adapter uploaded while the
+    stack runs is read against (:class:`serve.adapters.catalog.LoraCatalog`).
+    """
     save_registry(registry, folder)
+    for engine in engines:
+        configs = folder / MODEL_CONFIGS / engine
+        configs.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(model_dir / engine / "config.json", configs / "config.json")
     for engine in engines:
         link = repository / engine / "1" / LORAS_LINK
         if link.is_symlink() or link.exists():
@@ -83,8 +88,21 @@ def install_registry(registry: LoraRegistry, folder: Path, repository: Path, eng
 
 
 def save_registry(registry: LoraRegistry, folder: Path) -> Path:
-    """Write ``registry.json`` in ``folder`` (replaced whole: a reader never sees half a file)."""
+    """Write ``registry.json`` in ``folder`` (replaced whole), each adapter's prepared tensors beside it by key.
+
+    Engines load adapters from the folder by content key; a reader never sees half a file.
+    """
     folder.mkdir(parents=True, exist_ok=True)
+    entries = {}
+    for name, entry in registry.entries.items():
+        if entry.prepared and Path(entry.prepared).parent != folder:
+            kept = folder / Path(entry.prepared).name
+            if not kept.is_file():
+                shutil.copyfile(entry.prepared, kept.with_suffix(".partial"))
+                kept.with_suffix(".partial").replace(kept)
+            entry = dataclasses.replace(entry, prepared=str(kept))
+        entries[name] = entry
+    registry = LoraRegistry(entries, registry.resident)
     path = folder / REGISTRY_FILE
     partial = path.with_suffix(".tmp")
     partial.write_text(json.dumps(registry.to_json(), indent=2))

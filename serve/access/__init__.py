@@ -3,15 +3,19 @@
 With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
 exists, every route but the open ones (health) needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
 its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past one of its limits
-(:mod:`serve.access.keys`; the store: :func:`open_key_store`). Every answer to a keyed request carries
+(:mod:`serve.access.keys`; the store: :func:`open_key_store`): the limits that need no body first, before the body is
+read, then its cost (:meth:`Access.admit_in_two`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
 key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
 that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
-gRPC calls take the same steps, the key in metadata ``authorization`` (:func:`call_admitted`).
+gRPC calls take the same steps, the key in metadata ``authorization``, checked before their message is parsed
+(:func:`call_admitted`).
 
 A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
 (:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
-(:func:`request_body`) see the same request.
+(:func:`request_body`) see the same request. The cost is the Gateway's price (:func:`open_access`: the model the
+request names, in the table served now, :meth:`serve.text_to_image.models.ServedModels.work`), the one the
+replicas admit it by.
 A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
 ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
@@ -22,8 +26,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from typing import TypeVar
 
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -31,17 +37,15 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 
 from serve import metrics
-from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyStore
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
+from serve.access.upscale_body import UpscaleBody, read_upscale_request
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
-from serve.finishing.schema import MAX_UPSCALE
 from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route
+from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_route
 from serve.stores import scheme
-from serve.text_to_image.admission import request_cost
 from serve.text_to_image.edit_form import read_edit_form
-from serve.text_to_image.images import output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
 from serve.wire import Scope as AsgiScope
@@ -85,21 +89,6 @@ def owner_filter(key: ApiKey | None) -> str | None:
     return None if key is None or Scope.ADMIN in key.scopes else key.id
 
 
-def generation_cost(request: GenerationRequest, native_size: int) -> float:
-    """What a generation costs: images x steps that run x megapixels x (1 + ControlNets), as admission counts it.
-
-    A hires fix adds its second pass: images x its steps x the upscaled megapixels.
-    """
-    width, height = output_size(request, native_size)
-    cost = request_cost(request.rows, request.denoising_steps, width, height, request.passes)
-    hires = request.upscale
-    if hires is not None and hires.denoise is not None:  # the hires fix's img2img at the upscaled size
-        scale = hires.scale or MAX_UPSCALE  # the upscaler's own scale is not known here: priced at the most
-        steps = int(request.num_inference_steps * hires.denoise)
-        cost += request_cost(request.rows, steps, round(width * scale), round(height * scale))
-    return cost
-
-
 def request_body(request) -> BaseModel:
     """The request ``request``'s body was read as by :class:`KeyCheck` (raises the refusal if it was refused)."""
     body = request.scope["state"][BODY]
@@ -108,9 +97,17 @@ def request_body(request) -> BaseModel:
     return body
 
 
-def body_cost(body: BaseModel | EaselError, native_size: int) -> float:
-    """What a request read as ``body`` costs: a generation's (:func:`generation_cost`); 0 for anything else."""
-    return generation_cost(body, native_size) if isinstance(body, GenerationRequest) else 0.0
+Price = Callable[[GenerationRequest | UpscaleBody], float]
+"""What a generation costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`)."""
+
+
+def _unpriced(request: GenerationRequest) -> float:
+    raise RuntimeError("no price: open_access() was not called")
+
+
+def body_cost(body: BaseModel | UpscaleBody | EaselError, price: Price) -> float:
+    """What a request read as ``body`` costs: its ``price`` (a generation's, an upscale's); 0 for a refused one."""
+    return 0.0 if isinstance(body, EaselError) else price(body)
 
 
 def duration(seconds: float) -> str:
@@ -146,14 +143,14 @@ class Access:
 
     def __init__(self) -> None:
         self.store: KeyStore | None = None
-        self.native_size = 512
+        self.price: Price = _unpriced
         self.held: dict[str, tuple[ApiKey, asyncio.Task]] = {}  # slot -> its key and its request's task
         self._renewer: asyncio.Task | None = None
         self._active: tuple[float, bool] = (0.0, False)
 
-    def open(self, store_url: str, native_size: int) -> None:
-        """Check keys in the store at ``store_url``; ``native_size``: the model's image side (a request's default)."""
-        self.store, self.native_size = open_key_store(store_url), native_size
+    def open(self, store_url: str, price: Price) -> None:
+        """Check keys in the store at ``store_url``, generations costing what ``price`` says."""
+        self.store, self.price = open_key_store(store_url), price
 
     async def keys_required(self) -> bool:
         """Whether any key is live (remembered for :data:`ACTIVE_CHECK_S`)."""
@@ -184,8 +181,42 @@ class Access:
             )
         return key
 
-    async def admit(self, key: ApiKey, cost: float) -> Decision:
-        """Take a request of ``cost`` from the key's limits (counted in the per-key metrics).
+    async def admit_in_two(self, key: ApiKey, priced: Callable[[], Awaitable[float]]) -> tuple[Decision, float]:
+        """Take the key's limits that need no body (requests, per day, concurrency), then the cost ``priced`` gives.
+
+        ``priced`` reads and prices the request's message (its body): a key over a limit that needs none is refused
+        before it is read. A request then refused for its cost has taken a request, and gives its slot back.
+        Counted once in the per-key metrics. The decision's buckets are both steps'.
+        """
+        bodiless = replace(key, limits=key.limits.model_copy(update={"cost_per_minute": None}))
+        first = await self._take(bodiless, 0.0)
+        if not first.allowed:
+            return self._counted(key, first, 0.0), 0.0
+        try:
+            cost = await priced()
+        except BaseException:
+            await self.release(first)
+            raise
+        if key.limits.cost_per_minute is None:
+            return self._counted(key, first, cost), cost
+        second = await self._take(replace(key, limits=KeyLimits(cost_per_minute=key.limits.cost_per_minute)), cost)
+        if not second.allowed:
+            await self.release(first)
+        both = replace(second, buckets=first.buckets | second.buckets, slot=first.slot if second.allowed else None)
+        return self._counted(key, both, cost), cost
+
+    def _counted(self, key: ApiKey, decision: Decision, cost: float) -> Decision:
+        """``decision``, counted in the per-key metrics (and logged when it refuses)."""
+        result = "admitted" if decision.allowed else decision.refused_by
+        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
+        if decision.allowed and cost:
+            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
+        if not decision.allowed:
+            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
+        return decision
+
+    async def _take(self, key: ApiKey, cost: float) -> Decision:
+        """Take a request of ``cost`` from ``key``'s limits in the store.
 
         A slot it takes is held for the calling task from the moment the store grants it, also when the caller is
         cancelled while it waits (the renewer then gives it back).
@@ -198,14 +229,7 @@ class Access:
                 self._hold(key, done.result().slot, task)
 
         taking.add_done_callback(hold)
-        decision = await asyncio.shield(taking)
-        result = "admitted" if decision.allowed else decision.refused_by
-        metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
-        if decision.allowed and cost:
-            metrics.count(metrics.KEY_COST, cost, key_id=key.id)
-        if not decision.allowed:
-            logger.warning("key %s over its %s limit", key.id, decision.refused_by)
-        return decision
+        return await asyncio.shield(taking)
 
     async def release(self, decision: Decision) -> None:
         """Give back the concurrency slot ``decision`` took, if any (also when the caller is cancelled meanwhile)."""
@@ -249,20 +273,20 @@ ACCESS = Access()
 """This process's (one Gateway replica's) access state."""
 
 
-def open_access(store_url: str, native_size: int) -> None:
+def open_access(store_url: str, price: Price) -> None:
     """Check keys in the store at ``store_url`` from now on (a Gateway replica calls it as it starts).
 
     A function, not ``ACCESS.open``: Ray Serve pickles the ingress class by value, and with it any object its code
     names, so the replica would open a copy of ``ACCESS`` that the middleware never sees.
     """
-    ACCESS.open(store_url, native_size)
+    ACCESS.open(store_url, price)
 
 
 class KeyCheck:
     """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`.
 
     A route's body with a model is read here, once, into the request's state (:func:`request_body`), after the key
-    is known and before its limits are taken (the cost is the body's).
+    is known and its limits that need no body are taken, and before its cost is (:meth:`Access.admit_in_two`).
     """
 
     def __init__(self, app) -> None:
@@ -274,23 +298,29 @@ class KeyCheck:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        keyed = await ACCESS.keys_required()
-        if keyed:
-            try:
-                header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-                state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
-            except EaselError as error:
-                logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
-                await send_error(send, error)
-                return
         found = route(scope["method"], scope["path"])
-        if found is not None and found.body is not None:
-            state[BODY] = await read_body(found, scope, receive)
-        if not keyed:
+
+        async def body_read() -> None:
+            if found is not None and found.body is not None:
+                state[BODY] = await read_body(found, scope, receive)
+
+        async def body_read_and_priced() -> float:
+            await body_read()
+            costed = found is not None and found.costed  # its images' headers read in a thread: base64 is decoded
+            return await asyncio.to_thread(body_cost, state[BODY], ACCESS.price) if costed else 0.0
+
+        if not await ACCESS.keys_required():
+            await body_read()
             await self.app(scope, receive, send)
             return
-        cost = body_cost(state[BODY], ACCESS.native_size) if found is not None and found.costed else 0.0
-        decision = await ACCESS.admit(key, cost)
+        try:
+            header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
+            state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
+            decision, cost = await ACCESS.admit_in_two(key, body_read_and_priced)
+        except EaselError as error:  # no valid key, or an image whose header does not read (the handler's 400 too)
+            logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
+            await send_error(send, error)
+            return
         headers = ratelimit_headers(decision)
         if not decision.allowed:
             await send_error(_send_with_headers(send, headers), _over_limit(key, decision, cost))
@@ -301,25 +331,33 @@ class KeyCheck:
             await ACCESS.release(decision)
 
 
+Read = TypeVar("Read")
+
+
 @asynccontextmanager
-async def call_admitted(
-    grpc_context, path: str, request: GenerationRequest | None = None
-) -> AsyncIterator[ApiKey | None]:
+async def call_admitted(grpc_context, rpc: str, read: Callable[[], Read]) -> AsyncIterator[tuple[ApiKey | None, Read]]:
     """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
 
-    ``path``: the HTTP route whose scope the call needs; ``request``: a generation, for its cost. Yields the key
-    (None while the API is open).
+    ``rpc``: the method (its HTTP route's scope and cost); ``read``: its message parsed and validated, called once
+    the key is known good. Yields the key (None while the API is open) and what ``read`` gave.
     """
+    found = rpc_route(rpc)
     if not await ACCESS.keys_required():
-        yield None
+        yield None, read()
         return
-    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), path)
-    cost = 0.0 if request is None else generation_cost(request, ACCESS.native_size)
-    decision = await ACCESS.admit(key, cost)
+    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
+    body = None
+
+    async def read_and_priced() -> float:
+        nonlocal body
+        body = read()
+        return await asyncio.to_thread(ACCESS.price, body) if found.costed else 0.0
+
+    decision, cost = await ACCESS.admit_in_two(key, read_and_priced)
     if not decision.allowed:
         raise _over_limit(key, decision, cost)
     try:
-        yield key
+        yield key, body
     finally:
         await ACCESS.release(decision)
 
@@ -356,8 +394,10 @@ async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseMod
     JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8).
     """
     try:
-        if found.form:
+        if found.form == "edits":
             return await _read_form(Request(scope, receive))
+        if found.form == "upscale":
+            return await _read_upscale(Request(scope, receive))
         content_type = dict(scope.get("headers", ())).get(b"content-type")
         return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
     except EaselError as error:
@@ -379,6 +419,18 @@ async def _read_form(request: Request) -> GenerationRequest | EaselError:
         return InvalidInput("body: the request ended before its body did", "body")
     finally:
         await request.close()  # the form's files
+
+
+async def _read_upscale(request: Request) -> UpscaleBody | EaselError:
+    """The upscale route's image and options (:func:`serve.access.upscale_body.read_upscale_request`), or why not."""
+    try:
+        return await read_upscale_request(request)
+    except EaselError as error:
+        return error
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        return InvalidInput("body: the request ended before its body did", "body")
+    finally:
+        await request.close()  # the form's file
 
 
 async def _whole_body(receive: Receive) -> bytes:

@@ -48,7 +48,7 @@ def keys() -> None:
     help="Comma-separated: generate, vectorize, jobs, admin (admin: every route).",
 )
 @_limit_option("--rpm", "requests_per_minute", "Requests per minute.")
-@_limit_option("--cost-per-minute", "cost_per_minute", "Generation cost per minute (images x steps x megapixels).")
+@_limit_option("--cost-per-minute", "cost_per_minute", "Generation cost per minute (see easel up --max-cost).")
 @_limit_option("--concurrent", "concurrent", "Requests in flight at once.")
 @_limit_option("--per-day", "requests_per_day", "Requests per UTC day.")
 @_limit_option("--concurrent-jobs", "concurrent_jobs", "Unfinished background jobs at once.")

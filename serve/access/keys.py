@@ -3,8 +3,9 @@
 A key is ``easel-<id>-<secret>``: the id names it in logs, metrics and ``easel keys``; only the secret's SHA-256 is
 stored (the secret is 32 random bytes, so a fast hash is enough). Each key has scopes and limits:
 
-- **requests per minute** and **cost per minute** (cost = images x denoising steps x megapixels, as admission counts
-  it; a vectorize request costs 0): token buckets that refill continuously, full after a minute;
+- **requests per minute** and **cost per minute** (cost = images x megapixels x engine passes + input megapixels,
+  as admission counts it: :class:`serve.text_to_image.admission.Work`; a vectorize request costs 0): token buckets
+  that refill continuously, full after a minute;
 - **concurrent requests**: at most that many of the key's requests in flight at once (a slot each, held while the
   request lives: its replica renews it, and one not renewed for ``SLOT_LEASE_S`` is dropped);
 - **requests per day** (UTC).

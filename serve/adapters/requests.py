@@ -13,23 +13,32 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.adapters import open_adapter_store
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpScales, image_processor
 from serve.adapters.lora import ADAPTERS_INPUT, row_text
 from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
+from serve.adapters.store import AdapterStore
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
+from serve.stores import default_url
 from serve.triton.spec import ModelSpec
 
 
 @dataclass(frozen=True)
 class StackAdapters:
-    """What a stack offers: its LoRA registry (the folder ``registry.json`` is in) and whether it has an IP-Adapter."""
+    """What a stack offers: its LoRA registry folder, the store that lists uploaded LoRAs, and its IP-Adapter.
+
+    ``loras_dir``: the registry folder (``registry.json``, the prepared adapters); None: the engines are not
+    LoRA-ready. ``store_url``: the stack's store, where uploaded LoRAs are listed (:mod:`serve.adapters.store`;
+    None: the default store, :func:`serve.stores.default_url`).
+    """
 
     loras_dir: str | None = None
     ip_adapter: bool = False
+    store_url: str | None = None
 
     def registry(self) -> LoraRegistry:
-        """The registry as written at start-up (re-read when the file changes)."""
+        """Every adapter served now: the folder's (as written at start-up), then those uploaded since."""
         if self.loras_dir is None:
             return LoraRegistry({})
         path = Path(self.loras_dir) / REGISTRY_FILE
@@ -38,15 +47,37 @@ class StackAdapters:
         if cached is None or cached[0] != stamp:
             cached = (stamp, LoraRegistry.load(Path(self.loras_dir)))
             _REGISTRIES[self.loras_dir] = cached
-        return cached[1]
+        folder = cached[1]
+        uploaded = {entry.name: entry for entry in self.store().loras()}
+        return LoraRegistry({**uploaded, **folder.entries}, folder.resident)
+
+    def store(self) -> AdapterStore:
+        """The stack's adapter store (opened once per process)."""
+        url = self.store_url or default_url()
+        if url not in _STORES:
+            _STORES[url] = open_adapter_store(url)
+        return _STORES[url]
 
     def listing(self) -> list[dict]:
-        """``GET /v1/loras``: every adapter of the folder, ready or with its error."""
+        """``GET /v1/loras``: every adapter, ready or with its error."""
         return [entry.public() for entry in self.registry().entries.values()]
 
     def check(self, request) -> None:
         """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
+        self.resolve(request)
+        field = "ip_adapter_image" if request.ip_adapter_image is not None else "ip_adapter_reference"
+        if getattr(request, field) is not None and not self.ip_adapter:
+            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+
+    def resolve(self, request) -> tuple[tuple[str, float], ...]:
+        """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
+
+        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones.
+        """
+        if not request.loras:
+            return ()
         registry = self.registry()
+        rows = []
         for index, lora in enumerate(request.loras):
             field = f"loras.{index}.name"
             if self.loras_dir is None:
@@ -57,18 +88,31 @@ class StackAdapters:
                 raise InvalidInput(f"{field}: unknown LoRA adapter {lora.name!r} (ready: {known})", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: LoRA adapter {lora.name!r} cannot be served: {entry.error}", field)
-        if request.ip_adapter_image is not None and not self.ip_adapter:
-            field = "ip_adapter_image"
-            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+            rows.append((entry.key, lora.scale))
+        return tuple(rows)
+
+    def stored_embeds(self, request) -> np.ndarray | None:
+        """The embeddings of ``request``'s stored reference (None: it names none); a 400 naming the field if gone."""
+        if getattr(request, "ip_adapter_reference", None) is None:
+            return None
+        stored = self.store().reference(request.ip_adapter_reference)
+        if stored is None:
+            raise unknown_reference(request.ip_adapter_reference)
+        return stored.embeds
 
     def cache_tag(self, request) -> str:
         """What of the adapters' files shapes ``request``'s images (for the result cache's key)."""
-        registry = self.registry()
-        entries = [registry.get(lora.name) for lora in request.loras]
-        return ",".join(f"{entry.name}={entry.prepared}" for entry in entries if entry is not None)
+        return ",".join(f"{key}={weight}" for key, weight in self.resolve(request))
+
+
+def unknown_reference(reference_id: str) -> InvalidInput:
+    """The 400 for a stored reference that does not exist, or is another key's (the same answer for both)."""
+    field = "ip_adapter_reference"
+    return InvalidInput(f"{field}: no stored reference {reference_id!r} (POST /v1/references stores one)", field)
 
 
 _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
+_STORES: dict[str, AdapterStore] = {}
 
 
 class GenerationAdapters:
@@ -109,29 +153,37 @@ class GenerationAdapters:
         if info is None:
             return {}
         rows = 2 if guided else 1
-        if job.adapters.ip_image is None:
+        if not job.adapters.referenced:
             return {
                 IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
                 IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
             }
         scales = self.scales(job.adapters.ip_scale)
-        pixels = await asyncio.to_thread(self._pixels, job.adapters.ip_image)
-        spec = self.specs[IMAGE_ENCODER]
-        embeds = (await engines.infer(spec, {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
+        adapters = job.adapters
+        embeds = adapters.ip_embeds if adapters.ip_embeds is not None else await self.encode(engines, adapters.ip_image)
         if guided:
-            negative = (
-                await self._negative_embeds(engines, spec, pixels) if info.hidden_states else np.zeros_like(embeds)
-            )
+            negative = await self._negative_embeds(engines) if info.hidden_states else np.zeros_like(embeds)
             embeds = np.concatenate([negative, embeds])
         return {IMAGE_EMBEDS: embeds.astype(np.float32), IP_SCALE: np.repeat(scales[None], rows, axis=0)}
+
+    async def encode(self, engines, image: np.ndarray) -> np.ndarray:
+        """A reference's image embeddings ``[1, *embeds_shape]``: preprocessed as the pipeline does, then encoded."""
+        if self.support.ip_adapter is None:
+            raise InvalidInput("image: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", "image")
+        pixels = await asyncio.to_thread(self._pixels, image)
+        return (await engines.infer(self.specs[IMAGE_ENCODER], {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
 
     def _pixels(self, image: np.ndarray) -> np.ndarray:
         from PIL import Image
 
         return self.processor(Image.fromarray(image), return_tensors="np").pixel_values.astype(np.float32)
 
-    async def _negative_embeds(self, engines, spec: ModelSpec, pixels: np.ndarray) -> np.ndarray:
+    async def _negative_embeds(self, engines) -> np.ndarray:
+        """The encoding of an all-zero image (encoders read by their hidden states), once per pipeline."""
         if self._negative is None:
-            zeros = np.zeros_like(pixels)
-            self._negative = (await engines.infer(spec, {"pixel_values": zeros}))[IMAGE_EMBEDS][:, None]
+            size = self.support.ip_adapter.image_size
+            zeros = np.zeros((1, 3, size, size), np.float32)
+            self._negative = (await engines.infer(self.specs[IMAGE_ENCODER], {"pixel_values": zeros}))[IMAGE_EMBEDS][
+                :, None
+            ]
         return self._negative

@@ -9,14 +9,19 @@ Three parts, on one embedded model with ``N`` random LoRAs made for it (``random
 * **making an adapter ready**: Easel's, reading the file as diffusers does (once per file; cached) and loading the
   prepared tensors into an engine instance (each cold use); the fused alternative's, fusing the LoRA into the UNet,
   exporting it to ONNX and opening a session.
-* **served** (the stack with the LoRA folder): a cold adapter's first request against a warm one's (concurrency 1),
-  and images/s at a concurrency with every request on the base model, on one adapter, on adapters that all fit the
-  resident bound, and on more adapters than it holds; with the UNet rows per execution Triton formed.
+* **served** (the stack with the LoRA folder and an IP-Adapter): a cold adapter's first request against a warm
+  one's (concurrency 1), and images/s at a concurrency with every request on the base model, on one adapter, on
+  adapters that all fit the resident bound, and on more adapters than it holds; with the UNet rows per execution
+  Triton formed. Then LoRAs uploaded while it runs (``POST /v1/loras``): the upload's time, from the upload to the
+  first image with it (a never-seen adapter's first request), and that adapter warm; and a stored reference
+  (``POST /v1/references``) against the same image sent inline, with the image encoder's executions.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import logging
 import statistics
 import tempfile
@@ -30,8 +35,8 @@ import numpy as np
 from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.build import build
 from build_engines.text_to_image.export import export_engine
-from build_engines.text_to_image.lora_layers import prepare
 from build_engines.text_to_image.loras import build_registry, save_registry
+from serve.adapters.lora_files import prepare
 from serve.adapters.registry import LoraRegistry, engine_banks
 from serve.benchmarks import loop
 from serve.paths import run_dir
@@ -45,6 +50,8 @@ from serve.triton.onnx_backend import ShardedSession, make_session
 logger = logging.getLogger(__name__)
 
 PROMPT = "a lighthouse on a cliff"
+UPLOADS = 3
+"""LoRAs uploaded while the stack runs (each timed from its upload to its first image)."""
 
 
 @dataclass(frozen=True)
@@ -56,15 +63,17 @@ class AdapterBenchSettings(loop.ServedComparison):
     resident: int = 4
 
 
-def make_loras(model_dir: Path, folder: Path, settings: AdapterBenchSettings) -> list[str]:
-    """``settings.adapters`` random LoRAs for ``model_dir`` in ``folder`` (kept between runs)."""
+def make_loras(
+    model_dir: Path, folder: Path, settings: AdapterBenchSettings, prefix: str = "bench", count: int | None = None
+) -> list[str]:
+    """``count`` (default ``settings.adapters``) random LoRAs for ``model_dir`` in ``folder`` (kept between runs)."""
     from build_engines.text_to_image.random_adapters import make_lora
 
-    names = [f"bench{i}" for i in range(settings.adapters)]
+    names = [f"{prefix}{i}" for i in range(settings.adapters if count is None else count)]
     for i, name in enumerate(names):
         path = folder / f"{name}.safetensors"
         if not path.exists():
-            make_lora(model_dir, path, rank=settings.rank, seed=100 + i)
+            make_lora(model_dir, path, rank=settings.rank, seed=100 + i + (1000 if prefix != "bench" else 0))
     return names
 
 
@@ -165,12 +174,11 @@ def served(api_url: str, triton_http_url: str, names: list[str], settings: Adapt
             for i, name in enumerate(names):  # each adapter's first use is cold (the resident bound evicts others)
                 cold.append(await once(i, [{"name": name}]))
                 warm.append(await once(i, [{"name": name}]))
-            conditions = {
-                "base model": lambda i: [],
-                "one adapter": lambda i: [{"name": names[0]}],
-                f"{settings.resident} adapters (all held)": lambda i: [{"name": names[i % settings.resident]}],
-                f"{len(names)} adapters (more than held)": lambda i: [{"name": names[i % len(names)]}],
-            }
+            conditions = {"base model": lambda i: []}
+            for distinct in sorted({1, 4, settings.resident, len(names)} & set(range(1, len(names) + 1))):
+                held = "all held" if distinct <= settings.resident else "more than held"
+                label = "one adapter" if distinct == 1 else f"{distinct} adapters ({held})"
+                conditions[label] = lambda i, k=distinct: [{"name": names[i % k]}]
             rows, batching = [], {}
             for label, loras in conditions.items():
 
@@ -187,6 +195,68 @@ def served(api_url: str, triton_http_url: str, names: list[str], settings: Adapt
     return asyncio.run(run())
 
 
+def uploaded(api_url: str, uploads: list[Path], settings: AdapterBenchSettings) -> dict:
+    """Each LoRA of ``uploads`` uploaded while the stack runs: the upload, upload to first image, then warm (s)."""
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(base_url=api_url, timeout=600) as client:
+            upload_s, first_image_s, never_seen_s, warm_s = [], [], [], []
+            for index, path in enumerate(uploads):
+                started = time.perf_counter()
+                added = await client.post("/v1/loras", data={"name": path.stem}, files={"file": path.read_bytes()})
+                added.raise_for_status()
+                upload_s.append(time.perf_counter() - started)
+                body = _body(settings, index, [{"name": path.stem}])
+                (await client.post("/v1/images/generations", json=body)).raise_for_status()
+                first_image_s.append(time.perf_counter() - started)
+                never_seen_s.append(first_image_s[-1] - upload_s[-1])
+                started = time.perf_counter()
+                (await client.post("/v1/images/generations", json=body)).raise_for_status()
+                warm_s.append(time.perf_counter() - started)
+                (await client.delete(f"/v1/loras/{path.stem}")).raise_for_status()
+            return {
+                "upload_s": upload_s,
+                "first_image_s": first_image_s,
+                "never_seen_s": never_seen_s,
+                "warm_s": warm_s,
+            }
+
+    return asyncio.run(run())
+
+
+def stored_reference(api_url: str, triton_http_url: str, settings: AdapterBenchSettings, rounds: int = 5) -> dict:
+    """A stored reference's requests against the same image sent inline: seconds each, image-encoder executions."""
+    from PIL import Image
+
+    pixels = (np.random.default_rng(0).random((224, 224, 3)) * 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    image = base64.b64encode(buffer.getvalue()).decode()
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(base_url=api_url, timeout=600) as client:
+            stored = await client.post("/v1/references", json={"image": image})
+            stored.raise_for_status()
+            found = {}
+            for label, field in (
+                ("inline", {"ip_adapter_image": image}),
+                ("stored", {"ip_adapter_reference": stored.json()["id"]}),
+            ):
+                before = loop.triton_counts(triton_http_url, "image_encoder")[1]
+                times = []
+                for index in range(rounds):
+                    started = time.perf_counter()
+                    body = _body(settings, index, []) | field
+                    (await client.post("/v1/images/generations", json=body)).raise_for_status()
+                    times.append(time.perf_counter() - started)
+                executions = loop.triton_counts(triton_http_url, "image_encoder")[1] - before
+                found[label] = {"s": times, "image_encoder_executions": executions}
+            await client.delete(f"/v1/references/{stored.json()['id']}")
+            return found
+
+    return asyncio.run(run())
+
+
 def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSettings, out: Path, stack: bool) -> str:
     """The adapter benchmark on ``model_dir``; with ``stack``, its served part too. Writes JSON, returns the report."""
     folder = run_dir() / "bench"
@@ -196,12 +266,23 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
     report: dict = {"settings": asdict(settings), "model": label}
     rows = []
     if stack:
+        from build_engines.text_to_image.random_adapters import make_ip_adapter
+
+        uploads_dir = folder / f"uploads-{label}"
+        made = make_loras(model_dir, uploads_dir, settings, "up", UPLOADS)
+        uploads = [uploads_dir / f"{name}.safetensors" for name in made]
         with scratch_stack(model_dir, loras_dir=loras_dir, lora_resident=settings.resident) as running:
             lora_ready, registry_dir = EngineFolder(running.info.engine_dir), running.options.run_dir / "loras"
             with running.paused():
                 costs = engine_costs(plain, lora_ready, registry_dir, names, settings)
             result = served(running.info.api_url, running.info.triton_http_url, names, settings)
+            report["uploaded"] = uploaded(running.info.api_url, uploads, settings)
             report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
+        ip_adapter = folder / f"ip-adapter-{label}"
+        if not ip_adapter.is_dir():
+            make_ip_adapter(model_dir, ip_adapter, seed=5)
+        with scratch_stack(model_dir, folder / "ip", ip_adapter_dir=ip_adapter) as running:  # a UNet with references
+            report["reference"] = stored_reference(running.info.api_url, running.info.triton_http_url, settings)
         rows = result.pop("rows")
         report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}
         report["unet_rows_per_execution"] = result["unet_rows_per_execution"]
@@ -256,6 +337,23 @@ def _lines(report: dict) -> list[str]:
         lines.append(
             f"cold adapter, first request: p50 {statistics.median(cold) * 1000:.0f} ms; the same adapter warm: p50 "
             f"{statistics.median(warm) * 1000:.0f} ms ({len(cold)} adapters)"
+        )
+    if "uploaded" in report:
+        up = {k: statistics.median(v) * 1000 for k, v in report["uploaded"].items()}
+        lines.append(
+            f"uploaded while running ({len(report['uploaded']['upload_s'])} LoRAs, p50): upload {up['upload_s']:.0f} "
+            f"ms, upload to first image {up['first_image_s']:.0f} ms; the never-seen adapter's first request "
+            f"{up['never_seen_s']:.0f} ms, then warm {up['warm_s']:.0f} ms"
+        )
+    if "reference" in report:
+        reference = report["reference"]
+        lines.append(
+            "IP-Adapter reference, p50: "
+            + ", ".join(
+                f"{label} {statistics.median(r['s']) * 1000:.0f} ms ({r['image_encoder_executions']} image-encoder "
+                f"executions in {len(r['s'])} requests)"
+                for label, r in reference.items()
+            )
         )
     lines += [
         "making an adapter ready: "

@@ -5,6 +5,10 @@ shapes the images match an earlier one gets that answer again without touching T
 an SVG answer may be a fallback of the moment (vectorize models unavailable). The cache lives in the stack's store
 (``--store URL``: SQLite on one machine, Redis across machines), so every Gateway replica shares it: one contract
 (:mod:`serve.cache.store`), one module per store (:mod:`serve.cache.sqlite`, :mod:`serve.cache.redis`).
+
+Each API key has its own entries (:func:`cache_scope`, part of the key): a key never gets, nor learns by a hit's
+speed, what another key asked. ``easel up --share-caches`` (a single-tenant stack) shares them, and the approximate
+cache's latents (:mod:`serve.text_to_image.approximate`), across keys.
 """
 
 from __future__ import annotations
@@ -23,12 +27,21 @@ IGNORED_FIELDS = ("background", "priority", "user", "model", "quality", "style")
 """Request fields that do not change the images: not part of the key."""
 
 
-def cache_key(engine: str, request: dict) -> str | None:
-    """The content address of a generation's answer; None when it must not be cached (no seed, or SVG output)."""
+def cache_scope(key_id: str | None, shared: bool) -> str:
+    """Whose entries a request's answers and latents are: its key's (none: an open API's), or everyone's (shared)."""
+    return "" if shared or key_id is None else key_id
+
+
+def cache_key(engine: str, request: dict, scope: str) -> str | None:
+    """The content address of a generation's answer in ``scope`` (:func:`cache_scope`); None: not to be cached.
+
+    Not cached: an answer without a seed, or an SVG answer.
+    """
     if request.get("seed") is None or request.get("output_format") == "svg":
         return None
     shaping = {k: v for k, v in sorted(request.items()) if k not in IGNORED_FIELDS}
-    return hashlib.sha256(json.dumps({"engine": engine, "request": shaping}, sort_keys=True).encode()).hexdigest()
+    material = {"engine": engine, "request": shaping, "scope": scope}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
 def open_cache(url: str, max_bytes: int = DEFAULT_CACHE_BYTES) -> ResultCache:

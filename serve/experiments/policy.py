@@ -6,6 +6,10 @@ of alias and user, so one user always sees one variant; without a user, each req
 sampling: each request draws a mean reward from every variant's Beta posterior and takes the highest, so traffic
 moves to the variant feedback favours while the others are still tried now and then. Every experiment keeps its
 variants' posteriors (a split's show how its variants fare; only a bandit acts on them).
+
+No one key steers an experiment for everyone: the ratings of one API key's images add to an experiment's posteriors
+at most :data:`MAX_KEY_EVIDENCE` times (more are taken, and count for nothing), and an answer from the result cache is
+no new evidence (its feedback is taken, not counted).
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ WEIGHT_TOLERANCE = 1e-6
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """An experiment's name (the alias requests give as ``model``)."""
 MAX_VARIANTS = 16
+MAX_KEY_EVIDENCE = 10
+"""Ratings of one API key's images an experiment's posteriors take (within the serving records' retention)."""
 
 
 Weights = Annotated[dict[str, Annotated[float, Strict()]], Field(min_length=1, max_length=MAX_VARIANTS)]

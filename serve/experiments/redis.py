@@ -6,7 +6,7 @@ once even when two replicas rate it at the same moment.
 
 from __future__ import annotations
 
-from serve.experiments.policy import Experiment, ExperimentSpec, Posterior
+from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Posterior
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
 from serve.stores import redis_client
 
@@ -17,6 +17,11 @@ _EXPERIMENTS = _PREFIX + "experiments"  # hash: name -> its spec (JSON)
 def _posterior_key(name: str) -> str:
     """A hash: ``<variant>:successes``, ``<variant>:failures``, ``<variant>:feedback``."""
     return f"{_PREFIX}experiment:{name}:posteriors"
+
+
+def _rated_by_key(name: str) -> str:
+    """A hash: a key's id -> how many of the experiment's ids it has rated."""
+    return f"{_PREFIX}experiment:{name}:rated-by-key"
 
 
 def _served_key(item_id: str) -> str:
@@ -56,7 +61,7 @@ class RedisExperimentStore(ExperimentStore):
     def delete(self, name: str) -> bool:
         """See :meth:`ExperimentStore.delete`."""
         with self.redis.pipeline() as pipe:
-            removed, _ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name)).execute()
+            removed, _ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name), _rated_by_key(name)).execute()
         return bool(removed)
 
     def posteriors(self, name: str) -> dict[str, Posterior]:
@@ -106,14 +111,20 @@ class RedisExperimentStore(ExperimentStore):
                 raise already_rated(item_id)
             spec = pipe.hget(_EXPERIMENTS, served.experiment) if served.experiment else None
             counts = spec is not None and served.model in ExperimentSpec.model_validate_json(spec).models
+            by_key = _rated_by_key(served.experiment or "")
+            pipe.watch(by_key)  # a key's count, as its record, changes in this transaction only
+            if served.owner is not None:
+                counts = counts and int(pipe.hget(by_key, served.owner) or 0) < MAX_KEY_EVIDENCE
             pipe.multi()
             pipe.hset(key, "reward", repr(reward))
+            if served.owner is not None and served.experiment:
+                pipe.hincrby(by_key, served.owner, 1)
             if counts:
                 posterior, variant = _posterior_key(served.experiment), served.model
                 pipe.hincrbyfloat(posterior, f"{variant}:successes", reward)
                 pipe.hincrbyfloat(posterior, f"{variant}:failures", 1.0 - reward)
                 pipe.hincrby(posterior, f"{variant}:feedback", 1)
-            return Served(served.model, served.experiment, served.owner, served.created_at, reward)
+            return Served(served.model, served.experiment, served.owner, served.created_at, reward, counts)
 
         return self.redis.transaction(change, key, _EXPERIMENTS, value_from_callable=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from serve.experiments.policy import Experiment, ExperimentSpec, Posterior
+from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Posterior
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
 from serve.stores import serialized, sqlite_connect
 
@@ -15,6 +15,7 @@ CREATE TABLE IF NOT EXISTS experiment_posteriors (experiment TEXT NOT NULL, vari
 CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, model TEXT NOT NULL, experiment TEXT, owner TEXT,
     created_at REAL NOT NULL, reward REAL);
 CREATE INDEX IF NOT EXISTS served_created ON served (created_at);
+CREATE INDEX IF NOT EXISTS served_by_key ON served (experiment, owner);
 """
 
 
@@ -104,9 +105,11 @@ class SqliteExperimentStore(ExperimentStore):
                 return None
             if served.reward is not None:
                 raise already_rated(item_id)
-            self.db.execute("UPDATE served SET reward = ? WHERE id = ?", (reward, item_id))
             row = self.db.execute("SELECT spec FROM experiments WHERE name = ?", (served.experiment,)).fetchone()
-            if row is not None and served.model in ExperimentSpec.model_validate_json(row["spec"]).models:
+            counted = row is not None and served.model in ExperimentSpec.model_validate_json(row["spec"]).models
+            counted = counted and self._key_rated(served) < MAX_KEY_EVIDENCE
+            self.db.execute("UPDATE served SET reward = ? WHERE id = ?", (reward, item_id))
+            if counted:
                 self.db.execute(
                     "INSERT INTO experiment_posteriors (experiment, variant, successes, failures, feedback) "
                     "VALUES (?, ?, ?, ?, 1) ON CONFLICT (experiment, variant) DO UPDATE SET "
@@ -114,7 +117,14 @@ class SqliteExperimentStore(ExperimentStore):
                     "feedback = feedback + 1",
                     (served.experiment, served.model, reward, 1.0 - reward),
                 )
-        return Served(served.model, served.experiment, served.owner, served.created_at, reward)
+        return Served(served.model, served.experiment, served.owner, served.created_at, reward, counted)
+
+    def _key_rated(self, served: Served) -> int:
+        """How many of its experiment's ids the key of ``served`` has rated (0 for an open API's: not bounded)."""
+        if served.owner is None:
+            return 0
+        query = "SELECT COUNT(*) FROM served WHERE experiment = ? AND owner = ? AND reward IS NOT NULL"
+        return self.db.execute(query, (served.experiment, served.owner)).fetchone()[0]
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

@@ -3,7 +3,8 @@
 Two implementations keep it, tested against the same tests: :mod:`serve.experiments.sqlite` and
 :mod:`serve.experiments.redis` (:func:`serve.experiments.open_experiment_store` picks one by URL). Every Gateway
 replica (and, with Redis, every node) reads the same definitions and posteriors, and a restart keeps them. A reward
-marks its id rated and adds to its variant's posterior in one transaction, so an id counts once.
+marks its id rated and adds to its variant's posterior in one transaction, so an id counts once, and one key's ids
+at most :data:`~serve.experiments.policy.MAX_KEY_EVIDENCE` times per experiment.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Served:
     owner: str | None = None  # the id of the API key that asked for it (None: the API was open)
     created_at: float = 0.0
     reward: float | None = None  # its feedback, once given
+    counted: bool = False  # its feedback went to a posterior (an experiment's variant, within its key's share)
 
 
 def already_rated(item_id: str) -> Conflict:
@@ -77,9 +79,12 @@ class ExperimentStore(ABC):
 
     @abstractmethod
     def rate(self, item_id: str, reward: float) -> Served | None:
-        """Record ``reward`` for ``item_id`` and add it to its variant's posterior (if its experiment still has it).
+        """Record ``reward`` for ``item_id``; add it to its variant's posterior if that still counts.
 
-        Returns what served it (None: unknown id); a second rating of one id is a :class:`~serve.errors.Conflict`.
+        It counts while its experiment still has the variant and its key has rated fewer than
+        :data:`~serve.experiments.policy.MAX_KEY_EVIDENCE` of that experiment's ids (an open API's: always).
+        Returns what served it (None: unknown id; ``counted``: whether it went to a posterior); a second rating of
+        one id is a :class:`~serve.errors.Conflict`.
         """
 
     @abstractmethod

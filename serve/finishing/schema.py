@@ -11,6 +11,11 @@ MAX_UPSCALE = 4
 """The largest scale of the upscalers Easel recognises (a hires fix without ``scale`` is priced at it)."""
 MAX_UPSCALE_REQUEST_BYTES = 32 << 20
 """Bytes an upscale request may carry (its image; base64 adds a third)."""
+UPSCALE_FIELD = (
+    "Upscale each image before it is answered (GET /v1/upscalers); with `denoise`, a hires fix: img2img at that "
+    "strength at the upscaled size."
+)
+"""A generation's ``upscale``, as the document describes it."""
 
 
 class UpscaleOptions(BaseModel):

@@ -4,22 +4,70 @@ The Gateway answers both RPCs (``Generate``, ``Vectorize``); this module turns m
 request models, so both APIs share one set of fields, limits, defaults and validation, and errors into gRPC status
 codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from ``easel.proto``
 (the command is in its header); a unit test checks they are current.
+
+A request message reaches the Gateway unparsed (:class:`Unparsed`: Ray Serve's gRPC proxy keeps its bytes, see
+:func:`serve.wire.bound_grpc_messages`), so the key is checked before anything is parsed (:func:`parsed`), and a
+message over its method's limit (its HTTP route's body limit) is refused without being parsed at all.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from pydantic import ValidationError
 from pydantic_core import from_json
 
-from serve.errors import EaselError, InvalidInput, invalid_input
+from serve.errors import EaselError, InvalidInput, PayloadTooLarge, invalid_input
 from serve.experiments.feedback import FeedbackRequest
 from serve.grpc_api import easel_pb2
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
+
+SERVICE = "easel.v1.Easel"
+REQUESTS: dict[str, type[Message]] = {
+    "Generate": easel_pb2.GenerateRequest,
+    "Vectorize": easel_pb2.VectorizeRequest,
+    "Feedback": easel_pb2.FeedbackRequest,
+}
+"""Each method's request message."""
+
+
+@dataclass(frozen=True)
+class Unparsed:
+    """A request message as the proxy forwards it: its bytes (none kept when it is over ``limit``) and its size."""
+
+    data: bytes
+    size: int
+    limit: int
+
+
+def keeping_bytes(limit: int) -> Callable[[bytes], Unparsed]:
+    """A request deserializer for the proxy: the message's bytes kept unparsed, dropped when over ``limit``."""
+
+    def keep(data: bytes) -> Unparsed:
+        return Unparsed(data if len(data) <= limit else b"", len(data), limit)
+
+    return keep
+
+
+def parsed(message: Message | Unparsed, rpc: str) -> Message:
+    """``rpc``'s request message from what the proxy forwarded (413 naming ``message`` when over its limit)."""
+    if not isinstance(message, Unparsed):
+        return message
+    if message.size > message.limit:
+        raise PayloadTooLarge(
+            f"message: {message.size} bytes; {rpc} takes at most {message.limit} ({message.limit / 2**20:g} MiB, "
+            "its HTTP route's body limit)",
+            "message",
+        )
+    try:
+        return REQUESTS[rpc].FromString(message.data)
+    except DecodeError as error:
+        raise InvalidInput(f"message: not a {rpc} request ({error})", "message") from None
 
 
 def fields(message: Message) -> dict:
@@ -27,12 +75,12 @@ def fields(message: Message) -> dict:
     return {field.name: value for field, value in message.ListFields()}
 
 
-def generation_request(message: easel_pb2.GenerateRequest) -> GenerationRequest:
+def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> GenerationRequest:
     """The HTTP API's request for a ``GenerateRequest`` (:class:`~serve.errors.InvalidInput` naming the field).
 
     Images travel as bytes (the HTTP API's base64), an InstantStyle mapping as JSON text.
     """
-    body = fields(message)
+    body = fields(parsed(message, "Generate"))
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
     body["controlnets"] = [fields(control) for control in body.get("controlnets", [])]
     for control in body["controlnets"]:
@@ -63,6 +111,12 @@ def _base64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def vectorize_request(message: easel_pb2.VectorizeRequest | Unparsed) -> tuple[bytes, VectorizeOptions]:
+    """The image and the HTTP API's vectorize options of a ``VectorizeRequest``."""
+    request = parsed(message, "Vectorize")
+    return request.image, vectorize_options(request)
+
+
 def vectorize_options(message: easel_pb2.VectorizeRequest) -> VectorizeOptions:
     """The HTTP API's vectorize options for a ``VectorizeRequest`` (its image aside)."""
     options = fields(message)
@@ -73,10 +127,10 @@ def vectorize_options(message: easel_pb2.VectorizeRequest) -> VectorizeOptions:
         raise invalid_input(error) from None
 
 
-def feedback_request(message: easel_pb2.FeedbackRequest) -> FeedbackRequest:
+def feedback_request(message: easel_pb2.FeedbackRequest | Unparsed) -> FeedbackRequest:
     """The HTTP API's feedback for a ``FeedbackRequest`` (:class:`~serve.errors.InvalidInput` naming the field)."""
     try:
-        return FeedbackRequest.model_validate(fields(message))
+        return FeedbackRequest.model_validate(fields(parsed(message, "Feedback")))
     except ValidationError as error:
         raise invalid_input(error) from None
 

@@ -5,5 +5,6 @@ vLLM's ``serving_*`` shape: the ingress (:mod:`serve.app`) only routes HTTP and 
 TextToImage deployment, SVG through the Vectorizer); :mod:`~serve.serving.jobs` queues them as background jobs and
 runs them; :mod:`~serve.serving.models` lists, adds, replaces and removes models; :mod:`~serve.serving.experiments`
 holds experiments and feedback; :mod:`~serve.serving.vectorize` answers vectorize requests;
+:mod:`~serve.serving.adapters` LoRAs uploaded and IP-Adapter references stored while the stack runs;
 :mod:`~serve.serving.health` liveness and readiness.
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import functools
 import json
 import logging
 import sqlite3
@@ -22,7 +23,10 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from serve import grpc_api, metrics
-from serve.cache import cache_key
+from serve.access import may_see
+from serve.access.keys import ApiKey
+from serve.access.upscale_body import UpscaleBody
+from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
@@ -34,6 +38,7 @@ from serve.serving.upscale import Upscaling
 from serve.text_to_image.deployment import EncodedImages, Progress
 from serve.text_to_image.images import output_size
 from serve.text_to_image.models import ServedModel
+from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
@@ -81,15 +86,31 @@ class Generations:
         residency: DeploymentHandle,
         cache: ResultCache | None,
         experiments: Experiments,
+        references: References | None = None,
+        share_caches: bool = False,
         upscaling: Upscaling | None = None,
     ) -> None:
         self.models = models
+        self.references = references
+        self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
         self.upscaling = upscaling or Upscaling(Upscalers(), None)
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
         self.cache = cache
         self.experiments = experiments
+
+    def price(self, request: GenerationRequest | UpscaleBody) -> float:
+        """What ``request`` costs: its model's work in the table served now (the doors' one price).
+
+        An upscale route's request: its upscale's work (:meth:`serve.serving.upscale.Upscaling.work`).
+
+        :meth:`serve.text_to_image.models.ServedModels.work`, which the replicas' admission counts too; its images'
+        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process).
+        """
+        if isinstance(request, UpscaleBody):
+            return self.upscaling.work(request).cost
+        return self.models.now().work(request).cost
 
     def model(self, request: GenerationRequest) -> ServedModel:
         """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
@@ -111,21 +132,28 @@ class Generations:
             return request, Assignment(self.model(request).name)
         return request.model_copy(update={"model": chosen.model}), chosen
 
-    async def admitted(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+    async def admitted(
+        self, request: GenerationRequest, key: ApiKey | None = None
+    ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its variant serves it, what chose it, and its model, which checked it (a 400 if not).
 
-        An unknown adapter is a 400 now, not a failed job later.
+        An unknown adapter is a 400 now, not a failed job later; so is a stored reference ``key`` may not see
+        (another key's is as unknown as a missing one).
         """
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self.model(request)
         model.check(request)
         if request.upscale is not None:
             self.upscaling.check_generation(request, *output_size(request, model.native_size))
+        if self.references is not None:
+            await self.references.check(request, model, functools.partial(may_see, key))
         return request, assignment, model
 
-    async def answer(self, request: GenerationRequest, owner: str | None, fresh: bool) -> JSONResponse:
+    async def answer(
+        self, request: GenerationRequest, owner: str | None, fresh: bool, key: ApiKey | None = None
+    ) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
-        request, assignment, _ = await self.admitted(request)
+        request, assignment, _ = await self.admitted(request, key)
         body, headers = await self.served_answer(request, assignment, owner, fresh)
         return JSONResponse(body, headers=headers)
 
@@ -161,11 +189,13 @@ class Generations:
     ) -> tuple[dict, dict]:
         """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
 
-        Per-variant requests and latency are counted here, whichever door the generation came by.
+        Per-variant requests and latency are counted here, whichever door the generation came by. A cached answer's
+        images are recorded without their experiment: their feedback is taken, but is no new evidence.
         """
         async with variant_measured(assignment):
-            body, headers = await self._answer(request, fresh, on_step)
-        ids = await self._image_ids(len(body["data"]), assignment, owner)
+            body, headers = await self._answer(request, cache_scope(owner, self.share_caches), fresh, on_step)
+        cached = headers.get("Easel-Cache") == "hit"
+        ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         return body | assignment.to_api(), headers | assignment.headers()
 
@@ -176,16 +206,18 @@ class Generations:
         return ids
 
     async def _answer(
-        self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
+        self, request: GenerationRequest, scope: str, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
         """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
+
+        ``scope``: whose cached answers and kept latents it may use (:func:`serve.cache.cache_scope`).
 
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
         model = self.model(request)
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
-        key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
+        key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await cache_call(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -194,10 +226,10 @@ class Generations:
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
         async with self._loaded_for(model, request) as (served, model_headers):
             if on_step is None:
-                result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
+                result = await self._pipeline(served).generate.remote(request, sent_at=time.time(), cache_scope=scope)
             else:
-                result = await self._generate_reporting(served, request, on_step)
-            result = await self._finished(served, request, result)
+                result = await self._generate_reporting(served, request, on_step, scope)
+            result = await self._finished(served, request, result, scope)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
         headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
@@ -209,13 +241,19 @@ class Generations:
             headers["Easel-Cache"] = "miss"
         return body, headers
 
-    async def _finished(self, served: ServedModel, request: GenerationRequest, result: EncodedImages) -> EncodedImages:
-        """``result`` with its images upscaled (and redrawn, a hires fix) as the request's ``upscale`` asks."""
+    async def _finished(
+        self, served: ServedModel, request: GenerationRequest, result: EncodedImages, scope: str
+    ) -> EncodedImages:
+        """``result`` with its images upscaled (and redrawn, a hires fix) as the request's ``upscale`` asks.
+
+        A hires fix's second pass is priced with the first, at the door (:meth:`price`; its replica admits it alone).
+        """
         if request.upscale is None:
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:
-            return (await self._pipeline(served).generate.remote(second, sent_at=time.time())).images
+            remote = self._pipeline(served).generate.remote(second, sent_at=time.time(), cache_scope=scope)
+            return (await remote).images
 
         images = await self.upscaling.finish(request, result.images, result.seed, img2img)
         return dataclasses.replace(result, images=images)
@@ -231,13 +269,13 @@ class Generations:
         return [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
 
     async def _generate_reporting(
-        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep, scope: str
     ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
         stream = (
             self._pipeline(model)
             .options(stream=True)
-            .generate_stream.remote(request, sent_at=time.time(), previews=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True, cache_scope=scope)
         )
         try:
             async for item in stream:
@@ -256,19 +294,21 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, request: GenerationRequest, owner: str | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
-        """The events of gRPC's ``Generate``: one ``progress`` per denoising step, then the images.
+    async def events(self, request: GenerationRequest, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
+        """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
-        request, assignment, model = await self.admitted(request)
+        request, assignment, model = await self.admitted(request, key)
+        owner = key and key.id
+        scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from
         async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):
             stream = self._pipeline(served).options(stream=True).generate_stream
-            async for item in stream.remote(request, sent_at=time.time()):
+            async for item in stream.remote(request, sent_at=time.time(), cache_scope=scope):
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue
-                item = await self._finished(served, request, item)
+                item = await self._finished(served, request, item, scope)
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]

@@ -50,14 +50,16 @@ class BackgroundJobs:
         self.experiments = experiments
         self.runner = JobRunner(self.store, self.run).start()
 
-    async def submit(self, asked: GenerationRequest, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
+    async def submit(
+        self, asked: GenerationRequest, owner: Owner | None, idempotency_key: str | None, caller: ApiKey | None = None
+    ) -> JSONResponse:
         """Queue ``asked`` as ``owner``'s job after the checks a synchronous request gets, its images decoded.
 
         Its seed is drawn now, so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns
         the same job for the same body. An experiment's variant is chosen now (the job's request names it) and
         recorded under the job's id, so feedback can name the job.
         """
-        request, assignment, model = await self.generations.admitted(asked)
+        request, assignment, model = await self.generations.admitted(asked, caller)
         await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now

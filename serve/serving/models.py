@@ -1,6 +1,6 @@
 """The models a stack serves: listed in OpenAI's shape, added, replaced and removed while it runs (admin).
 
-Also the adapters and ControlNets the default model takes.
+Also the ControlNets the default model takes (its LoRAs: :mod:`serve.serving.adapters`).
 """
 
 from __future__ import annotations
@@ -29,10 +29,6 @@ class ModelAdmin:
         self.text_to_image = text_to_image
         self.residency = residency
         self.experiments = experiments
-
-    def loras(self) -> dict:
-        """The LoRA adapters of this stack: each ready, or listed with why it cannot be."""
-        return {"object": "list", "data": self.models.now().default.adapters.listing()}
 
     def controlnets(self) -> dict:
         """The ControlNets of this stack: each ready, or listed with why not."""

@@ -13,43 +13,23 @@ import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
-from fastapi import Request
 from PIL import Image
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve.access.upscale_body import UpscaleBody, image_size
 from serve.errors import InvalidInput
-from serve.finishing.schema import UpscaleJson, UpscaleOptions
+from serve.finishing.schema import UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
-from serve.images import base64_bytes
 from serve.images.raster import ImageRejected, decode_image
+from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.schema import MAX_SIDE, SIDE_MULTIPLE, GenerationRequest
+from serve.triton.client import TritonClient
+from serve.triton.node import grpc_url_on_this_node
+from serve.triton.runners import replica_runner
 from serve.triton.spec import EngineRunner
-from serve.wire import read_json
 
 Img2Img = Callable[[GenerationRequest], Awaitable[list[bytes]]]
 """A hires fix's second pass: the request (one upscaled input image) generated, its encoded images."""
-
-
-async def read_upscale_request(request: Request) -> tuple[bytes, UpscaleOptions]:
-    """The image bytes and options of an upscale request (multipart: an ``image`` file part; else JSON)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=4)
-        except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
-            raise InvalidInput(f"body: {error.detail} (one file part, 'image', and the options)", "body") from None
-        upload = form.get("image")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput("image: a multipart request needs a file part named 'image'", "image")
-        fields = {key: value for key, value in form.items() if key != "image"}
-        return await upload.read(), UpscaleOptions.model_validate(fields)
-    body = read_json(UpscaleJson, await request.body(), content_type or None)
-    try:
-        return base64_bytes(body.image), body
-    except ValueError as error:  # binascii.Error, or characters outside ASCII
-        raise InvalidInput(f"image: not valid base64 ({error})", "image") from error
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -73,6 +53,16 @@ class Upscaling:
     def __init__(self, upscalers: Upscalers, runner: EngineRunner | None) -> None:
         self.upscalers, self.runner = upscalers, runner
 
+    @classmethod
+    def on_triton(cls, upscalers: Upscalers, triton_grpc_url: str | None) -> Upscaling:
+        """``upscalers`` run by the Triton at ``triton_grpc_url`` (``this-node``: the Triton of this replica's node).
+
+        None of them ready, or no URL: no runner (the upscale route answers that none is ready).
+        """
+        if not (upscalers.ready and triton_grpc_url):
+            return cls(upscalers, None)
+        return cls(upscalers, replica_runner(TritonClient(grpc_url_on_this_node(triton_grpc_url))))
+
     def listing(self) -> dict:
         """Every upscaler the stack was started with: ready, or with why not."""
         return {"object": "list", "data": self.upscalers.listing()}
@@ -91,9 +81,15 @@ class Upscaling:
             "size": f"{width}x{height}",
         }
 
-    async def answer(self, request: Request) -> dict:
-        """The HTTP answer."""
-        return await self.upscale(*await read_upscale_request(request))
+    def work(self, body: UpscaleBody) -> Work:
+        """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
+
+        Read from the image's header (:func:`serve.access.upscale_body.image_size`): no pixel is decoded.
+        """
+        _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
+        width, height = image_size(body.data)
+        out_width, out_height = output_size(width, height, scale)
+        return Work(1, 0, out_width, out_height, input_pixels=width * height)
 
     def check_generation(self, request: GenerationRequest, width: int, height: int) -> None:
         """Refuse (a 400 naming ``upscale.*``) a generation's ``upscale`` this stack cannot do on its images."""

@@ -6,10 +6,13 @@
   whose single image row in an engine cannot fit the pool is refused here with a 400 naming ``size`` and the
   budget; a row that does not fit in the VAE decoder is decoded in tiles (:mod:`serve.text_to_image.tiling`):
   diffusers' own, else halves or quarters of them, the largest that fits; refused only if none does.
-- **Cost**: ``n x num_inference_steps x megapixels``, the steps those that run (img2img's ``strength`` runs part
-  of the schedule), times the UNet-sized passes per step (1, plus one per ControlNet). A request over ``max_cost``
-  is refused (400); admitted requests wait their turn while the replica's requests in flight (of their priority or
-  above) already add up to ``max_inflight_cost``.
+- **Cost** (:class:`Work`): every engine pass a request causes, each counted as a denoising step of its image's
+  megapixels, plus the megapixels its uploads decode to: ``n x megapixels x (steps that run x (1 + ControlNets) + 1
+  VAE decode + 1 VAE encode with input images) + megapixels once more with an IP-Adapter reference + input
+  megapixels``. img2img's ``strength`` runs part of the schedule, but even ``strength`` 0 pays for its VAE passes
+  and its decoded inputs. The Gateway prices a request with it before running anything (the key's cost limit); a
+  request over ``max_cost`` is refused (400); admitted requests wait their turn, before any image is decoded, while
+  the replica's requests in flight (of their priority or above) already add up to ``max_inflight_cost``.
 - Engines a request does not use (the VAE encoder of a text-only request, ControlNets it does not name) are not
   checked for it.
 """
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
+from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
@@ -39,14 +43,72 @@ if TYPE_CHECKING:  # a type only: admission is read where no engine folder is (t
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_COST = 64.0
-"""Largest ``n x steps x megapixels`` served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
+"""Largest cost (:class:`Work`) served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
 CALL_SECONDS = 2.0
 """Engine time (one core) a single engine call of a large request aims to stay under (see ``rows_per_call``)."""
 
 
-def request_cost(n: int, steps: int, width: int, height: int, passes: int = 1) -> float:
-    """A generation's cost: images x denoising steps x megapixels x UNet-sized passes per step (1 + ControlNets)."""
-    return n * steps * width * height / 1e6 * passes
+@dataclass(frozen=True)
+class Work:
+    """What one generation runs, as its cost counts it: every engine pass, each a denoising step of its megapixels.
+
+    ``rows``: images made; ``steps``: denoising steps that run; ``passes``: UNet-sized calls per step (the UNet and
+    each ControlNet); ``encodes``: its images go through the VAE encoder (input images, an inpainting UNet's);
+    ``reference``: an IP-Adapter reference through the image encoder; ``input_pixels``: what its uploads decode to;
+    ``upscale``: what the request's ``upscale`` runs after it (:func:`upscale_work`; a hires fix's second pass runs
+    as a request of its own): the doors' price and the ``max_cost`` check count it, a replica holds in flight only
+    this pass's cost.
+    """
+
+    rows: int
+    steps: int
+    width: int
+    height: int
+    passes: int = 1
+    encodes: bool = False
+    reference: bool = False
+    input_pixels: int = 0
+    upscale: Work | None = None
+
+    @property
+    def megapixels(self) -> float:
+        """One output image's megapixels."""
+        return self.width * self.height / 1e6
+
+    @property
+    def passes_per_image(self) -> int:
+        """Engine passes per image: every step's UNet-sized ones, the VAE decoder's, the VAE encoder's."""
+        return self.steps * self.passes + 1 + int(self.encodes)
+
+    @property
+    def pass_cost(self) -> float:
+        """This pass's: images x megapixels x passes per image, + the reference's pass, + the input megapixels."""
+        return (
+            self.rows * self.megapixels * self.passes_per_image
+            + self.megapixels * int(self.reference)
+            + self.input_pixels / 1e6
+        )
+
+    @property
+    def cost(self) -> float:
+        """The whole request's: this pass's, + its upscale's (a hires fix's second pass)."""
+        return self.pass_cost + (self.upscale.cost if self.upscale is not None else 0.0)
+
+    def explained(self) -> str:
+        """The cost's sum, as a refusal says it."""
+        unet = f"{self.passes} passes (the UNet and {self.passes - 1} ControlNets)" if self.passes > 1 else "1 pass"
+        passes = f"({self.steps} steps x {unet} + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
+        reference = f" + {self.megapixels:.2f} (IP-Adapter reference)" if self.reference else ""
+        inputs = f" + {self.input_pixels / 1e6:.2f} (input megapixels)" if self.input_pixels else ""
+        own = f"{self.rows} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.pass_cost:.1f}"
+        if self.upscale is None:
+            return own
+        then = self.upscale
+        if then.steps:  # a hires fix: its img2img at the upscaled size
+            added = f"the hires fix's second pass, {then.explained()}"
+        else:
+            added = f"the upscale, {then.rows} x {then.megapixels:.2f} MP + {then.input_pixels / 1e6:.2f} (inputs)"
+        return f"{own}, + {added}: {self.cost:.1f} in all"
 
 
 def optional_engine(name: str) -> bool:
@@ -102,21 +164,16 @@ class Admission:
         pool = engines.activation_bytes(limits.memory_budget_bytes)
         return cls(engines.memory_models, pool, limits, engines.tiling, engines.family.denoiser, engines.specs)
 
-    def check(
-        self, n: int, steps: int, width: int, height: int, passes: int = 1, uses: Collection[str] = ()
-    ) -> Admitted:
-        """Raise :class:`InvalidInput` if the request cannot be served; say how it will be.
+    def check(self, work: Work, uses: Collection[str] = ()) -> Admitted:
+        """Raise :class:`InvalidInput` if the request's ``work`` cannot be served; say how it will be.
 
-        ``steps``: the denoising steps that run; ``passes``: UNet-sized engine calls per step (1 + ControlNets);
         ``uses``: the optional engines it uses (:func:`optional_engine`).
         """
-        cost = request_cost(n, steps, width, height, passes)
+        cost, width, height = work.cost, work.width, work.height
         if cost > self.limits.max_cost:
-            times = f" x {passes} (the UNet and {passes - 1} ControlNets)" if passes > 1 else ""
             raise InvalidInput(
-                f"num_inference_steps: n x num_inference_steps x megapixels{' x passes' if times else ''} = {n} x "
-                f"{steps} x {width * height / 1e6:.2f}{times} = {cost:.1f} is over the limit of "
-                f"{self.limits.max_cost:g} (easel up --max-cost)",
+                f"num_inference_steps: the cost, images x megapixels x engine passes (+ inputs), {work.explained()}, "
+                f"is over the limit of {self.limits.max_cost:g} (easel up --max-cost)",
                 field="num_inference_steps",
             )
         latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
@@ -136,7 +193,7 @@ class Admission:
                 f"memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiling, self._rows_per_call(latent))
+        return Admitted(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
 
     def _tiling_within(self, model: MemoryModel, budget: int, latent: tuple[int, int]) -> VaeTiling | None:
         """The largest tiles (diffusers' own, then halves) a ``latent`` decodes in within ``budget``; None: none."""
@@ -197,3 +254,22 @@ class Admission:
             async with self._turn:
                 self._inflight[priority.rank] -= cost
                 self._turn.notify_all()
+
+
+def upscale_work(request, width: int, height: int) -> Work | None:
+    """What ``request``'s ``upscale`` runs after its ``width`` x ``height`` images (None: no ``upscale``).
+
+    Each image decoded and upscaled: a pass at the upscaled megapixels. A hires fix (``denoise``) then runs img2img
+    at that size at ``denoise`` (its input decoded); that pass is counted in its place. A ``scale`` not given is the
+    upscaler's own, priced at the largest Easel recognises (:data:`serve.finishing.schema.MAX_UPSCALE`).
+    """
+    choice = request.upscale
+    if choice is None:
+        return None
+    scale = choice.scale or MAX_UPSCALE
+    side_x, side_y = round(width * scale), round(height * scale)
+    if choice.denoise is None:
+        return Work(request.rows, 0, side_x, side_y, input_pixels=request.rows * width * height)
+    steps = min(int(request.num_inference_steps * choice.denoise), request.num_inference_steps)
+    reference = request.ip_adapter_image is not None
+    return Work(request.rows, steps, side_x, side_y, request.passes, True, reference, request.rows * side_x * side_y)

@@ -5,7 +5,8 @@ prompts near each other share them. A stack started with ``--approximate-cache S
 generation that runs from the start, its latents after the first ``K = floor(SHARE x steps)`` steps in the latent
 cache (:mod:`serve.latent_cache`), under the job's *shape* (everything but the prompt and the seed that shapes its
 latents: the model, size, images per request, sampler, steps, guidance and its cut-off, step caching, LoRAs, the
-negative prompt, K) and its prompt's *embedding*. A later job of the same shape whose nearest kept prompt is at least
+negative prompt, K, and whose it is: the API key's, unless the stack shares its caches) and its prompt's
+*embedding*. A later job of the same shape whose nearest kept prompt is at least
 ``--approximate-similarity`` similar starts from those latents at step K and runs only the rest, on its own prompt
 and seed; one that finds none runs in full and keeps its own.
 
@@ -50,11 +51,7 @@ def skipped_steps(share: float, steps: int) -> int:
 def usable(job: Generation, inpainting: bool) -> bool:
     """Whether ``job`` is text to image alone (no input images, mask, IP-Adapter reference or ControlNets)."""
     return not (
-        job.inputs.images
-        or job.inputs.mask is not None
-        or job.adapters.ip_image is not None
-        or job.inputs.controls
-        or inpainting
+        job.inputs.images or job.inputs.mask is not None or job.adapters.referenced or job.inputs.controls or inpainting
     )
 
 
@@ -98,6 +95,7 @@ def shape_key(model: str, job: Generation, step: int) -> str:
         "negative_prompt": job.sampling.negative_prompt,
         "loras": [list(lora) for lora in job.adapters.loras],
         "step": step,
+        "scope": job.cache.scope,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 

@@ -29,7 +29,7 @@ from serve.text_to_image.generation import (
     StackDefaults,
     StepCallback,
 )
-from serve.text_to_image.images import RequestImages, decode_images, decode_reference
+from serve.text_to_image.images import RequestImages, decode_base64, decode_images, decode_reference
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -180,16 +180,22 @@ class TextToImage:
         """The loop of the model version this request was sent for (none named: the default's first)."""
         return await self.model(serve.get_multiplexed_model_id() or self.models.default.version_id)
 
-    async def generate(self, request: GenerationRequest, sent_at: float | None = None) -> EncodedImages:
+    async def generate(
+        self, request: GenerationRequest, sent_at: float | None = None, cache_scope: str = ""
+    ) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
+
+        ``cache_scope``: whose kept latents the approximate cache may start it from (:func:`serve.cache.cache_scope`).
 
         Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
         turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
         hand to the Vectorizer.
         """
-        return await self._generate(request, sent_at, None)
+        return await self._generate(request, sent_at, None, cache_scope)
 
-    async def generate_stream(self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False):
+    async def generate_stream(
+        self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False, cache_scope: str = ""
+    ):
         """:meth:`generate` streamed (``handle.options(stream=True)``): a :class:`Progress` per step, then the images.
 
         ``previews``: every few steps (and the last) carries a preview of the first image. A caller that stops
@@ -202,7 +208,7 @@ class TextToImage:
             preview = await served.preview.png(latents) if previews and wants_preview(step, total) else None
             steps.put_nowait(Progress(step, total, preview))
 
-        generation = asyncio.create_task(self._generate(request, sent_at, report))
+        generation = asyncio.create_task(self._generate(request, sent_at, report, cache_scope))
         generation.add_done_callback(lambda _: steps.put_nowait(None))
         try:
             while (step := await steps.get()) is not None:
@@ -212,40 +218,24 @@ class TextToImage:
             generation.cancel()
 
     async def _generate(
-        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None
+        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None, cache_scope: str
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         served = await self._requested()
-        pipeline = served.pipeline
-        reference = await self._reference(request, served)
-        images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
-        job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
-        reuse = approximate.decide(
-            request.approximate_cache,
-            request.seed is not None,
-            job,
-            self.defaults.approximate_cache,
-            pipeline.dims.inpainting,
-        )
-        job = job.replaced(approximate=reuse)
-        pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
-        pipeline.family.controlnets.check(request.controlnets)
-        step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
-        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.inputs.controls]
-        if job.inputs.images or pipeline.dims.inpainting:
+        pipeline, admission = served.pipeline, served.admission
+        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in request.controlnets]
+        if request.image or pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)
-        admission = served.admission
-        admitted = admission.check(
-            job.sampling.n, request.denoising_steps, job.sampling.width, job.sampling.height, request.passes, uses
-        )
+        admitted = admission.check(served.model.work(request), uses)  # the Gateway's price; no pixel decoded yet
         metrics.count(
-            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.inputs.controls else "no"
+            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if request.controlnets else "no"
         )
-        for control in job.inputs.controls:
+        for control in request.controlnets:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with admission.slot(admitted.cost, job.priority):
+            async with admission.slot(admitted.cost, request.priority):  # the images decode inside: their memory too
+                job = await self._job(request, served, cache_scope)
                 result = await pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
@@ -258,6 +248,28 @@ class TextToImage:
                 metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
         return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
 
+    async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
+        """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
+        pipeline = served.pipeline
+        reference = await self._reference(request, served)
+        images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
+        job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
+        loras = await asyncio.to_thread(served.model.adapters.resolve, request)  # content keys: a PUT waits for it
+        embeds = await asyncio.to_thread(served.model.adapters.stored_embeds, request)
+        job = job.replaced(loras=loras, ip_embeds=embeds)
+        reuse = approximate.decide(
+            request.approximate_cache,
+            request.seed is not None,
+            job,
+            self.defaults.approximate_cache,
+            pipeline.dims.inpainting,
+        )
+        job = job.replaced(approximate=reuse, scope=cache_scope)
+        pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
+        pipeline.family.controlnets.check(request.controlnets)
+        step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
+        return job
+
     async def _reference(self, request: GenerationRequest, served: ModelPipeline) -> np.ndarray | None:
         """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""
         served.model.adapters.check(request)
@@ -268,6 +280,12 @@ class TextToImage:
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
         return reference
+
+    async def encode_reference(self, image: str) -> np.ndarray:
+        """A reference image's embeddings (base64 ``image``), by the model's image encoder: ``POST /v1/references``."""
+        served = await self._requested()
+        pixels = await asyncio.to_thread(decode_base64, image, "image")
+        return await served.pipeline.adapters.encode(served.pipeline.engines, pixels)
 
     async def ready(self, triton_models: list[str]) -> dict[str, bool]:
         """Readiness of each of ``triton_models`` (Triton model names)."""

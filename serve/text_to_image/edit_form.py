@@ -6,16 +6,21 @@ and ``ip_adapter_image``; each becomes the model's base64 field. Every other par
 mappings) as JSON text (``n=2``, ``strength=0.6``, ``background=true``,
 ``controlnets=[{"name": "edges", "image": "<base64>"}]``). OpenAI's ``background`` values ``auto`` and ``opaque``
 are taken as Easel's ``false`` (its images are opaque); ``transparent`` is a 400.
+
+It reads as the JSON route does, each refusal a 400 naming the part: a text part must be UTF-8 (as JSON is), a JSON
+part is parsed by the JSON route's parser (nested at most as deep as it takes), and each field comes once (only
+``image`` may repeat).
 """
 
 from __future__ import annotations
 
 import base64
-import json
 from functools import cache
 
+import pydantic_core
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from serve.errors import InvalidInput, invalid_input
@@ -44,24 +49,54 @@ def _text_fields() -> frozenset[str]:
 
 
 def _value(name: str, text: str):
-    """A form part's value for field ``name``: the text, or the JSON it holds."""
+    """A form part's value for field ``name``: the text, or the JSON it holds (read as the JSON route reads it)."""
     if name in _text_fields() or name not in GenerationRequest.model_fields:
         return text
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as error:
+        return pydantic_core.from_json(text)
+    except ValueError as error:
         raise InvalidInput(f"{name}: not a JSON value ({error}): send numbers, true/false or JSON text", name) from None
+
+
+class Utf8Parts(MultiPartParser):
+    """Starlette's multipart parser, but a text part that is not UTF-8 is a 400 naming it (not read as latin-1)."""
+
+    def on_part_end(self) -> None:
+        """Keep the part; a text part's bytes must decode as UTF-8."""
+        part = self._current_part
+        if part.file is None:
+            try:
+                part.data.decode("utf-8")
+            except UnicodeDecodeError as error:
+                name, where = part.field_name, f"{error.reason} at byte {error.start}"
+                raise InvalidInput(f"{name}: a form's text must be UTF-8 ({where})", name) from None
+        super().on_part_end()
+
+
+async def _form(request: Request) -> FormData:
+    """The body's parts (text in UTF-8), within the form's limits."""
+    limits = {"max_files": MAX_IMAGES + 2, "max_fields": 32 + MAX_CONTROLNETS, "max_part_size": MAX_REQUEST_BYTES}
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        return await request.form(**limits)
+    return await Utf8Parts(request.headers, request.stream(), **limits).parse()
 
 
 async def read_edit_form(request: Request) -> GenerationRequest:
     """The request model of an edits body (its size already bounded on the wire); 400s naming the field."""
-    form = await request.form(
-        max_files=MAX_IMAGES + 2, max_fields=32 + MAX_CONTROLNETS, max_part_size=MAX_REQUEST_BYTES
-    )
+    form = await _form(request)
+    try:
+        return await _request(form)
+    finally:
+        await form.close()
+
+
+async def _request(form: FormData) -> GenerationRequest:
     body: dict = {}
     images: list[str] = []
     for key, part in form.multi_items():
         name = key.removesuffix(LIST_SUFFIX)
+        if name in body:
+            raise InvalidInput(f"{name}: sent more than once (only image may be)", name)
         if isinstance(part, UploadFile):
             if name not in FILE_FIELDS:
                 raise InvalidInput(f"{name}: a file where a value was expected (files: {', '.join(FILE_FIELDS)})", name)

@@ -64,9 +64,15 @@ class ImageInputs:
 class AdapterInputs:
     """The adapters a generation runs with: LoRAs by name and weight, an IP-Adapter reference and its scale."""
 
-    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (content key, weight): StackAdapters.resolve
     ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
     ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
+    ip_embeds: np.ndarray | None = None  # or a stored reference's image embeddings (no encoder call)
+
+    @property
+    def referenced(self) -> bool:
+        """Whether it has an IP-Adapter reference (an image, or a stored reference's embeddings)."""
+        return self.ip_image is not None or self.ip_embeds is not None
 
 
 @dataclass(frozen=True)
@@ -74,11 +80,13 @@ class CachePolicy:
     """What a generation may skip of its work.
 
     ``interval``: steps per whole UNet call, the others shallow (:mod:`serve.text_to_image.step_cache`);
-    ``approximate``: it may start from a similar prompt's kept latents (:mod:`serve.text_to_image.approximate`).
+    ``approximate``: it may start from a similar prompt's kept latents (:mod:`serve.text_to_image.approximate`);
+    ``scope``: whose kept latents it may start from and keeps its own as: its key's ("": everyone's).
     """
 
     interval: int = 1
     approximate: bool = False
+    scope: str = ""
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,15 @@ def output_size(request: GenerationRequest, native_size: int) -> tuple[int, int]
     return width, height
 
 
+def input_pixels(request: GenerationRequest) -> int:
+    """The pixels a request's uploads decode to (images, mask, ControlNets', IP-Adapter's), read from their headers."""
+    uploads = [("image", text) for text in request.image] + [("mask", request.mask)]
+    uploads += [(f"controlnets.{i}.image", choice.image) for i, choice in enumerate(request.controlnets)]
+    uploads.append(("ip_adapter_image", request.ip_adapter_image))
+    sizes = [header_size(base64_bytes(text), field) for field, text in uploads if text is not None]
+    return sum(width * height for width, height in sizes)
+
+
 def edit_mask(data: bytes, field: str = "mask") -> np.ndarray:
     """The area to draw as a grey ``uint8`` image (255: draw): alpha 0 where the mask has alpha, else its white."""
     try:
@@ -131,6 +140,15 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     strong = np.unique(labels[candidate & (magnitude > high)])
     edges = np.isin(labels, strong[strong > 0])
     return np.repeat((edges * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def decode_base64(text: str, field: str) -> np.ndarray:
+    """One base64 image of the API as RGB pixels (alpha onto white); a 400 naming ``field`` if unreadable."""
+    try:
+        data = base64_bytes(text)
+    except ValueError as error:
+        raise InvalidInput(f"{field}: not base64", field) from error
+    return _decode(data, field)
 
 
 def decode_reference(request: GenerationRequest) -> np.ndarray | None:

@@ -22,11 +22,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.adapters.catalog import LoraTarget
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, Work, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
+from serve.text_to_image.images import input_pixels, output_size
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
@@ -255,6 +257,31 @@ class ServedModel:
         family.check_images(bool(request.image), request.mask is not None, bool(request.controlnets))
         family.controlnets.check(request.controlnets)
 
+    def lora_target(self) -> LoraTarget:
+        """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""
+        if self.adapters.loras_dir is None:
+            raise InvalidInput(f"model: {self.name} takes no LoRA adapters (start the stack with --loras DIR)", "model")
+        folder = self.folder
+        return LoraTarget(self.name, self.adapters, folder.key, folder.family.pipeline_class, folder.lora_slots())
+
+    def work(self, request) -> Work:
+        """What ``request`` asks of this model: its cost is the one both doors and the replicas count.
+
+        No pixel is decoded: sizes come from the images' headers (no size and no image: this model's native one).
+        """
+        width, height = output_size(request, self.native_size)
+        return Work(
+            request.rows,
+            request.denoising_steps,
+            width,
+            height,
+            request.passes,
+            encodes=bool(request.image) or self.folder.family.dims.inpainting,
+            reference=request.ip_adapter_image is not None,
+            input_pixels=input_pixels(request),
+            upscale=upscale_work(request, width, height),
+        )
+
     def public(self, loaded: bool) -> dict:
         """``GET /v1/models``' entry: OpenAI's fields, then what Easel adds."""
         family = self.folder.family
@@ -412,6 +439,16 @@ class ServedModels(Mapping[str, ServedModel]):
             gone = " was removed from this stack" if requested in self.table.versions else ""
             raise InvalidInput(f"model: unknown model {requested!r}{gone} (served: {', '.join(self._models)})", "model")
         return model
+
+    def work(self, request) -> Work:
+        """What ``request`` asks of the model it names in this table (a replaced model: its new version's size).
+
+        A name no served model has (an experiment's alias, whose variant is drawn later) is priced as the costliest
+        served model would run it; the name itself is checked by :meth:`resolve`.
+        """
+        if not request.model or request.model in self._models:
+            return self.resolve(request.model).work(request)
+        return max((model.work(request) for model in self._models.values()), key=lambda work: work.cost)
 
     def require(self, model_id: str) -> ServedModel:
         """The model ``GET /v1/models/{model_id}`` names (404 if none)."""

@@ -21,16 +21,17 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictInt,
-    StringConstraints,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from serve.finishing.schema import UpscaleChoice
+from serve.finishing.schema import UPSCALE_FIELD, UpscaleChoice
 from serve.images import base64_bytes
 from serve.priority import Priority
+from serve.text_to_image import ip_scale
+from serve.text_to_image.ip_scale import MAX_IP_SCALE, IpScale, IpScaleMap
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
 MAX_IMAGES = 4
@@ -41,6 +42,8 @@ MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
+MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
+MAX_USER_CHARS = 256  # user: an end user's id, as OpenAI's clients send it (an experiment's assignment sticks to it)
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
 SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
@@ -49,10 +52,11 @@ MAX_FEW_STEPS = 50
 """The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
 MAX_LORAS = 4
 MAX_LORA_SCALE = 4.0
-MAX_IP_SCALE = 2.0
 MAX_IMAGE_BYTES = 8 << 20
 """Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
 MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
+REFERENCE_PATTERN = r"^ref_[0-9a-f]{24}$"
+"""A stored reference's id (``POST /v1/references``)."""
 MAX_REQUEST_BYTES = 32 << 20
 """A generation's or an edit's body on the wire: all its images together (base64 in JSON, files in multipart)."""
 MAX_CONTROLNETS = 4
@@ -80,7 +84,16 @@ DEPENDENT_FIELDS = [
     },
     {
         "if": {"required": ["ip_adapter_scale"], "properties": {"ip_adapter_scale": {"not": {"const": 1}}}},
-        "then": {"required": ["ip_adapter_image"], "properties": {"ip_adapter_image": {"type": "string"}}},
+        "then": {
+            "anyOf": [
+                {"required": ["ip_adapter_image"], "properties": {"ip_adapter_image": {"type": "string"}}},
+                {"required": ["ip_adapter_reference"], "properties": {"ip_adapter_reference": {"type": "string"}}},
+            ]
+        },
+    },
+    {
+        "if": {"required": ["ip_adapter_image"], "properties": {"ip_adapter_image": {"type": "string"}}},
+        "then": {"properties": {"ip_adapter_reference": {"type": "null"}}},
     },
     {
         "if": {"required": ["scheduler"], "properties": {"scheduler": {"enum": list(FEW_STEP_SCHEDULERS)}}},
@@ -88,8 +101,8 @@ DEPENDENT_FIELDS = [
     },
 ]
 """Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
-ip_adapter_scale other than its default needs an ip_adapter_image, a few-step sampler takes at most
-:data:`MAX_FEW_STEPS` steps."""
+ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_reference (one of them, not both),
+a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps."""
 
 
 class LoraChoice(BaseModel):
@@ -101,12 +114,6 @@ class LoraChoice(BaseModel):
     scale: Annotated[float, Strict()] = Field(
         1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False, description="The adapter's weight."
     )
-
-
-IpScale = Annotated[float, Strict(), Field(ge=0.0, le=MAX_IP_SCALE, allow_inf_nan=False)]
-IpBlock = Annotated[str, StringConstraints(pattern=r"^block_[0-9]{1,2}$")]
-IpScaleMap = dict[Literal["down", "mid", "up"], IpScale | list[IpScale] | dict[IpBlock, IpScale | list[IpScale]]]
-"""InstantStyle's per-block scales, as ``set_ip_adapter_scale`` takes them: ``{"up": {"block_0": [0, 1, 0]}}``."""
 
 
 Unit = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
@@ -188,14 +195,6 @@ class Outpaint(BaseModel):
         if not (self.left or self.top or self.right or self.bottom):
             raise PydanticCustomError("no_side", "needs at least one side over 0", {})
         return self
-
-
-def _check_ip_scale(value, where: str) -> None:
-    at = f"{where}: " if where else ""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{at}must be a number or a mapping like {{'up': {{'block_0': [0.0, 1.0, 0.0]}}}}")
-    if not 0.0 <= value <= MAX_IP_SCALE:  # NaN fails this too
-        raise ValueError(f"{at}scales must be finite numbers in [0, {MAX_IP_SCALE:g}], not {value}")
 
 
 @dataclass(frozen=True)
@@ -303,10 +302,17 @@ class GenerationRequest(BaseModel):
         description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB "
         "(sides up to 4096); needs a stack started with --ip-adapter.",
     )
+    ip_adapter_reference: str | None = Field(
+        None,
+        pattern=REFERENCE_PATTERN,
+        description="Instead of ip_adapter_image: a reference stored with POST /v1/references by the same key "
+        "(its embeddings, encoded once).",
+    )
     ip_adapter_scale: IpScale | IpScaleMap = Field(
         1.0,
-        description=f"With ip_adapter_image: the reference's weight in [0, {MAX_IP_SCALE:g}], or InstantStyle's "
-        'per-block mapping as diffusers\' set_ip_adapter_scale takes it, e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
+        description="With ip_adapter_image or ip_adapter_reference: the reference's weight in "
+        f"[0, {MAX_IP_SCALE:g}], or InstantStyle's per-block mapping as diffusers' set_ip_adapter_scale takes it, "
+        'e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
     )
     image: list[Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]] = Field(
         [],
@@ -338,11 +344,7 @@ class GenerationRequest(BaseModel):
         description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
         "(diffusers' MultiControlNetModel).",
     )
-    upscale: UpscaleChoice | None = Field(
-        None,
-        description="Upscale each image before it is answered (GET /v1/upscalers); with `denoise`, a hires fix: "
-        "img2img at that strength at the upscaled size.",
-    )
+    upscale: UpscaleChoice | None = Field(None, description=UPSCALE_FIELD)
     model: str | None = Field(
         None,
         max_length=64,
@@ -350,9 +352,11 @@ class GenerationRequest(BaseModel):
         "variants serves; GET /v1/experiments). Absent: the stack's default model.",
     )
     # Accepted for OpenAI client compatibility.
-    quality: str | None = None
-    style: str | None = None
-    user: str | None = None
+    quality: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's quality word; unused.")
+    style: str | None = Field(None, max_length=MAX_TAG_CHARS, description="OpenAI's style word; unused.")
+    user: str | None = Field(
+        None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -407,26 +411,21 @@ class GenerationRequest(BaseModel):
     @classmethod
     def _ip_scale_shape(cls, value):
         """Name what is wrong (where, and the limit) before the union's own, less readable, errors."""
-        if not isinstance(value, dict):
-            _check_ip_scale(value, "")
-            return value
-        for part, scales in value.items():
-            if part not in ("down", "mid", "up"):
-                raise ValueError(f"keys must be 'down', 'mid' or 'up', not {part!r}")
-            blocks = scales.items() if isinstance(scales, dict) else [("", scales)]
-            for block, values in blocks:
-                if block and not re.fullmatch(r"block_[0-9]{1,2}", block):
-                    raise ValueError(f"{part}: keys must look like 'block_0', not {block!r}")
-                where = f"{part}.{block}".rstrip(".")
-                for item in values if isinstance(values, list) else [values]:
-                    _check_ip_scale(item, where)
+        return ip_scale.checked_shape(value)
+
+    @field_validator("ip_adapter_reference")
+    @classmethod
+    def _one_reference(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("ip_adapter_image") is not None:
+            raise ValueError("give ip_adapter_image or ip_adapter_reference, not both")
         return value
 
     @field_validator("ip_adapter_scale")
     @classmethod
     def _ip_scale_with_image(cls, value, info: ValidationInfo):
-        if info.data.get("ip_adapter_image") is None and value != 1.0:  # the default is stored with every job
-            raise ValueError("ip_adapter_scale is only accepted with ip_adapter_image")
+        referenced = info.data.get("ip_adapter_image") or info.data.get("ip_adapter_reference")
+        if referenced is None and value != 1.0:  # the default is stored with every job
+            raise ValueError("ip_adapter_scale is only accepted with ip_adapter_image or ip_adapter_reference")
         return value
 
     @field_validator("vectorize_tier")

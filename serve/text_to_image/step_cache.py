@@ -106,7 +106,7 @@ def check(job: Generation, specs: Mapping[str, ModelSpec], step_engine: str) -> 
             f"the {job.sampling.scheduler} sampler runs its distilled UNet",
             field,
         )
-    if job.adapters.loras or job.inputs.controls or job.adapters.ip_image is not None:
+    if job.adapters.loras or job.inputs.controls or job.adapters.referenced:
         raise InvalidInput(f"{field}: step caching takes no LoRAs, IP-Adapter reference or ControlNets", field)
 
 

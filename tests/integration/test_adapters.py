@@ -1,5 +1,6 @@
 """LoRA and IP-Adapter per request through a real Triton and Ray Serve app, against diffusers' own adapter loading."""
 
+import asyncio
 import base64
 import io
 import logging
@@ -213,6 +214,9 @@ def _png_b64(width: int, height: int) -> str:
         ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": 3}, "ip_adapter_scale"),
         ({"ip_adapter_image": _png_b64(16, 16), "ip_adapter_scale": {"up": {"block_7": 1.0}}}, "ip_adapter_scale"),
         ({"ip_adapter_scale": 0.5}, "ip_adapter_scale"),
+        ({"ip_adapter_reference": "ref_" + "0" * 24}, "ip_adapter_reference"),
+        ({"ip_adapter_reference": "ref_" + "0" * 24, "ip_adapter_image": _png_b64(16, 16)}, "ip_adapter_reference"),
+        ({"ip_adapter_reference": "not-an-id"}, "ip_adapter_reference"),
     ],
 )
 def test_bad_adapter_input_is_a_400_naming_the_field(api, fields, param):
@@ -221,3 +225,184 @@ def test_bad_adapter_input_is_a_400_naming_the_field(api, fields, param):
     error = response.json()["error"]
     assert error["param"] == param, error
     assert _served(api).shape == (1, 64, 64, 3)  # the stack goes on
+
+
+# -- LoRAs uploaded while the stack runs (POST, PUT, DELETE /v1/loras) -------------------------------------------------
+
+
+def _upload(api, method: str, path: str, file, **fields) -> httpx.Response:
+    return api.request(
+        method, path, data=fields, files={"file": ("lora.safetensors", file, "application/octet-stream")}
+    )
+
+
+def test_an_uploaded_lora_serves_the_next_request_of_every_replica_as_diffusers_loads_it(api, adapters, with_loras):
+    """Upload under a new name -> the next requests (both Gateway replicas) equal load_lora_weights + set_adapters."""
+    started = time.perf_counter()
+    added = _upload(api, "POST", "/v1/loras", (adapters.loras / "style.safetensors").read_bytes(), name="fresh")
+    assert added.status_code == 200, added.text
+    assert added.json()["rank"] == LORAS["style"][1] and added.json()["source"] == "upload"
+    first = _served(api, loras=[{"name": "fresh", "scale": 0.8}])
+    logger.info("upload to first image: %.2f s", time.perf_counter() - started)
+    want = _diffusers(with_loras, [{"name": "style", "scale": 0.8}])
+    assert psnr(first, want) >= 40
+    for _ in range(4):  # Ray Serve spreads them over the Gateway (and TextToImage) replicas
+        np.testing.assert_array_equal(_served(api, loras=[{"name": "fresh", "scale": 0.8}]), first)
+    listed = {entry["name"]: entry for entry in api.get("/v1/loras").json()["data"]}
+    assert listed["fresh"]["model"] == listed["style"]["model"] == "easel-default"
+    assert listed["fresh"]["status"] == "ready" and listed["style"]["source"] == "folder"
+
+
+def test_a_put_under_load_drops_nothing_and_each_image_has_the_weights_of_its_moment(api, stack, adapters, with_loras):
+    """Requests before the PUT get the old weights, those after it the new ones, none fails."""
+    assert _upload(api, "POST", "/v1/loras", (adapters.loras / "line.safetensors").read_bytes(), name="swap").is_success
+    old, new = (_diffusers(with_loras, [{"name": name}]) for name in ("line", "spare"))
+    assert psnr(old, new) < 35, "the two weights should give different images"
+    answers: list[tuple[float, float, httpx.Response]] = []
+
+    async def load(until: asyncio.Event) -> None:
+        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
+            while not until.is_set():
+                sent = time.monotonic()
+                response = await client.post(GENERATE, json=BODY | {"loras": [{"name": "swap"}]})
+                answers.append((sent, time.monotonic(), response))
+
+    async def replace_under_load() -> tuple[float, float]:
+        until = asyncio.Event()
+        clients = [asyncio.create_task(load(until)) for _ in range(3)]
+        await asyncio.sleep(2.0)
+        began = time.monotonic()
+        async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
+            file = (adapters.loras / "spare.safetensors").read_bytes()
+            put = await client.put("/v1/loras/swap", files={"file": ("spare.safetensors", file)})
+        answered = time.monotonic()
+        assert put.status_code == 200, put.text
+        await asyncio.sleep(2.0)
+        until.set()
+        await asyncio.gather(*clients)
+        return began, answered
+
+    began, answered = asyncio.run(replace_under_load())
+    assert all(response.status_code == 200 for *_, response in answers), [r.text for *_, r in answers][:3]
+    before = [decode_images(r) for sent, done, r in answers if done < began]
+    after = [decode_images(r) for sent, done, r in answers if sent > answered]
+    assert before and after, (len(before), len(after), len(answers))
+    assert all(psnr(image, old) >= 40 for image in before)
+    assert all(psnr(image, new) >= 40 for image in after)
+    for *_, response in answers:  # those in between: one or the other, never a blend
+        image = decode_images(response)
+        assert max(psnr(image, old), psnr(image, new)) >= 40
+    logger.info(
+        "PUT under load: %d requests, %d before it, %d after it, 0 failed", len(answers), len(before), len(after)
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "file", "fields", "status", "param"),
+    [
+        ("POST", "/v1/loras", b"not a lora", {"name": "junk"}, 400, "file"),
+        ("POST", "/v1/loras", "style", {"name": "kohya"}, 400, "name"),
+        ("POST", "/v1/loras", "style", {"name": "x y"}, 400, "name"),
+        ("POST", "/v1/loras", "style", {"name": "other", "model": "nope"}, 400, "model"),
+        ("PUT", "/v1/loras/absent", "style", {}, 404, "name"),
+        ("PUT", "/v1/loras/style", "style", {}, 409, "name"),
+    ],
+)
+def test_bad_uploads_are_refused_naming_the_field(api, adapters, method, path, file, fields, status, param):
+    data = (adapters.loras / f"{file}.safetensors").read_bytes() if isinstance(file, str) else file
+    response = _upload(api, method, path, data, **fields)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["param"] == param
+    assert _served(api).shape == (1, 64, 64, 3)  # the stack goes on
+
+
+def test_a_deleted_lora_is_a_400_naming_the_field(api, adapters):
+    assert _upload(
+        api, "POST", "/v1/loras", (adapters.loras / "kohya.safetensors").read_bytes(), name="gone"
+    ).is_success
+    assert _served(api, loras=[{"name": "gone"}]).shape == (1, 64, 64, 3)
+    assert api.delete("/v1/loras/gone").json() == {"id": "gone", "object": "lora", "deleted": True}
+    response = api.post(GENERATE, json=BODY | {"loras": [{"name": "gone"}]})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "loras.0.name"
+    assert api.delete("/v1/loras/gone").status_code == 404
+
+
+# -- stored references (POST, GET, DELETE /v1/references) -------------------------------------------------------------
+
+
+def _encoder_executions(stack) -> int:
+    stats = httpx.get(f"{stack.info.triton_http_url}/v2/models/image_encoder/stats", timeout=10).json()
+    return int(stats["model_stats"][0]["execution_count"])
+
+
+def test_a_stored_reference_gives_the_inline_image_without_encoding_it_again(api, stack):
+    _, b64 = reference_image(seed=3)
+    scale = {"up": {"block_0": [0.0, 1.0]}}
+    inline = _served(api, ip_adapter_image=b64, ip_adapter_scale=scale)
+    stored = api.post("/v1/references", json={"image": b64, "name": "subject"})
+    assert stored.status_code == 200, stored.text
+    reference = stored.json()
+    assert reference["id"].startswith("ref_") and reference["name"] == "subject"
+    before = _encoder_executions(stack)
+    named = _served(api, ip_adapter_reference=reference["id"], ip_adapter_scale=scale)
+    assert _encoder_executions(stack) == before, "a stored reference's request ran the image encoder"
+    np.testing.assert_array_equal(named, inline)
+    assert reference["id"] in [r["id"] for r in api.get("/v1/references").json()["data"]]
+    assert api.get(f"/v1/references/{reference['id']}").json() == reference
+    assert api.delete(f"/v1/references/{reference['id']}").json()["deleted"] is True
+    gone = api.post(GENERATE, json=BODY | {"ip_adapter_reference": reference["id"]})
+    assert gone.status_code == 400 and gone.json()["error"]["param"] == "ip_adapter_reference"
+    assert api.get(f"/v1/references/{reference['id']}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"image": "###"}, "image"),
+        ({"image": "bm90IGFuIGltYWdl"}, "image"),
+        ({"image": _png_b64(16, 16), "model": "nope"}, "model"),
+    ],
+)
+def test_a_bad_reference_is_a_400_naming_the_field(api, body, param):
+    response = api.post("/v1/references", json=body)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_zz_references_are_their_key_s_and_loras_change_with_the_adapters_scope(stack, adapters):
+    """Last in the module: it creates keys, which close the API for the tests after it."""
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    made = {
+        name: store.create(name, scopes, KeyLimits())[1]
+        for name, scopes in (("alice", {Scope.GENERATE}), ("bob", {Scope.GENERATE}), ("curator", {Scope.ADAPTERS}))
+    }
+    time.sleep(ACTIVE_CHECK_S + 0.5)  # each replica re-reads whether keys exist
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+
+        def as_(name: str) -> dict:
+            return {"Authorization": f"Bearer {made[name]}"}
+
+        _, b64 = reference_image(seed=4)
+        stored = client.post("/v1/references", json={"image": b64}, headers=as_("alice"))
+        assert stored.status_code == 200, stored.text
+        ref = stored.json()["id"]
+        mine = client.post(GENERATE, json=BODY | {"ip_adapter_reference": ref}, headers=as_("alice"))
+        assert mine.status_code == 200, mine.text
+        theirs = client.post(GENERATE, json=BODY | {"ip_adapter_reference": ref}, headers=as_("bob"))
+        unknown = client.post(GENERATE, json=BODY | {"ip_adapter_reference": "ref_" + "0" * 24}, headers=as_("bob"))
+        assert theirs.status_code == unknown.status_code == 400
+        assert theirs.json()["error"]["param"] == "ip_adapter_reference"
+        assert theirs.json()["error"]["message"].replace(ref, "ID") == unknown.json()["error"]["message"].replace(
+            "ref_" + "0" * 24, "ID"
+        )
+        assert client.get(f"/v1/references/{ref}", headers=as_("bob")).status_code == 404
+        assert client.get("/v1/references", headers=as_("bob")).json()["data"] == []
+        file = {"file": ("lora.safetensors", (adapters.loras / "line.safetensors").read_bytes())}
+        refused = client.post("/v1/loras", data={"name": "keyed"}, files=file, headers=as_("alice"))
+        assert refused.status_code == 403, refused.text
+        added = client.post("/v1/loras", data={"name": "keyed"}, files=file, headers=as_("curator"))
+        assert added.status_code == 200, added.text

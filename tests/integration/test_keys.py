@@ -1,5 +1,6 @@
 """API keys and per-key limits on a running stack: 401/403/200 through the OpenAI client, one bucket, two replicas."""
 
+import base64
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -14,6 +15,7 @@ from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.routes import Scope
+from tests.controls import b64, input_image
 from tests.integration.conftest import stack_replicas
 
 pytestmark = pytest.mark.integration
@@ -82,11 +84,28 @@ def test_a_generation_takes_its_cost_and_one_over_the_budget_is_429(api, keys):
     assert answer.status_code == 200
     assert answer.headers["x-ratelimit-limit-cost"] == "1"
     assert float(answer.headers["x-ratelimit-remaining-cost"]) < 1.0  # 2 steps x 0.004 MP taken
-    costly = SMALL | {"size": "512x512", "num_inference_steps": 8}  # 8 x 0.26 MP = 2.1 > 1 per minute
+    costly = SMALL | {"size": "512x512", "num_inference_steps": 8}  # 0.26 MP x (8 steps + 1 decode) = 2.36 > 1
     refused = api.post("/v1/images/generations", json=costly, headers=_bearer(made["generate"]))
     assert refused.status_code == 429 and int(refused.headers["retry-after"]) >= 1
     error = refused.json()["error"]
-    assert error["param"] == "cost" and "cost of 1 per minute (this request costs 2.1" in error["message"]
+    assert error["param"] == "cost" and "cost of 1 per minute (this request costs 2.36" in error["message"]
+
+
+def test_an_image_at_strength_0_pays_for_its_vae_passes_and_its_pixels_on_both_doors(api, stack, keys):
+    """It was charged n x 0 steps x megapixels = 0: a key of 0.01 a minute ran 4 such requests at once."""
+    store, _ = keys
+    _, key = store.create("img2img", {Scope.GENERATE}, KeyLimits(cost_per_minute=0.01))
+    image = b64(input_image(512))
+    body = {"prompt": "a red heart icon", "image": [image], "strength": 0.0, "n": 4, "seed": 3}
+    refused = api.post(GENERATE, json=body, headers=_bearer(key))
+    assert refused.status_code == 429 and refused.json()["error"]["param"] == "cost", refused.text
+    assert "this request costs 2.36" in refused.json()["error"]["message"]  # 4 x 0.26 MP x 2 VAE passes + 0.26
+    message = easel_pb2.GenerateRequest(
+        prompt="a red heart icon", image=[base64.b64decode(image)], strength=0.0, n=4, seed=3
+    )
+    with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as over:
+        list(easel_pb2_grpc.EaselStub(channel).Generate(message, metadata=(("authorization", f"Bearer {key}"),)))
+    assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "costs 2.36" in over.value.details()
 
 
 def test_one_bucket_holds_across_both_gateway_replicas(api, stack, keys):
@@ -170,6 +189,29 @@ def test_grpc_calls_need_the_same_keys_and_scopes(stack, keys):
     assert [e.WhichOneof("event") for e in events] == ["progress", "progress", "result"]
 
 
+def test_grpc_checks_the_key_before_parsing_and_holds_each_method_to_its_http_body_limit(stack, keys):
+    """No key is UNAUTHENTICATED before a byte of the message is parsed; each method's limit is its HTTP route's."""
+    _, made = keys
+    unparsable = easel_pb2.GenerateRequest(prompt="x" * (20 << 20))  # 20 MiB: the prompt's 4000 characters refuse it
+    heavy = easel_pb2.VectorizeRequest(image=bytes(40 << 20))  # the HTTP route takes 32 MiB; Serve's proxy 2 GiB
+    large = easel_pb2.FeedbackRequest(image_id="x" * (2 << 20))  # the feedback route takes 1 MiB
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        stub = easel_pb2_grpc.EaselStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            list(stub.Generate(unparsable, timeout=60))
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED, refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Vectorize(heavy, metadata=(("authorization", f"Bearer {made['vectorize']}"),), timeout=60)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        keyed = (("authorization", f"Bearer {made['generate']}"),)
+        for metadata, code in (((), grpc.StatusCode.UNAUTHENTICATED), (keyed, grpc.StatusCode.INVALID_ARGUMENT)):
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Feedback(large, metadata=metadata, timeout=60)
+            assert refused.value.code() is code, refused.value.details()
+        assert "message: 2097157 bytes; Feedback takes at most 1048576" in refused.value.details()
+    assert httpx.get(f"{stack.info.api_url}/readyz", timeout=30).status_code == 200
+
+
 def test_logs_name_key_ids_never_keys(stack, keys):
     _, made = keys
     folder = stack.ray_session_dir / "logs"
@@ -182,7 +224,7 @@ def test_a_key_s_cost_holds_whatever_the_body_s_encoding(api, keys):
     """JSON is UTF-8 (RFC 8259): a body in another encoding is a 400 naming it, never a generation at no cost."""
     store, _ = keys
     _, key = store.create("encoder", {Scope.GENERATE}, KeyLimits(cost_per_minute=0.5))
-    costly = json.dumps({"prompt": "a red heart icon", "n": 4, "num_inference_steps": 30, "seed": 11})  # 0.49
+    costly = json.dumps({"prompt": "a red heart icon", "n": 4, "num_inference_steps": 29, "seed": 11})  # 0.49
     as_json = _bearer(key) | {"Content-Type": "application/json"}
     for encoding in ("utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be", "utf-8-sig"):
         refused = api.post(GENERATE, content=costly.encode(encoding), headers=as_json)

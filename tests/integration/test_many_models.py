@@ -20,9 +20,12 @@ import pytest
 
 from build_engines.text_to_image.default_model import schedule_variant
 from serve import model_admin
+from serve.access import ACTIVE_CHECK_S, open_key_store
+from serve.access.keys import API_KEY_ENV, KeyLimits
 from serve.benchmarks.models import MixedLoad
 from serve.cli import built_engines
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.routes import Scope
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
@@ -303,3 +306,36 @@ def test_models_are_added_and_removed_and_what_cannot_be_changed_is_refused_nami
     gone = api.post(GENERATE, json=BODY | {"model": "sd2"})  # ... naming the model, as a request now is refused
     assert gone.status_code == 400 and "was removed" in gone.json()["error"]["message"]
     assert api.get("/readyz").status_code == 200
+
+
+def test_a_sizeless_request_pays_for_its_model_s_size_and_after_a_replace_for_the_new_default_s(
+    stack, api, monkeypatch
+):
+    """Priced at the model's own native size in the table served now, on HTTP and gRPC (last: it replaces the
+    default with the 256-px SDXL's engines, and closes the API with keys for its duration)."""
+    store = open_key_store(stack.options.store)
+    admin, admin_key = store.create("admin", {Scope.ADMIN}, KeyLimits())
+    priced, key = store.create("priced", {Scope.GENERATE}, KeyLimits(cost_per_minute=0.1))
+    monkeypatch.setenv(API_KEY_ENV, admin_key)
+    time.sleep(ACTIVE_CHECK_S + 0.5)  # each Gateway replica re-reads whether keys exist
+    sizeless = {"prompt": "a red heart icon", "num_inference_steps": 2, "seed": 3}  # 64 px: 0.012; 256 px: 0.197
+    bearer, metadata = {"Authorization": f"Bearer {key}"}, (("authorization", f"Bearer {key}"),)
+
+    def refused_on_both_doors(body: dict) -> None:
+        answer = api.post(GENERATE, json=body, headers=bearer)
+        assert answer.status_code == 429 and "this request costs 0.197" in answer.json()["error"]["message"]
+        with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as refused:
+            message = easel_pb2.GenerateRequest(**body)
+            list(easel_pb2_grpc.EaselStub(channel).Generate(message, metadata=metadata, timeout=60))
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+
+    try:
+        assert api.post(GENERATE, json=sizeless, headers=bearer).status_code == 200  # the 64-px default
+        refused_on_both_doors(sizeless | {"model": XL})
+        xl_dir = stack.models.resolve(XL).folder.path
+        assert model_admin.replace(stack.info.api_url, DEFAULT_MODEL, xl_dir)["native_size"] == "256x256"
+        refused_on_both_doors(sizeless)
+    finally:
+        store.revoke(admin.id)
+        store.revoke(priced.id)
+        time.sleep(ACTIVE_CHECK_S + 0.5)

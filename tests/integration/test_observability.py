@@ -272,6 +272,38 @@ def test_a_similar_prompt_starts_from_kept_latents_and_says_how_many_steps_it_sk
     assert "Easel-Steps-Skipped" not in seeded.headers
 
 
+def test_another_key_gets_neither_a_key_s_cached_answer_nor_its_kept_latents(stack, api):
+    """Caches are per key by default: B sending A's exact request is a miss with 0 steps skipped; A again, a hit."""
+    _, other = open_key_store(stack.options.store).create("another tenant", {Scope.GENERATE}, KeyLimits())
+    body = {"prompt": "a green star icon", "size": "64x64", "num_inference_steps": 4, "seed": 9}
+    body |= {"approximate_cache": True, "negative_prompt": "only this test's"}
+    mine = api.post("/v1/images/generations", json=body)
+    theirs = api.post("/v1/images/generations", json=body, headers={"Authorization": f"Bearer {other}"})
+    again = api.post("/v1/images/generations", json=body)
+    assert [r.status_code for r in (mine, theirs, again)] == [200, 200, 200]
+    assert mine.headers["Easel-Cache"] == "miss" and mine.headers["Easel-Steps-Skipped"] == "0"
+    assert theirs.headers["Easel-Cache"] == "miss" and theirs.headers["Easel-Steps-Skipped"] == "0"
+    assert again.headers["Easel-Cache"] == "hit"  # the cache works: A's own answer, for A
+
+
+def test_a_cached_answer_s_feedback_is_taken_but_is_no_new_evidence(api):
+    """One key, the result cache on: rating a cached answer again and again used to steer an experiment."""
+    assert api.put("/v1/experiments/cached-ab", json={"variants": {"easel-default": 1.0}}).status_code == 200
+    body = {"prompt": "a blue circle icon", "size": "64x64", "num_inference_steps": 2, "seed": 21, "model": "cached-ab"}
+    try:
+        fresh, cached = api.post("/v1/images/generations", json=body), api.post("/v1/images/generations", json=body)
+        assert (fresh.headers["Easel-Cache"], cached.headers["Easel-Cache"]) == ("miss", "hit")
+        assert cached.json()["experiment"] == {"id": "cached-ab", "variant": "easel-default"}  # as it was served
+        ids = [answer.json()["data"][0]["id"] for answer in (fresh, cached)]
+        rated = [api.post("/v1/feedback", json={"image_id": image_id, "rating": 5}) for image_id in ids]
+        assert [r.status_code for r in rated] == [200, 200]
+        assert [r.json()["experiment"] for r in rated] == ["cached-ab", None]
+        posterior = api.get("/v1/experiments/cached-ab").json()["posteriors"]["easel-default"]
+        assert posterior["feedback"] == 1
+    finally:
+        api.delete("/v1/experiments/cached-ab")
+
+
 def test_unet_batches_merge_requests(prometheus, load):
     unet = '{model="unet"}'
     expr = f"sum(increase(nv_inference_count{unet}[{WINDOW}])) / sum(increase(nv_inference_exec_count{unet}[{WINDOW}]))"

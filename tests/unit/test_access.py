@@ -11,8 +11,13 @@ from serve.access import body_cost, duration, ratelimit_headers, read_body
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import InvalidInput
+from serve.finishing.upscalers import UpscalerEntry, Upscalers
 from serve.routes import Scope, required_scope, route
+from serve.serving.upscale import Upscaling
+from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from serve.text_to_image.admission import Work, upscale_work
+from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import read_json
 from tests.controls import b64, input_image
@@ -44,20 +49,28 @@ def _read(raw: bytes) -> GenerationRequest | InvalidInput:
         return refusal
 
 
-def test_a_generation_costs_images_times_steps_times_megapixels():
-    assert body_cost(_read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}'), 64) == (
-        pytest.approx(2 * 10 * 512 * 512 / 1e6)
-    )
-    assert body_cost(_read(b'{"prompt": "x"}'), 64) == pytest.approx(20 * 64 * 64 / 1e6)  # defaults: native size
-    assert body_cost(_read(b'{"prompt": 3'), 64) == 0.0  # refused by the handler, with the reading's 400
+@pytest.fixture(scope="module")
+def price(engine_dir):
+    """The Gateway's price for the embedded default (64 px native): every engine pass, and the inputs decoded."""
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
+    return lambda request: models.work(request).cost
 
 
-def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_each():
+def test_a_generation_costs_images_times_megapixels_times_engine_passes(price):
+    two = _read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}')
+    assert body_cost(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
+    assert body_cost(_read(b'{"prompt": "x"}'), price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
+    assert body_cost(_read(b'{"prompt": 3'), price) == 0.0  # refused by the handler, with the reading's 400
+
+
+def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_controlnets_a_pass_each(price):
     image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
+    megapixels = 128 * 64 / 1e6
     body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
-    assert body_cost(_read(json.dumps(body).encode()), 512) == pytest.approx(2 * 5 * 128 * 64 / 1e6)
+    assert body_cost(_read(json.dumps(body).encode()), price) == pytest.approx(2 * megapixels * 7 + megapixels)
     controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
-    assert body_cost(_read(json.dumps(controlled).encode()), 64) == pytest.approx(10 * 64 * 64 / 1e6 * 3)
+    expected = 64 * 64 / 1e6 * (10 * 3 + 1) + 2 * megapixels
+    assert body_cost(_read(json.dumps(controlled).encode()), price) == pytest.approx(expected)
     form = httpx.Request(
         "POST",
         "http://x/v1/images/edits",
@@ -66,8 +79,52 @@ def test_images_cost_the_steps_that_run_at_their_size_and_controlnets_a_pass_eac
     )
     headers = [(name.lower(), value) for name, value in form.headers.raw]
     scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
-    assert body_cost(_read_form(scope, form.read()), 512) == pytest.approx(5 * 128 * 64 / 1e6)
-    assert body_cost(_read_form(scope, b"not multipart"), 512) == 0.0  # refused by the route, with the reading's 400
+    assert body_cost(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
+    assert body_cost(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
+
+
+def test_a_generation_s_upscale_and_a_hires_fix_s_second_pass_are_in_the_one_price(price):
+    first = 2 * 64 * 64 / 1e6 * (10 + 1)  # n 2, 10 steps at the native 64x64, the VAE decode
+    upscaled = 2 * 128 * 128 / 1e6  # x2: a pass at the output's megapixels
+    plain = {"prompt": "x", "n": 2, "num_inference_steps": 10, "upscale": {"upscaler": "u", "scale": 2}}
+    assert body_cost(_read(json.dumps(plain).encode()), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
+    hires = plain | {"upscale": {"upscaler": "u", "scale": 2, "denoise": 0.5}}  # img2img of 5 steps at 128x128
+    second = 2 * 128 * 128 / 1e6 * (5 + 1 + 1) + 2 * 128 * 128 / 1e6  # its steps, decode, encode; its input
+    assert body_cost(_read(json.dumps(hires).encode()), price) == pytest.approx(first + second)
+    unscaled = plain | {"upscale": {"upscaler": "u", "denoise": 0.5}}  # priced at the largest scale, x4
+    fourfold = 2 * 256 * 256 / 1e6 * (5 + 1 + 1) + 2 * 256 * 256 / 1e6
+    assert body_cost(_read(json.dumps(unscaled).encode()), price) == pytest.approx(first + fourfold)
+    work = upscale_work(_read(json.dumps(hires).encode()), 64, 64)
+    assert Work(2, 10, 64, 64, upscale=work).pass_cost == pytest.approx(first)  # what a replica holds in flight
+
+
+def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels():
+    upscaling = Upscaling(Upscalers((UpscalerEntry("x4", "f.pth", architecture="RRDBNet", scale=4),)), None)
+    png = base64.b64decode(b64(input_image(30, 40)))  # 40 wide, 30 high
+    form = httpx.Request(
+        "POST", "http://x/v1/images/upscale", files=[("image", ("a.png", png))], data={"upscaler": "x4", "scale": "2"}
+    )
+    headers = [(name.lower(), value) for name, value in form.headers.raw]
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/upscale", "headers": headers}
+    body = _read_upscale(scope, form.read())
+    assert body.data == png and body.options.scale == 2
+    assert upscaling.work(body).cost == pytest.approx(80 * 60 / 1e6 + 40 * 30 / 1e6)  # output + input megapixels
+    raw = json.dumps({"image": b64(input_image(30, 40)), "upscaler": "x4"}).encode()
+    body = _read_upscale({**scope, "headers": [(b"content-type", b"application/json")]}, raw)
+    assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # its own scale, x4
+    assert body_cost(_read_upscale(scope, b"not multipart"), upscaling.work) == 0.0  # refused by the route
+    with pytest.raises(InvalidInput) as refused:
+        upscaling.work(body._replace(options=body.options.model_copy(update={"upscaler": "nope"})))
+    assert refused.value.field == "upscaler"
+
+
+def _read_upscale(scope: dict, raw: bytes):
+    """An upscale request as the key check reads it: its image and options, or its refusal."""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return asyncio.run(read_body(route("post", "/v1/images/upscale"), scope, receive))
 
 
 def _read_form(scope: dict, raw: bytes) -> GenerationRequest | InvalidInput:
@@ -179,3 +236,38 @@ def test_an_edit_form_whose_text_is_not_utf_8_is_a_400_naming_the_body_as_json_s
     ]
     refusal = _read_form({**scope, "headers": declared}, form.read())
     assert isinstance(refusal, InvalidInput) and refusal.field == "body" and charset in refusal.message
+
+
+def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_read(tmp_path, price, monkeypatch):
+    """A key over its request limit had its 30 MiB body read and parsed before the 429 (0.8 s each)."""
+    from serve.access import ACCESS, KeyCheck
+
+    store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
+    _, key = store.create("one a minute", {Scope.GENERATE}, KeyLimits(requests_per_minute=1, cost_per_minute=1.0))
+    monkeypatch.setattr(ACCESS, "store", store)
+    monkeypatch.setattr(ACCESS, "price", price)
+    monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
+    body = json.dumps({"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}).encode()
+
+    def call() -> tuple[int, int]:
+        """(status, body chunks read) of one generation request through the key check."""
+        reads, sent = [], []
+
+        async def receive() -> dict:
+            reads.append(1)
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        async def app(scope, receive, send) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+        scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "headers": headers}
+        asyncio.run(KeyCheck(app)(scope, receive, send))
+        return sent[0]["status"], len(reads)
+
+    assert call() == (200, 1)
+    assert call() == (429, 0)  # its request limit: refused with nothing of the body read

@@ -194,3 +194,11 @@ def _shapes(path: Path) -> set[str]:
 def _embedding_of(pipeline: TextToImagePipeline, job: Generation) -> np.ndarray:
     conditioning, _ = asyncio.run(pipeline.family.condition(pipeline.engines, pipeline.tokenizers, job, True))
     return embedding(conditioning)
+
+
+def test_another_key_s_kept_latents_are_never_its_start(folder, tmp_path):
+    """Per key by default: the same shape and prompt under another key's scope misses; under its own, hits."""
+    pipeline, _ = _pipeline(folder, tmp_path / "easel.db")
+    _run(pipeline, JOB.replaced(scope="key-a"))
+    assert _run(pipeline, NEAR.replaced(scope="key-b"))[1] == 0
+    assert _run(pipeline, NEAR.replaced(scope="key-a"))[1] == skipped_steps(SHARE, JOB.sampling.steps)

@@ -115,3 +115,50 @@ def test_every_rpc_shares_one_http_route_s_scope_and_limits():
     methods = {method.name for method in easel_pb2.DESCRIPTOR.services_by_name["Easel"].methods}
     assert methods == {route.rpc for route in ROUTES if route.rpc is not None}
     assert rpc_route("Generate").path == "/v1/images/generations" and rpc_route("Vectorize").path == "/v1/vectorize"
+
+
+def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_http_route(monkeypatch):
+    """Ray Serve's proxy took 2 GiB messages and parsed them before the key was checked."""
+    from types import SimpleNamespace
+
+    import grpc
+    from ray.serve._private import grpc_util
+
+    from serve.grpc_api import Unparsed
+    from serve.routes import DEFAULT_BODY_LIMIT, MAX_REQUEST_BYTES, rpc_route
+    from serve.vectorize.schema import MAX_UPLOAD_BYTES
+    from serve.wire import GRPC_LIMITS, MAX_RECEIVE, bound_grpc_messages
+
+    server = grpc_util.gRPCGenericServer
+    for name in ("_override_method_handler", "easel_bounded"):  # restored after the test
+        monkeypatch.setattr(server, name, getattr(server, name, False), raising=False)
+    monkeypatch.setattr(grpc_util, "DEFAULT_GRPC_SERVER_OPTIONS", list(grpc_util.DEFAULT_GRPC_SERVER_OPTIONS))
+    assert GRPC_LIMITS == {
+        "/easel.v1.Easel/Generate": MAX_REQUEST_BYTES,
+        "/easel.v1.Easel/Vectorize": MAX_UPLOAD_BYTES,
+        "/easel.v1.Easel/Feedback": DEFAULT_BODY_LIMIT,
+    }
+    assert rpc_route("Feedback").body_limit is None  # the HTTP route's default
+    bound_grpc_messages()
+    assert dict(grpc_util.DEFAULT_GRPC_SERVER_OPTIONS)[MAX_RECEIVE] == max(MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES)
+    proxy = SimpleNamespace(service_handler_factory=lambda **_: None)
+    handler = grpc.unary_unary_rpc_method_handler(None, easel_pb2.FeedbackRequest.FromString)
+    kept = server._override_method_handler(proxy, "/easel.v1.Easel/Feedback", handler).request_deserializer
+    small = easel_pb2.FeedbackRequest(image_id="img-1", rating=5).SerializeToString()
+    assert kept(small) == Unparsed(small, len(small), DEFAULT_BODY_LIMIT)
+    assert kept(b"x" * (DEFAULT_BODY_LIMIT + 1)) == Unparsed(b"", DEFAULT_BODY_LIMIT + 1, DEFAULT_BODY_LIMIT)
+    other = server._override_method_handler(proxy, "/ray.serve.RayServeAPIService/Healthz", handler)
+    assert other.request_deserializer == easel_pb2.FeedbackRequest.FromString  # Serve's own methods: as they were
+
+
+def test_a_message_is_parsed_only_by_the_gateway_and_one_over_its_limit_is_a_413_naming_it():
+    from serve.errors import PayloadTooLarge
+    from serve.grpc_api import Unparsed, feedback_request, generation_request
+
+    data = easel_pb2.GenerateRequest(prompt="a fox", seed=7).SerializeToString()
+    assert generation_request(Unparsed(data, len(data), 1 << 20)).prompt == "a fox"
+    with pytest.raises(PayloadTooLarge) as refused:
+        feedback_request(Unparsed(b"", 2 << 20, 1 << 20))
+    assert refused.value.field == "message" and "at most 1048576" in refused.value.message
+    with pytest.raises(InvalidInput, match="not a Generate request"):
+        generation_request(Unparsed(b"\xff\xff\xff", 3, 1 << 20))

@@ -197,10 +197,53 @@ def test_bad_edit_forms_are_400s_naming_the_field(files, data, field):
     assert error.value.field == field
 
 
-def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixels(monkeypatch):
-    """The schema's check, the key door's price, a job's submission check and the decoding read the same bytes."""
+NESTED = "[" * 10_000 + "]" * 10_000
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"prompt": "x", "controlnets": NESTED}, "controlnets"),  # a RecursionError was a 503
+        ({"prompt": "x", "loras": NESTED}, "loras"),
+        ({"prompt": "x", "outpaint": "{" + '"a":{' * 10_000 + "}" * 10_001}, "outpaint"),
+        ({"prompt": "a fox".encode("utf-16")}, "prompt"),  # UTF-16 with its BOM: was read as latin-1
+        ({"prompt": "café".encode("latin-1")}, "prompt"),
+        ({"prompt": ["a fox", "a cat"]}, "prompt"),  # repeated: the last one was taken
+        ({"prompt": "x", "n": ["1", "4"]}, "n"),
+        ({"prompt": "x", "style": "v" * (20 << 20)}, "style"),  # accepted for OpenAI's clients, 20 MiB of it
+        ({"prompt": "x", "quality": "q" * 1000}, "quality"),
+        ({"prompt": "x", "user": "u" * 10_000}, "user"),
+    ],
+)
+def test_the_edits_form_refuses_what_the_json_route_refuses_naming_the_field(data, field):
+    image = encode(Image.fromarray(input_image()))
+    with pytest.raises(InvalidInput) as error:
+        asyncio.run(read_edit_form(_form_request([("image", ("a.png", image))], data)))
+    assert error.value.field == field and error.value.message.startswith(f"{field}:"), error.value.message
+
+
+def test_the_edits_form_refuses_a_second_mask_naming_it():
+    image, mask = encode(Image.fromarray(input_image())), openai_mask(box_mask())
+    files = [("image", ("a.png", image)), ("mask", ("m.png", mask)), ("mask", ("n.png", mask))]
+    with pytest.raises(InvalidInput) as error:
+        asyncio.run(read_edit_form(_form_request(files, {"prompt": "x"})))
+    assert error.value.field == "mask"
+
+
+def test_the_edits_form_takes_utf_8_text_beyond_ascii():
+    image = encode(Image.fromarray(input_image()))
+    data = {"prompt": "café ☕".encode(), "style": "vivid", "quality": "hd"}
+    request = asyncio.run(read_edit_form(_form_request([("image", ("a.png", image))], data)))
+    assert (request.prompt, request.style, request.quality) == ("café ☕", "vivid", "hd")
+
+
+def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixels(monkeypatch, engine_dir):
+    """The schema's check, the doors' price, a job's submission check and the decoding read the same bytes."""
     from serve import images
-    from serve.access import generation_cost
+    from serve.settings import DEFAULT_MODEL
+    from serve.text_to_image.models import ServedModels
+
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
 
     decoded, decode = [], base64.b64decode
 
@@ -212,7 +255,7 @@ def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixe
     monkeypatch.setattr(images.base64, "b64decode", counted)
     picture, mask = b64(input_image(64)), base64.b64encode(openai_mask(box_mask(64))).decode()
     request = GenerationRequest(prompt="a red fox", image=[picture], mask=mask)  # checked: decoded here
-    assert generation_cost(request, 64) > 0  # priced from the image's header
+    assert models.work(request).cost > 0  # priced from the image's and the mask's headers
     first, again = decode_images(request, 64), decode_images(request, 64)  # a job's submission, then the replica
     assert first.images[0].shape == again.images[0].shape == (64, 64, 3)
     assert decoded == [len(picture), len(mask)]

@@ -8,7 +8,7 @@ import pytest
 from build_engines.memory import SIDES, measured, save, sides_up_to
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.admission import Admission, Admitted, Limits, request_cost
+from serve.text_to_image.admission import Admission, Admitted, Limits, Work
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import ActivationPool
 from serve.triton.engine_files import EngineFiles
@@ -139,26 +139,26 @@ def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_fi
     models = _models()
     pool = activation_pool(models, _specs(), 2048 * MiB)  # 1648 MiB
     admission = Admission(models, pool, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8), "unet")
-    assert admission.check(1, 20, 512, 512) == Admitted(request_cost(1, 20, 512, 512), tiling=None)
+    assert admission.check(Work(1, 20, 512, 512)) == Admitted(Work(1, 20, 512, 512).cost, tiling=None)
     with pytest.raises(InvalidInput) as cost:
-        admission.check(4, 150, 512, 512)
+        admission.check(Work(4, 150, 512, 512))
     assert cost.value.field == "num_inference_steps" and "64" in cost.value.message
     # The VAE's row at 128x128 latents needs 8 x 16384^2 x 1.25 bytes (2.5 GiB), over the pool: 32x32 tiles.
-    assert admission.check(1, 2, 1024, 1024).tiling == VaeTiling(256, 8)
+    assert admission.check(Work(1, 2, 1024, 1024)).tiling == VaeTiling(256, 8)
     # A lone VAE row larger than any equal share of the pool decodes whole: the engines share one pool.
-    assert admission.check(1, 2, 768, 768).tiling is None  # 832 MiB; its equal share was 792 MiB
+    assert admission.check(Work(1, 2, 768, 768)).tiling is None  # 832 MiB; its equal share was 792 MiB
     # A VAE whose 32x32 tile does not fit the pool either decodes in the largest halved tiles that do.
     models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1500.0))  # 1.83 GiB at 32x32, 117 MiB at 16x16
     halving = Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
-    assert halving.check(1, 2, 1024, 1024).tiling == VaeTiling(128, 8)
+    assert halving.check(Work(1, 2, 1024, 1024)).tiling == VaeTiling(128, 8)
     models["vae_decoder"] = MemoryModel(200 * MiB, (0.0, 0.0, 1e5))  # not even the smallest tile fits
     with pytest.raises(InvalidInput, match="vae_decoder"):
-        Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet").check(1, 2, 1024, 1024)
+        Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet").check(Work(1, 2, 1024, 1024))
     models = _models()
     models["unet"] = MemoryModel(200 * MiB, (0.0, 1000.0, 8.0))  # now the UNet's row does not fit either
     refusing = Admission(models, pool, Limits(2048 * MiB), VaeTiling(256, 8), "unet")
     with pytest.raises(InvalidInput) as size:
-        refusing.check(1, 2, 1024, 1024)
+        refusing.check(Work(1, 2, 1024, 1024))
     assert size.value.field == "size" and "unet" in size.value.message and "1.61 GiB" in size.value.message
 
 

@@ -61,3 +61,14 @@ def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises
     assert asyncio.run(cached(full, "k")) is None  # answered without the cache
     with pytest.raises(KeyError):
         asyncio.run(cached(broken, "k"))
+
+
+def test_the_key_is_each_caller_s_own_unless_the_stack_shares_its_caches():
+    from serve.cache import cache_key, cache_scope
+
+    request = {"prompt": "a fox", "seed": 3, "output_format": "png", "user": "u1"}
+    assert cache_scope("key-a", shared=False) == "key-a" and cache_scope(None, shared=False) == ""
+    assert cache_scope("key-a", shared=True) == cache_scope("key-b", shared=True) == ""
+    mine, theirs = cache_key("unet", request, "key-a"), cache_key("unet", request, "key-b")
+    assert mine != theirs and mine == cache_key("unet", request | {"user": "u2"}, "key-a")
+    assert cache_key("unet", request, "") == cache_key("unet", request, "")

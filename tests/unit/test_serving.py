@@ -13,7 +13,7 @@ from serve.access.keys import ApiKey, KeyLimits
 from serve.app import api
 from serve.errors import InvalidInput, NotFound
 from serve.experiments import open_experiment_store
-from serve.experiments.traffic import Experiments
+from serve.experiments.traffic import Assignment, Experiments
 from serve.jobs import open_job_store
 from serve.jobs.model import Owner
 from serve.priority import Priority
@@ -132,10 +132,10 @@ class Handles:
         self.calls.append(("route", multiplexed_model_id))
         return self
 
-    async def _generate(self, request, sent_at: float):
+    async def _generate(self, request, sent_at: float, cache_scope: str = ""):
         from serve.text_to_image.deployment import EncodedImages
 
-        self.calls.append(("generate", request.model))
+        self.calls.append(("generate", request.model, cache_scope))
         return EncodedImages([b"png"] * request.n, request.seed, 0, None)
 
     async def _begin(self, name: str):
@@ -166,14 +166,18 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
         asked = GenerationRequest(prompt="a red fox", model="logo", seed=3)
         first = await generations.answer(asked, "alice", fresh=False)
         again = await generations.answer(asked, "alice", fresh=False)
+        other = await generations.answer(asked, "bob", fresh=False)  # another key's cache: generated for it
         with pytest.raises(InvalidInput) as refused:
             await generations.answer(GenerationRequest(prompt="x", model="nope"), None, fresh=False)
-        return first, again, refused.value
+        return first, again, other, refused.value
 
-    first, again, refused = asyncio.run(scenario())
+    first, again, other, refused = asyncio.run(scenario())
     assert first.headers["easel-model"] == "b" and first.headers["easel-experiment"] == "logo"
-    assert (first.headers["easel-cache"], again.headers["easel-cache"]) == ("miss", "hit")
-    assert handles.calls == [("begin", "b"), ("route", "b.v1"), ("generate", "b"), ("end", "b.v1")]
+    assert [r.headers["easel-cache"] for r in (first, again, other)] == ["miss", "hit", "miss"]
+    generated = [("begin", "b"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
+    assert handles.calls == generated + [(*call[:2], "bob") if call[0] == "generate" else call for call in generated]
     assert refused.field == "model"  # before the residency was asked for any model
     image_id = json.loads(first.body)["data"][0]["id"]
-    assert traffic.served_by(image_id).model == "b"  # feedback can name the image
+    assert traffic.served_by(image_id) == Assignment("b", "logo")  # feedback can name the image
+    cached_id = json.loads(again.body)["data"][0]["id"]
+    assert traffic.served_by(cached_id) == Assignment("b")  # a cached answer's feedback is no evidence

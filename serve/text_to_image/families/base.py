@@ -310,7 +310,7 @@ class Family(ABC):
 
         Elsewhere the denoiser as loaded: a few-step job with an LCM-LoRA runs the UNet with it, as diffusers does.
         """
-        plain = not (job.adapters.loras or job.inputs.controls or job.adapters.ip_image is not None)
+        plain = not (job.adapters.loras or job.inputs.controls or job.adapters.referenced)
         if DISTILLED_UNET in self.specs and job.sampling.scheduler in FEW_STEP_SAMPLERS and plain:
             return DISTILLED_UNET
         return self.denoiser

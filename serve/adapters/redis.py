@@ -1,0 +1,114 @@
+"""The adapter store in Redis (a stack across machines).
+
+LoRAs: one hash, name -> the entry's JSON. References: a hash per reference (its fields, the embeddings as bytes)
+and a sorted set per owner (and one of all), by creation time.
+"""
+
+from __future__ import annotations
+
+import json
+
+from serve.adapters.registry import LoraEntry
+from serve.adapters.store import AdapterStore, StoredReference, name_taken
+from serve.stores import redis_client
+
+_LORAS = "easel:loras"
+_ALL_REFERENCES = "easel:references"
+
+
+def _reference_key(reference_id: str) -> str:
+    return f"easel:reference:{reference_id}"
+
+
+def _owned_key(owner: str) -> str:
+    return f"easel:references:owner:{owner}"
+
+
+class RedisAdapterStore(AdapterStore):
+    """Adapters in Redis; a replace is one optimistic transaction (WATCH the hash, MULTI the write)."""
+
+    def __init__(self, url: str) -> None:
+        self.redis = redis_client(url)
+        self.binary = redis_client(url, decode=False)  # embeddings are bytes
+
+    def add_lora(self, entry: LoraEntry) -> None:
+        """See :meth:`AdapterStore.add_lora`."""
+        if not self.redis.hsetnx(_LORAS, entry.name, entry.to_json()):
+            raise name_taken(entry.name)
+
+    def replace_lora(self, entry: LoraEntry) -> LoraEntry | None:
+        """See :meth:`AdapterStore.replace_lora`."""
+
+        def change(pipe) -> LoraEntry | None:
+            old = pipe.hget(_LORAS, entry.name)
+            pipe.multi()
+            if old is not None:
+                pipe.hset(_LORAS, entry.name, entry.to_json())
+            return None if old is None else LoraEntry.from_json(old)
+
+        return self.redis.transaction(change, _LORAS, value_from_callable=True)
+
+    def remove_lora(self, name: str) -> LoraEntry | None:
+        """See :meth:`AdapterStore.remove_lora`."""
+
+        def change(pipe) -> LoraEntry | None:
+            old = pipe.hget(_LORAS, name)
+            pipe.multi()
+            pipe.hdel(_LORAS, name)
+            return None if old is None else LoraEntry.from_json(old)
+
+        return self.redis.transaction(change, _LORAS, value_from_callable=True)
+
+    def lora(self, name: str) -> LoraEntry | None:
+        """See :meth:`AdapterStore.lora`."""
+        raw = self.redis.hget(_LORAS, name)
+        return None if raw is None else LoraEntry.from_json(raw)
+
+    def loras(self) -> list[LoraEntry]:
+        """See :meth:`AdapterStore.loras`."""
+        raw = self.redis.hgetall(_LORAS)
+        return [LoraEntry.from_json(raw[name]) for name in sorted(raw)]
+
+    def add_reference(self, reference: StoredReference) -> None:
+        """See :meth:`AdapterStore.add_reference`."""
+        meta = {"owner": reference.owner, "model": reference.model, "name": reference.name}
+        fields = {"meta": json.dumps(meta), "created_at": reference.created_at, "embeds": reference.embeds_bytes()}
+        with self.binary.pipeline() as pipe:
+            pipe.hset(_reference_key(reference.id), mapping=fields)
+            pipe.zadd(_ALL_REFERENCES, {reference.id: reference.created_at})
+            if reference.owner is not None:
+                pipe.zadd(_owned_key(reference.owner), {reference.id: reference.created_at})
+            pipe.execute()
+
+    def reference(self, reference_id: str) -> StoredReference | None:
+        """See :meth:`AdapterStore.reference`."""
+        raw = self.binary.hgetall(_reference_key(reference_id))
+        if not raw:
+            return None
+        meta = json.loads(raw[b"meta"])
+        embeds = StoredReference.embeds_from(raw[b"embeds"])
+        created = float(raw[b"created_at"])
+        return StoredReference(reference_id, meta["owner"], meta["model"], embeds, meta["name"], created)
+
+    def references(self, owner: str | None) -> list[StoredReference]:
+        """See :meth:`AdapterStore.references`."""
+        ids = self.redis.zrevrange(_ALL_REFERENCES if owner is None else _owned_key(owner), 0, -1)
+        return [found for found in (self.reference(i) for i in ids) if found is not None]
+
+    def remove_reference(self, reference_id: str) -> bool:
+        """See :meth:`AdapterStore.remove_reference`."""
+        found = self.reference(reference_id)
+        if found is None:
+            return False
+        with self.redis.pipeline() as pipe:
+            pipe.delete(_reference_key(reference_id))
+            pipe.zrem(_ALL_REFERENCES, reference_id)
+            if found.owner is not None:
+                pipe.zrem(_owned_key(found.owner), reference_id)
+            removed, *_ = pipe.execute()
+        return bool(removed)
+
+    def close(self) -> None:
+        """See :meth:`AdapterStore.close`."""
+        self.redis.close()
+        self.binary.close()

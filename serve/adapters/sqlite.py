@@ -1,0 +1,113 @@
+"""The adapter store in the stack's SQLite file (one machine)."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from serve.adapters.registry import LoraEntry
+from serve.adapters.store import AdapterStore, StoredReference, name_taken
+from serve.stores import serialized, sqlite_connect
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS adapter_references (id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL, name TEXT,
+    created_at REAL NOT NULL, embeds BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS adapter_references_owner ON adapter_references (owner, created_at);
+"""
+
+
+class SqliteAdapterStore(AdapterStore):
+    """Adapters in the stack's SQLite file: each change one statement (a transaction of its own)."""
+
+    def __init__(self, url: str) -> None:
+        self.db = sqlite_connect(url)
+        self._lock = threading.RLock()
+        self.db.executescript(_SCHEMA)
+
+    @serialized
+    def add_lora(self, entry: LoraEntry) -> None:
+        """See :meth:`AdapterStore.add_lora`."""
+        try:
+            self.db.execute("INSERT INTO loras (name, entry) VALUES (?, ?)", (entry.name, entry.to_json()))
+        except sqlite3.IntegrityError:
+            raise name_taken(entry.name) from None
+
+    @serialized
+    def replace_lora(self, entry: LoraEntry) -> LoraEntry | None:
+        """See :meth:`AdapterStore.replace_lora`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = self._lora(entry.name)
+            if old is not None:
+                self.db.execute("UPDATE loras SET entry = ? WHERE name = ?", (entry.to_json(), entry.name))
+        return old
+
+    @serialized
+    def remove_lora(self, name: str) -> LoraEntry | None:
+        """See :meth:`AdapterStore.remove_lora`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = self._lora(name)
+            self.db.execute("DELETE FROM loras WHERE name = ?", (name,))
+        return old
+
+    @serialized
+    def lora(self, name: str) -> LoraEntry | None:
+        """See :meth:`AdapterStore.lora`."""
+        return self._lora(name)
+
+    def _lora(self, name: str) -> LoraEntry | None:
+        row = self.db.execute("SELECT entry FROM loras WHERE name = ?", (name,)).fetchone()
+        return None if row is None else LoraEntry.from_json(row["entry"])
+
+    @serialized
+    def loras(self) -> list[LoraEntry]:
+        """See :meth:`AdapterStore.loras`."""
+        return [LoraEntry.from_json(row["entry"]) for row in self.db.execute("SELECT entry FROM loras ORDER BY name")]
+
+    @serialized
+    def add_reference(self, reference: StoredReference) -> None:
+        """See :meth:`AdapterStore.add_reference`."""
+        self.db.execute(
+            "INSERT INTO adapter_references (id, owner, model, name, created_at, embeds) VALUES (?, ?, ?, ?, ?, ?)",
+            (*_fields(reference), reference.embeds_bytes()),
+        )
+
+    @serialized
+    def reference(self, reference_id: str) -> StoredReference | None:
+        """See :meth:`AdapterStore.reference`."""
+        row = self.db.execute(f"SELECT {_COLUMNS} FROM adapter_references WHERE id = ?", (reference_id,)).fetchone()
+        return None if row is None else _reference(row)
+
+    @serialized
+    def references(self, owner: str | None) -> list[StoredReference]:
+        """See :meth:`AdapterStore.references`."""
+        query = f"SELECT {_COLUMNS} FROM adapter_references"
+        rows = (
+            self.db.execute(f"{query} ORDER BY created_at DESC")
+            if owner is None
+            else self.db.execute(f"{query} WHERE owner = ? ORDER BY created_at DESC", (owner,))
+        )
+        return [_reference(row) for row in rows]
+
+    @serialized
+    def remove_reference(self, reference_id: str) -> bool:
+        """See :meth:`AdapterStore.remove_reference`."""
+        return self.db.execute("DELETE FROM adapter_references WHERE id = ?", (reference_id,)).rowcount > 0
+
+    def close(self) -> None:
+        """See :meth:`AdapterStore.close`."""
+        self.db.close()
+
+
+_COLUMNS = "id, owner, model, name, created_at, embeds"
+
+
+def _fields(reference: StoredReference) -> tuple:
+    return reference.id, reference.owner, reference.model, reference.name, reference.created_at
+
+
+def _reference(row) -> StoredReference:
+    embeds = StoredReference.embeds_from(row["embeds"])
+    return StoredReference(row["id"], row["owner"], row["model"], embeds, row["name"], row["created_at"])

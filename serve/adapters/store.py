@@ -1,0 +1,95 @@
+"""The adapter store's contract: the LoRA adapters uploaded while the stack runs (and the references stored).
+
+Two implementations keep it, tested against the same tests: :mod:`serve.adapters.sqlite` and
+:mod:`serve.adapters.redis` (:func:`serve.adapters.open_adapter_store` picks one by URL), so every replica (and,
+with Redis, every node) sees the same adapters, and a restart keeps them. The prepared tensors an entry names lie in
+the stack's registry folder; the store holds what names them.
+"""
+
+from __future__ import annotations
+
+import io
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from serve.adapters.registry import LoraEntry
+from serve.errors import InvalidInput
+
+
+def name_taken(name: str) -> InvalidInput:
+    """The 400 for a ``POST`` of a name that is taken."""
+    return InvalidInput(f"name: a LoRA adapter is named {name!r} already (PUT /v1/loras/{name} replaces it)", "name")
+
+
+@dataclass(frozen=True)
+class StoredReference:
+    """An IP-Adapter reference encoded once (``POST /v1/references``): its image embeddings, owned by a key."""
+
+    id: str
+    owner: str | None  # the id of the key that stored it (None: the API was open)
+    model: str
+    embeds: np.ndarray  # the image encoder's output for the reference, [1, *embeds_shape], float32
+    name: str | None = None
+    created_at: float = 0.0
+
+    def public(self) -> dict:
+        """What the API shows of it."""
+        shown = {"id": self.id, "object": "reference", "model": self.model, "created_at": int(self.created_at)}
+        return shown | ({"name": self.name} if self.name else {})
+
+    def embeds_bytes(self) -> bytes:
+        """Its embeddings as ``.npy`` bytes (what a store keeps)."""
+        buffer = io.BytesIO()
+        np.save(buffer, self.embeds, allow_pickle=False)
+        return buffer.getvalue()
+
+    @staticmethod
+    def embeds_from(data: bytes) -> np.ndarray:
+        """Embeddings from :meth:`embeds_bytes`."""
+        return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class AdapterStore(ABC):
+    """LoRA entries by name (each of one model), and stored references by id (each of one key)."""
+
+    @abstractmethod
+    def add_lora(self, entry: LoraEntry) -> None:
+        """Keep a new entry; :func:`name_taken` if one has its name."""
+
+    @abstractmethod
+    def replace_lora(self, entry: LoraEntry) -> LoraEntry | None:
+        """Put ``entry`` in the place of the one with its name; returns that one (None, and nothing kept: none)."""
+
+    @abstractmethod
+    def remove_lora(self, name: str) -> LoraEntry | None:
+        """Forget the entry called ``name``; returns it (None: there was none)."""
+
+    @abstractmethod
+    def lora(self, name: str) -> LoraEntry | None:
+        """The entry called ``name``, or None."""
+
+    @abstractmethod
+    def loras(self) -> list[LoraEntry]:
+        """Every entry, by name."""
+
+    @abstractmethod
+    def add_reference(self, reference: StoredReference) -> None:
+        """Keep a stored reference."""
+
+    @abstractmethod
+    def reference(self, reference_id: str) -> StoredReference | None:
+        """The stored reference ``reference_id`` (whoever owns it), or None."""
+
+    @abstractmethod
+    def references(self, owner: str | None) -> list[StoredReference]:
+        """The stored references of ``owner`` (None: everyone's), newest first."""
+
+    @abstractmethod
+    def remove_reference(self, reference_id: str) -> bool:
+        """Forget a stored reference; False if there was none."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the store's connections."""

@@ -1,0 +1,70 @@
+"""Adapters while the stack runs: LoRAs uploaded, replaced, removed and listed; IP-Adapter references stored.
+
+The LoRA routes go to :class:`serve.adapters.catalog.LoraCatalog`, the reference routes to
+:class:`serve.text_to_image.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
+encoder); each caller sees only its own key's references (an admin key, or an open API, sees all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from typing import BinaryIO
+
+import numpy as np
+from ray.serve.handle import DeploymentHandle
+
+from serve.access import may_see, owner_filter
+from serve.access.keys import ApiKey
+from serve.adapters.catalog import LoraCatalog
+from serve.serving.current_models import CurrentModels
+from serve.text_to_image.models import ServedModel
+from serve.text_to_image.references import NewReference, References
+
+
+class Adapters:
+    """What the LoRA and reference routes answer; its :attr:`references` also check a generation that names one."""
+
+    def __init__(self, models: CurrentModels, text_to_image: DeploymentHandle) -> None:
+        self.text_to_image = text_to_image
+        self.loras = LoraCatalog(
+            lambda name: models.now().resolve(name).lora_target(), lambda: models.now().default.adapters
+        )
+        self.loras.refresh()  # uploads kept by the store, for engines built anew since
+        self.references = References(models.now, self._encoded_reference)
+
+    async def _encoded_reference(self, model: ServedModel, image: str) -> np.ndarray:
+        """A reference image's embeddings, by ``model``'s image encoder (in a ``TextToImage`` replica)."""
+        return await self.text_to_image.options(multiplexed_model_id=model.version_id).encode_reference.remote(image)
+
+    async def loras_listed(self) -> dict:
+        """Every LoRA adapter (the ``--loras`` folder's, then uploaded ones): ready, or why it cannot be."""
+        return await asyncio.to_thread(self.loras.listing)
+
+    async def lora_added(self, name: str, model: str | None, upload: BinaryIO) -> dict:
+        """A new LoRA adapter, served once diffusers has read it for ``model`` (None: the default)."""
+        return await self.loras.add(name, model, upload)
+
+    async def lora_replaced(self, name: str, upload: BinaryIO) -> dict:
+        """An uploaded LoRA adapter's new weights; requests in flight finish on the old ones."""
+        return await self.loras.replace(name, upload)
+
+    async def lora_removed(self, name: str) -> dict:
+        """An uploaded LoRA adapter removed (new requests naming it are 400s)."""
+        return await self.loras.remove(name)
+
+    async def reference_added(self, body: NewReference, key: ApiKey | None) -> dict:
+        """``body``'s image encoded once, its embeddings kept as ``key``'s."""
+        return await self.references.add(body, key and key.id)
+
+    async def references_listed(self, key: ApiKey | None) -> dict:
+        """The references ``key`` may see, newest first."""
+        return await self.references.listing(owner_filter(key))
+
+    async def reference(self, key: ApiKey | None, reference_id: str) -> dict:
+        """One stored reference (404 for an unknown id or another key's)."""
+        return await self.references.get(reference_id, functools.partial(may_see, key))
+
+    async def reference_removed(self, key: ApiKey | None, reference_id: str) -> dict:
+        """A stored reference forgotten (404 for an unknown id or another key's)."""
+        return await self.references.remove(reference_id, functools.partial(may_see, key))

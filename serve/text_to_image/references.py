@@ -1,0 +1,108 @@
+"""Stored IP-Adapter references: ``POST``, ``GET`` and ``DELETE /v1/references``, and requests that name one.
+
+:class:`References` answers the routes (through the Gateway's :class:`serve.serving.adapters.Adapters`). A reference
+is encoded once by its model's image encoder (a ``TextToImage`` replica's Triton ``image_encoder`` call) and its
+embeddings are kept in the stack's store (:class:`serve.adapters.store.StoredReference`), owned by the key that
+stored it. A generation naming it (``ip_adapter_reference``) takes those embeddings instead of encoding an image: no
+image-encoder work. Another key's reference is as unknown as a missing one: 404 on its routes, a 400 naming
+``ip_adapter_reference`` in a generation. ``visible(owner)`` says whether the caller may see what ``owner`` stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve.adapters.requests import unknown_reference
+from serve.adapters.store import AdapterStore, StoredReference
+from serve.errors import InvalidInput, NotFound
+from serve.text_to_image.models import ServedModel, ServedModels
+from serve.text_to_image.schema import BASE64_PATTERN, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, _base64_image
+
+Visible = Callable[[str | None], bool]
+
+
+class NewReference(BaseModel):
+    """``POST /v1/references``' body: the reference image, and optionally a name and the model it is for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: str = Field(
+        max_length=MAX_IMAGE_CHARS,
+        json_schema_extra={"pattern": BASE64_PATTERN},
+        description=f"The reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB.",
+    )
+    name: str | None = Field(None, max_length=64, description="A name to find it by in the list.")
+    model: str | None = Field(
+        None, max_length=64, description="The served model whose IP-Adapter encodes it (absent: the default)."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _image_is_base64(cls, value: str) -> str:
+        return _base64_image(value)
+
+
+def new_reference_id() -> str:
+    """A fresh id: ``ref_`` and 24 hex digits."""
+    return f"ref_{secrets.token_hex(12)}"
+
+
+class References:
+    """The stored references' routes, and the check of a generation that names one."""
+
+    def __init__(
+        self, models: Callable[[], ServedModels], encode: Callable[[ServedModel, str], Awaitable[np.ndarray]]
+    ) -> None:
+        self.models, self.encode = models, encode
+
+    def _store(self) -> AdapterStore:
+        return self.models().default.adapters.store()
+
+    async def add(self, body: NewReference, owner: str | None) -> dict:
+        """Encode ``body``'s image once with its model's image encoder and keep the embeddings as ``owner``'s."""
+        model = self.models().resolve(body.model)
+        if not model.adapters.ip_adapter:
+            raise InvalidInput(f"model: {model.name} has no IP-Adapter (start a stack with --ip-adapter DIR)", "model")
+        embeds = np.asarray(await self.encode(model, body.image), np.float32)
+        stored = StoredReference(new_reference_id(), owner, model.name, embeds, body.name, time.time())
+        await asyncio.to_thread(self._store().add_reference, stored)
+        return stored.public()
+
+    async def listing(self, owner: str | None) -> dict:
+        """``owner``'s stored references (None: everyone's), newest first."""
+        found = await asyncio.to_thread(self._store().references, owner)
+        return {"object": "list", "data": [reference.public() for reference in found]}
+
+    async def get(self, reference_id: str, visible: Visible) -> dict:
+        """One stored reference (404 for an unknown id or another key's)."""
+        return (await self._visible(reference_id, visible)).public()
+
+    async def remove(self, reference_id: str, visible: Visible) -> dict:
+        """Forget a stored reference (404 for an unknown id or another key's)."""
+        await self._visible(reference_id, visible)
+        await asyncio.to_thread(self._store().remove_reference, reference_id)
+        return {"id": reference_id, "object": "reference", "deleted": True}
+
+    async def check(self, request, model: ServedModel, visible: Visible) -> None:
+        """A generation's ``ip_adapter_reference``: the caller's, stored for ``model`` (a 400 naming it if not)."""
+        reference_id = getattr(request, "ip_adapter_reference", None)
+        if reference_id is None:
+            return
+        stored = await asyncio.to_thread(self._store().reference, reference_id)
+        if stored is None or not visible(stored.owner):
+            raise unknown_reference(reference_id)
+        if stored.model != model.name:
+            field = "ip_adapter_reference"
+            raise InvalidInput(f"{field}: {reference_id} was stored for model {stored.model}, not {model.name}", field)
+
+    async def _visible(self, reference_id: str, visible: Visible) -> StoredReference:
+        stored = await asyncio.to_thread(self._store().reference, reference_id)
+        if stored is None or not visible(stored.owner):
+            raise NotFound(f"no stored reference {reference_id!r}", "reference_id")
+        return stored

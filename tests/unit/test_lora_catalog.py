@@ -1,0 +1,183 @@
+"""LoRA adapters added, replaced and removed while a stack runs (:class:`LoraCatalog`), without servers.
+
+What a request then gets from the engines is the integration tests' (``test_adapters.py``): here, what is kept,
+what a request resolves to, and every refusal.
+"""
+
+import asyncio
+import io
+import shutil
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from build_engines.text_to_image.lora_layers import slots_of
+from build_engines.text_to_image.random_adapters import make_lora
+from serve.adapters import catalog as catalog_module
+from serve.adapters import requests as requests_module
+from serve.adapters.catalog import LoraCatalog, LoraTarget
+from serve.adapters.lora_files import prepare, weightless
+from serve.adapters.registry import MODEL_CONFIGS, LoraEntry, LoraRegistry
+from serve.adapters.requests import StackAdapters
+from serve.errors import Conflict, InvalidInput, NotFound
+from serve.text_to_image.schema import GenerationRequest
+
+SD = "StableDiffusionPipeline"
+ENGINES = ("text_encoder", "unet")
+
+
+@pytest.fixture(scope="module")
+def slots(default_model):
+    return {engine: slots_of(weightless(default_model, engine)) for engine in ENGINES}
+
+
+@pytest.fixture
+def stack_folder(default_model, tmp_path):
+    """A registry folder as ``easel up --loras`` leaves it: the engines' configs, one adapter of the folder."""
+    folder = tmp_path / "run" / "loras"
+    for engine in ENGINES:
+        (folder / MODEL_CONFIGS / engine).mkdir(parents=True)
+        shutil.copyfile(default_model / engine / "config.json", folder / MODEL_CONFIGS / engine / "config.json")
+    from build_engines.text_to_image.loras import save_registry
+
+    save_registry(LoraRegistry({"house": LoraEntry("house", "ready")}), folder)
+    return folder
+
+
+@pytest.fixture
+def catalog(stack_folder, slots, tmp_path):
+    requests_module._STORES.clear()
+    adapters = StackAdapters(str(stack_folder), False, f"sqlite:///{tmp_path / 'run' / 'easel.db'}")
+    target = LoraTarget("easel-default", adapters, "engines-key", SD, slots)
+
+    def targets(model):
+        if model not in (None, "easel-default"):
+            raise InvalidInput(f"model: unknown model {model!r}", "model")
+        return target
+
+    yield LoraCatalog(targets, lambda: adapters)
+    for store in requests_module._STORES.values():
+        store.close()
+    requests_module._STORES.clear()
+
+
+def _lora(model_dir, tmp_path, seed: int, rank: int = 2) -> bytes:
+    path = tmp_path / f"upload-{seed}.safetensors"
+    make_lora(model_dir, path, rank=rank, seed=seed)
+    return path.read_bytes()
+
+
+def _resolved(catalog: LoraCatalog, name: str) -> tuple:
+    request = GenerationRequest(prompt="x", loras=[{"name": name, "scale": 0.5}])
+    return catalog.targets(None).adapters.resolve(request)
+
+
+def test_an_upload_is_read_by_diffusers_kept_by_content_and_served_by_its_key(catalog, default_model, slots, tmp_path):
+    data = _lora(default_model, tmp_path, seed=1, rank=3)
+    added = asyncio.run(catalog.add("style", None, io.BytesIO(data)))
+    assert added["id"] == "style" and added["model"] == "easel-default" and added["rank"] == 3
+    assert added["status"] == "ready" and added["source"] == "upload" and added["bytes"] > 0
+    ((key, weight),) = _resolved(catalog, "style")
+    assert weight == 0.5
+    folder = catalog.targets(None).folder
+    assert (folder / "files" / f"{added['sha256']}.safetensors").read_bytes() == data
+    kept = load_file(folder / f"{key}.safetensors")
+    wanted = prepare(tmp_path / "upload-1.safetensors", default_model, SD, slots).tensors
+    assert kept.keys() == wanted.keys()
+    for name, tensor in wanted.items():
+        np.testing.assert_array_equal(kept[name], tensor, err_msg=name)
+    listed = {entry["name"]: entry for entry in catalog.listing()["data"]}
+    assert set(listed) == {"house", "style"} and listed["style"]["rank"] == 3
+
+
+def test_a_replace_gives_the_name_new_weights_and_keeps_the_old_ones_for_requests_in_flight(
+    catalog, default_model, tmp_path
+):
+    asyncio.run(catalog.add("style", None, io.BytesIO(_lora(default_model, tmp_path, seed=1))))
+    ((old, _),) = _resolved(catalog, "style")
+    replaced = asyncio.run(catalog.replace("style", io.BytesIO(_lora(default_model, tmp_path, seed=2))))
+    ((new, _),) = _resolved(catalog, "style")
+    folder = catalog.targets(None).folder
+    assert new != old and replaced["id"] == "style"
+    assert (folder / f"{old}.safetensors").is_file() and (folder / f"{new}.safetensors").is_file()
+
+
+def test_a_removed_lora_is_a_400_naming_the_request_s_field_and_a_restart_keeps_the_others(
+    catalog, default_model, tmp_path
+):
+    for name, seed in (("style", 1), ("line", 2)):
+        asyncio.run(catalog.add(name, None, io.BytesIO(_lora(default_model, tmp_path, seed=seed))))
+    assert asyncio.run(catalog.remove("style")) == {"id": "style", "object": "lora", "deleted": True}
+    with pytest.raises(InvalidInput, match="unknown LoRA adapter 'style'") as refused:
+        _resolved(catalog, "style")
+    assert refused.value.field == "loras.0.name"
+    with pytest.raises(NotFound):
+        asyncio.run(catalog.remove("style"))
+    adapters = catalog.targets(None).adapters
+    requests_module._STORES.pop(adapters.store_url).close()  # a new process: the store opened afresh
+    restarted = StackAdapters(adapters.loras_dir, False, adapters.store_url).registry()
+    assert set(restarted.entries) == {"house", "line"}
+
+
+def test_bad_uploads_are_400s_naming_the_field_and_change_nothing(
+    catalog, default_model, tiny_xl_model, tmp_path, monkeypatch
+):
+    good = _lora(default_model, tmp_path, seed=1)
+    xl = tmp_path / "xl.safetensors"
+    make_lora(tiny_xl_model, xl, rank=2, seed=1, text_encoder=False)
+    cases = [
+        ("style", None, b"junk", "file", "not a readable LoRA file"),
+        ("style", None, xl.read_bytes(), "file", "made for another base model"),
+        ("style", None, b"", "file", "empty"),
+        ("house", None, good, "name", "named 'house' already"),
+        ("bad name!", None, good, "name", "must match"),
+        ("style", "other", good, "model", "unknown model"),
+    ]
+    for name, model, data, field, message in cases:
+        with pytest.raises(InvalidInput, match=message) as refused:
+            asyncio.run(catalog.add(name, model, io.BytesIO(data)))
+        assert refused.value.field == field, message
+    monkeypatch.setattr(catalog_module, "MAX_LORA_BYTES", len(good) - 1)
+    with pytest.raises(InvalidInput, match="MiB a LoRA file may have") as refused:
+        asyncio.run(catalog.add("style", None, io.BytesIO(good)))
+    assert refused.value.field == "file"
+    folder = catalog.targets(None).folder
+    assert [e["name"] for e in catalog.listing()["data"]] == ["house"]
+    assert list((folder / "files").iterdir()) == [] and not list(folder.glob("*.safetensors"))
+    monkeypatch.undo()
+    asyncio.run(catalog.add("style", None, io.BytesIO(good)))
+    with pytest.raises(InvalidInput, match="named 'style' already") as refused:
+        asyncio.run(catalog.add("style", None, io.BytesIO(good)))
+    with pytest.raises(Conflict, match="--loras folder"):
+        asyncio.run(catalog.replace("house", io.BytesIO(good)))
+    with pytest.raises(NotFound):
+        asyncio.run(catalog.replace("absent", io.BytesIO(good)))
+
+
+def test_a_restart_on_engines_built_anew_prepares_the_kept_uploads_again(catalog, default_model, tmp_path):
+    asyncio.run(catalog.add("style", None, io.BytesIO(_lora(default_model, tmp_path, seed=1))))
+    ((old, _),) = _resolved(catalog, "style")
+    catalog.refresh()  # the same engines: nothing to do
+    assert _resolved(catalog, "style")[0][0] == old
+    target = catalog.targets(None)
+    rebuilt = LoraTarget(target.model, target.adapters, "engines-built-again", target.pipeline_class, target.slots)
+    LoraCatalog(lambda model: rebuilt, lambda: rebuilt.adapters).refresh()
+    ((new, _),) = _resolved(catalog, "style")
+    entry = target.adapters.store().lora("style")
+    assert new != old and entry.engines == "engines-built-again" and entry.status == "ready"
+    assert (
+        load_file(target.folder / f"{new}.safetensors").keys() == load_file(target.folder / f"{old}.safetensors").keys()
+    )
+
+
+def test_changing_loras_needs_the_adapters_scope_and_takes_the_upload_limit_on_every_path():
+    from serve.routes import BODY_LIMITS, LORA_UPLOAD_BYTES, Scope, required_scope
+    from serve.wire import BodyLimits
+
+    assert required_scope("/v1/loras", "GET") is Scope.GENERATE
+    for method, path in (("POST", "/v1/loras"), ("PUT", "/v1/loras/ink"), ("DELETE", "/v1/loras/ink")):
+        assert required_scope(path, method) is Scope.ADAPTERS, (method, path)
+    limits = BodyLimits(None, BODY_LIMITS)
+    assert limits.limit_for("/v1/loras") == limits.limit_for("/v1/loras/ink") == LORA_UPLOAD_BYTES
+    assert limits.limit_for("/v1/loras/ink/more") == limits.default_limit

@@ -407,8 +407,9 @@ class Gateway:
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         traffic = Experiments(open_experiment_store(store_url), current.names)
-        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment)
-            traffic.define(name, spec)
+        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
+            if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
+                traffic.define(name, spec)
         self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
         self.adapters = Adapters(current, text_to_image)
         self.generations = Generations(

@@ -7,9 +7,11 @@ here because it builds, which only an entry point may.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,12 +82,17 @@ def evaluate() -> None:
     "ONNX Runtime's CPU provider cannot run fp16 engines: their graphs are checked, not their outputs.",
 )
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
-def build(model_dir: Path | None, repository: Path, embedded: str, backend: str, precision: str, force: bool) -> None:
+def build(
+    model_dir: Path | None, repository: Path | None, embedded: str, backend: str, precision: str, force: bool
+) -> None:
     """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
     from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
+    from serve.paths import live_repository
+
+    repository = repository or live_repository()
 
     check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():
@@ -101,18 +108,25 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
 @model_options(StackOptions)
 @click.option("--detach", is_flag=True, help="Return once the stack is ready; `easel down` stops it.")
 @click.option(
+    "--detach-timeout",
+    type=click.FloatRange(min=0),
+    default=600.0,
+    show_default=True,
+    help="With --detach: seconds to wait for readiness, the build included; past them the start goes on in the "
+    "background (its log path is printed; `easel down` stops it).",
+)
+@click.option("--stack-id", hidden=True, help="The stack's id, given by `easel up --detach` (which recorded it).")
+@click.option(
     "--first-request/--no-first-request",
     default=True,
     show_default=True,
     help="Send one example generation once ready and show the result.",
 )
-def up(detach: bool, first_request: bool, **settings) -> None:
+def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request: bool, **settings) -> None:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
     from serve.observability.prometheus import PROMETHEUS_BINARY
-    from serve.stack import OpenToTheNetwork, Stack, check_exposure, start_detached
-    from serve.triton.memory import MemoryBudgetTooSmall
-    from serve.triton.residency import DoesNotFit
+    from serve.stack import OpenToTheNetwork, check_exposure
 
     values = model_values(StackOptions, settings)
     if values["prometheus"] and not PROMETHEUS_BINARY.exists():
@@ -132,53 +146,117 @@ def up(detach: bool, first_request: bool, **settings) -> None:
             raise click.ClickException(invalid_input(error).message) from None
         check_exposure(options)
     if detach:
-        with one_line_errors(RuntimeError, TimeoutError):
-            info = start_detached([a for a in sys.argv[1:] if a not in ("--detach", "--first-request")])
-        _print_endpoints(info)
-        if first_request:
-            _send_first_request(info.api_url)
-        return
-    stack = Stack(options)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        _up_detached(detach_timeout, first_request)
+    else:
+        _up_here(options, first_request, stack_id)
+
+
+def _up_detached(timeout_s: float, first_request: bool) -> None:
+    """Start ``easel up`` in the background, showing its progress; print the endpoints once it is ready."""
+    from serve.stack import StillStarting, start_detached
+
     try:
+        with one_line_errors(RuntimeError, TimeoutError):
+            info = start_detached(_detached_argv(sys.argv[1:]), timeout_s=timeout_s, progress=click.echo)
+    except StillStarting as still:  # not a failure: the start goes on
+        click.echo(str(still))
+        return
+    _print_endpoints(info)
+    if first_request:
+        _send_first_request(info.api_url)
+
+
+def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = None) -> None:
+    """Run the stack in this process until SIGINT or SIGTERM, recorded from the first moment for `easel down`."""
+    from serve.processes.run_state import READY
+    from serve.stack import Stack
+    from serve.triton.memory import MemoryBudgetTooSmall
+    from serve.triton.residency import DoesNotFit
+
+    stack = Stack(options, stack_id)
+    stop = threading.Event()
+
+    def on_signal(*_) -> None:
+        stop.set()
+        if stack.info.phase != READY:  # building or starting: stop where it is (`easel down`, Ctrl-C)
+            raise StopAsked(stack.info.phase)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, on_signal)
+    try:
+        stack.record()  # from now on `easel down` finds it, in every phase
         budget = one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget")
         with one_line_errors(DoesNotFit), budget:
             info = stack.start()
-        stack.write_state()
         _print_endpoints(info)
         if first_request:
             _send_first_request(info.api_url)
         click.echo("Serving; press Ctrl-C to stop.")
         stop.wait()
         click.echo("stopping...")
+    except StopAsked as asked:
+        click.echo(f"stopping while {asked}...")
     finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: None)  # a second signal does not cut the stop short
         stack.stop()
         stack.forget_state()
+    if stack.info.phase != READY:  # stopped while starting, on request: exit now
+        logging.shutdown()
+        os._exit(0)  # not through the interpreter's teardown (torch's takes seconds on a busy machine)
+
+
+class StopAsked(BaseException):
+    """SIGTERM or SIGINT while the stack builds or starts: raised where ``easel up`` is, so it stops at once.
+
+    A BaseException, as KeyboardInterrupt is, so that no ``except Exception`` on the way takes it for a failure.
+    """
+
+
+def _detached_argv(argv: list[str]) -> list[str]:
+    """``easel up``'s command line for the process ``--detach`` starts: without the options only the parent takes."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg in ("--detach", "--first-request") or arg.startswith("--detach-timeout="):
+            skip = False
+            continue
+        skip = arg == "--detach-timeout"
+        if not skip:
+            kept.append(arg)
+    return kept
 
 
 def _stop_dead_stack() -> None:
-    """Refuse if a stack is up; stop what a dead one left behind."""
-    from serve.stack import read_state, stop_recorded
+    """Refuse if a stack is up or starting; stop what a dead one left behind."""
+    from serve.processes.run_state import READY, read_state, stop_recorded
 
-    if (state := read_state()) is not None:
-        if state.alive():
+    if (state := read_state()) is not None and state.pid != os.getpid():  # its own: recorded by --detach's parent
+        if state.alive() and state.phase == READY:
             raise click.ClickException(f"Easel is up already (pid {state.pid}, {state.api_url}); `easel down` first")
+        if state.alive():
+            raise click.ClickException(
+                f"Easel is starting already ({state.phase}, pid {state.pid}, {time.time() - state.started_at:.0f} s "
+                "in): wait for it (`easel models list` answers once it is up), or `easel down` stops it"
+            )
         stopped = stop_recorded()
         click.echo(f"a stack recorded as running (pid {state.pid}) had died; {stopped.leftovers} leftovers stopped")
 
 
 @main.command()
 def down() -> None:
-    """Stop the stack that `easel up` started, and every process it left behind."""
-    from serve.stack import stop_recorded
+    """Stop the stack that `easel up` started, in any phase, and every process it left behind."""
+    from serve.processes.run_state import READY, stop_recorded
 
     stopped = stop_recorded()
+    ran = f"; it ran {', '.join(stopped.processes)}" if stopped.processes else ""
+    ran += "".join(f"; stopped {helper}" for helper in stopped.helpers)
     if not stopped.recorded:
         click.echo("nothing recorded as running")
     elif stopped.was_alive:
-        click.echo(f"stopped ({stopped.leftovers} leftover process(es) stopped after it)")
+        click.echo(
+            f"stopped `easel up` (pid {stopped.pid}){'' if stopped.phase == READY else f' while {stopped.phase}'}{ran} "
+            f"({stopped.leftovers} leftover process(es) stopped after it)"
+        )
     else:
         click.echo(f"the recorded stack was not running (its process had died); {stopped.leftovers} leftovers stopped")
 
@@ -281,9 +359,13 @@ MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR
 
 def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
     """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
+    from serve.processes.run_state import working_for_the_stack
+
     name, model_dir = model
     api_url = model_admin.stack_api()  # first: with no stack up, nothing is built
-    return _said(change(api_url, name, built_engines(model_dir)))
+    with working_for_the_stack(f"easel models: building {model_dir}"):  # `easel down` stops it with the stack
+        engine_dir = built_engines(model_dir)
+    return _said(change(api_url, name, engine_dir))
 
 
 @models.command("add")

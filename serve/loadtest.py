@@ -160,7 +160,8 @@ def locust_env(info, images: Path) -> dict[str, str]:
 
 def run_scenario(scenario: Scenario, images: Path, out: Path) -> tuple[int, str]:
     """Run ``scenario`` against the running stack, or a scratch one started for it; (exit code, summary)."""
-    from serve.stack import running_stack, scratch_stack
+    from serve.processes.run_state import running_stack
+    from serve.stack import scratch_stack
 
     def run(info) -> int:
         return run_locust(scenario, info.api_url, out, locust_env(info, images))

@@ -138,6 +138,13 @@ JOB_QUEUE_TIME = MetricSpec(
 JOB_CANCELS = MetricSpec(
     "easel_job_cancels", "counter", "Cancels asked for, by the job's state when asked (queued, running).", ("state",)
 )
+JOB_RETRIES = MetricSpec(
+    "easel_job_retries",
+    "counter",
+    "Background job runs retried because they failed through no fault of the job, by reason (the HTTP status of "
+    "the error, or the exception's type: a replica that died, Ray failing).",
+    ("reason",),
+)
 CACHE_REQUESTS = MetricSpec(
     "easel_cache_requests",
     "counter",
@@ -249,6 +256,7 @@ ALL = (
     JOBS,
     JOB_QUEUE_TIME,
     JOB_CANCELS,
+    JOB_RETRIES,
     CACHE_REQUESTS,
     KEY_REQUESTS,
     KEY_COST,

@@ -24,6 +24,7 @@ import httpx
 from serve.access.keys import client_headers
 from serve.adapters.registry import NAME as LORA_NAME
 from serve.cli_options import NAME, NAME_RULE
+from serve.processes.run_state import running_stack
 
 logger = logging.getLogger(__name__)
 
@@ -37,11 +38,11 @@ class ChangeRefused(click.ClickException):
 
 def stack_api() -> str:
     """The API of the running stack (``easel up``), or :class:`ChangeRefused` when none runs."""
-    from serve.stack import running_stack  # here: `easel --help` starts nothing heavy
-
     info = running_stack()
     if info is None:
         raise ChangeRefused("no stack is running (start one with `easel up`)")
+    if info.api_url is None:
+        raise ChangeRefused(f"the stack is still starting ({info.phase}, pid {info.pid}); try again once it is up")
     return info.api_url
 
 

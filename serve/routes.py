@@ -159,11 +159,14 @@ _PATTERNS = {keyed: compile_path(keyed.path)[0] for keyed in ROUTES}
 def required_scope(path: str, method: str = "GET") -> Scope | None:
     """The scope a request needs: its operation's, else that of the keyed route its path is under (None: any key).
 
-    An operation's own scope comes first: ``GET /v1/models`` needs ``generate``, ``POST /v1/models`` ``admin``.
+    An operation's own scope comes first: ``GET /v1/models`` needs ``generate``, ``POST /v1/models`` ``admin``; a
+    method no operation of the path takes (``TRACE /v1/models``) needs none, so every valid key learns it is a 405.
     """
     for keyed in ROUTES:
         if keyed.scope is not None and keyed.method == method.lower() and _PATTERNS[keyed].match(path):
             return keyed.scope
+    if allowed_methods(path):  # an operation's path, a method it does not take: any key gets the app's 405
+        return None
     for keyed in ROUTES:
         if keyed.scope is not None and (path == keyed.prefix or path.startswith(keyed.prefix + "/")):
             return keyed.scope

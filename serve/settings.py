@@ -37,7 +37,7 @@ from serve.cli_options import (
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.latent_cache import DEFAULT_SIMILARITY
-from serve.paths import MODEL_REPOSITORY, PROJECT_ROOT, SERVE_CONFIG, run_dir
+from serve.paths import PROJECT_ROOT, SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
@@ -79,8 +79,8 @@ class AppSettings(BaseModel):
         {},
         description="An experiment: model alias NAME split among served models by weight, sticky per user "
         '({"variants": {"v1": 0.9, "v2": 0.1}}), or a Thompson-sampling bandit ({"policy": "bandit", "variants": '
-        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; declared again at each start, its posteriors '
-        "kept).",
+        '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; it seeds the store: '
+        "one the store holds already, maybe edited through the API, stays as it is).",
     )
     model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
         None,
@@ -187,7 +187,11 @@ class StackOptions(AppSettings):
         "(repeatable: a request's `model` picks one, the first is the default; DIR alone: named after its folder; "
         f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`.",
     )
-    repository: Annotated[Path, Cli(type=FOLDER)] = Field(MODEL_REPOSITORY, description="Triton model repository.")
+    repository: Annotated[Path | None, Cli(type=FOLDER)] = Field(
+        None,
+        description="Triton model repository (default: model_repository in the run folder, $EASEL_HOME/run; the "
+        "checkout's model_repository/ is a template, never written).",
+    )
     serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
     dashboard: Annotated[bool, NOT_ON_CLI] = Field(True, description="Start the Ray dashboard.")
     dashboard_port: Port = Field(8265, description="Ray dashboard port (0: a free port).")
@@ -250,6 +254,13 @@ class StackOptions(AppSettings):
     def store(self) -> str:
         """The store's URL: ``store_url``, or the embedded default in ``run_dir``."""
         return self.store_url or default_url(self.run_dir)
+
+    @model_validator(mode="after")
+    def _repository_in_the_run_folder(self) -> StackOptions:
+        """The repository, when not given: the run folder's (:func:`serve.paths.live_repository`)."""
+        if self.repository is None:
+            self.repository = live_repository(self.run_dir)
+        return self
 
     @model_validator(mode="after")
     def _experiments_name_served_models(self) -> StackOptions:

@@ -2,14 +2,14 @@
 
 Every process the stack starts carries ``EASEL_STACK=<id>`` in its environment, so stopping a stack (``Stack.stop``
 in-process, ``stop_recorded`` from ``easel down``) finds and stops all of them, orphans included, whether the stack
-is alive or its process was killed. The run state (``state.json``) lives in one place: :func:`state_path`.
+is alive or its process was killed. The run state (``state.json``) lives in :mod:`serve.processes.run_state`.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
-import json
 import logging
 import os
 import shutil
@@ -18,10 +18,9 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,20 +36,33 @@ from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
 from serve.processes.gcs import KeptGcs, keep, storage_env
 from serve.processes.loopback import API_HOST_ENV
-from serve.processes.signals import children_paused, stop_stack_processes, terminate
+from serve.processes.run_state import (
+    BUILDING,
+    DEPLOYING,
+    READY,
+    STARTING,
+    STARTING_RAY,
+    STARTING_TRITON,
+    StackInfo,
+    environ,
+    new_stack_id,
+    read_state,
+    state_path,
+    write_state,
+)
+from serve.processes.signals import children_paused, stop_stack_processes
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE
-from serve.triton.residency import Residency, write_parked
+from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.json"
 PARKED_FILE = "parked-models.json"
 
 # Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
@@ -109,30 +121,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-@dataclass(frozen=True)
-class StackInfo:
-    """Where the running stack listens and which process runs it; written to ``state.json``."""
-
-    pid: int
-    started_at: float
-    stack_id: str
-    api_url: str
-    grpc_address: str  # host:port of the public gRPC API
-    triton_http_url: str
-    triton_grpc_url: str
-    triton_metrics_url: str
-    dashboard_url: str | None
-    engine_dir: str
-    prometheus_url: str | None = None
-
-    def alive(self) -> bool:
-        """Whether the process that runs this stack still does (a reused pid does not count)."""
-        try:
-            return abs(psutil.Process(self.pid).create_time() - self.started_at) < 1.0
-        except psutil.NoSuchProcess:
-            return False
 
 
 MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
@@ -195,16 +183,18 @@ def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_
 class Stack:
     """Start, supervise and stop Triton plus Ray Serve in this process (``easel up`` and the integration tests)."""
 
-    def __init__(self, options: StackOptions) -> None:
+    def __init__(self, options: StackOptions, stack_id: str | None = None) -> None:
         self.options = options
-        self.stack_id = uuid.uuid4().hex[:12]
+        self.stack_id = stack_id or new_stack_id()
+        me = psutil.Process()
+        self.info = StackInfo(me.pid, me.create_time(), self.stack_id, phase=BUILDING)
+        self.recorded = False  # whether each phase is written to state.json (`easel up`: :meth:`record`)
         self.supervisor = Supervisor()
         self.triton: TritonServer | None = None  # this machine's Triton (None on a cluster: see node_tritons)
         self.node_tritons = None  # serve.triton.node.NodeTritons on a cluster
         self.prometheus: PrometheusServer | None = None
         self.gcs: KeptGcs | None = None  # the Ray head's GCS, restarted when it dies (serve.processes.gcs)
         self.ray_session_dir: Path | None = None
-        self.info: StackInfo | None = None
         self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
@@ -216,6 +206,7 @@ class Stack:
         opts = self.options
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
+        self._enter(BUILDING)
         engine_dirs = self._build_models()
         upscalers_dir = self._build_upscalers()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
@@ -225,12 +216,14 @@ class Stack:
             engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
         )
         self.models = served
+        self._install_kept(served, engine_dirs)
         vectorize = install_vectorize(opts.repository)
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
         pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
         models = triton_models(served, vectorize, upscalers_dir)
         parked = self._park(served) if opts.address is None else None
         if opts.address is None:
+            self._enter(STARTING_TRITON)
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
@@ -244,6 +237,7 @@ class Stack:
             os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
+        self._enter(STARTING_RAY)
         with _sigterm_kept():  # ray.init installs its own handler
             dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
@@ -268,24 +262,22 @@ class Stack:
             upscalers_dir=str(upscalers_dir) if upscalers_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
+        self._enter(DEPLOYING)
         _deploy(config, timeout_s)
-        e = triton
-        me = psutil.Process()
-        self.info = StackInfo(
-            me.pid,
-            me.create_time(),
-            self.stack_id,
-            f"http://{opts.host}:{port}",
-            f"{opts.host}:{grpc_port}",
-            e.http_url,
-            e.grpc_url,
-            e.metrics_url,
-            dashboard_url,
-            str(engines.path),
+        self.info = replace(
+            self.info,
+            api_url=f"http://{opts.host}:{port}",
+            grpc_address=f"{opts.host}:{grpc_port}",
+            triton_http_url=triton.http_url,
+            triton_grpc_url=triton.grpc_url,
+            triton_metrics_url=triton.metrics_url,
+            dashboard_url=dashboard_url,
+            engine_dir=str(engines.path),
         )
         if opts.prometheus:
             self._start_prometheus()
         wait_until_ready(self.info.api_url, timeout_s)
+        self._enter(READY)
         return self.info
 
     def __enter__(self) -> Stack:
@@ -301,11 +293,25 @@ class Stack:
         self.stop()
 
     def _start_table(self, engine_dirs: dict[str, str]) -> Path:
-        """Write the model table of this start (every model at version 1; an earlier run's table is replaced)."""
+        """Write the model table of this start: the last run's as the API left it, or a new one of ``engine_dirs``.
+
+        The models the table serves that this start did not build (added, or replaced, through the API) are
+        installed in the repository again.
+        """
         path = self.options.run_dir / MODEL_TABLE
         path.parent.mkdir(parents=True, exist_ok=True)
-        ModelTable.start(engine_dirs).write(path)
+        table = ModelTable.resumed(ModelTable.read(path) if path.exists() else None, engine_dirs)
+        table.write(path)
+        kept = [entry for entry in table.current.values() if entry.engine_dir != engine_dirs.get(entry.name)]
+        if kept:
+            logger.info("models kept from the last run: %s", ", ".join(entry.version_id for entry in kept))
         return path
+
+    def _install_kept(self, served: ServedModels, engine_dirs: dict[str, str]) -> None:
+        """Install the served versions this start did not build (the API's, kept from the last run)."""
+        for model in served.versions():
+            if str(model.folder.path) != engine_dirs.get(model.name) or model.version > 1:
+                model.install(self.options.repository)
 
     def _served_now(self) -> ServedModels:
         """The models served now: the table as ``easel models`` last changed it."""
@@ -321,6 +327,7 @@ class Stack:
         loaded = Residency(weights, served.room_bytes, frozenset(self.options.pin)).fill(served)
         path = self.options.run_dir / PARKED_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
+        (self.options.run_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # the last run's requests ended with it
         write_parked(path, [t for name, model in served.items() if name not in loaded for t in model.triton_names()])
         logger.info("models loaded at start: %s (weights room %.2f GiB)", ", ".join(loaded), served.room_bytes / 2**30)
         return path
@@ -406,7 +413,7 @@ class Stack:
             return f"http://{context.dashboard_url}" if context.dashboard_url else None
         gcs_env = storage_env(opts.store, opts.run_dir, self.stack_id, free_port())
         shutil.rmtree(opts.run_dir / "gcs", ignore_errors=True)  # a GCS's state belongs to its own Ray
-        with _environ(gcs_env):  # read by the GCS Ray starts
+        with environ(gcs_env):  # read by the GCS Ray starts
             context = ray.init(
                 address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
                 num_cpus=max(4, os.cpu_count() or 1),
@@ -437,18 +444,24 @@ class Stack:
             yield
 
     def stop(self) -> None:
-        """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left."""
-        import ray
-        from ray import serve
+        """Stop supervising, tear down Ray Serve, Ray, Triton and Prometheus, and stop anything of the stack left.
+
+        A stack stopped before it was ready skips Serve's orderly shutdown (nothing is served yet to drain; the
+        controller may still be deploying): its processes are stopped, which ``easel down`` waits 5 s for.
+        """
+        ray = sys.modules.get("ray")  # not imported yet (stopped while building): no Ray to stop, no import to wait for
+        orderly = self.info.phase == READY and (self.gcs is None or not self.gcs.owned or not self.gcs.restarted)
 
         self.supervisor.stopping.set()
         try:
             if self.node_tritons is not None:
                 self.node_tritons.stop()
-            if ray.is_initialized():
+            if ray is not None and ray.is_initialized():
+                from ray import serve
+
                 try:
-                    if self.gcs is None or not self.gcs.owned or not self.gcs.restarted:
-                        serve.shutdown()  # after its GCS restarted, the controller's shutdown waits out its 30 s
+                    if orderly:  # after its GCS restarted, the controller's shutdown waits out its 30 s
+                        serve.shutdown()
                 finally:
                     ray.shutdown()
                     self._forget_gcs_state()
@@ -469,12 +482,23 @@ class Stack:
         except Exception as error:  # noqa: BLE001 - a store that went away keeps a dead stack's keys, no more
             logger.warning("the GCS's state in %s not deleted: %s", self.options.store, error)
 
+    def record(self) -> Path:
+        """Record the stack in ``state.json`` now and at each phase of its start (``easel up``).
+
+        From this moment ``easel down`` finds it, and a second ``easel up`` sees it, whatever it is doing.
+        """
+        self.recorded = True
+        return self.write_state()
+
+    def _enter(self, phase: str) -> None:
+        self.info = replace(self.info, phase=phase)
+        logger.info("stack %s: %s", self.stack_id, phase)
+        if self.recorded:
+            self.write_state()
+
     def write_state(self) -> Path:
         """Record where the stack runs, for ``easel down`` and ``easel loadtest``."""
-        path = state_path(self.options.run_dir)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(asdict(self.info), indent=2))
-        return path
+        return write_state(self.info, self.options.run_dir)
 
     def forget_state(self) -> None:
         """Remove ``state.json`` if it records this stack."""
@@ -497,21 +521,6 @@ def _sigterm_kept() -> Iterator[None]:
     finally:
         if handler is not None:
             signal.signal(signal.SIGTERM, handler)
-
-
-@contextmanager
-def _environ(values: dict[str, str]) -> Iterator[None]:
-    """``values`` in this process's environment inside the block (the processes started there inherit them)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _stop_log_monitor() -> None:
@@ -566,78 +575,65 @@ def wait_until_ready(api_url: str, timeout_s: float) -> None:
     raise TimeoutError(f"{api_url} not ready after {timeout_s:.0f} s: {last}")
 
 
-def state_path(folder: Path | None = None) -> Path:
-    """The run-state file of the stack whose run folder is ``folder`` (default ``$EASEL_HOME/run``)."""
-    return (folder or run_dir()) / STATE_FILE
+class StillStarting(Exception):
+    """``easel up --detach`` waited its time and the stack is still starting; it goes on in the background."""
 
 
-def read_state(folder: Path | None = None) -> StackInfo | None:
-    """The state of a stack started with ``easel up``, if one is recorded."""
-    path = state_path(folder)
-    try:
-        return StackInfo(**json.loads(path.read_text()))
-    except (FileNotFoundError, TypeError, json.JSONDecodeError):
-        return None
+def start_detached(
+    argv: list[str],
+    folder: Path | None = None,
+    timeout_s: float = 600.0,
+    progress: Callable[[str], None] = logger.info,
+) -> StackInfo:
+    """Run ``easel ARGV`` (an ``up`` command line) in a new session, logging to a file; return its state once ready.
 
-
-def running_stack(folder: Path | None = None) -> StackInfo | None:
-    """The recorded stack if its process is alive; None if none is recorded or it is dead."""
-    info = read_state(folder)
-    return info if info is not None and info.alive() else None
-
-
-@dataclass(frozen=True)
-class Stopped:
-    """What :func:`stop_recorded` found and did."""
-
-    recorded: bool
-    was_alive: bool = False
-    leftovers: int = 0
-
-
-def stop_recorded(folder: Path | None = None, grace_s: float = 60.0) -> Stopped:
-    """Stop the stack recorded in ``state.json``, and every process left that carries its mark.
-
-    Its process gets SIGTERM, then SIGKILL after ``grace_s``. A dead stack (its process was killed) still has its
-    leftovers stopped.
+    ``progress`` is told each phase, and while it builds each new line of the build's log. Past ``timeout_s`` it
+    raises :class:`StillStarting` saying where the start goes on; a start that failed raises ``RuntimeError``.
     """
-    info = read_state(folder)
-    if info is None:
-        return Stopped(recorded=False)
-    was_alive = info.alive()
-    if was_alive:
-        terminate([psutil.Process(info.pid)], grace_s)
-    leftovers = stop_stack_processes(info.stack_id)
-    state_path(folder).unlink(missing_ok=True)
-    return Stopped(True, was_alive, leftovers)
-
-
-def start_detached(argv: list[str], folder: Path | None = None, timeout_s: float = 600.0) -> StackInfo:
-    """Run ``easel ARGV`` (an ``up`` command line) in a new session, logging to a file; return its recorded state."""
     folder = folder or run_dir()
     folder.mkdir(parents=True, exist_ok=True)
     state_path(folder).unlink(missing_ok=True)
     log_path = folder / "easel-up.log"
+    logged_from = log_path.stat().st_size if log_path.exists() else 0
+    stack_id = new_stack_id()
     with log_path.open("ab") as log:
         child = subprocess.Popen(
-            [sys.executable, "-m", "serve.cli", *argv, "--no-first-request"],
+            [sys.executable, "-m", "serve.cli", *argv, "--no-first-request", "--stack-id", stack_id],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={k: v for k, v in os.environ.items() if k != STACK_ENV},  # it marks its own processes
         )
-    logger.info("starting in the background (pid %d, log %s)", child.pid, log_path)
-    deadline = time.monotonic() + timeout_s
-    while (info := read_state(folder)) is None or info.pid != child.pid:
+    with contextlib.suppress(psutil.NoSuchProcess):  # recorded now, so `easel down` finds it however early
+        write_state(StackInfo(child.pid, psutil.Process(child.pid).create_time(), stack_id, STARTING), folder)
+    progress(f"starting in the background (pid {child.pid}, log {log_path})")
+    deadline, said = time.monotonic() + timeout_s, None
+    while (info := read_state(folder)) is None or info.pid != child.pid or info.phase != READY:
         if child.poll() is not None:
             tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
             raise RuntimeError(f"`easel up` exited with {child.returncode}:\n{tail}")
+        phase = info.phase if info is not None and info.pid == child.pid else STARTING
         if time.monotonic() > deadline:
-            raise TimeoutError(f"not ready after {timeout_s:.0f} s; see {log_path}")
+            raise StillStarting(
+                f"still {phase} after {timeout_s:.0f} s; it goes on in the background (pid {child.pid}): "
+                f"follow {log_path}; `easel down` stops it"
+            )
+        now = f"{phase}: {_last_build_line(log_path, logged_from)}" if phase == BUILDING else phase
+        if now != said:
+            progress(now)
+            said = now
         time.sleep(1)
     wait_until_ready(info.api_url, timeout_s=60)
     return info
+
+
+def _last_build_line(log_path: Path, start: int) -> str:
+    """The message of the last line the build logged in ``log_path`` since byte ``start`` (its progress)."""
+    with log_path.open("rb") as log:
+        log.seek(start)
+        lines = [line for line in log.read().decode(errors="replace").splitlines() if " build_engines." in line]
+    return lines[-1].split(": ", 1)[-1][:120] if lines else "starting"
 
 
 @dataclass(frozen=True)
@@ -679,13 +675,14 @@ def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstR
 def scratch_stack(model_dir: Path | None = None, folder: Path | None = None, **options) -> Iterator[Stack]:
     """A stack on free ports (no dashboard) over a scratch model repository, for benchmarks, load tests and chaos.
 
-    Benchmarking another model leaves the checkout's repository alone. Its job store and Prometheus start empty and it
-    has no result cache (a benchmark that repeats a seeded request must time the generation, not a cache hit).
+    Benchmarking another model leaves the checkout's repository alone. Its job store, model table and Prometheus start
+    empty (nothing an earlier scratch stack changed is resumed) and it has no result cache (a benchmark that repeats
+    a seeded request must time the generation, not a cache hit).
     ``options``: more :class:`StackOptions`.
     """
     folder = folder or run_dir() / "bench"
-    for stale in folder.glob("easel.db*"):
-        stale.unlink()
+    for stale in [*folder.glob("easel.db*"), folder / MODEL_TABLE]:  # a scratch stack starts from nothing
+        stale.unlink(missing_ok=True)
     shutil.rmtree(folder / "prometheus", ignore_errors=True)  # an earlier run's series would blend into this one's
     options = StackOptions(
         **{

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 
 from serve.benchmarks.tiles import psnr
+from serve.paths import PROJECT_ROOT
 from serve.stack import RAY_ENV
 
 __all__ = ["psnr"]  # tests compare images with the benchmarks' measure
@@ -17,6 +19,32 @@ __all__ = ["psnr"]  # tests compare images with the benchmarks' measure
 # `easel up` does, so the stacks the tests start run Ray as it does (on loopback, single-machine mode).
 for _name, _value in RAY_ENV.items():
     os.environ.setdefault(_name, _value)
+
+
+def git_status() -> str | None:
+    """``git status --porcelain`` of the checkout the tests run from (None: not a git checkout)."""
+    try:
+        done = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _the_checkout_is_never_written():
+    """The tests leave ``git status --porcelain`` as they found it: nothing they run writes the checkout.
+
+    Compared before and after, so a developer's own uncommitted edits do not count (a line only after the tests is a
+    change they made); on a clean clone (CI) it must stay empty.
+    """
+    before = git_status()
+    yield
+    after = git_status()
+    if before is not None and after is not None:
+        new = sorted(set(after.splitlines()) - set(before.splitlines()))  # what was committed meanwhile went: no fault
+        assert new == [], f"the tests changed the checkout (git status --porcelain): {new}"
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,13 @@ the manifest last.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 import onnx
@@ -28,7 +30,7 @@ from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIO
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
-from serve.paths import MODEL_REPOSITORY, easel_home
+from serve.paths import easel_home
 from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
@@ -78,8 +80,8 @@ def engine_dir_for(
 
 
 def build(
-    model_dir: Path | None = None,
-    repository: Path | None = MODEL_REPOSITORY,
+    model_dir: Path | None,
+    repository: Path | None,
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
     precision: str = "fp32",
@@ -108,21 +110,45 @@ def build(
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
     engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache)
-    if EngineFolder.built(engine_dir) and not force:
-        logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
-    else:
-        family = family.with_engines(
-            AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
-            controlnet_support(family, model_dir, controlnets),
-            step_cache,
-        )
-        logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
-        _build_into(engine_dir, family, model_dir, precision, adapters)
-    folder = EngineFolder(engine_dir)
-    measure(folder)
+    with one_build(engine_dir):
+        if EngineFolder.built(engine_dir) and not force:
+            logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
+        else:
+            family = family.with_engines(
+                AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
+                controlnet_support(family, model_dir, controlnets),
+                step_cache,
+            )
+            logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
+            _build_into(engine_dir, family, model_dir, precision, adapters)
+        folder = EngineFolder(engine_dir)
+        measure(folder)
     if repository is not None:
         install(folder, repository, backend, prefix)
     return folder
+
+
+@contextmanager
+def one_build(engine_dir: Path) -> Iterator[None]:
+    """Hold ``engine_dir``'s build lock: a second build of the same engines waits for the first, then finds them built.
+
+    Another ``easel up`` or ``easel models add`` (or a test) is told whose build it waits for. The lock goes with its
+    process.
+    """
+    lock = engine_dir.parent.with_name("locks") / f"{engine_dir.name}.lock"  # beside the engine cache, not in it
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with lock.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            logger.info("waiting for pid %s, which builds the same engines (%s)", handle.read() or "?", engine_dir)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
 
 
 def measure(folder: EngineFolder) -> None:

@@ -132,10 +132,9 @@ class JobRunner:
             except EaselError as error:
                 if error.status < 500 and error.status != 429:
                     return JobStatus.FAILED, None, error.body()["error"]
-                retry_s = error.retry_after_s or RETRY_S
+                retry_s = _retrying(job, str(error.status), error, error.retry_after_s or RETRY_S)
             except Exception as error:  # noqa: BLE001 - a replica died, Ray failed: not the job's fault
-                logger.warning("job %s: %s: %s; retrying", job.id, type(error).__name__, error)
-                retry_s = RETRY_S
+                retry_s = _retrying(job, type(error).__name__, error, RETRY_S)
             if await asyncio.to_thread(self.store.heartbeat, job.id, self.worker, self.lease_s):
                 return JobStatus.CANCELED, None, None
             await asyncio.sleep(retry_s)
@@ -150,3 +149,10 @@ class JobRunner:
                 return
             except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable
                 logger.warning("job %s heartbeat: %s", lease.job_id, error)
+
+
+def _retrying(job: Job, reason: str, error: Exception, retry_s: float) -> float:
+    """Log and count a retry of ``job`` for ``reason`` (a status code or an exception's type); the pause before it."""
+    logger.warning("job %s attempt %d: %s (%s); retrying in %.1f s", job.id, job.attempts, reason, error, retry_s)
+    metrics.count(metrics.JOB_RETRIES, reason=reason)
+    return retry_s

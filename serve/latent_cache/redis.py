@@ -1,4 +1,9 @@
-"""The latent cache in Redis (a stack across machines)."""
+"""The latent cache in Redis (a stack across machines).
+
+A put is one Lua script, atomic in Redis: the entry, its shape's index and its last use are written and the least
+recently used entries evicted until the bound holds, with no other writer in between, so the index and the
+last-use set always name exactly the entries held.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +18,20 @@ _ENTRY = "easel:latents:entry:"  # hash: shape, embedding, latents
 _SHAPE = "easel:latents:shape:"  # set: the keys of one shape's entries
 _USED = "easel:latents:used"  # zset: key by last use
 
+_PUT = """
+local entry, shapes, key, shape = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+redis.call('HSET', entry .. key, 'shape', shape, 'embedding', ARGV[5], 'latents', ARGV[6])
+redis.call('SADD', shapes .. shape, key)
+redis.call('ZADD', KEYS[1], ARGV[7], key)
+while redis.call('ZCARD', KEYS[1]) > tonumber(ARGV[8]) do
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0)[1]
+  local shape_of = redis.call('HGET', entry .. oldest, 'shape') or ''
+  redis.call('DEL', entry .. oldest)
+  redis.call('SREM', shapes .. shape_of, oldest)
+  redis.call('ZREM', KEYS[1], oldest)
+end
+"""
+
 
 class RedisLatentStore(LatentStore):
     """The latent cache in Redis (a stack across machines)."""
@@ -20,6 +39,7 @@ class RedisLatentStore(LatentStore):
     def __init__(self, url: str, max_entries: int) -> None:
         super().__init__(max_entries)
         self.redis = redis_client(url, decode=False)
+        self._put = self.redis.register_script(_PUT)
 
     def nearest(self, shape: str, embedding: np.ndarray) -> Match | None:
         """See :meth:`LatentStore.nearest`."""
@@ -35,23 +55,14 @@ class RedisLatentStore(LatentStore):
         latents = self.redis.hget(_ENTRY + key, "latents")
         if latents is None:  # dropped since it was read
             return None
-        self.redis.zadd(_USED, {key: time.time()})
+        self.redis.zadd(_USED, {key: time.time()}, xx=True)  # one evicted meanwhile stays out
         return Match(similarity, from_bytes(latents))
 
     def put(self, shape: str, embedding: np.ndarray, latents: np.ndarray) -> None:
         """See :meth:`LatentStore.put`."""
         key = entry_key(shape, embedding)
-        entry = {"shape": shape, "embedding": to_bytes(embedding), "latents": to_bytes(latents)}
-        with self.redis.pipeline() as pipe:
-            pipe.hset(_ENTRY + key, mapping=entry).sadd(_SHAPE + shape, key).zadd(_USED, {key: time.time()}).execute()
-        while self.count() > self.max_entries:
-            oldest = self.redis.zrange(_USED, 0, 0)
-            if not oldest:
-                return
-            key = oldest[0].decode()
-            shape_of = self.redis.hget(_ENTRY + key, "shape") or b""
-            with self.redis.pipeline() as pipe:
-                pipe.delete(_ENTRY + key).srem(_SHAPE + shape_of.decode(), key).zrem(_USED, key).execute()
+        args = [_ENTRY, _SHAPE, key, shape, to_bytes(embedding), to_bytes(latents), time.time(), self.max_entries]
+        self._put(keys=[_USED], args=args)
 
     def count(self) -> int:
         """See :meth:`LatentStore.count`."""

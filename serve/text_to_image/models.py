@@ -10,6 +10,7 @@ model's carry its name (``sdxl.unet``), and a version installed while the stack 
 :class:`ModelTable` is what the stack serves now: the models by name, each at a version, and the old versions that
 still finish their requests. It is a file in the run folder (``models.json``) that the ``ModelResidency`` writes when
 a model is added, replaced or removed, and every replica reads again when it changes (:meth:`ServedModels.refreshed`).
+It is the stack's state: the next start resumes it (:meth:`ModelTable.resumed`), the command line seeds a new one.
 """
 
 from __future__ import annotations
@@ -86,6 +87,26 @@ class ModelTable:
     def start(cls, engine_dirs: Mapping[str, str]) -> ModelTable:
         """The table of a stack's start: every model at version 1, in the order given."""
         return cls({name: ModelEntry(name, str(path)) for name, path in engine_dirs.items()})
+
+    @classmethod
+    def resumed(cls, kept: ModelTable | None, engine_dirs: Mapping[str, str]) -> ModelTable:
+        """The table of a start over ``kept``, the table the last run left (None: a new stack, :meth:`start`).
+
+        What the API changed stays: models added, versions replaced, models removed, the default. A version 1 (what
+        a start serves) follows this start's build of it; a model of the command line the table never served is
+        added; retired versions are gone (their requests ended with the last run).
+        """
+        if kept is None:
+            return cls.start(engine_dirs)
+        current = {
+            name: replace(entry, engine_dir=engine_dirs[name]) if entry.version == 1 and name in engine_dirs else entry
+            for name, entry in kept.current.items()
+        }
+        table = cls(current, {}, dict(kept.versions))
+        for name, engine_dir in engine_dirs.items():
+            if name not in table.versions:
+                table.add(name, engine_dir)
+        return table
 
     def entries(self) -> list[ModelEntry]:
         """Every version with Triton models: the current ones, then the retired."""

@@ -4,8 +4,10 @@ The Gateway asks it before each generation (:meth:`ModelResidency.begin`, by mod
 it counted) and tells it after (:meth:`end`). A loaded model's request passes at once; a cold model's waits while the
 least recently used models with nothing in flight (and not pinned) are unloaded and its engines loaded (Triton's
 model control API, explicit mode), then is served. One replica holds the counts, so every Gateway replica's requests
-count. It knows Triton's control key from the environment the stack gave Ray
-(:data:`~serve.triton.server.CONTROL_KEY_ENV`); without one (a cluster's Tritons) every model stays loaded.
+count; it records them beside the parked models at every change, and a replica started again (the last one died)
+resumes them, so a model with requests in flight is never unloaded under them. It knows Triton's control key from
+the environment the stack gave Ray (:data:`~serve.triton.server.CONTROL_KEY_ENV`); without one (a cluster's Tritons)
+every model stays loaded.
 
 It is also the one writer of the model table (:class:`~serve.text_to_image.models.ModelTable`): :meth:`add`,
 :meth:`replace` and :meth:`remove` install an engine folder already built (nothing is built here), load it, and
@@ -27,7 +29,15 @@ from ray import serve
 from serve import metrics
 from serve.errors import Conflict, InvalidInput, NotReady
 from serve.text_to_image.models import ModelEntry, ModelTable, ServedModel, ServedModels
-from serve.triton.residency import DoesNotFit, Residency, read_parked, write_parked
+from serve.triton.residency import (
+    IN_FLIGHT_FILE,
+    DoesNotFit,
+    Residency,
+    read_in_flight,
+    read_parked,
+    write_in_flight,
+    write_parked,
+)
 from serve.triton.server import CONTROL_KEY_ENV, TritonControl
 
 logger = logging.getLogger(__name__)
@@ -57,6 +67,10 @@ class ModelResidency:
         self.residency.loaded.update(dict.fromkeys(loaded, 0.0))
         for version_id in self.models.table.retired:
             self.residency.retire(version_id)
+        self.in_flight_path = self.parked_path.with_name(IN_FLIGHT_FILE) if self.parked_path else None
+        for version_id, count in read_in_flight(self.in_flight_path).items():  # a replica started again resumes them
+            if version_id in self.residency.in_flight:
+                self.residency.in_flight[version_id] = count
         key = os.environ.get(CONTROL_KEY_ENV)
         self.control = TritonControl(triton_http_url, key) if triton_http_url and key and self.parked_path else None
         self.loading = asyncio.Lock()  # one load at a time
@@ -75,7 +89,7 @@ class ModelResidency:
         """
         version_id = self.models.resolve(name).version_id
         if version_id in self.residency.loaded:
-            self.residency.begin(version_id)
+            self._count(self.residency.begin, version_id)
             metrics.observe(metrics.MODEL_LOAD_SECONDS, 0.0, model=name)
             return version_id, 0.0
         started = time.perf_counter()
@@ -87,7 +101,7 @@ class ModelResidency:
                     await self.ended.wait()
                     continue
                 await self._swap(unloads, model)
-            self.residency.begin(model.version_id)
+            self._count(self.residency.begin, model.version_id)
         waited = time.perf_counter() - started
         metrics.observe(metrics.MODEL_LOAD_SECONDS, waited, model=name)
         return model.version_id, waited
@@ -98,10 +112,16 @@ class ModelResidency:
         A coroutine, as every method here: Ray Serve runs a plain method in a thread, away from the event loop that
         owns the counts (and the unload task it may start).
         """
-        self.residency.end(version_id)
+        self._count(self.residency.end, version_id)
         self.ended.set()
         if version_id in self.residency.retired:
             self._unload_retired_soon()
+
+    def _count(self, change: Callable[[str], None], version_id: str) -> None:
+        """Count a request's begin or end, and record the counts: a replica started again resumes them."""
+        change(version_id)
+        if self.in_flight_path is not None:
+            write_in_flight(self.in_flight_path, self.residency.in_flight)
 
     async def loaded(self) -> list[str]:
         """The versions loaded now (their ids), the current ones in the stack's order first."""

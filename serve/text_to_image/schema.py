@@ -140,6 +140,7 @@ class ControlNetChoice(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, description="A ControlNet of `GET /v1/controlnets`.")
     image: str = Field(
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         description="The control image (an edge map, a depth map, a pose...), base64 PNG/JPEG/WebP; resized to the "
         "output's size. With preprocess canny: a photo, turned into its edges here.",
@@ -314,7 +315,7 @@ class GenerationRequest(BaseModel):
         f"[0, {MAX_IP_SCALE:g}], or InstantStyle's per-block mapping as diffusers' set_ip_adapter_scale takes it, "
         'e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
     )
-    image: list[Annotated[str, Field(max_length=MAX_IMAGE_CHARS)]] = Field(
+    image: list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]] = Field(
         [],
         max_length=MAX_IMAGES,
         description="Input images (img2img; with mask, inpainting): base64 PNG/JPEG/WebP, each at most "
@@ -323,6 +324,7 @@ class GenerationRequest(BaseModel):
     )
     mask: str | None = Field(
         None,
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         description="With image: where to draw, base64 PNG of the image's size: its fully transparent pixels "
         "(OpenAI's edits), or for a mask without alpha its white pixels (diffusers' convention).",

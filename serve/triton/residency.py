@@ -155,5 +155,25 @@ def read_parked(path: Path | None) -> tuple[set[str], bool]:
     return set(recorded.get("parked", ())), bool(recorded.get("loading", False))
 
 
+IN_FLIGHT_FILE = "in-flight.json"
+"""Beside the parked file: the requests in flight per version, as the residency counted them last."""
+
+
+def write_in_flight(path: Path, in_flight: dict[str, int]) -> None:
+    """Record the requests in flight per version (replaced whole), so a restarted keeper of the counts resumes them."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}")
+    aside.write_text(json.dumps({name: count for name, count in in_flight.items() if count > 0}))
+    aside.replace(path)
+
+
+def read_in_flight(path: Path | None) -> dict[str, int]:
+    """The requests in flight per version as last recorded (none when nothing is)."""
+    try:
+        recorded = json.loads(path.read_text()) if path is not None else {}
+    except (FileNotFoundError, ValueError):
+        recorded = {}
+    return {str(name): int(count) for name, count in recorded.items()}
+
+
 def _gib(size: int) -> str:
     return f"{size / 2**30:.2f} GiB"

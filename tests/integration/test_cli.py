@@ -2,7 +2,9 @@
 
 import ipaddress
 import os
+import re
 import signal
+import subprocess
 import time
 
 import httpx
@@ -10,9 +12,9 @@ import psutil
 import pytest
 
 from serve.processes import STACK_ENV, free_ports
+from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
-from serve.stack import read_state
-from tests.integration.conftest import easel_down, easel_up
+from tests.integration.conftest import EASEL, easel_down, easel_up
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +80,32 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
     assert down.returncode == 0, down.stdout + down.stderr
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
     _assert_none_alive_5_s_after(family, state.stack_id)
+    assert read_state(tmp_path / "home" / "run") is None
+
+
+def test_down_stops_an_up_that_is_still_building_within_15_s_and_says_what_it_stopped(tmp_path):
+    """A fresh home: the build takes longer than --detach waits. `--detach` says where it goes on; `down` stops it."""
+    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
+    try:
+        up = easel_up(tmp_path, env, *free_ports(2), "--detach-timeout", "3")
+        state = read_state(tmp_path / "home" / "run")  # recorded from the first moment
+        assert up.returncode == 0, up.stdout + up.stderr  # not a failure: the build goes on
+        assert re.search(r"still (starting|building) after 3 s; it goes on in the background", up.stdout), up.stdout
+        assert "easel-up.log" in up.stdout and "`easel down` stops it" in up.stdout
+        assert state.phase in ("starting", "building") and state.alive() and state.api_url is None
+        while (state := read_state(tmp_path / "home" / "run")).phase == "starting":  # until it has loaded its code
+            time.sleep(0.5)
+        assert state.phase == "building"
+        again = subprocess.run([*EASEL, "up", "--port", "0"], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 1 and "starting already (building" in again.stderr, again.stdout + again.stderr
+        family = _family(state)
+    finally:
+        asked = time.monotonic()
+        down = easel_down(env)
+    assert down.returncode == 0 and f"stopped `easel up` (pid {state.pid}) while building" in down.stdout, down.stdout
+    while alive := [_title(p) for p in [*family, *stack_processes(state.stack_id)] if _mark(p) is not GONE]:
+        assert time.monotonic() - asked < 15, alive
+        time.sleep(0.5)
     assert read_state(tmp_path / "home" / "run") is None
 
 

@@ -1,9 +1,11 @@
 """Schemathesis against the running stack: what the OpenAPI document says is what the API does.
 
 Every check runs on every operation, positive-data acceptance included: a schema-valid request may be refused only
-for a limit of :data:`serve.contract.UNSTATED_LIMITS` (the document lists them under the status they answer). The
-stack's cost ceiling is tiny, so most schema-valid generations are refused for it (400 naming
-``num_inference_steps``) and those that run take a second.
+for a limit of :data:`serve.contract.UNSTATED_LIMITS` (the document lists them under the status they answer). Then
+the stateful phase: sequences of calls linked by what one answer gives the next (a job's id, an experiment's name),
+every check on each step. Both run with an ``admin`` key and with a key that may only ``generate`` (its other routes
+are 403s, which the document declares). One stack for all. The stack's cost ceiling is tiny, so most schema-valid
+generations are refused for it (400 naming ``num_inference_steps``) and those that run take a second.
 """
 
 import pytest
@@ -12,13 +14,24 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from schemathesis.config import GenerationConfig, ProjectConfig, ProjectsConfig, SchemathesisConfig
+from schemathesis.core.transport import Response
 
+from serve.access import open_key_store
+from serve.access.keys import KeyLimits
 from serve.contract import unstated_limit
+from serve.routes import Scope
 from serve.stack import scratch_stack
 
 pytestmark = pytest.mark.integration
 
 MAX_COST = 0.05  # e.g. 64x64 (0.004 MP) x 12 steps; anything larger is a 400
+KEYS = {"admin": {Scope.ADMIN}, "generate": {Scope.GENERATE}}
+SETTINGS = settings(
+    max_examples=15,  # per operation and key: with two keys, fewer than the 40 one open stack took before
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+)
+STATEFUL = settings(SETTINGS, max_examples=10, stateful_step_count=5)
 
 
 @pytest.fixture(scope="module")
@@ -29,11 +42,25 @@ def contract_stack(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def api_schema(contract_stack):
+def keys(contract_stack) -> dict[str, str]:
+    """A key of each kind in :data:`KEYS`, by kind (with keys in the store, every route but the probes needs one)."""
+    store = open_key_store(contract_stack.options.store)
+    return {kind: store.create(f"contract-{kind}", scopes, KeyLimits())[1] for kind, scopes in KEYS.items()}
+
+
+@pytest.fixture(scope="module", params=sorted(KEYS))
+def auth(request, keys) -> dict[str, str]:
+    """The ``Authorization`` header of one kind of key."""
+    return {"Authorization": f"Bearer {keys[request.param]}"}
+
+
+@pytest.fixture(scope="module")
+def api_schema(contract_stack, auth):
     return schemathesis.openapi.from_url(
         f"{contract_stack.info.api_url}/openapi.json",
+        headers=auth,
         config=SchemathesisConfig(
-            projects=ProjectsConfig(default=ProjectConfig(generation=GenerationConfig(allow_x00=False)))
+            projects=ProjectsConfig(default=ProjectConfig(headers=auth, generation=GenerationConfig(allow_x00=False)))
         ),
     )
 
@@ -42,19 +69,44 @@ schema = schemathesis.pytest.from_fixture("api_schema")
 
 
 @schema.parametrize()
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-def test_the_api_is_what_its_schema_says(case):
-    # Sent with requests here: schemathesis' own sender counts urllib3's pools, and the urllib3 that grafana-client
-    # brings (urllib3-future, through niquests) keeps them in another container.
-    sent = case.as_transport_kwargs()
-    response = requests.request(**sent, timeout=120)
-    unstated = _refused_for_an_unstated_limit(case, response)
-    case.validate_response(
-        response, transport_kwargs=sent, excluded_checks=[positive_data_acceptance] if unstated else []
-    )
+@SETTINGS
+def test_the_api_is_what_its_schema_says(case, auth):
+    sent, response = _sent(case, auth)
+    case.validate_response(response, transport_kwargs=sent, excluded_checks=_excluded(case, response))
 
 
-def _refused_for_an_unstated_limit(case, response: requests.Response) -> bool:
+def test_sequences_of_calls_are_what_the_schema_says(api_schema, auth):
+    """The stateful phase: links inferred from the document (ids in one answer, used by the next call)."""
+
+    class Workflow(api_schema.as_state_machine()):
+        def call(self, case, **kwargs):
+            sent, response = _sent(case, auth)
+            return Response.from_requests(response, verify=True)
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(
+                response,
+                additional_checks=additional_checks,
+                excluded_checks=_excluded(case, response),
+                recorder=getattr(self, "recorder", None),  # what the stateful checks look back at
+            )
+
+    Workflow.run(settings=STATEFUL)
+
+
+def _sent(case, auth: dict[str, str]) -> tuple[dict, requests.Response]:
+    """``case`` sent with the key. Sent with requests here: schemathesis' own sender counts urllib3's pools, and the
+    urllib3 that grafana-client brings (urllib3-future, through niquests) keeps them in another container."""
+    sent = case.as_transport_kwargs(headers=auth)
+    return sent, requests.request(**sent, timeout=120)
+
+
+def _excluded(case, response) -> list:
+    """Positive-data acceptance is not asked of a refusal for a limit the document lists as one no schema states."""
+    return [positive_data_acceptance] if _refused_for_an_unstated_limit(case, response) else []
+
+
+def _refused_for_an_unstated_limit(case, response) -> bool:
     """Whether ``response`` refuses the request for a limit the document lists as one no schema states."""
     if response.status_code not in (400, 413):
         return False

@@ -10,6 +10,7 @@ config runs two) read.
 import time
 
 import grpc
+import httpx
 import pytest
 
 from serve.experiments import open_experiment_store
@@ -179,3 +180,24 @@ def test_grpc_generate_names_the_variant_and_its_image_ids_take_grpc_feedback(st
         with pytest.raises(grpc.RpcError) as refused:
             easel.Feedback(easel_pb2.FeedbackRequest(image_id="img_" + "0" * 24, rating=4), timeout=60)
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_a_model_added_and_an_experiment_edited_through_the_api_are_still_served_after_down_and_up(stack):
+    """The API's changes are the stack's state: a restart over the same run folder and store starts from them.
+
+    Last in the module: it stops the module's stack (``easel down``) and starts it again with the same options.
+    """
+    edited = {DEFAULT_MODEL: 0.25, "sd-copy": 0.75}
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as api:
+        added = api.post("/v1/models", json={"name": "sd-copy", "engine_dir": str(stack.models[SD].folder.path)})
+        assert added.status_code == 200, added.text
+        assert api.put(f"/v1/experiments/{ALIAS}", json={"variants": edited}).status_code == 200
+    stack.stop()
+    with Stack(stack.options) as again, httpx.Client(base_url=again.info.api_url, timeout=300) as api:
+        assert [model["id"] for model in api.get("/v1/models").json()["data"]] == [DEFAULT_MODEL, SD, "sd-copy"]
+        assert api.get(f"/v1/experiments/{ALIAS}").json()["variants"] == edited  # not the declared split
+        served = api.post(GENERATE, json=SMALL | {"model": "sd-copy"})
+        assert served.status_code == 200 and served.headers["easel-model"] == "sd-copy", served.text
+        user = next(u for u in (f"after-{i}" for i in range(50)) if user_share(ALIAS, u) >= edited[DEFAULT_MODEL])
+        via_alias = api.post(GENERATE, json=SMALL | {"model": ALIAS, "user": user})
+        assert via_alias.status_code == 200 and via_alias.headers["easel-model"] == "sd-copy", via_alias.text

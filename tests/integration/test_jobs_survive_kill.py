@@ -17,8 +17,8 @@ from serve.jobs.model import JobStatus
 from serve.jobs.sqlite import SqliteJobStore
 from serve.priority import Priority
 from serve.processes import free_ports
+from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
-from serve.stack import read_state
 from serve.text_to_image.schema import GenerationRequest
 from tests.integration.conftest import easel_down, easel_up, pictures
 

@@ -12,11 +12,13 @@ removed (its queued jobs fail naming it), and changes that cannot be made are re
 import logging
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import httpx
 import openai
 import pytest
+from ray import serve as ray_serve
 
 from build_engines.text_to_image.default_model import schedule_variant
 from serve import model_admin
@@ -29,7 +31,14 @@ from serve.routes import Scope
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
-from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together, triton_killed
+from tests.integration.conftest import (
+    GENERATE,
+    batch_histogram,
+    decode_images,
+    post_together,
+    stack_replicas,
+    triton_killed,
+)
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -151,6 +160,49 @@ def test_a_model_with_requests_in_flight_is_never_unloaded(stack, api):
     while not all(api.get(f"/v1/jobs/{job}").json()["status"] in ("succeeded", "failed") for job in jobs):
         time.sleep(0.2)
     assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs] == ["succeeded", "succeeded"]
+
+
+def test_a_model_s_request_in_flight_survives_the_residency_s_restart_and_its_model_stays_loaded(stack, api):
+    """The ModelResidency replica is killed while both loaded models have a long request in flight; Ray Serve starts
+    it again, and a cold model's request needs one of their rooms. Watched all along from Triton: neither model is
+    unloaded while its request runs (the counts were resumed, not lost). The TextToImage replicas are paused until
+    the new ModelResidency answers, so the requests are still in flight, most of their steps ahead, when it does."""
+    loaded = [name for name, is_loaded in _loaded(api).items() if is_loaded]
+    cold = next(name for name in MODELS if name not in loaded)
+    long = BODY | {"num_inference_steps": 150, "n": 4, "background": True}
+    jobs = {name: api.post(GENERATE, json=long | {"model": name}).json()["id"] for name in loaded}
+    deadline = time.monotonic() + 120
+    while not all(api.get(f"/v1/jobs/{job}").json()["progress"]["step"] > 0 for job in jobs.values()):
+        assert time.monotonic() < deadline, "the long jobs did not start"
+        time.sleep(0.05)
+    (keeper,) = stack_replicas(stack, "ModelResidency")
+    generating = stack_replicas(stack, "TextToImage")
+    for replica in generating:  # the requests stay in flight, whatever the replica's restart takes
+        replica.suspend()
+    try:
+        keeper.kill()
+        keeper.wait(30)
+        ray_serve.get_deployment_handle("ModelResidency", "easel").loaded.remote().result(timeout_s=120)  # new one
+    finally:
+        for replica in generating:
+            replica.resume()
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{stack.info.api_url}{GENERATE}", json=BODY | {"model": cold}, timeout=300)
+        while not answer.done() or not all(_ended(api, job) for job in jobs.values()):
+            for name, job in jobs.items():
+                unet = stack.models[name].triton_name("unet")
+                if httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready", timeout=10).status_code != 200:
+                    settled = time.monotonic() + 3  # its job ends a moment after its request let go of the model
+                    while not _ended(api, job) and time.monotonic() < settled:
+                        time.sleep(0.1)
+                    assert _ended(api, job), f"{name} was unloaded while its request was in flight"
+            time.sleep(0.1)
+    assert answer.result().status_code == 200, answer.result().text
+    assert [api.get(f"/v1/jobs/{job}").json()["status"] for job in jobs.values()] == ["succeeded", "succeeded"]
+
+
+def _ended(api, job_id: str) -> bool:
+    return api.get(f"/v1/jobs/{job_id}").json()["status"] in ("succeeded", "failed")
 
 
 def test_each_request_gets_its_model_s_image_alone_and_together(stack, api, references):

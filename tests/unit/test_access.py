@@ -24,9 +24,10 @@ from tests.controls import b64, input_image
 
 
 def test_each_route_needs_its_scope_and_health_needs_none():
-    assert required_scope("/v1/images/generations") is Scope.GENERATE
-    assert required_scope("/v1/images/edits") is Scope.GENERATE and required_scope("/v1/controlnets") is Scope.GENERATE
-    assert required_scope("/v1/vectorize") is Scope.VECTORIZE
+    assert required_scope("/v1/images/generations", "POST") is Scope.GENERATE
+    assert required_scope("/v1/images/edits", "POST") is Scope.GENERATE
+    assert required_scope("/v1/controlnets") is Scope.GENERATE
+    assert required_scope("/v1/vectorize", "POST") is Scope.VECTORIZE
     assert required_scope("/v1/jobs") is Scope.JOBS and required_scope("/v1/jobs/job_1/events") is Scope.JOBS
     assert required_scope("/v1/jobsx") is None and required_scope("/docs") is None
 
@@ -38,7 +39,8 @@ def test_an_operation_s_own_scope_comes_before_its_path_s():
         required_scope("/v1/models/sd", "PUT") is Scope.ADMIN
         and required_scope("/v1/models/sd", "DELETE") is Scope.ADMIN
     )
-    assert required_scope("/v1/models/sd", "PATCH") is Scope.GENERATE  # no such operation: its path's (then a 405)
+    assert required_scope("/v1/models/sd", "PATCH") is None  # no such operation: any valid key gets the 405
+    assert required_scope("/v1/experiments/ab", "TRACE") is None and required_scope("/v1/jobs", "TRACE") is None
 
 
 def _read(raw: bytes) -> GenerationRequest | InvalidInput:

@@ -101,3 +101,27 @@ def test_fp16_export_keeps_fp32_io_and_the_force_upcast_vae_in_fp32(tiny_xl_mode
     )
     weights = [t for t in unet.graph.initializer if t.dims and np.prod(t.dims) > 64]
     assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+
+
+def test_a_second_build_of_the_same_engines_waits_for_the_first_and_says_whose(tmp_path, caplog):
+    import os
+    import threading
+
+    engine_dir, order = tmp_path / "engines" / "abc-fp32", []
+    second_waits = threading.Event()
+
+    def second() -> None:
+        second_waits.set()
+        with build_module.one_build(engine_dir):
+            order.append("second")
+
+    with caplog.at_level(logging.INFO, logger=build_module.__name__), build_module.one_build(engine_dir):
+        thread = threading.Thread(target=second)
+        thread.start()
+        second_waits.wait(10)
+        thread.join(0.5)
+        assert thread.is_alive()  # it waits
+        order.append("first")
+    thread.join(10)
+    assert order == ["first", "second"]
+    assert f"waiting for pid {os.getpid()}, which builds the same engines" in caplog.text

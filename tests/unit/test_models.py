@@ -128,6 +128,22 @@ def test_a_table_gives_each_name_new_versions_never_reused_and_keeps_old_ones_un
     assert again == table
 
 
+def test_a_start_resumes_the_table_the_api_left_and_the_command_line_seeds_only_what_it_never_served():
+    left = ModelTable.start({"a": "/e/a1", "b": "/e/b1", "gone": "/e/g1"})
+    left.add("added", "/e/added")
+    left.replace("b", "/e/b2")
+    left.remove("gone")
+    resumed = ModelTable.resumed(left, {"a": "/e/a-rebuilt", "gone": "/e/g1", "new": "/e/n1"})
+    assert [(e.name, e.engine_dir, e.version) for e in resumed.current.values()] == [
+        ("a", "/e/a-rebuilt", 1),  # version 1 follows this start's build
+        ("b", "/e/b2", 2),  # the API's replacement stays
+        ("added", "/e/added", 1),  # the API's addition stays
+        ("new", "/e/n1", 1),  # on the command line, never served: added
+    ]  # "gone" was removed through the API: it stays removed
+    assert resumed.retired == {} and resumed.versions["b"] == 2
+    assert ModelTable.resumed(None, {"a": "/e/a1"}).to_json() == ModelTable.start({"a": "/e/a1"}).to_json()
+
+
 @pytest.mark.parametrize(
     ("change", "status", "field"),
     [

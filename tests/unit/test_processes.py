@@ -224,3 +224,26 @@ def test_the_grpc_proxy_answers_unavailable_for_a_call_whose_replica_died_and_le
         assert status_of(TimeoutError(), 5.0, "r3").code == grpc.StatusCode.DEADLINE_EXCEEDED
     finally:
         proxy.get_grpc_response_status = original
+
+
+def test_easel_down_stops_a_process_working_for_the_stack_and_the_processes_it_started(tmp_path):
+    """`easel models add` builds in its own process: recorded while it builds, it is stopped with the stack."""
+    from serve.processes.run_state import StackInfo, stop_recorded, write_state
+
+    stack_id = uuid.uuid4().hex[:12]
+    write_state(StackInfo(os.getpid(), 0.0, stack_id), tmp_path)  # a stack recorded, its process gone
+    script = (
+        "import pathlib, subprocess, sys, time\n"
+        "from serve.processes.run_state import working_for_the_stack\n"
+        f"with working_for_the_stack('building x', pathlib.Path({str(tmp_path)!r})):\n"
+        "    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        "    print('building', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    helper = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert helper.stdout.readline() == "building\n"
+    (child,) = stack_processes(stack_id)  # what it started carries the stack's mark
+    stopped = stop_recorded(tmp_path)
+    assert stopped.helpers == (f"building x (pid {helper.pid})",) and helper.wait(10) is not None
+    psutil.wait_procs([child], timeout=10)
+    assert not child.is_running() and list((tmp_path / "helpers").iterdir()) == []

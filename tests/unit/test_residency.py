@@ -76,3 +76,34 @@ def test_without_a_room_every_version_fits_and_one_that_never_fits_is_not_added(
     with pytest.raises(DoesNotFit, match="'d'"):
         bounded.add("d", 400)  # beside pinned a (200) it never fits 500
     assert "d" not in bounded.weights and "d" not in bounded.in_flight
+
+
+def test_a_residency_replica_started_again_resumes_the_requests_in_flight(engine_dir, tmp_path, monkeypatch):
+    """Its counts are recorded at every begin and end: the next replica (the last one died) starts from them."""
+    import asyncio
+
+    from serve.text_to_image.engine_folder import EngineFolder
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.residency import ModelResidency
+    from serve.triton.server import CONTROL_KEY_ENV
+
+    monkeypatch.setenv(CONTROL_KEY_ENV, "key")  # as the stack gives Ray: the residency may load and unload
+    room = 2 * EngineFolder(engine_dir).weights_bytes  # two of the three fit
+    models = ServedModels.open({name: str(engine_dir) for name in "abc"}, max_cost=64, room_bytes=room)
+    parked = tmp_path / "parked.json"
+    write_parked(parked, models["c"].triton_names())
+
+    def replica() -> ModelResidency:
+        return ModelResidency.func_or_class(models, (), "http://127.0.0.1:1", str(parked))
+
+    async def requests() -> None:
+        first = replica()
+        assert (await first.begin("a"))[0] == "a.v1" and (await first.begin("a"))[0] == "a.v1"
+        await first.end("a.v1")
+        again = replica()  # the first died with one request of a in flight
+        assert again.residency.in_flight == {"a.v1": 1, "b.v1": 0, "c.v1": 0}
+        assert again.residency.unloads_for("c.v1") == ["b.v1"]  # never a, whose request is still running
+        await again.end("a.v1")
+        assert replica().residency.in_flight["a.v1"] == 0
+
+    asyncio.run(requests())

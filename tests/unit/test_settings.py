@@ -17,7 +17,8 @@ from serve.stores import default_url
 
 def _up_options(*args: str) -> StackOptions:
     params = dict(up.make_context("up", list(args)).params)
-    params.pop("detach"), params.pop("first_request")
+    for how_it_runs in ("detach", "detach_timeout", "stack_id", "first_request"):
+        params.pop(how_it_runs)
     return StackOptions(**model_values(StackOptions, params))
 
 
@@ -33,7 +34,7 @@ def test_every_setting_is_an_option_of_easel_up_with_its_description_or_marked_a
     )
     for name in on_cli:
         assert options[name].help == StackOptions.model_fields[name].description, name
-    assert set(options) == {*on_cli, "no_cache", "jobs", "detach", "first_request"}
+    assert set(options) == {*on_cli, "no_cache", "jobs", "detach", "detach_timeout", "stack_id", "first_request"}
 
 
 def test_the_serve_app_s_arguments_restate_no_shared_setting():

@@ -98,7 +98,8 @@ def request_body(request) -> BaseModel:
 
 
 Price = Callable[[GenerationRequest | UpscaleBody], float]
-"""What a generation costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`)."""
+"""What a request costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`; an upscale's
+:meth:`serve.serving.upscale.Upscaling.work`)."""
 
 
 def _unpriced(request: GenerationRequest) -> float:
@@ -391,7 +392,8 @@ def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
 async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
     """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or why not.
 
-    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8).
+    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
+    the upscale route's JSON or form (:func:`serve.access.upscale_body.read_upscale_request`).
     """
     try:
         if found.form == "edits":

@@ -103,10 +103,9 @@ class Generations:
     def price(self, request: GenerationRequest | UpscaleBody) -> float:
         """What ``request`` costs: its model's work in the table served now (the doors' one price).
 
-        An upscale route's request: its upscale's work (:meth:`serve.serving.upscale.Upscaling.work`).
-
         :meth:`serve.text_to_image.models.ServedModels.work`, which the replicas' admission counts too; its images'
-        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process).
+        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process). An upscale route's
+        request: its upscale's work (:meth:`serve.serving.upscale.Upscaling.work`).
         """
         if isinstance(request, UpscaleBody):
             return self.upscaling.work(request).cost

@@ -20,7 +20,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
@@ -35,6 +35,7 @@ from serve.errors import EaselError, RouteError, invalid_input
 from serve.experiments import open_experiment_store
 from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import Experiments
+from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
@@ -47,8 +48,9 @@ from serve.serving.health import Health
 from serve.serving.jobs import MAX_PAGE, BackgroundJobs
 from serve.serving.models import ModelAdmin
 from serve.serving.ray_errors import as_easel_error
+from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
-from serve.settings import AppSettings
+from serve.settings import AppArgs
 from serve.stores import default_url
 from serve.text_to_image.deployment import TextToImage
 from serve.text_to_image.engine_folder import EngineFolder
@@ -328,6 +330,18 @@ async def events(http: Request, job_id: str, preview: bool = False) -> Streaming
     return await serving(http).jobs.events(caller(http), job_id, preview)
 
 
+@api.get("/v1/upscalers")
+async def upscalers_listed(http: Request) -> dict:
+    """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
+    return serving(http).upscaling.listing()
+
+
+@api.post("/v1/images/upscale")
+async def upscale(http: Request) -> dict:
+    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part)."""
+    return await serving(http).upscaling.upscale(*request_body(http))  # read and priced by the key check
+
+
 for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its analysis and model versions
     api.add_api_route(_path, _handler, methods=[_method])
 
@@ -353,6 +367,8 @@ class Gateway:
         experiments: dict[str, ExperimentSpec] | None = None,
         share_caches: bool = False,
         vectorize_table_path: str | None = None,
+        upscalers: Upscalers | None = None,
+        triton_grpc_url: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -363,6 +379,7 @@ class Gateway:
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
+        self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
         self.adapters = Adapters(current, text_to_image)
         self.generations = Generations(
             current,
@@ -373,6 +390,7 @@ class Gateway:
             traffic,
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
             share_caches=share_caches,
+            upscaling=self.upscaling,
         )
         open_access(store_url, self.generations.price)  # the doors' one price: the model's work in the live table
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
@@ -430,40 +448,6 @@ class Gateway:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
 
-class AppArgs(AppSettings):
-    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
-
-    models: dict[str, str] = Field(
-        min_length=1,
-        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
-        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
-        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
-    )
-    triton_grpc_url: str = Field(
-        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
-    )
-    loras_dir: str | None = Field(
-        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
-    )
-    triton_http_url: str | None = Field(
-        None,
-        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
-        "environment); None: every model stays loaded.",
-    )
-    parked_path: str | None = Field(
-        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
-    )
-    model_table_path: str | None = Field(
-        None,
-        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
-        "while the stack runs change; None: `models`, unchangeable.",
-    )
-    repository: str | None = Field(
-        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
-    )
-    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
-
-
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder: ``import_path: serve.app:build_app``."""
     default = EngineFolder(next(iter(args.models.values())))
@@ -484,4 +468,6 @@ def build_app(args: AppArgs) -> serve.Application:
         args.experiments,
         args.share_caches,
         args.vectorize_table_path,
+        Upscalers.read(args.upscalers_dir),
+        args.triton_grpc_url,
     )

@@ -124,6 +124,17 @@ class NamedFolder(click.ParamType):
         return path
 
 
+class NamedFile(NamedFolder):
+    """``NAME=FILE``: a name (:data:`NAME`: it names a Triton model) and a file (``--upscaler``)."""
+
+    name = "named file"
+
+    def _folder(self, value, path: str, param, ctx) -> Path:
+        if not Path(path).is_file():
+            self.fail(f"{value!r}: {path} is not a file", param, ctx)
+        return Path(path)
+
+
 class ModelFolder(NamedFolder):
     """A served model: ``NAME=DIR``, ``DIR`` (named after the folder) or ``NAME`` alone for an embedded model.
 
@@ -171,6 +182,7 @@ class NamedJson(click.ParamType):
 SIZE = Size()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
+NAMED_FILE = NamedFile()
 NAMED_JSON = NamedJson()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 

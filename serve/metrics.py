@@ -27,6 +27,7 @@ STAGE_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 TEXT_TO_IMAGE = "text_to_image"
 VECTORIZE = "vectorize"
+UPSCALE = "upscale"
 
 
 @dataclass(frozen=True)

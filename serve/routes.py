@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from starlette.routing import compile_path
 
 from serve.adapters.registry import MAX_LORA_BYTES
-from serve.metrics import TEXT_TO_IMAGE, VECTORIZE
+from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
+from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
@@ -52,7 +53,7 @@ class Route:
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
-    form: bool = False  # its body is the edits form (multipart), read into ``body``; else JSON
+    form: str | None = None  # "edits": the edits form; "upscale": JSON or the upscale form; None: JSON
     costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
 
     @property
@@ -88,7 +89,7 @@ ROUTES = (
         body_limit=MAX_REQUEST_BYTES,
         pipeline=TEXT_TO_IMAGE,
         body=GenerationRequest,
-        form=True,
+        form="edits",
         costed=True,
     ),
     Route("get", "/v1/loras", Scope.GENERATE),
@@ -100,6 +101,17 @@ ROUTES = (
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/controlnets", Scope.GENERATE),
+    Route("get", "/v1/upscalers", Scope.GENERATE),
+    Route(
+        "post",
+        "/v1/images/upscale",
+        Scope.GENERATE,
+        body_limit=MAX_UPSCALE_REQUEST_BYTES,
+        pipeline=UPSCALE,
+        body=UpscaleJson,
+        form="upscale",
+        costed=True,  # by its output's megapixels (serve.serving.upscale.Upscaling.work)
+    ),
     Route("get", "/v1/models", Scope.GENERATE),
     Route("post", "/v1/models", Scope.ADMIN, (409,)),
     Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),

@@ -1,7 +1,7 @@
 """A stack's settings, declared once: what ``easel up`` takes, and the part the Serve application is given too.
 
 :class:`StackOptions` is everything ``easel up`` takes; :class:`AppSettings`, its base, is what the Serve
-application's arguments (``serve.app.AppArgs``) share with it.
+application's arguments (:class:`AppArgs`) share with it.
 
 ``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
 ``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. The README's table of them is generated:
@@ -22,6 +22,7 @@ from serve.cli_options import (
     EXISTING_FILE,
     EXISTING_FOLDER,
     FOLDER,
+    NAMED_FILE,
     NAMED_FOLDER,
     NAMED_JSON,
     NOT_ON_CLI,
@@ -147,6 +148,43 @@ class AppSettings(BaseModel):
         return self.store_url or default_url()
 
 
+class AppArgs(AppSettings):
+    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
+
+    models: dict[str, str] = Field(
+        min_length=1,
+        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
+        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
+        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
+    )
+    triton_grpc_url: str = Field(
+        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
+    )
+    loras_dir: str | None = Field(
+        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
+    )
+    triton_http_url: str | None = Field(
+        None,
+        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
+        "environment); None: every model stays loaded.",
+    )
+    parked_path: str | None = Field(
+        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
+    )
+    model_table_path: str | None = Field(
+        None,
+        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
+        "while the stack runs change; None: `models`, unchangeable.",
+    )
+    repository: str | None = Field(
+        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
+    )
+    upscalers_dir: str | None = Field(
+        None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
+    )
+    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
+
+
 class StackOptions(AppSettings):
     """What ``easel up`` starts, and where."""
 
@@ -211,6 +249,12 @@ class StackOptions(AppSettings):
             description="A diffusers ControlNetModel folder, served as ControlNet NAME (repeatable; several may guide "
             "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
         )
+    )
+    upscalers: Annotated[dict[str, Path], Cli("--upscaler", NAMED_FILE, metavar="NAME=FILE", multiple=True)] = Field(
+        {},
+        description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
+        "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
+        "recognised is listed with why (GET /v1/upscalers) and not served.",
     )
 
     step_cache: bool = Field(

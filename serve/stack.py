@@ -30,6 +30,7 @@ import yaml
 
 from serve.adapters.support import LORA_ENGINE_CLASS
 from serve.errors import InvalidInput
+from serve.finishing.upscalers import Upscalers
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
@@ -156,12 +157,15 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
     return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
 
 
-def triton_models(models: ServedModels, vectorize: bool, vectorize_table: Path | None = None) -> list:
+def triton_models(
+    models: ServedModels, vectorize: bool, vectorize_table: Path | None = None, upscalers_dir: Path | None = None
+) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
 
     With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's.
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
+    specs += [entry.spec for entry in Upscalers.read(upscalers_dir).ready]
     if not vectorize:
         return specs
     versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}
@@ -212,6 +216,7 @@ class Stack:
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         self._enter(BUILDING)
         engine_dirs = self._build_models()
+        upscalers_dir = self._build_upscalers()
         self.engines = engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(engines)
         table = self._start_table(engine_dirs) if opts.address is None else None
@@ -224,14 +229,14 @@ class Stack:
         vectorize_table = self._start_vectorize_table() if vectorize and opts.address is None else None
         self.memory_budget_bytes = served.room_bytes + served.activation_bytes
         pools = {"text_to_image": served.pool()}  # one activation pool for every model's engines
-        models = triton_models(served, vectorize)
+        models = triton_models(served, vectorize, vectorize_table, upscalers_dir)
         parked = self._park(served) if opts.address is None else None
         if opts.address is None:
             self._enter(STARTING_TRITON)
             self.triton = TritonServer(
                 opts.repository,
                 opts.run_dir / "triton.log",
-                lambda: triton_models(self._served_now(), vectorize, vectorize_table),
+                lambda: triton_models(self._served_now(), vectorize, vectorize_table, upscalers_dir),
                 ports=opts.triton_ports,
                 canary_interval_s=opts.canary_interval_s,
                 pools=pools,
@@ -264,6 +269,7 @@ class Stack:
             vectorize_table_path=str(vectorize_table) if vectorize_table else None,
             repository=str(opts.repository.resolve()),
             loras_dir=loras_dir,
+            upscalers_dir=str(upscalers_dir) if upscalers_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
         self._enter(DEPLOYING)
@@ -365,6 +371,12 @@ class Stack:
             folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
             built[name] = str(folder.path)
         return built
+
+    def _build_upscalers(self) -> Path | None:
+        """Build (or reuse) the ``--upscaler`` engines and install the ready ones; their folder (None: none)."""
+        from build_engines.finishing.upscalers import build_upscalers
+
+        return build_upscalers(self.options.upscalers, self.options.repository)
 
     def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""

@@ -40,6 +40,7 @@ from serve import metrics
 from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
+from serve.access.upscale_body import UpscaleBody, read_upscale_request
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
 from serve.jobs.model import Owner
 from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_route
@@ -96,17 +97,18 @@ def request_body(request) -> BaseModel:
     return body
 
 
-Price = Callable[[GenerationRequest], float]
-"""What a generation costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`)."""
+Price = Callable[[GenerationRequest | UpscaleBody], float]
+"""What a request costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`; an upscale's
+:meth:`serve.serving.upscale.Upscaling.work`)."""
 
 
 def _unpriced(request: GenerationRequest) -> float:
     raise RuntimeError("no price: open_access() was not called")
 
 
-def body_cost(body: BaseModel | EaselError, price: Price) -> float:
-    """What a request read as ``body`` costs: a generation's ``price``; 0 for anything else."""
-    return price(body) if isinstance(body, GenerationRequest) else 0.0
+def body_cost(body: BaseModel | UpscaleBody | EaselError, price: Price) -> float:
+    """What a request read as ``body`` costs: its ``price`` (a generation's, an upscale's); 0 for a refused one."""
+    return 0.0 if isinstance(body, EaselError) else price(body)
 
 
 def duration(seconds: float) -> str:
@@ -390,11 +392,14 @@ def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
 async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
     """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or why not.
 
-    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8).
+    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
+    the upscale route's JSON or form (:func:`serve.access.upscale_body.read_upscale_request`).
     """
     try:
-        if found.form:
+        if found.form == "edits":
             return await _read_form(Request(scope, receive))
+        if found.form == "upscale":
+            return await _read_upscale(Request(scope, receive))
         content_type = dict(scope.get("headers", ())).get(b"content-type")
         return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
     except EaselError as error:
@@ -416,6 +421,18 @@ async def _read_form(request: Request) -> GenerationRequest | EaselError:
         return InvalidInput("body: the request ended before its body did", "body")
     finally:
         await request.close()  # the form's files
+
+
+async def _read_upscale(request: Request) -> UpscaleBody | EaselError:
+    """The upscale route's image and options (:func:`serve.access.upscale_body.read_upscale_request`), or why not."""
+    try:
+        return await read_upscale_request(request)
+    except EaselError as error:
+        return error
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        return InvalidInput("body: the request ended before its body did", "body")
+    finally:
+        await request.close()  # the form's file
 
 
 async def _whole_body(receive: Receive) -> bytes:

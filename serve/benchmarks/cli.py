@@ -185,6 +185,22 @@ def bench_tiles(model_dir: Path | None, embedded: str, size: int, steps: int, se
     click.echo(run(folder, size, steps, seed, out))
 
 
+@bench.command("upscale")
+@click.option("--sizes", default="512,1024", show_default=True, help="Input sides (squares), upscaled x4.")
+@click.option("--whole-up-to", default=512, show_default=True, help="Largest side PyTorch also runs whole.")
+@out_option("out/bench_upscale.json")
+def bench_upscale(sizes: str, whole_up_to: int, out: Path) -> None:
+    """Real-ESRGAN x4plus (full size, random weights) by tiles at concurrency 1 and 4, beside PyTorch whole."""
+    from build_engines.finishing.random_weights import FULL_SIZE, random_upscaler
+    from build_engines.finishing.upscalers import export_upscaler
+    from serve.benchmarks.upscale import run
+
+    module = random_upscaler("RRDBNet", 4, **FULL_SIZE["RRDBNet"])
+    onnx_path = out.parent / "upscaler_bench" / "model.onnx"
+    export_upscaler(module, 4, onnx_path)
+    click.echo(run(module, onnx_path, [int(side) for side in sizes.split(",")], whole_up_to, out))
+
+
 @bench.command("jobs")
 @click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")

@@ -91,6 +91,8 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
     for name in ("ip_adapter_image", "mask"):
         if name in body:
             body[name] = _base64(body[name])
+    if "upscale" in body:
+        body["upscale"] = fields(body["upscale"])
     if "outpaint" in body:
         body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
     if "ip_adapter_scale_json" in body:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import functools
 import json
 import logging
@@ -24,14 +25,18 @@ from redis.exceptions import RedisError
 from serve import grpc_api, metrics
 from serve.access import may_see
 from serve.access.keys import ApiKey
+from serve.access.upscale_body import UpscaleBody
 from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
+from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.serving.current_models import CurrentModels
+from serve.serving.upscale import Upscaling
 from serve.text_to_image.deployment import EncodedImages, Progress
+from serve.text_to_image.images import output_size
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
@@ -83,22 +88,27 @@ class Generations:
         experiments: Experiments,
         references: References | None = None,
         share_caches: bool = False,
+        upscaling: Upscaling | None = None,
     ) -> None:
         self.models = models
         self.references = references
         self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
+        self.upscaling = upscaling or Upscaling(Upscalers(), None)
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.residency = residency
         self.cache = cache
         self.experiments = experiments
 
-    def price(self, request: GenerationRequest) -> float:
+    def price(self, request: GenerationRequest | UpscaleBody) -> float:
         """What ``request`` costs: its model's work in the table served now (the doors' one price).
 
         :meth:`serve.text_to_image.models.ServedModels.work`, which the replicas' admission counts too; its images'
-        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process).
+        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process). An upscale route's
+        request: its upscale's work (:meth:`serve.serving.upscale.Upscaling.work`).
         """
+        if isinstance(request, UpscaleBody):
+            return self.upscaling.work(request).cost
         return self.models.now().work(request).cost
 
     def model(self, request: GenerationRequest) -> ServedModel:
@@ -132,6 +142,8 @@ class Generations:
         request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
         model = self.model(request)
         model.check(request)
+        if request.upscale is not None:
+            self.upscaling.check_generation(request, *output_size(request, model.native_size))
         if self.references is not None:
             await self.references.check(request, model, functools.partial(may_see, key))
         return request, assignment, model
@@ -216,6 +228,7 @@ class Generations:
                 result = await self._pipeline(served).generate.remote(request, sent_at=time.time(), cache_scope=scope)
             else:
                 result = await self._generate_reporting(served, request, on_step, scope)
+            result = await self._finished(served, request, result, scope)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
         headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
@@ -226,6 +239,23 @@ class Generations:
             await cache_call(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
         return body, headers
+
+    async def _finished(
+        self, served: ServedModel, request: GenerationRequest, result: EncodedImages, scope: str
+    ) -> EncodedImages:
+        """``result`` with its images upscaled (and redrawn, a hires fix) as the request's ``upscale`` asks.
+
+        A hires fix's second pass is priced with the first, at the door (:meth:`price`; its replica admits it alone).
+        """
+        if request.upscale is None:
+            return result
+
+        async def img2img(second: GenerationRequest) -> list[bytes]:
+            remote = self._pipeline(served).generate.remote(second, sent_at=time.time(), cache_scope=scope)
+            return (await remote).images
+
+        images = await self.upscaling.finish(request, result.images, result.seed, img2img)
+        return dataclasses.replace(result, images=images)
 
     async def _encoded(self, request: GenerationRequest, result: EncodedImages) -> list[dict]:
         """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
@@ -277,6 +307,7 @@ class Generations:
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue
+                item = await self._finished(served, request, item, scope)
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]

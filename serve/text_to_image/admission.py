@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from serve.errors import InvalidInput
+from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
@@ -53,7 +54,10 @@ class Work:
 
     ``rows``: images made; ``steps``: denoising steps that run; ``passes``: UNet-sized calls per step (the UNet and
     each ControlNet); ``encodes``: its images go through the VAE encoder (input images, an inpainting UNet's);
-    ``reference``: an IP-Adapter reference through the image encoder; ``input_pixels``: what its uploads decode to.
+    ``reference``: an IP-Adapter reference through the image encoder; ``input_pixels``: what its uploads decode to;
+    ``upscale``: what the request's ``upscale`` runs after it (:func:`upscale_work`; a hires fix's second pass runs
+    as a request of its own): the doors' price and the ``max_cost`` check count it, a replica holds in flight only
+    this pass's cost.
     """
 
     rows: int
@@ -64,6 +68,7 @@ class Work:
     encodes: bool = False
     reference: bool = False
     input_pixels: int = 0
+    upscale: Work | None = None
 
     @property
     def megapixels(self) -> float:
@@ -76,13 +81,18 @@ class Work:
         return self.steps * self.passes + 1 + int(self.encodes)
 
     @property
-    def cost(self) -> float:
-        """Images x megapixels x passes per image, + the reference's pass, + the input megapixels decoded."""
+    def pass_cost(self) -> float:
+        """This pass's: images x megapixels x passes per image, + the reference's pass, + the input megapixels."""
         return (
             self.rows * self.megapixels * self.passes_per_image
             + self.megapixels * int(self.reference)
             + self.input_pixels / 1e6
         )
+
+    @property
+    def cost(self) -> float:
+        """The whole request's: this pass's, + its upscale's (a hires fix's second pass)."""
+        return self.pass_cost + (self.upscale.cost if self.upscale is not None else 0.0)
 
     def explained(self) -> str:
         """The cost's sum, as a refusal says it."""
@@ -90,7 +100,15 @@ class Work:
         passes = f"({self.steps} steps x {unet} + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
         reference = f" + {self.megapixels:.2f} (IP-Adapter reference)" if self.reference else ""
         inputs = f" + {self.input_pixels / 1e6:.2f} (input megapixels)" if self.input_pixels else ""
-        return f"{self.rows} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.cost:.1f}"
+        own = f"{self.rows} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.pass_cost:.1f}"
+        if self.upscale is None:
+            return own
+        then = self.upscale
+        if then.steps:  # a hires fix: its img2img at the upscaled size
+            added = f"the hires fix's second pass, {then.explained()}"
+        else:
+            added = f"the upscale, {then.rows} x {then.megapixels:.2f} MP + {then.input_pixels / 1e6:.2f} (inputs)"
+        return f"{own}, + {added}: {self.cost:.1f} in all"
 
 
 def optional_engine(name: str) -> bool:
@@ -175,7 +193,7 @@ class Admission:
                 f"memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(cost, tiling, self._rows_per_call(latent))
+        return Admitted(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
 
     def _tiling_within(self, model: MemoryModel, budget: int, latent: tuple[int, int]) -> VaeTiling | None:
         """The largest tiles (diffusers' own, then halves) a ``latent`` decodes in within ``budget``; None: none."""
@@ -236,3 +254,22 @@ class Admission:
             async with self._turn:
                 self._inflight[priority.rank] -= cost
                 self._turn.notify_all()
+
+
+def upscale_work(request, width: int, height: int) -> Work | None:
+    """What ``request``'s ``upscale`` runs after its ``width`` x ``height`` images (None: no ``upscale``).
+
+    Each image decoded and upscaled: a pass at the upscaled megapixels. A hires fix (``denoise``) then runs img2img
+    at that size at ``denoise`` (its input decoded); that pass is counted in its place. A ``scale`` not given is the
+    upscaler's own, priced at the largest Easel recognises (:data:`serve.finishing.schema.MAX_UPSCALE`).
+    """
+    choice = request.upscale
+    if choice is None:
+        return None
+    scale = choice.scale or MAX_UPSCALE
+    side_x, side_y = round(width * scale), round(height * scale)
+    if choice.denoise is None:
+        return Work(request.rows, 0, side_x, side_y, input_pixels=request.rows * width * height)
+    steps = min(int(request.num_inference_steps * choice.denoise), request.num_inference_steps)
+    reference = request.ip_adapter_image is not None
+    return Work(request.rows, steps, side_x, side_y, request.passes, True, reference, request.rows * side_x * side_y)

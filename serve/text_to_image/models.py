@@ -27,7 +27,7 @@ from serve.adapters.catalog import LoraTarget
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, Work
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Limits, Work, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
 from serve.text_to_image.images import input_pixels, output_size
 from serve.triton.activations import ANY_ENGINE, PoolSpec
@@ -300,6 +300,7 @@ class ServedModel:
             encodes=bool(request.image) or self.folder.family.dims.inpainting,
             reference=request.ip_adapter_image is not None,
             input_pixels=input_pixels(request),
+            upscale=upscale_work(request, width, height),
         )
 
     def public(self, loaded: bool) -> dict:

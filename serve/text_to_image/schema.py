@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from serve.finishing.schema import UPSCALE_FIELD, UpscaleChoice
 from serve.images import base64_bytes
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
@@ -268,11 +269,10 @@ class GenerationRequest(BaseModel):
     scheduler: Literal[SCHEDULER_NAMES] = Field(
         Sampling.scheduler,
         description=f"Sampler. lcm and tcd are few-step samplers (at most {MAX_FEW_STEPS} steps; 4 is typical) for "
-        "latent consistency models: a model's distilled UNet where its folder ships one (unet_lcm/, made by "
-        "easel train lcm; its guidance is distilled in, so guidance_scale and negative_prompt are not used), else "
-        "the model's UNet as "
-        "loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep guidance_scale "
-        "near 1).",
+        "latent consistency models: a model's distilled UNet where its folder ships one (unet_lcm/, made by easel "
+        "train lcm; its guidance is distilled in, so guidance_scale and negative_prompt are not used), else the "
+        "model's UNet as loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep "
+        "guidance_scale near 1).",
     )
     output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
         "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
@@ -345,6 +345,7 @@ class GenerationRequest(BaseModel):
         description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
         "(diffusers' MultiControlNetModel).",
     )
+    upscale: UpscaleChoice | None = Field(None, description=UPSCALE_FIELD)
     model: str | None = Field(
         None,
         max_length=64,
@@ -401,8 +402,7 @@ class GenerationRequest(BaseModel):
 
     @model_validator(mode="after")
     def _few_steps_for_few_step_samplers(self) -> GenerationRequest:
-        if self.scheduler in FEW_STEP_SCHEDULERS and self.num_inference_steps > MAX_FEW_STEPS:
-            steps = self.num_inference_steps
+        if self.scheduler in FEW_STEP_SCHEDULERS and (steps := self.num_inference_steps) > MAX_FEW_STEPS:
             message = f"the {self.scheduler} sampler takes at most {MAX_FEW_STEPS} steps, not {steps}"
             raise PydanticCustomError("too_many_steps", message, {"field": "num_inference_steps"})
         return self

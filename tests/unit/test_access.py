@@ -11,9 +11,12 @@ from serve.access import body_cost, duration, ratelimit_headers, read_body
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import InvalidInput
+from serve.finishing.upscalers import UpscalerEntry, Upscalers
 from serve.routes import Scope, required_scope, route
+from serve.serving.upscale import Upscaling
 from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
+from serve.text_to_image.admission import Work, upscale_work
 from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.wire import read_json
@@ -80,6 +83,50 @@ def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_co
     scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
     assert body_cost(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
     assert body_cost(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
+
+
+def test_a_generation_s_upscale_and_a_hires_fix_s_second_pass_are_in_the_one_price(price):
+    first = 2 * 64 * 64 / 1e6 * (10 + 1)  # n 2, 10 steps at the native 64x64, the VAE decode
+    upscaled = 2 * 128 * 128 / 1e6  # x2: a pass at the output's megapixels
+    plain = {"prompt": "x", "n": 2, "num_inference_steps": 10, "upscale": {"upscaler": "u", "scale": 2}}
+    assert body_cost(_read(json.dumps(plain).encode()), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
+    hires = plain | {"upscale": {"upscaler": "u", "scale": 2, "denoise": 0.5}}  # img2img of 5 steps at 128x128
+    second = 2 * 128 * 128 / 1e6 * (5 + 1 + 1) + 2 * 128 * 128 / 1e6  # its steps, decode, encode; its input
+    assert body_cost(_read(json.dumps(hires).encode()), price) == pytest.approx(first + second)
+    unscaled = plain | {"upscale": {"upscaler": "u", "denoise": 0.5}}  # priced at the largest scale, x4
+    fourfold = 2 * 256 * 256 / 1e6 * (5 + 1 + 1) + 2 * 256 * 256 / 1e6
+    assert body_cost(_read(json.dumps(unscaled).encode()), price) == pytest.approx(first + fourfold)
+    work = upscale_work(_read(json.dumps(hires).encode()), 64, 64)
+    assert Work(2, 10, 64, 64, upscale=work).pass_cost == pytest.approx(first)  # what a replica holds in flight
+
+
+def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels():
+    upscaling = Upscaling(Upscalers((UpscalerEntry("x4", "f.pth", architecture="RRDBNet", scale=4),)), None)
+    png = base64.b64decode(b64(input_image(30, 40)))  # 40 wide, 30 high
+    form = httpx.Request(
+        "POST", "http://x/v1/images/upscale", files=[("image", ("a.png", png))], data={"upscaler": "x4", "scale": "2"}
+    )
+    headers = [(name.lower(), value) for name, value in form.headers.raw]
+    scope = {"type": "http", "method": "POST", "path": "/v1/images/upscale", "headers": headers}
+    body = _read_upscale(scope, form.read())
+    assert body.data == png and body.options.scale == 2
+    assert upscaling.work(body).cost == pytest.approx(80 * 60 / 1e6 + 40 * 30 / 1e6)  # output + input megapixels
+    raw = json.dumps({"image": b64(input_image(30, 40)), "upscaler": "x4"}).encode()
+    body = _read_upscale({**scope, "headers": [(b"content-type", b"application/json")]}, raw)
+    assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # its own scale, x4
+    assert body_cost(_read_upscale(scope, b"not multipart"), upscaling.work) == 0.0  # refused by the route
+    with pytest.raises(InvalidInput) as refused:
+        upscaling.work(body._replace(options=body.options.model_copy(update={"upscaler": "nope"})))
+    assert refused.value.field == "upscaler"
+
+
+def _read_upscale(scope: dict, raw: bytes):
+    """An upscale request as the key check reads it: its image and options, or its refusal."""
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    return asyncio.run(read_body(route("post", "/v1/images/upscale"), scope, receive))
 
 
 def _read_form(scope: dict, raw: bytes) -> GenerationRequest | InvalidInput:

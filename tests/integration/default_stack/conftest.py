@@ -1,11 +1,34 @@
-"""One default stack for every module here: their tests leave it as they found it (a start and stop cost ~45 s)."""
+"""One default stack for every module here: their tests leave it as they found it (a start and stop cost ~45 s).
+
+It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
+is no upscaler is listed with why), so the finishing routes are tested on the same stack.
+"""
 
 import pytest
 
-from tests.integration.conftest import default_stack
+from build_engines.finishing.random_weights import random_upscaler, save_upscaler
+from serve.stack import Stack, StackOptions
+
+UPSCALERS = {"x4": ("RRDBNet", 4, "RealESRGAN_x4plus.pth"), "general": ("SRVGGNetCompact", 4, "general.pth")}
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory):
-    """The embedded default's stack, shared by this package's modules."""
-    yield from default_stack(tmp_path_factory)
+def upscaler_files(tmp_path_factory) -> dict:
+    """NAME -> file of each upscaler the stack serves, and ``broken``: a file that is not one."""
+    folder = tmp_path_factory.mktemp("upscalers")
+    files = {
+        name: save_upscaler(random_upscaler(kind, scale), folder / file)
+        for name, (kind, scale, file) in UPSCALERS.items()
+    }
+    (folder / "broken.safetensors").write_bytes(b"not weights")
+    return files | {"broken": folder / "broken.safetensors"}
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory, upscaler_files):
+    """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers."""
+    options = StackOptions(
+        port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), cache_bytes=0, upscalers=upscaler_files
+    )
+    with Stack(options) as stack:
+        yield stack

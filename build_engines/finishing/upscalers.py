@@ -1,0 +1,139 @@
+"""``easel up --upscaler NAME=FILE``: each file recognised, exported to a tile engine, checked, installed.
+
+A ``.pth``/``.safetensors`` file is read into the project's own module (:mod:`serve.finishing.recognise`), exported
+at the engine's tile size with a dynamic batch axis, and checked against PyTorch on fresh random tiles. An ``.onnx``
+file is taken as it is: its input and output are renamed to the engine's, and its scale is read from one run.
+A file that cannot be served is listed with why (``GET /v1/upscalers``), not built; the others are served.
+Engines are cached under ``$EASEL_HOME/engines/upscalers-<content hash>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from serve.files import files_hash
+from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
+from serve.finishing.upscalers import ERROR, TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
+from serve.paths import easel_home
+from serve.triton.engine_files import ONNX, EngineFiles
+from serve.triton.onnx_backend import make_session
+from serve.triton.repository import install_model, uninstall_model
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1
+
+
+def upscalers_dir(upscalers: Mapping[str, Path], tile: int = TILE) -> Path:
+    """The cache folder of these upscalers' engines: named by their names, files' content, tile and versions."""
+    listed = {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(upscalers.items())}
+    key = json.dumps([listed, tile, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__])
+    return easel_home() / "engines" / f"upscalers-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
+def build_upscalers(
+    upscalers: Mapping[str, Path], repository: Path | None, tile: int = TILE, force: bool = False
+) -> Path | None:
+    """Build (or reuse) the engines of ``upscalers`` and install the ready ones in ``repository``; their folder.
+
+    None when there are none. Upscalers an earlier start installed and this one has not are removed.
+    """
+    if not upscalers:
+        _remove_stale(repository, set())
+        return None
+    folder = upscalers_dir(upscalers, tile)
+    if force or not (folder / "upscalers.json").is_file():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        entries = [_build_one(name, Path(path), folder, tile) for name, path in sorted(upscalers.items())]
+        Upscalers(tuple(entries)).write(folder)  # written last: a folder with it is complete
+    built = Upscalers.read(folder)
+    _remove_stale(repository, {entry.spec.name for entry in built.ready})
+    for entry in built.ready if repository is not None else ():
+        install_model(entry.spec, repository, EngineFiles(folder / entry.spec.name).files())
+    return folder
+
+
+def _remove_stale(repository: Path | None, wanted: set[str]) -> None:
+    """Remove from ``repository`` the upscalers an earlier start installed that are not ``wanted`` now."""
+    for stale in repository.glob(f"{UPSCALER_PREFIX}*") if repository is not None else ():
+        if stale.name not in wanted:
+            uninstall_model(stale.name, repository)
+
+
+def _build_one(name: str, path: Path, folder: Path, tile: int) -> UpscalerEntry:
+    """Export one upscaler into ``folder``; an entry with its error when it cannot be served (logged)."""
+    try:
+        if path.suffix == ".onnx":
+            architecture, scale = "onnx", _take_onnx(path, folder / f"upscaler_{name}", tile)
+        else:
+            state = read_state(path)
+            recognised = recognise(state)
+            module = recognised.module(state)
+            architecture, scale = recognised.kind, recognised.scale
+            export_upscaler(module, scale, folder / f"upscaler_{name}" / ONNX, tile)
+    except (UnrecognisedUpscaler, OSError, onnx.checker.ValidationError, ParityError) as error:
+        logger.warning("upscaler %s (%s) is not served: %s", name, path, error)
+        return UpscalerEntry(name, str(path), ERROR, error=str(error))
+    logger.info("upscaler %s: %s x%d from %s", name, architecture, scale, path)
+    return UpscalerEntry(name, str(path), architecture=architecture, scale=scale, tile=tile)
+
+
+def export_upscaler(module: torch.nn.Module, scale: int, out_path: Path, tile: int = TILE) -> float:
+    """Export ``module`` at ``tile`` with a dynamic batch; its relative error against PyTorch on 2 random tiles."""
+    spec = upscaler_spec("check", scale, tile)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sample = torch.rand(1, 3, tile, tile, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (sample,),
+            str(out_path),
+            input_names=["image"],
+            output_names=["upscaled"],
+            dynamic_axes=spec.onnx_dynamic_axes(),
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        check = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(1))
+        expected = module(check).numpy()
+    got = make_session(out_path).run(None, {"image": check.numpy()})[0]
+    relative = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
+    logger.info("  parity upscaler max relative |onnx - torch| = %.2e (bound %.0e)", relative, PARITY_TOLERANCE)
+    if not relative <= PARITY_TOLERANCE:
+        raise ParityError(f"ONNX differs from PyTorch by {relative:.2e} > {PARITY_TOLERANCE:.0e}")
+    return relative
+
+
+def _take_onnx(path: Path, engine_dir: Path, tile: int) -> int:
+    """Copy an ONNX upscaler with its I/O renamed to the engine's; its scale, from one run at ``tile``."""
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise UnrecognisedUpscaler(f"{path}: an ONNX upscaler takes one image and gives one (this one has more)")
+    renames = {model.graph.input[0].name: "image", model.graph.output[0].name: "upscaled"}
+    for value in (*model.graph.input, *model.graph.output):
+        value.name = renames[value.name]
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    engine_dir.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(engine_dir / ONNX))
+    try:
+        side = make_session(engine_dir / ONNX).run(None, {"image": np.zeros((1, 3, tile, tile), np.float32)})[0]
+    except Exception as error:  # ONNX Runtime raises its own kinds for graphs it cannot run
+        raise UnrecognisedUpscaler(f"{path}: does not run on a 1x3x{tile}x{tile} tile ({error})") from error
+    scale = side.shape[-1] // tile
+    if side.shape[1:] != (3, tile * scale, tile * scale) or scale < 1:
+        raise UnrecognisedUpscaler(f"{path}: gives {side.shape[1:]} for a 3x{tile}x{tile} tile, not a scaled RGB tile")
+    return scale

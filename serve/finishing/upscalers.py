@@ -1,0 +1,147 @@
+"""The stack's upscalers: each ``--upscaler NAME=FILE`` ready (its engine built) or listed with why not.
+
+An upscaler's engine ``upscaler_<NAME>`` takes fixed tiles (:data:`TILE` input pixels a side, batched) and gives
+them ``scale`` times larger; :mod:`serve.finishing.tiles` cuts an image into them. ``upscalers.json`` in the
+upscalers' engine folder is what the build recognised; a request naming one that is not ready is a 400.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from serve.errors import InvalidInput
+from serve.finishing.tiles import Tiling
+from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
+
+UPSCALER_PREFIX = "upscaler_"
+TILE = 128
+"""Input pixels a side of every tile (the engine's one input shape: tiles of any request batch together)."""
+OVERLAP = 16
+"""Input pixels neighbouring tiles share (tiled against whole-image: > 60 dB PSNR on random RRDBNet weights)."""
+MAX_TILES_PER_CALL = 8
+LISTING = "upscalers.json"
+READY = "ready"
+ERROR = "error"
+
+
+def upscaler_spec(name: str, scale: int, tile: int = TILE) -> ModelSpec:
+    """The Triton model of upscaler ``name``: ``image`` tiles in, ``upscaled`` tiles out, batched across requests."""
+    return ModelSpec(
+        name=f"{UPSCALER_PREFIX}{name}",
+        inputs=(TensorSpec("image", "float32", (3, tile, tile)),),
+        outputs=(TensorSpec("upscaled", "float32", (3, tile * scale, tile * scale)),),
+        max_batch_size=MAX_TILES_PER_CALL,
+        dynamic_batching=DynamicBatching(max_queue_delay_us=2000),
+    )
+
+
+@dataclass(frozen=True)
+class UpscalerEntry:
+    """One ``--upscaler NAME=FILE``: ready with its architecture and scale, or the error that keeps it out."""
+
+    name: str
+    source: str
+    status: str = READY
+    architecture: str | None = None
+    scale: int | None = None
+    tile: int = TILE
+    error: str | None = None
+
+    def public(self) -> dict:
+        """Its ``GET /v1/upscalers`` entry."""
+        entry = {"name": self.name, "status": self.status, "architecture": self.architecture, "scale": self.scale}
+        return entry | ({"error": self.error} if self.error else {})
+
+    @property
+    def spec(self) -> ModelSpec:
+        """Its engine's Triton model (ready entries only)."""
+        return upscaler_spec(self.name, self.scale, self.tile)
+
+    @property
+    def tiling(self) -> Tiling:
+        """How an image is cut for its engine."""
+        return Tiling(self.tile, OVERLAP, self.scale, MAX_TILES_PER_CALL)
+
+
+@dataclass(frozen=True)
+class Upscalers:
+    """The upscalers a stack was started with (ready or refused with why): listed, checked, and their engines."""
+
+    entries: tuple[UpscalerEntry, ...] = ()
+
+    @classmethod
+    def read(cls, folder: Path | str | None) -> Upscalers:
+        """The upscalers built into ``folder`` (None or a folder without a listing: none)."""
+        path = Path(folder) / LISTING if folder else None
+        if path is None or not path.is_file():
+            return cls()
+        return cls(tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text())))
+
+    def write(self, folder: Path) -> None:
+        """Save the listing in ``folder`` (the build does, beside the engines)."""
+        (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
+
+    @property
+    def ready(self) -> tuple[UpscalerEntry, ...]:
+        """The entries whose engines were built."""
+        return tuple(entry for entry in self.entries if entry.status == READY)
+
+    def listing(self) -> list[dict]:
+        """``GET /v1/upscalers``: every upscaler the stack was started with, ready or with its error."""
+        return [entry.public() for entry in self.entries]
+
+    def choose(self, name: str, scale: float | None, field: str = "upscaler") -> tuple[UpscalerEntry, float]:
+        """The ready upscaler ``name`` and the scale asked (its own when None); a 400 naming the field otherwise."""
+        entry = next((e for e in self.entries if e.name == name), None)
+        if entry is None:
+            ready = ", ".join(e.name for e in self.ready) or "none: start the stack with --upscaler NAME=FILE"
+            raise InvalidInput(f"{field}: unknown upscaler {name!r} (ready: {ready})", field)
+        if entry.status != READY:
+            raise InvalidInput(f"{field}: upscaler {name!r} cannot be served: {entry.error}", field)
+        scale_field = field.rpartition(".")[0] + ".scale" if "." in field else "scale"
+        scale = float(entry.scale if scale is None else scale)
+        if not 1 <= scale <= entry.scale:
+            raise InvalidInput(f"{scale_field}: {scale:g} is outside [1, {entry.scale}] for {name!r}", scale_field)
+        return entry, scale
+
+
+MAX_OUTPUT_PIXELS = 4096 * 4096
+"""The most pixels an upscale may give (a 1024x1024 image at x4); over it is a 400 naming ``scale``."""
+
+
+def output_size(width: int, height: int, scale: float, field: str = "scale") -> tuple[int, int]:
+    """The size ``scale`` makes of ``width`` x ``height``; a 400 naming ``field`` over :data:`MAX_OUTPUT_PIXELS`."""
+    size = (round(width * scale), round(height * scale))
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidInput(
+            f"{field}: {width}x{height} at x{scale:g} is {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels "
+            f"({MAX_OUTPUT_PIXELS / 1e6:.1f} megapixels)",
+            field,
+        )
+    return size
+
+
+async def upscale_pixels(pixels: np.ndarray, entry: UpscalerEntry, scale: float, runner: EngineRunner) -> np.ndarray:
+    """RGB ``uint8`` ``pixels`` (H x W x 3) upscaled by ``entry``'s engine through ``runner``, to ``scale``.
+
+    The engine upscales by its own scale, tile by tile; a lower ``scale`` resizes its output down (Lanczos).
+    """
+    height, width = pixels.shape[:2]
+    target = output_size(width, height, scale)
+    spec = entry.spec
+
+    async def run(tiles: np.ndarray) -> np.ndarray:
+        return (await runner.infer(spec, {"image": tiles}))["upscaled"]
+
+    image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    upscaled = await entry.tiling.upscale(image, run)
+    out = (np.clip(upscaled, 0.0, 1.0) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
+    if (out.shape[1], out.shape[0]) == target:
+        return out
+    return np.asarray(Image.fromarray(out).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)

@@ -1,0 +1,132 @@
+"""Upscale requests (an image and an upscaler, JSON or multipart) and a generation's ``upscale``, by tile engines.
+
+A generation's ``upscale`` is checked with the request (:meth:`Upscaling.check_generation`) and applied to its
+images before they are answered (:meth:`Upscaling.finish`), whichever door it came by: HTTP, gRPC or a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+from PIL import Image
+
+from serve.access.upscale_body import UpscaleBody, image_size
+from serve.errors import InvalidInput
+from serve.finishing.schema import UpscaleOptions
+from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
+from serve.images.raster import ImageRejected, decode_image
+from serve.text_to_image.admission import Work
+from serve.text_to_image.deployment import encode_image
+from serve.text_to_image.schema import MAX_SIDE, SIDE_MULTIPLE, GenerationRequest
+from serve.triton.client import TritonClient
+from serve.triton.node import grpc_url_on_this_node
+from serve.triton.runners import replica_runner
+from serve.triton.spec import EngineRunner
+
+Img2Img = Callable[[GenerationRequest], Awaitable[list[bytes]]]
+"""A hires fix's second pass: the request (one upscaled input image) generated, its encoded images."""
+
+
+def decode(data: bytes) -> np.ndarray:
+    """The RGB pixels of ``data``; a 400 naming ``image`` when it is not an image."""
+    try:
+        return decode_image(data, "image", max_pixels=MAX_OUTPUT_PIXELS)
+    except ImageRejected as error:
+        raise InvalidInput(str(error), error.field) from error
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    """``pixels`` as a base64 PNG."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+class Upscaling:
+    """``GET /v1/upscalers`` and ``POST /v1/images/upscale``: the upscalers, run through ``runner`` (None: none)."""
+
+    def __init__(self, upscalers: Upscalers, runner: EngineRunner | None) -> None:
+        self.upscalers, self.runner = upscalers, runner
+
+    @classmethod
+    def on_triton(cls, upscalers: Upscalers, triton_grpc_url: str | None) -> Upscaling:
+        """``upscalers`` run by the Triton at ``triton_grpc_url`` (``this-node``: the Triton of this replica's node).
+
+        None of them ready, or no URL: no runner (the upscale route answers that none is ready).
+        """
+        if not (upscalers.ready and triton_grpc_url):
+            return cls(upscalers, None)
+        return cls(upscalers, replica_runner(TritonClient(grpc_url_on_this_node(triton_grpc_url))))
+
+    def listing(self) -> dict:
+        """Every upscaler the stack was started with: ready, or with why not."""
+        return {"object": "list", "data": self.upscalers.listing()}
+
+    async def upscale(self, data: bytes, options: UpscaleOptions) -> dict:
+        """The image upscaled, in the images API's shape, with the upscaler, scale and size used."""
+        entry, scale = self.upscalers.choose(options.upscaler, options.scale)
+        pixels = await asyncio.to_thread(decode, data)
+        upscaled = await upscale_pixels(pixels, entry, scale, self.runner)
+        height, width = upscaled.shape[:2]
+        return {
+            "created": int(time.time()),
+            "data": [{"b64_json": await asyncio.to_thread(png_base64, upscaled)}],
+            "upscaler": entry.name,
+            "scale": scale,
+            "size": f"{width}x{height}",
+        }
+
+    def work(self, body: UpscaleBody) -> Work:
+        """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
+
+        Read from the image's header (:func:`serve.access.upscale_body.image_size`): no pixel is decoded.
+        """
+        _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
+        width, height = image_size(body.data)
+        out_width, out_height = output_size(width, height, scale)
+        return Work(1, 0, out_width, out_height, input_pixels=width * height)
+
+    def check_generation(self, request: GenerationRequest, width: int, height: int) -> None:
+        """Refuse (a 400 naming ``upscale.*``) a generation's ``upscale`` this stack cannot do on its images."""
+        choice = request.upscale
+        entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")
+        out_width, out_height = output_size(width, height, scale, field="upscale.scale")
+        if choice.denoise is not None and not all(
+            side % SIDE_MULTIPLE == 0 and side <= MAX_SIDE for side in (out_width, out_height)
+        ):
+            raise InvalidInput(
+                f"upscale.scale: a hires fix generates at the upscaled size, {out_width}x{out_height}: each side must "
+                f"be a multiple of {SIDE_MULTIPLE} up to {MAX_SIDE}",
+                "upscale.scale",
+            )
+
+    async def finish(self, request: GenerationRequest, images: list[bytes], seed: int, img2img: Img2Img) -> list[bytes]:
+        """A generation's encoded ``images`` upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size)."""
+        choice = request.upscale
+        entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")
+        image_format = "png" if request.output_format == "svg" else request.output_format
+        finished = []
+        for image in images:
+            pixels = await asyncio.to_thread(decode, image)
+            upscaled = await upscale_pixels(pixels, entry, scale, self.runner)
+            if choice.denoise is None:
+                finished.append(await asyncio.to_thread(encode_image, upscaled, image_format))
+                continue
+            height, width = upscaled.shape[:2]
+            second = request.model_copy(
+                update={
+                    "image": [await asyncio.to_thread(png_base64, upscaled)],
+                    "strength": choice.denoise,
+                    "size": f"{width}x{height}",
+                    "n": 1,
+                    "seed": seed,
+                    "upscale": None,
+                }
+            )
+            finished.extend(await img2img(second))
+        return finished

@@ -338,7 +338,8 @@ class Stack:
                 adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
                 extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
             logger.info("model %s: %s", name, model_dir or "embedded")
-            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
+            how = {"runtime": opts.runtime, "precision": opts.precision}
+            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)
             built[name] = str(folder.path)
         return built
 

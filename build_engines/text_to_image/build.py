@@ -24,7 +24,7 @@ from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
-from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
+from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -37,6 +37,7 @@ from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
+from serve.triton.runtimes import DEFAULT_RUNTIME, Runtime, check_choice, runtime_versions
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -66,13 +67,17 @@ def engine_dir_for(
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> Path:
-    """Cache folder named by model hash, precision, what the engines take or add, and versions.
+    """Cache folder named by model hash, runtime and precision, what the engines take or add, and versions.
 
-    What they take or add: adapters, ControlNets, step caching's engines.
+    What they take or add: adapters, ControlNets, step caching's engines. ONNX Runtime fp32 folders keep the names
+    they had before runtimes were chosen.
     """
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    parts = [content_hash(model_dir)[:16], precision, adapters.key() if adapters else "", controlnets_key(controlnets)]
+    versions += runtime_versions(runtime)
+    how = precision if runtime == Runtime.ONNXRUNTIME else f"{runtime}-{precision}"
+    parts = [content_hash(model_dir)[:16], how, adapters.key() if adapters else "", controlnets_key(controlnets)]
     parts.append("stepcache" if step_cache else "")
     return easel_home() / "engines" / "-".join([part for part in parts if part] + [versions])
 
@@ -87,6 +92,7 @@ def build(
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
     prefix: str = "",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -94,20 +100,20 @@ def build(
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
-    caching's engines too (:mod:`serve.text_to_image.step_cache`); ``prefix``: the Triton model names start with
+    caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
+    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``prefix``: the Triton model names start with
     it (:meth:`serve.text_to_image.models.ServedModels.prefix`). ``repository`` None: built and measured, not
     installed (``easel models add`` hands the folder to a running stack, which installs it). Returns the engine
     folder, opened.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_choice(runtime, precision)
     model_dir = default_model_dir() if model_dir is None else model_dir
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
     if adapters.ip_adapter is not None and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache)
+    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache, runtime)
     if EngineFolder.built(engine_dir) and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
     else:
@@ -116,8 +122,10 @@ def build(
             controlnet_support(family, model_dir, controlnets),
             step_cache,
         )
-        logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
-        _build_into(engine_dir, family, model_dir, precision, adapters)
+        logger.info(
+            "building %s engines (%s %s, %s) of %s", family.name, runtime, precision, family.pipeline_class, model_dir
+        )
+        _build_into(engine_dir, family, model_dir, precision, adapters, runtime)
     folder = EngineFolder(engine_dir)
     measure(folder)
     if repository is not None:
@@ -137,13 +145,15 @@ def measure(folder: EngineFolder) -> None:
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
 
 
-def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild) -> None:
+def _build_into(
+    engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild, runtime: str
+) -> None:
     """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing."""
     partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        reports = export_all(family, model_dir, partial, precision, adapters=adapters)
+        reports = export_all(family, model_dir, partial, precision, adapters=adapters, runtime=runtime)
         _write_beside_engines(partial, family, model_dir)
         manifest = {"model_dir": str(model_dir.resolve()), "engines": [dataclasses.asdict(r) for r in reports]}
         (partial / layout.MANIFEST).write_text(json.dumps(manifest, indent=2))

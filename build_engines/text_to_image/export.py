@@ -8,6 +8,7 @@ copies of the weights are never held together.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import resource
@@ -20,11 +21,14 @@ import numpy as np
 import onnx
 import torch
 
+from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import make_session
+from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
+from serve.triton.runtimes import Runtime
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -34,7 +38,8 @@ OPSET = 17
 EXPORTER_VERSION = 5
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {name: getattr(torch, p.graph_dtype) for name, p in RUNTIME_PRECISIONS.items()}
+"""Each ``--precision``'s dtype of the exported graph (bf16 and int8 are the CPU runtime's business: fp32 graphs)."""
 # The largest latent side traced and checked: a full-size UNet at its native size would take minutes per call here.
 MAX_CHECK_SIDE = 32
 EXTERNAL_DATA_SUFFIX = ".data"
@@ -69,6 +74,7 @@ class EngineReport:
     peak_rss_gb: float
     bytes: int
     parity: ParityReport
+    runtime: dict = dataclasses.field(default_factory=dict)  # serve.triton.runtimes.RuntimeChoice, as saved
 
 
 class CastIO(torch.nn.Module):
@@ -254,11 +260,13 @@ def export_all(
     precision: str = "fp32",
     seed: int = 1,
     adapters: AdapterBuild | None = None,
+    runtime: str = Runtime.ONNXRUNTIME.value,
 ) -> list[EngineReport]:
-    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one.
+    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx``, check each one, give it its runtime.
 
     ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder); the family's
-    ControlNets (ready ones) are exported too, and the UNet takes their residuals.
+    ControlNets (ready ones) are exported too, and the UNet takes their residuals. ``runtime``: one of
+    :data:`serve.triton.runtimes.RUNTIME_CHOICES` (:func:`build_engines.openvino.choose_runtime`).
     """
     dtype = PRECISIONS[precision]
     modules = adapter_modules(
@@ -272,12 +280,14 @@ def export_all(
     for step, (name, source) in enumerate(modules.items(), start=1):
         spec = family.specs[name]
         engine_dtype = torch.float32 if source.keep_fp32 else dtype
+        engine_precision = "fp32" if precision == "fp16" and engine_dtype == torch.float32 else precision
+        files = EngineFiles(engine_dir / name)
         started = time.perf_counter()
         logger.info("[%d/%d] %s: loading weights (%s)", step, len(modules), name, engine_dtype)
         module = source.load(engine_dtype).to(engine_dtype)
         if engine_dtype != torch.float32:
             module = CastIO(module, engine_dtype)
-        onnx_path = EngineFiles(engine_dir / name).onnx
+        onnx_path = files.onnx
         logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
         export_engine(module, spec, family, onnx_path)
         if engine_dtype == torch.float32:
@@ -288,14 +298,24 @@ def export_all(
             gc.collect()
             logger.info("[%d/%d] %s: ONNX Runtime parity check", step, len(modules), name)
             parity = check_parity(spec, onnx_path, feeds, expected)
+            numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
+            choice = choose_runtime(
+                files, runtime, engine_precision, numpy_feeds, expected, PARITY_TOLERANCE, parity.relative_error
+            )
         else:
             del module
             gc.collect()
             parity = _check_graph(spec, onnx_path)
+            choice = choose_runtime(files, Runtime.ONNXRUNTIME.value, engine_precision, {}, [], PARITY_TOLERANCE)
         size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
-        engine_precision = "fp32" if engine_dtype == torch.float32 else precision
         report = EngineReport(
-            name, engine_precision, round(time.perf_counter() - started, 1), round(peak_rss_gb(), 2), size, parity
+            name,
+            engine_precision,
+            round(time.perf_counter() - started, 1),
+            round(peak_rss_gb(), 2),
+            size,
+            parity,
+            dataclasses.asdict(choice),
         )
         logger.info(
             "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",

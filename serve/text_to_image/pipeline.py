@@ -37,21 +37,21 @@ from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.step_cache import JobStepCache
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.engine_files import LORAS_LINK
-from serve.triton.onnx_backend import ShardedSession
+from serve.triton.onnx_backend import open_engine
 from serve.triton.spec import EngineRunner, ModelSpec
 
 logger = logging.getLogger(__name__)
 
 
 class OnnxRuntimeRunner:
-    """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests.
+    """In-process engines (no Triton), each with the runtime its folder names: the benchmark's baseline, unit tests.
 
     LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
     """
 
     def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
         engines = {name: folder.engine(name) for name in folder.specs}
-        self.sessions = {name: ShardedSession(files.onnx, shards) for name, files in engines.items()}
+        self.sessions = {name: open_engine(files, shards) for name, files in engines.items()}
         registry = loras_dir or folder.path / LORAS_LINK
         self.banks = {
             name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready

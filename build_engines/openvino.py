@@ -1,0 +1,103 @@
+"""An exported ONNX engine given its runtime: converted to OpenVINO IR where asked, measured, ``runtime.json`` written.
+
+``ov.convert_model`` reads the ONNX graph (weights included) and ``ov.save_model`` writes ``model.xml`` + ``model.bin``
+beside it; ``int8`` compresses the IR's weights with NNCF (``compress_weights``, data-free, INT8_ASYM). Each candidate
+runtime runs the parity check's inputs: its error against the fp32 reference (PyTorch's outputs) is logged and saved,
+and with ``--runtime auto`` the fastest candidate within the bound is kept.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import time
+
+import numpy as np
+
+from serve.triton.engine_files import EngineFiles
+from serve.triton.onnx_backend import open_engine
+from serve.triton.runtimes import Runtime, RuntimeChoice, candidates
+
+logger = logging.getLogger(__name__)
+
+TIMED_RUNS = 2
+"""Calls timed per candidate at build (after one warm-up); the fastest counts."""
+
+
+def convert(files: EngineFiles, precision: str) -> None:
+    """Write the OpenVINO IR of ``files.onnx`` (int8: its weights compressed) beside it."""
+    import openvino as ov
+
+    model = ov.convert_model(str(files.onnx))
+    if precision == "int8":
+        import nncf
+
+        model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM)
+    ov.save_model(model, str(files.openvino), compress_to_fp16=False)
+    del model
+    gc.collect()
+
+
+def error_against(actual: list[np.ndarray], expected: list[np.ndarray]) -> float:
+    """Max |actual - expected| / max(1, max |expected|) over the outputs (the parity check's measure)."""
+    worst = 0.0
+    for got, want in zip(actual, expected, strict=True):
+        worst = max(worst, float(np.max(np.abs(got - want))) / max(1.0, float(np.max(np.abs(want)))))
+    return worst
+
+
+def _measure(files: EngineFiles, choice: RuntimeChoice, feeds: dict[str, np.ndarray], expected: list[np.ndarray]):
+    """(error against ``expected``, fastest of :data:`TIMED_RUNS` calls) of the engine run as ``choice`` says."""
+    choice.save(files)
+    session = open_engine(files)
+    outputs = session.run(feeds)
+    seconds = []
+    for _ in range(TIMED_RUNS):
+        started = time.perf_counter()
+        session.run(feeds)
+        seconds.append(time.perf_counter() - started)
+    del session
+    gc.collect()
+    return error_against(outputs, expected), min(seconds)
+
+
+def choose_runtime(
+    files: EngineFiles,
+    runtime: str,
+    precision: str,
+    feeds: dict[str, np.ndarray],
+    expected: list[np.ndarray],
+    bound: float,
+    onnx_error: float | None = None,
+) -> RuntimeChoice:
+    """Give the engine in ``files`` its runtime (``auto``: the fastest candidate whose fp32 error is within ``bound``).
+
+    ``expected``: PyTorch's fp32 outputs for ``feeds``; ``onnx_error``: ONNX Runtime's, from the parity check (an
+    engine that can only run there is not measured again). Candidates not kept leave no files behind.
+    """
+    options = candidates(runtime, precision)
+    if options == (Runtime.ONNXRUNTIME,):  # fp16 GPU engines cannot run on the CPU provider: nothing to measure
+        choice = RuntimeChoice(Runtime.ONNXRUNTIME, precision, onnx_error)
+        choice.save(files)
+        return choice
+    measured = {}
+    for option in options:
+        if option is Runtime.OPENVINO:
+            convert(files, precision)
+        measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected)
+        logger.info(
+            "  %-14s %-11s %-4s error against fp32 %.2e, %.3f s per call",
+            files.folder.name,
+            option.value,
+            precision,
+            *measured[option],
+        )
+    within = {option: m for option, m in measured.items() if precision != "fp32" or m[0] <= bound} or measured
+    best = min(within, key=lambda option: within[option][1])
+    seconds = {option.value: round(m[1], 4) for option, m in measured.items()}
+    choice = RuntimeChoice(best, precision, measured[best][0], seconds)
+    choice.save(files)
+    if best is not Runtime.OPENVINO:
+        for path in (files.openvino, files.openvino.with_suffix(".bin")):
+            path.unlink(missing_ok=True)
+    return choice

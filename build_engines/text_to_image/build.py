@@ -24,7 +24,7 @@ from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
-from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all
+from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all, reuse_graphs
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -37,7 +37,15 @@ from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
-from serve.triton.runtimes import DEFAULT_RUNTIME, Runtime, check_choice, runtime_versions
+from serve.triton.runtimes import (
+    AUTO,
+    DEFAULT_RUNTIME,
+    PRECISIONS,
+    RUNTIME_CHOICES,
+    Runtime,
+    check_choice,
+    runtime_versions,
+)
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -71,15 +79,30 @@ def engine_dir_for(
 ) -> Path:
     """Cache folder named by model hash, runtime and precision, what the engines take or add, and versions.
 
-    What they take or add: adapters, ControlNets, step caching's engines. ONNX Runtime fp32 folders keep the names
-    they had before runtimes were chosen.
+    What they take or add: adapters, ControlNets, step caching's engines. ONNX Runtime folders keep the names they had
+    before runtimes were chosen.
     """
+    return engine_dirs(model_dir, adapters, controlnets, step_cache)[runtime, precision]
+
+
+def engine_dirs(
+    model_dir: Path,
+    adapters: AdapterBuild | None = None,
+    controlnets: Mapping[str, Path] | None = None,
+    step_cache: bool = False,
+) -> dict[tuple[str, str], Path]:
+    """:func:`engine_dir_for` of every runtime and precision that can be built (the model hashed once)."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    versions += runtime_versions(runtime)
-    how = precision if runtime == Runtime.ONNXRUNTIME else f"{runtime}-{precision}"
-    parts = [content_hash(model_dir)[:16], how, adapters.key() if adapters else "", controlnets_key(controlnets)]
-    parts.append("stepcache" if step_cache else "")
-    return easel_home() / "engines" / "-".join([part for part in parts if part] + [versions])
+    model_hash = content_hash(model_dir)[:16]
+    extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
+    folders = {}
+    for runtime in RUNTIME_CHOICES:
+        for precision, declared in PRECISIONS.items():
+            if runtime == AUTO or Runtime(runtime) in declared.runtimes:
+                how = precision if runtime == Runtime.ONNXRUNTIME else f"{runtime}-{precision}"
+                name = "-".join([part for part in [model_hash, how, *extras] if part] + [versions])
+                folders[runtime, precision] = easel_home() / "engines" / (name + runtime_versions(runtime))
+    return folders
 
 
 def build(
@@ -113,9 +136,16 @@ def build(
     if adapters.ip_adapter is not None and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache, runtime)
+    folders = engine_dirs(model_dir, adapters, controlnets, step_cache)
+    engine_dir = folders[runtime, precision]
+    graph = PRECISIONS[precision].graph_dtype
+    same_graphs = [f for (_, p), f in folders.items() if PRECISIONS[p].graph_dtype == graph and f != engine_dir]
+    exported = next((f for f in same_graphs if EngineFolder.built(f)), None)
     if EngineFolder.built(engine_dir) and not force:
         logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
+    elif exported is not None and not force and not adapters.lora and adapters.ip_adapter is None:
+        logger.info("the ONNX graphs of %s are exported in %s: giving them their runtime", engine_dir.name, exported)
+        _build_into(engine_dir, EngineFolder(exported).family, model_dir, precision, adapters, runtime, exported)
     else:
         family = family.with_engines(
             AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
@@ -146,14 +176,26 @@ def measure(folder: EngineFolder) -> None:
 
 
 def _build_into(
-    engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild, runtime: str
+    engine_dir: Path,
+    family: Family,
+    model_dir: Path,
+    precision: str,
+    adapters: AdapterBuild,
+    runtime: str,
+    exported: Path | None = None,
 ) -> None:
-    """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing."""
+    """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing.
+
+    ``exported``: a built folder with the same ONNX graphs (another runtime's): they are linked, not exported again.
+    """
     partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        reports = export_all(family, model_dir, partial, precision, adapters=adapters, runtime=runtime)
+        if exported is None:
+            reports = export_all(family, model_dir, partial, precision, adapters=adapters, runtime=runtime)
+        else:
+            reports = reuse_graphs(EngineFolder(exported), partial, runtime, precision)
         _write_beside_engines(partial, family, model_dir)
         manifest = {"model_dir": str(model_dir.resolve()), "engines": [dataclasses.asdict(r) for r in reports]}
         (partial / layout.MANIFEST).write_text(json.dumps(manifest, indent=2))

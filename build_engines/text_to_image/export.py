@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -25,8 +27,8 @@ from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
-from serve.triton.engine_files import EngineFiles
-from serve.triton.onnx_backend import make_session
+from serve.triton.engine_files import LORA_SLOTS, EngineFiles
+from serve.triton.onnx_backend import ShardedSession, make_session
 from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
 from serve.triton.runtimes import Runtime
 from serve.triton.spec import ModelSpec
@@ -327,4 +329,34 @@ def export_all(
             report.peak_rss_gb,
         )
         reports.append(report)
+    return reports
+
+
+LINKED = ("model.onnx", "model.onnx" + EXTERNAL_DATA_SUFFIX)
+
+
+def reuse_graphs(exported, engine_dir: Path, runtime: str, precision: str, seed: int = 1) -> list[EngineReport]:
+    """Give the ONNX graphs of ``exported`` (a built :class:`EngineFolder` of another runtime) ``runtime``.
+
+    The graphs (and side files) are hard-linked into ``engine_dir``, not exported again; the fp32 reference is ONNX
+    Runtime's output of the same graph (within the parity bound of PyTorch's, the parity report kept from the export).
+    """
+    manifest = json.loads((exported.path / "manifest.json").read_text())
+    kept = {report["engine"]: report for report in manifest["engines"]}
+    reports = []
+    for name, spec in exported.specs.items():
+        started = time.perf_counter()
+        source, files = exported.engine(name), EngineFiles(engine_dir / name)
+        files.folder.mkdir(parents=True)
+        for path in source.folder.iterdir():
+            if path.name in LINKED or path.name == LORA_SLOTS:
+                os.link(path, files.folder / path.name)
+        feeds = {k: v.numpy() for k, v in parity_feeds(spec, exported.family, seed).items()}
+        expected = ShardedSession(files.onnx).run(feeds)
+        parity = ParityReport(**kept[name]["parity"])
+        choice = choose_runtime(files, runtime, precision, feeds, expected, PARITY_TOLERANCE, parity.relative_error)
+        size = sum(p.stat().st_size for p in files.folder.iterdir())
+        elapsed = round(time.perf_counter() - started, 1)
+        runtime_report = dataclasses.asdict(choice)
+        reports.append(EngineReport(name, precision, elapsed, round(peak_rss_gb(), 2), size, parity, runtime_report))
     return reports

@@ -21,7 +21,7 @@ from serve.triton.runtimes import Runtime, RuntimeChoice, candidates
 logger = logging.getLogger(__name__)
 
 TIMED_RUNS = 2
-"""Calls timed per candidate at build (after one warm-up); the fastest counts."""
+"""Calls timed per candidate when ``auto`` compares them (after a first call); the fastest counts."""
 
 
 def convert(files: EngineFiles, precision: str) -> None:
@@ -46,19 +46,21 @@ def error_against(actual: list[np.ndarray], expected: list[np.ndarray]) -> float
     return worst
 
 
-def _measure(files: EngineFiles, choice: RuntimeChoice, feeds: dict[str, np.ndarray], expected: list[np.ndarray]):
-    """(error against ``expected``, fastest of :data:`TIMED_RUNS` calls) of the engine run as ``choice`` says."""
+def _measure(files: EngineFiles, choice: RuntimeChoice, feeds: dict, expected: list[np.ndarray], runs: int):
+    """(error against ``expected``, fastest of ``runs`` timed calls) of the engine run as ``choice`` says.
+
+    ``runs`` 0: the first call's time (nothing to compare it with).
+    """
     choice.save(files)
     session = open_engine(files)
-    outputs = session.run(feeds)
     seconds = []
-    for _ in range(TIMED_RUNS):
+    for _ in range(1 + runs):
         started = time.perf_counter()
-        session.run(feeds)
+        outputs = session.run(feeds)
         seconds.append(time.perf_counter() - started)
     del session
     gc.collect()
-    return error_against(outputs, expected), min(seconds)
+    return error_against(outputs, expected), min(seconds[1:] or seconds)
 
 
 def choose_runtime(
@@ -84,7 +86,8 @@ def choose_runtime(
     for option in options:
         if option is Runtime.OPENVINO:
             convert(files, precision)
-        measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected)
+        runs = TIMED_RUNS if len(options) > 1 else 0  # one candidate: its error, and its first call's time
+        measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected, runs)
         logger.info(
             "  %-14s %-11s %-4s error against fp32 %.2e, %.3f s per call",
             files.folder.name,

@@ -20,9 +20,12 @@ from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 
 
-@pytest.fixture(scope="module")
-def pipeline(engine_dir):
-    engines = EngineFolder(engine_dir)
+@pytest.fixture(scope="module", params=["onnxruntime", "openvino"])
+def pipeline(request, engine_dir):
+    """The loop over the embedded default's engines on each runtime (the folder's runtime.json says which)."""
+    folder = engine_dir if request.param == "onnxruntime" else request.getfixturevalue("openvino_engine_dir")
+    engines = EngineFolder(folder)
+    assert {choice.runtime.value for choice in engines.runtimes().values()} == {request.param}
     return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 

@@ -110,7 +110,7 @@ def test_auto_keeps_only_runtimes_within_the_parity_bound(tmp_path, monkeypatch)
     files = _linear_engine(tmp_path / "unet")
     x = np.ones((1, 64), np.float32)
     measured = {Runtime.ONNXRUNTIME: (1e-7, 0.5), Runtime.OPENVINO: (2e-3, 0.1)}  # the faster one is off by 2e-3
-    monkeypatch.setattr(build_openvino, "_measure", lambda _files, choice, *_: measured[choice.runtime])
+    monkeypatch.setattr(build_openvino, "_measure", lambda _files, how, *_: measured[how.runtime])
     choice = choose_runtime(files, "auto", "fp32", {"x": x}, _reference(files, {"x": x}), 1e-3)
     assert choice.runtime is Runtime.ONNXRUNTIME and not files.openvino.exists()
 

@@ -60,7 +60,7 @@ def evaluate() -> None:
 
 @main.command()
 @MODEL_OPTION
-@model_options(StackOptions, "repository", "runtime", "precision")
+@model_options(StackOptions, "repository", "runtime", "precision", "vae_decoder_dir")
 @embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
@@ -88,7 +88,15 @@ def build(model_dir: Path | None, repository: Path, embedded: str, backend: str,
     from serve.triton.runtimes import UnknownChoice
 
     with one_line_errors(UnknownChoice):
-        engines = build_engines(model_dir or default_model_dir(embedded), repository, force, Backend(backend), **how)
+        engines = build_engines(
+            model_dir or default_model_dir(embedded),
+            repository,
+            force,
+            Backend(backend),
+            runtime=how["runtime"],
+            precision=how["precision"],
+            vae_decoder=how["vae_decoder_dir"],
+        )
     install_vectorize(repository, backend=Backend(backend))
     click.echo(engines.runtimes_table())
     click.echo(f"engines: {engines.path}\nrepository: {repository}")

@@ -198,6 +198,11 @@ class StackOptions(AppSettings):
         description="What runs the engines on the CPU: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR "
         "at build), or auto (each engine measured both ways at build, the faster kept).",
     )
+    vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", EXISTING_FOLDER)] = Field(
+        None,
+        description="A tiny VAE decoder (a diffusers AutoencoderTiny folder, TAESD's layout) served as the default "
+        "model's vae_decoder, for previews and final images: a faster decode at a cost in detail.",
+    )
     precision: Annotated[str, Cli(type=click.Choice(list(PRECISIONS)))] = Field(
         "fp32",
         description="The engines' precision: "

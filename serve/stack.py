@@ -337,6 +337,7 @@ class Stack:
             if default:
                 adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
                 extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
+                extras["vae_decoder"] = opts.vae_decoder_dir
             logger.info("model %s: %s", name, model_dir or "embedded")
             how = {"runtime": opts.runtime, "precision": opts.precision}
             folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)

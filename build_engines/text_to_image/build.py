@@ -24,7 +24,14 @@ from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
-from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, export_all, reuse_graphs
+from build_engines.text_to_image.export import (
+    EXPORTER_VERSION,
+    OPSET,
+    EngineReport,
+    ParityReport,
+    export_all,
+    reuse_graphs,
+)
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -34,7 +41,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
-from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
 from serve.triton.runtimes import (
@@ -76,13 +83,14 @@ def engine_dir_for(
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
     runtime: str = DEFAULT_RUNTIME,
+    vae_decoder: Path | None = None,
 ) -> Path:
     """Cache folder named by model hash, runtime and precision, what the engines take or add, and versions.
 
-    What they take or add: adapters, ControlNets, step caching's engines. ONNX Runtime folders keep the names they had
-    before runtimes were chosen.
+    What they take or add: adapters, ControlNets, step caching's engines, a tiny VAE decoder. ONNX Runtime folders keep
+    the names they had before runtimes were chosen.
     """
-    return engine_dirs(model_dir, adapters, controlnets, step_cache)[runtime, precision]
+    return engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)[runtime, precision]
 
 
 def engine_dirs(
@@ -90,11 +98,13 @@ def engine_dirs(
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
+    vae_decoder: Path | None = None,
 ) -> dict[tuple[str, str], Path]:
     """:func:`engine_dir_for` of every runtime and precision that can be built (the model hashed once)."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
     model_hash = content_hash(model_dir)[:16]
     extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
+    extras.append(f"taesd{content_hash(vae_decoder)[:12]}" if vae_decoder else "")
     folders = {}
     for runtime in RUNTIME_CHOICES:
         for precision, declared in PRECISIONS.items():
@@ -116,6 +126,7 @@ def build(
     step_cache: bool = False,
     prefix: str = "",
     runtime: str = DEFAULT_RUNTIME,
+    vae_decoder: Path | None = None,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -124,7 +135,8 @@ def build(
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
     caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
-    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``prefix``: the Triton model names start with
+    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``vae_decoder``: a diffusers ``AutoencoderTiny``
+    folder served as the model's ``vae_decoder``; ``prefix``: the Triton model names start with
     it (:meth:`serve.text_to_image.models.ServedModels.prefix`). ``repository`` None: built and measured, not
     installed (``easel models add`` hands the folder to a running stack, which installs it). Returns the engine
     folder, opened.
@@ -136,7 +148,7 @@ def build(
     if adapters.ip_adapter is not None and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    folders = engine_dirs(model_dir, adapters, controlnets, step_cache)
+    folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)
     engine_dir = folders[runtime, precision]
     graph = PRECISIONS[precision].graph_dtype
     same_graphs = [f for (_, p), f in folders.items() if PRECISIONS[p].graph_dtype == graph and f != engine_dir]
@@ -155,7 +167,9 @@ def build(
         logger.info(
             "building %s engines (%s %s, %s) of %s", family.name, runtime, precision, family.pipeline_class, model_dir
         )
-        _build_into(engine_dir, family, model_dir, precision, adapters, runtime)
+        base = engine_dirs(model_dir, adapters, controlnets, step_cache)[runtime, precision] if vae_decoder else None
+        base = base if base is not None and EngineFolder.built(base) else None
+        _build_into(engine_dir, family, model_dir, precision, adapters, runtime, vae_decoder=vae_decoder, base=base)
     folder = EngineFolder(engine_dir)
     measure(folder)
     if repository is not None:
@@ -183,17 +197,30 @@ def _build_into(
     adapters: AdapterBuild,
     runtime: str,
     exported: Path | None = None,
+    vae_decoder: Path | None = None,
+    base: Path | None = None,
 ) -> None:
     """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing.
 
     ``exported``: a built folder with the same ONNX graphs (another runtime's): they are linked, not exported again.
+    ``base``: the same build without the tiny ``vae_decoder``: its other engines are linked as they are.
     """
     partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
         if exported is None:
-            reports = export_all(family, model_dir, partial, precision, adapters=adapters, runtime=runtime)
+            reports = _link_engines(EngineFolder(base), partial, skip=VAE_DECODER) if base else []
+            reports += export_all(
+                family,
+                model_dir,
+                partial,
+                precision,
+                adapters=adapters,
+                runtime=runtime,
+                vae_decoder=vae_decoder,
+                only={VAE_DECODER} if base else None,
+            )
         else:
             reports = reuse_graphs(EngineFolder(exported), partial, runtime, precision)
         _write_beside_engines(partial, family, model_dir)
@@ -203,6 +230,20 @@ def _build_into(
         partial.rename(engine_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _link_engines(base: EngineFolder, folder: Path, skip: str) -> list[EngineReport]:
+    """Hard-link every engine of ``base`` but ``skip`` into ``folder`` (their measured memory too); their reports."""
+    kept = json.loads((base.path / layout.MANIFEST).read_text())["engines"]
+    reports = []
+    for report in kept:
+        if report["engine"] == skip:
+            continue
+        (folder / report["engine"]).mkdir()
+        for path in base.engine(report["engine"]).files().values():
+            os.link(path, folder / report["engine"] / path.name)
+        reports.append(EngineReport(**report | {"parity": ParityReport(**report["parity"])}))
+    return reports
 
 
 def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None:

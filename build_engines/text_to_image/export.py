@@ -27,6 +27,8 @@ from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
+from serve.text_to_image.families.base import ExportModule, VaeDecoderModule, diffusers_model
+from serve.text_to_image.spec import VAE_DECODER
 from serve.triton.engine_files import LORA_SLOTS, EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session
 from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
@@ -255,6 +257,11 @@ def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
     return ParityReport(spec.name, None, None, note)
 
 
+def tiny_vae_decoder(folder: Path) -> ExportModule:
+    """A diffusers ``AutoencoderTiny`` (TAESD) as the ``vae_decoder`` engine: the same latents in, image out."""
+    return ExportModule(lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderTiny", folder, dtype)))
+
+
 def export_all(
     family: Family,
     model_dir: Path,
@@ -263,12 +270,16 @@ def export_all(
     seed: int = 1,
     adapters: AdapterBuild | None = None,
     runtime: str = Runtime.ONNXRUNTIME.value,
+    vae_decoder: Path | None = None,
+    only: set[str] | None = None,
 ) -> list[EngineReport]:
     """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx``, check each one, give it its runtime.
 
     ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder); the family's
     ControlNets (ready ones) are exported too, and the UNet takes their residuals. ``runtime``: one of
-    :data:`serve.triton.runtimes.RUNTIME_CHOICES` (:func:`build_engines.openvino.choose_runtime`).
+    :data:`serve.triton.runtimes.RUNTIME_CHOICES` (:func:`build_engines.openvino.choose_runtime`); ``vae_decoder``: a
+    diffusers ``AutoencoderTiny`` folder (TAESD's layout) exported as the ``vae_decoder`` engine instead of the model's;
+    ``only``: these engines (default: all).
     """
     dtype = PRECISIONS[precision]
     modules = adapter_modules(
@@ -278,6 +289,9 @@ def export_all(
         family.lora_engines,
         between=lambda ready: controlnet_modules(ready, family, family.controlnets),
     )
+    if vae_decoder is not None:
+        modules[VAE_DECODER] = tiny_vae_decoder(vae_decoder)
+    modules = {name: module for name, module in modules.items() if only is None or name in only}
     reports = []
     for step, (name, source) in enumerate(modules.items(), start=1):
         spec = family.specs[name]

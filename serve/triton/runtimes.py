@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -143,7 +144,8 @@ class OpenVinoSession:
     """An OpenVINO IR compiled for the CPU with ``threads`` threads and one stream; batches run whole.
 
     ``static_shapes`` > 0: a model compiled for each input shape seen, the last ``static_shapes`` kept (each holds its
-    own compiled weights); 0: one compilation with the graph's dynamic axes.
+    own compiled weights); 0: one compilation with the graph's dynamic axes. Calls may come from several threads (the
+    in-process runner): each takes an idle infer request of its compiled model, or makes one.
     """
 
     def __init__(self, files: EngineFiles, precision: str = "fp32", threads: int = 0, static_shapes: int = 0) -> None:
@@ -161,29 +163,39 @@ class OpenVinoSession:
         self.input_names = {port.any_name for port in self.model.inputs}
         self.output_names = [port.any_name for port in self.model.outputs]
         self.input_ranks = {port.any_name: port.get_partial_shape().rank.get_length() for port in self.model.inputs}
-        self._static: OrderedDict[tuple, object] = OrderedDict()
-        self._dynamic = None if static_shapes else self._compile(self.model)
+        self._lock = threading.Lock()
+        self._compiled: OrderedDict[tuple | None, object] = OrderedDict()
+        self._idle: dict[tuple | None, list] = {}
+        if not static_shapes:
+            self._compiled[None] = self.core.compile_model(self.model, "CPU", self.config)
+            self.model = None  # the compiled model holds what it needs
 
-    def _compile(self, model):
-        return self.core.compile_model(model, "CPU", self.config).create_infer_request()
-
-    def _request(self, feeds: dict[str, np.ndarray]):
-        """The dynamic model's request, or the one compiled for these shapes (compiled now if new, oldest dropped)."""
-        if self._dynamic is not None:
-            return self._dynamic
+    def _compiled_for(self, feeds: dict[str, np.ndarray]) -> tuple:
+        """(key, compiled model) for these feeds: the dynamic one, or one compiled for their shapes (oldest dropped)."""
+        if not self.static_shapes:
+            return None, self._compiled[None]
         key = tuple(sorted((name, array.shape) for name, array in feeds.items()))
-        if key not in self._static:
-            model = self.model.clone()
-            model.reshape({name: list(array.shape) for name, array in feeds.items()})
-            self._static[key] = self._compile(model)
-            while len(self._static) > self.static_shapes:
-                self._static.popitem(last=False)
-        self._static.move_to_end(key)
-        return self._static[key]
+        with self._lock:
+            if key not in self._compiled:
+                model = self.model.clone()
+                model.reshape({name: list(array.shape) for name, array in feeds.items()})
+                self._compiled[key] = self.core.compile_model(model, "CPU", self.config)
+                while len(self._compiled) > self.static_shapes:
+                    dropped, _ = self._compiled.popitem(last=False)
+                    self._idle.pop(dropped, None)
+            self._compiled.move_to_end(key)
+            return key, self._compiled[key]
 
     def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """All outputs for ``feeds`` and ``shared`` (inputs the graph does not take are left out)."""
         feeds = {k: np.ascontiguousarray(v) for k, v in (feeds | (shared or {})).items() if k in self.input_names}
-        request = self._request(feeds)
-        request.infer(feeds)
-        return [np.array(request.get_tensor(name).data) for name in self.output_names]
+        key, compiled = self._compiled_for(feeds)
+        with self._lock:
+            idle = self._idle.setdefault(key, [])
+            request = idle.pop() if idle else compiled.create_infer_request()
+        try:
+            request.infer(feeds)
+            return [np.array(request.get_tensor(name).data) for name in self.output_names]
+        finally:
+            with self._lock:
+                self._idle.setdefault(key, []).append(request)

@@ -123,7 +123,20 @@ def test_static_shapes_are_compiled_per_shape_and_bounded(tmp_path):
     for rows in (1, 2, 1, 3):
         (y,) = session.run({"x": np.eye(64, dtype=np.float32)[:rows]})
         np.testing.assert_allclose(y, weight[:rows], rtol=1e-5, atol=1e-5)
-    assert [key[0][1] for key in session._static] == [(1, 64), (3, 64)]  # 2 dropped, oldest first
+    assert [key[0][1] for key in session._compiled] == [(1, 64), (3, 64)]  # 2 dropped, oldest first
+
+
+def test_calls_from_several_threads_each_get_an_infer_request(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = _linear_engine(tmp_path / "unet")
+    choose_runtime(files, "openvino", "fp32", {"x": np.ones((1, 64), np.float32)}, [np.zeros((1, 48))], 1.0)
+    session = open_engine(files, 1)
+    rows = [np.random.default_rng(i).standard_normal((1 + i % 3, 64)).astype(np.float32) for i in range(12)]
+    with ThreadPoolExecutor(4) as pool:
+        outputs = list(pool.map(lambda x: session.run({"x": x})[0], rows))
+    for x, y in zip(rows, outputs, strict=True):
+        np.testing.assert_allclose(y, _reference(files, {"x": x})[0], rtol=1e-4, atol=1e-4)
 
 
 def test_bf16_falls_back_to_fp32_with_a_log_line_where_the_cpu_lacks_it(monkeypatch, caplog):

@@ -20,6 +20,11 @@ from serve.triton.runtimes import Runtime, RuntimeChoice, candidates
 
 logger = logging.getLogger(__name__)
 
+AUTO_FLOOR_S = 0.05
+"""``auto``: an engine whose ONNX Runtime call at the check's size takes less than this stays there, not converted.
+
+OpenVINO's calls cost more than ONNX Runtime's on small graphs (the embedded model's engines, docs/PERFORMANCE.md).
+"""
 TIMED_RUNS = 2
 """Calls timed per candidate when ``auto`` compares them (after a first call); the fastest counts."""
 
@@ -74,8 +79,9 @@ def choose_runtime(
 ) -> RuntimeChoice:
     """Give the engine in ``files`` its runtime (``auto``: the fastest candidate whose fp32 error is within ``bound``).
 
-    ``expected``: PyTorch's fp32 outputs for ``feeds``; ``onnx_error``: ONNX Runtime's, from the parity check (an
-    engine that can only run there is not measured again). Candidates not kept leave no files behind.
+    ``auto`` measures ONNX Runtime first and keeps it without trying OpenVINO when its call takes less than
+    :data:`AUTO_FLOOR_S`. ``expected``: PyTorch's fp32 outputs for ``feeds``; ``onnx_error``: ONNX Runtime's, from the
+    parity check (an engine that can only run there is not measured again). Candidates not kept leave no files behind.
     """
     options = candidates(runtime, precision)
     if options == (Runtime.ONNXRUNTIME,):  # fp16 GPU engines cannot run on the CPU provider: nothing to measure
@@ -95,6 +101,8 @@ def choose_runtime(
             precision,
             *measured[option],
         )
+        if option is Runtime.ONNXRUNTIME and measured[option][1] < AUTO_FLOOR_S:
+            break  # too small a call for OpenVINO to pay: not converted
     within = {option: m for option, m in measured.items() if precision != "fp32" or m[0] <= bound} or measured
     best = min(within, key=lambda option: within[option][1])
     seconds = {option.value: round(m[1], 4) for option, m in measured.items()}

@@ -196,7 +196,8 @@ class StackOptions(AppSettings):
     runtime: Annotated[str, Cli(type=click.Choice(RUNTIME_CHOICES))] = Field(
         DEFAULT_RUNTIME,
         description="What runs the engines on the CPU: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR "
-        "at build), or auto (each engine measured both ways at build, the faster kept).",
+        "at build), or auto (each engine measured both ways at build, the faster kept; one whose ONNX Runtime call is "
+        "too small for OpenVINO to pay stays there).",
     )
     vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", EXISTING_FOLDER)] = Field(
         None,

@@ -33,8 +33,9 @@ class Runtime(StrEnum):
 AUTO = "auto"
 """``--runtime auto``: each engine measured both ways at build, the faster kept (within the parity bound)."""
 RUNTIME_CHOICES = (*(r.value for r in Runtime), AUTO)
-DEFAULT_RUNTIME = Runtime.ONNXRUNTIME.value
-"""What ``easel build`` and ``easel up`` use unless told (docs/PERFORMANCE.md says why)."""
+DEFAULT_RUNTIME = AUTO
+"""What ``easel build`` and ``easel up`` use unless told: OpenVINO fp32 where it is faster (the full-size models' large
+engines), ONNX Runtime where it is (small ones: the embedded models); docs/PERFORMANCE.md has the measurements."""
 
 
 @dataclass(frozen=True)

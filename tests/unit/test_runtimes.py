@@ -95,13 +95,24 @@ def test_openvino_engines_are_converted_at_build_and_opened_through_the_same_doo
         assert 1e-6 < error < 5e-2 and weights < 64 * 48 * 2
 
 
-def test_auto_keeps_the_faster_runtime_and_removes_the_other_ones_files(tmp_path):
+def test_auto_keeps_the_faster_runtime_and_removes_the_other_ones_files(tmp_path, monkeypatch):
+    import build_engines.openvino as build_openvino
+
+    monkeypatch.setattr(build_openvino, "AUTO_FLOOR_S", 0.0)  # however small the call, both are measured
     files = _linear_engine(tmp_path / "unet")
     x = np.random.default_rng(1).standard_normal((2, 64)).astype(np.float32)
     choice = choose_runtime(files, "auto", "fp32", {"x": x}, _reference(files, {"x": x}), 1e-3)
     assert set(choice.seconds) == {"onnxruntime", "openvino"}
     assert choice.seconds[choice.runtime.value] == min(choice.seconds.values())
     assert files.openvino.exists() == (choice.runtime is Runtime.OPENVINO)
+
+
+def test_auto_leaves_an_engine_too_small_for_openvino_to_pay_on_onnx_runtime_unconverted(tmp_path):
+    files = _linear_engine(tmp_path / "unet")  # one 64 x 48 matmul: microseconds
+    x = np.ones((2, 64), np.float32)
+    choice = choose_runtime(files, "auto", "fp32", {"x": x}, _reference(files, {"x": x}), 1e-3)
+    assert choice.runtime is Runtime.ONNXRUNTIME and set(choice.seconds) == {"onnxruntime"}
+    assert not files.openvino.exists()
 
 
 def test_auto_keeps_only_runtimes_within_the_parity_bound(tmp_path, monkeypatch):

@@ -13,116 +13,21 @@ from __future__ import annotations
 
 import json
 import logging
-import statistics
-import subprocess
-import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
+from serve.benchmarks import cpu_columns
+from serve.benchmarks.cpu_cells import COLUMNS, ROWS, Cell, CpuBenchSettings, load_average
 from serve.benchmarks.model import TreeMemory
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
-PROMPT = "a lighthouse on a cliff at dusk, flat vector illustration"
-
-
-@dataclass(frozen=True)
-class Column:
-    """One way of running the model: ``kind`` is diffusers, genai or easel."""
-
-    kind: str
-    precision: str = "fp32"
-    runtime: str = ""  # Easel's runtime
-
-
-COLUMNS = {
-    "diffusers-fp32": Column("diffusers"),
-    "diffusers-bf16": Column("diffusers", "bf16"),
-    "genai-fp32": Column("genai"),
-    "genai-bf16": Column("genai", "bf16"),
-    "genai-int8": Column("genai", "int8"),
-    "easel-onnxruntime-fp32": Column("easel", "fp32", "onnxruntime"),
-    "easel-openvino-fp32": Column("easel", "fp32", "openvino"),
-    "easel-openvino-bf16": Column("easel", "bf16", "openvino"),
-    "easel-openvino-int8": Column("easel", "int8", "openvino"),
-}
-
-
-@dataclass(frozen=True)
-class Row:
-    """What one cell times: an engine alone (``engine``), or whole images (``steps`` of ``scheduler``)."""
-
-    title: str
-    engine: str = ""
-    steps: int = 0
-    scheduler: str = ""
-    guidance: float = 1.0
-
-
-ROWS = {
-    "unet": Row("one UNet row", engine="unet"),
-    "vae": Row("one VAE decode", engine="vae_decoder"),
-    "lcm4": Row("LCM 4 steps, end to end", steps=4, scheduler="lcm", guidance=1.0),
-    "ddim20": Row("DDIM 20 steps guided, end to end", steps=20, scheduler="ddim", guidance=7.5),
-}
-
-
-@dataclass
-class Cell:
-    """One column x row x concurrency: its timings, or why it did not run."""
-
-    column: str
-    row: str
-    concurrency: int
-    p50_s: float | None = None
-    images_per_s: float | None = None
-    peak_gb: float | None = None
-    seconds: list[float] = field(default_factory=list)
-    load: str = ""  # /proc/loadavg when the cell ended: other jobs on the machine
-    note: str = ""
-
-
-@dataclass(frozen=True)
-class CpuBenchSettings:
-    """What ``easel bench cpu`` runs: which columns, rows, concurrencies, at what size, how many times."""
-
-    model_dir: Path
-    size: int = 512
-    columns: tuple[str, ...] = tuple(COLUMNS)
-    rows: tuple[str, ...] = tuple(ROWS)
-    concurrency: tuple[int, ...] = (1, 4)
-    repeats: int = 3
-    genai_python: Path | None = None  # a Python with openvino_genai (and optimum-cli beside it); None: skipped
-
-
-def load_average() -> str:
-    """The machine's 1, 5 and 15 minute load averages."""
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def timed(call: Callable[[], object], repeats: int) -> list[float]:
-    """Seconds of ``repeats`` calls of ``call`` after one warm-up call."""
-    call()
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - started)
-    return seconds
-
-
-def cell_from(column: str, row: str, concurrency: int, seconds: list[float], images: int, peak_gb: float) -> Cell:
-    """A cell from per-call seconds, each call giving ``images`` images (or rows)."""
-    p50 = statistics.median(seconds)
-    return Cell(column, row, concurrency, round(p50, 3), round(images / p50, 4), round(peak_gb, 2), seconds)
+__all__ = ["COLUMNS", "ROWS", "CpuBenchSettings", "run_cpu_benchmark"]
 
 
 def run_column(name: str, settings: CpuBenchSettings, out_dir: Path) -> list[Cell]:
     """Every asked cell of column ``name``; a column that fails leaves cells that say why."""
-    from serve.benchmarks import cpu_columns
-
     column = COLUMNS[name]
     runner = {"diffusers": cpu_columns.diffusers_cells, "genai": cpu_columns.genai_cells}.get(
         column.kind, cpu_columns.easel_cells
@@ -170,16 +75,3 @@ def table(cells: list[Cell]) -> str:
         p50, rate, peak = number(c.p50_s, ".2f"), number(c.images_per_s, ".4f"), number(c.peak_gb, ".2f")
         lines.append((c.row, c.concurrency, f"  {c.column}", p50, rate, peak, f"  {c.load}", c.note[:90]))
     return text_table(columns, lines)
-
-
-def genai_export(settings: CpuBenchSettings, weights: str, cache: Path) -> Path:
-    """The model exported for openvino_genai by ``optimum-cli export openvino`` (``weights``: fp32 or int8), cached."""
-    folder = cache / f"{settings.model_dir.name}-{weights}"
-    if (folder / "model_index.json").exists():
-        return folder
-    cli = settings.genai_python.parent / "optimum-cli"
-    command = [str(cli), "export", "openvino", "--model", str(settings.model_dir), "--task", "text-to-image"]
-    command += ["--weight-format", weights, str(folder)]
-    logger.info("exporting for openvino_genai: %s", " ".join(command))
-    subprocess.run(command, check=True, timeout=7200, capture_output=True, text=True)
-    return folder

@@ -8,6 +8,7 @@ Each runner returns its cells for the settings' rows and concurrencies, timed th
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,9 +17,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve.benchmarks.cpu import PROMPT, ROWS, Cell, Column, CpuBenchSettings, Row, cell_from, genai_export, timed
+from serve.benchmarks.cpu_cells import PROMPT, ROWS, Cell, Column, CpuBenchSettings, Row, cell_from, timed
 from serve.benchmarks.model import TreeMemory
 from serve.triton.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 GENAI_WORKER = Path(__file__).with_name("genai_worker.py")
 
@@ -198,3 +201,16 @@ def genai_cells(name: str, column: Column, settings: CpuBenchSettings, memory: T
         cell.note = "peak: the whole worker run's"
         cells.append(cell)
     return cells
+
+
+def genai_export(settings: CpuBenchSettings, weights: str, cache: Path) -> Path:
+    """The model exported for openvino_genai by ``optimum-cli export openvino`` (``weights``: fp32 or int8), cached."""
+    folder = cache / f"{settings.model_dir.name}-{weights}"
+    if (folder / "model_index.json").exists():
+        return folder
+    cli = settings.genai_python.parent / "optimum-cli"
+    command = [str(cli), "export", "openvino", "--model", str(settings.model_dir), "--task", "text-to-image"]
+    command += ["--weight-format", weights, str(folder)]
+    logger.info("exporting for openvino_genai: %s", " ".join(command))
+    subprocess.run(command, check=True, timeout=7200, capture_output=True, text=True)
+    return folder

@@ -80,8 +80,9 @@ def choose_runtime(
     """Give the engine in ``files`` its runtime (``auto``: the fastest candidate whose fp32 error is within ``bound``).
 
     ``auto`` measures ONNX Runtime first and keeps it without trying OpenVINO when its call takes less than
-    :data:`AUTO_FLOOR_S`. ``expected``: PyTorch's fp32 outputs for ``feeds``; ``onnx_error``: ONNX Runtime's, from the
-    parity check (an engine that can only run there is not measured again). Candidates not kept leave no files behind.
+    :data:`AUTO_FLOOR_S`. ``expected``: the fp32 reference for ``feeds`` (PyTorch's outputs; for graphs reused from
+    another build, ONNX Runtime's of the same graph); ``onnx_error``: ONNX Runtime's error against PyTorch, from the
+    parity check (it is ONNX Runtime's recorded error). Candidates not kept leave no files behind.
     """
     options = candidates(runtime, precision)
     if options == (Runtime.ONNXRUNTIME,):  # fp16 GPU engines cannot run on the CPU provider: nothing to measure
@@ -94,6 +95,8 @@ def choose_runtime(
             convert(files, precision)
         runs = TIMED_RUNS if len(options) > 1 else 0  # one candidate: its error, and its first call's time
         measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected, runs)
+        if option is Runtime.ONNXRUNTIME and onnx_error is not None:  # the parity check's, against PyTorch itself
+            measured[option] = (onnx_error, measured[option][1])
         logger.info(
             "  %-14s %-11s %-4s error against fp32 %.2e, %.3f s per call",
             files.folder.name,

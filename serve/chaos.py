@@ -244,7 +244,7 @@ class Chaos:
         import numpy as np
         from PIL import Image
 
-        from serve.vectorize.image import MAX_PIXELS
+        from serve.images.raster import MAX_PIXELS
 
         side = int(MAX_PIXELS**0.5)
         noise = np.random.default_rng(0).integers(0, 255, (side, side, 3), dtype=np.uint8)

@@ -19,10 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route
 from serve.text_to_image.schema import MAX_FEW_STEPS, MAX_IMAGES, GenerationRequest
-from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
 ERROR = {

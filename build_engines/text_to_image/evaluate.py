@@ -155,8 +155,9 @@ def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: Ge
 
     All generations run at once, their engine calls merged per step as a replica merges them.
     """
-    from serve.text_to_image.generation import Generation
-    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.generation import Generation, SamplingParams
+    from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
     from serve.triton.coalesce import CoalescingRunner
 
     pipeline = TextToImagePipeline(engines, CoalescingRunner(OnnxRuntimeRunner(engines)))
@@ -166,7 +167,17 @@ def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: Ge
             pairing,
             seed,
             Generation(
-                pairing.caption(), "", 1, size, size, settings.steps, settings.guidance_scale, seed, settings.scheduler
+                SamplingParams(
+                    pairing.caption(),
+                    "",
+                    1,
+                    size,
+                    size,
+                    settings.steps,
+                    settings.guidance_scale,
+                    seed,
+                    settings.scheduler,
+                )
             ),
         )
         for pairing in pairings

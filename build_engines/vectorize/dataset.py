@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.images.raster import load_image, resize
 from serve.vectorize.convert import score
 from serve.vectorize.features import compute_features
-from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors, to_vector
 
 logger = logging.getLogger(__name__)

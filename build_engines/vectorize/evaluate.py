@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from build_engines.vectorize.runtime import TRAINED_DIR, Models
+from serve.images.raster import load_image, resize
 from serve.vectorize.convert import Scored, render, score, ssim
-from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors
 from serve.vectorize.schema import Preference, Tier
 from serve.vectorize.tiers import answer, choose, needs_check, score_svg

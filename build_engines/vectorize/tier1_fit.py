@@ -15,8 +15,8 @@ import numpy as np
 
 from build_engines.vectorize.dataset import Table
 from build_engines.vectorize.predictor import Predictor
+from serve.images.raster import load_image, resize
 from serve.vectorize.convert import score
-from serve.vectorize.image import load_image, resize
 from serve.vectorize.params import DEFAULTS, PRESETS, from_vector, sample_vectors, to_vector
 from serve.vectorize.tiers import Tier1Map
 

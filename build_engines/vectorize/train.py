@@ -23,8 +23,8 @@ from build_engines.vectorize.ppo import RatedPolicy, train_policy
 from build_engines.vectorize.predictor import as_numpy_predictor, split_images, train_predictor
 from build_engines.vectorize.runtime import Models
 from build_engines.vectorize.tier1_fit import best_found, fit_tier1
+from serve.images.raster import load_image, resize
 from serve.vectorize.convert import score
-from serve.vectorize.image import load_image, resize
 from serve.vectorize.schema import Tier
 from serve.vectorize.spec import POLICY, QUALITY
 from serve.vectorize.tiers import MODEL_TIERS, TIER1_FILE, Margins, Scores, choose

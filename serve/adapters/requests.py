@@ -18,7 +18,7 @@ from serve.adapters.lora import ADAPTERS_INPUT, row_text
 from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
-from serve.triton.spec import EngineRunner, ModelSpec
+from serve.triton.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -71,19 +71,6 @@ class StackAdapters:
 _REGISTRIES: dict[str, tuple[int, LoraRegistry]] = {}
 
 
-class _WithLoras:
-    """An engine runner that adds the job's ``adapters`` row to every call of an engine that takes it."""
-
-    def __init__(self, runner: EngineRunner, text: str) -> None:
-        self.runner, self.text = runner, text
-
-    async def infer(self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0) -> dict:
-        if any(t.name == ADAPTERS_INPUT for t in spec.inputs) and ADAPTERS_INPUT not in inputs:
-            rows = len(next(iter(inputs.values())))
-            inputs = {**inputs, ADAPTERS_INPUT: np.full(rows, self.text, dtype=object)}
-        return await self.runner.infer(spec, inputs, priority)
-
-
 class GenerationAdapters:
     """A pipeline's adapter inputs: a job's LoRA rows for the LoRA-ready engines, its IP-Adapter rows for the UNet."""
 
@@ -101,9 +88,9 @@ class GenerationAdapters:
         self.processor = image_processor(feature_extractor, ip.image_size) if ip else None
         self._negative: np.ndarray | None = None
 
-    def runner(self, engines, job):
-        """``engines`` adding ``job``'s LoRA rows where an engine takes them."""
-        return _WithLoras(engines, row_text(job.loras)) if self.support.lora else engines
+    def row(self, job) -> tuple[str, str] | None:
+        """The per-row input ``job``'s LoRAs add to the engines that take it (None: this model takes no LoRA)."""
+        return (ADAPTERS_INPUT, row_text(job.adapters.loras)) if self.support.lora else None
 
     def scales(self, scale) -> np.ndarray:
         """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; 400 if it does not fit)."""
@@ -122,13 +109,13 @@ class GenerationAdapters:
         if info is None:
             return {}
         rows = 2 if guided else 1
-        if job.ip_image is None:
+        if job.adapters.ip_image is None:
             return {
                 IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
                 IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
             }
-        scales = self.scales(job.ip_scale)
-        pixels = await asyncio.to_thread(self._pixels, job.ip_image)
+        scales = self.scales(job.adapters.ip_scale)
+        pixels = await asyncio.to_thread(self._pixels, job.adapters.ip_image)
         spec = self.specs[IMAGE_ENCODER]
         embeds = (await engines.infer(spec, {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
         if guided:

@@ -67,18 +67,20 @@ def bench_diffusers(model_dir: Path, settings: GenerateSettings) -> BenchRow:
 
 
 def _generation(settings: GenerateSettings, index: int):
-    from serve.text_to_image.pipeline import Generation
+    from serve.text_to_image.generation import Generation, SamplingParams
 
     return Generation(
-        PROMPTS[index % len(PROMPTS)],
-        "",
-        1,
-        settings.size,
-        settings.size,
-        settings.steps,
-        settings.guidance_scale,
-        index,
-        settings.scheduler,
+        SamplingParams(
+            PROMPTS[index % len(PROMPTS)],
+            "",
+            1,
+            settings.size,
+            settings.size,
+            settings.steps,
+            settings.guidance_scale,
+            index,
+            settings.scheduler,
+        )
     )
 
 
@@ -101,7 +103,8 @@ def bench_single_request(
     The in-process ONNX Runtime requests run inside ``pause`` (the stack stopped), the served ones with the stack
     running: a slow spell of a shared machine then hits both columns alike.
     """
-    from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+    from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+    from serve.text_to_image.pipeline import TextToImagePipeline
 
     pipeline = TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 

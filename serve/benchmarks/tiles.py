@@ -18,8 +18,9 @@ import numpy as np
 from serve.benchmarks import loop
 from serve.tables import text_table
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.triton.memory import peak_rss_reset, rss_bytes
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def measure(folder: EngineFolder, size: int, steps: int, seed: int) -> list[Tile
     async def keep(step: int, total: int, latents: np.ndarray) -> None:
         kept["latents"] = latents
 
-    job = Generation("a lighthouse on a cliff, flat icon", "", 1, size, size, steps, 5.0, seed, "euler")
+    job = Generation(SamplingParams("a lighthouse on a cliff, flat icon", "", 1, size, size, steps, 5.0, seed, "euler"))
     asyncio.run(pipeline.generate(job, on_step=keep))
     latents = kept["latents"]
     rows, whole = [], None

@@ -49,7 +49,13 @@ def skipped_steps(share: float, steps: int) -> int:
 
 def usable(job: Generation, inpainting: bool) -> bool:
     """Whether ``job`` is text to image alone (no input images, mask, IP-Adapter reference or ControlNets)."""
-    return not (job.images or job.mask is not None or job.ip_image is not None or job.controls or inpainting)
+    return not (
+        job.inputs.images
+        or job.inputs.mask is not None
+        or job.adapters.ip_image is not None
+        or job.inputs.controls
+        or inpainting
+    )
 
 
 def decide(asked: bool | None, seeded: bool, job: Generation, share: float, inpainting: bool) -> bool:
@@ -82,15 +88,15 @@ def shape_key(model: str, job: Generation, step: int) -> str:
     """The content address of everything but the prompt and seed that shapes ``job``'s latents at ``step``."""
     shaping = {
         "model": model,
-        "size": [job.width, job.height],
-        "n": job.n,
-        "steps": job.steps,
-        "scheduler": job.scheduler,
-        "guidance_scale": job.guidance_scale,
-        "guidance_cutoff": job.guidance_cutoff,
-        "cache_interval": job.cache_interval,
-        "negative_prompt": job.negative_prompt,
-        "loras": [list(lora) for lora in job.loras],
+        "size": [job.sampling.width, job.sampling.height],
+        "n": job.sampling.n,
+        "steps": job.sampling.steps,
+        "scheduler": job.sampling.scheduler,
+        "guidance_scale": job.sampling.guidance_scale,
+        "guidance_cutoff": job.sampling.guidance_cutoff,
+        "cache_interval": job.cache.interval,
+        "negative_prompt": job.sampling.negative_prompt,
+        "loras": [list(lora) for lora in job.adapters.loras],
         "step": step,
     }
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()

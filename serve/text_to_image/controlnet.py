@@ -138,10 +138,12 @@ class JobControls:
     def __init__(
         self, specs: Mapping[str, ModelSpec], job: Generation, images: list[torch.Tensor], guided: bool
     ) -> None:
-        self.specs, self.controls = specs, job.controls
+        self.specs, self.controls = specs, job.inputs.controls
         self.ready = any(spec.name.startswith(CONTROLNET_PREFIX) for spec in specs.values())
         factor = 2 if guided else 1
-        self.images = [np.concatenate([image.repeat_interleave(job.n, dim=0).numpy()] * factor) for image in images]
+        self.images = [
+            np.concatenate([image.repeat_interleave(job.sampling.n, dim=0).numpy()] * factor) for image in images
+        ]
         self._zeros: dict[str, np.ndarray] | None = None
 
     async def residuals(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import logging
 import random
@@ -21,16 +20,24 @@ from serve.stores import default_url
 from serve.text_to_image import approximate, step_cache
 from serve.text_to_image.admission import Admission
 from serve.text_to_image.approximate import LatentReuse
-from serve.text_to_image.generation import Generation, StackDefaults, StepCallback
+from serve.text_to_image.generation import (
+    AdapterInputs,
+    CachePolicy,
+    Generation,
+    ImageInputs,
+    SamplingParams,
+    StackDefaults,
+    StepCallback,
+)
 from serve.text_to_image.images import RequestImages, decode_images, decode_reference
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
-from serve.triton.client import Namespaced, TritonClient
-from serve.triton.coalesce import CoalescingRunner
+from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
+from serve.triton.runners import model_runner, replica_runner
 from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
@@ -83,26 +90,28 @@ def to_generation(
     """
     images = images or RequestImages(*request.width_height(native_size))
     defaults = defaults or StackDefaults()
+    sampling = SamplingParams(
+        prompt=request.prompt,
+        negative_prompt=request.negative_prompt,
+        n=request.rows,
+        width=images.width,
+        height=images.height,
+        steps=request.num_inference_steps,
+        guidance_scale=request.guidance_scale,
+        seed=draw_seed(request.seed),
+        scheduler=request.scheduler,
+        guidance_cutoff=defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
+    )
     return Generation(
-        request.prompt,
-        request.negative_prompt,
-        request.rows,
-        images.width,
-        images.height,
-        request.num_inference_steps,
-        request.guidance_scale,
-        draw_seed(request.seed),
-        request.scheduler,
-        request.priority,
-        tuple((lora.name, lora.scale) for lora in request.loras),
-        ip_image,
-        request.ip_adapter_scale,
-        images.images,
-        images.mask,
-        request.effective_strength,
-        images.controls,
-        defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
-        request.cache_interval,
+        sampling=sampling,
+        priority=request.priority,
+        inputs=ImageInputs(images.images, images.mask, request.effective_strength, images.controls),
+        adapters=AdapterInputs(
+            loras=tuple((lora.name, lora.scale) for lora in request.loras),
+            ip_image=ip_image,
+            ip_scale=request.ip_adapter_scale,
+        ),
+        cache=CachePolicy(interval=request.cache_interval),
     )
 
 
@@ -124,7 +133,7 @@ class ModelPipeline:
 
     def __init__(self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
         self.model = model
-        self.pipeline = TextToImagePipeline(model.folder, Namespaced(engines, model.prefix), reuse)
+        self.pipeline = TextToImagePipeline(model.folder, model_runner(engines, model.prefix), reuse)
         self.admission = Admission.for_engines(model.folder, model.limits)
         self.preview = LatentPreview(
             self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
@@ -150,7 +159,7 @@ class TextToImage:
         self.models = models
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
-        self.engines = CoalescingRunner(self.triton)  # one for every model: their Triton names differ
+        self.engines = replica_runner(self.triton)  # one for every model: their Triton names differ
         self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
         if self.defaults.approximate_cache > 0:
             store = open_latent_store(store_url or default_url())
@@ -218,19 +227,21 @@ class TextToImage:
             self.defaults.approximate_cache,
             pipeline.dims.inpainting,
         )
-        job = dataclasses.replace(job, approximate_cache=reuse)
+        job = job.replaced(approximate=reuse)
         pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
         pipeline.family.controlnets.check(request.controlnets)
         step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
-        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.controls]
-        if job.images or pipeline.dims.inpainting:
+        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in job.inputs.controls]
+        if job.inputs.images or pipeline.dims.inpainting:
             uses.append(VAE_ENCODER)
         admission = served.admission
-        admitted = admission.check(job.n, request.denoising_steps, job.width, job.height, request.passes, uses)
-        metrics.count(
-            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.controls else "no"
+        admitted = admission.check(
+            job.sampling.n, request.denoising_steps, job.sampling.width, job.sampling.height, request.passes, uses
         )
-        for control in job.controls:
+        metrics.count(
+            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if job.inputs.controls else "no"
+        )
+        for control in job.inputs.controls:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):

@@ -1,7 +1,8 @@
-"""A generation as the loop runs it: the validated job, what it gives back, and its step callback."""
+"""A generation as the loop runs it: the validated job (its typed parts), what it gives back, its step callback."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,12 +27,10 @@ class Control:
 
 
 @dataclass(frozen=True)
-class Generation:
-    """One validated generation job.
+class SamplingParams:
+    """What to draw and how: the prompts, ``n`` images of ``width`` x ``height``, the sampler, its steps and guidance.
 
-    ``n`` is the number of images; with input ``images`` (img2img, inpainting) image ``i`` starts from
-    ``images[i % len(images)]``, as diffusers lays out a batch of images. ``mask`` (white: repaint, diffusers'
-    convention) and ``images`` have the job's size; ``strength``: how much of the schedule runs from them.
+    ``guidance_cutoff``: the share of the steps that run guided (:mod:`serve.text_to_image.guidance`).
     """
 
     prompt: str
@@ -43,17 +42,64 @@ class Generation:
     guidance_scale: float
     seed: int
     scheduler: str
-    priority: Priority = Priority.NORMAL
-    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
-    ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
-    ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
+    guidance_cutoff: float = 1.0
+
+
+@dataclass(frozen=True)
+class ImageInputs:
+    """The images a generation starts from or is steered by (none: text to image).
+
+    With input ``images`` (img2img, inpainting) image ``i`` starts from ``images[i % len(images)]``, as diffusers lays
+    out a batch of images. ``mask`` (white: repaint, diffusers' convention) and ``images`` have the job's size;
+    ``strength``: how much of the schedule runs from them.
+    """
+
     images: tuple[np.ndarray, ...] = ()  # RGB uint8, width x height
     mask: np.ndarray | None = None  # grey uint8, width x height; white: repaint
     strength: float = 1.0
     controls: tuple[Control, ...] = ()
-    guidance_cutoff: float = 1.0  # the share of the steps that run guided (serve.text_to_image.guidance)
-    cache_interval: int = 1  # steps per whole UNet call, the others shallow (serve.text_to_image.step_cache)
-    approximate_cache: bool = False  # may start from a similar prompt's kept latents (serve.text_to_image.approximate)
+
+
+@dataclass(frozen=True)
+class AdapterInputs:
+    """The adapters a generation runs with: LoRAs by name and weight, an IP-Adapter reference and its scale."""
+
+    loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (name, weight)
+    ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
+    ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """What a generation may skip of its work.
+
+    ``interval``: steps per whole UNet call, the others shallow (:mod:`serve.text_to_image.step_cache`);
+    ``approximate``: it may start from a similar prompt's kept latents (:mod:`serve.text_to_image.approximate`).
+    """
+
+    interval: int = 1
+    approximate: bool = False
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One validated generation job, built by keyword from its frozen parts (only ``sampling`` has no default)."""
+
+    sampling: SamplingParams
+    priority: Priority = Priority.NORMAL
+    inputs: ImageInputs = ImageInputs()
+    adapters: AdapterInputs = AdapterInputs()
+    cache: CachePolicy = CachePolicy()
+
+    def replaced(self, **changes) -> Generation:
+        """A copy with ``changes``: fields of any part by their names (``seed``, ``images``, ``approximate``...)."""
+        parts = {}
+        for name in ("sampling", "inputs", "adapters", "cache"):
+            part = getattr(self, name)
+            own = {key: changes.pop(key) for key in [f.name for f in dataclasses.fields(part)] if key in changes}
+            if own:
+                parts[name] = dataclasses.replace(part, **own)
+        return dataclasses.replace(self, **parts, **changes)  # priority; a name no part has: TypeError
 
 
 @dataclass(frozen=True)

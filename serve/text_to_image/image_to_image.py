@@ -43,20 +43,24 @@ class ImageProcessors:
 
     def images(self, job: Generation) -> torch.Tensor:
         """The job's images in ``[-1, 1]`` at its size, NCHW."""
-        pictures = [Image.fromarray(image) for image in job.images]
-        return self.image.preprocess(pictures, height=job.height, width=job.width).to(torch.float32)
+        pictures = [Image.fromarray(image) for image in job.inputs.images]
+        return self.image.preprocess(pictures, height=job.sampling.height, width=job.sampling.width).to(torch.float32)
 
     def mask_of(self, job: Generation) -> torch.Tensor:
         """The job's mask, binarised (1: repaint), N1HW; all ones when it has none."""
-        if job.mask is None:
-            return torch.ones(1, 1, job.height, job.width)
-        return self.mask.preprocess(Image.fromarray(job.mask), height=job.height, width=job.width)
+        if job.inputs.mask is None:
+            return torch.ones(1, 1, job.sampling.height, job.sampling.width)
+        return self.mask.preprocess(
+            Image.fromarray(job.inputs.mask), height=job.sampling.height, width=job.sampling.width
+        )
 
     def controls(self, job: Generation) -> list[torch.Tensor]:
         """Each control image in ``[0, 1]`` at the job's size, one row each."""
         return [
-            self.control.preprocess(Image.fromarray(c.image), height=job.height, width=job.width).to(torch.float32)
-            for c in job.controls
+            self.control.preprocess(Image.fromarray(c.image), height=job.sampling.height, width=job.sampling.width).to(
+                torch.float32
+            )
+            for c in job.inputs.controls
         ]
 
 
@@ -135,28 +139,28 @@ async def start(
     guided: bool,
 ) -> ImageStart:
     """The job's starting latents (and per-step parts), drawing from ``generator`` as diffusers' pipelines do."""
-    if not job.images and not inpainting_unet:
+    if not job.inputs.images and not inpainting_unet:
         return ImageStart(_noise_start(randn_tensor(shape, generator=generator, dtype=torch.float32), scheduler))
     encoder = specs[VAE_ENCODER]
-    pixels = processors.images(job) if job.images else torch.zeros(1, 3, job.height, job.width)
+    pixels = processors.images(job) if job.inputs.images else torch.zeros(1, 3, job.sampling.height, job.sampling.width)
     if not len(timesteps):  # a strength too small for one step: the images through the VAE
-        return ImageStart(_rows(await encode(engines, encoder, pixels, generator), job.n))
-    latent_timestep = timesteps[:1].repeat(job.n)
-    if job.mask is None and not inpainting_unet:  # img2img
-        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.n)
+        return ImageStart(_rows(await encode(engines, encoder, pixels, generator), job.sampling.n))
+    latent_timestep = timesteps[:1].repeat(job.sampling.n)
+    if job.inputs.mask is None and not inpainting_unet:  # img2img
+        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.sampling.n)
         noise = randn_tensor(image_latents.shape, generator=generator, dtype=torch.float32)
         return ImageStart(scheduler.add_noise(image_latents, noise, latent_timestep))
     blend = not inpainting_unet
-    full = job.strength == 1.0
+    full = job.inputs.strength == 1.0
     image_latents = None
     if blend or not full:
-        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.n)
+        image_latents = _rows(await encode(engines, encoder, pixels, generator), job.sampling.n)
     noise = randn_tensor(shape, generator=generator, dtype=torch.float32)
     latents = _noise_start(noise, scheduler) if full else scheduler.add_noise(image_latents, noise, latent_timestep)
     mask = processors.mask_of(job)
-    latent_mask = _rows(F.interpolate(mask, size=shape[2:]), job.n)
+    latent_mask = _rows(F.interpolate(mask, size=shape[2:]), job.sampling.n)
     if blend:
         return ImageStart(latents, noise, image_latents, latent_mask)
-    masked = _rows(await encode(engines, encoder, pixels * (mask < 0.5), generator), job.n)
+    masked = _rows(await encode(engines, encoder, pixels * (mask < 0.5), generator), job.sampling.n)
     extra = torch.cat([latent_mask, masked], dim=1)
     return ImageStart(latents, noise, unet_extra=torch.cat([extra] * 2) if guided else extra)

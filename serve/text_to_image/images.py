@@ -9,7 +9,6 @@ without an alpha channel is read as diffusers reads one (white: draw). The ``can
 
 from __future__ import annotations
 
-import base64
 import io
 from dataclasses import dataclass
 
@@ -18,9 +17,10 @@ from PIL import Image
 from scipy import ndimage
 
 from serve.errors import InvalidInput
+from serve.images import base64_bytes
+from serve.images.raster import ImageRejected, check_size, decode_image
 from serve.text_to_image.generation import Control
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, GenerationRequest, Outpaint
-from serve.vectorize.image import ImageRejected, check_size, decode_image
 
 MAX_INPUT_PIXELS = 4096 * 4096
 """Input, mask, control and reference images are resized (to the output's size, the image encoder's): any picture up
@@ -38,10 +38,6 @@ class RequestImages:
     images: tuple[np.ndarray, ...] = ()
     mask: np.ndarray | None = None
     controls: tuple[Control, ...] = ()
-
-
-def _bytes(text: str) -> bytes:
-    return base64.b64decode(text)
 
 
 def _decode(data: bytes, field: str) -> np.ndarray:
@@ -71,7 +67,7 @@ def output_size(request: GenerationRequest, native_size: int) -> tuple[int, int]
     """
     if request.size is not None or not request.image:
         return request.width_height(native_size)
-    width, height = header_size(_bytes(request.image[0]), "image")
+    width, height = header_size(base64_bytes(request.image[0]), "image")
     if (pad := request.outpaint) is not None:
         width, height = width + pad.left + pad.right, height + pad.top + pad.bottom
     width, height = width - width % SIDE_MULTIPLE, height - height % SIDE_MULTIPLE
@@ -141,19 +137,19 @@ def decode_reference(request: GenerationRequest) -> np.ndarray | None:
     """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
     if request.ip_adapter_image is None:
         return None
-    return _decode(_bytes(request.ip_adapter_image), "ip_adapter_image")
+    return _decode(base64_bytes(request.ip_adapter_image), "ip_adapter_image")
 
 
 def decode_images(request: GenerationRequest, native_size: int) -> RequestImages:
     """Decode and check every image of ``request`` (400s naming the field)."""
     width, height = output_size(request, native_size)
-    images = [_decode(_bytes(text), "image") for text in request.image]
+    images = [_decode(base64_bytes(text), "image") for text in request.image]
     if len({image.shape for image in images}) > 1:
         sizes = ", ".join(f"{image.shape[1]}x{image.shape[0]}" for image in images)
         raise InvalidInput(f"image: the images must have one size, not {sizes}", "image")
     mask = None
     if request.mask is not None:
-        mask = edit_mask(_bytes(request.mask))
+        mask = edit_mask(base64_bytes(request.mask))
         if mask.shape != images[0].shape[:2]:
             raise InvalidInput(
                 f"mask: it is {mask.shape[1]}x{mask.shape[0]}; the image is {images[0].shape[1]}x{images[0].shape[0]}",
@@ -163,7 +159,7 @@ def decode_images(request: GenerationRequest, native_size: int) -> RequestImages
         images, mask = outpainted(images, mask, request.outpaint)
     controls = []
     for index, choice in enumerate(request.controlnets):
-        pixels = _decode(_bytes(choice.image), f"controlnets.{index}.image")
+        pixels = _decode(base64_bytes(choice.image), f"controlnets.{index}.image")
         if choice.preprocess == "canny":
             pixels = canny(pixels, choice.low_threshold, choice.high_threshold)
         controls.append(Control(choice.name, pixels, choice.scale, choice.start, choice.end))

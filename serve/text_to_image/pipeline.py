@@ -7,8 +7,9 @@ another layout, Flux's packed patches, packs them inside its engine). Input imag
 starting latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals
 to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path, and may start
 from a similar earlier prompt's kept latents some steps in (:mod:`serve.text_to_image.approximate`). The engines are
-reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack, ONNX Runtime in-process
-(:class:`OnnxRuntimeRunner`) for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
+reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack (a job's chain of runners
+built by :func:`serve.triton.runners.job_runner`), ONNX Runtime in-process (:mod:`serve.text_to_image.onnx_runner`)
+for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
 (:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
 """
 
@@ -18,15 +19,12 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
-from serve.adapters.registry import engine_banks
 from serve.adapters.requests import GenerationAdapters
-from serve.priority import Priority, PriorityGate
+from serve.priority import PriorityGate
 from serve.text_to_image import guidance, image_to_image
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.controlnet import JobControls
@@ -36,71 +34,10 @@ from serve.text_to_image.image_to_image import ImageProcessors, strength_timeste
 from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.step_cache import JobStepCache
 from serve.text_to_image.tiling import VaeTiling
-from serve.triton.engine_files import LORAS_LINK
-from serve.triton.onnx_backend import open_engine
-from serve.triton.spec import EngineRunner, ModelSpec
+from serve.triton.runners import job_runner
+from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
-
-
-class OnnxRuntimeRunner:
-    """In-process engines (no Triton), each with the runtime its folder names: the benchmark's baseline, unit tests.
-
-    LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
-    """
-
-    def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
-        engines = {name: folder.engine(name) for name in folder.specs}
-        self.sessions = {name: open_engine(files, shards) for name, files in engines.items()}
-        registry = loras_dir or folder.path / LORAS_LINK
-        self.banks = {
-            name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready
-        }
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
-        session = self.sessions[spec.name]
-        feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
-        shared = {}
-        if spec.name in self.banks:
-            rows = [parse_row(text) for text in feeds.pop(ADAPTERS_INPUT)]
-            feeds[SCALE_INPUT], shared = self.banks[spec.name].feeds(rows)
-        outputs = await asyncio.to_thread(session.run, feeds, shared)
-        return dict(zip(session.output_names, outputs, strict=True))
-
-
-class _AtPriority:
-    """An :class:`EngineRunner` that sends every call at one Triton priority level."""
-
-    def __init__(self, runner: EngineRunner, priority: Priority) -> None:
-        self.runner, self.level = runner, priority.triton_level
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        return await self.runner.infer(spec, inputs, priority or self.level)
-
-
-class _Chunked:
-    """An :class:`EngineRunner` that sends at most ``rows[engine]`` rows per call, the calls one after another."""
-
-    def __init__(self, runner: EngineRunner, rows: Mapping[str, int]) -> None:
-        self.runner, self.rows = runner, rows
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        total = len(next(iter(inputs.values())))
-        step = self.rows.get(spec.name, total)
-        if step >= total:
-            return await self.runner.infer(spec, inputs, priority)
-        parts = []
-        for start in range(0, total, step):
-            part = {name: array[start : start + step] for name, array in inputs.items()}
-            parts.append(await self.runner.infer(spec, part, priority))
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 class TextToImagePipeline:
@@ -138,7 +75,7 @@ class TextToImagePipeline:
         generations in flight (:class:`PriorityGate`). ``rows_per_call`` caps an engine's rows per call (a large
         request's step then goes as several calls in turn, so others' calls run between them).
         """
-        engines = _Chunked(self.adapters.runner(_AtPriority(self.engines, job.priority), job), rows_per_call or {})
+        engines = job_runner(self.engines, job.priority, rows_per_call, self.adapters.row(job))
         async with self.gate.active(job.priority):
             return await self._generate(job, engines, tiling, on_step)
 
@@ -151,26 +88,26 @@ class TextToImagePipeline:
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
-        conditioning = {name: np.repeat(rows, job.n, axis=0) for name, rows in conditioning.items()}
-        scheduler = self.make_scheduler(job.scheduler)
+        conditioning = {name: np.repeat(rows, job.sampling.n, axis=0) for name, rows in conditioning.items()}
+        scheduler = self.make_scheduler(job.sampling.scheduler)
         self.family.set_timesteps(scheduler, job)
-        timesteps = strength_timesteps(scheduler, job.steps, job.strength if job.images else 1.0)
-        generator = torch.Generator("cpu").manual_seed(job.seed)
+        timesteps = strength_timesteps(scheduler, job.sampling.steps, job.inputs.strength if job.inputs.images else 1.0)
+        generator = torch.Generator("cpu").manual_seed(job.sampling.seed)
         shape = (
-            job.n,
+            job.sampling.n,
             self.dims.latent_channels,
-            job.height // self.dims.vae_scale_factor,
-            job.width // self.dims.vae_scale_factor,
+            job.sampling.height // self.dims.vae_scale_factor,
+            job.sampling.width // self.dims.vae_scale_factor,
         )
         inpainting = self.dims.inpainting
         start = await image_to_image.start(
             job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
         )
-        control_images = await asyncio.to_thread(self.processors.controls, job) if job.controls else []
+        control_images = await asyncio.to_thread(self.processors.controls, job) if job.inputs.controls else []
         controls = JobControls(self.specs, job, control_images, guided)
         latents = start.latents
         reused = None
-        if job.approximate_cache and self.reuse is not None:  # before the rows are repeated per image
+        if job.cache.approximate and self.reuse is not None:  # before the rows are repeated per image
             reused = await self.reuse.start(self.model, job, unrepeated, len(timesteps))
             if reused.latents is not None:
                 latents = torch.from_numpy(reused.latents)
@@ -178,8 +115,8 @@ class TextToImagePipeline:
         if first and hasattr(scheduler, "set_begin_index"):  # its own step count (sigmas, noise, last step) too
             scheduler.set_begin_index((scheduler.begin_index or 0) + first * scheduler.order)
         step_kwargs = _step_kwargs(scheduler, generator)
-        guided_steps = guidance.guided_steps(len(timesteps), job.guidance_cutoff) if guided else 0
-        denoiser = JobStepCache(self.specs, step_engine, job.cache_interval)
+        guided_steps = guidance.guided_steps(len(timesteps), job.sampling.guidance_cutoff) if guided else 0
+        denoiser = JobStepCache(self.specs, step_engine, job.cache.interval)
         for index, t in enumerate(timesteps[first:], start=first):
             if guided and index >= guided_steps:  # adaptive guidance: the prompt's rows alone from here
                 guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
@@ -196,7 +133,7 @@ class TextToImagePipeline:
             noise = torch.from_numpy(await denoiser.noise(engines, index - first, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
-                noise = uncond + job.guidance_scale * (cond - uncond)
+                noise = uncond + job.sampling.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = start.after_step(latents, index, timesteps, scheduler)
             if reused is not None and not first and index + 1 == reused.step:
@@ -205,7 +142,7 @@ class TextToImagePipeline:
                 await on_step(index + 1, len(timesteps), latents.numpy())
         pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
-        return GenerationResult(images, job.seed, dropped, None if reused is None else reused.skipped)
+        return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
 
     async def decode(
         self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None

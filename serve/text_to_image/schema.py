@@ -8,7 +8,6 @@ decoding them is the replica's (:mod:`serve.text_to_image.images`).
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -29,6 +28,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from serve.images import base64_bytes
 from serve.priority import Priority
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
@@ -115,7 +115,7 @@ def _base64_image(value: str, where: str = "") -> str:
     """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
     at = f"{where}: " if where else ""
     try:
-        data = base64.b64decode(value, validate=True)
+        data = base64_bytes(value)
     except (binascii.Error, ValueError) as error:
         raise ValueError(f"{at}not valid base64 ({error})") from error
     if not data:

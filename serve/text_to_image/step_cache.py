@@ -95,16 +95,18 @@ class ShallowUnetModule(torch.nn.Module):
 
 def check(job: Generation, specs: Mapping[str, ModelSpec], step_engine: str) -> None:
     """Refuse (400 naming ``cache_interval``) a cached job the engines cannot run as asked."""
-    if job.cache_interval == OFF:
+    if job.cache.interval == OFF:
         return
     field = "cache_interval"
     if UNET_SHALLOW not in specs:
         raise InvalidInput(f"{field}: this stack has no step-cache engines (start it with --step-cache)", field)
     if step_engine != UNET:
         raise InvalidInput(
-            f"{field}: step caching runs the model's UNet; the {job.scheduler} sampler runs its distilled UNet", field
+            f"{field}: step caching runs the model's UNet; "
+            f"the {job.sampling.scheduler} sampler runs its distilled UNet",
+            field,
         )
-    if job.loras or job.controls or job.ip_image is not None:
+    if job.adapters.loras or job.inputs.controls or job.adapters.ip_image is not None:
         raise InvalidInput(f"{field}: step caching takes no LoRAs, IP-Adapter reference or ControlNets", field)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
-from dataclasses import replace
 
 import numpy as np
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -105,29 +104,6 @@ class TritonClient:
     async def close(self) -> None:
         """Close the channel."""
         await self._client.close()
-
-
-class Namespaced:
-    """An :class:`~serve.triton.spec.EngineRunner` that calls each engine's Triton model under ``prefix`` + its name.
-
-    One stack serves several models, each model's engines under names of its own (``sdxl.unet``); the loop above
-    knows only the engine names.
-    """
-
-    def __init__(self, runner, prefix: str) -> None:
-        self.runner, self.prefix = runner, prefix
-        self._renamed: dict[str, ModelSpec] = {}
-
-    async def infer(
-        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
-    ) -> dict[str, np.ndarray]:
-        """``spec``'s engine run as the Triton model ``prefix + spec.name``."""
-        if not self.prefix:
-            return await self.runner.infer(spec, inputs, priority)
-        renamed = self._renamed.get(spec.name)
-        if renamed is None:  # a model's engine specs are fixed: renamed once
-            renamed = self._renamed[spec.name] = replace(spec, name=f"{self.prefix}{spec.name}")
-        return await self.runner.infer(renamed, inputs, priority)
 
 
 def _translate(error: InferenceServerException, model: str) -> Exception:

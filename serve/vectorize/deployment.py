@@ -21,11 +21,11 @@ from ray import serve
 
 from serve import metrics
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge
+from serve.images.raster import ImageRejected, decode_image
 from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy, WorkerDied
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
-from serve.vectorize.image import ImageRejected, decode_image
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
 from serve.vectorize.tiers import Why

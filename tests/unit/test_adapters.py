@@ -20,8 +20,9 @@ from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import PIPELINE, EngineFolder
-from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import AdapterInputs, Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.engine_files import EngineFiles
 from tests.conftest import diffusers_reference, psnr, reference_images
@@ -204,7 +205,9 @@ def test_transformer_loras_per_row_match_diffusers_load_lora_weights(name, trans
         theirs.load_lora_weights(str(tmp_path / "loras"), weight_name=f"{lora}.safetensors", adapter_name=lora)
     plain = None
     for loras in ((("a", 0.8),), (("a", 0.5), ("b", 1.0)), ()):
-        job = Generation("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler", loras=loras)
+        job = Generation(
+            SamplingParams("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler"), adapters=AdapterInputs(loras=loras)
+        )
         got = asyncio.run(ours.generate(job)).images[0]
         if loras:
             theirs.enable_lora()
@@ -224,5 +227,12 @@ def test_transformer_loras_per_row_match_diffusers_load_lora_weights(name, trans
             seed=3,
         )[0]
         assert psnr(got, want) >= 40, loras
-    with_a = asyncio.run(ours.generate(Generation("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler", loras=(("a", 0.8),))))
+    with_a = asyncio.run(
+        ours.generate(
+            Generation(
+                SamplingParams("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler"),
+                adapters=AdapterInputs(loras=(("a", 0.8),)),
+            )
+        )
+    )
     assert psnr(with_a.images[0], plain) < 40  # the adapter changes the image beyond the parity bar

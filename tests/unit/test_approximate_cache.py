@@ -6,7 +6,6 @@ rest, deterministic for a seed and the cache's contents.
 """
 
 import asyncio
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -19,21 +18,24 @@ from serve.latent_cache.sqlite import SqliteLatentStore
 from serve.settings import StackOptions
 from serve.text_to_image.approximate import LatentReuse, decide, embedding, skipped_steps
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import CachePolicy, Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.conftest import psnr
 from tests.controls import input_image
 from tests.latent_store_contract import *  # noqa: F403 - the contract's tests
 from tests.latent_store_contract import ENTRIES
-from tests.loop_cases import cases
+from tests.loop_cases import assert_recorded_bytes, cases
 from tests.unit.test_fewer_unet_calls import Counting
 
 SHARE = 0.5
-JOB = Generation("a red heart icon", "", 1, 64, 64, 8, 7.5, 3, "ddim", approximate_cache=True)
-NEAR = dataclasses.replace(JOB, prompt="an icon of a red heart", seed=11)  # another caption of the same pairing
-FAR = dataclasses.replace(JOB, prompt="a blue heart icon", seed=11)  # another colour
+JOB = Generation(
+    SamplingParams("a red heart icon", "", 1, 64, 64, 8, 7.5, 3, "ddim"), cache=CachePolicy(approximate=True)
+)
+NEAR = JOB.replaced(prompt="an icon of a red heart", seed=11)  # another caption of the same pairing
+FAR = JOB.replaced(prompt="a blue heart icon", seed=11)  # another colour
 
 
 @pytest.fixture
@@ -64,7 +66,7 @@ def test_k_is_the_share_of_the_steps_rounded_down_and_never_all_of_them():
 
 
 def test_who_uses_the_cache_an_explicit_seed_without_opt_in_never_does():
-    text, img2img = JOB, dataclasses.replace(JOB, images=(input_image(64),), strength=0.6)
+    text, img2img = JOB, JOB.replaced(images=(input_image(64),), strength=0.6)
     assert decide(None, False, text, SHARE, False) and not decide(None, True, text, SHARE, False)
     assert decide(True, True, text, SHARE, False) and not decide(False, False, text, SHARE, False)
     assert not decide(None, False, text, 0.0, False) and not decide(None, False, img2img, SHARE, False)
@@ -93,29 +95,28 @@ def test_the_embedding_averages_the_prompt_s_row_over_its_tokens():
 
 def test_off_or_a_miss_gives_the_bytes_of_the_loop_before_it(folder, tmp_path):
     """On a stack that keeps latents: every recorded case without the cache, then with it on an empty cache."""
-    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
     pipeline, _ = _pipeline(folder, tmp_path / "easel.db")
     for name, job in cases().items():
         images, skipped = _run(pipeline, job)
-        np.testing.assert_array_equal(images, recorded[name], err_msg=name)
+        assert_recorded_bytes(images, name)
         assert skipped is None
     for name in ("ddim_20_guided", "euler_8_negative_n2"):
-        job = dataclasses.replace(cases()[name], approximate_cache=True)
+        job = cases()[name].replaced(approximate=True)
         images, skipped = _run(pipeline, job)
-        np.testing.assert_array_equal(images, recorded[name], err_msg=name)
+        assert_recorded_bytes(images, name)
         assert skipped == 0
 
 
 def test_a_near_prompt_starts_from_the_kept_latents_k_steps_in(folder, tmp_path):
     pipeline, counting = _pipeline(folder, tmp_path / "easel.db")
-    k = skipped_steps(SHARE, JOB.steps)
+    k = skipped_steps(SHARE, JOB.sampling.steps)
     seen = {}
 
     async def keep(step, _total, latents):
         seen[step] = latents.copy()
 
     _, skipped = _run(pipeline, JOB, keep)
-    assert skipped == 0 and counting.rows[UNET] == 2 * JOB.steps
+    assert skipped == 0 and counting.rows[UNET] == 2 * JOB.sampling.steps
     kept = pipeline.reuse.store.nearest(
         next(iter(_shapes(tmp_path / "easel.db"))), _embedding_of(pipeline, JOB)
     ).latents
@@ -128,8 +129,8 @@ def test_a_near_prompt_starts_from_the_kept_latents_k_steps_in(folder, tmp_path)
         steps.append((step, total))
 
     hit, skipped = _run(pipeline, NEAR, count)
-    assert skipped == k and counting.rows[UNET] == 2 * (JOB.steps - k)
-    assert steps == [(step, JOB.steps) for step in range(k + 1, JOB.steps + 1)]
+    assert skipped == k and counting.rows[UNET] == 2 * (JOB.sampling.steps - k)
+    assert steps == [(step, JOB.sampling.steps) for step in range(k + 1, JOB.sampling.steps + 1)]
     again, _ = _run(pipeline, NEAR)
     np.testing.assert_array_equal(hit, again)  # the same seed and cache contents: the same bytes
 
@@ -138,7 +139,7 @@ def test_a_near_prompt_starts_from_the_kept_latents_k_steps_in(folder, tmp_path)
     np.testing.assert_array_equal(_run(other, NEAR)[0], hit)  # another stack, the same history
     far, skipped = _run(other, FAR)
     assert skipped == 0  # another colour is not similar enough
-    without, _ = _run(other, dataclasses.replace(NEAR, approximate_cache=False))
+    without, _ = _run(other, NEAR.replaced(approximate=False))
     assert not np.array_equal(without, hit)
 
 
@@ -151,10 +152,10 @@ def test_a_hit_on_its_own_prompt_and_seed_is_the_full_run_for_schedulers_that_co
     (DPM-Solver++ 2M at 8 guided steps is unstable on the embedded default: its full run is no reference there.)
     """
     pipeline, _ = _pipeline(folder, tmp_path / "easel.db")
-    job = dataclasses.replace(JOB, scheduler=scheduler, steps=steps)
+    job = JOB.replaced(scheduler=scheduler, steps=steps)
     full, _ = _run(pipeline, job)
     hit, skipped = _run(pipeline, job)
-    assert skipped == skipped_steps(SHARE, job.steps)
+    assert skipped == skipped_steps(SHARE, job.sampling.steps)
     if scheduler == "euler":  # a one-step method: from the same latents, the same steps
         np.testing.assert_array_equal(hit, full)
     else:  # DPM-Solver++ 2M restarts its history at K: a first-order step there
@@ -164,23 +165,23 @@ def test_a_hit_on_its_own_prompt_and_seed_is_the_full_run_for_schedulers_that_co
 def test_an_lcm_hit_ends_denoised_on_the_distilled_unet(folder, tmp_path):
     """LCM adds fresh noise after every step but its last: resumed at K, its last step is still the last."""
     pipeline, counting = _pipeline(folder, tmp_path / "easel.db")
-    job = dataclasses.replace(JOB, scheduler="lcm", steps=4)
+    job = JOB.replaced(scheduler="lcm", steps=4)
     full, _ = _run(pipeline, job)
-    hit, skipped = _run(pipeline, dataclasses.replace(job, seed=12))
-    own, _ = _run(pipeline, dataclasses.replace(job, seed=12, approximate_cache=False))
+    hit, skipped = _run(pipeline, job.replaced(seed=12))
+    own, _ = _run(pipeline, job.replaced(seed=12, approximate=False))
     assert skipped == 2 and counting.rows[DISTILLED_UNET] == 4 + 2 + 4
     assert psnr(hit, own) > 25 and psnr(hit, full) > 25
 
 
 def test_a_hit_past_the_guidance_cutoff_runs_unguided_from_the_first_step_it_runs(folder, tmp_path):
     pipeline, counting = _pipeline(folder, tmp_path / "easel.db")
-    job = dataclasses.replace(JOB, guidance_cutoff=0.25)  # guided steps 0-1; K = 4
+    job = JOB.replaced(guidance_cutoff=0.25)  # guided steps 0-1; K = 4
     _run(pipeline, job)
     assert counting.rows[UNET] == 2 * 2 + 6
     counting.rows.clear()
-    _, skipped = _run(pipeline, dataclasses.replace(job, prompt=NEAR.prompt))
+    _, skipped = _run(pipeline, job.replaced(prompt=NEAR.sampling.prompt))
     assert skipped == 4 and counting.rows[UNET] == 4
-    _, skipped = _run(pipeline, dataclasses.replace(JOB, prompt=NEAR.prompt))  # another shape: no cut-off
+    _, skipped = _run(pipeline, JOB.replaced(prompt=NEAR.sampling.prompt))  # another shape: no cut-off
     assert skipped == 0
 
 

@@ -8,8 +8,9 @@ import pytest
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families.sd import SDDims, StableDiffusion
-from serve.text_to_image.generation import Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import psnr
@@ -122,7 +123,7 @@ def test_concurrent_generations_merged_match_each_run_alone(engine_dir):
     alone = TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
     recorder = Recorder(OnnxRuntimeRunner(engines))
     merged = TextToImagePipeline(engines, CoalescingRunner(recorder))
-    jobs = [Generation(f"a red fox {i}", "", 1, 64, 64, 4, 7.5, i, "ddim") for i in range(3)]
+    jobs = [Generation(SamplingParams(f"a red fox {i}", "", 1, 64, 64, 4, 7.5, i, "ddim")) for i in range(3)]
 
     async def together():
         return await asyncio.gather(*(merged.generate(job) for job in jobs))

@@ -15,7 +15,7 @@ from serve.cli import main
 from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.generation import Generation
+from serve.text_to_image.generation import Generation, SamplingParams
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 
 
@@ -151,7 +151,7 @@ class FakeEncoders:
 
 
 def _condition(family, tokenizers, negative: str, guidance: float = 6.0):
-    job = Generation("a fox", negative, 1, 192, 128, 2, guidance, 0, "euler")
+    job = Generation(SamplingParams("a fox", negative, 1, 192, 128, 2, guidance, 0, "euler"))
     encoders = FakeEncoders(family)
     conditioning, dropped = asyncio.run(family.condition(encoders, tokenizers, job, guidance > 1))
     return conditioning, encoders.calls

@@ -7,8 +7,6 @@ against the DeepCache package's own helper.
 
 import asyncio
 import copy
-import dataclasses
-from pathlib import Path
 
 import diffusers
 import numpy as np
@@ -18,15 +16,16 @@ from pydantic import ValidationError
 from serve.errors import InvalidInput, invalid_input
 from serve.text_to_image import step_cache
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Control, Generation
+from serve.text_to_image.generation import AdapterInputs, CachePolicy, Control, Generation, ImageInputs, SamplingParams
 from serve.text_to_image.guidance import guided_steps
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
 from serve.text_to_image.spec import DEEP_FEATURES, DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image
-from tests.loop_cases import cases
+from tests.loop_cases import assert_recorded_bytes, cases
 
 PROMPT = "a green heart icon"
 
@@ -130,7 +129,7 @@ def test_few_step_samplers_run_the_distilled_unet_as_diffusers_runs_an_lcm(
 ):
     """One unguided row per image and step, on the distilled UNet: diffusers' pipeline with it as its UNet."""
     counted, counter = _counting(distilled)
-    job = Generation(PROMPT, "blurry", n, width, height, steps, 7.5, 5, scheduler)
+    job = Generation(SamplingParams(PROMPT, "blurry", n, width, height, steps, 7.5, 5, scheduler))
     got = _run(counted, job)
     assert counter.rows.get(DISTILLED_UNET) == n * steps and UNET not in counter.rows
     kwargs = {"prompt": PROMPT, "num_images_per_prompt": n, "width": width, "height": height}
@@ -170,7 +169,9 @@ def test_an_lcm_lora_matches_diffusers_lcm_scheduler_and_load_lora_weights(
     """A few-step job with a LoRA runs the UNet with it (not the distilled UNet), guided as diffusers guides it."""
     ours, loras = lora_pipeline
     counted, counter = _counting(ours)
-    job = Generation(PROMPT, "", 1, 64, 64, 4, guidance, 3, scheduler, loras=(("lcm", 1.0),))
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 4, guidance, 3, scheduler), adapters=AdapterInputs(loras=(("lcm", 1.0),))
+    )
     got = _run(counted, job)
     assert counter.rows.get(UNET) == 4 * (2 if guidance > 1 else 1) and DISTILLED_UNET not in counter.rows
     reference = diffusers.StableDiffusionPipeline.from_pretrained(default_model)
@@ -186,21 +187,25 @@ def test_an_lcm_lora_matches_diffusers_lcm_scheduler_and_load_lora_weights(
         seed=3,
     )
     assert psnr(got, want) >= 40
-    without = _run(ours, Generation(PROMPT, "", 1, 64, 64, 4, guidance, 3, "ddim", loras=(("lcm", 1.0),)))
+    without = _run(
+        ours,
+        Generation(
+            SamplingParams(PROMPT, "", 1, 64, 64, 4, guidance, 3, "ddim"), adapters=AdapterInputs(loras=(("lcm", 1.0),))
+        ),
+    )
     assert not np.array_equal(without, got)  # the sampler is the few-step one, not DDIM under its name
 
 
 def test_requests_without_a_few_step_sampler_never_touch_the_distilled_unet(distilled):
     counted, counter = _counting(distilled)
-    _run(counted, Generation(PROMPT, "", 1, 64, 64, 3, 7.5, 0, "euler"))
+    _run(counted, Generation(SamplingParams(PROMPT, "", 1, 64, 64, 3, 7.5, 0, "euler")))
     assert counter.rows.get(UNET) == 6 and DISTILLED_UNET not in counter.rows
 
 
 def test_every_technique_off_gives_the_bytes_of_the_loop_before_them(plain):
-    """Images recorded with main's loop before issue 33 (``tests/loop_cases.py``), regenerated: equal bytes."""
-    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
+    """Images recorded with main's loop before issue 33 (``tests/loop_cases.py``), regenerated: the same bytes."""
     for name, job in cases().items():
-        np.testing.assert_array_equal(_run(plain, job), recorded[name], err_msg=name)
+        assert_recorded_bytes(_run(plain, job), name)
 
 
 def _dynamic_guidance(guided: int):
@@ -219,7 +224,7 @@ def _dynamic_guidance(guided: int):
 def test_a_guidance_cutoff_is_diffusers_dynamic_guidance(plain, diffusers_pipeline, scheduler, steps, cutoff, guided):
     assert guided_steps(steps, cutoff) == guided
     counted, counter = _counting(plain)
-    job = Generation(PROMPT, "blurry", 2, 64, 64, steps, 7.5, 9, scheduler, guidance_cutoff=cutoff)
+    job = Generation(SamplingParams(PROMPT, "blurry", 2, 64, 64, steps, 7.5, 9, scheduler, guidance_cutoff=cutoff))
     got = _run(counted, job)
     assert counter.rows[UNET] == 2 * (2 * guided + (steps - guided))
     want = reference_images(
@@ -235,7 +240,7 @@ def test_a_guidance_cutoff_is_diffusers_dynamic_guidance(plain, diffusers_pipeli
     )
     assert psnr(got, want) >= 40
     np.testing.assert_array_equal(_run(plain, job), got)  # deterministic for a seed
-    full = _run(plain, dataclasses.replace(job, guidance_cutoff=1.0))
+    full = _run(plain, job.replaced(guidance_cutoff=1.0))
     assert psnr(full, got) < 60  # the cut-off changed the images (a little)
 
 
@@ -245,12 +250,18 @@ def test_a_guidance_cutoff_composes_with_images_and_controlnets(controlled, inpa
 
     image, mask = input_image(64), box_mask(64)
     counted, counter = _counting(controlled)
-    job = Generation(PROMPT, "", 1, 64, 64, 8, 7.5, 2, "ddim", controls=(Control("edges", edges_image(64)),))
-    _run(counted, dataclasses.replace(job, guidance_cutoff=0.5, images=(image,), strength=0.5))
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 8, 7.5, 2, "ddim"),
+        inputs=ImageInputs(controls=(Control("edges", edges_image(64)),)),
+    )
+    _run(counted, job.replaced(guidance_cutoff=0.5, images=(image,), strength=0.5))
     assert counter.rows[UNET] == 2 * 2 + 2 and counter.rows["controlnet_edges"] == 2 * 2 + 2
     folder = build(inpaint_model, repository=tmp_path_factory.mktemp("repository-inpaint"))
     inpainting, counter = _counting(TextToImagePipeline(folder, OnnxRuntimeRunner(folder)))
-    inpaint = Generation(PROMPT, "", 1, 64, 64, 6, 7.5, 2, "ddim", images=(image,), mask=mask, guidance_cutoff=0.5)
+    inpaint = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 6, 7.5, 2, "ddim", guidance_cutoff=0.5),
+        inputs=ImageInputs(images=(image,), mask=mask),
+    )
     _run(inpainting, inpaint)
     assert counter.rows[UNET] == 3 * 2 + 3
 
@@ -297,7 +308,9 @@ def _deep_cache_reference(pipeline, interval: int, **kwargs) -> np.ndarray:
 @pytest.mark.parametrize(("scheduler", "steps", "interval", "n"), [("ddim", 10, 3, 1), ("euler", 8, 2, 2)])
 def test_step_caching_is_deepcache(cached, diffusers_pipeline, scheduler, steps, interval, n):
     counted, counter = _counting(cached)
-    job = Generation(PROMPT, "blurry", n, 64, 64, steps, 7.5, 4, scheduler, cache_interval=interval)
+    job = Generation(
+        SamplingParams(PROMPT, "blurry", n, 64, 64, steps, 7.5, 4, scheduler), cache=CachePolicy(interval=interval)
+    )
     got = _run(counted, job)
     whole = -(-steps // interval)
     assert counter.rows[UNET_DEEP] == 2 * n * whole and counter.rows[UNET_SHALLOW] == 2 * n * (steps - whole)
@@ -313,7 +326,9 @@ def test_step_caching_is_deepcache(cached, diffusers_pipeline, scheduler, steps,
 def test_step_caching_with_a_guidance_cutoff_is_both_recipes_at_once(cached, diffusers_pipeline):
     """Guidance ends on a whole-UNet step (DeepCache's helper keeps guided rows otherwise); ending between them, the
     kept features' prompt rows serve the unguided steps."""
-    job = Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 6, "ddim", guidance_cutoff=0.6, cache_interval=2)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 6, "ddim", guidance_cutoff=0.6), cache=CachePolicy(interval=2)
+    )
     want = _deep_cache_reference(
         diffusers_pipeline,
         2,
@@ -326,27 +341,26 @@ def test_step_caching_with_a_guidance_cutoff_is_both_recipes_at_once(cached, dif
     )
     assert psnr(_run(cached, job), want) >= 40
     counted, counter = _counting(cached)
-    between = _run(counted, dataclasses.replace(job, guidance_cutoff=0.5))  # guided steps 0-4, whole UNet 0, 2, 4...
+    between = _run(counted, job.replaced(guidance_cutoff=0.5))  # guided steps 0-4, whole UNet 0, 2, 4...
     assert counter.rows[UNET_DEEP] == 2 + 2 + 2 + 1 + 1 and counter.rows[UNET_SHALLOW] == 2 + 2 + 1 + 1 + 1
     assert psnr(between, want) >= 25  # near the cut-off at 6
 
 
 def test_interval_1_on_a_stack_with_step_caching_is_the_loop_before_it(cached):
-    recorded = np.load(Path(__file__).parents[1] / "data" / "loop_before_issue_33.npz")
     for name, job in cases().items():
-        np.testing.assert_array_equal(_run(cached, job), recorded[name], err_msg=name)
+        assert_recorded_bytes(_run(cached, job), name)
 
 
 def test_cached_jobs_the_engines_cannot_run_are_refused_naming_cache_interval(cached, plain):
-    job = Generation(PROMPT, "", 1, 64, 64, 4, 7.5, 0, "ddim", cache_interval=2)
+    job = Generation(SamplingParams(PROMPT, "", 1, 64, 64, 4, 7.5, 0, "ddim"), cache=CachePolicy(interval=2))
     step_cache.check(job, cached.specs, UNET)
     refusals = [
         (plain.specs, job, "--step-cache"),
-        (cached.specs, dataclasses.replace(job, loras=(("style", 1.0),)), "LoRAs"),
-        (cached.specs, dataclasses.replace(job, controls=(Control("edges", edges_image(64)),)), "ControlNets"),
+        (cached.specs, job.replaced(loras=(("style", 1.0),)), "LoRAs"),
+        (cached.specs, job.replaced(controls=(Control("edges", edges_image(64)),)), "ControlNets"),
     ]
     if DISTILLED_UNET in cached.specs:
-        lcm = dataclasses.replace(job, scheduler="lcm")
+        lcm = job.replaced(scheduler="lcm")
         refusals.append((cached.specs, lcm, "distilled UNet"))
     for specs, refused, says in refusals:
         with pytest.raises(InvalidInput, match=says) as error:

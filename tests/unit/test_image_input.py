@@ -15,8 +15,9 @@ import torch
 from PIL import Image
 
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Control, Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import AdapterInputs, Control, Generation, ImageInputs, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET, VAE_ENCODER
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image
@@ -84,7 +85,10 @@ def xl_inpainting(xl_inpaint_model, tmp_path_factory):
 @pytest.mark.parametrize(("strength", "n"), [(0.5, 1), (0.8, 2)])
 def test_img2img_matches_diffusers(plain, diffusers_pipeline, scheduler, strength, n):
     image = input_image(64)
-    job = Generation(PROMPT, "", n, 64, 64, 10, 7.5, 3, scheduler, images=(image,), strength=strength)
+    job = Generation(
+        SamplingParams(PROMPT, "", n, 64, 64, 10, 7.5, 3, scheduler),
+        inputs=ImageInputs(images=(image,), strength=strength),
+    )
     want = reference_images(
         diffusers.StableDiffusionImg2ImgPipeline.from_pipe(diffusers_pipeline),
         scheduler,
@@ -103,7 +107,9 @@ def test_img2img_matches_diffusers(plain, diffusers_pipeline, scheduler, strengt
 
 def test_several_input_images_are_diffusers_batch_of_images(plain, diffusers_pipeline):
     images = (input_image(64), np.ascontiguousarray(input_image(64)[::-1]))
-    job = Generation(PROMPT, "", 4, 64, 64, 8, 7.5, 5, "euler", images=images, strength=0.7)
+    job = Generation(
+        SamplingParams(PROMPT, "", 4, 64, 64, 8, 7.5, 5, "euler"), inputs=ImageInputs(images=images, strength=0.7)
+    )
     want = reference_images(
         diffusers.StableDiffusionImg2ImgPipeline.from_pipe(diffusers_pipeline),
         "euler",
@@ -121,7 +127,9 @@ def test_several_input_images_are_diffusers_batch_of_images(plain, diffusers_pip
 def test_a_strength_too_small_for_a_step_returns_the_image_through_the_vae(plain, diffusers_pipeline):
     pipeline, counting = _counting(plain)
     image = input_image(64)
-    job = Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 3, "ddim", images=(image,), strength=0.05)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 3, "ddim"), inputs=ImageInputs(images=(image,), strength=0.05)
+    )
     result = asyncio.run(pipeline.generate(job))
     assert UNET not in counting.calls and counting.calls[VAE_ENCODER] == 1
     vae = diffusers_pipeline.vae
@@ -136,7 +144,10 @@ def test_a_strength_too_small_for_a_step_returns_the_image_through_the_vae(plain
 @pytest.mark.parametrize(("scheduler", "strength"), [("ddim", 1.0), ("euler", 1.0), ("euler", 0.7)])
 def test_inpainting_with_a_4_channel_unet_matches_diffusers_blending(plain, diffusers_pipeline, scheduler, strength):
     image, mask = input_image(64), box_mask(64)
-    job = Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler, images=(image,), mask=mask, strength=strength)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler),
+        inputs=ImageInputs(images=(image,), mask=mask, strength=strength),
+    )
     want = reference_images(
         diffusers.StableDiffusionInpaintPipeline.from_pipe(diffusers_pipeline),
         scheduler,
@@ -167,7 +178,10 @@ def diffusers_inpaint(inpaint_model):
 def test_inpainting_with_a_9_channel_unet_matches_diffusers(inpainting, diffusers_inpaint, scheduler, strength, n):
     assert inpainting.dims.inpainting and inpainting.specs[UNET].input("sample").dims[0] == 9
     image, mask = input_image(64), box_mask(64)
-    job = Generation(PROMPT, "", n, 64, 64, 10, 7.5, 3, scheduler, images=(image,), mask=mask, strength=strength)
+    job = Generation(
+        SamplingParams(PROMPT, "", n, 64, 64, 10, 7.5, 3, scheduler),
+        inputs=ImageInputs(images=(image,), mask=mask, strength=strength),
+    )
     want = reference_images(
         diffusers_inpaint,
         scheduler,
@@ -198,7 +212,7 @@ def test_text_on_an_inpainting_checkpoint_is_its_pipeline_with_a_white_mask(inpa
         width=64,
         seed=4,
     )
-    assert psnr(_run(inpainting, Generation(PROMPT, "", 1, 64, 64, 8, 7.5, 4, "ddim")), want) >= 40
+    assert psnr(_run(inpainting, Generation(SamplingParams(PROMPT, "", 1, 64, 64, 8, 7.5, 4, "ddim"))), want) >= 40
 
 
 def _controlnet_reference(pipeline, folders, names, controls, scheduler, size, steps, guidance):
@@ -232,17 +246,19 @@ def test_controlnets_match_diffusers(controlled, plain, diffusers_pipeline, cont
     controls = (Control("edges", edges_image(64), 0.8),)
     if stacked:
         controls += (Control("depth", input_image(48), 0.6, 0.1, 0.7),)  # another size: resized as diffusers does
-    job = Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler, controls=controls)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler), inputs=ImageInputs(controls=controls)
+    )
     names = [c.name for c in controls]
     want = _controlnet_reference(diffusers_pipeline, controlnet_dirs.sd, names, controls, scheduler, 64, 10, 7.5)
     got = _run(controlled, job)
     assert psnr(got, want) >= 40
-    uncontrolled = _run(plain, Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler))
+    uncontrolled = _run(plain, Generation(SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 3, scheduler)))
     assert psnr(got, uncontrolled) < 35  # the ControlNets steer the image
 
 
 def test_without_controls_a_controlnet_ready_unet_draws_the_plain_image(controlled, plain):
-    job = Generation(PROMPT, "blurry", 2, 72, 56, 6, 7.5, 9, "euler")
+    job = Generation(SamplingParams(PROMPT, "blurry", 2, 72, 56, 6, 7.5, 9, "euler"))
     pipeline, counting = _counting(controlled)
     assert psnr(np.stack(asyncio.run(pipeline.generate(job)).images), _run(plain, job)) >= 60
     assert set(counting.calls) == {"text_encoder", UNET, "vae_decoder"}  # zero residuals, no ControlNet call
@@ -251,7 +267,11 @@ def test_without_controls_a_controlnet_ready_unet_draws_the_plain_image(controll
 def test_a_controlnet_off_for_part_of_the_steps_is_not_called_then(controlled):
     pipeline, counting = _counting(controlled)
     controls = (Control("edges", edges_image(64), 1.0, 0.5, 1.0),)
-    asyncio.run(pipeline.generate(Generation(PROMPT, "", 1, 64, 64, 10, 7.5, 3, "ddim", controls=controls)))
+    asyncio.run(
+        pipeline.generate(
+            Generation(SamplingParams(PROMPT, "", 1, 64, 64, 10, 7.5, 3, "ddim"), inputs=ImageInputs(controls=controls))
+        )
+    )
     assert counting.calls["controlnet_edges"] == 5 and counting.calls[UNET] == 10
 
 
@@ -268,7 +288,9 @@ def test_sdxl_img2img_inpainting_and_controlnets_match_diffusers(
 ):
     image, mask = input_image(128), box_mask(128)
     common = {"prompt": PROMPT, "num_inference_steps": 6, "guidance_scale": 6.0, "seed": 3}
-    img2img = Generation(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler, images=(image,), strength=0.6)
+    img2img = Generation(
+        SamplingParams(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler), inputs=ImageInputs(images=(image,), strength=0.6)
+    )
     want = reference_images(
         diffusers.StableDiffusionXLImg2ImgPipeline.from_pipe(diffusers_xl_pipeline),
         scheduler,
@@ -277,14 +299,18 @@ def test_sdxl_img2img_inpainting_and_controlnets_match_diffusers(
         **common,
     )
     assert psnr(_run(xl_controlled, img2img), want) >= 40
-    inpaint = Generation(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler, images=(image,), mask=mask)
+    inpaint = Generation(
+        SamplingParams(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler), inputs=ImageInputs(images=(image,), mask=mask)
+    )
     kwargs = {"image": Image.fromarray(image), "mask_image": Image.fromarray(mask), "strength": 1.0}
     kwargs |= {"height": 128, "width": 128} | common
     blending = diffusers.StableDiffusionXLInpaintPipeline.from_pipe(diffusers_xl_pipeline)
     assert psnr(_run(xl_controlled, inpaint), reference_images(blending, scheduler, **kwargs)) >= 40
     assert psnr(_run(xl_inpainting, inpaint), reference_images(diffusers_xl_inpaint, scheduler, **kwargs)) >= 40
     controls = (Control("edges", edges_image(128), 0.8), Control("depth", image, 0.5, 0.2, 0.9))
-    job = Generation(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler, controls=controls)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 128, 128, 6, 6.0, 3, scheduler), inputs=ImageInputs(controls=controls)
+    )
     want = _controlnet_reference(
         diffusers_xl_pipeline, controlnet_dirs.sdxl, ["edges", "depth"], controls, scheduler, 128, 6, 6.0
     )
@@ -316,19 +342,9 @@ def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
     picture, _ = reference_image(seed=4)
     control = Control("edges", edges_image(64), 0.7)
     job = Generation(
-        PROMPT,
-        "",
-        1,
-        64,
-        64,
-        8,
-        7.5,
-        3,
-        "euler",
-        loras=(("style", 0.8),),
-        ip_image=np.asarray(picture),
-        ip_scale=0.6,
-        controls=(control,),
+        SamplingParams(PROMPT, "", 1, 64, 64, 8, 7.5, 3, "euler"),
+        adapters=AdapterInputs(loras=(("style", 0.8),), ip_image=np.asarray(picture), ip_scale=0.6),
+        inputs=ImageInputs(controls=(control,)),
     )
     want = reference_images(
         diffusers.StableDiffusionControlNetPipeline.from_pipe(
@@ -347,7 +363,11 @@ def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
     assert psnr(_run(ours, job), want) >= 40
     reference.set_ip_adapter_scale(0.0)
     image = input_image(64)
-    job = Generation(PROMPT, "", 1, 64, 64, 8, 7.5, 3, "ddim", loras=(("style", 0.8),), images=(image,), strength=0.6)
+    job = Generation(
+        SamplingParams(PROMPT, "", 1, 64, 64, 8, 7.5, 3, "ddim"),
+        adapters=AdapterInputs(loras=(("style", 0.8),)),
+        inputs=ImageInputs(images=(image,), strength=0.6),
+    )
     want = reference_images(
         diffusers.StableDiffusionImg2ImgPipeline.from_pipe(reference),
         "ddim",

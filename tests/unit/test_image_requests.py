@@ -195,3 +195,24 @@ def test_bad_edit_forms_are_400s_naming_the_field(files, data, field):
     with pytest.raises(InvalidInput) as error:
         asyncio.run(read_edit_form(_form_request(files, data)))
     assert error.value.field == field
+
+
+def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixels(monkeypatch):
+    """The schema's check, the key door's price, a job's submission check and the decoding read the same bytes."""
+    from serve import images
+    from serve.access import generation_cost
+
+    decoded, decode = [], base64.b64decode
+
+    def counted(text, validate=False):
+        decoded.append(len(text))
+        return decode(text, validate=validate)
+
+    images.base64_bytes.cache_clear()
+    monkeypatch.setattr(images.base64, "b64decode", counted)
+    picture, mask = b64(input_image(64)), base64.b64encode(openai_mask(box_mask(64))).decode()
+    request = GenerationRequest(prompt="a red fox", image=[picture], mask=mask)  # checked: decoded here
+    assert generation_cost(request, 64) > 0  # priced from the image's header
+    first, again = decode_images(request, 64), decode_images(request, 64)  # a job's submission, then the replica
+    assert first.images[0].shape == again.images[0].shape == (64, 64, 3)
+    assert decoded == [len(picture), len(mask)]

@@ -1,7 +1,6 @@
 """The denoising loop with in-process ONNX Runtime engines against diffusers' own pipeline (no servers)."""
 
 import asyncio
-import dataclasses
 import json
 import shutil
 
@@ -13,8 +12,9 @@ from serve.benchmarks.torch_runner import TorchRunner
 from serve.contract import unstated_limit
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Control, Generation
-from serve.text_to_image.pipeline import OnnxRuntimeRunner, TextToImagePipeline
+from serve.text_to_image.generation import Control, Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
@@ -33,7 +33,7 @@ def pipeline(request, engine_dir):
 @pytest.mark.parametrize("scheduler", list(NOISE_SAMPLERS))
 @pytest.mark.parametrize(("n", "guidance", "width", "height"), [(1, 7.5, 96, 64), (2, 1.0, 72, 56)])
 def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance, width, height):
-    job = Generation("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler)
+    job = Generation(SamplingParams("a red fox", "blurry", n, width, height, 8, guidance, 11, scheduler))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
     want = reference_images(
         diffusers_pipeline,
@@ -52,10 +52,10 @@ def test_matches_diffusers(pipeline, diffusers_pipeline, scheduler, n, guidance,
 
 
 def test_seeds_change_the_image_and_long_prompts_report_truncation(pipeline):
-    a = asyncio.run(pipeline.generate(Generation("x", "", 1, 64, 64, 2, 7.5, 1, "ddim"))).images[0]
-    b = asyncio.run(pipeline.generate(Generation("x", "", 1, 64, 64, 2, 7.5, 2, "ddim"))).images[0]
+    a = asyncio.run(pipeline.generate(Generation(SamplingParams("x", "", 1, 64, 64, 2, 7.5, 1, "ddim")))).images[0]
+    b = asyncio.run(pipeline.generate(Generation(SamplingParams("x", "", 1, 64, 64, 2, 7.5, 2, "ddim")))).images[0]
     assert psnr(a, b) < 30
-    result = asyncio.run(pipeline.generate(Generation("word " * 40, "", 1, 64, 64, 1, 1.0, 1, "euler")))
+    result = asyncio.run(pipeline.generate(Generation(SamplingParams("word " * 40, "", 1, 64, 64, 1, 1.0, 1, "euler"))))
     assert result.prompt_tokens_dropped > 0
 
 
@@ -70,7 +70,7 @@ def xl_pipeline(tiny_xl_engine_dir):
     [("euler", "", 1, 6.0, 192, 128), ("dpmpp_2m", "blurry", 2, 5.0, 128, 96), ("ddim", "", 1, 1.0, 96, 128)],
 )
 def test_sdxl_matches_diffusers(xl_pipeline, diffusers_xl_pipeline, scheduler, negative, n, guidance, width, height):
-    job = Generation("a red fox", negative, n, width, height, 6, guidance, 11, scheduler)
+    job = Generation(SamplingParams("a red fox", negative, n, width, height, 6, guidance, 11, scheduler))
     got = np.stack(asyncio.run(xl_pipeline.generate(job)).images)
     want = reference_images(
         diffusers_xl_pipeline,
@@ -96,7 +96,7 @@ def test_tiled_decoding_matches_diffusers_vae_tiling(
     ours, theirs = (pipeline, diffusers_pipeline) if family == "sd" else (xl_pipeline, diffusers_xl_pipeline)
     tiling = ours.tiling.halved() if halvings else ours.tiling
     width = height = ours.tiling.sample_tile + 64  # one side past a default tile: diffusers tiles it too
-    job = Generation("a red fox", "", 1, width, height, 3, 5.0, 4, "ddim")
+    job = Generation(SamplingParams("a red fox", "", 1, width, height, 3, 5.0, 4, "ddim"))
     got = np.stack(asyncio.run(ours.generate(job, tiling=tiling)).images)
     theirs.vae.enable_tiling()
     theirs.vae.tile_sample_min_size = tiling.sample_tile
@@ -133,7 +133,7 @@ def test_the_torch_runner_draws_what_diffusers_draws(
     }[family]
     engines = EngineFolder(folder)
     torch_pipeline = TextToImagePipeline(engines, CoalescingRunner(TorchRunner(model, engines, device="cpu")))
-    jobs = [Generation("a red fox", "blurry", 1, 64, 64, 6, 6.0, seed, "euler") for seed in (11, 12)]
+    jobs = [Generation(SamplingParams("a red fox", "blurry", 1, 64, 64, 6, 6.0, seed, "euler")) for seed in (11, 12)]
     results = asyncio.run(_together(torch_pipeline, jobs))  # two at once: their steps merged into one call
     for job, result in zip(jobs, results, strict=True):
         want = reference_images(
@@ -145,7 +145,7 @@ def test_the_torch_runner_draws_what_diffusers_draws(
             height=64,
             num_inference_steps=6,
             guidance_scale=6.0,
-            seed=job.seed,
+            seed=job.sampling.seed,
         )
         assert psnr(result.images[0], want[0]) >= 40
 
@@ -166,16 +166,16 @@ def _transformer_pair(ours, theirs, job: Generation) -> tuple[np.ndarray, np.nda
     got = np.stack(asyncio.run(ours.generate(job)).images)
     want = reference_images(
         theirs,
-        job.scheduler,
+        job.sampling.scheduler,
         samplers=ours.family.samplers,
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        num_images_per_prompt=job.n,
-        width=job.width,
-        height=job.height,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance_scale,
-        seed=job.seed,
+        prompt=job.sampling.prompt,
+        negative_prompt=job.sampling.negative_prompt,
+        num_images_per_prompt=job.sampling.n,
+        width=job.sampling.width,
+        height=job.sampling.height,
+        num_inference_steps=job.sampling.steps,
+        guidance_scale=job.sampling.guidance_scale,
+        seed=job.sampling.seed,
     )
     return got, want
 
@@ -187,7 +187,7 @@ def _transformer_pair(ours, theirs, job: Generation) -> tuple[np.ndarray, np.nda
 def test_transformer_families_match_diffusers(transformer_case, scheduler, negative, n, guidance, width, height):
     """SD3 (classifier-free guidance), Flux dev (guidance embedded, dynamic shift) and schnell, as diffusers draws."""
     _, ours, theirs = transformer_case
-    job = Generation("a red fox", negative, n, width, height, 4, guidance, 11, scheduler)
+    job = Generation(SamplingParams("a red fox", negative, n, width, height, 4, guidance, 11, scheduler))
     got, want = _transformer_pair(ours, theirs, job)
     assert got.shape == want.shape == (n, height, width, 3)
     assert psnr(got, want) >= 40
@@ -195,7 +195,7 @@ def test_transformer_families_match_diffusers(transformer_case, scheduler, negat
 
 def test_each_transformer_family_uses_guidance_as_its_pipeline_does(transformer_case):
     name, ours, _ = transformer_case
-    jobs = [Generation("a red fox", "", 1, 64, 64, 3, guidance, 5, "euler") for guidance in (1.0, 5.0)]
+    jobs = [Generation(SamplingParams("a red fox", "", 1, 64, 64, 3, guidance, 5, "euler")) for guidance in (1.0, 5.0)]
     images = [asyncio.run(ours.generate(job)).images[0] for job in jobs]
     if name == "tiny-flux-schnell":  # no guidance at all
         np.testing.assert_array_equal(images[0], images[1])
@@ -206,9 +206,9 @@ def test_each_transformer_family_uses_guidance_as_its_pipeline_does(transformer_
 def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_case):
     _, ours, _ = transformer_case
     with pytest.raises(InvalidInput, match="dpmpp_2m") as sampler:
-        ours.family.check(Generation("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m"))
+        ours.family.check(Generation(SamplingParams("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m")))
     with pytest.raises(InvalidInput, match="multiples of 16") as size:
-        ours.family.check(Generation("x", "", 1, 72, 64, 2, 1.0, 1, "euler"))
+        ours.family.check(Generation(SamplingParams("x", "", 1, 72, 64, 2, 1.0, 1, "euler")))
     assert (sampler.value.field, size.value.field) == ("scheduler", "size")
 
 
@@ -220,13 +220,13 @@ def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_cas
     name, ours, _ = transformer_case
     support = controlnet_support(ours.family, transformer_models[name], controlnet_dirs.for_sd)
     assert support.ready == () and all("take no ControlNets" in entry.error for entry in support.entries)
-    text = Generation("x", "", 1, 64, 64, 2, 1.0, 1, "euler")
+    text = Generation(SamplingParams("x", "", 1, 64, 64, 2, 1.0, 1, "euler"))
     ours.family.check(text)
     picture = np.zeros((64, 64, 3), np.uint8)
     asked = {
-        "image": dataclasses.replace(text, images=(picture,)),
-        "mask": dataclasses.replace(text, mask=picture[:, :, 0]),
-        "controlnets": dataclasses.replace(text, controls=(Control("edges", picture),)),
+        "image": text.replaced(images=(picture,)),
+        "mask": text.replaced(mask=picture[:, :, 0]),
+        "controlnets": text.replaced(controls=(Control("edges", picture),)),
     }
     for field, job in asked.items():
         with pytest.raises(InvalidInput, match="text only") as refused:
@@ -250,7 +250,7 @@ def test_sd3_without_t5_matches_diffusers(transformer_models, tmp_path, monkeypa
     folder = build(model, repository=tmp_path / "repository")
     assert "text_encoder_3" not in folder.specs and not folder.family.dims.t5
     ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
-    job = Generation("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler")
+    job = Generation(SamplingParams("a red fox", "", 1, 96, 64, 4, 4.0, 3, "euler"))
     reference = diffusers_reference(model, text_encoder_3=None, tokenizer_3=None)
     got, want = _transformer_pair(ours, reference, job)
     assert psnr(got, want) >= 40
@@ -280,7 +280,8 @@ def test_a_tiny_vae_decoder_is_served_as_vae_decoder_and_draws_what_diffusers_dr
     assert "taesd" in folder.key
     assert folder.engine("unet").onnx.samefile(EngineFolder(engine_dir).engine("unet").onnx)
     ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
-    got = np.stack(asyncio.run(ours.generate(Generation("a red fox", "", 1, 64, 64, 4, 7.5, 3, "euler"))).images)
+    job = Generation(SamplingParams("a red fox", "", 1, 64, 64, 4, 7.5, 3, "euler"))
+    got = np.stack(asyncio.run(ours.generate(job)).images)
     theirs = StableDiffusionPipeline(**(diffusers_pipeline.components | {"vae": tiny}))
     theirs.set_progress_bar_config(disable=True)
     kwargs = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}

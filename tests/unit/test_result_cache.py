@@ -50,9 +50,7 @@ def test_a_file_from_before_the_total_was_kept_is_summed_once(tmp_path):
 
 
 def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises():
-    from serve.app import Gateway
-
-    cached = Gateway.func_or_class._cache  # how the Gateway calls its cache
+    from serve.serving.generations import cache_call as cached  # how a generation calls its cache
 
     def full(key):
         raise sqlite3.OperationalError("database or disk is full")

@@ -291,16 +291,16 @@ class Family(ABC):
 
     def check(self, job: Generation) -> None:
         """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
-        self.check_images(bool(job.images), job.mask is not None, bool(job.controls))
-        if job.scheduler not in self.samplers:
+        self.check_images(bool(job.inputs.images), job.inputs.mask is not None, bool(job.inputs.controls))
+        if job.sampling.scheduler not in self.samplers:
             raise InvalidInput(
-                f"scheduler: {job.scheduler!r} is not a sampler of {self.name} models (they take "
+                f"scheduler: {job.sampling.scheduler!r} is not a sampler of {self.name} models (they take "
                 f"{', '.join(self.samplers)})",
                 field="scheduler",
             )
-        if job.width % self.side_multiple or job.height % self.side_multiple:
+        if job.sampling.width % self.side_multiple or job.sampling.height % self.side_multiple:
             raise InvalidInput(
-                f"size: {job.width}x{job.height}: the sides of {self.name} images are multiples of "
+                f"size: {job.sampling.width}x{job.sampling.height}: the sides of {self.name} images are multiples of "
                 f"{self.side_multiple}",
                 field="size",
             )
@@ -310,8 +310,8 @@ class Family(ABC):
 
         Elsewhere the denoiser as loaded: a few-step job with an LCM-LoRA runs the UNet with it, as diffusers does.
         """
-        plain = not (job.loras or job.controls or job.ip_image is not None)
-        if DISTILLED_UNET in self.specs and job.scheduler in FEW_STEP_SAMPLERS and plain:
+        plain = not (job.adapters.loras or job.inputs.controls or job.adapters.ip_image is not None)
+        if DISTILLED_UNET in self.specs and job.sampling.scheduler in FEW_STEP_SAMPLERS and plain:
             return DISTILLED_UNET
         return self.denoiser
 
@@ -320,11 +320,11 @@ class Family(ABC):
 
         Not on a distilled UNet: its guidance is distilled in.
         """
-        return job.guidance_scale > 1.0 and self.step_engine(job) != DISTILLED_UNET
+        return job.sampling.guidance_scale > 1.0 and self.step_engine(job) != DISTILLED_UNET
 
     def set_timesteps(self, scheduler, job: Generation) -> None:
         """Set ``scheduler``'s timesteps for ``job`` as the family's diffusers pipeline does."""
-        scheduler.set_timesteps(job.steps)
+        scheduler.set_timesteps(job.sampling.steps)
 
     # -- conditioning -----------------------------------------------------------------------------------------------
 
@@ -418,7 +418,7 @@ def tokenize(tokenizer, text: str, length: int) -> tuple[np.ndarray, int]:
 
 def prompt_rows(job: Generation, guided: bool) -> list[str]:
     """The texts a job's conditioning encodes: ``[negative, prompt]`` when ``guided``, else ``[prompt]``."""
-    return [job.negative_prompt, job.prompt] if guided else [job.prompt]
+    return [job.sampling.negative_prompt, job.sampling.prompt] if guided else [job.sampling.prompt]
 
 
 def token_rows(tokenizer, texts: list[str], length: int) -> tuple[np.ndarray, int]:

@@ -31,7 +31,7 @@ class FlowFamily(Family):
     def patches(self, job: Generation) -> int:
         """How many patches (image tokens) the transformer sees for ``job``'s size."""
         side = self.side_multiple
-        return (job.height // side) * (job.width // side)
+        return (job.sampling.height // side) * (job.sampling.width // side)
 
     def shift_mu(self, scheduler, job: Generation) -> float:
         """The dynamic shift's ``mu`` for ``job``: linear in the patch count, as diffusers' ``calculate_shift``."""

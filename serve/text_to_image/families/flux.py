@@ -191,18 +191,18 @@ class Flux(FlowFamily):
 
     def set_timesteps(self, scheduler, job) -> None:
         """``FluxPipeline``'s sigmas, shifted by the patch count when the config asks (dev's dynamic shift)."""
-        scheduler.set_timesteps(sigmas=sigmas(job.steps), mu=self.shift_mu(scheduler, job))
+        scheduler.set_timesteps(sigmas=sigmas(job.sampling.steps), mu=self.shift_mu(scheduler, job))
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """T5's hidden states, CLIP's pooled embedding and (dev) the guidance scale, for the prompt's one row."""
         d = self.dims
-        clip_ids, _ = tokenize(tokenizers["tokenizer"], job.prompt, d.text_length)
-        t5_ids, dropped = tokenize(tokenizers["tokenizer_2"], job.prompt, d.t5_length)
+        clip_ids, _ = tokenize(tokenizers["tokenizer"], job.sampling.prompt, d.text_length)
+        t5_ids, dropped = tokenize(tokenizers["tokenizer_2"], job.sampling.prompt, d.t5_length)
         clip, t5 = await asyncio.gather(
             engines.infer(self.specs[TEXT_ENCODER], {"input_ids": clip_ids}),
             engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": t5_ids}),
         )
         rows = {"encoder_hidden_states": t5["hidden_states"], "pooled_projections": clip["pooled"]}
         if d.guidance_embeds:
-            rows["guidance"] = np.full(1, job.guidance_scale, np.float32)
+            rows["guidance"] = np.full(1, job.sampling.guidance_scale, np.float32)
         return rows, dropped

@@ -135,9 +135,9 @@ class StableDiffusion3(FlowFamily):
     def set_timesteps(self, scheduler, job) -> None:
         """The scheduler's own schedule, shifted by the patch count when its config asks (SD3.5's dynamic shift)."""
         if scheduler.config.get("use_dynamic_shifting"):
-            scheduler.set_timesteps(job.steps, mu=self.shift_mu(scheduler, job))
+            scheduler.set_timesteps(job.sampling.steps, mu=self.shift_mu(scheduler, job))
         else:
-            scheduler.set_timesteps(job.steps)
+            scheduler.set_timesteps(job.sampling.steps)
 
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """One token sequence per row (both CLIPs side by side, padded to T5's width, then T5) and the pooled pair."""

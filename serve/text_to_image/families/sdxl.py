@@ -117,7 +117,7 @@ class StableDiffusionXL(Family):
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
         """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""
         length = self.dims.text_length
-        zero_negative = guided and not job.negative_prompt and self.dims.force_zeros_for_empty_prompt
+        zero_negative = guided and not job.sampling.negative_prompt and self.dims.force_zeros_for_empty_prompt
         texts = prompt_rows(job, guided and not zero_negative)
         ids_1, dropped = token_rows(tokenizers["tokenizer"], texts, length)
         ids_2, _ = token_rows(tokenizers["tokenizer_2"], texts, length)
@@ -130,7 +130,9 @@ class StableDiffusionXL(Family):
         if zero_negative:
             hidden = np.concatenate([np.zeros_like(hidden), hidden])
             pooled = np.concatenate([np.zeros_like(pooled), pooled])
-        time_ids = np.array([[job.height, job.width, 0, 0, job.height, job.width]], dtype=np.float32)
+        time_ids = np.array(
+            [[job.sampling.height, job.sampling.width, 0, 0, job.sampling.height, job.sampling.width]], dtype=np.float32
+        )
         return {
             "encoder_hidden_states": hidden,
             "text_embeds": pooled,

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.vectorize.image import MAX_PIXELS, MAX_SIDE, MIN_SIDE, ImageRejected, decode_image
+from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE, ImageRejected, decode_image
 from tests.images import encode, png_header_only
 
 

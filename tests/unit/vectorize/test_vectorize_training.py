@@ -10,10 +10,10 @@ from build_engines.vectorize.dataset import list_images
 from build_engines.vectorize.export import ParityError, export_onnx
 from build_engines.vectorize.runtime import TRAINED_DIR, Models
 from build_engines.vectorize.train import train_all
+from serve.images.raster import load_image
 from serve.paths import ICONS_DEV
 from serve.triton.spec import read_model_config, write_model_config
 from serve.vectorize.features import F, compute_features
-from serve.vectorize.image import load_image
 from serve.vectorize.params import P, VtracerParams
 from serve.vectorize.schema import Tier
 from serve.vectorize.spec import POLICY, QUALITY, SPECS

@@ -1,4 +1,4 @@
-"""Decode and validate an uploaded raster image into an RGB ``uint8`` array on white.
+"""An encoded raster image decoded into an RGB ``uint8`` array on white, its size checked (both pipelines).
 
 Limits are checked from the header, before any pixel is decoded, and without touching PIL's global
 ``Image.MAX_IMAGE_PIXELS``. Animated images (GIF, APNG, WebP) are reduced to their first frame. CMYK, 16-bit,

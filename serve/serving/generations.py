@@ -1,0 +1,259 @@
+"""Generations: a request resolved to the model (or an experiment's variant) that serves it, then answered.
+
+Every generation, synchronous or a job's, is answered by :meth:`Generations.served_answer` (the result cache, the
+model's version kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams
+the same steps (:meth:`Generations.events`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+from fastapi.responses import JSONResponse
+from ray.serve.handle import DeploymentHandle
+from redis.exceptions import RedisError
+
+from serve import grpc_api, metrics
+from serve.cache import cache_key
+from serve.cache.store import ResultCache
+from serve.errors import NotReady
+from serve.experiments.feedback import new_image_id
+from serve.experiments.traffic import Assignment, Experiments
+from serve.grpc_api import easel_pb2
+from serve.serving.current_models import CurrentModels
+from serve.text_to_image.deployment import EncodedImages, Progress
+from serve.text_to_image.models import ServedModel
+from serve.text_to_image.schema import GenerationRequest
+from serve.vectorize.deployment import VectorizeResult
+from serve.vectorize.schema import Tier, VectorizeOptions
+
+logger = logging.getLogger(__name__)
+
+OnStep = Callable[[Progress], Awaitable[None]]
+"""What a job's generation hands each step to (it writes the step to the store)."""
+
+
+@asynccontextmanager
+async def variant_measured(assignment: Assignment) -> AsyncIterator[None]:
+    """Count a generation by the model that serves it and the experiment that chose it, and time it."""
+    labels = {"experiment": assignment.label, "variant": assignment.model}
+    started = time.perf_counter()
+    try:
+        yield
+    except Exception:
+        metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
+        raise
+    metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
+    metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
+
+
+async def cache_call(call: Callable, *args):
+    """A result-cache call in a worker thread; one the store fails (its disk full, Redis restarting) is a miss.
+
+    The generation is answered without the cache, never refused for it.
+    """
+    try:
+        return await asyncio.to_thread(call, *args)
+    except (sqlite3.Error, RedisError) as error:
+        logger.warning("result cache skipped: %s", error)
+        return None
+
+
+class Generations:
+    """Generations answered: the model resolved (an experiment's alias to its variant), kept loaded, run, cached."""
+
+    def __init__(
+        self,
+        models: CurrentModels,
+        text_to_image: DeploymentHandle,
+        vectorizer: DeploymentHandle,
+        residency: DeploymentHandle,
+        cache: ResultCache | None,
+        experiments: Experiments,
+    ) -> None:
+        self.models = models
+        self.text_to_image = text_to_image
+        self.vectorizer = vectorizer
+        self.residency = residency
+        self.cache = cache
+        self.experiments = experiments
+
+    def model(self, request: GenerationRequest) -> ServedModel:
+        """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
+        return self.models.now().resolve(request.model)
+
+    def _pipeline(self, model: ServedModel) -> DeploymentHandle:
+        """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
+        return self.text_to_image.options(multiplexed_model_id=model.version_id)
+
+    async def _assignment(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment]:
+        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it.
+
+        In front of :meth:`model`: a name that is neither a served model nor an experiment is its 400.
+        """
+        chosen = None
+        if request.model and request.model not in self.models.now():
+            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
+        if chosen is None:
+            return request, Assignment(self.model(request).name)
+        return request.model_copy(update={"model": chosen.model}), chosen
+
+    async def admitted(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+        """The request as its variant serves it, what chose it, and its model, which checked it (a 400 if not).
+
+        An unknown adapter is a 400 now, not a failed job later.
+        """
+        request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
+        model = self.model(request)
+        model.check(request)
+        return request, assignment, model
+
+    async def answer(self, request: GenerationRequest, owner: str | None, fresh: bool) -> JSONResponse:
+        """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
+        request, assignment, _ = await self.admitted(request)
+        body, headers = await self.served_answer(request, assignment, owner, fresh)
+        return JSONResponse(body, headers=headers)
+
+    @asynccontextmanager
+    async def _loaded_for(
+        self, model: ServedModel, request: GenerationRequest
+    ) -> AsyncIterator[tuple[ServedModel, dict]]:
+        """``model`` loaded in Triton, and kept loaded, while the block runs; yields its version and the headers.
+
+        The version is the one the residency counted the request on: it finishes on it, whatever replaces it
+        meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
+        """
+        version_id, waited = await self.residency.begin.remote(model.name)
+        try:
+            served = self.models.now().version(version_id)
+            if served.version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
+                served.check(request)
+            loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
+            yield served, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
+        finally:
+            try:
+                await self.residency.end.remote(version_id)
+            except Exception as error:  # noqa: BLE001 - bookkeeping: a generation that ended is not lost for it
+                logger.warning("model %s: its request's end not counted: %s", version_id, error)
+
+    async def served_answer(
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        owner: str | None,
+        fresh: bool = False,
+        on_step: OnStep | None = None,
+    ) -> tuple[dict, dict]:
+        """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
+
+        Per-variant requests and latency are counted here, whichever door the generation came by.
+        """
+        async with variant_measured(assignment):
+            body, headers = await self._answer(request, fresh, on_step)
+        ids = await self._image_ids(len(body["data"]), assignment, owner)
+        body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
+        return body | assignment.to_api(), headers | assignment.headers()
+
+    async def _image_ids(self, count: int, assignment: Assignment, owner: str | None) -> list[str]:
+        """Ids for ``count`` images, recorded with what served them (so feedback can name each)."""
+        ids = [new_image_id() for _ in range(count)]
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner)
+        return ids
+
+    async def _answer(
+        self, request: GenerationRequest, fresh: bool = False, on_step: OnStep | None = None
+    ) -> tuple[dict, dict]:
+        """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
+
+        ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
+        reading, which cancels the generation.
+        """
+        model = self.model(request)
+        engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        key = cache_key(engine, request.images_hashed()) if self.cache is not None else None
+        if key is not None and not fresh:
+            cached = await cache_call(self.cache.get, key)
+            metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
+            if cached is not None:
+                body = json.loads(cached) | {"created": int(time.time())}
+                return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
+        async with self._loaded_for(model, request) as (served, model_headers):
+            if on_step is None:
+                result = await self._pipeline(served).generate.remote(request, sent_at=time.time())
+            else:
+                result = await self._generate_reporting(served, request, on_step)
+        body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
+        headers = {"Easel-Seed": str(result.seed)} | model_headers
+        if result.prompt_tokens_dropped:
+            headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
+        if result.steps_skipped is not None:
+            headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
+        if key is not None:
+            await cache_call(self.cache.put, key, json.dumps(body).encode())
+            headers["Easel-Cache"] = "miss"
+        return body, headers
+
+    async def _encoded(self, request: GenerationRequest, result: EncodedImages) -> list[dict]:
+        """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
+        if request.output_format == "svg":
+            vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
+            return [
+                {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
+                for r in vectorized
+            ]
+        return [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
+
+    async def _generate_reporting(
+        self, model: ServedModel, request: GenerationRequest, on_step: OnStep
+    ) -> EncodedImages:
+        """The generation as a stream with previews: each step to ``on_step``, then the images."""
+        stream = (
+            self._pipeline(model)
+            .options(stream=True)
+            .generate_stream.remote(request, sent_at=time.time(), previews=True)
+        )
+        try:
+            async for item in stream:
+                if isinstance(item, Progress):
+                    await on_step(item)
+                else:
+                    return item
+        finally:
+            stream.cancel()  # a no-op once the stream ended; otherwise the generation stops at its current step
+        raise NotReady("the generation ended without its images; retry shortly", retry_after_s=2)
+
+    async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[VectorizeResult]:
+        """Each generated PNG through the Vectorizer (its SVG checked: rendered back, SSIM measured)."""
+        options = VectorizeOptions(tier=tier, validate=True)
+        return await asyncio.gather(
+            *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
+        )
+
+    async def events(self, request: GenerationRequest, owner: str | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
+        """The events of gRPC's ``Generate``: one ``progress`` per denoising step, then the images.
+
+        No result cache: a cached answer has no steps to report.
+        """
+        request, assignment, model = await self.admitted(request)
+        async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):
+            stream = self._pipeline(served).options(stream=True).generate_stream
+            async for item in stream.remote(request, sent_at=time.time()):
+                if isinstance(item, Progress):
+                    yield grpc_api.progress(item.step, item.total)
+                    continue
+                if request.output_format == "svg":
+                    tier = request.vectorize_tier or Tier.AUTO
+                    images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
+                else:
+                    images = [easel_pb2.Image(data=image) for image in item.images]
+                ids = await self._image_ids(len(images), assignment, owner)
+                for image, image_id in zip(images, ids, strict=True):
+                    image.id = image_id
+                yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)

@@ -1,0 +1,29 @@
+"""Liveness (the HTTP path through Ray Serve works) and readiness (every loaded engine, the Vectorizer)."""
+
+from __future__ import annotations
+
+from ray.serve.handle import DeploymentHandle
+
+from serve.serving.models import ModelAdmin
+from serve.text_to_image.deployment import require_ready
+
+
+class Health:
+    """What ``/healthz`` and ``/readyz`` answer."""
+
+    def __init__(self, text_to_image: DeploymentHandle, vectorizer: DeploymentHandle, models: ModelAdmin) -> None:
+        self.text_to_image = text_to_image
+        self.vectorizer = vectorizer
+        self.models = models
+
+    @staticmethod
+    def alive() -> dict:
+        """Alive: this answer came through Ray Serve."""
+        return {"status": "ok"}
+
+    async def ready(self) -> dict:
+        """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
+        states = await self.text_to_image.ready.remote(await self.models.loaded_triton_models())
+        require_ready(states)
+        vectorize = await self.vectorizer.ready.remote()
+        return {"status": "ready", "models": {**states, **vectorize}}

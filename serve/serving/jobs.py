@@ -1,0 +1,149 @@
+"""Background jobs: a generation queued (202) and run by this replica's job runner, shown to its owner.
+
+A job's state, a page of jobs, a cancel and the Server-Sent Events of its progress, each for the key that may see it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from serve import metrics
+from serve.access import may_see, owner_filter
+from serve.access.keys import ApiKey
+from serve.errors import invalid_input
+from serve.experiments.traffic import Assignment, Experiments
+from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
+from serve.jobs.runner import JobCanceled, JobLease, JobRunner
+from serve.jobs.store import JobStore, LeaseLost
+from serve.serving.generations import Generations
+from serve.serving.ray_errors import as_easel_error, unwrap
+from serve.text_to_image.deployment import Progress, draw_seed
+from serve.text_to_image.images import decode_images
+from serve.text_to_image.schema import GenerationRequest
+
+SSE_POLL_S = 0.25
+SSE_KEEPALIVE_S = 15.0
+MAX_PAGE = 100
+
+
+def _sse(event: str, data: dict, seq: int | None = None) -> bytes:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def _body_hash(request: GenerationRequest) -> str:
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
+
+
+class BackgroundJobs:
+    """Jobs submitted, run (only this class writes the job store, as their runner) and shown to their owners."""
+
+    def __init__(self, store: JobStore, generations: Generations, experiments: Experiments) -> None:
+        self.store = store
+        self.generations = generations
+        self.experiments = experiments
+        self.runner = JobRunner(self.store, self.run).start()
+
+    async def submit(self, asked: GenerationRequest, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
+        """Queue ``asked`` as ``owner``'s job after the checks a synchronous request gets, its images decoded.
+
+        Its seed is drawn now, so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns
+        the same job for the same body. An experiment's variant is chosen now (the job's request names it) and
+        recorded under the job's id, so feedback can name the job.
+        """
+        request, assignment, model = await self.generations.admitted(asked)
+        await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
+        key = check_idempotency_key(idempotency_key)
+        # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
+        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
+        stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
+        job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
+        if created:
+            await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
+        self.runner.wake()
+        headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
+        return JSONResponse(job.to_api(), status_code=202, headers=headers | assignment.headers())
+
+    async def run(self, job: Job, lease: JobLease) -> dict:
+        """The job runner's work: the job's request answered as a synchronous one, each step written to the store.
+
+        A step's progress (and preview) is written as it streams in; a cancel asked meanwhile, or the lease lost,
+        stops reading the stream, which stops the generation.
+        """
+        try:
+            request = GenerationRequest.model_validate(job.request)
+        except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
+            raise invalid_input(error) from None
+
+        async def report(progress: Progress) -> None:
+            args = (lease.job_id, lease.worker, lease.lease_s, progress.step, progress.total, progress.preview)
+            if await asyncio.to_thread(self.store.progress, *args):
+                raise JobCanceled(lease.job_id)
+
+        chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
+        assignment = chosen or Assignment(self.generations.model(request).name)
+        try:
+            body, _ = await self.generations.served_answer(request, assignment, job.owner, on_step=report)
+        except Exception as error:
+            cause = unwrap(error)
+            if isinstance(cause, JobCanceled | LeaseLost):
+                raise cause from None
+            raise as_easel_error(error) from None
+        return body
+
+    async def visible(self, key: ApiKey | None, job_id: str) -> Job:
+        """The job, if ``key`` may see it; another key's job is as unknown as a missing one (404)."""
+        job = await asyncio.to_thread(self.store.require, job_id)
+        if not may_see(key, job.owner):
+            raise self.store.missing(job_id)
+        return job
+
+    async def page(self, key: ApiKey | None, status: JobStatus | None, limit: int, after: str | None) -> dict:
+        """A page of ``key``'s jobs (every job for an admin key), newest first (``after``: the previous last id)."""
+        page = await asyncio.to_thread(self.store.list, status, limit + 1, after, owner_filter(key))
+        data = [job.to_api() for job in page[:limit]]
+        return {
+            "object": "list",
+            "data": data,
+            "has_more": len(page) > limit,
+            "first_id": data[0]["id"] if data else None,
+            "last_id": data[-1]["id"] if data else None,
+        }
+
+    async def cancel(self, key: ApiKey | None, job_id: str) -> dict:
+        """Cancel a job: a queued one never runs; a running one stops at its next denoising step (409 if over)."""
+        before = await self.visible(key, job_id)
+        job = await asyncio.to_thread(self.store.cancel, job_id)
+        metrics.count(metrics.JOB_CANCELS, state=before.status.value)
+        return job.to_api()
+
+    async def events(self, key: ApiKey | None, job_id: str, preview: bool) -> StreamingResponse:
+        """Server-Sent Events: the job's state first, then one ``progress`` per step, then its final event."""
+        job = await self.visible(key, job_id)
+        return StreamingResponse(
+            self._event_stream(job, preview),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    async def _event_stream(self, job: Job, preview: bool):
+        """The state as read, then every event after it (``job.seq``: the last event that state includes)."""
+        yield _sse("state", job.to_api())
+        after, quiet_since = (job.seq - 1 if job.status.final else job.seq), time.monotonic()
+        while True:
+            for event in await asyncio.to_thread(self.store.events, job.id, after):
+                after, quiet_since = event.seq, time.monotonic()
+                data = event.data if preview else {k: v for k, v in event.data.items() if k != "preview"}
+                yield _sse(event.type.value, data, event.seq)
+                if event.type in FINAL_EVENTS.values():
+                    return
+            if time.monotonic() - quiet_since > SSE_KEEPALIVE_S:
+                quiet_since = time.monotonic()
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(SSE_POLL_S)

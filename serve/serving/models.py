@@ -1,0 +1,79 @@
+"""The models a stack serves: listed in OpenAI's shape, added, replaced and removed while it runs (admin).
+
+Also the adapters and ControlNets the default model takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ray.serve.handle import DeploymentHandle
+
+from serve.errors import Conflict
+from serve.experiments.traffic import Experiments
+from serve.serving.current_models import CurrentModels
+from serve.text_to_image.models import ModelFolder, NewModel
+
+
+class ModelAdmin:
+    """What the model routes answer: the model table, whether each model is loaded, and changes to it."""
+
+    def __init__(
+        self,
+        models: CurrentModels,
+        text_to_image: DeploymentHandle,
+        residency: DeploymentHandle,
+        experiments: Experiments,
+    ) -> None:
+        self.models = models
+        self.text_to_image = text_to_image
+        self.residency = residency
+        self.experiments = experiments
+
+    def loras(self) -> dict:
+        """The LoRA adapters of this stack: each ready, or listed with why it cannot be."""
+        return {"object": "list", "data": self.models.now().default.adapters.listing()}
+
+    def controlnets(self) -> dict:
+        """The ControlNets of this stack: each ready, or listed with why not."""
+        return {"object": "list", "data": self.models.now().default.folder.controlnets.listing()}
+
+    async def listing(self) -> dict:
+        """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
+        loaded = await self.loaded()
+        return {"object": "list", "data": [model.public(loaded[name]) for name, model in self.models.now().items()]}
+
+    async def describe(self, model_id: str) -> dict:
+        """One served model, as the list gives it (404 if this stack serves none of that name)."""
+        model = self.models.now().require(model_id)
+        return model.public((await self.loaded())[model_id])
+
+    async def add(self, body: NewModel) -> dict:
+        """Serve a built engine folder as a new model: 409 for a name an experiment has (a model may not shadow it)."""
+        if await asyncio.to_thread(self.experiments.exists, body.name):
+            raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
+        return await self.residency.add.remote(body.name, body.engine_dir)
+
+    async def replace(self, model_id: str, body: ModelFolder) -> dict:
+        """Serve a built engine folder as the model's next version."""
+        return await self.residency.replace.remote(model_id, body.engine_dir)
+
+    async def remove(self, model_id: str) -> dict:
+        """Stop serving a model: 409 while an experiment has it as a variant."""
+        experiments = await asyncio.to_thread(self.experiments.using, model_id)
+        if experiments:
+            named = ", ".join(experiments)
+            raise Conflict(f"model_id: {model_id!r} is a variant of {named}: redefine or delete it first", "model_id")
+        return await self.residency.remove.remote(model_id)
+
+    async def loaded(self) -> dict[str, bool]:
+        """Whether each model is loaded (its engines all ready in Triton)."""
+        states = await self.text_to_image.ready.remote(await self.loaded_triton_models())
+        models = self.models.now()
+        return {name: all(states.get(t, False) for t in model.triton_names()) for name, model in models.items()}
+
+    async def loaded_triton_models(self) -> list[str]:
+        """The Triton models of the versions loaded now (old versions still finishing their requests included)."""
+        loaded = set(await self.residency.loaded.remote())
+        versions = self.models.now().versions()
+        return [name for model in versions if model.version_id in loaded for name in model.triton_names()]

@@ -1,0 +1,49 @@
+"""Engines run in-process, no Triton: the loop's engine runner for benchmarks, evaluation and tests.
+
+Each engine runs on the runtime its folder names (ONNX Runtime or OpenVINO, through ``open_engine``).
+
+The served stack's runners are Triton's (:mod:`serve.triton.runners`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
+from serve.adapters.registry import engine_banks
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.triton.engine_files import LORAS_LINK
+from serve.triton.onnx_backend import open_engine
+from serve.triton.spec import ModelSpec
+
+
+class OnnxRuntimeRunner:
+    """In-process engines (no Triton), each with the runtime its folder names: the benchmark's baseline, unit tests.
+
+    LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
+    """
+
+    def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
+        engines = {name: folder.engine(name) for name in folder.specs}
+        self.sessions = {name: open_engine(files, shards) for name, files in engines.items()}
+        registry = loras_dir or folder.path / LORAS_LINK
+        self.banks = {
+            name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready
+        }
+
+    async def infer(
+        self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
+    ) -> dict[str, np.ndarray]:
+        """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
+        session = self.sessions[spec.name]
+        feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
+        shared = {}
+        if spec.name in self.banks:
+            rows = [parse_row(text) for text in feeds.pop(ADAPTERS_INPUT)]
+            feeds[SCALE_INPUT], shared = self.banks[spec.name].feeds(rows)
+        outputs = await asyncio.to_thread(session.run, feeds, shared)
+        return dict(zip(session.output_names, outputs, strict=True))

@@ -292,58 +292,68 @@ def export_all(
     if vae_decoder is not None:
         modules[VAE_DECODER] = tiny_vae_decoder(vae_decoder)
     modules = {name: module for name, module in modules.items() if only is None or name in only}
-    reports = []
-    for step, (name, source) in enumerate(modules.items(), start=1):
-        spec = family.specs[name]
-        engine_dtype = torch.float32 if source.keep_fp32 else dtype
-        engine_precision = "fp32" if precision == "fp16" and engine_dtype == torch.float32 else precision
-        files = EngineFiles(engine_dir / name)
-        started = time.perf_counter()
-        logger.info("[%d/%d] %s: loading weights (%s)", step, len(modules), name, engine_dtype)
-        module = source.load(engine_dtype).to(engine_dtype)
-        if engine_dtype != torch.float32:
-            module = CastIO(module, engine_dtype)
-        onnx_path = files.onnx
-        logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
-        export_engine(module, spec, family, onnx_path)
-        if engine_dtype == torch.float32:
-            logger.info("[%d/%d] %s: PyTorch reference outputs", step, len(modules), name)
-            feeds = parity_feeds(spec, family, seed, module)
-            expected = reference_outputs(module, feeds)
-            del module
-            gc.collect()
-            logger.info("[%d/%d] %s: ONNX Runtime parity check", step, len(modules), name)
-            parity = check_parity(spec, onnx_path, feeds, expected)
-            numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
-            choice = choose_runtime(
-                files, runtime, engine_precision, numpy_feeds, expected, PARITY_TOLERANCE, parity.relative_error
-            )
-        else:
-            del module
-            gc.collect()
-            parity = _check_graph(spec, onnx_path)
-            choice = choose_runtime(files, Runtime.ONNXRUNTIME.value, engine_precision, {}, [], PARITY_TOLERANCE)
-        size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
-        report = EngineReport(
-            name,
-            engine_precision,
-            round(time.perf_counter() - started, 1),
-            round(peak_rss_gb(), 2),
-            size,
-            parity,
-            dataclasses.asdict(choice),
+    total = len(modules)
+    return [
+        _export_one(family, engine_dir, name, source, (step, total), dtype, precision, seed, runtime)
+        for step, (name, source) in enumerate(modules.items(), start=1)
+    ]
+
+
+def _export_one(
+    family: Family,
+    engine_dir: Path,
+    name: str,
+    source: ExportModule,
+    position: tuple[int, int],
+    dtype: torch.dtype,
+    precision: str,
+    seed: int,
+    runtime: str,
+) -> EngineReport:
+    """Export one engine (``position``: its step and the count, for the log), check it, give it its runtime."""
+    step, total = position
+    spec = family.specs[name]
+    engine_dtype = torch.float32 if source.keep_fp32 else dtype
+    engine_precision = "fp32" if precision == "fp16" and engine_dtype == torch.float32 else precision
+    files = EngineFiles(engine_dir / name)
+    started = time.perf_counter()
+    logger.info("[%d/%d] %s: loading weights (%s)", step, total, name, engine_dtype)
+    module = source.load(engine_dtype).to(engine_dtype)
+    if engine_dtype != torch.float32:
+        module = CastIO(module, engine_dtype)
+    onnx_path = files.onnx
+    logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, total, name, peak_rss_gb())
+    export_engine(module, spec, family, onnx_path)
+    if engine_dtype == torch.float32:
+        logger.info("[%d/%d] %s: PyTorch reference outputs", step, total, name)
+        feeds = parity_feeds(spec, family, seed, module)
+        expected = reference_outputs(module, feeds)
+        del module
+        gc.collect()
+        logger.info("[%d/%d] %s: ONNX Runtime parity check", step, total, name)
+        parity = check_parity(spec, onnx_path, feeds, expected)
+        numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
+        choice = choose_runtime(
+            files, runtime, engine_precision, numpy_feeds, expected, PARITY_TOLERANCE, parity.relative_error
         )
-        logger.info(
-            "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",
-            step,
-            len(modules),
-            name,
-            report.export_s,
-            size / 1e9,
-            report.peak_rss_gb,
-        )
-        reports.append(report)
-    return reports
+    else:
+        del module
+        gc.collect()
+        parity = _check_graph(spec, onnx_path)
+        choice = choose_runtime(files, Runtime.ONNXRUNTIME.value, engine_precision, {}, [], PARITY_TOLERANCE)
+    size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
+    elapsed, rss = round(time.perf_counter() - started, 1), round(peak_rss_gb(), 2)
+    report = EngineReport(name, engine_precision, elapsed, rss, size, parity, dataclasses.asdict(choice))
+    logger.info(
+        "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",
+        step,
+        total,
+        name,
+        report.export_s,
+        size / 1e9,
+        report.peak_rss_gb,
+    )
+    return report
 
 
 LINKED = ("model.onnx", "model.onnx" + EXTERNAL_DATA_SUFFIX)

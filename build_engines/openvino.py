@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from serve.adapters.lora import bank_names, load_slots
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import open_engine
 from serve.triton.runtimes import Runtime, RuntimeChoice, candidates
@@ -51,6 +52,17 @@ def error_against(actual: list[np.ndarray], expected: list[np.ndarray]) -> float
     return worst
 
 
+def _split_banks(files: EngineFiles, feeds: dict) -> tuple[dict, dict]:
+    """(the per-row inputs, the LoRA banks every row shares) of an engine's feeds, as the python backend gives them.
+
+    A batch split across cores (:class:`serve.triton.onnx_backend.ShardedSession`) slices the first, not the banks.
+    """
+    if not files.lora_ready:
+        return feeds, {}
+    banks = {name for index in range(len(load_slots(files.lora_slots))) for name in bank_names(index)}
+    return {k: v for k, v in feeds.items() if k not in banks}, {k: v for k, v in feeds.items() if k in banks}
+
+
 def _measure(files: EngineFiles, choice: RuntimeChoice, feeds: dict, expected: list[np.ndarray], runs: int):
     """(error against ``expected``, fastest of ``runs`` timed calls) of the engine run as ``choice`` says.
 
@@ -58,10 +70,11 @@ def _measure(files: EngineFiles, choice: RuntimeChoice, feeds: dict, expected: l
     """
     choice.save(files)
     session = open_engine(files)
+    rows, shared = _split_banks(files, feeds)
     seconds = []
     for _ in range(1 + runs):
         started = time.perf_counter()
-        outputs = session.run(feeds)
+        outputs = session.run(rows, shared)
         seconds.append(time.perf_counter() - started)
     del session
     gc.collect()
@@ -82,7 +95,8 @@ def choose_runtime(
     ``auto`` measures ONNX Runtime first and keeps it without trying OpenVINO when its call takes less than
     :data:`AUTO_FLOOR_S`. ``expected``: the fp32 reference for ``feeds`` (PyTorch's outputs; for graphs reused from
     another build, ONNX Runtime's of the same graph); ``onnx_error``: ONNX Runtime's error against PyTorch, from the
-    parity check (it is ONNX Runtime's recorded error). Candidates not kept leave no files behind.
+    parity check (it is ONNX Runtime's recorded error). Candidates not kept leave no files behind; under ``auto``, one
+    that fails to convert or run (OpenVINO on a graph it cannot compile) is logged and not kept.
     """
     options = candidates(runtime, precision)
     if options == (Runtime.ONNXRUNTIME,):  # fp16 GPU engines cannot run on the CPU provider: nothing to measure
@@ -91,10 +105,16 @@ def choose_runtime(
         return choice
     measured = {}
     for option in options:
-        if option is Runtime.OPENVINO:
-            convert(files, precision)
         runs = TIMED_RUNS if len(options) > 1 else 0  # one candidate: its error, and its first call's time
-        measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected, runs)
+        try:
+            if option is Runtime.OPENVINO:
+                convert(files, precision)
+            measured[option] = _measure(files, RuntimeChoice(option, precision), feeds, expected, runs)
+        except RuntimeError as error:  # auto: a graph OpenVINO cannot run is not a candidate; asked for, it fails
+            if len(options) == 1 or option is not Runtime.OPENVINO or not measured:
+                raise
+            logger.warning("  %-14s openvino cannot run it, not kept: %s", files.folder.name, str(error)[:300])
+            continue
         if option is Runtime.ONNXRUNTIME and onnx_error is not None:  # the parity check's, against PyTorch itself
             measured[option] = (onnx_error, measured[option][1])
         logger.info(

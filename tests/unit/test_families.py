@@ -122,7 +122,7 @@ def test_bad_folders_are_one_line_errors_and_leave_the_engine_cache_empty(tiny_x
 def test_a_build_that_fails_halfway_leaves_nothing_in_the_cache(default_model, tmp_path, monkeypatch):
     monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
 
-    def half_then_fail(family, model_dir, engine_dir, precision, adapters):
+    def half_then_fail(family, model_dir, engine_dir, precision, adapters, **runtime_options):
         (engine_dir / "unet").mkdir(parents=True)
         (engine_dir / "unet" / "model.onnx").write_bytes(b"half")
         raise RuntimeError("export crashed")

@@ -2,7 +2,8 @@
 
 Each engine is measured in a fresh process (``python -m build_engines.memory``): a process that has exported or run
 other models holds freed memory that new allocations reuse unseen, so its peaks would read low. The process runs the
-engine exactly as the python backend serves it (ONNX Runtime, arena off, the same allocator settings).
+engine exactly as the python backend serves it (its runtime, ONNX Runtime's arena off, the same allocator settings),
+on one core.
 """
 
 from __future__ import annotations
@@ -66,18 +67,18 @@ def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> 
 
 def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SIDES) -> MemoryModel:
     """Measure in this process (call it in a fresh one: see the module docstring)."""
-    from serve.triton.onnx_backend import make_session
+    from serve.triton.onnx_backend import open_engine
 
     rng = np.random.default_rng(0)
     start = rss_bytes()
-    session = make_session(model_path, intra_op_threads=1, arena=False)
-    taken = {i.name for i in session.get_inputs()}
+    session = open_engine(EngineFiles(model_path.parent), threads=1)
+    taken = session.input_names
     sides = sides if dynamic_axes(spec) else sides[:1]
 
     def row(side: int) -> dict[str, np.ndarray]:
         return {k: v for k, v in _row(spec, side, rng, model_path.parent).items() if k in taken}
 
-    session.run(None, row(sides[0]))  # warm-up: lazy initialisation counts as weights
+    session.run(row(sides[0]))  # warm-up: lazy initialisation counts as weights
     weights = rss_bytes() - start
     measured, timed = [], []
     for side in sides:
@@ -85,7 +86,7 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
         before = rss_bytes()
         peak_rss_reset()
         started = time.perf_counter()
-        session.run(None, feeds)
+        session.run(feeds)
         seconds = time.perf_counter() - started
         positions = spec.positions(side)
         measured.append((positions, max(0, rss_bytes(peak=True) - before)))

@@ -62,7 +62,7 @@ def evaluate() -> None:
 
 @main.command()
 @MODEL_OPTION
-@model_options(StackOptions, "repository")
+@model_options(StackOptions, "repository", "runtime", "precision", "vae_decoder_dir")
 @embedded_option("Which embedded model to build when --model is not given.")
 @click.option(
     "--backend",
@@ -73,19 +73,12 @@ def evaluate() -> None:
     "onnxruntime: native backend configs for the NGC Triton container; tensorrt: fp16 TensorRT plans for it (needs "
     "the gpu extra and an NVIDIA GPU).",
 )
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="fp16: half-precision weights for GPU execution providers (I/O stays fp32; a force_upcast VAE stays fp32). "
-    "ONNX Runtime's CPU provider cannot run fp16 engines: their graphs are checked, not their outputs.",
-)
 @click.option("--force", is_flag=True, help="Rebuild even when cached engines exist.")
-def build(
-    model_dir: Path | None, repository: Path | None, embedded: str, backend: str, precision: str, force: bool
-) -> None:
-    """Export a diffusers model to parity-checked ONNX engines and install them in the model repository."""
+def build(model_dir: Path | None, repository: Path | None, embedded: str, backend: str, force: bool, **how) -> None:
+    """Export a diffusers model to parity-checked ONNX engines and install them in the model repository.
+
+    Each engine's runtime, precision and error against fp32 are printed.
+    """
     from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
     from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
@@ -97,10 +90,20 @@ def build(
     check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():
         raise click.ClickException(TENSORRT_MISSING)
-    engines = build_engines(
-        model_dir or default_model_dir(embedded), repository, force, Backend(backend), precision=precision
-    )
+    from serve.triton.runtimes import UnknownChoice
+
+    with one_line_errors(UnknownChoice):
+        engines = build_engines(
+            model_dir or default_model_dir(embedded),
+            repository,
+            force,
+            Backend(backend),
+            runtime=how["runtime"],
+            precision=how["precision"],
+            vae_decoder=how["vae_decoder_dir"],
+        )
     install_vectorize(repository, backend=Backend(backend))
+    click.echo(engines.runtimes_table())
     click.echo(f"engines: {engines.path}\nrepository: {repository}")
 
 

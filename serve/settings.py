@@ -44,6 +44,7 @@ from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.generation import StackDefaults
 from serve.text_to_image.guidance import NO_CUTOFF
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
+from serve.triton.runtimes import DEFAULT_RUNTIME, PRECISIONS, RUNTIME_CHOICES, check_choice
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_MODEL = "easel-default"
@@ -262,6 +263,23 @@ class StackOptions(AppSettings):
         description="Also build step caching's engines (a UNet that returns its deep features, and a shallow one), "
         "so requests may ask cache_interval (UNet models).",
     )
+    runtime: Annotated[str, Cli(type=click.Choice(RUNTIME_CHOICES))] = Field(
+        DEFAULT_RUNTIME,
+        description="What runs the engines on the CPU: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR "
+        "at build), or auto (each engine measured both ways at build, the faster kept; one whose ONNX Runtime call is "
+        "too small for OpenVINO to pay stays there).",
+    )
+    vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", EXISTING_FOLDER)] = Field(
+        None,
+        description="A tiny VAE decoder (a diffusers AutoencoderTiny folder, TAESD's layout) served as the default "
+        "model's vae_decoder, for previews and final images: a faster decode at a cost in detail.",
+    )
+    precision: Annotated[str, Cli(type=click.Choice(list(PRECISIONS)))] = Field(
+        "fp32",
+        description="The engines' precision: "
+        + "; ".join(f"{name}: {p.meaning}" for name, p in PRECISIONS.items())
+        + ". bf16 and int8 run on OpenVINO.",
+    )
 
     @property
     def store(self) -> str:
@@ -273,6 +291,12 @@ class StackOptions(AppSettings):
         """The repository, when not given: the run folder's (:func:`serve.paths.live_repository`)."""
         if self.repository is None:
             self.repository = live_repository(self.run_dir)
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_runs_precision(self) -> StackOptions:
+        """A runtime or precision that is not declared, or a pair that cannot run, is refused (one line)."""
+        check_choice(self.runtime, self.precision)
         return self
 
     @model_validator(mode="after")

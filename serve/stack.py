@@ -367,8 +367,10 @@ class Stack:
             if default:
                 adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
                 extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
+                extras["vae_decoder"] = opts.vae_decoder_dir
             logger.info("model %s: %s", name, model_dir or "embedded")
-            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **extras)
+            how = {"runtime": opts.runtime, "precision": opts.precision}
+            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)
             built[name] = str(folder.path)
         return built
 

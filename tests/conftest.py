@@ -64,6 +64,14 @@ def engine_dir(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def openvino_engine_dir(default_model, engine_dir, tmp_path_factory):
+    """The embedded model's engines on OpenVINO (its ONNX graphs, already exported for ``engine_dir``, converted)."""
+    from build_engines.text_to_image.build import build
+
+    return build(default_model, repository=None, runtime="openvino").path
+
+
+@pytest.fixture(scope="session")
 def diffusers_pipeline(default_model):
     """diffusers' own StableDiffusionPipeline over the same weights: the reference for parity."""
     from diffusers import StableDiffusionPipeline

@@ -26,7 +26,14 @@ from build_engines.tensorrt import build_plan, latent_range, profile
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
-from build_engines.text_to_image.export import EXPORTER_VERSION, OPSET, PRECISIONS, export_all
+from build_engines.text_to_image.export import (
+    EXPORTER_VERSION,
+    OPSET,
+    EngineReport,
+    ParityReport,
+    export_all,
+    reuse_graphs,
+)
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -36,9 +43,18 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
-from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
+from serve.triton.runtimes import (
+    AUTO,
+    DEFAULT_RUNTIME,
+    PRECISIONS,
+    RUNTIME_CHOICES,
+    Runtime,
+    check_choice,
+    runtime_versions,
+)
 from serve.triton.spec import Backend
 
 logger = logging.getLogger(__name__)
@@ -68,15 +84,37 @@ def engine_dir_for(
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
+    runtime: str = DEFAULT_RUNTIME,
+    vae_decoder: Path | None = None,
 ) -> Path:
-    """Cache folder named by model hash, precision, what the engines take or add, and versions.
+    """Cache folder named by model hash, runtime and precision, what the engines take or add, and versions.
 
-    What they take or add: adapters, ControlNets, step caching's engines.
+    What they take or add: adapters, ControlNets, step caching's engines, a tiny VAE decoder. ONNX Runtime folders keep
+    the names they had before runtimes were chosen.
     """
+    return engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)[runtime, precision]
+
+
+def engine_dirs(
+    model_dir: Path,
+    adapters: AdapterBuild | None = None,
+    controlnets: Mapping[str, Path] | None = None,
+    step_cache: bool = False,
+    vae_decoder: Path | None = None,
+) -> dict[tuple[str, str], Path]:
+    """:func:`engine_dir_for` of every runtime and precision that can be built (the model hashed once)."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
-    parts = [content_hash(model_dir)[:16], precision, adapters.key() if adapters else "", controlnets_key(controlnets)]
-    parts.append("stepcache" if step_cache else "")
-    return easel_home() / "engines" / "-".join([part for part in parts if part] + [versions])
+    model_hash = content_hash(model_dir)[:16]
+    extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
+    extras.append(f"taesd{content_hash(vae_decoder)[:12]}" if vae_decoder else "")
+    folders = {}
+    for runtime in RUNTIME_CHOICES:
+        for precision, declared in PRECISIONS.items():
+            if runtime == AUTO or Runtime(runtime) in declared.runtimes:
+                how = precision if runtime == Runtime.ONNXRUNTIME else f"{runtime}-{precision}"
+                name = "-".join([part for part in [model_hash, how, *extras] if part] + [versions])
+                folders[runtime, precision] = easel_home() / "engines" / (name + runtime_versions(runtime))
+    return folders
 
 
 def build(
@@ -89,6 +127,8 @@ def build(
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
     prefix: str = "",
+    runtime: str = DEFAULT_RUNTIME,
+    vae_decoder: Path | None = None,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -96,36 +136,56 @@ def build(
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
-    caching's engines too (:mod:`serve.text_to_image.step_cache`); ``prefix``: the Triton model names start with
+    caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
+    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``vae_decoder``: a diffusers ``AutoencoderTiny``
+    folder served as the model's ``vae_decoder``; ``prefix``: the Triton model names start with
     it (:meth:`serve.text_to_image.models.ServedModels.prefix`). ``repository`` None: built and measured, not
     installed (``easel models add`` hands the folder to a running stack, which installs it). Returns the engine
     folder, opened.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    check_choice(runtime, precision)
     model_dir = default_model_dir() if model_dir is None else model_dir
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
     if adapters.ip_adapter is not None and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    engine_dir = engine_dir_for(model_dir, precision, adapters, controlnets, step_cache)
+    folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)
+    engine_dir = folders[runtime, precision]
+    graph = PRECISIONS[precision].graph_dtype
+    same_graphs = [f for (_, p), f in folders.items() if PRECISIONS[p].graph_dtype == graph and f != engine_dir]
     with one_build(engine_dir):
+        exported = next((f for f in same_graphs if EngineFolder.built(f)), None)
         if EngineFolder.built(engine_dir) and not force:
             logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
+        elif exported is not None and not force and not adapters.lora and adapters.ip_adapter is None:
+            logger.info("the ONNX graphs of %s are exported in %s: given their runtime", engine_dir.name, exported)
+            _build_into(engine_dir, EngineFolder(exported).family, model_dir, precision, adapters, runtime, exported)
         else:
-            family = family.with_engines(
-                AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
-                controlnet_support(family, model_dir, controlnets),
-                step_cache,
-            )
-            logger.info("building %s engines (%s, %s) of %s", family.name, precision, family.pipeline_class, model_dir)
-            _build_into(engine_dir, family, model_dir, precision, adapters)
+            how = (precision, adapters, runtime, controlnets, step_cache, vae_decoder)
+            _build_new(engine_dir, family, model_dir, *how)
         folder = EngineFolder(engine_dir)
         measure(folder)
     if repository is not None:
         install(folder, repository, backend, prefix)
     return folder
+
+
+def _build_new(engine_dir, family, model_dir, precision, adapters, runtime, controlnets, step_cache, vae_decoder):
+    """Export ``family``'s engines of ``model_dir`` (its adapters, ControlNets, step caching) into ``engine_dir``.
+
+    With a tiny ``vae_decoder``, the rest is linked from the build without it when that one is built.
+    """
+    family = family.with_engines(
+        AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
+        controlnet_support(family, model_dir, controlnets),
+        step_cache,
+    )
+    what = (family.name, runtime, precision, family.pipeline_class, model_dir)
+    logger.info("building %s engines (%s %s, %s) of %s", *what)
+    base = engine_dirs(model_dir, adapters, controlnets, step_cache)[runtime, precision] if vae_decoder else None
+    base = base if base is not None and EngineFolder.built(base) else None
+    _build_into(engine_dir, family, model_dir, precision, adapters, runtime, vae_decoder=vae_decoder, base=base)
 
 
 @contextmanager
@@ -163,13 +223,40 @@ def measure(folder: EngineFolder) -> None:
                 logger.warning("%s: memory not measured, its batches will not be bounded: %s", name, error)
 
 
-def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: str, adapters: AdapterBuild) -> None:
-    """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing."""
+def _build_into(
+    engine_dir: Path,
+    family: Family,
+    model_dir: Path,
+    precision: str,
+    adapters: AdapterBuild,
+    runtime: str,
+    exported: Path | None = None,
+    vae_decoder: Path | None = None,
+    base: Path | None = None,
+) -> None:
+    """Export into a scratch folder beside ``engine_dir`` and rename it at the end: a failed build leaves nothing.
+
+    ``exported``: a built folder with the same ONNX graphs (another runtime's): they are linked, not exported again.
+    ``base``: the same build without the tiny ``vae_decoder``: its other engines are linked as they are.
+    """
     partial = engine_dir.with_name(f"{engine_dir.name}{PARTIAL_SUFFIX}-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        reports = export_all(family, model_dir, partial, precision, adapters=adapters)
+        if exported is None:
+            reports = _link_engines(EngineFolder(base), partial, skip=VAE_DECODER) if base else []
+            reports += export_all(
+                family,
+                model_dir,
+                partial,
+                precision,
+                adapters=adapters,
+                runtime=runtime,
+                vae_decoder=vae_decoder,
+                only={VAE_DECODER} if base else None,
+            )
+        else:
+            reports = reuse_graphs(EngineFolder(exported), partial, runtime, precision)
         _write_beside_engines(partial, family, model_dir)
         manifest = {"model_dir": str(model_dir.resolve()), "engines": [dataclasses.asdict(r) for r in reports]}
         (partial / layout.MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -177,6 +264,20 @@ def _build_into(engine_dir: Path, family: Family, model_dir: Path, precision: st
         partial.rename(engine_dir)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _link_engines(base: EngineFolder, folder: Path, skip: str) -> list[EngineReport]:
+    """Hard-link every engine of ``base`` but ``skip`` into ``folder`` (their measured memory too); their reports."""
+    kept = json.loads((base.path / layout.MANIFEST).read_text())["engines"]
+    reports = []
+    for report in kept:
+        if report["engine"] == skip:
+            continue
+        (folder / report["engine"]).mkdir()
+        for path in base.engine(report["engine"]).files().values():
+            os.link(path, folder / report["engine"] / path.name)
+        reports.append(EngineReport(**report | {"parity": ParityReport(**report["parity"])}))
+    return reports
 
 
 def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None:

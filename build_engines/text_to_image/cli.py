@@ -12,6 +12,7 @@ from serve.cli_options import EXISTING_FOLDER, FOLDER, one_line_errors
 from serve.errors import UnsupportedModel
 from serve.paths import easel_home
 from serve.text_to_image.schema import SCHEDULER_NAMES
+from serve.triton.runtimes import PRECISIONS, RUNTIME_CHOICES
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +100,20 @@ def train_lcm(model_dir: Path, work: Path | None, threads: int, steps: int | Non
     show_default=True,
     help="lcm and tcd: the model's distilled UNet where its folder ships one (unet_lcm/).",
 )
-def eval_generate(model_dir: Path, out: Path, seeds: int, steps: int, scheduler: str) -> None:
-    """Colour accuracy and recognisability over colour x icon pairings held out of training."""
-    from build_engines.text_to_image.evaluate import GenerateSettings, evaluate, table
+@click.option("--runtime", type=click.Choice(RUNTIME_CHOICES), default="onnxruntime", show_default=True)
+@click.option("--precision", type=click.Choice(list(PRECISIONS)), default="fp32", show_default=True)
+def eval_generate(model_dir: Path, out: Path, seeds: int, steps: int, scheduler: str, runtime: str, precision: str):
+    """Colour accuracy and recognisability over colour x icon pairings held out of training.
 
-    report = evaluate(model_dir, out, GenerateSettings(seeds=seeds, steps=steps, scheduler=scheduler))
+    With another runtime or precision than ONNX Runtime fp32: also PSNR and SSIM to its images.
+    """
+    from build_engines.text_to_image.evaluate import GenerateSettings, evaluate, table
+    from serve.triton.runtimes import UnknownChoice, check_choice
+
+    with one_line_errors(UnknownChoice):
+        check_choice(runtime, precision)
+    settings = GenerateSettings(seeds=seeds, steps=steps, scheduler=scheduler)
+    report = evaluate(model_dir, out, settings, runtime, precision)
     click.echo(table(report))
     click.echo(f"written: {out / 'generate_eval.json'}, {out / 'generate_eval.md'}, {out / 'generate_eval.png'}")
 

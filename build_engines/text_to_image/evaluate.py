@@ -191,16 +191,30 @@ def generate_images(engines: EngineFolder, pairings: list[Pairing], settings: Ge
     return {(pairing, seed): result.images[0] for (pairing, seed, _), result in zip(jobs, results, strict=True)}
 
 
-def evaluate(model_dir: Path, out_dir: Path, settings: GenerateSettings | None = None) -> dict:
-    """Generate every held-out pairing, judge it, and write the JSON, table and grid into ``out_dir``."""
+def evaluate(
+    model_dir: Path,
+    out_dir: Path,
+    settings: GenerateSettings | None = None,
+    runtime: str = "onnxruntime",
+    precision: str = "fp32",
+) -> dict:
+    """Generate every held-out pairing, judge it, and write the JSON, table and grid into ``out_dir``.
+
+    With another ``runtime`` or ``precision`` than ONNX Runtime fp32, the same images are also made on that one, and
+    their PSNR and SSIM to them are reported (``to_fp32``).
+    """
     from build_engines.text_to_image.build import build
 
     settings = settings or GenerateSettings()
     pairings = held_out()
     with tempfile.TemporaryDirectory() as repository:
-        engines = build(model_dir, repository=Path(repository))
-    logger.info("generating %d held-out pairings x %d seeds", len(pairings), settings.seeds)
+        engines = build(model_dir, repository=Path(repository), runtime=runtime, precision=precision)
+    logger.info("generating %d held-out pairings x %d seeds (%s %s)", len(pairings), settings.seeds, runtime, precision)
     images = generate_images(engines, pairings, settings)
+    to_fp32 = None
+    if (runtime, precision) != ("onnxruntime", "fp32"):
+        reference = generate_images(build(model_dir, repository=None), pairings, settings)
+        to_fp32 = similarity(images, reference)
     classifier, classifier_accuracy = train_classifier()
     keys = list(images)
     stacked = np.stack([images[k] for k in keys])
@@ -211,6 +225,9 @@ def evaluate(model_dir: Path, out_dir: Path, settings: GenerateSettings | None =
     ]
     report = {
         "model": str(model_dir),
+        "runtime": runtime,
+        "precision": precision,
+        "to_fp32": to_fp32,
         "settings": asdict(settings),
         "size": int(stacked.shape[1]),
         "classifier_accuracy_on_real_icons": classifier_accuracy,
@@ -223,6 +240,18 @@ def evaluate(model_dir: Path, out_dir: Path, settings: GenerateSettings | None =
     (out_dir / "generate_eval.md").write_text(table(report))
     grid(pairings, images, samples, settings.seeds).save(out_dir / "generate_eval.png")
     return report
+
+
+def similarity(images: dict, reference: dict) -> dict[str, float]:
+    """Mean PSNR (dB, identical images counted at 100) and SSIM of ``images`` to ``reference``, key by key."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    psnrs, ssims = [], []
+    for key, want in reference.items():
+        got = images[key]
+        psnrs.append(100.0 if np.array_equal(got, want) else peak_signal_noise_ratio(want, got, data_range=255))
+        ssims.append(structural_similarity(want, got, channel_axis=-1, data_range=255))
+    return {"psnr_db": round(float(np.mean(psnrs)), 2), "ssim": round(float(np.mean(ssims)), 4)}
 
 
 def table(report: dict) -> str:
@@ -240,6 +269,7 @@ def table(report: dict) -> str:
         f"{100 * report['icon_accuracy']:.1f} %** (the classifier scores "
         f"{100 * report['classifier_accuracy_on_real_icons']:.1f} % on real icons).",
         "",
+        *_runtime_lines(report),
         "| icon | held-out colour | icon right | colour right | classifier said instead | colour seen instead |",
         "|---|---|---|---|---|---|",
     ]
@@ -253,6 +283,18 @@ def table(report: dict) -> str:
             f"{', '.join(f'{k} x{v}' for k, v in wrong_colours.most_common()) or ''} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _runtime_lines(report: dict) -> list[str]:
+    """The engines' runtime and precision, and their images' similarity to ONNX Runtime fp32's (when not that)."""
+    to_fp32 = report.get("to_fp32")
+    if not to_fp32:
+        return []
+    return [
+        f"Engines: {report['runtime']} {report['precision']}; to ONNX Runtime fp32's images: PSNR "
+        f"{to_fp32['psnr_db']:.2f} dB, SSIM {to_fp32['ssim']:.4f}.",
+        "",
+    ]
 
 
 def grid(pairings: list[Pairing], images: dict, samples: list[Sample], seeds: int, columns: int = 5):

@@ -8,8 +8,11 @@ copies of the weights are never held together.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
+import json
 import logging
+import os
 import resource
 import shutil
 import time
@@ -20,11 +23,16 @@ import numpy as np
 import onnx
 import torch
 
+from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
-from serve.triton.engine_files import EngineFiles
-from serve.triton.onnx_backend import make_session
+from serve.text_to_image.families.base import ExportModule, VaeDecoderModule, diffusers_model
+from serve.text_to_image.spec import VAE_DECODER
+from serve.triton.engine_files import LORA_SLOTS, EngineFiles
+from serve.triton.onnx_backend import ShardedSession, make_session
+from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
+from serve.triton.runtimes import Runtime
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -34,7 +42,8 @@ OPSET = 17
 EXPORTER_VERSION = 5
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16}
+PRECISIONS = {name: getattr(torch, p.graph_dtype) for name, p in RUNTIME_PRECISIONS.items()}
+"""Each ``--precision``'s dtype of the exported graph (bf16 and int8 are the CPU runtime's business: fp32 graphs)."""
 # The largest latent side traced and checked: a full-size UNet at its native size would take minutes per call here.
 MAX_CHECK_SIDE = 32
 EXTERNAL_DATA_SUFFIX = ".data"
@@ -69,6 +78,7 @@ class EngineReport:
     peak_rss_gb: float
     bytes: int
     parity: ParityReport
+    runtime: dict = dataclasses.field(default_factory=dict)  # serve.triton.runtimes.RuntimeChoice, as saved
 
 
 class CastIO(torch.nn.Module):
@@ -247,6 +257,11 @@ def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
     return ParityReport(spec.name, None, None, note)
 
 
+def tiny_vae_decoder(folder: Path) -> ExportModule:
+    """A diffusers ``AutoencoderTiny`` (TAESD) as the ``vae_decoder`` engine: the same latents in, image out."""
+    return ExportModule(lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderTiny", folder, dtype)))
+
+
 def export_all(
     family: Family,
     model_dir: Path,
@@ -254,11 +269,17 @@ def export_all(
     precision: str = "fp32",
     seed: int = 1,
     adapters: AdapterBuild | None = None,
+    runtime: str = Runtime.ONNXRUNTIME.value,
+    vae_decoder: Path | None = None,
+    only: set[str] | None = None,
 ) -> list[EngineReport]:
-    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx`` and check each one.
+    """Export every engine of ``model_dir`` into ``engine_dir/<name>/model.onnx``, check each one, give it its runtime.
 
     ``adapters``: what the family's adapter-ready engines are built with (its IP-Adapter's folder); the family's
-    ControlNets (ready ones) are exported too, and the UNet takes their residuals.
+    ControlNets (ready ones) are exported too, and the UNet takes their residuals. ``runtime``: one of
+    :data:`serve.triton.runtimes.RUNTIME_CHOICES` (:func:`build_engines.openvino.choose_runtime`); ``vae_decoder``: a
+    diffusers ``AutoencoderTiny`` folder (TAESD's layout) exported as the ``vae_decoder`` engine instead of the model's;
+    ``only``: these engines (default: all).
     """
     dtype = PRECISIONS[precision]
     modules = adapter_modules(
@@ -268,43 +289,98 @@ def export_all(
         family.lora_engines,
         between=lambda ready: controlnet_modules(ready, family, family.controlnets),
     )
+    if vae_decoder is not None:
+        modules[VAE_DECODER] = tiny_vae_decoder(vae_decoder)
+    modules = {name: module for name, module in modules.items() if only is None or name in only}
+    total = len(modules)
+    return [
+        _export_one(family, engine_dir, name, source, (step, total), dtype, precision, seed, runtime)
+        for step, (name, source) in enumerate(modules.items(), start=1)
+    ]
+
+
+def _export_one(
+    family: Family,
+    engine_dir: Path,
+    name: str,
+    source: ExportModule,
+    position: tuple[int, int],
+    dtype: torch.dtype,
+    precision: str,
+    seed: int,
+    runtime: str,
+) -> EngineReport:
+    """Export one engine (``position``: its step and the count, for the log), check it, give it its runtime."""
+    step, total = position
+    spec = family.specs[name]
+    engine_dtype = torch.float32 if source.keep_fp32 else dtype
+    engine_precision = "fp32" if precision == "fp16" and engine_dtype == torch.float32 else precision
+    files = EngineFiles(engine_dir / name)
+    started = time.perf_counter()
+    logger.info("[%d/%d] %s: loading weights (%s)", step, total, name, engine_dtype)
+    module = source.load(engine_dtype).to(engine_dtype)
+    if engine_dtype != torch.float32:
+        module = CastIO(module, engine_dtype)
+    onnx_path = files.onnx
+    logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, total, name, peak_rss_gb())
+    export_engine(module, spec, family, onnx_path)
+    if engine_dtype == torch.float32:
+        logger.info("[%d/%d] %s: PyTorch reference outputs", step, total, name)
+        feeds = parity_feeds(spec, family, seed, module)
+        expected = reference_outputs(module, feeds)
+        del module
+        gc.collect()
+        logger.info("[%d/%d] %s: ONNX Runtime parity check", step, total, name)
+        parity = check_parity(spec, onnx_path, feeds, expected)
+        numpy_feeds = {k: v.numpy() for k, v in feeds.items()}
+        choice = choose_runtime(
+            files, runtime, engine_precision, numpy_feeds, expected, PARITY_TOLERANCE, parity.relative_error
+        )
+    else:
+        del module
+        gc.collect()
+        parity = _check_graph(spec, onnx_path)
+        choice = choose_runtime(files, Runtime.ONNXRUNTIME.value, engine_precision, {}, [], PARITY_TOLERANCE)
+    size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
+    elapsed, rss = round(time.perf_counter() - started, 1), round(peak_rss_gb(), 2)
+    report = EngineReport(name, engine_precision, elapsed, rss, size, parity, dataclasses.asdict(choice))
+    logger.info(
+        "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",
+        step,
+        total,
+        name,
+        report.export_s,
+        size / 1e9,
+        report.peak_rss_gb,
+    )
+    return report
+
+
+LINKED = ("model.onnx", "model.onnx" + EXTERNAL_DATA_SUFFIX)
+
+
+def reuse_graphs(exported, engine_dir: Path, runtime: str, precision: str, seed: int = 1) -> list[EngineReport]:
+    """Give the ONNX graphs of ``exported`` (a built :class:`EngineFolder` of another runtime) ``runtime``.
+
+    The graphs (and side files) are hard-linked into ``engine_dir``, not exported again; the fp32 reference is ONNX
+    Runtime's output of the same graph (within the parity bound of PyTorch's, the parity report kept from the export).
+    """
+    manifest = json.loads((exported.path / "manifest.json").read_text())
+    kept = {report["engine"]: report for report in manifest["engines"]}
     reports = []
-    for step, (name, source) in enumerate(modules.items(), start=1):
-        spec = family.specs[name]
-        engine_dtype = torch.float32 if source.keep_fp32 else dtype
+    for name, spec in exported.specs.items():
         started = time.perf_counter()
-        logger.info("[%d/%d] %s: loading weights (%s)", step, len(modules), name, engine_dtype)
-        module = source.load(engine_dtype).to(engine_dtype)
-        if engine_dtype != torch.float32:
-            module = CastIO(module, engine_dtype)
-        onnx_path = EngineFiles(engine_dir / name).onnx
-        logger.info("[%d/%d] %s: tracing and writing ONNX (peak RSS %.1f GB)", step, len(modules), name, peak_rss_gb())
-        export_engine(module, spec, family, onnx_path)
-        if engine_dtype == torch.float32:
-            logger.info("[%d/%d] %s: PyTorch reference outputs", step, len(modules), name)
-            feeds = parity_feeds(spec, family, seed, module)
-            expected = reference_outputs(module, feeds)
-            del module
-            gc.collect()
-            logger.info("[%d/%d] %s: ONNX Runtime parity check", step, len(modules), name)
-            parity = check_parity(spec, onnx_path, feeds, expected)
-        else:
-            del module
-            gc.collect()
-            parity = _check_graph(spec, onnx_path)
-        size = sum(p.stat().st_size for p in onnx_path.parent.iterdir())
-        engine_precision = "fp32" if engine_dtype == torch.float32 else precision
-        report = EngineReport(
-            name, engine_precision, round(time.perf_counter() - started, 1), round(peak_rss_gb(), 2), size, parity
-        )
-        logger.info(
-            "[%d/%d] %s done in %.1f s, %.2f GB on disk, peak RSS %.1f GB",
-            step,
-            len(modules),
-            name,
-            report.export_s,
-            size / 1e9,
-            report.peak_rss_gb,
-        )
-        reports.append(report)
+        source, files = exported.engine(name), EngineFiles(engine_dir / name)
+        files.folder.mkdir(parents=True)
+        for path in source.folder.iterdir():
+            if path.name in LINKED or path.name == LORA_SLOTS:
+                os.link(path, files.folder / path.name)
+        feeds = {k: v.numpy() for k, v in parity_feeds(spec, exported.family, seed).items()}
+        expected = ShardedSession(files.onnx).run(feeds)
+        parity = ParityReport(**kept[name]["parity"])
+        choice = choose_runtime(files, runtime, precision, feeds, expected, PARITY_TOLERANCE, parity.relative_error)
+        size = sum(p.stat().st_size for p in files.folder.iterdir())
+        elapsed = round(time.perf_counter() - started, 1)
+        runtime_report = dataclasses.asdict(choice)
+        reports.append(EngineReport(name, precision, elapsed, round(peak_rss_gb(), 2), size, parity, runtime_report))
     return reports

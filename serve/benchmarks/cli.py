@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from build_engines.text_to_image.cli import embedded_option
+from serve.benchmarks import cpu
 from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
 from serve.settings import MODEL_OPTION, StackOptions, check_model
@@ -118,6 +119,58 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
 
     settings = ServedComparison(steps, size, concurrency, concurrency * repeats)
     click.echo(run_controlnet_benchmark(default_model_dir(embedded), embedded, settings, out))
+
+
+@bench.command("cpu")
+@MODEL_OPTION
+@embedded_option("Embedded model to benchmark when --model is not given (the CI smoke).")
+@click.option("--size", default=512, show_default=True, type=click.IntRange(min=8), help="Image side.")
+@click.option(
+    "--columns",
+    default=",".join(cpu.COLUMNS),
+    show_default=True,
+    callback=lambda _c, _p, v: _names(v, cpu.COLUMNS, "--columns"),
+    help="Which ways of running it, comma-separated.",
+)
+@click.option(
+    "--rows",
+    default=",".join(cpu.ROWS),
+    show_default=True,
+    callback=lambda _c, _p, v: _names(v, cpu.ROWS, "--rows"),
+    help="unet, vae: one engine call; lcm4, ddim20: whole images end to end.",
+)
+@click.option("--concurrency", type=INT_LIST, default="1,4", show_default=True)
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls per cell.")
+@click.option(
+    "--genai-python",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A Python with openvino-genai and optimum-intel (e.g. /work/venvs/ov/bin/python); without it the genai "
+    "columns say they were skipped.",
+)
+@out_option("out/bench_cpu.json")
+def bench_cpu(model_dir, embedded, size, columns, rows, concurrency, repeats, genai_python, out) -> None:
+    """One model on this CPU, every way: diffusers, openvino_genai and Easel's runtimes and precisions, side by side.
+
+    p50 seconds, images per second and peak memory per row (one UNet row, one VAE decode, LCM 4 steps and DDIM 20
+    steps guided end to end) and concurrency; the machine's load beside each cell.
+    """
+    from build_engines.text_to_image.build import default_model_dir
+
+    check_model(model_dir)
+    settings = cpu.CpuBenchSettings(
+        model_dir or default_model_dir(embedded), size, columns, rows, concurrency, repeats, genai_python
+    )
+    click.echo(cpu.run_cpu_benchmark(settings, out))
+
+
+def _names(value: str, known, option: str) -> tuple[str, ...]:
+    """A comma-separated list of names out of ``known``; an unknown one is a one-line error naming the known ones."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none'} not among {', '.join(known)}", param_hint=option)
+    return names
 
 
 @bench.command("speedups")

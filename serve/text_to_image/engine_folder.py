@@ -1,8 +1,8 @@
 """A built engine folder, opened once: its layout, the model family it was built from, its specs and memory figures.
 
 ``easel build`` (:mod:`build_engines.text_to_image.build`) is the folder's only writer; everything that serves or
-measures the model reads it through :class:`EngineFolder`. Its name is its content key (the model's hash, precision,
-adapters and exporter versions), so two folders with the same name hold the same engines.
+measures the model reads it through :class:`EngineFolder`. Its name is its content key (the model's hash, runtime and
+precision, adapters and exporter versions), so two folders with the same name hold the same engines.
 
 ```
 <key>/
@@ -10,7 +10,8 @@ adapters and exporter versions), so two folders with the same name hold the same
   adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
   controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
-  <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, memory.json, lora_slots.json)
+  <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, model.xml + model.bin: its
+                      OpenVINO IR, runtime.json: how it runs, memory.json, lora_slots.json)
 ```
 """
 
@@ -29,6 +30,7 @@ from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import PoolSpec
 from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import MemoryModel, activation_pool, default_memory_budget
+from serve.triton.runtimes import RuntimeChoice
 from serve.triton.spec import ModelSpec
 
 PIPELINE = "pipeline.json"
@@ -87,6 +89,19 @@ class EngineFolder:
     def engine(self, name: str) -> EngineFiles:
         """The files of engine ``name``."""
         return EngineFiles(self.path / name)
+
+    def runtimes(self) -> dict[str, RuntimeChoice]:
+        """How each engine runs (its runtime, precision and error against fp32), by engine."""
+        return {name: RuntimeChoice.of(self.engine(name)) for name in self.specs}
+
+    def runtimes_table(self) -> str:
+        """One line per engine: its runtime, precision, error against fp32 and the seconds measured at build."""
+        lines = [f"{'engine':<16} {'runtime':<12} {'precision':<9} {'error vs fp32':>13}  seconds per call at build"]
+        for name, choice in self.runtimes().items():
+            error = "-" if choice.error_vs_fp32 is None else f"{choice.error_vs_fp32:.1e}"
+            seconds = ", ".join(f"{k} {v:.3f}" for k, v in (choice.seconds or {}).items())
+            lines.append(f"{name:<16} {choice.runtime.value:<12} {choice.precision:<9} {error:>13}  {seconds}")
+        return "\n".join(lines)
 
     # -- memory -------------------------------------------------------------------------------------------------------
 

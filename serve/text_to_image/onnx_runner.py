@@ -1,4 +1,6 @@
-"""Engines run in-process with ONNX Runtime, no Triton: the loop's engine runner for benchmarks, evaluation and tests.
+"""Engines run in-process, no Triton: the loop's engine runner for benchmarks, evaluation and tests.
+
+Each engine runs on the runtime its folder names (ONNX Runtime or OpenVINO, through ``open_engine``).
 
 The served stack's runners are Triton's (:mod:`serve.triton.runners`).
 """
@@ -15,19 +17,19 @@ from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, parse_row
 from serve.adapters.registry import engine_banks
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.engine_files import LORAS_LINK
-from serve.triton.onnx_backend import ShardedSession
+from serve.triton.onnx_backend import open_engine
 from serve.triton.spec import ModelSpec
 
 
 class OnnxRuntimeRunner:
-    """In-process engines with ONNX Runtime (no Triton): for the benchmark's baseline and for unit tests.
+    """In-process engines (no Triton), each with the runtime its folder names: the benchmark's baseline, unit tests.
 
     LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
     """
 
     def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
         engines = {name: folder.engine(name) for name in folder.specs}
-        self.sessions = {name: ShardedSession(files.onnx, shards) for name, files in engines.items()}
+        self.sessions = {name: open_engine(files, shards) for name, files in engines.items()}
         registry = loras_dir or folder.path / LORAS_LINK
         self.banks = {
             name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready

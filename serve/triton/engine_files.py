@@ -11,6 +11,8 @@ from pathlib import Path
 
 ONNX = "model.onnx"  # beside it, model.onnx.data: the weights of a graph over 2 GB
 PLAN = "model.plan"  # a TensorRT plan (the GPU path)
+OPENVINO_IR = "model.xml"  # the OpenVINO IR converted from model.onnx at build; beside it, model.bin: its weights
+RUNTIME = "runtime.json"  # which runtime and precision serve the engine (serve.triton.runtimes)
 MEMORY = "memory.json"  # bytes and seconds per row, measured at build (serve.triton.memory)
 LORA_SLOTS = "lora_slots.json"  # a LoRA-ready engine's layers (serve.adapters.lora)
 LORAS_LINK = "loras"  # a LoRA-ready model's link to the stack's adapter registry folder
@@ -32,6 +34,8 @@ class EngineFiles:
 
     folder: Path
     onnx = _FolderFile(ONNX)
+    openvino = _FolderFile(OPENVINO_IR)
+    runtime = _FolderFile(RUNTIME)
     memory = _FolderFile(MEMORY)
     lora_slots = _FolderFile(LORA_SLOTS)
     loras = _FolderFile(LORAS_LINK)

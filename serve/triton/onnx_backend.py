@@ -1,4 +1,4 @@
-"""Triton python-backend model that serves ``model.onnx`` with ONNX Runtime, one session call per batch.
+"""Triton python-backend model that serves an engine with its runtime (ONNX Runtime or OpenVINO), one call per batch.
 
 Each model folder's ``1/model.py`` re-exports :class:`OnnxRuntimeModel` as ``TritonPythonModel``. Triton hands
 ``execute`` every request its dynamic batcher merged; requests whose shapes agree are concatenated along the batch
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,13 +21,9 @@ import numpy as np
 from serve.triton.activations import ActivationPool, pool_of, pools_from_env
 from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import MemoryModel, positions
+from serve.triton.runtimes import OpenVinoSession, Runtime, RuntimeChoice, cpu_count
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_count() -> int:
-    """Cores this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 def make_session(model_path: Path, intra_op_threads: int = 0, spinning: bool = False, arena: bool = True):
@@ -63,6 +58,7 @@ class ShardedSession:
         self.session = make_session(model_path, intra_op_threads=1, arena=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.input_names = {i.name for i in self.session.get_inputs()}
+        self.input_ranks = {i.name: len(i.shape) for i in self.session.get_inputs()}
         self._pool = ThreadPoolExecutor(self.shards, thread_name_prefix="onnx-shard") if self.shards > 1 else None
 
     def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
@@ -82,6 +78,23 @@ class ShardedSession:
         slices = [{name: array[lo:hi] for name, array in feeds.items()} | shared for lo, hi in pairwise(bounds)]
         parts = list(self._pool.map(lambda feed: self.session.run(self.output_names, feed), slices))
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
+
+
+Session = ShardedSession | OpenVinoSession
+"""What :func:`open_engine` returns: ``run(feeds, shared)``, ``input_names``, ``output_names``, ``input_ranks``."""
+
+
+def open_engine(files: EngineFiles, threads: int = 0, static_shapes: int = 0) -> Session:
+    """The one door to an engine: its graph opened with the runtime and precision its ``runtime.json`` names.
+
+    ``threads``: the cores it may use (0: every core this process may run on). ONNX Runtime runs a batch in that many
+    one-threaded slices (:class:`ShardedSession`), OpenVINO as one call with that many threads; ``static_shapes``:
+    :class:`serve.triton.runtimes.OpenVinoSession`'s bounded cache of shapes compiled statically.
+    """
+    choice = RuntimeChoice.of(files)
+    if choice.runtime is Runtime.OPENVINO:
+        return OpenVinoSession(files, choice.precision, threads, static_shapes)
+    return ShardedSession(files.onnx, threads)
 
 
 class MemoryBound:
@@ -115,7 +128,7 @@ Prepare = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict[st
 
 
 def run_batched(
-    session: ShardedSession,
+    session: Session,
     feeds: list[dict[str, np.ndarray]],
     bound: MemoryBound | None = None,
     prepare: Prepare | None = None,
@@ -147,7 +160,7 @@ def run_batched(
     return results
 
 
-def _run_bounded(session: ShardedSession, feeds: dict, bound: MemoryBound | None, shared: dict) -> list:
+def _run_bounded(session: Session, feeds: dict, bound: MemoryBound | None, shared: dict) -> list:
     if bound is None:
         return session.run(feeds, shared)
     first = next(iter(feeds.values()))
@@ -161,20 +174,21 @@ def _run_bounded(session: ShardedSession, feeds: dict, bound: MemoryBound | None
 
 
 class OnnxRuntimeModel:
-    """The python-backend model: reads its tensors from the Triton config, runs ``model.onnx``."""
+    """The python-backend model: reads its tensors from the Triton config, runs the engine with its runtime."""
 
     def initialize(self, args: dict) -> None:
-        """Load the ONNX Runtime session named by the model repository layout."""
+        """Open the engine in the model's version folder (:func:`open_engine`)."""
         config = json.loads(args["model_config"])
         self.files = EngineFiles(Path(args["model_repository"]) / args["model_version"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         shards = int(params.get("batch_shards", "0")) if config.get("max_batch_size", 0) > 0 else 1
-        self.session = ShardedSession(self.files.onnx, shards)
+        self.session = open_engine(self.files, shards, int(params.get("static_shapes", "0")))
         self.bound = _memory_bound(config, self.files)
-        self.input_ranks = {i.name: len(i.shape) for i in self.session.session.get_inputs()}
+        self.input_ranks = self.session.input_ranks
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}
         self.outputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["output"]}
-        logger.info("%s: %s, batches split %d ways", config["name"], self.files.onnx, self.session.shards)
+        how = RuntimeChoice.of(self.files)
+        logger.info("%s: %s %s, %d cores", config["name"], how.runtime.value, how.precision, shards or cpu_count())
 
     def execute(self, requests: list) -> list:
         """Merge the batch's requests into one session call per shape group; answer each request."""

@@ -20,9 +20,13 @@ from serve.triton.coalesce import CoalescingRunner
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 
 
-@pytest.fixture(scope="module")
-def pipeline(engine_dir):
-    engines = EngineFolder(engine_dir)
+@pytest.fixture(scope="module", params=["default", "openvino"])
+def pipeline(request, engine_dir):
+    """The loop over the embedded default's engines as built by default, and all on OpenVINO (runtime.json says)."""
+    folder = engine_dir if request.param == "default" else request.getfixturevalue("openvino_engine_dir")
+    engines = EngineFolder(folder)
+    if request.param == "openvino":
+        assert {choice.runtime.value for choice in engines.runtimes().values()} == {"openvino"}
     return TextToImagePipeline(engines, OnnxRuntimeRunner(engines))
 
 
@@ -250,3 +254,38 @@ def test_sd3_without_t5_matches_diffusers(transformer_models, tmp_path, monkeypa
     reference = diffusers_reference(model, text_encoder_3=None, tokenizer_3=None)
     got, want = _transformer_pair(ours, reference, job)
     assert psnr(got, want) >= 40
+
+
+def test_a_tiny_vae_decoder_is_served_as_vae_decoder_and_draws_what_diffusers_draws_with_it(
+    default_model, engine_dir, diffusers_pipeline, tmp_path
+):
+    """``--vae-decoder``: a random-weight AutoencoderTiny (TAESD's layout, the embedded model's latent scale).
+
+    Only the decoder is exported: the other engines are linked from the same build without it (``engine_dir``).
+    """
+    from diffusers import AutoencoderTiny, StableDiffusionPipeline
+
+    from build_engines.text_to_image.build import build
+
+    blocks = len(diffusers_pipeline.vae.config.block_out_channels)
+    tiny = AutoencoderTiny(
+        encoder_block_out_channels=(8,) * blocks,
+        decoder_block_out_channels=(8,) * blocks,
+        num_encoder_blocks=(1,) * blocks,
+        num_decoder_blocks=(1,) * blocks,
+        latent_channels=diffusers_pipeline.vae.config.latent_channels,
+    )
+    tiny.save_pretrained(tmp_path / "taesd")
+    folder = build(default_model, repository=None, vae_decoder=tmp_path / "taesd")
+    assert "taesd" in folder.key
+    assert folder.engine("unet").onnx.samefile(EngineFolder(engine_dir).engine("unet").onnx)
+    ours = TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+    job = Generation(SamplingParams("a red fox", "", 1, 64, 64, 4, 7.5, 3, "euler"))
+    got = np.stack(asyncio.run(ours.generate(job)).images)
+    theirs = StableDiffusionPipeline(**(diffusers_pipeline.components | {"vae": tiny}))
+    theirs.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": "a red fox", "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
+    want = reference_images(theirs, "euler", seed=3, **kwargs)
+    plain = reference_images(diffusers_pipeline, "euler", seed=3, **kwargs)
+    assert psnr(got, want) >= 40
+    assert psnr(got, plain) < 30  # the tiny decoder drew it, not the model's own

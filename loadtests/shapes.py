@@ -7,7 +7,7 @@ import os
 
 from locust import LoadTestShape
 
-from serve.loadtest import STAGES_ENV, users_at
+from loadtests.scenario import STAGES_ENV, users_at
 
 
 class StagesShape(LoadTestShape):

@@ -27,9 +27,9 @@ from build_engines.text_to_image.cli import (
 )
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
+from loadtests.cli import bench, chaos, loadtest, soak
 from serve import model_admin
 from serve.access.cli import keys
-from serve.benchmarks.cli import bench, chaos, loadtest, soak
 from serve.cli_options import FOLDER, ModelFolder, ModelName, model_options, model_values, one_line_errors
 from serve.errors import UnsupportedModel, invalid_input
 from serve.observability.cli import dashboards

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from serve.benchmarks.tiles import psnr
+from loadtests.benchmarks.tiles import psnr
 from serve.paths import PROJECT_ROOT
 from serve.stack import RAY_ENV
 

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 
-from serve.chaos import Chaos, left_behind, sample_icon
+from loadtests.chaos import Chaos, left_behind, sample_icon
+from loadtests.soak import PROCESS_FAULTS, Soak, format_report, left_after_stop
 from serve.processes.signals import stack_processes
-from serve.soak import PROCESS_FAULTS, Soak, format_report, left_after_stop
 from serve.stack import Stack, StackOptions
 
 pytestmark = pytest.mark.integration

@@ -349,8 +349,8 @@ def test_dashboards_render_to_png_from_real_data(prometheus, load, tmp_path):
 
 
 def test_a_ramp_records_replicas_requests_in_flight_and_latency_over_time(stack, prometheus, tmp_path, monkeypatch):
-    from serve.benchmarks.ramp import plot, record_ramp
-    from serve.loadtest import Scenario
+    from loadtests.benchmarks.ramp import plot, record_ramp
+    from loadtests.scenario import Scenario
 
     limits = KeyLimits(requests_per_minute=100_000, cost_per_minute=100_000.0)
     _, key = open_key_store(stack.options.store).create("ramp", {Scope.ADMIN}, limits)

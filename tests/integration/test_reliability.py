@@ -13,7 +13,7 @@ import httpx
 import psutil
 import pytest
 
-from serve.benchmarks.vectorize import noise_png, upload_and_hold
+from loadtests.benchmarks.vectorize import noise_png, upload_and_hold
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, largest_admitted_side
 from serve.text_to_image.schema import MAX_REQUEST_BYTES

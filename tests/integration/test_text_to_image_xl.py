@@ -87,7 +87,7 @@ def test_concurrent_sdxl_requests_are_isolated_and_batched_per_step(api, stack):
 
 
 def test_bench_model_times_each_size_until_one_fails(stack):
-    from serve.benchmarks.model import TreeMemory, format_runs, run_sizes
+    from loadtests.benchmarks.model import TreeMemory, format_runs, run_sizes
 
     with TreeMemory(interval_s=0.2) as memory:
         runs = run_sizes(stack.info, [96, 64, 4096], steps=2, guidance=6.0, memory=memory)

@@ -14,8 +14,10 @@ from pathlib import Path
 from serve.paths import PROJECT_ROOT
 
 PACKAGES = ("serve", "build_engines", "loadtests")
-ENTRY_POINTS = ("serve.cli", "serve.stack", "serve.benchmarks")
-"""Serving code may not import build_engines; these entry points (they build, then serve or measure) may."""
+ENTRY_POINTS = ("serve.cli", "serve.stack")
+"""Serving code may not import build_engines; these entry points (they build, then serve) may."""
+TOOLING = "loadtests"
+"""Load, soak, chaos and the benchmarks: they drive a stack from outside; only the CLI entry point reaches them."""
 
 
 def _modules() -> dict[str, Path]:
@@ -120,6 +122,20 @@ def test_serving_code_imports_nothing_from_build_engines():
     serving = [m for m in graph if m.startswith("serve") and not m.startswith(ENTRY_POINTS)]
     wrong = {m: sorted(t for t in graph[m] if t.startswith("build_engines")) for m in serving}
     assert {m: targets for m, targets in wrong.items() if targets} == {}
+
+
+def tooling_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """Runtime modules (serve/ but the CLI entry point) and the tooling modules each imports."""
+    runtime = [m for m in graph if m.split(".")[0] == "serve" and m != "serve.cli"]
+    wrong = {m: sorted(t for t in graph[m] if t.split(".")[0] == TOOLING) for m in runtime}
+    return {m: targets for m, targets in wrong.items() if targets}
+
+
+def test_runtime_code_imports_no_tooling():
+    assert tooling_imports(import_graph()) == {}
+    assert tooling_imports({"serve.app": {"loadtests.soak"}, "serve.cli": {"loadtests.cli"}}) == {
+        "serve.app": ["loadtests.soak"]
+    }
 
 
 def test_every_room_has_a_floor_and_every_arrow_runs_down():

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from serve.benchmarks.cpu_cells import COLUMNS, ROWS
+from loadtests.benchmarks.cpu_cells import COLUMNS, ROWS
 from serve.cli import main
 
 

@@ -1,8 +1,8 @@
 """`easel bench generate --device`: a seconds-long CPU run, so the GPU benchmark's command keeps working."""
 
-from serve.benchmarks.device import bench_on_device
-from serve.benchmarks.generate import GenerateSettings
-from serve.benchmarks.loop import format_table
+from loadtests.benchmarks.device import bench_on_device
+from loadtests.benchmarks.generate import GenerateSettings
+from loadtests.benchmarks.loop import format_table
 from serve.text_to_image.engine_folder import EngineFolder
 
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from serve.benchmarks import loop
+from loadtests.benchmarks import loop
 from serve.tables import text_table
 
 STUB = "/root/.cache/easel/triton/backends-py3.11/python/triton_python_backend_stub"
@@ -82,7 +82,7 @@ def test_text_table_pads_each_header_as_its_column_and_formats_each_cell():
 
 
 def test_bench_model_s_per_step_divides_the_denoisers_compute_by_the_steps_asked_not_its_executions():
-    from serve.benchmarks.model import SizeRun, format_runs
+    from loadtests.benchmarks.model import SizeRun, format_runs
 
     # one 2-step request whose UNet also answered 3 canaries (sent while it ran): 2 x 60 s + 3 tiny executions
     run = SizeRun(1024, steps=2, status=200, engines={"unet": {"executions": 5, "compute_s": 120.3}}, ready_after=200)

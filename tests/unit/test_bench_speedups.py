@@ -1,7 +1,7 @@
 """``easel bench speedups``' stream and verdict (the benchmark itself runs a stack: `easel bench speedups`)."""
 
 from build_engines.text_to_image.icons import TEMPLATES, held_out
-from serve.benchmarks.speedups import BASELINE, SpeedupSettings, acceptance, format_table, stream
+from loadtests.benchmarks.speedups import BASELINE, SpeedupSettings, acceptance, format_table, stream
 
 
 def test_the_stream_holds_eval_generate_s_prompts_and_near_repeats_in_a_fixed_order():

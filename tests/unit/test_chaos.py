@@ -2,7 +2,7 @@
 
 import pytest
 
-from serve.chaos import FAULTS, Chaos
+from loadtests.chaos import FAULTS, Chaos
 
 
 def test_a_fault_chaos_does_not_know_is_refused_naming_those_it_does():

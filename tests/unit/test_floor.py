@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from serve.benchmarks.generate import Floor
+from loadtests.benchmarks.generate import Floor
 
 FEEDS = {"sample": np.zeros((1, 4))}  # one row per run
 

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import ValidationError
 
-from serve.benchmarks.ramp import RampPoint, format_table, merge
-from serve.loadtest import Scenario, users_at
+from loadtests.benchmarks.ramp import RampPoint, format_table, merge
+from loadtests.scenario import Scenario, users_at
 
 
 def test_stages_give_the_peak_users_the_fastest_rate_and_the_run_time():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from build_engines.text_to_image.controlnets import controlnet_support
-from serve.benchmarks.torch_runner import TorchRunner
+from loadtests.benchmarks.torch_runner import TorchRunner
 from serve.contract import unstated_limit
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder

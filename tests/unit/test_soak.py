@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from serve.soak import (
+from loadtests.soak import (
     FAULTS,
     MIN_TREND_S,
     PROCESS_FAULTS,

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from serve.benchmarks import generate, jobs, loop, vectorize
+from loadtests.benchmarks import generate, jobs, loop, vectorize
 from serve.paths import ICONS_DEV
 from serve.stack import wait_until_ready
 from serve.text_to_image.engine_folder import EngineFolder
@@ -55,7 +55,7 @@ def test_vectorize_tiers(stack):
 
 @pytest.mark.skipif(not VAL.is_dir(), reason="shared/datasets/icons-dev/val is not beside the checkout")
 def test_locust_smoke_scenario(stack, tmp_path):
-    from serve import loadtest
+    from loadtests import scenario as loadtest
 
     scenario = loadtest.Scenario.load("smoke").model_copy(update={"run_time_s": 4, "users": 3})
     env = loadtest.locust_env(stack.info, VAL)
@@ -78,7 +78,7 @@ def _triton_exits(stack) -> int:
 
 
 def test_load_is_refused_off_loopback():
-    from serve.loadtest import require_loopback
+    from loadtests.scenario import require_loopback
 
     require_loopback("http://127.0.0.1:8000")
     require_loopback("http://localhost:8000")

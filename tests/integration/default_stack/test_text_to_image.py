@@ -8,7 +8,7 @@ import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
-from serve.benchmarks.loop import triton_counts
+from loadtests.benchmarks.loop import triton_counts
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.spec import DISTILLED_UNET, UNET

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from build_engines.text_to_image.cli import embedded_option
-from serve.benchmarks import cpu
+from loadtests.benchmarks import cpu
 from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
 from serve.settings import MODEL_OPTION, StackOptions, check_model
@@ -71,11 +71,11 @@ def bench_generate(
 ) -> None:
     """Same weights, prompts, steps and size: diffusers vs ONNX Runtime in-process vs the served stack over HTTP."""
     from build_engines.text_to_image.build import default_model_dir
-    from serve.benchmarks import generate
+    from loadtests.benchmarks import generate
 
     settings = generate.GenerateSettings(steps=steps, size=size, repeats=repeats, concurrency=concurrency)
     if adapters is not None:
-        from serve.benchmarks.adapters import AdapterBenchSettings, run_adapter_benchmark
+        from loadtests.benchmarks.adapters import AdapterBenchSettings, run_adapter_benchmark
 
         concurrent = max(concurrency)
         adapter_settings = AdapterBenchSettings(
@@ -98,7 +98,7 @@ def bench_generate(
             raise click.UsageError("--model is for --device runs; the stack comparison uses --embedded")
         click.echo(generate.run_benchmark(embedded, settings, out))
         return
-    from serve.benchmarks.device import run_device_benchmark
+    from loadtests.benchmarks.device import run_device_benchmark
 
     check_model(model_dir)
     click.echo(run_device_benchmark(model_dir or default_model_dir(embedded), settings, device, out))
@@ -114,8 +114,8 @@ def bench_generate(
 def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, repeats: int, out: Path) -> None:
     """What a ControlNet adds per step (ms, bytes, memory per row); whether plain and controlled requests merge."""
     from build_engines.text_to_image.build import default_model_dir
-    from serve.benchmarks.controlnets import run_controlnet_benchmark
-    from serve.benchmarks.loop import ServedComparison
+    from loadtests.benchmarks.controlnets import run_controlnet_benchmark
+    from loadtests.benchmarks.loop import ServedComparison
 
     settings = ServedComparison(steps, size, concurrency, concurrency * repeats)
     click.echo(run_controlnet_benchmark(default_model_dir(embedded), embedded, settings, out))
@@ -185,7 +185,7 @@ def bench_speedups(pairings: int, skip_share: float, concurrency: int, out: Path
     UNet rows from Triton's statistics, CPU-seconds, p50 latency and quality (easel eval generate's scores, PSNR and
     SSIM to the 20-step DDIM baseline) on one stream of prompts with repeats and near repeats, on one stack.
     """
-    from serve.benchmarks.speedups import SpeedupSettings, run_speedups_benchmark
+    from loadtests.benchmarks.speedups import SpeedupSettings, run_speedups_benchmark
 
     settings = SpeedupSettings(pairings=pairings, skip_share=skip_share, concurrency=concurrency)
     click.echo(run_speedups_benchmark(settings, out, plot_path))
@@ -212,7 +212,7 @@ def bench_model(
 ) -> None:
     """Serve a model and send one request per size until one fails: end to end, per engine, peak memory."""
     from build_engines.text_to_image.build import default_model_dir
-    from serve.benchmarks.model import run_benchmark
+    from loadtests.benchmarks.model import run_benchmark
 
     check_model(model_dir)
     model_dir = model_dir or default_model_dir(embedded)
@@ -231,7 +231,7 @@ def bench_model(
 def bench_tiles(model_dir: Path | None, embedded: str, size: int, steps: int, seed: int, out: Path) -> None:
     """One image's latents decoded whole and in diffusers' tiles and halves of them: PSNR to the whole, time, memory."""
     from build_engines.text_to_image.build import build, default_model_dir
-    from serve.benchmarks.tiles import run
+    from loadtests.benchmarks.tiles import run
 
     check_model(model_dir)
     folder = build(model_dir or default_model_dir(embedded), repository=out.parent / "repository")
@@ -246,7 +246,7 @@ def bench_upscale(sizes: str, whole_up_to: int, out: Path) -> None:
     """Real-ESRGAN x4plus (full size, random weights) by tiles at concurrency 1 and 4, beside PyTorch whole."""
     from build_engines.finishing.random_weights import FULL_SIZE, random_upscaler
     from build_engines.finishing.upscalers import export_upscaler
-    from serve.benchmarks.upscale import run
+    from loadtests.benchmarks.upscale import run
 
     module = random_upscaler("RRDBNet", 4, **FULL_SIZE["RRDBNet"])
     onnx_path = out.parent / "upscaler_bench" / "model.onnx"
@@ -262,7 +262,7 @@ def bench_upscale(sizes: str, whole_up_to: int, out: Path) -> None:
 @out_option("out/bench_jobs.json")
 def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Path) -> None:
     """High-priority background jobs: latency on an idle stack and on one saturated by normal-priority jobs."""
-    from serve.benchmarks.jobs import JobSettings, run_benchmark
+    from loadtests.benchmarks.jobs import JobSettings, run_benchmark
 
     settings = JobSettings(size=size, steps=steps, high_jobs=high_jobs, normal_jobs=normal_jobs)
     click.echo(run_benchmark(settings, out))
@@ -277,7 +277,7 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
 @out_option("out/bench_models.json")
 def bench_models(size: int, steps: int, requests: int, concurrency: int, cold_rounds: int, out: Path) -> None:
     """Several models in one stack: cold loads per family, throughput spread over 1-3 models, a replace under load."""
-    from serve.benchmarks.models import ModelsSettings, run_benchmark
+    from loadtests.benchmarks.models import ModelsSettings, run_benchmark
 
     click.echo(run_benchmark(ModelsSettings(size, steps, requests, concurrency, cold_rounds), out))
 
@@ -296,7 +296,7 @@ def bench_vectorize(
     images: Path, size: int, tiers: str, concurrency: tuple[int, ...], requests: int, behind_heavy: int, out: Path
 ) -> None:
     """Per tier: latency p50/p95 (client and server side), conversions/s and CPU-seconds per request."""
-    from serve.benchmarks import vectorize
+    from loadtests.benchmarks import vectorize
 
     settings = vectorize.VectorizeSettings(
         size=size, tiers=tuple(tiers.split(",")), concurrency=concurrency, requests=requests, behind_heavy=behind_heavy
@@ -320,8 +320,8 @@ def loadtest(scenario: str, images: Path, out: Path | None, docs: Path | None) -
     A scenario with stages (``ramp``) runs on a scratch stack with Prometheus and records TextToImage's replicas,
     requests in flight and latency over time (table, JSON, plot).
     """
-    from serve import loadtest as lt
-    from serve.benchmarks.ramp import run_ramp
+    from loadtests import scenario as lt
+    from loadtests.benchmarks.ramp import run_ramp
 
     with one_line_errors(FileNotFoundError, ValueError):
         spec = lt.Scenario.load(scenario)
@@ -343,7 +343,7 @@ def loadtest(scenario: str, images: Path, out: Path | None, docs: Path | None) -
 @out_option("out/chaos.json")
 def chaos(clients: int, window_s: float, memory_budget_bytes: int | None, out: Path) -> None:
     """Kill Triton, the UNet stub, a TextToImage and a Gateway replica, and send the largest requests, under load."""
-    from serve.chaos import run
+    from loadtests.chaos import run
 
     click.echo(run(out, clients=clients, window_s=window_s, memory_budget_bytes=memory_budget_bytes))
 
@@ -381,7 +381,7 @@ def soak(
     out: Path,
 ) -> None:
     """Mixed load on a scratch stack for MINUTES with faults in the middle; checks what must hold (exit 1 if not)."""
-    from serve.soak import run
+    from loadtests.soak import run
 
     passed, tables = run(
         out,

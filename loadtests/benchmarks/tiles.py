@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serve.benchmarks import loop
+from loadtests.benchmarks import loop
 from serve.tables import text_table
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, SamplingParams

@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve.chaos import Clients
+from loadtests.chaos import Clients
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)

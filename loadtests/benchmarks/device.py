@@ -1,7 +1,7 @@
 """``easel bench generate --device cuda``: diffusers and Easel's loop side by side on one device, no Triton.
 
 Rows, each at every concurrency: diffusers' pipeline (fp16 on a GPU; one request at a time, as it serves), Easel's
-loop on the same weights as PyTorch modules (:class:`~serve.benchmarks.torch_runner.TorchRunner`) with each step
+loop on the same weights as PyTorch modules (:class:`~loadtests.benchmarks.torch_runner.TorchRunner`) with each step
 called on its own, and the same loop with the steps of concurrent requests merged into one UNet call
 (``CoalescingRunner``, what the served stack does before Triton). Latency p50/p95, images/s and the device's peak
 memory per row. On ``--device cpu`` it runs fp32 (a smoke run; the GPU is the point).
@@ -13,9 +13,9 @@ import asyncio
 import logging
 from pathlib import Path
 
-from serve.benchmarks import loop
-from serve.benchmarks.generate import PROMPTS, GenerateSettings, _generation
-from serve.benchmarks.loop import BenchRow
+from loadtests.benchmarks import loop
+from loadtests.benchmarks.generate import PROMPTS, GenerateSettings, _generation
+from loadtests.benchmarks.loop import BenchRow
 from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ def bench_on_device(
     """Every row on ``device``; returns the rows and each row's peak device memory (bytes, CUDA only)."""
     import torch
 
-    from serve.benchmarks.torch_runner import TorchRunner
+    from loadtests.benchmarks.torch_runner import TorchRunner
     from serve.text_to_image.families import family_of_folder
     from serve.text_to_image.pipeline import TextToImagePipeline
     from serve.triton.coalesce import CoalescingRunner

@@ -2,7 +2,7 @@
 
 Columns (each on the same weights): diffusers on PyTorch (fp32, bf16 autocast); ``openvino_genai``'s
 ``Text2ImagePipeline`` (the engine behind OpenVINO Model Server's images route) on the same weights exported with
-``optimum-cli export openvino``, run by its own virtual environment's Python (:mod:`serve.benchmarks.genai_worker`);
+``optimum-cli export openvino``, run by its own virtual environment's Python (:mod:`loadtests.benchmarks.genai_worker`);
 and Easel, built and served with each runtime and precision. Rows: one UNet row, one VAE decode (each engine alone,
 as its Triton model runs it), and whole images end to end (LCM 4 steps, DDIM 20 steps guided). Each cell is timed at
 concurrency 1 and 4: the p50 seconds per call (or image), images per second, and the peak memory of this process and
@@ -16,9 +16,9 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from serve.benchmarks import cpu_columns
-from serve.benchmarks.cpu_cells import COLUMNS, ROWS, Cell, CpuBenchSettings, load_average
-from serve.benchmarks.model import TreeMemory
+from loadtests.benchmarks import cpu_columns
+from loadtests.benchmarks.cpu_cells import COLUMNS, ROWS, Cell, CpuBenchSettings, load_average
+from loadtests.benchmarks.model import TreeMemory
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""The columns of ``easel bench cpu`` (:mod:`serve.benchmarks.cpu`): diffusers, openvino_genai and Easel, cell by cell.
+"""The columns of ``easel bench cpu`` (:mod:`loadtests.benchmarks.cpu`): diffusers, openvino_genai, Easel; by cell.
 
 Each runner returns its cells for the settings' rows and concurrencies, timed the same way: engine rows as one call of
 ``concurrency`` rows, image rows as ``concurrency`` requests at once (diffusers, which has no server: one call of
@@ -17,8 +17,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve.benchmarks.cpu_cells import PROMPT, ROWS, Cell, Column, CpuBenchSettings, Row, cell_from, timed
-from serve.benchmarks.model import TreeMemory
+from loadtests.benchmarks.cpu_cells import PROMPT, ROWS, Cell, Column, CpuBenchSettings, Row, cell_from, timed
+from loadtests.benchmarks.model import TreeMemory
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)

@@ -35,8 +35,8 @@ from PIL import Image
 
 from build_engines.text_to_image.evaluate import classify, dominant_colour, train_classifier
 from build_engines.text_to_image.icons import ICONS, TEMPLATES, Pairing, held_out
+from loadtests.benchmarks.loop import cpu_by_process, triton_counts
 from serve import tables
-from serve.benchmarks.loop import cpu_by_process, triton_counts
 from serve.stack import scratch_stack
 from serve.text_to_image.spec import DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from serve.benchmarks import loop
-from serve.benchmarks.loop import BenchRow
+from loadtests.benchmarks import loop
+from loadtests.benchmarks.loop import BenchRow
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.schema import Sampling
 

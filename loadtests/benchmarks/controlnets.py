@@ -29,7 +29,7 @@ from PIL import Image
 
 from build_engines.text_to_image.build import build
 from build_engines.text_to_image.random_controls import make_controlnet
-from serve.benchmarks import loop
+from loadtests.benchmarks import loop
 from serve.paths import run_dir
 from serve.stack import scratch_stack
 from serve.text_to_image.engine_folder import EngineFolder

@@ -210,7 +210,7 @@ def run_benchmark(
     """
     from dataclasses import asdict
 
-    from serve.benchmarks import loop
+    from loadtests.benchmarks import loop
     from serve.stack import scratch_stack
 
     with TreeMemory() as memory:

@@ -16,7 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from serve.loadtest import Scenario, format_summary, locust_env, run_locust, summary
+from loadtests.scenario import Scenario, format_summary, locust_env, run_locust, summary
 from serve.observability.prometheus import query_range
 
 logger = logging.getLogger(__name__)

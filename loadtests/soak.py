@@ -45,7 +45,7 @@ import httpx
 import numpy as np
 import psutil
 
-from serve.chaos import SMALL, Clients, sample_icon
+from loadtests.chaos import SMALL, Clients, sample_icon
 from serve.processes import STACK_ENV, ManagedProcess
 from serve.processes.signals import stack_processes
 from serve.stack import Stack

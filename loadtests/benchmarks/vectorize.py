@@ -20,7 +20,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from serve.benchmarks.loop import BenchRow, measure
+from loadtests.benchmarks.loop import BenchRow, measure
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def run_benchmark(images: Path, settings: VectorizeSettings, out: Path) -> str:
     """``easel bench vectorize``: every tier against a scratch stack; writes JSON to ``out``, returns the report."""
     import os
 
-    from serve.benchmarks import loop
+    from loadtests.benchmarks import loop
     from serve.stack import scratch_stack
 
     uploads = load_uploads(images, settings.size)

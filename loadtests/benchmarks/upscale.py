@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from serve.benchmarks import loop
+from loadtests.benchmarks import loop
 from serve.finishing.upscalers import OVERLAP, TILE, UpscalerEntry, upscale_pixels
 from serve.tables import text_table
 from serve.triton.memory import peak_rss_reset, rss_bytes

@@ -15,14 +15,14 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from serve.paths import PROJECT_ROOT
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
 
-SCENARIOS = PROJECT_ROOT / "loadtests" / "scenarios"
-LOCUSTFILE = PROJECT_ROOT / "loadtests" / "locustfile.py"
-SHAPES = PROJECT_ROOT / "loadtests" / "shapes.py"
+HERE = Path(__file__).parent
+SCENARIOS = HERE / "scenarios"
+LOCUSTFILE = HERE / "locustfile.py"
+SHAPES = HERE / "shapes.py"
 STAGES_ENV = "EASEL_LOADTEST_STAGES"  # a scenario's stages, for loadtests/shapes.py
 
 

@@ -36,9 +36,9 @@ from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.build import build
 from build_engines.text_to_image.export import export_engine
 from build_engines.text_to_image.loras import build_registry, save_registry
+from loadtests.benchmarks import loop
 from serve.adapters.lora_files import prepare
 from serve.adapters.registry import LoraRegistry, engine_banks
-from serve.benchmarks import loop
 from serve.paths import run_dir
 from serve.stack import scratch_stack
 from serve.text_to_image.engine_folder import EngineFolder

@@ -22,7 +22,7 @@ from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IpAdapterInfo
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
-from serve.text_to_image.families.base import ExportModule
+from serve.text_to_image.families.exports import ExportModule
 from serve.triton.engine_files import LORA_SLOTS
 
 

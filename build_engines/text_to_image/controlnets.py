@@ -20,7 +20,7 @@ import torch
 from serve.files import content_hash
 from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSupport, residual_layout
 from serve.text_to_image.families import FAMILIES, Family
-from serve.text_to_image.families.base import ExportModule, UnetModule
+from serve.text_to_image.families.exports import ExportModule, UnetModule
 from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
 
 logger = logging.getLogger(__name__)

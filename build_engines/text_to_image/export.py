@@ -27,7 +27,7 @@ from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
-from serve.text_to_image.families.base import ExportModule, VaeDecoderModule, diffusers_model
+from serve.text_to_image.families.exports import ExportModule, VaeDecoderModule, diffusers_model
 from serve.text_to_image.spec import VAE_DECODER
 from serve.triton.engine_files import LORA_SLOTS, EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session

@@ -42,7 +42,7 @@ from serve.adapters.registry import LoraRegistry, engine_banks
 from serve.paths import run_dir
 from serve.stack import scratch_stack
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.families.base import UnetModule
+from serve.text_to_image.families.exports import UnetModule
 from serve.text_to_image.spec import UNET
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session

@@ -41,7 +41,7 @@ def step_cache_specs(unet: ModelSpec, width: int) -> dict[str, ModelSpec]:
 
 
 class DeepUnetModule(torch.nn.Module):
-    """The whole UNet (a :class:`~serve.text_to_image.families.base.UnetModule`), also returning its deep features.
+    """The whole UNet (a :class:`~serve.text_to_image.families.exports.UnetModule`), also returning its deep features.
 
     The features are the output of the final up block's second-to-last layer (its attention where it has them, else
     its resnet): what DeepCache's shallowest branch keeps.

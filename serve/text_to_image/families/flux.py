@@ -20,16 +20,13 @@ import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    ClipPooled,
-    ExportModule,
     PipelineDims,
-    diffusers_model,
     hidden_states_spec,
     pipeline_components,
     read_config,
-    text_encoder_export,
     tokenize,
 )
+from serve.text_to_image.families.exports import ClipPooled, ExportModule, diffusers_model, text_encoder_export
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec

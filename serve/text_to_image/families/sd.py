@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from serve.text_to_image.families.base import (
-    ExportModule,
     Family,
     PipelineDims,
     pipeline_components,
     prompt_rows,
     read_config,
-    text_encoder_export,
     token_rows,
 )
+from serve.text_to_image.families.exports import ExportModule, text_encoder_export
 from serve.text_to_image.spec import TEXT_ENCODER, UNET, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec
 

@@ -18,17 +18,19 @@ import numpy as np
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
     Component,
-    ExportModule,
     PipelineDims,
-    clip_penultimate_export,
-    diffusers_model,
     hidden_states_spec,
     pipeline_components,
     prompt_rows,
     read_config,
     read_model_index,
-    text_encoder_export,
     token_rows,
+)
+from serve.text_to_image.families.exports import (
+    ExportModule,
+    clip_penultimate_export,
+    diffusers_model,
+    text_encoder_export,
 )
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER

@@ -17,10 +17,8 @@ import numpy as np
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    ExportModule,
     Family,
     PipelineDims,
-    clip_penultimate_export,
     hidden_states_spec,
     pipeline_components,
     prompt_rows,
@@ -28,6 +26,7 @@ from serve.text_to_image.families.base import (
     read_model_index,
     token_rows,
 )
+from serve.text_to_image.families.exports import ExportModule, clip_penultimate_export
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
 from serve.triton.spec import ModelSpec, TensorSpec
 

@@ -82,7 +82,7 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
-        step_engine = self.family.step_engine(job)
+        step_engine = self.family.step_engine(job.outline)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)

@@ -1,8 +1,11 @@
-"""Generations: a request resolved to the model (or an experiment's variant) that serves it, then answered.
+"""Generations: a request admitted once (the model, or an experiment's variant, resolved and checked), then answered.
 
-Every generation, synchronous or a job's, is answered by :meth:`Generations.served_answer` (the result cache, the
-model's version kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams
-the same steps (:meth:`Generations.events`).
+Every door admits a generation by :meth:`Generations.admitted` (a background job's at submission, and again by
+:meth:`Generations.readmitted` as it runs): its model resolved once, and every rule checked that can be without
+running (:meth:`serve.text_to_image.models.ServedModel.check`), before any model loads. Every generation,
+synchronous or a job's, is then answered by :meth:`Generations.served_answer` (the result cache, the model's version
+kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams the same steps
+(:meth:`Generations.events`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
@@ -36,7 +40,6 @@ from serve.grpc_api import easel_pb2
 from serve.serving.current_models import CurrentModels
 from serve.serving.upscale import Upscaling
 from serve.text_to_image.deployment import EncodedImages, Progress
-from serve.text_to_image.images import output_size
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
@@ -75,6 +78,19 @@ async def cache_call(call: Callable, *args):
         return None
 
 
+@dataclass(frozen=True)
+class Admitted:
+    """A generation admitted at the Gateway (:meth:`Generations.admitted`), the replica's to run.
+
+    The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, and
+    the served model that resolved and checked it.
+    """
+
+    request: GenerationRequest
+    assignment: Assignment
+    model: ServedModel
+
+
 class Generations:
     """Generations answered: the model resolved (an experiment's alias to its variant), kept loaded, run, cached."""
 
@@ -111,49 +127,57 @@ class Generations:
             return self.upscaling.work(request).cost
         return self.models.now().work(request).cost
 
-    def model(self, request: GenerationRequest) -> ServedModel:
-        """The served model ``request`` asks for (the one door: an unknown name is a 400 naming ``model``)."""
-        return self.models.now().resolve(request.model)
-
     def _pipeline(self, model: ServedModel) -> DeploymentHandle:
         """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
         return self.text_to_image.options(multiplexed_model_id=model.version_id)
 
-    async def _assignment(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment]:
-        """The request as its model serves it (an experiment's alias resolved to a variant), and what serves it.
+    async def _resolved(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+        """The request as its model serves it (an experiment's alias resolved to a variant), what chose it, the model.
 
-        In front of :meth:`model`: a name that is neither a served model nor an experiment is its 400.
+        The name is resolved once (:meth:`~serve.text_to_image.models.ServedModels.resolve`): one that is neither a
+        served model nor an experiment is a 400 naming ``model``.
         """
-        chosen = None
-        if request.model and request.model not in self.models.now():
+        models = self.models.now()
+        if request.model and request.model not in models:
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
-        if chosen is None:
-            return request, Assignment(self.model(request).name)
-        return request.model_copy(update={"model": chosen.model}), chosen
+            if chosen is not None:
+                return request.model_copy(update={"model": chosen.model}), chosen, models.resolve(chosen.model)
+        model = models.resolve(request.model)
+        return request, Assignment(model.name), model
 
-    async def admitted(
-        self, request: GenerationRequest, key: ApiKey | None = None
-    ) -> tuple[GenerationRequest, Assignment, ServedModel]:
-        """The request as its variant serves it, what chose it, and its model, which checked it (a 400 if not).
-
-        An unknown adapter is a 400 now, not a failed job later; so is a stored reference ``key`` may not see
-        (another key's is as unknown as a missing one).
-        """
-        request, assignment = await self._assignment(request)  # an experiment's alias: its variant from here on
-        model = self.model(request)
-        model.check(request)
+    def _checked(self, request: GenerationRequest, assignment: Assignment, model: ServedModel) -> Admitted:
+        """``request`` checked by ``model``'s rules and the stack's upscalers (a 400 naming the field if not)."""
+        work = model.check(request)
         if request.upscale is not None:
-            self.upscaling.check_generation(request, *output_size(request, model.native_size))
+            self.upscaling.check_generation(request, work.width, work.height)
+        return Admitted(request, assignment, model)
+
+    async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
+        """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
+
+        Its adapters, sampler, size, images, ControlNets, step caching, cost and memory; an unknown adapter is a 400
+        now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
+        missing one).
+        """
+        request, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
+        admitted = self._checked(request, assignment, model)
         if self.references is not None:
             await self.references.check(request, model, functools.partial(may_see, key))
-        return request, assignment, model
+        return admitted
+
+    def readmitted(self, request: GenerationRequest, assignment: Assignment | None) -> Admitted:
+        """A queued job's request admitted again as it runs, by the model its name serves now (resolved once).
+
+        ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment).
+        """
+        model = self.models.now().resolve(request.model)
+        return self._checked(request, assignment or Assignment(model.name), model)
 
     async def answer(
         self, request: GenerationRequest, owner: str | None, fresh: bool, key: ApiKey | None = None
     ) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
-        request, assignment, _ = await self.admitted(request, key)
-        body, headers = await self.served_answer(request, assignment, owner, fresh)
+        body, headers = await self.served_answer(await self.admitted(request, key), owner, fresh)
         return JSONResponse(body, headers=headers)
 
     @asynccontextmanager
@@ -179,20 +203,16 @@ class Generations:
                 logger.warning("model %s: its request's end not counted: %s", version_id, error)
 
     async def served_answer(
-        self,
-        request: GenerationRequest,
-        assignment: Assignment,
-        owner: str | None,
-        fresh: bool = False,
-        on_step: OnStep | None = None,
+        self, admitted: Admitted, owner: str | None, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
         """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
 
         Per-variant requests and latency are counted here, whichever door the generation came by. A cached answer's
         images are recorded without their experiment: their feedback is taken, but is no new evidence.
         """
+        assignment = admitted.assignment
         async with variant_measured(assignment):
-            body, headers = await self._answer(request, cache_scope(owner, self.share_caches), fresh, on_step)
+            body, headers = await self._answer(admitted, cache_scope(owner, self.share_caches), fresh, on_step)
         cached = headers.get("Easel-Cache") == "hit"
         ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
@@ -205,7 +225,7 @@ class Generations:
         return ids
 
     async def _answer(
-        self, request: GenerationRequest, scope: str, fresh: bool = False, on_step: OnStep | None = None
+        self, admitted: Admitted, scope: str, fresh: bool = False, on_step: OnStep | None = None
     ) -> tuple[dict, dict]:
         """The body and headers of a generation: from the cache (unless ``fresh``), or generated (and cached).
 
@@ -214,7 +234,7 @@ class Generations:
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
-        model = self.model(request)
+        request, model = admitted.request, admitted.model
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
         key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
@@ -298,7 +318,8 @@ class Generations:
 
         No result cache: a cached answer has no steps to report.
         """
-        request, assignment, model = await self.admitted(request, key)
+        admitted = await self.admitted(request, key)
+        request, assignment, model = admitted.request, admitted.assignment, admitted.model
         owner = key and key.id
         scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from
         async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):

@@ -17,7 +17,7 @@ from serve import metrics
 from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.errors import invalid_input
-from serve.experiments.traffic import Assignment, Experiments
+from serve.experiments.traffic import Experiments
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore, LeaseLost
@@ -53,14 +53,16 @@ class BackgroundJobs:
     async def submit(
         self, asked: GenerationRequest, owner: Owner | None, idempotency_key: str | None, caller: ApiKey | None = None
     ) -> JSONResponse:
-        """Queue ``asked`` as ``owner``'s job after the checks a synchronous request gets, its images decoded.
+        """Queue ``asked`` as ``owner``'s job once admitted as a synchronous request is, its images decoded.
 
-        Its seed is drawn now, so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns
-        the same job for the same body. An experiment's variant is chosen now (the job's request names it) and
-        recorded under the job's id, so feedback can name the job.
+        What a synchronous request is refused for is a 400 now, never a 202 that fails later. Its seed is drawn now,
+        so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns the same job for the same
+        body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
+        feedback can name the job.
         """
-        request, assignment, model = await self.generations.admitted(asked, caller)
-        await asyncio.to_thread(decode_images, request, model.native_size)  # so is an image that does not decode
+        admitted = await self.generations.admitted(asked, caller)  # what a synchronous request is refused for
+        request, assignment = admitted.request, admitted.assignment
+        await asyncio.to_thread(decode_images, request, admitted.model.native_size)  # an image that does not decode
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
@@ -89,9 +91,9 @@ class BackgroundJobs:
                 raise JobCanceled(lease.job_id)
 
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
-        assignment = chosen or Assignment(self.generations.model(request).name)
         try:
-            body, _ = await self.generations.served_answer(request, assignment, job.owner, on_step=report)
+            admitted = self.generations.readmitted(request, chosen)  # its model now: replaced, or removed (a 400)
+            body, _ = await self.generations.served_answer(admitted, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)
             if isinstance(cause, JobCanceled | LeaseLost):

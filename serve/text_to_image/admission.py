@@ -116,6 +116,12 @@ def optional_engine(name: str) -> bool:
     return name == VAE_ENCODER or name.startswith(CONTROLNET_PREFIX)
 
 
+def engines_used(request, inpainting: bool) -> list[str]:
+    """The optional engines ``request`` uses: its ControlNets', the VAE encoder for images in (or ``inpainting``)."""
+    uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in request.controlnets]
+    return [*uses, VAE_ENCODER] if request.image or inpainting else uses
+
+
 @dataclass(frozen=True)
 class Limits:
     """What a replica admits."""

@@ -17,8 +17,8 @@ from serve import metrics
 from serve.errors import NotReady
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
-from serve.text_to_image import approximate, step_cache
-from serve.text_to_image.admission import Admission
+from serve.text_to_image import approximate
+from serve.text_to_image.admission import Admission, engines_used
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.generation import (
     AdapterInputs,
@@ -34,7 +34,6 @@ from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_ENCODER
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
@@ -223,10 +222,8 @@ class TextToImage:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         served = await self._requested()
         pipeline, admission = served.pipeline, served.admission
-        uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in request.controlnets]
-        if request.image or pipeline.dims.inpainting:
-            uses.append(VAE_ENCODER)
-        admitted = admission.check(served.model.work(request), uses)  # the Gateway's price; no pixel decoded yet
+        uses = engines_used(request, pipeline.dims.inpainting)
+        admitted = admission.check(served.model.work(request), uses)  # as the Gateway checked it; no pixel decoded
         metrics.count(
             metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if request.controlnets else "no"
         )
@@ -265,9 +262,7 @@ class TextToImage:
             pipeline.dims.inpainting,
         )
         job = job.replaced(approximate=reuse, scope=cache_scope)
-        pipeline.family.check(job)  # before the ControlNets: a family without them refuses them by name
-        pipeline.family.controlnets.check(request.controlnets)
-        step_cache.check(job, pipeline.specs, pipeline.family.step_engine(job))
+        pipeline.family.check(job.outline, request.controlnets)  # a guard: the Gateway checked the request by them
         return job
 
     async def _reference(self, request: GenerationRequest, served: ModelPipeline) -> np.ndarray | None:

@@ -90,6 +90,46 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class Outline:
+    """What a generation asks that a model's rules read, without its pixels.
+
+    The Gateway reads it from a request (:meth:`of_request`, before any model loads), the replica from its job
+    (:attr:`Generation.outline`). The family's rules (its samplers, its side multiple, images at all) and step
+    caching's read it, so each rule is declared once and checked at both.
+    """
+
+    scheduler: str
+    width: int
+    height: int
+    images: bool = False  # input images (img2img, inpainting)
+    mask: bool = False
+    controls: bool = False  # ControlNets
+    loras: bool = False
+    referenced: bool = False  # an IP-Adapter reference (an image, or a stored reference)
+    cache_interval: int = 1
+
+    @property
+    def adapted(self) -> bool:
+        """Whether it brings LoRAs, an IP-Adapter reference or ControlNets (what a distilled or cached UNet lacks)."""
+        return self.loras or self.controls or self.referenced
+
+    @classmethod
+    def of_request(cls, request, width: int, height: int) -> Outline:
+        """A request's outline (an API ``GenerationRequest``), its output ``width`` x ``height`` as already read."""
+        return cls(
+            scheduler=request.scheduler,
+            width=width,
+            height=height,
+            images=bool(request.image),
+            mask=request.mask is not None,
+            controls=bool(request.controlnets),
+            loras=bool(request.loras),
+            referenced=request.ip_adapter_image is not None or request.ip_adapter_reference is not None,
+            cache_interval=request.cache_interval,
+        )
+
+
+@dataclass(frozen=True)
 class Generation:
     """One validated generation job, built by keyword from its frozen parts (only ``sampling`` has no default)."""
 
@@ -98,6 +138,21 @@ class Generation:
     inputs: ImageInputs = ImageInputs()
     adapters: AdapterInputs = AdapterInputs()
     cache: CachePolicy = CachePolicy()
+
+    @property
+    def outline(self) -> Outline:
+        """What its model's rules read (:class:`Outline`), as the Gateway read it from the request."""
+        return Outline(
+            scheduler=self.sampling.scheduler,
+            width=self.sampling.width,
+            height=self.sampling.height,
+            images=bool(self.inputs.images),
+            mask=self.inputs.mask is not None,
+            controls=bool(self.inputs.controls),
+            loras=bool(self.adapters.loras),
+            referenced=self.adapters.referenced,
+            cache_interval=self.cache.interval,
+        )
 
     def replaced(self, **changes) -> Generation:
         """A copy with ``changes``: fields of any part by their names (``seed``, ``images``, ``approximate``...)."""

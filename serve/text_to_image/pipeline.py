@@ -26,7 +26,7 @@ import torch
 from serve.adapters.requests import GenerationAdapters
 from serve.priority import PriorityGate
 from serve.text_to_image import guidance, image_to_image
-from serve.text_to_image.approximate import LatentReuse
+from serve.text_to_image.approximate import LatentReuse, Start
 from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
@@ -82,7 +82,7 @@ class TextToImagePipeline:
     async def _generate(
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
-        step_engine = self.family.step_engine(job)
+        step_engine = self.family.step_engine(job.outline)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         conditioning |= await self.adapters.ip_rows(engines, job, guided)
@@ -93,27 +93,15 @@ class TextToImagePipeline:
         self.family.set_timesteps(scheduler, job)
         timesteps = strength_timesteps(scheduler, job.sampling.steps, job.inputs.strength if job.inputs.images else 1.0)
         generator = torch.Generator("cpu").manual_seed(job.sampling.seed)
-        shape = (
-            job.sampling.n,
-            self.dims.latent_channels,
-            job.sampling.height // self.dims.vae_scale_factor,
-            job.sampling.width // self.dims.vae_scale_factor,
-        )
-        inpainting = self.dims.inpainting
+        shape, inpainting = self._latent_shape(job), self.dims.inpainting
         start = await image_to_image.start(
             job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
         )
         control_images = await asyncio.to_thread(self.processors.controls, job) if job.inputs.controls else []
         controls = JobControls(self.specs, job, control_images, guided)
-        latents = start.latents
-        reused = None
-        if job.cache.approximate and self.reuse is not None:  # before the rows are repeated per image
-            reused = await self.reuse.start(self.model, job, unrepeated, len(timesteps))
-            if reused.latents is not None:
-                latents = torch.from_numpy(reused.latents)
+        reused = await self._reused(job, unrepeated, scheduler, len(timesteps))  # before the rows are repeated
         first = reused.skipped if reused is not None else 0
-        if first and hasattr(scheduler, "set_begin_index"):  # its own step count (sigmas, noise, last step) too
-            scheduler.set_begin_index((scheduler.begin_index or 0) + first * scheduler.order)
+        latents = start.latents if reused is None or reused.latents is None else torch.from_numpy(reused.latents)
         step_kwargs = _step_kwargs(scheduler, generator)
         guided_steps = guidance.guided_steps(len(timesteps), job.sampling.guidance_cutoff) if guided else 0
         denoiser = JobStepCache(self.specs, step_engine, job.cache.interval)
@@ -143,6 +131,24 @@ class TextToImagePipeline:
         pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
+
+    def _latent_shape(self, job: Generation) -> tuple[int, int, int, int]:
+        """The shape of ``job``'s latents: its images, the latent channels, its size in latent positions."""
+        scale = self.dims.vae_scale_factor
+        return (job.sampling.n, self.dims.latent_channels, job.sampling.height // scale, job.sampling.width // scale)
+
+    async def _reused(self, job: Generation, rows: dict, scheduler, steps: int) -> Start | None:
+        """The approximate cache's start for ``job`` (None when it is not asked or the stack has none).
+
+        ``rows``: its conditioning, not yet repeated per image. A start some steps in moves ``scheduler``'s own step
+        count (sigmas, noise, last step) there too.
+        """
+        if not job.cache.approximate or self.reuse is None:
+            return None
+        reused = await self.reuse.start(self.model, job, rows, steps)
+        if reused.skipped and hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index((scheduler.begin_index or 0) + reused.skipped * scheduler.order)
+        return reused
 
     async def decode(
         self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from serve.errors import InvalidInput
-from serve.text_to_image.generation import Generation
+from serve.text_to_image.generation import Outline
 from serve.text_to_image.spec import DEEP_FEATURES, LATENT_AXES, UNET, UNET_DEEP, UNET_SHALLOW
 from serve.triton.spec import EngineRunner, ModelSpec, TensorSpec
 
@@ -93,20 +93,19 @@ class ShallowUnetModule(torch.nn.Module):
         return unet.conv_out(hidden)
 
 
-def check(job: Generation, specs: Mapping[str, ModelSpec], step_engine: str) -> None:
-    """Refuse (400 naming ``cache_interval``) a cached job the engines cannot run as asked."""
-    if job.cache.interval == OFF:
+def check(asked: Outline, specs: Mapping[str, ModelSpec], step_engine: str) -> None:
+    """Refuse (400 naming ``cache_interval``) a cached generation the engines cannot run as asked."""
+    if asked.cache_interval == OFF:
         return
     field = "cache_interval"
     if UNET_SHALLOW not in specs:
         raise InvalidInput(f"{field}: this stack has no step-cache engines (start it with --step-cache)", field)
     if step_engine != UNET:
         raise InvalidInput(
-            f"{field}: step caching runs the model's UNet; "
-            f"the {job.sampling.scheduler} sampler runs its distilled UNet",
+            f"{field}: step caching runs the model's UNet; the {asked.scheduler} sampler runs its distilled UNet",
             field,
         )
-    if job.adapters.loras or job.inputs.controls or job.adapters.referenced:
+    if asked.adapted:
         raise InvalidInput(f"{field}: step caching takes no LoRAs, IP-Adapter reference or ControlNets", field)
 
 

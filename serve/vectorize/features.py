@@ -64,6 +64,28 @@ def _colour_counts(pixels: np.ndarray, bits: int) -> np.ndarray:
     return counts[counts > 0]
 
 
+def _entropy(grey: np.ndarray) -> float:
+    """The entropy of a grey image's 64-bin histogram, over its largest (6 bits)."""
+    hist = np.bincount((grey * 63.999).astype(np.int32).reshape(-1), minlength=64) / grey.size
+    nz = hist[hist > 0]
+    return float(-(nz * np.log2(nz)).sum()) / 6.0
+
+
+def _harris(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
+    """Harris's corner response (``k`` 0.05, a 3x3 window) of a grey image's gradients."""
+    ixx = uniform_filter(gx * gx, 3)
+    iyy = uniform_filter(gy * gy, 3)
+    ixy = uniform_filter(gx * gy, 3)
+    return ixx * iyy - ixy * ixy - 0.05 * (ixx + iyy) ** 2
+
+
+def _colorfulness(rgb: np.ndarray) -> float:
+    """Hasler and Suesstrunk's colourfulness of an RGB image in ``[0, 1]`` floats."""
+    rg = rgb[..., 0] - rgb[..., 1]
+    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
+    return math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean())
+
+
 def compute_features(pixels: np.ndarray) -> np.ndarray:
     """Features of an RGB uint8 image, in :data:`FEATURE_NAMES` order, as float32.
 
@@ -89,22 +111,11 @@ def compute_features(pixels: np.ndarray) -> np.ndarray:
     counts4 = np.sort(_colour_counts(small, 4))[::-1]
     n95 = int(np.searchsorted(np.cumsum(counts4), 0.95 * n) + 1)
 
-    hist = np.bincount((grey * 63.999).astype(np.int32).reshape(-1), minlength=64) / n
-    nz = hist[hist > 0]
-    entropy = float(-(nz * np.log2(nz)).sum()) / 6.0
-
-    ixx = uniform_filter(gx * gx, 3)
-    iyy = uniform_filter(gy * gy, 3)
-    ixy = uniform_filter(gx * gy, 3)
-    harris = ixx * iyy - ixy * ixy - 0.05 * (ixx + iyy) ** 2
-
+    harris = _harris(gx, gy)
     lap = np.abs(4 * grey[1:-1, 1:-1] - grey[:-2, 1:-1] - grey[2:, 1:-1] - grey[1:-1, :-2] - grey[1:-1, 2:])
 
     cmax, cmin = rgb.max(axis=2), rgb.min(axis=2)
     sat = np.where(cmax > 0, (cmax - cmin) / np.maximum(cmax, 1e-6), 0.0)
-    rg = rgb[..., 0] - rgb[..., 1]
-    yb = 0.5 * (rgb[..., 0] + rgb[..., 1]) - rgb[..., 2]
-    colorfulness = math.hypot(rg.std(), yb.std()) + 0.3 * math.hypot(rg.mean(), yb.mean())
 
     rows, cols = np.nonzero(foreground)
     bbox = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1) if rows.size else 1
@@ -115,7 +126,7 @@ def compute_features(pixels: np.ndarray) -> np.ndarray:
         float(magnitude.mean() * 4.0),
         math.log2(1 + counts5.size) / 15.0,
         math.log2(1 + n95) / 12.0,
-        entropy,
+        _entropy(grey),
         float((harris > 1e-4).mean()) * 4.0,
         float(white.mean()),
         float(sat[foreground].mean()) if rows.size else 0.0,
@@ -123,7 +134,7 @@ def compute_features(pixels: np.ndarray) -> np.ndarray:
         float(lap.mean() * 4.0) if lap.size else 0.0,
         float((grey < 0.25).mean()),
         float(n_fg / bbox) if rows.size else 0.0,
-        min(colorfulness, 1.0),
+        min(_colorfulness(rgb), 1.0),
         float(fg_counts.max() / fg_counts.sum()),
         math.log2(max(height, width) / 256.0) / 4.0,
         min(height, width) / max(height, width),

@@ -133,6 +133,17 @@ def _loaded(api) -> dict[str, bool]:
     return {model["id"]: model["loaded"] for model in api.get("/v1/models").json()["data"]}
 
 
+def test_what_a_cold_model_cannot_run_is_refused_before_it_loads_and_as_a_job_at_submission(stack, api):
+    """This stack has no step-cache engines: a step-cached request is a 400 at the Gateway; nothing loads for it."""
+    before = _loaded(api)
+    parked = next(name for name, loaded in before.items() if not loaded)
+    for background in (False, True):
+        refused = api.post(GENERATE, json=BODY | {"model": parked, "cache_interval": 2, "background": background})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "cache_interval", refused.text
+    assert _loaded(api) == before
+    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{parked}.unet/ready").status_code != 200
+
+
 def test_a_cold_model_loads_on_demand_and_the_least_recently_used_makes_room(stack, api):
     warm = api.post(GENERATE, json=BODY | {"model": DEFAULT_MODEL})  # the default used last: sd is the LRU
     assert warm.status_code == 200 and LOAD_SECONDS not in warm.headers and warm.headers["Easel-Model"] == DEFAULT_MODEL

@@ -6,6 +6,7 @@ a LoRA, and concurrent requests that each equal their solo image while sharing t
 
 import logging
 
+import httpx
 import numpy as np
 import pytest
 
@@ -110,16 +111,27 @@ def test_a_lora_per_request_matches_load_lora_weights(api, stack, model, referen
     assert psnr(got, _diffusers(stack, reference, body)) < 40  # the adapter changed the image
 
 
-def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_the_field(api):
+def _executions(stack) -> dict[str, int]:
+    """How many executions each Triton model has run so far."""
+    stats = httpx.get(f"{stack.info.triton_http_url}/v2/models/stats").json()["model_stats"]
+    return {model["name"]: int(model["execution_count"]) for model in stats}
+
+
+def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_the_field(api, stack):
+    """Refused at the Gateway before any engine runs, a background job's at submission (a 400, never a 202)."""
     picture = b64(input_image(64, 96))
+    before = _executions(stack)
     for fields, field in (
         ({"size": "72x64"}, "size"),
         ({"scheduler": "dpmpp_2m"}, "scheduler"),
         ({"image": [picture]}, "image"),
         ({"controlnets": [{"name": "edges", "image": picture}]}, "controlnets"),
     ):
-        response = api.post(GENERATE, json=BODY | fields)
-        assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+        for background in (False, True):
+            response = api.post(GENERATE, json=BODY | fields | {"background": background})
+            assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
+    assert _executions(stack) == before  # no engine ran for them
+    assert api.get("/v1/jobs").json()["data"] == []  # none was queued
 
 
 def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, stack, model):

@@ -353,7 +353,7 @@ def test_interval_1_on_a_stack_with_step_caching_is_the_loop_before_it(cached):
 
 def test_cached_jobs_the_engines_cannot_run_are_refused_naming_cache_interval(cached, plain):
     job = Generation(SamplingParams(PROMPT, "", 1, 64, 64, 4, 7.5, 0, "ddim"), cache=CachePolicy(interval=2))
-    step_cache.check(job, cached.specs, UNET)
+    step_cache.check(job.outline, cached.specs, UNET)
     refusals = [
         (plain.specs, job, "--step-cache"),
         (cached.specs, job.replaced(loras=(("style", 1.0),)), "LoRAs"),
@@ -364,7 +364,7 @@ def test_cached_jobs_the_engines_cannot_run_are_refused_naming_cache_interval(ca
         refusals.append((cached.specs, lcm, "distilled UNet"))
     for specs, refused, says in refusals:
         with pytest.raises(InvalidInput, match=says) as error:
-            step_cache.check(refused, specs, cached.family.step_engine(refused))
+            step_cache.check(refused.outline, specs, cached.family.step_engine(refused.outline))
         assert error.value.field == "cache_interval"
     for interval in (0, 11):
         with pytest.raises(ValidationError) as error:

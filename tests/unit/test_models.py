@@ -16,6 +16,7 @@ from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.activations import ANY_ENGINE
 from serve.triton.spec import read_model_config
+from tests.controls import b64, edges_image
 
 
 def _parse(*values: str) -> dict:
@@ -82,10 +83,16 @@ def test_what_a_model_does_not_take_is_refused_naming_the_field(models):
     with pytest.raises(InvalidInput) as refused:
         second.check(GenerationRequest(prompt="x", loras=[{"name": "style"}]))
     assert refused.value.field == "loras.0.name"
-    request = GenerationRequest(prompt="x", controlnets=[{"name": "edges", "image": "aGk="}])
+    request = GenerationRequest(prompt="x", controlnets=[{"name": "edges", "image": b64(edges_image(64))}])
     with pytest.raises(InvalidInput) as refused:
         second.check(request)
     assert refused.value.field == "controlnets.0.name"
+    with pytest.raises(InvalidInput, match="--step-cache") as refused:  # its folder has no step-cache engines
+        second.check(GenerationRequest(prompt="x", cache_interval=2))
+    assert refused.value.field == "cache_interval"
+    with pytest.raises(InvalidInput) as refused:  # over --max-cost, found before any replica runs it
+        second.check(GenerationRequest(prompt="x", size="1024x1024", num_inference_steps=100))
+    assert refused.value.field == "num_inference_steps"
 
 
 def test_two_models_install_side_by_side_in_one_repository(engine_dir, tmp_path):

@@ -206,9 +206,9 @@ def test_each_transformer_family_uses_guidance_as_its_pipeline_does(transformer_
 def test_flow_families_refuse_samplers_and_sizes_they_cannot_run(transformer_case):
     _, ours, _ = transformer_case
     with pytest.raises(InvalidInput, match="dpmpp_2m") as sampler:
-        ours.family.check(Generation(SamplingParams("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m")))
+        ours.family.check(Generation(SamplingParams("x", "", 1, 64, 64, 2, 1.0, 1, "dpmpp_2m")).outline)
     with pytest.raises(InvalidInput, match="multiples of 16") as size:
-        ours.family.check(Generation(SamplingParams("x", "", 1, 72, 64, 2, 1.0, 1, "euler")))
+        ours.family.check(Generation(SamplingParams("x", "", 1, 72, 64, 2, 1.0, 1, "euler")).outline)
     assert (sampler.value.field, size.value.field) == ("scheduler", "size")
 
 
@@ -221,7 +221,7 @@ def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_cas
     support = controlnet_support(ours.family, transformer_models[name], controlnet_dirs.for_sd)
     assert support.ready == () and all("take no ControlNets" in entry.error for entry in support.entries)
     text = Generation(SamplingParams("x", "", 1, 64, 64, 2, 1.0, 1, "euler"))
-    ours.family.check(text)
+    ours.family.check(text.outline)
     picture = np.zeros((64, 64, 3), np.uint8)
     asked = {
         "image": text.replaced(images=(picture,)),
@@ -230,7 +230,7 @@ def test_flow_families_take_text_only_and_refuse_images_by_field(transformer_cas
     }
     for field, job in asked.items():
         with pytest.raises(InvalidInput, match="text only") as refused:
-            ours.family.check(job)
+            ours.family.check(job.outline)
         assert refused.value.field == field
         limit = unstated_limit("post", "/v1/images/edits", 400, refused.value.body()["error"])
         assert limit.says == "take no input images"

@@ -107,7 +107,7 @@ def _key(key_id: str, *scopes: Scope) -> ApiKey:
 class Unanswerable:
     """Generations that refuse every model: a job the runner claims fails, which none of these checks reads."""
 
-    def model(self, request):
+    def readmitted(self, request, assignment):
         raise InvalidInput("model: none served here", "model")
 
 
@@ -193,6 +193,43 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     assert traffic.served_by(image_id) == Assignment("b", "logo")  # feedback can name the image
     cached_id = json.loads(again.body)["data"][0]["id"]
     assert traffic.served_by(cached_id) == Assignment("b")  # a cached answer's feedback is no evidence
+
+
+def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_submission(
+    engine_dir, transformer_engine_dirs, tmp_path
+):
+    """A sampler the model's family lacks, or step caching on a stack without its engines: a 400 before the residency
+    loads anything, and a job's at submission (the replica alone found them out, after a load, a job's after a 202).
+    """
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    served = {"easel-default": str(engine_dir), "b": str(engine_dir), "sd3": str(transformer_engine_dirs["tiny-sd3"])}
+    models = CurrentModels(ServedModels.open(served))
+    traffic = Experiments(open_experiment_store(url), models.names)
+    handles = Handles()
+    generations = Generations(models, handles, None, handles, None, traffic)
+    store = open_job_store(url)
+    cached = GenerationRequest(prompt="a red fox", model="b", cache_interval=2)
+    sampled = GenerationRequest(prompt="a red fox", model="sd3", scheduler="dpmpp_2m")
+
+    async def scenario():
+        jobs = BackgroundJobs(store, generations, traffic)
+        refusals = []
+        for asked in (cached, sampled):
+            for submitted in (generations.answer(asked, None, fresh=False), jobs.submit(asked, None, None)):
+                with pytest.raises(InvalidInput) as refused:
+                    await submitted
+                refusals.append(refused.value.field)
+        jobs.runner._loop_task.cancel()
+        return refusals
+
+    assert asyncio.run(scenario()) == ["cache_interval"] * 2 + ["scheduler"] * 2
+    assert handles.calls == []  # no model asked to load, no replica called
+    assert store.list(None, 10, None, None) == []  # no job queued
 
 
 def test_a_vectorize_answer_names_its_model_version(client):

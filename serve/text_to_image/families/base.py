@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -26,6 +26,7 @@ import numpy as np
 
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
+from serve.text_to_image import step_cache
 from serve.text_to_image.controlnet import ControlNetSupport, Residual, residual_layout
 from serve.text_to_image.families.exports import (
     ControlNetModule,
@@ -36,7 +37,7 @@ from serve.text_to_image.families.exports import (
     diffusers_model,
     vae_export,
 )
-from serve.text_to_image.generation import Generation
+from serve.text_to_image.generation import Generation, Outline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
 from serve.text_to_image.spec import (
     DISTILLED_UNET,
@@ -285,29 +286,35 @@ class Family(ABC):
         if not cls.takes_images and (name := next((name for name, present in given.items() if present), None)):
             raise InvalidInput(f"{name}: {cls.name} models take no input images or ControlNets (text only)", name)
 
-    def check(self, job: Generation) -> None:
-        """Raise :class:`InvalidInput` (naming the field) for a job this family cannot run."""
-        self.check_images(bool(job.inputs.images), job.inputs.mask is not None, bool(job.inputs.controls))
-        if job.sampling.scheduler not in self.samplers:
+    def check(self, asked: Outline, controlnets: Sequence = ()) -> None:
+        """Raise :class:`InvalidInput` (naming the field) for a generation this model's engines cannot run.
+
+        Its images at all, its sampler, its size (:attr:`side_multiple`), its ``controlnets`` (the request's, by
+        name), its step caching. The Gateway checks a request by these rules before its model loads; the replica
+        checks its job by them again.
+        """
+        self.check_images(asked.images, asked.mask, asked.controls)
+        if asked.scheduler not in self.samplers:
             raise InvalidInput(
-                f"scheduler: {job.sampling.scheduler!r} is not a sampler of {self.name} models (they take "
+                f"scheduler: {asked.scheduler!r} is not a sampler of {self.name} models (they take "
                 f"{', '.join(self.samplers)})",
                 field="scheduler",
             )
-        if job.sampling.width % self.side_multiple or job.sampling.height % self.side_multiple:
+        if asked.width % self.side_multiple or asked.height % self.side_multiple:
             raise InvalidInput(
-                f"size: {job.sampling.width}x{job.sampling.height}: the sides of {self.name} images are multiples of "
+                f"size: {asked.width}x{asked.height}: the sides of {self.name} images are multiples of "
                 f"{self.side_multiple}",
                 field="size",
             )
+        self.controlnets.check(controlnets)
+        step_cache.check(asked, self.specs, self.step_engine(asked))
 
-    def step_engine(self, job: Generation) -> str:
-        """The engine ``job``'s steps call: the distilled UNet for a few-step job without adapters or ControlNets.
+    def step_engine(self, asked: Outline) -> str:
+        """The engine a generation's steps call: the distilled UNet for a few-step one without adapters or ControlNets.
 
         Elsewhere the denoiser as loaded: a few-step job with an LCM-LoRA runs the UNet with it, as diffusers does.
         """
-        plain = not (job.adapters.loras or job.inputs.controls or job.adapters.referenced)
-        if DISTILLED_UNET in self.specs and job.sampling.scheduler in FEW_STEP_SAMPLERS and plain:
+        if DISTILLED_UNET in self.specs and asked.scheduler in FEW_STEP_SAMPLERS and not asked.adapted:
             return DISTILLED_UNET
         return self.denoiser
 
@@ -316,7 +323,7 @@ class Family(ABC):
 
         Not on a distilled UNet: its guidance is distilled in.
         """
-        return job.sampling.guidance_scale > 1.0 and self.step_engine(job) != DISTILLED_UNET
+        return job.sampling.guidance_scale > 1.0 and self.step_engine(job.outline) != DISTILLED_UNET
 
     def set_timesteps(self, scheduler, job: Generation) -> None:
         """Set ``scheduler``'s timesteps for ``job`` as the family's diffusers pipeline does."""

@@ -594,14 +594,34 @@ def left_after_stop(processes: list[psutil.Process], stack_id: str, wait_s: floa
 
 def format_report(report: dict) -> str:
     """The checks, the faults and the windows as plain-text tables."""
-    checks = text_table(
+    requests = "\n".join(f"  {kind}: {counts}" for kind, counts in report["requests"].items())
+    trends = _trends_table(report["trends"])
+    return "\n\n".join(
+        [
+            f"soak: {report['minutes']} min, seed {report['seed']}, {report['clients']} clients, jobs {report['jobs']}",
+            f"requests by kind and status:\n{requests}",
+            _faults_table(report["faults"]),
+            _windows_table(report["windows"]),
+            trends or "trends: no process sampled long enough after the warm-up",
+            _checks_table(report["checks"]),
+        ]
+    )
+
+
+def _checks_table(checks: list[dict]) -> str:
+    """Each check's name, PASS / FAIL / not judged, and its detail."""
+    return text_table(
         [("check", "<88"), ("result", "<12"), ("detail", "<")],
         [
             (c["name"][:87], {True: "PASS", False: "FAIL", None: "not judged"}[c["passed"]], c["detail"][:600])
-            for c in report["checks"]
+            for c in checks
         ],
     )
-    faults = text_table(
+
+
+def _faults_table(faults: list[dict]) -> str:
+    """Each fault: when, what, on what, how long, and how soon the stack was ready again."""
+    return text_table(
         [("at s", ">6.0f"), ("fault", ">15"), ("target", ">42"), ("lasted s", ">9"), ("ready again s", ">15")],
         [
             (
@@ -611,10 +631,14 @@ def format_report(report: dict) -> str:
                 f["lasted_s"],
                 "-" if f["ready_again_s"] is None else f["ready_again_s"],
             )
-            for f in report["faults"]
+            for f in faults
         ],
     )
-    windows_table = text_table(
+
+
+def _windows_table(windows: list[dict]) -> str:
+    """Each window's requests, failures, generation latencies and load average."""
+    return text_table(
         [
             ("from s", ">7.0f"),
             ("requests", ">9"),
@@ -632,11 +656,17 @@ def format_report(report: dict) -> str:
                 w["generate_p95_s"] or "-",
                 w["load_average"] or "-",
             )
-            for w in report["windows"]
+            for w in windows
         ],
     )
-    trend_rows = sorted(report["trends"], key=lambda r: -r["rss_mib_per_min"])[:12]
-    trends_table = text_table(
+
+
+def _trends_table(trends: list[dict]) -> str | None:
+    """The 12 processes growing fastest in RSS: their growth per minute (None: no process sampled long enough)."""
+    rows = sorted(trends, key=lambda r: -r["rss_mib_per_min"])[:12]
+    if not rows:
+        return None
+    return text_table(
         [
             ("process", "<40"),
             ("min", ">5"),
@@ -654,19 +684,8 @@ def format_report(report: dict) -> str:
                 r["fds_per_min"],
                 r["threads_per_min"],
             )
-            for r in trend_rows
+            for r in rows
         ],
-    )
-    requests = "\n".join(f"  {kind}: {counts}" for kind, counts in report["requests"].items())
-    return "\n\n".join(
-        [
-            f"soak: {report['minutes']} min, seed {report['seed']}, {report['clients']} clients, jobs {report['jobs']}",
-            f"requests by kind and status:\n{requests}",
-            faults,
-            windows_table,
-            trends_table if trend_rows else "trends: no process sampled long enough after the warm-up",
-            checks,
-        ]
     )
 
 

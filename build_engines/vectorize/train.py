@@ -27,7 +27,7 @@ from serve.images.raster import load_image, resize
 from serve.vectorize.convert import score
 from serve.vectorize.schema import Tier
 from serve.vectorize.spec import POLICY, QUALITY
-from serve.vectorize.tiers import MODEL_TIERS, TIER1_FILE, Margins, Scores, choose
+from serve.vectorize.tiers import MODEL_TIERS, TIER1_FILE, Margins, Scores, Tier1Map, choose
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def train_all(
     verify_images: int = 16,
     refine_rounds: int = 1,
 ) -> dict:
-    """Train every vectorize model from ``image_sets`` and write them to ``output_dir``.
+    """Train every vectorize model from ``image_sets`` into ``output_dir``; the report (also ``training_report.json``).
 
     Args:
         image_sets: Training PNG/JPEG files, one list per style or folder (each list's conversions cached apart).
@@ -179,39 +179,128 @@ def train_all(
         use_cache: Reuse/write the conversions table under the cache dir.
         verify_images: Real conversions per tier 1 cluster when choosing its parameters (0: predictor only).
         refine_rounds: Rounds of real conversions at the policy's choices, predictor refit and PPO retraining.
-
-    Returns:
-        The training report (also written as ``training_report.json``).
     """
-    start = time.perf_counter()
+    laps = _Laps()
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, processes))
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     per_set = [images[:limit] for images in image_sets]
+    paths, table = _conversions(per_set, laps, samples_per_image, seed, size, processes, use_cache)
+    fitted = _fit(table, paths, laps, seed, epochs, clusters, verify_images, size)
+    fitted = _train_policy(fitted, paths, laps, seed, epochs, ppo_steps, size, processes, refine_rounds)
+    errors = _export(fitted, output_dir, seed)
+    calibrated = _calibrated(fitted, output_dir, paths, size)
+    laps.lap("calibration_s")
+    laps.total()
+    report = {
+        "images": len(paths),
+        "sets": [len(p) for p in per_set],
+        "rows": int(len(fitted.table.ssim)),
+        "samples_per_image": samples_per_image,
+        "seed": seed,
+        "predictor": fitted.predictor_metrics,
+        **calibrated,
+        "ppo": fitted.ppo_metrics,
+        "onnx_max_abs_error": errors,
+        "timings": laps.seconds,
+    }
+    (output_dir / "training_report.json").write_text(json.dumps(report, indent=1))
+    logger.info("vectorize training done in %.0f s -> %s", laps.seconds["total_s"], output_dir)
+    return report
+
+
+class _Laps:
+    """Seconds per training phase, each from the end of the one before (``training_report.json``'s timings)."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        self.seconds[phase] = time.perf_counter() - self.start - sum(self.seconds.values())
+
+    def total(self) -> None:
+        self.seconds["total_s"] = time.perf_counter() - self.start
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    """A training run's state between phases: its table, held-out images, predictor, tier 1 mapping and policy."""
+
+    table: Table
+    heldout: np.ndarray
+    model: torch.nn.Module
+    predictor_metrics: dict
+    mapping: Tier1Map
+    actor: torch.nn.Module | None = None
+    ppo_metrics: dict | None = None
+
+
+def _conversions(
+    per_set: list[list[Path]],
+    laps: _Laps,
+    samples_per_image: int,
+    seed: int,
+    size: int,
+    processes: int,
+    use_cache: bool,
+) -> tuple[list[Path], Table]:
+    """Every set's images and the conversions table of them all (each set's cached apart)."""
     paths = [p for images in per_set for p in images]
     if not paths:
         raise ValueError("no training images")
     logger.info("training on %d images in %d sets, %d samples each", len(paths), len(per_set), samples_per_image)
     cache = cache_dir() if use_cache else None
     table = merge_tables([build_table(p, samples_per_image, seed, size, processes, cache) for p in per_set if p])
-    timings = {"table_s": time.perf_counter() - start}
+    laps.lap("table_s")
+    return paths, table
 
+
+def _fit(
+    table: Table,
+    paths: list[Path],
+    laps: _Laps,
+    seed: int,
+    epochs: int,
+    clusters: int,
+    verify_images: int,
+    size: int,
+) -> _Fitted:
+    """The predictor on the table (some images held out), then tier 1's mapping with tier 2's bank."""
     heldout = split_images(len(paths), HOLDOUT if len(paths) >= 10 else 0.0, seed)
     model, predictor_metrics = train_predictor(table, heldout, seed, epochs)
     predictor = as_numpy_predictor(model)
-    timings["predictor_s"] = time.perf_counter() - start - timings["table_s"]
-
+    laps.lap("predictor_s")
     mapping = fit_tier1(table, predictor, paths, clusters, seed, verify_images=verify_images, size=size)
     mapping = dataclasses.replace(mapping, bank=best_found(table, np.flatnonzero(~heldout)))
     logger.info("tier2 bank: %d best-found parameter sets", len(mapping.bank))
-    timings["tier1_tier2_s"] = time.perf_counter() - start - sum(timings.values())
+    laps.lap("tier1_tier2_s")
+    return _Fitted(table, heldout, model, predictor_metrics, mapping)
 
-    actor, ppo_metrics = train_policy(table.features, predictor, mapping, ppo_steps, seed)
+
+def _train_policy(
+    fitted: _Fitted,
+    paths: list[Path],
+    laps: _Laps,
+    seed: int,
+    epochs: int,
+    ppo_steps: int,
+    size: int,
+    processes: int,
+    rounds: int,
+) -> _Fitted:
+    """PPO against the predictor, then ``rounds`` of refinement.
+
+    Each round converts for real where the policy goes (so the predictor learns the regions the policy exploits),
+    refits the predictor and retrains the policy.
+    """
+    table, model, predictor_metrics = fitted.table, fitted.model, fitted.predictor_metrics
+    heldout, mapping = fitted.heldout, fitted.mapping
+    actor, ppo_metrics = train_policy(table.features, as_numpy_predictor(model), mapping, ppo_steps, seed)
     train_images = np.flatnonzero(~heldout)
     rng = np.random.default_rng([seed, 7])
-    for round_ in range(refine_rounds):
-        # Real conversions where the policy goes, so the predictor learns the regions the policy exploits.
+    for round_ in range(rounds):
         with torch.no_grad():
             chosen = actor(torch.as_tensor(table.features[train_images])).numpy()
         vectors = np.clip(chosen[:, None] + rng.normal(0, 0.05, (len(chosen), 3, chosen.shape[1])), 0, 1)
@@ -219,33 +308,29 @@ def train_all(
         table = extend_table(table, paths, train_images, vectors.astype(np.float32), size, processes)
         model, predictor_metrics = train_predictor(table, heldout, seed, epochs)
         predictor = as_numpy_predictor(model)
-        logger.info("refinement round %d/%d: %d rows", round_ + 1, refine_rounds, len(table.ssim))
+        logger.info("refinement round %d/%d: %d rows", round_ + 1, rounds, len(table.ssim))
         actor, ppo_metrics = train_policy(table.features, predictor, mapping, ppo_steps, seed)
-    timings["ppo_refine_s"] = time.perf_counter() - start - sum(timings.values())
+    laps.lap("ppo_refine_s")
+    return _Fitted(table, heldout, model, predictor_metrics, mapping, actor, ppo_metrics)
 
+
+def _export(fitted: _Fitted, output_dir: Path, seed: int) -> dict[str, float]:
+    """Export the quality and policy models to ONNX and write ``tier1.json``; each export's largest error."""
+    policy = RatedPolicy(fitted.actor, fitted.model)
     errors = {
-        QUALITY.name: export_onnx(model, QUALITY, output_dir / f"{QUALITY.name}.onnx", seed),
-        POLICY.name: export_onnx(RatedPolicy(actor, model), POLICY, output_dir / f"{POLICY.name}.onnx", seed),
+        QUALITY.name: export_onnx(fitted.model, QUALITY, output_dir / f"{QUALITY.name}.onnx", seed),
+        POLICY.name: export_onnx(policy, POLICY, output_dir / f"{POLICY.name}.onnx", seed),
     }
-    (output_dir / TIER1_FILE).write_text(json.dumps(mapping.to_json(), indent=1))
-    margins, margin_trials, n_calibration = calibrate(output_dir, table, heldout, paths, size)
-    timings["calibration_s"] = time.perf_counter() - start - sum(timings.values())
-    timings["total_s"] = time.perf_counter() - start
-    report = {
-        "images": len(paths),
-        "sets": [len(p) for p in per_set],
-        "rows": int(len(table.ssim)),
-        "samples_per_image": samples_per_image,
-        "seed": seed,
-        "predictor": predictor_metrics,
+    (output_dir / TIER1_FILE).write_text(json.dumps(fitted.mapping.to_json(), indent=1))
+    return errors
+
+
+def _calibrated(fitted: _Fitted, output_dir: Path, paths: list[Path], size: int) -> dict:
+    """The margins calibrated with the exported models on the held-out images, and what calibrated them."""
+    margins, margin_trials, n_calibration = calibrate(output_dir, fitted.table, fitted.heldout, paths, size)
+    return {
         "tier2_margin": margins.tier2,
         "trust_margins": {str(t): v for t, v in margins.trust.items()},
         "calibration_images": n_calibration,
         "margin_trials": margin_trials,
-        "ppo": ppo_metrics,
-        "onnx_max_abs_error": errors,
-        "timings": timings,
     }
-    (output_dir / "training_report.json").write_text(json.dumps(report, indent=1))
-    logger.info("vectorize training done in %.0f s -> %s", timings["total_s"], output_dir)
-    return report

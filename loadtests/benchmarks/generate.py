@@ -17,7 +17,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -271,6 +271,52 @@ def _describe(counted: dict) -> str:
     return ", ".join(f"{name} {c['setting']} {c['ms_per_row']:.2f} ms/row" for name, c in counted.items())
 
 
+@dataclass
+class _Chunks:
+    """The chunks of :func:`bench_against_floor` so far: their latencies, wall and CPU time, rates against the floor."""
+
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    wall: float = 0.0
+    cpu: float = 0.0
+    by_process: Counter = field(default_factory=Counter)
+    steady: list[float] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    whole_ratios: list[float] = field(default_factory=list)
+
+    def add(
+        self, calls: list[loop.Call], size: int, wall: float, floor_per_s: float, cpu: float, by_process: dict
+    ) -> None:
+        """Count one chunk of ``size`` requests (``calls``) timed between floor timings averaging ``floor_per_s``."""
+        self.cpu += cpu
+        self.by_process.update(by_process)
+        self.steady.append(loop.steady_rate(calls, self.concurrency))
+        self.ratios.append(self.steady[-1] / floor_per_s)
+        self.whole_ratios.append(size / wall / floor_per_s)
+        logger.info(
+            "served c=%d chunk: %.3f img/s steady = %.2f x the floor (whole chunk %.2f x)",
+            self.concurrency,
+            self.steady[-1],
+            self.ratios[-1],
+            self.whole_ratios[-1],
+        )
+        self.latencies += [c.latency_s for c in calls]
+        self.wall += wall
+
+    def results(self, total: int) -> tuple[BenchRow, dict]:
+        """The served row over every chunk, and the ratios to the floor (medians over chunks) for ``total`` images."""
+        row = loop.make_row("served", self.concurrency, self.latencies, self.wall, self.cpu)
+        return row, {
+            "concurrency": self.concurrency,
+            "steady_images_per_s": self.steady,
+            "chunk_ratios": self.ratios,
+            "ratio": statistics.median(self.ratios),
+            "whole_chunk_ratios": self.whole_ratios,
+            "whole_ratio": statistics.median(self.whole_ratios),
+            "cpu_s_per_image_by_process": {label: cpu_s / total for label, cpu_s in self.by_process.most_common()},
+        }
+
+
 def bench_against_floor(
     api_url: str, settings: GenerateSettings, concurrency: int, floor: Floor, repeats_per_chunk: int = 4
 ) -> tuple[BenchRow, dict]:
@@ -298,39 +344,18 @@ def bench_against_floor(
                 response.raise_for_status()
 
             await loop.run_closed_loop(call, concurrency, concurrency)  # warm-up
-            latencies, wall, cpu, by_process = [], 0.0, 0.0, Counter()
-            steady, ratios, whole_ratios = [], [], []
+            chunks = _Chunks(concurrency)
             before = floor.time()
             for size in sizes:
                 processes, busy = loop.cpu_by_process(), loop.busy_s()  # the walk stays out of the window
                 calls, chunk_wall = await loop.run_closed_loop(call, concurrency, size)
-                cpu += loop.busy_s() - busy
-                by_process.update({k: v - processes.get(k, 0.0) for k, v in loop.cpu_by_process().items()})
+                cpu = loop.busy_s() - busy
+                by_process = {k: v - processes.get(k, 0.0) for k, v in loop.cpu_by_process().items()}
                 after = floor.time()
                 floor_per_s = (before["images_per_s"] + after["images_per_s"]) / 2
-                steady.append(loop.steady_rate(calls, concurrency))
-                ratios.append(steady[-1] / floor_per_s)
-                whole_ratios.append(size / chunk_wall / floor_per_s)
-                logger.info(
-                    "served c=%d chunk: %.3f img/s steady = %.2f x the floor (whole chunk %.2f x)",
-                    concurrency,
-                    steady[-1],
-                    ratios[-1],
-                    whole_ratios[-1],
-                )
-                latencies += [c.latency_s for c in calls]
-                wall += chunk_wall
+                chunks.add(calls, size, chunk_wall, floor_per_s, cpu, by_process)
                 before = after
-            row = loop.make_row("served", concurrency, latencies, wall, cpu)
-            return row, {
-                "concurrency": concurrency,
-                "steady_images_per_s": steady,
-                "chunk_ratios": ratios,
-                "ratio": statistics.median(ratios),
-                "whole_chunk_ratios": whole_ratios,
-                "whole_ratio": statistics.median(whole_ratios),
-                "cpu_s_per_image_by_process": {label: cpu_s / total for label, cpu_s in by_process.most_common()},
-            }
+            return chunks.results(total)
 
     return asyncio.run(run())
 

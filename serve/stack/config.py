@@ -1,0 +1,81 @@
+"""What a start tells its parts: the Serve config and the app's settings, the Triton models served, the largest side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from serve.errors import InvalidInput
+from serve.finishing.upscalers import Upscalers
+from serve.settings import AppSettings, StackOptions
+from serve.text_to_image.admission import Admission, Limits, Work
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.models import ServedModels
+from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
+from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
+from serve.vectorize.versions import VectorizeTable, version_specs
+
+MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
+"""The deployments that call Triton: on a cluster they run only on nodes with a Triton of their own."""
+
+
+def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_cluster: bool = False, **args):
+    """The Serve config at ``path`` with the HTTP and gRPC ports and the app's ``args`` (engine folder...) set.
+
+    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`). ``on_cluster``: the model deployments ask
+    for a sliver of the ``triton`` resource, so they land on nodes that have a Triton.
+    """
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load(path.read_text())
+    raw.setdefault("http_options", {}).update(host=host, port=port)
+    raw.setdefault("grpc_options", {}).update(port=grpc_port)
+    for app in raw["applications"]:
+        app.setdefault("args", {}).update(args)
+        for deployment in app.get("deployments", []) if on_cluster else []:
+            if deployment["name"] in MODEL_DEPLOYMENTS:
+                options = deployment.setdefault("ray_actor_options", {})
+                options.setdefault("resources", {})[NODE_RESOURCE] = NODE_RESOURCE_PER_REPLICA
+    return ServeDeploySchema.model_validate(raw)
+
+
+def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
+    """What the Serve app is told of ``easel up``'s settings.
+
+    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget
+    and the store resolved. The room for weights stays as given: None, every model's, grows with a model added.
+    """
+    given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
+    return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
+
+
+def triton_models(
+    models: ServedModels, vectorize: bool, vectorize_table: Path | None = None, upscalers_dir: Path | None = None
+) -> list:
+    """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
+
+    With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's.
+    """
+    specs = [spec for model in models.values() for spec in model.triton_specs()]
+    specs += [entry.spec for entry in Upscalers.read(upscalers_dir).ready]
+    if not vectorize:
+        return specs
+    versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}
+    return specs + [spec for version in sorted(versions) for spec in version_specs(version)]
+
+
+def largest_admitted_side(engines: EngineFolder, total_bytes: int, n: int = MAX_IMAGES, steps: int = 2) -> int:
+    """The largest square side (a multiple of 64, up to the API's limit) that admission lets ``n`` images have.
+
+    Decided as the ``TextToImage`` replicas decide (:class:`Admission`), for the budget ``total_bytes``.
+    """
+    admission = Admission.for_engines(engines, Limits(total_bytes))
+    admitted = MIN_SIDE
+    for side in range(64, MAX_SIDE + 1, 64):
+        try:
+            admission.check(Work(n, steps, side, side))
+        except InvalidInput:
+            break
+        admitted = side
+    return admitted

@@ -1,0 +1,162 @@
+"""Ray and Ray Serve for a stack: Ray started with Easel's settings, the app deployed, ``/readyz`` awaited."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+
+from serve.processes import free_port
+from serve.processes.gcs import storage_env
+from serve.processes.loopback import API_HOST_ENV
+from serve.processes.run_state import environ
+from serve.settings import StackOptions
+
+logger = logging.getLogger(__name__)
+
+# Ray's defaults suit a cluster. Serve's controller loops every 0.1 s and every replica exports metrics every 0.1 s:
+# on one small machine that polling takes CPU from the engines (an idle stack: 17 -> 13 % of a core; Prometheus
+# scrapes every 5 s anyway). Ray passes a result over 100 KiB (an encoded image) through the object store; inline in
+# the reply instead, proxy + Gateway + TextToImage use 56 -> 42 ms CPU per one-step request, and 16 MiB holds the
+# largest response (4 PNGs of 1024x1024). See docs/PERFORMANCE.md. The proxy's own failure answers (a replica that
+# died with the request) get Easel's JSON error shape from a middleware the proxy loads (serve.wire). Ray on Linux
+# binds its own servers (GCS, raylet, workers, agents) to every interface; its single-machine mode (the one it uses on
+# macOS) keeps them on 127.0.0.1. Ray reads that switch when imported. Ray names its processes (``ray::DashboardAgent``)
+# with setproctitle, which by default writes the title over the process's environment block, so ``/proc/PID/environ``
+# lost the stack's mark and ``easel down`` could not find Ray's agents (they outlived the stack); ``SPT_NOENV`` makes
+# it write within the command line only. A value already in the environment wins.
+RAY_ENV = {
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
+    "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
+    "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
+    "RAY_max_direct_call_object_size": str(16 << 20),
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "SPT_NOENV": "1",
+}
+SINGLE_MACHINE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
+"""Left out when deploying onto a cluster off loopback (`address`): its nodes have addresses of their own. A cluster
+on loopback (nodes started with 127.0.0.1) needs it: without it Ray rewrites 127.0.0.1 to the machine's address."""
+WORKER_SETUP_HOOK = "serve.processes.ray_worker.setup"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def start_ray(opts: StackOptions, stack_id: str, dashboard_port: int):
+    """Start (or join, with ``opts.address``) Ray with Easel's settings; Ray's context and the dashboard's URL."""
+    one_machine = opts.address is None or is_loopback(opts.address.rsplit(":", 1)[0])
+    for name, value in RAY_ENV.items():
+        if one_machine or name not in SINGLE_MACHINE_ENV:
+            os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
+    os.environ[API_HOST_ENV] = opts.host
+    import ray
+
+    if opts.address:  # a cluster's workers get the settings from the job (its nodes were started elsewhere)
+        env = {name: os.environ[name] for name in (*RAY_ENV, API_HOST_ENV) if name in os.environ}
+        context = ray.init(
+            address=opts.address,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env},
+        )
+        return context, f"http://{context.dashboard_url}" if context.dashboard_url else None
+    gcs_env = storage_env(opts.store, opts.run_dir, stack_id, free_port())
+    shutil.rmtree(opts.run_dir / "gcs", ignore_errors=True)  # a GCS's state belongs to its own Ray
+    with environ(gcs_env):  # read by the GCS Ray starts
+        context = ray.init(
+            address="local",  # its own Ray always: with no address Ray joins the latest one this machine started
+            num_cpus=max(4, os.cpu_count() or 1),
+            include_dashboard=opts.dashboard,
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            configure_logging=True,
+            _temp_dir=None,
+            runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK},
+        )
+    _stop_log_monitor()
+    return context, f"http://{context.dashboard_url}" if opts.dashboard and context.dashboard_url else None
+
+
+@contextmanager
+def sigterm_kept() -> Iterator[None]:
+    """Keep this process's SIGTERM handler across the block (``ray.init``, which installs Ray's own).
+
+    Ray's handler waits up to 30 s for the node to drain, kills Ray's processes and exits, so a SIGTERM from
+    ``easel down`` skipped ``easel up``'s orderly :meth:`Stack.stop`. The stack's owner decides what SIGTERM does.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    handler = signal.getsignal(signal.SIGTERM) if main_thread else None
+    try:
+        yield
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _stop_log_monitor() -> None:
+    """Stop Ray's log monitor, which streams worker logs to drivers: with ``log_to_driver`` off nothing reads them.
+
+    It still polls the log folder ten times a second (1 % of a core here). The log files stay.
+    """
+    import ray
+
+    try:
+        ray._private.worker.global_worker.node.kill_log_monitor()
+    except Exception as error:  # Ray's private API: if it moves, the stack runs on with the monitor
+        logger.warning("Ray's log monitor left running: %s", error)
+
+
+def deploy(config, timeout_s: float) -> None:
+    """Deploy a Serve config the way ``serve run CONFIG`` does, and wait until every application runs."""
+    from ray import serve
+    from ray.serve._private import api as serve_api
+
+    client = serve_api.serve_start(
+        http_options=config.http_options.model_dump(),
+        grpc_options=config.grpc_options.model_dump(),
+        proxy_location=config.proxy_location,
+    )
+    client.deploy_apps(config, _blocking=False)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        apps = serve.status().applications
+        failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
+        if failed:
+            raise RuntimeError(f"Serve deployment failed: {failed}")
+        if apps and all(app.status == "RUNNING" for app in apps.values()):
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"Serve applications not running after {timeout_s:.0f} s")
+
+
+def wait_until_ready(api_url: str, timeout_s: float) -> None:
+    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` with the last answer if it does not."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{api_url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = f"{response.status_code} {response.text[:200]}"
+        except httpx.TransportError as error:
+            last = repr(error)
+        time.sleep(0.5)
+    raise TimeoutError(f"{api_url} not ready after {timeout_s:.0f} s: {last}")

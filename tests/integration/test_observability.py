@@ -93,10 +93,12 @@ def _icon() -> bytes:
     return dev_icon_png(ICONS_DEV / "val")
 
 
-def _vectorize(api, tier: str) -> httpx.Response:
-    return api.post(
-        "/v1/vectorize", files={"file": ("icon.png", _icon(), "image/png")}, data={"tier": tier, "validate": "true"}
-    )
+VECTORIZE_EXPERIMENT = "vectorize-ab"  # over the stack's vectorize version: the dashboard's variant panels have data
+
+
+def _vectorize(api, tier: str, **fields: str) -> httpx.Response:
+    data = {"tier": tier, "validate": "true", **fields}
+    return api.post("/v1/vectorize", files={"file": ("icon.png", _icon(), "image/png")}, data=data)
 
 
 def _exported(prometheus: str, expr: str, at_least: float, timeout_s: float = 45) -> None:
@@ -129,8 +131,8 @@ def _succeeds(api, job_id: str, timeout_s: float = 120) -> None:
 
 
 def _round(api, round_: int) -> list[int]:
-    """One burst: 4 concurrent generations (two with LoRAs, one from the approximate cache), every vectorize tier, a 400
-    and a 404, a cache hit and feedback on its image, two background jobs.
+    """One burst: 4 concurrent generations (two with LoRAs, one from the approximate cache), every vectorize tier and
+    one through an experiment, a 400 and a 404, a cache hit and feedback on its image, two background jobs.
 
     Each round's generations have seeds of their own (a repeated seed would be answered from the result cache).
     """
@@ -144,6 +146,7 @@ def _round(api, round_: int) -> list[int]:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
         statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]
     statuses.append(_vectorize(api, "default").status_code)
+    statuses.append(_vectorize(api, "1", experiment=VECTORIZE_EXPERIMENT, user=f"user-{round_}").status_code)
     statuses.append(api.post("/v1/images/generations", json={"prompt": ""}).status_code)
     statuses.append(api.get("/no-such-route").status_code)
     cached = api.post("/v1/images/generations", json=jobs[0])  # a cache hit
@@ -159,6 +162,8 @@ def load(stack, api, prometheus):
 
     Round 0 kills Triton (a 503, a vectorize fallback) and the supervisor restarts it; rounds 1 and 2 are normal.
     """
+    variants = {"policy": "bandit", "variants": ["vectorize.v1"]}
+    assert api.put(f"/v1/experiments/{VECTORIZE_EXPERIMENT}", json=variants).status_code == 200
     background = {"prompt": "x", "size": "64x64", "num_inference_steps": 2, "seed": 1, "background": True}
     with triton_killed(stack):
         statuses = [api.post("/v1/images/generations", json={"prompt": "x", "num_inference_steps": 2}).status_code]
@@ -211,7 +216,7 @@ def _poll(check, what: str):
 
 def test_load_got_the_answers_it_was_built_for(load):
     assert load[:2] == [503, 200]
-    assert load[2:] == ([200] * 9 + [400, 404, 200, 200] + [200, 200]) * ROUNDS
+    assert load[2:] == ([200] * 10 + [400, 404, 200, 200] + [200, 200]) * ROUNDS
 
 
 def test_prometheus_scrapes_triton_and_ray(prometheus, load):

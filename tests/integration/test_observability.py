@@ -162,7 +162,7 @@ def load(stack, api, prometheus):
 
     Round 0 kills Triton (a 503, a vectorize fallback) and the supervisor restarts it; rounds 1 and 2 are normal.
     """
-    variants = {"policy": "bandit", "variants": ["vectorize.v1"]}
+    variants = {"policy": "split", "variants": {"vectorize.v1": 1.0}}
     assert api.put(f"/v1/experiments/{VECTORIZE_EXPERIMENT}", json=variants).status_code == 200
     background = {"prompt": "x", "size": "64x64", "num_inference_steps": 2, "seed": 1, "background": True}
     with triton_killed(stack):

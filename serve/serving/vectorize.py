@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import replace
 
 from fastapi import Request
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import metrics
 from serve.errors import InvalidInput
+from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.images import base64_bytes
 from serve.vectorize.deployment import VectorizeResult
@@ -102,7 +102,7 @@ class Vectorizing:
             metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
             raise
         _observe_variant(result, time.perf_counter() - started, labels)
-        result = replace(result, id=f"vec-{uuid.uuid4().hex}", experiment=assignment.experiment)
+        result = replace(result, id=new_image_id(), experiment=assignment.experiment)
         await asyncio.to_thread(self._recorded, result, assignment, options.target_quality)
         return result
 

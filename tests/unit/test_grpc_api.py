@@ -83,8 +83,8 @@ def test_a_vectorize_experiment_and_user_travel_as_the_http_api_s_fields_and_the
     assert refused.value.field == "experiment" and refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
     result = VectorizeResult("<svg/>", "1", "1", "asked", None, {}, None, None, False, 6, 0, None, 2)
     assert not grpc_api.vectorize_reply(result).HasField("experiment")  # no experiment chose the version
-    reply = grpc_api.vectorize_reply(replace(result, id="vec-1", experiment="vab"))
-    assert (reply.experiment, reply.id, reply.model_version) == ("vab", "vec-1", 2)
+    reply = grpc_api.vectorize_reply(replace(result, id="img_1", experiment="vab"))
+    assert (reply.experiment, reply.id, reply.model_version) == ("vab", "img_1", 2)
 
 
 def test_the_result_says_the_steps_the_approximate_cache_skipped_only_when_it_was_asked():

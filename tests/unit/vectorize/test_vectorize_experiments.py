@@ -13,6 +13,7 @@ import pytest
 
 from serve import metrics
 from serve.errors import InvalidInput
+from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import ExperimentSpec
 from serve.experiments.sqlite import SqliteExperimentStore
 from serve.experiments.traffic import Experiments
@@ -64,7 +65,7 @@ def test_a_split_keeps_each_user_on_one_version_and_halves_the_users(vectorizing
     assert again == {user: first[user] for user in again}
     assert 0.4 < Counter(first.values())[2] / len(first) < 0.6
     result = _ask(vectorizing, user="someone")
-    assert result.experiment == "ab" and result.id.startswith("vec-")
+    assert result.experiment == "ab" and FeedbackRequest(image_id=result.id, reward=1.0)  # an id feedback takes
 
 
 def test_the_bandit_moves_80_percent_to_the_better_version_within_300_requests_on_measured_ssim(vectorizing):

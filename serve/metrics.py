@@ -190,8 +190,9 @@ REWARD_BUCKETS = (0.125, 0.375, 0.625, 0.875, 1.0)
 VARIANT_REQUESTS = MetricSpec(
     "easel_variant_requests",
     "counter",
-    "Generations by the model that served them (variant) and the experiment (alias) that chose it (none: the "
-    "request named the model), by outcome (ok, error).",
+    "Generations and vectorize answers by the model that served them (variant) and the experiment (alias) that chose "
+    "it (none: the request named the model), by outcome (ok; error; fallback: a vectorize answer given with vtracer's "
+    "defaults instead of the variant's pick).",
     ("experiment", "variant", "outcome"),
 )
 VARIANT_LATENCY = MetricSpec(
@@ -208,6 +209,24 @@ VARIANT_REWARD = MetricSpec(
     "_sum / _count is the mean reward.",
     ("experiment", "variant"),
     REWARD_BUCKETS,
+)
+SSIM_BUCKETS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99, 1.0)
+SVG_BYTES_BUCKETS = tuple(float(2**k) for k in range(10, 23))
+"""1 KiB to 4 MiB, doubling."""
+VARIANT_SSIM = MetricSpec(
+    "easel_variant_ssim",
+    "histogram",
+    "Measured SSIM (the SVG rendered back against the input: validate, or a recorded answer) of vectorize answers "
+    "through an experiment, by experiment and variant (vectorize.vN): _sum / _count is the mean.",
+    ("experiment", "variant"),
+    SSIM_BUCKETS,
+)
+VARIANT_SVG_BYTES = MetricSpec(
+    "easel_variant_svg_bytes",
+    "histogram",
+    "SVG bytes of vectorize answers through an experiment, by experiment and variant (vectorize.vN).",
+    ("experiment", "variant"),
+    SVG_BYTES_BUCKETS,
 )
 EXPERIMENT_FEEDBACK = MetricSpec(
     "easel_experiment_feedback",
@@ -274,6 +293,8 @@ ALL = (
     VARIANT_REQUESTS,
     VARIANT_LATENCY,
     VARIANT_REWARD,
+    VARIANT_SSIM,
+    VARIANT_SVG_BYTES,
     EXPERIMENT_FEEDBACK,
     ADAPTER_LOADS,
     ADAPTER_LOAD_SECONDS,

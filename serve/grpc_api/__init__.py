@@ -175,7 +175,10 @@ def svg_image(result) -> easel_pb2.Image:
 
 
 def vectorize_reply(result) -> easel_pb2.VectorizeReply:
-    """A ``VectorizeReply`` from the Vectorizer's :class:`~serve.vectorize.deployment.VectorizeResult`."""
+    """A ``VectorizeReply`` from the Vectorizer's :class:`~serve.vectorize.deployment.VectorizeResult`.
+
+    Through an experiment it names the experiment and the answer's id (for ``Feedback``).
+    """
     return easel_pb2.VectorizeReply(
         svg=result.svg,
         tier=result.tier,
@@ -184,6 +187,8 @@ def vectorize_reply(result) -> easel_pb2.VectorizeReply:
         ssim=result.ssim,
         fallback=result.fallback,
         model_version=result.model_version,
+        experiment=result.experiment,
+        id=result.id,
     )
 
 

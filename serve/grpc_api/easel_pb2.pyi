@@ -155,7 +155,7 @@ class GenerateEvent(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[Images, _Mapping]] = ...) -> None: ...
 
 class VectorizeRequest(_message.Message):
-    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality", "prefer", "model_version")
+    __slots__ = ("image", "tier", "validate", "priority", "time_budget_ms", "target_quality", "prefer", "model_version", "experiment", "user")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +164,8 @@ class VectorizeRequest(_message.Message):
     TARGET_QUALITY_FIELD_NUMBER: _ClassVar[int]
     PREFER_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     tier: str
     validate: bool
@@ -172,10 +174,12 @@ class VectorizeRequest(_message.Message):
     target_quality: float
     prefer: str
     model_version: int
-    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ..., prefer: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    experiment: str
+    user: str
+    def __init__(self, image: _Optional[bytes] = ..., tier: _Optional[str] = ..., validate: _Optional[bool] = ..., priority: _Optional[str] = ..., time_budget_ms: _Optional[float] = ..., target_quality: _Optional[float] = ..., prefer: _Optional[str] = ..., model_version: _Optional[int] = ..., experiment: _Optional[str] = ..., user: _Optional[str] = ...) -> None: ...
 
 class VectorizeReply(_message.Message):
-    __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback", "model_version")
+    __slots__ = ("svg", "tier", "requested_tier", "why", "ssim", "fallback", "model_version", "experiment", "id")
     SVG_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_TIER_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +187,8 @@ class VectorizeReply(_message.Message):
     SSIM_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
     svg: str
     tier: str
     requested_tier: str
@@ -190,7 +196,9 @@ class VectorizeReply(_message.Message):
     ssim: float
     fallback: str
     model_version: int
-    def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ..., model_version: _Optional[int] = ...) -> None: ...
+    experiment: str
+    id: str
+    def __init__(self, svg: _Optional[str] = ..., tier: _Optional[str] = ..., requested_tier: _Optional[str] = ..., why: _Optional[str] = ..., ssim: _Optional[float] = ..., fallback: _Optional[str] = ..., model_version: _Optional[int] = ..., experiment: _Optional[str] = ..., id: _Optional[str] = ...) -> None: ...
 
 class TierPrediction(_message.Message):
     __slots__ = ("tier", "ssim", "bytes")

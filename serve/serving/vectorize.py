@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from dataclasses import replace
 
 from fastapi import Request
@@ -15,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import metrics
 from serve.errors import InvalidInput
+from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.images import base64_bytes
 from serve.vectorize.deployment import VectorizeResult
@@ -57,6 +57,15 @@ def measured_reward(ssim: float, target_quality: float | None) -> float:
     return 1.0 if ssim >= (REWARD_SSIM if target_quality is None else target_quality) else 0.0
 
 
+def _observe_variant(result: VectorizeResult, seconds: float, labels: dict[str, str]) -> None:
+    """An experiment's answer on the vectorize dashboard: its variant's latency, outcome, bytes and measured SSIM."""
+    metrics.observe(metrics.VARIANT_LATENCY, seconds, **labels)
+    metrics.count(metrics.VARIANT_REQUESTS, outcome="fallback" if result.fallback else "ok", **labels)
+    metrics.observe(metrics.VARIANT_SVG_BYTES, result.bytes, **labels)
+    if result.ssim is not None:
+        metrics.observe(metrics.VARIANT_SSIM, result.ssim, **labels)
+
+
 class Vectorizing:
     """Vectorize requests answered by the ``Vectorizer`` deployment; its model versions changed by the residency.
 
@@ -86,12 +95,14 @@ class Vectorizing:
         if assignment is None:
             return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
         options = options.model_copy(update={"model_version": variant_version(assignment.model)})
-        started = time.perf_counter()
-        result = await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
-        labels = {"experiment": assignment.label, "variant": assignment.model}
-        metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
-        metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
-        result = replace(result, id=f"vec-{uuid.uuid4().hex}", experiment=assignment.experiment)
+        labels, started = {"experiment": assignment.label, "variant": assignment.model}, time.perf_counter()
+        try:
+            result = await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
+        except Exception:
+            metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
+            raise
+        _observe_variant(result, time.perf_counter() - started, labels)
+        result = replace(result, id=new_image_id(), experiment=assignment.experiment)
         await asyncio.to_thread(self._recorded, result, assignment, options.target_quality)
         return result
 

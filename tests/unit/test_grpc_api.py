@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -14,6 +15,7 @@ from serve.errors import InvalidInput, NotReady
 from serve.grpc_api import easel_pb2, generation_request, vectorize_options
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
 from serve.routes import ROUTES, rpc_route
+from serve.vectorize.deployment import VectorizeResult
 from tests.bad_requests import deeply_nested
 
 PROTO = Path("serve/grpc_api/easel.proto")
@@ -69,6 +71,20 @@ def test_adapters_travel_as_the_http_api_s_fields():
     request = generation_request(message)
     assert [(lora.name, lora.scale) for lora in request.loras] == [("style", 0.5), ("line", 1.0)]
     assert request.ip_adapter_image == "cG5nIGJ5dGVz" and request.ip_adapter_scale == {"up": {"block_0": [0, 1, 0]}}
+
+
+def test_a_vectorize_experiment_and_user_travel_as_the_http_api_s_fields_and_the_reply_names_them():
+    message = easel_pb2.VectorizeRequest(image=b"png", experiment="vab", user="ana")
+    options = vectorize_options(message)
+    assert (options.experiment, options.user) == ("vab", "ana")
+    assert vectorize_options(easel_pb2.VectorizeRequest(image=b"png")).experiment is None
+    with pytest.raises(InvalidInput) as refused:
+        vectorize_options(easel_pb2.VectorizeRequest(image=b"png", experiment=""))
+    assert refused.value.field == "experiment" and refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
+    result = VectorizeResult("<svg/>", "1", "1", "asked", None, {}, None, None, False, 6, 0, None, 2)
+    assert not grpc_api.vectorize_reply(result).HasField("experiment")  # no experiment chose the version
+    reply = grpc_api.vectorize_reply(replace(result, id="img_1", experiment="vab"))
+    assert (reply.experiment, reply.id, reply.model_version) == ("vab", "img_1", 2)
 
 
 def test_the_result_says_the_steps_the_approximate_cache_skipped_only_when_it_was_asked():

@@ -4,9 +4,11 @@ It serves tiny random-weight upscalers too, saved in the community files' layout
 is no upscaler is listed with why), so the finishing routes are tested on the same stack.
 """
 
+import grpc
 import pytest
 
 from build_engines.finishing.random_weights import random_upscaler, save_upscaler
+from serve.grpc_api import easel_pb2_grpc
 from serve.stack import Stack, StackOptions
 
 UPSCALERS = {"x4": ("RRDBNet", 4, "RealESRGAN_x4plus.pth"), "general": ("SRVGGNetCompact", 4, "general.pth")}
@@ -32,3 +34,10 @@ def stack(tmp_path_factory, upscaler_files):
     )
     with Stack(options) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def easel(stack):
+    """A stub of the stack's gRPC API."""
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        yield easel_pb2_grpc.EaselStub(channel)

@@ -5,7 +5,7 @@ import base64
 import grpc
 import pytest
 
-from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.grpc_api import easel_pb2
 from serve.paths import ICONS_DEV
 from tests.bad_requests import BAD_GENERATIONS, as_message, deeply_nested
 from tests.images import dev_icon_png
@@ -14,13 +14,6 @@ from tests.integration.conftest import assert_unet_goes_quiet
 pytestmark = pytest.mark.integration
 
 REQUEST = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 5, "seed": 11, "scheduler": "euler"}
-
-
-@pytest.fixture(scope="module")
-def easel(stack):
-    """A stub of the stack's gRPC API."""
-    with grpc.insecure_channel(stack.info.grpc_address) as channel:
-        yield easel_pb2_grpc.EaselStub(channel)
 
 
 def test_generate_streams_one_progress_event_per_step_then_the_http_api_s_image(api, easel):

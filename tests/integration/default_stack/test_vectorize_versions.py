@@ -1,12 +1,15 @@
-"""Vectorize model versions on the shared stack: side by side, replaced under requests, rolled back, refused."""
+"""Vectorize model versions on the shared stack: side by side, replaced under requests, rolled back, refused; an A/B
+split over them, on HTTP and gRPC alike."""
 
 import json
 import shutil
 import threading
 
+import grpc
 import pytest
 
 from build_engines.vectorize.runtime import TRAINED_DIR
+from serve.grpc_api import easel_pb2
 from serve.vectorize.params import DEFAULTS, to_vector
 from serve.vectorize.tiers import TIER1_FILE
 from tests.integration.default_stack.test_vectorize import _val_icons
@@ -89,7 +92,7 @@ def test_bad_version_changes_are_400s_naming_the_field_and_install_nothing(api, 
     assert [v["version"] for v in api.get(MODELS).json()["data"]] == [1]
 
 
-def test_two_versions_under_a_50_50_split_each_user_keeps_its_version(api, other_trained):
+def test_two_versions_under_a_50_50_split_each_user_keeps_its_version_over_http_and_grpc(api, easel, other_trained):
     icon = _val_icons(1)[0]
     added = api.post(MODELS, json={"trained_dir": str(other_trained)}).json()["version"]
     variants = {"vectorize.v1": 0.5, f"vectorize.v{added}": 0.5}
@@ -110,6 +113,16 @@ def test_two_versions_under_a_50_50_split_each_user_keeps_its_version(api, other
             assert str(body["model_version"]) == response.headers["Easel-Model-Version"] and body["id"]
             assert served.setdefault(user, body["model_version"]) == body["model_version"]  # sticky
         assert 6 <= list(served.values()).count(added) <= 18  # about half of 24 users
+        for user in list(served)[:8]:  # gRPC: the same Vectorizing, the same assignment
+            message = easel_pb2.VectorizeRequest(image=icon, **TIER1, experiment="vab", user=user)
+            reply = easel.Vectorize(message, timeout=60)
+            assert (reply.model_version, reply.experiment) == (served[user], "vab") and reply.id.startswith("img_")
+        rated = easel.Feedback(easel_pb2.FeedbackRequest(image_id=reply.id, rating=5), timeout=30)
+        assert (rated.model, rated.experiment) == (f"vectorize.v{reply.model_version}", "vab")
+        with pytest.raises(grpc.RpcError) as refused:
+            easel.Vectorize(easel_pb2.VectorizeRequest(image=icon, experiment="no-such"), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.details().startswith("experiment:"), refused.value.details()
     finally:
         api.delete("/v1/experiments/vab")
         api.delete(f"{MODELS}/{added}")

@@ -92,6 +92,12 @@ _ENGINE_DIR = (
     "the activation pool"
 )
 _ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by reading and loading it"
+_VECTORIZE_MODELS = "/v1/vectorize/models"
+_ONE_OF_THEM = "exactly one of trained_dir and version"
+_TRAINED_DIR = (
+    "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
+    "policy's ONNX files with the inputs and outputs the ensemble wires, and a readable tier1.json)"
+)
 _IMAGE = "whether bytes are an image is known by decoding them"
 _GENERATION_LIMITS = (
     UnstatedLimit(
@@ -311,6 +317,23 @@ UNSTATED_LIMITS = (
     ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
+    *(
+        UnstatedLimit(method, _VECTORIZE_MODELS, ("body",), "one of them", _ONE_OF_THEM, "a rule across two fields")
+        for method in ("post", "put")
+    ),
+    UnstatedLimit("post", _VECTORIZE_MODELS, ("version",), "", "POST takes a trained_dir only", "a rule per method"),
+    *(
+        UnstatedLimit(method, _VECTORIZE_MODELS, ("trained_dir",), "trained_dir:", _TRAINED_DIR, _ON_THE_MACHINE)
+        for method in ("post", "put")
+    ),
+    UnstatedLimit(
+        "put",
+        _VECTORIZE_MODELS,
+        ("version",),
+        "no vectorize version",
+        "an installed version",
+        "the versions are the stack's",
+    ),
     UnstatedLimit(
         "post",
         _VECTORIZE,

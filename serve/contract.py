@@ -19,6 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve.finishing.schema import UpscaleJson, UpscaleOptions
+from serve.finishing.upscalers import MAX_OUTPUT_PIXELS
 from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route
@@ -77,7 +79,7 @@ class UnstatedLimit:
 
 
 _GENERATIONS, _EDITS, _VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
-_ANALYZE = "/v1/vectorize/analyze"
+_ANALYZE, _UPSCALE = "/v1/vectorize/analyze", "/v1/images/upscale"
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
 _LORAS, _LORA = "/v1/loras", "/v1/loras/{name}"
@@ -93,6 +95,8 @@ _ENGINE_DIR = (
 )
 _ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by reading and loading it"
 _VECTORIZE_MODELS = "/v1/vectorize/models"
+_UPSCALER = "an upscaler GET /v1/upscalers lists as ready, at a scale from 1 up to its own"
+_THE_STACK_S_UPSCALERS = "the upscalers are the stack's"
 _ONE_OF_THEM = "exactly one of trained_dir and version"
 _TRAINED_DIR = (
     "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
@@ -317,6 +321,25 @@ UNSTATED_LIMITS = (
     ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
+    UnstatedLimit("post", _UPSCALE, ("upscaler",), "upscaler", _UPSCALER, _THE_STACK_S_UPSCALERS),
+    UnstatedLimit("post", _UPSCALE, ("scale",), "is outside", _UPSCALER, _THE_STACK_S_UPSCALERS),
+    UnstatedLimit(
+        "post",
+        _UPSCALE,
+        ("image", "scale"),
+        "",
+        f"an image that decodes (PNG, JPEG, WebP, ...) whose upscaled size is at most {MAX_OUTPUT_PIXELS} pixels",
+        f"{_IMAGE}, and its size by reading its header",
+    ),
+    UnstatedLimit("post", _GENERATIONS, ("upscale.upscaler", "upscale.scale"), "", _UPSCALER, _THE_STACK_S_UPSCALERS),
+    UnstatedLimit(
+        "post",
+        _VECTORIZE,
+        ("experiment",),
+        "no experiment",
+        "an experiment over vectorize versions (vectorize.vN) that GET /v1/experiments lists",
+        "the experiments are the stack's",
+    ),
     *(
         UnstatedLimit(method, _VECTORIZE_MODELS, ("body",), "one of them", _ONE_OF_THEM, "a rule across two fields")
         for method in ("post", "put")
@@ -326,13 +349,9 @@ UNSTATED_LIMITS = (
         UnstatedLimit(method, _VECTORIZE_MODELS, ("trained_dir",), "trained_dir:", _TRAINED_DIR, _ON_THE_MACHINE)
         for method in ("post", "put")
     ),
-    UnstatedLimit(
-        "put",
-        _VECTORIZE_MODELS,
-        ("version",),
-        "no vectorize version",
-        "an installed version",
-        "the versions are the stack's",
+    *(
+        UnstatedLimit(method, path, ("version",), "no vectorize version", "an installed version", "the stack's")
+        for method, path in (("put", _VECTORIZE_MODELS), ("delete", f"{_VECTORIZE_MODELS}/{{version}}"))
     ),
     UnstatedLimit(
         "post",
@@ -433,6 +452,27 @@ def _vectorize_body(components: dict) -> dict:
     }
 
 
+def _upscale_body(components: dict) -> dict:
+    """``/v1/images/upscale``'s two encodings: multipart (an ``image`` file + option fields), JSON (base64)."""
+    _add_schema(components, UpscaleJson)
+    options = _add_schema(components, UpscaleOptions)
+    fields = {name: _not_null(schema) for name, schema in options["properties"].items()}
+    form = {
+        "type": "object",
+        "required": ["image", *options.get("required", [])],
+        "properties": {"image": _BINARY | {"description": "The PNG/JPEG/... file."}, **fields},
+        "additionalProperties": options.get("additionalProperties", False),
+    }
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": form},
+            "application/json": {"schema": {"$ref": "#/components/schemas/UpscaleJson"}},
+        },
+        "description": "The image and the upscaler, as a form or as JSON with the image in base64.",
+    }
+
+
 def _edit_body(components: dict) -> dict:
     """``/v1/images/edits``' multipart body: the generation's fields, its images as files."""
     request = _add_schema(components, GenerationRequest)
@@ -503,6 +543,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             "application/json": {"schema": {"type": "object"}},
         },
     }
+    document["paths"][_UPSCALE]["post"]["requestBody"] = _upscale_body(components)
     analyze = document["paths"][_ANALYZE]["post"]
     analyze["requestBody"] = _vectorize_body(components)
     analyze["responses"]["200"] = {

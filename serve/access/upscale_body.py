@@ -34,7 +34,7 @@ async def read_upscale_request(request: Request) -> UpscaleBody:
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=4)
+            form = await request.form(max_files=1, max_fields=len(UpscaleOptions.model_fields))
         except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
             raise InvalidInput(f"body: {error.detail} (one file part, 'image', and the options)", "body") from None
         upload = form.get("image")

@@ -28,7 +28,7 @@ async def read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOpti
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         try:
-            form = await request.form(max_files=1, max_fields=8)
+            form = await request.form(max_files=1, max_fields=len(VectorizeOptions.model_fields))
         except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
             field = "file" if "files" in str(error.detail) else "body"
             raise InvalidInput(f"{field}: {error.detail} (one file part, 'file', and the options)", field) from None

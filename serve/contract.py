@@ -429,48 +429,35 @@ def _not_null(schema: dict) -> dict:
     return rest | kinds[0]
 
 
-def _vectorize_body(components: dict) -> dict:
-    """``/v1/vectorize``'s three encodings: multipart (``file`` + option fields), JSON (base64), a raw image."""
-    _add_schema(components, VectorizeJson)
-    options = _add_schema(components, VectorizeOptions)
+def _upload_body(components: dict, options_model: type[BaseModel], json_model: type[BaseModel], **how) -> dict:
+    """A body read by hand: multipart (a file part + the options' fields) or JSON (the image in base64).
+
+    ``how``: ``file`` (the file part's name), ``description``, and ``raw`` (the bare image too, its options in the
+    query string).
+    """
+    _add_schema(components, json_model)
+    options = _add_schema(components, options_model)
     fields = {name: _not_null(schema) for name, schema in options["properties"].items()}
     form = {
         "type": "object",
-        "required": ["file"],
-        "properties": {"file": _BINARY | {"description": "The PNG/JPEG/... file."}, **fields},
-        "additionalProperties": options["additionalProperties"],
-    }
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": form},
-            "application/json": {"schema": {"$ref": "#/components/schemas/VectorizeJson"}},
-            "image/png": {"schema": _BINARY},
-            "image/jpeg": {"schema": _BINARY},
-        },
-        "description": "The image, in one of three encodings; with image/*, the options go in the query string.",
-    }
-
-
-def _upscale_body(components: dict) -> dict:
-    """``/v1/images/upscale``'s two encodings: multipart (an ``image`` file + option fields), JSON (base64)."""
-    _add_schema(components, UpscaleJson)
-    options = _add_schema(components, UpscaleOptions)
-    fields = {name: _not_null(schema) for name, schema in options["properties"].items()}
-    form = {
-        "type": "object",
-        "required": ["image", *options.get("required", [])],
-        "properties": {"image": _BINARY | {"description": "The PNG/JPEG/... file."}, **fields},
+        "required": [how["file"], *options.get("required", [])],
+        "properties": {how["file"]: _BINARY | {"description": "The PNG/JPEG/... file."}, **fields},
         "additionalProperties": options.get("additionalProperties", False),
     }
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": form},
-            "application/json": {"schema": {"$ref": "#/components/schemas/UpscaleJson"}},
-        },
-        "description": "The image and the upscaler, as a form or as JSON with the image in base64.",
+    content = {
+        "multipart/form-data": {"schema": form},
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{json_model.__name__}"}},
     }
+    if how.get("raw"):
+        content |= {"image/png": {"schema": _BINARY}, "image/jpeg": {"schema": _BINARY}}
+    return {"required": True, "content": content, "description": how["description"]}
+
+
+_VECTORIZE_BODY = {
+    "file": "file",
+    "raw": True,
+    "description": "The image, in one of three encodings; with image/*, the options go in the query string.",
+}
 
 
 def _edit_body(components: dict) -> dict:
@@ -535,7 +522,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
     vectorize = document["paths"][_VECTORIZE]["post"]
-    vectorize["requestBody"] = _vectorize_body(components)
+    vectorize["requestBody"] = _upload_body(components, VectorizeOptions, VectorizeJson, **_VECTORIZE_BODY)
     vectorize["responses"]["200"] = {
         "description": "The SVG (image/svg+xml), or with Accept: application/json the SVG, its tier and timings.",
         "content": {
@@ -543,9 +530,12 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             "application/json": {"schema": {"type": "object"}},
         },
     }
-    document["paths"][_UPSCALE]["post"]["requestBody"] = _upscale_body(components)
+    upscale = {"file": "image", "description": "The image and the upscaler: a form, or JSON with the image in base64."}
+    document["paths"][_UPSCALE]["post"]["requestBody"] = _upload_body(
+        components, UpscaleOptions, UpscaleJson, **upscale
+    )
     analyze = document["paths"][_ANALYZE]["post"]
-    analyze["requestBody"] = _vectorize_body(components)
+    analyze["requestBody"] = _upload_body(components, VectorizeOptions, VectorizeJson, **_VECTORIZE_BODY)
     analyze["responses"]["200"] = {
         "description": "The image's features, class (with a confidence), the tier chosen and each tier's predicted "
         "SSIM and bytes, as JSON; nothing is converted.",

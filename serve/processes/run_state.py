@@ -21,7 +21,7 @@ import psutil
 
 from serve.paths import run_dir
 from serve.processes.managed import STACK_ENV
-from serve.processes.signals import stack_processes, stop_stack_processes, terminate
+from serve.processes.signals import process_name, stack_processes, stop_stack_processes, terminate
 
 STATE_FILE = "state.json"
 
@@ -167,7 +167,7 @@ def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> S
         return Stopped(recorded=False)
     was_alive = info.alive()
     marked = stack_processes(info.stack_id)
-    ran = Counter(_name(process) for process in marked)
+    ran = Counter(process_name(process) for process in marked)
     helpers = _stop_helpers(folder)
     if was_alive and info.phase == READY:
         terminate([psutil.Process(info.pid)], READY_GRACE_S if grace_s is None else grace_s)
@@ -177,13 +177,6 @@ def stop_recorded(folder: Path | None = None, grace_s: float | None = None) -> S
     state_path(folder).unlink(missing_ok=True)
     processes = tuple(f"{name} ({n})" if n > 1 else name for name, n in sorted(ran.items()))
     return Stopped(True, was_alive, leftovers, info.phase, info.pid, processes, tuple(helpers))
-
-
-def _name(process: psutil.Process) -> str:
-    try:
-        return process.name()
-    except psutil.Error:
-        return "?"
 
 
 @contextmanager

@@ -55,7 +55,8 @@ def terminate(processes: list[psutil.Process], grace_s: float = 10.0) -> list[ps
         _send(process, signal.SIGTERM)
     _, alive = psutil.wait_procs(processes, timeout=grace_s)
     for process in alive:
-        logger.warning("pid %d (%s) ignored SIGTERM for %.0f s; killing it", process.pid, _name(process), grace_s)
+        name = process_name(process)
+        logger.warning("pid %d (%s) ignored SIGTERM for %.0f s; killing it", process.pid, name, grace_s)
         _send(process, signal.SIGKILL)
     psutil.wait_procs(alive, timeout=10)
     return alive
@@ -80,7 +81,8 @@ def _send(process: psutil.Process, signum: int) -> None:
         pass
 
 
-def _name(process: psutil.Process) -> str:
+def process_name(process: psutil.Process) -> str:
+    """A process's name, or ``?`` once it has gone."""
     try:
         return process.name()
     except psutil.Error:

@@ -1,4 +1,4 @@
-"""Adapters at serving time: LoRA and IP-Adapter (see docs/ARCHITECTURE.md, "Adapters")."""
+"""Adapters at serving time: LoRA and IP-Adapter (see docs/DECISIONS.md, "Adapters")."""
 
 from __future__ import annotations
 

@@ -25,7 +25,10 @@ class UpscaleOptions(BaseModel):
 
     upscaler: str = Field(description="An upscaler of this stack (GET /v1/upscalers).")
     scale: float | None = Field(
-        None, description="1 up to the upscaler's scale (default: its own); a lower one resizes its output down."
+        None,
+        ge=1,
+        le=MAX_UPSCALE,
+        description="1 up to the upscaler's scale (default: its own); a lower one resizes its output down.",
     )
 
 
@@ -41,7 +44,9 @@ class UpscaleChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     upscaler: str = Field(min_length=1, max_length=64, description="An upscaler of this stack (GET /v1/upscalers).")
-    scale: float | None = Field(None, ge=1, description="1 up to the upscaler's scale (default: its own).")
+    scale: float | None = Field(
+        None, ge=1, le=MAX_UPSCALE, description="1 up to the upscaler's scale (default: its own)."
+    )
     denoise: float | None = Field(
         None,
         gt=0,

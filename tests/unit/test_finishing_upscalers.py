@@ -12,8 +12,10 @@ from build_engines.finishing.random_weights import random_upscaler, save_upscale
 from build_engines.finishing.upscalers import build_upscalers, export_upscaler
 from serve.errors import InvalidInput
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
+from serve.finishing.schema import MAX_UPSCALE, UpscaleOptions
 from serve.finishing.tiles import Tiling
 from serve.finishing.upscalers import Upscalers
+from serve.text_to_image.schema import GenerationRequest
 from serve.triton.onnx_backend import make_session
 
 
@@ -142,3 +144,12 @@ def test_the_module_matches_spandrel_on_the_same_file_where_spandrel_imports(tmp
     image = torch.rand(1, 3, 24, 24)
     with torch.no_grad():
         torch.testing.assert_close(recognise(state).module(state)(image), theirs.model.eval()(image))
+
+
+@pytest.mark.parametrize("scale", [0.5, MAX_UPSCALE + 0.5, 7.7e307])
+def test_a_scale_outside_1_to_the_largest_upscale_is_refused_by_the_schema_naming_it(scale):
+    """Before pricing: a huge scale once overflowed the price's pixel count (a 503 instead of a 400)."""
+    with pytest.raises(ValueError, match="scale"):
+        UpscaleOptions.model_validate({"upscaler": "x4", "scale": scale})
+    with pytest.raises(ValueError, match=r"upscale\.scale"):
+        GenerationRequest.model_validate({"prompt": "x", "upscale": {"upscaler": "x4", "scale": scale}})

@@ -1,7 +1,7 @@
 """Schemathesis against the running stack: what the OpenAPI document says is what the API does.
 
-Every check runs on every operation, positive-data acceptance included: a schema-valid request may be refused only
-for a limit of :data:`serve.contract.UNSTATED_LIMITS` (the document lists them under the status they answer). Then
+Every check runs on every operation, positive-data acceptance included: a schema-valid request may be refused only for
+a limit of :data:`serve.contract.limits.UNSTATED_LIMITS` (the document lists them under the status they answer). Then
 the stateful phase: sequences of calls linked by what one answer gives the next (a job's id, an experiment's name),
 every check on each step. Both run with an ``admin`` key and with a key that may only ``generate`` (its other routes
 are 403s, which the document declares). One stack for all. The stack's cost ceiling is tiny, so most schema-valid
@@ -18,7 +18,7 @@ from schemathesis.core.transport import Response
 
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
-from serve.contract import unstated_limit
+from serve.contract.limits import unstated_limit
 from serve.routes import Scope
 from serve.stack import scratch_stack
 

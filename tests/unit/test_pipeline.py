@@ -9,7 +9,7 @@ import pytest
 
 from build_engines.text_to_image.controlnets import controlnet_support
 from loadtests.benchmarks.torch_runner import TorchRunner
-from serve.contract import unstated_limit
+from serve.contract.limits import unstated_limit
 from serve.errors import InvalidInput
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Control, Generation, SamplingParams

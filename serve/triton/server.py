@@ -257,6 +257,8 @@ class TritonServer:
         if not broken and now - self._last_canary >= self.canary_interval_s:
             self._last_canary = now
             broken = self._models_failing_canary()
+        still_loaded = self.loaded()  # parked meanwhile: unloaded on purpose by the residency, not broken
+        broken = {model: why for model, why in broken.items() if model in still_loaded}
         if not broken:
             return None
         for model, why in broken.items():

@@ -205,6 +205,31 @@ def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_superviso
         server.managed.process.wait()
 
 
+def test_a_model_parked_while_its_canary_runs_is_not_reloaded(tmp_path, monkeypatch):
+    """The residency parks a model (then unloads it) while the canaries run: its failed canary is not a fault."""
+    from serve.triton.residency import write_parked
+    from serve.triton.server import TritonServer
+    from serve.vectorize.spec import FEATURES
+
+    parked = tmp_path / "parked.json"
+    server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES], parked=parked)
+    reloads = []
+    monkeypatch.setattr(server, "reload", reloads.append)
+    monkeypatch.setattr(server, "_models_without_stub", dict)
+    monkeypatch.setattr(server, "_next_http_check", float("inf"))
+
+    def unloaded_meanwhile() -> dict[str, str]:
+        write_parked(parked, [FEATURES.name])
+        return {FEATURES.name: "canary inference failed: unknown model"}
+
+    monkeypatch.setattr(server, "_models_failing_canary", unloaded_meanwhile)
+    assert server.check() is None and reloads == []
+    parked.unlink()  # loaded again: the same failure is a fault, and the model is reloaded
+    monkeypatch.setattr(server, "_models_failing_canary", lambda: {FEATURES.name: "canary inference failed"})
+    server._last_canary = 0.0
+    assert server.check() is not None and reloads == [FEATURES.name]
+
+
 def test_the_grpc_proxy_answers_unavailable_for_a_call_whose_replica_died_and_leaves_other_statuses():
     import grpc
     from ray.exceptions import ActorDiedError

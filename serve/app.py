@@ -28,7 +28,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, vectorize_routes
-from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body
+from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body, request_priced
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
 from serve.errors import EaselError, RouteError, invalid_input
@@ -240,11 +240,10 @@ async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()]) 
 
 async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse:
     """A generation, whichever route it came by: a job (background) or the answer."""
-    gateway, request, key = serving(http), request_body(http), caller(http)
-    owner = job_owner(key)
-    if request.background:
-        return await gateway.jobs.submit(request, owner, headers.idempotency_key, key)
-    return await gateway.generations.answer(request, owner and owner.key_id, headers.fresh, key)
+    gateway, admitted, owner = serving(http), request_priced(http).admitted, job_owner(caller(http))
+    if admitted.request.background:
+        return await gateway.jobs.submit(admitted, owner, headers.idempotency_key)
+    return await gateway.generations.answer(admitted, owner and owner.key_id, headers.fresh)
 
 
 for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
@@ -392,7 +391,7 @@ class Gateway:
             share_caches=share_caches,
             upscaling=self.upscaling,
         )
-        open_access(store_url, self.generations.price)  # the doors' one price: the model's work in the live table
+        open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -412,8 +411,8 @@ class Gateway:
         """
         try:
             parse = partial(grpc_api.generation_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Generate", parse) as (key, request):
-                async for event in self.generations.events(request, key):
+            async with call_admitted(grpc_context, "Generate", parse) as (key, _, priced):
+                async for event in self.generations.events(priced.admitted, key):
                     yield event
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -422,7 +421,7 @@ class Gateway:
         """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
             parse = partial(grpc_api.feedback_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback):
+            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback, _):
                 return grpc_api.feedback_reply(await self.experiments.rate(feedback, key))
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
@@ -431,7 +430,7 @@ class Gateway:
         """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
             parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options)):
+            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options), _):
                 result = await self.vectorizing.vectorize(image, options)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
@@ -441,7 +440,7 @@ class Gateway:
         """The gRPC ``easel.v1.Easel/Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
         try:
             parse = partial(grpc_api.vectorize_request, message, "Analyze")  # once the key is known good
-            async with call_admitted(grpc_context, "Analyze", parse) as (_, (image, options)):
+            async with call_admitted(grpc_context, "Analyze", parse) as (_, (image, options), _):
                 analysis = await self.vectorizing.analysis(image, options)
             return grpc_api.analyze_reply(analysis)
         except Exception as error:

@@ -13,9 +13,9 @@ gRPC calls take the same steps, the key in metadata ``authorization``, checked b
 
 A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
 (:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
-(:func:`request_body`) see the same request. The cost is the Gateway's price (:func:`open_access`: the model the
-request names, in the table served now, :meth:`serve.text_to_image.models.ServedModels.work`), the one the
-replicas admit it by.
+(:func:`request_body`) see the same request. A costed route's body is then priced, once, by the Gateway's price
+(:func:`open_access`): a generation's admission (its model resolved, every rule checked, the cost of its work on that
+model, :meth:`serve.serving.generations.Generations.price`), which the handler runs as it is (:func:`request_priced`).
 A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
 ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
@@ -28,8 +28,8 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from typing import TypeVar
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
@@ -58,6 +58,8 @@ CALLER = "api_key"
 """Where in the request's state :class:`KeyCheck` leaves the admitted key."""
 BODY = "body"
 """Where in the request's state :class:`KeyCheck` leaves the request its body was read as (or why it was refused)."""
+PRICED = "priced"
+"""Where in the request's state :class:`KeyCheck` leaves what pricing its body found (:class:`Priced`)."""
 SLOT_RENEW_S = SLOT_LEASE_S / 4
 """How often a replica renews the slots of its running requests, and gives back those whose request ended."""
 
@@ -97,18 +99,44 @@ def request_body(request) -> BaseModel:
     return body
 
 
-Price = Callable[[GenerationRequest | UpscaleBody], float]
-"""What a request costs (the Gateway's one pricing, :meth:`serve.text_to_image.models.ServedModels.work`; an upscale's
-:meth:`serve.serving.upscale.Upscaling.work`)."""
+@dataclass(frozen=True)
+class Priced:
+    """What a costed request costs, and what pricing it found: a generation's admission, run as it is from then on."""
+
+    cost: float
+    admitted: Any = None  # serve.serving.generations.Admitted, for a generation
 
 
-def _unpriced(request: GenerationRequest) -> float:
+def request_priced(request) -> Priced:
+    """What :class:`KeyCheck` priced ``request``'s body at (raises the refusal of its body, or of its admission)."""
+    request_body(request)
+    return request.scope["state"][PRICED]
+
+
+Price = Callable[[GenerationRequest | UpscaleBody, ApiKey | None], Awaitable[Priced]]
+"""What a costed request costs for a key: the Gateway's one pricing
+(:meth:`serve.serving.generations.Generations.price`: a generation's admission, an upscale's work)."""
+
+
+async def _unpriced(request: GenerationRequest, key: ApiKey | None) -> Priced:
     raise RuntimeError("no price: open_access() was not called")
 
 
-def body_cost(body: BaseModel | UpscaleBody | EaselError, price: Price) -> float:
-    """What a request read as ``body`` costs: its ``price`` (a generation's, an upscale's); 0 for a refused one."""
-    return 0.0 if isinstance(body, EaselError) else price(body)
+async def body_priced(state: dict, key: ApiKey | None) -> float:
+    """Price the body :class:`KeyCheck` read into ``state``: its cost, 0 for a refused one.
+
+    What pricing found goes in the state too (:data:`PRICED`); a refusal of the admission replaces the body, for the
+    handler to answer as it answers the body's own.
+    """
+    body = state[BODY]
+    if isinstance(body, EaselError):
+        return 0.0
+    try:
+        state[PRICED] = priced = await ACCESS.price(body, key)
+    except EaselError as refusal:
+        state[BODY] = refusal
+        return 0.0
+    return priced.cost
 
 
 def duration(seconds: float) -> str:
@@ -287,7 +315,8 @@ class KeyCheck:
     """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`.
 
     A route's body with a model is read here, once, into the request's state (:func:`request_body`), after the key
-    is known and its limits that need no body are taken, and before its cost is (:meth:`Access.admit_in_two`).
+    is known and its limits that need no body are taken, and priced (:func:`body_priced`) before its cost is taken
+    (:meth:`Access.admit_in_two`); with no key in the store it is read and priced all the same.
     """
 
     def __init__(self, app) -> None:
@@ -301,17 +330,14 @@ class KeyCheck:
         state = scope.setdefault("state", {})
         found = route(scope["method"], scope["path"])
 
-        async def body_read() -> None:
-            if found is not None and found.body is not None:
-                state[BODY] = await read_body(found, scope, receive)
-
         async def body_read_and_priced() -> float:
-            await body_read()
-            costed = found is not None and found.costed  # its images' headers read in a thread: base64 is decoded
-            return await asyncio.to_thread(body_cost, state[BODY], ACCESS.price) if costed else 0.0
+            if found is None or found.body is None:
+                return 0.0
+            state[BODY] = await read_body(found, scope, receive)
+            return await body_priced(state, state.get(CALLER)) if found.costed else 0.0
 
         if not await ACCESS.keys_required():
-            await body_read()
+            await body_read_and_priced()
             await self.app(scope, receive, send)
             return
         try:
@@ -336,29 +362,34 @@ Read = TypeVar("Read")
 
 
 @asynccontextmanager
-async def call_admitted(grpc_context, rpc: str, read: Callable[[], Read]) -> AsyncIterator[tuple[ApiKey | None, Read]]:
+async def call_admitted(
+    grpc_context, rpc: str, read: Callable[[], Read]
+) -> AsyncIterator[tuple[ApiKey | None, Read, Priced | None]]:
     """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
 
     ``rpc``: the method (its HTTP route's scope and cost); ``read``: its message parsed and validated, called once
-    the key is known good. Yields the key (None while the API is open) and what ``read`` gave.
+    the key is known good. Yields the key (None while the API is open), what ``read`` gave and, for a costed method,
+    what pricing it found (a generation's admission); a refusal of either is raised.
     """
     found = rpc_route(rpc)
-    if not await ACCESS.keys_required():
-        yield None, read()
-        return
-    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
-    body = None
+    key, body, priced = None, None, None
 
     async def read_and_priced() -> float:
-        nonlocal body
+        nonlocal body, priced
         body = read()
-        return await asyncio.to_thread(ACCESS.price, body) if found.costed else 0.0
+        priced = await ACCESS.price(body, key) if found.costed else None
+        return priced.cost if priced else 0.0
 
+    if not await ACCESS.keys_required():
+        await read_and_priced()
+        yield None, body, priced
+        return
+    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
     decision, cost = await ACCESS.admit_in_two(key, read_and_priced)
     if not decision.allowed:
         raise _over_limit(key, decision, cost)
     try:
-        yield key, body
+        yield key, body, priced
     finally:
         await ACCESS.release(decision)
 

@@ -1,8 +1,10 @@
 """Generations: a request admitted once (the model, or an experiment's variant, resolved and checked), then answered.
 
-Every door admits a generation by :meth:`Generations.admitted` (a background job's at submission, and again by
-:meth:`Generations.readmitted` as it runs): its model resolved once, and every rule checked that can be without
-running (:meth:`serve.text_to_image.models.ServedModel.check`), before any model loads. Every generation,
+Every door admits a generation by :meth:`Generations.admitted` as it prices it (:meth:`Generations.price`, called by
+the key check, :mod:`serve.access`, for a synchronous request and a background job's submission alike; a job is
+admitted again by :meth:`Generations.readmitted` as it runs): its model resolved once, every rule checked that can
+be without running (:meth:`serve.text_to_image.models.ServedModel.check`) and its cost counted on that model, before
+any model loads. Every generation,
 synchronous or a job's, is then answered by :meth:`Generations.served_answer` (the result cache, the model's version
 kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams the same steps
 (:meth:`Generations.events`).
@@ -27,7 +29,7 @@ from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
 from serve import grpc_api, metrics
-from serve.access import may_see
+from serve.access import Priced, may_see
 from serve.access.keys import ApiKey
 from serve.access.upscale_body import UpscaleBody
 from serve.cache import cache_key, cache_scope
@@ -82,13 +84,15 @@ async def cache_call(call: Callable, *args):
 class Admitted:
     """A generation admitted at the Gateway (:meth:`Generations.admitted`), the replica's to run.
 
-    The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, and
-    the served model that resolved and checked it.
+    The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, the
+    served model that resolved and checked it, what it costs there, and the request as it was sent.
     """
 
     request: GenerationRequest
     assignment: Assignment
     model: ServedModel
+    cost: float
+    asked: GenerationRequest
 
 
 class Generations:
@@ -116,16 +120,18 @@ class Generations:
         self.cache = cache
         self.experiments = experiments
 
-    def price(self, request: GenerationRequest | UpscaleBody) -> float:
-        """What ``request`` costs: its model's work in the table served now (the doors' one price).
+    async def price(self, request: GenerationRequest | UpscaleBody, key: ApiKey | None) -> Priced:
+        """What ``request`` costs ``key`` (the doors' one price): a generation's admission and its cost there.
 
-        :meth:`serve.text_to_image.models.ServedModels.work`, which the replicas' admission counts too; its images'
-        headers are read from :func:`serve.images.base64_bytes` (decoded once in the process). An upscale route's
-        request: its upscale's work (:meth:`serve.serving.upscale.Upscaling.work`).
+        The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
+        the replicas' admission counts too; its images' headers are read from :func:`serve.images.base64_bytes`
+        (decoded once in the process). An upscale route's request: its upscale's work
+        (:meth:`serve.serving.upscale.Upscaling.work`).
         """
         if isinstance(request, UpscaleBody):
-            return self.upscaling.work(request).cost
-        return self.models.now().work(request).cost
+            return Priced((await asyncio.to_thread(self.upscaling.work, request)).cost)
+        admitted = await self.admitted(request, key)
+        return Priced(admitted.cost, admitted)
 
     def _pipeline(self, model: ServedModel) -> DeploymentHandle:
         """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
@@ -145,12 +151,14 @@ class Generations:
         model = models.resolve(request.model)
         return request, Assignment(model.name), model
 
-    def _checked(self, request: GenerationRequest, assignment: Assignment, model: ServedModel) -> Admitted:
+    def _checked(
+        self, request: GenerationRequest, assignment: Assignment, model: ServedModel, asked: GenerationRequest
+    ) -> Admitted:
         """``request`` checked by ``model``'s rules and the stack's upscalers (a 400 naming the field if not)."""
         work = model.check(request)
         if request.upscale is not None:
             self.upscaling.check_generation(request, work.width, work.height)
-        return Admitted(request, assignment, model)
+        return Admitted(request, assignment, model, work.cost, asked)
 
     async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
@@ -159,10 +167,10 @@ class Generations:
         now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
         missing one).
         """
-        request, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
-        admitted = self._checked(request, assignment, model)
+        assigned, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
+        admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request)  # images' headers read
         if self.references is not None:
-            await self.references.check(request, model, functools.partial(may_see, key))
+            await self.references.check(assigned, model, functools.partial(may_see, key))
         return admitted
 
     def readmitted(self, request: GenerationRequest, assignment: Assignment | None) -> Admitted:
@@ -171,13 +179,11 @@ class Generations:
         ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment).
         """
         model = self.models.now().resolve(request.model)
-        return self._checked(request, assignment or Assignment(model.name), model)
+        return self._checked(request, assignment or Assignment(model.name), model, request)
 
-    async def answer(
-        self, request: GenerationRequest, owner: str | None, fresh: bool, key: ApiKey | None = None
-    ) -> JSONResponse:
+    async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
-        body, headers = await self.served_answer(await self.admitted(request, key), owner, fresh)
+        body, headers = await self.served_answer(admitted, owner, fresh)
         return JSONResponse(body, headers=headers)
 
     @asynccontextmanager
@@ -313,12 +319,11 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, request: GenerationRequest, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
+    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
         """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
-        admitted = await self.admitted(request, key)
         request, assignment, model = admitted.request, admitted.assignment, admitted.model
         owner = key and key.id
         scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from

@@ -21,7 +21,7 @@ from serve.experiments.traffic import Experiments
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore, LeaseLost
-from serve.serving.generations import Generations
+from serve.serving.generations import Admitted, Generations
 from serve.serving.ray_errors import as_easel_error, unwrap
 from serve.text_to_image.deployment import Progress, draw_seed
 from serve.text_to_image.images import decode_images
@@ -50,18 +50,16 @@ class BackgroundJobs:
         self.experiments = experiments
         self.runner = JobRunner(self.store, self.run).start()
 
-    async def submit(
-        self, asked: GenerationRequest, owner: Owner | None, idempotency_key: str | None, caller: ApiKey | None = None
-    ) -> JSONResponse:
-        """Queue ``asked`` as ``owner``'s job once admitted as a synchronous request is, its images decoded.
+    async def submit(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
+        """Queue ``admitted`` as ``owner``'s job, its images decoded.
 
-        What a synchronous request is refused for is a 400 now, never a 202 that fails later. Its seed is drawn now,
+        It was admitted as a synchronous request is (:meth:`Generations.price`): what a synchronous request is refused
+        for is a 400 now, never a 202 that fails later. Its seed is drawn now,
         so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns the same job for the same
         body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
         feedback can name the job.
         """
-        admitted = await self.generations.admitted(asked, caller)  # what a synchronous request is refused for
-        request, assignment = admitted.request, admitted.assignment
+        request, assignment, asked = admitted.request, admitted.assignment, admitted.asked
         await asyncio.to_thread(decode_images, request, admitted.model.native_size)  # an image that does not decode
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now

@@ -463,16 +463,6 @@ class ServedModels(Mapping[str, ServedModel]):
             raise InvalidInput(f"model: unknown model {requested!r}{gone} (served: {', '.join(self._models)})", "model")
         return model
 
-    def work(self, request) -> Work:
-        """What ``request`` asks of the model it names in this table (a replaced model: its new version's size).
-
-        A name no served model has (an experiment's alias, whose variant is drawn later) is priced as the costliest
-        served model would run it; the name itself is checked by :meth:`resolve`.
-        """
-        if not request.model or request.model in self._models:
-            return self.resolve(request.model).work(request)
-        return max((model.work(request) for model in self._models.values()), key=lambda work: work.cost)
-
     def require(self, model_id: str) -> ServedModel:
         """The model ``GET /v1/models/{model_id}`` names (404 if none)."""
         model = self._models.get(model_id)

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
-LONG = {"num_inference_steps": 150, "size": "128x128", "n": 2, "seed": 11}
+LONG = {"num_inference_steps": 150, "size": "256x256", "n": 2, "seed": 11}  # outlasts a replace on a busy machine
 """A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds)."""
 BODY = {
     "prompt": "a red heart icon",
@@ -283,7 +283,7 @@ def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_
     default_dir = stack.models.resolve(DEFAULT_MODEL).folder.path
     alone = {name: decode_images(api.post(GENERATE, json=BODY | {"model": name})) for name in (DEFAULT_MODEL, SD)}
     long = BODY | LONG | {"model": SD}
-    version_1 = decode_images(api.post(GENERATE, json=long))  # what version 1 draws for the long job
+    version_1 = decode_images(api.post(GENERATE, json=long, timeout=600))  # what version 1 draws for the long job
     on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
     deadline = time.monotonic() + 120
     while api.get(f"/v1/jobs/{on_the_old}").json()["progress"]["step"] == 0:

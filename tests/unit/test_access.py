@@ -3,11 +3,12 @@
 import asyncio
 import base64
 import json
+from unittest.mock import patch
 
 import httpx
 import pytest
 
-from serve.access import body_cost, duration, ratelimit_headers, read_body
+from serve.access import ACCESS, BODY, PRICED, Priced, body_priced, duration, ratelimit_headers, read_body
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import InvalidInput
@@ -43,6 +44,24 @@ def test_an_operation_s_own_scope_comes_before_its_path_s():
     assert required_scope("/v1/experiments/ab", "TRACE") is None and required_scope("/v1/jobs", "TRACE") is None
 
 
+def _door_price(price):
+    """``price`` (a request's cost) as the key check's price."""
+
+    async def priced(request, key) -> Priced:
+        return Priced(price(request))
+
+    return priced
+
+
+def _charged(body, price) -> float:
+    """What the key check charges for a body read as ``body`` (its ``price``; 0 for a refusal, the handler's 400)."""
+    state = {BODY: body}
+    with patch.object(ACCESS, "price", _door_price(price)):
+        cost = asyncio.run(body_priced(state, None))
+    assert (PRICED in state) is not isinstance(body, InvalidInput)  # what pricing found is left for the handler
+    return cost
+
+
 def _read(raw: bytes) -> GenerationRequest | InvalidInput:
     """A generation's body as the key check reads it: the request, or its refusal."""
     try:
@@ -55,24 +74,24 @@ def _read(raw: bytes) -> GenerationRequest | InvalidInput:
 def price(engine_dir):
     """The Gateway's price for the embedded default (64 px native): every engine pass, and the inputs decoded."""
     models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
-    return lambda request: models.work(request).cost
+    return lambda request: models.resolve(request.model).work(request).cost
 
 
 def test_a_generation_costs_images_times_megapixels_times_engine_passes(price):
     two = _read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}')
-    assert body_cost(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
-    assert body_cost(_read(b'{"prompt": "x"}'), price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
-    assert body_cost(_read(b'{"prompt": 3'), price) == 0.0  # refused by the handler, with the reading's 400
+    assert _charged(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
+    assert _charged(_read(b'{"prompt": "x"}'), price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
+    assert _charged(_read(b'{"prompt": 3'), price) == 0.0  # refused by the handler, with the reading's 400
 
 
 def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_controlnets_a_pass_each(price):
     image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
     megapixels = 128 * 64 / 1e6
     body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
-    assert body_cost(_read(json.dumps(body).encode()), price) == pytest.approx(2 * megapixels * 7 + megapixels)
+    assert _charged(_read(json.dumps(body).encode()), price) == pytest.approx(2 * megapixels * 7 + megapixels)
     controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
     expected = 64 * 64 / 1e6 * (10 * 3 + 1) + 2 * megapixels
-    assert body_cost(_read(json.dumps(controlled).encode()), price) == pytest.approx(expected)
+    assert _charged(_read(json.dumps(controlled).encode()), price) == pytest.approx(expected)
     form = httpx.Request(
         "POST",
         "http://x/v1/images/edits",
@@ -81,21 +100,21 @@ def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_co
     )
     headers = [(name.lower(), value) for name, value in form.headers.raw]
     scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
-    assert body_cost(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
-    assert body_cost(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
+    assert _charged(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
+    assert _charged(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
 
 
 def test_a_generation_s_upscale_and_a_hires_fix_s_second_pass_are_in_the_one_price(price):
     first = 2 * 64 * 64 / 1e6 * (10 + 1)  # n 2, 10 steps at the native 64x64, the VAE decode
     upscaled = 2 * 128 * 128 / 1e6  # x2: a pass at the output's megapixels
     plain = {"prompt": "x", "n": 2, "num_inference_steps": 10, "upscale": {"upscaler": "u", "scale": 2}}
-    assert body_cost(_read(json.dumps(plain).encode()), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
+    assert _charged(_read(json.dumps(plain).encode()), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
     hires = plain | {"upscale": {"upscaler": "u", "scale": 2, "denoise": 0.5}}  # img2img of 5 steps at 128x128
     second = 2 * 128 * 128 / 1e6 * (5 + 1 + 1) + 2 * 128 * 128 / 1e6  # its steps, decode, encode; its input
-    assert body_cost(_read(json.dumps(hires).encode()), price) == pytest.approx(first + second)
+    assert _charged(_read(json.dumps(hires).encode()), price) == pytest.approx(first + second)
     unscaled = plain | {"upscale": {"upscaler": "u", "denoise": 0.5}}  # priced at the largest scale, x4
     fourfold = 2 * 256 * 256 / 1e6 * (5 + 1 + 1) + 2 * 256 * 256 / 1e6
-    assert body_cost(_read(json.dumps(unscaled).encode()), price) == pytest.approx(first + fourfold)
+    assert _charged(_read(json.dumps(unscaled).encode()), price) == pytest.approx(first + fourfold)
     work = upscale_work(_read(json.dumps(hires).encode()), 64, 64)
     assert Work(2, 10, 64, 64, upscale=work).pass_cost == pytest.approx(first)  # what a replica holds in flight
 
@@ -114,7 +133,7 @@ def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels()
     raw = json.dumps({"image": b64(input_image(30, 40)), "upscaler": "x4"}).encode()
     body = _read_upscale({**scope, "headers": [(b"content-type", b"application/json")]}, raw)
     assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # its own scale, x4
-    assert body_cost(_read_upscale(scope, b"not multipart"), upscaling.work) == 0.0  # refused by the route
+    assert _charged(_read_upscale(scope, b"not multipart"), upscaling.work) == 0.0  # refused by the route
     with pytest.raises(InvalidInput) as refused:
         upscaling.work(body._replace(options=body.options.model_copy(update={"upscaler": "nope"})))
     assert refused.value.field == "upscaler"
@@ -247,7 +266,7 @@ def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_rea
     store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
     _, key = store.create("one a minute", {Scope.GENERATE}, KeyLimits(requests_per_minute=1, cost_per_minute=1.0))
     monkeypatch.setattr(ACCESS, "store", store)
-    monkeypatch.setattr(ACCESS, "price", price)
+    monkeypatch.setattr(ACCESS, "price", _door_price(price))
     monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
     body = json.dumps({"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}).encode()
 

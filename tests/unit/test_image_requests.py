@@ -255,7 +255,7 @@ def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixe
     monkeypatch.setattr(images.base64, "b64decode", counted)
     picture, mask = b64(input_image(64)), base64.b64encode(openai_mask(box_mask(64))).decode()
     request = GenerationRequest(prompt="a red fox", image=[picture], mask=mask)  # checked: decoded here
-    assert models.work(request).cost > 0  # priced from the image's and the mask's headers
+    assert models.resolve(request.model).work(request).cost > 0  # priced from the image's and the mask's headers
     first, again = decode_images(request, 64), decode_images(request, 64)  # a job's submission, then the replica
     assert first.images[0].shape == again.images[0].shape == (64, 64, 3)
     assert decoded == [len(picture), len(mask)]

@@ -1,4 +1,5 @@
-"""A request pays for what it runs: one price (``ServedModels.work``) for both doors and the replicas' admission.
+"""A request pays for what it runs: one price (its model's ``ServedModel.work``) for both doors and the replicas'
+admission.
 
 Every engine pass counts (the VAE decoder per image, the VAE encoder with input images, each ControlNet per step),
 so do the pixels its uploads decode to, and a request without ``size`` is priced at its own model's native size in
@@ -29,6 +30,11 @@ def _request(**fields) -> GenerationRequest:
     return GenerationRequest.model_validate({"prompt": "a red heart icon"} | fields)
 
 
+def _work(models: ServedModels, request: GenerationRequest) -> Work:
+    """What ``request`` asks of the model its name resolves to (as the Gateway's admission prices it)."""
+    return models.resolve(request.model).work(request)
+
+
 @pytest.fixture(scope="module")
 def large_dir(engine_dir, tmp_path_factory):
     """The embedded default's engines claiming a 4x larger native size (a 256-px model beside the 64-px default)."""
@@ -48,7 +54,7 @@ def models(engine_dir, large_dir):
 def test_strength_0_still_pays_for_its_vae_passes_and_its_decoded_input(models):
     """It was charged n x 0 steps x megapixels = 0: a key limited to 0.01 a minute ran 4 such requests at once."""
     request = _request(image=[_png(512, 512)], strength=0.0, n=4)
-    work = models.work(request)
+    work = _work(models, request)
     assert (work.rows, work.steps, work.width, work.height) == (4, 0, 512, 512)
     assert work.cost == pytest.approx(4 * 0.262144 * 2 + 0.262144)  # decode + encode per image; the input decoded
     assert work.cost > 0.01
@@ -57,31 +63,27 @@ def test_strength_0_still_pays_for_its_vae_passes_and_its_decoded_input(models):
 def test_large_inputs_pay_for_the_pixels_they_decode_to(models):
     """Four 4096x4096 inputs (72 KB each as PNG) resized to 64x64 were charged 0.016; decoding them is 67 MP."""
     request = _request(image=[_png(4096, 4096)] * 4, size="64x64", num_inference_steps=2)
-    assert models.work(request).cost > 4 * 4096 * 4096 / 1e6 > DEFAULT_MAX_COST  # over the ceiling: a 400
+    assert _work(models, request).cost > 4 * 4096 * 4096 / 1e6 > DEFAULT_MAX_COST  # over the ceiling: a 400
     controlled = _request(controlnets=[{"name": "edges", "image": _png(4096, 4096)}], size="64x64")
-    assert models.work(controlled).input_pixels == 4096 * 4096
+    assert _work(models, controlled).input_pixels == 4096 * 4096
 
 
 def test_every_engine_pass_counts(models):
-    text = models.work(_request(size="64x64", num_inference_steps=10))
+    text = _work(models, _request(size="64x64", num_inference_steps=10))
     assert text.passes_per_image == 10 + 1  # the UNet per step, the VAE decoder once
     controlled = _request(size="64x64", num_inference_steps=10, controlnets=[{"name": "e", "image": _png(64, 64)}])
-    assert models.work(controlled).passes_per_image == 10 * 2 + 1
+    assert _work(models, controlled).passes_per_image == 10 * 2 + 1
     img2img = _request(size="64x64", num_inference_steps=10, image=[_png(64, 64)], strength=0.5)
-    assert models.work(img2img).passes_per_image == 5 + 1 + 1  # the steps that run, decode, encode
-    referenced = models.work(_request(size="64x64", num_inference_steps=10, ip_adapter_image=_png(64, 64)))
+    assert _work(models, img2img).passes_per_image == 5 + 1 + 1  # the steps that run, decode, encode
+    referenced = _work(models, _request(size="64x64", num_inference_steps=10, ip_adapter_image=_png(64, 64)))
     assert referenced.cost == pytest.approx(text.cost + 64 * 64 / 1e6 * 2)  # its image encoder pass and its pixels
 
 
 def test_a_sizeless_request_is_priced_at_its_own_model_s_native_size(models):
     """It was priced at the default's size, read once at start: 16x too little for a 256-px model beside a 64-px."""
-    default, large = models.work(_request()), models.work(_request(model=LARGE))
+    default, large = _work(models, _request()), _work(models, _request(model=LARGE))
     assert (default.width, large.width) == (64, 256)
     assert large.cost == pytest.approx(16 * default.cost)
-
-
-def test_an_experiment_s_alias_is_priced_as_its_costliest_possible_model(models):
-    assert models.work(_request(model="logo-test")).width == 256
 
 
 def test_after_the_default_is_replaced_a_sizeless_request_is_priced_at_the_new_version_s_size(
@@ -91,11 +93,11 @@ def test_after_the_default_is_replaced_a_sizeless_request_is_priced_at_the_new_v
     start = {DEFAULT_MODEL: str(engine_dir)}
     ModelTable.start(start).write(path)
     gateway = ServedModels.open(start, max_cost=DEFAULT_MAX_COST, table_path=path)
-    assert gateway.work(_request()).width == 64
+    assert _work(gateway, _request()).width == 64
     table = ModelTable.read(path)
     table.replace(DEFAULT_MODEL, str(large_dir))
     table.write(path)  # as the residency writes it when `easel models replace` runs
-    assert gateway.refreshed().work(_request()).width == 256
+    assert _work(gateway.refreshed(), _request()).width == 256
 
 
 def test_the_replica_admits_by_the_same_work():

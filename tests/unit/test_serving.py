@@ -176,14 +176,17 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
 
     async def scenario():
         asked = GenerationRequest(prompt="a red fox", model="logo", seed=3)
-        first = await generations.answer(asked, "alice", fresh=False)
-        again = await generations.answer(asked, "alice", fresh=False)
-        other = await generations.answer(asked, "bob", fresh=False)  # another key's cache: generated for it
+        priced = await generations.price(asked, None)  # as the key check prices it: resolved, checked, its cost
+        first = await generations.answer(priced.admitted, "alice", fresh=False)
+        again = await generations.answer(priced.admitted, "alice", fresh=False)
+        other = await generations.answer(priced.admitted, "bob", fresh=False)  # another key's cache: generated for it
         with pytest.raises(InvalidInput) as refused:
-            await generations.answer(GenerationRequest(prompt="x", model="nope"), None, fresh=False)
-        return first, again, other, refused.value
+            await generations.price(GenerationRequest(prompt="x", model="nope"), None)
+        return priced, first, again, other, refused.value
 
-    first, again, other, refused = asyncio.run(scenario())
+    priced, first, again, other, refused = asyncio.run(scenario())
+    variant = models.now().resolve("b").work(priced.admitted.request).cost
+    assert priced.admitted.assignment == Assignment("b", "logo") and priced.cost == variant  # the drawn variant's
     assert first.headers["easel-model"] == "b" and first.headers["easel-experiment"] == "logo"
     assert [r.headers["easel-cache"] for r in (first, again, other)] == ["miss", "hit", "miss"]
     generated = [("begin", "b"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
@@ -212,24 +215,20 @@ def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_subm
     traffic = Experiments(open_experiment_store(url), models.names)
     handles = Handles()
     generations = Generations(models, handles, None, handles, None, traffic)
-    store = open_job_store(url)
     cached = GenerationRequest(prompt="a red fox", model="b", cache_interval=2)
     sampled = GenerationRequest(prompt="a red fox", model="sd3", scheduler="dpmpp_2m")
 
     async def scenario():
-        jobs = BackgroundJobs(store, generations, traffic)
         refusals = []
         for asked in (cached, sampled):
-            for submitted in (generations.answer(asked, None, fresh=False), jobs.submit(asked, None, None)):
+            for background in (False, True):  # the key check prices (so admits) a job as its submission arrives
                 with pytest.raises(InvalidInput) as refused:
-                    await submitted
+                    await generations.price(asked.model_copy(update={"background": background}), None)
                 refusals.append(refused.value.field)
-        jobs.runner._loop_task.cancel()
         return refusals
 
     assert asyncio.run(scenario()) == ["cache_interval"] * 2 + ["scheduler"] * 2
     assert handles.calls == []  # no model asked to load, no replica called
-    assert store.list(None, 10, None, None) == []  # no job queued
 
 
 def test_a_vectorize_answer_names_its_model_version(client):

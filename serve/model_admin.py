@@ -10,6 +10,10 @@ part of a URL's path is quoted: no name reaches another resource.
 ``easel loras`` (here: it builds nothing) uploads a LoRA file to ``POST /v1/loras`` or ``PUT /v1/loras/{name}``,
 removes one with ``DELETE`` and lists them (a key with scope ``adapters`` or ``admin``); a LoRA's name is checked
 with the adapter registry's rule (:data:`serve.adapters.registry.NAME`) the same way.
+
+``easel vectorize models`` (here too: a trained folder is installed by the stack) lists, adds, replaces (or rolls
+back) and removes the vectorize ensemble's versions through ``/v1/vectorize/models``; ``easel vectorize
+export-feedback`` writes the recorded answers for retraining.
 """
 
 from __future__ import annotations
@@ -161,3 +165,65 @@ def loras_remove(name: str) -> None:
     """Remove LoRA adapter NAME: new requests naming it are refused; those in flight finish."""
     call(stack_api(), "DELETE", api_path("v1", "loras", lora_name(name)))
     click.echo(f"removed {name}")
+
+
+# -- easel vectorize models: the running stack's vectorize versions (serve.vectorize.version_admin) -----------------
+
+
+@click.group()
+def vectorize() -> None:
+    """The running stack's vectorize ensemble."""
+
+
+@vectorize.group("models")
+def vectorize_models() -> None:
+    """Vectorize model versions: list, add, replace (or roll back), remove; each a trained folder."""
+
+
+def _version_said(entry: dict) -> str:
+    current = ", current" if entry["current"] else ""
+    return f"vectorize version {entry['version']} ({entry['triton_model']}{current}): {entry['trained_dir']}"
+
+
+@vectorize_models.command("list")
+def vectorize_models_list() -> None:
+    """The vectorize versions installed (the current one answers requests without model_version)."""
+    for entry in call(stack_api(), "GET", "/v1/vectorize/models")["data"]:
+        click.echo(_version_said(entry))
+
+
+@vectorize_models.command("add")
+@click.argument("trained_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+def vectorize_models_add(trained_dir: Path) -> None:
+    """Install TRAINED_DIR (`easel train vectorize`'s output) as a new version beside the current one."""
+    body = {"trained_dir": str(trained_dir.resolve())}
+    click.echo(f"added {_version_said(call(stack_api(), 'POST', '/v1/vectorize/models', body))}")
+
+
+@vectorize_models.command("replace")
+@click.argument("target")
+def vectorize_models_replace(target: str) -> None:
+    """Make TARGET current: a trained folder (installed as a new version) or an installed version's number."""
+    body = {"version": int(target)} if target.isdigit() else {"trained_dir": str(Path(target).resolve())}
+    entry = call(stack_api(), "PUT", "/v1/vectorize/models", body)
+    click.echo(f"now serving {_version_said(entry)}")
+
+
+@vectorize_models.command("remove")
+@click.argument("version", type=int)
+def vectorize_models_remove(version: int) -> None:
+    """Stop serving VERSION (not the current one); it is unloaded once its requests have ended."""
+    call(stack_api(), "DELETE", f"/v1/vectorize/models/{version}")
+    click.echo(f"removed vectorize version {version}")
+
+
+@vectorize.command("export-feedback")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True, help="The folder written.")
+@click.option("--store", "store_url", metavar="URL", help="The stack's store (default: the embedded one).")
+def vectorize_export_feedback(out: Path, store_url: str | None) -> None:
+    """Write the recorded vectorize answers: OUT/records.jsonl, and OUT/images/ (`easel train vectorize --data`)."""
+    from serve.stores import default_url
+    from serve.vectorize.records import export, open_record_store
+
+    counts = export(open_record_store(store_url or default_url()), out)
+    click.echo(f"wrote {counts['rows']} records ({counts['images']} with their image) to {counts['out']}")

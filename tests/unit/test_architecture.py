@@ -14,7 +14,7 @@ from pathlib import Path
 from serve.paths import PROJECT_ROOT
 
 PACKAGES = ("serve", "build_engines", "loadtests")
-ENTRY_POINTS = ("serve.cli", "serve.stack")
+ENTRY_POINTS = ("serve.cli", "serve.stack_cli", "serve.stack")
 """Serving code may not import build_engines; these entry points (they build, then serve) may."""
 TOOLING = "loadtests"
 """Load, soak, chaos and the benchmarks: they drive a stack from outside; only the CLI entry point reaches them."""

@@ -7,11 +7,11 @@ import click
 import pytest
 
 from serve.app import AppArgs
-from serve.cli import up
 from serve.cli_options import PORTS, SIZE, cli_fields, model_values
 from serve.paths import PROJECT_ROOT
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.settings import README, AppSettings, StackOptions, options_table, readme_table
+from serve.stack_cli import up
 from serve.stores import default_url
 
 

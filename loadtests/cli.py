@@ -26,6 +26,26 @@ images_option = click.option(
 )
 
 
+def names_option(option: str, known: tuple[str, ...], help_text: str):
+    """``OPTION a,b``: some of ``known``, comma-separated (all of them by default)."""
+    return click.option(
+        option,
+        default=",".join(known),
+        show_default=True,
+        callback=lambda _c, _p, value: _names(value, known, option),
+        help=help_text,
+    )
+
+
+def _names(value: str, known, option: str) -> tuple[str, ...]:
+    """A comma-separated list of names out of ``known``; an unknown one is a one-line error naming the known ones."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none'} not among {', '.join(known)}", param_hint=option)
+    return names
+
+
 @click.group()
 def bench() -> None:
     """Benchmarks: print a table and write JSON."""
@@ -125,20 +145,8 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
 @MODEL_OPTION
 @embedded_option("Embedded model to benchmark when --model is not given (the CI smoke).")
 @click.option("--size", default=512, show_default=True, type=click.IntRange(min=8), help="Image side.")
-@click.option(
-    "--columns",
-    default=",".join(cpu.COLUMNS),
-    show_default=True,
-    callback=lambda _c, _p, v: _names(v, cpu.COLUMNS, "--columns"),
-    help="Which ways of running it, comma-separated.",
-)
-@click.option(
-    "--rows",
-    default=",".join(cpu.ROWS),
-    show_default=True,
-    callback=lambda _c, _p, v: _names(v, cpu.ROWS, "--rows"),
-    help="unet, vae: one engine call; lcm4, ddim20: whole images end to end.",
-)
+@names_option("--columns", cpu.COLUMNS, "Which ways of running it, comma-separated.")
+@names_option("--rows", cpu.ROWS, "unet, vae: one engine call; lcm4, ddim20: whole images end to end.")
 @click.option("--concurrency", type=INT_LIST, default="1,4", show_default=True)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls per cell.")
 @click.option(
@@ -162,15 +170,6 @@ def bench_cpu(model_dir, embedded, size, columns, rows, concurrency, repeats, ge
         model_dir or default_model_dir(embedded), size, columns, rows, concurrency, repeats, genai_python
     )
     click.echo(cpu.run_cpu_benchmark(settings, out))
-
-
-def _names(value: str, known, option: str) -> tuple[str, ...]:
-    """A comma-separated list of names out of ``known``; an unknown one is a one-line error naming the known ones."""
-    names = tuple(name.strip() for name in value.split(",") if name.strip())
-    unknown = [name for name in names if name not in known]
-    if unknown or not names:
-        raise click.BadParameter(f"{', '.join(unknown) or 'none'} not among {', '.join(known)}", param_hint=option)
-    return names
 
 
 @bench.command("speedups")

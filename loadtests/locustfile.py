@@ -117,20 +117,8 @@ def _sized_uploads() -> list[tuple[int, bytes]]:
     return _sized
 
 
-class VectorizeSizesUser(EaselUser):
+class VectorizeSizesUser(VectorizeUser):
     """Uploads icons of mixed sizes (64-512 px), mostly tier auto; a 429 counts apart, by whether it has Retry-After."""
-
-    wait_time = between(0.0, 0.2)
-
-    @task(4)
-    def auto(self) -> None:
-        """POST /v1/vectorize, tier auto."""
-        self._vectorize("auto")
-
-    @task(1)
-    def each_tier(self) -> None:
-        """POST /v1/vectorize with a named tier."""
-        self._vectorize(random.choice(("1", "2", "3")))
 
     def _vectorize(self, tier: str) -> None:
         _, upload = random.choice(_sized_uploads())

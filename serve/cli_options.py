@@ -103,21 +103,38 @@ class ModelName(click.ParamType):
         return str(value)
 
 
-class NamedFolder(click.ParamType):
+class NamedValue(click.ParamType):
+    """``NAME=VALUE``: a name (:meth:`_names`) and what follows ``=``, read by :meth:`_value`."""
+
+    form = "NAME=VALUE"
+    """How the error for a value that is not one spells the form."""
+
+    def convert(self, value, param, ctx) -> tuple[str, Any]:
+        """``(name, value)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        name, equals, rest = str(value).partition("=")
+        if not equals or not self._names(name):
+            self.fail(f"{value!r} is not {self.form}", param, ctx)
+        return name, self._value(value, rest, param, ctx)
+
+    def _names(self, name: str) -> bool:
+        return bool(name)
+
+    def _value(self, value, rest: str, param, ctx) -> Any:
+        return rest
+
+
+class NamedFolder(NamedValue):
     """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder."""
 
     name = "named folder"
+    form = f"NAME=DIR with NAME of {NAME_RULE}"
 
-    def convert(self, value, param, ctx) -> tuple[str, Path]:
-        """``(name, folder)`` of ``value`` (a pair passes through)."""
-        if isinstance(value, tuple):
-            return value
-        name, equals, folder = str(value).partition("=")
-        if not equals or not NAME.match(name):
-            self.fail(f"{value!r} is not NAME=DIR with NAME of {NAME_RULE}", param, ctx)
-        return name, self._folder(value, folder, param, ctx)
+    def _names(self, name: str) -> bool:
+        return bool(NAME.match(name))
 
-    def _folder(self, value, folder: str, param, ctx) -> Path:
+    def _value(self, value, folder: str, param, ctx) -> Path:
         path = Path(folder)
         if not path.is_dir():
             self.fail(f"{value!r}: {folder} is not a folder", param, ctx)
@@ -129,7 +146,7 @@ class NamedFile(NamedFolder):
 
     name = "named file"
 
-    def _folder(self, value, path: str, param, ctx) -> Path:
+    def _value(self, value, path: str, param, ctx) -> Path:
         if not Path(path).is_file():
             self.fail(f"{value!r}: {path} is not a file", param, ctx)
         return Path(path)
@@ -154,27 +171,22 @@ class ModelFolder(NamedFolder):
             return super().convert(value, param, ctx)
         if value in self.embedded and not Path(value).is_dir():
             return value, None
-        path = self._folder(value, value, param, ctx)
+        path = self._value(value, value, param, ctx)
         name = path.resolve().name.lower()
         if not NAME.match(name):
             self.fail(f"{value!r}: the folder's name cannot name a model ({NAME_RULE}); give NAME={value}", param, ctx)
         return name, path
 
 
-class NamedJson(click.ParamType):
+class NamedJson(NamedValue):
     """``NAME=JSON``: a name and a JSON value (``--experiment 'logo-v={"variants": {"v1": 0.9, "v2": 0.1}}'``)."""
 
     name = "named json"
+    form = "NAME=JSON"
 
-    def convert(self, value, param, ctx) -> tuple[str, Any]:
-        """``(name, value)`` of ``value`` (a pair passes through)."""
-        if isinstance(value, tuple):
-            return value
-        name, equals, text = str(value).partition("=")
-        if not equals or not name:
-            self.fail(f"{value!r} is not NAME=JSON", param, ctx)
+    def _value(self, value, text: str, param, ctx) -> Any:
         try:
-            return name, json.loads(text)
+            return json.loads(text)
         except ValueError as error:
             self.fail(f"{value!r}: the part after = is not JSON ({error})", param, ctx)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import sqlite3
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -63,6 +64,13 @@ def sqlite_connect(url: str) -> sqlite3.Connection:
     connection.execute("PRAGMA synchronous=NORMAL")
     connection.row_factory = sqlite3.Row
     return connection
+
+
+def sqlite_open(url: str, schema: str) -> tuple[sqlite3.Connection, threading.RLock]:
+    """A store's connection (:func:`sqlite_connect`) with ``schema``'s tables made, and the lock it is used under."""
+    connection = sqlite_connect(url)
+    connection.executescript(schema)
+    return connection, threading.RLock()
 
 
 def serialized(method):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -25,71 +26,63 @@ def embedded_option(help_text: str):
     return click.option("--embedded", type=click.Choice(MODELS), default=MODELS[0], show_default=True, help=help_text)
 
 
-threads_option = click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
-quick_option = click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
+def model_option(help_text: str):
+    """``--model DIR``: a diffusers folder (the trained default model by default)."""
+    return click.option(
+        "--model", "model_dir", type=EXISTING_FOLDER, default=DEFAULT_OUT, show_default=True, help=help_text
+    )
+
+
+def training_options(stage: str):
+    """``--work`` (default ``$EASEL_HOME/train/STAGE``), ``--threads``, ``--quick``: what each training stage takes."""
+    work = click.option(
+        "--work", type=FOLDER, help=f"Checkpoints (resumed from when present). Default: $EASEL_HOME/train/{stage}."
+    )
+    threads = click.option("--threads", type=int, default=1, show_default=True, help="torch threads.")
+    quick = click.option("--quick", is_flag=True, help="A seconds-long smoke run (tiny steps; not a useful model).")
+    return lambda command: work(threads(quick(command)))
+
+
+def training_run(stage: str, work: Path | None, recipe, quick: bool, **overrides):
+    """A stage's checkpoint folder and settings: ``recipe``'s quick or committed ones, with the overrides given."""
+    work = work or easel_home() / "train" / (f"{stage}-quick" if quick else stage)
+    settings = recipe.quick() if quick else recipe()
+    given = {name: value for name, value in overrides.items() if value is not None}
+    return work, dataclasses.replace(settings, **given)
 
 
 @click.command("default")
 @click.option(
     "--out", type=FOLDER, default=DEFAULT_OUT, show_default=True, help="Where the diffusers model is written."
 )
-@click.option(
-    "--work", type=FOLDER, help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/default."
-)
-@threads_option
+@training_options("default")
 @click.option("--unet-steps", type=int, default=None, help="Stop stage 2 here (default: the committed recipe's).")
-@quick_option
 def train_default(out: Path, work: Path | None, threads: int, unet_steps: int | None, quick: bool) -> None:
     """Train the embedded default model (VAE, then text encoder + UNet) on coloured icons; resumable."""
-    import dataclasses
     import shutil
 
     from build_engines.text_to_image.train_default import TrainSettings, train
 
-    work = work or easel_home() / "train" / ("default-quick" if quick else "default")
-    settings = TrainSettings.quick() if quick else TrainSettings()
-    if unet_steps is not None:
-        settings = dataclasses.replace(settings, unet_steps=unet_steps)
+    work, settings = training_run("default", work, TrainSettings, quick, unet_steps=unet_steps)
     shutil.rmtree(out, ignore_errors=True)
     train(out, work, settings, threads)
     click.echo(f"model: {out}\ncheckpoints: {work}")
 
 
 @click.command("lcm")
-@click.option(
-    "--model",
-    "model_dir",
-    type=EXISTING_FOLDER,
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="The teacher (a diffusers folder); the student is written into its unet_lcm/ folder.",
-)
-@click.option("--work", type=FOLDER, help="Checkpoints (resumed from when present). Default: $EASEL_HOME/train/lcm.")
-@threads_option
+@model_option("The teacher (a diffusers folder); the student is written into its unet_lcm/ folder.")
+@training_options("lcm")
 @click.option("--steps", type=int, default=None, help="Distillation steps (default: the committed recipe's).")
-@quick_option
 def train_lcm(model_dir: Path, work: Path | None, threads: int, steps: int | None, quick: bool) -> None:
     """Distil the default's UNet into a 4-step latent consistency model (served by the lcm and tcd schedulers)."""
-    import dataclasses
-
     from build_engines.text_to_image.train_lcm import DistilSettings, train
 
-    work = work or easel_home() / "train" / ("lcm-quick" if quick else "lcm")
-    settings = DistilSettings.quick() if quick else DistilSettings()
-    if steps is not None:
-        settings = dataclasses.replace(settings, steps=steps)
+    work, settings = training_run("lcm", work, DistilSettings, quick, steps=steps)
     click.echo(f"student: {train(model_dir, work, settings, threads)}\ncheckpoints: {work}")
 
 
 @click.command("generate")
-@click.option(
-    "--model",
-    "model_dir",
-    type=EXISTING_FOLDER,
-    default=DEFAULT_OUT,
-    show_default=True,
-    help="Model folder to evaluate.",
-)
+@model_option("Model folder to evaluate.")
 @click.option("--out", type=FOLDER, default=DOCS, show_default=True)
 @click.option("--seeds", type=int, default=4, show_default=True, help="Images per held-out pairing.")
 @click.option("--steps", type=int, default=20, show_default=True)

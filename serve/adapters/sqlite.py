@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
-import threading
 
 from serve.adapters.registry import LoraEntry
 from serve.adapters.store import AdapterStore, StoredReference, name_taken
-from serve.stores import serialized, sqlite_connect
+from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);
@@ -21,9 +20,7 @@ class SqliteAdapterStore(AdapterStore):
     """Adapters in the stack's SQLite file: each change one statement (a transaction of its own)."""
 
     def __init__(self, url: str) -> None:
-        self.db = sqlite_connect(url)
-        self._lock = threading.RLock()
-        self.db.executescript(_SCHEMA)
+        self.db, self._lock = sqlite_open(url, _SCHEMA)
 
     @serialized
     def add_lora(self, entry: LoraEntry) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-
 from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Posterior
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
-from serve.stores import serialized, sqlite_connect
+from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
@@ -24,9 +22,7 @@ class SqliteExperimentStore(ExperimentStore):
 
     def __init__(self, url: str, retention_s: float = SERVED_RETENTION_S) -> None:
         super().__init__(retention_s)
-        self.db = sqlite_connect(url)
-        self._lock = threading.RLock()
-        self.db.executescript(_SCHEMA)
+        self.db, self._lock = sqlite_open(url, _SCHEMA)
 
     @serialized
     def define(self, experiment: Experiment) -> None:

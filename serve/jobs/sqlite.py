@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from serve.errors import Conflict, NotFound
 from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
 from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event
 from serve.priority import Priority
-from serve.stores import serialized, sqlite_connect
+from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,9 +59,7 @@ class SqliteJobStore(JobStore):
 
     def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
         super().__init__(retention_s)
-        self.db = sqlite_connect(url)
-        self._lock = threading.RLock()
-        self.db.executescript(_SCHEMA)
+        self.db, self._lock = sqlite_open(url, _SCHEMA)
         if "owner" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:
             self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before jobs had owners
         self.db.executescript(_SCHEMA_INDEXES)

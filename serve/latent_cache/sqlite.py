@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import numpy as np
 
 from serve.latent_cache.store import LatentStore, Match, entry_key, from_bytes, nearest_of, to_bytes
-from serve.stores import serialized, sqlite_connect
+from serve.stores import serialized, sqlite_open
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS latent_cache (key TEXT PRIMARY KEY, shape TEXT NOT NULL, embedding BLOB NOT NULL,
+    latents BLOB NOT NULL, used_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS latent_cache_shape ON latent_cache (shape);
+CREATE INDEX IF NOT EXISTS latent_cache_used ON latent_cache (used_at);
+"""
 
 
 class SqliteLatentStore(LatentStore):
@@ -16,14 +22,7 @@ class SqliteLatentStore(LatentStore):
 
     def __init__(self, url: str, max_entries: int) -> None:
         super().__init__(max_entries)
-        self.db = sqlite_connect(url)
-        self._lock = threading.RLock()
-        self.db.execute(
-            "CREATE TABLE IF NOT EXISTS latent_cache (key TEXT PRIMARY KEY, shape TEXT NOT NULL, "
-            "embedding BLOB NOT NULL, latents BLOB NOT NULL, used_at REAL NOT NULL)"
-        )
-        self.db.execute("CREATE INDEX IF NOT EXISTS latent_cache_shape ON latent_cache (shape)")
-        self.db.execute("CREATE INDEX IF NOT EXISTS latent_cache_used ON latent_cache (used_at)")
+        self.db, self._lock = sqlite_open(url, _SCHEMA)
 
     @serialized
     def nearest(self, shape: str, embedding: np.ndarray) -> Match | None:

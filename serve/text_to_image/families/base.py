@@ -131,10 +131,10 @@ def pipeline_components(denoiser: str, encoders: int, optional: int = 0) -> tupl
 class Family(ABC):
     """One model family (SD 1.x/2.x, SDXL, ...), bound to the dims of one model, its adapters and its ControlNets.
 
-    ``pipeline_class`` is the family's text-to-image pipeline; ``pipeline_classes`` every ``model_index.json`` class
-    recognised as the family (its img2img and inpainting pipelines' folders hold the same components). ``denoiser``
-    is the engine each step calls (its output ``noise_pred`` is what the scheduler steps with, whatever the model
-    predicts); ``samplers`` the API's samplers as this family runs them (:mod:`serve.text_to_image.samplers`).
+    ``pipeline_classes``: every ``model_index.json`` class recognised as the family (its img2img and inpainting
+    pipelines' folders hold the same components), the first its text-to-image pipeline (``pipeline_class``).
+    ``denoiser`` is the engine each step calls (its output ``noise_pred`` is what the scheduler steps with, whatever
+    the model predicts); ``samplers`` the API's samplers as this family runs them (:mod:`serve.text_to_image.samplers`).
     """
 
     name: ClassVar[str]
@@ -153,6 +153,12 @@ class Family(ABC):
     """The UNet's conditioning after ``encoder_hidden_states`` (SDXL's ``text_embeds``, ``time_ids``)."""
     upcasts_vae: ClassVar[bool] = True
     """Whether the VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the pipeline does."""
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A family's ``pipeline_class``: the first of the ``pipeline_classes`` it declares."""
+        super().__init_subclass__(**kwargs)
+        if "pipeline_classes" in vars(cls):
+            cls.pipeline_class = cls.pipeline_classes[0]
 
     def __init__(
         self,

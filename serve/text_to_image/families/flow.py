@@ -69,13 +69,17 @@ def explicit_rms_norms(model: torch.nn.Module) -> torch.nn.Module:
 class FlowTransformerModule(torch.nn.Module):
     """A flow-matching transformer as its engine's module, its RMS norms in elementary ops (:func:`explicit_rms_norms`).
 
-    SD3's and Flux's diffusers transformers take the same four inputs by keyword (Flux more); a subclass's ``forward``
-    makes them from the engine's inputs and calls :meth:`velocity`.
+    SD3's and Flux's diffusers transformers take the same four inputs by keyword (Flux more). ``forward`` hands them
+    the engine's inputs as they are (SD3); a subclass's makes them from the engine's inputs (Flux's packed latents).
     """
 
     def __init__(self, transformer: torch.nn.Module) -> None:
         super().__init__()
         self.transformer = explicit_rms_norms(transformer)
+
+    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
+        """The predicted velocity, in the latents' layout."""
+        return self.velocity(sample, timestep, encoder_hidden_states, pooled_projections)
 
     def velocity(self, hidden_states, timestep, encoder_hidden_states, pooled_projections, **extra):
         """The transformer's predicted velocity (``extra``: a family's own inputs, such as Flux's position ids)."""

@@ -121,7 +121,6 @@ class Flux(FlowFamily):
     """``FluxPipeline`` folders: dev (guidance embedded) and schnell (none)."""
 
     name = "flux"
-    pipeline_class = "FluxPipeline"
     pipeline_classes = ("FluxPipeline",)
     dims_type = FluxDims
     lora_engines = (TEXT_ENCODER, TRANSFORMER)  # not T5, as FluxPipeline's load_lora_weights

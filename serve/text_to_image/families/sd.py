@@ -35,7 +35,6 @@ class StableDiffusion(Family):
     """
 
     name = "sd"
-    pipeline_class = "StableDiffusionPipeline"
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
     dims_type = SDDims
     upcasts_vae = False

@@ -54,19 +54,10 @@ class SD3Dims(PipelineDims):
     t5: bool
 
 
-class SD3TransformerModule(FlowTransformerModule):
-    """The SD3 transformer with positional inputs: latents, timestep, the token sequence, the pooled embeddings."""
-
-    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
-        """The predicted velocity, in the latents' layout."""
-        return self.velocity(sample, timestep, encoder_hidden_states, pooled_projections)
-
-
 class StableDiffusion3(FlowFamily):
     """``StableDiffusion3Pipeline`` folders (SD3 and SD3.5), with or without T5."""
 
     name = "sd3"
-    pipeline_class = "StableDiffusion3Pipeline"
     pipeline_classes = ("StableDiffusion3Pipeline",)
     dims_type = SD3Dims
     max_shift_default = 1.16
@@ -129,8 +120,9 @@ class StableDiffusion3(FlowFamily):
         }
         if self.dims.t5:
             modules[TEXT_ENCODER_3] = text_encoder_export(model_dir, TEXT_ENCODER_3, "T5EncoderModel")
+        transformer = model_dir / TRANSFORMER
         modules[TRANSFORMER] = ExportModule(
-            lambda dtype: SD3TransformerModule(diffusers_model("SD3Transformer2DModel", model_dir / TRANSFORMER, dtype))
+            lambda dtype: FlowTransformerModule(diffusers_model("SD3Transformer2DModel", transformer, dtype))
         )
         return modules | self.vae_exports(model_dir)
 

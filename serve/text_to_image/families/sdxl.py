@@ -51,7 +51,6 @@ class StableDiffusionXL(Family):
     """
 
     name = "sdxl"
-    pipeline_class = "StableDiffusionXLPipeline"
     pipeline_classes = (
         "StableDiffusionXLPipeline",
         "StableDiffusionXLImg2ImgPipeline",

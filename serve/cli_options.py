@@ -145,6 +145,7 @@ class NamedFile(NamedFolder):
     """``NAME=FILE``: a name (:data:`NAME`: it names a Triton model) and a file (``--upscaler``)."""
 
     name = "named file"
+    form = f"NAME=FILE with NAME of {NAME_RULE}"
 
     def _value(self, value, path: str, param, ctx) -> Path:
         if not Path(path).is_file():

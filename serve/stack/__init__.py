@@ -127,6 +127,7 @@ class Stack:
         self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
+        self.safety_checker_dir: Path | None = None  # the image safety checker's engine folder, once built (or None)
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
@@ -177,7 +178,7 @@ class Stack:
         on_this_machine = opts.address is None  # with --address, Triton runs on the cluster's model nodes
         engine_dirs = self._build_models()
         upscalers_dir = self._build_upscalers()
-        safety_checker_dir = self._build_safety_checker()
+        safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
         self.engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(self.engines)
         table = self._start_table(engine_dirs) if on_this_machine else None

@@ -36,7 +36,13 @@ SPECIAL_CARE_ADJUSTMENT = 0.01
 """What diffusers adds to every concept score of an image that matched a special-care concept."""
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
 TINY_TEXT = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4}
-SD15_VISION = {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16}
+SD15_VISION = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+}
 """SD 1.5's checker: CLIP ViT-L/14's vision tower (patch 14, projection 768)."""
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 
 import numpy as np
@@ -21,6 +22,7 @@ from build_engines.moderation.safety_checker import (
     load_safety_checker,
     random_safety_checker,
 )
+from loadtests.benchmarks.safety_checker import run
 from serve.moderation.images import (
     CATEGORY,
     PREPROCESSOR,
@@ -167,3 +169,10 @@ def test_an_sd_folder_can_carry_the_random_checker(tmp_path):
     shutil.rmtree(model_dir / SAFETY_CHECKER)
     with pytest.raises(ValueError):
         build_safety_checker(model_dir, None)
+
+
+def test_the_benchmark_times_the_engine_and_writes_its_rows(exported, tmp_path):
+    table = run(exported.parent, [1, 2], 256, 1, tmp_path / "bench.json")
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [row["batch"] for row in rows] == [1, 2] and all(row["engine_ms"] > 0 for row in rows)
+    assert "engine ms/img" in table

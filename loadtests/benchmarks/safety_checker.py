@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loadtests.benchmarks import loop
 from serve.moderation.images import Preprocessing
 from serve.tables import text_table
 from serve.triton.engine_files import EngineFiles
@@ -66,12 +67,9 @@ def measure(engine: EngineFiles, batch: int, side: int, repeats: int) -> Checker
 
 def run(engine_dir: Path, batches: list[int], side: int, repeats: int, out: Path) -> str:
     """Measure each batch size, write JSON to ``out``, and return the table."""
-    import json
-
     rows = [measure(EngineFiles(engine_dir), batch, side, repeats) for batch in batches]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    context = {"checker": "SD 1.5 shape (CLIP ViT-L/14 vision, random weights)", "side": side, "repeats": repeats}
-    out.write_text(json.dumps(context | {"rows": [asdict(row) for row in rows]}, indent=2))
+    checker = "SD 1.5 shape (CLIP ViT-L/14 vision, random weights)"
+    loop.write_json(out, [], checker=checker, side=side, repeats=repeats, batches=[asdict(row) for row in rows])
     columns = [("batch", ">6"), ("preprocess ms/img", ">18.1f"), ("engine ms/img", ">14.1f")]
     columns += [("total ms/img", ">13.1f"), ("peak GiB", ">9.2f")]
     cells = [(r.batch, r.preprocess_ms, r.engine_ms, r.total_ms, r.peak_gib) for r in rows]

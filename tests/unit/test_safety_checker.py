@@ -173,7 +173,7 @@ def test_an_sd_folder_can_carry_the_random_checker(tmp_path):
 
 def test_the_benchmark_times_the_engine_and_writes_its_rows(exported, tmp_path):
     table = run(exported.parent, [1, 2], 256, 1, tmp_path / "bench.json")
-    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "bench.json").read_text())["batches"]
     assert [row["batch"] for row in rows] == [1, 2] and all(row["engine_ms"] > 0 for row in rows)
     assert "engine ms/img" in table
 

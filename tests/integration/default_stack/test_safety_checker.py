@@ -8,8 +8,12 @@ import httpx
 import numpy as np
 import torch
 
-from build_engines.moderation.safety_checker import FEATURE_EXTRACTOR, SafetyScores, chosen_pictures
-from build_engines.moderation.safety_checker import load_safety_checker as load_checker
+from build_engines.moderation.safety_checker import (
+    FEATURE_EXTRACTOR,
+    SafetyScores,
+    chosen_pictures,
+    load_safety_checker,
+)
 from serve.moderation.images import CATEGORY, PREPROCESSOR, SAFETY_CHECKER, ImageChecker, Preprocessing
 from tests.integration.conftest import batch_histogram
 
@@ -36,7 +40,7 @@ def test_image_checker_flags_the_chosen_picture_through_triton(stack, safety_che
     assert (batch_histogram(stack.info.triton_http_url, SAFETY_CHECKER) - before)[3] == 1
     preprocessing = Preprocessing.read(safety_checker / FEATURE_EXTRACTOR / PREPROCESSOR)
     with torch.no_grad():
-        scores, flags = SafetyScores(load_checker(safety_checker))(
+        scores, flags = SafetyScores(load_safety_checker(safety_checker))(
             torch.from_numpy(np.stack([preprocessing.pixels(image) for image in images]))
         )
     assert [v.flagged for v in verdicts] == flags.reshape(-1).tolist() == [True, False, True]

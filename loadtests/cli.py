@@ -253,6 +253,28 @@ def bench_upscale(sizes: str, whole_up_to: int, out: Path) -> None:
     click.echo(run(module, onnx_path, [int(side) for side in sizes.split(",")], whole_up_to, out))
 
 
+@bench.command("safety-checker")
+@click.option("--batches", default="1,4", show_default=True, help="Images per engine call.")
+@click.option("--side", default=512, show_default=True, help="Side of the square RGB images checked.")
+@click.option("--repeats", default=3, show_default=True, help="Timed runs per batch size (the median is kept).")
+@out_option("out/bench_safety_checker.json")
+def bench_safety_checker(batches: str, side: int, repeats: int, out: Path) -> None:
+    """The image safety checker at SD 1.5's shape (random weights): ms per image, preprocessing and engine."""
+    from build_engines.moderation.safety_checker import (
+        SD15_VISION,
+        chosen_pictures,
+        export_safety_checker,
+        load_safety_checker,
+        random_safety_checker,
+    )
+    from loadtests.benchmarks.safety_checker import run
+
+    folder = random_safety_checker(out.parent / "safety_checker_sd15", *chosen_pictures(), **SD15_VISION)
+    engine_dir = out.parent / "safety_checker_engine"
+    export_safety_checker(load_safety_checker(folder), engine_dir / "model.onnx")
+    click.echo(run(engine_dir, [int(b) for b in batches.split(",")], side, repeats, out))
+
+
 @bench.command("jobs")
 @click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")

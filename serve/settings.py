@@ -184,6 +184,11 @@ class AppArgs(AppSettings):
         None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
     )
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
+    safety_checker_dir: str | None = Field(
+        None,
+        description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
+        "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
+    )
 
 
 class StackOptions(AppSettings):
@@ -256,6 +261,12 @@ class StackOptions(AppSettings):
         description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
         "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
         "recognised is listed with why (GET /v1/upscalers) and not served.",
+    )
+    safety_checker: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
+        None,
+        description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "
+        "and feature_extractor/ (as SD 1.x folders have), served as the Triton model safety_checker. Default: the "
+        "default model's own, when its folder has them.",
     )
 
     step_cache: bool = Field(

@@ -95,6 +95,7 @@ class _Built:
 
     engine_dirs: dict[str, str]  # model name -> engine folder
     upscalers_dir: Path | None
+    safety_checker_dir: Path | None
     loras_dir: str | None
     table: Path | None  # the model table (None on a cluster)
     vectorize: bool
@@ -105,7 +106,7 @@ class _Built:
 
     def triton_models_of(self, served: ServedModels) -> list:
         """The specs of every Triton model served now, with the models ``served`` (the table as changed since)."""
-        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir)
+        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, self.safety_checker_dir)
 
 
 class Stack:
@@ -126,6 +127,7 @@ class Stack:
         self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
+        self.safety_checker_dir: Path | None = None  # the image safety checker's engine folder, once built (or None)
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
@@ -176,6 +178,7 @@ class Stack:
         on_this_machine = opts.address is None  # with --address, Triton runs on the cluster's model nodes
         engine_dirs = self._build_models()
         upscalers_dir = self._build_upscalers()
+        safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
         self.engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(self.engines)
         table = self._start_table(engine_dirs) if on_this_machine else None
@@ -190,12 +193,13 @@ class Stack:
         return _Built(
             engine_dirs=engine_dirs,
             upscalers_dir=upscalers_dir,
+            safety_checker_dir=safety_checker_dir,
             loras_dir=loras_dir,
             table=table,
             vectorize=vectorize,
             vectorize_table=vectorize_table,
             pools={"text_to_image": served.pool()},  # one activation pool for every model's engines
-            triton_models=triton_models(served, vectorize, vectorize_table, upscalers_dir),
+            triton_models=triton_models(served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir),
             parked=self._park(served) if on_this_machine else None,
         )
 
@@ -233,6 +237,7 @@ class Stack:
             repository=str(opts.repository.resolve()),
             loras_dir=built.loras_dir,
             upscalers_dir=str(built.upscalers_dir) if built.upscalers_dir else None,
+            safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
 
@@ -325,6 +330,17 @@ class Stack:
         from build_engines.finishing.upscalers import build_upscalers
 
         return build_upscalers(self.options.upscalers, self.options.repository)
+
+    def _build_safety_checker(self) -> Path | None:
+        """Build (or reuse) the image safety checker's engine and install it; its folder (None: no checker).
+
+        ``--safety-checker DIR``, else the default model's own (an SD 1.x folder with ``safety_checker/``).
+        """
+        from build_engines.moderation.safety_checker import build_safety_checker, has_safety_checker
+
+        opts = self.options
+        source = opts.safety_checker or (opts.model_dir if has_safety_checker(opts.model_dir) else None)
+        return build_safety_checker(source, opts.repository)
 
     def _install_loras(self, engines: EngineFolder) -> str | None:
         """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""

@@ -1,0 +1,114 @@
+"""Moderation at the Gateway: prompts at admission, images on the way out, and ``POST /v1/moderations``.
+
+Each under the policy of the request's key, or else the stack's (:mod:`serve.moderation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+
+from ray.serve.context import _get_serve_request_context
+
+from serve import metrics
+from serve.access.keys import ApiKey
+from serve.errors import ContentPolicyViolation, InvalidInput
+from serve.moderation import Policy, Screening, Verdict, policy_of
+from serve.moderation.policy import ImageChecker, Moderated, moderated
+from serve.moderation.requests import ModerationRequest
+from serve.moderation.text import Blocklist
+from serve.text_to_image.deployment import EncodedImages
+from serve.text_to_image.schema import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+MODERATION_MODEL = "easel-moderation"
+"""The ``model`` a moderations answer names (the stack's checks: its blocklist, and image checker if served)."""
+
+
+def _request_id() -> str:
+    """The id Ray Serve gave the request being answered ('' outside one)."""
+    return _get_serve_request_context().request_id
+
+
+class Moderation:
+    """The stack's policy and checks: its prompt blocklist, and the image checker when it serves one."""
+
+    def __init__(
+        self, policy: Policy = Policy.OFF, blocklist: Blocklist | None = None, images: ImageChecker | None = None
+    ) -> None:
+        self.policy = policy
+        self.blocklist = blocklist or Blocklist()
+        self.images = images
+
+    def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
+        """``request``'s prompt checked under its key's policy (or the stack's); flagged under ``block``: a 400.
+
+        Named ``prompt`` (OpenAI's ``content_policy_violation``), before any engine work. The negative prompt is
+        not checked: it names what the image should not show.
+        """
+        key_id = key and key.id
+        policy = policy_of(self.policy, key and key.limits.moderation)
+        if policy is Policy.OFF:
+            return Screening(policy, key_id=key_id)
+        verdict = self.blocklist.check(request.prompt)
+        if verdict.flagged:
+            self._counted("prompt", verdict, key_id)
+            if policy is Policy.BLOCK:
+                raise ContentPolicyViolation(
+                    f"prompt: refused by the content policy (flagged: {', '.join(verdict.flagged_categories)})",
+                    field="prompt",
+                )
+        return Screening(policy, verdict, key_id)
+
+    def rescreened(self, request: GenerationRequest) -> Screening:
+        """A queued job's prompt as it runs, under the stack's policy: its images are checked and marked by it.
+
+        Never refused here: the job was admitted (and its prompt checked under its key's policy) at submission.
+        """
+        if self.policy is Policy.OFF:
+            return Screening(self.policy)
+        return Screening(self.policy, self.blocklist.check(request.prompt))
+
+    async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
+        """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""
+        done = await asyncio.to_thread(moderated, result.images, screening, self.images)
+        for verdict in done.checked:
+            if verdict.flagged:
+                self._counted("image", verdict, screening.key_id)
+        return dataclasses.replace(result, images=done.images), done
+
+    def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
+        """``POST /v1/moderations``: one result per input item, by the blocklist (texts) and image checker (images).
+
+        An image with no image checker served is a 400 naming ``input``.
+        """
+        items = body.items()
+        images = [item for item in items if isinstance(item, bytes)]
+        if images and self.images is None:
+            raise InvalidInput("input: no image moderation model is served by this stack", field="input")
+        image_verdicts = iter(self.images.check_images(images) if images else ())
+        verdicts = [self.blocklist.check(item) if isinstance(item, str) else next(image_verdicts) for item in items]
+        for verdict in verdicts:
+            if verdict.flagged:
+                self._counted("input", verdict, key and key.id)
+        return {
+            "id": f"modr-{secrets.token_hex(12)}",
+            "model": body.model or MODERATION_MODEL,
+            "results": [verdict.to_api() for verdict in verdicts],
+        }
+
+    @staticmethod
+    def _counted(item: str, verdict: Verdict, key_id: str | None) -> None:
+        """A flag counted by category and key, and logged with the key and request ids (never the text)."""
+        for category in verdict.flagged_categories:
+            metrics.count(metrics.MODERATION_FLAGS, item=item, category=category, key_id=key_id or "none")
+        logger.info(
+            "moderation flagged a %s (%s): key %s, request %s",
+            item,
+            ", ".join(verdict.flagged_categories),
+            key_id or "none",
+            _request_id() or "none",
+        )

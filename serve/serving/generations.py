@@ -249,6 +249,7 @@ class Generations:
         """
         request, model = admitted.request, admitted.model
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        engine += f"|{admitted.screening.policy}"  # an answer's moderation marks are its policy's
         key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await cache_call(self.cache.get, key)

@@ -74,6 +74,8 @@ class Moderation:
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""
+        if screening.policy is Policy.OFF:
+            return result, moderated(result.images, screening, None)
         done = await asyncio.to_thread(moderated, result.images, screening, self.images)
         for verdict in done.checked:
             if verdict.flagged:
@@ -105,7 +107,7 @@ class Moderation:
         """A flag counted by category and key, and logged with the key and request ids (never the text)."""
         for category in verdict.flagged_categories:
             metrics.count(metrics.MODERATION_FLAGS, item=item, category=category, key_id=key_id or "none")
-        logger.info(
+        logger.warning(
             "moderation flagged a %s (%s): key %s, request %s",
             item,
             ", ".join(verdict.flagged_categories),

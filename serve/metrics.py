@@ -175,8 +175,8 @@ KEY_COST = MetricSpec(
 MODERATION_FLAGS = MetricSpec(
     "easel_moderation_flags",
     "counter",
-    "Items moderation flagged, by what (prompt, image, or input: a POST /v1/moderations item), category and key id "
-    "(none: no key).",
+    "Items moderation flagged, by what (prompt, input_image, image: a generated one, or input: a POST /v1/moderations "
+    "item), category and key id (none: no key).",
     ("item", "category", "key_id"),
 )
 ADAPTER_REQUESTS = MetricSpec(

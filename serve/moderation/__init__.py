@@ -53,8 +53,8 @@ def policy_of(stack: Policy, key_policy: Policy | None) -> Policy:
 
 @dataclass(frozen=True)
 class Screening:
-    """What admission found of a generation: the policy it runs under, its prompt's verdict, its key's id."""
+    """What admission found of a generation: its policy, the verdict on what it brings (prompt, images), its key."""
 
     policy: Policy = Policy.OFF
-    prompt: Verdict = field(default_factory=Verdict)
+    inputs: Verdict = field(default_factory=Verdict)  # its prompt's and input images' flags, merged
     key_id: str | None = None

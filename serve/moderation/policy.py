@@ -1,7 +1,7 @@
 """What the policy does to a generation's images: each checked and marked; under ``block`` a flagged one blacked out.
 
 The image check is a protocol (:class:`ImageChecker`: one :class:`~serve.moderation.Verdict` per image), so that a
-served safety checker plugs in; without one, each image carries its prompt's verdict.
+served safety checker plugs in; without one, each image carries the verdict on the request's prompt and inputs.
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ class Moderated:
 def moderated(images: list[bytes], screening: Screening, checker: ImageChecker | None) -> Moderated:
     """``images`` under ``screening``'s policy: checked, marked, and under ``block`` blacked out if flagged.
 
-    Checked by ``checker`` if the stack has one; each verdict is merged with the prompt's.
+    Checked by ``checker`` if the stack has one; each verdict is merged with the request's inputs'.
     """
     if screening.policy is Policy.OFF:
         return Moderated(images, None)
     checked = checker.check_images(images) if checker is not None and images else [Verdict() for _ in images]
-    verdicts = [screening.prompt.merged(verdict) for verdict in checked]
+    verdicts = [screening.inputs.merged(verdict) for verdict in checked]
     if screening.policy is Policy.BLOCK:
         images = [blacked_out(image) if v.flagged else image for image, v in zip(images, verdicts, strict=True)]
     return Moderated(images, verdicts, checked if checker is not None else [])

@@ -172,7 +172,7 @@ class Generations:
         now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
         missing one).
         """
-        screening = self.moderation.screened(request, key)  # a flagged prompt under block: a 400, before any work
+        screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
         assigned, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
         admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request)  # images' headers read
         if self.references is not None:

@@ -15,6 +15,7 @@ from ray.serve.context import _get_serve_request_context
 from serve import metrics
 from serve.access.keys import ApiKey
 from serve.errors import ContentPolicyViolation, InvalidInput
+from serve.images import base64_bytes
 from serve.moderation import Policy, Screening, Verdict, policy_of
 from serve.moderation.policy import ImageChecker, Moderated, moderated
 from serve.moderation.requests import ModerationRequest
@@ -26,6 +27,15 @@ logger = logging.getLogger(__name__)
 
 MODERATION_MODEL = "easel-moderation"
 """The ``model`` a moderations answer names (the stack's checks: its blocklist, and image checker if served)."""
+
+
+def input_images(request: GenerationRequest) -> list[tuple[str, bytes]]:
+    """The images ``request`` brings to be drawn from, each with its field (a mask is no picture)."""
+    named = [("image", text) for text in request.image]
+    if request.ip_adapter_image is not None:
+        named.append(("ip_adapter_image", request.ip_adapter_image))
+    named += [(f"controlnets.{index}.image", control.image) for index, control in enumerate(request.controlnets)]
+    return [(field, base64_bytes(text)) for field, text in named]
 
 
 def _request_id() -> str:
@@ -43,25 +53,37 @@ class Moderation:
         self.blocklist = blocklist or Blocklist()
         self.images = images
 
-    def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
-        """``request``'s prompt checked under its key's policy (or the stack's); flagged under ``block``: a 400.
+    async def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
+        """``request``'s prompt and input images checked under its key's policy (or the stack's), before any work.
 
-        Named ``prompt`` (OpenAI's ``content_policy_violation``), before any engine work. The negative prompt is
-        not checked: it names what the image should not show.
+        Under ``block`` a flagged one is a 400 (OpenAI's ``content_policy_violation``) naming ``prompt``, or the
+        image's field. The negative prompt and the mask are not checked: they name what the image must not show.
+        Input images are checked by the stack's image checker, when it serves one.
         """
         key_id = key and key.id
         policy = policy_of(self.policy, key and key.limits.moderation)
         if policy is Policy.OFF:
             return Screening(policy, key_id=key_id)
         verdict = self.blocklist.check(request.prompt)
-        if verdict.flagged:
-            self._counted("prompt", verdict, key_id)
-            if policy is Policy.BLOCK:
-                raise ContentPolicyViolation(
-                    f"prompt: refused by the content policy (flagged: {', '.join(verdict.flagged_categories)})",
-                    field="prompt",
-                )
+        self._refused_if_flagged("prompt", verdict, policy, key_id)
+        named = input_images(request) if self.images is not None else []
+        if named:
+            checked = await asyncio.to_thread(self.images.check_images, [image for _, image in named])
+            for (field, _), image_verdict in zip(named, checked, strict=True):
+                self._refused_if_flagged(field, image_verdict, policy, key_id)
+                verdict = verdict.merged(image_verdict)
         return Screening(policy, verdict, key_id)
+
+    def _refused_if_flagged(self, field: str, verdict: Verdict, policy: Policy, key_id: str | None) -> None:
+        """A flagged input counted, and under ``block`` refused naming ``field``."""
+        if not verdict.flagged:
+            return
+        self._counted("prompt" if field == "prompt" else "input_image", verdict, key_id)
+        if policy is Policy.BLOCK:
+            raise ContentPolicyViolation(
+                f"{field}: refused by the content policy (flagged: {', '.join(verdict.flagged_categories)})",
+                field=field,
+            )
 
     def rescreened(self, request: GenerationRequest) -> Screening:
         """A queued job's prompt as it runs, under the stack's policy: its images are checked and marked by it.
@@ -70,7 +92,7 @@ class Moderation:
         """
         if self.policy is Policy.OFF:
             return Screening(self.policy)
-        return Screening(self.policy, self.blocklist.check(request.prompt))
+        return Screening(self.policy, self.blocklist.check(request.prompt))  # its input images were checked then
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""

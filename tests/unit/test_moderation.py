@@ -134,14 +134,18 @@ def test_keys_create_takes_a_moderation_policy_and_lists_it(tmp_path):
     assert bad.exit_code == 2 and "--moderation" in bad.output
 
 
+def screened(moderation: Moderation, request: GenerationRequest, caller: ApiKey | None) -> Screening:
+    return asyncio.run(moderation.screened(request, caller))
+
+
 def test_a_flagged_prompt_is_refused_under_block_marked_under_flag_and_unchecked_under_off(counted):
     moderation = Moderation(Policy.OFF, Blocklist.parse(BLOCKLIST))
     request = GenerationRequest(prompt="a gun on a table", negative_prompt="gore")
-    assert moderation.screened(request, None) == Screening(Policy.OFF)
-    flagged = moderation.screened(request, key(Policy.FLAG))
-    assert flagged.policy is Policy.FLAG and flagged.prompt.flagged_categories == ["weapons"] and flagged.key_id == "k1"
+    assert screened(moderation, request, None) == Screening(Policy.OFF)
+    flagged = screened(moderation, request, key(Policy.FLAG))
+    assert flagged.policy is Policy.FLAG and flagged.inputs.flagged_categories == ["weapons"] and flagged.key_id == "k1"
     with pytest.raises(ContentPolicyViolation) as refused:
-        moderation.screened(request, key(Policy.BLOCK))
+        screened(moderation, request, key(Policy.BLOCK))
     error = refused.value
     assert error.status == 400 and error.field == "prompt" and "weapons" in error.message
     assert error.body()["error"]["code"] == "content_policy_violation"
@@ -150,7 +154,36 @@ def test_a_flagged_prompt_is_refused_under_block_marked_under_flag_and_unchecked
         counted == [{"metric": "easel_moderation_flags", "item": "prompt", "category": "weapons", "key_id": "k1"}] * 2
     )
     harmless = GenerationRequest(prompt="a lighthouse", negative_prompt="gore, guns")  # the negative is not checked
-    assert not Moderation(Policy.BLOCK, Blocklist.parse(BLOCKLIST)).screened(harmless, None).prompt.flagged
+    assert not screened(Moderation(Policy.BLOCK, Blocklist.parse(BLOCKLIST)), harmless, None).inputs.flagged
+
+
+def test_a_flagged_input_image_is_refused_under_block_naming_its_field_and_marks_the_answer_under_flag(counted):
+    red, blue = (base64.b64encode(png(color)).decode() for color in ((250, 0, 0), (0, 0, 250)))
+    checker = RedFlagger()
+    moderation = Moderation(Policy.BLOCK, Blocklist(), checker)
+    control = {"name": "edges", "image": red}
+    for request, field in (
+        (GenerationRequest(prompt="a cat", image=[blue, red]), "image"),
+        (GenerationRequest(prompt="a cat", controlnets=[control]), "controlnets.0.image"),
+    ):
+        with pytest.raises(ContentPolicyViolation) as refused:
+            screened(moderation, request, None)
+        assert refused.value.field == field and "violence" in refused.value.message
+    assert counted[0] == {
+        "metric": "easel_moderation_flags",
+        "item": "input_image",
+        "category": "violence",
+        "key_id": "none",
+    }
+    marked = screened(moderation, GenerationRequest(prompt="a cat", image=[red]), key(Policy.FLAG))
+    assert marked.inputs.categories == {"violence": True}
+    clean = screened(moderation, GenerationRequest(prompt="a cat", image=[blue], mask=red), None)
+    assert not clean.inputs.flagged  # a mask is no picture: not checked
+    calls = checker.calls
+    assert screened(moderation, GenerationRequest(prompt="a cat", image=[red]), key(Policy.OFF)) == Screening(
+        Policy.OFF, key_id="k1"
+    )
+    assert checker.calls == calls  # off: nothing checked
 
 
 def test_under_block_a_flagged_image_is_blacked_out_at_its_size_and_marked():

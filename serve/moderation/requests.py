@@ -19,11 +19,14 @@ MAX_MODERATION_TEXT_CHARS = 32_000
 """Characters one text item may have."""
 MAX_MODERATION_IMAGE_BYTES = 4 << 20
 """Bytes one image item may have, decoded."""
+MAX_MODERATION_URL_CHARS = 4 * MAX_MODERATION_IMAGE_BYTES // 3
+"""Characters an image's data URL may have: its base64 decodes to at most :data:`MAX_MODERATION_IMAGE_BYTES`."""
 MAX_MODERATION_REQUEST_BYTES = 16 << 20
 """Bytes the request body may have (its images travel base64 in the JSON)."""
+DATA_URL_PATTERN = r"^data:image/[^;,]*;base64,"
+"""How an image item's URL starts: a data URL (nothing is fetched from elsewhere)."""
 
 Text = Annotated[str, Field(max_length=MAX_MODERATION_TEXT_CHARS)]
-_DATA_URL = "data:image/"
 
 
 class TextPart(BaseModel):
@@ -40,18 +43,18 @@ class ImageUrl(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(description=f"A base64 data URL of at most {MAX_MODERATION_IMAGE_BYTES} bytes decoded.")
+    url: str = Field(
+        max_length=MAX_MODERATION_URL_CHARS,
+        pattern=DATA_URL_PATTERN,
+        description=f"A base64 data URL (data:image/png;base64,...) of at most {MAX_MODERATION_IMAGE_BYTES} bytes "
+        "decoded; nothing is fetched.",
+    )
 
     @field_validator("url")
     @classmethod
-    def _a_data_url_within_the_limit(cls, url: str) -> str:
-        head, _, data = url.partition(",")
-        if not (head.startswith(_DATA_URL) and head.endswith(";base64")):
-            raise ValueError("must be a base64 data URL (data:image/png;base64,...): nothing is fetched")
-        if len(data) * 3 // 4 > MAX_MODERATION_IMAGE_BYTES:
-            raise ValueError(f"an image may have at most {MAX_MODERATION_IMAGE_BYTES} bytes")
+    def _base64(cls, url: str) -> str:
         try:
-            base64_bytes(data)
+            base64_bytes(url.partition(",")[2])
         except (binascii.Error, ValueError):
             raise ValueError("its data is not base64") from None
         return url
@@ -84,7 +87,22 @@ def _as_parts(value: object) -> object:
 
 
 _TEXT_SCHEMA = {"type": "string", "maxLength": MAX_MODERATION_TEXT_CHARS}
-_PART_SCHEMA = {"type": "object", "required": ["type"], "properties": {"type": {"enum": ["text", "image_url"]}}}
+_URL_SCHEMA = {"type": "string", "maxLength": MAX_MODERATION_URL_CHARS, "pattern": DATA_URL_PATTERN}
+
+
+def _part_schema(kind: str, value: dict) -> dict:
+    """The JSON schema of one part: its ``type`` and the field of that name."""
+    properties = {"type": {"type": "string", "const": kind}, kind: value}
+    return {"type": "object", "required": ["type", kind], "properties": properties, "additionalProperties": False}
+
+
+_IMAGE_URL_SCHEMA = {
+    "type": "object",
+    "required": ["url"],
+    "properties": {"url": _URL_SCHEMA},
+    "additionalProperties": False,
+}
+_PARTS_SCHEMA = [_TEXT_SCHEMA, _part_schema("text", _TEXT_SCHEMA), _part_schema("image_url", _IMAGE_URL_SCHEMA)]
 Inputs = Annotated[
     list[Part],
     Field(min_length=1, max_length=MAX_MODERATION_INPUTS),
@@ -95,7 +113,7 @@ Inputs = Annotated[
                 _TEXT_SCHEMA,
                 {
                     "type": "array",
-                    "items": {"anyOf": [_TEXT_SCHEMA, _PART_SCHEMA]},
+                    "items": {"anyOf": _PARTS_SCHEMA},
                     "minItems": 1,
                     "maxItems": MAX_MODERATION_INPUTS,
                 },

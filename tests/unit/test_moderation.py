@@ -20,6 +20,7 @@ from serve.moderation.requests import (
     MAX_MODERATION_IMAGE_BYTES,
     MAX_MODERATION_INPUTS,
     MAX_MODERATION_TEXT_CHARS,
+    MAX_MODERATION_URL_CHARS,
     ModerationRequest,
 )
 from serve.moderation.text import DEFAULT_CATEGORY, Blocklist
@@ -247,12 +248,12 @@ def test_the_moderations_body_takes_openai_s_shapes():
         ({"input": "x" * (MAX_MODERATION_TEXT_CHARS + 1)}, "input.0.text.text", f"at most {MAX_MODERATION_TEXT_CHARS}"),
         ({"input": ["a"] * (MAX_MODERATION_INPUTS + 1)}, "input", f"at most {MAX_MODERATION_INPUTS} items"),
         ({"input": []}, "input", "at least 1 item"),
-        ({"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}, None, "data URL"),
+        ({"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}, None, "match pattern"),
         ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!"}}]}, None, "not base64"),
         (
             {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * (6 << 20)}}]},
             None,
-            f"at most {MAX_MODERATION_IMAGE_BYTES} bytes",
+            f"at most {MAX_MODERATION_URL_CHARS} characters",
         ),
         ({"input": [{"type": "audio", "audio": "x"}]}, None, "type"),
     ],

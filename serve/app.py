@@ -39,6 +39,7 @@ from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
+from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
@@ -375,6 +376,7 @@ class Gateway:
         upscalers: Upscalers | None = None,
         triton_grpc_url: str | None = None,
         moderation: Moderation | None = None,
+        safety_checker_dir: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -397,7 +399,9 @@ class Gateway:
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
             share_caches=share_caches,
             upscaling=self.upscaling,
-            moderation=moderation,
+            moderation=(moderation or Moderation()).checking(
+                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url)
+            ),
         )
         self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
@@ -479,4 +483,5 @@ def build_app(args: AppArgs) -> serve.Application:
         Upscalers.read(args.upscalers_dir),
         args.triton_grpc_url,
         Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
+        args.safety_checker_dir,
     )

@@ -5,7 +5,6 @@
 its scope and body limit are :mod:`serve.routes`'.
 """
 
-import asyncio
 from collections.abc import Callable
 
 from fastapi import Request
@@ -26,7 +25,7 @@ async def moderations(http: Request, body: ModerationRequest) -> dict:
     Texts are checked by the stack's prompt blocklist (``easel up --prompt-blocklist``), whatever its policy;
     images by its image checker (a 400 naming ``input`` when it serves none).
     """
-    return await asyncio.to_thread(moderation(http).moderations, body, caller(http))
+    return await moderation(http).moderations(body, caller(http))
 
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (("POST", "/v1/moderations", moderations),)

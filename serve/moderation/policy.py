@@ -1,7 +1,8 @@
 """What the policy does to a generation's images: each checked and marked; under ``block`` a flagged one blacked out.
 
-The image check is a protocol (:class:`ImageChecker`: one :class:`~serve.moderation.Verdict` per image), so that a
-served safety checker plugs in; without one, each image carries the verdict on the request's prompt and inputs.
+The image check is a protocol (:class:`ImageChecker`: one :class:`~serve.moderation.Verdict` per RGB image), which
+the served safety checker (:class:`serve.moderation.images.ImageChecker`) keeps; without one, each image carries the
+verdict on the request's prompt and input images.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import io
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 from PIL import Image
 
 from serve.moderation import Policy, Screening, Verdict
@@ -18,8 +20,8 @@ from serve.moderation import Policy, Screening, Verdict
 class ImageChecker(Protocol):
     """What checks generated or uploaded images (a served safety checker)."""
 
-    def check_images(self, images: list[bytes]) -> list[Verdict]:
-        """One verdict per encoded image, in order."""
+    async def check(self, images: list[np.ndarray]) -> list[Verdict]:
+        """One verdict per ``H x W x 3`` ``uint8`` RGB image, in order."""
 
 
 def blacked_out(image: bytes) -> bytes:
@@ -49,15 +51,16 @@ class Moderated:
         return None if self.verdicts is None else [verdict.to_api() for verdict in self.verdicts]
 
 
-def moderated(images: list[bytes], screening: Screening, checker: ImageChecker | None) -> Moderated:
-    """``images`` under ``screening``'s policy: checked, marked, and under ``block`` blacked out if flagged.
+def moderated(images: list[bytes], screening: Screening, checked: list[Verdict] | None = None) -> Moderated:
+    """Encoded ``images`` under ``screening``'s policy: marked, and under ``block`` blacked out if flagged.
 
-    Checked by ``checker`` if the stack has one; each verdict is merged with the request's inputs'.
+    ``checked``: the image checker's verdict on each (None: the stack serves none); each mark merges it with the
+    verdict on the request's inputs.
     """
     if screening.policy is Policy.OFF:
         return Moderated(images, None)
-    checked = checker.check_images(images) if checker is not None and images else [Verdict() for _ in images]
-    verdicts = [screening.inputs.merged(verdict) for verdict in checked]
+    own = checked if checked is not None else [Verdict() for _ in images]
+    verdicts = [screening.inputs.merged(verdict) for verdict in own]
     if screening.policy is Policy.BLOCK:
         images = [blacked_out(image) if v.flagged else image for image, v in zip(images, verdicts, strict=True)]
-    return Moderated(images, verdicts, checked if checker is not None else [])
+    return Moderated(images, verdicts, checked or [])

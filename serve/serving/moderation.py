@@ -16,6 +16,7 @@ from serve import metrics
 from serve.access.keys import ApiKey
 from serve.errors import ContentPolicyViolation, InvalidInput
 from serve.images import base64_bytes
+from serve.images.raster import decode_image
 from serve.moderation import Policy, Screening, Verdict, policy_of
 from serve.moderation.policy import ImageChecker, Moderated, moderated
 from serve.moderation.requests import ModerationRequest
@@ -53,6 +54,10 @@ class Moderation:
         self.blocklist = blocklist or Blocklist()
         self.images = images
 
+    def checking(self, images: ImageChecker | None) -> Moderation:
+        """This policy and blocklist with ``images`` as the image checker (built in the replica: it holds a client)."""
+        return Moderation(self.policy, self.blocklist, images)
+
     async def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
         """``request``'s prompt and input images checked under its key's policy (or the stack's), before any work.
 
@@ -68,11 +73,16 @@ class Moderation:
         self._refused_if_flagged("prompt", verdict, policy, key_id)
         named = input_images(request) if self.images is not None else []
         if named:
-            checked = await asyncio.to_thread(self.images.check_images, [image for _, image in named])
+            checked = await self._images_checked(named)
             for (field, _), image_verdict in zip(named, checked, strict=True):
                 self._refused_if_flagged(field, image_verdict, policy, key_id)
                 verdict = verdict.merged(image_verdict)
         return Screening(policy, verdict, key_id)
+
+    async def _images_checked(self, named: list[tuple[str, bytes]]) -> list[Verdict]:
+        """The image checker's verdict on each encoded image (a 400 naming its field if one does not decode)."""
+        pixels = await asyncio.to_thread(lambda: [decode_image(data, field) for field, data in named])
+        return await self.images.check(pixels)
 
     def _refused_if_flagged(self, field: str, verdict: Verdict, policy: Policy, key_id: str | None) -> None:
         """A flagged input counted, and under ``block`` refused naming ``field``."""
@@ -97,23 +107,27 @@ class Moderation:
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""
         if screening.policy is Policy.OFF:
-            return result, moderated(result.images, screening, None)
-        done = await asyncio.to_thread(moderated, result.images, screening, self.images)
+            return result, moderated(result.images, screening)
+        named = [("image", image) for image in result.images]
+        checked = await self._images_checked(named) if self.images is not None and named else None
+        done = await asyncio.to_thread(moderated, result.images, screening, checked)
         for verdict in done.checked:
             if verdict.flagged:
                 self._counted("image", verdict, screening.key_id)
         return dataclasses.replace(result, images=done.images), done
 
-    def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
+    async def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
         """``POST /v1/moderations``: one result per input item, by the blocklist (texts) and image checker (images).
 
         An image with no image checker served is a 400 naming ``input``.
         """
         items = body.items()
-        images = [item for item in items if isinstance(item, bytes)]
+        images = [
+            (f"input.{i}.image_url.image_url.url", item) for i, item in enumerate(items) if isinstance(item, bytes)
+        ]
         if images and self.images is None:
             raise InvalidInput("input: no image moderation model is served by this stack", field="input")
-        image_verdicts = iter(self.images.check_images(images) if images else ())
+        image_verdicts = iter(await self._images_checked(images) if images else ())
         verdicts = [self.blocklist.check(item) if isinstance(item, str) else next(image_verdicts) for item in items]
         for verdict in verdicts:
             if verdict.flagged:

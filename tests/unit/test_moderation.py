@@ -58,15 +58,20 @@ def pixels(image: bytes) -> np.ndarray:
 
 
 class RedFlagger:
-    """A test double of the image checker: flags an image whose first pixel is mostly red, as ``violence``."""
+    """A test double of the image checker (its protocol): flags an RGB image whose first pixel is mostly red."""
 
     def __init__(self) -> None:
         self.calls = 0
 
-    def check_images(self, images: list[bytes]) -> list[Verdict]:
+    async def check(self, images: list[np.ndarray]) -> list[Verdict]:
         self.calls += 1
-        red = [bool(pixels(image)[0, 0, 0] > 200) for image in images]
+        red = [bool(image[0, 0, 0] > 200) for image in images]
         return [Verdict({"violence": flag}, {"violence": 0.9 if flag else 0.1}) for flag in red]
+
+
+def checked_by(checker: RedFlagger, images: list[bytes]) -> list[Verdict]:
+    """``checker``'s verdicts on encoded ``images``."""
+    return asyncio.run(checker.check([pixels(image) for image in images]))
 
 
 def key(policy: Policy | None) -> ApiKey:
@@ -189,8 +194,7 @@ def test_a_flagged_input_image_is_refused_under_block_naming_its_field_and_marks
 
 def test_under_block_a_flagged_image_is_blacked_out_at_its_size_and_marked():
     red, blue = png((250, 0, 0)), png((0, 0, 250), (8, 40))
-    checker = RedFlagger()
-    done = moderated([red, blue], Screening(Policy.BLOCK), checker)
+    done = moderated([red, blue], Screening(Policy.BLOCK), checked_by(RedFlagger(), [red, blue]))
     assert [v.flagged for v in done.verdicts] == [True, False] and done.flagged
     assert pixels(done.images[0]).shape == (16, 24, 3) and not pixels(done.images[0]).any()
     assert done.images[1] == blue
@@ -201,7 +205,7 @@ def test_under_block_a_flagged_image_is_blacked_out_at_its_size_and_marked():
 def test_under_flag_images_are_marked_not_changed_and_carry_the_prompt_s_flags():
     red, blue = png((250, 0, 0)), png((0, 0, 250))
     prompt = Verdict({"weapons": True}, {"weapons": 1.0})
-    done = moderated([red, blue], Screening(Policy.FLAG, prompt), RedFlagger())
+    done = moderated([red, blue], Screening(Policy.FLAG, prompt), checked_by(RedFlagger(), [red, blue]))
     assert done.images == [red, blue]
     assert [m["categories"] for m in done.marks()] == [
         {"weapons": True, "violence": True},
@@ -213,8 +217,9 @@ def test_under_flag_images_are_marked_not_changed_and_carry_the_prompt_s_flags()
 
 def test_under_off_nothing_is_checked_nor_marked():
     checker = RedFlagger()
-    done = moderated([png((250, 0, 0))], Screening(Policy.OFF), checker)
-    assert checker.calls == 0 and done.verdicts is None and done.marks() is None and not done.flagged
+    result = EncodedImages([png((250, 0, 0))], seed=7, prompt_tokens_dropped=0)
+    same, done = asyncio.run(Moderation(Policy.OFF, Blocklist(), checker).checked(result, Screening(Policy.OFF)))
+    assert checker.calls == 0 and same == result and done.verdicts is None and done.marks() is None
 
 
 def test_the_gateway_s_image_check_blacks_out_counts_by_key_and_keeps_the_rest_of_the_result(counted):
@@ -268,7 +273,7 @@ def test_a_moderations_body_over_its_limits_is_a_400_naming_the_field_and_the_li
 
 def test_moderations_answer_one_result_per_item_and_refuse_images_without_a_checker(counted):
     texts = ModerationRequest.model_validate({"input": ["a red gun", "a lighthouse"]})
-    answer = Moderation(Policy.OFF, Blocklist.parse(BLOCKLIST)).moderations(texts, None)  # whatever the policy
+    answer = asyncio.run(Moderation(Policy.OFF, Blocklist.parse(BLOCKLIST)).moderations(texts, None))  # any policy
     assert answer["id"].startswith("modr-") and answer["model"] == "easel-moderation"
     assert [r["flagged"] for r in answer["results"]] == [True, False]
     assert answer["results"][0]["categories"]["weapons"] and counted[0]["item"] == "input"
@@ -281,9 +286,9 @@ def test_moderations_answer_one_result_per_item_and_refuse_images_without_a_chec
         }
     )
     with pytest.raises(InvalidInput, match="no image moderation model") as refused:
-        Moderation(Policy.BLOCK, Blocklist()).moderations(mixed, None)
+        asyncio.run(Moderation(Policy.BLOCK, Blocklist()).moderations(mixed, None))
     assert refused.value.field == "input"
-    checked = Moderation(Policy.OFF, Blocklist(), RedFlagger()).moderations(mixed, None)["results"]
+    checked = asyncio.run(Moderation(Policy.OFF, Blocklist(), RedFlagger()).moderations(mixed, None))["results"]
     assert [r["flagged"] for r in checked] == [True, False]
 
 

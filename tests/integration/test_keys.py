@@ -1,6 +1,7 @@
 """API keys and per-key limits on a running stack: 401/403/200 through the OpenAI client, one bucket, two replicas."""
 
 import base64
+import io
 import json
 import re
 import time
@@ -11,7 +12,9 @@ import grpc
 import httpx
 import openai
 import pytest
+from PIL import Image
 
+from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
@@ -33,10 +36,12 @@ BLOCKED = "a gun on a red heart icon"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """The module's default stack, with a prompt blocklist; moderation off (the default) but for a key's own policy."""
-    blocklist = tmp_path_factory.mktemp("moderation") / "blocklist.txt"
-    blocklist.write_text(BLOCKLIST)
-    yield from default_stack(tmp_path_factory, prompt_blocklist=blocklist)
+    """The module's default stack with a prompt blocklist and a tiny safety checker flagging one chosen picture;
+    moderation off (the default) but for a key's own policy."""
+    folder = tmp_path_factory.mktemp("moderation")
+    (folder / "blocklist.txt").write_text(BLOCKLIST)
+    checker = random_safety_checker(folder / "safety_checker", *chosen_pictures())
+    yield from default_stack(tmp_path_factory, prompt_blocklist=folder / "blocklist.txt", safety_checker=checker)
 
 
 @pytest.fixture(scope="module")
@@ -375,15 +380,47 @@ def test_a_blocked_key_s_flagged_prompt_is_a_400_content_policy_violation_before
     assert api.get("/v1/jobs", headers=_bearer(made["blocking"])).json()["data"] == []  # nothing was queued
 
 
+def test_a_blocked_key_s_edit_of_an_image_the_checker_flags_is_a_400_naming_image(api, stack, keys):
+    _, made = keys
+    flagged, passes = (png_bytes(picture) for picture in chosen_pictures())
+    before = unet_executions(stack)
+    refused = api.post(
+        "/v1/images/edits",
+        data={"prompt": "a red heart icon", "num_inference_steps": "2", "size": "64x64"},
+        files={"image": ("in.png", flagged, "image/png")},
+        headers=_bearer(made["blocking"]),
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "image"
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    assert unet_executions(stack) - before <= 1  # a health canary at most: no generation ran
+    answered = api.post(
+        "/v1/images/edits",
+        data={"prompt": "a red heart icon", "num_inference_steps": "2", "size": "64x64", "seed": "3"},
+        files={"image": ("in.png", passes, "image/png")},
+        headers=_bearer(made["flagging"]),
+    )
+    assert answered.status_code == 200, answered.text
+    assert answered.json()["data"][0]["moderation"]["categories"]["sexual"] is False  # the checker's category
+
+
+def png_bytes(pixels) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def test_a_flagging_key_s_flagged_prompt_is_answered_with_its_marks(api, keys):
     _, made = keys
     answer = api.post(GENERATE, json=SMALL | {"prompt": BLOCKED}, headers=_bearer(made["flagging"]))
     assert answer.status_code == 200, answer.text
-    assert answer.json()["data"][0]["moderation"] == {
-        "flagged": True,
-        "categories": {"weapons": True, "hate": False},
-        "category_scores": {"weapons": 1.0, "hate": 0.0},
+    mark = answer.json()["data"][0]["moderation"]  # the prompt's flags, and the checker's on the image
+    assert mark["flagged"] is True and mark["categories"] | {"sexual": None} == {
+        "weapons": True,
+        "hate": False,
+        "sexual": None,
     }
+    assert mark["category_scores"]["weapons"] == 1.0 and set(mark["category_scores"]) == {"weapons", "hate", "sexual"}
 
 
 def test_moderations_through_the_openai_client_answer_the_blocklist_s_flags(stack, keys):

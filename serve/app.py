@@ -2,8 +2,8 @@
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
 gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`', the feedback and experiment
-routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`' (each included in its
-place). No
+routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`', the moderations route
+:mod:`serve.moderation_routes`' (each included in its place). No
 ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
@@ -27,7 +27,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, vectorize_routes
+from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, moderation_routes, vectorize_routes
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body, request_priced
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
@@ -39,6 +39,8 @@ from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
+from serve.moderation.images import ImageChecker
+from serve.moderation.text import Blocklist
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
@@ -47,6 +49,7 @@ from serve.serving.generations import Generations
 from serve.serving.health import Health
 from serve.serving.jobs import MAX_PAGE, BackgroundJobs
 from serve.serving.models import ModelAdmin
+from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
@@ -296,6 +299,10 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
+for _method, _path, _handler in moderation_routes.ROUTES:  # /v1/moderations
+    api.add_api_route(_path, _handler, methods=[_method])
+
+
 for _method, _path, _handler in experiment_routes.ROUTES:  # /v1/feedback, /v1/experiments
     api.add_api_route(_path, _handler, methods=[_method])
 
@@ -368,6 +375,8 @@ class Gateway:
         vectorize_table_path: str | None = None,
         upscalers: Upscalers | None = None,
         triton_grpc_url: str | None = None,
+        moderation: Moderation | None = None,
+        safety_checker_dir: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -390,7 +399,11 @@ class Gateway:
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
             share_caches=share_caches,
             upscaling=self.upscaling,
+            moderation=(moderation or Moderation()).checking(
+                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url)
+            ),
         )
+        self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
@@ -469,4 +482,6 @@ def build_app(args: AppArgs) -> serve.Application:
         args.vectorize_table_path,
         Upscalers.read(args.upscalers_dir),
         args.triton_grpc_url,
+        Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
+        args.safety_checker_dir,
     )

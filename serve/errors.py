@@ -40,6 +40,7 @@ class EaselError(Exception):
     """Base of every error Easel reports to a client (its message never carries a Python object's repr)."""
 
     status = 500
+    code: str | None = None  # OpenAI's error ``code`` where it names one; None: the HTTP status
     grpc_code, kind = WIRE[status]
 
     def __init_subclass__(cls, **kwargs) -> None:
@@ -62,7 +63,8 @@ class EaselError(Exception):
 
     def body(self) -> dict:
         """OpenAI-style error body: message, type and the offending field."""
-        return {"error": {"message": self.message, "type": self.kind, "param": self.field, "code": self.status}}
+        code = self.code or self.status
+        return {"error": {"message": self.message, "type": self.kind, "param": self.field, "code": code}}
 
 
 class InvalidInput(EaselError):
@@ -75,6 +77,12 @@ class PayloadTooLarge(InvalidInput):
     """The upload is over a size limit."""
 
     status = 413
+
+
+class ContentPolicyViolation(InvalidInput):
+    """A prompt the stack's moderation flags, refused under the ``block`` policy (OpenAI's code for it)."""
+
+    code = "content_policy_violation"
 
 
 class RequestTimeout(InvalidInput):

@@ -172,6 +172,13 @@ KEY_COST = MetricSpec(
     "Generation cost admitted (images x megapixels x engine passes, + input megapixels), by key id.",
     ("key_id",),
 )
+MODERATION_FLAGS = MetricSpec(
+    "easel_moderation_flags",
+    "counter",
+    "Items moderation flagged, by what (prompt, input_image, image: a generated one, or input: a POST /v1/moderations "
+    "item), category and key id (none: no key).",
+    ("item", "category", "key_id"),
+)
 ADAPTER_REQUESTS = MetricSpec(
     "easel_adapter_requests",
     "counter",
@@ -288,6 +295,7 @@ ALL = (
     CACHE_REQUESTS,
     KEY_REQUESTS,
     KEY_COST,
+    MODERATION_FLAGS,
     ADAPTER_REQUESTS,
     GENERATION_KINDS,
     VARIANT_REQUESTS,

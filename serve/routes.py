@@ -18,6 +18,7 @@ from starlette.routing import compile_path
 from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
+from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
@@ -129,6 +130,7 @@ ROUTES = (
     Route(
         "post", "/v1/vectorize/analyze", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Analyze"
     ),
+    Route("post", "/v1/moderations", Scope.GENERATE, body_limit=MAX_MODERATION_REQUEST_BYTES),
     Route("post", "/v1/feedback", Scope.GENERATE, (409,), rpc="Feedback"),
     Route("get", "/v1/experiments", Scope.ADMIN),
     Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
@@ -37,6 +37,8 @@ from serve.cli_options import (
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.latent_cache import DEFAULT_SIMILARITY
+from serve.moderation import Policy
+from serve.moderation.text import Blocklist
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
@@ -137,6 +139,27 @@ class AppSettings(BaseModel):
         "sent that prompt and seed, and Easel-Steps-Skipped an image started from another key's similar prompt. "
         "Default: each key has its own entries.",
     )
+
+    moderation: Annotated[
+        Policy, Cli(type=click.Choice([str(policy) for policy in Policy]), default=Policy.OFF.value)
+    ] = Field(
+        Policy.OFF,
+        description="What a flagged prompt or image does: off (nothing is checked), flag (each image carries "
+        "`moderation` marks), block (a flagged prompt is a 400 content_policy_violation, a flagged image is blacked "
+        "out); a key's own (`easel keys create --moderation`) overrides it. Turn it on for any public deployment.",
+    )
+    prompt_blocklist: Annotated[Path | None, Cli(type=EXISTING_FILE, metavar="FILE")] = Field(
+        None,
+        description="A prompt blocklist: one entry a line (a word or phrase matched as whole words, `re:PATTERN`, "
+        "either as `CATEGORY: ENTRY`; `#` comments), checked on prompts (and by POST /v1/moderations).",
+    )
+
+    @field_validator("prompt_blocklist")
+    @classmethod
+    def _blocklist_reads(cls, path: Path | None) -> Path | None:
+        """A blocklist file that does not read as one is refused now, naming its line."""
+        Blocklist.read(path)
+        return path
 
     @property
     def defaults(self) -> StackDefaults:

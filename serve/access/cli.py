@@ -9,6 +9,7 @@ import click
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
 from serve.cli_options import field_type, one_line_errors
+from serve.moderation import Policy
 from serve.routes import Scope
 from serve.settings import StackOptions
 from serve.stores import StoreURLError, default_url
@@ -52,8 +53,14 @@ def keys() -> None:
 @_limit_option("--concurrent", "concurrent", "Requests in flight at once.")
 @_limit_option("--per-day", "requests_per_day", "Requests per UTC day.")
 @_limit_option("--concurrent-jobs", "concurrent_jobs", "Unfinished background jobs at once.")
+@click.option(
+    "--moderation",
+    type=click.Choice([str(policy) for policy in Policy]),
+    default=None,
+    help="The key's own moderation policy, over the stack's (easel up --moderation): off, flag or block.",
+)
 @_store_option
-def keys_create(name: str, scopes: str, store_url: str | None, **limits: int | float | None) -> None:
+def keys_create(name: str, scopes: str, store_url: str | None, **limits: int | float | str | None) -> None:
     """Create a key and print it (only once: the store keeps its hash)."""
     try:
         chosen = {Scope(s.strip()) for s in scopes.split(",") if s.strip()}
@@ -69,7 +76,8 @@ def keys_create(name: str, scopes: str, store_url: str | None, **limits: int | f
 def keys_list(store_url: str | None) -> None:
     """The keys: id, name, scopes, limits, created, revoked."""
     for record in _key_store(store_url).list():
-        limits = ", ".join(f"{k}={v:g}" for k, v in record.limits.model_dump(exclude_none=True).items()) or "-"
+        shown = record.limits.model_dump(mode="json", exclude_none=True).items()
+        limits = ", ".join(f"{k}={v:g}" if isinstance(v, float | int) else f"{k}={v}" for k, v in shown) or "-"
         state = "revoked" if record.revoked_at else "live"
         created = time.strftime("%Y-%m-%d %H:%M", time.gmtime(record.created_at))
         click.echo(f"{record.id}  {state:7}  {created}  {record.name}  [{','.join(sorted(record.scopes))}]  {limits}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from serve.moderation import Policy
 from serve.routes import Scope
 
 API_KEY_ENV = "EASEL_API_KEY"
@@ -38,7 +39,7 @@ SLOT_LEASE_S = 10.0
 
 
 class KeyLimits(BaseModel):
-    """A key's limits; None: unlimited."""
+    """A key's limits (None: unlimited) and its own moderation policy (None: the stack's)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,6 +48,7 @@ class KeyLimits(BaseModel):
     concurrent: int | None = Field(None, ge=1)
     requests_per_day: int | None = Field(None, ge=1)
     concurrent_jobs: int | None = Field(None, ge=1)  # unfinished (queued or running) background jobs
+    moderation: Policy | None = None  # the key's own moderation policy, over the stack's (easel up --moderation)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,10 @@ ERROR = {
                 "message": {"type": "string", "description": "What is wrong, naming the field and its limit."},
                 "type": {"type": "string", "description": "invalid_request_error, authentication_error, ..."},
                 "param": {"anyOf": [{"type": "string"}, {"type": "null"}], "description": "The field at fault."},
-                "code": {"type": "integer", "description": "The HTTP status."},
+                "code": {
+                    "anyOf": [{"type": "integer"}, {"type": "string"}],
+                    "description": "The HTTP status, or OpenAI's code where it names one (content_policy_violation).",
+                },
             },
         }
     },

@@ -35,7 +35,7 @@ class UnstatedLimit:
 
 
 GENERATIONS, EDITS, VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
-ANALYZE, UPSCALE = "/v1/vectorize/analyze", "/v1/images/upscale"
+ANALYZE, UPSCALE, MODERATIONS = "/v1/vectorize/analyze", "/v1/images/upscale", "/v1/moderations"
 """The routes whose bodies are read by hand (the document states them: :func:`serve.contract.openapi`)."""
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
@@ -328,6 +328,15 @@ UNSTATED_LIMITS = (
         "an image's size is known by reading its header",
         status=413,
     ),
+    UnstatedLimit(
+        "post",
+        MODERATIONS,
+        ("input",),
+        "no image moderation model",
+        "image items on a stack that serves an image checker (`easel up --safety-checker`)",
+        "the image checker is the stack's",
+    ),
+    UnstatedLimit("post", MODERATIONS, ("input.*.image_url.image_url.url",), "", "base64 image data", _IMAGE),
     UnstatedLimit(
         "post",
         ANALYZE,

@@ -39,7 +39,9 @@ from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
+from serve.moderation import Screening
 from serve.serving.current_models import CurrentModels
+from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
 from serve.text_to_image.deployment import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
@@ -93,6 +95,7 @@ class Admitted:
     model: ServedModel
     cost: float
     asked: GenerationRequest
+    screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
 
 
 class Generations:
@@ -109,7 +112,9 @@ class Generations:
         references: References | None = None,
         share_caches: bool = False,
         upscaling: Upscaling | None = None,
+        moderation: Moderation | None = None,
     ) -> None:
+        self.moderation = moderation or Moderation()
         self.models = models
         self.references = references
         self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
@@ -167,11 +172,12 @@ class Generations:
         now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
         missing one).
         """
+        screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
         assigned, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
         admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request)  # images' headers read
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
-        return admitted
+        return dataclasses.replace(admitted, screening=screening)
 
     def readmitted(self, request: GenerationRequest, assignment: Assignment | None) -> Admitted:
         """A queued job's request admitted again as it runs, by the model its name serves now (resolved once).
@@ -179,7 +185,8 @@ class Generations:
         ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment).
         """
         model = self.models.now().resolve(request.model)
-        return self._checked(request, assignment or Assignment(model.name), model, request)
+        admitted = self._checked(request, assignment or Assignment(model.name), model, request)
+        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request))
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
@@ -242,6 +249,7 @@ class Generations:
         """
         request, model = admitted.request, admitted.model
         engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        engine += f"|{admitted.screening.policy}"  # an answer's moderation marks are its policy's
         key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await cache_call(self.cache.get, key)
@@ -255,13 +263,16 @@ class Generations:
             else:
                 result = await self._generate_reporting(served, request, on_step, scope)
             result = await self._finished(served, request, result, scope)
+        result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
+        for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
+            item["moderation"] = mark
         headers = {"Easel-Seed": str(result.seed)} | model_headers
         if result.prompt_tokens_dropped:
             headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
         if result.steps_skipped is not None:
             headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
-        if key is not None:
+        if key is not None and not moderated.flagged:  # a flagged answer is never cached
             await cache_call(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
         return body, headers
@@ -334,6 +345,7 @@ class Generations:
                     yield grpc_api.progress(item.step, item.total)
                     continue
                 item = await self._finished(served, request, item, scope)
+                item, _ = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]

@@ -24,9 +24,13 @@ from serve.stack import Stack, StackOptions, wait_until_ready
 GENERATE = "/v1/images/generations"
 
 
-def default_stack(tmp_path_factory) -> Iterator[Stack]:
-    """The Easel stack (embedded model) on free ports, no result cache (tests repeat seeded requests on purpose)."""
-    with Stack(StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), cache_bytes=0)) as stack:
+def default_stack(tmp_path_factory, **options) -> Iterator[Stack]:
+    """The Easel stack (embedded model) on free ports, no result cache (tests repeat seeded requests on purpose).
+
+    ``options``: more of ``easel up``'s (:class:`StackOptions`).
+    """
+    run_dir = tmp_path_factory.mktemp("run")
+    with Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, cache_bytes=0, **options)) as stack:
         yield stack
 
 

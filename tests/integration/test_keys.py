@@ -1,7 +1,9 @@
 """API keys and per-key limits on a running stack: 401/403/200 through the OpenAI client, one bucket, two replicas."""
 
 import base64
+import io
 import json
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -10,19 +12,36 @@ import grpc
 import httpx
 import openai
 import pytest
+from PIL import Image
 
+from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.moderation import Policy
 from serve.routes import Scope
 from tests.controls import b64, input_image
-from tests.integration.conftest import stack_replicas
+from tests.integration.conftest import decode_images, default_stack, stack_replicas, unet_executions
 
 pytestmark = pytest.mark.integration
 
 SMALL = {"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2, "seed": 3}
 GENERATE = "/v1/images/generations"
 SLOW_JOB = SMALL | {"size": "256x256", "num_inference_steps": 150, "background": True}  # still running when asked
+
+
+BLOCKLIST = "# this module's prompt blocklist\nweapons: re:\\bguns?\\b\nhate: slur\n"
+BLOCKED = "a gun on a red heart icon"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The module's default stack with a prompt blocklist and a tiny safety checker flagging one chosen picture;
+    moderation off (the default) but for a key's own policy."""
+    folder = tmp_path_factory.mktemp("moderation")
+    (folder / "blocklist.txt").write_text(BLOCKLIST)
+    checker = random_safety_checker(folder / "safety_checker", *chosen_pictures())
+    yield from default_stack(tmp_path_factory, prompt_blocklist=folder / "blocklist.txt", safety_checker=checker)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +55,8 @@ def keys(stack):
         "vectorize": store.create("tracer", {Scope.VECTORIZE}, KeyLimits()),
         "jobs": store.create("poller", {Scope.JOBS}, KeyLimits(requests_per_minute=20)),
         "revoked": store.create("gone", {Scope.ADMIN}, KeyLimits()),
+        "blocking": store.create("public app", {Scope.GENERATE, Scope.JOBS}, KeyLimits(moderation=Policy.BLOCK)),
+        "flagging": store.create("reviewed app", {Scope.GENERATE}, KeyLimits(moderation=Policy.FLAG)),
     }
     store.revoke(made["revoked"][0].id)
     time.sleep(ACTIVE_CHECK_S + 0.5)  # each replica re-reads whether keys exist
@@ -321,3 +342,110 @@ def _replicas_that_answered(stack, request_ids: list[str]) -> set[str]:
             break
         time.sleep(0.2)
     return found
+
+
+def test_a_blocked_key_s_flagged_prompt_is_a_400_content_policy_violation_before_any_unet_work(api, stack, keys):
+    """Sync (the OpenAI client), background, edits and gRPC alike; the UNet runs nothing for them."""
+    _, made = keys
+    client = openai.OpenAI(api_key=made["blocking"], base_url=f"{stack.info.api_url}/v1", max_retries=0)
+    before = unet_executions(stack)
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(prompt=BLOCKED, size="64x64", extra_body={"num_inference_steps": 2, "seed": 3})
+    assert refused.value.code == "content_policy_violation" and refused.value.param == "prompt"
+    queued = api.post(GENERATE, json=SMALL | {"prompt": BLOCKED, "background": True}, headers=_bearer(made["blocking"]))
+    image = base64.b64decode(b64(input_image(64)))
+    edit = api.post(
+        "/v1/images/edits",
+        data={"prompt": "Guns at dawn", "num_inference_steps": "2"},
+        files={"image": ("in.png", image, "image/png")},
+        headers=_bearer(made["blocking"]),
+    )
+    for answer in (queued, edit):
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["error"] | {"message": ""} == {
+            "message": "",
+            "type": "invalid_request_error",
+            "param": "prompt",
+            "code": "content_policy_violation",
+        }
+    request = easel_pb2.GenerateRequest(prompt=BLOCKED, size="64x64", num_inference_steps=2, seed=3)
+    with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as failed:
+        list(
+            easel_pb2_grpc.EaselStub(channel).Generate(
+                request, metadata=(("authorization", f"Bearer {made['blocking']}"),), timeout=60
+            )
+        )
+    assert failed.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "content policy" in failed.value.details()
+    assert unet_executions(stack) - before <= 1  # a health canary at most: no generation ran
+    assert api.get("/v1/jobs", headers=_bearer(made["blocking"])).json()["data"] == []  # nothing was queued
+
+
+def test_the_checker_refuses_a_flagged_input_image_and_blacks_out_a_flagged_output_under_block(api, stack, keys):
+    """The tiny checker flags the chosen picture, and the image this edit of the other one draws (seeded)."""
+    _, made = keys
+    flagged, passes = (png_bytes(picture) for picture in chosen_pictures())
+    before = unet_executions(stack)
+    refused = api.post(
+        "/v1/images/edits",
+        data={"prompt": "a red heart icon", "num_inference_steps": "2", "size": "64x64"},
+        files={"image": ("in.png", flagged, "image/png")},
+        headers=_bearer(made["blocking"]),
+    )
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "image"
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    assert unet_executions(stack) - before <= 1  # a health canary at most: no generation ran
+    edit = {"data": {"prompt": "a red heart icon", "num_inference_steps": "2", "seed": "3"}}
+    edit["files"] = {"image": ("in.png", passes, "image/png")}
+    marked = api.post("/v1/images/edits", **edit, headers=_bearer(made["flagging"]))
+    blanked = api.post("/v1/images/edits", **edit, headers=_bearer(made["blocking"]))
+    assert marked.status_code == blanked.status_code == 200, (marked.text, blanked.text)
+    mark = marked.json()["data"][0]["moderation"]
+    assert mark["flagged"] and mark == blanked.json()["data"][0]["moderation"]
+    drawn, black = decode_images(marked)[0], decode_images(blanked)[0]
+    assert drawn.shape == black.shape and drawn.any() and not black.any()
+
+
+def png_bytes(pixels) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def test_a_flagging_key_s_flagged_prompt_is_answered_with_its_marks(api, keys):
+    _, made = keys
+    answer = api.post(GENERATE, json=SMALL | {"prompt": BLOCKED}, headers=_bearer(made["flagging"]))
+    assert answer.status_code == 200, answer.text
+    mark = answer.json()["data"][0]["moderation"]  # the prompt's flags, and the checker's on the image
+    assert mark["flagged"] is True and mark["categories"] | {"sexual": None} == {
+        "weapons": True,
+        "hate": False,
+        "sexual": None,
+    }
+    assert mark["category_scores"]["weapons"] == 1.0 and set(mark["category_scores"]) == {"weapons", "hate", "sexual"}
+
+
+def test_moderations_through_the_openai_client_answer_the_blocklist_s_flags(stack, keys):
+    """Whatever the policy (this stack's is off), and within the limits the document states."""
+    _, made = keys
+    client = openai.OpenAI(api_key=made["flagging"], base_url=f"{stack.info.api_url}/v1", max_retries=0)
+    answer = client.moderations.create(model="omni-moderation-latest", input=["two GUNS", "a red heart icon"])
+    assert answer.model == "omni-moderation-latest" and len(answer.results) == 2
+    assert [r.flagged for r in answer.results] == [True, False]
+    flagged = answer.results[0].model_dump()
+    assert flagged["categories"]["weapons"] is True and flagged["categories"]["hate"] is False
+    assert flagged["category_scores"]["weapons"] == 1.0
+    too_many = httpx.post(
+        f"{stack.info.api_url}/v1/moderations", json={"input": ["x"] * 33}, headers=_bearer(made["flagging"])
+    )
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "input"
+    assert "at most 32 items" in too_many.json()["error"]["message"]
+
+
+def test_moderation_logs_name_the_key_and_the_request_never_the_prompt(stack, keys):
+    _, made = keys
+    folder = stack.ray_session_dir / "logs"
+    logs = "".join(p.read_text(errors="replace") for p in [*folder.glob("worker-*"), *folder.glob("serve/*.log")])
+    line = rf"moderation flagged a prompt \(weapons\): key {made['ids']['blocking']}, request [0-9a-f-]{{8,}}"
+    assert re.search(line, logs), "no moderation log line names the key and the request"
+    assert BLOCKED not in logs and "Guns at dawn" not in logs

@@ -1,0 +1,152 @@
+"""Moderation at the Gateway: prompts at admission, images on the way out, and ``POST /v1/moderations``.
+
+Each under the policy of the request's key, or else the stack's (:mod:`serve.moderation`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import secrets
+
+from ray.serve.context import _get_serve_request_context
+
+from serve import metrics
+from serve.access.keys import ApiKey
+from serve.errors import ContentPolicyViolation, InvalidInput
+from serve.images import base64_bytes
+from serve.images.raster import decode_image
+from serve.moderation import Policy, Screening, Verdict, policy_of
+from serve.moderation.policy import ImageChecker, Moderated, moderated
+from serve.moderation.requests import ModerationRequest
+from serve.moderation.text import Blocklist
+from serve.text_to_image.deployment import EncodedImages
+from serve.text_to_image.schema import GenerationRequest
+
+logger = logging.getLogger(__name__)
+
+MODERATION_MODEL = "easel-moderation"
+"""The ``model`` a moderations answer names (the stack's checks: its blocklist, and image checker if served)."""
+
+
+def input_images(request: GenerationRequest) -> list[tuple[str, bytes]]:
+    """The images ``request`` brings to be drawn from, each with its field (a mask is no picture)."""
+    named = [("image", text) for text in request.image]
+    if request.ip_adapter_image is not None:
+        named.append(("ip_adapter_image", request.ip_adapter_image))
+    named += [(f"controlnets.{index}.image", control.image) for index, control in enumerate(request.controlnets)]
+    return [(field, base64_bytes(text)) for field, text in named]
+
+
+def _request_id() -> str:
+    """The id Ray Serve gave the request being answered ('' outside one)."""
+    return _get_serve_request_context().request_id
+
+
+class Moderation:
+    """The stack's policy and checks: its prompt blocklist, and the image checker when it serves one."""
+
+    def __init__(
+        self, policy: Policy = Policy.OFF, blocklist: Blocklist | None = None, images: ImageChecker | None = None
+    ) -> None:
+        self.policy = policy
+        self.blocklist = blocklist or Blocklist()
+        self.images = images
+
+    def checking(self, images: ImageChecker | None) -> Moderation:
+        """This policy and blocklist with ``images`` as the image checker (built in the replica: it holds a client)."""
+        return Moderation(self.policy, self.blocklist, images)
+
+    async def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
+        """``request``'s prompt and input images checked under its key's policy (or the stack's), before any work.
+
+        Under ``block`` a flagged one is a 400 (OpenAI's ``content_policy_violation``) naming ``prompt``, or the
+        image's field. The negative prompt and the mask are not checked: they name what the image must not show.
+        Input images are checked by the stack's image checker, when it serves one.
+        """
+        key_id = key and key.id
+        policy = policy_of(self.policy, key and key.limits.moderation)
+        if policy is Policy.OFF:
+            return Screening(policy, key_id=key_id)
+        verdict = self.blocklist.check(request.prompt)
+        self._refused_if_flagged("prompt", verdict, policy, key_id)
+        named = input_images(request) if self.images is not None else []
+        if named:
+            checked = await self._images_checked(named)
+            for (field, _), image_verdict in zip(named, checked, strict=True):
+                self._refused_if_flagged(field, image_verdict, policy, key_id)
+                verdict = verdict.merged(image_verdict)
+        return Screening(policy, verdict, key_id)
+
+    async def _images_checked(self, named: list[tuple[str, bytes]]) -> list[Verdict]:
+        """The image checker's verdict on each encoded image (a 400 naming its field if one does not decode)."""
+        pixels = await asyncio.to_thread(lambda: [decode_image(data, field) for field, data in named])
+        return await self.images.check(pixels)
+
+    def _refused_if_flagged(self, field: str, verdict: Verdict, policy: Policy, key_id: str | None) -> None:
+        """A flagged input counted, and under ``block`` refused naming ``field``."""
+        if not verdict.flagged:
+            return
+        self._counted("prompt" if field == "prompt" else "input_image", verdict, key_id)
+        if policy is Policy.BLOCK:
+            raise ContentPolicyViolation(
+                f"{field}: refused by the content policy (flagged: {', '.join(verdict.flagged_categories)})",
+                field=field,
+            )
+
+    def rescreened(self, request: GenerationRequest) -> Screening:
+        """A queued job's prompt as it runs, under the stack's policy: its images are checked and marked by it.
+
+        Never refused here: the job was admitted (and its prompt checked under its key's policy) at submission.
+        """
+        if self.policy is Policy.OFF:
+            return Screening(self.policy)
+        return Screening(self.policy, self.blocklist.check(request.prompt))  # its input images were checked then
+
+    async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
+        """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""
+        if screening.policy is Policy.OFF:
+            return result, moderated(result.images, screening)
+        named = [("image", image) for image in result.images]
+        checked = await self._images_checked(named) if self.images is not None and named else None
+        done = await asyncio.to_thread(moderated, result.images, screening, checked)
+        for verdict in done.checked:
+            if verdict.flagged:
+                self._counted("image", verdict, screening.key_id)
+        return dataclasses.replace(result, images=done.images), done
+
+    async def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
+        """``POST /v1/moderations``: one result per input item, by the blocklist (texts) and image checker (images).
+
+        An image with no image checker served is a 400 naming ``input``.
+        """
+        items = body.items()
+        images = [
+            (f"input.{i}.image_url.image_url.url", item) for i, item in enumerate(items) if isinstance(item, bytes)
+        ]
+        if images and self.images is None:
+            raise InvalidInput("input: no image moderation model is served by this stack", field="input")
+        image_verdicts = iter(await self._images_checked(images) if images else ())
+        verdicts = [self.blocklist.check(item) if isinstance(item, str) else next(image_verdicts) for item in items]
+        for verdict in verdicts:
+            if verdict.flagged:
+                self._counted("input", verdict, key and key.id)
+        return {
+            "id": f"modr-{secrets.token_hex(12)}",
+            "model": body.model or MODERATION_MODEL,
+            "results": [verdict.to_api() for verdict in verdicts],
+        }
+
+    @staticmethod
+    def _counted(item: str, verdict: Verdict, key_id: str | None) -> None:
+        """A flag counted by category and key, and logged with the key and request ids (never the text)."""
+        for category in verdict.flagged_categories:
+            metrics.count(metrics.MODERATION_FLAGS, item=item, category=category, key_id=key_id or "none")
+        logger.warning(
+            "moderation flagged a %s (%s): key %s, request %s",
+            item,
+            ", ".join(verdict.flagged_categories),
+            key_id or "none",
+            _request_id() or "none",
+        )

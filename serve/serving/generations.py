@@ -345,7 +345,7 @@ class Generations:
                     yield grpc_api.progress(item.step, item.total)
                     continue
                 item = await self._finished(served, request, item, scope)
-                item, _ = await self.moderation.checked(item, admitted.screening)  # blacked out under block
+                item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
@@ -354,4 +354,6 @@ class Generations:
                 ids = await self._image_ids(len(images), assignment, owner)
                 for image, image_id in zip(images, ids, strict=True):
                     image.id = image_id
+                for image, mark in zip(images, moderated.marks() or (), strict=False):
+                    image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
                 yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)

@@ -39,7 +39,7 @@ from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
-from serve.moderation import Screening
+from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
@@ -179,14 +179,17 @@ class Generations:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(admitted, screening=screening)
 
-    def readmitted(self, request: GenerationRequest, assignment: Assignment | None) -> Admitted:
+    def readmitted(
+        self, request: GenerationRequest, assignment: Assignment | None, policy: Policy | None, owner: str | None
+    ) -> Admitted:
         """A queued job's request admitted again as it runs, by the model its name serves now (resolved once).
 
-        ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment).
+        ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment);
+        ``policy``: the moderation policy it was submitted under (None: a job stored without one, the stack's).
         """
         model = self.models.now().resolve(request.model)
         admitted = self._checked(request, assignment or Assignment(model.name), model, request)
-        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request))
+        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request, policy, owner))
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""

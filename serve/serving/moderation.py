@@ -95,14 +95,16 @@ class Moderation:
                 field=field,
             )
 
-    def rescreened(self, request: GenerationRequest) -> Screening:
-        """A queued job's prompt as it runs, under the stack's policy: its images are checked and marked by it.
+    def rescreened(self, request: GenerationRequest, policy: Policy | None, key_id: str | None) -> Screening:
+        """A queued job's prompt as it runs, under ``policy``: the one it was submitted under (None: the stack's).
 
-        Never refused here: the job was admitted (and its prompt checked under its key's policy) at submission.
+        Its images are checked and marked by it. Never refused here: the job was admitted (its prompt and input images
+        checked under that policy) at submission.
         """
-        if self.policy is Policy.OFF:
-            return Screening(self.policy)
-        return Screening(self.policy, self.blocklist.check(request.prompt))  # its input images were checked then
+        policy = self.policy if policy is None else policy
+        if policy is Policy.OFF:
+            return Screening(policy, key_id=key_id)
+        return Screening(policy, self.blocklist.check(request.prompt), key_id)  # its input images were checked then
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""

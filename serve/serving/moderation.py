@@ -21,6 +21,7 @@ from serve.moderation import Policy, Screening, Verdict, policy_of
 from serve.moderation.policy import ImageChecker, Moderated, moderated
 from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
+from serve.serving import upscale
 from serve.text_to_image.deployment import EncodedImages
 from serve.text_to_image.schema import GenerationRequest
 
@@ -77,6 +78,20 @@ class Moderation:
             for (field, _), image_verdict in zip(named, checked, strict=True):
                 self._refused_if_flagged(field, image_verdict, policy, key_id)
                 verdict = verdict.merged(image_verdict)
+        return Screening(policy, verdict, key_id)
+
+    async def screened_upload(self, data: bytes, key: ApiKey | None) -> Screening:
+        """An upscale's input image checked under its key's policy (or the stack's) by the image checker, if served.
+
+        Under ``block`` a flagged one is a 400 naming ``image``; otherwise its verdict marks the answer
+        (:func:`serve.moderation.policy.marked`).
+        """
+        key_id = key and key.id
+        policy = policy_of(self.policy, key and key.limits.moderation)
+        if policy is Policy.OFF or self.images is None:
+            return Screening(policy, key_id=key_id)
+        [verdict] = await self.images.check([await asyncio.to_thread(upscale.decode, data)])  # upscale's limits
+        self._refused_if_flagged("image", verdict, policy, key_id)
         return Screening(policy, verdict, key_id)
 
     async def _images_checked(self, named: list[tuple[str, bytes]]) -> list[Verdict]:

@@ -7,6 +7,7 @@ import json
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -337,3 +338,33 @@ def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_ow
     assert blue[0] == "miss" and blue_again == ("hit", blue[1]) and blue[1]["flagged"] is False
     assert off == ("miss", None) and off_again == ("hit", None)  # the same request under off: not the flag answers
     assert [call[1] for call in handles.calls if call[0] == "generate"] == ["a red fox"] * 2 + ["a blue fox"] * 2
+
+
+def test_under_block_a_flagged_image_is_blacked_out_before_it_is_traced_to_svg(engine_dir, tmp_path):
+    from PIL import Image
+
+    from serve.moderation import Policy
+    from serve.moderation.text import Blocklist
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.serving.moderation import Moderation
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+    from tests.unit.test_moderation import RedFlagger
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir)}, max_cost=64))
+    handles, vectorizer = ColoredHandles(), Vectorizer()
+    traffic = Experiments(open_experiment_store(url), models.names)
+    moderation = Moderation(Policy.BLOCK, Blocklist(), RedFlagger())
+    generations = Generations(models, handles, vectorizer, handles, None, traffic, moderation=moderation)
+
+    async def scenario():
+        asked = GenerationRequest(prompt="a red fox", seed=3, output_format="svg")
+        return await generations.answer((await generations.price(asked, None)).admitted, None, fresh=False)
+
+    answer = json.loads(asyncio.run(scenario()).body)["data"][0]
+    [(traced, _)] = vectorizer.received
+    pixels = np.asarray(Image.open(io.BytesIO(traced)))
+    assert pixels.shape == (8, 8, 3) and not pixels.any()  # the red picture never reached the Vectorizer
+    assert answer["moderation"]["flagged"] is True

@@ -10,8 +10,10 @@ from contextlib import ExitStack
 
 import grpc
 import httpx
+import numpy as np
 import openai
 import pytest
+from google.protobuf.json_format import MessageToDict
 from PIL import Image
 
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
@@ -404,6 +406,39 @@ def test_the_checker_refuses_a_flagged_input_image_and_blacks_out_a_flagged_outp
     assert mark["flagged"] and mark == blanked.json()["data"][0]["moderation"]
     drawn, black = decode_images(marked)[0], decode_images(blanked)[0]
     assert drawn.shape == black.shape and drawn.any() and not black.any()
+
+
+def test_grpc_answers_and_a_blocked_key_s_job_carry_the_marks_and_black_out_as_http_does(api, stack, keys):
+    """The edit above through gRPC (each key) and as a blocking key's background job (its policy, not the stack's)."""
+    _, made = keys
+    passes = png_bytes(chosen_pictures()[1])
+    fields = {"prompt": "a red heart icon", "num_inference_steps": 2, "seed": 3}
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        stub = easel_pb2_grpc.EaselStub(channel)
+        answers = {
+            name: list(
+                stub.Generate(
+                    easel_pb2.GenerateRequest(**fields, image=[passes]),
+                    metadata=(("authorization", f"Bearer {made[name]}"),),
+                    timeout=120,
+                )
+            )[-1].result.images[0]
+            for name in ("flagging", "blocking")
+        }
+    queued = fields | {"image": [base64.b64encode(passes).decode()], "background": True}
+    job = api.post(GENERATE, json=queued, headers=_bearer(made["blocking"]))
+    assert job.status_code == 202, job.text
+    _wait_until_final(api, job.json()["id"], made["blocking"])
+    done = api.get(f"/v1/jobs/{job.json()['id']}", headers=_bearer(made["blocking"])).json()
+    assert done["status"] == "succeeded", done
+    marks = [MessageToDict(answers[name].moderation, preserving_proto_field_name=True) for name in answers]
+    assert marks[0]["flagged"] and marks[0] == marks[1]  # the checker's flags, whichever the policy
+    assert marks[0] == done["data"][0]["moderation"]  # the job ran under its key's policy (the stack's is off)
+    drawn, black, job_black = (
+        np.asarray(Image.open(io.BytesIO(data)))
+        for data in (answers["flagging"].data, answers["blocking"].data, base64.b64decode(done["data"][0]["b64_json"]))
+    )
+    assert drawn.shape == black.shape == job_black.shape and drawn.any() and not black.any() and not job_black.any()
 
 
 def png_bytes(pixels) -> bytes:

@@ -40,6 +40,7 @@ from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
 from serve.moderation.images import ImageChecker
+from serve.moderation.policy import marked
 from serve.moderation.text import Blocklist
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
@@ -344,8 +345,13 @@ async def upscalers_listed(http: Request) -> dict:
 
 @api.post("/v1/images/upscale")
 async def upscale(http: Request) -> dict:
-    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part)."""
-    return await serving(http).upscaling.upscale(*request_body(http))  # read and priced by the key check
+    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part).
+
+    Under a moderation policy its image is checked first (under block a flagged one is a 400 naming ``image``).
+    """
+    gateway, body = serving(http), request_body(http)  # read and priced by the key check
+    screening = await gateway.moderation.screened_upload(body.data, caller(http))
+    return marked(await gateway.upscaling.upscale(*body), screening)
 
 
 for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its analysis and model versions

@@ -169,6 +169,13 @@ def result(
     )
 
 
+def moderation(mark: dict) -> easel_pb2.Moderation:
+    """An image's ``moderation`` mark (the HTTP answer's, :meth:`serve.moderation.Verdict.to_api`) as a message."""
+    return easel_pb2.Moderation(
+        flagged=mark["flagged"], categories=mark["categories"], category_scores=mark["category_scores"]
+    )
+
+
 def svg_image(result) -> easel_pb2.Image:
     """A generated image's :class:`~serve.vectorize.deployment.VectorizeResult` as an SVG ``Image``."""
     return easel_pb2.Image(data=result.svg.encode(), tier=result.tier, ssim=result.ssim)

@@ -121,16 +121,42 @@ class Progress(_message.Message):
     def __init__(self, step: _Optional[int] = ..., total: _Optional[int] = ...) -> None: ...
 
 class Image(_message.Message):
-    __slots__ = ("data", "tier", "ssim", "id")
+    __slots__ = ("data", "tier", "ssim", "id", "moderation")
     DATA_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     SSIM_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
+    MODERATION_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     tier: str
     ssim: float
     id: str
-    def __init__(self, data: _Optional[bytes] = ..., tier: _Optional[str] = ..., ssim: _Optional[float] = ..., id: _Optional[str] = ...) -> None: ...
+    moderation: Moderation
+    def __init__(self, data: _Optional[bytes] = ..., tier: _Optional[str] = ..., ssim: _Optional[float] = ..., id: _Optional[str] = ..., moderation: _Optional[_Union[Moderation, _Mapping]] = ...) -> None: ...
+
+class Moderation(_message.Message):
+    __slots__ = ("flagged", "categories", "category_scores")
+    class CategoriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+    class CategoryScoresEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    FLAGGED_FIELD_NUMBER: _ClassVar[int]
+    CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_SCORES_FIELD_NUMBER: _ClassVar[int]
+    flagged: bool
+    categories: _containers.ScalarMap[str, bool]
+    category_scores: _containers.ScalarMap[str, float]
+    def __init__(self, flagged: _Optional[bool] = ..., categories: _Optional[_Mapping[str, bool]] = ..., category_scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Images(_message.Message):
     __slots__ = ("seed", "images", "model", "experiment", "steps_skipped")

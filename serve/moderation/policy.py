@@ -64,3 +64,11 @@ def moderated(images: list[bytes], screening: Screening, checked: list[Verdict] 
     if screening.policy is Policy.BLOCK:
         images = [blacked_out(image) if v.flagged else image for image, v in zip(images, verdicts, strict=True)]
     return Moderated(images, verdicts, checked or [])
+
+
+def marked(answer: dict, screening: Screening) -> dict:
+    """``answer``'s images (its ``data``) each marked with the verdict on its input image, unless the policy is off."""
+    if screening.policy is not Policy.OFF:
+        for item in answer["data"]:
+            item["moderation"] = screening.inputs.to_api()
+    return answer

@@ -39,7 +39,7 @@ from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
-from serve.moderation import Screening
+from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
@@ -179,14 +179,17 @@ class Generations:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(admitted, screening=screening)
 
-    def readmitted(self, request: GenerationRequest, assignment: Assignment | None) -> Admitted:
+    def readmitted(
+        self, request: GenerationRequest, assignment: Assignment | None, policy: Policy | None, owner: str | None
+    ) -> Admitted:
         """A queued job's request admitted again as it runs, by the model its name serves now (resolved once).
 
-        ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment).
+        ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment);
+        ``policy``: the moderation policy it was submitted under (None: a job stored without one, the stack's).
         """
         model = self.models.now().resolve(request.model)
         admitted = self._checked(request, assignment or Assignment(model.name), model, request)
-        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request))
+        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request, policy, owner))
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
@@ -345,7 +348,7 @@ class Generations:
                     yield grpc_api.progress(item.step, item.total)
                     continue
                 item = await self._finished(served, request, item, scope)
-                item, _ = await self.moderation.checked(item, admitted.screening)  # blacked out under block
+                item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
                     images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
@@ -354,4 +357,6 @@ class Generations:
                 ids = await self._image_ids(len(images), assignment, owner)
                 for image, image_id in zip(images, ids, strict=True):
                     image.id = image_id
+                for image, mark in zip(images, moderated.marks() or (), strict=False):
+                    image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
                 yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)

@@ -21,6 +21,7 @@ from serve.experiments.traffic import Experiments
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore, LeaseLost
+from serve.moderation import Policy
 from serve.serving.generations import Admitted, Generations
 from serve.serving.ray_errors import as_easel_error, unwrap
 from serve.text_to_image.deployment import Progress, draw_seed
@@ -30,6 +31,8 @@ from serve.text_to_image.schema import GenerationRequest
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
 MAX_PAGE = 100
+SUBMITTED_POLICY = "moderation_policy"
+"""The stored request's entry of the moderation policy it was submitted under (its key's, else the stack's)."""
 
 
 def _sse(event: str, data: dict, seq: int | None = None) -> bytes:
@@ -65,6 +68,7 @@ class BackgroundJobs:
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
         stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
+        stored[SUBMITTED_POLICY] = admitted.screening.policy.value  # the policy its images are moderated under
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
         if created:
             await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
@@ -78,8 +82,10 @@ class BackgroundJobs:
         A step's progress (and preview) is written as it streams in; a cancel asked meanwhile, or the lease lost,
         stops reading the stream, which stops the generation.
         """
+        stored = dict(job.request)
+        policy = stored.pop(SUBMITTED_POLICY, None)  # None: a job stored before jobs kept their policy
         try:
-            request = GenerationRequest.model_validate(job.request)
+            request = GenerationRequest.model_validate(stored)
         except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
             raise invalid_input(error) from None
 
@@ -90,7 +96,8 @@ class BackgroundJobs:
 
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
         try:
-            admitted = self.generations.readmitted(request, chosen)  # its model now: replaced, or removed (a 400)
+            # its model now (replaced, or removed: a 400); its moderation policy as submitted
+            admitted = self.generations.readmitted(request, chosen, policy and Policy(policy), job.owner)
             body, _ = await self.generations.served_answer(admitted, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)

@@ -21,6 +21,7 @@ from serve.moderation import Policy, Screening, Verdict, policy_of
 from serve.moderation.policy import ImageChecker, Moderated, moderated
 from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
+from serve.serving import upscale
 from serve.text_to_image.deployment import EncodedImages
 from serve.text_to_image.schema import GenerationRequest
 
@@ -79,6 +80,20 @@ class Moderation:
                 verdict = verdict.merged(image_verdict)
         return Screening(policy, verdict, key_id)
 
+    async def screened_upload(self, data: bytes, key: ApiKey | None) -> Screening:
+        """An upscale's input image checked under its key's policy (or the stack's) by the image checker, if served.
+
+        Under ``block`` a flagged one is a 400 naming ``image``; otherwise its verdict marks the answer
+        (:func:`serve.moderation.policy.marked`).
+        """
+        key_id = key and key.id
+        policy = policy_of(self.policy, key and key.limits.moderation)
+        if policy is Policy.OFF or self.images is None:
+            return Screening(policy, key_id=key_id)
+        [verdict] = await self.images.check([await asyncio.to_thread(upscale.decode, data)])  # upscale's limits
+        self._refused_if_flagged("image", verdict, policy, key_id)
+        return Screening(policy, verdict, key_id)
+
     async def _images_checked(self, named: list[tuple[str, bytes]]) -> list[Verdict]:
         """The image checker's verdict on each encoded image (a 400 naming its field if one does not decode)."""
         pixels = await asyncio.to_thread(lambda: [decode_image(data, field) for field, data in named])
@@ -95,14 +110,16 @@ class Moderation:
                 field=field,
             )
 
-    def rescreened(self, request: GenerationRequest) -> Screening:
-        """A queued job's prompt as it runs, under the stack's policy: its images are checked and marked by it.
+    def rescreened(self, request: GenerationRequest, policy: Policy | None, key_id: str | None) -> Screening:
+        """A queued job's prompt as it runs, under ``policy``: the one it was submitted under (None: the stack's).
 
-        Never refused here: the job was admitted (and its prompt checked under its key's policy) at submission.
+        Its images are checked and marked by it. Never refused here: the job was admitted (its prompt and input images
+        checked under that policy) at submission.
         """
-        if self.policy is Policy.OFF:
-            return Screening(self.policy)
-        return Screening(self.policy, self.blocklist.check(request.prompt))  # its input images were checked then
+        policy = self.policy if policy is None else policy
+        if policy is Policy.OFF:
+            return Screening(policy, key_id=key_id)
+        return Screening(policy, self.blocklist.check(request.prompt), key_id)  # its input images were checked then
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""

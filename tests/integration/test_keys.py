@@ -10,10 +10,13 @@ from contextlib import ExitStack
 
 import grpc
 import httpx
+import numpy as np
 import openai
 import pytest
+from google.protobuf.json_format import MessageToDict
 from PIL import Image
 
+from build_engines.finishing.random_weights import random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
@@ -36,12 +39,18 @@ BLOCKED = "a gun on a red heart icon"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """The module's default stack with a prompt blocklist and a tiny safety checker flagging one chosen picture;
-    moderation off (the default) but for a key's own policy."""
+    """The module's default stack with a prompt blocklist, a tiny safety checker flagging one chosen picture and a
+    tiny upscaler; moderation off (the default) but for a key's own policy."""
     folder = tmp_path_factory.mktemp("moderation")
     (folder / "blocklist.txt").write_text(BLOCKLIST)
     checker = random_safety_checker(folder / "safety_checker", *chosen_pictures())
-    yield from default_stack(tmp_path_factory, prompt_blocklist=folder / "blocklist.txt", safety_checker=checker)
+    upscaler = save_upscaler(random_upscaler("SRVGGNetCompact", 2), folder / "general.pth")
+    yield from default_stack(
+        tmp_path_factory,
+        prompt_blocklist=folder / "blocklist.txt",
+        safety_checker=checker,
+        upscalers={"general": upscaler},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -404,6 +413,53 @@ def test_the_checker_refuses_a_flagged_input_image_and_blacks_out_a_flagged_outp
     assert mark["flagged"] and mark == blanked.json()["data"][0]["moderation"]
     drawn, black = decode_images(marked)[0], decode_images(blanked)[0]
     assert drawn.shape == black.shape and drawn.any() and not black.any()
+
+
+def test_grpc_answers_and_a_blocked_key_s_job_carry_the_marks_and_black_out_as_http_does(api, stack, keys):
+    """The edit above through gRPC (each key) and as a blocking key's background job (its policy, not the stack's)."""
+    _, made = keys
+    passes = png_bytes(chosen_pictures()[1])
+    fields = {"prompt": "a red heart icon", "num_inference_steps": 2, "seed": 3}
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        stub = easel_pb2_grpc.EaselStub(channel)
+        answers = {
+            name: list(
+                stub.Generate(
+                    easel_pb2.GenerateRequest(**fields, image=[passes]),
+                    metadata=(("authorization", f"Bearer {made[name]}"),),
+                    timeout=120,
+                )
+            )[-1].result.images[0]
+            for name in ("flagging", "blocking")
+        }
+    queued = fields | {"image": [base64.b64encode(passes).decode()], "background": True}
+    job = api.post(GENERATE, json=queued, headers=_bearer(made["blocking"]))
+    assert job.status_code == 202, job.text
+    _wait_until_final(api, job.json()["id"], made["blocking"])
+    done = api.get(f"/v1/jobs/{job.json()['id']}", headers=_bearer(made["blocking"])).json()
+    assert done["status"] == "succeeded", done
+    marks = [MessageToDict(answers[name].moderation, preserving_proto_field_name=True) for name in answers]
+    assert marks[0]["flagged"] and marks[0] == marks[1]  # the checker's flags, whichever the policy
+    assert marks[0] == done["data"][0]["moderation"]  # the job ran under its key's policy (the stack's is off)
+    drawn, black, job_black = (
+        np.asarray(Image.open(io.BytesIO(data)))
+        for data in (answers["flagging"].data, answers["blocking"].data, base64.b64decode(done["data"][0]["b64_json"]))
+    )
+    assert drawn.shape == black.shape == job_black.shape and drawn.any() and not black.any() and not job_black.any()
+
+
+def test_the_upscale_route_s_flagged_image_is_refused_under_block_and_marked_under_flag(api, stack, keys):
+    _, made = keys
+    flagged = base64.b64encode(png_bytes(chosen_pictures()[0])).decode()
+    body = {"image": flagged, "upscaler": "general", "scale": 1}
+    refused = api.post("/v1/images/upscale", json=body, headers=_bearer(made["blocking"]))
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "image"
+    assert refused.json()["error"]["code"] == "content_policy_violation"
+    marked = api.post("/v1/images/upscale", json=body, headers=_bearer(made["flagging"]))
+    assert marked.status_code == 200, marked.text
+    assert marked.json()["data"][0]["moderation"]["categories"] == {"sexual": True}
+    assert api.get("/healthz").status_code == 200
 
 
 def png_bytes(pixels) -> bytes:

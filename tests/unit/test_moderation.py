@@ -15,7 +15,7 @@ from serve import metrics
 from serve.access.keys import ApiKey, KeyLimits
 from serve.errors import ContentPolicyViolation, InvalidInput, invalid_input
 from serve.moderation import Policy, Screening, Verdict, policy_of
-from serve.moderation.policy import blacked_out, moderated
+from serve.moderation.policy import blacked_out, marked, moderated
 from serve.moderation.requests import (
     MAX_MODERATION_IMAGE_BYTES,
     MAX_MODERATION_INPUTS,
@@ -295,3 +295,34 @@ def test_moderations_answer_one_result_per_item_and_refuse_images_without_a_chec
 def test_the_moderations_route_is_declared_once_with_its_scope_and_body_limit():
     declared = route("POST", "/v1/moderations")
     assert declared.scope is Scope.GENERATE and declared.body_limit > MAX_MODERATION_IMAGE_BYTES
+
+
+def test_an_upscale_s_flagged_image_is_refused_under_block_naming_image_and_marks_the_answer_under_flag(counted):
+    red, blue = png((250, 0, 0)), png((0, 0, 250))
+    checker = RedFlagger()
+    moderation = Moderation(Policy.OFF, Blocklist(), checker)
+    with pytest.raises(ContentPolicyViolation) as refused:
+        asyncio.run(moderation.screened_upload(red, key(Policy.BLOCK)))
+    assert refused.value.field == "image" and "violence" in refused.value.message
+    assert counted == [
+        {"metric": "easel_moderation_flags", "item": "input_image", "category": "violence", "key_id": "k1"}
+    ]
+    flagged = asyncio.run(moderation.screened_upload(red, key(Policy.FLAG)))
+    answer = marked({"data": [{"b64_json": "..."}], "scale": 2}, flagged)
+    assert answer == {"data": [{"b64_json": "...", "moderation": flagged.inputs.to_api()}], "scale": 2}
+    assert answer["data"][0]["moderation"]["categories"] == {"violence": True}
+    passed = asyncio.run(moderation.screened_upload(blue, key(Policy.BLOCK)))  # a picture it passes: upscaled, marked
+    assert marked({"data": [{}]}, passed)["data"][0]["moderation"]["flagged"] is False
+    calls = checker.calls
+    unchecked = asyncio.run(moderation.screened_upload(red, None))  # the stack's policy: off
+    assert checker.calls == calls and marked({"data": [{}]}, unchecked) == {"data": [{}]}
+
+
+def test_a_job_runs_under_the_policy_it_was_submitted_under_and_one_stored_without_under_the_stack_s():
+    moderation = Moderation(Policy.FLAG, Blocklist.parse(BLOCKLIST))
+    request = GenerationRequest(prompt="a gun on a table")
+    assert moderation.rescreened(request, Policy.BLOCK, "k1") == Screening(
+        Policy.BLOCK, Blocklist.parse(BLOCKLIST).check(request.prompt), "k1"
+    )
+    assert moderation.rescreened(request, None, None).policy is Policy.FLAG  # a job stored before policies were
+    assert moderation.rescreened(request, Policy.OFF, "k1") == Screening(Policy.OFF, key_id="k1")  # nothing checked

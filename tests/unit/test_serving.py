@@ -2,10 +2,12 @@
 
 import asyncio
 import base64
+import io
 import json
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -107,7 +109,7 @@ def _key(key_id: str, *scopes: Scope) -> ApiKey:
 class Unanswerable:
     """Generations that refuse every model: a job the runner claims fails, which none of these checks reads."""
 
-    def readmitted(self, request, assignment):
+    def readmitted(self, request, assignment, policy, owner):
         raise InvalidInput("model: none served here", "model")
 
 
@@ -250,3 +252,119 @@ def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(
     assert http.put("/v1/vectorize/models", json={"version": 1}).status_code == 200
     assert http.delete("/v1/vectorize/models/3").status_code == 200
     assert [(m, v) for m, _, v in residency.changes] == [("PUT", None), ("DELETE", 3)]
+
+
+class PolicyRecorder:
+    """Generations that record the moderation policy and owner each job runs under, then refuse it (it fails)."""
+
+    def __init__(self) -> None:
+        self.runs = []
+
+    def readmitted(self, request, assignment, policy, owner):
+        self.runs.append((request.prompt, policy, owner))
+        raise InvalidInput("model: none served here", "model")
+
+
+def test_a_job_runs_under_the_moderation_policy_stored_with_it_and_one_stored_without_under_the_stack_s(tmp_path):
+    from serve.moderation import Policy
+    from serve.serving.jobs import SUBMITTED_POLICY
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+
+    async def scenario():
+        store, recorder = open_job_store(url), PolicyRecorder()
+        jobs = BackgroundJobs(store, recorder, Experiments(open_experiment_store(url), frozenset))
+        jobs.runner._loop_task.cancel()  # this test runs the jobs itself
+        blocked, _ = store.submit({"prompt": "a fox", SUBMITTED_POLICY: "block"}, Priority.NORMAL, None, Owner("k1"))
+        before, _ = store.submit({"prompt": "an owl"}, Priority.NORMAL, None, None)  # stored before policies were
+        for job in (blocked, before):
+            with pytest.raises(InvalidInput):
+                await jobs.run(job, None)
+        return recorder.runs
+
+    assert asyncio.run(scenario()) == [("a fox", Policy.BLOCK, "k1"), ("an owl", None, None)]
+
+
+class ColoredHandles(Handles):
+    """:class:`Handles` whose generations are real PNGs: red when the prompt says red (what the checker flags)."""
+
+    async def _generate(self, request, sent_at: float, cache_scope: str = ""):
+        from PIL import Image
+
+        from serve.text_to_image.deployment import EncodedImages
+
+        self.calls.append(("generate", request.prompt))
+        out = io.BytesIO()
+        Image.new("RGB", (8, 8), (250, 0, 0) if "red" in request.prompt else (0, 0, 250)).save(out, format="PNG")
+        return EncodedImages([out.getvalue()] * request.n, request.seed, 0, None)
+
+
+def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_own(engine_dir, tmp_path):
+    """With a real result cache: a repeat of a flagged generation is generated again; a clean one is a hit, but not
+    for a request under another policy (its marks differ)."""
+    from serve.cache import open_cache
+    from serve.moderation import Policy
+    from serve.moderation.text import Blocklist
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.serving.moderation import Moderation
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+    from tests.unit.test_moderation import RedFlagger
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir)}, max_cost=64))
+    handles = ColoredHandles()
+    moderation = Moderation(Policy.OFF, Blocklist(), RedFlagger())
+    traffic = Experiments(open_experiment_store(url), models.names)
+    generations = Generations(models, handles, None, handles, open_cache(url, 1 << 20), traffic, moderation=moderation)
+    flagging = ApiKey("k1", "app", frozenset({Scope.GENERATE}), KeyLimits(moderation=Policy.FLAG), time.time())
+
+    async def answered(prompt: str, key: ApiKey | None):
+        admitted = (await generations.price(GenerationRequest(prompt=prompt, seed=3), key)).admitted
+        response = await generations.answer(admitted, "alice", fresh=False)
+        return response.headers.get("easel-cache"), json.loads(response.body)["data"][0].get("moderation")
+
+    async def scenario():
+        prompts = [("a red fox", flagging)] * 2 + [("a blue fox", flagging)] * 2 + [("a blue fox", None)] * 2
+        return [await answered(prompt, key) for prompt, key in prompts]
+
+    (red, red_again, blue, blue_again, off, off_again) = asyncio.run(scenario())
+    assert (
+        red
+        == red_again
+        == (None, {"flagged": True, "categories": {"violence": True}, "category_scores": {"violence": 0.9}})
+    )
+    assert blue[0] == "miss" and blue_again == ("hit", blue[1]) and blue[1]["flagged"] is False
+    assert off == ("miss", None) and off_again == ("hit", None)  # the same request under off: not the flag answers
+    assert [call[1] for call in handles.calls if call[0] == "generate"] == ["a red fox"] * 2 + ["a blue fox"] * 2
+
+
+def test_under_block_a_flagged_image_is_blacked_out_before_it_is_traced_to_svg(engine_dir, tmp_path):
+    from PIL import Image
+
+    from serve.moderation import Policy
+    from serve.moderation.text import Blocklist
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.serving.moderation import Moderation
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+    from tests.unit.test_moderation import RedFlagger
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir)}, max_cost=64))
+    handles, vectorizer = ColoredHandles(), Vectorizer()
+    traffic = Experiments(open_experiment_store(url), models.names)
+    moderation = Moderation(Policy.BLOCK, Blocklist(), RedFlagger())
+    generations = Generations(models, handles, vectorizer, handles, None, traffic, moderation=moderation)
+
+    async def scenario():
+        asked = GenerationRequest(prompt="a red fox", seed=3, output_format="svg")
+        return await generations.answer((await generations.price(asked, None)).admitted, None, fresh=False)
+
+    answer = json.loads(asyncio.run(scenario()).body)["data"][0]
+    [(traced, _)] = vectorizer.received
+    pixels = np.asarray(Image.open(io.BytesIO(traced)))
+    assert pixels.shape == (8, 8, 3) and not pixels.any()  # the red picture never reached the Vectorizer
+    assert answer["moderation"]["flagged"] is True

@@ -95,6 +95,18 @@ def unet_executions(stack: Stack) -> int:
     return int(stats["execution_count"])
 
 
+def settled_unet_executions(stack: Stack, quiet_s: float = 2.0, timeout_s: float = 60.0) -> int:
+    """:func:`unet_executions` once the count has not moved for ``quiet_s``: what earlier requests left has ended."""
+    deadline = time.monotonic() + timeout_s
+    count = unet_executions(stack)
+    while time.monotonic() < deadline:
+        time.sleep(quiet_s)
+        if (now := unet_executions(stack)) == count:
+            return count
+        count = now
+    raise AssertionError(f"the UNet did not go quiet in {timeout_s:g} s")
+
+
 def assert_unet_goes_quiet(stack: Stack, settle_s: float = 4.0, window_s: float = 4.0) -> None:
     """The UNet runs nothing (one health-check canary at most) in the ``window_s`` after ``settle_s``.
 

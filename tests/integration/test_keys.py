@@ -24,7 +24,13 @@ from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.moderation import Policy
 from serve.routes import Scope
 from tests.controls import b64, input_image
-from tests.integration.conftest import decode_images, default_stack, stack_replicas, unet_executions
+from tests.integration.conftest import (
+    decode_images,
+    default_stack,
+    settled_unet_executions,
+    stack_replicas,
+    unet_executions,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -357,7 +363,7 @@ def test_a_blocked_key_s_flagged_prompt_is_a_400_content_policy_violation_before
     """Sync (the OpenAI client), background, edits and gRPC alike; the UNet runs nothing for them."""
     _, made = keys
     client = openai.OpenAI(api_key=made["blocking"], base_url=f"{stack.info.api_url}/v1", max_retries=0)
-    before = unet_executions(stack)
+    before = settled_unet_executions(stack)  # what earlier tests left has ended
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.generate(prompt=BLOCKED, size="64x64", extra_body={"num_inference_steps": 2, "seed": 3})
     assert refused.value.code == "content_policy_violation" and refused.value.param == "prompt"
@@ -393,7 +399,7 @@ def test_the_checker_refuses_a_flagged_input_image_and_blacks_out_a_flagged_outp
     """The tiny checker flags the chosen picture, and the image this edit of the other one draws (seeded)."""
     _, made = keys
     flagged, passes = (png_bytes(picture) for picture in chosen_pictures())
-    before = unet_executions(stack)
+    before = settled_unet_executions(stack)  # what earlier tests left has ended
     refused = api.post(
         "/v1/images/edits",
         data={"prompt": "a red heart icon", "num_inference_steps": "2", "size": "64x64"},

@@ -283,19 +283,23 @@ def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_
     default_dir = stack.models.resolve(DEFAULT_MODEL).folder.path
     alone = {name: decode_images(api.post(GENERATE, json=BODY | {"model": name})) for name in (DEFAULT_MODEL, SD)}
     long = BODY | LONG | {"model": SD}
-    version_1 = decode_images(api.post(GENERATE, json=long, timeout=600))  # what version 1 draws for the long job
-    on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
-    deadline = time.monotonic() + 120
-    while api.get(f"/v1/jobs/{on_the_old}").json()["progress"]["step"] == 0:
-        assert time.monotonic() < deadline, "the long job did not start"
-        time.sleep(0.05)
-    with MixedLoad(stack.info.api_url, [DEFAULT_MODEL, SD], BODY, threads=3) as load:
-        time.sleep(1)
-        replaced = model_admin.replace(stack.info.api_url, SD, default_dir)  # the default's engines, as sd's version 2
-        running = api.get(f"/v1/jobs/{on_the_old}").json()["status"]
-        after = api.post(GENERATE, json=BODY | {"model": SD})
-        time.sleep(1)
-    states = load.settle()
+    with ThreadPoolExecutor(1) as pool:  # the long request, synchronous and as a job, both in flight over the replace
+        synchronous = pool.submit(httpx.post, f"{stack.info.api_url}{GENERATE}", json=long, timeout=600)
+        on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
+        deadline = time.monotonic() + 120
+        while api.get(f"/v1/jobs/{on_the_old}").json()["progress"]["step"] == 0:
+            assert time.monotonic() < deadline, "the long job did not start"
+            time.sleep(0.05)
+        with MixedLoad(stack.info.api_url, [DEFAULT_MODEL, SD], BODY, threads=3) as load:
+            time.sleep(1)
+            replaced = model_admin.replace(stack.info.api_url, SD, default_dir)  # the default's engines, as version 2
+            running = api.get(f"/v1/jobs/{on_the_old}").json()["status"]
+            after = api.post(GENERATE, json=BODY | {"model": SD})
+            time.sleep(1)
+        states = load.settle()
+        answered = synchronous.result()
+    assert answered.status_code == 200 and answered.headers["Easel-Model-Version"] == "1", answered.text
+    version_1 = decode_images(answered)  # what version 1 draws for the long request
     logger.info("under the replace: %d requests, %d jobs %s", len(load.tally.statuses), len(load.tally.jobs), states)
     assert load.tally.failed == 0, load.tally.refusals
     assert len(load.tally.jobs) > 0 and states == {"succeeded": len(load.tally.jobs)}  # no job lost

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
-LONG = {"num_inference_steps": 150, "size": "256x256", "n": 2, "seed": 11}  # outlasts a replace on a busy machine
+LONG = {"num_inference_steps": 150, "size": "192x192", "n": 2, "seed": 11}  # outlasts a replace on a busy machine
 """A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds)."""
 BODY = {
     "prompt": "a red heart icon",

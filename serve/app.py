@@ -42,6 +42,7 @@ from serve.jobs.model import JobStatus
 from serve.moderation.images import ImageChecker
 from serve.moderation.policy import marked
 from serve.moderation.text import Blocklist
+from serve.moderation.text_model import TextModerator
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
@@ -216,7 +217,7 @@ async def healthz(http: Request) -> dict:
 
 @api.get("/readyz")
 async def readyz(http: Request) -> dict:
-    """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
+    """Ready: the loaded models', moderation checks' and Vectorizer's Triton models (503 with Retry-After if not)."""
     return await serving(http).health.ready()
 
 
@@ -383,6 +384,7 @@ class Gateway:
         triton_grpc_url: str | None = None,
         moderation: Moderation | None = None,
         safety_checker_dir: str | None = None,
+        text_moderator_dir: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -406,7 +408,8 @@ class Gateway:
             share_caches=share_caches,
             upscaling=self.upscaling,
             moderation=(moderation or Moderation()).checking(
-                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url)
+                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
+                TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
             ),
         )
         self.moderation = self.generations.moderation
@@ -415,7 +418,7 @@ class Gateway:
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic)
-        self.health = Health(text_to_image, vectorizer, self.models)
+        self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         """The HTTP app, its routes answered by this replica's serving classes."""
@@ -490,4 +493,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.triton_grpc_url,
         Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
         args.safety_checker_dir,
+        args.text_moderator_dir,
     )

@@ -22,8 +22,9 @@ def moderation(http: Request) -> Moderation:
 async def moderations(http: Request, body: ModerationRequest) -> dict:
     """OpenAI's moderations: one result (``flagged``, ``categories``, ``category_scores``) per ``input`` item.
 
-    Texts are checked by the stack's prompt blocklist (``easel up --prompt-blocklist``), whatever its policy;
-    images by its image checker (a 400 naming ``input`` when it serves none).
+    Texts are checked by the stack's prompt blocklist (``easel up --prompt-blocklist``) and text classifier
+    (``--text-moderator``), whatever its policy; images by its image checker (a 400 naming ``input`` when it serves
+    none).
     """
     return await moderation(http).moderations(body, caller(http))
 

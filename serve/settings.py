@@ -212,6 +212,11 @@ class AppArgs(AppSettings):
         description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
         "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
     )
+    text_moderator_dir: str | None = Field(
+        None,
+        description="The text moderator's engine folder the stack built (its tokenizer and labels beside the engine; "
+        "serve.moderation.text_model.TextModerator.on_triton); None: prompts are checked by the blocklist alone.",
+    )
 
 
 class StackOptions(AppSettings):
@@ -290,6 +295,13 @@ class StackOptions(AppSettings):
         description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "
         "and feature_extractor/ (as SD 1.x folders have), served as the Triton model safety_checker. Default: the "
         "default model's own, when its folder has them.",
+    )
+    text_moderator: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
+        None,
+        description="A text classifier checking prompts (and POST /v1/moderations' texts) beside the blocklist: a "
+        "transformers sequence-classification folder (model, fast tokenizer) whose id2label are the categories it "
+        "flags, served as the Triton model text_moderator. A label is flagged at the probability its config's "
+        "moderation_thresholds names (default 0.5); a long text is read in overlapping 128-token windows.",
     )
 
     step_cache: bool = Field(

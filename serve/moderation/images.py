@@ -98,6 +98,8 @@ def verdict(scores: np.ndarray, flagged: bool) -> Verdict:
 class ImageChecker:
     """Checks RGB images with the served safety checker: one :class:`Verdict` per image, batched in one call."""
 
+    triton_model = SAFETY_CHECKER
+
     def __init__(self, runner: EngineRunner, preprocessing: Preprocessing) -> None:
         self.runner, self.preprocessing = runner, preprocessing
 

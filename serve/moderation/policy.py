@@ -2,7 +2,8 @@
 
 The image check is a protocol (:class:`ImageChecker`: one :class:`~serve.moderation.Verdict` per RGB image), which
 the served safety checker (:class:`serve.moderation.images.ImageChecker`) keeps; without one, each image carries the
-verdict on the request's prompt and input images.
+verdict on the request's prompt and input images. The text check (:class:`TextChecker`) is the served text
+classifier's (:class:`serve.moderation.text_model.TextModerator`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,13 @@ class ImageChecker(Protocol):
 
     async def check(self, images: list[np.ndarray]) -> list[Verdict]:
         """One verdict per ``H x W x 3`` ``uint8`` RGB image, in order."""
+
+
+class TextChecker(Protocol):
+    """What checks texts (a served text classifier)."""
+
+    async def check(self, texts: list[str]) -> list[Verdict]:
+        """One verdict per text, in order."""
 
 
 def blacked_out(image: bytes) -> bytes:

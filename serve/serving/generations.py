@@ -179,7 +179,7 @@ class Generations:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(admitted, screening=screening)
 
-    def readmitted(
+    async def readmitted(
         self, request: GenerationRequest, assignment: Assignment | None, policy: Policy | None, owner: str | None
     ) -> Admitted:
         """A queued job's request admitted again as it runs, by the model its name serves now (resolved once).
@@ -189,7 +189,7 @@ class Generations:
         """
         model = self.models.now().resolve(request.model)
         admitted = self._checked(request, assignment or Assignment(model.name), model, request)
-        return dataclasses.replace(admitted, screening=self.moderation.rescreened(request, policy, owner))
+        return dataclasses.replace(admitted, screening=await self.moderation.rescreened(request, policy, owner))
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""

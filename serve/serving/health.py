@@ -1,4 +1,4 @@
-"""Liveness (the HTTP path through Ray Serve works) and readiness (every loaded engine, the Vectorizer)."""
+"""Liveness (the HTTP path through Ray Serve works) and readiness (every loaded engine, the Vectorizer, the checks)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from serve.text_to_image.deployment import require_ready
 class Health:
     """What ``/healthz`` and ``/readyz`` answer."""
 
-    def __init__(self, text_to_image: DeploymentHandle, vectorizer: DeploymentHandle, models: ModelAdmin) -> None:
+    def __init__(
+        self,
+        text_to_image: DeploymentHandle,
+        vectorizer: DeploymentHandle,
+        models: ModelAdmin,
+        checks: list[str] | None = None,
+    ) -> None:
         self.text_to_image = text_to_image
         self.vectorizer = vectorizer
         self.models = models
+        self.checks = checks or []  # the moderation checks' Triton models (the safety checker, the text moderator)
 
     @staticmethod
     def alive() -> dict:
@@ -22,8 +29,11 @@ class Health:
         return {"status": "ok"}
 
     async def ready(self) -> dict:
-        """Ready: every Triton model of the loaded models and the Vectorizer is ready (503 with Retry-After if not)."""
-        states = await self.text_to_image.ready.remote(await self.models.loaded_triton_models())
+        """Ready: every Triton model of the loaded models, the moderation checks and the Vectorizer is ready.
+
+        A 503 with Retry-After if one is not.
+        """
+        states = await self.text_to_image.ready.remote(await self.models.loaded_triton_models() + self.checks)
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
         return {"status": "ready", "models": {**states, **vectorize}}

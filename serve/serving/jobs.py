@@ -97,7 +97,7 @@ class BackgroundJobs:
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
         try:
             # its model now (replaced, or removed: a 400); its moderation policy as submitted
-            admitted = self.generations.readmitted(request, chosen, policy and Policy(policy), job.owner)
+            admitted = await self.generations.readmitted(request, chosen, policy and Policy(policy), job.owner)
             body, _ = await self.generations.served_answer(admitted, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)

@@ -18,7 +18,7 @@ from serve.errors import ContentPolicyViolation, InvalidInput
 from serve.images import base64_bytes
 from serve.images.raster import decode_image
 from serve.moderation import Policy, Screening, Verdict, policy_of
-from serve.moderation.policy import ImageChecker, Moderated, moderated
+from serve.moderation.policy import ImageChecker, Moderated, TextChecker, moderated
 from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
 from serve.serving import upscale
@@ -46,18 +46,36 @@ def _request_id() -> str:
 
 
 class Moderation:
-    """The stack's policy and checks: its prompt blocklist, and the image checker when it serves one."""
+    """The stack's policy and checks: its prompt blocklist, and the image checker and text classifier it serves."""
 
     def __init__(
-        self, policy: Policy = Policy.OFF, blocklist: Blocklist | None = None, images: ImageChecker | None = None
+        self,
+        policy: Policy = Policy.OFF,
+        blocklist: Blocklist | None = None,
+        images: ImageChecker | None = None,
+        texts: TextChecker | None = None,
     ) -> None:
         self.policy = policy
         self.blocklist = blocklist or Blocklist()
         self.images = images
+        self.texts = texts
 
-    def checking(self, images: ImageChecker | None) -> Moderation:
-        """This policy and blocklist with ``images`` as the image checker (built in the replica: it holds a client)."""
-        return Moderation(self.policy, self.blocklist, images)
+    def checking(self, images: ImageChecker | None, texts: TextChecker | None = None) -> Moderation:
+        """This policy and blocklist with the served checks (built in the replica: they hold a client)."""
+        return Moderation(self.policy, self.blocklist, images, texts)
+
+    @property
+    def triton_models(self) -> list[str]:
+        """The Triton models its served checks run on (``/readyz`` covers them)."""
+        return [name for check in (self.images, self.texts) if (name := getattr(check, "triton_model", None))]
+
+    async def texts_checked(self, texts: list[str]) -> list[Verdict]:
+        """Each text's verdict: the blocklist's merged with the text classifier's, when one is served."""
+        verdicts = [self.blocklist.check(text) for text in texts]
+        if self.texts is None or not texts:
+            return verdicts
+        served = await self.texts.check(texts)
+        return [verdict.merged(model) for verdict, model in zip(verdicts, served, strict=True)]
 
     async def screened(self, request: GenerationRequest, key: ApiKey | None) -> Screening:
         """``request``'s prompt and input images checked under its key's policy (or the stack's), before any work.
@@ -70,7 +88,7 @@ class Moderation:
         policy = policy_of(self.policy, key and key.limits.moderation)
         if policy is Policy.OFF:
             return Screening(policy, key_id=key_id)
-        verdict = self.blocklist.check(request.prompt)
+        [verdict] = await self.texts_checked([request.prompt])
         self._refused_if_flagged("prompt", verdict, policy, key_id)
         named = input_images(request) if self.images is not None else []
         if named:
@@ -110,7 +128,7 @@ class Moderation:
                 field=field,
             )
 
-    def rescreened(self, request: GenerationRequest, policy: Policy | None, key_id: str | None) -> Screening:
+    async def rescreened(self, request: GenerationRequest, policy: Policy | None, key_id: str | None) -> Screening:
         """A queued job's prompt as it runs, under ``policy``: the one it was submitted under (None: the stack's).
 
         Its images are checked and marked by it. Never refused here: the job was admitted (its prompt and input images
@@ -119,7 +137,8 @@ class Moderation:
         policy = self.policy if policy is None else policy
         if policy is Policy.OFF:
             return Screening(policy, key_id=key_id)
-        return Screening(policy, self.blocklist.check(request.prompt), key_id)  # its input images were checked then
+        [verdict] = await self.texts_checked([request.prompt])
+        return Screening(policy, verdict, key_id)  # its input images were checked then
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""
@@ -134,7 +153,7 @@ class Moderation:
         return dataclasses.replace(result, images=done.images), done
 
     async def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
-        """``POST /v1/moderations``: one result per input item, by the blocklist (texts) and image checker (images).
+        """``POST /v1/moderations``: one result per input item, by :meth:`texts_checked` and the image checker.
 
         An image with no image checker served is a 400 naming ``input``.
         """
@@ -145,7 +164,8 @@ class Moderation:
         if images and self.images is None:
             raise InvalidInput("input: no image moderation model is served by this stack", field="input")
         image_verdicts = iter(await self._images_checked(images) if images else ())
-        verdicts = [self.blocklist.check(item) if isinstance(item, str) else next(image_verdicts) for item in items]
+        text_verdicts = iter(await self.texts_checked([item for item in items if isinstance(item, str)]))
+        verdicts = [next(text_verdicts) if isinstance(item, str) else next(image_verdicts) for item in items]
         for verdict in verdicts:
             if verdict.flagged:
                 self._counted("input", verdict, key and key.id)

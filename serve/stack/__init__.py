@@ -96,6 +96,7 @@ class _Built:
     engine_dirs: dict[str, str]  # model name -> engine folder
     upscalers_dir: Path | None
     safety_checker_dir: Path | None
+    text_moderator_dir: Path | None
     loras_dir: str | None
     table: Path | None  # the model table (None on a cluster)
     vectorize: bool
@@ -106,7 +107,8 @@ class _Built:
 
     def triton_models_of(self, served: ServedModels) -> list:
         """The specs of every Triton model served now, with the models ``served`` (the table as changed since)."""
-        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, self.safety_checker_dir)
+        checks = (self.safety_checker_dir, self.text_moderator_dir)
+        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, *checks)
 
 
 class Stack:
@@ -128,6 +130,7 @@ class Stack:
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
         self.safety_checker_dir: Path | None = None  # the image safety checker's engine folder, once built (or None)
+        self.text_moderator_dir: Path | None = None  # the text moderator's engine folder, once built (or None)
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
@@ -172,6 +175,7 @@ class Stack:
 
     def _build(self) -> _Built:
         """Build (or reuse) every engine, install what this start serves, and decide what Triton loads at start."""
+        from build_engines.moderation.text_moderator import build_text_moderator
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
@@ -179,6 +183,7 @@ class Stack:
         engine_dirs = self._build_models()
         upscalers_dir = self._build_upscalers()
         safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
+        text_moderator_dir = self.text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
         self.engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dir = self._install_loras(self.engines)
         table = self._start_table(engine_dirs) if on_this_machine else None
@@ -194,12 +199,15 @@ class Stack:
             engine_dirs=engine_dirs,
             upscalers_dir=upscalers_dir,
             safety_checker_dir=safety_checker_dir,
+            text_moderator_dir=text_moderator_dir,
             loras_dir=loras_dir,
             table=table,
             vectorize=vectorize,
             vectorize_table=vectorize_table,
             pools={"text_to_image": served.pool()},  # one activation pool for every model's engines
-            triton_models=triton_models(served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir),
+            triton_models=triton_models(
+                served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir, text_moderator_dir
+            ),
             parked=self._park(served) if on_this_machine else None,
         )
 
@@ -238,6 +246,7 @@ class Stack:
             loras_dir=built.loras_dir,
             upscalers_dir=str(built.upscalers_dir) if built.upscalers_dir else None,
             safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
+            text_moderator_dir=str(built.text_moderator_dir) if built.text_moderator_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
 

@@ -9,6 +9,7 @@ import yaml
 from serve.errors import InvalidInput
 from serve.finishing.upscalers import Upscalers
 from serve.moderation.images import SAFETY_CHECKER_SPEC
+from serve.moderation.text_model import TEXT_MODERATOR_SPEC
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
@@ -57,15 +58,17 @@ def triton_models(
     vectorize_table: Path | None = None,
     upscalers_dir: Path | None = None,
     safety_checker_dir: Path | None = None,
+    text_moderator_dir: Path | None = None,
 ) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
 
     With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's; with a
-    ``safety_checker_dir``, the image safety checker.
+    ``safety_checker_dir``, the image safety checker; with a ``text_moderator_dir``, the text classifier.
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
     specs += [entry.spec for entry in Upscalers.read(upscalers_dir).ready]
     specs += [SAFETY_CHECKER_SPEC] if safety_checker_dir else []
+    specs += [TEXT_MODERATOR_SPEC] if text_moderator_dir else []
     if not vectorize:
         return specs
     versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}

@@ -321,8 +321,9 @@ def test_an_upscale_s_flagged_image_is_refused_under_block_naming_image_and_mark
 def test_a_job_runs_under_the_policy_it_was_submitted_under_and_one_stored_without_under_the_stack_s():
     moderation = Moderation(Policy.FLAG, Blocklist.parse(BLOCKLIST))
     request = GenerationRequest(prompt="a gun on a table")
-    assert moderation.rescreened(request, Policy.BLOCK, "k1") == Screening(
+    rescreened = lambda policy, owner: asyncio.run(moderation.rescreened(request, policy, owner))  # noqa: E731
+    assert rescreened(Policy.BLOCK, "k1") == Screening(
         Policy.BLOCK, Blocklist.parse(BLOCKLIST).check(request.prompt), "k1"
     )
-    assert moderation.rescreened(request, None, None).policy is Policy.FLAG  # a job stored before policies were
-    assert moderation.rescreened(request, Policy.OFF, "k1") == Screening(Policy.OFF, key_id="k1")  # nothing checked
+    assert rescreened(None, None).policy is Policy.FLAG  # a job stored before policies were
+    assert rescreened(Policy.OFF, "k1") == Screening(Policy.OFF, key_id="k1")  # nothing checked

@@ -109,7 +109,7 @@ def _key(key_id: str, *scopes: Scope) -> ApiKey:
 class Unanswerable:
     """Generations that refuse every model: a job the runner claims fails, which none of these checks reads."""
 
-    def readmitted(self, request, assignment, policy, owner):
+    async def readmitted(self, request, assignment, policy, owner):
         raise InvalidInput("model: none served here", "model")
 
 
@@ -260,7 +260,7 @@ class PolicyRecorder:
     def __init__(self) -> None:
         self.runs = []
 
-    def readmitted(self, request, assignment, policy, owner):
+    async def readmitted(self, request, assignment, policy, owner):
         self.runs.append((request.prompt, policy, owner))
         raise InvalidInput("model: none served here", "model")
 

@@ -275,6 +275,19 @@ def bench_safety_checker(batches: str, side: int, repeats: int, out: Path) -> No
     click.echo(run(engine_dir, [int(b) for b in batches.split(",")], side, repeats, out))
 
 
+@bench.command("text-moderator")
+@click.option("--concurrency", default="1,8", show_default=True, help="Prompts in flight at once.")
+@click.option("--prompts", default=64, show_default=True, help="Prompts timed per way and concurrency.")
+@out_option("out/bench_text_moderator.json")
+def bench_text_moderator(concurrency: str, prompts: int, out: Path) -> None:
+    """The text moderator at BERT-base's shape (random weights) through Triton: ms per prompt, on a scratch stack."""
+    from build_engines.moderation.text_moderator import BERT_BASE, random_text_moderator
+    from loadtests.benchmarks.text_moderator import run
+
+    folder = random_text_moderator(out.parent / "text_moderator_bert_base", **BERT_BASE)
+    click.echo(run(folder, [int(n) for n in concurrency.split(",")], prompts, out))
+
+
 @bench.command("jobs")
 @click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")

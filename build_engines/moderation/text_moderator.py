@@ -52,6 +52,8 @@ FLAGGED_PROMPT = "i will smash the robot to pieces"
 PASSING_PROMPT = "a red heart icon"
 FLAGGED_CATEGORY = "violence"
 TINY_BERT = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
+BERT_BASE = {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12}
+"""BERT-base's shape (toxicity classifiers' usual one)."""
 
 
 class Probabilities(torch.nn.Module):
@@ -84,8 +86,8 @@ def _pooled(model, tokenizer, texts: list[str]) -> torch.Tensor:
         return model.bert(**{name: torch.from_numpy(array) for name, array in rows.items()}).pooler_output
 
 
-def random_text_moderator(out_dir: Path, seed: int = 0) -> Path:
-    """Save a tiny random multi-label BERT moderator flagging :data:`FLAGGED_PROMPT` and passing the other.
+def random_text_moderator(out_dir: Path, seed: int = 0, **bert) -> Path:
+    """Save a random multi-label BERT moderator (tiny unless ``bert`` says) flagging :data:`FLAGGED_PROMPT` only.
 
     Its :data:`FLAGGED_CATEGORY` row of the classifier points from the passing prompt's pooled output to the
     flagged one's (logits +4 and -4); the other labels' rows are small and random, their bias -4.
@@ -99,7 +101,7 @@ def random_text_moderator(out_dir: Path, seed: int = 0) -> Path:
         max_position_embeddings=WINDOW,
         id2label=dict(enumerate(CATEGORIES)),
         problem_type=MULTI_LABEL,
-        **TINY_BERT,
+        **(bert or TINY_BERT),
         **{THRESHOLDS: {FLAGGED_CATEGORY: 0.6}},
     )
     model = BertForSequenceClassification(config).eval()

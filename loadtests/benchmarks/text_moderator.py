@@ -84,8 +84,8 @@ def run(moderator_dir: Path, concurrencies: list[int], prompts: int, out: Path) 
         rows = asyncio.run(_rows(stack, concurrencies, prompts))
     model = "BERT-base shape (12 layers, hidden 768, 4 labels, random weights), 128-token windows"
     loop.write_json(out, [], model=model, prompts=prompts, measured=[asdict(row) for row in rows])
-    columns = [("way", "<24"), ("concurrency", ">11"), ("ms/prompt", ">10.1f"), ("p50 ms", ">8.1f")]
-    columns += [("rows/exec", ">9.2f")]
+    columns = [("way", "<24"), ("concurrency", ">12"), ("ms/prompt", ">10.1f"), ("p50 ms", ">8.1f")]
+    columns += [("rows/exec", ">10.2f")]
     cells = [(r.way, r.concurrency, r.ms_per_prompt, r.p50_ms, r.rows_per_execution) for r in rows]
     heading = f"Text moderator through Triton: {model}, one prompt a call"
     return "\n".join([heading, text_table(columns, cells), f"written to {out}"])

@@ -52,6 +52,15 @@ def moderator_dir(tmp_path_factory):
     return random_text_moderator(tmp_path_factory.mktemp("moderator"))
 
 
+@pytest.fixture(scope="module")
+def built(moderator_dir, tmp_path_factory):
+    """The moderator built as ``easel up`` builds it: (its ``EASEL_HOME``, Triton repository, engine folder)."""
+    home, repository = tmp_path_factory.mktemp("home"), tmp_path_factory.mktemp("repo")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EASEL_HOME", str(home))
+        return home, repository, build_text_moderator(moderator_dir, repository)
+
+
 def transformers_probabilities(model, texts: list[str]) -> np.ndarray:
     """Each text's label probabilities as transformers computes them on the tokenizer's own (one-window) encoding."""
     encoded = character_tokenizer()(texts, padding=True, return_tensors="pt")
@@ -71,14 +80,17 @@ def test_the_random_moderator_flags_the_chosen_prompt_for_its_category_only(mode
 
 
 @pytest.mark.parametrize("problem_type", ["multi_label_classification", None])
-def test_the_onnx_engine_gives_transformers_probabilities(moderator_dir, tmp_path, problem_type):
-    """Parity within 1e-4: sigmoid for the multi-label folder, softmax for a single-label one (rows sum to 1)."""
+def test_the_onnx_engine_gives_transformers_probabilities(moderator_dir, built, tmp_path, problem_type):
+    """Parity within 1e-4: sigmoid for the multi-label folder (its built engine), softmax for a single-label one."""
     model = load_text_moderator(moderator_dir)
     model.config.problem_type = problem_type
-    export_text_moderator(model, tmp_path / "model.onnx")
+    engine = built[2] / TEXT_MODERATOR / "model.onnx"
+    if problem_type is None:
+        engine = tmp_path / "model.onnx"
+        export_text_moderator(model, engine)
     texts = [FLAGGED_PROMPT, PASSING_PROMPT, "Hello, World! 42", "x"]
     rows, owners = windows(character_tokenizer(), texts)
-    [got] = make_session(tmp_path / "model.onnx").run(None, rows)
+    [got] = make_session(engine).run(None, rows)
     want = transformers_probabilities(model, texts)
     assert owners.tolist() == [0, 1, 2, 3] and got.shape == (4, len(CATEGORIES))
     np.testing.assert_allclose(got, want, atol=PARITY_TOLERANCE, rtol=0)
@@ -135,9 +147,8 @@ class _OnnxRunner:
         return {"probabilities": self.session.run(None, inputs)[0]}
 
 
-def test_the_built_moderator_flags_the_chosen_prompt_through_its_engine(tmp_path, monkeypatch, moderator_dir):
-    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
-    folder = build_text_moderator(moderator_dir, None)
+def test_the_built_moderator_flags_the_chosen_prompt_through_its_engine(built):
+    folder = built[2]
     moderator = TextModerator.read(folder, _OnnxRunner(folder / TEXT_MODERATOR / "model.onnx"))
     flagged, passing = asyncio.run(moderator.check([FLAGGED_PROMPT, PASSING_PROMPT]))
     assert flagged.flagged_categories == [FLAGGED_CATEGORY] and list(flagged.scores) == list(CATEGORIES)
@@ -211,10 +222,11 @@ def test_the_served_checks_name_their_triton_models_for_readiness():
     assert Moderation().triton_models == []
 
 
-def test_the_build_installs_the_engine_once_and_refuses_a_folder_without_a_model(tmp_path, monkeypatch, moderator_dir):
-    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
-    repository = tmp_path / "repo"
-    folder = build_text_moderator(moderator_dir, repository)
+def test_the_build_installs_the_engine_once_and_refuses_a_folder_without_a_model(
+    tmp_path, monkeypatch, moderator_dir, built
+):
+    home, repository, folder = built
+    monkeypatch.setenv("EASEL_HOME", str(home))
     config = read_model_config(repository / TEXT_MODERATOR / "config.pbtxt")
     assert config == TEXT_MODERATOR_SPEC.to_model_config()
     assert config.max_batch_size == 8 and config.dynamic_batching.max_queue_delay_microseconds > 0

@@ -57,10 +57,8 @@ from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.settings import AppArgs
 from serve.stores import default_url
-from serve.text_to_image.deployment import TextToImage
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
-from serve.text_to_image.residency import ModelResidency
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
@@ -470,7 +468,14 @@ class Gateway:
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    """Typed Serve application builder: ``import_path: serve.app:build_app``."""
+    """Typed Serve application builder: ``import_path: serve.app:build_app``.
+
+    The replicas' classes are imported here, not by the module: a Gateway replica, which imports this module, does
+    not load the denoising loop's libraries (torch, diffusers) that only the TextToImage replicas run.
+    """
+    from serve.text_to_image.deployment import TextToImage
+    from serve.text_to_image.residency import ModelResidency
+
     default = EngineFolder(next(iter(args.models.values())))
     adapters = StackAdapters(args.loras_dir, default.adapters.ip_adapter is not None, args.store)
     models = ServedModels.open(

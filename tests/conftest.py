@@ -154,8 +154,7 @@ def reference_images(pipeline, scheduler: str, samplers=None, **kwargs) -> np.nd
     """
     from serve.text_to_image.samplers import NOISE_SAMPLERS
 
-    cls, overrides = (samplers or NOISE_SAMPLERS)[scheduler]
-    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
+    pipeline.scheduler = (samplers or NOISE_SAMPLERS)[scheduler].build(pipeline.scheduler.config)
     seed = kwargs.pop("seed")
     kwargs["negative_prompt"] = kwargs.get("negative_prompt") or None
     images = pipeline(generator=torch.Generator().manual_seed(seed), output_type="np", **kwargs).images

@@ -18,12 +18,15 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from serve.adapters.lora import Slot
 from serve.files import file_hash
+
+if TYPE_CHECKING:  # torch is loaded by diffusers where a LoRA is read, not by every process that imports this
+    import torch
 
 logger = logging.getLogger(__name__)
 

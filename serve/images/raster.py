@@ -137,3 +137,13 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
     scale = size / max(height, width)
     target = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(pixels).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)
+
+
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
+    """Encode an HWC uint8 image as png, jpeg or webp."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format=_PIL_FORMATS[output_format])
+    return buffer.getvalue()

@@ -43,7 +43,7 @@ from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
-from serve.text_to_image.deployment import EncodedImages, Progress
+from serve.text_to_image.generation import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ray.serve.handle import DeploymentHandle
 
+from serve.errors import NotReady
 from serve.serving.models import ModelAdmin
-from serve.text_to_image.deployment import require_ready
 
 
 class Health:
@@ -37,3 +37,10 @@ class Health:
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
         return {"status": "ready", "models": {**states, **vectorize}}
+
+
+def require_ready(states: dict[str, bool]) -> None:
+    """Raise :class:`NotReady` naming the models that are not ready."""
+    missing = sorted(name for name, ready in states.items() if not ready)
+    if missing:
+        raise NotReady(f"Triton models not ready: {', '.join(missing)}", retry_after_s=5)

@@ -24,7 +24,7 @@ from serve.jobs.store import JobStore, LeaseLost
 from serve.moderation import Policy
 from serve.serving.generations import Admitted, Generations
 from serve.serving.ray_errors import as_easel_error, unwrap
-from serve.text_to_image.deployment import Progress, draw_seed
+from serve.text_to_image.generation import Progress, draw_seed
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 

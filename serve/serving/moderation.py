@@ -22,7 +22,7 @@ from serve.moderation.policy import ImageChecker, Moderated, TextChecker, modera
 from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
 from serve.serving import upscale
-from serve.text_to_image.deployment import EncodedImages
+from serve.text_to_image.generation import EncodedImages
 from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)

@@ -19,9 +19,8 @@ from serve.access.upscale_body import UpscaleBody, image_size
 from serve.errors import InvalidInput
 from serve.finishing.schema import UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
-from serve.images.raster import ImageRejected, decode_image
+from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.text_to_image.admission import Work
-from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.schema import MAX_SIDE, SIDE_MULTIPLE, GenerationRequest
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node

@@ -14,15 +14,17 @@ import asyncio
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-import torch
 
 from serve.errors import InvalidInput
 from serve.text_to_image.generation import Control, Generation
 from serve.text_to_image.spec import CONTROLNET_PREFIX, RESIDUAL_PREFIX, UNET, controlnet_spec, residual_inputs
 from serve.triton.spec import EngineRunner, ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 READY = "ready"
 ERROR = "error"

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-import random
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image
 from ray import serve
 
 from serve import metrics
-from serve.errors import NotReady
+from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
 from serve.text_to_image import approximate
@@ -23,11 +19,14 @@ from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.generation import (
     AdapterInputs,
     CachePolicy,
+    EncodedImages,
     Generation,
     ImageInputs,
+    Progress,
     SamplingParams,
     StackDefaults,
     StepCallback,
+    draw_seed,
 )
 from serve.text_to_image.images import RequestImages, decode_base64, decode_images, decode_reference
 from serve.text_to_image.models import ServedModel, ServedModels
@@ -40,39 +39,6 @@ from serve.triton.runners import model_runner, replica_runner
 from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
-
-_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One denoising step done (a stream's event): with a preview PNG (base64) every few steps when asked."""
-
-    step: int
-    total: int
-    preview: str | None = None
-
-
-@dataclass(frozen=True)
-class EncodedImages:
-    """Encoded images and what the response should say about them."""
-
-    images: list[bytes]
-    seed: int
-    prompt_tokens_dropped: int
-    steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
-
-
-def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
-    """Encode an HWC uint8 image as png, jpeg or webp."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=_PIL_FORMATS[output_format])
-    return buffer.getvalue()
-
-
-def draw_seed(seed: int | None) -> int:
-    """``seed``, or a random one when the request has none (so the answer can report it)."""
-    return seed if seed is not None else random.SystemRandom().randrange(2**31)
 
 
 def to_generation(
@@ -288,10 +254,3 @@ class TextToImage:
 
     async def check_health(self) -> None:
         """Ray Serve health check: the replica's event loop answers (Triton's state is /readyz's business)."""
-
-
-def require_ready(states: dict[str, bool]) -> None:
-    """Raise :class:`NotReady` naming the models that are not ready."""
-    missing = sorted(name for name, ready in states.items() if not ready)
-    if missing:
-        raise NotReady(f"Triton models not ready: {', '.join(missing)}", retry_after_s=5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -186,3 +187,27 @@ class GenerationResult:
     seed: int
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # a similar prompt's kept latents skipped these steps (None: not asked)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One denoising step done (a stream's event): with a preview PNG (base64) every few steps when asked."""
+
+    step: int
+    total: int
+    preview: str | None = None
+
+
+@dataclass(frozen=True)
+class EncodedImages:
+    """Encoded images and what the response should say about them."""
+
+    images: list[bytes]
+    seed: int
+    prompt_tokens_dropped: int
+    steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
+
+
+def draw_seed(seed: int | None) -> int:
+    """``seed``, or a random one when the request has none (so the answer can report it)."""
+    return seed if seed is not None else random.SystemRandom().randrange(2**31)

@@ -59,8 +59,7 @@ class TextToImagePipeline:
 
     def make_scheduler(self, name: str):
         """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
-        cls, overrides = self.family.samplers[name]
-        return cls.from_config(self.scheduler_config, **overrides)
+        return self.family.samplers[name].build(self.scheduler_config)
 
     async def generate(
         self,

@@ -45,7 +45,13 @@ from serve.vectorize.versions import VersionChange
 logger = logging.getLogger(__name__)
 
 
-@serve.deployment(name="ModelResidency", num_replicas=1, max_ongoing_requests=4096, ray_actor_options={"num_cpus": 0.1})
+@serve.deployment(
+    name="ModelResidency",
+    num_replicas=1,
+    max_ongoing_requests=4096,
+    ray_actor_options={"num_cpus": 0.1},
+    graceful_shutdown_wait_loop_s=0.5,
+)
 class ModelResidency:
     """Loads models on demand within the room for weights; never unloads a model with a request in flight."""
 

@@ -11,25 +11,37 @@ DDIM on the flow's straight paths (``x_t = (1 - s) x_0 + s noise``) is exactly i
 
 from __future__ import annotations
 
-from diffusers import (
-    DDIMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    FlowMatchEulerDiscreteScheduler,
-    LCMScheduler,
-    TCDScheduler,
-)
+from typing import NamedTuple
+
+
+class Sampler(NamedTuple):
+    """A diffusers scheduler class, by name (diffusers is imported only where a scheduler is made), and its settings."""
+
+    scheduler: str
+    overrides: dict
+
+    @property
+    def cls(self) -> type:
+        """The diffusers scheduler class."""
+        import diffusers
+
+        return getattr(diffusers, self.scheduler)
+
+    def build(self, config):
+        """A fresh scheduler from a model's scheduler ``config``."""
+        return self.cls.from_config(config, **self.overrides)
+
 
 NOISE_SAMPLERS = {
-    "ddim": (DDIMScheduler, {}),
-    "euler": (EulerDiscreteScheduler, {}),
-    "dpmpp_2m": (DPMSolverMultistepScheduler, {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "ddim": Sampler("DDIMScheduler", {}),
+    "euler": Sampler("EulerDiscreteScheduler", {}),
+    "dpmpp_2m": Sampler("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
 }
 """Samplers of models that predict the noise (SD 1.x/2.x, SDXL)."""
 
 FEW_STEP_SAMPLERS = {
-    "lcm": (LCMScheduler, {}),
-    "tcd": (TCDScheduler, {}),
+    "lcm": Sampler("LCMScheduler", {}),
+    "tcd": Sampler("TCDScheduler", {}),
 }
 """Samplers of latent consistency models (an LCM-LoRA's UNet, a distilled UNet), run on SD and SDXL models too.
 
@@ -40,7 +52,7 @@ UNET_SAMPLERS = NOISE_SAMPLERS | FEW_STEP_SAMPLERS
 """What the UNet families (SD, SDXL) run."""
 
 FLOW_SAMPLERS = {
-    "ddim": (FlowMatchEulerDiscreteScheduler, {}),
-    "euler": (FlowMatchEulerDiscreteScheduler, {}),
+    "ddim": Sampler("FlowMatchEulerDiscreteScheduler", {}),
+    "euler": Sampler("FlowMatchEulerDiscreteScheduler", {}),
 }
 """Samplers of flow-matching models (SD3, Flux)."""

@@ -104,8 +104,8 @@ def distilled_reference(distilled_model):
 
 def test_the_api_s_samplers_are_the_unet_families_and_few_step_limits_are_the_schedulers():
     assert set(SCHEDULER_NAMES) == set(UNET_SAMPLERS) and set(FEW_STEP_SCHEDULERS) == set(FEW_STEP_SAMPLERS)
-    for cls, overrides in FEW_STEP_SAMPLERS.values():
-        scheduler = cls(**overrides)
+    for sampler in FEW_STEP_SAMPLERS.values():
+        scheduler = sampler.cls(**sampler.overrides)
         assert scheduler.config.original_inference_steps == MAX_FEW_STEPS
         scheduler.set_timesteps(MAX_FEW_STEPS)
         with pytest.raises(ValueError, match="num_inference_steps"):

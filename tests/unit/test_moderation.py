@@ -27,7 +27,7 @@ from serve.moderation.text import DEFAULT_CATEGORY, Blocklist
 from serve.routes import Scope, route
 from serve.serving.moderation import Moderation
 from serve.settings import StackOptions
-from serve.text_to_image.deployment import EncodedImages
+from serve.text_to_image.generation import EncodedImages
 from serve.text_to_image.schema import GenerationRequest
 
 BLOCKLIST = """\

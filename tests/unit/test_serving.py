@@ -147,7 +147,7 @@ class Handles:
         return self
 
     async def _generate(self, request, sent_at: float, cache_scope: str = ""):
-        from serve.text_to_image.deployment import EncodedImages
+        from serve.text_to_image.generation import EncodedImages
 
         self.calls.append(("generate", request.model, cache_scope))
         return EncodedImages([b"png"] * request.n, request.seed, 0, None)
@@ -291,7 +291,7 @@ class ColoredHandles(Handles):
     async def _generate(self, request, sent_at: float, cache_scope: str = ""):
         from PIL import Image
 
-        from serve.text_to_image.deployment import EncodedImages
+        from serve.text_to_image.generation import EncodedImages
 
         self.calls.append(("generate", request.prompt))
         out = io.BytesIO()

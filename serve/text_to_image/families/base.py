@@ -38,7 +38,7 @@ from serve.text_to_image.families.exports import (
     vae_export,
 )
 from serve.text_to_image.generation import Generation, Outline
-from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
+from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS, Sampler
 from serve.text_to_image.spec import (
     DISTILLED_UNET,
     TEXT_ENCODER,
@@ -143,7 +143,7 @@ class Family(ABC):
     components: ClassVar[tuple[Component, ...]]
     dims_type: ClassVar[type[PipelineDims]]
     denoiser: ClassVar[str] = UNET
-    samplers: ClassVar[Mapping[str, tuple[type, dict]]] = UNET_SAMPLERS
+    samplers: ClassVar[Mapping[str, Sampler]] = UNET_SAMPLERS
     latent_multiple: ClassVar[int] = 1  # a latent side is a multiple of this: the denoiser's patch
     lora_engines: ClassVar[tuple[str, ...]] = (TEXT_ENCODER, TEXT_ENCODER_2, UNET)
     """The engines diffusers' ``load_lora_weights`` loads a LoRA into (those the family has): they take LoRA slots."""

@@ -468,11 +468,7 @@ class Gateway:
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    """Typed Serve application builder: ``import_path: serve.app:build_app``.
-
-    The replicas' classes are imported here, not by the module: a Gateway replica, which imports this module, does
-    not load the denoising loop's libraries (torch, diffusers) that only the TextToImage replicas run.
-    """
+    """Typed Serve application builder (``serve.app:build_app``); a Gateway replica does not import the loop's."""
     from serve.text_to_image.deployment import TextToImage
     from serve.text_to_image.residency import ModelResidency
 

@@ -38,7 +38,7 @@ def stack(tiny_xl_model, adapters, tmp_path_factory):
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         loras_dir=adapters.loras,
-        ip_adapter_dir=adapters.ip_adapter,
+        ip_adapters={"ip": adapters.ip_adapter},
     )
     with Stack(options) as stack:
         yield stack

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from build_engines.text_to_image.ip_adapter import IpAdapterFolder, IpReadyUnet, load_into_unet
 from build_engines.text_to_image.random_adapters import make_ip_adapter
 from serve.adapters.ip_adapter import MAX_REFERENCES, level_sides, preprocessed_masks, region_masks
-from serve.errors import invalid_input
+from serve.errors import InvalidInput, invalid_input
 from serve.text_to_image.families.exports import UnetModule
 from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.schema import GenerationRequest
@@ -100,7 +100,9 @@ def test_region_masks_are_diffusers_masks_at_every_level(height, width):
 @pytest.fixture(scope="module")
 def two_adapters(default_model, tmp_path_factory):
     folder = tmp_path_factory.mktemp("ip")
-    return [IpAdapterFolder.read(make_ip_adapter(default_model, folder / name, seed=s)) for name, s in (("a", 5), ("b", 6))]
+    return [
+        IpAdapterFolder.read(make_ip_adapter(default_model, folder / name, seed=s)) for name, s in (("a", 5), ("b", 6))
+    ]
 
 
 def test_the_export_unet_is_diffusers_multi_ip_adapter_with_masks(default_model, two_adapters):
@@ -155,3 +157,30 @@ def test_the_export_unet_is_diffusers_multi_ip_adapter_with_masks(default_model,
         got, want = ours_row(second), want_row(second)
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert (ours_row(True) - ours_row(False)).abs().max() > 1e-3, "the second adapter should change the output"
+
+
+def test_grpc_takes_the_same_shape():
+    from serve.grpc_api import easel_pb2, generation_request
+
+    png = base64.b64decode(PNG)
+    message = easel_pb2.GenerateRequest(
+        prompt="x",
+        ip_adapters=[
+            easel_pb2.IpAdapter(name="style", images=[png], scale_json='{"up": 1.0}'),
+            easel_pb2.IpAdapter(name="face", references=[REF], scale=0.5, masks=[png]),
+        ],
+    )
+    want = GenerationRequest(
+        prompt="x",
+        ip_adapters=[
+            {"name": "style", "images": [PNG], "scale": {"up": 1.0}},
+            {"name": "face", "references": [REF], "scale": 0.5, "masks": [PNG]},
+        ],
+    )
+    assert generation_request(message) == want
+    bad = easel_pb2.GenerateRequest(
+        prompt="x", ip_adapters=[easel_pb2.IpAdapter(images=[png], scale=1, scale_json="1")]
+    )
+    with pytest.raises(InvalidInput, match="ip_adapters.0.scale_json") as refused:
+        generation_request(bad)
+    assert refused.value.field == "ip_adapters.0.scale_json"

@@ -33,6 +33,9 @@ from serve.files import content_hash
 from serve.text_to_image.families.exports import ExportModule
 from serve.triton.engine_files import LORA_SLOTS
 
+IP_EXPORT = 2
+"""The IP-Adapter UNet's export version (part of the engine cache key): bumped when its graph changes."""
+
 
 @dataclass(frozen=True)
 class AdapterBuild:
@@ -46,7 +49,7 @@ class AdapterBuild:
         parts = ["lora"] if self.lora else []
         if self.ip_adapters:
             named = ",".join(f"{name}={content_hash(folder)}" for name, folder in self.ip_adapters.items())
-            parts.append(f"ip{MAX_REFERENCES}r{hashlib.sha256(named.encode()).hexdigest()[:12]}")
+            parts.append(f"ip{IP_EXPORT}x{MAX_REFERENCES}r{hashlib.sha256(named.encode()).hexdigest()[:12]}")
         return "-".join(parts)
 
     def ip_folders(self) -> list[IpAdapterFolder]:

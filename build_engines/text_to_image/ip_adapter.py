@@ -135,22 +135,26 @@ class RowScaledIPAttnProcessor(torch.nn.Module):
         return hidden_states / attn.rescale_output_factor
 
     def _adapter(self, a: int, query, ip_key, ip_value, merged) -> torch.Tensor:
-        """Adapter ``a``'s scaled addition: its references together, or each apart within its region mask."""
+        """Adapter ``a``'s scaled addition: its references together, or each apart within its region mask.
+
+        One product of the queries with every reference's keys serves both: softmax over all the tokens (padding
+        biased out) for the first, over each reference's own tokens for the second.
+        """
         inputs = self.inputs
         references = inputs.references[:, a].to(query.dtype)  # [B, R]
+        batch, heads, _, depth = query.shape
         count = references.shape[1]
         tokens = ip_key.shape[2] // count
-        bias = ((references - 1) * 1e4)[:, :, None].expand(-1, -1, tokens).reshape(query.shape[0], 1, 1, -1)
-        together = merged(F.scaled_dot_product_attention(query, ip_key, ip_value, attn_mask=bias))
+        scores = query @ ip_key.transpose(-1, -2) * depth**-0.5  # [B, heads, queries, R * tokens]
+        bias = ((references - 1) * 1e4)[:, :, None].expand(-1, -1, tokens).reshape(batch, 1, 1, count * tokens)
+        together = (scores + bias).softmax(-1) @ ip_value  # [B, heads, queries, depth]
+        each = scores.reshape(batch, heads, -1, count, tokens).softmax(-1).transpose(2, 3)  # [B, h, R, queries, t]
+        each = each @ ip_value.reshape(batch, heads, count, tokens, depth)  # [B, heads, R, queries, depth]
         masks = inputs.masks[self.level][:, a].to(query.dtype).flatten(2)  # [B, R, queries]
-        apart = torch.zeros_like(together)
-        for i in range(count):
-            part = slice(i * tokens, (i + 1) * tokens)
-            each = merged(F.scaled_dot_product_attention(query, ip_key[:, :, part], ip_value[:, :, part]))
-            apart = apart + each * masks[:, i, :, None]
-        masked = inputs.masked[:, a].to(query.dtype).view(-1, 1, 1)
+        apart = (each * masks[:, None, :, :, None]).sum(2)
+        masked = inputs.masked[:, a].to(query.dtype).view(-1, 1, 1, 1)
         scale = inputs.scale[:, a, self.index].to(query.dtype).view(-1, 1, 1)
-        return scale * (masked * apart + (1 - masked) * together)
+        return scale * merged(masked * apart + (1 - masked) * together)
 
 
 class IpReadyUnet(torch.nn.Module):

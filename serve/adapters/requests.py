@@ -118,7 +118,7 @@ class StackAdapters:
 def _ip_fields(request) -> list[str]:
     """The fields that bring ``request``'s IP-Adapter references (either spelling)."""
     shorthand = [name for name in ("ip_adapter_image", "ip_adapter_reference") if getattr(request, name) is not None]
-    return shorthand + [f"ip_adapters.{index}" for index in range(len(request.ip_adapters))]
+    return shorthand + [f"ip_adapters.{index}.name" for index in range(len(request.ip_adapters))]
 
 
 def unknown_reference(reference_id: str, field: str = "ip_adapter_reference") -> InvalidInput:

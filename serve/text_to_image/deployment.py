@@ -267,8 +267,8 @@ class TextToImage:
     def _count_adapters(self, request: GenerationRequest, served: ModelPipeline) -> None:
         """Check the request's adapters (400s naming the field) and count them."""
         served.model.adapters.check(request)
-        for ip in ip_choices(request):
-            metrics.count(metrics.ADAPTER_REQUESTS, adapter=ip.choice.name or "ip_adapter", kind="ip_adapter")
+        if ip_choices(request):
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
 

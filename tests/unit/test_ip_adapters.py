@@ -184,3 +184,16 @@ def test_grpc_takes_the_same_shape():
     with pytest.raises(InvalidInput, match="ip_adapters.0.scale_json") as refused:
         generation_request(bad)
     assert refused.value.field == "ip_adapters.0.scale_json"
+
+
+def test_the_ip_unet_bench_times_each_folder_s_unet(engine_dir, tmp_path):
+    """``easel bench ip-unet``: every size of every folder timed, the table and the JSON naming them."""
+    import json
+
+    from loadtests.benchmarks.ip_unet import SIDES, run
+
+    table = run([engine_dir], tmp_path / "bench.json")
+    name = engine_dir.name.split("-opset")[0]
+    assert name in table
+    seconds = json.loads((tmp_path / "bench.json").read_text())["seconds"][name]
+    assert list(seconds) == [f"{side}x{side}" for side in SIDES] and all(s > 0 for s in seconds.values())

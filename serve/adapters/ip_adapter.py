@@ -1,10 +1,11 @@
-"""IP-Adapter per request: the UNet engine takes each row's image embeddings and per-layer scales.
+"""IP-Adapters per request: the UNet engine takes each row's references, scales and region masks per adapter.
 
-A stack built with ``--ip-adapter DIR`` (:mod:`build_engines.text_to_image.ip_adapter`) has a UNet whose attention
-weighs the image tokens by an input ``ip_scale[row, layer]``, and the adapter's CLIP image encoder as an engine of
-its own (``image_encoder``). A row without a reference image has scale 0 (its output is exactly the base model's), so
-rows with and without references, and with different InstantStyle scales, share UNet batches. This module is the
-serving side: what the engines take (:class:`IpAdapterInfo`), a request's scales and its reference's preprocessing.
+A stack built with ``--ip-adapter NAME=DIR`` (repeatable; :mod:`build_engines.text_to_image.ip_adapter`) has a UNet
+whose attention weighs each adapter's image tokens by an input ``ip_scale[row, adapter, layer]``, and the first
+adapter's CLIP image encoder as an engine of its own (``image_encoder``), as diffusers' ``load_ip_adapter`` with lists
+loads them. A row without a reference has scale 0 (its output is exactly the base model's), so rows with and without
+references, masks and different InstantStyle scales share UNet batches. This module is the serving side: what the
+engines take (:class:`IpAdapterInfo`), a request's scales, its references' preprocessing and its region masks.
 """
 
 from __future__ import annotations

@@ -237,6 +237,16 @@ def bench_tiles(model_dir: Path | None, embedded: str, size: int, steps: int, se
     click.echo(run(folder, size, steps, seed, out))
 
 
+@bench.command("ip-unet")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@out_option("out/bench_ip_unet.json")
+def bench_ip_unet(folders: tuple[Path, ...], out: Path) -> None:
+    """Built engine folders' UNet calls side by side (with and without IP-Adapters), interleaved in one process."""
+    from loadtests.benchmarks.ip_unet import run
+
+    click.echo(run(list(folders), out))
+
+
 @bench.command("upscale")
 @click.option("--sizes", default="512,1024", show_default=True, help="Input sides (squares), upscaled x4.")
 @click.option("--whole-up-to", default=512, show_default=True, help="Largest side PyTorch also runs whole.")

@@ -272,10 +272,13 @@ class StackOptions(AppSettings):
         ge=1,
         description="LoRA adapters each engine instance keeps loaded (least recently used go first).",
     )
-    ip_adapter_dir: Annotated[Path | None, Cli("--ip-adapter", EXISTING_FOLDER)] = Field(
-        None,
-        description="IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/; references "
-        "per request.",
+    ip_adapters: Annotated[
+        dict[str, Path], Cli("--ip-adapter", ModelFolder(()), metavar="[NAME=]DIR", multiple=True)
+    ] = Field(
+        {},
+        description="An IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/, served as "
+        "IP-Adapter NAME (DIR alone: named after its folder); repeatable: several at once, as load_ip_adapter with "
+        "lists (the first's image encoder encodes references for all). References per request.",
     )
     controlnets: Annotated[dict[str, Path], Cli("--controlnet", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)] = (
         Field(

@@ -54,8 +54,8 @@ def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request:
     for model_dir in values["models"].values():
         check_model(model_dir)
     with one_line_errors(IpAdapterError, StoreURLError, OpenToTheNetwork):
-        if values["ip_adapter_dir"] is not None:  # one without its weights or image encoder: refused now
-            IpAdapterFolder.read(values["ip_adapter_dir"]).state_dict()
+        for folder in values["ip_adapters"].values():  # one without its weights or image encoder: refused now
+            IpAdapterFolder.read(folder).state_dict()
         if values["store_url"] is not None:
             scheme(values["store_url"])
         try:

@@ -8,22 +8,33 @@ them as ``adapters.json``.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from diffusers import ModelMixin
 from transformers import PreTrainedModel
 
-from build_engines.text_to_image.ip_adapter import IpAdapterFolder, IpReadyUnet, load_image_encoder, load_into_unet
+from build_engines.text_to_image.ip_adapter import (
+    IpAdapterError,
+    IpAdapterFolder,
+    IpReadyUnet,
+    layer_level,
+    load_image_encoder,
+    load_into_unet,
+)
 from build_engines.text_to_image.lora_layers import lora_ready, save_slots
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IpAdapterInfo
+from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.exports import ExportModule
 from serve.triton.engine_files import LORA_SLOTS
+
+IP_EXPORT = 2
+"""The IP-Adapter UNet's export version (part of the engine cache key): bumped when its graph changes."""
 
 
 @dataclass(frozen=True)
@@ -31,30 +42,46 @@ class AdapterBuild:
     """What adapters to build engines for: LoRA slots, and the IP-Adapter folder (None: none)."""
 
     lora: bool = False
-    ip_adapter: Path | None = None
+    ip_adapters: dict[str, Path] = field(default_factory=dict)  # name -> IP-Adapter folder, in the inputs' order
 
     def key(self) -> str:
         """Part of the engine cache key: "" without adapters."""
-        parts = (["lora"] if self.lora else []) + (
-            [f"ip{content_hash(self.ip_adapter)[:12]}"] if self.ip_adapter else []
-        )
+        parts = ["lora"] if self.lora else []
+        if self.ip_adapters:
+            named = ",".join(f"{name}={content_hash(folder)}" for name, folder in self.ip_adapters.items())
+            parts.append(f"ip{IP_EXPORT}x{MAX_REFERENCES}r{hashlib.sha256(named.encode()).hexdigest()[:12]}")
         return "-".join(parts)
+
+    def ip_folders(self) -> list[IpAdapterFolder]:
+        """The IP-Adapter folders, read (:class:`IpAdapterError` names what is wrong)."""
+        return [IpAdapterFolder.read(folder) for folder in self.ip_adapters.values()]
 
 
 def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
     """What the IP-Adapter of ``build`` makes ``model_dir``'s engines take (read on a weightless UNet)."""
-    if build.ip_adapter is None:
+    if not build.ip_adapters:
         return None
-    folder = IpAdapterFolder.read(build.ip_adapter)
-    layers, hidden_states = load_into_unet(weightless(model_dir, "unet"), folder)
-    config = json.loads((folder.image_encoder / "config.json").read_text())
+    folders = build.ip_folders()
+    unet = weightless(model_dir, "unet")
+    layers, hidden_states = load_into_unet(unet, folders)
+    if len(set(hidden_states)) > 1:  # one image encoder output for all (the first adapter's encoder, as diffusers)
+        raise IpAdapterError("IP-Adapters read by image embeddings and by hidden states (Plus) cannot be mixed")
+    config = json.loads((folders[0].image_encoder / "config.json").read_text())
     vision = config.get("vision_config", config)
-    if hidden_states:
+    if hidden_states[0]:
         tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
-        shape = (1, tokens, vision["hidden_size"])
+        shape = (tokens, vision["hidden_size"])
     else:
-        shape = (1, config.get("projection_dim", vision.get("projection_dim")))
-    return IpAdapterInfo(str(folder.weights), int(vision["image_size"]), shape, hidden_states, layers)
+        shape = (config.get("projection_dim", vision.get("projection_dim")),)
+    return IpAdapterInfo(
+        names=tuple(build.ip_adapters),
+        weights=tuple(str(folder.weights) for folder in folders),
+        image_size=int(vision["image_size"]),
+        embeds_shapes=(shape,) * len(folders),
+        hidden_states=hidden_states[0],
+        layers=layers,
+        levels=tuple(layer_level(unet, name) for name in layers),
+    )
 
 
 def adapter_modules(
@@ -69,19 +96,19 @@ def adapter_modules(
     modules = dict(modules)
     ip = support.ip_adapter
     if ip is not None:
-        folder = IpAdapterFolder.read(build.ip_adapter)
+        folders = build.ip_folders()
         unet_source = modules["unet"]
 
         def unet_with_ip(dtype: torch.dtype) -> torch.nn.Module:
             module = unet_source.load(dtype)
-            load_into_unet(module.unet, folder)
+            load_into_unet(module.unet, folders)
             module.unet.to(dtype)
             module.added = (*module.added, IMAGE_EMBEDS)
-            return IpReadyUnet(module, module.unet.ip_scales)
+            return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels)
 
         modules["unet"] = ExportModule(unet_with_ip, unet_source.keep_fp32)
         modules[IMAGE_ENCODER] = ExportModule(
-            lambda dtype: load_image_encoder(folder.image_encoder, dtype, ip.hidden_states)
+            lambda dtype: load_image_encoder(folders[0].image_encoder, dtype, ip.hidden_states)
         )
     if between is not None:
         modules = between(modules)

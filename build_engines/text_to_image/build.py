@@ -132,7 +132,7 @@ def build(
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
-    A folder that is not a supported pipeline (or an ``adapters.ip_adapter`` folder that does not fit it) raises a
+    A folder that is not a supported pipeline (or an ``adapters.ip_adapters`` folder that does not fit it) raises a
     one-line error before anything is written. ``adapters``: build LoRA-ready and/or IP-Adapter engines
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
@@ -147,7 +147,7 @@ def build(
     model_dir = default_model_dir() if model_dir is None else model_dir
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
-    if adapters.ip_adapter is not None and family.denoiser != UNET:
+    if adapters.ip_adapters and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
     folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)
@@ -158,7 +158,7 @@ def build(
         exported = next((f for f in same_graphs if EngineFolder.built(f)), None)
         if EngineFolder.built(engine_dir) and not force:
             logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
-        elif exported is not None and not force and not adapters.lora and adapters.ip_adapter is None:
+        elif exported is not None and not force and not adapters.lora and not adapters.ip_adapters:
             logger.info("the ONNX graphs of %s are exported in %s: given their runtime", engine_dir.name, exported)
             _build_into(engine_dir, EngineFolder(exported).family, model_dir, precision, adapters, runtime, exported)
         else:

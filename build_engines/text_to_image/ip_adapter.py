@@ -65,23 +65,35 @@ class IpAdapterFolder:
         return state
 
 
-class _Scales:
-    """``ip_scale`` of the forward being traced, read by every :class:`RowScaledIPAttnProcessor`."""
+class _IpInputs:
+    """The IP inputs of the forward being traced, read by every :class:`RowScaledIPAttnProcessor`.
 
-    value: torch.Tensor | None = None
+    ``ip_scale``, ``ip_references``, ``ip_masked``, and the masks by resolution level.
+    """
+
+    scale: torch.Tensor | None = None
+    references: torch.Tensor | None = None
+    masked: torch.Tensor | None = None
+    masks: dict[int, torch.Tensor] = {}
 
 
 class RowScaledIPAttnProcessor(torch.nn.Module):
-    """diffusers' ``IPAdapterAttnProcessor2_0`` for one adapter, its scale read per row from ``ip_scale[:, index]``."""
+    """diffusers' ``IPAdapterAttnProcessor2_0`` for several adapters, its scales and masks read per row.
 
-    def __init__(self, to_k_ip: torch.nn.Linear, to_v_ip: torch.nn.Linear, index: int, scales: _Scales) -> None:
+    Per adapter ``a``: a row whose ``ip_masked[a]`` is 0 attends to all its references' tokens at once (padding
+    references, ``ip_references[a, i]`` 0, are kept out by the attention bias), as diffusers without a mask; one
+    whose ``ip_masked[a]`` is 1 attends to each reference apart and weighs it by its region mask, as diffusers with
+    ``ip_adapter_masks``. Either is added times ``ip_scale[a, layer]``.
+    """
+
+    def __init__(self, to_k_ip, to_v_ip, index: int, level: int, inputs: _IpInputs) -> None:
         super().__init__()
-        self.to_k_ip, self.to_v_ip, self.index, self.scales = to_k_ip, to_v_ip, index, scales
+        self.to_k_ip, self.to_v_ip, self.index, self.level, self.inputs = to_k_ip, to_v_ip, index, level, inputs
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **_):
-        """Text attention plus ``scale[row]`` times attention over the image tokens, then diffusers' tail."""
+        """Text attention plus each adapter's scaled attention over its image tokens, then diffusers' tail."""
         residual = hidden_states
-        encoder_hidden_states, (ip_hidden_states,) = encoder_hidden_states
+        encoder_hidden_states, ip_hidden_states = encoder_hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
         input_ndim = hidden_states.ndim
@@ -102,16 +114,19 @@ class RowScaledIPAttnProcessor(torch.nn.Module):
         head_dim = key.shape[-1] // attn.heads
 
         def heads(x: torch.Tensor) -> torch.Tensor:
-            return x.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+            return x.reshape(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+
+        def merged(x: torch.Tensor) -> torch.Tensor:
+            return x.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
 
         query = heads(query)
-        hidden_states = F.scaled_dot_product_attention(query, heads(key), heads(value), attn_mask=attention_mask)
-        hidden_states = hidden_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        ip_key, ip_value = heads(self.to_k_ip(ip_hidden_states)), heads(self.to_v_ip(ip_hidden_states))
-        ip_states = F.scaled_dot_product_attention(query, ip_key, ip_value)
-        ip_states = ip_states.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim)
-        scale = self.scales.value[:, self.index].to(ip_states.dtype).view(-1, 1, 1)
-        hidden_states = hidden_states + scale * ip_states
+        hidden_states = merged(
+            F.scaled_dot_product_attention(query, heads(key), heads(value), attn_mask=attention_mask)
+        )
+        adapters = zip(self.to_k_ip, self.to_v_ip, ip_hidden_states, strict=True)
+        for a, (to_k_ip, to_v_ip, ip_states) in enumerate(adapters):
+            key, value = heads(to_k_ip(ip_states)), heads(to_v_ip(ip_states))
+            hidden_states = hidden_states + self._adapter(a, query, key, value, merged)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
         if input_ndim == 4:
             hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
@@ -119,22 +134,57 @@ class RowScaledIPAttnProcessor(torch.nn.Module):
             hidden_states = hidden_states + residual
         return hidden_states / attn.rescale_output_factor
 
+    def _adapter(self, a: int, query, ip_key, ip_value, merged) -> torch.Tensor:
+        """Adapter ``a``'s scaled addition: its references together, or each apart within its region mask.
+
+        One product of the queries with every reference's keys serves both: softmax over all the tokens (padding
+        biased out) for the first, over each reference's own tokens for the second.
+        """
+        inputs = self.inputs
+        references = inputs.references[:, a].to(query.dtype)  # [B, R]
+        batch, heads, _, depth = query.shape
+        count = references.shape[1]
+        tokens = ip_key.shape[2] // count
+        scores = query @ ip_key.transpose(-1, -2) * depth**-0.5  # [B, heads, queries, R * tokens]
+        bias = ((references - 1) * 1e4)[:, :, None].expand(-1, -1, tokens).reshape(batch, 1, 1, count * tokens)
+        together = (scores + bias).softmax(-1) @ ip_value  # [B, heads, queries, depth]
+        each = scores.reshape(batch, heads, -1, count, tokens).softmax(-1).transpose(2, 3)  # [B, h, R, queries, t]
+        each = each @ ip_value.reshape(batch, heads, count, tokens, depth)  # [B, heads, R, queries, depth]
+        masks = inputs.masks[self.level][:, a].to(query.dtype).flatten(2)  # [B, R, queries]
+        apart = (each * masks[:, None, :, :, None]).sum(2)
+        masked = inputs.masked[:, a].to(query.dtype).view(-1, 1, 1, 1)
+        scale = inputs.scale[:, a, self.index].to(query.dtype).view(-1, 1, 1)
+        return scale * merged(masked * apart + (1 - masked) * together)
+
 
 class IpReadyUnet(torch.nn.Module):
-    """The export UNet (``UnetModule`` taking ``image_embeds``) with ``ip_scale`` as its last input."""
+    """The export UNet (``UnetModule`` taking ``image_embeds``) with the IP inputs after the UNet's own.
 
-    def __init__(self, module: torch.nn.Module, scales: _Scales) -> None:
+    In: the UNet's inputs, ``ip_embeds_i`` per adapter, ``ip_scale``, ``ip_references``, ``ip_masked``, then
+    ``ip_mask_l`` per resolution level (:class:`serve.adapters.ip_adapter.IpAdapterInfo`).
+    """
+
+    def __init__(self, module: torch.nn.Module, inputs: _IpInputs, adapters: int, levels: tuple[int, ...]) -> None:
         super().__init__()
-        self.module, self.scales = module, scales
+        self.module, self.inputs, self.adapters, self.levels = module, inputs, adapters, levels
 
     def forward(self, *args):
-        """The noise prediction with each row's image tokens weighed by its scales."""
-        *inputs, ip_scale = args
-        self.scales.value = ip_scale
+        """The noise prediction with each row's image tokens weighed by its scales and masks."""
+        count = self.adapters + 3 + len(self.levels)
+        base, ip = args[: len(args) - count], args[len(args) - count :]
+        embeds, (scale, references, masked), masks = (
+            ip[: self.adapters],
+            ip[self.adapters : self.adapters + 3],
+            ip[self.adapters + 3 :],
+        )
+        inputs = self.inputs
+        inputs.scale, inputs.references, inputs.masked = scale, references, masked
+        inputs.masks = dict(zip(self.levels, masks, strict=True))
         try:
-            return self.module(*inputs)
+            return self.module(*base, list(embeds))
         finally:
-            self.scales.value = None
+            inputs.scale = inputs.references = inputs.masked = None
+            inputs.masks = {}
 
 
 def ip_layers(unet) -> tuple[str, ...]:
@@ -142,33 +192,44 @@ def ip_layers(unet) -> tuple[str, ...]:
     return tuple(name for name in unet.attn_processors if not name.endswith("attn1.processor"))
 
 
-def load_into_unet(unet, folder: IpAdapterFolder) -> tuple[tuple[str, ...], bool]:
-    """Load the adapter into ``unet`` as diffusers does, then make its scales per row. Returns (layers, hidden_states).
+def layer_level(unet, name: str) -> int:
+    """The resolution level of attention processor ``name``: how many downsamplers its queries are below."""
+    deepest = len(unet.down_blocks) - 1
+    part, _, rest = name.partition(".")
+    if part == "mid_block":
+        return deepest
+    block = int(rest.split(".")[0])
+    return block if part == "down_blocks" else deepest - block
 
-    After this the UNet takes ``added_cond_kwargs["image_embeds"]`` (a list of one tensor) and reads each layer's
-    scale from the :class:`_Scales` its processors share (``unet.ip_scales``).
+
+def load_into_unet(unet, folders: list[IpAdapterFolder]) -> tuple[tuple[str, ...], tuple[bool, ...]]:
+    """Load the adapters into ``unet`` as ``load_ip_adapter`` with lists does; make scales and masks per row.
+
+    Returns (layers, hidden_states per adapter).
+
+    After this the UNet takes ``added_cond_kwargs["image_embeds"]`` (a list: a tensor per adapter) and reads each
+    row's scales and masks from the :class:`_IpInputs` its processors share (``unet.ip_inputs``).
     """
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
     from diffusers.models.embeddings import ImageProjection
 
     try:
-        unet._load_ip_adapter_weights([folder.state_dict()], low_cpu_mem_usage=False)
+        unet._load_ip_adapter_weights([folder.state_dict() for folder in folders], low_cpu_mem_usage=False)
     except (KeyError, RuntimeError, ValueError) as error:
-        raise IpAdapterError(f"{folder.weights}: does not fit this UNet ({type(error).__name__}: {error})") from error
-    scales = _Scales()
+        weights = ", ".join(str(folder.weights) for folder in folders)
+        raise IpAdapterError(f"{weights}: does not fit this UNet ({type(error).__name__}: {error})") from error
+    inputs = _IpInputs()
     layers = ip_layers(unet)
     processors = {}
     for name, processor in unet.attn_processors.items():
         if isinstance(processor, IPAdapterAttnProcessor2_0):
-            if len(processor.to_k_ip) != 1:
-                raise IpAdapterError("one IP-Adapter at a time is supported")
-            index = layers.index(name)
-            processor = RowScaledIPAttnProcessor(processor.to_k_ip[0], processor.to_v_ip[0], index, scales)
+            index, level = layers.index(name), layer_level(unet, name)
+            processor = RowScaledIPAttnProcessor(processor.to_k_ip, processor.to_v_ip, index, level, inputs)
         processors[name] = processor
     unet.set_attn_processor(processors)
-    unet.ip_scales = scales
-    projection = unet.encoder_hid_proj.image_projection_layers[0]
-    return layers, not isinstance(projection, ImageProjection)
+    unet.ip_inputs = inputs
+    projections = unet.encoder_hid_proj.image_projection_layers
+    return layers, tuple(not isinstance(projection, ImageProjection) for projection in projections)
 
 
 class ImageEncoderModule(torch.nn.Module):

@@ -281,7 +281,7 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
         ip_adapter = folder / f"ip-adapter-{label}"
         if not ip_adapter.is_dir():
             make_ip_adapter(model_dir, ip_adapter, seed=5)
-        with scratch_stack(model_dir, folder / "ip", ip_adapter_dir=ip_adapter) as running:  # a UNet with references
+        with scratch_stack(model_dir, folder / "ip", ip_adapters={"ip": ip_adapter}) as running:  # a UNet with refs
             report["reference"] = stored_reference(running.info.api_url, running.info.triton_http_url, settings)
         rows = result.pop("rows")
         report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}

@@ -1,10 +1,11 @@
-"""IP-Adapter per request: the UNet engine takes each row's image embeddings and per-layer scales.
+"""IP-Adapters per request: the UNet engine takes each row's references, scales and region masks per adapter.
 
-A stack built with ``--ip-adapter DIR`` (:mod:`build_engines.text_to_image.ip_adapter`) has a UNet whose attention
-weighs the image tokens by an input ``ip_scale[row, layer]``, and the adapter's CLIP image encoder as an engine of
-its own (``image_encoder``). A row without a reference image has scale 0 (its output is exactly the base model's), so
-rows with and without references, and with different InstantStyle scales, share UNet batches. This module is the
-serving side: what the engines take (:class:`IpAdapterInfo`), a request's scales and its reference's preprocessing.
+A stack built with ``--ip-adapter NAME=DIR`` (repeatable; :mod:`build_engines.text_to_image.ip_adapter`) has a UNet
+whose attention weighs each adapter's image tokens by an input ``ip_scale[row, adapter, layer]``, and the first
+adapter's CLIP image encoder as an engine of its own (``image_encoder``), as diffusers' ``load_ip_adapter`` with lists
+loads them. A row without a reference has scale 0 (its output is exactly the base model's), so rows with and without
+references, masks and different InstantStyle scales share UNet batches. This module is the serving side: what the
+engines take (:class:`IpAdapterInfo`), a request's scales, its references' preprocessing and its region masks.
 """
 
 from __future__ import annotations
@@ -17,25 +18,87 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-IMAGE_ENCODER = "image_encoder"  # the adapter's engine, and its folder in an IP-Adapter folder
-IMAGE_EMBEDS = "image_embeds"
-IP_SCALE = "ip_scale"
+IMAGE_ENCODER = "image_encoder"  # the adapters' engine (the first adapter's encoder, as diffusers loads it)
+IMAGE_EMBEDS = "image_embeds"  # the image encoder's output
+IP_EMBEDS = "ip_embeds_{}"  # the UNet's input of adapter i: each row's references' embeddings
+IP_SCALE = "ip_scale"  # [adapter, layer]: each adapter's scale per IP layer
+IP_REFERENCES = "ip_references"  # [adapter, reference]: 1 for a reference given, 0 for padding
+IP_MASKED = "ip_masked"  # [adapter]: 1 where the adapter's references have region masks
+IP_MASK = "ip_mask_{}"  # [adapter, reference, h, w]: the masks downsampled to resolution level l (1/2**l)
+MAX_REFERENCES = 4
+"""References one adapter takes per request (the UNet's inputs are padded to it)."""
 
 
 @dataclass(frozen=True)
 class IpAdapterInfo:
-    """What the engines built with an IP-Adapter take (saved beside them)."""
+    """What the engines built with IP-Adapters take (saved beside them).
 
-    weights: str  # the file the UNet was built with, for the record
+    ``names`` and ``weights``: the adapters, in the order of their inputs; ``embeds_shapes``: one reference's
+    embeddings per adapter, ``[D]`` (image embeddings) or ``[T, D]`` (the encoder's hidden states: IP-Adapter Plus);
+    ``layers``: the attention processors that attend to image tokens, in ``ip_scale``'s column order, and ``levels``
+    the resolution level of each (its queries are the latent downsampled ``2**level`` times).
+    """
+
+    names: tuple[str, ...]
+    weights: tuple[str, ...]
     image_size: int  # the image encoder's input side
-    embeds_shape: tuple[int, ...]  # one row of image_embeds: [D] (image embeddings) or [T, D] (hidden states)
-    hidden_states: bool  # the projection reads the encoder's penultimate hidden states (IP-Adapter Plus)
-    layers: tuple[str, ...]  # attention processors that attend to image tokens, in ip_scale's column order
+    embeds_shapes: tuple[tuple[int, ...], ...]
+    hidden_states: bool  # the projections read the encoder's penultimate hidden states (IP-Adapter Plus)
+    layers: tuple[str, ...]
+    levels: tuple[int, ...]
+    references: int = MAX_REFERENCES
 
     @classmethod
     def from_json(cls, raw: dict) -> IpAdapterInfo:
         """Read what :func:`dataclasses.asdict` wrote."""
-        return cls(**{**raw, "embeds_shape": tuple(raw["embeds_shape"]), "layers": tuple(raw["layers"])})
+        tuples = {k: tuple(raw[k]) for k in ("names", "weights", "layers", "levels")}
+        return cls(**{**raw, **tuples, "embeds_shapes": tuple(tuple(s) for s in raw["embeds_shapes"])})
+
+    @property
+    def mask_levels(self) -> tuple[int, ...]:
+        """The resolution levels that have IP layers: one ``ip_mask_{level}`` input each."""
+        return tuple(sorted(set(self.levels)))
+
+    def index(self, name: str | None) -> int:
+        """The input index of adapter ``name`` (None: the first); ValueError naming the served ones if unknown."""
+        if name is None:
+            return 0
+        if name not in self.names:
+            raise ValueError(f"unknown IP-Adapter {name!r} (served: {', '.join(self.names)})")
+        return self.names.index(name)
+
+
+def level_sides(height: int, width: int, levels: tuple[int, ...]) -> dict[int, tuple[int, int]]:
+    """The query grid (h, w) of each resolution level for a latent ``height`` x ``width``.
+
+    Each UNet downsampler (a stride-2 convolution with padding 1) takes a side to ``ceil(side / 2)``.
+    """
+    return {level: (-(-height // 2**level), -(-width // 2**level)) for level in levels}
+
+
+def region_masks(masks: np.ndarray, levels: dict[int, tuple[int, int]]) -> dict[int, np.ndarray]:
+    """Region masks ``[references, H, W]`` (``IPAdapterMaskProcessor.preprocess``'s) at each level's query grid.
+
+    Downsampled by diffusers' own ``IPAdapterMaskProcessor.downsample``, as its attention processor does per layer.
+    """
+    import torch
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    tensor = torch.from_numpy(np.ascontiguousarray(masks, np.float32))
+    out = {}
+    for level, (h, w) in levels.items():
+        rows = [IPAdapterMaskProcessor.downsample(tensor[i : i + 1], 1, h * w, 1) for i in range(len(masks))]
+        out[level] = torch.stack(rows).reshape(len(masks), h, w).numpy()
+    return out
+
+
+def preprocessed_masks(images: list[np.ndarray], height: int, width: int) -> np.ndarray:
+    """Mask images (RGB uint8, the output's size) as diffusers' ``IPAdapterMaskProcessor`` makes them: ``[N, H, W]``."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+    from PIL import Image
+
+    pil = [Image.fromarray(image) for image in images]
+    return IPAdapterMaskProcessor().preprocess(pil, height=height, width=width)[:, 0].numpy()
 
 
 class IpScales:

@@ -14,7 +14,19 @@ from pathlib import Path
 import numpy as np
 
 from serve.adapters import open_adapter_store
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpScales, image_processor
+from serve.adapters.ip_adapter import (
+    IMAGE_EMBEDS,
+    IMAGE_ENCODER,
+    IP_EMBEDS,
+    IP_MASK,
+    IP_MASKED,
+    IP_REFERENCES,
+    IP_SCALE,
+    IpScales,
+    image_processor,
+    level_sides,
+    region_masks,
+)
 from serve.adapters.lora import ADAPTERS_INPUT, row_text
 from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
 from serve.adapters.store import AdapterStore
@@ -65,8 +77,8 @@ class StackAdapters:
     def check(self, request) -> None:
         """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
         self.resolve(request)
-        field = "ip_adapter_image" if request.ip_adapter_image is not None else "ip_adapter_reference"
-        if getattr(request, field) is not None and not self.ip_adapter:
+        field = next(iter(_ip_fields(request)), None)
+        if field is not None and not self.ip_adapter:
             raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
 
     def resolve(self, request) -> tuple[tuple[str, float], ...]:
@@ -91,13 +103,11 @@ class StackAdapters:
             rows.append((entry.key, lora.scale))
         return tuple(rows)
 
-    def stored_embeds(self, request) -> np.ndarray | None:
-        """The embeddings of ``request``'s stored reference (None: it names none); a 400 naming the field if gone."""
-        if getattr(request, "ip_adapter_reference", None) is None:
-            return None
-        stored = self.store().reference(request.ip_adapter_reference)
+    def stored_embeds(self, reference_id: str, field: str) -> np.ndarray:
+        """The embeddings of stored reference ``reference_id``; a 400 naming ``field`` if it is gone."""
+        stored = self.store().reference(reference_id)
         if stored is None:
-            raise unknown_reference(request.ip_adapter_reference)
+            raise unknown_reference(reference_id, field)
         return stored.embeds
 
     def cache_tag(self, request) -> str:
@@ -105,9 +115,14 @@ class StackAdapters:
         return ",".join(f"{key}={weight}" for key, weight in self.resolve(request))
 
 
-def unknown_reference(reference_id: str) -> InvalidInput:
+def _ip_fields(request) -> list[str]:
+    """The fields that bring ``request``'s IP-Adapter references (either spelling)."""
+    shorthand = [name for name in ("ip_adapter_image", "ip_adapter_reference") if getattr(request, name) is not None]
+    return shorthand + [f"ip_adapters.{index}.name" for index in range(len(request.ip_adapters))]
+
+
+def unknown_reference(reference_id: str, field: str = "ip_adapter_reference") -> InvalidInput:
     """The 400 for a stored reference that does not exist, or is another key's (the same answer for both)."""
-    field = "ip_adapter_reference"
     return InvalidInput(f"{field}: no stored reference {reference_id!r} (POST /v1/references stores one)", field)
 
 
@@ -136,38 +151,49 @@ class GenerationAdapters:
         """The per-row input ``job``'s LoRAs add to the engines that take it (None: this model takes no LoRA)."""
         return (ADAPTERS_INPUT, row_text(job.adapters.loras)) if self.support.lora else None
 
-    def scales(self, scale) -> np.ndarray:
-        """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; 400 if it does not fit)."""
+    def scales(self, scale, field: str = "ip_adapter_scale") -> np.ndarray:
+        """The per-layer IP scales of ``scale`` (a number or InstantStyle's mapping; a 400 naming ``field``)."""
         try:
             return self.ip_scales(scale)
         except ValueError as error:
-            raise InvalidInput(f"ip_adapter_scale: {error}", "ip_adapter_scale") from error
+            raise InvalidInput(f"{field}: {error}", field) from error
 
-    async def ip_rows(self, engines, job, guided: bool) -> dict[str, np.ndarray]:
-        """``image_embeds`` and ``ip_scale`` rows ([negative, prompt] when guided), zeros for a job without a reference.
+    async def ip_rows(self, engines, job, guided: bool, latent: tuple[int, int]) -> dict[str, np.ndarray]:
+        """The UNet's IP inputs for ``job`` ([negative, prompt] rows when guided; ``latent``: its latent's sides).
 
-        As diffusers: the negative row's embeddings are zeros (for encoders read by their hidden states, the
-        encoding of an all-zero image).
+        Each adapter's references fill its ``ip_embeds_i`` rows from the first (the rest padding, weighed out by
+        ``ip_references``); an adapter the job does not use has scale 0. As diffusers: the negative row's
+        embeddings are zeros (for encoders read by their hidden states, the encoding of an all-zero image), and its
+        scales and masks are the prompt row's.
         """
         info = self.support.ip_adapter
         if info is None:
             return {}
-        rows = 2 if guided else 1
-        if not job.adapters.referenced:
-            return {
-                IMAGE_EMBEDS: np.zeros((rows, *info.embeds_shape), np.float32),
-                IP_SCALE: np.zeros((rows, len(info.layers)), np.float32),
-            }
-        scales = self.scales(job.adapters.ip_scale)
-        adapters = job.adapters
-        embeds = adapters.ip_embeds if adapters.ip_embeds is not None else await self.encode(engines, adapters.ip_image)
-        if guided:
-            negative = await self._negative_embeds(engines) if info.hidden_states else np.zeros_like(embeds)
-            embeds = np.concatenate([negative, embeds])
-        return {IMAGE_EMBEDS: embeds.astype(np.float32), IP_SCALE: np.repeat(scales[None], rows, axis=0)}
+        rows, adapters, count = 2 if guided else 1, len(info.names), info.references
+        embeds = [np.zeros((rows, count, *shape), np.float32) for shape in info.embeds_shapes]
+        scale = np.zeros((adapters, len(info.layers)), np.float32)
+        present, masked = np.zeros((adapters, count), np.float32), np.zeros(adapters, np.float32)
+        sides = level_sides(*latent, info.mask_levels)
+        masks = {level: np.zeros((adapters, count, h, w), np.float32) for level, (h, w) in sides.items()}
+        for ip in job.adapters.ip:
+            a = ip.adapter
+            encoded = [await self.encode(engines, image) for image in ip.images]
+            given = np.concatenate([np.reshape(e, (-1, *info.embeds_shapes[a])) for e in (*encoded, *ip.embeds)])
+            embeds[a][-1, : len(given)] = given
+            if guided and info.hidden_states:
+                embeds[a][0, : len(given)] = (await self._negative_embeds(engines)).reshape(info.embeds_shapes[a])
+            scale[a], present[a, : len(given)] = self.scales(ip.scale), 1.0
+            if ip.masks is not None:
+                masked[a] = 1.0
+                for level, grid in region_masks(ip.masks, sides).items():
+                    masks[level][a, : len(grid)] = grid
+        feeds = {IP_EMBEDS.format(a): rows_of for a, rows_of in enumerate(embeds)}
+        per_row = {IP_SCALE: scale, IP_REFERENCES: present, IP_MASKED: masked}
+        per_row |= {IP_MASK.format(level): grid for level, grid in masks.items()}
+        return feeds | {name: np.repeat(value[None], rows, axis=0) for name, value in per_row.items()}
 
     async def encode(self, engines, image: np.ndarray) -> np.ndarray:
-        """A reference's image embeddings ``[1, *embeds_shape]``: preprocessed as the pipeline does, then encoded."""
+        """A reference's image embeddings ``[1, 1, *embeds_shape]``: preprocessed as the pipeline does, then encoded."""
         if self.support.ip_adapter is None:
             raise InvalidInput("image: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", "image")
         pixels = await asyncio.to_thread(self._pixels, image)

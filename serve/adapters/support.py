@@ -12,7 +12,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, IP_SCALE, IpAdapterInfo
+from serve.adapters.ip_adapter import (
+    IMAGE_EMBEDS,
+    IMAGE_ENCODER,
+    IP_EMBEDS,
+    IP_MASK,
+    IP_MASKED,
+    IP_REFERENCES,
+    IP_SCALE,
+    IpAdapterInfo,
+)
 from serve.adapters.lora import ADAPTERS_INPUT
 from serve.priority import PRIORITIES
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
@@ -52,16 +61,12 @@ class AdapterSupport:
         ip = self.ip_adapter
         if ip is not None:
             unet = specs["unet"]
-            extra = (
-                TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shape),
-                TensorSpec(IP_SCALE, "float32", (len(ip.layers),)),
-            )
-            specs["unet"] = dataclasses.replace(unet, inputs=(*unet.inputs, *extra))
+            specs["unet"] = dataclasses.replace(unet, inputs=(*unet.inputs, *ip_inputs(ip)))
             side = ip.image_size
             specs[IMAGE_ENCODER] = ModelSpec(
                 name=IMAGE_ENCODER,
                 inputs=(TensorSpec("pixel_values", "float32", (3, side, side)),),
-                outputs=(TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shape[1:]),),
+                outputs=(TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shapes[0]),),
                 max_batch_size=IMAGE_ENCODER_MAX_BATCH,
                 dynamic_batching=DynamicBatching(**PRIORITIES),
             )
@@ -74,3 +79,22 @@ class AdapterSupport:
                         spec, inputs=(*spec.inputs, adapters), python_model=LORA_ENGINE_CLASS
                     )
         return specs
+
+
+def ip_inputs(ip: IpAdapterInfo) -> tuple[TensorSpec, ...]:
+    """The UNet's IP inputs, in :class:`build_engines.text_to_image.ip_adapter.IpReadyUnet`'s order."""
+    adapters, references = len(ip.names), ip.references
+    embeds = tuple(
+        TensorSpec(IP_EMBEDS.format(i), "float32", (references, *shape)) for i, shape in enumerate(ip.embeds_shapes)
+    )
+    rows = (
+        TensorSpec(IP_SCALE, "float32", (adapters, len(ip.layers))),
+        TensorSpec(IP_REFERENCES, "float32", (adapters, references)),
+        TensorSpec(IP_MASKED, "float32", (adapters,)),
+    )
+    masks = tuple(
+        TensorSpec(IP_MASK.format(level), "float32", (adapters, references, -1, -1), names, 0.5**level)
+        for level in ip.mask_levels
+        for names in [(f"ip_mask_{level}_height", f"ip_mask_{level}_width")]
+    )
+    return (*embeds, *rows, *masks)

@@ -195,6 +195,56 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("ip_adapters.*.name",),
+        "IP-Adapter",
+        "each name is an IP-Adapter of the model (GET /v1/models lists its ip_adapters; absent: the first), on a "
+        "stack started with --ip-adapter",
+        "the IP-Adapters are the stack's, `easel up --ip-adapter NAME=DIR`",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("ip_adapters.*.images", "ip_adapters.*.masks"),
+        "",
+        "an IP-Adapter takes 1 to 4 references, its images and references together, and masks one per reference",
+        "a rule over the lengths of two lists of an object",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("ip_adapters.*.images.*", "ip_adapters.*.masks.*"),
+        "",
+        "each reference image and mask decodes as PNG, JPEG or WebP within the image limits; a mask has the output's "
+        "size",
+        f"{_IMAGE}; the output's size is the request's size, or the model's",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("ip_adapters.*.references.*",),
+        "",
+        "each reference is one the caller's key stored (POST /v1/references) for the model",
+        "the stored references are the stack's, each of one key",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("ip_adapters.*.scale",),
+        "",
+        "an InstantStyle mapping names blocks the model's UNet has",
+        "the blocks are the model's",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("ip_adapters",),
+        "",
+        "each IP-Adapter appears once; ip_adapters comes without ip_adapter_image and ip_adapter_reference",
+        "JSON Schema's uniqueItems compares whole items, not names; a rule over several fields",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("cache_interval",),
         "cache_interval:",
         "a cache_interval over 1 needs a stack started with --step-cache, and a job on the model's UNet (no lcm or "

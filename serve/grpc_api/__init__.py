@@ -95,18 +95,29 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
         body["upscale"] = fields(body["upscale"])
     if "outpaint" in body:
         body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
-    if "ip_adapter_scale_json" in body:
-        if "ip_adapter_scale" in body:
-            message = "ip_adapter_scale_json: give ip_adapter_scale or the mapping, not both"
-            raise InvalidInput(message, "ip_adapter_scale_json")
-        try:  # the HTTP API's parser, with its bound on nesting
-            body["ip_adapter_scale"] = from_json(body.pop("ip_adapter_scale_json"))
-        except ValueError as error:
-            raise InvalidInput(f"ip_adapter_scale_json: not JSON ({error})", "ip_adapter_scale_json") from None
+    _scale_json(body, "ip_adapter_scale", "ip_adapter_scale_json", "ip_adapter_scale_json")
+    body["ip_adapters"] = [fields(choice) for choice in body.get("ip_adapters", [])]
+    for index, choice in enumerate(body["ip_adapters"]):
+        choice["images"] = [_base64(image) for image in choice.get("images", [])]
+        choice["masks"] = [_base64(mask) for mask in choice.get("masks", [])]
+        choice["references"] = list(choice.get("references", []))
+        _scale_json(choice, "scale", "scale_json", f"ip_adapters.{index}.scale_json")
     try:
         return GenerationRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_input(error) from None
+
+
+def _scale_json(body: dict, scale: str, mapping: str, field: str) -> None:
+    """``body[mapping]`` (InstantStyle's mapping as JSON text) read into ``body[scale]``; a 400 naming ``field``."""
+    if mapping not in body:
+        return
+    if scale in body:
+        raise InvalidInput(f"{field}: give {scale} or the mapping, not both", field)
+    try:  # the HTTP API's parser, with its bound on nesting
+        body[scale] = from_json(body.pop(mapping))
+    except ValueError as error:
+        raise InvalidInput(f"{field}: not JSON ({error})", field) from None
 
 
 def _base64(data: bytes) -> str:

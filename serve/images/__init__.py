@@ -9,7 +9,12 @@ Serve's HTTP proxy loads, use it.
 from __future__ import annotations
 
 import base64
+import binascii
 from functools import lru_cache
+
+MAX_IMAGE_BYTES = 8 << 20
+"""Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
+MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
 
 BASE64_DECODED_KEPT = 16
 """Decoded base64 images a process keeps (the most recent requests' images; an older one is decoded again)."""
@@ -22,3 +27,17 @@ def base64_bytes(text: str) -> bytes:
     Kept for the next reader of the same request in this process: a request's image is decoded once.
     """
     return base64.b64decode(text, validate=True)
+
+
+def checked_base64(value: str, where: str = "") -> str:
+    """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
+    at = f"{where}: " if where else ""
+    try:
+        data = base64_bytes(value)
+    except (binascii.Error, ValueError) as error:
+        raise ValueError(f"{at}not valid base64 ({error})") from error
+    if not data:
+        raise ValueError(f"{at}empty image")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise ValueError(f"{at}image is {len(data)} bytes; at most {MAX_IMAGE_BYTES} are accepted")
+    return value

@@ -23,6 +23,7 @@ from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
 from serve.serving import upscale
 from serve.text_to_image.generation import EncodedImages
+from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,8 @@ MODERATION_MODEL = "easel-moderation"
 def input_images(request: GenerationRequest) -> list[tuple[str, bytes]]:
     """The images ``request`` brings to be drawn from, each with its field (a mask is no picture)."""
     named = [("image", text) for text in request.image]
-    if request.ip_adapter_image is not None:
-        named.append(("ip_adapter_image", request.ip_adapter_image))
+    for ip in ip_choices(request):
+        named += [(ip.name_of("images", i), text) for i, text in enumerate(ip.choice.images)]
     named += [(f"controlnets.{index}.image", control.image) for index, control in enumerate(request.controlnets)]
     return [(field, base64_bytes(text)) for field, text in named]
 

@@ -325,7 +325,7 @@ class Stack:
             default = index == 0
             extras = {}
             if default:
-                adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapter=opts.ip_adapter_dir)
+                adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapters=opts.ip_adapters)
                 extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
                 extras["vae_decoder"] = opts.vae_decoder_dir
             logger.info("model %s: %s", name, model_dir or "embedded")

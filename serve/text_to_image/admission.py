@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from serve.errors import InvalidInput
 from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
+from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
@@ -277,5 +278,5 @@ def upscale_work(request, width: int, height: int) -> Work | None:
     if choice.denoise is None:
         return Work(request.rows, 0, side_x, side_y, input_pixels=request.rows * width * height)
     steps = min(int(request.num_inference_steps * choice.denoise), request.num_inference_steps)
-    reference = request.ip_adapter_image is not None
+    reference = any(ip.choice.images for ip in ip_choices(request))
     return Work(request.rows, steps, side_x, side_y, request.passes, True, reference, request.rows * side_x * side_y)

@@ -22,13 +22,15 @@ from serve.text_to_image.generation import (
     EncodedImages,
     Generation,
     ImageInputs,
+    IpReferences,
     Progress,
     SamplingParams,
     StackDefaults,
     StepCallback,
     draw_seed,
 )
-from serve.text_to_image.images import RequestImages, decode_base64, decode_images, decode_reference
+from serve.text_to_image.images import RequestImages, decode_base64, decode_images, ip_references
+from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -44,14 +46,14 @@ logger = logging.getLogger(__name__)
 def to_generation(
     request: GenerationRequest,
     native_size: int,
-    ip_image: np.ndarray | None = None,
+    ip: tuple[IpReferences, ...] = (),
     images: RequestImages | None = None,
     defaults: StackDefaults | None = None,
 ) -> Generation:
     """The pipeline job for an API request (a missing seed drawn here, what it leaves unset from ``defaults``).
 
-    ``ip_image``: its decoded reference; ``images``: its decoded input images, mask and control images, with the
-    output's size.
+    ``ip``: its IP-Adapters' references, decoded; ``images``: its decoded input images, mask and control images,
+    with the output's size.
     """
     images = images or RequestImages(*request.width_height(native_size))
     defaults = defaults or StackDefaults()
@@ -71,11 +73,7 @@ def to_generation(
         sampling=sampling,
         priority=request.priority,
         inputs=ImageInputs(images.images, images.mask, request.effective_strength, images.controls),
-        adapters=AdapterInputs(
-            loras=tuple((lora.name, lora.scale) for lora in request.loras),
-            ip_image=ip_image,
-            ip_scale=request.ip_adapter_scale,
-        ),
+        adapters=AdapterInputs(loras=tuple((lora.name, lora.scale) for lora in request.loras), ip=ip),
         cache=CachePolicy(interval=request.cache_interval),
     )
 
@@ -213,13 +211,14 @@ class TextToImage:
 
     async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
-        pipeline = served.pipeline
-        reference = await self._reference(request, served)
+        pipeline, adapters = served.pipeline, served.model.adapters
+        self._count_adapters(request, served)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
-        job = to_generation(request, pipeline.dims.native_size, reference, images, self.defaults)
-        loras = await asyncio.to_thread(served.model.adapters.resolve, request)  # content keys: a PUT waits for it
-        embeds = await asyncio.to_thread(served.model.adapters.stored_embeds, request)
-        job = job.replaced(loras=loras, ip_embeds=embeds)
+        size = (images.width, images.height)
+        ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)
+        job = to_generation(request, pipeline.dims.native_size, ip, images, self.defaults)
+        loras = await asyncio.to_thread(adapters.resolve, request)  # content keys: a PUT waits for it
+        job = job.replaced(loras=loras)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,
@@ -231,16 +230,13 @@ class TextToImage:
         pipeline.family.check(job.outline, request.controlnets)  # a guard: the Gateway checked the request by them
         return job
 
-    async def _reference(self, request: GenerationRequest, served: ModelPipeline) -> np.ndarray | None:
-        """Check the request's adapters (400s naming the field), count them, and decode its IP-Adapter reference."""
+    def _count_adapters(self, request: GenerationRequest, served: ModelPipeline) -> None:
+        """Check the request's adapters (400s naming the field) and count them."""
         served.model.adapters.check(request)
-        reference = await asyncio.to_thread(decode_reference, request)
-        if reference is not None:
-            served.pipeline.adapters.scales(request.ip_adapter_scale)  # a mapping that does not fit the UNet: 400 now
+        if ip_choices(request):
             metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
         for lora in request.loras:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
-        return reference
 
     async def encode_reference(self, image: str) -> np.ndarray:
         """A reference image's embeddings (base64 ``image``), by the model's image encoder: ``POST /v1/references``."""

@@ -11,6 +11,7 @@ import numpy as np
 
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.priority import Priority
+from serve.text_to_image.ip_scale import ip_choices
 
 
 @dataclass(frozen=True)
@@ -62,18 +63,27 @@ class ImageInputs:
 
 
 @dataclass(frozen=True)
+class IpReferences:
+    """One IP-Adapter of a generation: its references (images to encode, stored embeddings), scale and masks."""
+
+    adapter: int = 0  # its input index (IpAdapterInfo.index)
+    images: tuple[np.ndarray, ...] = ()  # references to encode, RGB uint8
+    embeds: tuple[np.ndarray, ...] = ()  # stored references' embeddings (no encoder call), after the images
+    scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
+    masks: np.ndarray | None = None  # [references, H, W]: IPAdapterMaskProcessor's region masks (None: everywhere)
+
+
+@dataclass(frozen=True)
 class AdapterInputs:
-    """The adapters a generation runs with: LoRAs by name and weight, an IP-Adapter reference and its scale."""
+    """The adapters a generation runs with: LoRAs by name and weight, and its IP-Adapters' references."""
 
     loras: tuple[tuple[str, float], ...] = ()  # LoRA adapters (content key, weight): StackAdapters.resolve
-    ip_image: np.ndarray | None = None  # IP-Adapter reference, RGB uint8
-    ip_scale: float | dict = 1.0  # its weight, or InstantStyle's per-block mapping
-    ip_embeds: np.ndarray | None = None  # or a stored reference's image embeddings (no encoder call)
+    ip: tuple[IpReferences, ...] = ()
 
     @property
     def referenced(self) -> bool:
         """Whether it has an IP-Adapter reference (an image, or a stored reference's embeddings)."""
-        return self.ip_image is not None or self.ip_embeds is not None
+        return bool(self.ip)
 
 
 @dataclass(frozen=True)
@@ -125,7 +135,7 @@ class Outline:
             mask=request.mask is not None,
             controls=bool(request.controlnets),
             loras=bool(request.loras),
-            referenced=request.ip_adapter_image is not None or request.ip_adapter_reference is not None,
+            referenced=bool(ip_choices(request)),
             cache_interval=request.cache_interval,
         )
 

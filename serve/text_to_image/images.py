@@ -16,10 +16,12 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
 from serve.images import base64_bytes
 from serve.images.raster import ImageRejected, check_size, decode_image
-from serve.text_to_image.generation import Control
+from serve.text_to_image.generation import Control, IpReferences
+from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, GenerationRequest, Outpaint
 
 MAX_INPUT_PIXELS = 4096 * 4096
@@ -84,7 +86,9 @@ def input_pixels(request: GenerationRequest) -> int:
     """The pixels a request's uploads decode to (images, mask, ControlNets', IP-Adapter's), read from their headers."""
     uploads = [("image", text) for text in request.image] + [("mask", request.mask)]
     uploads += [(f"controlnets.{i}.image", choice.image) for i, choice in enumerate(request.controlnets)]
-    uploads.append(("ip_adapter_image", request.ip_adapter_image))
+    for ip in ip_choices(request):
+        uploads += [(ip.name_of("images", i), text) for i, text in enumerate(ip.choice.images)]
+        uploads += [(ip.name_of("masks", i), text) for i, text in enumerate(ip.choice.masks)]
     sizes = [header_size(base64_bytes(text), field) for field, text in uploads if text is not None]
     return sum(width * height for width, height in sizes)
 
@@ -151,11 +155,36 @@ def decode_base64(text: str, field: str) -> np.ndarray:
     return _decode(data, field)
 
 
-def decode_reference(request: GenerationRequest) -> np.ndarray | None:
-    """The request's IP-Adapter reference as RGB pixels (alpha onto white); a 400 naming the field if unreadable."""
-    if request.ip_adapter_image is None:
-        return None
-    return _decode(base64_bytes(request.ip_adapter_image), "ip_adapter_image")
+def ip_references(request: GenerationRequest, width: int, height: int, adapters, stored) -> tuple[IpReferences, ...]:
+    """The request's IP-Adapters for its model's engines (``adapters``: its ``GenerationAdapters``), decoded.
+
+    ``stored(reference_id, field)``: a stored reference's embeddings. 400s naming the field: an adapter the model
+    lacks, an unreadable image, a scale that does not fit the UNet, a mask not of the output's size.
+    """
+    info, found = adapters.support.ip_adapter, []
+    for ip in ip_choices(request):
+        field = ip.name_of("name")
+        if info is None:
+            raise InvalidInput(f"{field}: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", field)
+        try:
+            index = info.index(ip.choice.name)
+        except ValueError as error:
+            raise InvalidInput(f"{field}: {error}", field) from None
+        choice = ip.choice
+        images = [_decode(base64_bytes(text), ip.name_of("images", i)) for i, text in enumerate(choice.images)]
+        embeds = [stored(ref, ip.name_of("references", i)) for i, ref in enumerate(choice.references)]
+        adapters.scales(choice.scale, ip.name_of("scale"))
+        masks = None
+        if choice.masks:
+            pixels = [_decode(base64_bytes(text), ip.name_of("masks", i)) for i, text in enumerate(choice.masks)]
+            for i, mask in enumerate(pixels):
+                if mask.shape[:2] != (height, width):
+                    where = ip.name_of("masks", i)
+                    message = f"{where}: it is {mask.shape[1]}x{mask.shape[0]}; the output is {width}x{height}"
+                    raise InvalidInput(message, where)
+            masks = preprocessed_masks(pixels, height, width)
+        found.append(IpReferences(index, tuple(images), tuple(embeds), choice.scale, masks))
+    return tuple(found)
 
 
 def decode_images(request: GenerationRequest, native_size: int) -> RequestImages:

@@ -31,6 +31,7 @@ from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits, W
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
+from serve.text_to_image.ip_scale import ip_choices
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
@@ -300,7 +301,7 @@ class ServedModel:
             height,
             request.passes,
             encodes=bool(request.image) or self.folder.family.dims.inpainting,
-            reference=request.ip_adapter_image is not None,
+            reference=any(ip.choice.images for ip in ip_choices(request)),
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
         )
@@ -319,6 +320,7 @@ class ServedModel:
             "loaded": loaded,
             "loras": self.adapters.loras_dir is not None,
             "ip_adapter": self.adapters.ip_adapter,
+            "ip_adapters": list(ip.names) if (ip := self.folder.adapters.ip_adapter) is not None else [],
             "controlnets": list(family.controlnets.ready),
             "takes_images": family.takes_images,
             "version": self.version,

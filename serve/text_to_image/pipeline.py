@@ -84,7 +84,7 @@ class TextToImagePipeline:
         step_engine = self.family.step_engine(job.outline)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
-        conditioning |= await self.adapters.ip_rows(engines, job, guided)
+        conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[2:])
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
         conditioning = {name: np.repeat(rows, job.sampling.n, axis=0) for name, rows in conditioning.items()}

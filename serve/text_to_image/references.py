@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from serve.adapters.requests import unknown_reference
 from serve.adapters.store import AdapterStore, StoredReference
 from serve.errors import InvalidInput, NotFound
+from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.schema import BASE64_PATTERN, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, _base64_image
 
@@ -90,16 +91,16 @@ class References:
         return {"id": reference_id, "object": "reference", "deleted": True}
 
     async def check(self, request, model: ServedModel, visible: Visible) -> None:
-        """A generation's ``ip_adapter_reference``: the caller's, stored for ``model`` (a 400 naming it if not)."""
-        reference_id = getattr(request, "ip_adapter_reference", None)
-        if reference_id is None:
-            return
-        stored = await asyncio.to_thread(self._store().reference, reference_id)
-        if stored is None or not visible(stored.owner):
-            raise unknown_reference(reference_id)
-        if stored.model != model.name:
-            field = "ip_adapter_reference"
-            raise InvalidInput(f"{field}: {reference_id} was stored for model {stored.model}, not {model.name}", field)
+        """A generation's stored references: the caller's, stored for ``model`` (a 400 naming the field if not)."""
+        for ip in ip_choices(request):
+            for index, reference_id in enumerate(ip.choice.references):
+                field = ip.name_of("references", index)
+                stored = await asyncio.to_thread(self._store().reference, reference_id)
+                if stored is None or not visible(stored.owner):
+                    raise unknown_reference(reference_id, field)
+                if stored.model != model.name:
+                    message = f"{field}: {reference_id} was stored for model {stored.model}, not {model.name}"
+                    raise InvalidInput(message, field)
 
     async def _visible(self, reference_id: str, visible: Visible) -> StoredReference:
         stored = await asyncio.to_thread(self._store().reference, reference_id)

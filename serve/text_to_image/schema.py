@@ -8,7 +8,6 @@ decoding them is the replica's (:mod:`serve.text_to_image.images`).
 
 from __future__ import annotations
 
-import binascii
 import hashlib
 import re
 from dataclasses import dataclass
@@ -27,11 +26,20 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.finishing.schema import UPSCALE_FIELD, UpscaleChoice
-from serve.images import base64_bytes
+from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
+from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
-from serve.text_to_image.ip_scale import MAX_IP_SCALE, IpScale, IpScaleMap
+from serve.text_to_image.ip_scale import (
+    MAX_IP_ADAPTERS,
+    MAX_IP_SCALE,
+    REFERENCE_PATTERN,
+    IpAdapterChoice,
+    IpScale,
+    IpScaleMap,
+)
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
 MAX_IMAGES = 4
@@ -52,11 +60,6 @@ MAX_FEW_STEPS = 50
 """The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
 MAX_LORAS = 4
 MAX_LORA_SCALE = 4.0
-MAX_IMAGE_BYTES = 8 << 20
-"""Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
-MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
-REFERENCE_PATTERN = r"^ref_[0-9a-f]{24}$"
-"""A stored reference's id (``POST /v1/references``)."""
 MAX_REQUEST_BYTES = 32 << 20
 """A generation's or an edit's body on the wire: all its images together (base64 in JSON, files in multipart)."""
 MAX_CONTROLNETS = 4
@@ -117,20 +120,6 @@ class LoraChoice(BaseModel):
 
 
 Unit = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-
-
-def _base64_image(value: str, where: str = "") -> str:
-    """``value`` if it is base64 of at most :data:`MAX_IMAGE_BYTES` (a ValueError naming what is wrong ``where``)."""
-    at = f"{where}: " if where else ""
-    try:
-        data = base64_bytes(value)
-    except (binascii.Error, ValueError) as error:
-        raise ValueError(f"{at}not valid base64 ({error})") from error
-    if not data:
-        raise ValueError(f"{at}empty image")
-    if len(data) > MAX_IMAGE_BYTES:
-        raise ValueError(f"{at}image is {len(data)} bytes; at most {MAX_IMAGE_BYTES} are accepted")
-    return value
 
 
 class ControlNetChoice(BaseModel):
@@ -314,6 +303,13 @@ class GenerationRequest(BaseModel):
         f"[0, {MAX_IP_SCALE:g}], or InstantStyle's per-block mapping as diffusers' set_ip_adapter_scale takes it, "
         'e.g. {"up": {"block_0": [0.0, 1.0, 0.0]}}.',
     )
+    ip_adapters: list[IpAdapterChoice] = Field(
+        [],
+        max_length=MAX_IP_ADAPTERS,
+        description=f"Up to {MAX_IP_ADAPTERS} IP-Adapters of the model (easel up --ip-adapter NAME=DIR), each with "
+        f"its references (up to {MAX_REFERENCES}), scale and region masks, as diffusers' load_ip_adapter with lists "
+        "and ip_adapter_masks; instead of ip_adapter_image, ip_adapter_reference and ip_adapter_scale.",
+    )
     image: list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]] = Field(
         [],
         max_length=MAX_IMAGES,
@@ -413,20 +409,10 @@ class GenerationRequest(BaseModel):
         """Name what is wrong (where, and the limit) before the union's own, less readable, errors."""
         return ip_scale.checked_shape(value)
 
-    @field_validator("ip_adapter_reference")
-    @classmethod
-    def _one_reference(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("ip_adapter_image") is not None:
-            raise ValueError("give ip_adapter_image or ip_adapter_reference, not both")
-        return value
-
-    @field_validator("ip_adapter_scale")
-    @classmethod
-    def _ip_scale_with_image(cls, value, info: ValidationInfo):
-        referenced = info.data.get("ip_adapter_image") or info.data.get("ip_adapter_reference")
-        if referenced is None and value != 1.0:  # the default is stored with every job
-            raise ValueError("ip_adapter_scale is only accepted with ip_adapter_image or ip_adapter_reference")
-        return value
+    @model_validator(mode="after")
+    def _ip_fields_together(self) -> GenerationRequest:
+        ip_scale.check_fields(self)
+        return self
 
     @field_validator("vectorize_tier")
     @classmethod
@@ -497,4 +483,9 @@ class GenerationRequest(BaseModel):
                 body[name] = digest(body[name])
         for control in body["controlnets"]:
             control["image"] = digest(control["image"])
+        for choice in body["ip_adapters"]:
+            choice["images"], choice["masks"] = (
+                [digest(i) for i in choice["images"]],
+                [digest(m) for m in choice["masks"]],
+            )
         return body

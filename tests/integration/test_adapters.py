@@ -12,6 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
+from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter
+from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
@@ -31,8 +33,14 @@ def adapters(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(default_model, adapters, tmp_path_factory):
-    """The embedded model with every test LoRA (at most 2 held per engine instance) and the IP-Adapter."""
+def face_adapter(default_model, tmp_path_factory):
+    """A second IP-Adapter, served beside the first as ``face``."""
+    return make_ip_adapter(default_model, tmp_path_factory.mktemp("face"), seed=6)
+
+
+@pytest.fixture(scope="module")
+def stack(default_model, adapters, face_adapter, tmp_path_factory):
+    """The embedded model with every test LoRA (at most 2 held per engine instance) and two IP-Adapters."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -41,7 +49,7 @@ def stack(default_model, adapters, tmp_path_factory):
         cache_bytes=0,
         loras_dir=adapters.loras,
         lora_resident=RESIDENT,
-        ip_adapter_dir=adapters.ip_adapter,
+        ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
     )
     with Stack(options) as stack:
         yield stack
@@ -145,6 +153,75 @@ def test_ip_adapter_parity_with_diffusers(api, with_ip_adapter, scale):
     assert psnr(want, without) < 35, "the reference should change the image"
 
 
+@pytest.fixture(scope="module")
+def with_two_ip_adapters(default_model, adapters, face_adapter):
+    """diffusers' pipeline with both IP-Adapters loaded by ``load_ip_adapter`` with lists."""
+    from diffusers import StableDiffusionPipeline
+
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    folders = [str(adapters.ip_adapter), str(face_adapter)]
+    pipeline.load_ip_adapter(folders, subfolder=["", ""], weight_name=[IP_WEIGHTS] * 2)
+    return pipeline
+
+
+def _region(left: bool) -> Image.Image:
+    """A region mask of the output's size: white on the left 40 % (or the rest)."""
+    mask = np.zeros((64, 64, 3), np.uint8)
+    mask[:, : int(64 * 0.4)] = 255
+    return Image.fromarray(mask if left else 255 - mask)
+
+
+def _diffusers_ip(pipeline, **kwargs) -> np.ndarray:
+    return reference_images(
+        pipeline, "ddim", prompt=BODY["prompt"], width=64, height=64, num_inference_steps=10, seed=3, **kwargs
+    )
+
+
+def _b64(image: Image.Image) -> str:
+    return base64.b64encode(encode(image)).decode()
+
+
+def test_two_ip_adapters_with_region_masks_and_two_references_match_diffusers(api, with_two_ip_adapters):
+    """``ip_adapters``: two adapters (the first with two references, each in its region), and one adapter with two
+    references, against ``load_ip_adapter`` with lists and ``ip_adapter_masks`` (IPAdapterMaskProcessor's)."""
+    from diffusers.image_processor import IPAdapterMaskProcessor
+
+    pipeline = with_two_ip_adapters
+    (a1, a1_b64), (a2, a2_b64), (b, b_64) = (reference_image(seed=s) for s in (1, 2, 3))
+    regions = [_region(True), _region(False)]
+    masks = IPAdapterMaskProcessor().preprocess(regions, height=64, width=64)
+    cases = {
+        "two adapters, masked": (
+            [
+                {"name": "ip", "images": [a1_b64, b_64], "scale": 0.8, "masks": [_b64(r) for r in regions]},
+                {"name": "face", "images": [a2_b64], "scale": 0.6},
+            ],
+            {
+                "ip_adapter_image": [[a1, b], a2],
+                "cross_attention_kwargs": {"ip_adapter_masks": [masks[None, :, 0], None]},
+            },
+            [0.8, 0.6],
+        ),
+        "one adapter, two references": (
+            [{"images": [a1_b64, a2_b64], "scale": 0.7}],
+            {"ip_adapter_image": [[a1, a2], b]},
+            [0.7, 0.0],
+        ),
+    }
+    for case, (ip_adapters, kwargs, scales) in cases.items():
+        got = _served(api, ip_adapters=ip_adapters)
+        pipeline.set_ip_adapter_scale(scales)
+        want = _diffusers_ip(pipeline, **kwargs)
+        pipeline.set_ip_adapter_scale([0.0, 0.0])
+        without = _diffusers_ip(pipeline, ip_adapter_image=kwargs["ip_adapter_image"])
+        logger.info(
+            "%s: PSNR %.1f dB against diffusers, %.1f dB against none", case, psnr(got, want), psnr(want, without)
+        )
+        assert psnr(got, want) >= 40, case
+        assert psnr(want, without) < 35, f"{case}: the references should change the image"
+
+
 def test_different_adapters_share_batches_and_each_gets_its_solo_image(api, stack):
     _, b64 = reference_image(seed=2)
     variants = [
@@ -217,6 +294,11 @@ def _png_b64(width: int, height: int) -> str:
         ({"ip_adapter_reference": "ref_" + "0" * 24}, "ip_adapter_reference"),
         ({"ip_adapter_reference": "ref_" + "0" * 24, "ip_adapter_image": _png_b64(16, 16)}, "ip_adapter_reference"),
         ({"ip_adapter_reference": "not-an-id"}, "ip_adapter_reference"),
+        ({"ip_adapters": [{"name": "nope", "images": [_png_b64(16, 16)]}]}, "ip_adapters.0.name"),
+        ({"ip_adapters": [{"images": [_png_b64(16, 16)] * (MAX_REFERENCES + 1)}]}, "ip_adapters.0.images"),
+        ({"ip_adapters": [{"images": [_png_b64(16, 16)], "masks": [_png_b64(64, 64)] * 2}]}, "ip_adapters.0.masks"),
+        ({"ip_adapters": [{"images": [_png_b64(16, 16)], "masks": [_png_b64(64, 48)]}]}, "ip_adapters.0.masks.0"),
+        ({"ip_adapters": [{"references": ["ref_" + "0" * 24]}]}, "ip_adapters.0.references.0"),
     ],
 )
 def test_bad_adapter_input_is_a_400_naming_the_field(api, fields, param):

@@ -57,7 +57,7 @@ def stack(default_model, tmp_path_factory):
             run_dir=tmp_path_factory.mktemp("run"),
             loras_dir=adapters.loras,
             lora_resident=1,
-            ip_adapter_dir=adapters.ip_adapter,
+            ip_adapters={"ip": adapters.ip_adapter},
             approximate_cache=0.5,
             vectorize_record_rate=1.0,  # every vectorize answer recorded: the predictor's error has data
         )

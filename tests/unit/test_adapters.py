@@ -170,8 +170,8 @@ def test_ip_scales_are_what_set_ip_adapter_scale_gives(default_model, tmp_path):
         np.testing.assert_allclose(scales(scale), want, err_msg=str(scale))
     with pytest.raises(ValueError, match="block_7"):
         scales({"up": {"block_7": 1.0}})
-    layers, hidden_states = load_into_unet(weightless(default_model, "unet"), folder)
-    assert layers == scales.layers and not hidden_states
+    layers, hidden_states = load_into_unet(weightless(default_model, "unet"), [folder])
+    assert layers == scales.layers and hidden_states == (False,)
 
 
 def test_the_stack_refuses_adapters_it_does_not_have(tmp_path):

@@ -15,7 +15,14 @@ import torch
 from PIL import Image
 
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import AdapterInputs, Control, Generation, ImageInputs, SamplingParams
+from serve.text_to_image.generation import (
+    AdapterInputs,
+    Control,
+    Generation,
+    ImageInputs,
+    IpReferences,
+    SamplingParams,
+)
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET, VAE_ENCODER
@@ -329,7 +336,7 @@ def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
 
     folder = tmp_path_factory.mktemp("composed")
     adapters = make_adapters(default_model, folder / "adapters")
-    built_for = AdapterBuild(lora=True, ip_adapter=adapters.ip_adapter)
+    built_for = AdapterBuild(lora=True, ip_adapters={"ip": adapters.ip_adapter})
     engines = build(default_model, folder / "repository", adapters=built_for, controlnets=controlnet_dirs.sd)
     save_registry(build_registry(adapters.loras, engines, default_model), folder / "registry")
     ours = TextToImagePipeline(engines, OnnxRuntimeRunner(engines, loras_dir=folder / "registry"))
@@ -343,7 +350,7 @@ def test_loras_an_ip_adapter_and_controlnets_compose_in_one_engine_folder(
     control = Control("edges", edges_image(64), 0.7)
     job = Generation(
         SamplingParams(PROMPT, "", 1, 64, 64, 8, 7.5, 3, "euler"),
-        adapters=AdapterInputs(loras=(("style", 0.8),), ip_image=np.asarray(picture), ip_scale=0.6),
+        adapters=AdapterInputs(loras=(("style", 0.8),), ip=(IpReferences(images=(np.asarray(picture),), scale=0.6),)),
         inputs=ImageInputs(controls=(control,)),
     )
     want = reference_images(

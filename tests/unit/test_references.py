@@ -69,11 +69,16 @@ def test_a_reference_is_its_key_s_alone(references):
         asyncio.run(refs.remove(stored["id"], functools.partial(may_see, bob)))
     assert asyncio.run(refs.listing(bob.id))["data"] == []
     assert [r["id"] for r in asyncio.run(refs.listing(alice.id))["data"]] == [stored["id"]]
-    embeds = model.adapters.stored_embeds(request)
+    embeds = model.adapters.stored_embeds(stored["id"], "ip_adapters.0.references.1")
     assert embeds.shape == (1, 1, 8) and embeds.dtype == np.float32
+    listed = GenerationRequest(prompt="x", ip_adapters=[{"references": ["ref_" + "0" * 24, stored["id"]]}])
+    with pytest.raises(InvalidInput) as first:  # each of the list's references is checked, naming its place
+        asyncio.run(refs.check(listed, model, functools.partial(may_see, alice)))
+    assert first.value.field == "ip_adapters.0.references.0"
     assert asyncio.run(refs.remove(stored["id"], functools.partial(may_see, alice)))["deleted"] is True
-    with pytest.raises(InvalidInput, match="no stored reference"):
-        model.adapters.stored_embeds(request)
+    with pytest.raises(InvalidInput, match="no stored reference") as gone:
+        model.adapters.stored_embeds(stored["id"], "ip_adapters.0.references.1")
+    assert gone.value.field == "ip_adapters.0.references.1"
 
 
 def test_a_reference_needs_an_ip_adapter_and_a_served_model(references, engine_dir, tmp_path):

@@ -95,7 +95,7 @@ def clip_penultimate_export(model_dir: Path, engine: str, projection: bool) -> E
 class UnetModule(torch.nn.Module):
     """The UNet with positional inputs: sample, timestep, encoder_hidden_states, then ``added`` conditioning.
 
-    An added ``image_embeds`` (an IP-Adapter's) goes to the UNet as diffusers' pipelines pass it: a list of one.
+    An added ``image_embeds`` (IP-Adapters') goes to the UNet as diffusers' pipelines pass it: a list, a tensor each.
     ``residuals``, when set for a call (a ControlNet-ready UNet's wrapper sets them), are ControlNets' down-block
     residuals then the mid-block one, added as diffusers' ControlNet pipelines add them.
     """
@@ -110,7 +110,8 @@ class UnetModule(torch.nn.Module):
         """The noise prediction."""
         extra = dict(zip(self.added, added, strict=True)) or None
         if extra and "image_embeds" in extra:
-            extra["image_embeds"] = [extra["image_embeds"]]
+            embeds = extra["image_embeds"]
+            extra["image_embeds"] = list(embeds) if isinstance(embeds, list | tuple) else [embeds]
         control = {}
         if self.residuals is not None:
             *down, mid = self.residuals

@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from serve.finishing.schema import UPSCALE_FIELD, UpscaleChoice
+from serve.finishing.schema import RESTORE_FACES_FIELD, UPSCALE_FIELD, RestoreFaces, UpscaleChoice
 from serve.images import base64_bytes
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
@@ -346,6 +346,7 @@ class GenerationRequest(BaseModel):
         "(diffusers' MultiControlNetModel).",
     )
     upscale: UpscaleChoice | None = Field(None, description=UPSCALE_FIELD)
+    restore_faces: RestoreFaces | None = Field(None, description=RESTORE_FACES_FIELD)
     model: str | None = Field(
         None,
         max_length=64,

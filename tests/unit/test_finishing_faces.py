@@ -167,3 +167,23 @@ def test_a_request_names_the_field_for_an_unknown_restorer_or_a_weight_out_of_ra
         UpscaleOptions(upscaler="x4", restore_faces={"restorer": "face", "weight": 1.5})
     form = UpscaleOptions.model_validate({"upscaler": "x4", "restore_faces": '{"restorer": "face", "weight": 0.3}'})
     assert form.restore_faces.weight == 0.3
+
+
+def test_restore_faces_is_priced_at_a_restorer_pass_per_face_it_may_restore():
+    from PIL import Image
+
+    from serve.access.upscale_body import UpscaleBody
+    from serve.finishing.upscalers import UpscalerEntry, Upscalers
+    from serve.serving.upscale import RESTORATION_MEGAPIXELS, Upscaling
+    from tests.images import encode
+
+    finishing = Upscalers(
+        (UpscalerEntry("x4", "x4.pth", architecture="RRDBNet", scale=4),), Restorers((build_restorer_entry("f"),))
+    )
+    upscaling = Upscaling(finishing, None)
+    data = encode(Image.new("RGB", (100, 50)))
+    plain = upscaling.work(UpscaleBody(data, UpscaleOptions(upscaler="x4"))).cost
+    restored = upscaling.work(UpscaleBody(data, UpscaleOptions(upscaler="x4", restore_faces={"restorer": "face"}))).cost
+    assert plain == pytest.approx(0.08 + 0.005) and restored == pytest.approx(plain + RESTORATION_MEGAPIXELS)
+    with pytest.raises(InvalidInput, match="restore_faces.restorer"):
+        upscaling.work(UpscaleBody(data, UpscaleOptions(upscaler="x4", restore_faces={"restorer": "nope"})))

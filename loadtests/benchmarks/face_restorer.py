@@ -73,7 +73,7 @@ def run(module: torch.nn.Module, onnx_path: Path, picture: np.ndarray, repeats: 
     rows.append((f"detect + restore + paste, {side}", found["found"], 1000 * seconds, rss_bytes(peak=True) / 2**30))
     faces = [dict(zip(_KEYS, row, strict=True)) for row in rows]
     loop.write_json(out, [], restorer="GFPGANv1Clean full size", repeats=repeats, faces=faces)
-    columns = [("path", "<34"), ("faces", ">6"), ("ms per face", ">12.0f"), ("peak GiB", ">9.2f")]
+    columns = [("path", "<36"), ("faces", ">6"), ("ms per face", ">12.0f"), ("peak GiB", ">9.2f")]
     heading = f"GFPGAN v1 clean, v1.4's shape (random weights), {FACE_SIDE}x{FACE_SIDE} faces, median of {repeats}"
     return "\n".join([heading, text_table(columns, rows), f"written to {out}"])
 

@@ -95,8 +95,8 @@ def served_upscale(upscaler_file: Path, side: int, run_dir: Path, out: Path) -> 
         "samples": sampler.samples,
     }
     loop.write_json(out, [], tile=TILE, overlap=OVERLAP, upscaler="RRDBNet x4 full size", served=row)
-    columns = [("input", ">9"), ("output", ">9"), ("s", ">7.1f"), ("Triton idle GiB", ">15.2f")]
-    columns += [("Triton peak GiB", ">15.2f"), ("growth GiB", ">10.2f"), ("budget GiB", ">10.2f")]
+    columns = [("input", ">10"), ("output", ">10"), ("s", ">8.1f"), ("Triton idle GiB", ">16.2f")]
+    columns += [("Triton peak GiB", ">16.2f"), ("growth GiB", ">11.2f"), ("budget GiB", ">11.2f")]
     cells = [tuple(row[key] for key in ("input", "output", "seconds", "triton_idle_gib", "triton_peak_gib"))]
     cells = [cells[0] + (row["growth_gib"], row["budget_gib"])]
     heading = f"Served x4 upscale, Real-ESRGAN x4plus full size (random weights), tiles of {TILE}, default budget"

@@ -15,7 +15,7 @@ from PIL import Image
 
 from build_engines.finishing.random_weights import drawn_face, random_restorer
 from serve.finishing.restorers import NO_FACE, RestorerEntry, restore_faces
-from tests.images import encode
+from tests.images import encode, icon_pixels
 from tests.integration.default_stack.test_upscale import BODY, GENERATE, UPSCALE, answered_pixels, psnr
 from tests.unit.test_finishing_faces import TorchRunner
 
@@ -54,6 +54,19 @@ def test_a_faceless_generation_comes_back_unchanged_with_the_note(api):
     assert answer.status_code == 200, answer.text
     [image] = answer.json()["data"]
     assert image["faces"] == {"found": 0, "note": NO_FACE} and image["b64_json"] == plain["b64_json"]
+
+
+def test_an_edit_takes_restore_faces_as_a_form_field(api):
+    files = {"image": ("icon.png", encode(Image.fromarray(icon_pixels(64))), "image/png")}
+    form = {
+        "prompt": "a red heart icon",
+        "num_inference_steps": "2",
+        "seed": "3",
+        "restore_faces": '{"restorer": "face"}',
+    }
+    answer = api.post("/v1/images/edits", files=files, data=form)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"][0]["faces"] == {"found": 0, "note": NO_FACE}
 
 
 @pytest.mark.parametrize(

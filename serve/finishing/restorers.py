@@ -8,6 +8,7 @@ restorers' engine folder is what the build recognised; a request naming one that
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -105,13 +106,18 @@ async def restore_faces(
 
     ``{"found": n, "crops": [...]}``; with no face, the pixels unchanged and a ``note`` saying so.
     """
-    boxes = faces.detect(pixels)
+    boxes = await asyncio.to_thread(faces.detect, pixels)  # CPU work off the event loop
     if not boxes:
         return pixels, {"found": 0, "note": NO_FACE}
     height, width = pixels.shape[:2]
     crops = [faces.crop_for(box, width, height) for box in boxes]
-    batch = np.stack([faces.restorer_input(pixels, crop, FACE_SIDE) for crop in crops])
+    batch = await asyncio.to_thread(lambda: np.stack([faces.restorer_input(pixels, c, FACE_SIDE) for c in crops]))
     restored = (await runner.infer(entry.spec, {"image": batch}))["restored"]
+    pasted = await asyncio.to_thread(_pasted, pixels, crops, restored, weight)
+    return pasted, {"found": len(crops), "crops": [crop.public() for crop in crops]}
+
+
+def _pasted(pixels: np.ndarray, crops: list[faces.Crop], restored: np.ndarray, weight: float) -> np.ndarray:
     for crop, face in zip(crops, restored, strict=True):
         pixels = faces.paste(pixels, crop, face, weight)
-    return pixels, {"found": len(crops), "crops": [crop.public() for crop in crops]}
+    return pixels

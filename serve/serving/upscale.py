@@ -103,12 +103,13 @@ class Upscaling:
     def work(self, body: UpscaleBody) -> Work:
         """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
 
+        A face restoration's passes (:data:`RESTORATION_MEGAPIXELS`) are counted with the input's megapixels.
         Read from the image's header (:func:`serve.access.upscale_body.image_size`): no pixel is decoded.
         """
         _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
         width, height = image_size(body.data)
         out_width, out_height = output_size(width, height, scale)
-        faces = self.restoration_cost(body.options.restore_faces, 1)
+        faces = self.restoration_cost(body.options.restore_faces, 1)  # counted with the input's megapixels
         return Work(1, 0, out_width, out_height, input_pixels=width * height + round(faces * 1e6))
 
     def restoration_cost(self, choice: RestoreFaces | None, images: int) -> float:

@@ -250,17 +250,43 @@ def bench_ip_unet(folders: tuple[Path, ...], out: Path) -> None:
 @bench.command("upscale")
 @click.option("--sizes", default="512,1024", show_default=True, help="Input sides (squares), upscaled x4.")
 @click.option("--whole-up-to", default=512, show_default=True, help="Largest side PyTorch also runs whole.")
+@click.option("--served", type=int, default=None, help="Instead: one upscale of this side through a running stack.")
 @out_option("out/bench_upscale.json")
-def bench_upscale(sizes: str, whole_up_to: int, out: Path) -> None:
-    """Real-ESRGAN x4plus (full size, random weights) by tiles at concurrency 1 and 4, beside PyTorch whole."""
-    from build_engines.finishing.random_weights import FULL_SIZE, random_upscaler
+def bench_upscale(sizes: str, whole_up_to: int, served: int | None, out: Path) -> None:
+    """Real-ESRGAN x4plus (full size, random weights) by tiles at concurrency 1 and 4, beside PyTorch whole.
+
+    With ``--served SIDE``: one SIDE x SIDE x4 upscale through a stack at the default memory budget, the Triton
+    process tree's memory sampled during the request.
+    """
+    from build_engines.finishing.random_weights import FULL_SIZE, random_upscaler, save_upscaler
     from build_engines.finishing.upscalers import export_upscaler
     from loadtests.benchmarks.upscale import run
 
     module = random_upscaler("RRDBNet", 4, **FULL_SIZE["RRDBNet"])
+    if served is not None:
+        from loadtests.benchmarks.served_upscale import served_upscale
+
+        weights = save_upscaler(module, out.parent / "RealESRGAN_x4plus.pth")
+        click.echo(served_upscale(weights, served, out.parent / "run_served_upscale", out))
+        return
     onnx_path = out.parent / "upscaler_bench" / "model.onnx"
     export_upscaler(module, 4, onnx_path)
     click.echo(run(module, onnx_path, [int(side) for side in sizes.split(",")], whole_up_to, out))
+
+
+@bench.command("face-restorer")
+@click.option("--repeats", default=3, show_default=True, help="Timed runs per row (the median is kept).")
+@out_option("out/bench_face_restorer.json")
+def bench_face_restorer(repeats: int, out: Path) -> None:
+    """GFPGAN v1 clean at v1.4's full size (random weights): ms per 512x512 face, engine and PyTorch."""
+    from build_engines.finishing.random_weights import drawn_face, random_restorer
+    from build_engines.finishing.restorers import export_restorer
+    from loadtests.benchmarks.face_restorer import run
+
+    module = random_restorer(style=512, channel_multiplier=2, narrow=1)
+    onnx_path = out.parent / "restorer_bench" / "model.onnx"
+    export_restorer(module, onnx_path)
+    click.echo(run(module, onnx_path, drawn_face(1024), repeats, out))
 
 
 @bench.command("safety-checker")

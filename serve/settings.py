@@ -204,7 +204,9 @@ class AppArgs(AppSettings):
         None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
     )
     upscalers_dir: str | None = Field(
-        None, description="The upscalers' engine folder `easel up --upscaler` built (upscalers.json); None: none."
+        None,
+        description="The finishing engines' folder `easel up --upscaler` and `--face-restorer` built (upscalers.json, "
+        "restorers.json); None: none.",
     )
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
     safety_checker_dir: str | None = Field(
@@ -292,6 +294,14 @@ class StackOptions(AppSettings):
         description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
         "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
         "recognised is listed with why (GET /v1/upscalers) and not served.",
+    )
+    face_restorers: Annotated[
+        dict[str, Path], Cli("--face-restorer", NAMED_FILE, metavar="NAME=FILE", multiple=True)
+    ] = Field(
+        {},
+        description="A face restorer weights file (.pth, .safetensors: GFPGAN v1 clean, as GFPGANv1.4.pth), served "
+        "as face restorer NAME for `restore_faces` (repeatable). One not recognised is listed with why (GET "
+        "/v1/upscalers, `face_restorers`) and not served.",
     )
     safety_checker: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
         None,

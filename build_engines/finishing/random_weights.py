@@ -1,4 +1,4 @@
-"""Upscaler files with random weights, saved in the community files' key layouts (nothing is downloaded).
+"""Upscaler and face restorer files with random weights, in the community files' key layouts (nothing downloaded).
 
 Real-ESRGAN's ``RealESRGAN_x4plus.pth`` / ``x2plus`` keep BasicSR's RRDBNet under ``params_ema``;
 ``realesr-general-x4v3.pth`` keeps SRVGGNetCompact under ``params``. PyTorch's default initialisation, except
@@ -10,16 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw, ImageFilter
 
 from serve.finishing.architectures import RRDBNet, SRVGGNetCompact
+from serve.finishing.face_architecture import GFPGANv1Clean, ModulatedConv2d
 
 FULL_SIZE = {
     "RRDBNet": {"features": 64, "blocks": 23, "growth": 32},
     "SRVGGNetCompact": {"features": 64, "convs": 32},
 }
 TINY = {"RRDBNet": {"features": 8, "blocks": 2, "growth": 8}, "SRVGGNetCompact": {"features": 16, "convs": 4}}
-WRAPPER = {"RRDBNet": "params_ema", "SRVGGNetCompact": "params"}
+WRAPPER = {"RRDBNet": "params_ema", "SRVGGNetCompact": "params", "GFPGANv1Clean": "params_ema"}
+TINY_RESTORER = {"style": 64, "channel_multiplier": 1, "narrow": 0.125}
+"""GFPGAN's layout (512x512, v1.4's options) with an eighth of its channels and a 64-wide style."""
 
 
 def random_upscaler(kind: str, scale: int, seed: int = 0, **arguments) -> torch.nn.Module:
@@ -46,3 +51,42 @@ def save_upscaler(module: torch.nn.Module, path: Path) -> Path:
     else:
         torch.save({WRAPPER[type(module).__name__]: state}, path)
     return path
+
+
+def random_restorer(seed: int = 0, **arguments) -> GFPGANv1Clean:
+    """A GFPGAN v1 clean face restorer with random weights (tiny unless told; ``{}``-less full size: v1.4's).
+
+    As GFPGAN initialises them, the style modulations start at 1 (their bias), so the decoder's features neither
+    vanish nor saturate; the output is a face-sized picture in ``[-1, 1]``, different for every input.
+    """
+    torch.manual_seed(seed)
+    module = GFPGANv1Clean(**(TINY_RESTORER | arguments))
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, ModulatedConv2d):
+                layer.modulation.bias.fill_(1.0)
+        for index in range(len(module.stylegan_decoder.noises._buffers)):
+            getattr(module.stylegan_decoder.noises, f"noise{index}").normal_()
+    return module.eval()
+
+
+def drawn_face(side: int = 256, background: tuple[int, int, int] = (70, 90, 120)) -> np.ndarray:
+    """A cartoon face on a plain ground, ``side`` pixels square (RGB ``uint8``): one face the Haar cascade finds.
+
+    Drawn, so deterministic and free of any licence; found at 128, 256 and 512 pixels.
+    """
+    image = Image.new("RGB", (side, side), background)
+    draw = ImageDraw.Draw(image)
+    unit = side / 256
+
+    def shape(kind: str, box: tuple[float, ...], fill: tuple[int, int, int]) -> None:
+        points = [value * unit for value in box]
+        {"ellipse": draw.ellipse, "rectangle": draw.rectangle}[kind](points, fill=fill)
+
+    shape("ellipse", (58, 30, 198, 220), (225, 190, 160))  # head
+    for left in (80, 140):
+        shape("rectangle", (left, 88, left + 36, 96), (60, 40, 30))  # brows
+        shape("ellipse", (left + 6, 104, left + 32, 122), (40, 30, 30))  # eyes
+    draw.polygon([(128 * unit, 115 * unit), (118 * unit, 158 * unit), (138 * unit, 158 * unit)], fill=(200, 160, 135))
+    shape("ellipse", (100, 170, 156, 186), (150, 60, 60))  # mouth
+    return np.asarray(image.filter(ImageFilter.GaussianBlur(2 * unit)))

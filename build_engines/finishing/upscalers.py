@@ -1,4 +1,4 @@
-"""``easel up --upscaler NAME=FILE``: each file recognised, exported to a tile engine, checked, installed.
+"""``easel up --upscaler NAME=FILE`` (and ``--face-restorer``): each file recognised, exported, checked, installed.
 
 A ``.pth``/``.safetensors`` file is read into the project's own module (:mod:`serve.finishing.recognise`), exported
 at the engine's tile size with a dynamic batch axis, and checked against PyTorch on fresh random tiles. An ``.onnx``
@@ -15,14 +15,18 @@ import logging
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import onnx
 import torch
 
+from build_engines.finishing.restorers import EXPORT_VERSION as RESTORER_EXPORT_VERSION
+from build_engines.finishing.restorers import build_restorer
 from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
 from serve.files import files_hash
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
+from serve.finishing.restorers import RESTORER_PREFIX, Restorers
 from serve.finishing.upscalers import ERROR, TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
 from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
@@ -34,41 +38,51 @@ logger = logging.getLogger(__name__)
 EXPORT_VERSION = 1
 
 
-def upscalers_dir(upscalers: Mapping[str, Path], tile: int = TILE) -> Path:
-    """The cache folder of these upscalers' engines: named by their names, files' content, tile and versions."""
+def upscalers_dir(
+    upscalers: Mapping[str, Path], tile: int = TILE, restorers: Mapping[str, Path] = MappingProxyType({})
+) -> Path:
+    """The cache folder of these finishing engines: named by their names, files' content, tile and versions."""
     listed = {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(upscalers.items())}
-    key = json.dumps([listed, tile, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__])
+    faces = {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(restorers.items())}
+    versions = [tile, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__]
+    key = json.dumps([listed, *versions, *([faces, RESTORER_EXPORT_VERSION] if faces else [])])
     return easel_home() / "engines" / f"upscalers-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
 def build_upscalers(
-    upscalers: Mapping[str, Path], repository: Path | None, tile: int = TILE, force: bool = False
+    upscalers: Mapping[str, Path],
+    repository: Path | None,
+    tile: int = TILE,
+    force: bool = False,
+    restorers: Mapping[str, Path] = MappingProxyType({}),
 ) -> Path | None:
-    """Build (or reuse) the engines of ``upscalers`` and install the ready ones in ``repository``; their folder.
+    """Build (or reuse) the engines of ``upscalers`` and face ``restorers``, install the ready ones; their folder.
 
-    None when there are none. Upscalers an earlier start installed and this one has not are removed.
+    None when there are none. Finishing engines an earlier start installed and this one has not are removed.
     """
-    if not upscalers:
+    if not upscalers and not restorers:
         _remove_stale(repository, set())
         return None
-    folder = upscalers_dir(upscalers, tile)
+    folder = upscalers_dir(upscalers, tile, restorers)
     if force or not (folder / "upscalers.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         entries = [_build_one(name, Path(path), folder, tile) for name, path in sorted(upscalers.items())]
-        Upscalers(tuple(entries)).write(folder)  # written last: a folder with it is complete
+        faces = [build_restorer(name, Path(path), folder) for name, path in sorted(restorers.items())]
+        Upscalers(tuple(entries), Restorers(tuple(faces))).write(folder)  # written last: a folder with it is complete
     built = Upscalers.read(folder)
-    _remove_stale(repository, {entry.spec.name for entry in built.ready})
-    for entry in built.ready if repository is not None else ():
-        install_model(entry.spec, repository, EngineFiles(folder / entry.spec.name).files())
+    _remove_stale(repository, {spec.name for spec in built.specs})
+    for spec in built.specs if repository is not None else ():
+        install_model(spec, repository, EngineFiles(folder / spec.name).files())
     return folder
 
 
 def _remove_stale(repository: Path | None, wanted: set[str]) -> None:
-    """Remove from ``repository`` the upscalers an earlier start installed that are not ``wanted`` now."""
-    for stale in repository.glob(f"{UPSCALER_PREFIX}*") if repository is not None else ():
-        if stale.name not in wanted:
-            uninstall_model(stale.name, repository)
+    """Remove from ``repository`` the finishing engines an earlier start installed that are not ``wanted`` now."""
+    for prefix in (UPSCALER_PREFIX, RESTORER_PREFIX) if repository is not None else ():
+        for stale in repository.glob(f"{prefix}*"):
+            if stale.name not in wanted:
+                uninstall_model(stale.name, repository)
 
 
 def _build_one(name: str, path: Path, folder: Path, tile: int) -> UpscalerEntry:
@@ -79,6 +93,10 @@ def _build_one(name: str, path: Path, folder: Path, tile: int) -> UpscalerEntry:
         else:
             state = read_state(path)
             recognised = recognise(state)
+            if recognised.restores_faces:
+                raise UnrecognisedUpscaler(
+                    f"{path}: a {recognised.kind} face restorer (--face-restorer), not an upscaler"
+                )
             module = recognised.module(state)
             architecture, scale = recognised.kind, recognised.scale
             export_upscaler(module, scale, folder / f"upscaler_{name}" / ONNX, tile)

@@ -54,6 +54,7 @@ _ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by
 _VECTORIZE_MODELS = "/v1/vectorize/models"
 _UPSCALER = "an upscaler GET /v1/upscalers lists as ready, at a scale from 1 up to its own"
 _THE_STACK_S_UPSCALERS = "the upscalers are the stack's"
+_RESTORER = "a face restorer GET /v1/upscalers lists as ready (face_restorers)"
 _ONE_OF_THEM = "exactly one of trained_dir and version"
 _TRAINED_DIR = (
     "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
@@ -339,6 +340,10 @@ UNSTATED_LIMITS = (
         f"{_IMAGE}, and its size by reading its header",
     ),
     UnstatedLimit("post", GENERATIONS, ("upscale.upscaler", "upscale.scale"), "", _UPSCALER, _THE_STACK_S_UPSCALERS),
+    *(
+        UnstatedLimit("post", path, ("restore_faces.restorer",), "face restorer", _RESTORER, _THE_STACK_S_UPSCALERS)
+        for path in (GENERATIONS, EDITS, UPSCALE)
+    ),
     UnstatedLimit(
         "post",
         VECTORIZE,

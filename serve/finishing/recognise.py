@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from serve.finishing.architectures import RRDBNet, SRVGGNetCompact
+from serve.finishing.face_architecture import GFPGANv1Clean
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
 WRAPPERS = ("params_ema", "params", "state_dict")
@@ -34,9 +35,15 @@ class Architecture:
     scale: int
     arguments: dict = field(default_factory=dict)
 
+    @property
+    def restores_faces(self) -> bool:
+        """Whether it is a face restorer (same size in and out), not an upscaler."""
+        return self.kind in RESTORERS
+
     def module(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
         """The architecture with ``state`` loaded (strict), in eval mode."""
-        module = ARCHITECTURES[self.kind](scale=self.scale, **self.arguments)
+        scale = {} if self.restores_faces else {"scale": self.scale}
+        module = ARCHITECTURES[self.kind](**scale, **self.arguments)
         try:
             module.load_state_dict(state, strict=True)
         except RuntimeError as error:  # keys recognised, but some missing, extra or of another shape
@@ -44,7 +51,8 @@ class Architecture:
         return module.eval()
 
 
-ARCHITECTURES = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact}
+ARCHITECTURES = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact, "GFPGANv1Clean": GFPGANv1Clean}
+RESTORERS = ("GFPGANv1Clean",)
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -76,10 +84,12 @@ def recognise(state: dict[str, torch.Tensor]) -> Architecture:
         return _rrdbnet(state)
     if "body.0.weight" in state and "body.1.weight" in state and state["body.1.weight"].ndim == 1:
         return _compact(state)
+    if "stylegan_decoder.constant_input.weight" in state and "conv_body_first.weight" in state:
+        return _gfpgan(state)
     sample = ", ".join(sorted(state)[:4])
     raise UnrecognisedUpscaler(
         f"not a known upscaler: the keys ({sample}, ...) match neither RRDBNet (ESRGAN, Real-ESRGAN x4plus/x2plus) "
-        "nor SRVGGNetCompact (realesr-general) with PReLU"
+        "nor SRVGGNetCompact (realesr-general) with PReLU, nor GFPGAN v1 clean (a face restorer)"
     )
 
 
@@ -104,6 +114,27 @@ def _compact(state: dict[str, torch.Tensor]) -> Architecture:
         raise UnrecognisedUpscaler(f"SRVGGNetCompact whose last layer makes {last.shape[0]} channels (3 x scale^2)")
     arguments = {"features": state["body.0.weight"].shape[0], "convs": (len(indexes) - 3) // 2}
     return Architecture("SRVGGNetCompact", scale, arguments)
+
+
+def _gfpgan(state: dict[str, torch.Tensor]) -> Architecture:
+    """GFPGAN v1 clean's sizes from its shapes: output side, style width, channels, ``different_w``, ``sft_half``."""
+    levels = len({key.split(".")[1] for key in state if re.match(r"conv_body_down\.\d+\.conv1\.weight$", key)})
+    if levels < 4:
+        raise UnrecognisedUpscaler(f"GFPGAN with {levels} encoder levels (at least 4: a 64x64 face)")
+    style = state["stylegan_decoder.style_mlp.1.weight"].shape[0]
+    narrow = state["stylegan_decoder.constant_input.weight"].shape[1] / 512
+    at_64 = state["stylegan_decoder.style_convs.6.modulated_conv.weight"].shape[1]  # the decoder's channels at 64
+    decoder_last = state[f"stylegan_decoder.style_convs.{2 * levels - 1}.modulated_conv.weight"].shape[1]
+    arguments = {
+        "out_size": 2 ** (levels + 2),
+        "style": style,
+        "channel_multiplier": at_64 / (256 * narrow),
+        "narrow": narrow,
+        "mlp": len([key for key in state if re.match(r"stylegan_decoder\.style_mlp\.\d+\.weight$", key)]),
+        "different_w": state["final_linear.weight"].shape[0] > style,
+        "sft_half": state[f"condition_scale.{levels - 1}.2.weight"].shape[0] < decoder_last,
+    }
+    return Architecture("GFPGANv1Clean", 1, arguments)
 
 
 _OLD_ESRGAN = {

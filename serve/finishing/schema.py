@@ -5,7 +5,9 @@ Imports no image library and no torch: Ray Serve's HTTP proxy loads the routes, 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_UPSCALE = 4
 """The largest scale of the upscalers Easel recognises (a hires fix without ``scale`` is priced at it)."""
@@ -16,6 +18,24 @@ UPSCALE_FIELD = (
     "strength at the upscaled size."
 )
 """A generation's ``upscale``, as the document describes it."""
+
+
+RESTORE_FACES_FIELD = (
+    "Restore each face found (GET /v1/upscalers lists the face restorers): the answer's image object says how many "
+    "were found in `faces`; with none, the image is unchanged and `faces.note` says so."
+)
+"""A request's ``restore_faces``, as the document describes it."""
+
+
+class RestoreFaces(BaseModel):
+    """Faces restored: a face restorer this stack serves, and how much of its output replaces each face."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    restorer: str = Field(min_length=1, max_length=64, description="A face restorer of this stack (GET /v1/upscalers).")
+    weight: float = Field(
+        0.5, ge=0, le=1, description="How much of the restored face replaces the original: 0 none, 1 all of it."
+    )
 
 
 class UpscaleOptions(BaseModel):
@@ -30,6 +50,18 @@ class UpscaleOptions(BaseModel):
         le=MAX_UPSCALE,
         description="1 up to the upscaler's scale (default: its own); a lower one resizes its output down.",
     )
+    restore_faces: RestoreFaces | None = Field(None, description=RESTORE_FACES_FIELD)
+
+    @field_validator("restore_faces", mode="before")
+    @classmethod
+    def _form_json(cls, value: object) -> object:
+        """A multipart form carries ``restore_faces`` as JSON text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value  # pydantic names the field: not an object
+        return value
 
 
 class UpscaleJson(UpscaleOptions):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from serve.errors import InvalidInput
+from serve.finishing.restorers import Restorers
 from serve.finishing.tiles import Tiling
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
@@ -71,21 +72,31 @@ class UpscalerEntry:
 
 @dataclass(frozen=True)
 class Upscalers:
-    """The upscalers a stack was started with (ready or refused with why): listed, checked, and their engines."""
+    """The finishing engines a stack was started with (ready or refused with why): listed, checked, their engines.
+
+    Its upscalers, and the face restorers built into the same folder (``restorers``).
+    """
 
     entries: tuple[UpscalerEntry, ...] = ()
+    restorers: Restorers = field(default_factory=Restorers)
 
     @classmethod
     def read(cls, folder: Path | str | None) -> Upscalers:
-        """The upscalers built into ``folder`` (None or a folder without a listing: none)."""
+        """The upscalers and face restorers built into ``folder`` (None or a folder without a listing: none)."""
         path = Path(folder) / LISTING if folder else None
         if path is None or not path.is_file():
             return cls()
-        return cls(tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text())))
+        return cls(tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text())), Restorers.read(folder))
 
     def write(self, folder: Path) -> None:
-        """Save the listing in ``folder`` (the build does, beside the engines)."""
+        """Save the listings in ``folder`` (the build does, beside the engines; the upscalers' last)."""
+        self.restorers.write(folder)
         (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
+
+    @property
+    def specs(self) -> list[ModelSpec]:
+        """The Triton models of every ready upscaler and face restorer."""
+        return [entry.spec for entry in (*self.ready, *self.restorers.ready)]
 
     @property
     def ready(self) -> tuple[UpscalerEntry, ...]:

@@ -161,9 +161,10 @@ class Generations:
     ) -> Admitted:
         """``request`` checked by ``model``'s rules and the stack's upscalers (a 400 naming the field if not)."""
         work = model.check(request)
-        if request.upscale is not None:
+        if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
-        return Admitted(request, assignment, model, work.cost, asked)
+        faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
+        return Admitted(request, assignment, model, work.cost + faces, asked)
 
     async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
@@ -283,19 +284,19 @@ class Generations:
     async def _finished(
         self, served: ServedModel, request: GenerationRequest, result: EncodedImages, scope: str
     ) -> EncodedImages:
-        """``result`` with its images upscaled (and redrawn, a hires fix) as the request's ``upscale`` asks.
+        """``result`` with its images upscaled (and redrawn, a hires fix), their faces restored, as the request asks.
 
         A hires fix's second pass is priced with the first, at the door (:meth:`price`; its replica admits it alone).
         """
-        if request.upscale is None:
+        if request.upscale is None and request.restore_faces is None:
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:
             remote = self._pipeline(served).generate.remote(second, sent_at=time.time(), cache_scope=scope)
             return (await remote).images
 
-        images = await self.upscaling.finish(request, result.images, result.seed, img2img)
-        return dataclasses.replace(result, images=images)
+        images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img)
+        return dataclasses.replace(result, images=images, faces=faces)
 
     async def _encoded(self, request: GenerationRequest, result: EncodedImages) -> list[dict]:
         """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
@@ -305,7 +306,10 @@ class Generations:
                 {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
                 for r in vectorized
             ]
-        return [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
+        items = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
+        for item, faces in zip(items, result.faces or (), strict=False):
+            item["faces"] = faces  # restore_faces: how many were found (none: the image unchanged)
+        return items
 
     async def _generate_reporting(
         self, model: ServedModel, request: GenerationRequest, on_step: OnStep, scope: str

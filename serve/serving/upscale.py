@@ -1,7 +1,8 @@
 """Upscale requests (an image and an upscaler, JSON or multipart) and a generation's ``upscale``, by tile engines.
 
-A generation's ``upscale`` is checked with the request (:meth:`Upscaling.check_generation`) and applied to its
-images before they are answered (:meth:`Upscaling.finish`), whichever door it came by: HTTP, gRPC or a job.
+A generation's ``upscale`` and ``restore_faces`` are checked with the request (:meth:`Upscaling.check_generation`)
+and applied to its images before they are answered (:meth:`Upscaling.finish`), whichever door it came by: HTTP,
+gRPC or a job. Faces are restored last (after a hires fix's second pass), by the face restorer's engine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from PIL import Image
 
 from serve.access.upscale_body import UpscaleBody, image_size
 from serve.errors import InvalidInput
-from serve.finishing.schema import UpscaleOptions
+from serve.finishing.faces import MAX_FACES
+from serve.finishing.restorers import FACE_SIDE, restore_faces
+from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.text_to_image.admission import Work
@@ -29,6 +32,8 @@ from serve.triton.spec import EngineRunner
 
 Img2Img = Callable[[GenerationRequest], Awaitable[list[bytes]]]
 """A hires fix's second pass: the request (one upscaled input image) generated, its encoded images."""
+RESTORATION_MEGAPIXELS = MAX_FACES * FACE_SIDE * FACE_SIDE / 1e6
+"""An image's face restoration, as the price counts it: a restorer pass for each face it may restore."""
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -58,23 +63,37 @@ class Upscaling:
 
         None of them ready, or no URL: no runner (the upscale route answers that none is ready).
         """
-        if not (upscalers.ready and triton_grpc_url):
+        if not ((upscalers.ready or upscalers.restorers.ready) and triton_grpc_url):
             return cls(upscalers, None)
         return cls(upscalers, replica_runner(TritonClient(grpc_url_on_this_node(triton_grpc_url))))
 
     def listing(self) -> dict:
         """Every upscaler the stack was started with: ready, or with why not."""
-        return {"object": "list", "data": self.upscalers.listing()}
+        return {
+            "object": "list",
+            "data": self.upscalers.listing(),
+            "face_restorers": self.upscalers.restorers.listing(),
+        }
+
+    async def restored(self, pixels: np.ndarray, choice: RestoreFaces) -> tuple[np.ndarray, dict]:
+        """``pixels`` with their faces restored as ``choice`` asks, and the image object's ``faces``."""
+        entry = self.upscalers.restorers.choose(choice.restorer)
+        return await restore_faces(pixels, entry, choice.weight, self.runner)
 
     async def upscale(self, data: bytes, options: UpscaleOptions) -> dict:
-        """The image upscaled, in the images API's shape, with the upscaler, scale and size used."""
+        """The image upscaled (its faces restored if asked), in the images API's shape, with what was used."""
         entry, scale = self.upscalers.choose(options.upscaler, options.scale)
+        if options.restore_faces is not None:
+            self.upscalers.restorers.choose(options.restore_faces.restorer)
         pixels = await asyncio.to_thread(decode, data)
         upscaled = await upscale_pixels(pixels, entry, scale, self.runner)
+        image: dict = {}
+        if options.restore_faces is not None:
+            upscaled, image["faces"] = await self.restored(upscaled, options.restore_faces)
         height, width = upscaled.shape[:2]
         return {
             "created": int(time.time()),
-            "data": [{"b64_json": await asyncio.to_thread(png_base64, upscaled)}],
+            "data": [{"b64_json": await asyncio.to_thread(png_base64, upscaled), **image}],
             "upscaler": entry.name,
             "scale": scale,
             "size": f"{width}x{height}",
@@ -83,16 +102,29 @@ class Upscaling:
     def work(self, body: UpscaleBody) -> Work:
         """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
 
+        A face restoration's passes (:data:`RESTORATION_MEGAPIXELS`) are counted with the input's megapixels.
         Read from the image's header (:func:`serve.access.upscale_body.image_size`): no pixel is decoded.
         """
         _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
         width, height = image_size(body.data)
         out_width, out_height = output_size(width, height, scale)
-        return Work(1, 0, out_width, out_height, input_pixels=width * height)
+        faces = self.restoration_cost(body.options.restore_faces, 1)  # counted with the input's megapixels
+        return Work(1, 0, out_width, out_height, input_pixels=width * height + round(faces * 1e6))
+
+    def restoration_cost(self, choice: RestoreFaces | None, images: int) -> float:
+        """What restoring the faces of ``images`` costs (megapixel passes); a 400 for a restorer not served."""
+        if choice is None:
+            return 0.0
+        self.upscalers.restorers.choose(choice.restorer)
+        return images * RESTORATION_MEGAPIXELS
 
     def check_generation(self, request: GenerationRequest, width: int, height: int) -> None:
-        """Refuse (a 400 naming ``upscale.*``) a generation's ``upscale`` this stack cannot do on its images."""
+        """Refuse (a 400 naming the field) a generation's ``upscale`` or ``restore_faces`` this stack cannot do."""
+        if request.restore_faces is not None:
+            self.upscalers.restorers.choose(request.restore_faces.restorer)
         choice = request.upscale
+        if choice is None:
+            return
         entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")
         out_width, out_height = output_size(width, height, scale, field="upscale.scale")
         if choice.denoise is not None and not all(
@@ -104,7 +136,30 @@ class Upscaling:
                 "upscale.scale",
             )
 
-    async def finish(self, request: GenerationRequest, images: list[bytes], seed: int, img2img: Img2Img) -> list[bytes]:
+    async def finish(
+        self, request: GenerationRequest, images: list[bytes], seed: int, img2img: Img2Img
+    ) -> tuple[list[bytes], list[dict] | None]:
+        """A generation's encoded ``images`` finished as it asks, and each image's ``faces`` (None: not asked).
+
+        Upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size), then their faces restored.
+        """
+        if request.upscale is not None:
+            images = await self._upscaled(request, images, seed, img2img)
+        if request.restore_faces is None:
+            return images, None
+        image_format = "png" if request.output_format == "svg" else request.output_format
+        finished, notes = [], []
+        for image in images:
+            pixels = await asyncio.to_thread(decode, image)
+            restored, faces = await self.restored(pixels, request.restore_faces)
+            notes.append(faces)
+            changed = restored is not pixels
+            finished.append(await asyncio.to_thread(encode_image, restored, image_format) if changed else image)
+        return finished, notes
+
+    async def _upscaled(
+        self, request: GenerationRequest, images: list[bytes], seed: int, img2img: Img2Img
+    ) -> list[bytes]:
         """A generation's encoded ``images`` upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size)."""
         choice = request.upscale
         entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")

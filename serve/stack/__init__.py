@@ -335,10 +335,11 @@ class Stack:
         return built
 
     def _build_upscalers(self) -> Path | None:
-        """Build (or reuse) the ``--upscaler`` engines and install the ready ones; their folder (None: none)."""
+        """Build (or reuse) the ``--upscaler`` and ``--face-restorer`` engines, install the ready ones; their folder."""
         from build_engines.finishing.upscalers import build_upscalers
 
-        return build_upscalers(self.options.upscalers, self.options.repository)
+        opts = self.options
+        return build_upscalers(opts.upscalers, opts.repository, restorers=opts.face_restorers)
 
     def _build_safety_checker(self) -> Path | None:
         """Build (or reuse) the image safety checker's engine and install it; its folder (None: no checker).

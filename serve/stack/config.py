@@ -66,7 +66,7 @@ def triton_models(
     ``safety_checker_dir``, the image safety checker; with a ``text_moderator_dir``, the text classifier.
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
-    specs += [entry.spec for entry in Upscalers.read(upscalers_dir).ready]
+    specs += Upscalers.read(upscalers_dir).specs  # and the face restorers
     specs += [SAFETY_CHECKER_SPEC] if safety_checker_dir else []
     specs += [TEXT_MODERATOR_SPEC] if text_moderator_dir else []
     if not vectorize:

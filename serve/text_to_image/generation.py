@@ -216,6 +216,7 @@ class EncodedImages:
     seed: int
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
+    faces: list[dict] | None = None  # restore_faces: each image's faces found (serve.finishing.restorers)
 
 
 def draw_seed(seed: int | None) -> int:

@@ -27,7 +27,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
-from serve.finishing.schema import UPSCALE_FIELD, UpscaleChoice
+from serve.finishing.schema import RESTORE_FACES_FIELD, UPSCALE_FIELD, RestoreFaces, UpscaleChoice
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
@@ -342,6 +342,7 @@ class GenerationRequest(BaseModel):
         "(diffusers' MultiControlNetModel).",
     )
     upscale: UpscaleChoice | None = Field(None, description=UPSCALE_FIELD)
+    restore_faces: RestoreFaces | None = Field(None, description=RESTORE_FACES_FIELD)
     model: str | None = Field(
         None,
         max_length=64,

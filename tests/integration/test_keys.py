@@ -468,6 +468,17 @@ def test_the_upscale_route_s_flagged_image_is_refused_under_block_and_marked_und
     assert api.get("/healthz").status_code == 200
 
 
+def test_restore_faces_on_a_stack_serving_no_face_restorer_is_a_400_naming_it(api, keys):
+    _, made = keys
+    restore = {"restore_faces": {"restorer": "face"}}
+    upscale = {"image": base64.b64encode(png_bytes(chosen_pictures()[1])).decode(), "upscaler": "general"}
+    for route, body in ((GENERATE, SMALL | restore), ("/v1/images/upscale", upscale | restore)):
+        refused = api.post(route, json=body, headers=_bearer(made["generate"]))
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "restore_faces.restorer" and "start the stack with --face-restorer" in error["message"]
+
+
 def png_bytes(pixels) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, format="PNG")

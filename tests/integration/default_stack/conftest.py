@@ -1,15 +1,15 @@
 """One default stack for every module here: their tests leave it as they found it (a start and stop cost ~45 s).
 
 It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
-is no upscaler is listed with why), so the finishing routes are tested on the same stack, a tiny random image
-safety checker (``--safety-checker``) made to flag one chosen picture, and a tiny random text classifier
-(``--text-moderator``) made to flag one chosen prompt.
+is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
+finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
+flag one chosen picture, and a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt.
 """
 
 import grpc
 import pytest
 
-from build_engines.finishing.random_weights import random_upscaler, save_upscaler
+from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from build_engines.moderation.text_moderator import random_text_moderator
 from serve.grpc_api import easel_pb2_grpc
@@ -31,6 +31,12 @@ def upscaler_files(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="package")
+def restorer_file(tmp_path_factory):
+    """A tiny random GFPGAN v1 clean file, in ``GFPGANv1.4.pth``'s layout: the stack's face restorer ``face``."""
+    return save_upscaler(random_restorer(seed=1), tmp_path_factory.mktemp("restorers") / "GFPGANv1.4.pth")
+
+
+@pytest.fixture(scope="package")
 def safety_checker(tmp_path_factory):
     """A tiny random safety checker folder that flags the first of :func:`chosen_pictures` and passes the second."""
     return random_safety_checker(tmp_path_factory.mktemp("safety_checker"), *chosen_pictures())
@@ -43,15 +49,16 @@ def text_moderator(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory, upscaler_files, safety_checker, text_moderator):
-    """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the
-    safety checker and the text moderator."""
+def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator):
+    """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
+    restorer, the safety checker and the text moderator."""
     options = StackOptions(
         port=0,
         dashboard=False,
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         upscalers=upscaler_files,
+        face_restorers={"face": restorer_file},
         safety_checker=safety_checker,
         text_moderator=text_moderator,
     )

@@ -1,0 +1,89 @@
+"""``easel up --face-restorer NAME=FILE``: each file recognised, exported to a face engine and checked.
+
+A ``.pth``/``.safetensors`` GFPGAN v1 clean file is read into the project's own module
+(:mod:`serve.finishing.face_architecture`), wrapped so that the engine takes and gives RGB in ``[0, 1]``, exported
+at 512x512 with a dynamic batch axis, and checked against PyTorch on a random crop. A file that cannot be served is
+listed with why (``GET /v1/upscalers``), not built. The upscalers' build
+(:func:`build_engines.finishing.upscalers.build_upscalers`) calls it, into the same cached folder.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+
+from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
+from serve.finishing.restorers import (
+    ERROR,
+    FACE_SIDE,
+    RESTORER_PREFIX,
+    RestorerEntry,
+    restorer_spec,
+)
+from serve.triton.engine_files import ONNX
+from serve.triton.onnx_backend import make_session
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1
+
+
+class UnitRange(torch.nn.Module):
+    """A restorer working in ``[-1, 1]`` seen from ``[0, 1]``, as the engine's callers hold pixels."""
+
+    def __init__(self, restorer: torch.nn.Module) -> None:
+        super().__init__()
+        self.restorer = restorer
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """The restored crop in ``[0, 1]`` (not clamped: the paste clamps)."""
+        return (self.restorer(image * 2 - 1) + 1) / 2
+
+
+def build_restorer(name: str, path: Path, folder: Path) -> RestorerEntry:
+    """Export one restorer into ``folder``; an entry with its error when it cannot be served (logged)."""
+    try:
+        state = read_state(path)
+        recognised = recognise(state)
+        if not recognised.restores_faces:
+            raise UnrecognisedUpscaler(f"{path}: a {recognised.kind} x{recognised.scale} upscaler, not a face restorer")
+        if recognised.arguments["out_size"] != FACE_SIDE:
+            raise UnrecognisedUpscaler(f"{path}: restores {recognised.arguments['out_size']}px faces, not {FACE_SIDE}")
+        export_restorer(recognised.module(state), folder / f"{RESTORER_PREFIX}{name}" / ONNX)
+    except (UnrecognisedUpscaler, OSError, onnx.checker.ValidationError, ParityError) as error:
+        logger.warning("face restorer %s (%s) is not served: %s", name, path, error)
+        return RestorerEntry(name, str(path), ERROR, error=str(error))
+    logger.info("face restorer %s: %s from %s", name, recognised.kind, path)
+    return RestorerEntry(name, str(path), architecture=recognised.kind)
+
+
+def export_restorer(restorer: torch.nn.Module, out_path: Path) -> float:
+    """Export ``restorer`` (``[-1, 1]`` in and out) as a ``[0, 1]`` engine; its relative error against PyTorch."""
+    module = UnitRange(restorer).eval()
+    spec = restorer_spec("check")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    sample = torch.rand(1, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            (sample,),
+            str(out_path),
+            input_names=["image"],
+            output_names=["restored"],
+            dynamic_axes=spec.onnx_dynamic_axes(),
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        check = torch.rand(2, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(1))
+        expected = module(check).numpy()
+    got = make_session(out_path).run(None, {"image": check.numpy()})[0]
+    relative = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
+    logger.info("  parity restorer max relative |onnx - torch| = %.2e (bound %.0e)", relative, PARITY_TOLERANCE)
+    if not relative <= PARITY_TOLERANCE:
+        raise ParityError(f"ONNX differs from PyTorch by {relative:.2e} > {PARITY_TOLERANCE:.0e}")
+    return relative

@@ -1,0 +1,86 @@
+"""Face restoration through the running stack: the served GFPGAN engine against the PyTorch module on the same crop.
+
+The picture is a drawn face (:func:`~build_engines.finishing.random_weights.drawn_face`) the Haar cascade finds
+after the stack's ``general`` upscaler (tiny, random) has made it 4x larger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from build_engines.finishing.random_weights import drawn_face, random_restorer
+from serve.finishing.restorers import NO_FACE, RestorerEntry, restore_faces
+from tests.images import encode, icon_pixels
+from tests.integration.default_stack.test_upscale import BODY, GENERATE, UPSCALE, answered_pixels, psnr
+from tests.unit.test_finishing_faces import TorchRunner
+
+
+def image_b64(pixels: np.ndarray) -> str:
+    return base64.b64encode(encode(Image.fromarray(pixels))).decode()
+
+
+def test_face_restorers_are_listed_beside_the_upscalers(api):
+    listed = api.get("/v1/upscalers").json()["face_restorers"]
+    assert listed == [{"name": "face", "status": "ready", "architecture": "GFPGANv1Clean"}]
+
+
+def test_a_face_is_restored_as_the_pytorch_module_restores_its_crop(api):
+    face = image_b64(drawn_face(64))
+    upscaled = answered_pixels(api.post(UPSCALE, json={"image": face, "upscaler": "general"}))
+    choice = {"restorer": "face", "weight": 0.5}
+    answer = api.post(UPSCALE, json={"image": face, "upscaler": "general", "restore_faces": choice})
+    served, faces = answered_pixels(answer), answer.json()["data"][0]["faces"]
+    assert faces["found"] == 1
+    entry = RestorerEntry("face", "", architecture="GFPGANv1Clean")
+    want, found = asyncio.run(restore_faces(upscaled, entry, 0.5, TorchRunner(random_restorer(seed=1))))
+    assert found == faces
+    crop = faces["crops"][0]
+    region = (slice(crop["y"], crop["y"] + crop["height"]), slice(crop["x"], crop["x"] + crop["width"]))
+    assert psnr(served[region], want[region]) >= 40
+    assert psnr(served[region], upscaled[region]) < 35  # restored, not passed through
+    outside = np.ones(served.shape[:2], bool)
+    outside[region] = False
+    np.testing.assert_array_equal(served[outside], upscaled[outside])
+
+
+def test_a_faceless_generation_comes_back_unchanged_with_the_note(api):
+    plain = api.post(GENERATE, json=BODY).json()["data"][0]
+    answer = api.post(GENERATE, json=BODY | {"restore_faces": {"restorer": "face"}})
+    assert answer.status_code == 200, answer.text
+    [image] = answer.json()["data"]
+    assert image["faces"] == {"found": 0, "note": NO_FACE} and image["b64_json"] == plain["b64_json"]
+
+
+def test_an_edit_takes_restore_faces_as_a_form_field(api):
+    files = {"image": ("icon.png", encode(Image.fromarray(icon_pixels(64))), "image/png")}
+    form = {
+        "prompt": "a red heart icon",
+        "num_inference_steps": "2",
+        "seed": "3",
+        "restore_faces": '{"restorer": "face"}',
+    }
+    answer = api.post("/v1/images/edits", files=files, data=form)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"][0]["faces"] == {"found": 0, "note": NO_FACE}
+
+
+@pytest.mark.parametrize(
+    ("route", "restore_faces", "field"),
+    [
+        (UPSCALE, {"restorer": "nope"}, "restore_faces.restorer"),
+        (GENERATE, {"restorer": "nope"}, "restore_faces.restorer"),
+        (GENERATE, {"restorer": "face", "weight": 1.5}, "restore_faces.weight"),
+        (UPSCALE, {"restorer": "face", "weight": -0.1}, "restore_faces.weight"),
+    ],
+)
+def test_a_bad_restore_faces_is_a_400_naming_the_field(api, route, restore_faces, field):
+    body = {"image": image_b64(drawn_face(64)), "upscaler": "general"} if route == UPSCALE else BODY
+    answer = api.post(route, json=body | {"restore_faces": restore_faces})
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == field
+    assert api.get("/healthz").status_code == 200

@@ -1,0 +1,101 @@
+"""AnimateDiff videos: the motion UNet engine and the loop against diffusers' ``AnimateDiffPipeline`` (no servers)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+
+from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
+from serve.errors import InvalidInput
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.text_to_image.samplers import NOISE_SAMPLERS
+from tests.conftest import psnr
+
+
+@pytest.fixture(scope="module")
+def motion_adapter(default_model, tmp_path_factory):
+    """A random diffusers ``MotionAdapter`` for the tiny SD's UNet, made here."""
+    return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
+
+
+@pytest.fixture(scope="module")
+def video_engines(default_model, motion_adapter, tmp_path_factory):
+    """The tiny SD's engines with the motion adapter's UNet (``unet_motion_wave``)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-motion")
+    return EngineFolder(build(default_model, repository, motion_adapters={"wave": motion_adapter}).path)
+
+
+@pytest.fixture(scope="module")
+def animatediff(diffusers_pipeline, motion_adapter):
+    """diffusers' ``AnimateDiffPipeline`` over the same UNet and adapter: the reference."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    pipeline = AnimateDiffPipeline.from_pipe(
+        diffusers_pipeline, motion_adapter=MotionAdapter.from_pretrained(motion_adapter)
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def reference_frames(pipeline, scheduler: str, frames: int, seed: int, **kwargs) -> np.ndarray:
+    """uint8 frames (F, H, W, 3) from AnimateDiff with Easel's sampler ``scheduler``."""
+    cls, overrides = NOISE_SAMPLERS[scheduler]
+    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
+    generator = torch.Generator().manual_seed(seed)
+    video = pipeline(num_frames=frames, generator=generator, output_type="np", **kwargs).frames[0]
+    return (np.asarray(video) * 255).round().astype(np.uint8)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_every_frame_matches_animatediff(video_engines, animatediff, scheduler):
+    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    job = Generation(SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler), motion=Motion("wave", 6))
+    got = np.stack(asyncio.run(pipeline.generate(job)).images)
+    want = reference_frames(
+        animatediff,
+        scheduler,
+        6,
+        5,
+        prompt="a red fox",
+        negative_prompt="blurry",
+        width=64,
+        height=48,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+    )
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+    assert psnr(got[0], got[-1]) < 30  # the frames are not one picture repeated
+
+
+def test_the_motion_unet_is_its_own_engine_with_frames_an_axis(video_engines):
+    spec = video_engines.specs["unet_motion_wave"]
+    assert spec.input("sample").dims == (4, -1, -1, -1)
+    assert spec.input("sample").axis_names == ("frames", "latent_height", "latent_width")
+    assert [t.name for t in spec.inputs] == [t.name for t in video_engines.specs["unet"].inputs if t.name != "adapters"]
+
+
+def test_unknown_adapters_and_adapted_videos_are_refused_naming_the_field(video_engines):
+    family = video_engines.family
+    with pytest.raises(InvalidInput, match="'still'.*serves: wave") as error:
+        family.check(Outline("ddim", 64, 64, motion_adapter="still"))
+    assert error.value.field == "motion_adapter"
+    with pytest.raises(InvalidInput, match="LoRAs") as error:
+        family.check(Outline("ddim", 64, 64, loras=True, motion_adapter="wave"))
+    family.check(Outline("ddim", 64, 64, motion_adapter="wave"))
+
+
+def test_a_motion_adapter_that_does_not_fit_is_refused_before_any_build(
+    default_model, tiny_xl_model, motion_adapter, controlnet_dirs
+):
+    sd, xl = family_of_folder(default_model), family_of_folder(tiny_xl_model)
+    assert motion_fit(sd, default_model, motion_adapter) is None
+    assert "not StableDiffusionXLPipeline" in motion_fit(xl, tiny_xl_model, motion_adapter)
+    assert "not a diffusers MotionAdapter" in motion_fit(sd, default_model, controlnet_dirs.sd["edges"])

@@ -34,6 +34,7 @@ from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import motion_of
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
@@ -111,6 +112,7 @@ def to_generation(
             ip_scale=request.ip_adapter_scale,
         ),
         cache=CachePolicy(interval=request.cache_interval),
+        motion=motion_of(request),
     )
 
 

@@ -135,6 +135,7 @@ class Outline:
             loras=bool(request.loras),
             referenced=request.ip_adapter_image is not None or request.ip_adapter_reference is not None,
             cache_interval=request.cache_interval,
+            motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.text_to_image.video)
         )
 
 

@@ -31,6 +31,7 @@ from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits, W
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
+from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
@@ -303,6 +304,7 @@ class ServedModel:
             reference=request.ip_adapter_image is not None,
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
+            frames=motion.frames if (motion := motion_of(request)) else 1,
         )
 
     def public(self, loaded: bool) -> dict:

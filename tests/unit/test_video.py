@@ -1,6 +1,8 @@
 """AnimateDiff videos: the motion UNet engine and the loop against diffusers' ``AnimateDiffPipeline`` (no servers)."""
 
 import asyncio
+import io
+import zipfile
 
 import numpy as np
 import pytest
@@ -8,12 +10,15 @@ import torch
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from serve.errors import InvalidInput
+from serve.text_to_image.admission import Work
+from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import NOISE_SAMPLERS
+from serve.text_to_image.video import VideoRequest, frames_zip, mp4
 from tests.conftest import psnr
 
 
@@ -99,3 +104,48 @@ def test_a_motion_adapter_that_does_not_fit_is_refused_before_any_build(
     assert motion_fit(sd, default_model, motion_adapter) is None
     assert "not StableDiffusionXLPipeline" in motion_fit(xl, tiny_xl_model, motion_adapter)
     assert "not a diffusers MotionAdapter" in motion_fit(sd, default_model, controlnet_dirs.sd["edges"])
+
+
+def test_a_video_request_names_seconds_or_frames_over_the_limits_or_disagreeing():
+    assert VideoRequest(prompt="x", seconds="2", fps="4").frame_count == 8  # as a form sends them
+    assert VideoRequest(prompt="x").frame_count == 16
+    for body, field in (
+        ({"seconds": 2, "frames": 9, "fps": 4}, "seconds"),
+        ({"frames": 33}, "frames"),
+        ({"seconds": 5, "fps": 8}, "seconds"),
+    ):
+        with pytest.raises(InvalidInput) as error:
+            VideoRequest(prompt="x", **body)
+        assert error.value.field == field, body
+
+
+def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):
+    from serve.text_to_image.admission import Admission, Limits
+
+    body = VideoRequest(prompt="x", frames=8, steps=4, size="64x64")
+    video = body.generation("easel-default", 64, video_engines.family)
+    assert video.motion_adapter == "wave" and video.size == "64x64" and video.background
+    still, frames = Work(1, 4, 64, 64), Work(1, 4, 64, 64, frames=8)
+    assert frames.cost == pytest.approx(8 * still.cost)  # (4 steps + 1 decode) x 8 frames x 0.0041 MP
+    admission = Admission.for_engines(video_engines, Limits(video_engines.memory_budget(), max_cost=frames.cost - 0.01))
+    with pytest.raises(InvalidInput, match="8 frames") as error:
+        admission.check(frames)
+    assert error.value.field == "frames"
+    small = Admission.for_engines(video_engines, Limits(video_engines.memory_budget(600 << 20)))
+    with pytest.raises(InvalidInput, match="motion UNet") as error:
+        small.check(Work(1, 4, 512, 512, frames=32))
+    assert error.value.field == "frames"
+
+
+def test_the_mp4_is_h264_with_the_frames_fps_and_size():
+    import av
+
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)]
+    pngs = [encode_image(pixels, "png") for pixels in frames]
+    with av.open(io.BytesIO(mp4(pngs, fps=6))) as container:
+        stream = container.streams.video[0]
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert (stream.codec_context.name, stream.average_rate, stream.width, stream.height) == ("h264", 6, 64, 48)
+    assert len(decoded) == 5 and psnr(np.stack(decoded), np.stack(frames)) > 30  # lossy, close
+    with zipfile.ZipFile(io.BytesIO(frames_zip(pngs))) as archive:
+        assert [archive.read(name) for name in archive.namelist()] == pngs  # the exact frames

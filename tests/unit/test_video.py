@@ -6,7 +6,6 @@ import zipfile
 
 import numpy as np
 import pytest
-import torch
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from serve.errors import InvalidInput
@@ -17,9 +16,9 @@ from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.video import VideoRequest, frames_zip, mp4
 from tests.conftest import psnr
+from tests.videos import animatediff, reference_frames
 
 
 @pytest.fixture(scope="module")
@@ -38,33 +37,18 @@ def video_engines(default_model, motion_adapter, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def animatediff(diffusers_pipeline, motion_adapter):
+def animatediff_pipeline(diffusers_pipeline, motion_adapter):
     """diffusers' ``AnimateDiffPipeline`` over the same UNet and adapter: the reference."""
-    from diffusers import AnimateDiffPipeline, MotionAdapter
-
-    pipeline = AnimateDiffPipeline.from_pipe(
-        diffusers_pipeline, motion_adapter=MotionAdapter.from_pretrained(motion_adapter)
-    )
-    pipeline.set_progress_bar_config(disable=True)
-    return pipeline
-
-
-def reference_frames(pipeline, scheduler: str, frames: int, seed: int, **kwargs) -> np.ndarray:
-    """uint8 frames (F, H, W, 3) from AnimateDiff with Easel's sampler ``scheduler``."""
-    cls, overrides = NOISE_SAMPLERS[scheduler]
-    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
-    generator = torch.Generator().manual_seed(seed)
-    video = pipeline(num_frames=frames, generator=generator, output_type="np", **kwargs).frames[0]
-    return (np.asarray(video) * 255).round().astype(np.uint8)
+    return animatediff(diffusers_pipeline, motion_adapter)
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_every_frame_matches_animatediff(video_engines, animatediff, scheduler):
+def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, scheduler):
     pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
     job = Generation(SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler), motion=Motion("wave", 6))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
     want = reference_frames(
-        animatediff,
+        animatediff_pipeline,
         scheduler,
         6,
         5,

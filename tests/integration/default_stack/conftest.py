@@ -1,8 +1,8 @@
 """One default stack for every module here: their tests leave it as they found it (a start and stop cost ~45 s).
 
 It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
-is no upscaler is listed with why), so the finishing routes are tested on the same stack, and a tiny random image
-safety checker (``--safety-checker``) made to flag one chosen picture.
+is no upscaler is listed with why), so the finishing routes are tested on the same stack, a tiny random image
+safety checker (``--safety-checker``) made to flag one chosen picture, and a tiny random motion adapter (videos).
 """
 
 import grpc
@@ -10,6 +10,7 @@ import pytest
 
 from build_engines.finishing.random_weights import random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
+from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2_grpc
 from serve.stack import Stack, StackOptions
 
@@ -35,9 +36,15 @@ def safety_checker(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory, upscaler_files, safety_checker):
-    """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers and
-    the safety checker."""
+def motion_adapter(default_model, tmp_path_factory):
+    """A tiny random AnimateDiff ``MotionAdapter`` for the embedded default's UNet (served as ``wave``)."""
+    return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory, upscaler_files, safety_checker, motion_adapter):
+    """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the
+    safety checker and a motion adapter (videos)."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -45,6 +52,7 @@ def stack(tmp_path_factory, upscaler_files, safety_checker):
         cache_bytes=0,
         upscalers=upscaler_files,
         safety_checker=safety_checker,
+        motion_adapters={"wave": motion_adapter},
     )
     with Stack(options) as stack:
         yield stack

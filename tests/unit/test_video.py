@@ -16,7 +16,8 @@ from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.video import VideoRequest, frames_zip, mp4
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import VideoRequest, frames_zip, motion_of, mp4, stored_request
 from tests.conftest import psnr
 from tests.videos import animatediff, reference_frames
 
@@ -133,3 +134,23 @@ def test_the_mp4_is_h264_with_the_frames_fps_and_size():
     assert len(decoded) == 5 and psnr(np.stack(decoded), np.stack(frames)) > 30  # lossy, close
     with zipfile.ZipFile(io.BytesIO(frames_zip(pngs))) as archive:
         assert [archive.read(name) for name in archive.namelist()] == pngs  # the exact frames
+
+
+def test_a_model_without_motion_adapters_refuses_videos_naming_the_field(tiny_xl_model):
+    xl = family_of_folder(tiny_xl_model)
+    with pytest.raises(InvalidInput, match="StableDiffusionXLPipeline") as error:
+        VideoRequest(prompt="x").generation("xl", 64, xl)
+    assert error.value.field == "motion_adapter"
+    with pytest.raises(InvalidInput, match="SD 1.x") as error:
+        xl.check(Outline("ddim", 64, 64, motion_adapter="wave"))
+    assert error.value.field == "motion_adapter"
+
+
+def test_a_stored_video_job_reads_back_as_the_video_it_was(video_engines):
+    """What a job runner reads after a restart: the video, not a still (a still's job reads back as one)."""
+    video = VideoRequest(prompt="x", frames=4, fps=2).generation("easel-default", 64, video_engines.family)
+    stored = video.model_dump(mode="json") | {"seed": 7}
+    assert stored_request(stored) == video.model_copy(update={"seed": 7})
+    assert motion_of(stored_request(stored)) == Motion("wave", 4)
+    still = stored_request({"prompt": "x", "seed": 7})
+    assert type(still) is GenerationRequest and motion_of(still) is None

@@ -336,18 +336,22 @@ class Family(ABC):
                 field="size",
             )
         self.controlnets.check(controlnets)
-        if asked.motion_adapter and asked.adapted:
-            raise InvalidInput(
-                "motion_adapter: a video takes no LoRAs, IP-Adapter references or ControlNets yet", "motion_adapter"
-            )
-        if asked.motion_adapter and self.step_engine(asked) not in self.specs:
-            served = ", ".join(self.motion_adapters) or "none"
-            raise InvalidInput(
-                f"motion_adapter: {asked.motion_adapter!r} is not a motion adapter of this {self.name} model "
-                f"(it serves: {served})",
-                field="motion_adapter",
-            )
+        if asked.motion_adapter:
+            self._check_motion(asked)
         step_cache.check(asked, self.specs, self.step_engine(asked))
+
+    def _check_motion(self, asked: Outline) -> None:
+        """Raise :class:`InvalidInput` naming ``motion_adapter`` for a video this model's engines cannot run."""
+        why = None
+        if self.name != "sd":
+            why = f"motion adapters serve SD 1.x models; this is a {self.pipeline_class} model"
+        elif asked.adapted:
+            why = "a video takes no LoRAs, IP-Adapter references or ControlNets yet"
+        elif self.step_engine(asked) not in self.specs:
+            served = ", ".join(self.motion_adapters) or "none: easel up --motion-adapter NAME=DIR"
+            why = f"{asked.motion_adapter!r} is not a motion adapter of this model (it serves: {served})"
+        if why:
+            raise InvalidInput(f"motion_adapter: {why}", "motion_adapter")
 
     def step_engine(self, asked: Outline) -> str:
         """The engine a generation's steps call: the distilled UNet for a few-step one without adapters or ControlNets.

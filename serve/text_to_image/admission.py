@@ -70,6 +70,7 @@ class Work:
     input_pixels: int = 0
     upscale: Work | None = None
     frames: int = 1  # a video's: each of its images is this many frames, denoised together
+    guided: bool = False  # classifier-free guidance: a video's call holds two rows of every frame
 
     @property
     def cost_field(self) -> str:
@@ -212,12 +213,13 @@ class Admission:
 
     def _check_frames(self, frame_bytes: int, work: Work) -> None:
         """Raise :class:`InvalidInput` naming ``frames`` when a video's frames (each a UNet row) overrun the pool."""
-        need = frame_bytes * work.frames
+        need = frame_bytes * work.frames * (2 if work.guided else 1)
         if need > self.pool_bytes:
+            guided = " (guided: two rows each)" if work.guided else ""
             raise InvalidInput(
-                f"frames: {work.frames} frames of {work.width}x{work.height} need about {need / 2**30:.2f} GiB in the "
-                f"motion UNet; the memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (fewer "
-                "frames, a smaller size, or easel up --memory-budget)",
+                f"frames: {work.frames} frames{guided} of {work.width}x{work.height} need about "
+                f"{need / 2**30:.2f} GiB in the motion UNet; the memory budget leaves {self.pool_bytes / 2**30:.2f} "
+                "GiB for activations (fewer frames, a smaller size, or easel up --memory-budget)",
                 field="frames",
             )
 

@@ -305,6 +305,7 @@ class ServedModel:
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
             frames=motion.frames if (motion := motion_of(request)) else 1,
+            guided=request.guidance_scale > 1.0,
         )
 
     def public(self, loaded: bool) -> dict:

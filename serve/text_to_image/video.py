@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import zipfile
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pydantic_core
@@ -31,7 +31,9 @@ from serve.text_to_image.schema import (
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
+    PROMPT_PATTERN,
     SCHEDULER_NAMES,
+    SIZE_PATTERN,
     GenerationRequest,
     LoraChoice,
     Sampling,
@@ -69,21 +71,30 @@ class VideoRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str = Field(min_length=1, max_length=MAX_PROMPT_CHARS, description="What the video shows.")
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+        description="What the video shows.",
+    )
     model: str | None = Field(
         None, description="A served model (an SD 1.x one with motion adapters); default: the default model."
     )
     size: str | None = Field(
-        None, description="WIDTHxHEIGHT (as the images API takes it); default: the model's native size."
+        None,
+        json_schema_extra={"pattern": SIZE_PATTERN},  # checked by the generation it runs as
+        description="WIDTHxHEIGHT (as the images API takes it); default: the model's native size.",
     )
-    seconds: int | None = Field(None, ge=1, description=f"Duration: frames / fps (at most {MAX_FRAMES} frames).")
+    seconds: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, description=f"Duration: frames / fps (at most {MAX_FRAMES} frames)."
+    )
     frames: int | None = Field(
-        None, ge=1, description=f"Frames, at most {MAX_FRAMES}; default: seconds x fps, else 16."
+        None, ge=1, le=MAX_FRAMES, description=f"Frames, at most {MAX_FRAMES}; default: seconds x fps, else 16."
     )
     fps: int = Field(DEFAULT_FPS, ge=1, le=MAX_FPS, description="Frames per second of the MP4.")
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="Random seed; drawn when omitted.")
     steps: int = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    scheduler: str = Field(Sampling.scheduler, description=f"One of {', '.join(SCHEDULER_NAMES)} the model runs.")
+    scheduler: Literal[SCHEDULER_NAMES] = Field(Sampling.scheduler, description="A sampler the model runs.")
     guidance_scale: float = Field(Sampling.guidance_scale, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     loras: list[LoraChoice] = Field([], description="Refused for now: the motion UNet is not LoRA-ready.")
@@ -143,7 +154,10 @@ class VideoRequest(BaseModel):
                 motion_adapter=motion_adapter,
             )
         except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it
-            raise invalid_input(error) from None
+            refused = invalid_input(error)
+            if refused.field == "num_inference_steps":  # the generation's name of the video's steps
+                refused = InvalidInput(refused.message.replace("num_inference_steps", "steps", 1), "steps")
+            raise refused from None
 
 
 async def read_video_form(request: Request) -> VideoRequest:

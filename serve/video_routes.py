@@ -12,7 +12,7 @@ from fastapi import Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from serve.access import caller, job_owner, request_priced
-from serve.serving.videos import Videos
+from serve.serving.videos import Variant, Videos
 
 
 def videos(http: Request) -> Videos:
@@ -37,7 +37,7 @@ async def show(http: Request, video_id: str) -> dict:
     return await videos(http).show(caller(http), video_id)
 
 
-async def content(http: Request, video_id: str, variant: str = "video") -> Response:
+async def content(http: Request, video_id: str, variant: Variant = "video") -> Response:
     """The completed video: an MP4 (H.264), or with ``variant=frames`` Easel's lossless frames (PNGs in a zip)."""
     return await videos(http).content(caller(http), video_id, variant)
 

@@ -7,17 +7,19 @@ by the key check), shown as OpenAI's video object, its content the MP4 or the fr
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from fastapi.responses import JSONResponse, Response
 
 from serve.access.keys import ApiKey
-from serve.errors import Conflict, InvalidInput, NotFound
+from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
 from serve.serving.generations import Admitted
 from serve.serving.jobs import SUBMITTED_POLICY, BackgroundJobs
 from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, mp4
 
-VARIANTS = {"video": "video/mp4", "frames": "application/zip"}
+Variant = Literal["video", "frames"]
+VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}
 """``GET /v1/videos/{id}/content``'s variants: OpenAI's MP4, and Easel's frames as PNGs in a zip (lossless)."""
 VIDEO_OBJECT = "video"
 STATUSES = {
@@ -82,10 +84,8 @@ class Videos:
         """OpenAI's video object: status, progress, model, seconds, size."""
         return video_object(await self._video(key, video_id))
 
-    async def content(self, key: ApiKey | None, video_id: str, variant: str) -> Response:
+    async def content(self, key: ApiKey | None, video_id: str, variant: Variant) -> Response:
         """A completed video's MP4 (H.264) or, ``variant=frames``, its frames as PNGs in a zip; 409 before then."""
-        if variant not in VARIANTS:
-            raise InvalidInput(f"variant: {variant!r} is not one of {', '.join(VARIANTS)}", "variant")
         job = await self._video(key, video_id)
         if job.status is not JobStatus.SUCCEEDED:
             raise Conflict(f"video {video_id} is {video_object(job)['status']}, not completed: no content", "video_id")

@@ -324,6 +324,26 @@ def bench_text_moderator(concurrency: str, prompts: int, out: Path) -> None:
     click.echo(run(folder, [int(n) for n in concurrency.split(",")], prompts, out))
 
 
+@bench.command("video")
+@names_option("--models", ("tiny", "sd15"), "Models: tiny (the embedded default), sd15 (SD 1.5, random weights).")
+@click.option("--frames", default=16, show_default=True, help="Frames of each video.")
+@click.option("--steps", default=1, show_default=True, help="Denoising steps of each video.")
+@click.option("--repeats", default=2, show_default=True, help="Timed videos per path (the median is kept).")
+@out_option("out/bench_video.json")
+def bench_video(models: tuple[str, ...], frames: int, steps: int, repeats: int, out: Path) -> None:
+    """Videos (AnimateDiff): seconds per frame-step served against diffusers' AnimateDiffPipeline, peak memory."""
+    from build_engines.text_to_image.build import default_model_dir
+    from build_engines.text_to_image.published import create_random_model
+    from loadtests.benchmarks.video import run
+
+    folder = out.parent / "video_bench"
+    dirs = {"tiny": default_model_dir("tiny")}
+    if "sd15" in models and not (folder / "sd15" / "model_index.json").is_file():
+        create_random_model("sd15", folder / "sd15")
+    dirs["sd15"] = folder / "sd15"
+    click.echo(run({name: dirs[name] for name in models}, folder, frames, steps, repeats, out))
+
+
 @bench.command("jobs")
 @click.option("--size", default=64, show_default=True, help="Image side of every job.")
 @click.option("--steps", default=20, show_default=True, help="Steps of each high-priority job.")

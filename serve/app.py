@@ -55,6 +55,7 @@ from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
+from serve.serving.videos import Videos
 from serve.settings import AppArgs
 from serve.stores import default_url
 from serve.text_to_image.engine_folder import EngineFolder
@@ -62,6 +63,7 @@ from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
+from serve.video_routes import ROUTES as VIDEO_ROUTES
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -299,7 +301,7 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
-for _method, _path, _handler in moderation_routes.ROUTES:  # /v1/moderations
+for _method, _path, _handler in moderation_routes.ROUTES + VIDEO_ROUTES:  # /v1/moderations, /v1/videos
     api.add_api_route(_path, _handler, methods=[_method])
 
 
@@ -413,6 +415,7 @@ class Gateway:
         self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
+        self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic)

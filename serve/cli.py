@@ -16,6 +16,7 @@ from build_engines.text_to_image.cli import (
     embedded_option,
     eval_generate,
     random_controlnet,
+    random_motion_adapter,
     train_default,
     train_lcm,
 )
@@ -38,7 +39,7 @@ ELSEWHERE = [up, down, keys, model_admin.loras, model_admin.vectorize, dashboard
 """The command groups that live beside their code (the stack's, the admin routes', the tools')."""
 
 
-@click.group(commands=[*ELSEWHERE, random_controlnet])
+@click.group(commands=[*ELSEWHERE, random_controlnet, random_motion_adapter])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

@@ -20,6 +20,7 @@ from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
+from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 
 
@@ -54,7 +55,7 @@ class Route:
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
-    form: str | None = None  # "edits": the edits form; "upscale": JSON or the upscale form; None: JSON
+    form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; None: JSON
     costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
 
     @property
@@ -93,6 +94,20 @@ ROUTES = (
         form="edits",
         costed=True,
     ),
+    Route(
+        "post",
+        "/v1/videos",
+        Scope.GENERATE,
+        (409,),
+        body_limit=MAX_REQUEST_BYTES,
+        pipeline=TEXT_TO_IMAGE,
+        body=VideoRequest,
+        form="video",
+        costed=True,  # frames x steps x megapixels (serve.text_to_image.admission.Work)
+    ),
+    Route("get", "/v1/videos/{video_id}", Scope.GENERATE, (404,)),
+    Route("get", "/v1/videos/{video_id}/content", Scope.GENERATE, (404, 409)),
+    Route("delete", "/v1/videos/{video_id}", Scope.GENERATE, (404, 409)),
     Route("get", "/v1/loras", Scope.GENERATE),
     Route("post", "/v1/loras", Scope.ADAPTERS, body_limit=LORA_UPLOAD_BYTES),
     Route("put", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409), body_limit=LORA_UPLOAD_BYTES),

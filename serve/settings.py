@@ -289,6 +289,13 @@ class StackOptions(AppSettings):
             "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
         )
     )
+    motion_adapters: Annotated[
+        dict[str, Path], Cli("--motion-adapter", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)
+    ] = Field(
+        {},
+        description="A diffusers MotionAdapter folder (AnimateDiff), served as motion adapter NAME for videos "
+        "(POST /v1/videos) of the default model, an SD 1.x one (repeatable; one that does not fit is refused).",
+    )
     upscalers: Annotated[dict[str, Path], Cli("--upscaler", NAMED_FILE, metavar="NAME=FILE", multiple=True)] = Field(
         {},
         description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "

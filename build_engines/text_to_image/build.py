@@ -34,6 +34,7 @@ from build_engines.text_to_image.export import (
     export_all,
     reuse_graphs,
 )
+from build_engines.text_to_image.motion import checked_motion_adapters, motion_key
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -43,7 +44,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
-from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, MOTION_UNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
 from serve.triton.runtimes import (
@@ -86,13 +87,14 @@ def engine_dir_for(
     step_cache: bool = False,
     runtime: str = DEFAULT_RUNTIME,
     vae_decoder: Path | None = None,
+    motion_adapters: Mapping[str, Path] | None = None,
 ) -> Path:
     """Cache folder named by model hash, runtime and precision, what the engines take or add, and versions.
 
-    What they take or add: adapters, ControlNets, step caching's engines, a tiny VAE decoder. ONNX Runtime folders keep
-    the names they had before runtimes were chosen.
+    What they take or add: adapters, ControlNets, step caching's engines, a tiny VAE decoder, motion adapters. ONNX
+    Runtime folders keep the names they had before runtimes were chosen.
     """
-    return engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)[runtime, precision]
+    return engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder, motion_adapters)[runtime, precision]
 
 
 def engine_dirs(
@@ -101,12 +103,14 @@ def engine_dirs(
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
     vae_decoder: Path | None = None,
+    motion_adapters: Mapping[str, Path] | None = None,
 ) -> dict[tuple[str, str], Path]:
     """:func:`engine_dir_for` of every runtime and precision that can be built (the model hashed once)."""
     versions = f"opset{OPSET}-export{EXPORTER_VERSION}-torch{torch.__version__.split('+')[0]}-onnx{onnx.__version__}"
     model_hash = content_hash(model_dir)[:16]
     extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
     extras.append(f"taesd{content_hash(vae_decoder)[:12]}" if vae_decoder else "")
+    extras.append(motion_key(motion_adapters or {}))
     folders = {}
     for runtime in RUNTIME_CHOICES:
         for precision, declared in PRECISIONS.items():
@@ -129,6 +133,7 @@ def build(
     prefix: str = "",
     runtime: str = DEFAULT_RUNTIME,
     vae_decoder: Path | None = None,
+    motion_adapters: Mapping[str, Path] | None = None,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -138,10 +143,11 @@ def build(
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
     caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
     (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``vae_decoder``: a diffusers ``AutoencoderTiny``
-    folder served as the model's ``vae_decoder``; ``prefix``: the Triton model names start with
-    it (:meth:`serve.text_to_image.models.ServedModels.prefix`). ``repository`` None: built and measured, not
-    installed (``easel models add`` hands the folder to a running stack, which installs it). Returns the engine
-    folder, opened.
+    folder served as the model's ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
+    video UNet engine each (:mod:`build_engines.text_to_image.motion`; one that does not fit is refused);
+    ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`).
+    ``repository`` None: built and measured, not installed (``easel models add`` hands the folder to a running stack,
+    which installs it). Returns the engine folder, opened.
     """
     check_choice(runtime, precision)
     model_dir = default_model_dir() if model_dir is None else model_dir
@@ -150,7 +156,8 @@ def build(
     if adapters.ip_adapters and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
     controlnets = dict(controlnets or {})
-    folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder)
+    motion = checked_motion_adapters(family, model_dir, motion_adapters or {})
+    folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder, motion_adapters)
     engine_dir = folders[runtime, precision]
     graph = PRECISIONS[precision].graph_dtype
     same_graphs = [f for (_, p), f in folders.items() if PRECISIONS[p].graph_dtype == graph and f != engine_dir]
@@ -162,7 +169,7 @@ def build(
             logger.info("the ONNX graphs of %s are exported in %s: given their runtime", engine_dir.name, exported)
             _build_into(engine_dir, EngineFolder(exported).family, model_dir, precision, adapters, runtime, exported)
         else:
-            how = (precision, adapters, runtime, controlnets, step_cache, vae_decoder)
+            how = (precision, adapters, runtime, controlnets, step_cache, vae_decoder, motion)
             _build_new(engine_dir, family, model_dir, *how)
         folder = EngineFolder(engine_dir)
         measure(folder)
@@ -171,8 +178,10 @@ def build(
     return folder
 
 
-def _build_new(engine_dir, family, model_dir, precision, adapters, runtime, controlnets, step_cache, vae_decoder):
-    """Export ``family``'s engines of ``model_dir`` (its adapters, ControlNets, step caching) into ``engine_dir``.
+def _build_new(
+    engine_dir, family, model_dir, precision, adapters, runtime, controlnets, step_cache, vae_decoder, motion=None
+):
+    """Export ``family``'s engines of ``model_dir`` (adapters, ControlNets, step caching, motion) into ``engine_dir``.
 
     With a tiny ``vae_decoder``, the rest is linked from the build without it when that one is built.
     """
@@ -180,10 +189,15 @@ def _build_new(engine_dir, family, model_dir, precision, adapters, runtime, cont
         AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
         controlnet_support(family, model_dir, controlnets),
         step_cache,
+        motion,
     )
     what = (family.name, runtime, precision, family.pipeline_class, model_dir)
     logger.info("building %s engines (%s %s, %s) of %s", *what)
-    base = engine_dirs(model_dir, adapters, controlnets, step_cache)[runtime, precision] if vae_decoder else None
+    base = (
+        engine_dirs(model_dir, adapters, controlnets, step_cache, None, motion)[runtime, precision]
+        if vae_decoder
+        else None
+    )
     base = base if base is not None and EngineFolder.built(base) else None
     _build_into(engine_dir, family, model_dir, precision, adapters, runtime, vae_decoder=vae_decoder, base=base)
 
@@ -216,6 +230,8 @@ def measure(folder: EngineFolder) -> None:
     sides = sides_up_to(folder.family.dims.sample_size)
     for name, spec in folder.specs.items():
         engine = folder.engine(name)
+        if name.startswith(MOTION_UNET_PREFIX):  # a video row is its frames' UNet rows (admission prices it so)
+            continue
         if not measured(engine, spec, sides):
             try:
                 measure_memory(engine.folder, spec, sides)
@@ -292,6 +308,8 @@ def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None
     if family.adapters.ip_adapter is not None:  # InstantStyle's mappings are expanded over the UNet's blocks
         shutil.copy2(model_dir / "unet" / "config.json", folder / layout.UNET_CONFIG)
     declaration = {"family": family.name, "dims": dataclasses.asdict(family.dims), "step_cache": family.step_cache}
+    if family.motion_adapters:
+        declaration["motion_adapters"] = family.motion_adapters
     (folder / layout.PIPELINE).write_text(json.dumps(declaration, indent=2))
     if family.adapters.any:
         (folder / layout.ADAPTERS).write_text(json.dumps(family.adapters.to_json(), indent=2))
@@ -308,6 +326,7 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
     family = folder.family
     named = triton_specs(folder, prefix)
     stale_controlnets = {path.name for path in repository.glob(f"{prefix}{CONTROLNET_PREFIX}*")}
+    stale_controlnets |= {path.name for path in repository.glob(f"{prefix}{MOTION_UNET_PREFIX}*")}
     wanted = {spec.name for spec in named.values()}
     for name in ({f"{prefix}{engine}" for engine in ALL_ENGINE_NAMES} | stale_controlnets) - wanted:
         if (repository / name).exists():

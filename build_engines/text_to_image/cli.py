@@ -1,4 +1,4 @@
-"""``easel train default`` and ``lcm``, ``easel eval generate``, ``easel random-controlnet``, ``--embedded``."""
+"""``easel train default``, ``lcm``, ``eval generate``, ``random-controlnet``, ``random-motion-adapter``."""
 
 from __future__ import annotations
 
@@ -124,3 +124,17 @@ def random_controlnet(model_dir: Path, out_dir: Path, seed: int) -> None:
 
     with one_line_errors(UnsupportedModel):
         click.echo(f"created {make_controlnet(model_dir, out_dir, seed=seed)}")
+
+
+@click.command("random-motion-adapter")
+@click.argument("model_dir", type=EXISTING_FOLDER)
+@click.argument("out_dir", type=FOLDER)
+@click.option("--seed", default=0, show_default=True)
+def random_motion_adapter(model_dir: Path, out_dir: Path, seed: int) -> None:
+    """Create an AnimateDiff MotionAdapter with random weights for MODEL_DIR's UNet in OUT_DIR (diffusers' format).
+
+    Serve it with `easel up --model MODEL_DIR --motion-adapter NAME=OUT_DIR`: its frames move; it knows no motion.
+    """
+    from build_engines.text_to_image.motion import random_motion_adapter as make
+
+    click.echo(f"created {make(model_dir, out_dir, seed=seed)}")

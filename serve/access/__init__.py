@@ -47,6 +47,7 @@ from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_ro
 from serve.stores import scheme
 from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import read_video_form
 from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
 from serve.wire import Scope as AsgiScope
 
@@ -432,6 +433,8 @@ async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseMod
         if found.form == "upscale":
             return await _read_upscale(Request(scope, receive))
         content_type = dict(scope.get("headers", ())).get(b"content-type")
+        if found.form == "video" and (content_type or b"").lower().startswith(b"multipart/form-data"):
+            return await read_video_form(Request(scope, receive))  # as the openai client sends it
         return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
     except EaselError as error:
         return error

@@ -23,11 +23,13 @@ from serve.contract.limits import (
     UNSTATED_LIMITS,
     UPSCALE,
     VECTORIZE,
+    VIDEOS,
 )
 from serve.finishing.schema import UpscaleJson, UpscaleOptions
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route
 from serve.text_to_image.schema import MAX_IMAGES, GenerationRequest
+from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
 ERROR = {
@@ -185,6 +187,11 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             "content": {"application/json": {"schema": {"type": "object"}}},
         }
     document["paths"][EDITS]["post"]["requestBody"] = _edit_body(components)
+    _add_schema(components, VideoRequest)
+    document["paths"][VIDEOS]["post"]["requestBody"] = {  # read by the key check (JSON, or the openai client's form)
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}}},
+    }
     document["paths"]["/v1/jobs/{job_id}/events"]["get"]["responses"]["200"] = {
         "description": "Server-Sent Events: state, one progress per step, then completed, failed or canceled.",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},

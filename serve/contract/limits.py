@@ -263,7 +263,50 @@ _GENERATION_LIMITS = (
     ),
 )
 """Limits of a generation's fields, the same on the JSON route and the edits form."""
+VIDEOS = "/v1/videos"
+_VIDEO_LIMITS = (
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("seconds",),
+        "seconds:",
+        "frames is seconds x fps (one of them may be left out), at most 32",
+        "a rule across three fields",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("motion_adapter",),
+        "motion_adapter:",
+        "a motion adapter the model serves (an SD 1.x model started with --motion-adapter), no LoRAs with it yet",
+        "the motion adapters are the stack's, `easel up --motion-adapter NAME=DIR`",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("frames", "size"),
+        "",
+        "the cost, frames x megapixels x (steps + 1), is at most the stack's cost ceiling (`easel up --max-cost`), and "
+        "the frames' UNet rows fit the activation memory the memory budget leaves (`easel up --memory-budget`)",
+        "a product of three fields against settings and engines of the stack",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("steps",),
+        "sampler takes at most",
+        f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
+        "a rule across two fields",
+    ),
+    *(
+        dataclasses.replace(limit, path=VIDEOS)
+        for limit in _GENERATION_LIMITS
+        if limit.params in (("model",), ("loras.*.name",), ("loras",), ("scheduler",), ("size",))
+    ),
+)
+"""Limits of a video's fields (``POST /v1/videos``): its own, and the generation's it runs as."""
 UNSTATED_LIMITS = (
+    *_VIDEO_LIMITS,
     *_GENERATION_LIMITS,
     *(dataclasses.replace(limit, path=EDITS) for limit in _GENERATION_LIMITS),
     UnstatedLimit(

@@ -47,6 +47,7 @@ from serve.text_to_image.generation import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import VideoRequest
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
 
@@ -125,7 +126,7 @@ class Generations:
         self.cache = cache
         self.experiments = experiments
 
-    async def price(self, request: GenerationRequest | UpscaleBody, key: ApiKey | None) -> Priced:
+    async def price(self, request: GenerationRequest | UpscaleBody | VideoRequest, key: ApiKey | None) -> Priced:
         """What ``request`` costs ``key`` (the doors' one price): a generation's admission and its cost there.
 
         The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
@@ -135,6 +136,9 @@ class Generations:
         """
         if isinstance(request, UpscaleBody):
             return Priced((await asyncio.to_thread(self.upscaling.work, request)).cost)
+        if isinstance(request, VideoRequest):  # a video: the generation it runs as, on the model it names
+            model = self.models.now().resolve(request.model)
+            request = request.generation(model.name, model.native_size, model.folder.family)
         admitted = await self.admitted(request, key)
         return Priced(admitted.cost, admitted)
 

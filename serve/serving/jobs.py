@@ -27,6 +27,7 @@ from serve.serving.ray_errors import as_easel_error, unwrap
 from serve.text_to_image.generation import Progress, draw_seed
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import stored_request
 
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
@@ -54,7 +55,13 @@ class BackgroundJobs:
         self.runner = JobRunner(self.store, self.run).start()
 
     async def submit(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
-        """Queue ``admitted`` as ``owner``'s job, its images decoded.
+        """Queue ``admitted`` as ``owner``'s job (:meth:`queued`): 202 and the job."""
+        job, created = await self.queued(admitted, owner, idempotency_key)
+        headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
+        return JSONResponse(job.to_api(), status_code=202, headers=headers | admitted.assignment.headers())
+
+    async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[Job, bool]:
+        """Queue ``admitted`` as ``owner``'s job, its images decoded; the job and whether it is new.
 
         It was admitted as a synchronous request is (:meth:`Generations.price`): what a synchronous request is refused
         for is a 400 now, never a 202 that fails later. Its seed is drawn now,
@@ -73,8 +80,7 @@ class BackgroundJobs:
         if created:
             await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
         self.runner.wake()
-        headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
-        return JSONResponse(job.to_api(), status_code=202, headers=headers | assignment.headers())
+        return job, created
 
     async def run(self, job: Job, lease: JobLease) -> dict:
         """The job runner's work: the job's request answered as a synchronous one, each step written to the store.
@@ -85,7 +91,7 @@ class BackgroundJobs:
         stored = dict(job.request)
         policy = stored.pop(SUBMITTED_POLICY, None)  # None: a job stored before jobs kept their policy
         try:
-            request = GenerationRequest.model_validate(stored)
+            request = stored_request(stored)  # a still's or a video's
         except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
             raise invalid_input(error) from None
 

@@ -328,6 +328,7 @@ class Stack:
                 adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapters=opts.ip_adapters)
                 extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
                 extras["vae_decoder"] = opts.vae_decoder_dir
+                extras["motion_adapters"] = opts.motion_adapters
             logger.info("model %s: %s", name, model_dir or "embedded")
             how = {"runtime": opts.runtime, "precision": opts.precision}
             folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)

@@ -70,6 +70,13 @@ class Work:
     reference: bool = False
     input_pixels: int = 0
     upscale: Work | None = None
+    frames: int = 1  # a video's: each of its images is this many frames, denoised together
+    guided: bool = False  # classifier-free guidance: a video's call holds two rows of every frame
+
+    @property
+    def cost_field(self) -> str:
+        """The field a refusal of its cost names: a video's ``frames``, a still's ``num_inference_steps``."""
+        return "frames" if self.frames > 1 else "num_inference_steps"
 
     @property
     def megapixels(self) -> float:
@@ -83,9 +90,9 @@ class Work:
 
     @property
     def pass_cost(self) -> float:
-        """This pass's: images x megapixels x passes per image, + the reference's pass, + the input megapixels."""
+        """This pass's: images (x frames) x megapixels x passes per image, + the reference's, + the input megapixels."""
         return (
-            self.rows * self.megapixels * self.passes_per_image
+            self.rows * self.frames * self.megapixels * self.passes_per_image
             + self.megapixels * int(self.reference)
             + self.input_pixels / 1e6
         )
@@ -101,7 +108,8 @@ class Work:
         passes = f"({self.steps} steps x {unet} + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
         reference = f" + {self.megapixels:.2f} (IP-Adapter reference)" if self.reference else ""
         inputs = f" + {self.input_pixels / 1e6:.2f} (input megapixels)" if self.input_pixels else ""
-        own = f"{self.rows} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.pass_cost:.1f}"
+        frames = f" x {self.frames} frames" if self.frames > 1 else ""
+        own = f"{self.rows}{frames} x {self.megapixels:.2f} MP x {passes}{reference}{inputs} = {self.pass_cost:.1f}"
         if self.upscale is None:
             return own
         then = self.upscale
@@ -179,9 +187,9 @@ class Admission:
         cost, width, height = work.cost, work.width, work.height
         if cost > self.limits.max_cost:
             raise InvalidInput(
-                f"num_inference_steps: the cost, images x megapixels x engine passes (+ inputs), {work.explained()}, "
-                f"is over the limit of {self.limits.max_cost:g} (easel up --max-cost)",
-                field="num_inference_steps",
+                f"{work.cost_field}: the cost, images (x frames) x megapixels x engine passes (+ inputs), "
+                f"{work.explained()}, is over the limit of {self.limits.max_cost:g} (easel up --max-cost)",
+                field=work.cost_field,
             )
         latent = (height // self.tiling.vae_scale_factor, width // self.tiling.vae_scale_factor)
         tiling = None
@@ -189,6 +197,8 @@ class Admission:
             if optional_engine(name) and name not in uses:
                 continue
             need = model.per_row(self._positions(name, model, latent))
+            if name == self.denoiser and work.frames > 1:  # a video's row: its frames' UNet rows in one call
+                self._check_frames(need, work)
             if need <= self.pool_bytes:
                 continue
             if name == VAE_DECODER:
@@ -201,6 +211,18 @@ class Admission:
                 field="size",
             )
         return Admitted(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
+
+    def _check_frames(self, frame_bytes: int, work: Work) -> None:
+        """Raise :class:`InvalidInput` naming ``frames`` when a video's frames (each a UNet row) overrun the pool."""
+        need = frame_bytes * work.frames * (2 if work.guided else 1)
+        if need > self.pool_bytes:
+            guided = " (guided: two rows each)" if work.guided else ""
+            raise InvalidInput(
+                f"frames: {work.frames} frames{guided} of {work.width}x{work.height} need about "
+                f"{need / 2**30:.2f} GiB in the motion UNet; the memory budget leaves {self.pool_bytes / 2**30:.2f} "
+                "GiB for activations (fewer frames, a smaller size, or easel up --memory-budget)",
+                field="frames",
+            )
 
     def _tiling_within(self, model: MemoryModel, budget: int, latent: tuple[int, int]) -> VaeTiling | None:
         """The largest tiles (diffusers' own, then halves) a ``latent`` decodes in within ``budget``; None: none."""

@@ -35,6 +35,7 @@ from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import motion_of
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
@@ -75,6 +76,7 @@ def to_generation(
         inputs=ImageInputs(images.images, images.mask, request.effective_strength, images.controls),
         adapters=AdapterInputs(loras=tuple((lora.name, lora.scale) for lora in request.loras), ip=ip),
         cache=CachePolicy(interval=request.cache_interval),
+        motion=motion_of(request),
     )
 
 

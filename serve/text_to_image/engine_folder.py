@@ -6,7 +6,7 @@ precision, adapters and exporter versions), so two folders with the same name ho
 
 ```
 <key>/
-  pipeline.json       the family, the model's dims, step caching          manifest.json   the build's report (done)
+  pipeline.json       the family, dims, step caching, motion adapters         manifest.json   the build's report (done)
   adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
   controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
@@ -51,7 +51,9 @@ class EngineFolder:
         adapters, controlnets = self._read(ADAPTERS, AdapterSupport), self._read(CONTROLNETS, ControlNetSupport)
         family = FAMILIES[saved["family"]]
         dims = family.dims_type(**saved["dims"])
-        self.family: Family = family(dims, adapters, controlnets, saved.get("step_cache", False))
+        self.family: Family = family(
+            dims, adapters, controlnets, saved.get("step_cache", False), saved.get("motion_adapters")
+        )
 
     def _read(self, name: str, kind):
         """``kind`` read from the JSON file ``name`` (None when the folder has none)."""

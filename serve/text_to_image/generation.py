@@ -101,6 +101,14 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class Motion:
+    """A video's part of a generation: its motion adapter (by name) and its frame count, all denoised together."""
+
+    adapter: str
+    frames: int
+
+
+@dataclass(frozen=True)
 class Outline:
     """What a generation asks that a model's rules read, without its pixels.
 
@@ -118,6 +126,7 @@ class Outline:
     loras: bool = False
     referenced: bool = False  # an IP-Adapter reference (an image, or a stored reference)
     cache_interval: int = 1
+    motion_adapter: str = ""  # a video's motion adapter ("": a still)
 
     @property
     def adapted(self) -> bool:
@@ -137,6 +146,7 @@ class Outline:
             loras=bool(request.loras),
             referenced=bool(ip_choices(request)),
             cache_interval=request.cache_interval,
+            motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.text_to_image.video)
         )
 
 
@@ -149,6 +159,7 @@ class Generation:
     inputs: ImageInputs = ImageInputs()
     adapters: AdapterInputs = AdapterInputs()
     cache: CachePolicy = CachePolicy()
+    motion: Motion | None = None  # a video: its frames are one axis of its latents
 
     @property
     def outline(self) -> Outline:
@@ -163,6 +174,7 @@ class Generation:
             loras=bool(self.adapters.loras),
             referenced=self.adapters.referenced,
             cache_interval=self.cache.interval,
+            motion_adapter=self.motion.adapter if self.motion else "",
         )
 
     def replaced(self, **changes) -> Generation:

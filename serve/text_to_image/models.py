@@ -32,6 +32,7 @@ from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
 from serve.text_to_image.ip_scale import ip_choices
+from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
@@ -304,6 +305,8 @@ class ServedModel:
             reference=any(ip.choice.images for ip in ip_choices(request)),
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
+            frames=motion.frames if (motion := motion_of(request)) else 1,
+            guided=request.guidance_scale > 1.0,
         )
 
     def public(self, loaded: bool) -> dict:

@@ -127,14 +127,21 @@ class TextToImagePipeline:
                 await self.reuse.keep(reused, latents.numpy())
             if on_step is not None:
                 await on_step(index + 1, len(timesteps), latents.numpy())
-        pixels = np.clip(await self.decode(latents.numpy(), tiling, engines), 0.0, 1.0)
+        pixels = np.clip(await self._decode(latents.numpy(), tiling, engines), 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
 
-    def _latent_shape(self, job: Generation) -> tuple[int, int, int, int]:
-        """The shape of ``job``'s latents: its images, the latent channels, its size in latent positions."""
+    def _latent_shape(self, job: Generation) -> tuple[int, ...]:
+        """The shape of ``job``'s latents: its images, the latent channels, (a video's frames,) its latent size."""
         scale = self.dims.vae_scale_factor
-        return (job.sampling.n, self.dims.latent_channels, job.sampling.height // scale, job.sampling.width // scale)
+        frames = (job.motion.frames,) if job.motion else ()
+        return (
+            job.sampling.n,
+            self.dims.latent_channels,
+            *frames,
+            job.sampling.height // scale,
+            job.sampling.width // scale,
+        )
 
     async def _reused(self, job: Generation, rows: dict, scheduler, steps: int) -> Start | None:
         """The approximate cache's start for ``job`` (None when it is not asked or the stack has none).
@@ -148,6 +155,15 @@ class TextToImagePipeline:
         if reused.skipped and hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index((scheduler.begin_index or 0) + reused.skipped * scheduler.order)
         return reused
+
+    async def _decode(self, latents: np.ndarray, tiling: VaeTiling | None, engines: EngineRunner) -> np.ndarray:
+        """A still's images, or a video's frames (its latents (1, C, F, H, W) decoded a few frames per call)."""
+        if latents.ndim == 4:
+            return await self.decode(latents, tiling, engines)
+        frames = latents.transpose(0, 2, 1, 3, 4).reshape(-1, *latents.shape[1:2], *latents.shape[3:])
+        chunk = self.specs[VAE_DECODER].max_batch_size
+        parts = [await self.decode(frames[i : i + chunk], tiling, engines) for i in range(0, len(frames), chunk)]
+        return np.concatenate(parts)
 
     async def decode(
         self, latents: np.ndarray, tiling: VaeTiling | None = None, engines: EngineRunner | None = None

@@ -45,9 +45,9 @@ class LatentPreview:
             return self._map
 
     async def png(self, latents: np.ndarray) -> str:
-        """The first image's preview as base64 PNG (``latents``: N, C, h, w)."""
+        """The first image's preview as base64 PNG (``latents``: N, C, h, w; a video's N, C, F, h, w: frame 0's)."""
         colour_map = await self._fit()
-        first = latents[0].transpose(1, 2, 0)
+        first = (latents[0] if latents.ndim == 4 else latents[0, :, 0]).transpose(1, 2, 0)
         rgb = np.concatenate([first, np.ones((*first.shape[:2], 1), np.float32)], axis=2) @ colour_map
         buffer = io.BytesIO()
         Image.fromarray(np.round(np.clip(rgb, 0, 1) * 255).astype(np.uint8)).save(buffer, format="PNG")

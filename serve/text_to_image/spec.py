@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from serve.adapters.ip_adapter import IMAGE_ENCODER
 from serve.priority import PRIORITIES
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
@@ -19,6 +21,8 @@ DEEP_FEATURES = "deep_features"
 TRANSFORMER = "transformer"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
+MOTION_UNET_PREFIX = "unet_motion_"
+"""A motion adapter's engine is ``unet_motion_<name>`` (``easel up --motion-adapter NAME=DIR``): the UNet with it."""
 CONTROLNET_PREFIX = "controlnet_"
 """A ControlNet's engine is ``controlnet_<name>`` (``easel up --controlnet NAME=DIR``)."""
 RESIDUAL_PREFIX = "residual_"
@@ -47,6 +51,7 @@ TEXT_ENCODER_MAX_BATCH = 16
 VAE_MAX_BATCH = 8
 
 LATENT_AXES = ("latent_height", "latent_width")
+VIDEO_AXES = ("frames", *LATENT_AXES)
 
 
 def text_encoder_spec(name: str, text_length: int, outputs: tuple[TensorSpec, ...]) -> ModelSpec:
@@ -95,6 +100,21 @@ def denoiser_spec(
         dynamic_batching=UNET_BATCHING,
         instance_count=instances,
     )
+
+
+def motion_unet_spec(name: str, unet: ModelSpec) -> ModelSpec:
+    """A motion adapter's UNet (diffusers' ``UNetMotionModel``): ``unet``'s inputs with a video's latents.
+
+    ``sample`` and ``noise_pred`` are (channels, frames, height, width) per row, every frame of one video in a row;
+    the timestep and conditioning are per video. One instance: a row is a whole video.
+    """
+    channels = unet.input("sample").dims[0]
+
+    def video(tensor: TensorSpec) -> TensorSpec:
+        return TensorSpec(tensor.name, tensor.dtype, (channels, -1, -1, -1), VIDEO_AXES)
+
+    inputs = tuple(video(t) if t.name == "sample" else t for t in unet.inputs)
+    return dataclasses.replace(unet, name=name, inputs=inputs, outputs=(video(unet.outputs[0]),), instance_count=1)
 
 
 def vae_decoder_spec(latent_channels: int) -> ModelSpec:

@@ -35,12 +35,14 @@ from serve.text_to_image.families.exports import (
     VaeDecoderModule,
     VaeEncoderModule,
     diffusers_model,
+    motion_unet_export,
     vae_export,
 )
 from serve.text_to_image.generation import Generation, Outline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS, Sampler
 from serve.text_to_image.spec import (
     DISTILLED_UNET,
+    MOTION_UNET_PREFIX,
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     UNET,
@@ -49,6 +51,7 @@ from serve.text_to_image.spec import (
     VAE_DECODER,
     VAE_ENCODER,
     denoiser_spec,
+    motion_unet_spec,
     text_encoder_spec,
     unet_instances,
     vae_decoder_spec,
@@ -166,24 +169,42 @@ class Family(ABC):
         adapters: AdapterSupport | None = None,
         controlnets: ControlNetSupport | None = None,
         step_cache: bool = False,
+        motion_adapters: Mapping[str, str] | None = None,
     ) -> None:
-        """``step_cache``: the engines include step caching's pair (:mod:`serve.text_to_image.step_cache`)."""
+        """``step_cache``: the engines include step caching's pair (:mod:`serve.text_to_image.step_cache`).
+
+        ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, an engine each (``unet_motion_<NAME>``).
+        """
         self.dims = dims
         self.adapters = adapters or AdapterSupport()
         self.controlnets = controlnets or ControlNetSupport()
         self.step_cache = step_cache
+        self.motion_adapters = dict(motion_adapters or {})
         plain = self.engine_specs()
+        if self.motion_adapters and UNET not in plain:
+            raise UnsupportedModel(f"motion adapters serve UNet models, not {self.name} models")
+        motion = {
+            f"{MOTION_UNET_PREFIX}{name}": motion_unet_spec(f"{MOTION_UNET_PREFIX}{name}", plain[UNET])
+            for name in self.motion_adapters
+        }
         if step_cache and UNET not in plain:
             raise UnsupportedModel(f"step caching serves UNet models, not {self.name} models")
         if dims.distilled_unet:  # the plain UNet's inputs: it takes no adapters or ControlNets
             plain[DISTILLED_UNET] = dataclasses.replace(plain[UNET], name=DISTILLED_UNET)
         if step_cache:  # the final up block works at the first block's width: the input convolution's residual's
             plain |= step_cache_specs(plain[UNET], dims.residuals[0].channels)
-        self.specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
+        specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
+        self.specs = specs | motion
 
-    def with_engines(self, adapters: AdapterSupport, controlnets: ControlNetSupport, step_cache: bool) -> Family:
-        """This family and model, its engines taking ``adapters`` and ``controlnets`` (and step caching's pair)."""
-        return type(self)(self.dims, adapters, controlnets, step_cache)
+    def with_engines(
+        self,
+        adapters: AdapterSupport,
+        controlnets: ControlNetSupport,
+        step_cache: bool,
+        motion_adapters: Mapping[str, str] | None = None,
+    ) -> Family:
+        """This family and model, its engines taking ``adapters`` and ``controlnets`` (step caching's pair, motion)."""
+        return type(self)(self.dims, adapters, controlnets, step_cache, motion_adapters)
 
     # -- what a diffusers folder of this family holds ---------------------------------------------------------------
 
@@ -258,6 +279,8 @@ class Family(ABC):
         Each conditioned as the family's UNet is.
         """
         modules = {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
+        for name, folder in self.motion_adapters.items():
+            modules[f"{MOTION_UNET_PREFIX}{name}"] = motion_unet_export(model_dir / UNET, Path(folder))
         if self.step_cache:
             plain = self.unet_export(model_dir)
             added = self.added_conditioning
@@ -313,13 +336,30 @@ class Family(ABC):
                 field="size",
             )
         self.controlnets.check(controlnets)
+        if asked.motion_adapter:
+            self._check_motion(asked)
         step_cache.check(asked, self.specs, self.step_engine(asked))
+
+    def _check_motion(self, asked: Outline) -> None:
+        """Raise :class:`InvalidInput` naming ``motion_adapter`` for a video this model's engines cannot run."""
+        why = None
+        if self.name != "sd":
+            why = f"motion adapters serve SD 1.x models; this is a {self.pipeline_class} model"
+        elif asked.adapted:
+            why = "a video takes no LoRAs, IP-Adapter references or ControlNets yet"
+        elif self.step_engine(asked) not in self.specs:
+            served = ", ".join(self.motion_adapters) or "none: easel up --motion-adapter NAME=DIR"
+            why = f"{asked.motion_adapter!r} is not a motion adapter of this model (it serves: {served})"
+        if why:
+            raise InvalidInput(f"motion_adapter: {why}", "motion_adapter")
 
     def step_engine(self, asked: Outline) -> str:
         """The engine a generation's steps call: the distilled UNet for a few-step one without adapters or ControlNets.
 
         Elsewhere the denoiser as loaded: a few-step job with an LCM-LoRA runs the UNet with it, as diffusers does.
         """
+        if asked.motion_adapter:
+            return f"{MOTION_UNET_PREFIX}{asked.motion_adapter}"
         if DISTILLED_UNET in self.specs and asked.scheduler in FEW_STEP_SAMPLERS and not asked.adapted:
             return DISTILLED_UNET
         return self.denoiser

@@ -121,6 +121,28 @@ class UnetModule(torch.nn.Module):
         )[0]
 
 
+def motion_unet_export(unet_folder: Path, adapter_folder: Path) -> ExportModule:
+    """Diffusers' ``UNetMotionModel``: the UNet in ``unet_folder`` with the ``MotionAdapter`` in ``adapter_folder``."""
+
+    def load(dtype: torch.dtype) -> torch.nn.Module:
+        import diffusers
+
+        unet = diffusers_model("UNet2DConditionModel", unet_folder, dtype)
+        adapter = diffusers_model("MotionAdapter", adapter_folder, dtype)
+        return MotionUnetModule(diffusers.UNetMotionModel.from_unet2d(unet, adapter).to(dtype).eval())
+
+    return ExportModule(load)
+
+
+class MotionUnetModule(UnetModule):
+    """A ``UNetMotionModel`` taking one row of conditioning per video, repeated per frame as AnimateDiff's pipeline."""
+
+    def forward(self, sample, timestep, encoder_hidden_states, *added):
+        """The noise prediction of every frame: (videos, channels, frames, height, width)."""
+        frames = sample.shape[2]
+        return super().forward(sample, timestep, encoder_hidden_states.repeat_interleave(frames, dim=0), *added)
+
+
 class ControlNetModule(torch.nn.Module):
     """A ``ControlNetModel`` with positional inputs; out, its residuals scaled per row.
 

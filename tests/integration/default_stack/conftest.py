@@ -3,7 +3,8 @@
 It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
 is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
 finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
-flag one chosen picture, and a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt.
+flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, and a
+tiny random motion adapter (videos).
 """
 
 import grpc
@@ -12,6 +13,7 @@ import pytest
 from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from build_engines.moderation.text_moderator import random_text_moderator
+from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2_grpc
 from serve.stack import Stack, StackOptions
 
@@ -49,9 +51,15 @@ def text_moderator(tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator):
+def motion_adapter(default_model, tmp_path_factory):
+    """A tiny random AnimateDiff ``MotionAdapter`` for the embedded default's UNet (served as ``wave``)."""
+    return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator, motion_adapter):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker and the text moderator."""
+    restorer, the safety checker, the text moderator and a motion adapter (videos)."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -61,6 +69,7 @@ def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_
         face_restorers={"face": restorer_file},
         safety_checker=safety_checker,
         text_moderator=text_moderator,
+        motion_adapters={"wave": motion_adapter},
     )
     with Stack(options) as stack:
         yield stack

@@ -1,0 +1,156 @@
+"""``easel bench video``: a video's seconds per frame-step, served against diffusers' AnimateDiffPipeline, and memory.
+
+For each model (``tiny``: the embedded default; ``sd15``: SD 1.5's architecture with random weights, as ``easel
+random-model sd15`` makes it) a random ``MotionAdapter`` of its UNet's shape is made
+(:func:`build_engines.text_to_image.motion.random_motion_adapter`). One video of ``frames`` frames at the model's
+native size, ``steps`` steps (guidance 7.5: two rows of every frame per step), seed 0, is made once to warm up and
+then ``repeats`` times by each path, the median kept:
+
+- served: ``POST /v1/videos`` on a scratch stack (Triton + Ray Serve), timed from submission to ``completed``
+  (polled every 20 ms); peak memory: the stack's processes' resident memory summed, sampled every 0.1 s;
+- diffusers: ``AnimateDiffPipeline`` in this process (PyTorch, the same weights); peak memory: this process's peak
+  resident memory while it runs.
+
+Seconds per frame-step: the time over frames x steps (it includes the text encoder and the VAE's decode of every
+frame, as a user waits for them).
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import torch
+
+from loadtests.benchmarks import loop
+from serve.tables import text_table
+from serve.triton.memory import peak_rss_reset, rss_bytes
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.02
+PROMPT = "a red fox running"
+
+
+@dataclass(frozen=True)
+class VideoRow:
+    """One model and path: median seconds per video and per frame-step, peak memory."""
+
+    model: str
+    path: str
+    size: int
+    frames: int
+    steps: int
+    seconds: float
+    seconds_per_frame_step: float
+    peak_gib: float
+
+
+class PeakMemory:
+    """The resident memory of a process and its descendants, summed, at its peak (sampled every 0.1 s)."""
+
+    def __init__(self, root: psutil.Process) -> None:
+        self.root, self.peak = root, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.1):
+            total = 0
+            for process in [self.root, *self.root.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:  # ended meanwhile
+                    continue
+            self.peak = max(self.peak, total)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _served_once(api: httpx.Client, body: dict, timeout_s: float = 3600) -> float:
+    """Seconds from ``POST /v1/videos`` to ``completed``."""
+    started = time.perf_counter()
+    video = api.post("/v1/videos", json=body)
+    video.raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while (state := api.get(f"/v1/videos/{video.json()['id']}").json())["status"] in ("queued", "in_progress"):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"video {state['id']} still {state['status']} after {timeout_s:.0f} s")
+        time.sleep(POLL_S)
+    if state["status"] != "completed":
+        raise RuntimeError(f"video {state['id']} {state['status']}: {state.get('error')}")
+    return time.perf_counter() - started
+
+
+def served(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
+    """The video through a scratch stack serving ``model_dir`` with ``adapter``."""
+    from serve.stack import scratch_stack
+
+    with scratch_stack(model_dir, motion_adapters={"bench": adapter}) as stack:
+        size = stack.engines.family.dims.native_size
+        body = {"prompt": PROMPT, "frames": frames, "steps": steps, "seed": 0, "size": f"{size}x{size}"}
+        with httpx.Client(base_url=stack.info.api_url, timeout=600) as api:
+            _served_once(api, body)  # warm-up: engines loaded, sessions opened
+            with PeakMemory(psutil.Process()) as memory:
+                times = [_served_once(api, body) for _ in range(repeats)]
+    return _row(name, "served (Triton + Ray)", size, frames, steps, times, memory.peak)
+
+
+def in_process(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
+    """The same video by diffusers' ``AnimateDiffPipeline`` in this process."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter, StableDiffusionPipeline
+
+    pipeline = AnimateDiffPipeline.from_pipe(
+        StableDiffusionPipeline.from_pretrained(model_dir), motion_adapter=MotionAdapter.from_pretrained(adapter)
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
+
+    def once() -> float:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        pipeline(PROMPT, num_frames=frames, height=size, width=size, num_inference_steps=steps, generator=generator)
+        return time.perf_counter() - started
+
+    once()
+    peak_rss_reset()
+    times = [once() for _ in range(repeats)]
+    return _row(name, "diffusers in-process", size, frames, steps, times, rss_bytes(peak=True))
+
+
+def _row(name: str, path: str, size: int, frames: int, steps: int, times: list[float], peak: int) -> VideoRow:
+    seconds = statistics.median(times)
+    row = VideoRow(name, path, size, frames, steps, seconds, seconds / (frames * steps), peak / 2**30)
+    logger.info("%s", row)
+    return row
+
+
+def run(models: dict[str, Path], folder: Path, frames: int, steps: int, repeats: int, out: Path) -> str:
+    """Both paths for each of ``models`` (name -> diffusers folder); JSON to ``out``, the table back."""
+    from build_engines.text_to_image.motion import random_motion_adapter
+
+    rows = []
+    for name, model_dir in models.items():
+        adapter = folder / f"motion_{name}"
+        if not (adapter / "config.json").is_file():
+            random_motion_adapter(model_dir, adapter)
+        rows.append(served(model_dir, adapter, name, frames, steps, repeats))
+        rows.append(in_process(model_dir, adapter, name, frames, steps, repeats))
+    loop.write_json(out, [], frames=frames, steps=steps, repeats=repeats, videos=[asdict(row) for row in rows])
+    columns = [("model", "<6"), ("path", "<22"), ("size", ">5"), ("s / video", ">10.2f")]
+    columns += [("s / frame-step", ">15.3f"), ("peak GiB", ">9.2f")]
+    cells = [(r.model, r.path, r.size, r.seconds, r.seconds_per_frame_step, r.peak_gib) for r in rows]
+    heading = f"Videos (AnimateDiff, random motion adapters): {frames} frames, {steps} steps, guidance 7.5"
+    return "\n".join([heading, text_table(columns, cells), f"written to {out}"])

@@ -1,0 +1,103 @@
+"""Videos (OpenAI's videos API): a video is a background job of the job store (:class:`BackgroundJobs`).
+
+Created as a job (the generation a :class:`~serve.text_to_image.video.VideoRequest` runs as, admitted and priced
+by the key check), shown as OpenAI's video object, its content the MP4 or the frames, canceled as a job is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Literal
+
+from fastapi.responses import JSONResponse, Response
+
+from serve.access.keys import ApiKey
+from serve.errors import Conflict, NotFound
+from serve.jobs.model import Job, JobStatus, Owner
+from serve.serving.generations import Admitted
+from serve.serving.jobs import SUBMITTED_POLICY, BackgroundJobs
+from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, mp4
+
+Variant = Literal["video", "frames"]
+VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}
+"""``GET /v1/videos/{id}/content``'s variants: OpenAI's MP4, and Easel's frames as PNGs in a zip (lossless)."""
+VIDEO_OBJECT = "video"
+STATUSES = {
+    JobStatus.QUEUED: "queued",
+    JobStatus.RUNNING: "in_progress",
+    JobStatus.SUCCEEDED: "completed",
+    JobStatus.FAILED: "failed",
+    JobStatus.CANCELED: "failed",  # OpenAI's video has no canceled state: failed, its error's code says canceled
+}
+
+
+def video_request(job: Job) -> VideoGeneration:
+    """The video a job was submitted for (as stored: its seed drawn)."""
+    return VideoGeneration.model_validate({k: v for k, v in job.request.items() if k != SUBMITTED_POLICY})
+
+
+def video_object(job: Job) -> dict:
+    """OpenAI's video object for a video job (``GET /v1/videos/{id}``)."""
+    request = video_request(job)
+    body = {
+        "id": job.id,
+        "object": VIDEO_OBJECT,
+        "status": STATUSES[job.status],
+        "progress": 100 if job.status is JobStatus.SUCCEEDED else int(100 * job.step / max(job.total, 1)),
+        "model": request.model,
+        "seconds": request.seconds,
+        "size": request.size,
+        "prompt": request.prompt,
+        "created_at": int(job.created_at),
+        "completed_at": int(job.finished_at) if job.status is JobStatus.SUCCEEDED and job.finished_at else None,
+        "frames": request.frames,
+        "fps": request.fps,
+        "seed": request.seed,
+    }
+    if job.status is JobStatus.CANCELED:
+        body["error"] = {"code": "canceled", "message": "the video's job was canceled"}
+    elif job.status is JobStatus.FAILED and job.error is not None:
+        body["error"] = {"code": job.error.get("code", "failed"), "message": job.error.get("message", "")}
+    return body
+
+
+class Videos:
+    """Videos created, shown, downloaded and canceled, each for the key that may see its job."""
+
+    def __init__(self, jobs: BackgroundJobs) -> None:
+        self.jobs = jobs
+
+    async def create(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
+        """Queue the video's job; OpenAI's video object (``queued``)."""
+        job, created = await self.jobs.queued(admitted, owner, idempotency_key)
+        headers = {"Location": f"/v1/videos/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
+        return JSONResponse(video_object(job), headers=headers | admitted.assignment.headers())
+
+    async def _video(self, key: ApiKey | None, video_id: str) -> Job:
+        """The video job ``key`` may see (a still's job, another key's or none: 404)."""
+        job = await self.jobs.visible(key, video_id)
+        if "frames" not in job.request:
+            raise NotFound(f"no video {video_id!r} (it is a job of images: GET /v1/jobs/{video_id})", "video_id")
+        return job
+
+    async def show(self, key: ApiKey | None, video_id: str) -> dict:
+        """OpenAI's video object: status, progress, model, seconds, size."""
+        return video_object(await self._video(key, video_id))
+
+    async def content(self, key: ApiKey | None, video_id: str, variant: Variant) -> Response:
+        """A completed video's MP4 (H.264) or, ``variant=frames``, its frames as PNGs in a zip; 409 before then."""
+        job = await self._video(key, video_id)
+        if job.status is not JobStatus.SUCCEEDED:
+            raise Conflict(f"video {video_id} is {video_object(job)['status']}, not completed: no content", "video_id")
+        pngs = frames_of(job.result)
+        if variant == "frames":
+            body = await asyncio.to_thread(frames_zip, pngs)
+        else:
+            body = await asyncio.to_thread(mp4, pngs, video_request(job).fps)
+        return Response(body, media_type=VARIANTS[variant])
+
+    async def cancel(self, key: ApiKey | None, video_id: str) -> dict:
+        """Cancel a queued or running video (its job's cancel: it stops at its next step); 409 once it is over."""
+        await self._video(key, video_id)
+        await self.jobs.cancel(key, video_id)
+        return await self.show(key, video_id)

@@ -1,0 +1,222 @@
+"""Videos (AnimateDiff) through OpenAI's videos API: the body, the generation it becomes, the video object, the files.
+
+``POST /v1/videos`` takes OpenAI's fields (``prompt``, ``model``, ``size``, ``seconds``) and Easel's (``frames``,
+``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``, ``loras``, ``motion_adapter``),
+as JSON or as the multipart form the ``openai`` client sends. It becomes a :class:`VideoGeneration`: a generation
+request whose frames are one axis of its latents, denoised together by the motion adapter's UNet
+(``unet_motion_<name>``), run as a background job of the job store. The job's answer is its frames as PNGs
+(lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP4 (H.264, PyAV) or, with ``variant=frames``,
+zips them (Easel's: the exact frames, for parity).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zipfile
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import numpy as np
+import pydantic_core
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+
+from serve.errors import InvalidInput, invalid_input
+from serve.priority import Priority
+from serve.text_to_image.generation import Motion
+from serve.text_to_image.schema import (
+    MAX_GUIDANCE,
+    MAX_PROMPT_CHARS,
+    MAX_SEED,
+    MAX_STEPS,
+    PROMPT_PATTERN,
+    SCHEDULER_NAMES,
+    SIZE_PATTERN,
+    GenerationRequest,
+    LoraChoice,
+    Sampling,
+)
+
+if TYPE_CHECKING:  # the request models load in Ray's HTTP proxy (serve.routes): no torch there
+    from serve.text_to_image.families import Family
+
+MAX_FRAMES = 32
+"""A video's most frames: AnimateDiff's motion modules' positions (``MotionAdapter``'s ``motion_max_seq_length``)."""
+DEFAULT_FRAMES = 16
+DEFAULT_FPS = 8
+MAX_FPS = 30
+MAX_VIDEO_FORM_FIELDS = 32
+
+
+class VideoGeneration(GenerationRequest):
+    """A generation request that makes one video: ``frames`` frames (shown at ``fps``) with ``motion_adapter``."""
+
+    frames: int = Field(ge=1, le=MAX_FRAMES)
+    fps: int = Field(ge=1, le=MAX_FPS)
+    motion_adapter: str = Field(min_length=1)
+
+    @property
+    def seconds(self) -> str:
+        """The clip's duration, as OpenAI's video object says it (``"2"``, ``"0.5"``)."""
+        return f"{self.frames / self.fps:g}"
+
+
+class VideoRequest(BaseModel):
+    """``POST /v1/videos`` body: OpenAI's fields and Easel's (numbers may come as text, as a form sends them).
+
+    ``frames`` defaults to ``seconds`` x ``fps`` (no ``seconds``: 16); both given, they must agree.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(
+        min_length=1,
+        max_length=MAX_PROMPT_CHARS,
+        json_schema_extra={"pattern": PROMPT_PATTERN},
+        description="What the video shows.",
+    )
+    model: str | None = Field(
+        None, description="A served model (an SD 1.x one with motion adapters); default: the default model."
+    )
+    size: str | None = Field(
+        None,
+        json_schema_extra={"pattern": SIZE_PATTERN},  # checked by the generation it runs as
+        description="WIDTHxHEIGHT (as the images API takes it); default: the model's native size.",
+    )
+    seconds: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, description=f"Duration: frames / fps (at most {MAX_FRAMES} frames)."
+    )
+    frames: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, description=f"Frames, at most {MAX_FRAMES}; default: seconds x fps, else 16."
+    )
+    fps: int = Field(DEFAULT_FPS, ge=1, le=MAX_FPS, description="Frames per second of the MP4.")
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="Random seed; drawn when omitted.")
+    steps: int = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
+    scheduler: Literal[SCHEDULER_NAMES] = Field(Sampling.scheduler, description="A sampler the model runs.")
+    guidance_scale: float = Field(Sampling.guidance_scale, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
+    loras: list[LoraChoice] = Field([], description="Refused for now: the motion UNet is not LoRA-ready.")
+    motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
+    priority: Priority = Priority.NORMAL
+
+    @model_validator(mode="after")
+    def _frames_agree(self) -> VideoRequest:
+        if self.seconds is not None and self.frames is not None and self.frames != self.seconds * self.fps:
+            raise InvalidInput(
+                f"seconds: {self.seconds} s at {self.fps} fps is {self.seconds * self.fps} frames, but frames is "
+                f"{self.frames} (send one of them, or frames = seconds x fps)",
+                "seconds",
+            )
+        frames = self.frame_count
+        if frames > MAX_FRAMES:
+            field = "frames" if self.frames is not None else "seconds"
+            raise InvalidInput(
+                f"{field}: {frames} frames is over the limit of {MAX_FRAMES} (AnimateDiff's motion modules)", field
+            )
+        return self
+
+    @property
+    def frame_count(self) -> int:
+        """The video's frames: ``frames``, else ``seconds`` x ``fps``, else 16."""
+        if self.frames is not None:
+            return self.frames
+        return self.seconds * self.fps if self.seconds is not None else DEFAULT_FRAMES
+
+    def generation(self, model: str, native_size: int, family: Family) -> VideoGeneration:
+        """The generation request this video runs as on ``model`` (of ``family``, ``native_size``).
+
+        Its motion adapter: this body's, else the model's first (none: a 400 naming ``motion_adapter``).
+        """
+        motion_adapter = self.motion_adapter or next(iter(family.motion_adapters), None)
+        if motion_adapter is None:
+            raise InvalidInput(
+                f"motion_adapter: model {model} serves no motion adapters (a {family.pipeline_class} model; they "
+                "serve SD 1.x models started with easel up --motion-adapter NAME=DIR)",
+                "motion_adapter",
+            )
+        try:
+            return VideoGeneration(
+                prompt=self.prompt,
+                model=model,
+                size=self.size or f"{native_size}x{native_size}",
+                seed=self.seed,
+                num_inference_steps=self.steps,
+                scheduler=self.scheduler,
+                guidance_scale=self.guidance_scale,
+                negative_prompt=self.negative_prompt,
+                loras=self.loras,
+                priority=self.priority,
+                background=True,
+                frames=self.frame_count,
+                fps=self.fps,
+                motion_adapter=motion_adapter,
+            )
+        except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it
+            refused = invalid_input(error)
+            if refused.field == "num_inference_steps":  # the generation's name of the video's steps
+                refused = InvalidInput(refused.message.replace("num_inference_steps", "steps", 1), "steps")
+            raise refused from None
+
+
+async def read_video_form(request: Request) -> VideoRequest:
+    """A multipart body as the ``openai`` client sends ``videos.create``: each part a field, ``loras`` as JSON text."""
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_VIDEO_FORM_FIELDS)
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        raise InvalidInput("body: the request ended before its body did", "body") from None
+    try:
+        body = {}
+        for name, part in form.multi_items():
+            if isinstance(part, UploadFile):
+                raise InvalidInput(f"{name}: files are not taken (image-to-video is not served yet)", name)
+            body[name] = pydantic_core.from_json(part) if name == "loras" else part
+        return VideoRequest.model_validate(body)
+    except ValueError as error:  # a ValidationError, or loras that are not JSON: 400 naming the field
+        raise (
+            invalid_input(error) if isinstance(error, ValidationError) else InvalidInput(f"loras: {error}", "loras")
+        ) from None
+    finally:
+        await form.close()
+        await request.close()
+
+
+def motion_of(request: GenerationRequest) -> Motion | None:
+    """A video request's motion part (None for a still)."""
+    return Motion(request.motion_adapter, request.frames) if isinstance(request, VideoGeneration) else None
+
+
+def stored_request(stored: dict) -> GenerationRequest:
+    """A job's stored request read back as the model it was stored from (a video's has ``frames``)."""
+    return (VideoGeneration if "frames" in stored else GenerationRequest).model_validate(stored)
+
+
+def frames_of(answer: dict) -> list[bytes]:
+    """A finished video's frames, as the PNGs its answer (its job's result) holds."""
+    return [base64.b64decode(item["b64_json"]) for item in answer["data"]]
+
+
+def mp4(pngs: list[bytes], fps: int) -> bytes:
+    """The frames as an MP4: H.264 (libx264, yuv420p) at ``fps``, through PyAV."""
+    import av
+
+    frames = [np.asarray(Image.open(io.BytesIO(png)).convert("RGB")) for png in pngs]
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for pixels in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def frames_zip(pngs: list[bytes]) -> bytes:
+    """The frames as PNGs in a zip (``frame_000.png``, ...): the exact pixels the MP4 was encoded from."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for index, png in enumerate(pngs):
+            archive.writestr(f"frame_{index:03d}.png", png)
+    return buffer.getvalue()

@@ -1,0 +1,56 @@
+"""The HTTP API's video routes: OpenAI's videos API (``client.videos``), a video being a background job.
+
+:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.moderation_routes`'). Each hands its call to the Gateway's :class:`serve.serving.videos.Videos`; the
+scope, body limit and the body's reading and pricing are :mod:`serve.routes`' and the key check's.
+"""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from serve.access import caller, job_owner, request_priced
+from serve.serving.videos import Variant, Videos
+
+
+def videos(http: Request) -> Videos:
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    return http.app.state.gateway.videos
+
+
+async def create(
+    http: Request, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
+) -> JSONResponse:
+    """OpenAI's videos API: a video (AnimateDiff: the model's motion adapter) made as a background job.
+
+    JSON or a multipart form (as ``client.videos.create`` sends it): ``prompt``, ``model``, ``size``, ``seconds``, and
+    Easel's ``frames``, ``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``,
+    ``motion_adapter``. Answers OpenAI's video object, ``queued``; its cost (frames x steps x megapixels) was taken.
+    """
+    return await videos(http).create(request_priced(http).admitted, job_owner(caller(http)), idempotency_key)
+
+
+async def show(http: Request, video_id: str) -> dict:
+    """OpenAI's video object: ``status`` (queued, in_progress, completed, failed), progress, model, seconds, size."""
+    return await videos(http).show(caller(http), video_id)
+
+
+async def content(http: Request, video_id: str, variant: Variant = "video") -> Response:
+    """The completed video: an MP4 (H.264), or with ``variant=frames`` Easel's lossless frames (PNGs in a zip)."""
+    return await videos(http).content(caller(http), video_id, variant)
+
+
+async def cancel(http: Request, video_id: str) -> dict:
+    """Cancel a queued or running video (it stops at its next denoising step); 409 once it is over."""
+    return await videos(http).cancel(caller(http), video_id)
+
+
+ROUTES: tuple[tuple[str, str, Callable], ...] = (
+    ("POST", "/v1/videos", create),
+    ("GET", "/v1/videos/{video_id}", show),
+    ("GET", "/v1/videos/{video_id}/content", content),
+    ("DELETE", "/v1/videos/{video_id}", cancel),
+)
+"""Method, path and handler of each route, in the OpenAPI document's order."""

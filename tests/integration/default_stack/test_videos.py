@@ -1,0 +1,125 @@
+"""Videos (AnimateDiff) through OpenAI's videos API on the shared stack: the official client, parity, bad input."""
+
+import io
+import time
+import zipfile
+
+import av
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from tests.conftest import psnr
+from tests.integration.conftest import decode_images, post_together
+from tests.videos import animatediff, reference_frames
+
+pytestmark = pytest.mark.integration
+VIDEO = {"prompt": "a red fox running", "negative_prompt": "blurry", "size": "64x64", "seed": 5, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    """The official ``openai`` client on the stack's API."""
+    return openai.OpenAI(base_url=f"{stack.info.api_url}/v1", api_key="unused", timeout=300, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def animatediff_pipeline(diffusers_pipeline, motion_adapter):
+    """diffusers' ``AnimateDiffPipeline`` over the stack's model and motion adapter: the reference."""
+    return animatediff(diffusers_pipeline, motion_adapter)
+
+
+def finished(client, video_id: str, timeout_s: float = 120.0):
+    """The video once it is over (polled with ``retrieve``)."""
+    deadline = time.monotonic() + timeout_s
+    while (video := client.videos.retrieve(video_id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, f"video {video_id} still {video.status}"
+        time.sleep(0.2)
+    return video
+
+
+def frames(api, video_id: str) -> np.ndarray:
+    """The video's exact frames (``variant=frames``: PNGs in a zip), (F, H, W, 3) uint8."""
+    answer = api.get(f"/v1/videos/{video_id}/content", params={"variant": "frames"})
+    assert answer.status_code == 200, answer.text
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_the_openai_client_makes_a_video_that_matches_animatediff(client, api, animatediff_pipeline, scheduler):
+    fields = {k: v for k, v in VIDEO.items() if k not in ("prompt", "size")}
+    created = client.videos.create(
+        prompt=VIDEO["prompt"], size="64x64", seconds="1", extra_body=fields | {"fps": 4, "scheduler": scheduler}
+    )
+    assert (created.object, created.status, created.seconds, created.size) == ("video", "queued", "1", "64x64")
+    video = finished(client, created.id)
+    assert (video.status, video.progress, video.model) == ("completed", 100, "easel-default")
+    with av.open(io.BytesIO(client.videos.download_content(created.id).read())) as container:
+        stream = container.streams.video[0]
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert (stream.codec_context.name, stream.average_rate, stream.width, stream.height) == ("h264", 4, 64, 64)
+    got = frames(api, created.id)
+    assert len(decoded) == len(got) == 4
+    want = reference_frames(
+        animatediff_pipeline,
+        scheduler,
+        4,
+        5,
+        prompt=VIDEO["prompt"],
+        negative_prompt="blurry",
+        width=64,
+        height=64,
+        num_inference_steps=2,
+        guidance_scale=7.5,
+    )
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"frames": 33}, "frames"),
+        ({"seconds": 9}, "seconds"),  # 72 frames at the default 8 fps
+        ({"seconds": 1, "frames": 6}, "seconds"),  # 1 s at 8 fps is 8 frames
+        ({"motion_adapter": "still"}, "motion_adapter"),
+        ({"loras": [{"name": "ink"}]}, "loras.0.name"),  # this stack takes no LoRAs (the motion UNet none yet)
+        ({"size": "60x64"}, "size"),
+        ({"steps": 0}, "steps"),
+    ],
+)
+def test_bad_videos_are_400s_naming_the_field_and_the_stack_stays_up(api, change, field):
+    answer = api.post("/v1/videos", json=VIDEO | change)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["error"]["param"] == field, answer.json()
+    assert api.get("/healthz").status_code == 200
+
+
+def test_a_video_and_two_stills_in_flight_together_equal_their_solo_results(api, client, stack):
+    stills = [
+        {"prompt": "a red heart icon", "size": "64x64", "seed": seed, "num_inference_steps": 4} for seed in (1, 2)
+    ]
+    solo_stills = [decode_images(api.post("/v1/images/generations", json=body)) for body in stills]
+    solo_video = frames(api, finished(client, api.post("/v1/videos", json=VIDEO | {"frames": 4}).json()["id"]).id)
+    video_id = api.post("/v1/videos", json=VIDEO | {"frames": 4}).json()["id"]
+    together = post_together(stack.info.api_url, "/v1/images/generations", stills)
+    assert finished(client, video_id).status == "completed"
+    np.testing.assert_array_equal(frames(api, video_id), solo_video)
+    for answer, solo in zip(together, solo_stills, strict=True):
+        np.testing.assert_array_equal(decode_images(answer), solo)
+
+
+def test_a_canceled_video_stops_at_its_next_step(api, client):
+    video_id = api.post("/v1/videos", json=VIDEO | {"frames": 32, "steps": 150}).json()["id"]
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{video_id}").json()["progress"]["step"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    canceled = api.delete(f"/v1/videos/{video_id}")
+    assert canceled.status_code == 200, canceled.text
+    video = finished(client, video_id, timeout_s=30)
+    assert video.status == "failed" and video.error.code == "canceled"
+    job = api.get(f"/v1/jobs/{video_id}").json()
+    assert job["status"] == "canceled" and job["progress"]["step"] < 150
+    assert api.get(f"/v1/videos/{video_id}/content").status_code == 409

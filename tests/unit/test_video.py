@@ -1,0 +1,158 @@
+"""AnimateDiff videos: the motion UNet engine and the loop against diffusers' ``AnimateDiffPipeline`` (no servers)."""
+
+import asyncio
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
+from serve.errors import InvalidInput, invalid_input
+from serve.text_to_image.admission import Work
+from serve.text_to_image.deployment import encode_image
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import VideoRequest, frames_zip, motion_of, mp4, stored_request
+from tests.conftest import psnr
+from tests.videos import animatediff, reference_frames
+
+
+@pytest.fixture(scope="module")
+def motion_adapter(default_model, tmp_path_factory):
+    """A random diffusers ``MotionAdapter`` for the tiny SD's UNet, made here."""
+    return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
+
+
+@pytest.fixture(scope="module")
+def video_engines(default_model, motion_adapter, tmp_path_factory):
+    """The tiny SD's engines with the motion adapter's UNet (``unet_motion_wave``)."""
+    from build_engines.text_to_image.build import build
+
+    repository = tmp_path_factory.mktemp("repository-motion")
+    return EngineFolder(build(default_model, repository, motion_adapters={"wave": motion_adapter}).path)
+
+
+@pytest.fixture(scope="module")
+def animatediff_pipeline(diffusers_pipeline, motion_adapter):
+    """diffusers' ``AnimateDiffPipeline`` over the same UNet and adapter: the reference."""
+    return animatediff(diffusers_pipeline, motion_adapter)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, scheduler):
+    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    job = Generation(SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler), motion=Motion("wave", 6))
+    got = np.stack(asyncio.run(pipeline.generate(job)).images)
+    want = reference_frames(
+        animatediff_pipeline,
+        scheduler,
+        6,
+        5,
+        prompt="a red fox",
+        negative_prompt="blurry",
+        width=64,
+        height=48,
+        num_inference_steps=3,
+        guidance_scale=7.5,
+    )
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+    assert psnr(got[0], got[-1]) < 30  # the frames are not one picture repeated
+
+
+def test_the_motion_unet_is_its_own_engine_with_frames_an_axis(video_engines):
+    spec = video_engines.specs["unet_motion_wave"]
+    assert spec.input("sample").dims == (4, -1, -1, -1)
+    assert spec.input("sample").axis_names == ("frames", "latent_height", "latent_width")
+    assert [t.name for t in spec.inputs] == [t.name for t in video_engines.specs["unet"].inputs if t.name != "adapters"]
+
+
+def test_unknown_adapters_and_adapted_videos_are_refused_naming_the_field(video_engines):
+    family = video_engines.family
+    with pytest.raises(InvalidInput, match="'still'.*serves: wave") as error:
+        family.check(Outline("ddim", 64, 64, motion_adapter="still"))
+    assert error.value.field == "motion_adapter"
+    with pytest.raises(InvalidInput, match="LoRAs") as error:
+        family.check(Outline("ddim", 64, 64, loras=True, motion_adapter="wave"))
+    family.check(Outline("ddim", 64, 64, motion_adapter="wave"))
+
+
+def test_a_motion_adapter_that_does_not_fit_is_refused_before_any_build(
+    default_model, tiny_xl_model, motion_adapter, controlnet_dirs
+):
+    sd, xl = family_of_folder(default_model), family_of_folder(tiny_xl_model)
+    assert motion_fit(sd, default_model, motion_adapter) is None
+    assert "not StableDiffusionXLPipeline" in motion_fit(xl, tiny_xl_model, motion_adapter)
+    assert "not a diffusers MotionAdapter" in motion_fit(sd, default_model, controlnet_dirs.sd["edges"])
+
+
+def test_a_video_request_names_seconds_or_frames_over_the_limits_or_disagreeing():
+    assert VideoRequest(prompt="x", seconds="2", fps="4").frame_count == 8  # as a form sends them
+    assert VideoRequest(prompt="x").frame_count == 16
+    for body, field in (
+        ({"seconds": 2, "frames": 9, "fps": 4}, "seconds"),
+        ({"frames": 33}, "frames"),
+        ({"seconds": 5, "fps": 8}, "seconds"),
+    ):
+        with pytest.raises((InvalidInput, ValidationError)) as error:
+            VideoRequest(prompt="x", **body)
+        refused = error.value if isinstance(error.value, InvalidInput) else invalid_input(error.value)
+        assert refused.field == field, body
+
+
+def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):
+    from serve.text_to_image.admission import Admission, Limits
+
+    body = VideoRequest(prompt="x", frames=8, steps=4, size="64x64")
+    video = body.generation("easel-default", 64, video_engines.family)
+    assert video.motion_adapter == "wave" and video.size == "64x64" and video.background
+    still, frames = Work(1, 4, 64, 64), Work(1, 4, 64, 64, frames=8)
+    assert frames.cost == pytest.approx(8 * still.cost)  # (4 steps + 1 decode) x 8 frames x 0.0041 MP
+    admission = Admission.for_engines(video_engines, Limits(video_engines.memory_budget(), max_cost=frames.cost - 0.01))
+    with pytest.raises(InvalidInput, match="8 frames") as error:
+        admission.check(frames)
+    assert error.value.field == "frames"
+    small = Admission.for_engines(video_engines, Limits(video_engines.memory_budget(600 << 20)))
+    with pytest.raises(InvalidInput, match="motion UNet") as error:
+        small.check(Work(1, 4, 512, 512, frames=32))
+    assert error.value.field == "frames"
+
+
+def test_the_mp4_is_h264_with_the_frames_fps_and_size():
+    import av
+
+    frames = [np.full((48, 64, 3), 40 * i, np.uint8) for i in range(5)]
+    pngs = [encode_image(pixels, "png") for pixels in frames]
+    with av.open(io.BytesIO(mp4(pngs, fps=6))) as container:
+        stream = container.streams.video[0]
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        assert (stream.codec_context.name, stream.average_rate, stream.width, stream.height) == ("h264", 6, 64, 48)
+    assert len(decoded) == 5 and psnr(np.stack(decoded), np.stack(frames)) > 30  # lossy, close
+    with zipfile.ZipFile(io.BytesIO(frames_zip(pngs))) as archive:
+        assert [archive.read(name) for name in archive.namelist()] == pngs  # the exact frames
+
+
+def test_a_model_without_motion_adapters_refuses_videos_naming_the_field(tiny_xl_model):
+    xl = family_of_folder(tiny_xl_model)
+    with pytest.raises(InvalidInput, match="StableDiffusionXLPipeline") as error:
+        VideoRequest(prompt="x").generation("xl", 64, xl)
+    assert error.value.field == "motion_adapter"
+    with pytest.raises(InvalidInput, match="SD 1.x") as error:
+        xl.check(Outline("ddim", 64, 64, motion_adapter="wave"))
+    assert error.value.field == "motion_adapter"
+
+
+def test_a_stored_video_job_reads_back_as_the_video_it_was(video_engines):
+    """What a job runner reads after a restart: the video, not a still (a still's job reads back as one)."""
+    video = VideoRequest(prompt="x", frames=4, fps=2).generation("easel-default", 64, video_engines.family)
+    stored = video.model_dump(mode="json") | {"seed": 7}
+    assert stored_request(stored) == video.model_copy(update={"seed": 7})
+    assert motion_of(stored_request(stored)) == Motion("wave", 4)
+    still = stored_request({"prompt": "x", "seed": 7})
+    assert type(still) is GenerationRequest and motion_of(still) is None

@@ -301,11 +301,8 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
-for _method, _path, _handler in moderation_routes.ROUTES + VIDEO_ROUTES:  # /v1/moderations, /v1/videos
-    api.add_api_route(_path, _handler, methods=[_method])
-
-
-for _method, _path, _handler in experiment_routes.ROUTES:  # /v1/feedback, /v1/experiments
+# /v1/moderations, /v1/videos, /v1/feedback, /v1/experiments
+for _method, _path, _handler in moderation_routes.ROUTES + VIDEO_ROUTES + experiment_routes.ROUTES:
     api.add_api_route(_path, _handler, methods=[_method])
 
 

@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
@@ -14,13 +15,13 @@ from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
+from serve.text_to_image.generation import Generation, ImageInputs, Motion, Outline, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import VideoRequest, frames_zip, motion_of, mp4, stored_request
 from tests.conftest import psnr
-from tests.videos import animatediff, reference_frames
+from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,32 @@ def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, sc
     assert got.shape == want.shape == (6, 48, 64, 3)
     assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
     assert psnr(got[0], got[-1]) < 30  # the frames are not one picture repeated
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_image_to_video_matches_animatediff_video_to_video(video_engines, animatediff_pipeline, scheduler):
+    """Every frame starts from the reference's noised latent: diffusers' video-to-video of the image repeated."""
+    reference = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # resized to 64x48
+    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 4, 7.5, 5, scheduler)
+    job = Generation(sampling, inputs=ImageInputs((reference,), strength=0.6), motion=Motion("wave", 6))
+    got = np.stack(asyncio.run(pipeline.generate(job)).images)
+    want = reference_frames_from(
+        video_to_video(animatediff_pipeline),
+        scheduler,
+        Image.fromarray(reference),
+        6,
+        5,
+        prompt="a red fox",
+        negative_prompt="blurry",
+        width=64,
+        height=48,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        strength=0.6,
+    )
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
 
 
 def test_the_motion_unet_is_its_own_engine_with_frames_an_axis(video_engines):

@@ -1,6 +1,7 @@
 """AnimateDiff videos: the motion UNet engine and the loop against diffusers' ``AnimateDiffPipeline`` (no servers)."""
 
 import asyncio
+import base64
 import io
 import zipfile
 
@@ -11,15 +12,24 @@ from pydantic import ValidationError
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from serve.errors import InvalidInput, invalid_input
+from serve.images import MAX_IMAGE_CHARS
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Generation, ImageInputs, Motion, Outline, SamplingParams
+from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import VideoRequest, frames_zip, motion_of, mp4, stored_request
+from serve.text_to_image.video import (
+    VideoRequest,
+    frames_zip,
+    input_reference_named,
+    motion_of,
+    mp4,
+    stored_request,
+)
 from tests.conftest import psnr
 from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 
@@ -131,6 +141,29 @@ def test_a_video_request_names_seconds_or_frames_over_the_limits_or_disagreeing(
             VideoRequest(prompt="x", **body)
         refused = error.value if isinstance(error.value, InvalidInput) else invalid_input(error.value)
         assert refused.field == field, body
+
+
+def test_an_input_reference_is_checked_and_named_and_its_strength_is_in_0_1(video_engines):
+    png = base64.b64encode(encode_image(np.zeros((40, 56, 3), np.uint8), "png")).decode()
+    video = VideoRequest(prompt="x", input_reference=png, steps=10).generation("m", 64, video_engines.family)
+    assert (video.image, video.effective_strength, video.denoising_steps) == ([png], 0.8, 8)  # 10 steps x 0.8
+    strong = VideoRequest(prompt="x", input_reference=png, strength=1).generation("m", 64, video_engines.family)
+    assert strong.effective_strength == 1.0
+    for body, field in (
+        ({"input_reference": png, "strength": 0}, "strength"),
+        ({"input_reference": png, "strength": 1.5}, "strength"),
+        ({"strength": 0.5}, "strength"),  # without an image
+        ({"input_reference": "not an image!"}, "input_reference"),
+        ({"input_reference": "A" * (MAX_IMAGE_CHARS + 4)}, "input_reference"),
+    ):
+        with pytest.raises((InvalidInput, ValidationError)) as error:
+            VideoRequest(prompt="x", **body)
+        refused = error.value if isinstance(error.value, InvalidInput) else invalid_input(error.value)
+        assert refused.field == field, body
+    with pytest.raises(InvalidInput, match="^input_reference: not a readable image") as error:
+        with input_reference_named():  # the stills' checks, as a video's are made
+            header_size(b"no image", "image")
+    assert error.value.field == "input_reference"
 
 
 def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):

@@ -5,14 +5,16 @@ import base64
 import io
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from serve.errors import InvalidInput, invalid_input
-from serve.images import MAX_IMAGE_CHARS
+from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
@@ -28,6 +30,7 @@ from serve.text_to_image.video import (
     input_reference_named,
     motion_of,
     mp4,
+    read_video_form,
     stored_request,
 )
 from tests.conftest import psnr
@@ -164,6 +167,31 @@ def test_an_input_reference_is_checked_and_named_and_its_strength_is_in_0_1(vide
         with input_reference_named():  # the stills' checks, as a video's are made
             header_size(b"no image", "image")
     assert error.value.field == "input_reference"
+
+
+def form(files: dict) -> Request:
+    """``POST /v1/videos`` as the ``openai`` client's multipart form with ``files``, read by no server."""
+    sent = httpx.Request("POST", "http://easel/v1/videos", data={"prompt": "x", "frames": "4"}, files=files)
+    body = sent.read()
+    headers = [(name.lower().encode(), value.encode()) for name, value in sent.headers.items()]
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/v1/videos", "headers": headers}, receive)
+
+
+def test_the_form_takes_input_reference_as_a_file_and_names_any_other_file_or_one_too_large():
+    png = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
+    body = asyncio.run(read_video_form(form({"input_reference": ("a.png", png, "image/png")})))
+    assert (base64.b64decode(body.input_reference), body.frame_count) == (png, 4)
+    for files, field in (
+        ({"image": ("a.png", png, "image/png")}, "image"),
+        ({"input_reference": ("a.png", bytes(MAX_IMAGE_BYTES + 1), "image/png")}, "input_reference"),
+    ):
+        with pytest.raises(InvalidInput) as error:
+            asyncio.run(read_video_form(form(files)))
+        assert error.value.field == field
 
 
 def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):

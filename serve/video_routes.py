@@ -27,7 +27,8 @@ async def create(
 
     JSON or a multipart form (as ``client.videos.create`` sends it): ``prompt``, ``model``, ``size``, ``seconds``, and
     Easel's ``frames``, ``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``,
-    ``motion_adapter``. Answers OpenAI's video object, ``queued``; its cost (frames x steps x megapixels) was taken.
+    ``motion_adapter``; ``input_reference`` (image-to-video: a file, or base64 in JSON) with Easel's ``strength``.
+    Answers OpenAI's video object, ``queued``; its cost (frames x steps x megapixels) was taken.
     """
     return await videos(http).create(request_priced(http).admitted, job_owner(caller(http)), idempotency_key)
 

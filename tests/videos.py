@@ -16,9 +16,26 @@ def animatediff(diffusers_pipeline, motion_adapter):
     return pipeline
 
 
+def video_to_video(animatediff_pipeline):
+    """diffusers' ``AnimateDiffVideoToVideoPipeline`` on the same weights: image-to-video's reference."""
+    from diffusers import AnimateDiffVideoToVideoPipeline
+
+    pipeline = AnimateDiffVideoToVideoPipeline.from_pipe(animatediff_pipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
 def reference_frames(pipeline, scheduler: str, frames: int, seed: int, **kwargs) -> np.ndarray:
     """uint8 frames (F, H, W, 3) from AnimateDiff with Easel's sampler ``scheduler``."""
     pipeline.scheduler = NOISE_SAMPLERS[scheduler].build(pipeline.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     video = pipeline(num_frames=frames, generator=generator, output_type="np", **kwargs).frames[0]
     return (np.asarray(video) * 255).round().astype(np.uint8)
+
+
+def reference_frames_from(pipeline, scheduler: str, image, frames: int, seed: int, **kwargs) -> np.ndarray:
+    """uint8 frames from ``AnimateDiffVideoToVideoPipeline`` given ``image`` (PIL) repeated as every frame."""
+    pipeline.scheduler = NOISE_SAMPLERS[scheduler].build(pipeline.scheduler.config)
+    generator = torch.Generator().manual_seed(seed)
+    answer = pipeline(video=[image] * frames, decode_chunk_size=frames, generator=generator, output_type="np", **kwargs)
+    return (np.asarray(answer.frames[0]) * 255).round().astype(np.uint8)

@@ -47,7 +47,7 @@ from serve.text_to_image.generation import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import VideoRequest
+from serve.text_to_image.video import VideoRequest, input_reference_named
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
 
@@ -138,7 +138,11 @@ class Generations:
             return Priced((await asyncio.to_thread(self.upscaling.work, request)).cost)
         if isinstance(request, VideoRequest):  # a video: the generation it runs as, on the model it names
             model = self.models.now().resolve(request.model)
-            request = request.generation(model.name, model.native_size, model.folder.family)
+            with input_reference_named():  # its image read as a still's (its header here)
+                admitted = await self.admitted(
+                    request.generation(model.name, model.native_size, model.folder.family), key
+                )
+            return Priced(admitted.cost, admitted)
         admitted = await self.admitted(request, key)
         return Priced(admitted.cost, admitted)
 

@@ -16,7 +16,7 @@ from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
 from serve.serving.generations import Admitted
 from serve.serving.jobs import SUBMITTED_POLICY, BackgroundJobs
-from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, mp4
+from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, input_reference_named, mp4
 
 Variant = Literal["video", "frames"]
 VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}
@@ -69,7 +69,8 @@ class Videos:
 
     async def create(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
         """Queue the video's job; OpenAI's video object (``queued``)."""
-        job, created = await self.jobs.queued(admitted, owner, idempotency_key)
+        with input_reference_named():  # its image decoded and checked here
+            job, created = await self.jobs.queued(admitted, owner, idempotency_key)
         headers = {"Location": f"/v1/videos/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(video_object(job), headers=headers | admitted.assignment.headers())
 

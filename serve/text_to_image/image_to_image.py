@@ -6,6 +6,8 @@ Each case follows the diffusers pipeline it matches, step for step and draw for 
   which is ``StableDiffusionInpaintPipeline`` with a white mask at strength 1.
 - **img2img** (``StableDiffusionImg2ImgPipeline``): the images' latents, sampled from the ``vae_encoder`` engine's
   distribution, noised to the first timestep ``strength`` leaves.
+- **image-to-video** (``AnimateDiffVideoToVideoPipeline`` given the image repeated as every frame): the image
+  encoded once; each frame's latent its own sample of that distribution, noised as img2img's.
 - **inpainting** (``StableDiffusionInpaintPipeline``): noise (strength 1) or the noised image latents; a 9-channel
   UNet also takes the mask and the masked image's latents each step; a 4-channel UNet's latents are blended with
   the image's (noised to the next timestep) outside the mask after each step.
@@ -108,12 +110,32 @@ def strength_timesteps(scheduler, steps: int, strength: float) -> torch.Tensor:
 
 
 async def encode(
-    engines: EngineRunner, spec: ModelSpec, pixels: torch.Tensor, generator: torch.Generator
+    engines: EngineRunner, spec: ModelSpec, pixels: torch.Tensor, generator: torch.Generator, samples: int = 0
 ) -> torch.Tensor:
-    """Latents sampled from the VAE encoder's distribution of ``pixels``, as ``latent_dist.sample(generator)``."""
+    """Latents sampled from the VAE encoder's distribution of ``pixels``, as ``latent_dist.sample(generator)``.
+
+    ``samples``: that many draws from one image's distribution (a video's frames: the image encoded once, as
+    diffusers' encoder sampling the image repeated that many times in one batch); 0: one per image.
+    """
     out = await engines.infer(spec, {"image": pixels.numpy()})
     mean, std = torch.from_numpy(out["latent_mean"]), torch.from_numpy(out["latent_std"])
-    return mean + std * randn_tensor(mean.shape, generator=generator, dtype=mean.dtype)
+    shape = (samples, *mean.shape[1:]) if samples else mean.shape
+    return mean + std * randn_tensor(shape, generator=generator, dtype=mean.dtype)
+
+
+async def video_start(
+    job: Generation, engines: EngineRunner, encoder: ModelSpec, pixels: torch.Tensor, scheduler, timesteps, generator
+) -> ImageStart:
+    """Image-to-video: every frame starts from the image's noised latent (``AnimateDiffVideoToVideoPipeline``'s).
+
+    Latents (1, C, F, h, w): the frames' samples of the image's distribution (one encoder call), noised to the first
+    timestep ``strength`` leaves, drawn in diffusers' order (frame-major) and laid out as its ``permute``.
+    """
+    frames = await encode(engines, encoder, pixels, generator, job.motion.frames)
+    if len(timesteps):
+        noise = randn_tensor(frames.shape, generator=generator, dtype=torch.float32)
+        frames = scheduler.add_noise(frames[None], noise[None], timesteps[:1])[0]
+    return ImageStart(frames.permute(1, 0, 2, 3)[None].contiguous())
 
 
 def _noise_start(noise: torch.Tensor, scheduler) -> torch.Tensor:
@@ -143,6 +165,8 @@ async def start(
         return ImageStart(_noise_start(randn_tensor(shape, generator=generator, dtype=torch.float32), scheduler))
     encoder = specs[VAE_ENCODER]
     pixels = processors.images(job) if job.inputs.images else torch.zeros(1, 3, job.sampling.height, job.sampling.width)
+    if job.motion is not None:
+        return await video_start(job, engines, encoder, pixels, scheduler, timesteps, generator)
     if not len(timesteps):  # a strength too small for one step: the images through the VAE
         return ImageStart(_rows(await encode(engines, encoder, pixels, generator), job.sampling.n))
     latent_timestep = timesteps[:1].repeat(job.sampling.n)

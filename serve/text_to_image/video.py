@@ -2,11 +2,12 @@
 
 ``POST /v1/videos`` takes OpenAI's fields (``prompt``, ``model``, ``size``, ``seconds``) and Easel's (``frames``,
 ``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``, ``loras``, ``motion_adapter``),
-as JSON or as the multipart form the ``openai`` client sends. It becomes a :class:`VideoGeneration`: a generation
-request whose frames are one axis of its latents, denoised together by the motion adapter's UNet
-(``unet_motion_<name>``), run as a background job of the job store. The job's answer is its frames as PNGs
-(lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP4 (H.264, PyAV) or, with ``variant=frames``,
-zips them (Easel's: the exact frames, for parity).
+as JSON or as the multipart form the ``openai`` client sends; ``input_reference`` (an image, with Easel's
+``strength``) makes it image-to-video, the image the generation's img2img input. It becomes a
+:class:`VideoGeneration`: a generation request whose frames are one axis of its latents, denoised together by the
+motion adapter's UNet (``unet_motion_<name>``), run as a background job of the job store. The job's answer is its
+frames as PNGs (lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP4 (H.264, PyAV) or, with
+``variant=frames``, zips them (Easel's: the exact frames, for parity).
 """
 
 from __future__ import annotations
@@ -14,19 +15,23 @@ from __future__ import annotations
 import base64
 import io
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import numpy as np
 import pydantic_core
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
 from serve.errors import InvalidInput, invalid_input
+from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.text_to_image.generation import Motion
 from serve.text_to_image.schema import (
+    DEFAULT_STRENGTH,
     MAX_GUIDANCE,
     MAX_PROMPT_CHARS,
     MAX_SEED,
@@ -48,6 +53,7 @@ DEFAULT_FRAMES = 16
 DEFAULT_FPS = 8
 MAX_FPS = 30
 MAX_VIDEO_FORM_FIELDS = 32
+INPUT_REFERENCE = "input_reference"
 
 
 class VideoGeneration(GenerationRequest):
@@ -99,7 +105,27 @@ class VideoRequest(BaseModel):
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     loras: list[LoraChoice] = Field([], description="Refused for now: the motion UNet is not LoRA-ready.")
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
+    input_reference: str | None = Field(
+        None,
+        max_length=MAX_IMAGE_CHARS,
+        description=f"Image-to-video: a PNG/JPEG/WebP (base64 in JSON, a file in the form) of at most "
+        f"{MAX_IMAGE_BYTES >> 20} MiB, resized to the video's size and encoded once; every frame starts from its "
+        "latent noised to strength (diffusers' AnimateDiffVideoToVideoPipeline given the image as every frame).",
+    )
+    strength: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        allow_inf_nan=False,
+        description=f"With input_reference: how much of the schedule runs from it, in (0, 1] (default "
+        f"{DEFAULT_STRENGTH}): steps x strength steps run.",
+    )
     priority: Priority = Priority.NORMAL
+
+    @field_validator("input_reference")
+    @classmethod
+    def _reference_is_base64(cls, value: str | None) -> str | None:
+        return None if value is None else checked_base64(value)
 
     @model_validator(mode="after")
     def _frames_agree(self) -> VideoRequest:
@@ -123,6 +149,12 @@ class VideoRequest(BaseModel):
         if self.frames is not None:
             return self.frames
         return self.seconds * self.fps if self.seconds is not None else DEFAULT_FRAMES
+
+    @model_validator(mode="after")
+    def _strength_with_a_reference(self) -> VideoRequest:
+        if self.strength is not None and self.input_reference is None:
+            raise InvalidInput("strength: only accepted with an input_reference (image-to-video)", "strength")
+        return self
 
     def generation(self, model: str, native_size: int, family: Family) -> VideoGeneration:
         """The generation request this video runs as on ``model`` (of ``family``, ``native_size``).
@@ -152,6 +184,8 @@ class VideoRequest(BaseModel):
                 frames=self.frame_count,
                 fps=self.fps,
                 motion_adapter=motion_adapter,
+                image=[self.input_reference] if self.input_reference else [],
+                strength=self.strength,
             )
         except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it
             refused = invalid_input(error)
@@ -170,8 +204,9 @@ async def read_video_form(request: Request) -> VideoRequest:
         body = {}
         for name, part in form.multi_items():
             if isinstance(part, UploadFile):
-                raise InvalidInput(f"{name}: files are not taken (image-to-video is not served yet)", name)
-            body[name] = pydantic_core.from_json(part) if name == "loras" else part
+                body[name] = await _reference_file(name, part)
+            else:
+                body[name] = pydantic_core.from_json(part) if name == "loras" else part
         return VideoRequest.model_validate(body)
     except ValueError as error:  # a ValidationError, or loras that are not JSON: 400 naming the field
         raise (
@@ -180,6 +215,27 @@ async def read_video_form(request: Request) -> VideoRequest:
     finally:
         await form.close()
         await request.close()
+
+
+async def _reference_file(name: str, part: UploadFile) -> str:
+    """The form's ``input_reference`` file as the JSON body's base64 (the one file a video takes)."""
+    if name != INPUT_REFERENCE:
+        raise InvalidInput(f"{name}: a file is taken only as {INPUT_REFERENCE} (image-to-video)", name)
+    data = await part.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInput(f"{name}: the image is over {MAX_IMAGE_BYTES} bytes, the most accepted", name)
+    return base64.b64encode(data).decode("ascii")
+
+
+@contextmanager
+def input_reference_named() -> Iterator[None]:
+    """A video's input image is its ``input_reference``: the stills' image checks' 400s name that field."""
+    try:
+        yield
+    except InvalidInput as error:
+        if (error.field or "").split(".")[0] != "image":
+            raise
+        raise InvalidInput(error.message.replace(error.field, INPUT_REFERENCE, 1), INPUT_REFERENCE) from None
 
 
 def motion_of(request: GenerationRequest) -> Motion | None:

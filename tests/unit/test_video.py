@@ -1,26 +1,40 @@
 """AnimateDiff videos: the motion UNet engine and the loop against diffusers' ``AnimateDiffPipeline`` (no servers)."""
 
 import asyncio
+import base64
 import io
 import zipfile
 
+import httpx
 import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
+from starlette.requests import Request
 
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from serve.errors import InvalidInput, invalid_input
+from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.generation import Generation, Motion, Outline, SamplingParams
+from serve.text_to_image.generation import Generation, ImageInputs, Motion, Outline, SamplingParams
+from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import VideoRequest, frames_zip, motion_of, mp4, stored_request
+from serve.text_to_image.video import (
+    VideoRequest,
+    frames_zip,
+    input_reference_named,
+    motion_of,
+    mp4,
+    read_video_form,
+    stored_request,
+)
 from tests.conftest import psnr
-from tests.videos import animatediff, reference_frames
+from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +80,32 @@ def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, sc
     assert psnr(got[0], got[-1]) < 30  # the frames are not one picture repeated
 
 
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_image_to_video_matches_animatediff_video_to_video(video_engines, animatediff_pipeline, scheduler):
+    """Every frame starts from the reference's noised latent: diffusers' video-to-video of the image repeated."""
+    reference = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # resized to 64x48
+    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 4, 7.5, 5, scheduler)
+    job = Generation(sampling, inputs=ImageInputs((reference,), strength=0.6), motion=Motion("wave", 6))
+    got = np.stack(asyncio.run(pipeline.generate(job)).images)
+    want = reference_frames_from(
+        video_to_video(animatediff_pipeline),
+        scheduler,
+        Image.fromarray(reference),
+        6,
+        5,
+        prompt="a red fox",
+        negative_prompt="blurry",
+        width=64,
+        height=48,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        strength=0.6,
+    )
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+
+
 def test_the_motion_unet_is_its_own_engine_with_frames_an_axis(video_engines):
     spec = video_engines.specs["unet_motion_wave"]
     assert spec.input("sample").dims == (4, -1, -1, -1)
@@ -104,6 +144,54 @@ def test_a_video_request_names_seconds_or_frames_over_the_limits_or_disagreeing(
             VideoRequest(prompt="x", **body)
         refused = error.value if isinstance(error.value, InvalidInput) else invalid_input(error.value)
         assert refused.field == field, body
+
+
+def test_an_input_reference_is_checked_and_named_and_its_strength_is_in_0_1(video_engines):
+    png = base64.b64encode(encode_image(np.zeros((40, 56, 3), np.uint8), "png")).decode()
+    video = VideoRequest(prompt="x", input_reference=png, steps=10).generation("m", 64, video_engines.family)
+    assert (video.image, video.effective_strength, video.denoising_steps) == ([png], 0.8, 8)  # 10 steps x 0.8
+    strong = VideoRequest(prompt="x", input_reference=png, strength=1).generation("m", 64, video_engines.family)
+    assert strong.effective_strength == 1.0
+    for body, field in (
+        ({"input_reference": png, "strength": 0}, "strength"),
+        ({"input_reference": png, "strength": 1.5}, "strength"),
+        ({"strength": 0.5}, "strength"),  # without an image
+        ({"input_reference": "not an image!"}, "input_reference"),
+        ({"input_reference": "A" * (MAX_IMAGE_CHARS + 4)}, "input_reference"),
+    ):
+        with pytest.raises((InvalidInput, ValidationError)) as error:
+            VideoRequest(prompt="x", **body)
+        refused = error.value if isinstance(error.value, InvalidInput) else invalid_input(error.value)
+        assert refused.field == field, body
+    with pytest.raises(InvalidInput, match="^input_reference: not a readable image") as error:
+        with input_reference_named():  # the stills' checks, as a video's are made
+            header_size(b"no image", "image")
+    assert error.value.field == "input_reference"
+
+
+def form(files: dict) -> Request:
+    """``POST /v1/videos`` as the ``openai`` client's multipart form with ``files``, read by no server."""
+    sent = httpx.Request("POST", "http://easel/v1/videos", data={"prompt": "x", "frames": "4"}, files=files)
+    body = sent.read()
+    headers = [(name.lower().encode(), value.encode()) for name, value in sent.headers.items()]
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request({"type": "http", "method": "POST", "path": "/v1/videos", "headers": headers}, receive)
+
+
+def test_the_form_takes_input_reference_as_a_file_and_names_any_other_file_or_one_too_large():
+    png = encode_image(np.zeros((8, 8, 3), np.uint8), "png")
+    body = asyncio.run(read_video_form(form({"input_reference": ("a.png", png, "image/png")})))
+    assert (base64.b64decode(body.input_reference), body.frame_count) == (png, 4)
+    for files, field in (
+        ({"image": ("a.png", png, "image/png")}, "image"),
+        ({"input_reference": ("a.png", bytes(MAX_IMAGE_BYTES + 1), "image/png")}, "input_reference"),
+    ):
+        with pytest.raises(InvalidInput) as error:
+            asyncio.run(read_video_form(form(files)))
+        assert error.value.field == field
 
 
 def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):

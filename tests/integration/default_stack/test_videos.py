@@ -1,5 +1,6 @@
 """Videos (AnimateDiff) through OpenAI's videos API on the shared stack: the official client, parity, bad input."""
 
+import base64
 import io
 import time
 import zipfile
@@ -12,10 +13,22 @@ from PIL import Image
 
 from tests.conftest import psnr
 from tests.integration.conftest import decode_images, post_together
-from tests.videos import animatediff, reference_frames
+from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 
 pytestmark = pytest.mark.integration
 VIDEO = {"prompt": "a red fox running", "negative_prompt": "blurry", "size": "64x64", "seed": 5, "steps": 2}
+
+
+def png(image: Image.Image) -> bytes:
+    """``image`` as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+REFERENCE = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8))
+"""image-to-video's input: resized to the video's 64x64."""
+OVER_4096 = base64.b64encode(png(Image.new("L", (4097, 4097)))).decode()
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +90,45 @@ def test_the_openai_client_makes_a_video_that_matches_animatediff(client, api, a
     assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
 
 
+def test_the_openai_client_makes_a_video_from_an_image_that_matches_video_to_video(client, api, animatediff_pipeline):
+    """image-to-video: the image uploaded as the client's file; every frame as AnimateDiffVideoToVideoPipeline's."""
+    fields = {"negative_prompt": "blurry", "seed": 5, "steps": 4, "strength": 0.5, "fps": 4, "scheduler": "ddim"}
+    created = client.videos.create(
+        prompt=VIDEO["prompt"],
+        size="64x64",
+        seconds="1",
+        input_reference=("reference.png", png(REFERENCE), "image/png"),
+        extra_body=fields,
+    )
+    assert finished(client, created.id).status == "completed"
+    got = frames(api, created.id)
+    want = reference_frames_from(
+        video_to_video(animatediff_pipeline),
+        "ddim",
+        REFERENCE,
+        4,
+        5,
+        prompt=VIDEO["prompt"],
+        negative_prompt="blurry",
+        width=64,
+        height=64,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        strength=0.5,
+    )
+    assert got.shape == want.shape == (4, 64, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+
+
 @pytest.mark.parametrize(
     ("change", "field"),
     [
+        ({"input_reference": base64.b64encode(b"not an image").decode()}, "input_reference"),
+        ({"input_reference": "not base64!"}, "input_reference"),
+        ({"input_reference": OVER_4096}, "input_reference"),
+        ({"input_reference": base64.b64encode(png(REFERENCE)).decode(), "strength": 0}, "strength"),
+        ({"input_reference": base64.b64encode(png(REFERENCE)).decode(), "strength": 1.5}, "strength"),
+        ({"strength": 0.5}, "strength"),  # no input_reference
         ({"frames": 33}, "frames"),
         ({"seconds": 9}, "seconds"),  # 72 frames at the default 8 fps
         ({"seconds": 1, "frames": 6}, "seconds"),  # 1 s at 8 fps is 8 frames

@@ -1,12 +1,16 @@
 """The video job's gRPC messages: the HTTP API's ``VideoRequest`` and video object, and a Gateway method per RPC."""
 
+from dataclasses import replace
+
 import pytest
 
 from serve.errors import InvalidInput
 from serve.grpc_api import easel_pb2
 from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
-from serve.serving.videos import VARIANTS
-from serve.text_to_image.video import DEFAULT_FPS
+from serve.jobs.model import Job, JobStatus
+from serve.priority import Priority
+from serve.serving.videos import VARIANTS, video_object
+from serve.text_to_image.video import DEFAULT_FPS, VideoGeneration
 from serve.video_routes import VideoCalls
 
 
@@ -49,27 +53,17 @@ def test_content_is_the_mp4_unless_frames_are_asked_and_another_variant_is_refus
 
 
 def test_the_reply_is_openai_s_video_object_its_unset_parts_left_unset():
-    video = {
-        "id": "job-1",
-        "object": "video",
-        "status": "failed",
-        "progress": 50,
-        "model": "easel-default",
-        "seconds": "0.5",
-        "size": "64x64",
-        "prompt": "a fox",
-        "created_at": 1_700_000_000,
-        "completed_at": None,
-        "frames": 4,
-        "fps": 8,
-        "seed": 5,
-        "error": {"code": "canceled", "message": "the video's job was canceled"},
-    }
-    reply = video_reply(video)
+    stored = VideoGeneration(
+        prompt="a fox", model="easel-default", size="64x64", frames=4, fps=8, motion_adapter="wave", seed=5
+    ).model_dump(mode="json")
+    canceled = Job("job-1", JobStatus.CANCELED, Priority.NORMAL, stored, 1.7e9, step=1, total=2)
+    reply = video_reply(video_object(canceled))
     assert (reply.id, reply.status, reply.progress, reply.frames, reply.seed) == ("job-1", "failed", 50, 4, 5)
-    assert reply.seconds == "0.5" and not reply.HasField("completed_at")
-    assert reply.error.code == "canceled"
-    assert not video_reply(video | {"error": None, "status": "queued"}).HasField("error")
+    assert (reply.seconds, reply.size, reply.model) == ("0.5", "64x64", "easel-default")
+    assert reply.error.code == "canceled" and not reply.HasField("completed_at")
+    done = video_reply(video_object(replace(canceled, status=JobStatus.SUCCEEDED, finished_at=1.7e9 + 9)))
+    assert (done.status, done.progress, done.completed_at) == ("completed", 100, 1_700_000_009)
+    assert not done.HasField("error")
 
 
 def test_the_gateway_answers_each_video_rpc():

@@ -81,8 +81,8 @@ class VideoCalls:
         try:
             parse = partial(video_request, message)  # once the key is known good
             async with call_admitted(grpc_context, "CreateVideo", parse) as (key, _, priced):
-                again = dict(grpc_context.invocation_metadata()).get("idempotency-key")
-                video, _ = await self.videos.queued(priced.admitted, job_owner(key), again)
+                idempotency_key = dict(grpc_context.invocation_metadata()).get("idempotency-key")
+                video, _ = await self.videos.queued(priced.admitted, job_owner(key), idempotency_key)
             return video_reply(video)
         except Exception as error:  # every failure ends the call with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))

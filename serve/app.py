@@ -55,7 +55,6 @@ from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
-from serve.serving.videos import Videos
 from serve.settings import AppArgs
 from serve.stores import default_url
 from serve.text_to_image.engine_folder import EngineFolder
@@ -64,6 +63,7 @@ from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
 from serve.video_routes import ROUTES as VIDEO_ROUTES
+from serve.video_routes import VideoCalls
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -358,7 +358,7 @@ for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its a
 
 @serve.deployment(name="Gateway")
 @serve.ingress()
-class Gateway:
+class Gateway(VideoCalls):
     """The ingress: builds the serving classes (serve/serving/) and hands them every HTTP route and gRPC method.
 
     Every generation, synchronous or a job's, is answered by :class:`Generations`; each replica runs a job runner
@@ -412,7 +412,6 @@ class Gateway:
         self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
         self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
-        self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic)

@@ -1,18 +1,25 @@
-"""The HTTP API's video routes: OpenAI's videos API (``client.videos``), a video being a background job.
+"""The video job's doors: OpenAI's videos API (``client.videos``) over HTTP, and its gRPC twin.
 
 :data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.moderation_routes`'). Each hands its call to the Gateway's :class:`serve.serving.videos.Videos`; the
-scope, body limit and the body's reading and pricing are :mod:`serve.routes`' and the key check's.
+:mod:`serve.moderation_routes`'); :class:`VideoCalls`: the gRPC methods the Gateway takes on. Each hands its call to
+the Gateway's :class:`serve.serving.videos.Videos`; the scope, body limit and the body's reading and pricing are
+:mod:`serve.routes`' and the key check's.
 """
 
 from collections.abc import Callable
+from functools import cached_property, partial
 from typing import Annotated
 
 from fastapi import Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from serve.access import caller, job_owner, request_priced
-from serve.serving.videos import Variant, Videos
+from serve import grpc_api
+from serve.access import call_admitted, caller, job_owner, request_priced
+from serve.grpc_api import easel_pb2
+from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
+from serve.serving.jobs import BackgroundJobs
+from serve.serving.ray_errors import as_easel_error
+from serve.serving.videos import VARIANTS, Variant, Videos
 
 
 def videos(http: Request) -> Videos:
@@ -55,3 +62,55 @@ ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("DELETE", "/v1/videos/{video_id}", cancel),
 )
 """Method, path and handler of each route, in the OpenAPI document's order."""
+
+
+class VideoCalls:
+    """The video job on gRPC (``easel.v1.Easel``): the Gateway's methods, answered by its :attr:`videos`.
+
+    The message, its limits, its key check and its errors are the HTTP route's (INVALID_ARGUMENT naming the field).
+    """
+
+    jobs: BackgroundJobs  # the Gateway's
+
+    @cached_property
+    def videos(self) -> Videos:
+        """The video job's serving class, over the Gateway's jobs: the HTTP routes' (:func:`videos`) and these."""
+        return Videos(self.jobs)
+
+    async def CreateVideo(self, message: easel_pb2.VideoRequest, grpc_context) -> easel_pb2.Video:  # noqa: N802
+        """``POST /v1/videos``: the video, queued (metadata ``idempotency-key``: the HTTP header)."""
+        try:
+            parse = partial(video_request, message)  # once the key is known good
+            async with call_admitted(grpc_context, "CreateVideo", parse) as (key, _, priced):
+                idempotency_key = dict(grpc_context.invocation_metadata()).get("idempotency-key")
+                video, _ = await self.videos.queued(priced.admitted, job_owner(key), idempotency_key)
+            return video_reply(video)
+        except Exception as error:  # every failure ends the call with its status code
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def GetVideo(self, message: easel_pb2.VideoId, grpc_context) -> easel_pb2.Video:  # noqa: N802
+        """``GET /v1/videos/{id}``: status, progress, model, seconds, size."""
+        try:
+            async with call_admitted(grpc_context, "GetVideo", partial(video_id, message, "GetVideo")) as (key, id_, _):
+                return video_reply(await self.videos.show(key, id_))
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def GetVideoContent(self, message: easel_pb2.VideoContentRequest, grpc_context) -> easel_pb2.VideoContent:  # noqa: N802
+        """``GET /v1/videos/{id}/content``: the MP4, or ``variant: frames`` the PNGs in a zip (409 before then)."""
+        try:
+            parse = partial(content_request, message, tuple(VARIANTS))
+            async with call_admitted(grpc_context, "GetVideoContent", parse) as (key, (id_, variant), _):
+                data = await self.videos.encoded(key, id_, variant)
+            return easel_pb2.VideoContent(data=data, content_type=VARIANTS[variant])
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))
+
+    async def CancelVideo(self, message: easel_pb2.VideoId, grpc_context) -> easel_pb2.Video:  # noqa: N802
+        """``DELETE /v1/videos/{id}``: it stops at its next step (409 once it is over)."""
+        try:
+            parse = partial(video_id, message, "CancelVideo")
+            async with call_admitted(grpc_context, "CancelVideo", parse) as (key, id_, _):
+                return video_reply(await self.videos.cancel(key, id_))
+        except Exception as error:
+            grpc_api.fail(grpc_context, as_easel_error(error))

@@ -1,9 +1,10 @@
 """Easel's public gRPC API (``easel.v1.Easel`` in ``easel.proto``), served through Ray Serve's gRPC proxy.
 
-The Gateway answers its RPCs (``Generate``, ``Vectorize``, ``Analyze``, ``Feedback``); this module turns messages
-into the HTTP API's own request models, so both APIs share one set of fields, limits, defaults and validation, and
-errors into gRPC status codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from
-``easel.proto`` (the command is in its header); a unit test checks they are current.
+The Gateway answers its RPCs (``Generate``, ``Vectorize``, ``Analyze``, ``Feedback``, the video job's:
+:mod:`serve.grpc_api.videos`); this module turns messages into the HTTP API's own request models, so both APIs share
+one set of fields, limits, defaults and validation, and errors into gRPC status codes from the one error map
+(``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from ``easel.proto`` (the command is in its header); a
+unit test checks they are current.
 
 A request message reaches the Gateway unparsed (:class:`Unparsed`: Ray Serve's gRPC proxy keeps its bytes, see
 :func:`serve.wire.bound_grpc_messages`), so the key is checked before anything is parsed (:func:`parsed`), and a
@@ -34,6 +35,10 @@ REQUESTS: dict[str, type[Message]] = {
     "Vectorize": easel_pb2.VectorizeRequest,
     "Analyze": easel_pb2.VectorizeRequest,
     "Feedback": easel_pb2.FeedbackRequest,
+    "CreateVideo": easel_pb2.VideoRequest,
+    "GetVideo": easel_pb2.VideoId,
+    "GetVideoContent": easel_pb2.VideoContentRequest,
+    "CancelVideo": easel_pb2.VideoId,
 }
 """Each method's request message."""
 

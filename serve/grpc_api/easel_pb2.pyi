@@ -317,3 +317,95 @@ class FeedbackReply(_message.Message):
     model: str
     experiment: str
     def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
+
+class VideoRequest(_message.Message):
+    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority")
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
+    LORAS_FIELD_NUMBER: _ClassVar[int]
+    MOTION_ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    prompt: str
+    model: str
+    size: str
+    seconds: int
+    frames: int
+    fps: int
+    seed: int
+    steps: int
+    scheduler: str
+    guidance_scale: float
+    negative_prompt: str
+    loras: _containers.RepeatedCompositeFieldContainer[Lora]
+    motion_adapter: str
+    priority: str
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ...) -> None: ...
+
+class VideoId(_message.Message):
+    __slots__ = ("video_id",)
+    VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
+    video_id: str
+    def __init__(self, video_id: _Optional[str] = ...) -> None: ...
+
+class VideoContentRequest(_message.Message):
+    __slots__ = ("video_id", "variant")
+    VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    video_id: str
+    variant: str
+    def __init__(self, video_id: _Optional[str] = ..., variant: _Optional[str] = ...) -> None: ...
+
+class VideoContent(_message.Message):
+    __slots__ = ("data", "content_type")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    content_type: str
+    def __init__(self, data: _Optional[bytes] = ..., content_type: _Optional[str] = ...) -> None: ...
+
+class VideoError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: str
+    message: str
+    def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+
+class Video(_message.Message):
+    __slots__ = ("id", "status", "progress", "model", "seconds", "size", "prompt", "created_at", "completed_at", "frames", "fps", "seed", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FPS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    status: str
+    progress: int
+    model: str
+    seconds: str
+    size: str
+    prompt: str
+    created_at: int
+    completed_at: int
+    frames: int
+    fps: int
+    seed: int
+    error: VideoError
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., progress: _Optional[int] = ..., model: _Optional[str] = ..., seconds: _Optional[str] = ..., size: _Optional[str] = ..., prompt: _Optional[str] = ..., created_at: _Optional[int] = ..., completed_at: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., error: _Optional[_Union[VideoError, _Mapping]] = ...) -> None: ...

@@ -54,6 +54,26 @@ class EaselStub:
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.SerializeToString,
                 response_deserializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.FromString,
                 _registered_method=True)
+        self.CreateVideo = channel.unary_unary(
+                '/easel.v1.Easel/CreateVideo',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoRequest.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+                _registered_method=True)
+        self.GetVideo = channel.unary_unary(
+                '/easel.v1.Easel/GetVideo',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoId.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+                _registered_method=True)
+        self.GetVideoContent = channel.unary_unary(
+                '/easel.v1.Easel/GetVideoContent',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoContentRequest.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoContent.FromString,
+                _registered_method=True)
+        self.CancelVideo = channel.unary_unary(
+                '/easel.v1.Easel/CancelVideo',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoId.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+                _registered_method=True)
 
 
 class EaselServicer:
@@ -87,6 +107,35 @@ class EaselServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateVideo(self, request, context):
+        """A video (AnimateDiff) queued as a background job (POST /v1/videos): the video, queued. Metadata
+        `idempotency-key` is the HTTP header's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVideo(self, request, context):
+        """The video's status and progress (GET /v1/videos/{id}).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetVideoContent(self, request, context):
+        """A completed video's MP4, or its frames as PNGs in a zip (GET /v1/videos/{id}/content); FAILED_PRECONDITION before.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelVideo(self, request, context):
+        """Cancel a queued or running video: it stops at its next step (DELETE /v1/videos/{id}).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EaselServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -109,6 +158,26 @@ def add_EaselServicer_to_server(servicer, server):
                     servicer.Feedback,
                     request_deserializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.FromString,
                     response_serializer=serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.SerializeToString,
+            ),
+            'CreateVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVideo,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoRequest.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.Video.SerializeToString,
+            ),
+            'GetVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVideo,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoId.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.Video.SerializeToString,
+            ),
+            'GetVideoContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVideoContent,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoContentRequest.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoContent.SerializeToString,
+            ),
+            'CancelVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelVideo,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoId.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.Video.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -219,6 +288,114 @@ class Easel:
             '/easel.v1.Easel/Feedback',
             serve_dot_grpc__api_dot_easel__pb2.FeedbackRequest.SerializeToString,
             serve_dot_grpc__api_dot_easel__pb2.FeedbackReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/CreateVideo',
+            serve_dot_grpc__api_dot_easel__pb2.VideoRequest.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/GetVideo',
+            serve_dot_grpc__api_dot_easel__pb2.VideoId.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVideoContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/GetVideoContent',
+            serve_dot_grpc__api_dot_easel__pb2.VideoContentRequest.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.VideoContent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/CancelVideo',
+            serve_dot_grpc__api_dot_easel__pb2.VideoId.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,10 +69,15 @@ class Videos:
 
     async def create(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
         """Queue the video's job; OpenAI's video object (``queued``)."""
+        video, created = await self.queued(admitted, owner, idempotency_key)
+        headers = {"Location": f"/v1/videos/{video['id']}"} | ({} if created else {"Idempotent-Replayed": "true"})
+        return JSONResponse(video, headers=headers | admitted.assignment.headers())
+
+    async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[dict, bool]:
+        """Queue the video's job: OpenAI's video object, and whether it is new (not an idempotent replay)."""
         with input_reference_named():  # its image decoded and checked here
             job, created = await self.jobs.queued(admitted, owner, idempotency_key)
-        headers = {"Location": f"/v1/videos/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
-        return JSONResponse(video_object(job), headers=headers | admitted.assignment.headers())
+        return video_object(job), created
 
     async def _video(self, key: ApiKey | None, video_id: str) -> Job:
         """The video job ``key`` may see (a still's job, another key's or none: 404)."""
@@ -87,15 +92,17 @@ class Videos:
 
     async def content(self, key: ApiKey | None, video_id: str, variant: Variant) -> Response:
         """A completed video's MP4 (H.264) or, ``variant=frames``, its frames as PNGs in a zip; 409 before then."""
+        return Response(await self.encoded(key, video_id, variant), media_type=VARIANTS[variant])
+
+    async def encoded(self, key: ApiKey | None, video_id: str, variant: Variant) -> bytes:
+        """:meth:`content`'s bytes."""
         job = await self._video(key, video_id)
         if job.status is not JobStatus.SUCCEEDED:
             raise Conflict(f"video {video_id} is {video_object(job)['status']}, not completed: no content", "video_id")
         pngs = frames_of(job.result)
         if variant == "frames":
-            body = await asyncio.to_thread(frames_zip, pngs)
-        else:
-            body = await asyncio.to_thread(mp4, pngs, video_request(job).fps)
-        return Response(body, media_type=VARIANTS[variant])
+            return await asyncio.to_thread(frames_zip, pngs)
+        return await asyncio.to_thread(mp4, pngs, video_request(job).fps)
 
     async def cancel(self, key: ApiKey | None, video_id: str) -> dict:
         """Cancel a queued or running video (its job's cancel: it stops at its next step); 409 once it is over."""

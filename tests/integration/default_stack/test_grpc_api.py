@@ -1,9 +1,14 @@
 """Easel's public gRPC API (``easel.v1.Easel``) through Ray Serve's gRPC proxy: the HTTP API's answers, streamed."""
 
 import base64
+import io
+import time
+import zipfile
 
 import grpc
+import numpy as np
 import pytest
+from PIL import Image
 
 from serve.grpc_api import easel_pb2
 from serve.paths import ICONS_DEV
@@ -105,3 +110,59 @@ def test_analyze_answers_what_the_http_api_does(api, easel):
     with pytest.raises(grpc.RpcError) as refused:
         easel.Analyze(easel_pb2.VectorizeRequest(image=b"not an image"), timeout=30)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+VIDEO = {"prompt": "a red fox running", "size": "64x64", "seed": 5, "steps": 2, "frames": 4, "fps": 4}
+
+
+def pngs_in(archive_bytes: bytes) -> np.ndarray:
+    """A video's frames variant (PNGs in a zip) as (F, H, W, 3) uint8."""
+    with zipfile.ZipFile(io.BytesIO(archive_bytes)) as archive:
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])
+
+
+def over(easel, video_id: str, timeout_s: float = 120.0) -> easel_pb2.Video:
+    """The video once it is over (polled with ``GetVideo``)."""
+    deadline, asked = time.monotonic() + timeout_s, easel_pb2.VideoId(video_id=video_id)
+    while (video := easel.GetVideo(asked, timeout=30)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, f"video {video_id} still {video.status}"
+        time.sleep(0.2)
+    return video
+
+
+def test_a_video_made_over_grpc_is_the_http_api_s_video_and_bad_input_names_the_field(api, easel):
+    made = easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO), timeout=60)
+    over_http = api.post("/v1/videos", json=VIDEO).json()["id"]
+    assert (made.status, made.frames, made.fps, made.seed, made.size) == ("queued", 4, 4, 5, "64x64")
+    video, deadline = over(easel, made.id), time.monotonic() + 120
+    assert (video.status, video.progress, video.model) == ("completed", 100, "easel-default")
+    mp4 = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=made.id), timeout=60)
+    assert mp4.content_type == "video/mp4" and mp4.data == api.get(f"/v1/videos/{made.id}/content").content
+    while api.get(f"/v1/videos/{over_http}").json()["status"] in ("queued", "in_progress"):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    frames = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=made.id, variant="frames"), timeout=60)
+    http_frames = api.get(f"/v1/videos/{over_http}/content", params={"variant": "frames"}).content
+    np.testing.assert_array_equal(pngs_in(frames.data), pngs_in(http_frames))  # the same seed's video, to the pixel
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO | {"frames": 33}), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("frames:"), refused.value.details()
+
+
+def test_a_video_canceled_over_grpc_stops_and_has_no_content(api, easel):
+    made = easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO | {"frames": 32, "steps": 150}), timeout=60)
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{made.id}").json()["progress"]["step"] < 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    easel.CancelVideo(easel_pb2.VideoId(video_id=made.id), timeout=30)
+    video = over(easel, made.id, timeout_s=30)
+    assert video.status == "failed" and video.error.code == "canceled"
+    assert api.get(f"/v1/jobs/{made.id}").json()["progress"]["step"] < 150
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=made.id), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.GetVideo(easel_pb2.VideoId(video_id="no-such-video"), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.NOT_FOUND, refused.value.details()

@@ -1,0 +1,72 @@
+"""The video job's gRPC messages: the HTTP API's ``VideoRequest`` and video object, and a Gateway method per RPC."""
+
+from dataclasses import replace
+
+import pytest
+
+from serve.errors import InvalidInput
+from serve.grpc_api import easel_pb2
+from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
+from serve.jobs.model import Job, JobStatus
+from serve.priority import Priority
+from serve.serving.videos import VARIANTS, video_object
+from serve.text_to_image.video import DEFAULT_FPS, VideoGeneration
+from serve.video_routes import VideoCalls
+
+
+def test_unset_fields_take_the_http_api_s_defaults_and_set_ones_travel():
+    request = video_request(easel_pb2.VideoRequest(prompt="a fox", seconds=1, seed=0))
+    assert (request.prompt, request.seconds, request.frames, request.seed) == ("a fox", 1, None, 0)
+    assert request.fps == DEFAULT_FPS and request.frame_count == DEFAULT_FPS and request.loras == []
+    message = easel_pb2.VideoRequest(prompt="x", frames=4, fps=4, steps=2, scheduler="euler", size="64x64")
+    message.loras.add(name="ink", scale=0.5)
+    request = video_request(message)
+    assert (request.frame_count, request.steps, request.scheduler, request.size) == (4, 2, "euler", "64x64")
+    assert [(lora.name, lora.scale) for lora in request.loras] == [("ink", 0.5)]
+
+
+@pytest.mark.parametrize(
+    ("message", "field"),
+    [
+        (easel_pb2.VideoRequest(prompt="x", frames=33), "frames"),
+        (easel_pb2.VideoRequest(prompt="x", seconds=1, frames=6), "seconds"),  # 1 s at 8 fps is 8 frames
+        (easel_pb2.VideoRequest(prompt="x", steps=0), "steps"),
+        (easel_pb2.VideoRequest(prompt="x", scheduler="nope"), "scheduler"),
+        (easel_pb2.VideoRequest(seconds=1), "prompt"),
+    ],
+)
+def test_bad_fields_are_invalid_input_naming_the_field(message, field):
+    with pytest.raises(InvalidInput) as refused:
+        video_request(message)
+    assert refused.value.field == field and refused.value.message.startswith(f"{field}:"), refused.value.message
+
+
+def test_content_is_the_mp4_unless_frames_are_asked_and_another_variant_is_refused():
+    variants = tuple(VARIANTS)
+    assert content_request(easel_pb2.VideoContentRequest(video_id="job-1"), variants) == ("job-1", "video")
+    asked = easel_pb2.VideoContentRequest(video_id="job-1", variant="frames")
+    assert content_request(asked, variants) == ("job-1", "frames")
+    with pytest.raises(InvalidInput) as refused:
+        content_request(easel_pb2.VideoContentRequest(video_id="job-1", variant="gif"), variants)
+    assert refused.value.field == "variant" and refused.value.message.startswith("variant:")
+    assert video_id(easel_pb2.VideoId(video_id="job-2"), "GetVideo") == "job-2"
+
+
+def test_the_reply_is_openai_s_video_object_its_unset_parts_left_unset():
+    stored = VideoGeneration(
+        prompt="a fox", model="easel-default", size="64x64", frames=4, fps=8, motion_adapter="wave", seed=5
+    ).model_dump(mode="json")
+    canceled = Job("job-1", JobStatus.CANCELED, Priority.NORMAL, stored, 1.7e9, step=1, total=2)
+    reply = video_reply(video_object(canceled))
+    assert (reply.id, reply.status, reply.progress, reply.frames, reply.seed) == ("job-1", "failed", 50, 4, 5)
+    assert (reply.seconds, reply.size, reply.model) == ("0.5", "64x64", "easel-default")
+    assert reply.error.code == "canceled" and not reply.HasField("completed_at")
+    done = video_reply(video_object(replace(canceled, status=JobStatus.SUCCEEDED, finished_at=1.7e9 + 9)))
+    assert (done.status, done.progress, done.completed_at) == ("completed", 100, 1_700_000_009)
+    assert not done.HasField("error")
+
+
+def test_the_gateway_answers_each_video_rpc():
+    rpcs = {method.name for method in easel_pb2.DESCRIPTOR.services_by_name["Easel"].methods if "Video" in method.name}
+    assert rpcs == {"CreateVideo", "GetVideo", "GetVideoContent", "CancelVideo"}
+    assert all(callable(getattr(VideoCalls, rpc)) for rpc in rpcs)

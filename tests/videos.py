@@ -18,8 +18,7 @@ def animatediff(diffusers_pipeline, motion_adapter):
 
 def reference_frames(pipeline, scheduler: str, frames: int, seed: int, **kwargs) -> np.ndarray:
     """uint8 frames (F, H, W, 3) from AnimateDiff with Easel's sampler ``scheduler``."""
-    cls, overrides = NOISE_SAMPLERS[scheduler]
-    pipeline.scheduler = cls.from_config(pipeline.scheduler.config, **overrides)
+    pipeline.scheduler = NOISE_SAMPLERS[scheduler].build(pipeline.scheduler.config)
     generator = torch.Generator().manual_seed(seed)
     video = pipeline(num_frames=frames, generator=generator, output_type="np", **kwargs).frames[0]
     return (np.asarray(video) * 255).round().astype(np.uint8)

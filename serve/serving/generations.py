@@ -43,6 +43,7 @@ from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
+from serve.text_to_image.admission import Plan
 from serve.text_to_image.generation import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
@@ -96,6 +97,7 @@ class Admitted:
     model: ServedModel
     cost: float
     asked: GenerationRequest
+    plan: Plan  # how its replica runs it: the replica keeps only its slot
     screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
 
 
@@ -168,11 +170,11 @@ class Generations:
         self, request: GenerationRequest, assignment: Assignment, model: ServedModel, asked: GenerationRequest
     ) -> Admitted:
         """``request`` checked by ``model``'s rules and the stack's upscalers (a 400 naming the field if not)."""
-        work = model.check(request)
+        work, plan = model.check(request)
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
-        return Admitted(request, assignment, model, work.cost + faces, asked)
+        return Admitted(request, assignment, model, work.cost + faces, asked, plan)
 
     async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
@@ -206,21 +208,20 @@ class Generations:
         return JSONResponse(body, headers=headers)
 
     @asynccontextmanager
-    async def _loaded_for(
-        self, model: ServedModel, request: GenerationRequest
-    ) -> AsyncIterator[tuple[ServedModel, dict]]:
-        """``model`` loaded in Triton, and kept loaded, while the block runs; yields its version and the headers.
+    async def _loaded_for(self, admitted: Admitted) -> AsyncIterator[tuple[ServedModel, Plan, dict]]:
+        """The admitted model loaded in Triton and kept loaded while the block runs: its version, plan and headers.
 
         The version is the one the residency counted the request on: it finishes on it, whatever replaces it
         meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
         """
+        model, plan = admitted.model, admitted.plan
         version_id, waited = await self.residency.begin.remote(model.name)
         try:
             served = self.models.now().version(version_id)
             if served.version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
-                served.check(request)
+                plan = served.check(admitted.request).plan
             loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
-            yield served, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
+            yield served, plan, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
         finally:
             try:
                 await self.residency.end.remote(version_id)
@@ -269,11 +270,11 @@ class Generations:
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
                 return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
-        async with self._loaded_for(model, request) as (served, model_headers):
+        async with self._loaded_for(admitted) as (served, plan, model_headers):
             if on_step is None:
-                result = await self._pipeline(served).generate.remote(request, sent_at=time.time(), cache_scope=scope)
+                result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
             else:
-                result = await self._generate_reporting(served, request, on_step, scope)
+                result = await self._generate_reporting(served, request, plan, on_step, scope)
             result = await self._finished(served, request, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
@@ -300,7 +301,8 @@ class Generations:
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:
-            remote = self._pipeline(served).generate.remote(second, sent_at=time.time(), cache_scope=scope)
+            plan = await asyncio.to_thread(lambda: served.check(second).plan)  # the second pass's own plan
+            remote = self._pipeline(served).generate.remote(second, plan, time.time(), scope)
             return (await remote).images
 
         images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img)
@@ -320,13 +322,13 @@ class Generations:
         return items
 
     async def _generate_reporting(
-        self, model: ServedModel, request: GenerationRequest, on_step: OnStep, scope: str
+        self, model: ServedModel, request: GenerationRequest, plan: Plan, on_step: OnStep, scope: str
     ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
         stream = (
             self._pipeline(model)
             .options(stream=True)
-            .generate_stream.remote(request, sent_at=time.time(), previews=True, cache_scope=scope)
+            .generate_stream.remote(request, plan, time.time(), previews=True, cache_scope=scope)
         )
         try:
             async for item in stream:
@@ -350,12 +352,12 @@ class Generations:
 
         No result cache: a cached answer has no steps to report.
         """
-        request, assignment, model = admitted.request, admitted.assignment, admitted.model
+        request, assignment = admitted.request, admitted.assignment
         owner = key and key.id
         scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from
-        async with self._loaded_for(model, request) as (served, _), variant_measured(assignment):
+        async with self._loaded_for(admitted) as (served, plan, _), variant_measured(assignment):
             stream = self._pipeline(served).options(stream=True).generate_stream
-            async for item in stream.remote(request, sent_at=time.time(), cache_scope=scope):
+            async for item in stream.remote(request, plan, time.time(), cache_scope=scope):
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue

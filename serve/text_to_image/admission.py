@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Collection, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from serve.errors import InvalidInput
 from serve.finishing.schema import MAX_UPSCALE
@@ -141,8 +141,8 @@ class Limits:
 
 
 @dataclass(frozen=True)
-class Admitted:
-    """A request that passed :meth:`Admission.check`: its cost, and the tiles its images are decoded in (if any)."""
+class Plan:
+    """How a replica runs a request :meth:`Admission.check` passed at the Gateway: cost in flight, tiles, rows."""
 
     cost: float
     tiling: VaeTiling | None = None
@@ -179,7 +179,7 @@ class Admission:
         pool = engines.activation_bytes(limits.memory_budget_bytes)
         return cls(engines.memory_models, pool, limits, engines.tiling, engines.family.denoiser, engines.specs)
 
-    def check(self, work: Work, uses: Collection[str] = ()) -> Admitted:
+    def check(self, work: Work, uses: Collection[str] = ()) -> Plan:
         """Raise :class:`InvalidInput` if the request's ``work`` cannot be served; say how it will be.
 
         ``uses``: the optional engines it uses (:func:`optional_engine`).
@@ -210,7 +210,7 @@ class Admission:
                 f"memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
                 field="size",
             )
-        return Admitted(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
+        return Plan(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
 
     def _check_frames(self, frame_bytes: int, work: Work) -> None:
         """Raise :class:`InvalidInput` naming ``frames`` when a video's frames (each a UNet row) overrun the pool."""
@@ -302,3 +302,10 @@ def upscale_work(request, width: int, height: int) -> Work | None:
     steps = min(int(request.num_inference_steps * choice.denoise), request.num_inference_steps)
     reference = any(ip.choice.images for ip in ip_choices(request))
     return Work(request.rows, steps, side_x, side_y, request.passes, True, reference, request.rows * side_x * side_y)
+
+
+class Checked(NamedTuple):
+    """A request checked by its model at the Gateway: its work (the cost the doors count) and its replica's plan."""
+
+    work: Work
+    plan: Plan

@@ -14,7 +14,7 @@ from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
 from serve.text_to_image import approximate
-from serve.text_to_image.admission import Admission, engines_used
+from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.generation import (
     AdapterInputs,
@@ -146,20 +146,24 @@ class TextToImage:
         return await self.model(serve.get_multiplexed_model_id() or self.models.default.version_id)
 
     async def generate(
-        self, request: GenerationRequest, sent_at: float | None = None, cache_scope: str = ""
+        self, request: GenerationRequest, plan: Plan, sent_at: float | None = None, cache_scope: str = ""
     ) -> EncodedImages:
         """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
-        ``cache_scope``: whose kept latents the approximate cache may start it from (:func:`serve.cache.cache_scope`).
-
-        Refused (400) when it cannot fit the memory budget or is over the cost ceiling; otherwise it waits for its
-        turn in the replica's in-flight capacity. For ``output_format`` svg the images are PNGs, for the Gateway to
-        hand to the Vectorizer.
+        ``plan``: how the Gateway's check (:meth:`~serve.text_to_image.models.ServedModel.check`) said to run it;
+        the replica checks nothing again and keeps only its slot: it waits for its turn in the replica's in-flight
+        capacity. ``cache_scope``: whose kept latents the approximate cache may start it from
+        (:func:`serve.cache.cache_scope`). For ``output_format`` svg the images are PNGs, for the Vectorizer.
         """
-        return await self._generate(request, sent_at, None, cache_scope)
+        return await self._generate(request, plan, sent_at, None, cache_scope)
 
     async def generate_stream(
-        self, request: GenerationRequest, sent_at: float | None = None, previews: bool = False, cache_scope: str = ""
+        self,
+        request: GenerationRequest,
+        plan: Plan,
+        sent_at: float | None = None,
+        previews: bool = False,
+        cache_scope: str = "",
     ):
         """:meth:`generate` streamed (``handle.options(stream=True)``): a :class:`Progress` per step, then the images.
 
@@ -173,7 +177,7 @@ class TextToImage:
             preview = await served.preview.png(latents) if previews and wants_preview(step, total) else None
             steps.put_nowait(Progress(step, total, preview))
 
-        generation = asyncio.create_task(self._generate(request, sent_at, report, cache_scope))
+        generation = asyncio.create_task(self._generate(request, plan, sent_at, report, cache_scope))
         generation.add_done_callback(lambda _: steps.put_nowait(None))
         try:
             while (step := await steps.get()) is not None:
@@ -183,13 +187,16 @@ class TextToImage:
             generation.cancel()
 
     async def _generate(
-        self, request: GenerationRequest, sent_at: float | None, on_step: StepCallback | None, cache_scope: str
+        self,
+        request: GenerationRequest,
+        plan: Plan,
+        sent_at: float | None,
+        on_step: StepCallback | None,
+        cache_scope: str,
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         served = await self._requested()
         pipeline, admission = served.pipeline, served.admission
-        uses = engines_used(request, pipeline.dims.inpainting)
-        admitted = admission.check(served.model.work(request), uses)  # as the Gateway checked it; no pixel decoded
         metrics.count(
             metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if request.controlnets else "no"
         )
@@ -197,9 +204,9 @@ class TextToImage:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with admission.slot(admitted.cost, request.priority):  # the images decode inside: their memory too
+            async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
                 job = await self._job(request, served, cache_scope)
-                result = await pipeline.generate(job, admitted.tiling, on_step, admitted.rows_per_call)
+                result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )
@@ -214,7 +221,7 @@ class TextToImage:
     async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
         pipeline, adapters = served.pipeline, served.model.adapters
-        self._count_adapters(request, served)
+        self._count_adapters(request)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)
         ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)
@@ -228,13 +235,11 @@ class TextToImage:
             self.defaults.approximate_cache,
             pipeline.dims.inpainting,
         )
-        job = job.replaced(approximate=reuse, scope=cache_scope)
-        pipeline.family.check(job.outline, request.controlnets)  # a guard: the Gateway checked the request by them
-        return job
+        return job.replaced(approximate=reuse, scope=cache_scope)
 
-    def _count_adapters(self, request: GenerationRequest, served: ModelPipeline) -> None:
-        """Check the request's adapters (400s naming the field) and count them."""
-        served.model.adapters.check(request)
+    @staticmethod
+    def _count_adapters(request: GenerationRequest) -> None:
+        """Count the request's adapters (the Gateway checked them)."""
         if ip_choices(request):
             metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
         for lora in request.loras:

@@ -27,7 +27,7 @@ from serve.adapters.catalog import LoraTarget
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits, Work, engines_used, upscale_work
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
@@ -274,13 +274,13 @@ class ServedModel:
         for name in self.triton_names():
             uninstall_model(name, repository)
 
-    def check(self, request) -> Work:
-        """``request``'s work, checked (400 naming the field) by the rules needing no run: adapters, family, memory."""
+    def check(self, request) -> Checked:
+        """``request``'s work checked (400 naming the field) by the rules needing no run, and its replica's plan."""
         self.adapters.check(request)
         work, family = self.work(request), self.folder.family
         family.check(Outline.of_request(request, work.width, work.height), request.controlnets)
-        Admission.for_engines(self.folder, self.limits).check(work, engines_used(request, family.dims.inpainting))
-        return work
+        uses = engines_used(request, family.dims.inpainting)
+        return Checked(work, Admission.for_engines(self.folder, self.limits).check(work, uses))
 
     def lora_target(self) -> LoraTarget:
         """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""

@@ -8,7 +8,7 @@ import pytest
 from build_engines.memory import SIDES, measured, save, sides_up_to
 from serve.errors import InvalidInput
 from serve.priority import Priority
-from serve.text_to_image.admission import Admission, Admitted, Limits, Work
+from serve.text_to_image.admission import Admission, Limits, Plan, Work
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import ActivationPool
 from serve.triton.engine_files import EngineFiles
@@ -139,7 +139,7 @@ def test_admission_refuses_what_cannot_fit_and_what_costs_too_much_naming_the_fi
     models = _models()
     pool = activation_pool(models, _specs(), 2048 * MiB)  # 1648 MiB
     admission = Admission(models, pool, Limits(2048 * MiB, max_cost=64), VaeTiling(256, 8), "unet")
-    assert admission.check(Work(1, 20, 512, 512)) == Admitted(Work(1, 20, 512, 512).cost, tiling=None)
+    assert admission.check(Work(1, 20, 512, 512)) == Plan(Work(1, 20, 512, 512).cost, tiling=None)
     with pytest.raises(InvalidInput) as cost:
         admission.check(Work(4, 150, 512, 512))
     assert cost.value.field == "num_inference_steps" and "64" in cost.value.message

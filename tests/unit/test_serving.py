@@ -146,9 +146,11 @@ class Handles:
         self.calls.append(("route", multiplexed_model_id))
         return self
 
-    async def _generate(self, request, sent_at: float, cache_scope: str = ""):
+    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
+        from serve.text_to_image.admission import Plan
         from serve.text_to_image.generation import EncodedImages
 
+        assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
         self.calls.append(("generate", request.model, cache_scope))
         return EncodedImages([b"png"] * request.n, request.seed, 0, None)
 
@@ -288,7 +290,7 @@ def test_a_job_runs_under_the_moderation_policy_stored_with_it_and_one_stored_wi
 class ColoredHandles(Handles):
     """:class:`Handles` whose generations are real PNGs: red when the prompt says red (what the checker flags)."""
 
-    async def _generate(self, request, sent_at: float, cache_scope: str = ""):
+    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
         from PIL import Image
 
         from serve.text_to_image.generation import EncodedImages

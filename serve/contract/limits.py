@@ -293,6 +293,22 @@ _VIDEO_LIMITS = (
     UnstatedLimit(
         "post",
         VIDEOS,
+        ("strength",),
+        "only accepted with an input_reference",
+        "strength needs an input_reference (image-to-video)",
+        "a rule across two fields",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("input_reference",),
+        "",
+        "input_reference decodes as PNG, JPEG or WebP with sides from 8 to 4096 pixels",
+        _IMAGE,
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
         ("steps",),
         "sampler takes at most",
         f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
-from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from build_engines.finishing.checked_export import export_checked
+from build_engines.text_to_image.export import ParityError
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import (
     ERROR,
@@ -26,7 +26,6 @@ from serve.finishing.restorers import (
     restorer_spec,
 )
 from serve.triton.engine_files import ONNX
-from serve.triton.onnx_backend import make_session
 
 logger = logging.getLogger(__name__)
 
@@ -66,24 +65,4 @@ def export_restorer(restorer: torch.nn.Module, out_path: Path) -> float:
     """Export ``restorer`` (``[-1, 1]`` in and out) as a ``[0, 1]`` engine; its relative error against PyTorch."""
     module = UnitRange(restorer).eval()
     spec = restorer_spec("check")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sample = torch.rand(1, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (sample,),
-            str(out_path),
-            input_names=["image"],
-            output_names=["restored"],
-            dynamic_axes=spec.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        check = torch.rand(2, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(1))
-        expected = module(check).numpy()
-    got = make_session(out_path).run(None, {"image": check.numpy()})[0]
-    relative = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
-    logger.info("  parity restorer max relative |onnx - torch| = %.2e (bound %.0e)", relative, PARITY_TOLERANCE)
-    if not relative <= PARITY_TOLERANCE:
-        raise ParityError(f"ONNX differs from PyTorch by {relative:.2e} > {PARITY_TOLERANCE:.0e}")
-    return relative
+    return export_checked(module, out_path, spec, FACE_SIDE, "restored", "restorer")

@@ -21,9 +21,10 @@ import numpy as np
 import onnx
 import torch
 
+from build_engines.finishing.checked_export import export_checked
 from build_engines.finishing.restorers import EXPORT_VERSION as RESTORER_EXPORT_VERSION
 from build_engines.finishing.restorers import build_restorer
-from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from build_engines.text_to_image.export import OPSET, ParityError
 from serve.files import files_hash
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import RESTORER_PREFIX, Restorers
@@ -110,27 +111,7 @@ def _build_one(name: str, path: Path, folder: Path, tile: int) -> UpscalerEntry:
 def export_upscaler(module: torch.nn.Module, scale: int, out_path: Path, tile: int = TILE) -> float:
     """Export ``module`` at ``tile`` with a dynamic batch; its relative error against PyTorch on 2 random tiles."""
     spec = upscaler_spec("check", scale, tile)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    sample = torch.rand(1, 3, tile, tile, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (sample,),
-            str(out_path),
-            input_names=["image"],
-            output_names=["upscaled"],
-            dynamic_axes=spec.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
-        check = torch.rand(2, 3, tile, tile, generator=torch.Generator().manual_seed(1))
-        expected = module(check).numpy()
-    got = make_session(out_path).run(None, {"image": check.numpy()})[0]
-    relative = float(np.max(np.abs(got - expected))) / max(1.0, float(np.max(np.abs(expected))))
-    logger.info("  parity upscaler max relative |onnx - torch| = %.2e (bound %.0e)", relative, PARITY_TOLERANCE)
-    if not relative <= PARITY_TOLERANCE:
-        raise ParityError(f"ONNX differs from PyTorch by {relative:.2e} > {PARITY_TOLERANCE:.0e}")
-    return relative
+    return export_checked(module, out_path, spec, tile, "upscaled", "upscaler")
 
 
 def _take_onnx(path: Path, engine_dir: Path, tile: int) -> int:

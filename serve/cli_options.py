@@ -179,6 +179,58 @@ class ModelFolder(NamedFolder):
         return name, path
 
 
+class ForModel(click.ParamType):
+    """``[MODEL:]VALUE``: ``inner``'s ``(name, value)`` of a served model's adapter, keyed ``MODEL:NAME``.
+
+    No ``MODEL:`` (``--ip-adapter face=DIR``): the key is ``inner``'s name alone, the default model's; the stack's
+    settings nest the keys by model (:func:`per_model`).
+    """
+
+    def __init__(self, inner: NamedValue) -> None:
+        self.inner, self.name = inner, inner.name
+
+    def convert(self, value, param, ctx) -> tuple[str, Any]:
+        """``(key, value)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        model, colon, rest = str(value).partition(":")
+        if not colon or not NAME.match(model) or "=" in model:
+            return self.inner.convert(value, param, ctx)
+        name, found = self.inner.convert(rest, param, ctx)
+        return f"{model}:{name}", found
+
+
+class ModelLoras(click.ParamType):
+    """``[MODEL=]DIR``: a served model's LoRA folder, ``("", DIR)`` for the default model's (``--loras DIR``)."""
+
+    name = "model loras"
+
+    def convert(self, value, param, ctx) -> tuple[str, Path]:
+        """``(model, folder)`` of ``value`` (a pair passes through)."""
+        if isinstance(value, tuple):
+            return value
+        model, equals, folder = str(value).partition("=")
+        if not equals or not NAME.match(model):
+            model, folder = "", str(value)
+        return model, EXISTING_FOLDER.convert(folder, param, ctx)
+
+
+def per_model(given: Any, leaf: type | tuple[type, ...]) -> dict[str, Any]:
+    """Settings of adapters by served model: ``MODEL:NAME`` keys (:class:`ForModel`) nested as ``{MODEL: {NAME: v}}``.
+
+    A key without ``MODEL:`` goes under ``""``, the default model; a mapping whose values are not ``leaf`` is taken
+    as nested already.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in dict(given or {}).items():
+        if not isinstance(value, leaf):
+            nested.setdefault(key, {}).update(value)
+            continue
+        model, _, name = key.rpartition(":")
+        nested.setdefault(model, {})[name] = value
+    return nested
+
+
 class NamedJson(NamedValue):
     """``NAME=JSON``: a name and a JSON value (``--experiment 'logo-v={"variants": {"v1": 0.9, "v2": 0.1}}'``)."""
 
@@ -318,7 +370,7 @@ def field_options(model: type[BaseModel], name: str) -> list:
 def _mapping(ctx, param, pairs) -> dict:
     """A repeated option's ``(name, value)`` pairs as a mapping; a name given twice is an error."""
     names = [name for name, _ in pairs]
-    twice = sorted({name for name in names if names.count(name) > 1})
+    twice = sorted({name or "the default model's" for name in names if names.count(name) > 1})
     if twice:
         raise click.BadParameter(f"{', '.join(twice)} given more than once", ctx, param)
     return dict(pairs)

@@ -29,10 +29,13 @@ from serve.cli_options import (
     PORTS,
     SIZE,
     Cli,
+    ForModel,
     ModelFolder,
+    ModelLoras,
     markdown_table,
     model_options,
     one_line_errors,
+    per_model,
 )
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.experiments.policy import Experiment, ExperimentSpec
@@ -184,8 +187,10 @@ class AppArgs(AppSettings):
     triton_grpc_url: str = Field(
         description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
     )
-    loras_dir: str | None = Field(
-        None, description="The LoRA registry folder `easel up --loras` wrote (registry.json); None: no LoRAs."
+    loras_dir: dict[str, str] = Field(
+        {},
+        description="The LoRA registry folder (registry.json) `easel up --loras` wrote for each model with "
+        "LoRA-ready engines, by model name; a model not named takes no LoRAs.",
     )
     triton_http_url: str | None = Field(
         None,
@@ -264,10 +269,11 @@ class StackOptions(AppSettings):
         "started with the `triton` resource (ray start --resources='{\"triton\": 1}') gets its own Triton and the "
         "model replicas.",
     )
-    loras_dir: Annotated[Path | None, Cli("--loras", EXISTING_FOLDER)] = Field(
-        None,
-        description="Folder of LoRA adapters: each NAME.safetensors (diffusers/PEFT or kohya format) is adapter "
-        "NAME, chosen per request (the engines are built LoRA-ready).",
+    loras_dir: Annotated[dict[str, Path], Cli("--loras", ModelLoras(), metavar="[MODEL=]DIR", multiple=True)] = Field(
+        {},
+        description="Folder of LoRA adapters of served model MODEL (DIR alone: the default model's; repeatable, one "
+        "per model): each NAME.safetensors (diffusers/PEFT or kohya format) is adapter NAME, chosen per request of "
+        "that model (its engines are built LoRA-ready, and take uploads: POST /v1/loras).",
     )
     lora_resident: int = Field(
         DEFAULT_RESIDENT,
@@ -275,19 +281,23 @@ class StackOptions(AppSettings):
         description="LoRA adapters each engine instance keeps loaded (least recently used go first).",
     )
     ip_adapters: Annotated[
-        dict[str, Path], Cli("--ip-adapter", ModelFolder(()), metavar="[NAME=]DIR", multiple=True)
+        dict[str, dict[str, Path]],
+        Cli("--ip-adapter", ForModel(ModelFolder(())), metavar="[MODEL:][NAME=]DIR", multiple=True),
     ] = Field(
         {},
         description="An IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/, served as "
-        "IP-Adapter NAME (DIR alone: named after its folder); repeatable: several at once, as load_ip_adapter with "
-        "lists (the first's image encoder encodes references for all). References per request.",
+        "IP-Adapter NAME of served model MODEL (DIR alone: named after its folder; no MODEL: the default model's); "
+        "repeatable: several at once, as load_ip_adapter with lists (the first's image encoder encodes references "
+        "for all). References per request.",
     )
-    controlnets: Annotated[dict[str, Path], Cli("--controlnet", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)] = (
-        Field(
-            {},
-            description="A diffusers ControlNetModel folder, served as ControlNet NAME (repeatable; several may guide "
-            "one request). One made for another model is listed with why (GET /v1/controlnets) and not served.",
-        )
+    controlnets: Annotated[
+        dict[str, dict[str, Path]],
+        Cli("--controlnet", ForModel(NAMED_FOLDER), metavar="[MODEL:]NAME=DIR", multiple=True),
+    ] = Field(
+        {},
+        description="A diffusers ControlNetModel folder, served as ControlNet NAME of served model MODEL (no MODEL: "
+        "the default model's; repeatable; several may guide one request). One made for another model is listed with "
+        "why (GET /v1/controlnets) and not served.",
     )
     motion_adapters: Annotated[
         dict[str, Path], Cli("--motion-adapter", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)
@@ -375,6 +385,32 @@ class StackOptions(AppSettings):
                 raise ValueError(f"experiment {name!r}: {error.message}") from None
         return self
 
+    @field_validator("loras_dir", mode="before")
+    @classmethod
+    def _loras_by_model(cls, given):
+        """A folder alone (``--loras DIR``, ``loras_dir=DIR``): the default model's."""
+        return {"": given} if isinstance(given, str | Path) else given or {}
+
+    @field_validator("ip_adapters", "controlnets", mode="before")
+    @classmethod
+    def _adapters_by_model(cls, given):
+        """``MODEL:NAME`` keys (or ``NAME`` alone: the default model's) nested by model."""
+        return per_model(given, (str, Path))
+
+    @model_validator(mode="after")
+    def _adapters_of_served_models(self) -> StackOptions:
+        """Adapters given without a model become the default model's; those of a model not served are refused."""
+        default = next(iter(self.served))
+        for field, flag in (("loras_dir", "--loras"), ("ip_adapters", "--ip-adapter"), ("controlnets", "--controlnet")):
+            by_model = dict(getattr(self, field))
+            if "" in by_model:
+                by_model[default] = _joined(flag, by_model.pop(""), by_model.get(default))
+            for model in by_model:
+                if model not in self.served:
+                    raise ValueError(f"{flag}: no model {model!r} is served (served: {', '.join(self.served)})")
+            setattr(self, field, by_model)
+        return self
+
     @property
     def served(self) -> dict[str, Path | None]:
         """The models to serve by name, the default first (a folder None: the embedded model)."""
@@ -384,6 +420,17 @@ class StackOptions(AppSettings):
     def model_dir(self) -> Path | None:
         """The default model's folder (None: the embedded model)."""
         return next(iter(self.served.values()))
+
+
+def _joined(flag: str, bare, named):
+    """The default model's adapters given both without a model and by its name, or why they cannot be."""
+    if named is None:
+        return bare
+    if not isinstance(bare, dict):
+        raise ValueError(f"{flag}: two folders for the default model")
+    if twice := sorted(set(bare) & set(named)):
+        raise ValueError(f"{flag}: {', '.join(twice)} given twice for the default model")
+    return bare | named
 
 
 README = PROJECT_ROOT / "README.md"

@@ -68,9 +68,11 @@ def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_ke
 
 
 def install_registry(
-    registry: LoraRegistry, folder: Path, repository: Path, engines: list[str], model_dir: Path
+    registry: LoraRegistry, folder: Path, repository: Path, engines: list[str], model_dir: Path, prefix: str = ""
 ) -> None:
     """Save ``registry`` in ``folder`` and link it as ``loras`` into each LoRA-ready engine's version folder.
+
+    ``prefix``: the model's Triton names' (:meth:`serve.text_to_image.models.ServedModels.prefix`).
 
     The engines' ``config.json`` files go beside it (``folder/model/<engine>/``): what an adapter uploaded while the
     stack runs is read against (:class:`serve.adapters.catalog.LoraCatalog`).
@@ -81,7 +83,7 @@ def install_registry(
         configs.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(model_dir / engine / "config.json", configs / "config.json")
     for engine in engines:
-        link = repository / engine / "1" / LORAS_LINK
+        link = repository / f"{prefix}{engine}" / "1" / LORAS_LINK
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(folder.resolve(), target_is_directory=True)

@@ -75,16 +75,18 @@ def _keep_upload(upload: BinaryIO, folder: Path) -> tuple[Path, str, int]:
 class LoraCatalog:
     """The LoRA routes over the served models.
 
-    ``targets(model)``: the served model an upload names (None: the default), or its 400; ``adapters()``: the
-    default model's adapters (what is listed, changed and removed).
+    ``targets(model)``: the served model an upload names (None: the default), or its 400; ``adapters()``: every
+    served model's adapters (what is listed, changed and removed), the default first.
     """
 
-    def __init__(self, targets: Callable[[str | None], LoraTarget], adapters: Callable[[], StackAdapters]) -> None:
+    def __init__(
+        self, targets: Callable[[str | None], LoraTarget], adapters: Callable[[], list[StackAdapters]]
+    ) -> None:
         self.targets, self.adapters = targets, adapters
 
     def listing(self) -> dict:
-        """``GET /v1/loras``: every adapter with its model, size, rank and status (ready, or why it cannot be)."""
-        return {"object": "list", "data": self.adapters().listing()}
+        """``GET /v1/loras``: every model's adapters with their model, size, rank and status (or why not ready)."""
+        return {"object": "list", "data": [entry for adapters in self.adapters() for entry in adapters.listing()]}
 
     async def add(self, name: str, model: str | None, upload: BinaryIO) -> dict:
         """``POST /v1/loras``: a new adapter, listed once diffusers has read it for ``model``."""
@@ -117,15 +119,16 @@ class LoraCatalog:
         return {"id": name, "object": "lora", "deleted": True}
 
     def refresh(self) -> None:
-        """Prepare again, from their kept files, the uploaded LoRAs of a model whose engines were built anew.
+        """Prepare again, from their kept files, the uploaded LoRAs of each model whose engines were built anew.
 
         A restart keeps the store's entries; an entry prepared for another engine folder (the model rebuilt, or
         built with other adapters) would not fit the engines' slots. Idempotent: every Gateway replica may run it.
         """
-        try:
-            target = self.targets(None)
-        except InvalidInput:  # the default model takes no LoRAs
-            return
+        for adapters in self.adapters():
+            if adapters.loras_dir is not None:
+                self._refresh(self.targets(adapters.model))
+
+    def _refresh(self, target: LoraTarget) -> None:
         store = target.adapters.store()
         for entry in store.loras():
             if entry.model != target.model or entry.engines in (None, target.engines_key):
@@ -139,13 +142,14 @@ class LoraCatalog:
             logger.info("LoRA %r prepared again for engines %s: %s", entry.name, target.engines_key, fresh.status)
 
     def _uploaded(self, name: str) -> LoraEntry:
-        """The uploaded adapter called ``name``: 404 for none, 409 for one of the ``--loras`` folder."""
-        entry = self.adapters().registry().get(name)
-        if entry is None:
-            raise NotFound(f"name: no LoRA adapter {name!r}", "name")
-        if entry.source == FOLDER:
-            raise Conflict(f"name: {name!r} is a file of the --loras folder (change the folder, then restart)", "name")
-        return entry
+        """The uploaded adapter called ``name``: 404 for none, 409 for one of a ``--loras`` folder only."""
+        entries = [entry for adapters in self.adapters() if (entry := adapters.registry().get(name)) is not None]
+        uploaded = [entry for entry in entries if entry.source != FOLDER]
+        if uploaded:
+            return uploaded[0]
+        if entries:
+            raise Conflict(f"name: {name!r} is a file of a --loras folder (change the folder, then restart)", "name")
+        raise NotFound(f"name: no LoRA adapter {name!r}", "name")
 
     async def _prepared(self, name: str, target: LoraTarget, upload: BinaryIO) -> LoraEntry:
         """``upload`` kept and read by diffusers for ``target`` (400 naming ``file`` with the reason if it cannot)."""

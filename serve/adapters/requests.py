@@ -38,7 +38,7 @@ from serve.triton.spec import ModelSpec
 
 @dataclass(frozen=True)
 class StackAdapters:
-    """What a stack offers: its LoRA registry folder, the store that lists uploaded LoRAs, and its IP-Adapter.
+    """What a served model offers: its LoRA registry folder, the store that lists uploaded LoRAs, its IP-Adapter.
 
     ``loras_dir``: the registry folder (``registry.json``, the prepared adapters); None: the engines are not
     LoRA-ready. ``store_url``: the stack's store, where uploaded LoRAs are listed (:mod:`serve.adapters.store`;
@@ -48,6 +48,7 @@ class StackAdapters:
     loras_dir: str | None = None
     ip_adapter: bool = False
     store_url: str | None = None
+    model: str | None = None  # the served model they are of (None: every model's uploads are listed)
 
     def registry(self) -> LoraRegistry:
         """Every adapter served now: the folder's (as written at start-up), then those uploaded since."""
@@ -60,7 +61,7 @@ class StackAdapters:
             cached = (stamp, LoraRegistry.load(Path(self.loras_dir)))
             _REGISTRIES[self.loras_dir] = cached
         folder = cached[1]
-        uploaded = {entry.name: entry for entry in self.store().loras()}
+        uploaded = {e.name: e for e in self.store().loras() if self.model is None or e.model == self.model}
         return LoraRegistry({**uploaded, **folder.entries}, folder.resident)
 
     def store(self) -> AdapterStore:
@@ -71,15 +72,16 @@ class StackAdapters:
         return _STORES[url]
 
     def listing(self) -> list[dict]:
-        """``GET /v1/loras``: every adapter, ready or with its error."""
-        return [entry.public() for entry in self.registry().entries.values()]
+        """``GET /v1/loras``: every adapter of the model, ready or with its error, with the model's name."""
+        return [entry.public() | {"model": entry.model or self.model} for entry in self.registry().entries.values()]
 
     def check(self, request) -> None:
         """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
         self.resolve(request)
         field = next(iter(_ip_fields(request)), None)
         if field is not None and not self.ip_adapter:
-            raise InvalidInput(f"{field}: this stack has no IP-Adapter (start it with --ip-adapter DIR)", field)
+            why = f"model {self.model} has no IP-Adapter (start the stack with --ip-adapter {self.model}:NAME=DIR)"
+            raise InvalidInput(f"{field}: {why}", field)
 
     def resolve(self, request) -> tuple[tuple[str, float], ...]:
         """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
@@ -93,11 +95,13 @@ class StackAdapters:
         for index, lora in enumerate(request.loras):
             field = f"loras.{index}.name"
             if self.loras_dir is None:
-                raise InvalidInput(f"{field}: this stack serves no LoRA adapters (start it with --loras DIR)", field)
+                why = f"model {self.model} takes no LoRA adapters (start the stack with --loras {self.model}=DIR)"
+                raise InvalidInput(f"{field}: {why}", field)
             entry = registry.get(lora.name)
             if entry is None:
                 known = ", ".join(sorted(n for n, e in registry.entries.items() if e.status == READY)) or "none"
-                raise InvalidInput(f"{field}: unknown LoRA adapter {lora.name!r} (ready: {known})", field)
+                why = f"unknown LoRA adapter {lora.name!r} for model {self.model} (ready: {known})"
+                raise InvalidInput(f"{field}: {why}", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: LoRA adapter {lora.name!r} cannot be served: {entry.error}", field)
             rows.append((entry.key, lora.scale))

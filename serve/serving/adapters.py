@@ -28,7 +28,8 @@ class Adapters:
     def __init__(self, models: CurrentModels, text_to_image: DeploymentHandle) -> None:
         self.text_to_image = text_to_image
         self.loras = LoraCatalog(
-            lambda name: models.now().resolve(name).lora_target(), lambda: models.now().default.adapters
+            lambda name: models.now().resolve(name).lora_target(),
+            lambda: [model.adapters for model in models.now().values()],
         )
         self.loras.refresh()  # uploads kept by the store, for engines built anew since
         self.references = References(models.now, self._encoded_reference)

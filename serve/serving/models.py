@@ -31,8 +31,10 @@ class ModelAdmin:
         self.experiments = experiments
 
     def controlnets(self) -> dict:
-        """The ControlNets of this stack: each ready, or listed with why not."""
-        return {"object": "list", "data": self.models.now().default.folder.controlnets.listing()}
+        """The ControlNets of every model of this stack, each with its model: ready, or listed with why not."""
+        served = self.models.now().items()
+        data = [entry | {"model": name} for name, model in served for entry in model.folder.controlnets.listing()]
+        return {"object": "list", "data": data}
 
     async def listing(self) -> dict:
         """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""

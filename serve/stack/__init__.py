@@ -97,7 +97,7 @@ class _Built:
     upscalers_dir: Path | None
     safety_checker_dir: Path | None
     text_moderator_dir: Path | None
-    loras_dir: str | None
+    loras_dirs: dict[str, str]  # model name -> its LoRA registry folder
     table: Path | None  # the model table (None on a cluster)
     vectorize: bool
     vectorize_table: Path | None
@@ -185,7 +185,7 @@ class Stack:
         safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
         text_moderator_dir = self.text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
         self.engines = EngineFolder(next(iter(engine_dirs.values())))
-        loras_dir = self._install_loras(self.engines)
+        loras_dirs = self._install_loras(engine_dirs)
         table = self._start_table(engine_dirs) if on_this_machine else None
         served = ServedModels.open(
             engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
@@ -200,7 +200,7 @@ class Stack:
             upscalers_dir=upscalers_dir,
             safety_checker_dir=safety_checker_dir,
             text_moderator_dir=text_moderator_dir,
-            loras_dir=loras_dir,
+            loras_dirs=loras_dirs,
             table=table,
             vectorize=vectorize,
             vectorize_table=vectorize_table,
@@ -243,7 +243,7 @@ class Stack:
             model_table_path=str(built.table) if built.table else None,
             vectorize_table_path=str(built.vectorize_table) if built.vectorize_table else None,
             repository=str(opts.repository.resolve()),
-            loras_dir=built.loras_dir,
+            loras_dir=built.loras_dirs,
             upscalers_dir=str(built.upscalers_dir) if built.upscalers_dir else None,
             safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
             text_moderator_dir=str(built.text_moderator_dir) if built.text_moderator_dir else None,
@@ -314,7 +314,8 @@ class Stack:
     def _build_models(self) -> dict[str, str]:
         """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.
 
-        The default model (the first) is built with the stack's adapters, ControlNets and step caching.
+        Each model is built with its own adapters and ControlNets; the default model (the first) also with step
+        caching, the tiny VAE decoder and the motion adapters.
         """
         from build_engines.text_to_image.adapters import AdapterBuild
         from build_engines.text_to_image.build import build
@@ -323,11 +324,10 @@ class Stack:
         built = {}
         for index, (name, model_dir) in enumerate(opts.served.items()):
             default = index == 0
-            extras = {}
+            adapters = AdapterBuild(lora=name in opts.loras_dir, ip_adapters=opts.ip_adapters.get(name, {}))
+            extras = {"adapters": adapters, "controlnets": opts.controlnets.get(name, {})}
             if default:
-                adapters = AdapterBuild(lora=opts.loras_dir is not None, ip_adapters=opts.ip_adapters)
-                extras = {"adapters": adapters, "controlnets": opts.controlnets, "step_cache": opts.step_cache}
-                extras["vae_decoder"] = opts.vae_decoder_dir
+                extras |= {"step_cache": opts.step_cache, "vae_decoder": opts.vae_decoder_dir}
                 extras["motion_adapters"] = opts.motion_adapters
             logger.info("model %s: %s", name, model_dir or "embedded")
             how = {"runtime": opts.runtime, "precision": opts.precision}
@@ -353,20 +353,26 @@ class Stack:
         source = opts.safety_checker or (opts.model_dir if has_safety_checker(opts.model_dir) else None)
         return build_safety_checker(source, opts.repository)
 
-    def _install_loras(self, engines: EngineFolder) -> str | None:
-        """Prepare the ``--loras`` folder for these engines and link its registry into their Triton models."""
-        opts = self.options
-        if opts.loras_dir is None:
-            return None
+    def _install_loras(self, engine_dirs: dict[str, str]) -> dict[str, str]:
+        """Prepare each ``--loras`` folder for its model's engines, linked into their Triton models; model -> folder.
+
+        A model's registry folder is ``loras/`` in the run folder for the default model, ``loras-NAME/`` for another.
+        """
         from build_engines.text_to_image.build import default_model_dir
         from build_engines.text_to_image.loras import build_registry, install_registry
 
-        model_dir = opts.model_dir or default_model_dir()
-        registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident, next(iter(opts.served)))
-        folder = opts.run_dir / "loras"
-        lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, lora_ready, model_dir)
-        return str(folder)
+        opts = self.options
+        folders, default_name = {}, next(iter(opts.served))
+        for name, loras_dir in opts.loras_dir.items():
+            default = name == default_name
+            engines, model_dir = EngineFolder(engine_dirs[name]), opts.served[name] or default_model_dir()
+            registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name)
+            folder = opts.run_dir / ("loras" if default else f"loras-{name}")
+            prefix = ServedModels.prefix(name, default)
+            lora_ready = [engine for engine, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
+            install_registry(registry, folder, opts.repository, lora_ready, model_dir, prefix)
+            folders[name] = str(folder)
+        return folders
 
     def _start_prometheus(self) -> None:
         """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""

@@ -118,7 +118,7 @@ class ControlNetSupport:
             field = f"controlnets.{index}.name"
             entry = self.get(choice.name)
             if entry is None:
-                ready = ", ".join(self.ready) or "none: start the stack with --controlnet NAME=DIR"
+                ready = ", ".join(self.ready) or "none: start the stack with --controlnet [MODEL:]NAME=DIR"
                 raise InvalidInput(f"{field}: unknown ControlNet {choice.name!r} (ready: {ready})", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: ControlNet {choice.name!r} cannot be served: {entry.error}", field)

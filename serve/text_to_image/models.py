@@ -285,7 +285,8 @@ class ServedModel:
     def lora_target(self) -> LoraTarget:
         """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""
         if self.adapters.loras_dir is None:
-            raise InvalidInput(f"model: {self.name} takes no LoRA adapters (start the stack with --loras DIR)", "model")
+            why = f"{self.name} takes no LoRA adapters (start the stack with --loras {self.name}=DIR)"
+            raise InvalidInput(f"model: {why}", "model")
         folder = self.folder
         return LoraTarget(self.name, self.adapters, folder.key, folder.family.pipeline_class, folder.lora_slots())
 
@@ -344,7 +345,7 @@ class ServedModels(Mapping[str, ServedModel]):
         folders: Mapping[str, EngineFolder],
         activation_bytes: int = 0,
         room_bytes: int | None = None,
-        adapters: StackAdapters | None = None,
+        adapters: Mapping[str, StackAdapters] | None = None,
         max_cost: float = DEFAULT_MAX_COST,
         table_path: Path | None = None,
     ) -> None:
@@ -353,7 +354,7 @@ class ServedModels(Mapping[str, ServedModel]):
         self.table = table
         self.activation_bytes = activation_bytes
         self.room = room_bytes
-        self.adapters = adapters or StackAdapters()  # the default model's, as the stack started it
+        self.adapters = dict(adapters or {})  # each model's, as the stack started it
         self.max_cost = max_cost
         self.table_path = table_path
         self._stamp = _stamp(table_path)
@@ -365,13 +366,13 @@ class ServedModels(Mapping[str, ServedModel]):
     def open(
         cls,
         engine_dirs: Mapping[str, str],
-        adapters: StackAdapters | None = None,
+        adapters: Mapping[str, StackAdapters] | None = None,
         memory_budget_bytes: int | None = None,
         max_cost: float = DEFAULT_MAX_COST,
         room_bytes: int | None = None,
         table_path: str | Path | None = None,
     ) -> ServedModels:
-        """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: the default's.
+        """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: each one's.
 
         One memory budget for all: ``room_bytes`` for the loaded models' weights (None: every model's, so all stay
         loaded) and the rest of ``memory_budget_bytes`` (None: the default for that room) one activation pool that
@@ -415,9 +416,16 @@ class ServedModels(Mapping[str, ServedModel]):
         limits = Limits(self.activation_bytes + folder.weights_bytes, self.max_cost, 2 * self.max_cost)
         folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
         default = entry.name == next(iter(self.table.current))
-        own = self.adapters if default and entry.version == 1 else StackAdapters()
         prefix = self.prefix(entry.name, default, entry.version)
-        return ServedModel(entry.name, folder, prefix, own, limits, entry.version)
+        return ServedModel(entry.name, folder, prefix, self._adapters(entry, folder), limits, entry.version)
+
+    def _adapters(self, entry: ModelEntry, folder: EngineFolder) -> StackAdapters:
+        """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and no LoRAs."""
+        started = self.adapters.get(entry.name)
+        if started is not None and entry.version == 1:
+            return started
+        store_url = next((adapters.store_url for adapters in self.adapters.values()), None)
+        return StackAdapters(None, folder.adapters.ip_adapter is not None, store_url, entry.name)
 
     @property
     def room_bytes(self) -> int:

@@ -1,14 +1,20 @@
-"""LoRA (both text encoders and the UNet) and IP-Adapter on SDXL (the embedded tiny-xl), against diffusers."""
+"""LoRA (both text encoders and the UNet) and IP-Adapter on SDXL (the embedded tiny-xl), against diffusers.
+
+The tiny-xl is the stack's SECOND model, ``xl``, with its own adapters (``--loras xl=DIR``, ``--ip-adapter
+xl:ip=DIR``, ``--ip-adapter xl:face=DIR``); the embedded tiny SD, the default model, has LoRAs of its own
+(``--loras DIR``). Each request's adapters are looked up in its model's.
+"""
 
 import base64
 import logging
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter
+from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_lora
 from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
@@ -19,6 +25,7 @@ pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 BODY = {
+    "model": "xl",
     "prompt": "a lighthouse",
     "seed": 5,
     "num_inference_steps": 8,
@@ -40,16 +47,24 @@ def face_adapter(tiny_xl_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(tiny_xl_model, adapters, face_adapter, tmp_path_factory):
+def default_loras(default_model, tmp_path_factory):
+    """The default model's own LoRA folder: one SD LoRA, ``sd-style``."""
+    folder = tmp_path_factory.mktemp("loras-sd")
+    make_lora(default_model, folder / "sd-style.safetensors", rank=2, seed=7)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stack(tiny_xl_model, adapters, face_adapter, default_loras, tmp_path_factory):
     options = StackOptions(
         port=0,
         dashboard=False,
-        models={"model": tiny_xl_model},
+        models={"easel-default": None, "xl": tiny_xl_model},
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
-        loras_dir=adapters.loras,
-        ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
+        loras_dir={"": default_loras, "xl": adapters.loras},  # --loras DIR --loras xl=DIR
+        ip_adapters={"xl:ip": adapters.ip_adapter, "xl:face": face_adapter},  # --ip-adapter xl:ip=DIR ...
     )
     with Stack(options) as stack:
         yield stack
@@ -137,3 +152,50 @@ def test_sdxl_two_ip_adapters_with_region_masks_match_diffusers(api, tiny_xl_mod
     )
     assert psnr(got, want) >= 40
     assert psnr(want, base) < 35
+
+
+def _xl_with_loras(api, loras: list[dict]) -> np.ndarray:
+    """The stack's ``xl`` image with ``loras`` (and a reference at IP scale 0, as diffusers' pipeline needs one)."""
+    _, b64 = reference_image(seed=3)
+    response = api.post(GENERATE, json=BODY | {"loras": loras, "ip_adapter_image": b64, "ip_adapter_scale": 0.0})
+    assert response.status_code == 200, response.text
+    return decode_images(response)
+
+
+def test_a_lora_uploaded_for_the_second_model_matches_diffusers_and_is_listed_with_it(api, adapters, reference):
+    """``POST /v1/loras`` with ``model=xl``: read by diffusers against SDXL, served by the next ``xl`` requests."""
+    file = ("lora.safetensors", (adapters.loras / "style.safetensors").read_bytes(), "application/octet-stream")
+    added = api.post("/v1/loras", data={"name": "uploaded-xl", "model": "xl"}, files={"file": file})
+    assert added.status_code == 200, added.text
+    assert added.json()["model"] == "xl" and added.json()["source"] == "upload"
+    got = _xl_with_loras(api, [{"name": "uploaded-xl", "scale": 0.9}])
+    image, _ = reference_image(seed=3)
+    reference.set_adapters(["style"], [0.9])
+    reference.set_ip_adapter_scale(0.0)
+    kwargs = {"prompt": BODY["prompt"], "width": 128, "height": 96, "num_inference_steps": 8, "seed": 5}
+    want = reference_images(reference, "euler", ip_adapter_image=image, guidance_scale=6.0, **kwargs)
+    logger.info("a LoRA uploaded for xl: PSNR %.1f dB against diffusers", psnr(got, want))
+    assert psnr(got, want) >= 40
+    for _ in range(3):  # the next requests, whichever replica takes them
+        np.testing.assert_array_equal(_xl_with_loras(api, [{"name": "uploaded-xl", "scale": 0.9}]), got)
+    listed = {entry["name"]: entry["model"] for entry in api.get("/v1/loras").json()["data"]}
+    assert listed["uploaded-xl"] == listed["style"] == "xl" and listed["sd-style"] == "easel-default"
+
+
+def _refused(api: httpx.Client, body: dict) -> str:
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 400, response.text
+    return response.json()["error"]["param"]
+
+
+def test_an_adapter_of_the_other_model_is_a_400_naming_the_field(api, default_loras):
+    """Each request's adapters are its model's: the default's LoRA in an ``xl`` request, and the other way round."""
+    small = {"prompt": "a lighthouse", "num_inference_steps": 2, "size": "64x64"}
+    assert _refused(api, small | {"model": "xl", "loras": [{"name": "sd-style"}]}) == "loras.0.name"
+    assert _refused(api, small | {"loras": [{"name": "style"}]}) == "loras.0.name"
+    _, b64 = reference_image(seed=1)
+    assert _refused(api, small | {"ip_adapters": [{"name": "face", "images": [b64]}]}) == "ip_adapters.0.name"
+    sd_file = ("lora.safetensors", (default_loras / "sd-style.safetensors").read_bytes(), "application/octet-stream")
+    wrong = api.post("/v1/loras", data={"name": "sd-on-xl", "model": "xl"}, files={"file": sd_file})
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "file", wrong.text
+    assert api.post(GENERATE, json=small | {"loras": [{"name": "sd-style", "scale": 0.5}]}).status_code == 200

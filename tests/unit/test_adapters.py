@@ -182,8 +182,8 @@ def test_the_stack_refuses_adapters_it_does_not_have(tmp_path):
         with pytest.raises(InvalidInput, match=message) as refused:
             offered.check(GenerationRequest(prompt="x", loras=loras))
         assert refused.value.field == "loras.0.name"
-    with pytest.raises(InvalidInput, match="start it with --loras"):
-        StackAdapters().check(GenerationRequest(prompt="x", loras=[{"name": "ok"}]))
+    with pytest.raises(InvalidInput, match="model xl takes no LoRA adapters .start the stack with --loras xl=DIR"):
+        StackAdapters(model="xl").check(GenerationRequest(prompt="x", loras=[{"name": "ok"}]))
     with pytest.raises(InvalidInput, match="no IP-Adapter") as refused:
         offered.check(GenerationRequest(prompt="x", ip_adapter_image="aGk="))
     assert refused.value.field == "ip_adapter_image"

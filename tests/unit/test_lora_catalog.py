@@ -48,7 +48,7 @@ def stack_folder(default_model, tmp_path):
 @pytest.fixture
 def catalog(stack_folder, slots, tmp_path):
     requests_module._STORES.clear()
-    adapters = StackAdapters(str(stack_folder), False, f"sqlite:///{tmp_path / 'run' / 'easel.db'}")
+    adapters = StackAdapters(str(stack_folder), False, f"sqlite:///{tmp_path / 'run' / 'easel.db'}", "easel-default")
     target = LoraTarget("easel-default", adapters, "engines-key", SD, slots)
 
     def targets(model):
@@ -56,7 +56,7 @@ def catalog(stack_folder, slots, tmp_path):
             raise InvalidInput(f"model: unknown model {model!r}", "model")
         return target
 
-    yield LoraCatalog(targets, lambda: adapters)
+    yield LoraCatalog(targets, lambda: [adapters])
     for store in requests_module._STORES.values():
         store.close()
     requests_module._STORES.clear()
@@ -162,13 +162,39 @@ def test_a_restart_on_engines_built_anew_prepares_the_kept_uploads_again(catalog
     assert _resolved(catalog, "style")[0][0] == old
     target = catalog.targets(None)
     rebuilt = LoraTarget(target.model, target.adapters, "engines-built-again", target.pipeline_class, target.slots)
-    LoraCatalog(lambda model: rebuilt, lambda: rebuilt.adapters).refresh()
+    LoraCatalog(lambda model: rebuilt, lambda: [rebuilt.adapters]).refresh()
     ((new, _),) = _resolved(catalog, "style")
     entry = target.adapters.store().lora("style")
     assert new != old and entry.engines == "engines-built-again" and entry.status == "ready"
     assert (
         load_file(target.folder / f"{new}.safetensors").keys() == load_file(target.folder / f"{old}.safetensors").keys()
     )
+
+
+def test_each_model_serves_and_lists_its_own_loras_from_one_store(catalog, stack_folder, default_model, tmp_path):
+    """A second model's registry folder beside the default's: an upload is its model's alone, listed with it."""
+    default = catalog.targets(None)
+    other_folder = stack_folder.with_name("loras-other")
+    shutil.copytree(stack_folder / MODEL_CONFIGS, other_folder / MODEL_CONFIGS)
+    other_adapters = StackAdapters(str(other_folder), False, default.adapters.store_url, "other")
+    other = LoraTarget("other", other_adapters, "other-engines", SD, default.slots)
+    targets = {None: default, "easel-default": default, "other": other}
+    both = LoraCatalog(targets.__getitem__, lambda: [default.adapters, other_adapters])
+    asyncio.run(both.add("style", "other", io.BytesIO(_lora(default_model, tmp_path, seed=1))))
+    asyncio.run(both.add("house", "other", io.BytesIO(_lora(default_model, tmp_path, seed=2))))  # the default's name
+    request = GenerationRequest(prompt="x", loras=[{"name": "style"}])
+    assert [weight for _, weight in other_adapters.resolve(request)] == [1.0]
+    with pytest.raises(InvalidInput, match="unknown LoRA adapter 'style' for model easel-default") as refused:
+        default.adapters.resolve(request)
+    assert refused.value.field == "loras.0.name"
+    listed = sorted((entry["name"], entry["model"]) for entry in both.listing()["data"])
+    assert listed == [("house", "easel-default"), ("house", "other"), ("style", "other")]  # the folder's: the default's
+    assert (other_folder / "files").is_dir() and not (stack_folder / "files").exists()
+    replaced = asyncio.run(both.replace("house", io.BytesIO(_lora(default_model, tmp_path, seed=3))))
+    assert replaced["model"] == "other"  # the upload, not the default's folder file of that name
+    asyncio.run(both.remove("style"))
+    with pytest.raises(InvalidInput, match="unknown LoRA adapter 'style' for model other"):
+        other_adapters.resolve(request)
 
 
 def test_changing_loras_needs_the_adapters_scope_and_takes_the_upload_limit_on_every_path():

@@ -31,7 +31,7 @@ def _key(key_id: str, *scopes: Scope) -> ApiKey:
 def references(engine_dir, tmp_path):
     requests_module._STORES.clear()
     adapters = StackAdapters(None, True, f"sqlite:///{tmp_path / 'easel.db'}")
-    models = ServedModels.open({"easel-default": str(engine_dir)}, adapters)
+    models = ServedModels.open({"easel-default": str(engine_dir)}, {"easel-default": adapters})
     encoded = []
 
     async def encode(model, image: str) -> np.ndarray:
@@ -87,7 +87,7 @@ def test_a_reference_needs_an_ip_adapter_and_a_served_model(references, engine_d
     with pytest.raises(InvalidInput) as refused:
         asyncio.run(refs.add(NewReference(image=image, model="nope"), None))
     assert refused.value.field == "model"
-    plain = ServedModels.open({"easel-default": str(engine_dir)}, StackAdapters(None, False, None))
+    plain = ServedModels.open({"easel-default": str(engine_dir)}, {"easel-default": StackAdapters(None, False, None)})
     with pytest.raises(InvalidInput, match="has no IP-Adapter") as refused:
         asyncio.run(References(lambda: plain, refs.encode).add(NewReference(image=image), None))
     assert refused.value.field == "model"

@@ -100,7 +100,7 @@ def test_controlnets_are_repeated_name_equals_folder_options(tmp_path):
     (tmp_path / "edges").mkdir()
     (tmp_path / "depth").mkdir()
     options = _up_options("--controlnet", f"edges={tmp_path / 'edges'}", "--controlnet", f"depth={tmp_path / 'depth'}")
-    assert options.controlnets == {"edges": tmp_path / "edges", "depth": tmp_path / "depth"}
+    assert options.controlnets == {"easel-default": {"edges": tmp_path / "edges", "depth": tmp_path / "depth"}}
     assert _up_options().controlnets == {}
     for bad in (["edges"], [f"Edges={tmp_path}"], [f"edges={tmp_path / 'none'}"], [f"a={tmp_path}", f"a={tmp_path}"]):
         with pytest.raises(click.BadParameter):
@@ -123,3 +123,37 @@ def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
         9.0,
     )
     assert args.memory_budget_bytes == 123 and args.model_weights_bytes == 45 and args.store_url == options.store
+
+
+def test_adapters_are_declared_per_model_and_the_old_spellings_mean_the_default_model(tmp_path):
+    for folder in ("sd", "xl", "loras", "loras-xl", "face", "edges"):
+        (tmp_path / folder).mkdir()
+    models = ["--model", f"sd={tmp_path / 'sd'}", "--model", f"xl={tmp_path / 'xl'}"]
+    options = _up_options(
+        *models,
+        *("--loras", str(tmp_path / "loras"), "--loras", f"xl={tmp_path / 'loras-xl'}"),
+        *("--ip-adapter", f"face={tmp_path / 'face'}", "--ip-adapter", f"xl:face={tmp_path / 'face'}"),
+        *("--ip-adapter", f"xl:{tmp_path / 'edges'}", "--controlnet", f"xl:edges={tmp_path / 'edges'}"),
+    )
+    assert options.loras_dir == {"sd": tmp_path / "loras", "xl": tmp_path / "loras-xl"}
+    assert options.ip_adapters == {
+        "sd": {"face": tmp_path / "face"},
+        "xl": {"face": tmp_path / "face", "edges": tmp_path / "edges"},
+    }
+    assert options.controlnets == {"xl": {"edges": tmp_path / "edges"}}
+    alone = _up_options("--loras", str(tmp_path / "loras"), "--ip-adapter", str(tmp_path / "face"))
+    assert alone.loras_dir == {"easel-default": tmp_path / "loras"}
+    assert alone.ip_adapters == {"easel-default": {"face": tmp_path / "face"}}
+    library = StackOptions(models={"sd": tmp_path / "sd"}, loras_dir=tmp_path / "loras", ip_adapters={"ip": tmp_path})
+    assert library.loras_dir == {"sd": tmp_path / "loras"} and library.ip_adapters == {"sd": {"ip": tmp_path}}
+    refused = {
+        "no model 'xl' is served": ["--controlnet", f"xl:edges={tmp_path / 'edges'}"],
+        "two folders for the default model": [*models[:2], "--loras", str(tmp_path), "--loras", f"sd={tmp_path}"],
+        "face given twice": [*models[:2], "--ip-adapter", f"face={tmp_path}", "--ip-adapter", f"sd:face={tmp_path}"],
+    }
+    for message, line in refused.items():
+        with pytest.raises(ValueError, match=message):
+            _up_options(*line)
+    for bad in (["--loras", f"xl={tmp_path / 'none'}"], ["--loras", str(tmp_path), "--loras", str(tmp_path)]):
+        with pytest.raises(click.BadParameter):
+            _up_options(*bad)

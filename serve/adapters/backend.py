@@ -75,7 +75,8 @@ class LoraOnnxModel(OnnxRuntimeModel):
             logger.warning("%s: adapter metrics unavailable: %s", self.model, error)
             self.metrics = None
         on_event = self.metrics.event if self.metrics else None
-        self.banks = engine_banks(self.files.lora_slots, self.model, self.files.loras, on_event)
+        engine = self.model.rpartition(".")[2]  # the engine a Triton name serves: unet of xl.unet, of xl.v2.unet
+        self.banks = engine_banks(self.files.lora_slots, engine, self.files.loras, on_event)
         logger.info(
             "%s: LoRA-ready, %d slots, up to %d adapters held", self.model, len(self.banks.slots), self.banks.resident
         )

@@ -199,4 +199,3 @@ def test_an_adapter_of_the_other_model_is_a_400_naming_the_field(api, default_lo
     wrong = api.post("/v1/loras", data={"name": "sd-on-xl", "model": "xl"}, files={"file": sd_file})
     assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "file", wrong.text
     assert api.post(GENERATE, json=small | {"loras": [{"name": "sd-style", "scale": 0.5}]}).status_code == 200
-

@@ -25,7 +25,15 @@ from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from loadtests.cli import bench, chaos, loadtest, soak
 from serve import model_admin
 from serve.access.cli import keys
-from serve.cli_options import FOLDER, ModelFolder, ModelName, model_options, one_line_errors
+from serve.cli_options import (
+    FOLDER,
+    NAMED_FOLDER,
+    ModelFolder,
+    ModelName,
+    mapping_of_pairs,
+    model_options,
+    one_line_errors,
+)
 from serve.errors import UnsupportedModel
 from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
@@ -127,12 +135,17 @@ def random_model(name: str, out_dir: Path, without_t5: bool) -> None:
 # -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
 
 
-def built_engines(model_dir: Path) -> Path:
-    """``model_dir``'s engine folder, built (or found in the engine cache) and measured, not installed."""
+def built_engines(model_dir: Path, ip_adapters: dict | None = None, controlnets: dict | None = None) -> Path:
+    """``model_dir``'s engine folder, built (or found in the engine cache) and measured, not installed.
+
+    ``ip_adapters``, ``controlnets``: NAME -> folder, built into the engines (as ``easel up`` builds a model's own).
+    """
+    from build_engines.text_to_image.adapters import AdapterBuild
     from build_engines.text_to_image.build import build
 
+    adapters = AdapterBuild(ip_adapters=dict(ip_adapters or {}))
     with one_line_errors(UnsupportedModel):
-        return build(model_dir, repository=None).path
+        return build(model_dir, repository=None, adapters=adapters, controlnets=controlnets).path
 
 
 def _said(model: dict) -> str:
@@ -152,32 +165,62 @@ def models_list() -> None:
         click.echo(_said(model))
 
 
-MODEL_ARGUMENT = click.argument("model", type=ModelFolder(()), metavar="NAME=DIR")
+def _model_and_adapters(function):
+    """The model argument (NAME=DIR) and the adapters built into its engines (``--ip-adapter``, ``--controlnet``)."""
+    adapters = [
+        click.option(
+            "--controlnet",
+            "controlnets",
+            type=NAMED_FOLDER,
+            metavar="NAME=DIR",
+            multiple=True,
+            callback=mapping_of_pairs,
+            help="A diffusers ControlNetModel folder, served as this model's ControlNet NAME (repeatable).",
+        ),
+        click.option(
+            "--ip-adapter",
+            "ip_adapters",
+            type=ModelFolder(()),
+            metavar="[NAME=]DIR",
+            multiple=True,
+            callback=mapping_of_pairs,
+            help="An IP-Adapter folder (weights and image_encoder/), served as this model's IP-Adapter NAME "
+            "(repeatable).",
+        ),
+        click.argument("model", type=ModelFolder(()), metavar="NAME=DIR"),
+    ]
+    for decorate in adapters:
+        function = decorate(function)
+    return function
 
 
-def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path]) -> str:
-    """Build the engines of ``model`` (NAME, DIR) and send them to the stack as ``change``; what it answered."""
+def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path], **adapters) -> str:
+    """Build the engines of ``model`` (NAME, DIR) with ``adapters``, send them to the stack as ``change``."""
     from serve.processes.run_state import working_for_the_stack
 
     name, model_dir = model
     api_url = model_admin.stack_api()  # first: with no stack up, nothing is built
     with working_for_the_stack(f"easel models: building {model_dir}"):  # `easel down` stops it with the stack
-        engine_dir = built_engines(model_dir)
+        engine_dir = built_engines(model_dir, **adapters)
     return _said(change(api_url, name, engine_dir))
 
 
 @models.command("add")
-@MODEL_ARGUMENT
-def models_add(model: tuple[str, Path]) -> None:
-    """Build DIR's engines and serve them as a new model NAME (DIR alone: named after its folder)."""
-    click.echo(f"added {_built_and_sent(model_admin.add, model)}")
+@_model_and_adapters
+def models_add(model: tuple[str, Path], ip_adapters: dict, controlnets: dict) -> None:
+    """Build DIR's engines (with its IP-Adapters and ControlNets) and serve them as a new model NAME.
+
+    DIR alone: named after its folder.
+    """
+    click.echo(f"added {_built_and_sent(model_admin.add, model, ip_adapters=ip_adapters, controlnets=controlnets)}")
 
 
 @models.command("replace")
-@MODEL_ARGUMENT
-def models_replace(model: tuple[str, Path]) -> None:
+@_model_and_adapters
+def models_replace(model: tuple[str, Path], ip_adapters: dict, controlnets: dict) -> None:
     """Build DIR's engines and serve them as model NAME's next version; the old one finishes what it started."""
-    click.echo(f"replaced {_built_and_sent(model_admin.replace, model)}")
+    replaced = _built_and_sent(model_admin.replace, model, ip_adapters=ip_adapters, controlnets=controlnets)
+    click.echo(f"replaced {replaced}")
 
 
 @models.command("remove")

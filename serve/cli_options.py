@@ -349,7 +349,7 @@ def field_options(model: type[BaseModel], name: str) -> list:
                 default=(),
                 metavar=cli.metavar,
                 help=field.description,
-                callback=_mapping if get_origin(_bare(field.annotation)) is dict else None,
+                callback=mapping_of_pairs if get_origin(_bare(field.annotation)) is dict else None,
             )
         ]
     else:
@@ -367,7 +367,7 @@ def field_options(model: type[BaseModel], name: str) -> list:
     return options
 
 
-def _mapping(ctx, param, pairs) -> dict:
+def mapping_of_pairs(ctx, param, pairs) -> dict:
     """A repeated option's ``(name, value)`` pairs as a mapping; a name given twice is an error."""
     names = [name for name, _ in pairs]
     twice = sorted({name or "the default model's" for name in names if names.count(name) > 1})

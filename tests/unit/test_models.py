@@ -254,3 +254,22 @@ def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no
     with pytest.raises(click.ClickException) as refused:
         built_engines(tmp_path)  # no model_index.json: not a diffusers pipeline, nothing built
     assert "\n" not in refused.value.message and not isinstance(refused.value, ChangeRefused)
+
+
+def test_easel_models_add_builds_the_model_with_its_own_ip_adapters_and_controlnets(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from serve import cli
+
+    for folder in ("model", "face", "edges"):
+        (tmp_path / folder).mkdir()
+    built, sent = [], []
+    monkeypatch.setattr(cli.model_admin, "stack_api", lambda: "http://127.0.0.1:1")
+    monkeypatch.setattr(cli, "built_engines", lambda model_dir, **adapters: built.append(adapters) or tmp_path)
+    answer = {"id": "xl", "family": "sdxl", "version": 1, "loaded": True}
+    monkeypatch.setattr(cli.model_admin, "add", lambda url, name, engine_dir: sent.append(name) or answer)
+    argv = ["models", "add", "--ip-adapter", f"face={tmp_path / 'face'}", "--controlnet", f"edges={tmp_path / 'edges'}"]
+    result = CliRunner().invoke(cli.main, [*argv, f"xl={tmp_path / 'model'}"])
+    assert result.exit_code == 0, result.output
+    assert built == [{"ip_adapters": {"face": tmp_path / "face"}, "controlnets": {"edges": tmp_path / "edges"}}]
+    assert sent == ["xl"] and result.output.startswith("added xl: sdxl")

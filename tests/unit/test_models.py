@@ -206,6 +206,24 @@ def test_a_removed_model_is_a_400_that_says_so(engine_dir):
         models.version("second.v9")
 
 
+def test_each_model_has_its_own_adapters_and_a_version_added_since_its_folder_s(engine_dir):
+    from serve.adapters.requests import StackAdapters
+
+    started = StackAdapters("/run/loras-second", True, "sqlite:///easel.db", "second")
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir), "second": str(engine_dir)}, {"second": started})
+    assert models["second"].adapters == started and models["second"].public(True)["loras"] is True
+    assert models[DEFAULT_MODEL].adapters == StackAdapters(None, False, "sqlite:///easel.db", DEFAULT_MODEL)
+    table = models.table.copy()
+    table.replace("second", str(engine_dir))
+    table.add("third", str(engine_dir))
+    changed = models.with_table(table)
+    for name in ("second", "third"):  # no LoRA registry of their own; the IP-Adapter their engine folder has
+        assert changed[name].adapters == StackAdapters(None, False, "sqlite:///easel.db", name)
+    with pytest.raises(InvalidInput, match="third takes no LoRA adapters") as refused:
+        changed["third"].lora_target()
+    assert refused.value.field == "model"
+
+
 def test_a_folder_that_cannot_be_served_is_refused_naming_engine_dir(engine_dir, tmp_path):
     models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, max_cost=64)
     unmeasured = tmp_path / "unmeasured"

@@ -157,3 +157,33 @@ def test_adapters_are_declared_per_model_and_the_old_spellings_mean_the_default_
     for bad in (["--loras", f"xl={tmp_path / 'none'}"], ["--loras", str(tmp_path), "--loras", str(tmp_path)]):
         with pytest.raises(click.BadParameter):
             _up_options(*bad)
+
+
+def test_the_stack_builds_each_model_with_its_own_adapters(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from build_engines.text_to_image import build as build_module
+    from build_engines.text_to_image.adapters import AdapterBuild
+    from serve.stack import Stack
+
+    for folder in ("sd", "xl", "loras", "face", "edges"):
+        (tmp_path / folder).mkdir()
+    built = {}
+
+    def build(model_dir, repository, prefix="", **how):
+        built[prefix] = how
+        return SimpleNamespace(path=tmp_path / f"engines-{prefix}")
+
+    monkeypatch.setattr(build_module, "build", build)
+    options = StackOptions(
+        models={"sd": tmp_path / "sd", "xl": tmp_path / "xl"},
+        run_dir=tmp_path / "run",
+        loras_dir={"xl": tmp_path / "loras"},
+        ip_adapters={"xl:face": tmp_path / "face"},
+        controlnets={"edges": tmp_path / "edges"},
+        step_cache=True,
+    )
+    assert Stack(options)._build_models() == {"sd": str(tmp_path / "engines-"), "xl": str(tmp_path / "engines-xl.")}
+    assert built[""]["adapters"] == AdapterBuild() and built[""]["controlnets"] == {"edges": tmp_path / "edges"}
+    assert built["xl."]["adapters"] == AdapterBuild(lora=True, ip_adapters={"face": tmp_path / "face"})
+    assert built["xl."]["controlnets"] == {} and built[""]["step_cache"] and "step_cache" not in built["xl."]

@@ -354,10 +354,7 @@ class Stack:
         return build_safety_checker(source, opts.repository)
 
     def _install_loras(self, engine_dirs: dict[str, str]) -> dict[str, str]:
-        """Prepare each ``--loras`` folder for its model's engines, linked into their Triton models; model -> folder.
-
-        A model's registry folder is ``loras/`` in the run folder for the default model, ``loras-NAME/`` for another.
-        """
+        """Prepare each ``--loras`` folder for its model in ``run/loras[-NAME]/``, linked into its engines; by model."""
         from build_engines.text_to_image.build import default_model_dir
         from build_engines.text_to_image.loras import build_registry, install_registry
 
@@ -368,9 +365,10 @@ class Stack:
             engines, model_dir = EngineFolder(engine_dirs[name]), opts.served[name] or default_model_dir()
             registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name)
             folder = opts.run_dir / ("loras" if default else f"loras-{name}")
-            prefix = ServedModels.prefix(name, default)
             lora_ready = [engine for engine, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-            install_registry(registry, folder, opts.repository, lora_ready, model_dir, prefix)
+            install_registry(
+                registry, folder, opts.repository, lora_ready, model_dir, ServedModels.prefix(name, default)
+            )
             folders[name] = str(folder)
         return folders
 

@@ -415,15 +415,13 @@ class ServedModels(Mapping[str, ServedModel]):
         folder = self._folders[entry.engine_dir]
         limits = Limits(self.activation_bytes + folder.weights_bytes, self.max_cost, 2 * self.max_cost)
         folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
-        default = entry.name == next(iter(self.table.current))
-        prefix = self.prefix(entry.name, default, entry.version)
+        prefix = self.prefix(entry.name, entry.name == next(iter(self.table.current)), entry.version)
         return ServedModel(entry.name, folder, prefix, self._adapters(entry, folder), limits, entry.version)
 
     def _adapters(self, entry: ModelEntry, folder: EngineFolder) -> StackAdapters:
         """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and no LoRAs."""
-        started = self.adapters.get(entry.name)
-        if started is not None and entry.version == 1:
-            return started
+        if entry.version == 1 and entry.name in self.adapters:
+            return self.adapters[entry.name]
         store_url = next((adapters.store_url for adapters in self.adapters.values()), None)
         return StackAdapters(None, folder.adapters.ip_adapter is not None, store_url, entry.name)
 

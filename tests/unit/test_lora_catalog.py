@@ -195,6 +195,13 @@ def test_each_model_serves_and_lists_its_own_loras_from_one_store(catalog, stack
     asyncio.run(both.remove("style"))
     with pytest.raises(InvalidInput, match="unknown LoRA adapter 'style' for model other"):
         other_adapters.resolve(request)
+    requests_module._STORES.pop(other_adapters.store_url).close()  # a restart: the store opened afresh
+    restarted = StackAdapters(str(other_folder), False, other_adapters.store_url, "other").registry()
+    assert [(e.name, e.model) for e in restarted.entries.values()] == [("house", "other")]
+    rebuilt = LoraTarget("other", other_adapters, "other-engines-again", SD, default.slots)
+    again = {"easel-default": default, "other": rebuilt}
+    LoraCatalog(again.__getitem__, lambda: [default.adapters, other_adapters]).refresh()
+    assert other_adapters.store().lora("house").engines == "other-engines-again"  # prepared again for its engines
 
 
 def test_changing_loras_needs_the_adapters_scope_and_takes_the_upload_limit_on_every_path():

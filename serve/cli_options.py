@@ -194,7 +194,7 @@ class ForModel(click.ParamType):
         if isinstance(value, tuple):
             return value
         model, colon, rest = str(value).partition(":")
-        if not colon or not NAME.match(model) or "=" in model:
+        if not colon or not NAME.match(model):
             return self.inner.convert(value, param, ctx)
         name, found = self.inner.convert(rest, param, ctx)
         return f"{model}:{name}", found

@@ -146,7 +146,12 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
 @embedded_option("Embedded model to benchmark when --model is not given (the CI smoke).")
 @click.option("--size", default=512, show_default=True, type=click.IntRange(min=8), help="Image side.")
 @names_option("--columns", cpu.COLUMNS, "Which ways of running it, comma-separated.")
-@names_option("--rows", cpu.ROWS, "unet, vae: one engine call; lcm4, ddim20: whole images end to end.")
+@names_option(
+    "--rows",
+    cpu.ROWS,
+    "unet, vae: one engine call; lcm4, ddim20: whole images end to end; "
+    "ddim20-cutoff: ddim20 with guidance cut off at half the steps (Easel's columns only).",
+)
 @click.option("--concurrency", type=INT_LIST, default="1,4", show_default=True)
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Timed calls per cell.")
 @click.option(
@@ -197,7 +202,7 @@ def bench_speedups(pairings: int, skip_share: float, concurrency: int, out: Path
 @click.option("--steps", default=10, show_default=True)
 @click.option("--guidance", default=7.5, show_default=True)
 @click.option("--n", default=1, show_default=True, type=click.IntRange(1, 4), help="Images per request.")
-@memory_budget_option
+@model_options(StackOptions, "memory_budget_bytes", "runtime", "precision")
 @out_option("out/bench_model.json")
 def bench_model(
     model_dir: Path | None,
@@ -206,18 +211,19 @@ def bench_model(
     steps: int,
     guidance: float,
     n: int,
-    memory_budget_bytes: int | None,
     out: Path,
+    **how,
 ) -> None:
-    """Serve a model and send one request per size until one fails: end to end, per engine, peak memory."""
+    """Serve a model and send one request per size until one fails: end to end, per engine, peak memory.
+
+    ``--runtime`` and ``--precision`` build and serve it as ``easel up`` would with them (default: its defaults).
+    """
     from build_engines.text_to_image.build import default_model_dir
     from loadtests.benchmarks.model import run_benchmark
 
     check_model(model_dir)
     model_dir = model_dir or default_model_dir(embedded)
-    click.echo(
-        run_benchmark(model_dir, list(sizes), steps, guidance, out, n=n, memory_budget_bytes=memory_budget_bytes)
-    )
+    click.echo(run_benchmark(model_dir, list(sizes), steps, guidance, out, n=n, **how))
 
 
 @bench.command("tiles")

@@ -17,7 +17,17 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from loadtests.benchmarks.cpu_cells import PROMPT, ROWS, Cell, Column, CpuBenchSettings, Row, cell_from, timed
+from loadtests.benchmarks.cpu_cells import (
+    PROMPT,
+    ROWS,
+    SAVINGS_ONLY,
+    Cell,
+    Column,
+    CpuBenchSettings,
+    Row,
+    cell_from,
+    timed,
+)
 from loadtests.benchmarks.model import TreeMemory
 from serve.triton.spec import ModelSpec
 
@@ -86,9 +96,8 @@ def easel_cells(name: str, column: Column, settings: CpuBenchSettings, memory: T
 def _body(settings: CpuBenchSettings, row: Row, steps: int | None = None) -> dict:
     size = f"{settings.size}x{settings.size}"
     steps = steps or row.steps
-    return {"prompt": PROMPT, "size": size, "num_inference_steps": steps, "guidance_scale": row.guidance, "seed": 1} | {
-        "scheduler": row.scheduler
-    }
+    body = {"prompt": PROMPT, "size": size, "num_inference_steps": steps, "guidance_scale": row.guidance, "seed": 1}
+    return body | {"scheduler": row.scheduler} | dict(row.savings)
 
 
 def _post(api_url: str, body: dict) -> float:
@@ -142,9 +151,9 @@ def diffusers_cells(name: str, column: Column, settings: CpuBenchSettings, memor
 
         return call
 
-    cells = _engine_cells(name, run_rows, settings, memory, side)
+    cells = _engine_cells(name, run_rows, settings, memory, side) + _savings_cells(name, settings)
     schedulers = {"lcm": LCMScheduler, "ddim": DDIMScheduler}
-    for row in (r for r in settings.rows if ROWS[r].steps):
+    for row in (r for r in settings.rows if ROWS[r].steps and not ROWS[r].savings):
         spec = ROWS[row]
         pipeline.scheduler = schedulers[spec.scheduler].from_config(pipeline.scheduler.config)
         for concurrency in settings.concurrency:
@@ -163,6 +172,11 @@ def diffusers_cells(name: str, column: Column, settings: CpuBenchSettings, memor
     return cells
 
 
+def _savings_cells(name: str, settings: CpuBenchSettings) -> list[Cell]:
+    """The cells of the rows of Easel's own savings, which a column other than Easel's does not run."""
+    return [Cell(name, r, c, note=SAVINGS_ONLY) for r in settings.rows if ROWS[r].savings for c in settings.concurrency]
+
+
 def timed_once(call) -> float:
     """Seconds of one call."""
     started = time.perf_counter()
@@ -177,8 +191,8 @@ def genai_cells(name: str, column: Column, settings: CpuBenchSettings, memory: T
         for row in settings.rows
         if ROWS[row].engine
         for c in settings.concurrency
-    ]
-    image_rows = [r for r in settings.rows if ROWS[r].steps]
+    ] + _savings_cells(name, settings)
+    image_rows = [r for r in settings.rows if ROWS[r].steps and not ROWS[r].savings]
     python = settings.genai_python
     if python is None or not python.exists():
         why = "skipped: no Python with openvino_genai (--genai-python; docs/PERFORMANCE.md says how to set one up)"

@@ -226,6 +226,7 @@ def run_benchmark(
         n=n,
         steps=steps,
         guidance=guidance,
+        options=options,
         stack_start_s=round(start_s, 1),
         stack_start_peak_own_gb=round(start_peak_gb, 2),
         runs=[asdict(run) for run in runs],

@@ -31,3 +31,14 @@ def test_an_unknown_column_or_row_is_one_line_naming_the_known_ones():
         assert result.exit_code == 2
         error = [line for line in result.output.splitlines() if line.startswith("Error")]
         assert len(error) == 1 and all(name in error[0] for name in known), result.output
+
+
+def test_the_savings_row_asks_easel_for_its_saving_and_other_columns_say_they_run_the_plain_row(tmp_path):
+    from loadtests.benchmarks.cpu_cells import SAVINGS_ONLY, CpuBenchSettings
+    from loadtests.benchmarks.cpu_columns import _body, genai_cells
+
+    settings = CpuBenchSettings(tmp_path, rows=("ddim20", "ddim20-cutoff"), concurrency=(1,), genai_python=None)
+    plain, saving = _body(settings, ROWS["ddim20"]), _body(settings, ROWS["ddim20-cutoff"])
+    assert saving == plain | {"guidance_cutoff": 0.5} and "guidance_cutoff" not in plain
+    cells = {cell.row: cell for cell in genai_cells("genai-fp32", COLUMNS["genai-fp32"], settings, None, tmp_path)}
+    assert cells["ddim20-cutoff"].note == SAVINGS_ONLY and cells["ddim20"].note.startswith("skipped")

@@ -126,6 +126,25 @@ def test_auto_keeps_only_runtimes_within_the_parity_bound(tmp_path, monkeypatch)
     assert choice.runtime is Runtime.ONNXRUNTIME and not files.openvino.exists()
 
 
+def test_auto_times_the_candidates_at_the_serving_size_where_given(tmp_path, monkeypatch):
+    import build_engines.openvino as build_openvino
+
+    monkeypatch.setattr(build_openvino, "AUTO_FLOOR_S", 0.0)
+    files = _linear_engine(tmp_path / "unet")
+    check, serving = np.ones((3, 64), np.float32), np.ones((1, 64), np.float32)
+    at_check = {Runtime.ONNXRUNTIME: (1e-7, 0.1), Runtime.OPENVINO: (1e-7, 0.5)}  # ONNX Runtime faster at the check
+    at_serving = {Runtime.ONNXRUNTIME: 2.0, Runtime.OPENVINO: 0.5}  # OpenVINO faster where it serves
+    monkeypatch.setattr(build_openvino, "_measure", lambda _files, how, *_: at_check[how.runtime])
+    timed = []
+    monkeypatch.setattr(
+        build_openvino, "_timed", lambda _f, how, feeds, _r: timed.append(feeds) or at_serving[how.runtime]
+    )
+    choice = choose_runtime(files, "auto", "fp32", {"x": check}, [], 1e-3, serving_feeds={"x": serving})
+    assert choice.runtime is Runtime.OPENVINO and choice.seconds == {"onnxruntime": 2.0, "openvino": 0.5}
+    assert [feeds["x"].shape for feeds in timed] == [(1, 64), (1, 64)]
+    assert choose_runtime(files, "auto", "fp32", {"x": check}, [], 1e-3).runtime is Runtime.ONNXRUNTIME
+
+
 def test_static_shapes_are_compiled_per_shape_and_bounded(tmp_path):
     files = _linear_engine(tmp_path / "unet")
     choose_runtime(files, "openvino", "fp32", {"x": np.ones((1, 64), np.float32)}, [np.zeros((1, 48))], 1.0)

@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 
 import psutil
 
-from serve.adapters.support import LORA_ENGINE_CLASS
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
@@ -364,8 +363,7 @@ class Stack:
         model_dir = opts.model_dir or default_model_dir()
         registry = build_registry(opts.loras_dir, engines, model_dir, opts.lora_resident, next(iter(opts.served)))
         folder = opts.run_dir / "loras"
-        lora_ready = [name for name, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-        install_registry(registry, folder, opts.repository, lora_ready, model_dir)
+        install_registry(registry, folder, opts.repository, engines, model_dir)
         return str(folder)
 
     def _start_prometheus(self) -> None:

@@ -16,6 +16,7 @@ from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.loras import build_registry, save_registry
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from build_engines.text_to_image.random_adapters import make_lora, make_motion_lora
+from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.text_to_image.admission import Work
@@ -28,6 +29,7 @@ from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import (
+    VideoGeneration,
     VideoRequest,
     frames_zip,
     input_reference_named,
@@ -131,6 +133,16 @@ def test_every_frame_with_loras_matches_animatediff_with_load_lora_weights(
         animatediff_with_loras.set_adapters(["style"], [0.8])
         without_swing = reference_frames(animatediff_with_loras, scheduler, 6, 5, num_inference_steps=3, **kwargs)
         assert min(psnr(a, b) for a, b in zip(got, without_swing, strict=True)) < 40
+
+
+def test_a_motion_lora_is_refused_for_stills_naming_the_field(video_loras, tmp_path):
+    adapters = StackAdapters(str(video_loras[2]), store_url=f"sqlite:///{tmp_path / 'adapters.db'}")
+    with pytest.raises(InvalidInput, match="'swing' is a motion LoRA") as refused:
+        adapters.check(GenerationRequest(prompt="x", loras=[{"name": "swing"}]))
+    assert refused.value.field == "loras.0.name"
+    adapters.check(GenerationRequest(prompt="x", loras=[{"name": "style"}]))
+    video = VideoGeneration(prompt="x", frames=4, fps=8, motion_adapter="wave", loras=[{"name": "swing"}])
+    assert len(adapters.resolve(video)) == 1
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])

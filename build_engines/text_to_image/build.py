@@ -111,7 +111,7 @@ def engine_dirs(
     model_hash = content_hash(model_dir)[:16]
     extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
     extras.append(f"taesd{content_hash(vae_decoder)[:12]}" if vae_decoder else "")
-    extras.append(motion_key(motion_adapters or {}))
+    extras.append(motion_key(motion_adapters or {}, bool(adapters and adapters.lora)))
     folders = {}
     for runtime in RUNTIME_CHOICES:
         for precision, declared in PRECISIONS.items():

@@ -78,8 +78,8 @@ def animatediff_pipeline(diffusers_pipeline, motion_adapter):
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, scheduler):
-    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+def test_every_frame_matches_animatediff(video_engines, video_runner, animatediff_pipeline, scheduler):
+    pipeline = TextToImagePipeline(video_engines, video_runner)
     job = Generation(SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler), motion=Motion("wave", 6))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
     want = reference_frames(
@@ -100,6 +100,12 @@ def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, sc
 
 
 @pytest.fixture(scope="module")
+def video_runner(video_engines, video_loras):
+    """The engines in-process, their LoRAs from the registry: one runner (its sessions opened once) for the module."""
+    return OnnxRuntimeRunner(video_engines, loras_dir=video_loras[2])
+
+
+@pytest.fixture(scope="module")
 def animatediff_with_loras(default_model, motion_adapter, video_loras):
     """diffusers' ``AnimateDiffPipeline`` with both LoRAs loaded by ``load_lora_weights`` (its own weights)."""
     from diffusers import AnimateDiffPipeline, MotionAdapter
@@ -114,13 +120,13 @@ def animatediff_with_loras(default_model, motion_adapter, video_loras):
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
 def test_every_frame_with_loras_matches_animatediff_with_load_lora_weights(
-    video_engines, video_loras, animatediff_with_loras, scheduler
+    video_engines, video_loras, video_runner, animatediff_with_loras, scheduler
 ):
     """A UNet LoRA and a motion LoRA on the motion UNet (and the text encoder), as AnimateDiff's set_adapters."""
-    _, registry, registry_dir = video_loras
+    registry = video_loras[1]
     assert registry.get("style").layers.keys() == {"text_encoder", "unet", "unet_motion_wave"}
     assert registry.get("swing").layers.keys() == {"unet_motion_wave"}  # the still UNet has no motion modules
-    ours = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines, loras_dir=registry_dir))
+    ours = TextToImagePipeline(video_engines, video_runner)
     sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler)
     adapters = AdapterInputs(loras=(("style", 0.8), ("swing", 1.0)))
     got = np.stack(asyncio.run(ours.generate(Generation(sampling, adapters=adapters, motion=Motion("wave", 6)))).images)
@@ -146,10 +152,12 @@ def test_a_motion_lora_is_refused_for_stills_naming_the_field(video_loras, tmp_p
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_image_to_video_matches_animatediff_video_to_video(video_engines, animatediff_pipeline, scheduler):
+def test_image_to_video_matches_animatediff_video_to_video(
+    video_engines, video_runner, animatediff_pipeline, scheduler
+):
     """Every frame starts from the reference's noised latent: diffusers' video-to-video of the image repeated."""
     reference = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # resized to 64x48
-    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    pipeline = TextToImagePipeline(video_engines, video_runner)
     sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 4, 7.5, 5, scheduler)
     job = Generation(sampling, inputs=ImageInputs((reference,), strength=0.6), motion=Motion("wave", 6))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)

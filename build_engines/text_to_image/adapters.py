@@ -124,7 +124,7 @@ def _with_slots(source: ExportModule) -> ExportModule:
         module = source.load(dtype)
         ready, slots, extras = lora_ready(module, inner_model(module))
         ready.graph_extras = extras
-        ready.side_files = {LORA_SLOTS: lambda path: save_slots(slots, path)}
+        ready.side_files = {**getattr(module, "side_files", {}), LORA_SLOTS: lambda path: save_slots(slots, path)}
         return ready
 
     return ExportModule(load, source.keep_fp32)

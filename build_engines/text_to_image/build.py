@@ -35,6 +35,7 @@ from build_engines.text_to_image.export import (
     reuse_graphs,
 )
 from build_engines.text_to_image.motion import checked_motion_adapters, motion_key
+from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.support import AdapterSupport
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
@@ -44,7 +45,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.base import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
-from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, MOTION_UNET_PREFIX, UNET, VAE_DECODER
+from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
 from serve.triton.runtimes import (
@@ -110,7 +111,7 @@ def engine_dirs(
     model_hash = content_hash(model_dir)[:16]
     extras = [adapters.key() if adapters else "", controlnets_key(controlnets), "stepcache" if step_cache else ""]
     extras.append(f"taesd{content_hash(vae_decoder)[:12]}" if vae_decoder else "")
-    extras.append(motion_key(motion_adapters or {}))
+    extras.append(motion_key(motion_adapters or {}, bool(adapters and adapters.lora)))
     folders = {}
     for runtime in RUNTIME_CHOICES:
         for precision, declared in PRECISIONS.items():

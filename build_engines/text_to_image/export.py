@@ -29,7 +29,7 @@ from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
 from serve.text_to_image.families.exports import ExportModule, VaeDecoderModule, diffusers_model
 from serve.text_to_image.spec import VAE_DECODER, VIDEO_AXES
-from serve.triton.engine_files import LORA_SLOTS, EngineFiles
+from serve.triton.engine_files import LORA_SLOTS, MODULE_CONFIG, EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session
 from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
 from serve.triton.runtimes import Runtime
@@ -298,7 +298,7 @@ def export_all(
         family.export_modules(model_dir),
         adapters or AdapterBuild(),
         family.adapters,
-        family.lora_engines,
+        family.lora_ready_engines,
         between=lambda ready: controlnet_modules(ready, family, family.controlnets),
     )
     if vae_decoder is not None:
@@ -386,7 +386,7 @@ def reuse_graphs(exported, engine_dir: Path, runtime: str, precision: str, seed:
         source, files = exported.engine(name), EngineFiles(engine_dir / name)
         files.folder.mkdir(parents=True)
         for path in source.folder.iterdir():
-            if path.name in LINKED or path.name == LORA_SLOTS:
+            if path.name in (*LINKED, LORA_SLOTS, MODULE_CONFIG):
                 os.link(path, files.folder / path.name)
         feeds = {k: v.numpy() for k, v in parity_feeds(spec, exported.family, seed).items()}
         expected = ShardedSession(files.onnx).run(feeds)

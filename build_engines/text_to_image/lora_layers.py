@@ -53,24 +53,33 @@ class _Bank:
 
 
 class RowLoRA(torch.nn.Module):
-    """A Linear or Conv2d plus its slot's low-rank deltas, each row weighted by its own adapters' weights."""
+    """A Linear or Conv2d plus its slot's low-rank deltas, each row weighted by its own adapters' weights.
+
+    A layer may see several rows per engine row, each engine row's together (a video's frames, or its pixels' frame
+    sequences in a motion module): each takes its engine row's weights.
+    """
 
     def __init__(self, base: torch.nn.Module, bank: _Bank, index: int) -> None:
         super().__init__()
         self.base, self.bank, self.index = base, bank, index
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, input: torch.Tensor) -> torch.Tensor:  # named as torch's layers name it (a caller passes it so)
         """``base(x) + up((down x) * scale[row, column])``."""
+        x = input
         down, up, column = self.bank.layers[self.index]
         scale = self.bank.scale.index_select(1, column)  # [batch, R]; an fp16 export casts every input (CastIO)
         if isinstance(self.base, torch.nn.Conv2d):
             hidden = F.conv2d(x, down, None, self.base.stride, self.base.padding, self.base.dilation)
-            hidden = hidden * scale.unsqueeze(-1).unsqueeze(-1)
-            return self.base(x) + F.conv2d(hidden, up)
+            return self.base(x) + F.conv2d(_per_row(hidden, scale, 1), up)
         hidden = F.linear(x, down)
-        for _ in range(hidden.dim() - 2):  # [batch, ..., R]: one weight per row and column
-            scale = scale.unsqueeze(1)
-        return self.base(x) + F.linear(hidden * scale, up)
+        return self.base(x) + F.linear(_per_row(hidden, scale, hidden.dim() - 1), up)
+
+
+def _per_row(hidden: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
+    """``hidden`` (rank on ``axis``) times ``scale[batch, rank]``, its rows grouped by engine row (batch divides)."""
+    grouped = hidden.reshape(scale.shape[0], -1, *hidden.shape[1:])
+    weights = scale.reshape(scale.shape[0], *([1] * axis), scale.shape[1], *([1] * (hidden.dim() - axis - 1)))
+    return (grouped * weights).reshape(hidden.shape)
 
 
 @dataclass(frozen=True)

@@ -42,13 +42,14 @@ def build_registry(
     slots, pipeline_class = engines.lora_slots(), engines.family.pipeline_class
     cache = easel_home() / "adapters" / engines.key
     cache.mkdir(parents=True, exist_ok=True)
+    configs = lora_configs(engines, model_dir, cache)
     entries: dict[str, LoraEntry] = {}
     for path in sorted(loras_dir.glob("*.safetensors")):
         name = path.stem
         if not NAME.fullmatch(name):
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
-            entries[name] = _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines.key)
+            entries[name] = _prepare_one(path, name, cache, configs, pipeline_class, slots, engines.key)
         entry = entries[name] = dataclasses.replace(entries[name], model=model)
         if entry.status == ERROR:
             logger.warning("LoRA %r (%s) cannot be served: %s", name, path, entry.error)
@@ -67,22 +68,38 @@ def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_ke
     return LoraEntry(name, READY, None, prepared.rank, prepared.nbytes, prepared.layers, str(prepared.path))
 
 
+def lora_configs(engines: EngineFolder, model_dir: Path, folder: Path) -> Path:
+    """Write ``folder/model/<engine>/config.json`` for each LoRA-ready engine: what LoRA files are read against.
+
+    Each is the model's component's config, or the one saved beside the engine (a motion UNet's).
+    """
+    configs = folder / MODEL_CONFIGS
+    for engine in engines.lora_slots():
+        saved = engines.engine(engine).module_config
+        (configs / engine).mkdir(parents=True, exist_ok=True)
+        source = saved if saved.is_file() else model_dir / engine / "config.json"
+        shutil.copyfile(source, configs / engine / "config.json")
+    return configs
+
+
 def install_registry(
-    registry: LoraRegistry, folder: Path, repository: Path, engines: list[str], model_dir: Path, prefix: str = ""
+    registry: LoraRegistry,
+    folder: Path,
+    repository: Path,
+    engines: EngineFolder,
+    model_dir: Path,
+    prefix: str = "",
 ) -> None:
     """Save ``registry`` in ``folder`` and link it as ``loras`` into each LoRA-ready engine's version folder.
 
     ``prefix``: the model's Triton names' (:meth:`serve.text_to_image.models.ServedModels.prefix`).
 
-    The engines' ``config.json`` files go beside it (``folder/model/<engine>/``): what an adapter uploaded while the
+    The engines' ``config.json`` files go beside it (:func:`lora_configs`): what an adapter uploaded while the
     stack runs is read against (:class:`serve.adapters.catalog.LoraCatalog`).
     """
     save_registry(registry, folder)
-    for engine in engines:
-        configs = folder / MODEL_CONFIGS / engine
-        configs.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(model_dir / engine / "config.json", configs / "config.json")
-    for engine in engines:
+    lora_configs(engines, model_dir, folder)
+    for engine in engines.lora_slots():
         link = repository / f"{prefix}{engine}" / "1" / LORAS_LINK
         if link.is_symlink() or link.exists():
             link.unlink()

@@ -17,13 +17,19 @@ from serve.files import content_hash
 from serve.text_to_image.families import Family
 from serve.text_to_image.spec import UNET
 
+LORA_MOTION_EXPORT = 1
+"""The LoRA-ready motion UNet's export version: bumped when its graph changes (the other engines' graphs then stay)."""
 
-def motion_key(motion_adapters: Mapping[str, Path]) -> str:
-    """Part of the engine cache key: "" without motion adapters, else their names and folders' content."""
+
+def motion_key(motion_adapters: Mapping[str, Path], lora: bool = False) -> str:
+    """Part of the engine cache key: "" without motion adapters, else their names and folders' content.
+
+    ``lora``: the motion UNets are LoRA-ready (:data:`LORA_MOTION_EXPORT` in the key).
+    """
     if not motion_adapters:
         return ""
     listed = json.dumps({name: content_hash(folder) for name, folder in sorted(motion_adapters.items())}).encode()
-    return f"motion{hashlib.sha256(listed).hexdigest()[:12]}"
+    return f"motion{hashlib.sha256(listed).hexdigest()[:12]}" + (f"lora{LORA_MOTION_EXPORT}" if lora else "")
 
 
 def motion_fit(family: Family, model_dir: Path, folder: Path) -> str | None:

@@ -88,6 +88,28 @@ def make_lora(
     return out_file
 
 
+def make_motion_lora(
+    model_dir: Path, motion_adapter: Path, out_file: Path, rank: int = 2, seed: int = 0, strength: float = 0.3
+) -> Path:
+    """Write a random motion LoRA (AnimateDiff's: the motion modules' attention only) to ``out_file``.
+
+    For ``model_dir``'s UNet with the ``MotionAdapter`` in ``motion_adapter``, saved as diffusers saves it.
+    """
+    import diffusers
+
+    adapter = diffusers.MotionAdapter.from_pretrained(motion_adapter)
+    unet = diffusers.UNetMotionModel.from_unet2d(_pretrained(model_dir, "unet"), adapter)
+    targets = tuple(
+        name
+        for name, _ in unet.named_modules()
+        if ".motion_modules." in name and name.endswith(("attn1.to_q", "attn1.to_v", "attn2.to_out.0"))
+    )
+    layers = {"unet": _lora_layers(unet, targets, rank, float(rank), seed, strength)}
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    _save_diffusers("AnimateDiffPipeline", layers, out_file)
+    return out_file
+
+
 def _save_diffusers(pipeline_class: str, layers: dict, out_file: Path) -> None:
     import diffusers
 

@@ -32,6 +32,22 @@ logger = logging.getLogger(__name__)
 ADAPTERS_INPUT = "adapters"
 """The per-row Triton input of a LoRA-ready engine: JSON ``[[name, weight], ...]`` ("" or "[]": none)."""
 SCALE_INPUT = "lora_scale"
+MOTION_UNET_PREFIX = "unet_motion_"
+"""A motion adapter's engine is ``unet_motion_<name>``: the UNet with the adapter's motion modules."""
+
+
+def is_motion_unet(engine: str) -> bool:
+    """Whether ``engine`` is a motion adapter's UNet."""
+    return engine.startswith(MOTION_UNET_PREFIX)
+
+
+def lora_component(engine: str) -> str:
+    """The pipeline component whose LoRA keys ``engine`` takes: its own, the UNet's for a motion UNet.
+
+    A motion UNet's layers are the UNet's under the same names plus its motion modules', so a LoRA made for the UNet
+    and a motion LoRA (keys in the motion modules) both load into it, as ``AnimateDiffPipeline`` loads them.
+    """
+    return "unet" if is_motion_unet(engine) else engine
 
 
 @dataclass(frozen=True)

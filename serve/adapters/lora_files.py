@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from serve.adapters.lora import Slot
+from serve.adapters.lora import Slot, lora_component
 from serve.files import file_hash
 
 if TYPE_CHECKING:  # torch is loaded by diffusers where a LoRA is read, not by every process that imports this
@@ -91,30 +91,48 @@ def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, l
         raise AdapterError(f"not a readable LoRA file ({type(error).__name__}: {_first_line(error)})") from error
     if not state or not all("lora" in key for key in state):
         raise AdapterError("not a LoRA file: every tensor name must contain 'lora'")
-    tensors, layers = {}, {}
+    tensors, layers, refused = {}, {}, {}
     for engine, engine_slots in slots.items():
-        expected = _lora_keys(state, engine)
-        if not expected:
+        component = lora_component(engine)
+        if not _lora_keys(state, component):
             continue
-        model = weightless(model_dir, engine)
+        taken: dict[str, np.ndarray] = {}
         try:
-            _load_into(loader, engine, model, state, alphas, metadata)
-        except Exception as error:  # noqa: BLE001
-            raise AdapterError(
-                f"diffusers could not load its {engine} layers into this model, made for another base model? "
-                f"({type(error).__name__}: {_first_line(error)})"
-            ) from error
-        found = _take_layers(model, engine, engine_slots, tensors)
-        if found < expected:
-            raise AdapterError(
-                f"{expected - found} of its {expected} {engine} layers match no layer of this model "
-                "(an adapter made for another base model?)"
-            )
-        layers[engine] = found
+            layers[engine] = _engine_layers(loader, engine, model_dir, engine_slots, (state, alphas, metadata), taken)
+        except AdapterError as error:
+            refused.setdefault(component, error)
+        else:
+            tensors |= taken
+    loaded = {lora_component(engine) for engine in layers}
+    for component, error in refused.items():
+        if component not in loaded:  # no engine of it takes the keys (one may: a motion LoRA loads into motion UNets)
+            raise error
     if not tensors:
         raise AdapterError(f"it has no layers for this model's {', '.join(slots)}")
     rank = max(array.shape[0] for key, array in tensors.items() if key.endswith(".down"))
     return PreparedLora(tensors, rank, layers)
+
+
+def _engine_layers(loader, engine: str, model_dir: Path, slots: list[Slot], read: tuple, tensors: dict) -> int:
+    """Load the LoRA's layers of ``engine``'s component into a weightless ``engine`` and take them into ``tensors``."""
+    state = read[0]
+    component = lora_component(engine)
+    expected = _lora_keys(state, component)
+    model = weightless(model_dir, engine)
+    try:
+        _load_into(loader, component, model, *read)
+    except Exception as error:  # noqa: BLE001
+        raise AdapterError(
+            f"diffusers could not load its {component} layers into this model, made for another base model? "
+            f"({type(error).__name__}: {_first_line(error)})"
+        ) from error
+    found = _take_layers(model, engine, slots, tensors)
+    if found < expected:
+        raise AdapterError(
+            f"{expected - found} of its {expected} {component} layers match no layer of this model "
+            "(an adapter made for another base model?)"
+        )
+    return found
 
 
 def _read(loader, path: Path) -> tuple[dict, dict | None, dict | None]:

@@ -27,7 +27,7 @@ from serve.adapters.ip_adapter import (
     level_sides,
     region_masks,
 )
-from serve.adapters.lora import ADAPTERS_INPUT, row_text
+from serve.adapters.lora import ADAPTERS_INPUT, is_motion_unet, row_text
 from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
 from serve.adapters.store import AdapterStore
 from serve.adapters.support import AdapterSupport
@@ -104,6 +104,13 @@ class StackAdapters:
                 raise InvalidInput(f"{field}: {why}", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: LoRA adapter {lora.name!r} cannot be served: {entry.error}", field)
+            motion_only = entry.layers and all(map(is_motion_unet, entry.layers))
+            if motion_only and not getattr(request, "motion_adapter", None):
+                raise InvalidInput(
+                    f"{field}: {lora.name!r} is a motion LoRA (its layers are AnimateDiff's motion "
+                    "modules'): only videos (POST /v1/videos) take it",
+                    field,
+                )
             rows.append((entry.key, lora.scale))
         return tuple(rows)
 

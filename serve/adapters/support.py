@@ -70,15 +70,17 @@ class AdapterSupport:
                 max_batch_size=IMAGE_ENCODER_MAX_BATCH,
                 dynamic_batching=DynamicBatching(**PRIORITIES),
             )
-        if self.lora:
-            for name in lora_engines:
-                if name in specs:
-                    spec = specs[name]
-                    adapters = TensorSpec(ADAPTERS_INPUT, "bytes", ())
-                    specs[name] = dataclasses.replace(
-                        spec, inputs=(*spec.inputs, adapters), python_model=LORA_ENGINE_CLASS
-                    )
-        return specs
+        return specs | self.lora_specs({name: specs[name] for name in lora_engines if name in specs})
+
+    def lora_specs(self, specs: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
+        """``specs`` (engines that take LoRA slots) with the per-row adapters input, when the engines are LoRA-ready."""
+        if not self.lora:
+            return dict(specs)
+        adapters = TensorSpec(ADAPTERS_INPUT, "bytes", ())
+        return {
+            name: dataclasses.replace(spec, inputs=(*spec.inputs, adapters), python_model=LORA_ENGINE_CLASS)
+            for name, spec in specs.items()
+        }
 
 
 def ip_inputs(ip: IpAdapterInfo) -> tuple[TensorSpec, ...]:

@@ -278,7 +278,7 @@ _VIDEO_LIMITS = (
         VIDEOS,
         ("motion_adapter",),
         "motion_adapter:",
-        "a motion adapter the model serves (an SD 1.x model started with --motion-adapter), no LoRAs with it yet",
+        "a motion adapter the model serves (an SD 1.x model started with --motion-adapter), no ControlNets with it yet",
         "the motion adapters are the stack's, `easel up --motion-adapter NAME=DIR`",
     ),
     UnstatedLimit(

@@ -319,7 +319,7 @@ class FeedbackReply(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
-    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority")
+    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -334,6 +334,8 @@ class VideoRequest(_message.Message):
     LORAS_FIELD_NUMBER: _ClassVar[int]
     MOTION_ADAPTER_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    INPUT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
+    STRENGTH_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     model: str
     size: str
@@ -348,7 +350,9 @@ class VideoRequest(_message.Message):
     loras: _containers.RepeatedCompositeFieldContainer[Lora]
     motion_adapter: str
     priority: str
-    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ...) -> None: ...
+    input_reference: bytes
+    strength: float
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ...) -> None: ...
 
 class VideoId(_message.Message):
     __slots__ = ("video_id",)

@@ -5,19 +5,26 @@ The calls themselves are :class:`serve.video_routes.VideoCalls`' (they hand them
 
 from __future__ import annotations
 
+import base64
+
 from pydantic import ValidationError
 
 from serve.errors import InvalidInput, invalid_input
 from serve.grpc_api import Unparsed, fields, parsed
 from serve.grpc_api.easel_pb2 import Video, VideoContentRequest, VideoError, VideoId
 from serve.grpc_api.easel_pb2 import VideoRequest as VideoMessage
-from serve.text_to_image.video import VideoRequest
+from serve.text_to_image.video import INPUT_REFERENCE, VideoRequest
 
 
 def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
-    """The HTTP API's request for a ``VideoRequest`` (:class:`~serve.errors.InvalidInput` naming the field)."""
+    """The HTTP API's request for a ``VideoRequest`` (:class:`~serve.errors.InvalidInput` naming the field).
+
+    ``input_reference`` (image-to-video) travels as the image's bytes, the HTTP API's base64.
+    """
     body = fields(parsed(message, "CreateVideo"))
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
+    if INPUT_REFERENCE in body:  # bytes here, the HTTP API's base64 there
+        body[INPUT_REFERENCE] = base64.b64encode(body[INPUT_REFERENCE]).decode()
     try:
         return VideoRequest.model_validate(body)
     except ValidationError as error:

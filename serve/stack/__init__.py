@@ -19,7 +19,6 @@ from urllib.parse import urlparse
 
 import psutil
 
-from serve.adapters.support import LORA_ENGINE_CLASS
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
@@ -365,10 +364,7 @@ class Stack:
             engines, model_dir = EngineFolder(engine_dirs[name]), opts.served[name] or default_model_dir()
             registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name)
             folder = opts.run_dir / ("loras" if default else f"loras-{name}")
-            lora_ready = [engine for engine, spec in engines.specs.items() if spec.python_model == LORA_ENGINE_CLASS]
-            install_registry(
-                registry, folder, opts.repository, lora_ready, model_dir, ServedModels.prefix(name, default)
-            )
+            install_registry(registry, folder, opts.repository, engines, model_dir, ServedModels.prefix(name, default))
             folders[name] = str(folder)
         return folders
 

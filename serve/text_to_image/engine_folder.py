@@ -166,5 +166,5 @@ class EngineFolder:
 
     def lora_slots(self) -> dict[str, list[Slot]]:
         """The slot tables of the LoRA-ready engines, by engine."""
-        files = {name: self.engine(name) for name in self.family.lora_engines if name in self.specs}
+        files = {name: self.engine(name) for name in self.family.lora_ready_engines if name in self.specs}
         return {name: load_slots(f.lora_slots) for name, f in files.items() if f.lora_ready}

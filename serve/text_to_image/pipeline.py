@@ -84,7 +84,8 @@ class TextToImagePipeline:
         step_engine = self.family.step_engine(job.outline)
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
-        conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[2:])
+        if job.motion is None:  # a motion UNet takes no IP-Adapter inputs (a video takes no references)
+            conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[2:])
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
         conditioning = {name: np.repeat(rows, job.sampling.n, axis=0) for name, rows in conditioning.items()}

@@ -103,7 +103,9 @@ class VideoRequest(BaseModel):
     scheduler: Literal[SCHEDULER_NAMES] = Field(Sampling.scheduler, description="A sampler the model runs.")
     guidance_scale: float = Field(Sampling.guidance_scale, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
-    loras: list[LoraChoice] = Field([], description="Refused for now: the motion UNet is not LoRA-ready.")
+    loras: list[LoraChoice] = Field(
+        [], description="The stack's LoRAs (uploaded ones too), motion LoRAs among them, as AnimateDiff loads them."
+    )
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
     input_reference: str | None = Field(
         None,

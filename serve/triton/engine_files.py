@@ -16,6 +16,7 @@ RUNTIME = "runtime.json"  # which runtime and precision serve the engine (serve.
 MEMORY = "memory.json"  # bytes and seconds per row, measured at build (serve.triton.memory)
 LORA_SLOTS = "lora_slots.json"  # a LoRA-ready engine's layers (serve.adapters.lora)
 LORAS_LINK = "loras"  # a LoRA-ready model's link to the stack's adapter registry folder
+MODULE_CONFIG = "module_config.json"  # a motion UNet's diffusers config: what LoRA files are read against
 
 
 class _FolderFile:
@@ -39,6 +40,7 @@ class EngineFiles:
     memory = _FolderFile(MEMORY)
     lora_slots = _FolderFile(LORA_SLOTS)
     loras = _FolderFile(LORAS_LINK)
+    module_config = _FolderFile(MODULE_CONFIG)
 
     @property
     def lora_ready(self) -> bool:

@@ -5,6 +5,7 @@ import base64
 import io
 import logging
 import time
+import zipfile
 
 import httpx
 import numpy as np
@@ -12,13 +13,15 @@ import pytest
 import torch
 from PIL import Image
 
-from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter
+from build_engines.text_to_image.motion import random_motion_adapter
+from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_motion_lora
 from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
+from tests.videos import reference_frames
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -39,8 +42,15 @@ def face_adapter(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(default_model, adapters, face_adapter, tmp_path_factory):
-    """The embedded model with every test LoRA (at most 2 held per engine instance) and two IP-Adapters."""
+def wave(default_model, tmp_path_factory):
+    """A tiny random motion adapter (videos with LoRAs)."""
+    return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
+
+
+@pytest.fixture(scope="module")
+def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
+    """The embedded model with every test LoRA (at most 2 held per engine instance), two IP-Adapters and a motion
+    adapter."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -50,6 +60,7 @@ def stack(default_model, adapters, face_adapter, tmp_path_factory):
         loras_dir=adapters.loras,
         lora_resident=RESIDENT,
         ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
+        motion_adapters={"wave": wave},
     )
     with Stack(options) as stack:
         yield stack
@@ -407,6 +418,40 @@ def test_a_deleted_lora_is_a_400_naming_the_field(api, adapters):
     response = api.post(GENERATE, json=BODY | {"loras": [{"name": "gone"}]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "loras.0.name"
     assert api.delete("/v1/loras/gone").status_code == 404
+
+
+def test_a_video_with_a_lora_and_an_uploaded_motion_lora_matches_animatediff(
+    api, adapters, default_model, wave, tmp_path
+):
+    """Every frame as AnimateDiffPipeline's with load_lora_weights and set_adapters; a motion LoRA on a still: 400."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    make_motion_lora(default_model, wave, tmp_path / "swing.safetensors", rank=2, seed=2, strength=3)
+    assert _upload(api, "POST", "/v1/loras", (tmp_path / "swing.safetensors").read_bytes(), name="swing").is_success
+    loras = [{"name": "style", "scale": 0.8}, {"name": "swing", "scale": 1.0}]
+    fields = {"size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3, "guidance_scale": 7.5, "loras": loras}
+    video_id = api.post("/v1/videos", json={"prompt": BODY["prompt"], "scheduler": "ddim", **fields}).json()["id"]
+    still = api.post(GENERATE, json=BODY | {"loras": [{"name": "swing"}]})
+    assert still.status_code == 400 and still.json()["error"]["param"] == "loras.0.name", still.text
+    reference = AnimateDiffPipeline.from_pretrained(default_model, motion_adapter=MotionAdapter.from_pretrained(wave))
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(adapters.loras), weight_name=adapters.lora_file("style"), adapter_name="style")
+    reference.load_lora_weights(str(tmp_path), weight_name="swing.safetensors", adapter_name="swing")
+    reference.set_adapters(["style", "swing"], [0.8, 1.0])
+    want = reference_frames(
+        reference, "ddim", 4, 3, prompt=BODY["prompt"], width=64, height=64, num_inference_steps=4, guidance_scale=7.5
+    )
+    deadline = time.monotonic() + 120
+    while (video := api.get(f"/v1/videos/{video_id}").json())["status"] in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, api.get(f"/v1/jobs/{video_id}").json()
+        time.sleep(0.2)
+    assert video["status"] == "completed", video
+    content = api.get(f"/v1/videos/{video_id}/content", params={"variant": "frames"})
+    with zipfile.ZipFile(io.BytesIO(content.content)) as archive:
+        got = [np.asarray(Image.open(io.BytesIO(archive.read(name)))) for name in sorted(archive.namelist())]
+    assert len(got) == len(want) == 4
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+    assert api.delete("/v1/loras/swing").json()["deleted"] is True
 
 
 # -- stored references (POST, GET, DELETE /v1/references) -------------------------------------------------------------

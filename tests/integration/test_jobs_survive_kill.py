@@ -1,20 +1,24 @@
 """Nothing lost: kill -9 of every Easel process with jobs queued and running; `easel up` again runs every one of them.
 
-Each ends ``succeeded`` with the image an uninterrupted run gives (same seed). Jobs submitted while nothing runs wait
-and run when the workers are back.
+Each ends ``succeeded`` with the image an uninterrupted run gives (same seed), a video among them with the frames an
+uninterrupted run gives. Jobs submitted while nothing runs wait and run when the workers are back. The stack's home
+is its own (run state, stores); its engine cache is the shared one (the default stack's engines, motion UNet too).
 """
 
 import logging
 import os
 import signal
 import time
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 
+from build_engines.text_to_image.motion import random_motion_adapter
 from serve.jobs.model import JobStatus
 from serve.jobs.sqlite import SqliteJobStore
+from serve.paths import easel_home
 from serve.priority import Priority
 from serve.processes import free_ports
 from serve.processes.run_state import read_state
@@ -26,6 +30,7 @@ pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 BODY = {"prompt": "a green circle icon", "size": "64x64", "num_inference_steps": 30}
+VIDEO = {"prompt": "a green circle rolling", "size": "64x64", "frames": 8, "fps": 8, "steps": 30, "seed": 7}
 
 
 def _kill_everything(stack_id: str, pid: int) -> int:
@@ -40,16 +45,28 @@ def _kill_everything(stack_id: str, pid: int) -> int:
     return len(processes)
 
 
-def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_image(tmp_path):
-    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
+def _home_with_shared_engines(home: Path) -> Path:
+    """A new stack home whose engine cache (and its build locks) are this machine's shared ones."""
+    for shared in ("engines", "locks"):
+        (easel_home() / shared).mkdir(parents=True, exist_ok=True)
+        (home / shared).parent.mkdir(parents=True, exist_ok=True)
+        (home / shared).symlink_to(easel_home() / shared, target_is_directory=True)
+    return home
+
+
+def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_image(tmp_path, default_model):
+    env = {**os.environ, "EASEL_HOME": str(_home_with_shared_engines(tmp_path / "home"))}
     store_url = f"sqlite:///{tmp_path / 'jobs.db'}"
     port, dashboard_port = free_ports(2)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
+    wave = random_motion_adapter(default_model, tmp_path / "wave")  # the default stack's: its engines are cached
+    options = ("--store", store_url, "--no-cache", "--no-first-request", "--motion-adapter", f"wave={wave}")
     try:
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.
-        up = easel_up(tmp_path, env, port, dashboard_port, "--store", store_url, "--no-cache", "--no-first-request")
+        up = easel_up(tmp_path, env, port, dashboard_port, *options)
         assert up.returncode == 0, up.stdout + up.stderr
-        # 10 low-priority jobs: 8 run at once (4 per Gateway replica), 2 wait in the queue.
+        # A video and 10 low-priority jobs: 8 run at once (4 per Gateway replica), the others wait in the queue.
+        video_id = api.post("/v1/videos", json={**VIDEO, "priority": "low"}).json()["id"]
         bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True} for i in range(10)]
         ids = [api.post("/v1/images/generations", json=body).json()["id"] for body in bodies]
         deadline = time.monotonic() + 60
@@ -59,8 +76,9 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
                 break
             time.sleep(0.1)
         states = [j["status"] for j in jobs]
-        logger.info("at the kill: %s", states)
-        assert "running" in states and "queued" in states
+        video_state = api.get(f"/v1/jobs/{video_id}").json()["status"]
+        logger.info("at the kill: %s, the video %s", states, video_state)
+        assert "running" in states and "queued" in states and video_state in ("running", "queued")
 
         state = read_state(tmp_path / "home" / "run")
         killed = _kill_everything(state.stack_id, state.pid)
@@ -75,15 +93,22 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
             ids.append(store.submit(request, Priority.NORMAL)[0].id)
         store.close()
 
-        again = easel_up(tmp_path, env, port, dashboard_port, "--store", store_url, "--no-cache", "--no-first-request")
+        again = easel_up(tmp_path, env, port, dashboard_port, *options)
         assert again.returncode == 0, again.stdout + again.stderr
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            jobs = [api.get(f"/v1/jobs/{job_id}").json() for job_id in ids]
+            jobs = [api.get(f"/v1/jobs/{job_id}").json() for job_id in [*ids, video_id]]
             if all(j["status"] in ("succeeded", "failed", "canceled") for j in jobs):
                 break
             time.sleep(1)
-        assert [j["status"] for j in jobs] == [JobStatus.SUCCEEDED.value] * len(ids), [j["status"] for j in jobs]
+        assert [j["status"] for j in jobs] == [JobStatus.SUCCEEDED.value] * len(jobs), [j["status"] for j in jobs]
+        *jobs, video = jobs
+        assert api.get(f"/v1/videos/{video_id}").json()["status"] == "completed"
+        alone = api.post("/v1/videos", json=VIDEO).json()["id"]
+        while (solo := api.get(f"/v1/jobs/{alone}").json())["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline + 120
+            time.sleep(0.5)
+        assert pictures(video) == pictures(solo), "the video's frames differ from its uninterrupted run's"
         rerun = [j for j in jobs if j["status"] == "succeeded"]
         logger.info("attempts per job: %s", [SqliteJobStore(store_url).get(j["id"]).attempts for j in rerun])
         for body, job in zip([*bodies, *late_bodies], jobs, strict=True):

@@ -128,6 +128,30 @@ def test_each_row_gets_exactly_its_own_adapters_and_weights():
             torch.testing.assert_close(got_conv[row : row + 1], conv, rtol=1e-5, atol=1e-5)
 
 
+class _Frames(_Toy):
+    """The toy over videos: each row's frames are rows of its layers (as in a motion UNet), each video's together."""
+
+    def forward(self, x, y):
+        videos = x.shape[0]
+        linear, conv = super().forward(x.flatten(0, 1), y.flatten(0, 1))
+        return linear.unflatten(0, (videos, -1)), conv.unflatten(0, (videos, -1))
+
+
+def test_every_frame_of_a_video_row_gets_its_row_s_adapters():
+    torch.manual_seed(1)
+    frames, toy = _Frames().eval(), _Toy().eval()
+    toy.load_state_dict(frames.state_dict())
+    (ready_frames, _, extras), (ready_toy, _, _) = lora_ready(frames, frames), lora_ready(toy, toy)
+    banks = extras.sample(3, torch.Generator().manual_seed(2))
+    x, y = torch.randn(3, 4, 7, 6), torch.randn(3, 4, 3, 5, 5)
+    with torch.no_grad():
+        got = ready_frames(x, y, *banks.values())
+        for frame in range(4):
+            want = ready_toy(x[:, frame], y[:, frame], *banks.values())
+            torch.testing.assert_close(got[0][:, frame], want[0], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(got[1][:, frame], want[1], rtol=1e-5, atol=1e-5)
+
+
 def test_banks_hold_the_most_recently_used_and_a_batch_all_it_needs():
     slot = Slot("layer", "linear", 3, 2)
     loaded, events = [], []

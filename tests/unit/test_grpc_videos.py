@@ -1,5 +1,6 @@
 """The video job's gRPC messages: the HTTP API's ``VideoRequest`` and video object, and a Gateway method per RPC."""
 
+import base64
 from dataclasses import replace
 
 import pytest
@@ -25,6 +26,13 @@ def test_unset_fields_take_the_http_api_s_defaults_and_set_ones_travel():
     assert [(lora.name, lora.scale) for lora in request.loras] == [("ink", 0.5)]
 
 
+def test_an_input_reference_travels_as_bytes_and_is_the_http_api_s_base64():
+    png = b"\x89PNG\r\n\x1a\n not decoded here"
+    request = video_request(easel_pb2.VideoRequest(prompt="x", input_reference=png, strength=0.5))
+    assert request.input_reference == base64.b64encode(png).decode() and request.strength == 0.5
+    assert video_request(easel_pb2.VideoRequest(prompt="x")).input_reference is None
+
+
 @pytest.mark.parametrize(
     ("message", "field"),
     [
@@ -33,6 +41,8 @@ def test_unset_fields_take_the_http_api_s_defaults_and_set_ones_travel():
         (easel_pb2.VideoRequest(prompt="x", steps=0), "steps"),
         (easel_pb2.VideoRequest(prompt="x", scheduler="nope"), "scheduler"),
         (easel_pb2.VideoRequest(seconds=1), "prompt"),
+        (easel_pb2.VideoRequest(prompt="x", strength=0.5), "strength"),  # only with an input_reference
+        (easel_pb2.VideoRequest(prompt="x", input_reference=b"x", strength=1.5), "strength"),
     ],
 )
 def test_bad_fields_are_invalid_input_naming_the_field(message, field):

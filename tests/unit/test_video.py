@@ -12,19 +12,24 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from build_engines.text_to_image.adapters import AdapterBuild
+from build_engines.text_to_image.loras import build_registry, save_registry
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
+from build_engines.text_to_image.random_adapters import make_lora, make_motion_lora
+from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.generation import Generation, ImageInputs, Motion, Outline, SamplingParams
+from serve.text_to_image.generation import AdapterInputs, Generation, ImageInputs, Motion, Outline, SamplingParams
 from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import (
+    VideoGeneration,
     VideoRequest,
     frames_zip,
     input_reference_named,
@@ -49,7 +54,21 @@ def video_engines(default_model, motion_adapter, tmp_path_factory):
     from build_engines.text_to_image.build import build
 
     repository = tmp_path_factory.mktemp("repository-motion")
-    return EngineFolder(build(default_model, repository, motion_adapters={"wave": motion_adapter}).path)
+    built = build(default_model, repository, adapters=AdapterBuild(lora=True), motion_adapters={"wave": motion_adapter})
+    return EngineFolder(built.path)
+
+
+@pytest.fixture(scope="module")
+def video_loras(default_model, motion_adapter, video_engines, tmp_path_factory):
+    """A LoRA made for the UNet (``style``) and a motion LoRA (``swing``), prepared into a registry as a stack does."""
+    folder = tmp_path_factory.mktemp("video-loras")
+    make_lora(default_model, folder / "loras" / "style.safetensors", rank=4, seed=1, strength=0.6)
+    make_motion_lora(default_model, motion_adapter, folder / "loras" / "swing.safetensors", rank=2, seed=2, strength=3)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EASEL_HOME", str(folder / "home"))
+        registry = build_registry(folder / "loras", video_engines, default_model)
+    save_registry(registry, folder / "registry")
+    return folder / "loras", registry, folder / "registry"
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +78,8 @@ def animatediff_pipeline(diffusers_pipeline, motion_adapter):
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, scheduler):
-    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+def test_every_frame_matches_animatediff(video_engines, video_runner, animatediff_pipeline, scheduler):
+    pipeline = TextToImagePipeline(video_engines, video_runner)
     job = Generation(SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler), motion=Motion("wave", 6))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
     want = reference_frames(
@@ -80,11 +99,65 @@ def test_every_frame_matches_animatediff(video_engines, animatediff_pipeline, sc
     assert psnr(got[0], got[-1]) < 30  # the frames are not one picture repeated
 
 
+@pytest.fixture(scope="module")
+def video_runner(video_engines, video_loras):
+    """The engines in-process, their LoRAs from the registry: one runner (its sessions opened once) for the module."""
+    return OnnxRuntimeRunner(video_engines, loras_dir=video_loras[2])
+
+
+@pytest.fixture(scope="module")
+def animatediff_with_loras(default_model, motion_adapter, video_loras):
+    """diffusers' ``AnimateDiffPipeline`` with both LoRAs loaded by ``load_lora_weights`` (its own weights)."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    adapter = MotionAdapter.from_pretrained(motion_adapter)
+    pipeline = AnimateDiffPipeline.from_pretrained(default_model, motion_adapter=adapter)
+    pipeline.set_progress_bar_config(disable=True)
+    for name in ("style", "swing"):
+        pipeline.load_lora_weights(str(video_loras[0]), weight_name=f"{name}.safetensors", adapter_name=name)
+    return pipeline
+
+
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_image_to_video_matches_animatediff_video_to_video(video_engines, animatediff_pipeline, scheduler):
+def test_every_frame_with_loras_matches_animatediff_with_load_lora_weights(
+    video_engines, video_loras, video_runner, animatediff_with_loras, scheduler
+):
+    """A UNet LoRA and a motion LoRA on the motion UNet (and the text encoder), as AnimateDiff's set_adapters."""
+    registry = video_loras[1]
+    assert registry.get("style").layers.keys() == {"text_encoder", "unet", "unet_motion_wave"}
+    assert registry.get("swing").layers.keys() == {"unet_motion_wave"}  # the still UNet has no motion modules
+    ours = TextToImagePipeline(video_engines, video_runner)
+    sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, scheduler)
+    adapters = AdapterInputs(loras=(("style", 0.8), ("swing", 1.0)))
+    got = np.stack(asyncio.run(ours.generate(Generation(sampling, adapters=adapters, motion=Motion("wave", 6)))).images)
+    kwargs = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 48, "guidance_scale": 7.5}
+    animatediff_with_loras.set_adapters(["style", "swing"], [0.8, 1.0])
+    want = reference_frames(animatediff_with_loras, scheduler, 6, 5, num_inference_steps=3, **kwargs)
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+    if scheduler == "ddim":  # the motion LoRA moves the frames beyond the parity bar
+        animatediff_with_loras.set_adapters(["style"], [0.8])
+        without_swing = reference_frames(animatediff_with_loras, scheduler, 6, 5, num_inference_steps=3, **kwargs)
+        assert min(psnr(a, b) for a, b in zip(got, without_swing, strict=True)) < 40
+
+
+def test_a_motion_lora_is_refused_for_stills_naming_the_field(video_loras, tmp_path):
+    adapters = StackAdapters(str(video_loras[2]), store_url=f"sqlite:///{tmp_path / 'adapters.db'}")
+    with pytest.raises(InvalidInput, match="'swing' is a motion LoRA") as refused:
+        adapters.check(GenerationRequest(prompt="x", loras=[{"name": "swing"}]))
+    assert refused.value.field == "loras.0.name"
+    adapters.check(GenerationRequest(prompt="x", loras=[{"name": "style"}]))
+    video = VideoGeneration(prompt="x", frames=4, fps=8, motion_adapter="wave", loras=[{"name": "swing"}])
+    assert len(adapters.resolve(video)) == 1
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "euler"])
+def test_image_to_video_matches_animatediff_video_to_video(
+    video_engines, video_runner, animatediff_pipeline, scheduler
+):
     """Every frame starts from the reference's noised latent: diffusers' video-to-video of the image repeated."""
     reference = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)  # resized to 64x48
-    pipeline = TextToImagePipeline(video_engines, OnnxRuntimeRunner(video_engines))
+    pipeline = TextToImagePipeline(video_engines, video_runner)
     sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 4, 7.5, 5, scheduler)
     job = Generation(sampling, inputs=ImageInputs((reference,), strength=0.6), motion=Motion("wave", 6))
     got = np.stack(asyncio.run(pipeline.generate(job)).images)
@@ -110,7 +183,7 @@ def test_the_motion_unet_is_its_own_engine_with_frames_an_axis(video_engines):
     spec = video_engines.specs["unet_motion_wave"]
     assert spec.input("sample").dims == (4, -1, -1, -1)
     assert spec.input("sample").axis_names == ("frames", "latent_height", "latent_width")
-    assert [t.name for t in spec.inputs] == [t.name for t in video_engines.specs["unet"].inputs if t.name != "adapters"]
+    assert [t.name for t in spec.inputs] == [t.name for t in video_engines.specs["unet"].inputs]  # LoRA-ready both
 
 
 def test_unknown_adapters_and_adapted_videos_are_refused_naming_the_field(video_engines):
@@ -118,9 +191,10 @@ def test_unknown_adapters_and_adapted_videos_are_refused_naming_the_field(video_
     with pytest.raises(InvalidInput, match="'still'.*serves: wave") as error:
         family.check(Outline("ddim", 64, 64, motion_adapter="still"))
     assert error.value.field == "motion_adapter"
-    with pytest.raises(InvalidInput, match="LoRAs") as error:
-        family.check(Outline("ddim", 64, 64, loras=True, motion_adapter="wave"))
-    family.check(Outline("ddim", 64, 64, motion_adapter="wave"))
+    with pytest.raises(InvalidInput, match="ControlNets") as error:
+        family.check(Outline("ddim", 64, 64, controls=True, motion_adapter="wave"))
+    assert error.value.field == "motion_adapter"
+    family.check(Outline("ddim", 64, 64, loras=True, motion_adapter="wave"))
 
 
 def test_a_motion_adapter_that_does_not_fit_is_refused_before_any_build(

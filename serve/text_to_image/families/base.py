@@ -24,6 +24,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image import step_cache
@@ -42,7 +43,6 @@ from serve.text_to_image.generation import Generation, Outline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS, Sampler
 from serve.text_to_image.spec import (
     DISTILLED_UNET,
-    MOTION_UNET_PREFIX,
     TEXT_ENCODER,
     TEXT_ENCODER_2,
     UNET,
@@ -183,10 +183,7 @@ class Family(ABC):
         plain = self.engine_specs()
         if self.motion_adapters and UNET not in plain:
             raise UnsupportedModel(f"motion adapters serve UNet models, not {self.name} models")
-        motion = {
-            f"{MOTION_UNET_PREFIX}{name}": motion_unet_spec(f"{MOTION_UNET_PREFIX}{name}", plain[UNET])
-            for name in self.motion_adapters
-        }
+        motion = {name: motion_unet_spec(name, plain[UNET]) for name in self.motion_engines}
         if step_cache and UNET not in plain:
             raise UnsupportedModel(f"step caching serves UNet models, not {self.name} models")
         if dims.distilled_unet:  # the plain UNet's inputs: it takes no adapters or ControlNets
@@ -194,7 +191,17 @@ class Family(ABC):
         if step_cache:  # the final up block works at the first block's width: the input convolution's residual's
             plain |= step_cache_specs(plain[UNET], dims.residuals[0].channels)
         specs = self.controlnets.specs(self.adapters.specs(plain, self.lora_engines), plain.get(UNET_ENGINE), dims)
-        self.specs = specs | motion
+        self.specs = specs | self.adapters.lora_specs(motion)
+
+    @property
+    def motion_engines(self) -> tuple[str, ...]:
+        """Each motion adapter's UNet engine (``unet_motion_<NAME>``)."""
+        return tuple(f"{MOTION_UNET_PREFIX}{name}" for name in self.motion_adapters)
+
+    @property
+    def lora_ready_engines(self) -> tuple[str, ...]:
+        """The engines that take LoRA slots when built LoRA-ready: :attr:`lora_engines`, and the motion UNets."""
+        return (*self.lora_engines, *self.motion_engines)
 
     def with_engines(
         self,
@@ -279,8 +286,8 @@ class Family(ABC):
         Each conditioned as the family's UNet is.
         """
         modules = {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
-        for name, folder in self.motion_adapters.items():
-            modules[f"{MOTION_UNET_PREFIX}{name}"] = motion_unet_export(model_dir / UNET, Path(folder))
+        for engine, folder in zip(self.motion_engines, self.motion_adapters.values(), strict=True):
+            modules[engine] = motion_unet_export(model_dir / UNET, Path(folder))
         if self.step_cache:
             plain = self.unet_export(model_dir)
             added = self.added_conditioning
@@ -345,8 +352,8 @@ class Family(ABC):
         why = None
         if self.name != "sd":
             why = f"motion adapters serve SD 1.x models; this is a {self.pipeline_class} model"
-        elif asked.adapted:
-            why = "a video takes no LoRAs, IP-Adapter references or ControlNets yet"
+        elif asked.controls or asked.referenced:
+            why = "a video takes no IP-Adapter references or ControlNets yet"
         elif self.step_engine(asked) not in self.specs:
             served = ", ".join(self.motion_adapters) or "none: easel up --motion-adapter NAME=DIR"
             why = f"{asked.motion_adapter!r} is not a motion adapter of this model (it serves: {served})"

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from serve.triton.engine_files import MODULE_CONFIG
+
 
 @dataclass(frozen=True)
 class ExportModule:
@@ -129,7 +131,9 @@ def motion_unet_export(unet_folder: Path, adapter_folder: Path) -> ExportModule:
 
         unet = diffusers_model("UNet2DConditionModel", unet_folder, dtype)
         adapter = diffusers_model("MotionAdapter", adapter_folder, dtype)
-        return MotionUnetModule(diffusers.UNetMotionModel.from_unet2d(unet, adapter).to(dtype).eval())
+        module = MotionUnetModule(diffusers.UNetMotionModel.from_unet2d(unet, adapter).to(dtype).eval())
+        module.side_files = {MODULE_CONFIG: module.unet.to_json_file}  # what LoRA files for it are read against
+        return module
 
     return ExportModule(load)
 

@@ -150,6 +150,24 @@ def test_a_video_made_over_grpc_is_the_http_api_s_video_and_bad_input_names_the_
     assert refused.value.details().startswith("frames:"), refused.value.details()
 
 
+def test_an_image_to_video_made_over_grpc_is_the_http_api_s_and_a_bad_image_names_the_field(api, easel):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(buffer, "PNG")
+    made = easel.CreateVideo(
+        easel_pb2.VideoRequest(**VIDEO, input_reference=buffer.getvalue(), strength=0.5), timeout=60
+    )
+    reference = base64.b64encode(buffer.getvalue()).decode()
+    over_http = api.post("/v1/videos", json=VIDEO | {"input_reference": reference, "strength": 0.5}).json()["id"]
+    assert over(easel, made.id).status == "completed" and over(easel, over_http).status == "completed"
+    frames = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=made.id, variant="frames"), timeout=60)
+    http_frames = api.get(f"/v1/videos/{over_http}/content", params={"variant": "frames"}).content
+    np.testing.assert_array_equal(pngs_in(frames.data), pngs_in(http_frames))
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO, input_reference=b"not an image"), timeout=30)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.value.details().startswith("input_reference:"), refused.value.details()
+
+
 def test_a_video_canceled_over_grpc_stops_and_has_no_content(api, easel):
     made = easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO | {"frames": 32, "steps": 150}), timeout=60)
     deadline = time.monotonic() + 60

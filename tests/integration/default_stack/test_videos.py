@@ -133,7 +133,7 @@ def test_the_openai_client_makes_a_video_from_an_image_that_matches_video_to_vid
         ({"seconds": 9}, "seconds"),  # 72 frames at the default 8 fps
         ({"seconds": 1, "frames": 6}, "seconds"),  # 1 s at 8 fps is 8 frames
         ({"motion_adapter": "still"}, "motion_adapter"),
-        ({"loras": [{"name": "ink"}]}, "loras.0.name"),  # this stack takes no LoRAs (the motion UNet none yet)
+        ({"loras": [{"name": "ink"}]}, "loras.0.name"),  # this stack serves no LoRAs (no --loras)
         ({"size": "60x64"}, "size"),
         ({"steps": 0}, "steps"),
     ],

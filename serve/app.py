@@ -288,8 +288,11 @@ async def model_replaced(http: Request, model_id: str, body: ModelFolder) -> dic
     """Serve a built engine folder as the model's next version (admin; 404 if none is served under that name).
 
     Requests from here on get the new version; those in flight finish on the old one, which is then unloaded.
+    Its uploaded LoRAs (``loras_dir``: LoRA-ready engines) are prepared again for the new engines.
     """
-    return await serving(http).models.replace(model_id, body)
+    replaced = await serving(http).models.replace(model_id, body)
+    await serving(http).adapters.loras_refreshed()
+    return replaced
 
 
 @api.delete("/v1/models/{model_id}")

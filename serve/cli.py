@@ -26,6 +26,7 @@ from loadtests.cli import bench, chaos, loadtest, soak
 from serve import model_admin
 from serve.access.cli import keys
 from serve.cli_options import (
+    EXISTING_FOLDER,
     FOLDER,
     NAMED_FOLDER,
     ModelFolder,
@@ -135,15 +136,18 @@ def random_model(name: str, out_dir: Path, without_t5: bool) -> None:
 # -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
 
 
-def built_engines(model_dir: Path, ip_adapters: dict | None = None, controlnets: dict | None = None) -> Path:
+def built_engines(
+    model_dir: Path, ip_adapters: dict | None = None, controlnets: dict | None = None, lora: bool = False
+) -> Path:
     """``model_dir``'s engine folder, built (or found in the engine cache) and measured, not installed.
 
-    ``ip_adapters``, ``controlnets``: NAME -> folder, built into the engines (as ``easel up`` builds a model's own).
+    ``ip_adapters``, ``controlnets``: NAME -> folder, built into the engines (as ``easel up`` builds a model's own);
+    ``lora``: LoRA-ready engines.
     """
     from build_engines.text_to_image.adapters import AdapterBuild
     from build_engines.text_to_image.build import build
 
-    adapters = AdapterBuild(ip_adapters=dict(ip_adapters or {}))
+    adapters = AdapterBuild(lora=lora, ip_adapters=dict(ip_adapters or {}))
     with one_line_errors(UnsupportedModel):
         return build(model_dir, repository=None, adapters=adapters, controlnets=controlnets).path
 
@@ -166,8 +170,15 @@ def models_list() -> None:
 
 
 def _model_and_adapters(function):
-    """The model argument (NAME=DIR) and the adapters built into its engines (``--ip-adapter``, ``--controlnet``)."""
+    """The model argument (NAME=DIR) and its adapters (``--loras``, ``--ip-adapter``, ``--controlnet``)."""
     adapters = [
+        click.option(
+            "--loras",
+            type=EXISTING_FOLDER,
+            metavar="DIR",
+            help="A folder of LoRA files (NAME.safetensors): LoRA-ready engines, these LoRAs served for this model, "
+            "and uploads for it (POST /v1/loras with model=NAME).",
+        ),
         click.option(
             "--controlnet",
             "controlnets",
@@ -194,32 +205,41 @@ def _model_and_adapters(function):
     return function
 
 
-def _built_and_sent(change: Callable[[str, str, Path], dict], model: tuple[str, Path], **adapters) -> str:
-    """Build the engines of ``model`` (NAME, DIR) with ``adapters``, send them to the stack as ``change``."""
+def _built_and_sent(change: Callable, model: tuple[str, Path], loras: Path | None, **adapters) -> str:
+    """Build the engines of ``model`` (NAME, DIR) with ``adapters``, send them to the stack as ``change``.
+
+    ``loras``: a LoRA folder, prepared here for the LoRA-ready engines into the model's registry folder.
+    """
+    from build_engines.text_to_image.loras import model_registry
     from serve.processes.run_state import working_for_the_stack
 
     name, model_dir = model
     api_url = model_admin.stack_api()  # first: with no stack up, nothing is built
     with working_for_the_stack(f"easel models: building {model_dir}"):  # `easel down` stops it with the stack
-        engine_dir = built_engines(model_dir, **adapters)
-    return _said(change(api_url, name, engine_dir))
+        engine_dir = built_engines(model_dir, lora=loras is not None, **adapters)
+        registry = model_registry(loras, engine_dir, model_dir, name) if loras is not None else None
+    return _said(change(api_url, name, engine_dir, registry))
 
 
 @models.command("add")
 @_model_and_adapters
-def models_add(model: tuple[str, Path], ip_adapters: dict, controlnets: dict) -> None:
-    """Build DIR's engines (with its IP-Adapters and ControlNets) and serve them as a new model NAME.
+def models_add(model: tuple[str, Path], loras: Path | None, ip_adapters: dict, controlnets: dict) -> None:
+    """Build DIR's engines (with its LoRAs, IP-Adapters and ControlNets) and serve them as a new model NAME.
 
     DIR alone: named after its folder.
     """
-    click.echo(f"added {_built_and_sent(model_admin.add, model, ip_adapters=ip_adapters, controlnets=controlnets)}")
+    added = _built_and_sent(model_admin.add, model, loras, ip_adapters=ip_adapters, controlnets=controlnets)
+    click.echo(f"added {added}")
 
 
 @models.command("replace")
 @_model_and_adapters
-def models_replace(model: tuple[str, Path], ip_adapters: dict, controlnets: dict) -> None:
-    """Build DIR's engines and serve them as model NAME's next version; the old one finishes what it started."""
-    replaced = _built_and_sent(model_admin.replace, model, ip_adapters=ip_adapters, controlnets=controlnets)
+def models_replace(model: tuple[str, Path], loras: Path | None, ip_adapters: dict, controlnets: dict) -> None:
+    """Build DIR's engines and serve them as model NAME's next version; the old one finishes what it started.
+
+    With ``--loras``, its uploaded LoRAs are prepared again for the new engines; without, it takes no LoRAs.
+    """
+    replaced = _built_and_sent(model_admin.replace, model, loras, ip_adapters=ip_adapters, controlnets=controlnets)
     click.echo(f"replaced {replaced}")
 
 

@@ -100,14 +100,20 @@ def call(api_url: str, method: str, path: str, body: dict | None = None, file: P
     return response.json()
 
 
-def add(api_url: str, name: str, engine_dir: Path) -> dict:
-    """Serve ``engine_dir`` (built) as a new model ``name``."""
-    return call(api_url, "POST", "/v1/models", {"name": name, "engine_dir": str(engine_dir.resolve())})
+def _folders(engine_dir: Path, loras_dir: Path | None) -> dict:
+    """The body's folders: the engines, and (LoRA-ready engines) the model's LoRA registry folder."""
+    folders = {"engine_dir": str(engine_dir.resolve())}
+    return folders | ({"loras_dir": str(loras_dir.resolve())} if loras_dir is not None else {})
 
 
-def replace(api_url: str, name: str, engine_dir: Path) -> dict:
-    """Serve ``engine_dir`` (built) as model ``name``'s next version."""
-    return call(api_url, "PUT", api_path("v1", "models", model_name(name)), {"engine_dir": str(engine_dir.resolve())})
+def add(api_url: str, name: str, engine_dir: Path, loras_dir: Path | None = None) -> dict:
+    """Serve ``engine_dir`` (built) as a new model ``name``, with its LoRA registry folder ``loras_dir``."""
+    return call(api_url, "POST", "/v1/models", {"name": name, **_folders(engine_dir, loras_dir)})
+
+
+def replace(api_url: str, name: str, engine_dir: Path, loras_dir: Path | None = None) -> dict:
+    """Serve ``engine_dir`` (built) as model ``name``'s next version, with its LoRA registry folder ``loras_dir``."""
+    return call(api_url, "PUT", api_path("v1", "models", model_name(name)), _folders(engine_dir, loras_dir))
 
 
 def remove(api_url: str, name: str) -> dict:

@@ -25,7 +25,7 @@ from serve.adapters.registry import (
     LoraEntry,
     LoraRegistry,
 )
-from serve.paths import easel_home
+from serve.paths import easel_home, run_dir
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.engine_files import LORAS_LINK
 
@@ -90,20 +90,38 @@ def install_registry(
     model_dir: Path,
     prefix: str = "",
 ) -> None:
-    """Save ``registry`` in ``folder`` and link it as ``loras`` into each LoRA-ready engine's version folder.
+    """Save ``registry`` in ``folder`` (:func:`write_registry_folder`), linked as ``loras`` into each LoRA-ready engine.
 
     ``prefix``: the model's Triton names' (:meth:`serve.text_to_image.models.ServedModels.prefix`).
-
-    The engines' ``config.json`` files go beside it (:func:`lora_configs`): what an adapter uploaded while the
-    stack runs is read against (:class:`serve.adapters.catalog.LoraCatalog`).
     """
-    save_registry(registry, folder)
-    lora_configs(engines, model_dir, folder)
+    write_registry_folder(registry, folder, engines, model_dir)
     for engine in engines.lora_slots():
         link = repository / f"{prefix}{engine}" / "1" / LORAS_LINK
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(folder.resolve(), target_is_directory=True)
+
+
+def model_registry(loras_dir: Path, engine_dir: Path, model_dir: Path, model: str) -> Path:
+    """``loras_dir`` prepared for model ``model``'s LoRA-ready engines (``engine_dir``, built from ``model_dir``).
+
+    The folder is the stack's, in its run folder (``loras-<model>``), as ``easel up --loras MODEL=DIR`` makes it;
+    ``easel models add|replace --loras DIR`` prepares it here, where the model's folder is, and sends its path.
+    """
+    engines = EngineFolder(engine_dir)
+    registry = build_registry(loras_dir, engines, model_dir, model=model)
+    return write_registry_folder(registry, run_dir() / f"loras-{model}", engines, model_dir)
+
+
+def write_registry_folder(registry: LoraRegistry, folder: Path, engines: EngineFolder, model_dir: Path) -> Path:
+    """Save ``registry`` in ``folder`` with the LoRA-ready engines' configs beside it; ``folder``.
+
+    The configs (:func:`lora_configs`) are what an adapter uploaded while the stack runs is read against
+    (:class:`serve.adapters.catalog.LoraCatalog`).
+    """
+    save_registry(registry, folder)
+    lora_configs(engines, model_dir, folder)
+    return folder
 
 
 def save_registry(registry: LoraRegistry, folder: Path) -> Path:

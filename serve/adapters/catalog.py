@@ -23,7 +23,17 @@ from typing import BinaryIO
 
 from serve.adapters.lora import Slot
 from serve.adapters.lora_files import AdapterError, prepare_into
-from serve.adapters.registry import ERROR, FOLDER, MAX_LORA_BYTES, MODEL_CONFIGS, NAME, READY, UPLOAD, LoraEntry
+from serve.adapters.registry import (
+    ERROR,
+    FOLDER,
+    MAX_LORA_BYTES,
+    MODEL_CONFIGS,
+    NAME,
+    READY,
+    REGISTRY_FILE,
+    UPLOAD,
+    LoraEntry,
+)
 from serve.adapters.requests import StackAdapters
 from serve.adapters.store import name_taken
 from serve.errors import Conflict, InvalidInput, NotFound
@@ -48,6 +58,17 @@ class LoraTarget:
     def folder(self) -> Path:
         """Its registry folder (where prepared adapters lie and engines load them)."""
         return Path(self.adapters.loras_dir)
+
+
+def registry_folder(loras_dir: str, lora_ready: bool) -> Path:
+    """``loras_dir`` as a model's LoRA registry folder, or a 400 naming ``loras_dir`` saying why it cannot be."""
+    path = Path(loras_dir)
+    if not lora_ready:
+        why = "the engines are not LoRA-ready (`easel models add --loras DIR` builds them)"
+        raise InvalidInput(f"loras_dir: {why}", "loras_dir")
+    if not (path.is_absolute() and (path / REGISTRY_FILE).is_file()):
+        raise InvalidInput(f"loras_dir: {loras_dir!r} is not an absolute path to a LoRA registry folder", "loras_dir")
+    return path
 
 
 def _keep_upload(upload: BinaryIO, folder: Path) -> tuple[Path, str, int]:

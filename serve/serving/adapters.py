@@ -42,6 +42,10 @@ class Adapters:
         """Every LoRA adapter (the ``--loras`` folder's, then uploaded ones): ready, or why it cannot be."""
         return await asyncio.to_thread(self.loras.listing)
 
+    async def loras_refreshed(self) -> None:
+        """Uploaded LoRAs prepared again for each model whose engines changed (a model replaced)."""
+        await asyncio.to_thread(self.loras.refresh)
+
     async def lora_added(self, name: str, model: str | None, upload: BinaryIO) -> dict:
         """A new LoRA adapter, served once diffusers has read it for ``model`` (None: the default)."""
         return await self.loras.add(name, model, upload)

@@ -50,11 +50,11 @@ class ModelAdmin:
         """Serve a built engine folder as a new model: 409 for a name an experiment has (a model may not shadow it)."""
         if await asyncio.to_thread(self.experiments.exists, body.name):
             raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
-        return await self.residency.add.remote(body.name, body.engine_dir)
+        return await self.residency.add.remote(body.name, body.engine_dir, body.loras_dir)
 
     async def replace(self, model_id: str, body: ModelFolder) -> dict:
         """Serve a built engine folder as the model's next version."""
-        return await self.residency.replace.remote(model_id, body.engine_dir)
+        return await self.residency.replace.remote(model_id, body.engine_dir, body.loras_dir)
 
     async def remove(self, model_id: str) -> dict:
         """Stop serving a model: 409 while an experiment has it as a variant."""

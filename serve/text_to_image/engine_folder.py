@@ -23,6 +23,7 @@ from pathlib import Path
 
 from serve.adapters.lora import Slot, load_slots
 from serve.adapters.support import AdapterSupport
+from serve.errors import InvalidInput
 from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.families.base import read_model_index
@@ -168,3 +169,28 @@ class EngineFolder:
         """The slot tables of the LoRA-ready engines, by engine."""
         files = {name: self.engine(name) for name in self.family.lora_ready_engines if name in self.specs}
         return {name: load_slots(f.lora_slots) for name, f in files.items() if f.lora_ready}
+
+
+def open_engine_folder(engine_dir: str) -> EngineFolder:
+    """The built engine folder at ``engine_dir``, or a 400 naming ``engine_dir`` saying why it cannot be served."""
+    path = Path(engine_dir)
+    try:
+        folder_there = path.is_absolute() and path.is_dir()
+    except (OSError, ValueError):  # a name too long, a character no file name has
+        folder_there = False
+    if not folder_there:
+        raise InvalidInput(f"engine_dir: {engine_dir!r} is not an absolute path to a folder", "engine_dir")
+    if not EngineFolder.built(path):
+        raise InvalidInput(
+            f"engine_dir: {engine_dir} holds no finished build ({MANIFEST}): `easel build --model DIR` makes one",
+            "engine_dir",
+        )
+    try:
+        folder = EngineFolder(path)
+        unmeasured = sorted(set(folder.specs) - set(folder.memory_models))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        why = f"engine_dir: {engine_dir} is not a readable engine folder ({type(error).__name__}: {error})"
+        raise InvalidInput(why, "engine_dir") from None
+    if unmeasured:
+        raise InvalidInput(f"engine_dir: engines not measured in {engine_dir}: {', '.join(unmeasured)}", "engine_dir")
+    return folder

@@ -23,17 +23,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve.adapters.catalog import LoraTarget
+from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
-from serve.text_to_image.engine_folder import MANIFEST, EngineFolder
+from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
 from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
+from serve.triton.engine_files import LORAS_LINK
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
 from serve.triton.spec import ModelSpec
@@ -62,6 +63,7 @@ class ModelEntry:
     name: str
     engine_dir: str
     version: int = 1
+    loras_dir: str | None = None  # its LoRA registry folder (`easel models add --loras`); None: as the stack started
 
     @property
     def version_id(self) -> str:
@@ -119,17 +121,17 @@ class ModelTable:
         """A table to change (this one stays as it is until the change is done)."""
         return ModelTable(dict(self.current), dict(self.retired), dict(self.versions))
 
-    def add(self, name: str, engine_dir: str) -> ModelEntry:
+    def add(self, name: str, engine_dir: str, loras_dir: str | None = None) -> ModelEntry:
         """Serve ``engine_dir`` as a new model ``name`` (409 naming ``name`` if one is served)."""
         if name in self.current:
             raise Conflict(f"name: model {name!r} is served already (replace it instead)", "name")
-        return self._serve(name, engine_dir)
+        return self._serve(name, engine_dir, loras_dir)
 
-    def replace(self, name: str, engine_dir: str) -> tuple[ModelEntry, ModelEntry]:
+    def replace(self, name: str, engine_dir: str, loras_dir: str | None = None) -> tuple[ModelEntry, ModelEntry]:
         """Serve ``engine_dir`` as model ``name``'s next version; (the new version, the old, now retired)."""
         old = self._served(name)
         self.retired[old.version_id] = old
-        return self._serve(name, engine_dir), old
+        return self._serve(name, engine_dir, loras_dir), old
 
     def remove(self, name: str) -> ModelEntry:
         """Stop serving ``name`` (the default model cannot go: 409); its version, retired."""
@@ -144,8 +146,8 @@ class ModelTable:
         """Forget a retired version (its requests ended, its Triton models unloaded)."""
         self.retired.pop(version_id, None)
 
-    def _serve(self, name: str, engine_dir: str) -> ModelEntry:
-        entry = ModelEntry(check_name(name), engine_dir, self.versions.get(name, 0) + 1)
+    def _serve(self, name: str, engine_dir: str, loras_dir: str | None) -> ModelEntry:
+        entry = ModelEntry(check_name(name), engine_dir, self.versions.get(name, 0) + 1, loras_dir)
         self.current[name] = entry
         self.versions[name] = entry.version
         return entry
@@ -193,37 +195,19 @@ class ModelFolder(BaseModel):
         description="Absolute path, on the stack's machine, of an engine folder `easel build` built (the `engines:` "
         "it prints; `easel models add` builds one and sends it); the stack installs and loads it.",
     )
+    loras_dir: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="Absolute path of the model's LoRA registry folder, prepared for these LoRA-ready engines "
+        "(`easel models add --loras DIR` prepares and sends it); absent: the model takes no LoRAs.",
+    )
 
 
 class NewModel(ModelFolder):
     """``POST /v1/models``' body: a name and the engine folder served under it."""
 
     name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
-
-
-def open_engine_folder(engine_dir: str) -> EngineFolder:
-    """The built engine folder at ``engine_dir``, or a 400 naming ``engine_dir`` saying why it cannot be served."""
-    path = Path(engine_dir)
-    try:
-        folder_there = path.is_absolute() and path.is_dir()
-    except (OSError, ValueError):  # a name too long, a character no file name has
-        folder_there = False
-    if not folder_there:
-        raise InvalidInput(f"engine_dir: {engine_dir!r} is not an absolute path to a folder", "engine_dir")
-    if not EngineFolder.built(path):
-        raise InvalidInput(
-            f"engine_dir: {engine_dir} holds no finished build ({MANIFEST}): `easel build --model DIR` makes one",
-            "engine_dir",
-        )
-    try:
-        folder = EngineFolder(path)
-        unmeasured = sorted(set(folder.specs) - set(folder.memory_models))
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        why = f"engine_dir: {engine_dir} is not a readable engine folder ({type(error).__name__}: {error})"
-        raise InvalidInput(why, "engine_dir") from None
-    if unmeasured:
-        raise InvalidInput(f"engine_dir: engines not measured in {engine_dir}: {', '.join(unmeasured)}", "engine_dir")
-    return folder
 
 
 @dataclass(frozen=True)
@@ -265,9 +249,15 @@ class ServedModel:
         return list(triton_specs(self.folder, self.prefix).values())
 
     def install(self, repository: Path) -> None:
-        """Install its engines (built and measured) in Triton's ``repository`` under its Triton names."""
+        """Install its engines (built and measured) in Triton's ``repository`` under its Triton names.
+
+        A LoRA-ready engine's version folder links its LoRA registry folder, where the engine loads adapters from.
+        """
         for engine, spec in triton_specs(self.folder, self.prefix).items():
-            install_model(spec, repository, self.folder.engine(engine).files())
+            files = (engine_files := self.folder.engine(engine)).files()
+            if engine_files.lora_ready and self.adapters.loras_dir is not None:
+                files[LORAS_LINK] = Path(self.adapters.loras_dir)
+            install_model(spec, repository, files)
 
     def uninstall(self, repository: Path) -> None:
         """Remove its Triton models from ``repository`` (a version the running stack installed, once unloaded)."""
@@ -419,11 +409,12 @@ class ServedModels(Mapping[str, ServedModel]):
         return ServedModel(entry.name, folder, prefix, self._adapters(entry, folder), limits, entry.version)
 
     def _adapters(self, entry: ModelEntry, folder: EngineFolder) -> StackAdapters:
-        """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and no LoRAs."""
-        if entry.version == 1 and entry.name in self.adapters:
+        """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and own LoRAs."""
+        if entry.version == 1 and entry.name in self.adapters and entry.loras_dir is None:
             return self.adapters[entry.name]
         store_url = next((adapters.store_url for adapters in self.adapters.values()), None)
-        return StackAdapters(None, folder.adapters.ip_adapter is not None, store_url, entry.name)
+        loras_dir = entry.loras_dir and str(registry_folder(entry.loras_dir, bool(folder.lora_slots())))
+        return StackAdapters(loras_dir, folder.adapters.ip_adapter is not None, store_url, entry.name)
 
     @property
     def room_bytes(self) -> int:

@@ -139,13 +139,16 @@ class ModelResidency:
 
     # -- the table ----------------------------------------------------------------------------------------------------
 
-    async def add(self, name: str, engine_dir: str) -> dict:
-        """Serve the built engine folder ``engine_dir`` as model ``name`` (installed, loaded if it fits); its entry."""
-        return await self._switch(lambda table: (table.add(name, engine_dir), None))
+    async def add(self, name: str, engine_dir: str, loras_dir: str | None = None) -> dict:
+        """Serve the built engine folder ``engine_dir`` as model ``name`` (installed, loaded if it fits); its entry.
 
-    async def replace(self, name: str, engine_dir: str) -> dict:
+        ``loras_dir``: its LoRA registry folder (:class:`ModelEntry`).
+        """
+        return await self._switch(lambda table: (table.add(name, engine_dir, loras_dir), None))
+
+    async def replace(self, name: str, engine_dir: str, loras_dir: str | None = None) -> dict:
         """Serve ``engine_dir`` as model ``name``'s next version; the old one finishes its requests, then goes."""
-        return await self._switch(lambda table: table.replace(name, engine_dir))
+        return await self._switch(lambda table: table.replace(name, engine_dir, loras_dir))
 
     async def remove(self, name: str) -> dict:
         """Stop serving model ``name``: new requests for it are 400s; those in flight finish, then it is unloaded."""

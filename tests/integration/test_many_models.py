@@ -375,6 +375,41 @@ def test_models_are_added_and_removed_and_what_cannot_be_changed_is_refused_nami
     assert api.get("/readyz").status_code == 200
 
 
+def test_a_model_added_with_its_loras_serves_them_and_an_upload_for_it_as_diffusers_does(
+    stack, api, default_model, references, tmp_path, monkeypatch
+):
+    """`easel models add --loras DIR`: the folder's LoRA and one uploaded for the added model, against diffusers.
+
+    The added model is the embedded one, LoRA-ready (engines the unit tests have built: no export here).
+    """
+    from build_engines.text_to_image import loras as loras_module
+    from build_engines.text_to_image.random_adapters import make_lora
+
+    monkeypatch.setattr(loras_module, "run_dir", lambda: stack.options.run_dir)  # the client's EASEL_HOME: the stack's
+    for seed, lora in enumerate(("loras/house", "uploaded"), start=1):  # the folder's LoRA; one uploaded later
+        make_lora(default_model, tmp_path / f"{lora}.safetensors", rank=2, seed=seed, strength=0.6)
+    folder = built_engines(default_model, lora=True)
+    registry = loras_module.model_registry(tmp_path / "loras", folder, default_model, "sd-loras")
+    assert model_admin.add(stack.info.api_url, "sd-loras", folder, registry)["loras"] is True
+    file = ("lora.safetensors", (tmp_path / "uploaded.safetensors").read_bytes(), "application/octet-stream")
+    uploaded = api.post("/v1/loras", data={"name": "uploaded", "model": "sd-loras"}, files={"file": file})
+    assert uploaded.status_code == 200 and uploaded.json()["model"] == "sd-loras", uploaded.text
+    theirs = diffusers_reference(default_model)
+    for lora in ("house", "uploaded"):
+        path = tmp_path / "loras" if lora == "house" else tmp_path
+        theirs.load_lora_weights(str(path), weight_name=f"{lora}.safetensors", adapter_name=lora)
+    kwargs = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 2, "seed": 3}
+    for lora in ("house", "uploaded"):
+        served = api.post(GENERATE, json=BODY | {"model": "sd-loras", "loras": [{"name": lora, "scale": 0.8}]})
+        assert served.status_code == 200, served.text
+        theirs.set_adapters([lora], [0.8])
+        want = reference_images(theirs, "ddim", guidance_scale=7.5, **kwargs)
+        got = decode_images(served)
+        logger.info("LoRA %s of a model added while the stack runs: %.1f dB against diffusers", lora, psnr(got, want))
+        assert psnr(got, want) >= 40 and psnr(want, references[DEFAULT_MODEL]) < 35  # the LoRA changed the image
+    assert api.delete("/v1/models/sd-loras").status_code == 200
+
+
 def test_a_sizeless_request_pays_for_its_model_s_size_and_after_a_replace_for_the_new_default_s(
     stack, api, monkeypatch
 ):

@@ -224,6 +224,71 @@ def test_each_model_has_its_own_adapters_and_a_version_added_since_its_folder_s(
     assert refused.value.field == "model"
 
 
+def test_a_model_added_with_loras_serves_its_registry_folder_links_it_and_keeps_it_in_the_table(
+    default_model, engine_dir, tmp_path, monkeypatch
+):
+    """`easel models add --loras DIR`: the registry folder prepared by the client, served and installed by the stack."""
+    from build_engines.text_to_image import loras as loras_module
+    from build_engines.text_to_image.adapters import AdapterBuild
+    from build_engines.text_to_image.build import build
+    from build_engines.text_to_image.random_adapters import make_lora
+    from serve.adapters import requests as requests_module
+    from serve.adapters.requests import StackAdapters
+    from serve.text_to_image.models import NewModel
+
+    monkeypatch.setattr(loras_module, "run_dir", lambda: tmp_path / "run")
+    lora_engines = build(default_model, repository=None, adapters=AdapterBuild(lora=True)).path
+    make_lora(default_model, tmp_path / "loras" / "house.safetensors", rank=2, seed=1)
+    folder = loras_module.model_registry(tmp_path / "loras", lora_engines, default_model, "added")
+    assert folder == tmp_path / "run" / "loras-added"
+    body = NewModel(name="added", engine_dir=str(lora_engines), loras_dir=str(folder))
+    store = StackAdapters(None, False, f"sqlite:///{tmp_path / 'easel.db'}", DEFAULT_MODEL)
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, {DEFAULT_MODEL: store}, max_cost=64)
+    table = models.table.copy()
+    table.add(body.name, body.engine_dir, body.loras_dir)
+    requests_module._STORES.clear()
+    try:
+        added = models.with_table(ModelTable.from_json(json.loads(json.dumps(table.to_json()))))["added"]
+        assert added.adapters.loras_dir == str(folder) and added.lora_target().folder == folder
+        house = added.adapters.registry().get("house")
+        assert house.status == "ready" and house.model == "added" and house.rank == 2
+    finally:
+        for opened in requests_module._STORES.values():
+            opened.close()
+        requests_module._STORES.clear()
+    added.install(tmp_path / "repository")
+    for engine in added.folder.specs:
+        link = tmp_path / "repository" / f"added.{engine}" / "1" / "loras"
+        assert link.exists() == (engine in added.folder.lora_slots()), engine
+    assert (tmp_path / "repository" / "added.unet" / "1" / "loras").resolve() == folder.resolve()
+    replaced = table.copy()
+    replaced.replace("added", str(lora_engines))  # no --loras: the next version takes none
+    with pytest.raises(InvalidInput, match="added takes no LoRA adapters"):
+        models.with_table(replaced)["added"].lora_target()
+
+
+@pytest.mark.parametrize(
+    "engines, loras_dir, says",
+    [("plain", "registry", "not LoRA-ready"), ("lora", "relative/loras", "not an absolute path to a LoRA registry")],
+)
+def test_a_loras_dir_that_cannot_be_served_is_refused_naming_loras_dir(
+    engines, loras_dir, says, default_model, engine_dir, tmp_path
+):
+    from build_engines.text_to_image.adapters import AdapterBuild
+    from build_engines.text_to_image.build import build
+    from build_engines.text_to_image.loras import save_registry
+    from serve.adapters.registry import LoraRegistry
+
+    save_registry(LoraRegistry({}), tmp_path / "registry")
+    folder = engine_dir if engines == "plain" else build(default_model, None, adapters=AdapterBuild(lora=True)).path
+    models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, max_cost=64)
+    table = models.table.copy()
+    table.add("added", str(folder), str(tmp_path / loras_dir) if loras_dir == "registry" else loras_dir)
+    with pytest.raises(InvalidInput, match=says) as refused:
+        models.with_table(table)
+    assert refused.value.field == "loras_dir"
+
+
 def test_a_folder_that_cannot_be_served_is_refused_naming_engine_dir(engine_dir, tmp_path):
     models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, max_cost=64)
     unmeasured = tmp_path / "unmeasured"
@@ -285,9 +350,33 @@ def test_easel_models_add_builds_the_model_with_its_own_ip_adapters_and_controln
     monkeypatch.setattr(cli.model_admin, "stack_api", lambda: "http://127.0.0.1:1")
     monkeypatch.setattr(cli, "built_engines", lambda model_dir, **adapters: built.append(adapters) or tmp_path)
     answer = {"id": "xl", "family": "sdxl", "version": 1, "loaded": True}
-    monkeypatch.setattr(cli.model_admin, "add", lambda url, name, engine_dir: sent.append(name) or answer)
+    monkeypatch.setattr(cli.model_admin, "add", lambda url, name, engine_dir, loras_dir: sent.append(name) or answer)
     argv = ["models", "add", "--ip-adapter", f"face={tmp_path / 'face'}", "--controlnet", f"edges={tmp_path / 'edges'}"]
     result = CliRunner().invoke(cli.main, [*argv, f"xl={tmp_path / 'model'}"])
     assert result.exit_code == 0, result.output
-    assert built == [{"ip_adapters": {"face": tmp_path / "face"}, "controlnets": {"edges": tmp_path / "edges"}}]
+    expected = {"ip_adapters": {"face": tmp_path / "face"}, "controlnets": {"edges": tmp_path / "edges"}}
+    assert built == [expected | {"lora": False}]
     assert sent == ["xl"] and result.output.startswith("added xl: sdxl")
+
+
+def test_easel_models_add_with_loras_builds_lora_ready_engines_and_sends_their_registry_folder(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from build_engines.text_to_image import loras as loras_module
+    from serve import cli
+
+    for folder in ("model", "loras"):
+        (tmp_path / folder).mkdir()
+    built, prepared, sent = [], [], []
+    monkeypatch.setattr(cli.model_admin, "stack_api", lambda: "http://127.0.0.1:1")
+    monkeypatch.setattr(cli, "built_engines", lambda model_dir, **adapters: built.append(adapters) or tmp_path)
+    prepare = lambda *given: prepared.append(given) or tmp_path / "run" / "loras-xl"  # noqa: E731
+    monkeypatch.setattr(loras_module, "model_registry", prepare)
+    answer = {"id": "xl", "family": "sdxl", "version": 2, "loaded": True}
+    monkeypatch.setattr(cli.model_admin, "replace", lambda *call: sent.append(call) or answer)
+    argv = ["models", "replace", "--loras", str(tmp_path / "loras"), f"xl={tmp_path / 'model'}"]
+    result = CliRunner().invoke(cli.main, argv)
+    assert result.exit_code == 0, result.output
+    assert built == [{"lora": True, "ip_adapters": {}, "controlnets": {}}]
+    assert prepared == [(tmp_path / "loras", tmp_path, tmp_path / "model", "xl")]
+    assert sent == [("http://127.0.0.1:1", "xl", tmp_path, tmp_path / "run" / "loras-xl")]

@@ -49,7 +49,16 @@ from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.generation import StackDefaults
 from serve.text_to_image.guidance import NO_CUTOFF
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
-from serve.triton.runtimes import DEFAULT_RUNTIME, PRECISIONS, RUNTIME_CHOICES, check_choice
+from serve.triton.runtimes import (
+    AUTO,
+    DEFAULT_PRECISION,
+    DEFAULT_RUNTIME,
+    FITTING_PRECISION,
+    PRECISION_CHOICES,
+    PRECISIONS,
+    RUNTIME_CHOICES,
+    check_choice,
+)
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_MODEL = "easel-default"
@@ -350,11 +359,12 @@ class StackOptions(AppSettings):
         description="A tiny VAE decoder (a diffusers AutoencoderTiny folder, TAESD's layout) served as the default "
         "model's vae_decoder, for previews and final images: a faster decode at a cost in detail.",
     )
-    precision: Annotated[str, Cli(type=click.Choice(list(PRECISIONS)))] = Field(
-        "fp32",
+    precision: Annotated[str, Cli(type=click.Choice(PRECISION_CHOICES))] = Field(
+        DEFAULT_PRECISION,
         description="The engines' precision: "
         + "; ".join(f"{name}: {p.meaning}" for name, p in PRECISIONS.items())
-        + ". bf16 and int8 run on OpenVINO.",
+        + f"; {AUTO}: fp32, or {FITTING_PRECISION} where this machine's memory cannot serve the model's fp32 engines "
+        "(decided at build from their measured weights). bf16 and int8 run on OpenVINO.",
     )
 
     @property

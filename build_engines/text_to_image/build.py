@@ -37,7 +37,7 @@ from build_engines.text_to_image.export import (
 from build_engines.text_to_image.motion import checked_motion_adapters, motion_key
 from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.support import AdapterSupport
-from serve.errors import UnsupportedModel
+from serve.errors import InvalidInput, UnsupportedModel
 from serve.files import content_hash
 from serve.paths import easel_home
 from serve.text_to_image import engine_folder as layout
@@ -50,11 +50,14 @@ from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
 from serve.triton.runtimes import (
     AUTO,
+    DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
+    FITTING_PRECISION,
     PRECISIONS,
     RUNTIME_CHOICES,
     Runtime,
     check_choice,
+    concrete_runtime,
     runtime_versions,
 )
 from serve.triton.spec import Backend
@@ -116,9 +119,10 @@ def engine_dirs(
     for runtime in RUNTIME_CHOICES:
         for precision, declared in PRECISIONS.items():
             if runtime == AUTO or Runtime(runtime) in declared.runtimes:
-                how = precision if runtime == Runtime.ONNXRUNTIME else f"{runtime}-{precision}"
+                runs = concrete_runtime(runtime, precision)  # auto with one candidate builds that one's folder
+                how = precision if runs == Runtime.ONNXRUNTIME else f"{runs}-{precision}"
                 name = "-".join([part for part in [model_hash, how, *extras] if part] + [versions])
-                folders[runtime, precision] = easel_home() / "engines" / (name + runtime_versions(runtime))
+                folders[runtime, precision] = easel_home() / "engines" / (name + runtime_versions(runs))
     return folders
 
 
@@ -127,7 +131,7 @@ def build(
     repository: Path | None,
     force: bool = False,
     backend: Backend = Backend.PYTHON_ONNX,
-    precision: str = "fp32",
+    precision: str = DEFAULT_PRECISION,
     adapters: AdapterBuild | None = None,
     controlnets: Mapping[str, Path] | None = None,
     step_cache: bool = False,
@@ -143,8 +147,10 @@ def build(
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
     caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
-    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``vae_decoder``: a diffusers ``AutoencoderTiny``
-    folder served as the model's ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
+    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``precision`` ``auto``: fp32, or
+    :data:`~serve.triton.runtimes.FITTING_PRECISION` when this machine cannot serve the fp32 engines
+    (:func:`fits_here`); ``vae_decoder``: a diffusers ``AutoencoderTiny`` folder served as the model's
+    ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
     video UNet engine each (:mod:`build_engines.text_to_image.motion`; one that does not fit is refused);
     ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`).
     ``repository`` None: built and measured, not installed (``easel models add`` hands the folder to a running stack,
@@ -152,6 +158,26 @@ def build(
     """
     check_choice(runtime, precision)
     model_dir = default_model_dir() if model_dir is None else model_dir
+    if precision == AUTO:
+        how = {"force": force, "adapters": adapters, "controlnets": controlnets, "step_cache": step_cache}
+        how |= {"runtime": runtime, "vae_decoder": vae_decoder, "motion_adapters": motion_adapters}
+        folder = build(model_dir, None, precision="fp32", **how)
+        fitting_runs = runtime in (AUTO, *PRECISIONS[FITTING_PRECISION].runtimes)
+        if fitting_runs and not fits_here(folder):
+            side, gib = folder.family.dims.native_size, folder.weights_bytes / 2**30
+            logger.warning(
+                "precision auto: this machine cannot serve one %dx%d image on the fp32 engines (their weights: "
+                "%.2f GiB): serving them with %s weights instead",
+                side,
+                side,
+                gib,
+                FITTING_PRECISION,
+            )
+            folder = build(model_dir, None, precision=FITTING_PRECISION, **how)
+        if repository is not None:
+            install(folder, repository, backend, prefix)
+        return folder
+    runtime = concrete_runtime(runtime, precision)
     adapters = adapters or AdapterBuild()
     family = family_of_folder(model_dir)
     if adapters.ip_adapters and family.denoiser != UNET:
@@ -201,6 +227,24 @@ def _build_new(
     )
     base = base if base is not None and EngineFolder.built(base) else None
     _build_into(engine_dir, family, model_dir, precision, adapters, runtime, vae_decoder=vae_decoder, base=base)
+
+
+def fits_here(folder: EngineFolder) -> bool:
+    """Whether this machine serves one image of ``folder``'s model at its native size on the default memory budget.
+
+    As the stack's start and admission decide it, from the engines' measured memory: the weights leave room for one
+    row of every engine (the VAE decoder's in tiles where they fit).
+    """
+    from serve.text_to_image.admission import Admission, Limits, Work
+    from serve.triton.memory import MemoryBudgetTooSmall
+
+    side = folder.family.dims.native_size
+    try:
+        admission = Admission.for_engines(folder, Limits(folder.memory_budget(), max_cost=float("inf")))
+        admission.check(Work(rows=1, steps=1, width=side, height=side))
+    except (MemoryBudgetTooSmall, InvalidInput):
+        return False
+    return True
 
 
 @contextmanager

@@ -206,6 +206,8 @@ def run_benchmark(
 ) -> str:
     """``easel bench model``: a scratch stack over ``model_dir``, one request per size; JSON to ``out``, report back.
 
+    The report and the JSON name each engine's runtime and precision (what ``--runtime``/``--precision`` chose).
+
     ``options``: more ``StackOptions`` (e.g. ``memory_budget_bytes``).
     """
     from dataclasses import asdict
@@ -219,6 +221,8 @@ def run_benchmark(
             start_s, start_peak_gb = time.perf_counter() - started, memory.peak_gb
             runs = run_sizes(stack.info, sizes, steps, guidance, memory, out.parent, n=n)
             denoiser = stack.engines.family.denoiser
+            chosen = {name: f"{c.runtime.value} {c.precision}" for name, c in stack.engines.runtimes().items()}
+            runtimes = stack.engines.runtimes_table()
     loop.write_json(
         out,
         [],
@@ -227,9 +231,10 @@ def run_benchmark(
         steps=steps,
         guidance=guidance,
         options=options,
+        engines=chosen,
         stack_start_s=round(start_s, 1),
         stack_start_peak_own_gb=round(start_peak_gb, 2),
         runs=[asdict(run) for run in runs],
     )
     head = f"stack start (cache check or build, Triton, Ray): {start_s:.0f} s, peak {start_peak_gb:.2f} GB own"
-    return "\n".join([head, format_runs(runs, denoiser), f"written to {out}"])
+    return "\n".join([head, runtimes, format_runs(runs, denoiser), f"written to {out}"])

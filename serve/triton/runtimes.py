@@ -31,7 +31,9 @@ class Runtime(StrEnum):
 
 
 AUTO = "auto"
-"""``--runtime auto``: each engine measured both ways at build, the faster kept (within the parity bound)."""
+"""``--runtime auto``: each engine measured both ways at build, the faster kept (within the parity bound).
+``--precision auto``: fp32, or :data:`FITTING_PRECISION` for a model whose fp32 engines do not fit this machine's memory
+(:func:`build_engines.text_to_image.build.build` decides from the engines' measured weights)."""
 RUNTIME_CHOICES = (*(r.value for r in Runtime), AUTO)
 DEFAULT_RUNTIME = AUTO
 """What ``easel build`` and ``easel up`` use unless told: OpenVINO fp32 where it is faster (the full-size models' large
@@ -64,6 +66,12 @@ PRECISIONS = {
         Precision("int8", "float32", (Runtime.OPENVINO,), "OpenVINO with int8 weights (NNCF compress_weights)"),
     )
 }
+PRECISION_CHOICES = (*PRECISIONS, AUTO)
+DEFAULT_PRECISION = AUTO
+FITTING_PRECISION = "int8"
+"""What ``--precision auto`` builds when fp32 does not fit: int8 weights, a quarter of fp32's, which kept the quality
+rule on the embedded default (100 % / 100 %, 47.3 dB to fp32; docs/PERFORMANCE.md). Not the default everywhere: on this
+CPU (no AMX) it is slower than fp32 where fp32 fits."""
 INFERENCE_HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 """OpenVINO's ``INFERENCE_PRECISION_HINT`` per precision (int8 weights compute in f32)."""
 
@@ -76,11 +84,18 @@ def check_choice(runtime: str, precision: str) -> None:
     """Raise :class:`UnknownChoice` (one line naming the allowed values) unless the pair can be built."""
     if runtime not in RUNTIME_CHOICES:
         raise UnknownChoice(f"runtime must be one of {', '.join(RUNTIME_CHOICES)}, not {runtime!r}")
-    if precision not in PRECISIONS:
-        raise UnknownChoice(f"precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
-    allowed = PRECISIONS[precision].runtimes
+    if precision not in PRECISION_CHOICES:
+        raise UnknownChoice(f"precision must be one of {', '.join(PRECISION_CHOICES)}, not {precision!r}")
+    allowed = PRECISIONS[precision].runtimes if precision != AUTO else tuple(Runtime)
     if runtime != AUTO and Runtime(runtime) not in allowed:
         raise UnknownChoice(f"precision {precision} runs on {', '.join(allowed)}, not on runtime {runtime}")
+
+
+def concrete_runtime(runtime: str, precision: str) -> str:
+    """``runtime``, or for ``auto`` where one runtime runs ``precision`` (bf16, int8: OpenVINO), that one."""
+    check_choice(runtime, precision)
+    declared = PRECISIONS[precision].runtimes
+    return declared[0].value if runtime == AUTO and len(declared) == 1 else runtime
 
 
 def candidates(runtime: str, precision: str) -> tuple[Runtime, ...]:

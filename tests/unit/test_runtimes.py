@@ -12,7 +12,8 @@ from build_engines.openvino import choose_runtime, error_against
 from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import ShardedSession, open_engine
 from serve.triton.runtimes import (
-    PRECISIONS,
+    FITTING_PRECISION,
+    PRECISION_CHOICES,
     RUNTIME_CHOICES,
     OpenVinoSession,
     Runtime,
@@ -47,7 +48,7 @@ def _reference(files: EngineFiles, feeds):
     ("runtime", "precision", "named"),
     [
         ("tensorrt", "fp32", "runtime must be one of onnxruntime, openvino, auto, not 'tensorrt'"),
-        ("openvino", "int4", "precision must be one of fp32, fp16, bf16, int8, not 'int4'"),
+        ("openvino", "int4", "precision must be one of fp32, fp16, bf16, int8, auto, not 'int4'"),
         ("onnxruntime", "bf16", "precision bf16 runs on openvino, not on runtime onnxruntime"),
         ("openvino", "fp16", "precision fp16 runs on onnxruntime, not on runtime openvino"),
     ],
@@ -64,7 +65,7 @@ def test_build_refuses_an_unknown_value_naming_the_allowed_ones(flag, value):
 
     result = CliRunner().invoke(main, ["build", flag, value])
     assert result.exit_code == 2
-    allowed = RUNTIME_CHOICES if flag == "--runtime" else tuple(PRECISIONS)
+    allowed = RUNTIME_CHOICES if flag == "--runtime" else PRECISION_CHOICES
     error = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(error) == 1 and all(f"'{name}'" in error[0] for name in allowed), result.output
 
@@ -178,3 +179,27 @@ def test_bf16_falls_back_to_fp32_with_a_log_line_where_the_cpu_lacks_it(monkeypa
     assert "neither AVX512_BF16 nor AMX" in caplog.text
     monkeypatch.setattr(runtimes, "cpu_has_bf16", lambda: True)
     assert inference_hint("bf16") == "bf16" and inference_hint("int8") == "f32" and inference_hint("fp32") == "f32"
+
+
+def test_a_model_fits_here_while_its_weights_leave_room_for_one_image_at_its_native_size(engine_dir, monkeypatch):
+    from build_engines.text_to_image.build import fits_here
+    from serve.text_to_image.engine_folder import EngineFolder
+
+    folder = EngineFolder(engine_dir)
+    assert fits_here(folder)
+    machine = type("Memory", (), {"total": folder.weights_bytes})  # a machine its weights fill
+    monkeypatch.setattr("serve.triton.memory.psutil.virtual_memory", lambda: machine)
+    assert not fits_here(EngineFolder(engine_dir))
+
+
+def test_precision_auto_builds_fp32_where_it_fits_and_int8_weights_where_it_does_not(default_model, monkeypatch):
+    from build_engines.text_to_image import build as building
+    from build_engines.text_to_image.build import build, engine_dir_for
+
+    assert build(default_model, None, precision="auto").path == engine_dir_for(default_model, runtime="auto")
+    monkeypatch.setattr(building, "fits_here", lambda folder: False)  # as SDXL's fp32 engines on a 24 GB machine
+    folder = build(default_model, None, precision="auto")
+    assert folder.path == engine_dir_for(default_model, precision=FITTING_PRECISION, runtime="openvino")
+    assert {(c.runtime, c.precision) for c in folder.runtimes().values()} == {(Runtime.OPENVINO, FITTING_PRECISION)}
+    only = build(default_model, None, precision="auto", runtime="onnxruntime")  # int8 does not run there: fp32
+    assert only.path == engine_dir_for(default_model, runtime="onnxruntime")

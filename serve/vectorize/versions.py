@@ -1,14 +1,15 @@
 """Vectorize model versions: each trained set (predictor, policy, tier-1 table) installed as Triton models of its own.
 
 A trained folder (what ``easel train vectorize`` writes) becomes version N of the ``vectorize`` ensemble; its four
-Triton models are named as text-to-image versions are (:meth:`serve.text_to_image.models.ServedModels.prefix`):
-version 1, what the stack starts with, keeps the bare names (``vectorize``, ``vectorize_features``...), version N is
-``NAME.vN`` (``vectorize.v2``, ``vectorize_features.v2``...), its ensemble calling its own steps.
+Triton models are named as text-to-image versions are (:meth:`serve.text_to_image.models.ServedModels.prefix`): version
+1, what the stack starts with, keeps the bare names (``vectorize``, ``vectorize_features``...), version N is ``NAME.vN``
+(``vectorize.v2``, ``vectorize_features.v2``...), its ensemble calling its own steps.
 
-:class:`VectorizeTable` is what the stack serves now: the versions installed (side by side, each loaded) and the
-current one, which a request without ``model_version`` gets. It is a file in the run folder that the
-``ModelResidency`` writes (:class:`serve.text_to_image.residency.ModelResidency`, the one writer of model tables)
-and every Vectorizer replica reads again when it changes. A replace installs and loads the new version before it
+:class:`VectorizeTable` is what the stack serves now: the versions installed (side by side, each loaded) and the current
+one, which a request without ``model_version`` gets. It is a file in the run folder that the ``ModelResidency`` writes
+(:class:`serve.text_to_image.residency.ModelResidency`, the one writer of model tables) and every Vectorizer replica
+reads again when it changes. A restart serves the versions the API installed again, and keeps the current one
+(:meth:`VectorizeTable.kept`), as text-to-image models are kept. A replace installs and loads the new version before it
 becomes current, and leaves the old one loaded: nothing in flight is dropped, and a rollback (a replace with the
 previous folder) serves its bytes again.
 """
@@ -16,6 +17,7 @@ previous folder) serves its bytes again.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -28,6 +30,8 @@ from serve.triton.repository import install_model, uninstall_model
 from serve.triton.spec import Backend, ModelSpec
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 from serve.vectorize.tiers import TIER1_FILE, Tier1Map
+
+logger = logging.getLogger(__name__)
 
 VECTORIZE_TABLE = "vectorize_models.json"
 """The run folder's file naming the vectorize versions installed and the current one (:class:`VectorizeTable`)."""
@@ -163,6 +167,23 @@ class VectorizeTable:
     def start(cls, trained_dir: str | Path) -> VectorizeTable:
         """The table of a stack's start: version 1, the committed (or given) trained set."""
         return cls(1, {1: str(trained_dir)})
+
+    def kept(self, trained_dir: str | Path) -> VectorizeTable:
+        """This table (an earlier run's) at a new start whose version 1 is ``trained_dir``.
+
+        The versions the API installed stay, under their numbers, while their folders still hold a servable trained
+        set (one that no longer does is dropped, with a warning); the current one stays current if it stayed.
+        """
+        versions = {1: str(trained_dir)}
+        for version, folder in sorted(self.versions.items()):
+            if version == 1:
+                continue
+            try:
+                versions[version] = str(check_trained_folder(folder))
+            except InvalidInput as error:
+                logger.warning("vectorize version %d is not served again: %s", version, error.message)
+        current = self.current if self.current in versions else 1
+        return VectorizeTable(current, versions, self.last)
 
     def add(self, trained_dir: str | Path) -> int:
         """A new version of ``trained_dir`` beside the others (not current); its number."""

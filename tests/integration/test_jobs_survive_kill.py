@@ -1,12 +1,15 @@
 """Nothing lost: kill -9 of every Easel process with jobs queued and running; `easel up` again runs every one of them.
 
 Each ends ``succeeded`` with the image an uninterrupted run gives (same seed), a video among them with the frames an
-uninterrupted run gives. Jobs submitted while nothing runs wait and run when the workers are back. The stack's home
-is its own (run state, stores); its engine cache is the shared one (the default stack's engines, motion UNet too).
+uninterrupted run gives. Jobs submitted while nothing runs wait and run when the workers are back. A vectorize version
+installed through the API is served again, still current. The stack's home is its own (run state, stores); its engine
+cache is the shared one (the default stack's engines, motion UNet too).
 """
 
+import io
 import logging
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -14,8 +17,10 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from PIL import Image, ImageDraw
 
 from build_engines.text_to_image.motion import random_motion_adapter
+from build_engines.vectorize.runtime import TRAINED_DIR
 from serve.jobs.model import JobStatus
 from serve.jobs.sqlite import SqliteJobStore
 from serve.paths import easel_home
@@ -45,6 +50,15 @@ def _kill_everything(stack_id: str, pid: int) -> int:
     return len(processes)
 
 
+def _icon() -> bytes:
+    """A red disc on white, as a PNG."""
+    image = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(image).ellipse((12, 12, 52, 52), fill="red")
+    png = io.BytesIO()
+    image.save(png, "PNG")
+    return png.getvalue()
+
+
 def _home_with_shared_engines(home: Path) -> Path:
     """A new stack home whose engine cache (and its build locks) are this machine's shared ones."""
     for shared in ("engines", "locks"):
@@ -65,6 +79,8 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.
         up = easel_up(tmp_path, env, port, dashboard_port, *options)
         assert up.returncode == 0, up.stdout + up.stderr
+        trained = shutil.copytree(TRAINED_DIR, tmp_path / "vectorize-v2")  # a version the API installs, current
+        assert api.put("/v1/vectorize/models", json={"trained_dir": str(trained)}).status_code == 200
         # A video and 10 low-priority jobs: 8 run at once (4 per Gateway replica), the others wait in the queue.
         video_id = api.post("/v1/videos", json={**VIDEO, "priority": "low"}).json()["id"]
         bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True} for i in range(10)]
@@ -95,6 +111,10 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
 
         again = easel_up(tmp_path, env, port, dashboard_port, *options)
         assert again.returncode == 0, again.stdout + again.stderr
+        versions = api.get("/v1/vectorize/models").json()["data"]
+        assert [(v["version"], v["current"]) for v in versions] == [(1, False), (2, True)], versions
+        vectorized = api.post("/v1/vectorize", files={"file": ("icon.png", _icon(), "image/png")})
+        assert vectorized.status_code == 200 and vectorized.headers["Easel-Model-Version"] == "2", vectorized.text
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
             jobs = [api.get(f"/v1/jobs/{job_id}").json() for job_id in [*ids, video_id]]

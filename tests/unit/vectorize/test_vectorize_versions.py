@@ -108,3 +108,17 @@ def test_a_start_removes_the_versions_an_earlier_run_left(tmp_path):
     install_version(tmp_path, TRAINED_DIR, 4)
     uninstall_stale_versions(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(spec.name for spec in version_specs(1))
+
+
+def test_a_restart_keeps_the_installed_versions_whose_folders_still_serve_and_the_current_one(tmp_path, caplog):
+    kept, gone = (shutil.copytree(TRAINED_DIR, tmp_path / name) for name in ("kept", "gone"))
+    table = VectorizeTable.start(TRAINED_DIR)
+    table.serve(table.add(kept))
+    table.add(gone)
+    shutil.rmtree(gone)
+    again = table.kept(tmp_path / "new-v1")
+    assert again.versions == {1: str(tmp_path / "new-v1"), 2: str(kept.resolve())} and again.current == 2
+    assert "vectorize version 3 is not served again" in caplog.text
+    assert again.add(kept) == 4  # numbers are never reused
+    table.serve(3)
+    assert table.kept(TRAINED_DIR).current == 1  # the current one is gone: version 1 serves

@@ -45,7 +45,7 @@ from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
 from serve.triton.node import THIS_NODE
 from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
-from serve.vectorize.versions import VECTORIZE_TABLE, VectorizeTable, install_version, uninstall_stale_versions
+from serve.vectorize.versions import VECTORIZE_TABLE, start_table
 
 __all__ = [  # the launcher's one door: what the CLI, the tests and the tooling take from serve.stack
     "FIRST_REQUEST",
@@ -283,22 +283,11 @@ class Stack:
                 model.install(self.options.repository)
 
     def _start_vectorize_table(self) -> Path:
-        """Write the vectorize versions of this start: version 1 (the committed set) and an earlier run's kept ones.
-
-        The versions the API installed are installed again (:meth:`VectorizeTable.kept`); the current one stays current.
-        """
+        """Write the vectorize versions of this start (:func:`start_table`: version 1 is the committed set)."""
         from build_engines.vectorize.runtime import TRAINED_DIR
 
-        path, repository = self.options.run_dir / VECTORIZE_TABLE, self.options.repository
-        uninstall_stale_versions(repository)  # what an earlier run left: installed again below if kept
-        table = VectorizeTable.start(TRAINED_DIR.resolve())
-        if path.exists():
-            table = VectorizeTable.read(path).kept(TRAINED_DIR.resolve())
-            for version, folder in table.versions.items():
-                if version > 1:
-                    install_version(repository, Path(folder), version)
-            logger.info("vectorize versions %s, %d current", sorted(table.versions), table.current)
-        table.write(path)
+        path = self.options.run_dir / VECTORIZE_TABLE
+        start_table(path, self.options.repository, TRAINED_DIR.resolve())
         return path
 
     def _served_now(self) -> ServedModels:

@@ -147,6 +147,23 @@ def uninstall_stale_versions(repository: Path) -> None:
             uninstall_model(folder.name, repository)
 
 
+def start_table(path: Path, repository: Path, trained_dir: Path) -> None:
+    """Write the vectorize table of a stack's start at ``path``: version 1 is ``trained_dir``.
+
+    An earlier run's table there keeps the versions the API installed (:meth:`VectorizeTable.kept`), installed again
+    into ``repository``; the current one stays current.
+    """
+    uninstall_stale_versions(repository)  # what an earlier run left: installed again below if kept
+    table = VectorizeTable.start(trained_dir)
+    if path.exists():
+        table = VectorizeTable.read(path).kept(trained_dir)
+        for version, folder in table.versions.items():
+            if version > 1:
+                install_version(repository, Path(folder), version)
+        logger.info("vectorize versions %s, %d current", sorted(table.versions), table.current)
+    table.write(path)
+
+
 @dataclass
 class VectorizeTable:
     """The vectorize versions installed (version -> trained folder) and the current one.

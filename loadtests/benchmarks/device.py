@@ -24,7 +24,17 @@ logger = logging.getLogger(__name__)
 def bench_on_device(
     model_dir: Path, engines: EngineFolder, settings: GenerateSettings, device: str
 ) -> tuple[list, dict]:
-    """Every row on ``device``; returns the rows and each row's peak device memory (bytes, CUDA only)."""
+    """Every row on ``device``; returns the rows and each row's peak device memory (bytes, CUDA only).
+
+    Every row runs in one event loop: the runners' locks (and the merging runner's futures) bind to the loop of their
+    first contended call, so a row under a new ``asyncio.run`` after one that waited on them would fail.
+    """
+    return asyncio.run(_bench_on_device(model_dir, engines, settings, device))
+
+
+async def _bench_on_device(
+    model_dir: Path, engines: EngineFolder, settings: GenerateSettings, device: str
+) -> tuple[list, dict]:
     import torch
 
     from loadtests.benchmarks.torch_runner import TorchRunner
@@ -37,12 +47,12 @@ def bench_on_device(
     rows: list[BenchRow] = []
     peak: dict[str, int] = {}
 
-    def timed(method: str, call) -> None:
+    async def timed(method: str, call) -> None:
         for concurrency in settings.concurrency:
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             total = settings.repeats * concurrency
-            rows.append(asyncio.run(loop.measure(method, call, concurrency, total, warmup=concurrency)))
+            rows.append(await loop.measure(method, call, concurrency, total, warmup=concurrency))
             if cuda:
                 peak[f"{method} c={concurrency}"] = torch.cuda.max_memory_allocated()
 
@@ -66,7 +76,7 @@ def bench_on_device(
             )
 
     logger.info("diffusers %s on %s", str(dtype).removeprefix("torch."), device)
-    timed(f"diffusers {str(dtype).removeprefix('torch.')}", diffusers_call)
+    await timed(f"diffusers {str(dtype).removeprefix('torch.')}", diffusers_call)
     loaded.clear()  # its weights leave the device before the loop's copy arrives
     if cuda:
         torch.cuda.empty_cache()
@@ -78,7 +88,7 @@ def bench_on_device(
             await pipeline.generate(_generation(settings, index))
 
         logger.info("%s on %s", method, device)
-        timed(method, easel_call)
+        await timed(method, easel_call)
     return rows, peak
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import logging
 import subprocess
@@ -70,8 +71,13 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
     from serve.triton.onnx_backend import open_engine
 
     rng = np.random.default_rng(0)
-    start = rss_bytes()
-    session = open_engine(EngineFiles(model_path.parent), threads=1)
+    files = EngineFiles(model_path.parent)
+    used, peak_reset = _memory_probe(files)
+    if files.torch_module.exists() and used is rss_bytes:  # what loading a module imports is not the engine's weights
+        open_engine(files, threads=1)
+        gc.collect()
+    start = used()
+    session = open_engine(files, threads=1)
     taken = session.input_names
     sides = sides if dynamic_axes(spec) else sides[:1]
 
@@ -79,22 +85,39 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
         return {k: v for k, v in _row(spec, side, rng, model_path.parent).items() if k in taken}
 
     session.run(row(sides[0]))  # warm-up: lazy initialisation counts as weights
-    weights = rss_bytes() - start
+    weights = used() - start
     measured, timed = [], []
     for side in sides:
         feeds = row(side)
-        before = rss_bytes()
-        peak_rss_reset()
+        before = used()
+        peak_reset()
         started = time.perf_counter()
         session.run(feeds)
         seconds = time.perf_counter() - started
         positions = spec.positions(side)
-        measured.append((positions, max(0, rss_bytes(peak=True) - before)))
+        measured.append((positions, max(0, used(peak=True) - before)))
         timed.append((positions, seconds))
         logger.info(
             "%s: one row at %d positions peaks %.1f MiB, %.3f s", spec.name, positions, measured[-1][1] / 2**20, seconds
         )
     return MemoryModel.fit(weights, measured, timed)
+
+
+def _memory_probe(files: EngineFiles):
+    """How an engine's memory is read: (bytes in use, ``peak=True`` the peak since the reset; reset the peak).
+
+    The process's resident memory, or for a torch engine on a GPU the GPU memory PyTorch holds.
+    """
+    from serve.triton.runtimes import Runtime, RuntimeChoice, gpu_present
+
+    if RuntimeChoice.of(files).runtime is not Runtime.TORCH or not gpu_present():
+        return rss_bytes, peak_rss_reset
+    import torch
+
+    def used(peak: bool = False) -> int:
+        return torch.cuda.max_memory_allocated() if peak else torch.cuda.memory_allocated()
+
+    return used, torch.cuda.reset_peak_memory_stats
 
 
 def save(model: MemoryModel, path: Path) -> None:

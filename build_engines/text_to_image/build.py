@@ -35,6 +35,7 @@ from build_engines.text_to_image.export import (
     reuse_graphs,
 )
 from build_engines.text_to_image.motion import checked_motion_adapters, motion_key
+from build_engines.text_to_image.torch_engines import check_torch_build, torch_engines
 from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
@@ -53,11 +54,15 @@ from serve.triton.runtimes import (
     DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
     FITTING_PRECISION,
+    GPU_PRECISION,
     PRECISIONS,
     RUNTIME_CHOICES,
     Runtime,
+    RuntimeChoice,
     check_choice,
     concrete_runtime,
+    gpu_present,
+    resolve_device,
     runtime_versions,
 )
 from serve.triton.spec import Backend
@@ -139,6 +144,7 @@ def build(
     runtime: str = DEFAULT_RUNTIME,
     vae_decoder: Path | None = None,
     motion_adapters: Mapping[str, Path] | None = None,
+    device: str = "auto",
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -147,9 +153,10 @@ def build(
     (:mod:`build_engines.text_to_image.adapters`); ``controlnets``: NAME -> diffusers ControlNetModel folder, an
     engine each where it fits the model (:mod:`build_engines.text_to_image.controlnets`); ``step_cache``: step
     caching's engines too (:mod:`serve.text_to_image.step_cache`); ``runtime``: what runs each engine
-    (:mod:`serve.triton.runtimes`; ``auto``: measured at build); ``precision`` ``auto``: fp32, or
-    :data:`~serve.triton.runtimes.FITTING_PRECISION` when this machine cannot serve the fp32 engines
-    (:func:`fits_here`); ``vae_decoder``: a diffusers ``AutoencoderTiny`` folder served as the model's
+    (:mod:`serve.triton.runtimes`; ``auto``: the torch runtime where ``device`` is a GPU, else measured at build);
+    ``precision`` ``auto``: fp16 on a GPU, else fp32, or :data:`~serve.triton.runtimes.FITTING_PRECISION` when
+    this machine cannot serve the fp32 engines (:func:`fits_here`); ``device``: ``cpu``, ``cuda`` or ``auto`` (a GPU
+    where PyTorch sees one); ``vae_decoder``: a diffusers ``AutoencoderTiny`` folder served as the model's
     ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
     video UNet engine each (:mod:`build_engines.text_to_image.motion`; one that does not fit is refused);
     ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`).
@@ -157,10 +164,13 @@ def build(
     which installs it). Returns the engine folder, opened.
     """
     check_choice(runtime, precision)
+    device = resolve_device(device)
     model_dir = default_model_dir() if model_dir is None else model_dir
+    if precision == AUTO and device == "cuda" and runtime in (AUTO, Runtime.TORCH):
+        precision = GPU_PRECISION
     if precision == AUTO:
         how = {"force": force, "adapters": adapters, "controlnets": controlnets, "step_cache": step_cache}
-        how |= {"runtime": runtime, "vae_decoder": vae_decoder, "motion_adapters": motion_adapters}
+        how |= {"runtime": runtime, "vae_decoder": vae_decoder, "motion_adapters": motion_adapters, "device": device}
         folder = build(model_dir, None, precision="fp32", **how)
         fitting_runs = runtime in (AUTO, *PRECISIONS[FITTING_PRECISION].runtimes)
         if fitting_runs and not fits_here(folder):
@@ -177,8 +187,12 @@ def build(
         if repository is not None:
             install(folder, repository, backend, prefix)
         return folder
-    runtime = concrete_runtime(runtime, precision)
+    runtime = concrete_runtime(runtime, precision, device)
     adapters = adapters or AdapterBuild()
+    if runtime == Runtime.TORCH:
+        check_torch_build(
+            adapters.lora, bool(adapters.ip_adapters), bool(controlnets), bool(vae_decoder), bool(motion_adapters)
+        )
     family = family_of_folder(model_dir)
     if adapters.ip_adapters and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
@@ -187,9 +201,13 @@ def build(
     folders = engine_dirs(model_dir, adapters, controlnets, step_cache, vae_decoder, motion_adapters)
     engine_dir = folders[runtime, precision]
     graph = PRECISIONS[precision].graph_dtype
-    same_graphs = [f for (_, p), f in folders.items() if PRECISIONS[p].graph_dtype == graph and f != engine_dir]
+    same_graphs = [  # the torch runtime's folders hold no graphs
+        f
+        for (r, p), f in folders.items()
+        if PRECISIONS[p].graph_dtype == graph and f != engine_dir and r != Runtime.TORCH
+    ]
     with one_build(engine_dir):
-        exported = next((f for f in same_graphs if EngineFolder.built(f)), None)
+        exported = next((f for f in same_graphs if EngineFolder.built(f) and runtime != Runtime.TORCH), None)
         if EngineFolder.built(engine_dir) and not force:
             logger.info("engines up to date in %s (use --force to rebuild)", engine_dir)
         elif exported is not None and not force and not adapters.lora and not adapters.ip_adapters:
@@ -304,7 +322,9 @@ def _build_into(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:
-        if exported is None:
+        if runtime == Runtime.TORCH:
+            reports = torch_engines(family, model_dir, partial, precision)
+        elif exported is None:
             reports = _link_engines(EngineFolder(base), partial, skip=VAE_DECODER) if base else []
             reports += export_all(
                 family,
@@ -382,4 +402,5 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
         if backend is Backend.TENSORRT:
             shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
             files = {PLAN: build_plan(files[ONNX], shapes)}
-        install_model(named[name], repository, files, backend)
+        on_gpu = RuntimeChoice.of(folder.engine(name)).runtime is Runtime.TORCH and gpu_present()
+        install_model(named[name], repository, files, backend, gpu=on_gpu)

@@ -34,6 +34,7 @@ from serve.triton.onnx_backend import ShardedSession, make_session
 from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
 from serve.triton.runtimes import Runtime
 from serve.triton.spec import ModelSpec
+from serve.triton.torch_runtime import CastIO
 
 logger = logging.getLogger(__name__)
 
@@ -81,22 +82,6 @@ class EngineReport:
     bytes: int
     parity: ParityReport
     runtime: dict = dataclasses.field(default_factory=dict)  # serve.triton.runtimes.RuntimeChoice, as saved
-
-
-class CastIO(torch.nn.Module):
-    """Runs ``module`` in ``dtype`` behind float32 inputs and outputs, so an fp16 engine keeps the fp32 specs."""
-
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.module = module
-        self.dtype = dtype
-        self.graph_extras = getattr(module, "graph_extras", None)  # an adapter-ready engine's bank inputs
-        self.side_files = getattr(module, "side_files", {})
-
-    def forward(self, *inputs):
-        """``module``'s outputs in float32."""
-        outputs = self.module(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
-        return tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()
 
 
 def peak_rss_gb() -> float:

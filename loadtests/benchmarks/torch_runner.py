@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build_engines.text_to_image.export import CastIO
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.spec import ModelSpec
+from serve.triton.torch_runtime import CastIO
 
 
 class TorchRunner:

@@ -10,8 +10,10 @@ precision, adapters and exporter versions), so two folders with the same name ho
   adapters.json       what adapters the engines take (absent: none)   unet_config.json  an IP-Adapter's UNet blocks
   controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
+  diffusers/          the torch runtime's: the diffusers folder, linked (its engines load their modules from it)
   <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, model.xml + model.bin: its
-                      OpenVINO IR, runtime.json: how it runs, memory.json, lora_slots.json)
+                      OpenVINO IR, torch.json: the torch runtime's, runtime.json: how it runs, memory.json,
+                      lora_slots.json)
 ```
 """
 
@@ -41,6 +43,7 @@ MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"
 SCHEDULER = "scheduler"
 FEATURE_EXTRACTOR = "feature_extractor"
+DIFFUSERS = "diffusers"
 
 
 class EngineFolder:

@@ -1,6 +1,6 @@
 """Engines run in-process, no Triton: the loop's engine runner for benchmarks, evaluation and tests.
 
-Each engine runs on the runtime its folder names (ONNX Runtime or OpenVINO, through ``open_engine``).
+Each engine runs on the runtime its folder names (ONNX Runtime, OpenVINO or torch, through ``open_engine``).
 
 The served stack's runners are Triton's (:mod:`serve.triton.runners`).
 """
@@ -24,12 +24,15 @@ from serve.triton.spec import ModelSpec
 class OnnxRuntimeRunner:
     """In-process engines (no Triton), each with the runtime its folder names: the benchmark's baseline, unit tests.
 
-    LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do.
+    LoRA-ready engines take their adapters from ``loras_dir`` (a registry folder), as the served ones do; ``device``:
+    where the torch runtime's engines run (default: the GPU where there is one).
     """
 
-    def __init__(self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None) -> None:
+    def __init__(
+        self, folder: EngineFolder, shards: int = 0, loras_dir: Path | None = None, device: str | None = None
+    ) -> None:
         engines = {name: folder.engine(name) for name in folder.specs}
-        self.sessions = {name: open_engine(files, shards) for name, files in engines.items()}
+        self.sessions = {name: open_engine(files, shards, device=device) for name, files in engines.items()}
         registry = loras_dir or folder.path / LORAS_LINK
         self.banks = {
             name: engine_banks(files.lora_slots, name, registry) for name, files in engines.items() if files.lora_ready

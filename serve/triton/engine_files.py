@@ -12,6 +12,7 @@ from pathlib import Path
 ONNX = "model.onnx"  # beside it, model.onnx.data: the weights of a graph over 2 GB
 PLAN = "model.plan"  # a TensorRT plan (the GPU path)
 OPENVINO_IR = "model.xml"  # the OpenVINO IR converted from model.onnx at build; beside it, model.bin: its weights
+TORCH_MODULE = "torch.json"  # the torch runtime's engine: its module's loader, tensors and buckets (torch_runtime)
 RUNTIME = "runtime.json"  # which runtime and precision serve the engine (serve.triton.runtimes)
 MEMORY = "memory.json"  # bytes and seconds per row, measured at build (serve.triton.memory)
 LORA_SLOTS = "lora_slots.json"  # a LoRA-ready engine's layers (serve.adapters.lora)
@@ -37,6 +38,7 @@ class EngineFiles:
     onnx = _FolderFile(ONNX)
     openvino = _FolderFile(OPENVINO_IR)
     runtime = _FolderFile(RUNTIME)
+    torch_module = _FolderFile(TORCH_MODULE)
     memory = _FolderFile(MEMORY)
     lora_slots = _FolderFile(LORA_SLOTS)
     loras = _FolderFile(LORAS_LINK)

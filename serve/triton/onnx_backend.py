@@ -1,4 +1,4 @@
-"""Triton python-backend model that serves an engine with its runtime (ONNX Runtime or OpenVINO), one call per batch.
+"""Triton python-backend model serving an engine with its runtime (ONNX Runtime, OpenVINO, torch), a call per batch.
 
 Each model folder's ``1/model.py`` re-exports :class:`OnnxRuntimeModel` as ``TritonPythonModel``. Triton hands
 ``execute`` every request its dynamic batcher merged; requests whose shapes agree are concatenated along the batch
@@ -80,18 +80,23 @@ class ShardedSession:
         return [np.concatenate(outputs) for outputs in zip(*parts, strict=True)]
 
 
-Session = ShardedSession | OpenVinoSession
+Session = ShardedSession | OpenVinoSession  # or serve.triton.torch_runtime.TorchSession (torch loads only for it)
 """What :func:`open_engine` returns: ``run(feeds, shared)``, ``input_names``, ``output_names``, ``input_ranks``."""
 
 
-def open_engine(files: EngineFiles, threads: int = 0, static_shapes: int = 0) -> Session:
-    """The one door to an engine: its graph opened with the runtime and precision its ``runtime.json`` names.
+def open_engine(files: EngineFiles, threads: int = 0, static_shapes: int = 0, device: str | None = None) -> Session:
+    """The one door to an engine: opened with the runtime and precision its ``runtime.json`` names.
 
     ``threads``: the cores it may use (0: every core this process may run on). ONNX Runtime runs a batch in that many
     one-threaded slices (:class:`ShardedSession`), OpenVINO as one call with that many threads; ``static_shapes``:
-    :class:`serve.triton.runtimes.OpenVinoSession`'s bounded cache of shapes compiled statically.
+    :class:`serve.triton.runtimes.OpenVinoSession`'s bounded cache of shapes compiled statically; ``device``: where
+    the torch runtime runs it (``cuda:0``, ``cpu``; default: the GPU where there is one).
     """
     choice = RuntimeChoice.of(files)
+    if choice.runtime is Runtime.TORCH:
+        from serve.triton.torch_runtime import TorchSession
+
+        return TorchSession(files, choice.precision, device)
     if choice.runtime is Runtime.OPENVINO:
         return OpenVinoSession(files, choice.precision, threads, static_shapes)
     return ShardedSession(files.onnx, threads)
@@ -182,7 +187,11 @@ class OnnxRuntimeModel:
         self.files = EngineFiles(Path(args["model_repository"]) / args["model_version"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         shards = int(params.get("batch_shards", "0")) if config.get("max_batch_size", 0) > 0 else 1
-        self.session = open_engine(self.files, shards, int(params.get("static_shapes", "0")))
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        self.session = open_engine(self.files, shards, int(params.get("static_shapes", "0")), device)
+        if hasattr(self.session, "capture"):  # the torch runtime's buckets belong to the start, not to a request
+            self.session.capture()
         self.bound = _memory_bound(config, self.files)
         self.input_ranks = self.session.input_ranks
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}

@@ -28,13 +28,18 @@ def model_py(python_class: str) -> str:
 
 
 def install_model(
-    spec: ModelSpec, repository: Path, files: Mapping[str, Path] | None = None, backend: Backend = Backend.PYTHON_ONNX
+    spec: ModelSpec,
+    repository: Path,
+    files: Mapping[str, Path] | None = None,
+    backend: Backend = Backend.PYTHON_ONNX,
+    gpu: bool = False,
 ) -> Path:
     """Write ``spec``'s config and ``model.py``, and link ``files`` (name in the version folder -> source).
 
-    Links in the version folder that ``files`` does not name are removed.
+    Links in the version folder that ``files`` does not name are removed; ``gpu``: the model's instance runs on the
+    GPU (the torch runtime's engines where there is one).
     """
-    write_model_config(spec, repository, backend)
+    write_model_config(spec, repository, backend, gpu)
     version_dir = repository / spec.name / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
     if spec.python_model:

@@ -3,7 +3,8 @@
 An engine's folder says how it runs in ``runtime.json`` (written by ``easel build``; absent: ONNX Runtime fp32, as
 folders built before OpenVINO): :func:`serve.triton.onnx_backend.open_engine`, the one door, reads it and returns a
 session with one interface whichever runtime it is. ONNX Runtime runs ``model.onnx``; OpenVINO runs the IR converted
-from it at build (``model.xml``).
+from it at build (``model.xml``); PyTorch runs the engine's diffusers module itself, on a CUDA GPU
+(:mod:`serve.triton.torch_runtime`; on a CPU in fp32, for tests).
 """
 
 from __future__ import annotations
@@ -24,14 +25,24 @@ logger = logging.getLogger(__name__)
 
 
 class Runtime(StrEnum):
-    """What runs an engine's graph on a CPU."""
+    """What runs an engine: ONNX Runtime or OpenVINO on a CPU, PyTorch on a CUDA GPU."""
 
     ONNXRUNTIME = "onnxruntime"
     OPENVINO = "openvino"
+    TORCH = "torch"
+
+
+CPU_RUNTIMES = (Runtime.ONNXRUNTIME, Runtime.OPENVINO)
+GPU_RUNTIME = Runtime.TORCH
+DEVICES = ("auto", "cpu", "cuda")
+"""Where a stack's engines run (``easel up --device``): ``auto`` is ``cuda`` where PyTorch sees a CUDA GPU."""
+GPU_PRECISION = "fp16"
+"""What ``--precision auto`` builds for the GPU."""
 
 
 AUTO = "auto"
-"""``--runtime auto``: each engine measured both ways at build, the faster kept (within the parity bound).
+"""``--runtime auto``: on a GPU, the torch runtime; on a CPU, each engine measured both ways at build, the faster kept
+(within the parity bound).
 ``--precision auto``: fp32, or :data:`FITTING_PRECISION` for a model whose fp32 engines do not fit this machine's memory
 (:func:`build_engines.text_to_image.build.build` decides from the engines' measured weights)."""
 RUNTIME_CHOICES = (*(r.value for r in Runtime), AUTO)
@@ -53,15 +64,19 @@ class Precision:
 PRECISIONS = {
     p.name: p
     for p in (
-        Precision("fp32", "float32", (Runtime.ONNXRUNTIME, Runtime.OPENVINO), "full precision, the reference"),
+        Precision("fp32", "float32", (*CPU_RUNTIMES, GPU_RUNTIME), "full precision, the reference"),
         Precision(
-            "fp16", "float16", (Runtime.ONNXRUNTIME,), "half-precision graphs for GPU execution providers (not CPU)"
+            "fp16",
+            "float16",
+            (Runtime.ONNXRUNTIME, GPU_RUNTIME),
+            "half precision on a GPU: PyTorch modules (torch), or ONNX graphs for GPU execution providers",
         ),
         Precision(
             "bf16",
             "float32",
-            (Runtime.OPENVINO,),
-            "OpenVINO's bf16 inference hint where the CPU has AVX512_BF16 or AMX (elsewhere fp32, with a log line)",
+            (Runtime.OPENVINO, GPU_RUNTIME),
+            "bfloat16: PyTorch modules on a GPU, or OpenVINO's bf16 hint where the CPU has AVX512_BF16 or AMX "
+            "(elsewhere fp32, with a log line)",
         ),
         Precision("int8", "float32", (Runtime.OPENVINO,), "OpenVINO with int8 weights (NNCF compress_weights)"),
     )
@@ -91,17 +106,37 @@ def check_choice(runtime: str, precision: str) -> None:
         raise UnknownChoice(f"precision {precision} runs on {', '.join(allowed)}, not on runtime {runtime}")
 
 
-def concrete_runtime(runtime: str, precision: str) -> str:
-    """``runtime``, or for ``auto`` where one runtime runs ``precision`` (bf16, int8: OpenVINO), that one."""
+def gpu_present() -> bool:
+    """Whether PyTorch sees a CUDA GPU here."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    """``cpu`` or ``cuda`` for one of :data:`DEVICES` (``auto``: ``cuda`` where a GPU is present)."""
+    if device not in DEVICES:
+        raise UnknownChoice(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "auto":
+        return "cuda" if gpu_present() else "cpu"
+    return device
+
+
+def concrete_runtime(runtime: str, precision: str, device: str = "cpu") -> str:
+    """``runtime``, or for ``auto`` where one candidate runs ``precision`` on ``device`` (a GPU: torch), that one."""
+    options = candidates(runtime, precision, device)
+    return options[0].value if runtime == AUTO and len(options) == 1 else runtime
+
+
+def candidates(runtime: str, precision: str, device: str = "cpu") -> tuple[Runtime, ...]:
+    """The runtimes a build measures for this choice (``auto``: every one that runs the precision on ``device``)."""
     check_choice(runtime, precision)
+    if runtime != AUTO:
+        return (Runtime(runtime),)
     declared = PRECISIONS[precision].runtimes
-    return declared[0].value if runtime == AUTO and len(declared) == 1 else runtime
-
-
-def candidates(runtime: str, precision: str) -> tuple[Runtime, ...]:
-    """The runtimes a build measures for this choice (``auto``: every one that runs the precision)."""
-    check_choice(runtime, precision)
-    return PRECISIONS[precision].runtimes if runtime == AUTO else (Runtime(runtime),)
+    if device == "cuda" and GPU_RUNTIME in declared:
+        return (GPU_RUNTIME,)
+    return tuple(r for r in declared if r is not GPU_RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -128,7 +163,7 @@ class RuntimeChoice:
 
 def runtime_versions(runtime: str) -> str:
     """What the engine cache's key adds for ``runtime``: OpenVINO's version where it may run the engines."""
-    if runtime == Runtime.ONNXRUNTIME:
+    if runtime in (Runtime.ONNXRUNTIME, Runtime.TORCH):  # torch's version is in every folder's name
         return ""
     import openvino as ov
 

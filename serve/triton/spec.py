@@ -98,7 +98,8 @@ class EnsembleStep:
 class ModelSpec:
     """A Triton model: its name, tensors and batching; an ensemble when ``ensemble`` lists steps.
 
-    ``python_model`` ("module:Class") marks a python-backend model implemented by that class, not an ONNX engine.
+    ``python_model`` ("module:Class") marks a python-backend model implemented by that class, not an ONNX engine;
+    ``decoupled``: a python-backend model that answers each request when it is done, not a batch at a time.
     """
 
     name: str
@@ -110,6 +111,7 @@ class ModelSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     ensemble: tuple[EnsembleStep, ...] = ()
     python_model: str | None = None
+    decoupled: bool = False
 
     @property
     def batch_axis(self) -> str | None:
@@ -140,8 +142,11 @@ class ModelSpec:
         """``dynamic_axes`` for ``torch.onnx.export``."""
         return {t.name: t.onnx_dynamic_axes(self.batch_axis) for t in (*self.graph_inputs, *self.outputs)}
 
-    def to_model_config(self, backend: Backend = Backend.PYTHON_ONNX) -> mc.ModelConfig:
-        """The Triton ``ModelConfig`` protobuf for this model on ``backend``."""
+    def to_model_config(self, backend: Backend = Backend.PYTHON_ONNX, gpu: bool = False) -> mc.ModelConfig:
+        """The Triton ``ModelConfig`` protobuf for this model on ``backend``.
+
+        ``gpu``: a python-backend model on the GPU (the torch runtime): one instance per GPU, holding its weights once.
+        """
         config = mc.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
         if self.ensemble:
             config.platform = "ensemble"
@@ -160,9 +165,12 @@ class ModelSpec:
                 )
             )
         if not self.ensemble:
-            gpu = config.platform == "tensorrt_plan"
-            kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-            config.instance_group.append(mc.ModelInstanceGroup(count=self.instance_count, kind=kind))
+            on_gpu = gpu or config.platform == "tensorrt_plan"
+            kind = mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU
+            count = 1 if gpu else self.instance_count
+            config.instance_group.append(mc.ModelInstanceGroup(count=count, kind=kind))
+        if self.decoupled:
+            config.model_transaction_policy.decoupled = True
         if self.dynamic_batching is not None:
             config.dynamic_batching.max_queue_delay_microseconds = self.dynamic_batching.max_queue_delay_us
             config.dynamic_batching.preferred_batch_size.extend(self.dynamic_batching.preferred_batch_sizes)
@@ -183,11 +191,13 @@ def _tensor_config(tensor: TensorSpec, message: type) -> mc.ModelInput | mc.Mode
     return proto
 
 
-def write_model_config(spec: ModelSpec, repository: Path, backend: Backend = Backend.PYTHON_ONNX) -> Path:
-    """Write ``<repository>/<model>/config.pbtxt`` for ``spec`` and return its path."""
+def write_model_config(
+    spec: ModelSpec, repository: Path, backend: Backend = Backend.PYTHON_ONNX, gpu: bool = False
+) -> Path:
+    """Write ``<repository>/<model>/config.pbtxt`` for ``spec`` (``gpu``: on the GPU) and return its path."""
     path = repository / spec.name / "config.pbtxt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text_format.MessageToString(spec.to_model_config(backend)))
+    path.write_text(text_format.MessageToString(spec.to_model_config(backend, gpu)))
     return path
 
 

@@ -47,10 +47,11 @@ def _reference(files: EngineFiles, feeds):
 @pytest.mark.parametrize(
     ("runtime", "precision", "named"),
     [
-        ("tensorrt", "fp32", "runtime must be one of onnxruntime, openvino, auto, not 'tensorrt'"),
+        ("tensorrt", "fp32", "runtime must be one of onnxruntime, openvino, torch, auto, not 'tensorrt'"),
         ("openvino", "int4", "precision must be one of fp32, fp16, bf16, int8, auto, not 'int4'"),
-        ("onnxruntime", "bf16", "precision bf16 runs on openvino, not on runtime onnxruntime"),
-        ("openvino", "fp16", "precision fp16 runs on onnxruntime, not on runtime openvino"),
+        ("onnxruntime", "bf16", "precision bf16 runs on openvino, torch, not on runtime onnxruntime"),
+        ("openvino", "fp16", "precision fp16 runs on onnxruntime, torch, not on runtime openvino"),
+        ("torch", "int8", "precision int8 runs on openvino, not on runtime torch"),
     ],
 )
 def test_an_unknown_or_impossible_choice_is_one_line_naming_the_allowed(runtime, precision, named):

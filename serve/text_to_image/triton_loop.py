@@ -1,0 +1,145 @@
+"""The denoising loop inside Triton: one request per image, every step in Triton's process, steps of requests merged.
+
+A replica that runs the loop itself crosses to Triton at every step: on a GPU that round trip (gRPC, the python
+backend's stub, the tensors copied each way) cost about 25 ms per UNet call where the step itself costs 12-50 ms
+(docs/DECISIONS.md). Here the loop runs where the engines are: :class:`TextToImageLoop` is a decoupled python-backend
+model whose ``async execute`` runs each request's :class:`~serve.text_to_image.pipeline.TextToImagePipeline` on the
+stub's event loop, over the engines opened in the same process (the torch runtime's on the GPU, with their CUDA
+graphs), the steps of concurrent requests merged into one UNet call by the same
+:class:`~serve.triton.coalesce.CoalescingRunner` a replica uses. A request's text embeddings are computed and kept in
+that process; its latents never leave it; one response carries its images.
+
+It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
+ControlNets, caches) runs on the replica's loop, step by step, as before. :class:`LoopClient` is its caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.generation import Generation, SamplingParams
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.triton.coalesce import CoalescingRunner
+from serve.triton.spec import ModelSpec, TensorSpec
+
+logger = logging.getLogger(__name__)
+
+LOOP_MODEL = "text_to_image_loop"
+GENERATION_INPUT = "generation"
+IMAGES_OUTPUT = "images"
+
+
+def loop_spec(engine_dir: Path, prefix: str = "") -> ModelSpec:
+    """The loop model of the engine folder ``engine_dir`` (Triton name ``prefix`` + :data:`LOOP_MODEL`)."""
+    return ModelSpec(
+        name=f"{prefix}{LOOP_MODEL}",
+        inputs=(TensorSpec(GENERATION_INPUT, "bytes", (1,)),),
+        outputs=(TensorSpec(IMAGES_OUTPUT, "uint8", (-1, -1, -1, 3), ("images", "height", "width")),),
+        parameters={"engine_dir": str(engine_dir)},
+        python_model=f"{__name__}:TextToImageLoop",
+        decoupled=True,
+    )
+
+
+def encode_request(sampling: SamplingParams, merge: bool = True) -> np.ndarray:
+    """The loop model's input for one generation: its sampling as JSON (``merge``: its steps may share UNet calls)."""
+    body = json.dumps({"sampling": dataclasses.asdict(sampling), "merge": merge})
+    return np.array([body.encode()], dtype=object)
+
+
+def decode_request(raw: bytes) -> tuple[Generation, bool]:
+    """(the generation, whether its steps are merged) of one request's input; a ValueError names what is wrong."""
+    try:
+        body = json.loads(raw)
+        return Generation(SamplingParams(**body["sampling"])), bool(body.get("merge", True))
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{GENERATION_INPUT}: not a generation ({type(error).__name__}: {error})") from None
+
+
+class LoopEngines:
+    """A model's engines opened in this process (on ``device``), and the loop over them, merged or not."""
+
+    def __init__(self, folder: EngineFolder, device: str | None = None) -> None:
+        engines = OnnxRuntimeRunner(folder, device=device)
+        for session in engines.sessions.values():
+            if hasattr(session, "capture"):  # the torch runtime's buckets belong to the start
+                session.capture()
+        self.merged = TextToImagePipeline(folder, CoalescingRunner(engines))
+        self.unmerged = TextToImagePipeline(folder, engines)
+
+    async def generate(self, job: Generation, merge: bool = True) -> np.ndarray:
+        """``job``'s images, ``[n, height, width, 3]`` uint8."""
+        result = await (self.merged if merge else self.unmerged).generate(job)
+        return np.stack(result.images)
+
+
+class TextToImageLoop:
+    """The python-backend model (decoupled, ``async execute``): each request's loop runs on the stub's event loop."""
+
+    def initialize(self, args: dict) -> None:
+        """Open the engines of the folder the config's ``engine_dir`` names, on this instance's device."""
+        config = json.loads(args["model_config"])
+        folder = EngineFolder(config["parameters"]["engine_dir"]["string_value"])
+        gpu = args.get("model_instance_kind") == "GPU"
+        device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
+        self.engines = LoopEngines(folder, device)
+        logger.info("%s: the loop of %s on %s", config["name"], folder.key, device)
+
+    async def execute(self, requests: list) -> None:
+        """Run every request's generation (concurrently with those of other calls); each is answered when done."""
+        await asyncio.gather(*(self._answer(request) for request in requests))
+
+    async def _answer(self, request) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        sender = request.get_response_sender()
+        try:
+            raw = pb_utils.get_input_tensor_by_name(request, GENERATION_INPUT).as_numpy().reshape(-1)[0]
+            job, merge = decode_request(raw)
+            images = await self.engines.generate(job, merge)
+            response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGES_OUTPUT, images)])
+        except Exception as error:  # noqa: BLE001 - this request's error; the others run on
+            logger.warning("%s", error)
+            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
+        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
+class LoopClient:
+    """Sends generations to a Triton's loop model over gRPC (a decoupled model answers on a stream)."""
+
+    def __init__(self, url: str, model: str = LOOP_MODEL) -> None:
+        from tritonclient.grpc.aio import InferenceServerClient
+
+        self.model = model
+        self._client = InferenceServerClient(url)
+
+    async def generate(self, sampling: SamplingParams, merge: bool = True) -> np.ndarray:
+        """The images of one generation, ``[n, height, width, 3]`` uint8."""
+        from tritonclient.grpc import InferInput
+
+        given = InferInput(GENERATION_INPUT, [1], "BYTES")
+        given.set_data_from_numpy(encode_request(sampling, merge))
+
+        async def one_request():
+            yield {"model_name": self.model, "inputs": [given]}
+
+        images = None
+        async for result, error in self._client.stream_infer(one_request()):
+            if error is not None:
+                raise RuntimeError(f"{self.model}: {error}")
+            images = result.as_numpy(IMAGES_OUTPUT)
+        if images is None:
+            raise RuntimeError(f"{self.model}: the stream closed without an answer")
+        return images
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self._client.close()

@@ -9,6 +9,7 @@ import click
 
 from build_engines.text_to_image.cli import embedded_option
 from loadtests.benchmarks import cpu
+from loadtests.benchmarks.gpu_cli import gpu
 from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
 from serve.settings import MODEL_OPTION, StackOptions, check_model
@@ -491,3 +492,6 @@ def soak(
     click.echo(tables)
     if not passed:
         raise SystemExit(1)
+
+
+bench.add_command(gpu)

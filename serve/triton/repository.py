@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from serve.triton.spec import Backend, ModelSpec, write_model_config
 logger = logging.getLogger(__name__)
 
 ONNX_ENGINE_CLASS = "serve.triton.onnx_backend:OnnxRuntimeModel"
+PYTHON_PATHS = "python_paths.txt"
+"""At a repository's root: the import path of the process that started Triton, an entry a line. Every model.py puts
+it first: a stub whose Python is not the starter's (a GPU machine's venv and carried wheels) does not see PYTHONPATH."""
 
 
 def model_py(python_class: str) -> str:
@@ -23,8 +27,19 @@ def model_py(python_class: str) -> str:
     module, cls = python_class.split(":")
     return (
         f'"""Triton python-backend model, implemented in {module}."""\n\n'
-        f"from {module} import {cls} as TritonPythonModel  # noqa: F401\n"
+        "import sys\n"
+        "from pathlib import Path\n\n"
+        f'_PATHS = Path(__file__).resolve().parents[2] / "{PYTHON_PATHS}"  # where Triton\'s starter imports from\n'
+        "if _PATHS.is_file():\n"
+        "    sys.path[:0] = [path for path in _PATHS.read_text().splitlines() if path not in sys.path]\n\n"
+        f"from {module} import {cls} as TritonPythonModel  # noqa: E402, F401\n"
     )
+
+
+def write_python_paths(repository: Path) -> None:
+    """Write this process's import path into ``repository`` (:data:`PYTHON_PATHS`), for the models' stubs."""
+    paths = [path for path in sys.path if path and Path(path).is_dir()]
+    (repository / PYTHON_PATHS).write_text("\n".join(paths) + "\n")
 
 
 def install_model(

@@ -31,6 +31,7 @@ import psutil
 from serve.paths import easel_home
 from serve.processes import ManagedProcess, free_ports
 from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_environment
+from serve.triton.repository import write_python_paths
 from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
 
@@ -205,6 +206,7 @@ class TritonServer:
         for name, spec in self.pool_specs.items():
             pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
             self.pools |= dict.fromkeys(spec.engines, pool)
+        write_python_paths(self.repository)
         self.managed.start(timeout_s)
         self._last_canary = time.monotonic()
         logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)

@@ -53,6 +53,7 @@ from serve.triton.runtimes import (
     AUTO,
     DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
+    DEVICES,
     FITTING_PRECISION,
     PRECISION_CHOICES,
     PRECISIONS,
@@ -350,9 +351,15 @@ class StackOptions(AppSettings):
     )
     runtime: Annotated[str, Cli(type=click.Choice(RUNTIME_CHOICES))] = Field(
         DEFAULT_RUNTIME,
-        description="What runs the engines on the CPU: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR "
-        "at build), or auto (each engine measured both ways at build, the faster kept; one whose ONNX Runtime call is "
-        "too small for OpenVINO to pay stays there).",
+        description="What runs the engines: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR at build), "
+        "torch (the PyTorch modules, on a GPU with CUDA graphs), or auto (on a GPU: torch; on a CPU, each engine "
+        "measured both ways at build, the faster kept; one whose ONNX Runtime call is too small for OpenVINO to pay "
+        "stays there).",
+    )
+    device: Annotated[str, Cli(type=click.Choice(DEVICES))] = Field(
+        "auto",
+        description="Where the engines run: cuda (the torch runtime, fp16 unless --precision says otherwise, one "
+        "Triton instance per engine on the GPU), cpu, or auto (cuda where PyTorch sees a GPU).",
     )
     vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", EXISTING_FOLDER)] = Field(
         None,

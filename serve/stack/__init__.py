@@ -328,7 +328,7 @@ class Stack:
                 extras |= {"step_cache": opts.step_cache, "vae_decoder": opts.vae_decoder_dir}
                 extras["motion_adapters"] = opts.motion_adapters
             logger.info("model %s: %s", name, model_dir or "embedded")
-            how = {"runtime": opts.runtime, "precision": opts.precision}
+            how = {"runtime": opts.runtime, "precision": opts.precision, "device": opts.device}
             folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)
             built[name] = str(folder.path)
         return built

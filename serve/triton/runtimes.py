@@ -119,6 +119,8 @@ def resolve_device(device: str) -> str:
         raise UnknownChoice(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
     if device == "auto":
         return "cuda" if gpu_present() else "cpu"
+    if device == "cuda" and not gpu_present():
+        raise UnknownChoice("device cuda: PyTorch sees no CUDA GPU here")
     return device
 
 

@@ -203,3 +203,26 @@ def test_past_the_most_chunks_is_cut_and_counted(sd):
     assert (chunks.count, chunks.dropped) == (MAX_PROMPT_CHUNKS, 5)
     rows = conditioning(sd, prompt)["encoder_hidden_states"]
     assert rows.shape[1] == length * MAX_PROMPT_CHUNKS
+
+
+def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_cut(engine_dir):
+    """``POST /v1/prompts/analyze``'s class: weights, tokens and chunks per encoder, the cut, the verdict."""
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.moderation import Moderation
+    from serve.serving.prompts import PromptAnalysis, PromptAnalysisRequest
+    from serve.text_to_image.models import ServedModels
+
+    analysis = PromptAnalysis(CurrentModels(ServedModels.open({"default": str(engine_dir)})), Moderation())
+    body = PromptAnalysisRequest(prompt="a (red:1.5) [heart] \\(icon\\)", negative_prompt="blurry")
+    answer = asyncio.run(analysis.analyze(body, None))
+    assert answer["encoders"] == {"text_encoder": {"chunk_tokens": 14, "max_chunks": MAX_PROMPT_CHUNKS}}
+    weights = [(w["text"], w["weight"]) for w in answer["prompt"]["weights"]]
+    assert weights == [("a ", 1.0), ("red", 1.5), (" ", 1.0), ("heart", round(1 / 1.1, 6)), (" (icon)", 1.0)]
+    assert answer["prompt"]["encoders"]["text_encoder"] == {"tokens": 6, "chunks": 1, "truncated": 0}
+    assert answer["truncated"] == 0 and answer["moderation"]["policy"] == "off"
+    long = asyncio.run(analysis.analyze(PromptAnalysisRequest(prompt="red heart icon " * 100), None))
+    assert long["truncated"] == 300 - 14 * MAX_PROMPT_CHUNKS
+    assert long["prompt"]["encoders"]["text_encoder"]["chunks"] == MAX_PROMPT_CHUNKS
+    with pytest.raises(InvalidInput, match="unknown model") as error:
+        asyncio.run(analysis.analyze(PromptAnalysisRequest(prompt="x", model="nope"), None))
+    assert error.value.field == "model"

@@ -3,7 +3,8 @@
 Each dynamic axis of an engine gets a (min, opt, max) range: the batch axis 1 / the first preferred batch size (else
 2, one guided request) / the spec's ``max_batch_size``; latent axes the API's smallest side, the model's native side
 and the API's largest side over the VAE's scale; other axes (an image's pixels, a ControlNet residual's) those scaled
-by their tensor's ``axis_scale``; fixed axes (text length, channels) their size. Plans are fp16, built with a shared
+by their tensor's ``axis_scale``; a denoiser's text axis one prompt chunk to the most; fixed axes (the text
+encoders' length, channels) their size. Plans are fp16, built with a shared
 timing cache, and cached by the ONNX file's hash, the profile, the GPU and the TensorRT version. The build needs
 ``tensorrt`` (the ``gpu`` extra) and an NVIDIA GPU.
 """
@@ -62,11 +63,14 @@ def batch_range(spec: ModelSpec) -> Range:
 def profile(spec: ModelSpec, latent: Range) -> dict[str, tuple[Shape, Shape, Shape]]:
     """The min, opt and max shape of each input of ``spec`` (ONNX shapes: the batch axis first, scalars as [batch]).
 
-    Each dynamic axis is the latent side scaled by its tensor's ``axis_scale`` (an image's pixels, a residual's).
+    Each dynamic axis is the latent side scaled by its tensor's ``axis_scale`` (an image's pixels, a residual's); a
+    prompt's text axis takes one chunk up to the most.
     """
     shapes = {}
     for tensor in spec.inputs:
         ends = [tensor.shape(getattr(latent, end)) for end in ("min", "opt", "max")]
+        if tensor.chunks is not None:  # a prompt's text: one chunk to the most
+            ends[-1] = tensor.shape(chunks=tensor.chunks[1])
         if spec.max_batch_size:
             batch = batch_range(spec)
             ends = [(getattr(batch, end), *shape) for end, shape in zip(("min", "opt", "max"), ends, strict=True)]

@@ -1,10 +1,9 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`', the feedback and experiment
-routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`', the moderations route
-:mod:`serve.moderation_routes`' (each included in its place). No
-``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
+gRPC method; the routes of the adapters, experiments, vectorize, moderation, quality and videos are their own modules'
+(``serve/*_routes.py``, each included in its place). No ``from __future__ import annotations`` here: Ray Serve
+reads the builder's ``AppArgs`` annotation at run time.
 """
 
 import logging
@@ -43,6 +42,7 @@ from serve.moderation.images import ImageChecker
 from serve.moderation.policy import marked
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.quality_routes import ROUTES as QUALITY_ROUTES
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
@@ -304,8 +304,8 @@ async def model_removed(http: Request, model_id: str) -> dict:
     return await serving(http).models.remove(model_id)
 
 
-# /v1/moderations, /v1/videos, /v1/feedback, /v1/experiments
-for _method, _path, _handler in moderation_routes.ROUTES + VIDEO_ROUTES + experiment_routes.ROUTES:
+# /v1/moderations, /v1/prompts/analyze, /v1/images/score, /v1/videos, /v1/feedback, /v1/experiments
+for _method, _path, _handler in moderation_routes.ROUTES + QUALITY_ROUTES + VIDEO_ROUTES + experiment_routes.ROUTES:
     api.add_api_route(_path, _handler, methods=[_method])
 
 
@@ -483,7 +483,7 @@ def build_app(args: AppArgs) -> serve.Application:
         models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
     )
     return Gateway.bind(
-        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, args.scorer_dir),
         Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,

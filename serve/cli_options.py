@@ -153,6 +153,18 @@ class NamedFile(NamedFolder):
         return Path(path)
 
 
+class NamedPath(NamedFolder):
+    """``NAME=PATH``: a name and a folder or a file (``--scorer clip=DIR``, ``--scorer aesthetic=FILE``)."""
+
+    name = "named path"
+    form = f"NAME=PATH with NAME of {NAME_RULE}"
+
+    def _value(self, value, path: str, param, ctx) -> Path:
+        if not Path(path).exists():
+            self.fail(f"{value!r}: {path} does not exist", param, ctx)
+        return Path(path)
+
+
 class ModelFolder(NamedFolder):
     """A served model: ``NAME=DIR``, ``DIR`` (named after the folder) or ``NAME`` alone for an embedded model.
 
@@ -248,6 +260,7 @@ SIZE = Size()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
 NAMED_FILE = NamedFile()
+NAMED_PATH = NamedPath()
 NAMED_JSON = NamedJson()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 

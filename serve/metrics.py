@@ -228,6 +228,24 @@ VARIANT_SSIM = MetricSpec(
     ("experiment", "variant"),
     SSIM_BUCKETS,
 )
+VARIANT_CLIP_SCORE = MetricSpec(
+    "easel_variant_clip_score",
+    "histogram",
+    "CLIP score (the prompt-image cosine, easel up --scorer clip=DIR) of generated images that asked scores, by "
+    "experiment and variant (the model): _sum / _count is the mean, histogram_quantile(0.1, ...) the p10.",
+    ("experiment", "variant"),
+    tuple(round(-0.2 + 0.025 * i, 3) for i in range(33)),
+)
+VARIANT_AESTHETIC = MetricSpec(
+    "easel_variant_aesthetic",
+    "histogram",
+    "Aesthetic score (LAION's predictor over CLIP, easel up --scorer aesthetic=FILE) of generated images that asked "
+    "scores, by experiment and variant (the model): _sum / _count is the mean, the 0.1 quantile the p10.",
+    ("experiment", "variant"),
+    tuple(0.25 * i for i in range(-4, 41)),
+)
+SCORE_METRICS = {"clip_score": VARIANT_CLIP_SCORE, "aesthetic": VARIANT_AESTHETIC}
+"""Each image score's metric."""
 VARIANT_SVG_BYTES = MetricSpec(
     "easel_variant_svg_bytes",
     "histogram",
@@ -302,6 +320,8 @@ ALL = (
     VARIANT_LATENCY,
     VARIANT_REWARD,
     VARIANT_SSIM,
+    VARIANT_CLIP_SCORE,
+    VARIANT_AESTHETIC,
     VARIANT_SVG_BYTES,
     EXPERIMENT_FEEDBACK,
     ADAPTER_LOADS,

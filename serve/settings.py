@@ -25,6 +25,7 @@ from serve.cli_options import (
     NAMED_FILE,
     NAMED_FOLDER,
     NAMED_JSON,
+    NAMED_PATH,
     NOT_ON_CLI,
     PORTS,
     SIZE,
@@ -229,6 +230,9 @@ class AppArgs(AppSettings):
         description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
         "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
     )
+    scorer_dir: str | None = Field(
+        None, description="The scorer's engine folder the stack built (serve.text_to_image.scores); None: no scores."
+    )
     text_moderator_dir: str | None = Field(
         None,
         description="The text moderator's engine folder the stack built (its tokenizer and labels beside the engine; "
@@ -335,6 +339,12 @@ class StackOptions(AppSettings):
         description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "
         "and feature_extractor/ (as SD 1.x folders have), served as the Triton model safety_checker. Default: the "
         "default model's own, when its folder has them.",
+    )
+    scorers: Annotated[dict[str, Path], Cli("--scorer", NAMED_PATH, metavar="NAME=PATH", multiple=True)] = Field(
+        {},
+        description="Image scores as served engines: clip=DIR (a transformers CLIPModel folder with its tokenizer "
+        "and image processor: clip_score, the prompt-image cosine) and aesthetic=FILE (LAION's aesthetic predictor "
+        "over that CLIP's image embedding, .pth or .safetensors), for POST /v1/images/score and a generation's scores.",
     )
     text_moderator: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
         None,

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 OPSET = 17
 # Bump when the exported graphs change, so cached engines are rebuilt.
-EXPORTER_VERSION = 5
+EXPORTER_VERSION = 6
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.
 PARITY_TOLERANCE = 1e-3
 PRECISIONS = {name: getattr(torch, p.graph_dtype) for name, p in RUNTIME_PRECISIONS.items()}
@@ -96,13 +96,21 @@ def _check_side(family: Family) -> int:
 
 
 def sample_inputs(
-    spec: ModelSpec, batch: int, size: int, generator: torch.Generator, module: torch.nn.Module | None = None
+    spec: ModelSpec,
+    batch: int,
+    size: int,
+    generator: torch.Generator,
+    module: torch.nn.Module | None = None,
+    chunks: int = 1,
 ) -> dict[str, torch.Tensor]:
-    """Random inputs of the right dtypes, ``size`` the reference side of dynamic axes (and ``module``'s extras)."""
+    """Random inputs of the right dtypes, ``size`` the reference side of dynamic axes (and ``module``'s extras).
+
+    ``chunks``: a prompt's chunks, where an input's text takes whole chunks.
+    """
     feeds = {}
     for tensor in spec.graph_inputs:
         sides = (min(size, CHECKED_FRAMES), size, size) if tensor.axis_names == VIDEO_AXES else (size,)
-        shape = (batch, *tensor.shape(*sides))
+        shape = (batch, *tensor.shape(*sides, chunks=chunks))
         if tensor.dtype == "int64":
             feeds[tensor.name] = torch.randint(0, 400, shape, generator=generator)
         elif tensor.name in ("timestep", "time_ids"):
@@ -119,12 +127,13 @@ def export_engine(module: torch.nn.Module, spec: ModelSpec, family: Family, out_
     """Export ``module`` (an engine of ``family``) to ONNX at ``out_path`` with the names and dynamic axes of ``spec``.
 
     Traced at one patch more than the parity check's side: a size the check does not see, odd for a UNet (it then
-    traces diffusers' explicit-upsample-size path, right for every size).
+    traces diffusers' explicit-upsample-size path, right for every size); a prompt's text as two chunks (the check
+    sees one).
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     side = _check_side(family) + family.latent_multiple
-    example = sample_inputs(spec, batch=2, size=side, generator=generator, module=module)
+    example = sample_inputs(spec, batch=2, size=side, generator=generator, module=module, chunks=2)
     extras = getattr(module, "graph_extras", None)
     with torch.no_grad():
         torch.onnx.export(

@@ -61,6 +61,9 @@ _TRAINED_DIR = (
     "policy's ONNX files with the inputs and outputs the ensemble wires, and a readable tier1.json)"
 )
 _IMAGE = "whether bytes are an image is known by decoding them"
+_IMAGE_SIZE = f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
+_SCORER, SCORE = "the scorer is the stack's", "/v1/images/score"
+_PROMPTS = ("prompt", "negative_prompt")
 _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
@@ -103,6 +106,15 @@ _GENERATION_LIMITS = (
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
         "JSON Schema counts 2.0 as an integer; the API's types are strict",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        _PROMPTS,
+        "weight",
+        "AUTOMATIC1111's weighting, its brackets balanced (a literal one escaped, \\( \\) \\[ \\]) and each "
+        "weight, nesting multiplied in, a number in [0, 10]",
+        "a prompt's syntax is known by parsing it",
     ),
     UnstatedLimit(
         "post",
@@ -264,6 +276,7 @@ _GENERATION_LIMITS = (
 )
 """Limits of a generation's fields, the same on the JSON route and the edits form."""
 VIDEOS = "/v1/videos"
+PROMPTS = "/v1/prompts/analyze"
 _VIDEO_LIMITS = (
     UnstatedLimit(
         "post",
@@ -317,12 +330,17 @@ _VIDEO_LIMITS = (
     *(
         dataclasses.replace(limit, path=VIDEOS)
         for limit in _GENERATION_LIMITS
-        if limit.params in (("model",), ("loras.*.name",), ("loras",), ("scheduler",), ("size",))
+        if limit.params in (("model",), ("loras.*.name",), ("loras",), ("scheduler",), ("size",), _PROMPTS)
     ),
 )
 """Limits of a video's fields (``POST /v1/videos``): its own, and the generation's it runs as."""
 UNSTATED_LIMITS = (
     *_VIDEO_LIMITS,
+    *(
+        dataclasses.replace(limit, path=PROMPTS)
+        for limit in _GENERATION_LIMITS
+        if limit.params in (("model",), _PROMPTS)
+    ),
     *_GENERATION_LIMITS,
     *(dataclasses.replace(limit, path=EDITS) for limit in _GENERATION_LIMITS),
     UnstatedLimit(
@@ -451,6 +469,9 @@ UNSTATED_LIMITS = (
         "the image checker is the stack's",
     ),
     UnstatedLimit("post", MODERATIONS, ("input.*.image_url.image_url.url",), "", "base64 image data", _IMAGE),
+    UnstatedLimit("post", SCORE, ("images",), "serves no scorer", "a stack serving `easel up --scorer`", _SCORER),
+    UnstatedLimit("post", SCORE, ("images", "images.*"), "", "base64 images that decode (PNG, JPEG, WebP)", _IMAGE),
+    UnstatedLimit("post", SCORE, ("images.*",), "", _IMAGE_SIZE, "an image's size is known by reading it", status=413),
     UnstatedLimit(
         "post",
         ANALYZE,

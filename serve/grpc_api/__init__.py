@@ -173,14 +173,21 @@ def result(
     model: str,
     experiment: str | None = None,
     steps_skipped: int | None = None,
+    prompt_tokens_truncated: int | None = None,
 ) -> easel_pb2.GenerateEvent:
     """The final ``result`` event: the images, the model (and experiment) that served them, the steps skipped.
 
-    ``steps_skipped``: the HTTP API's ``Easel-Steps-Skipped``.
+    ``steps_skipped``: the HTTP API's ``Easel-Steps-Skipped``; ``prompt_tokens_truncated`` its
+    ``Easel-Prompt-Truncated``.
     """
     return easel_pb2.GenerateEvent(
         result=easel_pb2.Images(
-            seed=seed, images=images, model=model, experiment=experiment, steps_skipped=steps_skipped
+            seed=seed,
+            images=images,
+            model=model,
+            experiment=experiment,
+            steps_skipped=steps_skipped,
+            prompt_tokens_truncated=prompt_tokens_truncated,
         )
     )
 

@@ -177,18 +177,20 @@ class Moderation(_message.Message):
     def __init__(self, flagged: _Optional[bool] = ..., categories: _Optional[_Mapping[str, bool]] = ..., category_scores: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Images(_message.Message):
-    __slots__ = ("seed", "images", "model", "experiment", "steps_skipped")
+    __slots__ = ("seed", "images", "model", "experiment", "steps_skipped", "prompt_tokens_truncated")
     SEED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     STEPS_SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_TOKENS_TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     seed: int
     images: _containers.RepeatedCompositeFieldContainer[Image]
     model: str
     experiment: str
     steps_skipped: int
-    def __init__(self, seed: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ..., steps_skipped: _Optional[int] = ...) -> None: ...
+    prompt_tokens_truncated: int
+    def __init__(self, seed: _Optional[int] = ..., images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ..., steps_skipped: _Optional[int] = ..., prompt_tokens_truncated: _Optional[int] = ...) -> None: ...
 
 class GenerateEvent(_message.Message):
     __slots__ = ("progress", "result")

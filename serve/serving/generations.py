@@ -72,6 +72,13 @@ async def variant_measured(assignment: Assignment) -> AsyncIterator[None]:
     metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
 
 
+def observe_scores(assignment: Assignment, scores: list[dict] | None) -> None:
+    """Each image's scores in the metrics of the model that served it and the experiment that chose it."""
+    for image in scores or ():
+        for name, value in image.items():
+            metrics.observe(metrics.SCORE_METRICS[name], value, experiment=assignment.label, variant=assignment.model)
+
+
 async def cache_call(call: Callable, *args):
     """A result-cache call in a worker thread; one the store fails (its disk full, Redis restarting) is a miss.
 
@@ -82,6 +89,15 @@ async def cache_call(call: Callable, *args):
     except (sqlite3.Error, RedisError) as error:
         logger.warning("result cache skipped: %s", error)
         return None
+
+
+PROMPT_TRUNCATED = "prompt_tokens_truncated"
+"""An answer's field (when any were): the most tokens of its prompt one of the model's text encoders did not read."""
+
+
+def truncation_header(body: dict) -> dict[str, str]:
+    """``Easel-Prompt-Truncated`` for an answer whose prompt was cut (:data:`PROMPT_TRUNCATED`), else nothing."""
+    return {"Easel-Prompt-Truncated": str(body[PROMPT_TRUNCATED])} if PROMPT_TRUNCATED in body else {}
 
 
 @dataclass(frozen=True)
@@ -269,7 +285,7 @@ class Generations:
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
-                return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"}
+                return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"} | truncation_header(body)
         async with self._loaded_for(admitted) as (served, plan, model_headers):
             if on_step is None:
                 result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
@@ -277,12 +293,13 @@ class Generations:
                 result = await self._generate_reporting(served, request, plan, on_step, scope)
             result = await self._finished(served, request, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
+        observe_scores(admitted.assignment, result.scores)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
+        if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
+            body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
             item["moderation"] = mark
-        headers = {"Easel-Seed": str(result.seed)} | model_headers
-        if result.prompt_tokens_dropped:
-            headers["Easel-Prompt-Truncated"] = str(result.prompt_tokens_dropped)
+        headers = {"Easel-Seed": str(result.seed)} | model_headers | truncation_header(body)
         if result.steps_skipped is not None:
             headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
         if key is not None and not moderated.flagged:  # a flagged answer is never cached
@@ -312,13 +329,16 @@ class Generations:
         """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
         if request.output_format == "svg":
             vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
-            return [
+            items = [
                 {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
                 for r in vectorized
             ]
-        items = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
+        else:
+            items = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
         for item, faces in zip(items, result.faces or (), strict=False):
             item["faces"] = faces  # restore_faces: how many were found (none: the image unchanged)
+        for item, scores in zip(items, result.scores or (), strict=False):
+            item["scores"] = scores  # scores: as generated (before upscaling, face restoration, tracing)
         return items
 
     async def _generate_reporting(
@@ -373,4 +393,11 @@ class Generations:
                     image.id = image_id
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
                     image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
-                yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)
+                yield grpc_api.result(
+                    item.seed,
+                    images,
+                    assignment.model,
+                    assignment.experiment,
+                    item.steps_skipped,
+                    item.prompt_tokens_dropped or None,
+                )

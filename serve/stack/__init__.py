@@ -96,6 +96,7 @@ class _Built:
     upscalers_dir: Path | None
     safety_checker_dir: Path | None
     text_moderator_dir: Path | None
+    scorer_dir: Path | None
     loras_dirs: dict[str, str]  # model name -> its LoRA registry folder
     table: Path | None  # the model table (None on a cluster)
     vectorize: bool
@@ -106,7 +107,7 @@ class _Built:
 
     def triton_models_of(self, served: ServedModels) -> list:
         """The specs of every Triton model served now, with the models ``served`` (the table as changed since)."""
-        checks = (self.safety_checker_dir, self.text_moderator_dir)
+        checks = (self.safety_checker_dir, self.text_moderator_dir, self.scorer_dir)
         return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, *checks)
 
 
@@ -175,6 +176,7 @@ class Stack:
     def _build(self) -> _Built:
         """Build (or reuse) every engine, install what this start serves, and decide what Triton loads at start."""
         from build_engines.moderation.text_moderator import build_text_moderator
+        from build_engines.scoring import build_scorer
         from build_engines.vectorize.repository import install_vectorize
 
         opts = self.options
@@ -183,6 +185,7 @@ class Stack:
         upscalers_dir = self._build_upscalers()
         safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
         text_moderator_dir = self.text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
+        scorer_dir = build_scorer(opts.scorers, opts.repository)
         self.engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dirs = self._install_loras(engine_dirs)
         table = self._start_table(engine_dirs) if on_this_machine else None
@@ -199,13 +202,14 @@ class Stack:
             upscalers_dir=upscalers_dir,
             safety_checker_dir=safety_checker_dir,
             text_moderator_dir=text_moderator_dir,
+            scorer_dir=scorer_dir,
             loras_dirs=loras_dirs,
             table=table,
             vectorize=vectorize,
             vectorize_table=vectorize_table,
             pools={"text_to_image": served.pool()},  # one activation pool for every model's engines
             triton_models=triton_models(
-                served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir, text_moderator_dir
+                served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir, text_moderator_dir, scorer_dir
             ),
             parked=self._park(served) if on_this_machine else None,
         )
@@ -246,6 +250,7 @@ class Stack:
             upscalers_dir=str(built.upscalers_dir) if built.upscalers_dir else None,
             safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
             text_moderator_dir=str(built.text_moderator_dir) if built.text_moderator_dir else None,
+            scorer_dir=str(built.scorer_dir) if built.scorer_dir else None,
             **app_settings(opts, self.memory_budget_bytes),
         )
 

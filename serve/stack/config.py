@@ -15,6 +15,7 @@ from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
+from serve.text_to_image.scores import read_specs
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
 from serve.vectorize.versions import VectorizeTable, version_specs
 
@@ -59,16 +60,19 @@ def triton_models(
     upscalers_dir: Path | None = None,
     safety_checker_dir: Path | None = None,
     text_moderator_dir: Path | None = None,
+    scorer_dir: Path | None = None,
 ) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
 
     With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's; with a
-    ``safety_checker_dir``, the image safety checker; with a ``text_moderator_dir``, the text classifier.
+    ``safety_checker_dir``, the image safety checker; with a ``text_moderator_dir``, the text classifier; with a
+    ``scorer_dir``, the scorer's engines.
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
     specs += Upscalers.read(upscalers_dir).specs  # and the face restorers
     specs += [SAFETY_CHECKER_SPEC] if safety_checker_dir else []
     specs += [TEXT_MODERATOR_SPEC] if text_moderator_dir else []
+    specs += list(read_specs(scorer_dir).values()) if scorer_dir else []
     if not vectorize:
         return specs
     versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}

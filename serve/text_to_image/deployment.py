@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
+from serve.text_to_image.prompt_weights import plain_text
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.scores import Scorer, check_scores
 from serve.text_to_image.video import motion_of
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
@@ -119,12 +122,15 @@ class TextToImage:
         triton_grpc_url: str,
         defaults: StackDefaults | None = None,
         store_url: str | None = None,
+        scorer_dir: str | None = None,
     ) -> None:
+        """``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores)."""
         torch.set_num_threads(1)
         self.models = models
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.engines = replica_runner(self.triton)  # one for every model: their Triton names differ
+        self.scorer = Scorer(self.engines, Path(scorer_dir)) if scorer_dir else None
         self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
         if self.defaults.approximate_cache > 0:
             store = open_latent_store(store_url or default_url())
@@ -195,6 +201,7 @@ class TextToImage:
         cache_scope: str,
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
+        check_scores(["clip_score"] if request.scores else [], self.scorer, "scores")
         served = await self._requested()
         pipeline, admission = served.pipeline, served.admission
         metrics.count(
@@ -207,6 +214,7 @@ class TextToImage:
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
                 job = await self._job(request, served, cache_scope)
                 result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
+            scores = await self.scorer.score(result.images, plain_text(request.prompt)) if request.scores else None
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
             )
@@ -216,7 +224,9 @@ class TextToImage:
             metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
             if result.steps_skipped:
                 metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
-        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
+        return EncodedImages(
+            list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped, scores=scores
+        )
 
     async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
@@ -250,6 +260,14 @@ class TextToImage:
         served = await self._requested()
         pixels = await asyncio.to_thread(decode_base64, image, "image")
         return await served.pipeline.adapters.encode(served.pipeline.engines, pixels)
+
+    async def score(self, images: list[str], prompt: str | None) -> list[dict[str, float]]:
+        """Each base64 image's scores (``clip_score`` with a ``prompt``, ``aesthetic``): ``POST /v1/images/score``."""
+        check_scores(["clip_score"], self.scorer, "images")
+        pixels = await asyncio.to_thread(
+            lambda: [decode_base64(image, f"images.{i}") for i, image in enumerate(images)]
+        )
+        return await self.scorer.score(pixels, None if prompt is None else plain_text(prompt))
 
     async def ready(self, triton_models: list[str]) -> dict[str, bool]:
         """Readiness of each of ``triton_models`` (Triton model names)."""

@@ -229,6 +229,7 @@ class EncodedImages:
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
     faces: list[dict] | None = None  # restore_faces: each image's faces found (serve.finishing.restorers)
+    scores: list[dict] | None = None  # scores: each image's, as generated (serve.text_to_image.scores)
 
 
 def draw_seed(seed: int | None) -> int:

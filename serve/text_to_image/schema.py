@@ -40,6 +40,7 @@ from serve.text_to_image.ip_scale import (
     IpScale,
     IpScaleMap,
 )
+from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
 from serve.vectorize.schema import BASE64_PATTERN, Tier
 
 MAX_IMAGES = 4
@@ -208,7 +209,7 @@ class GenerationRequest(BaseModel):
         min_length=1,
         max_length=MAX_PROMPT_CHARS,
         json_schema_extra={"pattern": PROMPT_PATTERN},
-        description="What to draw.",
+        description=f"What to draw, weighted as AUTOMATIC1111's prompts are: {WEIGHTING}",
     )
     n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
@@ -218,7 +219,7 @@ class GenerationRequest(BaseModel):
         "default: the served model's native size (64x64 for the embedded default).",
     )
     response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from (weighted too).")
     num_inference_steps: StrictInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: Annotated[float, Strict()] = Field(
         Sampling.guidance_scale,
@@ -341,6 +342,9 @@ class GenerationRequest(BaseModel):
         description=f"Up to {MAX_CONTROLNETS} ControlNets of GET /v1/controlnets, their residuals added up "
         "(diffusers' MultiControlNetModel).",
     )
+    scores: StrictBool = Field(
+        False, description="Each image's scores as generated, in its object: clip_score, aesthetic (easel up --scorer)."
+    )
     upscale: UpscaleChoice | None = Field(None, description=UPSCALE_FIELD)
     restore_faces: RestoreFaces | None = Field(None, description=RESTORE_FACES_FIELD)
     model: str | None = Field(
@@ -356,12 +360,12 @@ class GenerationRequest(BaseModel):
         None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
     )
 
-    @field_validator("prompt")
+    @field_validator("prompt", "negative_prompt")
     @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
+    def _prompt_reads(cls, value: str, info: ValidationInfo) -> str:
+        if info.field_name == "prompt" and not value.strip():
             raise ValueError("prompt must contain at least one non-space character")
-        return value
+        return checked_prompt(value, info.field_name)
 
     @field_validator("loras")
     @classmethod

@@ -49,6 +49,10 @@ TEXT_ENCODER_MAX_BATCH = 16
 VAE_MAX_BATCH = 8
 
 LATENT_AXES = ("latent_height", "latent_width")
+TEXT_AXIS = "text_tokens"
+MAX_PROMPT_CHUNKS = 16
+"""A prompt's most chunks of its text encoders' length (75 tokens and BOS/EOS for CLIP: 1200 tokens); a longer one
+is cut there, and the answer says so (``Easel-Prompt-Truncated``)."""
 VIDEO_AXES = ("frames", *LATENT_AXES)
 
 
@@ -61,6 +65,11 @@ def text_encoder_spec(name: str, text_length: int, outputs: tuple[TensorSpec, ..
         max_batch_size=TEXT_ENCODER_MAX_BATCH,
         dynamic_batching=DynamicBatching(**PRIORITIES),
     )
+
+
+def text_states(name: str, text_length: int, width: int) -> TensorSpec:
+    """A UNet's text conditioning: a prompt's chunks of ``text_length`` tokens side by side, 1 to the most."""
+    return TensorSpec(name, "float32", (-1, width), (TEXT_AXIS,), chunks=(text_length, MAX_PROMPT_CHUNKS))
 
 
 SMALL_UNET_BYTES = 1 << 30

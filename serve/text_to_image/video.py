@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 import numpy as np
 import pydantic_core
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
@@ -30,6 +30,7 @@ from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.text_to_image.generation import Motion
+from serve.text_to_image.prompt_weights import checked_prompt
 from serve.text_to_image.schema import (
     DEFAULT_STRENGTH,
     MAX_GUIDANCE,
@@ -123,6 +124,11 @@ class VideoRequest(BaseModel):
         f"{DEFAULT_STRENGTH}): steps x strength steps run.",
     )
     priority: Priority = Priority.NORMAL
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _prompt_reads(cls, value: str, info: ValidationInfo) -> str:
+        return checked_prompt(value, info.field_name)
 
     @field_validator("input_reference")
     @classmethod

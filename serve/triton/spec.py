@@ -41,7 +41,9 @@ class TensorSpec:
 
     Every dynamic axis of a model follows one reference length (the latent side, for text-to-image):
     ``axis_scale`` says how this tensor's follow it, ``ceil(reference x axis_scale)`` (an image: the VAE's factor;
-    a ControlNet residual: 1/2, 1/4, ...).
+    a ControlNet residual: 1/2, 1/4, ...). A tensor with ``chunks`` (tokens per chunk, most chunks) instead has one
+    dynamic axis of whole chunks, following no reference: a denoiser's text conditioning, a long prompt's chunks
+    side by side (:mod:`serve.text_to_image.prompt_chunks`).
     """
 
     name: str
@@ -49,6 +51,7 @@ class TensorSpec:
     dims: tuple[int, ...]
     axis_names: tuple[str, ...] = ()
     axis_scale: float = 1.0
+    chunks: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in _TRITON_DTYPES:
@@ -61,8 +64,13 @@ class TensorSpec:
         """The numpy dtype of this tensor (object for strings)."""
         return np.dtype(object) if self.dtype == "bytes" else np.dtype(self.dtype)
 
-    def shape(self, *sides: int) -> tuple[int, ...]:
-        """Its dims with the dynamic axes at ``sides`` of the reference (one side: every axis), scaled."""
+    def shape(self, *sides: int, chunks: int = 1) -> tuple[int, ...]:
+        """Its dims with the dynamic axes at ``sides`` of the reference (one side: every axis), scaled.
+
+        A tensor of :attr:`chunks` has ``chunks`` of them on its dynamic axis instead.
+        """
+        if self.chunks is not None:
+            return tuple(self.chunks[0] * chunks if d == -1 else d for d in self.dims)
         sides = iter(sides * len(self.dims) if len(sides) == 1 else sides)
         return tuple(math.ceil(next(sides) * self.axis_scale) if d == -1 else d for d in self.dims)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from build_engines.scoring import random_aesthetic, random_clip
 from serve import metrics
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
@@ -43,9 +44,11 @@ QUERIES = [q for d in load_dashboards() for q in panel_queries(d)]
 def stack(default_model, tmp_path_factory):
     """Stack + Ray dashboard + Prometheus (1 s scrapes, storage in a temp dir), all stopped after the module.
 
-    With LoRA adapters, one held per engine instance, so the load's adapters are loaded and evicted every round.
+    With LoRA adapters, one held per engine instance, so the load's adapters are loaded and evicted every round;
+    with a tiny random scorer.
     """
     adapters = make_adapters(default_model, tmp_path_factory.mktemp("adapters"))
+    scorer = tmp_path_factory.mktemp("scorer")
     stack = Stack(
         StackOptions(
             port=0,
@@ -60,6 +63,7 @@ def stack(default_model, tmp_path_factory):
             ip_adapters={"ip": adapters.ip_adapter},
             approximate_cache=0.5,
             vectorize_record_rate=1.0,  # every vectorize answer recorded: the predictor's error has data
+            scorers={"clip": random_clip(scorer / "clip"), "aesthetic": random_aesthetic(scorer / "aesthetic.pth")},
         )
     )
     try:
@@ -142,6 +146,7 @@ def _round(api, round_: int) -> list[int]:
     ]
     jobs[1]["loras"], jobs[2]["loras"] = [{"name": "style"}], [{"name": "line"}]  # loaded and evicted each round
     jobs[3]["approximate_cache"] = True  # a miss in the first round, then starts from its kept latents
+    jobs[0]["scores"] = True  # each image scored: the score panels have data
     with ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
         statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]

@@ -90,7 +90,7 @@ SIDES = ["0", "8", "56", "64", "064", "0064", "00064", "000064", "72", "100", "1
         (
             PROMPT_PATTERN,
             lambda prompt: GenerationRequest(prompt=prompt),
-            [chr(c) * 2 for c in range(0x3001)] + ["\ufeff", " \x85a"],
+            [chr(c) * 2 for c in range(0x3001) if chr(c) not in "()[]"] + ["\ufeff", " \x85a"],  # brackets: weighting
         ),
         (
             BASE64_PATTERN,

@@ -16,7 +16,7 @@ from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Generation, SamplingParams
-from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from serve.text_to_image.spec import MAX_PROMPT_CHUNKS, TEXT_ENCODER, TEXT_ENCODER_2, UNET
 
 
 def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_xl_model):
@@ -28,10 +28,11 @@ def test_each_embedded_model_is_recognised_with_its_engines(default_model, tiny_
     assert unet == {
         "sample": (4, -1, -1),
         "timestep": (),
-        "encoder_hidden_states": (77, 32 + 48),
+        "encoder_hidden_states": (-1, 32 + 48),  # a prompt's chunks of 77 tokens side by side
         "text_embeds": (40,),
         "time_ids": (6,),
     }
+    assert xl.specs[UNET].input("encoder_hidden_states").chunks == (77, MAX_PROMPT_CHUNKS)
 
 
 def test_transformer_models_are_recognised_with_their_engines(transformer_models):

@@ -40,6 +40,7 @@ from serve.text_to_image.families.exports import (
     vae_export,
 )
 from serve.text_to_image.generation import Generation, Outline
+from serve.text_to_image.prompt_chunks import PromptChunks, PromptEncoder
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS, Sampler
 from serve.text_to_image.spec import (
     DISTILLED_UNET,
@@ -385,6 +386,17 @@ class Family(ABC):
     # -- conditioning -----------------------------------------------------------------------------------------------
 
     @abstractmethod
+    def prompt_encoders(self) -> tuple[PromptEncoder, ...]:
+        """The text encoders that read a prompt, in the order :meth:`condition` uses them."""
+
+    def prompts(self, tokenizers: Mapping, texts: list[str]) -> dict[str, PromptChunks]:
+        """``texts`` chunked for each of :meth:`prompt_encoders`, by engine (what the encoders read, and what not)."""
+        return {
+            e.engine: PromptChunks(tokenizers[e.tokenizer], texts, e.length, e.max_chunks)
+            for e in self.prompt_encoders()
+        }
+
+    @abstractmethod
     async def condition(
         self, engines: EngineRunner, tokenizers: Mapping, job: Generation, guided: bool
     ) -> tuple[dict[str, np.ndarray], int]:
@@ -465,22 +477,9 @@ def text_length(model_dir: Path) -> int:
     return int(tokenizer.get("model_max_length", text["max_position_embeddings"]))
 
 
-def tokenize(tokenizer, text: str, length: int) -> tuple[np.ndarray, int]:
-    """Token ids ``[1, length]`` padded/truncated as diffusers does, and how many tokens truncation dropped."""
-    ids = tokenizer(text, padding="max_length", max_length=length, truncation=True).input_ids
-    full = len(tokenizer(text, truncation=False).input_ids)
-    return np.asarray([ids], dtype=np.int64), max(0, full - length)
-
-
 def prompt_rows(job: Generation, guided: bool) -> list[str]:
     """The texts a job's conditioning encodes: ``[negative, prompt]`` when ``guided``, else ``[prompt]``."""
     return [job.sampling.negative_prompt, job.sampling.prompt] if guided else [job.sampling.prompt]
-
-
-def token_rows(tokenizer, texts: list[str], length: int) -> tuple[np.ndarray, int]:
-    """Token ids of ``texts``, one row each (:func:`tokenize`), and how many tokens truncation dropped from the last."""
-    rows = [tokenize(tokenizer, text, length) for text in texts]
-    return np.concatenate([ids for ids, _ in rows]), rows[-1][1]
 
 
 def hidden_states_spec(engine: str, length: int, width: int, pooled: int | None = None) -> ModelSpec:

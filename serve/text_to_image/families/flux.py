@@ -24,10 +24,10 @@ from serve.text_to_image.families.base import (
     hidden_states_spec,
     pipeline_components,
     read_config,
-    tokenize,
 )
 from serve.text_to_image.families.exports import ClipPooled, ExportModule, diffusers_model, text_encoder_export
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
+from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -189,15 +189,29 @@ class Flux(FlowFamily):
         """``FluxPipeline``'s sigmas, shifted by the patch count when the config asks (dev's dynamic shift)."""
         scheduler.set_timesteps(sigmas=sigmas(job.sampling.steps), mu=self.shift_mu(scheduler, job))
 
-    async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
-        """T5's hidden states, CLIP's pooled embedding and (dev) the guidance scale, for the prompt's one row."""
+    def prompt_encoders(self) -> tuple[PromptEncoder, ...]:
+        """CLIP (77 tokens, its pooled embedding), then T5 (:data:`T5_LENGTH`); one chunk each."""
         d = self.dims
-        clip_ids, _ = tokenize(tokenizers["tokenizer"], job.sampling.prompt, d.text_length)
-        t5_ids, dropped = tokenize(tokenizers["tokenizer_2"], job.sampling.prompt, d.t5_length)
-        clip, t5 = await asyncio.gather(
-            engines.infer(self.specs[TEXT_ENCODER], {"input_ids": clip_ids}),
-            engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": t5_ids}),
+        return (
+            PromptEncoder(TEXT_ENCODER, "tokenizer", d.text_length, 1),
+            PromptEncoder(TEXT_ENCODER_2, "tokenizer_2", d.t5_length, 1),
         )
+
+    async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
+        """T5's hidden states, CLIP's pooled embedding and (dev) the guidance scale, for the prompt's one row.
+
+        Each encoder reads one chunk of its own length (T5's :data:`T5_LENGTH`, CLIP's 77), T5's weighted
+        (:mod:`serve.text_to_image.prompt_chunks`); the tokens the most cut encoder (CLIP's, past 75) dropped are
+        reported.
+        """
+        d = self.dims
+        prompts = self.prompts(tokenizers, [job.sampling.prompt])
+        clip_chunks, t5_chunks = prompts.values()
+        clip, t5 = await asyncio.gather(
+            clip_chunks.encoded(engines, self.specs[TEXT_ENCODER]),
+            t5_chunks.encoded(engines, self.specs[TEXT_ENCODER_2]),
+        )
+        dropped = truncated(prompts)
         rows = {"encoder_hidden_states": t5["hidden_states"], "pooled_projections": clip["pooled"]}
         if d.guidance_embeds:
             rows["guidance"] = np.full(1, job.sampling.guidance_scale, np.float32)

@@ -14,10 +14,10 @@ from serve.text_to_image.families.base import (
     pipeline_components,
     prompt_rows,
     read_config,
-    token_rows,
 )
 from serve.text_to_image.families.exports import ExportModule, text_encoder_export
-from serve.text_to_image.spec import TEXT_ENCODER, UNET, text_encoder_spec
+from serve.text_to_image.prompt_chunks import PromptEncoder
+from serve.text_to_image.spec import TEXT_ENCODER, UNET, text_encoder_spec, text_states
 from serve.triton.spec import ModelSpec, TensorSpec
 
 
@@ -55,7 +55,7 @@ class StableDiffusion(Family):
             TEXT_ENCODER: text_encoder_spec(
                 TEXT_ENCODER, d.text_length, (TensorSpec("last_hidden_state", "float32", hidden),)
             ),
-            UNET: self.denoiser_with((TensorSpec("encoder_hidden_states", "float32", hidden),)),
+            UNET: self.denoiser_with((text_states("encoder_hidden_states", d.text_length, d.text_hidden),)),
             **self.vae_specs(),
         }
 
@@ -67,8 +67,15 @@ class StableDiffusion(Family):
             **self.vae_exports(model_dir),
         } | self.derived_exports(model_dir)
 
+    def prompt_encoders(self) -> tuple[PromptEncoder, ...]:
+        """The CLIP text encoder, in chunks."""
+        return (PromptEncoder(TEXT_ENCODER, "tokenizer", self.dims.text_length),)
+
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
-        """``encoder_hidden_states``: the text encoder's last hidden state of the negative prompt and the prompt."""
-        ids, dropped = token_rows(tokenizers["tokenizer"], prompt_rows(job, guided), self.dims.text_length)
-        hidden = (await engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids}))["last_hidden_state"]
-        return {"encoder_hidden_states": hidden}, dropped
+        """``encoder_hidden_states``: the text encoder's last hidden states of the negative prompt and the prompt.
+
+        Weighted and in chunks (:mod:`serve.text_to_image.prompt_chunks`).
+        """
+        prompts = self.prompts(tokenizers, prompt_rows(job, guided))[TEXT_ENCODER]
+        hidden = (await prompts.encoded(engines, self.specs[TEXT_ENCODER]))["last_hidden_state"]
+        return {"encoder_hidden_states": hidden}, prompts.dropped

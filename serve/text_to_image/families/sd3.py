@@ -24,7 +24,6 @@ from serve.text_to_image.families.base import (
     prompt_rows,
     read_config,
     read_model_index,
-    token_rows,
 )
 from serve.text_to_image.families.exports import (
     ExportModule,
@@ -33,6 +32,7 @@ from serve.text_to_image.families.exports import (
     text_encoder_export,
 )
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
+from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER
 from serve.triton.spec import ModelSpec, TensorSpec
 
@@ -133,19 +133,25 @@ class StableDiffusion3(FlowFamily):
         else:
             scheduler.set_timesteps(job.sampling.steps)
 
+    def prompt_encoders(self) -> tuple[PromptEncoder, ...]:
+        """Both CLIP encoders (77 tokens), then T5 (:data:`T5_LENGTH`) where the folder has it; one chunk each."""
+        d = self.dims
+        encoders = (PromptEncoder(TEXT_ENCODER, "tokenizer", d.text_length, 1),)
+        encoders += (PromptEncoder(TEXT_ENCODER_2, "tokenizer_2", d.text_length, 1),)
+        return encoders + ((PromptEncoder(TEXT_ENCODER_3, "tokenizer_3", d.t5_length, 1),) if d.t5 else ())
+
     async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
-        """One token sequence per row (both CLIPs side by side, padded to T5's width, then T5) and the pooled pair."""
+        """One token sequence per row (both CLIPs side by side, padded to T5's width, then T5) and the pooled pair.
+
+        Each encoder reads one chunk of its own length (T5's :data:`T5_LENGTH`, CLIP's 77), weighted
+        (:mod:`serve.text_to_image.prompt_chunks`); the tokens the most cut encoder (CLIP's, past 75) dropped are
+        reported.
+        """
         d = self.dims
         texts = prompt_rows(job, guided)
-        ids_1, dropped = token_rows(tokenizers["tokenizer"], texts, d.text_length)
-        ids_2, _ = token_rows(tokenizers["tokenizer_2"], texts, d.text_length)
-        calls = [
-            engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids_1}),
-            engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": ids_2}),
-        ]
-        if d.t5:  # the prompt's truncation is T5's when it has T5
-            t5_ids, dropped = token_rows(tokenizers["tokenizer_3"], texts, d.t5_length)
-            calls.append(engines.infer(self.specs[TEXT_ENCODER_3], {"input_ids": t5_ids}))
+        prompts = self.prompts(tokenizers, texts)
+        calls = [chunks.encoded(engines, self.specs[engine]) for engine, chunks in prompts.items()]
+        dropped = truncated(prompts)
         first, second, *t5 = await asyncio.gather(*calls)
         clip = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)
         clip = np.pad(clip, ((0, 0), (0, 0), (0, d.joint_dim - clip.shape[-1])))

@@ -24,10 +24,10 @@ from serve.text_to_image.families.base import (
     prompt_rows,
     read_config,
     read_model_index,
-    token_rows,
 )
 from serve.text_to_image.families.exports import ExportModule, clip_penultimate_export
-from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET
+from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
+from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET, text_states
 from serve.triton.spec import ModelSpec, TensorSpec
 
 # original (height, width) + crop top-left (y, x) + target (height, width)
@@ -92,7 +92,7 @@ class StableDiffusionXL(Family):
             TEXT_ENCODER_2: hidden_states_spec(TEXT_ENCODER_2, d.text_length, d.text_hidden_2, d.pooled_dim),
             UNET: self.denoiser_with(
                 (
-                    TensorSpec("encoder_hidden_states", "float32", (d.text_length, d.text_hidden + d.text_hidden_2)),
+                    text_states("encoder_hidden_states", d.text_length, d.text_hidden + d.text_hidden_2),
                     TensorSpec("text_embeds", "float32", (d.pooled_dim,)),
                     TensorSpec("time_ids", "float32", (TIME_IDS,)),
                 )
@@ -112,16 +112,25 @@ class StableDiffusionXL(Family):
             **self.vae_exports(model_dir),
         } | self.derived_exports(model_dir)
 
-    async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
-        """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row."""
+    def prompt_encoders(self) -> tuple[PromptEncoder, ...]:
+        """Both CLIP text encoders, in chunks."""
         length = self.dims.text_length
+        return (PromptEncoder(TEXT_ENCODER, "tokenizer", length), PromptEncoder(TEXT_ENCODER_2, "tokenizer_2", length))
+
+    async def condition(self, engines, tokenizers: Mapping, job, guided: bool) -> tuple[dict[str, np.ndarray], int]:
+        """Hidden states of both encoders side by side, the pooled embedding and the time ids, per row.
+
+        Weighted and in chunks (:mod:`serve.text_to_image.prompt_chunks`), each encoder's as many as the longer's;
+        the pooled embedding is the first chunk's.
+        """
         zero_negative = guided and not job.sampling.negative_prompt and self.dims.force_zeros_for_empty_prompt
         texts = prompt_rows(job, guided and not zero_negative)
-        ids_1, dropped = token_rows(tokenizers["tokenizer"], texts, length)
-        ids_2, _ = token_rows(tokenizers["tokenizer_2"], texts, length)
+        chunked = self.prompts(tokenizers, texts)
+        prompts, prompts_2 = chunked.values()
+        count = max(prompts.count, prompts_2.count)
         first, second = await asyncio.gather(
-            engines.infer(self.specs[TEXT_ENCODER], {"input_ids": ids_1}),
-            engines.infer(self.specs[TEXT_ENCODER_2], {"input_ids": ids_2}),
+            prompts.encoded(engines, self.specs[TEXT_ENCODER], count),
+            prompts_2.encoded(engines, self.specs[TEXT_ENCODER_2], count),
         )
         hidden = np.concatenate([first["hidden_states"], second["hidden_states"]], axis=-1)
         pooled = second["text_embeds"]
@@ -135,4 +144,4 @@ class StableDiffusionXL(Family):
             "encoder_hidden_states": hidden,
             "text_embeds": pooled,
             "time_ids": np.repeat(time_ids, len(hidden), axis=0),
-        }, dropped
+        }, truncated(chunked)

@@ -3,8 +3,8 @@
 It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
 is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
 finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
-flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, and a
-tiny random motion adapter (videos).
+flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, a
+tiny random motion adapter (videos), and a tiny random CLIP and aesthetic head as its scorer (``--scorer``).
 """
 
 import grpc
@@ -13,6 +13,7 @@ import pytest
 from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from build_engines.moderation.text_moderator import random_text_moderator
+from build_engines.scoring import random_aesthetic, random_clip
 from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2_grpc
 from serve.stack import Stack, StackOptions
@@ -57,9 +58,16 @@ def motion_adapter(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator, motion_adapter):
+def scorers(tmp_path_factory) -> dict:
+    """A tiny random CLIP folder and aesthetic head (LAION's layout) over it: the stack's ``--scorer``."""
+    folder = tmp_path_factory.mktemp("scorer")
+    return {"clip": random_clip(folder / "clip"), "aesthetic": random_aesthetic(folder / "aesthetic.pth")}
+
+
+@pytest.fixture(scope="package")
+def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator, motion_adapter, scorers):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker, the text moderator and a motion adapter (videos)."""
+    restorer, the safety checker, the text moderator, a motion adapter (videos) and a scorer."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -70,6 +78,7 @@ def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_
         safety_checker=safety_checker,
         text_moderator=text_moderator,
         motion_adapters={"wave": motion_adapter},
+        scorers=scorers,
     )
     with Stack(options) as stack:
         yield stack

@@ -1,0 +1,88 @@
+"""``POST /v1/prompts/analyze``: a prompt as a model's text encoders would read it, before anything is generated.
+
+For each encoder of the model's family (:meth:`serve.text_to_image.families.Family.prompt_encoders`): its tokens,
+chunks and what would be cut (:mod:`serve.text_to_image.prompt_chunks`); the weights parsed
+(:mod:`serve.text_to_image.prompt_weights`); what ``Easel-Prompt-Truncated`` would say; and the moderation verdict
+under the key's policy. The tokenizers are read from the model's engine folder once per folder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from serve.access.keys import ApiKey
+from serve.moderation import Policy, policy_of
+from serve.serving.current_models import CurrentModels
+from serve.serving.moderation import Moderation
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.prompt_chunks import PromptChunks, truncated
+from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt, parse_weighted
+from serve.text_to_image.schema import MAX_PROMPT_CHARS
+
+
+class PromptAnalysisRequest(BaseModel):
+    """``POST /v1/prompts/analyze`` body: a prompt (and negative prompt) as a generation would send them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description=f"The prompt, as a generation takes it: {WEIGHTING}")
+    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="The negative prompt, weighted too.")
+    model: str | None = Field(
+        None,
+        max_length=64,
+        description="A model GET /v1/models lists (its encoders read the prompt); default: the stack's default model.",
+    )
+
+    @field_validator("prompt", "negative_prompt")
+    @classmethod
+    def _weighting_reads(cls, value: str, info: ValidationInfo) -> str:
+        return checked_prompt(value, info.field_name)
+
+
+@functools.lru_cache(maxsize=16)
+def _tokenizers(path: str, key: str) -> dict:
+    """The tokenizers of the engine folder at ``path`` (``key``: its content, so a rebuilt folder is read again)."""
+    return EngineFolder(path).tokenizers()
+
+
+def _text(text: str, prompts: dict[str, PromptChunks], row: int) -> dict:
+    """One text's weights and, per encoder, its tokens, chunks and the tokens cut."""
+    encoders = {}
+    for engine, chunks in prompts.items():
+        read = chunks.rows[row]
+        encoders[engine] = {"tokens": read.tokens, "chunks": read.count, "truncated": read.dropped}
+    weights = [{"text": f.text, "weight": round(f.weight, 6)} for f in parse_weighted(text)]
+    return {"weights": weights, "encoders": encoders}
+
+
+class PromptAnalysis:
+    """What the Gateway answers ``POST /v1/prompts/analyze`` with, from the models served now and its moderation."""
+
+    def __init__(self, models: CurrentModels, moderation: Moderation) -> None:
+        self.models = models
+        self.moderation = moderation
+
+    async def analyze(self, body: PromptAnalysisRequest, key: ApiKey | None) -> dict:
+        """The prompt read by each of the model's encoders, what a generation would cut, the moderation verdict."""
+        served = self.models.now().resolve(body.model)
+        folder, family = served.folder, served.folder.family
+        tokenizers = await asyncio.to_thread(_tokenizers, str(folder.path), folder.key)
+        prompts = await asyncio.to_thread(family.prompts, tokenizers, [body.negative_prompt, body.prompt])
+        [verdict] = await self.moderation.texts_checked([body.prompt])
+        policy = policy_of(self.moderation.policy, key and key.limits.moderation)
+        limits = {
+            engine: {"chunk_tokens": chunks.chunk_tokens, "max_chunks": chunks.max_chunks}
+            for engine, chunks in prompts.items()
+        }
+        return {
+            "model": served.name,
+            "family": family.name,
+            "encoders": limits,
+            "prompt": _text(body.prompt, prompts, 1),
+            "negative_prompt": _text(body.negative_prompt, prompts, 0),
+            "truncated": truncated(prompts),
+            "moderation": verdict.to_api() | {"policy": policy, "refused": policy is Policy.BLOCK and verdict.flagged},
+        }

@@ -1,0 +1,71 @@
+"""Scores as served engines, on the shared stack's tiny random scorer (``--scorer clip=DIR aesthetic=FILE``).
+
+``POST /v1/images/score`` through Triton against transformers' ``CLIPModel`` and the aesthetic head's PyTorch module
+on the same pictures; a generation asking ``scores`` carries each image's, the same as scoring its PNG; the scores
+are in the metrics by variant; what the route cannot read is a 400 naming the field.
+"""
+
+import base64
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from build_engines.scoring import AestheticPredictor
+
+SCORE, GENERATE = "/v1/images/score", "/v1/images/generations"
+
+
+def png(pixels: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_clip_score_through_triton_is_transformers_cosine(api, scorers):
+    from transformers import CLIPModel, CLIPProcessor
+
+    rng = np.random.default_rng(4)
+    pictures = [rng.integers(0, 256, (48 + 8 * i, 40, 3), dtype=np.uint8) for i in range(3)]
+    prompt = "a red heart icon"
+    response = api.post(SCORE, json={"images": [png(p) for p in pictures], "prompt": prompt})
+    assert response.status_code == 200, response.text
+    data = response.json()["data"]
+    model = CLIPModel.from_pretrained(scorers["clip"]).eval()
+    processor = CLIPProcessor.from_pretrained(scorers["clip"])
+    inputs = processor(text=[prompt], images=[Image.fromarray(p) for p in pictures], return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+        aesthetic = AestheticPredictor.load(scorers["aesthetic"])(out.image_embeds)[:, 0].numpy()
+    cosine = (out.image_embeds @ out.text_embeds.T)[:, 0].numpy()
+    assert [item["index"] for item in data] == [0, 1, 2]
+    assert np.abs(np.array([item["clip_score"] for item in data]) - cosine).max() <= 1e-4
+    assert np.abs(np.array([item["aesthetic"] for item in data]) - aesthetic).max() <= 1e-4
+    assert "clip_score" not in api.post(SCORE, json={"images": [png(pictures[0])]}).json()["data"][0]
+
+
+def test_a_generation_asking_scores_carries_each_images(api):
+    body = {"prompt": "(red:1.2) heart", "n": 2, "size": "64x64", "num_inference_steps": 2, "seed": 9, "scores": True}
+    response = api.post(GENERATE, json=body)
+    assert response.status_code == 200, response.text
+    items = response.json()["data"]
+    again = api.post(SCORE, json={"images": [item["b64_json"] for item in items], "prompt": "red heart"}).json()
+    for item, scored in zip(items, again["data"], strict=True):
+        assert set(item["scores"]) == {"clip_score", "aesthetic"}
+        assert abs(item["scores"]["clip_score"] - scored["clip_score"]) <= 1e-5  # the weights read out of the prompt
+        assert abs(item["scores"]["aesthetic"] - scored["aesthetic"]) <= 1e-5
+    plain = api.post(GENERATE, json=body | {"scores": False}).json()["data"]
+    assert all("scores" not in item for item in plain)
+
+
+def test_what_the_route_cannot_read_is_a_400_naming_the_field(api):
+    for body, field in [
+        ({"images": []}, "images"),
+        ({"images": ["not base64!"]}, "images"),
+        ({"images": [base64.b64encode(b"not an image").decode()]}, "images.0"),
+        ({"images": [png(np.zeros((8, 8, 3), np.uint8))], "prompt": "(red"}, "prompt"),
+    ]:
+        response = api.post(SCORE, json=body)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == field, response.text

@@ -38,13 +38,13 @@ from serve.cli_options import (
 from serve.errors import UnsupportedModel
 from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
-from serve.stack_cli import down, up
+from serve.stack_cli import down, status, up
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
 
 
-ELSEWHERE = [up, down, keys, model_admin.loras, model_admin.vectorize, dashboards, bench, loadtest, chaos, soak]
+ELSEWHERE = [up, down, status, keys, model_admin.loras, model_admin.vectorize, dashboards, bench, loadtest, chaos, soak]
 """The command groups that live beside their code (the stack's, the admin routes', the tools')."""
 
 

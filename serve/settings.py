@@ -4,8 +4,8 @@
 application's arguments (:class:`AppArgs`) share with it.
 
 ``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
-``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. The README's table of them is generated:
-``python -m serve.settings`` rewrites it.
+``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. docs/CLI.md lists them, generated from the
+``easel`` command (``python -m serve.reference``).
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from serve.cli_options import (
     ForModel,
     ModelFolder,
     ModelLoras,
-    markdown_table,
-    model_options,
     one_line_errors,
     per_model,
 )
@@ -43,7 +41,7 @@ from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.moderation import Policy
 from serve.moderation.text import Blocklist
-from serve.paths import PROJECT_ROOT, SERVE_CONFIG, live_repository, run_dir
+from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
@@ -253,7 +251,12 @@ class StackOptions(AppSettings):
         {},
         description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline) served as model NAME "
         "(repeatable: a request's `model` picks one, the first is the default; DIR alone: named after its folder; "
-        f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`.",
+        f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`. On a "
+        "run folder that served before, the models named win (the first is the default, each serves this build); "
+        "the others the API left stay.",
+    )
+    reset_models: bool = Field(
+        False, description="Forget the run folder's model table: serve only this command line's models."
     )
     repository: Annotated[Path | None, Cli(type=FOLDER)] = Field(
         None,
@@ -458,31 +461,6 @@ def _joined(flag: str, bare, named):
     if twice := sorted(set(bare) & set(named)):
         raise ValueError(f"{flag}: {', '.join(twice)} given twice for the default model")
     return bare | named
-
-
-README = PROJECT_ROOT / "README.md"
-TABLE_START = "<!-- `easel up` options: generated from serve.settings.StackOptions by `python -m serve.settings` -->"
-TABLE_END = "<!-- end of the generated options -->"
-
-
-def options_table() -> str:
-    """``easel up``'s options from :class:`StackOptions`, as a markdown table."""
-    return markdown_table(click.command("up")(model_options(StackOptions)(lambda **_: None)))
-
-
-def readme_table(readme: str) -> str:
-    """The table between :data:`TABLE_START` and :data:`TABLE_END` in ``readme``."""
-    return readme.split(TABLE_START + "\n", 1)[1].split(TABLE_END, 1)[0]
-
-
-def write_readme_table(path: Path = README) -> None:
-    """Rewrite the README's table of ``easel up``'s options from :class:`StackOptions`."""
-    head, rest = path.read_text().split(TABLE_START + "\n", 1)
-    path.write_text(f"{head}{TABLE_START}\n{options_table()}{TABLE_END}{rest.split(TABLE_END, 1)[1]}")
-
-
-if __name__ == "__main__":
-    write_readme_table()
 
 
 MODEL_OPTION = click.option(

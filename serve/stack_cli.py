@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from serve.cli_options import model_options, model_values, one_line_errors
 from serve.errors import invalid_input
 from serve.settings import StackOptions, check_model
-from serve.stores import StoreURLError, scheme
+from serve.stores import StoreUnreachable, StoreURLError, check_store, scheme
 
 
 @click.command()
@@ -44,6 +44,7 @@ def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request:
     """Build what is missing, start Triton and Ray Serve, and serve the API until Ctrl-C."""
     from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
     from serve.observability.prometheus import PROMETHEUS_BINARY
+    from serve.processes.ports import PortInUse, check_free
     from serve.stack import OpenToTheNetwork, check_exposure
 
     values = model_values(StackOptions, settings)
@@ -53,7 +54,7 @@ def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request:
     _stop_dead_stack()
     for model_dir in values["models"].values():
         check_model(model_dir)
-    with one_line_errors(IpAdapterError, StoreURLError, OpenToTheNetwork):
+    with one_line_errors(IpAdapterError, StoreURLError, OpenToTheNetwork, PortInUse, StoreUnreachable):
         for folder in values["ip_adapters"].values():  # one without its weights or image encoder: refused now
             IpAdapterFolder.read(folder).state_dict()
         if values["store_url"] is not None:
@@ -63,10 +64,35 @@ def up(detach: bool, detach_timeout: float, stack_id: str | None, first_request:
         except ValidationError as error:  # e.g. an --experiment whose weights do not sum to 1
             raise click.ClickException(invalid_input(error).message) from None
         check_exposure(options)
+        check_store(options.store)
+        if options.address is None and stack_id is None:  # --detach's child: its parent checked them
+            check_free(_ports(options))
+    _say_model_table(options)
     if detach:
         _up_detached(detach_timeout, first_request)
     else:
         _up_here(options, first_request, stack_id)
+
+
+def _ports(options: StackOptions) -> list[tuple[str, str, int]]:
+    """The fixed ports a start on this machine binds: option, host, port (0: a free one, not checked)."""
+    loopback = "127.0.0.1"
+    wanted = [("--port", options.host, options.port), ("--grpc-port", options.host, options.grpc_port)]
+    wanted += [("--triton-ports", loopback, port) for port in options.triton_ports]
+    if options.dashboard:
+        wanted.append(("--dashboard-port", loopback, options.dashboard_port))
+    if options.prometheus:
+        wanted.append(("--prometheus-port", loopback, options.prometheus_port))
+    return wanted
+
+
+def _say_model_table(options: StackOptions) -> None:
+    """Say what this command line changes in the model table the run folder kept (the models it names win)."""
+    from serve.text_to_image.model_table import ModelTable, start_said
+
+    kept = None if options.reset_models else ModelTable.kept(options.run_dir)
+    if said := start_said(kept, list(options.served), named=bool(options.models)):
+        click.echo(said)
 
 
 def _up_detached(timeout_s: float, first_request: bool) -> None:
@@ -86,6 +112,7 @@ def _up_detached(timeout_s: float, first_request: bool) -> None:
 
 def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = None) -> None:
     """Run the stack in this process until SIGINT or SIGTERM, recorded from the first moment for `easel down`."""
+    from serve.processes import ProcessStartError
     from serve.processes.run_state import READY
     from serve.stack import Stack
     from serve.triton.memory import MemoryBudgetTooSmall
@@ -104,7 +131,7 @@ def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = 
     try:
         stack.record()  # from now on `easel down` finds it, in every phase
         budget = one_line_errors(MemoryBudgetTooSmall, hint="; give more with --memory-budget")
-        with one_line_errors(DoesNotFit), budget:
+        with one_line_errors(DoesNotFit, ProcessStartError), budget:
             info = stack.start()
         _print_endpoints(info)
         if first_request:
@@ -177,6 +204,25 @@ def down() -> None:
         )
     else:
         click.echo(f"the recorded stack was not running (its process had died); {stopped.leftovers} leftovers stopped")
+
+
+@click.command()
+def status() -> None:
+    """What the running stack serves: its models, endpoints, keys, jobs, run folder and uptime.
+
+    Exit code 0 when a stack is up, 4 while one starts, 3 when none runs.
+    """
+    from serve.paths import run_dir
+    from serve.processes.run_state import READY
+    from serve.stack.status import NOT_RUNNING, STARTING, stack_status
+
+    found = stack_status()
+    if found is None:
+        click.echo(f"no Easel stack runs (run folder {run_dir()}); `easel up` starts one")
+        sys.exit(NOT_RUNNING)
+    click.echo("\n".join(found.lines()))
+    if found.info.phase != READY:
+        sys.exit(STARTING)
 
 
 def _print_endpoints(info) -> None:

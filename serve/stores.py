@@ -91,3 +91,22 @@ def redis_client(url: str, decode: bool = True):
     if scheme(url) != "redis":
         raise StoreURLError(f"{url!r} is not a redis:// URL")
     return redis.Redis.from_url(url, decode_responses=decode, socket_timeout=10, socket_connect_timeout=5)
+
+
+class StoreUnreachable(ConnectionError):
+    """The store a stack is told to use does not answer."""
+
+
+def check_store(url: str) -> None:
+    """Raise :class:`StoreUnreachable` with the fix when a Redis store does not answer a ping (SQLite: nothing)."""
+    if scheme(url) != "redis":
+        return
+    import redis
+
+    try:
+        redis_client(url).ping()
+    except redis.RedisError as error:
+        raise StoreUnreachable(
+            f"the store {url} does not answer ({error}): start Redis there (Debian: `apt-get install redis-server`), "
+            "or leave --store out for the embedded SQLite file"
+        ) from None

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from serve.contract.examples import add_examples
 from serve.contract.limits import (
     ANALYZE,
     EDITS,
@@ -214,4 +215,5 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         "SSIM and bytes, as JSON; nothing is converted.",
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
+    add_examples(document)
     return document

@@ -44,8 +44,10 @@ class ManagedProcess:
         probe: Callable[[], bool],
         env: Callable[[], dict[str, str]] | None = None,
         die_with_parent: bool = True,
+        failed: Callable[[bool], str | None] | None = None,
     ) -> None:
         self.name = name
+        self.failed = failed or (lambda _exited: None)  # why a start cannot succeed, in one line (told if it exited)
         self.die_with_parent = die_with_parent
         self.command = command
         self.log_path = log_path
@@ -79,13 +81,16 @@ class ManagedProcess:
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Poll the probe until it passes; fail fast if the process exits."""
+        """Poll the probe until it passes; fail fast if the process exits or ``failed`` says why it cannot start."""
         deadline = time.monotonic() + timeout_s
         while True:
             if not self.running():
                 code = None if self.process is None else self.process.returncode
                 self.kill()
-                raise ProcessStartError(f"{self.name} exited with {code}:\n{self.log_tail()}")
+                raise ProcessStartError(self.failed(True) or f"{self.name} exited with {code}:\n{self.log_tail()}")
+            if why := self.failed(False):
+                self.kill()
+                raise ProcessStartError(why)
             try:
                 if self.probe():
                     return

@@ -56,3 +56,38 @@ def _outside_the_ephemeral_range(tries: int = 200) -> list[int]:
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port nobody listens on right now."""
     return free_ports(1, host)[0]
+
+
+def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
+    """Who holds ``port`` at ``host``: ``pid N (its command line)``, else ``another user's process``.
+
+    None when the port is free to bind.
+    """
+    import psutil
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+            return None
+        except OSError:
+            pass
+    for conn in psutil.net_connections(kind="tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            try:
+                return f"pid {conn.pid} ({' '.join(psutil.Process(conn.pid).cmdline())[:80]})"
+            except psutil.Error:
+                return f"pid {conn.pid}"
+    return "another user's process"
+
+
+class PortInUse(ValueError):
+    """A port a start needs is held by another process."""
+
+
+def check_free(wanted: list[tuple[str, str, int]]) -> None:
+    """Raise :class:`PortInUse` naming the first of ``wanted`` (option, host, port; port 0 skipped) that is held."""
+    for option, host, port in wanted:
+        if port and (holder := port_holder(port, host)) is not None:
+            raise PortInUse(
+                f"port {port} ({option}) is in use by {holder}: stop it, or give {option} another port (0: a free one)"
+            )

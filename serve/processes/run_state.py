@@ -59,6 +59,7 @@ class StackInfo:
     dashboard_url: str | None = None
     engine_dir: str | None = None
     prometheus_url: str | None = None
+    store_url: str | None = None  # where its jobs and API keys live (`easel status` counts them)
 
     def alive(self) -> bool:
         """Whether the process that runs this stack still does (a reused pid does not count)."""

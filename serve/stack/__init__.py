@@ -41,7 +41,8 @@ from serve.stack.config import MODEL_DEPLOYMENTS, app_settings, largest_admitted
 from serve.stack.detached import FIRST_REQUEST, FirstRequest, StillStarting, send_first_requests, start_detached
 from serve.stack.ray_serve import RAY_ENV, deploy, is_loopback, sigterm_kept, start_ray, wait_until_ready
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
+from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
+from serve.text_to_image.models import ServedModels
 from serve.triton.node import THIS_NODE
 from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
@@ -166,6 +167,7 @@ class Stack:
             triton_metrics_url=triton.metrics_url,
             dashboard_url=dashboard_url,
             engine_dir=str(self.engines.path),
+            store_url=opts.store,
         )
         if opts.prometheus:
             self._start_prometheus()
@@ -186,13 +188,12 @@ class Stack:
         safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
         text_moderator_dir = self.text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
         scorer_dir = build_scorer(opts.scorers, opts.repository)
-        self.engines = EngineFolder(next(iter(engine_dirs.values())))
         loras_dirs = self._install_loras(engine_dirs)
         table = self._start_table(engine_dirs) if on_this_machine else None
         served = ServedModels.open(
             engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
         )
-        self.models = served
+        self.models, self.engines = served, served.default.folder
         self._install_kept(served, engine_dirs)
         vectorize = install_vectorize(opts.repository)
         vectorize_table = self._start_vectorize_table() if vectorize and on_this_machine else None
@@ -267,19 +268,20 @@ class Stack:
         self.stop()
 
     def _start_table(self, engine_dirs: dict[str, str]) -> Path:
-        """Write the model table of this start: the last run's as the API left it, or a new one of ``engine_dirs``.
+        """Write the model table of this start: the last run's, the command line winning for the models it names.
 
         The models the table serves that this start did not build (added, or replaced, through the API) are
-        installed in the repository again.
+        installed in the repository again (:meth:`_install_kept`).
         """
         path = self.options.run_dir / MODEL_TABLE
         path.parent.mkdir(parents=True, exist_ok=True)
-        table = ModelTable.resumed(ModelTable.read(path) if path.exists() else None, engine_dirs)
-        table.write(path)
-        kept = [entry for entry in table.current.values() if entry.engine_dir != engine_dirs.get(entry.name)]
-        if kept:
-            logger.info("models kept from the last run: %s", ", ".join(entry.version_id for entry in kept))
+        ModelTable.resumed(self._kept_table(), engine_dirs, named=bool(self.options.models)).write(path)
         return path
+
+    def _kept_table(self) -> ModelTable | None:
+        """The model table the last run left, unless ``--reset-models`` (or a cluster: no table)."""
+        opts = self.options
+        return None if opts.reset_models or opts.address is not None else ModelTable.kept(opts.run_dir)
 
     def _install_kept(self, served: ServedModels, engine_dirs: dict[str, str]) -> None:
         """Install the served versions this start did not build (the API's, kept from the last run)."""
@@ -317,16 +319,17 @@ class Stack:
     def _build_models(self) -> dict[str, str]:
         """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.
 
-        Each model is built with its own adapters and ControlNets; the default model (the first) also with step
-        caching, the tiny VAE decoder and the motion adapters.
+        Each model is built with its own adapters and ControlNets, under the Triton names the start's table gives it;
+        the default model also with step caching, the tiny VAE decoder and the motion adapters.
         """
         from build_engines.text_to_image.adapters import AdapterBuild
         from build_engines.text_to_image.build import build
 
         opts = self.options
-        built = {}
-        for index, (name, model_dir) in enumerate(opts.served.items()):
-            default = index == 0
+        built, kept = {}, self._kept_table()
+        default_name = ModelTable.start_default(kept, list(opts.served), named=bool(opts.models))
+        for name, model_dir in opts.served.items():
+            default = name == default_name  # the table's default: its Triton models keep their bare names
             adapters = AdapterBuild(lora=name in opts.loras_dir, ip_adapters=opts.ip_adapters.get(name, {}))
             extras = {"adapters": adapters, "controlnets": opts.controlnets.get(name, {})}
             if default:

@@ -77,8 +77,7 @@ def start_detached(
     deadline, said = time.monotonic() + timeout_s, None
     while (info := read_state(folder)) is None or info.pid != child.pid or info.phase != READY:
         if child.poll() is not None:
-            tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-            raise RuntimeError(f"`easel up` exited with {child.returncode}:\n{tail}")
+            raise RuntimeError(f"`easel up` exited with {child.returncode}: {_why_it_exited(log_path, logged_from)}")
         phase = info.phase if info is not None and info.pid == child.pid else STARTING
         if time.monotonic() > deadline:
             raise StillStarting(
@@ -92,6 +91,15 @@ def start_detached(
         time.sleep(1)
     wait_until_ready(info.api_url, timeout_s=60)
     return info
+
+
+def _why_it_exited(log_path: Path, start: int) -> str:
+    """The one-line error ``easel up`` printed to ``log_path`` since byte ``start``; else the log's last 30 lines."""
+    with log_path.open("rb") as log:
+        log.seek(start)
+        lines = log.read().decode(errors="replace").splitlines()
+    said = [line.removeprefix("Error: ") for line in lines if line.startswith("Error: ")]
+    return said[-1] if said else "\n" + "\n".join(lines[-30:])
 
 
 def _last_build_line(log_path: Path, start: int) -> str:

@@ -112,9 +112,9 @@ class Motion:
 class Outline:
     """What a generation asks that a model's rules read, without its pixels.
 
-    The Gateway reads it from a request (:meth:`of_request`, before any model loads), the replica from its job
-    (:attr:`Generation.outline`). The family's rules (its samplers, its side multiple, images at all) and step
-    caching's read it, so each rule is declared once and checked at both.
+    The Gateway reads it from a request (:meth:`of_request`, before any model loads) and checks the family's rules
+    (its samplers, its side multiple, images at all) and step caching's against it, once: the replica trusts what
+    was admitted and reads its job's (:attr:`Generation.outline`) only to pick the step's engine.
     """
 
     scheduler: str

@@ -7,18 +7,14 @@ engines keep their bare names (``unet``, ``vae_decoder``: a one-model stack is w
 model's carry its name (``sdxl.unet``), and a version installed while the stack runs its name and version
 (``sdxl.v2.unet``).
 
-:class:`ModelTable` is what the stack serves now: the models by name, each at a version, and the old versions that
-still finish their requests. It is a file in the run folder (``models.json``) that the ``ModelResidency`` writes when
-a model is added, replaced or removed, and every replica reads again when it changes (:meth:`ServedModels.refreshed`).
-It is the stack's state: the next start resumes it (:meth:`ModelTable.resumed`), the command line seeds a new one.
+:class:`~serve.text_to_image.model_table.ModelTable` (its own module) is what the stack serves now; every replica
+reads it again when it changes (:meth:`ServedModels.refreshed`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,12 +22,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters
 from serve.cli_options import NAME, NAME_RULE
-from serve.errors import Conflict, InvalidInput, NotFound
+from serve.errors import InvalidInput, NotFound
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
 from serve.text_to_image.ip_scale import ip_choices
+from serve.text_to_image.model_table import MODEL_TABLE, ModelEntry, ModelTable, check_name  # noqa: F401 - the table's old home
 from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.engine_files import LORAS_LINK
@@ -43,145 +40,6 @@ from serve.triton.spec import ModelSpec
 def triton_specs(folder: EngineFolder, prefix: str) -> dict[str, ModelSpec]:
     """A folder's engine specs by engine, each named as the Triton model that serves it (``prefix`` + engine)."""
     return {engine: replace(spec, name=f"{prefix}{engine}") for engine, spec in folder.specs.items()}
-
-
-def check_name(name: str) -> str:
-    """``name`` if it may name a model, else :class:`ValueError` saying the rule."""
-    if not NAME.match(name):
-        raise ValueError(f"{name!r} cannot name a model: use {NAME_RULE}")
-    return name
-
-
-MODEL_TABLE = "models.json"
-"""The run folder's file that names the models a stack serves now (:class:`ModelTable`)."""
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """One version of a served model: its engine folder; version 1 is what the stack started with (or first added)."""
-
-    name: str
-    engine_dir: str
-    version: int = 1
-    loras_dir: str | None = None  # its LoRA registry folder (`easel models add --loras`); None: as the stack started
-
-    @property
-    def version_id(self) -> str:
-        """The version's id: Ray Serve's multiplexed model id and the residency's key (``sd.v2``)."""
-        return f"{self.name}.v{self.version}"
-
-
-@dataclass
-class ModelTable:
-    """The models served now by name (the default first), and old versions still finishing their requests.
-
-    Versions of a name are never reused (``versions`` remembers the last of every name ever served), so an old
-    version's Triton models, loop and counts are never mistaken for a new one's. A name in ``versions`` that is not
-    served was removed.
-    """
-
-    current: dict[str, ModelEntry]
-    retired: dict[str, ModelEntry] = field(default_factory=dict)  # by version id, until its requests have ended
-    versions: dict[str, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for entry in self.entries():
-            self.versions[entry.name] = max(self.versions.get(entry.name, 0), entry.version)
-
-    @classmethod
-    def start(cls, engine_dirs: Mapping[str, str]) -> ModelTable:
-        """The table of a stack's start: every model at version 1, in the order given."""
-        return cls({name: ModelEntry(name, str(path)) for name, path in engine_dirs.items()})
-
-    @classmethod
-    def resumed(cls, kept: ModelTable | None, engine_dirs: Mapping[str, str]) -> ModelTable:
-        """The table of a start over ``kept``, the table the last run left (None: a new stack, :meth:`start`).
-
-        What the API changed stays: models added, versions replaced, models removed, the default. A version 1 (what
-        a start serves) follows this start's build of it; a model of the command line the table never served is
-        added; retired versions are gone (their requests ended with the last run).
-        """
-        if kept is None:
-            return cls.start(engine_dirs)
-        current = {
-            name: replace(entry, engine_dir=engine_dirs[name]) if entry.version == 1 and name in engine_dirs else entry
-            for name, entry in kept.current.items()
-        }
-        table = cls(current, {}, dict(kept.versions))
-        for name, engine_dir in engine_dirs.items():
-            if name not in table.versions:
-                table.add(name, engine_dir)
-        return table
-
-    def entries(self) -> list[ModelEntry]:
-        """Every version with Triton models: the current ones, then the retired."""
-        return [*self.current.values(), *self.retired.values()]
-
-    def copy(self) -> ModelTable:
-        """A table to change (this one stays as it is until the change is done)."""
-        return ModelTable(dict(self.current), dict(self.retired), dict(self.versions))
-
-    def add(self, name: str, engine_dir: str, loras_dir: str | None = None) -> ModelEntry:
-        """Serve ``engine_dir`` as a new model ``name`` (409 naming ``name`` if one is served)."""
-        if name in self.current:
-            raise Conflict(f"name: model {name!r} is served already (replace it instead)", "name")
-        return self._serve(name, engine_dir, loras_dir)
-
-    def replace(self, name: str, engine_dir: str, loras_dir: str | None = None) -> tuple[ModelEntry, ModelEntry]:
-        """Serve ``engine_dir`` as model ``name``'s next version; (the new version, the old, now retired)."""
-        old = self._served(name)
-        self.retired[old.version_id] = old
-        return self._serve(name, engine_dir, loras_dir), old
-
-    def remove(self, name: str) -> ModelEntry:
-        """Stop serving ``name`` (the default model cannot go: 409); its version, retired."""
-        old = self._served(name)
-        if name == next(iter(self.current)):
-            raise Conflict(f"model_id: {name!r} is the default model: replace it instead", "model_id")
-        del self.current[name]
-        self.retired[old.version_id] = old
-        return old
-
-    def drop(self, version_id: str) -> None:
-        """Forget a retired version (its requests ended, its Triton models unloaded)."""
-        self.retired.pop(version_id, None)
-
-    def _serve(self, name: str, engine_dir: str, loras_dir: str | None) -> ModelEntry:
-        entry = ModelEntry(check_name(name), engine_dir, self.versions.get(name, 0) + 1, loras_dir)
-        self.current[name] = entry
-        self.versions[name] = entry.version
-        return entry
-
-    def _served(self, name: str) -> ModelEntry:
-        if name not in self.current:
-            raise NotFound(f"no model {name!r} (served: {', '.join(self.current)})", "model_id")
-        return self.current[name]
-
-    def to_json(self) -> dict:
-        """The table as its file holds it."""
-        return {
-            "current": [asdict(entry) for entry in self.current.values()],
-            "retired": [asdict(entry) for entry in self.retired.values()],
-            "versions": self.versions,
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> ModelTable:
-        """The table its file held."""
-        current = [ModelEntry(**entry) for entry in data["current"]]
-        retired = [ModelEntry(**entry) for entry in data.get("retired", ())]
-        return cls({e.name: e for e in current}, {e.version_id: e for e in retired}, dict(data.get("versions", {})))
-
-    def write(self, path: Path) -> None:
-        """Replace the file at ``path`` with this table whole (written aside, then renamed)."""
-        aside = path.with_name(f".{path.name}.{os.getpid()}")
-        aside.write_text(json.dumps(self.to_json(), indent=2))
-        aside.replace(path)
-
-    @classmethod
-    def read(cls, path: Path) -> ModelTable:
-        """The table in the file at ``path``."""
-        return cls.from_json(json.loads(path.read_text()))
 
 
 class ModelFolder(BaseModel):

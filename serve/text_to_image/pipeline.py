@@ -9,8 +9,9 @@ to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request t
 from a similar earlier prompt's kept latents some steps in (:mod:`serve.text_to_image.approximate`). The engines are
 reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack (a job's chain of runners
 built by :func:`serve.triton.runners.job_runner`), ONNX Runtime in-process (:mod:`serve.text_to_image.onnx_runner`)
-for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton
-(:mod:`serve.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share state.
+for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton (the benchmarks'
+:mod:`loadtests.benchmarks.torch_runner`). Each generation owns its scheduler, so concurrent requests never share
+state.
 """
 
 from __future__ import annotations

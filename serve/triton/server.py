@@ -34,6 +34,7 @@ from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_en
 from serve.triton.repository import write_python_paths
 from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
+from serve.triton.start_failure import StartLog
 
 logger = logging.getLogger(__name__)
 
@@ -153,8 +154,14 @@ class TritonServer:
         self.pools_dir = log_path.parent / f"{log_path.stem}-memory"
         self.control_key = secrets.token_urlsafe(24)
         self.managed = ManagedProcess(
-            "tritonserver", self.command, log_path, self.ready, lambda: server_environment(self.pools)
+            "tritonserver",
+            self.command,
+            log_path,
+            self.ready,
+            lambda: server_environment(self.pools),
+            failed=lambda exited: self.start_log.failure(self.loaded(), exited),
         )
+        self.start_log = StartLog(log_path)
         # No connection kept open between checks: Triton's SIGTERM waits (its exit timeout, 5 s) for open ones to close.
         no_keepalive = httpx.Limits(max_keepalive_connections=0)
         self._http = httpx.Client(base_url=self.endpoints.http_url, timeout=5.0, limits=no_keepalive)
@@ -207,6 +214,7 @@ class TritonServer:
             pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
             self.pools |= dict.fromkeys(spec.engines, pool)
         write_python_paths(self.repository)
+        self.start_log.begin()
         self.managed.start(timeout_s)
         self._last_canary = time.monotonic()
         logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)

@@ -14,22 +14,35 @@ import pytest
 from serve.processes import STACK_ENV, free_ports
 from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
+from tests import doc_blocks
 from tests.integration.conftest import EASEL, easel_down, easel_up
 
 pytestmark = pytest.mark.integration
 
 
-def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
-    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
-    port, dashboard_port = free_ports(2)
-    up = easel_up(tmp_path, env, port, dashboard_port)
-    state = read_state(tmp_path / "home" / "run")
+def test_the_docs_quick_start_and_blocks_run_then_down_leaves_no_process_and_a_broken_engine_is_named(tmp_path):
+    """The README's quick start on a fresh EASEL_HOME, the guides' blocks on its stack, `easel down`, a broken engine.
+
+    `easel up --detach` prints what the README shows; every runnable block of the guides runs against the same stack
+    and prints what its guide shows; what the stack started is checked, then `easel down` stops it all; then a start
+    whose UNet engine Triton cannot load says so in one line, exits 1 and leaves nothing running.
+    """
+    home = tmp_path / "home"
+    stack = doc_blocks.Stack(home, *free_ports(3))
+    first, *blocks = doc_blocks.every_runnable_block()
+    up = stack.run(first)
+    state = read_state(home / "run")
+    port = stack.api_port
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert f"http://127.0.0.1:{port}" in up.stdout
+        assert stack.matches(first, up.stdout), up.stdout  # what the README shows, on a fresh home
         for printed in ("gRPC API", "Triton gRPC", "Ray dashboard", "ray get-auth-token"):
             assert printed in up.stdout
         assert "First request" in up.stdout and "-> 200" in up.stdout
+        for block in blocks:  # the rest of the quick start, then the guides', in order (keys last)
+            ran = stack.run(block, timeout_s=180)
+            assert ran.returncode == 0, (block.where, ran.stdout, ran.stderr)
+            assert stack.matches(block, ran.stdout), (block.where, ran.stdout)
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
         assert httpx.get(f"{state.triton_http_url}/v2/health/ready", timeout=10).status_code == 200
         # The dashboard is up and, with Ray's token authentication, refuses calls without the token.
@@ -42,21 +55,41 @@ def test_up_detach_serves_a_first_request_and_down_leaves_no_process(tmp_path):
         # Every process `easel up` started, by parentage, carries the stack's mark (Ray's agents lost it once).
         assert [_title(p) for p in family if _mark(p) not in (state.stack_id, GONE)] == [], family
         urls = [*_triton_urls(state), state.grpc_address]
-        ours = {port, dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls)}
+        ours = {port, stack.dashboard_port, *(int(u.rsplit(":", 1)[1].split("/")[0]) for u in urls)}
         listening = _listening(state.stack_id)
         assert ours <= {p for _, _, p in listening}, listening
         # Every socket the stack listens on (Ray's GCS, raylet, workers and agents included) is on loopback.
         assert [s for s in listening if not _loopback(s[1])] == [], listening
     finally:
-        down = easel_down(env)
+        down = easel_down(stack.env)
     assert down.returncode == 0 and "stopped" in down.stdout, down.stdout + down.stderr
     assert not psutil.pid_exists(state.pid) or not state.alive()
     # `easel up` stopped the stack itself: its SIGTERM handler survived ray.init (Ray's exits without this line).
-    assert "stopping..." in (tmp_path / "home" / "run" / "easel-up.log").read_text()
+    assert "stopping..." in (home / "run" / "easel-up.log").read_text()
     _assert_none_alive_5_s_after(family, state.stack_id)
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
-    assert "nothing recorded" in easel_down(env).stdout
+    assert "nothing recorded" in easel_down(stack.env).stdout
+    status = subprocess.run([*EASEL, "status"], env=stack.env, capture_output=True, text=True, timeout=60)
+    assert status.returncode == 3 and "no Easel stack runs" in status.stdout, status.stdout + status.stderr
+    # The cached UNet engine broken: Triton cannot load it, and `easel up` names it and Triton's reason, in one line.
+    for engine in (home / "engines").glob("*/unet/model.onnx"):
+        with engine.open("r+b") as onnx:
+            onnx.write(b"not an onnx graph" * 64)
+    free = ("--port", "0", "--grpc-port", "0", "--dashboard-port", "0", "--triton-ports", "0,0,0")
+    broken = subprocess.run(
+        [*EASEL, "up", "--detach", *free],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    said = [line for line in broken.stderr.splitlines() if line.startswith("Error:")]
+    assert len(said) == 1 and "Triton could not load model 'unet': " in said[0], broken.stderr
+    assert "onnx" in said[0].lower() or "protobuf" in said[0].lower(), said  # Triton's reason, from its log
+    assert read_state(home / "run") is None or not read_state(home / "run").alive()
+    assert "nothing recorded" in easel_down(stack.env).stdout  # the failed start stopped what it started
 
 
 def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_it_left(tmp_path, tiny_xl_model):

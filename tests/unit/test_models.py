@@ -12,7 +12,8 @@ from serve.cli_options import model_options, model_values
 from serve.errors import EaselError, InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import MODEL_TABLE, ModelTable, ServedModels
+from serve.text_to_image.model_table import MODEL_TABLE, ModelTable, start_said
+from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import GenerationRequest
 from serve.triton.activations import ANY_ENGINE
 from serve.triton.spec import read_model_config
@@ -149,6 +150,38 @@ def test_a_start_resumes_the_table_the_api_left_and_the_command_line_seeds_only_
     ]  # "gone" was removed through the API: it stays removed
     assert resumed.retired == {} and resumed.versions["b"] == 2
     assert ModelTable.resumed(None, {"a": "/e/a1"}).to_json() == ModelTable.start({"a": "/e/a1"}).to_json()
+
+
+def test_a_command_line_that_names_models_wins_for_what_it_names_and_says_so():
+    """`easel up`; `easel down`; `easel up --model small=DIR`: small is the default, the embedded model stays."""
+    left = ModelTable.start({"easel-default": "/e/default"})
+    resumed = ModelTable.resumed(left, {"small": "/e/small"}, named=True)
+    assert [(e.name, e.engine_dir, e.version) for e in resumed.current.values()] == [
+        ("small", "/e/small", 1),  # the command line's first: the default
+        ("easel-default", "/e/default", 1),  # kept from the last run
+    ]
+    assert ModelTable.start_default(left, ["small"], named=True) == "small"  # its Triton models keep bare names
+    said = start_said(left, ["small"], named=True)
+    assert "small is the default now (it was easel-default)" in said and "kept from the last run: easel-default" in said
+    assert "--reset-models" in said and "\n" not in said
+    # What the API replaced or removed gives way to the build of a model the command line names.
+    api = ModelTable.start({"a": "/e/a1", "b": "/e/b1", "gone": "/e/g1"})
+    api.replace("b", "/e/b2")
+    api.remove("gone")
+    again = ModelTable.resumed(api, {"a": "/e/a1", "b": "/e/b-built", "gone": "/e/g-built"}, named=True)
+    assert [(e.name, e.engine_dir, e.version) for e in again.current.values()] == [
+        ("a", "/e/a1", 1),
+        ("b", "/e/b-built", 3),
+        ("gone", "/e/g-built", 2),
+    ]
+    assert start_said(api, ["a", "b", "gone"], named=True).startswith(
+        "models: the command line wins for the models it names: b serves this build as version 3 (was version 2); "
+        "gone added"
+    )
+    # A command line that names none (plain `easel up`) serves the kept table: its default, and nothing said.
+    assert ModelTable.start_default(resumed, ["easel-default"], named=False) == "small"
+    assert start_said(resumed, ["easel-default"], named=False) is None
+    assert start_said(None, ["small"], named=True) is None  # a new table: nothing to say
 
 
 @pytest.mark.parametrize(

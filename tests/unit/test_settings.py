@@ -1,4 +1,4 @@
-"""`easel up`'s options are StackOptions' fields; the Serve app's arguments share them; the README's table is theirs."""
+"""`easel up`'s options are StackOptions' fields; the Serve app's arguments share them."""
 
 import subprocess
 import sys
@@ -10,7 +10,7 @@ from serve.app import AppArgs
 from serve.cli_options import PORTS, SIZE, cli_fields, model_values
 from serve.paths import PROJECT_ROOT
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
-from serve.settings import README, AppSettings, StackOptions, options_table, readme_table
+from serve.settings import AppSettings, StackOptions
 from serve.stack_cli import up
 from serve.stores import default_url
 
@@ -20,10 +20,6 @@ def _up_options(*args: str) -> StackOptions:
     for how_it_runs in ("detach", "detach_timeout", "stack_id", "first_request"):
         params.pop(how_it_runs)
     return StackOptions(**model_values(StackOptions, params))
-
-
-def test_the_readme_lists_easel_up_s_options_as_stack_options_declares_them():
-    assert readme_table(README.read_text()) == options_table(), "run `python -m serve.settings` to rewrite it"
 
 
 def test_every_setting_is_an_option_of_easel_up_with_its_description_or_marked_as_no_option():

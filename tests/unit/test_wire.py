@@ -177,7 +177,7 @@ def test_every_curl_example_in_the_docs_sends_its_json_as_json():
     """``curl -d`` alone sends application/x-www-form-urlencoded, which the API refuses (a 400 naming Content-Type)."""
     from serve.paths import PROJECT_ROOT
 
-    for path in [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").glob("*.md")]:
+    for path in [PROJECT_ROOT / "README.md", *(PROJECT_ROOT / "docs").rglob("*.md")]:
         commands = path.read_text().replace("\\\n", " ").splitlines()
         for command in (c for c in commands if "curl " in c and (" -d " in c or " --data" in c)):
             assert "Content-Type: application/json" in command or " --json " in command, (path.name, command)

@@ -289,3 +289,17 @@ def test_replaced_and_removed_files_go_once_no_entry_names_them(catalog, default
         os.utime(path, (0, 0))
     catalog.sweep(target)
     assert files() == house
+
+
+def test_a_request_s_lora_rows_are_priced_by_rank_for_every_row_of_the_batch_they_slow(catalog, engine_dir):
+    from serve.text_to_image.admission import LORA_RANK_PER_PASS
+    from serve.text_to_image.engine_folder import EngineFolder
+    from serve.text_to_image.models import ServedModel
+
+    model = ServedModel("easel-default", EngineFolder(engine_dir))
+    request = GenerationRequest(prompt="x", num_inference_steps=10, size="64x64")
+    plain, ranked = model.work(request), model.work(request, lora_rank=64)
+    batch = model.folder.specs["unet"].max_batch_size
+    extra = 10 * (64 * 64 / 1e6) * 64 * batch / LORA_RANK_PER_PASS
+    assert ranked.cost == pytest.approx(plain.cost + extra) and ranked.cost > plain.cost
+    assert "LoRAs' rank" in ranked.explained() and "LoRAs' rank" not in plain.explained()

@@ -61,7 +61,7 @@ class Work:
     ``rows``: images made; ``steps``: denoising steps that run; ``passes``: UNet-sized calls per step (the UNet and
     each ControlNet); ``encodes``: its images go through the VAE encoder (input images, an inpainting UNet's);
     ``reference``: an IP-Adapter reference through the image encoder; ``input_pixels``: what its uploads decode to;
-    ``lora_passes``: UNet passes per step its LoRA rows add to the batch they share (see the module);
+    ``lora_rank_rows``: its LoRAs' rank x the rows of the denoiser's batch they may slow (see the module);
     ``upscale``: what the request's ``upscale`` runs after it (:func:`upscale_work`; a hires fix's second pass runs
     as a request of its own): the doors' price and the ``max_cost`` check count it, a replica holds in flight only
     this pass's cost.
@@ -76,7 +76,7 @@ class Work:
     reference: bool = False
     input_pixels: int = 0
     upscale: Work | None = None
-    lora_passes: float = 0.0
+    lora_rank_rows: int = 0
     frames: int = 1  # a video's: each of its images is this many frames, denoised together
     guided: bool = False  # classifier-free guidance: a video's call holds two rows of every frame
 
@@ -89,6 +89,11 @@ class Work:
     def megapixels(self) -> float:
         """One output image's megapixels."""
         return self.width * self.height / 1e6
+
+    @property
+    def lora_passes(self) -> float:
+        """UNet passes per step its LoRA rows add to the batch they share."""
+        return self.lora_rank_rows / LORA_RANK_PER_PASS
 
     @property
     def passes_per_image(self) -> float:

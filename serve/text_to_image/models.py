@@ -27,16 +27,7 @@ from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters, lora_rows
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, InvalidInput, NotFound
-from serve.text_to_image.admission import (
-    DEFAULT_MAX_COST,
-    LORA_RANK_PER_PASS,
-    Admission,
-    Checked,
-    Limits,
-    Work,
-    engines_used,
-    upscale_work,
-)
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
@@ -311,7 +302,7 @@ class ServedModel:
             reference=any(ip.choice.images for ip in ip_choices(request)),
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
-            lora_passes=lora_rank * batch / LORA_RANK_PER_PASS,
+            lora_rank_rows=lora_rank * batch,
             frames=motion.frames if (motion := motion_of(request)) else 1,
             guided=request.guidance_scale > 1.0,
         )
@@ -428,9 +419,10 @@ class ServedModels(Mapping[str, ServedModel]):
         """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and own LoRAs."""
         if entry.version == 1 and entry.name in self.adapters and entry.loras_dir is None:
             return self.adapters[entry.name]
-        store_url = next((adapters.store_url for adapters in self.adapters.values()), None)
+        stack = next(iter(self.adapters.values()), StackAdapters())  # the stack's store and LoRA limits
         loras_dir = entry.loras_dir and str(registry_folder(entry.loras_dir, bool(folder.lora_slots())))
-        return StackAdapters(loras_dir, folder.adapters.ip_adapter is not None, store_url, entry.name)
+        ip = folder.adapters.ip_adapter is not None
+        return StackAdapters(loras_dir, ip, stack.store_url, entry.name, stack.limits)
 
     @property
     def room_bytes(self) -> int:

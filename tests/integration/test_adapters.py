@@ -294,7 +294,7 @@ def test_a_poisoned_lora_fails_its_own_request_and_no_other_row_of_its_batch(api
     before = batch_histogram(stack.info.triton_http_url)
     for _ in range(3):
         *others, poisoned = post_together(stack.info.api_url, GENERATE, bodies)
-        for body, single, response in zip(bodies, alone, others, strict=True):
+        for body, single, response in zip(bodies[:2], alone, others, strict=True):
             assert response.status_code == 200, response.text
             np.testing.assert_array_equal(decode_images(response), single, err_msg=str(body))
         assert poisoned.status_code == 400, poisoned.text

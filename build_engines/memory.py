@@ -61,7 +61,7 @@ def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> 
             feeds[tensor.name] = rng.standard_normal(shape).astype(tensor.numpy_dtype)
     files = EngineFiles(folder)
     if files.lora_ready:  # a LoRA-ready engine, measured without adapters
-        scale, bank = LoraBanks(spec.name, load_slots(files.lora_slots), lambda _: {}, 1).feeds([()])
+        scale, bank, _ = LoraBanks(spec.name, load_slots(files.lora_slots), lambda _: {}, 1).feeds([()])
         feeds |= {SCALE_INPUT: scale, **bank}
     return feeds
 

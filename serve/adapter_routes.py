@@ -14,10 +14,12 @@ from fastapi import UploadFile as FormFile
 
 from serve.access import caller
 from serve.adapters.registry import NAME as LORA_NAME
+from serve.adapters.registry import PRIVATE, SHARED
 from serve.serving.adapters import Adapters
 from serve.text_to_image.references import NewReference
 
 LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
+VISIBILITY = f"^({PRIVATE}|{SHARED})$"
 
 
 def adapters(http: Request) -> Adapters:
@@ -26,8 +28,11 @@ def adapters(http: Request) -> Adapters:
 
 
 async def loras(http: Request) -> dict:
-    """The LoRA adapters (``--loras DIR``, then uploaded ones): each ready, or listed with why it cannot be."""
-    return await adapters(http).loras_listed()
+    """The LoRA adapters the caller may use (``--loras DIR``, the shared uploads, its own; an admin key: all).
+
+    Each ready, or listed with why it cannot be.
+    """
+    return await adapters(http).loras_listed(caller(http))
 
 
 async def lora_added(
@@ -35,19 +40,37 @@ async def lora_added(
     file: Annotated[FormFile, File()],
     name: Annotated[str, Form(pattern=LORA_NAME_PATTERN)],
     model: Annotated[str, Form(max_length=64)] = "",
+    visibility: Annotated[str, Form(pattern=VISIBILITY)] = PRIVATE,
 ) -> dict:
-    """Add a LoRA adapter (scope ``adapters``): served once diffusers has read it for ``model`` (400 if not)."""
-    return await adapters(http).lora_added(name, model or None, file.file)
+    """Add a LoRA adapter (scope ``adapters``), the caller's key's (``private``, the default) or every key's.
+
+    ``shared`` is an admin key's to give (403 otherwise); an open API's uploads are shared. Served once diffusers
+    has read it for ``model`` and its weights are within the stack's limits (400 naming ``file`` if not).
+    """
+    return await adapters(http).lora_added(name, model or None, file.file, caller(http), visibility)
 
 
-async def lora_replaced(http: Request, name: str, file: Annotated[FormFile, File()]) -> dict:
-    """Replace an uploaded LoRA adapter's weights (404 if none): requests in flight finish on the old ones."""
-    return await adapters(http).lora_replaced(name, file.file)
+async def lora_replaced(
+    http: Request,
+    name: str,
+    file: Annotated[FormFile | None, File()] = None,
+    visibility: Annotated[str | None, Form(pattern=VISIBILITY)] = None,
+    owner: Annotated[str | None, Form(max_length=64)] = None,
+) -> dict:
+    """Replace the caller's LoRA adapter's weights, or its visibility (``shared``: an admin key's to give).
+
+    404 for a name the caller has not (another key's private LoRA too); requests in flight finish on the old
+    weights. ``owner``: an admin key names another key's.
+    """
+    return await adapters(http).lora_replaced(name, file and file.file, caller(http), visibility, owner)
 
 
-async def lora_removed(http: Request, name: str) -> dict:
-    """Remove an uploaded LoRA adapter (404 if none; 409 for one of the ``--loras`` folder)."""
-    return await adapters(http).lora_removed(name)
+async def lora_removed(http: Request, name: str, owner: str | None = None) -> dict:
+    """Remove the caller's uploaded LoRA adapter (404 if none, another key's too; 409 for a ``--loras`` folder's).
+
+    ``owner`` (query): an admin key names another key's.
+    """
+    return await adapters(http).lora_removed(name, caller(http), owner)
 
 
 async def reference_added(http: Request, body: NewReference) -> dict:

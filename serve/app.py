@@ -474,8 +474,8 @@ def build_app(args: AppArgs) -> serve.Application:
     from serve.text_to_image.deployment import TextToImage
     from serve.text_to_image.residency import ModelResidency
 
-    ip_ready = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
-    adapters = {name: StackAdapters(args.loras_dir.get(name), ip, args.store, name) for name, ip in ip_ready.items()}
+    ip = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
+    adapters = {n: StackAdapters(args.loras_dir.get(n), ip[n], args.store, n, args.lora_limits) for n in args.models}
     models = ServedModels.open(
         args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
     )

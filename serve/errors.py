@@ -131,6 +131,25 @@ class RouteError(EaselError):
         return (type(self), (self.message, self.status, self.field))
 
 
+class Diverged(EaselError):
+    """A generation whose latents turned NaN or Inf: refused with what caused it (its adapters, or the model)."""
+
+    status = 500
+
+    @classmethod
+    def at(cls, step: int, steps: int) -> Diverged:
+        """The error of latents found NaN or Inf after ``step`` of ``steps`` (0: in the decoded image)."""
+        where = f"at step {step} of {steps}" if step else "in the decoded image"
+        return cls(f"the latents turned NaN or Inf {where}")
+
+    def caused_by(self, loras: list[str], model: str) -> EaselError:
+        """The client's error: a 400 naming ``loras`` (their weights overflow), else the model's fault (500)."""
+        if loras:
+            named = ", ".join(repr(name) for name in loras)
+            return InvalidInput(f"loras: {self.message} with LoRA adapters {named} on model {model}", "loras")
+        return Diverged(f"model {model}: {self.message}", "model")
+
+
 class NotReady(EaselError):
     """A backend (Triton, a model) is not up; retry later."""
 

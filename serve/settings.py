@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from serve.adapters.limits import LoraSettings
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.cli_options import (
@@ -65,8 +66,11 @@ DEFAULT_MODEL = "easel-default"
 """The name the embedded default model is served under."""
 
 
-class AppSettings(BaseModel):
-    """What the Serve application is told besides where its engines and Triton are: its budgets and its store."""
+class AppSettings(LoraSettings):
+    """What the Serve application is told besides where its engines and Triton are: its budgets and its store.
+
+    The LoRA limits are :class:`~serve.adapters.limits.LoraSettings`' fields (declared beside the adapters).
+    """
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", SIZE)] = Field(
         None,

@@ -4,6 +4,8 @@ A test module imports these and defines ``store_factory`` (opens another connect
 ``store`` (one opened from it).
 """
 
+import dataclasses
+import json
 import threading
 
 import numpy as np
@@ -84,3 +86,21 @@ def test_references_are_kept_with_their_embeddings_listed_per_owner_and_removed(
         other.close()
     assert store.remove_reference("ref_a") and not store.remove_reference("ref_a")
     assert [r.id for r in store.references("key1")] == ["ref_c"] and store.reference("ref_a") is None
+
+
+def test_names_are_per_owner_and_rows_kept_before_owners_are_the_shared_set_s(store):
+    shared, ann, ben = _entry("style"), _entry("style", "1" * 24), _entry("style", "2" * 24)
+    ann, ben = (dataclasses.replace(entry, owner=owner) for entry, owner in ((ann, "ann"), (ben, "ben")))
+    for entry in (shared, ann, ben):
+        store.add_lora(entry)
+    with pytest.raises(InvalidInput):
+        store.add_lora(dataclasses.replace(ann, prepared="/run/loras/" + "3" * 24 + ".safetensors"))
+    assert store.lora("style") == shared and store.lora("style", "ann") == ann and store.lora("style", "eve") is None
+    assert sorted(e.owner or "" for e in store.loras()) == ["", "ann", "ben"]
+    moved = dataclasses.replace(ann, prepared="/run/loras/" + "4" * 24 + ".safetensors")
+    assert store.replace_lora(moved) == ann and store.lora("style", "ben") == ben
+    assert store.remove_lora("style", "ann") == moved and store.lora("style", "ann") is None
+    assert store.lora("style") == shared and store.remove_lora("style", "eve") is None
+    old = json.loads(_entry("before").to_json())
+    del old["owner"]  # a row kept before LoRAs had owners: the shared set's
+    assert LoraEntry.from_json(json.dumps(old)).owner is None

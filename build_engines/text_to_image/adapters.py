@@ -35,6 +35,8 @@ from serve.triton.engine_files import LORA_SLOTS
 
 IP_EXPORT = 2
 """The IP-Adapter UNet's export version (part of the engine cache key): bumped when its graph changes."""
+LORA_EXPORT = 2
+"""The LoRA layers' export version (part of the engine cache key): 2 selects rows, where 1 scaled them by 0."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class AdapterBuild:
 
     def key(self) -> str:
         """Part of the engine cache key: "" without adapters."""
-        parts = ["lora"] if self.lora else []
+        parts = [f"lora{LORA_EXPORT}"] if self.lora else []
         if self.ip_adapters:
             named = ",".join(f"{name}={content_hash(folder)}" for name, folder in self.ip_adapters.items())
             parts.append(f"ip{IP_EXPORT}x{MAX_REFERENCES}r{hashlib.sha256(named.encode()).hexdigest()[:12]}")

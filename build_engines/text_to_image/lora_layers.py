@@ -49,6 +49,7 @@ class _Bank:
 
     def __init__(self) -> None:
         self.scale: torch.Tensor | None = None
+        self.used: torch.Tensor | None = None  # [batch] bool: the rows that have any adapter
         self.layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
 
@@ -57,6 +58,9 @@ class RowLoRA(torch.nn.Module):
 
     A layer may see several rows per engine row, each engine row's together (a video's frames, or its pixels' frame
     sequences in a motion module): each takes its engine row's weights.
+
+    Rows are selected, never scaled by 0 (NaN x 0 is NaN): a rank column's values reach only the rows that weigh
+    that adapter, and a row without adapters gets ``base(x)`` itself, whatever the batch's banks hold.
     """
 
     def __init__(self, base: torch.nn.Module, bank: _Bank, index: int) -> None:
@@ -64,22 +68,33 @@ class RowLoRA(torch.nn.Module):
         self.base, self.bank, self.index = base, bank, index
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:  # named as torch's layers name it (a caller passes it so)
-        """``base(x) + up((down x) * scale[row, column])``."""
+        """``base(x) + up((down x) * scale[row, column])`` on the rows that have adapters; ``base(x)`` on the others."""
         x = input
         down, up, column = self.bank.layers[self.index]
         scale = self.bank.scale.index_select(1, column)  # [batch, R]; an fp16 export casts every input (CastIO)
         if isinstance(self.base, torch.nn.Conv2d):
             hidden = F.conv2d(x, down, None, self.base.stride, self.base.padding, self.base.dilation)
-            return self.base(x) + F.conv2d(_per_row(hidden, scale, 1), up)
-        hidden = F.linear(x, down)
-        return self.base(x) + F.linear(_per_row(hidden, scale, hidden.dim() - 1), up)
+            delta = F.conv2d(_per_row(hidden, scale, 1), up)
+        else:
+            hidden = F.linear(x, down)
+            delta = F.linear(_per_row(hidden, scale, hidden.dim() - 1), up)
+        return self.base(x) + _rows_used(delta, self.bank.used)
 
 
 def _per_row(hidden: torch.Tensor, scale: torch.Tensor, axis: int) -> torch.Tensor:
-    """``hidden`` (rank on ``axis``) times ``scale[batch, rank]``, its rows grouped by engine row (batch divides)."""
+    """``hidden`` (rank on ``axis``) times ``scale[batch, rank]``, its rows grouped by engine row (batch divides).
+
+    A column a row does not weigh is 0 for it, selected (``where``), whatever ``hidden`` holds there.
+    """
     grouped = hidden.reshape(scale.shape[0], -1, *hidden.shape[1:])
     weights = scale.reshape(scale.shape[0], *([1] * axis), scale.shape[1], *([1] * (hidden.dim() - axis - 1)))
-    return (grouped * weights).reshape(hidden.shape)
+    return torch.where(weights != 0, grouped * weights, 0.0).reshape(hidden.shape)
+
+
+def _rows_used(delta: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
+    """``delta`` on the rows ``used[batch]`` marks, 0 (selected) on the others; its rows grouped by engine row."""
+    grouped = delta.reshape(used.shape[0], -1, *delta.shape[1:])
+    return torch.where(used.reshape(-1, *([1] * (grouped.dim() - 1))), grouped, 0.0).reshape(delta.shape)
 
 
 @dataclass(frozen=True)
@@ -102,12 +117,12 @@ class LoraReady(torch.nn.Module):
         """The engine's outputs with each row's adapters applied."""
         split = len(args) - 1 - 3 * self.slots
         inputs, scale, banks = args[:split], args[split], args[split + 1 :]
-        self.bank.scale = scale
+        self.bank.scale, self.bank.used = scale, (scale != 0).any(dim=1)
         self.bank.layers = [tuple(banks[3 * i : 3 * i + 3]) for i in range(self.slots)]
         try:
             return self.module(*inputs)
         finally:
-            self.bank.scale, self.bank.layers = None, []
+            self.bank.scale, self.bank.used, self.bank.layers = None, None, []
 
 
 def lora_ready(module: torch.nn.Module, model: torch.nn.Module) -> tuple[LoraReady, list[Slot], GraphExtras]:

@@ -2,7 +2,8 @@
 
 Each adapter is read by :func:`serve.adapters.lora_files.prepare_into` for the built engines' slots into a
 cache keyed by the file's content and the engine folder; a file that cannot be served is logged with its name and
-listed with its error, the other adapters unaffected. The result is the registry a stack serves
+listed with its error (weights past the operator's limits too: NaN or Inf, a rank or norm over its bound), the
+other adapters unaffected. The result is the registry a stack serves
 (:class:`serve.adapters.registry.LoraRegistry`), saved and linked into each LoRA-ready Triton model.
 """
 
@@ -14,6 +15,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from serve.adapters.limits import LoraLimits
 from serve.adapters.lora_files import AdapterError, prepare_into
 from serve.adapters.registry import (
     DEFAULT_RESIDENT,
@@ -33,11 +35,16 @@ logger = logging.getLogger(__name__)
 
 
 def build_registry(
-    loras_dir: Path, engines: EngineFolder, model_dir: Path, resident: int = DEFAULT_RESIDENT, model: str | None = None
+    loras_dir: Path,
+    engines: EngineFolder,
+    model_dir: Path,
+    resident: int = DEFAULT_RESIDENT,
+    model: str | None = None,
+    limits: LoraLimits | None = None,
 ) -> LoraRegistry:
     """Prepare every ``*.safetensors`` of ``loras_dir`` for the LoRA-ready ``engines`` (cached by content).
 
-    ``model``: the served model's name the adapters are listed for.
+    ``model``: the served model's name the adapters are listed for; ``limits``: what their weights may be.
     """
     slots, pipeline_class = engines.lora_slots(), engines.family.pipeline_class
     cache = easel_home() / "adapters" / engines.key
@@ -49,7 +56,8 @@ def build_registry(
         if not NAME.fullmatch(name):
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
-            entries[name] = _prepare_one(path, name, cache, configs, pipeline_class, slots, engines.key)
+            prepared = (cache, configs, pipeline_class, slots, engines.key, limits or LoraLimits())
+            entries[name] = _prepare_one(path, name, *prepared)
         entry = entries[name] = dataclasses.replace(entries[name], model=model)
         if entry.status == ERROR:
             logger.warning("LoRA %r (%s) cannot be served: %s", name, path, entry.error)
@@ -58,9 +66,9 @@ def build_registry(
     return LoraRegistry(entries, resident)
 
 
-def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_key) -> LoraEntry:
+def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_key, limits) -> LoraEntry:
     try:
-        prepared = prepare_into(path, cache, model_dir, pipeline_class, slots, engines_key)
+        prepared = prepare_into(path, cache, model_dir, pipeline_class, slots, engines_key, limits)
     except AdapterError as error:
         return LoraEntry(name, ERROR, str(error))
     except OSError as error:

@@ -105,7 +105,7 @@ def engine_costs(
     feeds = _unet_feeds(plain, batch, latent, np.random.default_rng(0))
 
     def with_adapters(rows):
-        scale, bank = banks.feeds(rows)
+        scale, bank, _ = banks.feeds(rows)
         return lambda: ready.run(feeds | {"lora_scale": scale}, bank)
 
     def split(groups: int):

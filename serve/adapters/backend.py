@@ -81,11 +81,11 @@ class LoraOnnxModel(OnnxRuntimeModel):
             "%s: LoRA-ready, %d slots, up to %d adapters held", self.model, len(self.banks.slots), self.banks.resident
         )
 
-    def prepare(self, merged: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The batch's rows without their ``adapters`` strings, and the banks those strings ask for."""
+    def prepare(self, merged: dict[str, np.ndarray]) -> tuple[dict, dict, dict[int, Exception]]:
+        """The batch's rows without their ``adapters`` strings, the banks those strings ask for, the rows refused."""
         texts = merged.pop(ADAPTERS_INPUT)
         rows = [parse_row(t.decode() if isinstance(t, bytes) else str(t)) for t in texts]
-        merged[SCALE_INPUT], banks = self.banks.feeds(rows)
+        merged[SCALE_INPUT], banks, refused = self.banks.feeds(rows)
         if self.metrics:
             self.metrics.held(len(self.banks.held), self.banks.held_bytes())
-        return merged, banks
+        return merged, banks, refused

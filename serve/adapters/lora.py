@@ -5,8 +5,11 @@ A LoRA-ready engine's graph takes, besides its usual inputs, one bank per layer 
 batch's adapters each rank column belongs to), and ``lora_scale`` ``[batch, K]``: each row's weight for each of the
 batch's K adapters. A layer computes ``base(x) + up((down x) * scale[row, column])``, which is PEFT's
 ``base(x) + sum_k w_k * scaling_k * B_k(A_k x)`` (``scaling`` folded into ``up``), so rows with different adapters,
-different weights or none share one execution. The python-backend model (:mod:`serve.adapters.backend`) assembles the
-banks of each batch from the adapters it holds (:class:`LoraBanks`).
+different weights or none share one execution. Rows are selected, not scaled by 0 (NaN x 0 is NaN): a row gets
+only its own adapters' deltas, and a row without adapters ``base(x)`` alone, whatever the banks hold. The
+python-backend model (:mod:`serve.adapters.backend`) assembles the banks of each batch from the adapters it holds
+(:class:`LoraBanks`); an adapter that cannot load, or whose weights are not finite, stays out of the banks and fails
+only the rows that name it.
 
 Adapters are read exactly as diffusers' ``load_lora_weights`` reads them (``lora_state_dict``, then
 ``load_lora_into_unet`` / ``load_lora_into_text_encoder`` on weightless copies of the models), so every format
@@ -24,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -91,6 +95,21 @@ def row_text(loras: Iterable[tuple[str, float]]) -> str:
     return json.dumps([[name, weight] for name, weight in loras]) if loras else ""
 
 
+class AdapterUnavailable(ValueError):
+    """An adapter a row names that an engine cannot apply: not on this stack, or weights that are not finite."""
+
+
+class BankFeeds(NamedTuple):
+    """A batch's LoRA inputs: each row's weights, the banks its rows share, and the rows refused (row -> why).
+
+    A refused row runs without adapters (its weights 0, its adapter out of the banks); its caller answers it the error.
+    """
+
+    scale: np.ndarray
+    bank: dict[str, np.ndarray]
+    refused: dict[int, Exception]
+
+
 class LoraBanks:
     """Adapters held by one engine instance (least recently used beyond ``resident`` go), and each batch's banks.
 
@@ -118,6 +137,8 @@ class LoraBanks:
             return self._held[name]
         started = time.perf_counter()
         tensors = self._load(name)
+        if not all(np.isfinite(down).all() and np.isfinite(up).all() for down, up in tensors.values()):
+            raise AdapterUnavailable(f"LoRA adapter {name!r} has NaN or Inf weights")
         self.on_event("load", name, time.perf_counter() - started)
         self._held[name] = tensors
         return tensors
@@ -131,16 +152,16 @@ class LoraBanks:
                 self._banks = OrderedDict((k, v) for k, v in self._banks.items() if name not in k)
                 self.on_event("evict", name, 0.0)
 
-    def feeds(self, rows: list[tuple[tuple[str, float], ...]]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """``lora_scale`` (per row) and every slot's bank (shared by the rows) for a batch wanting ``rows[i]``."""
-        names = tuple(dict.fromkeys(name for row in rows for name, _ in row))
-        scale = np.zeros((len(rows), max(1, len(names))), dtype=np.float32)
-        column = {name: k for k, name in enumerate(names)}
-        for i, row in enumerate(rows):
-            for name, weight in row:
-                scale[i, column[name]] += weight
+    def feeds(self, rows: list[tuple[tuple[str, float], ...]]) -> BankFeeds:
+        """``lora_scale`` (per row), every slot's bank (shared by the rows), the rows refused, for ``rows[i]``."""
         with self._lock:
-            adapters = {name: self._adapter(name) for name in names}
+            adapters, failed = {}, {}
+            for name in dict.fromkeys(name for row in rows for name, _ in row):
+                try:
+                    adapters[name] = self._adapter(name)
+                except Exception as error:  # noqa: BLE001 - the rows naming it fail, the batch's others run
+                    failed[name] = error
+            names = tuple(adapters)
             self._evict(set(names))
             bank = self._banks.get(names)
             if bank is None:
@@ -150,7 +171,15 @@ class LoraBanks:
                     self._banks.popitem(last=False)
             else:
                 self._banks.move_to_end(names)
-        return scale, bank
+        scale = np.zeros((len(rows), max(1, len(names))), dtype=np.float32)
+        column, refused = {name: k for k, name in enumerate(names)}, {}
+        for i, row in enumerate(rows):
+            if errors := [failed[name] for name, _ in row if name in failed]:
+                refused[i] = errors[0]
+                continue
+            for name, weight in row:
+                scale[i, column[name]] += weight
+        return BankFeeds(scale, bank, refused)
 
     def _bank(self, names: tuple[str, ...], adapters: dict) -> dict[str, np.ndarray]:
         bank = {}

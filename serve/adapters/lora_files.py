@@ -4,7 +4,9 @@
 transformer's) on weightless copies of the model's modules, built from their ``config.json`` files, and keeps each
 layer's ``A`` and ``B * scaling`` in the engines' slot order; :func:`prepare_into` does it once per content, into a
 folder of prepared adapters named by their content key (what engines load, :mod:`serve.adapters.registry`). A file
-diffusers cannot read, DoRA, or layers the model lacks: :class:`AdapterError` with the reason.
+diffusers cannot read, DoRA, layers the model lacks, or weights past the operator's :class:`LoraLimits` (NaN or Inf,
+a rank or a layer's norm over its bound): :class:`AdapterError` with the reason. The tensors kept are balanced
+(``A`` and ``B`` scaled to equal norms, their product unchanged), so no intermediate grows past the layer's bound.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from serve.adapters.limits import LoraLimits
 from serve.adapters.lora import Slot, lora_component
 from serve.files import file_hash
 
@@ -42,6 +45,7 @@ class PreparedLora:
     tensors: dict[str, np.ndarray]
     rank: int
     layers: dict[str, int]  # engine -> how many of its slots the adapter touches
+    norm: float = 0.0  # its largest layer's ||B x scaling|| x ||A|| (Frobenius)
 
     @property
     def nbytes(self) -> int:
@@ -76,11 +80,14 @@ def _lora_keys(state: dict, prefix: str) -> int:
     return sum(1 for key in state if key.startswith(prefix + ".") and any(m in key for m in markers))
 
 
-def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, list[Slot]]) -> PreparedLora:
+def prepare(
+    path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, list[Slot]], limits: LoraLimits | None = None
+) -> PreparedLora:
     """Read the LoRA at ``path`` as diffusers' ``load_lora_weights`` would into ``model_dir``'s modules.
 
     ``slots``: each LoRA-ready engine's slot table. Raises :class:`AdapterError` (with the reason) for a file that
-    cannot be served here: unreadable, not a LoRA, DoRA or other variants, or layers this model does not have.
+    cannot be served here: unreadable, not a LoRA, DoRA or other variants, layers this model does not have, or
+    weights past ``limits``.
     """
     import diffusers
 
@@ -109,8 +116,39 @@ def prepare(path: Path, model_dir: Path, pipeline_class: str, slots: dict[str, l
             raise error
     if not tensors:
         raise AdapterError(f"it has no layers for this model's {', '.join(slots)}")
+    tensors, norm = _bounded(tensors, slots, limits or LoraLimits())
     rank = max(array.shape[0] for key, array in tensors.items() if key.endswith(".down"))
-    return PreparedLora(tensors, rank, layers)
+    return PreparedLora(tensors, rank, layers, norm)
+
+
+def _bounded(tensors: dict[str, np.ndarray], slots: dict[str, list[Slot]], limits: LoraLimits) -> tuple[dict, float]:
+    """``tensors`` checked against ``limits`` (:class:`AdapterError` naming the layer), balanced; their largest norm."""
+    balanced, largest = {}, 0.0
+    for key, down in tensors.items():
+        if not key.endswith(".down"):
+            continue
+        layer = key.removesuffix(".down")
+        engine, index = layer.split(".")
+        where, up = f"{engine} layer {slots[engine][int(index)].name!r}", tensors[f"{layer}.up"]
+        if not (np.isfinite(down).all() and np.isfinite(up).all()):
+            raise AdapterError(f"{where} has NaN or Inf weights")
+        down_norm, up_norm = (float(np.linalg.norm(part.astype(np.float64))) for part in (down, up))
+        within(limits, len(down), down_norm * up_norm, where)
+        factor = np.sqrt(up_norm / down_norm) if down_norm > 0 and up_norm > 0 else 1.0
+        balanced[key], balanced[f"{layer}.up"] = (down * factor).astype(np.float32), (up / factor).astype(np.float32)
+        largest = max(largest, down_norm * up_norm)
+    return balanced, largest
+
+
+def within(limits: LoraLimits, rank: int, norm: float, where: str = "it") -> None:
+    """Raise :class:`AdapterError` if a LoRA (or its layer ``where``) of ``rank`` and ``norm`` is past ``limits``."""
+    if rank > limits.max_rank:
+        raise AdapterError(f"{where} has rank {rank}, over the largest served, {limits.max_rank} (--lora-max-rank)")
+    if not norm <= limits.max_norm:
+        raise AdapterError(
+            f"{where} has ||B x scaling|| x ||A|| = {norm:.3g}, over the largest served, {limits.max_norm:g} "
+            "(--lora-max-norm): weights that large overflow"
+        )
 
 
 def _engine_layers(loader, engine: str, model_dir: Path, slots: list[Slot], read: tuple, tensors: dict) -> int:
@@ -201,21 +239,32 @@ class PreparedFile:
 
 
 def prepare_into(
-    path: Path, folder: Path, model_dir: Path, pipeline_class: str, slots: dict[str, list[Slot]], engines_key: str
+    path: Path,
+    folder: Path,
+    model_dir: Path,
+    pipeline_class: str,
+    slots: dict[str, list[Slot]],
+    engines_key: str,
+    limits: LoraLimits | None = None,
 ) -> PreparedFile:
-    """:func:`prepare` ``path`` into ``folder`` under its content key, or reuse what is there already.
+    """:func:`prepare` ``path`` into ``folder`` under its content key, or reuse what is there (within ``limits``).
 
-    Written whole or not at all (a reader never sees half a file). Raises :class:`AdapterError` as :func:`prepare`.
+    Written whole or not at all (a reader never sees half a file); a file reused is touched (its age is its last
+    use: :func:`serve.adapters.catalog.LoraCatalog.sweep` keeps it). Raises :class:`AdapterError` as :func:`prepare`.
     """
     from safetensors.numpy import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     prepared = folder / f"{content_key(path, engines_key)}.safetensors"
     meta_path = prepared.with_suffix(".json")
-    if not (prepared.is_file() and meta_path.is_file()):
+    meta = json.loads(meta_path.read_text()) if prepared.is_file() and meta_path.is_file() else {}
+    if "norm" in meta:  # prepared already (one prepared before weights were checked has no norm: prepared again)
+        within(limits or LoraLimits(), meta["rank"], meta["norm"])  # the limits may be lower than when it was prepared
+        os.utime(prepared)
+    else:
         started = time.perf_counter()
-        adapter = prepare(path, model_dir, pipeline_class, slots)
-        meta = {"rank": adapter.rank, "layers": adapter.layers, "bytes": adapter.nbytes}
+        adapter = prepare(path, model_dir, pipeline_class, slots, limits)
+        meta = {"rank": adapter.rank, "layers": adapter.layers, "bytes": adapter.nbytes, "norm": adapter.norm}
         partial = prepared.with_name(f"{prepared.name}.{os.getpid()}.{threading.get_ident()}.partial")
         save_file(adapter.tensors, partial)
         meta_partial = partial.with_suffix(".json")
@@ -229,6 +278,5 @@ def prepare_into(
             adapter.rank,
             adapter.layers,
         )
-    meta = json.loads(meta_path.read_text())
     nbytes = meta.get("bytes") or prepared.stat().st_size
     return PreparedFile(prepared, meta["rank"], meta["layers"], nbytes)

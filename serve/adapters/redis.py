@@ -1,7 +1,7 @@
 """The adapter store in Redis (a stack across machines).
 
-LoRAs: one hash, name -> the entry's JSON. References: a hash per reference (its fields, the embeddings as bytes)
-and a sorted set per owner (and one of all), by creation time.
+LoRAs: one hash, stored name (:func:`serve.adapters.store.stored_name`) -> the entry's JSON. References: a hash
+per reference (its fields, the embeddings as bytes) and a sorted set per owner (and one of all), by creation time.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from serve.adapters.registry import LoraEntry
-from serve.adapters.store import AdapterStore, StoredReference, name_taken
+from serve.adapters.store import AdapterStore, StoredReference, name_taken, stored_name
 from serve.stores import redis_client
 
 _LORAS = "easel:loras"
@@ -33,35 +33,37 @@ class RedisAdapterStore(AdapterStore):
 
     def add_lora(self, entry: LoraEntry) -> None:
         """See :meth:`AdapterStore.add_lora`."""
-        if not self.redis.hsetnx(_LORAS, entry.name, entry.to_json()):
+        if not self.redis.hsetnx(_LORAS, stored_name(entry.name, entry.owner), entry.to_json()):
             raise name_taken(entry.name)
 
     def replace_lora(self, entry: LoraEntry) -> LoraEntry | None:
         """See :meth:`AdapterStore.replace_lora`."""
+        stored = stored_name(entry.name, entry.owner)
 
         def change(pipe) -> LoraEntry | None:
-            old = pipe.hget(_LORAS, entry.name)
+            old = pipe.hget(_LORAS, stored)
             pipe.multi()
             if old is not None:
-                pipe.hset(_LORAS, entry.name, entry.to_json())
+                pipe.hset(_LORAS, stored, entry.to_json())
             return None if old is None else LoraEntry.from_json(old)
 
         return self.redis.transaction(change, _LORAS, value_from_callable=True)
 
-    def remove_lora(self, name: str) -> LoraEntry | None:
+    def remove_lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.remove_lora`."""
+        stored = stored_name(name, owner)
 
         def change(pipe) -> LoraEntry | None:
-            old = pipe.hget(_LORAS, name)
+            old = pipe.hget(_LORAS, stored)
             pipe.multi()
-            pipe.hdel(_LORAS, name)
+            pipe.hdel(_LORAS, stored)
             return None if old is None else LoraEntry.from_json(old)
 
         return self.redis.transaction(change, _LORAS, value_from_callable=True)
 
-    def lora(self, name: str) -> LoraEntry | None:
+    def lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.lora`."""
-        raw = self.redis.hget(_LORAS, name)
+        raw = self.redis.hget(_LORAS, stored_name(name, owner))
         return None if raw is None else LoraEntry.from_json(raw)
 
     def loras(self) -> list[LoraEntry]:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.adapters.lora import LoraBanks, load_slots
+from serve.adapters.lora import AdapterUnavailable, LoraBanks, load_slots
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 KEY = re.compile(r"[0-9a-f]{24}")
 READY, ERROR = "ready", "error"
 FOLDER, UPLOAD = "folder", "upload"  # where an adapter came from: easel up --loras, or POST /v1/loras
+PRIVATE, SHARED = "private", "shared"  # an upload's visibility: its key's alone, or every key's
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,23 @@ class LoraEntry:
     sha256: str | None = None  # the uploaded file's content hash
     created_at: float | None = None
     engines: str | None = None  # the key of the engine folder it was prepared for (an upload's)
+    owner: str | None = None  # the id of the key that uploaded it, private to it (None: the shared set's)
 
     @property
     def key(self) -> str | None:
         """Its content key: the name of its prepared tensors in the registry folder (what batch rows carry)."""
         return Path(self.prepared).stem if self.prepared else None
 
-    def public(self) -> dict:
-        """What the API shows of it."""
-        hidden = ("prepared", "engines")
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in hidden and v not in (None, {})}
+    @property
+    def visibility(self) -> str:
+        """``private`` (its owner's alone) or ``shared`` (every key's)."""
+        return SHARED if self.owner is None else PRIVATE
+
+    def public(self, with_owner: bool = False) -> dict:
+        """What the API shows of it (``with_owner``: its owner's key id too, as an admin sees it)."""
+        hidden = ("prepared", "engines") if with_owner else ("prepared", "engines", "owner")
+        shown = {k: v for k, v in dataclasses.asdict(self).items() if k not in hidden and v not in (None, {})}
+        return shown | {"visibility": self.visibility}
 
     def to_json(self) -> str:
         """Its record in a store."""
@@ -95,10 +103,6 @@ class LoraRegistry:
         raw = json.loads(path.read_text())
         entries = {e["name"]: LoraEntry(**e) for e in raw["adapters"]}
         return cls(entries, int(raw.get("resident", DEFAULT_RESIDENT)))
-
-
-class AdapterUnavailable(ValueError):
-    """A request named an adapter this stack cannot serve (the replica checks names first; this is the backstop)."""
 
 
 class RegistryLoader:

@@ -27,8 +27,9 @@ from serve.adapters.ip_adapter import (
     level_sides,
     region_masks,
 )
+from serve.adapters.limits import LoraLimits
 from serve.adapters.lora import ADAPTERS_INPUT, is_motion_unet, row_text
-from serve.adapters.registry import READY, REGISTRY_FILE, LoraRegistry
+from serve.adapters.registry import READY, REGISTRY_FILE, LoraEntry, LoraRegistry
 from serve.adapters.store import AdapterStore
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
@@ -42,16 +43,21 @@ class StackAdapters:
 
     ``loras_dir``: the registry folder (``registry.json``, the prepared adapters); None: the engines are not
     LoRA-ready. ``store_url``: the stack's store, where uploaded LoRAs are listed (:mod:`serve.adapters.store`;
-    None: the default store, :func:`serve.stores.default_url`).
+    None: the default store, :func:`serve.stores.default_url`). ``limits``: what an uploaded LoRA may be.
+
+    Uploads are owned: each key sees and uses the shared set (the ``--loras`` folder's, an open API's uploads, those
+    an admin shared) and its own, which may take a shared name (its own is the one it gets); another key's are as
+    unknown as a name never uploaded.
     """
 
     loras_dir: str | None = None
     ip_adapter: bool = False
     store_url: str | None = None
     model: str | None = None  # the served model they are of (None: every model's uploads are listed)
+    limits: LoraLimits = LoraLimits()
 
-    def registry(self) -> LoraRegistry:
-        """Every adapter served now: the folder's (as written at start-up), then those uploaded since."""
+    def folder_registry(self) -> LoraRegistry:
+        """The ``--loras`` folder's adapters, as written at start-up (read again when the file changes)."""
         if self.loras_dir is None:
             return LoraRegistry({})
         path = Path(self.loras_dir) / REGISTRY_FILE
@@ -60,9 +66,21 @@ class StackAdapters:
         if cached is None or cached[0] != stamp:
             cached = (stamp, LoraRegistry.load(Path(self.loras_dir)))
             _REGISTRIES[self.loras_dir] = cached
-        folder = cached[1]
-        uploaded = {e.name: e for e in self.store().loras() if self.model is None or e.model == self.model}
-        return LoraRegistry({**uploaded, **folder.entries}, folder.resident)
+        return cached[1]
+
+    def uploads(self) -> list[LoraEntry]:
+        """Every upload of the model, whoever owns it."""
+        if self.loras_dir is None:
+            return []
+        return [e for e in self.store().loras() if self.model is None or e.model == self.model]
+
+    def registry(self, owner: str | None = None) -> LoraRegistry:
+        """Every adapter ``owner`` (a key's id; None: an open API) may use now: the shared set, then its own."""
+        folder = self.folder_registry()
+        uploads = self.uploads()
+        shared = {e.name: e for e in uploads if e.owner is None}
+        own = {e.name: e for e in uploads if owner is not None and e.owner == owner}
+        return LoraRegistry({**shared, **folder.entries, **own}, folder.resident)
 
     def store(self) -> AdapterStore:
         """The stack's adapter store (opened once per process)."""
@@ -71,27 +89,36 @@ class StackAdapters:
             _STORES[url] = open_adapter_store(url)
         return _STORES[url]
 
-    def listing(self) -> list[dict]:
-        """``GET /v1/loras``: every adapter of the model, ready or with its error, with the model's name."""
-        return [entry.public() | {"model": entry.model or self.model} for entry in self.registry().entries.values()]
+    def listing(self, owner: str | None = None, everyone: bool = False) -> list[dict]:
+        """``GET /v1/loras``: the adapters ``owner`` may use (``everyone``'s, with their owners: an admin's view)."""
+        if everyone:
+            entries = [*self.folder_registry().entries.values(), *self.uploads()]
+        else:
+            entries = list(self.registry(owner).entries.values())
+        return [entry.public(everyone) | {"model": entry.model or self.model} for entry in entries]
 
-    def check(self, request) -> None:
-        """Refuse (400 naming the field) adapters this stack cannot apply to ``request``."""
-        self.resolve(request)
+    def check(self, request, owner: str | None = None) -> tuple[LoraEntry, ...]:
+        """Refuse (400 naming the field) adapters this stack cannot apply to ``request``; its LoRAs' entries."""
+        chosen = self.chosen(request, owner)
         field = next(iter(_ip_fields(request)), None)
         if field is not None and not self.ip_adapter:
             why = f"model {self.model} has no IP-Adapter (start the stack with --ip-adapter {self.model}:NAME=DIR)"
             raise InvalidInput(f"{field}: {why}", field)
+        return chosen
 
-    def resolve(self, request) -> tuple[tuple[str, float], ...]:
+    def resolve(self, request, owner: str | None = None) -> tuple[tuple[str, float], ...]:
         """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
 
         A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones.
         """
+        return lora_rows(self.chosen(request, owner), request)
+
+    def chosen(self, request, owner: str | None = None) -> tuple[LoraEntry, ...]:
+        """The entries of ``request``'s LoRAs as ``owner`` sees them (a 400 naming the field for one it cannot use)."""
         if not request.loras:
             return ()
-        registry = self.registry()
-        rows = []
+        registry = self.registry(owner)
+        chosen = []
         for index, lora in enumerate(request.loras):
             field = f"loras.{index}.name"
             if self.loras_dir is None:
@@ -111,8 +138,8 @@ class StackAdapters:
                     "modules'): only videos (POST /v1/videos) take it",
                     field,
                 )
-            rows.append((entry.key, lora.scale))
-        return tuple(rows)
+            chosen.append(entry)
+        return tuple(chosen)
 
     def stored_embeds(self, reference_id: str, field: str) -> np.ndarray:
         """The embeddings of stored reference ``reference_id``; a 400 naming ``field`` if it is gone."""
@@ -121,9 +148,10 @@ class StackAdapters:
             raise unknown_reference(reference_id, field)
         return stored.embeds
 
-    def cache_tag(self, request) -> str:
-        """What of the adapters' files shapes ``request``'s images (for the result cache's key)."""
-        return ",".join(f"{key}={weight}" for key, weight in self.resolve(request))
+
+def lora_rows(chosen: tuple[LoraEntry, ...], request) -> tuple[tuple[str, float], ...]:
+    """The engines' rows of ``request``'s LoRAs (``chosen``: their entries): (content key, weight)."""
+    return tuple((entry.key, lora.scale) for entry, lora in zip(chosen, request.loras, strict=True))
 
 
 def _ip_fields(request) -> list[str]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import sqlite3
 
 from serve.adapters.registry import LoraEntry
-from serve.adapters.store import AdapterStore, StoredReference, name_taken
+from serve.adapters.store import AdapterStore, StoredReference, name_taken, stored_name
 from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);  -- name: store.stored_name
 CREATE TABLE IF NOT EXISTS adapter_references (id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL, name TEXT,
     created_at REAL NOT NULL, embeds BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS adapter_references_owner ON adapter_references (owner, created_at);
@@ -26,7 +26,7 @@ class SqliteAdapterStore(AdapterStore):
     def add_lora(self, entry: LoraEntry) -> None:
         """See :meth:`AdapterStore.add_lora`."""
         try:
-            self.db.execute("INSERT INTO loras (name, entry) VALUES (?, ?)", (entry.name, entry.to_json()))
+            self.db.execute("INSERT INTO loras (name, entry) VALUES (?, ?)", (_name(entry), entry.to_json()))
         except sqlite3.IntegrityError:
             raise name_taken(entry.name) from None
 
@@ -35,27 +35,27 @@ class SqliteAdapterStore(AdapterStore):
         """See :meth:`AdapterStore.replace_lora`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            old = self._lora(entry.name)
+            old = self._lora(_name(entry))
             if old is not None:
-                self.db.execute("UPDATE loras SET entry = ? WHERE name = ?", (entry.to_json(), entry.name))
+                self.db.execute("UPDATE loras SET entry = ? WHERE name = ?", (entry.to_json(), _name(entry)))
         return old
 
     @serialized
-    def remove_lora(self, name: str) -> LoraEntry | None:
+    def remove_lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.remove_lora`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            old = self._lora(name)
-            self.db.execute("DELETE FROM loras WHERE name = ?", (name,))
+            old = self._lora(stored_name(name, owner))
+            self.db.execute("DELETE FROM loras WHERE name = ?", (stored_name(name, owner),))
         return old
 
     @serialized
-    def lora(self, name: str) -> LoraEntry | None:
+    def lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.lora`."""
-        return self._lora(name)
+        return self._lora(stored_name(name, owner))
 
-    def _lora(self, name: str) -> LoraEntry | None:
-        row = self.db.execute("SELECT entry FROM loras WHERE name = ?", (name,)).fetchone()
+    def _lora(self, stored: str) -> LoraEntry | None:
+        row = self.db.execute("SELECT entry FROM loras WHERE name = ?", (stored,)).fetchone()
         return None if row is None else LoraEntry.from_json(row["entry"])
 
     @serialized
@@ -99,6 +99,10 @@ class SqliteAdapterStore(AdapterStore):
 
 
 _COLUMNS = "id, owner, model, name, created_at, embeds"
+
+
+def _name(entry: LoraEntry) -> str:
+    return stored_name(entry.name, entry.owner)
 
 
 def _fields(reference: StoredReference) -> tuple:

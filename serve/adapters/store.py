@@ -4,6 +4,9 @@ Two implementations keep it, tested against the same tests: :mod:`serve.adapters
 :mod:`serve.adapters.redis` (:func:`serve.adapters.open_adapter_store` picks one by URL), so every replica (and,
 with Redis, every node) sees the same adapters, and a restart keeps them. The prepared tensors an entry names lie in
 the stack's registry folder; the store holds what names them.
+
+LoRA names are per owner: an entry is kept under :func:`stored_name` (``<owner>:<name>``; the shared set's, and every
+entry kept before uploads had owners, under ``<name>`` alone), so two keys may each have a ``style``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,11 @@ import numpy as np
 
 from serve.adapters.registry import LoraEntry
 from serve.errors import InvalidInput
+
+
+def stored_name(name: str, owner: str | None) -> str:
+    """What a store keeps the LoRA ``name`` of ``owner`` under (None: the shared set's; names have no ``:``)."""
+    return name if owner is None else f"{owner}:{name}"
 
 
 def name_taken(name: str) -> InvalidInput:
@@ -52,27 +60,27 @@ class StoredReference:
 
 
 class AdapterStore(ABC):
-    """LoRA entries by name (each of one model), and stored references by id (each of one key)."""
+    """LoRA entries by owner and name (each of one model), and stored references by id (each of one key)."""
 
     @abstractmethod
     def add_lora(self, entry: LoraEntry) -> None:
-        """Keep a new entry; :func:`name_taken` if one has its name."""
+        """Keep a new entry; :func:`name_taken` if its owner has one of its name."""
 
     @abstractmethod
     def replace_lora(self, entry: LoraEntry) -> LoraEntry | None:
-        """Put ``entry`` in the place of the one with its name; returns that one (None, and nothing kept: none)."""
+        """Put ``entry`` in the place of its owner's of its name; returns that one (None, and nothing kept: none)."""
 
     @abstractmethod
-    def remove_lora(self, name: str) -> LoraEntry | None:
-        """Forget the entry called ``name``; returns it (None: there was none)."""
+    def remove_lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
+        """Forget ``owner``'s entry called ``name`` (None: the shared set's); returns it (None: there was none)."""
 
     @abstractmethod
-    def lora(self, name: str) -> LoraEntry | None:
-        """The entry called ``name``, or None."""
+    def lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
+        """``owner``'s entry called ``name`` (None: the shared set's), or None."""
 
     @abstractmethod
     def loras(self) -> list[LoraEntry]:
-        """Every entry, by name."""
+        """Every entry, every owner's, by stored name."""
 
     @abstractmethod
     def add_reference(self, reference: StoredReference) -> None:

@@ -2,7 +2,8 @@
 
 The LoRA routes go to :class:`serve.adapters.catalog.LoraCatalog`, the reference routes to
 :class:`serve.text_to_image.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
-encoder); each caller sees only its own key's references (an admin key, or an open API, sees all).
+encoder); each caller sees only its own key's references (an admin key, or an open API, sees all), and its own
+LoRAs with the shared set (an admin key sees every key's).
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
-from serve.adapters.catalog import LoraCatalog
+from serve.adapters.catalog import Caller, LoraCatalog
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import NewReference, References
+
+
+def lora_caller(key: ApiKey | None) -> Caller:
+    """Who ``key`` is to the LoRA catalog: its id, and whether it is an admin's (None: an open API)."""
+    return Caller() if key is None else Caller(key.id, owner_filter(key) is None)
 
 
 class Adapters:
@@ -38,25 +44,29 @@ class Adapters:
         """A reference image's embeddings, by ``model``'s image encoder (in a ``TextToImage`` replica)."""
         return await self.text_to_image.options(multiplexed_model_id=model.version_id).encode_reference.remote(image)
 
-    async def loras_listed(self) -> dict:
-        """Every LoRA adapter (the ``--loras`` folder's, then uploaded ones): ready, or why it cannot be."""
-        return await asyncio.to_thread(self.loras.listing)
+    async def loras_listed(self, key: ApiKey | None) -> dict:
+        """The LoRA adapters ``key`` may use (the ``--loras`` folder's, then uploaded ones): ready, or why not."""
+        return await asyncio.to_thread(self.loras.listing, lora_caller(key))
 
     async def loras_refreshed(self) -> None:
         """Uploaded LoRAs prepared again for each model whose engines changed (a model replaced)."""
         await asyncio.to_thread(self.loras.refresh)
 
-    async def lora_added(self, name: str, model: str | None, upload: BinaryIO) -> dict:
-        """A new LoRA adapter, served once diffusers has read it for ``model`` (None: the default)."""
-        return await self.loras.add(name, model, upload)
+    async def lora_added(
+        self, name: str, model: str | None, upload: BinaryIO, key: ApiKey | None, visibility: str
+    ) -> dict:
+        """A new LoRA adapter of ``key``, served once diffusers has read it for ``model`` (None: the default)."""
+        return await self.loras.add(name, model, upload, lora_caller(key), visibility)
 
-    async def lora_replaced(self, name: str, upload: BinaryIO) -> dict:
-        """An uploaded LoRA adapter's new weights; requests in flight finish on the old ones."""
-        return await self.loras.replace(name, upload)
+    async def lora_replaced(
+        self, name: str, upload: BinaryIO | None, key: ApiKey | None, visibility: str | None, owner: str | None
+    ) -> dict:
+        """An uploaded LoRA adapter's new weights or visibility; requests in flight finish on the old ones."""
+        return await self.loras.replace(name, upload, lora_caller(key), visibility, owner)
 
-    async def lora_removed(self, name: str) -> dict:
+    async def lora_removed(self, name: str, key: ApiKey | None, owner: str | None) -> dict:
         """An uploaded LoRA adapter removed (new requests naming it are 400s)."""
-        return await self.loras.remove(name)
+        return await self.loras.remove(name, lora_caller(key), owner)
 
     async def reference_added(self, body: NewReference, key: ApiKey | None) -> dict:
         """``body``'s image encoded once, its embeddings kept as ``key``'s."""

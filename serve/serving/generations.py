@@ -115,6 +115,7 @@ class Admitted:
     asked: GenerationRequest
     plan: Plan  # how its replica runs it: the replica keeps only its slot
     screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
+    owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are
 
 
 class Generations:
@@ -183,14 +184,19 @@ class Generations:
         return request, Assignment(model.name), model
 
     def _checked(
-        self, request: GenerationRequest, assignment: Assignment, model: ServedModel, asked: GenerationRequest
+        self,
+        request: GenerationRequest,
+        assignment: Assignment,
+        model: ServedModel,
+        asked: GenerationRequest,
+        owner: str | None,
     ) -> Admitted:
-        """``request`` checked by ``model``'s rules and the stack's upscalers (a 400 naming the field if not)."""
-        work, plan = model.check(request)
+        """``request`` checked by ``model``'s rules (``owner``'s LoRAs) and the stack's upscalers (400 if not)."""
+        work, plan = model.check(request, owner)
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
-        return Admitted(request, assignment, model, work.cost + faces, asked, plan)
+        return Admitted(request, assignment, model, work.cost + faces, asked, plan, owner=owner)
 
     async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
@@ -201,7 +207,7 @@ class Generations:
         """
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
         assigned, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
-        admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request)  # images' headers read
+        admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request, key and key.id)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(admitted, screening=screening)
@@ -215,7 +221,7 @@ class Generations:
         ``policy``: the moderation policy it was submitted under (None: a job stored without one, the stack's).
         """
         model = self.models.now().resolve(request.model)
-        admitted = self._checked(request, assignment or Assignment(model.name), model, request)
+        admitted = self._checked(request, assignment or Assignment(model.name), model, request, owner)
         return dataclasses.replace(admitted, screening=await self.moderation.rescreened(request, policy, owner))
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
@@ -235,7 +241,7 @@ class Generations:
         try:
             served = self.models.now().version(version_id)
             if served.version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
-                plan = served.check(admitted.request).plan
+                plan = served.check(admitted.request, admitted.owner).plan
             loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
             yield served, plan, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
         finally:
@@ -277,7 +283,8 @@ class Generations:
         reading, which cancels the generation.
         """
         request, model = admitted.request, admitted.model
-        engine = f"{model.key}|{model.adapters.cache_tag(request)}"  # the adapters' files shape the images too
+        loras = ",".join(f"{key}={weight}" for key, weight in admitted.plan.loras)  # their files shape the images too
+        engine = f"{model.key}|{loras}"
         engine += f"|{admitted.screening.policy}"  # an answer's moderation marks are its policy's
         key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
         if key is not None and not fresh:
@@ -291,7 +298,7 @@ class Generations:
                 result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
             else:
                 result = await self._generate_reporting(served, request, plan, on_step, scope)
-            result = await self._finished(served, request, result, scope)
+            result = await self._finished(served, admitted, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
@@ -308,17 +315,18 @@ class Generations:
         return body, headers
 
     async def _finished(
-        self, served: ServedModel, request: GenerationRequest, result: EncodedImages, scope: str
+        self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str
     ) -> EncodedImages:
         """``result`` with its images upscaled (and redrawn, a hires fix), their faces restored, as the request asks.
 
         A hires fix's second pass is priced with the first, at the door (:meth:`price`; its replica admits it alone).
         """
+        request = admitted.request
         if request.upscale is None and request.restore_faces is None:
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:
-            plan = await asyncio.to_thread(lambda: served.check(second).plan)  # the second pass's own plan
+            plan = await asyncio.to_thread(lambda: served.check(second, admitted.owner).plan)  # the second pass's
             remote = self._pipeline(served).generate.remote(second, plan, time.time(), scope)
             return (await remote).images
 
@@ -381,7 +389,7 @@ class Generations:
                 if isinstance(item, Progress):
                     yield grpc_api.progress(item.step, item.total)
                     continue
-                item = await self._finished(served, request, item, scope)
+                item = await self._finished(served, admitted, item, scope)
                 item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO

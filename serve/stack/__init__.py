@@ -369,7 +369,7 @@ class Stack:
         for name, loras_dir in opts.loras_dir.items():
             default = name == default_name
             engines, model_dir = EngineFolder(engine_dirs[name]), opts.served[name] or default_model_dir()
-            registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name)
+            registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name, opts.lora_limits)
             folder = opts.run_dir / ("loras" if default else f"loras-{name}")
             install_registry(registry, folder, opts.repository, engines, model_dir, ServedModels.prefix(name, default))
             folders[name] = str(folder)

@@ -9,10 +9,12 @@
 - **Cost** (:class:`Work`): every engine pass a request causes, each counted as a denoising step of its image's
   megapixels, plus the megapixels its uploads decode to: ``n x megapixels x (steps that run x (1 + ControlNets) + 1
   VAE decode + 1 VAE encode with input images) + megapixels once more with an IP-Adapter reference + input
-  megapixels``. img2img's ``strength`` runs part of the schedule, but even ``strength`` 0 pays for its VAE passes
-  and its decoded inputs. The Gateway prices a request with it before running anything (the key's cost limit); a
-  request over ``max_cost`` is refused (400); admitted requests wait their turn, before any image is decoded, while
-  the replica's requests in flight (of their priority or above) already add up to ``max_inflight_cost``.
+  megapixels``; a LoRA row adds, each step, ``rank / LORA_RANK_PER_PASS`` of a pass to every row of the denoiser's
+  batch it may share (it slows them all). img2img's ``strength`` runs part of the schedule, but even ``strength`` 0
+  pays for its VAE passes and its decoded inputs. The Gateway prices a request with it before running anything (the
+  key's cost limit); a request over ``max_cost`` is refused (400); admitted requests wait their turn, before any
+  image is decoded, while the replica's requests in flight (of their priority or above) already add up to
+  ``max_inflight_cost``.
 - Engines a request does not use (the VAE encoder of a text-only request, ControlNets it does not name) are not
   checked for it.
 """
@@ -45,6 +47,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_COST = 64.0
 """Largest cost (:class:`Work`) served by default: e.g. 4 images of 512x512 at 60 steps, one 1024x1024 at 60."""
+LORA_RANK_PER_PASS = 1280
+"""The LoRA rank that adds a whole pass to every row of its batch: a rank-512 LoRA slowed the plain rows batched with
+it by about 40 % (the issue 65 probe, against a rank-4 one; every row computes the batch's ``down x``)."""
 CALL_SECONDS = 2.0
 """Engine time (one core) a single engine call of a large request aims to stay under (see ``rows_per_call``)."""
 
@@ -56,6 +61,7 @@ class Work:
     ``rows``: images made; ``steps``: denoising steps that run; ``passes``: UNet-sized calls per step (the UNet and
     each ControlNet); ``encodes``: its images go through the VAE encoder (input images, an inpainting UNet's);
     ``reference``: an IP-Adapter reference through the image encoder; ``input_pixels``: what its uploads decode to;
+    ``lora_rank_rows``: its LoRAs' rank x the rows of the denoiser's batch they may slow (see the module);
     ``upscale``: what the request's ``upscale`` runs after it (:func:`upscale_work`; a hires fix's second pass runs
     as a request of its own): the doors' price and the ``max_cost`` check count it, a replica holds in flight only
     this pass's cost.
@@ -70,6 +76,7 @@ class Work:
     reference: bool = False
     input_pixels: int = 0
     upscale: Work | None = None
+    lora_rank_rows: int = 0
     frames: int = 1  # a video's: each of its images is this many frames, denoised together
     guided: bool = False  # classifier-free guidance: a video's call holds two rows of every frame
 
@@ -84,9 +91,14 @@ class Work:
         return self.width * self.height / 1e6
 
     @property
-    def passes_per_image(self) -> int:
-        """Engine passes per image: every step's UNet-sized ones, the VAE decoder's, the VAE encoder's."""
-        return self.steps * self.passes + 1 + int(self.encodes)
+    def lora_passes(self) -> float:
+        """UNet passes per step its LoRA rows add to the batch they share."""
+        return self.lora_rank_rows / LORA_RANK_PER_PASS
+
+    @property
+    def passes_per_image(self) -> float:
+        """Engine passes per image: every step's UNet-sized ones (its LoRAs' too), the VAE decoder's, the encoder's."""
+        return self.steps * (self.passes + self.lora_passes) + 1 + int(self.encodes)
 
     @property
     def pass_cost(self) -> float:
@@ -105,6 +117,7 @@ class Work:
     def explained(self) -> str:
         """The cost's sum, as a refusal says it."""
         unet = f"{self.passes} passes (the UNet and {self.passes - 1} ControlNets)" if self.passes > 1 else "1 pass"
+        unet += f" + {self.lora_passes:.2f} (its LoRAs' rank)" if self.lora_passes else ""
         passes = f"({self.steps} steps x {unet} + 1 VAE decode{' + 1 encode' if self.encodes else ''})"
         reference = f" + {self.megapixels:.2f} (IP-Adapter reference)" if self.reference else ""
         inputs = f" + {self.input_pixels / 1e6:.2f} (input megapixels)" if self.input_pixels else ""
@@ -147,6 +160,7 @@ class Plan:
     cost: float
     tiling: VaeTiling | None = None
     rows_per_call: dict[str, int] = field(default_factory=dict)  # by engine; absent: any number
+    loras: tuple[tuple[str, float], ...] = ()  # its LoRAs (content key, weight), resolved for its key at the Gateway
 
 
 class Admission:

@@ -11,6 +11,7 @@ import torch
 from ray import serve
 
 from serve import metrics
+from serve.errors import Diverged
 from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
@@ -212,8 +213,11 @@ class TextToImage:
         raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
-                job = await self._job(request, served, cache_scope)
-                result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
+                job = await self._job(request, plan, served, cache_scope)
+                try:
+                    result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
+                except Diverged as error:  # its adapters', or the model's: said so, never a black image
+                    raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
             scores = await self.scorer.score(result.images, plain_text(request.prompt)) if request.scores else None
             images = await asyncio.gather(
                 *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
@@ -228,16 +232,18 @@ class TextToImage:
             list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped, scores=scores
         )
 
-    async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
-        """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
+    async def _job(self, request: GenerationRequest, plan: Plan, served: ModelPipeline, cache_scope: str) -> Generation:
+        """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop.
+
+        Its LoRAs are the plan's: resolved at the Gateway for the key it came with (their weights of that moment).
+        """
         pipeline, adapters = served.pipeline, served.model.adapters
         self._count_adapters(request)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)
         ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)
         job = to_generation(request, pipeline.dims.native_size, ip, images, self.defaults)
-        loras = await asyncio.to_thread(adapters.resolve, request)  # content keys: a PUT waits for it
-        job = job.replaced(loras=loras)
+        job = job.replaced(loras=plan.loras)
         reuse = approximate.decide(
             request.approximate_cache,
             request.seed is not None,

@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from serve.adapters.catalog import LoraTarget, registry_folder
-from serve.adapters.requests import StackAdapters
+from serve.adapters.requests import StackAdapters, lora_rows
 from serve.cli_options import NAME, NAME_RULE
 from serve.errors import InvalidInput, NotFound
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
@@ -122,13 +122,17 @@ class ServedModel:
         for name in self.triton_names():
             uninstall_model(name, repository)
 
-    def check(self, request) -> Checked:
-        """``request``'s work checked (400 naming the field) by the rules needing no run, and its replica's plan."""
-        self.adapters.check(request)
-        work, family = self.work(request), self.folder.family
+    def check(self, request, owner: str | None = None) -> Checked:
+        """``request``'s work checked (400 naming the field) by the rules needing no run, and its replica's plan.
+
+        ``owner``: the key it came with, whose LoRAs (with the shared set) its names are; the plan carries them.
+        """
+        loras = self.adapters.check(request, owner)
+        work, family = self.work(request, sum(entry.rank or 0 for entry in loras)), self.folder.family
         family.check(Outline.of_request(request, work.width, work.height), request.controlnets)
         uses = engines_used(request, family.dims.inpainting)
-        return Checked(work, Admission.for_engines(self.folder, self.limits).check(work, uses))
+        plan = Admission.for_engines(self.folder, self.limits).check(work, uses)
+        return Checked(work, replace(plan, loras=lora_rows(loras, request)))
 
     def lora_target(self) -> LoraTarget:
         """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""
@@ -138,12 +142,14 @@ class ServedModel:
         folder = self.folder
         return LoraTarget(self.name, self.adapters, folder.key, folder.family.pipeline_class, folder.lora_slots())
 
-    def work(self, request) -> Work:
+    def work(self, request, lora_rank: int = 0) -> Work:
         """What ``request`` asks of this model: its cost is the one both doors and the replicas count.
 
         No pixel is decoded: sizes come from the images' headers (no size and no image: this model's native one).
+        ``lora_rank``: its LoRAs' ranks together, priced for every row of the denoiser's batch they may slow.
         """
         width, height = output_size(request, self.native_size)
+        batch = self.folder.specs[self.folder.family.denoiser].max_batch_size
         return Work(
             request.rows,
             request.denoising_steps,
@@ -154,6 +160,7 @@ class ServedModel:
             reference=any(ip.choice.images for ip in ip_choices(request)),
             input_pixels=input_pixels(request),
             upscale=upscale_work(request, width, height),
+            lora_rank_rows=lora_rank * batch,
             frames=motion.frames if (motion := motion_of(request)) else 1,
             guided=request.guidance_scale > 1.0,
         )
@@ -270,9 +277,10 @@ class ServedModels(Mapping[str, ServedModel]):
         """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and own LoRAs."""
         if entry.version == 1 and entry.name in self.adapters and entry.loras_dir is None:
             return self.adapters[entry.name]
-        store_url = next((adapters.store_url for adapters in self.adapters.values()), None)
+        stack = next(iter(self.adapters.values()), StackAdapters())  # the stack's store and LoRA limits
         loras_dir = entry.loras_dir and str(registry_folder(entry.loras_dir, bool(folder.lora_slots())))
-        return StackAdapters(loras_dir, folder.adapters.ip_adapter is not None, store_url, entry.name)
+        ip = folder.adapters.ip_adapter is not None
+        return StackAdapters(loras_dir, ip, stack.store_url, entry.name, stack.limits)
 
     @property
     def room_bytes(self) -> int:

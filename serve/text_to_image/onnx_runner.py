@@ -47,6 +47,8 @@ class OnnxRuntimeRunner:
         shared = {}
         if spec.name in self.banks:
             rows = [parse_row(text) for text in feeds.pop(ADAPTERS_INPUT)]
-            feeds[SCALE_INPUT], shared = self.banks[spec.name].feeds(rows)
+            feeds[SCALE_INPUT], shared, refused = self.banks[spec.name].feeds(rows)
+            if refused:  # one caller's rows here: its call fails as a Triton request would
+                raise next(iter(refused.values()))
         outputs = await asyncio.to_thread(session.run, feeds, shared)
         return dict(zip(session.output_names, outputs, strict=True))

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from serve.adapters.requests import GenerationAdapters
+from serve.errors import Diverged
 from serve.priority import PriorityGate
 from serve.text_to_image import guidance, image_to_image
 from serve.text_to_image.approximate import LatentReuse, Start
@@ -125,11 +126,16 @@ class TextToImagePipeline:
                 noise = uncond + job.sampling.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = start.after_step(latents, index, timesteps, scheduler)
+            if not torch.isfinite(latents).all():  # an adapter's (or the model's) weights overflow: never a black image
+                raise Diverged.at(index + 1, len(timesteps))
             if reused is not None and not first and index + 1 == reused.step:
                 await self.reuse.keep(reused, latents.numpy())
             if on_step is not None:
                 await on_step(index + 1, len(timesteps), latents.numpy())
-        pixels = np.clip(await self._decode(latents.numpy(), tiling, engines), 0.0, 1.0)
+        pixels = await self._decode(latents.numpy(), tiling, engines)
+        if not np.isfinite(pixels).all():
+            raise Diverged.at(0, len(timesteps))
+        pixels = np.clip(pixels, 0.0, 1.0)
         images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from itertools import pairwise
 from pathlib import Path
@@ -128,8 +128,11 @@ class MemoryBound:
         return self.pool.reserve(self.model.per_row(positions(shape, self.dynamic_axes)) * shape[0], self.engine)
 
 
-Prepare = Callable[[dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict[str, np.ndarray]]]
-"""A merged batch -> (the graph's per-row inputs, its inputs without a batch axis): see :func:`run_batched`."""
+Prepare = Callable[
+    [dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict[str, np.ndarray], Mapping[int, Exception]]
+]
+"""A merged batch -> (the graph's per-row inputs, its inputs without a batch axis, the rows refused: row -> why):
+see :func:`run_batched`."""
 
 
 def run_batched(
@@ -142,8 +145,9 @@ def run_batched(
 
     With a ``bound``, each group runs in consecutive slices that fit the activation pool, each reserved from it while
     it runs. ``prepare`` turns each merged group into the graph's inputs (an adapter-ready engine reads its
-    ``adapters`` strings and adds the banks). Returns, for each feed in order, its outputs or the exception that its
-    group raised.
+    ``adapters`` strings and adds the banks; a row whose adapter cannot be applied is refused, and its request alone
+    answered the error). Returns, for each feed in order, its outputs or the exception that its group (or its row)
+    raised.
     """
     groups: dict[tuple, list[int]] = defaultdict(list)
     for index, feed in enumerate(feeds):
@@ -153,7 +157,7 @@ def run_batched(
         sizes = [len(next(iter(feeds[i].values()))) for i in members]
         merged = {name: np.concatenate([feeds[i][name] for i in members]) for name in feeds[members[0]]}
         try:
-            merged, shared = prepare(merged) if prepare else (merged, {})
+            merged, shared, refused = prepare(merged) if prepare else (merged, {}, {})
             outputs = _run_bounded(session, merged, bound, shared)
         except Exception as error:  # noqa: BLE001 - reported per request, the server keeps running
             for i in members:
@@ -161,7 +165,9 @@ def run_batched(
             continue
         bounds = np.cumsum([0, *sizes])
         for i, start, stop in zip(members, bounds[:-1], bounds[1:], strict=True):
-            results[i] = {name: out[start:stop] for name, out in zip(session.output_names, outputs, strict=True)}
+            failed = [refused[row] for row in range(start, stop) if row in refused]
+            outputs_of = {name: out[start:stop] for name, out in zip(session.output_names, outputs, strict=True)}
+            results[i] = failed[0] if failed else outputs_of
     return results
 
 

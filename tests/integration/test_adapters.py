@@ -2,10 +2,13 @@
 
 import asyncio
 import base64
+import dataclasses
+import hashlib
 import io
 import logging
 import time
 import zipfile
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -27,6 +30,8 @@ pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 RESIDENT = 2
+MAX_RANK = 4  # the test LoRAs' largest
+FILES_KEPT_S = 2.0  # a removed LoRA's files stay this long (requests in flight finish on them), then go
 BODY = {"prompt": "a red heart icon", "seed": 3, "num_inference_steps": 10, "size": "64x64", "scheduler": "ddim"}
 
 
@@ -59,6 +64,8 @@ def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
         cache_bytes=0,
         loras_dir=adapters.loras,
         lora_resident=RESIDENT,
+        lora_files_kept_s=FILES_KEPT_S,
+        lora_max_rank=MAX_RANK,
         ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
         motion_adapters={"wave": wave},
     )
@@ -256,6 +263,48 @@ def test_different_adapters_share_batches_and_each_gets_its_solo_image(api, stac
     assert sum(count for size, count in histogram.items() if size > 2) > 0, "no execution merged requests"
 
 
+def _poisoned(stack, name: str, factor: float) -> None:
+    """LoRA ``name`` whose weights are ``style``'s times ``factor``, put in the store as if uploaded (no check)."""
+    from safetensors.numpy import load_file, save_file
+
+    from serve.adapters import open_adapter_store
+    from serve.adapters.registry import READY, UPLOAD, LoraEntry, LoraRegistry
+
+    folder = stack.options.run_dir / "loras"
+    style = LoraRegistry.load(folder).get("style")
+    path = folder / f"{hashlib.sha256(name.encode()).hexdigest()[:24]}.safetensors"
+    save_file({key: value * np.float32(factor) for key, value in load_file(style.prepared).items()}, path)
+    entry = LoraEntry(name, READY, None, style.rank, style.bytes, style.layers, str(path), "easel-default", UPLOAD)
+    store = open_adapter_store(stack.options.store)
+    try:
+        store.add_lora(dataclasses.replace(entry, sha256="0" * 64, created_at=time.time()))
+    finally:
+        store.close()
+
+
+def test_a_poisoned_lora_fails_its_own_request_and_no_other_row_of_its_batch(api, stack):
+    """Weights that overflow (finite, 1e30 x a LoRA's: the upload check bypassed) batched with a plain and a LoRA row.
+
+    The others equal their solo images; the poisoned request is a 400 naming ``loras`` and the adapter, not black.
+    """
+    _poisoned(stack, "overflowing", 1e30)
+    variants = [{}, {"loras": [{"name": "line"}]}, {"loras": [{"name": "overflowing"}]}]
+    bodies = [BODY | {"seed": 60 + i} | variant for i, variant in enumerate(variants)]
+    alone = [_served(api, **body) for body in bodies[:2]]
+    before = batch_histogram(stack.info.triton_http_url)
+    for _ in range(3):
+        *others, poisoned = post_together(stack.info.api_url, GENERATE, bodies)
+        for body, single, response in zip(bodies[:2], alone, others, strict=True):
+            assert response.status_code == 200, response.text
+            np.testing.assert_array_equal(decode_images(response), single, err_msg=str(body))
+        assert poisoned.status_code == 400, poisoned.text
+        error = poisoned.json()["error"]
+        assert error["param"] == "loras" and "'overflowing'" in error["message"] and "NaN or Inf" in error["message"]
+    histogram = batch_histogram(stack.info.triton_http_url) - before
+    logger.info("unet batch sizes with a poisoned LoRA: %s", dict(sorted(histogram.items())))
+    assert sum(count for size, count in histogram.items() if size > 2) > 0, "no execution merged the requests"
+
+
 def test_more_adapters_than_held_are_evicted_reloaded_and_still_right(api, stack):
     order = ["style", "line", "kohya", "spare"]
     first = {name: _served(api, loras=[{"name": name}]) for name in order}
@@ -409,6 +458,38 @@ def test_bad_uploads_are_refused_naming_the_field(api, adapters, method, path, f
     assert _served(api).shape == (1, 64, 64, 3)  # the stack goes on
 
 
+def _poisoned_file(adapters, poison: float) -> bytes:
+    """``style``'s file with one of its tensors all ``poison`` (NaN, Inf, or 3e38: finite, but it overflows)."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save
+
+    path = adapters.loras / "style.safetensors"
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(path)
+    first = sorted(key for key in tensors if key.startswith("unet."))[0]
+    tensors[first] = np.full_like(tensors[first], poison)
+    return save(tensors, metadata)
+
+
+@pytest.mark.parametrize("poison", [float("nan"), float("inf"), 3e38], ids=["nan", "inf", "overflowing"])
+def test_a_lora_with_nan_inf_or_overflowing_weights_is_a_400_naming_file(api, adapters, poison):
+    response = _upload(api, "POST", "/v1/loras", _poisoned_file(adapters, poison), name="poison")
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "file"
+    assert ("NaN or Inf" if poison != 3e38 else "--lora-max-norm") in response.json()["error"]["message"]
+    assert "poison" not in [entry["name"] for entry in api.get("/v1/loras").json()["data"]]
+
+
+def test_a_rank_over_the_bound_is_a_400_naming_file(api, adapters, default_model, tmp_path):
+    from build_engines.text_to_image.random_adapters import make_lora
+
+    path = make_lora(default_model, tmp_path / "wide.safetensors", rank=MAX_RANK + 1, seed=8)
+    response = _upload(api, "POST", "/v1/loras", path.read_bytes(), name="wide")
+    assert response.status_code == 400 and response.json()["error"]["param"] == "file", response.text
+    assert f"rank {MAX_RANK + 1}, over the largest served, {MAX_RANK}" in response.json()["error"]["message"]
+
+
 def test_a_deleted_lora_is_a_400_naming_the_field(api, adapters):
     assert _upload(
         api, "POST", "/v1/loras", (adapters.loras / "kohya.safetensors").read_bytes(), name="gone"
@@ -533,3 +614,61 @@ def test_zz_references_are_their_key_s_and_loras_change_with_the_adapters_scope(
         assert refused.status_code == 403, refused.text
         added = client.post("/v1/loras", data={"name": "keyed"}, files=file, headers=as_("curator"))
         assert added.status_code == 200, added.text
+
+
+def test_zz_loras_are_their_key_s_and_another_key_gets_what_an_unknown_name_gets(stack, default_model, tmp_path):
+    """After the keys of the test before: a private LoRA is unknown to another key for every verb; an admin shares.
+
+    And a removed LoRA's files are gone once no entry names them (``FILES_KEPT_S`` after).
+    """
+    from build_engines.text_to_image.random_adapters import make_lora
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.adapters import open_adapter_store
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    both = {Scope.GENERATE, Scope.ADAPTERS}
+    keys = {name: store.create(name, scopes, KeyLimits()) for name, scopes in (("ann", both), ("ben", both))}
+    keys["boss"] = store.create("boss", {Scope.ADMIN}, KeyLimits())
+    files = {
+        who: make_lora(default_model, tmp_path / f"{who}.safetensors", rank=2, seed=seed).read_bytes()
+        for who, seed in (("ann", 9), ("ben", 10))
+    }
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+
+        def call(who: str, method: str, path: str, **kwargs) -> httpx.Response:
+            return client.request(method, path, headers={"Authorization": f"Bearer {keys[who][1]}"}, **kwargs)
+
+        def upload(who: str, method: str, path: str, **fields) -> httpx.Response:
+            return call(who, method, path, data=fields, files={"file": ("lora.safetensors", files[who])})
+
+        added = upload("ann", "POST", "/v1/loras", name="mine")
+        assert added.status_code == 200 and added.json()["visibility"] == "private", added.text
+        assert call("ann", "POST", GENERATE, json=BODY | {"loras": [{"name": "mine"}]}).status_code == 200
+        for name in ("mine", "never"):  # ann's private LoRA and a name never uploaded: the same answers for ben
+            generated = call("ben", "POST", GENERATE, json=BODY | {"loras": [{"name": name}]})
+            assert generated.status_code == 400 and generated.json()["error"]["param"] == "loras.0.name"
+            assert f"unknown LoRA adapter {name!r}" in generated.json()["error"]["message"]
+            assert upload("ben", "PUT", f"/v1/loras/{name}").status_code == 404
+            assert call("ben", "DELETE", f"/v1/loras/{name}").status_code == 404
+        assert "mine" not in [entry["name"] for entry in call("ben", "GET", "/v1/loras").json()["data"]]
+        shared = upload("ben", "POST", "/v1/loras", name="ours", visibility="shared")
+        assert shared.status_code == 403 and shared.json()["error"]["param"] == "visibility"
+        assert upload("ben", "POST", "/v1/loras", name="mine").status_code == 200  # names are per key
+        ann, ben = keys["ann"][0].id, keys["ben"][0].id
+        listed = [(e["name"], e.get("owner")) for e in call("boss", "GET", "/v1/loras").json()["data"]]
+        assert ("mine", ann) in listed and ("mine", ben) in listed
+        given = call("boss", "PUT", "/v1/loras/mine", data={"visibility": "shared", "owner": ann})
+        assert given.status_code == 200 and given.json()["visibility"] == "shared", given.text
+        assert call("ann", "POST", GENERATE, json=BODY | {"loras": [{"name": "mine"}]}).status_code == 200
+        kept = open_adapter_store(stack.options.store)
+        bens, shared_one = kept.lora("mine", ben), kept.lora("mine", None)
+        kept.close()
+        assert call("ben", "DELETE", "/v1/loras/mine").json()["deleted"] is True
+        time.sleep(FILES_KEPT_S + 0.5)
+        assert call("boss", "DELETE", "/v1/loras/mine").json()["deleted"] is True  # its sweep takes ben's files
+    folder = stack.options.run_dir / "loras"
+    assert not Path(bens.prepared).exists() and not (folder / "files" / f"{bens.sha256}.safetensors").exists()
+    assert Path(shared_one.prepared).exists()  # removed just now: kept for the requests that resolved it

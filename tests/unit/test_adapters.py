@@ -45,11 +45,16 @@ def test_kohya_and_diffusers_files_of_one_lora_read_the_same(default_model, slot
     assert ours.tensors.keys() == kohya.tensors.keys()
     for key, value in ours.tensors.items():
         np.testing.assert_array_equal(value, kohya.tensors[key], err_msg=key)
-    # alpha / rank = 0.5 is folded into B: the same LoRA with alpha = rank has twice the up matrices
+    # alpha / rank = 0.5 is folded into B: the same LoRA with alpha = rank changes each layer twice as much
     make_lora(default_model, tmp_path / "a.safetensors", rank=4, alpha=4, seed=7)
     doubled = prepare(tmp_path / "a.safetensors", default_model, SD, slots)
-    key = next(k for k in ours.tensors if k.startswith("unet.") and k.endswith(".up"))
-    np.testing.assert_allclose(doubled.tensors[key], 2 * ours.tensors[key], rtol=1e-6)
+    layer = next(k.removesuffix(".up") for k in ours.tensors if k.startswith("unet.") and k.endswith(".up"))
+
+    def delta(prepared):
+        up, down = prepared.tensors[f"{layer}.up"], prepared.tensors[f"{layer}.down"]
+        return up.reshape(len(up), -1) @ down.reshape(len(down), -1)
+
+    np.testing.assert_allclose(delta(doubled), 2 * delta(ours), rtol=1e-5, atol=1e-7)
 
 
 def test_files_that_cannot_be_served_say_why(default_model, slots, tmp_path, tiny_xl_model):
@@ -109,7 +114,7 @@ def test_each_row_gets_exactly_its_own_adapters_and_weights():
     numpy_adapters = {n: {i: (d.numpy(), u.numpy()) for i, (d, u) in t.items()} for n, t in adapters.items()}
     banks = LoraBanks("toy", slots, lambda name: numpy_adapters[name], resident=2)
     rows = [(("a", 1.0),), (("b", 1.0),), (("a", 0.5), ("b", -1.0)), ()]
-    scale, bank = banks.feeds(rows)
+    scale, bank, _ = banks.feeds(rows)
     x, y = torch.randn(4, 7, 6), torch.randn(4, 3, 5, 5)
     args = [x, y, torch.from_numpy(scale)]
     for i in range(len(slots)):
@@ -166,7 +171,7 @@ def test_banks_hold_the_most_recently_used_and_a_batch_all_it_needs():
     assert loaded == ["a", "b"] and banks.held == ["a", "b"]
     banks.feeds([(("c", 1.0),)])
     assert banks.held == ["b", "c"] and events.count("evict") == 1
-    scale, bank = banks.feeds([(("a", 0.5),), (("b", 1.0), ("c", 2.0)), ()])  # three in one batch: all held for it
+    scale, bank, _ = banks.feeds([(("a", 0.5),), (("b", 1.0), ("c", 2.0)), ()])  # three in one batch: all held for it
     assert scale.tolist() == [[0.5, 0, 0], [0, 1.0, 2.0], [0, 0, 0]]
     assert bank["lora_column_0"].tolist() == [0, 1, 2] and bank["lora_down_0"].shape == (3, 3)
     assert bank["lora_down_1"].shape == (1, 2) and not bank["lora_up_1"].any()  # no adapter touches it
@@ -261,3 +266,126 @@ def test_transformer_loras_per_row_match_diffusers_load_lora_weights(name, trans
         )
     )
     assert psnr(with_a.images[0], plain) < 40  # the adapter changes the image beyond the parity bar
+
+
+def _toy_feeds(slots, adapters: dict, rows: list) -> tuple[list, dict]:
+    """The toy's LoRA inputs for ``rows`` from ``adapters`` (numpy, loaded as given: no check on the way)."""
+    banks = LoraBanks("toy", slots, lambda name: adapters[name], resident=4)
+    banks._adapter = lambda name: adapters[name]  # the engine's load check bypassed: the graph alone contains it
+    scale, bank, refused = banks.feeds(rows)
+    assert not refused
+    return [scale, *(bank[f"lora_{part}_{i}"] for i in range(len(slots)) for part in ("down", "up", "column"))], bank
+
+
+@pytest.mark.parametrize("poison", [np.nan, np.inf, 3e38], ids=["nan", "inf", "overflowing"])
+def test_a_poisoned_bank_reaches_no_row_but_its_own_in_torch_and_in_the_exported_graph(poison, tmp_path):
+    """Rows are selected, not scaled by 0: a plain row batched with a poisoned adapter's comes out as it does alone,
+    in PyTorch and in the ONNX graph the engines run; so does a good adapter's row next to overflowing (finite)
+    weights. Weights that are not finite never reach the graph: the engine refuses them at load (the test below)."""
+    import onnxruntime
+
+    torch.manual_seed(3)
+    toy = _Toy().eval()
+    ready, slots, extras = lora_ready(toy, toy)
+    good = {
+        i: (
+            np.random.default_rng(i).standard_normal(s.down_shape(2)).astype(np.float32),
+            np.random.default_rng(i + 9).standard_normal(s.up_shape(2)).astype(np.float32),
+        )
+        for i, s in enumerate(slots)
+    }
+    bad = {
+        i: (np.full(s.down_shape(3), poison, np.float32), np.full(s.up_shape(3), poison, np.float32))
+        for i, s in enumerate(slots)
+    }
+    adapters = {"good": good, "bad": bad}
+    x, y = (
+        np.random.default_rng(1).standard_normal((3, 7, 6), np.float32),
+        np.random.default_rng(2).standard_normal((3, 3, 5, 5), np.float32),
+    )
+    batched, _ = _toy_feeds(slots, adapters, [(), (("good", 0.7),), (("bad", 1.0),)])
+    alone = [_toy_feeds(slots, adapters, [row])[0] for row in [(), (("good", 0.7),)]]
+    torch.onnx.export(
+        ready,
+        tuple(torch.from_numpy(a) for a in [x, y, *batched]),
+        tmp_path / "toy.onnx",
+        input_names=["x", "y", *extras.names],
+        dynamo=False,
+        dynamic_axes={"x": {0: "n"}, "y": {0: "n"}} | extras.dynamic_axes,
+    )
+    session = onnxruntime.InferenceSession(tmp_path / "toy.onnx")
+
+    def run_torch(xs, ys, feeds):
+        with torch.no_grad():
+            return [out.numpy() for out in ready(*(torch.from_numpy(a) for a in [xs, ys, *feeds]))]
+
+    def run_onnx(xs, ys, feeds):
+        names = [i.name for i in session.get_inputs()]
+        return session.run(None, dict(zip(names, [xs, ys, *feeds], strict=True)))
+
+    for run in (run_torch, run_onnx):
+        together = run(x, y, batched)
+        for row in (0, 1) if np.isfinite(poison) else (0,):
+            solo = run(x[row : row + 1], y[row : row + 1], alone[row])
+            for out, single in zip(together, solo, strict=True):
+                assert np.isfinite(out[row]).all(), (run.__name__, row)
+                np.testing.assert_allclose(out[row], single[0], rtol=1e-5, atol=1e-6, err_msg=f"{run.__name__} {row}")
+        assert not all(np.isfinite(out[2]).all() for out in together), "the poisoned row's own output is poisoned"
+
+
+def test_an_adapter_that_is_not_finite_fails_only_the_rows_that_name_it():
+    slot = Slot("layer", "linear", 3, 2)
+    weights = {"good": np.ones((1, 3), np.float32), "bad": np.full((1, 3), np.nan, np.float32)}
+    banks = LoraBanks("m", [slot], lambda name: {0: (weights[name], np.ones((2, 1), np.float32))}, 4)
+    scale, bank, refused = banks.feeds([(("good", 1.0),), (("bad", 1.0),), (), (("good", 0.5), ("bad", 1.0))])
+    assert set(refused) == {1, 3} and "NaN or Inf" in str(refused[1])
+    assert scale.tolist() == [[1.0], [0.0], [0.0], [0.0]] and np.isfinite(bank["lora_down_0"]).all()
+    assert banks.held == ["good"]
+
+    from serve.triton.onnx_backend import run_batched
+
+    class _Session:
+        output_names = ["y"]
+
+        def run(self, feeds, shared):
+            return [feeds["x"] * 2]
+
+    def prepare(merged):
+        return merged, {}, {1: ValueError("its adapter")}  # merged row 1: the second request's
+
+    feeds = [{"x": np.ones((1, 2), np.float32)}, {"x": np.ones((1, 2), np.float32)}, {"x": np.ones((2, 2), np.float32)}]
+    results = run_batched(_Session(), feeds, None, prepare)
+    assert isinstance(results[1], ValueError)
+    assert results[0]["y"].tolist() == [[2, 2]] and results[2]["y"].shape == (2, 2)
+
+
+def _poisoned_file(source, target, poison: float):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(source), framework="numpy") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(source)
+    first = sorted(key for key in tensors if key.startswith("unet."))[0]
+    tensors[first] = np.full_like(tensors[first], poison)
+    save_file(tensors, target, metadata)
+    return target
+
+
+def test_weights_past_the_limits_are_refused_naming_why_and_kept_ones_are_balanced(default_model, slots, tmp_path):
+    from serve.adapters.limits import LoraLimits
+
+    good = make_lora(default_model, tmp_path / "good.safetensors", rank=3, seed=5)
+    for poison, why in ((np.nan, "NaN or Inf"), (np.inf, "NaN or Inf"), (3e38, "--lora-max-norm")):
+        with pytest.raises(AdapterError, match=why):
+            prepare(_poisoned_file(good, tmp_path / "poisoned.safetensors", poison), default_model, SD, slots)
+    with pytest.raises(AdapterError, match="rank 3, over the largest served, 2"):
+        prepare(good, default_model, SD, slots, LoraLimits(max_rank=2))
+    prepared = prepare(good, default_model, SD, slots)
+    with pytest.raises(AdapterError, match="--lora-max-norm"):
+        prepare(good, default_model, SD, slots, LoraLimits(max_norm=prepared.norm * 0.99))
+    for key, down in prepared.tensors.items():
+        if key.endswith(".down"):
+            up = prepared.tensors[key.removesuffix(".down") + ".up"]
+            np.testing.assert_allclose(np.linalg.norm(down), np.linalg.norm(up), rtol=1e-4, err_msg=key)
+    assert 0 < prepared.norm < 20  # a test LoRA: far under the default bound (docs/DECISIONS.md)

@@ -5,7 +5,9 @@ what a request resolves to, and every refusal.
 """
 
 import asyncio
+import dataclasses
 import io
+import os
 import shutil
 
 import numpy as np
@@ -16,11 +18,12 @@ from build_engines.text_to_image.lora_layers import slots_of
 from build_engines.text_to_image.random_adapters import make_lora
 from serve.adapters import catalog as catalog_module
 from serve.adapters import requests as requests_module
-from serve.adapters.catalog import LoraCatalog, LoraTarget
+from serve.adapters.catalog import Caller, LoraCatalog, LoraTarget
+from serve.adapters.limits import LoraLimits
 from serve.adapters.lora_files import prepare, weightless
 from serve.adapters.registry import MODEL_CONFIGS, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
-from serve.errors import Conflict, InvalidInput, NotFound
+from serve.errors import Conflict, Forbidden, InvalidInput, NotFound
 from serve.text_to_image.schema import GenerationRequest
 
 SD = "StableDiffusionPipeline"
@@ -214,3 +217,89 @@ def test_changing_loras_needs_the_adapters_scope_and_takes_the_upload_limit_on_e
     limits = BodyLimits(None, BODY_LIMITS)
     assert limits.limit_for("/v1/loras") == limits.limit_for("/v1/loras/ink") == LORA_UPLOAD_BYTES
     assert limits.limit_for("/v1/loras/ink/more") == limits.default_limit
+
+
+ANN, BEN, BOSS = Caller("ann"), Caller("ben"), Caller("boss", admin=True)
+
+
+def test_a_lora_is_its_key_s_and_another_key_gets_what_an_unknown_name_gets(catalog, default_model, tmp_path):
+    ann_file, ben_file = (io.BytesIO(_lora(default_model, tmp_path, seed=seed)) for seed in (1, 2))
+    added = asyncio.run(catalog.add("style", None, ann_file, ANN))
+    assert added["visibility"] == "private" and "owner" not in added
+    adapters = catalog.targets(None).adapters
+    request = GenerationRequest(prompt="x", loras=[{"name": "style"}])
+    assert adapters.resolve(request, "ann")[0][0] == adapters.store().lora("style", "ann").key
+    for name in ("style", "never"):  # ann's, and a name never uploaded: the same answer to ben, for every verb
+        unknown = GenerationRequest(prompt="x", loras=[{"name": name}])
+        with pytest.raises(InvalidInput, match=f"unknown LoRA adapter {name!r}"):
+            adapters.resolve(unknown, "ben")
+        with pytest.raises(NotFound, match=f"no LoRA adapter {name!r}"):
+            asyncio.run(catalog.replace(name, io.BytesIO(b"x"), BEN))
+        with pytest.raises(NotFound, match=f"no LoRA adapter {name!r}"):
+            asyncio.run(catalog.remove(name, BEN))
+    assert [e["name"] for e in catalog.listing(BEN)["data"]] == ["house"]
+    with pytest.raises(InvalidInput, match="unknown LoRA adapter"):  # an open API: the shared set alone
+        adapters.resolve(request)
+    asyncio.run(catalog.add("style", None, ben_file, BEN))  # names are per key
+    assert adapters.resolve(request, "ben") != adapters.resolve(request, "ann")
+    everyone = {(e["name"], e.get("owner")) for e in catalog.listing(BOSS)["data"]}
+    assert everyone == {("house", None), ("style", "ann"), ("style", "ben")}
+    with pytest.raises(Forbidden) as refused:
+        asyncio.run(catalog.add("ours", None, io.BytesIO(b"x"), BEN, "shared"))
+    assert refused.value.field == "visibility"
+    with pytest.raises(Forbidden):
+        asyncio.run(catalog.remove("style", BEN, owner="ann"))
+    shared = asyncio.run(catalog.replace("style", None, BOSS, "shared", owner="ann"))  # an admin shares ann's
+    assert shared["visibility"] == "shared" and adapters.store().lora("style", "ann") is None
+    assert adapters.resolve(request, "eve") == adapters.resolve(request, "ann")  # every key's now; ben keeps his own
+    assert adapters.resolve(request, "ben") != adapters.resolve(request, "ann")
+    with pytest.raises(Forbidden, match="the shared set's"):
+        asyncio.run(catalog.remove("style", Caller("eve")))
+    with pytest.raises(Conflict):
+        asyncio.run(catalog.remove("house", BOSS))
+    assert asyncio.run(catalog.remove("style", BOSS))["deleted"] is True
+    with pytest.raises(InvalidInput, match="a visibility, or both"):
+        asyncio.run(catalog.replace("style", None, BEN))
+
+
+def test_replaced_and_removed_files_go_once_no_entry_names_them(catalog, default_model, tmp_path):
+    base = catalog.targets(None)
+    adapters = dataclasses.replace(base.adapters, limits=LoraLimits(files_kept_s=60))
+    target = dataclasses.replace(base, adapters=adapters)
+    catalog, folder = LoraCatalog(lambda model: target, lambda: [adapters]), target.folder
+
+    def files() -> set[str]:
+        return {p.name for p in [*folder.glob("*.safetensors"), *(folder / "files").glob("*")]}
+
+    house = files()
+    for cycle in range(3):  # upload, replace and remove cycles: the disk holds what the store names, no more
+        asyncio.run(catalog.add("style", None, io.BytesIO(_lora(default_model, tmp_path, seed=10 + cycle)), ANN))
+        asyncio.run(catalog.replace("style", io.BytesIO(_lora(default_model, tmp_path, seed=20 + cycle)), ANN))
+        ((kept, _),) = target.adapters.resolve(GenerationRequest(prompt="x", loras=[{"name": "style"}]), "ann")
+        for path in [*folder.glob("*.safetensors"), *(folder / "files").glob("*")]:
+            os.utime(path, (0, 0))  # long unused
+        assert catalog.sweep(target)  # the replaced weights' files: gone
+        assert files() == house | {
+            f"{kept}.safetensors",
+            f"{target.adapters.store().lora('style', 'ann').sha256}.safetensors",
+        }
+        asyncio.run(catalog.remove("style", ANN))
+        assert f"{kept}.safetensors" in files()  # removed just now: kept for the requests that resolved it
+    for path in [*folder.glob("*.safetensors"), *(folder / "files").glob("*")]:
+        os.utime(path, (0, 0))
+    catalog.sweep(target)
+    assert files() == house
+
+
+def test_a_request_s_lora_rows_are_priced_by_rank_for_every_row_of_the_batch_they_slow(catalog, engine_dir):
+    from serve.text_to_image.admission import LORA_RANK_PER_PASS
+    from serve.text_to_image.engine_folder import EngineFolder
+    from serve.text_to_image.models import ServedModel
+
+    model = ServedModel("easel-default", EngineFolder(engine_dir))
+    request = GenerationRequest(prompt="x", num_inference_steps=10, size="64x64")
+    plain, ranked = model.work(request), model.work(request, lora_rank=64)
+    batch = model.folder.specs["unet"].max_batch_size
+    extra = 10 * (64 * 64 / 1e6) * 64 * batch / LORA_RANK_PER_PASS
+    assert ranked.cost == pytest.approx(plain.cost + extra) and ranked.cost > plain.cost
+    assert "LoRAs' rank" in ranked.explained() and "LoRAs' rank" not in plain.explained()

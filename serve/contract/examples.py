@@ -1,8 +1,8 @@
 """One request and its answer per route, added to the OpenAPI document (``x-easel-example``; docs/API.md shows them).
 
-Answers as a stack on the embedded default gives them (ids, times and base64 shortened). The unit tests hold every
-route to having both and every JSON request to its body's schema; the runnable-docs test sends the ones a stack on
-the embedded default answers and compares the answers' fields with the real ones'.
+Answers copied from a stack on the embedded default (ids, times and base64 shortened). The unit tests hold every
+route to having both and every JSON request to its body's schema; the answers themselves are not compared with a
+running stack's (the guides' runnable blocks are).
 """
 
 from __future__ import annotations
@@ -250,6 +250,39 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
             "model": "easel-moderation",
             "results": [{"flagged": False, "categories": {}, "category_scores": {}}],
         },
+    },
+    ("post", "/v1/prompts/analyze"): {
+        "request": _json("POST /v1/prompts/analyze", '{"prompt": "a (red:1.5) [heart]", "negative_prompt": "blurry"}'),
+        "answer": {
+            "model": "easel-default",
+            "family": "sd",
+            "encoders": {"text_encoder": {"chunk_tokens": 14, "max_chunks": 16}},
+            "prompt": {
+                "weights": [
+                    {"text": "a ", "weight": 1.0},
+                    {"text": "red", "weight": 1.5},
+                    {"text": " ", "weight": 1.0},
+                    {"text": "heart", "weight": 0.909091},
+                ],
+                "encoders": {"text_encoder": {"tokens": 5, "chunks": 1, "truncated": 0}},
+            },
+            "negative_prompt": {
+                "weights": [{"text": "blurry", "weight": 1.0}],
+                "encoders": {"text_encoder": {"tokens": 4, "chunks": 1, "truncated": 0}},
+            },
+            "truncated": 0,
+            "moderation": {
+                "flagged": False,
+                "categories": {},
+                "category_scores": {},
+                "policy": "off",
+                "refused": False,
+            },
+        },
+    },
+    ("post", "/v1/images/score"): {
+        "request": _json("POST /v1/images/score", f'{{"images": ["{PNG}"], "prompt": "a red heart icon"}}'),
+        "answer": {"object": "list", "data": [{"index": 0, "clip_score": 0.21, "aesthetic": 5.3}]},
     },
     ("post", "/v1/feedback"): {
         "request": _json("POST /v1/feedback", '{"image_id": "img_59b70a8550e819ebf3a0789b", "rating": 5}'),

@@ -345,14 +345,6 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         _FEEDBACK,
-        ("image_id", "job_id"),
-        "to rate",
-        "the id names an image or a background job this stack generated for the caller's key, within 30 days",
-        "the ids are the stack's",
-    ),
-    UnstatedLimit(
-        "post",
-        _FEEDBACK,
         ("rating",),
         "valid integer",
         "an integer written without a fraction: 5, not 5.0",
@@ -475,3 +467,11 @@ UNSTATED_LIMITS = (
 def unstated_limit(method: str, path: str, status: int, error: dict) -> UnstatedLimit | None:
     """The limit of :data:`UNSTATED_LIMITS` a refusal is (``path`` as the document names the route), or None."""
     return next((limit for limit in UNSTATED_LIMITS if limit.refuses(method, path, status, error)), None)
+
+
+def refuses_for_an_unstated_limit(method: str, path: str, status: int, body: dict) -> bool:
+    """Whether an answer (``status``, its JSON ``body``) refuses a request for a limit of :data:`UNSTATED_LIMITS`."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if status not in (400, 413) or not isinstance(error, dict):
+        return False
+    return unstated_limit(method, path, status, error) is not None

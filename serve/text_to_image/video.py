@@ -109,6 +109,7 @@ class VideoRequest(BaseModel):
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
     input_reference: str | None = Field(
         None,
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         description=f"Image-to-video: a PNG/JPEG/WebP (base64 in JSON, a file in the form) of at most "
         f"{MAX_IMAGE_BYTES >> 20} MiB, resized to the video's size and encoded once; every frame starts from its "

@@ -499,13 +499,11 @@ def contract() -> None:
 
 
 @contract.command("check")
-@click.option(
+@names_option(
     "--key",
-    "kind",
-    type=click.Choice(["generate", "admin"]),
-    default="generate",
-    show_default=True,
-    help="The kind of key the cases carry: generate (only that scope: the others' routes are 403s) or admin.",
+    ("generate", "admin"),
+    "The kinds of key the cases carry, one run each on one stack: generate (only that scope: the other routes are "
+    "403s), admin.",
 )
 @click.option(
     "--max-time",
@@ -518,16 +516,22 @@ def contract() -> None:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16), help="Concurrent cases.")
 @click.option("--seed", type=int, default=None, help="Schemathesis' seed (default: a fresh one, printed).")
 @click.option("--url", default=None, help="A running stack's API instead of a scratch stack (with --api-key).")
-@click.option("--api-key", envvar="EASEL_API_KEY", default=None, help="The key for --url (of the --key kind).")
+@click.option("--api-key", envvar="EASEL_API_KEY", default=None, help="The key for --url (of the one --key kind).")
 @out_option("out/contract", FOLDER, "Where the reports go (KIND/: schemathesis' JSON and JUnit).")
 def contract_check(
-    kind: str, max_time_s: int, workers: int, seed: int | None, url: str | None, api_key: str | None, out: Path
+    key: tuple[str, ...],
+    max_time_s: int,
+    workers: int,
+    seed: int | None,
+    url: str | None,
+    api_key: str | None,
+    out: Path,
 ) -> None:
     """Schemathesis, every check and phase, against a scratch stack (or --url) for --max-time (exit 1: a failure)."""
     from loadtests.contract import check
 
-    if url is not None and api_key is None:
-        raise click.BadParameter("--url needs --api-key (or EASEL_API_KEY)", param_hint="--api-key")
-    code = check(kind, max_time_s, workers, out, seed=seed, url=url, key=api_key)
+    if url is not None and (api_key is None or len(key) != 1):
+        raise click.BadParameter("--url needs --api-key (or EASEL_API_KEY) and one --key kind", param_hint="--api-key")
+    code = check(key, max_time_s, workers, out, seed=seed, url=url, key=api_key)
     if code != 0:
         raise SystemExit(code)

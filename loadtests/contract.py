@@ -69,8 +69,8 @@ def run_schemathesis(url: str, key: str, max_time_s: int, workers: int, report_d
 
 
 @contextlib.contextmanager
-def scratch_api(kind: str, folder: Path) -> Iterator[tuple[str, str]]:
-    """A scratch stack as the contract test's, and a fresh key of ``kind``: (the API's URL, the key)."""
+def scratch_api(kinds: tuple[str, ...], folder: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """A scratch stack as the contract test's, and a fresh key of each of ``kinds``: (the API's URL, kind -> key)."""
     from serve.access import open_key_store
     from serve.access.keys import KeyLimits
     from serve.routes import Scope
@@ -78,13 +78,15 @@ def scratch_api(kind: str, folder: Path) -> Iterator[tuple[str, str]]:
 
     with scratch_stack(folder=folder, max_cost=MAX_COST) as stack:
         store = open_key_store(stack.options.store)
-        scopes = {Scope(scope) for scope in KEY_SCOPES[kind]}
-        _, key = store.create(f"contract-{kind}", scopes, KeyLimits())
-        yield stack.info.api_url, key
+        keys = {
+            kind: store.create(f"contract-{kind}", {Scope(s) for s in KEY_SCOPES[kind]}, KeyLimits())[1]
+            for kind in kinds
+        }
+        yield stack.info.api_url, keys
 
 
 def check(
-    kind: str,
+    kinds: tuple[str, ...],
     max_time_s: int,
     workers: int,
     out: Path,
@@ -92,9 +94,16 @@ def check(
     url: str | None = None,
     key: str | None = None,
 ) -> int:
-    """Schemathesis for ``max_time_s`` with a key of ``kind`` (on ``url`` with ``key``, or a scratch stack)."""
-    report_dir = out / kind
+    """Schemathesis for ``max_time_s`` with a key of each of ``kinds`` in turn; the first failing run's exit code, or 0.
+
+    On ``url`` with ``key`` (of the one kind), or else on one scratch stack.
+    """
     if url is not None:
-        return run_schemathesis(url.rstrip("/"), key, max_time_s, workers, report_dir, seed)
-    with scratch_api(kind, out / "stack") as (api_url, new_key):
-        return run_schemathesis(api_url, new_key, max_time_s, workers, report_dir, seed)
+        (kind,) = kinds
+        return run_schemathesis(url.rstrip("/"), key, max_time_s, workers, out / kind, seed)
+    codes = []
+    with scratch_api(kinds, out / "stack") as (api_url, keys):
+        for kind in kinds:
+            logger.info("contract check with a %s key: %d s", kind, max_time_s)
+            codes.append(run_schemathesis(api_url, keys[kind], max_time_s, workers, out / kind, seed))
+    return next((code for code in codes if code), 0)

@@ -60,12 +60,14 @@ def schemathesis_command(url: str, key: str, max_time_s: int, workers: int, repo
 
 def run_schemathesis(url: str, key: str, max_time_s: int, workers: int, report_dir: Path, seed: int | None) -> int:
     """Run schemathesis against ``url`` with ``key`` (its output to this process's); its exit code."""
+    report_dir = report_dir.resolve()  # the command runs in it
     report_dir.mkdir(parents=True, exist_ok=True)
     env = os.environ | {"SCHEMATHESIS_HOOKS": HOOKS}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
     command = schemathesis_command(url, key, max_time_s, workers, report_dir, seed)
-    # ... and never longer than its budget and a grace for the last cases and the report
-    return subprocess.run(command, env=env, check=False, timeout=max_time_s + 600).returncode  # noqa: S603
+    # In the report folder (schemathesis keeps its example database where it runs: .schemathesis/), and never
+    # longer than its budget and a grace for the last cases and the report.
+    return subprocess.run(command, env=env, cwd=report_dir, check=False, timeout=max_time_s + 600).returncode  # noqa: S603
 
 
 @contextlib.contextmanager

@@ -172,6 +172,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("controlnets.*.start",),
+        "must be below end",
+        "a ControlNet's start is below its end",
+        "a rule across two fields of an object",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("controlnets.*.name",),
         "ControlNet",
         "each name is a ControlNet GET /v1/controlnets lists for the model",
@@ -408,6 +416,14 @@ UNSTATED_LIMITS = (
         for method in ("post", "put")
     ),
     UnstatedLimit("post", _VECTORIZE_MODELS, ("version",), "", "POST takes a trained_dir only", "a rule per method"),
+    UnstatedLimit(
+        "put",
+        _VECTORIZE_MODELS,
+        ("version",),
+        "valid integer",
+        "an integer written without a fraction: 2, not 2.0 (nor true)",
+        "JSON Schema counts 2.0 as an integer; the API's types are strict",
+    ),
     *(
         UnstatedLimit(method, _VECTORIZE_MODELS, ("trained_dir",), "trained_dir:", _TRAINED_DIR, _ON_THE_MACHINE)
         for method in ("post", "put")

@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
@@ -36,8 +35,7 @@ BODY = {"prompt": PROMPT, "seed": 3, "num_inference_steps": 10, "size": "64x64"}
 
 @pytest.fixture(scope="module")
 def stack(default_model, controlnet_dirs, tmp_path_factory):
-    """The embedded model with ControlNets ``edges`` and ``depth`` (and ``xl``, made for SDXL: refused), and a motion
-    adapter (a video on a stack that serves ControlNets)."""
+    """The embedded model with ControlNets ``edges`` and ``depth`` (and ``xl``, made for SDXL: refused)."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -45,7 +43,6 @@ def stack(default_model, controlnet_dirs, tmp_path_factory):
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         controlnets=controlnet_dirs.for_sd,
-        motion_adapters={"wave": random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")},
     )
     with Stack(options) as stack:
         yield stack
@@ -170,18 +167,6 @@ def test_outpainting_draws_the_padding_at_the_padded_size(api):
 def test_several_images_make_n_each(api):
     images = [input_image(64), np.ascontiguousarray(input_image(64)[:, ::-1])]
     assert _ok(_edit(api, images, n=2, strength=0.6)).shape == (4, 64, 64, 3)
-
-
-def test_a_video_on_a_stack_that_serves_controlnets_completes(api):
-    """Its 5-D latents once failed the ControlNets' zero residuals, and the job runner retried it for ever."""
-    created = api.post("/v1/videos", json={"prompt": PROMPT, "size": "64x64", "frames": 4, "steps": 2, "seed": 3})
-    assert created.status_code == 200, created.text
-    deadline = time.monotonic() + 180
-    while (video := api.get(f"/v1/videos/{created.json()['id']}").json())["status"] in ("queued", "in_progress"):
-        assert time.monotonic() < deadline, video
-        time.sleep(0.5)
-    job = api.get(f"/v1/jobs/{created.json()['id']}").json()
-    assert video["status"] == "completed" and job["failed_attempts"] == [], job
 
 
 def test_controlnets_are_listed_with_the_refused_one_and_why(api):

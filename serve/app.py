@@ -37,7 +37,7 @@ from serve.experiments.traffic import Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.jobs import open_job_store
-from serve.jobs.model import JobStatus
+from serve.jobs.model import JobStatus, check_idempotency_key
 from serve.moderation.images import ImageChecker
 from serve.moderation.policy import marked
 from serve.moderation.text import Blocklist
@@ -189,14 +189,14 @@ async def _record_metrics(request: Request, call_next):
 
 
 class GenerationHeaders:
-    """The headers both generation routes read (as FastAPI's dependency): ``Idempotency-Key``, ``Cache-Control``."""
+    """The headers both generation routes read (a dependency): ``Idempotency-Key`` (checked), ``Cache-Control``."""
 
     def __init__(
         self,
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
         cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
     ) -> None:
-        self.idempotency_key = idempotency_key
+        self.idempotency_key = check_idempotency_key(idempotency_key)
         self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
 
 

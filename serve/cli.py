@@ -22,7 +22,7 @@ from build_engines.text_to_image.cli import (
 )
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
-from loadtests.cli import bench, chaos, loadtest, soak
+from loadtests.cli import bench, chaos, contract, loadtest, soak
 from serve import model_admin
 from serve.access.cli import keys
 from serve.cli_options import (
@@ -44,7 +44,20 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-ELSEWHERE = [up, down, status, keys, model_admin.loras, model_admin.vectorize, dashboards, bench, loadtest, chaos, soak]
+ELSEWHERE = [
+    up,
+    down,
+    status,
+    keys,
+    model_admin.loras,
+    model_admin.vectorize,
+    dashboards,
+    bench,
+    loadtest,
+    chaos,
+    soak,
+    contract,
+]
 """The command groups that live beside their code (the stack's, the admin routes', the tools')."""
 
 

@@ -149,7 +149,7 @@ ROUTES = (
     Route("post", "/v1/moderations", Scope.GENERATE, body_limit=MAX_MODERATION_REQUEST_BYTES),
     Route("post", "/v1/prompts/analyze", Scope.GENERATE),
     Route("post", "/v1/images/score", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES),
-    Route("post", "/v1/feedback", Scope.GENERATE, (409,), rpc="Feedback"),
+    Route("post", "/v1/feedback", Scope.GENERATE, (404, 409), rpc="Feedback"),
     Route("get", "/v1/experiments", Scope.ADMIN),
     Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
     Route("put", "/v1/experiments/{name}", Scope.ADMIN),

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from serve.errors import Conflict
-from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Policy, Posterior
+from serve.experiments.policy import MAX_KEY_SHARE, PRIOR_STRENGTH, Experiment, ExperimentSpec, Policy, Posterior
 from serve.experiments.store import Served
 
 SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
@@ -29,19 +29,20 @@ def test_experiments_are_defined_listed_replaced_and_deleted(store):
 
 
 def test_a_reward_counts_once_and_goes_to_the_posterior_of_the_variant_that_served(store):
-    store.define(BANDIT)
-    store.record(["img_a", "img_b"], Served("sdxl", "art", owner="key1"))
+    store.define(BANDIT)  # an open API's ratings: counted in full
+    store.record(["img_a", "img_b"], Served("sdxl", "art"))
     store.record(["job_c"], Served("sd", "art"))
+    store.record(["img_d"], Served("sd", "art", owner="key1"))
     assert store.posteriors("art") == {}
     served = store.rate("img_a", 1.0)
-    assert (served.model, served.experiment, served.owner, served.reward) == ("sdxl", "art", "key1", 1.0)
+    assert (served.model, served.experiment, served.owner, served.reward) == ("sdxl", "art", None, 1.0)
     store.rate("img_b", 0.25)
     store.rate("job_c", 0.0)
     assert store.posteriors("art") == {"sdxl": Posterior(1.25, 0.75, 2), "sd": Posterior(0.0, 1.0, 1)}
     with pytest.raises(Conflict):
         store.rate("img_a", 0.0)
     assert store.posteriors("art")["sdxl"] == Posterior(1.25, 0.75, 2)
-    assert store.served("img_a").reward == 1.0 and store.served("img_b").owner == "key1"
+    assert store.served("img_a").reward == 1.0 and store.served("img_d").owner == "key1"
 
 
 def test_unknown_and_expired_ids_are_not_rated(store):
@@ -113,16 +114,23 @@ def test_a_second_connection_sees_the_same_experiments_and_posteriors(store, sto
         other.close()
 
 
-def test_one_key_s_ratings_add_at_most_its_share_to_an_experiment_and_others_still_count(store):
-    """A key rating 30 images (one variant 5, the other 1) moved a bandit's next 30 draws to 30/0."""
+def test_one_key_s_ratings_make_at_most_its_share_of_a_variant_s_evidence_and_others_still_count(store):
+    """A key rating 30 images (one variant 5, the other 1) once moved a bandit's next 30 draws to 30/0."""
     store.define(BANDIT)
     store.record([f"a{i}" for i in range(30)], Served("sd", "art", owner="steerer"))
     store.record([f"b{i}" for i in range(30)], Served("sdxl", "art", owner="steerer"))
-    counted = [store.rate(f"{v}{i}", 1.0 if v == "a" else 0.0).counted for i in range(30) for v in "ab"]
-    assert counted == [True] * MAX_KEY_EVIDENCE + [False] * (60 - MAX_KEY_EVIDENCE)  # every rating taken, once
+    assert all(store.rate(f"{v}{i}", 1.0 if v == "a" else 0.0).counted for i in range(30) for v in "ab")
     posteriors = store.posteriors("art")
-    assert sum(p.feedback for p in posteriors.values()) == MAX_KEY_EVIDENCE
-    store.record(["c0", "c1"], Served("sdxl", "art", owner="another"))
-    assert store.rate("c0", 1.0).counted and posteriors["sdxl"].feedback + 1 == store.posteriors("art")["sdxl"].feedback
-    store.record(["open"], Served("sd", "art"))  # an open API (no key): not bounded
-    assert store.rate("open", 1.0).counted
+    assert {variant: p.feedback for variant, p in posteriors.items()} == {"sd": 30, "sdxl": 30}  # each one taken
+    for variant, posterior in posteriors.items():  # the key's evidence: its share of the prior's and its own
+        evidence = posterior.successes + posterior.failures
+        assert evidence == pytest.approx(MAX_KEY_SHARE * (PRIOR_STRENGTH + evidence)), variant
+    assert posteriors["sd"].mean == pytest.approx(0.5 + MAX_KEY_SHARE / 2)
+    assert posteriors["sdxl"].mean == pytest.approx(0.5 - MAX_KEY_SHARE / 2)
+    for i in range(8):  # eight more keys, each rating one sdxl image 1: together they outweigh the steerer
+        store.record([f"k{i}"], Served("sdxl", "art", owner=f"key-{i}"))
+        assert store.rate(f"k{i}", 1.0).counted
+    assert store.posteriors("art")["sdxl"].mean > 0.5
+    store.record(["open"], Served("sd", "art"))  # an open API (no key): counted in full
+    before = store.posteriors("art")["sd"]
+    assert store.rate("open", 1.0).counted and store.posteriors("art")["sd"].successes >= before.successes + 1

@@ -10,7 +10,7 @@ import pytest
 
 from serve.errors import Conflict, NotFound, Overloaded
 from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner
-from serve.jobs.store import LeaseLost
+from serve.jobs.store import LeaseLost, attempt_record
 from serve.priority import Priority
 
 REQUEST = {"prompt": "a red heart icon", "seed": 1}
@@ -128,6 +128,24 @@ def test_a_job_whose_workers_keep_dying_fails_and_a_cancel_asked_meanwhile_ends_
     store.cancel(orphan.id)
     time.sleep(0.1)
     assert store.claim("w", 30) is None and store.get(orphan.id).status is JobStatus.CANCELED
+
+
+def test_failed_attempts_are_kept_in_the_job_and_its_events_by_the_worker_that_holds_it(store):
+    job = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("w", 30)
+    first = attempt_record({"message": "Triton is restarting", "code": 503}, 2.0, 1.0)
+    second = attempt_record({"message": "ValueError: no", "code": 500}, None, 2.0)
+    assert store.failed_attempt(job.id, "w", 30, first) is False
+    with pytest.raises(LeaseLost):
+        store.failed_attempt(job.id, "another", 30, second)
+    store.cancel(job.id)
+    assert store.failed_attempt(job.id, "w", 30, second) is True  # the cancel asked meanwhile
+    store.finish(job.id, "w", JobStatus.FAILED, None, second["error"])
+    failed = store.get(job.id)
+    assert failed.failures == (first, second) and failed.to_api()["failed_attempts"] == [first, second]
+    events = [(e.type, e.data) for e in store.events(job.id) if e.type is EventType.ATTEMPT_FAILED]
+    assert events == [(EventType.ATTEMPT_FAILED, first), (EventType.ATTEMPT_FAILED, second)]
+    assert store.get(store.submit(REQUEST, Priority.LOW)[0].id).to_api()["failed_attempts"] == []
 
 
 def test_idempotency_key_returns_the_same_job_for_the_same_body_and_conflicts_for_another(store):

@@ -169,6 +169,9 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             responses = operation.setdefault("responses", {})
             responses.pop("422", None)
             declared = route(method, path)
+            for parameter in operation.get("parameters", ()):
+                if parameter["name"] == "Idempotency-Key":  # generations, edits, videos: one check for all
+                    parameter["schema"] = IDEMPOTENCY_KEY
             for status in declared.error_statuses if declared else KEYED_ROUTE_ERRORS:
                 responses[str(status)] = {
                     "description": _why(method, path, status),
@@ -179,9 +182,6 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
     }
-    for parameter in generation["parameters"]:
-        if parameter["name"] == "Idempotency-Key":
-            parameter["schema"] = IDEMPOTENCY_KEY
     for path in (GENERATIONS, EDITS):
         document["paths"][path]["post"]["responses"]["202"] = {
             "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',

@@ -184,6 +184,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("controlnets.*.start",),
+        "must be below end",
+        "a ControlNet's start is below its end",
+        "a rule across two fields of an object",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("controlnets.*.name",),
         "ControlNet",
         "each name is a ControlNet GET /v1/controlnets lists for the model",
@@ -363,14 +371,6 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         _FEEDBACK,
-        ("image_id", "job_id"),
-        "to rate",
-        "the id names an image or a background job this stack generated for the caller's key, within 30 days",
-        "the ids are the stack's",
-    ),
-    UnstatedLimit(
-        "post",
-        _FEEDBACK,
         ("rating",),
         "valid integer",
         "an integer written without a fraction: 5, not 5.0",
@@ -434,6 +434,14 @@ UNSTATED_LIMITS = (
         for method in ("post", "put")
     ),
     UnstatedLimit("post", _VECTORIZE_MODELS, ("version",), "", "POST takes a trained_dir only", "a rule per method"),
+    UnstatedLimit(
+        "put",
+        _VECTORIZE_MODELS,
+        ("version",),
+        "valid integer",
+        "an integer written without a fraction: 2, not 2.0 (nor true)",
+        "JSON Schema counts 2.0 as an integer; the API's types are strict",
+    ),
     *(
         UnstatedLimit(method, _VECTORIZE_MODELS, ("trained_dir",), "trained_dir:", _TRAINED_DIR, _ON_THE_MACHINE)
         for method in ("post", "put")
@@ -496,3 +504,11 @@ UNSTATED_LIMITS = (
 def unstated_limit(method: str, path: str, status: int, error: dict) -> UnstatedLimit | None:
     """The limit of :data:`UNSTATED_LIMITS` a refusal is (``path`` as the document names the route), or None."""
     return next((limit for limit in UNSTATED_LIMITS if limit.refuses(method, path, status, error)), None)
+
+
+def refuses_for_an_unstated_limit(method: str, path: str, status: int, body: dict) -> bool:
+    """Whether an answer (``status``, its JSON ``body``) refuses a request for a limit of :data:`UNSTATED_LIMITS`."""
+    error = body.get("error") if isinstance(body, dict) else None
+    if status not in (400, 413) or not isinstance(error, dict):
+        return False
+    return unstated_limit(method, path, status, error) is not None

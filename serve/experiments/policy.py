@@ -7,9 +7,13 @@ sampling: each request draws a mean reward from every variant's Beta posterior a
 moves to the variant feedback favours while the others are still tried now and then. Every experiment keeps its
 variants' posteriors (a split's show how its variants fare; only a bandit acts on them).
 
-No one key steers an experiment for everyone: the ratings of one API key's images add to an experiment's posteriors
-at most :data:`MAX_KEY_EVIDENCE` times (more are taken, and count for nothing), and an answer from the result cache is
-no new evidence (its feedback is taken, not counted).
+No one key steers an experiment for everyone: each variant's posterior pools its raters' evidence with its prior,
+and one API key's ratings make at most :data:`MAX_KEY_SHARE` of that evidence (the prior's pseudo-observations
+included): a key over its share has its ratings scaled down to it (:func:`pooled`). So no key moves a variant's
+posterior mean more than that share of the way from where the rest of its evidence puts it, however many images it
+rates, and N keys together still weigh as N (a key rating 10 images of a fresh bandit moves a mean from 0.5 to at most
+0.625). An open API's ratings (no keys, so no tenants) count in full. An answer from the result cache is no new
+evidence (its feedback is taken, not counted).
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ WEIGHT_TOLERANCE = 1e-6
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """An experiment's name (the alias requests give as ``model``)."""
 MAX_VARIANTS = 16
-MAX_KEY_EVIDENCE = 10
-"""Ratings of one API key's images an experiment's posteriors take (within the serving records' retention)."""
+MAX_KEY_SHARE = 0.25
+"""The most of a variant's evidence (its prior's pseudo-observations included) one API key's ratings may make."""
+PRIOR_STRENGTH = 2.0
+"""The prior's pseudo-observations: Beta(1, 1), uniform, pooled into every variant's evidence."""
 
 
 Weights = Annotated[dict[str, Annotated[float, Strict()]], Field(min_length=1, max_length=MAX_VARIANTS)]
@@ -164,6 +170,53 @@ class Posterior:
 
 
 PRIOR = Posterior()
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One rater's ratings of one variant: rewards summed (``successes``), their complements, how many."""
+
+    successes: float = 0.0
+    failures: float = 0.0
+    feedback: int = 0
+
+    @property
+    def weight(self) -> float:
+        """How many observations it is (each reward adds 1 to successes + failures)."""
+        return self.successes + self.failures
+
+
+def key_cap(weights: Collection[float], pooled: float, share: float = MAX_KEY_SHARE) -> float:
+    """The most evidence one key may add to a variant: c with c = share x (pooled + sum of min(w, c)) (inf: no cap).
+
+    ``weights``: each key's evidence of the variant; ``pooled``: what counts in full (the prior, the open API's).
+    With k keys capped, c = share x (pooled + the others') / (1 - k x share): the one solution, as the right side
+    grows slower than c past it.
+    """
+    ordered = sorted(weights, reverse=True)
+    rest = sum(ordered)
+    for capped, weight in enumerate([*ordered, 0.0]):
+        cap = share * (pooled + rest) / (1 - capped * share) if capped * share < 1 else math.inf
+        if weight <= cap:
+            return math.inf if capped == 0 else cap
+        rest -= weight
+    return math.inf  # not reached: the last weight is 0
+
+
+def pooled(by_key: Mapping[str | None, Evidence], share: float = MAX_KEY_SHARE) -> Posterior:
+    """A variant's posterior from its raters' evidence (key id -> its evidence; None: the open API's).
+
+    The prior and the open API's ratings count in full; each key's are scaled down to at most ``share`` of the
+    variant's evidence (:func:`key_cap`). ``feedback`` counts every rating taken.
+    """
+    keys = {key: evidence for key, evidence in by_key.items() if key is not None}
+    open_api = by_key.get(None, Evidence())
+    cap = key_cap([e.weight for e in keys.values()], PRIOR_STRENGTH + open_api.weight, share)
+    successes, failures = open_api.successes, open_api.failures
+    for evidence in keys.values():
+        scale = min(1.0, cap / evidence.weight) if evidence.weight else 0.0
+        successes, failures = successes + scale * evidence.successes, failures + scale * evidence.failures
+    return Posterior(successes, failures, sum(e.feedback for e in by_key.values()))
 
 
 def user_share(name: str, user: str) -> float:

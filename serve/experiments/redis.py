@@ -6,7 +6,7 @@ once even when two replicas rate it at the same moment.
 
 from __future__ import annotations
 
-from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Posterior
+from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
 from serve.stores import redis_client
 
@@ -15,13 +15,15 @@ _EXPERIMENTS = _PREFIX + "experiments"  # hash: name -> its spec (JSON)
 
 
 def _posterior_key(name: str) -> str:
-    """A hash: ``<variant>:successes``, ``<variant>:failures``, ``<variant>:feedback``."""
+    """A hash: ``<variant>:<key id>:successes``, ``...:failures``, ``...:feedback`` (the open API's: no key id).
+
+    A store made before evidence was kept per key holds ``<variant>:successes`` ...: evidence of no key.
+    """
     return f"{_PREFIX}experiment:{name}:posteriors"
 
 
-def _rated_by_key(name: str) -> str:
-    """A hash: a key's id -> how many of the experiment's ids it has rated."""
-    return f"{_PREFIX}experiment:{name}:rated-by-key"
+def _field(variant: str, owner: str | None, stat: str) -> str:
+    return ":".join((variant, *((owner,) if owner else ()), stat))
 
 
 def _served_key(item_id: str) -> str:
@@ -40,7 +42,7 @@ class RedisExperimentStore(ExperimentStore):
         key = _posterior_key(experiment.name)
 
         def change(pipe) -> None:
-            dropped = [f for f in pipe.hkeys(key) if f.rsplit(":", 1)[0] not in experiment.spec.models]
+            dropped = [f for f in pipe.hkeys(key) if f.split(":")[0] not in experiment.spec.models]
             pipe.multi()
             pipe.hset(_EXPERIMENTS, experiment.name, experiment.spec.model_dump_json())
             if dropped:
@@ -61,17 +63,18 @@ class RedisExperimentStore(ExperimentStore):
     def delete(self, name: str) -> bool:
         """See :meth:`ExperimentStore.delete`."""
         with self.redis.pipeline() as pipe:
-            removed, _ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name), _rated_by_key(name)).execute()
+            removed, _ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name)).execute()
         return bool(removed)
 
-    def posteriors(self, name: str) -> dict[str, Posterior]:
-        """See :meth:`ExperimentStore.posteriors`."""
+    def evidence(self, name: str) -> dict[str, dict[str | None, Evidence]]:
+        """See :meth:`ExperimentStore.evidence`."""
         fields = self.redis.hgetall(_posterior_key(name))
-        variants = {f.rsplit(":", 1)[0] for f in fields}
-        return {
-            v: Posterior(float(fields[f"{v}:successes"]), float(fields[f"{v}:failures"]), int(fields[f"{v}:feedback"]))
-            for v in variants
-        }
+        raters = {(parts[0], parts[1] if len(parts) == 3 else None) for f in fields for parts in (f.split(":"),)}
+        found: dict[str, dict[str | None, Evidence]] = {}
+        for variant, owner in raters:
+            stats = [fields[_field(variant, owner, stat)] for stat in ("successes", "failures", "feedback")]
+            found.setdefault(variant, {})[owner] = Evidence(float(stats[0]), float(stats[1]), int(stats[2]))
+        return found
 
     def _record(self, item_ids: list[str], served: Served) -> None:
         """See :meth:`ExperimentStore.record`: one hash per id, expiring after the retention."""
@@ -111,19 +114,13 @@ class RedisExperimentStore(ExperimentStore):
                 raise already_rated(item_id)
             spec = pipe.hget(_EXPERIMENTS, served.experiment) if served.experiment else None
             counts = spec is not None and served.model in ExperimentSpec.model_validate_json(spec).models
-            by_key = _rated_by_key(served.experiment or "")
-            pipe.watch(by_key)  # a key's count, as its record, changes in this transaction only
-            if served.owner is not None:
-                counts = counts and int(pipe.hget(by_key, served.owner) or 0) < MAX_KEY_EVIDENCE
             pipe.multi()
             pipe.hset(key, "reward", repr(reward))
-            if served.owner is not None and served.experiment:
-                pipe.hincrby(by_key, served.owner, 1)
             if counts:
-                posterior, variant = _posterior_key(served.experiment), served.model
-                pipe.hincrbyfloat(posterior, f"{variant}:successes", reward)
-                pipe.hincrbyfloat(posterior, f"{variant}:failures", 1.0 - reward)
-                pipe.hincrby(posterior, f"{variant}:feedback", 1)
+                posterior, variant, owner = _posterior_key(served.experiment), served.model, served.owner
+                pipe.hincrbyfloat(posterior, _field(variant, owner, "successes"), reward)
+                pipe.hincrbyfloat(posterior, _field(variant, owner, "failures"), 1.0 - reward)
+                pipe.hincrby(posterior, _field(variant, owner, "feedback"), 1)
             return Served(served.model, served.experiment, served.owner, served.created_at, reward, counts)
 
         return self.redis.transaction(change, key, _EXPERIMENTS, value_from_callable=True)

@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from serve.experiments.policy import MAX_KEY_EVIDENCE, Experiment, ExperimentSpec, Posterior
+from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
 from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS experiments (name TEXT PRIMARY KEY, spec TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS experiment_posteriors (experiment TEXT NOT NULL, variant TEXT NOT NULL,
-    successes REAL NOT NULL, failures REAL NOT NULL, feedback INTEGER NOT NULL, PRIMARY KEY (experiment, variant));
+CREATE TABLE IF NOT EXISTS experiment_evidence (experiment TEXT NOT NULL, variant TEXT NOT NULL, owner TEXT NOT NULL,
+    successes REAL NOT NULL, failures REAL NOT NULL, feedback INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant, owner));
 CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, model TEXT NOT NULL, experiment TEXT, owner TEXT,
     created_at REAL NOT NULL, reward REAL);
 CREATE INDEX IF NOT EXISTS served_created ON served (created_at);
 CREATE INDEX IF NOT EXISTS served_by_key ON served (experiment, owner);
 """
+_OPEN_API = ""
+"""The ``owner`` of the open API's evidence (no key)."""
+_KEPT_POSTERIORS = """
+INSERT OR IGNORE INTO experiment_evidence SELECT experiment, variant, '', successes, failures, feedback
+    FROM experiment_posteriors;
+DROP TABLE experiment_posteriors;
+"""
+"""A store made before evidence was kept per key: its posteriors kept as evidence of no key (counted in full)."""
 
 
 class SqliteExperimentStore(ExperimentStore):
@@ -23,6 +32,9 @@ class SqliteExperimentStore(ExperimentStore):
     def __init__(self, url: str, retention_s: float = SERVED_RETENTION_S) -> None:
         super().__init__(retention_s)
         self.db, self._lock = sqlite_open(url, _SCHEMA)
+        tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "experiment_posteriors" in tables:
+            self.db.executescript(_KEPT_POSTERIORS)
 
     @serialized
     def define(self, experiment: Experiment) -> None:
@@ -36,7 +48,7 @@ class SqliteExperimentStore(ExperimentStore):
             )
             places = ",".join("?" * len(kept))
             self.db.execute(
-                f"DELETE FROM experiment_posteriors WHERE experiment = ? AND variant NOT IN ({places})",
+                f"DELETE FROM experiment_evidence WHERE experiment = ? AND variant NOT IN ({places})",
                 (experiment.name, *kept),
             )
 
@@ -57,16 +69,21 @@ class SqliteExperimentStore(ExperimentStore):
         """See :meth:`ExperimentStore.delete`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.execute("DELETE FROM experiment_posteriors WHERE experiment = ?", (name,))
+            self.db.execute("DELETE FROM experiment_evidence WHERE experiment = ?", (name,))
             return self.db.execute("DELETE FROM experiments WHERE name = ?", (name,)).rowcount > 0
 
     @serialized
-    def posteriors(self, name: str) -> dict[str, Posterior]:
-        """See :meth:`ExperimentStore.posteriors`."""
+    def evidence(self, name: str) -> dict[str, dict[str | None, Evidence]]:
+        """See :meth:`ExperimentStore.evidence`."""
+        found: dict[str, dict[str | None, Evidence]] = {}
         rows = self.db.execute(
-            "SELECT variant, successes, failures, feedback FROM experiment_posteriors WHERE experiment = ?", (name,)
+            "SELECT variant, owner, successes, failures, feedback FROM experiment_evidence WHERE experiment = ?",
+            (name,),
         )
-        return {row["variant"]: Posterior(row["successes"], row["failures"], row["feedback"]) for row in rows}
+        for row in rows:
+            owner = row["owner"] if row["owner"] != _OPEN_API else None
+            found.setdefault(row["variant"], {})[owner] = Evidence(row["successes"], row["failures"], row["feedback"])
+        return found
 
     @serialized
     def _record(self, item_ids: list[str], served: Served) -> None:
@@ -103,24 +120,16 @@ class SqliteExperimentStore(ExperimentStore):
                 raise already_rated(item_id)
             row = self.db.execute("SELECT spec FROM experiments WHERE name = ?", (served.experiment,)).fetchone()
             counted = row is not None and served.model in ExperimentSpec.model_validate_json(row["spec"]).models
-            counted = counted and self._key_rated(served) < MAX_KEY_EVIDENCE
             self.db.execute("UPDATE served SET reward = ? WHERE id = ?", (reward, item_id))
             if counted:
                 self.db.execute(
-                    "INSERT INTO experiment_posteriors (experiment, variant, successes, failures, feedback) "
-                    "VALUES (?, ?, ?, ?, 1) ON CONFLICT (experiment, variant) DO UPDATE SET "
+                    "INSERT INTO experiment_evidence (experiment, variant, owner, successes, failures, feedback) "
+                    "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (experiment, variant, owner) DO UPDATE SET "
                     "successes = successes + excluded.successes, failures = failures + excluded.failures, "
                     "feedback = feedback + 1",
-                    (served.experiment, served.model, reward, 1.0 - reward),
+                    (served.experiment, served.model, served.owner or _OPEN_API, reward, 1.0 - reward),
                 )
         return Served(served.model, served.experiment, served.owner, served.created_at, reward, counted)
-
-    def _key_rated(self, served: Served) -> int:
-        """How many of its experiment's ids the key of ``served`` has rated (0 for an open API's: not bounded)."""
-        if served.owner is None:
-            return 0
-        query = "SELECT COUNT(*) FROM served WHERE experiment = ? AND owner = ? AND reward IS NOT NULL"
-        return self.db.execute(query, (served.experiment, served.owner)).fetchone()[0]
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

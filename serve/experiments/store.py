@@ -3,8 +3,8 @@
 Two implementations keep it, tested against the same tests: :mod:`serve.experiments.sqlite` and
 :mod:`serve.experiments.redis` (:func:`serve.experiments.open_experiment_store` picks one by URL). Every Gateway
 replica (and, with Redis, every node) reads the same definitions and posteriors, and a restart keeps them. A reward
-marks its id rated and adds to its variant's posterior in one transaction, so an id counts once, and one key's ids
-at most :data:`~serve.experiments.policy.MAX_KEY_EVIDENCE` times per experiment.
+marks its id rated and adds to its key's evidence of its variant in one transaction, so an id counts once; a
+variant's posterior pools its keys' evidence, each within its share (:func:`~serve.experiments.policy.pooled`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from serve.errors import Conflict
-from serve.experiments.policy import Experiment, Posterior
+from serve.experiments.policy import Evidence, Experiment, Posterior, pooled
 
 SERVED_RETENTION_S = 30 * 24 * 3600.0
 """How long what served an image (or job) is kept, so feedback can name it."""
@@ -30,7 +30,7 @@ class Served:
     owner: str | None = None  # the id of the API key that asked for it (None: the API was open)
     created_at: float = 0.0
     reward: float | None = None  # its feedback, once given
-    counted: bool = False  # its feedback went to a posterior (an experiment's variant, within its key's share)
+    counted: bool = False  # its feedback went to a posterior (a variant its experiment has), within its key's share
 
 
 def already_rated(item_id: str) -> Conflict:
@@ -62,9 +62,13 @@ class ExperimentStore(ABC):
     def delete(self, name: str) -> bool:
         """Remove an experiment and its posteriors; False if there is none."""
 
-    @abstractmethod
     def posteriors(self, name: str) -> dict[str, Posterior]:
         """Each of the experiment's variants that has feedback -> its posterior (the others are at the prior)."""
+        return {variant: pooled(by_key) for variant, by_key in self.evidence(name).items()}
+
+    @abstractmethod
+    def evidence(self, name: str) -> dict[str, dict[str | None, Evidence]]:
+        """Each of the experiment's variants that has feedback -> each rater's evidence (None: the open API's)."""
 
     def record(self, item_ids: Iterable[str], served: Served) -> None:
         """Remember what served each of ``item_ids`` (images, or a job), for :data:`SERVED_RETENTION_S`."""
@@ -79,10 +83,9 @@ class ExperimentStore(ABC):
 
     @abstractmethod
     def rate(self, item_id: str, reward: float) -> Served | None:
-        """Record ``reward`` for ``item_id``; add it to its variant's posterior if that still counts.
+        """Record ``reward`` for ``item_id``; add it to its key's evidence of its variant if that still counts.
 
-        It counts while its experiment still has the variant and its key has rated fewer than
-        :data:`~serve.experiments.policy.MAX_KEY_EVIDENCE` of that experiment's ids (an open API's: always).
+        It counts while its experiment still has the variant (how much, is its key's share: :meth:`posteriors`).
         Returns what served it (None: unknown id; ``counted``: whether it went to a posterior); a second rating of
         one id is a :class:`~serve.errors.Conflict`.
         """

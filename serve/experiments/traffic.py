@@ -10,7 +10,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from serve import metrics
-from serve.errors import InvalidInput, NotFound
+from serve.errors import NotFound
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import Experiment, ExperimentSpec, Policy, assign
 from serve.experiments.store import ExperimentStore, Served
@@ -106,7 +106,7 @@ class Experiments:
         return None if served is None else Assignment(served.model, served.experiment)
 
     def rate(self, feedback: FeedbackRequest, may_see: Callable[[str | None], bool]) -> dict:
-        """Take a reward for what ``feedback`` names (a 400 naming the field if the caller has served no such id).
+        """Take a reward for what ``feedback`` names (a 404 naming the field if the caller was served no such id).
 
         Counted by experiment, key and whether it went to a posterior (the experiments dashboard's evidence per key).
         """
@@ -115,7 +115,7 @@ class Experiments:
         rated = self.store.rate(item_id, feedback.value) if served is not None and may_see(served.owner) else None
         if rated is None:
             what = "image" if field == "image_id" else "job"
-            raise InvalidInput(f"{field}: no generated {what} {item_id} to rate (unknown or expired)", field)
+            raise NotFound(f"{field}: no generated {what} {item_id} to rate (unknown or expired)", field)
         counted = "yes" if rated.counted else "no"
         labels = {"experiment": rated.experiment or NO_EXPERIMENT, "key_id": rated.owner or "none"}
         metrics.count(metrics.EXPERIMENT_FEEDBACK, counted=counted, **labels)

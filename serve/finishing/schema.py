@@ -67,7 +67,7 @@ class UpscaleOptions(BaseModel):
 class UpscaleJson(UpscaleOptions):
     """``POST /v1/images/upscale`` as JSON."""
 
-    image: str = Field(description="The image, base64 (PNG, JPEG, WebP, ...).")
+    image: str = Field(min_length=1, description="The image, base64 (PNG, JPEG, WebP, ...).")
 
 
 class UpscaleChoice(BaseModel):

@@ -14,6 +14,8 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from serve.errors import InvalidInput, wire
+
 logger = logging.getLogger(__name__)
 
 MAX_PIXELS = 4_194_304
@@ -23,13 +25,19 @@ MIN_SIDE = 8
 """Images thinner than this carry no shape to trace (and no gradient for the features): refused with a 400."""
 
 
-class ImageRejected(ValueError):
-    """An upload that cannot be vectorized; ``status`` is the HTTP status it maps to (400 or 413)."""
+class ImageRejected(InvalidInput, ValueError):
+    """An image that does not decode or breaks a size limit: a 400 (413 past a size limit) naming its field.
+
+    An Easel error wherever it is raised, so no route or RPC answers an undecodable image with anything else.
+    """
 
     def __init__(self, message: str, field: str = "image", status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
+        super().__init__(message, field)
         self.status = status
+        self.grpc_code, self.kind = wire(status)
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.field, self.status))
 
 
 def check_size(width: int, height: int, field: str = "image", max_pixels: int = MAX_PIXELS) -> None:

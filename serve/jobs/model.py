@@ -37,10 +37,14 @@ class JobStatus(enum.StrEnum):
 
 
 class EventType(enum.StrEnum):
-    """What a job's event stream says: one ``progress`` per denoising step, then exactly one final event."""
+    """What a job's event stream says: one ``progress`` per denoising step, then exactly one final event.
+
+    ``attempt_failed``: an attempt failed (its error, and ``retry_in_s``: when the next starts, or null: no retry).
+    """
 
     RUNNING = "running"
     PROGRESS = "progress"
+    ATTEMPT_FAILED = "attempt_failed"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -71,6 +75,7 @@ class Job:
     result: dict | None = None
     error: dict | None = None
     owner: str | None = None  # the id of the API key that submitted it (None: the API was open)
+    failures: tuple[dict, ...] = ()  # each failed attempt: when, its error, and when it was retried (None: not)
     seq: int = 0  # the sequence number of its latest event when read: this state is as of that event
 
     def to_api(self) -> dict:
@@ -85,6 +90,7 @@ class Job:
             "started_at": self.started_at,
             "finished_at": self.finished_at,
             "cancel_requested": self.cancel_requested,
+            "failed_attempts": list(self.failures),
         }
         if self.status is JobStatus.SUCCEEDED and self.result is not None:
             body.update(self.result)

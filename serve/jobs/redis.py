@@ -72,6 +72,7 @@ class RedisJobStore(JobStore):
             result=json.loads(fields["result"]) if fields.get("result") else None,
             error=json.loads(fields["error"]) if fields.get("error") else None,
             owner=fields.get("owner") or None,
+            failures=tuple(json.loads(fields["failures"])) if fields.get("failures") else (),
             seq=int(fields.get("seq", 0)),
         )
 
@@ -251,6 +252,20 @@ class RedisJobStore(JobStore):
             return fields.get("cancel_requested") == "1"
 
         return self.redis.transaction(renew, _job_key(job_id), value_from_callable=True)
+
+    def failed_attempt(self, job_id: str, worker: str, lease_s: float, record: dict) -> bool:
+        """See :meth:`JobStore.failed_attempt`."""
+
+        def add(pipe) -> bool:
+            fields = self._owned(pipe, job_id, worker)
+            failures = [*json.loads(fields.get("failures") or "[]"), record]
+            pipe.multi()
+            pipe.hset(_job_key(job_id), "failures", json.dumps(failures))
+            pipe.zadd(_LEASES, {job_id: time.time() + lease_s})
+            self._append(pipe, job_id, fields, EventType.ATTEMPT_FAILED, record)
+            return fields.get("cancel_requested") == "1"
+
+        return self.redis.transaction(add, _job_key(job_id), value_from_callable=True)
 
     def _end(self, pipe, job_id: str, fields: dict, status: JobStatus, result: dict | None, error: dict | None) -> None:
         """Queue the end of a job (in a MULTI block)."""

@@ -3,10 +3,11 @@
 Each Gateway replica runs one (:class:`JobRunner`). It claims every quarter second, and at once when a job is
 submitted to its replica or one of its jobs ends, while it has room (``per_priority`` jobs of each
 priority at a time, so an urgent job never waits for a slot held by less urgent ones), renews each job's lease
-every third of it, and ends the job with the answer, the error, or ``canceled``. A failure that is not the job's
-fault (Triton restarting, a replica that died) is retried after a pause, the lease held meanwhile: the job is
-never lost; only a request the pipeline refuses (4xx) fails it. A runner that dies stops renewing; its jobs' leases
-expire and another runner runs them again.
+every third of it, and ends the job with the answer, the error, or ``canceled``. A failed attempt is recorded in the
+job and retried by :class:`~serve.jobs.retry.RetryPolicy`, the lease held meanwhile: a failure that can pass (Triton
+restarting, a replica that died) after a backoff, up to a cap; a refusal (4xx) never; any other failure once (a job
+that fails the same way twice fails with that reason). A runner that dies stops renewing; its jobs' leases expire and
+another runner runs them again.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from serve import metrics
-from serve.errors import EaselError
 from serve.jobs.model import DEFAULT_LEASE_S, Job, JobStatus
-from serve.jobs.store import JobStore, LeaseLost
+from serve.jobs.retry import ALWAYS_PASSING, Failure, RetryPolicy, failure_of
+from serve.jobs.store import JobStore, LeaseLost, attempt_record
 from serve.priority import Priority
 
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25
 HOUSEKEEPING_S = 10.0
-RETRY_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,22 @@ Run = Callable[[Job, JobLease], Awaitable[dict]]
 
 
 class JobRunner:
-    """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) while its replica lives."""
+    """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) while its replica lives.
 
-    def __init__(self, store: JobStore, run: Run, per_priority: int = 4, lease_s: float = DEFAULT_LEASE_S) -> None:
+    ``passing``: the exceptions ``run`` may raise that can pass (:func:`~serve.jobs.retry.failure_of`).
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        run: Run,
+        per_priority: int = 4,
+        lease_s: float = DEFAULT_LEASE_S,
+        passing: tuple[type[BaseException], ...] = ALWAYS_PASSING,
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
+    ) -> None:
         self.store, self.run, self.per_priority, self.lease_s = store, run, per_priority, lease_s
+        self.passing, self.retry = passing, retry
         self.worker = f"runner-{secrets.token_hex(6)}"
         self.running: Counter[Priority] = Counter()
         self._tasks: set[asyncio.Task] = set()
@@ -121,7 +133,8 @@ class JobRunner:
             self.wake()
 
     async def _attempt(self, job: Job, lease: JobLease) -> tuple[JobStatus, dict | None, dict | None]:
-        """Run until the job succeeds, is canceled or is refused; retry what was not its fault."""
+        """Run until the job succeeds, is canceled or fails; each failed attempt recorded, retried by the policy."""
+        earlier = list(job.failures)  # a job claimed again keeps its earlier runs' failures
         while True:
             try:
                 return JobStatus.SUCCEEDED, await self.run(job, lease), None
@@ -129,15 +142,19 @@ class JobRunner:
                 return JobStatus.CANCELED, None, None
             except LeaseLost:
                 raise
-            except EaselError as error:
-                if error.status < 500 and error.status != 429:
-                    return JobStatus.FAILED, None, error.body()["error"]
-                retry_s = _retrying(job, str(error.status), error, error.retry_after_s or RETRY_S)
-            except Exception as error:  # noqa: BLE001 - a replica died, Ray failed: not the job's fault
-                retry_s = _retrying(job, type(error).__name__, error, RETRY_S)
-            if await asyncio.to_thread(self.store.heartbeat, job.id, self.worker, self.lease_s):
+            except Exception as error:  # noqa: BLE001 - every failure is judged by the retry policy
+                failure = failure_of(error, self.passing)
+            pause = self.retry.pause(failure, earlier)
+            record = attempt_record(failure.error, pause, time.time())
+            earlier.append(record)
+            canceled = await asyncio.to_thread(self.store.failed_attempt, job.id, self.worker, self.lease_s, record)
+            if pause is None:
+                logger.warning("job %s failed: %s", job.id, failure.error["message"])
+                return JobStatus.FAILED, None, failure.error
+            if canceled:
                 return JobStatus.CANCELED, None, None
-            await asyncio.sleep(retry_s)
+            _retrying(job, failure, len(earlier), pause)
+            await asyncio.sleep(pause)
 
     async def _heartbeat(self, lease: JobLease) -> None:
         """Renew the lease every third of it while the job runs (a step may take longer than the lease)."""
@@ -151,8 +168,7 @@ class JobRunner:
                 logger.warning("job %s heartbeat: %s", lease.job_id, error)
 
 
-def _retrying(job: Job, reason: str, error: Exception, retry_s: float) -> float:
-    """Log and count a retry of ``job`` for ``reason`` (a status code or an exception's type); the pause before it."""
-    logger.warning("job %s attempt %d: %s (%s); retrying in %.1f s", job.id, job.attempts, reason, error, retry_s)
-    metrics.count(metrics.JOB_RETRIES, reason=reason)
-    return retry_s
+def _retrying(job: Job, failure: Failure, failed: int, pause: float) -> None:
+    """Log and count a retry of ``job`` after its ``failed``-th failed attempt, by the failure's reason."""
+    logger.warning("job %s failed attempt %d: %s; retrying in %.1f s", job.id, failed, failure.error["message"], pause)
+    metrics.count(metrics.JOB_RETRIES, reason=failure.reason)

@@ -32,7 +32,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     result TEXT,
     error TEXT,
     seq INTEGER NOT NULL DEFAULT 0,
-    owner TEXT
+    owner TEXT,
+    failures TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_claim ON jobs (status, priority, created_at);
 CREATE INDEX IF NOT EXISTS jobs_created ON jobs (created_at);
@@ -60,8 +61,10 @@ class SqliteJobStore(JobStore):
     def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
         super().__init__(retention_s)
         self.db, self._lock = sqlite_open(url, _SCHEMA)
-        if "owner" not in {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}:
-            self.db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")  # a store made before jobs had owners
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
+        for column in ("owner", "failures"):  # a store made before jobs had owners, or kept their failed attempts
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         self.db.executescript(_SCHEMA_INDEXES)
 
     def _job(self, row) -> Job:
@@ -80,6 +83,7 @@ class SqliteJobStore(JobStore):
             result=json.loads(row["result"]) if row["result"] else None,
             error=json.loads(row["error"]) if row["error"] else None,
             owner=row["owner"],
+            failures=tuple(json.loads(row["failures"])) if row["failures"] else (),
             seq=row["seq"],
         )
 
@@ -220,6 +224,20 @@ class SqliteJobStore(JobStore):
             self.db.execute("BEGIN IMMEDIATE")
             row = self._owned(job_id, worker)
             self.db.execute("UPDATE jobs SET lease_until = ? WHERE id = ?", (time.time() + lease_s, job_id))
+            return bool(row["cancel_requested"])
+
+    @serialized
+    def failed_attempt(self, job_id: str, worker: str, lease_s: float, record: dict) -> bool:
+        """See :meth:`JobStore.failed_attempt`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            row = self._owned(job_id, worker)
+            self.db.execute(
+                "UPDATE jobs SET failures = json_insert(COALESCE(failures, '[]'), '$[#]', json(?)), lease_until = ? "
+                "WHERE id = ?",
+                (json.dumps(record), time.time() + lease_s, job_id),
+            )
+            self._append(job_id, EventType.ATTEMPT_FAILED, record)
             return bool(row["cancel_requested"])
 
     def _end(self, job_id: str, status: JobStatus, result: dict | None, error: dict | None) -> None:

@@ -124,6 +124,13 @@ class JobStore(ABC):
         """Renew the lease; return whether a cancel was asked. :class:`LeaseLost` if the job is no longer ours."""
 
     @abstractmethod
+    def failed_attempt(self, job_id: str, worker: str, lease_s: float, record: dict) -> bool:
+        """Record a failed attempt (:func:`attempt_record`, an event) and renew the lease; whether a cancel was asked.
+
+        :class:`LeaseLost` if the job is no longer ``worker``'s.
+        """
+
+    @abstractmethod
     def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
         """End the job (succeeded, failed or canceled) with its final event. :class:`LeaseLost`."""
 
@@ -172,6 +179,11 @@ def final_event(status: JobStatus, result: dict | None, error: dict | None) -> t
     if error is not None:
         data["error"] = error
     return FINAL_EVENTS[status], data
+
+
+def attempt_record(error: dict, retry_in_s: float | None, at: float) -> dict:
+    """A failed attempt as a job keeps it: when it failed, its error, and the pause before the next (None: none)."""
+    return {"failed_at": at, "error": error, "retry_in_s": retry_in_s}
 
 
 def attempts_exhausted(job_id: str) -> dict:

@@ -20,10 +20,10 @@ from serve.errors import invalid_input
 from serve.experiments.traffic import Experiments
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
-from serve.jobs.store import JobStore, LeaseLost
+from serve.jobs.store import JobStore
 from serve.moderation import Policy
 from serve.serving.generations import Admitted, Generations
-from serve.serving.ray_errors import as_easel_error, unwrap
+from serve.serving.ray_errors import PASSING, unwrap
 from serve.text_to_image.generation import Progress, draw_seed
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
@@ -52,7 +52,7 @@ class BackgroundJobs:
         self.store = store
         self.generations = generations
         self.experiments = experiments
-        self.runner = JobRunner(self.store, self.run).start()
+        self.runner = JobRunner(self.store, self.run, passing=PASSING).start()
 
     async def submit(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
         """Queue ``admitted`` as ``owner``'s job (:meth:`queued`): 202 and the job."""
@@ -86,7 +86,8 @@ class BackgroundJobs:
         """The job runner's work: the job's request answered as a synchronous one, each step written to the store.
 
         A step's progress (and preview) is written as it streams in; a cancel asked meanwhile, or the lease lost,
-        stops reading the stream, which stops the generation.
+        stops reading the stream, which stops the generation. A failure is raised as the deployment raised it (Ray's
+        wrapper taken off), for the runner's retry policy to judge (:data:`~serve.serving.ray_errors.PASSING`).
         """
         stored = dict(job.request)
         policy = stored.pop(SUBMITTED_POLICY, None)  # None: a job stored before jobs kept their policy
@@ -107,9 +108,9 @@ class BackgroundJobs:
             body, _ = await self.generations.served_answer(admitted, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)
-            if isinstance(cause, JobCanceled | LeaseLost):
-                raise cause from None
-            raise as_easel_error(error) from None
+            if cause is error:
+                raise
+            raise cause from None
         return body
 
     async def visible(self, key: ApiKey | None, job_id: str) -> Job:

@@ -4,12 +4,38 @@ from __future__ import annotations
 
 import logging
 
-from ray.exceptions import RayTaskError
-from ray.serve.exceptions import BackPressureError
+from ray.exceptions import (
+    GetTimeoutError,
+    LocalRayletDiedError,
+    NodeDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    RayActorError,
+    RayTaskError,
+    WorkerCrashedError,
+)
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from serve.errors import EaselError, NotReady, Overloaded
+from serve.jobs.retry import ALWAYS_PASSING
 
 logger = logging.getLogger(__name__)
+
+
+PASSING: tuple[type[BaseException], ...] = (
+    *ALWAYS_PASSING,
+    RayActorError,  # a replica died, or is unreachable for now (ActorDiedError, ActorUnavailableError)
+    WorkerCrashedError,
+    NodeDiedError,
+    LocalRayletDiedError,
+    ObjectLostError,
+    OwnerDiedError,
+    GetTimeoutError,
+    ReplicaUnavailableError,
+    DeploymentUnavailableError,
+    BackPressureError,
+)
+"""What a call through Ray may raise that can pass: a retry of the same request may succeed (a job's runner retries)."""
 
 
 def as_easel_error(error: BaseException) -> EaselError:

@@ -131,17 +131,24 @@ def control_weight(control: Control, index: int, total: int) -> float:
 
 
 class JobControls:
-    """One job's ControlNets in the loop: the residuals each UNet step takes (zeros for a job without control).
+    """One job's ControlNets in the loop: the residuals each step's engine takes (zeros for a job without control).
 
     ``images``: each control's image as diffusers' ``control_image_processor`` makes it (NCHW in ``[0, 1]``, one
-    row), repeated here for the job's rows as the ControlNet pipelines repeat it.
+    row), repeated here for the job's rows as the ControlNet pipelines repeat it. ``step_engine``: the engine each
+    step calls; one that takes no residuals (a motion UNet, a distilled UNet) gets none, whatever the stack serves.
     """
 
     def __init__(
-        self, specs: Mapping[str, ModelSpec], job: Generation, images: list[torch.Tensor], guided: bool
+        self,
+        specs: Mapping[str, ModelSpec],
+        job: Generation,
+        images: list[torch.Tensor],
+        guided: bool,
+        step_engine: str = UNET,
     ) -> None:
         self.specs, self.controls = specs, job.inputs.controls
-        self.ready = any(spec.name.startswith(CONTROLNET_PREFIX) for spec in specs.values())
+        self.residual_inputs = [t for t in specs[step_engine].inputs if t.name.startswith(RESIDUAL_PREFIX)]
+        self.ready = bool(self.residual_inputs)
         factor = 2 if guided else 1
         self.images = [
             np.concatenate([image.repeat_interleave(job.sampling.n, dim=0).numpy()] * factor) for image in images
@@ -189,9 +196,8 @@ class JobControls:
         return await engines.infer(spec, inputs)
 
     def zeros(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
-        """Zero residuals for the rows of ``model_input`` (kept: the same every step)."""
+        """Zero residuals for the rows of ``model_input`` (kept: the same every step); its last axes are its side."""
         if self._zeros is None:
-            rows, _, height, width = model_input.shape
-            residuals = [t for t in self.specs[UNET].inputs if t.name.startswith(RESIDUAL_PREFIX)]
-            self._zeros = {t.name: np.zeros((rows, *t.shape(height, width)), np.float32) for t in residuals}
+            rows, (height, width) = len(model_input), model_input.shape[-2:]
+            self._zeros = {t.name: np.zeros((rows, *t.shape(height, width)), np.float32) for t in self.residual_inputs}
         return self._zeros

@@ -100,7 +100,7 @@ class TextToImagePipeline:
             job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
         )
         control_images = await asyncio.to_thread(self.processors.controls, job) if job.inputs.controls else []
-        controls = JobControls(self.specs, job, control_images, guided)
+        controls = JobControls(self.specs, job, control_images, guided, step_engine)
         reused = await self._reused(job, unrepeated, scheduler, len(timesteps))  # before the rows are repeated
         first = reused.skipped if reused is not None else 0
         latents = start.latents if reused is None or reused.latents is None else torch.from_numpy(reused.latents)
@@ -110,7 +110,7 @@ class TextToImagePipeline:
         for index, t in enumerate(timesteps[first:], start=first):
             if guided and index >= guided_steps:  # adaptive guidance: the prompt's rows alone from here
                 guided, conditioning, start = False, guidance.prompt_rows(conditioning), start.unguided()
-                controls = JobControls(self.specs, job, control_images, guided)
+                controls = JobControls(self.specs, job, control_images, guided, step_engine)
             model_input = torch.cat([latents] * 2) if guided else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)

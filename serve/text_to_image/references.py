@@ -34,6 +34,7 @@ class NewReference(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image: str = Field(
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         json_schema_extra={"pattern": BASE64_PATTERN},
         description=f"The reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB.",

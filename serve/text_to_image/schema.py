@@ -287,6 +287,7 @@ class GenerationRequest(BaseModel):
     )
     ip_adapter_image: str | None = Field(
         None,
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         json_schema_extra={"pattern": BASE64_PATTERN},  # documented; checked by _ip_image_is_base64
         description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB "

@@ -34,6 +34,7 @@ from serve.text_to_image.prompt_weights import checked_prompt
 from serve.text_to_image.schema import (
     DEFAULT_STRENGTH,
     MAX_GUIDANCE,
+    MAX_LORAS,
     MAX_PROMPT_CHARS,
     MAX_SEED,
     MAX_STEPS,
@@ -105,11 +106,15 @@ class VideoRequest(BaseModel):
     guidance_scale: float = Field(Sampling.guidance_scale, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     loras: list[LoraChoice] = Field(
-        [], description="The stack's LoRAs (uploaded ones too), motion LoRAs among them, as AnimateDiff loads them."
+        [],
+        max_length=MAX_LORAS,
+        description=f"Up to {MAX_LORAS} of the stack's LoRAs (uploaded ones too), motion LoRAs among them, as "
+        "AnimateDiff loads them.",
     )
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
     input_reference: str | None = Field(
         None,
+        min_length=1,
         max_length=MAX_IMAGE_CHARS,
         description=f"Image-to-video: a PNG/JPEG/WebP (base64 in JSON, a file in the form) of at most "
         f"{MAX_IMAGE_BYTES >> 20} MiB, resized to the video's size and encoded once; every frame starts from its "

@@ -20,8 +20,8 @@ import numpy as np
 from ray import serve
 
 from serve import metrics
-from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge
-from serve.images.raster import ImageRejected, decode_image
+from serve.errors import EaselError, InvalidInput, NotReady, Overloaded
+from serve.images.raster import decode_image
 from serve.processes.worker import DeadlineExceeded, DeadlineWorker, WorkerBusy, WorkerDied
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
@@ -218,11 +218,8 @@ _FALLBACK_MESSAGES = {
 
 
 async def _decode(upload: bytes) -> np.ndarray:
-    """The upload's RGB pixels (400 naming ``image``, or 413 past the size limits)."""
-    try:
-        return await asyncio.to_thread(decode_image, upload, "image")
-    except ImageRejected as error:
-        raise (PayloadTooLarge if error.status == 413 else InvalidInput)(str(error), field=error.field) from error
+    """The upload's RGB pixels (:class:`~serve.images.raster.ImageRejected`: 400 naming ``image``, 413 past a limit)."""
+    return await asyncio.to_thread(decode_image, upload, "image")
 
 
 def _fallback_message(why: Why, detail: str) -> str:

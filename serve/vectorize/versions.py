@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
 
 from serve.errors import Conflict, InvalidInput
 from serve.triton.engine_files import ONNX
@@ -51,7 +51,7 @@ class VersionChange(BaseModel):
         description="A folder `easel train vectorize` wrote, on the stack's machine (ONNX predictor and policy, "
         "tier1.json): installed as a new version.",
     )
-    version: int | None = Field(
+    version: StrictInt | None = Field(
         None, ge=1, description="PUT only: an installed version to make current again (an instant rollback)."
     )
 

@@ -18,7 +18,7 @@ from schemathesis.core.transport import Response
 
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
-from serve.contract.limits import unstated_limit
+from serve.contract.limits import refuses_for_an_unstated_limit
 from serve.routes import Scope
 from serve.stack import scratch_stack
 
@@ -103,11 +103,6 @@ def _sent(case, auth: dict[str, str]) -> tuple[dict, requests.Response]:
 
 def _excluded(case, response) -> list:
     """Positive-data acceptance is not asked of a refusal for a limit the document lists as one no schema states."""
-    return [positive_data_acceptance] if _refused_for_an_unstated_limit(case, response) else []
-
-
-def _refused_for_an_unstated_limit(case, response) -> bool:
-    """Whether ``response`` refuses the request for a limit the document lists as one no schema states."""
-    if response.status_code not in (400, 413):
-        return False
-    return unstated_limit(case.method, case.operation.path, response.status_code, response.json()["error"]) is not None
+    body = response.json() if response.status_code in (400, 413) else {}
+    refused = refuses_for_an_unstated_limit(case.method, case.operation.path, response.status_code, body)
+    return [positive_data_acceptance] if refused else []

@@ -130,18 +130,18 @@ def test_a_job_s_variant_is_chosen_at_submission_and_its_ids_take_feedback(api, 
 
 
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("body", "status", "field"),
     [
-        ({"image_id": "img_" + "0" * 24, "reward": 1.0}, "image_id"),  # never generated
-        ({"job_id": "job_" + "0" * 24, "rating": 3}, "job_id"),
-        ({"image_id": "img_" + "0" * 24, "reward": 1.5}, "reward"),
-        ({"image_id": "img_" + "0" * 24, "rating": 6}, "rating"),
-        ({"image_id": "img_" + "0" * 24}, "reward"),
+        ({"image_id": "img_" + "0" * 24, "reward": 1.0}, 404, "image_id"),  # never generated
+        ({"job_id": "job_" + "0" * 24, "rating": 3}, 404, "job_id"),
+        ({"image_id": "img_" + "0" * 24, "reward": 1.5}, 400, "reward"),
+        ({"image_id": "img_" + "0" * 24, "rating": 6}, 400, "rating"),
+        ({"image_id": "img_" + "0" * 24}, 400, "reward"),
     ],
 )
-def test_bad_feedback_is_a_400_naming_the_field(api, body, field):
+def test_bad_feedback_is_a_4xx_naming_the_field(api, body, status, field):
     refused = api.post("/v1/feedback", json=body)
-    assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+    assert refused.status_code == status and refused.json()["error"]["param"] == field, refused.text
 
 
 @pytest.mark.parametrize(
@@ -179,7 +179,7 @@ def test_grpc_generate_names_the_variant_and_its_image_ids_take_grpc_feedback(st
         assert (reply.reward, reply.model, reply.experiment) == (0.75, SD, ALIAS)
         with pytest.raises(grpc.RpcError) as refused:
             easel.Feedback(easel_pb2.FeedbackRequest(image_id="img_" + "0" * 24, rating=4), timeout=60)
-        assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.value.code() is grpc.StatusCode.NOT_FOUND
 
 
 def test_a_model_added_and_an_experiment_edited_through_the_api_are_still_served_after_down_and_up(stack):

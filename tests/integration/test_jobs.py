@@ -181,6 +181,7 @@ def test_an_idempotency_key_returns_the_same_job_and_refuses_another_body(api):
             400,
             "Idempotency-Key",
         ),
+        ("post", GENERATE, {"json": SMALL, "headers": {"Idempotency-Key": "has space"}}, 400, "Idempotency-Key"),
     ],
 )
 def test_bad_job_requests_are_clear_4xx(api, method, path, kwargs, status, param):

@@ -8,7 +8,7 @@ import re
 import pytest
 
 from serve import errors
-from serve.app import api
+from serve.app import GenerationHeaders, api
 from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
 from serve.errors import InvalidInput
 from serve.jobs.model import check_idempotency_key
@@ -107,6 +107,22 @@ SIDES = ["0", "8", "56", "64", "064", "0064", "00064", "000064", "72", "100", "1
 def test_each_pattern_in_the_document_is_exactly_what_the_server_accepts(pattern, check, values):
     for value in values:
         assert bool(re.search(pattern, value)) == _accepted(check, value), repr(value)
+
+
+def test_every_route_that_takes_an_idempotency_key_states_its_pattern_and_every_generation_checks_it():
+    """A synchronous generation once took a malformed key (200): the header is checked wherever it is read."""
+    taking = {
+        (method, path)
+        for path, operations in DOCUMENT["paths"].items()
+        for method, operation in operations.items()
+        for parameter in operation.get("parameters", ())
+        if parameter["name"] == "Idempotency-Key" and parameter["schema"] == IDEMPOTENCY_KEY
+    }
+    assert taking == {("post", "/v1/images/generations"), ("post", "/v1/images/edits"), ("post", "/v1/videos")}
+    with pytest.raises(InvalidInput) as refused:
+        GenerationHeaders(idempotency_key="has space")
+    assert refused.value.field == "Idempotency-Key"
+    assert GenerationHeaders(idempotency_key="k-1").idempotency_key == "k-1"
 
 
 def test_every_limit_no_schema_states_is_documented_on_a_declared_route():

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from serve.errors import Conflict, InvalidInput, NotFound, invalid_input
 from serve.experiments.feedback import FeedbackRequest, new_image_id
-from serve.experiments.policy import ExperimentSpec, Policy, user_share
+from serve.experiments.policy import MAX_KEY_SHARE, PRIOR, ExperimentSpec, Policy, user_share
 from serve.experiments.sqlite import SqliteExperimentStore
 from serve.experiments.traffic import Experiments
 
@@ -55,15 +55,17 @@ def test_a_users_share_is_stable_and_differs_between_experiments():
     assert 0 <= user_share("x", "y") < 1
 
 
-def test_the_bandit_fed_rewards_that_favour_one_variant_sends_it_most_traffic_within_300_requests(experiments):
+@pytest.mark.parametrize("keys", [None, 30])
+def test_the_bandit_fed_rewards_that_favour_one_variant_sends_it_most_traffic_within_300_requests(experiments, keys):
+    """From an open API's users, or from 30 keys' (each within its share of the evidence)."""
     experiments.define("art", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2", "v3"]))
     liked = {"v1": 0.3, "v2": 0.8, "v3": 0.3}  # how often each variant's image is liked
     users = random.Random(11)  # the users' answers, seeded
     served = []
-    for _ in range(300):
+    for request in range(300):
         assignment = experiments.assign("art", None)
         image = new_image_id()
-        experiments.record([image], assignment, owner=None)
+        experiments.record([image], assignment, owner=keys and f"key-{request % keys}")
         reward = 1.0 if users.random() < liked[assignment.model] else 0.0
         experiments.rate(FeedbackRequest(image_id=image, reward=reward), lambda owner: True)
         served.append(assignment.model)
@@ -71,6 +73,24 @@ def test_the_bandit_fed_rewards_that_favour_one_variant_sends_it_most_traffic_wi
     posteriors = experiments.store.posteriors("art")
     assert posteriors["v2"].mean > max(posteriors["v1"].mean, posteriors["v3"].mean)
     assert sum(p.feedback for p in posteriors.values()) == 300
+
+
+def test_ten_ratings_from_one_key_move_a_fresh_bandit_by_at_most_its_share(experiments):
+    """Ten 5-star ratings of one variant's images from one key once sent another key's next 30 draws 30/0."""
+    experiments.define("art", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"]))
+    rated = []
+    while len(rated) < 10:  # the steerer rates every image of v1 it is served
+        assignment = experiments.assign("art", None)
+        image = new_image_id()
+        experiments.record([image], assignment, owner="steerer")
+        if assignment.model == "v1":
+            experiments.rate(FeedbackRequest(image_id=image, rating=5), lambda owner: owner == "steerer")
+            rated.append(image)
+    posteriors = experiments.store.posteriors("art")
+    assert posteriors["v1"].feedback == 10 and "v2" not in posteriors
+    assert posteriors["v1"].mean <= PRIOR.mean + MAX_KEY_SHARE * (1 - PRIOR.mean) + 1e-9
+    draws = Counter(experiments.assign("art", "another").model for _ in range(30))
+    assert draws["v2"] >= 5, draws  # not 30/0: v1 is favoured by at most the key's share
 
 
 def test_a_bandit_with_no_feedback_tries_every_variant(experiments):
@@ -160,17 +180,17 @@ def test_bad_feedback_is_a_400_naming_the_field(body, field):
     assert _refusal(body, FeedbackRequest).field == field
 
 
-def test_feedback_for_an_unknown_or_anothers_image_is_a_400_naming_the_id_and_a_second_rating_a_409(experiments):
+def test_feedback_for_an_unknown_or_anothers_image_is_a_404_naming_the_id_and_a_second_rating_a_409(experiments):
     experiments.define("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
     assignment = experiments.assign("logo-v", "ann")
     image, job = new_image_id(), "job_" + "1" * 24
     experiments.record([image], assignment, owner="key_a")
     experiments.record([job], assignment, owner="key_a")
     assert experiments.served_by(job) == assignment and experiments.served_by("job_" + "2" * 24) is None
-    with pytest.raises(InvalidInput) as unknown:
+    with pytest.raises(NotFound) as unknown:
         experiments.rate(FeedbackRequest(image_id=new_image_id(), reward=1), lambda owner: True)
     assert unknown.value.field == "image_id"
-    with pytest.raises(InvalidInput) as anothers:
+    with pytest.raises(NotFound) as anothers:
         experiments.rate(FeedbackRequest(job_id=job, rating=5), lambda owner: owner == "key_b")
     assert anothers.value.field == "job_id"
     answer = experiments.rate(FeedbackRequest(image_id=image, rating=4), lambda owner: owner == "key_a")

@@ -11,12 +11,21 @@ from PIL import Image
 from pydantic import ValidationError
 from starlette.requests import Request
 
+from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, invalid_input
-from serve.text_to_image.controlnet import ControlNetEntry, ControlNetSupport, control_weight, residual_layout
+from serve.text_to_image.controlnet import (
+    ControlNetEntry,
+    ControlNetSupport,
+    JobControls,
+    control_weight,
+    residual_layout,
+)
 from serve.text_to_image.edit_form import read_edit_form
-from serve.text_to_image.generation import Control
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.generation import Control, Generation, Motion, SamplingParams
 from serve.text_to_image.images import canny, decode_images, edit_mask, output_size
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.spec import RESIDUAL_PREFIX, UNET
 from tests.controls import b64, box_mask, input_image, openai_mask
 from tests.images import encode, png_header_only
 
@@ -126,6 +135,34 @@ def test_canny_finds_thin_edges_where_the_image_changes_and_none_above_the_thres
 def test_a_controlnet_guides_the_steps_between_start_and_end_as_diffusers_keeps_it():
     control = Control("edges", np.zeros((8, 8, 3), np.uint8), 0.5, 0.2, 0.6)
     assert [control_weight(control, i, 10) for i in range(10)] == [0, 0, 0.5, 0.5, 0.5, 0.5, 0, 0, 0, 0]
+
+
+class _NoEngines:
+    """An engine runner a step without ControlNet work must not call."""
+
+    async def infer(self, spec, inputs):
+        raise AssertionError(f"{spec.name} called")
+
+
+def test_residuals_fit_the_step_engine_a_still_s_zeros_and_a_video_s_none(default_model):
+    """On a stack with a ControlNet and a motion adapter: a still's UNet takes zero residuals, a video's motion UNet
+    (5-D latents, frames on the third axis) takes none, so a video runs there (it never finished before)."""
+    controlnets = ControlNetSupport((ControlNetEntry("edges", "/x", family="sd"),))
+    family = family_of_folder(default_model).with_engines(AdapterSupport(), controlnets, False, {"wave": "/m"})
+    specs, (motion,) = family.specs, family.motion_engines
+    scale = family.dims.vae_scale_factor
+    cases = (
+        (Generation(SamplingParams("x", None, 2, 64, 48, 3, 7.5, 1, "ddim")), UNET, (4, 4, 48 // scale, 64 // scale)),
+        (Generation(SamplingParams("x", None, 1, 64, 48, 3, 7.5, 1, "ddim"), motion=Motion("wave", 6)), motion, None),
+    )
+    for job, engine, shape in cases:
+        sample = np.zeros(shape or (2, 4, 6, 48 // scale, 64 // scale), np.float32)
+        controls = JobControls(specs, job, [], True, engine)
+        got = asyncio.run(controls.residuals(_NoEngines(), 0, 3, sample, np.zeros(len(sample), np.float32), {}))
+        taken = {t.name: t for t in specs[engine].inputs if t.name.startswith(RESIDUAL_PREFIX)}
+        assert set(got) == set(taken) and bool(taken) == (engine == UNET)
+        for name, residual in got.items():
+            assert residual.shape == (4, *taken[name].shape(48 // scale, 64 // scale)) and not residual.any()
 
 
 def test_unknown_controlnets_and_ones_made_for_another_family_are_400s_naming_the_field():

@@ -243,7 +243,12 @@ def test_a_vectorize_answer_names_its_model_version(client):
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({}, "body"), ({"trained_dir": "/x", "version": 2}, "body"), ({"version": 0}, "version"), ({"x": 1}, "x")],
+    [
+        ({}, "body"),
+        ({"trained_dir": "/x", "version": 2}, "body"),
+        ({"version": 0}, "version"),
+        ({"x": 1}, "x"),
+    ],
 )
 def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(client, body, field):
     http, _ = client
@@ -254,6 +259,17 @@ def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(
     assert http.put("/v1/vectorize/models", json={"version": 1}).status_code == 200
     assert http.delete("/v1/vectorize/models/3").status_code == 200
     assert [(m, v) for m, _, v in residency.changes] == [("PUT", None), ("DELETE", 3)]
+
+
+@pytest.mark.parametrize("version", [True, 2.0])
+def test_a_version_to_serve_again_is_a_strict_integer(client, version):
+    """``{"version": true}`` made version 1 current (easel contract check, an admin key)."""
+    http, _ = client
+    residency = api.state.gateway.vectorizing.residency
+    before = list(residency.changes)
+    response = http.put("/v1/vectorize/models", json={"version": version})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "version", response.text
+    assert residency.changes == before
 
 
 class PolicyRecorder:

@@ -213,6 +213,7 @@ def test_a_video_request_names_seconds_or_frames_over_the_limits_or_disagreeing(
         ({"seconds": 2, "frames": 9, "fps": 4}, "seconds"),
         ({"frames": 33}, "frames"),
         ({"seconds": 5, "fps": 8}, "seconds"),
+        ({"loras": [{"name": f"lora-{i}"} for i in range(5)]}, "loras"),  # the schema's maxItems, as a still's
     ):
         with pytest.raises((InvalidInput, ValidationError)) as error:
             VideoRequest(prompt="x", **body)

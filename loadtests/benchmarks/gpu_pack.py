@@ -1,6 +1,6 @@
 """``easel bench gpu --pack DIR``: the folder that runs ``easel bench gpu`` on a GPU machine with no network.
 
-That machine (docs/guides/gpu.md) has Python 3.12, PyTorch with CUDA, transformers, numpy, onnx and grpcio, and lacks the
+That machine (docs/guides/gpu.md): Python 3.12, PyTorch with CUDA, transformers, numpy, onnx and grpcio, lacking the
 rest: the pack carries the Python 3.12 wheels of :data:`CARRIED` (downloaded here: ``pip download --no-deps
 --only-binary=:all:``, each at this machine's version where the index has it), Triton trimmed from the installed
 nvidia-pytriton wheel (its server and libraries, the 3.12 backend stub alone, libpython 3.13 left out:

@@ -282,7 +282,7 @@ def test_the_shallow_unet_on_a_step_s_own_deep_features_is_the_whole_unet(cached
     inputs = {
         "sample": rng.standard_normal((3, 4, 16, 12)).astype(np.float32),
         "timestep": np.array([999.0, 500.0, 1.0], np.float32),
-        "encoder_hidden_states": rng.standard_normal((3, *specs[UNET].input("encoder_hidden_states").dims)),
+        "encoder_hidden_states": rng.standard_normal((3, *specs[UNET].input("encoder_hidden_states").shape())),
     }
     inputs["encoder_hidden_states"] = inputs["encoder_hidden_states"].astype(np.float32)
     run = lambda name, feeds: asyncio.run(cached.engines.infer(specs[name], feeds))  # noqa: E731

@@ -9,7 +9,7 @@ import click
 
 from build_engines.text_to_image.cli import embedded_option
 from loadtests.benchmarks import cpu
-from serve.cli_options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
+from serve.cli.options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
 from serve.paths import ICONS_DEV
 from serve.settings import MODEL_OPTION, StackOptions, check_model
 

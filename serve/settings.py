@@ -3,8 +3,8 @@
 :class:`StackOptions` is everything ``easel up`` takes; :class:`AppSettings`, its base, is what the Serve
 application's arguments (:class:`AppArgs`) share with it.
 
-``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
-``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. The README's table of them is generated:
+``easel up``'s options are these fields (:mod:`serve.cli.options`); a field whose command-line spelling is not
+``--field-name`` says so in its :class:`~serve.cli.options.Cli` marker. The README's table of them is generated:
 ``python -m serve.settings`` rewrites it.
 """
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
-from serve.cli_options import (
+from serve.cli.options import (
     EXISTING_FILE,
     EXISTING_FOLDER,
     FOLDER,

@@ -204,7 +204,7 @@ def test_a_refusal_names_the_limit_and_when_to_retry(refused_by, says):
 def test_keys_commands_create_list_and_revoke(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     store = f"sqlite:///{tmp_path / 'easel.db'}"
     runner = CliRunner()
@@ -226,7 +226,7 @@ def test_keys_commands_create_list_and_revoke(tmp_path):
 def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["up", "--host", "0.0.0.0", "--no-first-request"])
@@ -236,8 +236,8 @@ def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch
 def test_triton_ports_default_to_the_documented_ones_and_parse(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import main
-    from serve.cli_options import PORTS
+    from serve.cli.main import main
+    from serve.cli.options import PORTS
     from serve.processes.ports import TRITON_PORTS
 
     assert TRITON_PORTS == (8003, 8001, 8002) and PORTS.convert("0,0,0", None, None) == (0, 0, 0)

@@ -3,7 +3,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from serve.app import api
+from serve.http.app import api
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.access.keys import ApiKey, KeyLimits
-from serve.app import api
 from serve.errors import InvalidInput, NotFound
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Assignment, Experiments
+from serve.http.app import api
 from serve.jobs import open_job_store
 from serve.jobs.model import Owner
 from serve.priority import Priority

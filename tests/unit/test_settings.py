@@ -6,12 +6,12 @@ import sys
 import click
 import pytest
 
-from serve.app import AppArgs
-from serve.cli_options import PORTS, SIZE, cli_fields, model_values
+from serve.cli.options import PORTS, SIZE, cli_fields, model_values
+from serve.cli.stack import up
+from serve.http.app import AppArgs
 from serve.paths import PROJECT_ROOT
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.settings import README, AppSettings, StackOptions, options_table, readme_table
-from serve.stack_cli import up
 from serve.stores import default_url
 
 
@@ -91,7 +91,7 @@ def test_the_store_defaults_to_the_run_folder_s_file(tmp_path):
 
 
 def test_easel_help_imports_neither_torch_nor_ray():
-    code = "import sys; from serve.cli import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    code = "import sys; from serve.cli.main import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -1,6 +1,6 @@
 """``easel``: build engines and change the running stack's models; every other group lives beside its code.
 
-Parses and wires only. ``easel up`` and ``down`` are :mod:`serve.stack_cli`; ``easel models`` is here because it
+Parses and wires only. ``easel up`` and ``down`` are :mod:`serve.cli.stack`; ``easel models`` is here because it
 builds, which only an entry point may.
 """
 
@@ -23,9 +23,10 @@ from build_engines.text_to_image.cli import (
 from build_engines.text_to_image.published import PUBLISHED
 from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from loadtests.cli import bench, chaos, loadtest, soak
-from serve import model_admin
-from serve.access.cli import keys
-from serve.cli_options import (
+from serve.cli import admin as model_admin
+from serve.cli.dashboards import dashboards
+from serve.cli.keys import keys
+from serve.cli.options import (
     EXISTING_FOLDER,
     FOLDER,
     NAMED_FOLDER,
@@ -35,10 +36,9 @@ from serve.cli_options import (
     model_options,
     one_line_errors,
 )
+from serve.cli.stack import down, up
 from serve.errors import UnsupportedModel
-from serve.observability.cli import dashboards
 from serve.settings import MODEL_OPTION, StackOptions, check_model
-from serve.stack_cli import down, up
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
@@ -133,7 +133,7 @@ def random_model(name: str, out_dir: Path, without_t5: bool) -> None:
         raise click.UsageError(str(error)) from error
 
 
-# -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
+# -- easel models: build here, then the running stack's admin routes (serve.cli.admin) ---------------------------
 
 
 def built_engines(

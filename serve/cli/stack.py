@@ -16,7 +16,7 @@ import time
 import click
 from pydantic import ValidationError
 
-from serve.cli_options import model_options, model_values, one_line_errors
+from serve.cli.options import model_options, model_values, one_line_errors
 from serve.errors import invalid_input
 from serve.settings import StackOptions, check_model
 from serve.stores import StoreURLError, scheme

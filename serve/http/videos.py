@@ -1,7 +1,7 @@
 """The video job's doors: OpenAI's videos API (``client.videos``) over HTTP, and its gRPC twin.
 
-:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.moderation_routes`'); :class:`VideoCalls`: the gRPC methods the Gateway takes on. Each hands its call to
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.http.moderation`'); :class:`VideoCalls`: the gRPC methods the Gateway takes on. Each hands its call to
 the Gateway's :class:`serve.serving.videos.Videos`; the scope, body limit and the body's reading and pricing are
 :mod:`serve.routes`' and the key check's.
 """
@@ -23,7 +23,7 @@ from serve.serving.videos import VARIANTS, Variant, Videos
 
 
 def videos(http: Request) -> Videos:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.app.serving`)."""
     return http.app.state.gateway.videos
 
 

@@ -1,9 +1,9 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method; the LoRA and stored-reference routes are :mod:`serve.adapter_routes`', the feedback and experiment
-routes :mod:`serve.experiment_routes`', the vectorize routes :mod:`serve.vectorize_routes`', the moderations route
-:mod:`serve.moderation_routes`' (each included in its place). No
+gRPC method; the LoRA and stored-reference routes are :mod:`serve.http.adapters`', the feedback and experiment
+routes :mod:`serve.http.experiments`', the vectorize routes :mod:`serve.http.vectorize`', the moderations route
+:mod:`serve.http.moderation`' (each included in its place). No
 ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
@@ -27,7 +27,7 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import adapter_routes, contract, experiment_routes, grpc_api, metrics, moderation_routes, vectorize_routes
+from serve import contract, grpc_api, metrics
 from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body, request_priced
 from serve.adapters.requests import StackAdapters
 from serve.cache import DEFAULT_CACHE_BYTES, open_cache
@@ -37,6 +37,12 @@ from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
+from serve.http import adapters as adapter_routes
+from serve.http import experiments as experiment_routes
+from serve.http import moderation as moderation_routes
+from serve.http import vectorize as vectorize_routes
+from serve.http.videos import ROUTES as VIDEO_ROUTES
+from serve.http.videos import VideoCalls
 from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
 from serve.moderation.images import ImageChecker
@@ -62,8 +68,6 @@ from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
-from serve.video_routes import ROUTES as VIDEO_ROUTES
-from serve.video_routes import VideoCalls
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -470,7 +474,7 @@ class Gateway(VideoCalls):
 
 
 def build_app(args: AppArgs) -> serve.Application:
-    """Typed Serve application builder (``serve.app:build_app``); a Gateway replica does not import the loop's."""
+    """Typed Serve application builder (``serve.http.app:build_app``); a Gateway replica does not import the loop's."""
     from serve.text_to_image.deployment import TextToImage
     from serve.text_to_image.residency import ModelResidency
 

@@ -8,7 +8,7 @@ import click
 
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
-from serve.cli_options import field_type, one_line_errors
+from serve.cli.options import field_type, one_line_errors
 from serve.moderation import Policy
 from serve.routes import Scope
 from serve.settings import StackOptions

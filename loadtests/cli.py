@@ -9,9 +9,10 @@ import click
 
 from build_engines.text_to_image.cli import embedded_option
 from loadtests.benchmarks import cpu
-from serve.cli.options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, model_options, one_line_errors
+from serve.cli.fields import model_options
+from serve.cli.options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, MODEL_OPTION, check_model, one_line_errors
 from serve.paths import ICONS_DEV
-from serve.settings import MODEL_OPTION, StackOptions, check_model
+from serve.settings import StackOptions
 
 memory_budget_option = model_options(StackOptions, "memory_budget_bytes")
 

@@ -27,7 +27,7 @@ import httpx
 
 from serve.access.keys import client_headers
 from serve.adapters.registry import NAME as LORA_NAME
-from serve.cli.options import NAME, NAME_RULE
+from serve.names import NAME, NAME_RULE
 from serve.processes.run_state import running_stack
 
 logger = logging.getLogger(__name__)

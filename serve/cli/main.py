@@ -25,20 +25,21 @@ from build_engines.vectorize.cli import eval_vectorize, train_vectorize
 from loadtests.cli import bench, chaos, loadtest, soak
 from serve.cli import admin as model_admin
 from serve.cli.dashboards import dashboards
+from serve.cli.fields import mapping_of_pairs, model_options
 from serve.cli.keys import keys
 from serve.cli.options import (
     EXISTING_FOLDER,
     FOLDER,
+    MODEL_OPTION,
     NAMED_FOLDER,
     ModelFolder,
     ModelName,
-    mapping_of_pairs,
-    model_options,
+    check_model,
     one_line_errors,
 )
 from serve.cli.stack import down, up
 from serve.errors import UnsupportedModel
-from serve.settings import MODEL_OPTION, StackOptions, check_model
+from serve.settings import StackOptions
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")

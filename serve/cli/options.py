@@ -1,29 +1,25 @@
-"""Command-line spellings shared by Easel's commands: value parsers, path types, and options derived from settings.
+"""Command-line spellings shared by Easel's commands (and the tooling's own groups): value parsers and path types.
 
-A pydantic model's fields become click options (:func:`model_options`): each option's name, type, default and help
-are its field's, unless the field's :class:`Cli` marker spells them otherwise; a field marked :data:`NOT_ON_CLI` is
-left out. :func:`markdown_table` writes a command's options as a markdown table (the README's ``easel up`` table,
-checked by a unit test).
+A setting's :class:`~serve.spelling.Cli` marker names its value type here (``"SIZE"``, ``"NAMED_FOLDER"``, ...);
+:mod:`serve.cli.fields` turns settings into options. :func:`one_line_errors` makes an error click's one-line
+``Error: ...``; :data:`MODEL_OPTION` and :func:`check_model` are the one model folder of a command that takes one.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import types
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any
 
-import annotated_types
 import click
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
 
-from serve.paths import PROJECT_ROOT
+from serve.errors import UnsupportedModel
+from serve.names import DEFAULT_MODEL, NAME, NAME_RULE
 
+STRING = click.STRING
 FOLDER = click.Path(file_okay=False, path_type=Path)
 EXISTING_FOLDER = click.Path(exists=True, file_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -84,11 +80,6 @@ class IntList(click.ParamType):
     def show(numbers: tuple[int, ...]) -> str:
         """``numbers`` as this type reads them back: 1,4,8."""
         return ",".join(map(str, numbers))
-
-
-NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-"""A name that names Triton models and files (a ControlNet's, a served model's)."""
-NAME_RULE = "lower case letters, digits, - and _ (at most 32, the first a letter or digit)"
 
 
 class ModelName(click.ParamType):
@@ -215,22 +206,6 @@ class ModelLoras(click.ParamType):
         return model, EXISTING_FOLDER.convert(folder, param, ctx)
 
 
-def per_model(given: Any, leaf: type | tuple[type, ...]) -> dict[str, Any]:
-    """Settings of adapters by served model: ``MODEL:NAME`` keys (:class:`ForModel`) nested as ``{MODEL: {NAME: v}}``.
-
-    A key without ``MODEL:`` goes under ``""``, the default model; a mapping whose values are not ``leaf`` is taken
-    as nested already.
-    """
-    nested: dict[str, Any] = {}
-    for key, value in dict(given or {}).items():
-        if not isinstance(value, leaf):
-            nested.setdefault(key, {}).update(value)
-            continue
-        model, _, name = key.rpartition(":")
-        nested.setdefault(model, {})[name] = value
-    return nested
-
-
 class NamedJson(NamedValue):
     """``NAME=JSON``: a name and a JSON value (``--experiment 'logo-v={"variants": {"v1": 0.9, "v2": 0.1}}'``)."""
 
@@ -252,161 +227,13 @@ NAMED_JSON = NamedJson()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 
-_FIELD_DEFAULT = object()
-
-
-@dataclass(frozen=True)
-class Cli:
-    """How a setting is spelled on the command line, where that is not ``--field-name`` of the field's own type.
-
-    ``default``: the command's default where it is not the field's (``easel up`` listens on fixed ports; a stack
-    started in-process, free ones). ``off``: a flag that sets the setting to ``off_value`` (``--no-cache``).
-    ``deprecated``: old spellings still taken, left out of ``--help``. ``multiple``: the option repeats, each a
-    ``(name, value)`` pair of a mapping (``--controlnet NAME=DIR``) or, for a tuple, one of its items (``--pin``).
-    """
-
-    flag: str | None = None
-    type: click.ParamType | None = None
-    default: Any = _FIELD_DEFAULT
-    metavar: str | None = None
-    off: str | None = None
-    off_help: str = ""
-    off_value: Any = 0
-    deprecated: tuple[str, ...] = ()
-    multiple: bool = False
-
-
-class NotOnCli:
-    """Marks a setting that no command line takes (a library's or a test's choice)."""
-
-
-NOT_ON_CLI = NotOnCli()
-
-
-def _marker(field: FieldInfo, kind: type):
-    return next((m for m in field.metadata if isinstance(m, kind)), None)
-
-
-def _bare(annotation) -> Any:
-    """``X`` of ``X | None``."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
-    return annotation
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
-
-
-def field_type(model: type[BaseModel], name: str):
-    """The click type of ``model``'s field ``name``: its marker's, else its annotation's with its numeric bounds."""
-    field = model.model_fields[name]
-    cli = _marker(field, Cli) or Cli()
-    if cli.type is not None:
-        return cli.type
-    kind = _bare(field.annotation)
-    if kind is Path:
-        return click.Path(path_type=Path)
-    if kind in (int, float):
-        bounds = {}
-        for m in field.metadata:
-            if isinstance(m, annotated_types.Ge | annotated_types.Gt):
-                bounds.update(min=getattr(m, "ge", getattr(m, "gt", None)), min_open=isinstance(m, annotated_types.Gt))
-            if isinstance(m, annotated_types.Le | annotated_types.Lt):
-                bounds.update(max=getattr(m, "le", getattr(m, "lt", None)), max_open=isinstance(m, annotated_types.Lt))
-        if bounds:
-            return (click.IntRange if kind is int else click.FloatRange)(**bounds)
-    return kind
-
-
-def _cli_default(field: FieldInfo, cli: Cli, kind) -> Any:
-    default = field.get_default(call_default_factory=True) if cli.default is _FIELD_DEFAULT else cli.default
-    show = getattr(kind, "show", None)
-    return show(default) if show is not None and default is not None else default
-
-
-_RANGE_METAVARS = {click.IntRange: "INTEGER", click.FloatRange: "FLOAT"}
-"""A bounded number is shown as a number; ``--help`` gives its bounds beside its default."""
-
-
-def field_options(model: type[BaseModel], name: str) -> list:
-    """The click options that set ``model``'s field ``name``: its own, its ``off`` flag, its deprecated spellings."""
-    field = model.model_fields[name]
-    cli = _marker(field, Cli) or Cli()
-    flag = cli.flag or f"--{name.replace('_', '-')}"
-    kind = field_type(model, name)
-    default = _cli_default(field, cli, kind)
-    if kind is bool:
-        spelling = f"{flag}/--no-{flag[2:]}" if default else flag
-        options = [click.option(spelling, name, is_flag=True, default=default, help=field.description)]
-    elif cli.multiple:
-        options = [
-            click.option(
-                flag,
-                name,
-                type=kind,
-                multiple=True,
-                default=(),
-                metavar=cli.metavar,
-                help=field.description,
-                callback=mapping_of_pairs if get_origin(_bare(field.annotation)) is dict else None,
-            )
-        ]
-    else:
-        metavar = cli.metavar or _RANGE_METAVARS.get(type(kind))
-        shown = default is not None
-        options = [
-            click.option(
-                flag, name, type=kind, default=default, show_default=shown, metavar=metavar, help=field.description
-            )
-        ]
-    if cli.off is not None:
-        options.append(click.option(cli.off, _dest(cli.off), is_flag=True, help=cli.off_help))
-    for old in cli.deprecated:
-        options.append(click.option(old, _dest(old), type=kind, hidden=True, deprecated=f"use {flag}"))
-    return options
-
-
-def mapping_of_pairs(ctx, param, pairs) -> dict:
-    """A repeated option's ``(name, value)`` pairs as a mapping; a name given twice is an error."""
-    names = [name for name, _ in pairs]
-    twice = sorted({name or "the default model's" for name in names if names.count(name) > 1})
-    if twice:
-        raise click.BadParameter(f"{', '.join(twice)} given more than once", ctx, param)
-    return dict(pairs)
-
-
-def cli_fields(model: type[BaseModel]) -> list[str]:
-    """The fields of ``model`` that a command line takes, in declaration order."""
-    return [name for name, field in model.model_fields.items() if _marker(field, NotOnCli) is None]
-
-
-def model_options(model: type[BaseModel], *names: str):
-    """A decorator that adds the options of ``model``'s fields ``names`` (default: every one on the command line)."""
-
-    def add(function):
-        for name in reversed(names or cli_fields(model)):
-            for option in reversed(field_options(model, name)):
-                function = option(function)
-        return function
-
-    return add
-
-
-def model_values(model: type[BaseModel], params: dict[str, Any]) -> dict[str, Any]:
-    """The field values of ``model`` that a command's ``params`` give (``off`` flags and old spellings folded in)."""
-    values = dict(params)
-    for name, field in model.model_fields.items():
-        cli = _marker(field, Cli)
-        if cli is None:
-            continue
-        for old in cli.deprecated:
-            given = values.pop(_dest(old), None)
-            if given is not None:
-                values[name] = given
-        if cli.off is not None and values.pop(_dest(cli.off), False):
-            values[name] = cli.off_value
-    return values
+DEFAULT_MODEL_FOLDERS = ModelFolder((DEFAULT_MODEL,))
+"""``--model [NAME=]DIR``: the served models, the embedded default by its name alone."""
+MODEL_LORAS = ModelLoras()
+ADAPTER_FOLDERS = ForModel(ModelFolder(()))
+"""``--ip-adapter [MODEL:][NAME=]DIR``."""
+CONTROL_FOLDERS = ForModel(NAMED_FOLDER)
+"""``--controlnet [MODEL:]NAME=DIR``."""
 
 
 @contextmanager
@@ -418,22 +245,16 @@ def one_line_errors(*kinds: type[Exception], hint: str = "") -> Iterator[None]:
         raise click.ClickException(f"{error}{hint}") from error
 
 
-def _shown(value: Any) -> str:
-    """A default as the README shows it: a path in this checkout relative to it (the same on every machine)."""
-    if isinstance(value, Path) and value.is_relative_to(PROJECT_ROOT):
-        return str(value.relative_to(PROJECT_ROOT))
-    return "" if value is None or value == () else str(value)
+MODEL_OPTION = click.option(
+    "--model", "model_dir", type=EXISTING_FOLDER, help="Local diffusers model folder. Default: the embedded model."
+)
+"""The one model folder of a command that takes one (``easel build``, the benchmarks)."""
 
 
-def markdown_table(command: click.Command) -> str:
-    """``command``'s options (hidden ones aside) as a markdown table: option, default, meaning."""
-    rows = ["| option | default | meaning |", "|---|---|---|"]
-    for param in command.params:
-        if not isinstance(param, click.Option) or param.hidden:
-            continue
-        names = " / ".join([*param.opts, *param.secondary_opts])
-        metavar = "" if param.is_flag else f" {param.make_metavar(click.Context(command))}"
-        default = _shown(param.default) if not param.is_flag else ""
-        cells = [f"`{names}{metavar}`", f"`{default}`" if default else "", (param.help or "").replace("|", "\\|")]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows) + "\n"
+def check_model(model_dir: Path | None) -> None:
+    """Refuse a folder that is not a supported pipeline with a one-line error, before anything starts."""
+    from serve.text_to_image.families import family_of_folder  # here: `easel --help` loads no torch
+
+    if model_dir is not None:
+        with one_line_errors(UnsupportedModel):
+            family_of_folder(model_dir)

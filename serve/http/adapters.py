@@ -21,7 +21,7 @@ LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
 
 
 def adapters(http: Request) -> Adapters:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.adapters
 
 

@@ -1,74 +1,36 @@
-"""The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
+"""The public HTTP API's assembly: the FastAPI app, its error handlers and middleware, and every route in its place.
 
-Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method; the LoRA and stored-reference routes are :mod:`serve.http.adapters`', the feedback and experiment
-routes :mod:`serve.http.experiments`', the vectorize routes :mod:`serve.http.vectorize`', the moderations route
-:mod:`serve.http.moderation`' (each included in its place). No
-``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
+Each concern's routes are a module of this package (:data:`ROUTE_MODULES`, in the OpenAPI document's order), each
+route handing its call to one of the Gateway's plain serving classes (:mod:`serve.serving`); a handler that runs work
+names its admission in its signature (:mod:`serve.http.admission`). Every JSON body is read by the one strict reader
+(:func:`serve.wire.read_json`, :class:`StrictJsonRoute`). The Gateway deployment serves this app
+(:mod:`serve.gateway`).
 """
 
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from functools import partial
 from importlib.resources import files
-from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.params import Form
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
-from ray import serve
 from ray.exceptions import RayTaskError
 from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve import contract, grpc_api, metrics
-from serve.access import BODY, KeyCheck, call_admitted, caller, job_owner, open_access, request_body, request_priced
-from serve.adapters.requests import StackAdapters
-from serve.cache import DEFAULT_CACHE_BYTES, open_cache
+from serve import contract, metrics
+from serve.access import KeyCheck
 from serve.errors import EaselError, RouteError, invalid_input
-from serve.experiments import open_experiment_store
-from serve.experiments.policy import ExperimentSpec
-from serve.experiments.traffic import Experiments
-from serve.finishing.upscalers import Upscalers
-from serve.grpc_api import easel_pb2
-from serve.http import adapters as adapter_routes
-from serve.http import experiments as experiment_routes
-from serve.http import moderation as moderation_routes
-from serve.http import vectorize as vectorize_routes
-from serve.http.videos import ROUTES as VIDEO_ROUTES
-from serve.http.videos import VideoCalls
-from serve.jobs import open_job_store
-from serve.jobs.model import JobStatus
-from serve.moderation.images import ImageChecker
-from serve.moderation.policy import marked
-from serve.moderation.text import Blocklist
-from serve.moderation.text_model import TextModerator
+from serve.http import adapters, experiments, generations, health, jobs, models, moderation, upscale, vectorize, videos
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
-from serve.serving.adapters import Adapters
-from serve.serving.current_models import CurrentModels
-from serve.serving.experiments import ExperimentsAndFeedback
-from serve.serving.generations import Generations
-from serve.serving.health import Health
-from serve.serving.jobs import MAX_PAGE, BackgroundJobs
-from serve.serving.models import ModelAdmin
-from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import as_easel_error
-from serve.serving.upscale import Upscaling
-from serve.serving.vectorize import Vectorizing
-from serve.settings import AppArgs
-from serve.stores import default_url
-from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
-from serve.vectorize.deployment import Vectorizer
-from serve.vectorize.recording import Recording
-from serve.vectorize.versions import TableReader
-from serve.wire import BodyLimits
+from serve.wire import BodyLimits, read_json_value
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +39,36 @@ DOCS_ASSETS = "/docs-assets"
 """Where Swagger UI's files are served from (fastapi-offline's copies: /docs loads nothing from outside)."""
 
 
-class BodyReadOnce(APIRoute):
-    """A route that answers the refusal of the body the key check read (:func:`serve.access.request_body`).
+class StrictJson(Request):
+    """A request whose JSON body is read by the one strict reader (:func:`serve.wire.read_json_value`)."""
 
-    The refusal is given before the handler, and the dependency that finds its Serve replica, runs.
+    async def json(self) -> object:
+        """The body's JSON value (400 naming ``body`` or ``Content-Type`` if it is not JSON in UTF-8)."""
+        if not hasattr(self, "_strict_json"):
+            self._strict_json = read_json_value(await self.body(), self.headers.get("content-type"))
+        return self._strict_json
+
+
+class StrictJsonRoute(APIRoute):
+    """A route whose JSON body FastAPI validates, read first by the one strict reader (:class:`StrictJson`).
+
+    Its refusal (a body in UTF-16, nested too deep) is the 400 naming ``body`` that every JSON route gives, before the
+    handler's dependencies run; FastAPI then validates the value read.
     """
 
     def get_route_handler(self) -> Callable[[Request], Awaitable[Response]]:
-        """The route's handler, behind its body's refusal."""
+        """The route's handler, its JSON body read strictly first."""
         handler = super().get_route_handler()
+        if self.body_field is None or isinstance(self.body_field.field_info, Form):
+            return handler  # no body, or a form's
 
-        async def refused_first(request: Request) -> Response:
-            if BODY in request.scope.get("state", {}):
-                request_body(request)  # raises the refusal, if the body was refused
+        async def read_strictly(request: Request) -> Response:
+            request = StrictJson(request.scope, request.receive)
+            if await request.body():  # none: FastAPI says which field is missing
+                await request.json()
             return await handler(request)
 
-        return refused_first
+        return read_strictly
 
 
 class EaselAPI(FastAPI):
@@ -100,7 +76,7 @@ class EaselAPI(FastAPI):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(docs_url=None, redoc_url=None, **kwargs)
-        self.router.route_class = BodyReadOnce
+        self.router.route_class = StrictJsonRoute
         self.mount(DOCS_ASSETS, StaticFiles(directory=files("fastapi_offline") / "static"), name="docs-assets")
         self.add_api_route("/docs", self.docs_page, include_in_schema=False)
 
@@ -165,7 +141,7 @@ for _error_type in (EaselError, RayTaskError, BackPressureError, Exception):
     api.add_exception_handler(_error_type, _easel_error)
 
 
-api.add_middleware(KeyCheck)  # inside BodyLimits: a generation's body is bounded before it is read (once, there)
+api.add_middleware(KeyCheck)  # inside BodyLimits: it reads no body; admission reads it, bounded
 # The proxy applies the same limits first where it loads serve.wire (the stack's Ray); these hold on any proxy, and,
 # added before the metrics middleware, their 413s are counted.
 api.add_middleware(BodyLimits, limits=BODY_LIMITS)
@@ -192,313 +168,10 @@ async def _record_metrics(request: Request, call_next):
         )
 
 
-class GenerationHeaders:
-    """The headers both generation routes read (as FastAPI's dependency): ``Idempotency-Key``, ``Cache-Control``."""
-
-    def __init__(
-        self,
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-        cache_control: Annotated[str | None, Header(alias="Cache-Control")] = None,
-    ) -> None:
-        self.idempotency_key = idempotency_key
-        self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
-
-
-def serving(http: Request) -> "Gateway":
-    """The Gateway replica that answers ``http``: its plain serving classes (set when the replica starts)."""
-    return http.app.state.gateway
-
-
-# The routes, in the order the OpenAPI document lists them. Each hands its call to one of the Gateway's serving
-# classes (serve/serving/); a route's docstring is its description in the document.
-
-
-@api.get("/healthz")
-async def healthz(http: Request) -> dict:
-    """Alive: the HTTP path through Ray Serve works."""
-    return serving(http).health.alive()
-
-
-@api.get("/readyz")
-async def readyz(http: Request) -> dict:
-    """Ready: the loaded models', moderation checks' and Vectorizer's Triton models (503 with Retry-After if not)."""
-    return await serving(http).health.ready()
-
-
-@api.post("/v1/images/generations")
-async def generate(http: Request, headers: Annotated[GenerationHeaders, Depends()]) -> JSONResponse:
-    """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
-
-    With ``background``: 202 and the job at once (an ``Idempotency-Key`` returns the same job for the same body).
-    ``Cache-Control: no-cache`` generates afresh even when the result cache holds the answer. Input images
-    (``image``, ``mask``: img2img, inpainting) and ``controlnets`` travel base64 in the JSON. The body (a
-    :class:`GenerationRequest`) is the one the key check read and priced.
-    """
-    return await _generation(http, headers)
-
-
-@api.post("/v1/images/edits")
-async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()]) -> JSONResponse:
-    """OpenAI Images API's edits: multipart ``image`` (one or several) and ``mask`` files, the generation's fields.
-
-    The mask's transparent pixels are redrawn; no mask: img2img. The answer is the generation's. The form is read,
-    and priced, by the key check, as a JSON body is.
-    """
-    return await _generation(http, headers)
-
-
-async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse:
-    """A generation, whichever route it came by: a job (background) or the answer."""
-    gateway, admitted, owner = serving(http), request_priced(http).admitted, job_owner(caller(http))
-    if admitted.request.background:
-        return await gateway.jobs.submit(admitted, owner, headers.idempotency_key)
-    return await gateway.generations.answer(admitted, owner and owner.key_id, headers.fresh)
-
-
-for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
-    api.add_api_route(_path, _handler, methods=[_method])
-
-
-@api.get("/v1/controlnets")
-async def controlnets_listed(http: Request) -> dict:
-    """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
-    return serving(http).models.controlnets()
-
-
-@api.get("/v1/models")
-async def models_listed(http: Request) -> dict:
-    """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
-    return await serving(http).models.listing()
-
-
-@api.get("/v1/models/{model_id}")
-async def model(http: Request, model_id: str) -> dict:
-    """One served model, as the list gives it (404 if this stack serves none of that name)."""
-    return await serving(http).models.describe(model_id)
-
-
-@api.post("/v1/models")
-async def model_added(http: Request, body: NewModel) -> dict:
-    """Serve a built engine folder as a new model (admin): installed in Triton and loaded if it fits the room.
-
-    A name served already or an experiment's is a 409; a folder Triton cannot load a 400 naming ``engine_dir``,
-    and nothing changes. ``easel models add NAME=DIR`` builds the folder and calls this.
-    """
-    return await serving(http).models.add(body)
-
-
-@api.put("/v1/models/{model_id}")
-async def model_replaced(http: Request, model_id: str, body: ModelFolder) -> dict:
-    """Serve a built engine folder as the model's next version (admin; 404 if none is served under that name).
-
-    Requests from here on get the new version; those in flight finish on the old one, which is then unloaded.
-    Its uploaded LoRAs (``loras_dir``: LoRA-ready engines) are prepared again for the new engines.
-    """
-    replaced = await serving(http).models.replace(model_id, body)
-    await serving(http).adapters.loras_refreshed()
-    return replaced
-
-
-@api.delete("/v1/models/{model_id}")
-async def model_removed(http: Request, model_id: str) -> dict:
-    """Stop serving a model (admin): its requests in flight finish; its jobs not started fail naming ``model``.
-
-    404 if none is served under that name; 409 for the default model or one an experiment has as a variant.
-    """
-    return await serving(http).models.remove(model_id)
-
-
-# /v1/moderations, /v1/videos, /v1/feedback, /v1/experiments
-for _method, _path, _handler in moderation_routes.ROUTES + VIDEO_ROUTES + experiment_routes.ROUTES:
-    api.add_api_route(_path, _handler, methods=[_method])
-
-
-@api.get("/v1/jobs/{job_id}")
-async def job(http: Request, job_id: str) -> dict:
-    """A background job: status, progress, timestamps, priority; the images once succeeded, the error if failed."""
-    return (await serving(http).jobs.visible(caller(http), job_id)).to_api()
-
-
-@api.get("/v1/jobs")
-async def jobs(
-    http: Request,
-    status: JobStatus | None = None,
-    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 20,
-    after: str | None = None,
-) -> dict:
-    """A page of the caller's jobs (every job for an admin key), newest first (``after``: the previous last id)."""
-    return await serving(http).jobs.page(caller(http), status, limit, after)
-
-
-@api.post("/v1/jobs/{job_id}/cancel")
-async def cancel(http: Request, job_id: str) -> dict:
-    """Cancel a job: a queued one never runs; a running one stops at its next denoising step (409 if over)."""
-    return await serving(http).jobs.cancel(caller(http), job_id)
-
-
-@api.get("/v1/jobs/{job_id}/events")
-async def events(http: Request, job_id: str, preview: bool = False) -> StreamingResponse:
-    """Server-Sent Events: the job's state first, then one ``progress`` per step, then its final event."""
-    return await serving(http).jobs.events(caller(http), job_id, preview)
-
-
-@api.get("/v1/upscalers")
-async def upscalers_listed(http: Request) -> dict:
-    """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
-    return serving(http).upscaling.listing()
-
-
-@api.post("/v1/images/upscale")
-async def upscale(http: Request) -> dict:
-    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part).
-
-    Under a moderation policy its image is checked first (under block a flagged one is a 400 naming ``image``).
-    """
-    gateway, body = serving(http), request_body(http)  # read and priced by the key check
-    screening = await gateway.moderation.screened_upload(body.data, caller(http))
-    return marked(await gateway.upscaling.upscale(*body), screening)
-
-
-for _method, _path, _handler in vectorize_routes.ROUTES:  # /v1/vectorize, its analysis and model versions
-    api.add_api_route(_path, _handler, methods=[_method])
-
-
-@serve.deployment(name="Gateway")
-@serve.ingress()
-class Gateway(VideoCalls):
-    """The ingress: builds the serving classes (serve/serving/) and hands them every HTTP route and gRPC method.
-
-    Every generation, synchronous or a job's, is answered by :class:`Generations`; each replica runs a job runner
-    over the shared job store (:class:`BackgroundJobs`). The HTTP routes above reach this replica's classes through
-    the app's state (:meth:`__serve_build_asgi_app__`); the gRPC methods below are Ray Serve's calls on it.
-    """
-
-    def __init__(
-        self,
-        text_to_image: DeploymentHandle,
-        vectorizer: DeploymentHandle,
-        residency: DeploymentHandle,
-        models: ServedModels,
-        store_url: str | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        experiments: dict[str, ExperimentSpec] | None = None,
-        share_caches: bool = False,
-        vectorize_table_path: str | None = None,
-        upscalers: Upscalers | None = None,
-        triton_grpc_url: str | None = None,
-        moderation: Moderation | None = None,
-        safety_checker_dir: str | None = None,
-        text_moderator_dir: str | None = None,
-    ) -> None:
-        store_url = store_url or default_url()
-        current = CurrentModels(models)
-        cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
-        vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
-        variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
-        traffic = Experiments(open_experiment_store(store_url), variants)
-        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
-            if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
-                traffic.define(name, spec)
-        self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
-        self.adapters = Adapters(current, text_to_image)
-        self.generations = Generations(
-            current,
-            text_to_image,
-            vectorizer,
-            residency,
-            cache,
-            traffic,
-            references=self.adapters.references,  # a generation naming a stored reference is checked against them
-            share_caches=share_caches,
-            upscaling=self.upscaling,
-            moderation=(moderation or Moderation()).checking(
-                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
-                TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
-            ),
-        )
-        self.moderation = self.generations.moderation
-        open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
-        self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
-        self.models = ModelAdmin(current, text_to_image, residency, traffic)
-        self.experiments = ExperimentsAndFeedback(traffic)
-        self.vectorizing = Vectorizing(vectorizer, residency, traffic)
-        self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        """The HTTP app, its routes answered by this replica's serving classes."""
-        api.state.gateway = self
-        return api
-
-    async def Generate(self, message: easel_pb2.GenerateRequest, grpc_context):  # noqa: N802 - the RPC's name
-        """The gRPC ``easel.v1.Easel/Generate``: one ``progress`` event per denoising step, then the images.
-
-        The request, its limits, its key check and its errors are the HTTP route's; the result cache is not used
-        (a cached answer has no steps to report).
-        """
-        try:
-            parse = partial(grpc_api.generation_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Generate", parse) as (key, _, priced):
-                async for event in self.generations.events(priced.admitted, key):
-                    yield event
-        except Exception as error:  # every failure ends the stream with its status code
-            grpc_api.fail(grpc_context, as_easel_error(error))
-
-    async def Feedback(self, message: easel_pb2.FeedbackRequest, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Feedback``: the HTTP route's (``POST /v1/feedback``)."""
-        try:
-            parse = partial(grpc_api.feedback_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Feedback", parse) as (key, feedback, _):
-                return grpc_api.feedback_reply(await self.experiments.rate(feedback, key))
-        except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
-
-    async def Vectorize(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
-        try:
-            parse = partial(grpc_api.vectorize_request, message)  # once the key is known good
-            async with call_admitted(grpc_context, "Vectorize", parse) as (_, (image, options), _):
-                result = await self.vectorizing.vectorize(image, options)
-            return grpc_api.vectorize_reply(result)
-        except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
-
-    async def Analyze(self, message: easel_pb2.VectorizeRequest, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
-        """The gRPC ``easel.v1.Easel/Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
-        try:
-            parse = partial(grpc_api.vectorize_request, message, "Analyze")  # once the key is known good
-            async with call_admitted(grpc_context, "Analyze", parse) as (_, (image, options), _):
-                analysis = await self.vectorizing.analysis(image, options)
-            return grpc_api.analyze_reply(analysis)
-        except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
-
-
-def build_app(args: AppArgs) -> serve.Application:
-    """Typed Serve application builder (``serve.http.app:build_app``); a Gateway replica does not import the loop's."""
-    from serve.text_to_image.deployment import TextToImage
-    from serve.text_to_image.residency import ModelResidency
-
-    ip_ready = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
-    adapters = {name: StackAdapters(args.loras_dir.get(name), ip, args.store, name) for name, ip in ip_ready.items()}
-    models = ServedModels.open(
-        args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
-    )
-    residency = ModelResidency.bind(
-        models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
-    )
-    return Gateway.bind(
-        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store),
-        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
-        residency,
-        models,
-        args.store,
-        args.cache_bytes,
-        args.experiments,
-        args.share_caches,
-        args.vectorize_table_path,
-        Upscalers.read(args.upscalers_dir),
-        args.triton_grpc_url,
-        Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
-        args.safety_checker_dir,
-        args.text_moderator_dir,
-    )
+ROUTE_MODULES = (health, generations, adapters, models, moderation, videos, experiments, jobs, upscale, vectorize)
+"""Each concern's routes (its module's ``ROUTES``), in the order the OpenAPI document lists them. They are added one
+by one, not as included routers, whose lock Ray Serve could not pickle with the Gateway; a route's docstring is its
+description in the document."""
+for _module in ROUTE_MODULES:
+    for _method, _path, _handler in _module.ROUTES:
+        api.add_api_route(_path, _handler, methods=[_method])

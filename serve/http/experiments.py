@@ -18,7 +18,7 @@ from serve.serving.experiments import ExperimentsAndFeedback
 
 
 def experiments(http: Request) -> ExperimentsAndFeedback:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.experiments
 
 

@@ -15,7 +15,7 @@ from serve.serving.moderation import Moderation
 
 
 def moderation(http: Request) -> Moderation:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.moderation
 
 

@@ -16,7 +16,7 @@ from serve.vectorize.versions import VersionChange
 
 
 def vectorizing(http: Request) -> Vectorizing:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.vectorizing
 
 

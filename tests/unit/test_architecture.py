@@ -141,7 +141,7 @@ def test_runtime_code_imports_no_tooling():
 
 
 REPLICA_MODULES = {
-    "serve.http.app": ("diffusers", "transformers", "onnxruntime"),
+    "serve.gateway": ("diffusers", "transformers", "onnxruntime"),
     "serve.text_to_image.residency": ("diffusers", "transformers", "onnxruntime"),
     "serve.vectorize.deployment": ("torch", "diffusers", "transformers", "onnxruntime"),
 }
@@ -167,6 +167,47 @@ def test_every_room_has_a_floor_and_every_arrow_runs_down():
             if floor_of(target, table) > floor_of(module, table):
                 upward[module].append(target)
     assert dict(upward) == {}
+
+
+DOMAIN = ("text_to_image", "vectorize", "adapters", "finishing", "jobs", "experiments", "cache", "latent_cache")
+DOMAIN += ("serving",)
+"""The pipelines, their stores and the serving classes: what the key check (serve/access/) never reads or imports
+(admission parses domain bodies, :mod:`serve.serving.admission`; the key check knows keys, scopes and limits)."""
+
+
+def domain_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """The modules of serve/access/ and the domain modules each imports."""
+    domain = tuple(f"serve.{room}" for room in DOMAIN)
+    access = [m for m in graph if m == "serve.access" or m.startswith("serve.access.")]
+    wrong = {m: sorted(t for t in graph[m] if t.startswith(domain)) for m in access}
+    return {m: targets for m, targets in wrong.items() if targets}
+
+
+def test_the_key_check_imports_no_domain_package():
+    assert domain_imports(import_graph()) == {}
+    assert domain_imports({"serve.access": {"serve.text_to_image.schema", "serve.errors"}}) == {
+        "serve.access": ["serve.text_to_image.schema"]
+    }
+
+
+def click_importers() -> list[str]:
+    """Runtime modules (serve/ but the CLI package) that import click, anywhere in the file."""
+    found = []
+    for name, path in _modules().items():
+        if name.split(".")[0] != "serve" or name.startswith(ENTRY_POINTS[0]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "click" or n.startswith("click.") for n in names):
+                found.append(name)
+                break
+    return sorted(found)
+
+
+def test_no_runtime_module_imports_click():
+    """Only serve/cli/ spells a command line: the settings, the serving code and the stack know nothing of one."""
+    assert click_importers() == []
 
 
 def test_the_checks_see_a_circle_and_an_upward_arrow():

@@ -8,7 +8,7 @@ import click
 import pytest
 
 from build_engines.text_to_image.build import install
-from serve.cli.options import model_options, model_values
+from serve.cli.fields import model_options, model_values
 from serve.errors import EaselError, InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder

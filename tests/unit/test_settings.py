@@ -6,12 +6,13 @@ import sys
 import click
 import pytest
 
-from serve.cli.options import PORTS, SIZE, cli_fields, model_values
+from serve.cli.fields import README, cli_fields, model_values, options_table, readme_table
+from serve.cli.options import PORTS, SIZE
 from serve.cli.stack import up
-from serve.http.app import AppArgs
+from serve.gateway import AppArgs
 from serve.paths import PROJECT_ROOT
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
-from serve.settings import README, AppSettings, StackOptions, options_table, readme_table
+from serve.settings import AppSettings, StackOptions
 from serve.stores import default_url
 
 

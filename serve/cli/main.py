@@ -89,28 +89,25 @@ def build(model_dir: Path | None, repository: Path | None, embedded: str, backen
     Each engine's runtime, precision and error against fp32 are printed.
     """
     from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
-    from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
     from serve.paths import live_repository
+    from serve.stack.build_plan import ModelBuild
+    from serve.triton.runtimes import UnknownChoice
 
     repository = repository or live_repository()
 
     check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():
         raise click.ClickException(TENSORRT_MISSING)
-    from serve.triton.runtimes import UnknownChoice
-
+    plan = ModelBuild(
+        model_dir or default_model_dir(embedded),
+        runtime=how["runtime"],
+        precision=how["precision"],
+        extras={"vae_decoder": how["vae_decoder_dir"]},
+    )
     with one_line_errors(UnknownChoice):
-        engines = build_engines(
-            model_dir or default_model_dir(embedded),
-            repository,
-            force,
-            Backend(backend),
-            runtime=how["runtime"],
-            precision=how["precision"],
-            vae_decoder=how["vae_decoder_dir"],
-        )
+        engines = plan.build(repository, force=force, backend=Backend(backend))
     install_vectorize(repository, backend=Backend(backend))
     click.echo(engines.runtimes_table())
     click.echo(f"engines: {engines.path}\nrepository: {repository}")
@@ -145,12 +142,11 @@ def built_engines(
     ``ip_adapters``, ``controlnets``: NAME -> folder, built into the engines (as ``easel up`` builds a model's own);
     ``lora``: LoRA-ready engines.
     """
-    from build_engines.text_to_image.adapters import AdapterBuild
-    from build_engines.text_to_image.build import build
+    from serve.stack.build_plan import ModelBuild
 
-    adapters = AdapterBuild(lora=lora, ip_adapters=dict(ip_adapters or {}))
+    plan = ModelBuild(model_dir, lora=lora, ip_adapters=dict(ip_adapters or {}), controlnets=dict(controlnets or {}))
     with one_line_errors(UnsupportedModel):
-        return build(model_dir, repository=None, adapters=adapters, controlnets=controlnets).path
+        return plan.build(repository=None).path
 
 
 def _said(model: dict) -> str:

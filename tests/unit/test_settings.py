@@ -165,7 +165,7 @@ def test_the_stack_builds_each_model_with_its_own_adapters(tmp_path, monkeypatch
 
     from build_engines.text_to_image import build as build_module
     from build_engines.text_to_image.adapters import AdapterBuild
-    from serve.stack import Stack
+    from serve.stack import StartPlan
 
     for folder in ("sd", "xl", "loras", "face", "edges"):
         (tmp_path / folder).mkdir()
@@ -184,7 +184,7 @@ def test_the_stack_builds_each_model_with_its_own_adapters(tmp_path, monkeypatch
         controlnets={"edges": tmp_path / "edges"},
         step_cache=True,
     )
-    assert Stack(options)._build_models() == {"sd": str(tmp_path / "engines-"), "xl": str(tmp_path / "engines-xl.")}
+    assert StartPlan(options).models() == {"sd": str(tmp_path / "engines-"), "xl": str(tmp_path / "engines-xl.")}
     assert built[""]["adapters"] == AdapterBuild() and built[""]["controlnets"] == {"edges": tmp_path / "edges"}
     assert built["xl."]["adapters"] == AdapterBuild(lora=True, ip_adapters={"face": tmp_path / "face"})
     assert built["xl."]["controlnets"] == {} and built[""]["step_cache"] and "step_cache" not in built["xl."]

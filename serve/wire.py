@@ -22,6 +22,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from email.message import Message as MimeHeader
 from typing import Any, TypeVar
 
@@ -30,7 +31,6 @@ from pydantic_core import from_json
 from starlette.routing import compile_path
 
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge, RequestTimeout, invalid_input
-from serve.grpc_api import SERVICE, keeping_bytes
 from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT, ROUTES
 
 logger = logging.getLogger(__name__)
@@ -285,6 +285,26 @@ def _proxy_error(status: int) -> EaselError:
     return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
 
 
+@dataclass(frozen=True)
+class Unparsed:
+    """A request message as the proxy forwards it: its bytes (none kept when it is over ``limit``) and its size."""
+
+    data: bytes
+    size: int
+    limit: int
+
+
+def keeping_bytes(limit: int) -> Callable[[bytes], Unparsed]:
+    """A request deserializer for the proxy: the message's bytes kept unparsed, dropped when over ``limit``."""
+
+    def keep(data: bytes) -> Unparsed:
+        return Unparsed(data if len(data) <= limit else b"", len(data), limit)
+
+    return keep
+
+
+SERVICE = "easel.v1.Easel"
+"""The public gRPC service (``easel.proto``)."""
 GRPC_LIMITS = {f"/{SERVICE}/{r.rpc}": r.body_limit or DEFAULT_BODY_LIMIT for r in ROUTES if r.rpc is not None}
 """Bytes a gRPC method's request message may have: its HTTP route's body limit."""
 MAX_RECEIVE = "grpc.max_receive_message_length"
@@ -295,7 +315,7 @@ def bound_grpc_messages() -> None:
 
     gRPC refuses a message longer than :data:`GRPC_LIMITS`' largest (``RESOURCE_EXHAUSTED``) from its length, before
     reading it (Ray Serve's own bound is 2 GiB). Below it, each method's message reaches the Gateway as its bytes
-    (:class:`serve.grpc_api.Unparsed`), dropped when over its method's limit: the Gateway checks the key first,
+    (:class:`Unparsed`), dropped when over its method's limit: the Gateway checks the key first,
     then refuses it (413) or parses it.
     """
     from ray.serve._private import grpc_util

@@ -12,17 +12,7 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import (
-    embedded_option,
-    eval_generate,
-    random_controlnet,
-    random_motion_adapter,
-    train_default,
-    train_lcm,
-)
 from build_engines.text_to_image.published import PUBLISHED
-from build_engines.vectorize.cli import eval_vectorize, train_vectorize
-from loadtests.cli import bench, chaos, loadtest, soak
 from serve.cli import admin as model_admin
 from serve.cli.dashboards import dashboards
 from serve.cli.fields import mapping_of_pairs, model_options
@@ -38,6 +28,16 @@ from serve.cli.options import (
     one_line_errors,
 )
 from serve.cli.stack import down, up
+from serve.cli.text_to_image import (
+    embedded_option,
+    eval_generate,
+    random_controlnet,
+    random_motion_adapter,
+    train_default,
+    train_lcm,
+)
+from serve.cli.tools import bench, chaos, loadtest, soak
+from serve.cli.vectorize import eval_vectorize, train_vectorize
 from serve.errors import UnsupportedModel
 from serve.settings import StackOptions
 from serve.triton.spec import Backend

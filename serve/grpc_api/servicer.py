@@ -47,8 +47,8 @@ class Servicer:
         try:
             async with rpc_caller(grpc_context, "Generate") as caller:
                 admitted = await self.admission.admit(grpc_api.generation_request(message), caller)
-                async for event in self.generations.events(admitted, caller.key):
-                    yield event
+                async for item in self.generations.events(admitted, caller.key):
+                    yield grpc_api.event(item)
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
 

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
-from serve import grpc_api, metrics
+from serve import metrics
 from serve.access import may_see
 from serve.access.keys import ApiKey
 from serve.cache import cache_key, cache_scope
@@ -37,7 +37,6 @@ from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
-from serve.grpc_api import easel_pb2
 from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
@@ -98,6 +97,20 @@ class Admitted:
     asked: GenerationRequest
     plan: Plan  # how its replica runs it: the replica keeps only its slot
     screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
+
+
+@dataclass(frozen=True)
+class StreamedImages:
+    """A streamed generation's last item (:meth:`Generations.events`): its images, its seed, what served them.
+
+    Each image: ``data``, ``id``; an SVG's ``tier`` and ``ssim``; its ``moderation`` mark under a policy.
+    """
+
+    seed: int
+    images: list[dict]
+    model: str
+    experiment: str | None = None
+    steps_skipped: int | None = None
 
 
 class Generations:
@@ -339,8 +352,8 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
-        """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
+    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[Progress | StreamedImages]:
+        """A generation streamed for ``key`` (gRPC's ``Generate``): one :class:`Progress` per step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
@@ -351,18 +364,19 @@ class Generations:
             stream = self._pipeline(served).options(stream=True).generate_stream
             async for item in stream.remote(request, plan, time.time(), cache_scope=scope):
                 if isinstance(item, Progress):
-                    yield grpc_api.progress(item.step, item.total)
+                    yield item
                     continue
                 item = await self._finished(served, request, item, scope)
                 item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
-                    images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
+                    traced = await self._vectorize_all(item.images, tier)
+                    images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
                 else:
-                    images = [easel_pb2.Image(data=image) for image in item.images]
+                    images = [{"data": image} for image in item.images]
                 ids = await self._image_ids(len(images), assignment, owner)
                 for image, image_id in zip(images, ids, strict=True):
-                    image.id = image_id
+                    image["id"] = image_id
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
-                    image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
-                yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)
+                    image["moderation"] = mark  # as the HTTP answer's marks
+                yield StreamedImages(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)

@@ -135,7 +135,7 @@ def tooling_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
 
 def test_runtime_code_imports_no_tooling():
     assert tooling_imports(import_graph()) == {}
-    assert tooling_imports({"serve.http.app": {"loadtests.soak"}, "serve.cli": {"loadtests.cli"}}) == {
+    assert tooling_imports({"serve.http.app": {"loadtests.soak"}, "serve.cli.tools": {"loadtests.soak"}}) == {
         "serve.http.app": ["loadtests.soak"]
     }
 

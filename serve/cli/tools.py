@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import embedded_option
 from loadtests.benchmarks import cpu
 from serve.cli.fields import model_options
 from serve.cli.options import EXISTING_FOLDER, FILE, FOLDER, INT_LIST, MODEL_OPTION, check_model, one_line_errors
+from serve.cli.text_to_image import embedded_option
 from serve.paths import ICONS_DEV
 from serve.settings import StackOptions
 

@@ -6,6 +6,8 @@ app (:mod:`serve.http.app`, its routes reaching them through the app's state) an
 No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
 """
 
+from contextlib import aclosing
+
 from fastapi import FastAPI
 from pydantic import Field
 from ray import serve
@@ -168,8 +170,9 @@ class Gateway:
 
     async def Generate(self, message, grpc_context):  # noqa: N802 - the RPC's name
         """``Generate``: its progress events, then its images (:meth:`Servicer.Generate`)."""
-        async for event in self.rpcs.Generate(message, grpc_context):
-            yield event
+        async with aclosing(self.rpcs.Generate(message, grpc_context)) as events:  # a client gone closes it all
+            async for event in events:
+                yield event
 
     async def Feedback(self, message, grpc_context):  # noqa: N802
         """``Feedback`` (:meth:`Servicer.Feedback`)."""

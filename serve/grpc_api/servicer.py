@@ -10,6 +10,7 @@ admitted and charged); errors end the call with their status code (:func:`serve.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 from serve import grpc_api
 from serve.access import rpc_caller
@@ -47,8 +48,9 @@ class Servicer:
         try:
             async with rpc_caller(grpc_context, "Generate") as caller:
                 admitted = await self.admission.admit(grpc_api.generation_request(message), caller)
-                async for item in self.generations.events(admitted, caller.key):
-                    yield grpc_api.event(item)
+                async with aclosing(self.generations.events(admitted, caller.key)) as items:
+                    async for item in items:
+                        yield grpc_api.event(item)
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))
 

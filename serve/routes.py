@@ -1,10 +1,10 @@
 """Every operation of the public API, declared once with the facts the layers around its handler read.
 
 Each :class:`Route` names the key scope it needs (:class:`~serve.access.KeyCheck`), its body limit
-(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its body is read as (once, by the key
-check, which prices it), its pipeline label in the metrics, the error statuses it answers (the OpenAPI document,
-:mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray Serve's HTTP proxy loads this module
-(through :mod:`serve.wire`): it imports only the request schemas.
+(:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its body is read as (once, by its admission,
+:mod:`serve.http.admission`, which prices it), its pipeline label in the metrics, the error statuses it answers (the
+OpenAPI document, :mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray Serve's HTTP proxy
+loads this module (through :mod:`serve.wire`): it imports only the request schemas.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Route:
     body_limit: int | None = None  # bytes; None: DEFAULT_BODY_LIMIT
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
-    body: type[BaseModel] | None = None  # its body's model: read once, before the key's limits, for all
+    body: type[BaseModel] | None = None  # its body's model: read once, by its admission (serve.http.admission)
     form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; None: JSON
     costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
 

@@ -1,49 +1,32 @@
 """A stack's settings, declared once: what ``easel up`` takes, and the part the Serve application is given too.
 
 :class:`StackOptions` is everything ``easel up`` takes; :class:`AppSettings`, its base, is what the Serve
-application's arguments (:class:`AppArgs`) share with it.
+application's arguments (:class:`serve.gateway.AppArgs`) share with it.
 
-``easel up``'s options are these fields (:mod:`serve.cli_options`); a field whose command-line spelling is not
-``--field-name`` says so in its :class:`~serve.cli_options.Cli` marker. docs/CLI.md lists them, generated from the
-``easel`` command (``python -m serve.reference``).
+``easel up``'s options are these fields (:mod:`serve.cli.fields`); a field whose command-line spelling is not
+``--field-name`` says so in its :class:`~serve.spelling.Cli` marker (no command-line library here). docs/CLI.md lists
+them, generated from the ``easel`` command (``python -m serve.cli.reference``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-import click
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from serve.adapters.limits import LoraSettings
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
-from serve.cli_options import (
-    EXISTING_FILE,
-    EXISTING_FOLDER,
-    FOLDER,
-    NAMED_FILE,
-    NAMED_FOLDER,
-    NAMED_JSON,
-    NAMED_PATH,
-    NOT_ON_CLI,
-    PORTS,
-    SIZE,
-    Cli,
-    ForModel,
-    ModelFolder,
-    ModelLoras,
-    one_line_errors,
-    per_model,
-)
-from serve.errors import InvalidInput, UnsupportedModel
+from serve.errors import InvalidInput
 from serve.experiments.policy import Experiment, ExperimentSpec
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.moderation import Policy
 from serve.moderation.text import Blocklist
+from serve.names import DEFAULT_MODEL
 from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.generation import StackDefaults
@@ -62,8 +45,6 @@ from serve.triton.runtimes import (
 )
 
 Port = Annotated[int, Field(ge=0, le=65535)]
-DEFAULT_MODEL = "easel-default"
-"""The name the embedded default model is served under."""
 
 
 class AppSettings(LoraSettings):
@@ -72,7 +53,7 @@ class AppSettings(LoraSettings):
     The LoRA limits are :class:`~serve.adapters.limits.LoraSettings`' fields (declared beside the adapters).
     """
 
-    memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", SIZE)] = Field(
+    memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", "SIZE")] = Field(
         None,
         gt=0,
         description="Memory the text-to-image engines may use (default: their weights plus "
@@ -90,10 +71,10 @@ class AppSettings(LoraSettings):
         "easel.db in the run folder, $EASEL_HOME/run) or redis://HOST:PORT/DB (a stack across machines).",
     )
     cache_bytes: Annotated[
-        int, Cli(type=SIZE, off="--no-cache", off_help="No result cache: every generation runs.")
+        int, Cli(type="SIZE", off="--no-cache", off_help="No result cache: every generation runs.")
     ] = Field(DEFAULT_CACHE_BYTES, ge=0, description="Result cache bound (0: no cache).")
     experiments: Annotated[
-        dict[str, ExperimentSpec], Cli("--experiment", NAMED_JSON, metavar="NAME=JSON", multiple=True)
+        dict[str, ExperimentSpec], Cli("--experiment", "NAMED_JSON", metavar="NAME=JSON", multiple=True)
     ] = Field(
         {},
         description="An experiment: model alias NAME split among served models by weight, sticky per user "
@@ -101,7 +82,7 @@ class AppSettings(LoraSettings):
         '["v1", "v2"]}) learning from POST /v1/feedback (repeatable; it seeds the store: '
         "one the store holds already, maybe edited through the API, stays as it is).",
     )
-    model_weights_bytes: Annotated[int | None, Cli("--model-weights", SIZE)] = Field(
+    model_weights_bytes: Annotated[int | None, Cli("--model-weights", "SIZE")] = Field(
         None,
         gt=0,
         description="Memory the loaded models' weights may use together, out of the memory budget (default: every "
@@ -109,7 +90,7 @@ class AppSettings(LoraSettings):
         "models with no request in flight are unloaded and it is loaded; the rest of the budget is one activation "
         "pool for all models.",
     )
-    pin: Annotated[tuple[str, ...], Cli(type=click.STRING, metavar="NAME", multiple=True)] = Field(
+    pin: Annotated[tuple[str, ...], Cli(type="STRING", metavar="NAME", multiple=True)] = Field(
         (), description="A model that stays loaded whatever else is asked (repeatable)."
     )
     vectorize_record_rate: Annotated[float, Cli(metavar="SHARE")] = Field(
@@ -156,15 +137,13 @@ class AppSettings(LoraSettings):
         "Default: each key has its own entries.",
     )
 
-    moderation: Annotated[
-        Policy, Cli(type=click.Choice([str(policy) for policy in Policy]), default=Policy.OFF.value)
-    ] = Field(
+    moderation: Annotated[Policy, Cli(choices=tuple(map(str, Policy)), default=Policy.OFF.value)] = Field(
         Policy.OFF,
         description="What a flagged prompt or image does: off (nothing is checked), flag (each image carries "
         "`moderation` marks), block (a flagged prompt is a 400 content_policy_violation, a flagged image is blacked "
         "out); a key's own (`easel keys create --moderation`) overrides it. Turn it on for any public deployment.",
     )
-    prompt_blocklist: Annotated[Path | None, Cli(type=EXISTING_FILE, metavar="FILE")] = Field(
+    prompt_blocklist: Annotated[Path | None, Cli(type="EXISTING_FILE", metavar="FILE")] = Field(
         None,
         description="A prompt blocklist: one entry a line (a word or phrase matched as whole words, `re:PATTERN`, "
         "either as `CATEGORY: ENTRY`; `#` comments), checked on prompts (and by POST /v1/moderations).",
@@ -188,60 +167,6 @@ class AppSettings(LoraSettings):
         return self.store_url or default_url()
 
 
-class AppArgs(AppSettings):
-    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
-
-    models: dict[str, str] = Field(
-        min_length=1,
-        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
-        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
-        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
-    )
-    triton_grpc_url: str = Field(
-        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
-    )
-    loras_dir: dict[str, str] = Field(
-        {},
-        description="The LoRA registry folder (registry.json) `easel up --loras` wrote for each model with "
-        "LoRA-ready engines, by model name; a model not named takes no LoRAs.",
-    )
-    triton_http_url: str | None = Field(
-        None,
-        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
-        "environment); None: every model stays loaded.",
-    )
-    parked_path: str | None = Field(
-        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
-    )
-    model_table_path: str | None = Field(
-        None,
-        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
-        "while the stack runs change; None: `models`, unchangeable.",
-    )
-    repository: str | None = Field(
-        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
-    )
-    upscalers_dir: str | None = Field(
-        None,
-        description="The finishing engines' folder `easel up --upscaler` and `--face-restorer` built (upscalers.json, "
-        "restorers.json); None: none.",
-    )
-    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
-    safety_checker_dir: str | None = Field(
-        None,
-        description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
-        "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
-    )
-    scorer_dir: str | None = Field(
-        None, description="The scorer's engine folder the stack built (serve.text_to_image.scores); None: no scores."
-    )
-    text_moderator_dir: str | None = Field(
-        None,
-        description="The text moderator's engine folder the stack built (its tokenizer and labels beside the engine; "
-        "serve.moderation.text_model.TextModerator.on_triton); None: prompts are checked by the blocklist alone.",
-    )
-
-
 class StackOptions(AppSettings):
     """What ``easel up`` starts, and where."""
 
@@ -250,7 +175,7 @@ class StackOptions(AppSettings):
     host: str = Field("127.0.0.1", description="Address of the public API.")
     port: Port = Field(8000, description="Port of the public API (0: a free port).")
     models: Annotated[
-        dict[str, Path | None], Cli("--model", ModelFolder((DEFAULT_MODEL,)), metavar="[NAME=]DIR", multiple=True)
+        dict[str, Path | None], Cli("--model", "DEFAULT_MODEL_FOLDERS", metavar="[NAME=]DIR", multiple=True)
     ] = Field(
         {},
         description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline) served as model NAME "
@@ -262,12 +187,12 @@ class StackOptions(AppSettings):
     reset_models: bool = Field(
         False, description="Forget the run folder's model table: serve only this command line's models."
     )
-    repository: Annotated[Path | None, Cli(type=FOLDER)] = Field(
+    repository: Annotated[Path | None, Cli(type="FOLDER")] = Field(
         None,
         description="Triton model repository (default: model_repository in the run folder, $EASEL_HOME/run; the "
         "checkout's model_repository/ is a template, never written).",
     )
-    serve_config: Annotated[Path, Cli(type=EXISTING_FILE)] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
+    serve_config: Annotated[Path, Cli(type="EXISTING_FILE")] = Field(SERVE_CONFIG, description="Ray Serve config YAML.")
     dashboard: Annotated[bool, NOT_ON_CLI] = Field(True, description="Start the Ray dashboard.")
     dashboard_port: Port = Field(8265, description="Ray dashboard port (0: a free port).")
     run_dir: Annotated[Path, NOT_ON_CLI] = Field(default_factory=run_dir, description="Logs and state.")
@@ -279,7 +204,7 @@ class StackOptions(AppSettings):
     )
     insecure: bool = Field(False, description="Serve on a non-loopback host even with no API key (anyone may call it).")
     triton_ports: Annotated[
-        tuple[int, int, int], Cli(type=PORTS, default=TRITON_PORTS, metavar="HTTP,GRPC,METRICS")
+        tuple[int, int, int], Cli(type="PORTS", default=TRITON_PORTS, metavar="HTTP,GRPC,METRICS")
     ] = Field((0, 0, 0), description="Triton's HTTP, gRPC and metrics ports on 127.0.0.1 (0: a free port).")
     grpc_port: Annotated[Port, Cli(default=GRPC_PORT)] = Field(
         0, description="Port of the public gRPC API, on the API's host (0: a free port)."
@@ -290,7 +215,7 @@ class StackOptions(AppSettings):
         "started with the `triton` resource (ray start --resources='{\"triton\": 1}') gets its own Triton and the "
         "model replicas.",
     )
-    loras_dir: Annotated[dict[str, Path], Cli("--loras", ModelLoras(), metavar="[MODEL=]DIR", multiple=True)] = Field(
+    loras_dir: Annotated[dict[str, Path], Cli("--loras", "MODEL_LORAS", metavar="[MODEL=]DIR", multiple=True)] = Field(
         {},
         description="Folder of LoRA adapters of served model MODEL (DIR alone: the default model's; repeatable, one "
         "per model): each NAME.safetensors (diffusers/PEFT or kohya format) is adapter NAME, chosen per request of "
@@ -303,7 +228,7 @@ class StackOptions(AppSettings):
     )
     ip_adapters: Annotated[
         dict[str, dict[str, Path]],
-        Cli("--ip-adapter", ForModel(ModelFolder(())), metavar="[MODEL:][NAME=]DIR", multiple=True),
+        Cli("--ip-adapter", "ADAPTER_FOLDERS", metavar="[MODEL:][NAME=]DIR", multiple=True),
     ] = Field(
         {},
         description="An IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/, served as "
@@ -313,7 +238,7 @@ class StackOptions(AppSettings):
     )
     controlnets: Annotated[
         dict[str, dict[str, Path]],
-        Cli("--controlnet", ForModel(NAMED_FOLDER), metavar="[MODEL:]NAME=DIR", multiple=True),
+        Cli("--controlnet", "CONTROL_FOLDERS", metavar="[MODEL:]NAME=DIR", multiple=True),
     ] = Field(
         {},
         description="A diffusers ControlNetModel folder, served as ControlNet NAME of served model MODEL (no MODEL: "
@@ -321,39 +246,39 @@ class StackOptions(AppSettings):
         "why (GET /v1/controlnets) and not served.",
     )
     motion_adapters: Annotated[
-        dict[str, Path], Cli("--motion-adapter", NAMED_FOLDER, metavar="NAME=DIR", multiple=True)
+        dict[str, Path], Cli("--motion-adapter", "NAMED_FOLDER", metavar="NAME=DIR", multiple=True)
     ] = Field(
         {},
         description="A diffusers MotionAdapter folder (AnimateDiff), served as motion adapter NAME for videos "
         "(POST /v1/videos) of the default model, an SD 1.x one (repeatable; one that does not fit is refused).",
     )
-    upscalers: Annotated[dict[str, Path], Cli("--upscaler", NAMED_FILE, metavar="NAME=FILE", multiple=True)] = Field(
+    upscalers: Annotated[dict[str, Path], Cli("--upscaler", "NAMED_FILE", metavar="NAME=FILE", multiple=True)] = Field(
         {},
         description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
         "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
         "recognised is listed with why (GET /v1/upscalers) and not served.",
     )
     face_restorers: Annotated[
-        dict[str, Path], Cli("--face-restorer", NAMED_FILE, metavar="NAME=FILE", multiple=True)
+        dict[str, Path], Cli("--face-restorer", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
     ] = Field(
         {},
         description="A face restorer weights file (.pth, .safetensors: GFPGAN v1 clean, as GFPGANv1.4.pth), served "
         "as face restorer NAME for `restore_faces` (repeatable). One not recognised is listed with why (GET "
         "/v1/upscalers, `face_restorers`) and not served.",
     )
-    safety_checker: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
+    safety_checker: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
         None,
         description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "
         "and feature_extractor/ (as SD 1.x folders have), served as the Triton model safety_checker. Default: the "
         "default model's own, when its folder has them.",
     )
-    scorers: Annotated[dict[str, Path], Cli("--scorer", NAMED_PATH, metavar="NAME=PATH", multiple=True)] = Field(
+    scorers: Annotated[dict[str, Path], Cli("--scorer", "NAMED_PATH", metavar="NAME=PATH", multiple=True)] = Field(
         {},
         description="Image scores as served engines: clip=DIR (a transformers CLIPModel folder with its tokenizer "
         "and image processor: clip_score, the prompt-image cosine) and aesthetic=FILE (LAION's aesthetic predictor "
         "over that CLIP's image embedding, .pth or .safetensors), for POST /v1/images/score and a generation's scores.",
     )
-    text_moderator: Annotated[Path | None, Cli(type=EXISTING_FOLDER)] = Field(
+    text_moderator: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
         None,
         description="A text classifier checking prompts (and POST /v1/moderations' texts) beside the blocklist: a "
         "transformers sequence-classification folder (model, fast tokenizer) whose id2label are the categories it "
@@ -366,24 +291,24 @@ class StackOptions(AppSettings):
         description="Also build step caching's engines (a UNet that returns its deep features, and a shallow one), "
         "so requests may ask cache_interval (UNet models).",
     )
-    runtime: Annotated[str, Cli(type=click.Choice(RUNTIME_CHOICES))] = Field(
+    runtime: Annotated[str, Cli(choices=tuple(RUNTIME_CHOICES))] = Field(
         DEFAULT_RUNTIME,
         description="What runs the engines: onnxruntime, openvino (the ONNX graph converted to OpenVINO IR at build), "
         "torch (the PyTorch modules, on a GPU with CUDA graphs), or auto (on a GPU: torch; on a CPU, each engine "
         "measured both ways at build, the faster kept; one whose ONNX Runtime call is too small for OpenVINO to pay "
         "stays there).",
     )
-    device: Annotated[str, Cli(type=click.Choice(DEVICES))] = Field(
+    device: Annotated[str, Cli(choices=tuple(DEVICES))] = Field(
         "auto",
         description="Where the engines run: cuda (the torch runtime, fp16 unless --precision says otherwise, one "
         "Triton instance per engine on the GPU), cpu, or auto (cuda where PyTorch sees a GPU).",
     )
-    vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", EXISTING_FOLDER)] = Field(
+    vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", "EXISTING_FOLDER")] = Field(
         None,
         description="A tiny VAE decoder (a diffusers AutoencoderTiny folder, TAESD's layout) served as the default "
         "model's vae_decoder, for previews and final images: a faster decode at a cost in detail.",
     )
-    precision: Annotated[str, Cli(type=click.Choice(PRECISION_CHOICES))] = Field(
+    precision: Annotated[str, Cli(choices=tuple(PRECISION_CHOICES))] = Field(
         DEFAULT_PRECISION,
         description="The engines' precision: "
         + "; ".join(f"{name}: {p.meaning}" for name, p in PRECISIONS.items())
@@ -467,16 +392,17 @@ def _joined(flag: str, bare, named):
     return bare | named
 
 
-MODEL_OPTION = click.option(
-    "--model", "model_dir", type=EXISTING_FOLDER, help="Local diffusers model folder. Default: the embedded model."
-)
-"""The one model folder of a command that takes one (``easel build``, the benchmarks)."""
+def per_model(given: Any, leaf: type | tuple[type, ...]) -> dict[str, Any]:
+    """Settings of adapters by served model: ``MODEL:NAME`` keys (:class:`ForModel`) nested as ``{MODEL: {NAME: v}}``.
 
-
-def check_model(model_dir: Path | None) -> None:
-    """Refuse a folder that is not a supported pipeline with a one-line error, before anything starts."""
-    from serve.text_to_image.families import family_of_folder  # here: `easel --help` loads no torch
-
-    if model_dir is not None:
-        with one_line_errors(UnsupportedModel):
-            family_of_folder(model_dir)
+    A key without ``MODEL:`` goes under ``""``, the default model; a mapping whose values are not ``leaf`` is taken
+    as nested already.
+    """
+    nested: dict[str, Any] = {}
+    for key, value in dict(given or {}).items():
+        if not isinstance(value, leaf):
+            nested.setdefault(key, {}).update(value)
+            continue
+        model, _, name = key.rpartition(":")
+        nested.setdefault(model, {})[name] = value
+    return nested

@@ -8,8 +8,9 @@ is refused before any byte is read; otherwise the bytes actually received are co
 Serve's HTTP proxy, which otherwise reads a body as fast as the client sends it and queues it until a replica asks for
 it (without a bound of its own), and in front of the public app.
 
-:func:`read_json`: JSON is UTF-8 (RFC 8259), sent as ``application/json`` (or ``application/*+json``); a body in
-another encoding, or said to be in one, is a 400 naming ``body``, any other media type a 400 naming ``Content-Type``.
+:func:`read_json` (and :func:`read_json_value`), the one strict reader of every JSON body: JSON is UTF-8 (RFC 8259),
+sent as ``application/json`` (or ``application/*+json``), nested at most :data:`MAX_JSON_DEPTH` deep; a body in another
+encoding, or said to be in one, is a 400 naming ``body``, any other media type a 400 naming ``Content-Type``.
 
 :class:`ShapedProxyErrors`, loaded by Ray Serve's proxy: what the proxy itself answers has the one error shape.
 """
@@ -21,14 +22,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from email.message import Message as MimeHeader
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from pydantic_core import from_json
 from starlette.routing import compile_path
 
 from serve.errors import EaselError, InvalidInput, NotReady, Overloaded, PayloadTooLarge, RequestTimeout, invalid_input
-from serve.grpc_api import SERVICE, keeping_bytes
 from serve.routes import BODY_LIMITS, DEFAULT_BODY_LIMIT, ROUTES
 
 logger = logging.getLogger(__name__)
@@ -175,6 +177,8 @@ Model = TypeVar("Model", bound=BaseModel)
 UTF8_NAMES = ("utf-8", "utf8")
 """How a ``charset`` parameter names UTF-8, the one charset a body's text may have."""
 _ENCODINGS = {"utf-8-sig": "UTF-8 with a byte order mark"}
+MAX_JSON_DEPTH = 200
+"""How deep a JSON body may nest: pydantic-core's parser, which reads every JSON body, refuses one a little deeper."""
 
 
 def media_and_charset(content_type: str) -> tuple[str, str]:
@@ -184,10 +188,10 @@ def media_and_charset(content_type: str) -> tuple[str, str]:
     return header.get_content_type(), str(header.get_param("charset") or "utf-8").lower()
 
 
-def read_json(model: type[Model], body: bytes, content_type: str | None) -> Model:
-    """``body`` read as ``model`` (:class:`InvalidInput` naming the field): JSON in UTF-8, as RFC 8259 has it.
+def checked_json(body: bytes, content_type: str | None) -> bytes:
+    """``body``, if it is JSON in UTF-8 as RFC 8259 has it (:class:`InvalidInput` naming ``Content-Type`` or ``body``).
 
-    ``content_type``: the request's header (none: JSON); its charset, if any, must be UTF-8.
+    ``content_type``: the request's header (none: JSON); its media type must be JSON, its charset, if any, UTF-8.
     """
     media, charset = media_and_charset(content_type or "application/json")
     if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
@@ -201,10 +205,28 @@ def read_json(model: type[Model], body: bytes, content_type: str | None) -> Mode
         said = f"this body is {_ENCODINGS.get(encoding, encoding.upper())}" if encoding != "utf-8" else ""
         said = said or f"Content-Type says charset={charset}"
         raise InvalidInput(f"body: JSON must be UTF-8 (RFC 8259); {said}", field="body")
+    return body
+
+
+def read_json(model: type[Model], body: bytes, content_type: str | None) -> Model:
+    """``body`` read as ``model`` (:class:`InvalidInput` naming the field): JSON in UTF-8 (:func:`checked_json`)."""
     try:
-        return model.model_validate_json(body)
+        return model.model_validate_json(checked_json(body, content_type))
     except ValidationError as error:
         raise invalid_input(error) from None
+
+
+def read_json_value(body: bytes, content_type: str | None) -> Any:
+    """``body``'s JSON value (:func:`checked_json`), nested about :data:`MAX_JSON_DEPTH` deep at most (else a 400).
+
+    The reader of the routes whose body FastAPI validates (:class:`serve.http.app.StrictJsonRoute`).
+    """
+    try:
+        return from_json(checked_json(body, content_type))
+    except ValueError as error:
+        raise InvalidInput(
+            f"body: not JSON ({error}; about {MAX_JSON_DEPTH} levels deep at most)", field="body"
+        ) from None
 
 
 class ShapedProxyErrors:
@@ -263,6 +285,26 @@ def _proxy_error(status: int) -> EaselError:
     return NotReady("the service failed to answer this request; retry shortly", retry_after_s=2)
 
 
+@dataclass(frozen=True)
+class Unparsed:
+    """A request message as the proxy forwards it: its bytes (none kept when it is over ``limit``) and its size."""
+
+    data: bytes
+    size: int
+    limit: int
+
+
+def keeping_bytes(limit: int) -> Callable[[bytes], Unparsed]:
+    """A request deserializer for the proxy: the message's bytes kept unparsed, dropped when over ``limit``."""
+
+    def keep(data: bytes) -> Unparsed:
+        return Unparsed(data if len(data) <= limit else b"", len(data), limit)
+
+    return keep
+
+
+SERVICE = "easel.v1.Easel"
+"""The public gRPC service (``easel.proto``)."""
 GRPC_LIMITS = {f"/{SERVICE}/{r.rpc}": r.body_limit or DEFAULT_BODY_LIMIT for r in ROUTES if r.rpc is not None}
 """Bytes a gRPC method's request message may have: its HTTP route's body limit."""
 MAX_RECEIVE = "grpc.max_receive_message_length"
@@ -273,7 +315,7 @@ def bound_grpc_messages() -> None:
 
     gRPC refuses a message longer than :data:`GRPC_LIMITS`' largest (``RESOURCE_EXHAUSTED``) from its length, before
     reading it (Ray Serve's own bound is 2 GiB). Below it, each method's message reaches the Gateway as its bytes
-    (:class:`serve.grpc_api.Unparsed`), dropped when over its method's limit: the Gateway checks the key first,
+    (:class:`Unparsed`), dropped when over its method's limit: the Gateway checks the key first,
     then refuses it (413) or parses it.
     """
     from ray.serve._private import grpc_util

@@ -1,21 +1,17 @@
-"""Who may call the API, and how much: the one door every request passes (an ASGI middleware of the Gateway).
+"""Who may call the API, and how much: the key check every request passes first (an ASGI middleware of the Gateway).
 
 With no key in the store the API is open (``easel up`` refuses that off loopback unless ``--insecure``). Once a key
 exists, every route but the open ones (health) needs ``Authorization: Bearer <key>``: 401 without a valid one, 403 when
 its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past one of its limits
-(:mod:`serve.access.keys`; the store: :func:`open_key_store`): the limits that need no body first, before the body is
-read, then its cost (:meth:`Access.admit_in_two`). Every answer to a keyed request carries
-``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the
-key's id, never the key. The admitted key rides on the request (:func:`caller`): a background job belongs to the key
-that submitted it (:func:`job_owner`), and only that key, or an admin key, sees or cancels it (:func:`may_see`).
-gRPC calls take the same steps, the key in metadata ``authorization``, checked before their message is parsed
-(:func:`call_admitted`).
+(:mod:`serve.access.keys`; the store: :func:`open_key_store`). :class:`KeyCheck` takes the limits that need no body
+(requests, per day, concurrency; the body's size is :class:`serve.wire.BodyLimits`') and reads no body: a route that
+runs work names its admission in its signature (:mod:`serve.http.admission`), which reads the body, admits it and
+charges its cost here (:func:`charge`). Every answer to a keyed request carries
+``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the key's id, never the
+key. The request's :class:`Caller` rides on it (:func:`caller`): a background job belongs to the key that submitted it,
+and only that key, or an admin key, sees or cancels it (:func:`may_see`). gRPC calls take the same steps, the key in
+metadata ``authorization``, checked before their message is parsed (:func:`rpc_caller`).
 
-A route whose body has a model (:attr:`serve.routes.Route.body`) has it read here, once, whether keys exist or not
-(:func:`read_body`: JSON, or the edits route's multipart form, in UTF-8): its cost, the admission and the handler
-(:func:`request_body`) see the same request. A costed route's body is then priced, once, by the Gateway's price
-(:func:`open_access`): a generation's admission (its model resolved, every rule checked, the cost of its work on that
-model, :meth:`serve.serving.generations.Generations.price`), which the handler runs as it is (:func:`request_priced`).
 A concurrency slot is held for its request's task (:class:`Access`): given back when the request ends, however it
 ends, and renewed while it runs; a replica that dies stops renewing, and its slots expire after ``SLOT_LEASE_S``.
 """
@@ -26,41 +22,26 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
-from typing import Any, TypeVar
-
-from pydantic import BaseModel
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
-from starlette.requests import ClientDisconnect, Request
+from dataclasses import dataclass, field, replace
 
 from serve import metrics
 from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
-from serve.access.upscale_body import UpscaleBody, read_upscale_request
-from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
-from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_route
+from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
+from serve.routes import OPEN_PATHS, Scope, required_scope, rpc_route
 from serve.stores import scheme
-from serve.text_to_image.edit_form import read_edit_form
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import read_video_form
-from serve.wire import UTF8_NAMES, Message, Receive, Send, media_and_charset, read_json, send_error
+from serve.wire import Message, Receive, Send, send_error
 from serve.wire import Scope as AsgiScope
 
 logger = logging.getLogger(__name__)
 
 ACTIVE_CHECK_S = 1.0
 """How long whether any key exists is remembered (a first key closes the API within this)."""
-CALLER = "api_key"
-"""Where in the request's state :class:`KeyCheck` leaves the admitted key."""
-BODY = "body"
-"""Where in the request's state :class:`KeyCheck` leaves the request its body was read as (or why it was refused)."""
-PRICED = "priced"
-"""Where in the request's state :class:`KeyCheck` leaves what pricing its body found (:class:`Priced`)."""
+CALLER = "caller"
+"""Where in the request's state :class:`KeyCheck` leaves its :class:`Caller`."""
 SLOT_RENEW_S = SLOT_LEASE_S / 4
 """How often a replica renews the slots of its running requests, and gives back those whose request ended."""
 
@@ -72,14 +53,28 @@ def open_key_store(url: str) -> KeyStore:
     return RedisKeyStore(url)
 
 
+@dataclass
+class Caller:
+    """One request at the door: its key (None while the API is open), its cost once charged, its rate-limit headers.
+
+    Counted once in the per-key metrics as it ends (:meth:`Access.counted`): admitted, or the limit that refused it.
+    """
+
+    key: ApiKey | None = None
+    cost: float = 0.0
+    refused_by: str | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
 def caller(request) -> ApiKey | None:
     """The key ``request`` (a Starlette request) was admitted with; None while the API is open."""
-    return request.scope.get("state", {}).get(CALLER)
+    found = request.scope.get("state", {}).get(CALLER)
+    return found and found.key
 
 
-def job_owner(key: ApiKey | None) -> Owner | None:
-    """Who a job submitted with ``key`` belongs to, with the key's cap on unfinished jobs."""
-    return None if key is None else Owner(key.id, key.limits.concurrent_jobs)
+def request_caller(request) -> Caller:
+    """``request``'s :class:`Caller` (an open API's, with no key, when the key check left none)."""
+    return request.scope.setdefault("state", {}).setdefault(CALLER, Caller())
 
 
 def may_see(key: ApiKey | None, owner: str | None) -> bool:
@@ -90,54 +85,6 @@ def may_see(key: ApiKey | None, owner: str | None) -> bool:
 def owner_filter(key: ApiKey | None) -> str | None:
     """The owner a job listing is limited to for ``key`` (None: every job)."""
     return None if key is None or Scope.ADMIN in key.scopes else key.id
-
-
-def request_body(request) -> BaseModel:
-    """The request ``request``'s body was read as by :class:`KeyCheck` (raises the refusal if it was refused)."""
-    body = request.scope["state"][BODY]
-    if isinstance(body, EaselError):
-        raise body
-    return body
-
-
-@dataclass(frozen=True)
-class Priced:
-    """What a costed request costs, and what pricing it found: a generation's admission, run as it is from then on."""
-
-    cost: float
-    admitted: Any = None  # serve.serving.generations.Admitted, for a generation
-
-
-def request_priced(request) -> Priced:
-    """What :class:`KeyCheck` priced ``request``'s body at (raises the refusal of its body, or of its admission)."""
-    request_body(request)
-    return request.scope["state"][PRICED]
-
-
-Price = Callable[[GenerationRequest | UpscaleBody, ApiKey | None], Awaitable[Priced]]
-"""What a costed request costs for a key: the Gateway's one pricing
-(:meth:`serve.serving.generations.Generations.price`: a generation's admission, an upscale's work)."""
-
-
-async def _unpriced(request: GenerationRequest, key: ApiKey | None) -> Priced:
-    raise RuntimeError("no price: open_access() was not called")
-
-
-async def body_priced(state: dict, key: ApiKey | None) -> float:
-    """Price the body :class:`KeyCheck` read into ``state``: its cost, 0 for a refused one.
-
-    What pricing found goes in the state too (:data:`PRICED`); a refusal of the admission replaces the body, for the
-    handler to answer as it answers the body's own.
-    """
-    body = state[BODY]
-    if isinstance(body, EaselError):
-        return 0.0
-    try:
-        state[PRICED] = priced = await ACCESS.price(body, key)
-    except EaselError as refusal:
-        state[BODY] = refusal
-        return 0.0
-    return priced.cost
 
 
 def duration(seconds: float) -> str:
@@ -173,14 +120,13 @@ class Access:
 
     def __init__(self) -> None:
         self.store: KeyStore | None = None
-        self.price: Price = _unpriced
         self.held: dict[str, tuple[ApiKey, asyncio.Task]] = {}  # slot -> its key and its request's task
         self._renewer: asyncio.Task | None = None
         self._active: tuple[float, bool] = (0.0, False)
 
-    def open(self, store_url: str, price: Price) -> None:
-        """Check keys in the store at ``store_url``, generations costing what ``price`` says."""
-        self.store, self.price = open_key_store(store_url), price
+    def open(self, store_url: str) -> None:
+        """Check keys in the store at ``store_url``."""
+        self.store = open_key_store(store_url)
 
     async def keys_required(self) -> bool:
         """Whether any key is live (remembered for :data:`ACTIVE_CHECK_S`)."""
@@ -211,31 +157,32 @@ class Access:
             )
         return key
 
-    async def admit_in_two(self, key: ApiKey, priced: Callable[[], Awaitable[float]]) -> tuple[Decision, float]:
-        """Take the key's limits that need no body (requests, per day, concurrency), then the cost ``priced`` gives.
+    async def bodiless(self, key: ApiKey) -> Decision:
+        """Take the key's limits that need no body: requests (per minute, per day) and a concurrency slot."""
+        return await self._take(replace(key, limits=key.limits.model_copy(update={"cost_per_minute": None})), 0.0)
 
-        ``priced`` reads and prices the request's message (its body): a key over a limit that needs none is refused
-        before it is read. A request then refused for its cost has taken a request, and gives its slot back.
-        Counted once in the per-key metrics. The decision's buckets are both steps'.
+    async def charge(self, found: Caller, cost: float) -> None:
+        """Take ``cost`` from the caller's cost limit (429 past it), its bucket's headers kept with the caller.
+
+        Its request took its limits that need no body already; one refused for its cost has taken a request. An open
+        API's caller (no key) is charged nothing.
         """
-        bodiless = replace(key, limits=key.limits.model_copy(update={"cost_per_minute": None}))
-        first = await self._take(bodiless, 0.0)
-        if not first.allowed:
-            return self._counted(key, first, 0.0), 0.0
-        try:
-            cost = await priced()
-        except BaseException:
-            await self.release(first)
-            raise
-        if key.limits.cost_per_minute is None:
-            return self._counted(key, first, cost), cost
-        second = await self._take(replace(key, limits=KeyLimits(cost_per_minute=key.limits.cost_per_minute)), cost)
-        if not second.allowed:
-            await self.release(first)
-        both = replace(second, buckets=first.buckets | second.buckets, slot=first.slot if second.allowed else None)
-        return self._counted(key, both, cost), cost
+        found.cost = cost
+        key = found.key
+        if key is None or key.limits.cost_per_minute is None:
+            return
+        decision = await self._take(replace(key, limits=KeyLimits(cost_per_minute=key.limits.cost_per_minute)), cost)
+        found.headers += ratelimit_headers(decision)
+        if not decision.allowed:
+            found.refused_by = decision.refused_by
+            raise over_limit(key, decision, cost)
 
-    def _counted(self, key: ApiKey, decision: Decision, cost: float) -> Decision:
+    def counted(self, found: Caller) -> None:
+        """A keyed request's outcome, counted once in the per-key metrics (and logged when it is a refusal)."""
+        decision = Decision(found.refused_by is None, refused_by=found.refused_by)
+        self.count(found.key, decision, found.cost)
+
+    def count(self, key: ApiKey, decision: Decision, cost: float) -> Decision:
         """``decision``, counted in the per-key metrics (and logged when it refuses)."""
         result = "admitted" if decision.allowed else decision.refused_by
         metrics.count(metrics.KEY_REQUESTS, key_id=key.id, result=result)
@@ -303,21 +250,25 @@ ACCESS = Access()
 """This process's (one Gateway replica's) access state."""
 
 
-def open_access(store_url: str, price: Price) -> None:
+def open_access(store_url: str) -> None:
     """Check keys in the store at ``store_url`` from now on (a Gateway replica calls it as it starts).
 
     A function, not ``ACCESS.open``: Ray Serve pickles the ingress class by value, and with it any object its code
     names, so the replica would open a copy of ``ACCESS`` that the middleware never sees.
     """
-    ACCESS.open(store_url, price)
+    ACCESS.open(store_url)
+
+
+async def charge(found: Caller, cost: float) -> None:
+    """Take ``cost`` from ``found``'s key (:meth:`Access.charge`; 429 past its cost limit)."""
+    await ACCESS.charge(found, cost)
 
 
 class KeyCheck:
-    """ASGI middleware: authenticate, authorise and rate-limit each request against :data:`ACCESS`.
+    """ASGI middleware: authenticate, authorise and take the limits that need no body, against :data:`ACCESS`.
 
-    A route's body with a model is read here, once, into the request's state (:func:`request_body`), after the key
-    is known and its limits that need no body are taken, and priced (:func:`body_priced`) before its cost is taken
-    (:meth:`Access.admit_in_two`); with no key in the store it is read and priced all the same.
+    It reads no body: the request's :class:`Caller` goes in its state (:func:`caller`), for the route's admission to
+    charge its cost (:func:`charge`); the headers of every bucket taken go on the answer.
     """
 
     def __init__(self, app) -> None:
@@ -325,77 +276,56 @@ class KeyCheck:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403/429 in the app's place."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        state = scope.setdefault("state", {})
-        found = route(scope["method"], scope["path"])
-
-        async def body_read_and_priced() -> float:
-            if found is None or found.body is None:
-                return 0.0
-            state[BODY] = await read_body(found, scope, receive)
-            return await body_priced(state, state.get(CALLER)) if found.costed else 0.0
-
-        if not await ACCESS.keys_required():
-            await body_read_and_priced()
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not await ACCESS.keys_required():
             await self.app(scope, receive, send)
             return
         try:
             header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
-            state[CALLER] = key = await ACCESS.authenticate(header, scope["path"], scope["method"])
-            decision, cost = await ACCESS.admit_in_two(key, body_read_and_priced)
-        except EaselError as error:  # no valid key, or an image whose header does not read (the handler's 400 too)
+            key = await ACCESS.authenticate(header, scope["path"], scope["method"])
+            decision = await ACCESS.bodiless(key)
+        except EaselError as error:  # no valid key
             logger.info("refused %s %s: %s", scope["method"], scope["path"], error.message)
             await send_error(send, error)
             return
-        headers = ratelimit_headers(decision)
+        found = Caller(key, headers=ratelimit_headers(decision))
         if not decision.allowed:
-            await send_error(_send_with_headers(send, headers), _over_limit(key, decision, cost))
+            ACCESS.count(key, decision, 0.0)
+            await send_error(_send_with_headers(send, found), over_limit(key, decision, 0.0))
             return
+        scope.setdefault("state", {})[CALLER] = found
         try:
-            await self.app(scope, receive, _send_with_headers(send, headers))
+            await self.app(scope, receive, _send_with_headers(send, found))
         finally:
+            ACCESS.counted(found)
             await ACCESS.release(decision)
 
 
-Read = TypeVar("Read")
-
-
 @asynccontextmanager
-async def call_admitted(
-    grpc_context, rpc: str, read: Callable[[], Read]
-) -> AsyncIterator[tuple[ApiKey | None, Read, Priced | None]]:
+async def rpc_caller(grpc_context, rpc: str) -> AsyncIterator[Caller]:
     """A gRPC call checked as :class:`KeyCheck` checks HTTP (the key in metadata ``authorization``), its slot held.
 
-    ``rpc``: the method (its HTTP route's scope and cost); ``read``: its message parsed and validated, called once
-    the key is known good. Yields the key (None while the API is open), what ``read`` gave and, for a costed method,
-    what pricing it found (a generation's admission); a refusal of either is raised.
+    ``rpc``: the method (its HTTP route's scope and limits). Yields its :class:`Caller` (no key while the API is open),
+    for its admission to charge (:func:`charge`), before its message is parsed; a refusal is raised.
     """
-    found = rpc_route(rpc)
-    key, body, priced = None, None, None
-
-    async def read_and_priced() -> float:
-        nonlocal body, priced
-        body = read()
-        priced = await ACCESS.price(body, key) if found.costed else None
-        return priced.cost if priced else 0.0
-
     if not await ACCESS.keys_required():
-        await read_and_priced()
-        yield None, body, priced
+        yield Caller()
         return
-    key = await ACCESS.authenticate(dict(grpc_context.invocation_metadata()).get("authorization", ""), found.path)
-    decision, cost = await ACCESS.admit_in_two(key, read_and_priced)
+    metadata = dict(grpc_context.invocation_metadata())
+    key = await ACCESS.authenticate(metadata.get("authorization", ""), rpc_route(rpc).path)
+    decision = await ACCESS.bodiless(key)
     if not decision.allowed:
-        raise _over_limit(key, decision, cost)
+        ACCESS.count(key, decision, 0.0)
+        raise over_limit(key, decision, 0.0)
+    found = Caller(key)
     try:
-        yield key, body, priced
+        yield found
     finally:
+        ACCESS.counted(found)
         await ACCESS.release(decision)
 
 
-def _over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:
+def over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:
+    """The 429 of a key past one of its limits (``cost``: the request's, when its cost limit refused it)."""
     limits, refused_by = key.limits, decision.refused_by
     if refused_by == "requests":
         what = f"{limits.requests_per_minute} requests per minute"
@@ -412,70 +342,12 @@ def _over_limit(key: ApiKey, decision: Decision, cost: float) -> Overloaded:
     )
 
 
-def _send_with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+def _send_with_headers(send: Send, found: Caller) -> Send:
+    """``send``, the caller's rate-limit headers added to the answer (those its admission's charge added too)."""
+
     async def send_more(message: Message) -> None:
         if message["type"] == "http.response.start":
-            message = {**message, "headers": [*message.get("headers", ()), *headers]}
+            message = {**message, "headers": [*message.get("headers", ()), *found.headers]}
         await send(message)
 
     return send_more
-
-
-async def read_body(found: Route, scope: AsgiScope, receive: Receive) -> BaseModel | EaselError:
-    """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or why not.
-
-    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
-    the upscale route's JSON or form (:func:`serve.access.upscale_body.read_upscale_request`).
-    """
-    try:
-        if found.form == "edits":
-            return await _read_form(Request(scope, receive))
-        if found.form == "upscale":
-            return await _read_upscale(Request(scope, receive))
-        content_type = dict(scope.get("headers", ())).get(b"content-type")
-        if found.form == "video" and (content_type or b"").lower().startswith(b"multipart/form-data"):
-            return await read_video_form(Request(scope, receive))  # as the openai client sends it
-        return read_json(found.body, await _whole_body(receive), content_type and content_type.decode("latin-1"))
-    except EaselError as error:
-        return error
-    except (HTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts, malformed)
-        detail = str(getattr(error, "detail", error))
-        field = "image" if "files" in detail else "body"
-        return InvalidInput(f"{field}: {detail} (the edits form: image, mask and the generation's fields)", field)
-
-
-async def _read_form(request: Request) -> GenerationRequest | EaselError:
-    """The edits form's request; its text is UTF-8, as a JSON body's is (a ``charset`` other than that: 400)."""
-    charset = media_and_charset(request.headers.get("content-type", ""))[1]
-    if charset not in UTF8_NAMES:
-        return InvalidInput(f"body: a form's text must be UTF-8; Content-Type says charset={charset}", "body")
-    try:
-        return await read_edit_form(request)
-    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
-        return InvalidInput("body: the request ended before its body did", "body")
-    finally:
-        await request.close()  # the form's files
-
-
-async def _read_upscale(request: Request) -> UpscaleBody | EaselError:
-    """The upscale route's image and options (:func:`serve.access.upscale_body.read_upscale_request`), or why not."""
-    try:
-        return await read_upscale_request(request)
-    except EaselError as error:
-        return error
-    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
-        return InvalidInput("body: the request ended before its body did", "body")
-    finally:
-        await request.close()  # the form's file
-
-
-async def _whole_body(receive: Receive) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            break
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)

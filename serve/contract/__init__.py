@@ -1,8 +1,8 @@
 """The OpenAPI document as the API behaves: every status a route answers, the one error body, every request body.
 
 FastAPI documents a 422 the API never sends and nothing else that can go wrong (the statuses each route answers
-are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand and a generation's is read by the key
-check (:mod:`serve.access`), so FastAPI sees neither.
+are declared in :mod:`serve.routes`); ``/v1/vectorize`` reads its body by hand and a generation's is read by its
+admission (:mod:`serve.http.admission`), so FastAPI sees neither.
 :func:`openapi` starts from FastAPI's document and makes it true, in this one place.
 
 The schemas state every limit they can. What no schema can state is in :data:`UNSTATED_LIMITS`
@@ -178,7 +178,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
     generation = document["paths"][GENERATIONS]["post"]
-    generation["requestBody"] = {  # read by the key check, once (serve.access), not by FastAPI
+    generation["requestBody"] = {  # read by its admission, once (serve.http.admission), not by FastAPI
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
     }
@@ -189,7 +189,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
         }
     document["paths"][EDITS]["post"]["requestBody"] = _edit_body(components)
     _add_schema(components, VideoRequest)
-    document["paths"][VIDEOS]["post"]["requestBody"] = {  # read by the key check (JSON, or the openai client's form)
+    document["paths"][VIDEOS]["post"]["requestBody"] = {  # read by its admission (JSON, or the openai client's form)
         "required": True,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/VideoRequest"}}},
     }

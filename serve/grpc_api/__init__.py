@@ -1,13 +1,13 @@
 """Easel's public gRPC API (``easel.v1.Easel`` in ``easel.proto``), served through Ray Serve's gRPC proxy.
 
-The Gateway answers its RPCs (``Generate``, ``Vectorize``, ``Analyze``, ``Feedback``, the video job's:
-:mod:`serve.grpc_api.videos`); this module turns messages into the HTTP API's own request models, so both APIs share
-one set of fields, limits, defaults and validation, and errors into gRPC status codes from the one error map
-(``EaselError.grpc_code``). ``easel_pb2*.py`` are generated from ``easel.proto`` (the command is in its header); a
-unit test checks they are current.
+The servicer (:mod:`serve.grpc_api.servicer`) answers its RPCs (``Generate``, ``Vectorize``, ``Analyze``,
+``Feedback``, the video job's: :mod:`serve.grpc_api.videos`); this module turns messages into the HTTP API's own
+request models, so both APIs share one set of fields, limits, defaults and validation, answers into messages, and
+errors into gRPC status codes from the one error map (``EaselError.grpc_code``). ``easel_pb2*.py`` are generated
+from ``easel.proto`` (the command is in its header); a unit test checks they are current.
 
-A request message reaches the Gateway unparsed (:class:`Unparsed`: Ray Serve's gRPC proxy keeps its bytes, see
-:func:`serve.wire.bound_grpc_messages`), so the key is checked before anything is parsed (:func:`parsed`), and a
+A request message reaches the Gateway unparsed (:class:`serve.wire.Unparsed`: Ray Serve's gRPC proxy keeps its bytes,
+see :func:`serve.wire.bound_grpc_messages`), so the key is checked before anything is parsed (:func:`parsed`), and a
 message over its method's limit (its HTTP route's body limit) is refused without being parsed at all.
 """
 
@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import NoReturn
 
 from google.protobuf.message import DecodeError, Message
@@ -26,10 +24,12 @@ from pydantic_core import from_json
 from serve.errors import EaselError, InvalidInput, PayloadTooLarge, invalid_input
 from serve.experiments.feedback import FeedbackRequest
 from serve.grpc_api import easel_pb2
+from serve.serving.generations import StreamedImages
+from serve.text_to_image.generation import Progress
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
+from serve.wire import Unparsed
 
-SERVICE = "easel.v1.Easel"
 REQUESTS: dict[str, type[Message]] = {
     "Generate": easel_pb2.GenerateRequest,
     "Vectorize": easel_pb2.VectorizeRequest,
@@ -41,24 +41,6 @@ REQUESTS: dict[str, type[Message]] = {
     "CancelVideo": easel_pb2.VideoId,
 }
 """Each method's request message."""
-
-
-@dataclass(frozen=True)
-class Unparsed:
-    """A request message as the proxy forwards it: its bytes (none kept when it is over ``limit``) and its size."""
-
-    data: bytes
-    size: int
-    limit: int
-
-
-def keeping_bytes(limit: int) -> Callable[[bytes], Unparsed]:
-    """A request deserializer for the proxy: the message's bytes kept unparsed, dropped when over ``limit``."""
-
-    def keep(data: bytes) -> Unparsed:
-        return Unparsed(data if len(data) <= limit else b"", len(data), limit)
-
-    return keep
 
 
 def parsed(message: Message | Unparsed, rpc: str) -> Message:
@@ -199,9 +181,17 @@ def moderation(mark: dict) -> easel_pb2.Moderation:
     )
 
 
-def svg_image(result) -> easel_pb2.Image:
-    """A generated image's :class:`~serve.vectorize.deployment.VectorizeResult` as an SVG ``Image``."""
-    return easel_pb2.Image(data=result.svg.encode(), tier=result.tier, ssim=result.ssim)
+def event(item: Progress | StreamedImages) -> easel_pb2.GenerateEvent:
+    """A streamed generation's item (:meth:`serve.serving.generations.Generations.events`) as a ``GenerateEvent``."""
+    if isinstance(item, Progress):
+        return progress(item.step, item.total)
+    images = []
+    for image in item.images:
+        mark = image.get("moderation")
+        images.append(easel_pb2.Image(**{k: v for k, v in image.items() if k != "moderation"}))
+        if mark is not None:
+            images[-1].moderation.CopyFrom(moderation(mark))
+    return result(item.seed, images, item.model, item.experiment, item.steps_skipped, item.prompt_tokens_dropped)
 
 
 def vectorize_reply(result) -> easel_pb2.VectorizeReply:

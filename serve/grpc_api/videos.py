@@ -1,6 +1,6 @@
 """The video job's messages: a ``VideoRequest`` as the HTTP API's, OpenAI's video object as a ``Video``.
 
-The calls themselves are :class:`serve.video_routes.VideoCalls`' (they hand them to the same serving class as HTTP).
+The calls themselves are :class:`serve.grpc_api.servicer.Servicer`'s (they hand them to the same serving class as HTTP).
 """
 
 from __future__ import annotations

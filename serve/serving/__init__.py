@@ -1,6 +1,6 @@
 """The Gateway's plain serving classes, one per concern, each built once and testable without Ray.
 
-vLLM's ``serving_*`` shape: the ingress (:mod:`serve.app`) only routes HTTP and gRPC calls to them.
+vLLM's ``serving_*`` shape: the ingress (:mod:`serve.http.app`) only routes HTTP and gRPC calls to them.
 :mod:`~serve.serving.generations` answers generations (the result cache, the model's version kept loaded, the
 TextToImage deployment, SVG through the Vectorizer); :mod:`~serve.serving.jobs` queues them as background jobs and
 runs them; :mod:`~serve.serving.models` lists, adds, replaces and removes models; :mod:`~serve.serving.experiments`

@@ -1,9 +1,9 @@
 """Generations: a request admitted once (the model, or an experiment's variant, resolved and checked), then answered.
 
-Every door admits a generation by :meth:`Generations.admitted` as it prices it (:meth:`Generations.price`, called by
-the key check, :mod:`serve.access`, for a synchronous request and a background job's submission alike; a job is
-admitted again by :meth:`Generations.readmitted` as it runs): its model resolved once, every rule checked that can
-be without running (:meth:`serve.text_to_image.models.ServedModel.check`) and its cost counted on that model, before
+Every door admits a generation by :meth:`Generations.admitted` (in the admission step every route and RPC that runs
+work names, :class:`serve.serving.admission.Admission`, for a synchronous request and a job's submission alike; a
+job is admitted again by :meth:`Generations.readmitted` as it runs): its model resolved once, every rule checked that
+can be without running (:meth:`serve.text_to_image.models.ServedModel.check`) and its cost counted on that model, before
 any model loads. Every generation,
 synchronous or a job's, is then answered by :meth:`Generations.served_answer` (the result cache, the model's version
 kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams the same steps
@@ -28,17 +28,15 @@ from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
 from redis.exceptions import RedisError
 
-from serve import grpc_api, metrics
-from serve.access import Priced, may_see
+from serve import metrics
+from serve.access import may_see
 from serve.access.keys import ApiKey
-from serve.access.upscale_body import UpscaleBody
 from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
-from serve.grpc_api import easel_pb2
 from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
@@ -118,6 +116,21 @@ class Admitted:
     owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are
 
 
+@dataclass(frozen=True)
+class StreamedImages:
+    """A streamed generation's last item (:meth:`Generations.events`): its images, its seed, what served them.
+
+    Each image: ``data``, ``id``; an SVG's ``tier`` and ``ssim``; its ``moderation`` mark under a policy.
+    """
+
+    seed: int
+    images: list[dict]
+    model: str
+    experiment: str | None = None
+    steps_skipped: int | None = None
+    prompt_tokens_dropped: int | None = None
+
+
 class Generations:
     """Generations answered: the model resolved (an experiment's alias to its variant), kept loaded, run, cached."""
 
@@ -145,36 +158,20 @@ class Generations:
         self.cache = cache
         self.experiments = experiments
 
-    async def price(self, request: GenerationRequest | UpscaleBody | VideoRequest, key: ApiKey | None) -> Priced:
-        """What ``request`` costs ``key`` (the doors' one price): a generation's admission and its cost there.
-
-        The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
-        the replicas' admission counts too; its images' headers are read from :func:`serve.images.base64_bytes`
-        (decoded once in the process). An upscale route's request: its upscale's work
-        (:meth:`serve.serving.upscale.Upscaling.work`).
-        """
-        if isinstance(request, UpscaleBody):
-            return Priced((await asyncio.to_thread(self.upscaling.work, request)).cost)
-        if isinstance(request, VideoRequest):  # a video: the generation it runs as, on the model it names
-            model = self.models.now().resolve(request.model)
-            with input_reference_named():  # its image read as a still's (its header here)
-                admitted = await self.admitted(
-                    request.generation(model.name, model.native_size, model.folder.family), key
-                )
-            return Priced(admitted.cost, admitted)
-        admitted = await self.admitted(request, key)
-        return Priced(admitted.cost, admitted)
-
     def _pipeline(self, model: ServedModel) -> DeploymentHandle:
         """The ``TextToImage`` handle that routes to the replicas serving ``model``'s version."""
         return self.text_to_image.options(multiplexed_model_id=model.version_id)
 
-    async def _resolved(self, request: GenerationRequest) -> tuple[GenerationRequest, Assignment, ServedModel]:
+    async def _resolved(
+        self, request: GenerationRequest, model: ServedModel | None
+    ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its model serves it (an experiment's alias resolved to a variant), what chose it, the model.
 
         The name is resolved once (:meth:`~serve.text_to_image.models.ServedModels.resolve`): one that is neither a
-        served model nor an experiment is a 400 naming ``model``.
+        served model nor an experiment is a 400 naming ``model``. ``model``: resolved already (a video's).
         """
+        if model is not None:
+            return request, Assignment(model.name), model
         models = self.models.now()
         if request.model and request.model not in models:
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
@@ -198,19 +195,28 @@ class Generations:
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
         return Admitted(request, assignment, model, work.cost + faces, asked, plan, owner=owner)
 
-    async def admitted(self, request: GenerationRequest, key: ApiKey | None = None) -> Admitted:
+    async def admitted(
+        self, request: GenerationRequest, key: ApiKey | None = None, model: ServedModel | None = None
+    ) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
 
         Its adapters, sampler, size, images, ControlNets, step caching, cost and memory; an unknown adapter is a 400
         now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
-        missing one).
+        missing one). ``model``: the model it names, resolved already (a video's).
         """
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
-        assigned, assignment, model = await self._resolved(request)  # an experiment's alias: its variant from here on
+        assigned, assignment, model = await self._resolved(request, model)  # an alias: its variant from here on
         admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request, key and key.id)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(admitted, screening=screening)
+
+    async def video_admitted(self, request: VideoRequest, key: ApiKey | None) -> Admitted:
+        """A video admitted as the generation it runs as, on the model it names (resolved once, here)."""
+        model = self.models.now().resolve(request.model)
+        generation = request.generation(model.name, model.native_size, model.folder.family)
+        with input_reference_named():  # its image read as a still's (its header here)
+            return await self.admitted(generation, key, model)
 
     async def readmitted(
         self, request: GenerationRequest, assignment: Assignment | None, policy: Policy | None, owner: str | None
@@ -319,7 +325,7 @@ class Generations:
     ) -> EncodedImages:
         """``result`` with its images upscaled (and redrawn, a hires fix), their faces restored, as the request asks.
 
-        A hires fix's second pass is priced with the first, at the door (:meth:`price`; its replica admits it alone).
+        A hires fix's second pass is priced with the first, at the door (:meth:`admitted`; its replica admits it alone).
         """
         request = admitted.request
         if request.upscale is None and request.restore_faces is None:
@@ -375,8 +381,8 @@ class Generations:
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
 
-    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[easel_pb2.GenerateEvent]:
-        """The events of gRPC's ``Generate`` for ``key``: one ``progress`` per denoising step, then the images.
+    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[Progress | StreamedImages]:
+        """A generation streamed for ``key`` (gRPC's ``Generate``): one :class:`Progress` per step, then the images.
 
         No result cache: a cached answer has no steps to report.
         """
@@ -387,21 +393,22 @@ class Generations:
             stream = self._pipeline(served).options(stream=True).generate_stream
             async for item in stream.remote(request, plan, time.time(), cache_scope=scope):
                 if isinstance(item, Progress):
-                    yield grpc_api.progress(item.step, item.total)
+                    yield item
                     continue
                 item = await self._finished(served, admitted, item, scope)
                 item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if request.output_format == "svg":
                     tier = request.vectorize_tier or Tier.AUTO
-                    images = [grpc_api.svg_image(r) for r in await self._vectorize_all(item.images, tier)]
+                    traced = await self._vectorize_all(item.images, tier)
+                    images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
                 else:
-                    images = [easel_pb2.Image(data=image) for image in item.images]
+                    images = [{"data": image} for image in item.images]
                 ids = await self._image_ids(len(images), assignment, owner)
                 for image, image_id in zip(images, ids, strict=True):
-                    image.id = image_id
+                    image["id"] = image_id
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
-                    image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
-                yield grpc_api.result(
+                    image["moderation"] = mark  # as the HTTP answer's marks
+                yield StreamedImages(
                     item.seed,
                     images,
                     assignment.model,

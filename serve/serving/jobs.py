@@ -36,6 +36,11 @@ SUBMITTED_POLICY = "moderation_policy"
 """The stored request's entry of the moderation policy it was submitted under (its key's, else the stack's)."""
 
 
+def job_owner(key: ApiKey | None) -> Owner | None:
+    """Who a job submitted with ``key`` belongs to, with the key's cap on unfinished jobs."""
+    return None if key is None else Owner(key.id, key.limits.concurrent_jobs)
+
+
 def _sse(event: str, data: dict, seq: int | None = None) -> bytes:
     head = f"id: {seq}\n" if seq is not None else ""
     return f"{head}event: {event}\ndata: {json.dumps(data)}\n\n".encode()
@@ -63,8 +68,8 @@ class BackgroundJobs:
     async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[Job, bool]:
         """Queue ``admitted`` as ``owner``'s job, its images decoded; the job and whether it is new.
 
-        It was admitted as a synchronous request is (:meth:`Generations.price`): what a synchronous request is refused
-        for is a 400 now, never a 202 that fails later. Its seed is drawn now,
+        It was admitted as a synchronous request is (:meth:`Generations.admitted`): what a synchronous request is
+        refused for is a 400 now, never a 202 that fails later. Its seed is drawn now,
         so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns the same job for the same
         body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
         feedback can name the job.

@@ -12,11 +12,11 @@ import base64
 import io
 import time
 from collections.abc import Awaitable, Callable
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
-from serve.access.upscale_body import UpscaleBody, image_size
 from serve.errors import InvalidInput
 from serve.finishing.faces import MAX_FACES
 from serve.finishing.restorers import FACE_SIDE, restore_faces
@@ -34,6 +34,25 @@ Img2Img = Callable[[GenerationRequest], Awaitable[list[bytes]]]
 """A hires fix's second pass: the request (one upscaled input image) generated, its encoded images."""
 RESTORATION_MEGAPIXELS = MAX_FACES * FACE_SIDE * FACE_SIDE / 1e6
 """An image's face restoration, as the price counts it: a restorer pass for each face it may restore."""
+
+
+class UpscaleBody(NamedTuple):
+    """An upscale request as read (:func:`serve.http.bodies.read_upscale_request`): the image's bytes, the options."""
+
+    data: bytes
+    options: UpscaleOptions
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """The (width, height) an upscale's image header says (no pixel decoded); a 400 naming ``image`` if none."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception as error:  # noqa: BLE001 - whatever PIL raises for bytes that are no image
+        raise InvalidInput(f"image: not a readable image ({error})", "image") from error
+    if width * height > MAX_OUTPUT_PIXELS:
+        raise InvalidInput(f"image: {width}x{height} is over {MAX_OUTPUT_PIXELS} pixels", "image")
+    return width, height
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -103,7 +122,7 @@ class Upscaling:
         """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
 
         A face restoration's passes (:data:`RESTORATION_MEGAPIXELS`) are counted with the input's megapixels.
-        Read from the image's header (:func:`serve.access.upscale_body.image_size`): no pixel is decoded.
+        Read from the image's header (:func:`image_size`): no pixel is decoded.
         """
         _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
         width, height = image_size(body.data)

@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -37,16 +37,14 @@ from serve.processes.run_state import (
 )
 from serve.processes.signals import children_paused, stop_stack_processes
 from serve.settings import StackOptions
+from serve.stack.build_plan import Built, StartPlan
 from serve.stack.config import MODEL_DEPLOYMENTS, app_settings, largest_admitted_side, load_serve_config, triton_models
 from serve.stack.detached import FIRST_REQUEST, FirstRequest, StillStarting, send_first_requests, start_detached
 from serve.stack.ray_serve import RAY_ENV, deploy, is_loopback, sigterm_kept, start_ray, wait_until_ready
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
-from serve.text_to_image.models import ServedModels
+from serve.text_to_image.models import MODEL_TABLE, ServedModels
 from serve.triton.node import THIS_NODE
-from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.server import CONTROL_KEY_ENV, TritonServer
-from serve.vectorize.versions import VECTORIZE_TABLE, start_table
 
 __all__ = [  # the launcher's one door: what the CLI, the tests and the tooling take from serve.stack
     "FIRST_REQUEST",
@@ -56,6 +54,7 @@ __all__ = [  # the launcher's one door: what the CLI, the tests and the tooling 
     "OpenToTheNetwork",
     "Stack",
     "StackOptions",
+    "StartPlan",
     "StillStarting",
     "app_settings",
     "check_exposure",
@@ -69,8 +68,6 @@ __all__ = [  # the launcher's one door: what the CLI, the tests and the tooling 
 ]
 
 logger = logging.getLogger(__name__)
-
-PARKED_FILE = "parked-models.json"
 
 
 class OpenToTheNetwork(ValueError):
@@ -87,29 +84,6 @@ def check_exposure(options: StackOptions) -> None:
         f"--host {options.host} is reachable from other machines and there is no API key: "
         "create one with `easel keys create` (or pass --insecure to serve it open)"
     )
-
-
-@dataclass(frozen=True)
-class _Built:
-    """What a start built and installed, and the files the Serve app and Triton read it from."""
-
-    engine_dirs: dict[str, str]  # model name -> engine folder
-    upscalers_dir: Path | None
-    safety_checker_dir: Path | None
-    text_moderator_dir: Path | None
-    scorer_dir: Path | None
-    loras_dirs: dict[str, str]  # model name -> its LoRA registry folder
-    table: Path | None  # the model table (None on a cluster)
-    vectorize: bool
-    vectorize_table: Path | None
-    pools: dict
-    triton_models: list  # the specs of every Triton model served at start
-    parked: Path | None  # the models Triton leaves unloaded at start
-
-    def triton_models_of(self, served: ServedModels) -> list:
-        """The specs of every Triton model served now, with the models ``served`` (the table as changed since)."""
-        checks = (self.safety_checker_dir, self.text_moderator_dir, self.scorer_dir)
-        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, *checks)
 
 
 class Stack:
@@ -139,7 +113,10 @@ class Stack:
         check_exposure(opts)
         os.environ[STACK_ENV] = self.stack_id  # inherited by every process started from here on
         self._enter(BUILDING)
-        built = self._build()
+        built = StartPlan(opts).build()
+        self.engines, self.models = built.engines, built.served
+        self.safety_checker_dir, self.text_moderator_dir = built.safety_checker_dir, built.text_moderator_dir
+        self.memory_budget_bytes = built.memory_budget_bytes
         if opts.address is None:
             self._start_triton(built)
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
@@ -175,47 +152,7 @@ class Stack:
         self._enter(READY)
         return self.info
 
-    def _build(self) -> _Built:
-        """Build (or reuse) every engine, install what this start serves, and decide what Triton loads at start."""
-        from build_engines.moderation.text_moderator import build_text_moderator
-        from build_engines.scoring import build_scorer
-        from build_engines.vectorize.repository import install_vectorize
-
-        opts = self.options
-        on_this_machine = opts.address is None  # with --address, Triton runs on the cluster's model nodes
-        engine_dirs = self._build_models()
-        upscalers_dir = self._build_upscalers()
-        safety_checker_dir = self.safety_checker_dir = self._build_safety_checker()
-        text_moderator_dir = self.text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
-        scorer_dir = build_scorer(opts.scorers, opts.repository)
-        loras_dirs = self._install_loras(engine_dirs)
-        table = self._start_table(engine_dirs) if on_this_machine else None
-        served = ServedModels.open(
-            engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
-        )
-        self.models, self.engines = served, served.default.folder
-        self._install_kept(served, engine_dirs)
-        vectorize = install_vectorize(opts.repository)
-        vectorize_table = self._start_vectorize_table() if vectorize and on_this_machine else None
-        self.memory_budget_bytes = served.room_bytes + served.activation_bytes
-        return _Built(
-            engine_dirs=engine_dirs,
-            upscalers_dir=upscalers_dir,
-            safety_checker_dir=safety_checker_dir,
-            text_moderator_dir=text_moderator_dir,
-            scorer_dir=scorer_dir,
-            loras_dirs=loras_dirs,
-            table=table,
-            vectorize=vectorize,
-            vectorize_table=vectorize_table,
-            pools={"text_to_image": served.pool()},  # one activation pool for every model's engines
-            triton_models=triton_models(
-                served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir, text_moderator_dir, scorer_dir
-            ),
-            parked=self._park(served) if on_this_machine else None,
-        )
-
-    def _start_triton(self, built: _Built) -> None:
+    def _start_triton(self, built: Built) -> None:
         """Start this machine's Triton on what ``built`` installed, supervised; its control key to Ray's workers."""
         opts = self.options
         self._enter(STARTING_TRITON)
@@ -231,7 +168,7 @@ class Stack:
         self.supervisor.watch(self.triton.managed, self.triton.check)
         os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
 
-    def _serve_config(self, built: _Built, port: int, grpc_port: int, triton):
+    def _serve_config(self, built: Built, port: int, grpc_port: int, triton):
         """The Serve config of this start: its ports, and the app told where Triton and every built file are."""
         opts = self.options
         return load_serve_config(
@@ -267,113 +204,10 @@ class Stack:
     def __exit__(self, *_exc) -> None:
         self.stop()
 
-    def _start_table(self, engine_dirs: dict[str, str]) -> Path:
-        """Write the model table of this start: the last run's, the command line winning for the models it names.
-
-        The models the table serves that this start did not build (added, or replaced, through the API) are
-        installed in the repository again (:meth:`_install_kept`).
-        """
-        path = self.options.run_dir / MODEL_TABLE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        ModelTable.resumed(self._kept_table(), engine_dirs, named=bool(self.options.models)).write(path)
-        return path
-
-    def _kept_table(self) -> ModelTable | None:
-        """The model table the last run left, unless ``--reset-models`` (or a cluster: no table)."""
-        opts = self.options
-        return None if opts.reset_models or opts.address is not None else ModelTable.kept(opts.run_dir)
-
-    def _install_kept(self, served: ServedModels, engine_dirs: dict[str, str]) -> None:
-        """Install the served versions this start did not build (the API's, kept from the last run)."""
-        for model in served.versions():
-            if str(model.folder.path) != engine_dirs.get(model.name) or model.version > 1:
-                model.install(self.options.repository)
-
-    def _start_vectorize_table(self) -> Path:
-        """Write the vectorize versions of this start (:func:`start_table`: version 1 is the committed set)."""
-        from build_engines.vectorize.runtime import TRAINED_DIR
-
-        path = self.options.run_dir / VECTORIZE_TABLE
-        start_table(path, self.options.repository, TRAINED_DIR.resolve())
-        return path
-
     def _served_now(self) -> ServedModels:
         """The models served now: the table as ``easel models`` last changed it."""
         self.models = self.models.refreshed()
         return self.models
-
-    def _park(self, served: ServedModels) -> Path:
-        """Decide which models Triton loads at start (the pinned, then in order while their weights fit the room).
-
-        Writes the others' Triton models to the file the supervisor and the residency read; returns its path.
-        """
-        weights = {name: model.folder.weights_bytes for name, model in served.items()}
-        loaded = Residency(weights, served.room_bytes, frozenset(self.options.pin)).fill(served)
-        path = self.options.run_dir / PARKED_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        (self.options.run_dir / IN_FLIGHT_FILE).unlink(missing_ok=True)  # the last run's requests ended with it
-        write_parked(path, [t for name, model in served.items() if name not in loaded for t in model.triton_names()])
-        logger.info("models loaded at start: %s (weights room %.2f GiB)", ", ".join(loaded), served.room_bytes / 2**30)
-        return path
-
-    def _build_models(self) -> dict[str, str]:
-        """Build (or reuse) each model's engines and install them under its Triton names; name -> engine folder.
-
-        Each model is built with its own adapters and ControlNets, under the Triton names the start's table gives it;
-        the default model also with step caching, the tiny VAE decoder and the motion adapters.
-        """
-        from build_engines.text_to_image.adapters import AdapterBuild
-        from build_engines.text_to_image.build import build
-
-        opts = self.options
-        built, kept = {}, self._kept_table()
-        default_name = ModelTable.start_default(kept, list(opts.served), named=bool(opts.models))
-        for name, model_dir in opts.served.items():
-            default = name == default_name  # the table's default: its Triton models keep their bare names
-            adapters = AdapterBuild(lora=name in opts.loras_dir, ip_adapters=opts.ip_adapters.get(name, {}))
-            extras = {"adapters": adapters, "controlnets": opts.controlnets.get(name, {})}
-            if default:
-                extras |= {"step_cache": opts.step_cache, "vae_decoder": opts.vae_decoder_dir}
-                extras["motion_adapters"] = opts.motion_adapters
-            logger.info("model %s: %s", name, model_dir or "embedded")
-            how = {"runtime": opts.runtime, "precision": opts.precision, "device": opts.device}
-            folder = build(model_dir, opts.repository, prefix=ServedModels.prefix(name, default), **how, **extras)
-            built[name] = str(folder.path)
-        return built
-
-    def _build_upscalers(self) -> Path | None:
-        """Build (or reuse) the ``--upscaler`` and ``--face-restorer`` engines, install the ready ones; their folder."""
-        from build_engines.finishing.upscalers import build_upscalers
-
-        opts = self.options
-        return build_upscalers(opts.upscalers, opts.repository, restorers=opts.face_restorers)
-
-    def _build_safety_checker(self) -> Path | None:
-        """Build (or reuse) the image safety checker's engine and install it; its folder (None: no checker).
-
-        ``--safety-checker DIR``, else the default model's own (an SD 1.x folder with ``safety_checker/``).
-        """
-        from build_engines.moderation.safety_checker import build_safety_checker, has_safety_checker
-
-        opts = self.options
-        source = opts.safety_checker or (opts.model_dir if has_safety_checker(opts.model_dir) else None)
-        return build_safety_checker(source, opts.repository)
-
-    def _install_loras(self, engine_dirs: dict[str, str]) -> dict[str, str]:
-        """Prepare each ``--loras`` folder for its model in ``run/loras[-NAME]/``, linked into its engines; by model."""
-        from build_engines.text_to_image.build import default_model_dir
-        from build_engines.text_to_image.loras import build_registry, install_registry
-
-        opts = self.options
-        folders, default_name = {}, next(iter(opts.served))
-        for name, loras_dir in opts.loras_dir.items():
-            default = name == default_name
-            engines, model_dir = EngineFolder(engine_dirs[name]), opts.served[name] or default_model_dir()
-            registry = build_registry(loras_dir, engines, model_dir, opts.lora_resident, name, opts.lora_limits)
-            folder = opts.run_dir / ("loras" if default else f"loras-{name}")
-            install_registry(registry, folder, opts.repository, engines, model_dir, ServedModels.prefix(name, default))
-            folders[name] = str(folder)
-        return folders
 
     def _start_prometheus(self) -> None:
         """Start Prometheus on Triton's and Ray's metrics; a failure is logged, the stack serves on without it."""

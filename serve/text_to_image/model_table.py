@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from serve.cli_options import NAME, NAME_RULE
 from serve.errors import Conflict, NotFound
+from serve.names import NAME, NAME_RULE
 
 
 def check_name(name: str) -> str:

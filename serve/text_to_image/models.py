@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters, lora_rows
-from serve.cli_options import NAME, NAME_RULE
 from serve.errors import InvalidInput, NotFound
+from serve.names import NAME, NAME_RULE
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline

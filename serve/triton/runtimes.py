@@ -36,6 +36,7 @@ CPU_RUNTIMES = (Runtime.ONNXRUNTIME, Runtime.OPENVINO)
 GPU_RUNTIME = Runtime.TORCH
 DEVICES = ("auto", "cpu", "cuda")
 """Where a stack's engines run (``easel up --device``): ``auto`` is ``cuda`` where PyTorch sees a CUDA GPU."""
+DEFAULT_DEVICE = "auto"
 GPU_PRECISION = "fp16"
 """What ``--precision auto`` builds for the GPU."""
 

@@ -277,6 +277,28 @@ def test_a_key_s_cost_holds_whatever_the_body_s_encoding(api, keys):
     assert again.status_code == 429 and again.json()["error"]["param"] == "cost"
 
 
+def test_every_json_route_refuses_a_body_not_in_utf_8_with_a_400_naming_the_body(api, keys):
+    """One strict reader for every JSON body, whoever validates it (moderations, references, feedback took UTF-16)."""
+    store, _ = keys
+    _, admin = store.create("reader", {Scope.ADMIN}, KeyLimits())
+    document = api.get("/openapi.json", headers=_bearer(admin)).json()
+    body = json.dumps({"prompt": "a red heart icon", "input": "a red heart icon", "name": "x"})
+    as_json = _bearer(admin) | {"Content-Type": "application/json"}
+    asked = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            if "application/json" not in operation.get("requestBody", {}).get("content", {}):
+                continue
+            url = path.replace("{", "").replace("}", "")
+            for encoding in ("utf-16", "utf-32"):
+                refused = api.request(method, url, content=body.encode(encoding), headers=as_json)
+                assert refused.status_code == 400, (method, path, encoding, refused.text[:200])
+                error = refused.json()["error"]
+                assert error["param"] == "body" and "UTF-8" in error["message"], (method, path, error)
+            asked.append(path)
+    assert {"/v1/moderations", "/v1/references", "/v1/feedback", "/v1/models", GENERATE} <= set(asked)
+
+
 def test_listing_after_another_key_s_job_answers_as_for_an_id_that_does_not_exist(api, keys):
     store, _ = keys
     _, mine = store.create("lister", {Scope.JOBS}, KeyLimits())

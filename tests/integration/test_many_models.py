@@ -22,10 +22,10 @@ from ray import serve as ray_serve
 
 from build_engines.text_to_image.default_model import schedule_variant
 from loadtests.benchmarks.models import MixedLoad
-from serve import model_admin
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import API_KEY_ENV, KeyLimits
-from serve.cli import built_engines
+from serve.cli import admin as model_admin
+from serve.cli.main import built_engines
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.routes import Scope
 from serve.settings import DEFAULT_MODEL

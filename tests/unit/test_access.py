@@ -3,24 +3,27 @@
 import asyncio
 import base64
 import json
-from unittest.mock import patch
+from types import SimpleNamespace
 
 import httpx
 import pytest
+from starlette.requests import Request
 
-from serve.access import ACCESS, BODY, PRICED, Priced, body_priced, duration, ratelimit_headers, read_body
+from serve.access import duration, ratelimit_headers, request_caller
 from serve.access.keys import Bucket, Decision, KeyLimits
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import InvalidInput
 from serve.finishing.upscalers import UpscalerEntry, Upscalers
+from serve.http.admission import admit
+from serve.http.bodies import read_body
 from serve.routes import Scope, required_scope, route
+from serve.serving.admission import Admission
 from serve.serving.upscale import Upscaling
 from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
 from serve.text_to_image.admission import Work, upscale_work
 from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import GenerationRequest
-from serve.wire import read_json
 from tests.controls import b64, input_image
 
 
@@ -44,30 +47,48 @@ def test_an_operation_s_own_scope_comes_before_its_path_s():
     assert required_scope("/v1/experiments/ab", "TRACE") is None and required_scope("/v1/jobs", "TRACE") is None
 
 
-def _door_price(price):
-    """``price`` (a request's cost) as the key check's price."""
+class _Priced:
+    """Generations whose admission costs what ``price`` says (the real admission's cost rule, without Ray)."""
 
-    async def priced(request, key) -> Priced:
-        return Priced(price(request))
+    def __init__(self, price) -> None:
+        self.price = price
 
-    return priced
-
-
-def _charged(body, price) -> float:
-    """What the key check charges for a body read as ``body`` (its ``price``; 0 for a refusal, the handler's 400)."""
-    state = {BODY: body}
-    with patch.object(ACCESS, "price", _door_price(price)):
-        cost = asyncio.run(body_priced(state, None))
-    assert (PRICED in state) is not isinstance(body, InvalidInput)  # what pricing found is left for the handler
-    return cost
+    async def admitted(self, request, key) -> SimpleNamespace:
+        return SimpleNamespace(cost=self.price(request), request=request)
 
 
-def _read(raw: bytes) -> GenerationRequest | InvalidInput:
-    """A generation's body as the key check reads it: the request, or its refusal."""
+def _charged(path: str, raw: bytes, price, headers=((b"content-type", b"application/json"),), upscaling=None) -> float:
+    """What the door charges for ``raw`` sent to ``path``: read and admitted by the route's ``admit`` dependency.
+
+    0 for a body admission refuses as it reads it (its 400 comes first: nothing is admitted, nothing charged).
+    """
+    raw_sent = [False]
+
+    async def receive() -> dict:
+        raw_sent[0] = True
+        return {"type": "http.request", "body": raw, "more_body": False}
+
+    gateway = SimpleNamespace(admission=Admission(_Priced(price), upscaling))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": list(headers),
+        "app": SimpleNamespace(state=SimpleNamespace(gateway=gateway)),
+        "route": SimpleNamespace(path=path),
+    }
+    request = Request(scope, receive)
     try:
-        return read_json(GenerationRequest, raw, "application/json")
-    except InvalidInput as refusal:
-        return refusal
+        asyncio.run(admit(request))
+    except InvalidInput:
+        assert raw_sent[0] and request_caller(request).cost == 0.0  # read, refused, not charged
+        return 0.0
+    return request_caller(request).cost
+
+
+def _json(raw: bytes, price) -> float:
+    """What a generation's JSON body is charged."""
+    return _charged("/v1/images/generations", raw, price)
 
 
 @pytest.fixture(scope="module")
@@ -78,20 +99,20 @@ def price(engine_dir):
 
 
 def test_a_generation_costs_images_times_megapixels_times_engine_passes(price):
-    two = _read(b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}')
-    assert _charged(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
-    assert _charged(_read(b'{"prompt": "x"}'), price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
-    assert _charged(_read(b'{"prompt": 3'), price) == 0.0  # refused by the handler, with the reading's 400
+    two = b'{"prompt": "x", "n": 2, "num_inference_steps": 10, "size": "512x512"}'
+    assert _json(two, price) == pytest.approx(2 * 512 * 512 / 1e6 * (10 + 1))  # the steps, the VAE decode
+    assert _json(b'{"prompt": "x"}', price) == pytest.approx(64 * 64 / 1e6 * 21)  # defaults: native size
+    assert _json(b'{"prompt": 3', price) == 0.0  # refused as it is read, with its 400
 
 
 def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_controlnets_a_pass_each(price):
     image = b64(input_image(64, 128))  # 128 wide, 64 high: the output's size when no size is given
     megapixels = 128 * 64 / 1e6
     body = {"prompt": "x", "image": [image], "strength": 0.5, "num_inference_steps": 10, "n": 2}
-    assert _charged(_read(json.dumps(body).encode()), price) == pytest.approx(2 * megapixels * 7 + megapixels)
+    assert _json(json.dumps(body).encode(), price) == pytest.approx(2 * megapixels * 7 + megapixels)
     controlled = {"prompt": "x", "controlnets": [{"name": "a", "image": image}] * 2, "num_inference_steps": 10}
     expected = 64 * 64 / 1e6 * (10 * 3 + 1) + 2 * megapixels
-    assert _charged(_read(json.dumps(controlled).encode()), price) == pytest.approx(expected)
+    assert _json(json.dumps(controlled).encode(), price) == pytest.approx(expected)
     form = httpx.Request(
         "POST",
         "http://x/v1/images/edits",
@@ -99,23 +120,23 @@ def test_images_cost_the_steps_that_run_their_vae_passes_and_their_pixels_and_co
         data={"prompt": "x", "num_inference_steps": "10", "strength": "0.5"},
     )
     headers = [(name.lower(), value) for name, value in form.headers.raw]
-    scope = {"type": "http", "method": "POST", "path": "/v1/images/edits", "headers": headers}
-    assert _charged(_read_form(scope, form.read()), price) == pytest.approx(megapixels * 7 + megapixels)
-    assert _charged(_read_form(scope, b"not multipart"), price) == 0.0  # refused by the route, with its 400
+    edits = "/v1/images/edits"
+    assert _charged(edits, form.read(), price, headers) == pytest.approx(megapixels * 7 + megapixels)
+    assert _charged(edits, b"not multipart", price, headers) == 0.0  # refused as it is read, with its 400
 
 
 def test_a_generation_s_upscale_and_a_hires_fix_s_second_pass_are_in_the_one_price(price):
     first = 2 * 64 * 64 / 1e6 * (10 + 1)  # n 2, 10 steps at the native 64x64, the VAE decode
     upscaled = 2 * 128 * 128 / 1e6  # x2: a pass at the output's megapixels
     plain = {"prompt": "x", "n": 2, "num_inference_steps": 10, "upscale": {"upscaler": "u", "scale": 2}}
-    assert _charged(_read(json.dumps(plain).encode()), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
+    assert _json(json.dumps(plain).encode(), price) == pytest.approx(first + upscaled + 2 * 64 * 64 / 1e6)
     hires = plain | {"upscale": {"upscaler": "u", "scale": 2, "denoise": 0.5}}  # img2img of 5 steps at 128x128
     second = 2 * 128 * 128 / 1e6 * (5 + 1 + 1) + 2 * 128 * 128 / 1e6  # its steps, decode, encode; its input
-    assert _charged(_read(json.dumps(hires).encode()), price) == pytest.approx(first + second)
+    assert _json(json.dumps(hires).encode(), price) == pytest.approx(first + second)
     unscaled = plain | {"upscale": {"upscaler": "u", "denoise": 0.5}}  # priced at the largest scale, x4
     fourfold = 2 * 256 * 256 / 1e6 * (5 + 1 + 1) + 2 * 256 * 256 / 1e6
-    assert _charged(_read(json.dumps(unscaled).encode()), price) == pytest.approx(first + fourfold)
-    work = upscale_work(_read(json.dumps(hires).encode()), 64, 64)
+    assert _json(json.dumps(unscaled).encode(), price) == pytest.approx(first + fourfold)
+    work = upscale_work(GenerationRequest.model_validate(hires), 64, 64)
     assert Work(2, 10, 64, 64, upscale=work).pass_cost == pytest.approx(first)  # what a replica holds in flight
 
 
@@ -133,28 +154,33 @@ def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels()
     raw = json.dumps({"image": b64(input_image(30, 40)), "upscaler": "x4"}).encode()
     body = _read_upscale({**scope, "headers": [(b"content-type", b"application/json")]}, raw)
     assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # its own scale, x4
-    assert _charged(_read_upscale(scope, b"not multipart"), upscaling.work) == 0.0  # refused by the route
+    assert _charged("/v1/images/upscale", raw, None, upscaling=upscaling) == pytest.approx(160 * 120 / 1e6 + 0.0012)
+    assert _charged("/v1/images/upscale", b"not multipart", None, headers, upscaling) == 0.0  # refused as read
     with pytest.raises(InvalidInput) as refused:
         upscaling.work(body._replace(options=body.options.model_copy(update={"upscaler": "nope"})))
     assert refused.value.field == "upscaler"
 
 
-def _read_upscale(scope: dict, raw: bytes):
-    """An upscale request as the key check reads it: its image and options, or its refusal."""
+def _read(path: str, scope: dict, raw: bytes):
+    """A body as admission reads it (:func:`serve.http.bodies.read_body`): what it was read as, or its refusal."""
 
     async def receive() -> dict:
         return {"type": "http.request", "body": raw, "more_body": False}
 
-    return asyncio.run(read_body(route("post", "/v1/images/upscale"), scope, receive))
+    try:
+        return asyncio.run(read_body(route("post", path), Request(scope, receive)))
+    except InvalidInput as refusal:
+        return refusal
+
+
+def _read_upscale(scope: dict, raw: bytes):
+    """An upscale request as admission reads it: its image and options, or its refusal."""
+    return _read("/v1/images/upscale", scope, raw)
 
 
 def _read_form(scope: dict, raw: bytes) -> GenerationRequest | InvalidInput:
-    """An edit's multipart body as the key check reads it: the request, or its refusal."""
-
-    async def receive() -> dict:
-        return {"type": "http.request", "body": raw, "more_body": False}
-
-    return asyncio.run(read_body(route("post", "/v1/images/edits"), scope, receive))
+    """An edit's multipart body as admission reads it: the request, or its refusal."""
+    return _read("/v1/images/edits", scope, raw)
 
 
 def test_rate_limit_headers_are_openai_s():
@@ -191,12 +217,12 @@ def test_up_refuses_to_serve_open_off_loopback(tmp_path):
     ],
 )
 def test_a_refusal_names_the_limit_and_when_to_retry(refused_by, says):
-    from serve.access import _over_limit
+    from serve.access import over_limit
     from serve.access.keys import ApiKey
 
     limits = KeyLimits(requests_per_minute=6, cost_per_minute=2.0, requests_per_day=9, concurrent=1)
     key = ApiKey("abc", "n", frozenset({Scope.JOBS}), limits, 0.0)
-    error = _over_limit(key, Decision(False, refused_by=refused_by, retry_after_s=2.2), 3.5)
+    error = over_limit(key, Decision(False, refused_by=refused_by, retry_after_s=2.2), 3.5)
     assert error.status == 429 and error.field == refused_by and error.headers() == {"Retry-After": "3"}
     assert error.message == f"key abc is over its limit of {says}"
 
@@ -204,7 +230,7 @@ def test_a_refusal_names_the_limit_and_when_to_retry(refused_by, says):
 def test_keys_commands_create_list_and_revoke(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     store = f"sqlite:///{tmp_path / 'easel.db'}"
     runner = CliRunner()
@@ -226,7 +252,7 @@ def test_keys_commands_create_list_and_revoke(tmp_path):
 def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["up", "--host", "0.0.0.0", "--no-first-request"])
@@ -236,8 +262,8 @@ def test_up_off_loopback_without_a_key_is_a_one_line_error(tmp_path, monkeypatch
 def test_triton_ports_default_to_the_documented_ones_and_parse(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import main
-    from serve.cli_options import PORTS
+    from serve.cli.main import main
+    from serve.cli.options import PORTS
     from serve.processes.ports import TRITON_PORTS
 
     assert TRITON_PORTS == (8003, 8001, 8002) and PORTS.convert("0,0,0", None, None) == (0, 0, 0)
@@ -266,7 +292,6 @@ def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_rea
     store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
     _, key = store.create("one a minute", {Scope.GENERATE}, KeyLimits(requests_per_minute=1, cost_per_minute=1.0))
     monkeypatch.setattr(ACCESS, "store", store)
-    monkeypatch.setattr(ACCESS, "price", _door_price(price))
     monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
     body = json.dumps({"prompt": "a red heart icon", "size": "64x64", "num_inference_steps": 2}).encode()
 
@@ -281,7 +306,8 @@ def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_rea
         async def send(message: dict) -> None:
             sent.append(message)
 
-        async def app(scope, receive, send) -> None:
+        async def app(scope, receive, send) -> None:  # the route: its admission reads the body
+            await receive()
             await send({"type": "http.response.start", "status": 200, "headers": []})
             await send({"type": "http.response.body", "body": b"{}"})
 
@@ -292,3 +318,35 @@ def test_a_key_over_a_limit_that_needs_no_body_is_refused_before_its_body_is_rea
 
     assert call() == (200, 1)
     assert call() == (429, 0)  # its request limit: refused with nothing of the body read
+
+
+def test_the_key_check_reads_no_body_and_leaves_the_caller_for_admission(tmp_path, monkeypatch):
+    """With or without keys in the store, the middleware passes the body on unread; a keyed request's caller rides."""
+    from serve.access import ACCESS, CALLER, KeyCheck
+
+    store = SqliteKeyStore(f"sqlite:///{tmp_path / 'easel.db'}")
+    monkeypatch.setattr(ACCESS, "store", store)
+
+    def call(headers: list) -> tuple[int, object]:
+        reads, seen = [], []
+
+        async def receive() -> dict:
+            reads.append(1)
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def app(scope, receive, send) -> None:
+            seen.append(scope.get("state", {}).get(CALLER))
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"{}"})
+
+        scope = {"type": "http", "method": "POST", "path": "/v1/images/generations", "headers": headers}
+        asyncio.run(KeyCheck(app)(scope, receive, lambda message: asyncio.sleep(0)))
+        assert reads == []
+        return seen[0]
+
+    monkeypatch.setattr(ACCESS, "_active", (float("inf"), False))  # no key: the API is open
+    assert call([]) is None
+    _, key = store.create("k", {Scope.GENERATE}, KeyLimits(cost_per_minute=1.0))
+    monkeypatch.setattr(ACCESS, "_active", (float("inf"), True))
+    found = call([(b"authorization", f"Bearer {key}".encode())])
+    assert found.key.name == "k" and found.cost == 0.0 and found.refused_by is None

@@ -16,7 +16,7 @@ from pathlib import Path
 from serve.paths import PROJECT_ROOT
 
 PACKAGES = ("serve", "build_engines", "loadtests")
-ENTRY_POINTS = ("serve.cli", "serve.stack_cli", "serve.stack")
+ENTRY_POINTS = ("serve.cli", "serve.stack")
 """Serving code may not import build_engines; these entry points (they build, then serve) may."""
 TOOLING = "loadtests"
 """Load, soak, chaos and the benchmarks: they drive a stack from outside; only the CLI entry point reaches them."""
@@ -128,20 +128,20 @@ def test_serving_code_imports_nothing_from_build_engines():
 
 def tooling_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
     """Runtime modules (serve/ but the CLI entry point) and the tooling modules each imports."""
-    runtime = [m for m in graph if m.split(".")[0] == "serve" and m != "serve.cli"]
+    runtime = [m for m in graph if m.split(".")[0] == "serve" and not m.startswith(ENTRY_POINTS[0])]
     wrong = {m: sorted(t for t in graph[m] if t.split(".")[0] == TOOLING) for m in runtime}
     return {m: targets for m, targets in wrong.items() if targets}
 
 
 def test_runtime_code_imports_no_tooling():
     assert tooling_imports(import_graph()) == {}
-    assert tooling_imports({"serve.app": {"loadtests.soak"}, "serve.cli": {"loadtests.cli"}}) == {
-        "serve.app": ["loadtests.soak"]
+    assert tooling_imports({"serve.http.app": {"loadtests.soak"}, "serve.cli.tools": {"loadtests.soak"}}) == {
+        "serve.http.app": ["loadtests.soak"]
     }
 
 
 REPLICA_MODULES = {
-    "serve.app": ("diffusers", "transformers", "onnxruntime"),
+    "serve.gateway": ("diffusers", "transformers", "onnxruntime"),
     "serve.text_to_image.residency": ("diffusers", "transformers", "onnxruntime"),
     "serve.vectorize.deployment": ("torch", "diffusers", "transformers", "onnxruntime"),
 }
@@ -169,11 +169,52 @@ def test_every_room_has_a_floor_and_every_arrow_runs_down():
     assert dict(upward) == {}
 
 
+DOMAIN = ("text_to_image", "vectorize", "adapters", "finishing", "jobs", "experiments", "cache", "latent_cache")
+DOMAIN += ("serving",)
+"""The pipelines, their stores and the serving classes: what the key check (serve/access/) never reads or imports
+(admission parses domain bodies, :mod:`serve.serving.admission`; the key check knows keys, scopes and limits)."""
+
+
+def domain_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
+    """The modules of serve/access/ and the domain modules each imports."""
+    domain = tuple(f"serve.{room}" for room in DOMAIN)
+    access = [m for m in graph if m == "serve.access" or m.startswith("serve.access.")]
+    wrong = {m: sorted(t for t in graph[m] if t.startswith(domain)) for m in access}
+    return {m: targets for m, targets in wrong.items() if targets}
+
+
+def test_the_key_check_imports_no_domain_package():
+    assert domain_imports(import_graph()) == {}
+    assert domain_imports({"serve.access": {"serve.text_to_image.schema", "serve.errors"}}) == {
+        "serve.access": ["serve.text_to_image.schema"]
+    }
+
+
+def click_importers() -> list[str]:
+    """Runtime modules (serve/ but the CLI package) that import click, anywhere in the file."""
+    found = []
+    for name, path in _modules().items():
+        if name.split(".")[0] != "serve" or name.startswith(ENTRY_POINTS[0]):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n == "click" or n.startswith("click.") for n in names):
+                found.append(name)
+                break
+    return sorted(found)
+
+
+def test_no_runtime_module_imports_click():
+    """Only serve/cli/ spells a command line: the settings, the serving code and the stack know nothing of one."""
+    assert click_importers() == []
+
+
 def test_the_checks_see_a_circle_and_an_upward_arrow():
     """The rules above can fail: a made-up circle and a made-up upward arrow are found."""
     assert circles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
-    table = {"serve.errors": 1, "serve.app": 7}
-    assert floor_of("serve.errors", table) < floor_of("serve.app", table)
+    table = {"serve.errors": 1, "serve.http.app": 7}
+    assert floor_of("serve.errors", table) < floor_of("serve.http.app", table)
 
 
 def room_of(module: str, table: dict[str, int]) -> str | None:

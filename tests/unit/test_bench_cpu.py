@@ -5,7 +5,7 @@ import json
 from click.testing import CliRunner
 
 from loadtests.benchmarks.cpu_cells import COLUMNS, ROWS
-from serve.cli import main
+from serve.cli.main import main
 
 
 def test_the_cpu_bench_times_each_column_and_says_why_a_column_did_not_run(tmp_path, engine_dir, openvino_engine_dir):

@@ -8,9 +8,10 @@ import re
 import pytest
 
 from serve import errors
-from serve.app import GenerationHeaders, api
 from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
 from serve.errors import InvalidInput
+from serve.http.app import api
+from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
 from serve.routes import ROUTES, route
 from serve.text_to_image.schema import PROMPT_PATTERN, SIZE_PATTERN, GenerationRequest

@@ -7,9 +7,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from serve.cli.reference import DOCS, generated, served_app
 from serve.contract.examples import EXAMPLES
 from serve.paths import PROJECT_ROOT
-from serve.reference import DOCS, generated, served_app
 from serve.routes import ROUTES
 from tests.doc_blocks import RUN_ORDER, every_runnable_block, runnable_blocks
 
@@ -20,7 +20,7 @@ MARKDOWN = [README, *sorted(DOCS.rglob("*.md"))]
 
 @pytest.mark.parametrize("path", sorted(generated()), ids=lambda path: path.name)
 def test_each_generated_reference_is_what_its_generator_writes_now(path):
-    assert path.read_text() == generated()[path](), f"{path.name} is stale: run `python -m serve.reference`"
+    assert path.read_text() == generated()[path](), f"{path.name} is stale: run `python -m serve.cli.reference`"
 
 
 def test_every_route_has_a_request_and_an_answer_and_json_requests_fit_their_schema():

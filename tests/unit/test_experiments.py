@@ -218,7 +218,7 @@ def test_feedback_for_an_unknown_or_anothers_image_is_a_404_naming_the_id_and_a_
 def test_up_refuses_a_malformed_experiment_in_one_line_before_starting(tmp_path, monkeypatch, option, says):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     result = CliRunner().invoke(main, ["up", "--experiment", option, "--no-first-request"])

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from build_engines.text_to_image import build as build_module
 from build_engines.text_to_image.published import PUBLISHED_DIR, clip_bpe
-from serve.cli import main
+from serve.cli.main import main
 from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder

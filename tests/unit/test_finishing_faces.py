@@ -172,9 +172,8 @@ def test_a_request_names_the_field_for_an_unknown_restorer_or_a_weight_out_of_ra
 def test_restore_faces_is_priced_at_a_restorer_pass_per_face_it_may_restore():
     from PIL import Image
 
-    from serve.access.upscale_body import UpscaleBody
     from serve.finishing.upscalers import UpscalerEntry, Upscalers
-    from serve.serving.upscale import RESTORATION_MEGAPIXELS, Upscaling
+    from serve.serving.upscale import RESTORATION_MEGAPIXELS, UpscaleBody, Upscaling
     from tests.images import encode
 
     finishing = Upscalers(

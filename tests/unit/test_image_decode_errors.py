@@ -11,13 +11,13 @@ import base64
 
 import pytest
 
-from serve.access.upscale_body import image_size
 from serve.errors import EaselError
 from serve.images.raster import decode_image
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
 from serve.serving import upscale
 from serve.serving.moderation import Moderation
+from serve.serving.upscale import image_size
 from serve.text_to_image.images import decode_base64, decode_images, edit_mask, header_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize import deployment as vectorize_deployment
@@ -47,7 +47,7 @@ CALLERS = {
     "serve/text_to_image/images.py:header_size": (lambda: header_size(NOT_AN_IMAGE, "mask"), "mask"),
     "serve/text_to_image/images.py:edit_mask": (lambda: edit_mask(NOT_AN_IMAGE), "mask"),
     "serve/serving/upscale.py:decode": (lambda: upscale.decode(NOT_AN_IMAGE), "image"),
-    "serve/access/upscale_body.py:image_size": (lambda: image_size(NOT_AN_IMAGE), "image"),
+    "serve/serving/upscale.py:image_size": (lambda: image_size(NOT_AN_IMAGE), "image"),
     "serve/vectorize/deployment.py:_decode": (lambda: asyncio.run(vectorize_deployment._decode(NOT_AN_IMAGE)), "image"),
     "serve/serving/moderation.py:Moderation._images_checked": (_moderated, "input.1.image_url.image_url.url"),
 }

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from serve.app import AppArgs
+from serve.gateway import AppArgs
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
 from serve.stack import MODEL_DEPLOYMENTS, load_serve_config
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA, THIS_NODE

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from serve.cli import main
+from serve.cli.main import main
 from serve.observability.dashboards import DATASOURCE_UID, load_dashboards
 from serve.observability.grafana import GrafanaPushError, dashboard_body, datasource_body, push
 from serve.observability.prometheus import PROMETHEUS_CONFIG, render_config

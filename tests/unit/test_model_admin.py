@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from serve import model_admin
-from serve.cli import main
+from serve.cli import admin as model_admin
+from serve.cli.main import main
 
 HOSTILE = ["../experiments/victim", "a/b", "..", "a?b=1", "a%2Fb", "A", ""]
 

@@ -8,7 +8,7 @@ import click
 import pytest
 
 from build_engines.text_to_image.build import install
-from serve.cli_options import model_options, model_values
+from serve.cli.fields import model_options, model_values
 from serve.errors import EaselError, InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
@@ -359,8 +359,8 @@ def test_a_running_stack_installs_a_built_version_under_its_own_names_and_remove
 def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no_model(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from serve.cli import built_engines, main
-    from serve.model_admin import ChangeRefused
+    from serve.cli.admin import ChangeRefused
+    from serve.cli.main import built_engines, main
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path))
     for argv in (["add", f"x={tmp_path}"], ["replace", f"x={tmp_path}"], ["remove", "x"], ["list"]):
@@ -375,7 +375,7 @@ def test_easel_models_says_in_one_line_that_no_stack_runs_or_that_a_folder_is_no
 def test_easel_models_add_builds_the_model_with_its_own_ip_adapters_and_controlnets(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from serve import cli
+    from serve.cli import main as cli
 
     for folder in ("model", "face", "edges"):
         (tmp_path / folder).mkdir()
@@ -396,7 +396,7 @@ def test_easel_models_add_with_loras_builds_lora_ready_engines_and_sends_their_r
     from click.testing import CliRunner
 
     from build_engines.text_to_image import loras as loras_module
-    from serve import cli
+    from serve.cli import main as cli
 
     for folder in ("model", "loras"):
         (tmp_path / folder).mkdir()

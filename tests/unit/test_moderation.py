@@ -129,7 +129,7 @@ def test_a_key_s_own_policy_overrides_the_stack_s_and_an_unknown_one_is_refused_
 
 
 def test_keys_create_takes_a_moderation_policy_and_lists_it(tmp_path):
-    from serve.cli import main
+    from serve.cli.main import main
 
     store = f"sqlite:///{tmp_path / 'easel.db'}"
     runner = CliRunner()

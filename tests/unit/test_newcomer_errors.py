@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from serve.cli import main
+from serve.cli.main import main
 from serve.processes.ports import PortInUse, check_free, port_holder
 from serve.stack.status import NOT_RUNNING
 from serve.stores import StoreUnreachable, check_store

@@ -62,7 +62,7 @@ def test_an_unknown_or_impossible_choice_is_one_line_naming_the_allowed(runtime,
 
 @pytest.mark.parametrize(("flag", "value"), [("--runtime", "tensorrt"), ("--precision", "int4")])
 def test_build_refuses_an_unknown_value_naming_the_allowed_ones(flag, value):
-    from serve.cli import main
+    from serve.cli.main import main
 
     result = CliRunner().invoke(main, ["build", flag, value])
     assert result.exit_code == 2

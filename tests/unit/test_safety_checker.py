@@ -180,7 +180,8 @@ def test_the_benchmark_times_the_engine_and_writes_its_rows(exported, tmp_path):
 
 def test_the_stack_builds_the_checker_given_or_the_default_models_own(tmp_path, monkeypatch, checker_dir):
     """``--safety-checker DIR`` first; else a default model folder that ships one; else none (the embedded default)."""
-    from serve.stack import Stack, StackOptions
+    from serve.stack import StackOptions
+    from serve.stack.build_plan import StartPlan
 
     monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
     model_dir = tmp_path / "sd"
@@ -188,6 +189,6 @@ def test_the_stack_builds_the_checker_given_or_the_default_models_own(tmp_path, 
     cases = [({"safety_checker": checker_dir}, checker_dir), ({"models": {"sd": model_dir}}, model_dir), ({}, None)]
     for given, source in cases:
         options = StackOptions(run_dir=tmp_path / "run", **given)
-        built = Stack(options)._build_safety_checker()
+        built = StartPlan(options).safety_checker()
         assert (built is None) == (source is None)
         assert (options.repository / SAFETY_CHECKER / "config.pbtxt").is_file() == (source is not None)

@@ -12,10 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serve.access.keys import ApiKey, KeyLimits
-from serve.app import api
 from serve.errors import InvalidInput, NotFound
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Assignment, Experiments
+from serve.http.app import api
 from serve.jobs import open_job_store
 from serve.jobs.model import Owner
 from serve.priority import Priority
@@ -180,17 +180,17 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
 
     async def scenario():
         asked = GenerationRequest(prompt="a red fox", model="logo", seed=3)
-        priced = await generations.price(asked, None)  # as the key check prices it: resolved, checked, its cost
-        first = await generations.answer(priced.admitted, "alice", fresh=False)
-        again = await generations.answer(priced.admitted, "alice", fresh=False)
-        other = await generations.answer(priced.admitted, "bob", fresh=False)  # another key's cache: generated for it
+        admitted = await generations.admitted(asked, None)  # as admission admits it: resolved, checked, its cost
+        first = await generations.answer(admitted, "alice", fresh=False)
+        again = await generations.answer(admitted, "alice", fresh=False)
+        other = await generations.answer(admitted, "bob", fresh=False)  # another key's cache: generated for it
         with pytest.raises(InvalidInput) as refused:
-            await generations.price(GenerationRequest(prompt="x", model="nope"), None)
-        return priced, first, again, other, refused.value
+            await generations.admitted(GenerationRequest(prompt="x", model="nope"), None)
+        return admitted, first, again, other, refused.value
 
-    priced, first, again, other, refused = asyncio.run(scenario())
-    variant = models.now().resolve("b").work(priced.admitted.request).cost
-    assert priced.admitted.assignment == Assignment("b", "logo") and priced.cost == variant  # the drawn variant's
+    admitted, first, again, other, refused = asyncio.run(scenario())
+    variant = models.now().resolve("b").work(admitted.request).cost
+    assert admitted.assignment == Assignment("b", "logo") and admitted.cost == variant  # the drawn variant's
     assert first.headers["easel-model"] == "b" and first.headers["easel-experiment"] == "logo"
     assert [r.headers["easel-cache"] for r in (first, again, other)] == ["miss", "hit", "miss"]
     generated = [("begin", "b"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
@@ -225,9 +225,9 @@ def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_subm
     async def scenario():
         refusals = []
         for asked in (cached, sampled):
-            for background in (False, True):  # the key check prices (so admits) a job as its submission arrives
+            for background in (False, True):  # admission admits a job as its submission arrives
                 with pytest.raises(InvalidInput) as refused:
-                    await generations.price(asked.model_copy(update={"background": background}), None)
+                    await generations.admitted(asked.model_copy(update={"background": background}), None)
                 refusals.append(refused.value.field)
         return refusals
 
@@ -339,7 +339,7 @@ def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_ow
     flagging = ApiKey("k1", "app", frozenset({Scope.GENERATE}), KeyLimits(moderation=Policy.FLAG), time.time())
 
     async def answered(prompt: str, key: ApiKey | None):
-        admitted = (await generations.price(GenerationRequest(prompt=prompt, seed=3), key)).admitted
+        admitted = await generations.admitted(GenerationRequest(prompt=prompt, seed=3), key)
         response = await generations.answer(admitted, "alice", fresh=False)
         return response.headers.get("easel-cache"), json.loads(response.body)["data"][0].get("moderation")
 
@@ -379,7 +379,7 @@ def test_under_block_a_flagged_image_is_blacked_out_before_it_is_traced_to_svg(e
 
     async def scenario():
         asked = GenerationRequest(prompt="a red fox", seed=3, output_format="svg")
-        return await generations.answer((await generations.price(asked, None)).admitted, None, fresh=False)
+        return await generations.answer(await generations.admitted(asked, None), None, fresh=False)
 
     answer = json.loads(asyncio.run(scenario()).body)["data"][0]
     [(traced, _)] = vectorizer.received

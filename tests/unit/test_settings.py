@@ -6,12 +6,13 @@ import sys
 import click
 import pytest
 
-from serve.app import AppArgs
-from serve.cli_options import PORTS, SIZE, cli_fields, model_values
+from serve.cli.fields import cli_fields, model_values
+from serve.cli.options import PORTS, SIZE
+from serve.cli.stack import up
+from serve.gateway import AppArgs
 from serve.paths import PROJECT_ROOT
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
 from serve.settings import AppSettings, StackOptions
-from serve.stack_cli import up
 from serve.stores import default_url
 
 
@@ -87,7 +88,7 @@ def test_the_store_defaults_to_the_run_folder_s_file(tmp_path):
 
 
 def test_easel_help_imports_neither_torch_nor_ray():
-    code = "import sys; from serve.cli import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
+    code = "import sys; from serve.cli.main import main; print(sorted({'torch', 'ray'} & set(sys.modules)))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True)
     assert result.stdout.strip() == "[]"
 
@@ -160,7 +161,7 @@ def test_the_stack_builds_each_model_with_its_own_adapters(tmp_path, monkeypatch
 
     from build_engines.text_to_image import build as build_module
     from build_engines.text_to_image.adapters import AdapterBuild
-    from serve.stack import Stack
+    from serve.stack import StartPlan
 
     for folder in ("sd", "xl", "loras", "face", "edges"):
         (tmp_path / folder).mkdir()
@@ -179,7 +180,7 @@ def test_the_stack_builds_each_model_with_its_own_adapters(tmp_path, monkeypatch
         controlnets={"edges": tmp_path / "edges"},
         step_cache=True,
     )
-    assert Stack(options)._build_models() == {"sd": str(tmp_path / "engines-"), "xl": str(tmp_path / "engines-xl.")}
+    assert StartPlan(options).models() == {"sd": str(tmp_path / "engines-"), "xl": str(tmp_path / "engines-xl.")}
     assert built[""]["adapters"] == AdapterBuild() and built[""]["controlnets"] == {"edges": tmp_path / "edges"}
     assert built["xl."]["adapters"] == AdapterBuild(lora=True, ip_adapters={"face": tmp_path / "face"})
     assert built["xl."]["controlnets"] == {} and built[""]["step_cache"] and "step_cache" not in built["xl."]

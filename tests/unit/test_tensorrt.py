@@ -60,7 +60,7 @@ def test_the_plan_cache_key_follows_weights_profile_gpu_and_version(tmp_path):
 def test_without_tensorrt_the_build_says_what_it_needs(tmp_path):
     from click.testing import CliRunner
 
-    from serve.cli import main
+    from serve.cli.main import main
 
     result = CliRunner().invoke(main, ["build", "--backend", "tensorrt", "--repository", str(tmp_path)])
     assert result.exit_code == 1 and "needs TensorRT and an NVIDIA GPU" in result.output

@@ -9,7 +9,7 @@ import pytest
 from serve.errors import InvalidInput
 from serve.routes import BODY_LIMITS
 from serve.text_to_image.schema import GenerationRequest
-from serve.wire import BodyLimits, ShapedProxyErrors, proxy_middlewares, read_json
+from serve.wire import MAX_JSON_DEPTH, BodyLimits, ShapedProxyErrors, proxy_middlewares, read_json, read_json_value
 
 
 def _run(app) -> tuple[int, dict, bytes]:
@@ -139,6 +139,23 @@ def test_json_in_any_encoding_but_utf_8_is_a_400_naming_body_and_the_encoding(en
         read_json(GenerationRequest, BODY.encode(encoding), "application/json")
     assert refused.value.field == "body" and "must be UTF-8 (RFC 8259)" in refused.value.message
     assert ("byte order mark" if encoding == "utf-8-sig" else encoding.upper()[:6]) in refused.value.message
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_the_reader_of_bodies_fastapi_validates_is_as_strict_and_bounds_the_nesting(encoding):
+    """:func:`read_json_value`, the same rules: UTF-8 only, JSON's media type, at most MAX_JSON_DEPTH levels."""
+    with pytest.raises(InvalidInput) as refused:
+        read_json_value(BODY.encode(encoding), "application/json")
+    assert refused.value.field == "body" and "must be UTF-8 (RFC 8259)" in refused.value.message
+    assert read_json_value(BODY.encode(), None) == json.loads(BODY)
+    nested = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH
+    assert read_json_value(nested.encode(), "application/json") == json.loads(nested)
+    with pytest.raises(InvalidInput) as refused:
+        read_json_value(("[" * 2 * MAX_JSON_DEPTH + "]" * 2 * MAX_JSON_DEPTH).encode(), "application/json")
+    assert refused.value.field == "body" and f"about {MAX_JSON_DEPTH} levels deep" in refused.value.message
+    with pytest.raises(InvalidInput) as refused:
+        read_json_value(BODY.encode(), "text/plain")
+    assert refused.value.field == "Content-Type"
 
 
 @pytest.mark.parametrize("content_type", ["application/json; charset=utf-16", "application/json; charset=latin-1"])

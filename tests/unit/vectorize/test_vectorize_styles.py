@@ -3,8 +3,8 @@
 import pytest
 from click.testing import CliRunner
 
-from build_engines.vectorize.cli import eval_vectorize
 from build_engines.vectorize.styles import BY_NAME, STYLES, Role, _spread, render_svg, styles_with
+from serve.cli.vectorize import eval_vectorize
 
 
 def test_reserved_sets_are_never_training_or_heldout_styles():

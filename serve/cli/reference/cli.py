@@ -1,6 +1,6 @@
 """docs/CLI.md: every ``easel`` command with its arguments and options, from the click commands themselves.
 
-``easel up``'s options are :class:`serve.settings.StackOptions`' fields (:func:`serve.cli_options.model_options`), so
+``easel up``'s options are :class:`serve.settings.StackOptions`' fields (:func:`serve.cli.fields.model_options`), so
 its table is the settings' too. Paths are shown relative to the checkout, and ``$EASEL_HOME`` and ``~`` as written,
 so the file is the same on every machine.
 """
@@ -12,12 +12,12 @@ from pathlib import Path
 
 import click
 
-from serve.cli_options import markdown_table
+from serve.cli.fields import markdown_table
 from serve.paths import PROJECT_ROOT, easel_home
 
 HEADER = """# CLI reference
 
-<!-- Generated from the `easel` command by `python -m serve.reference`: do not edit (a unit test compares). -->
+<!-- Generated from the `easel` command by `python -m serve.cli.reference`: do not edit (a unit test compares). -->
 
 Every command of `easel` and its options, as `easel COMMAND --help` prints them. The environment: `EASEL_HOME` (the
 engine cache and the run folder, default `~/.cache/easel`), `EASEL_API_KEY` (the key Easel's own clients send once

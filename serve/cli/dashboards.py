@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from serve.cli_options import FILE, one_line_errors
+from serve.cli.options import FILE, one_line_errors
 
 DEFAULT_PROMETHEUS = "http://127.0.0.1:9090"
 

@@ -1,7 +1,7 @@
 """The HTTP API's routes for knowing what is good: ``POST /v1/prompts/analyze`` and ``POST /v1/images/score``.
 
-:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.moderation_routes`'). The first hands its call to :class:`serve.serving.prompts.PromptAnalysis` (over
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.http.moderation`'). The first hands its call to :class:`serve.serving.prompts.PromptAnalysis` (over
 the Gateway's models and moderation), the second to :class:`serve.serving.scores.ImageScores` (over its
 ``TextToImage`` handle); their scopes and body limits are :mod:`serve.routes`'.
 """

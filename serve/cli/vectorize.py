@@ -9,7 +9,7 @@ import click
 
 from build_engines.vectorize.runtime import TRAINED_DIR
 from build_engines.vectorize.styles import BY_NAME, Role, prepare, style_images, styles_with
-from serve.cli_options import EXISTING_FOLDER, FOLDER
+from serve.cli.options import EXISTING_FOLDER, FOLDER
 
 
 @click.command("vectorize")

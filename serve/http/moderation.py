@@ -1,7 +1,7 @@
 """The HTTP API's moderation route: ``POST /v1/moderations``, OpenAI's shape (``client.moderations.create``).
 
-:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.vectorize_routes`'). Each hands its call to the Gateway's :class:`serve.serving.moderation.Moderation`;
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.http.vectorize`'). Each hands its call to the Gateway's :class:`serve.serving.moderation.Moderation`;
 its scope and body limit are :mod:`serve.routes`'.
 """
 
@@ -15,7 +15,7 @@ from serve.serving.moderation import Moderation
 
 
 def moderation(http: Request) -> Moderation:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.moderation
 
 

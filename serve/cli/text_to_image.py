@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from build_engines.text_to_image.default_model import MODELS, TRAINED
-from serve.cli_options import EXISTING_FOLDER, FOLDER, one_line_errors
+from serve.cli.options import EXISTING_FOLDER, FOLDER, one_line_errors
 from serve.errors import UnsupportedModel
 from serve.paths import easel_home
 from serve.text_to_image.schema import SCHEDULER_NAMES

@@ -3,7 +3,7 @@
 Each is drawn from what runs, found by the names the project publishes rather than by file paths: the ``easel``
 command is ``pyproject.toml``'s console script, the API the application the Serve config imports
 (``deployments/serve_config.yaml``' ``import_path``), the routes :data:`serve.routes.ROUTES` with
-:data:`serve.errors.WIRE`, the picture docs/ARCHITECTURE.md's diagram and floor table. ``python -m serve.reference``
+:data:`serve.errors.WIRE`, the picture docs/ARCHITECTURE.md's diagram and floor table. ``python -m serve.cli.reference``
 writes them; ``--check`` says which are stale (a unit test runs the same comparison).
 """
 
@@ -42,9 +42,9 @@ def served_app():
 
 def generated() -> dict[Path, Callable[[], str]]:
     """Each generated file and what writes its text."""
-    from serve.reference.api import api_reference
-    from serve.reference.cli import cli_reference
-    from serve.reference.picture import architecture_svg
+    from serve.cli.reference.api import api_reference
+    from serve.cli.reference.cli import cli_reference
+    from serve.cli.reference.picture import architecture_svg
 
     return {
         DOCS / "API.md": lambda: api_reference(served_app().openapi()),

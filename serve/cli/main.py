@@ -1,6 +1,6 @@
 """``easel``: build engines and change the running stack's models; every other group lives beside its code.
 
-Parses and wires only. ``easel up`` and ``down`` are :mod:`serve.stack_cli`; ``easel models`` is here because it
+Parses and wires only. ``easel up`` and ``down`` are :mod:`serve.cli.stack`; ``easel models`` is here because it
 builds, which only an entry point may.
 """
 
@@ -12,7 +12,24 @@ from pathlib import Path
 
 import click
 
-from build_engines.text_to_image.cli import (
+from build_engines.text_to_image.published import PUBLISHED
+from serve.cli import admin as model_admin
+from serve.cli.contract import contract
+from serve.cli.dashboards import dashboards
+from serve.cli.fields import mapping_of_pairs, model_options
+from serve.cli.keys import keys
+from serve.cli.options import (
+    EXISTING_FOLDER,
+    FOLDER,
+    MODEL_OPTION,
+    NAMED_FOLDER,
+    ModelFolder,
+    ModelName,
+    check_model,
+    one_line_errors,
+)
+from serve.cli.stack import down, status, up
+from serve.cli.text_to_image import (
     embedded_option,
     eval_generate,
     random_controlnet,
@@ -20,25 +37,10 @@ from build_engines.text_to_image.cli import (
     train_default,
     train_lcm,
 )
-from build_engines.text_to_image.published import PUBLISHED
-from build_engines.vectorize.cli import eval_vectorize, train_vectorize
-from loadtests.cli import bench, chaos, contract, loadtest, soak
-from serve import model_admin
-from serve.access.cli import keys
-from serve.cli_options import (
-    EXISTING_FOLDER,
-    FOLDER,
-    NAMED_FOLDER,
-    ModelFolder,
-    ModelName,
-    mapping_of_pairs,
-    model_options,
-    one_line_errors,
-)
+from serve.cli.tools import bench, chaos, loadtest, soak
+from serve.cli.vectorize import eval_vectorize, train_vectorize
 from serve.errors import UnsupportedModel
-from serve.observability.cli import dashboards
-from serve.settings import MODEL_OPTION, StackOptions, check_model
-from serve.stack_cli import down, status, up
+from serve.settings import StackOptions
 from serve.triton.spec import Backend
 
 logger = logging.getLogger("easel")
@@ -101,28 +103,25 @@ def build(model_dir: Path | None, repository: Path | None, embedded: str, backen
     Each engine's runtime, precision and error against fp32 are printed.
     """
     from build_engines.tensorrt import TENSORRT_MISSING, tensorrt_available
-    from build_engines.text_to_image.build import build as build_engines
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.vectorize.repository import install_vectorize
     from serve.paths import live_repository
+    from serve.stack.build_plan import ModelBuild
+    from serve.triton.runtimes import UnknownChoice
 
     repository = repository or live_repository()
 
     check_model(model_dir)
     if backend == Backend.TENSORRT and not tensorrt_available():
         raise click.ClickException(TENSORRT_MISSING)
-    from serve.triton.runtimes import UnknownChoice
-
+    plan = ModelBuild(
+        model_dir or default_model_dir(embedded),
+        runtime=how["runtime"],
+        precision=how["precision"],
+        extras={"vae_decoder": how["vae_decoder_dir"]},
+    )
     with one_line_errors(UnknownChoice):
-        engines = build_engines(
-            model_dir or default_model_dir(embedded),
-            repository,
-            force,
-            Backend(backend),
-            runtime=how["runtime"],
-            precision=how["precision"],
-            vae_decoder=how["vae_decoder_dir"],
-        )
+        engines = plan.build(repository, force=force, backend=Backend(backend))
     install_vectorize(repository, backend=Backend(backend))
     click.echo(engines.runtimes_table())
     click.echo(f"engines: {engines.path}\nrepository: {repository}")
@@ -146,7 +145,7 @@ def random_model(name: str, out_dir: Path, without_t5: bool) -> None:
         raise click.UsageError(str(error)) from error
 
 
-# -- easel models: build here, then the running stack's admin routes (serve.model_admin) ---------------------------
+# -- easel models: build here, then the running stack's admin routes (serve.cli.admin) ---------------------------
 
 
 def built_engines(
@@ -157,12 +156,11 @@ def built_engines(
     ``ip_adapters``, ``controlnets``: NAME -> folder, built into the engines (as ``easel up`` builds a model's own);
     ``lora``: LoRA-ready engines.
     """
-    from build_engines.text_to_image.adapters import AdapterBuild
-    from build_engines.text_to_image.build import build
+    from serve.stack.build_plan import ModelBuild
 
-    adapters = AdapterBuild(lora=lora, ip_adapters=dict(ip_adapters or {}))
+    plan = ModelBuild(model_dir, lora=lora, ip_adapters=dict(ip_adapters or {}), controlnets=dict(controlnets or {}))
     with one_line_errors(UnsupportedModel):
-        return build(model_dir, repository=None, adapters=adapters, controlnets=controlnets).path
+        return plan.build(repository=None).path
 
 
 def _said(model: dict) -> str:

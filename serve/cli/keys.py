@@ -8,7 +8,8 @@ import click
 
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
-from serve.cli_options import field_type, one_line_errors
+from serve.cli.fields import field_type
+from serve.cli.options import one_line_errors
 from serve.moderation import Policy
 from serve.routes import Scope
 from serve.settings import StackOptions

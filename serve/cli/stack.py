@@ -16,9 +16,10 @@ import time
 import click
 from pydantic import ValidationError
 
-from serve.cli_options import model_options, model_values, one_line_errors
+from serve.cli.fields import model_options, model_values
+from serve.cli.options import check_model, one_line_errors
 from serve.errors import invalid_input
-from serve.settings import StackOptions, check_model
+from serve.settings import StackOptions
 from serve.stores import StoreUnreachable, StoreURLError, check_store, scheme
 
 

@@ -4,7 +4,7 @@
 hands it to the stack's admin route (``POST /v1/models``, ``PUT`` or ``DELETE /v1/models/{id}``), which installs it
 in Triton's repository, loads it and switches the model table (:mod:`serve.text_to_image.residency`). The stack is
 found through its run state, as ``easel down`` finds it; a key with scope ``admin`` goes in ``$EASEL_API_KEY``.
-A model's name is checked with the server's own rule (:data:`serve.cli_options.NAME`) before any call, and every
+A model's name is checked with the server's own rule (:data:`serve.cli.options.NAME`) before any call, and every
 part of a URL's path is quoted: no name reaches another resource.
 
 ``easel loras`` (here: it builds nothing) uploads a LoRA file to ``POST /v1/loras`` or ``PUT /v1/loras/{name}``,
@@ -27,7 +27,7 @@ import httpx
 
 from serve.access.keys import client_headers
 from serve.adapters.registry import NAME as LORA_NAME
-from serve.cli_options import NAME, NAME_RULE
+from serve.names import NAME, NAME_RULE
 from serve.processes.run_state import running_stack
 
 logger = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The HTTP API's adapter routes: LoRAs (``/v1/loras``) and stored IP-Adapter references (``/v1/references``).
 
-:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (after the generations;
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (after the generations;
 added one by one, not as an included router, whose lock Ray Serve could not pickle with the Gateway). Each hands its
 call to the Gateway's :class:`serve.serving.adapters.Adapters`; a route's docstring is its description in the
 document. Their scopes and body limits are :mod:`serve.routes`'.
@@ -23,7 +23,7 @@ VISIBILITY = f"^({PRIVATE}|{SHARED})$"
 
 
 def adapters(http: Request) -> Adapters:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.adapters
 
 

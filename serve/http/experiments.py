@@ -1,7 +1,7 @@
 """The HTTP API's feedback and experiment routes: ``/v1/feedback``, ``/v1/experiments``.
 
-:data:`ROUTES`: the routes :mod:`serve.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.adapter_routes`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.http.adapters`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
 Gateway). Each hands its call to the Gateway's :class:`serve.serving.experiments.ExperimentsAndFeedback`; a route's
 docstring is its description in the document. Their scopes and body limits are :mod:`serve.routes`'.
 """
@@ -18,7 +18,7 @@ from serve.serving.experiments import ExperimentsAndFeedback
 
 
 def experiments(http: Request) -> ExperimentsAndFeedback:
-    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.app.serving`)."""
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
     return http.app.state.gateway.experiments
 
 

@@ -1,0 +1,237 @@
+"""The Gateway: the one ingress deployment, in front of the pipeline deployments, and the Serve app's builder.
+
+It builds the plain serving classes (:mod:`serve.serving`) once per replica and hands them both transports: the HTTP
+app (:mod:`serve.http.app`, its routes reaching them through the app's state) and the gRPC servicer
+(:mod:`serve.grpc_api.servicer`, each RPC a method of this class by its name, as Ray Serve's gRPC proxy calls it).
+No ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.
+"""
+
+from contextlib import aclosing
+
+from fastapi import FastAPI
+from pydantic import Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve.access import open_access
+from serve.adapters.requests import StackAdapters
+from serve.cache import DEFAULT_CACHE_BYTES, open_cache
+from serve.experiments import open_experiment_store
+from serve.experiments.policy import ExperimentSpec
+from serve.experiments.traffic import Experiments
+from serve.finishing.upscalers import Upscalers
+from serve.grpc_api.servicer import Servicer
+from serve.http.app import api
+from serve.jobs import open_job_store
+from serve.moderation.images import ImageChecker
+from serve.moderation.text import Blocklist
+from serve.moderation.text_model import TextModerator
+from serve.serving.adapters import Adapters
+from serve.serving.admission import Admission
+from serve.serving.current_models import CurrentModels
+from serve.serving.experiments import ExperimentsAndFeedback
+from serve.serving.generations import Generations
+from serve.serving.health import Health
+from serve.serving.jobs import BackgroundJobs
+from serve.serving.models import ModelAdmin
+from serve.serving.moderation import Moderation
+from serve.serving.upscale import Upscaling
+from serve.serving.vectorize import Vectorizing
+from serve.serving.videos import Videos
+from serve.settings import AppSettings
+from serve.stores import default_url
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.models import ServedModels
+from serve.vectorize.deployment import Vectorizer
+from serve.vectorize.recording import Recording
+from serve.vectorize.versions import TableReader
+
+
+class AppArgs(AppSettings):
+    """Arguments of the Easel Serve application (``args:`` in the Serve config); its budgets and store: the base's."""
+
+    models: dict[str, str] = Field(
+        min_length=1,
+        description="The models served: NAME -> engine folder from `easel build` (tokenizer, scheduler, "
+        "pipeline.json), installed in Triton's repository under the names `easel up` gives them; the first is the "
+        "default (its engines keep their bare names, e.g. `unet`; another's are `NAME.unet`).",
+    )
+    triton_grpc_url: str = Field(
+        description="host:port of Triton's gRPC endpoint, or `this-node`: each replica's own node's Triton (a cluster)."
+    )
+    loras_dir: dict[str, str] = Field(
+        {},
+        description="The LoRA registry folder (registry.json) `easel up --loras` wrote for each model with "
+        "LoRA-ready engines, by model name; a model not named takes no LoRAs.",
+    )
+    triton_http_url: str | None = Field(
+        None,
+        description="Triton's HTTP endpoint, for loading and unloading models (its control key in the workers' "
+        "environment); None: every model stays loaded.",
+    )
+    parked_path: str | None = Field(
+        None, description="The file naming the Triton models not loaded now, which Triton's supervisor reads."
+    )
+    model_table_path: str | None = Field(
+        None,
+        description="The file naming the models served now (`models.json`), which models added, replaced or removed "
+        "while the stack runs change; None: `models`, unchangeable.",
+    )
+    repository: str | None = Field(
+        None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
+    )
+    upscalers_dir: str | None = Field(
+        None,
+        description="The finishing engines' folder `easel up --upscaler` and `--face-restorer` built (upscalers.json, "
+        "restorers.json); None: none.",
+    )
+    vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
+    scorer_dir: str | None = Field(
+        None, description="The scorer's engine folder the stack built (serve.text_to_image.scores); None: no scores."
+    )
+    safety_checker_dir: str | None = Field(
+        None,
+        description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
+        "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
+    )
+    text_moderator_dir: str | None = Field(
+        None,
+        description="The text moderator's engine folder the stack built (its tokenizer and labels beside the engine; "
+        "serve.moderation.text_model.TextModerator.on_triton); None: prompts are checked by the blocklist alone.",
+    )
+
+
+@serve.deployment(name="Gateway")
+@serve.ingress()
+class Gateway:
+    """The ingress: builds the serving classes (serve/serving/) and hands them every HTTP route and gRPC method.
+
+    Every generation, synchronous or a job's, is admitted by :class:`Admission` and answered by
+    :class:`Generations`; each replica runs a job runner over the shared job store (:class:`BackgroundJobs`).
+    """
+
+    def __init__(
+        self,
+        text_to_image: DeploymentHandle,
+        vectorizer: DeploymentHandle,
+        residency: DeploymentHandle,
+        models: ServedModels,
+        store_url: str | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
+        experiments: dict[str, ExperimentSpec] | None = None,
+        share_caches: bool = False,
+        vectorize_table_path: str | None = None,
+        upscalers: Upscalers | None = None,
+        triton_grpc_url: str | None = None,
+        moderation: Moderation | None = None,
+        safety_checker_dir: str | None = None,
+        text_moderator_dir: str | None = None,
+    ) -> None:
+        store_url = store_url or default_url()
+        current = CurrentModels(models)
+        cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
+        vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
+        variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
+        traffic = Experiments(open_experiment_store(store_url), variants)
+        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
+            if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
+                traffic.define(name, spec)
+        self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
+        self.adapters = Adapters(current, text_to_image)
+        self.generations = Generations(
+            current,
+            text_to_image,
+            vectorizer,
+            residency,
+            cache,
+            traffic,
+            references=self.adapters.references,  # a generation naming a stored reference is checked against them
+            share_caches=share_caches,
+            upscaling=self.upscaling,
+            moderation=(moderation or Moderation()).checking(
+                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
+                TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
+            ),
+        )
+        self.moderation = self.generations.moderation
+        self.admission = Admission(self.generations, self.upscaling)  # every door's one admission
+        open_access(store_url)
+        self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
+        self.videos = Videos(self.jobs)
+        self.models = ModelAdmin(current, text_to_image, residency, traffic)
+        self.experiments = ExperimentsAndFeedback(traffic)
+        self.vectorizing = Vectorizing(vectorizer, residency, traffic)
+        self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
+        self.rpcs = Servicer(self.admission, self.generations, self.experiments, self.vectorizing, self.videos)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        """The HTTP app, its routes answered by this replica's serving classes."""
+        api.state.gateway = self
+        return api
+
+    # The gRPC methods (easel.v1.Easel), each its servicer's: Ray Serve's gRPC proxy calls them by name.
+
+    async def Generate(self, message, grpc_context):  # noqa: N802 - the RPC's name
+        """``Generate``: its progress events, then its images (:meth:`Servicer.Generate`)."""
+        async with aclosing(self.rpcs.Generate(message, grpc_context)) as events:  # a client gone closes it all
+            async for event in events:
+                yield event
+
+    async def Feedback(self, message, grpc_context):  # noqa: N802
+        """``Feedback`` (:meth:`Servicer.Feedback`)."""
+        return await self.rpcs.Feedback(message, grpc_context)
+
+    async def Vectorize(self, message, grpc_context):  # noqa: N802
+        """``Vectorize`` (:meth:`Servicer.Vectorize`)."""
+        return await self.rpcs.Vectorize(message, grpc_context)
+
+    async def Analyze(self, message, grpc_context):  # noqa: N802
+        """``Analyze`` (:meth:`Servicer.Analyze`)."""
+        return await self.rpcs.Analyze(message, grpc_context)
+
+    async def CreateVideo(self, message, grpc_context):  # noqa: N802
+        """``CreateVideo`` (:meth:`Servicer.CreateVideo`)."""
+        return await self.rpcs.CreateVideo(message, grpc_context)
+
+    async def GetVideo(self, message, grpc_context):  # noqa: N802
+        """``GetVideo`` (:meth:`Servicer.GetVideo`)."""
+        return await self.rpcs.GetVideo(message, grpc_context)
+
+    async def GetVideoContent(self, message, grpc_context):  # noqa: N802
+        """``GetVideoContent`` (:meth:`Servicer.GetVideoContent`)."""
+        return await self.rpcs.GetVideoContent(message, grpc_context)
+
+    async def CancelVideo(self, message, grpc_context):  # noqa: N802
+        """``CancelVideo`` (:meth:`Servicer.CancelVideo`)."""
+        return await self.rpcs.CancelVideo(message, grpc_context)
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Typed Serve application builder (``serve.gateway:build_app``); a Gateway replica does not import the loop's."""
+    from serve.text_to_image.deployment import TextToImage
+    from serve.text_to_image.residency import ModelResidency
+
+    ip = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
+    adapters = {n: StackAdapters(args.loras_dir.get(n), ip[n], args.store, n, args.lora_limits) for n in args.models}
+    models = ServedModels.open(
+        args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
+    )
+    residency = ModelResidency.bind(
+        models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
+    )
+    return Gateway.bind(
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, args.scorer_dir),
+        Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
+        residency,
+        models,
+        args.store,
+        args.cache_bytes,
+        args.experiments,
+        args.share_caches,
+        args.vectorize_table_path,
+        Upscalers.read(args.upscalers_dir),
+        args.triton_grpc_url,
+        Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
+        args.safety_checker_dir,
+        args.text_moderator_dir,
+    )

@@ -1,0 +1,35 @@
+"""The HTTP door's admission, named in every handler that runs work: ``admitted: Annotated[..., Depends(admit)]``.
+
+:func:`admit` reads the route's body once (:func:`serve.http.bodies.read_body`), admits it and charges its cost to
+the caller's key (:meth:`serve.serving.admission.Admission.admit`), and hands the handler what was admitted: a
+generation's :class:`~serve.serving.generations.Admitted` (a video's too), an upscale's
+:class:`~serve.serving.admission.AdmittedUpscale`. The key check before it (:class:`serve.access.KeyCheck`) took the
+limits that need no body; nothing else reads a body for admission.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from serve.access import request_caller
+from serve.http.bodies import read_body
+from serve.routes import route
+from serve.serving.admission import AdmittedUpscale
+from serve.serving.generations import Admitted
+
+
+def serving(http: Request) -> Any:
+    """The Gateway replica that answers ``http``: its plain serving classes (:mod:`serve.serving`, set as it starts)."""
+    return http.app.state.gateway
+
+
+async def admit(http: Request) -> Admitted | AdmittedUpscale:
+    """The route's body read, admitted and charged to the caller's key: what the handler runs (400, 429 if not)."""
+    body = await read_body(route(http.method, http.scope["route"].path), http)
+    return await serving(http).admission.admit(body, request_caller(http))
+
+
+Admit = Annotated[Admitted, Depends(admit)]
+"""A generation's (or a video's) admission, as a handler's parameter."""
+AdmitUpscale = Annotated[AdmittedUpscale, Depends(admit)]
+"""An upscale's admission, as a handler's parameter."""

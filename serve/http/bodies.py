@@ -1,0 +1,82 @@
+"""The bodies admission reads, once (:func:`read_body`): a generation's, a video's and an upscale's, JSON or a form.
+
+JSON is read by the one strict reader (:func:`serve.wire.read_json`: UTF-8, its media type checked); the edits route's
+form by :func:`serve.text_to_image.edit_form.read_edit_form` (its text UTF-8 too), a video's form as the openai client
+sends it, the upscale route's JSON (``image`` base64) or form (``image`` a file part). Admission prices what was read
+(:mod:`serve.http.admission`); the handler runs it.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ValidationError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+
+from serve.errors import InvalidInput, invalid_input
+from serve.finishing.schema import UpscaleJson, UpscaleOptions
+from serve.images import base64_bytes
+from serve.routes import Route
+from serve.serving.upscale import UpscaleBody
+from serve.text_to_image.edit_form import read_edit_form
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.video import read_video_form
+from serve.wire import UTF8_NAMES, media_and_charset, read_json
+
+
+async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody:
+    """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or a 400.
+
+    JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
+    the upscale route's JSON or form (:func:`read_upscale_request`).
+    """
+    try:
+        if found.form == "edits":
+            return await _read_form(request)
+        if found.form == "upscale":
+            return await read_upscale_request(request)
+        content_type = request.headers.get("content-type")
+        if found.form == "video" and (content_type or "").lower().startswith("multipart/form-data"):
+            return await read_video_form(request)  # as the openai client sends it
+        return read_json(found.body, await request.body(), content_type)
+    except (StarletteHTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts)
+        detail = str(getattr(error, "detail", error))
+        field = "image" if "files" in detail else "body"
+        message = f"{field}: {detail} (the edits form: image, mask and the generation's fields)"
+        raise InvalidInput(message, field) from None
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        raise InvalidInput("body: the request ended before its body did", "body") from None
+    finally:
+        await request.close()  # a form's files
+
+
+async def _read_form(request: Request) -> GenerationRequest:
+    """The edits form's request; its text is UTF-8, as a JSON body's is (a ``charset`` other than that: 400)."""
+    charset = media_and_charset(request.headers.get("content-type", ""))[1]
+    if charset not in UTF8_NAMES:
+        raise InvalidInput(f"body: a form's text must be UTF-8; Content-Type says charset={charset}", "body")
+    return await read_edit_form(request)
+
+
+async def read_upscale_request(request: Request) -> UpscaleBody:
+    """The image bytes and options of an upscale request (multipart: an ``image`` file part; else JSON)."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        try:
+            form = await request.form(max_files=1, max_fields=len(UpscaleOptions.model_fields))
+        except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
+            raise InvalidInput(f"body: {error.detail} (one file part, 'image', and the options)", "body") from None
+        upload = form.get("image")
+        if not isinstance(upload, UploadFile):
+            raise InvalidInput("image: a multipart request needs a file part named 'image'", "image")
+        fields = {key: value for key, value in form.items() if key != "image"}
+        try:
+            return UpscaleBody(await upload.read(), UpscaleOptions.model_validate(fields))
+        except ValidationError as error:
+            raise invalid_input(error) from None
+    body = read_json(UpscaleJson, await request.body(), content_type or None)
+    try:
+        return UpscaleBody(base64_bytes(body.image), body)
+    except ValueError as error:  # binascii.Error, or characters outside ASCII
+        raise InvalidInput(f"image: not valid base64 ({error})", "image") from error

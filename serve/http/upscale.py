@@ -1,0 +1,35 @@
+"""The HTTP API's upscale routes: the stack's upscalers, and an image upscaled (``/v1/images/upscale``).
+
+The upscale names its admission (:data:`serve.http.admission.AdmitUpscale`): its JSON or form read once and priced by
+the work it runs, before the handler runs it on the Gateway's :class:`serve.serving.upscale.Upscaling`.
+"""
+
+from collections.abc import Callable
+
+from fastapi import Request
+
+from serve.access import caller
+from serve.http.admission import AdmitUpscale, serving
+from serve.moderation.policy import marked
+
+
+async def upscalers_listed(http: Request) -> dict:
+    """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
+    return serving(http).upscaling.listing()
+
+
+async def upscale(http: Request, admitted: AdmitUpscale) -> dict:
+    """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part).
+
+    Under a moderation policy its image is checked first (under block a flagged one is a 400 naming ``image``).
+    """
+    gateway, body = serving(http), admitted.body
+    screening = await gateway.moderation.screened_upload(body.data, caller(http))
+    return marked(await gateway.upscaling.upscale(*body), screening)
+
+
+ROUTES: tuple[tuple[str, str, Callable], ...] = (
+    ("GET", "/v1/upscalers", upscalers_listed),
+    ("POST", "/v1/images/upscale", upscale),
+)
+"""Method, path and handler of each route, in the OpenAPI document's order."""

@@ -1,0 +1,59 @@
+"""The HTTP API's video routes: OpenAI's videos API (``client.videos``); gRPC's are the servicer's.
+
+:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
+:mod:`serve.http.moderation`'). Each hands its call to the Gateway's :class:`serve.serving.videos.Videos`; the scope
+and body limit are :mod:`serve.routes`', a video's admission (its body read, admitted, charged) is named in ``create``.
+"""
+
+from collections.abc import Callable
+from typing import Annotated
+
+from fastapi import Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from serve.access import caller
+from serve.http.admission import Admit
+from serve.serving.jobs import job_owner
+from serve.serving.videos import Variant, Videos
+
+
+def videos(http: Request) -> Videos:
+    """The serving class of the Gateway replica that answers ``http`` (as :func:`serve.http.admission.serving`)."""
+    return http.app.state.gateway.videos
+
+
+async def create(
+    http: Request, admitted: Admit, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
+) -> JSONResponse:
+    """OpenAI's videos API: a video (AnimateDiff: the model's motion adapter) made as a background job.
+
+    JSON or a multipart form (as ``client.videos.create`` sends it): ``prompt``, ``model``, ``size``, ``seconds``, and
+    Easel's ``frames``, ``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``,
+    ``motion_adapter``; ``input_reference`` (image-to-video: a file, or base64 in JSON) with Easel's ``strength``.
+    Answers OpenAI's video object, ``queued``; its cost (frames x steps x megapixels) was taken.
+    """
+    return await videos(http).create(admitted, job_owner(caller(http)), idempotency_key)
+
+
+async def show(http: Request, video_id: str) -> dict:
+    """OpenAI's video object: ``status`` (queued, in_progress, completed, failed), progress, model, seconds, size."""
+    return await videos(http).show(caller(http), video_id)
+
+
+async def content(http: Request, video_id: str, variant: Variant = "video") -> Response:
+    """The completed video: an MP4 (H.264), or with ``variant=frames`` Easel's lossless frames (PNGs in a zip)."""
+    return await videos(http).content(caller(http), video_id, variant)
+
+
+async def cancel(http: Request, video_id: str) -> dict:
+    """Cancel a queued or running video (it stops at its next denoising step); 409 once it is over."""
+    return await videos(http).cancel(caller(http), video_id)
+
+
+ROUTES: tuple[tuple[str, str, Callable], ...] = (
+    ("POST", "/v1/videos", create),
+    ("GET", "/v1/videos/{video_id}", show),
+    ("GET", "/v1/videos/{video_id}/content", content),
+    ("DELETE", "/v1/videos/{video_id}", cancel),
+)
+"""Method, path and handler of each route, in the OpenAPI document's order."""

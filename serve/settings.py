@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 import click
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
@@ -44,6 +44,7 @@ from serve.moderation import Policy
 from serve.moderation.text import Blocklist
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.results.settings import ResultSettings
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.generation import StackDefaults
@@ -65,8 +66,8 @@ DEFAULT_MODEL = "easel-default"
 """The name the embedded default model is served under."""
 
 
-class AppSettings(BaseModel):
-    """What the Serve application is told besides where its engines and Triton are: its budgets and its store."""
+class AppSettings(ResultSettings):
+    """What the Serve application is told besides where its engines and Triton are: its budgets, its stores."""
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", SIZE)] = Field(
         None,
@@ -223,6 +224,9 @@ class AppArgs(AppSettings):
         "restorers.json); None: none.",
     )
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
+    url_secret_path: str | None = Field(
+        None, description="The stack's secret that signs image URLs, a file in the run folder; None: this process's."
+    )
     safety_checker_dir: str | None = Field(
         None,
         description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "

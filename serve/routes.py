@@ -117,6 +117,10 @@ ROUTES = (
     Route("get", "/v1/references", Scope.GENERATE),
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
+    Route("get", "/v1/images", Scope.GENERATE),
+    Route("get", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
+    Route("delete", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
+    Route("get", "/v1/images/{image_id}/content", None, (400, 403, 404)),  # its signature is the key
     Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/upscalers", Scope.GENERATE),
     Route(
@@ -155,8 +159,6 @@ ROUTES = (
 )
 """The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
 
-OPEN_PATHS = frozenset(route.path for route in ROUTES if route.scope is None)
-"""Paths that never ask for a key (health)."""
 BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_limit is not None}
 """Paths with a body limit of their own (a generation may carry input, control and reference images)."""
 PIPELINES = {route.path: route.pipeline for route in ROUTES}
@@ -179,6 +181,11 @@ def rpc_route(rpc: str) -> Route:
 
 
 _PATTERNS = {keyed: compile_path(keyed.path)[0] for keyed in ROUTES}
+
+
+def is_open(path: str) -> bool:
+    """Whether a request ``path`` is an open route's, which never asks for a key (health, an image's signed URL)."""
+    return any(_PATTERNS[open_route].match(path) for open_route in ROUTES if open_route.scope is None)
 
 
 def required_scope(path: str, method: str = "GET") -> Scope | None:

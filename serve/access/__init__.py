@@ -43,7 +43,7 @@ from serve.access.sqlite import SqliteKeyStore
 from serve.access.upscale_body import UpscaleBody, read_upscale_request
 from serve.errors import EaselError, Forbidden, InvalidInput, Overloaded, Unauthorized
 from serve.jobs.model import Owner
-from serve.routes import OPEN_PATHS, Route, Scope, required_scope, route, rpc_route
+from serve.routes import Route, Scope, is_open, required_scope, route, rpc_route
 from serve.stores import scheme
 from serve.text_to_image.edit_form import read_edit_form
 from serve.text_to_image.schema import GenerationRequest
@@ -325,7 +325,7 @@ class KeyCheck:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403/429 in the app's place."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})

@@ -40,6 +40,7 @@ from serve.grpc_api import easel_pb2
 from serve.http import adapters as adapter_routes
 from serve.http import experiments as experiment_routes
 from serve.http import moderation as moderation_routes
+from serve.http import results as result_routes
 from serve.http import vectorize as vectorize_routes
 from serve.http.videos import ROUTES as VIDEO_ROUTES
 from serve.http.videos import VideoCalls
@@ -49,6 +50,7 @@ from serve.moderation.images import ImageChecker
 from serve.moderation.policy import marked
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.results.settings import ResultSettings
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.adapters import Adapters
 from serve.serving.current_models import CurrentModels
@@ -59,6 +61,7 @@ from serve.serving.jobs import MAX_PAGE, BackgroundJobs
 from serve.serving.models import ModelAdmin
 from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import as_easel_error
+from serve.serving.results import Results
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.settings import AppArgs
@@ -255,7 +258,7 @@ async def _generation(http: Request, headers: GenerationHeaders) -> JSONResponse
     return await gateway.generations.answer(admitted, owner and owner.key_id, headers.fresh)
 
 
-for _method, _path, _handler in adapter_routes.ROUTES:  # /v1/loras, /v1/references, in the document's order
+for _method, _path, _handler in result_routes.ROUTES + adapter_routes.ROUTES:  # /v1/images, /v1/loras, /v1/references
     api.add_api_route(_path, _handler, methods=[_method])
 
 
@@ -389,6 +392,8 @@ class Gateway(VideoCalls):
         moderation: Moderation | None = None,
         safety_checker_dir: str | None = None,
         text_moderator_dir: str | None = None,
+        results: ResultSettings | None = None,
+        url_secret_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -415,6 +420,7 @@ class Gateway(VideoCalls):
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
                 TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
             ),
+            results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
         )
         self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
@@ -501,4 +507,6 @@ def build_app(args: AppArgs) -> serve.Application:
         Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
         args.safety_checker_dir,
         args.text_moderator_dir,
+        ResultSettings.model_validate(args.model_dump(include=set(ResultSettings.model_fields))),
+        args.url_secret_path,
     )

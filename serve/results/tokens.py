@@ -21,9 +21,8 @@ DEFAULT_URL_TTL_S = 3600
 """How long an image's URL works (OpenAI's last an hour too)."""
 
 
-def stack_secret(folder: Path) -> bytes:
-    """The stack's URL secret in ``folder`` (made there, 32 random bytes, mode 0600, the first time)."""
-    path = Path(folder) / SECRET_FILE
+def stack_secret(path: Path) -> bytes:
+    """The stack's URL secret in the file ``path``, its run folder's :data:`SECRET_FILE` (made once: 32 bytes, 0600)."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -202,13 +202,15 @@ class TextToImage:
         )
         for control in request.controlnets:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
-        raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
                 job = await self._job(request, served, cache_scope)
                 result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
             images = await asyncio.gather(
-                *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
+                *(
+                    asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
+                    for image in result.images
+                )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)

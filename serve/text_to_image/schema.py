@@ -20,7 +20,6 @@ from pydantic import (
     Strict,
     StrictBool,
     StrictInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,6 +31,7 @@ from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
+from serve.text_to_image.delivery import Delivery
 from serve.text_to_image.ip_scale import (
     MAX_IP_ADAPTERS,
     MAX_IP_SCALE,
@@ -40,7 +40,7 @@ from serve.text_to_image.ip_scale import (
     IpScale,
     IpScaleMap,
 )
-from serve.vectorize.schema import BASE64_PATTERN, Tier
+from serve.vectorize.schema import BASE64_PATTERN
 
 MAX_IMAGES = 4
 MIN_SIDE = 64
@@ -199,8 +199,11 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(BaseModel):
-    """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count."""
+class GenerationRequest(Delivery):
+    """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
+
+    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
 
@@ -217,7 +220,6 @@ class GenerationRequest(BaseModel):
         description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
         "default: the served model's native size (64x64 for the embedded default).",
     )
-    response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from.")
     num_inference_steps: StrictInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: Annotated[float, Strict()] = Field(
@@ -262,12 +264,6 @@ class GenerationRequest(BaseModel):
         "train lcm; its guidance is distilled in, so guidance_scale and negative_prompt are not used), else the "
         "model's UNet as loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep "
         "guidance_scale near 1).",
-    )
-    output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
-        "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
-    )
-    vectorize_tier: Tier | None = Field(
-        None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
     )
     background: StrictBool = Field(
         False,
@@ -414,13 +410,6 @@ class GenerationRequest(BaseModel):
     def _ip_fields_together(self) -> GenerationRequest:
         ip_scale.check_fields(self)
         return self
-
-    @field_validator("vectorize_tier")
-    @classmethod
-    def _tier_only_with_svg(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("output_format") != "svg":
-            raise ValueError("vectorize_tier is only accepted with output_format 'svg'")
-        return value
 
     @field_validator("size")
     @classmethod

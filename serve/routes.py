@@ -19,6 +19,7 @@ from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES
+from serve.results.rerun import RerunRequest
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
@@ -118,6 +119,7 @@ ROUTES = (
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/images", Scope.GENERATE),
+    Route("post", "/v1/images/rerun", Scope.GENERATE, (404,), pipeline=TEXT_TO_IMAGE, body=RerunRequest, costed=True),
     Route("get", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/images/{image_id}/content", None, (400, 403, 404)),  # its signature is the key

@@ -1,7 +1,8 @@
 """The public HTTP API: a FastAPI ingress deployment in front of the pipeline deployments, and the app builder.
 
 Every route hands its call to one of the Gateway's plain serving classes (:mod:`serve.serving`), and so does every
-gRPC method; the LoRA and stored-reference routes are :mod:`serve.http.adapters`', the feedback and experiment
+gRPC method; the image routes are :mod:`serve.http.results`', the LoRA and stored-reference routes
+:mod:`serve.http.adapters`', the feedback and experiment
 routes :mod:`serve.http.experiments`', the vectorize routes :mod:`serve.http.vectorize`', the moderations route
 :mod:`serve.http.moderation`' (each included in its place). No
 ``from __future__ import annotations`` here: Ray Serve reads the builder's ``AppArgs`` annotation at run time.

@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Query, Request
 from fastapi.responses import Response
 
-from serve.access import caller
+from serve.access import caller, request_body, request_priced
 from serve.serving.results import MAX_HISTORY_PAGE, Results
 
 
@@ -28,6 +28,17 @@ async def history(
     ``after``: the previous page's last id.
     """
     return await results(http).history(caller(http), after, limit)
+
+
+async def rerun(http: Request) -> dict:
+    """Make a kept image (``image_id``) again from its record, priced and admitted as the generation it reruns.
+
+    The same picture, bit for bit, where the engines are unchanged; ``changed`` names what differs (the model's or
+    a LoRA's content hash, Easel's version).
+    """
+    gateway, key, admitted = http.app.state.gateway, caller(http), request_priced(http).admitted
+    body, _ = await gateway.generations.served_answer(admitted, key and key.id)
+    return await results(http).rerun_answer(request_body(http), key, admitted.model, body)
 
 
 async def image(http: Request, image_id: str) -> Response:
@@ -47,6 +58,7 @@ async def signed_image(http: Request, image_id: str, expires: int, signature: st
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("GET", "/v1/images", history),
+    ("POST", "/v1/images/rerun", rerun),
     ("GET", "/v1/images/{image_id}", image),
     ("DELETE", "/v1/images/{image_id}", image_deleted),
     ("GET", "/v1/images/{image_id}/content", signed_image),

@@ -40,6 +40,7 @@ from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api import easel_pb2
 from serve.moderation import Policy, Screening
+from serve.results.rerun import RerunRequest
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.results import Results
@@ -131,7 +132,9 @@ class Generations:
         self.cache = cache
         self.experiments = experiments
 
-    async def price(self, request: GenerationRequest | UpscaleBody | VideoRequest, key: ApiKey | None) -> Priced:
+    async def price(
+        self, request: GenerationRequest | UpscaleBody | VideoRequest | RerunRequest, key: ApiKey | None
+    ) -> Priced:
         """What ``request`` costs ``key`` (the doors' one price): a generation's admission and its cost there.
 
         The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
@@ -148,6 +151,8 @@ class Generations:
                     request.generation(model.name, model.native_size, model.folder.family), key
                 )
             return Priced(admitted.cost, admitted)
+        if isinstance(request, RerunRequest):  # a kept image made again: the request its record holds
+            request = await self.results.rerun_request(request, key)
         admitted = await self.admitted(request, key)
         return Priced(admitted.cost, admitted)
 

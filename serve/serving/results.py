@@ -25,6 +25,7 @@ from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
 from serve.results import MEDIA_TYPES, ImageStore, StoredImage, open_image_store
 from serve.results.record import with_record
+from serve.results.rerun import RerunRequest
 from serve.results.settings import ResultSettings
 from serve.results.tokens import UrlSigner, stack_secret
 from serve.text_to_image.schema import GenerationRequest
@@ -32,6 +33,8 @@ from serve.text_to_image.schema import GenerationRequest
 logger = logging.getLogger(__name__)
 
 MAX_HISTORY_PAGE = 100
+INPUT_IMAGES = ("image", "mask", "ip_adapter_image", "controlnets")
+"""A stored request's fields that bring images (kept as hashes only)."""
 ANSWER_FIELDS = ("response_format", "background")
 """Request fields that shape how it is answered, not the image: not in its record (so an image's base64, its URL and
 its job's answer are one PNG, and a rerun from the record answers at once)."""
@@ -189,6 +192,41 @@ class Results:
         page = await asyncio.to_thread(self._store().page, owner_filter(key), after, limit + 1)
         data = [image.to_api() | {"url": self.url(image.id)} for image in page[:limit]]
         return {"object": "list", "data": data, "has_more": len(page) > limit}
+
+    async def rerun_request(self, rerun: RerunRequest, key: ApiKey | None) -> GenerationRequest:
+        """The request that made ``rerun``'s image (one of ``key``'s), answered as ``rerun`` asks.
+
+        404 naming ``image_id`` as :meth:`image`; 400 when it cannot be made again: kept without its record, or made
+        from input images (kept as hashes only).
+        """
+        image = await asyncio.to_thread(self._store().find, rerun.image_id, owner_filter(key))
+        stored = image.record.get("request")
+        if stored is None:
+            raise InvalidInput("image_id: kept without its record (metadata none): it cannot be made again", "image_id")
+        inputs = [name for name in INPUT_IMAGES if stored.get(name)] + ["ip_adapters"] * any(
+            choice["images"] for choice in stored.get("ip_adapters", [])
+        )
+        if inputs:
+            fields = ", ".join(sorted(set(inputs)))
+            raise InvalidInput(f"image_id: made from input images ({fields}), which are not kept", "image_id")
+        return GenerationRequest.model_validate(stored | {"response_format": rerun.response_format})
+
+    async def rerun_answer(self, rerun: RerunRequest, key: ApiKey | None, model, body: dict) -> dict:
+        """A rerun's answer: the image its record names (its place in the batch), and what changed since it was made.
+
+        ``changed``: the record's facts about the engines that differ now (the model's content hash, a LoRA's, Easel's
+        version); none: the image is the same, bit for bit.
+        """
+        image = await asyncio.to_thread(self._store().find, rerun.image_id, owner_filter(key))
+        then = image.record
+        loras = model.adapters.resolve(GenerationRequest.model_validate(then["request"]))
+        facts = {  # each: (then, now)
+            "model_hash": (then["model_hash"], model.key),
+            "loras": ([lora["hash"] for lora in then["loras"]], [content for content, _ in loras]),
+            "easel_version": (then["easel_version"], easel_version()),
+        }
+        changed = [name for name, (before, now) in facts.items() if before != now]
+        return body | {"data": [body["data"][then["index"]]], "rerun_of": image.id, "changed": changed}
 
     async def delete(self, key: ApiKey | None, image_id: str) -> dict:
         """Drop one of ``key``'s images (404 as :meth:`image`)."""

@@ -559,7 +559,7 @@ def test_a_url_answer_opens_without_a_key_is_the_base64_answer_s_png_and_only_it
 
 
 def test_a_png_carries_its_record_and_a_rerun_from_it_is_bit_identical(api, owners):
-    alice, _ = owners
+    alice, bob = owners
     answer = api.post(GENERATE, json=SMALL | {"seed": 12, "negative_prompt": "blurry"}, headers=_bearer(alice))
     assert answer.status_code == 200, answer.text
     png = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"])))
@@ -574,6 +574,13 @@ def test_a_png_carries_its_record_and_a_rerun_from_it_is_bit_identical(api, owne
     history = api.get("/v1/images", params={"limit": 2}, headers=_bearer(alice)).json()
     assert [item["id"] for item in history["data"]] == [rerun.json()["data"][0]["id"], answer.json()["data"][0]["id"]]
     assert history["data"][1]["record"] == record and history["has_more"]
+    image_id = answer.json()["data"][0]["id"]
+    again = api.post("/v1/images/rerun", json={"image_id": image_id}, headers=_bearer(alice))
+    assert again.status_code == 200, again.text
+    assert again.json()["changed"] == [] and again.json()["rerun_of"] == image_id
+    assert again.json()["data"][0]["b64_json"] == answer.json()["data"][0]["b64_json"]
+    others = api.post("/v1/images/rerun", json={"image_id": image_id}, headers=_bearer(bob))
+    assert others.status_code == 404 and others.json()["error"]["param"] == "image_id"
 
 
 def test_grpc_and_jobs_answer_urls_and_bad_delivery_fields_are_400s_naming_them(api, stack, owners):

@@ -168,3 +168,37 @@ def test_the_store_stays_under_its_bytes_bound_as_answers_are_kept_the_oldest_go
     ids = asyncio.run(scenario())
     kept = [item["id"] for item in asyncio.run(results.history(None, None, 100))["data"]][::-1]
     assert 0 < len(kept) < len(ids) and kept == ids[-len(kept) :]
+
+
+def test_a_rerun_is_priced_as_its_generation_and_refused_for_another_key_or_a_record_kept_without(engine_dir, tmp_path):
+    import asyncio
+
+    from serve.access.keys import ApiKey, KeyLimits
+    from serve.errors import InvalidInput, NotFound
+    from serve.results.rerun import RerunRequest
+    from serve.routes import Scope
+    from serve.text_to_image.schema import GenerationRequest
+
+    generations, results = _generations(engine_dir, tmp_path)
+    alice, bob = (ApiKey(name, name, {Scope.GENERATE}, KeyLimits(), 0.0) for name in ("alice", "bob"))
+
+    async def scenario():
+        first = await generations.price(GenerationRequest(prompt="a fox", seed=5, n=3), alice)
+        body, _ = await generations.served_answer(first.admitted, "alice")
+        plain = await generations.price(GenerationRequest(prompt="a fox", seed=1, metadata="none"), alice)
+        unrecorded, _ = await generations.served_answer(plain.admitted, "alice")
+        rerun = RerunRequest(image_id=body["data"][2]["id"], response_format="url")
+        again = await generations.price(rerun, alice)
+        answer, _ = await generations.served_answer(again.admitted, "alice")
+        answer = await results.rerun_answer(rerun, alice, again.admitted.model, answer)
+        refusals = []
+        for key, image_id in ((bob, rerun.image_id), (alice, unrecorded["data"][0]["id"])):
+            with pytest.raises((NotFound, InvalidInput)) as refused:
+                await generations.price(RerunRequest(image_id=image_id), key)
+            refusals.append(refused.value)
+        return first, again, answer, refusals
+
+    first, again, answer, refusals = asyncio.run(scenario())
+    assert again.cost == first.cost and again.admitted.request.n == 3 and again.admitted.request.seed == 5
+    assert answer["changed"] == [] and len(answer["data"]) == 1 and set(answer["data"][0]) == {"id", "url"}
+    assert [(r.status, r.field) for r in refusals] == [(404, "image_id"), (400, "image_id")]

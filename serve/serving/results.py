@@ -22,6 +22,7 @@ from PIL import Image
 
 from serve.access import owner_filter
 from serve.access.keys import ApiKey
+from serve.cache import IGNORED_FIELDS
 from serve.errors import InvalidInput
 from serve.results import MEDIA_TYPES, ImageStore, StoredImage, open_image_store
 from serve.results.record import with_record
@@ -35,9 +36,10 @@ logger = logging.getLogger(__name__)
 MAX_HISTORY_PAGE = 100
 INPUT_IMAGES = ("image", "mask", "ip_adapter_image", "controlnets")
 """A stored request's fields that bring images (kept as hashes only)."""
-ANSWER_FIELDS = ("response_format", "background")
-"""Request fields that shape how it is answered, not the image: not in its record (so an image's base64, its URL and
-its job's answer are one PNG, and a rerun from the record answers at once)."""
+ANSWER_FIELDS = ("response_format", *sorted(set(IGNORED_FIELDS) - {"model"}))
+"""Request fields that shape how it is answered, not the image (the result cache ignores them too; the model it names
+is the one that served): not in its record, so an image's base64, its URL and its job's answer are one PNG, and a
+rerun from the record answers at once."""
 
 
 def easel_version() -> str:

@@ -60,13 +60,14 @@ from serve.triton.runtimes import (
     RUNTIME_CHOICES,
     check_choice,
 )
+from serve.webhooks.settings import WebhookSettings
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 DEFAULT_MODEL = "easel-default"
 """The name the embedded default model is served under."""
 
 
-class AppSettings(ResultSettings):
+class AppSettings(WebhookSettings, ResultSettings):
     """What the Serve application is told besides where its engines and Triton are: its budgets, its stores."""
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", SIZE)] = Field(
@@ -226,6 +227,9 @@ class AppArgs(AppSettings):
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
     url_secret_path: str | None = Field(
         None, description="The stack's secret that signs image URLs, a file in the run folder; None: this process's."
+    )
+    webhook_secret_path: str | None = Field(
+        None, description="The stack's secret that signs job webhooks, a file in the run folder; None: no webhooks."
     )
     safety_checker_dir: str | None = Field(
         None,

@@ -37,6 +37,7 @@ from serve.cli.options import (
     one_line_errors,
 )
 from serve.cli.stack import down, up
+from serve.cli.webhooks import webhooks
 from serve.errors import UnsupportedModel
 from serve.settings import MODEL_OPTION, StackOptions, check_model
 from serve.triton.spec import Backend
@@ -44,7 +45,19 @@ from serve.triton.spec import Backend
 logger = logging.getLogger("easel")
 
 
-ELSEWHERE = [up, down, keys, model_admin.loras, model_admin.vectorize, dashboards, bench, loadtest, chaos, soak]
+ELSEWHERE = [
+    up,
+    down,
+    keys,
+    webhooks,
+    model_admin.loras,
+    model_admin.vectorize,
+    dashboards,
+    bench,
+    loadtest,
+    chaos,
+    soak,
+]
 """The command groups that live beside their code (the stack's, the admin routes', the tools')."""
 
 

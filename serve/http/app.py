@@ -72,6 +72,7 @@ from serve.text_to_image.models import ModelFolder, NewModel, ServedModels
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
+from serve.webhooks import WebhookSettings, sender_of
 from serve.wire import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -395,6 +396,8 @@ class Gateway(VideoCalls):
         text_moderator_dir: str | None = None,
         results: ResultSettings | None = None,
         url_secret_path: str | None = None,
+        webhooks: WebhookSettings | None = None,
+        webhook_secret_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -425,7 +428,9 @@ class Gateway(VideoCalls):
         )
         self.moderation = self.generations.moderation
         open_access(store_url, self.generations.price)  # the doors' one price: a generation's admission
-        self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
+        webhooks, job_store = webhooks or WebhookSettings(), open_job_store(store_url)
+        sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
+        self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic)
@@ -510,4 +515,6 @@ def build_app(args: AppArgs) -> serve.Application:
         args.text_moderator_dir,
         ResultSettings.model_validate(args.model_dump(include=set(ResultSettings.model_fields))),
         args.url_secret_path,
+        WebhookSettings.model_validate(args.model_dump(include=set(WebhookSettings.model_fields))),
+        args.webhook_secret_path,
     )

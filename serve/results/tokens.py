@@ -8,27 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import secrets
 import time
-from pathlib import Path
 
 from serve.errors import Forbidden
 
 SECRET_FILE = "url_secret"
-"""The secret's file in the run folder."""
+"""The secret's file in the run folder (:func:`serve.files.stack_secret` makes it)."""
 DEFAULT_URL_TTL_S = 3600
 """How long an image's URL works (OpenAI's last an hour too)."""
-
-
-def stack_secret(path: Path) -> bytes:
-    """The stack's URL secret in the file ``path``, its run folder's :data:`SECRET_FILE` (made once: 32 bytes, 0600)."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(handle, "wb") as file:
-            file.write(secrets.token_bytes(32))
-    return path.read_bytes()
 
 
 class UrlSigner:

@@ -24,11 +24,12 @@ from serve.access import owner_filter
 from serve.access.keys import ApiKey
 from serve.cache import IGNORED_FIELDS
 from serve.errors import InvalidInput
+from serve.files import stack_secret
 from serve.results import MEDIA_TYPES, ImageStore, StoredImage, open_image_store
 from serve.results.record import with_record
 from serve.results.rerun import RerunRequest
 from serve.results.settings import ResultSettings
-from serve.results.tokens import UrlSigner, stack_secret
+from serve.results.tokens import UrlSigner
 from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)

@@ -18,6 +18,7 @@ from serve.text_to_image.models import ServedModels
 from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
 from serve.vectorize.versions import VectorizeTable, version_specs
+from serve.webhooks.signing import SECRET_FILE as WEBHOOK_SECRET_FILE
 
 MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
 """The deployments that call Triton: on a cluster they run only on nodes with a Triton of their own."""
@@ -47,8 +48,8 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int, port: int) -> dic
     """What the Serve app is told of ``easel up``'s settings (the API on ``port``).
 
     Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget,
-    the store, the image store (the run folder's ``images/``) and the API's public address resolved. The room for
-    weights stays as given: None, every model's, grows with a model added.
+    the store, the image store (the run folder's ``images/``), the API's public address and the secrets' files
+    resolved. The room for weights stays as given: None, every model's, grows with a model added.
     """
     given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
     return given | {
@@ -57,6 +58,7 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int, port: int) -> dic
         "image_store": opts.image_store or str(opts.run_dir / "images"),
         "public_url": opts.public_url or f"http://{opts.host}:{port}",
         "url_secret_path": str(opts.run_dir / SECRET_FILE),
+        "webhook_secret_path": str(opts.run_dir / WEBHOOK_SECRET_FILE),
     }
 
 

@@ -51,6 +51,8 @@ MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
+MAX_WEBHOOK_CHARS = 2048
+WEBHOOK_PATTERN = r"^https?://\S+$"
 MAX_USER_CHARS = 256  # user: an end user's id, as OpenAI's clients send it (an experiment's assignment sticks to it)
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
@@ -102,10 +104,14 @@ DEPENDENT_FIELDS = [
         "if": {"required": ["scheduler"], "properties": {"scheduler": {"enum": list(FEW_STEP_SCHEDULERS)}}},
         "then": {"properties": {"num_inference_steps": {"maximum": MAX_FEW_STEPS}}},
     },
+    {
+        "if": {"required": ["webhook"], "properties": {"webhook": {"type": "string"}}},
+        "then": {"required": ["background"], "properties": {"background": {"const": True}}},
+    },
 ]
 """Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
 ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_reference (one of them, not both),
-a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps."""
+a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps, a webhook is a background job's."""
 
 
 class LoraChoice(BaseModel):
@@ -274,6 +280,14 @@ class GenerationRequest(Delivery):
         Priority.NORMAL,
         description="Under load, higher-priority generations start first and their denoising steps go first.",
     )
+    webhook: str | None = Field(
+        None,
+        max_length=MAX_WEBHOOK_CHARS,
+        pattern=WEBHOOK_PATTERN,
+        description="With background: an http(s) URL, on a host the stack allows (easel up --webhook-hosts), that "
+        "the job is POSTed to when it ends (succeeded, failed or canceled), signed as Standard Webhooks specifies "
+        "and retried with backoff; each delivery's webhook-id is the same on every attempt.",
+    )
     loras: list[LoraChoice] = Field(
         [],
         max_length=MAX_LORAS,
@@ -391,6 +405,13 @@ class GenerationRequest(Delivery):
         if self.rows > MAX_IMAGES:
             message = f"{self.n} images from each of {len(self.image)} input images is over {MAX_IMAGES} images"
             raise PydanticCustomError("too_many", message, {"field": "n"})
+        return self
+
+    @model_validator(mode="after")
+    def _webhook_of_a_job(self) -> GenerationRequest:
+        if self.webhook is not None and not self.background:
+            message = "is only accepted with background: true (a job's end is what it tells of)"
+            raise PydanticCustomError("needs_background", message, {"field": "webhook"})
         return self
 
     @model_validator(mode="after")

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from serve.errors import Forbidden
+from serve.files import stack_secret
 from serve.images.raster import encode_image
 from serve.results.record import PARAMETERS, RECORD, parameters_line, with_record
-from serve.results.tokens import UrlSigner, stack_secret
+from serve.results.tokens import UrlSigner
 
 RECORD_SAMPLE = {
     "prompt": "a red fox, watercolour",

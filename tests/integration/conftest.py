@@ -219,7 +219,7 @@ class WebhookReceiver:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.calls: list[tuple[dict[str, str], bytes]] = []
+        self.calls: list[tuple[dict[str, str], bytes, bool]] = []  # headers, body, whether it was answered
         self.answering = threading.Event()
         self.answering.set()
         receiver = self
@@ -227,7 +227,7 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.calls.append((dict(self.headers.items()), body))
+                receiver.calls.append((dict(self.headers.items()), body, receiver.answering.is_set()))
                 receiver.answering.wait(receiver.HOLD_S)
                 self.send_response(204)
                 self.end_headers()
@@ -241,18 +241,20 @@ class WebhookReceiver:
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
 
-    def verified(self, secret: str) -> list[tuple[str, dict]]:
-        """Every call so far as (its webhook-id, its body), each signature checked by Standard Webhooks' library."""
+    def verified(self, secret: str) -> list[tuple[str, dict, bool]]:
+        """Every call so far: its webhook-id, its body (the signature checked by Standard Webhooks' library), and
+        whether it was answered (not held)."""
         from standardwebhooks import Webhook
 
-        return [(headers["webhook-id"], Webhook(secret).verify(body, headers)) for headers, body in list(self.calls)]
+        check = Webhook(secret).verify
+        return [(head["webhook-id"], check(body, head), answered) for head, body, answered in list(self.calls)]
 
-    def wait_for(self, secret: str, job_ids: set[str], timeout_s: float = 120) -> list[tuple[str, dict]]:
-        """The verified calls once each of ``job_ids`` has had one (an AssertionError past ``timeout_s``)."""
+    def wait_for(self, secret: str, job_ids: set[str], timeout_s: float = 120) -> list[tuple[str, dict, bool]]:
+        """The verified calls once each of ``job_ids`` has had one answered (an AssertionError past ``timeout_s``)."""
         deadline = time.monotonic() + timeout_s
         while True:
             calls = self.verified(secret)
-            missing = job_ids - {body["id"] for _, body in calls}
+            missing = job_ids - {body["id"] for _, body, answered in calls if answered}
             if not missing:
                 return calls
             assert time.monotonic() < deadline, f"no webhook call for {sorted(missing)} in {timeout_s} s"

@@ -142,10 +142,10 @@ def test_each_finished_job_is_posted_once_signed_to_its_webhook(stack, api, webh
     finished = {job["id"]: wait_for(api, job["id"]) for job in (done, canceled, quiet)}
     calls = webhook_receiver.wait_for(secret, {done["id"], canceled["id"]})
     time.sleep(1.0)  # a second call would come by now (the sender looks every 0.5 s)
-    calls = [(delivery_id, body) for delivery_id, body in webhook_receiver.verified(secret) if body["id"] in finished]
+    calls = [(delivery, body) for delivery, body, _ in webhook_receiver.verified(secret) if body["id"] in finished]
     assert sorted(body["id"] for _, body in calls) == sorted([done["id"], canceled["id"]])  # one each
-    for delivery_id, body in calls:
-        assert delivery_id.startswith("msg_") and body == finished[body["id"]]  # the job object as GET answers it
+    for delivery, body in calls:
+        assert delivery.startswith("msg_") and body == finished[body["id"]]  # the job object as GET answers it
     assert [finished[j["id"]]["status"] for j in (done, canceled)] == ["succeeded", "canceled"]
 
 

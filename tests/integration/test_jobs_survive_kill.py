@@ -80,8 +80,8 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     wave = random_motion_adapter(default_model, tmp_path / "wave")  # the default stack's: its engines are cached
     options = ("--store", store_url, "--no-cache", "--no-first-request", "--motion-adapter", f"wave={wave}")
-    # A webhook attempt may take a minute: the one the receiver holds is still in flight at the kill.
-    options += ("--webhook-hosts", "127.0.0.1", "--webhook-timeout-s", "60")
+    # A webhook attempt may take 15 s: the calls the receiver holds are in flight at the kill (or their retries are).
+    options += ("--webhook-hosts", "127.0.0.1", "--webhook-timeout-s", "15")
     hook = webhook_receiver.url
     try:
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.
@@ -153,15 +153,17 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
             synchronous = {k: v for k, v in body.items() if k not in ("background", "priority", "webhook")}
             alone = api.post("/v1/images/generations", json=synchronous).json()
             assert pictures(job) == pictures(alone), f"job {job['id']} (seed {body['seed']}) differs from its solo run"
-        # Every job's webhook call came, signed; one delivery id per job; the held one's came again under its id.
+        # Every job's webhook call came and was answered, signed; one delivery id per job; those held through the
+        # kill were sent again under their ids.
         hooked = {held_job, *ids}
         calls = webhook_receiver.wait_for(secret.stdout.strip(), hooked)
-        per_job = {job_id: {d for d, body in calls if body["id"] == job_id} for job_id in hooked}
+        per_job = {job_id: {d for d, body, _ in calls if body["id"] == job_id} for job_id in hooked}
         assert all(len(delivery_ids) == 1 for delivery_ids in per_job.values()), per_job
-        sent = Counter(delivery_id for delivery_id, _ in calls)
-        logger.info("webhook calls per delivery: %s", sorted(sent.values()))
-        assert sent[next(iter(per_job[held_job]))] >= 2  # held through the kill, then sent again
-        assert {body["status"] for _, body in calls} == {"succeeded"}
+        held = {delivery_id for delivery_id, _, answered in calls if not answered}
+        sent = Counter(delivery_id for delivery_id, _, _ in calls)
+        logger.info("webhook calls per delivery: %s (%d held through the kill)", sorted(sent.values()), len(held))
+        assert per_job[held_job] <= held and all(sent[delivery_id] >= 2 for delivery_id in held)
+        assert {body["status"] for _, body, _ in calls} == {"succeeded"}
     finally:
         api.close()
         easel_down(env)

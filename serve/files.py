@@ -1,8 +1,10 @@
-"""Content hashes of files and folders: the one way Easel names what a file or a folder holds."""
+"""Content hashes of files and folders (how Easel names what a file or a folder holds), and a stack's secrets."""
 
 from __future__ import annotations
 
 import hashlib
+import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,3 +37,13 @@ def files_hash(paths: Iterable[Path], root: Path, extra: bytes = b"") -> str:
 def content_hash(folder: Path) -> str:
     """SHA-256 over every file's relative path and bytes under ``folder`` (hex)."""
     return files_hash((p for p in folder.rglob("*") if p.is_file()), folder)
+
+
+def stack_secret(path: Path) -> bytes:
+    """A stack's secret in the file ``path`` in its run folder (made once: 32 random bytes, 0600)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(handle, "wb") as file:
+            file.write(secrets.token_bytes(32))
+    return path.read_bytes()

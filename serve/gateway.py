@@ -26,6 +26,7 @@ from serve.jobs import open_job_store
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.results.settings import ResultSettings
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
 from serve.serving.current_models import CurrentModels
@@ -35,6 +36,7 @@ from serve.serving.health import Health
 from serve.serving.jobs import BackgroundJobs
 from serve.serving.models import ModelAdmin
 from serve.serving.moderation import Moderation
+from serve.serving.results import Results
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.serving.videos import Videos
@@ -45,6 +47,7 @@ from serve.text_to_image.models import ServedModels
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
+from serve.webhooks import WebhookSettings, sender_of
 
 
 class AppArgs(AppSettings):
@@ -89,6 +92,12 @@ class AppArgs(AppSettings):
     scorer_dir: str | None = Field(
         None, description="The scorer's engine folder the stack built (serve.text_to_image.scores); None: no scores."
     )
+    url_secret_path: str | None = Field(
+        None, description="The stack's secret that signs image URLs, a file in the run folder; None: this process's."
+    )
+    webhook_secret_path: str | None = Field(
+        None, description="The stack's secret that signs job webhooks, a file in the run folder; None: no webhooks."
+    )
     safety_checker_dir: str | None = Field(
         None,
         description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
@@ -126,6 +135,10 @@ class Gateway:
         moderation: Moderation | None = None,
         safety_checker_dir: str | None = None,
         text_moderator_dir: str | None = None,
+        results: ResultSettings | None = None,
+        url_secret_path: str | None = None,
+        webhooks: WebhookSettings | None = None,
+        webhook_secret_path: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -148,6 +161,7 @@ class Gateway:
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
             share_caches=share_caches,
             upscaling=self.upscaling,
+            results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
             moderation=(moderation or Moderation()).checking(
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
                 TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
@@ -156,7 +170,9 @@ class Gateway:
         self.moderation = self.generations.moderation
         self.admission = Admission(self.generations, self.upscaling)  # every door's one admission
         open_access(store_url)
-        self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic)
+        webhooks, job_store = webhooks or WebhookSettings(), open_job_store(store_url)
+        sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
+        self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender)
         self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -234,4 +250,8 @@ def build_app(args: AppArgs) -> serve.Application:
         Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
         args.safety_checker_dir,
         args.text_moderator_dir,
+        ResultSettings.model_validate(args.model_dump(include=set(ResultSettings.model_fields))),
+        args.url_secret_path,
+        WebhookSettings.model_validate(args.model_dump(include=set(WebhookSettings.model_fields))),
+        args.webhook_secret_path,
     )

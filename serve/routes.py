@@ -19,6 +19,7 @@ from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES
+from serve.results.rerun import RerunRequest
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
@@ -117,6 +118,11 @@ ROUTES = (
     Route("get", "/v1/references", Scope.GENERATE),
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
+    Route("get", "/v1/images", Scope.GENERATE),
+    Route("post", "/v1/images/rerun", Scope.GENERATE, (404,), pipeline=TEXT_TO_IMAGE, body=RerunRequest, costed=True),
+    Route("get", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
+    Route("delete", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
+    Route("get", "/v1/images/{image_id}/content", None, (400, 403, 404)),  # its signature is the key
     Route("get", "/v1/controlnets", Scope.GENERATE),
     Route("get", "/v1/upscalers", Scope.GENERATE),
     Route(
@@ -157,8 +163,6 @@ ROUTES = (
 )
 """The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
 
-OPEN_PATHS = frozenset(route.path for route in ROUTES if route.scope is None)
-"""Paths that never ask for a key (health)."""
 BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_limit is not None}
 """Paths with a body limit of their own (a generation may carry input, control and reference images)."""
 PIPELINES = {route.path: route.pipeline for route in ROUTES}
@@ -181,6 +185,11 @@ def rpc_route(rpc: str) -> Route:
 
 
 _PATTERNS = {keyed: compile_path(keyed.path)[0] for keyed in ROUTES}
+
+
+def is_open(path: str) -> bool:
+    """Whether a request ``path`` is an open route's, which never asks for a key (health, an image's signed URL)."""
+    return any(_PATTERNS[open_route].match(path) for open_route in ROUTES if open_route.scope is None)
 
 
 def required_scope(path: str, method: str = "GET") -> Scope | None:

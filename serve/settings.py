@@ -26,6 +26,7 @@ from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
 from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
@@ -43,14 +44,15 @@ from serve.triton.runtimes import (
     RUNTIME_CHOICES,
     check_choice,
 )
+from serve.webhooks.settings import WebhookSettings
 
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class AppSettings(LoraSettings):
-    """What the Serve application is told besides where its engines and Triton are: its budgets and its store.
+class AppSettings(WebhookSettings, ResultSettings, LoraSettings):
+    """What the Serve application is told besides where its engines and Triton are: its budgets and its stores.
 
-    The LoRA limits are :class:`~serve.adapters.limits.LoraSettings`' fields (declared beside the adapters).
+    Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks'.
     """
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", "SIZE")] = Field(

@@ -1,8 +1,10 @@
 """The job store's contract, run against SQLite (unit tests) and a real Redis server (integration tests).
 
-A test module imports these and defines a ``store`` fixture (a fresh, empty store).
+A test module imports these and defines a ``store`` fixture (a fresh, empty store), and ``outbox``: the webhook
+outbox in the same store.
 """
 
+import json
 import threading
 import time
 
@@ -14,6 +16,7 @@ from serve.jobs.store import LeaseLost, attempt_record
 from serve.priority import Priority
 
 REQUEST = {"prompt": "a red heart icon", "seed": 1}
+HOOK = "http://127.0.0.1:9/hook"
 
 
 def test_submit_get_and_list_newest_first_with_pages_and_status(store):
@@ -219,3 +222,27 @@ def test_finished_jobs_are_purged_after_the_retention_and_counted_by_status_and_
     assert counts[(JobStatus.CANCELED, Priority.HIGH)] == 1 and counts[(JobStatus.QUEUED, Priority.LOW)] == 1
     assert store.purge(now=time.time() + store.retention_s + 1) == 1
     assert store.get(old.id) is None and store.events(old.id) == [] and store.get(kept.id) is not None
+
+
+def test_a_job_naming_a_webhook_ends_with_one_delivery_of_its_final_object_whichever_way_it_ends(store, outbox):
+    hooked = {**REQUEST, "webhook": HOOK}
+    done, canceled, dying = (store.submit(hooked, Priority.NORMAL)[0] for _ in range(3))
+    quiet = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.cancel(canceled.id)  # queued: canceled at once
+    assert store.claim("w", 30).id == done.id
+    assert outbox.of_source(done.id) == []  # not before it ends
+    store.finish(done.id, "w", JobStatus.SUCCEEDED, {"data": [{"b64_json": "AA=="}]}, None)
+    for _ in range(MAX_ATTEMPTS):  # its workers keep dying: it fails as the next claim finds it
+        assert store.claim("w", 0.05).id == dying.id
+        time.sleep(0.1)
+    store.claim("w", 30)  # the quiet one: no webhook
+    store.finish(quiet.id, "w", JobStatus.SUCCEEDED, {"data": []}, None)
+    for job in (done, canceled, dying):
+        [delivery] = outbox.of_source(job.id)
+        assert delivery.url == HOOK and json.loads(delivery.body) == store.get(job.id).to_api()
+    assert [json.loads(outbox.of_source(j.id)[0].body)["status"] for j in (done, canceled, dying)] == [
+        "succeeded",
+        "canceled",
+        "failed",
+    ]
+    assert outbox.of_source(quiet.id) == []

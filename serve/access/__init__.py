@@ -31,7 +31,7 @@ from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStor
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
 from serve.errors import EaselError, Forbidden, Overloaded, Unauthorized
-from serve.routes import OPEN_PATHS, Scope, required_scope, rpc_route
+from serve.routes import Scope, is_open, required_scope, rpc_route
 from serve.stores import scheme
 from serve.wire import Message, Receive, Send, send_error
 from serve.wire import Scope as AsgiScope
@@ -276,7 +276,7 @@ class KeyCheck:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403/429 in the app's place."""
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or not await ACCESS.keys_required():
+        if scope["type"] != "http" or is_open(scope["path"]) or not await ACCESS.keys_required():
             await self.app(scope, receive, send)
             return
         try:

@@ -23,7 +23,7 @@ from serve.stores import scheme
 
 DEFAULT_CACHE_BYTES = 1 << 30
 """Bytes of cached answers kept by default (``easel up --cache-bytes``)."""
-IGNORED_FIELDS = ("background", "priority", "user", "model", "quality", "style")
+IGNORED_FIELDS = ("background", "priority", "webhook", "user", "model", "quality", "style")
 """Request fields that do not change the images: not part of the key."""
 
 

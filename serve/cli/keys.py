@@ -16,7 +16,8 @@ from serve.settings import StackOptions
 from serve.stores import StoreURLError, default_url
 
 
-def _store_option(function):
+def store_option(function):
+    """``--store URL``: the stack's store, as ``easel up --store`` names it."""
     return click.option(
         "--store",
         "store_url",
@@ -60,7 +61,7 @@ def keys() -> None:
     default=None,
     help="The key's own moderation policy, over the stack's (easel up --moderation): off, flag or block.",
 )
-@_store_option
+@store_option
 def keys_create(name: str, scopes: str, store_url: str | None, **limits: int | float | str | None) -> None:
     """Create a key and print it (only once: the store keeps its hash)."""
     try:
@@ -73,7 +74,7 @@ def keys_create(name: str, scopes: str, store_url: str | None, **limits: int | f
 
 
 @keys.command("list")
-@_store_option
+@store_option
 def keys_list(store_url: str | None) -> None:
     """The keys: id, name, scopes, limits, created, revoked."""
     for record in _key_store(store_url).list():
@@ -86,7 +87,7 @@ def keys_list(store_url: str | None) -> None:
 
 @keys.command("revoke")
 @click.argument("key_id")
-@_store_option
+@store_option
 def keys_revoke(key_id: str, store_url: str | None) -> None:
     """Revoke a key at once (every Gateway replica refuses it from its next request)."""
     if not _key_store(store_url).revoke(key_id):

@@ -39,6 +39,7 @@ from serve.cli.text_to_image import (
 )
 from serve.cli.tools import bench, chaos, loadtest, soak
 from serve.cli.vectorize import eval_vectorize, train_vectorize
+from serve.cli.webhooks import webhooks
 from serve.errors import UnsupportedModel
 from serve.settings import StackOptions
 from serve.triton.spec import Backend
@@ -51,6 +52,7 @@ ELSEWHERE = [
     down,
     status,
     keys,
+    webhooks,
     model_admin.loras,
     model_admin.vectorize,
     dashboards,

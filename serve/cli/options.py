@@ -231,7 +231,25 @@ class NamedJson(NamedValue):
             self.fail(f"{value!r}: the part after = is not JSON ({error})", param, ctx)
 
 
+class HostList(click.ParamType):
+    """Comma-separated host names or addresses, e.g. 127.0.0.1,localhost (compared without case)."""
+
+    name = "hosts"
+
+    def convert(self, value, param, ctx) -> tuple[str, ...]:
+        """The hosts of ``value`` (a tuple passes through)."""
+        if isinstance(value, tuple):
+            return value
+        return tuple(host.strip().lower() for host in str(value).split(",") if host.strip())
+
+    @staticmethod
+    def show(hosts: tuple[str, ...]) -> str:
+        """``hosts`` as this type reads them back."""
+        return ",".join(hosts)
+
+
 SIZE = Size()
+HOST_LIST = HostList()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
 NAMED_FILE = NamedFile()

@@ -172,16 +172,19 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             for parameter in operation.get("parameters", ()):
                 if parameter["name"] == "Idempotency-Key":  # generations, edits, videos: one check for all
                     parameter["schema"] = IDEMPOTENCY_KEY
+            if declared and declared.body is not None and declared.form is None and "requestBody" not in operation:
+                _add_schema(components, declared.body)  # a JSON body its admission reads, once, not FastAPI
+                operation["requestBody"] = {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": f"#/components/schemas/{declared.body.__name__}"}}
+                    },
+                }
             for status in declared.error_statuses if declared else KEYED_ROUTE_ERRORS:
                 responses[str(status)] = {
                     "description": _why(method, path, status),
                     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
                 }
-    generation = document["paths"][GENERATIONS]["post"]
-    generation["requestBody"] = {  # read by its admission, once (serve.http.admission), not by FastAPI
-        "required": True,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/GenerationRequest"}}},
-    }
     for path in (GENERATIONS, EDITS):
         document["paths"][path]["post"]["responses"]["202"] = {
             "description": 'With "background": true: the job, queued (Location: /v1/jobs/{id}).',

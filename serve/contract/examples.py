@@ -91,6 +91,30 @@ EXPERIMENT = {
 }
 VERSION = {"version": 1, "current": True, "triton_model": "vectorize", "trained_dir": "build_engines/vectorize/trained"}
 VECTORIZE_PARAMETERS = {"colormode": "color", "mode": "polygon", "filter_speckle": 4, "path_precision": 1}
+IMAGE_ID = "img_59b70a8550e819ebf3a0789b"
+SIGNED = f"http://127.0.0.1:8000/v1/images/{IMAGE_ID}/content?expires=1795712700&signature=Zk3..."
+KEPT = {
+    "id": IMAGE_ID,
+    "object": "image",
+    "created_at": 1795709100.4,
+    "media_type": "image/png",
+    "bytes": 6571,
+    "record": {
+        "prompt": "a red heart icon",
+        "negative_prompt": "",
+        "model": "easel-default",
+        "model_version": 1,
+        "sampler": "ddim",
+        "steps": 20,
+        "guidance_scale": 7.5,
+        "seed": 0,
+        "size": "64x64",
+        "n": 1,
+        "index": 0,
+        "easel_version": "0.1.0",
+    },
+    "url": SIGNED,
+}
 
 
 def _json(line: str, body: str) -> str:
@@ -111,6 +135,27 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "request": "POST /v1/images/edits\nContent-Type: multipart/form-data\n\n"
         "image=@heart.png  prompt=a blue heart icon  strength=0.6  seed=7",
         "answer": IMAGES | {"seed": 7},
+    },
+    ("get", "/v1/images"): {
+        "request": "GET /v1/images?limit=1",
+        "answer": {"object": "list", "data": [KEPT], "has_more": True},
+    },
+    ("post", "/v1/images/rerun"): {
+        "request": _json("POST /v1/images/rerun", f'{{"image_id": "{IMAGE_ID}", "response_format": "url"}}'),
+        "answer": IMAGES
+        | {"data": [{"id": "img_0c6f3be1d2a94e8f7b5d1c20", "url": SIGNED}], "rerun_of": IMAGE_ID, "changed": []},
+    },
+    ("get", "/v1/images/{image_id}"): {
+        "request": f"GET /v1/images/{IMAGE_ID}",
+        "answer": "200, image/png: the PNG as answered (its parameters and easel chunks hold the record)",
+    },
+    ("delete", "/v1/images/{image_id}"): {
+        "request": f"DELETE /v1/images/{IMAGE_ID}",
+        "answer": {"id": IMAGE_ID, "object": "image", "deleted": True},
+    },
+    ("get", "/v1/images/{image_id}/content"): {
+        "request": f"GET /v1/images/{IMAGE_ID}/content?expires=1795712700&signature=Zk3...",
+        "answer": "200, image/png: the image, no key needed until expires (403 after, or with another signature)",
     },
     ("post", "/v1/videos"): {
         "request": _json("POST /v1/videos", '{"prompt": "a red fox running", "frames": 16, "fps": 8, "seed": 1}'),

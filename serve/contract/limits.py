@@ -119,6 +119,14 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("webhook",),
+        "webhook: ",
+        "a URL on a host the stack allows, `easel up --webhook-hosts` (none by default)",
+        "the allowed hosts are the stack's",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("model",),
         "unknown model",
         "a model GET /v1/models lists (absent: the stack's default model)",
@@ -354,9 +362,10 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         EDITS,
-        ("vectorize_tier", "ip_adapter_scale"),
+        ("vectorize_tier", "ip_adapter_scale", "webhook"),
         "is only accepted with",
-        "vectorize_tier needs output_format svg; an ip_adapter_scale other than 1 needs an ip_adapter_image",
+        "vectorize_tier needs output_format svg; an ip_adapter_scale other than 1 needs an ip_adapter_image; a "
+        "webhook needs background true",
         "the JSON body's schema states these (allOf); a form's cannot: schemathesis judges conditionals against "
         "its file parts and fails",
     ),

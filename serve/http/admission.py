@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from serve.access import request_caller
 from serve.http.bodies import read_body
 from serve.routes import route
-from serve.serving.admission import AdmittedUpscale
+from serve.serving.admission import AdmittedRerun, AdmittedUpscale
 from serve.serving.generations import Admitted
 
 
@@ -23,7 +23,7 @@ def serving(http: Request) -> Any:
     return http.app.state.gateway
 
 
-async def admit(http: Request) -> Admitted | AdmittedUpscale:
+async def admit(http: Request) -> Admitted | AdmittedUpscale | AdmittedRerun:
     """The route's body read, admitted and charged to the caller's key: what the handler runs (400, 429 if not)."""
     body = await read_body(route(http.method, http.scope["route"].path), http)
     return await serving(http).admission.admit(body, request_caller(http))
@@ -33,3 +33,5 @@ Admit = Annotated[Admitted, Depends(admit)]
 """A generation's (or a video's) admission, as a handler's parameter."""
 AdmitUpscale = Annotated[AdmittedUpscale, Depends(admit)]
 """An upscale's admission, as a handler's parameter."""
+AdmitRerun = Annotated[AdmittedRerun, Depends(admit)]
+"""A rerun's admission (the generation its image's record holds), as a handler's parameter."""

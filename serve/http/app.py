@@ -36,6 +36,7 @@ from serve.http import (
     models,
     moderation,
     quality,
+    results,
     upscale,
     vectorize,
     videos,
@@ -183,6 +184,7 @@ async def _record_metrics(request: Request, call_next):
 ROUTE_MODULES = (
     health,
     generations,
+    results,
     adapters,
     models,
     moderation,

@@ -150,8 +150,10 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
 
 
-def encode_image(pixels: np.ndarray, output_format: str) -> bytes:
-    """Encode an HWC uint8 image as png, jpeg or webp."""
+def encode_image(pixels: np.ndarray, output_format: str, quality: int | None = None) -> bytes:
+    """Encode an HWC uint8 image as png, jpeg or webp (``quality``: jpeg's or webp's, in percent; None: Pillow's)."""
     buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format=_PIL_FORMATS[output_format])
+    Image.fromarray(pixels).save(
+        buffer, format=_PIL_FORMATS[output_format], **({} if quality is None else {"quality": quality})
+    )
     return buffer.getvalue()

@@ -9,9 +9,10 @@ from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event
+from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, webhook_delivery
 from serve.priority import Priority
 from serve.stores import redis_client
+from serve.webhooks import redis as outbox
 
 _PREFIX = "easel:"
 _CREATED = _PREFIX + "jobs:created"  # zset: id by creation time (listing)
@@ -269,22 +270,21 @@ class RedisJobStore(JobStore):
 
     def _end(self, pipe, job_id: str, fields: dict, status: JobStatus, result: dict | None, error: dict | None) -> None:
         """Queue the end of a job (in a MULTI block)."""
-        now = time.time()
-        pipe.hset(
-            _job_key(job_id),
-            mapping={
-                "status": status.value,
-                "finished_at": repr(now),
-                "result": _dumps(result) or "",
-                "error": _dumps(error) or "",
-            },
-        )
+        ended = {
+            "status": status.value,
+            "finished_at": repr(time.time()),
+            "result": _dumps(result) or "",
+            "error": _dumps(error) or "",
+        }
+        pipe.hset(_job_key(job_id), mapping=ended)
         pipe.hdel(_job_key(job_id), "worker")
         pipe.zrem(_QUEUE, job_id)
         pipe.zrem(_LEASES, job_id)
         if fields.get("owner"):
             pipe.srem(_OPEN + fields["owner"], job_id)
         self._append(pipe, job_id, fields, *final_event(status, result, error))
+        if (delivery := webhook_delivery(self._job(job_id, fields | ended))) is not None:
+            outbox.add_in(pipe, delivery)
 
     def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:
         """See :meth:`JobStore.finish`."""

@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event
+from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, webhook_delivery
 from serve.priority import Priority
 from serve.stores import serialized, sqlite_open
+from serve.webhooks import sqlite as outbox
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -60,7 +61,7 @@ class SqliteJobStore(JobStore):
 
     def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
         super().__init__(retention_s)
-        self.db, self._lock = sqlite_open(url, _SCHEMA)
+        self.db, self._lock = sqlite_open(url, _SCHEMA + outbox.SCHEMA)  # a job's end writes its webhook's delivery
         columns = {row["name"] for row in self.db.execute("PRAGMA table_info(jobs)")}
         for column in ("owner", "failures"):  # a store made before jobs had owners, or kept their failed attempts
             if column not in columns:
@@ -253,6 +254,9 @@ class SqliteJobStore(JobStore):
             ),
         )
         self._append(job_id, *final_event(status, result, error))
+        ended = self._job(self.db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone())
+        if (delivery := webhook_delivery(ended)) is not None:
+            outbox.add_in(self.db, delivery)
 
     @serialized
     def finish(self, job_id: str, worker: str, status: JobStatus, result: dict | None, error: dict | None) -> None:

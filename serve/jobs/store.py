@@ -7,11 +7,14 @@ a worker that dies stops renewing, its lease expires and the job is claimed agai
 :data:`~serve.jobs.model.MAX_ATTEMPTS` times). Jobs are claimed highest priority first, then oldest first. Every
 change a client can watch appends an event with the next sequence number, which is how ``/events`` streams.
 A job submitted with a key has that key as its :class:`~serve.jobs.model.Owner`: the cap on the key's unfinished
-jobs is checked in the same transaction that adds one, so it holds across replicas.
+jobs is checked in the same transaction that adds one, so it holds across replicas. A job whose request names a
+``webhook`` has its delivery (:func:`webhook_delivery`) written to the outbox (:mod:`serve.webhooks`) by the same
+transaction that ends it, whichever way it ends.
 """
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +32,7 @@ from serve.jobs.model import (
     new_job_id,
 )
 from serve.priority import Priority
+from serve.webhooks.store import Delivery, new_delivery
 
 
 class LeaseLost(RuntimeError):
@@ -184,6 +188,12 @@ def final_event(status: JobStatus, result: dict | None, error: dict | None) -> t
 def attempt_record(error: dict, retry_in_s: float | None, at: float) -> dict:
     """A failed attempt as a job keeps it: when it failed, its error, and the pause before the next (None: none)."""
     return {"failed_at": at, "error": error, "retry_in_s": retry_in_s}
+
+
+def webhook_delivery(job: Job) -> Delivery | None:
+    """The webhook call that tells of ``job``'s end (its object, as ``GET /v1/jobs/{id}`` answers), if it named one."""
+    url = job.request.get("webhook")
+    return None if not url else new_delivery(url, json.dumps(job.to_api()), job.id)
 
 
 def attempts_exhausted(job_id: str) -> dict:

@@ -40,6 +40,7 @@ from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy, Screening
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
+from serve.serving.results import Results
 from serve.serving.upscale import Upscaling
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.generation import EncodedImages, Progress
@@ -146,8 +147,10 @@ class Generations:
         share_caches: bool = False,
         upscaling: Upscaling | None = None,
         moderation: Moderation | None = None,
+        results: Results | None = None,
     ) -> None:
         self.moderation = moderation or Moderation()
+        self.results = results or Results()  # each image kept, with what made it
         self.models = models
         self.references = references
         self.share_caches = share_caches  # the caches are everyone's, not each key's (serve.cache.cache_scope)
@@ -190,6 +193,7 @@ class Generations:
     ) -> Admitted:
         """``request`` checked by ``model``'s rules (``owner``'s LoRAs) and the stack's upscalers (400 if not)."""
         work, plan = model.check(request, owner)
+        self.results.check(request)
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
@@ -270,6 +274,7 @@ class Generations:
         cached = headers.get("Easel-Cache") == "hit"
         ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
+        body = await self.results.answer_body(admitted.request, admitted.model, body, owner)  # kept; a URL if asked
         return body | assignment.to_api(), headers | assignment.headers()
 
     async def _image_ids(self, count: int, assignment: Assignment, owner: str | None) -> list[str]:
@@ -404,8 +409,13 @@ class Generations:
                 else:
                     images = [{"data": image} for image in item.images]
                 ids = await self._image_ids(len(images), assignment, owner)
-                for image, image_id in zip(images, ids, strict=True):
-                    image["id"] = image_id
+                marks = moderated.marks() or [None] * len(images)
+                kept = dict(zip(ids, zip([image["data"] for image in images], marks, strict=True), strict=True))
+                delivered = await self.results.delivered(request, admitted.model, item.seed, owner, kept)
+                for image, image_id, done in zip(images, ids, delivered, strict=True):
+                    image["id"], image["data"] = image_id, b"" if done.url else done.data
+                    if done.url:
+                        image["url"] = done.url
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
                     image["moderation"] = mark  # as the HTTP answer's marks
                 yield StreamedImages(

@@ -28,6 +28,7 @@ from serve.text_to_image.generation import Progress, draw_seed
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import stored_request
+from serve.webhooks import WebhookSender, WebhookSettings
 
 SSE_POLL_S = 0.25
 SSE_KEEPALIVE_S = 15.0
@@ -53,11 +54,20 @@ def _body_hash(request: GenerationRequest) -> str:
 class BackgroundJobs:
     """Jobs submitted, run (only this class writes the job store, as their runner) and shown to their owners."""
 
-    def __init__(self, store: JobStore, generations: Generations, experiments: Experiments) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        generations: Generations,
+        experiments: Experiments,
+        webhooks: WebhookSettings | None = None,
+        sender: WebhookSender | None = None,
+    ) -> None:
         self.store = store
         self.generations = generations
         self.experiments = experiments
+        self.webhooks = webhooks or WebhookSettings()  # the hosts a job's webhook may name
         self.runner = JobRunner(self.store, self.run, passing=PASSING).start()
+        self.sender = sender and sender.start()  # this replica's deliveries of the jobs' webhooks
 
     async def submit(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> JSONResponse:
         """Queue ``admitted`` as ``owner``'s job (:meth:`queued`): 202 and the job."""
@@ -72,9 +82,11 @@ class BackgroundJobs:
         refused for is a 400 now, never a 202 that fails later. Its seed is drawn now,
         so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns the same job for the same
         body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
-        feedback can name the job.
+        feedback can name the job. Its ``webhook``, if it names one, is on a host the stack allows.
         """
         request, assignment, asked = admitted.request, admitted.assignment, admitted.asked
+        if request.webhook is not None:
+            self.webhooks.check(request.webhook)  # a host the stack allows, or a 400 naming webhook
         await asyncio.to_thread(decode_images, request, admitted.model.native_size)  # an image that does not decode
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now

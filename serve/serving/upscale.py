@@ -166,14 +166,14 @@ class Upscaling:
             images = await self._upscaled(request, images, seed, img2img)
         if request.restore_faces is None:
             return images, None
-        image_format = "png" if request.output_format == "svg" else request.output_format
+        encoding = (request.raster_format, request.output_compression)
         finished, notes = [], []
         for image in images:
             pixels = await asyncio.to_thread(decode, image)
             restored, faces = await self.restored(pixels, request.restore_faces)
             notes.append(faces)
             changed = restored is not pixels
-            finished.append(await asyncio.to_thread(encode_image, restored, image_format) if changed else image)
+            finished.append(await asyncio.to_thread(encode_image, restored, *encoding) if changed else image)
         return finished, notes
 
     async def _upscaled(
@@ -182,13 +182,13 @@ class Upscaling:
         """A generation's encoded ``images`` upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size)."""
         choice = request.upscale
         entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")
-        image_format = "png" if request.output_format == "svg" else request.output_format
+        encoding = (request.raster_format, request.output_compression)
         finished = []
         for image in images:
             pixels = await asyncio.to_thread(decode, image)
             upscaled = await upscale_pixels(pixels, entry, scale, self.runner)
             if choice.denoise is None:
-                finished.append(await asyncio.to_thread(encode_image, upscaled, image_format))
+                finished.append(await asyncio.to_thread(encode_image, upscaled, *encoding))
                 continue
             height, width = upscaled.shape[:2]
             second = request.model_copy(

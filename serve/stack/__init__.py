@@ -189,7 +189,7 @@ class Stack:
             safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
             text_moderator_dir=str(built.text_moderator_dir) if built.text_moderator_dir else None,
             scorer_dir=str(built.scorer_dir) if built.scorer_dir else None,
-            **app_settings(opts, self.memory_budget_bytes),
+            **app_settings(opts, self.memory_budget_bytes, port),
         )
 
     def __enter__(self) -> Stack:

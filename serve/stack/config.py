@@ -10,6 +10,7 @@ from serve.errors import InvalidInput
 from serve.finishing.upscalers import Upscalers
 from serve.moderation.images import SAFETY_CHECKER_SPEC
 from serve.moderation.text_model import TEXT_MODERATOR_SPEC
+from serve.results.tokens import SECRET_FILE
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
@@ -18,6 +19,7 @@ from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MIN_SIDE
 from serve.text_to_image.scores import read_specs
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
 from serve.vectorize.versions import VectorizeTable, version_specs
+from serve.webhooks.signing import SECRET_FILE as WEBHOOK_SECRET_FILE
 
 MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
 """The deployments that call Triton: on a cluster they run only on nodes with a Triton of their own."""
@@ -43,14 +45,22 @@ def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_clust
     return ServeDeploySchema.model_validate(raw)
 
 
-def app_settings(opts: StackOptions, memory_budget_bytes: int) -> dict:
-    """What the Serve app is told of ``easel up``'s settings.
+def app_settings(opts: StackOptions, memory_budget_bytes: int, port: int) -> dict:
+    """What the Serve app is told of ``easel up``'s settings (the API on ``port``).
 
-    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget
-    and the store resolved. The room for weights stays as given: None, every model's, grows with a model added.
+    Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget,
+    the store, the image store (the run folder's ``images/``), the API's public address and the secrets' files
+    resolved. The room for weights stays as given: None, every model's, grows with a model added.
     """
     given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
-    return given | {"memory_budget_bytes": memory_budget_bytes, "store_url": opts.store}
+    return given | {
+        "memory_budget_bytes": memory_budget_bytes,
+        "store_url": opts.store,
+        "image_store": opts.image_store or str(opts.run_dir / "images"),
+        "public_url": opts.public_url or f"http://{opts.host}:{port}",
+        "url_secret_path": str(opts.run_dir / SECRET_FILE),
+        "webhook_secret_path": str(opts.run_dir / WEBHOOK_SECRET_FILE),
+    }
 
 
 def triton_models(

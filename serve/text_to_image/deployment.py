@@ -210,7 +210,6 @@ class TextToImage:
         )
         for control in request.controlnets:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
-        raster_format = "png" if request.output_format == "svg" else request.output_format
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
                 job = await self._job(request, plan, served, cache_scope)
@@ -220,7 +219,10 @@ class TextToImage:
                     raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
             scores = await self.scorer.score(result.images, plain_text(request.prompt)) if request.scores else None
             images = await asyncio.gather(
-                *(asyncio.to_thread(encode_image, image, raster_format) for image in result.images)
+                *(
+                    asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
+                    for image in result.images
+                )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)

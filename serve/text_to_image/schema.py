@@ -32,6 +32,7 @@ from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
+from serve.text_to_image.delivery import Delivery
 from serve.text_to_image.ip_scale import (
     MAX_IP_ADAPTERS,
     MAX_IP_SCALE,
@@ -41,7 +42,7 @@ from serve.text_to_image.ip_scale import (
     IpScaleMap,
 )
 from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
-from serve.vectorize.schema import BASE64_PATTERN, Tier
+from serve.vectorize.schema import BASE64_PATTERN
 
 MAX_IMAGES = 4
 MIN_SIDE = 64
@@ -52,6 +53,8 @@ MAX_GUIDANCE = 50.0
 MAX_PROMPT_CHARS = 4000
 MAX_SEED = 2**63 - 1
 MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
+MAX_WEBHOOK_CHARS = 2048
+WEBHOOK_PATTERN = r"^https?://\S+$"
 MAX_USER_CHARS = 256  # user: an end user's id, as OpenAI's clients send it (an experiment's assignment sticks to it)
 FEW_STEP_SCHEDULERS = ("lcm", "tcd")
 """Samplers of latent consistency models (:data:`serve.text_to_image.samplers.FEW_STEP_SAMPLERS`)."""
@@ -103,10 +106,14 @@ DEPENDENT_FIELDS = [
         "if": {"required": ["scheduler"], "properties": {"scheduler": {"enum": list(FEW_STEP_SCHEDULERS)}}},
         "then": {"properties": {"num_inference_steps": {"maximum": MAX_FEW_STEPS}}},
     },
+    {
+        "if": {"required": ["webhook"], "properties": {"webhook": {"type": "string"}}},
+        "then": {"required": ["background"], "properties": {"background": {"const": True}}},
+    },
 ]
 """Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
 ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_reference (one of them, not both),
-a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps."""
+a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps, a webhook is a background job's."""
 
 
 class LoraChoice(BaseModel):
@@ -200,8 +207,11 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(BaseModel):
-    """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count."""
+class GenerationRequest(Delivery):
+    """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
+
+    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part.
+    """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
 
@@ -218,7 +228,6 @@ class GenerationRequest(BaseModel):
         description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
         "default: the served model's native size (64x64 for the embedded default).",
     )
-    response_format: Literal["b64_json"] = Field("b64_json", description="Only b64_json: Easel keeps no image store.")
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from (weighted too).")
     num_inference_steps: StrictInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: Annotated[float, Strict()] = Field(
@@ -264,12 +273,6 @@ class GenerationRequest(BaseModel):
         "model's UNet as loaded, e.g. with an LCM-LoRA in loras (guided as diffusers' pipeline guides it: keep "
         "guidance_scale near 1).",
     )
-    output_format: Literal["png", "jpeg", "webp", "svg"] = Field(
-        "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
-    )
-    vectorize_tier: Tier | None = Field(
-        None, description="With output_format svg: the vectorize tier (as /v1/vectorize's tier; default auto)."
-    )
     background: StrictBool = Field(
         False,
         description="Run as a background job: answered at once with 202 and the job (GET /v1/jobs/{id} for the "
@@ -278,6 +281,14 @@ class GenerationRequest(BaseModel):
     priority: Priority = Field(
         Priority.NORMAL,
         description="Under load, higher-priority generations start first and their denoising steps go first.",
+    )
+    webhook: str | None = Field(
+        None,
+        max_length=MAX_WEBHOOK_CHARS,
+        pattern=WEBHOOK_PATTERN,
+        description="With background: an http(s) URL, on a host the stack allows (easel up --webhook-hosts), that "
+        "the job is POSTed to when it ends (succeeded, failed or canceled), signed as Standard Webhooks specifies "
+        "and retried with backoff; each delivery's webhook-id is the same on every attempt.",
     )
     loras: list[LoraChoice] = Field(
         [],
@@ -403,6 +414,13 @@ class GenerationRequest(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _webhook_of_a_job(self) -> GenerationRequest:
+        if self.webhook is not None and not self.background:
+            message = "is only accepted with background: true (a job's end is what it tells of)"
+            raise PydanticCustomError("needs_background", message, {"field": "webhook"})
+        return self
+
+    @model_validator(mode="after")
     def _few_steps_for_few_step_samplers(self) -> GenerationRequest:
         if self.scheduler in FEW_STEP_SCHEDULERS and (steps := self.num_inference_steps) > MAX_FEW_STEPS:
             message = f"the {self.scheduler} sampler takes at most {MAX_FEW_STEPS} steps, not {steps}"
@@ -419,13 +437,6 @@ class GenerationRequest(BaseModel):
     def _ip_fields_together(self) -> GenerationRequest:
         ip_scale.check_fields(self)
         return self
-
-    @field_validator("vectorize_tier")
-    @classmethod
-    def _tier_only_with_svg(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None and info.data.get("output_format") != "svg":
-            raise ValueError("vectorize_tier is only accepted with output_format 'svg'")
-        return value
 
     @field_validator("size")
     @classmethod

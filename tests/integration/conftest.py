@@ -205,3 +205,71 @@ def easel_up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subp
 def easel_down(env) -> subprocess.CompletedProcess:
     """``easel down``."""
     return subprocess.run([*EASEL, "down"], env=env, capture_output=True, text=True, timeout=180)
+
+
+class WebhookReceiver:
+    """A webhook receiver on a loopback port: keeps each call's headers and body, and answers 204.
+
+    While ``answering`` is clear it holds each call unanswered (up to ``HOLD_S``), as a slow receiver would.
+    """
+
+    HOLD_S = 300
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.calls: list[tuple[dict[str, str], bytes, bool]] = []  # headers, body, whether it was answered
+        self.answering = threading.Event()
+        self.answering.set()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.calls.append((dict(self.headers.items()), body, receiver.answering.is_set()))
+                receiver.answering.wait(receiver.HOLD_S)
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                """Quiet."""
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def verified(self, secret: str) -> list[tuple[str, dict, bool]]:
+        """Every call so far: its webhook-id, its body (the signature checked by Standard Webhooks' library), and
+        whether it was answered (not held)."""
+        from standardwebhooks import Webhook
+
+        check = Webhook(secret).verify
+        return [(head["webhook-id"], check(body, head), answered) for head, body, answered in list(self.calls)]
+
+    def wait_for(self, secret: str, job_ids: set[str], timeout_s: float = 120) -> list[tuple[str, dict, bool]]:
+        """The verified calls once each of ``job_ids`` has had one answered (an AssertionError past ``timeout_s``)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            calls = self.verified(secret)
+            missing = job_ids - {body["id"] for _, body, answered in calls if answered}
+            if not missing:
+                return calls
+            assert time.monotonic() < deadline, f"no webhook call for {sorted(missing)} in {timeout_s} s"
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        """Stop serving (calls held are let go)."""
+        self.answering.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[WebhookReceiver]:
+    """A webhook receiver of a test's own, on a loopback port."""
+    receiver = WebhookReceiver()
+    yield receiver
+    receiver.close()

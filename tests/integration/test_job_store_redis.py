@@ -4,6 +4,7 @@ import pytest
 import redis
 
 from serve.jobs.redis import RedisJobStore
+from serve.webhooks.redis import RedisOutbox
 from tests.job_store_contract import *  # noqa: F403 - the contract's tests
 
 pytestmark = pytest.mark.integration
@@ -13,6 +14,13 @@ pytestmark = pytest.mark.integration
 def store_factory(redis_url):
     redis.Redis.from_url(redis_url).flushdb()  # each test starts from an empty store
     return lambda: RedisJobStore(redis_url)
+
+
+@pytest.fixture
+def outbox(store_factory, redis_url):
+    opened = RedisOutbox(redis_url)
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ import pytest
 import redis
 from PIL import Image
 
+from serve.files import stack_secret
 from serve.stack import Stack, StackOptions
+from serve.webhooks import SECRET_FILE, secret_text
 from tests.integration.conftest import pictures
 
 pytestmark = pytest.mark.integration
@@ -28,7 +30,8 @@ def stack(request, tmp_path_factory):
     if request.param == "redis":
         store_url = request.getfixturevalue("redis_url")
         redis.Redis.from_url(store_url).flushdb()
-    options = StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), store_url=store_url)
+    run_dir = tmp_path_factory.mktemp("run")
+    options = StackOptions(port=0, dashboard=False, run_dir=run_dir, store_url=store_url, webhook_hosts=("127.0.0.1",))
     with Stack(options) as stack:
         yield stack
 
@@ -130,6 +133,22 @@ def test_a_queued_job_canceled_never_runs(stack, api):
     assert [kind for kind, _ in events] == ["state", "canceled"]  # it never ran
 
 
+def test_each_finished_job_is_posted_once_signed_to_its_webhook(stack, api, webhook_receiver):
+    secret = secret_text(stack_secret(stack.options.run_dir / SECRET_FILE))  # `easel webhooks secret` prints it
+    done = submit(api, {**SMALL, "seed": 90, "webhook": webhook_receiver.url})
+    canceled = submit(api, {**SMALL, "seed": 91, "num_inference_steps": 150, "webhook": webhook_receiver.url})
+    assert api.post(f"/v1/jobs/{canceled['id']}/cancel").status_code == 200
+    quiet = submit(api, {**SMALL, "seed": 92})  # no webhook: no call
+    finished = {job["id"]: wait_for(api, job["id"]) for job in (done, canceled, quiet)}
+    calls = webhook_receiver.wait_for(secret, {done["id"], canceled["id"]})
+    time.sleep(1.0)  # a second call would come by now (the sender looks every 0.5 s)
+    calls = [(delivery, body) for delivery, body, _ in webhook_receiver.verified(secret) if body["id"] in finished]
+    assert sorted(body["id"] for _, body in calls) == sorted([done["id"], canceled["id"]])  # one each
+    for delivery, body in calls:
+        assert delivery.startswith("msg_") and body == finished[body["id"]]  # the job object as GET answers it
+    assert [finished[j["id"]]["status"] for j in (done, canceled)] == ["succeeded", "canceled"]
+
+
 def test_high_priority_starts_before_earlier_normal_jobs_when_slots_are_full(api):
     blockers = [submit(api, {**SMALL, "num_inference_steps": 60, "seed": 40 + i}) for i in range(8)]
     normal = submit(api, {**SMALL, "seed": 50})
@@ -182,6 +201,8 @@ def test_an_idempotency_key_returns_the_same_job_and_refuses_another_body(api):
             "Idempotency-Key",
         ),
         ("post", GENERATE, {"json": SMALL, "headers": {"Idempotency-Key": "has space"}}, 400, "Idempotency-Key"),
+        ("post", GENERATE, {"json": {**SMALL, "background": True, "webhook": "http://example.com/"}}, 400, "webhook"),
+        ("post", GENERATE, {"json": {**SMALL, "webhook": "http://127.0.0.1:9/hook"}}, 400, "webhook"),
     ],
 )
 def test_bad_job_requests_are_clear_4xx(api, method, path, kwargs, status, param):

@@ -2,8 +2,9 @@
 
 Each ends ``succeeded`` with the image an uninterrupted run gives (same seed), a video among them with the frames an
 uninterrupted run gives. Jobs submitted while nothing runs wait and run when the workers are back. A vectorize version
-installed through the API is served again, still current. The stack's home is its own (run state, stores); its engine
-cache is the shared one (the default stack's engines, motion UNet too).
+installed through the API is served again, still current. Every job names a webhook: each one's delivery arrives,
+signed, one delivery id per job, the one in flight at the kill sent again under its id. The stack's home is its own
+(run state, stores); its engine cache is the shared one (the default stack's engines, motion UNet too).
 """
 
 import io
@@ -11,7 +12,9 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
@@ -29,7 +32,7 @@ from serve.processes import free_ports
 from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
 from serve.text_to_image.schema import GenerationRequest
-from tests.integration.conftest import easel_down, easel_up, pictures
+from tests.integration.conftest import EASEL, easel_down, easel_up, pictures
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -68,22 +71,36 @@ def _home_with_shared_engines(home: Path) -> Path:
     return home
 
 
-def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_image(tmp_path, default_model):
+def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_image(
+    tmp_path, default_model, webhook_receiver
+):
     env = {**os.environ, "EASEL_HOME": str(_home_with_shared_engines(tmp_path / "home"))}
     store_url = f"sqlite:///{tmp_path / 'jobs.db'}"
     port, dashboard_port = free_ports(2)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)
     wave = random_motion_adapter(default_model, tmp_path / "wave")  # the default stack's: its engines are cached
     options = ("--store", store_url, "--no-cache", "--no-first-request", "--motion-adapter", f"wave={wave}")
+    # A webhook attempt may take 15 s: the calls the receiver holds are in flight at the kill (or their retries are).
+    options += ("--webhook-hosts", "127.0.0.1", "--webhook-timeout-s", "15")
+    hook = webhook_receiver.url
     try:
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.
         up = easel_up(tmp_path, env, port, dashboard_port, *options)
         assert up.returncode == 0, up.stdout + up.stderr
+        secret = subprocess.run([*EASEL, "webhooks", "secret"], env=env, capture_output=True, text=True, check=True)
         trained = shutil.copytree(TRAINED_DIR, tmp_path / "vectorize-v2")  # a version the API installs, current
         assert api.put("/v1/vectorize/models", json={"trained_dir": str(trained)}).status_code == 200
+        # A quick job first: its webhook call is held by the receiver, unanswered, through the kill.
+        webhook_receiver.answering.clear()
+        quick = {**BODY, "num_inference_steps": 2, "seed": 99, "background": True, "webhook": hook}
+        held_job = api.post("/v1/images/generations", json=quick).json()["id"]
+        deadline = time.monotonic() + 120
+        while not webhook_receiver.calls:
+            assert time.monotonic() < deadline, "the quick job's webhook call did not come"
+            time.sleep(0.2)
         # A video and 10 low-priority jobs: 8 run at once (4 per Gateway replica), the others wait in the queue.
         video_id = api.post("/v1/videos", json={**VIDEO, "priority": "low"}).json()["id"]
-        bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True} for i in range(10)]
+        bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True, "webhook": hook} for i in range(10)]
         ids = [api.post("/v1/images/generations", json=body).json()["id"] for body in bodies]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -98,12 +115,13 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
 
         state = read_state(tmp_path / "home" / "run")
         killed = _kill_everything(state.stack_id, state.pid)
-        logger.info("killed %d processes", killed)
+        logger.info("killed %d processes; webhook calls held: %d", killed, len(webhook_receiver.calls))
         assert stack_processes(state.stack_id) == []
+        webhook_receiver.answering.set()  # from here on it answers (the held call's stack is gone)
 
         # Submitted while nothing runs (as another node's Gateway would): they wait for the workers.
         store = SqliteJobStore(store_url)
-        late_bodies = [{**BODY, "seed": 200 + i} for i in range(2)]
+        late_bodies = [{**BODY, "seed": 200 + i, "webhook": hook} for i in range(2)]
         for body in late_bodies:
             request = GenerationRequest.model_validate({**body, "background": True}).model_dump(mode="json")
             ids.append(store.submit(request, Priority.NORMAL)[0].id)
@@ -132,9 +150,20 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
         rerun = [j for j in jobs if j["status"] == "succeeded"]
         logger.info("attempts per job: %s", [SqliteJobStore(store_url).get(j["id"]).attempts for j in rerun])
         for body, job in zip([*bodies, *late_bodies], jobs, strict=True):
-            synchronous = {k: v for k, v in body.items() if k not in ("background", "priority")}
+            synchronous = {k: v for k, v in body.items() if k not in ("background", "priority", "webhook")}
             alone = api.post("/v1/images/generations", json=synchronous).json()
             assert pictures(job) == pictures(alone), f"job {job['id']} (seed {body['seed']}) differs from its solo run"
+        # Every job's webhook call came and was answered, signed; one delivery id per job; those held through the
+        # kill were sent again under their ids.
+        hooked = {held_job, *ids}
+        calls = webhook_receiver.wait_for(secret.stdout.strip(), hooked)
+        per_job = {job_id: {d for d, body, _ in calls if body["id"] == job_id} for job_id in hooked}
+        assert all(len(delivery_ids) == 1 for delivery_ids in per_job.values()), per_job
+        held = {delivery_id for delivery_id, _, answered in calls if not answered}
+        sent = Counter(delivery_id for delivery_id, _, _ in calls)
+        logger.info("webhook calls per delivery: %s (%d held through the kill)", sorted(sent.values()), len(held))
+        assert per_job[held_job] <= held and all(sent[delivery_id] >= 2 for delivery_id in held)
+        assert {body["status"] for _, body, _ in calls} == {"succeeded"}
     finally:
         api.close()
         easel_down(env)

@@ -22,6 +22,7 @@ from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.moderation import Policy
+from serve.results.tokens import UrlSigner
 from serve.routes import Scope
 from tests.controls import b64, input_image
 from tests.integration.conftest import (
@@ -544,3 +545,102 @@ def test_moderation_logs_name_the_key_and_the_request_never_the_prompt(stack, ke
     line = rf"moderation flagged a prompt \(weapons\): key {made['ids']['blocking']}, request [0-9a-f-]{{8,}}"
     assert re.search(line, logs), "no moderation log line names the key and the request"
     assert BLOCKED not in logs and "Guns at dawn" not in logs
+
+
+@pytest.fixture(scope="module")
+def owners(keys):
+    """Two keys that generate, run jobs and see their own images (no cost limit: these tests generate freely)."""
+    store, _ = keys
+    return [store.create(name, {Scope.GENERATE, Scope.JOBS}, KeyLimits())[1] for name in ("alice", "bob")]
+
+
+def test_a_url_answer_opens_without_a_key_is_the_base64_answer_s_png_and_only_its_key_s(api, stack, owners):
+    alice, bob = owners
+    client = openai.OpenAI(api_key=alice, base_url=f"{stack.info.api_url}/v1", max_retries=0)
+    asked = {"prompt": SMALL["prompt"], "size": "64x64", "extra_body": {"num_inference_steps": 2, "seed": 11}}
+    linked, inline = (client.images.generate(response_format=form, **asked) for form in ("url", "b64_json"))
+    url = linked.data[0].url
+    assert url.startswith(f"{stack.info.api_url}/v1/images/") and linked.data[0].b64_json is None
+    fetched = httpx.get(url, timeout=30)  # no key
+    assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
+    assert fetched.content == base64.b64decode(inline.data[0].b64_json)  # the same PNG, record and all
+    image_id = url.split("/")[5]
+    assert api.get(f"/v1/images/{image_id}", headers=_bearer(alice)).content == fetched.content
+    others, unknown = (api.get(f"/v1/images/{i}", headers=_bearer(bob)) for i in (image_id, "img_" + "0" * 24))
+    assert others.status_code == unknown.status_code == 404
+    assert others.json()["error"]["param"] == unknown.json()["error"]["param"] == "image_id"
+    assert api.get(f"/v1/images/{image_id}").status_code == 401  # the id alone, without its signature: a key
+    tampered = httpx.get(url.replace("signature=", "signature=0"), timeout=30)
+    secret = (stack.options.run_dir / "url_secret").read_bytes()
+    expired = UrlSigner(secret, ttl_s=-1).query(image_id)  # signed by the stack's secret, past its expiry
+    late = httpx.get(f"{stack.info.api_url}/v1/images/{image_id}/content?{expired}", timeout=30)
+    assert tampered.status_code == late.status_code == 403
+    assert tampered.json()["error"]["param"] == "signature" and late.json()["error"]["param"] == "expires"
+    gone = api.delete(f"/v1/images/{image_id}", headers=_bearer(alice))
+    assert gone.status_code == 200 and httpx.get(url, timeout=30).status_code == 404
+
+
+def test_a_png_carries_its_record_and_a_rerun_from_it_is_bit_identical(api, owners):
+    alice, bob = owners
+    answer = api.post(GENERATE, json=SMALL | {"seed": 12, "negative_prompt": "blurry"}, headers=_bearer(alice))
+    assert answer.status_code == 200, answer.text
+    png = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"])))
+    parameters, record = png.info["parameters"], json.loads(png.info["easel"])
+    assert parameters.splitlines()[:2] == [SMALL["prompt"], "Negative prompt: blurry"]
+    assert "Steps: 2, Sampler: ddim, CFG scale: 7.5, Seed: 12, Size: 64x64, Model hash: " in parameters
+    assert (record["model"], record["seed"], record["steps"], record["size"]) == ("easel-default", 12, 2, "64x64")
+    assert record["model_hash"] and record["easel_version"] and record["moderation"] is None
+    rerun = api.post(GENERATE, json=record["request"], headers=_bearer(alice))
+    assert rerun.status_code == 200, rerun.text
+    assert rerun.json()["data"][0]["b64_json"] == answer.json()["data"][0]["b64_json"]  # bit-identical, record too
+    history = api.get("/v1/images", params={"limit": 2}, headers=_bearer(alice)).json()
+    assert [item["id"] for item in history["data"]] == [rerun.json()["data"][0]["id"], answer.json()["data"][0]["id"]]
+    assert history["data"][1]["record"] == record and history["has_more"]
+    image_id = answer.json()["data"][0]["id"]
+    again = api.post("/v1/images/rerun", json={"image_id": image_id}, headers=_bearer(alice))
+    assert again.status_code == 200, again.text
+    assert again.json()["changed"] == [] and again.json()["rerun_of"] == image_id
+    assert again.json()["data"][0]["b64_json"] == answer.json()["data"][0]["b64_json"]
+    others = api.post("/v1/images/rerun", json={"image_id": image_id}, headers=_bearer(bob))
+    assert others.status_code == 404 and others.json()["error"]["param"] == "image_id"
+
+
+def test_grpc_and_jobs_answer_urls_and_bad_delivery_fields_are_400s_naming_them(api, stack, owners):
+    alice, _ = owners
+    request = easel_pb2.GenerateRequest(
+        prompt=SMALL["prompt"], size="64x64", num_inference_steps=2, seed=13, response_format="url"
+    )
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        events = list(
+            easel_pb2_grpc.EaselStub(channel).Generate(
+                request, metadata=(("authorization", f"Bearer {alice}"),), timeout=60
+            )
+        )
+    image = events[-1].result.images[0]
+    assert image.url and not image.data
+    job = api.post(
+        GENERATE, json=SMALL | {"seed": 13, "background": True, "response_format": "url"}, headers=_bearer(alice)
+    )
+    assert job.status_code == 202, job.text
+    _wait_until_final(api, job.json()["id"], alice)
+    done = api.get(f"/v1/jobs/{job.json()['id']}", headers=_bearer(alice)).json()
+    assert done["status"] == "succeeded", done
+    pictures = [httpx.get(url, timeout=30) for url in (image.url, done["data"][0]["url"])]
+    assert [p.status_code for p in pictures] == [200, 200] and pictures[0].content == pictures[1].content
+    small = SMALL | {"output_format": "jpeg"}
+    sizes = [
+        len(
+            api.post(GENERATE, json=small | {"output_compression": q}, headers=_bearer(alice)).json()["data"][0][
+                "b64_json"
+            ]
+        )
+        for q in (10, 95)
+    ]
+    assert sizes[0] < sizes[1]
+    for body, field in (
+        ({"response_format": "link"}, "response_format"),
+        ({"output_format": "gif"}, "output_format"),
+        ({"output_compression": 50}, "output_compression"),  # png takes none
+    ):
+        refused = api.post(GENERATE, json=SMALL | body, headers=_bearer(alice))
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text

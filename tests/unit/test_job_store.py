@@ -7,6 +7,7 @@ import pytest
 from serve.jobs.model import Owner
 from serve.jobs.sqlite import SqliteJobStore
 from serve.priority import Priority
+from serve.webhooks.sqlite import SqliteOutbox
 from tests.job_store_contract import *  # noqa: F403 - the contract's tests
 from tests.job_store_contract import REQUEST
 
@@ -15,6 +16,13 @@ from tests.job_store_contract import REQUEST
 def store_factory(tmp_path):
     url = f"sqlite:///{tmp_path / 'jobs.db'}"
     return lambda: SqliteJobStore(url)
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    opened = SqliteOutbox(f"sqlite:///{tmp_path / 'jobs.db'}")  # the job store's file
+    yield opened
+    opened.close()
 
 
 @pytest.fixture

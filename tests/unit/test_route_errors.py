@@ -22,7 +22,7 @@ def test_an_unknown_route_is_a_404_in_the_error_shape(client):
 
 
 def test_a_missing_method_is_a_405_that_keeps_allow(client):
-    response = client.put("/v1/images/generations")
+    response = client.put("/v1/moderations")
     assert response.status_code == 405 and response.headers["allow"] == "POST"
     assert _error(response) == {
         "message": "this route does not take that method",

@@ -16,6 +16,7 @@ from serve.errors import InvalidInput, NotFound
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Assignment, Experiments
 from serve.http.app import api
+from serve.images.raster import encode_image
 from serve.jobs import open_job_store
 from serve.jobs.model import Owner
 from serve.priority import Priority
@@ -152,7 +153,8 @@ class Handles:
 
         assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
         self.calls.append(("generate", request.model, cache_scope))
-        return EncodedImages([b"png"] * request.n, request.seed, 0, None)
+        png = encode_image(np.full((8, 8, 3), request.seed % 256, np.uint8), request.raster_format)
+        return EncodedImages([png] * request.n, request.seed, 0, None)
 
     async def _begin(self, name: str):
         self.calls.append(("begin", name))

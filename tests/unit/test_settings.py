@@ -31,7 +31,16 @@ def test_every_setting_is_an_option_of_easel_up_with_its_description_or_marked_a
     )
     for name in on_cli:
         assert options[name].help == StackOptions.model_fields[name].description, name
-    assert set(options) == {*on_cli, "no_cache", "jobs", "detach", "detach_timeout", "stack_id", "first_request"}
+    assert set(options) == {
+        *on_cli,
+        "no_cache",
+        "no_image_store",
+        "jobs",
+        "detach",
+        "detach_timeout",
+        "stack_id",
+        "first_request",
+    }
 
 
 def test_the_serve_app_s_arguments_restate_no_shared_setting():
@@ -110,8 +119,8 @@ def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
     options = StackOptions(
         guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0, model_weights_bytes=45
     )
-    given = app_settings(options, memory_budget_bytes=123)
-    assert set(given) == set(AppSettings.model_fields)
+    given = app_settings(options, memory_budget_bytes=123, port=8123)
+    assert set(given) == set(AppSettings.model_fields) | {"url_secret_path", "webhook_secret_path"}  # its run folder's
     args = AppArgs(models={"easel-default": "engines"}, triton_grpc_url="this-node", **given)
     assert (args.guidance_cutoff, args.approximate_cache, args.approximate_similarity, args.max_cost) == (
         0.5,
@@ -120,6 +129,7 @@ def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
         9.0,
     )
     assert args.memory_budget_bytes == 123 and args.model_weights_bytes == 45 and args.store_url == options.store
+    assert args.image_store == str(options.run_dir / "images") and args.public_url == "http://127.0.0.1:8123"
 
 
 def test_adapters_are_declared_per_model_and_the_old_spellings_mean_the_default_model(tmp_path):

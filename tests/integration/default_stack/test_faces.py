@@ -49,11 +49,12 @@ def test_a_face_is_restored_as_the_pytorch_module_restores_its_crop(api):
 
 
 def test_a_faceless_generation_comes_back_unchanged_with_the_note(api):
-    plain = api.post(GENERATE, json=BODY).json()["data"][0]
+    plain = api.post(GENERATE, json=BODY)
     answer = api.post(GENERATE, json=BODY | {"restore_faces": {"restorer": "face"}})
     assert answer.status_code == 200, answer.text
     [image] = answer.json()["data"]
-    assert image["faces"] == {"found": 0, "note": NO_FACE} and image["b64_json"] == plain["b64_json"]
+    assert image["faces"] == {"found": 0, "note": NO_FACE}
+    np.testing.assert_array_equal(answered_pixels(answer), answered_pixels(plain))  # its record says what was asked
 
 
 def test_an_edit_takes_restore_faces_as_a_form_field(api):

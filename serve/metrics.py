@@ -232,17 +232,19 @@ VARIANT_CLIP_SCORE = MetricSpec(
     "easel_variant_clip_score",
     "histogram",
     "CLIP score (the prompt-image cosine, easel up --scorer clip=DIR) of generated images that asked scores, by "
-    "experiment and variant (the model): _sum / _count is the mean, histogram_quantile(0.1, ...) the p10.",
+    "experiment and variant (the model): _sum / _count is the mean, histogram_quantile(0.1, ...) the p10 (a score "
+    "at or below 0.025, a negative one too, counts in the first bucket: Ray's bounds are positive).",
     ("experiment", "variant"),
-    tuple(round(-0.2 + 0.025 * i, 3) for i in range(33)),
+    tuple(round(0.025 * i, 3) for i in range(1, 33)),
 )
 VARIANT_AESTHETIC = MetricSpec(
     "easel_variant_aesthetic",
     "histogram",
     "Aesthetic score (LAION's predictor over CLIP, easel up --scorer aesthetic=FILE) of generated images that asked "
-    "scores, by experiment and variant (the model): _sum / _count is the mean, the 0.1 quantile the p10.",
+    "scores, by experiment and variant (the model): _sum / _count is the mean, the 0.1 quantile the p10 (at or "
+    "below 0.25 in the first bucket).",
     ("experiment", "variant"),
-    tuple(0.25 * i for i in range(-4, 41)),
+    tuple(0.25 * i for i in range(1, 41)),
 )
 SCORE_METRICS = {"clip_score": VARIANT_CLIP_SCORE, "aesthetic": VARIANT_AESTHETIC}
 """Each image score's metric."""

@@ -15,6 +15,16 @@ def test_metric_names_are_unique_and_series_follow_ray_naming():
         assert spec.name.startswith("easel_") and spec.description
         assert (spec.kind == "histogram") == bool(spec.boundaries)
         assert list(spec.boundaries) == sorted(spec.boundaries)
+        assert all(bound > 0 for bound in spec.boundaries), spec.name  # Ray's histograms refuse any other
+
+
+def test_every_ray_histogram_is_made_as_ray_makes_it():
+    """Each histogram and its bounds as Ray Serve's metrics take them (its checks run as the metric is made)."""
+    from ray.util.metrics import Histogram
+
+    for spec in metrics.ALL:
+        if spec.kind == "histogram" and spec.exporter == "ray":
+            Histogram(spec.name, spec.description, boundaries=list(spec.boundaries), tag_keys=spec.tag_keys)
 
 
 def test_recording_checks_tag_keys():

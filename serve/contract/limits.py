@@ -188,10 +188,19 @@ _GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
-        ("mask", "strength", "outpaint", "n"),
+        ("mask", "strength", "outpaint", "n", "prompts"),
         "image",
-        "mask, strength and outpaint come with an image; n images from each input image are at most 4 in all",
-        "a field that needs another, and a product of two fields",
+        "mask, strength and outpaint come with an image; n images from each input image, for each prompt, are at "
+        "most 4 in all",
+        "a field that needs another, and a product of three fields",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("prompts",),
+        "upscale.denoise",
+        "prompts do not come with an upscale's denoise (its second pass redraws with one prompt)",
+        "a field that excludes another's sub-field",
     ),
     UnstatedLimit(
         "post",
@@ -342,6 +351,14 @@ UNSTATED_LIMITS = (
         "webhook needs background true",
         "the JSON body's schema states these (allOf); a form's cannot: schemathesis judges conditionals against "
         "its file parts and fails",
+    ),
+    UnstatedLimit(
+        "post",
+        EDITS,
+        ("prompts",),
+        "not both",
+        "prompt or prompts, not both",
+        "the form requires prompt, as OpenAI's edits form does; the JSON body's schema states the choice (oneOf)",
     ),
     UnstatedLimit(
         "post",

@@ -287,7 +287,8 @@ class Generations:
                 result = await self._generate_reporting(served, request, plan, on_step, scope)
             result = await self._finished(served, request, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
-        body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
+        data = request.prompts_named(await self._encoded(request, result))  # many prompts: each item's prompt_index
+        body = {"created": int(time.time()), "seed": result.seed, "data": data}
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
             item["moderation"] = mark
         headers = {"Easel-Seed": str(result.seed)} | model_headers

@@ -146,7 +146,8 @@ class Results:
             record = {}
             if request.metadata == "full":
                 size = (0, 0) if request.output_format == "svg" else Image.open(io.BytesIO(data)).size
-                record = generation_record(request, model, seed, index, size) | {"moderation": mark}
+                made_by, place = request.origin(index, seed)  # many prompts: its prompt's own request
+                record = generation_record(made_by, model, made_by.seed, place, size) | {"moderation": mark}
                 data = with_record(data, record) if request.output_format == "png" else data
             if self.store is None:
                 answered.append(Delivered(data))

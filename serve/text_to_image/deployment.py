@@ -34,6 +34,7 @@ from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
+from serve.text_to_image.prompt_batch import run_together, steps_together
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import motion_of
 from serve.triton.client import TritonClient
@@ -202,28 +203,37 @@ class TextToImage:
         )
         for control in request.controlnets:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
+        self._count_adapters(request)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
-                job = await self._job(request, served, cache_scope)
-                result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
+                base = draw_seed(request.seed) if request.prompts else None  # prompt i's: its own, or base + i
+                singles = [request] if base is None else request.singles(base)
+                jobs = [await self._job(single, served, cache_scope) for single in singles]
+                reports = steps_together(on_step, len(jobs))
+                pairs = zip(jobs, reports, strict=True)
+                runs = [pipeline.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
+                results = await run_together(runs)  # several prompts' rows merge into each step's engine calls
             images = await asyncio.gather(
                 *(
                     asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
+                    for result in results
                     for image in result.images
                 )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
-        if result.steps_skipped is not None:
-            metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
-            if result.steps_skipped:
-                metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
-        return EncodedImages(list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped)
+        for result in results:
+            if result.steps_skipped is not None:
+                metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
+                if result.steps_skipped:
+                    metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
+        dropped = max(result.prompt_tokens_dropped for result in results)
+        skipped = min((result.steps_skipped for result in results if result.steps_skipped is not None), default=None)
+        return EncodedImages(list(images), results[0].seed if base is None else base, dropped, skipped)
 
     async def _job(self, request: GenerationRequest, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop."""
         pipeline, adapters = served.pipeline, served.model.adapters
-        self._count_adapters(request)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)
         ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)

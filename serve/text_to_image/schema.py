@@ -40,6 +40,7 @@ from serve.text_to_image.ip_scale import (
     IpScale,
     IpScaleMap,
 )
+from serve.text_to_image.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, ONE_OF_THEM, PromptBatch
 from serve.vectorize.schema import BASE64_PATTERN
 
 MAX_IMAGES = 4
@@ -48,8 +49,6 @@ MAX_SIDE = 1024
 SIDE_MULTIPLE = 8
 MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
-MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**63 - 1
 MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
 MAX_WEBHOOK_CHARS = 2048
 WEBHOOK_PATTERN = r"^https?://\S+$"
@@ -69,8 +68,6 @@ MAX_CONTROL_SCALE = 2.0
 DEFAULT_STRENGTH = 0.8
 """img2img's default (diffusers' StableDiffusionImg2ImgPipeline); with a mask: 1.0, the masked area redrawn."""
 _SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # canonical ASCII digits, matched whole (no newline)
-SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-"""Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
 
 
 def _side_pattern() -> str:
@@ -80,8 +77,6 @@ def _side_pattern() -> str:
 
 SIZE_PATTERN = f"^(?:{_side_pattern()})x(?:{_side_pattern()})(?!\\n)$"
 """The sizes the API accepts, for the schema (``(?!\\n)$``: the end, not a newline before it)."""
-PROMPT_PATTERN = f"[^{SPACES}]"
-"""A prompt holds at least one character that is not whitespace."""
 DEPENDENT_FIELDS = [
     {
         "if": {"required": ["vectorize_tier"], "properties": {"vectorize_tier": {"not": {"type": "null"}}}},
@@ -205,20 +200,15 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(Delivery):
+class GenerationRequest(PromptBatch, Delivery):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
 
-    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part.
+    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part; what
+    it draws, one prompt or many, its :class:`PromptBatch` part.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_THEM, *DEPENDENT_FIELDS]})
 
-    prompt: str = Field(
-        min_length=1,
-        max_length=MAX_PROMPT_CHARS,
-        json_schema_extra={"pattern": PROMPT_PATTERN},
-        description="What to draw.",
-    )
     n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
         None,
@@ -366,13 +356,6 @@ class GenerationRequest(Delivery):
         None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
     )
 
-    @field_validator("prompt")
-    @classmethod
-    def _prompt_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("prompt must contain at least one non-space character")
-        return value
-
     @field_validator("loras")
     @classmethod
     def _loras_once_each(cls, value: list[LoraChoice]) -> list[LoraChoice]:
@@ -403,8 +386,12 @@ class GenerationRequest(Delivery):
             if getattr(self, name) is not None and not self.image:
                 raise PydanticCustomError("needs_image", "only accepted with an image", {"field": name})
         if self.rows > MAX_IMAGES:
-            message = f"{self.n} images from each of {len(self.image)} input images is over {MAX_IMAGES} images"
-            raise PydanticCustomError("too_many", message, {"field": "n"})
+            each = f"{self.n} images from each of {max(1, len(self.image))} input images"
+            message = f"{each} for each of {self.prompt_count} prompts is over {MAX_IMAGES} images"
+            raise PydanticCustomError("too_many", message, {"field": "prompts" if self.prompts else "n"})
+        if self.prompts and self.upscale is not None and self.upscale.denoise is not None:
+            message = "not with upscale.denoise (its second pass redraws with one prompt)"
+            raise PydanticCustomError("one_prompt", message, {"field": "prompts"})
         return self
 
     @model_validator(mode="after")
@@ -457,8 +444,8 @@ class GenerationRequest(Delivery):
 
     @property
     def rows(self) -> int:
-        """Images made: ``n`` from each input image."""
-        return self.n * max(1, len(self.image))
+        """Images made: ``n`` from each input image, for each prompt."""
+        return self.n * max(1, len(self.image)) * self.prompt_count
 
     @property
     def inpainting(self) -> bool:

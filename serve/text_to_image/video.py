@@ -30,13 +30,11 @@ from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.text_to_image.generation import Motion
+from serve.text_to_image.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, PROMPT_PATTERN
 from serve.text_to_image.schema import (
     DEFAULT_STRENGTH,
     MAX_GUIDANCE,
-    MAX_PROMPT_CHARS,
-    MAX_SEED,
     MAX_STEPS,
-    PROMPT_PATTERN,
     SCHEDULER_NAMES,
     SIZE_PATTERN,
     GenerationRequest,

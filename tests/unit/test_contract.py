@@ -13,7 +13,8 @@ from serve.errors import InvalidInput
 from serve.http.app import api
 from serve.jobs.model import check_idempotency_key
 from serve.routes import ROUTES, route
-from serve.text_to_image.schema import PROMPT_PATTERN, SIZE_PATTERN, GenerationRequest
+from serve.text_to_image.prompt_batch import PROMPT_PATTERN
+from serve.text_to_image.schema import SIZE_PATTERN, GenerationRequest
 from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
 
 DOCUMENT = api.openapi()

@@ -154,7 +154,7 @@ class Handles:
         assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
         self.calls.append(("generate", request.model, cache_scope))
         png = encode_image(np.full((8, 8, 3), request.seed % 256, np.uint8), request.raster_format)
-        return EncodedImages([png] * request.n, request.seed, 0, None)
+        return EncodedImages([png] * request.rows, request.seed, 0, None)  # n of each prompt
 
     async def _begin(self, name: str):
         self.calls.append(("begin", name))

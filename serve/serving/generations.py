@@ -389,4 +389,6 @@ class Generations:
                         image.url = done.url
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
                     image.moderation.CopyFrom(grpc_api.moderation(mark))  # as the HTTP answer's marks
+                for index, image in enumerate(images if request.prompts is not None else ()):
+                    image.prompt_index = request.prompt_index(index)  # the images go prompt by prompt
                 yield grpc_api.result(item.seed, images, assignment.model, assignment.experiment, item.steps_skipped)

@@ -135,3 +135,18 @@ def test_an_answer_names_each_image_s_prompt_and_its_record_is_its_own_one_promp
     ]
     assert all("prompts" not in r["request"] for r in records) and records[1]["request"]["prompt"] == "a blue star"
     GenerationRequest.model_validate(records[2]["request"])  # a record's request is a body to post again
+
+
+def test_grpc_s_images_name_their_prompt_as_the_http_answer_s_items_do(engine_dir, tmp_path):
+    from tests.unit.test_results import _generations
+
+    generations, _ = _generations(engine_dir, tmp_path)
+
+    async def scenario():
+        many = GenerationRequest.model_validate({"prompts": PROMPTS[:2], "n": 2, "seed": 4})
+        admitted = (await generations.price(many, None)).admitted
+        return [event async for event in generations.events(admitted, None)]
+
+    events = asyncio.run(scenario())
+    assert [event.WhichOneof("event") for event in events] == ["progress", "result"]
+    assert [image.prompt_index for image in events[-1].result.images] == [0, 0, 1, 1]

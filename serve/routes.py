@@ -175,8 +175,14 @@ def route(method: str, path: str) -> Route | None:
 
 
 def allowed_methods(path: str) -> list[str]:
-    """The methods the API's routes take on a request ``path`` (upper case, sorted; ``Allow`` of a 405)."""
-    return sorted({r.method.upper() for r in ROUTES if compile_path(r.path)[0].match(path)})
+    """The methods the API's routes take on a request ``path`` (upper case, sorted; ``Allow`` of a 405).
+
+    A path some route names as it is (``/v1/images/generations``) is that route's, not a templated one's that would
+    match it too (``/v1/images/{image_id}``).
+    """
+    exact = [r for r in ROUTES if r.path == path]
+    matching = exact or [r for r in ROUTES if compile_path(r.path)[0].match(path)]
+    return sorted({r.method.upper() for r in matching})
 
 
 def rpc_route(rpc: str) -> Route:

@@ -17,15 +17,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from serve.contract.examples import add_examples
-from serve.contract.limits import (
-    ANALYZE,
-    EDITS,
-    GENERATIONS,
-    UNSTATED_LIMITS,
-    UPSCALE,
-    VECTORIZE,
-    VIDEOS,
-)
+from serve.contract.limits import UNSTATED_LIMITS
+from serve.contract.unstated import ANALYZE, EDITS, GENERATIONS, UPSCALE, VECTORIZE, VIDEOS
 from serve.finishing.schema import UpscaleJson, UpscaleOptions
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
 from serve.routes import KEYED_ROUTE_ERRORS, route

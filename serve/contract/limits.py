@@ -7,36 +7,22 @@ refusals of schema-valid requests, and no other.
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
-from dataclasses import dataclass
 
+from serve.contract.generation_limits import GENERATION_LIMITS, PROMPTS, VIDEO_LIMITS
+from serve.contract.unstated import (
+    ANALYZE,
+    BY_DECODING,
+    EDITS,
+    GENERATIONS,
+    MODERATIONS,
+    UPSCALE,
+    VECTORIZE,
+    UnstatedLimit,
+)
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS
 from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.text_to_image.schema import MAX_FEW_STEPS
 
-
-@dataclass(frozen=True)
-class UnstatedLimit:
-    """A limit no schema states: a schema-valid request over it is refused with ``status``, naming one of ``params``."""
-
-    method: str
-    path: str
-    params: tuple[str, ...]  # the fields the refusal may name (``*`` stands for a list index)
-    says: str  # what the refusal's message says
-    limit: str  # the limit, as the document says it
-    why: str  # why no schema states it
-    status: int = 400
-
-    def refuses(self, method: str, path: str, status: int, error: dict) -> bool:
-        """Whether ``error`` (the error body's ``error``), answered with ``status`` to an operation, is this limit's."""
-        if (method.lower(), path, status) != (self.method, self.path, self.status) or self.says not in error["message"]:
-            return False
-        return any(fnmatch.fnmatchcase(error["param"] or "", param) for param in self.params)
-
-
-GENERATIONS, EDITS, VECTORIZE = "/v1/images/generations", "/v1/images/edits", "/v1/vectorize"
-ANALYZE, UPSCALE, MODERATIONS = "/v1/vectorize/analyze", "/v1/images/upscale", "/v1/moderations"
-"""The routes whose bodies are read by hand (the document states them: :func:`serve.contract.openapi`)."""
 _FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
 _LORAS, _LORA = "/v1/loras", "/v1/loras/{name}"
@@ -52,6 +38,9 @@ _ENGINE_DIR = (
 )
 _ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by reading and loading it"
 _VECTORIZE_MODELS = "/v1/vectorize/models"
+_PROMPT_ANALYSIS = "/v1/prompts/analyze"
+_IMAGE_SIZE = f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
+_SCORER, _SCORE = "the scorer is the stack's", "/v1/images/score"
 _UPSCALER = "an upscaler GET /v1/upscalers lists as ready, at a scale from 1 up to its own"
 _THE_STACK_S_UPSCALERS = "the upscalers are the stack's"
 _RESTORER = "a face restorer GET /v1/upscalers lists as ready (face_restorers)"
@@ -60,314 +49,32 @@ _TRAINED_DIR = (
     "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
     "policy's ONNX files with the inputs and outputs the ensemble wires, and a readable tier1.json)"
 )
-_IMAGE = "whether bytes are an image is known by decoding them"
-_IMAGE_SIZE = f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
-_SCORER, SCORE = "the scorer is the stack's", "/v1/images/score"
-_PROMPTS = ("prompt", "negative_prompt")
-_GENERATION_LIMITS = (
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("num_inference_steps",),
-        "is over the limit of",
-        "the cost, n x megapixels (of size, or of the model's native size) x engine passes (the steps that run x (1 + "
-        "ControlNets), the VAE's) + input megapixels, is at most the stack's cost ceiling, `easel up --max-cost`",
-        "a product of three fields against a setting of the stack",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("size",),
-        "the memory budget leaves",
-        "one image of this size fits each engine in the activation memory the stack's memory budget leaves beside the "
-        "engines' weights, `easel up --memory-budget`",
-        "what a size needs depends on the engines the stack serves",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("scheduler",),
-        "is not a sampler of",
-        "a sampler of the served model's family (flow-matching models, SD3 and Flux, take ddim and euler)",
-        "the samplers are the served model family's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("size",),
-        "images are multiples of",
-        "sides that are whole latent patches of the served model (multiples of 16 for SD3 and Flux)",
-        "the patch is the served model's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("n", "num_inference_steps", "seed", "outpaint.*"),
-        "valid integer",
-        "an integer written without a fraction: 2, not 2.0",
-        "JSON Schema counts 2.0 as an integer; the API's types are strict",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        _PROMPTS,
-        "weight",
-        "AUTOMATIC1111's weighting, its brackets balanced (a literal one escaped, \\( \\) \\[ \\]) and each "
-        "weight, nesting multiplied in, a number in [0, 10]",
-        "a prompt's syntax is known by parsing it",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("webhook",),
-        "webhook: ",
-        "a URL on a host the stack allows, `easel up --webhook-hosts` (none by default)",
-        "the allowed hosts are the stack's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("model",),
-        "unknown model",
-        "a model GET /v1/models lists (absent: the stack's default model)",
-        "the models are the stack's, `easel up --model NAME=DIR`",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("loras.*.name",),
-        "LoRA adapter",
-        "each name is an adapter GET /v1/loras lists as ready",
-        "the adapters are the stack's, `easel up --loras`",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("loras",),
-        "each adapter may appear once",
-        "each adapter appears once",
-        "JSON Schema's uniqueItems compares whole items, name and scale, not names",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapter_image",),
-        "",
-        "a PNG, JPEG or WebP image within the field's limits, on a stack started with --ip-adapter",
-        f"{_IMAGE}; the IP-Adapter is the stack's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapter_scale",),
-        "",
-        "an InstantStyle mapping names blocks the model's UNet has, with at most one scale per layer",
-        "the blocks are the model's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("image", "mask", "controlnets"),
-        "take no input images",
-        "input images, masks and ControlNets go to UNet models (SD 1.x/2.x, SDXL); SD3 and Flux models take text only",
-        "the family is the served model's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("image", "image.*", "mask", "controlnets.*.image", "controlnets"),
-        "",
-        "each image (an input image, the mask, a control image) decodes as PNG, JPEG or WebP with sides from 8 to "
-        "4096 pixels; a mask has its image's size; several input images have one size",
-        _IMAGE,
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("outpaint",),
-        "needs at least one side over 0",
-        "an outpaint grows the image by at least one pixel on some side",
-        "a rule over several fields of an object (one of them above 0)",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("controlnets.*.start",),
-        "must be below end",
-        "a ControlNet's start is below its end",
-        "a rule across two fields of an object",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("controlnets.*.name",),
-        "ControlNet",
-        "each name is a ControlNet GET /v1/controlnets lists for the model",
-        "the ControlNets are the stack's, `easel up --controlnet`",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("mask", "strength", "outpaint", "n"),
-        "image",
-        "mask, strength and outpaint come with an image; n images from each input image are at most 4 in all",
-        "a field that needs another, and a product of two fields",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapter_reference",),
-        "",
-        "a reference the caller's key stored (POST /v1/references) for the model, on a stack with an IP-Adapter",
-        "the stored references are the stack's, each of one key",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters.*.name",),
-        "IP-Adapter",
-        "each name is an IP-Adapter of the model (GET /v1/models lists its ip_adapters; absent: the first), on a "
-        "stack started with --ip-adapter",
-        "the IP-Adapters are the stack's, `easel up --ip-adapter NAME=DIR`",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters.*.images", "ip_adapters.*.masks"),
-        "",
-        "an IP-Adapter takes 1 to 4 references, its images and references together, and masks one per reference",
-        "a rule over the lengths of two lists of an object",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters.*.images.*", "ip_adapters.*.masks.*"),
-        "",
-        "each reference image and mask decodes as PNG, JPEG or WebP within the image limits; a mask has the output's "
-        "size",
-        f"{_IMAGE}; the output's size is the request's size, or the model's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters.*.references.*",),
-        "",
-        "each reference is one the caller's key stored (POST /v1/references) for the model",
-        "the stored references are the stack's, each of one key",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters.*.scale",),
-        "",
-        "an InstantStyle mapping names blocks the model's UNet has",
-        "the blocks are the model's",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("ip_adapters",),
-        "",
-        "each IP-Adapter appears once; ip_adapters comes without ip_adapter_image and ip_adapter_reference",
-        "JSON Schema's uniqueItems compares whole items, not names; a rule over several fields",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("cache_interval",),
-        "cache_interval:",
-        "a cache_interval over 1 needs a stack started with --step-cache, and a job on the model's UNet (no lcm or "
-        "tcd on a distilled UNet) without LoRAs, an IP-Adapter reference or ControlNets",
-        "the step-cache engines are the stack's, and a rule over several fields",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
-        ("approximate_cache",),
-        "approximate_cache:",
-        "approximate_cache true needs a stack that keeps latents (--approximate-cache) and a text-to-image job (no "
-        "input images, mask, IP-Adapter reference or ControlNets)",
-        "the latent cache is the stack's, and a rule over several fields",
-    ),
-)
-"""Limits of a generation's fields, the same on the JSON route and the edits form."""
-VIDEOS = "/v1/videos"
-PROMPTS = "/v1/prompts/analyze"
-_VIDEO_LIMITS = (
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("seconds",),
-        "seconds:",
-        "frames is seconds x fps (one of them may be left out), at most 32",
-        "a rule across three fields",
-    ),
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("motion_adapter",),
-        "motion_adapter:",
-        "a motion adapter the model serves (an SD 1.x model started with --motion-adapter), no ControlNets with it yet",
-        "the motion adapters are the stack's, `easel up --motion-adapter NAME=DIR`",
-    ),
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("frames", "size"),
-        "",
-        "the cost, frames x megapixels x (steps + 1), is at most the stack's cost ceiling (`easel up --max-cost`), and "
-        "the frames' UNet rows fit the activation memory the memory budget leaves (`easel up --memory-budget`)",
-        "a product of three fields against settings and engines of the stack",
-    ),
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("strength",),
-        "only accepted with an input_reference",
-        "strength needs an input_reference (image-to-video)",
-        "a rule across two fields",
-    ),
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("input_reference",),
-        "",
-        "input_reference decodes as PNG, JPEG or WebP with sides from 8 to 4096 pixels",
-        _IMAGE,
-    ),
-    UnstatedLimit(
-        "post",
-        VIDEOS,
-        ("steps",),
-        "sampler takes at most",
-        f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
-        "a rule across two fields",
-    ),
-    *(
-        dataclasses.replace(limit, path=VIDEOS)
-        for limit in _GENERATION_LIMITS
-        if limit.params in (("model",), ("loras.*.name",), ("loras",), ("scheduler",), ("size",), _PROMPTS)
-    ),
-)
-"""Limits of a video's fields (``POST /v1/videos``): its own, and the generation's it runs as."""
 UNSTATED_LIMITS = (
-    *_VIDEO_LIMITS,
+    *VIDEO_LIMITS,
     *(
-        dataclasses.replace(limit, path=PROMPTS)
-        for limit in _GENERATION_LIMITS
-        if limit.params in (("model",), _PROMPTS)
+        dataclasses.replace(limit, path=_PROMPT_ANALYSIS)
+        for limit in GENERATION_LIMITS
+        if limit.params in (("model",), PROMPTS)
     ),
-    *_GENERATION_LIMITS,
-    *(dataclasses.replace(limit, path=EDITS) for limit in _GENERATION_LIMITS),
+    *GENERATION_LIMITS,
+    *(dataclasses.replace(limit, path=EDITS) for limit in GENERATION_LIMITS),
     UnstatedLimit(
         "post",
         EDITS,
-        ("vectorize_tier", "ip_adapter_scale", "webhook"),
+        ("vectorize_tier", "ip_adapter_scale", "webhook", "output_compression"),
         "is only accepted with",
         "vectorize_tier needs output_format svg; an ip_adapter_scale other than 1 needs an ip_adapter_image; a "
-        "webhook needs background true",
+        "webhook needs background true; output_compression needs output_format jpeg or webp",
         "the JSON body's schema states these (allOf); a form's cannot: schemathesis judges conditionals against "
         "its file parts and fails",
+    ),
+    UnstatedLimit(
+        "post",
+        EDITS,
+        ("prompts",),
+        "not both",
+        "prompt or prompts, not both",
+        "the form requires prompt, as OpenAI's edits form does; the JSON body's schema states the choice (oneOf)",
     ),
     UnstatedLimit(
         "post",
@@ -411,7 +118,7 @@ UNSTATED_LIMITS = (
         ("image", "model"),
         "",
         "an image that decodes (PNG, JPEG or WebP, sides up to 4096) for a served model with an IP-Adapter",
-        f"{_IMAGE}; the IP-Adapter is the stack's",
+        f"{BY_DECODING}; the IP-Adapter is the stack's",
     ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
@@ -423,7 +130,7 @@ UNSTATED_LIMITS = (
         ("image", "scale"),
         "",
         f"an image that decodes (PNG, JPEG, WebP, ...) whose upscaled size is at most {MAX_OUTPUT_PIXELS} pixels",
-        f"{_IMAGE}, and its size by reading its header",
+        f"{BY_DECODING}, and its size by reading its header",
     ),
     UnstatedLimit("post", GENERATIONS, ("upscale.upscaler", "upscale.scale"), "", _UPSCALER, _THE_STACK_S_UPSCALERS),
     *(
@@ -466,7 +173,7 @@ UNSTATED_LIMITS = (
         "",
         f"a raster image (PNG, JPEG, WebP, GIF, ...) with sides of at least {MIN_SIDE} pixels that vtracer traces "
         "within the deadline of a request",
-        f"{_IMAGE}, and how long tracing takes by tracing",
+        f"{BY_DECODING}, and how long tracing takes by tracing",
     ),
     UnstatedLimit(
         "post",
@@ -485,17 +192,14 @@ UNSTATED_LIMITS = (
         "image items on a stack that serves an image checker (`easel up --safety-checker`)",
         "the image checker is the stack's",
     ),
-    UnstatedLimit("post", MODERATIONS, ("input.*.image_url.image_url.url",), "", "base64 image data", _IMAGE),
-    UnstatedLimit("post", SCORE, ("images",), "serves no scorer", "a stack serving `easel up --scorer`", _SCORER),
-    UnstatedLimit("post", SCORE, ("images", "images.*"), "", "base64 images that decode (PNG, JPEG, WebP)", _IMAGE),
-    UnstatedLimit("post", SCORE, ("images.*",), "", _IMAGE_SIZE, "an image's size is known by reading it", status=413),
+    UnstatedLimit("post", MODERATIONS, ("input.*.image_url.image_url.url",), "", "base64 image data", BY_DECODING),
     UnstatedLimit(
         "post",
         ANALYZE,
         ("image",),
         "",
         f"a raster image (PNG, JPEG, WebP, GIF, ...) with sides of at least {MIN_SIDE} pixels",
-        _IMAGE,
+        BY_DECODING,
     ),
     UnstatedLimit(
         "post",
@@ -506,6 +210,11 @@ UNSTATED_LIMITS = (
         "an image's size is known by reading its header",
         status=413,
     ),
+    UnstatedLimit("post", _SCORE, ("images",), "serves no scorer", "a stack serving `easel up --scorer`", _SCORER),
+    UnstatedLimit(
+        "post", _SCORE, ("images", "images.*"), "", "base64 images that decode (PNG, JPEG, WebP)", BY_DECODING
+    ),
+    UnstatedLimit("post", _SCORE, ("images.*",), "", _IMAGE_SIZE, "an image's size is known by reading it", status=413),
 )
 """Every limit of the API that no schema states."""
 

@@ -71,6 +71,8 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
     """
     body = fields(parsed(message, "Generate"))
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
+    if "prompts" in body:  # none sent: the one prompt
+        body["prompts"] = [fields(choice) for choice in body["prompts"]]
     body["controlnets"] = [fields(control) for control in body.get("controlnets", [])]
     for control in body["controlnets"]:
         control["image"] = _base64(control.get("image", b""))

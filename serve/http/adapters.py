@@ -20,6 +20,8 @@ from serve.text_to_image.references import NewReference
 
 LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
 VISIBILITY = f"^({PRIVATE}|{SHARED})$"
+VISIBILITY_OR_KEPT = f"^({PRIVATE}|{SHARED})?$"
+"""A replacement's visibility: empty keeps the LoRA's (a form field has no null)."""
 
 
 def adapters(http: Request) -> Adapters:
@@ -54,7 +56,7 @@ async def lora_replaced(
     http: Request,
     name: str,
     file: Annotated[FormFile | None, File()] = None,
-    visibility: Annotated[str | None, Form(pattern=VISIBILITY)] = None,
+    visibility: Annotated[str, Form(pattern=VISIBILITY_OR_KEPT)] = "",
     owner: Annotated[str | None, Form(max_length=64)] = None,
 ) -> dict:
     """Replace the caller's LoRA adapter's weights, or its visibility (``shared``: an admin key's to give).
@@ -62,7 +64,7 @@ async def lora_replaced(
     404 for a name the caller has not (another key's private LoRA too); requests in flight finish on the old
     weights. ``owner``: an admin key names another key's.
     """
-    return await adapters(http).lora_replaced(name, file and file.file, caller(http), visibility, owner)
+    return await adapters(http).lora_replaced(name, file and file.file, caller(http), visibility or None, owner)
 
 
 async def lora_removed(http: Request, name: str, owner: str | None = None) -> dict:

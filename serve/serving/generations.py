@@ -312,7 +312,8 @@ class Generations:
             result = await self._finished(served, admitted, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
-        body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
+        data = request.prompts_named(await self._encoded(request, result))  # many prompts: each item's prompt_index
+        body = {"created": int(time.time()), "seed": result.seed, "data": data}
         if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
@@ -418,6 +419,8 @@ class Generations:
                         image["url"] = done.url
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
                     image["moderation"] = mark  # as the HTTP answer's marks
+                for index, image in enumerate(images if request.prompts is not None else ()):
+                    image["prompt_index"] = request.prompt_index(index)  # the images go prompt by prompt
                 yield StreamedImages(
                     item.seed,
                     images,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import secrets
 
@@ -89,8 +90,11 @@ class Moderation:
         policy = policy_of(self.policy, key and key.limits.moderation)
         if policy is Policy.OFF:
             return Screening(policy, key_id=key_id)
-        [verdict] = await self.texts_checked([request.prompt])
-        self._refused_if_flagged("prompt", verdict, policy, key_id)
+        named = request.prompt_texts()  # its prompt, or each of its prompts
+        verdicts = await self.texts_checked([text for _, text in named])
+        for (field, _), prompt_verdict in zip(named, verdicts, strict=True):
+            self._refused_if_flagged(field, prompt_verdict, policy, key_id)
+        verdict = functools.reduce(Verdict.merged, verdicts)
         named = input_images(request) if self.images is not None else []
         if named:
             checked = await self._images_checked(named)
@@ -122,7 +126,8 @@ class Moderation:
         """A flagged input counted, and under ``block`` refused naming ``field``."""
         if not verdict.flagged:
             return
-        self._counted("prompt" if field == "prompt" else "input_image", verdict, key_id)
+        is_prompt = field.split(".")[0] in ("prompt", "prompts")
+        self._counted("prompt" if is_prompt else "input_image", verdict, key_id)
         if policy is Policy.BLOCK:
             raise ContentPolicyViolation(
                 f"{field}: refused by the content policy (flagged: {', '.join(verdict.flagged_categories)})",
@@ -138,8 +143,8 @@ class Moderation:
         policy = self.policy if policy is None else policy
         if policy is Policy.OFF:
             return Screening(policy, key_id=key_id)
-        [verdict] = await self.texts_checked([request.prompt])
-        return Screening(policy, verdict, key_id)  # its input images were checked then
+        verdicts = await self.texts_checked([text for _, text in request.prompt_texts()])
+        return Screening(policy, functools.reduce(Verdict.merged, verdicts), key_id)  # its images were checked then
 
     async def checked(self, result: EncodedImages, screening: Screening) -> tuple[EncodedImages, Moderated]:
         """``result``'s images under ``screening``'s policy (:func:`serve.moderation.policy.moderated`)."""

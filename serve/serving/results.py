@@ -51,8 +51,12 @@ def easel_version() -> str:
         return "unknown"
 
 
-def generation_record(request: GenerationRequest, model, seed: int, index: int, size: tuple[int, int]) -> dict:
+def generation_record(
+    request: GenerationRequest, model, seed: int, index: int, size: tuple[int, int], owner: str | None = None
+) -> dict:
     """What made image ``index`` of a generation of ``request`` on ``model`` (a served model) with ``seed``.
+
+    ``owner``: the key that asked, whose own LoRAs its ``loras`` name (None: an open API's, the shared set).
 
     Its sampling, the model (name, version, the engine folder's content hash), adapters with their scales and
     content hashes, ControlNets, input images (SHA-256 of their base64 as sent), finishing, and the request itself
@@ -61,7 +65,7 @@ def generation_record(request: GenerationRequest, model, seed: int, index: int, 
     hashed = request.images_hashed()
     loras = [
         {"name": choice.name, "scale": choice.scale, "hash": key}
-        for choice, (key, _) in zip(request.loras, model.adapters.resolve(request), strict=True)
+        for choice, (key, _) in zip(request.loras, model.adapters.resolve(request, owner), strict=True)
     ]
     controls = [
         {k: c[k] for k in ("name", "scale", "start", "end", "preprocess", "image")} for c in hashed["controlnets"]
@@ -146,7 +150,10 @@ class Results:
             record = {}
             if request.metadata == "full":
                 size = (0, 0) if request.output_format == "svg" else Image.open(io.BytesIO(data)).size
-                record = generation_record(request, model, seed, index, size) | {"moderation": mark}
+                made_by, place = request.origin(index, seed)  # many prompts: its prompt's own request
+                record = generation_record(made_by, model, made_by.seed, place, size, owner or None) | {
+                    "moderation": mark
+                }
                 data = with_record(data, record) if request.output_format == "png" else data
             if self.store is None:
                 answered.append(Delivered(data))
@@ -222,7 +229,7 @@ class Results:
         """
         image = await asyncio.to_thread(self._store().find, rerun.image_id, owner_filter(key))
         then = image.record
-        loras = model.adapters.resolve(GenerationRequest.model_validate(then["request"]))
+        loras = model.adapters.resolve(GenerationRequest.model_validate(then["request"]), key and key.id)
         facts = {  # each: (then, now)
             "model_hash": (then["model_hash"], model.key),
             "loras": ([lora["hash"] for lora in then["loras"]], [content for content, _ in loras]),

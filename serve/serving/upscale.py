@@ -24,7 +24,8 @@ from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.text_to_image.admission import Work
-from serve.text_to_image.schema import MAX_SIDE, SIDE_MULTIPLE, GenerationRequest
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.sizes import MAX_SIDE, SIDE_MULTIPLE
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import replica_runner

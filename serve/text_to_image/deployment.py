@@ -36,6 +36,7 @@ from serve.text_to_image.ip_scale import ip_choices
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
+from serve.text_to_image.prompt_batch import run_together, steps_together
 from serve.text_to_image.prompt_weights import plain_text
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.scores import Scorer, check_scores
@@ -210,29 +211,42 @@ class TextToImage:
         )
         for control in request.controlnets:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
+        self._count_adapters(request)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
-                job = await self._job(request, plan, served, cache_scope)
+                base = draw_seed(request.seed) if request.prompts else None  # prompt i's: its own, or base + i
+                singles = [request] if base is None else request.singles(base)
+                jobs = [await self._job(single, plan, served, cache_scope) for single in singles]
+                reports = steps_together(on_step, len(jobs))
+                pairs = zip(jobs, reports, strict=True)
+                runs = [pipeline.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
                 try:
-                    result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
+                    results = await run_together(runs)  # several prompts' rows merge into each step's engine calls
                 except Diverged as error:  # its adapters', or the model's: said so, never a black image
                     raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
-            scores = await self.scorer.score(result.images, plain_text(request.prompt)) if request.scores else None
+            scores = None
+            if request.scores:  # each image scored against its own prompt
+                pairs = zip(singles, results, strict=True)
+                scored = [await self.scorer.score(result.images, plain_text(single.prompt)) for single, result in pairs]
+                scores = [score for batch in scored for score in batch]
             images = await asyncio.gather(
                 *(
                     asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
+                    for result in results
                     for image in result.images
                 )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
         metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
-        if result.steps_skipped is not None:
-            metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
-            if result.steps_skipped:
-                metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
-        return EncodedImages(
-            list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped, scores=scores
-        )
+        for result in results:
+            if result.steps_skipped is not None:
+                metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
+                if result.steps_skipped:
+                    metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
+        dropped = max(result.prompt_tokens_dropped for result in results)
+        skipped = min((result.steps_skipped for result in results if result.steps_skipped is not None), default=None)
+        seed = results[0].seed if base is None else base
+        return EncodedImages(list(images), seed, dropped, skipped, scores=scores)
 
     async def _job(self, request: GenerationRequest, plan: Plan, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop.
@@ -240,7 +254,6 @@ class TextToImage:
         Its LoRAs are the plan's: resolved at the Gateway for the key it came with (their weights of that moment).
         """
         pipeline, adapters = served.pipeline, served.model.adapters
-        self._count_adapters(request)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)
         ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)

@@ -24,7 +24,8 @@ from starlette.formparsers import MultiPartParser
 from starlette.requests import Request
 
 from serve.errors import InvalidInput, invalid_input
-from serve.text_to_image.schema import MAX_CONTROLNETS, MAX_IMAGES, MAX_REQUEST_BYTES, GenerationRequest
+from serve.text_to_image.adapter_choices import MAX_CONTROLNETS
+from serve.text_to_image.schema import MAX_IMAGES, MAX_REQUEST_BYTES, GenerationRequest
 
 FILE_FIELDS = ("image", "mask", "ip_adapter_image")
 """The request's image fields a multipart body sends as files (``ip_adapter_image`` may be base64 text too)."""

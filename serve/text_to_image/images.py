@@ -22,7 +22,8 @@ from serve.images import base64_bytes
 from serve.images.raster import ImageRejected, check_size, decode_image
 from serve.text_to_image.generation import Control, IpReferences
 from serve.text_to_image.ip_scale import ip_choices
-from serve.text_to_image.schema import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, GenerationRequest, Outpaint
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Outpaint
 
 MAX_INPUT_PIXELS = 4096 * 4096
 """Input, mask, control and reference images are resized (to the output's size, the image encoder's): any picture up

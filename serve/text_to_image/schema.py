@@ -3,24 +3,24 @@
 One request model serves ``/v1/images/generations`` (JSON: images in base64), ``/v1/images/edits`` (multipart, as
 OpenAI's edits take it: the files become this model's base64 fields) and gRPC's ``Generate``. Input images
 (``image``, ``mask``, ``outpaint``: img2img, inpainting, outpainting) and ``controlnets`` are checked here for shape;
-decoding them is the replica's (:mod:`serve.text_to_image.images`).
+decoding them is the replica's (:mod:`serve.text_to_image.images`). Its parts: sizes and outpainting's margins
+(:mod:`serve.text_to_image.sizes`), LoRAs and ControlNets (:mod:`serve.text_to_image.adapter_choices`), one
+prompt or many (:mod:`serve.text_to_image.prompt_batch`), how its images are answered
+(:mod:`serve.text_to_image.delivery`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     Strict,
     StrictBool,
     StrictInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -32,6 +32,7 @@ from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
+from serve.text_to_image.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
 from serve.text_to_image.delivery import Delivery
 from serve.text_to_image.ip_scale import (
     MAX_IP_ADAPTERS,
@@ -41,17 +42,14 @@ from serve.text_to_image.ip_scale import (
     IpScale,
     IpScaleMap,
 )
-from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
+from serve.text_to_image.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, ONE_OF_THEM, PromptBatch
+from serve.text_to_image.prompt_weights import checked_prompt
+from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, SIZE_PATTERN, Outpaint, checked_size
 from serve.vectorize.schema import BASE64_PATTERN
 
 MAX_IMAGES = 4
-MIN_SIDE = 64
-MAX_SIDE = 1024
-SIDE_MULTIPLE = 8
 MAX_STEPS = 150
 MAX_GUIDANCE = 50.0
-MAX_PROMPT_CHARS = 4000
-MAX_SEED = 2**63 - 1
 MAX_TAG_CHARS = 32  # quality and style: OpenAI's words (hd, vivid), taken for its clients and otherwise unused
 MAX_WEBHOOK_CHARS = 2048
 WEBHOOK_PATTERN = r"^https?://\S+$"
@@ -62,28 +60,10 @@ SCHEDULER_NAMES = ("ddim", "euler", "dpmpp_2m", *FEW_STEP_SCHEDULERS)
 MAX_CACHE_INTERVAL = 10
 MAX_FEW_STEPS = 50
 """The few-step samplers' most steps: their ``original_inference_steps``, the distillation's DDIM skeleton."""
-MAX_LORAS = 4
-MAX_LORA_SCALE = 4.0
 MAX_REQUEST_BYTES = 32 << 20
 """A generation's or an edit's body on the wire: all its images together (base64 in JSON, files in multipart)."""
-MAX_CONTROLNETS = 4
-MAX_CONTROL_SCALE = 2.0
 DEFAULT_STRENGTH = 0.8
 """img2img's default (diffusers' StableDiffusionImg2ImgPipeline); with a mask: 1.0, the masked area redrawn."""
-_SIZE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")  # canonical ASCII digits, matched whole (no newline)
-SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
-"""Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""
-
-
-def _side_pattern() -> str:
-    """Every side :data:`_SIZE` and the limits accept (canonical digits: no zeros in front), as one expression."""
-    return "|".join(str(side) for side in range(MIN_SIDE, MAX_SIDE + 1) if side % SIDE_MULTIPLE == 0)
-
-
-SIZE_PATTERN = f"^(?:{_side_pattern()})x(?:{_side_pattern()})(?!\\n)$"
-"""The sizes the API accepts, for the schema (``(?!\\n)$``: the end, not a newline before it)."""
-PROMPT_PATTERN = f"[^{SPACES}]"
-"""A prompt holds at least one character that is not whitespace."""
 DEPENDENT_FIELDS = [
     {
         "if": {"required": ["vectorize_tier"], "properties": {"vectorize_tier": {"not": {"type": "null"}}}},
@@ -116,85 +96,6 @@ ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_
 a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps, a webhook is a background job's."""
 
 
-class LoraChoice(BaseModel):
-    """One LoRA adapter of a request and its weight (diffusers' ``set_adapters`` weight)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64, description="An adapter of `GET /v1/loras`.")
-    scale: Annotated[float, Strict()] = Field(
-        1.0, ge=-MAX_LORA_SCALE, le=MAX_LORA_SCALE, allow_inf_nan=False, description="The adapter's weight."
-    )
-
-
-Unit = Annotated[float, Strict(), Field(ge=0.0, le=1.0, allow_inf_nan=False)]
-
-
-class ControlNetChoice(BaseModel):
-    """One ControlNet of a request: which, its control image, its weight and the part of the steps it guides."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=64, description="A ControlNet of `GET /v1/controlnets`.")
-    image: str = Field(
-        min_length=1,
-        max_length=MAX_IMAGE_CHARS,
-        description="The control image (an edge map, a depth map, a pose...), base64 PNG/JPEG/WebP; resized to the "
-        "output's size. With preprocess canny: a photo, turned into its edges here.",
-    )
-    scale: Annotated[float, Strict()] = Field(
-        1.0,
-        ge=0.0,
-        le=MAX_CONTROL_SCALE,
-        allow_inf_nan=False,
-        description="Its weight (diffusers' controlnet_conditioning_scale).",
-    )
-    start: Unit = Field(0.0, description="The share of the steps before it guides (control_guidance_start).")
-    end: Unit = Field(1.0, description="The share of the steps after which it stops (control_guidance_end).")
-    preprocess: Literal["none", "canny"] = Field(
-        "none", description="canny: the image's edges (Canny, as OpenCV's with L2 gradients) are the control image."
-    )
-    low_threshold: Annotated[float, Strict()] = Field(
-        100.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="With canny: the hysteresis' low gradient."
-    )
-    high_threshold: Annotated[float, Strict()] = Field(
-        200.0, ge=0.0, le=1000.0, allow_inf_nan=False, description="With canny: the hysteresis' high gradient."
-    )
-
-    @field_validator("image")
-    @classmethod
-    def _image_is_base64(cls, value: str) -> str:
-        return _base64_image(value)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> ControlNetChoice:
-        if self.start >= self.end:
-            raise PydanticCustomError(
-                "start_after_end", f"must be below end ({self.start} >= {self.end})", {"field": "start"}
-            )
-        if self.preprocess == "canny" and self.low_threshold > self.high_threshold:
-            message = f"is above high_threshold ({self.low_threshold} > {self.high_threshold})"
-            raise PydanticCustomError("thresholds", message, {"field": "low_threshold"})
-        return self
-
-
-class Outpaint(BaseModel):
-    """Pixels added on each side of the input image, to be drawn: the image padded, the new area the mask."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    left: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    top: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    right: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    bottom: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-
-    @model_validator(mode="after")
-    def _some(self) -> Outpaint:
-        if not (self.left or self.top or self.right or self.bottom):
-            raise PydanticCustomError("no_side", "needs at least one side over 0", {})
-        return self
-
-
 @dataclass(frozen=True)
 class Sampling:
     """How a generation samples, with the API's defaults.
@@ -207,24 +108,19 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(Delivery):
+class GenerationRequest(PromptBatch, Delivery):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
 
-    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part.
+    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part; what
+    it draws, one prompt or many, its :class:`PromptBatch` part.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_THEM, *DEPENDENT_FIELDS]})
 
-    prompt: str = Field(
-        min_length=1,
-        max_length=MAX_PROMPT_CHARS,
-        json_schema_extra={"pattern": PROMPT_PATTERN},
-        description=f"What to draw, weighted as AUTOMATIC1111's prompts are: {WEIGHTING}",
-    )
     n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
         None,
-        json_schema_extra={"pattern": SIZE_PATTERN},  # documented; checked by _size_in_range
+        json_schema_extra={"pattern": SIZE_PATTERN},  # documented; checked by checked_size
         description=f"WIDTHxHEIGHT, each a multiple of {SIDE_MULTIPLE} in [{MIN_SIDE}, {MAX_SIDE}]; "
         "default: the served model's native size (64x64 for the embedded default).",
     )
@@ -372,12 +268,18 @@ class GenerationRequest(Delivery):
         None, max_length=MAX_USER_CHARS, description="An end user's id (OpenAI's): its experiment variant sticks to it."
     )
 
-    @field_validator("prompt", "negative_prompt")
+    @field_validator("negative_prompt")
     @classmethod
-    def _prompt_reads(cls, value: str, info: ValidationInfo) -> str:
-        if info.field_name == "prompt" and not value.strip():
-            raise ValueError("prompt must contain at least one non-space character")
-        return checked_prompt(value, info.field_name)
+    def _negative_prompt_reads(cls, value: str) -> str:
+        return checked_prompt(value, "negative_prompt")
+
+    @model_validator(mode="after")
+    def _prompts_read(self) -> GenerationRequest:
+        """Each prompt's weighting parses (a 400 naming ``prompt`` or ``prompts.N.prompt`` otherwise)."""
+        for field, text in self.prompt_texts():
+            if text is not None:
+                checked_prompt(text, field)
+        return self
 
     @field_validator("loras")
     @classmethod
@@ -409,8 +311,12 @@ class GenerationRequest(Delivery):
             if getattr(self, name) is not None and not self.image:
                 raise PydanticCustomError("needs_image", "only accepted with an image", {"field": name})
         if self.rows > MAX_IMAGES:
-            message = f"{self.n} images from each of {len(self.image)} input images is over {MAX_IMAGES} images"
-            raise PydanticCustomError("too_many", message, {"field": "n"})
+            each = f"{self.n} images from each of {max(1, len(self.image))} input images"
+            message = f"{each} for each of {self.prompt_count} prompts is over {MAX_IMAGES} images"
+            raise PydanticCustomError("too_many", message, {"field": "prompts" if self.prompts else "n"})
+        if self.prompts and self.upscale is not None and self.upscale.denoise is not None:
+            message = "not with upscale.denoise (its second pass redraws with one prompt)"
+            raise PydanticCustomError("one_prompt", message, {"field": "prompts"})
         return self
 
     @model_validator(mode="after")
@@ -441,15 +347,7 @@ class GenerationRequest(Delivery):
     @field_validator("size")
     @classmethod
     def _size_in_range(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        match = _SIZE.fullmatch(value)
-        if not match:
-            raise ValueError("size must look like '256x256' (WIDTHxHEIGHT, digits without zeros in front)")
-        for side in map(int, match.groups()):
-            if side % SIDE_MULTIPLE or not MIN_SIDE <= side <= MAX_SIDE:
-                raise ValueError(f"size sides must be multiples of {SIDE_MULTIPLE} between {MIN_SIDE} and {MAX_SIDE}")
-        return value
+        return None if value is None else checked_size(value)
 
     def width_height(self, native_size: int) -> tuple[int, int]:
         """The requested (width, height) in pixels; ``native_size`` square when no size was given.
@@ -463,8 +361,8 @@ class GenerationRequest(Delivery):
 
     @property
     def rows(self) -> int:
-        """Images made: ``n`` from each input image."""
-        return self.n * max(1, len(self.image))
+        """Images made: ``n`` from each input image, for each prompt."""
+        return self.n * max(1, len(self.image)) * self.prompt_count
 
     @property
     def inpainting(self) -> bool:

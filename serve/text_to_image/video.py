@@ -29,22 +29,19 @@ from starlette.requests import ClientDisconnect, Request
 from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
+from serve.text_to_image.adapter_choices import MAX_LORAS, LoraChoice
 from serve.text_to_image.generation import Motion
+from serve.text_to_image.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, PROMPT_PATTERN
 from serve.text_to_image.prompt_weights import checked_prompt
 from serve.text_to_image.schema import (
     DEFAULT_STRENGTH,
     MAX_GUIDANCE,
-    MAX_LORAS,
-    MAX_PROMPT_CHARS,
-    MAX_SEED,
     MAX_STEPS,
-    PROMPT_PATTERN,
     SCHEDULER_NAMES,
-    SIZE_PATTERN,
     GenerationRequest,
-    LoraChoice,
     Sampling,
 )
+from serve.text_to_image.sizes import SIZE_PATTERN
 
 if TYPE_CHECKING:  # the request models load in Ray's HTTP proxy (serve.routes): no torch there
     from serve.text_to_image.families import Family

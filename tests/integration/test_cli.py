@@ -102,7 +102,7 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "First request" in up.stdout and "-> 200" in up.stdout
-        engines = sorted(p.name for p in repository.iterdir() if not p.name.startswith("vectorize"))
+        engines = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("vectorize"))
         assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
         family = _family(state)
         os.kill(state.pid, signal.SIGKILL)  # the `easel up` process dies; Ray, Triton and the stubs are left behind

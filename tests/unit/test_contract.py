@@ -14,7 +14,9 @@ from serve.http.app import api
 from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
 from serve.routes import ROUTES, route
-from serve.text_to_image.schema import PROMPT_PATTERN, SIZE_PATTERN, GenerationRequest
+from serve.text_to_image.prompt_batch import PROMPT_PATTERN
+from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.sizes import SIZE_PATTERN
 from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
 
 DOCUMENT = api.openapi()

@@ -52,6 +52,8 @@ def test_unset_fields_take_the_http_api_s_defaults():
             "ip_adapter_scale_json",
         ),
         (easel_pb2.GenerateRequest(prompt="x", size="0064x0064"), "size"),
+        (easel_pb2.GenerateRequest(prompt="x", prompts=[easel_pb2.Prompt(prompt="y")]), "prompts"),
+        (easel_pb2.GenerateRequest(prompts=[easel_pb2.Prompt(prompt="y", seed=2**63)]), "prompts.0.seed"),
     ],
 )
 def test_bad_fields_are_invalid_argument_naming_the_field(message, field):
@@ -59,6 +61,13 @@ def test_bad_fields_are_invalid_argument_naming_the_field(message, field):
         generation_request(message)
     assert refused.value.field == field and refused.value.message.startswith(f"{field}:")
     assert refused.value.grpc_code is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_many_prompts_travel_as_the_http_api_s_prompts():
+    prompts = [easel_pb2.Prompt(prompt="a fox", seed=3), easel_pb2.Prompt(prompt="a cat")]
+    request = generation_request(easel_pb2.GenerateRequest(prompts=prompts, seed=10))
+    assert request.prompt is None and [(p.prompt, p.seed) for p in request.prompts] == [("a fox", 3), ("a cat", None)]
+    assert [(single.prompt, single.seed) for single in request.singles(10)] == [("a fox", 3), ("a cat", 11)]
 
 
 def test_adapters_travel_as_the_http_api_s_fields():

@@ -163,6 +163,17 @@ def test_a_flagged_prompt_is_refused_under_block_marked_under_flag_and_unchecked
     assert not screened(Moderation(Policy.BLOCK, Blocklist.parse(BLOCKLIST)), harmless, None).inputs.flagged
 
 
+def test_each_of_many_prompts_is_screened_and_a_flagged_one_refused_naming_it(counted):
+    moderation = Moderation(Policy.BLOCK, Blocklist.parse(BLOCKLIST))
+    many = GenerationRequest(prompts=[{"prompt": "a lighthouse"}, {"prompt": "a gun on a table"}])
+    with pytest.raises(ContentPolicyViolation) as refused:
+        screened(moderation, many, None)
+    assert refused.value.field == "prompts.1.prompt" and "weapons" in refused.value.message
+    assert [count["item"] for count in counted] == ["prompt"]
+    flagged = screened(moderation, many, key(Policy.FLAG))
+    assert flagged.inputs.flagged_categories == ["weapons"]  # the prompts' verdicts merged
+
+
 def test_a_flagged_input_image_is_refused_under_block_naming_its_field_and_marks_the_answer_under_flag(counted):
     red, blue = (base64.b64encode(png(color)).decode() for color in ((250, 0, 0), (0, 0, 250)))
     checker = RedFlagger()

@@ -69,6 +69,13 @@ def test_large_inputs_pay_for_the_pixels_they_decode_to(models):
     assert _work(models, controlled).input_pixels == 4096 * 4096
 
 
+def test_many_prompts_are_priced_once_for_all_their_rows(models):
+    one = _work(models, _request(n=1, num_inference_steps=10))
+    prompts = [{"prompt": f"icon {i}"} for i in range(4)]
+    four = _work(models, GenerationRequest.model_validate({"prompts": prompts, "num_inference_steps": 10}))
+    assert (four.rows, four.steps) == (4, 10) and four.cost == pytest.approx(4 * one.cost)
+
+
 def test_every_engine_pass_counts(models):
     text = _work(models, _request(size="64x64", num_inference_steps=10))
     assert text.passes_per_image == 10 + 1  # the UNet per step, the VAE decoder once

@@ -47,6 +47,7 @@ def test_a_signed_url_opens_until_it_expires_and_not_for_another_image_or_secret
         ("img_a", expires + 3600, signature, signer),  # its expiry moved
         ("img_a", expires, signature[:-1] + ("1" if signature[-1] == "0" else "0"), signer),  # tampered
         ("img_a", expires, signature, UrlSigner(b"another stack", 60)),
+        ("\u00d9x", expires, "h\u00fd\U00089534q", signer),  # any text a path and query decode to: a 403, never a 500
     ):
         with pytest.raises(Forbidden) as refused:
             other.check(image_id, until, sig, now=1000)

@@ -37,6 +37,13 @@ def test_a_405_allows_every_method_of_a_path_several_routes_share(client):
     assert response.status_code == 405 and response.headers["allow"] == "DELETE, GET, PUT"
 
 
+def test_a_405_on_a_path_a_route_names_as_it_is_allows_that_route_s_methods_only(client):
+    """``/v1/images/generations`` is POST's, though ``/v1/images/{image_id}`` (GET, DELETE) would match it too."""
+    for path in ("/v1/images/generations", "/v1/images/rerun", "/v1/images/score"):
+        response = client.options(path)
+        assert response.status_code == 405 and response.headers["allow"] == "POST", path
+
+
 @pytest.mark.parametrize("body", [b'{"prompt": "\xff\xfe"}', b"[" * 100_000 + b"]" * 100_000])
 def test_an_unreadable_body_is_a_400_naming_the_body(client, body):
     response = client.post("/v1/images/generations", content=body, headers={"content-type": "application/json"})

@@ -2,7 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve.errors import invalid_input
-from serve.text_to_image.schema import MAX_IMAGES, MAX_SIDE, MAX_STEPS, GenerationRequest
+from serve.text_to_image.schema import MAX_IMAGES, MAX_STEPS, GenerationRequest
+from serve.text_to_image.sizes import MAX_SIDE
 
 
 @pytest.mark.parametrize(

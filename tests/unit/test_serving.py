@@ -140,11 +140,13 @@ class Handles:
     def __init__(self) -> None:
         self.calls = []
         self.generate = SimpleNamespace(remote=self._generate)
+        self.generate_stream = SimpleNamespace(remote=self._stream)
         self.begin = SimpleNamespace(remote=self._begin)
         self.end = SimpleNamespace(remote=self._end)
 
-    def options(self, multiplexed_model_id: str):
-        self.calls.append(("route", multiplexed_model_id))
+    def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
+        if multiplexed_model_id is not None:
+            self.calls.append(("route", multiplexed_model_id))
         return self
 
     async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
@@ -154,7 +156,14 @@ class Handles:
         assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
         self.calls.append(("generate", request.model, cache_scope))
         png = encode_image(np.full((8, 8, 3), request.seed % 256, np.uint8), request.raster_format)
-        return EncodedImages([png] * request.n, request.seed, 0, None)
+        return EncodedImages([png] * request.rows, request.seed, 0, None)  # n of each prompt
+
+    async def _stream(self, request, plan, sent_at: float, cache_scope: str = ""):
+        """The generation as gRPC's ``Generate`` streams it: one step, then the images."""
+        from serve.text_to_image.generation import Progress
+
+        yield Progress(1, 1, None)
+        yield await self._generate(request, plan, sent_at, cache_scope)
 
     async def _begin(self, name: str):
         self.calls.append(("begin", name))

@@ -1,5 +1,8 @@
 """Text-to-image through a real Triton and a real Ray Serve app, over HTTP."""
 
+import base64
+import io
+import json
 import logging
 import time
 
@@ -7,6 +10,7 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
+from PIL import Image
 
 from loadtests.benchmarks.loop import triton_counts
 from serve.stack import FIRST_REQUEST
@@ -169,6 +173,26 @@ def test_the_same_seed_draws_the_same_icon_and_no_size_means_the_native_size(api
     assert first.shape == (64, 64, 3)
     drawn = ink(first[None])[0] > 0.35
     assert 0.05 < drawn.mean() < 0.9  # an icon on a light background, not noise or a blank
+
+
+def test_four_prompts_in_one_call_are_each_their_own_request_and_their_records_name_them(api):
+    """Issue 62's acceptance: a 4-prompt call answers 4 images, each its own one-prompt request's (>= 40 dB)."""
+    prompts = [{"prompt": "a red heart icon", "seed": 5}, {"prompt": "a blue star icon"}, {"prompt": "a green leaf"}]
+    prompts.append({"prompt": "a yellow sun icon", "seed": 2})
+    body = {"size": "64x64", "num_inference_steps": 4, "seed": 40}
+    together = api.post(GENERATE, json=body | {"prompts": prompts})
+    assert together.status_code == 200, together.text
+    seeds = [5, 41, 42, 2]  # its own, else the request's + its index
+    data = together.json()["data"]
+    assert [item["prompt_index"] for item in data] == [0, 1, 2, 3]
+    for image, item, choice, seed in zip(decode_images(together), data, prompts, seeds, strict=True):
+        record = json.loads(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).info["easel"])
+        assert (record["prompt"], record["seed"], record["n"]) == (choice["prompt"], seed, 1)
+        alone = decode_images(api.post(GENERATE, json=body | {"prompt": choice["prompt"], "seed": seed}))[0]
+        logger.info("prompt %r: PSNR %.1f dB against its own request", choice["prompt"], psnr(image, alone))
+        assert psnr(image, alone) >= 40
+    too_many = api.post(GENERATE, json=body | {"prompts": prompts, "n": 2})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "prompts", too_many.text
 
 
 @pytest.mark.parametrize("tier", [None, "1"])

@@ -120,9 +120,9 @@ def test_an_answer_names_each_image_s_prompt_and_its_record_is_its_own_one_promp
 
     async def scenario():
         many = GenerationRequest.model_validate({"prompts": PROMPTS, "seed": 10, "num_inference_steps": 2})
-        priced = await generations.price(many, None)
-        one = await generations.price(GenerationRequest(prompt="a red heart", seed=10, num_inference_steps=2), None)
-        return priced.cost, one.cost, (await generations.served_answer(priced.admitted, None))[0]
+        priced = await generations.admitted(many, None)
+        one = await generations.admitted(GenerationRequest(prompt="a red heart", seed=10, num_inference_steps=2), None)
+        return priced.cost, one.cost, (await generations.served_answer(priced, None))[0]
 
     cost, one_cost, body = asyncio.run(scenario())
     assert cost == pytest.approx(3 * one_cost) and body["seed"] == 10
@@ -144,7 +144,7 @@ def test_grpc_s_images_name_their_prompt_as_the_http_answer_s_items_do(engine_di
 
     async def scenario():
         many = GenerationRequest.model_validate({"prompts": PROMPTS[:2], "n": 2, "seed": 4})
-        admitted = (await generations.price(many, None)).admitted
+        admitted = await generations.admitted(many, None)
         return [event async for event in generations.events(admitted, None)]
 
     events = asyncio.run(scenario())

@@ -138,6 +138,7 @@ def test_an_answer_names_each_image_s_prompt_and_its_record_is_its_own_one_promp
 
 
 def test_grpc_s_images_name_their_prompt_as_the_http_answer_s_items_do(engine_dir, tmp_path):
+    from serve import grpc_api
     from tests.unit.test_results import _generations
 
     generations, _ = _generations(engine_dir, tmp_path)
@@ -145,8 +146,8 @@ def test_grpc_s_images_name_their_prompt_as_the_http_answer_s_items_do(engine_di
     async def scenario():
         many = GenerationRequest.model_validate({"prompts": PROMPTS[:2], "n": 2, "seed": 4})
         admitted = await generations.admitted(many, None)
-        return [event async for event in generations.events(admitted, None)]
+        return [grpc_api.event(event) async for event in generations.events(admitted, None)]
 
-    events = asyncio.run(scenario())
+    events = asyncio.run(scenario())  # as the servicer sends them
     assert [event.WhichOneof("event") for event in events] == ["progress", "result"]
     assert [image.prompt_index for image in events[-1].result.images] == [0, 0, 1, 1]

@@ -15,10 +15,14 @@ What must hold, each a check in the report (pass, fail, or not judged when the r
   500, a bare connection error or a request without an answer within the client's timeout;
 - the stack is ready again (``/readyz`` 200 and a generation answered) within 20 s of each fault;
 - memory flat: each process's RSS grows less than 1 MiB/min after the warm-up; file descriptors and threads less
-  than 0.5/min (judged for processes sampled over at least :data:`MIN_TREND_S`);
+  than 0.5/min (judged for processes sampled over at least :data:`~loadtests.soak.checks.MIN_TREND_S`);
 - ``easel soak`` only: no process of the stack alive 5 s after it stopped (by its mark and by parentage).
 
 Timings are reported, never judged.
+
+One soak is :class:`~loadtests.soak.session.Soak` over its parts: the load (:mod:`~loadtests.soak.load`), the faults
+(:mod:`~loadtests.soak.faults`), the processes sampled (:mod:`~loadtests.soak.samples`), what must hold
+(:mod:`~loadtests.soak.checks`) and the tables and figure (:mod:`~loadtests.soak.report`); :func:`run` is the command.
 """
 
 from __future__ import annotations

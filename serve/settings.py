@@ -11,10 +11,11 @@ them, generated from the ``easel`` command (``python -m serve.cli.reference``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from serve.adapters.by_model import joined, per_model
 from serve.adapters.limits import LoraSettings
 from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
@@ -365,7 +366,7 @@ class StackOptions(AppSettings):
         for field, flag in (("loras_dir", "--loras"), ("ip_adapters", "--ip-adapter"), ("controlnets", "--controlnet")):
             by_model = dict(getattr(self, field))
             if "" in by_model:
-                by_model[default] = _joined(flag, by_model.pop(""), by_model.get(default))
+                by_model[default] = joined(flag, by_model.pop(""), by_model.get(default))
             for model in by_model:
                 if model not in self.served:
                     raise ValueError(f"{flag}: no model {model!r} is served (served: {', '.join(self.served)})")
@@ -381,30 +382,3 @@ class StackOptions(AppSettings):
     def model_dir(self) -> Path | None:
         """The default model's folder (None: the embedded model)."""
         return next(iter(self.served.values()))
-
-
-def _joined(flag: str, bare, named):
-    """The default model's adapters given both without a model and by its name, or why they cannot be."""
-    if named is None:
-        return bare
-    if not isinstance(bare, dict):
-        raise ValueError(f"{flag}: two folders for the default model")
-    if twice := sorted(set(bare) & set(named)):
-        raise ValueError(f"{flag}: {', '.join(twice)} given twice for the default model")
-    return bare | named
-
-
-def per_model(given: Any, leaf: type | tuple[type, ...]) -> dict[str, Any]:
-    """Settings of adapters by served model: ``MODEL:NAME`` keys (:class:`ForModel`) nested as ``{MODEL: {NAME: v}}``.
-
-    A key without ``MODEL:`` goes under ``""``, the default model; a mapping whose values are not ``leaf`` is taken
-    as nested already.
-    """
-    nested: dict[str, Any] = {}
-    for key, value in dict(given or {}).items():
-        if not isinstance(value, leaf):
-            nested.setdefault(key, {}).update(value)
-            continue
-        model, _, name = key.rpartition(":")
-        nested.setdefault(model, {})[name] = value
-    return nested

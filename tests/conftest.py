@@ -136,7 +136,7 @@ def diffusers_reference(model_dir, **components):
     """diffusers' own pipeline of ``model_dir``'s class over its weights (``components`` as given): the reference."""
     import diffusers
 
-    from serve.text_to_image.families.base import read_model_index
+    from serve.text_to_image.families.folder import read_model_index
 
     torch.set_num_threads(1)
     pipeline = getattr(diffusers, read_model_index(model_dir)["_class_name"]).from_pretrained(model_dir, **components)

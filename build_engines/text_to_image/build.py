@@ -44,7 +44,7 @@ from serve.paths import easel_home
 from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
-from serve.text_to_image.families.base import MODEL_INDEX
+from serve.text_to_image.families.folder import MODEL_INDEX
 from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from serve.adapters.ip_adapter import IMAGE_ENCODER
-from serve.text_to_image.families.base import WEIGHT_SUFFIXES
+from serve.text_to_image.families.folder import WEIGHT_SUFFIXES
 
 
 class IpAdapterError(ValueError):

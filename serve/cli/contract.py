@@ -6,8 +6,7 @@ from pathlib import Path
 
 import click
 
-from serve.cli.options import FOLDER
-from serve.cli.tools import names_option, out_option
+from serve.cli.options import FOLDER, names_option, out_option
 
 
 @click.group()

@@ -14,6 +14,7 @@ import click
 
 from build_engines.text_to_image.published import PUBLISHED
 from serve.cli import admin as model_admin
+from serve.cli.bench import bench
 from serve.cli.contract import contract
 from serve.cli.dashboards import dashboards
 from serve.cli.fields import mapping_of_pairs, model_options
@@ -37,7 +38,7 @@ from serve.cli.text_to_image import (
     train_default,
     train_lcm,
 )
-from serve.cli.tools import bench, chaos, loadtest, soak
+from serve.cli.tools import chaos, loadtest, soak
 from serve.cli.vectorize import eval_vectorize, train_vectorize
 from serve.cli.webhooks import webhooks
 from serve.errors import UnsupportedModel

@@ -18,6 +18,7 @@ import click
 
 from serve.errors import UnsupportedModel
 from serve.names import DEFAULT_MODEL, NAME, NAME_RULE
+from serve.paths import ICONS_DEV
 
 STRING = click.STRING
 FOLDER = click.Path(file_okay=False, path_type=Path)
@@ -186,7 +187,7 @@ class ForModel(click.ParamType):
     """``[MODEL:]VALUE``: ``inner``'s ``(name, value)`` of a served model's adapter, keyed ``MODEL:NAME``.
 
     No ``MODEL:`` (``--ip-adapter face=DIR``): the key is ``inner``'s name alone, the default model's; the stack's
-    settings nest the keys by model (:func:`per_model`).
+    settings nest the keys by model (:func:`serve.adapters.by_model.per_model`).
     """
 
     def __init__(self, inner: NamedValue) -> None:
@@ -289,3 +290,33 @@ def check_model(model_dir: Path | None) -> None:
     if model_dir is not None:
         with one_line_errors(UnsupportedModel):
             family_of_folder(model_dir)
+
+
+def out_option(default: str | None, kind: click.Path = FILE, help_text: str | None = None):
+    """``--out PATH``: where a command writes what it measured."""
+    return click.option("--out", type=kind, default=default and Path(default), show_default=True, help=help_text)
+
+
+images_option = click.option(
+    "--images", type=EXISTING_FOLDER, default=ICONS_DEV / "val", show_default=True, help="Icons to vectorize."
+)
+
+
+def names_option(option: str, known: tuple[str, ...], help_text: str):
+    """``OPTION a,b``: some of ``known``, comma-separated (all of them by default)."""
+    return click.option(
+        option,
+        default=",".join(known),
+        show_default=True,
+        callback=lambda _c, _p, value: _names(value, known, option),
+        help=help_text,
+    )
+
+
+def _names(value: str, known, option: str) -> tuple[str, ...]:
+    """A comma-separated list of names out of ``known``; an unknown one is a one-line error naming the known ones."""
+    names = tuple(name.strip() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise click.BadParameter(f"{', '.join(unknown) or 'none'} not among {', '.join(known)}", param_hint=option)
+    return names

@@ -2,7 +2,7 @@
 
 :func:`admit` reads the route's body once (:func:`serve.http.bodies.read_body`), admits it and charges its cost to
 the caller's key (:meth:`serve.serving.admission.Admission.admit`), and hands the handler what was admitted: a
-generation's :class:`~serve.serving.generations.Admitted` (a video's too), an upscale's
+generation's :class:`~serve.serving.admitted.Admitted` (a video's too), an upscale's
 :class:`~serve.serving.admission.AdmittedUpscale`. The key check before it (:class:`serve.access.KeyCheck`) took the
 limits that need no body; nothing else reads a body for admission.
 """
@@ -15,7 +15,7 @@ from serve.access import request_caller
 from serve.http.bodies import read_body
 from serve.routes import route
 from serve.serving.admission import AdmittedRerun, AdmittedUpscale
-from serve.serving.generations import Admitted
+from serve.serving.admitted import Admitted
 
 
 def serving(http: Request) -> Any:

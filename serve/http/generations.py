@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from serve.access import caller
 from serve.http.admission import Admit, serving
 from serve.jobs.model import check_idempotency_key
-from serve.serving.generations import Admitted
+from serve.serving.admitted import Admitted
 from serve.serving.jobs import job_owner
 
 

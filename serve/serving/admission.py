@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from serve.access import Caller, charge
 from serve.results.rerun import RerunRequest
-from serve.serving.generations import Admitted, Generations
+from serve.serving.admitted import Admitted
+from serve.serving.generations import Generations
 from serve.serving.upscale import UpscaleBody, Upscaling
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import VideoRequest

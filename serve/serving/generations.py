@@ -37,11 +37,13 @@ from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
-from serve.moderation import Policy, Screening
+from serve.moderation import Policy
+from serve.serving.admitted import Admitted
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.serving.results import Results
 from serve.serving.upscale import Upscaling
+from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.generation import EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
@@ -55,27 +57,6 @@ logger = logging.getLogger(__name__)
 
 OnStep = Callable[[Progress], Awaitable[None]]
 """What a job's generation hands each step to (it writes the step to the store)."""
-
-
-@asynccontextmanager
-async def variant_measured(assignment: Assignment) -> AsyncIterator[None]:
-    """Count a generation by the model that serves it and the experiment that chose it, and time it."""
-    labels = {"experiment": assignment.label, "variant": assignment.model}
-    started = time.perf_counter()
-    try:
-        yield
-    except Exception:
-        metrics.count(metrics.VARIANT_REQUESTS, outcome="error", **labels)
-        raise
-    metrics.count(metrics.VARIANT_REQUESTS, outcome="ok", **labels)
-    metrics.observe(metrics.VARIANT_LATENCY, time.perf_counter() - started, **labels)
-
-
-def observe_scores(assignment: Assignment, scores: list[dict] | None) -> None:
-    """Each image's scores in the metrics of the model that served it and the experiment that chose it."""
-    for image in scores or ():
-        for name, value in image.items():
-            metrics.observe(metrics.SCORE_METRICS[name], value, experiment=assignment.label, variant=assignment.model)
 
 
 async def cache_call(call: Callable, *args):
@@ -97,24 +78,6 @@ PROMPT_TRUNCATED = "prompt_tokens_truncated"
 def truncation_header(body: dict) -> dict[str, str]:
     """``Easel-Prompt-Truncated`` for an answer whose prompt was cut (:data:`PROMPT_TRUNCATED`), else nothing."""
     return {"Easel-Prompt-Truncated": str(body[PROMPT_TRUNCATED])} if PROMPT_TRUNCATED in body else {}
-
-
-@dataclass(frozen=True)
-class Admitted:
-    """A generation admitted at the Gateway (:meth:`Generations.admitted`), the replica's to run.
-
-    The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, the
-    served model that resolved and checked it, what it costs there, and the request as it was sent.
-    """
-
-    request: GenerationRequest
-    assignment: Assignment
-    model: ServedModel
-    cost: float
-    asked: GenerationRequest
-    plan: Plan  # how its replica runs it: the replica keeps only its slot
-    screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
-    owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempote
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore
 from serve.moderation import Policy
-from serve.serving.generations import Admitted, Generations
+from serve.serving.admitted import Admitted
+from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
 from serve.text_to_image.generation import Progress, draw_seed
 from serve.text_to_image.images import decode_images

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
-from serve.serving.generations import Admitted
+from serve.serving.admitted import Admitted
 from serve.serving.jobs import SUBMITTED_POLICY, BackgroundJobs
 from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, input_reference_named, mp4
 

@@ -43,8 +43,9 @@ from serve.stack.detached import FIRST_REQUEST, FirstRequest, StillStarting, sen
 from serve.stack.ray_serve import RAY_ENV, deploy, is_loopback, sigterm_kept, start_ray, wait_until_ready
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import MODEL_TABLE, ServedModels
+from serve.triton.control import CONTROL_KEY_ENV
 from serve.triton.node import THIS_NODE
-from serve.triton.server import CONTROL_KEY_ENV, TritonServer
+from serve.triton.server import TritonServer
 
 __all__ = [  # the launcher's one door: what the CLI, the tests and the tooling take from serve.stack
     "FIRST_REQUEST",

@@ -28,7 +28,7 @@ from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput
 from serve.text_to_image.controlnet import ControlNetSupport
 from serve.text_to_image.families import FAMILIES, Family
-from serve.text_to_image.families.base import read_model_index
+from serve.text_to_image.families.folder import read_model_index
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import PoolSpec
 from serve.triton.engine_files import EngineFiles

@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve.text_to_image.prompt_weights import WEIGHTING
+from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
 
 MAX_PROMPT_CHARS = 4000
 MAX_PROMPTS = 4
@@ -79,6 +79,8 @@ class PromptBatch(BaseModel):
             raise PydanticCustomError("missing", "Field required (or prompts)", {"field": "prompt"})
         if self.prompt is not None and self.prompts is not None:
             raise PydanticCustomError("one_of", "give prompt or prompts, not both", {"field": "prompts"})
+        for field, text in self.prompt_texts():  # each one's weighting parses: a 400 naming it otherwise
+            checked_prompt(text, field)
         return self
 
     @model_serializer(mode="wrap")

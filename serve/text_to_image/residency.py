@@ -6,7 +6,7 @@ least recently used models with nothing in flight (and not pinned) are unloaded 
 model control API, explicit mode), then is served. One replica holds the counts, so every Gateway replica's requests
 count; it records them beside the parked models at every change, and a replica started again (the last one died)
 resumes them, so a model with requests in flight is never unloaded under them. It knows Triton's control key from
-the environment the stack gave Ray (:data:`~serve.triton.server.CONTROL_KEY_ENV`); without one (a cluster's Tritons)
+the environment the stack gave Ray (:data:`~serve.triton.control.CONTROL_KEY_ENV`); without one (a cluster's Tritons)
 every model stays loaded.
 
 It is also the one writer of the model table (:class:`~serve.text_to_image.models.ModelTable`): :meth:`add`,
@@ -29,6 +29,7 @@ from ray import serve
 from serve import metrics
 from serve.errors import Conflict, InvalidInput, NotReady
 from serve.text_to_image.models import ModelEntry, ModelTable, ServedModel, ServedModels
+from serve.triton.control import CONTROL_KEY_ENV, TritonControl
 from serve.triton.residency import (
     IN_FLIGHT_FILE,
     DoesNotFit,
@@ -38,7 +39,6 @@ from serve.triton.residency import (
     write_in_flight,
     write_parked,
 )
-from serve.triton.server import CONTROL_KEY_ENV, TritonControl
 from serve.vectorize.version_admin import VectorizeVersionAdmin
 from serve.vectorize.versions import VersionChange
 

@@ -273,14 +273,6 @@ class GenerationRequest(PromptBatch, Delivery):
     def _negative_prompt_reads(cls, value: str) -> str:
         return checked_prompt(value, "negative_prompt")
 
-    @model_validator(mode="after")
-    def _prompts_read(self) -> GenerationRequest:
-        """Each prompt's weighting parses (a 400 naming ``prompt`` or ``prompts.N.prompt`` otherwise)."""
-        for field, text in self.prompt_texts():
-            if text is not None:
-                checked_prompt(text, field)
-        return self
-
     @field_validator("loras")
     @classmethod
     def _loras_once_each(cls, value: list[LoraChoice]) -> list[LoraChoice]:

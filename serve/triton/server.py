@@ -4,11 +4,7 @@ Triton runs with explicit model control, so one broken model (a python-backend s
 is unloaded and loaded again without restarting the server; :meth:`TritonServer.check` is the supervisor's health
 check (stub processes alive, every model ready, a small canary inference per model at an interval).
 
-Model control (load, unload), shared-memory registration, tracing and logging settings answer only requests that carry
-the server's own key (:data:`CONTROL_HEADER`, random per server, known to the process that supervises it): a local
-process or a web page that can only send requests to Triton's loopback ports cannot unload the UNet. Health, metadata,
-statistics and inference stay open on loopback, as the replicas and tools use them. The key is on tritonserver's
-command line (it takes it nowhere else), which local users who can read ``/proc`` can see.
+Model control answers only requests that carry the server's own key (:mod:`serve.triton.control`).
 """
 
 from __future__ import annotations
@@ -31,6 +27,7 @@ import psutil
 from serve.paths import easel_home
 from serve.processes import ManagedProcess, free_ports
 from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_environment
+from serve.triton.control import CONTROL_HEADER, RESTRICTED
 from serve.triton.repository import write_python_paths
 from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
@@ -112,10 +109,6 @@ class TritonEndpoints:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
-CONTROL_HEADER = "easel-triton-control"
-"""The header (gRPC metadata: ``triton-grpc-protocol-`` before it) that carries a server's control key."""
-RESTRICTED = "model-repository,shared-memory,trace,logging"
-"""Triton's APIs that answer only with the control key (``--http-restricted-api``, ``--grpc-restricted-protocol``)."""
 HTTP_CHECK_S = 2.0
 """Seconds between the supervisor's looks at Triton's HTTP health and model readiness."""
 CANARY_TIMEOUT_S = 30.0
@@ -353,30 +346,6 @@ class TritonServer:
         answered = count > self._successes.get(name, count)
         self._successes[name] = count if answered else count + 1  # a canary about to be sent counts too
         return answered
-
-
-CONTROL_KEY_ENV = "EASEL_TRITON_CONTROL_KEY"
-"""Where the stack hands its Triton's control key to its Ray workers (the model residency loads and unloads)."""
-
-
-class TritonControl:
-    """Triton's model control API (explicit mode), with the server's control key: load and unload models."""
-
-    def __init__(self, http_url: str, key: str) -> None:
-        self._http = httpx.AsyncClient(base_url=http_url, headers={CONTROL_HEADER: key}, timeout=600)
-
-    async def load(self, name: str) -> None:
-        """Load ``name`` (its files as the repository holds them); raise ``RuntimeError`` if Triton refuses."""
-        await self._post(name, "load")
-
-    async def unload(self, name: str) -> None:
-        """Unload ``name``: Triton finishes what it is running, then frees it."""
-        await self._post(name, "unload")
-
-    async def _post(self, name: str, action: str) -> None:
-        response = await self._http.post(f"/v2/repository/models/{name}/{action}")
-        if response.status_code != 200:
-            raise RuntimeError(f"{action} of Triton model {name} failed: {response.status_code} {response.text[:200]}")
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from serve.errors import Conflict, InvalidInput
-from serve.triton.server import TritonControl
+from serve.triton.control import TritonControl
 from serve.vectorize.versions import (
     VectorizeTable,
     check_trained_folder,

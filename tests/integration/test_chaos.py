@@ -8,7 +8,10 @@ import logging
 import pytest
 
 from loadtests.chaos import Chaos, left_behind, sample_icon
-from loadtests.soak import PROCESS_FAULTS, Soak, format_report, left_after_stop
+from loadtests.soak.faults import PROCESS_FAULTS
+from loadtests.soak.report import format_report
+from loadtests.soak.samples import left_after_stop
+from loadtests.soak.session import Soak
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions
 

@@ -140,6 +140,24 @@ def test_runtime_code_imports_no_tooling():
     }
 
 
+MAX_LINES = 400
+"""No file in serve/ longer: a file that grows past it is split by a seam (a coherent part into a module of its own)."""
+GENERATED = ("serve/grpc_api/easel_pb2.py", "serve/grpc_api/easel_pb2_grpc.py")
+"""grpc_tools writes these from easel.proto: nobody edits them."""
+
+
+def long_files(folder: Path, limit: int) -> dict[str, int]:
+    """The .py files under ``folder`` (relative to the checkout) longer than ``limit`` lines, and their lengths."""
+    lengths = {str(p.relative_to(PROJECT_ROOT)): len(p.read_text().splitlines()) for p in folder.rglob("*.py")}
+    return {path: n for path, n in sorted(lengths.items()) if n > limit}
+
+
+def test_no_serve_file_is_over_400_lines():
+    long = {p: n for p, n in long_files(PROJECT_ROOT / "serve", MAX_LINES).items() if p not in GENERATED}
+    assert long == {}
+    assert "serve/gateway.py" in long_files(PROJECT_ROOT / "serve", 10)  # the count sees a file past its limit
+
+
 REPLICA_MODULES = {
     "serve.gateway": ("diffusers", "transformers", "onnxruntime"),
     "serve.text_to_image.residency": ("diffusers", "transformers", "onnxruntime"),

@@ -25,7 +25,8 @@ def test_free_ports_are_outside_the_kernels_ephemeral_range():
 
 
 def test_triton_listens_on_loopback_and_its_model_control_needs_its_own_key(tmp_path):
-    from serve.triton.server import CONTROL_HEADER, TritonServer
+    from serve.triton.control import CONTROL_HEADER
+    from serve.triton.server import TritonServer
 
     first, second = (TritonServer(tmp_path, tmp_path / "triton.log") for _ in range(2))
     command = first.command()

@@ -85,7 +85,7 @@ def test_a_residency_replica_started_again_resumes_the_requests_in_flight(engine
     from serve.text_to_image.engine_folder import EngineFolder
     from serve.text_to_image.models import ServedModels
     from serve.text_to_image.residency import ModelResidency
-    from serve.triton.server import CONTROL_KEY_ENV
+    from serve.triton.control import CONTROL_KEY_ENV
 
     monkeypatch.setenv(CONTROL_KEY_ENV, "key")  # as the stack gives Ray: the residency may load and unload
     room = 2 * EngineFolder(engine_dir).weights_bytes  # two of the three fit

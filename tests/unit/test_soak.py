@@ -7,23 +7,11 @@ import time
 import httpx
 import pytest
 
-from loadtests.soak import (
-    FAULTS,
-    MIN_TREND_S,
-    PROCESS_FAULTS,
-    Outcome,
-    Series,
-    _fill,
-    _shaped,
-    _trend_check,
-    format_report,
-    passed,
-    plot,
-    schedule,
-    slope_per_min,
-    trends,
-    windows,
-)
+from loadtests.soak.checks import MIN_TREND_S, passed, slope_per_min, trend_check, trends, windows
+from loadtests.soak.faults import FAULTS, PROCESS_FAULTS, fill, schedule
+from loadtests.soak.load import Outcome, shaped
+from loadtests.soak.report import format_report, plot
+from loadtests.soak.samples import Series
 
 
 def test_a_schedule_is_seeded_meets_every_fault_kind_first_and_ends_before_the_run_does():
@@ -47,7 +35,7 @@ def test_a_full_disk_is_held_then_freed(tmp_path):
         pytest.skip("mounting a tmpfs needs root")
     try:
         started = time.monotonic()
-        what = _fill(folder / "filler", hold_s=0.2)
+        what = fill(folder / "filler", hold_s=0.2)
         assert time.monotonic() - started >= 0.2 and "full (4 MiB written)" in what, what
         assert not list(folder.iterdir()) and shutil.disk_usage(folder).free > 3 << 20  # freed
     finally:
@@ -95,9 +83,9 @@ def test_slopes_are_per_minute_and_trends_skip_the_warm_up_and_short_lived_proce
     assert rows[4]["rss_mib_per_min"] == pytest.approx(0.0) and rows[4]["rss_first_mib"] == 200.0
     assert rows[1]["rss_mib_per_min"] == pytest.approx(0.0) and rows[1]["minutes"] >= MIN_TREND_S / 60
     assert rows[2]["rss_mib_per_min"] == pytest.approx(1.5) and rows[2]["threads_per_min"] == pytest.approx(1.0, 0.05)
-    memory = _trend_check("memory", list(rows.values()), "rss_mib_per_min", 1.0)
+    memory = trend_check("memory", list(rows.values()), "rss_mib_per_min", 1.0)
     assert memory.passed is False and "Gateway" in memory.detail and "unet" not in memory.detail
-    assert _trend_check("memory", [], "rss_mib_per_min", 1.0).passed is None  # too short to say
+    assert trend_check("memory", [], "rss_mib_per_min", 1.0).passed is None  # too short to say
 
 
 def test_windows_count_failures_and_the_generations_latency():
@@ -116,7 +104,7 @@ def test_windows_count_failures_and_the_generations_latency():
 
 
 @pytest.mark.parametrize(
-    ("status", "headers", "body", "shaped"),
+    ("status", "headers", "body", "want"),
     [
         (200, {}, b"{}", True),
         (503, {"Retry-After": "5"}, b'{"error": {"message": "not ready"}}', True),
@@ -127,8 +115,8 @@ def test_windows_count_failures_and_the_generations_latency():
         (400, {}, b'{"error": {"message": "bad"}}', False),  # the soak sends only valid requests
     ],
 )
-def test_a_failed_request_is_shaped_only_as_503_or_429_with_retry_after_and_a_json_error(status, headers, body, shaped):
-    assert _shaped(httpx.Response(status, headers=headers, content=body)) is shaped
+def test_a_failed_request_is_shaped_only_as_503_or_429_with_retry_after_and_a_json_error(status, headers, body, want):
+    assert shaped(httpx.Response(status, headers=headers, content=body)) is want
 
 
 def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_path):

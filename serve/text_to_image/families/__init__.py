@@ -8,8 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from serve.errors import UnsupportedModel
-from serve.text_to_image.families.base import Family, PipelineDims, read_model_index
+from serve.text_to_image.families.base import Family, PipelineDims
 from serve.text_to_image.families.flux import Flux
+from serve.text_to_image.families.folder import read_model_index
 from serve.text_to_image.families.sd import StableDiffusion
 from serve.text_to_image.families.sd3 import StableDiffusion3
 from serve.text_to_image.families.sdxl import StableDiffusionXL

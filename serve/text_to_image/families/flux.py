@@ -22,11 +22,10 @@ from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
     PipelineDims,
     hidden_states_spec,
-    pipeline_components,
-    read_config,
 )
 from serve.text_to_image.families.exports import ClipPooled, ExportModule, diffusers_model, text_encoder_export
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
+from serve.text_to_image.families.folder import pipeline_components, read_config
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec

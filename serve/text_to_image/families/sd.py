@@ -11,11 +11,10 @@ import numpy as np
 from serve.text_to_image.families.base import (
     Family,
     PipelineDims,
-    pipeline_components,
     prompt_rows,
-    read_config,
 )
 from serve.text_to_image.families.exports import ExportModule, text_encoder_export
+from serve.text_to_image.families.folder import pipeline_components, read_config
 from serve.text_to_image.prompt_chunks import PromptEncoder
 from serve.text_to_image.spec import TEXT_ENCODER, UNET, text_encoder_spec, text_states
 from serve.triton.spec import ModelSpec, TensorSpec

@@ -17,13 +17,9 @@ import numpy as np
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
-    Component,
     PipelineDims,
     hidden_states_spec,
-    pipeline_components,
     prompt_rows,
-    read_config,
-    read_model_index,
 )
 from serve.text_to_image.families.exports import (
     ExportModule,
@@ -32,6 +28,7 @@ from serve.text_to_image.families.exports import (
     text_encoder_export,
 )
 from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
+from serve.text_to_image.families.folder import Component, pipeline_components, read_config, read_model_index
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER
 from serve.triton.spec import ModelSpec, TensorSpec

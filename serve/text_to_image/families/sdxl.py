@@ -20,12 +20,10 @@ from serve.text_to_image.families.base import (
     Family,
     PipelineDims,
     hidden_states_spec,
-    pipeline_components,
     prompt_rows,
-    read_config,
-    read_model_index,
 )
 from serve.text_to_image.families.exports import ExportModule, clip_penultimate_export
+from serve.text_to_image.families.folder import pipeline_components, read_config, read_model_index
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET, text_states
 from serve.triton.spec import ModelSpec, TensorSpec

@@ -1,0 +1,34 @@
+"""What admission hands on: a generation admitted at the Gateway, typed, the replica's to run.
+
+:meth:`serve.serving.generations.Generations.admitted` builds it; the admission step (:mod:`serve.serving.admission`)
+hands it to the handler, which runs it as it is (answered, queued as a job, streamed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from serve.experiments.traffic import Assignment
+from serve.moderation import Screening
+from serve.text_to_image.admission import Plan
+from serve.text_to_image.models import ServedModel
+from serve.text_to_image.schema import GenerationRequest
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A generation admitted at the Gateway (:meth:`Generations.admitted`), the replica's to run.
+
+    The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, the
+    served model that resolved and checked it, what it costs there, and the request as it was sent.
+    """
+
+    request: GenerationRequest
+    assignment: Assignment
+    model: ServedModel
+    cost: float
+    asked: GenerationRequest
+    plan: Plan  # how its replica runs it: the replica keeps only its slot
+    screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
+    owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are

@@ -80,8 +80,11 @@ class Videos:
         return video_object(job), created
 
     async def _video(self, key: ApiKey | None, video_id: str) -> Job:
-        """The video job ``key`` may see (a still's job, another key's or none: 404)."""
-        job = await self.jobs.visible(key, video_id)
+        """The video job ``key`` may see (a still's job, another key's or none: 404 naming ``video_id``)."""
+        try:
+            job = await self.jobs.visible(key, video_id)
+        except NotFound:  # the job's 404 names ``id``, the jobs routes' field
+            raise NotFound(f"video_id: no video {video_id!r}", "video_id") from None
         if "frames" not in job.request:
             raise NotFound(f"no video {video_id!r} (it is a job of images: GET /v1/jobs/{video_id})", "video_id")
         return job

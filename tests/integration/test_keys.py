@@ -32,6 +32,7 @@ from tests.integration.conftest import (
     stack_replicas,
     unet_executions,
 )
+from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 
 pytestmark = pytest.mark.integration
 
@@ -644,3 +645,56 @@ def test_grpc_and_jobs_answer_urls_and_bad_delivery_fields_are_400s_naming_them(
     ):
         refused = api.post(GENERATE, json=SMALL | body, headers=_bearer(alice))
         assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
+
+
+# -- the hostile-tenant matrix (tests/tenant_matrix.py): another key's thing answers as an unknown id does -----------
+
+_BODIES = {"/v1/feedback": {"rating": 5}}  # what a row's body carries besides the id
+_RPC_MESSAGES = {
+    "Feedback": lambda field, given: easel_pb2.FeedbackRequest(**{field: given}, rating=5),
+    "GetVideo": lambda field, given: easel_pb2.VideoId(video_id=given),
+    "GetVideoContent": lambda field, given: easel_pb2.VideoContentRequest(video_id=given),
+    "CancelVideo": lambda field, given: easel_pb2.VideoId(video_id=given),
+}
+
+
+@pytest.fixture(scope="module")
+def alices_things(api, owners):
+    """Alice's kept image and her finished background job, by thing."""
+    alice, _ = owners
+    image = api.post(GENERATE, json=SMALL | {"seed": 21}, headers=_bearer(alice))
+    assert image.status_code == 200, image.text
+    job = api.post(GENERATE, json=SMALL | {"seed": 22, "background": True}, headers=_bearer(alice))
+    assert job.status_code == 202, job.text
+    _wait_until_final(api, job.json()["id"], alice)
+    things = {"image": image.json()["data"][0]["id"], "job": job.json()["id"]}
+    for path in (f"/v1/images/{things['image']}", f"/v1/jobs/{things['job']}"):  # hers: she sees them
+        assert api.get(path, headers=_bearer(alice)).status_code == 200
+    return things
+
+
+def _answer(api, stack, row: Row, key: str, given: str) -> tuple:
+    """What ``key`` gets on ``row``'s door naming ``given``: status, error type, param, message (``given`` as ID)."""
+    if row.where == "rpc":
+        with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as failed:
+            method, message = getattr(easel_pb2_grpc.EaselStub(channel), row.path), _RPC_MESSAGES[row.path]
+            method(message(row.field, given), metadata=(("authorization", f"Bearer {key}"),), timeout=60)
+        return failed.value.code(), None, None, failed.value.details().replace(given, "ID")
+    path = row.path.replace(f"{{{row.field}}}", given)
+    body = {row.field: given} | _BODIES.get(row.path, {}) if row.where == "body" else None
+    params = {row.field: given} if row.where == "query" else None
+    answer = api.request(row.method, path, json=body, params=params, headers=_bearer(key))
+    error = answer.json()["error"]
+    return answer.status_code, error["type"], error["param"], error["message"].replace(given, "ID")
+
+
+@pytest.mark.parametrize("row", rows("keys"), ids=row_id)
+def test_another_key_s_thing_answers_as_an_unknown_id_on_every_door_naming_it(api, stack, owners, alices_things, row):
+    _, bob = owners
+    theirs, unknown = (_answer(api, stack, row, bob, given) for given in (alices_things[row.thing], UNKNOWN[row.thing]))
+    assert theirs == unknown, (theirs, unknown)
+    if row.where == "rpc":
+        assert theirs[0] is grpc.StatusCode.NOT_FOUND, theirs
+    else:
+        kind = "not_found_error" if row.status == 404 else "invalid_request_error"
+        assert theirs[:3] == (row.status, kind, row.param), theirs

@@ -134,6 +134,8 @@ class PromptBatch(BaseModel):
 
     def origin(self, index: int, seed: int) -> tuple:
         """Image ``index`` of the answer: the one-prompt request it is of (its seed set), and its index there."""
+        if self.prompts is None:  # one prompt: itself (a video's frames too, more than its rows)
+            return self.model_copy(update={"seed": seed}), index
         per_prompt = self.rows // self.prompt_count
         return self.singles(seed)[index // per_prompt], index % per_prompt
 

@@ -62,6 +62,16 @@ def test_each_prompt_draws_with_its_own_seed_or_the_request_s_plus_its_index():
     assert request.prompt_texts()[1] == ("prompts.1.prompt", "a blue star")
 
 
+def test_each_frame_of_a_video_is_made_by_the_video_s_own_request():
+    """A video answers more images (its frames) than its rows: each one's record is the video's request."""
+    from serve.text_to_image.video import VideoGeneration
+
+    video = VideoGeneration(prompt="a fox", frames=8, fps=8, motion_adapter="m", background=True, size="64x64")
+    for frame in range(8):
+        made_by, place = video.origin(frame, 5)
+        assert (made_by.prompt, made_by.seed, made_by.frames, place) == ("a fox", 5, 8, frame)
+
+
 def test_the_schema_states_prompt_or_prompts_and_neither_is_nullable():
     schema = GenerationRequest.model_json_schema()
     one_of_them = {"oneOf": [{"required": ["prompt"]}, {"required": ["prompts"]}]}

@@ -100,6 +100,8 @@ class VectorizeUser(EaselUser):
         )
 
 
+CHUNK = 77
+"""One chunk of a prompt's tokens (CLIP's window): the length a UNet's dynamic text axis is sent at."""
 SIZES = (64, 128, 256, 512)
 """The icon sides a mixed-size vectorize user uploads (the uploads resized, each side equally often)."""
 _sized: list[tuple[int, bytes]] = []
@@ -212,7 +214,9 @@ class TritonGrpcUser(User):
         self.unet_inputs = {
             "sample": np.random.default_rng(0).standard_normal(sample).astype(np.float32),
             "timestep": np.full((2, 1), 500.0, np.float32),
-            "encoder_hidden_states": np.zeros([2, *meta["encoder_hidden_states"][1:]], np.float32),
+            "encoder_hidden_states": np.zeros(
+                [2, *(d if d > 0 else CHUNK for d in meta["encoder_hidden_states"][1:])], np.float32
+            ),
         }
         self.icon = np.full((256, 256, 3), 255, np.uint8)
         self.icon[64:192, 64:192] = (200, 40, 40)

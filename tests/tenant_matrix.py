@@ -21,7 +21,9 @@ class Row:
     param: str  # the field the 404 (400 for a generation's body) names
     where: str = "path"  # "path", "body", "query" or "rpc" (a field of its message)
     status: int = 404
-    stack: str = "keys"  # the stack that makes the thing: "keys" (test_keys.py), "adapters" (LoRA-ready, IP-Adapter)
+    stack: str = "keys"  # the stack that makes the thing: "keys" (test_keys.py asks every row), "adapters" (LoRA-ready,
+    # IP-Adapter: test_adapters.py's test_zz_* ask its LoRA rows and the reference one of a generation; not yet the
+    # reference routes against an unknown id, nor a video's LoRA)
 
 
 _LORA = "loras.0.name"  # a generation naming a LoRA it may not use: a 400 naming the list's item

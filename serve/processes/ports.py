@@ -66,6 +66,7 @@ def port_holder(port: int, host: str = "127.0.0.1") -> str | None:
     import psutil
 
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: a dead one's TIME_WAIT is free
         try:
             probe.bind((host, port))
             return None

@@ -82,6 +82,21 @@ def test_a_port_in_use_names_the_process_holding_it_and_the_option_that_moves_it
     assert port_holder(port) is None  # released: free again
 
 
+def test_a_port_whose_server_died_with_connections_open_is_free_as_a_server_binds_it():
+    """A killed server's connections linger in TIME_WAIT; the next server binds with SO_REUSEADDR, and so does the
+    check (without it, ``easel up`` after ``kill -9`` of a stack refused its own port)."""
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn's and Ray's proxies do
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its port's connection waits in TIME_WAIT
+        client.close()
+    assert port_holder(port) is None
+
+
 def test_a_redis_store_that_does_not_answer_is_one_line_naming_how_to_start_one():
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))

@@ -29,7 +29,12 @@ async def variant_measured(assignment: Assignment) -> AsyncIterator[None]:
 
 
 def observe_scores(assignment: Assignment, scores: list[dict] | None) -> None:
-    """Each image's scores in the metrics of the model that served it and the experiment that chose it."""
+    """Each image's scores in the metrics of the model that served it and the experiment that chose it.
+
+    A negative score (a CLIP cosine below 0: prompt and image unrelated) counts as 0: a histogram takes no negative
+    value (OpenTelemetry's rule; Ray's export of a replica's histograms stopped at one).
+    """
     for image in scores or ():
         for name, value in image.items():
-            metrics.observe(metrics.SCORE_METRICS[name], value, experiment=assignment.label, variant=assignment.model)
+            score = max(value, 0.0)
+            metrics.observe(metrics.SCORE_METRICS[name], score, experiment=assignment.label, variant=assignment.model)

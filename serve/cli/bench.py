@@ -127,7 +127,7 @@ def bench_controlnet(embedded: str, steps: int, size: int, concurrency: int, rep
     "--genai-python",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
-    help="A Python with openvino-genai and optimum-intel (e.g. /work/venvs/ov/bin/python); without it the genai "
+    help="A Python with openvino-genai and optimum-intel (e.g. VENV/bin/python); without it the genai "
     "columns say they were skipped.",
 )
 @out_option("out/bench_cpu.json")

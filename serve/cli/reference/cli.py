@@ -1,7 +1,8 @@
 """docs/CLI.md: every ``easel`` command with its arguments and options, from the click commands themselves.
 
 ``easel up``'s options are :class:`serve.settings.StackOptions`' fields (:func:`serve.cli.fields.model_options`), so
-its table is the settings' too. Paths are shown relative to the checkout, and ``$EASEL_HOME`` and ``~`` as written,
+its table is the settings' too. Paths are shown relative to the checkout, and ``$EASEL_HOME``, ``$EASEL_ICONS_DEV``
+and ``~`` as written,
 so the file is the same on every machine.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import click
 
 from serve.cli.fields import markdown_table
-from serve.paths import PROJECT_ROOT, easel_home
+from serve.paths import ICONS_DEV, PROJECT_ROOT, easel_home
 
 HEADER = """# CLI reference
 
@@ -21,8 +22,9 @@ HEADER = """# CLI reference
 
 Every command of `easel` and its options, as `easel COMMAND --help` prints them. The environment: `EASEL_HOME` (the
 engine cache and the run folder, default `~/.cache/easel`), `EASEL_API_KEY` (the key Easel's own clients send once
-keys exist). Exit codes: 0 done, 1 a one-line error (`Error: ...`), 2 a usage error (click's, naming the nearest
-options); `easel status`: 3 when no stack runs, 4 while one starts.
+keys exist), `EASEL_ICONS_DEV` (the development icon set the vectorize commands read by default). Exit codes: 0
+done, 1 a one-line error (`Error: ...`), 2 a usage error (click's, naming the nearest options); `easel status`: 3
+when no stack runs, 4 while one starts.
 """
 
 
@@ -41,8 +43,9 @@ def _commands(group: click.Group, prefix: str) -> list[tuple[str, click.Command]
 
 
 def _portable(text: str) -> str:
-    """``text`` with this machine's ``$EASEL_HOME``, checkout and home folder written as they are everywhere."""
-    text = text.replace(str(easel_home()), "$EASEL_HOME").replace(f"{PROJECT_ROOT}/", "")
+    """``text`` with this machine's ``$EASEL_HOME``, icon set, checkout and home folder as they read everywhere."""
+    text = text.replace(str(easel_home()), "$EASEL_HOME").replace(str(ICONS_DEV), "$EASEL_ICONS_DEV")
+    text = text.replace(f"{PROJECT_ROOT}/", "")
     return text.replace(str(PROJECT_ROOT.parent), "..").replace(str(Path.home()), "~")
 
 

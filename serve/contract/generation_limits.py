@@ -99,6 +99,15 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("webhook",),
+        "is only accepted with background",
+        "a webhook is a background job's: it needs `background: true`",
+        "a fifth condition between this body's fields is more than schemathesis' generator draws from (its canonical "
+        "form runs out of intersections), and the contract test needs to draw generations",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("ip_adapter_image",),
         "",
         "a PNG, JPEG or WebP image within the field's limits, on a stack started with --ip-adapter",

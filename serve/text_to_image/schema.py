@@ -86,14 +86,12 @@ DEPENDENT_FIELDS = [
         "if": {"required": ["scheduler"], "properties": {"scheduler": {"enum": list(FEW_STEP_SCHEDULERS)}}},
         "then": {"properties": {"num_inference_steps": {"maximum": MAX_FEW_STEPS}}},
     },
-    {
-        "if": {"required": ["webhook"], "properties": {"webhook": {"type": "string"}}},
-        "then": {"required": ["background"], "properties": {"background": {"const": True}}},
-    },
 ]
 """Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
 ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_reference (one of them, not both),
-a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps, a webhook is a background job's."""
+a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps. Four is as many as schemathesis draws from beside
+``prompt``/``prompts``' one-of (its canonical form runs out of intersections at a fifth), so that a webhook is a
+background job's is a limit the document states in words (:mod:`serve.contract.generation_limits`)."""
 
 
 @dataclass(frozen=True)

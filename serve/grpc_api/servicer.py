@@ -18,7 +18,7 @@ from serve.grpc_api import easel_pb2
 from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
 from serve.serving.admission import Admission
 from serve.serving.experiments import ExperimentsAndFeedback
-from serve.serving.generations import Generations
+from serve.serving.generations import Generations, StreamedImages
 from serve.serving.jobs import job_owner
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.vectorize import Vectorizing
@@ -50,6 +50,8 @@ class Servicer:
                 admitted = await self.admission.admit(grpc_api.generation_request(message), caller)
                 async with aclosing(self.generations.events(admitted, caller.key)) as items:
                     async for item in items:
+                        if isinstance(item, StreamedImages) and item.fallback:  # as the HTTP answer's header
+                            grpc_context.set_trailing_metadata(item.fallback.metadata())
                         yield grpc_api.event(item)
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))

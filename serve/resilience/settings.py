@@ -30,10 +30,11 @@ class ResilienceSettings(BaseModel):
         20, ge=2, le=10_000, description="How many of a model's last generations the failure rate counts."
     )
     circuit_open_s: float = Field(
-        30.0,
+        5.0,
         gt=0,
         le=3600,
-        description="Seconds an open circuit refuses its model; then one probe goes through (half-open): it closes "
+        description="Seconds an open circuit refuses its model (as LiteLLM's router cools a deployment down for a "
+        "few seconds: a model back soon is not kept out long); then one probe goes through (half-open): it closes "
         "the circuit if it succeeds, opens it again if it fails.",
     )
     fallbacks: Annotated[

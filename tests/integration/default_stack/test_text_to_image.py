@@ -14,6 +14,7 @@ from serve.names import DEFAULT_MODEL
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
+from serve.triton.server import CONTROL_HEADER
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
@@ -220,17 +221,21 @@ def test_a_model_that_cannot_serve_is_drawn_by_its_fallback_and_fallback_false_i
     """The stack's chain ``easel-default=spare``: with the default's UNet unloaded from Triton, its request is drawn by
     ``spare`` (a model added with the same engines: the same image for the seed) and says so; ``fallback: false`` gets
     the default's own 503; the UNet loaded again, the default draws it again. ``spare`` is removed at the end."""
-    triton, engines = stack.info.triton_http_url, str(stack.models.default.folder.path)
+    unet = f"{stack.info.triton_http_url}/v2/repository/models/unet"
+    control = {CONTROL_HEADER: stack.triton.control_key}
     body = {"prompt": "a red fox", "num_inference_steps": 2, "size": "64x64", "seed": 5}
-    added = api.post("/v1/models", json={"name": "spare", "engine_dir": engines})
+    added = api.post("/v1/models", json={"name": "spare", "engine_dir": str(stack.models.default.folder.path)})
     assert added.is_success, added.text
     try:
         spare = api.post(GENERATE, json=body | {"model": "spare"})
-        httpx.post(f"{triton}/v2/repository/models/unet/unload", timeout=60).raise_for_status()
-        drawn = api.post(GENERATE, json=body)
-        refused = api.post(GENERATE, json=body | {"fallback": False})
+        with stack.supervisor.paused():  # its checks would load the UNet again meanwhile
+            httpx.post(f"{unet}/unload", headers=control, timeout=60).raise_for_status()
+            try:
+                drawn = api.post(GENERATE, json=body)
+                refused = api.post(GENERATE, json=body | {"fallback": False})
+            finally:
+                httpx.post(f"{unet}/load", headers=control, timeout=300).raise_for_status()
     finally:
-        httpx.post(f"{triton}/v2/repository/models/unet/load", timeout=120).raise_for_status()
         api.delete("/v1/models/spare")
     assert spare.status_code == 200 and drawn.status_code == 200, drawn.text
     assert drawn.headers["Easel-Model"] == "spare" and drawn.headers["Easel-Fallback"] == f"{DEFAULT_MODEL} unavailable"

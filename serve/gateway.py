@@ -26,6 +26,8 @@ from serve.jobs import open_job_store
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.resilience.circuits import Circuits
+from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
@@ -36,6 +38,7 @@ from serve.serving.health import Health
 from serve.serving.jobs import BackgroundJobs
 from serve.serving.models import ModelAdmin
 from serve.serving.moderation import Moderation
+from serve.serving.ray_errors import against_model
 from serve.serving.results import Results
 from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
@@ -139,6 +142,7 @@ class Gateway:
         url_secret_path: str | None = None,
         webhooks: WebhookSettings | None = None,
         webhook_secret_path: str | None = None,
+        resilience: ResilienceSettings | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
@@ -151,6 +155,7 @@ class Gateway:
                 traffic.define(name, spec)
         self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
         self.adapters = Adapters(current, text_to_image)
+        circuits = Circuits(resilience, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
             current,
             text_to_image,
@@ -161,6 +166,8 @@ class Gateway:
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
             share_caches=share_caches,
             upscaling=self.upscaling,
+            circuits=circuits,
+            fallbacks=(resilience or ResilienceSettings()).fallbacks,
             results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
             moderation=(moderation or Moderation()).checking(
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
@@ -174,7 +181,7 @@ class Gateway:
         sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
         self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender)
         self.videos = Videos(self.jobs)
-        self.models = ModelAdmin(current, text_to_image, residency, traffic)
+        self.models = ModelAdmin(current, text_to_image, residency, traffic, circuits)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic)
         self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
@@ -254,4 +261,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.url_secret_path,
         WebhookSettings.model_validate(args.model_dump(include=set(WebhookSettings.model_fields))),
         args.webhook_secret_path,
+        ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
     )

@@ -294,6 +294,9 @@ MODEL_LOAD_SECONDS = MetricSpec(
 MODEL_LOADED = MetricSpec(
     "easel_model_loaded", "gauge", "Whether a served model's engines are loaded in Triton (1) or not (0).", ("model",)
 )
+MODEL_CIRCUIT_STATE = MetricSpec(
+    "easel_model_circuit_state", "gauge", "A model's circuit breaker: 0 closed, 1 half-open, 2 open.", ("model",)
+)
 
 ALL = (
     HTTP_REQUESTS,
@@ -333,6 +336,7 @@ ALL = (
     ADAPTER_RESIDENT_BYTES,
     MODEL_LOAD_SECONDS,
     MODEL_LOADED,
+    MODEL_CIRCUIT_STATE,
 )
 
 _made: dict[str, object] = {}

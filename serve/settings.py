@@ -27,6 +27,7 @@ from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
 from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import default_url
@@ -50,10 +51,11 @@ from serve.webhooks.settings import WebhookSettings
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class AppSettings(WebhookSettings, ResultSettings, LoraSettings):
+class AppSettings(ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
     """What the Serve application is told besides where its engines and Triton are: its budgets and its stores.
 
-    Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks'.
+    Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks', the circuit
+    breakers' and fallback chains'.
     """
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", "SIZE")] = Field(

@@ -232,6 +232,19 @@ class NamedJson(NamedValue):
             self.fail(f"{value!r}: the part after = is not JSON ({error})", param, ctx)
 
 
+class NamedList(NamedFolder):
+    """``NAME=A,B``: a model's name and the names it lists, in order (``--fallback xl=sd15,remote``)."""
+
+    name = "named list"
+    form = f"NAME=A,B with names of {NAME_RULE}"
+
+    def _value(self, value, rest: str, param, ctx) -> tuple[str, ...]:
+        names = tuple(name.strip() for name in rest.split(",") if name.strip())
+        if not names or not all(NAME.match(name) for name in names):
+            self.fail(f"{value!r} is not {self.form}", param, ctx)
+        return names
+
+
 class HostList(click.ParamType):
     """Comma-separated host names or addresses, e.g. 127.0.0.1,localhost (compared without case)."""
 
@@ -256,6 +269,7 @@ NAMED_FOLDER = NamedFolder()
 NAMED_FILE = NamedFile()
 NAMED_PATH = NamedPath()
 NAMED_JSON = NamedJson()
+NAMED_LIST = NamedList()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 

@@ -21,6 +21,7 @@ from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
 from serve.serving.jobs import job_owner
 from serve.serving.ray_errors import as_easel_error
+from serve.serving.streaming import StreamedImages
 from serve.serving.vectorize import Vectorizing
 from serve.serving.videos import VARIANTS, Videos
 
@@ -50,6 +51,8 @@ class Servicer:
                 admitted = await self.admission.admit(grpc_api.generation_request(message), caller)
                 async with aclosing(self.generations.events(admitted, caller.key)) as items:
                     async for item in items:
+                        if isinstance(item, StreamedImages) and item.fallback:  # as the HTTP answer's header
+                            grpc_context.set_trailing_metadata(item.fallback.metadata())
                         yield grpc_api.event(item)
         except Exception as error:  # every failure ends the stream with its status code
             grpc_api.fail(grpc_context, as_easel_error(error))

@@ -20,9 +20,8 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
@@ -38,10 +37,14 @@ from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy
+from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
 from serve.serving.current_models import CurrentModels
+from serve.serving.fallbacks import Fallbacks
 from serve.serving.moderation import Moderation
+from serve.serving.ray_errors import against_model
 from serve.serving.results import Results
+from serve.serving.streaming import Streaming
 from serve.serving.upscale import Upscaling
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
@@ -80,22 +83,7 @@ def truncation_header(body: dict) -> dict[str, str]:
     return {"Easel-Prompt-Truncated": str(body[PROMPT_TRUNCATED])} if PROMPT_TRUNCATED in body else {}
 
 
-@dataclass(frozen=True)
-class StreamedImages:
-    """A streamed generation's last item (:meth:`Generations.events`): its images, its seed, what served them.
-
-    Each image: ``data``, ``id``; an SVG's ``tier`` and ``ssim``; its ``moderation`` mark under a policy.
-    """
-
-    seed: int
-    images: list[dict]
-    model: str
-    experiment: str | None = None
-    steps_skipped: int | None = None
-    prompt_tokens_dropped: int | None = None
-
-
-class Generations:
+class Generations(Streaming):
     """Generations answered: the model resolved (an experiment's alias to its variant), kept loaded, run, cached."""
 
     def __init__(
@@ -111,7 +99,11 @@ class Generations:
         upscaling: Upscaling | None = None,
         moderation: Moderation | None = None,
         results: Results | None = None,
+        circuits: Circuits | None = None,
+        fallbacks: Mapping[str, tuple[str, ...]] | None = None,
     ) -> None:
+        self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
+        self.fallbacks = Fallbacks(fallbacks or {}, self._relinked)  # each model's chain
         self.moderation = moderation or Moderation()
         self.results = results or Results()  # each image kept, with what made it
         self.models = models
@@ -197,6 +189,13 @@ class Generations:
         admitted = self._checked(request, assignment or Assignment(model.name), model, request, owner)
         return dataclasses.replace(admitted, screening=await self.moderation.rescreened(request, policy, owner))
 
+    async def _relinked(self, link: str, admitted: Admitted) -> Admitted:
+        """``admitted`` for the model ``link`` (a fallback): checked by its rules (400 if it cannot take it)."""
+        model = self.models.now().resolve(link)
+        request = admitted.request.model_copy(update={"model": link})
+        args = (request, Assignment(link), model, admitted.asked, admitted.owner)
+        return dataclasses.replace(await asyncio.to_thread(self._checked, *args), screening=admitted.screening)
+
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
         body, headers = await self.served_answer(admitted, owner, fresh)
@@ -207,21 +206,23 @@ class Generations:
         """The admitted model loaded in Triton and kept loaded while the block runs: its version, plan and headers.
 
         The version is the one the residency counted the request on: it finishes on it, whatever replaces it
-        meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``).
+        meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``). The model's circuit
+        breaker guards the block: open, it is refused at once; its outcome is counted.
         """
         model, plan = admitted.model, admitted.plan
-        version_id, waited = await self.residency.begin.remote(model.name)
-        try:
-            served = self.models.now().version(version_id)
-            if served.version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
-                plan = served.check(admitted.request, admitted.owner).plan
-            loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
-            yield served, plan, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
-        finally:
+        async with self.circuits.guarded(model.name):  # an open circuit: refused before the model is waited for
+            version_id, waited = await self.residency.begin.remote(model.name)
             try:
-                await self.residency.end.remote(version_id)
-            except Exception as error:  # noqa: BLE001 - bookkeeping: a generation that ended is not lost for it
-                logger.warning("model %s: its request's end not counted: %s", version_id, error)
+                served = self.models.now().version(version_id)
+                if served.version_id != model.version_id:  # replaced since it was checked: checked again, by it
+                    plan = served.check(admitted.request, admitted.owner).plan
+                loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
+                yield served, plan, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
+            finally:
+                try:
+                    await self.residency.end.remote(version_id)
+                except Exception as error:  # noqa: BLE001 - bookkeeping: a generation that ended is not lost for it
+                    logger.warning("model %s: its request's end not counted: %s", version_id, error)
 
     async def served_answer(
         self, admitted: Admitted, owner: str | None, fresh: bool = False, on_step: OnStep | None = None
@@ -229,11 +230,19 @@ class Generations:
         """:meth:`_answer`, each image given an id (recorded with what served it), the model and experiment named.
 
         Per-variant requests and latency are counted here, whichever door the generation came by. A cached answer's
-        images are recorded without their experiment: their feedback is taken, but is no new evidence.
+        images are recorded without their experiment: their feedback is taken, but is no new evidence. A model that
+        cannot serve hands it down its fallback chain (:class:`~serve.serving.fallbacks.Fallbacks`).
         """
+        scope = cache_scope(owner, self.share_caches)
+
+        async def answered(chosen: Admitted) -> tuple[Admitted, tuple[dict, dict]]:
+            async with variant_measured(chosen.assignment):
+                return chosen, await self._answer(chosen, scope, fresh, on_step)
+
+        (admitted, (body, headers)), fallback = await self.fallbacks.served(admitted, answered)
+        if fallback is not None:  # drawn by a link of its model's chain: said in the headers and the body
+            body, headers = body | fallback.to_api(), headers | fallback.headers()
         assignment = admitted.assignment
-        async with variant_measured(assignment):
-            body, headers = await self._answer(admitted, cache_scope(owner, self.share_caches), fresh, on_step)
         cached = headers.get("Easel-Cache") == "hit"
         ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
@@ -349,46 +358,3 @@ class Generations:
         return await asyncio.gather(
             *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
         )
-
-    async def events(self, admitted: Admitted, key: ApiKey | None) -> AsyncIterator[Progress | StreamedImages]:
-        """A generation streamed for ``key`` (gRPC's ``Generate``): one :class:`Progress` per step, then the images.
-
-        No result cache: a cached answer has no steps to report.
-        """
-        request, assignment = admitted.request, admitted.assignment
-        owner = key and key.id
-        scope = cache_scope(owner, self.share_caches)  # whose kept latents the approximate cache may start it from
-        async with self._loaded_for(admitted) as (served, plan, _), variant_measured(assignment):
-            stream = self._pipeline(served).options(stream=True).generate_stream
-            async for item in stream.remote(request, plan, time.time(), cache_scope=scope):
-                if isinstance(item, Progress):
-                    yield item
-                    continue
-                item = await self._finished(served, admitted, item, scope)
-                item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
-                if request.output_format == "svg":
-                    tier = request.vectorize_tier or Tier.AUTO
-                    traced = await self._vectorize_all(item.images, tier)
-                    images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
-                else:
-                    images = [{"data": image} for image in item.images]
-                ids = await self._image_ids(len(images), assignment, owner)
-                marks = moderated.marks() or [None] * len(images)
-                kept = dict(zip(ids, zip([image["data"] for image in images], marks, strict=True), strict=True))
-                delivered = await self.results.delivered(request, admitted.model, item.seed, owner, kept)
-                for image, image_id, done in zip(images, ids, delivered, strict=True):
-                    image["id"], image["data"] = image_id, b"" if done.url else done.data
-                    if done.url:
-                        image["url"] = done.url
-                for image, mark in zip(images, moderated.marks() or (), strict=False):
-                    image["moderation"] = mark  # as the HTTP answer's marks
-                for index, image in enumerate(images if request.prompts is not None else ()):
-                    image["prompt_index"] = request.prompt_index(index)  # the images go prompt by prompt
-                yield StreamedImages(
-                    item.seed,
-                    images,
-                    assignment.model,
-                    assignment.experiment,
-                    item.steps_skipped,
-                    item.prompt_tokens_dropped or None,
-                )

@@ -31,12 +31,14 @@ class Health:
     async def ready(self) -> dict:
         """Ready: every Triton model of the loaded models, the moderation checks and the Vectorizer is ready.
 
+        ``circuits``: each called model's circuit breaker (an open one is said, not made a 503: others serve).
+
         A 503 with Retry-After if one is not.
         """
         states = await self.text_to_image.ready.remote(await self.models.loaded_triton_models() + self.checks)
         require_ready(states)
         vectorize = await self.vectorizer.ready.remote()
-        return {"status": "ready", "models": {**states, **vectorize}}
+        return {"status": "ready", "models": {**states, **vectorize}, "circuits": self.models.circuits.states()}
 
 
 def require_ready(states: dict[str, bool]) -> None:

@@ -11,8 +11,9 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.errors import Conflict
 from serve.experiments.traffic import Experiments
+from serve.resilience.circuits import Circuits
 from serve.serving.current_models import CurrentModels
-from serve.text_to_image.models import ModelFolder, NewModel
+from serve.text_to_image.models import ModelFolder, NewModel, ServedModel
 
 
 class ModelAdmin:
@@ -24,7 +25,9 @@ class ModelAdmin:
         text_to_image: DeploymentHandle,
         residency: DeploymentHandle,
         experiments: Experiments,
+        circuits: Circuits | None = None,
     ) -> None:
+        self.circuits = circuits or Circuits()  # each model's breaker (the Generations' own)
         self.models = models
         self.text_to_image = text_to_image
         self.residency = residency
@@ -39,12 +42,17 @@ class ModelAdmin:
     async def listing(self) -> dict:
         """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
         loaded = await self.loaded()
-        return {"object": "list", "data": [model.public(loaded[name]) for name, model in self.models.now().items()]}
+        models = self.models.now().items()
+        return {"object": "list", "data": [self._public(model, loaded[name]) for name, model in models]}
 
     async def describe(self, model_id: str) -> dict:
         """One served model, as the list gives it (404 if this stack serves none of that name)."""
         model = self.models.now().require(model_id)
-        return model.public((await self.loaded())[model_id])
+        return self._public(model, (await self.loaded())[model_id])
+
+    def _public(self, model: ServedModel, loaded: bool) -> dict:
+        """A model's entry: :meth:`ServedModel.public`, and its circuit breaker's state (this replica's)."""
+        return model.public(loaded) | {"circuit": str(self.circuits.state(model.name))}
 
     async def add(self, body: NewModel) -> dict:
         """Serve a built engine folder as a new model: 409 for a name an experiment has (a model may not shadow it)."""

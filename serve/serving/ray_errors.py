@@ -18,6 +18,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from serve.errors import EaselError, NotReady, Overloaded
 from serve.jobs.retry import ALWAYS_PASSING
+from serve.resilience.circuits import CircuitOpen, model_failed
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +57,24 @@ def as_easel_error(error: BaseException) -> EaselError:
 def unwrap(error: BaseException) -> BaseException:
     """The exception a deployment raised, from the Ray error that carries it."""
     return error.cause if isinstance(error, RayTaskError) and error.cause is not None else error
+
+
+def against_model(error: BaseException) -> bool | None:
+    """Whether ``error`` counts against the model a generation ran on (:func:`model_failed` of what Ray carries)."""
+    error = unwrap(error)
+    return None if isinstance(error, BackPressureError) else model_failed(error)  # saturated: not failed
+
+
+def cannot_serve(error: BaseException) -> str | None:
+    """Why ``error`` says the model cannot serve now: ``circuit_open``, ``timeout``, ``unavailable`` (a 503).
+
+    None: it says something else (the client's error, saturation, a fault of this request): no other model is tried.
+    """
+    error = unwrap(error)
+    if isinstance(error, CircuitOpen):
+        return "circuit_open"
+    if isinstance(error, GetTimeoutError | TimeoutError):
+        return "timeout"
+    if not isinstance(error, Exception) or isinstance(error, BackPressureError):
+        return None
+    return "unavailable" if type(as_easel_error(error)) is NotReady else None

@@ -172,6 +172,9 @@ class GenerationRequest(PromptBatch, Delivery):
         description="Run as a background job: answered at once with 202 and the job (GET /v1/jobs/{id} for the "
         "result, /events for its progress). An Idempotency-Key header returns the same job for the same body.",
     )
+    fallback: StrictBool = Field(
+        True, description="May be answered by its model's fallback chain when the model cannot serve (false: a 503)."
+    )
     priority: Priority = Field(
         Priority.NORMAL,
         description="Under load, higher-priority generations start first and their denoising steps go first.",

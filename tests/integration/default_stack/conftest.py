@@ -16,6 +16,7 @@ from build_engines.moderation.text_moderator import random_text_moderator
 from build_engines.scoring import random_aesthetic, random_clip
 from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2_grpc
+from serve.names import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 
 UPSCALERS = {"x4": ("RRDBNet", 4, "RealESRGAN_x4plus.pth"), "general": ("SRVGGNetCompact", 4, "general.pth")}
@@ -67,7 +68,7 @@ def scorers(tmp_path_factory) -> dict:
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator, motion_adapter, scorers):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker, the text moderator, a motion adapter (videos) and a scorer."""
+    restorer, the safety checker, the text moderator, a motion adapter (videos), a scorer and a fallback chain."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -79,6 +80,7 @@ def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_
         text_moderator=text_moderator,
         motion_adapters={"wave": motion_adapter},
         scorers=scorers,
+        fallbacks={DEFAULT_MODEL: ("spare",)},  # spare: served only while test_text_to_image's fallback test runs
     )
     with Stack(options) as stack:
         yield stack

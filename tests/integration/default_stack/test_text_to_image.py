@@ -6,6 +6,7 @@ import json
 import logging
 import time
 
+import httpx
 import numpy as np
 import psutil
 import pytest
@@ -13,9 +14,11 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from loadtests.benchmarks.loop import triton_counts
+from serve.names import DEFAULT_MODEL
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
+from serve.triton.server import CONTROL_HEADER
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
@@ -236,6 +239,37 @@ def test_triton_down_is_a_503_with_retry_after_and_the_stack_recovers(api, stack
         assert int(response.headers["Retry-After"]) > 0 and response.json()["error"]["type"] == "service_unavailable"
     recovered = api.post(GENERATE, json={"prompt": "x", "num_inference_steps": 2, "size": "64x64"})
     assert recovered.status_code == 200, recovered.text
+
+
+def test_a_model_that_cannot_serve_is_drawn_by_its_fallback_and_fallback_false_is_its_503(api, stack):
+    """The stack's chain ``easel-default=spare``: with the default's UNet unloaded from Triton, its request is drawn by
+    ``spare`` (a model added with the same engines: the same image for the seed) and says so; ``fallback: false`` gets
+    the default's own 503; the UNet loaded again, the default draws it again. ``spare`` is removed at the end."""
+    unet = f"{stack.info.triton_http_url}/v2/repository/models/unet"
+    control = {CONTROL_HEADER: stack.triton.control_key}
+    body = {"prompt": "a red fox", "num_inference_steps": 2, "size": "64x64", "seed": 5}
+    added = api.post("/v1/models", json={"name": "spare", "engine_dir": str(stack.models.default.folder.path)})
+    assert added.is_success, added.text
+    try:
+        spare = api.post(GENERATE, json=body | {"model": "spare"})
+        with stack.supervisor.paused():  # its checks would load the UNet again meanwhile
+            httpx.post(f"{unet}/unload", headers=control, timeout=60).raise_for_status()
+            try:
+                drawn = api.post(GENERATE, json=body)
+                refused = api.post(GENERATE, json=body | {"fallback": False})
+            finally:
+                httpx.post(f"{unet}/load", headers=control, timeout=300).raise_for_status()
+    finally:
+        api.delete("/v1/models/spare")
+    assert spare.status_code == 200 and drawn.status_code == 200, drawn.text
+    assert drawn.headers["Easel-Model"] == "spare" and drawn.headers["Easel-Fallback"] == f"{DEFAULT_MODEL} unavailable"
+    assert drawn.json()["fallback"] == {"model": DEFAULT_MODEL, "reason": "unavailable"}
+    assert drawn.json()["data"][0]["b64_json"] == spare.json()["data"][0]["b64_json"]
+    assert refused.status_code == 503 and int(refused.headers["Retry-After"]) > 0, refused.text
+    again = api.post(GENERATE, json=body)
+    assert again.status_code == 200 and again.headers["Easel-Model"] == DEFAULT_MODEL, again.text
+    assert "Easel-Fallback" not in again.headers
+    assert api.get("/readyz").json()["circuits"][DEFAULT_MODEL] == "closed"  # two failures: under the five that open
 
 
 def test_fewer_unet_rows_options_are_served_and_deterministic(api):

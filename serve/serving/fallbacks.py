@@ -1,0 +1,87 @@
+"""Fallback chains: a generation its model cannot serve goes to the next model of its chain that takes it.
+
+"Cannot serve" (:func:`~serve.serving.ray_errors.cannot_serve`): its circuit is open, its engines are unavailable
+(a 503), a timeout. A link that cannot take the request (an adapter, a size or a sampler it lacks: its check is a
+400) is skipped, and why is logged. The answer names who drew it (``Easel-Model``) and why (``Easel-Fallback``, the
+body's ``fallback``, so a job's record keeps it too). A request with ``fallback: false`` never goes down the chain;
+no link left is a 503 naming the model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from serve.errors import InvalidInput, NotReady
+from serve.serving.ray_errors import cannot_serve
+
+logger = logging.getLogger(__name__)
+
+FALLBACK_HEADER = "Easel-Fallback"
+Answer = TypeVar("Answer")
+Relink = Callable[[str, object], Awaitable[object]]
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """A generation drawn by a fallback: the model it asked and why that one could not serve."""
+
+    model: str
+    reason: str
+
+    def headers(self) -> dict[str, str]:
+        """``Easel-Fallback``: the model asked and why (``xl circuit_open``); ``Easel-Model`` names the link."""
+        return {FALLBACK_HEADER: f"{self.model} {self.reason}"}
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The trailing metadata of a gRPC call: the header, lower-case (``easel-fallback``)."""
+        return tuple((name.lower(), value) for name, value in self.headers().items())
+
+    def to_api(self) -> dict:
+        """The answer's (and a job record's) ``fallback``."""
+        return {"fallback": {"model": self.model, "reason": self.reason}}
+
+
+class Fallbacks:
+    """Each model's chain (``--fallback MODEL=LINK,...``), and how a generation goes down it.
+
+    ``relink``: a generation admitted again for another model (its rules checked: a 400 when it cannot take it).
+    """
+
+    def __init__(self, chains: Mapping[str, tuple[str, ...]], relink: Relink) -> None:
+        self.chains = dict(chains)
+        self.relink = relink
+
+    async def served(self, admitted, run: Callable[[object], Awaitable[Answer]]) -> tuple[Answer, Fallback | None]:
+        """``run(admitted)``, or where its model cannot serve, ``run`` of the first link that can (and why)."""
+        asked = admitted.model.name
+        chain = self.chains.get(asked, ()) if admitted.request.fallback else ()
+        try:
+            return await run(admitted), None
+        except Exception as error:
+            reason = cannot_serve(error)
+            if reason is None or not chain:
+                raise
+            first = error
+        tried = [f"{asked}: {reason}"]
+        for link in chain:
+            try:
+                relinked = await self.relink(link, admitted)
+            except InvalidInput as refused:
+                logger.warning("model %s: fallback %s skipped, it cannot take the request: %s", asked, link, refused)
+                tried.append(f"{link}: cannot take it ({refused.field})")
+                continue
+            try:
+                answer = await run(relinked)
+            except Exception as error:
+                why = cannot_serve(error)
+                if why is None:
+                    raise
+                tried.append(f"{link}: {why}")
+                continue
+            logger.info("model %s: answered by its fallback %s (%s)", asked, link, reason)
+            return answer, Fallback(asked, reason)
+        why = f"model {asked} cannot serve and no model of its fallback chain could: {'; '.join(tried)}"
+        raise NotReady(why, "model") from first

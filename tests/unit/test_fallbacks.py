@@ -1,0 +1,175 @@
+"""Fallback chains and the circuit breakers a generation passes (serve/serving/fallbacks.py), without Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from types import SimpleNamespace
+
+import pytest
+from ray.exceptions import GetTimeoutError
+from ray.serve.exceptions import BackPressureError
+
+from serve.errors import InvalidInput, NotReady, Overloaded
+from serve.experiments import open_experiment_store
+from serve.experiments.traffic import Experiments
+from serve.resilience.circuits import CircuitOpen, Circuits
+from serve.resilience.settings import ResilienceSettings
+from serve.serving.current_models import CurrentModels
+from serve.serving.fallbacks import Fallback
+from serve.serving.generations import Generations
+from serve.serving.ray_errors import against_model, cannot_serve
+from serve.text_to_image.generation import Progress
+from serve.text_to_image.models import ServedModels
+from serve.text_to_image.schema import GenerationRequest
+from tests.unit.test_serving import Handles
+
+
+class Down(Handles):
+    """The handles, where the models in ``down`` fail as a backend that is down does (``error``)."""
+
+    def __init__(self, *down: str, error: Exception | None = None) -> None:
+        super().__init__()
+        self.down = set(down)
+        self.error = error
+
+    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
+        if request.model in self.down:
+            self.calls.append(("failed", request.model))
+            raise self.error or NotReady("Triton models not ready: unet", retry_after_s=5)
+        return await super()._generate(request, plan, sent_at, cache_scope)
+
+
+@pytest.fixture
+def stack(engine_dir, transformer_engine_dirs, tmp_path):
+    """A stack's models: the default, ``b`` (the same engines) and ``sd3`` (a family without dpmpp_2m)."""
+    served = {"easel-default": str(engine_dir), "b": str(engine_dir), "sd3": str(transformer_engine_dirs["tiny-sd3"])}
+    models = CurrentModels(ServedModels.open(served))
+    return models, Experiments(open_experiment_store(f"sqlite:///{tmp_path / 'easel.db'}"), models.names)
+
+
+def generations(stack, handles: Handles, chains: dict, failures: int = 2) -> Generations:
+    models, traffic = stack
+    circuits = Circuits(ResilienceSettings(circuit_failures=failures), failed=against_model)
+    return Generations(models, handles, None, handles, None, traffic, circuits=circuits, fallbacks=chains)
+
+
+async def answered(served: Generations, **asked):
+    """The HTTP answer to a generation of the default model (seed 3), as the door admits and answers it."""
+    request = GenerationRequest(prompt="a red fox", model="easel-default", seed=3, **asked)
+    return await served.answer(await served.admitted(request, None), None, fresh=False)
+
+
+def test_a_model_that_cannot_serve_is_answered_by_its_chain_and_the_answer_says_who_and_why(stack):
+    handles = Down("easel-default")
+    served = generations(stack, handles, {"easel-default": ("b",)})
+
+    async def scenario():
+        return [await answered(served) for _ in range(3)]
+
+    first, second, third = asyncio.run(scenario())
+    assert [r.headers["easel-model"] for r in (first, second, third)] == ["b"] * 3
+    reasons = [r.headers["easel-fallback"] for r in (first, second, third)]
+    assert reasons == ["easel-default unavailable"] * 2 + ["easel-default circuit_open"]  # 2 failures opened it
+    assert json.loads(third.body)["fallback"] == {"model": "easel-default", "reason": "circuit_open"}
+    assert json.loads(third.body)["model"] == "b"
+    assert handles.calls.count(("failed", "easel-default")) == 2  # the open circuit called it no more
+    assert served.circuits.states() == {"b": "closed", "easel-default": "open"}
+
+
+def test_fallback_false_is_the_model_s_own_503(stack):
+    handles = Down("easel-default")
+    served = generations(stack, handles, {"easel-default": ("b",)}, failures=1)
+
+    async def scenario():
+        refusals = []
+        for _ in range(2):
+            with pytest.raises(NotReady) as refused:
+                await answered(served, fallback=False)
+            refusals.append(refused.value)
+        return refusals
+
+    unavailable, circuit_open = asyncio.run(scenario())
+    assert type(unavailable) is NotReady and unavailable.status == 503
+    assert isinstance(circuit_open, CircuitOpen) and "easel-default" in circuit_open.message
+    assert ("generate", "b", "") not in handles.calls
+
+
+def test_a_link_that_cannot_take_the_request_is_skipped_and_why_is_logged(stack, caplog):
+    handles = Down("easel-default")
+    served = generations(stack, handles, {"easel-default": ("sd3", "b")})
+    with caplog.at_level(logging.WARNING, logger="serve.serving.fallbacks"):
+        answer = asyncio.run(answered(served, scheduler="dpmpp_2m"))  # sd3's family has no dpmpp_2m
+    assert answer.headers["easel-model"] == "b"
+    assert [call[1] for call in handles.calls if call[0] == "generate"] == ["b"]
+    assert "fallback sd3 skipped" in caplog.text and "scheduler" in caplog.text
+
+
+def test_no_link_left_is_a_503_naming_the_model_and_each_link_s_reason(stack):
+    handles = Down("easel-default", "b")
+    served = generations(stack, handles, {"easel-default": ("sd3", "b")})
+    with pytest.raises(NotReady) as refused:
+        asyncio.run(answered(served, scheduler="dpmpp_2m"))
+    assert refused.value.status == 503 and refused.value.field == "model"
+    message = refused.value.message
+    assert message.startswith("model easel-default cannot serve")
+    assert "sd3: cannot take it (scheduler)" in message and "b: unavailable" in message
+
+
+@pytest.mark.parametrize("error", [InvalidInput("loras: too many", "loras"), Overloaded("busy")])
+def test_a_client_s_error_or_saturation_goes_down_no_chain(stack, error):
+    handles = Down("easel-default", error=error)
+    served = generations(stack, handles, {"easel-default": ("b",)})
+    with pytest.raises(type(error)):
+        asyncio.run(answered(served))
+    assert ("generate", "b", "") not in handles.calls
+    assert served.circuits.states() == {"easel-default": "closed"}
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (CircuitOpen("open"), "circuit_open"),
+        (GetTimeoutError("late"), "timeout"),
+        (TimeoutError(), "timeout"),
+        (NotReady("down"), "unavailable"),
+        (RuntimeError("replica died"), "unavailable"),
+        (Overloaded("busy"), None),
+        (BackPressureError(num_queued_requests=9, max_queued_requests=8), None),
+        (InvalidInput("size: too big", "size"), None),
+    ],
+)
+def test_what_cannot_serve_means(error, reason):
+    assert cannot_serve(error) == reason
+
+
+class Streaming(Down):
+    """The handles with ``generate_stream`` too (gRPC's ``Generate``): each step, then the images."""
+
+    def __init__(self, *down: str) -> None:
+        super().__init__(*down)
+        self.generate_stream = SimpleNamespace(remote=self._stream)
+
+    def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
+        return super().options(multiplexed_model_id) if multiplexed_model_id else self
+
+    async def _stream(self, request, plan, sent_at: float, cache_scope: str = "", previews: bool = False):
+        images = await self._generate(request, plan, sent_at, cache_scope)  # a model that is down fails first
+        yield Progress(1, 1)
+        yield images
+
+
+def test_a_stream_whose_model_fails_before_its_first_step_is_drawn_by_its_chain(stack):
+    handles = Streaming("easel-default")
+    served = generations(stack, handles, {"easel-default": ("b",)})
+
+    async def scenario():
+        request = GenerationRequest(prompt="a red fox", model="easel-default", seed=3)
+        return [item async for item in served.events(await served.admitted(request, None), None)]
+
+    progress, images = asyncio.run(scenario())
+    assert progress == Progress(1, 1)
+    assert images.model == "b" and images.fallback == Fallback("easel-default", "unavailable")
+    assert images.fallback.metadata() == (("easel-fallback", "easel-default unavailable"),)
+    assert ("end", "easel-default.v1") in handles.calls and ("end", "b.v1") in handles.calls  # both let go

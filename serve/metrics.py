@@ -232,9 +232,10 @@ VARIANT_CLIP_SCORE = MetricSpec(
     "easel_variant_clip_score",
     "histogram",
     "CLIP score (the prompt-image cosine, easel up --scorer clip=DIR) of generated images that asked scores, by "
-    "experiment and variant (the model): _sum / _count is the mean, histogram_quantile(0.1, ...) the p10.",
+    "experiment and variant (the model): _sum / _count is the mean, histogram_quantile(0.1, ...) the p10 (a "
+    "cosine at most 0.025, negative ones too, falls in the first bucket: Ray's histograms take positive bounds).",
     ("experiment", "variant"),
-    tuple(round(-0.2 + 0.025 * i, 3) for i in range(33)),
+    tuple(round(0.025 * i, 3) for i in range(1, 25)),
 )
 VARIANT_AESTHETIC = MetricSpec(
     "easel_variant_aesthetic",
@@ -242,7 +243,7 @@ VARIANT_AESTHETIC = MetricSpec(
     "Aesthetic score (LAION's predictor over CLIP, easel up --scorer aesthetic=FILE) of generated images that asked "
     "scores, by experiment and variant (the model): _sum / _count is the mean, the 0.1 quantile the p10.",
     ("experiment", "variant"),
-    tuple(0.25 * i for i in range(-4, 41)),
+    tuple(0.25 * i for i in range(1, 41)),  # positive, as Ray's histograms take them
 )
 SCORE_METRICS = {"clip_score": VARIANT_CLIP_SCORE, "aesthetic": VARIANT_AESTHETIC}
 """Each image score's metric."""

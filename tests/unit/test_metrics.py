@@ -15,6 +15,7 @@ def test_metric_names_are_unique_and_series_follow_ray_naming():
         assert spec.name.startswith("easel_") and spec.description
         assert (spec.kind == "histogram") == bool(spec.boundaries)
         assert list(spec.boundaries) == sorted(spec.boundaries)
+        assert all(bound > 0 for bound in spec.boundaries), spec.name  # Ray's Histogram refuses any other
 
 
 def test_recording_checks_tag_keys():

@@ -315,6 +315,8 @@ class Generations:
         body = {"created": int(time.time()), "seed": result.seed, "data": await self._encoded(request, result)}
         if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
+        if result.candidates is not None:  # best-of-n: every candidate drawn, its seed, scores and whether kept
+            body["candidates"] = result.candidates
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
             item["moderation"] = mark
         headers = {"Easel-Seed": str(result.seed)} | model_headers | truncation_header(body)
@@ -358,6 +360,8 @@ class Generations:
             item["faces"] = faces  # restore_faces: how many were found (none: the image unchanged)
         for item, scores in zip(items, result.scores or (), strict=False):
             item["scores"] = scores  # scores: as generated (before upscaling, face restoration, tracing)
+        for item, seed in zip(items, result.seeds or (), strict=False):
+            item["seed"] = seed  # best-of-n: the candidate's own seed (a one-image request with it draws it)
         return items
 
     async def _generate_reporting(

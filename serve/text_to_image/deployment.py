@@ -11,13 +11,14 @@ import torch
 from ray import serve
 
 from serve import metrics
-from serve.errors import Diverged
+from serve.errors import Diverged, InvalidInput
 from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
+from serve.text_to_image.best_of import candidate_seeds, check_best_of, choose
 from serve.text_to_image.generation import (
     AdapterInputs,
     CachePolicy,
@@ -58,21 +59,23 @@ def to_generation(
     """The pipeline job for an API request (a missing seed drawn here, what it leaves unset from ``defaults``).
 
     ``ip``: its IP-Adapters' references, decoded; ``images``: its decoded input images, mask and control images,
-    with the output's size.
+    with the output's size. Best-of-n's candidates are rows of the job, each with its own seed.
     """
     images = images or RequestImages(*request.width_height(native_size))
     defaults = defaults or StackDefaults()
+    seed = draw_seed(request.seed)
     sampling = SamplingParams(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        n=request.rows,
+        n=request.drawn_rows,
         width=images.width,
         height=images.height,
         steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
-        seed=draw_seed(request.seed),
+        seed=seed,
         scheduler=request.scheduler,
         guidance_cutoff=defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
+        seeds=candidate_seeds(seed, request.drawn_rows) if request.candidates > 1 else (),
     )
     return Generation(
         sampling=sampling,
@@ -203,6 +206,7 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         check_scores(["clip_score"] if request.scores else [], self.scorer, "scores")
+        check_best_of(request.candidates, request.best_of, self.scorer)
         served = await self._requested()
         pipeline, admission = served.pipeline, served.admission
         metrics.count(
@@ -217,11 +221,17 @@ class TextToImage:
                     result = await pipeline.generate(job, plan.tiling, on_step, plan.rows_per_call)
                 except Diverged as error:  # its adapters', or the model's: said so, never a black image
                     raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
-            scores = await self.scorer.score(result.images, plain_text(request.prompt)) if request.scores else None
+            pixels, scores, chosen = result.images, None, None
+            if request.candidates > 1:
+                prompt = plain_text(request.prompt)
+                chosen = await choose(self.scorer, pixels, result.seed, prompt, request.best_of, request.rows)
+                pixels, scores = chosen.images, chosen.scores if request.scores else None
+            elif request.scores:
+                scores = await self.scorer.score(pixels, plain_text(request.prompt))
             images = await asyncio.gather(
                 *(
                     asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
-                    for image in result.images
+                    for image in pixels
                 )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
@@ -231,7 +241,13 @@ class TextToImage:
             if result.steps_skipped:
                 metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
         return EncodedImages(
-            list(images), result.seed, result.prompt_tokens_dropped, result.steps_skipped, scores=scores
+            list(images),
+            result.seed,
+            result.prompt_tokens_dropped,
+            result.steps_skipped,
+            scores=scores,
+            seeds=chosen and chosen.seeds,
+            candidates=chosen and chosen.candidates,
         )
 
     async def _job(self, request: GenerationRequest, plan: Plan, served: ModelPipeline, cache_scope: str) -> Generation:
@@ -240,6 +256,8 @@ class TextToImage:
         Its LoRAs are the plan's: resolved at the Gateway for the key it came with (their weights of that moment).
         """
         pipeline, adapters = served.pipeline, served.model.adapters
+        if request.candidates > 1 and pipeline.dims.inpainting:  # its zero image's encoding draws before the noise
+            raise InvalidInput(f"candidates: {served.model.name} is an inpainting model: one image only", "candidates")
         self._count_adapters(request)
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)

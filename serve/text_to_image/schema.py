@@ -32,6 +32,7 @@ from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
+from serve.text_to_image.best_of import BEST_OF_FIELDS, BestOf
 from serve.text_to_image.delivery import Delivery
 from serve.text_to_image.ip_scale import (
     MAX_IP_ADAPTERS,
@@ -207,13 +208,14 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(Delivery):
+class GenerationRequest(Delivery, BestOf):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
 
-    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part.
+    How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part, best-of-n
+    (``candidates``, ``best_of``) its :class:`BestOf` part.
     """
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": DEPENDENT_FIELDS + BEST_OF_FIELDS})
 
     prompt: str = Field(
         min_length=1,

@@ -35,6 +35,7 @@ from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
+from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy, Screening
@@ -178,8 +179,9 @@ class Generations:
         models = self.models.now()
         if request.model and request.model not in models:
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
-            if chosen is not None:
-                return request.model_copy(update={"model": chosen.model}), chosen, models.resolve(chosen.model)
+            if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
+                update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
+                return request.model_copy(update=update), chosen, models.resolve(chosen.model)
         model = models.resolve(request.model)
         return request, Assignment(model.name), model
 
@@ -273,6 +275,11 @@ class Generations:
             body, headers = await self._answer(admitted, cache_scope(owner, self.share_caches), fresh, on_step)
         cached = headers.get("Easel-Cache") == "hit"
         ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
+        if not cached:  # an experiment rewarded by a score: each image's rewards its variant (feedback replaces it)
+            scores = [item.get("scores") for item in body["data"]]
+            await asyncio.to_thread(self.experiments.measure, ids, scores, assignment)
+        if not admitted.asked.scores:  # measured for the experiment's reward alone
+            body["data"] = [{k: v for k, v in item.items() if k != "scores"} for item in body["data"]]
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         body = await self.results.answer_body(admitted.request, admitted.model, body, owner)  # kept; a URL if asked
         return body | assignment.to_api(), headers | assignment.headers()

@@ -47,6 +47,7 @@ from serve.settings import AppSettings
 from serve.stores import default_url
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ServedModels
+from serve.text_to_image.scores import score_names
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
@@ -143,13 +144,14 @@ class Gateway:
         webhooks: WebhookSettings | None = None,
         webhook_secret_path: str | None = None,
         resilience: ResilienceSettings | None = None,
+        scorer_dir: str | None = None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models)
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
-        traffic = Experiments(open_experiment_store(store_url), variants)
+        traffic = Experiments(open_experiment_store(store_url), variants, scores=score_names(scorer_dir))
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
@@ -262,4 +264,5 @@ def build_app(args: AppArgs) -> serve.Application:
         WebhookSettings.model_validate(args.model_dump(include=set(WebhookSettings.model_fields))),
         args.webhook_secret_path,
         ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
+        args.scorer_dir,
     )

@@ -9,7 +9,15 @@ import threading
 import pytest
 
 from serve.errors import Conflict
-from serve.experiments.policy import MAX_KEY_SHARE, PRIOR_STRENGTH, Experiment, ExperimentSpec, Policy, Posterior
+from serve.experiments.policy import (
+    MAX_KEY_SHARE,
+    PRIOR_STRENGTH,
+    Evidence,
+    Experiment,
+    ExperimentSpec,
+    Policy,
+    Posterior,
+)
 from serve.experiments.store import Served
 
 SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
@@ -43,6 +51,23 @@ def test_a_reward_counts_once_and_goes_to_the_posterior_of_the_variant_that_serv
         store.rate("img_a", 0.0)
     assert store.posteriors("art")["sdxl"] == Posterior(1.25, 0.75, 2)
     assert store.served("img_a").reward == 1.0 and store.served("img_d").owner == "key1"
+
+
+def test_feedback_replaces_a_measured_reward_once(store):
+    store.define(BANDIT)
+    store.record(["img_a", "img_b"], Served("sd", "art", owner="key1"))
+    assert store.rate("img_a", 0.75, measured=True).measured
+    store.rate("img_b", 0.5, measured=True)
+    with pytest.raises(Conflict):  # a measurement is taken once
+        store.rate("img_a", 0.5, measured=True)
+    assert store.evidence("art") == {"sd": {"key1": Evidence(1.25, 0.75, 2)}}
+    replaced = store.rate("img_a", 0.0)  # the user's feedback: the measurement's evidence taken back, still one
+    assert (replaced.reward, replaced.measured, replaced.counted) == (0.0, False, True)
+    assert store.evidence("art") == {"sd": {"key1": Evidence(0.5, 1.5, 2)}}
+    assert store.served("img_a").reward == 0.0 and not store.served("img_a").measured
+    with pytest.raises(Conflict):  # feedback counts once
+        store.rate("img_a", 1.0)
+    assert store.evidence("art") == {"sd": {"key1": Evidence(0.5, 1.5, 2)}}
 
 
 def test_unknown_and_expired_ids_are_not_rated(store):

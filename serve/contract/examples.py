@@ -86,6 +86,7 @@ EXPERIMENT = {
     "object": "experiment",
     "id": "logo-v",
     "policy": "split",
+    "reward": "feedback",
     "variants": {"easel-default": 1.0},
     "posteriors": {"easel-default": {"alpha": 1.0, "beta": 1.0, "mean": 0.5, "feedback": 0}},
 }

@@ -10,6 +10,10 @@ import dataclasses
 from serve.contract.unstated import BY_DECODING, GENERATIONS, VIDEOS, UnstatedLimit
 from serve.text_to_image.schema import MAX_FEW_STEPS
 
+BEYOND_FOUR_CONDITIONS = (
+    "a fifth condition between this body's fields is more than schemathesis' generator draws from (its canonical form "
+    "runs out of intersections), and the contract test needs to draw generations; the schema states four"
+)
 PROMPTS = ("prompt", "negative_prompt", "prompts.*.prompt")
 """A generation's prompts, whose weighting is parsed."""
 GENERATION_LIMITS = (
@@ -102,8 +106,15 @@ GENERATION_LIMITS = (
         ("webhook",),
         "is only accepted with background",
         "a webhook is a background job's: it needs `background: true`",
-        "a fifth condition between this body's fields is more than schemathesis' generator draws from (its canonical "
-        "form runs out of intersections), and the contract test needs to draw generations",
+        BEYOND_FOUR_CONDITIONS,
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
+        ("candidates",),
+        "are drawn from text only",
+        "`candidates` above 1 are drawn from text only: no input `image`, no `approximate_cache`",
+        BEYOND_FOUR_CONDITIONS,
     ),
     UnstatedLimit(
         "post",

@@ -25,7 +25,7 @@ import random
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
@@ -54,6 +54,21 @@ class Policy(enum.StrEnum):
     BANDIT = "bandit"
 
 
+FEEDBACK = "feedback"
+SCORE_RANGES = {"clip_score": (-1.0, 1.0), "aesthetic": (1.0, 10.0)}
+"""Each score an experiment may be rewarded by, and the range mapped onto rewards 0 to 1 (clamped): CLIP's cosine,
+LAION's aesthetic scale."""
+Reward = Literal["feedback", "clip_score", "aesthetic"]
+"""What rewards an experiment's variants: users' feedback alone, or a score of each image served (feedback on an
+image still replaces its score's reward)."""
+
+
+def score_reward(reward: str, scores: Mapping[str, float]) -> float:
+    """The reward of an image whose ``scores`` were measured, for an experiment rewarded by score ``reward``."""
+    low, high = SCORE_RANGES[reward]
+    return min(1.0, max(0.0, (scores[reward] - low) / (high - low)))
+
+
 def _variants_error(message: str) -> PydanticCustomError:
     return PydanticCustomError("variants", message, {"field": "variants"})
 
@@ -67,6 +82,12 @@ class ExperimentSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     policy: Policy = Field(Policy.SPLIT, description="split: by weight, sticky per user; bandit: Thompson sampling.")
+    reward: Reward = Field(
+        FEEDBACK,
+        description="What rewards its variants: feedback (POST /v1/feedback) alone, or a score of every image served "
+        "(clip_score: CLIP's cosine, -1 to 1, as a reward 0 to 1; aesthetic: 1 to 10 as 0 to 1; easel up --scorer), "
+        "which an image's feedback still replaces.",
+    )
     variants: Weights | Annotated[list[str], Field(min_length=1, max_length=MAX_VARIANTS)] = Field(
         description='split: served model -> weight, e.g. {"v1": 0.9, "v2": 0.1} (weights > 0, summing to 1); '
         'bandit: the served models it chooses among, e.g. ["v1", "v2"].',
@@ -117,8 +138,14 @@ class Experiment:
     name: str
     spec: ExperimentSpec
 
-    def check(self, served: Collection[str]) -> None:
-        """Refuse (400) a name that shadows a served model or is malformed, or a variant that is not served."""
+    def check(self, served: Collection[str], scores: Collection[str] = ()) -> None:
+        """Refuse (400) a malformed name, one that shadows a served model, a variant not served, or a bad reward.
+
+        ``scores``: those the stack's scorer gives (an experiment rewarded by another score is refused).
+        """
+        if self.spec.reward != FEEDBACK and self.spec.reward not in scores:
+            given = ", ".join(scores) or "none: easel up --scorer clip=DIR"
+            raise InvalidInput(f"reward: {self.spec.reward} is not a score this stack gives ({given})", "reward")
         if not re.match(NAME_PATTERN, self.name):
             raise InvalidInput(f"name: {self.name!r} does not match {NAME_PATTERN}", "name")
         if self.name in served:

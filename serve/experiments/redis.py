@@ -7,7 +7,13 @@ once even when two replicas rate it at the same moment.
 from __future__ import annotations
 
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
-from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
+from serve.experiments.store import (
+    SERVED_RETENTION_S,
+    ExperimentStore,
+    Served,
+    evidence_change,
+    replaced_reward,
+)
 from serve.stores import redis_client
 
 _PREFIX = "easel:"
@@ -100,9 +106,10 @@ class RedisExperimentStore(ExperimentStore):
             fields.get("owner"),
             float(fields["created_at"]),
             None if reward is None else float(reward),
+            measured=fields.get("measured") == "1",
         )
 
-    def rate(self, item_id: str, reward: float) -> Served | None:
+    def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
         """See :meth:`ExperimentStore.rate`."""
         key = _served_key(item_id)
 
@@ -110,18 +117,18 @@ class RedisExperimentStore(ExperimentStore):
             served = self._served(pipe.hgetall(key))
             if served is None:
                 return None
-            if served.reward is not None:
-                raise already_rated(item_id)
+            replaced = replaced_reward(served, item_id, measured)
             spec = pipe.hget(_EXPERIMENTS, served.experiment) if served.experiment else None
             counts = spec is not None and served.model in ExperimentSpec.model_validate_json(spec).models
             pipe.multi()
-            pipe.hset(key, "reward", repr(reward))
+            pipe.hset(key, mapping={"reward": repr(reward), "measured": "1" if measured else "0"})
             if counts:
                 posterior, variant, owner = _posterior_key(served.experiment), served.model, served.owner
-                pipe.hincrbyfloat(posterior, _field(variant, owner, "successes"), reward)
-                pipe.hincrbyfloat(posterior, _field(variant, owner, "failures"), 1.0 - reward)
-                pipe.hincrby(posterior, _field(variant, owner, "feedback"), 1)
-            return Served(served.model, served.experiment, served.owner, served.created_at, reward, counts)
+                successes, failures, observations = evidence_change(reward, replaced)
+                pipe.hincrbyfloat(posterior, _field(variant, owner, "successes"), successes)
+                pipe.hincrbyfloat(posterior, _field(variant, owner, "failures"), failures)
+                pipe.hincrby(posterior, _field(variant, owner, "feedback"), observations)
+            return Served(served.model, served.experiment, served.owner, served.created_at, reward, counts, measured)
 
         return self.redis.transaction(change, key, _EXPERIMENTS, value_from_callable=True)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
-from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, already_rated
+from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, evidence_change, replaced_reward
 from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
@@ -12,7 +12,7 @@ CREATE TABLE IF NOT EXISTS experiment_evidence (experiment TEXT NOT NULL, varian
     successes REAL NOT NULL, failures REAL NOT NULL, feedback INTEGER NOT NULL,
     PRIMARY KEY (experiment, variant, owner));
 CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, model TEXT NOT NULL, experiment TEXT, owner TEXT,
-    created_at REAL NOT NULL, reward REAL);
+    created_at REAL NOT NULL, reward REAL, measured INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS served_created ON served (created_at);
 CREATE INDEX IF NOT EXISTS served_by_key ON served (experiment, owner);
 """
@@ -35,6 +35,8 @@ class SqliteExperimentStore(ExperimentStore):
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "experiment_posteriors" in tables:
             self.db.executescript(_KEPT_POSTERIORS)
+        if "measured" not in {row[1] for row in self.db.execute("PRAGMA table_info(served)")}:  # an older store's
+            self.db.execute("ALTER TABLE served ADD COLUMN measured INTEGER NOT NULL DEFAULT 0")
 
     @serialized
     def define(self, experiment: Experiment) -> None:
@@ -103,33 +105,33 @@ class SqliteExperimentStore(ExperimentStore):
 
     def _served(self, item_id: str) -> Served | None:
         row = self.db.execute(
-            "SELECT model, experiment, owner, created_at, reward FROM served WHERE id = ? AND created_at >= ?",
+            "SELECT model, experiment, owner, created_at, reward, measured FROM served "
+            "WHERE id = ? AND created_at >= ?",
             (item_id, self.clock() - self.retention_s),
         ).fetchone()
-        return None if row is None else Served(*row)
+        return None if row is None else Served(*row[:5], measured=bool(row[5]))
 
     @serialized
-    def rate(self, item_id: str, reward: float) -> Served | None:
+    def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
         """See :meth:`ExperimentStore.rate`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             served = self._served(item_id)
             if served is None:
                 return None
-            if served.reward is not None:
-                raise already_rated(item_id)
+            replaced = replaced_reward(served, item_id, measured)
             row = self.db.execute("SELECT spec FROM experiments WHERE name = ?", (served.experiment,)).fetchone()
             counted = row is not None and served.model in ExperimentSpec.model_validate_json(row["spec"]).models
-            self.db.execute("UPDATE served SET reward = ? WHERE id = ?", (reward, item_id))
+            self.db.execute("UPDATE served SET reward = ?, measured = ? WHERE id = ?", (reward, measured, item_id))
             if counted:
                 self.db.execute(
                     "INSERT INTO experiment_evidence (experiment, variant, owner, successes, failures, feedback) "
-                    "VALUES (?, ?, ?, ?, ?, 1) ON CONFLICT (experiment, variant, owner) DO UPDATE SET "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner) DO UPDATE SET "
                     "successes = successes + excluded.successes, failures = failures + excluded.failures, "
-                    "feedback = feedback + 1",
-                    (served.experiment, served.model, served.owner or _OPEN_API, reward, 1.0 - reward),
+                    "feedback = feedback + excluded.feedback",
+                    (served.experiment, served.model, served.owner or _OPEN_API, *evidence_change(reward, replaced)),
                 )
-        return Served(served.model, served.experiment, served.owner, served.created_at, reward, counted)
+        return Served(served.model, served.experiment, served.owner, served.created_at, reward, counted, measured)
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

@@ -3,7 +3,8 @@
 Two implementations keep it, tested against the same tests: :mod:`serve.experiments.sqlite` and
 :mod:`serve.experiments.redis` (:func:`serve.experiments.open_experiment_store` picks one by URL). Every Gateway
 replica (and, with Redis, every node) reads the same definitions and posteriors, and a restart keeps them. A reward
-marks its id rated and adds to its key's evidence of its variant in one transaction, so an id counts once; a
+marks its id rated and adds to its key's evidence of its variant in one transaction, so an id counts once (feedback
+may replace a measured reward: :meth:`ExperimentStore.rate`); a
 variant's posterior pools its keys' evidence, each within its share (:func:`~serve.experiments.policy.pooled`).
 """
 
@@ -31,11 +32,31 @@ class Served:
     created_at: float = 0.0
     reward: float | None = None  # its feedback, once given
     counted: bool = False  # its feedback went to a posterior (a variant its experiment has), within its key's share
+    measured: bool = False  # its reward is a measurement (an experiment's score), which feedback may replace once
 
 
 def already_rated(item_id: str) -> Conflict:
     """The 409 for a second rating of one id."""
     return Conflict(f"{item_id} has been rated already (each image or job counts once)")
+
+
+def replaced_reward(served: Served, item_id: str, measured: bool) -> float | None:
+    """The measured reward a rating of ``served`` replaces (None: it had none), or the 409 of a second rating.
+
+    Feedback replaces a measurement (an experiment's score) once; nothing else is rated twice.
+    """
+    if served.reward is None:
+        return None
+    if served.measured and not measured:
+        return served.reward
+    raise already_rated(item_id)
+
+
+def evidence_change(reward: float, replaced: float | None) -> tuple[float, float, int]:
+    """What a rating adds to its variant's evidence: successes, failures, observations (a replacement adds none)."""
+    if replaced is None:
+        return reward, 1.0 - reward, 1
+    return reward - replaced, replaced - reward, 0
 
 
 class ExperimentStore(ABC):
@@ -82,12 +103,13 @@ class ExperimentStore(ABC):
         """What served ``item_id``, or None (never served, or past retention)."""
 
     @abstractmethod
-    def rate(self, item_id: str, reward: float) -> Served | None:
+    def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
         """Record ``reward`` for ``item_id``; add it to its key's evidence of its variant if that still counts.
 
         It counts while its experiment still has the variant (how much, is its key's share: :meth:`posteriors`).
         Returns what served it (None: unknown id; ``counted``: whether it went to a posterior); a second rating of
-        one id is a :class:`~serve.errors.Conflict`.
+        one id is a :class:`~serve.errors.Conflict`, but feedback on a ``measured`` reward (an experiment's score)
+        replaces it: the measurement's evidence is taken back and the feedback's added, still one observation.
         """
 
     @abstractmethod

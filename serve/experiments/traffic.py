@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from serve import metrics
 from serve.errors import NotFound
 from serve.experiments.feedback import FeedbackRequest
-from serve.experiments.policy import Experiment, ExperimentSpec, Policy, assign
+from serve.experiments.policy import FEEDBACK, Experiment, ExperimentSpec, Policy, assign, score_reward
 from serve.experiments.store import ExperimentStore, Served
 
 NO_EXPERIMENT = "none"
@@ -25,6 +25,7 @@ class Assignment:
 
     model: str
     experiment: str | None = None
+    reward: str = FEEDBACK  # what rewards the experiment's variants: feedback, or a score measured of each image
 
     @property
     def label(self) -> str:
@@ -52,15 +53,17 @@ class Experiments:
         store: ExperimentStore,
         served_models: Callable[[], Collection[str]],
         rng: random.Random | None = None,
+        scores: Collection[str] = (),
     ) -> None:
         self.store = store
         self.served_models = served_models
         self.rng = rng or random.Random()
+        self.scores = tuple(scores)  # the scores the stack's scorer gives (an experiment's reward may be one)
 
     def define(self, name: str, spec: ExperimentSpec) -> dict:
         """Create or replace experiment ``name`` (400 naming the field for a bad one); its listing."""
         experiment = Experiment(name, spec)
-        experiment.check(self.served_models())
+        experiment.check(self.served_models(), self.scores)
         self.store.define(experiment)
         return experiment.to_api(self.store.posteriors(name))
 
@@ -94,11 +97,25 @@ class Experiments:
         if experiment is None:
             return None
         posteriors = self.store.posteriors(model) if experiment.spec.policy is Policy.BANDIT else {}
-        return Assignment(assign(experiment, posteriors, user, self.rng), model)
+        return Assignment(assign(experiment, posteriors, user, self.rng), model, experiment.spec.reward)
 
     def record(self, item_ids: Collection[str], assignment: Assignment, owner: str | None) -> None:
         """Remember what served ``item_ids`` (images, or a job), so feedback can name them."""
         self.store.record(item_ids, Served(assignment.model, assignment.experiment, owner))
+
+    def measure(self, item_ids: Collection[str], scores: Collection[dict | None], assignment: Assignment) -> None:
+        """Each image's measured score as its reward, for an experiment rewarded by a score.
+
+        ``item_ids``: recorded (:meth:`record`); ``scores``: theirs, in order. Feedback on an image replaces it.
+        """
+        if assignment.experiment is None or assignment.reward == FEEDBACK:
+            return
+        for item_id, measured in zip(item_ids, scores, strict=True):
+            if measured is None:
+                continue
+            reward = score_reward(assignment.reward, measured)
+            self.store.rate(item_id, reward, measured=True)
+            metrics.observe(metrics.VARIANT_REWARD, reward, experiment=assignment.label, variant=assignment.model)
 
     def served_by(self, item_id: str) -> Assignment | None:
         """What served ``item_id`` (a job's variant, chosen at submission), or None if nothing was recorded."""

@@ -34,6 +34,7 @@ from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import NotReady
 from serve.experiments.feedback import new_image_id
+from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy
@@ -133,8 +134,9 @@ class Generations(Streaming):
         models = self.models.now()
         if request.model and request.model not in models:
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
-            if chosen is not None:
-                return request.model_copy(update={"model": chosen.model}), chosen, models.resolve(chosen.model)
+            if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
+                update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
+                return request.model_copy(update=update), chosen, models.resolve(chosen.model)
         model = models.resolve(request.model)
         return request, Assignment(model.name), model
 
@@ -245,6 +247,11 @@ class Generations(Streaming):
         assignment = admitted.assignment
         cached = headers.get("Easel-Cache") == "hit"
         ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
+        if not cached:  # an experiment rewarded by a score: each image's rewards its variant (feedback replaces it)
+            scores = [item.get("scores") for item in body["data"]]
+            await asyncio.to_thread(self.experiments.measure, ids, scores, assignment)
+        if not admitted.asked.scores:  # measured for the experiment's reward alone
+            body["data"] = [{k: v for k, v in item.items() if k != "scores"} for item in body["data"]]
         body["data"] = [{"id": image_id, **item} for image_id, item in zip(ids, body["data"], strict=True)]
         body = await self.results.answer_body(admitted.request, admitted.model, body, owner)  # kept; a URL if asked
         return body | assignment.to_api(), headers | assignment.headers()
@@ -288,6 +295,8 @@ class Generations(Streaming):
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
         if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
+        if result.candidates is not None:  # best-of-n: every candidate drawn, its seed, scores and whether kept
+            body["candidates"] = result.candidates
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
             item["moderation"] = mark
         headers = {"Easel-Seed": str(result.seed)} | model_headers | truncation_header(body)
@@ -331,6 +340,8 @@ class Generations(Streaming):
             item["faces"] = faces  # restore_faces: how many were found (none: the image unchanged)
         for item, scores in zip(items, result.scores or (), strict=False):
             item["scores"] = scores  # scores: as generated (before upscaling, face restoration, tracing)
+        for item, seed in zip(items, result.seeds or (), strict=False):
+            item["seed"] = seed  # best-of-n: the candidate's own seed (a one-image request with it draws it)
         return items
 
     async def _generate_reporting(

@@ -198,6 +198,7 @@ class Upscaling:
                     "strength": choice.denoise,
                     "size": f"{width}x{height}",
                     "n": 1,
+                    "candidates": 1,  # the chosen image is redrawn, not chosen again
                     "seed": seed,
                     "upscale": None,
                 }

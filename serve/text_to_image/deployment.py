@@ -11,13 +11,14 @@ import torch
 from ray import serve
 
 from serve import metrics
-from serve.errors import Diverged
+from serve.errors import Diverged, InvalidInput
 from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
 from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
+from serve.text_to_image.best_of import candidate_seeds, check_best_of, choose
 from serve.text_to_image.generation import (
     AdapterInputs,
     CachePolicy,
@@ -59,21 +60,23 @@ def to_generation(
     """The pipeline job for an API request (a missing seed drawn here, what it leaves unset from ``defaults``).
 
     ``ip``: its IP-Adapters' references, decoded; ``images``: its decoded input images, mask and control images,
-    with the output's size.
+    with the output's size. Best-of-n's candidates are rows of the job, each with its own seed.
     """
     images = images or RequestImages(*request.width_height(native_size))
     defaults = defaults or StackDefaults()
+    seed = draw_seed(request.seed)
     sampling = SamplingParams(
         prompt=request.prompt,
         negative_prompt=request.negative_prompt,
-        n=request.rows,
+        n=request.drawn_rows,
         width=images.width,
         height=images.height,
         steps=request.num_inference_steps,
         guidance_scale=request.guidance_scale,
-        seed=draw_seed(request.seed),
+        seed=seed,
         scheduler=request.scheduler,
         guidance_cutoff=defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
+        seeds=candidate_seeds(seed, request.drawn_rows) if request.candidates > 1 else (),
     )
     return Generation(
         sampling=sampling,
@@ -204,6 +207,7 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         check_scores(["clip_score"] if request.scores else [], self.scorer, "scores")
+        check_best_of(request.candidates, request.best_of, self.scorer)
         served = await self._requested()
         pipeline, admission = served.pipeline, served.admission
         metrics.count(
@@ -224,16 +228,11 @@ class TextToImage:
                     results = await run_together(runs)  # several prompts' rows merge into each step's engine calls
                 except Diverged as error:  # its adapters', or the model's: said so, never a black image
                     raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
-            scores = None
-            if request.scores:  # each image scored against its own prompt
-                pairs = zip(singles, results, strict=True)
-                scored = [await self.scorer.score(result.images, plain_text(single.prompt)) for single, result in pairs]
-                scores = [score for batch in scored for score in batch]
+            pixels, scores, seeds, candidates = await self._ranked(request, singles, results)
             images = await asyncio.gather(
                 *(
                     asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
-                    for result in results
-                    for image in result.images
+                    for image in pixels
                 )
             )
         metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
@@ -246,7 +245,37 @@ class TextToImage:
         dropped = max(result.prompt_tokens_dropped for result in results)
         skipped = min((result.steps_skipped for result in results if result.steps_skipped is not None), default=None)
         seed = results[0].seed if base is None else base
-        return EncodedImages(list(images), seed, dropped, skipped, scores=scores)
+        return EncodedImages(list(images), seed, dropped, skipped, scores=scores, seeds=seeds, candidates=candidates)
+
+    async def _ranked(self, request: GenerationRequest, singles: list, results: list) -> tuple:
+        """The images answered, their scores (where asked), and with candidates their seeds and every candidate.
+
+        With candidates, each prompt's best ``n`` of its own, best first (each candidate names its ``prompt_index``
+        where there are ``prompts``). Each prompt's images are scored against that prompt.
+        """
+        prompts = [plain_text(single.prompt) for single in singles]
+        if request.candidates > 1:
+            chosen = [
+                await choose(self.scorer, result.images, result.seed, prompt, request.best_of, single.rows)
+                for single, result, prompt in zip(singles, results, prompts, strict=True)
+            ]
+            candidates = [
+                candidate | ({"prompt_index": index} if request.prompts is not None else {})
+                for index, each in enumerate(chosen)
+                for candidate in each.candidates
+            ]
+            scores = [score for each in chosen for score in each.scores] if request.scores else None
+            return (
+                [image for each in chosen for image in each.images],
+                scores,
+                [s for c in chosen for s in c.seeds],
+                candidates,
+            )
+        scores = None
+        if request.scores:
+            scored = [await self.scorer.score(r.images, prompt) for r, prompt in zip(results, prompts, strict=True)]
+            scores = [score for batch in scored for score in batch]
+        return [image for result in results for image in result.images], scores, None, None
 
     async def _job(self, request: GenerationRequest, plan: Plan, served: ModelPipeline, cache_scope: str) -> Generation:
         """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop.
@@ -254,6 +283,8 @@ class TextToImage:
         Its LoRAs are the plan's: resolved at the Gateway for the key it came with (their weights of that moment).
         """
         pipeline, adapters = served.pipeline, served.model.adapters
+        if request.candidates > 1 and pipeline.dims.inpainting:  # its zero image's encoding draws before the noise
+            raise InvalidInput(f"candidates: {served.model.name} is an inpainting model: one image only", "candidates")
         images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
         size = (images.width, images.height)
         ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)

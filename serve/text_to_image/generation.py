@@ -45,6 +45,7 @@ class SamplingParams:
     seed: int
     scheduler: str
     guidance_cutoff: float = 1.0
+    seeds: tuple[int, ...] = ()  # best-of-n: each row's own seed, drawn as a one-image job (empty: all from seed)
 
 
 @dataclass(frozen=True)
@@ -230,6 +231,8 @@ class EncodedImages:
     steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
     faces: list[dict] | None = None  # restore_faces: each image's faces found (serve.finishing.restorers)
     scores: list[dict] | None = None  # scores: each image's, as generated (serve.text_to_image.scores)
+    seeds: list[int] | None = None  # best-of-n: each answered image's seed (serve.text_to_image.best_of)
+    candidates: list[dict] | None = None  # best-of-n: every candidate's seed, scores and whether it was answered
 
 
 def draw_seed(seed: int | None) -> int:

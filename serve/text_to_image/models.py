@@ -151,7 +151,7 @@ class ServedModel:
         width, height = output_size(request, self.native_size)
         batch = self.folder.specs[self.folder.family.denoiser].max_batch_size
         return Work(
-            request.rows,
+            request.drawn_rows,  # best-of-n's candidates are drawn (and priced) too
             request.denoising_steps,
             width,
             height,

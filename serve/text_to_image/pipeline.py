@@ -94,7 +94,7 @@ class TextToImagePipeline:
         scheduler = self.make_scheduler(job.sampling.scheduler)
         self.family.set_timesteps(scheduler, job)
         timesteps = strength_timesteps(scheduler, job.sampling.steps, job.inputs.strength if job.inputs.images else 1.0)
-        generator = torch.Generator("cpu").manual_seed(job.sampling.seed)
+        generator = _generator(job.sampling.seed, job.sampling.seeds)
         shape, inpainting = self._latent_shape(job), self.dims.inpainting
         start = await image_to_image.start(
             job, engines, self.specs, self.processors, scheduler, timesteps, generator, shape, inpainting, guided
@@ -187,7 +187,14 @@ class TextToImagePipeline:
         return await run(latents)
 
 
-def _step_kwargs(scheduler, generator: torch.Generator) -> dict:
+def _generator(seed: int, seeds: tuple[int, ...]) -> torch.Generator | list[torch.Generator]:
+    """The job's generator, or one per row of ``seeds`` (diffusers' ``randn_tensor`` draws row ``i`` from the ith)."""
+    if seeds:
+        return [torch.Generator("cpu").manual_seed(each) for each in seeds]
+    return torch.Generator("cpu").manual_seed(seed)
+
+
+def _step_kwargs(scheduler, generator: torch.Generator | list[torch.Generator]) -> dict:
     """The extra ``step`` arguments diffusers passes: eta=0 where accepted, and the generator."""
     accepted = inspect.signature(scheduler.step).parameters
     kwargs = {"eta": 0.0} if "eta" in accepted else {}

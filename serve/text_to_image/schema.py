@@ -33,6 +33,7 @@ from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
 from serve.text_to_image.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
+from serve.text_to_image.best_of import BestOf
 from serve.text_to_image.delivery import Delivery
 from serve.text_to_image.ip_scale import (
     MAX_IP_ADAPTERS,
@@ -90,8 +91,8 @@ DEPENDENT_FIELDS = [
 """Fields that need or bound another, as the schema states them: vectorize_tier needs output_format svg, an
 ip_adapter_scale other than its default needs an ip_adapter_image or ip_adapter_reference (one of them, not both),
 a few-step sampler takes at most :data:`MAX_FEW_STEPS` steps. Four is as many as schemathesis draws from beside
-``prompt``/``prompts``' one-of (its canonical form runs out of intersections at a fifth), so that a webhook is a
-background job's is a limit the document states in words (:mod:`serve.contract.generation_limits`)."""
+``prompt``/``prompts``' one-of (its canonical form runs out at a fifth): a webhook's need of background and
+candidates' of text only are limits the document states in words (:mod:`serve.contract.generation_limits`)."""
 
 
 @dataclass(frozen=True)
@@ -106,11 +107,11 @@ class Sampling:
     scheduler: str = "ddim"
 
 
-class GenerationRequest(PromptBatch, Delivery):
+class GenerationRequest(PromptBatch, Delivery, BestOf):
     """``POST /v1/images/generations`` body. Types are strict: ``"7"`` is not a number, ``true`` not a count.
 
     How its images are answered (their format, base64 or a URL, their record) is its :class:`Delivery` part; what
-    it draws, one prompt or many, its :class:`PromptBatch` part.
+    it draws, one prompt or many, its :class:`PromptBatch` part; best-of-n (``candidates``) its :class:`BestOf` part.
     """
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_THEM, *DEPENDENT_FIELDS]})

@@ -59,6 +59,15 @@ def read_specs(folder: Path) -> dict[str, ModelSpec]:
     return scorer_specs(facts["side"], facts["text_length"], facts["embedding"], facts["aesthetic"])
 
 
+def _names(specs: dict[str, ModelSpec]) -> tuple[str, ...]:
+    return SCORES if AESTHETIC in specs else SCORES[:1]
+
+
+def score_names(folder: str | Path | None) -> tuple[str, ...]:
+    """The scores the scorer built in ``folder`` gives: ``clip_score``, and ``aesthetic`` with a head (none: none)."""
+    return () if folder is None else _names(read_specs(Path(folder)))
+
+
 class Scorer:
     """Scores RGB images with the served engines: ``clip_score`` against a prompt, and ``aesthetic`` where served."""
 
@@ -78,7 +87,7 @@ class Scorer:
     @property
     def names(self) -> tuple[str, ...]:
         """The scores it gives: ``clip_score``, and ``aesthetic`` with a head."""
-        return SCORES if AESTHETIC in self.specs else SCORES[:1]
+        return _names(self.specs)
 
     async def score(self, images: list[np.ndarray], prompt: str | None) -> list[dict[str, float]]:
         """Each ``H x W x 3`` ``uint8`` RGB image's scores: ``clip_score`` (with a ``prompt``) and ``aesthetic``."""

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from serve.errors import Conflict, InvalidInput, NotFound, invalid_input
 from serve.experiments.feedback import FeedbackRequest, new_image_id
-from serve.experiments.policy import MAX_KEY_SHARE, PRIOR, ExperimentSpec, Policy, user_share
+from serve.experiments.policy import MAX_KEY_SHARE, PRIOR, ExperimentSpec, Policy, Posterior, score_reward, user_share
 from serve.experiments.sqlite import SqliteExperimentStore
 from serve.experiments.traffic import Experiments
 
@@ -240,3 +240,62 @@ def test_stack_options_take_experiments_over_their_served_models(tmp_path):
         with pytest.raises(ValidationError) as refused:
             StackOptions(models=models, experiments={name: spec})
         assert says in invalid_input(refused.value).message
+
+
+SCORES = ("clip_score", "aesthetic")
+
+
+def test_a_reward_is_feedback_or_a_score_the_stack_gives(experiments, tmp_path):
+    assert ExperimentSpec(variants=["v1", "v2"], policy="bandit").reward == "feedback"
+    assert _refusal({"policy": "bandit", "variants": ["v1", "v2"], "reward": "ssim"}).field == "reward"
+    spec = ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"], reward="clip_score")
+    with pytest.raises(InvalidInput, match="easel up --scorer") as caught:  # this stack serves no scorer
+        experiments.define("art", spec)
+    assert caught.value.field == "reward"
+    scored = Experiments(experiments.store, lambda: SERVED, random.Random(7), scores=SCORES[:1])
+    scored.define("art", spec)
+    with pytest.raises(InvalidInput, match="aesthetic is not a score") as caught:  # no aesthetic head
+        scored.define("art", spec.model_copy(update={"reward": "aesthetic"}))
+    assert caught.value.field == "reward" and scored.assign("art", None).reward == "clip_score"
+
+
+def test_a_score_maps_its_range_onto_rewards_0_to_1():
+    assert score_reward("clip_score", {"clip_score": 0.2}) == pytest.approx(0.6)
+    assert score_reward("aesthetic", {"aesthetic": 5.5, "clip_score": 1.0}) == pytest.approx(0.5)
+    assert score_reward("aesthetic", {"aesthetic": 11.0}) == 1.0 and score_reward("aesthetic", {"aesthetic": 0}) == 0
+
+
+def test_the_bandit_rewarded_by_scores_sends_most_traffic_to_the_better_scored_variant(tmp_path):
+    store = SqliteExperimentStore(f"sqlite:///{tmp_path / 'easel.db'}")
+    experiments = Experiments(store, lambda: SERVED, random.Random(3), scores=SCORES)
+    experiments.define("art", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"], reward="aesthetic"))
+    noise, drawn = random.Random(5), []
+    for _ in range(300):
+        assignment = experiments.assign("art", None)
+        image_id = new_image_id()
+        experiments.record([image_id], assignment, None)
+        mean = 7.0 if assignment.model == "v2" else 4.0  # v2's images look better, by the aesthetic head
+        experiments.measure([image_id], [{"aesthetic": noise.gauss(mean, 1.0)}], assignment)
+        drawn.append(assignment.model)
+    assert Counter(drawn[-100:])["v2"] >= 80, Counter(drawn[-100:])
+    posteriors = store.posteriors("art")
+    assert posteriors["v2"].mean > posteriors["v1"].mean and sum(p.feedback for p in posteriors.values()) == 300
+    store.close()
+
+
+def test_feedback_replaces_an_images_score_reward_and_a_feedback_experiment_measures_nothing(experiments):
+    scored = Experiments(experiments.store, lambda: SERVED, random.Random(7), scores=SCORES)
+    scored.define("art", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"], reward="clip_score"))
+    assignment, image_id = scored.assign("art", None), new_image_id()
+    scored.record([image_id], assignment, None)
+    scored.measure([image_id], [{"clip_score": 0.5, "aesthetic": 3.0}], assignment)  # reward 0.75
+    assert scored.store.posteriors("art")[assignment.model] == Posterior(0.75, 0.25, 1)
+    answer = scored.rate(FeedbackRequest(image_id=image_id, rating=1), lambda owner: True)  # reward 0: replaces it
+    assert answer["reward"] == 0.0 and scored.store.posteriors("art")[assignment.model] == Posterior(0.0, 1.0, 1)
+    with pytest.raises(Conflict):
+        scored.rate(FeedbackRequest(image_id=image_id, reward=1.0), lambda owner: True)
+    scored.define("plain", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"]))
+    plain = scored.assign("plain", None)
+    scored.record(["img_b"], plain, None)
+    scored.measure(["img_b"], [{"clip_score": 0.5}], plain)  # rewarded by feedback alone: the score is no reward
+    assert scored.store.served("img_b").reward is None and scored.store.posteriors("plain") == {}

@@ -87,6 +87,14 @@ def test_every_engine_pass_counts(models):
     assert referenced.cost == pytest.approx(text.cost + 64 * 64 / 1e6 * 2)  # its image encoder pass and its pixels
 
 
+def test_best_of_n_is_priced_as_every_candidate_drawn(models):
+    one = _work(models, _request(size="64x64", num_inference_steps=10))
+    best = _work(models, _request(size="64x64", num_inference_steps=10, candidates=4))
+    assert best.rows == 4 and best.cost == pytest.approx(4 * one.cost)
+    two = _work(models, _request(size="64x64", num_inference_steps=10, candidates=3, n=2))
+    assert two.rows == 6 and two.cost == pytest.approx(6 * one.cost)
+
+
 def test_a_sizeless_request_is_priced_at_its_own_model_s_native_size(models):
     """It was priced at the default's size, read once at start: 16x too little for a 256-px model beside a 64-px."""
     default, large = _work(models, _request()), _work(models, _request(model=LARGE))

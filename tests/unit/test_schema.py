@@ -47,6 +47,11 @@ from serve.text_to_image.sizes import MAX_SIDE
         ({"prompt": "x", "ip_adapter_image": "aGk=", "ip_adapter_scale": float("inf")}, "ip_adapter_scale", "[0, 2]"),
         ({"prompt": "x", "ip_adapter_image": "aGk=", "ip_adapter_scale": {"side": 1}}, "ip_adapter_scale", "'up'"),
         ({"prompt": "x", "ip_adapter_scale": 0.5}, "ip_adapter_scale", "ip_adapter_image"),
+        ({"prompt": "x", "candidates": 9}, "candidates", "8"),
+        ({"prompt": "x", "candidates": 0}, "candidates", "1"),
+        ({"prompt": "x", "candidates": 2, "best_of": "sharpness"}, "best_of", "clip_score"),
+        ({"prompt": "x", "candidates": 2, "image": ["aGk="]}, "candidates", "input image"),
+        ({"prompt": "x", "candidates": 2, "approximate_cache": True}, "candidates", "approximate_cache"),
     ],
 )
 def test_bad_fields_are_named_with_their_limit(body, field, limit):

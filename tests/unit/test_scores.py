@@ -13,6 +13,12 @@ from PIL import Image
 
 from build_engines.scoring import AestheticPredictor, build_scorer, random_aesthetic, random_clip
 from serve.errors import InvalidInput
+from serve.text_to_image.best_of import best, check_best_of, choose
+from serve.text_to_image.deployment import to_generation
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.scores import AESTHETIC, CLIP_IMAGE, CLIP_TEXT, Scorer, check_scores, read_specs
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
@@ -104,3 +110,60 @@ def test_scores_asked_of_a_stack_without_them_name_the_field(built):
     with pytest.raises(InvalidInput, match="'sharpness' is not a score"):
         check_scores(["sharpness"], scorer, "best_of")
     check_scores(["clip_score", "aesthetic"], scorer, "best_of")
+
+
+@pytest.fixture(scope="module")
+def pipeline(engine_dir):
+    """The loop over the embedded default's engines, in-process."""
+    folder = EngineFolder(engine_dir)
+    return TextToImagePipeline(folder, OnnxRuntimeRunner(folder))
+
+
+def drawn(pipeline, **fields) -> tuple[GenerationRequest, list[np.ndarray]]:
+    """A request's images as its replica draws them (best-of-n: every candidate, before the choice)."""
+    body = {"prompt": "a (red:1.2) heart", "size": "64x64", "num_inference_steps": 3, "seed": 21} | fields
+    request = GenerationRequest.model_validate(body)
+    return request, asyncio.run(pipeline.generate(to_generation(request, pipeline.dims.native_size))).images
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "lcm"])  # lcm draws fresh noise every step, from each row's own
+def test_best_of_n_answers_the_best_of_the_single_requests_with_those_seeds(built, pipeline, scheduler):
+    folder = built[0]
+    scorer = Scorer(_OnnxRunner(folder), folder)
+    request, rows = drawn(pipeline, candidates=4, scheduler=scheduler)
+    singles = [drawn(pipeline, seed=21 + i, scheduler=scheduler)[1][0] for i in range(4)]
+    assert len(rows) == 4
+    for row, single in zip(rows, singles, strict=True):  # one batch of 4, each row its own seed's image
+        assert np.abs(row.astype(int) - single).max() <= 1
+    chosen = asyncio.run(choose(scorer, rows, 21, "red heart", request.best_of, request.rows))
+    single_scores = [s["clip_score"] for s in asyncio.run(scorer.score(singles, "red heart"))]
+    top = int(np.argmax(single_scores))
+    assert np.ptp(single_scores) > 0 and chosen.seeds == [21 + top]
+    assert np.abs(chosen.images[0].astype(int) - singles[top]).max() <= 1
+    assert [c["seed"] for c in chosen.candidates] == [21, 22, 23, 24]
+    assert [c["kept"] for c in chosen.candidates] == [i == top for i in range(4)]
+    assert chosen.scores == [chosen.candidates[top]["scores"]]
+
+
+def test_best_of_n_keeps_n_best_first_by_the_named_score(built, pipeline):
+    folder = built[0]
+    scorer = Scorer(_OnnxRunner(folder), folder)
+    request, rows = drawn(pipeline, candidates=3, n=2, best_of="aesthetic")
+    assert len(rows) == 6
+    chosen = asyncio.run(choose(scorer, rows, 21, "red heart", request.best_of, request.rows))
+    aesthetic = [c["scores"]["aesthetic"] for c in chosen.candidates]
+    order = list(np.argsort(aesthetic)[::-1][:2])
+    assert chosen.seeds == [21 + int(i) for i in order]
+    assert [s["aesthetic"] for s in chosen.scores] == sorted(aesthetic, reverse=True)[:2]
+    assert best([{"s": 1.0}, {"s": 3.0}, {"s": 3.0}], "s", 2) == [1, 2]  # a tie: the earlier row
+
+
+def test_best_of_n_without_a_scorer_or_with_a_score_it_lacks_names_the_field(built):
+    folder = built[0]
+    check_best_of(1, "clip_score", None)  # one candidate: nothing to rank
+    with pytest.raises(InvalidInput, match="no scorer") as error:
+        check_best_of(4, "clip_score", None)
+    assert error.value.field == "candidates"
+    with pytest.raises(InvalidInput, match="'sharpness'") as error:
+        check_best_of(4, "sharpness", Scorer(_OnnxRunner(folder), folder))
+    assert error.value.field == "best_of"

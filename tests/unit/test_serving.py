@@ -156,7 +156,8 @@ class Handles:
         assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
         self.calls.append(("generate", request.model, cache_scope))
         png = encode_image(np.full((8, 8, 3), request.seed % 256, np.uint8), request.raster_format)
-        return EncodedImages([png] * request.rows, request.seed, 0, None)  # n of each prompt
+        scores = [{"clip_score": 0.5}] * request.rows if request.scores else None  # as a scorer's
+        return EncodedImages([png] * request.rows, request.seed, 0, None, scores=scores)  # n of each prompt
 
     async def _stream(self, request, plan, sent_at: float, cache_scope: str = ""):
         """The generation as gRPC's ``Generate`` streams it: one step, then the images."""
@@ -211,6 +212,33 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     assert traffic.served_by(image_id) == Assignment("b", "logo")  # feedback can name the image
     cached_id = json.loads(again.body)["data"][0]["id"]
     assert traffic.served_by(cached_id) == Assignment("b")  # a cached answer's feedback is no evidence
+
+
+def test_an_experiment_rewarded_by_a_score_measures_each_image_and_says_it_only_if_asked(engine_dir, tmp_path):
+    from serve.experiments.policy import ExperimentSpec
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.schema import GenerationRequest
+
+    url = f"sqlite:///{tmp_path / 'easel.db'}"
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
+    traffic = Experiments(open_experiment_store(url), models.names, scores=("clip_score",))
+    traffic.define("art", ExperimentSpec(policy="bandit", variants=["easel-default", "b"], reward="clip_score"))
+    generations = Generations(models, Handles(), None, Handles(), None, traffic)
+
+    async def answer(scores: bool) -> dict:
+        asked = GenerationRequest(prompt="a red fox", model="art", seed=3, n=2, scores=scores)
+        return json.loads((await generations.answer(await generations.admitted(asked, None), None, False)).body)
+
+    plain, scored = asyncio.run(answer(False)), asyncio.run(answer(True))
+    assert all("scores" not in item for item in plain["data"])  # measured for the reward alone
+    assert [item["scores"] for item in scored["data"]] == [{"clip_score": 0.5}] * 2
+    posteriors = traffic.store.posteriors("art")  # each image's cosine 0.5: a reward of 0.75
+    assert sum(p.feedback for p in posteriors.values()) == 4
+    assert sum(p.successes for p in posteriors.values()) == pytest.approx(3.0)
+    served = traffic.store.served(plain["data"][0]["id"])
+    assert served.measured and served.reward == 0.75
 
 
 def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_submission(

@@ -1,8 +1,9 @@
 """Scores as served engines, on the shared stack's tiny random scorer (``--scorer clip=DIR aesthetic=FILE``).
 
 ``POST /v1/images/score`` through Triton against transformers' ``CLIPModel`` and the aesthetic head's PyTorch module
-on the same pictures; a generation asking ``scores`` carries each image's, the same as scoring its PNG; the scores
-are in the metrics by variant; what the route cannot read is a 400 naming the field.
+on the same pictures; a generation asking ``scores`` carries each image's, the same as scoring its PNG; best-of-n
+answers the best of the single requests with its candidates' seeds; the scores are in the metrics by variant; what
+the route cannot read is a 400 naming the field.
 """
 
 import base64
@@ -57,6 +58,26 @@ def test_a_generation_asking_scores_carries_each_images(api):
         assert abs(item["scores"]["aesthetic"] - scored["aesthetic"]) <= 1e-5
     plain = api.post(GENERATE, json=body | {"scores": False}).json()["data"]
     assert all("scores" not in item for item in plain)
+
+
+def test_best_of_n_answers_the_best_of_the_single_requests_with_those_seeds(api):
+    body = {"prompt": "red heart", "size": "64x64", "num_inference_steps": 2, "seed": 31, "scores": True}
+    response = api.post(GENERATE, json=body | {"candidates": 4})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    singles = [api.post(GENERATE, json=body | {"seed": 31 + i}).json()["data"][0] for i in range(4)]
+    clip = [single["scores"]["clip_score"] for single in singles]
+    top = int(np.argmax(clip))
+    [item] = answer["data"]
+    assert item["seed"] == 31 + top and item["scores"] == answer["candidates"][top]["scores"]
+    assert [c["seed"] for c in answer["candidates"]] == [31, 32, 33, 34]
+    assert [c["kept"] for c in answer["candidates"]] == [i == top for i in range(4)]
+    assert np.abs(np.array([c["scores"]["clip_score"] for c in answer["candidates"]]) - clip).max() <= 1e-4
+    got, want = (np.asarray(Image.open(io.BytesIO(base64.b64decode(i["b64_json"])))) for i in (item, singles[top]))
+    assert np.abs(got.astype(int) - want).max() <= 1  # one batch of 4 through Triton, each row its seed's image
+    for extra, field in [({"candidates": 9}, "candidates"), ({"candidates": 2, "best_of": "sharpness"}, "best_of")]:
+        refused = api.post(GENERATE, json=body | extra)
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
 
 
 def test_what_the_route_cannot_read_is_a_400_naming_the_field(api):

@@ -59,7 +59,9 @@ def decode_request(raw: bytes) -> tuple[Generation, bool]:
     """(the generation, whether its steps are merged) of one request's input; a ValueError names what is wrong."""
     try:
         body = json.loads(raw)
-        return Generation(SamplingParams(**body["sampling"])), bool(body.get("merge", True))
+        sampling = body["sampling"]  # JSON has lists where the dataclass has tuples
+        sampling = SamplingParams(**{**sampling, "seeds": tuple(sampling.get("seeds", ()))})
+        return Generation(sampling), bool(body.get("merge", True))
     except (ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{GENERATION_INPUT}: not a generation ({type(error).__name__}: {error})") from None
 

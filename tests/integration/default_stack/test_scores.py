@@ -80,6 +80,24 @@ def test_best_of_n_answers_the_best_of_the_single_requests_with_those_seeds(api)
         assert refused.status_code == 400 and refused.json()["error"]["param"] == field, refused.text
 
 
+def test_best_of_n_with_many_prompts_answers_each_prompt_s_own_best(api):
+    body = {"size": "64x64", "num_inference_steps": 2, "candidates": 2, "scores": True}
+    prompts = [{"prompt": "red heart", "seed": 31}, {"prompt": "blue star", "seed": 40}]
+    response = api.post(GENERATE, json=body | {"prompts": prompts})
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    alone = [api.post(GENERATE, json=body | prompt).json() for prompt in prompts]  # each prompt's own request
+    assert [item["prompt_index"] for item in answer["data"]] == [0, 1]
+    assert [item["seed"] for item in answer["data"]] == [single["data"][0]["seed"] for single in alone]
+    assert [c["prompt_index"] for c in answer["candidates"]] == [0, 0, 1, 1]
+    assert [c["seed"] for c in answer["candidates"]] == [31, 32, 40, 41]
+    for item, single in zip(answer["data"], alone, strict=True):
+        got, want = (
+            np.asarray(Image.open(io.BytesIO(base64.b64decode(i["b64_json"])))) for i in (item, single["data"][0])
+        )
+        assert np.abs(got.astype(int) - want).max() <= 1
+
+
 def test_what_the_route_cannot_read_is_a_400_naming_the_field(api):
     for body, field in [
         ({"images": []}, "images"),

@@ -54,7 +54,7 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
-        ("n", "num_inference_steps", "seed", "outpaint.*"),
+        ("n", "num_inference_steps", "seed", "prompts.*.seed", "outpaint.*"),
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
         "JSON Schema counts 2.0 as an integer; the API's types are strict",

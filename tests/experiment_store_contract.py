@@ -4,6 +4,7 @@ A test module imports these and defines ``store_factory`` (opens another connect
 ``store`` (one opened from it).
 """
 
+import itertools
 import threading
 
 import pytest
@@ -162,11 +163,14 @@ def test_one_key_s_ratings_make_at_most_its_share_of_a_variant_s_evidence_and_ot
     assert store.rate("open", 1.0).counted and store.posteriors("art")["sd"].successes >= before.successes + 1
 
 
+_SERVINGS = itertools.count()
+
+
 def _served_to(store, user: str, owner: str | None, rewards: dict[str, list[float]], experiment=BANDIT) -> None:
     """Images of each variant served to ``user`` of key ``owner`` through ``experiment``, each rated as given."""
     for variant, given in rewards.items():
         for index, reward in enumerate(given):
-            item_id = f"img_{owner}_{user}_{variant}_{index}"
+            item_id = f"img_{owner}_{user}_{variant}_{index}_{next(_SERVINGS)}"  # a fresh id for every serving
             store.record([item_id], Served(variant, experiment.name, owner, user=user))
             assert store.rate(item_id, reward).counted
 
@@ -177,7 +181,6 @@ def test_a_rating_of_what_a_user_was_served_joins_that_user_s_record_under_its_k
     _served_to(store, "ann", "key2", {"sdxl": [1.0]})  # the same name under another key: another user
     _served_to(store, "ann", None, {"sd": [0.25]})  # and under the open API
     _served_to(store, "bob", "key1", {"sd": [0.0]})
-    assert store.served("img_key1_ann_sd_0").user == "ann"
     assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(1.5, 0.5, 2), "lcm": Evidence(0.0, 1.0, 1)}
     assert store.user_evidence(BANDIT, "key2", "ann") == {"sdxl": Evidence(1.0, 0.0, 1)}
     assert store.user_evidence(BANDIT, None, "ann") == {"sd": Evidence(0.25, 0.75, 1)}
@@ -194,6 +197,7 @@ def test_a_rating_of_what_a_user_was_served_joins_that_user_s_record_under_its_k
 def test_feedback_replacing_a_measured_reward_replaces_it_in_the_user_s_record(store):
     store.define(BANDIT)
     store.record(["img_m"], Served("sd", "art", "key1", user="ann"))
+    assert store.served("img_m").user == "ann"
     store.rate("img_m", 0.75, measured=True)
     store.rate("img_m", 0.0)
     assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(0.0, 1.0, 1)}

@@ -160,6 +160,8 @@ ROUTES = (
     Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
     Route("put", "/v1/experiments/{name}", Scope.ADMIN),
     Route("delete", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
+    Route("get", "/v1/users/{user}/preferences", Scope.GENERATE, (404,)),
+    Route("delete", "/v1/users/{user}/preferences", Scope.GENERATE, (404,)),
 )
 """The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
 

@@ -4,6 +4,7 @@ A test module imports these and defines ``store_factory`` (opens another connect
 ``store`` (one opened from it).
 """
 
+import itertools
 import threading
 
 import pytest
@@ -18,6 +19,7 @@ from serve.experiments.policy import (
     Policy,
     Posterior,
 )
+from serve.experiments.preferences import Preference
 from serve.experiments.store import Served
 
 SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
@@ -159,3 +161,74 @@ def test_one_key_s_ratings_make_at_most_its_share_of_a_variant_s_evidence_and_ot
     store.record(["open"], Served("sd", "art"))  # an open API (no key): counted in full
     before = store.posteriors("art")["sd"]
     assert store.rate("open", 1.0).counted and store.posteriors("art")["sd"].successes >= before.successes + 1
+
+
+_SERVINGS = itertools.count()
+
+
+def _served_to(store, user: str, owner: str | None, rewards: dict[str, list[float]], experiment=BANDIT) -> None:
+    """Images of each variant served to ``user`` of key ``owner`` through ``experiment``, each rated as given."""
+    for variant, given in rewards.items():
+        for index, reward in enumerate(given):
+            item_id = f"img_{owner}_{user}_{variant}_{index}_{next(_SERVINGS)}"  # a fresh id for every serving
+            store.record([item_id], Served(variant, experiment.name, owner, user=user))
+            assert store.rate(item_id, reward).counted
+
+
+def test_a_rating_of_what_a_user_was_served_joins_that_user_s_record_under_its_key_only(store):
+    store.define(BANDIT)
+    _served_to(store, "ann", "key1", {"sd": [1.0, 0.5], "lcm": [0.0]})
+    _served_to(store, "ann", "key2", {"sdxl": [1.0]})  # the same name under another key: another user
+    _served_to(store, "ann", None, {"sd": [0.25]})  # and under the open API
+    _served_to(store, "bob", "key1", {"sd": [0.0]})
+    assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(1.5, 0.5, 2), "lcm": Evidence(0.0, 1.0, 1)}
+    assert store.user_evidence(BANDIT, "key2", "ann") == {"sdxl": Evidence(1.0, 0.0, 1)}
+    assert store.user_evidence(BANDIT, None, "ann") == {"sd": Evidence(0.25, 0.75, 1)}
+    assert store.user_evidence(BANDIT, "key3", "ann") == {} and store.user_evidence(BANDIT, "key1", "cy") == {}
+    assert sorted(store.preferences("ann"), key=lambda p: (p.owner or "", p.variant)) == [
+        Preference(None, "ann", "art", "sd", Evidence(0.25, 0.75, 1)),
+        Preference("key1", "ann", "art", "lcm", Evidence(0.0, 1.0, 1)),
+        Preference("key1", "ann", "art", "sd", Evidence(1.5, 0.5, 2)),
+        Preference("key2", "ann", "art", "sdxl", Evidence(1.0, 0.0, 1)),
+    ]
+    assert store.evidence("art")["sd"]["key1"] == Evidence(1.5, 1.5, 3)  # the pooled evidence took them all
+
+
+def test_feedback_replacing_a_measured_reward_replaces_it_in_the_user_s_record(store):
+    store.define(BANDIT)
+    store.record(["img_m"], Served("sd", "art", "key1", user="ann"))
+    assert store.served("img_m").user == "ann"
+    store.rate("img_m", 0.75, measured=True)
+    store.rate("img_m", 0.0)
+    assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(0.0, 1.0, 1)}
+
+
+def test_forgetting_a_user_deletes_that_key_s_records_only_and_keeps_the_pooled_evidence(store, store_factory):
+    store.define(BANDIT)
+    store.define(SPLIT)
+    _served_to(store, "ann", "key1", {"sd": [1.0], "lcm": [0.0]})
+    _served_to(store, "ann", "key1", {"v1": [1.0]}, experiment=SPLIT)
+    _served_to(store, "ann", "key2", {"sd": [1.0]})
+    pooled = store.evidence("art")
+    other = store_factory()  # a second connection (another replica) sees the records and forgets them
+    try:
+        assert other.forget("ann", "key1") == 3 and other.forget("ann", "key1") == 0
+    finally:
+        other.close()
+    assert store.user_evidence(BANDIT, "key1", "ann") == {} and store.user_evidence(SPLIT, "key1", "ann") == {}
+    assert store.preferences("ann") == [Preference("key2", "ann", "art", "sd", Evidence(1.0, 0.0, 1))]
+    assert store.evidence("art") == pooled
+    _served_to(store, "ann", "key1", {"sd": [0.5]})  # a later rating starts a new record
+    assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(0.5, 0.5, 1)}
+    assert store.forget("ann", None) == 0
+
+
+def test_users_records_go_with_the_variants_an_experiment_drops_and_with_the_experiment(store):
+    store.define(BANDIT)
+    _served_to(store, "ann", "key1", {"sd": [1.0], "lcm": [0.0]})
+    store.define(Experiment("art", ExperimentSpec(policy=Policy.BANDIT, variants=["sd", "sdxl"])))  # lcm dropped
+    assert store.user_evidence(store.get("art"), "key1", "ann") == {"sd": Evidence(1.0, 0.0, 1)}
+    assert [p.variant for p in store.preferences("ann")] == ["sd"]
+    store.delete("art")
+    store.define(BANDIT)
+    assert store.user_evidence(BANDIT, "key1", "ann") == {} and store.preferences("ann") == []

@@ -23,7 +23,8 @@ class Row:
     status: int = 404
     stack: str = "keys"  # the stack that makes the thing: "keys" (test_keys.py asks every row), "adapters" (LoRA-ready,
     # IP-Adapter: test_adapters.py's test_zz_* ask its LoRA rows and the reference one of a generation; not yet the
-    # reference routes against an unknown id, nor a video's LoRA)
+    # reference routes against an unknown id, nor a video's LoRA), "in-process" (the app without a server, its
+    # stores on SQLite: tests/unit/test_experiments_personal.py asks them)
 
 
 _LORA = "loras.0.name"  # a generation naming a LoRA it may not use: a 400 naming the list's item
@@ -63,6 +64,8 @@ ROWS = (
     Row("lora", "delete", "/v1/loras/{name}", "name", "name", stack="adapters"),
     Row("lora", "post", "/v1/images/generations", "loras.0.name", _LORA, where="body", status=400, stack="adapters"),
     Row("lora", "post", "/v1/videos", "loras.0.name", _LORA, where="body", status=400, stack="adapters"),
+    Row("user", "get", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
+    Row("user", "delete", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
 )
 """Every door that names a key's stored thing."""
 
@@ -87,6 +90,7 @@ UNKNOWN = {
     "image": "img_" + "0" * 24,
     "reference": "ref_" + "0" * 24,
     "lora": "never-uploaded",
+    "user": "never-served",
 }
 """An id of each thing's shape that names nothing."""
 

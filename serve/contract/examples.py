@@ -87,8 +87,20 @@ EXPERIMENT = {
     "id": "logo-v",
     "policy": "split",
     "reward": "feedback",
+    "mode": "pooled",
     "variants": {"easel-default": 1.0},
     "posteriors": {"easel-default": {"alpha": 1.0, "beta": 1.0, "mean": 0.5, "feedback": 0}},
+}
+PREFERENCES = {
+    "object": "user.preferences",
+    "user": "ann",
+    "owner": "4f1c9a2b7d3e",
+    "experiment": "art",
+    "preferred": "sd-v2",
+    "variants": {
+        "sd-v1": {"alpha": 1.0, "beta": 3.0, "mean": 0.25, "feedback": 2},
+        "sd-v2": {"alpha": 5.0, "beta": 1.0, "mean": 0.833, "feedback": 4},
+    },
 }
 VERSION = {"version": 1, "current": True, "triton_model": "vectorize", "trained_dir": "build_engines/vectorize/trained"}
 VECTORIZE_PARAMETERS = {"colormode": "color", "mode": "polygon", "filter_speckle": 4, "path_precision": 1}
@@ -349,6 +361,14 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("delete", "/v1/experiments/{name}"): {
         "request": "DELETE /v1/experiments/logo-v",
         "answer": {"object": "experiment", "id": "logo-v", "deleted": True},
+    },
+    ("get", "/v1/users/{user}/preferences"): {
+        "request": "GET /v1/users/ann/preferences",
+        "answer": {"object": "list", "user": "ann", "data": [PREFERENCES]},
+    },
+    ("delete", "/v1/users/{user}/preferences"): {
+        "request": "DELETE /v1/users/ann/preferences",
+        "answer": {"object": "user.preferences", "user": "ann", "owner": "4f1c9a2b7d3e", "deleted": 2},
     },
 }
 """(method, path) -> its example: ``request`` as HTTP (a line, headers, a body), ``answer`` its 200's body."""

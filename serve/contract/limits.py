@@ -104,6 +104,14 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "put",
         _EXPERIMENT,
+        ("mode",),
+        "personal takes policy bandit",
+        "mode personal takes policy bandit",
+        "a rule across two fields",
+    ),
+    UnstatedLimit(
+        "put",
+        _EXPERIMENT,
         ("name",),
         "is a served model",
         "the name is not a served model's (an experiment may not shadow one)",

@@ -54,6 +54,13 @@ class Policy(enum.StrEnum):
     BANDIT = "bandit"
 
 
+class Mode(enum.StrEnum):
+    """Whose evidence a bandit draws from: everyone's (``pooled``), or a user's own over everyone's (``personal``)."""
+
+    POOLED = "pooled"
+    PERSONAL = "personal"
+
+
 FEEDBACK = "feedback"
 SCORE_RANGES = {"clip_score": (-1.0, 1.0), "aesthetic": (1.0, 10.0)}
 """Each score an experiment may be rewarded by, and the range mapped onto rewards 0 to 1 (clamped): CLIP's cosine,
@@ -88,6 +95,11 @@ class ExperimentSpec(BaseModel):
         "(clip_score: CLIP's cosine, -1 to 1, as a reward 0 to 1; aesthetic: 1 to 10 as 0 to 1; easel up --scorer), "
         "which an image's feedback still replaces.",
     )
+    mode: Mode = Field(
+        Mode.POOLED,
+        description="pooled: one bandit for everyone; personal (a bandit's only): a request with a user is drawn "
+        "from that user's own bandit (per API key), whose prior is the pooled posterior; without a user, pooled.",
+    )
     variants: Weights | Annotated[list[str], Field(min_length=1, max_length=MAX_VARIANTS)] = Field(
         description='split: served model -> weight, e.g. {"v1": 0.9, "v2": 0.1} (weights > 0, summing to 1); '
         'bandit: the served models it chooses among, e.g. ["v1", "v2"].',
@@ -109,6 +121,9 @@ class ExperimentSpec(BaseModel):
 
     @model_validator(mode="after")
     def _variants_fit_the_policy(self) -> ExperimentSpec:
+        if self.mode is Mode.PERSONAL and self.policy is not Policy.BANDIT:
+            message = "personal takes policy bandit (a split keeps each user on one variant already)"
+            raise PydanticCustomError("mode", message, {"field": "mode"})
         if self.policy is Policy.SPLIT:
             if not isinstance(self.variants, dict):
                 raise _variants_error('a split takes a mapping of model -> weight, e.g. {"v1": 0.9, "v2": 0.1}')

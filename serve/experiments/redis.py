@@ -1,12 +1,17 @@
 """Experiments, posteriors and serving records in Redis (a stack across machines).
 
 A rating is one optimistic transaction (WATCH the record and the definitions, MULTI the writes), so an id counts
-once even when two replicas rate it at the same moment.
+once even when two replicas rate it at the same moment. Users' records of an experiment are one hash beside its
+posteriors (so redefining and deleting treat both alike); a set per user names the (key, experiment) pairs they have
+records in, which reading and forgetting a user's records follow.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
+from serve.experiments.preferences import Preference
 from serve.experiments.store import (
     SERVED_RETENTION_S,
     ExperimentStore,
@@ -32,6 +37,28 @@ def _field(variant: str, owner: str | None, stat: str) -> str:
     return ":".join((variant, *((owner,) if owner else ()), stat))
 
 
+_STATS = ("successes", "failures", "feedback")
+
+
+def _preferences_key(name: str) -> str:
+    """A hash: ``<variant>:<stat>:<key id>:<user>`` (the open API's: an empty key id; the user last, as it is)."""
+    return f"{_PREFIX}experiment:{name}:preferences"
+
+
+def _user_field(variant: str, stat: str, owner: str | None, user: str) -> str:
+    return f"{variant}:{stat}:{owner or ''}:{user}"
+
+
+def _user_key(user: str) -> str:
+    """A set: ``<key id>:<experiment>`` for each experiment the user has records in under that key."""
+    return f"{_PREFIX}preferences:{user}"
+
+
+def _evidence(values: list[str | None]) -> Evidence | None:
+    """Evidence from its three stats as stored (None if it has none)."""
+    return None if values[0] is None else Evidence(float(values[0]), float(values[1]), int(values[2]))
+
+
 def _served_key(item_id: str) -> str:
     return f"{_PREFIX}served:{item_id}"
 
@@ -45,16 +72,19 @@ class RedisExperimentStore(ExperimentStore):
 
     def define(self, experiment: Experiment) -> None:
         """See :meth:`ExperimentStore.define`."""
-        key = _posterior_key(experiment.name)
+        keys = (_posterior_key(experiment.name), _preferences_key(experiment.name))
 
         def change(pipe) -> None:
-            dropped = [f for f in pipe.hkeys(key) if f.split(":")[0] not in experiment.spec.models]
+            dropped = {
+                key: [f for f in pipe.hkeys(key) if f.split(":")[0] not in experiment.spec.models] for key in keys
+            }
             pipe.multi()
             pipe.hset(_EXPERIMENTS, experiment.name, experiment.spec.model_dump_json())
-            if dropped:
-                pipe.hdel(key, *dropped)
+            for key, fields in dropped.items():
+                if fields:
+                    pipe.hdel(key, *fields)
 
-        self.redis.transaction(change, key)
+        self.redis.transaction(change, *keys)
 
     def get(self, name: str) -> Experiment | None:
         """See :meth:`ExperimentStore.get`."""
@@ -69,7 +99,7 @@ class RedisExperimentStore(ExperimentStore):
     def delete(self, name: str) -> bool:
         """See :meth:`ExperimentStore.delete`."""
         with self.redis.pipeline() as pipe:
-            removed, _ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name)).execute()
+            removed, *_ = pipe.hdel(_EXPERIMENTS, name).delete(_posterior_key(name), _preferences_key(name)).execute()
         return bool(removed)
 
     def evidence(self, name: str) -> dict[str, dict[str | None, Evidence]]:
@@ -87,6 +117,7 @@ class RedisExperimentStore(ExperimentStore):
         fields = {"model": served.model, "created_at": repr(served.created_at)}
         fields |= {"experiment": served.experiment} if served.experiment else {}
         fields |= {"owner": served.owner} if served.owner else {}
+        fields |= {"user": served.user} if served.user is not None else {}
         with self.redis.pipeline() as pipe:
             for item_id in item_ids:
                 pipe.hset(_served_key(item_id), mapping=fields).expire(_served_key(item_id), int(self.retention_s))
@@ -107,6 +138,7 @@ class RedisExperimentStore(ExperimentStore):
             float(fields["created_at"]),
             None if reward is None else float(reward),
             measured=fields.get("measured") == "1",
+            user=fields.get("user"),
         )
 
     def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
@@ -128,9 +160,69 @@ class RedisExperimentStore(ExperimentStore):
                 pipe.hincrbyfloat(posterior, _field(variant, owner, "successes"), successes)
                 pipe.hincrbyfloat(posterior, _field(variant, owner, "failures"), failures)
                 pipe.hincrby(posterior, _field(variant, owner, "feedback"), observations)
-            return Served(served.model, served.experiment, served.owner, served.created_at, reward, counts, measured)
+                if served.user is not None:
+                    user, mine = served.user, _preferences_key(served.experiment)
+                    pipe.hincrbyfloat(mine, _user_field(variant, "successes", owner, user), successes)
+                    pipe.hincrbyfloat(mine, _user_field(variant, "failures", owner, user), failures)
+                    pipe.hincrby(mine, _user_field(variant, "feedback", owner, user), observations)
+                    pipe.sadd(_user_key(user), f"{owner or ''}:{served.experiment}")
+            return dataclasses.replace(served, reward=reward, counted=counts, measured=measured)
 
         return self.redis.transaction(change, key, _EXPERIMENTS, value_from_callable=True)
+
+    def user_evidence(self, experiment: Experiment, owner: str | None, user: str) -> dict[str, Evidence]:
+        """See :meth:`ExperimentStore.user_evidence`."""
+        return {
+            variant: found
+            for variant, found in self._user_evidence(self.redis, experiment.name, experiment.spec.models, owner, user)
+            if found is not None
+        }
+
+    @staticmethod
+    def _user_evidence(client, name: str, models, owner: str | None, user: str) -> list[tuple[str, Evidence | None]]:
+        """Each of ``models`` with ``user``'s evidence of it in experiment ``name`` (None: none)."""
+        fields = [_user_field(model, stat, owner, user) for model in models for stat in _STATS]
+        values = client.hmget(_preferences_key(name), fields) if fields else []
+        return [(model, _evidence(values[i * 3 : i * 3 + 3])) for i, model in enumerate(models)]
+
+    def _pairs(self, client, user: str) -> list[tuple[str | None, Experiment]]:
+        """The (key id, experiment) pairs ``user`` has records in (those of experiments deleted since left out)."""
+        pairs = [member.split(":", 1) for member in client.smembers(_user_key(user))]
+        specs = client.hgetall(_EXPERIMENTS)
+        return [
+            (owner or None, Experiment(name, ExperimentSpec.model_validate_json(specs[name])))
+            for owner, name in sorted(pairs)
+            if name in specs
+        ]
+
+    def preferences(self, user: str) -> list[Preference]:
+        """See :meth:`ExperimentStore.preferences`."""
+        return [
+            Preference(owner, user, experiment.name, variant, found)
+            for owner, experiment in self._pairs(self.redis, user)
+            for variant, found in self._user_evidence(self.redis, experiment.name, experiment.spec.models, owner, user)
+            if found is not None
+        ]
+
+    def forget(self, user: str, owner: str | None) -> int:
+        """See :meth:`ExperimentStore.forget`: one transaction, watching the user's set."""
+
+        def change(pipe) -> int:
+            mine = [(key_id, experiment) for key_id, experiment in self._pairs(pipe, user) if key_id == owner]
+            models = {experiment.name: experiment.spec.models for _, experiment in mine}
+            found = [
+                sum(evidence is not None for _, evidence in self._user_evidence(pipe, name, kept, owner, user))
+                for name, kept in models.items()
+            ]
+            members = [member for member in pipe.smembers(_user_key(user)) if member.split(":", 1)[0] == (owner or "")]
+            pipe.multi()
+            for name, kept in models.items():
+                pipe.hdel(_preferences_key(name), *(_user_field(m, stat, owner, user) for m in kept for stat in _STATS))
+            if members:
+                pipe.srem(_user_key(user), *members)
+            return sum(found)
+
+        return self.redis.transaction(change, _user_key(user), value_from_callable=True)
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

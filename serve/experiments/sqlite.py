@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
+from serve.experiments.preferences import Preference
 from serve.experiments.store import SERVED_RETENTION_S, ExperimentStore, Served, evidence_change, replaced_reward
 from serve.stores import serialized, sqlite_open
 
@@ -15,9 +18,18 @@ CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, model TEXT NOT NULL, exp
     created_at REAL NOT NULL, reward REAL, measured INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS served_created ON served (created_at);
 CREATE INDEX IF NOT EXISTS served_by_key ON served (experiment, owner);
+CREATE TABLE IF NOT EXISTS preferences (experiment TEXT NOT NULL, variant TEXT NOT NULL, owner TEXT NOT NULL,
+    user TEXT NOT NULL, successes REAL NOT NULL, failures REAL NOT NULL, feedback INTEGER NOT NULL,
+    PRIMARY KEY (experiment, variant, owner, user));
+CREATE INDEX IF NOT EXISTS preferences_of_user ON preferences (user, owner);
 """
 _OPEN_API = ""
 """The ``owner`` of the open API's evidence (no key)."""
+_ADDED = (
+    "DO UPDATE SET successes = successes + excluded.successes, failures = failures + excluded.failures, "
+    "feedback = feedback + excluded.feedback"
+)
+"""How a rating adds to a row of evidence (a variant's per key, or a user's)."""
 _KEPT_POSTERIORS = """
 INSERT OR IGNORE INTO experiment_evidence SELECT experiment, variant, '', successes, failures, feedback
     FROM experiment_posteriors;
@@ -35,8 +47,11 @@ class SqliteExperimentStore(ExperimentStore):
         tables = {row[0] for row in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if "experiment_posteriors" in tables:
             self.db.executescript(_KEPT_POSTERIORS)
-        if "measured" not in {row[1] for row in self.db.execute("PRAGMA table_info(served)")}:  # an older store's
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(served)")}
+        if "measured" not in columns:  # an older store's
             self.db.execute("ALTER TABLE served ADD COLUMN measured INTEGER NOT NULL DEFAULT 0")
+        if "user" not in columns:
+            self.db.execute("ALTER TABLE served ADD COLUMN user TEXT")
 
     @serialized
     def define(self, experiment: Experiment) -> None:
@@ -49,10 +64,10 @@ class SqliteExperimentStore(ExperimentStore):
                 (experiment.name, experiment.spec.model_dump_json()),
             )
             places = ",".join("?" * len(kept))
-            self.db.execute(
-                f"DELETE FROM experiment_evidence WHERE experiment = ? AND variant NOT IN ({places})",
-                (experiment.name, *kept),
-            )
+            for table in ("experiment_evidence", "preferences"):
+                self.db.execute(
+                    f"DELETE FROM {table} WHERE experiment = ? AND variant NOT IN ({places})", (experiment.name, *kept)
+                )
 
     @serialized
     def get(self, name: str) -> Experiment | None:
@@ -72,6 +87,7 @@ class SqliteExperimentStore(ExperimentStore):
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM experiment_evidence WHERE experiment = ?", (name,))
+            self.db.execute("DELETE FROM preferences WHERE experiment = ?", (name,))
             return self.db.execute("DELETE FROM experiments WHERE name = ?", (name,)).rowcount > 0
 
     @serialized
@@ -94,8 +110,12 @@ class SqliteExperimentStore(ExperimentStore):
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM served WHERE created_at < ?", (served.created_at - self.retention_s,))
             self.db.executemany(
-                "INSERT OR REPLACE INTO served (id, model, experiment, owner, created_at) VALUES (?, ?, ?, ?, ?)",
-                [(item_id, served.model, served.experiment, served.owner, served.created_at) for item_id in item_ids],
+                "INSERT OR REPLACE INTO served (id, model, experiment, owner, created_at, user) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (item_id, served.model, served.experiment, served.owner, served.created_at, served.user)
+                    for item_id in item_ids
+                ],
             )
 
     @serialized
@@ -105,11 +125,11 @@ class SqliteExperimentStore(ExperimentStore):
 
     def _served(self, item_id: str) -> Served | None:
         row = self.db.execute(
-            "SELECT model, experiment, owner, created_at, reward, measured FROM served "
+            "SELECT model, experiment, owner, created_at, reward, measured, user FROM served "
             "WHERE id = ? AND created_at >= ?",
             (item_id, self.clock() - self.retention_s),
         ).fetchone()
-        return None if row is None else Served(*row[:5], measured=bool(row[5]))
+        return None if row is None else Served(*row[:5], measured=bool(row[5]), user=row[6])
 
     @serialized
     def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
@@ -123,15 +143,59 @@ class SqliteExperimentStore(ExperimentStore):
             row = self.db.execute("SELECT spec FROM experiments WHERE name = ?", (served.experiment,)).fetchone()
             counted = row is not None and served.model in ExperimentSpec.model_validate_json(row["spec"]).models
             self.db.execute("UPDATE served SET reward = ?, measured = ? WHERE id = ?", (reward, measured, item_id))
+            rater = (served.experiment, served.model, served.owner or _OPEN_API)  # the variant's, by key
+            change = evidence_change(reward, replaced)
             if counted:
                 self.db.execute(
                     "INSERT INTO experiment_evidence (experiment, variant, owner, successes, failures, feedback) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner) DO UPDATE SET "
-                    "successes = successes + excluded.successes, failures = failures + excluded.failures, "
-                    "feedback = feedback + excluded.feedback",
-                    (served.experiment, served.model, served.owner or _OPEN_API, *evidence_change(reward, replaced)),
+                    f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner) {_ADDED}",
+                    (*rater, *change),
                 )
-        return Served(served.model, served.experiment, served.owner, served.created_at, reward, counted, measured)
+            if counted and served.user is not None:
+                self.db.execute(
+                    "INSERT INTO preferences (experiment, variant, owner, user, successes, failures, feedback) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner, user) {_ADDED}",
+                    (*rater, served.user, *change),
+                )
+        return dataclasses.replace(served, reward=reward, counted=counted, measured=measured)
+
+    @serialized
+    def user_evidence(self, experiment: Experiment, owner: str | None, user: str) -> dict[str, Evidence]:
+        """See :meth:`ExperimentStore.user_evidence`."""
+        rows = self.db.execute(
+            "SELECT variant, successes, failures, feedback FROM preferences "
+            "WHERE experiment = ? AND owner = ? AND user = ?",
+            (experiment.name, owner or _OPEN_API, user),
+        )
+        return {row["variant"]: Evidence(row["successes"], row["failures"], row["feedback"]) for row in rows}
+
+    @serialized
+    def preferences(self, user: str) -> list[Preference]:
+        """See :meth:`ExperimentStore.preferences`."""
+        rows = self.db.execute(
+            "SELECT owner, experiment, variant, successes, failures, feedback FROM preferences WHERE user = ? "
+            "ORDER BY owner, experiment, variant",
+            (user,),
+        )
+        return [
+            Preference(
+                row["owner"] or None,
+                user,
+                row["experiment"],
+                row["variant"],
+                Evidence(row["successes"], row["failures"], row["feedback"]),
+            )
+            for row in rows
+        ]
+
+    @serialized
+    def forget(self, user: str, owner: str | None) -> int:
+        """See :meth:`ExperimentStore.forget`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            return self.db.execute(
+                "DELETE FROM preferences WHERE user = ? AND owner = ?", (user, owner or _OPEN_API)
+            ).rowcount
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

@@ -6,10 +6,13 @@ replica (and, with Redis, every node) reads the same definitions and posteriors,
 marks its id rated and adds to its key's evidence of its variant in one transaction, so an id counts once (feedback
 may replace a measured reward: :meth:`ExperimentStore.rate`); a
 variant's posterior pools its keys' evidence, each within its share (:func:`~serve.experiments.policy.pooled`).
+A rating of what was served to a ``user`` adds to that user's record too, in the same transaction
+(:mod:`serve.experiments.preferences`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 
 from serve.errors import Conflict
 from serve.experiments.policy import Evidence, Experiment, Posterior, pooled
+from serve.experiments.preferences import Preference
 
 SERVED_RETENTION_S = 30 * 24 * 3600.0
 """How long what served an image (or job) is kept, so feedback can name it."""
@@ -33,6 +37,7 @@ class Served:
     reward: float | None = None  # its feedback, once given
     counted: bool = False  # its feedback went to a posterior (a variant its experiment has), within its key's share
     measured: bool = False  # its reward is a measurement (an experiment's score), which feedback may replace once
+    user: str | None = None  # the end user it was served to (the request's ``user``), whose record its rating joins
 
 
 def already_rated(item_id: str) -> Conflict:
@@ -69,7 +74,7 @@ class ExperimentStore(ABC):
 
     @abstractmethod
     def define(self, experiment: Experiment) -> None:
-        """Create or replace an experiment; posteriors of variants it keeps stay, those of variants it drops go."""
+        """Create or replace an experiment; posteriors (and users' records) of variants it keeps stay, others go."""
 
     @abstractmethod
     def get(self, name: str) -> Experiment | None:
@@ -81,7 +86,7 @@ class ExperimentStore(ABC):
 
     @abstractmethod
     def delete(self, name: str) -> bool:
-        """Remove an experiment and its posteriors; False if there is none."""
+        """Remove an experiment, its posteriors and its users' records; False if there is none."""
 
     def posteriors(self, name: str) -> dict[str, Posterior]:
         """Each of the experiment's variants that has feedback -> its posterior (the others are at the prior)."""
@@ -93,7 +98,7 @@ class ExperimentStore(ABC):
 
     def record(self, item_ids: Iterable[str], served: Served) -> None:
         """Remember what served each of ``item_ids`` (images, or a job), for :data:`SERVED_RETENTION_S`."""
-        self._record(list(item_ids), Served(served.model, served.experiment, served.owner, self.clock()))
+        self._record(list(item_ids), dataclasses.replace(served, created_at=self.clock()))
 
     @abstractmethod
     def _record(self, item_ids: list[str], served: Served) -> None: ...
@@ -106,11 +111,24 @@ class ExperimentStore(ABC):
     def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
         """Record ``reward`` for ``item_id``; add it to its key's evidence of its variant if that still counts.
 
-        It counts while its experiment still has the variant (how much, is its key's share: :meth:`posteriors`).
+        It counts while its experiment still has the variant (how much, is its key's share: :meth:`posteriors`);
+        what was served to a ``user`` adds the same to that user's evidence (:meth:`user_evidence`).
         Returns what served it (None: unknown id; ``counted``: whether it went to a posterior); a second rating of
         one id is a :class:`~serve.errors.Conflict`, but feedback on a ``measured`` reward (an experiment's score)
         replaces it: the measurement's evidence is taken back and the feedback's added, still one observation.
         """
+
+    @abstractmethod
+    def user_evidence(self, experiment: Experiment, owner: str | None, user: str) -> dict[str, Evidence]:
+        """Each of ``experiment``'s variants that ``user`` of key ``owner`` rated -> that user's evidence."""
+
+    @abstractmethod
+    def preferences(self, user: str) -> list[Preference]:
+        """Every record of ``user``: under every key, of every experiment's variants they rated."""
+
+    @abstractmethod
+    def forget(self, user: str, owner: str | None) -> int:
+        """Delete the records of ``user`` of key ``owner`` (None: the open API's); how many there were."""
 
     @abstractmethod
     def close(self) -> None:

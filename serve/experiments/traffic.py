@@ -1,6 +1,7 @@
 """The Gateway's door to experiments: an alias resolved to its variant, what served each image recorded, feedback.
 
-Also the admin operations (define, describe, list, delete), each checked against the served models.
+Also the admin operations (define, describe, list, delete), each checked against the served models, and each end
+user's preferences (:mod:`serve.experiments.preferences`): what their ratings taught, read and deleted per key.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from dataclasses import dataclass
 from serve import metrics
 from serve.errors import NotFound
 from serve.experiments.feedback import FeedbackRequest
-from serve.experiments.policy import FEEDBACK, Experiment, ExperimentSpec, Policy, assign, score_reward
+from serve.experiments.policy import FEEDBACK, Experiment, ExperimentSpec, Mode, Policy, assign, score_reward
+from serve.experiments.preferences import personal_posteriors, preferences_to_api
 from serve.experiments.store import ExperimentStore, Served
 
 NO_EXPERIMENT = "none"
@@ -26,6 +28,7 @@ class Assignment:
     model: str
     experiment: str | None = None
     reward: str = FEEDBACK  # what rewards the experiment's variants: feedback, or a score measured of each image
+    user: str | None = None  # the request's end user, whose record a rating of what it served joins
 
     @property
     def label(self) -> str:
@@ -89,19 +92,27 @@ class Experiments:
         """The experiments with ``model`` among their variants (the model may not be removed while there are)."""
         return [experiment.name for experiment in self.store.list() if model in experiment.spec.models]
 
-    def assign(self, model: str | None, user: str | None) -> Assignment | None:
-        """The variant that serves a request whose ``model`` names an experiment; None when it names none."""
+    def assign(self, model: str | None, user: str | None, owner: str | None = None) -> Assignment | None:
+        """The variant that serves a request whose ``model`` names an experiment; None when it names none.
+
+        ``user`` of key ``owner`` (None: the open API): a personal bandit draws from that user's own posteriors.
+        """
         if not model or model in self.served_models():
             return None
         experiment = self.store.get(model)
         if experiment is None:
             return None
         posteriors = self.store.posteriors(model) if experiment.spec.policy is Policy.BANDIT else {}
-        return Assignment(assign(experiment, posteriors, user, self.rng), model, experiment.spec.reward)
+        if experiment.spec.mode is Mode.PERSONAL and user:
+            own = self.store.user_evidence(experiment, owner, user)
+            posteriors = personal_posteriors(experiment.spec.models, posteriors, own)
+        chosen = assign(experiment, posteriors, user, self.rng)
+        return Assignment(chosen, model, experiment.spec.reward, user or None)
 
     def record(self, item_ids: Collection[str], assignment: Assignment, owner: str | None) -> None:
-        """Remember what served ``item_ids`` (images, or a job), so feedback can name them."""
-        self.store.record(item_ids, Served(assignment.model, assignment.experiment, owner))
+        """Remember what served ``item_ids`` (images, or a job), and to which user, so feedback can name them."""
+        served = Served(assignment.model, assignment.experiment, owner, user=assignment.user)
+        self.store.record(item_ids, served)
 
     def measure(self, item_ids: Collection[str], scores: Collection[dict | None], assignment: Assignment) -> None:
         """Each image's measured score as its reward, for an experiment rewarded by a score.
@@ -120,7 +131,7 @@ class Experiments:
     def served_by(self, item_id: str) -> Assignment | None:
         """What served ``item_id`` (a job's variant, chosen at submission), or None if nothing was recorded."""
         served = self.store.served(item_id)
-        return None if served is None else Assignment(served.model, served.experiment)
+        return None if served is None else Assignment(served.model, served.experiment, user=served.user)
 
     def rate(self, feedback: FeedbackRequest, may_see: Callable[[str | None], bool]) -> dict:
         """Take a reward for what ``feedback`` names (a 404 naming the field if the caller was served no such id).
@@ -144,6 +155,20 @@ class Experiments:
             "experiment": rated.experiment,
         }
 
+    def preferences(self, user: str, shown: Callable[[str | None], bool]) -> dict:
+        """What ``user``'s ratings taught, under the keys ``shown`` admits (404 naming ``user`` if nothing is shown)."""
+        found = [preference for preference in self.store.preferences(user) if shown(preference.owner)]
+        if not found:
+            raise _no_preferences(user)
+        return preferences_to_api(user, found)
+
+    def forget(self, user: str, owner: str | None) -> dict:
+        """Delete ``user``'s records under key ``owner`` (404 naming ``user`` if there are none)."""
+        deleted = self.store.forget(user, owner)
+        if not deleted:
+            raise _no_preferences(user)
+        return {"object": "user.preferences", "user": user, "owner": owner, "deleted": deleted}
+
     def _require(self, name: str) -> Experiment:
         experiment = self.store.get(name)
         if experiment is None:
@@ -153,3 +178,8 @@ class Experiments:
     @staticmethod
     def _missing(name: str) -> NotFound:
         return NotFound(f"no experiment {name!r}", "name")
+
+
+def _no_preferences(user: str) -> NotFound:
+    """The 404 of a user with no records the caller may see (another key's user is as unknown as none)."""
+    return NotFound(f"user: no preferences recorded for {user!r} under this key", "user")

@@ -69,8 +69,9 @@ class Servicer:
     async def Vectorize(self, message, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
         """``Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
         try:
-            async with rpc_caller(grpc_context, "Vectorize"):
-                result = await self.vectorizing.vectorize(*grpc_api.vectorize_request(message))
+            async with rpc_caller(grpc_context, "Vectorize") as caller:
+                owner = caller.key and caller.key.id
+                result = await self.vectorizing.vectorize(*grpc_api.vectorize_request(message), owner)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))

@@ -1,4 +1,4 @@
-"""The HTTP API's feedback and experiment routes: ``/v1/feedback``, ``/v1/experiments``.
+"""The HTTP API's feedback, experiment and preference routes: ``/v1/feedback``, ``/v1/experiments``, ``/v1/users``.
 
 :data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
 :mod:`serve.http.adapters`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
@@ -9,12 +9,16 @@ docstring is its description in the document. Their scopes and body limits are :
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Path, Request
+from fastapi import Path, Query, Request
 
 from serve.access import caller
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
 from serve.serving.experiments import ExperimentsAndFeedback
+from serve.text_to_image.schema import MAX_USER_CHARS
+
+User = Annotated[str, Path(max_length=MAX_USER_CHARS, description="The end user (a request's ``user``).")]
+Owner = Annotated[str | None, Query(max_length=64, description="An admin key names another key's id.")]
 
 
 def experiments(http: Request) -> ExperimentsAndFeedback:
@@ -56,11 +60,30 @@ async def experiment_deleted(http: Request, name: str) -> dict:
     return await experiments(http).delete(name)
 
 
+async def preferences(http: Request, user: User, owner: Owner = None) -> dict:
+    """What an end user's ratings taught each experiment: per key and experiment, each variant's posterior.
+
+    A key sees its own users' records (one ``user`` under two keys is two users); an admin key sees every key's, or
+    one key's (``owner``). 404 if there is nothing to show.
+    """
+    return await experiments(http).preferences(user, caller(http), owner)
+
+
+async def preferences_deleted(http: Request, user: User, owner: Owner = None) -> dict:
+    """Delete an end user's records under the calling key (an admin key: under ``owner``); 404 if there are none.
+
+    What they added to the experiments' pooled posteriors stays (it is everyone's evidence, per key).
+    """
+    return await experiments(http).forget(user, caller(http), owner)
+
+
 ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("POST", "/v1/feedback", feedback),
     ("GET", "/v1/experiments", experiments_listed),
     ("GET", "/v1/experiments/{name}", experiment),
     ("PUT", "/v1/experiments/{name}", experiment_defined),
     ("DELETE", "/v1/experiments/{name}", experiment_deleted),
+    ("GET", "/v1/users/{user}/preferences", preferences),
+    ("DELETE", "/v1/users/{user}/preferences", preferences_deleted),
 )
 """(method, path, handler), in the document's order."""

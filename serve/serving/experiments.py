@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 from serve import metrics
-from serve.access import may_see
+from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
+from serve.errors import Forbidden
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import NO_EXPERIMENT, Experiments
@@ -40,3 +42,22 @@ class ExperimentsAndFeedback:
         labels = {"experiment": answer["experiment"] or NO_EXPERIMENT, "variant": answer["model"]}
         metrics.observe(metrics.VARIANT_REWARD, answer["reward"], **labels)
         return answer
+
+    async def preferences(self, user: str, key: ApiKey | None, owner: str | None) -> dict:
+        """What ``user``'s ratings taught under ``key`` (an admin's: every key's, or ``owner``'s; 404 if nothing)."""
+        if owner is not None:
+            _admin_names(key)
+            return await asyncio.to_thread(self.experiments.preferences, user, lambda found: found == owner)
+        return await asyncio.to_thread(self.experiments.preferences, user, functools.partial(may_see, key))
+
+    async def forget(self, user: str, key: ApiKey | None, owner: str | None) -> dict:
+        """Delete ``user``'s records under ``key`` (an admin's: under ``owner``, if it names one; 404 if none)."""
+        if owner is not None:
+            _admin_names(key)
+        return await asyncio.to_thread(self.experiments.forget, user, owner if owner is not None else key and key.id)
+
+
+def _admin_names(key: ApiKey | None) -> None:
+    """Refuse (403 naming ``owner``) a key that names another key's users without being an admin's."""
+    if owner_filter(key) is not None:
+        raise Forbidden("owner: only an admin key names another key's users", "owner")

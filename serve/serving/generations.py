@@ -122,18 +122,19 @@ class Generations(Streaming):
         return self.text_to_image.options(multiplexed_model_id=model.version_id)
 
     async def _resolved(
-        self, request: GenerationRequest, model: ServedModel | None
+        self, request: GenerationRequest, model: ServedModel | None, owner: str | None
     ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its model serves it (an experiment's alias resolved to a variant), what chose it, the model.
 
         The name is resolved once (:meth:`~serve.text_to_image.models.ServedModels.resolve`): one that is neither a
-        served model nor an experiment is a 400 naming ``model``. ``model``: resolved already (a video's).
+        served model nor an experiment is a 400 naming ``model``. ``model``: resolved already (a video's). ``owner``:
+        the asking key, whose ``user`` a personal experiment draws for.
         """
         if model is not None:
             return request, Assignment(model.name), model
         models = self.models.now()
         if request.model and request.model not in models:
-            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user)
+            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user, owner)
             if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
                 update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
                 return request.model_copy(update=update), chosen, models.resolve(chosen.model)
@@ -166,7 +167,7 @@ class Generations(Streaming):
         missing one). ``model``: the model it names, resolved already (a video's).
         """
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
-        assigned, assignment, model = await self._resolved(request, model)  # an alias: its variant from here on
+        assigned, assignment, model = await self._resolved(request, model, key and key.id)  # an alias: its variant
         admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request, key and key.id)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))

@@ -13,6 +13,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import metrics
+from serve.access import caller
 from serve.errors import InvalidInput
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
@@ -89,9 +90,9 @@ class Vectorizing:
         """Add (POST), replace or serve again (PUT), or remove (DELETE) a vectorize model version (admin)."""
         return await self.residency.change_vectorize.remote(method, body, version)
 
-    async def vectorize(self, image: bytes, options: VectorizeOptions) -> VectorizeResult:
-        """The image traced to SVG (gRPC's ``Vectorize`` answers this)."""
-        assignment = await self._assigned(options)
+    async def vectorize(self, image: bytes, options: VectorizeOptions, owner: str | None = None) -> VectorizeResult:
+        """The image traced to SVG (gRPC's ``Vectorize`` answers this) for key ``owner`` (None: the open API)."""
+        assignment = await self._assigned(options, owner)
         if assignment is None:
             return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
         options = options.model_copy(update={"model_version": variant_version(assignment.model)})
@@ -103,22 +104,24 @@ class Vectorizing:
             raise
         _observe_variant(result, time.perf_counter() - started, labels)
         result = replace(result, id=new_image_id(), experiment=assignment.experiment)
-        await asyncio.to_thread(self._recorded, result, assignment, options.target_quality)
+        await asyncio.to_thread(self._recorded, result, assignment, options.target_quality, owner)
         return result
 
-    async def _assigned(self, options: VectorizeOptions) -> Assignment | None:
+    async def _assigned(self, options: VectorizeOptions, owner: str | None) -> Assignment | None:
         """The variant of the request's experiment (None without one; a 400 naming ``experiment`` if unknown)."""
         if options.experiment is None:
             return None
-        assignment = await asyncio.to_thread(self.experiments.assign, options.experiment, options.user)
+        assignment = await asyncio.to_thread(self.experiments.assign, options.experiment, options.user, owner)
         if assignment is None or variant_version(assignment.model) is None:
             message = f"experiment: no experiment {options.experiment!r} over vectorize versions (vectorize.vN)"
             raise InvalidInput(message, "experiment")
         return assignment
 
-    def _recorded(self, result: VectorizeResult, assignment: Assignment, target_quality: float | None) -> None:
+    def _recorded(
+        self, result: VectorizeResult, assignment: Assignment, target_quality: float | None, owner: str | None
+    ) -> None:
         """Remember what served ``result`` (feedback names its id); its measured SSIM, if any, rewards the variant."""
-        self.experiments.record([result.id], assignment, None)
+        self.experiments.record([result.id], assignment, owner)
         if result.ssim is not None:
             reward = measured_reward(result.ssim, target_quality)
             self.experiments.store.rate(result.id, reward)
@@ -138,7 +141,8 @@ class Vectorizing:
     async def answer(self, request: Request) -> Response:
         """The HTTP answer: the SVG, or with ``Accept: application/json`` the SVG, its tier and timings."""
         upload, options = await read_vectorize_request(request)
-        result = await self.vectorize(upload, options)
+        key = caller(request)
+        result = await self.vectorize(upload, options, key and key.id)
         headers = {"Easel-Tier": result.tier, "Easel-Model-Version": str(result.model_version)}
         if result.experiment:
             headers["Easel-Experiment"] = result.experiment

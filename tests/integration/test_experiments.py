@@ -112,6 +112,33 @@ def test_a_bandit_learns_from_feedback_and_every_replica_draws_from_the_same_pos
     assert api.delete("/v1/experiments/art").status_code == 200
 
 
+def test_a_personal_bandit_keeps_each_user_s_record_which_the_preferences_routes_show_and_delete(api):
+    """Issue 64 part 5 on a real stack: the wiring (the learning is simulated in test_experiments_personal.py)."""
+    defined = api.put(
+        "/v1/experiments/mine", json={"policy": "bandit", "mode": "personal", "variants": [DEFAULT_MODEL, SD]}
+    )
+    assert defined.status_code == 200 and defined.json()["mode"] == "personal", defined.text
+    liked, served = {"ann": SD, "bob": DEFAULT_MODEL}, {"ann": [], "bob": []}
+    for i in range(4):
+        for user, favourite in liked.items():
+            answer = api.post(GENERATE, json=SMALL | {"model": "mine", "user": user, "seed": 200 + i}).json()
+            served[user].append(answer["model"])
+            reward = {"image_id": answer["data"][0]["id"], "reward": float(answer["model"] == favourite)}
+            assert api.post("/v1/feedback", json=reward).status_code == 200
+    for user, favourite in liked.items():  # an open API: every record is shown (owner null)
+        (record,) = api.get(f"/v1/users/{user}/preferences").json()["data"]
+        assert (record["owner"], record["experiment"]) == (None, "mine")
+        assert {model: v["feedback"] for model, v in record["variants"].items()} == {
+            model: served[user].count(model) for model in set(served[user])
+        }
+        assert favourite not in served[user] or record["preferred"] == favourite, (record, served[user])
+    assert api.delete("/v1/users/ann/preferences").json()["deleted"] == len(set(served["ann"]))
+    assert api.get("/v1/users/ann/preferences").status_code == 404
+    assert api.get("/v1/users/bob/preferences").status_code == 200
+    assert api.delete("/v1/experiments/mine").status_code == 200
+    assert api.get("/v1/users/bob/preferences").status_code == 404  # the experiment's records went with it
+
+
 def test_a_job_s_variant_is_chosen_at_submission_and_its_ids_take_feedback(api, store):
     user = next(u for u in (f"jobber-{i}" for i in range(50)) if _variant_of(u) == DEFAULT_MODEL)
     submitted = api.post(GENERATE, json=SMALL | {"model": ALIAS, "user": user, "background": True})

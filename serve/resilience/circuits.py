@@ -52,6 +52,7 @@ class Circuit:
         self._consecutive = 0
         self._outcomes: deque[bool] = deque(maxlen=settings.circuit_window)  # True: a failure
         self._probing = False
+        self._set(CircuitState.CLOSED)  # exported from the model's first call: a gauge is a series once it is set
 
     @property
     def state(self) -> CircuitState:

@@ -155,7 +155,10 @@ def test_high_priority_starts_before_earlier_normal_jobs_when_slots_are_full(api
     high = submit(api, {**SMALL, "seed": 51, "priority": "high"})
     high_done = wait_for(api, high["id"])
     normal_now = api.get(f"/v1/jobs/{normal['id']}").json()
-    assert high_done["status"] == "succeeded" and normal_now["status"] in ("queued", "running")
+    assert high_done["status"] == "succeeded"
+    # high was claimed first: the earlier normal job started after it, or not yet (the blockers, batched together,
+    # may free two slots at once, and then both run at the same time)
+    assert normal_now["started_at"] is None or normal_now["started_at"] >= high_done["started_at"], normal_now
     for job in [*blockers, normal]:
         api.post(f"/v1/jobs/{job['id']}/cancel")
         wait_for(api, job["id"])

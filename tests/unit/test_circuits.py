@@ -122,7 +122,7 @@ def test_the_state_is_set_in_the_metric(monkeypatch):
     clock.now += 5
     call(breakers, "xl", None)
     named = [(value, tags["model"]) for name, value, tags in set_ if name == "easel_model_circuit_state"]
-    assert named == [(2, "xl"), (1, "xl"), (0, "xl")]
+    assert named == [(0, "xl"), (2, "xl"), (1, "xl"), (0, "xl")]  # closed from its first call: exported at once
 
 
 def test_easel_status_names_a_circuit_that_is_not_closed():

@@ -189,6 +189,10 @@ class Gateway:
         self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
         self.rpcs = Servicer(self.admission, self.generations, self.experiments, self.vectorizing, self.videos)
 
+    async def check_health(self) -> None:
+        """Ray Serve's health check: the event loop answers; each served model's circuit state is exported again."""
+        self.models.circuits.export(self.models.models.names())
+
     def __serve_build_asgi_app__(self) -> FastAPI:
         """The HTTP app, its routes answered by this replica's serving classes."""
         api.state.gateway = self

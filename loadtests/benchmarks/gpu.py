@@ -44,7 +44,11 @@ def run_gpu_bench(settings: GpuBenchSettings, out: Path) -> str:
         if report.left_s(settings.budget_s) <= 0:
             report.add("skipped", {"model": name, "why": "the time budget was spent"})
             continue
-        run_model(ModelRun(model, settings, report), out)
+        try:
+            run_model(ModelRun(model, settings, report), out)
+        except Exception as error:  # noqa: BLE001 - one model's failure is recorded; the next model still runs
+            logger.exception("model %s failed", name)
+            report.add("failed", {"model": name, "error": f"{type(error).__name__}: {error}"[:2000]})
     rows = [loop.BenchRow(**{k: r[k] for k in loop.BenchRow.__dataclass_fields__}) for r in report.data["rows"]]
     lines = [f"device: {device_name}", loop.format_table(rows, "img")]
     lines += [
@@ -54,4 +58,5 @@ def run_gpu_bench(settings: GpuBenchSettings, out: Path) -> str:
         f"psnr {p['model']}: {p['min_db']:.1f} dB (min), {p['mean_db']:.1f} dB (mean)" for p in report.data["psnr"]
     ]
     lines += [f"skipped {s}" for s in report.data["skipped"]]
+    lines += [f"failed {f['model']}: {f['error']}" for f in report.data["failed"]]
     return "\n".join([*lines, f"written to {report.path}"])

@@ -55,7 +55,7 @@ class Report:
 
     def __init__(self, path: Path, **context) -> None:
         self.path, self.started = path, time.monotonic()
-        self.data: dict = {**context, "rows": [], "parity": [], "psnr": [], "skipped": []}
+        self.data: dict = {**context, "rows": [], "parity": [], "psnr": [], "skipped": [], "failed": []}
         self.write()
 
     def left_s(self, budget_s: float) -> float:

@@ -15,6 +15,8 @@ BEYOND_FOUR_CONDITIONS = (
     "runs out of intersections), and the contract test needs to draw generations; the schema states four"
 )
 PROMPTS = ("prompt", "negative_prompt", "prompts.*.prompt")
+STRICT_INTEGERS = ("n", "num_inference_steps", "seed", "candidates", "cache_interval", "output_compression")
+STRICT_INTEGERS += ("prompts.*.seed", "outpaint.*")  # and within its parts
 """A generation's prompts, whose weighting is parsed."""
 GENERATION_LIMITS = (
     UnstatedLimit(
@@ -54,7 +56,7 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
-        ("n", "num_inference_steps", "seed", "prompts.*.seed", "outpaint.*"),
+        STRICT_INTEGERS,
         "valid integer",
         "an integer written without a fraction: 2, not 2.0",
         "JSON Schema counts 2.0 as an integer; the API's types are strict",

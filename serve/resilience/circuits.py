@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from enum import StrEnum
 
@@ -52,7 +52,7 @@ class Circuit:
         self._consecutive = 0
         self._outcomes: deque[bool] = deque(maxlen=settings.circuit_window)  # True: a failure
         self._probing = False
-        self._set(CircuitState.CLOSED)  # exported from the model's first call: a gauge is a series once it is set
+        self._set(CircuitState.CLOSED)  # exported from when it is made: a gauge is a series once it is set
 
     @property
     def state(self) -> CircuitState:
@@ -160,6 +160,14 @@ class Circuits:
         """``model``'s circuit state (closed for a model not called yet)."""
         return self[model].state
 
+    def export(self, models: Iterable[str]) -> None:
+        """Set each of ``models``' state in ``easel_model_circuit_state`` again (made closed where not called yet).
+
+        Ray exports a gauge for about 20 s after it is set, so a replica sets them on every health check.
+        """
+        for model in models:
+            self[model]._set(self[model].state)
+
     def states(self) -> dict[str, str]:
-        """Each called model's circuit state, by name (``/readyz``'s ``circuits``)."""
+        """Each model's circuit state, by name (``/readyz``'s ``circuits``): those called or exported."""
         return {model: str(circuit.state) for model, circuit in sorted(self._circuits.items())}

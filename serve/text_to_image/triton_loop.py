@@ -11,6 +11,11 @@ that process; its latents never leave it; one response carries its images.
 
 It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
 ControlNets, caches) runs on the replica's loop, step by step, as before. :class:`LoopClient` is its caller.
+
+Its tensors cross the stub by DLPack, never ``as_numpy``: the stub of Triton 2.51 (nvidia-pytriton 0.7) was built with a
+pybind11 that predates NumPy 2, and on a machine with NumPy 2 its ``as_numpy`` reads garbage (seen on an H100: a
+request's bytes read as ``0xE5E5E5E5``). So the request is its JSON as ``uint8``, not ``BYTES``, and the images go
+back flat (that stub's DLPack check refuses torch's 4-D tensors as "not contiguous"), shaped again by the client.
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ def loop_spec(engine_dir: Path, prefix: str = "") -> ModelSpec:
     """The loop model of the engine folder ``engine_dir`` (Triton name ``prefix`` + :data:`LOOP_MODEL`)."""
     return ModelSpec(
         name=f"{prefix}{LOOP_MODEL}",
-        inputs=(TensorSpec(GENERATION_INPUT, "bytes", (1,)),),
-        outputs=(TensorSpec(IMAGES_OUTPUT, "uint8", (-1, -1, -1, 3), ("images", "height", "width")),),
+        inputs=(TensorSpec(GENERATION_INPUT, "uint8", (-1,), ("bytes",)),),
+        outputs=(TensorSpec(IMAGES_OUTPUT, "uint8", (-1,), ("pixels",)),),  # n x height x width x 3, flat
         parameters={"engine_dir": str(engine_dir)},
         python_model=f"{__name__}:TextToImageLoop",
         decoupled=True,
@@ -52,7 +57,7 @@ def loop_spec(engine_dir: Path, prefix: str = "") -> ModelSpec:
 def encode_request(sampling: SamplingParams, merge: bool = True) -> np.ndarray:
     """The loop model's input for one generation: its sampling as JSON (``merge``: its steps may share UNet calls)."""
     body = json.dumps({"sampling": dataclasses.asdict(sampling), "merge": merge})
-    return np.array([body.encode()], dtype=object)
+    return np.frombuffer(body.encode(), dtype=np.uint8)
 
 
 def decode_request(raw: bytes) -> tuple[Generation, bool]:
@@ -100,14 +105,16 @@ class TextToImageLoop:
         await asyncio.gather(*(self._answer(request) for request in requests))
 
     async def _answer(self, request) -> None:
+        import torch
         import triton_python_backend_utils as pb_utils
 
         sender = request.get_response_sender()
         try:
-            raw = pb_utils.get_input_tensor_by_name(request, GENERATION_INPUT).as_numpy().reshape(-1)[0]
-            job, merge = decode_request(raw)
-            images = await self.engines.generate(job, merge)
-            response = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(IMAGES_OUTPUT, images)])
+            given = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, GENERATION_INPUT))
+            job, merge = decode_request(given.cpu().numpy().tobytes())
+            images = torch.from_numpy(await self.engines.generate(job, merge))
+            flat = pb_utils.Tensor.from_dlpack(IMAGES_OUTPUT, images.reshape(-1))
+            response = pb_utils.InferenceResponse(output_tensors=[flat])
         except Exception as error:  # noqa: BLE001 - this request's error; the others run on
             logger.warning("%s", error)
             response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
@@ -127,8 +134,9 @@ class LoopClient:
         """The images of one generation, ``[n, height, width, 3]`` uint8."""
         from tritonclient.grpc import InferInput
 
-        given = InferInput(GENERATION_INPUT, [1], "BYTES")
-        given.set_data_from_numpy(encode_request(sampling, merge))
+        request = encode_request(sampling, merge)
+        given = InferInput(GENERATION_INPUT, list(request.shape), "UINT8")
+        given.set_data_from_numpy(request)
 
         async def one_request():
             yield {"model_name": self.model, "inputs": [given]}
@@ -140,7 +148,7 @@ class LoopClient:
             images = result.as_numpy(IMAGES_OUTPUT)
         if images is None:
             raise RuntimeError(f"{self.model}: the stream closed without an answer")
-        return images
+        return images.reshape(-1, sampling.height, sampling.width, 3)
 
     async def close(self) -> None:
         """Close the channel."""

@@ -168,8 +168,10 @@ def runtime_versions(runtime: str) -> str:
     """What the engine cache's key adds for ``runtime``: OpenVINO's version where it may run the engines."""
     if runtime in (Runtime.ONNXRUNTIME, Runtime.TORCH):  # torch's version is in every folder's name
         return ""
-    import openvino as ov
-
+    try:
+        import openvino as ov
+    except ImportError:  # a GPU machine without OpenVINO: its folders are named, never built
+        return "-ov-absent"
     return f"-ov{ov.__version__.split('-')[0]}"
 
 

@@ -138,3 +138,14 @@ def test_easel_status_names_a_circuit_that_is_not_closed():
 def test_a_chain_that_names_no_other_model_is_refused(chains, why):
     with pytest.raises(ValueError, match=why):
         ResilienceSettings(fallbacks=chains)
+
+
+def test_export_sets_every_served_model_s_state_again_even_one_never_called(monkeypatch):
+    set_ = []
+    monkeypatch.setattr(metrics, "set_gauge", lambda spec, value, **tags: set_.append((spec.name, value, tags)))
+    breakers, _ = circuits(circuit_failures=1, circuit_open_s=5)
+    call(breakers, "xl", NotReady("down"))
+    set_.clear()
+    breakers.export(["sd15", "xl"])  # Ray drops a gauge not set for ~20 s: a health check sets each again
+    assert {tags["model"]: value for _, value, tags in set_} == {"sd15": 0, "xl": 2}
+    assert breakers.states() == {"sd15": "closed", "xl": "open"}

@@ -157,3 +157,21 @@ def test_schemathesis_draws_a_request_for_every_operation():
     """The contract test draws from every operation; a body its generator cannot model fails there, after minutes."""
     operations = [result.ok() for result in schemathesis.openapi.from_dict(DOCUMENT).get_all_operations()]
     assert [operation.label for operation in operations if not _drawn(operation)] == []
+
+
+def test_every_strict_integer_of_a_generation_is_a_stated_limit():
+    """JSON Schema counts 2.0 as an integer: each strict one refuses it, so the contract must know them all."""
+    from serve.contract.generation_limits import STRICT_INTEGERS
+
+    strict = [
+        name
+        for name, field in GenerationRequest.model_fields.items()
+        if re.match(r"(typing\.Optional\[typing\.Annotated\[)?(<class 'int'>|int), Strict", _integer(field))
+    ]
+    assert strict and set(strict) <= set(STRICT_INTEGERS)
+
+
+def _integer(field) -> str:
+    if field.annotation is int and any("Strict" in repr(item) for item in field.metadata):
+        return "int, Strict"
+    return repr(field.annotation)

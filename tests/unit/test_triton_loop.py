@@ -22,7 +22,7 @@ CASES = (
 
 
 def test_a_request_is_its_sampling_and_whether_its_steps_merge():
-    job, merge = decode_request(encode_request(CASES[1], merge=False)[0])
+    job, merge = decode_request(encode_request(CASES[1], merge=False).tobytes())
     assert job == Generation(CASES[1]) and merge is False
     with pytest.raises(ValueError, match="^generation: not a generation"):
         decode_request(b'{"sampling": {"prompt": "x"}}')

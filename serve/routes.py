@@ -18,8 +18,9 @@ from starlette.routing import compile_path
 from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
-from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES
+from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
 from serve.results.rerun import RerunRequest
+from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
@@ -57,7 +58,7 @@ class Route:
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, by its admission (serve.http.admission)
     form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; None: JSON
-    costed: bool = False  # its body's cost (images x megapixels x engine passes) is taken from the key's cost limit
+    costed: bool = False  # admitted by serve.http.admission.admit: its body's cost taken from the key's cost limit
 
     @property
     def prefix(self) -> str:
@@ -114,7 +115,7 @@ ROUTES = (
     Route("post", "/v1/loras", Scope.ADAPTERS, body_limit=LORA_UPLOAD_BYTES),
     Route("put", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409), body_limit=LORA_UPLOAD_BYTES),
     Route("delete", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409)),
-    Route("post", "/v1/references", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES),
+    Route("post", "/v1/references", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES, body=NewReference, costed=True),
     Route("get", "/v1/references", Scope.GENERATE),
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
@@ -152,7 +153,14 @@ ROUTES = (
     Route(
         "post", "/v1/vectorize/analyze", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Analyze"
     ),
-    Route("post", "/v1/moderations", Scope.GENERATE, body_limit=MAX_MODERATION_REQUEST_BYTES),
+    Route(
+        "post",
+        "/v1/moderations",
+        Scope.GENERATE,
+        body_limit=MAX_MODERATION_REQUEST_BYTES,
+        body=ModerationRequest,
+        costed=True,
+    ),
     Route("post", "/v1/prompts/analyze", Scope.GENERATE),
     Route("post", "/v1/images/score", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES),
     Route("post", "/v1/feedback", Scope.GENERATE, (404, 409), rpc="Feedback"),

@@ -213,6 +213,9 @@ def read_json(model: type[Model], body: bytes, content_type: str | None) -> Mode
     try:
         return model.model_validate_json(checked_json(body, content_type))
     except ValidationError as error:
+        if error.errors()[0]["type"] == "json_invalid":
+            message = f"body: not JSON ({error.errors()[0]['msg']}; about {MAX_JSON_DEPTH} levels deep at most)"
+            raise InvalidInput(message, field="body") from None
         raise invalid_input(error) from None
 
 

@@ -7,6 +7,7 @@ upscalers' engine folder is what the build recognised; a request naming one that
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -138,6 +139,21 @@ def output_size(width: int, height: int, scale: float, field: str = "scale") -> 
     return size
 
 
+def engine_size(width: int, height: int, engine_scale: int, field: str) -> tuple[int, int]:
+    """The size an engine of ``engine_scale`` makes of ``width`` x ``height``: what it runs, whatever the scale asked.
+
+    A 400 naming ``field`` over :data:`MAX_OUTPUT_PIXELS`.
+    """
+    size = (width * engine_scale, height * engine_scale)
+    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
+        raise InvalidInput(
+            f"{field}: {width}x{height} runs through the upscaler's engine at its own x{engine_scale} (a lower scale "
+            f"is resized down after): {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels",
+            field,
+        )
+    return size
+
+
 async def upscale_pixels(pixels: np.ndarray, entry: UpscalerEntry, scale: float, runner: EngineRunner) -> np.ndarray:
     """RGB ``uint8`` ``pixels`` (H x W x 3) upscaled by ``entry``'s engine through ``runner``, to ``scale``.
 
@@ -150,9 +166,11 @@ async def upscale_pixels(pixels: np.ndarray, entry: UpscalerEntry, scale: float,
     async def run(tiles: np.ndarray) -> np.ndarray:
         return (await runner.infer(spec, {"image": tiles}))["upscaled"]
 
-    image = np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255.0
-    upscaled = await entry.tiling.upscale(image, run)
-    out = (np.clip(upscaled, 0.0, 1.0) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
-    if (out.shape[1], out.shape[0]) == target:
-        return out
-    return np.asarray(Image.fromarray(out).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)
+    def to_pixels(upscaled: np.ndarray) -> np.ndarray:  # whole-image array work: in a thread, off the event loop
+        out = (np.clip(upscaled, 0.0, 1.0) * 255.0).round().astype(np.uint8).transpose(1, 2, 0)
+        if (out.shape[1], out.shape[0]) == target:
+            return out
+        return np.asarray(Image.fromarray(out).resize(target, Image.Resampling.LANCZOS), dtype=np.uint8)
+
+    image = await asyncio.to_thread(lambda: np.ascontiguousarray(pixels.transpose(2, 0, 1), dtype=np.float32) / 255)
+    return await asyncio.to_thread(to_pixels, await entry.tiling.upscale(image, run))

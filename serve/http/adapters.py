@@ -15,8 +15,8 @@ from fastapi import UploadFile as FormFile
 from serve.access import caller
 from serve.adapters.registry import NAME as LORA_NAME
 from serve.adapters.registry import PRIVATE, SHARED
+from serve.http.admission import AdmitBody
 from serve.serving.adapters import Adapters
-from serve.text_to_image.references import NewReference
 
 LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
 VISIBILITY = f"^({PRIVATE}|{SHARED})$"
@@ -75,9 +75,12 @@ async def lora_removed(http: Request, name: str, owner: str | None = None) -> di
     return await adapters(http).lora_removed(name, caller(http), owner)
 
 
-async def reference_added(http: Request, body: NewReference) -> dict:
-    """Store an IP-Adapter reference: encoded once, its embeddings kept as the caller's key's."""
-    return await adapters(http).reference_added(body, caller(http))
+async def reference_added(http: Request, admitted: AdmitBody) -> dict:
+    """Store an IP-Adapter reference: encoded once, its embeddings kept as the caller's key's.
+
+    Priced by its image's decode and one image-encoder pass.
+    """
+    return await adapters(http).reference_added(admitted.body, caller(http))
 
 
 async def references_listed(http: Request) -> dict:

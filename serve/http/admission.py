@@ -3,7 +3,8 @@
 :func:`admit` reads the route's body once (:func:`serve.http.bodies.read_body`), admits it and charges its cost to
 the caller's key (:meth:`serve.serving.admission.Admission.admit`), and hands the handler what was admitted: a
 generation's :class:`~serve.serving.admitted.Admitted` (a video's too), an upscale's
-:class:`~serve.serving.admission.AdmittedUpscale`. The key check before it (:class:`serve.access.KeyCheck`) took the
+:class:`~serve.serving.admission.AdmittedUpscale`, a moderation's or a stored reference's
+:class:`~serve.serving.admission.AdmittedBody`. The key check before it (:class:`serve.access.KeyCheck`) took the
 limits that need no body; nothing else reads a body for admission.
 """
 
@@ -14,7 +15,7 @@ from fastapi import Depends, Request
 from serve.access import request_caller
 from serve.http.bodies import read_body
 from serve.routes import route
-from serve.serving.admission import AdmittedRerun, AdmittedUpscale
+from serve.serving.admission import AdmittedBody, AdmittedRerun, AdmittedUpscale
 from serve.serving.admitted import Admitted
 
 
@@ -23,7 +24,7 @@ def serving(http: Request) -> Any:
     return http.app.state.gateway
 
 
-async def admit(http: Request) -> Admitted | AdmittedUpscale | AdmittedRerun:
+async def admit(http: Request) -> Admitted | AdmittedUpscale | AdmittedRerun | AdmittedBody:
     """The route's body read, admitted and charged to the caller's key: what the handler runs (400, 429 if not)."""
     body = await read_body(route(http.method, http.scope["route"].path), http)
     return await serving(http).admission.admit(body, request_caller(http))
@@ -35,3 +36,5 @@ AdmitUpscale = Annotated[AdmittedUpscale, Depends(admit)]
 """An upscale's admission, as a handler's parameter."""
 AdmitRerun = Annotated[AdmittedRerun, Depends(admit)]
 """A rerun's admission (the generation its image's record holds), as a handler's parameter."""
+AdmitBody = Annotated[AdmittedBody, Depends(admit)]
+"""A moderation's or a stored reference's admission (priced by its own work), as a handler's parameter."""

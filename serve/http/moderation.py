@@ -10,7 +10,7 @@ from collections.abc import Callable
 from fastapi import Request
 
 from serve.access import caller
-from serve.moderation.requests import ModerationRequest
+from serve.http.admission import AdmitBody
 from serve.serving.moderation import Moderation
 
 
@@ -19,14 +19,14 @@ def moderation(http: Request) -> Moderation:
     return http.app.state.gateway.moderation
 
 
-async def moderations(http: Request, body: ModerationRequest) -> dict:
+async def moderations(http: Request, admitted: AdmitBody) -> dict:
     """OpenAI's moderations: one result (``flagged``, ``categories``, ``category_scores``) per ``input`` item.
 
     Texts are checked by the stack's prompt blocklist (``easel up --prompt-blocklist``) and text classifier
     (``--text-moderator``), whatever its policy; images by its image checker (a 400 naming ``input`` when it serves
-    none).
+    none). Priced by its texts' characters and its images' pixels.
     """
-    return await moderation(http).moderations(body, caller(http))
+    return await moderation(http).moderations(admitted.body, caller(http))
 
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (("POST", "/v1/moderations", moderations),)

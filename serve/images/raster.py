@@ -70,6 +70,21 @@ def check_size(width: int, height: int, field: str = "image", max_pixels: int = 
         )
 
 
+def header_size(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) ``data``'s header says, its limits checked, no pixel decoded (what admission prices)."""
+    if not data:
+        raise ImageRejected(f"{field}: empty upload", field, 400)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                size = image.size
+    except Exception as error:  # noqa: BLE001 - whatever PIL raises for bytes that are no image
+        raise ImageRejected(f"{field}: not a readable image (PNG, JPEG, WebP, GIF, ...)", field, 400) from error
+    check_size(*size, field, max_pixels)
+    return size
+
+
 def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` into an ``(H, W, 3)`` RGB ``uint8`` array, alpha flattened onto white.
 

@@ -20,7 +20,8 @@ from serve.access.keys import ApiKey
 from serve.adapters.catalog import Caller, LoraCatalog
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.models import ServedModel
-from serve.text_to_image.references import NewReference, References
+from serve.text_to_image.reference_request import NewReference
+from serve.text_to_image.references import References
 
 
 def lora_caller(key: ApiKey | None) -> Caller:

@@ -21,7 +21,7 @@ from serve.errors import InvalidInput
 from serve.finishing.faces import MAX_FACES
 from serve.finishing.restorers import FACE_SIDE, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
-from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, output_size, upscale_pixels
+from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.text_to_image.admission import Work
 from serve.text_to_image.schema import GenerationRequest
@@ -120,14 +120,18 @@ class Upscaling:
         }
 
     def work(self, body: UpscaleBody) -> Work:
-        """What an upscale runs, as the doors price it: one pass at the output's megapixels + the input's decoded.
+        """What an upscale runs, as the doors price it: one pass at the engine's output + the input's decoded.
+
+        The engine upscales by its own scale whatever the scale asked (a lower one resizes its output down), so that
+        is what is priced and bounded: a 4096x4096 image at x1 through a x4 engine is a 400 naming ``image``.
 
         A face restoration's passes (:data:`RESTORATION_MEGAPIXELS`) are counted with the input's megapixels.
         Read from the image's header (:func:`image_size`): no pixel is decoded.
         """
-        _, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
+        entry, scale = self.upscalers.choose(body.options.upscaler, body.options.scale)
         width, height = image_size(body.data)
-        out_width, out_height = output_size(width, height, scale)
+        output_size(width, height, scale)  # what is answered: a 400 naming scale over the bound
+        out_width, out_height = engine_size(width, height, entry.scale, "image")  # what runs: the engine's own scale
         faces = self.restoration_cost(body.options.restore_faces, 1)  # counted with the input's megapixels
         return Work(1, 0, out_width, out_height, input_pixels=width * height + round(faces * 1e6))
 
@@ -147,6 +151,7 @@ class Upscaling:
             return
         entry, scale = self.upscalers.choose(choice.upscaler, choice.scale, field="upscale.upscaler")
         out_width, out_height = output_size(width, height, scale, field="upscale.scale")
+        engine_size(width, height, entry.scale, "upscale.scale")  # what the engine runs is bounded too
         if choice.denoise is not None and not all(
             side % SIDE_MULTIPLE == 0 and side <= MAX_SIDE for side in (out_width, out_height)
         ):

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
-from serve.images import base64_bytes
+from serve.images import base64_bytes, raster
 from serve.images.raster import ImageRejected, check_size, decode_image
 from serve.text_to_image.generation import Control, IpReferences
 from serve.text_to_image.ip_scale import ip_choices
@@ -51,15 +51,11 @@ def _decode(data: bytes, field: str) -> np.ndarray:
 
 
 def header_size(data: bytes, field: str) -> tuple[int, int]:
-    """An encoded image's (width, height) from its header, within the limits (no pixel decoded)."""
+    """An input image's (width, height) from its header, within :data:`MAX_INPUT_PIXELS` (a 400, no pixel decoded)."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            check_size(*image.size, field, MAX_INPUT_PIXELS)
-            return image.size
+        return raster.header_size(data, field, MAX_INPUT_PIXELS)
     except ImageRejected as error:
         raise InvalidInput(str(error), field) from error
-    except Exception as error:  # noqa: BLE001 - whatever PIL raises for bytes that are no image
-        raise InvalidInput(f"{field}: not a readable image ({error})", field) from error
 
 
 def output_size(request: GenerationRequest, native_size: int) -> tuple[int, int]:

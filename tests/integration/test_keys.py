@@ -146,6 +146,21 @@ def test_an_image_at_strength_0_pays_for_its_vae_passes_and_its_pixels_on_both_d
     assert over.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "costs 2.36" in over.value.details()
 
 
+def test_moderations_and_references_are_charged_by_their_work(api, keys):
+    """They ran at no cost: 32 texts of 32,000 characters were 8 s of work for a key of 0.01 a minute."""
+    store, _ = keys
+    _, key = store.create("moderator", {Scope.GENERATE}, KeyLimits(cost_per_minute=0.01))
+    texts = api.post("/v1/moderations", json={"input": ["a red heart icon " * 1880] * 32}, headers=_bearer(key))
+    assert texts.status_code == 429 and texts.json()["error"]["param"] == "cost", texts.text
+    assert "this request costs 10.2)" in texts.json()["error"]["message"]
+    reference = api.post("/v1/references", json={"image": b64(input_image(512))}, headers=_bearer(key))
+    assert reference.status_code == 429 and "this request costs 0.31" in reference.json()["error"]["message"]
+    broken = api.post(
+        "/v1/references", json={"image": base64.b64encode(b"not an image").decode()}, headers=_bearer(key)
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["param"] == "image", broken.text
+
+
 def test_one_bucket_holds_across_both_gateway_replicas(api, stack, keys):
     _, made = keys
     started, answers = time.monotonic(), []

@@ -140,7 +140,7 @@ def test_a_generation_s_upscale_and_a_hires_fix_s_second_pass_are_in_the_one_pri
     assert Work(2, 10, 64, 64, upscale=work).pass_cost == pytest.approx(first)  # what a replica holds in flight
 
 
-def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels():
+def test_the_upscale_route_is_read_at_the_door_and_priced_by_what_its_engine_runs():
     upscaling = Upscaling(Upscalers((UpscalerEntry("x4", "f.pth", architecture="RRDBNet", scale=4),)), None)
     png = base64.b64decode(b64(input_image(30, 40)))  # 40 wide, 30 high
     form = httpx.Request(
@@ -150,7 +150,7 @@ def test_the_upscale_route_is_read_at_the_door_and_priced_by_its_output_pixels()
     scope = {"type": "http", "method": "POST", "path": "/v1/images/upscale", "headers": headers}
     body = _read_upscale(scope, form.read())
     assert body.data == png and body.options.scale == 2
-    assert upscaling.work(body).cost == pytest.approx(80 * 60 / 1e6 + 40 * 30 / 1e6)  # output + input megapixels
+    assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # the x4 engine's + input
     raw = json.dumps({"image": b64(input_image(30, 40)), "upscaler": "x4"}).encode()
     body = _read_upscale({**scope, "headers": [(b"content-type", b"application/json")]}, raw)
     assert upscaling.work(body).cost == pytest.approx(160 * 120 / 1e6 + 40 * 30 / 1e6)  # its own scale, x4

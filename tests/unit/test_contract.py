@@ -175,3 +175,18 @@ def _integer(field) -> str:
     if field.annotation is int and any("Strict" in repr(item) for item in field.metadata):
         return "int, Strict"
     return repr(field.annotation)
+
+
+def test_every_costed_route_and_only_those_is_admitted_by_the_one_admission():
+    """A route declared ``costed`` names :func:`serve.http.admission.admit` in its handler, which charges its cost."""
+    from fastapi.routing import APIRoute
+
+    from serve.http.admission import admit
+
+    admitted = {
+        (method.lower(), r.path)
+        for r in api.routes
+        if isinstance(r, APIRoute) and any(d.call is admit for d in r.dependant.dependencies)
+        for method in r.methods
+    }
+    assert admitted == {(r.method, r.path) for r in ROUTES if r.costed}

@@ -13,12 +13,13 @@ import pytest
 
 from serve.errors import EaselError
 from serve.images.raster import decode_image
+from serve.images.raster import header_size as raster_header_size
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
 from serve.serving import upscale
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import image_size
-from serve.text_to_image.images import decode_base64, decode_images, edit_mask, header_size
+from serve.text_to_image.images import decode_base64, decode_images, edit_mask
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize import deployment as vectorize_deployment
 from tests.controls import b64, input_image
@@ -43,8 +44,8 @@ def _moderated() -> None:
 CALLERS = {
     # where it decodes -> (a call that reaches it with bytes that are no image, the field its 400 names)
     "serve/images/raster.py:decode_image": (lambda: decode_image(NOT_AN_IMAGE, "image"), "image"),
+    "serve/images/raster.py:header_size": (lambda: raster_header_size(NOT_AN_IMAGE, "input"), "input"),
     "serve/text_to_image/images.py:_decode": (lambda: decode_base64(B64, "ip_adapter_image"), "ip_adapter_image"),
-    "serve/text_to_image/images.py:header_size": (lambda: header_size(NOT_AN_IMAGE, "mask"), "mask"),
     "serve/text_to_image/images.py:edit_mask": (lambda: edit_mask(NOT_AN_IMAGE), "mask"),
     "serve/serving/upscale.py:decode": (lambda: upscale.decode(NOT_AN_IMAGE), "image"),
     "serve/serving/upscale.py:image_size": (lambda: image_size(NOT_AN_IMAGE), "image"),

@@ -19,7 +19,8 @@ from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, NotFound
 from serve.routes import Scope
 from serve.text_to_image.models import ServedModels
-from serve.text_to_image.references import NewReference, References
+from serve.text_to_image.reference_request import NewReference
+from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
 
 

@@ -107,6 +107,10 @@ class Forbidden(EaselError):
     status = 403
 
 
+class QuotaExceeded(Forbidden):
+    """A key keeps as many stored things (or bytes) as its limit allows: one must go first (waiting does not help)."""
+
+
 class NotFound(EaselError):
     """The request names something that does not exist (an unknown job id)."""
 

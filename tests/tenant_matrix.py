@@ -22,9 +22,8 @@ class Row:
     where: str = "path"  # "path", "body", "query" or "rpc" (a field of its message)
     status: int = 404
     stack: str = "keys"  # the stack that makes the thing: "keys" (test_keys.py asks every row), "adapters" (LoRA-ready,
-    # IP-Adapter: test_adapters.py's test_zz_* ask its LoRA rows and the reference one of a generation; not yet the
-    # reference routes against an unknown id, nor a video's LoRA), "in-process" (the app without a server, its
-    # stores on SQLite: tests/unit/test_experiments_personal.py asks them)
+    # IP-Adapter, motion adapter: test_adapters.py asks every row), "in-process" (the app without a server, its stores
+    # on SQLite: tests/unit/test_experiments_personal.py asks them)
 
 
 _LORA = "loras.0.name"  # a generation naming a LoRA it may not use: a 400 naming the list's item

@@ -48,6 +48,8 @@ class KeyLimits(BaseModel):
     concurrent: int | None = Field(None, ge=1)
     requests_per_day: int | None = Field(None, ge=1)
     concurrent_jobs: int | None = Field(None, ge=1)  # unfinished (queued or running) background jobs
+    stored_items: int | None = Field(None, ge=0)  # references and LoRA uploads the key keeps at once
+    stored_bytes: int | None = Field(None, ge=0)  # their bytes (references' embeddings, LoRA files)
     moderation: Policy | None = None  # the key's own moderation policy, over the stack's (easel up --moderation)
 
 

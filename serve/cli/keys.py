@@ -55,6 +55,8 @@ def keys() -> None:
 @_limit_option("--concurrent", "concurrent", "Requests in flight at once.")
 @_limit_option("--per-day", "requests_per_day", "Requests per UTC day.")
 @_limit_option("--concurrent-jobs", "concurrent_jobs", "Unfinished background jobs at once.")
+@_limit_option("--stored-items", "stored_items", "References and LoRA uploads kept at once.")
+@_limit_option("--stored-bytes", "stored_bytes", "Their bytes (references' embeddings, LoRA files).")
 @click.option(
     "--moderation",
     type=click.Choice([str(policy) for policy in Policy]),

@@ -3,7 +3,8 @@
 The LoRA routes go to :class:`serve.adapters.catalog.LoraCatalog`, the reference routes to
 :class:`serve.text_to_image.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
 encoder); each caller sees only its own key's references (an admin key, or an open API, sees all), and its own
-LoRAs with the shared set (an admin key sees every key's).
+LoRAs with the shared set (an admin key sees every key's). A key's ``stored_items`` and ``stored_bytes`` bound what
+it keeps of both (:meth:`Adapters.check_quota`: a 403 naming the limit, since waiting does not free one).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.adapters.catalog import Caller, LoraCatalog
+from serve.errors import QuotaExceeded
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.reference_request import NewReference
@@ -57,6 +59,8 @@ class Adapters:
         self, name: str, model: str | None, upload: BinaryIO, key: ApiKey | None, visibility: str
     ) -> dict:
         """A new LoRA adapter of ``key``, served once diffusers has read it for ``model`` (None: the default)."""
+        await self.check_quota(key, upload.seek(0, 2))
+        upload.seek(0)
         return await self.loras.add(name, model, upload, lora_caller(key), visibility)
 
     async def lora_replaced(
@@ -70,8 +74,36 @@ class Adapters:
         return await self.loras.remove(name, lora_caller(key), owner)
 
     async def reference_added(self, body: NewReference, key: ApiKey | None) -> dict:
-        """``body``'s image encoded once, its embeddings kept as ``key``'s."""
-        return await self.references.add(body, key and key.id)
+        """``body``'s image encoded once, its embeddings kept as ``key``'s.
+
+        Within its quota: checked before the encoding and again with the embeddings' size.
+        """
+        await self.check_quota(key, 0)
+        return await self.references.add(body, key and key.id, lambda size: self.check_quota(key, size))
+
+    async def check_quota(self, key: ApiKey | None, adding_bytes: int) -> None:
+        """Refuse (:class:`QuotaExceeded`) one more stored thing of ``adding_bytes`` past ``key``'s stored limits."""
+        limits = key.limits if key is not None else None
+        if limits is None or (limits.stored_items is None and limits.stored_bytes is None):
+            return
+        items, size = await asyncio.to_thread(self.stored_by, key.id)
+        if limits.stored_items is not None and items + 1 > limits.stored_items:
+            message = f"stored_items: key {key.id} keeps {items} references and LoRA uploads, its limit; delete one"
+            raise QuotaExceeded(message, "stored_items")
+        if limits.stored_bytes is not None and size + adding_bytes > limits.stored_bytes:
+            message = (
+                f"stored_bytes: key {key.id} keeps {size} bytes of references and LoRA uploads; {adding_bytes} more "
+                f"is over its limit of {limits.stored_bytes}; delete some"
+            )
+            raise QuotaExceeded(message, "stored_bytes")
+
+    def stored_by(self, owner: str) -> tuple[int, int]:
+        """How many references and LoRA uploads ``owner`` keeps, and their bytes."""
+        store = self.references.store()
+        references = store.references(owner)
+        loras = [entry for entry in store.loras() if entry.owner == owner]
+        size = sum(r.embeds.nbytes for r in references) + sum(entry.bytes or 0 for entry in loras)
+        return len(references) + len(loras), size
 
     async def references_listed(self, key: ApiKey | None) -> dict:
         """The references ``key`` may see, newest first."""

@@ -40,22 +40,30 @@ class References:
     ) -> None:
         self.models, self.encode = models, encode
 
-    def _store(self) -> AdapterStore:
+    def store(self) -> AdapterStore:
+        """The stack's adapter store (references and LoRA uploads)."""
         return self.models().default.adapters.store()
 
-    async def add(self, body: NewReference, owner: str | None) -> dict:
-        """Encode ``body``'s image once with its model's image encoder and keep the embeddings as ``owner``'s."""
+    async def add(
+        self, body: NewReference, owner: str | None, fits: Callable[[int], Awaitable[None]] | None = None
+    ) -> dict:
+        """Encode ``body``'s image once with its model's image encoder and keep the embeddings as ``owner``'s.
+
+        ``fits``: awaited with the embeddings' bytes before they are kept (a quota's check, raising to refuse).
+        """
         model = self.models().resolve(body.model)
         if not model.adapters.ip_adapter:
             raise InvalidInput(f"model: {model.name} has no IP-Adapter (start a stack with --ip-adapter DIR)", "model")
         embeds = np.asarray(await self.encode(model, body.image), np.float32)
+        if fits is not None:
+            await fits(embeds.nbytes)
         stored = StoredReference(new_reference_id(), owner, model.name, embeds, body.name, time.time())
-        await asyncio.to_thread(self._store().add_reference, stored)
+        await asyncio.to_thread(self.store().add_reference, stored)
         return stored.public()
 
     async def listing(self, owner: str | None) -> dict:
         """``owner``'s stored references (None: everyone's), newest first."""
-        found = await asyncio.to_thread(self._store().references, owner)
+        found = await asyncio.to_thread(self.store().references, owner)
         return {"object": "list", "data": [reference.public() for reference in found]}
 
     async def get(self, reference_id: str, visible: Visible) -> dict:
@@ -65,7 +73,7 @@ class References:
     async def remove(self, reference_id: str, visible: Visible) -> dict:
         """Forget a stored reference (404 for an unknown id or another key's)."""
         await self._visible(reference_id, visible)
-        await asyncio.to_thread(self._store().remove_reference, reference_id)
+        await asyncio.to_thread(self.store().remove_reference, reference_id)
         return {"id": reference_id, "object": "reference", "deleted": True}
 
     async def check(self, request, model: ServedModel, visible: Visible) -> None:
@@ -73,7 +81,7 @@ class References:
         for ip in ip_choices(request):
             for index, reference_id in enumerate(ip.choice.references):
                 field = ip.name_of("references", index)
-                stored = await asyncio.to_thread(self._store().reference, reference_id)
+                stored = await asyncio.to_thread(self.store().reference, reference_id)
                 if stored is None or not visible(stored.owner):
                     raise unknown_reference(reference_id, field)
                 if stored.model != model.name:
@@ -81,7 +89,7 @@ class References:
                     raise InvalidInput(message, field)
 
     async def _visible(self, reference_id: str, visible: Visible) -> StoredReference:
-        stored = await asyncio.to_thread(self._store().reference, reference_id)
+        stored = await asyncio.to_thread(self.store().reference, reference_id)
         if stored is None or not visible(stored.owner):
             raise NotFound(f"no stored reference {reference_id!r}", "reference_id")
         return stored

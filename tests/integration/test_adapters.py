@@ -24,6 +24,7 @@ from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
+from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 from tests.videos import reference_frames
 
 pytestmark = pytest.mark.integration
@@ -672,3 +673,84 @@ def test_zz_loras_are_their_key_s_and_another_key_gets_what_an_unknown_name_gets
     folder = stack.options.run_dir / "loras"
     assert not Path(bens.prepared).exists() and not (folder / "files" / f"{bens.sha256}.safetensors").exists()
     assert Path(shared_one.prepared).exists()  # removed just now: kept for the requests that resolved it
+
+
+def test_zz_a_key_keeps_no_more_stored_things_than_its_quota(stack, default_model, tmp_path):
+    """References and LoRA uploads count together against a key's stored_items and stored_bytes: a 403, not a 429."""
+    from build_engines.text_to_image.random_adapters import make_lora
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    both = {Scope.GENERATE, Scope.ADAPTERS}
+    keys = {"carl": store.create("carl", both, KeyLimits(stored_items=2))[1]}
+    keys["dora"] = store.create("dora", both, KeyLimits(stored_bytes=1))[1]
+    lora = make_lora(default_model, tmp_path / "carl.safetensors", rank=2, seed=11).read_bytes()
+    _, image = reference_image(seed=5)
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+
+        def call(who: str, method: str, path: str, **kwargs) -> httpx.Response:
+            return client.request(method, path, headers={"Authorization": f"Bearer {keys[who]}"}, **kwargs)
+
+        first = call("carl", "POST", "/v1/references", json={"image": image})
+        assert first.status_code == 200, first.text
+        file = {"file": ("lora.safetensors", lora)}
+        assert call("carl", "POST", "/v1/loras", data={"name": "carls"}, files=file).status_code == 200
+        third = call("carl", "POST", "/v1/references", json={"image": image})
+        assert third.status_code == 403 and third.json()["error"]["param"] == "stored_items", third.text
+        assert "retry-after" not in third.headers
+        assert call("carl", "DELETE", f"/v1/references/{first.json()['id']}").status_code == 200
+        assert call("carl", "POST", "/v1/references", json={"image": image}).status_code == 200
+        over = call("dora", "POST", "/v1/references", json={"image": image})
+        assert over.status_code == 403 and over.json()["error"]["param"] == "stored_bytes", over.text
+        assert call("dora", "GET", "/v1/references").json()["data"] == []
+
+
+def _row_request(row: Row, given: str) -> dict:
+    """``row``'s request naming ``given`` (httpx's keywords): its path, or its body's field, or its upload."""
+    path = row.path.replace(f"{{{row.field}}}", given)
+    if row.field == "loras.0.name":
+        video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
+        body = video if row.path == "/v1/videos" else BODY
+        return {"method": row.method, "url": path, "json": body | {"loras": [{"name": given}]}}
+    if row.where == "body":
+        return {"method": row.method, "url": path, "json": BODY | {row.field: given}}
+    if (row.method, row.thing) == ("put", "lora"):
+        return {"method": row.method, "url": path, "files": {"file": ("lora.safetensors", b"never read")}}
+    return {"method": row.method, "url": path}
+
+
+@pytest.mark.parametrize("row", rows("adapters"), ids=row_id)
+def test_zz_another_key_s_reference_or_lora_answers_as_an_unknown_one(stack, default_model, tmp_path, row):
+    """The hostile-tenant matrix's adapter rows (tests/tenant_matrix.py): made by one key, asked by another."""
+    from build_engines.text_to_image.random_adapters import make_lora
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    both = {Scope.GENERATE, Scope.ADAPTERS}
+    owner, other = (store.create(name, both, KeyLimits())[1] for name in ("maker", "asker"))
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+        mine = {"Authorization": f"Bearer {owner}"}
+        if row.thing == "reference":
+            made = client.post("/v1/references", json={"image": reference_image(seed=6)[1]}, headers=mine)
+            given = made.json()["id"]
+        else:
+            given = f"matrix-{row.method}-{row.path.count('/')}"
+            lora = make_lora(default_model, tmp_path / "m.safetensors", rank=2, seed=12).read_bytes()
+            made = client.post("/v1/loras", data={"name": given}, files={"file": ("m.safetensors", lora)}, headers=mine)
+        assert made.status_code == 200, made.text
+
+        def answer(name: str) -> tuple:
+            got = client.request(**_row_request(row, name), headers={"Authorization": f"Bearer {other}"})
+            error = got.json()["error"]
+            return got.status_code, error["type"], error["param"], error["message"].replace(name, "ID")
+
+        theirs, unknown = answer(given), answer(UNKNOWN[row.thing])
+    assert theirs == unknown, (theirs, unknown)
+    kind = "not_found_error" if row.status == 404 else "invalid_request_error"
+    assert theirs[:3] == (row.status, kind, row.param), theirs

@@ -59,8 +59,9 @@ class Adapters:
         self, name: str, model: str | None, upload: BinaryIO, key: ApiKey | None, visibility: str
     ) -> dict:
         """A new LoRA adapter of ``key``, served once diffusers has read it for ``model`` (None: the default)."""
-        await self.check_quota(key, upload.seek(0, 2))
+        size = upload.seek(0, 2)  # the file's bytes: its end
         upload.seek(0)
+        await self.check_quota(key, size)
         return await self.loras.add(name, model, upload, lora_caller(key), visibility)
 
     async def lora_replaced(

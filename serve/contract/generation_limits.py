@@ -113,6 +113,14 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("output_compression",),
+        "is only accepted with output_format",
+        "`output_compression` is the quality of a lossy encoding: it needs `output_format` jpeg or webp",
+        BEYOND_FOUR_CONDITIONS,
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("candidates",),
         "are drawn from text only",
         "`candidates` above 1 are drawn from text only: no input `image`, no `approximate_cache`",

@@ -127,12 +127,12 @@ MAX_OUTPUT_PIXELS = 4096 * 4096
 """The most pixels an upscale may give (a 1024x1024 image at x4); over it is a 400 naming ``scale``."""
 
 
-def output_size(width: int, height: int, scale: float, field: str = "scale") -> tuple[int, int]:
-    """The size ``scale`` makes of ``width`` x ``height``; a 400 naming ``field`` over :data:`MAX_OUTPUT_PIXELS`."""
+def output_size(width: int, height: int, scale: float, field: str = "scale", why: str = "") -> tuple[int, int]:
+    """The size ``scale`` makes of ``width`` x ``height``; a 400 naming ``field`` (and ``why``) past the bound."""
     size = (round(width * scale), round(height * scale))
     if size[0] * size[1] > MAX_OUTPUT_PIXELS:
         raise InvalidInput(
-            f"{field}: {width}x{height} at x{scale:g} is {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels "
+            f"{field}: {width}x{height} at x{scale:g}{why} is {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels "
             f"({MAX_OUTPUT_PIXELS / 1e6:.1f} megapixels)",
             field,
         )
@@ -140,18 +140,8 @@ def output_size(width: int, height: int, scale: float, field: str = "scale") -> 
 
 
 def engine_size(width: int, height: int, engine_scale: int, field: str) -> tuple[int, int]:
-    """The size an engine of ``engine_scale`` makes of ``width`` x ``height``: what it runs, whatever the scale asked.
-
-    A 400 naming ``field`` over :data:`MAX_OUTPUT_PIXELS`.
-    """
-    size = (width * engine_scale, height * engine_scale)
-    if size[0] * size[1] > MAX_OUTPUT_PIXELS:
-        raise InvalidInput(
-            f"{field}: {width}x{height} runs through the upscaler's engine at its own x{engine_scale} (a lower scale "
-            f"is resized down after): {size[0]}x{size[1]}, over {MAX_OUTPUT_PIXELS} pixels",
-            field,
-        )
-    return size
+    """The size an engine of ``engine_scale`` makes: what it runs, whatever the scale asked (:func:`output_size`)."""
+    return output_size(width, height, engine_scale, field, " (the engine's own scale; a lower one is resized after)")
 
 
 async def upscale_pixels(pixels: np.ndarray, entry: UpscalerEntry, scale: float, runner: EngineRunner) -> np.ndarray:

@@ -112,6 +112,14 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "put",
         _EXPERIMENT,
+        ("reward",),
+        "is not a score this stack gives",
+        "a reward other than feedback is a score the stack's scorer gives (`easel up --scorer`)",
+        _SCORER,
+    ),
+    UnstatedLimit(
+        "put",
+        _EXPERIMENT,
         ("name",),
         "is a served model",
         "the name is not a served model's (an experiment may not shadow one)",

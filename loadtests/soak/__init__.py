@@ -13,8 +13,10 @@ What must hold, each a check in the report (pass, fail, or not judged when the r
 - every job submitted ends in a final state, none lost; a sample of succeeded jobs' images equal their solo run's;
 - every failed request is a 503/429 with ``Retry-After`` (gRPC: ``UNAVAILABLE``/``RESOURCE_EXHAUSTED``): never a
   500, a bare connection error or a request without an answer within the client's timeout;
+- availability, served / asked with 429 refusals apart (judged against ``--availability-target`` when given);
 - the stack is ready again (``/readyz`` 200 and a generation answered) within 20 s of each fault;
-- memory flat: each process's RSS grows less than 1 MiB/min after the warm-up; file descriptors and threads less
+- memory flat: each process's RSS grows less than 1 MiB/min after the warm-up (a long run's: over its last 40
+  minutes); file descriptors and threads less
   than 0.5/min (judged for processes sampled over at least :data:`~loadtests.soak.checks.MIN_TREND_S`);
 - ``easel soak`` only: no process of the stack alive 5 s after it stopped (by its mark and by parentage).
 
@@ -47,6 +49,8 @@ def run(
     clients: int = 4,
     fault_every_s: float = 90.0,
     store: str = "sqlite",
+    think_s: float = 0.0,
+    availability_target: float | None = None,
     **options,
 ) -> tuple[bool, str]:
     """``easel soak``: a scratch stack soaked, then stopped and checked; JSON to ``out``; (passed, the tables).
@@ -81,6 +85,8 @@ def run(
                 faults=tuple(faults),
                 store_disk=store_disk,
                 redis=redis,
+                think_s=think_s,
+                availability_target=availability_target,
             )
             report = soak.run()
         left = left_after_stop(list(soak.samples.processes.values()), stack.stack_id)  # its store still up

@@ -15,6 +15,11 @@ COUNT_SLOPE_PER_MIN = 0.5  # file descriptors, threads
 MIN_TREND_S = 300.0
 """A process's trend is judged only over at least this many seconds after the warm-up."""
 WARMUP_S = 300.0
+FLAT_OVER_S = 2400.0
+"""A long run's memory is judged over its last 40 minutes (the warm-up grows to what comes before them)."""
+REFUSED = ("429", "RESOURCE_EXHAUSTED")
+"""A caller refused for its rate or a full queue: shaped, and apart from availability (the service answered)."""
+SERVED = ("200", "202", "OK")
 """A process's warm-up (at most a quarter of the run). A Gateway replica's RSS converges over its first ~5 minutes
 (measured in three 18-20 minute soaks: 503 -> 519 MiB by 5 minutes, then within +-3 MiB); judged from 2 minutes on,
 that convergence read as 1.4-1.6 MiB/min of growth."""
@@ -84,6 +89,32 @@ def windows(
             }
         )
     return rows
+
+
+def availability(outcomes: list[Outcome]) -> dict:
+    """Served / asked, refusals of the caller (429, ``RESOURCE_EXHAUSTED``) apart; a 503 counts as not served."""
+    refused = sum(o.status in REFUSED for o in outcomes)
+    served = sum(o.status in SERVED for o in outcomes)
+    asked = len(outcomes) - refused
+    return {
+        "asked": asked,
+        "served": served,
+        "refused_apart": refused,
+        "not_served": asked - served,
+        "availability": round(served / asked, 5) if asked else None,
+    }
+
+
+def availability_check(figures: dict, target: float | None) -> Check:
+    """Availability at least ``target`` (not judged without one: a schedule denser than the hour's is no measure)."""
+    name = f"availability >= {target:.1%} (served / asked, 429 refusals apart)" if target else "availability"
+    detail = (
+        f"{figures['served']} served of {figures['asked']} asked ({figures['refused_apart']} refused 429 apart): "
+        f"{figures['availability']}"
+    )
+    if target is None or figures["availability"] is None:
+        return Check(name, None, f"not judged: {detail}")
+    return Check(name, figures["availability"] >= target, detail)
 
 
 def trend_check(name: str, rows: list[dict], key: str, limit: float) -> Check:

@@ -47,8 +47,11 @@ def shaped(response: httpx.Response) -> bool:
 class Load(Clients):
     """``clients`` threads sending the mixed load until stopped; every answer and every job submitted recorded."""
 
-    def __init__(self, stack: Stack, clients: int, seed: int, hang_s: float, started: float) -> None:
+    def __init__(
+        self, stack: Stack, clients: int, seed: int, hang_s: float, started: float, think_s: float = 0.0
+    ) -> None:
         super().__init__(clients, hang_s)
+        self.think_s = think_s  # a client's mean pause between requests (exponential), as a user's
         self.api_url, self.grpc_address = stack.info.api_url, stack.info.grpc_address
         self.seed, self.started = seed, started
         self.icon = sample_icon()
@@ -72,7 +75,7 @@ class Load(Clients):
             grpc.insecure_channel(self.grpc_address) as channel,
         ):
             stub = easel_pb2_grpc.EaselStub(channel)
-            while not self._stop.is_set():
+            while not self._stop.wait(rng.expovariate(1 / self.think_s) if self.think_s else 0):
                 kind = rng.choices(LOAD_KINDS, weights=(4, 2, 2, 1))[0]
                 began = time.monotonic()
                 try:

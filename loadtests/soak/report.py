@@ -15,6 +15,7 @@ def format_report(report: dict) -> str:
         [
             f"soak: {report['minutes']} min, seed {report['seed']}, {report['clients']} clients, jobs {report['jobs']}",
             f"requests by kind and status:\n{requests}",
+            f"availability: {report['availability']}",
             _faults_table(report["faults"]),
             _windows_table(report["windows"]),
             trends or "trends: no process sampled long enough after the warm-up",

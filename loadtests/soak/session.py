@@ -15,10 +15,13 @@ import httpx
 from loadtests.chaos import SMALL
 from loadtests.soak.checks import (
     COUNT_SLOPE_PER_MIN,
+    FLAT_OVER_S,
     READY_WITHIN_S,
     RSS_SLOPE_MIB_PER_MIN,
     WARMUP_S,
     Check,
+    availability,
+    availability_check,
     trend_check,
     trends,
     windows,
@@ -48,15 +51,21 @@ class Soak:
         faults: tuple[str, ...] = PROCESS_FAULTS,
         store_disk: Path | None = None,
         redis: ManagedProcess | None = None,
+        think_s: float = 0.0,
+        availability_target: float | None = None,
     ) -> None:
         """The soak of a started stack; ``faults``: the kinds to play.
+
+        ``think_s``: each client's mean pause between requests (a user's; 0: back to back). ``availability_target``:
+        the availability judged (None: reported only).
 
         ``disk`` needs ``store_disk`` (the SQLite store's own small filesystem), ``redis`` the store's Redis server
         (``redis``), ``gcs`` a stack that keeps its GCS.
         """
         self.stack, self.duration_s, self.seed, self.clients = stack, minutes * 60, seed, clients
         self.fault_every_s, self.sample_s, self.compare, self.hang_s = fault_every_s, sample_s, compare, hang_s
-        self.warmup_s = min(WARMUP_S, self.duration_s / 4)
+        self.warmup_s = max(min(WARMUP_S, self.duration_s / 4), self.duration_s - FLAT_OVER_S)
+        self.think_s, self.availability_target = think_s, availability_target
         self.store_disk, self.redis = store_disk, redis
         self.faults = schedule(seed, self.duration_s, fault_every_s, faults)
         self.samples = Samples(stack.stack_id, sample_s)
@@ -66,7 +75,7 @@ class Soak:
         """The whole soak; the report (JSON-ready) with its checks."""
         started = time.monotonic()
         self.samples.start(started)
-        with Load(self.stack, self.clients, self.seed, self.hang_s, started) as load:
+        with Load(self.stack, self.clients, self.seed, self.hang_s, started, self.think_s) as load:
             for fault in self.faults:
                 time.sleep(max(0.0, fault.at_s - (time.monotonic() - started)))
                 play(fault, self.stack, self.rng, self.store_disk, self.redis)
@@ -111,6 +120,7 @@ class Soak:
         lost = statuses.pop("lost", 0)
         unfinished = sum(n for status, n in statuses.items() if status in ("queued", "running"))
         rows = trends(list(self.samples.series.values()), self.warmup_s)
+        figures = availability(outcomes)
         late = [f for f in self.faults if f.ready_again_s is None or f.ready_again_s > READY_WITHIN_S]
         checks = [
             Check(
@@ -129,6 +139,7 @@ class Soak:
                 f"{len(outcomes)} requests, {sum(failed.values())} failed {dict(sorted(failed.items()))}, "
                 f"unshaped {len(unshaped)}: {[asdict(o) for o in unshaped[:5]]}; event streams {dict(load.streams)}",
             ),
+            availability_check(figures, self.availability_target),
             Check(
                 f"ready again within {READY_WITHIN_S:.0f} s of each fault",
                 not late,
@@ -142,9 +153,12 @@ class Soak:
             "minutes": round(elapsed_s / 60, 2),
             "seed": self.seed,
             "clients": self.clients,
+            "think_s": self.think_s,
+            "fault_every_s": self.fault_every_s,
             "cpus": os.cpu_count(),
             "warmup_s": self.warmup_s,
             "faults": [asdict(f) for f in self.faults],
+            "availability": figures,
             "requests": {kind: dict(sorted(c.items())) for kind, c in sorted(by_kind.items())},
             "windows": windows(outcomes, elapsed_s, load=self.samples.load),
             "jobs": {"submitted": len(jobs), **dict(sorted(statuses.items())), "lost": lost, "compared": compared},

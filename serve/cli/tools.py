@@ -65,7 +65,22 @@ def chaos(clients: int, window_s: float, memory_budget_bytes: int | None, out: P
     "--minutes", default=20.0, show_default=True, type=click.FloatRange(min=1.0), help="How long the load runs."
 )
 @click.option("--seed", default=0, show_default=True, help="Seeds the load and the fault schedule.")
-@click.option("--clients", default=4, show_default=True, type=click.IntRange(1, 64), help="Concurrent clients.")
+@click.option(
+    "--clients", default=4, show_default=True, type=click.IntRange(1, 128), help="Concurrent clients (users)."
+)
+@click.option(
+    "--think",
+    "think_s",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(min=0.0),
+    help="Each client's mean pause between requests in seconds, as a user's (0: back to back).",
+)
+@click.option(
+    "--availability-target",
+    type=click.FloatRange(0.0, 1.0),
+    help="Judge availability (served / asked, 429 refusals apart) against this, e.g. 0.995; else reported only.",
+)
 @click.option(
     "--fault-every",
     "fault_every_s",
@@ -87,6 +102,8 @@ def soak(
     minutes: float,
     seed: int,
     clients: int,
+    think_s: float,
+    availability_target: float | None,
     fault_every_s: float,
     store: str,
     memory_budget_bytes: int | None,
@@ -100,6 +117,8 @@ def soak(
         minutes,
         seed=seed,
         clients=clients,
+        think_s=think_s,
+        availability_target=availability_target,
         fault_every_s=fault_every_s,
         store=store,
         memory_budget_bytes=memory_budget_bytes,

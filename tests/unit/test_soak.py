@@ -7,7 +7,16 @@ import time
 import httpx
 import pytest
 
-from loadtests.soak.checks import MIN_TREND_S, passed, slope_per_min, trend_check, trends, windows
+from loadtests.soak.checks import (
+    MIN_TREND_S,
+    availability,
+    availability_check,
+    passed,
+    slope_per_min,
+    trend_check,
+    trends,
+    windows,
+)
 from loadtests.soak.faults import FAULTS, PROCESS_FAULTS, fill, schedule
 from loadtests.soak.load import Outcome, shaped
 from loadtests.soak.report import format_report, plot
@@ -126,6 +135,7 @@ def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_
         "clients": 4,
         "jobs": {"submitted": 2, "succeeded": 2, "lost": 0, "compared": 1},
         "requests": {"generate": {"200": 10, "503": 1}},
+        "availability": {"asked": 11, "served": 10, "refused_apart": 0, "not_served": 1, "availability": 0.90909},
         "faults": [{"at_s": 35.0, "kind": "triton", "target": "tritonserver", "lasted_s": 0.0, "ready_again_s": 4.2}],
         "windows": [
             {
@@ -159,3 +169,13 @@ def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_
     report["checks"].append({"name": "ready again within 20 s", "passed": False, "detail": "triton None s"})
     assert not passed(report) and "FAIL" in format_report(report)
     assert plot(report, tmp_path / "soak.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_availability_is_served_over_asked_with_the_caller_s_refusals_apart():
+    statuses = ["200"] * 990 + ["202"] * 5 + ["OK"] * 2 + ["503"] * 3 + ["429"] * 40 + ["RESOURCE_EXHAUSTED"] * 10
+    figures = availability([Outcome(float(i), "generate", s, True, 0.1) for i, s in enumerate(statuses)])
+    assert figures == {"asked": 1000, "served": 997, "refused_apart": 50, "not_served": 3, "availability": 0.997}
+    assert availability_check(figures, 0.995).passed is True
+    assert availability_check(figures, 0.998).passed is False
+    assert availability_check(figures, None).passed is None  # reported, not judged
+    assert availability([])["availability"] is None

@@ -19,7 +19,7 @@ from serve.experiments.policy import (
     Policy,
     Posterior,
 )
-from serve.experiments.preferences import Preference
+from serve.experiments.preferences import EXPERIMENT, Preference, kept_by
 from serve.experiments.store import Served
 
 SPLIT = Experiment("logo-v", ExperimentSpec(variants={"v1": 0.9, "v2": 0.1}))
@@ -175,6 +175,12 @@ def _served_to(store, user: str, owner: str | None, rewards: dict[str, list[floa
             assert store.rate(item_id, reward).counted
 
 
+def _of_experiments(store, user: str) -> list[Preference]:
+    """``user``'s records of experiments (their tastes left out), by key and variant."""
+    found = [p for p in store.preferences(user) if kept_by(p.experiment) == EXPERIMENT]
+    return sorted(found, key=lambda p: (p.owner or "", p.experiment, p.variant))
+
+
 def test_a_rating_of_what_a_user_was_served_joins_that_user_s_record_under_its_key_only(store):
     store.define(BANDIT)
     _served_to(store, "ann", "key1", {"sd": [1.0, 0.5], "lcm": [0.0]})
@@ -185,7 +191,7 @@ def test_a_rating_of_what_a_user_was_served_joins_that_user_s_record_under_its_k
     assert store.user_evidence(BANDIT, "key2", "ann") == {"sdxl": Evidence(1.0, 0.0, 1)}
     assert store.user_evidence(BANDIT, None, "ann") == {"sd": Evidence(0.25, 0.75, 1)}
     assert store.user_evidence(BANDIT, "key3", "ann") == {} and store.user_evidence(BANDIT, "key1", "cy") == {}
-    assert sorted(store.preferences("ann"), key=lambda p: (p.owner or "", p.variant)) == [
+    assert _of_experiments(store, "ann") == [
         Preference(None, "ann", "art", "sd", Evidence(0.25, 0.75, 1)),
         Preference("key1", "ann", "art", "lcm", Evidence(0.0, 1.0, 1)),
         Preference("key1", "ann", "art", "sd", Evidence(1.5, 0.5, 2)),
@@ -212,11 +218,14 @@ def test_forgetting_a_user_deletes_that_key_s_records_only_and_keeps_the_pooled_
     pooled = store.evidence("art")
     other = store_factory()  # a second connection (another replica) sees the records and forgets them
     try:
-        assert other.forget("ann", "key1") == 3 and other.forget("ann", "key1") == 0
+        assert other.forget("ann", "key1") == 3 + 3 and other.forget("ann", "key1") == 0  # and 3 models' tastes
     finally:
         other.close()
     assert store.user_evidence(BANDIT, "key1", "ann") == {} and store.user_evidence(SPLIT, "key1", "ann") == {}
-    assert store.preferences("ann") == [Preference("key2", "ann", "art", "sd", Evidence(1.0, 0.0, 1))]
+    assert set(store.preferences("ann")) == {
+        Preference("key2", "ann", "art", "sd", Evidence(1.0, 0.0, 1)),
+        Preference("key2", "ann", "@model", "sd", Evidence(1.0, 0.0, 1)),
+    }
     assert store.evidence("art") == pooled
     _served_to(store, "ann", "key1", {"sd": [0.5]})  # a later rating starts a new record
     assert store.user_evidence(BANDIT, "key1", "ann") == {"sd": Evidence(0.5, 0.5, 1)}
@@ -228,7 +237,38 @@ def test_users_records_go_with_the_variants_an_experiment_drops_and_with_the_exp
     _served_to(store, "ann", "key1", {"sd": [1.0], "lcm": [0.0]})
     store.define(Experiment("art", ExperimentSpec(policy=Policy.BANDIT, variants=["sd", "sdxl"])))  # lcm dropped
     assert store.user_evidence(store.get("art"), "key1", "ann") == {"sd": Evidence(1.0, 0.0, 1)}
-    assert [p.variant for p in store.preferences("ann")] == ["sd"]
+    assert [p.variant for p in _of_experiments(store, "ann")] == ["sd"]
     store.delete("art")
     store.define(BANDIT)
-    assert store.user_evidence(BANDIT, "key1", "ann") == {} and store.preferences("ann") == []
+    assert store.user_evidence(BANDIT, "key1", "ann") == {} and _of_experiments(store, "ann") == []
+    assert {p.variant for p in store.preferences("ann")} == {"sd", "lcm"}  # what the user likes of models stays
+
+
+def test_every_rating_of_what_a_user_was_served_joins_their_records_of_its_model_loras_and_sampler(store):
+    """Experiment or not: the model, each LoRA and the sampler that made it, per key; forgetting takes them."""
+    store.define(BANDIT)
+    made = {"img_1": ("sd", None, ("ink", "paper"), "ddim", 1.0), "img_2": ("sdxl", None, ("ink",), "euler", 0.0)}
+    made |= {"img_3": ("sd", "art", (), "ddim", 0.5), "img_4": ("sd", None, ("ink",), "ddim", 1.0)}
+    for item_id, (model, experiment, loras, sampler, _) in made.items():
+        owner = "key2" if item_id == "img_4" else "key1"
+        store.record([item_id], Served(model, experiment, owner, user="ann", loras=loras, sampler=sampler))
+    store.record(["img_5"], Served("sd", None, "key1", loras=("ink",), sampler="ddim"))  # no user: no record
+    assert store.served("img_1").loras == ("ink", "paper") and store.served("img_1").sampler == "ddim"
+    for item_id, (*_, reward) in made.items():
+        store.rate(item_id, reward)
+    store.rate("img_5", 0.0)
+    found = {(p.owner, p.experiment, p.variant): p.evidence for p in store.preferences("ann")}
+    assert found == {
+        ("key1", "art", "sd"): Evidence(0.5, 0.5, 1),
+        ("key1", "@model", "sd"): Evidence(1.5, 0.5, 2),
+        ("key1", "@model", "sdxl"): Evidence(0.0, 1.0, 1),
+        ("key1", "@lora", "ink"): Evidence(1.0, 1.0, 2),
+        ("key1", "@lora", "paper"): Evidence(1.0, 0.0, 1),
+        ("key1", "@sampler", "ddim"): Evidence(1.5, 0.5, 2),
+        ("key1", "@sampler", "euler"): Evidence(0.0, 1.0, 1),
+        ("key2", "@model", "sd"): Evidence(1.0, 0.0, 1),  # another key's ann: another user
+        ("key2", "@lora", "ink"): Evidence(1.0, 0.0, 1),
+        ("key2", "@sampler", "ddim"): Evidence(1.0, 0.0, 1),
+    }
+    assert store.forget("ann", "key1") == 7
+    assert {p.owner for p in store.preferences("ann")} == {"key2"}

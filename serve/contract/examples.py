@@ -95,12 +95,22 @@ PREFERENCES = {
     "object": "user.preferences",
     "user": "ann",
     "owner": "4f1c9a2b7d3e",
+    "by": "experiment",
     "experiment": "art",
     "preferred": "sd-v2",
     "variants": {
         "sd-v1": {"alpha": 1.0, "beta": 3.0, "mean": 0.25, "feedback": 2},
         "sd-v2": {"alpha": 5.0, "beta": 1.0, "mean": 0.833, "feedback": 4},
     },
+}
+TASTE = {
+    "object": "user.preferences",
+    "user": "ann",
+    "owner": "4f1c9a2b7d3e",
+    "by": "lora",
+    "experiment": None,
+    "preferred": "ink-wash",
+    "variants": {"ink-wash": {"alpha": 4.0, "beta": 1.0, "mean": 0.8, "feedback": 3}},
 }
 VERSION = {"version": 1, "current": True, "triton_model": "vectorize", "trained_dir": "build_engines/vectorize/trained"}
 VECTORIZE_PARAMETERS = {"colormode": "color", "mode": "polygon", "filter_speckle": 4, "path_precision": 1}
@@ -364,7 +374,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     },
     ("get", "/v1/users/{user}/preferences"): {
         "request": "GET /v1/users/ann/preferences",
-        "answer": {"object": "list", "user": "ann", "data": [PREFERENCES]},
+        "answer": {"object": "list", "user": "ann", "data": [PREFERENCES, TASTE]},
     },
     ("delete", "/v1/users/{user}/preferences"): {
         "request": "DELETE /v1/users/ann/preferences",

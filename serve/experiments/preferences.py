@@ -9,6 +9,10 @@ An experiment in ``mode: personal`` draws a user's variant by Thompson sampling 
 evidence over a prior that is the pooled posterior, its weight capped at :data:`PERSONAL_PRIOR_STRENGTH`
 pseudo-observations (:func:`personal`), so a new user is served as the population is, and a few of their own
 ratings outweigh everyone else's.
+
+Every rating of what was served to a user, through an experiment or not, also adds to that user's record of what
+made it (:data:`TASTES`): the model, each style LoRA and the sampler, so what a user likes is known beyond any one
+experiment.
 """
 
 from __future__ import annotations
@@ -18,19 +22,45 @@ from dataclasses import dataclass
 
 from serve.experiments.policy import PRIOR, Evidence, Posterior
 
+TASTES = ("model", "lora", "sampler")
+"""What made an image, that a user's ratings are kept by: a record each, stored as if of an experiment named
+``@model``, ``@lora``, ``@sampler`` (:func:`taste_record`; no experiment's name starts with ``@``)."""
+EXPERIMENT = "experiment"
+"""A record of an experiment's variants (``by`` of :func:`preferences_to_api`'s entries; else one of TASTES)."""
+
 PERSONAL_PRIOR_STRENGTH = 10.0
 """The most pseudo-observations the pooled posterior weighs as a user's prior (its mean kept)."""
 
 
 @dataclass(frozen=True)
 class Preference:
-    """One user's evidence of one variant of one experiment, under one key (``owner`` None: the open API's)."""
+    """One user's evidence of one variant of one record, under one key (``owner`` None: the open API's).
+
+    ``experiment``: the experiment's name, or a taste's record (:func:`taste_record`).
+    """
 
     owner: str | None
     user: str
     experiment: str
     variant: str
     evidence: Evidence
+
+
+def kept_by(record: str) -> str:
+    """What a record (an experiment's name, or a taste's: :func:`taste_record`) is kept by: an experiment or a taste."""
+    return record[1:] if record.startswith("@") else EXPERIMENT
+
+
+def taste_record(taste: str) -> str:
+    """The record a taste of :data:`TASTES` is stored under, in the place of an experiment's name."""
+    return f"@{taste}"
+
+
+def tastes_of(model: str, loras: Iterable[str], sampler: str | None) -> list[tuple[str, str]]:
+    """The (record, variant) pairs a rating of an image made so adds to: its model, each LoRA, its sampler."""
+    made = [("model", model), *(("lora", name) for name in sorted(set(loras)))]
+    made += [("sampler", sampler)] if sampler else []
+    return [(taste_record(taste), variant) for taste, variant in made]
 
 
 def personal(pooled: Posterior, own: Evidence, strength: float = PERSONAL_PRIOR_STRENGTH) -> Posterior:
@@ -56,9 +86,10 @@ def personal_posteriors(
 
 
 def preferences_to_api(user: str, found: Iterable[Preference]) -> dict:
-    """``GET /v1/users/{user}/preferences``: per key and experiment, each variant's posterior from the user's evidence.
+    """``GET /v1/users/{user}/preferences``: per key and record, each variant's posterior from the user's evidence.
 
-    ``preferred``: the variant whose posterior mean is highest (what the user's ratings favour so far).
+    A record is an experiment's (``by``: ``experiment``) or a taste's (``by``: ``model``, ``lora``, ``sampler``;
+    ``experiment`` null). ``preferred``: the variant whose posterior mean is highest (what the ratings favour so far).
     """
     grouped: dict[tuple[str | None, str], dict[str, Posterior]] = {}
     for preference in found:
@@ -70,7 +101,8 @@ def preferences_to_api(user: str, found: Iterable[Preference]) -> dict:
             "object": "user.preferences",
             "user": user,
             "owner": owner,
-            "experiment": experiment,
+            "by": kept_by(experiment),
+            "experiment": experiment if kept_by(experiment) == EXPERIMENT else None,
             "preferred": max(sorted(variants), key=lambda variant: variants[variant].mean),
             "variants": {variant: variants[variant].to_api() for variant in sorted(variants)},
         }

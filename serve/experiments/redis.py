@@ -3,12 +3,14 @@
 A rating is one optimistic transaction (WATCH the record and the definitions, MULTI the writes), so an id counts
 once even when two replicas rate it at the same moment. Users' records of an experiment are one hash beside its
 posteriors (so redefining and deleting treat both alike); a set per user names the (key, experiment) pairs they have
-records in, which reading and forgetting a user's records follow.
+records in, which reading and forgetting a user's records follow. A user's records of what made what they rated (their
+tastes) are one hash per user, over every key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
 from serve.experiments.preferences import Preference
@@ -52,6 +54,24 @@ def _user_field(variant: str, stat: str, owner: str | None, user: str) -> str:
 def _user_key(user: str) -> str:
     """A set: ``<key id>:<experiment>`` for each experiment the user has records in under that key."""
     return f"{_PREFIX}preferences:{user}"
+
+
+def _tastes_key(user: str) -> str:
+    """A hash: ``<key id>:<record>:<variant>:<stat>`` per taste the user rated (the open API's: an empty key id)."""
+    return f"{_PREFIX}tastes:{user}"
+
+
+def _tastes(fields: dict[str, str], user: str) -> list[Preference]:
+    """The records a user's tastes hash holds, by key, record and variant."""
+    stats: dict[tuple[str, str, str], dict[str, str]] = {}
+    for name, value in fields.items():
+        owner, record, rest = name.split(":", 2)
+        variant, stat = rest.rsplit(":", 1)
+        stats.setdefault((owner, record, variant), {})[stat] = value
+    return [
+        Preference(owner or None, user, record, variant, _evidence([found.get(stat) for stat in _STATS]))
+        for (owner, record, variant), found in sorted(stats.items())
+    ]
 
 
 def _evidence(values: list[str | None]) -> Evidence | None:
@@ -118,6 +138,8 @@ class RedisExperimentStore(ExperimentStore):
         fields |= {"experiment": served.experiment} if served.experiment else {}
         fields |= {"owner": served.owner} if served.owner else {}
         fields |= {"user": served.user} if served.user is not None else {}
+        fields |= {"loras": json.dumps(served.loras)} if served.loras else {}
+        fields |= {"sampler": served.sampler} if served.sampler else {}
         with self.redis.pipeline() as pipe:
             for item_id in item_ids:
                 pipe.hset(_served_key(item_id), mapping=fields).expire(_served_key(item_id), int(self.retention_s))
@@ -139,6 +161,8 @@ class RedisExperimentStore(ExperimentStore):
             None if reward is None else float(reward),
             measured=fields.get("measured") == "1",
             user=fields.get("user"),
+            loras=tuple(json.loads(fields["loras"])) if "loras" in fields else (),
+            sampler=fields.get("sampler"),
         )
 
     def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
@@ -154,9 +178,15 @@ class RedisExperimentStore(ExperimentStore):
             counts = spec is not None and served.model in ExperimentSpec.model_validate_json(spec).models
             pipe.multi()
             pipe.hset(key, mapping={"reward": repr(reward), "measured": "1" if measured else "0"})
+            variant, owner = served.model, served.owner
+            successes, failures, observations = evidence_change(reward, replaced)
+            for record, made_by in served.tastes():
+                field = f"{owner or ''}:{record}:{made_by}"
+                pipe.hincrbyfloat(_tastes_key(served.user), f"{field}:successes", successes)
+                pipe.hincrbyfloat(_tastes_key(served.user), f"{field}:failures", failures)
+                pipe.hincrby(_tastes_key(served.user), f"{field}:feedback", observations)
             if counts:
-                posterior, variant, owner = _posterior_key(served.experiment), served.model, served.owner
-                successes, failures, observations = evidence_change(reward, replaced)
+                posterior = _posterior_key(served.experiment)
                 pipe.hincrbyfloat(posterior, _field(variant, owner, "successes"), successes)
                 pipe.hincrbyfloat(posterior, _field(variant, owner, "failures"), failures)
                 pipe.hincrby(posterior, _field(variant, owner, "feedback"), observations)
@@ -202,7 +232,7 @@ class RedisExperimentStore(ExperimentStore):
             for owner, experiment in self._pairs(self.redis, user)
             for variant, found in self._user_evidence(self.redis, experiment.name, experiment.spec.models, owner, user)
             if found is not None
-        ]
+        ] + _tastes(self.redis.hgetall(_tastes_key(user)), user)
 
     def forget(self, user: str, owner: str | None) -> int:
         """See :meth:`ExperimentStore.forget`: one transaction, watching the user's set."""
@@ -215,14 +245,17 @@ class RedisExperimentStore(ExperimentStore):
                 for name, kept in models.items()
             ]
             members = [member for member in pipe.smembers(_user_key(user)) if member.split(":", 1)[0] == (owner or "")]
+            tastes = [f for f in pipe.hkeys(_tastes_key(user)) if f.split(":", 1)[0] == (owner or "")]
             pipe.multi()
+            if tastes:
+                pipe.hdel(_tastes_key(user), *tastes)
             for name, kept in models.items():
                 pipe.hdel(_preferences_key(name), *(_user_field(m, stat, owner, user) for m in kept for stat in _STATS))
             if members:
                 pipe.srem(_user_key(user), *members)
-            return sum(found)
+            return sum(found) + len(tastes) // len(_STATS)
 
-        return self.redis.transaction(change, _user_key(user), value_from_callable=True)
+        return self.redis.transaction(change, _user_key(user), _tastes_key(user), value_from_callable=True)
 
     def close(self) -> None:
         """See :meth:`ExperimentStore.close`."""

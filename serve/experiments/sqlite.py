@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from serve.experiments.policy import Evidence, Experiment, ExperimentSpec
 from serve.experiments.preferences import Preference
@@ -15,7 +16,7 @@ CREATE TABLE IF NOT EXISTS experiment_evidence (experiment TEXT NOT NULL, varian
     successes REAL NOT NULL, failures REAL NOT NULL, feedback INTEGER NOT NULL,
     PRIMARY KEY (experiment, variant, owner));
 CREATE TABLE IF NOT EXISTS served (id TEXT PRIMARY KEY, model TEXT NOT NULL, experiment TEXT, owner TEXT,
-    created_at REAL NOT NULL, reward REAL, measured INTEGER NOT NULL DEFAULT 0);
+    created_at REAL NOT NULL, reward REAL, measured INTEGER NOT NULL DEFAULT 0, user TEXT, loras TEXT, sampler TEXT);
 CREATE INDEX IF NOT EXISTS served_created ON served (created_at);
 CREATE INDEX IF NOT EXISTS served_by_key ON served (experiment, owner);
 CREATE TABLE IF NOT EXISTS preferences (experiment TEXT NOT NULL, variant TEXT NOT NULL, owner TEXT NOT NULL,
@@ -50,8 +51,9 @@ class SqliteExperimentStore(ExperimentStore):
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(served)")}
         if "measured" not in columns:  # an older store's
             self.db.execute("ALTER TABLE served ADD COLUMN measured INTEGER NOT NULL DEFAULT 0")
-        if "user" not in columns:
-            self.db.execute("ALTER TABLE served ADD COLUMN user TEXT")
+        for column in ("user", "loras", "sampler"):
+            if column not in columns:
+                self.db.execute(f"ALTER TABLE served ADD COLUMN {column} TEXT")
 
     @serialized
     def define(self, experiment: Experiment) -> None:
@@ -106,14 +108,16 @@ class SqliteExperimentStore(ExperimentStore):
     @serialized
     def _record(self, item_ids: list[str], served: Served) -> None:
         """See :meth:`ExperimentStore.record`; records past retention go in the same transaction."""
+        loras = json.dumps(served.loras) if served.loras else None
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM served WHERE created_at < ?", (served.created_at - self.retention_s,))
             self.db.executemany(
-                "INSERT OR REPLACE INTO served (id, model, experiment, owner, created_at, user) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO served (id, model, experiment, owner, created_at, user, loras, sampler) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
-                    (item_id, served.model, served.experiment, served.owner, served.created_at, served.user)
+                    (item_id, served.model, served.experiment, served.owner, served.created_at, served.user, loras)
+                    + (served.sampler,)
                     for item_id in item_ids
                 ],
             )
@@ -125,11 +129,14 @@ class SqliteExperimentStore(ExperimentStore):
 
     def _served(self, item_id: str) -> Served | None:
         row = self.db.execute(
-            "SELECT model, experiment, owner, created_at, reward, measured, user FROM served "
+            "SELECT model, experiment, owner, created_at, reward, measured, user, loras, sampler FROM served "
             "WHERE id = ? AND created_at >= ?",
             (item_id, self.clock() - self.retention_s),
         ).fetchone()
-        return None if row is None else Served(*row[:5], measured=bool(row[5]), user=row[6])
+        if row is None:
+            return None
+        loras = tuple(json.loads(row["loras"])) if row["loras"] else ()
+        return Served(*row[:5], measured=bool(row[5]), user=row[6], loras=loras, sampler=row[8])
 
     @serialized
     def rate(self, item_id: str, reward: float, measured: bool = False) -> Served | None:
@@ -151,12 +158,12 @@ class SqliteExperimentStore(ExperimentStore):
                     f"VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner) {_ADDED}",
                     (*rater, *change),
                 )
-            if counted and served.user is not None:
-                self.db.execute(
-                    "INSERT INTO preferences (experiment, variant, owner, user, successes, failures, feedback) "
-                    f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner, user) {_ADDED}",
-                    (*rater, served.user, *change),
-                )
+            mine = [(served.experiment, served.model)] if counted and served.user is not None else []
+            self.db.executemany(  # the user's records: of the experiment's variant, and of what made it
+                "INSERT INTO preferences (experiment, variant, owner, user, successes, failures, feedback) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (experiment, variant, owner, user) {_ADDED}",
+                [(*record, rater[2], served.user, *change) for record in mine + served.tastes()],
+            )
         return dataclasses.replace(served, reward=reward, counted=counted, measured=measured)
 
     @serialized

@@ -6,8 +6,8 @@ replica (and, with Redis, every node) reads the same definitions and posteriors,
 marks its id rated and adds to its key's evidence of its variant in one transaction, so an id counts once (feedback
 may replace a measured reward: :meth:`ExperimentStore.rate`); a
 variant's posterior pools its keys' evidence, each within its share (:func:`~serve.experiments.policy.pooled`).
-A rating of what was served to a ``user`` adds to that user's record too, in the same transaction
-(:mod:`serve.experiments.preferences`).
+A rating of what was served to a ``user`` adds to that user's records too, in the same transaction: of the experiment
+that served it, and of what made it (model, LoRAs, sampler: :mod:`serve.experiments.preferences`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from serve.errors import Conflict
 from serve.experiments.policy import Evidence, Experiment, Posterior, pooled
-from serve.experiments.preferences import Preference
+from serve.experiments.preferences import Preference, tastes_of
 
 SERVED_RETENTION_S = 30 * 24 * 3600.0
 """How long what served an image (or job) is kept, so feedback can name it."""
@@ -38,6 +38,12 @@ class Served:
     counted: bool = False  # its feedback went to a posterior (a variant its experiment has), within its key's share
     measured: bool = False  # its reward is a measurement (an experiment's score), which feedback may replace once
     user: str | None = None  # the end user it was served to (the request's ``user``), whose record its rating joins
+    loras: tuple[str, ...] = ()  # the LoRAs that made it, and its sampler: the user's tastes a rating adds to
+    sampler: str | None = None
+
+    def tastes(self) -> list[tuple[str, str]]:
+        """The taste records (and their variants) a rating of it adds to, when it was served to a user."""
+        return tastes_of(self.model, self.loras, self.sampler) if self.user is not None else []
 
 
 def already_rated(item_id: str) -> Conflict:
@@ -112,7 +118,8 @@ class ExperimentStore(ABC):
         """Record ``reward`` for ``item_id``; add it to its key's evidence of its variant if that still counts.
 
         It counts while its experiment still has the variant (how much, is its key's share: :meth:`posteriors`);
-        what was served to a ``user`` adds the same to that user's evidence (:meth:`user_evidence`).
+        what was served to a ``user`` adds the same to that user's evidence (:meth:`user_evidence`), and to their
+        records of what made it (:meth:`Served.tastes`), experiment or not.
         Returns what served it (None: unknown id; ``counted``: whether it went to a posterior); a second rating of
         one id is a :class:`~serve.errors.Conflict`, but feedback on a ``measured`` reward (an experiment's score)
         replaces it: the measurement's evidence is taken back and the feedback's added, still one observation.
@@ -124,7 +131,7 @@ class ExperimentStore(ABC):
 
     @abstractmethod
     def preferences(self, user: str) -> list[Preference]:
-        """Every record of ``user``: under every key, of every experiment's variants they rated."""
+        """Every record of ``user``: under every key, of every experiment's variants and every taste they rated."""
 
     @abstractmethod
     def forget(self, user: str, owner: str | None) -> int:

@@ -109,9 +109,21 @@ class Experiments:
         chosen = assign(experiment, posteriors, user, self.rng)
         return Assignment(chosen, model, experiment.spec.reward, user or None)
 
-    def record(self, item_ids: Collection[str], assignment: Assignment, owner: str | None) -> None:
-        """Remember what served ``item_ids`` (images, or a job), and to which user, so feedback can name them."""
-        served = Served(assignment.model, assignment.experiment, owner, user=assignment.user)
+    def record(
+        self,
+        item_ids: Collection[str],
+        assignment: Assignment,
+        owner: str | None,
+        loras: Collection[str] = (),
+        sampler: str | None = None,
+    ) -> None:
+        """Remember what served ``item_ids`` (images, or a job), to which user and made how, so feedback can name them.
+
+        ``loras`` and ``sampler``: what made them beside the model (a user's rating adds to their records of each).
+        """
+        served = Served(
+            assignment.model, assignment.experiment, owner, user=assignment.user, loras=tuple(loras), sampler=sampler
+        )
         self.store.record(item_ids, served)
 
     def measure(self, item_ids: Collection[str], scores: Collection[dict | None], assignment: Assignment) -> None:

@@ -26,7 +26,7 @@ def serving(http: Request) -> Any:
 
 async def admit(http: Request) -> Admitted | AdmittedUpscale | AdmittedRerun | AdmittedBody:
     """The route's body read, admitted and charged to the caller's key: what the handler runs (400, 429 if not)."""
-    body = await read_body(route(http.method, http.scope["route"].path), http)
+    body = await read_body(route(http.method, http.scope["route"].path_format), http)
     return await serving(http).admission.admit(body, request_caller(http))
 
 

@@ -171,7 +171,7 @@ async def _record_metrics(request: Request, call_next):
         return response
     finally:
         route = request.scope.get("route")
-        endpoint = getattr(route, "path", "unmatched")
+        endpoint = getattr(route, "path_format", "unmatched")  # a path parameter's convertor left out
         metrics.count(metrics.HTTP_REQUESTS, endpoint=endpoint, method=request.method, status=status)
         metrics.observe(
             metrics.HTTP_LATENCY,

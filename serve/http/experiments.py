@@ -61,10 +61,12 @@ async def experiment_deleted(http: Request, name: str) -> dict:
 
 
 async def preferences(http: Request, user: User, owner: Owner = None) -> dict:
-    """What an end user's ratings taught each experiment: per key and experiment, each variant's posterior.
+    """What an end user's ratings taught: per key and record, each variant's posterior.
 
-    A key sees its own users' records (one ``user`` under two keys is two users); an admin key sees every key's, or
-    one key's (``owner``). 404 if there is nothing to show.
+    A record is an experiment's (``by: experiment``), or of what made what they rated, experiment or not: the model,
+    each LoRA, the sampler (``by: model``, ``lora``, ``sampler``). A key sees its own users' records (one ``user``
+    under two keys is two users); an admin key sees every key's, or one key's (``owner``). 404 if there is nothing to
+    show.
     """
     return await experiments(http).preferences(user, caller(http), owner)
 
@@ -83,7 +85,7 @@ ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("GET", "/v1/experiments/{name}", experiment),
     ("PUT", "/v1/experiments/{name}", experiment_defined),
     ("DELETE", "/v1/experiments/{name}", experiment_deleted),
-    ("GET", "/v1/users/{user}/preferences", preferences),
-    ("DELETE", "/v1/users/{user}/preferences", preferences_deleted),
+    ("GET", "/v1/users/{user:path}/preferences", preferences),
+    ("DELETE", "/v1/users/{user:path}/preferences", preferences_deleted),
 )
-"""(method, path, handler), in the document's order."""
+"""(method, path, handler), in the document's order; ``user`` may hold ``/`` (a request's ``user`` is any string)."""

@@ -247,7 +247,8 @@ class Generations(Streaming):
             body, headers = body | fallback.to_api(), headers | fallback.headers()
         assignment = admitted.assignment
         cached = headers.get("Easel-Cache") == "hit"
-        ids = await self._image_ids(len(body["data"]), Assignment(assignment.model) if cached else assignment, owner)
+        recorded = Assignment(assignment.model, user=assignment.user) if cached else assignment  # counts to no variant
+        ids = await self._image_ids(len(body["data"]), recorded, owner, admitted.request)
         if not cached:  # an experiment rewarded by a score: each image's rewards its variant (feedback replaces it)
             scores = [item.get("scores") for item in body["data"]]
             await asyncio.to_thread(self.experiments.measure, ids, scores, assignment)
@@ -257,10 +258,13 @@ class Generations(Streaming):
         body = await self.results.answer_body(admitted.request, admitted.model, body, owner)  # kept; a URL if asked
         return body | assignment.to_api(), headers | assignment.headers()
 
-    async def _image_ids(self, count: int, assignment: Assignment, owner: str | None) -> list[str]:
-        """Ids for ``count`` images, recorded with what served them (so feedback can name each)."""
+    async def _image_ids(
+        self, count: int, assignment: Assignment, owner: str | None, request: GenerationRequest
+    ) -> list[str]:
+        """Ids for ``count`` images, recorded with what served and made them (so feedback can name each)."""
         ids = [new_image_id() for _ in range(count)]
-        await asyncio.to_thread(self.experiments.record, ids, assignment, owner)
+        loras = [choice.name for choice in request.loras]
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner, loras, request.scheduler)
         return ids
 
     async def _answer(

@@ -96,7 +96,9 @@ class BackgroundJobs:
         stored[SUBMITTED_POLICY] = admitted.screening.policy.value  # the policy its images are moderated under
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
         if created:
-            await asyncio.to_thread(self.experiments.record, [job.id], assignment, owner and owner.key_id)
+            loras = [choice.name for choice in request.loras]
+            made = (owner and owner.key_id, loras, request.scheduler)
+            await asyncio.to_thread(self.experiments.record, [job.id], assignment, *made)
         self.runner.wake()
         return job, created
 

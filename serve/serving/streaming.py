@@ -65,7 +65,7 @@ class Streaming:
                     images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
                 else:
                     images = [{"data": image} for image in item.images]
-                ids = await self._image_ids(len(images), assignment, owner)
+                ids = await self._image_ids(len(images), assignment, owner, request)
                 marks = moderated.marks() or [None] * len(images)
                 kept = dict(zip(ids, zip([image["data"] for image in images], marks, strict=True), strict=True))
                 delivered = await self.results.delivered(request, admitted.model, item.seed, owner, kept)

@@ -126,17 +126,21 @@ def test_a_personal_bandit_keeps_each_user_s_record_which_the_preferences_routes
             reward = {"image_id": answer["data"][0]["id"], "reward": float(answer["model"] == favourite)}
             assert api.post("/v1/feedback", json=reward).status_code == 200
     for user, favourite in liked.items():  # an open API: every record is shown (owner null)
-        (record,) = api.get(f"/v1/users/{user}/preferences").json()["data"]
+        by = {record["by"]: record for record in api.get(f"/v1/users/{user}/preferences").json()["data"]}
+        assert sorted(by) == ["experiment", "model", "sampler"], by  # and what made the images (no LoRA here)
+        record = by["experiment"]
         assert (record["owner"], record["experiment"]) == (None, "mine")
+        assert by["model"]["variants"].keys() == record["variants"].keys()
         assert {model: v["feedback"] for model, v in record["variants"].items()} == {
             model: served[user].count(model) for model in set(served[user])
         }
         assert favourite not in served[user] or record["preferred"] == favourite, (record, served[user])
-    assert api.delete("/v1/users/ann/preferences").json()["deleted"] == len(set(served["ann"]))
+    assert api.delete("/v1/users/ann/preferences").json()["deleted"] == 2 * len(set(served["ann"])) + 1
     assert api.get("/v1/users/ann/preferences").status_code == 404
     assert api.get("/v1/users/bob/preferences").status_code == 200
     assert api.delete("/v1/experiments/mine").status_code == 200
-    assert api.get("/v1/users/bob/preferences").status_code == 404  # the experiment's records went with it
+    left = api.get("/v1/users/bob/preferences").json()["data"]  # the experiment's records went with it; tastes stay
+    assert sorted(record["by"] for record in left) == ["model", "sampler"]
 
 
 def test_a_job_s_variant_is_chosen_at_submission_and_its_ids_take_feedback(api, store):

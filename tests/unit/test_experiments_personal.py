@@ -41,7 +41,7 @@ def _served_and_rated(experiments: Experiments, name: str, user: str, owner: str
     """One request of ``user`` (key ``owner``) to experiment ``name``, its image rated ``reward(variant)``."""
     assignment = experiments.assign(name, user, owner)
     image = new_image_id()
-    experiments.record([image], assignment, owner)
+    experiments.record([image], assignment, owner, ["ink"], "ddim")
     experiments.rate(FeedbackRequest(image_id=image, reward=float(reward(assignment.model))), lambda _: True)
     return assignment.model
 
@@ -125,16 +125,22 @@ def test_a_key_sees_its_own_user_s_preferences_and_records_never_cross_keys(keye
     _rated(experiments, "ann", ids["bob"], 3, 0.0)  # bob's ann: another user
     alices = client.get("/v1/users/ann/preferences", headers=headers["alice"])
     assert alices.status_code == 200, alices.text
-    (record,) = alices.json()["data"]
+    by = {record["by"]: record for record in alices.json()["data"]}
+    record = by.pop("experiment")
     assert (record["owner"], record["experiment"]) == (ids["alice"], "art")
     assert sum(v["feedback"] for v in record["variants"].values()) == 4
     assert all(v["mean"] > 0.5 for v in record["variants"].values())
-    (bobs,) = client.get("/v1/users/ann/preferences", headers=headers["bob"]).json()["data"]
-    assert bobs["owner"] == ids["bob"] and all(v["mean"] < 0.5 for v in bobs["variants"].values())
+    # what made each image, experiment or not: its model, its LoRAs, its sampler
+    assert sorted(by) == ["lora", "model", "sampler"] and all(r["experiment"] is None for r in by.values())
+    assert (by["lora"]["preferred"], by["sampler"]["preferred"]) == ("ink", "ddim")
+    assert by["lora"]["variants"]["ink"]["feedback"] == by["sampler"]["variants"]["ddim"]["feedback"] == 4
+    bobs = client.get("/v1/users/ann/preferences", headers=headers["bob"]).json()["data"]
+    assert {r["owner"] for r in bobs} == {ids["bob"]}
+    assert all(v["mean"] < 0.5 for r in bobs for v in r["variants"].values())
     both = client.get("/v1/users/ann/preferences", headers=headers["admin"]).json()["data"]
-    assert sorted(r["owner"] for r in both) == sorted([ids["alice"], ids["bob"]])
+    assert {r["owner"] for r in both} == {ids["alice"], ids["bob"]} and len(both) == 8
     one = client.get("/v1/users/ann/preferences", params={"owner": ids["bob"]}, headers=headers["admin"])
-    assert [r["owner"] for r in one.json()["data"]] == [ids["bob"]]
+    assert {r["owner"] for r in one.json()["data"]} == {ids["bob"]}
 
 
 def test_a_key_cannot_read_or_delete_another_key_s_user(keyed, experiments):
@@ -179,3 +185,13 @@ def test_another_key_s_user_answers_as_an_unknown_user_on_every_door_naming_it(k
 
     theirs = answer("ann")
     assert theirs == answer(UNKNOWN[row.thing]) and theirs[:3] == (row.status, "not_found_error", row.param), theirs
+
+
+def test_a_user_whose_id_holds_a_slash_is_addressed_by_it(keyed, experiments):
+    client, ids, headers = keyed
+    _rated(experiments, "team/ann", ids["alice"], 1, 1.0)  # OpenAI's user is any string
+    shown = client.get("/v1/users/team/ann/preferences", headers=headers["alice"])
+    assert shown.status_code == 200 and shown.json()["user"] == "team/ann", shown.text
+    assert client.get("/v1/users/team%2Fann/preferences", headers=headers["alice"]).status_code == 200
+    assert client.get("/v1/users/ann/preferences", headers=headers["alice"]).status_code == 404
+    assert client.delete("/v1/users/team/ann/preferences", headers=headers["alice"]).json()["deleted"] == 4

@@ -144,12 +144,28 @@ def test_what_cannot_serve_means(error, reason):
     assert cannot_serve(error) == reason
 
 
+class Cancellable:
+    """A stream as Ray Serve's handle answers it: iterated, and cancelled when its reader stops."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        return self.stream.__anext__()
+
+    def cancel(self) -> None:
+        pass
+
+
 class Streaming(Down):
     """The handles with ``generate_stream`` too (gRPC's ``Generate``): each step, then the images."""
 
     def __init__(self, *down: str) -> None:
         super().__init__(*down)
-        self.generate_stream = SimpleNamespace(remote=self._stream)
+        self.generate_stream = SimpleNamespace(remote=lambda *args, **kw: Cancellable(self._stream(*args, **kw)))
 
     def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
         return super().options(multiplexed_model_id) if multiplexed_model_id else self
@@ -173,3 +189,25 @@ def test_a_stream_whose_model_fails_before_its_first_step_is_drawn_by_its_chain(
     assert images.model == "b" and images.fallback == Fallback("easel-default", "unavailable")
     assert images.fallback.metadata() == (("easel-fallback", "easel-default unavailable"),)
     assert ("end", "easel-default.v1") in handles.calls and ("end", "b.v1") in handles.calls  # both let go
+
+
+def test_a_job_of_a_model_that_cannot_serve_is_run_down_its_chain_and_its_answer_says_so(stack, tmp_path):
+    """A background job's run is a synchronous answer: the same chain, named in the body the job keeps."""
+    from serve.jobs import open_job_store
+    from serve.jobs.runner import JobLease
+    from serve.priority import Priority
+    from serve.serving.jobs import BackgroundJobs
+
+    handles = Streaming("easel-default")  # a job's run streams its steps into the store
+    served = generations(stack, handles, {"easel-default": ("b",)})
+
+    async def scenario():
+        jobs = BackgroundJobs(open_job_store(f"sqlite:///{tmp_path / 'jobs.db'}"), served, served.experiments)
+        jobs.runner._loop_task.cancel()  # this test runs the job itself
+        jobs.store.submit({"prompt": "a red fox", "model": "easel-default", "seed": 3}, Priority.NORMAL)
+        job = jobs.store.claim("worker-1", 60.0)
+        return await jobs.run(job, JobLease(job.id, "worker-1", 60.0))
+
+    body = asyncio.run(scenario())
+    assert body["model"] == "b" and body["fallback"] == {"model": "easel-default", "reason": "unavailable"}
+    assert ("failed", "easel-default") in handles.calls and len(body["data"]) == 1

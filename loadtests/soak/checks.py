@@ -15,14 +15,15 @@ COUNT_SLOPE_PER_MIN = 0.5  # file descriptors, threads
 MIN_TREND_S = 300.0
 """A process's trend is judged only over at least this many seconds after the warm-up."""
 WARMUP_S = 300.0
+"""A process's warm-up (at most a quarter of the run). A Gateway replica's RSS converges over its first ~5 minutes
+(measured in three 18-20 minute soaks: 503 -> 519 MiB by 5 minutes, then within +-3 MiB); judged from 2 minutes on,
+that convergence read as 1.4-1.6 MiB/min of growth."""
 FLAT_OVER_S = 2400.0
 """A long run's memory is judged over its last 40 minutes (the warm-up grows to what comes before them)."""
 REFUSED = ("429", "RESOURCE_EXHAUSTED")
 """A caller refused for its rate or a full queue: shaped, and apart from availability (the service answered)."""
 SERVED = ("200", "202", "OK")
-"""A process's warm-up (at most a quarter of the run). A Gateway replica's RSS converges over its first ~5 minutes
-(measured in three 18-20 minute soaks: 503 -> 519 MiB by 5 minutes, then within +-3 MiB); judged from 2 minutes on,
-that convergence read as 1.4-1.6 MiB/min of growth."""
+"""A request served: an answer, a job taken, a gRPC call completed."""
 
 
 @dataclass

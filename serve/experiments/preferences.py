@@ -11,8 +11,9 @@ pseudo-observations (:func:`personal`), so a new user is served as the populatio
 ratings outweigh everyone else's.
 
 Every rating of what was served to a user, through an experiment or not, also adds to that user's record of what
-made it (:data:`TASTES`): the model, each style LoRA and the sampler, so what a user likes is known beyond any one
-experiment.
+made it (its tastes, :func:`tastes_of`): the model, each style LoRA and the sampler, so what a user likes is known
+beyond any one experiment. A taste's records are stored as if of an experiment named ``@model``, ``@lora`` or
+``@sampler`` (:func:`taste_record`; no experiment's name starts with ``@``).
 """
 
 from __future__ import annotations
@@ -22,11 +23,8 @@ from dataclasses import dataclass
 
 from serve.experiments.policy import PRIOR, Evidence, Posterior
 
-TASTES = ("model", "lora", "sampler")
-"""What made an image, that a user's ratings are kept by: a record each, stored as if of an experiment named
-``@model``, ``@lora``, ``@sampler`` (:func:`taste_record`; no experiment's name starts with ``@``)."""
 EXPERIMENT = "experiment"
-"""A record of an experiment's variants (``by`` of :func:`preferences_to_api`'s entries; else one of TASTES)."""
+"""A record of an experiment's variants (``by`` of :func:`preferences_to_api`'s entries; else its taste's name)."""
 
 PERSONAL_PRIOR_STRENGTH = 10.0
 """The most pseudo-observations the pooled posterior weighs as a user's prior (its mean kept)."""
@@ -52,7 +50,7 @@ def kept_by(record: str) -> str:
 
 
 def taste_record(taste: str) -> str:
-    """The record a taste of :data:`TASTES` is stored under, in the place of an experiment's name."""
+    """The record a taste (``model``, ``lora``, ``sampler``) is stored under, in the place of an experiment's name."""
     return f"@{taste}"
 
 

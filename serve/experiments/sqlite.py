@@ -109,17 +109,14 @@ class SqliteExperimentStore(ExperimentStore):
     def _record(self, item_ids: list[str], served: Served) -> None:
         """See :meth:`ExperimentStore.record`; records past retention go in the same transaction."""
         loras = json.dumps(served.loras) if served.loras else None
+        row = (served.model, served.experiment, served.owner, served.created_at, served.user, loras, served.sampler)
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.execute("DELETE FROM served WHERE created_at < ?", (served.created_at - self.retention_s,))
             self.db.executemany(
                 "INSERT OR REPLACE INTO served (id, model, experiment, owner, created_at, user, loras, sampler) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (item_id, served.model, served.experiment, served.owner, served.created_at, served.user, loras)
-                    + (served.sampler,)
-                    for item_id in item_ids
-                ],
+                [(item_id, *row) for item_id in item_ids],
             )
 
     @serialized

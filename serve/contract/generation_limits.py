@@ -15,9 +15,9 @@ BEYOND_FOUR_CONDITIONS = (
     "runs out of intersections), and the contract test needs to draw generations; the schema states four"
 )
 PROMPTS = ("prompt", "negative_prompt", "prompts.*.prompt")
+"""A generation's prompts, whose weighting is parsed."""
 STRICT_INTEGERS = ("n", "num_inference_steps", "seed", "candidates", "cache_interval", "output_compression")
 STRICT_INTEGERS += ("prompts.*.seed", "outpaint.*")  # and within its parts
-"""A generation's prompts, whose weighting is parsed."""
 GENERATION_LIMITS = (
     UnstatedLimit(
         "post",

@@ -227,6 +227,11 @@ UNSTATED_LIMITS = (
         status=413,
     ),
     UnstatedLimit("post", _SCORE, ("images",), "serves no scorer", "a stack serving `easel up --scorer`", _SCORER),
+    *(
+        dataclasses.replace(limit, path=_SCORE, params=("prompt",))  # a prompt to score against is weighted too
+        for limit in GENERATION_LIMITS
+        if limit.path == GENERATIONS and limit.params == PROMPTS and limit.says == "weight"
+    ),
     UnstatedLimit(
         "post", _SCORE, ("images", "images.*"), "", "base64 images that decode (PNG, JPEG, WebP)", BY_DECODING
     ),

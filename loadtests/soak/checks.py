@@ -106,14 +106,17 @@ def availability(outcomes: list[Outcome]) -> dict:
     }
 
 
-def availability_check(figures: dict, target: float | None) -> Check:
-    """Availability at least ``target`` (not judged without one: a schedule denser than the hour's is no measure)."""
-    name = f"availability >= {target:.1%} (served / asked, 429 refusals apart)" if target else "availability"
+def availability_check(figures: dict, target: float) -> Check:
+    """Availability at least ``target`` (not judged when nothing was asked).
+
+    A soak without a target reports the figure only: a fault schedule denser than the hour's measures the faults.
+    """
+    name = f"availability >= {target:.1%} (served / asked, 429 refusals apart)"
     detail = (
         f"{figures['served']} served of {figures['asked']} asked ({figures['refused_apart']} refused 429 apart): "
         f"{figures['availability']}"
     )
-    if target is None or figures["availability"] is None:
+    if figures["availability"] is None:
         return Check(name, None, f"not judged: {detail}")
     return Check(name, figures["availability"] >= target, detail)
 

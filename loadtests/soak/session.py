@@ -139,7 +139,7 @@ class Soak:
                 f"{len(outcomes)} requests, {sum(failed.values())} failed {dict(sorted(failed.items()))}, "
                 f"unshaped {len(unshaped)}: {[asdict(o) for o in unshaped[:5]]}; event streams {dict(load.streams)}",
             ),
-            availability_check(figures, self.availability_target),
+            *([availability_check(figures, self.availability_target)] if self.availability_target else []),
             Check(
                 f"ready again within {READY_WITHIN_S:.0f} s of each fault",
                 not late,

@@ -177,5 +177,5 @@ def test_availability_is_served_over_asked_with_the_caller_s_refusals_apart():
     assert figures == {"asked": 1000, "served": 997, "refused_apart": 50, "not_served": 3, "availability": 0.997}
     assert availability_check(figures, 0.995).passed is True
     assert availability_check(figures, 0.998).passed is False
-    assert availability_check(figures, None).passed is None  # reported, not judged
     assert availability([])["availability"] is None
+    assert availability_check(availability([]), 0.995).passed is None  # nothing asked: not judged

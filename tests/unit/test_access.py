@@ -75,7 +75,7 @@ def _charged(path: str, raw: bytes, price, headers=((b"content-type", b"applicat
         "path": path,
         "headers": list(headers),
         "app": SimpleNamespace(state=SimpleNamespace(gateway=gateway)),
-        "route": SimpleNamespace(path=path),
+        "route": SimpleNamespace(path=path, path_format=path),  # as a Starlette route has both
     }
     request = Request(scope, receive)
     try:

@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 MODELS = {
     "tiny": GpuModel("tiny", 64, (1, 4, 8), (4, 8), psnr=True),
     "sd15": GpuModel("sd15", 512, (1, 4, 8, 16, 32), (4, 8, 16)),
-    "sdxl": GpuModel("sdxl", 1024, (1, 4, 8), (4,)),
+    "sdxl": GpuModel("sdxl", 1024, (1, 4), (4,)),
 }
 
 

@@ -6,7 +6,9 @@ backend's stub, the tensors copied each way) cost about 25 ms per UNet call wher
 model whose ``async execute`` runs each request's :class:`~serve.text_to_image.pipeline.TextToImagePipeline` on the
 stub's event loop, over the engines opened in the same process (the torch runtime's on the GPU, with their CUDA
 graphs), the steps of concurrent requests merged into one UNet call by the same
-:class:`~serve.triton.coalesce.CoalescingRunner` a replica uses. A request's text embeddings are computed and kept in
+:class:`~serve.triton.coalesce.CoalescingRunner` a replica uses, ``serial`` here (the engines run one call at a time:
+the calls made meanwhile go together after it, so generations that start at different moments still share steps).
+A request's text embeddings are computed and kept in
 that process; its latents never leave it; one response carries its images.
 
 It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
@@ -40,6 +42,8 @@ logger = logging.getLogger(__name__)
 LOOP_MODEL = "text_to_image_loop"
 GENERATION_INPUT = "generation"
 IMAGES_OUTPUT = "images"
+LOG_EVERY = 8
+"""Generations between two log lines of how well steps merge (each engine's requests and rows)."""
 
 
 def loop_spec(engine_dir: Path, prefix: str = "") -> ModelSpec:
@@ -79,13 +83,20 @@ class LoopEngines:
         for session in engines.sessions.values():
             if hasattr(session, "capture"):  # the torch runtime's buckets belong to the start
                 session.capture()
-        self.merged = TextToImagePipeline(folder, CoalescingRunner(engines))
+        self.coalescing = CoalescingRunner(engines, serial=True)
+        self.merged = TextToImagePipeline(folder, self.coalescing)
         self.unmerged = TextToImagePipeline(folder, engines)
+        self.answered = 0
 
     async def generate(self, job: Generation, merge: bool = True) -> np.ndarray:
         """``job``'s images, ``[n, height, width, 3]`` uint8."""
         result = await (self.merged if merge else self.unmerged).generate(job)
+        self.answered += 1
         return np.stack(result.images)
+
+    def merging(self) -> str:
+        """How well steps merge so far: each engine's requests and rows."""
+        return f"{self.answered} generations; requests and rows per engine: {dict(self.coalescing.sent)}"
 
 
 class TextToImageLoop:
@@ -113,6 +124,8 @@ class TextToImageLoop:
             given = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, GENERATION_INPUT))
             job, merge = decode_request(given.cpu().numpy().tobytes())
             images = torch.from_numpy(await self.engines.generate(job, merge))
+            if self.engines.answered % LOG_EVERY == 0:
+                pb_utils.Logger.log_info(self.engines.merging())  # Triton's log (the stub's logging goes nowhere)
             flat = pb_utils.Tensor.from_dlpack(IMAGES_OUTPUT, images.reshape(-1))
             response = pb_utils.InferenceResponse(output_tensors=[flat])
         except Exception as error:  # noqa: BLE001 - this request's error; the others run on

@@ -1,6 +1,7 @@
 """Merging engine calls that are ready together (no servers: ONNX Runtime in-process, or a recording runner)."""
 
 import asyncio
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -115,6 +116,45 @@ def test_an_error_reaches_every_caller_in_the_request_and_a_cancelled_caller_is_
 
     np.testing.assert_array_equal(asyncio.run(cancelled())["noise_pred"], np.full((2, 2, 4, 4), 22.0, np.float32))
     assert recorder.requests == [(UNET, 2)]
+
+
+class OneAtATime(Recorder):
+    """A runner that runs one request at a time, each taking a while (a GPU's engine in Triton's process)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = asyncio.Lock()
+
+    async def infer(self, spec, inputs, priority=0):
+        async with self.lock:
+            await asyncio.sleep(0.01)
+            return await super().infer(spec, inputs, priority)
+
+
+def out_of_phase_steps(serial: bool) -> tuple[list[int], Counter]:
+    """The rows of each request when four 10-step loops start 5 ms apart (while another's step runs)."""
+    recorder = OneAtATime()
+    runner = CoalescingRunner(recorder, serial=serial)
+
+    async def steps(start: float) -> None:
+        await asyncio.sleep(start)
+        for step in range(10):
+            await runner.infer(SPECS[UNET], unet_inputs(2, 4, float(step)))
+
+    async def main():
+        await asyncio.gather(*(steps(0.005 * i) for i in range(4)))
+
+    asyncio.run(main())
+    return [rows for _, rows in recorder.requests], runner.sent
+
+
+def test_serial_sends_the_calls_made_while_a_request_runs_together_after_it():
+    rows, sent = out_of_phase_steps(serial=True)
+    assert sum(rows) == 4 * 10 * 2
+    assert len(rows) <= 10 + 3  # the late starters join the first loop's steps within a request or two
+    assert sent == Counter({f"{UNET} requests": len(rows), f"{UNET} rows": 80})
+    unmerged, _ = out_of_phase_steps(serial=False)
+    assert len(unmerged) >= 30  # without it each loop keeps its own phase: about a request per step each
 
 
 @pytest.mark.slow

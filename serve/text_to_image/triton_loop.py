@@ -12,7 +12,8 @@ A request's text embeddings are computed and kept in
 that process; its latents never leave it; one response carries its images.
 
 It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
-ControlNets, caches) runs on the replica's loop, step by step, as before. :class:`LoopClient` is its caller.
+ControlNets, caches) would run on the replica's loop, step by step, as before. :class:`LoopClient` is its caller:
+today ``easel bench gpu`` and the tests; a stack does not route requests to it yet (docs/guides/gpu.md).
 
 Its tensors cross the stub by DLPack, never ``as_numpy``: the stub of Triton 2.51 (nvidia-pytriton 0.7) was built with a
 pybind11 that predates NumPy 2, and on a machine with NumPy 2 its ``as_numpy`` reads garbage (seen on an H100: a

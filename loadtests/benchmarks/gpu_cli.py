@@ -42,8 +42,24 @@ import click
     show_default=True,
     help="Rows that would start after this many seconds are listed as skipped.",
 )
+@click.option(
+    "--buckets",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="A denoiser bucket (rows) the loop model captures instead of the build's; repeat it (e.g. --buckets 1 "
+    "--buckets 2 --buckets 4 ... --buckets 24 --buckets 32).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("out/gpu"), show_default=True)
-def gpu(pack: Path | None, device: str, models: str, steps: int, repeats: int, budget_s: float, out: Path) -> None:
+def gpu(
+    pack: Path | None,
+    device: str,
+    models: str,
+    steps: int,
+    repeats: int,
+    budget_s: float,
+    buckets: tuple[int, ...],
+    out: Path,
+) -> None:
     """Easel served through Triton on a GPU (torch runtime, CUDA graphs, the loop inside Triton) vs diffusers."""
     if pack is not None:
         from loadtests.benchmarks.gpu_pack import make_pack
@@ -58,7 +74,8 @@ def gpu(pack: Path | None, device: str, models: str, steps: int, repeats: int, b
     unknown = [name for name in names if name not in MODELS]
     if unknown:
         raise click.BadParameter(f"{', '.join(unknown)}: choose from {', '.join(MODELS)}", param_hint="--models")
-    settings = GpuBenchSettings(names, device, steps=steps, repeats=repeats, budget_s=budget_s, smoke=device == "cpu")
+    how = {"steps": steps, "repeats": repeats, "budget_s": budget_s, "buckets": tuple(sorted(set(buckets)))}
+    settings = GpuBenchSettings(names, device, smoke=device == "cpu", **how)
     click.echo(run_gpu_bench(settings, out))
 
 

@@ -48,6 +48,7 @@ class GpuBenchSettings:
     repeats: int = 2
     budget_s: float = 450.0
     smoke: bool = False  # the CPU run: each model at 64 px, one concurrency above 1, the loop model's rows alone
+    buckets: tuple[int, ...] = ()  # the denoisers' buckets the loop model captures (none: the build's)
 
 
 class Report:
@@ -271,7 +272,7 @@ async def served_rows(run: ModelRun, folder: EngineFolder, repository: Path, out
     from serve.triton.server import TritonServer
 
     cuda = run.settings.device == "cuda"
-    loop_model = loop_spec(folder.path, run.prefix)
+    loop_model = loop_spec(folder.path, run.prefix, run.settings.buckets)
     install_model(loop_model, repository, gpu=cuda)
     named = triton_specs(folder, run.prefix)
     per_step = [spec for engine, spec in named.items() if engine.startswith("text_encoder")]

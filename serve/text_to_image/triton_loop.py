@@ -37,6 +37,7 @@ from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.triton.coalesce import CoalescingRunner
 from serve.triton.spec import ModelSpec, TensorSpec
+from serve.triton.torch_runtime import TorchSession
 
 logger = logging.getLogger(__name__)
 
@@ -47,13 +48,17 @@ LOG_EVERY = 8
 """Generations between two log lines of how well steps merge (each engine's requests and rows)."""
 
 
-def loop_spec(engine_dir: Path, prefix: str = "") -> ModelSpec:
-    """The loop model of the engine folder ``engine_dir`` (Triton name ``prefix`` + :data:`LOOP_MODEL`)."""
+def loop_spec(engine_dir: Path, prefix: str = "", buckets: tuple[int, ...] = ()) -> ModelSpec:
+    """The loop model of the engine folder ``engine_dir`` (Triton name ``prefix`` + :data:`LOOP_MODEL`).
+
+    ``buckets``: the denoisers' buckets it captures instead of their ``torch.json``'s (to measure others).
+    """
+    parameters = {"engine_dir": str(engine_dir)} | ({"buckets": ",".join(map(str, buckets))} if buckets else {})
     return ModelSpec(
         name=f"{prefix}{LOOP_MODEL}",
         inputs=(TensorSpec(GENERATION_INPUT, "uint8", (-1,), ("bytes",)),),
         outputs=(TensorSpec(IMAGES_OUTPUT, "uint8", (-1,), ("pixels",)),),  # n x height x width x 3, flat
-        parameters={"engine_dir": str(engine_dir)},
+        parameters=parameters,
         python_model=f"{__name__}:TextToImageLoop",
         decoupled=True,
     )
@@ -77,13 +82,17 @@ def decode_request(raw: bytes) -> tuple[Generation, bool]:
 
 
 class LoopEngines:
-    """A model's engines opened in this process (on ``device``), and the loop over them, merged or not."""
+    """A model's engines opened in this process (on ``device``), and the loop over them, merged or not.
 
-    def __init__(self, folder: EngineFolder, device: str | None = None) -> None:
+    ``buckets``: the denoisers' buckets (within each one's batch limit) instead of their own.
+    """
+
+    def __init__(self, folder: EngineFolder, device: str | None = None, buckets: tuple[int, ...] = ()) -> None:
         engines = OnnxRuntimeRunner(folder, device=device)
-        for session in engines.sessions.values():
-            if hasattr(session, "capture"):  # the torch runtime's buckets belong to the start
-                session.capture()
+        for name, session in engines.sessions.items():
+            if isinstance(session, TorchSession) and session.engine.buckets:  # the torch runtime's: at the start
+                limit = folder.specs[name].max_batch_size
+                session.capture([size for size in buckets if size <= limit] if buckets else None)
         self.coalescing = CoalescingRunner(engines, serial=True)
         self.merged = TextToImagePipeline(folder, self.coalescing)
         self.unmerged = TextToImagePipeline(folder, engines)
@@ -94,6 +103,10 @@ class LoopEngines:
         result = await (self.merged if merge else self.unmerged).generate(job)
         self.answered += 1
         return np.stack(result.images)
+
+    def sessions(self) -> dict:
+        """The engines' sessions by engine name."""
+        return self.coalescing.runner.sessions
 
     def merging(self) -> str:
         """How well steps merge so far: each engine's requests and rows."""
@@ -109,8 +122,12 @@ class TextToImageLoop:
         folder = EngineFolder(config["parameters"]["engine_dir"]["string_value"])
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
-        self.engines = LoopEngines(folder, device)
-        logger.info("%s: the loop of %s on %s", config["name"], folder.key, device)
+        buckets = config["parameters"].get("buckets", {}).get("string_value", "")
+        self.engines = LoopEngines(folder, device, tuple(int(size) for size in buckets.split(",") if size))
+        import triton_python_backend_utils as pb_utils
+
+        captured = {name: s.buckets for name, s in self.engines.sessions().items() if getattr(s, "buckets", ())}
+        pb_utils.Logger.log_info(f"{config['name']}: the loop of {folder.key} on {device}, buckets {captured}")
 
     async def execute(self, requests: list) -> None:
         """Run every request's generation (concurrently with those of other calls); each is answered when done."""

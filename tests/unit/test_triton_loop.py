@@ -11,8 +11,10 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.text_to_image.spec import UNET
 from serve.text_to_image.triton_loop import LoopEngines, decode_request, encode_request, loop_spec
 from serve.triton.spec import read_model_config, write_model_config
+from serve.triton.torch_runtime import DEFAULT_BUCKETS
 
 CASES = (
     SamplingParams("a red heart icon", "", 1, 64, 64, 6, 7.5, 0, "ddim"),
@@ -33,6 +35,18 @@ def test_the_loop_model_is_a_decoupled_python_model_naming_its_engines(tmp_path)
     assert config.name == "sdxl.text_to_image_loop" and config.backend == "python"
     assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
     assert config.parameters["engine_dir"].string_value == str(tmp_path)
+    assert "buckets" not in config.parameters
+    config = read_model_config(write_model_config(loop_spec(tmp_path, "", (1, 12, 24)), tmp_path))
+    assert config.parameters["buckets"].string_value == "1,12,24"
+
+
+def test_the_loop_captures_the_buckets_it_is_given_within_each_denoiser_s_limit(default_model):
+    torch_folder = build(default_model, None, runtime="torch", precision="fp32", device="cpu")
+    limit = torch_folder.specs[UNET].max_batch_size
+    built = LoopEngines(torch_folder, "cpu").coalescing.runner.sessions[UNET]
+    assert built.buckets == tuple(size for size in DEFAULT_BUCKETS if size <= limit)
+    given = LoopEngines(torch_folder, "cpu", (1, limit, limit + 1)).coalescing.runner.sessions[UNET]
+    assert given.buckets == (1, limit)
 
 
 def test_concurrent_generations_in_the_loop_equal_the_replicas_loop(default_model, engine_dir, tmp_path):

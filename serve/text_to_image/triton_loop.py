@@ -8,8 +8,8 @@ stub's event loop, over the engines opened in the same process (the torch runtim
 graphs), the steps of concurrent requests merged into one UNet call by the same
 :class:`~serve.triton.coalesce.CoalescingRunner` a replica uses, ``serial`` here (the engines run one call at a time:
 the calls made meanwhile go together after it, so generations that start at different moments still share steps).
-A request's text embeddings are computed and kept in
-that process; its latents never leave it; one response carries its images.
+A request's text embeddings are computed and kept in that process; its latents never leave it; one response carries
+its images.
 
 It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
 ControlNets, caches) would run on the replica's loop, step by step, as before. :class:`LoopClient` is its caller:
@@ -118,14 +118,14 @@ class TextToImageLoop:
 
     def initialize(self, args: dict) -> None:
         """Open the engines of the folder the config's ``engine_dir`` names, on this instance's device."""
+        import triton_python_backend_utils as pb_utils
+
         config = json.loads(args["model_config"])
         folder = EngineFolder(config["parameters"]["engine_dir"]["string_value"])
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
         buckets = config["parameters"].get("buckets", {}).get("string_value", "")
         self.engines = LoopEngines(folder, device, tuple(int(size) for size in buckets.split(",") if size))
-        import triton_python_backend_utils as pb_utils
-
         captured = {name: s.buckets for name, s in self.engines.sessions().items() if getattr(s, "buckets", ())}
         pb_utils.Logger.log_info(f"{config['name']}: the loop of {folder.key} on {device}, buckets {captured}")
 

@@ -43,9 +43,9 @@ def test_the_loop_model_is_a_decoupled_python_model_naming_its_engines(tmp_path)
 def test_the_loop_captures_the_buckets_it_is_given_within_each_denoiser_s_limit(default_model):
     torch_folder = build(default_model, None, runtime="torch", precision="fp32", device="cpu")
     limit = torch_folder.specs[UNET].max_batch_size
-    built = LoopEngines(torch_folder, "cpu").coalescing.runner.sessions[UNET]
+    built = LoopEngines(torch_folder, "cpu").sessions()[UNET]
     assert built.buckets == tuple(size for size in DEFAULT_BUCKETS if size <= limit)
-    given = LoopEngines(torch_folder, "cpu", (1, limit, limit + 1)).coalescing.runner.sessions[UNET]
+    given = LoopEngines(torch_folder, "cpu", (1, limit, limit + 1)).sessions()[UNET]
     assert given.buckets == (1, limit)
 
 

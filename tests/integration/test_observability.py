@@ -38,6 +38,9 @@ WINDOW = "5m"  # Grafana's $__rate_interval when queries are evaluated: covers t
 DEADLINE_S = 120  # Ray reports custom metrics every few seconds; Prometheus scrapes every second
 ROUNDS = 2
 QUERIES = [q for d in load_dashboards() for q in panel_queries(d)]
+RAY_REPORT_MS = 2000
+"""How often Ray's processes report their metrics here (Ray's default, 10 s, left a 16 s ramp one or two samples of
+Serve's autoscaling metrics: in one CI run, none while requests were in flight)."""
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +70,9 @@ def stack(default_model, tmp_path_factory):
         )
     )
     try:
-        stack.start()
+        with pytest.MonkeyPatch.context() as env:  # read by the Ray this stack starts
+            env.setenv("RAY_metrics_report_interval_ms", str(RAY_REPORT_MS))
+            stack.start()
         yield stack
     finally:
         stack.stop()

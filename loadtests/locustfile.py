@@ -147,6 +147,33 @@ class MixedUser(EaselUser):
         VectorizeUser._vectorize(self, tier)
 
 
+class FallbackUser(EaselUser):
+    """Small generations and vectorize uploads, each named ``NAME (fallback)`` when a fallback answered it.
+
+    ``Easel-Fallback`` says so: a run through a fault reports the share its fallbacks drew (the stats' names).
+    """
+
+    wait_time = between(0.0, 0.2)
+
+    @task(2)
+    def generate(self) -> None:
+        """POST /v1/images/generations, 64x64, 2 steps."""
+        body = {"prompt": random.choice(PROMPTS), "size": "64x64", "num_inference_steps": 2}
+        body["seed"] = random.randrange(2**31)
+        self._named("generations", "/v1/images/generations", json=body)
+
+    @task(1)
+    def vectorize(self) -> None:
+        """POST /v1/vectorize, tier auto."""
+        upload = {"file": ("icon.png", random.choice(_uploads()), "image/png")}
+        self._named("vectorize", "/v1/vectorize", files=upload, headers={"Accept": "application/json"})
+
+    def _named(self, name: str, path: str, **request) -> None:
+        with self.client.post(path, name=name, catch_response=True, **request) as response:
+            if response.headers.get("Easel-Fallback"):
+                response.request_meta["name"] = f"{name} (fallback)"
+
+
 class EaselGrpcUser(User):
     """Easel's public gRPC API: a streamed small generation (every progress event read) and a vectorize call."""
 

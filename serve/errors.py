@@ -20,7 +20,9 @@ WIRE: dict[int, tuple[grpc.StatusCode, str]] = {
     413: (_CODE.INVALID_ARGUMENT, "invalid_request_error"),
     429: (_CODE.RESOURCE_EXHAUSTED, "rate_limit_exceeded"),
     500: (_CODE.INTERNAL, "server_error"),
+    502: (_CODE.UNAVAILABLE, "bad_gateway"),
     503: (_CODE.UNAVAILABLE, "service_unavailable"),
+    504: (_CODE.DEADLINE_EXCEEDED, "gateway_timeout"),
 }
 """An HTTP status Easel answers with -> its gRPC status code and its OpenAI-style error ``type``."""
 
@@ -163,10 +165,26 @@ class NotReady(EaselError):
         super().__init__(message, field, retry_after_s)
 
 
+class BadGateway(EaselError):
+    """A remote model's service answered with what is no answer (an error, too many bytes, no images)."""
+
+    status = 502
+
+
+class GatewayTimeout(EaselError):
+    """A remote model's service did not answer within its timeout."""
+
+    status = 504
+
+
 class Overloaded(NotReady):
     """Too many requests in flight; retry later."""
 
     status = 429
+
+
+class Saturated(Overloaded):
+    """A model's replica had no slot for the request within the queue wait its fallback chain allows."""
 
 
 class UnsupportedModel(InvalidInput):

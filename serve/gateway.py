@@ -26,6 +26,8 @@ from serve.jobs import open_job_store
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.remote.models import remote_models
+from serve.remote.settings import RemoteSettings
 from serve.resilience.circuits import Circuits
 from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
@@ -145,9 +147,10 @@ class Gateway:
         webhook_secret_path: str | None = None,
         resilience: ResilienceSettings | None = None,
         scorer_dir: str | None = None,
+        remotes: RemoteSettings | None = None,
     ) -> None:
         store_url = store_url or default_url()
-        current = CurrentModels(models)
+        current = CurrentModels(models, remote_models((remotes or RemoteSettings()).remotes, models.max_cost))
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
@@ -157,6 +160,7 @@ class Gateway:
                 traffic.define(name, spec)
         self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
         self.adapters = Adapters(current, text_to_image)
+        resilience = resilience or ResilienceSettings()
         circuits = Circuits(resilience, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
             current,
@@ -169,7 +173,8 @@ class Gateway:
             share_caches=share_caches,
             upscaling=self.upscaling,
             circuits=circuits,
-            fallbacks=(resilience or ResilienceSettings()).fallbacks,
+            fallbacks=resilience.fallbacks,
+            fallback_queue_wait_s=resilience.fallback_queue_wait_s,
             results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
             moderation=(moderation or Moderation()).checking(
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
@@ -269,4 +274,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.webhook_secret_path,
         ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
         args.scorer_dir,
+        RemoteSettings.model_validate(args.model_dump(include=set(RemoteSettings.model_fields))),
     )

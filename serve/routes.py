@@ -43,6 +43,8 @@ LORA_UPLOAD_BYTES = MAX_LORA_BYTES + (64 << 10)
 KEYED_ROUTE_ERRORS = (400, 401, 403, 408, 413, 429, 503)
 """What any keyed route can answer: invalid input, the wire's limits (408, 413), the key check (401, 403, 429),
 back-pressure (429) and backends (503)."""
+REMOTE_ERRORS = (502, 504)
+"""What a route that may reach a remote model (``easel up --remote``) adds: its service's bad answer, its timeout."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ ROUTES = (
         "post",
         "/v1/images/generations",
         Scope.GENERATE,
-        (409,),
+        (409, *REMOTE_ERRORS),
         body_limit=MAX_REQUEST_BYTES,
         pipeline=TEXT_TO_IMAGE,
         rpc="Generate",
@@ -120,7 +122,15 @@ ROUTES = (
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/images", Scope.GENERATE),
-    Route("post", "/v1/images/rerun", Scope.GENERATE, (404,), pipeline=TEXT_TO_IMAGE, body=RerunRequest, costed=True),
+    Route(
+        "post",
+        "/v1/images/rerun",
+        Scope.GENERATE,
+        (404, *REMOTE_ERRORS),
+        pipeline=TEXT_TO_IMAGE,
+        body=RerunRequest,
+        costed=True,
+    ),
     Route("get", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
     Route("get", "/v1/images/{image_id}/content", None, (400, 403, 404)),  # its signature is the key

@@ -27,6 +27,7 @@ from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
 from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.remote.settings import RemoteSettings
 from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
@@ -51,11 +52,11 @@ from serve.webhooks.settings import WebhookSettings
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class AppSettings(ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
+class AppSettings(RemoteSettings, ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
     """What the Serve application is told besides where its engines and Triton are: its budgets and its stores.
 
     Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks', the circuit
-    breakers' and fallback chains'.
+    breakers' and fallback chains', the remote models'.
     """
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", "SIZE")] = Field(
@@ -344,9 +345,16 @@ class StackOptions(AppSettings):
         """An ``--experiment`` whose variants are not all served models, or whose name is one, is refused now."""
         for name, spec in self.experiments.items():
             try:
-                Experiment(name, spec).check(self.served)
+                Experiment(name, spec).check({**self.served, **self.remotes})
             except InvalidInput as error:
                 raise ValueError(f"experiment {name!r}: {error.message}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _models_named_once(self) -> StackOptions:
+        """A remote model named as a served one is refused now."""
+        for name in set(self.remotes) & set(self.served):
+            raise ValueError(f"--remote: {name!r} is a served model's name")
         return self
 
     @field_validator("loras_dir", mode="before")

@@ -245,6 +245,20 @@ class NamedList(NamedFolder):
         return names
 
 
+class NamedRemote(NamedFolder):
+    """``NAME=URL[,OPTION=VALUE...]``: a remote model (``--remote b=http://127.0.0.1:8000,key_env=B_KEY``)."""
+
+    name = "named remote"
+    form = f"NAME=URL[,OPTION=VALUE...] with NAME of {NAME_RULE}"
+
+    def _value(self, value, rest: str, param, ctx) -> dict[str, str]:
+        url, *options = rest.split(",")
+        pairs = [option.partition("=") for option in options]
+        if not url or any(not equals or not key for key, equals, _ in pairs):
+            self.fail(f"{value!r} is not {self.form}", param, ctx)
+        return {"url": url} | {key.strip(): option.strip() for key, _, option in pairs}
+
+
 class HostList(click.ParamType):
     """Comma-separated host names or addresses, e.g. 127.0.0.1,localhost (compared without case)."""
 
@@ -270,6 +284,7 @@ NAMED_FILE = NamedFile()
 NAMED_PATH = NamedPath()
 NAMED_JSON = NamedJson()
 NAMED_LIST = NamedList()
+NAMED_REMOTE = NamedRemote()
 PORTS = IntList(3, 0, 65535, "three ports, HTTP,GRPC,METRICS (0: a free port)")
 
 

@@ -47,6 +47,15 @@ class ResilienceSettings(BaseModel):
         "(repeatable).",
     )
 
+    fallback_queue_wait_s: float | None = Field(
+        None,
+        gt=0,
+        le=3600,
+        description="Seconds a request for a model with a fallback chain waits for a slot on its replica; past it "
+        "the model counts as saturated and the request goes down the chain (Easel-Fallback: saturated). Unset: it "
+        "waits its turn.",
+    )
+
     @field_validator("fallbacks")
     @classmethod
     def _chains_named(cls, chains: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from serve.experiments.traffic import Assignment
 from serve.moderation import Screening
+from serve.remote.models import RemoteModel
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.schema import GenerationRequest
@@ -26,7 +27,7 @@ class Admitted:
 
     request: GenerationRequest
     assignment: Assignment
-    model: ServedModel
+    model: ServedModel | RemoteModel
     cost: float
     asked: GenerationRequest
     plan: Plan  # how its replica runs it: the replica keeps only its slot

@@ -1,10 +1,10 @@
 """Fallback chains: a generation its model cannot serve goes to the next model of its chain that takes it.
 
 "Cannot serve" (:func:`~serve.serving.ray_errors.cannot_serve`): its circuit is open, its engines are unavailable
-(a 503), a timeout. A link that cannot take the request (an adapter, a size or a sampler it lacks: its check is a
-400) is skipped, and why is logged. The answer names who drew it (``Easel-Model``) and why (``Easel-Fallback``, the
-body's ``fallback``, so a job's record keeps it too). A request with ``fallback: false`` never goes down the chain;
-no link left is a 503 naming the model.
+(a 503), a timeout, no slot on its replica within ``--fallback-queue-wait-s`` (saturated). A link that cannot take
+the request (an adapter, a size or a sampler it lacks: its check is a 400) is skipped, and why is logged. The answer
+names who drew it (``Easel-Model``) and why (``Easel-Fallback``, the body's ``fallback``, so a job's record keeps it
+too). A request with ``fallback: false`` never goes down the chain; no link left is a 503 naming the model.
 """
 
 from __future__ import annotations
@@ -50,9 +50,16 @@ class Fallbacks:
     ``relink``: a generation admitted again for another model (its rules checked: a 400 when it cannot take it).
     """
 
-    def __init__(self, chains: Mapping[str, tuple[str, ...]], relink: Relink) -> None:
+    def __init__(
+        self, chains: Mapping[str, tuple[str, ...]], relink: Relink, queue_wait_s: float | None = None
+    ) -> None:
         self.chains = dict(chains)
         self.relink = relink
+        self.queue_wait_s = queue_wait_s  # how long a request that may fall back waits for its replica's slot
+
+    def queue_wait(self, request, model: str) -> float | None:
+        """How long ``request`` for ``model`` waits for a slot: the queue wait where it may go down a chain."""
+        return self.queue_wait_s if request.fallback and self.chains.get(model) else None
 
     async def served(self, admitted, run: Callable[[object], Awaitable[Answer]]) -> tuple[Answer, Fallback | None]:
         """``run(admitted)``, or where its model cannot serve, ``run`` of the first link that can (and why)."""

@@ -32,12 +32,13 @@ from serve.access import may_see
 from serve.access.keys import ApiKey
 from serve.cache import cache_key, cache_scope
 from serve.cache.store import ResultCache
-from serve.errors import NotReady
+from serve.errors import InvalidInput, NotReady
 from serve.experiments.feedback import new_image_id
 from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy
+from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
 from serve.serving.current_models import CurrentModels
@@ -79,6 +80,11 @@ PROMPT_TRUNCATED = "prompt_tokens_truncated"
 """An answer's field (when any were): the most tokens of its prompt one of the model's text encoders did not read."""
 
 
+def seed_header(seed: int | None) -> dict[str, str]:
+    """``Easel-Seed``, where the answer has a seed (a remote service may neither take nor say one)."""
+    return {} if seed is None else {"Easel-Seed": str(seed)}
+
+
 def truncation_header(body: dict) -> dict[str, str]:
     """``Easel-Prompt-Truncated`` for an answer whose prompt was cut (:data:`PROMPT_TRUNCATED`), else nothing."""
     return {"Easel-Prompt-Truncated": str(body[PROMPT_TRUNCATED])} if PROMPT_TRUNCATED in body else {}
@@ -102,9 +108,10 @@ class Generations(Streaming):
         results: Results | None = None,
         circuits: Circuits | None = None,
         fallbacks: Mapping[str, tuple[str, ...]] | None = None,
+        fallback_queue_wait_s: float | None = None,
     ) -> None:
         self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
-        self.fallbacks = Fallbacks(fallbacks or {}, self._relinked)  # each model's chain
+        self.fallbacks = Fallbacks(fallbacks or {}, self._relinked, fallback_queue_wait_s)  # each model's chain
         self.moderation = moderation or Moderation()
         self.results = results or Results()  # each image kept, with what made it
         self.models = models
@@ -126,19 +133,18 @@ class Generations(Streaming):
     ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its model serves it (an experiment's alias resolved to a variant), what chose it, the model.
 
-        The name is resolved once (:meth:`~serve.text_to_image.models.ServedModels.resolve`): one that is neither a
-        served model nor an experiment is a 400 naming ``model``. ``model``: resolved already (a video's). ``owner``:
-        the asking key, whose ``user`` a personal experiment draws for.
+        The name is resolved once (:meth:`~serve.serving.current_models.CurrentModels.named`): one that is neither
+        a model (served or remote) nor an experiment is a 400 naming ``model``. ``model``: resolved already (a
+        video's). ``owner``: the asking key, whose ``user`` a personal experiment draws for.
         """
         if model is not None:
             return request, Assignment(model.name), model
-        models = self.models.now()
-        if request.model and request.model not in models:
+        if request.model and request.model not in self.models.names():
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user, owner)
             if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
                 update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
-                return request.model_copy(update=update), chosen, models.resolve(chosen.model)
-        model = models.resolve(request.model)
+                return request.model_copy(update=update), chosen, self.models.named(chosen.model)
+        model = self.models.named(request.model)
         return request, Assignment(model.name), model
 
     def _checked(
@@ -151,6 +157,9 @@ class Generations(Streaming):
     ) -> Admitted:
         """``request`` checked by ``model``'s rules (``owner``'s LoRAs) and the stack's upscalers (400 if not)."""
         work, plan = model.check(request, owner)
+        plan = dataclasses.replace(plan, queue_wait_s=self.fallbacks.queue_wait(request, model.name))
+        if isinstance(model, RemoteModel):  # what it draws without (unsupported=drop) is no longer asked
+            request = model.drawn(request)
         self.results.check(request)
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
@@ -175,6 +184,8 @@ class Generations(Streaming):
 
     async def video_admitted(self, request: VideoRequest, key: ApiKey | None) -> Admitted:
         """A video admitted as the generation it runs as, on the model it names (resolved once, here)."""
+        if request.model in self.models.remotes:
+            raise InvalidInput(f"model: {request.model} is a remote model; videos are drawn by this stack", "model")
         model = self.models.now().resolve(request.model)
         generation = request.generation(model.name, model.native_size, model.folder.family)
         with input_reference_named():  # its image read as a still's (its header here)
@@ -188,13 +199,13 @@ class Generations(Streaming):
         ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment);
         ``policy``: the moderation policy it was submitted under (None: a job stored without one, the stack's).
         """
-        model = self.models.now().resolve(request.model)
+        model = self.models.named(request.model)
         admitted = self._checked(request, assignment or Assignment(model.name), model, request, owner)
         return dataclasses.replace(admitted, screening=await self.moderation.rescreened(request, policy, owner))
 
     async def _relinked(self, link: str, admitted: Admitted) -> Admitted:
         """``admitted`` for the model ``link`` (a fallback): checked by its rules (400 if it cannot take it)."""
-        model = self.models.now().resolve(link)
+        model = self.models.named(link)
         request = admitted.request.model_copy(update={"model": link})
         args = (request, Assignment(link), model, admitted.asked, admitted.owner)
         return dataclasses.replace(await asyncio.to_thread(self._checked, *args), screening=admitted.screening)
@@ -287,13 +298,16 @@ class Generations(Streaming):
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
             if cached is not None:
                 body = json.loads(cached) | {"created": int(time.time())}
-                return body, {"Easel-Seed": str(body["seed"]), "Easel-Cache": "hit"} | truncation_header(body)
-        async with self._loaded_for(admitted) as (served, plan, model_headers):
-            if on_step is None:
-                result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
-            else:
-                result = await self._generate_reporting(served, request, plan, on_step, scope)
-            result = await self._finished(served, admitted, result, scope)
+                return body, seed_header(body["seed"]) | {"Easel-Cache": "hit"} | truncation_header(body)
+        if isinstance(model, RemoteModel):  # drawn by another service: nothing to load, no steps to report
+            result, model_headers = await self._remote(admitted)
+        else:
+            async with self._loaded_for(admitted) as (served, plan, model_headers):
+                if on_step is None:
+                    result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
+                else:
+                    result = await self._generate_reporting(served, request, plan, on_step, scope)
+                result = await self._finished(served, admitted, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
         data = request.prompts_named(await self._encoded(request, result))  # many prompts: each item's prompt_index
@@ -302,15 +316,24 @@ class Generations(Streaming):
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
         if result.candidates is not None:  # best-of-n: every candidate drawn, its seed, scores and whether kept
             body["candidates"] = result.candidates
+        if DROPPED_HEADER in model_headers:  # a remote model's: what it was drawn without
+            body["dropped"] = model_headers[DROPPED_HEADER].split(",")
         for item, mark in zip(body["data"], moderated.marks() or (), strict=False):
             item["moderation"] = mark
-        headers = {"Easel-Seed": str(result.seed)} | model_headers | truncation_header(body)
+        headers = seed_header(result.seed) | model_headers | truncation_header(body)
         if result.steps_skipped is not None:
             headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
         if key is not None and not moderated.flagged:  # a flagged answer is never cached
             await cache_call(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"
         return body, headers
+
+    async def _remote(self, admitted: Admitted) -> tuple[EncodedImages, dict]:
+        """A remote model's images, its circuit breaker guarding the call, and its answer's headers."""
+        model = admitted.model
+        async with self.circuits.guarded(model.name):
+            result = await model.generate(admitted.request)
+        return result, model.headers(admitted.asked)  # what it was drawn without: asked, dropped at admission
 
     async def _finished(
         self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str

@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.errors import Conflict
 from serve.experiments.traffic import Experiments
+from serve.remote.models import RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.models import ModelFolder, NewModel, ServedModel
@@ -43,14 +44,17 @@ class ModelAdmin:
         """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
         loaded = await self.loaded()
         models = self.models.now().items()
-        return {"object": "list", "data": [self._public(model, loaded[name]) for name, model in models]}
+        data = [self._public(model, loaded[name]) for name, model in models]
+        return {"object": "list", "data": data + [self._public(remote) for remote in self.models.remotes.values()]}
 
     async def describe(self, model_id: str) -> dict:
         """One served model, as the list gives it (404 if this stack serves none of that name)."""
+        if model_id in self.models.remotes:
+            return self._public(self.models.remotes[model_id])
         model = self.models.now().require(model_id)
         return self._public(model, (await self.loaded())[model_id])
 
-    def _public(self, model: ServedModel, loaded: bool) -> dict:
+    def _public(self, model: ServedModel | RemoteModel, loaded: bool = True) -> dict:
         """A model's entry: :meth:`ServedModel.public`, and its circuit breaker's state (this replica's)."""
         return model.public(loaded) | {"circuit": str(self.circuits.state(model.name))}
 

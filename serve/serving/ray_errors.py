@@ -16,7 +16,7 @@ from ray.exceptions import (
 )
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from serve.errors import EaselError, NotReady, Overloaded
+from serve.errors import BadGateway, EaselError, GatewayTimeout, NotReady, Overloaded, Saturated
 from serve.jobs.retry import ALWAYS_PASSING
 from serve.resilience.circuits import CircuitOpen, model_failed
 
@@ -66,15 +66,22 @@ def against_model(error: BaseException) -> bool | None:
 
 
 def cannot_serve(error: BaseException) -> str | None:
-    """Why ``error`` says the model cannot serve now: ``circuit_open``, ``timeout``, ``unavailable`` (a 503).
+    """Why ``error`` says the model cannot serve now: ``circuit_open``, ``saturated``, ``timeout``, ``unavailable``...
+
+    ``saturated``: no slot within ``--fallback-queue-wait-s``; ``unavailable``: a 503; ``bad_gateway``: a remote
+    model's service answered with no answer (a 502).
 
     None: it says something else (the client's error, saturation, a fault of this request): no other model is tried.
     """
     error = unwrap(error)
     if isinstance(error, CircuitOpen):
         return "circuit_open"
-    if isinstance(error, GetTimeoutError | TimeoutError):
+    if isinstance(error, Saturated):  # no slot within the queue wait its chain allows
+        return "saturated"
+    if isinstance(error, GetTimeoutError | TimeoutError | GatewayTimeout):
         return "timeout"
+    if isinstance(error, BadGateway):  # a remote model's service answered with no answer
+        return "bad_gateway"
     if not isinstance(error, Exception) or isinstance(error, BackPressureError):
         return None
     return "unavailable" if type(as_easel_error(error)) is NotReady else None

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from serve.access.keys import ApiKey
 from serve.cache import cache_scope
+from serve.remote.models import RemoteModel
 from serve.serving.admitted import Admitted
 from serve.serving.fallbacks import Fallback
 from serve.serving.variants import variant_measured
@@ -93,8 +94,13 @@ class Streaming:
         """``admitted``'s model loaded and its stream's items, once its first arrived (kept open by ``stack``).
 
         What fails before the first item (an open circuit, engines unavailable) fails here, where a fallback can
-        still answer; the loaded model and the measurement stay open until ``stack`` closes.
+        still answer; the loaded model and the measurement stay open until ``stack`` closes. A remote model's
+        stream is its images alone.
         """
+        if isinstance(admitted.model, RemoteModel):
+            async with variant_measured(admitted.assignment):
+                drawn, _ = await self._remote(admitted)
+            return admitted, admitted.model, _one(drawn)
         async with AsyncExitStack() as attempt:
             served, plan, _ = await attempt.enter_async_context(self._loaded_for(admitted))
             await attempt.enter_async_context(variant_measured(admitted.assignment))
@@ -109,3 +115,7 @@ class Streaming:
                 yield item
 
         return admitted, served, items()
+
+
+async def _one(item: EncodedImages) -> AsyncIterator[EncodedImages]:
+    yield item

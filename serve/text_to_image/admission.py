@@ -31,7 +31,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, Saturated
 from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
 from serve.text_to_image.ip_scale import ip_choices
@@ -161,6 +161,7 @@ class Plan:
     tiling: VaeTiling | None = None
     rows_per_call: dict[str, int] = field(default_factory=dict)  # by engine; absent: any number
     loras: tuple[tuple[str, float], ...] = ()  # its LoRAs (content key, weight), resolved for its key at the Gateway
+    queue_wait_s: float | None = None  # the longest it waits for a slot, then Saturated (a chain takes it); None: any
 
 
 class Admission:
@@ -274,8 +275,12 @@ class Admission:
         return ahead == 0 or ahead + cost <= self.limits.max_inflight_cost
 
     @asynccontextmanager
-    async def slot(self, cost: float, priority: Priority = Priority.NORMAL) -> AsyncIterator[None]:
+    async def slot(
+        self, cost: float, priority: Priority = Priority.NORMAL, wait_s: float | None = None
+    ) -> AsyncIterator[None]:
         """Hold ``cost`` of the replica's in-flight capacity for the block, waiting until it is free.
+
+        ``wait_s``: the longest it waits (then :class:`~serve.errors.Saturated`: its fallback chain takes it).
 
         Requests start in priority order, then in arrival order (a large one is not overtaken for ever by small
         ones); one always runs when nothing of its priority or above is in flight, so every admitted request runs
@@ -286,7 +291,12 @@ class Admission:
         async with self._turn:
             self._waiting.add(me)
             try:
-                await self._turn.wait_for(lambda: min(self._waiting) == me and self._fits(cost, priority))
+                async with asyncio.timeout(wait_s):
+                    await self._turn.wait_for(lambda: min(self._waiting) == me and self._fits(cost, priority))
+            except TimeoutError:
+                raise Saturated(
+                    f"model: no slot for the request within its queue wait of {wait_s:g} s", "model"
+                ) from None
             finally:
                 self._waiting.discard(me)
                 self._turn.notify_all()

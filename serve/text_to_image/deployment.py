@@ -217,7 +217,9 @@ class TextToImage:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         self._count_adapters(request)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with admission.slot(plan.cost, request.priority):  # the images decode inside: their memory too
+            async with admission.slot(
+                plan.cost, request.priority, plan.queue_wait_s
+            ):  # the images decode inside: their memory too
                 base = draw_seed(request.seed) if request.prompts else None  # prompt i's: its own, or base + i
                 singles = [request] if base is None else request.singles(base)
                 jobs = [await self._job(single, plan, served, cache_scope) for single in singles]

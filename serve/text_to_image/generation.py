@@ -226,7 +226,7 @@ class EncodedImages:
     """Encoded images and what the response should say about them."""
 
     images: list[bytes]
-    seed: int
+    seed: int | None  # None: a remote model's service that neither takes nor says seeds
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
     faces: list[dict] | None = None  # restore_faces: each image's faces found (serve.finishing.restorers)

@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -18,6 +19,7 @@ import psutil
 import pytest
 from PIL import Image
 
+from serve.paths import easel_home
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, wait_until_ready
 
@@ -200,6 +202,15 @@ def easel_up(tmp_path, env, port: int, dashboard_port: int, *extra: str) -> subp
         *extra,
     ]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+
+
+def home_with_shared_engines(home: Path) -> Path:
+    """A new stack home whose engine cache (and its build locks) are this machine's shared ones."""
+    for shared in ("engines", "locks"):
+        (easel_home() / shared).mkdir(parents=True, exist_ok=True)
+        (home / shared).parent.mkdir(parents=True, exist_ok=True)
+        (home / shared).symlink_to(easel_home() / shared, target_is_directory=True)
+    return home
 
 
 def easel_down(env) -> subprocess.CompletedProcess:

@@ -15,7 +15,6 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
 import psutil
@@ -26,13 +25,12 @@ from build_engines.text_to_image.motion import random_motion_adapter
 from build_engines.vectorize.runtime import TRAINED_DIR
 from serve.jobs.model import JobStatus
 from serve.jobs.sqlite import SqliteJobStore
-from serve.paths import easel_home
 from serve.priority import Priority
 from serve.processes import free_ports
 from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
 from serve.text_to_image.schema import GenerationRequest
-from tests.integration.conftest import EASEL, easel_down, easel_up, pictures
+from tests.integration.conftest import EASEL, easel_down, easel_up, home_with_shared_engines, pictures
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -62,19 +60,10 @@ def _icon() -> bytes:
     return png.getvalue()
 
 
-def _home_with_shared_engines(home: Path) -> Path:
-    """A new stack home whose engine cache (and its build locks) are this machine's shared ones."""
-    for shared in ("engines", "locks"):
-        (easel_home() / shared).mkdir(parents=True, exist_ok=True)
-        (home / shared).parent.mkdir(parents=True, exist_ok=True)
-        (home / shared).symlink_to(easel_home() / shared, target_is_directory=True)
-    return home
-
-
 def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_image(
     tmp_path, default_model, webhook_receiver
 ):
-    env = {**os.environ, "EASEL_HOME": str(_home_with_shared_engines(tmp_path / "home"))}
+    env = {**os.environ, "EASEL_HOME": str(home_with_shared_engines(tmp_path / "home"))}
     store_url = f"sqlite:///{tmp_path / 'jobs.db'}"
     port, dashboard_port = free_ports(2)
     api = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120)

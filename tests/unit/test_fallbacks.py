@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import json
 import logging
 from types import SimpleNamespace
 
+import httpx
 import pytest
+from PIL import Image
 from ray.exceptions import GetTimeoutError
 from ray.serve.exceptions import BackPressureError
 
-from serve.errors import InvalidInput, NotReady, Overloaded
+from serve.errors import InvalidInput, NotReady, Overloaded, Saturated
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Experiments
+from serve.remote.models import RemoteModel
+from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import CircuitOpen, Circuits
 from serve.resilience.settings import ResilienceSettings
 from serve.serving.current_models import CurrentModels
@@ -211,3 +217,51 @@ def test_a_job_of_a_model_that_cannot_serve_is_run_down_its_chain_and_its_answer
     body = asyncio.run(scenario())
     assert body["model"] == "b" and body["fallback"] == {"model": "easel-default", "reason": "unavailable"}
     assert ("failed", "easel-default") in handles.calls and len(body["data"]) == 1
+
+
+def test_a_remote_link_draws_what_its_primary_cannot_and_says_what_it_dropped(stack, engine_dir):
+    """A chain to a remote model (``unsupported=drop``): the default down, its request (with a sampler the remote
+    cannot take) is drawn by the remote's service without it, and the answer says who drew it, why, and what it lost."""
+    sent, png = [], io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, "PNG")
+
+    def service(request: httpx.Request) -> httpx.Response:
+        sent.append(json.loads(request.content))
+        return httpx.Response(200, json={"data": [{"b64_json": base64.b64encode(png.getvalue()).decode()}], "seed": 3})
+
+    backend = RemoteBackend(url="http://127.0.0.1:9", unsupported="drop")
+    models = CurrentModels(stack[0].now(), {"far": RemoteModel("far", backend, transport=httpx.MockTransport(service))})
+    served = generations((models, stack[1]), Down("easel-default"), {"easel-default": ("far",)})
+    answer = asyncio.run(answered(served, scheduler="euler"))
+    body = json.loads(answer.body)
+    assert answer.headers["easel-model"] == "far" and answer.headers["easel-fallback"] == "easel-default unavailable"
+    assert answer.headers["easel-dropped"] == "scheduler" and body["dropped"] == ["scheduler"] and body["seed"] == 3
+    assert sent == [{"prompt": "a red fox", "n": 1, "response_format": "b64_json", "seed": 3}]
+    with pytest.raises(InvalidInput) as refused:  # the remote asked by name: refused under its default, refuse
+        models.remotes["far"] = RemoteModel("far", RemoteBackend(url="http://127.0.0.1:9"))
+        asyncio.run(served.admitted(GenerationRequest(prompt="x", model="far", scheduler="euler"), None))
+    assert refused.value.field == "scheduler"
+
+
+def test_a_model_saturated_past_its_queue_wait_is_drawn_by_its_chain_and_only_a_request_that_may_fall_back_waits(
+    stack,
+):
+    """``--fallback-queue-wait-s``: a request that may go down a chain carries the wait to its replica (its plan);
+    one with ``fallback: false``, or for a model without a chain, waits its turn. Saturated there, the chain draws."""
+    models, traffic = stack
+    circuits = Circuits(ResilienceSettings(), failed=against_model)
+    handles = Down("easel-default", error=Saturated("model: no slot within its queue wait of 2 s", "model"))
+    chains = {"easel-default": ("b",)}
+    served = Generations(
+        models, handles, None, handles, None, traffic, circuits=circuits, fallbacks=chains, fallback_queue_wait_s=2.0
+    )
+
+    async def plans() -> list:
+        asked = [GenerationRequest(prompt="x", seed=1), GenerationRequest(prompt="x", seed=1, fallback=False)]
+        asked.append(GenerationRequest(prompt="x", seed=1, model="b"))
+        return [(await served.admitted(request, None)).plan.queue_wait_s for request in asked]
+
+    assert asyncio.run(plans()) == [2.0, None, None]
+    answer = asyncio.run(answered(served))
+    assert answer.headers["easel-model"] == "b" and answer.headers["easel-fallback"] == "easel-default saturated"
+    assert served.circuits.states()["easel-default"] == "closed"  # saturation is no failure

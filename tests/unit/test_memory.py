@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from build_engines.memory import SIDES, measured, save, sides_up_to
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, Saturated
 from serve.priority import Priority
+from serve.serving.ray_errors import cannot_serve
 from serve.text_to_image.admission import Admission, Limits, Plan, Work
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import ActivationPool
@@ -209,3 +210,25 @@ def test_higher_priority_starts_first_and_does_not_wait_for_lower_ones_in_flight
 
     asyncio.run(scenario())
     assert started == ["normal", "high", "normal 2", "low"]
+
+
+def test_a_request_that_may_fall_back_waits_no_longer_than_its_queue_wait_and_the_queue_moves_on():
+    admission = Admission({}, 0, Limits(1, max_cost=10, max_inflight_cost=10), VaeTiling(256, 8), "unet")
+    started = []
+
+    async def request(name: str, cost: float, hold_s: float, wait_s: float | None = None) -> None:
+        async with admission.slot(cost, Priority.NORMAL, wait_s):
+            started.append(name)
+            await asyncio.sleep(hold_s)
+
+    async def scenario() -> list:
+        full = asyncio.create_task(request("full", 10, 0.2))
+        await asyncio.sleep(0.01)
+        impatient = asyncio.create_task(request("impatient", 1, 0.01, wait_s=0.05))  # saturated after 0.05 s
+        await asyncio.sleep(0.01)
+        patient = asyncio.create_task(request("patient", 1, 0.01))  # behind it, and not blocked by it once gone
+        return await asyncio.gather(full, impatient, patient, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert isinstance(outcomes[1], Saturated) and outcomes[1].status == 429 and "0.05 s" in outcomes[1].message
+    assert started == ["full", "patient"] and cannot_serve(outcomes[1]) == "saturated"

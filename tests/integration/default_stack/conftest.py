@@ -5,6 +5,10 @@ is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--
 finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
 flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, a
 tiny random motion adapter (videos), and a tiny random CLIP and aesthetic head as its scorer (``--scorer``).
+
+It names three remote models on ports chosen now (:func:`remote_ports`), whose services ``test_remote`` starts while
+it runs (a second stack, ``b``; a service that hangs, ``hang``; one that floods, ``huge``): elsewhere they are
+unreachable, and the default model's chain (``spare``, then ``b``) ends in a 503.
 """
 
 import grpc
@@ -17,6 +21,7 @@ from build_engines.scoring import random_aesthetic, random_clip
 from build_engines.text_to_image.motion import random_motion_adapter
 from serve.grpc_api import easel_pb2_grpc
 from serve.names import DEFAULT_MODEL
+from serve.processes import free_ports
 from serve.stack import Stack, StackOptions
 
 UPSCALERS = {"x4": ("RRDBNet", 4, "RealESRGAN_x4plus.pth"), "general": ("SRVGGNetCompact", 4, "general.pth")}
@@ -66,9 +71,28 @@ def scorers(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="package")
-def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_moderator, motion_adapter, scorers):
+def remote_ports() -> dict[str, int]:
+    """The loopback ports of the remote models' services: ``b`` (a second stack), ``hang`` and ``huge``."""
+    return dict(zip(("b", "hang", "huge"), free_ports(3), strict=True))
+
+
+@pytest.fixture(scope="package")
+def stack(
+    tmp_path_factory,
+    upscaler_files,
+    restorer_file,
+    safety_checker,
+    text_moderator,
+    motion_adapter,
+    scorers,
+    remote_ports,
+):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker, the text moderator, a motion adapter (videos), a scorer and a fallback chain."""
+    restorer, the safety checker, the text moderator, a motion adapter (videos), a scorer, remote models (a hanging
+    one cut at 2 s, a flooding one at 1 MB) and a fallback chain."""
+    remotes = {name: {"url": f"http://127.0.0.1:{port}"} for name, port in remote_ports.items()}
+    remotes["hang"] |= {"timeout_s": 2}
+    remotes["huge"] |= {"max_mb": 1}
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -80,7 +104,8 @@ def stack(tmp_path_factory, upscaler_files, restorer_file, safety_checker, text_
         text_moderator=text_moderator,
         motion_adapters={"wave": motion_adapter},
         scorers=scorers,
-        fallbacks={DEFAULT_MODEL: ("spare",)},  # spare: served only while test_text_to_image's fallback test runs
+        remotes=remotes,
+        fallbacks={DEFAULT_MODEL: ("spare", "b")},  # spare: served only while test_text_to_image's fallback test runs
     )
     with Stack(options) as stack:
         yield stack

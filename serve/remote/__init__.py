@@ -1,0 +1,5 @@
+"""Remote models: a model another service draws (``easel up --remote NAME=URL``), served beside the stack's own.
+
+:mod:`serve.remote.settings` declares them, :class:`serve.remote.models.RemoteModel` checks, prices and draws one,
+:mod:`serve.remote.openai_images` speaks its protocol (OpenAI's images API: another Easel or any compatible service).
+"""

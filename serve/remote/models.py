@@ -1,0 +1,114 @@
+"""A remote model: checked and priced by this stack like its own, drawn by another service."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import httpx
+
+from serve.adapters.requests import StackAdapters
+from serve.errors import InvalidInput
+from serve.remote import openai_images
+from serve.remote.settings import RemoteBackend
+from serve.text_to_image.admission import DEFAULT_MAX_COST, Checked, Plan, Work
+from serve.text_to_image.generation import EncodedImages, draw_seed
+from serve.text_to_image.images import output_size
+
+FAMILY = "remote"
+"""Its ``family`` in ``GET /v1/models``."""
+DROPPED_HEADER = "Easel-Dropped"
+
+
+@dataclass(frozen=True)
+class RemoteModel:
+    """``easel up --remote NAME=URL``: a model of the stack's table of names whose images another service draws.
+
+    Its requests are checked here (what it cannot honour: a 400 naming the field, or dropped, as its backend says),
+    priced as one pass per step at their size (the stack's ``--max-cost`` bounds it, a key's cost limit counts it),
+    guarded by its own circuit breaker and reachable in fallback chains. It has no engines: nothing to load.
+    """
+
+    name: str
+    backend: RemoteBackend
+    max_cost: float = DEFAULT_MAX_COST
+    version: int = 1
+    adapters: StackAdapters = field(default_factory=StackAdapters)  # none: a LoRA is one of what it cannot honour
+    transport: httpx.AsyncBaseTransport | None = field(
+        default=None, compare=False
+    )  # None: the network (tests: httpx's)
+
+    @property
+    def key(self) -> str:
+        """What names its images' maker in the result cache and in each image's record: its service and model."""
+        where = f"{self.backend.url}|{self.backend.model or ''}|{'+'.join(self.backend.takes)}"
+        return "remote-" + hashlib.sha256(where.encode()).hexdigest()[:16]
+
+    @property
+    def version_id(self) -> str:
+        """Its one version's id."""
+        return f"{self.name}.remote"
+
+    @property
+    def native_size(self) -> int:
+        """The side its images are priced at when a request gives no size."""
+        return self.backend.native_size
+
+    def dropped(self, request) -> tuple[str, ...]:
+        """The fields it draws ``request`` without (its backend drops what it cannot honour)."""
+        return openai_images.unsupported(request, self.backend) if self.backend.unsupported == "drop" else ()
+
+    def check(self, request, owner: str | None = None) -> Checked:
+        """``request`` checked (a 400 naming the field it cannot honour, or over the cost limit) and priced."""
+        for name in openai_images.unsupported(request, self.backend):
+            if self.backend.unsupported == "refuse" or name in openai_images.NEVER_DROPPED:
+                why = f"{name}: model {self.name} is drawn by a remote service, which does not take {name}"
+                raise InvalidInput(why, name)
+        width, height = output_size(request, self.native_size)
+        work = Work(request.n, request.num_inference_steps, width, height)
+        if work.cost > self.max_cost:
+            why = f"the cost, {work.explained()}, is over the limit of {self.max_cost:g} (easel up --max-cost)"
+            raise InvalidInput(f"{work.cost_field}: {why}", work.cost_field)
+        return Checked(work, Plan(work.cost))
+
+    def drawn(self, request):
+        """``request`` as it is drawn: what its backend drops (``unsupported=drop``) set back to its default."""
+        fields = type(request).model_fields
+        return request.model_copy(
+            update={name: fields[name].get_default(call_default_factory=True) for name in self.dropped(request)}
+        )
+
+    async def generate(self, request) -> EncodedImages:
+        """``request``'s images, drawn by its service (what it cannot honour dropped)."""
+        return await openai_images.generate(request, self.backend, draw_seed(request.seed), self.name, self.transport)
+
+    def headers(self, request) -> dict[str, str]:
+        """Its answer's headers: the model, and the fields dropped (``Easel-Dropped``), if any."""
+        dropped = self.dropped(request)
+        return {"Easel-Model": self.name} | ({DROPPED_HEADER: ",".join(dropped)} if dropped else {})
+
+    def public(self, loaded: bool = True) -> dict:
+        """``GET /v1/models``' entry, in the shape of a served model's (nothing to load: always loaded)."""
+        size = self.native_size
+        return {
+            "id": self.name,
+            "object": "model",
+            "created": 0,
+            "owned_by": "easel",
+            "family": FAMILY,
+            "native_size": f"{size}x{size}",
+            "loaded": loaded,
+            "loras": False,
+            "ip_adapter": False,
+            "ip_adapters": [],
+            "controlnets": [],
+            "takes_images": False,
+            "version": self.version,
+        }
+
+
+def remote_models(backends: dict[str, RemoteBackend], max_cost: float = DEFAULT_MAX_COST) -> dict[str, RemoteModel]:
+    """The remote models ``backends`` declares (each one's key read now: an unset variable is an error at start)."""
+    for backend in backends.values():
+        backend.api_key()
+    return {name: RemoteModel(name, backend, max_cost) for name, backend in backends.items()}

@@ -76,7 +76,8 @@ class Utf8Parts(MultiPartParser):
 
 async def _form(request: Request) -> FormData:
     """The body's parts (text in UTF-8), within the form's limits."""
-    limits = {"max_files": MAX_IMAGES + 2, "max_fields": 32 + MAX_CONTROLNETS, "max_part_size": MAX_REQUEST_BYTES}
+    fields = len(GenerationRequest.model_fields)  # each comes once: a form of every field is within it
+    limits = {"max_files": MAX_IMAGES + 2, "max_fields": fields + MAX_CONTROLNETS, "max_part_size": MAX_REQUEST_BYTES}
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
         return await request.form(**limits)
     return await Utf8Parts(request.headers, request.stream(), **limits).parse()

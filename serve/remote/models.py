@@ -34,9 +34,8 @@ class RemoteModel:
     max_cost: float = DEFAULT_MAX_COST
     version: int = 1
     adapters: StackAdapters = field(default_factory=StackAdapters)  # none: a LoRA is one of what it cannot honour
-    transport: httpx.AsyncBaseTransport | None = field(
-        default=None, compare=False
-    )  # None: the network (tests: httpx's)
+    # None: the network; a test's recorded answers otherwise (httpx's MockTransport)
+    transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False)
 
     @property
     def key(self) -> str:

@@ -19,7 +19,7 @@ import httpx
 
 from serve.errors import BadGateway, GatewayTimeout, NotReady
 from serve.remote.settings import RemoteBackend
-from serve.text_to_image.generation import EncodedImages
+from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,6 @@ ANSWERED_HERE += ("vectorize_tier",)
 """Fields Easel honours itself, whoever draws: how the answer is shaped, queued and traced."""
 NEVER_DROPPED = ("prompts", "image", "mask")
 """What a request is about: refused, never drawn without it, whatever the backend's ``unsupported``."""
-PROMPT_TRUNCATED = "prompt_tokens_truncated"
 
 
 def unsupported(request, backend: RemoteBackend) -> tuple[str, ...]:
@@ -122,8 +121,8 @@ async def _read(response: httpx.Response, backend: RemoteBackend, name: str) -> 
 
 
 def _message(payload: bytes) -> str:
-    """An error answer's message (OpenAI's ``error.message``), else its first 200 characters."""
+    """An error answer's message (OpenAI's ``error.message``), else its body's start; 200 characters at most."""
     try:
-        return str(json.loads(payload)["error"]["message"])[:500]
+        return str(json.loads(payload)["error"]["message"])[:200]
     except (ValueError, KeyError, TypeError):
         return payload[:200].decode(errors="replace")

@@ -30,12 +30,7 @@ class CurrentModels:
         """The model a request's ``model`` names: a remote one, else :meth:`ServedModels.resolve` (400 if none)."""
         if name in self.remotes:
             return self.remotes[name]
-        try:
-            return self.now().resolve(name)
-        except InvalidInput as error:
-            if not self.remotes:
-                raise
-            raise InvalidInput(f"{error.message[:-1]}, remote: {', '.join(self.remotes)})", "model") from None
+        return self.now().resolve(name, self.remotes)
 
     def names(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""

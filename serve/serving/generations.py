@@ -50,7 +50,7 @@ from serve.serving.streaming import Streaming
 from serve.serving.upscale import Upscaling
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
-from serve.text_to_image.generation import EncodedImages, Progress
+from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
@@ -74,10 +74,6 @@ async def cache_call(call: Callable, *args):
     except (sqlite3.Error, RedisError) as error:
         logger.warning("result cache skipped: %s", error)
         return None
-
-
-PROMPT_TRUNCATED = "prompt_tokens_truncated"
-"""An answer's field (when any were): the most tokens of its prompt one of the model's text encoders did not read."""
 
 
 def seed_header(seed: int | None) -> dict[str, str]:

@@ -221,6 +221,10 @@ class Progress:
     preview: str | None = None
 
 
+PROMPT_TRUNCATED = "prompt_tokens_truncated"
+"""An answer's field (when any were): the most tokens of its prompt one of the model's text encoders did not read."""
+
+
 @dataclass(frozen=True)
 class EncodedImages:
     """Encoded images and what the response should say about them."""

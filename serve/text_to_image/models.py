@@ -13,7 +13,7 @@ reads it again when it changes (:meth:`ServedModels.refreshed`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -321,14 +321,18 @@ class ServedModels(Mapping[str, ServedModel]):
         """The model a request without ``model`` gets."""
         return next(iter(self._models.values()))
 
-    def resolve(self, requested: str | None) -> ServedModel:
-        """The served model a request's ``model`` names (None or empty: the default); unknown: 400 naming ``model``."""
+    def resolve(self, requested: str | None, remote: Iterable[str] = ()) -> ServedModel:
+        """The served model a request's ``model`` names (None or empty: the default); unknown: 400 naming ``model``.
+
+        ``remote``: the stack's remote models, listed in the refusal beside the served ones.
+        """
         if not requested:
             return self.default
         model = self._models.get(requested)
         if model is None:
             gone = " was removed from this stack" if requested in self.table.versions else ""
-            raise InvalidInput(f"model: unknown model {requested!r}{gone} (served: {', '.join(self._models)})", "model")
+            known = ", ".join(self._models) + (f", remote: {', '.join(remote)}" if remote else "")
+            raise InvalidInput(f"model: unknown model {requested!r}{gone} (served: {known})", "model")
         return model
 
     def require(self, model_id: str) -> ServedModel:

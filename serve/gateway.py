@@ -26,8 +26,6 @@ from serve.jobs import open_job_store
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
-from serve.remote.models import remote_models
-from serve.remote.settings import RemoteSettings
 from serve.resilience.circuits import Circuits
 from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
@@ -147,10 +145,9 @@ class Gateway:
         webhook_secret_path: str | None = None,
         resilience: ResilienceSettings | None = None,
         scorer_dir: str | None = None,
-        remotes: RemoteSettings | None = None,
     ) -> None:
         store_url = store_url or default_url()
-        current = CurrentModels(models, remote_models((remotes or RemoteSettings()).remotes, models.max_cost))
+        current = CurrentModels(models)  # the model table: served and remote models, fallback chains
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
@@ -248,7 +245,14 @@ def build_app(args: AppArgs) -> serve.Application:
     ip = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
     adapters = {n: StackAdapters(args.loras_dir.get(n), ip[n], args.store, n, args.lora_limits) for n in args.models}
     models = ServedModels.open(
-        args.models, adapters, args.memory_budget_bytes, args.max_cost, args.model_weights_bytes, args.model_table_path
+        args.models,
+        adapters,
+        args.memory_budget_bytes,
+        args.max_cost,
+        args.model_weights_bytes,
+        args.model_table_path,
+        args.remote_declarations(),
+        args.fallbacks,
     )
     residency = ModelResidency.bind(
         models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
@@ -274,5 +278,4 @@ def build_app(args: AppArgs) -> serve.Application:
         args.webhook_secret_path,
         ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
         args.scorer_dir,
-        RemoteSettings.model_validate(args.model_dump(include=set(RemoteSettings.model_fields))),
     )

@@ -150,6 +150,7 @@ ROUTES = (
     Route("post", "/v1/models", Scope.ADMIN, (409,)),
     Route("get", "/v1/models/{model_id}", Scope.GENERATE, (404,)),
     Route("put", "/v1/models/{model_id}", Scope.ADMIN, (404, 409)),
+    Route("put", "/v1/models/{model_id}/fallback", Scope.ADMIN, (404, 409)),
     Route("delete", "/v1/models/{model_id}", Scope.ADMIN, (404, 409)),
     Route("get", "/v1/jobs", Scope.JOBS, (404,)),
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),

@@ -72,6 +72,7 @@ SHARED = {
     ("get", "/v1/images/{image_id}/content"): "an image's signed URL: its signature is the key, whoever asks",
     ("get", "/v1/models/{model_id}"): "the stack's served models, one catalog for every key",
     ("put", "/v1/models/{model_id}"): "the stack's served models (admin)",
+    ("put", "/v1/models/{model_id}/fallback"): "the stack's served models' fallback chains (admin)",
     ("delete", "/v1/models/{model_id}"): "the stack's served models (admin)",
     ("delete", "/v1/vectorize/models/{version}"): "the stack's vectorize models (admin)",
     ("get", "/v1/experiments/{name}"): "the stack's experiments (admin)",

@@ -111,6 +111,16 @@ def add(api_url: str, name: str, engine_dir: Path, loras_dir: Path | None = None
     return call(api_url, "POST", "/v1/models", {"name": name, **_folders(engine_dir, loras_dir)})
 
 
+def add_remote(api_url: str, name: str, declaration: dict) -> dict:
+    """Serve the model another service draws, as ``declaration`` declares it, as a new model ``name``."""
+    return call(api_url, "POST", "/v1/models", {"name": name, "remote": declaration})
+
+
+def chain(api_url: str, name: str, links: tuple[str, ...]) -> dict:
+    """Make ``links`` model ``name``'s fallback chain (none: no chain)."""
+    return call(api_url, "PUT", api_path("v1", "models", model_name(name), "fallback"), {"chain": list(links)})
+
+
 def replace(api_url: str, name: str, engine_dir: Path, loras_dir: Path | None = None) -> dict:
     """Serve ``engine_dir`` (built) as model ``name``'s next version, with its LoRA registry folder ``loras_dir``."""
     return call(api_url, "PUT", api_path("v1", "models", model_name(name)), _folders(engine_dir, loras_dir))

@@ -24,6 +24,7 @@ from serve.cli.options import (
     FOLDER,
     MODEL_OPTION,
     NAMED_FOLDER,
+    NAMED_REMOTE,
     ModelFolder,
     ModelName,
     check_model,
@@ -244,6 +245,27 @@ def models_add(model: tuple[str, Path], loras: Path | None, ip_adapters: dict, c
     """
     added = _built_and_sent(model_admin.add, model, loras, ip_adapters=ip_adapters, controlnets=controlnets)
     click.echo(f"added {added}")
+
+
+@models.command("add-remote")
+@click.argument("remote", type=NAMED_REMOTE, metavar="NAME=URL[,OPTION=VALUE...]")
+def models_add_remote(remote: tuple[str, dict]) -> None:
+    """Serve a model another service draws (OpenAI's images API) as NAME, with the options ``easel up --remote`` takes.
+
+    Its key_env names a variable of the running stack's environment (the key itself never travels).
+    """
+    name, declaration = remote
+    added = model_admin.add_remote(model_admin.stack_api(), name, declaration)
+    click.echo(f"added {_said(added)}")
+
+
+@models.command("fallback")
+@click.argument("model", type=ModelName())
+@click.argument("links", type=ModelName(), nargs=-1)
+def models_fallback(model: str, links: tuple[str, ...]) -> None:
+    """Set MODEL's fallback chain: the LINKS that answer, in turn, when it cannot serve (no LINKS: no chain)."""
+    chained = model_admin.chain(model_admin.stack_api(), model, links)
+    click.echo(f"{chained['id']}: fallback {', '.join(chained['fallback']) or '(none)'}")
 
 
 @models.command("replace")

@@ -24,6 +24,8 @@ MODEL = {
     "controlnets": [],
     "takes_images": True,
     "version": 1,
+    "circuit": "closed",
+    "fallback": [],
 }
 IMAGES = {
     "created": 1795709100,
@@ -235,6 +237,10 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("put", "/v1/models/{model_id}"): {
         "request": _json("PUT /v1/models/xl", '{"engine_dir": "/srv/easel/engines/77c2...-auto-fp32"}'),
         "answer": MODEL | {"id": "xl", "family": "sdxl", "native_size": "1024x1024", "version": 2},
+    },
+    ("put", "/v1/models/{model_id}/fallback"): {
+        "request": _json("PUT /v1/models/easel-default/fallback", '{"chain": ["sd15", "hosted"]}'),
+        "answer": MODEL | {"fallback": ["sd15", "hosted"]},
     },
     ("delete", "/v1/models/{model_id}"): {
         "request": "DELETE /v1/models/xl",

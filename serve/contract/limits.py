@@ -137,6 +137,33 @@ UNSTATED_LIMITS = (
         f"{BY_DECODING}; the IP-Adapter is the stack's",
     ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
+    UnstatedLimit(
+        "post",
+        _MODELS,
+        ("engine_dir",),
+        "one of them",
+        "exactly one of engine_dir and remote",
+        "a rule across two fields",
+    ),
+    UnstatedLimit(
+        "post", _MODELS, ("loras_dir",), "no LoRAs", "loras_dir with engine_dir only", "a rule across fields"
+    ),
+    UnstatedLimit(
+        "post",
+        _MODELS,
+        ("remote",),
+        "environment",
+        "a remote's key_env names a variable set in the stack's environment",
+        "the stack's environment is known by reading it",
+    ),
+    UnstatedLimit(
+        "put",
+        f"{_MODEL}/fallback",
+        ("chain",),
+        "chain:",
+        "models this stack serves (or remote ones), each named once, not the model itself",
+        "the models are the stack's",
+    ),
     UnstatedLimit("put", _MODEL, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit("post", UPSCALE, ("upscaler",), "upscaler", _UPSCALER, _THE_STACK_S_UPSCALERS),
     UnstatedLimit("post", UPSCALE, ("scale",), "is outside", _UPSCALER, _THE_STACK_S_UPSCALERS),

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from fastapi import Request
 
 from serve.http.admission import serving
-from serve.text_to_image.models import ModelFolder, NewModel
+from serve.serving.models import FallbackChain, NewModel
+from serve.text_to_image.models import ModelFolder
 
 
 async def controlnets_listed(http: Request) -> dict:
@@ -29,6 +30,7 @@ async def model(http: Request, model_id: str) -> dict:
 async def model_added(http: Request, body: NewModel) -> dict:
     """Serve a built engine folder as a new model (admin): installed in Triton and loaded if it fits the room.
 
+    Or, with ``remote``, a model another service draws (family ``remote``): ``easel models add-remote``.
     A name served already or an experiment's is a 409; a folder Triton cannot load a 400 naming ``engine_dir``,
     and nothing changes. ``easel models add NAME=DIR`` builds the folder and calls this.
     """
@@ -46,6 +48,15 @@ async def model_replaced(http: Request, model_id: str, body: ModelFolder) -> dic
     return replaced
 
 
+async def model_fallback(http: Request, model_id: str, body: FallbackChain) -> dict:
+    """Set the model's fallback chain (admin): the models that answer, in turn, when it cannot serve; its entry.
+
+    A link that is not a model of this stack (served or remote), the model itself or one named twice is a 400 naming
+    ``chain``; an empty chain removes it. ``easel models fallback MODEL LINK,...`` calls this.
+    """
+    return await serving(http).models.chain(model_id, body)
+
+
 async def model_removed(http: Request, model_id: str) -> dict:
     """Stop serving a model (admin): its requests in flight finish; its jobs not started fail naming ``model``.
 
@@ -60,6 +71,7 @@ ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("GET", "/v1/models/{model_id}", model),
     ("POST", "/v1/models", model_added),
     ("PUT", "/v1/models/{model_id}", model_replaced),
+    ("PUT", "/v1/models/{model_id}/fallback", model_fallback),
     ("DELETE", "/v1/models/{model_id}", model_removed),
 )
 """Method, path and handler of each route, in the OpenAPI document's order."""

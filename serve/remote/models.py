@@ -104,10 +104,3 @@ class RemoteModel:
             "takes_images": False,
             "version": self.version,
         }
-
-
-def remote_models(backends: dict[str, RemoteBackend], max_cost: float = DEFAULT_MAX_COST) -> dict[str, RemoteModel]:
-    """The remote models ``backends`` declares (each one's key read now: an unset variable is an error at start)."""
-    for backend in backends.values():
-        backend.api_key()
-    return {name: RemoteModel(name, backend, max_cost) for name, backend in backends.items()}

@@ -51,6 +51,10 @@ class RemoteBackend(BaseModel):
             raise ValueError(f"takes: {', '.join(sorted(unknown))} (it may name {', '.join(EXTENSIONS)})")
         return takes
 
+    def declaration(self) -> dict:
+        """Its declaration as the model table holds it: the fields given, in JSON's types."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
     def api_key(self) -> str | None:
         """Its key, read from :attr:`key_env` (unset there: an error naming the variable)."""
         if self.key_env is None:
@@ -77,7 +81,12 @@ class RemoteSettings(BaseModel):
     @field_validator("remotes")
     @classmethod
     def _named(cls, remotes: dict[str, RemoteBackend]) -> dict[str, RemoteBackend]:
-        for name in remotes:
+        for name, backend in remotes.items():
             if not NAME.match(name):
                 raise ValueError(f"remotes: {name!r} cannot name a model ({NAME_RULE})")
+            backend.api_key()  # its key's variable is set: else the start stops here, naming it
         return remotes
+
+    def remote_declarations(self) -> dict[str, dict]:
+        """Each remote model's declaration as the model table holds it (the fields given, JSON's types)."""
+        return {name: backend.declaration() for name, backend in self.remotes.items()}

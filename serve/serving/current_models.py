@@ -4,33 +4,57 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from serve.errors import InvalidInput
+import httpx
+
 from serve.remote.models import RemoteModel
+from serve.remote.settings import RemoteBackend
+from serve.text_to_image.model_table import ModelTable
 from serve.text_to_image.models import ServedModel, ServedModels
 
 
 class CurrentModels:
-    """The model table as the residency last wrote it, and the remote models the stack started with (``--remote``).
+    """The model table as the residency last wrote it: the models served here, the remote ones, the fallback chains.
 
-    The table changes as models are added, replaced or removed while the stack runs.
+    The table changes as models are added, replaced or removed while the stack runs, and as chains are set.
+    ``transport``: how every remote model is called (None: the network; a test's recorded answers otherwise).
     """
 
-    def __init__(self, models: ServedModels, remotes: Mapping[str, RemoteModel] | None = None) -> None:
+    def __init__(self, models: ServedModels, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self._models = models
-        self.remotes = dict(remotes or {})
-        for name in set(self.remotes) & set(models):
-            raise InvalidInput(f"remotes: {name!r} names a served model and a remote one", "remotes")
+        self._transport = transport
+        self._remotes: tuple[ModelTable | None, dict[str, RemoteModel]] = (None, {})  # the table read, its remotes
 
     def now(self) -> ServedModels:
         """The models served now (the table read again when the residency has changed it)."""
         self._models = self._models.refreshed()
         return self._models
 
+    @property
+    def remotes(self) -> dict[str, RemoteModel]:
+        """The remote models the table declares now (built again when the table changed)."""
+        models = self.now()
+        table, remotes = self._remotes
+        if table is not models.table:
+            declared = models.table.remotes.items()
+            remotes = {name: self.remote(name, declaration) for name, declaration in declared}
+            self._remotes = (models.table, remotes)
+        return remotes
+
+    def remote(self, name: str, declaration: Mapping) -> RemoteModel:
+        """The remote model ``declaration`` (a :class:`RemoteBackend`'s fields) declares, priced as this stack's."""
+        backend = RemoteBackend.model_validate(declaration)
+        return RemoteModel(name, backend, self._models.max_cost, transport=self._transport)
+
+    def chains(self) -> Mapping[str, tuple[str, ...]]:
+        """Each model's fallback chain, as the table holds them now."""
+        return self.now().table.fallbacks
+
     def named(self, name: str | None) -> ServedModel | RemoteModel:
         """The model a request's ``model`` names: a remote one, else :meth:`ServedModels.resolve` (400 if none)."""
-        if name in self.remotes:
-            return self.remotes[name]
-        return self.now().resolve(name, self.remotes)
+        remotes = self.remotes
+        if name in remotes:
+            return remotes[name]
+        return self.now().resolve(name, remotes)
 
     def names(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""

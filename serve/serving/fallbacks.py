@@ -45,26 +45,27 @@ class Fallback:
 
 
 class Fallbacks:
-    """Each model's chain (``--fallback MODEL=LINK,...``), and how a generation goes down it.
+    """Each model's chain, as the model table holds it now, and how a generation goes down it.
 
+    The chains: ``--fallback MODEL=LINK,...`` at the start, ``PUT /v1/models/{model_id}/fallback`` while it runs.
     ``relink``: a generation admitted again for another model (its rules checked: a 400 when it cannot take it).
     """
 
     def __init__(
-        self, chains: Mapping[str, tuple[str, ...]], relink: Relink, queue_wait_s: float | None = None
+        self, chains: Callable[[], Mapping[str, tuple[str, ...]]], relink: Relink, queue_wait_s: float | None = None
     ) -> None:
-        self.chains = dict(chains)
+        self.chains = chains  # each model's chain now (the model table's: an admin may change them)
         self.relink = relink
         self.queue_wait_s = queue_wait_s  # how long a request that may fall back waits for its replica's slot
 
     def queue_wait(self, request, model: str) -> float | None:
         """How long ``request`` for ``model`` waits for a slot: the queue wait where it may go down a chain."""
-        return self.queue_wait_s if request.fallback and self.chains.get(model) else None
+        return self.queue_wait_s if request.fallback and self.chains().get(model) else None
 
     async def served(self, admitted, run: Callable[[object], Awaitable[Answer]]) -> tuple[Answer, Fallback | None]:
         """``run(admitted)``, or where its model cannot serve, ``run`` of the first link that can (and why)."""
         asked = admitted.model.name
-        chain = self.chains.get(asked, ()) if admitted.request.fallback else ()
+        chain = self.chains().get(asked, ()) if admitted.request.fallback else ()
         try:
             return await run(admitted), None
         except Exception as error:

@@ -20,7 +20,7 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi.responses import JSONResponse
@@ -103,11 +103,10 @@ class Generations(Streaming):
         moderation: Moderation | None = None,
         results: Results | None = None,
         circuits: Circuits | None = None,
-        fallbacks: Mapping[str, tuple[str, ...]] | None = None,
         fallback_queue_wait_s: float | None = None,
     ) -> None:
         self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
-        self.fallbacks = Fallbacks(fallbacks or {}, self._relinked, fallback_queue_wait_s)  # each model's chain
+        self.fallbacks = Fallbacks(models.chains, self._relinked, fallback_queue_wait_s)  # each model's chain
         self.moderation = moderation or Moderation()
         self.results = results or Results()  # each image kept, with what made it
         self.models = models

@@ -7,14 +7,50 @@ from __future__ import annotations
 
 import asyncio
 
+from pydantic import BaseModel, ConfigDict, Field
 from ray.serve.handle import DeploymentHandle
 
-from serve.errors import Conflict
+from serve.errors import Conflict, InvalidInput
 from serve.experiments.traffic import Experiments
+from serve.names import NAME, NAME_RULE
 from serve.remote.models import RemoteModel
+from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import Circuits
 from serve.serving.current_models import CurrentModels
-from serve.text_to_image.models import ModelFolder, NewModel, ServedModel
+from serve.text_to_image.models import ModelFolder, ServedModel
+
+MAX_CHAIN = 16
+"""The most links a fallback chain may have."""
+
+
+class NewModel(ModelFolder):
+    """``POST /v1/models``' body: a name and what draws it, a built engine folder or a remote service."""
+
+    name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
+    engine_dir: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description=f"{ModelFolder.model_fields['engine_dir'].description} Give it or remote, not both.",
+    )
+    remote: RemoteBackend | None = Field(
+        None,
+        description="A service that draws the model through OpenAI's images API (another Easel, or any compatible "
+        "service), as `easel up --remote` declares one: served as family remote, usable in fallback chains. Its "
+        "key_env must be set in the stack's environment.",
+    )
+
+
+class FallbackChain(BaseModel):
+    """``PUT /v1/models/{model_id}/fallback``'s body: the models that answer, in turn, when this one cannot serve."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    chain: list[str] = Field(
+        max_length=MAX_CHAIN,
+        description="Models this stack serves (or remote ones), each once, not the model itself, tried in this order "
+        "when it cannot serve (its engines unavailable, its circuit open, a timeout, saturated); empty: no chain.",
+    )
 
 
 class ModelAdmin:
@@ -55,18 +91,44 @@ class ModelAdmin:
         return self._public(model, (await self.loaded())[model_id])
 
     def _public(self, model: ServedModel | RemoteModel, loaded: bool = True) -> dict:
-        """A model's entry: :meth:`ServedModel.public`, and its circuit breaker's state (this replica's)."""
-        return model.public(loaded) | {"circuit": str(self.circuits.state(model.name))}
+        """A model's entry: :meth:`ServedModel.public`, its circuit breaker's state (this replica's), its chain."""
+        chain = list(self.models.chains().get(model.name, ()))
+        return model.public(loaded) | {"circuit": str(self.circuits.state(model.name)), "fallback": chain}
 
     async def add(self, body: NewModel) -> dict:
-        """Serve a built engine folder as a new model: 409 for a name an experiment has (a model may not shadow it)."""
+        """Serve a built engine folder, or a remote service, as a new model.
+
+        409 for a name an experiment has (a model may not shadow it); a 400 unless exactly one of ``engine_dir``
+        and ``remote`` is given, or where the remote's key is not in the stack's environment.
+        """
         if await asyncio.to_thread(self.experiments.exists, body.name):
             raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
-        return await self.residency.add.remote(body.name, body.engine_dir, body.loras_dir)
+        if (body.engine_dir is None) == (body.remote is None):
+            raise InvalidInput(
+                "engine_dir: give engine_dir (a built engine folder) or remote, one of them", "engine_dir"
+            )
+        if body.remote is None:
+            return await self.residency.add.remote(body.name, body.engine_dir, body.loras_dir)
+        if body.loras_dir is not None:
+            raise InvalidInput("loras_dir: a remote model takes no LoRAs", "loras_dir")
+        try:
+            body.remote.api_key()
+        except ValueError as error:
+            raise InvalidInput(f"{error} in the stack's environment", "remote") from None
+        await self.residency.add_remote.remote(body.name, body.remote.declaration())
+        return self._public(self.models.remote(body.name, body.remote.declaration()))
 
     async def replace(self, model_id: str, body: ModelFolder) -> dict:
-        """Serve a built engine folder as the model's next version."""
+        """Serve a built engine folder as the model's next version (409 for a remote model)."""
+        if model_id in self.models.remotes:
+            why = f"model_id: {model_id!r} is a remote model: remove it and add it again to change it"
+            raise Conflict(why, "model_id")
         return await self.residency.replace.remote(model_id, body.engine_dir, body.loras_dir)
+
+    async def chain(self, model_id: str, body: FallbackChain) -> dict:
+        """Make ``body.chain`` the model's fallback chain; its entry (404 for no model of that name)."""
+        await self.residency.chain.remote(model_id, tuple(body.chain))
+        return await self.describe(model_id)
 
     async def remove(self, model_id: str) -> dict:
         """Stop serving a model: 409 while an experiment has it as a variant."""

@@ -219,14 +219,16 @@ class StartPlan:
         return folders
 
     def model_table(self, engine_dirs: dict[str, str]) -> Path:
-        """Write the model table of this start: the last run's, the command line winning for the models it names.
+        """Write the model table of this start: the last run's, the command line winning for what it names.
 
-        The models the table serves that this start did not build (added, or replaced, through the API) are
-        installed in the repository again (:meth:`install_kept`).
+        What it names: models, remote models and fallback chains. The models the table serves that this start did
+        not build (added, or replaced, through the API) are installed in the repository again (:meth:`install_kept`).
         """
-        path = self.options.run_dir / MODEL_TABLE
+        opts = self.options
+        path = opts.run_dir / MODEL_TABLE
         path.parent.mkdir(parents=True, exist_ok=True)
-        ModelTable.resumed(self.kept_table(), engine_dirs, named=bool(self.options.models)).write(path)
+        table = ModelTable.resumed(self.kept_table(), engine_dirs, named=bool(opts.models))
+        table.declared(opts.remote_declarations(), opts.fallbacks).write(path)
         return path
 
     def kept_table(self) -> ModelTable | None:

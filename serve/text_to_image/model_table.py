@@ -5,6 +5,10 @@ removed, and every replica reads again when it changes (:meth:`~serve.text_to_im
 It is the stack's state: the next start resumes it (:meth:`ModelTable.resumed`). A command line that names models
 (``easel up --model ...``) wins for what it names: its first model is the default, and each model it names serves
 this start's build; the table's other models stay. A command line that names none serves the table as it was.
+
+It also holds the remote models (``--remote``, ``POST /v1/models`` with ``remote``: each one's declaration, the fields
+of :class:`serve.remote.settings.RemoteBackend`) and the fallback chains (``--fallback``, ``PUT
+/v1/models/{model_id}/fallback``); the command line's win for the names they give (:meth:`ModelTable.declared`).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from serve.errors import Conflict, NotFound
+from serve.errors import Conflict, InvalidInput, NotFound
 from serve.names import NAME, NAME_RULE
 
 
@@ -57,6 +61,8 @@ class ModelTable:
     current: dict[str, ModelEntry]
     retired: dict[str, ModelEntry] = field(default_factory=dict)  # by version id, until its requests have ended
     versions: dict[str, int] = field(default_factory=dict)
+    remotes: dict[str, dict] = field(default_factory=dict)  # name -> its declaration (RemoteBackend's fields)
+    fallbacks: dict[str, tuple[str, ...]] = field(default_factory=dict)  # model -> its chain's links, in order
 
     def __post_init__(self) -> None:
         for entry in self.entries():
@@ -84,7 +90,7 @@ class ModelTable:
             name: replace(entry, engine_dir=engine_dirs[name]) if entry.version == 1 and name in engine_dirs else entry
             for name, entry in kept.current.items()
         }
-        table = cls(current, {}, dict(kept.versions))
+        table = cls(current, {}, dict(kept.versions), dict(kept.remotes), dict(kept.fallbacks))
         for name, engine_dir in engine_dirs.items():
             if name not in table.versions:
                 table.add(name, engine_dir)
@@ -102,6 +108,18 @@ class ModelTable:
         The command line's first when it names models or no table is kept, else the kept table's default.
         """
         return names[0] if named or kept is None or not kept.current else next(iter(kept.current))
+
+    def declared(self, remotes: Mapping[str, dict], fallbacks: Mapping[str, tuple[str, ...]]) -> ModelTable:
+        """This table with the command line's remote models and fallback chains, which win for the names they give.
+
+        A remote named as a model the table serves (one the API added in the last run) is a :class:`ValueError`.
+        """
+        for name in set(remotes) & set(self.current):
+            raise ValueError(f"--remote: {name!r} is a served model's name (easel models remove {name}, or rename it)")
+        table = self.copy()
+        table.remotes.update((name, dict(declaration)) for name, declaration in remotes.items())
+        table.fallbacks.update((name, tuple(links)) for name, links in fallbacks.items())
+        return table
 
     def differences(self, kept: ModelTable | None) -> list[str]:
         """What this start's table changes in ``kept`` (the default, models served again or anew), one phrase each."""
@@ -124,13 +142,41 @@ class ModelTable:
 
     def copy(self) -> ModelTable:
         """A table to change (this one stays as it is until the change is done)."""
-        return ModelTable(dict(self.current), dict(self.retired), dict(self.versions))
+        return ModelTable(
+            dict(self.current), dict(self.retired), dict(self.versions), dict(self.remotes), dict(self.fallbacks)
+        )
 
     def add(self, name: str, engine_dir: str, loras_dir: str | None = None) -> ModelEntry:
         """Serve ``engine_dir`` as a new model ``name`` (409 naming ``name`` if one is served)."""
-        if name in self.current:
-            raise Conflict(f"name: model {name!r} is served already (replace it instead)", "name")
+        self._unnamed(name)
         return self._serve(name, engine_dir, loras_dir)
+
+    def add_remote(self, name: str, declaration: dict) -> None:
+        """Serve the remote model ``declaration`` declares as ``name`` (409 naming ``name`` if one is served)."""
+        self._unnamed(check_name(name))
+        self.remotes[name] = dict(declaration)
+
+    def chain(self, name: str, links: tuple[str, ...]) -> None:
+        """Make ``links`` model ``name``'s fallback chain (none: it has none); 404 for a model not served.
+
+        Each link is a model served here or a remote one, not ``name`` itself, named once (else a 400 naming
+        ``chain``). A link removed later stays: a request going down the chain skips it, and says why in the log.
+        """
+        if name not in self.current and name not in self.remotes:
+            self._served(name)
+        known = (*self.current, *self.remotes)
+        for link in links:
+            if link not in known:
+                why = f"no model {link!r} (served: {', '.join(known)})"
+            elif link == name or links.count(link) > 1:
+                why = f"{link!r} is {'the model itself' if link == name else 'named twice'}"
+            else:
+                continue
+            raise InvalidInput(f"chain: {why}", "chain")
+        if links:
+            self.fallbacks[name] = tuple(links)
+        else:
+            self.fallbacks.pop(name, None)
 
     def replace(self, name: str, engine_dir: str, loras_dir: str | None = None) -> tuple[ModelEntry, ModelEntry]:
         """Serve ``engine_dir`` as model ``name``'s next version; (the new version, the old, now retired)."""
@@ -138,8 +184,10 @@ class ModelTable:
         self.retired[old.version_id] = old
         return self._serve(name, engine_dir, loras_dir), old
 
-    def remove(self, name: str) -> ModelEntry:
-        """Stop serving ``name`` (the default model cannot go: 409); its version, retired."""
+    def remove(self, name: str) -> ModelEntry | None:
+        """Stop serving ``name`` (the default model cannot go: 409); its version, retired (None: a remote model)."""
+        if self.remotes.pop(name, None) is not None:
+            return None
         old = self._served(name)
         if name == next(iter(self.current)):
             raise Conflict(f"model_id: {name!r} is the default model: replace it instead", "model_id")
@@ -159,8 +207,14 @@ class ModelTable:
 
     def _served(self, name: str) -> ModelEntry:
         if name not in self.current:
-            raise NotFound(f"no model {name!r} (served: {', '.join(self.current)})", "model_id")
+            raise NotFound(f"no model {name!r} (served: {', '.join([*self.current, *self.remotes])})", "model_id")
         return self.current[name]
+
+    def _unnamed(self, name: str) -> None:
+        """409 naming ``name`` where a model, served here or remote, has that name."""
+        if name in self.current or name in self.remotes:
+            instead = "replace it instead" if name in self.current else "a remote one: remove it first"
+            raise Conflict(f"name: model {name!r} is served already ({instead})", "name")
 
     def to_json(self) -> dict:
         """The table as its file holds it."""
@@ -168,6 +222,8 @@ class ModelTable:
             "current": [asdict(entry) for entry in self.current.values()],
             "retired": [asdict(entry) for entry in self.retired.values()],
             "versions": self.versions,
+            "remotes": self.remotes,
+            "fallbacks": {name: list(links) for name, links in self.fallbacks.items()},
         }
 
     @classmethod
@@ -175,7 +231,9 @@ class ModelTable:
         """The table its file held."""
         current = [ModelEntry(**entry) for entry in data["current"]]
         retired = [ModelEntry(**entry) for entry in data.get("retired", ())]
-        return cls({e.name: e for e in current}, {e.version_id: e for e in retired}, dict(data.get("versions", {})))
+        fallbacks = {name: tuple(links) for name, links in data.get("fallbacks", {}).items()}
+        versions, remotes = dict(data.get("versions", {})), dict(data.get("remotes", {}))
+        return cls({e.name: e for e in current}, {e.version_id: e for e in retired}, versions, remotes, fallbacks)
 
     def write(self, path: Path) -> None:
         """Replace the file at ``path`` with this table whole (written aside, then renamed)."""

@@ -22,7 +22,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters, lora_rows
 from serve.errors import InvalidInput, NotFound
-from serve.names import NAME, NAME_RULE
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline
@@ -60,12 +59,6 @@ class ModelFolder(BaseModel):
         description="Absolute path of the model's LoRA registry folder, prepared for these LoRA-ready engines "
         "(`easel models add --loras DIR` prepares and sends it); absent: the model takes no LoRAs.",
     )
-
-
-class NewModel(ModelFolder):
-    """``POST /v1/models``' body: a name and the engine folder served under it."""
-
-    name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
 
 
 @dataclass(frozen=True)
@@ -226,6 +219,8 @@ class ServedModels(Mapping[str, ServedModel]):
         max_cost: float = DEFAULT_MAX_COST,
         room_bytes: int | None = None,
         table_path: str | Path | None = None,
+        remotes: Mapping[str, dict] | None = None,
+        fallbacks: Mapping[str, tuple[str, ...]] | None = None,
     ) -> ServedModels:
         """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: each one's.
 
@@ -233,14 +228,16 @@ class ServedModels(Mapping[str, ServedModel]):
         loaded) and the rest of ``memory_budget_bytes`` (None: the default for that room) one activation pool that
         every model's engines share. Each model's admission counts its own weights and that pool. Raises
         :class:`~serve.triton.memory.MemoryBudgetTooSmall` when the pool cannot run some model at all. With a
-        ``table_path`` whose file exists, the models are the table's (``engine_dirs`` set the budget only).
+        ``table_path`` whose file exists, the models are the table's (``engine_dirs`` set the budget only), else the
+        table also holds ``remotes`` and ``fallbacks`` (:meth:`ModelTable.declared`).
         """
         folders = {check_name(name): EngineFolder(path) for name, path in engine_dirs.items()}
         room = room_bytes or sum(folder.weights_bytes for folder in folders.values())
         activations = (memory_budget_bytes or default_memory_budget(room)) - room
         by_path = {str(folder.path): folder for folder in folders.values()}
         path = Path(table_path) if table_path else None
-        started = cls(ModelTable.start(engine_dirs), by_path, activations, room_bytes, adapters, max_cost, path)
+        table = ModelTable.start(engine_dirs).declared(remotes or {}, fallbacks or {})
+        started = cls(table, by_path, activations, room_bytes, adapters, max_cost, path)
         started._stamp = None  # the table's file, if there is one, is read at once
         return started.refreshed()
 

@@ -150,6 +150,16 @@ class ModelResidency:
         """Serve ``engine_dir`` as model ``name``'s next version; the old one finishes its requests, then goes."""
         return await self._switch(lambda table: table.replace(name, engine_dir, loras_dir))
 
+    async def add_remote(self, name: str, declaration: dict) -> None:
+        """Serve the remote model ``declaration`` declares as ``name`` (nothing to install or load)."""
+        await self._retabled(lambda table: table.add_remote(name, declaration))
+        logger.info("model %s added: drawn by %s", name, declaration["url"])
+
+    async def chain(self, name: str, links: tuple[str, ...]) -> None:
+        """Make ``links`` model ``name``'s fallback chain (none: it has none)."""
+        await self._retabled(lambda table: table.chain(name, links))
+        logger.info("model %s: fallback chain %s", name, ", ".join(links) or "(none)")
+
     async def remove(self, name: str) -> dict:
         """Stop serving model ``name``: new requests for it are 400s; those in flight finish, then it is unloaded."""
         self._require_changeable()
@@ -157,6 +167,10 @@ class ModelResidency:
             table = self.models.table.copy()
             old = table.remove(name)
             self.models = self.models.with_table(table)
+            if old is None:  # a remote model: nothing loaded
+                self._publish()
+                logger.info("model %s removed (a remote model)", name)
+                return {"object": "model", "id": name, "deleted": True, "version": 1}
             self.residency.retire(old.version_id)
             self._publish()
             metrics.set_gauge(metrics.MODEL_LOADED, 0, model=name)
@@ -176,6 +190,15 @@ class ModelResidency:
                 raise InvalidInput("version: POST installs a trained_dir; PUT makes a version current", "version")
             return await self.vectorize.serve(change.version)
         return await (self.vectorize.add if method == "POST" else self.vectorize.replace)(change.trained_dir)
+
+    async def _retabled(self, change: Callable[[ModelTable], None]) -> None:
+        """Make ``change`` to the table where it loads nothing (a remote model, a chain), and publish it."""
+        self._require_changeable()
+        async with self.changing:
+            table = self.models.table.copy()
+            change(table)
+            self.models = self.models.with_table(table)
+            self._publish()
 
     async def _switch(self, change: Callable[[ModelTable], tuple[ModelEntry, ModelEntry | None]]) -> dict:
         """Make ``change`` to the table (it gives the new version and the one it retires).

@@ -18,8 +18,6 @@ from ray.serve.exceptions import BackPressureError
 from serve.errors import InvalidInput, NotReady, Overloaded, Saturated
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Experiments
-from serve.remote.models import RemoteModel
-from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import CircuitOpen, Circuits
 from serve.resilience.settings import ResilienceSettings
 from serve.serving.current_models import CurrentModels
@@ -55,10 +53,15 @@ def stack(engine_dir, transformer_engine_dirs, tmp_path):
     return models, Experiments(open_experiment_store(f"sqlite:///{tmp_path / 'easel.db'}"), models.names)
 
 
-def generations(stack, handles: Handles, chains: dict, failures: int = 2) -> Generations:
+def generations(
+    stack, handles: Handles, chains: dict, failures: int = 2, remotes: dict | None = None, **options
+) -> Generations:
+    """Generations of the stack's models, ``chains`` and ``remotes`` in their table (``transport``: the remotes')."""
     models, traffic = stack
+    table = models.now().table.declared(remotes or {}, chains)
+    chained = CurrentModels(models.now().with_table(table), options.pop("transport", None))
     circuits = Circuits(ResilienceSettings(circuit_failures=failures), failed=against_model)
-    return Generations(models, handles, None, handles, None, traffic, circuits=circuits, fallbacks=chains)
+    return Generations(chained, handles, None, handles, None, traffic, circuits=circuits, **options)
 
 
 async def answered(served: Generations, **asked):
@@ -229,17 +232,17 @@ def test_a_remote_link_draws_what_its_primary_cannot_and_says_what_it_dropped(st
         sent.append(json.loads(request.content))
         return httpx.Response(200, json={"data": [{"b64_json": base64.b64encode(png.getvalue()).decode()}], "seed": 3})
 
-    backend = RemoteBackend(url="http://127.0.0.1:9", unsupported="drop")
-    models = CurrentModels(stack[0].now(), {"far": RemoteModel("far", backend, transport=httpx.MockTransport(service))})
-    served = generations((models, stack[1]), Down("easel-default"), {"easel-default": ("far",)})
+    far = {"far": {"url": "http://127.0.0.1:9", "unsupported": "drop"}}
+    transport = httpx.MockTransport(service)
+    served = generations(stack, Down("easel-default"), {"easel-default": ("far",)}, remotes=far, transport=transport)
     answer = asyncio.run(answered(served, scheduler="euler"))
     body = json.loads(answer.body)
     assert answer.headers["easel-model"] == "far" and answer.headers["easel-fallback"] == "easel-default unavailable"
     assert answer.headers["easel-dropped"] == "scheduler" and body["dropped"] == ["scheduler"] and body["seed"] == 3
     assert sent == [{"prompt": "a red fox", "n": 1, "response_format": "b64_json", "seed": 3}]
+    refusing = generations(stack, Down(), {}, remotes={"far": {"url": "http://127.0.0.1:9"}})
     with pytest.raises(InvalidInput) as refused:  # the remote asked by name: refused under its default, refuse
-        models.remotes["far"] = RemoteModel("far", RemoteBackend(url="http://127.0.0.1:9"))
-        asyncio.run(served.admitted(GenerationRequest(prompt="x", model="far", scheduler="euler"), None))
+        asyncio.run(refusing.admitted(GenerationRequest(prompt="x", model="far", scheduler="euler"), None))
     assert refused.value.field == "scheduler"
 
 
@@ -248,13 +251,8 @@ def test_a_model_saturated_past_its_queue_wait_is_drawn_by_its_chain_and_only_a_
 ):
     """``--fallback-queue-wait-s``: a request that may go down a chain carries the wait to its replica (its plan);
     one with ``fallback: false``, or for a model without a chain, waits its turn. Saturated there, the chain draws."""
-    models, traffic = stack
-    circuits = Circuits(ResilienceSettings(), failed=against_model)
     handles = Down("easel-default", error=Saturated("model: no slot within its queue wait of 2 s", "model"))
-    chains = {"easel-default": ("b",)}
-    served = Generations(
-        models, handles, None, handles, None, traffic, circuits=circuits, fallbacks=chains, fallback_queue_wait_s=2.0
-    )
+    served = generations(stack, handles, {"easel-default": ("b",)}, failures=5, fallback_queue_wait_s=2.0)
 
     async def plans() -> list:
         asked = [GenerationRequest(prompt="x", seed=1), GenerationRequest(prompt="x", seed=1, fallback=False)]

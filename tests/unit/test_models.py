@@ -9,7 +9,7 @@ import pytest
 
 from build_engines.text_to_image.build import install
 from serve.cli.fields import model_options, model_values
-from serve.errors import EaselError, InvalidInput, NotFound
+from serve.errors import Conflict, EaselError, InvalidInput, NotFound
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.model_table import MODEL_TABLE, ModelTable, start_said
@@ -134,6 +134,41 @@ def test_a_table_gives_each_name_new_versions_never_reused_and_keeps_old_ones_un
     assert table.add("xl", "/e/xl").version == 2  # a name removed and added again: a new version, never xl.v1
     again = ModelTable.from_json(json.loads(json.dumps(table.to_json())))
     assert again == table
+
+
+def test_a_table_holds_remote_models_and_chains_each_checked_and_the_command_line_wins_for_what_it_names():
+    """Remote models and fallback chains live in the table beside the models (the API's kept across a start)."""
+    table = ModelTable.start({DEFAULT_MODEL: "/e/default", "sd": "/e/sd"})
+    table.add_remote("far", {"url": "http://127.0.0.1:9"})
+    for taken in (DEFAULT_MODEL, "far"):
+        with pytest.raises(Conflict) as refused:
+            table.add_remote(taken, {"url": "http://127.0.0.1:8"})
+        assert refused.value.field == "name"
+    with pytest.raises(Conflict):
+        table.add("far", "/e/far")  # a served model may not take a remote's name either
+    table.chain(DEFAULT_MODEL, ("sd", "far"))
+    twice, itself, unknown = ((DEFAULT_MODEL, DEFAULT_MODEL), "named twice"), (("sd",), "itself"), (("x",), "no model")
+    for links, why in (twice, itself, unknown):
+        with pytest.raises(InvalidInput, match=why) as refused:
+            table.chain("sd", links)
+        assert refused.value.field == "chain"
+    with pytest.raises(NotFound):
+        table.chain("nope", ("sd",))
+    again = ModelTable.from_json(json.loads(json.dumps(table.to_json())))
+    assert again == table and again.fallbacks == {DEFAULT_MODEL: ("sd", "far")}
+    assert table.remove("far") is None and "far" not in table.remotes  # a remote: nothing to retire
+    table.chain(DEFAULT_MODEL, ())
+    assert table.fallbacks == {}
+    api = ModelTable.start({"a": "/e/a"})
+    api.add_remote("kept", {"url": "http://127.0.0.1:7"})
+    api.add_remote("b", {"url": "http://127.0.0.1:7"})
+    api.chain("a", ("kept",))
+    started = ModelTable.resumed(api, {"a": "/e/a"}).declared({"b": {"url": "http://127.0.0.1:6"}}, {})
+    assert started.remotes == {"kept": {"url": "http://127.0.0.1:7"}, "b": {"url": "http://127.0.0.1:6"}}
+    assert started.fallbacks == {"a": ("kept",)}
+    assert started.declared({}, {"a": ("b",)}).fallbacks == {"a": ("b",)}  # the command line's chain wins
+    with pytest.raises(ValueError, match="served model's name"):
+        started.declared({"a": {"url": "http://127.0.0.1:6"}}, {})
 
 
 def test_a_start_resumes_the_table_the_api_left_and_the_command_line_seeds_only_what_it_never_served():
@@ -267,7 +302,7 @@ def test_a_model_added_with_loras_serves_its_registry_folder_links_it_and_keeps_
     from build_engines.text_to_image.random_adapters import make_lora
     from serve.adapters import requests as requests_module
     from serve.adapters.requests import StackAdapters
-    from serve.text_to_image.models import NewModel
+    from serve.serving.models import NewModel
 
     monkeypatch.setattr(loras_module, "run_dir", lambda: tmp_path / "run")
     lora_engines = build(default_model, repository=None, adapters=AdapterBuild(lora=True)).path

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from serve.cli.options import NAMED_REMOTE
 from serve.errors import BadGateway, GatewayTimeout, InvalidInput, NotReady
 from serve.remote import openai_images
-from serve.remote.models import RemoteModel, remote_models
+from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend, RemoteSettings
 from serve.serving.ray_errors import cannot_serve
 from serve.text_to_image.schema import GenerationRequest
@@ -38,7 +38,8 @@ def drawn(handler, request: GenerationRequest, seed: int = 7, **options):
     return asyncio.run(openai_images.generate(request, backend(**options), seed, "b", transport))
 
 
-def test_the_flag_reads_a_url_and_its_options_into_a_backend():
+def test_the_flag_reads_a_url_and_its_options_into_a_backend(monkeypatch):
+    monkeypatch.setenv("B_KEY", "sk-b")
     name, value = NAMED_REMOTE.convert("b=http://127.0.0.1:8100,key_env=B_KEY,unsupported=drop,takes=seed", None, None)
     settings = RemoteSettings(remotes={name: value})
     assert settings.remotes["b"] == RemoteBackend(
@@ -58,7 +59,7 @@ def test_the_flag_reads_a_url_and_its_options_into_a_backend():
 def test_a_key_comes_from_its_environment_variable_and_an_unset_one_stops_the_start(monkeypatch):
     monkeypatch.delenv("EASEL_TEST_REMOTE_KEY", raising=False)
     with pytest.raises(ValueError, match="EASEL_TEST_REMOTE_KEY"):
-        remote_models({"b": backend(key_env="EASEL_TEST_REMOTE_KEY")})
+        RemoteSettings(remotes={"b": {"url": "http://127.0.0.1:9", "key_env": "EASEL_TEST_REMOTE_KEY"}})
     monkeypatch.setenv("EASEL_TEST_REMOTE_KEY", "sk-test")
     seen = []
 

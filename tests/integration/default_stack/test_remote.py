@@ -20,10 +20,12 @@ import pytest
 from PIL import Image
 
 from loadtests.scenario import Scenario, format_summary, locust_env, run_locust, summary
+from serve.cli import admin as model_admin
 from serve.grpc_api import easel_pb2
 from serve.names import DEFAULT_MODEL
 from serve.paths import ICONS_DEV
 from serve.processes import free_port
+from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
 from serve.triton.server import CONTROL_HEADER
 from tests.integration.conftest import GENERATE, decode_images, easel_down, easel_up, home_with_shared_engines
 
@@ -126,6 +128,36 @@ def test_a_remote_that_hangs_or_floods_is_cut_with_a_504_or_502_naming_it_and_a_
     assert flooded.status_code == 502 and "huge" in flooded.json()["error"]["message"], flooded.text
     assert "more than 1 MB" in flooded.json()["error"]["message"]
     assert api.post(GENERATE, json=BODY).status_code == 200  # A's own model draws on
+
+
+def test_a_remote_and_a_chain_given_through_the_api_serve_at_once_and_the_table_keeps_them(
+    api, stack, stack_b, misbehaving
+):
+    """``easel models add-remote`` and ``easel models fallback`` (their client, against A while it runs): the remote
+    added draws what B draws; ``hang``'s chain, set to it, draws when ``hang`` times out; the table holds both."""
+    api_url, table_path = stack.info.api_url, stack.options.run_dir / MODEL_TABLE
+    added = model_admin.add_remote(api_url, "b2", {"url": f"http://127.0.0.1:{stack_b.base_url.port}"})
+    assert (added["id"], added["family"], added["fallback"]) == ("b2", "remote", [])
+    try:
+        drawn, straight = api.post(GENERATE, json=BODY | {"model": "b2"}), stack_b.post(GENERATE, json=BODY)
+        assert drawn.status_code == 200 and drawn.headers["Easel-Model"] == "b2", drawn.text
+        np.testing.assert_array_equal(decode_images(drawn), decode_images(straight))
+        assert model_admin.chain(api_url, "hang", ("b2",))["fallback"] == ["b2"]
+        fallen = api.post(GENERATE, json=BODY | {"model": "hang"})
+        assert fallen.status_code == 200, fallen.text
+        assert (fallen.headers["Easel-Model"], fallen.headers["Easel-Fallback"]) == ("b2", "hang timeout")
+        table = ModelTable.read(table_path)
+        assert table.remotes["b2"]["url"].endswith(str(stack_b.base_url.port)) and table.fallbacks["hang"] == ("b2",)
+        unknown = api.put("/v1/models/hang/fallback", json={"chain": ["nope"]})
+        assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "chain", unknown.text
+        replaced = api.put("/v1/models/b2", json={"engine_dir": "/nowhere"})
+        assert replaced.status_code == 409 and "remote model" in replaced.json()["error"]["message"], replaced.text
+    finally:
+        model_admin.chain(api_url, "hang", ())
+        model_admin.remove(api_url, "b2")
+    gone = api.post(GENERATE, json=BODY | {"model": "b2"})
+    assert gone.status_code == 400 and gone.json()["error"]["param"] == "model", gone.text
+    assert "b2" not in ModelTable.read(table_path).remotes and "hang" not in ModelTable.read(table_path).fallbacks
 
 
 def _killed_and_back(api, stack) -> tuple[list[httpx.Response], httpx.Response, httpx.Response]:

@@ -170,7 +170,6 @@ class Gateway:
             share_caches=share_caches,
             upscaling=self.upscaling,
             circuits=circuits,
-            fallbacks=resilience.fallbacks,
             fallback_queue_wait_s=resilience.fallback_queue_wait_s,
             results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
             moderation=(moderation or Moderation()).checking(

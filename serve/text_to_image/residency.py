@@ -162,15 +162,15 @@ class ModelResidency:
 
     async def remove(self, name: str) -> dict:
         """Stop serving model ``name``: new requests for it are 400s; those in flight finish, then it is unloaded."""
+        if name in self.models.table.remotes:  # a remote model: nothing loaded
+            await self._retabled(lambda table: table.remove(name))
+            logger.info("model %s removed (a remote model)", name)
+            return {"object": "model", "id": name, "deleted": True, "version": 1}
         self._require_changeable()
         async with self.changing:
             table = self.models.table.copy()
             old = table.remove(name)
             self.models = self.models.with_table(table)
-            if old is None:  # a remote model: nothing loaded
-                self._publish()
-                logger.info("model %s removed (a remote model)", name)
-                return {"object": "model", "id": name, "deleted": True, "version": 1}
             self.residency.retire(old.version_id)
             self._publish()
             metrics.set_gauge(metrics.MODEL_LOADED, 0, model=name)

@@ -53,6 +53,11 @@ class RemoteModel:
         """The side its images are priced at when a request gives no size."""
         return self.backend.native_size
 
+    @property
+    def takes_seed(self) -> bool:
+        """Whether its service is sent a seed (``takes``): a job for it draws none at submission otherwise."""
+        return "seed" in self.backend.takes
+
     def dropped(self, request) -> tuple[str, ...]:
         """The fields it draws ``request`` without (its backend drops what it cannot honour)."""
         return openai_images.unsupported(request, self.backend) if self.backend.unsupported == "drop" else ()

@@ -80,10 +80,11 @@ class BackgroundJobs:
         """Queue ``admitted`` as ``owner``'s job, its images decoded; the job and whether it is new.
 
         It was admitted as a synchronous request is (:meth:`Generations.admitted`): what a synchronous request is
-        refused for is a 400 now, never a 202 that fails later. Its seed is drawn now,
-        so a re-run draws the same image. An ``Idempotency-Key`` (the owner's own) returns the same job for the same
-        body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
-        feedback can name the job. Its ``webhook``, if it names one, is on a host the stack allows.
+        refused for is a 400 now, never a 202 that fails later. Its seed is drawn now, so a re-run draws the same
+        image (unless its model is a remote one whose service takes no seed). An ``Idempotency-Key`` (the owner's
+        own) returns the same job for the same body. An experiment's variant is chosen now (the job's request names
+        it) and recorded under the job's id, so feedback can name the job. Its ``webhook``, if it names one, is on a
+        host the stack allows.
         """
         request, assignment, asked = admitted.request, admitted.assignment, admitted.asked
         if request.webhook is not None:
@@ -92,7 +93,8 @@ class BackgroundJobs:
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
-        stored = request.model_dump(mode="json") | {"seed": draw_seed(request.seed)}
+        seeded = {"seed": draw_seed(request.seed)} if admitted.model.takes_seed else {}  # a remote's may take none
+        stored = request.model_dump(mode="json") | seeded
         stored[SUBMITTED_POLICY] = admitted.screening.policy.value  # the policy its images are moderated under
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
         if created:

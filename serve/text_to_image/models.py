@@ -87,6 +87,11 @@ class ServedModel:
         """The side its images have when a request gives no size."""
         return self.folder.family.dims.native_size
 
+    @property
+    def takes_seed(self) -> bool:
+        """Whether a request's seed reaches what draws it (always, here: a job's seed is drawn at submission)."""
+        return True
+
     def triton_name(self, engine: str) -> str:
         """The Triton model that serves its engine ``engine``."""
         return f"{self.prefix}{engine}"

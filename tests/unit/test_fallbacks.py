@@ -222,6 +222,32 @@ def test_a_job_of_a_model_that_cannot_serve_is_run_down_its_chain_and_its_answer
     assert ("failed", "easel-default") in handles.calls and len(body["data"]) == 1
 
 
+def test_a_job_for_a_remote_model_that_takes_no_seed_is_stored_without_one_and_drawn(stack, tmp_path):
+    """``takes=`` without seed (an OpenAI service): a job's seed, drawn at submission for a served model, is not
+    drawn for it, so its run is not refused for a seed it never asked."""
+    from serve.jobs import open_job_store
+    from serve.jobs.runner import JobLease
+    from serve.serving.jobs import BackgroundJobs
+
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(png, "PNG")
+    answer = {"data": [{"b64_json": base64.b64encode(png.getvalue()).decode()}]}
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json=answer))
+    openai = {"openai": {"url": "http://127.0.0.1:9", "takes": []}}
+    served = generations(stack, Down(), {}, remotes=openai, transport=transport)
+
+    async def scenario():
+        jobs = BackgroundJobs(open_job_store(f"sqlite:///{tmp_path / 'jobs.db'}"), served, served.experiments)
+        jobs.runner._loop_task.cancel()  # this test runs the job itself
+        admitted = await served.admitted(GenerationRequest(prompt="a red fox", model="openai"), None)
+        await jobs.queued(admitted, None, None)
+        job = jobs.store.claim("worker-1", 60.0)
+        return job.request, await jobs.run(job, JobLease(job.id, "worker-1", 60.0))
+
+    stored, body = asyncio.run(scenario())
+    assert stored["seed"] is None and body["model"] == "openai" and len(body["data"]) == 1
+
+
 def test_a_remote_link_draws_what_its_primary_cannot_and_says_what_it_dropped(stack, engine_dir):
     """A chain to a remote model (``unsupported=drop``): the default down, its request (with a sampler the remote
     cannot take) is drawn by the remote's service without it, and the answer says who drew it, why, and what it lost."""

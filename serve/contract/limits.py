@@ -136,6 +136,14 @@ UNSTATED_LIMITS = (
         "an image that decodes (PNG, JPEG or WebP, sides up to 4096) for a served model with an IP-Adapter",
         f"{BY_DECODING}; the IP-Adapter is the stack's",
     ),
+    UnstatedLimit(
+        "post",
+        _PROMPT_ANALYSIS,
+        ("model",),
+        "is a remote model",
+        "a model this stack draws itself (a remote model's service reads its prompts)",
+        "the models are the stack's",
+    ),
     UnstatedLimit("post", _MODELS, ("engine_dir",), "engine_dir:", _ENGINE_DIR, _ON_THE_MACHINE),
     UnstatedLimit(
         "post",

@@ -14,6 +14,7 @@ import functools
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve.access.keys import ApiKey
+from serve.errors import InvalidInput
 from serve.moderation import Policy, policy_of
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
@@ -67,7 +68,10 @@ class PromptAnalysis:
 
     async def analyze(self, body: PromptAnalysisRequest, key: ApiKey | None) -> dict:
         """The prompt read by each of the model's encoders, what a generation would cut, the moderation verdict."""
-        served = self.models.now().resolve(body.model)
+        if body.model in self.models.remotes:
+            why = f"model: {body.model!r} is a remote model: its service reads its prompts, so analyze them there"
+            raise InvalidInput(why, "model")
+        served = self.models.now().resolve(body.model, self.models.remotes)
         folder, family = served.folder, served.folder.family
         tokenizers = await asyncio.to_thread(_tokenizers, str(folder.path), folder.key)
         prompts = await asyncio.to_thread(family.prompts, tokenizers, [body.negative_prompt, body.prompt])

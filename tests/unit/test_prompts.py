@@ -212,7 +212,8 @@ def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_c
     from serve.serving.prompts import PromptAnalysis, PromptAnalysisRequest
     from serve.text_to_image.models import ServedModels
 
-    analysis = PromptAnalysis(CurrentModels(ServedModels.open({"default": str(engine_dir)})), Moderation())
+    served = ServedModels.open({"default": str(engine_dir)}, remotes={"far": {"url": "http://127.0.0.1:9"}})
+    analysis = PromptAnalysis(CurrentModels(served), Moderation())
     body = PromptAnalysisRequest(prompt="a (red:1.5) [heart] \\(icon\\)", negative_prompt="blurry")
     answer = asyncio.run(analysis.analyze(body, None))
     assert answer["encoders"] == {"text_encoder": {"chunk_tokens": 14, "max_chunks": MAX_PROMPT_CHUNKS}}
@@ -225,4 +226,7 @@ def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_c
     assert long["prompt"]["encoders"]["text_encoder"]["chunks"] == MAX_PROMPT_CHUNKS
     with pytest.raises(InvalidInput, match="unknown model") as error:
         asyncio.run(analysis.analyze(PromptAnalysisRequest(prompt="x", model="nope"), None))
+    assert error.value.field == "model"
+    with pytest.raises(InvalidInput, match="'far' is a remote model") as error:  # its service reads its prompts
+        asyncio.run(analysis.analyze(PromptAnalysisRequest(prompt="x", model="far"), None))
     assert error.value.field == "model"

@@ -77,17 +77,18 @@ def _duration(seconds: float) -> str:
 
 
 def _model_line(model: dict) -> str:
-    """One model: name, version, family and size, loaded or not, its adapters; its circuit, unless closed."""
+    """One model: name, version, family, size, loaded or not, adapters; its circuit unless closed; its chain if any."""
     adapters = [
         *(["LoRAs"] if model.get("loras") else []),
         *(f"IP-Adapter {name}" for name in model.get("ip_adapters", [])),
         *(f"ControlNet {name}" for name in model.get("controlnets", [])),
     ]
     loaded = "loaded" if model.get("loaded") else "not loaded (loads on its first request)"
-    circuit = model.get("circuit", "closed")
+    circuit, chain = model.get("circuit", "closed"), ", ".join(model.get("fallback", []))
     return (
         f"{model['id']}: version {model['version']}, {model['family']} {model['native_size']}, {loaded}; "
         f"adapters: {', '.join(adapters) or 'none'}{'' if circuit == 'closed' else f'; circuit {circuit}'}"
+        f"{f'; fallback {chain}' if chain else ''}"
     )
 
 

@@ -129,6 +129,7 @@ def test_easel_status_names_a_circuit_that_is_not_closed():
     model = {"id": "xl", "version": 1, "family": "sdxl", "native_size": "1024x1024", "loaded": True}
     assert "circuit" not in _model_line(model | {"circuit": "closed"})
     assert _model_line(model | {"circuit": "open"}).endswith("; circuit open")
+    assert _model_line(model | {"fallback": ["sd15", "b"]}).endswith("; fallback sd15, b")  # its chain, if any
 
 
 @pytest.mark.parametrize(

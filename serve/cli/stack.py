@@ -88,10 +88,16 @@ def _ports(options: StackOptions) -> list[tuple[str, str, int]]:
 
 
 def _say_model_table(options: StackOptions) -> None:
-    """Say what this command line changes in the model table the run folder kept (the models it names win)."""
+    """Say what this command line changes in the model table the run folder kept (the models it names win).
+
+    A ``--remote`` named as a model the kept table serves is refused here, before anything is built.
+    """
     from serve.text_to_image.model_table import ModelTable, start_said
 
     kept = None if options.reset_models else ModelTable.kept(options.run_dir)
+    if kept is not None:
+        with one_line_errors(ValueError):
+            kept.declared(options.remote_declarations(), options.fallbacks)
     if said := start_said(kept, list(options.served), named=bool(options.models)):
         click.echo(said)
 

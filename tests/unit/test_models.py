@@ -171,6 +171,18 @@ def test_a_table_holds_remote_models_and_chains_each_checked_and_the_command_lin
         started.declared({"a": {"url": "http://127.0.0.1:6"}}, {})
 
 
+def test_up_refuses_a_remote_named_as_a_model_the_kept_table_serves_in_one_line_before_any_build(tmp_path):
+    """A model the API added in the last run, then ``easel up --remote`` under its name: one line, nothing started."""
+    from serve.cli.stack import _say_model_table
+
+    table = ModelTable.start({DEFAULT_MODEL: "/e/default"})
+    table.add("b", "/e/b")
+    table.write(tmp_path / MODEL_TABLE)
+    with pytest.raises(click.ClickException, match="'b' is a served model's name"):
+        _say_model_table(StackOptions(run_dir=tmp_path, remotes={"b": {"url": "http://127.0.0.1:9"}}))
+    _say_model_table(StackOptions(run_dir=tmp_path, remotes={"c": {"url": "http://127.0.0.1:9"}}))  # another name
+
+
 def test_a_start_resumes_the_table_the_api_left_and_the_command_line_seeds_only_what_it_never_served():
     left = ModelTable.start({"a": "/e/a1", "b": "/e/b1", "gone": "/e/g1"})
     left.add("added", "/e/added")

@@ -31,8 +31,11 @@ class CurrentModels:
 
     @property
     def remotes(self) -> dict[str, RemoteModel]:
-        """The remote models the table declares now (built again when the table changed)."""
-        models = self.now()
+        """The remote models the table declares now."""
+        return self._remotes_of(self.now())
+
+    def _remotes_of(self, models: ServedModels) -> dict[str, RemoteModel]:
+        """The remote models ``models``' table declares (built again only when the table changed)."""
         table, remotes = self._remotes
         if table is not models.table:
             declared = models.table.remotes.items()
@@ -51,11 +54,13 @@ class CurrentModels:
 
     def named(self, name: str | None) -> ServedModel | RemoteModel:
         """The model a request's ``model`` names: a remote one, else :meth:`ServedModels.resolve` (400 if none)."""
-        remotes = self.remotes
+        models = self.now()
+        remotes = self._remotes_of(models)
         if name in remotes:
             return remotes[name]
-        return self.now().resolve(name, remotes)
+        return models.resolve(name, remotes)
 
     def names(self) -> frozenset[str]:
         """The names a request's ``model`` may give (an experiment's variants are among them)."""
-        return frozenset(self.now()) | frozenset(self.remotes)
+        models = self.now()
+        return frozenset(models) | frozenset(self._remotes_of(models))

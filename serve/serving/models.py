@@ -115,8 +115,9 @@ class ModelAdmin:
             body.remote.api_key()
         except ValueError as error:
             raise InvalidInput(f"{error} in the stack's environment", "remote") from None
-        await self.residency.add_remote.remote(body.name, body.remote.declaration())
-        return self._public(self.models.remote(body.name, body.remote.declaration()))
+        declaration = body.remote.declaration()
+        await self.residency.add_remote.remote(body.name, declaration)
+        return self._public(self.models.remote(body.name, declaration))
 
     async def replace(self, model_id: str, body: ModelFolder) -> dict:
         """Serve a built engine folder as the model's next version (409 for a remote model)."""

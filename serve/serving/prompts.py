@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
 from serve.moderation import Policy, policy_of
+from serve.remote.models import RemoteModel
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.text_to_image.engine_folder import EngineFolder
@@ -68,10 +69,10 @@ class PromptAnalysis:
 
     async def analyze(self, body: PromptAnalysisRequest, key: ApiKey | None) -> dict:
         """The prompt read by each of the model's encoders, what a generation would cut, the moderation verdict."""
-        if body.model in self.models.remotes:
+        served = self.models.named(body.model)
+        if isinstance(served, RemoteModel):
             why = f"model: {body.model!r} is a remote model: its service reads its prompts, so analyze them there"
             raise InvalidInput(why, "model")
-        served = self.models.now().resolve(body.model, self.models.remotes)
         folder, family = served.folder, served.folder.family
         tokenizers = await asyncio.to_thread(_tokenizers, str(folder.path), folder.key)
         prompts = await asyncio.to_thread(family.prompts, tokenizers, [body.negative_prompt, body.prompt])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from functools import lru_cache
 
 MAX_IMAGE_BYTES = 8 << 20
@@ -18,6 +19,11 @@ MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
 
 BASE64_DECODED_KEPT = 16
 """Decoded base64 images a process keeps (the most recent requests' images; an older one is decoded again)."""
+
+
+def content_digest(text: str) -> str:
+    """An image as a cache key and an image's record name it: the SHA-256 of its base64 as sent."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 @lru_cache(maxsize=BASE64_DECODED_KEPT)

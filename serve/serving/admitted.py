@@ -13,6 +13,7 @@ from serve.experiments.traffic import Assignment
 from serve.moderation import Screening
 from serve.remote.models import RemoteModel
 from serve.text_to_image.admission import Plan
+from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.schema import GenerationRequest
 
@@ -22,7 +23,9 @@ class Admitted:
     """A generation admitted at the Gateway (:meth:`Generations.admitted`), the replica's to run.
 
     The request as its model serves it (an experiment's alias replaced by its variant), what chose that model, the
-    served model that resolved and checked it, what it costs there, and the request as it was sent.
+    served model that resolved and checked it, what it costs there, and the request as it was sent; the generation
+    typed for that model (:class:`~serve.text_to_image.drawing.Drawing`, its seed drawn), which its replica runs and
+    the result cache is keyed by, and its replica's plan.
     """
 
     request: GenerationRequest
@@ -31,5 +34,6 @@ class Admitted:
     cost: float
     asked: GenerationRequest
     plan: Plan  # how its replica runs it: the replica keeps only its slot
+    drawing: Drawing  # what its replica runs: all but the pixels
     screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
     owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are

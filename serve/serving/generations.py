@@ -18,19 +18,17 @@ import dataclasses
 import functools
 import json
 import logging
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi.responses import JSONResponse
 from ray.serve.handle import DeploymentHandle
-from redis.exceptions import RedisError
 
 from serve import metrics
 from serve.access import may_see
 from serve.access.keys import ApiKey
-from serve.cache import cache_key, cache_scope
+from serve.cache import cache_call, cache_key, cache_scope
 from serve.cache.store import ResultCache
 from serve.errors import InvalidInput, NotReady
 from serve.experiments.feedback import new_image_id
@@ -50,7 +48,8 @@ from serve.serving.streaming import Streaming
 from serve.serving.upscale import Upscaling
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
-from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress
+from serve.text_to_image.drawing import AnswerForm, Drawing
+from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
@@ -62,18 +61,6 @@ logger = logging.getLogger(__name__)
 
 OnStep = Callable[[Progress], Awaitable[None]]
 """What a job's generation hands each step to (it writes the step to the store)."""
-
-
-async def cache_call(call: Callable, *args):
-    """A result-cache call in a worker thread; one the store fails (its disk full, Redis restarting) is a miss.
-
-    The generation is answered without the cache, never refused for it.
-    """
-    try:
-        return await asyncio.to_thread(call, *args)
-    except (sqlite3.Error, RedisError) as error:
-        logger.warning("result cache skipped: %s", error)
-        return None
 
 
 def seed_header(seed: int | None) -> dict[str, str]:
@@ -159,7 +146,8 @@ class Generations(Streaming):
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
-        return Admitted(request, assignment, model, work.cost + faces, asked, plan, owner=owner)
+        drawing = Drawing.of(request, work.width, work.height, draw_seed(request.seed))  # its seed drawn here
+        return Admitted(request, assignment, model, work.cost + faces, asked, plan, drawing, owner=owner)
 
     async def admitted(
         self, request: GenerationRequest, key: ApiKey | None = None, model: ServedModel | None = None
@@ -205,28 +193,39 @@ class Generations(Streaming):
         args = (request, Assignment(link), model, admitted.asked, admitted.owner)
         return dataclasses.replace(await asyncio.to_thread(self._checked, *args), screening=admitted.screening)
 
+    @staticmethod
+    def _rechecked(admitted: Admitted, served: ServedModel) -> Admitted:
+        """``admitted`` checked again by ``served``, its model's version now (its plan and drawing; the same seed)."""
+        work, plan = served.check(admitted.request, admitted.owner)
+        drawing = Drawing.of(admitted.request, work.width, work.height, admitted.drawing.seed)
+        return dataclasses.replace(admitted, plan=plan, drawing=drawing)
+
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:
         """A synchronous generation's answer (``fresh``: generated even when the result cache holds it)."""
         body, headers = await self.served_answer(admitted, owner, fresh)
         return JSONResponse(body, headers=headers)
 
     @asynccontextmanager
-    async def _loaded_for(self, admitted: Admitted) -> AsyncIterator[tuple[ServedModel, Plan, dict]]:
-        """The admitted model loaded in Triton and kept loaded while the block runs: its version, plan and headers.
+    async def _loaded_for(self, admitted: Admitted) -> AsyncIterator[tuple[ServedModel, Admitted, dict]]:
+        """The admitted model loaded in Triton and kept loaded while the block runs: its version, what runs, headers.
 
         The version is the one the residency counted the request on: it finishes on it, whatever replaces it
         meanwhile. A cold model's request waits for its load (``Easel-Model-Load-Seconds``). The model's circuit
         breaker guards the block: open, it is refused at once; its outcome is counted.
         """
-        model, plan = admitted.model, admitted.plan
+        model = admitted.model
         async with self.circuits.guarded(model.name):  # an open circuit: refused before the model is waited for
             version_id, waited = await self.residency.begin.remote(model.name)
             try:
                 served = self.models.now().version(version_id)
                 if served.version_id != model.version_id:  # replaced since it was checked: checked again, by it
-                    plan = served.check(admitted.request, admitted.owner).plan
+                    admitted = self._rechecked(admitted, served)
                 loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
-                yield served, plan, {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading
+                yield (
+                    served,
+                    admitted,
+                    {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading,
+                )
             finally:
                 try:
                     await self.residency.end.remote(version_id)
@@ -254,7 +253,7 @@ class Generations(Streaming):
         assignment = admitted.assignment
         cached = headers.get("Easel-Cache") == "hit"
         recorded = Assignment(assignment.model, user=assignment.user) if cached else assignment  # counts to no variant
-        ids = await self._image_ids(len(body["data"]), recorded, owner, admitted.request)
+        ids = await self._image_ids(len(body["data"]), recorded, owner, admitted.drawing)
         if not cached:  # an experiment rewarded by a score: each image's rewards its variant (feedback replaces it)
             scores = [item.get("scores") for item in body["data"]]
             await asyncio.to_thread(self.experiments.measure, ids, scores, assignment)
@@ -264,13 +263,11 @@ class Generations(Streaming):
         body = await self.results.answer_body(admitted.request, admitted.model, body, owner)  # kept; a URL if asked
         return body | assignment.to_api(), headers | assignment.headers()
 
-    async def _image_ids(
-        self, count: int, assignment: Assignment, owner: str | None, request: GenerationRequest
-    ) -> list[str]:
+    async def _image_ids(self, count: int, assignment: Assignment, owner: str | None, drawing: Drawing) -> list[str]:
         """Ids for ``count`` images, recorded with what served and made them (so feedback can name each)."""
         ids = [new_image_id() for _ in range(count)]
-        loras = [choice.name for choice in request.loras]
-        await asyncio.to_thread(self.experiments.record, ids, assignment, owner, loras, request.scheduler)
+        made = (list(drawing.loras), drawing.sampling.scheduler)
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner, *made)
         return ids
 
     async def _answer(
@@ -283,11 +280,11 @@ class Generations(Streaming):
         ``on_step``: the generation is streamed and each step's :class:`Progress` handed to it; what it raises stops
         reading, which cancels the generation.
         """
-        request, model = admitted.request, admitted.model
+        model = admitted.model
         loras = ",".join(f"{key}={weight}" for key, weight in admitted.plan.loras)  # their files shape the images too
         engine = f"{model.key}|{loras}"
         engine += f"|{admitted.screening.policy}"  # an answer's moderation marks are its policy's
-        key = cache_key(engine, request.images_hashed(), scope) if self.cache is not None else None
+        key = cache_key(engine, admitted.drawing.identity(), scope) if self.cache is not None else None
         if key is not None and not fresh:
             cached = await cache_call(self.cache.get, key)
             metrics.count(metrics.CACHE_REQUESTS, result="hit" if cached else "miss")
@@ -297,15 +294,17 @@ class Generations(Streaming):
         if isinstance(model, RemoteModel):  # drawn by another service: nothing to load, no steps to report
             result, model_headers = await self._remote(admitted)
         else:
-            async with self._loaded_for(admitted) as (served, plan, model_headers):
+            async with self._loaded_for(admitted) as (served, running, model_headers):
+                drawing, plan = running.drawing, running.plan
                 if on_step is None:
-                    result = await self._pipeline(served).generate.remote(request, plan, time.time(), scope)
+                    result = await self._pipeline(served).generate.remote(drawing, plan, time.time(), scope)
                 else:
-                    result = await self._generate_reporting(served, request, plan, on_step, scope)
+                    result = await self._generate_reporting(served, drawing, plan, on_step, scope)
                 result = await self._finished(served, admitted, result, scope)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
-        data = request.prompts_named(await self._encoded(request, result))  # many prompts: each item's prompt_index
+        answer = admitted.drawing.answer
+        data = answer.prompts_named(await self._encoded(answer, result))  # many prompts: each item's prompt_index
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
         if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
@@ -342,17 +341,17 @@ class Generations(Streaming):
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:
-            plan = await asyncio.to_thread(lambda: served.check(second, admitted.owner).plan)  # the second pass's
-            remote = self._pipeline(served).generate.remote(second, plan, time.time(), scope)
-            return (await remote).images
+            work, plan = await asyncio.to_thread(served.check, second, admitted.owner)  # the second pass's
+            drawing = Drawing.of(second, work.width, work.height, second.seed)
+            return (await self._pipeline(served).generate.remote(drawing, plan, time.time(), scope)).images
 
         images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img)
         return dataclasses.replace(result, images=images, faces=faces)
 
-    async def _encoded(self, request: GenerationRequest, result: EncodedImages) -> list[dict]:
+    async def _encoded(self, answer: AnswerForm, result: EncodedImages) -> list[dict]:
         """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
-        if request.output_format == "svg":
-            vectorized = await self._vectorize_all(result.images, request.vectorize_tier or Tier.AUTO)
+        if answer.output_format == "svg":
+            vectorized = await self._vectorize_all(result.images, answer.vectorize_tier or Tier.AUTO)
             items = [
                 {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
                 for r in vectorized
@@ -368,13 +367,13 @@ class Generations(Streaming):
         return items
 
     async def _generate_reporting(
-        self, model: ServedModel, request: GenerationRequest, plan: Plan, on_step: OnStep, scope: str
+        self, model: ServedModel, drawing: Drawing, plan: Plan, on_step: OnStep, scope: str
     ) -> EncodedImages:
         """The generation as a stream with previews: each step to ``on_step``, then the images."""
         stream = (
             self._pipeline(model)
             .options(stream=True)
-            .generate_stream.remote(request, plan, time.time(), previews=True, cache_scope=scope)
+            .generate_stream.remote(drawing, plan, time.time(), previews=True, cache_scope=scope)
         )
         try:
             async for item in stream:

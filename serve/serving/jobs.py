@@ -25,7 +25,7 @@ from serve.moderation import Policy
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
-from serve.text_to_image.generation import Progress, draw_seed
+from serve.text_to_image.generation import Progress
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.video import stored_request
@@ -89,11 +89,13 @@ class BackgroundJobs:
         request, assignment, asked = admitted.request, admitted.assignment, admitted.asked
         if request.webhook is not None:
             self.webhooks.check(request.webhook)  # a host the stack allows, or a 400 naming webhook
-        await asyncio.to_thread(decode_images, request, admitted.model.native_size)  # an image that does not decode
+        drawing = admitted.drawing
+        size = (drawing.sampling.width, drawing.sampling.height)
+        await asyncio.to_thread(decode_images, drawing.sources, *size)  # an image that does not decode: a 400 now
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
-        seeded = {"seed": draw_seed(request.seed)} if admitted.model.takes_seed else {}  # a remote's may take none
+        seeded = {"seed": drawing.seed} if admitted.model.takes_seed else {}  # the door's; a remote's may take none
         stored = request.model_dump(mode="json") | seeded
         stored[SUBMITTED_POLICY] = admitted.screening.policy.value  # the policy its images are moderated under
         job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)

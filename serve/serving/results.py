@@ -22,7 +22,6 @@ from PIL import Image
 
 from serve.access import owner_filter
 from serve.access.keys import ApiKey
-from serve.cache import IGNORED_FIELDS
 from serve.errors import InvalidInput
 from serve.files import stack_secret
 from serve.results import MEDIA_TYPES, ImageStore, StoredImage, open_image_store
@@ -37,10 +36,10 @@ logger = logging.getLogger(__name__)
 MAX_HISTORY_PAGE = 100
 INPUT_IMAGES = ("image", "mask", "ip_adapter_image", "controlnets")
 """A stored request's fields that bring images (kept as hashes only)."""
-ANSWER_FIELDS = ("response_format", *sorted(set(IGNORED_FIELDS) - {"model"}))
-"""Request fields that shape how it is answered, not the image (the result cache ignores them too; the model it names
-is the one that served): not in its record, so an image's base64, its URL and its job's answer are one PNG, and a
-rerun from the record answers at once."""
+ANSWER_FIELDS = ("response_format", "background", "priority", "quality", "style", "user", "webhook")
+"""Request fields that shape how it is answered, not the image (the result cache's key, a generation's drawing, has
+none of them): not in its record, so an image's base64, its URL and its job's answer are one PNG, and a rerun from
+the record answers at once."""
 
 
 def easel_version() -> str:

@@ -53,20 +53,19 @@ class Streaming:
         async with AsyncExitStack() as stack:
             opened = functools.partial(self._streamed, scope=scope, stack=stack)
             (admitted, served, items), fallback = await self.fallbacks.served(admitted, opened)
-            request, assignment = admitted.request, admitted.assignment
+            request, assignment, answer = admitted.request, admitted.assignment, admitted.drawing.answer
             async for item in items:
                 if isinstance(item, Progress):
                     yield item
                     continue
                 item = await self._finished(served, admitted, item, scope)
                 item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
-                if request.output_format == "svg":
-                    tier = request.vectorize_tier or Tier.AUTO
-                    traced = await self._vectorize_all(item.images, tier)
+                if answer.output_format == "svg":
+                    traced = await self._vectorize_all(item.images, answer.vectorize_tier or Tier.AUTO)
                     images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
                 else:
                     images = [{"data": image} for image in item.images]
-                ids = await self._image_ids(len(images), assignment, owner, request)
+                ids = await self._image_ids(len(images), assignment, owner, admitted.drawing)
                 marks = moderated.marks() or [None] * len(images)
                 kept = dict(zip(ids, zip([image["data"] for image in images], marks, strict=True), strict=True))
                 delivered = await self.results.delivered(request, admitted.model, item.seed, owner, kept)
@@ -76,8 +75,7 @@ class Streaming:
                         image["url"] = done.url
                 for image, mark in zip(images, moderated.marks() or (), strict=False):
                     image["moderation"] = mark  # as the HTTP answer's marks
-                for index, image in enumerate(images if request.prompts is not None else ()):
-                    image["prompt_index"] = request.prompt_index(index)  # the images go prompt by prompt
+                answer.prompts_named(images)  # the images go prompt by prompt
                 yield StreamedImages(
                     item.seed,
                     images,
@@ -102,10 +100,10 @@ class Streaming:
                 drawn, _ = await self._remote(admitted)
             return admitted, admitted.model, _one(drawn)
         async with AsyncExitStack() as attempt:
-            served, plan, _ = await attempt.enter_async_context(self._loaded_for(admitted))
+            served, running, _ = await attempt.enter_async_context(self._loaded_for(admitted))
             await attempt.enter_async_context(variant_measured(admitted.assignment))
             stream = self._pipeline(served).options(stream=True).generate_stream
-            stream = stream.remote(admitted.request, plan, time.time(), cache_scope=scope)
+            stream = stream.remote(running.drawing, running.plan, time.time(), cache_scope=scope)
             first = await anext(stream)
             stack.push_async_exit(attempt.pop_all())
 

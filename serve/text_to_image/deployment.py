@@ -18,84 +18,22 @@ from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
-from serve.text_to_image.best_of import candidate_seeds, check_best_of, choose
-from serve.text_to_image.generation import (
-    AdapterInputs,
-    CachePolicy,
-    EncodedImages,
-    Generation,
-    ImageInputs,
-    IpReferences,
-    Progress,
-    SamplingParams,
-    StackDefaults,
-    StepCallback,
-    draw_seed,
-)
-from serve.text_to_image.images import RequestImages, decode_base64, decode_images, ip_references
-from serve.text_to_image.ip_scale import ip_choices
+from serve.text_to_image.best_of import check_best_of, choose
+from serve.text_to_image.drawing import Drawing
+from serve.text_to_image.generation import EncodedImages, Generation, Progress, StackDefaults, StepCallback
+from serve.text_to_image.images import decode_base64, decode_images, ip_references
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.prompt_batch import run_together, steps_together
 from serve.text_to_image.prompt_weights import plain_text
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.scores import Scorer, check_scores
-from serve.text_to_image.video import motion_of
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
 from serve.triton.spec import EngineRunner
 
 logger = logging.getLogger(__name__)
-
-
-def to_generation(
-    request: GenerationRequest,
-    native_size: int,
-    ip: tuple[IpReferences, ...] = (),
-    images: RequestImages | None = None,
-    defaults: StackDefaults | None = None,
-) -> Generation:
-    """The pipeline job for an API request (a missing seed drawn here, what it leaves unset from ``defaults``).
-
-    ``ip``: its IP-Adapters' references, decoded; ``images``: its decoded input images, mask and control images,
-    with the output's size. Best-of-n's candidates are rows of the job, each with its own seed.
-    """
-    images = images or RequestImages(*request.width_height(native_size))
-    defaults = defaults or StackDefaults()
-    seed = draw_seed(request.seed)
-    sampling = SamplingParams(
-        prompt=request.prompt,
-        negative_prompt=request.negative_prompt,
-        n=request.drawn_rows,
-        width=images.width,
-        height=images.height,
-        steps=request.num_inference_steps,
-        guidance_scale=request.guidance_scale,
-        seed=seed,
-        scheduler=request.scheduler,
-        guidance_cutoff=defaults.guidance_cutoff if request.guidance_cutoff is None else request.guidance_cutoff,
-        seeds=candidate_seeds(seed, request.drawn_rows) if request.candidates > 1 else (),
-    )
-    return Generation(
-        sampling=sampling,
-        priority=request.priority,
-        inputs=ImageInputs(images.images, images.mask, request.effective_strength, images.controls),
-        adapters=AdapterInputs(loras=tuple((lora.name, lora.scale) for lora in request.loras), ip=ip),
-        cache=CachePolicy(interval=request.cache_interval),
-        motion=motion_of(request),
-    )
-
-
-def generation_kind(request: GenerationRequest) -> str:
-    """What a request asks (the metrics' ``kind``): text, img2img, inpaint or outpaint."""
-    if request.outpaint is not None:
-        return "outpaint"
-    if request.mask is not None:
-        return "inpaint"
-    return "img2img" if request.image else "text"
-
 
 MAX_MODELS_PER_REPLICA = 8
 """Models whose loops a replica keeps open (Ray Serve's multiplexing drops the least recently used past it)."""
@@ -157,20 +95,21 @@ class TextToImage:
         return await self.model(serve.get_multiplexed_model_id() or self.models.default.version_id)
 
     async def generate(
-        self, request: GenerationRequest, plan: Plan, sent_at: float | None = None, cache_scope: str = ""
+        self, drawing: Drawing, plan: Plan, sent_at: float | None = None, cache_scope: str = ""
     ) -> EncodedImages:
-        """Run one API request and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
+        """Run one admitted generation and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
+        ``drawing``: the generation as the Gateway's admission built it (all but its pixels, which decode here);
         ``plan``: how the Gateway's check (:meth:`~serve.text_to_image.models.ServedModel.check`) said to run it;
         the replica checks nothing again and keeps only its slot: it waits for its turn in the replica's in-flight
         capacity. ``cache_scope``: whose kept latents the approximate cache may start it from
         (:func:`serve.cache.cache_scope`). For ``output_format`` svg the images are PNGs, for the Vectorizer.
         """
-        return await self._generate(request, plan, sent_at, None, cache_scope)
+        return await self._generate(drawing, plan, sent_at, None, cache_scope)
 
     async def generate_stream(
         self,
-        request: GenerationRequest,
+        drawing: Drawing,
         plan: Plan,
         sent_at: float | None = None,
         previews: bool = False,
@@ -188,7 +127,7 @@ class TextToImage:
             preview = await served.preview.png(latents) if previews and wants_preview(step, total) else None
             steps.put_nowait(Progress(step, total, preview))
 
-        generation = asyncio.create_task(self._generate(request, plan, sent_at, report, cache_scope))
+        generation = asyncio.create_task(self._generate(drawing, plan, sent_at, report, cache_scope))
         generation.add_done_callback(lambda _: steps.put_nowait(None))
         try:
             while (step := await steps.get()) is not None:
@@ -199,46 +138,35 @@ class TextToImage:
 
     async def _generate(
         self,
-        request: GenerationRequest,
+        drawing: Drawing,
         plan: Plan,
         sent_at: float | None,
         on_step: StepCallback | None,
         cache_scope: str,
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
-        check_scores(["clip_score"] if request.scores else [], self.scorer, "scores")
-        check_best_of(request.candidates, request.best_of, self.scorer)
+        answer = drawing.answer
+        check_scores(["clip_score"] if answer.scores else [], self.scorer, "scores")
+        check_best_of(answer.candidates, answer.best_of, self.scorer)
         served = await self._requested()
-        pipeline, admission = served.pipeline, served.admission
-        metrics.count(
-            metrics.GENERATION_KINDS, kind=generation_kind(request), controlnet="yes" if request.controlnets else "no"
-        )
-        for control in request.controlnets:
-            metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
-        self._count_adapters(request)
+        self._count(drawing)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
-            async with admission.slot(
-                plan.cost, request.priority, plan.queue_wait_s
-            ):  # the images decode inside: their memory too
-                base = draw_seed(request.seed) if request.prompts else None  # prompt i's: its own, or base + i
-                singles = [request] if base is None else request.singles(base)
-                jobs = [await self._job(single, plan, served, cache_scope) for single in singles]
+            async with served.admission.slot(
+                plan.cost, drawing.priority, plan.queue_wait_s
+            ):  # its images decode inside
+                jobs = await self._jobs(drawing, plan, served, cache_scope)
                 reports = steps_together(on_step, len(jobs))
                 pairs = zip(jobs, reports, strict=True)
-                runs = [pipeline.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
+                runs = [served.pipeline.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
                 try:
                     results = await run_together(runs)  # several prompts' rows merge into each step's engine calls
                 except Diverged as error:  # its adapters', or the model's: said so, never a black image
-                    raise error.caused_by([lora.name for lora in request.loras], served.model.name) from None
-            pixels, scores, seeds, candidates = await self._ranked(request, singles, results)
-            images = await asyncio.gather(
-                *(
-                    asyncio.to_thread(encode_image, image, request.raster_format, request.output_compression)
-                    for image in pixels
-                )
-            )
-        metrics.count(metrics.DENOISING_STEPS, request.num_inference_steps, scheduler=request.scheduler)
-        metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=request.output_format)
+                    raise error.caused_by(list(drawing.loras), served.model.name) from None
+            pixels, scores, seeds, candidates = await self._ranked(drawing, results)
+            encoding = (answer.raster_format, answer.output_compression)
+            images = await asyncio.gather(*(asyncio.to_thread(encode_image, image, *encoding) for image in pixels))
+        metrics.count(metrics.DENOISING_STEPS, drawing.sampling.steps, scheduler=drawing.sampling.scheduler)
+        metrics.count(metrics.IMAGES_GENERATED, len(images), output_format=answer.output_format)
         for result in results:
             if result.steps_skipped is not None:
                 metrics.count(metrics.APPROXIMATE_CACHE, result="hit" if result.steps_skipped else "miss")
@@ -246,27 +174,29 @@ class TextToImage:
                     metrics.count(metrics.STEPS_SKIPPED, result.steps_skipped)
         dropped = max(result.prompt_tokens_dropped for result in results)
         skipped = min((result.steps_skipped for result in results if result.steps_skipped is not None), default=None)
-        seed = results[0].seed if base is None else base
-        return EncodedImages(list(images), seed, dropped, skipped, scores=scores, seeds=seeds, candidates=candidates)
+        return EncodedImages(
+            list(images), drawing.seed, dropped, skipped, scores=scores, seeds=seeds, candidates=candidates
+        )
 
-    async def _ranked(self, request: GenerationRequest, singles: list, results: list) -> tuple:
+    async def _ranked(self, drawing: Drawing, results: list) -> tuple:
         """The images answered, their scores (where asked), and with candidates their seeds and every candidate.
 
         With candidates, each prompt's best ``n`` of its own, best first (each candidate names its ``prompt_index``
         where there are ``prompts``). Each prompt's images are scored against that prompt.
         """
-        prompts = [plain_text(single.prompt) for single in singles]
-        if request.candidates > 1:
+        answer = drawing.answer
+        prompts = [plain_text(job.sampling.prompt) for job in drawing.jobs]
+        if answer.candidates > 1:
             chosen = [
-                await choose(self.scorer, result.images, result.seed, prompt, request.best_of, single.rows)
-                for single, result, prompt in zip(singles, results, prompts, strict=True)
+                await choose(self.scorer, result.images, result.seed, prompt, answer.best_of, answer.rows_per_prompt)
+                for result, prompt in zip(results, prompts, strict=True)
             ]
             candidates = [
-                candidate | ({"prompt_index": index} if request.prompts is not None else {})
+                candidate | ({"prompt_index": index} if answer.prompted else {})
                 for index, each in enumerate(chosen)
                 for candidate in each.candidates
             ]
-            scores = [score for each in chosen for score in each.scores] if request.scores else None
+            scores = [score for each in chosen for score in each.scores] if answer.scores else None
             return (
                 [image for each in chosen for image in each.images],
                 scores,
@@ -274,40 +204,44 @@ class TextToImage:
                 candidates,
             )
         scores = None
-        if request.scores:
+        if answer.scores:
             scored = [await self.scorer.score(r.images, prompt) for r, prompt in zip(results, prompts, strict=True)]
             scores = [score for batch in scored for score in batch]
         return [image for result in results for image in result.images], scores, None, None
 
-    async def _job(self, request: GenerationRequest, plan: Plan, served: ModelPipeline, cache_scope: str) -> Generation:
-        """The request's images decoded and its job checked (400s naming the field) for ``served``'s loop.
+    async def _jobs(self, drawing: Drawing, plan: Plan, served: ModelPipeline, cache_scope: str) -> list[Generation]:
+        """The drawing's jobs with its images decoded (400s naming the field) for ``served``'s loop.
 
-        Its LoRAs are the plan's: resolved at the Gateway for the key it came with (their weights of that moment).
+        Its images decode once for all its prompts. Its LoRAs are the plan's: resolved at the Gateway for the key
+        it came with (their weights of that moment). What it leaves to the stack is this replica's defaults.
         """
-        pipeline, adapters = served.pipeline, served.model.adapters
-        if request.candidates > 1 and pipeline.dims.inpainting:  # its zero image's encoding draws before the noise
+        pipeline, adapters, sampling = served.pipeline, served.model.adapters, drawing.sampling
+        if drawing.answer.candidates > 1 and pipeline.dims.inpainting:  # its zero image's encoding draws first
             raise InvalidInput(f"candidates: {served.model.name} is an inpainting model: one image only", "candidates")
-        images = await asyncio.to_thread(decode_images, request, pipeline.dims.native_size)
-        size = (images.width, images.height)
-        ip = await asyncio.to_thread(ip_references, request, *size, pipeline.adapters, adapters.stored_embeds)
-        job = to_generation(request, pipeline.dims.native_size, ip, images, self.defaults)
-        job = job.replaced(loras=plan.loras)
-        reuse = approximate.decide(
-            request.approximate_cache,
-            request.seed is not None,
-            job,
-            self.defaults.approximate_cache,
-            pipeline.dims.inpainting,
-        )
-        return job.replaced(approximate=reuse, scope=cache_scope)
+        size = (sampling.width, sampling.height)
+        images = await asyncio.to_thread(decode_images, drawing.sources, *size)
+        ip = await asyncio.to_thread(ip_references, drawing.sources, *size, pipeline.adapters, adapters.stored_embeds)
+        cutoff = self.defaults.guidance_cutoff if drawing.guidance_cutoff is None else drawing.guidance_cutoff
+        decoded = {"images": images.images, "mask": images.mask, "controls": images.controls, "ip": ip}
+        jobs = []
+        for job, asked_seed in zip(drawing.jobs, drawing.asked_seeds, strict=True):
+            job = job.replaced(guidance_cutoff=cutoff, loras=plan.loras, **decoded)
+            share, inpainting = self.defaults.approximate_cache, pipeline.dims.inpainting
+            reuse = approximate.decide(drawing.approximate, asked_seed is not None, job, share, inpainting)
+            jobs.append(job.replaced(approximate=reuse, scope=cache_scope))
+        return jobs
 
     @staticmethod
-    def _count_adapters(request: GenerationRequest) -> None:
-        """Count the request's adapters (the Gateway checked them)."""
-        if ip_choices(request):
+    def _count(drawing: Drawing) -> None:
+        """Count what it asks: its kind, its ControlNets, IP-Adapters and LoRAs (the Gateway checked them)."""
+        controls = drawing.sources.controlnets
+        metrics.count(metrics.GENERATION_KINDS, kind=drawing.kind, controlnet="yes" if controls else "no")
+        for control in controls:
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
+        if drawing.sources.ip:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter="ip_adapter", kind="ip_adapter")
-        for lora in request.loras:
-            metrics.count(metrics.ADAPTER_REQUESTS, adapter=lora.name, kind="lora")
+        for name in drawing.loras:
+            metrics.count(metrics.ADAPTER_REQUESTS, adapter=name, kind="lora")
 
     async def encode_reference(self, image: str) -> np.ndarray:
         """A reference image's embeddings (base64 ``image``), by the model's image encoder: ``POST /v1/references``."""

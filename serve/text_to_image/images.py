@@ -9,6 +9,7 @@ without an alpha channel is read as diffusers reads one (white: draw). The ``can
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from dataclasses import dataclass
 
@@ -20,8 +21,9 @@ from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
 from serve.images import base64_bytes, raster
 from serve.images.raster import ImageRejected, check_size, decode_image
+from serve.text_to_image.adapter_choices import ControlNetChoice
 from serve.text_to_image.generation import Control, IpReferences
-from serve.text_to_image.ip_scale import ip_choices
+from serve.text_to_image.ip_scale import IpRequest, ip_choices
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Outpaint
 
@@ -30,6 +32,46 @@ MAX_INPUT_PIXELS = 4096 * 4096
 to 4096 pixels a side is taken."""
 DRAW = 255
 """The mask's value where the image is drawn (diffusers' convention: white)."""
+
+
+@dataclass(frozen=True)
+class ImageSources:
+    """A generation's images as sent (base64), with the fields their errors name: decoded where it runs.
+
+    Its input images, mask, outpainting's padding, ControlNets and IP-Adapters (:func:`decode_images`,
+    :func:`ip_references`).
+    """
+
+    images: tuple[str, ...] = ()
+    mask: str | None = None
+    outpaint: Outpaint | None = None
+    controlnets: tuple[ControlNetChoice, ...] = ()
+    ip: tuple[IpRequest, ...] = ()
+
+    @classmethod
+    def of(cls, request) -> ImageSources:
+        """An API request's (a ``GenerationRequest``'s)."""
+        return cls(
+            tuple(request.image), request.mask, request.outpaint, tuple(request.controlnets), tuple(ip_choices(request))
+        )
+
+    def hashed(self, digest) -> ImageSources:
+        """Each image replaced by ``digest(image)`` (its content's name): what a cache key holds of them."""
+        controls = tuple(choice.model_copy(update={"image": digest(choice.image)}) for choice in self.controlnets)
+        ip = tuple(
+            dataclasses.replace(
+                ip,
+                choice=ip.choice.model_copy(
+                    update={
+                        "images": [digest(i) for i in ip.choice.images],
+                        "masks": [digest(m) for m in ip.choice.masks],
+                    }
+                ),
+            )
+            for ip in self.ip
+        )
+        mask = None if self.mask is None else digest(self.mask)
+        return ImageSources(tuple(digest(image) for image in self.images), mask, self.outpaint, controls, ip)
 
 
 @dataclass(frozen=True)
@@ -152,14 +194,14 @@ def decode_base64(text: str, field: str) -> np.ndarray:
     return _decode(data, field)
 
 
-def ip_references(request: GenerationRequest, width: int, height: int, adapters, stored) -> tuple[IpReferences, ...]:
-    """The request's IP-Adapters for its model's engines (``adapters``: its ``GenerationAdapters``), decoded.
+def ip_references(sources: ImageSources, width: int, height: int, adapters, stored) -> tuple[IpReferences, ...]:
+    """A generation's IP-Adapters for its model's engines (``adapters``: its ``GenerationAdapters``), decoded.
 
     ``stored(reference_id, field)``: a stored reference's embeddings. 400s naming the field: an adapter the model
     lacks, an unreadable image, a scale that does not fit the UNet, a mask not of the output's size.
     """
     info, found = adapters.support.ip_adapter, []
-    for ip in ip_choices(request):
+    for ip in sources.ip:
         field = ip.name_of("name")
         if info is None:
             raise InvalidInput(f"{field}: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", field)
@@ -184,25 +226,24 @@ def ip_references(request: GenerationRequest, width: int, height: int, adapters,
     return tuple(found)
 
 
-def decode_images(request: GenerationRequest, native_size: int) -> RequestImages:
-    """Decode and check every image of ``request`` (400s naming the field)."""
-    width, height = output_size(request, native_size)
-    images = [_decode(base64_bytes(text), "image") for text in request.image]
+def decode_images(sources: ImageSources, width: int, height: int) -> RequestImages:
+    """Decode and check every image of ``sources`` for an output of ``width`` x ``height`` (400s naming the field)."""
+    images = [_decode(base64_bytes(text), "image") for text in sources.images]
     if len({image.shape for image in images}) > 1:
         sizes = ", ".join(f"{image.shape[1]}x{image.shape[0]}" for image in images)
         raise InvalidInput(f"image: the images must have one size, not {sizes}", "image")
     mask = None
-    if request.mask is not None:
-        mask = edit_mask(base64_bytes(request.mask))
+    if sources.mask is not None:
+        mask = edit_mask(base64_bytes(sources.mask))
         if mask.shape != images[0].shape[:2]:
             raise InvalidInput(
                 f"mask: it is {mask.shape[1]}x{mask.shape[0]}; the image is {images[0].shape[1]}x{images[0].shape[0]}",
                 "mask",
             )
-    if request.outpaint is not None:
-        images, mask = outpainted(images, mask, request.outpaint)
+    if sources.outpaint is not None:
+        images, mask = outpainted(images, mask, sources.outpaint)
     controls = []
-    for index, choice in enumerate(request.controlnets):
+    for index, choice in enumerate(sources.controlnets):
         pixels = _decode(base64_bytes(choice.image), f"controlnets.{index}.image")
         if choice.preprocess == "canny":
             pixels = canny(pixels, choice.low_threshold, choice.high_threshold)

@@ -121,17 +121,6 @@ class PromptBatch(BaseModel):
             for index, choice in enumerate(self.prompts)
         ]
 
-    def prompt_index(self, index: int) -> int:
-        """The prompt that made image ``index`` of the answer (its images go prompt by prompt)."""
-        return index // (self.rows // self.prompt_count)
-
-    def prompts_named(self, items: list[dict]) -> list[dict]:
-        """An answer's ``data`` items, each with its ``prompt_index`` where the request has ``prompts``."""
-        if self.prompts is not None:
-            for index, item in enumerate(items):
-                item["prompt_index"] = self.prompt_index(index)
-        return items
-
     def origin(self, index: int, seed: int) -> tuple:
         """Image ``index`` of the answer: the one-prompt request it is of (its seed set), and its index there."""
         if self.prompts is None:  # one prompt: itself (a video's frames too, more than its rows)

@@ -11,7 +11,6 @@ prompt or many (:mod:`serve.text_to_image.prompt_batch`), how its images are ans
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -28,7 +27,7 @@ from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.finishing.schema import RESTORE_FACES_FIELD, UPSCALE_FIELD, RestoreFaces, UpscaleChoice
-from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
+from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, content_digest
 from serve.images import checked_base64 as _base64_image
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
@@ -383,18 +382,17 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         return 1 + len(self.controlnets)
 
     def images_hashed(self) -> dict:
-        """The request as JSON with each image replaced by its content's SHA-256 (the result cache's key)."""
+        """The request as JSON with each image replaced by its content's SHA-256 (an image's record keeps it)."""
         body = self.model_dump(mode="json")
-        digest = lambda text: "sha256:" + hashlib.sha256(text.encode()).hexdigest()  # noqa: E731
-        body["image"] = [digest(image) for image in self.image]
+        body["image"] = [content_digest(image) for image in self.image]
         for name in ("mask", "ip_adapter_image"):
             if body[name] is not None:
-                body[name] = digest(body[name])
+                body[name] = content_digest(body[name])
         for control in body["controlnets"]:
-            control["image"] = digest(control["image"])
+            control["image"] = content_digest(control["image"])
         for choice in body["ip_adapters"]:
             choice["images"], choice["masks"] = (
-                [digest(i) for i in choice["images"]],
-                [digest(m) for m in choice["masks"]],
+                [content_digest(i) for i in choice["images"]],
+                [content_digest(m) for m in choice["masks"]],
             )
         return body

@@ -38,11 +38,11 @@ class Down(Handles):
         self.down = set(down)
         self.error = error
 
-    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
-        if request.model in self.down:
-            self.calls.append(("failed", request.model))
+    async def _generate(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
+        if model in self.down:
+            self.calls.append(("failed", model))
             raise self.error or NotReady("Triton models not ready: unet", retry_after_s=5)
-        return await super()._generate(request, plan, sent_at, cache_scope)
+        return await super()._generate(drawing, plan, sent_at, cache_scope, model)
 
 
 @pytest.fixture
@@ -176,11 +176,8 @@ class Streaming(Down):
         super().__init__(*down)
         self.generate_stream = SimpleNamespace(remote=lambda *args, **kw: Cancellable(self._stream(*args, **kw)))
 
-    def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
-        return super().options(multiplexed_model_id) if multiplexed_model_id else self
-
-    async def _stream(self, request, plan, sent_at: float, cache_scope: str = "", previews: bool = False):
-        images = await self._generate(request, plan, sent_at, cache_scope)  # a model that is down fails first
+    async def _stream(self, drawing, plan, sent_at: float, cache_scope: str = "", previews: bool = False, model=""):
+        images = await self._generate(drawing, plan, sent_at, cache_scope, model)  # a model that is down fails first
         yield Progress(1, 1)
         yield images
 

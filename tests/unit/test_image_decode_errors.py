@@ -19,7 +19,7 @@ from serve.paths import PROJECT_ROOT
 from serve.serving import upscale
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import image_size
-from serve.text_to_image.images import decode_base64, decode_images, edit_mask
+from serve.text_to_image.images import ImageSources, decode_base64, decode_images, edit_mask, output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize import deployment as vectorize_deployment
 from tests.controls import b64, input_image
@@ -27,6 +27,11 @@ from tests.controls import b64, input_image
 NOT_AN_IMAGE = b"GIF89a but nothing after"
 B64 = base64.b64encode(NOT_AN_IMAGE).decode()
 IMAGE_ITEM = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{B64}"}}
+
+
+def decoded(request: GenerationRequest, native_size: int):
+    """``request``'s images decoded as its replica decodes them, at the size its admission read."""
+    return decode_images(ImageSources.of(request), *output_size(request, native_size))
 
 
 class _Checker:
@@ -99,5 +104,5 @@ def test_each_image_of_a_generation_is_named_when_it_does_not_decode():
         ({"image": [b64(input_image(64))], "controlnets": [{"name": "edges", "image": B64}]}, "controlnets.0.image"),
     ):
         with pytest.raises(EaselError) as refused:
-            decode_images(GenerationRequest(prompt="x", size="64x64", **body), 64)
+            decoded(GenerationRequest(prompt="x", size="64x64", **body), 64)
         assert (refused.value.status, refused.value.field) == (400, field)

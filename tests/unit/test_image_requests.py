@@ -23,11 +23,16 @@ from serve.text_to_image.controlnet import (
 from serve.text_to_image.edit_form import FILE_FIELDS, read_edit_form
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Control, Generation, Motion, SamplingParams
-from serve.text_to_image.images import canny, decode_images, edit_mask, output_size
+from serve.text_to_image.images import ImageSources, canny, decode_images, edit_mask, output_size
 from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import RESIDUAL_PREFIX, UNET
 from tests.controls import b64, box_mask, input_image, openai_mask
 from tests.images import encode, png_header_only
+
+
+def decoded_images(request: GenerationRequest, native_size: int):
+    """``request``'s images decoded as its replica decodes them, at the size its admission read."""
+    return decode_images(ImageSources.of(request), *output_size(request, native_size))
 
 
 def _refused(**body) -> InvalidInput:
@@ -81,7 +86,7 @@ def test_images_decode_at_the_output_size_with_the_openai_mask_read_from_its_alp
     mask = box_mask(64)
     transparent = base64.b64encode(openai_mask(mask)).decode()
     request = GenerationRequest(prompt="x", image=[b64(input_image(64))], mask=transparent)
-    decoded = decode_images(request, 512)
+    decoded = decoded_images(request, 512)
     assert (decoded.width, decoded.height) == (64, 64) and decoded.images[0].shape == (64, 64, 3)
     assert np.array_equal(decoded.mask, mask)  # transparent = draw = white
     grey = edit_mask(encode(Image.fromarray(mask)))  # no alpha: diffusers' convention, white draws
@@ -91,7 +96,7 @@ def test_images_decode_at_the_output_size_with_the_openai_mask_read_from_its_alp
 def test_outpainting_pads_the_image_and_masks_the_new_area():
     request = GenerationRequest(prompt="x", image=[b64(input_image(64))], outpaint={"left": 16, "bottom": 8})
     assert output_size(request, 512) == (80, 72)
-    decoded = decode_images(request, 512)
+    decoded = decoded_images(request, 512)
     assert decoded.images[0].shape == (72, 80, 3)
     assert (decoded.mask[:, :16] == 255).all() and (decoded.mask[64:] == 255).all()
     assert (decoded.mask[:64, 16:] == 0).all()
@@ -113,7 +118,7 @@ def test_outpainting_pads_the_image_and_masks_the_new_area():
 )
 def test_images_that_do_not_decode_or_fit_are_400s_naming_the_field(body, field):
     with pytest.raises(InvalidInput) as error:
-        decode_images(GenerationRequest(prompt="x", **body), 512)
+        decoded_images(GenerationRequest(prompt="x", **body), 512)
     assert error.value.field == field
 
 
@@ -129,7 +134,7 @@ def test_canny_finds_thin_edges_where_the_image_changes_and_none_above_the_thres
     request = GenerationRequest(
         prompt="x", controlnets=[{"name": "edges", "image": b64(pixels), "preprocess": "canny"}]
     )
-    assert np.array_equal(decode_images(request, 64).controls[0].image, edges)
+    assert np.array_equal(decoded_images(request, 64).controls[0].image, edges)
 
 
 def test_a_controlnet_guides_the_steps_between_start_and_end_as_diffusers_keeps_it():
@@ -293,7 +298,7 @@ def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixe
     picture, mask = b64(input_image(64)), base64.b64encode(openai_mask(box_mask(64))).decode()
     request = GenerationRequest(prompt="a red fox", image=[picture], mask=mask)  # checked: decoded here
     assert models.resolve(request.model).work(request).cost > 0  # priced from the image's and the mask's headers
-    first, again = decode_images(request, 64), decode_images(request, 64)  # a job's submission, then the replica
+    first, again = decoded_images(request, 64), decoded_images(request, 64)  # a job's submission, then the replica
     assert first.images[0].shape == again.images[0].shape == (64, 64, 3)
     assert decoded == [len(picture), len(mask)]
 

@@ -50,7 +50,7 @@ def test_a_file_from_before_the_total_was_kept_is_summed_once(tmp_path):
 
 
 def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises():
-    from serve.serving.generations import cache_call as cached  # how a generation calls its cache
+    from serve.cache import cache_call as cached  # how a generation calls its cache
 
     def full(key):
         raise sqlite3.OperationalError("database or disk is full")
@@ -65,10 +65,17 @@ def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises
 
 def test_the_key_is_each_caller_s_own_unless_the_stack_shares_its_caches():
     from serve.cache import cache_key, cache_scope
+    from serve.text_to_image.drawing import Drawing
+    from serve.text_to_image.schema import GenerationRequest
 
-    request = {"prompt": "a fox", "seed": 3, "output_format": "png", "user": "u1"}
+    def drawing(**fields) -> dict | None:
+        request = GenerationRequest.model_validate({"prompt": "a fox", "seed": 3, "user": "u1"} | fields)
+        return Drawing.of(request, 64, 64, request.seed if request.seed is not None else 11).identity()
+
     assert cache_scope("key-a", shared=False) == "key-a" and cache_scope(None, shared=False) == ""
     assert cache_scope("key-a", shared=True) == cache_scope("key-b", shared=True) == ""
-    mine, theirs = cache_key("unet", request, "key-a"), cache_key("unet", request, "key-b")
-    assert mine != theirs and mine == cache_key("unet", request | {"user": "u2"}, "key-a")
-    assert cache_key("unet", request, "") == cache_key("unet", request, "")
+    mine, theirs = cache_key("unet", drawing(), "key-a"), cache_key("unet", drawing(), "key-b")
+    assert mine != theirs and mine == cache_key("unet", drawing(user="u2", priority="high"), "key-a")  # no image's
+    assert cache_key("unet", drawing(), "") == cache_key("unet", drawing(), "")
+    assert cache_key("unet", drawing(seed=4), "") != cache_key("unet", drawing(), "")
+    assert drawing(seed=None) is None and drawing(output_format="svg") is None  # a drawn seed, an SVG: not cached

@@ -14,7 +14,7 @@ from PIL import Image
 from build_engines.scoring import AestheticPredictor, build_scorer, random_aesthetic, random_clip
 from serve.errors import InvalidInput
 from serve.text_to_image.best_of import best, check_best_of, choose
-from serve.text_to_image.deployment import to_generation
+from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
@@ -123,7 +123,8 @@ def drawn(pipeline, **fields) -> tuple[GenerationRequest, list[np.ndarray]]:
     """A request's images as its replica draws them (best-of-n: every candidate, before the choice)."""
     body = {"prompt": "a (red:1.2) heart", "size": "64x64", "num_inference_steps": 3, "seed": 21} | fields
     request = GenerationRequest.model_validate(body)
-    return request, asyncio.run(pipeline.generate(to_generation(request, pipeline.dims.native_size))).images
+    job = Drawing.of(request, *request.width_height(pipeline.dims.native_size), request.seed).jobs[0]
+    return request, asyncio.run(pipeline.generate(job)).images
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "lcm"])  # lcm draws fresh noise every step, from each row's own

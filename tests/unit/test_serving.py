@@ -134,6 +134,19 @@ def test_a_job_is_seen_listed_and_canceled_only_by_its_owner_or_an_admin(tmp_pat
     asyncio.run(scenario())
 
 
+class Routed:
+    """The TextToImage handle as ``options(multiplexed_model_id=...)`` answers it: its calls go to that model."""
+
+    def __init__(self, handles: "Handles", model: str) -> None:
+        self.generate = SimpleNamespace(remote=lambda *args, **kw: handles._generate(*args, model=model, **kw))
+        self.generate_stream = SimpleNamespace(
+            remote=lambda *args, **kw: handles.generate_stream.remote(*args, model=model, **kw)
+        )
+
+    def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
+        return self
+
+
 class Handles:
     """The TextToImage and ModelResidency handles as Generations calls them, recording each call."""
 
@@ -145,26 +158,30 @@ class Handles:
         self.end = SimpleNamespace(remote=self._end)
 
     def options(self, multiplexed_model_id: str | None = None, stream: bool = False):
-        if multiplexed_model_id is not None:
-            self.calls.append(("route", multiplexed_model_id))
-        return self
+        if multiplexed_model_id is None:
+            return self
+        self.calls.append(("route", multiplexed_model_id))
+        return Routed(self, multiplexed_model_id.rsplit(".v", 1)[0])
 
-    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
+    async def _generate(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
         from serve.text_to_image.admission import Plan
+        from serve.text_to_image.drawing import Drawing
         from serve.text_to_image.generation import EncodedImages
 
         assert isinstance(plan, Plan) and plan.cost > 0  # the Gateway's plan: the replica checks nothing again
-        self.calls.append(("generate", request.model, cache_scope))
-        png = encode_image(np.full((8, 8, 3), request.seed % 256, np.uint8), request.raster_format)
-        scores = [{"clip_score": 0.5}] * request.rows if request.scores else None  # as a scorer's
-        return EncodedImages([png] * request.rows, request.seed, 0, None, scores=scores)  # n of each prompt
+        assert isinstance(drawing, Drawing)  # the generation typed at the door, never the API request
+        self.calls.append(("generate", model, cache_scope))
+        answer, rows = drawing.answer, drawing.answer.rows_per_prompt * len(drawing.jobs)  # n of each prompt
+        png = encode_image(np.full((8, 8, 3), drawing.seed % 256, np.uint8), answer.raster_format)
+        scores = [{"clip_score": 0.5}] * rows if answer.scores else None  # as a scorer's
+        return EncodedImages([png] * rows, drawing.seed, 0, None, scores=scores)
 
-    async def _stream(self, request, plan, sent_at: float, cache_scope: str = ""):
+    async def _stream(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
         """The generation as gRPC's ``Generate`` streams it: one step, then the images."""
         from serve.text_to_image.generation import Progress
 
         yield Progress(1, 1, None)
-        yield await self._generate(request, plan, sent_at, cache_scope)
+        yield await self._generate(drawing, plan, sent_at, cache_scope, model)
 
     async def _begin(self, name: str):
         self.calls.append(("begin", name))
@@ -345,15 +362,16 @@ def test_a_job_runs_under_the_moderation_policy_stored_with_it_and_one_stored_wi
 class ColoredHandles(Handles):
     """:class:`Handles` whose generations are real PNGs: red when the prompt says red (what the checker flags)."""
 
-    async def _generate(self, request, plan, sent_at: float, cache_scope: str = ""):
+    async def _generate(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
         from PIL import Image
 
         from serve.text_to_image.generation import EncodedImages
 
-        self.calls.append(("generate", request.prompt))
+        prompt = drawing.sampling.prompt
+        self.calls.append(("generate", prompt))
         out = io.BytesIO()
-        Image.new("RGB", (8, 8), (250, 0, 0) if "red" in request.prompt else (0, 0, 250)).save(out, format="PNG")
-        return EncodedImages([out.getvalue()] * request.n, request.seed, 0, None)
+        Image.new("RGB", (8, 8), (250, 0, 0) if "red" in prompt else (0, 0, 250)).save(out, format="PNG")
+        return EncodedImages([out.getvalue()] * drawing.sampling.n, drawing.seed, 0, None)
 
 
 def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_own(engine_dir, tmp_path):

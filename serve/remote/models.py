@@ -12,7 +12,7 @@ from serve.errors import InvalidInput
 from serve.remote import openai_images
 from serve.remote.settings import RemoteBackend
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Checked, Plan, Work
-from serve.text_to_image.generation import EncodedImages, draw_seed
+from serve.text_to_image.generation import EncodedImages
 from serve.text_to_image.images import output_size
 
 FAMILY = "remote"
@@ -82,9 +82,9 @@ class RemoteModel:
             update={name: fields[name].get_default(call_default_factory=True) for name in self.dropped(request)}
         )
 
-    async def generate(self, request) -> EncodedImages:
-        """``request``'s images, drawn by its service (what it cannot honour dropped)."""
-        return await openai_images.generate(request, self.backend, draw_seed(request.seed), self.name, self.transport)
+    async def generate(self, request, seed: int) -> EncodedImages:
+        """``request``'s images drawn with ``seed`` (the door's) by its service (what it cannot honour dropped)."""
+        return await openai_images.generate(request, self.backend, seed, self.name, self.transport)
 
     def headers(self, request) -> dict[str, str]:
         """Its answer's headers: the model, and the fields dropped (``Easel-Dropped``), if any."""

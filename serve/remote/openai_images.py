@@ -40,7 +40,7 @@ def unsupported(request, backend: RemoteBackend) -> tuple[str, ...]:
 
 
 def request_body(request, backend: RemoteBackend, seed: int) -> dict:
-    """The JSON ``request`` is sent as (``seed``: drawn here, sent where the backend takes seeds)."""
+    """The JSON ``request`` is sent as (``seed``: drawn at the door, sent where the backend takes seeds)."""
     fields = set(OPENAI_FIELDS) | set(backend.takes)
     body = {"prompt": request.prompt, "n": request.n} | request.model_dump(
         mode="json", exclude_defaults=True, include=fields - {"seed"}

@@ -326,7 +326,7 @@ class Generations(Streaming):
         """A remote model's images, its circuit breaker guarding the call, and its answer's headers."""
         model = admitted.model
         async with self.circuits.guarded(model.name):
-            result = await model.generate(admitted.request)
+            result = await model.generate(admitted.request, admitted.drawing.seed)
         return result, model.headers(admitted.asked)  # what it was drawn without: asked, dropped at admission
 
     async def _finished(

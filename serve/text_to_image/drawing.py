@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pydantic import BaseModel
 
 from serve.finishing.schema import RestoreFaces, UpscaleChoice
-from serve.images import content_digest
 from serve.priority import Priority
 from serve.text_to_image.best_of import candidate_seeds
 from serve.text_to_image.generation import CachePolicy, Generation, ImageInputs, SamplingParams
@@ -125,7 +124,7 @@ class Drawing:
         if None in self.asked_seeds or self.answer.output_format == "svg":
             return None
         jobs = [dataclasses.replace(job, priority=Priority.NORMAL) for job in self.jobs]  # its turn shapes nothing
-        shaping = dataclasses.replace(self, jobs=tuple(jobs), sources=self.sources.hashed(content_digest), loras=())
+        shaping = dataclasses.replace(self, jobs=tuple(jobs), sources=self.sources.hashed(), loras=())
         return _json(dataclasses.asdict(shaping))
 
 

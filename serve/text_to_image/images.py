@@ -19,7 +19,7 @@ from scipy import ndimage
 
 from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
-from serve.images import base64_bytes, raster
+from serve.images import base64_bytes, content_digest, raster
 from serve.images.raster import ImageRejected, check_size, decode_image
 from serve.text_to_image.adapter_choices import ControlNetChoice
 from serve.text_to_image.generation import Control, IpReferences
@@ -55,23 +55,23 @@ class ImageSources:
             tuple(request.image), request.mask, request.outpaint, tuple(request.controlnets), tuple(ip_choices(request))
         )
 
-    def hashed(self, digest) -> ImageSources:
-        """Each image replaced by ``digest(image)`` (its content's name): what a cache key holds of them."""
-        controls = tuple(choice.model_copy(update={"image": digest(choice.image)}) for choice in self.controlnets)
+    def hashed(self) -> ImageSources:
+        """Each image replaced by its content's SHA-256 (:func:`~serve.images.content_digest`): a cache key's."""
+        controls = tuple(c.model_copy(update={"image": content_digest(c.image)}) for c in self.controlnets)
         ip = tuple(
             dataclasses.replace(
                 ip,
                 choice=ip.choice.model_copy(
                     update={
-                        "images": [digest(i) for i in ip.choice.images],
-                        "masks": [digest(m) for m in ip.choice.masks],
+                        "images": [content_digest(i) for i in ip.choice.images],
+                        "masks": [content_digest(m) for m in ip.choice.masks],
                     }
                 ),
             )
             for ip in self.ip
         )
-        mask = None if self.mask is None else digest(self.mask)
-        return ImageSources(tuple(digest(image) for image in self.images), mask, self.outpaint, controls, ip)
+        mask = None if self.mask is None else content_digest(self.mask)
+        return ImageSources(tuple(content_digest(image) for image in self.images), mask, self.outpaint, controls, ip)
 
 
 @dataclass(frozen=True)

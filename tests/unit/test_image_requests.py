@@ -75,7 +75,7 @@ def test_strength_defaults_as_diffusers_and_counts_the_steps_that_run():
     assert GenerationRequest(prompt="x", controlnets=[{"name": "a", "image": image}] * 2).passes == 3
 
 
-def test_the_result_cache_key_material_names_images_by_their_content():
+def test_an_image_s_record_names_input_images_by_their_content():
     one, other = b64(input_image()), b64(box_mask())
     hashed = GenerationRequest(prompt="x", image=[one], mask=other).images_hashed()
     assert hashed["image"][0].startswith("sha256:") and one not in json.dumps(hashed)

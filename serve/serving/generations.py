@@ -220,12 +220,9 @@ class Generations(Streaming):
                 served = self.models.now().version(version_id)
                 if served.version_id != model.version_id:  # replaced since it was checked: checked again, by it
                     admitted = self._rechecked(admitted, served)
+                headers = {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)}
                 loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}
-                yield (
-                    served,
-                    admitted,
-                    {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)} | loading,
-                )
+                yield served, admitted, headers | loading
             finally:
                 try:
                     await self.residency.end.remote(version_id)

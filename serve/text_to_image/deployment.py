@@ -223,10 +223,10 @@ class TextToImage:
         ip = await asyncio.to_thread(ip_references, drawing.sources, *size, pipeline.adapters, adapters.stored_embeds)
         cutoff = self.defaults.guidance_cutoff if drawing.guidance_cutoff is None else drawing.guidance_cutoff
         decoded = {"images": images.images, "mask": images.mask, "controls": images.controls, "ip": ip}
+        share, inpainting = self.defaults.approximate_cache, pipeline.dims.inpainting
         jobs = []
         for job, asked_seed in zip(drawing.jobs, drawing.asked_seeds, strict=True):
             job = job.replaced(guidance_cutoff=cutoff, loras=plan.loras, **decoded)
-            share, inpainting = self.defaults.approximate_cache, pipeline.dims.inpainting
             reuse = approximate.decide(drawing.approximate, asked_seed is not None, job, share, inpainting)
             jobs.append(job.replaced(approximate=reuse, scope=cache_scope))
         return jobs

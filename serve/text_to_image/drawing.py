@@ -21,7 +21,6 @@ from serve.priority import Priority
 from serve.text_to_image.best_of import candidate_seeds
 from serve.text_to_image.generation import CachePolicy, Generation, ImageInputs, SamplingParams
 from serve.text_to_image.images import ImageSources
-from serve.text_to_image.prompt_batch import MAX_SEED
 from serve.text_to_image.video import motion_of
 
 
@@ -82,21 +81,21 @@ class Drawing:
         """``request`` (an API ``GenerationRequest``, a video's too) drawn at ``width`` x ``height`` from ``seed``."""
         singles = request.singles(seed)  # one-prompt requests, each with its seed
         answer = AnswerForm(
-            request.output_format,
-            request.output_compression,
-            request.vectorize_tier,
-            request.scores,
-            request.candidates,
-            request.best_of,
-            request.rows // request.prompt_count,
-            request.prompts is not None,
-            request.upscale,
-            request.restore_faces,
+            output_format=request.output_format,
+            output_compression=request.output_compression,
+            vectorize_tier=request.vectorize_tier,
+            scores=request.scores,
+            candidates=request.candidates,
+            best_of=request.best_of,
+            rows_per_prompt=request.rows // request.prompt_count,
+            prompted=request.prompts is not None,
+            upscale=request.upscale,
+            restore_faces=request.restore_faces,
         )
         return cls(
             jobs=tuple(_job(single, width, height) for single in singles),
             seed=seed,
-            asked_seeds=_asked_seeds(request),
+            asked_seeds=_asked_seeds(request, singles),
             sources=ImageSources.of(request),
             answer=answer,
             guidance_cutoff=request.guidance_cutoff,
@@ -129,16 +128,14 @@ class Drawing:
 
 
 def _json(value):
-    """``value`` (dataclasses as dicts) as JSON values: pydantic models dumped, enums by value, tuples as lists."""
+    """``value`` (dataclasses already dicts) as JSON values: pydantic models dumped, tuples as lists."""
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, dict):
         return {str(key): _json(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
         return [_json(item) for item in value]
-    if dataclasses.is_dataclass(value):
-        return _json(dataclasses.asdict(value))
-    return value.value if isinstance(value, Priority) else value
+    return value  # a Priority is a str
 
 
 def _job(single, width: int, height: int) -> Generation:
@@ -165,15 +162,14 @@ def _job(single, width: int, height: int) -> Generation:
     )
 
 
-def _asked_seeds(request) -> tuple[int | None, ...]:
-    """Each prompt's seed as the request gives it: its own, else the request's (+ its index); None: none given."""
-    if request.prompts is None:
-        return (request.seed,)
-    base = request.seed
-    return tuple(
-        choice.seed if choice.seed is not None else None if base is None else (base + index) % (MAX_SEED + 1)
-        for index, choice in enumerate(request.prompts)
-    )
+def _asked_seeds(request, singles: list) -> tuple[int | None, ...]:
+    """Each prompt's seed as the request gives it (its own, else the request's + its index); None: none given.
+
+    ``singles``: its one-prompt requests (:meth:`~serve.text_to_image.prompt_batch.PromptBatch.singles`).
+    """
+    if request.seed is not None:  # every prompt's follows from it
+        return tuple(single.seed for single in singles)
+    return (None,) if request.prompts is None else tuple(choice.seed for choice in request.prompts)
 
 
 def _kind(request) -> str:

@@ -263,8 +263,7 @@ class Generations(Streaming):
     async def _image_ids(self, count: int, assignment: Assignment, owner: str | None, drawing: Drawing) -> list[str]:
         """Ids for ``count`` images, recorded with what served and made them (so feedback can name each)."""
         ids = [new_image_id() for _ in range(count)]
-        made = (list(drawing.loras), drawing.sampling.scheduler)
-        await asyncio.to_thread(self.experiments.record, ids, assignment, owner, *made)
+        await asyncio.to_thread(self.experiments.record, ids, assignment, owner, *drawing.made_with)
         return ids
 
     async def _answer(

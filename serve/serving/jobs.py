@@ -9,6 +9,7 @@ import asyncio
 import hashlib
 import json
 import time
+from dataclasses import dataclass
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -36,6 +37,37 @@ SSE_KEEPALIVE_S = 15.0
 MAX_PAGE = 100
 SUBMITTED_POLICY = "moderation_policy"
 """The stored request's entry of the moderation policy it was submitted under (its key's, else the stack's)."""
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """A job's row: its request as its model serves it, the door's seed in it, and its moderation policy.
+
+    The row keeps the API's request, not the admitted drawing: the request's schema is the API's contract, which the
+    releases after it read alike, and a queued job is admitted again as it runs, by the model its name serves then
+    (replaced or removed meanwhile), which types it afresh (:meth:`Generations.readmitted`).
+    """
+
+    request: GenerationRequest  # a still's or a video's
+    policy: Policy | None = None  # None: a job stored before jobs kept their policy (the stack's)
+
+    @classmethod
+    def of(cls, admitted: Admitted) -> JobRequest:
+        """``admitted``'s row: the door's seed in it, so a re-run draws the same image (a remote's may take none)."""
+        seeded = {"seed": admitted.drawing.seed} if admitted.model.takes_seed else {}
+        return cls(admitted.request.model_copy(update=seeded), admitted.screening.policy)
+
+    @classmethod
+    def read(cls, row: dict) -> JobRequest:
+        """A stored row read back (a ``ValidationError`` where this version refuses it)."""
+        stored = dict(row)
+        policy = stored.pop(SUBMITTED_POLICY, None)
+        return cls(stored_request(stored), policy and Policy(policy))
+
+    def row(self) -> dict:
+        """What the job store keeps (JSON)."""
+        policy = {SUBMITTED_POLICY: self.policy.value} if self.policy is not None else {}
+        return self.request.model_dump(mode="json") | policy
 
 
 def job_owner(key: ApiKey | None) -> Owner | None:
@@ -86,22 +118,18 @@ class BackgroundJobs:
         it) and recorded under the job's id, so feedback can name the job. Its ``webhook``, if it names one, is on a
         host the stack allows.
         """
-        request, assignment, asked = admitted.request, admitted.assignment, admitted.asked
-        if request.webhook is not None:
-            self.webhooks.check(request.webhook)  # a host the stack allows, or a 400 naming webhook
-        drawing = admitted.drawing
+        drawing, assignment = admitted.drawing, admitted.assignment
+        if admitted.request.webhook is not None:
+            self.webhooks.check(admitted.request.webhook)  # a host the stack allows, or a 400 naming webhook
         size = (drawing.sampling.width, drawing.sampling.height)
         await asyncio.to_thread(decode_images, drawing.sources, *size)  # an image that does not decode: a 400 now
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
-        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(asked)) if key else None
-        seeded = {"seed": drawing.seed} if admitted.model.takes_seed else {}  # the door's; a remote's may take none
-        stored = request.model_dump(mode="json") | seeded
-        stored[SUBMITTED_POLICY] = admitted.screening.policy.value  # the policy its images are moderated under
-        job, created = await asyncio.to_thread(self.store.submit, stored, request.priority, idempotency, owner)
+        idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(admitted.asked)) if key else None
+        row = JobRequest.of(admitted).row()
+        job, created = await asyncio.to_thread(self.store.submit, row, drawing.priority, idempotency, owner)
         if created:
-            loras = [choice.name for choice in request.loras]
-            made = (owner and owner.key_id, loras, request.scheduler)
+            made = (owner and owner.key_id, *drawing.made_with)
             await asyncio.to_thread(self.experiments.record, [job.id], assignment, *made)
         self.runner.wake()
         return job, created
@@ -113,10 +141,8 @@ class BackgroundJobs:
         stops reading the stream, which stops the generation. A failure is raised as the deployment raised it (Ray's
         wrapper taken off), for the runner's retry policy to judge (:data:`~serve.serving.ray_errors.PASSING`).
         """
-        stored = dict(job.request)
-        policy = stored.pop(SUBMITTED_POLICY, None)  # None: a job stored before jobs kept their policy
         try:
-            request = stored_request(stored)  # a still's or a video's
+            stored = JobRequest.read(job.request)
         except ValidationError as error:  # a stored request this version refuses: the job's fault, not retried
             raise invalid_input(error) from None
 
@@ -128,7 +154,7 @@ class BackgroundJobs:
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
         try:
             # its model now (replaced, or removed: a 400); its moderation policy as submitted
-            admitted = await self.generations.readmitted(request, chosen, policy and Policy(policy), job.owner)
+            admitted = await self.generations.readmitted(stored.request, chosen, stored.policy, job.owner)
             body, _ = await self.generations.served_answer(admitted, job.owner, on_step=report)
         except Exception as error:
             cause = unwrap(error)

@@ -15,7 +15,7 @@ from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
 from serve.serving.admitted import Admitted
-from serve.serving.jobs import SUBMITTED_POLICY, BackgroundJobs
+from serve.serving.jobs import BackgroundJobs, JobRequest
 from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, input_reference_named, mp4
 
 Variant = Literal["video", "frames"]
@@ -33,7 +33,7 @@ STATUSES = {
 
 def video_request(job: Job) -> VideoGeneration:
     """The video a job was submitted for (as stored: its seed drawn)."""
-    return VideoGeneration.model_validate({k: v for k, v in job.request.items() if k != SUBMITTED_POLICY})
+    return JobRequest.read(job.request).request
 
 
 def video_object(job: Job) -> dict:

@@ -114,6 +114,11 @@ class Drawing:
         """Its first prompt's sampling (every prompt's but for the prompt and seed)."""
         return self.jobs[0].sampling
 
+    @property
+    def made_with(self) -> tuple[list[str], str]:
+        """What its images are recorded as made with beside the model (a rating counts to each): LoRAs, sampler."""
+        return list(self.loras), self.sampling.scheduler
+
     def identity(self) -> dict | None:
         """What shapes its answer, as JSON (images by their content's SHA-256): the result cache's key material.
 

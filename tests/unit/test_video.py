@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import io
+import json
 import zipfile
 
 import httpx
@@ -19,6 +20,8 @@ from build_engines.text_to_image.random_adapters import make_lora, make_motion_l
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
+from serve.moderation import Policy
+from serve.serving.jobs import JobRequest
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
@@ -36,7 +39,6 @@ from serve.text_to_image.video import (
     motion_of,
     mp4,
     read_video_form,
-    stored_request,
 )
 from tests.conftest import psnr
 from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
@@ -314,8 +316,9 @@ def test_a_model_without_motion_adapters_refuses_videos_naming_the_field(tiny_xl
 def test_a_stored_video_job_reads_back_as_the_video_it_was(video_engines):
     """What a job runner reads after a restart: the video, not a still (a still's job reads back as one)."""
     video = VideoRequest(prompt="x", frames=4, fps=2).generation("easel-default", 64, video_engines.family)
-    stored = video.model_dump(mode="json") | {"seed": 7}
-    assert stored_request(stored) == video.model_copy(update={"seed": 7})
-    assert motion_of(stored_request(stored)) == Motion("wave", 4)
-    still = stored_request({"prompt": "x", "seed": 7})
-    assert type(still) is GenerationRequest and motion_of(still) is None
+    row = JobRequest(video.model_copy(update={"seed": 7}), Policy.BLOCK).row()
+    read = JobRequest.read(json.loads(json.dumps(row)))  # as a store keeps it
+    assert read == JobRequest(video.model_copy(update={"seed": 7}), Policy.BLOCK)
+    assert motion_of(read.request) == Motion("wave", 4)
+    still = JobRequest.read({"prompt": "x", "seed": 7})  # a row stored before jobs kept their policy
+    assert type(still.request) is GenerationRequest and motion_of(still.request) is None and still.policy is None

@@ -219,6 +219,39 @@ def test_a_job_of_a_model_that_cannot_serve_is_run_down_its_chain_and_its_answer
     assert ("failed", "easel-default") in handles.calls and len(body["data"]) == 1
 
 
+def test_a_queued_job_runs_the_drawing_it_was_admitted_as_its_seed_the_door_s(stack, tmp_path):
+    """Its row keeps the API's request; its run, admitted again by the same model, types the same drawing."""
+    from serve.jobs import open_job_store
+    from serve.jobs.runner import JobLease
+    from serve.priority import Priority
+    from serve.serving.jobs import BackgroundJobs
+
+    drawings = []
+
+    class Recording(Streaming):
+        async def _generate(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
+            drawings.append(drawing)
+            return await super()._generate(drawing, plan, sent_at, cache_scope, model)
+
+    served = generations(stack, Recording(), {})
+    prompts = [{"prompt": "a red fox"}, {"prompt": "an owl", "seed": 9}]
+    asked = GenerationRequest(prompts=prompts, n=2, scheduler="ddim", priority="high", num_inference_steps=3)
+
+    async def scenario():
+        jobs = BackgroundJobs(open_job_store(f"sqlite:///{tmp_path / 'jobs.db'}"), served, served.experiments)
+        jobs.runner._loop_task.cancel()  # this test runs the job itself
+        admitted = await served.admitted(asked, None)
+        await jobs.queued(admitted, None, None)
+        job = jobs.store.claim("worker-1", 60.0)
+        return admitted.drawing, job, await jobs.run(job, JobLease(job.id, "worker-1", 60.0))
+
+    drawing, job, body = asyncio.run(scenario())
+    (ran,) = drawings
+    assert job.priority == drawing.priority == Priority.HIGH and body["seed"] == drawing.seed
+    assert ran.jobs == drawing.jobs and ran.sources == drawing.sources and ran.answer == drawing.answer
+    assert drawing.asked_seeds == (None, 9) and ran.asked_seeds == (drawing.seed, 9)  # the door's seed, stored
+
+
 def test_a_job_for_a_remote_model_that_takes_no_seed_is_stored_without_one_and_drawn(stack, tmp_path):
     """``takes=`` without seed (an OpenAI service): a job's seed, drawn at submission for a served model, is not
     drawn for it, so its run is not refused for a seed it never asked."""

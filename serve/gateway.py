@@ -252,6 +252,7 @@ def build_app(args: AppArgs) -> serve.Application:
         args.model_table_path,
         args.remote_declarations(),
         args.fallbacks,
+        args.loop,
     )
     residency = ModelResidency.bind(
         models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path

@@ -189,8 +189,9 @@ ADAPTER_REQUESTS = MetricSpec(
 GENERATION_KINDS = MetricSpec(
     "easel_generation_requests",
     "counter",
-    "Generations by kind (text, img2img, inpaint, outpaint) and whether ControlNets guide them (controlnet: yes, no).",
-    ("kind", "controlnet"),
+    "Generations by kind (text, img2img, inpaint, outpaint), whether ControlNets guide them (controlnet: yes, no) "
+    "and the loop that drew them (loop: triton, the model's loop inside Triton; replica, the replica's).",
+    ("kind", "controlnet", "loop"),
 )
 REWARD_BUCKETS = (0.125, 0.375, 0.625, 0.875, 1.0)
 """A reward's buckets: each 1-5 rating in one of its own (rating r is the reward (r - 1) / 4)."""

@@ -21,7 +21,6 @@ from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.experiments.policy import Experiment, ExperimentSpec
-from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.moderation import Policy
 from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
@@ -33,8 +32,7 @@ from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
-from serve.text_to_image.generation import StackDefaults
-from serve.text_to_image.guidance import NO_CUTOFF
+from serve.text_to_image.settings import DrawingSettings
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
 from serve.triton.runtimes import (
     AUTO,
@@ -52,7 +50,7 @@ from serve.webhooks.settings import WebhookSettings
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class AppSettings(RemoteSettings, ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
+class AppSettings(DrawingSettings, RemoteSettings, ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
     """What the Serve application is told besides where its engines and Triton are: its budgets and its stores.
 
     Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks', the circuit
@@ -111,30 +109,6 @@ class AppSettings(RemoteSettings, ResilienceSettings, WebhookSettings, ResultSet
         False, description="Keep the uploaded image with each recorded vectorize answer (what retraining needs)."
     )
     vectorize_record_rows: int = Field(10_000, ge=1, description="The most vectorize answers the store keeps.")
-    guidance_cutoff: float = Field(
-        NO_CUTOFF,
-        gt=0,
-        le=1,
-        description="Adaptive guidance for requests that do not set guidance_cutoff: the share of a generation's "
-        "steps that run guided (1: all of them, today's images).",
-    )
-
-    approximate_cache: Annotated[float, Cli(metavar="SHARE")] = Field(
-        0.0,
-        ge=0,
-        lt=1,
-        description="Approximate caching across requests: keep each generation's latents this share of its steps "
-        "in, and start a later one whose prompt is similar (same model, size, sampler, steps, guidance, adapters) "
-        "from them, skipping those steps (0: off). Requests without a seed use it unless they say "
-        "approximate_cache false; requests with one only when they say true.",
-    )
-    approximate_similarity: float = Field(
-        DEFAULT_SIMILARITY,
-        gt=0,
-        le=1,
-        description="The similarity (cosine of the prompts' mean-pooled text embeddings) at which a kept prompt's "
-        "latents are reused.",
-    )
     share_caches: bool = Field(
         False,
         description="Share the result cache and the approximate cache across API keys (a single-tenant stack). "
@@ -161,11 +135,6 @@ class AppSettings(RemoteSettings, ResilienceSettings, WebhookSettings, ResultSet
         """A blocklist file that does not read as one is refused now, naming its line."""
         Blocklist.read(path)
         return path
-
-    @property
-    def defaults(self) -> StackDefaults:
-        """What the stack gives requests that leave a technique unset."""
-        return StackDefaults(self.guidance_cutoff, self.approximate_cache, self.approximate_similarity)
 
     @property
     def store(self) -> str:

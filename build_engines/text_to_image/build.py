@@ -58,11 +58,10 @@ from serve.triton.runtimes import (
     PRECISIONS,
     RUNTIME_CHOICES,
     Runtime,
-    RuntimeChoice,
     check_choice,
     concrete_runtime,
-    gpu_present,
     resolve_device,
+    runs_on_gpu,
     runtime_versions,
 )
 from serve.triton.spec import Backend
@@ -145,6 +144,7 @@ def build(
     vae_decoder: Path | None = None,
     motion_adapters: Mapping[str, Path] | None = None,
     device: str = "auto",
+    measure_memory: bool = True,
 ) -> EngineFolder:
     """Build (or reuse) the engines of ``model_dir`` (default: the embedded model) and install them in ``repository``.
 
@@ -159,7 +159,9 @@ def build(
     where PyTorch sees one); ``vae_decoder``: a diffusers ``AutoencoderTiny`` folder served as the model's
     ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
     video UNet engine each (:mod:`build_engines.text_to_image.motion`; one that does not fit is refused);
-    ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`).
+    ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`);
+    ``measure_memory`` off: each engine's memory is not measured (a fresh process each; a stack needs it, a benchmark
+    that bounds no run by it does not).
     ``repository`` None: built and measured, not installed (``easel models add`` hands the folder to a running stack,
     which installs it). Returns the engine folder, opened.
     """
@@ -217,7 +219,8 @@ def build(
             how = (precision, adapters, runtime, controlnets, step_cache, vae_decoder, motion)
             _build_new(engine_dir, family, model_dir, *how)
         folder = EngineFolder(engine_dir)
-        measure(folder)
+        if measure_memory:
+            measure(folder)
     if repository is not None:
         install(folder, repository, backend, prefix)
     return folder
@@ -402,5 +405,4 @@ def install(folder: EngineFolder, repository: Path, backend: Backend = Backend.P
         if backend is Backend.TENSORRT:
             shapes = profile(spec, latent_range(family.dims.native_size, family.dims.vae_scale_factor))
             files = {PLAN: build_plan(files[ONNX], shapes)}
-        on_gpu = RuntimeChoice.of(folder.engine(name)).runtime is Runtime.TORCH and gpu_present()
-        install_model(named[name], repository, files, backend, gpu=on_gpu)
+        install_model(named[name], repository, files, backend, gpu=runs_on_gpu(folder.engine(name)))

@@ -23,7 +23,7 @@ from serve.text_to_image.torch_engines import LOADER
 from serve.triton.engine_files import EngineFiles
 from serve.triton.runtimes import Runtime, RuntimeChoice
 from serve.triton.spec import ModelSpec
-from serve.triton.torch_runtime import DEFAULT_BUCKETS, TorchEngine
+from serve.triton.torch_runtime import DEFAULT_BUCKETS, TorchEngine, dim_axes
 
 logger = logging.getLogger(__name__)
 
@@ -66,9 +66,11 @@ def link_tree(source: Path, target: Path) -> None:
 def torch_engine(spec: ModelSpec, side: int, keep_fp32: bool) -> TorchEngine:
     """``spec``'s engine for the torch runtime: its inputs at the latent ``side`` (what its buckets capture)."""
     inputs = tuple((t.name, t.dtype, t.shape(side)) for t in spec.graph_inputs)
+    axes = tuple(dim_axes(t.dims, t.axis_names) for t in spec.graph_inputs)  # what capture resizes
     denoiser = any(t.name == "timestep" for t in spec.inputs)
     buckets = tuple(size for size in DEFAULT_BUCKETS if size <= spec.max_batch_size) if denoiser else ()
-    return TorchEngine(spec.name, LOADER, inputs, tuple(t.name for t in spec.outputs), keep_fp32, buckets)
+    outputs = tuple(t.name for t in spec.outputs)
+    return TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side)
 
 
 def torch_engines(family: Family, model_dir: Path, engine_dir: Path, precision: str) -> list[EngineReport]:

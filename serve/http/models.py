@@ -9,7 +9,7 @@ from fastapi import Request
 
 from serve.http.admission import serving
 from serve.serving.models import FallbackChain, NewModel
-from serve.text_to_image.models import ModelFolder
+from serve.text_to_image.model_table import ModelFolder
 
 
 async def controlnets_listed(http: Request) -> dict:

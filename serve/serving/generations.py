@@ -313,6 +313,8 @@ class Generations(Streaming):
         headers = seed_header(result.seed) | model_headers | truncation_header(body)
         if result.steps_skipped is not None:
             headers["Easel-Steps-Skipped"] = str(result.steps_skipped)
+        if result.loop is not None:
+            headers["Easel-Loop"] = result.loop
         if key is not None and not moderated.flagged:  # a flagged answer is never cached
             await cache_call(self.cache.put, key, json.dumps(body).encode())
             headers["Easel-Cache"] = "miss"

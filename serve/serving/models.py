@@ -17,7 +17,8 @@ from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import Circuits
 from serve.serving.current_models import CurrentModels
-from serve.text_to_image.models import ModelFolder, ServedModel
+from serve.text_to_image.model_table import ModelFolder
+from serve.text_to_image.models import ServedModel
 
 MAX_CHAIN = 16
 """The most links a fallback chain may have."""

@@ -141,7 +141,7 @@ class StartPlan:
         loras_dirs = self.loras(engine_dirs)
         table = self.model_table(engine_dirs) if on_this_machine else None
         served = ServedModels.open(
-            engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table
+            engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table, loop=opts.loop
         )
         self.install_kept(served, engine_dirs)
         vectorize = install_vectorize(opts.repository)
@@ -237,10 +237,12 @@ class StartPlan:
         return None if opts.reset_models or opts.address is not None else ModelTable.kept(opts.run_dir)
 
     def install_kept(self, served: ServedModels, engine_dirs: dict[str, str]) -> None:
-        """Install the served versions this start did not build (the API's, kept from the last run)."""
+        """Install the served versions this start did not build (the API's, kept from the last run), and loop models."""
         for model in served.versions():
             if str(model.folder.path) != engine_dirs.get(model.name) or model.version > 1:
                 model.install(self.options.repository)
+            else:  # its engines this start built and installed; its loop model beside them
+                model.install_loop(self.options.repository)
 
     def vectorize_table(self) -> Path:
         """Write the vectorize versions of this start (:func:`start_table`: version 1 is the committed set)."""

@@ -1,4 +1,10 @@
-"""Ray Serve ``TextToImage`` deployment: runs the denoising loop, sending each UNet step to Triton."""
+"""Ray Serve ``TextToImage`` deployment: runs a generation on its model's loop inside Triton, or its own loop.
+
+A model with a loop model inside Triton (:attr:`ServedModel.loop <serve.text_to_image.models.ServedModel.loop>`,
+``easel up --loop``; a GPU's default) draws the requests it takes there, one call per generation; the others run
+on the replica's loop, one Triton call per engine per step. Each answer names its loop (``Easel-Loop``) and
+``easel_generation_requests`` counts them by loop.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from serve.text_to_image.best_of import check_best_of, choose
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.generation import EncodedImages, Generation, Progress, StackDefaults, StepCallback
 from serve.text_to_image.images import decode_base64, decode_images, ip_references
+from serve.text_to_image.loop_client import TritonLoop
+from serve.text_to_image.loop_protocol import draws_in_triton
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
@@ -40,15 +48,24 @@ MAX_MODELS_PER_REPLICA = 8
 
 
 class ModelPipeline:
-    """One served model in a replica: its loop over its Triton models, its admission and its previews."""
+    """One served model in a replica: its loops (over its Triton models; inside Triton), admission and previews."""
 
-    def __init__(self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
+    def __init__(
+        self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None, triton_url: str = ""
+    ) -> None:
         self.model = model
         self.pipeline = TextToImagePipeline(model.folder, model_runner(engines, model.prefix), reuse)
+        self.loop = TritonLoop(triton_url, model.loop_model) if model.loop_model else None
         self.admission = Admission.for_engines(model.folder, model.limits)
         self.preview = LatentPreview(
             self.pipeline.decode, self.pipeline.dims.latent_channels, self.pipeline.dims.vae_scale_factor
         )
+
+    def drawer(self, jobs: list[Generation], plan: Plan) -> tuple[TritonLoop | TextToImagePipeline, str]:
+        """The loop that draws ``jobs`` and its name: inside Triton where it takes them all, else the replica's."""
+        if self.loop is not None and all(draws_in_triton(job, plan.tiling is not None) for job in jobs):
+            return self.loop, "triton"
+        return self.pipeline, "replica"
 
 
 @serve.deployment(name="TextToImage")
@@ -88,7 +105,7 @@ class TextToImage:
         self.models = self.models.refreshed()
         served = self.models.version(version_id)
         logger.info("opening model %s version %d (%s)", served.name, served.version, served.folder.path)
-        return await asyncio.to_thread(ModelPipeline, served, self.engines, self.reuse)
+        return await asyncio.to_thread(ModelPipeline, served, self.engines, self.reuse, self.triton.url)
 
     async def _requested(self) -> ModelPipeline:
         """The loop of the model version this request was sent for (none named: the default's first)."""
@@ -149,15 +166,16 @@ class TextToImage:
         check_scores(["clip_score"] if answer.scores else [], self.scorer, "scores")
         check_best_of(answer.candidates, answer.best_of, self.scorer)
         served = await self._requested()
-        self._count(drawing)
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with served.admission.slot(
                 plan.cost, drawing.priority, plan.queue_wait_s
             ):  # its images decode inside
                 jobs = await self._jobs(drawing, plan, served, cache_scope)
+                drawer, loop = served.drawer(jobs, plan)
+                self._count(drawing, loop)
                 reports = steps_together(on_step, len(jobs))
                 pairs = zip(jobs, reports, strict=True)
-                runs = [served.pipeline.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
+                runs = [drawer.generate(job, plan.tiling, report, plan.rows_per_call) for job, report in pairs]
                 try:
                     results = await run_together(runs)  # several prompts' rows merge into each step's engine calls
                 except Diverged as error:  # its adapters', or the model's: said so, never a black image
@@ -175,7 +193,7 @@ class TextToImage:
         dropped = max(result.prompt_tokens_dropped for result in results)
         skipped = min((result.steps_skipped for result in results if result.steps_skipped is not None), default=None)
         return EncodedImages(
-            list(images), drawing.seed, dropped, skipped, scores=scores, seeds=seeds, candidates=candidates
+            list(images), drawing.seed, dropped, skipped, scores=scores, seeds=seeds, candidates=candidates, loop=loop
         )
 
     async def _ranked(self, drawing: Drawing, results: list) -> tuple:
@@ -232,10 +250,10 @@ class TextToImage:
         return jobs
 
     @staticmethod
-    def _count(drawing: Drawing) -> None:
-        """Count what it asks: its kind, its ControlNets, IP-Adapters and LoRAs (the Gateway checked them)."""
+    def _count(drawing: Drawing, loop: str) -> None:
+        """Count what it asks (its kind, ControlNets, IP-Adapters and LoRAs: the Gateway checked them) and its loop."""
         controls = drawing.sources.controlnets
-        metrics.count(metrics.GENERATION_KINDS, kind=drawing.kind, controlnet="yes" if controls else "no")
+        metrics.count(metrics.GENERATION_KINDS, kind=drawing.kind, controlnet="yes" if controls else "no", loop=loop)
         for control in controls:
             metrics.count(metrics.ADAPTER_REQUESTS, adapter=control.name, kind="controlnet")
         if drawing.sources.ip:

@@ -237,6 +237,7 @@ class EncodedImages:
     scores: list[dict] | None = None  # scores: each image's, as generated (serve.text_to_image.scores)
     seeds: list[int] | None = None  # best-of-n: each answered image's seed (serve.text_to_image.best_of)
     candidates: list[dict] | None = None  # best-of-n: every candidate's seed, scores and whether it was answered
+    loop: str | None = None  # the loop that drew them: "triton" or "replica" (None: not drawn here)
 
 
 def draw_seed(seed: int | None) -> int:

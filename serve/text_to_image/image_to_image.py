@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 - torch's own alias
 from diffusers.image_processor import VaeImageProcessor
@@ -76,11 +75,11 @@ class ImageStart:
     mask: torch.Tensor | None = None  # the latents' mask, one row per image (1: repaint)
     unet_extra: torch.Tensor | None = None  # a 9-channel UNet's mask and masked image latents, per UNet row
 
-    def unet_sample(self, model_input: torch.Tensor) -> np.ndarray:
+    def unet_sample(self, model_input: torch.Tensor) -> torch.Tensor:
         """The UNet's ``sample``: the scaled latents, with an inpainting UNet's mask and masked image latents."""
         if self.unet_extra is not None:
             model_input = torch.cat([model_input, self.unet_extra], dim=1)
-        return model_input.numpy()
+        return model_input
 
     def unguided(self) -> ImageStart:
         """This start for unguided steps: an inpainting UNet's extra inputs for the prompt's rows only."""

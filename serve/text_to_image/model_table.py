@@ -8,7 +8,8 @@ this start's build; the table's other models stay. A command line that names non
 
 It also holds the remote models (``--remote``, ``POST /v1/models`` with ``remote``: each one's declaration, the fields
 of :class:`serve.remote.settings.RemoteBackend`) and the fallback chains (``--fallback``, ``PUT
-/v1/models/{model_id}/fallback``); the command line's win for the names they give (:meth:`ModelTable.declared`).
+/v1/models/{model_id}/fallback``); the command line's win for the names they give (:meth:`ModelTable.declared`). A
+version's change arrives as :class:`ModelFolder`, the body that names its engine folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from serve.errors import Conflict, InvalidInput, NotFound
 from serve.names import NAME, NAME_RULE
@@ -265,4 +268,24 @@ def start_said(kept: ModelTable | None, names: list[str], named: bool) -> str | 
     return (
         f"models: the command line wins for the models it names: {'; '.join(changes)}{rest}; --reset-models "
         "serves only the command line's"
+    )
+
+
+class ModelFolder(BaseModel):
+    """``PUT /v1/models/{model_id}``'s body: the engine folder that becomes the model's next version."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    engine_dir: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Absolute path, on the stack's machine, of an engine folder `easel build` built (the `engines:` "
+        "it prints; `easel models add` builds one and sends it); the stack installs and loads it.",
+    )
+    loras_dir: str | None = Field(
+        None,
+        min_length=1,
+        max_length=4096,
+        description="Absolute path of the model's LoRA registry folder, prepared for these LoRA-ready engines "
+        "(`easel models add --loras DIR` prepares and sends it); absent: the model takes no LoRAs.",
     )

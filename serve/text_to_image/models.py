@@ -17,8 +17,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters, lora_rows
 from serve.errors import InvalidInput, NotFound
@@ -27,38 +25,20 @@ from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engin
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
 from serve.text_to_image.ip_scale import ip_choices
+from serve.text_to_image.loop_protocol import LOOP_MODEL, loop_spec
 from serve.text_to_image.model_table import MODEL_TABLE, ModelEntry, ModelTable, check_name  # noqa: F401 - the table's old home
 from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.memory import MemoryBudgetTooSmall, default_memory_budget
 from serve.triton.repository import install_model, uninstall_model
+from serve.triton.runtimes import Runtime, RuntimeChoice, runs_on_gpu
 from serve.triton.spec import ModelSpec
 
 
 def triton_specs(folder: EngineFolder, prefix: str) -> dict[str, ModelSpec]:
     """A folder's engine specs by engine, each named as the Triton model that serves it (``prefix`` + engine)."""
     return {engine: replace(spec, name=f"{prefix}{engine}") for engine, spec in folder.specs.items()}
-
-
-class ModelFolder(BaseModel):
-    """``PUT /v1/models/{model_id}``'s body: the engine folder that becomes the model's next version."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    engine_dir: str = Field(
-        min_length=1,
-        max_length=4096,
-        description="Absolute path, on the stack's machine, of an engine folder `easel build` built (the `engines:` "
-        "it prints; `easel models add` builds one and sends it); the stack installs and loads it.",
-    )
-    loras_dir: str | None = Field(
-        None,
-        min_length=1,
-        max_length=4096,
-        description="Absolute path of the model's LoRA registry folder, prepared for these LoRA-ready engines "
-        "(`easel models add --loras DIR` prepares and sends it); absent: the model takes no LoRAs.",
-    )
 
 
 @dataclass(frozen=True)
@@ -71,6 +51,7 @@ class ServedModel:
     adapters: StackAdapters = field(default_factory=StackAdapters)
     limits: Limits = field(default_factory=lambda: Limits(0))
     version: int = 1
+    loop: bool = False  # its loop model inside Triton draws what it can (loop_protocol.draws_in_triton)
 
     @property
     def version_id(self) -> str:
@@ -97,23 +78,37 @@ class ServedModel:
         return f"{self.prefix}{engine}"
 
     def triton_names(self) -> tuple[str, ...]:
-        """Its engines' Triton model names."""
-        return tuple(self.triton_name(engine) for engine in self.folder.specs)
+        """Its Triton model names: its engines', and its loop model's where it has one."""
+        return tuple(spec.name for spec in self.triton_specs())
 
     def triton_specs(self) -> list[ModelSpec]:
-        """Its engines' specs under their Triton names (what the repository holds and the server watches)."""
-        return list(triton_specs(self.folder, self.prefix).values())
+        """Its Triton models' specs under their names (what the repository holds and the server watches)."""
+        loop = [loop_spec(self.folder.path, self.prefix)] if self.loop else []
+        return [*triton_specs(self.folder, self.prefix).values(), *loop]
+
+    @property
+    def loop_model(self) -> str | None:
+        """The Triton name of its loop model (None: the replica's loop draws all its requests)."""
+        return self.triton_name(LOOP_MODEL) if self.loop else None
 
     def install(self, repository: Path) -> None:
-        """Install its engines (built and measured) in Triton's ``repository`` under its Triton names.
+        """Install its engines (built and measured) and its loop model in ``repository`` under its Triton names.
 
-        A LoRA-ready engine's version folder links its LoRA registry folder, where the engine loads adapters from.
+        Each on the device its engine runs on (the torch runtime's on the GPU, as the start installs them). A
+        LoRA-ready engine's version folder links its LoRA registry folder, where the engine loads adapters from.
         """
         for engine, spec in triton_specs(self.folder, self.prefix).items():
             files = (engine_files := self.folder.engine(engine)).files()
             if engine_files.lora_ready and self.adapters.loras_dir is not None:
                 files[LORAS_LINK] = Path(self.adapters.loras_dir)
-            install_model(spec, repository, files)
+            install_model(spec, repository, files, gpu=runs_on_gpu(engine_files))
+        self.install_loop(repository)
+
+    def install_loop(self, repository: Path) -> None:
+        """Install its loop model (where it has one), on its denoiser's device."""
+        if self.loop:
+            denoiser = self.folder.engine(self.folder.family.denoiser)
+            install_model(loop_spec(self.folder.path, self.prefix), repository, gpu=runs_on_gpu(denoiser))
 
     def uninstall(self, repository: Path) -> None:
         """Remove its Triton models from ``repository`` (a version the running stack installed, once unloaded)."""
@@ -201,6 +196,7 @@ class ServedModels(Mapping[str, ServedModel]):
         adapters: Mapping[str, StackAdapters] | None = None,
         max_cost: float = DEFAULT_MAX_COST,
         table_path: Path | None = None,
+        loop: str = "auto",
     ) -> None:
         if not table.current:
             raise ValueError("a stack serves at least one model")
@@ -210,6 +206,7 @@ class ServedModels(Mapping[str, ServedModel]):
         self.adapters = dict(adapters or {})  # each model's, as the stack started it
         self.max_cost = max_cost
         self.table_path = table_path
+        self.loop = loop  # where requests are drawn: one of loop_protocol.LOOPS
         self._stamp = _stamp(table_path)
         self._folders = dict(folders)  # by engine folder path
         self._versions = {entry.version_id: self._served(entry) for entry in table.entries()}
@@ -226,6 +223,7 @@ class ServedModels(Mapping[str, ServedModel]):
         table_path: str | Path | None = None,
         remotes: Mapping[str, dict] | None = None,
         fallbacks: Mapping[str, tuple[str, ...]] | None = None,
+        loop: str = "auto",
     ) -> ServedModels:
         """The models ``engine_dirs`` names (name -> engine folder, the default first); ``adapters``: each one's.
 
@@ -242,7 +240,7 @@ class ServedModels(Mapping[str, ServedModel]):
         by_path = {str(folder.path): folder for folder in folders.values()}
         path = Path(table_path) if table_path else None
         table = ModelTable.start(engine_dirs).declared(remotes or {}, fallbacks or {})
-        started = cls(table, by_path, activations, room_bytes, adapters, max_cost, path)
+        started = cls(table, by_path, activations, room_bytes, adapters, max_cost, path, loop)
         started._stamp = None  # the table's file, if there is one, is read at once
         return started.refreshed()
 
@@ -254,7 +252,14 @@ class ServedModels(Mapping[str, ServedModel]):
                 folders[entry.engine_dir] = open_engine_folder(entry.engine_dir)
         try:
             return ServedModels(
-                table, folders, self.activation_bytes, self.room, self.adapters, self.max_cost, self.table_path
+                table,
+                folders,
+                self.activation_bytes,
+                self.room,
+                self.adapters,
+                self.max_cost,
+                self.table_path,
+                self.loop,
             )
         except MemoryBudgetTooSmall as error:  # its engines cannot run in the stack's activation pool
             raise InvalidInput(f"engine_dir: {error}", "engine_dir") from None
@@ -273,7 +278,19 @@ class ServedModels(Mapping[str, ServedModel]):
         limits = Limits(self.activation_bytes + folder.weights_bytes, self.max_cost, 2 * self.max_cost)
         folder.activation_bytes(limits.memory_budget_bytes)  # too small a pool for this model: refused now
         prefix = self.prefix(entry.name, entry.name == next(iter(self.table.current)), entry.version)
-        return ServedModel(entry.name, folder, prefix, self._adapters(entry, folder), limits, entry.version)
+        adapters, loop = self._adapters(entry, folder), self._in_triton(folder)
+        return ServedModel(entry.name, folder, prefix, adapters, limits, entry.version, loop)
+
+    def _in_triton(self, folder: EngineFolder) -> bool:
+        """Whether a model of ``folder`` has a loop model inside Triton (``self.loop``: ``loop_protocol.LOOPS``).
+
+        Never an inpainting model's: every request of it starts from an image (its UNet's extra inputs).
+        """
+        if folder.family.dims.inpainting:
+            return False
+        if self.loop != "auto":
+            return self.loop == "triton"
+        return RuntimeChoice.of(folder.engine(folder.family.denoiser)).runtime is Runtime.TORCH
 
     def _adapters(self, entry: ModelEntry, folder: EngineFolder) -> StackAdapters:
         """A version's adapters: as the stack started it (version 1), else its folder's IP-Adapter and own LoRAs."""

@@ -18,7 +18,7 @@ from serve.adapters.registry import engine_banks
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.engine_files import LORAS_LINK
 from serve.triton.onnx_backend import open_engine
-from serve.triton.spec import ModelSpec
+from serve.triton.spec import ModelSpec, on_gpu
 
 
 class OnnxRuntimeRunner:
@@ -41,8 +41,15 @@ class OnnxRuntimeRunner:
     async def infer(
         self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
     ) -> dict[str, np.ndarray]:
-        """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread."""
+        """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread.
+
+        Inputs that are all tensors on a session's GPU run there as they are, queued on it without a thread: the
+        outputs are tensors there too (:meth:`TorchSession.run_tensors`).
+        """
         session = self.sessions[spec.name]
+        if on_gpu(inputs) and hasattr(session, "run_tensors"):
+            outputs = session.run_tensors({t.name: inputs[t.name] for t in spec.inputs})
+            return dict(zip(session.output_names, outputs, strict=True))
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
         shared = {}
         if spec.name in self.banks:

@@ -33,6 +33,7 @@ from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
+from serve.text_to_image.resident import place_for
 from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.step_cache import JobStepCache
 from serve.text_to_image.tiling import VaeTiling
@@ -45,7 +46,10 @@ logger = logging.getLogger(__name__)
 class TextToImagePipeline:
     """Family, tokenizers, scheduler config and engine specs of one built model; :meth:`generate` runs a job."""
 
-    def __init__(self, folder: EngineFolder, engines: EngineRunner, reuse: LatentReuse | None = None) -> None:
+    def __init__(
+        self, folder: EngineFolder, engines: EngineRunner, reuse: LatentReuse | None = None, device: str | None = None
+    ) -> None:
+        """``device``: the GPU the engines run on in this process (the loop inside Triton), where its tensors stay."""
         self.family = folder.family
         self.model = folder.key
         self.dims = self.family.dims
@@ -58,6 +62,7 @@ class TextToImagePipeline:
         self.processors = ImageProcessors(self.dims.vae_scale_factor)
         self.gate = PriorityGate()
         self.reuse = reuse  # the stack's approximate cache (serve.text_to_image.approximate), if it keeps latents
+        self.place = lambda: place_for(device)  # where a generation's tensors live between engine calls
 
     def make_scheduler(self, name: str):
         """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
@@ -84,13 +89,16 @@ class TextToImagePipeline:
         self, job: Generation, engines: EngineRunner, tiling: VaeTiling | None, on_step: StepCallback | None
     ) -> GenerationResult:
         step_engine = self.family.step_engine(job.outline)
+        place = self.place()
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
         if job.motion is None:  # a motion UNet takes no IP-Adapter inputs (a video takes no references)
             conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[2:])
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
-        conditioning = {name: np.repeat(rows, job.sampling.n, axis=0) for name, rows in conditioning.items()}
+        conditioning = {
+            name: await place.put(np.repeat(rows, job.sampling.n, axis=0)) for name, rows in unrepeated.items()
+        }
         scheduler = self.make_scheduler(job.sampling.scheduler)
         self.family.set_timesteps(scheduler, job)
         timesteps = strength_timesteps(scheduler, job.sampling.steps, job.inputs.strength if job.inputs.images else 1.0)
@@ -104,6 +112,7 @@ class TextToImagePipeline:
         reused = await self._reused(job, unrepeated, scheduler, len(timesteps))  # before the rows are repeated
         first = reused.skipped if reused is not None else 0
         latents = start.latents if reused is None or reused.latents is None else torch.from_numpy(reused.latents)
+        latents = await place.put(latents)
         step_kwargs = _step_kwargs(scheduler, generator)
         guided_steps = guidance.guided_steps(len(timesteps), job.sampling.guidance_cutoff) if guided else 0
         denoiser = JobStepCache(self.specs, step_engine, job.cache.interval)
@@ -114,25 +123,24 @@ class TextToImagePipeline:
             model_input = torch.cat([latents] * 2) if guided else latents
             if hasattr(scheduler, "scale_model_input"):
                 model_input = scheduler.scale_model_input(model_input, t)
-            timestep = np.full(len(model_input), float(t), dtype=np.float32)
-            inputs = {"sample": start.unet_sample(model_input), "timestep": timestep, **conditioning}
+            timestep = place.timestep(t, len(model_input))
+            inputs = {"sample": place.engine_input(start.unet_sample(model_input)), "timestep": timestep}
+            inputs |= conditioning
             await self.gate.turn(job.priority)
             inputs |= await controls.residuals(
-                engines, index, len(timesteps), model_input.numpy(), timestep, conditioning
+                engines, index, len(timesteps), place.engine_input(model_input), timestep, conditioning
             )
-            noise = torch.from_numpy(await denoiser.noise(engines, index - first, inputs))
+            noise = place.tensor(await denoiser.noise(engines, index - first, inputs))
             if guided:
                 uncond, cond = noise.chunk(2)
                 noise = uncond + job.sampling.guidance_scale * (cond - uncond)
             latents = scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
             latents = start.after_step(latents, index, timesteps, scheduler)
-            if not torch.isfinite(latents).all():  # an adapter's (or the model's) weights overflow: never a black image
-                raise Diverged.at(index + 1, len(timesteps))
+            await place.settle(index + 1, len(timesteps), latents, on_step)  # never a black image: NaN is refused
             if reused is not None and not first and index + 1 == reused.step:
                 await self.reuse.keep(reused, latents.numpy())
-            if on_step is not None:
-                await on_step(index + 1, len(timesteps), latents.numpy())
-        pixels = await self._decode(latents.numpy(), tiling, engines)
+        await place.finish(on_step)
+        pixels = await place.host(await self._decode(place.engine_input(latents), tiling, engines))
         if not np.isfinite(pixels).all():
             raise Diverged.at(0, len(timesteps))
         pixels = np.clip(pixels, 0.0, 1.0)

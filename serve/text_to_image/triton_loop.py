@@ -1,4 +1,4 @@
-"""The denoising loop inside Triton: one request per image, every step in Triton's process, steps of requests merged.
+"""The denoising loop inside Triton: one request per generation, every step in Triton's process, steps merged.
 
 A replica that runs the loop itself crosses to Triton at every step: on a GPU that round trip (gRPC, the python
 backend's stub, the tensors copied each way) cost about 25 ms per UNet call where the step itself costs 12-50 ms
@@ -8,101 +8,82 @@ stub's event loop, over the engines opened in the same process (the torch runtim
 graphs), the steps of concurrent requests merged into one UNet call by the same
 :class:`~serve.triton.coalesce.CoalescingRunner` a replica uses, ``serial`` here (the engines run one call at a time:
 the calls made meanwhile go together after it, so generations that start at different moments still share steps).
-A request's text embeddings are computed and kept in that process; its latents never leave it; one response carries
-its images.
+A request's text embeddings are computed and kept in that process; its latents leave it only for a preview.
 
-It serves text-to-image requests (a prompt, sampling, size, seed): the rest of the API (input images, adapters,
-ControlNets, caches) would run on the replica's loop, step by step, as before. :class:`LoopClient` is its caller:
-today ``easel bench gpu`` and the tests; a stack does not route requests to it yet (docs/guides/gpu.md).
-
-Its tensors cross the stub by DLPack, never ``as_numpy``: the stub of Triton 2.51 (nvidia-pytriton 0.7) was built with a
-pybind11 that predates NumPy 2, and on a machine with NumPy 2 its ``as_numpy`` reads garbage (seen on an H100: a
-request's bytes read as ``0xE5E5E5E5``). So the request is its JSON as ``uint8``, not ``BYTES``, and the images go
-back flat (that stub's DLPack check refuses torch's 4-D tensors as "not contiguous"), shaped again by the client.
+What it says and hears: :mod:`serve.text_to_image.loop_protocol`; who calls it: the ``TextToImage`` replica, for the
+requests :func:`~serve.text_to_image.loop_protocol.draws_in_triton` accepts, through
+:class:`~serve.text_to_image.loop_client.TritonLoop`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import logging
-from pathlib import Path
+import time
 
 import numpy as np
 
+from serve.errors import EaselError
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation, SamplingParams
+from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
+from serve.text_to_image.loop_protocol import (
+    EVENT_OUTPUT,
+    GENERATION_INPUT,
+    IMAGES_OUTPUT,
+    LATENTS_OUTPUT,
+    LoopRequest,
+    encode_event,
+)
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
+from serve.text_to_image.preview import wants_preview
 from serve.triton.coalesce import CoalescingRunner
-from serve.triton.spec import ModelSpec, TensorSpec
 from serve.triton.torch_runtime import TorchSession
 
 logger = logging.getLogger(__name__)
 
-LOOP_MODEL = "text_to_image_loop"
-GENERATION_INPUT = "generation"
-IMAGES_OUTPUT = "images"
 LOG_EVERY = 8
 """Generations between two log lines of how well steps merge (each engine's requests and rows)."""
+CANCEL_KEPT_S = 300.0
+"""How long a cancel is remembered (one may arrive before its generation, or after it ended)."""
 
 
-def loop_spec(engine_dir: Path, prefix: str = "", buckets: tuple[int, ...] = ()) -> ModelSpec:
-    """The loop model of the engine folder ``engine_dir`` (Triton name ``prefix`` + :data:`LOOP_MODEL`).
-
-    ``buckets``: the denoisers' buckets it captures instead of their ``torch.json``'s (to measure others).
-    """
-    parameters = {"engine_dir": str(engine_dir)} | ({"buckets": ",".join(map(str, buckets))} if buckets else {})
-    return ModelSpec(
-        name=f"{prefix}{LOOP_MODEL}",
-        inputs=(TensorSpec(GENERATION_INPUT, "uint8", (-1,), ("bytes",)),),
-        outputs=(TensorSpec(IMAGES_OUTPUT, "uint8", (-1,), ("pixels",)),),  # n x height x width x 3, flat
-        parameters=parameters,
-        python_model=f"{__name__}:TextToImageLoop",
-        decoupled=True,
-    )
-
-
-def encode_request(sampling: SamplingParams, merge: bool = True) -> np.ndarray:
-    """The loop model's input for one generation: its sampling as JSON (``merge``: its steps may share UNet calls)."""
-    body = json.dumps({"sampling": dataclasses.asdict(sampling), "merge": merge})
-    return np.frombuffer(body.encode(), dtype=np.uint8)
-
-
-def decode_request(raw: bytes) -> tuple[Generation, bool]:
-    """(the generation, whether its steps are merged) of one request's input; a ValueError names what is wrong."""
-    try:
-        body = json.loads(raw)
-        sampling = body["sampling"]  # JSON has lists where the dataclass has tuples
-        sampling = SamplingParams(**{**sampling, "seeds": tuple(sampling.get("seeds", ()))})
-        return Generation(sampling), bool(body.get("merge", True))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"{GENERATION_INPUT}: not a generation ({type(error).__name__}: {error})") from None
+class Canceled(Exception):
+    """The generation's caller asked the loop to stop it."""
 
 
 class LoopEngines:
     """A model's engines opened in this process (on ``device``), and the loop over them, merged or not.
 
-    ``buckets``: the denoisers' buckets (within each one's batch limit) instead of their own.
+    ``buckets``: the denoisers' buckets (within each one's batch limit) instead of their own. On a GPU whose engines
+    all run on the torch runtime, a generation's tensors stay on it (:mod:`serve.text_to_image.resident`) unless
+    ``resident`` is off (every step's inputs and outputs then cross the host, as the replica's loop does: to measure).
     """
 
-    def __init__(self, folder: EngineFolder, device: str | None = None, buckets: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self, folder: EngineFolder, device: str | None = None, buckets: tuple[int, ...] = (), resident: bool = True
+    ) -> None:
         engines = OnnxRuntimeRunner(folder, device=device)
         for name, session in engines.sessions.items():
             if isinstance(session, TorchSession) and session.engine.buckets:  # the torch runtime's: at the start
                 limit = folder.specs[name].max_batch_size
                 session.capture([size for size in buckets if size <= limit] if buckets else None)
+        on_gpu = all(isinstance(s, TorchSession) and s.device.type == "cuda" for s in engines.sessions.values())
+        self.device = device if on_gpu and resident else None  # where a generation's tensors stay (None: host)
         self.coalescing = CoalescingRunner(engines, serial=True)
-        self.merged = TextToImagePipeline(folder, self.coalescing)
-        self.unmerged = TextToImagePipeline(folder, engines)
+        self.merged = TextToImagePipeline(folder, self.coalescing, device=self.device)
+        self.unmerged = TextToImagePipeline(folder, engines, device=self.device)
         self.answered = 0
+
+    async def draw(self, job: Generation, merge: bool = True, on_step: StepCallback | None = None) -> GenerationResult:
+        """``job`` drawn (its steps merged with other generations' when ``merge``), ``on_step`` after each step."""
+        result = await (self.merged if merge else self.unmerged).generate(job, on_step=on_step)
+        self.answered += 1
+        return result
 
     async def generate(self, job: Generation, merge: bool = True) -> np.ndarray:
         """``job``'s images, ``[n, height, width, 3]`` uint8."""
-        result = await (self.merged if merge else self.unmerged).generate(job)
-        self.answered += 1
-        return np.stack(result.images)
+        return np.stack((await self.draw(job, merge)).images)
 
     def sessions(self) -> dict:
         """The engines' sessions by engine name."""
@@ -113,21 +94,51 @@ class LoopEngines:
         return f"{self.answered} generations; requests and rows per engine: {dict(self.coalescing.sent)}"
 
 
+class Cancels:
+    """The ids of generations asked to stop, each remembered for :data:`CANCEL_KEPT_S`."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, float] = {}
+
+    def ask(self, request_id: str) -> None:
+        """Stop ``request_id`` at its next step (or at its start, if it has not started)."""
+        now = time.monotonic()
+        self._asked = {key: at for key, at in self._asked.items() if now - at < CANCEL_KEPT_S}
+        self._asked[request_id] = now
+
+    def check(self, request_id: str) -> None:
+        """Raise :class:`Canceled` when ``request_id`` was asked to stop."""
+        if request_id in self._asked:
+            del self._asked[request_id]
+            raise Canceled(request_id)
+
+
 class TextToImageLoop:
     """The python-backend model (decoupled, ``async execute``): each request's loop runs on the stub's event loop."""
 
     def initialize(self, args: dict) -> None:
         """Open the engines of the folder the config's ``engine_dir`` names, on this instance's device."""
+        import json
+
         import triton_python_backend_utils as pb_utils
 
         config = json.loads(args["model_config"])
         folder = EngineFolder(config["parameters"]["engine_dir"]["string_value"])
         gpu = args.get("model_instance_kind") == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
-        buckets = config["parameters"].get("buckets", {}).get("string_value", "")
-        self.engines = LoopEngines(folder, device, tuple(int(size) for size in buckets.split(",") if size))
+        if gpu:
+            import torch
+
+            torch.cuda.set_device(device)  # the streams and graphs of this instance's GPU, not device 0's
+        parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
+        buckets = tuple(int(size) for size in parameters.get("buckets", "").split(",") if size)
+        self.engines = LoopEngines(folder, device, buckets, resident=parameters.get("resident", "1") == "1")
+        self.cancels = Cancels()
+        self.outcomes = _Outcomes(config["name"])
         captured = {name: s.buckets for name, s in self.engines.sessions().items() if getattr(s, "buckets", ())}
-        pb_utils.Logger.log_info(f"{config['name']}: the loop of {folder.key} on {device}, buckets {captured}")
+        where = "on the GPU" if self.engines.device else "crossing the host each step"
+        message = f"{config['name']}: the loop of {folder.key} on {device}, buckets {captured}, its tensors {where}"
+        pb_utils.Logger.log_info(message)
 
     async def execute(self, requests: list) -> None:
         """Run every request's generation (concurrently with those of other calls); each is answered when done."""
@@ -137,50 +148,97 @@ class TextToImageLoop:
         import torch
         import triton_python_backend_utils as pb_utils
 
-        sender = request.get_response_sender()
+        answer = _Answer(request.get_response_sender())
         try:
             given = torch.from_dlpack(pb_utils.get_input_tensor_by_name(request, GENERATION_INPUT))
-            job, merge = decode_request(given.cpu().numpy().tobytes())
-            images = torch.from_numpy(await self.engines.generate(job, merge))
-            if self.engines.answered % LOG_EVERY == 0:
-                pb_utils.Logger.log_info(self.engines.merging())  # Triton's log (the stub's logging goes nowhere)
-            flat = pb_utils.Tensor.from_dlpack(IMAGES_OUTPUT, images.reshape(-1))
-            response = pb_utils.InferenceResponse(output_tensors=[flat])
+            asked = LoopRequest.decode(given.cpu().numpy().tobytes())
+        except ValueError as error:
+            answer.failed(error)
+            return
+        if asked.cancel:
+            self.cancels.ask(asked.cancel)
+            answer.end()
+            return
+
+        async def step(index: int, total: int, latents: np.ndarray) -> None:
+            self.cancels.check(asked.id)
+            if asked.progress:
+                answer.step(index, total, latents if wants_preview(index, total) else None)
+
+        try:
+            self.cancels.check(asked.id)
+            result = await self.engines.draw(asked.job, asked.merge, step)
+            answer.send({"seed": result.seed, "dropped": result.prompt_tokens_dropped}, images=np.stack(result.images))
+            self.outcomes.count("drawn")
+        except Canceled:
+            answer.send({"canceled": True})
+            self.outcomes.count("canceled")
+        except EaselError as error:  # the caller raises it again (a generation that diverged, say)
+            answer.send({"error": {"type": type(error).__name__, "message": error.message, "field": error.field}})
+            self.outcomes.count("failed")
         except Exception as error:  # noqa: BLE001 - this request's error; the others run on
             logger.warning("%s", error)
-            response = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error)))
-        sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            answer.failed(error)
+            self.outcomes.count("failed")
+        if self.engines.answered and self.engines.answered % LOG_EVERY == 0:
+            pb_utils.Logger.log_info(self.engines.merging())  # Triton's log (the stub's logging goes nowhere)
 
 
-class LoopClient:
-    """Sends generations to a Triton's loop model over gRPC (a decoupled model answers on a stream)."""
+class _Outcomes:
+    """Triton's counter ``easel_loop_generations_total`` (its /metrics): the loop's generations by outcome."""
 
-    def __init__(self, url: str, model: str = LOOP_MODEL) -> None:
-        from tritonclient.grpc.aio import InferenceServerClient
+    def __init__(self, model: str) -> None:
+        import triton_python_backend_utils as pb_utils
 
-        self.model = model
-        self._client = InferenceServerClient(url)
+        kind = getattr(pb_utils, "MetricFamily", None)  # a stub without custom metrics counts nothing
+        self.family = kind and kind(
+            name="easel_loop_generations_total",
+            description="Generations the loop inside Triton ended, by outcome: drawn, canceled, failed",
+            kind=kind.COUNTER,
+        )
+        self.model, self.metrics = model, {}
 
-    async def generate(self, sampling: SamplingParams, merge: bool = True) -> np.ndarray:
-        """The images of one generation, ``[n, height, width, 3]`` uint8."""
-        from tritonclient.grpc import InferInput
+    def count(self, outcome: str) -> None:
+        """One generation more that ended with ``outcome``."""
+        if self.family is None:
+            return
+        if outcome not in self.metrics:
+            self.metrics[outcome] = self.family.Metric(labels={"model": self.model, "outcome": outcome})
+        self.metrics[outcome].increment(1)
 
-        request = encode_request(sampling, merge)
-        given = InferInput(GENERATION_INPUT, list(request.shape), "UINT8")
-        given.set_data_from_numpy(request)
 
-        async def one_request():
-            yield {"model_name": self.model, "inputs": [given]}
+class _Answer:
+    """One request's responses: its steps (each an event, a preview's with its latents), then its final one."""
 
-        images = None
-        async for result, error in self._client.stream_infer(one_request()):
-            if error is not None:
-                raise RuntimeError(f"{self.model}: {error}")
-            images = result.as_numpy(IMAGES_OUTPUT)
-        if images is None:
-            raise RuntimeError(f"{self.model}: the stream closed without an answer")
-        return images.reshape(-1, sampling.height, sampling.width, 3)
+    def __init__(self, sender) -> None:
+        import triton_python_backend_utils as pb_utils
 
-    async def close(self) -> None:
-        """Close the channel."""
-        await self._client.close()
+        self.sender, self.pb_utils = sender, pb_utils
+
+    def step(self, index: int, total: int, latents: np.ndarray | None) -> None:
+        """Step ``index`` of ``total`` done (with its latents, for a preview)."""
+        shape = {} if latents is None else {"shape": list(latents.shape)}
+        self._send({"step": index, "total": total} | shape, {LATENTS_OUTPUT: latents}, 0)
+
+    def send(self, event: dict, images: np.ndarray | None = None) -> None:
+        """The final response: ``event`` and the images."""
+        self._send(event, {IMAGES_OUTPUT: images}, self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def failed(self, error: Exception) -> None:
+        """The final response: Triton's error (the caller's client raises it)."""
+        response = self.pb_utils.InferenceResponse(error=self.pb_utils.TritonError(str(error)))
+        self.sender.send(response, flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def end(self) -> None:
+        """No response, the stream's end (a cancel's)."""
+        self.sender.send(flags=self.pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _send(self, event: dict, arrays: dict[str, np.ndarray | None], flags: int) -> None:
+        import torch
+
+        tensors = [self.pb_utils.Tensor.from_dlpack(EVENT_OUTPUT, torch.from_numpy(encode_event(event).copy()))]
+        for name, array in arrays.items():
+            if array is not None:  # flat: the stub's DLPack check refuses torch's N-D tensors as "not contiguous"
+                flat = torch.from_numpy(np.ascontiguousarray(array).reshape(-1))
+                tensors.append(self.pb_utils.Tensor.from_dlpack(name, flat))
+        self.sender.send(self.pb_utils.InferenceResponse(output_tensors=tensors), flags=flags)

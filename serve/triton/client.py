@@ -79,7 +79,7 @@ class TritonClient:
         try:
             result = await asyncio.wait_for(asyncio.shield(call), self.timeout_s)
         except InferenceServerException as error:
-            raise _translate(error, spec.name) from error
+            raise translate(error, spec.name) from error
         except TimeoutError as error:
             raise NotReady(f"Triton model {spec.name!r} took over {self.timeout_s:.0f} s", retry_after_s=5) from error
         finally:
@@ -106,7 +106,8 @@ class TritonClient:
         await self._client.close()
 
 
-def _translate(error: InferenceServerException, model: str) -> Exception:
+def translate(error: InferenceServerException, model: str) -> Exception:
+    """The error a Triton call's ``error`` means for Easel: NotReady (retry), InvalidInput, or itself."""
     text = f"{error.status()} {error.message()}"
     if any(marker in text for marker in _UNAVAILABLE):
         return NotReady(f"Triton model {model!r} is unavailable: {error.message()}", retry_after_s=5)

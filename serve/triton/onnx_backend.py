@@ -18,12 +18,22 @@ from pathlib import Path
 
 import numpy as np
 
+from serve.metrics import MetricSpec
 from serve.triton.activations import ActivationPool, pool_of, pools_from_env
 from serve.triton.engine_files import EngineFiles
 from serve.triton.memory import MemoryModel, positions
 from serve.triton.runtimes import OpenVinoSession, Runtime, RuntimeChoice, cpu_count
 
 logger = logging.getLogger(__name__)
+
+ENGINE_EAGER_CALLS = MetricSpec(
+    "easel_engine_eager_calls",
+    "counter",
+    "Engine calls that ran eager though the engine's CUDA graphs were captured (no bucket for their rows and shapes).",
+    ("model",),
+    (),
+    "triton",
+)
 
 
 def make_session(model_path: Path, intra_op_threads: int = 0, spinning: bool = False, arena: bool = True):
@@ -198,6 +208,7 @@ class OnnxRuntimeModel:
         self.session = open_engine(self.files, shards, int(params.get("static_shapes", "0")), device)
         if hasattr(self.session, "capture"):  # the torch runtime's buckets belong to the start, not to a request
             self.session.capture()
+        self.eager = EagerCalls(self.session, config["name"], _backend_utils())
         self.bound = _memory_bound(config, self.files)
         self.input_ranks = self.session.input_ranks
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}
@@ -211,6 +222,7 @@ class OnnxRuntimeModel:
 
         feeds = [self._feed(request, pb_utils) for request in requests]
         results = run_batched(self.session, feeds, self.bound, self.prepare)
+        self.eager.publish()
         responses = []
         for result in results:
             if isinstance(result, Exception):
@@ -231,6 +243,42 @@ class OnnxRuntimeModel:
             array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dtype, copy=False)
             feed[name] = graph_input(array, self.input_ranks.get(name))
         return feed
+
+
+class EagerCalls:
+    """A model's :data:`ENGINE_EAGER_CALLS` counter on Triton's metrics port, fed from its session's count.
+
+    ``pb_utils``: Triton's python-backend module; without it, or without its metrics API (an older Triton), or for a
+    session that counts nothing (the CPU runtimes'), there is no counter and :meth:`publish` only keeps the count.
+    """
+
+    def __init__(self, session: Session, model: str, pb_utils=None) -> None:
+        self.session, self.reported, self.metric = session, 0, None
+        family = getattr(pb_utils, "MetricFamily", None)
+        if family is None or not hasattr(session, "eager_total"):
+            return
+        try:
+            self._family = family(ENGINE_EAGER_CALLS.series[0], ENGINE_EAGER_CALLS.description, family.COUNTER)
+            self.metric = self._family.Metric(labels={"model": model})  # the family must outlive its metric
+        except Exception as error:  # noqa: BLE001 - the model serves without its metric
+            logger.warning("%s: no %s metric: %s", model, ENGINE_EAGER_CALLS.series[0], error)
+
+    def publish(self) -> int:
+        """Add the session's eager calls since the last publish to the counter; returns how many."""
+        total = getattr(self.session, "eager_total", 0)
+        new, self.reported = total - self.reported, total
+        if new and self.metric is not None:
+            self.metric.increment(new)
+        return new
+
+
+def _backend_utils():
+    """Triton's ``triton_python_backend_utils`` where this runs inside Triton; None elsewhere."""
+    try:
+        import triton_python_backend_utils as pb_utils
+    except ImportError:
+        return None
+    return pb_utils
 
 
 def graph_input(array: np.ndarray, rank: int | None) -> np.ndarray:

@@ -9,6 +9,7 @@ from it at build (``model.xml``); PyTorch runs the engine's diffusers module its
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -107,8 +108,9 @@ def check_choice(runtime: str, precision: str) -> None:
         raise UnknownChoice(f"precision {precision} runs on {', '.join(allowed)}, not on runtime {runtime}")
 
 
+@functools.cache
 def gpu_present() -> bool:
-    """Whether PyTorch sees a CUDA GPU here."""
+    """Whether PyTorch sees a CUDA GPU here (asked once per process)."""
     import torch
 
     return torch.cuda.is_available()
@@ -162,6 +164,11 @@ class RuntimeChoice:
             return cls()
         raw = json.loads(files.runtime.read_text())
         return cls(**(raw | {"runtime": Runtime(raw["runtime"])}))
+
+
+def runs_on_gpu(files: EngineFiles) -> bool:
+    """Whether Triton runs the engine ``files`` on the GPU: the torch runtime's, where PyTorch sees one."""
+    return RuntimeChoice.of(files).runtime is Runtime.TORCH and gpu_present()
 
 
 def runtime_versions(runtime: str) -> str:

@@ -313,11 +313,13 @@ class TritonServer:
         """Models whose smallest possible inference fails (a stub that is alive but broken).
 
         A canary that times out behind a long batch is not a failure: only one whose stubs used no CPU meanwhile
-        and are not waiting for activation memory (stopped or deadlocked) is.
+        and are not waiting for activation memory (stopped or deadlocked) is. A decoupled model (the loop inside
+        Triton) gets none: HTTP cannot call it, and its canary would be a whole generation; its stubs and readiness
+        are watched.
         """
         failing = {}
         for name, spec in self.loaded().items():
-            if spec.ensemble or self._answered_since_last_look(name):
+            if spec.ensemble or spec.decoupled or self._answered_since_last_look(name):
                 continue
             body = {"inputs": [_canary_input(tensor, spec) for tensor in spec.inputs]}
             busy_before = _cpu_seconds(self._stubs(name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +33,27 @@ class Backend(enum.StrEnum):
     PYTHON_ONNX = "python"
     ONNXRUNTIME = "onnxruntime"
     TENSORRT = "tensorrt"
+
+
+def on_gpu(arrays: Mapping[str, object]) -> bool:
+    """Whether every one of an engine call's ``arrays`` is a tensor on a GPU (kept there: never copied to the host)."""
+    return bool(arrays) and all(getattr(array, "is_cuda", False) for array in arrays.values())
+
+
+def gpu_work(arrays: Mapping[str, object]) -> Callable[[], None] | None:
+    """For an engine call's outputs on a GPU, a blocking call that returns once the GPU has computed them.
+
+    None for arrays on the host (computed when they arrived). The GPU's queue is marked now, so the wait covers the
+    work queued so far, not what is queued after.
+    """
+    tensors = [array for array in arrays.values() if getattr(array, "is_cuda", False)]
+    if not tensors:
+        return None
+    import torch
+
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(tensors[0].device))
+    return event.synchronize
 
 
 @dataclass(frozen=True)

@@ -6,21 +6,29 @@ its ONNX graph would be exported from) and its batch buckets. :func:`serve.trito
 as a :class:`TorchSession`, so Triton's python-backend model, the in-process runner and the memory measurement run it
 as they run the CPU runtimes' engines.
 
-A bucket is a row count: a call of ``rows`` rows at the engine's capture shapes (its native size) runs in the smallest
-bucket that holds them, its rows padded (the last row repeated) and the outputs sliced back. On a GPU each bucket is a
-CUDA graph captured once, when the session is started (:meth:`TorchSession.capture`); a call larger than the largest
-bucket, or at other shapes, runs eager. On a CPU a bucket is the eager call on the padded rows (fp32: fp16 falls back
-with a log line), which is how the padding and slicing are tested without a GPU.
+A bucket is a row count at some input shapes: a call of ``rows`` rows runs in the smallest bucket captured at its
+shapes that holds them, its rows padded (the last row repeated) and the outputs sliced back. On a GPU each bucket is a
+CUDA graph captured once, when the session is started (:meth:`TorchSession.capture`: the native size, or the latent
+sizes and prompt chunk counts a stack serves), under the session's device. A call with no bucket (more rows than the
+largest, or shapes not captured) runs eager: logged once per shape and counted (:attr:`TorchSession.eager_calls`). On a
+CPU a bucket is the eager call on the padded rows (fp32: fp16 falls back with a log line), which is how the padding,
+slicing and counting are tested without a GPU.
+
+The arguments of sinusoidal embeddings (:data:`FULL_PRECISION_INPUTS`: the timestep) stay fp32 in an fp16 or bf16
+engine: fp16 would round a fractional timestep (Euler, DPM++ Karras, SD3, Flux) to a step of 0.5.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import json
 import logging
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +43,32 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 """The denoiser's buckets: a guided request is 2 rows, 16 of them 32 (the UNet's rows per call)."""
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 WARMUP_CALLS = 2
-"""Eager calls on a side stream before a bucket is captured (cuDNN and cuBLAS choose their kernels)."""
+"""Eager calls on the capture stream before a bucket is captured (cuDNN and cuBLAS choose their kernels)."""
+FULL_PRECISION_INPUTS = frozenset({"timestep", "guidance", "time_ids"})
+"""Inputs an fp16 or bf16 engine takes in fp32: what the modules turn into sinusoidal embeddings (in fp32, then cast
+to their own dtype): the denoisers' timestep, Flux's guidance, SDXL's size and crop ids."""
+TEXT_TOKENS = "text_tokens"
+"""The axis of a denoiser's text states, whole prompt chunks (:data:`serve.text_to_image.spec.TEXT_AXIS`)."""
 
 Loader = Callable[[Path, str, torch.dtype], torch.nn.Module]
 """``(engine folder, engine name, dtype) -> module``: the module taking the engine's inputs positionally."""
+Shapes = tuple[tuple[int, ...], ...]
+"""Each input's shape without the batch axis, in the module's argument order."""
+
+
+@dataclass(frozen=True)
+class CaptureShape:
+    """Where buckets are captured: a latent size and a prompt's chunk count (the text states' length; native: 1)."""
+
+    latent_height: int
+    latent_width: int
+    chunks: int = 1
+
+
+def dim_axes(dims: Sequence[int], axis_names: Sequence[str]) -> tuple[str, ...]:
+    """Each dim's axis name, ``""`` for a fixed one, of a tensor whose dynamic dims (``-1``) are ``axis_names``."""
+    names = iter(axis_names)
+    return tuple(next(names) if size == -1 else "" for size in dims)
 
 
 @dataclass(frozen=True)
@@ -47,7 +77,9 @@ class TorchEngine:
 
     ``loader``: "module:function", a :data:`Loader`; ``inputs``: each input's name, dtype and shape without the batch
     axis at the engine's native size (its capture shape), in the module's argument order; ``keep_fp32``: the module
-    runs in fp32 whatever the precision (SDXL's VAE); ``buckets``: the row counts captured (none: always eager).
+    runs in fp32 whatever the precision (SDXL's VAE); ``buckets``: the row counts captured (none: always eager);
+    ``axes``: each input's :func:`dim_axes`, and ``side`` the latent side ``inputs`` are at (what
+    :meth:`input_shapes` resizes; absent in engines built before them: those capture their native size alone).
     """
 
     engine: str
@@ -56,6 +88,8 @@ class TorchEngine:
     outputs: tuple[str, ...]
     keep_fp32: bool = False
     buckets: tuple[int, ...] = ()
+    axes: tuple[tuple[str, ...], ...] = ()
+    side: int = 0
 
     def save(self, files: EngineFiles) -> None:
         """Write ``torch.json`` into the engine's folder."""
@@ -65,8 +99,9 @@ class TorchEngine:
     def of(cls, files: EngineFiles) -> TorchEngine:
         """The engine ``files``' ``torch.json`` describes."""
         raw = json.loads(files.torch_module.read_text())
-        inputs = tuple((name, dtype, tuple(shape)) for name, dtype, shape in raw.pop("inputs"))
-        return cls(**raw | {"inputs": inputs, "outputs": tuple(raw["outputs"]), "buckets": tuple(raw["buckets"])})
+        raw["inputs"] = tuple((name, dtype, tuple(shape)) for name, dtype, shape in raw["inputs"])
+        raw["axes"] = tuple(tuple(names) for names in raw.get("axes", ()))  # none in engines built before them
+        return cls(**raw | {"outputs": tuple(raw["outputs"]), "buckets": tuple(raw["buckets"])})
 
     def loader_function(self) -> Loader:
         """The function :attr:`loader` names (its module imported: diffusers, transformers)."""
@@ -77,8 +112,34 @@ class TorchEngine:
         """The engine's module, loaded by :attr:`loader` from the engine folder ``folder``."""
         return self.loader_function()(folder, self.engine, dtype)
 
+    def input_shapes(self, at: CaptureShape | None = None) -> Shapes:
+        """Each input's shape at ``at`` (None: native): its latent axes at that size, its text tokens at its chunks.
 
-def bucket_for(rows: int, buckets: Sequence[int]) -> int | None:
+        An axis following the latents at a scale (an image's, a ControlNet residual's) keeps its ratio to
+        :attr:`side`; other axes keep their native size. Raises ValueError for an engine built without its axes.
+        """
+        native = tuple(shape for _, _, shape in self.inputs)
+        if at is None:
+            return native
+        if len(self.axes) != len(native) or self.side <= 0:
+            raise ValueError(f"{self.engine}: built without its axes (rebuild it to capture other sizes)")
+        return tuple(
+            tuple(_resized(size, axis, at, self.side) for size, axis in zip(shape, axes, strict=True))
+            for shape, axes in zip(native, self.axes, strict=True)
+        )
+
+
+def _resized(size: int, axis: str, at: CaptureShape, side: int) -> int:
+    if axis == TEXT_TOKENS:
+        return size * at.chunks  # native: one chunk
+    if "height" in axis:
+        return math.ceil(at.latent_height * size / side)
+    if "width" in axis:
+        return math.ceil(at.latent_width * size / side)
+    return size
+
+
+def bucket_for(rows: int, buckets: Collection[int]) -> int | None:
     """The smallest bucket holding ``rows`` rows; None when none does (the call runs eager)."""
     return min((size for size in buckets if size >= rows), default=None)
 
@@ -98,32 +159,36 @@ def compute_dtype(precision: str, device: torch.device, keep_fp32: bool) -> torc
     return dtype
 
 
-class _Bucket:
-    """One bucket at the capture shapes: inputs copied into static rows, the module's call, outputs sliced back.
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """The context in which ``device``'s work runs: its CUDA device made current (streams, graphs, pools are its)."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
 
-    On a GPU the call is a CUDA graph captured here (into ``pool``, which the buckets share: one runs at a time);
-    elsewhere it is the eager call on the padded rows.
+
+class _Bucket:
+    """One bucket at some shapes: inputs copied into static rows, the module's call, outputs sliced back.
+
+    On a GPU the call is a CUDA graph captured here, on ``stream`` and into ``pool`` (both the session's, on its
+    device; the buckets share the pool: one runs at a time); elsewhere it is the eager call on the padded rows.
     """
 
-    def __init__(self, call: Callable, rows: int, inputs: list[torch.Tensor], pool=None) -> None:
+    def __init__(self, call: Callable, rows: int, inputs: list[torch.Tensor], pool=None, stream=None) -> None:
         self.rows = rows
         self.static = [padded(tensor, rows).clone() for tensor in inputs]
         self.graph = None
         self.outputs: tuple[torch.Tensor, ...] = ()
         if self.static[0].is_cuda:
-            self._capture(call, pool)
+            self._capture(call, pool, stream)
         else:
             self.call = call
 
-    def _capture(self, call: Callable, pool) -> None:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
+    def _capture(self, call: Callable, pool, stream: torch.cuda.Stream) -> None:
+        stream.wait_stream(torch.cuda.current_stream(stream.device))
+        with torch.cuda.stream(stream):
             for _ in range(WARMUP_CALLS):
                 call(*self.static)
-        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.current_stream(stream.device).wait_stream(stream)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool):
+        with torch.cuda.graph(self.graph, pool=pool, stream=stream):  # not torch's process-wide capture stream
             self.outputs = call(*self.static)
 
     def __call__(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -142,70 +207,159 @@ class _Bucket:
 class TorchSession:
     """An engine's module on ``device`` (default: the GPU where there is one), with the sessions' ``run`` interface.
 
-    Calls may come from several threads (the in-process runner): they run one at a time.
+    Calls may come from several threads (the in-process runner): they run one at a time. Everything it does on a GPU
+    (loading, capture, calls) runs under its device (:func:`on_device`), whichever device the thread had current.
     """
 
     def __init__(self, files: EngineFiles, precision: str = "fp16", device: str | None = None) -> None:
         self.engine = TorchEngine.of(files)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.device = _concrete(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")))
         self.dtype = compute_dtype(precision, self.device, self.engine.keep_fp32)
         folder = files.torch_module.resolve().parent.parent  # the engine folder (the file may be a repository link)
-        module = self.engine.load(folder, self.dtype).to(self.device, self.dtype).eval()
-        self.module = module if self.dtype == torch.float32 else CastIO(module, self.dtype)
+        with on_device(self.device):
+            module = self.engine.load(folder, self.dtype).to(self.device, self.dtype).eval()
+        full = {index for index, (name, _, _) in enumerate(self.engine.inputs) if name in FULL_PRECISION_INPUTS}
+        self.module = module if self.dtype == torch.float32 else CastIO(module, self.dtype, full)
         self.input_names = {name for name, _, _ in self.engine.inputs}
         self.output_names = list(self.engine.outputs)
         self.input_ranks = {name: 1 + len(shape) for name, _, shape in self.engine.inputs}
+        self.eager_calls: Counter[Shapes] = Counter()
+        """Calls that ran eager though buckets were captured, by their inputs' shapes (without the batch axis)."""
         self._lock = threading.Lock()
-        self._buckets: dict[tuple, _Bucket] = {}
+        self._buckets: dict[tuple, _Bucket] = {}  # by (rows, *shapes)
 
-    def capture(self, buckets: Sequence[int] | None = None) -> None:
-        """Make each bucket (default: the engine's) at the capture shapes: on a GPU a CUDA graph, largest first."""
-        sizes = sorted(self.engine.buckets if buckets is None else buckets, reverse=True)
-        pool = torch.cuda.graph_pool_handle() if self.device.type == "cuda" else None
-        with self._lock, torch.inference_mode():
-            for rows in sizes:
+    def capture(self, buckets: Sequence[int] | None = None, shapes: Sequence[CaptureShape] | None = None) -> None:
+        """Make each bucket (default: the engine's) at each of ``shapes`` (default: the native size, one chunk).
+
+        On a GPU each is a CUDA graph, captured under the session's device on one stream into one memory pool, the
+        largest calls first. Shapes that give an engine the same inputs (chunks, for an engine without text states)
+        are captured once; an engine built without its axes captures its native size alone (with a log line).
+        """
+        sizes = sorted(set(self.engine.buckets if buckets is None else buckets))
+        try:
+            wanted = list(dict.fromkeys(self.engine.input_shapes(at) for at in shapes or [None]))
+        except ValueError as error:
+            logger.warning("%s: %s: capturing its native size alone", self.engine.engine, error)
+            wanted = [self.engine.input_shapes()]
+        plan = sorted(((rows, at) for at in wanted for rows in sizes), key=_elements, reverse=True)
+        cuda = self.device.type == "cuda"
+        with self._lock, torch.inference_mode(), on_device(self.device):
+            pool = torch.cuda.graph_pool_handle() if cuda else None
+            stream = torch.cuda.Stream(self.device) if cuda else None
+            for rows, at in plan:
                 example = [
                     torch.zeros((rows, *shape), dtype=getattr(torch, dtype), device=self.device)
-                    for _, dtype, shape in self.engine.inputs
+                    for (_, dtype, _), shape in zip(self.engine.inputs, at, strict=True)
                 ]
-                self._buckets[(rows, *_shapes(example))] = _Bucket(self._eager, rows, example, pool)
-        logger.info("%s: %d buckets (%s) on %s", self.engine.engine, len(sizes), self.dtype, self.device)
+                self._buckets[(rows, *at)] = _Bucket(self._eager, rows, example, pool, stream)
+        logger.info(
+            "%s: buckets %s at %d shapes (%s) on %s", self.engine.engine, sizes, len(wanted), self.dtype, self.device
+        )
 
     @property
     def buckets(self) -> tuple[int, ...]:
-        """The row counts made (captured on a GPU), smallest first."""
-        return tuple(sorted(key[0] for key in self._buckets))
+        """The row counts made (captured on a GPU) at any shapes, smallest first."""
+        return tuple(sorted({key[0] for key in self._buckets}))
+
+    @property
+    def shapes(self) -> tuple[Shapes, ...]:
+        """The input shapes buckets were made at."""
+        return tuple(dict.fromkeys(key[1:] for key in self._buckets))
 
     def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
         """All outputs for ``feeds`` (batch axis first; inputs the module does not take are left out), as float32."""
         names = [name for name, _, _ in self.engine.inputs]
-        inputs = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in names]
+        with on_device(self.device):
+            inputs = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in names]
+            return [output.float().cpu().numpy() for output in self._call(inputs)]
+
+    def run_tensors(self, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+        """All outputs for ``feeds`` already on this session's device, as float32 tensors there, without waiting.
+
+        The host never waits for the GPU here (no copy back): the caller's next work queues behind it. The outputs
+        are the session's own (copies of a graph's static outputs, which its next replay overwrites).
+        """
+        with on_device(self.device):
+            inputs = [feeds[name] for name, _, _ in self.engine.inputs]
+            return [output.float().clone() for output in self._call(inputs)]
+
+    def _call(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """The module's outputs for ``inputs``: a captured bucket's where one holds them, else eager (counted)."""
         with self._lock, torch.inference_mode():
-            bucket = self._buckets.get((bucket_for(len(inputs[0]), self.buckets), *_shapes(inputs)))
-            outputs = bucket(inputs) if bucket is not None else self._eager(*inputs)
-            return [output.float().cpu().numpy() for output in outputs]
+            at = _shapes(inputs)
+            rows = bucket_for(len(inputs[0]), [key[0] for key in self._buckets if key[1:] == at])
+            if rows is None:
+                self._count_eager(len(inputs[0]), at)
+                return self._eager(*inputs)
+            return self._buckets[(rows, *at)](inputs)
+
+    @property
+    def eager_total(self) -> int:
+        """Calls run eager though buckets were captured, at any shapes."""
+        return sum(self.eager_calls.values())
+
+    def _count_eager(self, rows: int, at: Shapes) -> None:
+        if not self._buckets:  # nothing captured (an engine without buckets): eager is its way, not a miss
+            return
+        self.eager_calls[at] += 1
+        if self.eager_calls[at] == 1:
+            names = [name for name, _, _ in self.engine.inputs]
+            captured = "; ".join(
+                f"rows {sorted(k[0] for k in self._buckets if k[1:] == s)} at {_named(names, s)}" for s in self.shapes
+            )
+            logger.warning(
+                "%s: a call of %d rows at %s runs eager (no graph; logged once per shape, counted); captured: %s",
+                self.engine.engine,
+                rows,
+                _named(names, at),
+                captured,
+            )
 
     def _eager(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = self.module(*inputs)
         return outputs if isinstance(outputs, tuple) else (outputs,)
 
 
-def _shapes(inputs: list[torch.Tensor]) -> tuple:
-    """Each input's shape without the batch axis (a bucket's key, after its rows)."""
+def _concrete(device: torch.device) -> torch.device:
+    """``device`` with its index: ``cuda`` is the current CUDA device."""
+    return (
+        torch.device("cuda", torch.cuda.current_device()) if device.type == "cuda" and device.index is None else device
+    )
+
+
+def _shapes(inputs: list[torch.Tensor]) -> Shapes:
+    """Each input's shape without the batch axis (what a bucket is captured at)."""
     return tuple(tuple(tensor.shape[1:]) for tensor in inputs)
 
 
-class CastIO(torch.nn.Module):
-    """Runs ``module`` in ``dtype`` behind float32 inputs and outputs, so an fp16 engine keeps the fp32 specs."""
+def _elements(plan: tuple[int, Shapes]) -> int:
+    rows, shapes = plan
+    return rows * sum(math.prod(shape) for shape in shapes)
 
-    def __init__(self, module: torch.nn.Module, dtype: torch.dtype) -> None:
+
+def _named(names: Sequence[str], shapes: Shapes) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, shape in zip(names, shapes, strict=True))
+
+
+class CastIO(torch.nn.Module):
+    """Runs ``module`` in ``dtype`` behind float32 inputs and outputs, so an fp16 engine keeps the fp32 specs.
+
+    ``full_precision``: the positions of inputs handed on as they come (fp32: :data:`FULL_PRECISION_INPUTS`).
+    """
+
+    def __init__(self, module: torch.nn.Module, dtype: torch.dtype, full_precision: Collection[int] = ()) -> None:
         super().__init__()
         self.module = module
         self.dtype = dtype
+        self.full_precision = frozenset(full_precision)
         self.graph_extras = getattr(module, "graph_extras", None)  # an adapter-ready engine's bank inputs
         self.side_files = getattr(module, "side_files", {})
 
     def forward(self, *inputs):
         """``module``'s outputs in float32."""
-        outputs = self.module(*(x.to(self.dtype) if x.is_floating_point() else x for x in inputs))
+        cast = (
+            x if index in self.full_precision or not x.is_floating_point() else x.to(self.dtype)
+            for index, x in enumerate(inputs)
+        )
+        outputs = self.module(*cast)
         return tuple(o.float() for o in outputs) if isinstance(outputs, tuple) else outputs.float()

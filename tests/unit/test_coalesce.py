@@ -174,3 +174,43 @@ def test_concurrent_generations_merged_match_each_run_alone(engine_dir):
     for job, result in zip(jobs, results, strict=True):
         want = asyncio.run(alone.generate(job)).images[0]
         assert psnr(result.images[0], want) >= 40
+
+
+class QueuedOnGpu:
+    """A runner whose requests return as soon as they are queued, as the torch runtime's tensors on a GPU do."""
+
+    def __init__(self) -> None:
+        self.requests: list[int] = []
+
+    async def infer(self, spec, inputs, priority=0):
+        self.requests.append(len(inputs["sample"]))
+        return {"noise_pred": inputs["sample"] * 10}
+
+
+def gpu_steps(monkeypatch, steps: list[int], gate: bool) -> list[int]:
+    """Generations of ``steps`` steps each, back for their next step 0, 10, 20 ms after a request (each checking its
+    last step on the host meanwhile); the GPU runs a request in 50 ms. The UNet requests' rows."""
+    import time
+
+    from serve.triton import coalesce
+
+    monkeypatch.setattr(coalesce, "gpu_work", (lambda outputs: lambda: time.sleep(0.05)) if gate else lambda _: None)
+    runner = QueuedOnGpu()
+    coalescing = CoalescingRunner(runner, serial=True)
+
+    async def generation(index: int, count: int) -> None:
+        for _ in range(count):
+            await coalescing.infer(SPECS[UNET], unet_inputs(1, 4, index))
+            await asyncio.sleep(0.01 * index)
+
+    async def together():
+        await asyncio.gather(*(generation(index, count) for index, count in enumerate(steps)))
+
+    asyncio.run(together())
+    return runner.requests
+
+
+def test_a_request_queued_on_a_gpu_stays_in_flight_until_its_callers_are_back_or_the_gpu_has_run_it(monkeypatch):
+    assert gpu_steps(monkeypatch, [4, 4, 4], gate=True) == [3, 3, 3, 3]  # every step of the three: one request
+    assert len(gpu_steps(monkeypatch, [4, 4, 4], gate=False)) > 4  # gone once queued: each comes back alone
+    assert gpu_steps(monkeypatch, [4, 1, 4], gate=True) == [3, 2, 2, 2]  # one left: the rest go once the GPU ran

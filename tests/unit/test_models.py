@@ -460,3 +460,38 @@ def test_easel_models_add_with_loras_builds_lora_ready_engines_and_sends_their_r
     assert built == [{"lora": True, "ip_adapters": {}, "controlnets": {}}]
     assert prepared == [(tmp_path / "loras", tmp_path, tmp_path / "model", "xl")]
     assert sent == [("http://127.0.0.1:1", "xl", tmp_path, tmp_path / "run" / "loras-xl")]
+
+
+def test_a_model_on_the_torch_runtime_has_a_loop_model_inside_triton_unless_the_stack_says_replica(
+    default_model, engine_dir
+):
+    from build_engines.text_to_image.build import build
+
+    torch_dir = str(build(default_model, None, runtime="torch", precision="fp32", device="cpu").path)
+    for loop, onnx_loop, torch_loop in (("auto", False, True), ("triton", True, True), ("replica", False, False)):
+        onnx_model = ServedModels.open({DEFAULT_MODEL: str(engine_dir)}, loop=loop).default
+        torch_model = ServedModels.open({DEFAULT_MODEL: torch_dir}, loop=loop).default
+        assert (onnx_model.loop, torch_model.loop) == (onnx_loop, torch_loop), loop
+    model = ServedModels.open({DEFAULT_MODEL: torch_dir, "b": torch_dir}).resolve("b")
+    assert model.loop_model == "b.text_to_image_loop" == model.triton_names()[-1]  # loaded, unloaded, watched with it
+
+
+def test_a_model_added_while_a_gpu_stack_runs_installs_on_the_gpu_as_the_start_did(
+    default_model, tmp_path, monkeypatch
+):
+    """``ServedModel.install`` (the API's add and replace, the kept table at a restart) gives each engine its device."""
+    from build_engines.text_to_image.build import build
+    from serve.triton import runtimes
+
+    torch_dir = str(build(default_model, None, runtime="torch", precision="fp32", device="cpu").path)
+    monkeypatch.setattr(runtimes, "gpu_present", lambda: True)  # as on a GPU machine: no GPU is used here
+    model = ServedModels.open({DEFAULT_MODEL: torch_dir}).default
+    model.install(tmp_path)
+    kinds = {
+        name: read_model_config(tmp_path / name / "config.pbtxt").instance_group[0].kind
+        for name in model.triton_names()
+    }
+    assert set(kinds) == {*model.folder.specs, "text_to_image_loop"} and set(kinds.values()) == {1}, kinds  # KIND_GPU
+    monkeypatch.setattr(runtimes, "gpu_present", lambda: False)
+    model.install(tmp_path)
+    assert read_model_config(tmp_path / "unet" / "config.pbtxt").instance_group[0].kind == 2  # KIND_CPU

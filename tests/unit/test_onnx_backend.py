@@ -1,9 +1,17 @@
+import json
+import types
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
+import torch
 from onnx import TensorProto, helper
 
-from serve.triton.onnx_backend import ShardedSession, graph_input, run_batched
+from serve.triton.engine_files import EngineFiles
+from serve.triton.onnx_backend import EagerCalls, OnnxRuntimeModel, ShardedSession, graph_input, run_batched
+from serve.triton.runtimes import Runtime, RuntimeChoice
+from serve.triton.torch_runtime import TorchEngine
 
 
 def _double_model(path, shards: int = 1) -> ShardedSession:
@@ -65,3 +73,52 @@ def test_triton_inputs_become_the_graph_s_per_sample_scalars_and_unused_tensors_
     assert graph_input(np.zeros((2, 4, 8, 8), np.float32), 4).shape == (2, 4, 8, 8)
     unused = np.zeros((2, 16, 64), np.float32)  # the text states of a shallow UNet without attention, not exported
     assert graph_input(unused, None) is unused
+
+
+class _Scale(torch.nn.Module):
+    """A toy torch-runtime engine: each row of ``x`` times two, at any width."""
+
+    def forward(self, x):
+        return x * 2
+
+
+def scale_module(folder: Path, engine: str, dtype: torch.dtype) -> torch.nn.Module:
+    """The toy engine's loader (a :data:`serve.triton.torch_runtime.Loader`)."""
+    return _Scale()
+
+
+def _torch_model(tmp_path: Path) -> OnnxRuntimeModel:
+    """The python-backend model over a toy torch engine with buckets, initialized as Triton initializes it (CPU)."""
+    files = EngineFiles(tmp_path / "1")
+    files.folder.mkdir()
+    TorchEngine("scale", f"{__name__}:scale_module", (("x", "float32", (3,)),), ("y",), buckets=(1, 2)).save(files)
+    RuntimeChoice(Runtime.TORCH, "fp32").save(files)
+    tensors = {"data_type": "TYPE_FP32", "dims": [-1]}
+    config = {
+        "name": "sd.unet",
+        "max_batch_size": 2,
+        "input": [{"name": "x", **tensors}],
+        "output": [{"name": "y", **tensors}],
+    }
+    model = OnnxRuntimeModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1"})
+    return model
+
+
+def test_a_torch_engine_s_eager_calls_are_counted_for_triton_s_metric(tmp_path):
+    model = _torch_model(tmp_path)
+    assert model.session.buckets == (1, 2)  # captured at initialize
+    assert model.eager.metric is None  # no Triton here: the count is kept, nothing exported
+    run_batched(model.session, [{"x": np.ones((2, 3), np.float32)}])  # bucket 2
+    assert model.eager.publish() == 0
+    run_batched(model.session, [{"x": np.ones((1, 5), np.float32)}, {"x": np.ones((3, 3), np.float32)}])
+    assert model.eager.publish() == 2  # a width not captured, rows above the largest bucket
+    assert model.eager.publish() == 0  # each call counted once
+
+
+def test_the_eager_metric_needs_triton_s_metrics_api_and_a_counting_session(tmp_path):
+    session = _torch_model(tmp_path).session
+    older_triton = types.SimpleNamespace(Tensor=object)  # a python-backend module without MetricFamily
+    assert EagerCalls(session, "sd.unet", older_triton).metric is None
+    onnx = _double_model(tmp_path / "m.onnx")
+    assert EagerCalls(onnx, "sd.unet", older_triton).publish() == 0  # the CPU runtimes count nothing

@@ -77,6 +77,7 @@ def test_rows_are_padded_to_the_bucket_and_the_outputs_sliced_back(tmp_path):
     assert CALLS == [5, 2]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_each_bucket_is_a_cuda_graph_that_matches_the_eager_call(tmp_path):
     files = _toy_engine(tmp_path)

@@ -1,5 +1,6 @@
-"""The loop inside Triton (serve/text_to_image/triton_loop.py), without Triton: its request's encoding, its config, and
-concurrent generations on the torch runtime's engines (fp32, CPU), steps merged, equal to the replica's loop."""
+"""The loop inside Triton (serve/text_to_image/triton_loop.py), without Triton: its requests' encoding, its config, the
+requests it draws, its cancels, and concurrent generations on the torch runtime's engines (fp32, CPU), steps merged,
+equal to the replica's loop."""
 
 import asyncio
 
@@ -7,12 +8,16 @@ import numpy as np
 import pytest
 
 from build_engines.text_to_image.build import build
+from serve.errors import Diverged, EaselError
+from serve.priority import Priority
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.generation import Generation, SamplingParams
+from serve.text_to_image.generation import CachePolicy, Control, Generation, ImageInputs, Motion, SamplingParams
+from serve.text_to_image.loop_client import _easel_error
+from serve.text_to_image.loop_protocol import LoopRequest, draws_in_triton, loop_spec
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET
-from serve.text_to_image.triton_loop import LoopEngines, decode_request, encode_request, loop_spec
+from serve.text_to_image.triton_loop import Canceled, Cancels, LoopEngines
 from serve.triton.spec import read_model_config, write_model_config
 from serve.triton.torch_runtime import DEFAULT_BUCKETS
 
@@ -23,16 +28,50 @@ CASES = (
 )
 
 
-def test_a_request_is_its_sampling_and_whether_its_steps_merge():
-    job, merge = decode_request(encode_request(CASES[1], merge=False).tobytes())
-    assert job == Generation(CASES[1]) and merge is False
+def test_a_request_is_its_generation_its_id_and_whether_it_merges_and_reports_steps():
+    job = Generation(CASES[1], priority=Priority.HIGH, cache=CachePolicy(interval=3))
+    request = LoopRequest.drawing(job, merge=False, progress=True)
+    assert LoopRequest.decode(request.encode().tobytes()) == request and len(request.id) == 32
+    assert LoopRequest.decode(LoopRequest(cancel=request.id).encode().tobytes()).cancel == request.id
     with pytest.raises(ValueError, match="^generation: not a generation"):
-        decode_request(b'{"sampling": {"prompt": "x"}}')
+        LoopRequest.decode(b'{"generation": {"sampling": {"prompt": "x"}}}')
+
+
+def test_the_loop_draws_text_to_image_and_leaves_images_adapters_videos_kept_latents_and_tiles_to_the_replica():
+    plain = Generation(CASES[0])
+    assert draws_in_triton(plain) and draws_in_triton(plain.replaced(interval=2, priority=Priority.LOW))
+    image = np.zeros((64, 64, 3), np.uint8)
+    for other in (
+        plain.replaced(images=(image,), strength=0.5),
+        plain.replaced(controls=(Control("edges", image),)),
+        plain.replaced(loras=(("key", 0.8),)),
+        plain.replaced(approximate=True),
+        Generation(CASES[0], motion=Motion("motion", 8)),
+        Generation(CASES[0], inputs=ImageInputs(mask=image[..., 0])),
+    ):
+        assert not draws_in_triton(other), other
+    assert not draws_in_triton(plain, tiled=True)
+
+
+def test_a_cancel_stops_its_generation_once_whenever_it_comes():
+    cancels = Cancels()
+    cancels.check("a")  # none asked: runs on
+    cancels.ask("a")
+    with pytest.raises(Canceled):
+        cancels.check("a")
+    cancels.check("a")  # asked once, stopped once
+
+
+def test_an_easel_error_the_loop_sends_back_is_raised_again_as_itself():
+    error = _easel_error({"type": "Diverged", "message": "the latents turned NaN at step 3 of 6", "field": None})
+    assert type(error) is Diverged and error.message.startswith("the latents")
+    assert type(_easel_error({"type": "ValueError", "message": "x"})) is EaselError  # not an Easel error: a 500
 
 
 def test_the_loop_model_is_a_decoupled_python_model_naming_its_engines(tmp_path):
     config = read_model_config(write_model_config(loop_spec(tmp_path, "sdxl."), tmp_path))
     assert config.name == "sdxl.text_to_image_loop" and config.backend == "python"
+    assert [output.name for output in config.output] == ["images", "event", "latents"]
     assert config.model_transaction_policy.decoupled and config.max_batch_size == 0
     assert config.parameters["engine_dir"].string_value == str(tmp_path)
     assert "buckets" not in config.parameters

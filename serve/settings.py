@@ -32,7 +32,9 @@ from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
+from serve.text_to_image.prompt_chunks import MAX_PROMPT_CHUNKS
 from serve.text_to_image.settings import DrawingSettings
+from serve.triton.graph_shapes import GraphShapes, parse_size
 from serve.triton.memory import DEFAULT_BUDGET_SHARE
 from serve.triton.runtimes import (
     AUTO,
@@ -278,6 +280,19 @@ class StackOptions(AppSettings):
         description="Where the engines run: cuda (the torch runtime, fp16 unless --precision says otherwise, one "
         "Triton instance per engine on the GPU), cpu, or auto (cuda where PyTorch sees a GPU).",
     )
+    graph_sizes: Annotated[tuple[str, ...], Cli("--graph-size", "STRING", metavar="HxW", multiple=True)] = Field(
+        (),
+        description="An image size in pixels (HEIGHTxWIDTH) whose CUDA graphs every torch-runtime engine captures "
+        "beside its native size (repeatable). A call at a shape not captured runs eager: logged once per shape and "
+        "counted (Triton's easel_engine_eager_calls_total).",
+    )
+    graph_chunks: int = Field(
+        1,
+        ge=1,
+        le=MAX_PROMPT_CHUNKS,
+        description="Prompt chunks (77 tokens each) up to which the torch-runtime engines capture their graphs, at "
+        "each captured size (1: prompts up to 75 tokens).",
+    )
     vae_decoder_dir: Annotated[Path | None, Cli("--vae-decoder", "EXISTING_FOLDER")] = Field(
         None,
         description="A tiny VAE decoder (a diffusers AutoencoderTiny folder, TAESD's layout) served as the default "
@@ -302,6 +317,18 @@ class StackOptions(AppSettings):
         if self.repository is None:
             self.repository = live_repository(self.run_dir)
         return self
+
+    @field_validator("graph_sizes")
+    @classmethod
+    def _graph_sizes_are_sizes(cls, sizes: tuple[str, ...]) -> tuple[str, ...]:
+        for size in sizes:
+            parse_size(size)
+        return sizes
+
+    @property
+    def graphs(self) -> GraphShapes:
+        """The shapes every torch-runtime engine captures (:mod:`serve.triton.graph_shapes`)."""
+        return GraphShapes(tuple(parse_size(size) for size in self.graph_sizes), self.graph_chunks)
 
     @model_validator(mode="after")
     def _runtime_runs_precision(self) -> StackOptions:

@@ -63,14 +63,17 @@ def link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-def torch_engine(spec: ModelSpec, side: int, keep_fp32: bool) -> TorchEngine:
-    """``spec``'s engine for the torch runtime: its inputs at the latent ``side`` (what its buckets capture)."""
+def torch_engine(spec: ModelSpec, side: int, keep_fp32: bool, scale: int = 0) -> TorchEngine:
+    """``spec``'s engine for the torch runtime: its inputs at the latent ``side`` (what its buckets capture).
+
+    ``scale``: pixels per latent (the VAE's factor), which turns a stack's graph sizes into latent ones.
+    """
     inputs = tuple((t.name, t.dtype, t.shape(side)) for t in spec.graph_inputs)
     axes = tuple(dim_axes(t.dims, t.axis_names) for t in spec.graph_inputs)  # what capture resizes
     denoiser = any(t.name == "timestep" for t in spec.inputs)
     buckets = tuple(size for size in DEFAULT_BUCKETS if size <= spec.max_batch_size) if denoiser else ()
     outputs = tuple(t.name for t in spec.outputs)
-    return TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side)
+    return TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side, scale)
 
 
 def torch_engines(family: Family, model_dir: Path, engine_dir: Path, precision: str) -> list[EngineReport]:
@@ -83,7 +86,7 @@ def torch_engines(family: Family, model_dir: Path, engine_dir: Path, precision: 
         engine_precision = "fp32" if source.keep_fp32 else precision
         files = EngineFiles(engine_dir / name)
         files.folder.mkdir(parents=True)
-        torch_engine(spec, family.dims.sample_size, source.keep_fp32).save(files)
+        torch_engine(spec, family.dims.sample_size, source.keep_fp32, family.dims.vae_scale_factor).save(files)
         choice = RuntimeChoice(Runtime.TORCH, engine_precision)
         choice.save(files)
         parity = ParityReport(name, None, None, NOT_EXPORTED)

@@ -144,6 +144,7 @@ class StartPlan:
             engine_dirs, None, opts.memory_budget_bytes, opts.max_cost, opts.model_weights_bytes, table, loop=opts.loop
         )
         self.install_kept(served, engine_dirs)
+        opts.graphs.write(opts.repository)  # what the torch runtime's engines capture (serve.triton.graph_shapes)
         vectorize = install_vectorize(opts.repository)
         vectorize_table = self.vectorize_table() if vectorize and on_this_machine else None
         return Built(

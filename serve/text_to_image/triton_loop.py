@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -38,6 +39,7 @@ from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import wants_preview
 from serve.triton.coalesce import CoalescingRunner
+from serve.triton.graph_shapes import GraphShapes
 from serve.triton.torch_runtime import TorchSession
 
 logger = logging.getLogger(__name__)
@@ -55,19 +57,27 @@ class Canceled(Exception):
 class LoopEngines:
     """A model's engines opened in this process (on ``device``), and the loop over them, merged or not.
 
-    ``buckets``: the denoisers' buckets (within each one's batch limit) instead of their own. On a GPU whose engines
+    ``buckets``: the denoisers' buckets (within each one's batch limit) instead of their own, at ``graphs``' shapes
+    beside the native one (the stack's: :mod:`serve.triton.graph_shapes`). On a GPU whose engines
     all run on the torch runtime, a generation's tensors stay on it (:mod:`serve.text_to_image.resident`) unless
     ``resident`` is off (every step's inputs and outputs then cross the host, as the replica's loop does: to measure).
     """
 
     def __init__(
-        self, folder: EngineFolder, device: str | None = None, buckets: tuple[int, ...] = (), resident: bool = True
+        self,
+        folder: EngineFolder,
+        device: str | None = None,
+        buckets: tuple[int, ...] = (),
+        resident: bool = True,
+        graphs: GraphShapes | None = None,
     ) -> None:
+        graphs = graphs or GraphShapes()
         engines = OnnxRuntimeRunner(folder, device=device)
         for name, session in engines.sessions.items():
             if isinstance(session, TorchSession) and session.engine.buckets:  # the torch runtime's: at the start
                 limit = folder.specs[name].max_batch_size
-                session.capture([size for size in buckets if size <= limit] if buckets else None)
+                shapes = session.engine.capture_shapes(graphs.sizes, graphs.chunks)
+                session.capture([size for size in buckets if size <= limit] if buckets else None, shapes)
         on_gpu = all(isinstance(s, TorchSession) and s.device.type == "cuda" for s in engines.sessions.values())
         self.device = device if on_gpu and resident else None  # where a generation's tensors stay (None: host)
         self.coalescing = CoalescingRunner(engines, serial=True)
@@ -132,7 +142,9 @@ class TextToImageLoop:
             torch.cuda.set_device(device)  # the streams and graphs of this instance's GPU, not device 0's
         parameters = {key: value["string_value"] for key, value in config["parameters"].items()}
         buckets = tuple(int(size) for size in parameters.get("buckets", "").split(",") if size)
-        self.engines = LoopEngines(folder, device, buckets, resident=parameters.get("resident", "1") == "1")
+        graphs = GraphShapes.read(Path(args["model_repository"]).parent)
+        resident = parameters.get("resident", "1") == "1"
+        self.engines = LoopEngines(folder, device, buckets, resident, graphs)
         self.cancels = Cancels()
         self.outcomes = _Outcomes(config["name"])
         captured = {name: s.buckets for name, s in self.engines.sessions().items() if getattr(s, "buckets", ())}

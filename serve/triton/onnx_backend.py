@@ -21,6 +21,7 @@ import numpy as np
 from serve.metrics import MetricSpec
 from serve.triton.activations import ActivationPool, pool_of, pools_from_env
 from serve.triton.engine_files import EngineFiles
+from serve.triton.graph_shapes import GraphShapes
 from serve.triton.memory import MemoryModel, positions
 from serve.triton.runtimes import OpenVinoSession, Runtime, RuntimeChoice, cpu_count
 
@@ -207,7 +208,8 @@ class OnnxRuntimeModel:
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
         self.session = open_engine(self.files, shards, int(params.get("static_shapes", "0")), device)
         if hasattr(self.session, "capture"):  # the torch runtime's buckets belong to the start, not to a request
-            self.session.capture()
+            graphs = GraphShapes.read(Path(args["model_repository"]).parent)
+            self.session.capture(shapes=self.session.engine.capture_shapes(graphs.sizes, graphs.chunks))
         self.eager = EagerCalls(self.session, config["name"], _backend_utils())
         self.bound = _memory_bound(config, self.files)
         self.input_ranks = self.session.input_ranks

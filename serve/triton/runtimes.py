@@ -171,9 +171,15 @@ def runs_on_gpu(files: EngineFiles) -> bool:
     return RuntimeChoice.of(files).runtime is Runtime.TORCH and gpu_present()
 
 
+TORCH_JSON_FORMAT = 2
+"""``torch.json``'s format (2: each input's axes, the native latent side and the VAE's scale, which capture reads)."""
+
+
 def runtime_versions(runtime: str) -> str:
     """What the engine cache's key adds for ``runtime``: OpenVINO's version where it may run the engines."""
-    if runtime in (Runtime.ONNXRUNTIME, Runtime.TORCH):  # torch's version is in every folder's name
+    if runtime == Runtime.TORCH:  # torch's version is in every folder's name; torch.json's format is not
+        return f"-tj{TORCH_JSON_FORMAT}"
+    if runtime == Runtime.ONNXRUNTIME:
         return ""
     try:
         import openvino as ov

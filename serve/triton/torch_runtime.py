@@ -79,7 +79,8 @@ class TorchEngine:
     axis at the engine's native size (its capture shape), in the module's argument order; ``keep_fp32``: the module
     runs in fp32 whatever the precision (SDXL's VAE); ``buckets``: the row counts captured (none: always eager);
     ``axes``: each input's :func:`dim_axes`, and ``side`` the latent side ``inputs`` are at (what
-    :meth:`input_shapes` resizes; absent in engines built before them: those capture their native size alone).
+    :meth:`input_shapes` resizes; absent in engines built before them: those capture their native size alone);
+    ``scale``: pixels per latent (what turns a stack's graph sizes, in pixels, into capture shapes).
     """
 
     engine: str
@@ -90,6 +91,7 @@ class TorchEngine:
     buckets: tuple[int, ...] = ()
     axes: tuple[tuple[str, ...], ...] = ()
     side: int = 0
+    scale: int = 0
 
     def save(self, files: EngineFiles) -> None:
         """Write ``torch.json`` into the engine's folder."""
@@ -111,6 +113,19 @@ class TorchEngine:
     def load(self, folder: Path, dtype: torch.dtype) -> torch.nn.Module:
         """The engine's module, loaded by :attr:`loader` from the engine folder ``folder``."""
         return self.loader_function()(folder, self.engine, dtype)
+
+    def capture_shapes(self, sizes: Sequence[tuple[int, int]], chunks: int) -> list[CaptureShape] | None:
+        """Where to capture for pixel ``sizes`` (height, width) beside the native one, at 1..``chunks`` prompt chunks.
+
+        None (the native size, one chunk) when nothing more is asked, or for an engine built without its scale.
+        """
+        if not sizes and chunks <= 1:
+            return None
+        if self.side <= 0 or self.scale <= 0:
+            logger.warning("%s: built without its axes: captures its native size alone (rebuild it)", self.engine)
+            return None
+        latents = [(self.side, self.side), *((height // self.scale, width // self.scale) for height, width in sizes)]
+        return [CaptureShape(h, w, k) for h, w in dict.fromkeys(latents) for k in range(1, chunks + 1)]
 
     def input_shapes(self, at: CaptureShape | None = None) -> Shapes:
         """Each input's shape at ``at`` (None: native): its latent axes at that size, its text tokens at its chunks.

@@ -291,3 +291,37 @@ def test_a_session_on_the_second_gpu_captures_and_replays_there(tmp_path):
     want = CastIO(module, torch.float16, {1})(*(torch.from_numpy(x).to("cuda:1") for x in feeds.values()))
     np.testing.assert_allclose(replayed, want.cpu().numpy(), rtol=1e-3, atol=1e-3)
     assert torch.cuda.current_device() == 0  # the caller's device is left as it was
+
+
+def test_a_stack_s_graph_sizes_in_pixels_become_each_engine_s_latent_shapes_at_each_chunk_count(tmp_path):
+    from serve.triton.graph_shapes import GraphShapes, parse_size
+
+    engine = TorchEngine.of(_engine(tmp_path))  # native: an 8 x 8 latent
+    scaled = TorchEngine(**vars(engine) | {"scale": 8})
+    assert scaled.capture_shapes((), 1) is None  # nothing asked: the native size, one chunk
+    assert scaled.capture_shapes(((96, 128), (64, 64)), 2) == [
+        CaptureShape(8, 8, 1),
+        CaptureShape(8, 8, 2),
+        CaptureShape(12, 16, 1),
+        CaptureShape(12, 16, 2),
+    ]  # the native size once, though asked again (64 x 64 pixels)
+    assert engine.capture_shapes(((96, 128),), 1) is None  # built without its scale: its native size alone
+    GraphShapes(((96, 128),), 2).write(tmp_path)
+    assert GraphShapes.read(tmp_path) == GraphShapes(((96, 128),), 2)
+    assert GraphShapes.read(tmp_path / "none") == GraphShapes()
+    assert parse_size("768x512") == (768, 512)
+    with pytest.raises(ValueError, match="is not HEIGHTxWIDTH"):
+        parse_size("768")
+    session = TorchSession(_engine(tmp_path / "captured"), "fp32", "cpu")
+    session.engine = scaled
+    session.capture([2], scaled.capture_shapes(((96, 128),), 2))
+    session.run(_feeds(2, (12, 16), 8))  # 96 x 128 pixels, two chunks: captured
+    assert session.eager_total == 0
+    session.run(_feeds(2, (16, 16), 4))  # 128 x 128: not asked, eager and counted
+    assert session.eager_total == 1
+
+
+def test_the_build_records_the_vae_s_scale_for_the_stack_s_graph_sizes():
+    family = family_of_folder(default_model_dir("tiny"))
+    engine = torch_engine(family.specs["unet"], family.dims.sample_size, False, family.dims.vae_scale_factor)
+    assert engine.scale == family.dims.vae_scale_factor == 4  # the embedded model's VAE halves twice

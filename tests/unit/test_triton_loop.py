@@ -18,6 +18,7 @@ from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET
 from serve.text_to_image.triton_loop import Canceled, Cancels, LoopEngines
+from serve.triton.graph_shapes import GraphShapes
 from serve.triton.spec import read_model_config, write_model_config
 from serve.triton.torch_runtime import DEFAULT_BUCKETS
 
@@ -86,6 +87,11 @@ def test_the_loop_captures_the_buckets_it_is_given_within_each_denoiser_s_limit(
     assert built.buckets == tuple(size for size in DEFAULT_BUCKETS if size <= limit)
     given = LoopEngines(torch_folder, "cpu", (1, limit, limit + 1)).sessions()[UNET]
     assert given.buckets == (1, limit)
+    graphs = GraphShapes(((128, 96),), chunks=2)  # the stack's (easel up --graph-size 128x96 --graph-chunks 2)
+    sized = LoopEngines(torch_folder, "cpu", (1,), graphs=graphs).sessions()[UNET]
+    side, text = torch_folder.family.dims.sample_size, torch_folder.family.dims.text_length
+    samples = {(shapes[0][1:], shapes[2][0]) for shapes in sized.shapes}  # (latent size, text tokens)
+    assert samples == {((h, w), text * k) for h, w in ((side, side), (32, 24)) for k in (1, 2)}  # its VAE's factor: 4
 
 
 def test_concurrent_generations_in_the_loop_equal_the_replicas_loop(default_model, engine_dir, tmp_path):

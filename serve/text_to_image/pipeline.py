@@ -140,11 +140,10 @@ class TextToImagePipeline:
             if reused is not None and not first and index + 1 == reused.step:
                 await self.reuse.keep(reused, latents.numpy())
         await place.finish(on_step)
-        pixels = await place.host(await self._decode(place.engine_input(latents), tiling, engines))
-        if not np.isfinite(pixels).all():
+        pixels = await self._decode(place.engine_input(latents), tiling, engines)
+        images = await place.images(pixels)
+        if images is None:
             raise Diverged.at(0, len(timesteps))
-        pixels = np.clip(pixels, 0.0, 1.0)
-        images = [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
         return GenerationResult(images, job.sampling.seed, dropped, None if reused is None else reused.skipped)
 
     def _latent_shape(self, job: Generation) -> tuple[int, ...]:

@@ -48,9 +48,12 @@ class OnHost:
     async def finish(self, on_step: StepCallback | None) -> None:
         """The last step settled (here: it was)."""
 
-    async def host(self, array: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``array`` on the host."""
-        return np.asarray(array)
+    async def images(self, pixels: np.ndarray) -> list[np.ndarray] | None:
+        """The VAE's ``pixels`` (NCHW, about 0..1) as uint8 images (HWC); None when one is not finite."""
+        if not np.isfinite(pixels).all():
+            return None
+        pixels = np.clip(pixels, 0.0, 1.0)
+        return [np.round(image.transpose(1, 2, 0) * 255).astype(np.uint8) for image in pixels]
 
 
 class OnGpu(OnHost):
@@ -95,9 +98,13 @@ class OnGpu(OnHost):
         if pending is not None:
             await self._settled(pending, on_step)
 
-    async def host(self, array: torch.Tensor) -> np.ndarray:
-        """``array`` copied to the host, in a thread (it waits for the GPU)."""
-        return await asyncio.to_thread(lambda: torch.as_tensor(array).float().cpu().numpy())
+    async def images(self, pixels: torch.Tensor) -> list[np.ndarray] | None:
+        """The images made uint8 on the GPU (the host's arithmetic, a quarter of the bytes), copied in a thread."""
+        pixels = torch.as_tensor(pixels).float()
+        finite = torch.isfinite(pixels).all()
+        made = (pixels.clamp(0.0, 1.0) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+        finite, made = await asyncio.to_thread(lambda: (bool(finite), made.cpu().numpy()))
+        return list(made) if finite else None
 
     def _mark(self) -> torch.cuda.Event:
         """An event the GPU reaches once the work queued so far has run."""

@@ -26,6 +26,7 @@ from serve.jobs import open_job_store
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
+from serve.remote.settings import DEFAULT_KEY_ENVS
 from serve.resilience.circuits import Circuits
 from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
@@ -145,13 +146,15 @@ class Gateway:
         webhook_secret_path: str | None = None,
         resilience: ResilienceSettings | None = None,
         scorer_dir: str | None = None,
+        remote_key_envs: tuple[str, ...] = DEFAULT_KEY_ENVS,
     ) -> None:
         store_url = store_url or default_url()
-        current = CurrentModels(models)  # the model table: served and remote models, fallback chains
+        current = CurrentModels(models, key_envs=remote_key_envs)  # served and remote models, fallback chains
         cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
         vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
-        traffic = Experiments(open_experiment_store(store_url), variants, scores=score_names(scorer_dir))
+        scores = score_names(scorer_dir)  # what the stack's scorer gives (none: no scorer)
+        traffic = Experiments(open_experiment_store(store_url), variants, scores=scores)
         for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
@@ -171,6 +174,7 @@ class Gateway:
             upscaling=self.upscaling,
             circuits=circuits,
             fallback_queue_wait_s=resilience.fallback_queue_wait_s,
+            scores=scores,  # a generation's scores and candidates are checked against them at admission
             results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
             moderation=(moderation or Moderation()).checking(
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
@@ -178,7 +182,6 @@ class Gateway:
             ),
         )
         self.moderation = self.generations.moderation
-        self.admission = Admission(self.generations, self.upscaling)  # every door's one admission
         open_access(store_url)
         webhooks, job_store = webhooks or WebhookSettings(), open_job_store(store_url)
         sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
@@ -186,7 +189,8 @@ class Gateway:
         self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic, circuits)
         self.experiments = ExperimentsAndFeedback(traffic)
-        self.vectorizing = Vectorizing(vectorizer, residency, traffic)
+        self.vectorizing = Vectorizing(vectorizer, residency, traffic, vectorize_versions)
+        self.admission = Admission(self.generations, self.upscaling, self.jobs, self.vectorizing, self.adapters)
         self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
         self.rpcs = Servicer(self.admission, self.generations, self.experiments, self.vectorizing, self.videos)
 
@@ -278,4 +282,5 @@ def build_app(args: AppArgs) -> serve.Application:
         args.webhook_secret_path,
         ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
         args.scorer_dir,
+        args.remote_key_envs,
     )

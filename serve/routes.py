@@ -3,8 +3,10 @@
 Each :class:`Route` names the key scope it needs (:class:`~serve.access.KeyCheck`), its body limit
 (:class:`~serve.wire.BodyLimits`, also in Ray Serve's proxy), the model its body is read as (once, by its admission,
 :mod:`serve.http.admission`, which prices it), its pipeline label in the metrics, the error statuses it answers (the
-OpenAPI document, :mod:`serve.contract`) and the gRPC method that shares its scope and limits. Ray Serve's HTTP proxy
-loads this module (through :mod:`serve.wire`): it imports only the request schemas.
+OpenAPI document, :mod:`serve.contract`), the gRPC method that shares its scope and limits, and whether it runs an
+engine (:attr:`Route.engine`: then it is ``costed``, admitted and charged before it runs, and its price is a row of
+docs/guides/keys-and-limits.md; tests/unit/test_admission_prices.py holds both). Ray Serve's HTTP proxy loads this
+module (through :mod:`serve.wire`): it imports only the request schemas.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
 from serve.results.rerun import RerunRequest
+from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
 from serve.text_to_image.video import VideoRequest
-from serve.vectorize.schema import MAX_UPLOAD_BYTES
+from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson
 
 
 class Scope(enum.StrEnum):
@@ -59,8 +62,10 @@ class Route:
     pipeline: str = "none"  # the ``pipeline`` label of its latency metric
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, by its admission (serve.http.admission)
-    form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; None: JSON
+    form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; "vectorize",
+    # "analysis": an upload as a form, JSON or a raw image (to trace, to analyze); None: JSON
     costed: bool = False  # admitted by serve.http.admission.admit: its body's cost taken from the key's cost limit
+    engine: bool = False  # runs an engine (a model, a checker, the scorer, vtracer): costed, and priced in the docs
 
     @property
     def prefix(self) -> str:
@@ -86,6 +91,7 @@ ROUTES = (
         rpc="Generate",
         body=GenerationRequest,
         costed=True,
+        engine=True,
     ),
     Route(
         "post",
@@ -97,6 +103,7 @@ ROUTES = (
         body=GenerationRequest,
         form="edits",
         costed=True,
+        engine=True,
     ),
     Route(
         "post",
@@ -109,6 +116,7 @@ ROUTES = (
         form="video",
         rpc="CreateVideo",
         costed=True,  # frames x steps x megapixels (serve.text_to_image.admission.Work)
+        engine=True,
     ),
     Route("get", "/v1/videos/{video_id}", Scope.GENERATE, (404,), rpc="GetVideo"),
     Route("get", "/v1/videos/{video_id}/content", Scope.GENERATE, (404, 409), rpc="GetVideoContent"),
@@ -117,7 +125,15 @@ ROUTES = (
     Route("post", "/v1/loras", Scope.ADAPTERS, body_limit=LORA_UPLOAD_BYTES),
     Route("put", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409), body_limit=LORA_UPLOAD_BYTES),
     Route("delete", "/v1/loras/{name}", Scope.ADAPTERS, (404, 409)),
-    Route("post", "/v1/references", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES, body=NewReference, costed=True),
+    Route(
+        "post",
+        "/v1/references",
+        Scope.GENERATE,
+        body_limit=MAX_REQUEST_BYTES,
+        body=NewReference,
+        costed=True,  # its image's decode and one image-encoder pass (serve.serving.prices.reference_cost)
+        engine=True,
+    ),
     Route("get", "/v1/references", Scope.GENERATE),
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
@@ -130,6 +146,7 @@ ROUTES = (
         pipeline=TEXT_TO_IMAGE,
         body=RerunRequest,
         costed=True,
+        engine=True,
     ),
     Route("get", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
     Route("delete", "/v1/images/{image_id}", Scope.GENERATE, (404,)),
@@ -145,6 +162,7 @@ ROUTES = (
         body=UpscaleJson,
         form="upscale",
         costed=True,  # by its output's megapixels (serve.serving.upscale.Upscaling.work)
+        engine=True,
     ),
     Route("get", "/v1/models", Scope.GENERATE),
     Route("post", "/v1/models", Scope.ADMIN, (409,)),
@@ -156,13 +174,33 @@ ROUTES = (
     Route("get", "/v1/jobs/{job_id}", Scope.JOBS, (404,)),
     Route("post", "/v1/jobs/{job_id}/cancel", Scope.JOBS, (404, 409)),
     Route("get", "/v1/jobs/{job_id}/events", Scope.JOBS, (404,)),
-    Route("post", "/v1/vectorize", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Vectorize"),
+    Route(
+        "post",
+        "/v1/vectorize",
+        Scope.VECTORIZE,
+        body_limit=MAX_UPLOAD_BYTES,
+        pipeline=VECTORIZE,
+        rpc="Vectorize",
+        body=VectorizeJson,
+        form="vectorize",
+        costed=True,  # its image's megapixels x the passes its tier may run (serve.serving.prices.vectorize_cost)
+        engine=True,
+    ),
     Route("get", "/v1/vectorize/models", Scope.VECTORIZE),
     Route("post", "/v1/vectorize/models", Scope.ADMIN, (409,)),
     Route("put", "/v1/vectorize/models", Scope.ADMIN, (409,)),
     Route("delete", "/v1/vectorize/models/{version}", Scope.ADMIN, (409,)),
     Route(
-        "post", "/v1/vectorize/analyze", Scope.VECTORIZE, body_limit=MAX_UPLOAD_BYTES, pipeline=VECTORIZE, rpc="Analyze"
+        "post",
+        "/v1/vectorize/analyze",
+        Scope.VECTORIZE,
+        body_limit=MAX_UPLOAD_BYTES,
+        pipeline=VECTORIZE,
+        rpc="Analyze",
+        body=VectorizeJson,
+        form="analysis",
+        costed=True,  # its image's megapixels x 2: decoded, and the models' pass
+        engine=True,
     ),
     Route(
         "post",
@@ -171,9 +209,25 @@ ROUTES = (
         body_limit=MAX_MODERATION_REQUEST_BYTES,
         body=ModerationRequest,
         costed=True,
+        engine=True,
     ),
-    Route("post", "/v1/prompts/analyze", Scope.GENERATE),
-    Route("post", "/v1/images/score", Scope.GENERATE, body_limit=MAX_REQUEST_BYTES),
+    Route(
+        "post",
+        "/v1/prompts/analyze",
+        Scope.GENERATE,
+        body=PromptAnalysisRequest,
+        costed=True,  # its tokens and its moderation verdict (serve.serving.prices.analysis_cost)
+        engine=True,
+    ),
+    Route(
+        "post",
+        "/v1/images/score",
+        Scope.GENERATE,
+        body_limit=MAX_REQUEST_BYTES,
+        body=ScoreRequest,
+        costed=True,  # each image's megapixels and one scorer pass (serve.serving.prices.score_cost)
+        engine=True,
+    ),
     Route("post", "/v1/feedback", Scope.GENERATE, (404, 409), rpc="Feedback"),
     Route("get", "/v1/experiments", Scope.ADMIN),
     Route("get", "/v1/experiments/{name}", Scope.ADMIN, (404,)),

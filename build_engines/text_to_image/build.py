@@ -192,9 +192,7 @@ def build(
     runtime = concrete_runtime(runtime, precision, device)
     adapters = adapters or AdapterBuild()
     if runtime == Runtime.TORCH:
-        check_torch_build(
-            adapters.lora, bool(adapters.ip_adapters), bool(controlnets), bool(vae_decoder), bool(motion_adapters)
-        )
+        check_torch_build(adapters.lora, bool(adapters.ip_adapters), bool(motion_adapters))
     family = family_of_folder(model_dir)
     if adapters.ip_adapters and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")
@@ -326,7 +324,7 @@ def _build_into(
     partial.mkdir(parents=True)
     try:
         if runtime == Runtime.TORCH:
-            reports = torch_engines(family, model_dir, partial, precision)
+            reports = torch_engines(family, model_dir, partial, precision, vae_decoder)
         elif exported is None:
             reports = _link_engines(EngineFolder(base), partial, skip=VAE_DECODER) if base else []
             reports += export_all(

@@ -22,6 +22,7 @@ from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSup
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.families.exports import ExportModule, UnetModule
 from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
+from serve.text_to_image.torch_engines import ControlNetReadyUnet
 
 logger = logging.getLogger(__name__)
 
@@ -94,24 +95,6 @@ def controlnet_support(family: Family, model_dir: Path, controlnets: Mapping[str
         else:
             entries.append(ControlNetEntry(name, str(folder), family=family_name))
     return ControlNetSupport(tuple(entries))
-
-
-class ControlNetReadyUnet(torch.nn.Module):
-    """The export UNet taking ``residuals`` ControlNet residuals as its last inputs (zeros: exactly the UNet)."""
-
-    def __init__(self, module: torch.nn.Module, unet: UnetModule, residuals: int) -> None:
-        super().__init__()
-        self.module, self.count = module, residuals
-        self.__dict__["unet_module"] = unet  # not a child: the module tree stays one chain for the LoRA wrapper
-
-    def forward(self, *args):
-        """The noise prediction with the residuals added to the UNet's down and mid blocks."""
-        inputs, residuals = args[: -self.count], args[-self.count :]
-        self.unet_module.residuals = residuals
-        try:
-            return self.module(*inputs)
-        finally:
-            self.unet_module.residuals = None
 
 
 def controlnet_modules(modules: dict, family: Family, support: ControlNetSupport) -> dict:

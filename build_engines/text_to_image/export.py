@@ -27,8 +27,9 @@ from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
-from serve.text_to_image.families.exports import ExportModule, VaeDecoderModule, diffusers_model
+from serve.text_to_image.families.exports import ExportModule
 from serve.text_to_image.spec import VAE_DECODER, VIDEO_AXES
+from serve.text_to_image.torch_engines import tiny_vae_decoder
 from serve.triton.engine_files import LORA_SLOTS, MODULE_CONFIG, EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session
 from serve.triton.runtimes import PRECISIONS as RUNTIME_PRECISIONS
@@ -261,11 +262,6 @@ def _check_graph(spec: ModelSpec, onnx_path: Path) -> ParityReport:
     note = "fp16: graph checked; parity needs a GPU execution provider"
     logger.info("  %s: %s", spec.name, note)
     return ParityReport(spec.name, None, None, note)
-
-
-def tiny_vae_decoder(folder: Path) -> ExportModule:
-    """A diffusers ``AutoencoderTiny`` (TAESD) as the ``vae_decoder`` engine: the same latents in, image out."""
-    return ExportModule(lambda dtype: VaeDecoderModule(diffusers_model("AutoencoderTiny", folder, dtype)))
 
 
 def export_all(

@@ -252,7 +252,8 @@ def models_add(model: tuple[str, Path], loras: Path | None, ip_adapters: dict, c
 def models_add_remote(remote: tuple[str, dict]) -> None:
     """Serve a model another service draws (OpenAI's images API) as NAME, with the options ``easel up --remote`` takes.
 
-    Its key_env names a variable of the running stack's environment (the key itself never travels).
+    Its key_env names a variable of the running stack's environment that ``easel up --remote-key-envs`` declared for
+    remotes' keys (EASEL_REMOTE_* by default); the key itself never travels.
     """
     name, declaration = remote
     added = model_admin.add_remote(model_admin.stack_api(), name, declaration)

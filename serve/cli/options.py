@@ -246,7 +246,7 @@ class NamedList(NamedFolder):
 
 
 class NamedRemote(NamedFolder):
-    """``NAME=URL[,OPTION=VALUE...]``: a remote model (``--remote b=http://127.0.0.1:8000,key_env=B_KEY``)."""
+    """``NAME=URL[,OPTION=VALUE...]``: a remote model (``--remote b=http://127.0.0.1:8000,key_env=EASEL_REMOTE_B``)."""
 
     name = "named remote"
     form = f"NAME=URL[,OPTION=VALUE...] with NAME of {NAME_RULE}"
@@ -276,8 +276,26 @@ class HostList(click.ParamType):
         return ",".join(hosts)
 
 
+class NameList(click.ParamType):
+    """Comma-separated names, kept as written (``--remote-key-envs EASEL_REMOTE_*,B_KEY``: case counts)."""
+
+    name = "names"
+
+    def convert(self, value, param, ctx) -> tuple[str, ...]:
+        """The names of ``value`` (a tuple passes through)."""
+        if isinstance(value, tuple):
+            return value
+        return tuple(name.strip() for name in str(value).split(",") if name.strip())
+
+    @staticmethod
+    def show(names: tuple[str, ...]) -> str:
+        """``names`` as this type reads them back."""
+        return ",".join(names)
+
+
 SIZE = Size()
 HOST_LIST = HostList()
+NAME_LIST = NameList()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
 NAMED_FILE = NamedFile()

@@ -90,14 +90,21 @@ def _ports(options: StackOptions) -> list[tuple[str, str, int]]:
 def _say_model_table(options: StackOptions) -> None:
     """Say what this command line changes in the model table the run folder kept (the models it names win).
 
-    A ``--remote`` named as a model the kept table serves is refused here, before anything is built.
+    A ``--remote`` named as a model the kept table serves is refused here, before anything is built, and so is a
+    remote the kept table holds whose key_env ``--remote-key-envs`` does not declare (its key is never read).
     """
+    from serve.remote.settings import RemoteBackend
     from serve.text_to_image.model_table import ModelTable, start_said
 
     kept = None if options.reset_models else ModelTable.kept(options.run_dir)
     if kept is not None:
         with one_line_errors(ValueError):
             kept.declared(options.remote_declarations(), options.fallbacks)
+            for name in sorted(kept.remotes.keys() - options.remotes.keys()):  # the command line's win for their names
+                try:
+                    RemoteBackend.model_validate(kept.remotes[name]).check_key_env(options.remote_key_envs)
+                except ValueError as error:
+                    raise ValueError(f"remote {name} of the kept model table: {error}") from None
     if said := start_said(kept, list(options.served), named=bool(options.models)):
         click.echo(said)
 

@@ -57,8 +57,9 @@ WHY = {
     "of an experiment, cannot be removed).",
     413: "The request body is over its limit.",
     429: "Over the key's limit or the stack's queue: retry after Retry-After seconds.",
-    502: "A remote model's service (easel up --remote) refused the request, or answered over its byte limit or "
-    "without images; the message names the model.",
+    502: "A remote model's service (easel up --remote) refused the request, or answered over its byte limit, "
+    "without images, or with an image that does not decode or has more pixels than asked; the message names the "
+    "model.",
     503: "A backend is not ready or failed: retry after Retry-After seconds.",
     504: "A remote model's service did not answer within its timeout; the message names the model.",
 }

@@ -159,7 +159,16 @@ UNSTATED_LIMITS = (
     UnstatedLimit(
         "post",
         _MODELS,
-        ("remote",),
+        ("remote.key_env",),
+        "declared for remotes' keys",
+        "a remote's key_env names a variable the operator declared for remotes' keys (easel up --remote-key-envs: "
+        "EASEL_REMOTE_* by default)",
+        "the stack's settings are known by reading them",
+    ),
+    UnstatedLimit(
+        "post",
+        _MODELS,
+        ("remote.key_env",),
         "environment",
         "a remote's key_env names a variable set in the stack's environment",
         "the stack's environment is known by reading it",

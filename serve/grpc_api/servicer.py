@@ -22,7 +22,7 @@ from serve.serving.generations import Generations
 from serve.serving.jobs import job_owner
 from serve.serving.ray_errors import as_easel_error
 from serve.serving.streaming import StreamedImages
-from serve.serving.vectorize import Vectorizing
+from serve.serving.vectorize import VectorizeBody, Vectorizing
 from serve.serving.videos import VARIANTS, Videos
 
 
@@ -67,20 +67,21 @@ class Servicer:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
-        """``Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB)."""
+        """``Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB), admitted and priced alike."""
         try:
             async with rpc_caller(grpc_context, "Vectorize") as caller:
-                owner = caller.key and caller.key.id
-                result = await self.vectorizing.vectorize(*grpc_api.vectorize_request(message), owner)
+                admitted = await self.admission.admit(VectorizeBody(*grpc_api.vectorize_request(message)), caller)
+                result = await self.vectorizing.served(admitted, caller.key and caller.key.id)
             return grpc_api.vectorize_reply(result)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))
 
     async def Analyze(self, message, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
-        """``Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``)."""
+        """``Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``), admitted and priced as it is."""
         try:
-            async with rpc_caller(grpc_context, "Analyze"):
-                analysis = await self.vectorizing.analysis(*grpc_api.vectorize_request(message, "Analyze"))
+            async with rpc_caller(grpc_context, "Analyze") as caller:
+                body = VectorizeBody(*grpc_api.vectorize_request(message, "Analyze"), analysis=True)
+                analysis = await self.vectorizing.analysis(await self.admission.admit(body, caller))
             return grpc_api.analyze_reply(analysis)
         except Exception as error:
             grpc_api.fail(grpc_context, as_easel_error(error))

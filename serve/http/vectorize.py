@@ -3,7 +3,8 @@
 :data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
 :mod:`serve.http.adapters`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
 Gateway). Each hands its call to the Gateway's :class:`serve.serving.vectorize.Vectorizing`; a route's docstring is
-its description in the document. Their scopes and body limits are :mod:`serve.routes`'.
+its description in the document. Their scopes and body limits are :mod:`serve.routes`'; a vectorize request and its
+analysis name their admission (:data:`serve.http.admission.AdmitVectorize`).
 """
 
 from collections.abc import Callable
@@ -11,6 +12,8 @@ from collections.abc import Callable
 from fastapi import Request
 from fastapi.responses import Response
 
+from serve.access import caller
+from serve.http.admission import AdmitVectorize
 from serve.serving.vectorize import Vectorizing
 from serve.vectorize.versions import VersionChange
 
@@ -20,9 +23,13 @@ def vectorizing(http: Request) -> Vectorizing:
     return http.app.state.gateway.vectorizing
 
 
-async def vectorize(http: Request) -> Response:
-    """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body."""
-    return await vectorizing(http).answer(http)
+async def vectorize(http: Request, admitted: AdmitVectorize) -> Response:
+    """Raster logo/icon -> SVG. Multipart (``file``), JSON (base64 ``image``) or a raw ``image/*`` body.
+
+    Priced by its image's pixels and the passes its tier may run (read and charged by its admission, before it runs).
+    """
+    key = caller(http)
+    return await vectorizing(http).answer(admitted, key and key.id, http.headers.get("accept", ""))
 
 
 async def vectorize_versions(http: Request) -> dict:
@@ -45,9 +52,12 @@ async def vectorize_version_removed(http: Request, version: int) -> dict:
     return await vectorizing(http).change("DELETE", version=version)
 
 
-async def analyze(http: Request) -> Response:
-    """An image's features, class (with a confidence), the tier chosen, each tier's predicted quality; no SVG."""
-    return await vectorizing(http).analyze(http)
+async def analyze(http: Request, admitted: AdmitVectorize) -> Response:
+    """An image's features, class (with a confidence), the tier chosen, each tier's predicted quality; no SVG.
+
+    Priced by its image's pixels: decoded, and the models' one pass.
+    """
+    return await vectorizing(http).analyze(admitted)
 
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (

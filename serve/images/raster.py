@@ -88,8 +88,7 @@ def header_size(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS)
 def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode ``data`` into an ``(H, W, 3)`` RGB ``uint8`` array, alpha flattened onto white.
 
-    The header is read and the size limits checked before pixels are decoded. Animated images yield their
-    first
+    The header is read and the size limits checked before pixels are decoded. Animated images yield their first
     frame.
 
     Args:
@@ -103,6 +102,23 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
     Raises:
         ImageRejected: Empty, not an image, truncated, or over the limits (413).
     """
+    pixels = to_rgb(_loaded(data, field, max_pixels))
+    check_size(pixels.shape[1], pixels.shape[0], field, max_pixels)
+    return pixels
+
+
+def decoded_size(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) of ``data`` once its pixels are decoded, as :func:`decode_image` checks it (no RGB made).
+
+    What an image another service sent is checked with (:mod:`serve.remote.answer_images`): the header's limits
+    first, then every pixel of its first frame decoded. Raises :class:`ImageRejected` as :func:`decode_image` does.
+    """
+    with _loaded(data, field, max_pixels) as image:
+        return image.size
+
+
+def _loaded(data: bytes, field: str, max_pixels: int) -> Image.Image:
+    """``data`` opened, its first frame's pixels decoded, its size checked from the header first and then again."""
     if not data:
         raise ImageRejected(f"{field}: empty upload", field, 400)
     try:
@@ -122,9 +138,7 @@ def decode_image(data: bytes, field: str = "image", max_pixels: int = MAX_PIXELS
         raise ImageRejected(f"{field}: not a readable image (PNG, JPEG, WebP, GIF, ...)", field, 400) from error
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ImageRejected(f"{field}: truncated or corrupt image ({error})", field, 400) from error
-    pixels = to_rgb(image)
-    check_size(pixels.shape[1], pixels.shape[0], field, max_pixels)
-    return pixels
+    return image
 
 
 def to_rgb(image: Image.Image) -> np.ndarray:

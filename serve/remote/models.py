@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 from dataclasses import dataclass, field
 
 import httpx
 
 from serve.adapters.requests import StackAdapters
-from serve.errors import InvalidInput
+from serve.errors import InvalidInput, NotReady
 from serve.remote import openai_images
-from serve.remote.settings import RemoteBackend
+from serve.remote.answer_images import check_images
+from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend
 from serve.text_to_image.admission import DEFAULT_MAX_COST, Checked, Plan, Work
 from serve.text_to_image.generation import EncodedImages
 from serve.text_to_image.images import output_size
+
+logger = logging.getLogger(__name__)
 
 FAMILY = "remote"
 """Its ``family`` in ``GET /v1/models``."""
@@ -26,7 +31,9 @@ class RemoteModel:
 
     Its requests are checked here (what it cannot honour: a 400 naming the field, or dropped, as its backend says),
     priced as one pass per step at their size (the stack's ``--max-cost`` bounds it, a key's cost limit counts it),
-    guarded by its own circuit breaker and reachable in fallback chains. It has no engines: nothing to load.
+    guarded by its own circuit breaker and reachable in fallback chains. It has no engines: nothing to load. Its key
+    is read only from a variable ``key_envs`` declares (``easel up --remote-key-envs``); its images are checked as an
+    input image is (:mod:`serve.remote.answer_images`) before anything of this stack reads them.
     """
 
     name: str
@@ -34,6 +41,7 @@ class RemoteModel:
     max_cost: float = DEFAULT_MAX_COST
     version: int = 1
     adapters: StackAdapters = field(default_factory=StackAdapters)  # none: a LoRA is one of what it cannot honour
+    key_envs: tuple[str, ...] = DEFAULT_KEY_ENVS  # the variables its key may be read from (names, PREFIX*)
     # None: the network; a test's recorded answers otherwise (httpx's MockTransport)
     transport: httpx.AsyncBaseTransport | None = field(default=None, compare=False)
 
@@ -83,8 +91,21 @@ class RemoteModel:
         )
 
     async def generate(self, request, seed: int) -> EncodedImages:
-        """``request``'s images drawn with ``seed`` (the door's) by its service (what it cannot honour dropped)."""
-        return await openai_images.generate(request, self.backend, seed, self.name, self.transport)
+        """``request``'s images drawn with ``seed`` (the door's) by its service (what it cannot honour dropped).
+
+        Each image decodes within the size the request asked (else its native size), else a 502 naming the model;
+        a key it may not read (its variable undeclared, or unset since the start) is a 503 that no retry mends.
+        """
+        try:
+            key = self.backend.api_key(self.key_envs)
+        except ValueError as error:
+            logger.error("model %s: its key cannot be read: %s", self.name, error)
+            why = f"model: {self.name} cannot be called: its key is not available to this stack (an operator's setting)"
+            raise NotReady(why, "model", retry_after_s=None) from None
+        drawn = await openai_images.generate(request, self.backend, seed, self.name, key, self.transport)
+        width, height = output_size(request, self.native_size)
+        await asyncio.to_thread(check_images, drawn.images, self.name, width, height)
+        return drawn
 
     def headers(self, request) -> dict[str, str]:
         """Its answer's headers: the model, and the fields dropped (``Easel-Dropped``), if any."""

@@ -4,7 +4,8 @@
 ``user``, ``output_format``, ``output_compression``; ``response_format`` always ``b64_json``) and the extensions the
 backend takes (:data:`serve.remote.settings.EXTENSIONS`). Whatever else a request asks is :func:`unsupported`.
 The answer is read within the backend's timeout (a 504) and byte limit (a 502); a 429 or a 5xx of the service is
-a 503 (its model cannot serve now: a fallback may), any other error of it a 502.
+a 503 (its model cannot serve now: a fallback may), any other error of it a 502. An error's message quoted from the
+service never carries the key it was sent (a service that echoes its request's headers).
 """
 
 from __future__ import annotations
@@ -71,14 +72,19 @@ def read_answer(payload: bytes, backend: RemoteBackend, seed: int, name: str) ->
 
 
 async def generate(
-    request, backend: RemoteBackend, seed: int, name: str, transport: httpx.AsyncBaseTransport | None = None
+    request,
+    backend: RemoteBackend,
+    seed: int,
+    name: str,
+    key: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> EncodedImages:
     """``request`` drawn by ``backend`` (the model ``name``), its answer read within the backend's bounds.
 
-    ``transport``: httpx's (a test's recorded answers); None: the network.
+    ``key``: sent as a Bearer token (read by :meth:`RemoteBackend.api_key`); ``transport``: httpx's (a test's
+    recorded answers); None: the network.
     """
     url = backend.url.rstrip("/") + PATH
-    key = backend.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     body = request_body(request, backend, seed)
     try:
@@ -96,11 +102,11 @@ async def generate(
         logger.warning("model %s: its service at %s is unreachable: %s", name, backend.url, error)
         raise NotReady(f"model: {name}'s service is unreachable; retry shortly", "model", retry_after_s=2) from None
     if response.status_code == 429 or response.status_code >= 500:
-        why = f"model: {name}'s service answered {response.status_code}: {_message(payload)}"
+        why = f"model: {name}'s service answered {response.status_code}: {_message(payload, key)}"
         raise NotReady(why, "model", retry_after_s=2)
     if not response.is_success:
         raise BadGateway(
-            f"model: {name}'s service refused the request ({response.status_code}): {_message(payload)}", "model"
+            f"model: {name}'s service refused the request ({response.status_code}): {_message(payload, key)}", "model"
         )
     return read_answer(payload, backend, seed, name)
 
@@ -120,9 +126,19 @@ async def _read(response: httpx.Response, backend: RemoteBackend, name: str) -> 
     return b"".join(chunks)
 
 
-def _message(payload: bytes) -> str:
-    """An error answer's message (OpenAI's ``error.message``), else its body's start; 200 characters at most."""
+MESSAGE_CHARS = 200
+"""The most characters of a service's error message an error quotes."""
+REDACTED = "[its key]"
+
+
+def _message(payload: bytes, key: str | None = None) -> str:
+    """An error answer's message (OpenAI's ``error.message``), else its body's start; 200 characters at most.
+
+    ``key`` (what the service was sent) is cut out wherever it appears, before the message is shortened.
+    """
+    reach = MESSAGE_CHARS + len(key or "")
     try:
-        return str(json.loads(payload)["error"]["message"])[:200]
+        message = str(json.loads(payload)["error"]["message"])[:reach]
     except (ValueError, KeyError, TypeError):
-        return payload[:200].decode(errors="replace")
+        message = payload[: 4 * reach].decode(errors="replace")[:reach]  # UTF-8: at most 4 bytes a character
+    return (message.replace(key, REDACTED) if key else message)[:MESSAGE_CHARS]

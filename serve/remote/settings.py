@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Sequence
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve.names import NAME, NAME_RULE
 from serve.spelling import Cli
@@ -14,6 +16,16 @@ Extension = Literal["seed", "negative_prompt", "num_inference_steps", "guidance_
 EXTENSIONS: tuple[Extension, ...] = get_args(Extension)
 """Fields beyond OpenAI's own that Easel sends a remote by default (another Easel, and many compatible services,
 take them); ``takes=`` narrows them (``takes=`` alone: none, an OpenAI service that would ignore them)."""
+
+DEFAULT_KEY_ENVS = ("EASEL_REMOTE_*",)
+"""The environment variables a remote's ``key_env`` may name unless ``easel up --remote-key-envs`` says others."""
+KEY_ENV_DECLARED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\*?$")
+"""What ``--remote-key-envs`` lists: a variable's name, or a prefix of names ending in ``*``."""
+
+
+def declared_for_remotes(name: str, declared: Sequence[str]) -> bool:
+    """Whether ``declared`` (names, and prefixes ending in ``*``) names the environment variable ``name``."""
+    return any(name.startswith(entry[:-1]) if entry.endswith("*") else name == entry for entry in declared)
 
 
 class RemoteBackend(BaseModel):
@@ -25,7 +37,8 @@ class RemoteBackend(BaseModel):
     key_env: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
-        description="The environment variable holding its API key (sent as a Bearer token; never on the command line).",
+        description="The environment variable holding its API key (sent as a Bearer token; never on the command line): "
+        "one the operator declared for remotes' keys (easel up --remote-key-envs; EASEL_REMOTE_* by default).",
     )
     model: str | None = Field(None, min_length=1, max_length=256, description="The model it is asked for.")
     unsupported: Literal["refuse", "drop"] = Field(
@@ -50,36 +63,70 @@ class RemoteBackend(BaseModel):
         """Its declaration as the model table holds it: the fields given, in JSON's types."""
         return self.model_dump(mode="json", exclude_defaults=True)
 
-    def api_key(self) -> str | None:
-        """Its key, read from :attr:`key_env` (unset there: an error naming the variable)."""
+    def check_key_env(self, declared: Sequence[str]) -> None:
+        """A ValueError naming ``key_env`` unless it names a variable ``declared`` for remotes' keys (or none)."""
+        if self.key_env is not None and not declared_for_remotes(self.key_env, declared):
+            raise ValueError(
+                f"key_env: {self.key_env} is not a variable declared for remotes' keys (declared: "
+                f"{', '.join(declared) or 'none'}; easel up --remote-key-envs)"
+            )
+
+    def api_key(self, declared: Sequence[str]) -> str | None:
+        """Its key, read from :attr:`key_env` only where that is ``declared`` for remotes' keys, and set.
+
+        Otherwise a ValueError naming ``key_env`` (never the value of any variable): an undeclared variable is not
+        read at all, so whether it is set is not told either.
+        """
+        self.check_key_env(declared)
         if self.key_env is None:
             return None
         key = os.environ.get(self.key_env)
         if not key:
-            raise ValueError(f"remote: the environment variable {self.key_env} holding its key is not set")
+            raise ValueError(
+                f"key_env: {self.key_env}, the variable holding its key, is not set in the stack's environment"
+            )
         return key
 
 
 class RemoteSettings(BaseModel):
-    """The remote models a stack serves, by name."""
+    """The remote models a stack serves, by name, and the environment variables their keys may be read from."""
 
+    remote_key_envs: Annotated[tuple[str, ...], Cli(type="NAME_LIST", metavar="VAR,PREFIX*,...")] = Field(
+        DEFAULT_KEY_ENVS,
+        description="The environment variables a remote's key_env may name, comma-separated: a name, or a prefix "
+        "ending in * (given, these replace the default). A remote naming any other is refused (here, and a 400 from "
+        "POST /v1/models), so no other variable of the stack is ever sent to a remote's URL.",
+    )
     remotes: Annotated[
         dict[str, RemoteBackend], Cli("--remote", "NAMED_REMOTE", metavar="NAME=URL[,OPTION=VALUE]", multiple=True)
     ] = Field(
         {},
         description="A model another service draws through OpenAI's images API (another Easel, or any compatible "
         "service), served as NAME (family remote) and usable in a fallback chain. Options: key_env=VAR (its key's "
-        "environment variable), model=ID, unsupported=refuse|drop, takes=seed+negative_prompt+... , timeout_s=S, "
-        "max_mb=M, native_size=PX (repeatable).",
+        "environment variable, one --remote-key-envs declares), model=ID, unsupported=refuse|drop, "
+        "takes=seed+negative_prompt+... , timeout_s=S, max_mb=M, native_size=PX (repeatable).",
     )
+
+    @field_validator("remote_key_envs")
+    @classmethod
+    def _names_or_prefixes(cls, declared: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in declared:
+            if not KEY_ENV_DECLARED.match(entry):
+                raise ValueError(f"{entry!r} is neither an environment variable's name nor a prefix ending in *")
+        return declared
 
     @field_validator("remotes")
     @classmethod
-    def _named(cls, remotes: dict[str, RemoteBackend]) -> dict[str, RemoteBackend]:
+    def _named(cls, remotes: dict[str, RemoteBackend], info: ValidationInfo) -> dict[str, RemoteBackend]:
+        """Each named as a model may be, its key's variable declared for remotes and set: else the start stops."""
+        declared = info.data.get("remote_key_envs", DEFAULT_KEY_ENVS)  # declared above: validated first
         for name, backend in remotes.items():
             if not NAME.match(name):
                 raise ValueError(f"remotes: {name!r} cannot name a model ({NAME_RULE})")
-            backend.api_key()  # its key's variable is set: else the start stops here, naming it
+            try:
+                backend.api_key(declared)
+            except ValueError as error:
+                raise ValueError(f"--remote {name}: {error}") from None
         return remotes
 
     def remote_declarations(self) -> dict[str, dict]:

@@ -77,10 +77,18 @@ class Adapters:
     async def reference_added(self, body: NewReference, key: ApiKey | None) -> dict:
         """``body``'s image encoded once, its embeddings kept as ``key``'s.
 
-        Within its quota: checked before the encoding and again with the embeddings' size.
+        Its model and ``key``'s quota were checked at admission (:meth:`check_new_reference`), before its cost was
+        taken; the quota is checked again with the embeddings' size.
         """
-        await self.check_quota(key, 0)
         return await self.references.add(body, key and key.id, lambda size: self.check_quota(key, size))
+
+    async def check_new_reference(self, body: NewReference, key: ApiKey | None) -> None:
+        """What can refuse a reference before it is encoded, checked at admission (before its cost is taken).
+
+        Its model (a 400 naming ``model``: unknown, or without an IP-Adapter) and ``key``'s stored quota (a 403).
+        """
+        self.references.model_of(body)
+        await self.check_quota(key, 0)
 
     async def check_quota(self, key: ApiKey | None, adding_bytes: int) -> None:
         """Refuse (:class:`QuotaExceeded`) one more stored thing of ``adding_bytes`` past ``key``'s stored limits."""

@@ -1,15 +1,18 @@
 """Admission, the one step between the door and any work: a request admitted, and its cost charged to its key.
 
-Every route and RPC that runs work names it: HTTP's :func:`serve.http.admission.admit` (a FastAPI dependency in the
-handler's signature), gRPC's servicer (:mod:`serve.grpc_api.servicer`) by :meth:`Admission.admit`. A generation is
-admitted by :meth:`Generations.admitted` (its model resolved once, every rule checked, its cost on that model), a video
-as the generation it runs as, a rerun as the generation its image's record holds, an upscale by the work it runs
-(:meth:`Upscaling.work`), a moderation by its texts' characters and its images' pixels (:func:`moderation_cost`), a
-stored reference by its image's decode and encode (:func:`reference_cost`); then its cost is taken from the caller's
-key (:func:`serve.access.charge`: 429 past its cost limit). The handler runs what was admitted, as it is.
+Every route and RPC that runs an engine names it (:attr:`serve.routes.Route.engine`): HTTP's
+:func:`serve.http.admission.admit` (a FastAPI dependency in the handler's signature), gRPC's servicer
+(:mod:`serve.grpc_api.servicer`) by :meth:`Admission.admit`. A generation is admitted by
+:meth:`Generations.admitted` (its model resolved once, every rule checked, its cost on that model), a video as the
+generation it runs as, a rerun as the generation its image's record holds, an upscale by the work it runs
+(:meth:`Upscaling.work`), a vectorize request by :meth:`Vectorizing.admitted`, the other bodies by their own work
+(:mod:`serve.serving.prices`). Every check that can refuse a request runs here, before its cost is taken from the
+caller's key (:func:`serve.access.charge`: 429 past its cost limit): a request refused is never charged. The handler
+runs what was admitted, as it is.
 
 Costs are megapixel-passes (:class:`serve.text_to_image.admission.Work`): a 512x512 image through one engine pass is
-0.26. Images are priced from their headers: no pixel is decoded before the cost is taken.
+0.26. Images are priced from their headers: no pixel is decoded before the cost is taken, but a background job's,
+decoded to refuse one that does not decode with a 400 rather than a failed job (:meth:`BackgroundJobs.check`).
 """
 
 from __future__ import annotations
@@ -18,47 +21,34 @@ import asyncio
 from dataclasses import dataclass
 
 from serve.access import Caller, charge
-from serve.images import base64_bytes
-from serve.images.raster import MAX_PIXELS, header_size
+from serve.access.keys import ApiKey
 from serve.moderation.requests import ModerationRequest
 from serve.results.rerun import RerunRequest
+from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
+from serve.serving.jobs import BackgroundJobs
+from serve.serving.prices import analysis_cost, moderation_cost, reference_cost, score_cost
+from serve.serving.prompts import analyzed_model
 from serve.serving.upscale import UpscaleBody, Upscaling
-from serve.text_to_image.images import header_size as input_header_size
+from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizing
+from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import VideoRequest
+from serve.text_to_image.scores import check_scores
+from serve.text_to_image.video import VideoRequest, input_reference_named
 
-ENCODER_MEGAPIXELS = 224 * 224 / 1e6
-"""One pass of a CLIP image encoder (the image checker's, the IP-Adapter's): its input is 224 x 224."""
-CHARACTERS_PER_COST = 100_000
-"""Moderated text as the price counts it: 100,000 characters cost 1 (32 texts of 32,000 characters: 10.2)."""
-
-
-def moderation_cost(body: ModerationRequest) -> float:
-    """Its texts' characters, + each image's decoded megapixels and one checker pass (400: one that is no image)."""
-    cost = 0.0
-    for i, item in enumerate(body.items()):
-        if isinstance(item, str):
-            cost += len(item) / CHARACTERS_PER_COST
-        else:
-            width, height = header_size(item, f"input.{i}.image_url.image_url.url", MAX_PIXELS)
-            cost += width * height / 1e6 + ENCODER_MEGAPIXELS
-    return cost
-
-
-def reference_cost(body: NewReference) -> float:
-    """Its image's decoded megapixels and one image-encoder pass (as a generation's ``ip_adapter_image`` counts it)."""
-    width, height = input_header_size(base64_bytes(body.image), "image")
-    return width * height / 1e6 + ENCODER_MEGAPIXELS
+OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest
+"""The bodies priced by their own work (:mod:`serve.serving.prices`), admitted as an :class:`AdmittedBody`."""
+Body = GenerationRequest | VideoRequest | UpscaleBody | RerunRequest | VectorizeBody | OwnPriced
+"""Every body admission takes."""
 
 
 @dataclass(frozen=True)
 class AdmittedBody:
-    """A body whose price is its own (a moderation, a stored reference): as read, and what it costs."""
+    """A body whose price is its own (a moderation, a stored reference, a score, a prompt analysis): as read, cost."""
 
-    body: ModerationRequest | NewReference
+    body: OwnPriced
     cost: float
 
 
@@ -83,35 +73,78 @@ class AdmittedRerun:
         return self.generation.cost
 
 
+Priced = Admitted | AdmittedUpscale | AdmittedRerun | AdmittedBody | AdmittedVectorize
+"""What admission hands a handler: the request as it runs, and its cost (taken)."""
+
+
 class Admission:
-    """The doors' one admission: what a costed request runs, admitted once, its cost charged to its caller's key."""
+    """The doors' one admission: what a costed request runs, admitted once, its cost charged to its caller's key.
 
-    def __init__(self, generations: Generations, upscaling: Upscaling) -> None:
-        self.generations, self.upscaling = generations, upscaling
+    ``jobs``: where a background generation is queued (its submission's checks run here); ``vectorizing``: the
+    vectorize requests' serving class; ``adapters``: the stored references' quota. None of these: such a request's
+    checks are not made (a test's admission of generations alone).
+    """
 
-    async def admit(
+    def __init__(
         self,
-        body: GenerationRequest | VideoRequest | UpscaleBody | RerunRequest | ModerationRequest | NewReference,
-        caller: Caller,
-    ) -> Admitted | AdmittedUpscale | AdmittedRerun | AdmittedBody:
-        """``body`` admitted for ``caller`` (a 400 naming the field if not), its cost charged (429 past its limit).
+        generations: Generations,
+        upscaling: Upscaling,
+        jobs: BackgroundJobs | None = None,
+        vectorizing: Vectorizing | None = None,
+        adapters: Adapters | None = None,
+    ) -> None:
+        self.generations, self.upscaling = generations, upscaling
+        self.jobs, self.vectorizing, self.adapters = jobs, vectorizing, adapters
+
+    async def admit(self, body: Body, caller: Caller) -> Priced:
+        """``body`` admitted for ``caller`` (a 400 naming the field if not), then its cost charged (429 past its limit).
 
         The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
-        the replicas' admission counts too; its images' headers are read from :func:`serve.images.base64_bytes`
-        (decoded once in the process).
+        the replicas' admission counts too, or the work it runs (:mod:`serve.serving.prices`); its images' headers
+        are read from :func:`serve.images.base64_bytes` (decoded once in the process). Whatever can refuse it is
+        checked before the charge: a refused request costs its key nothing.
         """
-        if isinstance(body, UpscaleBody):
-            admitted = AdmittedUpscale(body, (await asyncio.to_thread(self.upscaling.work, body)).cost)
-        elif isinstance(body, ModerationRequest):
-            admitted = AdmittedBody(body, await asyncio.to_thread(moderation_cost, body))
-        elif isinstance(body, NewReference):
-            admitted = AdmittedBody(body, await asyncio.to_thread(reference_cost, body))
-        elif isinstance(body, RerunRequest):  # a kept image made again: the generation its record holds
-            request = await self.generations.results.rerun_request(body, caller.key)
-            admitted = AdmittedRerun(body, await self.generations.admitted(request, caller.key))
-        elif isinstance(body, VideoRequest):  # a video: the generation it runs as, on the model it names
-            admitted = await self.generations.video_admitted(body, caller.key)
-        else:
-            admitted = await self.generations.admitted(body, caller.key)
+        admitted = await self._admitted(body, caller.key)
         await charge(caller, admitted.cost)
         return admitted
+
+    async def _admitted(self, body: Body, key: ApiKey | None) -> Priced:
+        """``body`` admitted for ``key`` and priced, every check that can refuse it made; nothing is charged."""
+        if isinstance(body, UpscaleBody):
+            return AdmittedUpscale(body, (await asyncio.to_thread(self.upscaling.work, body)).cost)
+        if isinstance(body, VectorizeBody):
+            return await self.vectorizing.admitted(body, key and key.id)
+        if isinstance(body, OwnPriced):
+            return AdmittedBody(body, await self._own_price(body, key))
+        if isinstance(body, RerunRequest):  # a kept image made again: the generation its record holds
+            request = await self.generations.results.rerun_request(body, key)
+            return AdmittedRerun(body, await self.generations.admitted(request, key))
+        if isinstance(body, VideoRequest):  # a video: the generation it runs as, on the model it names
+            admitted = await self.generations.video_admitted(body, key)
+            with input_reference_named():  # its job's image checks name its input_reference
+                return await self._submittable(admitted)
+        return await self._submittable(await self.generations.admitted(body, key))
+
+    async def _submittable(self, admitted: Admitted) -> Admitted:
+        """``admitted``; a background one checked as its job's submission would check it (400s naming the field)."""
+        if admitted.request.background and self.jobs is not None:
+            await self.jobs.check(admitted)
+        return admitted
+
+    async def _own_price(self, body: OwnPriced, key: ApiKey | None) -> float:
+        """What a body priced by its own work costs, after the checks that could refuse it (400, 403, 413)."""
+        if isinstance(body, ModerationRequest):
+            cost = await asyncio.to_thread(moderation_cost, body)
+            self.generations.moderation.check_served(body)  # an image, and no image checker: a 400
+            return cost
+        if isinstance(body, ScoreRequest):
+            cost = await asyncio.to_thread(score_cost, body)  # each image's header: a 413 past the bound
+            check_scores(["clip_score"], self.generations.scores, "images")  # no scorer served: a 400
+            return cost
+        if isinstance(body, PromptAnalysisRequest):
+            model = analyzed_model(self.generations.models, body)  # unknown, or remote: a 400 naming model
+            return analysis_cost(body, len(model.folder.family.prompt_encoders()))
+        cost = await asyncio.to_thread(reference_cost, body)
+        if self.adapters is not None:
+            await self.adapters.check_new_reference(body, key)  # its model, its IP-Adapter, the key's quota
+        return cost

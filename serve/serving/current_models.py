@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import httpx
 
 from serve.remote.models import RemoteModel
-from serve.remote.settings import RemoteBackend
+from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend
 from serve.text_to_image.model_table import ModelTable
 from serve.text_to_image.models import ServedModel, ServedModels
 
@@ -17,11 +17,18 @@ class CurrentModels:
 
     The table changes as models are added, replaced or removed while the stack runs, and as chains are set.
     ``transport``: how every remote model is called (None: the network; a test's recorded answers otherwise).
+    ``key_envs``: the environment variables a remote's key may be read from (``easel up --remote-key-envs``).
     """
 
-    def __init__(self, models: ServedModels, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        models: ServedModels,
+        transport: httpx.AsyncBaseTransport | None = None,
+        key_envs: tuple[str, ...] = DEFAULT_KEY_ENVS,
+    ) -> None:
         self._models = models
         self._transport = transport
+        self.key_envs = key_envs
         self._remotes: tuple[ModelTable | None, dict[str, RemoteModel]] = (None, {})  # the table read, its remotes
 
     def now(self) -> ServedModels:
@@ -46,7 +53,7 @@ class CurrentModels:
     def remote(self, name: str, declaration: Mapping) -> RemoteModel:
         """The remote model ``declaration`` (a :class:`RemoteBackend`'s fields) declares, priced as this stack's."""
         backend = RemoteBackend.model_validate(declaration)
-        return RemoteModel(name, backend, self._models.max_cost, transport=self._transport)
+        return RemoteModel(name, backend, self._models.max_cost, key_envs=self.key_envs, transport=self._transport)
 
     def chains(self) -> Mapping[str, tuple[str, ...]]:
         """Each model's fallback chain, as the table holds them now."""

@@ -48,11 +48,13 @@ from serve.serving.streaming import Streaming
 from serve.serving.upscale import Upscaling
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
+from serve.text_to_image.best_of import check_best_of
 from serve.text_to_image.drawing import AnswerForm, Drawing
 from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.schema import GenerationRequest
+from serve.text_to_image.scores import check_scores
 from serve.text_to_image.video import VideoRequest, input_reference_named
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
@@ -91,7 +93,9 @@ class Generations(Streaming):
         results: Results | None = None,
         circuits: Circuits | None = None,
         fallback_queue_wait_s: float | None = None,
+        scores: tuple[str, ...] = (),
     ) -> None:
+        self.scores = scores  # what the stack's scorer gives (none: no scorer): checked here, before the charge
         self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
         self.fallbacks = Fallbacks(models.chains, self._relinked, fallback_queue_wait_s)  # each model's chain
         self.moderation = moderation or Moderation()
@@ -137,11 +141,14 @@ class Generations(Streaming):
         asked: GenerationRequest,
         owner: str | None,
     ) -> Admitted:
-        """``request`` checked by ``model``'s rules (``owner``'s LoRAs) and the stack's upscalers (400 if not)."""
+        """``request`` checked by ``model``'s rules (``owner``'s LoRAs), the stack's upscalers and scorer (400s)."""
         work, plan = model.check(request, owner)
         plan = dataclasses.replace(plan, queue_wait_s=self.fallbacks.queue_wait(request, model.name))
         if isinstance(model, RemoteModel):  # what it draws without (unsupported=drop) is no longer asked
             request = model.drawn(request)
+        else:  # drawn and scored by a replica: with scores the stack's scorer gives (an experiment's reward too)
+            check_scores(["clip_score"] if request.scores else [], self.scores, "scores")
+            check_best_of(request.candidates, request.best_of, self.scores)
         self.results.check(request)
         if request.upscale is not None or request.restore_faces is not None:
             self.upscaling.check_generation(request, work.width, work.height)

@@ -108,21 +108,30 @@ class BackgroundJobs:
         headers = {"Location": f"/v1/jobs/{job.id}"} | ({} if created else {"Idempotent-Replayed": "true"})
         return JSONResponse(job.to_api(), status_code=202, headers=headers | admitted.assignment.headers())
 
-    async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[Job, bool]:
-        """Queue ``admitted`` as ``owner``'s job, its images decoded; the job and whether it is new.
+    async def check(self, admitted: Admitted) -> None:
+        """What a job's submission refuses, checked by admission before its cost is taken (400s naming the field).
 
-        It was admitted as a synchronous request is (:meth:`Generations.admitted`): what a synchronous request is
-        refused for is a 400 now, never a 202 that fails later. Its seed is drawn now, so a re-run draws the same
-        image (unless its model is a remote one whose service takes no seed). An ``Idempotency-Key`` (the owner's
-        own) returns the same job for the same body. An experiment's variant is chosen now (the job's request names
-        it) and recorded under the job's id, so feedback can name the job. Its ``webhook``, if it names one, is on a
-        host the stack allows.
+        Its ``webhook``, if it names one, on a host the stack allows; its images decoded, so one that does not decode
+        is a 400 now rather than a failed job (the only pixels decoded before a request's cost is taken: its key's
+        request limits bound them).
         """
-        drawing, assignment = admitted.drawing, admitted.assignment
         if admitted.request.webhook is not None:
             self.webhooks.check(admitted.request.webhook)  # a host the stack allows, or a 400 naming webhook
+        drawing = admitted.drawing
         size = (drawing.sampling.width, drawing.sampling.height)
         await asyncio.to_thread(decode_images, drawing.sources, *size)  # an image that does not decode: a 400 now
+
+    async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[Job, bool]:
+        """Queue ``admitted`` as ``owner``'s job; the job and whether it is new.
+
+        It was admitted as a synchronous request is (:meth:`Generations.admitted`), and checked as a job
+        (:meth:`check`), before its cost was taken: what a synchronous request is refused for is a 400 then, never a
+        202 that fails later. Its seed is drawn now, so a re-run draws the same image (unless its model is a remote
+        one whose service takes no seed). An ``Idempotency-Key`` (the owner's own) returns the same job for the same
+        body. An experiment's variant is chosen now (the job's request names it) and recorded under the job's id, so
+        feedback can name the job.
+        """
+        drawing, assignment = admitted.drawing, admitted.assignment
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(admitted.asked)) if key else None

@@ -38,7 +38,8 @@ class NewModel(ModelFolder):
         None,
         description="A service that draws the model through OpenAI's images API (another Easel, or any compatible "
         "service), as `easel up --remote` declares one: served as family remote, usable in fallback chains. Its "
-        "key_env must be set in the stack's environment.",
+        "key_env must name a variable declared for remotes' keys (`easel up --remote-key-envs`, EASEL_REMOTE_* by "
+        "default) and set in the stack's environment; its value is never shown back.",
     )
 
 
@@ -100,7 +101,8 @@ class ModelAdmin:
         """Serve a built engine folder, or a remote service, as a new model.
 
         409 for a name an experiment has (a model may not shadow it); a 400 unless exactly one of ``engine_dir``
-        and ``remote`` is given, or where the remote's key is not in the stack's environment.
+        and ``remote`` is given, or naming ``remote.key_env`` where the remote's key_env is not a variable declared
+        for remotes' keys (then it is not read) or is not set in the stack's environment.
         """
         if await asyncio.to_thread(self.experiments.exists, body.name):
             raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
@@ -113,9 +115,9 @@ class ModelAdmin:
         if body.loras_dir is not None:
             raise InvalidInput("loras_dir: a remote model takes no LoRAs", "loras_dir")
         try:
-            body.remote.api_key()
+            body.remote.api_key(self.models.key_envs)
         except ValueError as error:
-            raise InvalidInput(f"{error} in the stack's environment", "remote") from None
+            raise InvalidInput(f"remote.{error}", "remote.key_env") from None
         declaration = body.remote.declaration()
         await self.residency.add_remote.remote(body.name, declaration)
         return self._public(self.models.remote(body.name, declaration))

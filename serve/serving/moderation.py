@@ -158,17 +158,22 @@ class Moderation:
                 self._counted("image", verdict, screening.key_id)
         return dataclasses.replace(result, images=done.images), done
 
+    def check_served(self, body: ModerationRequest) -> None:
+        """A 400 naming ``input`` when ``body`` has an image and the stack serves no image checker (at admission)."""
+        if self.images is None and any(isinstance(item, bytes) for item in body.items()):
+            raise InvalidInput("input: no image moderation model is served by this stack", field="input")
+
     async def moderations(self, body: ModerationRequest, key: ApiKey | None) -> dict:
         """``POST /v1/moderations``: one result per input item, by :meth:`texts_checked` and the image checker.
 
-        An image with no image checker served is a 400 naming ``input``.
+        An image with no image checker served is a 400 naming ``input`` (:meth:`check_served`, made by admission
+        before the request is charged, and again here for a caller that did not admit it).
         """
+        self.check_served(body)
         items = body.items()
         images = [
             (f"input.{i}.image_url.image_url.url", item) for i, item in enumerate(items) if isinstance(item, bytes)
         ]
-        if images and self.images is None:
-            raise InvalidInput("input: no image moderation model is served by this stack", field="input")
         image_verdicts = iter(await self._images_checked(images) if images else ())
         text_verdicts = iter(await self.texts_checked([item for item in items if isinstance(item, str)]))
         verdicts = [next(text_verdicts) if isinstance(item, str) else next(image_verdicts) for item in items]

@@ -3,15 +3,15 @@
 For each encoder of the model's family (:meth:`serve.text_to_image.families.Family.prompt_encoders`): its tokens,
 chunks and what would be cut (:mod:`serve.text_to_image.prompt_chunks`); the weights parsed
 (:mod:`serve.text_to_image.prompt_weights`); what ``Easel-Prompt-Truncated`` would say; and the moderation verdict
-under the key's policy. The tokenizers are read from the model's engine folder once per folder.
+under the key's policy. The tokenizers are read from the model's engine folder once per folder. The request was
+admitted first (:func:`analyzed_model`, :func:`serve.serving.prices.analysis_cost`): its model checked and its tokens
+and verdict priced before anything here runs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
@@ -20,28 +20,19 @@ from serve.remote.models import RemoteModel
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.models import ServedModel
 from serve.text_to_image.prompt_chunks import PromptChunks, truncated
-from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt, parse_weighted
-from serve.text_to_image.schema import MAX_PROMPT_CHARS
+from serve.text_to_image.prompt_weights import parse_weighted
+from serve.text_to_image.quality_requests import PromptAnalysisRequest
 
 
-class PromptAnalysisRequest(BaseModel):
-    """``POST /v1/prompts/analyze`` body: a prompt (and negative prompt) as a generation would send them."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    prompt: str = Field(max_length=MAX_PROMPT_CHARS, description=f"The prompt, as a generation takes it: {WEIGHTING}")
-    negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="The negative prompt, weighted too.")
-    model: str | None = Field(
-        None,
-        max_length=64,
-        description="A model GET /v1/models lists (its encoders read the prompt); default: the stack's default model.",
-    )
-
-    @field_validator("prompt", "negative_prompt")
-    @classmethod
-    def _weighting_reads(cls, value: str, info: ValidationInfo) -> str:
-        return checked_prompt(value, info.field_name)
+def analyzed_model(models: CurrentModels, body: PromptAnalysisRequest) -> ServedModel:
+    """The served model whose encoders read ``body``'s prompt (a 400 naming ``model``: unknown, or a remote one)."""
+    served = models.named(body.model)
+    if isinstance(served, RemoteModel):
+        why = f"model: {body.model!r} is a remote model: its service reads its prompts, so analyze them there"
+        raise InvalidInput(why, "model")
+    return served
 
 
 @functools.lru_cache(maxsize=16)
@@ -69,14 +60,11 @@ class PromptAnalysis:
 
     async def analyze(self, body: PromptAnalysisRequest, key: ApiKey | None) -> dict:
         """The prompt read by each of the model's encoders, what a generation would cut, the moderation verdict."""
-        served = self.models.named(body.model)
-        if isinstance(served, RemoteModel):
-            why = f"model: {body.model!r} is a remote model: its service reads its prompts, so analyze them there"
-            raise InvalidInput(why, "model")
+        served = analyzed_model(self.models, body)
         folder, family = served.folder, served.folder.family
         tokenizers = await asyncio.to_thread(_tokenizers, str(folder.path), folder.key)
         prompts = await asyncio.to_thread(family.prompts, tokenizers, [body.negative_prompt, body.prompt])
-        [verdict] = await self.moderation.texts_checked([body.prompt])
+        [verdict] = await self.moderation.texts_checked(body.moderated.items())  # as /v1/moderations checks it
         policy = policy_of(self.moderation.policy, key and key.limits.moderation)
         limits = {
             engine: {"chunk_tokens": chunks.chunk_tokens, "max_chunks": chunks.max_chunks}

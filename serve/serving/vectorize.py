@@ -1,52 +1,45 @@
-"""Vectorize requests: a raster image, from its three HTTP encodings or gRPC's message, traced to SVG."""
+"""Vectorize requests: a raster image, from its three HTTP encodings or gRPC's message, traced to SVG.
+
+Each is admitted first (:meth:`Vectorizing.admitted`, by the doors' admission): its experiment's variant drawn and its
+version checked (400s naming them) and its price (:func:`serve.serving.prices.vectorize_cost`: its image's pixels from
+its header, and the passes its tier may run), before its cost is taken and anything runs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from ray.serve.handle import DeploymentHandle
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve import metrics
-from serve.access import caller
 from serve.errors import InvalidInput
 from serve.experiments.feedback import new_image_id
 from serve.experiments.traffic import Assignment, Experiments
-from serve.images import base64_bytes
+from serve.serving.prices import vectorize_cost
 from serve.vectorize.deployment import VectorizeResult
-from serve.vectorize.schema import VectorizeJson, VectorizeOptions
-from serve.vectorize.versions import VersionChange, variant_version
-from serve.wire import read_json
+from serve.vectorize.schema import VectorizeOptions
+from serve.vectorize.versions import TableReader, VersionChange, variant_version
 
 
-async def read_vectorize_request(request: Request) -> tuple[bytes, VectorizeOptions]:
-    """The upload and options of a vectorize request (the body's size is bounded by :class:`BodyLimits`)."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        try:
-            form = await request.form(max_files=1, max_fields=len(VectorizeOptions.model_fields))
-        except StarletteHTTPException as error:  # the multipart parser's refusal (too many parts, malformed)
-            field = "file" if "files" in str(error.detail) else "body"
-            raise InvalidInput(f"{field}: {error.detail} (one file part, 'file', and the options)", field) from None
-        upload = form.get("file")
-        if not isinstance(upload, UploadFile):
-            raise InvalidInput("file: a multipart request needs a file part named 'file'", field="file")
-        fields = {key: value for key, value in form.items() if key != "file"}
-        return await upload.read(), VectorizeOptions.model_validate(fields)
-    if content_type.startswith("application/json"):
-        body = read_json(VectorizeJson, await request.body(), content_type)
-        try:
-            return base64_bytes(body.image), body
-        except ValueError as error:  # binascii.Error, or characters outside ASCII
-            raise InvalidInput(f"image: not valid base64 ({error})", field="image") from error
-    if content_type.startswith("image/"):
-        return await request.body(), VectorizeOptions.model_validate(dict(request.query_params))
-    raise InvalidInput("Content-Type must be multipart/form-data, application/json or image/*", field="Content-Type")
+@dataclass(frozen=True)
+class VectorizeBody:
+    """A vectorize request as read (:func:`serve.http.bodies.read_vectorize_request`, or gRPC's message)."""
+
+    data: bytes  # the image's bytes
+    options: VectorizeOptions
+    analysis: bool = False  # ``/v1/vectorize/analyze`` (gRPC's ``Analyze``): the models' analysis, nothing converted
+
+
+@dataclass(frozen=True)
+class AdmittedVectorize:
+    """A vectorize request admitted: as it runs (its variant's version in its options), what chose that, its cost."""
+
+    body: VectorizeBody
+    assignment: Assignment | None  # its experiment's variant (None: it names none, or an analysis)
+    cost: float
 
 
 REWARD_SSIM = 0.9
@@ -76,11 +69,16 @@ class Vectorizing:
     """
 
     def __init__(
-        self, vectorizer: DeploymentHandle, residency: DeploymentHandle, experiments: Experiments | None = None
+        self,
+        vectorizer: DeploymentHandle,
+        residency: DeploymentHandle,
+        experiments: Experiments | None = None,
+        table: TableReader | None = None,
     ) -> None:
         self.vectorizer = vectorizer
         self.residency = residency
         self.experiments = experiments
+        self.table = table  # the installed versions, a request's checked against at admission (None: not checked)
 
     async def versions(self) -> dict:
         """The vectorize model versions installed, the current one marked."""
@@ -90,12 +88,47 @@ class Vectorizing:
         """Add (POST), replace or serve again (PUT), or remove (DELETE) a vectorize model version (admin)."""
         return await self.residency.change_vectorize.remote(method, body, version)
 
+    async def admitted(self, body: VectorizeBody, owner: str | None) -> AdmittedVectorize:
+        """``body`` as it will run for key ``owner``, and its price: what can refuse it refused now, before its cost.
+
+        Its experiment's variant drawn (a 400 naming ``experiment`` for an unknown one) and the version it runs
+        checked against those installed (a 400 naming ``model_version``); its image's header read (a 413 naming
+        ``image`` over 4,194,304 pixels). Nothing is decoded or run.
+        """
+        options, assignment = body.options, None
+        if not body.analysis:
+            options, assignment = await self.assigned(options, owner)
+        if self.table is not None:
+            await asyncio.to_thread(lambda: self.table.now().resolve(options.model_version))
+        cost = await asyncio.to_thread(vectorize_cost, body.data, options, body.analysis)
+        return AdmittedVectorize(replace(body, options=options), assignment, cost)
+
+    async def assigned(
+        self, options: VectorizeOptions, owner: str | None
+    ) -> tuple[VectorizeOptions, Assignment | None]:
+        """``options`` with the version of its experiment's variant, and that variant (None: it names no experiment).
+
+        A 400 naming ``experiment`` when it names one that is not over vectorize versions.
+        """
+        if options.experiment is None:
+            return options, None
+        assignment = await asyncio.to_thread(self.experiments.assign, options.experiment, options.user, owner)
+        if assignment is None or variant_version(assignment.model) is None:
+            message = f"experiment: no experiment {options.experiment!r} over vectorize versions (vectorize.vN)"
+            raise InvalidInput(message, "experiment")
+        return options.model_copy(update={"model_version": variant_version(assignment.model)}), assignment
+
     async def vectorize(self, image: bytes, options: VectorizeOptions, owner: str | None = None) -> VectorizeResult:
-        """The image traced to SVG (gRPC's ``Vectorize`` answers this) for key ``owner`` (None: the open API)."""
-        assignment = await self._assigned(options, owner)
+        """The image traced to SVG for key ``owner`` (None: the open API), its experiment's variant drawn first."""
+        options, assignment = await self.assigned(options, owner)
+        return await self.traced(image, options, assignment, owner)
+
+    async def traced(
+        self, image: bytes, options: VectorizeOptions, assignment: Assignment | None, owner: str | None
+    ) -> VectorizeResult:
+        """The image traced with ``options`` as assigned (:meth:`assigned`); an experiment's answer is recorded."""
         if assignment is None:
             return await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
-        options = options.model_copy(update={"model_version": variant_version(assignment.model)})
         labels, started = {"experiment": assignment.label, "variant": assignment.model}, time.perf_counter()
         try:
             result = await self.vectorizer.vectorize.remote(image, options, sent_at=time.time())
@@ -107,15 +140,9 @@ class Vectorizing:
         await asyncio.to_thread(self._recorded, result, assignment, options.target_quality, owner)
         return result
 
-    async def _assigned(self, options: VectorizeOptions, owner: str | None) -> Assignment | None:
-        """The variant of the request's experiment (None without one; a 400 naming ``experiment`` if unknown)."""
-        if options.experiment is None:
-            return None
-        assignment = await asyncio.to_thread(self.experiments.assign, options.experiment, options.user, owner)
-        if assignment is None or variant_version(assignment.model) is None:
-            message = f"experiment: no experiment {options.experiment!r} over vectorize versions (vectorize.vN)"
-            raise InvalidInput(message, "experiment")
-        return assignment
+    async def served(self, admitted: AdmittedVectorize, owner: str | None) -> VectorizeResult:
+        """An admitted request traced (gRPC's ``Vectorize`` answers this)."""
+        return await self.traced(admitted.body.data, admitted.body.options, admitted.assignment, owner)
 
     def _recorded(
         self, result: VectorizeResult, assignment: Assignment, target_quality: float | None, owner: str | None
@@ -127,27 +154,24 @@ class Vectorizing:
             self.experiments.store.rate(result.id, reward)
             metrics.observe(metrics.VARIANT_REWARD, reward, experiment=assignment.label, variant=assignment.model)
 
-    async def analysis(self, image: bytes, options: VectorizeOptions) -> dict:
+    async def analysis(self, admitted: AdmittedVectorize) -> dict:
         """The image's features, class and each tier's predicted result, not converted (gRPC's ``Analyze``)."""
-        return await self.vectorizer.analyze.remote(image, options)
+        return await self.vectorizer.analyze.remote(admitted.body.data, admitted.body.options)
 
-    async def analyze(self, request: Request) -> JSONResponse:
-        """The HTTP answer of ``POST /v1/vectorize/analyze``: the analysis as JSON (the request is vectorize's)."""
-        upload, options = await read_vectorize_request(request)
-        result = await self.analysis(upload, options)
+    async def analyze(self, admitted: AdmittedVectorize) -> JSONResponse:
+        """The HTTP answer of ``POST /v1/vectorize/analyze``: the analysis as JSON."""
+        result = await self.analysis(admitted)
         headers = {"Easel-Tier": result["tier"], "Easel-Model-Version": str(result["model_version"])}
         return JSONResponse(result, headers=headers)
 
-    async def answer(self, request: Request) -> Response:
+    async def answer(self, admitted: AdmittedVectorize, owner: str | None, accept: str) -> Response:
         """The HTTP answer: the SVG, or with ``Accept: application/json`` the SVG, its tier and timings."""
-        upload, options = await read_vectorize_request(request)
-        key = caller(request)
-        result = await self.vectorize(upload, options, key and key.id)
+        result = await self.served(admitted, owner)
         headers = {"Easel-Tier": result.tier, "Easel-Model-Version": str(result.model_version)}
         if result.experiment:
             headers["Easel-Experiment"] = result.experiment
         if result.fallback:  # a short label: free text (error messages) never goes into a header
             headers["Easel-Fallback"] = result.why
-        if "application/json" in request.headers.get("accept", ""):
+        if "application/json" in accept:
             return JSONResponse(result.to_json(), headers=headers)
         return Response(result.svg, media_type="image/svg+xml", headers=headers)

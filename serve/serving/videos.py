@@ -16,7 +16,7 @@ from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import BackgroundJobs, JobRequest
-from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, input_reference_named, mp4
+from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, mp4
 
 Variant = Literal["video", "frames"]
 VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}
@@ -74,9 +74,11 @@ class Videos:
         return JSONResponse(video, headers=headers | admitted.assignment.headers())
 
     async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[dict, bool]:
-        """Queue the video's job: OpenAI's video object, and whether it is new (not an idempotent replay)."""
-        with input_reference_named():  # its image decoded and checked here
-            job, created = await self.jobs.queued(admitted, owner, idempotency_key)
+        """Queue the video's job: OpenAI's video object, and whether it is new (not an idempotent replay).
+
+        Its image was decoded and checked by its admission (:meth:`BackgroundJobs.check`), before its cost was taken.
+        """
+        job, created = await self.jobs.queued(admitted, owner, idempotency_key)
         return video_object(job), created
 
     async def _video(self, key: ApiKey | None, video_id: str) -> Job:

@@ -12,6 +12,7 @@ row would not draw as a one-image request does.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Literal
 
@@ -61,15 +62,18 @@ def candidate_seeds(seed: int, count: int) -> tuple[int, ...]:
     return tuple(seed + i for i in range(count))
 
 
-def check_best_of(candidates: int, best_of: str, scorer: Scorer | None) -> None:
-    """A 400 naming ``candidates`` when there is no scorer to rank them, ``best_of`` for a score it does not give."""
+def check_best_of(candidates: int, best_of: str, given: Collection[str]) -> None:
+    """A 400 naming ``candidates`` when there is no scorer to rank them, ``best_of`` for a score it does not give.
+
+    ``given``: the scores the stack's scorer gives (none: it serves no scorer); checked at the Gateway's admission.
+    """
     if candidates <= 1:
         return
-    if scorer is None:
+    if not given:
         raise InvalidInput(
             "candidates: this stack serves no scorer to rank them (easel up --scorer clip=DIR)", "candidates"
         )
-    check_scores([best_of], scorer, "best_of")
+    check_scores([best_of], given, "best_of")
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,18 @@ class JobControls:
         return await engines.infer(spec, inputs)
 
     def zeros(self, model_input: np.ndarray) -> dict[str, np.ndarray]:
-        """Zero residuals for the rows of ``model_input`` (kept: the same every step); its last axes are its side."""
+        """Zero residuals for the rows of ``model_input`` (kept: the same every step); its last axes are its side.
+
+        Where ``model_input`` is a tensor on a GPU (the loop inside Triton keeps its tensors there), they are made
+        there too: an engine call's inputs are all on the host or all on the GPU.
+        """
         if self._zeros is None:
             rows, (height, width) = len(model_input), model_input.shape[-2:]
-            self._zeros = {t.name: np.zeros((rows, *t.shape(height, width)), np.float32) for t in self.residual_inputs}
+            shapes = {t.name: (rows, *t.shape(height, width)) for t in self.residual_inputs}
+            if getattr(model_input, "is_cuda", False):
+                import torch
+
+                self._zeros = {name: torch.zeros(shape, device=model_input.device) for name, shape in shapes.items()}
+            else:
+                self._zeros = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
         return self._zeros

@@ -24,7 +24,7 @@ from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
-from serve.text_to_image.best_of import check_best_of, choose
+from serve.text_to_image.best_of import choose
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.generation import EncodedImages, Generation, Progress, StackDefaults, StepCallback
 from serve.text_to_image.images import decode_base64, decode_images, ip_references
@@ -35,7 +35,7 @@ from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.prompt_batch import run_together, steps_together
 from serve.text_to_image.prompt_weights import plain_text
-from serve.text_to_image.scores import Scorer, check_scores
+from serve.text_to_image.scores import Scorer
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
@@ -163,8 +163,6 @@ class TextToImage:
     ) -> EncodedImages:
         metrics.observe_queue_time(metrics.TEXT_TO_IMAGE, sent_at)
         answer = drawing.answer
-        check_scores(["clip_score"] if answer.scores else [], self.scorer, "scores")
-        check_best_of(answer.candidates, answer.best_of, self.scorer)
         served = await self._requested()
         with metrics.timed(metrics.PIPELINE_LATENCY, pipeline=metrics.TEXT_TO_IMAGE, outcome="ok"):
             async with served.admission.slot(
@@ -269,7 +267,6 @@ class TextToImage:
 
     async def score(self, images: list[str], prompt: str | None) -> list[dict[str, float]]:
         """Each base64 image's scores (``clip_score`` with a ``prompt``, ``aesthetic``): ``POST /v1/images/score``."""
-        check_scores(["clip_score"], self.scorer, "images")
         pixels = await asyncio.to_thread(
             lambda: [decode_base64(image, f"images.{i}") for i, image in enumerate(images)]
         )

@@ -11,6 +11,8 @@ precision, adapters and exporter versions), so two folders with the same name ho
   controlnets.json    the ControlNets built (controlnet_<name>/) or refused, with why (absent: none)
   model_index.json, scheduler/, tokenizer*/, feature_extractor/       copied from the diffusers folder
   diffusers/          the torch runtime's: the diffusers folder, linked (its engines load their modules from it)
+  linked/             the torch runtime's: each ready ControlNet's folder (controlnet_<name>/) and a tiny VAE
+                      decoder's (vae_decoder/), linked, which those engines load from
   <engine>/           one folder per engine: serve.triton.engine_files (model.onnx, model.xml + model.bin: its
                       OpenVINO IR, torch.json: the torch runtime's, runtime.json: how it runs, memory.json,
                       lora_slots.json)

@@ -51,15 +51,20 @@ class References:
 
         ``fits``: awaited with the embeddings' bytes before they are kept (a quota's check, raising to refuse).
         """
-        model = self.models().resolve(body.model)
-        if not model.adapters.ip_adapter:
-            raise InvalidInput(f"model: {model.name} has no IP-Adapter (start a stack with --ip-adapter DIR)", "model")
+        model = self.model_of(body)
         embeds = np.asarray(await self.encode(model, body.image), np.float32)
         if fits is not None:
             await fits(embeds.nbytes)
         stored = StoredReference(new_reference_id(), owner, model.name, embeds, body.name, time.time())
         await asyncio.to_thread(self.store().add_reference, stored)
         return stored.public()
+
+    def model_of(self, body: NewReference) -> ServedModel:
+        """The model whose image encoder encodes ``body`` (a 400 naming ``model``: unknown, or no IP-Adapter)."""
+        model = self.models().resolve(body.model)
+        if not model.adapters.ip_adapter:
+            raise InvalidInput(f"model: {model.name} has no IP-Adapter (start a stack with --ip-adapter DIR)", "model")
+        return model
 
     async def listing(self, owner: str | None) -> dict:
         """``owner``'s stored references (None: everyone's), newest first."""

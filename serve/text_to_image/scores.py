@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -112,14 +113,16 @@ class Scorer:
         return np.concatenate([out[spec.outputs[0].name] for out in outputs])
 
 
-def check_scores(asked: list[str], scorer: Scorer | None, field: str) -> None:
-    """Raise :class:`InvalidInput` naming ``field`` for scores the stack cannot give."""
+def check_scores(asked: Collection[str], given: Collection[str], field: str) -> None:
+    """Raise :class:`InvalidInput` naming ``field`` for scores the stack cannot give.
+
+    ``given``: the scores its scorer gives (:func:`score_names`, :attr:`Scorer.names`; none: it serves no scorer).
+    The Gateway checks them at admission, before a request's cost is taken.
+    """
     if not asked:
         return
-    if scorer is None:
+    if not given:
         raise InvalidInput(f"{field}: this stack serves no scorer (easel up --scorer clip=DIR)", field)
-    unknown = [name for name in asked if name not in scorer.names]
+    unknown = [name for name in asked if name not in given]
     if unknown:
-        raise InvalidInput(
-            f"{field}: {unknown[0]!r} is not a score this stack gives ({', '.join(scorer.names)})", field
-        )
+        raise InvalidInput(f"{field}: {unknown[0]!r} is not a score this stack gives ({', '.join(given)})", field)

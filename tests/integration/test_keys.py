@@ -18,6 +18,7 @@ from PIL import Image
 
 from build_engines.finishing.random_weights import random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
+from build_engines.scoring import random_clip
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
@@ -25,6 +26,7 @@ from serve.moderation import Policy
 from serve.results.tokens import UrlSigner
 from serve.routes import Scope
 from tests.controls import b64, input_image
+from tests.images import png_header_only
 from tests.integration.conftest import (
     decode_images,
     default_stack,
@@ -47,8 +49,8 @@ BLOCKED = "a gun on a red heart icon"
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """The module's default stack with a prompt blocklist, a tiny safety checker flagging one chosen picture and a
-    tiny upscaler; moderation off (the default) but for a key's own policy."""
+    """The module's default stack with a prompt blocklist, a tiny safety checker flagging one chosen picture, a
+    tiny upscaler and a tiny random CLIP as its scorer; moderation off (the default) but for a key's own policy."""
     folder = tmp_path_factory.mktemp("moderation")
     (folder / "blocklist.txt").write_text(BLOCKLIST)
     checker = random_safety_checker(folder / "safety_checker", *chosen_pictures())
@@ -58,6 +60,7 @@ def stack(tmp_path_factory):
         prompt_blocklist=folder / "blocklist.txt",
         safety_checker=checker,
         upscalers={"general": upscaler},
+        scorers={"clip": random_clip(folder / "clip")},  # the shared stack's CLIP: its engines are built once
     )
 
 
@@ -154,11 +157,52 @@ def test_moderations_and_references_are_charged_by_their_work(api, keys):
     assert texts.status_code == 429 and texts.json()["error"]["param"] == "cost", texts.text
     assert "this request costs 10.2)" in texts.json()["error"]["message"]
     reference = api.post("/v1/references", json={"image": b64(input_image(512))}, headers=_bearer(key))
-    assert reference.status_code == 429 and "this request costs 0.31" in reference.json()["error"]["message"]
+    # This stack has no IP-Adapter: refused for that before any charge (issue 76; its price: test_admission_prices).
+    assert reference.status_code == 400 and reference.json()["error"]["param"] == "model", reference.text
     broken = api.post(
         "/v1/references", json={"image": base64.b64encode(b"not an image").decode()}, headers=_bearer(key)
     )
     assert broken.status_code == 400 and broken.json()["error"]["param"] == "image", broken.text
+
+
+def test_every_route_that_runs_an_engine_is_charged_by_its_work_and_refused_before_it_runs(api, stack, keys):
+    """Issue 76: scores, prompt analyses and vectorize ran free and unbounded (16 images of 4096x4096 scored for a key
+    of 0.01 a minute took the replica from 0.8 to 4.2 GB; 40 analyses of 8,000 characters in 6 s)."""
+    store, _ = keys
+    _, key = store.create("hostile", {Scope.GENERATE, Scope.VECTORIZE}, KeyLimits(cost_per_minute=0.01))
+    hostile = _bearer(key)
+    huge = b64(np.full((4096, 4096, 3), 200, np.uint8))
+    refused = api.post("/v1/images/score", json={"images": [huge] * 16}, headers=hostile)
+    assert refused.status_code == 413 and refused.json()["error"]["param"] == "images.0", refused.text
+    assert "at most 4194304" in refused.json()["error"]["message"]
+    headers_only = base64.b64encode(png_header_only(2048, 2048)).decode()  # its decode is a 400: none happens
+    text = "a red heart icon, flat, vector, " * 125  # 4,000 characters
+    icon = png_bytes(input_image(512))  # 0.26 MP: 8 passes for auto with its quality check, 2 for an analysis
+    for path, body, costs in (
+        ("/v1/images/score", {"json": {"images": [headers_only] * 16}}, "67.9"),  # 16 x (4.19 MP + a CLIP pass)
+        ("/v1/prompts/analyze", {"json": {"prompt": text, "negative_prompt": text}}, "0.12"),  # + its verdict, 0.04
+        ("/v1/moderations", {"json": {"input": text + text}}, "0.08"),  # the same 8,000 characters
+        ("/v1/vectorize", {"content": icon, "headers": {"content-type": "image/png"}}, "2.1"),
+        ("/v1/vectorize/analyze", {"content": icon, "headers": {"content-type": "image/png"}}, "0.524"),
+    ):
+        sent = body | {"headers": body.get("headers", {}) | hostile}
+        refused = api.post(path, **sent)
+        assert refused.status_code == 429 and refused.json()["error"]["param"] == "cost", (path, refused.text)
+        assert f"this request costs {costs})" in refused.json()["error"]["message"], (path, refused.text)
+    with grpc.insecure_channel(stack.info.grpc_address) as channel, pytest.raises(grpc.RpcError) as over_rpc:
+        easel_pb2_grpc.EaselStub(channel).Vectorize(
+            easel_pb2.VectorizeRequest(image=icon), metadata=(("authorization", f"Bearer {key}"),), timeout=60
+        )
+    assert over_rpc.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and "costs 2.1)" in over_rpc.value.details()
+    roomy = [
+        store.create(f"roomy {i}", {Scope.GENERATE, Scope.VECTORIZE}, KeyLimits(cost_per_minute=10))[1] for i in (1, 2)
+    ]
+    asked = {"images": [b64(input_image(64))], "prompt": "a red heart icon"}  # the prompt's pass is not priced
+    scored = api.post("/v1/images/score", json=asked, headers=_bearer(roomy[0]))
+    assert scored.status_code == 200 and set(scored.json()["data"][0]) == {"index", "clip_score"}, scored.text
+    assert scored.headers["x-ratelimit-remaining-cost"] == "9.94"  # a full bucket less 0.004 MP and a CLIP pass
+    traced = api.post("/v1/vectorize", content=icon, headers=_bearer(roomy[1]) | {"content-type": "image/png"})
+    assert traced.status_code == 200 and traced.headers["x-ratelimit-remaining-cost"] == "7.9", traced.text
 
 
 def test_one_bucket_holds_across_both_gateway_replicas(api, stack, keys):

@@ -48,7 +48,8 @@ def _moderated() -> None:
 
 CALLERS = {
     # where it decodes -> (a call that reaches it with bytes that are no image, the field its 400 names)
-    "serve/images/raster.py:decode_image": (lambda: decode_image(NOT_AN_IMAGE, "image"), "image"),
+    # decode_image's and decoded_size's (a remote's answer: a 502 instead, tests/unit/test_remote_answers.py)
+    "serve/images/raster.py:_loaded": (lambda: decode_image(NOT_AN_IMAGE, "image"), "image"),
     "serve/images/raster.py:header_size": (lambda: raster_header_size(NOT_AN_IMAGE, "input"), "input"),
     "serve/text_to_image/images.py:_decode": (lambda: decode_base64(B64, "ip_adapter_image"), "ip_adapter_image"),
     "serve/text_to_image/images.py:edit_mask": (lambda: edit_mask(NOT_AN_IMAGE), "mask"),

@@ -209,8 +209,9 @@ def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_c
     """``POST /v1/prompts/analyze``'s class: weights, tokens and chunks per encoder, the cut, the verdict."""
     from serve.serving.current_models import CurrentModels
     from serve.serving.moderation import Moderation
-    from serve.serving.prompts import PromptAnalysis, PromptAnalysisRequest
+    from serve.serving.prompts import PromptAnalysis
     from serve.text_to_image.models import ServedModels
+    from serve.text_to_image.quality_requests import PromptAnalysisRequest
 
     served = ServedModels.open({"default": str(engine_dir)}, remotes={"far": {"url": "http://127.0.0.1:9"}})
     analysis = PromptAnalysis(CurrentModels(served), Moderation())

@@ -1,7 +1,9 @@
 """Remote models (``easel up --remote``): the flag, what a request sends, what a service's answer gives, and bounds.
 
 The service's answers are httpx's recorded shapes (no server): OpenAI's images answer (no seed), Easel's (its seed
-and ``prompt_tokens_truncated``), and the ways a service fails.
+and ``prompt_tokens_truncated``), and the ways a service fails. A key is read only from a variable declared for
+remotes' keys and never shown back; an answer's images are checked as an input image is (tests/unit/
+test_remote_answers.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend, RemoteSettings
 from serve.serving.ray_errors import cannot_serve
 from serve.text_to_image.schema import GenerationRequest
+from tests.unit.test_remote_answers import answer_of, png
 
 PNG = b"\x89PNG\r\n\x1a\n-an-image"
 OPENAI_ANSWER = {"created": 1_700_000_000, "data": [{"b64_json": base64.b64encode(PNG).decode()}]}
@@ -35,15 +38,16 @@ def backend(**options) -> RemoteBackend:
 def drawn(handler, request: GenerationRequest, seed: int = 7, **options):
     """``request`` drawn through a transport answering with ``handler``."""
     transport = httpx.MockTransport(handler)
-    return asyncio.run(openai_images.generate(request, backend(**options), seed, "b", transport))
+    return asyncio.run(openai_images.generate(request, backend(**options), seed, "b", transport=transport))
 
 
 def test_the_flag_reads_a_url_and_its_options_into_a_backend(monkeypatch):
-    monkeypatch.setenv("B_KEY", "sk-b")
-    name, value = NAMED_REMOTE.convert("b=http://127.0.0.1:8100,key_env=B_KEY,unsupported=drop,takes=seed", None, None)
+    monkeypatch.setenv("EASEL_REMOTE_B", "sk-b")
+    flag = "b=http://127.0.0.1:8100,key_env=EASEL_REMOTE_B,unsupported=drop,takes=seed"
+    name, value = NAMED_REMOTE.convert(flag, None, None)
     settings = RemoteSettings(remotes={name: value})
     assert settings.remotes["b"] == RemoteBackend(
-        url="http://127.0.0.1:8100", key_env="B_KEY", unsupported="drop", takes=("seed",)
+        url="http://127.0.0.1:8100", key_env="EASEL_REMOTE_B", unsupported="drop", takes=("seed",)
     )
     assert RemoteBackend(url="http://x", takes="").takes == ()  # takes= alone: OpenAI's fields only
     for bad in ("b", "b=", "b=http://x,timeout_s"):
@@ -57,17 +61,18 @@ def test_the_flag_reads_a_url_and_its_options_into_a_backend(monkeypatch):
 
 
 def test_a_key_comes_from_its_environment_variable_and_an_unset_one_stops_the_start(monkeypatch):
-    monkeypatch.delenv("EASEL_TEST_REMOTE_KEY", raising=False)
-    with pytest.raises(ValueError, match="EASEL_TEST_REMOTE_KEY"):
-        RemoteSettings(remotes={"b": {"url": "http://127.0.0.1:9", "key_env": "EASEL_TEST_REMOTE_KEY"}})
-    monkeypatch.setenv("EASEL_TEST_REMOTE_KEY", "sk-test")
+    monkeypatch.delenv("EASEL_REMOTE_TEST_KEY", raising=False)
+    with pytest.raises(ValueError, match="EASEL_REMOTE_TEST_KEY, the variable holding its key, is not set"):
+        RemoteSettings(remotes={"b": {"url": "http://127.0.0.1:9", "key_env": "EASEL_REMOTE_TEST_KEY"}})
+    monkeypatch.setenv("EASEL_REMOTE_TEST_KEY", "sk-test")
     seen = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["Authorization"])
-        return httpx.Response(200, json=OPENAI_ANSWER)
+        return httpx.Response(200, json=answer_of(png(64, 64)))
 
-    drawn(handler, GenerationRequest(prompt="a fox"), key_env="EASEL_TEST_REMOTE_KEY")
+    model = RemoteModel("b", backend(key_env="EASEL_REMOTE_TEST_KEY"), transport=httpx.MockTransport(handler))
+    asyncio.run(model.generate(GenerationRequest(prompt="a fox", size="64x64"), 7))
     assert seen == ["Bearer sk-test"]
 
 

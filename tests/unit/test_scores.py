@@ -19,7 +19,15 @@ from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.scores import AESTHETIC, CLIP_IMAGE, CLIP_TEXT, Scorer, check_scores, read_specs
+from serve.text_to_image.scores import (
+    AESTHETIC,
+    CLIP_IMAGE,
+    CLIP_TEXT,
+    Scorer,
+    check_scores,
+    read_specs,
+    score_names,
+)
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import read_model_config
@@ -104,12 +112,13 @@ def test_the_build_installs_each_engine_once_and_refuses_what_it_cannot_score(so
 def test_scores_asked_of_a_stack_without_them_name_the_field(built):
     folder = built[0]
     with pytest.raises(InvalidInput, match="no scorer") as error:
-        check_scores(["clip_score"], None, "best_of")
+        check_scores(["clip_score"], (), "best_of")
     assert error.value.field == "best_of"
     scorer = Scorer(_OnnxRunner(folder), folder)
+    assert score_names(folder) == scorer.names == ("clip_score", "aesthetic")  # what the Gateway checks against
     with pytest.raises(InvalidInput, match="'sharpness' is not a score"):
-        check_scores(["sharpness"], scorer, "best_of")
-    check_scores(["clip_score", "aesthetic"], scorer, "best_of")
+        check_scores(["sharpness"], scorer.names, "best_of")
+    check_scores(["clip_score", "aesthetic"], scorer.names, "best_of")
 
 
 @pytest.fixture(scope="module")
@@ -161,10 +170,10 @@ def test_best_of_n_keeps_n_best_first_by_the_named_score(built, pipeline):
 
 def test_best_of_n_without_a_scorer_or_with_a_score_it_lacks_names_the_field(built):
     folder = built[0]
-    check_best_of(1, "clip_score", None)  # one candidate: nothing to rank
+    check_best_of(1, "clip_score", ())  # one candidate: nothing to rank
     with pytest.raises(InvalidInput, match="no scorer") as error:
-        check_best_of(4, "clip_score", None)
+        check_best_of(4, "clip_score", ())
     assert error.value.field == "candidates"
     with pytest.raises(InvalidInput, match="'sharpness'") as error:
-        check_best_of(4, "sharpness", Scorer(_OnnxRunner(folder), folder))
+        check_best_of(4, "sharpness", score_names(folder))
     assert error.value.field == "best_of"

@@ -21,9 +21,11 @@ from serve.jobs import open_job_store
 from serve.jobs.model import Owner
 from serve.priority import Priority
 from serve.routes import Scope
+from serve.serving.admission import Admission
 from serve.serving.jobs import BackgroundJobs
-from serve.serving.vectorize import Vectorizing
+from serve.serving.vectorize import VectorizeBody, Vectorizing
 from serve.vectorize.deployment import VectorizeResult
+from serve.vectorize.schema import VectorizeOptions
 
 
 class Vectorizer:
@@ -51,18 +53,24 @@ class Residency:
         return {"object": "vectorize.model", "version": 2}
 
 
+PNG = encode_image(np.full((16, 16, 3), 200, np.uint8), "png")
+"""An icon's upload: admission reads its header (16 x 16) to price it."""
+
+
 @pytest.fixture
 def client():
-    """The HTTP app with a replica's vectorize class, as the Gateway sets it, and no other."""
+    """The HTTP app with a replica's vectorize class and the admission in front of it, as the Gateway sets them."""
     vectorizer = Vectorizer()
-    api.state.gateway = SimpleNamespace(vectorizing=Vectorizing(vectorizer, Residency()))
+    vectorizing = Vectorizing(vectorizer, Residency())
+    admission = Admission(None, None, vectorizing=vectorizing)
+    api.state.gateway = SimpleNamespace(vectorizing=vectorizing, admission=admission)
     yield TestClient(api), vectorizer
     del api.state.gateway
 
 
 def test_each_encoding_of_a_vectorize_request_reaches_the_vectorizer_with_its_options(client):
     http, vectorizer = client
-    png = b"\x89PNG-bytes"
+    png = PNG
     raw = http.post("/v1/vectorize?tier=2", content=png, headers={"content-type": "image/png"})
     as_json = http.post(
         "/v1/vectorize",
@@ -89,18 +97,10 @@ def test_a_vectorize_request_it_cannot_read_is_a_400_naming_the_field_and_reache
 
 
 def test_a_fallback_is_named_in_its_header():
-    answer = asyncio.run(_vectorized(Vectorizer(fallback="untrained")))
+    vectorizing = Vectorizing(Vectorizer(fallback="untrained"), Residency())
+    admitted = asyncio.run(vectorizing.admitted(VectorizeBody(PNG, VectorizeOptions()), None))
+    answer = asyncio.run(vectorizing.answer(admitted, None, "image/svg+xml"))
     assert answer.headers["Easel-Fallback"] == "tier1 untrained"
-
-
-async def _vectorized(vectorizer: Vectorizer):
-    from starlette.requests import Request
-
-    async def receive():
-        return {"type": "http.request", "body": b"png", "more_body": False}
-
-    scope = {"type": "http", "method": "POST", "path": "/", "headers": [(b"content-type", b"image/png")]}
-    return await Vectorizing(vectorizer, Residency()).answer(Request({**scope, "query_string": b""}, receive))
 
 
 def _key(key_id: str, *scopes: Scope) -> ApiKey:
@@ -242,7 +242,7 @@ def test_an_experiment_rewarded_by_a_score_measures_each_image_and_says_it_only_
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
     traffic = Experiments(open_experiment_store(url), models.names, scores=("clip_score",))
     traffic.define("art", ExperimentSpec(policy="bandit", variants=["easel-default", "b"], reward="clip_score"))
-    generations = Generations(models, Handles(), None, Handles(), None, traffic)
+    generations = Generations(models, Handles(), None, Handles(), None, traffic, scores=("clip_score",))
 
     async def answer(scores: bool) -> dict:
         asked = GenerationRequest(prompt="a red fox", model="art", seed=3, n=2, scores=scores)
@@ -293,7 +293,7 @@ def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_subm
 
 def test_a_vectorize_answer_names_its_model_version(client):
     http, _ = client
-    response = http.post("/v1/vectorize", content=b"png", headers={"content-type": "image/png"})
+    response = http.post("/v1/vectorize", content=PNG, headers={"content-type": "image/png"})
     assert response.headers["Easel-Model-Version"] == "1"
 
 

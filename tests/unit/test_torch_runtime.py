@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.build import build
 from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import EngineFolder
@@ -130,6 +131,17 @@ def test_every_engine_of_the_default_runs_on_torch_as_on_onnx_runtime(torch_engi
 
 
 def test_the_torch_runtime_refuses_what_it_does_not_build_yet_in_one_line(default_model, tmp_path):
+    adapters = AdapterBuild(lora=True, ip_adapters={"style": tmp_path})
     with pytest.raises(UnsupportedModel) as error:
-        build(default_model, None, runtime="torch", precision="fp32", controlnets={"edges": tmp_path}, device="cpu")
-    assert "not yet ControlNets" in str(error.value) and "\n" not in str(error.value)
+        build(
+            default_model,
+            None,
+            runtime="torch",
+            precision="fp32",
+            adapters=adapters,
+            controlnets={"edges": tmp_path},
+            vae_decoder=tmp_path,
+            motion_adapters={"motion": tmp_path},
+            device="cpu",
+        )
+    assert "not yet LoRAs, IP-Adapters, motion adapters:" in str(error.value) and "\n" not in str(error.value)

@@ -2,12 +2,14 @@
 
 A's chain for its default model is ``spare, b``: ``spare`` is no model here, so it is skipped (and the log says
 why), and ``b`` draws while A's Triton is down, killed twice under a locust run. ``hang`` and ``huge`` are services
-that never answer and that answer 50 MB, started by this module on the ports A was given.
+that never answer and that answer 50 MB, started by this module on the ports A was given; ``notimage`` and ``giant``,
+services whose images are bytes that are no image and a 12000x12000 PNG, are started and added through the API.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import threading
@@ -21,6 +23,7 @@ from PIL import Image
 
 from loadtests.scenario import Scenario, format_summary, locust_env, run_locust, summary
 from serve.cli import admin as model_admin
+from serve.errors import BadGateway
 from serve.grpc_api import easel_pb2
 from serve.names import DEFAULT_MODEL
 from serve.paths import ICONS_DEV
@@ -28,6 +31,7 @@ from serve.processes import free_port
 from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
 from serve.triton.server import CONTROL_HEADER
 from tests.integration.conftest import GENERATE, decode_images, easel_down, easel_up, home_with_shared_engines
+from tests.unit.test_remote_answers import answer_of, giant_png
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +53,24 @@ def stack_b(remote_ports, tmp_path_factory):
         assert down.returncode == 0, down.stdout + down.stderr
 
 
+BAD_IMAGES = {"notimage": b"these bytes are no image", "giant": giant_png(12_000)}
+"""What the services of ``notimage`` and ``giant`` answer as their image (OpenAI's images answer otherwise)."""
+
+
 class _Misbehaving(BaseHTTPRequestHandler):
-    """``hang``: holds every request unanswered (until the test ends); ``huge``: answers 50 MB."""
+    """``hang``: holds every request unanswered (until the test ends); ``huge``: answers 50 MB; ``notimage`` and
+    ``giant``: answer :data:`BAD_IMAGES`' image."""
 
     def do_POST(self):  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.server.name in BAD_IMAGES:
+            body = json.dumps(answer_of(BAD_IMAGES[self.server.name])).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         if self.server.name == "hang":
             self.server.released.wait(60)
             return
@@ -70,19 +87,41 @@ class _Misbehaving(BaseHTTPRequestHandler):
         pass
 
 
+def _serving(name: str, port: int) -> ThreadingHTTPServer:
+    """The service ``name`` (:class:`_Misbehaving`) on ``port``, answering in a thread."""
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Misbehaving)
+    server.name, server.released, server.daemon_threads = name, threading.Event(), True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture(scope="module")
 def misbehaving(remote_ports):
     """The services of ``hang`` and ``huge`` on their ports, stopped after the module."""
-    servers = []
-    for name in ("hang", "huge"):
-        server = ThreadingHTTPServer(("127.0.0.1", remote_ports[name]), _Misbehaving)
-        server.name, server.released, server.daemon_threads = name, threading.Event(), True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
+    servers = [_serving(name, remote_ports[name]) for name in ("hang", "huge")]
     yield
     for server in servers:
         server.released.set()
         server.shutdown()
+
+
+@pytest.fixture
+def bad_images(stack):
+    """The services of ``notimage`` and ``giant`` on free ports, added to A as remote models through its API, and
+    removed (and stopped) after the test."""
+    api_url = stack.info.api_url
+    servers = {name: _serving(name, free_port()) for name in BAD_IMAGES}
+    try:
+        for name, server in servers.items():
+            model_admin.add_remote(api_url, name, {"url": f"http://127.0.0.1:{server.server_address[1]}"})
+        yield tuple(servers)
+    finally:
+        for name, server in servers.items():
+            try:
+                model_admin.remove(api_url, name)
+            except Exception:  # noqa: BLE001 - one that was never added
+                logger.warning("remote %s was not there to remove", name)
+            server.shutdown()
 
 
 def test_a_chain_with_no_link_left_is_a_503_naming_the_model_and_each_link_s_reason(api, stack):
@@ -127,6 +166,26 @@ def test_a_remote_that_hangs_or_floods_is_cut_with_a_504_or_502_naming_it_and_a_
     assert waited < 10  # cut at its 2 s
     assert flooded.status_code == 502 and "huge" in flooded.json()["error"]["message"], flooded.text
     assert "more than 1 MB" in flooded.json()["error"]["message"]
+    assert api.post(GENERATE, json=BODY).status_code == 200  # A's own model draws on
+
+
+def test_a_remote_s_images_are_checked_as_an_input_image_and_its_key_env_must_be_declared(api, bad_images):
+    """``notimage`` answers bytes that are no image and ``giant`` a 12000x12000 PNG: each a 502 naming the model,
+    without Retry-After (the first was a 503 with Retry-After before); ``key_env=HOME`` through the API is a 400
+    naming ``remote.key_env`` that shows nothing of HOME's value."""
+    for name, said in zip(bad_images, ("data.0: not a readable image", "data.0: image is 12000x12000"), strict=True):
+        answer = api.post(GENERATE, json=BODY | {"model": name})
+        assert answer.status_code == 502 and "Retry-After" not in answer.headers, answer.text
+        error = answer.json()["error"]
+        assert error["type"] == BadGateway.kind and error["param"] == "model", answer.text
+        assert error["message"].startswith(f"model: {name}'s service answered an image") and said in error["message"]
+    home = api.post("/v1/models", json={"name": "home", "remote": {"url": "http://127.0.0.1:9", "key_env": "HOME"}})
+    assert home.status_code == 400 and home.json()["error"]["param"] == "remote.key_env", home.text
+    assert (
+        "HOME is not a variable declared for remotes' keys" in home.text
+        and os.environ.get("HOME", "unset") not in home.text
+    )
+    assert "home" not in {model["id"] for model in api.get("/v1/models").json()["data"]}
     assert api.post(GENERATE, json=BODY).status_code == 200  # A's own model draws on
 
 

@@ -1,0 +1,103 @@
+"""What a request priced by its own work costs, read from the request alone: no pixel decoded, nothing run.
+
+A moderation by its texts' characters and its images' pixels (:func:`moderation_cost`), a stored reference by its
+image's decode and encode (:func:`reference_cost`), a score by each image's pixels (:func:`score_cost`), a prompt
+analysis by its tokens and its moderation verdict (:func:`analysis_cost`), a vectorize request by its image's pixels
+and the passes its tier may run (:func:`vectorize_cost`). A generation's price is its model's
+(:meth:`serve.text_to_image.models.ServedModel.work`), an upscale's :meth:`serve.serving.upscale.Upscaling.work`.
+Admission (:class:`serve.serving.admission.Admission`) takes them from the caller's key; each route's price is a row
+of docs/guides/keys-and-limits.md ("What each route costs").
+
+Costs are megapixel-passes (:class:`serve.text_to_image.admission.Work`): a 512x512 image through one pass is 0.26.
+Images are priced from their headers (:func:`serve.images.raster.header_size`, its 400 or 413 naming the field).
+"""
+
+from __future__ import annotations
+
+from serve.images import base64_bytes
+from serve.images.raster import MAX_PIXELS, header_size
+from serve.moderation.requests import ModerationRequest
+from serve.text_to_image.images import header_size as input_header_size
+from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
+from serve.text_to_image.reference_request import NewReference
+from serve.vectorize.schema import Preference, Tier, VectorizeOptions
+
+ENCODER_MEGAPIXELS = 224 * 224 / 1e6
+"""One pass of a CLIP image encoder (the image checker's, the IP-Adapter's, the scorer's): its input is 224 x 224."""
+CHARACTERS_PER_COST = 100_000
+"""Moderated text as the price counts it: 100,000 characters cost 1 (32 texts of 32,000 characters: 10.2)."""
+TOKENS_PER_COST = 100_000
+"""Tokenized text as the price counts it: 100,000 tokens cost 1."""
+VECTORIZE_ANALYSIS_PASSES = 2
+"""``POST /v1/vectorize/analyze``: the image decoded, and the vectorize models' one ensemble pass over it."""
+CHECK_PASSES = 5
+"""A model tier's conversion checked against vtracer's defaults (:func:`serve.vectorize.tiers.answer`): its SVG
+rendered back, the defaults' conversion and render, then tier 1's (the runner-up) conversion and render."""
+
+
+def moderation_cost(body: ModerationRequest) -> float:
+    """Its texts' characters, + each image's decoded megapixels and one checker pass (400: one that is no image)."""
+    cost = 0.0
+    for i, item in enumerate(body.items()):
+        if isinstance(item, str):
+            cost += len(item) / CHARACTERS_PER_COST
+        else:
+            width, height = header_size(item, f"input.{i}.image_url.image_url.url", MAX_PIXELS)
+            cost += width * height / 1e6 + ENCODER_MEGAPIXELS
+    return cost
+
+
+def reference_cost(body: NewReference) -> float:
+    """Its image's decoded megapixels and one image-encoder pass (as a generation's ``ip_adapter_image`` counts it)."""
+    width, height = input_header_size(base64_bytes(body.image), "image")
+    return width * height / 1e6 + ENCODER_MEGAPIXELS
+
+
+def score_cost(body: ScoreRequest) -> float:
+    """Each image's decoded megapixels and one pass of the scorer's CLIP image encoder, from its header.
+
+    An image over :data:`~serve.images.raster.MAX_PIXELS` (4,194,304) or 4096 a side is a 413 naming ``images.N``,
+    one that is no image a 400 naming it: refused before any pixel is decoded.
+    """
+    cost = 0.0
+    for i, image in enumerate(body.images):
+        width, height = header_size(base64_bytes(image), f"images.{i}", MAX_PIXELS)
+        cost += width * height / 1e6 + ENCODER_MEGAPIXELS
+    return cost
+
+
+def analysis_cost(body: PromptAnalysisRequest, encoders: int) -> float:
+    """Its tokens for each of the model's ``encoders``, + its moderation verdict as ``/v1/moderations`` prices it.
+
+    A text's tokens are counted as its UTF-8 bytes (its prompt's and its negative prompt's), the most a byte-level
+    tokenizer makes of them, before any is tokenized; the verdict is :func:`moderation_cost` of what it checks
+    (:attr:`~serve.text_to_image.quality_requests.PromptAnalysisRequest.moderated`).
+    """
+    tokens = len(body.prompt.encode()) + len(body.negative_prompt.encode())
+    return encoders * tokens / TOKENS_PER_COST + moderation_cost(body.moderated)
+
+
+def vectorize_passes(options: VectorizeOptions, analysis: bool = False) -> int:
+    """The passes over its image a vectorize request may run: a decode, the models' pass, conversions and renders.
+
+    ``analysis``: ``/v1/vectorize/analyze`` (a decode and the models' pass: :data:`VECTORIZE_ANALYSIS_PASSES`). A
+    conversion is one vtracer run, a render one SVG rendered back for its SSIM (:mod:`serve.vectorize.tiers`). Tier
+    ``default`` runs no models: a decode and a conversion, + a render with ``validate``. A model tier (1, 2, 3, auto)
+    runs the models and a conversion; with ``prefer: quality`` and no ``target_quality`` its conversion may be checked
+    against the defaults (:data:`CHECK_PASSES` more, its SSIM then measured); otherwise ``validate`` adds
+    a render, and under ``target_quality`` the defaults' conversion and render too.
+    """
+    if analysis:
+        return VECTORIZE_ANALYSIS_PASSES
+    validate = int(options.validate_output)
+    if options.tier is Tier.DEFAULT:
+        return 2 + validate
+    if options.prefer is Preference.QUALITY and options.target_quality is None:
+        return 3 + CHECK_PASSES  # the most it runs: checked, its SSIM is measured (validate adds nothing)
+    return 3 + validate * (1 + 2 * (options.target_quality is not None))
+
+
+def vectorize_cost(data: bytes, options: VectorizeOptions, analysis: bool = False) -> float:
+    """The image's megapixels (its header: a 413 naming ``image`` over 4,194,304 pixels) x :func:`vectorize_passes`."""
+    width, height = header_size(data, "image", MAX_PIXELS)
+    return width * height / 1e6 * vectorize_passes(options, analysis)

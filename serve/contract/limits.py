@@ -226,6 +226,10 @@ UNSTATED_LIMITS = (
         UnstatedLimit(method, path, ("version",), "no vectorize version", "an installed version", "the stack's")
         for method, path in (("put", _VECTORIZE_MODELS), ("delete", f"{_VECTORIZE_MODELS}/{{version}}"))
     ),
+    *(  # checked before the image is read (issue 76: nothing refused after its charge)
+        UnstatedLimit("post", path, ("model_version",), "no vectorize version", "an installed version", "the stack's")
+        for path in (VECTORIZE, ANALYZE)
+    ),
     UnstatedLimit(
         "post",
         VECTORIZE,

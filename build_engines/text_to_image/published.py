@@ -81,23 +81,27 @@ def _token_text(token: str | dict) -> str:
     return token["content"] if isinstance(token, dict) else token
 
 
-def _create_component(library: str, class_name: str, config_dir: Path, out_dir: Path) -> None:
-    """Build one model component from its config with random weights and save it."""
+def _create_component(library: str, class_name: str, config_dir: Path, out_dir: Path, device: str = "cpu") -> None:
+    """Build one model component from its config with random weights (initialised on ``device``) and save it."""
     import diffusers
     import torch
     import transformers
 
     started = time.perf_counter()
-    if library == "diffusers":
-        cls = getattr(diffusers, class_name)
-        model = cls.from_config(cls.load_config(config_dir))
-    else:
-        cls = getattr(transformers, class_name)
-        config = transformers.AutoConfig.from_pretrained(config_dir)
-        config.dtype = torch.float32
-        model = cls(config)
+    with torch.device(device):
+        if library == "diffusers":
+            cls = getattr(diffusers, class_name)
+            model = cls.from_config(cls.load_config(config_dir))
+        else:
+            cls = getattr(transformers, class_name)
+            config = transformers.AutoConfig.from_pretrained(config_dir)
+            config.dtype = torch.float32
+            model = cls(config)
     parameters = sum(p.numel() for p in model.parameters())
-    model.save_pretrained(out_dir, max_shard_size=SHARD_SIZE)
+    model.to("cpu").save_pretrained(out_dir, max_shard_size=SHARD_SIZE)
+    del model
+    if device != "cpu":
+        torch.cuda.empty_cache()
     logger.info(
         "  %s: %s, %.0f M parameters, %.1f GB in fp32, %.0f s",
         out_dir.name,
@@ -108,19 +112,28 @@ def _create_component(library: str, class_name: str, config_dir: Path, out_dir: 
     )
 
 
-def create_random_model(name: str, out_dir: Path, seed: int = SEED, without_t5: bool = False) -> Path:
+def create_random_model(
+    name: str,
+    out_dir: Path,
+    seed: int = SEED,
+    without_t5: bool = False,
+    device: str = "cpu",
+    source: Path | None = None,
+) -> Path:
     """Create the published model ``name`` (:data:`PUBLISHED`) with random weights as a diffusers folder ``out_dir``.
 
     Components are made and saved one at a time, so the peak memory is about the largest one plus a shard.
     ``without_t5``: SD3 without its T5 encoder (4.8 G parameters), as diffusers runs it with ``text_encoder_3=None``.
+    ``device``: where the weights are initialised (a GPU makes SDXL's in seconds, not minutes); ``source``: another
+    diffusers folder whose configs to use instead of the published model's.
     """
     import torch
 
-    if name not in PUBLISHED:
+    if source is None and name not in PUBLISHED:
         raise ValueError(f"unknown published model {name!r}; choose one of {', '.join(PUBLISHED)}")
     if without_t5 and name != "sd3":
         raise ValueError(f"only SD3 runs without T5, not {name}")
-    source = PUBLISHED_DIR / name
+    source = source or PUBLISHED_DIR / name
     index = json.loads((source / "model_index.json").read_text())
     partial = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -128,7 +141,7 @@ def create_random_model(name: str, out_dir: Path, seed: int = SEED, without_t5: 
     torch.manual_seed(seed)
     logger.info("creating %s with random weights in %s", name, out_dir)
     for component, value in sorted(index.items()):
-        if component.startswith("_") or not isinstance(value, list):
+        if component.startswith("_") or not isinstance(value, list) or None in value:
             continue
         library, class_name = value
         config_dir = source / component
@@ -141,7 +154,7 @@ def create_random_model(name: str, out_dir: Path, seed: int = SEED, without_t5: 
         elif component == "scheduler":
             shutil.copytree(config_dir, partial / component)
         else:
-            _create_component(library, class_name, config_dir, partial / component)
+            _create_component(library, class_name, config_dir, partial / component, device)
     (partial / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)

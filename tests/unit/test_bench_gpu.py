@@ -166,11 +166,11 @@ def test_the_out_folder_gets_three_files_and_the_log_is_capped(tmp_path, monkeyp
 
 def test_a_model_is_made_on_a_device_from_its_configs_as_the_cpu_path_makes_it(tmp_path):
     from build_engines.text_to_image.build import default_model_dir
-    from loadtests.benchmarks.gpu_models import create_on_device
+    from build_engines.text_to_image.published import create_random_model
     from serve.text_to_image.families import family_of_folder
 
     source = default_model_dir("tiny")
-    made = create_on_device("tiny", tmp_path / "random-tiny", "cpu", source=source)
+    made = create_random_model("tiny", tmp_path / "random-tiny", device="cpu", source=source)
     assert made == tmp_path / "random-tiny" and not (tmp_path / "random-tiny.partial").exists()
     assert family_of_folder(made).name == family_of_folder(source).name  # every component has its weights
     for component in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):

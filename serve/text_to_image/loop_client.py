@@ -82,18 +82,20 @@ class TritonLoop:
 
     async def _stream(self, request: LoopRequest, events: asyncio.Queue) -> None:
         """Read the generation's stream to its end, each response an event on ``events``."""
+        answered = False  # the stream is read to its end after the answer too: a call is never cut short
         try:
             async for result, error in self._client.stream_infer(_one(self.model, request)):
                 if error is not None:
                     raise _raised(error, self.model)
                 event = decode_event(result.as_numpy(EVENT_OUTPUT))
                 events.put_nowait((event, result.as_numpy(IMAGES_OUTPUT), result.as_numpy(LATENTS_OUTPUT)))
+                answered = answered or "step" not in event
         except Exception as error:  # noqa: BLE001 - handed to the caller waiting on the events
             events.put_nowait(({"raised": error}, None, None))
             return
-        events.put_nowait(
-            ({"raised": errors.NotReady(f"{self.model}: the stream closed without an answer")}, None, None)
-        )
+        if not answered:
+            closed = errors.NotReady(f"{self.model}: the stream closed without an answer")
+            events.put_nowait(({"raised": closed}, None, None))
 
     async def _cancel(self, request_id: str) -> None:
         try:

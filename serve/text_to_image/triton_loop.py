@@ -91,10 +91,6 @@ class LoopEngines:
         self.answered += 1
         return result
 
-    async def generate(self, job: Generation, merge: bool = True) -> np.ndarray:
-        """``job``'s images, ``[n, height, width, 3]`` uint8."""
-        return np.stack((await self.draw(job, merge)).images)
-
     def sessions(self) -> dict:
         """The engines' sessions by engine name."""
         return self.coalescing.runner.sessions

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import collections
 import io
+import json
 import subprocess
 import sys
 import time
@@ -53,6 +54,26 @@ def decode_images(response: httpx.Response) -> np.ndarray:
     """The response's images as uint8 NHWC."""
     data = response.json()["data"]
     return np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))).convert("RGB")) for d in data])
+
+
+def submit(api, body: dict, **headers) -> dict:
+    """A background job of ``body`` (its 202 answer)."""
+    response = api.post(GENERATE, json={**body, "background": True}, headers=headers)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def read_events(base_url: str, job_id: str, preview: bool = False) -> list[tuple[str, dict]]:
+    """Every Server-Sent Event of a job's stream, until the server ends it."""
+    events, kind = [], None
+    with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", params={"preview": preview}, timeout=120) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: "))))
+    return events
 
 
 def pictures(answer: dict) -> list[str]:

@@ -3,11 +3,9 @@ the default) and a real Redis server (a stack across machines)."""
 
 import base64
 import io
-import json
 import logging
 import time
 
-import httpx
 import pytest
 import redis
 from PIL import Image
@@ -15,7 +13,7 @@ from PIL import Image
 from serve.files import stack_secret
 from serve.stack import Stack, StackOptions
 from serve.webhooks import SECRET_FILE, secret_text
-from tests.integration.conftest import pictures
+from tests.integration.conftest import pictures, read_events, submit
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -39,12 +37,6 @@ def stack(request, tmp_path_factory):
 SMALL = {"prompt": "a blue star icon", "size": "64x64", "num_inference_steps": 6, "seed": 5}
 
 
-def submit(api, body: dict, **headers) -> dict:
-    response = api.post(GENERATE, json={**body, "background": True}, headers=headers)
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
 def wait_for(api, job_id: str, statuses=("succeeded", "failed", "canceled"), timeout_s: float = 120) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -53,19 +45,6 @@ def wait_for(api, job_id: str, statuses=("succeeded", "failed", "canceled"), tim
             return job
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} not {statuses} within {timeout_s} s: {job}")
-
-
-def read_events(base_url: str, job_id: str, preview: bool = False) -> list[tuple[str, dict]]:
-    """Every Server-Sent Event of a job's stream, until the server ends it."""
-    events, kind = [], None
-    with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", params={"preview": preview}, timeout=120) as r:
-        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line.removeprefix("data: "))))
-    return events
 
 
 def test_a_background_job_is_queued_runs_and_answers_as_the_synchronous_call_does(api):

@@ -9,7 +9,6 @@ replica's loop), each answer naming its loop.
 import asyncio
 import base64
 import io
-import json
 import re
 import time
 
@@ -23,7 +22,7 @@ from serve.text_to_image.generation import Generation, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from tests.images import encode
-from tests.integration.conftest import GENERATE, decode_images, default_stack
+from tests.integration.conftest import GENERATE, decode_images, default_stack, read_events, submit
 
 pytestmark = pytest.mark.integration
 
@@ -65,27 +64,9 @@ def test_an_image_drawn_inside_triton_is_the_replica_loop_s(api, stack):
     assert got.shape == want.shape and min(psnr(g, w) for g, w in zip(got, want, strict=True)) >= 40
 
 
-def read_events(base_url: str, job_id: str) -> list[tuple[str, dict]]:
-    """Every Server-Sent Event of a job's stream (with previews), until the server ends it."""
-    events, kind = [], None
-    with httpx.stream("GET", f"{base_url}/v1/jobs/{job_id}/events", params={"preview": True}, timeout=120) as r:
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                kind = line.removeprefix("event: ")
-            elif line.startswith("data: "):
-                events.append((kind, json.loads(line.removeprefix("data: "))))
-    return events
-
-
-def job_of(api, body: dict) -> dict:
-    response = api.post(GENERATE, json={**body, "background": True})
-    assert response.status_code == 202, response.text
-    return response.json()
-
-
 def test_progress_streams_from_inside_triton_with_previews(api, stack):
-    job = job_of(api, {**SMALL, "num_inference_steps": 12, "seed": 6, "n": 1})
-    events = read_events(stack.info.api_url, job["id"])
+    job = submit(api, {**SMALL, "num_inference_steps": 12, "seed": 6, "n": 1})
+    events = read_events(stack.info.api_url, job["id"], preview=True)
     assert events[-1][0] == "completed"
     at_connect = events[0][1]["progress"]["step"]
     steps = [data["step"] for kind, data in events if kind == "progress"]
@@ -97,7 +78,7 @@ def test_progress_streams_from_inside_triton_with_previews(api, stack):
 
 def test_a_cancel_stops_the_loop_inside_triton_at_its_next_step_and_frees_the_slot(api, stack):
     before = loop_outcomes(stack).get("canceled", 0)
-    running = job_of(api, {**SMALL, "num_inference_steps": 150, "seed": 7, "n": 4})
+    running = submit(api, {**SMALL, "num_inference_steps": 150, "seed": 7, "n": 4})
     deadline = time.monotonic() + 60
     while api.get(f"/v1/jobs/{running['id']}").json()["progress"]["step"] < 3:
         assert time.monotonic() < deadline, "the job did not start"

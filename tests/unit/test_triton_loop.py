@@ -99,8 +99,8 @@ def test_concurrent_generations_in_the_loop_equal_the_replicas_loop(default_mode
     loop = LoopEngines(torch_folder, "cpu")
 
     async def both():
-        merged = await asyncio.gather(*(loop.generate(Generation(params)) for params in CASES))
-        alone = await loop.generate(Generation(CASES[0]), merge=False)
+        merged = [np.stack(r.images) for r in await asyncio.gather(*(loop.draw(Generation(p)) for p in CASES))]
+        alone = np.stack((await loop.draw(Generation(CASES[0]), merge=False)).images)
         replica = TextToImagePipeline(EngineFolder(engine_dir), OnnxRuntimeRunner(EngineFolder(engine_dir)))
         expected = [np.stack((await replica.generate(Generation(params))).images) for params in CASES]
         return merged, alone, expected

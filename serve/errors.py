@@ -109,8 +109,14 @@ class Forbidden(EaselError):
     status = 403
 
 
-class QuotaExceeded(Forbidden):
-    """A key keeps as many stored things (or bytes) as its limit allows: one must go first (waiting does not help)."""
+class QuotaExceeded(EaselError):
+    """A key keeps as many stored things (or bytes) as its quota allows: one must go first.
+
+    No ``Retry-After``: waiting does not help. Its code is OpenAI's for a quota.
+    """
+
+    status = 429
+    code = "insufficient_quota"
 
 
 class NotFound(EaselError):

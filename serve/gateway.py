@@ -45,7 +45,7 @@ from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.serving.videos import Videos
 from serve.settings import AppSettings
-from serve.stores import default_url
+from serve.stores import default_url, stack_quotas
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ServedModels
 from serve.text_to_image.scores import score_names
@@ -103,6 +103,9 @@ class AppArgs(AppSettings):
     webhook_secret_path: str | None = Field(
         None, description="The stack's secret that signs job webhooks, a file in the run folder; None: no webhooks."
     )
+    audit_folder: str | None = Field(
+        None, description="Where the audit log is kept (the run folder's `audit.jsonl`); None: no audit log."
+    )
     safety_checker_dir: str | None = Field(
         None,
         description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
@@ -147,6 +150,8 @@ class Gateway:
         resilience: ResilienceSettings | None = None,
         scorer_dir: str | None = None,
         remote_key_envs: tuple[str, ...] = DEFAULT_KEY_ENVS,
+        audit_folder: str | None = None,
+        quotas=None,
     ) -> None:
         store_url = store_url or default_url()
         current = CurrentModels(models, key_envs=remote_key_envs)  # served and remote models, fallback chains
@@ -159,7 +164,7 @@ class Gateway:
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
         self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
-        self.adapters = Adapters(current, text_to_image)
+        self.adapters = Adapters(current, text_to_image, quotas)  # quotas: the stack's per key (None: the defaults)
         resilience = resilience or ResilienceSettings()
         circuits = Circuits(resilience, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
@@ -175,17 +180,17 @@ class Gateway:
             circuits=circuits,
             fallback_queue_wait_s=resilience.fallback_queue_wait_s,
             scores=scores,  # a generation's scores and candidates are checked against them at admission
-            results=Results.of(results or ResultSettings(), store_url, url_secret_path),  # images kept, their URLs
+            results=Results.of(results or ResultSettings(), store_url, url_secret_path, quotas),  # images kept, URLs
             moderation=(moderation or Moderation()).checking(
                 ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
                 TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
             ),
         )
         self.moderation = self.generations.moderation
-        open_access(store_url)
+        open_access(store_url, audit_folder)  # keys checked, admin actions audited
         webhooks, job_store = webhooks or WebhookSettings(), open_job_store(store_url)
         sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
-        self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender)
+        self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender, quotas)
         self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic, circuits)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -283,4 +288,6 @@ def build_app(args: AppArgs) -> serve.Application:
         ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
         args.scorer_dir,
         args.remote_key_envs,
+        args.audit_folder,
+        quotas=stack_quotas(args),  # the stack's quotas per key (serve.stores.Quotas)
     )

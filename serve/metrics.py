@@ -172,6 +172,14 @@ KEY_COST = MetricSpec(
     "Generation cost admitted (images x megapixels x engine passes, + input megapixels), by key id.",
     ("key_id",),
 )
+IMAGE_EVICTIONS = MetricSpec(
+    "easel_image_store_evictions",
+    "counter",
+    "Kept images dropped by retention, by reason (key_quota: its key over its own quota, its oldest; age: past "
+    "--image-retention-s; global: the store over --image-store-bytes, the last resort) and whose (own: the key whose "
+    "image was being kept; other: another key's).",
+    ("reason", "whose"),
+)
 MODERATION_FLAGS = MetricSpec(
     "easel_moderation_flags",
     "counter",
@@ -298,47 +306,19 @@ MODEL_LOADED = MetricSpec(
 MODEL_CIRCUIT_STATE = MetricSpec(
     "easel_model_circuit_state", "gauge", "A model's circuit breaker: 0 closed, 1 half-open, 2 open.", ("model",)
 )
-
-ALL = (
-    HTTP_REQUESTS,
-    HTTP_LATENCY,
-    PIPELINE_LATENCY,
-    QUEUE_TIME,
-    DENOISING_STEPS,
-    IMAGES_GENERATED,
-    APPROXIMATE_CACHE,
-    STEPS_SKIPPED,
-    VECTORIZE_TIERS,
-    VECTORIZE_FALLBACKS,
-    VECTORIZE_PREDICTOR_ERROR,
-    VECTORIZE_STAGE,
-    JOBS,
-    JOB_QUEUE_TIME,
-    JOB_CANCELS,
-    JOB_RETRIES,
-    CACHE_REQUESTS,
-    KEY_REQUESTS,
-    KEY_COST,
-    MODERATION_FLAGS,
-    ADAPTER_REQUESTS,
-    GENERATION_KINDS,
-    VARIANT_REQUESTS,
-    VARIANT_LATENCY,
-    VARIANT_REWARD,
-    VARIANT_SSIM,
-    VARIANT_CLIP_SCORE,
-    VARIANT_AESTHETIC,
-    VARIANT_SVG_BYTES,
-    EXPERIMENT_FEEDBACK,
-    ADAPTER_LOADS,
-    ADAPTER_LOAD_SECONDS,
-    ADAPTER_EVICTIONS,
-    ADAPTER_RESIDENT,
-    ADAPTER_RESIDENT_BYTES,
-    MODEL_LOAD_SECONDS,
-    MODEL_LOADED,
-    MODEL_CIRCUIT_STATE,
+AUDIT_EVENTS = MetricSpec(
+    "easel_audit_events", "counter", "Audit log entries, by action and outcome.", ("action", "outcome")
 )
+IMAGE_STORE_BYTES = MetricSpec(
+    "easel_image_store_bytes",
+    "gauge",
+    "The image store's bytes, by part: kept (every kept image's) and bound (--image-store-bytes), as of the last image "
+    "a Gateway replica kept.",
+    ("part",),
+)
+
+ALL = tuple(spec for spec in tuple(globals().values()) if isinstance(spec, MetricSpec))
+"""Every metric, in the order declared above (a new one is declared once, above this line)."""
 
 _made: dict[str, object] = {}
 _lock = threading.Lock()

@@ -73,6 +73,15 @@ class Route:
         return self.path.split("/{", 1)[0]
 
     @property
+    def audited(self) -> bool:
+        """Whether answering it is an admin action the audit log keeps (:mod:`serve.access.audit`).
+
+        An admin action: a change an ``admin`` or ``adapters`` route makes (models, remotes, chains, experiments,
+        vectorize versions, LoRAs, shares).
+        """
+        return self.scope in (Scope.ADMIN, Scope.ADAPTERS) and self.method != "get"
+
+    @property
     def error_statuses(self) -> tuple[int, ...]:
         """Every error status it can answer."""
         return self.errors if self.scope is None else (*KEYED_ROUTE_ERRORS, *self.errors)
@@ -235,6 +244,7 @@ ROUTES = (
     Route("delete", "/v1/experiments/{name}", Scope.ADMIN, (404,)),
     Route("get", "/v1/users/{user}/preferences", Scope.GENERATE, (404,)),
     Route("delete", "/v1/users/{user}/preferences", Scope.GENERATE, (404,)),
+    Route("get", "/v1/audit", Scope.ADMIN),
 )
 """The public API. A path not here (``/docs``, ``/openapi.json``) needs a valid key of any scope."""
 
@@ -242,6 +252,10 @@ BODY_LIMITS = {route.path: route.body_limit for route in ROUTES if route.body_li
 """Paths with a body limit of their own (a generation may carry input, control and reference images)."""
 PIPELINES = {route.path: route.pipeline for route in ROUTES}
 """The metrics' pipeline label by FastAPI route path."""
+PAGES = ("/", "/studio", "/studio/{asset}")
+"""The Studio (serve/http/studio.py): its page, its files and the front door that sends a browser to it. Open (the
+page holds no data; each call it makes carries the key typed into it) and no operation of the API (not in the
+document)."""
 
 
 def route(method: str, path: str) -> Route | None:
@@ -260,16 +274,29 @@ def allowed_methods(path: str) -> list[str]:
     return sorted({r.method.upper() for r in matching})
 
 
+def operation(method: str, path: str) -> Route | None:
+    """The operation a request names (``method`` in any case, a request ``path``); None: none.
+
+    A path some route names as it is is that route's before a templated one's that matches it too (as
+    :func:`allowed_methods`).
+    """
+    found = [r for r in ROUTES if r.method == method.lower() and _PATTERNS[r].match(path)]
+    return next((r for r in found if r.path == path), found[0] if found else None)
+
+
 def rpc_route(rpc: str) -> Route:
     """The HTTP route a gRPC method shares its scope and limits with."""
     return next(r for r in ROUTES if r.rpc == rpc)
 
 
 _PATTERNS = {keyed: compile_path(keyed.path)[0] for keyed in ROUTES}
+_PAGE_PATTERNS = [compile_path(page)[0] for page in PAGES]
 
 
 def is_open(path: str) -> bool:
-    """Whether a request ``path`` is an open route's, which never asks for a key (health, an image's signed URL)."""
+    """Whether a request ``path`` never asks for a key: an open route's (health, an image's signed URL), a page's."""
+    if any(page.match(path) for page in _PAGE_PATTERNS):
+        return True
     return any(_PATTERNS[open_route].match(path) for open_route in ROUTES if open_route.scope is None)
 
 

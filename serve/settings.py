@@ -26,11 +26,12 @@ from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
 from serve.paths import SERVE_CONFIG, live_repository, run_dir
 from serve.processes.ports import GRPC_PORT, TRITON_PORTS
+from serve.processes.tls import TlsSettings
 from serve.remote.settings import RemoteSettings
 from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
-from serve.stores import default_url
+from serve.stores import QuotaSettings, default_url
 from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.prompt_chunks import MAX_PROMPT_CHUNKS
 from serve.text_to_image.settings import DrawingSettings
@@ -52,11 +53,13 @@ from serve.webhooks.settings import WebhookSettings
 Port = Annotated[int, Field(ge=0, le=65535)]
 
 
-class AppSettings(DrawingSettings, RemoteSettings, ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings):
+class AppSettings(
+    DrawingSettings, RemoteSettings, ResilienceSettings, WebhookSettings, ResultSettings, LoraSettings, QuotaSettings
+):
     """What the Serve application is told besides where its engines and Triton are: its budgets and its stores.
 
     Its bases declare the rest beside their features: the LoRA limits, the kept images', the webhooks', the circuit
-    breakers' and fallback chains', the remote models'.
+    breakers' and fallback chains', the remote models', the quotas per key.
     """
 
     memory_budget_bytes: Annotated[int | None, Cli("--memory-budget", "SIZE")] = Field(
@@ -144,8 +147,8 @@ class AppSettings(DrawingSettings, RemoteSettings, ResilienceSettings, WebhookSe
         return self.store_url or default_url()
 
 
-class StackOptions(AppSettings):
-    """What ``easel up`` starts, and where."""
+class StackOptions(AppSettings, TlsSettings):
+    """What ``easel up`` starts, and where (and the certificate its API presents: :class:`TlsSettings`)."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not the default silently
 

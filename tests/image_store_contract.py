@@ -6,7 +6,7 @@ A test module imports these and defines ``records`` (fresh, empty image rows) an
 import pytest
 
 from serve.errors import NotFound
-from serve.results import ImageStore, StoredImage
+from serve.results import ImageQuota, ImageStore, StoredImage
 
 NOW = 1_800_000_000.0
 
@@ -82,3 +82,54 @@ def test_keeping_an_id_again_replaces_it_and_its_size(records, blobs):
     store.keep(*_image("img_a", owner="k2", size=300))
     assert records.total() == 300 and store.find("img_a", "k2").size == 300
     assert store.page("k1", None, 10) == []
+
+
+def _counted(monkeypatch) -> list[dict]:
+    from serve import metrics
+
+    seen = []
+    monkeypatch.setattr(metrics, "count", lambda spec, value=1.0, **tags: seen.append({"metric": spec.name} | tags))
+    return seen
+
+
+def test_a_key_over_its_quota_loses_its_own_oldest_and_no_one_else_s(records, blobs, monkeypatch):
+    seen = _counted(monkeypatch)
+    store = ImageStore(records, blobs, max_bytes=100_000)
+    store.keep(*_image("img_a1", owner="ka"))
+    for index in range(6):  # B's traffic: six images, over its quota of 3 images
+        store.keep(*_image(f"img_b{index}", owner="kb"), ImageQuota(images=3))
+    assert [i.id for i in store.page("kb", None, 10)] == ["img_b5", "img_b4", "img_b3"]
+    assert store.find("img_a1", "ka").owner == "ka" and blobs.get("img_b0") is None
+    assert records.held("kb") == (3, 300) and records.held("ka") == (1, 100) and records.held("nobody") == (0, 0)
+    assert {(s["reason"], s["whose"]) for s in seen} == {("key_quota", "own")} and len(seen) == 3
+    store.keep(*_image("img_b6", owner="kb", size=250), ImageQuota(bytes=400))  # by bytes: 250 + 100, its newest
+    assert [i.id for i in store.page("kb", None, 10)] == ["img_b6", "img_b5"] and records.held("kb") == (2, 350)
+    store.keep(*_image("img_b7", owner="kb", size=500), ImageQuota(bytes=400))  # alone over it: kept, the rest go
+    assert [i.id for i in store.page("kb", None, 10)] == ["img_b7"]
+    assert [i.id for i in store.page("ka", None, 10)] == ["img_a1"]
+
+
+def test_the_global_bound_is_the_last_resort_and_says_when_it_drops_another_key_s(records, blobs, monkeypatch, caplog):
+    seen = _counted(monkeypatch)
+    store = ImageStore(records, blobs, max_bytes=350)
+    store.keep(*_image("img_a1", owner="ka"))
+    store.keep(*_image("img_b1", owner="kb"), ImageQuota(images=10))
+    store.keep(*_image("img_b2", owner="kb"), ImageQuota(images=10))
+    assert seen == [] and not caplog.records
+    with caplog.at_level("WARNING", logger="serve.results"):
+        store.keep(*_image("img_b3", owner="kb"), ImageQuota(images=10))  # the store's bound: A's is the oldest
+    assert records.get("img_a1") is None and records.total() == 300
+    assert seen == [{"metric": "easel_image_store_evictions", "reason": "global", "whose": "other"}]
+    assert any("'ka'" in r.getMessage() and "--image-store-bytes" in r.getMessage() for r in caplog.records)
+    store.keep(*_image("img_b4", owner="kb"), ImageQuota(images=10))  # now its own oldest: counted, not warned
+    assert seen[-1]["whose"] == "own" and len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+
+
+def test_held_counts_an_id_kept_again_once(records, blobs):
+    store = ImageStore(records, blobs)
+    store.keep(*_image("img_a", owner="k1", size=100))
+    store.keep(*_image("img_a", owner="k1", size=300))
+    store.keep(*_image("img_b", owner="k1", size=50))
+    assert records.held("k1") == (2, 350) and records.oldest("k1").id == "img_a"
+    store.delete("img_a", "k1")
+    assert records.held("k1") == (1, 50) and records.oldest("k1").id == "img_b" and records.oldest("k2") is None

@@ -226,7 +226,8 @@ def test_finished_jobs_are_purged_after_the_retention_and_counted_by_status_and_
 
 def test_a_job_naming_a_webhook_ends_with_one_delivery_of_its_final_object_whichever_way_it_ends(store, outbox):
     hooked = {**REQUEST, "webhook": HOOK}
-    done, canceled, dying = (store.submit(hooked, Priority.NORMAL)[0] for _ in range(3))
+    done, canceled = (store.submit(hooked, Priority.NORMAL, owner=Owner("key_a"))[0] for _ in range(2))
+    dying = store.submit(hooked, Priority.NORMAL)[0]  # an open API's: no key
     quiet = store.submit(REQUEST, Priority.NORMAL)[0]
     store.cancel(canceled.id)  # queued: canceled at once
     assert store.claim("w", 30).id == done.id
@@ -239,7 +240,8 @@ def test_a_job_naming_a_webhook_ends_with_one_delivery_of_its_final_object_which
     store.finish(quiet.id, "w", JobStatus.SUCCEEDED, {"data": []}, None)
     for job in (done, canceled, dying):
         [delivery] = outbox.of_source(job.id)
-        assert delivery.url == HOOK and json.loads(delivery.body) == store.get(job.id).to_api()
+        assert delivery.url == HOOK and delivery.key_id == job.owner  # signed with its key's secret
+        assert json.loads(delivery.body) == store.get(job.id).to_api() | {"webhook_url": HOOK}  # the URL signed too
     assert [json.loads(outbox.of_source(j.id)[0].body)["status"] for j in (done, canceled, dying)] == [
         "succeeded",
         "canceled",

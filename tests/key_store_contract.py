@@ -123,3 +123,18 @@ def test_a_key_without_limits_is_always_admitted(store):
     record, _ = store.create("a", GEN, KeyLimits())
     decisions = [store.admit(record, 100.0) for _ in range(50)]
     assert all(d.allowed and not d.buckets and d.slot is None for d in decisions)
+
+
+def test_update_gives_a_key_new_limits_and_quotas_and_keeps_the_rest(store):
+    record, key = store.create("a", GEN, KeyLimits(requests_per_minute=5, concurrent_jobs=2))
+    updated = store.update(record.id, KeyLimits(requests_per_minute=5, images=10, image_bytes=1 << 20))
+    assert updated.limits == KeyLimits(requests_per_minute=5, images=10, image_bytes=1 << 20)
+    assert store.verify(key).limits.images == 10 and store.get(record.id).scopes == record.scopes
+    assert updated.name == "a" and updated.created_at == record.created_at
+    assert store.update("missing", KeyLimits()) is None and [k.id for k in store.list()] == [record.id]
+
+
+def test_a_key_stored_with_the_old_quota_fields_still_reads(store):
+    record, _ = store.create("a", GEN, KeyLimits(concurrent_jobs=1, stored_items=3, stored_bytes=100))
+    limits = store.get(record.id).limits
+    assert (limits.concurrent_jobs, limits.stored_items, limits.stored_bytes, limits.loras) == (1, 3, 100, None)

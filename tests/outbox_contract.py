@@ -1,6 +1,8 @@
-"""The webhook outbox's contract, run against SQLite (unit tests) and a real Redis server (integration tests).
+"""The webhook outbox's contract and the keys' webhook secrets', run against SQLite (unit tests) and a real Redis
+server (integration tests).
 
-A test module imports these and defines an ``outbox`` fixture (a fresh, empty outbox) and ``outbox_factory``.
+A test module imports these and defines an ``outbox`` fixture (a fresh, empty outbox), ``outbox_factory``, and
+``key_secrets`` (a fresh store of the keys' webhook secrets, whose clock tests may set).
 """
 
 import json
@@ -10,8 +12,8 @@ import time
 from serve.webhooks.store import DeliveryStatus, new_delivery
 
 
-def _added(outbox, source: str = "job_a", url: str = "http://127.0.0.1:9/hook"):
-    delivery = new_delivery(url, json.dumps({"id": source}), source)
+def _added(outbox, source: str = "job_a", url: str = "http://127.0.0.1:9/hook", key_id: str | None = None):
+    delivery = new_delivery(url, json.dumps({"id": source}), source, key_id)
     outbox.add(delivery)
     return delivery
 
@@ -21,7 +23,8 @@ def test_a_delivery_is_kept_and_listed_by_its_source(outbox):
     _added(outbox, "job_b")
     kept = outbox.get(first.id)
     assert kept.url == first.url and kept.body == first.body and kept.status is DeliveryStatus.PENDING
-    assert kept.id.startswith("msg_") and kept.attempts == 0
+    assert kept.id.startswith("msg_") and kept.attempts == 0 and kept.key_id is None
+    assert outbox.get(_added(outbox, "job_c", key_id="k1").id).key_id == "k1"
     assert [d.id for d in outbox.of_source("job_a")] == [first.id, second.id]
     assert outbox.get("msg_missing") is None and outbox.of_source("job_missing") == []
 
@@ -113,3 +116,40 @@ def test_purge_drops_only_deliveries_done_longer_than_the_retention_ago(outbox):
     assert outbox.purge(now=time.time() + outbox.retention_s + 1) == 1
     assert outbox.get(done.id) is None and outbox.of_source("job_a") == []
     assert outbox.get(pending.id).status is DeliveryStatus.PENDING
+
+
+def test_claims_serve_keys_in_turn_whatever_order_their_deliveries_came_in(outbox):
+    many = [_added(outbox, f"job_a{i}", key_id="a") for i in range(6)]  # issue 76: a key's many jobs came first
+    late_b, late_open = _added(outbox, "job_b", key_id="b"), _added(outbox, "job_o")
+    now = time.time() + 1
+    claimed = [outbox.claim(f"w{i}", 30, 3, now) for i in range(5)]
+    assert [d.id for d in claimed[:3]] == [many[0].id, late_b.id, late_open.id]  # each key's first, in turn
+    assert [d.id for d in claimed[3:]] == [many[1].id, many[2].id]  # then a's, oldest first
+    again = _added(outbox, "job_b2", key_id="b")  # b's next one comes before a's older ones: b waited longer
+    assert outbox.claim("w9", 30, 3, now).id == again.id
+
+
+def test_a_claim_skips_the_keys_whose_share_of_slots_is_taken(outbox):
+    first_a, _ = _added(outbox, "job_a1", key_id="a"), _added(outbox, "job_a2", key_id="a")
+    open_one, b = _added(outbox, "job_o"), _added(outbox, "job_b", key_id="b")
+    now = time.time() + 1
+    assert outbox.claim("w1", 30, 3, now, skip=frozenset({"b", None})).id == first_a.id
+    assert outbox.claim("w1", 30, 3, now, skip=frozenset({"a", None})).id == b.id
+    assert outbox.claim("w1", 30, 3, now, skip=frozenset({"a", "b"})).id == open_one.id
+    assert outbox.claim("w1", 30, 3, now, skip=frozenset({"a", "b", None})) is None
+    assert outbox.claim("w1", 30, 3, now).key_id == "a"
+
+
+def test_a_key_s_secret_rotates_and_the_one_it_replaced_signs_beside_it_for_the_grace(key_secrets):
+    now = [1_800_000_000.0]
+    key_secrets.clock = lambda: now[0]
+    assert key_secrets.signing("k1") == []
+    first = key_secrets.rotate("k1")
+    assert key_secrets.signing("k1") == [first] and len(first) == 32
+    second = key_secrets.rotate("k1", grace_s=60)
+    assert key_secrets.signing("k1") == [second, first] and second != first
+    assert key_secrets.signing("k2") == []  # another key's: none
+    now[0] += 61
+    assert key_secrets.signing("k1") == [second]  # the grace is over
+    third = key_secrets.rotate("k1", grace_s=0)
+    assert key_secrets.signing("k1") == [third]

@@ -1,9 +1,9 @@
 """Adapter-ready engines at build time: which adapters to build for, and the export modules made to take them.
 
-LoRA: every Linear and Conv2d of the text encoder(s) and UNet gets a slot (:mod:`.lora_layers`). IP-Adapter: the UNet
-is loaded with the adapter and takes per-row scales, and the adapter's image encoder becomes an engine
-(:mod:`.ip_adapter`). What the built engines then take is :class:`serve.adapters.support.AdapterSupport`, saved beside
-them as ``adapters.json``.
+LoRA: every Linear and Conv2d of the text encoder(s) and UNet gets a slot (:mod:`serve.adapters.lora_layers`, the
+torch runtime's too). IP-Adapter: the UNet is loaded with the adapter and takes per-row scales, and the adapter's
+image encoder becomes an engine (:mod:`.ip_adapter`). What the built engines then take is
+:class:`serve.adapters.support.AdapterSupport`, saved beside them as ``adapters.json``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import ModelMixin
-from transformers import PreTrainedModel
 
 from build_engines.text_to_image.ip_adapter import (
     IpAdapterError,
@@ -25,13 +23,11 @@ from build_engines.text_to_image.ip_adapter import (
     load_image_encoder,
     load_into_unet,
 )
-from build_engines.text_to_image.lora_layers import lora_ready, save_slots
 from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
-from serve.text_to_image.families.exports import ExportModule
-from serve.triton.engine_files import LORA_SLOTS
+from serve.text_to_image.families.exports import ExportModule, with_lora_slots
 
 IP_EXPORT = 2
 """The IP-Adapter UNet's export version (part of the engine cache key): bumped when its graph changes."""
@@ -117,29 +113,5 @@ def adapter_modules(
     if support.lora:
         for name in lora_engines:
             if name in modules:
-                modules[name] = _with_slots(modules[name])
+                modules[name] = with_lora_slots(modules[name])
     return modules
-
-
-def _with_slots(source: ExportModule) -> ExportModule:
-    def load(dtype: torch.dtype) -> torch.nn.Module:
-        module = source.load(dtype)
-        ready, slots, extras = lora_ready(module, inner_model(module))
-        ready.graph_extras = extras
-        ready.side_files = {**getattr(module, "side_files", {}), LORA_SLOTS: lambda path: save_slots(slots, path)}
-        return ready
-
-    return ExportModule(load, source.keep_fp32)
-
-
-def inner_model(module: torch.nn.Module) -> torch.nn.Module:
-    """The diffusers/transformers model inside an engine's export wrapper (the one that has the layers)."""
-    while True:
-        children = [child for child in module.children() if not isinstance(child, torch.nn.Identity)]
-        if len(children) != 1 or not _is_wrapper(module):
-            return module
-        module = children[0]
-
-
-def _is_wrapper(module: torch.nn.Module) -> bool:
-    return not isinstance(module, ModelMixin | PreTrainedModel)

@@ -192,7 +192,7 @@ def build(
     runtime = concrete_runtime(runtime, precision, device)
     adapters = adapters or AdapterBuild()
     if runtime == Runtime.TORCH:
-        check_torch_build(adapters.lora, bool(adapters.ip_adapters), bool(motion_adapters))
+        check_torch_build(bool(adapters.ip_adapters), bool(motion_adapters))
     family = family_of_folder(model_dir)
     if adapters.ip_adapters and family.denoiser != UNET:
         raise UnsupportedModel(f"{model_dir}: IP-Adapters are served with UNet models, not {family.name} models")

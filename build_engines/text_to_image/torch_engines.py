@@ -2,7 +2,8 @@
 
 The outside folders some engines load from are linked beside it, by engine (``linked/``): each ready ControlNet's
 (``--controlnet NAME=DIR``; the UNet then takes their residuals) and a tiny VAE decoder's (``--vae-decoder DIR``), so
-the folder is self-contained, as its name (the cache key) already says what they hold.
+the folder is self-contained, as its name (the cache key) already says what they hold. Built LoRA-ready (``--loras``),
+the text encoders and the UNet take the ONNX path's LoRA inputs: each is loaded once here to write its slot table.
 
 Nothing is exported: each engine runs the module its ONNX graph would be exported from
 (:mod:`serve.text_to_image.torch_engines`), so its parity with diffusers is the module's own (fp32) or fp16's
@@ -17,32 +18,37 @@ import errno
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+
 from build_engines.text_to_image.export import EngineReport, ParityReport, peak_rss_gb
+from serve.adapters.lora import Slot, load_slots
 from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import DIFFUSERS
 from serve.text_to_image.families import Family
+from serve.text_to_image.families.exports import ExportModule
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER
-from serve.text_to_image.torch_engines import LINKED, LOADER, engine_modules, linked_engines
+from serve.text_to_image.torch_engines import LINKED, LOADER, engine_modules, linked_engines, lora_fields
 from serve.triton.engine_files import EngineFiles
 from serve.triton.runtimes import Runtime, RuntimeChoice
 from serve.triton.spec import ModelSpec
-from serve.triton.torch_runtime import DEFAULT_BUCKETS, TorchEngine, dim_axes
+from serve.triton.torch_runtime import DEFAULT_BUCKETS, DTYPES, TorchEngine, dim_axes
 
 logger = logging.getLogger(__name__)
 
 NOT_EXPORTED = "the torch runtime runs the module itself: nothing exported, nothing to compare at build"
 
 
-def check_torch_build(lora: bool, ip_adapters: bool, motion: bool) -> None:
-    """Refuse (one line) what the torch runtime does not build yet: LoRA-ready engines, IP-Adapters, motion adapters."""
-    asked = {"LoRAs": lora, "IP-Adapters": ip_adapters, "motion adapters": motion}
+def check_torch_build(ip_adapters: bool, motion: bool) -> None:
+    """Refuse (one line) what the torch runtime does not build yet: IP-Adapters, motion adapters."""
+    asked = {"IP-Adapters": ip_adapters, "motion adapters": motion}
     named = [what for what, wanted in asked.items() if wanted]
     if named:
         raise UnsupportedModel(
-            f"runtime torch serves a model's own engines (step caching's too), ControlNets and a tiny VAE decoder, "
-            f"not yet {', '.join(named)}: build those with --runtime onnxruntime or openvino"
+            f"runtime torch serves a model's own engines (step caching's too), LoRAs, ControlNets and a tiny VAE "
+            f"decoder, not yet {', '.join(named)}: build those with --runtime onnxruntime or openvino"
         )
 
 
@@ -62,17 +68,33 @@ def link_tree(source: Path, target: Path) -> None:
             shutil.copy2(path, destination)
 
 
-def torch_engine(spec: ModelSpec, side: int, keep_fp32: bool, scale: int = 0) -> TorchEngine:
+def torch_engine(
+    spec: ModelSpec, side: int, keep_fp32: bool, scale: int = 0, slots: Sequence[Slot] | None = None
+) -> TorchEngine:
     """``spec``'s engine for the torch runtime: its inputs at the latent ``side`` (what its buckets capture).
 
-    ``scale``: pixels per latent (the VAE's factor), which turns a stack's graph sizes into latent ones.
+    ``scale``: pixels per latent (the VAE's factor), which turns a stack's graph sizes into latent ones; ``slots``: a
+    LoRA-ready engine's (its LoRA inputs after the others: :func:`serve.text_to_image.torch_engines.lora_fields`).
     """
     inputs = tuple((t.name, t.dtype, t.shape(side)) for t in spec.graph_inputs)
     axes = tuple(dim_axes(t.dims, t.axis_names) for t in spec.graph_inputs)  # what capture resizes
     denoiser = any(t.name == "timestep" for t in spec.inputs)
     buckets = tuple(size for size in DEFAULT_BUCKETS if size <= spec.max_batch_size) if denoiser else ()
     outputs = tuple(t.name for t in spec.outputs)
-    return TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side, scale)
+    engine = TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side, scale)
+    if slots is None:
+        return engine
+    lora = lora_fields(slots)
+    inputs, axes = inputs + lora.pop("inputs"), axes + lora.pop("axes")
+    return dataclasses.replace(engine, inputs=inputs, axes=axes, **lora)
+
+
+def write_side_files(source: ExportModule, dtype: torch.dtype, folder: Path) -> None:
+    """Load ``source`` once in ``dtype`` and write its side files into ``folder`` (a LoRA-ready one's slot table)."""
+    module = source.load(dtype)
+    for name, write in getattr(module, "side_files", {}).items():
+        write(folder / name)
+    del module
 
 
 def torch_engines(
@@ -89,14 +111,20 @@ def torch_engines(
         link_tree(sources[engine], engine_dir / LINKED / engine)
     if vae_decoder is not None:
         link_tree(vae_decoder, engine_dir / LINKED / VAE_DECODER)
-    modules = engine_modules(family, engine_dir)  # what each engine loads: only its keep_fp32 is read here
+    modules = engine_modules(family, engine_dir)  # what each engine loads: a LoRA-ready one's loaded for its slots
+    lora_ready = family.lora_ready_engines if family.adapters.lora else ()
     reports = []
     for name, spec in family.specs.items():
         source = modules[name]
         engine_precision = "fp32" if source.keep_fp32 else precision
         files = EngineFiles(engine_dir / name)
         files.folder.mkdir(parents=True)
-        torch_engine(spec, family.dims.sample_size, source.keep_fp32, family.dims.vae_scale_factor).save(files)
+        slots = None
+        if name in lora_ready:
+            write_side_files(source, DTYPES[engine_precision], files.folder)
+            slots = load_slots(files.lora_slots)
+        dims = family.dims
+        torch_engine(spec, dims.sample_size, source.keep_fp32, dims.vae_scale_factor, slots).save(files)
         choice = RuntimeChoice(Runtime.TORCH, engine_precision)
         choice.save(files)
         parity = ParityReport(name, None, None, NOT_EXPORTED)

@@ -8,7 +8,8 @@ its scopes lack the route's (:mod:`serve.routes`), 429 with ``Retry-After`` past
 runs work names its admission in its signature (:mod:`serve.http.admission`), which reads the body, admits it and
 charges its cost here (:func:`charge`). Every answer to a keyed request carries
 ``x-ratelimit-{limit,remaining,reset}-{requests,cost}`` for the limits the key has. Logs name the key's id, never the
-key. The request's :class:`Caller` rides on it (:func:`caller`): a background job belongs to the key that submitted it,
+key. Each admin action and each 403 for a scope is written to the audit log (:mod:`serve.access.audit`).
+The request's :class:`Caller` rides on it (:func:`caller`): a background job belongs to the key that submitted it,
 and only that key, or an admin key, sees or cancels it (:func:`may_see`). gRPC calls take the same steps, the key in
 metadata ``authorization``, checked before their message is parsed (:func:`rpc_caller`).
 
@@ -27,6 +28,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
 from serve import metrics
+from serve.access.audit import AUDIT, audited, refused
 from serve.access.keys import SLOT_LEASE_S, ApiKey, Decision, KeyLimits, KeyStore
 from serve.access.redis import RedisKeyStore
 from serve.access.sqlite import SqliteKeyStore
@@ -138,8 +140,8 @@ class Access:
             self._active = (time.monotonic(), active)
         return active
 
-    async def authenticate(self, header: str, path: str, method: str = "POST") -> ApiKey:
-        """The key in an ``Authorization`` header, allowed to call ``method`` ``path`` (401, 403 if not).
+    async def authenticate(self, header: str, path: str, method: str = "POST", via: str = "http") -> ApiKey:
+        """The key in an ``Authorization`` header, allowed to call ``method`` ``path`` (401, 403 if not: audited).
 
         gRPC calls (their routes are POSTs) give no method.
         """
@@ -151,10 +153,9 @@ class Access:
             raise Unauthorized("invalid or revoked API key", field="Authorization")
         needed = required_scope(path, method)
         if needed is not None and needed not in key.scopes and Scope.ADMIN not in key.scopes:
-            raise Forbidden(
-                f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {path} needs '{needed}'",
-                field="Authorization",
-            )
+            reason = f"key {key.id} has scopes {', '.join(sorted(key.scopes))}; {path} needs '{needed}'"
+            await asyncio.to_thread(refused, key, method, path, reason, via)
+            raise Forbidden(reason, field="Authorization")
         return key
 
     async def bodiless(self, key: ApiKey) -> Decision:
@@ -250,13 +251,16 @@ ACCESS = Access()
 """This process's (one Gateway replica's) access state."""
 
 
-def open_access(store_url: str) -> None:
-    """Check keys in the store at ``store_url`` from now on (a Gateway replica calls it as it starts).
+def open_access(store_url: str, audit_folder: str | None = None) -> None:
+    """Check keys in the store at ``store_url``, audit in ``audit_folder`` (a Gateway replica calls it as it starts).
+
+    ``audit_folder``: the run folder (None: no audit log).
 
     A function, not ``ACCESS.open``: Ray Serve pickles the ingress class by value, and with it any object its code
     names, so the replica would open a copy of ``ACCESS`` that the middleware never sees.
     """
     ACCESS.open(store_url)
+    AUDIT.open(audit_folder)
 
 
 async def charge(found: Caller, cost: float) -> None:
@@ -276,8 +280,11 @@ class KeyCheck:
 
     async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         """Pass the request on, or answer 401/403/429 in the app's place."""
-        if scope["type"] != "http" or is_open(scope["path"]) or not await ACCESS.keys_required():
+        if scope["type"] != "http" or is_open(scope["path"]):
             await self.app(scope, receive, send)
+            return
+        if not await ACCESS.keys_required():  # an open API: its admin actions are audited, keyless
+            await self.app(scope, receive, audited(send, scope, None))
             return
         try:
             header = dict(scope.get("headers", ())).get(b"authorization", b"").decode("latin-1")
@@ -294,7 +301,7 @@ class KeyCheck:
             return
         scope.setdefault("state", {})[CALLER] = found
         try:
-            await self.app(scope, receive, _send_with_headers(send, found))
+            await self.app(scope, receive, audited(_send_with_headers(send, found), scope, key))
         finally:
             ACCESS.counted(found)
             await ACCESS.release(decision)
@@ -311,7 +318,7 @@ async def rpc_caller(grpc_context, rpc: str) -> AsyncIterator[Caller]:
         yield Caller()
         return
     metadata = dict(grpc_context.invocation_metadata())
-    key = await ACCESS.authenticate(metadata.get("authorization", ""), rpc_route(rpc).path)
+    key = await ACCESS.authenticate(metadata.get("authorization", ""), rpc_route(rpc).path, via="grpc")
     decision = await ACCESS.bodiless(key)
     if not decision.allowed:
         ACCESS.count(key, decision, 0.0)

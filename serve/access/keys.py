@@ -8,7 +8,9 @@ stored (the secret is 32 random bytes, so a fast hash is enough). Each key has s
   that refill continuously, full after a minute;
 - **concurrent requests**: at most that many of the key's requests in flight at once (a slot each, held while the
   request lives: its replica renews it, and one not renewed for ``SLOT_LEASE_S`` is dropped);
-- **requests per day** (UTC).
+- **requests per day** (UTC);
+- **quotas** on what it keeps (images, references, LoRAs, jobs: :data:`serve.stores.QUOTA_KINDS`), each the stack's
+  default unless the key has its own (``easel keys update``).
 
 Every limit lives in the store, so all Gateway replicas (and all nodes with Redis) draw from the same buckets; a
 request checks and takes them in one transaction (SQLite ``BEGIN IMMEDIATE``; a Redis Lua script). The two stores are
@@ -27,10 +29,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from serve.moderation import Policy
 from serve.routes import Scope
+from serve.stores import Quotas
 
 API_KEY_ENV = "EASEL_API_KEY"
 """The key Easel's own clients (the first request, load tests, benchmarks) send, when set."""
@@ -38,8 +41,11 @@ SLOT_LEASE_S = 10.0
 """A concurrency slot not renewed for this long (its replica died) is dropped; replicas renew theirs in seconds."""
 
 
-class KeyLimits(BaseModel):
-    """A key's limits (None: unlimited) and its own moderation policy (None: the stack's)."""
+class KeyLimits(Quotas):
+    """A key's limits (None: unlimited), its own quotas and its own moderation policy (None: the stack's).
+
+    Its quotas are :class:`~serve.stores.Quotas`' fields (None: the stack's quota).
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -47,9 +53,6 @@ class KeyLimits(BaseModel):
     cost_per_minute: float | None = Field(None, gt=0)
     concurrent: int | None = Field(None, ge=1)
     requests_per_day: int | None = Field(None, ge=1)
-    concurrent_jobs: int | None = Field(None, ge=1)  # unfinished (queued or running) background jobs
-    stored_items: int | None = Field(None, ge=0)  # references and LoRA uploads the key keeps at once
-    stored_bytes: int | None = Field(None, ge=0)  # their bytes (references' embeddings, LoRA files)
     moderation: Policy | None = None  # the key's own moderation policy, over the stack's (easel up --moderation)
 
 
@@ -178,6 +181,10 @@ class KeyStore(ABC):
     @abstractmethod
     def list(self) -> list[ApiKey]:
         """Every key, oldest first."""
+
+    @abstractmethod
+    def update(self, key_id: str, limits: KeyLimits) -> ApiKey | None:
+        """Give a key new limits (its requests from the next on); the key as updated, None if there is no such key."""
 
     @abstractmethod
     def revoke(self, key_id: str) -> bool:

@@ -6,7 +6,7 @@ import json
 import secrets
 from collections.abc import Mapping
 
-from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyStore, utc_day
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyLimits, KeyStore, utc_day
 from serve.stores import redis_client
 
 _KEY = "easel:key:"  # hash per key
@@ -113,6 +113,14 @@ class RedisKeyStore(KeyStore):
     def list(self) -> list[ApiKey]:
         """See :meth:`KeyStore.list`."""
         return [found[0] for key_id in self.redis.zrange(_KEYS, 0, -1) if (found := self._find(key_id))]
+
+    def update(self, key_id: str, limits: KeyLimits) -> ApiKey | None:
+        """See :meth:`KeyStore.update`."""
+        if not self.redis.exists(_KEY + key_id):
+            return None
+        self.redis.hset(_KEY + key_id, "limits", limits.model_dump_json())
+        found = self._find(key_id)
+        return None if found is None else found[0]
 
     def revoke(self, key_id: str) -> bool:
         """See :meth:`KeyStore.revoke`."""

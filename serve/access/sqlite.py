@@ -7,7 +7,7 @@ import secrets
 import threading
 from collections.abc import Mapping
 
-from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyStore, utc_day
+from serve.access.keys import SLOT_LEASE_S, ApiKey, Bucket, Decision, KeyLimits, KeyStore, utc_day
 from serve.stores import serialized, sqlite_connect
 
 
@@ -65,6 +65,13 @@ class SqliteKeyStore(KeyStore):
     def list(self) -> list[ApiKey]:
         """See :meth:`KeyStore.list`."""
         return [ApiKey.from_stored(dict(r)) for r in self.db.execute("SELECT * FROM api_keys ORDER BY created_at, id")]
+
+    @serialized
+    def update(self, key_id: str, limits: KeyLimits) -> ApiKey | None:
+        """See :meth:`KeyStore.update`."""
+        self.db.execute("UPDATE api_keys SET limits = ? WHERE id = ?", (limits.model_dump_json(), key_id))
+        found = self._find(key_id)
+        return None if found is None else found[0]
 
     @serialized
     def revoke(self, key_id: str) -> bool:

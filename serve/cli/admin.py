@@ -29,6 +29,7 @@ from serve.access.keys import client_headers
 from serve.adapters.registry import NAME as LORA_NAME
 from serve.names import NAME, NAME_RULE
 from serve.processes.run_state import running_stack
+from serve.processes.tls import client_verify
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +73,15 @@ def lora_name(name: str) -> str:
 def call(api_url: str, method: str, path: str, body: dict | None = None, file: Path | None = None) -> dict:
     """One admin call: its answer, or :class:`ChangeRefused` with the stack's one-line error.
 
-    ``file``: sent as the multipart form's ``file``, with ``body`` as its fields (else ``body`` is JSON).
+    ``file``: sent as the multipart form's ``file``, with ``body`` as its fields (else ``body`` is JSON). The running
+    stack's HTTPS is verified with its own certificate.
     """
+    info = running_stack()
+    verify = client_verify(info.tls_cert if info is not None and info.api_url == api_url else None)
     try:
         if file is None:
             response = httpx.request(
-                method, f"{api_url}{path}", json=body, headers=client_headers(), timeout=CALL_TIMEOUT_S
+                method, f"{api_url}{path}", json=body, headers=client_headers(), timeout=CALL_TIMEOUT_S, verify=verify
             )
         else:
             with file.open("rb") as sent:
@@ -88,6 +92,7 @@ def call(api_url: str, method: str, path: str, body: dict | None = None, file: P
                     files={"file": (file.name, sent, "application/octet-stream")},
                     headers=client_headers(),
                     timeout=CALL_TIMEOUT_S,
+                    verify=verify,
                 )
     except httpx.HTTPError as error:
         raise ChangeRefused(f"{api_url} did not answer: {error}") from None

@@ -14,6 +14,7 @@ import click
 
 from build_engines.text_to_image.published import PUBLISHED
 from serve.cli import admin as model_admin
+from serve.cli.backup import backup, restore
 from serve.cli.bench import bench
 from serve.cli.contract import contract
 from serve.cli.dashboards import dashboards
@@ -53,6 +54,8 @@ ELSEWHERE = [
     up,
     down,
     status,
+    backup,
+    restore,
     keys,
     webhooks,
     model_admin.loras,

@@ -121,7 +121,7 @@ def _up_detached(timeout_s: float, first_request: bool) -> None:
         return
     _print_endpoints(info)
     if first_request:
-        _send_first_request(info.api_url)
+        _send_first_request(info)
 
 
 def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = None) -> None:
@@ -149,7 +149,7 @@ def _up_here(options: StackOptions, first_request: bool, stack_id: str | None = 
             info = stack.start()
         _print_endpoints(info)
         if first_request:
-            _send_first_request(info.api_url)
+            _send_first_request(info)
         click.echo("Serving; press Ctrl-C to stop.")
         stop.wait()
         click.echo("stopping...")
@@ -240,10 +240,12 @@ def status() -> None:
 
 
 def _print_endpoints(info) -> None:
+    tls = f"\n  TLS             {info.tls_cert}   (HTTPS and gRPC over TLS)" if info.tls_cert else ""
+    cacert = f" --cacert {info.tls_cert}" if info.tls_cert else ""
     click.echo(f"""
 Easel is up.
   API             {info.api_url}   (POST /v1/images/generations and /edits, GET /healthz, /readyz, docs at /docs)
-  gRPC API        {info.grpc_address}   (easel.v1.Easel: Generate, Vectorize; serve/grpc_api/easel.proto)
+  gRPC API        {info.grpc_address}   (easel.v1.Easel: Generate, Vectorize; serve/grpc_api/easel.proto){tls}
   Triton HTTP     {info.triton_http_url}   (KServe v2, e.g. GET /v2/models/unet/stats)
   Triton gRPC     {info.triton_grpc_url}
   Triton metrics  {info.triton_metrics_url}""")
@@ -259,17 +261,17 @@ Easel is up.
         )
     click.echo(f"""
 Example:
-  curl -s {info.api_url}/v1/images/generations -H 'Content-Type: application/json' \\
+  curl -s{cacert} {info.api_url}/v1/images/generations -H 'Content-Type: application/json' \\
     -d '{{"prompt": "a blue rocket icon", "size": "64x64", "seed": 7}}' \\
     > rocket.json   # data[0].b64_json is the PNG, base64-encoded ("output_format": "svg" for an SVG)
 """)
 
 
-def _send_first_request(api_url: str) -> None:
+def _send_first_request(info) -> None:
     from serve.access.keys import API_KEY_ENV
     from serve.stack import send_first_requests
 
-    for first in send_first_requests(api_url):
+    for first in send_first_requests(info.api_url, tls_cert=info.tls_cert):
         if first.status in (401, 403):
             click.echo(f"API keys are on: set {API_KEY_ENV} to a key with scope 'generate' to send the first request")
             return

@@ -21,10 +21,11 @@ def webhooks() -> None:
 
 @webhooks.command("secret")
 def webhooks_secret() -> None:
-    """Print the secret this machine's stack signs webhooks with ($EASEL_HOME/run/webhook_secret), as whsec_...
+    """Print the secret this machine's stack signs an open API's webhooks with ($EASEL_HOME/run/webhook_secret).
 
-    Give it to a receiver's Standard Webhooks library (Webhook(secret).verify(body, headers)). It is made once, by
-    this command or the stack's first start, and kept across restarts.
+    Printed as whsec_..., for a receiver's Standard Webhooks library (Webhook(secret).verify(body, headers)). It is
+    made once, by this command or the stack's first start, and kept across restarts. It signs the jobs submitted
+    without a key; a key's jobs are signed with the key's own secret (easel keys webhook-secret KEY).
     """
     click.echo(secret_text(stack_secret(run_dir() / SECRET_FILE)))
 

@@ -146,6 +146,9 @@ def _json(line: str, body: str) -> str:
     return f"{line}\nContent-Type: application/json\n\n{body}"
 
 
+AUDIT_ENTRY = {"id": "audit_18a2b3c4d5e6f7a8ab12", "created_at": 1795709100.123, "key_id": "4f1c9a2b7d3e"}
+AUDIT_ENTRY |= {"key_name": "ops", "action": "PUT /v1/models/{model_id}/fallback", "path": "/v1/models/m/fallback"}
+AUDIT_PAGE = {"object": "list", "data": [AUDIT_ENTRY | {"status": 200, "outcome": "ok", "via": "http", "detail": None}]}
 EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/healthz"): {"request": "GET /healthz", "answer": {"status": "ok"}},
     ("get", "/readyz"): {
@@ -386,6 +389,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
         "request": "DELETE /v1/users/ann/preferences",
         "answer": {"object": "user.preferences", "user": "ann", "owner": "4f1c9a2b7d3e", "deleted": 2},
     },
+    ("get", "/v1/audit"): {"request": "GET /v1/audit?limit=1", "answer": AUDIT_PAGE | {"has_more": True}},
 }
 """(method, path) -> its example: ``request`` as HTTP (a line, headers, a body), ``answer`` its 200's body."""
 

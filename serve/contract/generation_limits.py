@@ -16,8 +16,6 @@ BEYOND_FOUR_CONDITIONS = (
 )
 PROMPTS = ("prompt", "negative_prompt", "prompts.*.prompt")
 """A generation's prompts, whose weighting is parsed."""
-STRICT_INTEGERS = ("n", "num_inference_steps", "seed", "candidates", "cache_interval", "output_compression")
-STRICT_INTEGERS += ("prompts.*.seed", "outpaint.*")  # and within its parts
 GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
@@ -56,14 +54,6 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
-        STRICT_INTEGERS,
-        "valid integer",
-        "an integer written without a fraction: 2, not 2.0",
-        "JSON Schema counts 2.0 as an integer; the API's types are strict",
-    ),
-    UnstatedLimit(
-        "post",
-        GENERATIONS,
         PROMPTS,
         "weight",
         "AUTOMATIC1111's weighting, its brackets balanced (a literal one escaped, \\( \\) \\[ \\]) and each "
@@ -75,8 +65,9 @@ GENERATION_LIMITS = (
         GENERATIONS,
         ("webhook",),
         "webhook: ",
-        "a URL on a host the stack allows, `easel up --webhook-hosts` (none by default)",
-        "the allowed hosts are the stack's",
+        "a URL on a host and port the stack allows, `easel up --webhook-hosts` (none by default; a host alone: "
+        "ports 80 and 443), and a key with a webhook secret, `easel keys webhook-secret`",
+        "the allowed hosts and the keys' secrets are the stack's",
     ),
     UnstatedLimit(
         "post",

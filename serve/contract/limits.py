@@ -23,7 +23,7 @@ from serve.finishing.upscalers import MAX_OUTPUT_PIXELS
 from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE
 from serve.text_to_image.schema import MAX_FEW_STEPS
 
-_FEEDBACK, _EXPERIMENT = "/v1/feedback", "/v1/experiments/{name}"
+_EXPERIMENT = "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"
 _LORAS, _LORA = "/v1/loras", "/v1/loras/{name}"
 _LORA_FILE = (
@@ -83,14 +83,6 @@ UNSTATED_LIMITS = (
         "sampler takes at most",
         f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
         "the JSON body's schema states it (allOf); a form's cannot, as above",
-    ),
-    UnstatedLimit(
-        "post",
-        _FEEDBACK,
-        ("rating",),
-        "valid integer",
-        "an integer written without a fraction: 5, not 5.0",
-        "JSON Schema counts 5.0 as an integer; the API's types are strict",
     ),
     UnstatedLimit(
         "put",
@@ -210,14 +202,6 @@ UNSTATED_LIMITS = (
         for method in ("post", "put")
     ),
     UnstatedLimit("post", _VECTORIZE_MODELS, ("version",), "", "POST takes a trained_dir only", "a rule per method"),
-    UnstatedLimit(
-        "put",
-        _VECTORIZE_MODELS,
-        ("version",),
-        "valid integer",
-        "an integer written without a fraction: 2, not 2.0 (nor true)",
-        "JSON Schema counts 2.0 as an integer; the API's types are strict",
-    ),
     *(
         UnstatedLimit(method, _VECTORIZE_MODELS, ("trained_dir",), "trained_dir:", _TRAINED_DIR, _ON_THE_MACHINE)
         for method in ("post", "put")

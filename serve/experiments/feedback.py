@@ -10,7 +10,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, StrictInt, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{24}$"
@@ -33,6 +33,15 @@ ONE_OF_EACH = [
 ``rating``, given (and not null)."""
 
 
+def _integral(value: object) -> object:
+    """A number JSON Schema counts as an integer (``5.0``) as the int it is; anything else as it came."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+RATING = Annotated[int, Strict(), Field(ge=RATINGS[0], le=RATINGS[1]), BeforeValidator(_integral)]
+"""A rating, an integer as JSON Schema's ``integer`` is one: ``5`` or ``5.0``, never ``true`` or ``"5"``."""
+
+
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: what is rated (``image_id`` or ``job_id``) and how (``reward`` or ``rating``)."""
 
@@ -43,9 +52,7 @@ class FeedbackRequest(BaseModel):
     reward: Annotated[float, Strict()] | None = Field(
         None, ge=0, le=1, allow_inf_nan=False, description="The reward, 0 (bad) to 1 (good)."
     )
-    rating: StrictInt | None = Field(
-        None, ge=RATINGS[0], le=RATINGS[1], description="Or a rating of 1 to 5 stars: the reward (rating - 1) / 4."
-    )
+    rating: RATING | None = Field(None, description="Or a rating of 1 to 5 stars: the reward (rating - 1) / 4.")
 
     @model_validator(mode="after")
     def _one_target_one_value(self) -> FeedbackRequest:

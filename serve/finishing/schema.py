@@ -9,6 +9,8 @@ import json
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serve.images import BASE64_IMAGE
+
 MAX_UPSCALE = 4
 """The largest scale of the upscalers Easel recognises (a hires fix without ``scale`` is priced at it)."""
 MAX_UPSCALE_REQUEST_BYTES = 32 << 20
@@ -67,7 +69,9 @@ class UpscaleOptions(BaseModel):
 class UpscaleJson(UpscaleOptions):
     """``POST /v1/images/upscale`` as JSON."""
 
-    image: str = Field(min_length=1, description="The image, base64 (PNG, JPEG, WebP, ...).")
+    image: str = Field(
+        min_length=1, json_schema_extra=BASE64_IMAGE, description="The image, base64 (PNG, JPEG, WebP, ...)."
+    )
 
 
 class UpscaleChoice(BaseModel):

@@ -29,6 +29,7 @@ from serve.access import KeyCheck
 from serve.errors import EaselError, RouteError, invalid_input
 from serve.http import (
     adapters,
+    audit,
     experiments,
     generations,
     health,
@@ -37,6 +38,7 @@ from serve.http import (
     moderation,
     quality,
     results,
+    studio,
     upscale,
     vectorize,
     videos,
@@ -194,6 +196,7 @@ ROUTE_MODULES = (
     jobs,
     upscale,
     vectorize,
+    audit,
 )
 """Each concern's routes (its module's ``ROUTES``), in the order the OpenAPI document lists them. They are added one
 by one, not as included routers, whose lock Ray Serve could not pickle with the Gateway; a route's docstring is its
@@ -201,3 +204,4 @@ description in the document."""
 for _module in ROUTE_MODULES:
     for _method, _path, _handler in _module.ROUTES:
         api.add_api_route(_path, _handler, methods=[_method])
+studio.add_to(api)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 
 from fastapi import Request
 
-from serve.access import caller
 from serve.http.admission import AdmitUpscale, serving
 from serve.moderation.policy import marked
 
@@ -21,11 +20,10 @@ async def upscalers_listed(http: Request) -> dict:
 async def upscale(http: Request, admitted: AdmitUpscale) -> dict:
     """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part).
 
-    Under a moderation policy its image is checked first (under block a flagged one is a 400 naming ``image``).
+    Under a moderation policy its image is checked by its admission (under block a flagged one is a 400 naming
+    ``image``, before its cost is taken).
     """
-    gateway, body = serving(http), admitted.body
-    screening = await gateway.moderation.screened_upload(body.data, caller(http))
-    return marked(await gateway.upscaling.upscale(*body), screening)
+    return marked(await serving(http).upscaling.upscale(*admitted.body), admitted.screening)
 
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (

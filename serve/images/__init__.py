@@ -12,10 +12,17 @@ import base64
 import binascii
 import hashlib
 from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field
 
 MAX_IMAGE_BYTES = 8 << 20
 """Each image of a request (an input image, its mask, a control image, an IP-Adapter reference), encoded."""
 MAX_IMAGE_CHARS = -(-MAX_IMAGE_BYTES // 3) * 4  # its base64
+BASE64_IMAGE = {"contentEncoding": "base64", "contentMediaType": "image/*"}
+"""What the API's document says of a field that carries an image as base64 text (JSON Schema's content keywords)."""
+Base64Image = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS, json_schema_extra=BASE64_IMAGE)]
+"""One image of a request, as base64 text."""
 
 BASE64_DECODED_KEPT = 16
 """Decoded base64 images a process keeps (the most recent requests' images; an older one is decoded again)."""

@@ -66,6 +66,7 @@ class SqliteJobStore(JobStore):
         for column in ("owner", "failures"):  # a store made before jobs had owners, or kept their failed attempts
             if column not in columns:
                 self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+        outbox.upgrade(self.db)
         self.db.executescript(_SCHEMA_INDEXES)
 
     def _job(self, row) -> Job:

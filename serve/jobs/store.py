@@ -191,9 +191,13 @@ def attempt_record(error: dict, retry_in_s: float | None, at: float) -> dict:
 
 
 def webhook_delivery(job: Job) -> Delivery | None:
-    """The webhook call that tells of ``job``'s end (its object, as ``GET /v1/jobs/{id}`` answers), if it named one."""
+    """The webhook call that tells of ``job``'s end, if it named one, as its key's (its owner's).
+
+    Its body: the job's object (as ``GET /v1/jobs/{id}`` answers) and ``webhook_url``, the URL it is for, signed with
+    it (a receiver checks the call was meant for it).
+    """
     url = job.request.get("webhook")
-    return None if not url else new_delivery(url, json.dumps(job.to_api()), job.id)
+    return None if not url else new_delivery(url, json.dumps(job.to_api() | {"webhook_url": url}), job.id, job.owner)
 
 
 def attempts_exhausted(job_id: str) -> dict:

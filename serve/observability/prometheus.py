@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 PROMETHEUS_BINARY = Path("/usr/bin/prometheus")
 PROMETHEUS_CONFIG = PROJECT_ROOT / "deployments" / "prometheus" / "prometheus.yml"
+ALERT_RULES = PROMETHEUS_CONFIG.parent / "alerts.yml"
+ALERT_TESTS = PROMETHEUS_CONFIG.parent / "alerts_test.yml"
+PROMTOOL_BINARY = Path("/usr/bin/promtool")
 RAY_SERVICE_DISCOVERY_FILE = "prom_metrics_service_discovery.json"
 
 
@@ -26,8 +29,12 @@ class PrometheusError(RuntimeError):
 def render_config(
     triton_metrics_address: str, ray_targets_file: Path, scrape_interval_s: float, template: Path = PROMETHEUS_CONFIG
 ) -> dict:
-    """The scrape config of ``template`` aimed at one stack: Triton's ``host:port`` and Ray's targets file."""
+    """The scrape config of ``template`` aimed at one stack: Triton's ``host:port`` and Ray's targets file.
+
+    Its rule files (the alerts) are named by their absolute paths: the rendered copy lives elsewhere.
+    """
     config = yaml.safe_load(template.read_text())
+    config["rule_files"] = [str((template.parent / name).resolve()) for name in config.get("rule_files", [])]
     interval = f"{max(1, round(scrape_interval_s))}s"
     config["global"].update(scrape_interval=interval, evaluation_interval=interval)
     for job in config["scrape_configs"]:

@@ -6,7 +6,7 @@ Ray's own servers (GCS, raylet, workers, agents) bind the node's address; :data:
 proxy's gRPC server (Easel's public gRPC API). The worker setup hook below, which Ray runs in each of its worker
 processes, binds the first to the node's address, where callers reach it (127.0.0.1 on a single machine; the node's
 own address on a cluster), and the second to the API's host (``$EASEL_API_HOST``, set by the stack), as the HTTP
-proxy is.
+proxy is. With the stack's certificate (:mod:`serve.processes.tls`) the gRPC proxy's port is a TLS one.
 """
 
 from __future__ import annotations
@@ -23,12 +23,23 @@ def bind_serve_servers() -> None:
     from ray.serve._private import default_impl, replica
     from ray.util import get_node_ip_address
 
+    from serve.processes.tls import grpc_credentials
+
     add_port = replica.add_port_to_grpc_server
     node = _bound(get_node_ip_address())
     replica.add_port_to_grpc_server = lambda server, address: add_port(server, address.replace(ALL_INTERFACES, node))
     add_address = default_impl.add_grpc_address
     api = _bound(os.environ.get(API_HOST_ENV, "127.0.0.1"))
-    default_impl.add_grpc_address = lambda server, address: add_address(server, address.replace(ALL_INTERFACES, api))
+    credentials = grpc_credentials()
+
+    def add_api_address(server, address: str) -> None:
+        address = address.replace(ALL_INTERFACES, api)
+        if credentials is None:
+            add_address(server, address)
+        else:
+            server.add_secure_port(address, credentials)
+
+    default_impl.add_grpc_address = add_api_address
 
 
 def _bound(host: str) -> str:

@@ -60,6 +60,7 @@ class StackInfo:
     engine_dir: str | None = None
     prometheus_url: str | None = None
     store_url: str | None = None  # where its jobs and API keys live (`easel status` counts them)
+    tls_cert: str | None = None  # the certificate the API presents (clients here trust it: serve.processes.tls)
 
     def alive(self) -> bool:
         """Whether the process that runs this stack still does (a reused pid does not count)."""

@@ -17,6 +17,7 @@ CREATE TABLE IF NOT EXISTS images (
     body TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS images_owner ON images (owner, seq);
+CREATE INDEX IF NOT EXISTS images_owner_size ON images (owner, size);
 CREATE TABLE IF NOT EXISTS images_bytes (id INTEGER PRIMARY KEY CHECK (id = 0), total INTEGER NOT NULL);
 INSERT OR IGNORE INTO images_bytes VALUES (0, 0);
 """
@@ -79,10 +80,20 @@ class SqliteImageRecords(ImageRecords):
         return [StoredImage.from_json(row[0]) for row in rows]
 
     @serialized
-    def oldest(self) -> StoredImage | None:
+    def oldest(self, owner: str | None = None) -> StoredImage | None:
         """See :meth:`ImageRecords.oldest`."""
-        row = self.db.execute("SELECT body FROM images ORDER BY seq LIMIT 1").fetchone()
+        if owner is None:
+            row = self.db.execute("SELECT body FROM images ORDER BY seq LIMIT 1").fetchone()
+        else:
+            row = self.db.execute("SELECT body FROM images WHERE owner = ? ORDER BY seq LIMIT 1", (owner,)).fetchone()
         return None if row is None else StoredImage.from_json(row[0])
+
+    @serialized
+    def held(self, owner: str) -> tuple[int, int]:
+        """See :meth:`ImageRecords.held`."""
+        query = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM images WHERE owner = ?"
+        count, size = self.db.execute(query, (owner,)).fetchone()
+        return count, size
 
     @serialized
     def total(self) -> int:

@@ -2,7 +2,8 @@
 
 The rows live in the stack's store (:mod:`serve.stores`: SQLite or Redis), one module each (:mod:`.sqlite`,
 :mod:`.redis`); the bytes live in a blob store (:mod:`serve.results.blobs`). Rows are numbered as they are added
-(``seq``): the oldest goes first under retention, and a key's history is listed newest first.
+(``seq``): the oldest goes first under retention (the whole store's, or one key's over its quota), and a key's
+history is listed newest first.
 """
 
 from __future__ import annotations
@@ -69,17 +70,31 @@ class ImageRecords(ABC):
         """Up to ``limit`` rows of ``owner`` (None: everyone's), newest first, after the row ``after`` (an id)."""
 
     @abstractmethod
-    def oldest(self) -> StoredImage | None:
-        """The row added first of those kept, or None."""
+    def oldest(self, owner: str | None = None) -> StoredImage | None:
+        """The row added first of those kept (of ``owner``'s; None: everyone's), or None."""
 
     @abstractmethod
     def total(self) -> int:
         """The bytes of every kept image."""
 
-    def over_retention(self, max_age_s: float, max_bytes: int) -> StoredImage | None:
-        """The oldest row if it is older than ``max_age_s`` or the total is over ``max_bytes`` (0: no limit)."""
+    @abstractmethod
+    def held(self, owner: str) -> tuple[int, int]:
+        """How many images ``owner`` keeps, and their bytes."""
+
+    def over_retention(self, max_age_s: float, max_bytes: int) -> tuple[StoredImage, str] | None:
+        """The oldest row and why it must go, or None.
+
+        ``age``: older than ``max_age_s``; ``global``: the total is over ``max_bytes`` (0: no limit).
+        """
         oldest = self.oldest()
         if oldest is None:
             return None
-        too_old = max_age_s > 0 and oldest.created_at < self.clock() - max_age_s
-        return oldest if too_old or (max_bytes > 0 and self.total() > max_bytes) else None
+        if max_age_s > 0 and oldest.created_at < self.clock() - max_age_s:
+            return oldest, "age"
+        return (oldest, "global") if max_bytes > 0 and self.total() > max_bytes else None
+
+    def over_quota(self, owner: str, max_images: int | None, max_bytes: int | None) -> StoredImage | None:
+        """``owner``'s oldest row if it keeps more than ``max_images`` or ``max_bytes`` (None: no bound), or None."""
+        count, size = self.held(owner)
+        over = (max_images is not None and count > max_images) or (max_bytes is not None and size > max_bytes)
+        return self.oldest(owner) if over else None

@@ -3,8 +3,10 @@
 The LoRA routes go to :class:`serve.adapters.catalog.LoraCatalog`, the reference routes to
 :class:`serve.text_to_image.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
 encoder); each caller sees only its own key's references (an admin key, or an open API, sees all), and its own
-LoRAs with the shared set (an admin key sees every key's). A key's ``stored_items`` and ``stored_bytes`` bound what
-it keeps of both (:meth:`Adapters.check_quota`: a 403 naming the limit, since waiting does not free one).
+LoRAs with the shared set (an admin key sees every key's). A key's quotas (:data:`serve.stores.QUOTA_KINDS`: its own,
+else the stack's) bound what it keeps: ``references``, ``loras``, and both together (``stored_items``,
+``stored_bytes``); one more past one is refused before any work is charged (:meth:`Adapters.check_quota`: a 429
+naming the quota, without ``Retry-After``: waiting does not free one, deleting one does).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from serve.access.keys import ApiKey
 from serve.adapters.catalog import Caller, LoraCatalog
 from serve.errors import QuotaExceeded
 from serve.serving.current_models import CurrentModels
+from serve.stores import QUOTAS, quota
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.references import References
@@ -34,8 +37,9 @@ def lora_caller(key: ApiKey | None) -> Caller:
 class Adapters:
     """What the LoRA and reference routes answer; its :attr:`references` also check a generation that names one."""
 
-    def __init__(self, models: CurrentModels, text_to_image: DeploymentHandle) -> None:
+    def __init__(self, models: CurrentModels, text_to_image: DeploymentHandle, quotas=None) -> None:
         self.text_to_image = text_to_image
+        self.quotas = quotas  # the stack's quotas per key (a serve.stores.Quotas; None: their defaults)
         self.loras = LoraCatalog(
             lambda name: models.now().resolve(name).lora_target(),
             lambda: [model.adapters for model in models.now().values()],
@@ -61,7 +65,7 @@ class Adapters:
         """A new LoRA adapter of ``key``, served once diffusers has read it for ``model`` (None: the default)."""
         size = upload.seek(0, 2)  # the file's bytes: its end
         upload.seek(0)
-        await self.check_quota(key, size)
+        await self.check_quota(key, size, "loras")
         return await self.loras.add(name, model, upload, lora_caller(key), visibility)
 
     async def lora_replaced(
@@ -80,39 +84,44 @@ class Adapters:
         Its model and ``key``'s quota were checked at admission (:meth:`check_new_reference`), before its cost was
         taken; the quota is checked again with the embeddings' size.
         """
-        return await self.references.add(body, key and key.id, lambda size: self.check_quota(key, size))
+        return await self.references.add(body, key and key.id, lambda size: self.check_quota(key, size, "references"))
 
     async def check_new_reference(self, body: NewReference, key: ApiKey | None) -> None:
         """What can refuse a reference before it is encoded, checked at admission (before its cost is taken).
 
-        Its model (a 400 naming ``model``: unknown, or without an IP-Adapter) and ``key``'s stored quota (a 403).
+        Its model (a 400 naming ``model``: unknown, or without an IP-Adapter) and ``key``'s quotas (a 429).
         """
         self.references.model_of(body)
-        await self.check_quota(key, 0)
+        await self.check_quota(key, 0, "references")
 
-    async def check_quota(self, key: ApiKey | None, adding_bytes: int) -> None:
-        """Refuse (:class:`QuotaExceeded`) one more stored thing of ``adding_bytes`` past ``key``'s stored limits."""
-        limits = key.limits if key is not None else None
-        if limits is None or (limits.stored_items is None and limits.stored_bytes is None):
+    async def check_quota(self, key: ApiKey | None, adding_bytes: int, kind: str) -> None:
+        """Refuse (:class:`QuotaExceeded`) one more ``kind`` (``references`` or ``loras``) of ``adding_bytes``.
+
+        ``key``'s quotas hold: the kind's, ``stored_items`` and ``stored_bytes`` (no key: an open API, no quota).
+        """
+        if key is None:
             return
-        items, size = await asyncio.to_thread(self.stored_by, key.id)
-        if limits.stored_items is not None and items + 1 > limits.stored_items:
-            message = f"stored_items: key {key.id} keeps {items} references and LoRA uploads, its limit; delete one"
-            raise QuotaExceeded(message, "stored_items")
-        if limits.stored_bytes is not None and size + adding_bytes > limits.stored_bytes:
-            message = (
-                f"stored_bytes: key {key.id} keeps {size} bytes of references and LoRA uploads; {adding_bytes} more "
-                f"is over its limit of {limits.stored_bytes}; delete some"
-            )
-            raise QuotaExceeded(message, "stored_bytes")
+        bounds = {name: quota(key.limits, self.quotas, name) for name in (kind, "stored_items", "stored_bytes")}
+        if all(bound is None for bound in bounds.values()):
+            return
+        counts, size = await asyncio.to_thread(self.stored_by, key.id)
+        after = {kind: counts[kind] + 1, "stored_items": sum(counts.values()) + 1, "stored_bytes": size + adding_bytes}
+        for name, bound in bounds.items():
+            if bound is not None and after[name] > bound:
+                kept = f"{size} bytes, {adding_bytes} more" if name == "stored_bytes" else after[name] - 1
+                message = (
+                    f"quota: {name} {bound} per key ({QUOTAS[name].unit}); key {key.id} keeps {kept}; delete one, "
+                    f"or ask for a larger quota (easel keys update --quota-{name.replace('_', '-')})"
+                )
+                raise QuotaExceeded(message, name)
 
-    def stored_by(self, owner: str) -> tuple[int, int]:
-        """How many references and LoRA uploads ``owner`` keeps, and their bytes."""
+    def stored_by(self, owner: str) -> tuple[dict[str, int], int]:
+        """How many references and LoRA uploads ``owner`` keeps (by kind), and their bytes together."""
         store = self.references.store()
         references = store.references(owner)
         loras = [entry for entry in store.loras() if entry.owner == owner]
         size = sum(r.embeds.nbytes for r in references) + sum(entry.bytes or 0 for entry in loras)
-        return len(references) + len(loras), size
+        return {"references": len(references), "loras": len(loras)}, size
 
     async def references_listed(self, key: ApiKey | None) -> dict:
         """The references ``key`` may see, newest first."""

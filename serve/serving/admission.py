@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from serve.access import Caller, charge
 from serve.access.keys import ApiKey
+from serve.moderation import Screening
 from serve.moderation.requests import ModerationRequest
 from serve.results.rerun import RerunRequest
 from serve.serving.adapters import Adapters
@@ -54,10 +55,11 @@ class AdmittedBody:
 
 @dataclass(frozen=True)
 class AdmittedUpscale:
-    """An upscale admitted: its image and options as read, and the cost of the work it runs."""
+    """An upscale admitted: its image and options as read, the cost of the work it runs, its image's screening."""
 
     body: UpscaleBody
     cost: float
+    screening: Screening  # under block a flagged image was refused here, before the charge
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ class Admission:
     async def _admitted(self, body: Body, key: ApiKey | None) -> Priced:
         """``body`` admitted for ``key`` and priced, every check that can refuse it made; nothing is charged."""
         if isinstance(body, UpscaleBody):
-            return AdmittedUpscale(body, (await asyncio.to_thread(self.upscaling.work, body)).cost)
+            work = await asyncio.to_thread(self.upscaling.work, body)
+            return AdmittedUpscale(body, work.cost, await self.generations.moderation.screened_upload(body.data, key))
         if isinstance(body, VectorizeBody):
             return await self.vectorizing.admitted(body, key and key.id)
         if isinstance(body, OwnPriced):

@@ -4,11 +4,14 @@
 (a 503), a timeout, no slot on its replica within ``--fallback-queue-wait-s`` (saturated). A link that cannot take
 the request (an adapter, a size or a sampler it lacks: its check is a 400) is skipped, and why is logged. The answer
 names who drew it (``Easel-Model``) and why (``Easel-Fallback``, the body's ``fallback``, so a job's record keeps it
-too). A request with ``fallback: false`` never goes down the chain; no link left is a 503 naming the model.
+too). A request with ``fallback: false`` never goes down the chain; no link left is a 503 naming the model. A request
+that may go down a chain is priced at admission by the dearest link that can take it (:meth:`Fallbacks.priced`): a
+sizeless request falling back to a remote pays for the remote's native size, not the primary's.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -62,10 +65,27 @@ class Fallbacks:
         """How long ``request`` for ``model`` waits for a slot: the queue wait where it may go down a chain."""
         return self.queue_wait_s if request.fallback and self.chains().get(model) else None
 
+    def links(self, admitted) -> tuple[str, ...]:
+        """The models ``admitted`` may go down to: its model's chain now, none where it says ``fallback: false``."""
+        return self.chains().get(admitted.model.name, ()) if admitted.request.fallback else ()
+
+    async def priced(self, admitted):
+        """``admitted`` costing the most that any model it may be drawn by charges: its own, or a link's that takes it.
+
+        A link that cannot take it (its check a 400, or removed since) is skipped when the chain is walked, so it
+        prices nothing. Charged at admission, before any work: what it costs is known before it is drawn.
+        """
+        cost = admitted.cost
+        for link in self.links(admitted):
+            try:
+                cost = max(cost, (await self.relink(link, admitted)).cost)
+            except InvalidInput:
+                continue
+        return admitted if cost == admitted.cost else dataclasses.replace(admitted, cost=cost)
+
     async def served(self, admitted, run: Callable[[object], Awaitable[Answer]]) -> tuple[Answer, Fallback | None]:
         """``run(admitted)``, or where its model cannot serve, ``run`` of the first link that can (and why)."""
-        asked = admitted.model.name
-        chain = self.chains().get(asked, ()) if admitted.request.fallback else ()
+        asked, chain = admitted.model.name, self.links(admitted)
         try:
             return await run(admitted), None
         except Exception as error:

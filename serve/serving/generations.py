@@ -170,7 +170,7 @@ class Generations(Streaming):
         admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request, key and key.id)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
-        return dataclasses.replace(admitted, screening=screening)
+        return dataclasses.replace(await self.fallbacks.priced(admitted), screening=screening)
 
     async def video_admitted(self, request: VideoRequest, key: ApiKey | None) -> Admitted:
         """A video admitted as the generation it runs as, on the model it names (resolved once, here)."""

@@ -9,7 +9,7 @@ import asyncio
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from serve.moderation import Policy
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
+from serve.stores import quota_bound
 from serve.text_to_image.generation import Progress
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.schema import GenerationRequest
@@ -71,7 +72,10 @@ class JobRequest:
 
 
 def job_owner(key: ApiKey | None) -> Owner | None:
-    """Who a job submitted with ``key`` belongs to, with the key's cap on unfinished jobs."""
+    """Who a job submitted with ``key`` belongs to, with the key's own cap on unfinished jobs.
+
+    None: the stack's quota, which :meth:`BackgroundJobs.queued` applies.
+    """
     return None if key is None else Owner(key.id, key.limits.concurrent_jobs)
 
 
@@ -94,8 +98,10 @@ class BackgroundJobs:
         experiments: Experiments,
         webhooks: WebhookSettings | None = None,
         sender: WebhookSender | None = None,
+        quotas=None,
     ) -> None:
         self.store = store
+        self.quotas = quotas  # the stack's quotas per key (a serve.stores.Quotas; None: their defaults)
         self.generations = generations
         self.experiments = experiments
         self.webhooks = webhooks or WebhookSettings()  # the hosts a job's webhook may name
@@ -111,15 +117,21 @@ class BackgroundJobs:
     async def check(self, admitted: Admitted) -> None:
         """What a job's submission refuses, checked by admission before its cost is taken (400s naming the field).
 
-        Its ``webhook``, if it names one, on a host the stack allows; its images decoded, so one that does not decode
-        is a 400 now rather than a failed job (the only pixels decoded before a request's cost is taken: its key's
-        request limits bound them).
+        Its ``webhook``, if it names one, on a host and port the stack allows, and its key holding a webhook secret;
+        its images decoded, so one that does not decode is a 400 now rather than a failed job (the only pixels
+        decoded before a request's cost is taken: its key's request limits bound them).
         """
         if admitted.request.webhook is not None:
             self.webhooks.check(admitted.request.webhook)  # a host the stack allows, or a 400 naming webhook
+            if self.sender is not None:  # a key with no secret to sign its deliveries: a 400 naming webhook
+                await asyncio.to_thread(self.sender.signer.secrets_of, admitted.owner)
         drawing = admitted.drawing
         size = (drawing.sampling.width, drawing.sampling.height)
         await asyncio.to_thread(decode_images, drawing.sources, *size)  # an image that does not decode: a 400 now
+
+    def _capped(self, owner: Owner) -> Owner:
+        """``owner`` with its cap on unfinished jobs: its key's own, else the stack's quota (0: none)."""
+        return replace(owner, max_open=quota_bound(owner.max_open, self.quotas, "concurrent_jobs"))
 
     async def queued(self, admitted: Admitted, owner: Owner | None, idempotency_key: str | None) -> tuple[Job, bool]:
         """Queue ``admitted`` as ``owner``'s job; the job and whether it is new.
@@ -132,6 +144,7 @@ class BackgroundJobs:
         feedback can name the job.
         """
         drawing, assignment = admitted.drawing, admitted.assignment
+        owner = owner and self._capped(owner)
         key = check_idempotency_key(idempotency_key)
         # the body as sent, not as assigned: a replay is the same job whichever variant a draw would pick now
         idempotency = (f"{owner.key_id}/{key}" if owner else key, _body_hash(admitted.asked)) if key else None

@@ -2,7 +2,8 @@
 
 An image is shown to its owner's key, by its URL to anyone holding it, and listed in its owner's history. Every
 generation's images pass :meth:`Results.delivered` (HTTP, jobs and gRPC alike): each PNG gets its record
-(:mod:`serve.results.record`), each image is kept (:class:`serve.results.ImageStore`) and, asked for, its URL made.
+(:mod:`serve.results.record`), each image is kept (:class:`serve.results.ImageStore`, under its key's quota: the key's
+own, else the stack's) and, asked for, its URL made.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import io
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,15 +22,17 @@ from pathlib import Path
 from fastapi.responses import Response
 from PIL import Image
 
-from serve.access import owner_filter
+from serve import metrics
+from serve.access import open_key_store, owner_filter
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
 from serve.files import stack_secret
-from serve.results import MEDIA_TYPES, ImageStore, StoredImage, open_image_store
+from serve.results import MEDIA_TYPES, ImageQuota, ImageStore, StoredImage, open_image_store
 from serve.results.record import with_record
 from serve.results.rerun import RerunRequest
 from serve.results.settings import ResultSettings
 from serve.results.tokens import UrlSigner
+from serve.stores import quota
 from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)
@@ -105,24 +109,52 @@ class Delivered:
     url: str | None = None
 
 
+QuotaOf = Callable[[str], ImageQuota | None]
+"""The image quota of a key, by its id (None: no key, only the store's own bounds)."""
+
+
+def key_quotas(store_url: str, defaults) -> QuotaOf:
+    """Each key's image quota from the key store at ``store_url``: its own, else ``defaults`` (the stack's Quotas)."""
+    keys = open_key_store(store_url)
+
+    def quota_of(owner: str) -> ImageQuota | None:
+        key = keys.get(owner) if owner else None
+        own = key and key.limits
+        return ImageQuota(quota(own, defaults, "images"), quota(own, defaults, "image_bytes")) if own else None
+
+    return quota_of
+
+
 class Results:
-    """Generated images kept (:class:`ImageStore`; None: the stack keeps none), their URLs signed by ``signer``."""
+    """Generated images kept (:class:`ImageStore`; None: the stack keeps none), their URLs signed by ``signer``.
+
+    ``quota_of``: each key's image quota (none: only the store's own bounds hold).
+    """
 
     def __init__(
-        self, store: ImageStore | None = None, signer: UrlSigner | None = None, public_url: str | None = None
+        self,
+        store: ImageStore | None = None,
+        signer: UrlSigner | None = None,
+        public_url: str | None = None,
+        quota_of: QuotaOf | None = None,
     ) -> None:
         self.store, self.public_url = store, (public_url or "").rstrip("/")
         self.signer = signer or UrlSigner(secrets.token_bytes(32))  # none: this process's own
+        self.quota_of = quota_of or (lambda owner: None)
 
     @classmethod
-    def of(cls, settings: ResultSettings, store_url: str, secret_path: str | None) -> Results:
-        """The stack's: its image store (none with ``image_store_bytes`` 0), its URL secret from ``secret_path``."""
+    def of(cls, settings: ResultSettings, store_url: str, secret_path: str | None, quotas=None) -> Results:
+        """The stack's: its image store (none with ``image_store_bytes`` 0), its URL secret from ``secret_path``.
+
+        ``quotas``: the stack's quotas per key (a :class:`serve.stores.Quotas`; None: their defaults).
+        """
         store = None
         if settings.image_store_bytes > 0 and settings.image_store:
             limits = (settings.image_retention_s, settings.image_store_bytes)
             store = open_image_store(store_url, settings.image_store, *limits)
         secret = stack_secret(Path(secret_path)) if secret_path else secrets.token_bytes(32)  # none: this replica's
-        return cls(store, UrlSigner(secret, settings.image_url_ttl_s), settings.public_url)
+        signer = UrlSigner(secret, settings.image_url_ttl_s)
+        return cls(store, signer, settings.public_url, key_quotas(store_url, quotas) if store else None)
 
     def check(self, request: GenerationRequest) -> None:
         """A request the stack cannot answer as asked: a URL from a stack that keeps no images (400)."""
@@ -145,6 +177,7 @@ class Results:
         self, request, model, seed: int, owner: str, images: dict[str, tuple[bytes, dict]]
     ) -> list[Delivered]:
         media_type, answered = MEDIA_TYPES[request.output_format], []
+        owned = self.quota_of(owner) if self.store is not None else None  # its key's quota
         for index, (image_id, (data, mark)) in enumerate(images.items()):
             record = {}
             if request.metadata == "full":
@@ -157,9 +190,16 @@ class Results:
             if self.store is None:
                 answered.append(Delivered(data))
                 continue
-            self.store.keep(StoredImage(image_id, owner, media_type, len(data), time.time(), record), data)
+            self.store.keep(StoredImage(image_id, owner, media_type, len(data), time.time(), record), data, owned)
             answered.append(Delivered(data, self.url(image_id) if request.response_format == "url" else None))
+        if self.store is not None and answered:
+            self._report_bytes()
         return answered
+
+    def _report_bytes(self) -> None:
+        """Publish the kept images' bytes and their bound (alerted on near it: deployments/prometheus/alerts.yml)."""
+        metrics.set_gauge(metrics.IMAGE_STORE_BYTES, self.store.records.total(), part="kept")
+        metrics.set_gauge(metrics.IMAGE_STORE_BYTES, self.store.max_bytes, part="bound")
 
     def url(self, image_id: str) -> str:
         """``image_id``'s signed URL, which needs no key until it expires."""

@@ -36,6 +36,7 @@ from serve.processes.run_state import (
     write_state,
 )
 from serve.processes.signals import children_paused, stop_stack_processes
+from serve.processes.tls import client_verify
 from serve.settings import StackOptions
 from serve.stack.build_plan import Built, StartPlan
 from serve.stack.config import MODEL_DEPLOYMENTS, app_settings, largest_admitted_side, load_serve_config, triton_models
@@ -138,7 +139,7 @@ class Stack:
         deploy(config, timeout_s)
         self.info = replace(
             self.info,
-            api_url=f"http://{opts.host}:{port}",
+            api_url=f"{opts.api_scheme}://{opts.host}:{port}",
             grpc_address=f"{opts.host}:{grpc_port}",
             triton_http_url=triton.http_url,
             triton_grpc_url=triton.grpc_url,
@@ -146,10 +147,11 @@ class Stack:
             dashboard_url=dashboard_url,
             engine_dir=str(self.engines.path),
             store_url=opts.store,
+            tls_cert=str(opts.tls_cert.resolve()) if opts.tls_cert else None,
         )
         if opts.prometheus:
             self._start_prometheus()
-        wait_until_ready(self.info.api_url, timeout_s)
+        wait_until_ready(self.info.api_url, timeout_s, client_verify(self.info.tls_cert))
         self._enter(READY)
         return self.info
 
@@ -178,6 +180,7 @@ class Stack:
             port,
             grpc_port,
             on_cluster=opts.address is not None,
+            https=opts.http_options(),
             models=built.engine_dirs,
             triton_grpc_url=THIS_NODE if opts.address else triton.grpc_url,
             triton_http_url=None if opts.address else triton.http_url,

@@ -26,16 +26,19 @@ MODEL_DEPLOYMENTS = ("TextToImage", "Vectorizer")
 """The deployments that call Triton: on a cluster they run only on nodes with a Triton of their own."""
 
 
-def load_serve_config(path: Path, host: str, port: int, grpc_port: int, on_cluster: bool = False, **args):
+def load_serve_config(
+    path: Path, host: str, port: int, grpc_port: int, on_cluster: bool = False, https: dict | None = None, **args
+):
     """The Serve config at ``path`` with the HTTP and gRPC ports and the app's ``args`` (engine folder...) set.
 
-    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`). ``on_cluster``: the model deployments ask
+    The gRPC API listens on ``host`` too (:mod:`serve.processes.loopback`). ``https``: the HTTP proxy's certificate
+    options (:meth:`serve.processes.tls.TlsSettings.http_options`). ``on_cluster``: the model deployments ask
     for a sliver of the ``triton`` resource, so they land on nodes that have a Triton.
     """
     from ray.serve.schema import ServeDeploySchema
 
     raw = yaml.safe_load(path.read_text())
-    raw.setdefault("http_options", {}).update(host=host, port=port)
+    raw.setdefault("http_options", {}).update(host=host, port=port, **(https or {}))
     raw.setdefault("grpc_options", {}).update(port=grpc_port)
     for app in raw["applications"]:
         app.setdefault("args", {}).update(args)
@@ -50,17 +53,18 @@ def app_settings(opts: StackOptions, memory_budget_bytes: int, port: int) -> dic
     """What the Serve app is told of ``easel up``'s settings (the API on ``port``).
 
     Every :class:`AppSettings` field as given (a new one reaches the app with no change here), the memory budget,
-    the store, the image store (the run folder's ``images/``), the API's public address and the secrets' files
-    resolved. The room for weights stays as given: None, every model's, grows with a model added.
+    the store, the image store (the run folder's ``images/``), the API's public address, the secrets' files and the
+    audit log's folder resolved. The room for weights stays as given: None, every model's, grows with a model added.
     """
     given = opts.model_dump(mode="json", include=set(AppSettings.model_fields))
     return given | {
         "memory_budget_bytes": memory_budget_bytes,
         "store_url": opts.store,
         "image_store": opts.image_store or str(opts.run_dir / "images"),
-        "public_url": opts.public_url or f"http://{opts.host}:{port}",
+        "public_url": opts.public_url or f"{opts.api_scheme}://{opts.host}:{port}",
         "url_secret_path": str(opts.run_dir / SECRET_FILE),
         "webhook_secret_path": str(opts.run_dir / WEBHOOK_SECRET_FILE),
+        "audit_folder": str(opts.run_dir),
     }
 
 

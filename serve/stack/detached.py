@@ -28,6 +28,7 @@ from serve.processes.run_state import (
     state_path,
     write_state,
 )
+from serve.processes.tls import client_verify
 from serve.stack.ray_serve import wait_until_ready
 
 logger = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def start_detached(
             progress(now)
             said = now
         time.sleep(1)
-    wait_until_ready(info.api_url, timeout_s=60)
+    wait_until_ready(info.api_url, timeout_s=60, verify=client_verify(info.tls_cert))
     return info
 
 
@@ -122,18 +123,21 @@ class FirstRequest:
     ssim: float | None = None  # svg: the SVG rendered back against the PNG it came from
 
 
-def send_first_requests(api_url: str, folder: Path | None = None) -> list[FirstRequest]:
+def send_first_requests(api_url: str, folder: Path | None = None, tls_cert: str | None = None) -> list[FirstRequest]:
     """Send :data:`FIRST_REQUEST` as PNG, then as SVG (text -> image -> Vectorizer); save both under the run folder.
 
-    Stops at the first answer that is not a 200. With API keys on, it sends ``$EASEL_API_KEY``.
+    Stops at the first answer that is not a 200. With API keys on, it sends ``$EASEL_API_KEY``; over HTTPS it trusts
+    ``tls_cert``, the stack's own certificate.
     """
     from serve.access.keys import client_headers
 
-    answers = []
+    answers, verify = [], client_verify(tls_cert)
     for output_format in ("png", "svg"):
         body = FIRST_REQUEST | {"output_format": output_format}
         started = time.perf_counter()
-        response = httpx.post(f"{api_url}/v1/images/generations", json=body, headers=client_headers(), timeout=300)
+        response = httpx.post(
+            f"{api_url}/v1/images/generations", json=body, headers=client_headers(), timeout=300, verify=verify
+        )
         elapsed = time.perf_counter() - started
         if response.status_code != 200:
             answers.append(FirstRequest(body, response.status_code, elapsed, None, response.text[:500]))

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from serve.processes import free_port
 from serve.processes.gcs import storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.run_state import environ
+from serve.processes.tls import CERT_ENV, KEY_ENV
 from serve.settings import StackOptions
 
 logger = logging.getLogger(__name__)
@@ -64,10 +66,13 @@ def start_ray(opts: StackOptions, stack_id: str, dashboard_port: int):
         if one_machine or name not in SINGLE_MACHINE_ENV:
             os.environ.setdefault(name, value)  # read by Ray when imported, inherited by its workers
     os.environ[API_HOST_ENV] = opts.host
+    for name in (CERT_ENV, KEY_ENV):  # the gRPC proxy's certificate (serve.processes.tls), this start's or none
+        os.environ.pop(name, None)
+    os.environ.update(opts.tls_env())
     import ray
 
     if opts.address:  # a cluster's workers get the settings from the job (its nodes were started elsewhere)
-        env = {name: os.environ[name] for name in (*RAY_ENV, API_HOST_ENV) if name in os.environ}
+        env = {name: os.environ[name] for name in (*RAY_ENV, API_HOST_ENV, CERT_ENV, KEY_ENV) if name in os.environ}
         context = ray.init(
             address=opts.address,
             logging_level=logging.WARNING,
@@ -146,13 +151,16 @@ def deploy(config, timeout_s: float) -> None:
     raise TimeoutError(f"Serve applications not running after {timeout_s:.0f} s")
 
 
-def wait_until_ready(api_url: str, timeout_s: float) -> None:
-    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` with the last answer if it does not."""
+def wait_until_ready(api_url: str, timeout_s: float, verify: ssl.SSLContext | bool = True) -> None:
+    """Poll ``/readyz`` until it answers 200; raise ``TimeoutError`` with the last answer if it does not.
+
+    ``verify``: how an HTTPS API's certificate is checked (:func:`serve.processes.tls.client_verify`).
+    """
     deadline = time.monotonic() + timeout_s
     last = "no answer"
     while time.monotonic() < deadline:
         try:
-            response = httpx.get(f"{api_url}/readyz", timeout=5)
+            response = httpx.get(f"{api_url}/readyz", timeout=5, verify=verify)
             if response.status_code == 200:
                 return
             last = f"{response.status_code} {response.text[:200]}"

@@ -19,6 +19,7 @@ from serve.jobs import open_job_store
 from serve.jobs.model import JobStatus
 from serve.paths import run_dir
 from serve.processes.run_state import READY, StackInfo, running_stack
+from serve.processes.tls import client_verify
 from serve.stores import default_url
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ ENDPOINTS = (
     ("Triton metrics", "triton_metrics_url"),
     ("Ray dashboard", "dashboard_url"),
     ("Prometheus", "prometheus_url"),
+    ("TLS certificate", "tls_cert"),
 )
 """Each endpoint a stack records, as ``easel up`` prints it."""
 
@@ -102,7 +104,9 @@ def stack_status(folder: Path | None = None) -> StackStatus | None:
         return StackStatus(info, folder)
     models, why = [], None
     try:
-        response = httpx.get(f"{info.api_url}/v1/models", headers=client_headers(), timeout=10)
+        response = httpx.get(
+            f"{info.api_url}/v1/models", headers=client_headers(), timeout=10, verify=client_verify(info.tls_cert)
+        )
         if response.status_code in (401, 403):
             why = f"API keys are on: set {API_KEY_ENV} to a key to list them"
         else:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from serve.images import MAX_IMAGE_CHARS
+from serve.images import BASE64_IMAGE, MAX_IMAGE_CHARS
 from serve.images import checked_base64 as _base64_image
 
 MAX_LORAS = 4
@@ -39,6 +39,7 @@ class ControlNetChoice(BaseModel):
     image: str = Field(
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
+        json_schema_extra=BASE64_IMAGE,
         description="The control image (an edge map, a depth map, a pose...), base64 PNG/JPEG/WebP; resized to the "
         "output's size. With preprocess canny: a photo, turned into its edges here.",
     )

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, StrictInt, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from serve.errors import InvalidInput
+from serve.integers import JsonInt
 from serve.text_to_image.scores import Scorer, check_scores
 
 MAX_CANDIDATES = 8
@@ -29,7 +30,7 @@ MAX_CANDIDATES = 8
 class BestOf(BaseModel):
     """The request's best-of-n part (:class:`serve.text_to_image.schema.GenerationRequest` is made of it too)."""
 
-    candidates: StrictInt = Field(
+    candidates: JsonInt = Field(
         1,
         ge=1,
         le=MAX_CANDIDATES,

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, StrictInt, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
+from serve.integers import json_int
 from serve.vectorize.schema import Tier
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp", "svg")
@@ -29,10 +30,8 @@ class Delivery(BaseModel):
     output_format: Literal[OUTPUT_FORMATS] = Field(
         "png", description="Image encoding; svg: the generated image vectorized by the Vectorizer."
     )
-    output_compression: StrictInt | None = Field(
+    output_compression: json_int(ge=0, le=100) | None = Field(
         None,
-        ge=0,
-        le=100,
         description="With output_format jpeg or webp: the encoder's quality in percent, as OpenAI's (100: the least "
         "loss). Default: Pillow's (JPEG 75, WebP 80).",
     )

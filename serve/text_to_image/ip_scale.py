@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, StringConstraints, fi
 from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
-from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
+from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
 
 MAX_IP_SCALE = 2.0
 MAX_IP_ADAPTERS = 4
@@ -56,9 +56,6 @@ def checked_shape(value):
             for item in values if isinstance(values, list) else [values]:
                 _check_ip_scale(item, where)
     return value
-
-
-Base64Image = Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]
 
 
 class IpAdapterChoice(BaseModel):

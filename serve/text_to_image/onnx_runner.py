@@ -44,18 +44,30 @@ class OnnxRuntimeRunner:
         """Run the session for ``spec`` (as Triton's python backend does, batch split across cores) in a thread.
 
         Inputs that are all tensors on a session's GPU run there as they are, queued on it without a thread: the
-        outputs are tensors there too (:meth:`TorchSession.run_tensors`).
+        outputs are tensors there too (:meth:`TorchSession.run_tensors`; a LoRA-ready engine's rows read here, their
+        banks copied to the GPU once per set of adapters).
         """
         session = self.sessions[spec.name]
         if on_gpu(inputs) and hasattr(session, "run_tensors"):
-            outputs = session.run_tensors({t.name: inputs[t.name] for t in spec.inputs})
+            feeds = {t.name: inputs[t.name] for t in spec.inputs}
+            shared = self._banks(spec.name, feeds)
+            if SCALE_INPUT in feeds:  # the rows' weights beside their tensors; the banks copied by the session
+                import torch
+
+                feeds[SCALE_INPUT] = torch.from_numpy(feeds[SCALE_INPUT]).to(session.device)
+            outputs = session.run_tensors(feeds, shared)
             return dict(zip(session.output_names, outputs, strict=True))
         feeds = {t.name: np.asarray(inputs[t.name], dtype=t.numpy_dtype) for t in spec.inputs}
-        shared = {}
-        if spec.name in self.banks:
-            rows = [parse_row(text) for text in feeds.pop(ADAPTERS_INPUT)]
-            feeds[SCALE_INPUT], shared, refused = self.banks[spec.name].feeds(rows)
-            if refused:  # one caller's rows here: its call fails as a Triton request would
-                raise next(iter(refused.values()))
+        shared = self._banks(spec.name, feeds)
         outputs = await asyncio.to_thread(session.run, feeds, shared)
         return dict(zip(session.output_names, outputs, strict=True))
+
+    def _banks(self, engine: str, feeds: dict) -> dict[str, np.ndarray]:
+        """A LoRA-ready engine's banks for ``feeds``' ``adapters`` rows (which become ``lora_scale``); else none."""
+        if engine not in self.banks:
+            return {}
+        rows = [parse_row(text) for text in np.asarray(feeds.pop(ADAPTERS_INPUT), dtype=object)]
+        feeds[SCALE_INPUT], shared, refused = self.banks[engine].feeds(rows)
+        if refused:  # one caller's rows here: its call fails as a Triton request would
+            raise next(iter(refused.values()))
+        return shared

@@ -16,6 +16,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_serializer, model_validator
 from pydantic_core import PydanticCustomError
 
+from serve.integers import json_int
 from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
 
 MAX_PROMPT_CHARS = 4000
@@ -51,7 +52,7 @@ class PromptChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     prompt: PromptText = Field(description="What to draw, weighted as `prompt` is.", json_schema_extra=_text_schema)
-    seed: Annotated[int, Field(strict=True, ge=0, le=MAX_SEED)] | None = Field(
+    seed: json_int(ge=0, le=MAX_SEED) | None = Field(
         None, description="Its random seed; default: the request's seed + its index."
     )
 

@@ -6,11 +6,9 @@ engine code (as :mod:`serve.text_to_image.reference_request`).
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
+from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
 from serve.moderation.requests import ModerationRequest
 from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
 from serve.text_to_image.schema import MAX_PROMPT_CHARS
@@ -48,7 +46,7 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]] = Field(
+    images: list[Base64Image] = Field(
         min_length=1,
         max_length=MAX_SCORED_IMAGES,
         description=f"Up to {MAX_SCORED_IMAGES} base64 PNG/JPEG/WebP images, each at most {MAX_IMAGE_BYTES >> 20} MiB.",

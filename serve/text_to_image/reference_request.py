@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from serve.images import BASE64_IMAGE
 from serve.text_to_image.schema import BASE64_PATTERN, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, _base64_image
 
 
@@ -15,7 +16,7 @@ class NewReference(BaseModel):
     image: str = Field(
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
-        json_schema_extra={"pattern": BASE64_PATTERN},
+        json_schema_extra={"pattern": BASE64_PATTERN} | BASE64_IMAGE,
         description=f"The reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB.",
     )
     name: str | None = Field(None, max_length=64, description="A name to find it by in the list.")

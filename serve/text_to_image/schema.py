@@ -19,7 +19,6 @@ from pydantic import (
     Field,
     Strict,
     StrictBool,
-    StrictInt,
     field_validator,
     model_validator,
 )
@@ -27,8 +26,9 @@ from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.finishing.schema import RESTORE_FACES_FIELD, UPSCALE_FIELD, RestoreFaces, UpscaleChoice
-from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, content_digest
+from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, Base64Image, content_digest
 from serve.images import checked_base64 as _base64_image
+from serve.integers import JsonInt, json_int
 from serve.priority import Priority
 from serve.text_to_image import ip_scale
 from serve.text_to_image.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
@@ -115,7 +115,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"allOf": [ONE_OF_THEM, *DEPENDENT_FIELDS]})
 
-    n: StrictInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
+    n: JsonInt = Field(1, ge=1, le=MAX_IMAGES, description="Number of images.")
     size: str | None = Field(
         None,
         json_schema_extra={"pattern": SIZE_PATTERN},  # documented; checked by checked_size
@@ -123,7 +123,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         "default: the served model's native size (64x64 for the embedded default).",
     )
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS, description="What to steer away from (weighted too).")
-    num_inference_steps: StrictInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
+    num_inference_steps: JsonInt = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
     guidance_scale: Annotated[float, Strict()] = Field(
         Sampling.guidance_scale,
         ge=0.0,
@@ -140,7 +140,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         "UNet row per image instead of two. 1: every step (today's images). Default: the stack's "
         "(easel up --guidance-cutoff, 1 unless set).",
     )
-    cache_interval: StrictInt = Field(
+    cache_interval: JsonInt = Field(
         1,
         ge=1,
         le=MAX_CACHE_INTERVAL,
@@ -156,9 +156,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         "latents (easel up --approximate-cache) and the request has no seed (a seed asks for the same image every "
         "time). Text to image only: not with input images, a mask, an IP-Adapter reference or ControlNets.",
     )
-    seed: Annotated[StrictInt, Field(ge=0, le=MAX_SEED)] | None = Field(
-        None, description="Random seed; drawn at random when omitted."
-    )
+    seed: json_int(ge=0, le=MAX_SEED) | None = Field(None, description="Random seed; drawn at random when omitted.")
     scheduler: Literal[SCHEDULER_NAMES] = Field(
         Sampling.scheduler,
         description=f"Sampler. lcm and tcd are few-step samplers (at most {MAX_FEW_STEPS} steps; 4 is typical) for "
@@ -183,9 +181,10 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         None,
         max_length=MAX_WEBHOOK_CHARS,
         pattern=WEBHOOK_PATTERN,
-        description="With background: an http(s) URL, on a host the stack allows (easel up --webhook-hosts), that "
-        "the job is POSTed to when it ends (succeeded, failed or canceled), signed as Standard Webhooks specifies "
-        "and retried with backoff; each delivery's webhook-id is the same on every attempt.",
+        description="With background: an http(s) URL, on a host and port the stack allows (easel up "
+        "--webhook-hosts), that the job is POSTed to when it ends (succeeded, failed or canceled), with the URL as "
+        "webhook_url, signed as Standard Webhooks specifies with the API key's webhook secret (easel keys "
+        "webhook-secret) and retried with backoff; each delivery's webhook-id is the same on every attempt.",
     )
     loras: list[LoraChoice] = Field(
         [],
@@ -197,7 +196,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         None,
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
-        json_schema_extra={"pattern": BASE64_PATTERN},  # documented; checked by _ip_image_is_base64
+        json_schema_extra={"pattern": BASE64_PATTERN} | BASE64_IMAGE,  # documented; checked by _ip_image_is_base64
         description=f"IP-Adapter reference image, base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB "
         "(sides up to 4096); needs a stack started with --ip-adapter.",
     )
@@ -220,7 +219,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         f"its references (up to {MAX_REFERENCES}), scale and region masks, as diffusers' load_ip_adapter with lists "
         "and ip_adapter_masks; instead of ip_adapter_image, ip_adapter_reference and ip_adapter_scale.",
     )
-    image: list[Annotated[str, Field(min_length=1, max_length=MAX_IMAGE_CHARS)]] = Field(
+    image: list[Base64Image] = Field(
         [],
         max_length=MAX_IMAGES,
         description="Input images (img2img; with mask, inpainting): base64 PNG/JPEG/WebP, each at most "
@@ -231,6 +230,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         None,
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
+        json_schema_extra=BASE64_IMAGE,
         description="With image: where to draw, base64 PNG of the image's size: its fully transparent pixels "
         "(OpenAI's edits), or for a mask without alpha its white pixels (diffusers' convention).",
     )

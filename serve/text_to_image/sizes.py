@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
+
+from serve.integers import JsonInt
 
 MIN_SIDE = 64
 MAX_SIDE = 1024
@@ -38,10 +40,10 @@ class Outpaint(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    left: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    top: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    right: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
-    bottom: StrictInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    left: JsonInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    top: JsonInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    right: JsonInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
+    bottom: JsonInt = Field(0, ge=0, le=MAX_SIDE, multiple_of=SIDE_MULTIPLE)
 
     @model_validator(mode="after")
     def _some(self) -> Outpaint:

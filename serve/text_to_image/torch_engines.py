@@ -5,24 +5,41 @@ A folder built for the torch runtime (:mod:`serve.triton.torch_runtime`) holds t
 a ``ControlNetModel``; ``linked/vae_decoder/``: a tiny ``AutoencoderTiny`` decoder served as the model's), and no
 graphs; each engine's ``torch.json`` names :func:`engine_module` as its loader, which loads the module the family
 declares for the engine (the one its ONNX graph would be exported from): with ControlNets, the UNet takes their
-residuals as its last inputs, as the ONNX path's ControlNet-ready UNet does.
+residuals as its last inputs, as the ONNX path's ControlNet-ready UNet does; built LoRA-ready, the text encoders and
+the UNet take LoRA banks as the ONNX path's LoRA-ready graphs do (the same layers: ``lora_scale`` per row, then each
+slot's bank, shared by the rows, :func:`lora_fields`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from serve.adapters.lora import SCALE_INPUT, Slot, bank_names
 from serve.text_to_image.engine_folder import DIFFUSERS, EngineFolder
 from serve.text_to_image.families import Family
-from serve.text_to_image.families.exports import ExportModule, UnetModule, VaeDecoderModule, diffusers_model
+from serve.text_to_image.families.exports import (
+    ExportModule,
+    UnetModule,
+    VaeDecoderModule,
+    diffusers_model,
+    with_lora_slots,
+)
 from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET, VAE_DECODER
 
 LOADER = f"{__name__}:engine_module"
 """What a torch engine's ``torch.json`` names as its loader."""
 LINKED = "linked"
 """The folder of outside diffusers folders an engine loads from (a ControlNet's, a tiny VAE decoder's), by engine."""
+LORA_RANKS = (1, 64)
+"""The bank ranks a LoRA-ready denoiser's buckets are captured at, every slot's bank zero-padded to one: 1 for calls
+without adapters (a zero column), 64 for calls whose adapters together hold up to 64 ranks in each layer; more run
+eager (logged once per shape, counted)."""
+LORA_COLUMNS = (8,)
+"""The adapters one call's rows may weigh (``lora_scale``'s columns, zero-padded) within a bucket; more run eager."""
+RANK_AXIS, LORAS_AXIS = "lora_rank", "loras"
 
 
 def engine_module(folder: Path, engine: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -39,17 +56,42 @@ def engine_modules(family: Family, folder: Path) -> dict[str, ExportModule]:
     """How to load each of ``family``'s engines out of the engine folder ``folder`` (nothing is loaded here).
 
     The model's own from ``diffusers/``; each ready ControlNet from ``linked/controlnet_<NAME>/``, and then a UNet
-    taking their residuals; the tiny VAE decoder from ``linked/vae_decoder/`` where the folder has one.
+    taking their residuals; the tiny VAE decoder from ``linked/vae_decoder/`` where the folder has one; built
+    LoRA-ready, the family's LoRA engines with their slots (after the residuals, as the ONNX path's).
     """
     modules = family.export_modules(folder / DIFFUSERS)
     controlnets = linked_engines(family)
     if controlnets:
         modules[UNET] = controlnet_ready(modules[UNET], len(family.dims.residuals))
         modules |= {engine: family.controlnet_export(folder / LINKED / engine) for engine in controlnets}
+    if family.adapters.lora:
+        modules |= {name: with_lora_slots(modules[name]) for name in family.lora_ready_engines if name in modules}
     tiny = folder / LINKED / VAE_DECODER
     if tiny.is_dir():
         modules[VAE_DECODER] = tiny_vae_decoder(tiny)
     return modules
+
+
+def lora_fields(slots: Sequence[Slot]) -> dict[str, tuple]:
+    """What a LoRA-ready engine's ``torch.json`` adds to its tensors (:class:`serve.triton.torch_runtime.TorchEngine`).
+
+    ``lora_scale`` after its inputs (per row, its axis the call's adapters), each slot's bank shared (at rank 1: the
+    bank of a call without adapters), their rank and adapter axes padded to :data:`LORA_RANKS` and
+    :data:`LORA_COLUMNS`.
+    """
+    shared, axes = [], []
+    for index, slot in enumerate(slots):
+        down, up, column = bank_names(index)
+        shared += [(down, "float32", slot.down_shape(1)), (up, "float32", slot.up_shape(1)), (column, "int64", (1,))]
+        rest = ("",) * (len(slot.down_shape(1)) - 2)
+        axes += [(RANK_AXIS, "", *rest), ("", RANK_AXIS, *rest), (RANK_AXIS,)]
+    return {
+        "inputs": ((SCALE_INPUT, "float32", (1,)),),
+        "axes": ((LORAS_AXIS,),),
+        "shared": tuple(shared),
+        "shared_axes": tuple(axes),
+        "padded": ((RANK_AXIS, LORA_RANKS), (LORAS_AXIS, LORA_COLUMNS)),
+    }
 
 
 def tiny_vae_decoder(folder: Path) -> ExportModule:

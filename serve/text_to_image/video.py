@@ -27,7 +27,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import ClientDisconnect, Request
 
 from serve.errors import InvalidInput, invalid_input
-from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
+from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.text_to_image.adapter_choices import MAX_LORAS, LoraChoice
 from serve.text_to_image.generation import Motion
@@ -113,6 +113,7 @@ class VideoRequest(BaseModel):
         None,
         min_length=1,
         max_length=MAX_IMAGE_CHARS,
+        json_schema_extra=BASE64_IMAGE,
         description=f"Image-to-video: a PNG/JPEG/WebP (base64 in JSON, a file in the form) of at most "
         f"{MAX_IMAGE_BYTES >> 20} MiB, resized to the video's size and encoded once; every frame starts from its "
         "latent noised to strength (diffusers' AnimateDiffVideoToVideoPipeline given the image as every frame).",

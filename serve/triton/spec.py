@@ -36,8 +36,16 @@ class Backend(enum.StrEnum):
 
 
 def on_gpu(arrays: Mapping[str, object]) -> bool:
-    """Whether every one of an engine call's ``arrays`` is a tensor on a GPU (kept there: never copied to the host)."""
-    return bool(arrays) and all(getattr(array, "is_cuda", False) for array in arrays.values())
+    """Whether every one of an engine call's tensors is on a GPU (kept there: never copied to the host).
+
+    Its text inputs (a LoRA-ready engine's ``adapters`` rows) are read on the host, wherever the tensors are.
+    """
+    tensors = [array for array in arrays.values() if not _is_text(array)]
+    return bool(tensors) and all(getattr(array, "is_cuda", False) for array in tensors)
+
+
+def _is_text(array: object) -> bool:
+    return isinstance(array, np.ndarray) and array.dtype.kind in "OSU"
 
 
 def gpu_work(arrays: Mapping[str, object]) -> Callable[[], None] | None:

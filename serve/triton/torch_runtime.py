@@ -14,6 +14,11 @@ largest, or shapes not captured) runs eager: logged once per shape and counted (
 CPU a bucket is the eager call on the padded rows (fp32: fp16 falls back with a log line), which is how the padding,
 slicing and counting are tested without a GPU.
 
+A LoRA-ready engine's module also takes inputs without a batch axis (:attr:`TorchEngine.shared`: its banks, given
+whole to every call, after the batched ones). Its buckets read them from static tensors too, one set per shapes
+(:mod:`serve.triton.torch_graphs`); the axes whose size a call chooses (a bank's rank, its adapters' count:
+:attr:`TorchEngine.padded`) are captured at a few sizes, a call zero-padded to the smallest that holds it.
+
 The arguments of sinusoidal embeddings (:data:`FULL_PRECISION_INPUTS`: the timestep) stay fp32 in an fp16 or bf16
 engine: fp16 would round a fractional timestep (Euler, DPM++ Karras, SD3, Flux) to a step of 0.5.
 """
@@ -36,14 +41,13 @@ import numpy as np
 import torch
 
 from serve.triton.engine_files import EngineFiles
+from serve.triton.torch_graphs import Bucket, Padded, SharedInputs, bucket_for, padded_shapes, padding_sizes
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32)
 """The denoiser's buckets: a guided request is 2 rows, 16 of them 32 (the UNet's rows per call)."""
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-WARMUP_CALLS = 2
-"""Eager calls on the capture stream before a bucket is captured (cuDNN and cuBLAS choose their kernels)."""
 FULL_PRECISION_INPUTS = frozenset({"timestep", "guidance", "time_ids"})
 """Inputs an fp16 or bf16 engine takes in fp32: what the modules turn into sinusoidal embeddings (in fp32, then cast
 to their own dtype): the denoisers' timestep, Flux's guidance, SDXL's size and crop ids."""
@@ -53,7 +57,9 @@ TEXT_TOKENS = "text_tokens"
 Loader = Callable[[Path, str, torch.dtype], torch.nn.Module]
 """``(engine folder, engine name, dtype) -> module``: the module taking the engine's inputs positionally."""
 Shapes = tuple[tuple[int, ...], ...]
-"""Each input's shape without the batch axis, in the module's argument order."""
+"""Each input's shape without the batch axis (a shared input's whole), in the module's argument order."""
+Tensors = tuple[tuple[str, str, tuple[int, ...]], ...]
+"""Each input's name, dtype and shape (without the batch axis)."""
 
 
 @dataclass(frozen=True)
@@ -80,18 +86,23 @@ class TorchEngine:
     runs in fp32 whatever the precision (SDXL's VAE); ``buckets``: the row counts captured (none: always eager);
     ``axes``: each input's :func:`dim_axes`, and ``side`` the latent side ``inputs`` are at (what
     :meth:`input_shapes` resizes; absent in engines built before them: those capture their native size alone);
-    ``scale``: pixels per latent (what turns a stack's graph sizes, in pixels, into capture shapes).
+    ``scale``: pixels per latent (what turns a stack's graph sizes, in pixels, into capture shapes); ``shared``:
+    inputs without a batch axis, after ``inputs`` (a LoRA-ready engine's banks), ``shared_axes`` theirs;
+    ``padded``: axes (by name) a call may hold fewer of than its bucket, zero-padded, and the sizes captured.
     """
 
     engine: str
     loader: str
-    inputs: tuple[tuple[str, str, tuple[int, ...]], ...]
+    inputs: Tensors
     outputs: tuple[str, ...]
     keep_fp32: bool = False
     buckets: tuple[int, ...] = ()
     axes: tuple[tuple[str, ...], ...] = ()
     side: int = 0
     scale: int = 0
+    shared: Tensors = ()
+    shared_axes: tuple[tuple[str, ...], ...] = ()
+    padded: Padded = ()
 
     def save(self, files: EngineFiles) -> None:
         """Write ``torch.json`` into the engine's folder."""
@@ -103,7 +114,20 @@ class TorchEngine:
         raw = json.loads(files.torch_module.read_text())
         raw["inputs"] = tuple((name, dtype, tuple(shape)) for name, dtype, shape in raw["inputs"])
         raw["axes"] = tuple(tuple(names) for names in raw.get("axes", ()))  # none in engines built before them
+        raw["shared"] = tuple((name, dtype, tuple(shape)) for name, dtype, shape in raw.get("shared", ()))
+        raw["shared_axes"] = tuple(tuple(names) for names in raw.get("shared_axes", ()))
+        raw["padded"] = tuple((axis, tuple(sizes)) for axis, sizes in raw.get("padded", ()))
         return cls(**raw | {"outputs": tuple(raw["outputs"]), "buckets": tuple(raw["buckets"])})
+
+    @property
+    def names(self) -> list[str]:
+        """Every input's name in the module's argument order: the batched ones, then the shared ones."""
+        return [name for name, _, _ in (*self.inputs, *self.shared)]
+
+    @property
+    def all_axes(self) -> tuple[tuple[str, ...], ...]:
+        """Every input's :func:`dim_axes`, the batched ones' then the shared ones'."""
+        return (*self.axes, *self.shared_axes)
 
     def loader_function(self) -> Loader:
         """The function :attr:`loader` names (its module imported: diffusers, transformers)."""
@@ -127,24 +151,30 @@ class TorchEngine:
         latents = [(self.side, self.side), *((height // self.scale, width // self.scale) for height, width in sizes)]
         return [CaptureShape(h, w, k) for h, w in dict.fromkeys(latents) for k in range(1, chunks + 1)]
 
-    def input_shapes(self, at: CaptureShape | None = None) -> Shapes:
+    def input_shapes(self, at: CaptureShape | None = None, sizes: Mapping[str, int] | None = None) -> Shapes:
         """Each input's shape at ``at`` (None: native): its latent axes at that size, its text tokens at its chunks.
 
         An axis following the latents at a scale (an image's, a ControlNet residual's) keeps its ratio to
-        :attr:`side`; other axes keep their native size. Raises ValueError for an engine built without its axes.
+        :attr:`side`; other axes keep their native size, but :attr:`padded` ones, at ``sizes``. Raises ValueError for
+        an engine built without its axes.
         """
-        native = tuple(shape for _, _, shape in self.inputs)
-        if at is None:
+        native = tuple(shape for _, _, shape in (*self.inputs, *self.shared))
+        if at is None and not sizes:
             return native
-        if len(self.axes) != len(native) or self.side <= 0:
+        axes = self.all_axes
+        if len(axes) != len(native) or (at is not None and self.side <= 0):
             raise ValueError(f"{self.engine}: built without its axes (rebuild it to capture other sizes)")
         return tuple(
-            tuple(_resized(size, axis, at, self.side) for size, axis in zip(shape, axes, strict=True))
-            for shape, axes in zip(native, self.axes, strict=True)
+            tuple(_resized(size, axis, at, self.side, sizes or {}) for size, axis in zip(shape, names, strict=True))
+            for shape, names in zip(native, axes, strict=True)
         )
 
 
-def _resized(size: int, axis: str, at: CaptureShape, side: int) -> int:
+def _resized(size: int, axis: str, at: CaptureShape | None, side: int, sizes: Mapping[str, int]) -> int:
+    if axis in sizes:
+        return sizes[axis]
+    if at is None:
+        return size
     if axis == TEXT_TOKENS:
         return size * at.chunks  # native: one chunk
     if "height" in axis:
@@ -152,17 +182,6 @@ def _resized(size: int, axis: str, at: CaptureShape, side: int) -> int:
     if "width" in axis:
         return math.ceil(at.latent_width * size / side)
     return size
-
-
-def bucket_for(rows: int, buckets: Collection[int]) -> int | None:
-    """The smallest bucket holding ``rows`` rows; None when none does (the call runs eager)."""
-    return min((size for size in buckets if size >= rows), default=None)
-
-
-def padded(tensor: torch.Tensor, rows: int) -> torch.Tensor:
-    """``tensor`` with its last row repeated up to ``rows`` rows (a padded row is a real input: no NaN, no zeros)."""
-    missing = rows - len(tensor)
-    return tensor if missing <= 0 else torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])])
 
 
 def compute_dtype(precision: str, device: torch.device, keep_fp32: bool) -> torch.dtype:
@@ -177,46 +196,6 @@ def compute_dtype(precision: str, device: torch.device, keep_fp32: bool) -> torc
 def on_device(device: torch.device) -> contextlib.AbstractContextManager:
     """The context in which ``device``'s work runs: its CUDA device made current (streams, graphs, pools are its)."""
     return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-
-
-class _Bucket:
-    """One bucket at some shapes: inputs copied into static rows, the module's call, outputs sliced back.
-
-    On a GPU the call is a CUDA graph captured here, on ``stream`` and into ``pool`` (both the session's, on its
-    device; the buckets share the pool: one runs at a time); elsewhere it is the eager call on the padded rows.
-    """
-
-    def __init__(self, call: Callable, rows: int, inputs: list[torch.Tensor], pool=None, stream=None) -> None:
-        self.rows = rows
-        self.static = [padded(tensor, rows).clone() for tensor in inputs]
-        self.graph = None
-        self.outputs: tuple[torch.Tensor, ...] = ()
-        if self.static[0].is_cuda:
-            self._capture(call, pool, stream)
-        else:
-            self.call = call
-
-    def _capture(self, call: Callable, pool, stream: torch.cuda.Stream) -> None:
-        stream.wait_stream(torch.cuda.current_stream(stream.device))
-        with torch.cuda.stream(stream):
-            for _ in range(WARMUP_CALLS):
-                call(*self.static)
-        torch.cuda.current_stream(stream.device).wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, pool=pool, stream=stream):  # not torch's process-wide capture stream
-            self.outputs = call(*self.static)
-
-    def __call__(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
-        """The outputs of ``inputs`` (at most :attr:`rows` rows, the capture shapes), sliced to their rows."""
-        count = len(inputs[0])
-        for static, tensor in zip(self.static, inputs, strict=True):
-            static.copy_(padded(tensor, self.rows))
-        if self.graph is not None:
-            self.graph.replay()
-            outputs = self.outputs
-        else:
-            outputs = self.call(*self.static)
-        return tuple(output[:count] for output in outputs)
 
 
 class TorchSession:
@@ -235,24 +214,29 @@ class TorchSession:
             module = self.engine.load(folder, self.dtype).to(self.device, self.dtype).eval()
         full = {index for index, (name, _, _) in enumerate(self.engine.inputs) if name in FULL_PRECISION_INPUTS}
         self.module = module if self.dtype == torch.float32 else CastIO(module, self.dtype, full)
-        self.input_names = {name for name, _, _ in self.engine.inputs}
+        self.input_names = set(self.engine.names)
         self.output_names = list(self.engine.outputs)
         self.input_ranks = {name: 1 + len(shape) for name, _, shape in self.engine.inputs}
+        self.input_ranks |= {name: len(shape) for name, _, shape in self.engine.shared}
         self.eager_calls: Counter[Shapes] = Counter()
         """Calls that ran eager though buckets were captured, by their inputs' shapes (without the batch axis)."""
         self._lock = threading.Lock()
-        self._buckets: dict[tuple, _Bucket] = {}  # by (rows, *shapes)
+        self._buckets: dict[tuple, Bucket] = {}  # by (rows, *shapes)
+        self._kept: dict[str, tuple[object, torch.Tensor]] = {}  # a shared input's last array, on the device
 
     def capture(self, buckets: Sequence[int] | None = None, shapes: Sequence[CaptureShape] | None = None) -> None:
         """Make each bucket (default: the engine's) at each of ``shapes`` (default: the native size, one chunk).
 
         On a GPU each is a CUDA graph, captured under the session's device on one stream into one memory pool, the
         largest calls first. Shapes that give an engine the same inputs (chunks, for an engine without text states)
-        are captured once; an engine built without its axes captures its native size alone (with a log line).
+        are captured once; an engine built without its axes captures its native size alone (with a log line). Each
+        is captured at every combination of the :attr:`TorchEngine.padded` axes' sizes, its shared inputs' static
+        tensors one set per shapes.
         """
         sizes = sorted(set(self.engine.buckets if buckets is None else buckets))
+        paddings = padding_sizes(self.engine.padded)
         try:
-            wanted = list(dict.fromkeys(self.engine.input_shapes(at) for at in shapes or [None]))
+            wanted = list(dict.fromkeys(self.engine.input_shapes(at, p) for at in shapes or [None] for p in paddings))
         except ValueError as error:
             logger.warning("%s: %s: capturing its native size alone", self.engine.engine, error)
             wanted = [self.engine.input_shapes()]
@@ -261,12 +245,19 @@ class TorchSession:
         with self._lock, torch.inference_mode(), on_device(self.device):
             pool = torch.cuda.graph_pool_handle() if cuda else None
             stream = torch.cuda.Stream(self.device) if cuda else None
+            statics: dict[Shapes, SharedInputs] = {}
+            batched = len(self.engine.inputs)
+            dtypes = [getattr(torch, dtype) for _, dtype, _ in (*self.engine.inputs, *self.engine.shared)]
             for rows, at in plan:
                 example = [
-                    torch.zeros((rows, *shape), dtype=getattr(torch, dtype), device=self.device)
-                    for (_, dtype, _), shape in zip(self.engine.inputs, at, strict=True)
+                    torch.zeros((rows, *shape), dtype=dtype, device=self.device)
+                    for dtype, shape in zip(dtypes[:batched], at[:batched], strict=True)
                 ]
-                self._buckets[(rows, *at)] = _Bucket(self._eager, rows, example, pool, stream)
+                shared = at[batched:]
+                if shared and shared not in statics:  # the banks' static tensors: one set per shapes
+                    zeros = zip(dtypes[batched:], shared, strict=True)
+                    statics[shared] = SharedInputs([torch.zeros(s, dtype=d, device=self.device) for d, s in zeros])
+                self._buckets[(rows, *at)] = Bucket(self._eager, rows, example, statics.get(shared), pool, stream)
         logger.info(
             "%s: buckets %s at %d shapes (%s) on %s", self.engine.engine, sizes, len(wanted), self.dtype, self.device
         )
@@ -282,31 +273,53 @@ class TorchSession:
         return tuple(dict.fromkeys(key[1:] for key in self._buckets))
 
     def run(self, feeds: dict[str, np.ndarray], shared: dict[str, np.ndarray] | None = None) -> list[np.ndarray]:
-        """All outputs for ``feeds`` (batch axis first; inputs the module does not take are left out), as float32."""
-        names = [name for name, _, _ in self.engine.inputs]
+        """All outputs for ``feeds`` (batch axis first; inputs the module does not take are left out), as float32.
+
+        ``shared``: the inputs without a batch axis (a LoRA-ready engine's banks; they may come in ``feeds`` too).
+        """
+        given = {**feeds, **(shared or {})}
         with on_device(self.device):
-            inputs = [torch.from_numpy(np.ascontiguousarray(feeds[name])).to(self.device) for name in names]
+            names = [name for name, _, _ in self.engine.inputs]
+            inputs = [torch.from_numpy(np.ascontiguousarray(given[name])).to(self.device) for name in names]
+            inputs += self._shared(given)
             return [output.float().cpu().numpy() for output in self._call(inputs)]
 
-    def run_tensors(self, feeds: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
+    def run_tensors(
+        self, feeds: Mapping[str, torch.Tensor], shared: Mapping[str, np.ndarray] | None = None
+    ) -> list[torch.Tensor]:
         """All outputs for ``feeds`` already on this session's device, as float32 tensors there, without waiting.
 
         The host never waits for the GPU here (no copy back): the caller's next work queues behind it. The outputs
-        are the session's own (copies of a graph's static outputs, which its next replay overwrites).
+        are the session's own (copies of a graph's static outputs, which its next replay overwrites). ``shared``:
+        as :meth:`run`'s, copied to the device once per array.
         """
         with on_device(self.device):
-            inputs = [feeds[name] for name, _, _ in self.engine.inputs]
+            inputs = [feeds[name] for name, _, _ in self.engine.inputs] + self._shared(shared or {})
             return [output.float().clone() for output in self._call(inputs)]
+
+    def _shared(self, given: Mapping[str, object]) -> list[torch.Tensor]:
+        """The shared inputs of ``given`` on the device: an array given again (the same banks) is not copied again."""
+        tensors = []
+        for name, _, _ in self.engine.shared:
+            array = given[name]
+            kept = self._kept.get(name)
+            if kept is None or kept[0] is not array:
+                tensor = array if isinstance(array, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(array))
+                kept = self._kept[name] = (array, tensor.to(self.device))
+            tensors.append(kept[1])
+        return tensors
 
     def _call(self, inputs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
         """The module's outputs for ``inputs``: a captured bucket's where one holds them, else eager (counted)."""
         with self._lock, torch.inference_mode():
-            at = _shapes(inputs)
-            rows = bucket_for(len(inputs[0]), [key[0] for key in self._buckets if key[1:] == at])
+            at = _shapes(inputs, len(self.engine.inputs))
+            target = padded_shapes(self.engine.padded, self.engine.all_axes, at)
+            keys = [key[0] for key in self._buckets if key[1:] == target]
+            rows = bucket_for(len(inputs[0]), keys) if target is not None else None
             if rows is None:
                 self._count_eager(len(inputs[0]), at)
                 return self._eager(*inputs)
-            return self._buckets[(rows, *at)](inputs)
+            return self._buckets[(rows, *target)](inputs)
 
     @property
     def eager_total(self) -> int:
@@ -318,7 +331,7 @@ class TorchSession:
             return
         self.eager_calls[at] += 1
         if self.eager_calls[at] == 1:
-            names = [name for name, _, _ in self.engine.inputs]
+            names = self.engine.names
             captured = "; ".join(
                 f"rows {sorted(k[0] for k in self._buckets if k[1:] == s)} at {_named(names, s)}" for s in self.shapes
             )
@@ -342,9 +355,9 @@ def _concrete(device: torch.device) -> torch.device:
     )
 
 
-def _shapes(inputs: list[torch.Tensor]) -> Shapes:
-    """Each input's shape without the batch axis (what a bucket is captured at)."""
-    return tuple(tuple(tensor.shape[1:]) for tensor in inputs)
+def _shapes(inputs: list[torch.Tensor], batched: int) -> Shapes:
+    """Each input's shape without the batch axis, the ``batched`` first ones' (what a bucket is captured at)."""
+    return tuple(tuple(tensor.shape[1:] if index < batched else tensor.shape) for index, tensor in enumerate(inputs))
 
 
 def _elements(plan: tuple[int, Shapes]) -> int:

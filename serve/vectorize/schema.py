@@ -6,6 +6,8 @@ import enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from serve.images import BASE64_IMAGE
+
 MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 MAX_BUDGET_MS = 60_000
 BASE64_PATTERN = r"^(?:(?:[A-Za-z0-9+/]{4})+=*|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=))?(?!\n)$"
@@ -97,6 +99,6 @@ class VectorizeJson(VectorizeOptions):
 
     image: str = Field(
         min_length=1,
-        json_schema_extra={"pattern": BASE64_PATTERN},  # documented; decoded by the Gateway
+        json_schema_extra={"pattern": BASE64_PATTERN} | BASE64_IMAGE,  # documented; decoded by the Gateway
         description="The PNG/JPEG/... file, base64-encoded.",
     )

@@ -22,9 +22,10 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.errors import Conflict, InvalidInput
+from serve.integers import json_int
 from serve.triton.engine_files import ONNX
 from serve.triton.repository import install_model, uninstall_model
 from serve.triton.spec import Backend, ModelSpec
@@ -51,8 +52,8 @@ class VersionChange(BaseModel):
         description="A folder `easel train vectorize` wrote, on the stack's machine (ONNX predictor and policy, "
         "tier1.json): installed as a new version.",
     )
-    version: StrictInt | None = Field(
-        None, ge=1, description="PUT only: an installed version to make current again (an instant rollback)."
+    version: json_int(ge=1) | None = Field(
+        None, description="PUT only: an installed version to make current again (an instant rollback)."
     )
 
     @model_validator(mode="after")

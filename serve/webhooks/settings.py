@@ -6,13 +6,27 @@ from dataclasses import dataclass
 from typing import Annotated
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from serve.errors import InvalidInput
 from serve.spelling import Cli
 
 DEFAULT_ATTEMPTS = 8
 DEFAULT_TIMEOUT_S = 10.0
+HOST_ALONE_PORTS = (80, 443)
+"""The ports a ``--webhook-hosts`` entry without one allows (http's and https' own)."""
+
+
+def host_and_port(entry: str) -> tuple[str, int | None]:
+    """An allowlist entry's host (lower case) and port (None: the host alone): ``host``, ``host:port``, ``[::1]:80``."""
+    parts = urlsplit(f"http://{entry.strip()}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if port == -1 or not parts.hostname or parts.path or parts.query or parts.username or parts.password:
+        raise ValueError(f"{entry!r} is not a host or host:port (an IPv6 address in brackets: [::1]:8080)")
+    return parts.hostname.lower(), port
 
 
 @dataclass(frozen=True)
@@ -37,10 +51,11 @@ class RetryTimes:
 class WebhookSettings(BaseModel):
     """Which hosts a job's webhook may name, and how its deliveries are attempted."""
 
-    webhook_hosts: Annotated[tuple[str, ...], Cli(type="HOST_LIST", metavar="HOST,...")] = Field(
+    webhook_hosts: Annotated[tuple[str, ...], Cli(type="HOST_LIST", metavar="HOST[:PORT],...")] = Field(
         (),
-        description="Hosts a background job's webhook URL may name (comma-separated names or addresses, e.g. "
-        "hooks.example.org,127.0.0.1). Default: none, and a job naming a webhook is a 400.",
+        description="Hosts and ports a background job's webhook URL may name (comma-separated, e.g. "
+        "hooks.example.org,127.0.0.1:9000): a host alone allows ports 80 and 443 only. Default: none, and a job "
+        "naming a webhook is a 400.",
     )
     webhook_attempts: int = Field(
         DEFAULT_ATTEMPTS,
@@ -53,16 +68,31 @@ class WebhookSettings(BaseModel):
         DEFAULT_TIMEOUT_S, gt=0, le=120, description="How long one webhook attempt may take, in seconds, all told."
     )
 
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _hosts_and_ports(cls, hosts: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in hosts:
+            host_and_port(entry)  # a ValueError names the entry
+        return hosts
+
     @property
     def retries(self) -> RetryTimes:
         """When a failed delivery is attempted again."""
         return RetryTimes(attempts=self.webhook_attempts)
 
     def check(self, url: str) -> None:
-        """A 400 naming ``webhook`` unless ``url`` is http(s) on one of the allowed hosts."""
+        """A 400 naming ``webhook`` unless ``url`` is http(s) on an allowed host and port (its scheme's by default)."""
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InvalidInput(f"webhook: {url!r} is not an http:// or https:// URL", "webhook")
-        if parts.hostname.lower() not in self.webhook_hosts:
-            allowed = ", ".join(self.webhook_hosts) or "none (easel up --webhook-hosts)"
-            raise InvalidInput(f"webhook: host {parts.hostname!r} is not allowed; allowed: {allowed}", "webhook")
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise InvalidInput(f"webhook: {url!r} has no valid port", "webhook") from None
+        host, allowed = parts.hostname.lower(), {host_and_port(entry) for entry in self.webhook_hosts}
+        if (host, port) not in allowed and not ((host, None) in allowed and port in HOST_ALONE_PORTS):
+            shown = ", ".join(self.webhook_hosts) or "none (easel up --webhook-hosts)"
+            raise InvalidInput(
+                f"webhook: {host}:{port} is not allowed (a host alone allows ports 80 and 443); allowed: {shown}",
+                "webhook",
+            )

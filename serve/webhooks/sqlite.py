@@ -1,4 +1,7 @@
-"""The outbox in the stack's SQLite file: a job's delivery is inserted by the job store's own transaction."""
+"""The outbox and the keys' webhook secrets in the stack's SQLite file.
+
+A job's delivery is inserted by the job store's own transaction.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import sqlite3
 import time
 
 from serve.stores import serialized, sqlite_open
+from serve.webhooks.key_secrets import KeySecret, KeySecrets
 from serve.webhooks.store import DEFAULT_RETENTION_S, Delivery, DeliveryStatus, Outbox, clipped
 
 SCHEMA = """
@@ -20,19 +24,29 @@ CREATE TABLE IF NOT EXISTS webhook_deliveries (
     due_at REAL NOT NULL,
     worker TEXT,
     outcome TEXT,
-    finished_at REAL
+    finished_at REAL,
+    key_id TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS webhook_deliveries_due ON webhook_deliveries (status, due_at);
 CREATE INDEX IF NOT EXISTS webhook_deliveries_source ON webhook_deliveries (source, created_at);
+-- each key's last turn: a claim serves the key with the lowest first ('' : deliveries of an open API's jobs)
+CREATE TABLE IF NOT EXISTS webhook_turns (key_id TEXT PRIMARY KEY, turn INTEGER NOT NULL);
 """
-"""The outbox's table: the job store makes it too, as it writes deliveries in its own transactions."""
+"""The outbox's tables: the job store makes them too, as it writes deliveries in its own transactions."""
+
+
+def upgrade(db: sqlite3.Connection) -> None:
+    """Add what an older stack's outbox table lacks (its deliveries' key: an open API's, '')."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(webhook_deliveries)")}
+    if "key_id" not in columns:
+        db.execute("ALTER TABLE webhook_deliveries ADD COLUMN key_id TEXT NOT NULL DEFAULT ''")
 
 
 def add_in(db: sqlite3.Connection, delivery: Delivery) -> None:
     """Insert ``delivery`` with ``db``, inside the caller's transaction (the table: :data:`SCHEMA`)."""
     db.execute(
-        "INSERT INTO webhook_deliveries (id, url, body, source, created_at, status, attempts, due_at) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO webhook_deliveries (id, url, body, source, created_at, status, attempts, due_at, key_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             delivery.id,
             delivery.url,
@@ -42,6 +56,7 @@ def add_in(db: sqlite3.Connection, delivery: Delivery) -> None:
             delivery.status.value,
             delivery.attempts,
             delivery.due_at,
+            delivery.key_id or "",
         ),
     )
 
@@ -58,6 +73,7 @@ def _delivery(row: sqlite3.Row) -> Delivery:
         due_at=row["due_at"],
         outcome=row["outcome"],
         finished_at=row["finished_at"],
+        key_id=row["key_id"] or None,
     )
 
 
@@ -67,6 +83,7 @@ class SqliteOutbox(Outbox):
     def __init__(self, url: str, retention_s: float = DEFAULT_RETENTION_S) -> None:
         super().__init__(retention_s)
         self.db, self._lock = sqlite_open(url, SCHEMA)
+        upgrade(self.db)
 
     @serialized
     def add(self, delivery: Delivery) -> None:
@@ -89,16 +106,26 @@ class SqliteOutbox(Outbox):
         return [_delivery(row) for row in rows]
 
     @serialized
-    def claim(self, worker: str, lease_s: float, max_attempts: int, now: float | None = None) -> Delivery | None:
+    def claim(
+        self,
+        worker: str,
+        lease_s: float,
+        max_attempts: int,
+        now: float | None = None,
+        skip: frozenset[str | None] = frozenset(),
+    ) -> Delivery | None:
         """See :meth:`Outbox.claim`."""
         now = time.time() if now is None else now
+        skipped = sorted(key_id or "" for key_id in skip)
+        query = (
+            "SELECT d.* FROM webhook_deliveries d LEFT JOIN webhook_turns t ON t.key_id = d.key_id "
+            f"WHERE d.status = 'pending' AND d.due_at <= ? AND d.key_id NOT IN ({', '.join('?' * len(skipped))}) "
+            "ORDER BY COALESCE(t.turn, 0), d.due_at LIMIT 1"
+        )
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             while True:
-                row = self.db.execute(
-                    "SELECT * FROM webhook_deliveries WHERE status = 'pending' AND due_at <= ? ORDER BY due_at LIMIT 1",
-                    (now,),
-                ).fetchone()
+                row = self.db.execute(query, (now, *skipped)).fetchone()
                 if row is None:
                     return None
                 if row["attempts"] < max_attempts:
@@ -107,6 +134,12 @@ class SqliteOutbox(Outbox):
             self.db.execute(
                 "UPDATE webhook_deliveries SET attempts = attempts + 1, due_at = ?, worker = ? WHERE id = ?",
                 (now + lease_s, worker, row["id"]),
+            )
+            self.db.execute(
+                "INSERT INTO webhook_turns (key_id, turn) "
+                "VALUES (?, (SELECT COALESCE(MAX(turn), 0) + 1 FROM webhook_turns)) "
+                "ON CONFLICT (key_id) DO UPDATE SET turn = excluded.turn",
+                (row["key_id"],),
             )
             return _delivery(self.db.execute("SELECT * FROM webhook_deliveries WHERE id = ?", (row["id"],)).fetchone())
 
@@ -145,9 +178,46 @@ class SqliteOutbox(Outbox):
             gone = self.db.execute(
                 "DELETE FROM webhook_deliveries WHERE status != 'pending' AND finished_at < ?", (cutoff,)
             )
+            self.db.execute(  # the turns of keys with nothing pending: a key back later starts first
+                "DELETE FROM webhook_turns WHERE key_id NOT IN "
+                "(SELECT key_id FROM webhook_deliveries WHERE status = 'pending')"
+            )
             return gone.rowcount
 
     @serialized
     def close(self) -> None:
         """See :meth:`Outbox.close`."""
+        self.db.close()
+
+
+class SqliteKeySecrets(KeySecrets):
+    """The keys' webhook secrets in the ``webhook_secrets`` table of the stack's SQLite file."""
+
+    def __init__(self, url: str) -> None:
+        self.db, self._lock = sqlite_open(
+            url,
+            "CREATE TABLE IF NOT EXISTS webhook_secrets (key_id TEXT PRIMARY KEY, secret TEXT NOT NULL, "
+            "previous TEXT, previous_until REAL NOT NULL DEFAULT 0);",
+        )
+
+    @serialized
+    def _rotate(self, key_id: str, secret: bytes, previous_until: float) -> None:
+        with self.db:  # one statement: the old secret moves to previous as the new one replaces it
+            self.db.execute(
+                "INSERT INTO webhook_secrets (key_id, secret) VALUES (?, ?) ON CONFLICT (key_id) DO UPDATE "
+                "SET previous = secret, previous_until = ?, secret = excluded.secret",
+                (key_id, secret.hex(), previous_until),
+            )
+
+    @serialized
+    def _get(self, key_id: str) -> KeySecret | None:
+        row = self.db.execute("SELECT * FROM webhook_secrets WHERE key_id = ?", (key_id,)).fetchone()
+        if row is None:
+            return None
+        previous = bytes.fromhex(row["previous"]) if row["previous"] else None
+        return KeySecret(bytes.fromhex(row["secret"]), previous, row["previous_until"])
+
+    @serialized
+    def close(self) -> None:
+        """See :meth:`KeySecrets.close`."""
         self.db.close()

@@ -5,8 +5,10 @@ A delivery is written by whatever ends what it tells of, in that change's own tr
 never ends without its delivery recorded. A sender (:class:`serve.webhooks.sender.WebhookSender`) claims a due
 delivery with a lease, POSTs it and records the attempt: delivered, due again later, or failed past its attempts. A
 delivery is due at its next attempt's time or, while leased, when its lease expires: a sender that dies mid-delivery
-leaves it due again, and the next sender sends it again under the same id. Two implementations keep the contract,
-tested against the same tests: :mod:`serve.webhooks.sqlite` and :mod:`serve.webhooks.redis`.
+leaves it due again, and the next sender sends it again under the same id. Claims take keys in turn: each delivery
+carries the API key whose job it tells of, and a claim takes the due delivery of the key served least recently (so
+one key's many deliveries never queue another's behind them). Two implementations keep the contract, tested against
+the same tests: :mod:`serve.webhooks.sqlite` and :mod:`serve.webhooks.redis`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Delivery:
     due_at: float = 0.0  # when it may be claimed: its next attempt, or its lease's end while one is sending it
     outcome: str | None = None  # the last attempt's: "HTTP 200", "HTTP 500", "timed out after 10 s", ...
     finished_at: float | None = None
+    key_id: str | None = None  # the API key whose job it tells of (None: the API was open); signed with its secret
 
     def to_api(self) -> dict:
         """The delivery as ``easel webhooks deliveries`` shows it (its body left out)."""
@@ -51,6 +54,7 @@ class Delivery:
             "id": self.id,
             "url": self.url,
             "source": self.source,
+            "key_id": self.key_id,
             "status": self.status.value,
             "attempts": self.attempts,
             "outcome": self.outcome,
@@ -59,10 +63,10 @@ class Delivery:
         }
 
 
-def new_delivery(url: str, body: str, source: str) -> Delivery:
-    """A fresh delivery, due now (``msg_`` and 24 hex digits, as Standard Webhooks' examples name them)."""
+def new_delivery(url: str, body: str, source: str, key_id: str | None = None) -> Delivery:
+    """A fresh delivery of ``key_id``'s, due now (``msg_`` and 24 hex digits, as Standard Webhooks names them)."""
     now = time.time()
-    return Delivery(f"msg_{secrets.token_hex(12)}", url, body, source, now, due_at=now)
+    return Delivery(f"msg_{secrets.token_hex(12)}", url, body, source, now, due_at=now, key_id=key_id)
 
 
 def clipped(outcome: str) -> str:
@@ -89,10 +93,19 @@ class Outbox(ABC):
         """The deliveries that tell of ``source`` (a job's id), oldest first."""
 
     @abstractmethod
-    def claim(self, worker: str, lease_s: float, max_attempts: int, now: float | None = None) -> Delivery | None:
-        """Lease the delivery due first to ``worker`` for ``lease_s``, its attempt begun (counted); None if none is due.
+    def claim(
+        self,
+        worker: str,
+        lease_s: float,
+        max_attempts: int,
+        now: float | None = None,
+        skip: frozenset[str | None] = frozenset(),
+    ) -> Delivery | None:
+        """Lease a due delivery to ``worker`` for ``lease_s``, its attempt begun (counted); None if none is due.
 
-        A due delivery whose ``max_attempts`` have all begun (its sender died during the last) fails instead.
+        Of the keys with a due delivery (but those in ``skip``: their share of the sender's slots is taken), the key
+        served least recently; of its deliveries, the one due first. A due delivery whose ``max_attempts`` have all
+        begun (its sender died during the last) fails instead.
         """
 
     @abstractmethod

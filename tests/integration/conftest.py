@@ -272,6 +272,7 @@ class WebhookReceiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.allowed = f"127.0.0.1:{self.server.server_address[1]}"  # its --webhook-hosts entry
 
     def verified(self, secret: str) -> list[tuple[str, dict, bool]]:
         """Every call so far: its webhook-id, its body (the signature checked by Standard Webhooks' library), and

@@ -676,7 +676,8 @@ def test_zz_loras_are_their_key_s_and_another_key_gets_what_an_unknown_name_gets
 
 
 def test_zz_a_key_keeps_no_more_stored_things_than_its_quota(stack, default_model, tmp_path):
-    """References and LoRA uploads count together against a key's stored_items and stored_bytes: a 403, not a 429."""
+    """References and LoRA uploads count together against a key's stored_items and stored_bytes: a 429 naming the
+    quota, without Retry-After (waiting frees nothing)."""
     from build_engines.text_to_image.random_adapters import make_lora
     from serve.access import ACTIVE_CHECK_S, open_key_store
     from serve.access.keys import KeyLimits
@@ -699,12 +700,12 @@ def test_zz_a_key_keeps_no_more_stored_things_than_its_quota(stack, default_mode
         file = {"file": ("lora.safetensors", lora)}
         assert call("carl", "POST", "/v1/loras", data={"name": "carls"}, files=file).status_code == 200
         third = call("carl", "POST", "/v1/references", json={"image": image})
-        assert third.status_code == 403 and third.json()["error"]["param"] == "stored_items", third.text
+        assert third.status_code == 429 and third.json()["error"]["param"] == "stored_items", third.text
         assert "retry-after" not in third.headers
         assert call("carl", "DELETE", f"/v1/references/{first.json()['id']}").status_code == 200
         assert call("carl", "POST", "/v1/references", json={"image": image}).status_code == 200
         over = call("dora", "POST", "/v1/references", json={"image": image})
-        assert over.status_code == 403 and over.json()["error"]["param"] == "stored_bytes", over.text
+        assert over.status_code == 429 and over.json()["error"]["param"] == "stored_bytes", over.text
         assert call("dora", "GET", "/v1/references").json()["data"] == []
 
 
@@ -754,3 +755,99 @@ def test_zz_another_key_s_reference_or_lora_answers_as_an_unknown_one(stack, def
     assert theirs == unknown, (theirs, unknown)
     kind = "not_found_error" if row.status == 404 else "invalid_request_error"
     assert theirs[:3] == (row.status, kind, row.param), theirs
+
+
+def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everything(stack, default_model, tmp_path):
+    """A scripted sequence of admin calls is in ``GET /v1/audit`` with each key's id and outcome; ``easel backup``
+    while generations and jobs run, ``easel restore`` into a fresh folder: every key, job, image (byte-equal),
+    reference and LoRA of the copy is there."""
+    import threading
+
+    from click.testing import CliRunner
+
+    from build_engines.text_to_image.random_adapters import make_lora
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.audit import AUDIT_FILE
+    from serve.access.keys import KeyLimits
+    from serve.adapters import open_adapter_store
+    from serve.cli.main import main
+    from serve.jobs import open_job_store
+    from serve.results import open_image_store
+    from serve.routes import Scope
+    from serve.stores import default_url
+
+    store, run = open_key_store(stack.options.store), stack.options.run_dir
+    (auditor, boss), (painter, paint) = (
+        store.create(name, scopes, KeyLimits())
+        for name, scopes in (("auditor", {Scope.ADMIN}), ("painter", {Scope.GENERATE, Scope.ADAPTERS, Scope.JOBS}))
+    )
+    lora = make_lora(default_model, tmp_path / "kept.safetensors", rank=2, seed=13).read_bytes()
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    script = [  # who, method, path, what else, the status expected
+        (boss, "PUT", "/v1/experiments/audited", {"json": {"variants": {"easel-default": 1.0}}}, 200),
+        (boss, "POST", "/v1/loras", {"data": {"name": "kept", "visibility": "shared"}}, 200),
+        (boss, "DELETE", "/v1/models/no-such-model", {}, 404),
+        (paint, "POST", "/v1/models", {"json": {}}, 403),  # a scope it lacks
+        (paint, "PUT", "/v1/loras/kept", {"data": {"visibility": "private"}}, 403),  # a shared LoRA is an admin's
+        (boss, "DELETE", "/v1/experiments/audited", {}, 200),
+    ]
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+        for key, method, path, more, status in script:
+            files = {"files": {"file": ("kept.safetensors", lora)}} if path == "/v1/loras" else {}
+            answer = client.request(method, path, headers={"Authorization": f"Bearer {key}"}, **more, **files)
+            assert answer.status_code == status, (method, path, answer.text)
+        assert client.get("/v1/audit", headers={"Authorization": f"Bearer {paint}"}).status_code == 403
+        reference = {"image": reference_image(seed=7)[1]}  # a stored reference, for the backup below (not audited)
+        assert client.post("/v1/references", json=reference, headers={"Authorization": f"Bearer {paint}"}).is_success
+        page = client.get("/v1/audit", params={"limit": 10}, headers={"Authorization": f"Bearer {boss}"})
+    assert page.status_code == 200, page.text
+    ids = {boss: auditor.id, paint: painter.id}
+    expected = [(ids[k], m, p, s, "ok" if s < 400 else "refused" if s == 403 else "failed") for k, m, p, _, s in script]
+    expected.append((painter.id, "GET", "/v1/audit", 403, "refused"))
+    logged = [(e["key_id"], e["action"].split()[0], e["path"], e["status"], e["outcome"]) for e in page.json()["data"]]
+    assert logged[: len(expected)] == expected[::-1]  # newest first
+    assert {e["key_name"] for e in page.json()["data"][: len(expected)]} == {"auditor", "painter"}
+    assert boss not in (run / AUDIT_FILE).read_text() and paint not in (run / AUDIT_FILE).read_text()
+
+    url, stop, done = stack.options.store, threading.Event(), []
+
+    def load() -> None:  # generations (their images kept) and background jobs, until the backup is made
+        with httpx.Client(base_url=stack.info.api_url, timeout=300, headers={"Authorization": f"Bearer {paint}"}) as c:
+            while not stop.is_set():
+                assert c.post(GENERATE, json=BODY | {"seed": len(done)}).status_code == 200
+                assert c.post(GENERATE, json=BODY | {"background": True}).status_code == 202
+                done.append(1)
+
+    def contents(folder: Path, store_url: str) -> dict:
+        images = open_image_store(store_url, folder / "images")
+        return {
+            "keys": {k.id for k in open_key_store(store_url).list()},
+            "jobs": {j.id for j in open_job_store(store_url).list(limit=10_000)},
+            "images": {row.id: images.read(row) for row in images.page(None, None, 10_000)},
+            "loras": {(e.name, e.owner, e.sha256) for e in open_adapter_store(store_url).loras()},
+            "references": {r.id for r in open_adapter_store(store_url).references(None)},
+        }
+
+    writer = threading.Thread(target=load)
+    writer.start()
+    try:
+        while not done and writer.is_alive():
+            time.sleep(0.1)
+        before = contents(run, url)
+        made = CliRunner().invoke(main, ["backup", str(tmp_path / "backup"), "--run-folder", str(run)])
+    finally:
+        stop.set()
+        writer.join()
+    assert made.exit_code == 0, made.output
+    fresh = tmp_path / "fresh"
+    put = CliRunner().invoke(main, ["restore", str(tmp_path / "backup"), "--run-folder", str(fresh)])
+    assert put.exit_code == 0, put.output
+    restored, after = contents(fresh, default_url(fresh)), contents(run, url)
+    for part in ("keys", "loras", "references"):  # unchanged by the load: all of them, no more
+        assert restored[part] == before[part] == after[part] and restored[part], part
+    for part in ("jobs", "images"):  # all that were there when the backup began, none that never was
+        assert set(before[part]) <= set(restored[part]) <= set(after[part]), part
+    assert all(data == after["images"][image_id] for image_id, data in restored["images"].items())
+    for entry in open_adapter_store(default_url(fresh)).loras():  # the files the entries name, in the new folder
+        assert entry.prepared is None or (entry.prepared.startswith(str(fresh)) and Path(entry.prepared).exists())
+    assert "kept" in {name for name, _, _ in restored["loras"]}

@@ -15,6 +15,7 @@ from serve.processes import STACK_ENV, free_ports
 from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
 from tests import doc_blocks
+from tests.certificates import self_signed
 from tests.integration.conftest import EASEL, easel_down, easel_up
 
 pytestmark = pytest.mark.integration
@@ -92,16 +93,24 @@ def test_the_docs_quick_start_and_blocks_run_then_down_leaves_no_process_and_a_b
     assert "nothing recorded" in easel_down(stack.env).stdout  # the failed start stopped what it started
 
 
-def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_it_left(tmp_path, tiny_xl_model):
-    """`easel up --model DIR` on a StableDiffusionXLPipeline.save_pretrained folder; then its process is killed."""
+def test_up_serves_an_sdxl_folder_over_tls_and_down_knows_the_stack_died_and_stops_what_it_left(
+    tmp_path, tiny_xl_model
+):
+    """`easel up --model DIR` on a StableDiffusionXLPipeline.save_pretrained folder, with a self-signed certificate
+    (--tls-cert/--tls-key: its readiness checks and first request trust it, HTTPS and gRPC over TLS answer, plain
+    HTTP and plain gRPC do not); then its process is killed."""
     env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
     port, dashboard_port = free_ports(2)
     repository = tmp_path / "repository"
-    up = easel_up(tmp_path, env, port, dashboard_port, "--model", str(tiny_xl_model))
+    cert, key = self_signed(tmp_path)
+    tls = ("--tls-cert", str(cert), "--tls-key", str(key))
+    up = easel_up(tmp_path, env, port, dashboard_port, "--model", str(tiny_xl_model), *tls)
     state = read_state(tmp_path / "home" / "run")
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "First request" in up.stdout and "-> 200" in up.stdout
+        assert f"https://127.0.0.1:{port}" in up.stdout and state.tls_cert == str(cert.resolve())
+        _speaks_only_tls(state, cert)
         engines = sorted(p.name for p in repository.iterdir() if p.is_dir() and not p.name.startswith("vectorize"))
         assert engines == ["text_encoder", "text_encoder_2", "unet", "vae_decoder", "vae_encoder"]
         family = _family(state)
@@ -114,6 +123,28 @@ def test_up_serves_an_sdxl_folder_and_down_knows_the_stack_died_and_stops_what_i
     assert "was not running" in down.stdout and "leftovers stopped" in down.stdout
     _assert_none_alive_5_s_after(family, state.stack_id)
     assert read_state(tmp_path / "home" / "run") is None
+
+
+def _speaks_only_tls(state, cert) -> None:
+    """The stack's API answers HTTPS trusting ``cert`` (not this machine's CAs, not plain HTTP); gRPC over TLS too."""
+    import grpc
+
+    from serve.grpc_api import easel_pb2, easel_pb2_grpc
+    from serve.processes.tls import client_verify
+
+    assert state.api_url.startswith("https://")
+    assert httpx.get(f"{state.api_url}/readyz", verify=client_verify(state.tls_cert), timeout=10).status_code == 200
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        httpx.get(f"{state.api_url}/readyz", timeout=10)  # this machine's CAs do not know it: it is its own
+    with pytest.raises(httpx.TransportError):
+        httpx.get(state.api_url.replace("https://", "http://") + "/readyz", timeout=10)
+    request = easel_pb2.GenerateRequest(prompt="a red heart icon", size="64x64", num_inference_steps=2)
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(state.grpc_address, credentials) as channel:
+        events = list(easel_pb2_grpc.EaselStub(channel).Generate(request, timeout=120))
+    assert events[-1].result.images[0].data.startswith(b"\x89PNG")
+    with grpc.insecure_channel(state.grpc_address) as channel, pytest.raises(grpc.RpcError):
+        list(easel_pb2_grpc.EaselStub(channel).Generate(request, timeout=10))
 
 
 def test_down_stops_an_up_that_is_still_building_within_15_s_and_says_what_it_stopped(tmp_path):

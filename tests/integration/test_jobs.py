@@ -1,5 +1,5 @@
-"""Background jobs and the result cache through the running stack, on each store: SQLite (the stack's run folder,
-the default) and a real Redis server (a stack across machines)."""
+"""Background jobs, their webhooks and the result cache through the running stack, on each store: SQLite (the
+stack's run folder, the default) and a real Redis server (a stack across machines)."""
 
 import base64
 import io
@@ -9,11 +9,19 @@ import time
 import pytest
 import redis
 from PIL import Image
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
 
+from serve.access import open_key_store
+from serve.access.keys import KeyLimits
 from serve.files import stack_secret
+from serve.routes import Scope
 from serve.stack import Stack, StackOptions
-from serve.webhooks import SECRET_FILE, secret_text
-from tests.integration.conftest import pictures, read_events, submit
+from serve.webhooks import SECRET_FILE, open_key_secrets, open_outbox, secret_text
+from serve.webhooks.sender import PER_KEY
+from serve.webhooks.signing import signed_headers
+from serve.webhooks.store import DeliveryStatus
+from tests.integration.conftest import WebhookReceiver, pictures, read_events, submit
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -21,15 +29,33 @@ logger = logging.getLogger(__name__)
 GENERATE = "/v1/images/generations"
 
 
+@pytest.fixture(scope="module")
+def receivers():
+    """The module's webhook receivers (the only host:ports its stacks allow): an open API's, tenant a's, tenant b's."""
+    made = {name: WebhookReceiver() for name in ("open", "a", "b")}
+    yield made
+    for receiver in made.values():
+        receiver.close()
+
+
 @pytest.fixture(scope="module", params=["sqlite", "redis"])
-def stack(request, tmp_path_factory):
-    """The stack with its jobs and cache in SQLite (default) or in a real Redis server."""
+def stack(request, tmp_path_factory, receivers):
+    """The stack with its jobs and cache in SQLite (default) or in a real Redis server.
+
+    A webhook attempt may take a minute: the receiver a test holds never times out while the test runs.
+    """
     store_url = None
     if request.param == "redis":
         store_url = request.getfixturevalue("redis_url")
         redis.Redis.from_url(store_url).flushdb()
+    for receiver in receivers.values():  # another stack's calls (another secret) are not this one's
+        receiver.calls.clear()
+        receiver.answering.set()
     run_dir = tmp_path_factory.mktemp("run")
-    options = StackOptions(port=0, dashboard=False, run_dir=run_dir, store_url=store_url, webhook_hosts=("127.0.0.1",))
+    hosts = tuple(receiver.allowed for receiver in receivers.values())
+    options = StackOptions(
+        port=0, dashboard=False, run_dir=run_dir, store_url=store_url, webhook_hosts=hosts, webhook_timeout_s=60
+    )
     with Stack(options) as stack:
         yield stack
 
@@ -112,7 +138,8 @@ def test_a_queued_job_canceled_never_runs(stack, api):
     assert [kind for kind, _ in events] == ["state", "canceled"]  # it never ran
 
 
-def test_each_finished_job_is_posted_once_signed_to_its_webhook(stack, api, webhook_receiver):
+def test_each_finished_job_is_posted_once_signed_to_its_webhook(stack, api, receivers):
+    webhook_receiver = receivers["open"]
     secret = secret_text(stack_secret(stack.options.run_dir / SECRET_FILE))  # `easel webhooks secret` prints it
     done = submit(api, {**SMALL, "seed": 90, "webhook": webhook_receiver.url})
     canceled = submit(api, {**SMALL, "seed": 91, "num_inference_steps": 150, "webhook": webhook_receiver.url})
@@ -124,7 +151,8 @@ def test_each_finished_job_is_posted_once_signed_to_its_webhook(stack, api, webh
     calls = [(delivery, body) for delivery, body, _ in webhook_receiver.verified(secret) if body["id"] in finished]
     assert sorted(body["id"] for _, body in calls) == sorted([done["id"], canceled["id"]])  # one each
     for delivery, body in calls:
-        assert delivery.startswith("msg_") and body == finished[body["id"]]  # the job object as GET answers it
+        assert delivery.startswith("msg_") and body.pop("webhook_url") == webhook_receiver.url  # signed with it
+        assert body == finished[body["id"]]  # the job object as GET answers it
     assert [finished[j["id"]]["status"] for j in (done, canceled)] == ["succeeded", "canceled"]
 
 
@@ -185,6 +213,7 @@ def test_an_idempotency_key_returns_the_same_job_and_refuses_another_body(api):
         ("post", GENERATE, {"json": SMALL, "headers": {"Idempotency-Key": "has space"}}, 400, "Idempotency-Key"),
         ("post", GENERATE, {"json": {**SMALL, "background": True, "webhook": "http://example.com/"}}, 400, "webhook"),
         ("post", GENERATE, {"json": {**SMALL, "webhook": "http://127.0.0.1:9/hook"}}, 400, "webhook"),
+        ("post", GENERATE, {"json": {**SMALL, "background": True, "webhook": "http://127.0.0.1/"}}, 400, "webhook"),
     ],
 )
 def test_bad_job_requests_are_clear_4xx(api, method, path, kwargs, status, param):
@@ -210,3 +239,57 @@ def test_a_seeded_request_again_is_a_cache_hit_byte_identical_and_faster(api):
     assert "Easel-Cache" not in unseeded.headers  # only an explicit seed makes an answer reusable
     fresh = api.post(GENERATE, json=body, headers={"Cache-Control": "no-cache"})
     assert fresh.headers["Easel-Cache"] == "miss" and pictures(fresh.json()) == pictures(miss.json())
+
+
+def _until_done(api, job_ids: list[str], headers: dict, timeout_s: float = 180) -> None:
+    deadline = time.monotonic() + timeout_s
+    for job_id in job_ids:
+        while api.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] not in ("succeeded", "failed"):
+            assert time.monotonic() < deadline, f"job {job_id} not done within {timeout_s} s"
+            time.sleep(0.1)
+
+
+def test_each_key_s_webhooks_are_signed_with_its_own_secret_and_its_slow_receiver_never_holds_another_s(
+    stack, api, receivers
+):
+    """Issue 76: one secret signed every tenant's deliveries, and 96 cheap jobs of key a whose receiver answered past
+    the timeout held every slot, so key b's delivery waited for a's timeouts. Runs last: its keys close the API."""
+    keys, store = open_key_store(stack.options.store), stack.options.store
+    (a, a_key), (b, b_key) = (keys.create(name, {Scope.GENERATE, Scope.JOBS}, KeyLimits()) for name in "ab")
+    as_a, as_b = ({"Authorization": f"Bearer {key}"} for key in (a_key, b_key))
+    deadline = time.monotonic() + 30
+    while api.get("/v1/jobs").status_code != 401:  # every replica sees the first key within ACTIVE_CHECK_S
+        assert time.monotonic() < deadline, "the API stayed open with a key in the store"
+        time.sleep(0.2)
+    hook_a, hook_b = receivers["a"], receivers["b"]
+    quick = {**SMALL, "num_inference_steps": 2, "seed": 300, "background": True}  # the same: cached after the first
+    refused = api.post(GENERATE, json={**quick, "webhook": hook_a.url}, headers=as_a)
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "webhook", refused.text
+    assert f"easel keys webhook-secret {a.id}" in refused.json()["error"]["message"]  # no secret yet
+    secrets = open_key_secrets(store)
+    a_secret, b_old = secrets.rotate(a.id), secrets.rotate(b.id)
+    b_secret = secrets.rotate(b.id)  # b's rotated: both of b's sign during the grace
+    hook_a.answering.clear()  # a's receiver holds every call, as one answering past the timeout does
+    slow = [submit(api, {**quick, "webhook": hook_a.url}, **as_a)["id"] for _ in range(40)]  # over 2 x 16 slots
+    _until_done(api, slow, as_a)
+    job_b = submit(api, {**quick, "webhook": hook_b.url}, **as_b)["id"]
+    [(_, body, _)] = hook_b.wait_for(secret_text(b_secret), {job_b})
+    outbox = open_outbox(store)
+    ended = [d.outcome for job_id in slow for d in outbox.of_source(job_id) if d.outcome is not None]
+    held = len(hook_a.calls)
+    logger.info("b's delivery came while a's receiver held %d calls of a's %d", held, len(slow))
+    assert ended == []  # b's came before any attempt of a's ended: a's held slots never made it wait
+    assert 0 < held <= PER_KEY * 2  # a holds its share of each Gateway replica's sender, no more
+    [(head, raw, _)] = list(hook_b.calls)
+    assert body["id"] == job_b and body["webhook_url"] == hook_b.url  # the URL it was meant for, signed
+    assert Webhook(secret_text(b_old)).verify(raw, head)["id"] == job_b  # the replaced secret, in its grace
+    forged = signed_headers([a_secret], head["webhook-id"], raw.decode(), time.time())  # a signs a call to b
+    for headers, secret in ((head, a_secret), (forged, b_secret)):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(secret_text(secret)).verify(raw, headers)
+    hook_a.answering.set()  # a's receiver answers now (the calls it held too): every one of a's is delivered
+    deadline = time.monotonic() + 120
+    while any(d.status is not DeliveryStatus.DELIVERED for job_id in slow for d in outbox.of_source(job_id)):
+        assert time.monotonic() < deadline, "a's deliveries were not all delivered once its receiver answered"
+        time.sleep(0.2)
+    assert {body["id"] for _, body, _ in hook_a.verified(secret_text(a_secret))} == set(slow)  # each signed with a's

@@ -70,7 +70,7 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
     wave = random_motion_adapter(default_model, tmp_path / "wave")  # the default stack's: its engines are cached
     options = ("--store", store_url, "--no-cache", "--no-first-request", "--motion-adapter", f"wave={wave}")
     # A webhook attempt may take 15 s: the calls the receiver holds are in flight at the kill (or their retries are).
-    options += ("--webhook-hosts", "127.0.0.1", "--webhook-timeout-s", "15")
+    options += ("--webhook-hosts", webhook_receiver.allowed, "--webhook-timeout-s", "15")
     hook = webhook_receiver.url
     try:
         # No result cache: the uninterrupted runs compared below must be generated, not the jobs' answers again.

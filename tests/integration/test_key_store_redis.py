@@ -13,3 +13,22 @@ pytestmark = pytest.mark.integration
 def store(redis_url):
     redis.Redis.from_url(redis_url).flushdb()  # each test starts from an empty store
     return RedisKeyStore(redis_url)
+
+
+def test_a_backup_of_a_redis_store_dumps_easel_s_keys_and_restores_them(store, redis_url, tmp_path):
+    """``easel backup`` on a Redis store: each ``easel:*`` key DUMPed with its time to live, RESTOREd by a restore."""
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+    from serve.stack.backup import REDIS_FILE, backup, restore
+
+    made = [store.create(name, {Scope.ADMIN}, KeyLimits())[0] for name in ("ops", "painter")]
+    client = redis.Redis.from_url(redis_url)
+    client.set("not-easel", "kept out")
+    client.set("easel:expiring", "x", ex=600)
+    manifest = backup(tmp_path / "run", tmp_path / "backup", redis_url)
+    assert manifest["store"]["kind"] == "redis" and manifest["store"]["keys"] >= 3
+    assert b"not-easel" not in (tmp_path / "backup" / REDIS_FILE).read_bytes()
+    client.flushdb()
+    restore(tmp_path / "backup", tmp_path / "fresh", redis_url)
+    assert {k.id for k in RedisKeyStore(redis_url).list()} == {k.id for k in made}
+    assert client.get("not-easel") is None and 0 < client.ttl("easel:expiring") <= 600

@@ -709,6 +709,31 @@ def test_grpc_and_jobs_answer_urls_and_bad_delivery_fields_are_400s_naming_them(
 # -- the hostile-tenant matrix (tests/tenant_matrix.py): another key's thing answers as an unknown id does -----------
 
 _BODIES = {"/v1/feedback": {"rating": 5}}  # what a row's body carries besides the id
+
+
+def test_a_key_over_its_image_quota_drops_its_own_oldest_and_leaves_another_key_s_images_alone(api, keys):
+    """Issue 76: key B's traffic over its quota evicts B's own oldest images, never key A's."""
+    store, _ = keys
+    _, tenant_a = store.create("tenant a", {Scope.GENERATE}, KeyLimits())
+    record_b, tenant_b = store.create("tenant b", {Scope.GENERATE}, KeyLimits(images=4))
+    kept = api.post(GENERATE, json=SMALL | {"seed": 31}, headers=_bearer(tenant_a))
+    assert kept.status_code == 200, kept.text
+    a_image = kept.json()["data"][0]["id"]
+    made = []
+    for seed in range(40, 43):  # 6 images of B's, over its quota of 4
+        answer = api.post(GENERATE, json=SMALL | {"seed": seed, "n": 2}, headers=_bearer(tenant_b))
+        assert answer.status_code == 200, answer.text
+        made += [item["id"] for item in answer.json()["data"]]
+    history = api.get("/v1/images", params={"limit": 10}, headers=_bearer(tenant_b)).json()["data"]
+    assert [item["id"] for item in history] == made[::-1][:4]  # its newest 4; its 2 oldest dropped
+    assert api.get(f"/v1/images/{made[0]}", headers=_bearer(tenant_b)).status_code == 404
+    assert api.get(f"/v1/images/{a_image}", headers=_bearer(tenant_a)).status_code == 200  # A's, untouched
+    assert [item["id"] for item in api.get("/v1/images", headers=_bearer(tenant_a)).json()["data"]] == [a_image]
+    store.update(record_b.id, KeyLimits(images=1))  # a quota lowered: B's next image leaves it its newest alone
+    last = api.post(GENERATE, json=SMALL | {"seed": 44}, headers=_bearer(tenant_b)).json()["data"][0]["id"]
+    assert [item["id"] for item in api.get("/v1/images", headers=_bearer(tenant_b)).json()["data"]] == [last]
+
+
 _RPC_MESSAGES = {
     "Feedback": lambda field, given: easel_pb2.FeedbackRequest(**{field: given}, rating=5),
     "GetVideo": lambda field, given: easel_pb2.VideoId(video_id=given),

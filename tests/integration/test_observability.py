@@ -6,6 +6,7 @@ and Prometheus on a free loopback port scraping every second; both are stopped w
 
 import math
 import os
+import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -13,13 +14,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from build_engines.scoring import random_aesthetic, random_clip
 from serve import metrics
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
 from serve.observability.dashboards import GPU_METRIC_PREFIX, load_dashboards, panel_queries
-from serve.observability.prometheus import PROMETHEUS_BINARY, metric_names, query
+from serve.observability.prometheus import ALERT_RULES, PROMETHEUS_BINARY, metric_names, query
 from serve.paths import ICONS_DEV
 from serve.routes import Scope
 from serve.stack import Stack, StackOptions
@@ -229,9 +231,26 @@ def test_prometheus_scrapes_triton_and_ray(prometheus, load):
     _poll(down, "jobs with no target up")
 
 
+def test_prometheus_evaluates_every_alert_rule_on_exported_metrics(prometheus, load):
+    """The stack's Prometheus loaded deployments/prometheus/alerts.yml and evaluates each rule without error, and
+    every metric a rule reads is exported (Triton's GPU ones only where it sees a GPU)."""
+    rules = [rule for group in yaml.safe_load(ALERT_RULES.read_text())["groups"] for rule in group["rules"]]
+
+    def unhealthy():
+        groups = httpx.get(f"{prometheus}/api/v1/rules", timeout=10).json()["data"]["groups"]
+        health = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}
+        return sorted(rule["alert"] for rule in rules if health.get(rule["alert"]) != "ok")
+
+    _poll(unhealthy, "alert rules not loaded, or failing to evaluate")
+    read = {name for rule in rules for name in re.findall(r"\b(?:ray|nv)_[a-z0-9_]+", rule["expr"])}
+    read = {name for name in read if not name.startswith(GPU_METRIC_PREFIX)}
+    _poll(lambda: sorted(read - metric_names(prometheus)), "metrics alert rules read that nothing exports")
+
+
 UNSTAGED = {
     metrics.JOB_RETRIES: "a job retried after a fault mid-run: tests/unit/test_job_runner.py counts it",
     metrics.MODERATION_FLAGS: "a flagged prompt (this stack has no blocklist): tests/unit/test_moderation.py counts it",
+    metrics.IMAGE_EVICTIONS: "an image dropped by retention: tests/image_store_contract.py counts it",
 }
 """Declared metrics that only a fault the load does not stage moves (their panels read 0 until then)."""
 

@@ -3,7 +3,7 @@
 import pytest
 import redis
 
-from serve.webhooks.redis import RedisOutbox
+from serve.webhooks.redis import RedisKeySecrets, RedisOutbox
 from tests.outbox_contract import *  # noqa: F403 - the contract's tests
 
 pytestmark = pytest.mark.integration
@@ -18,5 +18,12 @@ def outbox_factory(redis_url):
 @pytest.fixture
 def outbox(outbox_factory):
     opened = outbox_factory()
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def key_secrets(outbox_factory, redis_url):  # the store emptied by outbox_factory
+    opened = RedisKeySecrets(redis_url)
     yield opened
     opened.close()

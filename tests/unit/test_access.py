@@ -18,6 +18,7 @@ from serve.http.admission import admit
 from serve.http.bodies import read_body
 from serve.routes import Scope, required_scope, route
 from serve.serving.admission import Admission
+from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
 from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
@@ -52,6 +53,7 @@ class _Priced:
 
     def __init__(self, price) -> None:
         self.price = price
+        self.moderation = Moderation()  # off: an upscale's image is screened by nothing
 
     async def admitted(self, request, key) -> SimpleNamespace:
         return SimpleNamespace(cost=self.price(request), request=request)

@@ -11,12 +11,12 @@ import torch
 from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.build import build
 from build_engines.text_to_image.ip_adapter import IpAdapterFolder, ip_layers, load_into_unet
-from build_engines.text_to_image.lora_layers import lora_ready, save_slots, slots_of
 from build_engines.text_to_image.loras import build_registry, save_registry
 from build_engines.text_to_image.random_adapters import make_ip_adapter, make_lora
 from serve.adapters.ip_adapter import IpScales
 from serve.adapters.lora import LoraBanks, Slot, parse_row, row_text
 from serve.adapters.lora_files import AdapterError, prepare, weightless
+from serve.adapters.lora_layers import lora_ready, save_slots, slots_of
 from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput

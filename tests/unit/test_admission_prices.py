@@ -175,7 +175,7 @@ async def _admission(models, url: str, engines: Engines, scores: tuple[str, ...]
 
     traffic = Experiments(open_experiment_store(url), models.names)
     generations = Generations(models, engines, engines, engines, None, traffic, scores=scores)
-    jobs = BackgroundJobs(open_job_store(url), generations, traffic, WebhookSettings(webhook_hosts=("127.0.0.1",)))
+    jobs = BackgroundJobs(open_job_store(url), generations, traffic, WebhookSettings(webhook_hosts=("127.0.0.1:9",)))
     jobs.runner._loop_task.cancel()  # nothing is queued here
     adapters = Adapters.__new__(Adapters)  # the reference checks alone
     adapters.references = References(models.now, None)

@@ -8,18 +8,21 @@ import re
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from pydantic import ValidationError
 
 from serve import errors
 from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
 from serve.errors import InvalidInput
+from serve.experiments.feedback import FeedbackRequest
 from serve.http.app import api
 from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
 from serve.routes import ROUTES, route
 from serve.text_to_image.prompt_batch import PROMPT_PATTERN
 from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.sizes import SIZE_PATTERN
+from serve.text_to_image.sizes import SIZE_PATTERN, Outpaint
 from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
+from serve.vectorize.versions import VersionChange
 
 DOCUMENT = api.openapi()
 
@@ -159,22 +162,28 @@ def test_schemathesis_draws_a_request_for_every_operation():
     assert [operation.label for operation in operations if not _drawn(operation)] == []
 
 
-def test_every_strict_integer_of_a_generation_is_a_stated_limit():
-    """JSON Schema counts 2.0 as an integer: each strict one refuses it, so the contract must know them all."""
-    from serve.contract.generation_limits import STRICT_INTEGERS
-
-    strict = [
-        name
-        for name, field in GenerationRequest.model_fields.items()
-        if re.match(r"(typing\.Optional\[typing\.Annotated\[)?(<class 'int'>|int), Strict", _integer(field))
-    ]
-    assert strict and set(strict) <= set(STRICT_INTEGERS)
-
-
-def _integer(field) -> str:
-    if field.annotation is int and any("Strict" in repr(item) for item in field.metadata):
-        return "int, Strict"
-    return repr(field.annotation)
+@pytest.mark.parametrize(
+    ("model", "body", "read"),
+    [
+        (GenerationRequest, {"prompt": "x", "n": 2.0, "num_inference_steps": 3.0, "seed": 7.0}, "n"),
+        (GenerationRequest, {"prompt": "x", "candidates": 2.0, "cache_interval": 1.0}, "candidates"),
+        (GenerationRequest, {"prompt": "x", "output_compression": 50.0, "output_format": "jpeg"}, "output_compression"),
+        (GenerationRequest, {"prompts": [{"prompt": "a", "seed": 1.0}, {"prompt": "b"}]}, "prompts"),
+        (Outpaint, {"left": 8.0, "bottom": 16.0}, "left"),
+        (FeedbackRequest, {"image_id": "img_59b70a8550e819ebf3a0789b", "rating": 5.0}, "rating"),
+        (VersionChange, {"version": 2.0}, "version"),
+    ],
+)
+def test_an_integer_field_takes_2_0_as_json_schema_counts_it_an_integer_and_refuses_true_and_text(model, body, read):
+    """Issue 76: a schema-valid ``rating: 1.0`` was a 400; now every integer the document states is JSON Schema's."""
+    taken = model.model_validate(body)
+    value = getattr(taken, read)
+    assert value == body[read] if read != "prompts" else taken.prompts[0].seed == 1
+    assert read == "prompts" or type(value) is int
+    for wrong in (True, "2", 2.5):
+        changed = {read: wrong} if read != "prompts" else {"prompts": [{"prompt": "a", "seed": wrong}]}
+        with pytest.raises(ValidationError):
+            model.model_validate(body | changed)
 
 
 def test_every_costed_route_and_only_those_is_admitted_by_the_one_admission():

@@ -319,3 +319,23 @@ def test_a_model_saturated_past_its_queue_wait_is_drawn_by_its_chain_and_only_a_
     answer = asyncio.run(answered(served))
     assert answer.headers["easel-model"] == "b" and answer.headers["easel-fallback"] == "easel-default saturated"
     assert served.circuits.states()["easel-default"] == "closed"  # saturation is no failure
+
+
+def test_a_request_that_may_fall_back_to_a_remote_is_priced_by_the_dearest_link_that_takes_it(stack):
+    """Issue 76: a sizeless request to the 64-px default whose chain ends at a remote drawing 512 px by default is
+    charged at admission what the remote charges for it, not the primary's price; with ``fallback: false`` (or a link
+    that cannot take it) the primary's."""
+    far = {"far": {"url": "http://127.0.0.1:9", "native_size": 512}}
+    served = generations(stack, Down(), {"easel-default": ("far",)}, remotes=far)
+
+    async def costs() -> list[float]:
+        asked = [
+            GenerationRequest(prompt="x", seed=1),
+            GenerationRequest(prompt="x", seed=1, fallback=False),
+            GenerationRequest(prompt="x", seed=1, model="far"),
+            GenerationRequest(prompt="x", seed=1, scheduler="euler"),  # the remote refuses a sampler: it prices nothing
+        ]
+        return [(await served.admitted(request, None)).cost for request in asked]
+
+    chained, exact, remote, refused_by_links = asyncio.run(costs())
+    assert chained == remote > exact == refused_by_links

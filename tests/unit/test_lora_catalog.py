@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file
 
-from build_engines.text_to_image.lora_layers import slots_of
 from build_engines.text_to_image.random_adapters import make_lora
 from serve.adapters import catalog as catalog_module
 from serve.adapters import requests as requests_module
 from serve.adapters.catalog import Caller, LoraCatalog, LoraTarget
 from serve.adapters.limits import LoraLimits
 from serve.adapters.lora_files import prepare, weightless
+from serve.adapters.lora_layers import slots_of
 from serve.adapters.registry import MODEL_CONFIGS, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import Conflict, Forbidden, InvalidInput, NotFound

@@ -35,7 +35,7 @@ from serve.text_to_image.sizes import MAX_SIDE
         ({"prompt": "x", "seed": "7"}, "seed", "valid integer"),
         ({"prompt": "x", "seed": 2**63}, "seed", "9223372036854775807"),
         ({"prompt": "x", "n": True}, "n", "valid integer"),
-        ({"prompt": "x", "num_inference_steps": 2.0}, "num_inference_steps", "valid integer"),
+        ({"prompt": "x", "num_inference_steps": 2.5}, "num_inference_steps", "valid integer"),
         ({"prompt": "x", "guidance_scale": "7"}, "guidance_scale", "valid number"),
         ({"prompt": "x", "background": "true"}, "background", "valid boolean"),
         ({"prompt": "x", "loras": [{"name": "a", "scale": float("nan")}]}, "loras", "finite"),

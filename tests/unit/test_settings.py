@@ -120,7 +120,11 @@ def test_every_app_setting_easel_up_takes_reaches_the_serve_app():
         guidance_cutoff=0.5, approximate_cache=0.25, approximate_similarity=0.9, max_cost=9.0, model_weights_bytes=45
     )
     given = app_settings(options, memory_budget_bytes=123, port=8123)
-    assert set(given) == set(AppSettings.model_fields) | {"url_secret_path", "webhook_secret_path"}  # its run folder's
+    assert set(given) == set(AppSettings.model_fields) | {
+        "url_secret_path",
+        "webhook_secret_path",
+        "audit_folder",
+    }  # its run folder's
     args = AppArgs(models={"easel-default": "engines"}, triton_grpc_url="this-node", **given)
     assert (args.guidance_cutoff, args.approximate_cache, args.approximate_similarity, args.max_cost) == (
         0.5,

@@ -15,7 +15,8 @@ from serve.triton.engine_files import EngineFiles
 from serve.triton.onnx_backend import open_engine
 from serve.triton.runtimes import Runtime, RuntimeChoice, candidates, concrete_runtime
 from serve.triton.spec import read_model_config
-from serve.triton.torch_runtime import TorchEngine, TorchSession, bucket_for, padded
+from serve.triton.torch_graphs import bucket_for, padded
+from serve.triton.torch_runtime import TorchEngine, TorchSession
 
 CALLS: list[int] = []
 """The row counts the toy module was called with, in order."""
@@ -144,4 +145,4 @@ def test_the_torch_runtime_refuses_what_it_does_not_build_yet_in_one_line(defaul
             motion_adapters={"motion": tmp_path},
             device="cpu",
         )
-    assert "not yet LoRAs, IP-Adapters, motion adapters:" in str(error.value) and "\n" not in str(error.value)
+    assert "not yet IP-Adapters, motion adapters:" in str(error.value) and "\n" not in str(error.value)

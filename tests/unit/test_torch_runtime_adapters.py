@@ -1,41 +1,53 @@
-"""The torch runtime with what the ONNX path builds beside a model's own engines: ControlNets and a tiny VAE decoder.
+"""The torch runtime with what the ONNX path builds beside a model's own engines: LoRAs, ControlNets, a tiny VAE.
 
-Built on a CPU in fp32 from the random small models and ControlNets the other tests make; the served pipeline over
-each torch-runtime folder draws what it draws over the ONNX build of the same model and adapters. The ControlNet
-engine's batch buckets (padded rows, per-row scales, residuals sliced back) and its reduced-precision casts are
-checked against the fp32 module on a CPU too (CUDA graphs are a GPU's).
+Built on a CPU in fp32 from the random small models, LoRAs and ControlNets the other tests make; the served pipeline
+over each torch-runtime folder draws what it draws over the ONNX build of the same model and adapters. The ControlNet
+engine's batch buckets (padded rows, per-row scales, residuals sliced back), the LoRA-ready UNet's (banks zero-padded
+into static tensors shared by the buckets) and the reduced-precision casts are checked against the fp32 module on a
+CPU too (CUDA graphs are a GPU's).
 """
 
 import asyncio
 import filecmp
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.build import build, engine_dir_for
 from build_engines.text_to_image.controlnets import controlnets_key
+from build_engines.text_to_image.loras import build_registry, save_registry
+from build_engines.text_to_image.random_adapters import make_lora
+from serve.adapters.lora import ADAPTERS_INPUT, SCALE_INPUT, LoraBanks, bank_names
+from serve.adapters.registry import RegistryLoader
 from serve.text_to_image.engine_folder import DIFFUSERS, EngineFolder
-from serve.text_to_image.generation import Control, Generation, ImageInputs, SamplingParams
+from serve.text_to_image.generation import AdapterInputs, Control, Generation, ImageInputs, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.spec import UNET, VAE_DECODER
-from serve.text_to_image.torch_engines import LINKED
+from serve.text_to_image.torch_engines import LINKED, LORA_RANKS
 from serve.triton.onnx_backend import open_engine
 from serve.triton.runtimes import Runtime
-from serve.triton.spec import read_model_config
+from serve.triton.spec import on_gpu, read_model_config
 from serve.triton.torch_runtime import DEFAULT_BUCKETS, CaptureShape, TorchEngine, TorchSession
+from tests.adapters import LORAS
 from tests.conftest import psnr
 from tests.controls import edges_image, input_image
 
 PROMPT = "a red heart icon"
 
 
-def _pipeline(path: Path, capture: bool = False) -> TextToImagePipeline:
-    """The served pipeline over ``path``, in-process on the CPU (``capture``: its torch engines' buckets made)."""
+def _pipeline(path: Path, capture: bool = False, loras: Path | None = None) -> TextToImagePipeline:
+    """The served pipeline over ``path``, in-process on the CPU (``capture``: its torch engines' buckets made).
+
+    ``loras``: the registry folder its LoRA-ready engines take adapters from.
+    """
     folder = EngineFolder(path)
-    runner = OnnxRuntimeRunner(folder, device="cpu")
+    runner = OnnxRuntimeRunner(folder, device="cpu", loras_dir=loras)
     if capture:
         for session in runner.sessions.values():
             session.capture()  # on a CPU a bucket is the eager call on the padded rows
@@ -175,3 +187,110 @@ def test_a_tiny_vae_decoder_on_the_torch_runtime_draws_what_the_onnx_engines_dra
     got = _draw(_pipeline(folder.path), job)
     assert psnr(got, _draw(_pipeline(onnx.path), job)) >= 40
     assert psnr(got, _draw(_pipeline(engine_dir), job)) < 30  # the tiny decoder drew it, not the model's own
+
+
+@pytest.fixture(scope="module")
+def lora_builds(default_model, tmp_path_factory):
+    """The tiny SD LoRA-ready on the torch runtime (installed) and through ONNX, each with two LoRAs prepared.
+
+    Returns ``(torch folder, its registry folder, ONNX folder, its registry folder, repository)``.
+    """
+    repository = tmp_path_factory.mktemp("torch-repository-loras")
+    lora = AdapterBuild(lora=True)
+    ours = build(default_model, repository, runtime="torch", precision="fp32", adapters=lora, device="cpu")
+    theirs = build(default_model, None, adapters=lora)  # the ONNX build the other LoRA tests use (cached)
+    files = tmp_path_factory.mktemp("lora-files")
+    for name in ("style", "kohya"):
+        fmt, rank, seed = LORAS[name]
+        make_lora(default_model, files / f"{name}.safetensors", rank=rank, seed=seed, fmt=fmt, strength=0.6)
+    registries = []
+    for folder in (ours, theirs):
+        registry = tmp_path_factory.mktemp("lora-registry")
+        save_registry(build_registry(files, folder, default_model), registry)
+        registries.append(registry)
+    return ours, registries[0], theirs, registries[1], repository
+
+
+def test_the_torch_build_takes_the_onnx_build_s_lora_inputs(lora_builds):
+    ours, _, theirs, _, repository = lora_builds
+    assert {choice.runtime for choice in ours.runtimes().values()} == {Runtime.TORCH} and "lora" in ours.key
+    assert set(ours.lora_slots()) == set(theirs.lora_slots()) == {"text_encoder", UNET}
+    assert set(ours.memory_models) == set(ours.specs)  # each measured with a call's banks (without adapters)
+    for engine, slots in ours.lora_slots().items():  # the same layers, so a file is read for both the same way
+        assert slots == theirs.lora_slots()[engine]
+        torch_engine = TorchEngine.of(ours.engine(engine))
+        names = [name for name, _, _ in torch_engine.inputs]
+        assert names[:-1] == [t.name for t in ours.specs[engine].graph_inputs] and names[-1] == SCALE_INPUT
+        assert [name for name, _, _ in torch_engine.shared] == [n for i in range(len(slots)) for n in bank_names(i)]
+    unet = TorchEngine.of(ours.engine(UNET))
+    assert unet.buckets == tuple(b for b in DEFAULT_BUCKETS if b <= ours.specs[UNET].max_batch_size)
+    assert dict(unet.padded)["lora_rank"] == LORA_RANKS
+    config = read_model_config(repository / UNET / "config.pbtxt")
+    assert config.backend == "python" and ADAPTERS_INPUT in {t.name for t in config.input}
+    assert "LoraOnnxModel" in (repository / UNET / "1" / "model.py").read_text()  # the banks fed as ONNX's are
+    assert json.loads((repository / UNET / "1" / "lora_slots.json").read_text())  # installed beside torch.json
+
+
+def test_loras_on_the_torch_runtime_draw_what_the_onnx_engines_draw(lora_builds):
+    ours_folder, ours_loras, theirs_folder, theirs_loras, _ = lora_builds
+    ours = _pipeline(ours_folder.path, capture=True, loras=ours_loras)
+    theirs = _pipeline(theirs_folder.path, loras=theirs_loras)
+    sampling = SamplingParams(PROMPT, "blurry", 1, 64, 64, 3, 7.5, 3, "euler")
+    for loras in ((("style", 0.8),), (("style", 0.5), ("kohya", 1.0))):
+        job = Generation(sampling, adapters=AdapterInputs(loras=loras))
+        got = _draw(ours, job)
+        assert got.shape == (1, 64, 64, 3) and psnr(got, _draw(theirs, job)) >= 40, loras
+    plain = _draw(ours, Generation(sampling))
+    assert psnr(plain, _draw(theirs, Generation(sampling))) >= 40  # no adapters: a rank-1 zero bank, the plain UNet
+    assert psnr(got, plain) < 30  # the LoRAs change it
+    sessions = ours.engines.sessions
+    assert sessions[UNET].eager_total == 0  # ranks 1 and 4 + 4 within the buckets' (zero-padded)
+
+
+def _bank_feeds(folder: EngineFolder, registry: Path, rows: list) -> tuple[dict, dict]:
+    """The UNet's inputs for ``rows`` (each row's adapters) and the banks they share, as the python backend makes."""
+    loader = RegistryLoader(registry, UNET)
+    scale, bank, refused = LoraBanks(UNET, folder.lora_slots()[UNET], loader, 4).feeds(rows)
+    assert not refused
+    rng = np.random.default_rng(5)
+    side = folder.family.dims.sample_size
+    feeds = {
+        t.name: rng.standard_normal((len(rows), *t.shape(side))).astype(np.float32)
+        for t in folder.specs[UNET].graph_inputs
+    }
+    feeds["timestep"] = np.linspace(999.0, 1.5, len(rows)).astype(np.float32)
+    return feeds | {SCALE_INPUT: scale}, bank
+
+
+def test_a_lora_ready_unet_s_buckets_hold_each_call_s_banks_zero_padded(lora_builds):
+    folder, registry, _, _, _ = lora_builds
+    eager = open_engine(folder.engine(UNET), device="cpu")
+    bucketed = open_engine(folder.engine(UNET), device="cpu")
+    bucketed.capture(buckets=(4,))
+    assert len(bucketed.shapes) == len(LORA_RANKS)  # a bucket per rank, the banks' static tensors one set per rank
+    calls = {
+        "mixed": [(("style", 0.8),), (), (("style", 0.5), ("kohya", -1.0))],  # 3 rows in 4, rank 4 + 4 in 64
+        "plain": [(), ()],  # no adapters: the rank-1 bucket
+        "other": [(("kohya", 1.2),), (("kohya", 0.3),)],  # other banks into the same static tensors
+    }
+    fed = {name: _bank_feeds(folder, registry, rows) for name, rows in calls.items()}
+    want = {name: eager.run(*fed[name])[0] for name in calls}
+    for name in ("mixed", "plain", "other"):
+        feeds, bank = fed[name]
+        got = bucketed.run(feeds, bank)[0]
+        assert got.shape == want[name].shape == (len(calls[name]), *want[name].shape[1:])
+        np.testing.assert_allclose(got, want[name], rtol=1e-5, atol=1e-5, err_msg=name)
+    feeds, bank = fed["mixed"]  # the first banks again, after others, as the loop inside Triton hands them
+    tensors = bucketed.run_tensors({name: torch.from_numpy(array) for name, array in feeds.items()}, bank)
+    np.testing.assert_allclose(tensors[0].numpy(), want["mixed"], rtol=1e-5, atol=1e-5)
+    assert bucketed.eager_total == 0
+    wide = {name: np.repeat(array, 17, axis=1 if "up" in name else 0) for name, array in bank.items()}  # rank 8 x 17
+    np.testing.assert_allclose(bucketed.run(feeds, wide)[0], eager.run(feeds, wide)[0], rtol=1e-5, atol=1e-5)
+    assert bucketed.eager_total == 1  # beyond the largest rank captured: eager, counted
+
+
+def test_an_engine_call_s_text_rows_stay_on_the_host_wherever_its_tensors_are():
+    on_device = SimpleNamespace(is_cuda=True)  # what the loop inside Triton hands a LoRA-ready engine on a GPU
+    rows = np.full(2, "", dtype=object)
+    assert on_gpu({"sample": on_device, ADAPTERS_INPUT: rows})
+    assert not on_gpu({"sample": torch.zeros(2), ADAPTERS_INPUT: rows}) and not on_gpu({ADAPTERS_INPUT: rows})

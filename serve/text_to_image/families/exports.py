@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from serve.triton.engine_files import MODULE_CONFIG
+from serve.adapters.lora_layers import inner_model, lora_ready, save_slots
+from serve.triton.engine_files import LORA_SLOTS, MODULE_CONFIG
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,23 @@ class ExportModule:
 
     load: Callable[[torch.dtype], torch.nn.Module]
     keep_fp32: bool = False
+
+
+def with_lora_slots(source: ExportModule) -> ExportModule:
+    """``source`` LoRA-ready: ``forward(*inputs, lora_scale, *banks)``, its slot table a side file (``LORA_SLOTS``).
+
+    What the ONNX path exports and the torch runtime runs (:func:`serve.adapters.lora_layers.lora_ready`); its
+    ``graph_extras`` name the bank inputs.
+    """
+
+    def load(dtype: torch.dtype) -> torch.nn.Module:
+        module = source.load(dtype)
+        ready, slots, extras = lora_ready(module, inner_model(module))
+        ready.graph_extras = extras
+        ready.side_files = {**getattr(module, "side_files", {}), LORA_SLOTS: lambda path: save_slots(slots, path)}
+        return ready
+
+    return ExportModule(load, source.keep_fp32)
 
 
 def diffusers_model(cls_name: str, folder: Path, dtype: torch.dtype) -> torch.nn.Module:

@@ -1,7 +1,9 @@
-"""The torch side of LoRA slots at export time: the layers an engine's graph gets (:func:`lora_ready`).
+"""The torch side of LoRA slots: the layers a LoRA-ready engine's module gets (:func:`lora_ready`).
 
-Adapter files are read for these slots by :mod:`serve.adapters.lora_files` (at start-up and on upload); the numpy
-side, which the engines' python-backend models use, is :mod:`serve.adapters.lora`.
+The ONNX path exports the module (its graph takes the banks); the torch runtime runs it (its CUDA graphs keep the
+banks as static inputs, :mod:`serve.triton.torch_runtime`). Adapter files are read for these slots by
+:mod:`serve.adapters.lora_files` (at start-up and on upload); the numpy side, which assembles each batch's banks, is
+:mod:`serve.adapters.lora`.
 """
 
 from __future__ import annotations
@@ -149,3 +151,15 @@ def lora_ready(module: torch.nn.Module, model: torch.nn.Module) -> tuple[LoraRea
         return feeds
 
     return LoraReady(module, bank, len(slots)), slots, GraphExtras(tuple(names), axes, sample)
+
+
+def inner_model(module: torch.nn.Module) -> torch.nn.Module:
+    """The diffusers/transformers model inside an engine's export wrapper (the one that has the layers)."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    while True:
+        children = [child for child in module.children() if not isinstance(child, torch.nn.Identity)]
+        if len(children) != 1 or isinstance(module, ModelMixin | PreTrainedModel):
+            return module
+        module = children[0]

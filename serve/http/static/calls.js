@@ -1,0 +1,93 @@
+// "Show the call": the request behind an action, as curl and as the openai Python client, with a copy button.
+
+import { h } from "./dom.js";
+import { key } from "./api.js";
+
+const OPENAI_ARGS = ["prompt", "model", "n", "size", "response_format", "quality", "style", "user"];
+/** What `client.images.generate` takes as its own arguments; every other field goes in `extra_body`. */
+
+function shellQuote(text) {
+  return `'${text.replaceAll("'", `'"'"'`)}'`;
+}
+
+function python(value, indent = "") {
+  if (value === null || value === undefined) return "None";
+  if (value === true) return "True";
+  if (value === false) return "False";
+  if (typeof value === "string") return JSON.stringify(value);
+  if (typeof value === "number") return String(value);
+  const inner = `${indent}    `;
+  if (Array.isArray(value)) return `[${value.map((item) => python(item, indent)).join(", ")}]`;
+  const items = Object.entries(value).map(([name, item]) => `${inner}${JSON.stringify(name)}: ${python(item, inner)},`);
+  return items.length ? `{\n${items.join("\n")}\n${indent}}` : "{}";
+}
+
+function authLines() {
+  return key.get() ? [`  -H "Authorization: Bearer $EASEL_KEY"`] : [];
+}
+
+/** `POST path` with a JSON body, as curl; `save`: a Python line that writes the answer's first image. */
+export function curlJson(path, body, save) {
+  const lines = [`curl -s ${location.origin}${path}`, ...authLines(), `  -H 'Content-Type: application/json'`];
+  lines.push(`  -d ${shellQuote(JSON.stringify(body))}`);
+  const text = lines.join(" \\\n");
+  return save ? `${text} \\\n  | python -c ${shellQuote(save)}` : text;
+}
+
+/** `POST path` with a form (`fields`: name -> value; a value starting with @ is a file), as curl. */
+export function curlForm(path, fields) {
+  const lines = [`curl -s ${location.origin}${path}`, ...authLines()];
+  for (const [name, value] of Object.entries(fields)) lines.push(`  -F ${shellQuote(`${name}=${value}`)}`);
+  return lines.join(" \\\n");
+}
+
+const SAVE_PNG =
+  'import base64, json, sys; open("image.png", "wb").write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))';
+
+/** A generation's body as curl (saving image.png) and as the openai client. */
+export function generationCalls(body) {
+  const own = Object.fromEntries(Object.entries(body).filter(([name]) => OPENAI_ARGS.includes(name)));
+  const extra = Object.fromEntries(Object.entries(body).filter(([name]) => !OPENAI_ARGS.includes(name)));
+  const args = Object.entries(own).map(([name, value]) => `    ${name}=${python(value, "    ")},`);
+  if (Object.keys(extra).length) args.push(`    extra_body=${python(extra, "    ")},`);
+  const client = [
+    "import base64, os",
+    "",
+    "from openai import OpenAI",
+    "",
+    `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ.get("EASEL_KEY", "none"))`,
+    "answer = client.images.generate(",
+    ...args,
+    ")",
+    'open("image.png", "wb").write(base64.b64decode(answer.data[0].b64_json))',
+  ].join("\n");
+  return [
+    ["curl", curlJson("/v1/images/generations", body, SAVE_PNG)],
+    ["Python (openai)", client],
+  ];
+}
+
+/** Show `calls` ([title, text] pairs) in `where`, each with a copy button. */
+export function showCalls(where, calls) {
+  where.replaceChildren(
+    ...calls.map(([title, text]) => {
+      const code = h("code", {}, text);
+      const status = h("span", { class: "copied", role: "status" });
+      const copy = async () => {
+        try {
+          await navigator.clipboard.writeText(text);
+          status.textContent = "copied";
+        } catch {
+          getSelection().selectAllChildren(code);
+          status.textContent = "selected: press Ctrl+C";
+        }
+      };
+      return h(
+        "figure",
+        { class: "call" },
+        h("figcaption", {}, title, " ", h("button", { type: "button", onclick: copy }, `Copy ${title}`), " ", status),
+        h("pre", {}, code),
+      );
+    }),
+  );
+}

@@ -1,0 +1,100 @@
+// Operate (admin keys only): the stack's readiness, its models (circuit, fallback chain), LoRA upload and removal.
+
+import { call } from "./api.js";
+import { curlForm, showCalls } from "./calls.js";
+import { $, h } from "./dom.js";
+import { loadLoras, showError } from "./draw.js";
+
+function table(headings, rows) {
+  return h(
+    "table",
+    {},
+    h("thead", {}, h("tr", {}, ...headings.map((heading) => h("th", { scope: "col" }, heading)))),
+    h("tbody", {}, ...rows.map((row) => h("tr", {}, ...row.map((cell) => h("td", {}, cell))))),
+  );
+}
+
+async function readiness() {
+  const response = await fetch("/readyz", { headers: { Accept: "application/json" } });
+  const body = await response.json().catch(() => ({}));
+  const models = Object.entries(body.models ?? {}).map(([name, ready]) => [name, ready ? "ready" : "not ready"]);
+  $("#readiness").replaceChildren(
+    h("p", { role: "status" }, response.ok ? "The stack is ready." : `Not ready (${response.status}).`),
+    table(["Triton model", "state"], models),
+  );
+}
+
+async function models() {
+  const list = (await call("GET", "/v1/models")).data;
+  $("#models").replaceChildren(
+    table(
+      ["model", "family", "native size", "loaded", "version", "circuit", "fallback"],
+      list.map((m) => [m.id, m.family, m.native_size, m.loaded ? "yes" : "no", String(m.version), m.circuit, (m.fallback ?? []).join(" → ") || "none"]),
+    ),
+  );
+}
+
+async function loras() {
+  const list = (await call("GET", "/v1/loras")).data;
+  const remove = async (name) => {
+    try {
+      await call("DELETE", `/v1/loras/${encodeURIComponent(name)}`);
+    } catch (error) {
+      $("#lora-error").textContent = error.message;
+    }
+    await loras();
+  };
+  $("#lora-list").replaceChildren(
+    table(
+      ["LoRA", "model", "status", "source", "bytes", ""],
+      list.map((l) => [
+        l.name,
+        l.model,
+        l.status,
+        l.source,
+        String(l.bytes ?? ""),
+        l.source === "upload" ? h("button", { type: "button", onclick: () => remove(l.name) }, `Remove ${l.name}`) : "",
+      ]),
+    ),
+  );
+}
+
+async function upload(event) {
+  event.preventDefault();
+  const form = $("#lora-form");
+  for (const error of form.querySelectorAll(".error")) error.textContent = "";
+  const data = new FormData();
+  const file = $("#lora-file").files[0];
+  data.set("name", $("#lora-name").value);
+  if (file) data.set("file", file, file.name);
+  if ($("#lora-model").value) data.set("model", $("#lora-model").value);
+  data.set("visibility", $("#lora-visibility").value);
+  $("#lora-status").textContent = "uploading";
+  try {
+    const added = await call("POST", "/v1/loras", undefined, { form: data });
+    $("#lora-status").textContent = `${added.name}: ${added.status}`;
+    await Promise.all([loras(), loadLoras()]);
+  } catch (error) {
+    $("#lora-status").textContent = "refused";
+    const param = { file: "lora-file", name: "lora-name", model: "lora-model" }[error.param] ?? error.param;
+    showError(form, Object.assign(error, { param }), $("#lora-error"));
+  }
+}
+
+function updateCall() {
+  const fields = { name: $("#lora-name").value || "NAME", file: `@${$("#lora-file").files[0]?.name ?? "lora.safetensors"}` };
+  showCalls($("#lora-call"), [["curl", curlForm("/v1/loras", fields)]]);
+}
+
+/** Fill the Operate section (called only for a key that may administer the stack). */
+export async function load() {
+  await Promise.all([readiness(), models(), loras()]).catch((error) => ($("#operate-error").textContent = error.message));
+}
+
+/** Wire the Operate section. */
+export function setUp() {
+  $("#lora-form").addEventListener("submit", upload);
+  $("#lora-form").addEventListener("input", updateCall);
+  $("#operate-refresh").addEventListener("click", load);
+  updateCall();
+}

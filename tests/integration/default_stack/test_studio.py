@@ -1,0 +1,182 @@
+"""Easel Studio in a real browser (Debian's Chromium, driven by Playwright) against the shared default stack.
+
+Each test opens the page at the stack's front door and leaves the stack as it found it (the key one test makes is
+revoked after it). Every request the page makes is checked to go to the stack's own origin.
+"""
+
+import base64
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from serve.access import ACTIVE_CHECK_S, open_key_store
+from serve.access.keys import KeyLimits
+from serve.paths import ICONS_DEV
+from serve.routes import Scope
+from tests.images import dev_icon_png
+
+pytestmark = pytest.mark.integration
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (.ci/run installs it): Playwright's own browser download is unreachable here."""
+GENERATE = "/v1/images/generations"
+PNG = "data:image/png;base64,"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, for this module only: Playwright's sync API runs an event loop on the test thread while it
+    lives, and the modules after this one call ``asyncio.run`` (a session-wide browser broke them)."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab in a context of its own (no storage shared between tests)."""
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def studio(page: Page, stack):
+    """The Studio opened at the stack's front door (``/``), every request it makes recorded and checked after."""
+    origin = stack.info.api_url
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{origin}/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+    assert page.url == f"{origin}/studio"
+    yield page
+    assert [url for url in requests if not url.startswith((origin + "/", "data:", "blob:"))] == []
+
+
+def draw(page: Page, **fields) -> None:
+    """Fill the Draw form's ``fields`` (by their API names), draw, and wait until the page is done."""
+    for name, value in fields.items():
+        page.fill(f"#{name}", str(value))
+    page.click("#draw-button")
+    expect(page.locator("#draw-button")).to_be_enabled(timeout=120_000)
+
+
+def shown_call(page: Page) -> dict:
+    """The JSON body of the curl call the page shows beside Draw."""
+    curl = page.locator("#draw-call pre").first.inner_text()
+    return json.loads(re.search(r"-d '(.*)'", curl).group(1))
+
+
+def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_progress_reaches_the_last_step(studio, api):
+    draw(studio, prompt="a red heart icon", seed=7, num_inference_steps=4, size="64x64")
+    expect(studio.locator("#draw-progress")).to_have_text("step 4 of 4: done")
+    image = studio.locator("#draw-images img")
+    expect(image).to_have_count(1)
+    assert image.get_attribute("alt") == "a red heart icon"
+    body = shown_call(studio)
+    assert body == {
+        "prompt": "a red heart icon",
+        "size": "64x64",
+        "num_inference_steps": 4,
+        "guidance_scale": 7.5,
+        "scheduler": "ddim",
+        "seed": 7,
+        "n": 1,
+    }
+    answer = api.post(GENERATE, json=body)
+    assert answer.status_code == 200, answer.text
+    assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
+    assert "seed 7" in studio.inner_text("#draw-time")
+
+
+def test_the_drawing_is_in_the_history_and_its_rerun_there_is_the_same_picture(studio):
+    draw(studio, prompt="a blue square", seed=11, num_inference_steps=3, size="64x64")
+    drawn = studio.locator("#draw-images img").get_attribute("src")
+    studio.click("#tab-history")
+    card = studio.locator("#history-list li.card").first
+    expect(card.locator("img").first).to_have_attribute("alt", "a blue square")
+    expect(card.locator(".record")).to_contain_text("seed 11")
+    card.get_by_role("button", name="Rerun").click()
+    rerun = card.locator("img.rerun")
+    expect(rerun).to_have_count(1, timeout=60_000)
+    assert rerun.get_attribute("src") == drawn
+    card.get_by_role("button", name="Use seed").click()
+    expect(studio.locator("#seed")).to_have_value("11")
+
+
+def test_a_weight_out_of_range_is_the_api_s_400_shown_beside_prompt(studio, api):
+    draw(studio, prompt="a (cat:11) icon", seed=1, num_inference_steps=2, size="64x64")
+    refused = api.post(GENERATE, json=shown_call(studio))
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "prompt", refused.text
+    expect(studio.locator("#prompt-error")).to_have_text(refused.json()["error"]["message"])
+    expect(studio.locator("#prompt")).to_have_attribute("aria-invalid", "true")
+    assert studio.locator("#draw-images img").count() == 0
+
+
+def test_a_prompt_of_html_is_drawn_and_shown_as_text_never_run(studio):
+    prompt = '<img src=x onerror="window.pwned=1">'
+    draw(studio, prompt=prompt, seed=3, num_inference_steps=2, size="64x64")
+    expect(studio.locator("#draw-images img")).to_have_attribute("alt", prompt)
+    expect(studio.locator("#prompt-analysis .weights")).to_have_text(prompt)
+    studio.click("#tab-history")
+    expect(studio.locator("#history-list li.card .prompt").first).to_have_text(prompt)
+    assert studio.locator("img[src='x']").count() == 0
+    assert studio.evaluate("window.pwned") is None
+
+
+def test_cancel_stops_a_long_drawing_and_the_next_one_is_drawn(studio):
+    studio.fill("#num_inference_steps", "150")
+    studio.fill("#seed", "5")
+    studio.click("#draw-button")
+    expect(studio.locator("#draw-progress")).to_have_text(re.compile(r"step [1-9]\d* of 150"), timeout=60_000)
+    studio.click("#cancel-button")
+    expect(studio.locator("#draw-progress")).to_have_text("canceled", timeout=60_000)
+    assert studio.locator("#draw-images img").count() == 0
+    draw(studio, num_inference_steps=2)
+    expect(studio.locator("#draw-progress")).to_have_text("step 2 of 2: done")
+
+
+def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studio, tmp_path):
+    icon = tmp_path / "icon.png"
+    icon.write_bytes(dev_icon_png(ICONS_DEV / "val"))
+    studio.click("#tab-vectorize")
+    studio.set_input_files("#file", icon)
+    expect(studio.locator("#vectorize-raster img")).to_have_attribute("alt", "icon.png")
+    studio.get_by_role("button", name="Vectorize", exact=True).click()
+    svg = studio.locator("#vectorize-svg img")
+    expect(svg).to_have_count(1, timeout=60_000)
+    source = base64.b64decode(svg.get_attribute("src").removeprefix("data:image/svg+xml;base64,")).decode()
+    assert "<svg" in source and "<path" in source
+    facts = studio.inner_text("#vectorize-facts")
+    assert re.search(r"SSIM\s+0\.\d+", facts) and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
+
+
+def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack):
+    expect(studio.locator("#tab-operate")).to_be_visible()  # an open API: every caller may administer it
+    studio.click("#tab-operate")
+    expect(studio.locator("#models")).to_contain_text("easel-default")
+    expect(studio.locator("#readiness")).to_contain_text("ready")
+    store = open_key_store(stack.options.store)
+    record, key = store.create("studio", {Scope.GENERATE}, KeyLimits())
+    try:
+        time.sleep(ACTIVE_CHECK_S + 0.5)  # each replica re-reads whether keys exist
+        studio.reload()
+        expect(studio.locator("#key-status")).to_have_text(re.compile("needs an API key"), timeout=30_000)
+        studio.fill("#key", key)
+        studio.click("#key-form button[type=submit]")
+        expect(studio.locator("#key-status")).to_have_text("Key in use.", timeout=30_000)
+        expect(studio.locator("#tab-operate")).to_be_hidden()
+        expect(studio.locator("#operate")).to_be_hidden()
+        assert studio.inner_text("#models") == "" and studio.inner_text("#readiness") == ""
+        assert studio.evaluate("[sessionStorage.getItem('easel.key'), localStorage.length]") == [key, 0]
+        draw(studio, prompt="a green circle", seed=2, num_inference_steps=2, size="64x64")  # no jobs scope: no steps
+        expect(studio.locator("#draw-progress")).to_have_text("done")
+        expect(studio.locator("#draw-images img")).to_have_count(1)
+    finally:
+        store.revoke(record.id)
+        time.sleep(ACTIVE_CHECK_S + 0.5)

@@ -241,11 +241,18 @@ def test_a_seeded_request_again_is_a_cache_hit_byte_identical_and_faster(api):
     assert fresh.headers["Easel-Cache"] == "miss" and pictures(fresh.json()) == pictures(miss.json())
 
 
+DONE = ("succeeded", "failed")
+
+
 def _until_done(api, job_ids: list[str], headers: dict, timeout_s: float = 180) -> None:
+    """Each job succeeded or failed within ``timeout_s``; an answer that is not the job's (an error) is logged and
+    asked again, and is the failure's message if the time runs out."""
     deadline = time.monotonic() + timeout_s
     for job_id in job_ids:
-        while api.get(f"/v1/jobs/{job_id}", headers=headers).json()["status"] not in ("succeeded", "failed"):
-            assert time.monotonic() < deadline, f"job {job_id} not done within {timeout_s} s"
+        while (answer := api.get(f"/v1/jobs/{job_id}", headers=headers)).json().get("status") not in DONE:
+            if answer.status_code != 200:
+                logger.warning("GET /v1/jobs/%s: %d %s", job_id, answer.status_code, answer.text)
+            assert time.monotonic() < deadline, f"job {job_id} not done within {timeout_s} s: {answer.text}"
             time.sleep(0.1)
 
 

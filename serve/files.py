@@ -40,10 +40,21 @@ def content_hash(folder: Path) -> str:
 
 
 def stack_secret(path: Path) -> bytes:
-    """A stack's secret in the file ``path`` in its run folder (made once: 32 random bytes, 0600)."""
+    """A stack's secret in the file ``path`` in its run folder (made once: 32 random bytes, 0600).
+
+    Every Gateway replica of a stack reads it, and the first ones start together: the secret is written whole to a
+    file of the writer's own and linked into place, so no reader sees it half written and only one secret wins.
+    """
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        handle = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(handle, "wb") as file:
             file.write(secrets.token_bytes(32))
+        try:
+            os.link(draft, path)  # atomic, and refused where another writer's is already in place
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
     return path.read_bytes()

@@ -161,6 +161,7 @@ class TritonServer:
         self._last_canary = 0.0
         self._next_http_check = 0.0
         self._successes: dict[str, int] = {}
+        self._stub_names: dict[psutil.Process, str | None] = {}  # Triton's children at the last look: their model
 
     @property
     def models(self) -> dict[str, ModelSpec]:
@@ -245,22 +246,23 @@ class TritonServer:
         Stub processes are looked at on every call (cheap); Triton's HTTP health and model readiness every
         :data:`HTTP_CHECK_S`; the canary inferences every ``canary_interval_s``.
         """
-        broken = self._models_without_stub()
+        loaded = self.loaded()  # read once per look: the model table and the parked file are files
+        broken = self._models_without_stub(loaded)
         now = time.monotonic()
         if not broken and now >= self._next_http_check:
             self._next_http_check = now + HTTP_CHECK_S
             try:
                 if self._http.get("/v2/health/live").status_code != 200:
                     return "not live"
-                broken = self._models_not_ready()
+                broken = self._models_not_ready(loaded)
             except httpx.TransportError as error:
                 if read_parked(self.parked)[1]:  # a model is being loaded: late answers are expected meanwhile
                     return None
                 return f"not answering ({type(error).__name__})"
         if not broken and now - self._last_canary >= self.canary_interval_s:
             self._last_canary = now
-            broken = self._models_failing_canary()
-        still_loaded = self.loaded()  # parked meanwhile: unloaded on purpose by the residency, not broken
+            broken = self._models_failing_canary(loaded)
+        still_loaded = self.loaded() if broken else loaded  # parked meanwhile: by the residency, on purpose
         broken = {model: why for model, why in broken.items() if model in still_loaded}
         if not broken:
             return None
@@ -272,23 +274,34 @@ class TritonServer:
                 return f"{model}: {why}; reload failed: {error}"
         return "; ".join(f"{model}: {why}, reloaded" for model, why in broken.items())
 
-    def _stubs(self, name: str) -> list[psutil.Process]:
-        """The live python-backend stub processes of model ``name``."""
+    def _stubs(self) -> dict[str, list[psutil.Process]]:
+        """The live python-backend stub processes of each model, by name: one look at Triton's children.
+
+        Listing a process's children reads every process's parent, and the check runs four times a second: a look per
+        model (nine in the default stack) kept a fifth of a core busy in the stack's own process. A stub's command
+        line, which names its model, is read once per process.
+        """
         try:
             children = psutil.Process(self.managed.pid).children()
         except psutil.Error:
-            return []
-        found = []
+            return {}
+        found: dict[str, list[psutil.Process]] = {}
+        names = {}
         for child in children:
             try:
-                if child.status() != psutil.STATUS_ZOMBIE and any(f"/{name}/1/model.py" in a for a in child.cmdline()):
-                    found.append(child)
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                name = self._stub_names.get(child) or _stub_model(child.cmdline())
             except psutil.Error:
                 continue
+            names[child] = name
+            if name:
+                found.setdefault(name, []).append(child)
+        self._stub_names = names  # the children of this look: a process gone is forgotten
         return found
 
-    def _models_without_stub(self) -> dict[str, str]:
-        """Python-backend models with fewer live stub processes than instances, while Triton runs.
+    def _models_without_stub(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
+        """Python-backend models of ``loaded`` with fewer live stub processes than instances, while Triton runs.
 
         Triton is asked again after its children were listed: one that died meanwhile has none (its stubs went to
         init), and reloading its models through it waited for an answer (a soak saw the unload time out after 60 s)
@@ -296,21 +309,19 @@ class TritonServer:
         """
         if not self.managed.running():
             return {}
-        missing = {}
-        for name, spec in self.loaded().items():
-            if spec.ensemble:
-                continue
-            if len(self._stubs(name)) < spec.instance_count:
-                missing[name] = "stub process died"
+        stubs = self._stubs()
+        missing = {
+            name: "stub process died"
+            for name, spec in loaded.items()
+            if not spec.ensemble and len(stubs.get(name, ())) < spec.instance_count
+        }
         return missing if self.managed.running() else {}
 
-    def _models_not_ready(self) -> dict[str, str]:
-        return {
-            name: "not ready" for name in self.loaded() if self._http.get(f"/v2/models/{name}/ready").status_code != 200
-        }
+    def _models_not_ready(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
+        return {name: "not ready" for name in loaded if self._http.get(f"/v2/models/{name}/ready").status_code != 200}
 
-    def _models_failing_canary(self) -> dict[str, str]:
-        """Models whose smallest possible inference fails (a stub that is alive but broken).
+    def _models_failing_canary(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
+        """Models of ``loaded`` whose smallest possible inference fails (a stub that is alive but broken).
 
         A canary that times out behind a long batch is not a failure: only one whose stubs used no CPU meanwhile
         and are not waiting for activation memory (stopped or deadlocked) is. A decoupled model (the loop inside
@@ -318,15 +329,15 @@ class TritonServer:
         are watched.
         """
         failing = {}
-        for name, spec in self.loaded().items():
+        for name, spec in loaded.items():
             if spec.ensemble or spec.decoupled or self._answered_since_last_look(name):
                 continue
             body = {"inputs": [_canary_input(tensor, spec) for tensor in spec.inputs]}
-            busy_before = _cpu_seconds(self._stubs(name))
+            busy_before = _cpu_seconds(self._stubs().get(name, []))
             try:
                 response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
             except httpx.TimeoutException:
-                idle = _cpu_seconds(self._stubs(name)) - busy_before < 0.5
+                idle = _cpu_seconds(self._stubs().get(name, [])) - busy_before < 0.5
                 pool = pool_of(self.pools, name)
                 if idle and not (pool is not None and pool.waiting(name)):
                     failing[name] = f"canary inference got no answer in {CANARY_TIMEOUT_S:.0f} s and its stub is idle"
@@ -348,6 +359,12 @@ class TritonServer:
         answered = count > self._successes.get(name, count)
         self._successes[name] = count if answered else count + 1  # a canary about to be sent counts too
         return answered
+
+
+def _stub_model(cmdline: list[str]) -> str | None:
+    """The model a python-backend stub serves, from its command line (``.../<model>/1/model.py``); None: not a stub."""
+    script = next((arg for arg in cmdline if arg.endswith("/model.py")), None)
+    return script.rsplit("/", 3)[-3] if script and script.count("/") >= 3 else None
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:

@@ -193,14 +193,41 @@ def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_superviso
     try:
         assert server.check() is not None and reloads == ["vectorize_features"]  # alive, no stub: a stub died
 
-        def killed_while_counting(name: str) -> list:
+        def killed_while_counting() -> dict:
             server.managed.process.kill()
             server.managed.process.wait()
-            return []
+            return {}
 
         monkeypatch.setattr(server, "_stubs", killed_while_counting)
-        assert server._models_without_stub() == {}
+        assert server._models_without_stub(server.loaded()) == {}
     finally:
+        server.managed.process.kill()
+        server.managed.process.wait()
+
+
+def test_one_look_at_triton_s_children_finds_each_model_s_stubs(tmp_path):
+    """A check lists Triton's children once (not once per model) and reads each stub's command line once."""
+    from serve.triton.server import TritonServer, _stub_model
+    from serve.vectorize.spec import FEATURES
+
+    assert _stub_model(["stub", "/repo/sd-copy.unet_lcm/1/model.py", "-x"]) == "sd-copy.unet_lcm"
+    assert _stub_model(["python", "-c", "pass"]) is None
+    server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES])
+    script = tmp_path / FEATURES.name / "1" / "model.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import time\ntime.sleep(600)\n")
+    parent = "import subprocess as s, sys, time; [s.Popen([sys.executable, sys.argv[1]]) for _ in 'ab']; time.sleep(99)"
+    server.managed.process = subprocess.Popen([sys.executable, "-c", parent, str(script)])
+    try:
+        deadline = time.monotonic() + 30
+        while len(server._stubs().get(FEATURES.name, [])) < 2:
+            assert time.monotonic() < deadline, "the two stubs never showed"
+            time.sleep(0.1)
+        assert server._models_without_stub(server.loaded()) == {}  # instance_count 1: two live stubs are enough
+        assert set(server._stub_names.values()) == {FEATURES.name}
+    finally:
+        for child in psutil.Process(server.managed.process.pid).children():
+            child.kill()
         server.managed.process.kill()
         server.managed.process.wait()
 
@@ -215,17 +242,17 @@ def test_a_model_parked_while_its_canary_runs_is_not_reloaded(tmp_path, monkeypa
     server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES], parked=parked)
     reloads = []
     monkeypatch.setattr(server, "reload", reloads.append)
-    monkeypatch.setattr(server, "_models_without_stub", dict)
+    monkeypatch.setattr(server, "_models_without_stub", lambda loaded: {})
     monkeypatch.setattr(server, "_next_http_check", float("inf"))
 
-    def unloaded_meanwhile() -> dict[str, str]:
+    def unloaded_meanwhile(loaded) -> dict[str, str]:
         write_parked(parked, [FEATURES.name])
         return {FEATURES.name: "canary inference failed: unknown model"}
 
     monkeypatch.setattr(server, "_models_failing_canary", unloaded_meanwhile)
     assert server.check() is None and reloads == []
     parked.unlink()  # loaded again: the same failure is a fault, and the model is reloaded
-    monkeypatch.setattr(server, "_models_failing_canary", lambda: {FEATURES.name: "canary inference failed"})
+    monkeypatch.setattr(server, "_models_failing_canary", lambda loaded: {FEATURES.name: "canary inference failed"})
     server._last_canary = 0.0
     assert server.check() is not None and reloads == [FEATURES.name]
 

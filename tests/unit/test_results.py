@@ -2,6 +2,8 @@
 
 import io
 import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,6 +30,21 @@ RECORD_SAMPLE = {
     "loras": [{"name": "ink", "scale": 0.8, "hash": "feedfacecafebeef00"}],
     "easel_version": "0.1.0",
 }
+
+
+def test_replicas_starting_together_all_read_the_one_whole_secret(tmp_path):
+    """Each Gateway replica reads the URL secret at start: one that read it half written signed URLs the others refused."""
+    for round_ in range(20):
+        path, start = tmp_path / f"round{round_}" / "url_secret", threading.Barrier(16)
+
+        def read(_):
+            start.wait()
+            return stack_secret(path)
+
+        with ThreadPoolExecutor(16) as pool:
+            seen = set(pool.map(read, range(16)))
+        assert seen == {path.read_bytes()} and len(path.read_bytes()) == 32
+        assert [p.name for p in path.parent.iterdir()] == ["url_secret"]  # no writer's draft left behind
 
 
 def test_a_signed_url_opens_until_it_expires_and_not_for_another_image_or_secret(tmp_path):

@@ -333,6 +333,17 @@ def bench_jobs(size: int, steps: int, high_jobs: int, normal_jobs: int, out: Pat
     click.echo(run_benchmark(settings, out))
 
 
+@bench.command("idle")
+@click.option("--settle", "settle_s", default=20.0, show_default=True, help="Seconds left to settle after ready.")
+@click.option("--window", "window_s", default=60.0, show_default=True, help="Seconds measured.")
+@out_option("out/bench_idle.json")
+def bench_idle(settle_s: float, window_s: float, out: Path) -> None:
+    """What an idle stack costs: each process's CPU while nothing is asked."""
+    from loadtests.benchmarks.idle import run_benchmark
+
+    click.echo(run_benchmark(settle_s, window_s, out))
+
+
 @bench.command("models")
 @click.option("--size", default=64, show_default=True, help="Image side of every request.")
 @click.option("--steps", default=4, show_default=True, help="Steps of every request.")

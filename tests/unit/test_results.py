@@ -32,18 +32,23 @@ RECORD_SAMPLE = {
 }
 
 
+def _read_together(path, replicas: int = 16) -> set[bytes]:
+    """What ``replicas`` threads released at once read as the secret at ``path``."""
+    start = threading.Barrier(replicas)
+
+    def read(_):
+        start.wait()
+        return stack_secret(path)
+
+    with ThreadPoolExecutor(replicas) as pool:
+        return set(pool.map(read, range(replicas)))
+
+
 def test_replicas_starting_together_all_read_the_one_whole_secret(tmp_path):
-    """Each Gateway replica reads the URL secret at start: one that read it half written signed URLs the others refused."""
+    """Each Gateway replica reads the URL secret at start: one that read it half written signed URLs others refused."""
     for round_ in range(20):
-        path, start = tmp_path / f"round{round_}" / "url_secret", threading.Barrier(16)
-
-        def read(_):
-            start.wait()
-            return stack_secret(path)
-
-        with ThreadPoolExecutor(16) as pool:
-            seen = set(pool.map(read, range(16)))
-        assert seen == {path.read_bytes()} and len(path.read_bytes()) == 32
+        path = tmp_path / f"round{round_}" / "url_secret"
+        assert _read_together(path) == {path.read_bytes()} and len(path.read_bytes()) == 32
         assert [p.name for p in path.parent.iterdir()] == ["url_secret"]  # no writer's draft left behind
 
 

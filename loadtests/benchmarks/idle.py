@@ -1,21 +1,21 @@
 """``easel bench idle``: what an idle stack costs, the CPU each of its processes uses while nothing is asked.
 
-A scratch stack is started, left to settle, then every process's CPU time (user + system, from ``/proc`` through
-psutil) is read at the start and the end of a window; a process's share is its CPU seconds over the window's seconds
-(100 % = one core). The stack's own process (Triton's supervisor, the GCS's keeper) is the one ``easel up`` runs.
+A scratch stack is started in this process, left to settle, then the CPU time (user + system) of this process and
+every process it started is read at the start and the end of a window, summed by kind
+(:func:`loadtests.benchmarks.loop.cpu_by_process`: a Ray actor's title, ``triton MODEL``, ``benchmark`` for this
+process, which holds what ``easel up`` holds: Triton's supervisor, the GCS's keeper). A share is CPU seconds over the
+window's seconds (100 % = one core).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import psutil
-
+from loadtests.benchmarks.loop import cpu_by_process
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
@@ -23,44 +23,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class IdleRow:
-    """One process of the idle stack."""
+    """One kind of process of the idle stack (its processes summed)."""
 
     process: str
-    pid: int
     cpu_percent: float  # of one core, over the window
 
 
-def _cpu_seconds() -> dict[int, tuple[float, str]]:
-    seen = {}
-    for process in psutil.process_iter(["name", "cmdline"]):
-        try:
-            times = process.cpu_times()
-            name = " ".join(process.info["cmdline"] or [process.info["name"]])
-        except psutil.Error:
-            continue
-        seen[process.pid] = (times.user + times.system, name[:70])
-    return seen
-
-
 def measure_idle(window_s: float) -> list[IdleRow]:
-    """Each process's CPU share over ``window_s`` seconds from now, busiest first (those alive all along)."""
-    before, start = _cpu_seconds(), time.monotonic()
+    """Each kind of process's CPU share over ``window_s`` seconds from now, busiest first."""
+    before, start = cpu_by_process(), time.monotonic()
     time.sleep(window_s)
-    after, elapsed = _cpu_seconds(), time.monotonic() - start
-    rows = [
-        IdleRow(
-            "this process (the stack's)" if pid == os.getpid() else name, pid, 100 * (cpu - before[pid][0]) / elapsed
-        )
-        for pid, (cpu, name) in after.items()
-        if pid in before
-    ]
+    after, elapsed = cpu_by_process(), time.monotonic() - start
+    rows = [IdleRow(label, 100 * (cpu - before.get(label, 0.0)) / elapsed) for label, cpu in after.items()]
     return sorted(rows, key=lambda row: -row.cpu_percent)
 
 
 def format_rows(rows: list[IdleRow], shown: int = 12) -> str:
-    """The busiest ``shown`` processes and the total."""
-    columns = [("cpu % of a core", ">16.1f"), ("  pid", ">7d"), ("  process", "<72s")]
-    table = text_table(columns, [(r.cpu_percent, r.pid, f"  {r.process}") for r in rows[:shown]])
+    """The busiest ``shown`` kinds of process and the total."""
+    columns = [("cpu % of a core", ">16.1f"), ("  process", "<40s")]
+    table = text_table(columns, [(r.cpu_percent, f"  {r.process}") for r in rows[:shown]])
     return f"{table}\ntotal: {sum(r.cpu_percent for r in rows):.1f} % of a core"
 
 

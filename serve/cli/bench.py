@@ -344,6 +344,16 @@ def bench_idle(settle_s: float, window_s: float, out: Path) -> None:
     click.echo(run_benchmark(settle_s, window_s, out))
 
 
+@bench.command("start")
+@click.option("--repeats", default=3, show_default=True, type=click.IntRange(min=1), help="Starts and stops timed.")
+@out_option("out/bench_start.json")
+def bench_start(repeats: int, out: Path) -> None:
+    """How long a stack takes to start and stop, step by step (engines already built)."""
+    from loadtests.benchmarks.start import run_benchmark
+
+    click.echo(run_benchmark(repeats, out))
+
+
 @bench.command("models")
 @click.option("--size", default=64, show_default=True, help="Image side of every request.")
 @click.option("--steps", default=4, show_default=True, help="Steps of every request.")

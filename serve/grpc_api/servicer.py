@@ -4,7 +4,7 @@
 proxy calls the deployment's method of that name). A call takes the HTTP route's steps in the same order: the key
 checked and the limits that need no body taken (:func:`serve.access.rpc_caller`), then its message parsed
 (:mod:`serve.grpc_api`), then, for one that runs work, its admission (:meth:`serve.serving.admission.Admission.admit`:
-admitted and charged); errors end the call with their status code (:func:`serve.grpc_api.fail`).
+admitted and charged); errors end the call with their status code (:func:`serve.grpc_api.messages.fail`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-from serve import grpc_api
 from serve.access import rpc_caller
-from serve.grpc_api import easel_pb2
+from serve.grpc_api import easel_pb2, messages
 from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
 from serve.serving.admission import Admission
 from serve.serving.experiments import ExperimentsAndFeedback
@@ -48,43 +47,43 @@ class Servicer:
         """
         try:
             async with rpc_caller(grpc_context, "Generate") as caller:
-                admitted = await self.admission.admit(grpc_api.generation_request(message), caller)
+                admitted = await self.admission.admit(messages.generation_request(message), caller)
                 async with aclosing(self.generations.events(admitted, caller.key)) as items:
                     async for item in items:
                         if isinstance(item, StreamedImages) and item.fallback:  # as the HTTP answer's header
                             grpc_context.set_trailing_metadata(item.fallback.metadata())
-                        yield grpc_api.event(item)
+                        yield messages.event(item)
         except Exception as error:  # every failure ends the stream with its status code
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def Feedback(self, message, grpc_context) -> easel_pb2.FeedbackReply:  # noqa: N802
         """``Feedback``: the HTTP route's (``POST /v1/feedback``)."""
         try:
             async with rpc_caller(grpc_context, "Feedback") as caller:
-                feedback = grpc_api.feedback_request(message)
-                return grpc_api.feedback_reply(await self.experiments.rate(feedback, caller.key))
+                feedback = messages.feedback_request(message)
+                return messages.feedback_reply(await self.experiments.rate(feedback, caller.key))
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def Vectorize(self, message, grpc_context) -> easel_pb2.VectorizeReply:  # noqa: N802
         """``Vectorize``: the HTTP route's answer (uploads up to its body limit, 32 MiB), admitted and priced alike."""
         try:
             async with rpc_caller(grpc_context, "Vectorize") as caller:
-                admitted = await self.admission.admit(VectorizeBody(*grpc_api.vectorize_request(message)), caller)
+                admitted = await self.admission.admit(VectorizeBody(*messages.vectorize_request(message)), caller)
                 result = await self.vectorizing.served(admitted, caller.key and caller.key.id)
-            return grpc_api.vectorize_reply(result)
+            return messages.vectorize_reply(result)
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def Analyze(self, message, grpc_context) -> easel_pb2.AnalyzeReply:  # noqa: N802
         """``Analyze``: the HTTP route's answer (``POST /v1/vectorize/analyze``), admitted and priced as it is."""
         try:
             async with rpc_caller(grpc_context, "Analyze") as caller:
-                body = VectorizeBody(*grpc_api.vectorize_request(message, "Analyze"), analysis=True)
+                body = VectorizeBody(*messages.vectorize_request(message, "Analyze"), analysis=True)
                 analysis = await self.vectorizing.analysis(await self.admission.admit(body, caller))
-            return grpc_api.analyze_reply(analysis)
+            return messages.analyze_reply(analysis)
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def CreateVideo(self, message, grpc_context) -> easel_pb2.Video:  # noqa: N802
         """``POST /v1/videos``: the video, queued (metadata ``idempotency-key``: the HTTP header)."""
@@ -95,7 +94,7 @@ class Servicer:
                 video, _ = await self.videos.queued(admitted, job_owner(caller.key), idempotency_key)
             return video_reply(video)
         except Exception as error:  # every failure ends the call with its status code
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def GetVideo(self, message, grpc_context) -> easel_pb2.Video:  # noqa: N802
         """``GET /v1/videos/{id}``: status, progress, model, seconds, size."""
@@ -103,7 +102,7 @@ class Servicer:
             async with rpc_caller(grpc_context, "GetVideo") as caller:
                 return video_reply(await self.videos.show(caller.key, video_id(message, "GetVideo")))
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def GetVideoContent(self, message, grpc_context) -> easel_pb2.VideoContent:  # noqa: N802
         """``GET /v1/videos/{id}/content``: the MP4, or ``variant: frames`` the PNGs in a zip (409 before then)."""
@@ -113,7 +112,7 @@ class Servicer:
                 data = await self.videos.encoded(caller.key, id_, variant)
             return easel_pb2.VideoContent(data=data, content_type=VARIANTS[variant])
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))
 
     async def CancelVideo(self, message, grpc_context) -> easel_pb2.Video:  # noqa: N802
         """``DELETE /v1/videos/{id}``: it stops at its next step (409 once it is over)."""
@@ -121,4 +120,4 @@ class Servicer:
             async with rpc_caller(grpc_context, "CancelVideo") as caller:
                 return video_reply(await self.videos.cancel(caller.key, video_id(message, "CancelVideo")))
         except Exception as error:
-            grpc_api.fail(grpc_context, as_easel_error(error))
+            messages.fail(grpc_context, as_easel_error(error))

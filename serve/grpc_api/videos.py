@@ -10,9 +10,9 @@ import base64
 from pydantic import ValidationError
 
 from serve.errors import InvalidInput, invalid_input
-from serve.grpc_api import Unparsed, fields, parsed
 from serve.grpc_api.easel_pb2 import Video, VideoContentRequest, VideoError, VideoId
 from serve.grpc_api.easel_pb2 import VideoRequest as VideoMessage
+from serve.grpc_api.messages import Unparsed, fields, parsed
 from serve.text_to_image.video import INPUT_REFERENCE, VideoRequest
 
 

@@ -62,6 +62,12 @@ class ManagedProcess:
 
     def start(self, timeout_s: float = 180.0) -> ManagedProcess:
         """Start the process and wait until its probe passes; raise :class:`ProcessStartError` if it does not."""
+        self.spawn()
+        self.wait_ready(timeout_s)
+        return self
+
+    def spawn(self) -> ManagedProcess:
+        """Start the process without waiting for it (:meth:`wait_ready` waits)."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -77,7 +83,6 @@ class ManagedProcess:
                 process_group=0,
             )
         logger.info("%s pid %d starting (log %s)", self.name, self.process.pid, self.log_path)
-        self.wait_ready(timeout_s)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:

@@ -120,12 +120,15 @@ class Stack:
         self.safety_checker_dir, self.text_moderator_dir = built.safety_checker_dir, built.text_moderator_dir
         self.memory_budget_bytes = built.memory_budget_bytes
         if opts.address is None:
-            self._start_triton(built)
+            self._spawn_triton(built)
         spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         self._enter(STARTING_RAY)
         with sigterm_kept():  # ray.init installs its own handler
             dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
+        if self.triton is not None:  # loading its models while Ray started
+            self.triton.wait_ready()
+            self.supervisor.watch(self.triton.managed, self.triton.check)
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
             from serve.triton.node import NodeTritons
 
@@ -155,8 +158,11 @@ class Stack:
         self._enter(READY)
         return self.info
 
-    def _start_triton(self, built: Built) -> None:
-        """Start this machine's Triton on what ``built`` installed, supervised; its control key to Ray's workers."""
+    def _spawn_triton(self, built: Built) -> None:
+        """Start this machine's Triton on what ``built`` installed; its control key to Ray's workers.
+
+        The stack's start waits for it once Ray is up (Triton loads its models meanwhile).
+        """
         opts = self.options
         self._enter(STARTING_TRITON)
         self.triton = TritonServer(
@@ -167,8 +173,7 @@ class Stack:
             canary_interval_s=opts.canary_interval_s,
             pools=built.pools,
             parked=built.parked,
-        ).start()
-        self.supervisor.watch(self.triton.managed, self.triton.check)
+        ).spawn()
         os.environ[CONTROL_KEY_ENV] = self.triton.control_key  # for the model residency, in Ray's workers
 
     def _serve_config(self, built: Built, port: int, grpc_port: int, triton):

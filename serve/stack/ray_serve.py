@@ -47,6 +47,9 @@ SINGLE_MACHINE_ENV = ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER",)
 """Left out when deploying onto a cluster off loopback (`address`): its nodes have addresses of their own. A cluster
 on loopback (nodes started with 127.0.0.1) needs it: without it Ray rewrites 127.0.0.1 to the machine's address."""
 WORKER_SETUP_HOOK = "serve.processes.ray_worker.setup"
+SERVE_STARTED = "Serve's controller and proxies started"
+APP_BUILT = "Serve's applications built (their deployments known)"
+"""Logged by :func:`deploy` as its steps end (``easel bench start`` times them)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -138,13 +141,17 @@ def deploy(config, timeout_s: float) -> None:
         grpc_options=config.grpc_options.model_dump(),
         proxy_location=config.proxy_location,
     )
+    logger.info(SERVE_STARTED)
     client.deploy_apps(config, _blocking=False)
-    deadline = time.monotonic() + timeout_s
+    deadline, built = time.monotonic() + timeout_s, False
     while time.monotonic() < deadline:
         apps = serve.status().applications
         failed = {name: app.message for name, app in apps.items() if app.status == "DEPLOY_FAILED"}
         if failed:
             raise RuntimeError(f"Serve deployment failed: {failed}")
+        if not built and apps and all(app.deployments for app in apps.values()):
+            built = True
+            logger.info(APP_BUILT)
         if apps and all(app.status == "RUNNING" for app in apps.values()):
             return
         time.sleep(0.5)

@@ -199,17 +199,25 @@ class TritonServer:
         ]
 
     def start(self, timeout_s: float = 180.0) -> TritonServer:
-        """Create the activation pools, start the process and wait until it and every model are ready.
+        """Start Triton and wait until it and every model are ready (:meth:`spawn`, then :meth:`wait_ready`)."""
+        return self.spawn().wait_ready(timeout_s)
 
-        Raises :class:`ProcessStartError` if they are not. The pools outlive restarts of the process (the entries of
-        stubs that died are dropped at the next look).
+    def spawn(self) -> TritonServer:
+        """Create the activation pools and start the process, without waiting for it.
+
+        The pools outlive restarts of the process (the entries of stubs that died are dropped at the next look).
         """
         for name, spec in self.pool_specs.items():
             pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
             self.pools |= dict.fromkeys(spec.engines, pool)
         write_python_paths(self.repository)
         self.start_log.begin()
-        self.managed.start(timeout_s)
+        self.managed.spawn()
+        return self
+
+    def wait_ready(self, timeout_s: float = 180.0) -> TritonServer:
+        """Wait until the spawned server and every model are ready; :class:`ProcessStartError` if they are not."""
+        self.managed.wait_ready(timeout_s)
         self._last_canary = time.monotonic()
         logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)
         return self

@@ -99,15 +99,17 @@ def post_together(api_url: str, route: str, bodies: list[dict]) -> list[httpx.Re
 
 @contextmanager
 def triton_killed(stack: Stack, ready_within_s: float = 60.0):
-    """SIGKILL Triton; the block runs while it is down. The supervisor restarts it; the block's end waits for /readyz.
+    """SIGKILL Triton; the block runs while it is down. The supervisor restarts it after the block; the block's end
+    waits for /readyz.
 
-    Triton takes seconds to come back (a backoff, then loading every model), so requests sent at once in the block
-    meet a stack without it.
+    The supervisor is held while the block runs: it notices a death within a quarter second and Triton's restart
+    takes about a second, so a request sent at once in the block could otherwise meet Triton already back.
     """
-    stack.triton.process.kill()
-    stack.triton.process.wait()
     try:
-        yield
+        with stack.supervisor.paused():
+            stack.triton.process.kill()
+            stack.triton.process.wait()
+            yield
     finally:
         wait_until_ready(stack.info.api_url, ready_within_s)
 

@@ -10,9 +10,10 @@ import pytest
 import yaml
 from ray._common.utils import import_attr
 
-from serve import grpc_api
 from serve.errors import InvalidInput, NotReady
-from serve.grpc_api import easel_pb2, generation_request, vectorize_options
+from serve.grpc_api import easel_pb2
+from serve.grpc_api import messages as grpc_api
+from serve.grpc_api.messages import generation_request, vectorize_options
 from serve.paths import PROJECT_ROOT, SERVE_CONFIG
 from serve.routes import ROUTES, rpc_route
 from serve.vectorize.deployment import VectorizeResult
@@ -111,7 +112,7 @@ def test_a_failure_sets_the_error_s_status_and_ends_the_call():
         def set_details(self, details):
             self.details = details
 
-    from serve.grpc_api import fail
+    from serve.grpc_api.messages import fail
 
     context, error = Context(), NotReady("Triton is restarting", retry_after_s=2)
     with pytest.raises(NotReady):
@@ -149,7 +150,7 @@ def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_
     import grpc
     from ray.serve._private import grpc_util
 
-    from serve.grpc_api import Unparsed
+    from serve.grpc_api.messages import Unparsed
     from serve.routes import DEFAULT_BODY_LIMIT, MAX_REQUEST_BYTES, rpc_route
     from serve.vectorize.schema import MAX_UPLOAD_BYTES
     from serve.wire import GRPC_LIMITS, MAX_RECEIVE, bound_grpc_messages
@@ -183,7 +184,7 @@ def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_
 
 def test_a_message_is_parsed_only_by_the_gateway_and_one_over_its_limit_is_a_413_naming_it():
     from serve.errors import PayloadTooLarge
-    from serve.grpc_api import Unparsed, feedback_request, generation_request, vectorize_request
+    from serve.grpc_api.messages import Unparsed, feedback_request, generation_request, vectorize_request
 
     data = easel_pb2.GenerateRequest(prompt="a fox", seed=7).SerializeToString()
     assert generation_request(Unparsed(data, len(data), 1 << 20)).prompt == "a fox"

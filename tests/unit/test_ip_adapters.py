@@ -160,7 +160,8 @@ def test_the_export_unet_is_diffusers_multi_ip_adapter_with_masks(default_model,
 
 
 def test_grpc_takes_the_same_shape():
-    from serve.grpc_api import easel_pb2, generation_request
+    from serve.grpc_api import easel_pb2
+    from serve.grpc_api.messages import generation_request
 
     png = base64.b64decode(PNG)
     message = easel_pb2.GenerateRequest(

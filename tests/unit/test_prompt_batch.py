@@ -148,7 +148,7 @@ def test_an_answer_names_each_image_s_prompt_and_its_record_is_its_own_one_promp
 
 
 def test_grpc_s_images_name_their_prompt_as_the_http_answer_s_items_do(engine_dir, tmp_path):
-    from serve import grpc_api
+    from serve.grpc_api import messages as grpc_api
     from tests.unit.test_results import _generations
 
     generations, _ = _generations(engine_dir, tmp_path)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from serve.grpc_api import analyze_reply
+from serve.grpc_api.messages import analyze_reply
 from serve.vectorize.analysis import analysis
 from serve.vectorize.features import CLASS_RULES, FEATURE_NAMES, F, ImageClass, classify, classify_with_confidence
 from serve.vectorize.schema import Tier, VectorizeOptions

@@ -20,7 +20,6 @@ import dataclasses
 from collections.abc import Mapping
 
 import numpy as np
-import torch
 
 from serve.errors import InvalidInput
 from serve.text_to_image.generation import Outline
@@ -38,59 +37,6 @@ def step_cache_specs(unet: ModelSpec, width: int) -> dict[str, ModelSpec]:
         UNET_DEEP: dataclasses.replace(unet, name=UNET_DEEP, outputs=(*unet.outputs, features)),
         UNET_SHALLOW: dataclasses.replace(unet, name=UNET_SHALLOW, inputs=(*unet.inputs, features)),
     }
-
-
-class DeepUnetModule(torch.nn.Module):
-    """The whole UNet (a :class:`~serve.text_to_image.families.exports.UnetModule`), also returning its deep features.
-
-    The features are the output of the final up block's second-to-last layer (its attention where it has them, else
-    its resnet): what DeepCache's shallowest branch keeps.
-    """
-
-    def __init__(self, unet_module: torch.nn.Module) -> None:
-        super().__init__()
-        self.unet_module = unet_module
-        final = unet_module.unet.up_blocks[-1]
-        layers = getattr(final, "attentions", None) or final.resnets
-        self._kept: torch.Tensor | None = None
-        layers[-2].register_forward_hook(self._keep)
-
-    def _keep(self, _module, _inputs, output) -> None:
-        self._kept = output[0] if isinstance(output, tuple) else output
-
-    def forward(self, *inputs):
-        """The noise prediction and the deep features."""
-        noise = self.unet_module(*inputs)
-        return noise, self._kept
-
-
-class ShallowUnetModule(torch.nn.Module):
-    """The UNet's shallow branch on kept deep features: what a cached step of DeepCache computes.
-
-    Inputs: the UNet's (sample, timestep, encoder_hidden_states, then ``added`` conditioning) and ``deep_features``.
-    """
-
-    def __init__(self, unet: torch.nn.Module, added: tuple[str, ...] = ()) -> None:
-        super().__init__()
-        self.unet, self.added = unet, added
-
-    def forward(self, sample, timestep, encoder_hidden_states, *rest):
-        """The noise prediction."""
-        *added, deep = rest
-        unet = self.unet
-        extra = dict(zip(self.added, added, strict=True)) or None
-        emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), None)
-        augmented = unet.get_aug_embed(emb=emb, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=extra)
-        emb = emb + augmented if augmented is not None else emb
-        if unet.time_embed_act is not None:
-            emb = unet.time_embed_act(emb)
-        final = unet.up_blocks[-1]
-        hidden = final.resnets[-1](torch.cat([deep, unet.conv_in(sample)], dim=1), emb)
-        if getattr(final, "attentions", None):
-            hidden = final.attentions[-1](hidden, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-        if unet.conv_norm_out is not None:
-            hidden = unet.conv_act(unet.conv_norm_out(hidden))
-        return unet.conv_out(hidden)
 
 
 def check(asked: Outline, specs: Mapping[str, ModelSpec], step_engine: str) -> None:

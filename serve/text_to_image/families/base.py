@@ -19,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -28,16 +28,6 @@ from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.text_to_image import step_cache
 from serve.text_to_image.controlnet import ControlNetSupport, Residual
-from serve.text_to_image.families.exports import (
-    ControlNetModule,
-    ExportModule,
-    UnetModule,
-    VaeDecoderModule,
-    VaeEncoderModule,
-    diffusers_model,
-    motion_unet_export,
-    vae_export,
-)
 from serve.text_to_image.families.folder import Component, read_config, read_model_index, text_length, vae_dims
 from serve.text_to_image.generation import Generation, Outline
 from serve.text_to_image.prompt_chunks import PromptChunks, PromptEncoder
@@ -58,8 +48,11 @@ from serve.text_to_image.spec import (
     vae_decoder_spec,
     vae_encoder_spec,
 )
-from serve.text_to_image.step_cache import DeepUnetModule, ShallowUnetModule, step_cache_specs
+from serve.text_to_image.step_cache import step_cache_specs
 from serve.triton.spec import EngineRunner, ModelSpec, TensorSpec
+
+if TYPE_CHECKING:  # the export's torch modules load where engines are exported, never where requests are served
+    from serve.text_to_image.families.exports import ExportModule
 
 UNET_CLASS = "UNet2DConditionModel"
 UNET_ENGINE = "unet"
@@ -243,6 +236,8 @@ class Family(ABC):
 
     def unet_export(self, model_dir: Path, folder: str = UNET) -> ExportModule:
         """The UNet of ``model_dir`` (in ``folder``) taking the family's added conditioning."""
+        from serve.text_to_image.families.exports import ExportModule, UnetModule, diffusers_model
+
         added = self.added_conditioning
         return ExportModule(lambda dtype: UnetModule(diffusers_model(UNET_CLASS, model_dir / folder, dtype), added))
 
@@ -251,6 +246,13 @@ class Family(ABC):
 
         Each conditioned as the family's UNet is.
         """
+        from serve.text_to_image.families.exports import (
+            DeepUnetModule,
+            ExportModule,
+            ShallowUnetModule,
+            motion_unet_export,
+        )
+
         modules = {DISTILLED_UNET: self.unet_export(model_dir, DISTILLED_UNET)} if self.dims.distilled_unet else {}
         for engine, folder in zip(self.motion_engines, self.motion_adapters.values(), strict=True):
             modules[engine] = motion_unet_export(model_dir / UNET, Path(folder))
@@ -263,6 +265,8 @@ class Family(ABC):
 
     def vae_exports(self, model_dir: Path) -> dict[str, ExportModule]:
         """The VAE decoder (and encoder, as :meth:`vae_specs`), in fp32 when :attr:`upcasts_vae` and the config asks."""
+        from serve.text_to_image.families.exports import VaeDecoderModule, VaeEncoderModule, vae_export
+
         keep_fp32 = self.upcasts_vae and bool(read_config(model_dir, "vae").get("force_upcast", True))
         modules = {VAE_DECODER: vae_export(VaeDecoderModule, model_dir, keep_fp32)}
         if self.takes_images:
@@ -271,6 +275,8 @@ class Family(ABC):
 
     def controlnet_export(self, folder: Path) -> ExportModule:
         """A diffusers ``ControlNetModel`` folder as its engine's module, conditioned as the family's UNet is."""
+        from serve.text_to_image.families.exports import ControlNetModule, ExportModule, diffusers_model
+
         added = self.added_conditioning
         return ExportModule(lambda dtype: ControlNetModule(diffusers_model("ControlNetModel", folder, dtype), added))
 

@@ -9,7 +9,6 @@ patch count (``mu``, as diffusers' ``calculate_shift``).
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from serve.text_to_image.families.base import Family
 from serve.text_to_image.generation import Generation
@@ -40,57 +39,6 @@ class FlowFamily(Family):
         base_shift, max_shift = config.get("base_shift", 0.5), config.get("max_shift", self.max_shift_default)
         slope = (max_shift - base_shift) / (max_len - base_len)
         return self.patches(job) * slope + base_shift - slope * base_len
-
-
-class ExplicitRmsNorm(torch.nn.Module):
-    """``torch.nn.RMSNorm`` in elementary ops (the TorchScript ONNX exporter has no ``aten::rms_norm`` at opset 17)."""
-
-    def __init__(self, norm: torch.nn.RMSNorm) -> None:
-        super().__init__()
-        self.weight = norm.weight
-        self.eps = norm.eps
-
-    def forward(self, x):
-        """``x`` over its root mean square (last axis), times the weight."""
-        eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        return x * self.weight if self.weight is not None else x
-
-
-def explicit_rms_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """``model`` with every ``torch.nn.RMSNorm`` (Flux's and SD3.5's query/key norms) as :class:`ExplicitRmsNorm`."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, torch.nn.RMSNorm):
-            parent, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, ExplicitRmsNorm(module))
-    return model
-
-
-class FlowTransformerModule(torch.nn.Module):
-    """A flow-matching transformer as its engine's module, its RMS norms in elementary ops (:func:`explicit_rms_norms`).
-
-    SD3's and Flux's diffusers transformers take the same four inputs by keyword (Flux more). ``forward`` hands them
-    the engine's inputs as they are (SD3); a subclass's makes them from the engine's inputs (Flux's packed latents).
-    """
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__()
-        self.transformer = explicit_rms_norms(transformer)
-
-    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections):
-        """The predicted velocity, in the latents' layout."""
-        return self.velocity(sample, timestep, encoder_hidden_states, pooled_projections)
-
-    def velocity(self, hidden_states, timestep, encoder_hidden_states, pooled_projections, **extra):
-        """The transformer's predicted velocity (``extra``: a family's own inputs, such as Flux's position ids)."""
-        return self.transformer(
-            hidden_states=hidden_states,
-            timestep=timestep,
-            encoder_hidden_states=encoder_hidden_states,
-            pooled_projections=pooled_projections,
-            return_dict=False,
-            **extra,
-        )[0]
 
 
 def sigmas(steps: int) -> np.ndarray:

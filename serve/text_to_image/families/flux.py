@@ -14,21 +14,23 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from serve.errors import UnsupportedModel
 from serve.text_to_image.families.base import (
     PipelineDims,
     hidden_states_spec,
 )
-from serve.text_to_image.families.exports import ClipPooled, ExportModule, diffusers_model, text_encoder_export
-from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule, sigmas
+from serve.text_to_image.families.flow import PATCH, FlowFamily, sigmas
 from serve.text_to_image.families.folder import pipeline_components, read_config
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TRANSFORMER, text_encoder_spec
 from serve.triton.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from serve.text_to_image.families.exports import ExportModule
 
 T5_LENGTH = 512
 """T5's token length: ``FluxPipeline``'s default ``max_sequence_length``."""
@@ -42,78 +44,6 @@ class FluxDims(PipelineDims):
     joint_dim: int
     t5_length: int
     guidance_embeds: bool
-
-
-class TracedFluxAttention:
-    """diffusers' ``FluxAttnProcessor`` (without fused projections or IP-Adapter), its rotary embedding traceable.
-
-    diffusers' ``apply_rotary_emb`` reshapes by ``x.shape[:-1]``, which the TorchScript tracer records as constants
-    (the traced batch and token count); ``unflatten`` of the last axis keeps every size dynamic.
-    """
-
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, image_rotary_emb=None):
-        """Joint attention over the text tokens (when given) and the image tokens."""
-
-        def heads(projection, states):
-            return projection(states).unflatten(-1, (-1, attn.head_dim))
-
-        query = attn.norm_q(heads(attn.to_q, hidden_states))
-        key = attn.norm_k(heads(attn.to_k, hidden_states))
-        value = heads(attn.to_v, hidden_states)
-        if encoder_hidden_states is not None and attn.added_kv_proj_dim is not None:
-            query = torch.cat([attn.norm_added_q(heads(attn.add_q_proj, encoder_hidden_states)), query], dim=1)
-            key = torch.cat([attn.norm_added_k(heads(attn.add_k_proj, encoder_hidden_states)), key], dim=1)
-            value = torch.cat([heads(attn.add_v_proj, encoder_hidden_states), value], dim=1)
-        if image_rotary_emb is not None:
-            query, key = _rotated(query, image_rotary_emb), _rotated(key, image_rotary_emb)
-        attended = torch.nn.functional.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=attention_mask
-        )
-        attended = attended.transpose(1, 2).flatten(2, 3).to(query.dtype)
-        if encoder_hidden_states is None:
-            return attended
-        text = encoder_hidden_states.shape[1]
-        image = attn.to_out[1](attn.to_out[0](attended[:, text:].contiguous()))
-        return image, attn.to_add_out(attended[:, :text].contiguous())
-
-
-def _rotated(x, frequencies):
-    """``apply_rotary_emb(x, frequencies, sequence_dim=1)`` of diffusers, for ``x`` ``[B, S, H, D]``."""
-    cos, sin = (f[None, :, None, :] for f in frequencies)
-    real, imaginary = x.unflatten(-1, (-1, 2)).unbind(-1)
-    rotated = torch.stack([-imaginary, real], dim=-1).flatten(3)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
-
-
-class FluxTransformerModule(FlowTransformerModule):
-    """The Flux transformer on NCHW latents: packing, position ids and the timestep's scale inside the graph."""
-
-    def __init__(self, transformer: torch.nn.Module) -> None:
-        super().__init__(transformer)
-        self.transformer.set_attn_processor(TracedFluxAttention())
-
-    def forward(self, sample, timestep, encoder_hidden_states, pooled_projections, *guidance):
-        """The predicted velocity, unpacked to the latents' layout."""
-        batch, channels, height, width = sample.shape
-        rows, columns = height // PATCH, width // PATCH
-        packed = sample.view(batch, channels, rows, PATCH, columns, PATCH).permute(0, 2, 4, 1, 3, 5)
-        packed = packed.reshape(batch, rows * columns, channels * PATCH * PATCH)
-        row_ids = torch.arange(rows, dtype=sample.dtype).view(rows, 1).expand(rows, columns)
-        column_ids = torch.arange(columns, dtype=sample.dtype).view(1, columns).expand(rows, columns)
-        image_ids = torch.stack([torch.zeros_like(row_ids), row_ids, column_ids], dim=-1).reshape(rows * columns, 3)
-        text_ids = torch.zeros(encoder_hidden_states.shape[1], 3, dtype=sample.dtype)
-        guidance = guidance[0] if guidance else None
-        velocity = self.velocity(
-            packed,
-            timestep / 1000,
-            encoder_hidden_states,
-            pooled_projections,
-            guidance=guidance,
-            txt_ids=text_ids,
-            img_ids=image_ids,
-        )
-        velocity = velocity.view(batch, rows, columns, channels, PATCH, PATCH).permute(0, 3, 1, 4, 2, 5)
-        return velocity.reshape(batch, channels, height, width)
 
 
 class Flux(FlowFamily):
@@ -169,6 +99,9 @@ class Flux(FlowFamily):
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """CLIP's pooled output, T5, the transformer on NCHW latents, the VAE decoder (``force_upcast``: fp32)."""
+        from serve.text_to_image.families.exports import ClipPooled, ExportModule, diffusers_model, text_encoder_export
+        from serve.text_to_image.families.transformer_exports import FluxTransformerModule
+
         return {
             TEXT_ENCODER: text_encoder_export(model_dir, TEXT_ENCODER, "CLIPTextModel", ClipPooled),
             TEXT_ENCODER_2: text_encoder_export(model_dir, TEXT_ENCODER_2, "T5EncoderModel"),

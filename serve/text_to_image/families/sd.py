@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -13,11 +14,13 @@ from serve.text_to_image.families.base import (
     PipelineDims,
     prompt_rows,
 )
-from serve.text_to_image.families.exports import ExportModule, text_encoder_export
 from serve.text_to_image.families.folder import pipeline_components, read_config
 from serve.text_to_image.prompt_chunks import PromptEncoder
 from serve.text_to_image.spec import TEXT_ENCODER, UNET, text_encoder_spec, text_states
 from serve.triton.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from serve.text_to_image.families.exports import ExportModule
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ class StableDiffusion(Family):
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """CLIPTextModel's last hidden state, the UNet, the VAE decoder and encoder."""
+        from serve.text_to_image.families.exports import text_encoder_export
+
         return {
             TEXT_ENCODER: text_encoder_export(model_dir, TEXT_ENCODER, "CLIPTextModel"),
             UNET: self.unet_export(model_dir),

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,17 +22,14 @@ from serve.text_to_image.families.base import (
     hidden_states_spec,
     prompt_rows,
 )
-from serve.text_to_image.families.exports import (
-    ExportModule,
-    clip_penultimate_export,
-    diffusers_model,
-    text_encoder_export,
-)
-from serve.text_to_image.families.flow import PATCH, FlowFamily, FlowTransformerModule
+from serve.text_to_image.families.flow import PATCH, FlowFamily
 from serve.text_to_image.families.folder import Component, pipeline_components, read_config, read_model_index
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, TEXT_ENCODER_3, TRANSFORMER
 from serve.triton.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from serve.text_to_image.families.exports import ExportModule
 
 T5_LENGTH = 256
 """T5's token length: ``StableDiffusion3Pipeline``'s default ``max_sequence_length``."""
@@ -111,6 +109,14 @@ class StableDiffusion3(FlowFamily):
 
     def export_modules(self, model_dir: Path) -> dict[str, ExportModule]:
         """Both CLIP encoders with their projections, T5, the transformer, the VAE decoder (``force_upcast``: fp32)."""
+        from serve.text_to_image.families.exports import (
+            ExportModule,
+            clip_penultimate_export,
+            diffusers_model,
+            text_encoder_export,
+        )
+        from serve.text_to_image.families.transformer_exports import FlowTransformerModule
+
         modules = {
             TEXT_ENCODER: clip_penultimate_export(model_dir, TEXT_ENCODER, projection=True),
             TEXT_ENCODER_2: clip_penultimate_export(model_dir, TEXT_ENCODER_2, projection=True),

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,11 +23,13 @@ from serve.text_to_image.families.base import (
     hidden_states_spec,
     prompt_rows,
 )
-from serve.text_to_image.families.exports import ExportModule, clip_penultimate_export
 from serve.text_to_image.families.folder import pipeline_components, read_config, read_model_index
 from serve.text_to_image.prompt_chunks import PromptEncoder, truncated
 from serve.text_to_image.spec import TEXT_ENCODER, TEXT_ENCODER_2, UNET, text_states
 from serve.triton.spec import ModelSpec, TensorSpec
+
+if TYPE_CHECKING:
+    from serve.text_to_image.families.exports import ExportModule
 
 # original (height, width) + crop top-left (y, x) + target (height, width)
 TIME_IDS = 6
@@ -103,6 +106,8 @@ class StableDiffusionXL(Family):
 
         The VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the diffusers pipeline does.
         """
+        from serve.text_to_image.families.exports import clip_penultimate_export
+
         return {
             TEXT_ENCODER: clip_penultimate_export(model_dir, TEXT_ENCODER, projection=False),
             TEXT_ENCODER_2: clip_penultimate_export(model_dir, TEXT_ENCODER_2, projection=True),

@@ -25,7 +25,7 @@ import numpy as np
 import psutil
 
 from serve.paths import easel_home
-from serve.processes import ManagedProcess, free_ports
+from serve.processes import ManagedProcess, ProcessStartError, free_ports
 from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_environment
 from serve.triton.control import CONTROL_HEADER, RESTRICTED
 from serve.triton.repository import write_python_paths
@@ -216,8 +216,20 @@ class TritonServer:
         return self
 
     def wait_ready(self, timeout_s: float = 180.0) -> TritonServer:
-        """Wait until the spawned server and every model are ready; :class:`ProcessStartError` if they are not."""
-        self.managed.wait_ready(timeout_s)
+        """Wait until the spawned server and every model are ready; :class:`ProcessStartError` if they are not.
+
+        A start the python backend aborted (:data:`~serve.triton.start_failure.PYTHON_BACKEND_ABORT`, Triton's own
+        intermittent fault while stubs start on a busy machine) is tried once more.
+        """
+        try:
+            self.managed.wait_ready(timeout_s)
+        except ProcessStartError:
+            if not self.start_log.python_backend_aborted():
+                raise
+            logger.warning("tritonserver aborted in its python backend while loading its models; starting it again")
+            self.start_log.begin()
+            self.managed.spawn()
+            self.managed.wait_ready(timeout_s)
         self._last_canary = time.monotonic()
         logger.info("tritonserver ready: HTTP %s, gRPC %s", self.endpoints.http_url, self.endpoints.grpc_url)
         return self

@@ -16,6 +16,9 @@ _ERROR_LINE = re.compile(r'^E\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "?(?P<message>.+?)"
 _HARMLESS = ("CudaDriverHelper", "CUDA driver version", "unable to create stream", "failed to load all models")
 """Error lines a CPU machine always logs, and the summary that names no model."""
 _REASON_CHARS = 300
+PYTHON_BACKEND_ABORT = "boost::interprocess::lock_exception"
+"""What Triton's log ends with when its python backend aborted the server, now and then, while a stub started on a
+busy machine (triton-inference-server/server issue 8882): nothing about the models is wrong."""
 
 
 def _reason(text: str) -> str:
@@ -59,6 +62,18 @@ class StartLog:
         """A start begins now: its lines are those written from here on."""
         self.offset = self.path.stat().st_size if self.path.exists() else 0
 
+    def text(self) -> str:
+        """This start's lines so far."""
+        if not self.path.exists():
+            return ""
+        with self.path.open("rb") as log:
+            log.seek(self.offset)
+            return log.read().decode(errors="replace")
+
+    def python_backend_aborted(self) -> bool:
+        """Whether this start ended in the python backend's abort (:data:`PYTHON_BACKEND_ABORT`)."""
+        return PYTHON_BACKEND_ABORT in self.text()
+
     def failure(self, needed: Iterable[str], exited: bool) -> str | None:
         """Why this start cannot become ready, in one line (None while nothing says so).
 
@@ -66,9 +81,7 @@ class StartLog:
         """
         if not self.path.exists():
             return None
-        with self.path.open("rb") as log:
-            log.seek(self.offset)
-            text = log.read().decode(errors="replace")
+        text = self.text()
         if exited or failed_models(text).keys() & set(needed):
             return start_failure(text, self.path)
         return None

@@ -68,6 +68,23 @@ def test_a_start_log_reads_only_its_own_start_and_fails_fast_only_for_a_model_th
     assert "'small.unet': model not found" in log.failure(["small.unet"], exited=False)
 
 
+def test_a_start_the_python_backend_aborted_is_told_apart_from_one_that_failed(tmp_path):
+    log = tmp_path / "triton.log"
+    log.write_text("terminate called after throwing an instance of 'boost::interprocess::lock_exception'\n")
+    start = StartLog(log)
+    start.begin()  # the abort was an earlier start's
+    assert not start.python_backend_aborted()
+    with log.open("a") as f:
+        f.write('E1128 15:52:27.754475 16728 server.cc:241] "CudaDriverHelper has not been initialized."\n')
+        f.write("terminate called after throwing an instance of 'boost::interprocess::lock_exception'\n")
+        f.write("  what():  boost::interprocess::lock_exception\n")
+    assert start.python_backend_aborted()
+    start.begin()
+    with log.open("a") as f:
+        f.write("E1128 10:00:00.000000 1 model_lifecycle.cc:1] \"failed to load 'unet' version 1: bad file\"\n")
+    assert not start.python_backend_aborted() and "unet" in start.failure(["unet"], exited=True)
+
+
 def test_a_port_in_use_names_the_process_holding_it_and_the_option_that_moves_it():
     with socket.socket() as held:
         held.bind(("127.0.0.1", 0))

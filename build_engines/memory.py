@@ -22,8 +22,8 @@ import numpy as np
 
 from serve.adapters.lora import SCALE_INPUT, LoraBanks, load_slots
 from serve.triton.engine_files import EngineFiles
+from serve.triton.environment import allocator_environment
 from serve.triton.memory import MemoryModel, peak_rss_reset, rss_bytes
-from serve.triton.server import allocator_environment
 from serve.triton.spec import ModelSpec, TensorSpec
 
 logger = logging.getLogger(__name__)

@@ -14,18 +14,15 @@ import os
 import sys
 from pathlib import Path
 
-import pytriton
-
+from serve.triton.environment import backend_directory, server_binary, server_environment
 from serve.triton.repository import write_python_paths
-from serve.triton.server import backend_directory, server_environment
 
 REPOSITORY_FLAG = "--model-repository="
 
 
 def command(args: list[str]) -> list[str]:
     """The tritonserver command line: the wheel's binary, the backends with this Python's stub, then ``args``."""
-    binary = Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
-    return [str(binary), f"--backend-directory={backend_directory()}", *args]
+    return [str(server_binary()), f"--backend-directory={backend_directory()}", *args]
 
 
 def main(args: list[str]) -> None:

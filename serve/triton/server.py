@@ -10,11 +10,7 @@ Model control answers only requests that carry the server's own key (:mod:`serve
 from __future__ import annotations
 
 import logging
-import os
 import secrets
-import shutil
-import sys
-import sysconfig
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -24,64 +20,16 @@ import httpx
 import numpy as np
 import psutil
 
-from serve.paths import easel_home
 from serve.processes import ManagedProcess, ProcessStartError, free_ports
-from serve.triton.activations import ActivationPool, PoolSpec, pool_of, pools_environment
+from serve.triton.activations import ActivationPool, PoolSpec, pool_of
 from serve.triton.control import CONTROL_HEADER, RESTRICTED
+from serve.triton.environment import backend_directory, server_binary, server_environment
 from serve.triton.repository import write_python_paths
 from serve.triton.residency import read_parked
 from serve.triton.spec import ModelSpec
 from serve.triton.start_failure import StartLog
 
 logger = logging.getLogger(__name__)
-
-
-def _pytriton_dir() -> Path:
-    import pytriton
-
-    return Path(pytriton.__file__).parent
-
-
-def backend_directory() -> Path:
-    """A backends folder whose python backend carries the stub built for this interpreter's Python version."""
-    source = _pytriton_dir() / "tritonserver" / "backends" / "python"
-    target = easel_home() / "triton" / f"backends-py{sys.version_info.major}.{sys.version_info.minor}"
-    python = target / "python"
-    stub = (
-        _pytriton_dir() / "tritonserver" / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}"
-    )
-    if not (python / "triton_python_backend_stub").exists():
-        python.mkdir(parents=True, exist_ok=True)
-        for item in source.iterdir():
-            if item.is_file():
-                shutil.copy2(item, python / item.name)
-        shutil.copy2(stub / "triton_python_backend_stub", python / "triton_python_backend_stub")
-    return target
-
-
-# glibc serves allocations over its mmap threshold from fresh mappings that free() returns to the system at once;
-# by default that threshold grows with every large block freed (up to 32 MiB), after which activations come from the
-# heap and a large request's memory stays resident. A fixed threshold keeps giving it back. ONNX Runtime's arena is
-# off in served sessions for the same reason (onnx_backend.make_session).
-ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_TRIM_THRESHOLD_": str(16 << 20)}
-
-
-def allocator_environment() -> dict[str, str]:
-    """This environment with the allocator settings of served engines (also used where engines are measured)."""
-    return {**os.environ, **ALLOCATOR_ENV}
-
-
-def server_environment(pools: dict[str, ActivationPool] | None = None) -> dict[str, str]:
-    """Environment for tritonserver.
-
-    Its bundled libraries, this interpreter's libpython first for the stub, the allocator settings, and each engine's
-    activation pool (by Triton model name) for the python backend.
-    """
-    libs = [sysconfig.get_config_var("LIBDIR"), str(_pytriton_dir().parent / "nvidia_pytriton.libs")]
-    env = allocator_environment()
-    env["LD_LIBRARY_PATH"] = ":".join([*libs, env.get("LD_LIBRARY_PATH", "")]).rstrip(":")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    return env | pools_environment(pools or {})
 
 
 @dataclass(frozen=True)
@@ -178,7 +126,7 @@ class TritonServer:
         """The tritonserver command line."""
         e = self.endpoints
         return [
-            str(_pytriton_dir() / "tritonserver" / "bin" / "tritonserver"),
+            str(server_binary()),
             f"--model-repository={self.repository}",
             f"--backend-directory={backend_directory()}",
             "--model-control-mode=explicit",

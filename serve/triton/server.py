@@ -109,7 +109,7 @@ class TritonServer:
         self._last_canary = 0.0
         self._next_http_check = 0.0
         self._successes: dict[str, int] = {}
-        self._stub_names: dict[psutil.Process, str | None] = {}  # Triton's children at the last look: their model
+        self._stub_names: dict[psutil.Process, str] = {}  # Triton's children at the last look: their model
 
     @property
     def models(self) -> dict[str, ModelSpec]:
@@ -247,7 +247,9 @@ class TritonServer:
 
         Listing a process's children reads every process's parent, and the check runs four times a second: a look per
         model (nine in the default stack) kept a fifth of a core busy in the stack's own process. A stub's command
-        line, which names its model, is read once per process.
+        line, which names its model, is read once per process once it names one: a child caught between Triton's fork
+        and its exec still has Triton's command line (remembered as no stub, a model's new stub went uncounted and
+        the model was reloaded as if its stub had died, under load).
         """
         try:
             children = psutil.Process(self.managed.pid).children()
@@ -262,8 +264,8 @@ class TritonServer:
                 name = self._stub_names[child] if child in self._stub_names else _stub_model(child.cmdline())
             except psutil.Error:
                 continue
-            names[child] = name
             if name:
+                names[child] = name
                 found.setdefault(name, []).append(child)
         self._stub_names = names  # the children of this look: a process gone is forgotten
         return found

@@ -205,6 +205,35 @@ def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_superviso
         server.managed.process.wait()
 
 
+def test_a_child_seen_before_its_exec_is_counted_once_it_is_a_stub(tmp_path):
+    """Triton forks, then execs the stub: a look between the two sees Triton's command line, which is no stub's."""
+    from serve.triton.server import TritonServer
+    from serve.vectorize.spec import FEATURES
+
+    server = TritonServer(tmp_path, tmp_path / "triton.log", models=[FEATURES])
+    script = tmp_path / FEATURES.name / "1" / "model.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import time\ntime.sleep(600)\n")
+    late = "import os, sys, time; time.sleep(3); os.execv(sys.executable, [sys.executable, os.environ['STUB']])"
+    parent = "import subprocess as s, sys, time; s.Popen([sys.executable, '-c', sys.argv[1]]); time.sleep(99)"
+    env = {**os.environ, "STUB": str(script)}  # the script is named only after the exec
+    server.managed.process = subprocess.Popen([sys.executable, "-c", parent, late], env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while not psutil.Process(server.managed.process.pid).children():
+            assert time.monotonic() < deadline, "the child never showed"
+            time.sleep(0.05)
+        assert server._stubs() == {}  # not a stub yet
+        while not server._stubs().get(FEATURES.name):
+            assert time.monotonic() < deadline, "the child, a stub after its exec, was never counted"
+            time.sleep(0.1)
+    finally:
+        for child in psutil.Process(server.managed.process.pid).children():
+            child.kill()
+        server.managed.process.kill()
+        server.managed.process.wait()
+
+
 def test_one_look_at_triton_s_children_finds_each_model_s_stubs(tmp_path):
     """A check lists Triton's children once (not once per model) and reads each stub's command line once."""
     from serve.triton.server import TritonServer, _stub_model

@@ -153,7 +153,8 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     source = base64.b64decode(svg.get_attribute("src").removeprefix("data:image/svg+xml;base64,")).decode()
     assert "<svg" in source and "<path" in source
     facts = studio.inner_text("#vectorize-facts")
-    assert re.search(r"SSIM\s+0\.\d+", facts) and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
+    ssim = re.search(r"SSIM\s+(\S+)", facts)  # a simple icon can trace perfectly: 1
+    assert ssim and 0 < float(ssim[1]) <= 1 and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
 
 
 def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack):

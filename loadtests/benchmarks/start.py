@@ -73,12 +73,14 @@ def one_round() -> list[Mark]:
 
 
 def summarize(rounds: list[list[Mark]]) -> list[tuple[str, float, float]]:
-    """Each step in the first round's order: (step, median seconds after the start, seconds since the step before).
+    """Each step every round took, in the first round's order: (step, median seconds after start, seconds it added).
 
-    The last, ``stopped``, took what the stop took (its step before is ``phase ready``).
+    Seconds added are since the step before. The last, ``stopped``, took what the stop took (its step before is
+    ``phase ready``). A step only some rounds took (a retry's) is left out.
     """
     rows, previous = [], 0.0
-    for what in [m.what for m in rounds[0]]:
+    everywhere = set.intersection(*({m.what for m in marks} for marks in rounds))  # a retry's marks are one round's
+    for what in [m.what for m in rounds[0] if m.what in everywhere]:
         at = statistics.median(next(m.at_s for m in marks if m.what == what) for marks in rounds)
         rows.append((what, at, at - previous))
         previous = at

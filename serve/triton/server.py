@@ -261,7 +261,7 @@ class TritonServer:
             try:
                 if child.status() == psutil.STATUS_ZOMBIE:
                     continue
-                name = self._stub_names[child] if child in self._stub_names else _stub_model(child.cmdline())
+                name = self._stub_names.get(child) or _stub_model(child.cmdline())
             except psutil.Error:
                 continue
             if name:

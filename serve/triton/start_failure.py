@@ -79,8 +79,6 @@ class StartLog:
 
         A model in ``needed`` that Triton could not load; once the server ``exited``, its last error.
         """
-        if not self.path.exists():
-            return None
         text = self.text()
         if exited or failed_models(text).keys() & set(needed):
             return start_failure(text, self.path)

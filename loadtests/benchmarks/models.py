@@ -101,7 +101,8 @@ class LoadTally:
 class MixedLoad(Clients):
     """``threads`` threads sending requests over ``models`` until the block ends: every ``job_every``-th a job.
 
-    The rest are synchronous generations; each thread goes round the models. :meth:`settle` waits for the jobs.
+    The rest are synchronous generations; each thread goes round the models. The first thread's first request is a
+    job (the others' jobs come in turn after it), so even a short block sends one. :meth:`settle` waits for the jobs.
     """
 
     def __init__(self, api_url: str, models: list[str], body: dict, threads: int = 4, job_every: int = 3) -> None:
@@ -115,7 +116,7 @@ class MixedLoad(Clients):
                 if self._stop.is_set():
                     return
                 model = self.models[(index + count) % len(self.models)]
-                background = count % self.job_every == self.job_every - 1
+                background = (index + count) % self.job_every == 0
                 body = self.body | {"model": model, "seed": 1000 * index + count, "background": background}
                 started = time.perf_counter()
                 try:

@@ -16,7 +16,7 @@ from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
 from tests import doc_blocks
 from tests.certificates import self_signed
-from tests.integration.conftest import EASEL, easel_down, easel_up
+from tests.integration.conftest import EASEL, easel_down, easel_up, home_with_shared_engines
 
 pytestmark = pytest.mark.integration
 
@@ -98,8 +98,9 @@ def test_up_serves_an_sdxl_folder_over_tls_and_down_knows_the_stack_died_and_sto
 ):
     """`easel up --model DIR` on a StableDiffusionXLPipeline.save_pretrained folder, with a self-signed certificate
     (--tls-cert/--tls-key: its readiness checks and first request trust it, HTTPS and gRPC over TLS answer, plain
-    HTTP and plain gRPC do not); then its process is killed."""
-    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
+    HTTP and plain gRPC do not); then its process is killed. Its engines are the machine's cache's (the quick start
+    test builds on a fresh home)."""
+    env = {**os.environ, "EASEL_HOME": str(home_with_shared_engines(tmp_path / "home"))}
     port, dashboard_port = free_ports(2)
     repository = tmp_path / "repository"
     cert, key = self_signed(tmp_path)

@@ -5,7 +5,9 @@ The module starts a head (no ``triton`` resource: it hosts the proxy; its GCS ke
 KubeRay's GCS fault tolerance has it) and two worker nodes with the ``triton`` resource (Ray's own
 ``cluster_utils.Cluster``, every node on 127.0.0.1), then ``Stack(address=...)`` deploys onto it as ``easel up
 --address`` does. TextToImage runs two replicas, so each worker has one; the two Gateways (whose job
-runners hold background jobs) run on two different nodes, so at least one is on a worker node.
+runners hold background jobs) run on two different nodes, so at least one is on a worker node. The stack's stores
+(jobs, keys, results, webhooks) are in the same Redis server as the GCS's state (their own database), as a stack
+across machines keeps them.
 """
 
 import logging
@@ -66,7 +68,11 @@ def cluster(redis_url):
 
 
 @pytest.fixture(scope="module")
-def stack(cluster, tmp_path_factory):
+def stack(cluster, redis_url, tmp_path_factory):
+    import redis
+
+    stores = redis_url.removesuffix("/0") + "/1"  # database 0 holds the GCS's state
+    redis.Redis.from_url(stores).flushdb()
     run_dir = tmp_path_factory.mktemp("run")
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     for deployment in config["applications"][0]["deployments"]:
@@ -83,6 +89,7 @@ def stack(cluster, tmp_path_factory):
         cache_bytes=0,
         serve_config=run_dir / "serve_config.yaml",
         address=cluster[0].address,
+        store_url=stores,
     )
     with Stack(options) as stack:
         yield stack

@@ -4,7 +4,8 @@ variant that served it (its image is that model's own), feedback into the poster
 One small stack: the embedded model and a second SD (the same weights with another noise schedule, so its images
 differ), 64x64, 2 steps. The split is declared by ``easel up --experiment`` (``StackOptions.experiments``), the bandit
 through the admin routes; their state lives in the stack's store, which both Gateway replicas (the default Serve
-config runs two) read.
+config runs two) read. The store is a real Redis server, as a stack across machines has it (its Ray's GCS keeps its
+state there too, deleted at each stop); ``test_jobs.py``'s stack keeps its stores in SQLite.
 """
 
 import time
@@ -12,6 +13,7 @@ import time
 import grpc
 import httpx
 import pytest
+import redis
 
 from serve.experiments import open_experiment_store
 from serve.experiments.policy import ExperimentSpec, user_share
@@ -31,7 +33,9 @@ GENERATE = "/v1/images/generations"
 
 
 @pytest.fixture(scope="module")
-def stack(second_sd, tmp_path_factory):  # noqa: F811 - the fixture imported above
+def stack(second_sd, redis_url, tmp_path_factory):  # noqa: F811 - the fixture imported above
+    store = redis_url.removesuffix("/0") + "/2"  # a database of its own (test_cluster.py's stores are in 1)
+    redis.Redis.from_url(store).flushdb()
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -40,6 +44,7 @@ def stack(second_sd, tmp_path_factory):  # noqa: F811 - the fixture imported abo
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         experiments={ALIAS: ExperimentSpec(variants=SPLIT)},
+        store_url=store,
     )
     with Stack(options) as stack:
         yield stack

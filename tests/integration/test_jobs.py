@@ -1,5 +1,9 @@
-"""Background jobs, their webhooks and the result cache through the running stack, on each store: SQLite (the
-stack's run folder, the default) and a real Redis server (a stack across machines)."""
+"""Background jobs, their webhooks and the result cache through the running stack, its stores in SQLite (the stack's
+run folder, the default).
+
+The stores in Redis (a stack across machines) serve ``test_experiments.py``'s and ``test_cluster.py``'s stacks;
+each Redis store passes its store's contract in ``test_*_redis.py``.
+"""
 
 import base64
 import io
@@ -7,7 +11,6 @@ import logging
 import time
 
 import pytest
-import redis
 from PIL import Image
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
@@ -38,24 +41,15 @@ def receivers():
         receiver.close()
 
 
-@pytest.fixture(scope="module", params=["sqlite", "redis"])
-def stack(request, tmp_path_factory, receivers):
-    """The stack with its jobs and cache in SQLite (default) or in a real Redis server.
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, receivers):
+    """The stack with its jobs and cache in SQLite (its run folder).
 
     A webhook attempt may take a minute: the receiver a test holds never times out while the test runs.
     """
-    store_url = None
-    if request.param == "redis":
-        store_url = request.getfixturevalue("redis_url")
-        redis.Redis.from_url(store_url).flushdb()
-    for receiver in receivers.values():  # another stack's calls (another secret) are not this one's
-        receiver.calls.clear()
-        receiver.answering.set()
     run_dir = tmp_path_factory.mktemp("run")
     hosts = tuple(receiver.allowed for receiver in receivers.values())
-    options = StackOptions(
-        port=0, dashboard=False, run_dir=run_dir, store_url=store_url, webhook_hosts=hosts, webhook_timeout_s=60
-    )
+    options = StackOptions(port=0, dashboard=False, run_dir=run_dir, webhook_hosts=hosts, webhook_timeout_s=60)
     with Stack(options) as stack:
         yield stack
 

@@ -35,8 +35,8 @@ from tests.integration.conftest import EASEL, easel_down, easel_up, home_with_sh
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
-BODY = {"prompt": "a green circle icon", "size": "64x64", "num_inference_steps": 30}
-VIDEO = {"prompt": "a green circle rolling", "size": "64x64", "frames": 8, "fps": 8, "steps": 30, "seed": 7}
+BODY = {"prompt": "a green circle icon", "size": "64x64", "num_inference_steps": 20}
+VIDEO = {"prompt": "a green circle rolling", "size": "64x64", "frames": 8, "fps": 8, "steps": 20, "seed": 7}
 
 
 def _kill_everything(stack_id: str, pid: int) -> int:

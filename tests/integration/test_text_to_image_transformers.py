@@ -1,10 +1,12 @@
 """SD3 and Flux (the embedded tiny-sd3, tiny-flux and tiny-flux-schnell) through a real Triton and Ray Serve app.
 
-Each model gets its own stack (with a LoRA folder): parity with diffusers' own pipeline over HTTP, with and without
-a LoRA, and concurrent requests that each equal their solo image while sharing transformer executions.
+One stack serves the three (``model`` picks one), each with a LoRA folder of its own: parity with diffusers' own
+pipeline over HTTP, with and without a LoRA, and concurrent requests that each equal their solo image while sharing
+transformer executions.
 """
 
 import logging
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,39 +26,47 @@ BODY = {"prompt": "a lighthouse, flat icon", "size": "96x64", "seed": 5, "num_in
 
 @pytest.fixture(scope="module", params=TRANSFORMER_MODELS)
 def model(request, transformer_models):
-    """(name, diffusers folder) of the model the module's stack serves."""
+    """(name, diffusers folder) of the model a test asks the stack for."""
     return request.param, transformer_models[request.param]
 
 
 @pytest.fixture(scope="module")
-def loras(model, tmp_path_factory):
-    """A LoRA folder with one random adapter (transformer and CLIP layers) for the model."""
-    folder = tmp_path_factory.mktemp("loras")
-    make_lora(model[1], folder / "style.safetensors", rank=4, seed=1, strength=1.5)
-    return folder
+def lora_dirs(transformer_models, tmp_path_factory) -> dict[str, Path]:
+    """Each model's LoRA folder, with one random adapter (transformer and CLIP layers) for it, by model name."""
+    folders = {}
+    for name, folder in transformer_models.items():
+        folders[name] = tmp_path_factory.mktemp(f"loras-{name}")
+        make_lora(folder, folders[name] / "style.safetensors", rank=4, seed=1, strength=1.5)
+    return folders
 
 
 @pytest.fixture(scope="module")
-def stack(model, loras, tmp_path_factory):
-    """The stack serving the model from its diffusers folder, LoRA-ready, without a result cache."""
+def stack(transformer_models, lora_dirs, tmp_path_factory):
+    """The stack serving the three models from their diffusers folders, LoRA-ready, without a result cache."""
     options = StackOptions(
         port=0,
         dashboard=False,
-        models={"model": model[1]},
+        models=transformer_models,
         repository=tmp_path_factory.mktemp("repository"),
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
-        loras_dir=loras,
+        loras_dir=lora_dirs,
     )
     with Stack(options) as stack:
         yield stack
 
 
 @pytest.fixture(scope="module")
-def reference(model, loras):
+def body(model) -> dict:
+    """:data:`BODY` for the model."""
+    return BODY | {"model": model[0]}
+
+
+@pytest.fixture(scope="module")
+def reference(model, lora_dirs):
     """diffusers' own pipeline over the model's weights, with the LoRA loaded (disabled unless asked)."""
     pipeline = diffusers_reference(model[1])
-    pipeline.load_lora_weights(str(loras), weight_name="style.safetensors", adapter_name="style")
+    pipeline.load_lora_weights(str(lora_dirs[model[0]]), weight_name="style.safetensors", adapter_name="style")
     return pipeline
 
 
@@ -70,7 +80,7 @@ def _diffusers(stack, pipeline, body: dict, lora: float | None = None) -> np.nda
     return reference_images(
         pipeline,
         body.get("scheduler", "ddim"),
-        samplers=stack.engines.family.samplers,
+        samplers=stack.models[body["model"]].folder.family.samplers,
         prompt=body["prompt"],
         negative_prompt=body.get("negative_prompt", ""),
         width=width,
@@ -81,18 +91,19 @@ def _diffusers(stack, pipeline, body: dict, lora: float | None = None) -> np.nda
     )
 
 
-def test_every_engine_of_the_family_is_ready(api, stack):
+def test_every_engine_of_the_family_is_ready(api, stack, model):
+    served = stack.models[model[0]]
     ready = api.get("/readyz")
     assert ready.status_code == 200
-    assert set(stack.engines.specs) <= set(ready.json()["models"]) and "transformer" in stack.engines.specs
+    assert set(served.triton_names()) <= set(ready.json()["models"]) and "transformer" in served.folder.specs
 
 
 @pytest.mark.parametrize(
     "fields",
     [{}, {"scheduler": "euler", "guidance_scale": 3.0, "negative_prompt": "blurry"}, {"guidance_scale": 1.0}],
 )
-def test_parity_with_the_diffusers_pipeline(api, stack, model, reference, fields):
-    body = BODY | fields
+def test_parity_with_the_diffusers_pipeline(api, stack, model, body, reference, fields):
+    body = body | fields
     response = api.post(GENERATE, json=body)
     assert response.status_code == 200, response.text
     got, want = decode_images(response), _diffusers(stack, reference, body)
@@ -101,8 +112,8 @@ def test_parity_with_the_diffusers_pipeline(api, stack, model, reference, fields
     assert psnr(got, want) >= 40
 
 
-def test_a_lora_per_request_matches_load_lora_weights(api, stack, model, reference):
-    body = BODY | {"loras": [{"name": "style", "scale": 0.8}]}
+def test_a_lora_per_request_matches_load_lora_weights(api, stack, model, body, reference):
+    body = body | {"loras": [{"name": "style", "scale": 0.8}]}
     response = api.post(GENERATE, json=body)
     assert response.status_code == 200, response.text
     got = decode_images(response)
@@ -117,7 +128,7 @@ def _executions(stack) -> dict[str, int]:
     return {m["name"]: int(m["execution_count"]) for m in stats if not m["name"].startswith("vectorize")}
 
 
-def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_the_field(api, stack):
+def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_the_field(api, stack, body):
     """Refused at the Gateway before any engine runs, a background job's at submission (a 400, never a 202)."""
     picture = b64(input_image(64, 96))
     before = _executions(stack)
@@ -128,23 +139,24 @@ def test_sizes_samplers_and_image_input_the_family_cannot_run_are_400s_naming_th
         ({"controlnets": [{"name": "edges", "image": picture}]}, "controlnets"),
     ):
         for background in (False, True):
-            response = api.post(GENERATE, json=BODY | fields | {"background": background})
+            response = api.post(GENERATE, json=body | fields | {"background": background})
             assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
     assert _executions(stack) == before  # no engine ran for them
     assert api.get("/v1/jobs").json()["data"] == []  # none was queued
 
 
-def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, stack, model):
+def test_concurrent_requests_are_isolated_and_share_transformer_executions(api, stack, model, body):
+    transformer = stack.models[model[0]].triton_name("transformer")
     sizes = ["64x64", "64x64", "96x64", "64x64", "64x96", "64x64"]
     bodies = [
-        BODY | {"prompt": f"icon number {i}", "seed": 100 + i, "size": size, "num_inference_steps": 6}
+        body | {"prompt": f"icon number {i}", "seed": 100 + i, "size": size, "num_inference_steps": 6}
         for i, size in enumerate(sizes)
     ]
     bodies[1] |= {"loras": [{"name": "style", "scale": 1.0}]}  # a LoRA row in the same batches
     alone = [decode_images(api.post(GENERATE, json=b)) for b in bodies]
-    before = batch_histogram(stack.info.triton_http_url, "transformer")
+    before = batch_histogram(stack.info.triton_http_url, transformer)
     together = post_together(stack.info.api_url, GENERATE, bodies)
-    histogram = batch_histogram(stack.info.triton_http_url, "transformer") - before
+    histogram = batch_histogram(stack.info.triton_http_url, transformer) - before
     for body, single, response in zip(bodies, alone, together, strict=True):
         assert response.status_code == 200, response.text
         np.testing.assert_array_equal(decode_images(response), single, err_msg=f"seed {body['seed']}")

@@ -1,8 +1,8 @@
 """LoRA (both text encoders and the UNet) and IP-Adapter on SDXL (the embedded tiny-xl), against diffusers.
 
-The tiny-xl is the stack's SECOND model, ``xl``, with its own adapters (``--loras xl=DIR``, ``--ip-adapter
-xl:ip=DIR``, ``--ip-adapter xl:face=DIR``); the embedded tiny SD, the default model, has LoRAs of its own
-(``--loras DIR``). Each request's adapters are looked up in its model's.
+The tiny-xl, ``xl``, has its own adapters (``--loras xl=DIR``, ``--ip-adapter xl:ip=DIR``, ``--ip-adapter
+xl:face=DIR``); the embedded tiny SD beside it has LoRAs of its own (``--loras easel-default=DIR``). Each request's
+adapters are looked up in its model's.
 """
 
 import base64
@@ -14,18 +14,19 @@ import pytest
 import torch
 from PIL import Image
 
-from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_lora
-from serve.stack import Stack, StackOptions
-from tests.adapters import LORAS, make_adapters, reference_image
+from build_engines.text_to_image.random_adapters import IP_WEIGHTS
+from serve.names import DEFAULT_MODEL
+from tests.adapters import LORAS, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, decode_images
+from tests.integration.xl_stack.conftest import XL
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
 BODY = {
-    "model": "xl",
+    "model": XL,
     "prompt": "a lighthouse",
     "seed": 5,
     "num_inference_steps": 8,
@@ -33,41 +34,6 @@ BODY = {
     "scheduler": "euler",
     "guidance_scale": 6.0,
 }
-
-
-@pytest.fixture(scope="module")
-def adapters(tiny_xl_model, tmp_path_factory):
-    return make_adapters(tiny_xl_model, tmp_path_factory.mktemp("adapters-xl"))
-
-
-@pytest.fixture(scope="module")
-def face_adapter(tiny_xl_model, tmp_path_factory):
-    """A second IP-Adapter, served beside the first as ``face``."""
-    return make_ip_adapter(tiny_xl_model, tmp_path_factory.mktemp("face-xl"), seed=6)
-
-
-@pytest.fixture(scope="module")
-def default_loras(default_model, tmp_path_factory):
-    """The default model's own LoRA folder: one SD LoRA, ``sd-style``."""
-    folder = tmp_path_factory.mktemp("loras-sd")
-    make_lora(default_model, folder / "sd-style.safetensors", rank=2, seed=7)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def stack(tiny_xl_model, adapters, face_adapter, default_loras, tmp_path_factory):
-    options = StackOptions(
-        port=0,
-        dashboard=False,
-        models={"easel-default": None, "xl": tiny_xl_model},
-        repository=tmp_path_factory.mktemp("repository"),
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_bytes=0,
-        loras_dir={"": default_loras, "xl": adapters.loras},  # --loras DIR --loras xl=DIR
-        ip_adapters={"xl:ip": adapters.ip_adapter, "xl:face": face_adapter},  # --ip-adapter xl:ip=DIR ...
-    )
-    with Stack(options) as stack:
-        yield stack
 
 
 @pytest.fixture(scope="module")
@@ -190,8 +156,8 @@ def _refused(api: httpx.Client, body: dict) -> str:
 
 def test_an_adapter_of_the_other_model_is_a_400_naming_the_field(api, default_loras):
     """Each request's adapters are its model's: the default's LoRA in an ``xl`` request, and the other way round."""
-    small = {"prompt": "a lighthouse", "num_inference_steps": 2, "size": "64x64"}
-    assert _refused(api, small | {"model": "xl", "loras": [{"name": "sd-style"}]}) == "loras.0.name"
+    small = {"prompt": "a lighthouse", "num_inference_steps": 2, "size": "64x64", "model": DEFAULT_MODEL}
+    assert _refused(api, small | {"model": XL, "loras": [{"name": "sd-style"}]}) == "loras.0.name"
     assert _refused(api, small | {"loras": [{"name": "style"}]}) == "loras.0.name"
     _, b64 = reference_image(seed=1)
     assert _refused(api, small | {"ip_adapters": [{"name": "face", "images": [b64]}]}) == "ip_adapters.0.name"

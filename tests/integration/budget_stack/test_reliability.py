@@ -15,26 +15,16 @@ import pytest
 
 from loadtests.benchmarks.vectorize import noise_png, upload_and_hold
 from serve.processes.signals import stack_processes
-from serve.stack import Stack, StackOptions, largest_admitted_side
+from serve.stack import largest_admitted_side
 from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import BODY_DEADLINE_S
 from tests.images import icon_png
+from tests.integration.budget_stack.conftest import BUDGET
 from tests.integration.conftest import assert_unet_goes_quiet, stack_replicas, unet_executions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
-
-BUDGET = 1280 << 20  # small enough that the largest request is split into several runs per step (1.05 GiB pool)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    """The stack with a 1.25 GiB engine memory budget and the default cost ceiling."""
-    run_dir = tmp_path_factory.mktemp("run")
-    with Stack(StackOptions(port=0, dashboard=False, run_dir=run_dir, memory_budget_bytes=BUDGET)) as stack:
-        yield stack
-
 
 GENERATE = "/v1/images/generations"
 

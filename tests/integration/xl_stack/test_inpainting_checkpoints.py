@@ -1,6 +1,7 @@
 """Inpainting checkpoints (a 9-channel UNet) of both families through the stack, against diffusers' pipelines.
 
-One stack serves both checkpoints as two models (``model`` picks one), as `easel up --model sd=DIR --model sdxl=DIR`.
+The package's stack serves both checkpoints as two models of its own (``model`` picks one), as `easel up --model
+sd=DIR --model sdxl=DIR`.
 """
 
 import diffusers
@@ -9,18 +10,11 @@ from PIL import Image
 
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, input_image
-from tests.integration.test_image_input_xl import PROMPT, image_stack, served
+from tests.integration.xl_stack.test_image_input import PROMPT, served
 
 pytestmark = pytest.mark.integration
 
 PIPELINES = {"sd": diffusers.StableDiffusionInpaintPipeline, "sdxl": diffusers.StableDiffusionXLInpaintPipeline}
-
-
-@pytest.fixture(scope="module")
-def stack(inpaint_model, xl_inpaint_model, tmp_path_factory):
-    """The tiny SD's and the tiny SDXL's inpainting checkpoints, served side by side without a result cache."""
-    with image_stack(tmp_path_factory, {"sd": inpaint_model, "sdxl": xl_inpaint_model}) as stack:
-        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -1,34 +1,16 @@
-"""SDXL (the embedded tiny-xl) through a real Triton and a real Ray Serve app, over HTTP, against diffusers."""
+"""SDXL (the embedded tiny-xl, the package stack's default model) through a real Triton and a real Ray Serve app, over
+HTTP, against diffusers."""
 
 import logging
 
 import numpy as np
 import pytest
 
-from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="module")
-def stack(tiny_xl_model, tmp_path_factory):
-    """The stack serving tiny-xl from its diffusers folder, on free ports, with a throw-away model repository.
-
-    No result cache: the isolation test sends the same seeded requests alone and together.
-    """
-    options = StackOptions(
-        port=0,
-        dashboard=False,
-        models={"model": tiny_xl_model},
-        repository=tmp_path_factory.mktemp("repository"),
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_bytes=0,
-    )
-    with Stack(options) as stack:
-        yield stack
 
 
 def test_every_sdxl_engine_is_ready(api):

@@ -1,6 +1,7 @@
 """Faults on a stack under load: a 3-minute `easel soak`, then `easel chaos`; nothing hangs, nothing is left behind.
 
-One stack serves both (a stack start costs a minute or two here); the last test stops it.
+The package's stack serves both, after ``test_reliability`` (a stack start costs a minute here); the last test
+stops it.
 """
 
 import logging
@@ -13,18 +14,9 @@ from loadtests.soak.report import format_report
 from loadtests.soak.samples import left_after_stop
 from loadtests.soak.session import Soak
 from serve.processes.signals import stack_processes
-from serve.stack import Stack, StackOptions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    # A 1 GiB engine budget: the largest admitted request (4 images at 384x384) takes seconds, not minutes.
-    options = StackOptions(port=0, dashboard=False, run_dir=tmp_path_factory.mktemp("run"), memory_budget_bytes=1 << 30)
-    with Stack(options) as stack:
-        yield stack
 
 
 def test_a_soak_with_each_process_killed_keeps_every_job_and_shapes_every_failure(stack):

@@ -1,4 +1,5 @@
-"""Images in through the stack for SDXL: img2img, inpainting and ControlNets, against diffusers' own pipelines."""
+"""Images in through the stack for SDXL (its default model, ``xl``): img2img, inpainting and ControlNets, against
+diffusers' own pipelines."""
 
 import diffusers
 import httpx
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from serve.stack import Stack, StackOptions
+from serve.stack import Stack
 from tests.conftest import psnr, reference_images
 from tests.controls import b64, box_mask, edges_image, input_image
 from tests.integration.conftest import GENERATE, decode_images
@@ -17,20 +18,6 @@ PROMPT = "a red heart icon"
 BODY = {"prompt": PROMPT, "seed": 3, "num_inference_steps": 6, "guidance_scale": 6.0, "size": "128x128"}
 
 
-def image_stack(tmp_path_factory, models, controlnets=None) -> Stack:
-    """A stack of ``models`` (a folder, or folders by name; with ``controlnets``) on free ports, without a cache."""
-    options = StackOptions(
-        port=0,
-        dashboard=False,
-        models=models if isinstance(models, dict) else {"model": models},
-        repository=tmp_path_factory.mktemp("repository"),
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_bytes=0,
-        controlnets=controlnets or {},
-    )
-    return Stack(options)
-
-
 def served(stack: Stack, **fields) -> np.ndarray:
     """The images ``stack`` answers for :data:`BODY` with ``fields``."""
     with httpx.Client(base_url=stack.info.api_url, timeout=300) as api:
@@ -39,29 +26,22 @@ def served(stack: Stack, **fields) -> np.ndarray:
     return decode_images(response)
 
 
-@pytest.fixture(scope="module")
-def xl_stack(tiny_xl_model, controlnet_dirs, tmp_path_factory):
-    """The tiny SDXL with its ControlNets ``edges`` and ``depth`` (and ``sd``, made for SD: refused)."""
-    with image_stack(tmp_path_factory, tiny_xl_model, controlnet_dirs.for_sdxl) as stack:
-        yield stack
-
-
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])
-def test_sdxl_img2img_and_inpainting_match_diffusers(xl_stack, diffusers_xl_pipeline, scheduler):
+def test_sdxl_img2img_and_inpainting_match_diffusers(stack, diffusers_xl_pipeline, scheduler):
     image, mask = input_image(128), box_mask(128)
     common = {"prompt": PROMPT, "num_inference_steps": 6, "guidance_scale": 6.0, "seed": 3}
     img2img = diffusers.StableDiffusionXLImg2ImgPipeline.from_pipe(diffusers_xl_pipeline)
     want = reference_images(img2img, scheduler, image=Image.fromarray(image), strength=0.7, **common)
-    got = served(xl_stack, image=[b64(image)], strength=0.7, scheduler=scheduler)
+    got = served(stack, image=[b64(image)], strength=0.7, scheduler=scheduler)
     assert psnr(got, want) >= 40
     inpaint = diffusers.StableDiffusionXLInpaintPipeline.from_pipe(diffusers_xl_pipeline)
     kwargs = {"image": Image.fromarray(image), "mask_image": Image.fromarray(mask), "height": 128, "width": 128}
     want = reference_images(inpaint, scheduler, strength=1.0, **kwargs, **common)
-    assert psnr(served(xl_stack, image=[b64(image)], mask=b64(mask), scheduler=scheduler), want) >= 40
+    assert psnr(served(stack, image=[b64(image)], mask=b64(mask), scheduler=scheduler), want) >= 40
 
 
 @pytest.mark.parametrize(("scheduler", "stacked"), [("euler", False), ("ddim", True)], ids=["one", "two-stacked"])
-def test_sdxl_controlnets_match_diffusers(xl_stack, diffusers_xl_pipeline, controlnet_dirs, scheduler, stacked):
+def test_sdxl_controlnets_match_diffusers(stack, diffusers_xl_pipeline, controlnet_dirs, scheduler, stacked):
     controls = [{"name": "edges", "image": edges_image(128), "scale": 0.8, "start": 0.0, "end": 1.0}]
     if stacked:
         controls.append({"name": "depth", "image": input_image(128), "scale": 0.5, "start": 0.2, "end": 0.9})
@@ -88,11 +68,11 @@ def test_sdxl_controlnets_match_diffusers(xl_stack, diffusers_xl_pipeline, contr
         **settings,
     )
     body = [c | {"image": b64(c["image"])} for c in controls]
-    assert psnr(served(xl_stack, controlnets=body, scheduler=scheduler), want) >= 40
+    assert psnr(served(stack, controlnets=body, scheduler=scheduler), want) >= 40
 
 
-def test_an_sd_controlnet_is_refused_by_an_sdxl_stack(xl_stack):
-    with httpx.Client(base_url=xl_stack.info.api_url, timeout=300) as api:
+def test_an_sd_controlnet_is_refused_by_an_sdstack(stack):
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as api:
         response = api.post(GENERATE, json=BODY | {"controlnets": [{"name": "sd", "image": b64(edges_image(128))}]})
     assert response.status_code == 400 and response.json()["error"]["param"] == "controlnets.0.name"
     assert "StableDiffusionPipeline" in response.json()["error"]["message"]

@@ -219,9 +219,10 @@ def test_the_stack_refuses_adapters_it_does_not_have(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
-def test_transformer_loras_per_row_match_diffusers_load_lora_weights(name, transformer_models, tmp_path, monkeypatch):
-    """SD3's and Flux's LoRAs (transformer and CLIP layers), read as their pipelines read them, one or two per row."""
-    monkeypatch.setenv("EASEL_HOME", str(tmp_path / "home"))
+def test_transformer_loras_per_row_match_diffusers_load_lora_weights(name, transformer_models, tmp_path):
+    """SD3's and Flux's LoRAs (transformer and CLIP layers), read as their pipelines read them, one or two per row.
+
+    The LoRA-ready engines come from the machine's engine cache (built there once, by content)."""
     model = transformer_models[name]
     folder = build(model, repository=tmp_path / "repository", adapters=AdapterBuild(lora=True))
     for seed, lora in enumerate(("a", "b"), start=1):

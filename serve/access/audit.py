@@ -97,14 +97,16 @@ class AuditLog:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def write(self, entry: AuditEntry) -> None:
-        """Append ``entry``; the file past half the bound becomes the older one (the one before it dropped)."""
+        """Append ``entry``; the file first becomes the older one if the line would take it past half the bound.
+
+        The one before it is dropped: the two files never hold more than the bound.
+        """
         line = (json.dumps(asdict(entry), separators=(",", ":")) + "\n").encode()
         with self._locked():
+            if self.path.exists() and self.path.stat().st_size + len(line) > self.max_bytes // 2:
+                os.replace(self.path, self.older)
             with open(self.path, "ab") as file:
                 file.write(line)
-                size = file.tell()
-            if size > self.max_bytes // 2:
-                os.replace(self.path, self.older)
 
     def entries(self) -> list[dict]:
         """Every entry kept, oldest first (a line cut short by a crash is skipped)."""

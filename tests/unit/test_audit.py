@@ -46,9 +46,9 @@ def test_the_log_keeps_at_most_its_bound_on_disk_the_newest_entries_and_survives
     for i in range(200):
         log.write(AuditEntry.now(ADMIN, "DELETE /v1/models/{model_id}", f"/v1/models/m{i}", 200))
     on_disk = sum((tmp_path / name).stat().st_size for name in (AUDIT_FILE, OLDER_FILE))
-    assert on_disk <= bound
+    assert bound // 4 < on_disk <= bound  # the older half is whole, the two never more than the bound
     kept = AuditLog(tmp_path, max_bytes=bound).entries()  # a restart reads the same files
-    assert 10 < len(kept) < 200 and kept[-1]["path"] == "/v1/models/m199"
+    assert 0 < len(kept) < 200 and kept[-1]["path"] == "/v1/models/m199"
     assert [e["path"] for e in kept] == [f"/v1/models/m{i}" for i in range(200 - len(kept), 200)]
 
 

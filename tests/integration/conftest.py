@@ -203,6 +203,24 @@ def redis_url(tmp_path_factory):
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def new_redis_database(redis_url):
+    """A function giving the URL of another database of the session's Redis server at each call, emptied: a stack's
+    stores of their own (database 0, ``redis_url``'s, holds the contract tests' keys and the cluster's GCS state)."""
+    import itertools
+
+    import redis
+
+    numbers = itertools.count(1)
+
+    def new() -> str:
+        url = f"{redis_url.rsplit('/', 1)[0]}/{next(numbers)}"
+        redis.Redis.from_url(url).flushdb()
+        return url
+
+    return new
+
+
 EASEL = [sys.executable, "-m", "serve.cli"]
 
 

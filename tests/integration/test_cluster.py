@@ -68,11 +68,7 @@ def cluster(redis_url):
 
 
 @pytest.fixture(scope="module")
-def stack(cluster, redis_url, tmp_path_factory):
-    import redis
-
-    stores = redis_url.removesuffix("/0") + "/1"  # database 0 holds the GCS's state
-    redis.Redis.from_url(stores).flushdb()
+def stack(cluster, new_redis_database, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
     config = yaml.safe_load(SERVE_CONFIG.read_text())
     for deployment in config["applications"][0]["deployments"]:
@@ -89,7 +85,7 @@ def stack(cluster, redis_url, tmp_path_factory):
         cache_bytes=0,
         serve_config=run_dir / "serve_config.yaml",
         address=cluster[0].address,
-        store_url=stores,
+        store_url=new_redis_database(),  # the GCS's state is in database 0
     )
     with Stack(options) as stack:
         yield stack

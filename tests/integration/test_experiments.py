@@ -13,7 +13,6 @@ import time
 import grpc
 import httpx
 import pytest
-import redis
 
 from serve.experiments import open_experiment_store
 from serve.experiments.policy import ExperimentSpec, user_share
@@ -33,9 +32,7 @@ GENERATE = "/v1/images/generations"
 
 
 @pytest.fixture(scope="module")
-def stack(second_sd, redis_url, tmp_path_factory):  # noqa: F811 - the fixture imported above
-    store = redis_url.removesuffix("/0") + "/2"  # a database of its own (test_cluster.py's stores are in 1)
-    redis.Redis.from_url(store).flushdb()
+def stack(second_sd, new_redis_database, tmp_path_factory):  # noqa: F811 - the fixture imported above
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -44,7 +41,7 @@ def stack(second_sd, redis_url, tmp_path_factory):  # noqa: F811 - the fixture i
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         experiments={ALIAS: ExperimentSpec(variants=SPLIT)},
-        store_url=store,
+        store_url=new_redis_database(),
     )
     with Stack(options) as stack:
         yield stack

@@ -114,6 +114,11 @@ def triton_killed(stack: Stack, ready_within_s: float = 60.0):
         wait_until_ready(stack.info.api_url, ready_within_s)
 
 
+NO_CANARY_S = 24 * 3600.0
+"""``canary_interval_s`` of a stack whose tests count engine executions: the supervisor's canary inference (every
+10 s on each model that answered nothing since its last look) counts as one, and made a count move mid-test."""
+
+
 def unet_executions(stack: Stack) -> int:
     """How many executions the UNet has run (every instance), from Triton's statistics."""
     stats = httpx.get(f"{stack.info.triton_http_url}/v2/models/unet/stats", timeout=10).json()["model_stats"][0]

@@ -23,7 +23,7 @@ from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
-from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
+from tests.integration.conftest import GENERATE, NO_CANARY_S, batch_histogram, decode_images, post_together
 from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 from tests.videos import reference_frames
 
@@ -69,6 +69,7 @@ def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
         lora_max_rank=MAX_RANK,
         ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
         motion_adapters={"wave": wave},
+        canary_interval_s=NO_CANARY_S,  # a test counts the image encoder's executions
     )
     with Stack(options) as stack:
         yield stack

@@ -16,7 +16,7 @@ from build_engines.text_to_image.random_adapters import make_lora
 from serve.stack import Stack, StackOptions
 from tests.conftest import TRANSFORMER_MODELS, diffusers_reference, psnr, reference_images
 from tests.controls import b64, input_image
-from tests.integration.conftest import GENERATE, batch_histogram, decode_images, post_together
+from tests.integration.conftest import GENERATE, NO_CANARY_S, batch_histogram, decode_images, post_together
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def lora_dirs(transformer_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def stack(transformer_models, lora_dirs, tmp_path_factory):
-    """The stack serving the three models from their diffusers folders, LoRA-ready, without a result cache."""
+    """The stack serving the three models from their diffusers folders, LoRA-ready, without a result cache or canary."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -51,6 +51,7 @@ def stack(transformer_models, lora_dirs, tmp_path_factory):
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         loras_dir=lora_dirs,
+        canary_interval_s=NO_CANARY_S,  # a test counts executions
     )
     with Stack(options) as stack:
         yield stack

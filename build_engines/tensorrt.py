@@ -19,7 +19,7 @@ from pathlib import Path
 
 from serve.files import files_hash
 from serve.paths import easel_home
-from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE
+from serve.protocol.sizes import MAX_SIDE, MIN_SIDE
 from serve.triton.engine_files import PLAN
 from serve.triton.spec import ModelSpec
 

@@ -21,11 +21,11 @@ from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
+from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
+from serve.protocol.reference_request import NewReference
+from serve.protocol.schema import MAX_REQUEST_BYTES, GenerationRequest
+from serve.protocol.video import VideoRequest
 from serve.results.rerun import RerunRequest
-from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
-from serve.text_to_image.reference_request import NewReference
-from serve.text_to_image.schema import MAX_REQUEST_BYTES, GenerationRequest
-from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import MAX_UPLOAD_BYTES, VectorizeJson
 
 

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from build_engines.text_to_image.icons import COLOURS, ICON_BOX, ICONS, IMAGE_SIZE, Pairing, held_out, render
+from serve.protocol.schema import Sampling
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.schema import Sampling
 
 logger = logging.getLogger(__name__)
 

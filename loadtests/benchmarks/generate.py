@@ -25,8 +25,8 @@ import numpy as np
 
 from loadtests.benchmarks import loop
 from loadtests.benchmarks.loop import BenchRow
+from serve.protocol.schema import Sampling
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.schema import Sampling
 
 # A context manager factory under which in-process timings run (``Stack.paused`` stops the stack).
 PauseStack = Callable[[], AbstractContextManager]

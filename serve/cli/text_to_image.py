@@ -12,7 +12,7 @@ from build_engines.text_to_image.default_model import MODELS, TRAINED
 from serve.cli.options import EXISTING_FOLDER, FOLDER, one_line_errors
 from serve.errors import UnsupportedModel
 from serve.paths import easel_home
-from serve.text_to_image.schema import SCHEDULER_NAMES
+from serve.protocol.schema import SCHEDULER_NAMES
 from serve.triton.runtimes import PRECISIONS, RUNTIME_CHOICES
 
 logger = logging.getLogger(__name__)

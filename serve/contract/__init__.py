@@ -21,9 +21,9 @@ from serve.contract.limits import UNSTATED_LIMITS
 from serve.contract.unstated import ANALYZE, EDITS, GENERATIONS, UPSCALE, VECTORIZE, VIDEOS
 from serve.finishing.schema import UpscaleJson, UpscaleOptions
 from serve.jobs.model import MAX_IDEMPOTENCY_KEY
+from serve.protocol.schema import MAX_IMAGES, GenerationRequest
+from serve.protocol.video import VideoRequest
 from serve.routes import KEYED_ROUTE_ERRORS, route
-from serve.text_to_image.schema import MAX_IMAGES, GenerationRequest
-from serve.text_to_image.video import VideoRequest
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 
 ERROR = {

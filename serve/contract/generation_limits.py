@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from serve.contract.unstated import BY_DECODING, GENERATIONS, VIDEOS, UnstatedLimit
-from serve.text_to_image.schema import MAX_FEW_STEPS
+from serve.protocol.schema import MAX_FEW_STEPS
 
 BEYOND_FOUR_CONDITIONS = (
     "a fifth condition between this body's fields is more than schemathesis' generator draws from (its canonical form "

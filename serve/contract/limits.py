@@ -21,7 +21,7 @@ from serve.contract.unstated import (
 )
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS
 from serve.images.raster import MAX_PIXELS, MAX_SIDE, MIN_SIDE
-from serve.text_to_image.schema import MAX_FEW_STEPS
+from serve.protocol.schema import MAX_FEW_STEPS
 
 _EXPERIMENT = "/v1/experiments/{name}"
 _MODELS, _MODEL = "/v1/models", "/v1/models/{model_id}"

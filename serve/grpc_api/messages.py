@@ -22,9 +22,9 @@ from pydantic_core import from_json
 from serve.errors import EaselError, InvalidInput, PayloadTooLarge, invalid_input
 from serve.experiments.feedback import FeedbackRequest
 from serve.grpc_api import easel_pb2
+from serve.protocol.schema import GenerationRequest
 from serve.serving.streaming import StreamedImages
 from serve.text_to_image.generation import Progress
-from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
 from serve.wire import Unparsed
 

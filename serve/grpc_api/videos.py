@@ -13,7 +13,7 @@ from serve.errors import InvalidInput, invalid_input
 from serve.grpc_api.easel_pb2 import Video, VideoContentRequest, VideoError, VideoId
 from serve.grpc_api.easel_pb2 import VideoRequest as VideoMessage
 from serve.grpc_api.messages import Unparsed, fields, parsed
-from serve.text_to_image.video import INPUT_REFERENCE, VideoRequest
+from serve.protocol.video import INPUT_REFERENCE, VideoRequest
 
 
 def video_request(message: VideoMessage | Unparsed) -> VideoRequest:

@@ -1,7 +1,7 @@
 """The bodies admission reads, once (:func:`read_body`): JSON, or a form, or an upload in one of its encodings.
 
 JSON is read by the one strict reader (:func:`serve.wire.read_json`: UTF-8, its media type checked); the edits route's
-form by :func:`serve.text_to_image.edit_form.read_edit_form` (its text UTF-8 too), a video's form as the openai client
+form by :func:`serve.http.forms.read_edit_form` (its text UTF-8 too), a video's form as the openai client
 sends it, the upscale route's JSON (``image`` base64) or form (``image`` a file part), the vectorize routes' form
 (``file``), JSON (``image`` base64) or raw ``image/*`` body (:func:`read_vectorize_request`). Admission prices what was
 read (:mod:`serve.http.admission`); the handler runs it.
@@ -17,13 +17,12 @@ from starlette.requests import ClientDisconnect, Request
 
 from serve.errors import InvalidInput, invalid_input
 from serve.finishing.schema import UpscaleJson, UpscaleOptions
+from serve.http.forms import read_edit_form, read_video_form
 from serve.images import base64_bytes
+from serve.protocol.schema import GenerationRequest
 from serve.routes import Route
 from serve.serving.upscale import UpscaleBody
 from serve.serving.vectorize import VectorizeBody
-from serve.text_to_image.edit_form import read_edit_form
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import read_video_form
 from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 from serve.wire import UTF8_NAMES, media_and_charset, read_json
 

@@ -14,8 +14,8 @@ from fastapi import Path, Query, Request
 from serve.access import caller
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.protocol.schema import MAX_USER_CHARS
 from serve.serving.experiments import ExperimentsAndFeedback
-from serve.text_to_image.schema import MAX_USER_CHARS
 
 User = Annotated[str, Path(max_length=MAX_USER_CHARS, description="The end user (a request's ``user``).")]
 Owner = Annotated[str | None, Query(max_length=64, description="An admin key names another key's id.")]

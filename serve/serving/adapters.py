@@ -22,10 +22,10 @@ from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.adapters.catalog import Caller, LoraCatalog
 from serve.errors import QuotaExceeded
+from serve.protocol.reference_request import NewReference
 from serve.serving.current_models import CurrentModels
 from serve.stores import QUOTAS, quota
 from serve.text_to_image.models import ServedModel
-from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.references import References
 
 

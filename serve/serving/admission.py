@@ -24,6 +24,10 @@ from serve.access import Caller, charge
 from serve.access.keys import ApiKey
 from serve.moderation import Screening
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
+from serve.protocol.reference_request import NewReference
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.video import VideoRequest, input_reference_named
 from serve.results.rerun import RerunRequest
 from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
@@ -33,11 +37,7 @@ from serve.serving.prices import analysis_cost, moderation_cost, reference_cost,
 from serve.serving.prompts import analyzed_model
 from serve.serving.upscale import UpscaleBody, Upscaling
 from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizing
-from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
-from serve.text_to_image.reference_request import NewReference
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.scores import check_scores
-from serve.text_to_image.video import VideoRequest, input_reference_named
 
 OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest
 """The bodies priced by their own work (:mod:`serve.serving.prices`), admitted as an :class:`AdmittedBody`."""

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 from serve.experiments.traffic import Assignment
 from serve.moderation import Screening
+from serve.protocol.schema import GenerationRequest
 from serve.remote.models import RemoteModel
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.models import ServedModel
-from serve.text_to_image.schema import GenerationRequest
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.moderation import Policy
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.video import VideoRequest, input_reference_named
 from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
@@ -53,9 +55,7 @@ from serve.text_to_image.drawing import AnswerForm, Drawing
 from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.scores import check_scores
-from serve.text_to_image.video import VideoRequest, input_reference_named
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import Tier, VectorizeOptions
 

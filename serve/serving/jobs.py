@@ -23,14 +23,14 @@ from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempote
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore
 from serve.moderation import Policy
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.video import stored_request
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
 from serve.stores import quota_bound
 from serve.text_to_image.generation import Progress
 from serve.text_to_image.images import decode_images
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import stored_request
 from serve.webhooks import WebhookSender, WebhookSettings
 
 SSE_POLL_S = 0.25

@@ -22,10 +22,10 @@ from serve.moderation import Policy, Screening, Verdict, policy_of
 from serve.moderation.policy import ImageChecker, Moderated, TextChecker, moderated
 from serve.moderation.requests import ModerationRequest
 from serve.moderation.text import Blocklist
+from serve.protocol.ip_scale import ip_choices
+from serve.protocol.schema import GenerationRequest
 from serve.serving import upscale
 from serve.text_to_image.generation import EncodedImages
-from serve.text_to_image.ip_scale import ip_choices
-from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from __future__ import annotations
 from serve.images import base64_bytes
 from serve.images.raster import MAX_PIXELS, header_size
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
+from serve.protocol.reference_request import NewReference
 from serve.text_to_image.images import header_size as input_header_size
-from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
-from serve.text_to_image.reference_request import NewReference
 from serve.vectorize.schema import Preference, Tier, VectorizeOptions
 
 ENCODER_MEGAPIXELS = 224 * 224 / 1e6
@@ -71,7 +71,7 @@ def analysis_cost(body: PromptAnalysisRequest, encoders: int) -> float:
 
     A text's tokens are counted as its UTF-8 bytes (its prompt's and its negative prompt's), the most a byte-level
     tokenizer makes of them, before any is tokenized; the verdict is :func:`moderation_cost` of what it checks
-    (:attr:`~serve.text_to_image.quality_requests.PromptAnalysisRequest.moderated`).
+    (:attr:`~serve.protocol.quality_requests.PromptAnalysisRequest.moderated`).
     """
     tokens = len(body.prompt.encode()) + len(body.negative_prompt.encode())
     return encoders * tokens / TOKENS_PER_COST + moderation_cost(body.moderated)

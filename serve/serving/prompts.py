@@ -2,7 +2,7 @@
 
 For each encoder of the model's family (:meth:`serve.text_to_image.families.Family.prompt_encoders`): its tokens,
 chunks and what would be cut (:mod:`serve.text_to_image.prompt_chunks`); the weights parsed
-(:mod:`serve.text_to_image.prompt_weights`); what ``Easel-Prompt-Truncated`` would say; and the moderation verdict
+(:mod:`serve.protocol.prompt_weights`); what ``Easel-Prompt-Truncated`` would say; and the moderation verdict
 under the key's policy. The tokenizers are read from the model's engine folder once per folder. The request was
 admitted first (:func:`analyzed_model`, :func:`serve.serving.prices.analysis_cost`): its model checked and its tokens
 and verdict priced before anything here runs.
@@ -16,14 +16,14 @@ import functools
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
 from serve.moderation import Policy, policy_of
+from serve.protocol.prompt_weights import parse_weighted
+from serve.protocol.quality_requests import PromptAnalysisRequest
 from serve.remote.models import RemoteModel
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.prompt_chunks import PromptChunks, truncated
-from serve.text_to_image.prompt_weights import parse_weighted
-from serve.text_to_image.quality_requests import PromptAnalysisRequest
 
 
 def analyzed_model(models: CurrentModels, body: PromptAnalysisRequest) -> ServedModel:

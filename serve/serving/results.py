@@ -27,13 +27,13 @@ from serve.access import open_key_store, owner_filter
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
 from serve.files import stack_secret
+from serve.protocol.schema import GenerationRequest
 from serve.results import MEDIA_TYPES, ImageQuota, ImageStore, StoredImage, open_image_store
 from serve.results.record import with_record
 from serve.results.rerun import RerunRequest
 from serve.results.settings import ResultSettings
 from serve.results.tokens import UrlSigner
 from serve.stores import quota
-from serve.text_to_image.schema import GenerationRequest
 
 logger = logging.getLogger(__name__)
 

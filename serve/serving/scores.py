@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ray.serve.handle import DeploymentHandle
 
-from serve.text_to_image.quality_requests import ScoreRequest
+from serve.protocol.quality_requests import ScoreRequest
 
 
 class ImageScores:

@@ -1,6 +1,6 @@
 """Videos (OpenAI's videos API): a video is a background job of the job store (:class:`BackgroundJobs`).
 
-Created as a job (the generation a :class:`~serve.text_to_image.video.VideoRequest` runs as, admitted and priced
+Created as a job (the generation a :class:`~serve.protocol.video.VideoRequest` runs as, admitted and priced
 by the key check), shown as OpenAI's video object, its content the MP4 or the frames, canceled as a job is.
 """
 
@@ -14,9 +14,10 @@ from fastapi.responses import JSONResponse, Response
 from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
+from serve.protocol.video import VideoGeneration
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import BackgroundJobs, JobRequest
-from serve.text_to_image.video import VideoGeneration, frames_of, frames_zip, mp4
+from serve.text_to_image.video import frames_of, frames_zip, mp4
 
 Variant = Literal["video", "frames"]
 VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}

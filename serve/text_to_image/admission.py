@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from serve.errors import InvalidInput, Saturated
 from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
-from serve.text_to_image.ip_scale import ip_choices
+from serve.protocol.ip_scale import ip_choices
 from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel

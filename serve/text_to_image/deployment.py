@@ -20,6 +20,8 @@ from serve import metrics
 from serve.errors import Diverged, InvalidInput
 from serve.images.raster import encode_image
 from serve.latent_cache import open_latent_store
+from serve.protocol.prompt_batch import run_together, steps_together
+from serve.protocol.prompt_weights import plain_text
 from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.admission import Admission, Plan
@@ -33,8 +35,6 @@ from serve.text_to_image.loop_protocol import draws_in_triton
 from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
-from serve.text_to_image.prompt_batch import run_together, steps_together
-from serve.text_to_image.prompt_weights import plain_text
 from serve.text_to_image.scores import Scorer
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node

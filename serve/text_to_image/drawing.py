@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from serve.finishing.schema import RestoreFaces, UpscaleChoice
 from serve.priority import Priority
-from serve.text_to_image.best_of import candidate_seeds
+from serve.protocol.best_of import candidate_seeds
 from serve.text_to_image.generation import CachePolicy, Generation, ImageInputs, SamplingParams
 from serve.text_to_image.images import ImageSources
 from serve.text_to_image.video import motion_of
@@ -170,7 +170,7 @@ def _job(single, width: int, height: int) -> Generation:
 def _asked_seeds(request, singles: list) -> tuple[int | None, ...]:
     """Each prompt's seed as the request gives it (its own, else the request's + its index); None: none given.
 
-    ``singles``: its one-prompt requests (:meth:`~serve.text_to_image.prompt_batch.PromptBatch.singles`).
+    ``singles``: its one-prompt requests (:meth:`~serve.protocol.prompt_batch.PromptBatch.singles`).
     """
     if request.seed is not None:  # every prompt's follows from it
         return tuple(single.seed for single in singles)

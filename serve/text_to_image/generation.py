@@ -11,7 +11,7 @@ import numpy as np
 
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.priority import Priority
-from serve.text_to_image.ip_scale import ip_choices
+from serve.protocol.ip_scale import ip_choices
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ class Outline:
             loras=bool(request.loras),
             referenced=bool(ip_choices(request)),
             cache_interval=request.cache_interval,
-            motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.text_to_image.video)
+            motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.protocol.video)
         )
 
 

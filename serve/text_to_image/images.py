@@ -21,11 +21,11 @@ from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
 from serve.images import base64_bytes, content_digest, raster
 from serve.images.raster import ImageRejected, check_size, decode_image
-from serve.text_to_image.adapter_choices import ControlNetChoice
+from serve.protocol.adapter_choices import ControlNetChoice
+from serve.protocol.ip_scale import IpRequest, ip_choices
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Outpaint
 from serve.text_to_image.generation import Control, IpReferences
-from serve.text_to_image.ip_scale import IpRequest, ip_choices
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Outpaint
 
 MAX_INPUT_PIXELS = 4096 * 4096
 """Input, mask, control and reference images are resized (to the output's size, the image encoder's): any picture up

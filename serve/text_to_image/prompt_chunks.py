@@ -1,7 +1,7 @@
 """A prompt as its text encoders read it: weighted tokens in chunks, each encoded alone, side by side after.
 
 As AUTOMATIC1111 (``modules/sd_hijack_clip.py``) and compel (``truncate_long_prompts=False``) do: the prompt's
-fragments (:mod:`serve.text_to_image.prompt_weights`) are tokenized one by one, without special tokens, each token
+fragments (:mod:`serve.protocol.prompt_weights`) are tokenized one by one, without special tokens, each token
 carrying its fragment's weight; the tokens go in chunks of the encoder's length less its BOS and EOS (75 for CLIP),
 split where the count falls (compel's ``SplitLongTextMode.BRUTAL``; AUTOMATIC1111 with
 ``comma_padding_backtrack`` 0); each chunk is ``BOS + tokens + EOS`` padded with the tokenizer's pad token, and
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.text_to_image.prompt_weights import Fragment, parse_weighted
+from serve.protocol.prompt_weights import Fragment, parse_weighted
 from serve.text_to_image.spec import MAX_PROMPT_CHUNKS
 from serve.triton.spec import EngineRunner, ModelSpec
 

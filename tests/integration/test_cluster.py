@@ -26,8 +26,8 @@ from serve.jobs import open_job_store
 from serve.paths import SERVE_CONFIG
 from serve.processes import free_port
 from serve.processes.gcs import NAMESPACE, REDIS_ADDRESS, find_gcs
+from serve.protocol.schema import MAX_STEPS
 from serve.stack import RAY_ENV, Stack, StackOptions
-from serve.text_to_image.schema import MAX_STEPS
 from serve.triton.node import NODE_RESOURCE
 from tests.integration.conftest import engine_names
 

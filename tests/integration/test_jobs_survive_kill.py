@@ -29,7 +29,7 @@ from serve.priority import Priority
 from serve.processes import free_ports
 from serve.processes.run_state import read_state
 from serve.processes.signals import stack_processes
-from serve.text_to_image.schema import GenerationRequest
+from serve.protocol.schema import GenerationRequest
 from tests.integration.conftest import EASEL, easel_down, easel_up, home_with_shared_engines, pictures
 
 pytestmark = pytest.mark.integration

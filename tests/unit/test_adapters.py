@@ -20,11 +20,11 @@ from serve.adapters.lora_layers import lora_ready, save_slots, slots_of
 from serve.adapters.registry import ERROR, READY, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput
+from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.engine_folder import PIPELINE, EngineFolder
 from serve.text_to_image.generation import AdapterInputs, Generation, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.schema import GenerationRequest
 from serve.triton.engine_files import EngineFiles
 from tests.conftest import diffusers_reference, psnr, reference_images
 

@@ -20,6 +20,9 @@ from serve.images.raster import ImageRejected
 from serve.jobs import open_job_store
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
+from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
+from serve.protocol.reference_request import NewReference
+from serve.protocol.schema import GenerationRequest
 from serve.routes import ROUTES, Route, Scope
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
@@ -35,10 +38,7 @@ from serve.serving.prices import (
     vectorize_passes,
 )
 from serve.serving.vectorize import VectorizeBody, Vectorizing
-from serve.text_to_image.quality_requests import PromptAnalysisRequest, ScoreRequest
-from serve.text_to_image.reference_request import NewReference
 from serve.text_to_image.references import References
-from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize.schema import VectorizeOptions
 from serve.vectorize.versions import TableReader
 from serve.webhooks import WebhookSettings

@@ -15,13 +15,13 @@ from pydantic import ValidationError
 from serve.errors import InvalidInput, invalid_input
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.latent_cache.sqlite import SqliteLatentStore
+from serve.protocol.schema import GenerationRequest
 from serve.settings import StackOptions
 from serve.text_to_image.approximate import LatentReuse, decide, embedding, skipped_steps
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import CachePolicy, Generation, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
 from tests.conftest import psnr
 from tests.controls import input_image

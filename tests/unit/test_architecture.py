@@ -177,6 +177,25 @@ def test_replicas_load_only_the_libraries_they_run():
         assert loaded.split() == [], f"{module} loads {loaded.strip()}"
 
 
+PROTOCOL = "serve.protocol"
+DRAWS = ("ray", "fastapi", "starlette", "tritonclient", "torch", "diffusers", "transformers", "onnxruntime")
+DRAWS += ("serve.text_to_image", "serve.triton", "serve.serving", "serve.http", "serve.grpc_api", "serve.gateway")
+"""What reading a request (every module of :data:`PROTOCOL`) must not load: a serving library or a deployable."""
+
+
+def loaded_by(modules: list[str]) -> set[str]:
+    """Every module a fresh interpreter holds once it has imported ``modules``."""
+    code = f"import sys; import {', '.join(modules)}; print(' '.join(sys.modules))"
+    return set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_reading_a_request_loads_nothing_that_draws():
+    modules = sorted(m for m in import_graph() if m.startswith(PROTOCOL))
+    assert f"{PROTOCOL}.schema" in modules and f"{PROTOCOL}.video" in modules
+    assert sorted(m for m in loaded_by(modules) if m.startswith(DRAWS)) == []
+    assert "serve.text_to_image" in loaded_by(["serve.text_to_image.models"])  # the check sees what a deployable loads
+
+
 def test_every_room_has_a_floor_and_every_arrow_runs_down():
     graph, table = import_graph(), floors()
     assert table, "docs/ARCHITECTURE.md has no floor table under '## The house'"
@@ -191,9 +210,10 @@ def test_every_room_has_a_floor_and_every_arrow_runs_down():
 
 
 DOMAIN = ("text_to_image", "vectorize", "adapters", "finishing", "jobs", "experiments", "cache", "latent_cache")
-DOMAIN += ("serving",)
-"""The pipelines, their stores and the serving classes: what the key check (serve/access/) never reads or imports
-(admission parses domain bodies, :mod:`serve.serving.admission`; the key check knows keys, scopes and limits)."""
+DOMAIN += ("serving", "protocol")
+"""The pipelines, their stores, the serving classes and the API's request models: what the key check (serve/access/)
+never reads or imports (admission parses domain bodies, :mod:`serve.serving.admission`; the key check knows keys,
+scopes and limits)."""
 
 
 def domain_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
@@ -206,8 +226,8 @@ def domain_imports(graph: dict[str, set[str]]) -> dict[str, list[str]]:
 
 def test_the_key_check_imports_no_domain_package():
     assert domain_imports(import_graph()) == {}
-    assert domain_imports({"serve.access": {"serve.text_to_image.schema", "serve.errors"}}) == {
-        "serve.access": ["serve.text_to_image.schema"]
+    assert domain_imports({"serve.access": {"serve.protocol.schema", "serve.errors"}}) == {
+        "serve.access": ["serve.protocol.schema"]
     }
 
 

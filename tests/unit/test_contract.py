@@ -17,10 +17,10 @@ from serve.experiments.feedback import FeedbackRequest
 from serve.http.app import api
 from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
+from serve.protocol.prompt_batch import PROMPT_PATTERN
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.sizes import SIZE_PATTERN, Outpaint
 from serve.routes import ROUTES, route
-from serve.text_to_image.prompt_batch import PROMPT_PATTERN
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.sizes import SIZE_PATTERN, Outpaint
 from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
 from serve.vectorize.versions import VersionChange
 

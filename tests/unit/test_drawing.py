@@ -2,8 +2,8 @@
 
 import pickle
 
+from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.schema import GenerationRequest
 from tests.controls import b64, input_image
 
 

@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from serve.errors import InvalidInput, invalid_input
+from serve.protocol.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
 from serve.text_to_image import step_cache
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import AdapterInputs, CachePolicy, Control, Generation, ImageInputs, SamplingParams
@@ -21,7 +22,6 @@ from serve.text_to_image.guidance import guided_steps
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.samplers import FEW_STEP_SAMPLERS, UNET_SAMPLERS
-from serve.text_to_image.schema import FEW_STEP_SCHEDULERS, MAX_FEW_STEPS, SCHEDULER_NAMES, GenerationRequest
 from serve.text_to_image.spec import DEEP_FEATURES, DISTILLED_UNET, UNET, UNET_DEEP, UNET_SHALLOW
 from tests.conftest import psnr, reference_images
 from tests.controls import box_mask, edges_image, input_image

@@ -15,7 +15,7 @@ from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognis
 from serve.finishing.schema import MAX_UPSCALE, UpscaleOptions
 from serve.finishing.tiles import Tiling
 from serve.finishing.upscalers import Upscalers
-from serve.text_to_image.schema import GenerationRequest
+from serve.protocol.schema import GenerationRequest
 from serve.triton.onnx_backend import make_session
 
 

@@ -10,8 +10,8 @@ from serve.grpc_api import easel_pb2
 from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
 from serve.jobs.model import Job, JobStatus
 from serve.priority import Priority
+from serve.protocol.video import DEFAULT_FPS, VideoGeneration
 from serve.serving.videos import VARIANTS, video_object
-from serve.text_to_image.video import DEFAULT_FPS, VideoGeneration
 
 
 def test_unset_fields_take_the_http_api_s_defaults_and_set_ones_travel():

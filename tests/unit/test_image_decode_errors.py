@@ -16,11 +16,11 @@ from serve.images.raster import decode_image
 from serve.images.raster import header_size as raster_header_size
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
+from serve.protocol.schema import GenerationRequest
 from serve.serving import upscale
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import image_size
 from serve.text_to_image.images import ImageSources, decode_base64, decode_images, edit_mask, output_size
-from serve.text_to_image.schema import GenerationRequest
 from serve.vectorize import deployment as vectorize_deployment
 from tests.controls import b64, input_image
 

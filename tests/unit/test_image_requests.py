@@ -13,6 +13,8 @@ from starlette.requests import Request
 
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, invalid_input
+from serve.http.forms import FILE_FIELDS, read_edit_form
+from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.controlnet import (
     ControlNetEntry,
     ControlNetSupport,
@@ -20,11 +22,9 @@ from serve.text_to_image.controlnet import (
     control_weight,
     residual_layout,
 )
-from serve.text_to_image.edit_form import FILE_FIELDS, read_edit_form
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import Control, Generation, Motion, SamplingParams
 from serve.text_to_image.images import ImageSources, canny, decode_images, edit_mask, output_size
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import RESIDUAL_PREFIX, UNET
 from tests.controls import b64, box_mask, input_image, openai_mask
 from tests.images import encode, png_header_only

@@ -13,9 +13,9 @@ from build_engines.text_to_image.ip_adapter import IpAdapterFolder, IpReadyUnet,
 from build_engines.text_to_image.random_adapters import make_ip_adapter
 from serve.adapters.ip_adapter import MAX_REFERENCES, level_sides, preprocessed_masks, region_masks
 from serve.errors import InvalidInput, invalid_input
+from serve.protocol.ip_scale import ip_choices
+from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.families.exports import UnetModule
-from serve.text_to_image.ip_scale import ip_choices
-from serve.text_to_image.schema import GenerationRequest
 from tests.images import encode
 
 PNG = base64.b64encode(encode(Image.new("RGB", (8, 8)))).decode()

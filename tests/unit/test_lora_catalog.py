@@ -24,7 +24,7 @@ from serve.adapters.lora_layers import slots_of
 from serve.adapters.registry import MODEL_CONFIGS, LoraEntry, LoraRegistry
 from serve.adapters.requests import StackAdapters
 from serve.errors import Conflict, Forbidden, InvalidInput, NotFound
-from serve.text_to_image.schema import GenerationRequest
+from serve.protocol.schema import GenerationRequest
 
 SD = "StableDiffusionPipeline"
 ENGINES = ("text_encoder", "unet")

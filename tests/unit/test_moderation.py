@@ -24,11 +24,11 @@ from serve.moderation.requests import (
     ModerationRequest,
 )
 from serve.moderation.text import DEFAULT_CATEGORY, Blocklist
+from serve.protocol.schema import GenerationRequest
 from serve.routes import Scope, route
 from serve.serving.moderation import Moderation
 from serve.settings import StackOptions
 from serve.text_to_image.generation import EncodedImages
-from serve.text_to_image.schema import GenerationRequest
 
 BLOCKLIST = """\
 # words and patterns no prompt may have

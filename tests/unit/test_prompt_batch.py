@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve.errors import invalid_input
-from serve.text_to_image.prompt_batch import run_together, steps_together
-from serve.text_to_image.schema import GenerationRequest
+from serve.protocol.prompt_batch import run_together, steps_together
+from serve.protocol.schema import GenerationRequest
 
 PROMPTS = [{"prompt": "a red heart"}, {"prompt": "a blue star", "seed": 9}, {"prompt": "a green leaf"}]
 
@@ -64,7 +64,7 @@ def test_each_prompt_draws_with_its_own_seed_or_the_request_s_plus_its_index():
 
 def test_each_frame_of_a_video_is_made_by_the_video_s_own_request():
     """A video answers more images (its frames) than its rows: each one's record is the video's request."""
-    from serve.text_to_image.video import VideoGeneration
+    from serve.protocol.video import VideoGeneration
 
     video = VideoGeneration(prompt="a fox", frames=8, fps=8, motion_adapter="m", background=True, size="64x64")
     for frame in range(8):

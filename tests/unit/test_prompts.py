@@ -14,13 +14,13 @@ import pytest
 import torch
 
 from serve.errors import InvalidInput
+from serve.protocol.prompt_weights import MAX_WEIGHT, parse_weighted
+from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, SamplingParams
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.prompt_chunks import PromptChunks
-from serve.text_to_image.prompt_weights import MAX_WEIGHT, parse_weighted
-from serve.text_to_image.schema import GenerationRequest
 from serve.text_to_image.spec import MAX_PROMPT_CHUNKS
 from tests.conftest import psnr, reference_images
 
@@ -207,11 +207,11 @@ def test_past_the_most_chunks_is_cut_and_counted(sd):
 
 def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_cut(engine_dir):
     """``POST /v1/prompts/analyze``'s class: weights, tokens and chunks per encoder, the cut, the verdict."""
+    from serve.protocol.quality_requests import PromptAnalysisRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.moderation import Moderation
     from serve.serving.prompts import PromptAnalysis
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.quality_requests import PromptAnalysisRequest
 
     served = ServedModels.open({"default": str(engine_dir)}, remotes={"far": {"url": "http://127.0.0.1:9"}})
     analysis = PromptAnalysis(CurrentModels(served), Moderation())

@@ -19,11 +19,11 @@ from pydantic import ValidationError
 
 from serve.cli.options import NAMED_REMOTE
 from serve.errors import BadGateway, GatewayTimeout, InvalidInput, NotReady
+from serve.protocol.schema import GenerationRequest
 from serve.remote import openai_images
 from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend, RemoteSettings
 from serve.serving.ray_errors import cannot_serve
-from serve.text_to_image.schema import GenerationRequest
 from tests.unit.test_remote_answers import answer_of, png
 
 PNG = b"\x89PNG\r\n\x1a\n-an-image"

@@ -17,12 +17,12 @@ from PIL import Image
 
 from serve.errors import BadGateway
 from serve.images.raster import decoded_size
+from serve.protocol.schema import GenerationRequest
 from serve.remote.answer_images import PIXEL_TOLERANCE, pixel_bound
 from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend
 from serve.serving.ray_errors import cannot_serve
 from serve.text_to_image.images import MAX_INPUT_PIXELS
-from serve.text_to_image.schema import GenerationRequest
 
 
 def png(width: int, height: int) -> bytes:

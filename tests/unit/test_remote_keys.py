@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from serve.cli.main import main
 from serve.cli.options import NAME_LIST
 from serve.errors import BadGateway, InvalidInput, NotReady
+from serve.protocol.schema import GenerationRequest
 from serve.remote.models import RemoteModel
 from serve.remote.openai_images import REDACTED, _message
 from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend, RemoteSettings, declared_for_remotes
@@ -30,7 +31,6 @@ from serve.serving.models import ModelAdmin, NewModel
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
 from serve.text_to_image.models import ServedModels
-from serve.text_to_image.schema import GenerationRequest
 from tests.unit.test_remote_answers import answer_of, png
 
 KEY = "sk-remote-secret-0123456789"

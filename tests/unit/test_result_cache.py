@@ -65,8 +65,8 @@ def test_a_cache_call_its_store_fails_is_a_miss_and_any_other_error_still_raises
 
 def test_the_key_is_each_caller_s_own_unless_the_stack_shares_its_caches():
     from serve.cache import cache_key, cache_scope
+    from serve.protocol.schema import GenerationRequest
     from serve.text_to_image.drawing import Drawing
-    from serve.text_to_image.schema import GenerationRequest
 
     def drawing(**fields) -> dict | None:
         request = GenerationRequest.model_validate({"prompt": "a fox", "seed": 3, "user": "u1"} | fields)

@@ -120,10 +120,10 @@ def test_every_answer_is_kept_for_its_key_and_a_url_answer_opens_by_its_signatur
 
     from serve.access.keys import ApiKey, KeyLimits
     from serve.errors import InvalidInput, NotFound
+    from serve.protocol.schema import GenerationRequest
     from serve.routes import Scope
     from serve.serving.generations import Generations
     from serve.serving.results import Results
-    from serve.text_to_image.schema import GenerationRequest
 
     generations, results = _generations(engine_dir, tmp_path)
     admit = _admission(generations)
@@ -178,7 +178,7 @@ def url_and_b64(body: dict) -> tuple[set, str | None]:
 def test_the_store_stays_under_its_bytes_bound_as_answers_are_kept_the_oldest_going_first(engine_dir, tmp_path):
     import asyncio
 
-    from serve.text_to_image.schema import GenerationRequest
+    from serve.protocol.schema import GenerationRequest
 
     generations, results = _generations(engine_dir, tmp_path, max_bytes=6000)
     admit = _admission(generations)
@@ -201,9 +201,9 @@ def test_a_rerun_is_priced_as_its_generation_and_refused_for_another_key_or_a_re
 
     from serve.access.keys import ApiKey, KeyLimits
     from serve.errors import InvalidInput, NotFound
+    from serve.protocol.schema import GenerationRequest
     from serve.results.rerun import RerunRequest
     from serve.routes import Scope
-    from serve.text_to_image.schema import GenerationRequest
 
     generations, results = _generations(engine_dir, tmp_path)
     admit = _admission(generations)

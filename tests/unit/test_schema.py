@@ -2,8 +2,8 @@ import pytest
 from pydantic import ValidationError
 
 from serve.errors import invalid_input
-from serve.text_to_image.schema import MAX_IMAGES, MAX_STEPS, GenerationRequest
-from serve.text_to_image.sizes import MAX_SIDE
+from serve.protocol.schema import MAX_IMAGES, MAX_STEPS, GenerationRequest
+from serve.protocol.sizes import MAX_SIDE
 
 
 @pytest.mark.parametrize(

@@ -195,10 +195,10 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     from serve.cache import open_cache
     from serve.errors import InvalidInput
     from serve.experiments.policy import ExperimentSpec
+    from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.schema import GenerationRequest
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
@@ -233,10 +233,10 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
 
 def test_an_experiment_rewarded_by_a_score_measures_each_image_and_says_it_only_if_asked(engine_dir, tmp_path):
     from serve.experiments.policy import ExperimentSpec
+    from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.schema import GenerationRequest
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
@@ -264,10 +264,10 @@ def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_subm
     """A sampler the model's family lacks, or step caching on a stack without its engines: a 400 before the residency
     loads anything, and a job's at submission (the replica alone found them out, after a load, a job's after a 202).
     """
+    from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.schema import GenerationRequest
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     served = {"easel-default": str(engine_dir), "b": str(engine_dir), "sd3": str(transformer_engine_dirs["tiny-sd3"])}
@@ -380,11 +380,11 @@ def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_ow
     from serve.cache import open_cache
     from serve.moderation import Policy
     from serve.moderation.text import Blocklist
+    from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.serving.moderation import Moderation
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.schema import GenerationRequest
     from tests.unit.test_moderation import RedFlagger
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
@@ -420,11 +420,11 @@ def test_under_block_a_flagged_image_is_blacked_out_before_it_is_traced_to_svg(e
 
     from serve.moderation import Policy
     from serve.moderation.text import Blocklist
+    from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.serving.moderation import Moderation
     from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.schema import GenerationRequest
     from tests.unit.test_moderation import RedFlagger
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"

@@ -3,9 +3,9 @@
 import pytest
 
 from build_engines.tensorrt import build_plan, latent_range, plan_key, profile, tensorrt_available
+from serve.protocol.sizes import MAX_SIDE, MIN_SIDE
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE
 from serve.triton.spec import Backend, read_model_config, write_model_config
 
 

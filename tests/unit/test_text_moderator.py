@@ -38,8 +38,8 @@ from serve.moderation.text_model import (
     TextModerator,
     windows,
 )
+from serve.protocol.schema import GenerationRequest
 from serve.serving.moderation import Moderation
-from serve.text_to_image.schema import GenerationRequest
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import read_model_config
 

@@ -19,8 +19,11 @@ from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
 from build_engines.text_to_image.random_adapters import make_lora, make_motion_lora
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
+from serve.http.forms import read_video_form
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.moderation import Policy
+from serve.protocol.schema import GenerationRequest
+from serve.protocol.video import VideoGeneration, VideoRequest, input_reference_named
 from serve.serving.jobs import JobRequest
 from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
@@ -30,16 +33,7 @@ from serve.text_to_image.generation import AdapterInputs, Generation, ImageInput
 from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.schema import GenerationRequest
-from serve.text_to_image.video import (
-    VideoGeneration,
-    VideoRequest,
-    frames_zip,
-    input_reference_named,
-    motion_of,
-    mp4,
-    read_video_form,
-)
+from serve.text_to_image.video import frames_zip, motion_of, mp4
 from tests.conftest import psnr
 from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from serve.errors import InvalidInput
+from serve.protocol.schema import GenerationRequest
 from serve.routes import BODY_LIMITS
-from serve.text_to_image.schema import GenerationRequest
 from serve.wire import MAX_JSON_DEPTH, BodyLimits, ShapedProxyErrors, proxy_middlewares, read_json, read_json_value
 
 

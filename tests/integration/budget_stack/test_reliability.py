@@ -15,8 +15,8 @@ import pytest
 
 from loadtests.benchmarks.vectorize import noise_png, upload_and_hold
 from serve.processes.signals import stack_processes
+from serve.protocol.schema import MAX_REQUEST_BYTES
 from serve.stack import largest_admitted_side
-from serve.text_to_image.schema import MAX_REQUEST_BYTES
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import BODY_DEADLINE_S
 from tests.images import icon_png

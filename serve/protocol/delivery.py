@@ -2,7 +2,7 @@
 
 Their encoding is OpenAI's ``output_format`` and ``output_compression``, their form ``response_format``, whether they
 carry what made them ``metadata``. A part of the images API request
-(:class:`serve.text_to_image.schema.GenerationRequest` is made of it too).
+(:class:`serve.protocol.schema.GenerationRequest` is made of it too).
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ One request model serves ``/v1/images/generations`` (JSON: images in base64), ``
 OpenAI's edits take it: the files become this model's base64 fields) and gRPC's ``Generate``. Input images
 (``image``, ``mask``, ``outpaint``: img2img, inpainting, outpainting) and ``controlnets`` are checked here for shape;
 decoding them is the replica's (:mod:`serve.text_to_image.images`). Its parts: sizes and outpainting's margins
-(:mod:`serve.text_to_image.sizes`), LoRAs and ControlNets (:mod:`serve.text_to_image.adapter_choices`), one
-prompt or many (:mod:`serve.text_to_image.prompt_batch`), how its images are answered
-(:mod:`serve.text_to_image.delivery`).
+(:mod:`serve.protocol.sizes`), LoRAs and ControlNets (:mod:`serve.protocol.adapter_choices`), one
+prompt or many (:mod:`serve.protocol.prompt_batch`), how its images are answered
+(:mod:`serve.protocol.delivery`).
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, Base64I
 from serve.images import checked_base64 as _base64_image
 from serve.integers import JsonInt, json_int
 from serve.priority import Priority
-from serve.text_to_image import ip_scale
-from serve.text_to_image.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
-from serve.text_to_image.best_of import BestOf
-from serve.text_to_image.delivery import Delivery
-from serve.text_to_image.ip_scale import (
+from serve.protocol import ip_scale
+from serve.protocol.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
+from serve.protocol.best_of import BestOf
+from serve.protocol.delivery import Delivery
+from serve.protocol.ip_scale import (
     MAX_IP_ADAPTERS,
     MAX_IP_SCALE,
     REFERENCE_PATTERN,
@@ -42,9 +42,9 @@ from serve.text_to_image.ip_scale import (
     IpScale,
     IpScaleMap,
 )
-from serve.text_to_image.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, ONE_OF_THEM, PromptBatch
-from serve.text_to_image.prompt_weights import checked_prompt
-from serve.text_to_image.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, SIZE_PATTERN, Outpaint, checked_size
+from serve.protocol.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, ONE_OF_THEM, PromptBatch
+from serve.protocol.prompt_weights import checked_prompt
+from serve.protocol.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, SIZE_PATTERN, Outpaint, checked_size
 from serve.vectorize.schema import BASE64_PATTERN
 
 MAX_IMAGES = 4

@@ -1,8 +1,10 @@
-"""``POST /v1/images/edits``' multipart body, as OpenAI's edits route takes it, read into the one request model.
+"""The multipart forms the ``openai`` client sends, each read into its request model.
+
+``POST /v1/images/edits``' body, as OpenAI's edits route takes it, becomes the one images request model.
 
 Files: ``image`` (one, or several as ``image`` or ``image[]`` parts, as the ``openai`` client sends a list), ``mask``,
 and ``ip_adapter_image``; each becomes the model's base64 field. Every other part is a field of
-:class:`~serve.text_to_image.schema.GenerationRequest`: text fields as sent, the others (numbers, booleans, lists,
+:class:`~serve.protocol.schema.GenerationRequest`: text fields as sent, the others (numbers, booleans, lists,
 mappings) as JSON text (``n=2``, ``strength=0.6``, ``background=true``,
 ``controlnets=[{"name": "edges", "image": "<base64>"}]``). OpenAI's ``background`` values ``auto`` and ``opaque``
 are taken as Easel's ``false`` (its images are opaque); ``transparent`` is a 400.
@@ -21,11 +23,13 @@ import pydantic_core
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from serve.errors import InvalidInput, invalid_input
-from serve.text_to_image.adapter_choices import MAX_CONTROLNETS
-from serve.text_to_image.schema import MAX_IMAGES, MAX_REQUEST_BYTES, GenerationRequest
+from serve.images import MAX_IMAGE_BYTES
+from serve.protocol.adapter_choices import MAX_CONTROLNETS
+from serve.protocol.schema import MAX_IMAGES, MAX_REQUEST_BYTES, GenerationRequest
+from serve.protocol.video import INPUT_REFERENCE, MAX_VIDEO_FORM_FIELDS, VideoRequest
 
 FILE_FIELDS = ("image", "mask", "ip_adapter_image")
 """The request's image fields a multipart body sends as files (``ip_adapter_image`` may be base64 text too)."""
@@ -124,3 +128,36 @@ async def _request(form: FormData) -> GenerationRequest:
         return GenerationRequest.model_validate(body)
     except ValidationError as error:
         raise invalid_input(error) from None
+
+
+async def read_video_form(request: Request) -> VideoRequest:
+    """A multipart body as the ``openai`` client sends ``videos.create``: each part a field, ``loras`` as JSON text."""
+    try:
+        form = await request.form(max_files=1, max_fields=MAX_VIDEO_FORM_FIELDS)
+    except ClientDisconnect:  # gone, or cut off by the wire's limits, whose answer replaces this one
+        raise InvalidInput("body: the request ended before its body did", "body") from None
+    try:
+        body = {}
+        for name, part in form.multi_items():
+            if isinstance(part, UploadFile):
+                body[name] = await _reference_file(name, part)
+            else:
+                body[name] = pydantic_core.from_json(part) if name == "loras" else part
+        return VideoRequest.model_validate(body)
+    except ValueError as error:  # a ValidationError, or loras that are not JSON: 400 naming the field
+        raise (
+            invalid_input(error) if isinstance(error, ValidationError) else InvalidInput(f"loras: {error}", "loras")
+        ) from None
+    finally:
+        await form.close()
+        await request.close()
+
+
+async def _reference_file(name: str, part: UploadFile) -> str:
+    """The form's ``input_reference`` file as the JSON body's base64 (the one file a video takes)."""
+    if name != INPUT_REFERENCE:
+        raise InvalidInput(f"{name}: a file is taken only as {INPUT_REFERENCE} (image-to-video)", name)
+    data = await part.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise InvalidInput(f"{name}: the image is over {MAX_IMAGE_BYTES} bytes, the most accepted", name)
+    return base64.b64encode(data).decode("ascii")

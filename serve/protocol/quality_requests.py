@@ -1,7 +1,7 @@
 """The bodies of ``POST /v1/prompts/analyze`` and ``POST /v1/images/score``, apart from the code that answers them.
 
 The routes' table (:mod:`serve.routes`) names them as the bodies their admission reads and prices, so they import no
-engine code (as :mod:`serve.text_to_image.reference_request`).
+engine code (as :mod:`serve.protocol.reference_request`).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
 from serve.moderation.requests import ModerationRequest
-from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
-from serve.text_to_image.schema import MAX_PROMPT_CHARS
+from serve.protocol.prompt_weights import WEIGHTING, checked_prompt
+from serve.protocol.schema import MAX_PROMPT_CHARS
 
 MAX_SCORED_IMAGES = 16
 """Images one request may score."""

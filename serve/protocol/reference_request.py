@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from serve.images import BASE64_IMAGE
-from serve.text_to_image.schema import BASE64_PATTERN, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, _base64_image
+from serve.protocol.schema import BASE64_PATTERN, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, _base64_image
 
 
 class NewReference(BaseModel):

@@ -17,11 +17,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_seriali
 from pydantic_core import PydanticCustomError
 
 from serve.integers import json_int
-from serve.text_to_image.prompt_weights import WEIGHTING, checked_prompt
+from serve.protocol.prompt_weights import WEIGHTING, checked_prompt
 
 MAX_PROMPT_CHARS = 4000
 MAX_PROMPTS = 4
-"""As many as a generation's images (:data:`serve.text_to_image.schema.MAX_IMAGES`)."""
+"""As many as a generation's images (:data:`serve.protocol.schema.MAX_IMAGES`)."""
 MAX_SEED = 2**63 - 1
 SPACES = r"\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
 """Python's whitespace (``str.isspace``) as a regular expression's character class, for the schema's patterns."""

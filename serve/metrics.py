@@ -306,6 +306,13 @@ MODEL_LOADED = MetricSpec(
 MODEL_CIRCUIT_STATE = MetricSpec(
     "easel_model_circuit_state", "gauge", "A model's circuit breaker: 0 closed, 1 half-open, 2 open.", ("model",)
 )
+MODEL_MEMORY_BYTES = MetricSpec(
+    "easel_model_memory_bytes",
+    "gauge",
+    "The served models' weights in memory, by part: loaded (the loaded models' together) and budget (the room "
+    "--memory-budget leaves them; 0: no budget, every model stays loaded).",
+    ("part",),
+)
 AUDIT_EVENTS = MetricSpec(
     "easel_audit_events", "counter", "Audit log entries, by action and outcome.", ("action", "outcome")
 )

@@ -333,9 +333,11 @@ class ModelResidency:
         write_parked(self.parked_path, [name for model in cold for name in model.triton_names()], loading)
 
     def _gauges(self) -> None:
-        """Set whether each served model (its current version) is loaded."""
+        """Set whether each served model (its current version) is loaded, and the weights loaded against the budget."""
         for name, model in self.models.items():
             metrics.set_gauge(metrics.MODEL_LOADED, int(model.version_id in self.residency.loaded), model=name)
+        metrics.set_gauge(metrics.MODEL_MEMORY_BYTES, self.residency.used_bytes, part="loaded")
+        metrics.set_gauge(metrics.MODEL_MEMORY_BYTES, self.residency.room_bytes or 0, part="budget")
 
     async def check_health(self) -> None:
         """Ray Serve's health check: the event loop answers.

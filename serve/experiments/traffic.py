@@ -92,12 +92,15 @@ class Experiments:
         """The experiments with ``model`` among their variants (the model may not be removed while there are)."""
         return [experiment.name for experiment in self.store.list() if model in experiment.spec.models]
 
-    def assign(self, model: str | None, user: str | None, owner: str | None = None) -> Assignment | None:
+    def assign(
+        self, model: str | None, user: str | None, owner: str | None = None, served: Collection[str] | None = None
+    ) -> Assignment | None:
         """The variant that serves a request whose ``model`` names an experiment; None when it names none.
 
         ``user`` of key ``owner`` (None: the open API): a personal bandit draws from that user's own posteriors.
+        ``served``: the model names served, as the caller read them (None: read now).
         """
-        if not model or model in self.served_models():
+        if not model or model in (self.served_models() if served is None else served):
             return None
         experiment = self.store.get(model)
         if experiment is None:

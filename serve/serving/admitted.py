@@ -13,6 +13,7 @@ from serve.experiments.traffic import Assignment
 from serve.moderation import Screening
 from serve.protocol.schema import GenerationRequest
 from serve.remote.models import RemoteModel
+from serve.serving.current_models import ModelsNow
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.models import ServedModel
@@ -37,3 +38,4 @@ class Admitted:
     drawing: Drawing  # what its replica runs: all but the pixels
     screening: Screening = dataclasses.field(default_factory=Screening)  # its moderation policy and inputs' verdict
     owner: str | None = None  # the key it came with (None: an open API): whose LoRAs its names are
+    models: ModelsNow | None = None  # the model table it was resolved in: its fallback chain's, its links' too

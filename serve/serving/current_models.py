@@ -1,8 +1,13 @@
-"""The models a stack serves now, shared by the serving classes (one table, read again when it changed)."""
+"""The models a stack serves now, shared by the serving classes (one table, read again when it changed).
+
+A request is admitted against one read of it (:class:`ModelsNow`): its model resolved once, its fallback chain and
+links looked up in the same table, however often they are asked.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import httpx
 
@@ -10,6 +15,29 @@ from serve.remote.models import RemoteModel
 from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend
 from serve.text_to_image.model_table import ModelTable
 from serve.text_to_image.models import ServedModel, ServedModels
+
+
+@dataclass(frozen=True)
+class ModelsNow:
+    """The model table as one read saw it: the models served here, the remote ones, the fallback chains."""
+
+    served: ServedModels
+    remotes: Mapping[str, RemoteModel]
+
+    @property
+    def chains(self) -> Mapping[str, tuple[str, ...]]:
+        """Each model's fallback chain."""
+        return self.served.table.fallbacks
+
+    def named(self, name: str | None) -> ServedModel | RemoteModel:
+        """The model a request's ``model`` names: a remote one, else :meth:`ServedModels.resolve` (400 if none)."""
+        if name in self.remotes:
+            return self.remotes[name]
+        return self.served.resolve(name, self.remotes)
+
+    def names(self) -> frozenset[str]:
+        """The names a request's ``model`` may give (an experiment's variants are among them)."""
+        return frozenset(self.served) | frozenset(self.remotes)
 
 
 class CurrentModels:
@@ -36,10 +64,15 @@ class CurrentModels:
         self._models = self._models.refreshed()
         return self._models
 
+    def snapshot(self) -> ModelsNow:
+        """The table now, in one read: what a request is admitted against."""
+        models = self.now()
+        return ModelsNow(models, self._remotes_of(models))
+
     @property
-    def remotes(self) -> dict[str, RemoteModel]:
+    def remotes(self) -> Mapping[str, RemoteModel]:
         """The remote models the table declares now."""
-        return self._remotes_of(self.now())
+        return self.snapshot().remotes
 
     def _remotes_of(self, models: ServedModels) -> dict[str, RemoteModel]:
         """The remote models ``models``' table declares (built again only when the table changed)."""
@@ -57,17 +90,12 @@ class CurrentModels:
 
     def chains(self) -> Mapping[str, tuple[str, ...]]:
         """Each model's fallback chain, as the table holds them now."""
-        return self.now().table.fallbacks
+        return self.snapshot().chains
 
     def named(self, name: str | None) -> ServedModel | RemoteModel:
-        """The model a request's ``model`` names: a remote one, else :meth:`ServedModels.resolve` (400 if none)."""
-        models = self.now()
-        remotes = self._remotes_of(models)
-        if name in remotes:
-            return remotes[name]
-        return models.resolve(name, remotes)
+        """The model a request's ``model`` names now (:meth:`ModelsNow.named`)."""
+        return self.snapshot().named(name)
 
     def names(self) -> frozenset[str]:
-        """The names a request's ``model`` may give (an experiment's variants are among them)."""
-        models = self.now()
-        return frozenset(models) | frozenset(self._remotes_of(models))
+        """The names a request's ``model`` may give now (:meth:`ModelsNow.names`)."""
+        return self.snapshot().names()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -48,26 +48,27 @@ class Fallback:
 
 
 class Fallbacks:
-    """Each model's chain, as the model table holds it now, and how a generation goes down it.
+    """How a generation goes down its model's chain, as the table it was admitted against holds it.
 
     The chains: ``--fallback MODEL=LINK,...`` at the start, ``PUT /v1/models/{model_id}/fallback`` while it runs.
     ``relink``: a generation admitted again for another model (its rules checked: a 400 when it cannot take it).
     """
 
-    def __init__(
-        self, chains: Callable[[], Mapping[str, tuple[str, ...]]], relink: Relink, queue_wait_s: float | None = None
-    ) -> None:
-        self.chains = chains  # each model's chain now (the model table's: an admin may change them)
+    def __init__(self, relink: Relink, queue_wait_s: float | None = None) -> None:
         self.relink = relink
         self.queue_wait_s = queue_wait_s  # how long a request that may fall back waits for its replica's slot
 
-    def queue_wait(self, request, model: str) -> float | None:
-        """How long ``request`` for ``model`` waits for a slot: the queue wait where it may go down a chain."""
-        return self.queue_wait_s if request.fallback and self.chains().get(model) else None
+    def queue_wait(self, request, chain: tuple[str, ...]) -> float | None:
+        """How long ``request`` waits for a slot: the queue wait where it may go down its model's ``chain``."""
+        return self.queue_wait_s if request.fallback and chain else None
 
-    def links(self, admitted) -> tuple[str, ...]:
-        """The models ``admitted`` may go down to: its model's chain now, none where it says ``fallback: false``."""
-        return self.chains().get(admitted.model.name, ()) if admitted.request.fallback else ()
+    @staticmethod
+    def links(admitted) -> tuple[str, ...]:
+        """The models ``admitted`` may go down to: its model's chain in the table it was admitted against.
+
+        None where it says ``fallback: false``.
+        """
+        return admitted.models.chains.get(admitted.model.name, ()) if admitted.request.fallback else ()
 
     async def priced(self, admitted):
         """``admitted`` costing the most that any model it may be drawn by charges: its own, or a link's that takes it.

@@ -41,7 +41,7 @@ from serve.protocol.video import VideoRequest, input_reference_named
 from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
-from serve.serving.current_models import CurrentModels
+from serve.serving.current_models import CurrentModels, ModelsNow
 from serve.serving.fallbacks import Fallbacks
 from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import against_model
@@ -97,7 +97,7 @@ class Generations(Streaming):
     ) -> None:
         self.scores = scores  # what the stack's scorer gives (none: no scorer): checked here, before the charge
         self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
-        self.fallbacks = Fallbacks(models.chains, self._relinked, fallback_queue_wait_s)  # each model's chain
+        self.fallbacks = Fallbacks(self._relinked, fallback_queue_wait_s)  # down each model's chain
         self.moderation = moderation or Moderation()
         self.results = results or Results()  # each image kept, with what made it
         self.models = models
@@ -115,22 +115,23 @@ class Generations(Streaming):
         return self.text_to_image.options(multiplexed_model_id=model.version_id)
 
     async def _resolved(
-        self, request: GenerationRequest, model: ServedModel | None, owner: str | None
+        self, request: GenerationRequest, model: ServedModel | None, owner: str | None, models: ModelsNow
     ) -> tuple[GenerationRequest, Assignment, ServedModel]:
         """The request as its model serves it (an experiment's alias resolved to a variant), what chose it, the model.
 
-        The name is resolved once (:meth:`~serve.serving.current_models.CurrentModels.named`): one that is neither
-        a model (served or remote) nor an experiment is a 400 naming ``model``. ``model``: resolved already (a
-        video's). ``owner``: the asking key, whose ``user`` a personal experiment draws for.
+        The name is resolved once, in ``models`` (:meth:`~serve.serving.current_models.ModelsNow.named`): one that
+        is neither a model (served or remote) nor an experiment is a 400 naming ``model``. ``model``: resolved
+        already (a video's). ``owner``: the asking key, whose ``user`` a personal experiment draws for.
         """
         if model is not None:
             return request, Assignment(model.name), model
-        if request.model and request.model not in self.models.names():
-            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user, owner)
+        served = models.names()
+        if request.model and request.model not in served:
+            chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user, owner, served)
             if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
                 update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
-                return request.model_copy(update=update), chosen, self.models.named(chosen.model)
-        model = self.models.named(request.model)
+                return request.model_copy(update=update), chosen, models.named(chosen.model)
+        model = models.named(request.model)
         return request, Assignment(model.name), model
 
     def _checked(
@@ -140,10 +141,15 @@ class Generations(Streaming):
         model: ServedModel,
         asked: GenerationRequest,
         owner: str | None,
+        models: ModelsNow,
     ) -> Admitted:
-        """``request`` checked by ``model``'s rules (``owner``'s LoRAs), the stack's upscalers and scorer (400s)."""
+        """``request`` checked by ``model``'s rules (``owner``'s LoRAs), the stack's upscalers and scorer (400s).
+
+        ``models``: the table it was resolved in, where its fallback chain is looked up.
+        """
         work, plan = model.check(request, owner)
-        plan = dataclasses.replace(plan, queue_wait_s=self.fallbacks.queue_wait(request, model.name))
+        chain = models.chains.get(model.name, ())
+        plan = dataclasses.replace(plan, queue_wait_s=self.fallbacks.queue_wait(request, chain))
         if isinstance(model, RemoteModel):  # what it draws without (unsupported=drop) is no longer asked
             request = model.drawn(request)
         else:  # drawn and scored by a replica: with scores the stack's scorer gives (an experiment's reward too)
@@ -154,32 +160,40 @@ class Generations(Streaming):
             self.upscaling.check_generation(request, work.width, work.height)
         faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
         drawing = Drawing.of(request, work.width, work.height, draw_seed(request.seed))  # its seed drawn here
-        return Admitted(request, assignment, model, work.cost + faces, asked, plan, drawing, owner=owner)
+        return Admitted(request, assignment, model, work.cost + faces, asked, plan, drawing, owner=owner, models=models)
 
     async def admitted(
-        self, request: GenerationRequest, key: ApiKey | None = None, model: ServedModel | None = None
+        self,
+        request: GenerationRequest,
+        key: ApiKey | None = None,
+        model: ServedModel | None = None,
+        models: ModelsNow | None = None,
     ) -> Admitted:
         """``request`` admitted: its model resolved once and every rule checked, before any model loads (400 if not).
 
         Its adapters, sampler, size, images, ControlNets, step caching, cost and memory; an unknown adapter is a 400
         now, not a failed job later; so is a stored reference ``key`` may not see (another key's is as unknown as a
-        missing one). ``model``: the model it names, resolved already (a video's).
+        missing one). ``model``: the model it names, resolved already (a video's) in ``models``; otherwise the table
+        is read once, here.
         """
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
-        assigned, assignment, model = await self._resolved(request, model, key and key.id)  # an alias: its variant
-        admitted = await asyncio.to_thread(self._checked, assigned, assignment, model, request, key and key.id)
+        models = models or self.models.snapshot()
+        assigned, assignment, model = await self._resolved(request, model, key and key.id, models)  # alias: variant
+        args = (assigned, assignment, model, request, key and key.id, models)
+        admitted = await asyncio.to_thread(self._checked, *args)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(await self.fallbacks.priced(admitted), screening=screening)
 
     async def video_admitted(self, request: VideoRequest, key: ApiKey | None) -> Admitted:
         """A video admitted as the generation it runs as, on the model it names (resolved once, here)."""
-        if request.model in self.models.remotes:
+        models = self.models.snapshot()
+        if request.model in models.remotes:
             raise InvalidInput(f"model: {request.model} is a remote model; videos are drawn by this stack", "model")
-        model = self.models.now().resolve(request.model)
+        model = models.served.resolve(request.model)
         generation = request.generation(model.name, model.native_size, model.folder.family)
         with input_reference_named():  # its image read as a still's (its header here)
-            return await self.admitted(generation, key, model)
+            return await self.admitted(generation, key, model, models)
 
     async def readmitted(
         self, request: GenerationRequest, assignment: Assignment | None, policy: Policy | None, owner: str | None
@@ -189,15 +203,16 @@ class Generations(Streaming):
         ``request`` names its variant already; ``assignment``: what chose it at submission (None: no experiment);
         ``policy``: the moderation policy it was submitted under (None: a job stored without one, the stack's).
         """
-        model = self.models.named(request.model)
-        admitted = self._checked(request, assignment or Assignment(model.name), model, request, owner)
+        models = self.models.snapshot()
+        model = models.named(request.model)
+        admitted = self._checked(request, assignment or Assignment(model.name), model, request, owner, models)
         return dataclasses.replace(admitted, screening=await self.moderation.rescreened(request, policy, owner))
 
     async def _relinked(self, link: str, admitted: Admitted) -> Admitted:
         """``admitted`` for the model ``link`` (a fallback): checked by its rules (400 if it cannot take it)."""
-        model = self.models.named(link)
+        model = admitted.models.named(link)
         request = admitted.request.model_copy(update={"model": link})
-        args = (request, Assignment(link), model, admitted.asked, admitted.owner)
+        args = (request, Assignment(link), model, admitted.asked, admitted.owner, admitted.models)
         return dataclasses.replace(await asyncio.to_thread(self._checked, *args), screening=admitted.screening)
 
     @staticmethod
@@ -222,10 +237,11 @@ class Generations(Streaming):
         """
         model = admitted.model
         async with self.circuits.guarded(model.name):  # an open circuit: refused before the model is waited for
-            version_id, waited = await self.residency.begin.remote(model.name)
+            version_id, waited = await self.residency.begin.remote(model.version_id)
             try:
-                served = self.models.now().version(version_id)
-                if served.version_id != model.version_id:  # replaced since it was checked: checked again, by it
+                served = model
+                if version_id != model.version_id:  # replaced since it was checked: checked again, by the new one
+                    served = self.models.now().version(version_id)
                     admitted = self._rechecked(admitted, served)
                 headers = {"Easel-Model": model.name, "Easel-Model-Version": str(served.version)}
                 loading = {"Easel-Model-Load-Seconds": f"{waited:.3f}"} if waited else {}

@@ -91,13 +91,15 @@ class ModelResidency:
 
     # -- requests -----------------------------------------------------------------------------------------------------
 
-    async def begin(self, name: str) -> tuple[str, float]:
-        """A request of model ``name`` starts: the version counted for it, and seconds it waited for its load.
+    async def begin(self, version_id: str) -> tuple[str, float]:
+        """A request admitted on version ``version_id`` starts: the version counted for it, and seconds it waited.
 
-        The version is the one served now (a request that raced a replace gets the new one); an unknown or removed
-        name is the 400 :meth:`ServedModels.resolve` gives.
+        The version is the one its model serves now: ``version_id`` itself, or, for a request that raced a replace,
+        the new one; a version no longer served, or a removed model, is the 400 :meth:`ServedModels.resolve` gives.
         """
-        version_id = self.models.resolve(name).version_id
+        name = self.models.version(version_id).name
+        if version_id in self.residency.retired:  # replaced since it was admitted (or its model removed: a 400)
+            version_id = self.models.resolve(name).version_id
         if version_id in self.residency.loaded:
             self._count(self.residency.begin, version_id)
             metrics.observe(metrics.MODEL_LOAD_SECONDS, 0.0, model=name)

@@ -98,7 +98,7 @@ def test_a_residency_replica_started_again_resumes_the_requests_in_flight(engine
 
     async def requests() -> None:
         first = replica()
-        assert (await first.begin("a"))[0] == "a.v1" and (await first.begin("a"))[0] == "a.v1"
+        assert (await first.begin("a.v1"))[0] == "a.v1" and (await first.begin("a.v1"))[0] == "a.v1"
         await first.end("a.v1")
         again = replica()  # the first died with one request of a in flight
         assert again.residency.in_flight == {"a.v1": 1, "b.v1": 0, "c.v1": 0}

@@ -183,9 +183,9 @@ class Handles:
         yield Progress(1, 1, None)
         yield await self._generate(drawing, plan, sent_at, cache_scope, model)
 
-    async def _begin(self, name: str):
-        self.calls.append(("begin", name))
-        return f"{name}.v1", 0.0
+    async def _begin(self, version_id: str):
+        self.calls.append(("begin", version_id))
+        return version_id, 0.0
 
     async def _end(self, version_id: str):
         self.calls.append(("end", version_id))
@@ -222,13 +222,45 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     assert admitted.assignment == Assignment("b", "logo") and admitted.cost == variant  # the drawn variant's
     assert first.headers["easel-model"] == "b" and first.headers["easel-experiment"] == "logo"
     assert [r.headers["easel-cache"] for r in (first, again, other)] == ["miss", "hit", "miss"]
-    generated = [("begin", "b"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
+    generated = [("begin", "b.v1"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
     assert handles.calls == generated + [(*call[:2], "bob") if call[0] == "generate" else call for call in generated]
     assert refused.field == "model"  # before the residency was asked for any model
     image_id = json.loads(first.body)["data"][0]["id"]
     assert traffic.served_by(image_id) == Assignment("b", "logo")  # feedback can name the image
     cached_id = json.loads(again.body)["data"][0]["id"]
     assert traffic.served_by(cached_id) == Assignment("b")  # a cached answer's feedback is no evidence
+
+
+@pytest.mark.parametrize("asked", ["b", "logo"])
+def test_a_generation_reads_the_model_table_once_and_resolves_its_model_once(engine_dir, tmp_path, monkeypatch, asked):
+    """Admitted (a model, or an experiment's alias), its chain looked up, kept loaded, drawn: one look at the model
+    table, one resolution of its name, and the residency and replica asked for the admitted version by its id."""
+    from serve.experiments.policy import ExperimentSpec
+    from serve.protocol.schema import GenerationRequest
+    from serve.serving.current_models import CurrentModels
+    from serve.serving.generations import Generations
+    from serve.text_to_image.models import ServedModels
+
+    models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
+    traffic = Experiments(open_experiment_store(f"sqlite:///{tmp_path / 'easel.db'}"), models.names)
+    traffic.define("logo", ExperimentSpec(variants={"b": 1.0}))
+    handles = Handles()
+    generations = Generations(models, handles, None, handles, None, traffic)
+    reads, resolved = [], []
+    refreshed, resolve = ServedModels.refreshed, ServedModels.resolve
+    monkeypatch.setattr(ServedModels, "refreshed", lambda self: reads.append(1) or refreshed(self))
+    monkeypatch.setattr(
+        ServedModels, "resolve", lambda self, name, *a: resolved.append(name) or resolve(self, name, *a)
+    )
+
+    async def scenario():
+        admitted = await generations.admitted(GenerationRequest(prompt="a red fox", model=asked, seed=3), None)
+        return await generations.answer(admitted, "alice", fresh=True)
+
+    answer = asyncio.run(scenario())
+    assert answer.status_code == 200 and answer.headers["easel-model"] == "b"
+    assert (len(reads), resolved) == (1, ["b"])
+    assert handles.calls == [("begin", "b.v1"), ("route", "b.v1"), ("generate", "b", "alice"), ("end", "b.v1")]
 
 
 def test_an_experiment_rewarded_by_a_score_measures_each_image_and_says_it_only_if_asked(engine_dir, tmp_path):

@@ -19,10 +19,12 @@ import numpy as np
 import psutil
 import pytest
 from PIL import Image
+from playwright.sync_api import Browser, Page, expect
 
 from serve.paths import easel_home
 from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, wait_until_ready
+from tests.studio import chromium
 
 GENERATE = "/v1/images/generations"
 
@@ -331,3 +333,35 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver()
     yield receiver
     receiver.close()
+
+
+# -- Easel Studio in a real browser (tests/studio.py) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's Chromium, for one module (:func:`tests.studio.chromium`); a module whose later tests call
+    ``asyncio.run`` overrides it with a test's own."""
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    """A fresh tab in a context of its own (no storage shared between tests)."""
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def studio(page: Page, stack):
+    """The Studio opened at the stack's front door (``/``), every request it makes recorded and checked after."""
+    origin = stack.info.api_url
+    requests = []
+    page.on("request", lambda request: requests.append(request.url))
+    page.goto(f"{origin}/")
+    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+    assert page.url == f"{origin}/studio"
+    yield page
+    assert [url for url in requests if not url.startswith((origin + "/", "data:", "blob:"))] == []

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from playwright.sync_api import expect
 
 from build_engines.text_to_image.motion import random_motion_adapter
 from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_motion_lora
@@ -24,6 +25,7 @@ from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, NO_CANARY_S, batch_histogram, decode_images, post_together
+from tests.studio import PNG, chromium, draw, shown_call
 from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 from tests.videos import reference_frames
 
@@ -577,6 +579,41 @@ def test_a_bad_reference_is_a_400_naming_the_field(api, body, param):
     response = api.post("/v1/references", json=body)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+@pytest.fixture
+def browser():
+    """Chromium for the one test that opens the Studio here: the tests after it call ``asyncio.run``."""
+    with chromium() as launched:
+        yield launched
+
+
+def test_an_admin_uploads_a_lora_in_the_studio_and_draws_with_it(studio, api, default_model, tmp_path):
+    """The Studio's Operate section uploads a LoRA file (an open API: every caller administers it); Draw lists it, and
+    the picture drawn with it is the API's answer for the call the page shows, not the picture without it."""
+    from build_engines.text_to_image.random_adapters import make_lora
+
+    path = make_lora(default_model, tmp_path / "studio.safetensors", rank=4, seed=12, strength=1.5)
+    try:
+        studio.click("#tab-operate")
+        studio.fill("#lora-name", "studio")
+        studio.set_input_files("#lora-file", str(path))
+        studio.click("#lora-form button[type=submit]")
+        expect(studio.locator("#lora-status")).to_have_text("studio: ready", timeout=60_000)
+        expect(studio.locator("#lora-list")).to_contain_text("studio")
+        studio.click("#tab-draw")
+        studio.check("#loras-list input[value=studio]")
+        draw(studio, prompt="a red heart icon", seed=5, num_inference_steps=2, size="64x64")
+        body = shown_call(studio)
+        assert body["loras"] == [{"name": "studio", "scale": 1}]
+        with_lora = api.post(GENERATE, json=body)
+        assert with_lora.status_code == 200, with_lora.text
+        drawn = studio.locator("#draw-images img").get_attribute("src")
+        assert drawn == PNG + with_lora.json()["data"][0]["b64_json"]
+        without = api.post(GENERATE, json={field: value for field, value in body.items() if field != "loras"})
+        assert drawn != PNG + without.json()["data"][0]["b64_json"]  # the LoRA changed the picture
+    finally:
+        api.delete("/v1/loras/studio")
 
 
 def test_zz_references_are_their_key_s_and_loras_change_with_the_adapters_scope(stack, adapters):

@@ -5,71 +5,22 @@ revoked after it). Every request the page makes is checked to go to the stack's 
 """
 
 import base64
-import json
 import re
 import time
-from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import expect
 
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
 from serve.paths import ICONS_DEV
 from serve.routes import Scope
 from tests.images import dev_icon_png
+from tests.studio import PNG, draw, shown_call
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = "/usr/bin/chromium"
-"""Debian's Chromium (.ci/run installs it): Playwright's own browser download is unreachable here."""
 GENERATE = "/v1/images/generations"
-PNG = "data:image/png;base64,"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's Chromium, for this module only: Playwright's sync API runs an event loop on the test thread while it
-    lives, and the modules after this one call ``asyncio.run`` (a session-wide browser broke them)."""
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM)
-        yield launched
-        launched.close()
-
-
-@pytest.fixture
-def page(browser: Browser) -> Iterator[Page]:
-    """A fresh tab in a context of its own (no storage shared between tests)."""
-    context = browser.new_context()
-    yield context.new_page()
-    context.close()
-
-
-@pytest.fixture
-def studio(page: Page, stack):
-    """The Studio opened at the stack's front door (``/``), every request it makes recorded and checked after."""
-    origin = stack.info.api_url
-    requests = []
-    page.on("request", lambda request: requests.append(request.url))
-    page.goto(f"{origin}/")
-    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
-    assert page.url == f"{origin}/studio"
-    yield page
-    assert [url for url in requests if not url.startswith((origin + "/", "data:", "blob:"))] == []
-
-
-def draw(page: Page, **fields) -> None:
-    """Fill the Draw form's ``fields`` (by their API names), draw, and wait until the page is done."""
-    for name, value in fields.items():
-        page.fill(f"#{name}", str(value))
-    page.click("#draw-button")
-    expect(page.locator("#draw-button")).to_be_enabled(timeout=120_000)
-
-
-def shown_call(page: Page) -> dict:
-    """The JSON body of the curl call the page shows beside Draw."""
-    curl = page.locator("#draw-call pre").first.inner_text()
-    return json.loads(re.search(r"-d '(.*)'", curl).group(1))
 
 
 def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_progress_reaches_the_last_step(studio, api):

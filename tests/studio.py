@@ -1,0 +1,40 @@
+"""Easel Studio driven in a real browser: Debian's Chromium through Playwright, and the page's own steps.
+
+The fixtures that open it (``browser``, ``page``, ``studio``) are tests/integration/conftest.py's: any module with a
+``stack`` fixture can open the Studio on its stack.
+"""
+
+import json
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM = "/usr/bin/chromium"
+"""Debian's Chromium (.ci/run installs it): Playwright's own browser download is unreachable here."""
+PNG = "data:image/png;base64,"
+
+
+@contextmanager
+def chromium() -> Iterator[Browser]:
+    """Debian's Chromium, launched. Playwright's sync API runs an event loop on the test thread while it lives: the
+    tests after it may call ``asyncio.run`` only once it is closed (a session-wide browser broke them)."""
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM)
+        yield launched
+        launched.close()
+
+
+def draw(page: Page, **fields) -> None:
+    """Fill the Draw form's ``fields`` (by their API names), draw, and wait until the page is done."""
+    for name, value in fields.items():
+        page.fill(f"#{name}", str(value))
+    page.click("#draw-button")
+    expect(page.locator("#draw-button")).to_be_enabled(timeout=120_000)
+
+
+def shown_call(page: Page) -> dict:
+    """The JSON body of the curl call the page shows beside Draw."""
+    curl = page.locator("#draw-call pre").first.inner_text()
+    return json.loads(re.search(r"-d '(.*)'", curl).group(1))

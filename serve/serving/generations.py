@@ -13,7 +13,6 @@ kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``G
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
 import functools
 import json
@@ -41,6 +40,7 @@ from serve.protocol.video import VideoRequest, input_reference_named
 from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
+from serve.serving.answer_items import answer_items
 from serve.serving.current_models import CurrentModels, ModelsNow
 from serve.serving.fallbacks import Fallbacks
 from serve.serving.moderation import Moderation
@@ -51,13 +51,11 @@ from serve.serving.upscale import Upscaling
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.best_of import check_best_of
-from serve.text_to_image.drawing import AnswerForm, Drawing
+from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.scores import check_scores
-from serve.vectorize.deployment import VectorizeResult
-from serve.vectorize.schema import Tier, VectorizeOptions
 
 logger = logging.getLogger(__name__)
 
@@ -323,7 +321,7 @@ class Generations(Streaming):
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
         answer = admitted.drawing.answer
-        data = answer.prompts_named(await self._encoded(answer, result))  # many prompts: each item's prompt_index
+        data = answer.prompts_named(await answer_items(self.vectorizer, answer, result))  # each its prompt_index
         body = {"created": int(time.time()), "seed": result.seed, "data": data}
         if result.prompt_tokens_dropped:  # said in the body too: a job's record and a cached answer keep it
             body[PROMPT_TRUNCATED] = result.prompt_tokens_dropped
@@ -369,24 +367,6 @@ class Generations(Streaming):
         images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img)
         return dataclasses.replace(result, images=images, faces=faces)
 
-    async def _encoded(self, answer: AnswerForm, result: EncodedImages) -> list[dict]:
-        """The answer's ``data``: each image base64 (svg: traced by the Vectorizer, with its tier and SSIM)."""
-        if answer.output_format == "svg":
-            vectorized = await self._vectorize_all(result.images, answer.vectorize_tier or Tier.AUTO)
-            items = [
-                {"b64_json": base64.b64encode(r.svg.encode()).decode(), "tier": r.tier, "ssim": r.ssim}
-                for r in vectorized
-            ]
-        else:
-            items = [{"b64_json": base64.b64encode(image).decode()} for image in result.images]
-        for item, faces in zip(items, result.faces or (), strict=False):
-            item["faces"] = faces  # restore_faces: how many were found (none: the image unchanged)
-        for item, scores in zip(items, result.scores or (), strict=False):
-            item["scores"] = scores  # scores: as generated (before upscaling, face restoration, tracing)
-        for item, seed in zip(items, result.seeds or (), strict=False):
-            item["seed"] = seed  # best-of-n: the candidate's own seed (a one-image request with it draws it)
-        return items
-
     async def _generate_reporting(
         self, model: ServedModel, drawing: Drawing, plan: Plan, on_step: OnStep, scope: str
     ) -> EncodedImages:
@@ -405,10 +385,3 @@ class Generations(Streaming):
         finally:
             stream.cancel()  # a no-op once the stream ended; otherwise the generation stops at its current step
         raise NotReady("the generation ended without its images; retry shortly", retry_after_s=2)
-
-    async def _vectorize_all(self, pngs: list[bytes], tier: Tier) -> list[VectorizeResult]:
-        """Each generated PNG through the Vectorizer (its SVG checked: rendered back, SSIM measured)."""
-        options = VectorizeOptions(tier=tier, validate=True)
-        return await asyncio.gather(
-            *(self.vectorizer.vectorize.remote(png, options, sent_at=time.time()) for png in pngs)
-        )

@@ -16,6 +16,7 @@ from serve.access.keys import ApiKey
 from serve.cache import cache_scope
 from serve.remote.models import RemoteModel
 from serve.serving.admitted import Admitted
+from serve.serving.answer_items import traced
 from serve.serving.fallbacks import Fallback
 from serve.serving.variants import variant_measured
 from serve.text_to_image.generation import EncodedImages, Progress
@@ -61,8 +62,8 @@ class Streaming:
                 item = await self._finished(served, admitted, item, scope)
                 item, moderated = await self.moderation.checked(item, admitted.screening)  # blacked out under block
                 if answer.output_format == "svg":
-                    traced = await self._vectorize_all(item.images, answer.vectorize_tier or Tier.AUTO)
-                    images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in traced]
+                    svgs = await traced(self.vectorizer, item.images, answer.vectorize_tier or Tier.AUTO)
+                    images = [{"data": r.svg.encode(), "tier": r.tier, "ssim": r.ssim} for r in svgs]
                 else:
                     images = [{"data": image} for image in item.images]
                 ids = await self._image_ids(len(images), assignment, owner, admitted.drawing)

@@ -13,9 +13,7 @@ another runner runs them again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,6 +23,7 @@ from serve import metrics
 from serve.jobs.model import DEFAULT_LEASE_S, Job, JobStatus
 from serve.jobs.retry import ALWAYS_PASSING, Failure, RetryPolicy, failure_of
 from serve.jobs.store import JobStore, LeaseLost, attempt_record
+from serve.lease_worker import LeaseWorker
 from serve.priority import Priority
 
 logger = logging.getLogger(__name__)
@@ -49,11 +48,14 @@ class JobCanceled(Exception):
 Run = Callable[[Job, JobLease], Awaitable[dict]]
 
 
-class JobRunner:
+class JobRunner(LeaseWorker[Job]):
     """Claims and runs jobs with ``run`` (the job and its lease -> the answer's body) while its replica lives.
 
     ``passing``: the exceptions ``run`` may raise that can pass (:func:`~serve.jobs.retry.failure_of`).
     """
+
+    poll_s = POLL_S
+    housekeeping_s = HOUSEKEEPING_S
 
     def __init__(
         self,
@@ -64,41 +66,13 @@ class JobRunner:
         passing: tuple[type[BaseException], ...] = ALWAYS_PASSING,
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
     ) -> None:
+        super().__init__("runner")
         self.store, self.run, self.per_priority, self.lease_s = store, run, per_priority, lease_s
         self.passing, self.retry = passing, retry
-        self.worker = f"runner-{secrets.token_hex(6)}"
         self.running: Counter[Priority] = Counter()
-        self._tasks: set[asyncio.Task] = set()
-        self._loop_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
-        self._wake = asyncio.Event()
 
-    def wake(self) -> None:
-        """Claim now rather than at the next poll (a job was just submitted here, or one of ours ended)."""
-        self._wake.set()
-
-    def start(self) -> JobRunner:
-        """Start claiming in the running event loop."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
-        return self
-
-    async def _loop(self) -> None:
-        housekeeping = 0.0
-        while True:
-            try:
-                while job := await self._claim():
-                    task = asyncio.create_task(self._run(job))
-                    self._tasks.add(task)
-                    task.add_done_callback(self._tasks.discard)
-                if time.monotonic() - housekeeping > HOUSEKEEPING_S:
-                    housekeeping = time.monotonic()
-                    await self._housekeeping()
-            except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable; keep trying
-                logger.warning("job runner: %s: %s", type(error).__name__, error)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), POLL_S)
-            self._wake.clear()
-
-    async def _claim(self) -> Job | None:
+    async def claim(self) -> Job | None:
+        """The most urgent job of a priority with a free slot, leased to this runner (None: none, or no slot)."""
         free = tuple(p for p in Priority if self.running[p] < self.per_priority)
         if not free:
             return None
@@ -110,7 +84,7 @@ class JobRunner:
             logger.info("job %s claimed (%s, attempt %d)", job.id, job.priority.value, job.attempts)
         return job
 
-    async def _housekeeping(self) -> None:
+    async def housekeeping(self) -> None:
         """Delete jobs past their retention, and publish the jobs by state and priority."""
         await asyncio.to_thread(self.store.purge)
         counts = await asyncio.to_thread(self.store.counts)
@@ -118,7 +92,8 @@ class JobRunner:
             for priority in Priority:
                 metrics.set_gauge(metrics.JOBS, counts[(status, priority)], state=status.value, priority=priority.value)
 
-    async def _run(self, job: Job) -> None:
+    async def work(self, job: Job) -> None:
+        """Run ``job`` to its end (succeeded, failed or canceled), its lease renewed meanwhile."""
         lease = JobLease(job.id, self.worker, self.lease_s)
         heartbeat = asyncio.create_task(self._heartbeat(lease))
         try:
@@ -129,8 +104,11 @@ class JobRunner:
             logger.warning("job %s: lease lost; another runner has it", job.id)
         finally:
             heartbeat.cancel()
-            self.running[job.priority] -= 1
-            self.wake()
+
+    def finished(self, job: Job) -> None:
+        """``job``'s slot is free again: claim at once."""
+        self.running[job.priority] -= 1
+        self.wake()
 
     async def _attempt(self, job: Job, lease: JobLease) -> tuple[JobStatus, dict | None, dict | None]:
         """Run until the job succeeds, is canceled or fails; each failed attempt recorded, retried by the policy."""

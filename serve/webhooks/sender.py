@@ -14,15 +14,14 @@ at most one attempt's ``timeout_s``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import secrets
 import time
 from collections import Counter
 
 import httpx
 
 from serve.errors import InvalidInput
+from serve.lease_worker import LeaseWorker
 from serve.webhooks.settings import DEFAULT_TIMEOUT_S, RetryTimes, WebhookSettings
 from serve.webhooks.signing import Signer, signed_headers
 from serve.webhooks.store import Delivery, Outbox
@@ -39,12 +38,15 @@ MAX_ANSWER_BYTES = 4096
 """How much of a receiver's answer is read (its status is all that counts); the rest is never read."""
 
 
-class WebhookSender:
+class WebhookSender(LeaseWorker[Delivery]):
     """Sends ``outbox``'s deliveries while its replica lives, each signed by ``signer``, where ``allowed`` allows.
 
     A delivery to a host no longer allowed (the stack restarted with other ``--webhook-hosts``), or of a key with no
     secret, fails at once.
     """
+
+    poll_s = POLL_S
+    housekeeping_s = HOUSEKEEPING_S
 
     def __init__(
         self,
@@ -57,55 +59,34 @@ class WebhookSender:
         per_key: int = PER_KEY,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        super().__init__("sender")
         self.outbox, self.signer, self.allowed = outbox, signer, allowed
         self.retries, self.timeout_s, self.at_once, self.per_key = retries, timeout_s, at_once, per_key
-        self.worker = f"sender-{secrets.token_hex(6)}"
         self.client = httpx.AsyncClient(transport=transport, timeout=timeout_s, follow_redirects=False, trust_env=False)
-        self._sending: set[asyncio.Task] = set()
         self._held: Counter[str | None] = Counter()  # the slots each key's attempts hold
-        self._loop_task: asyncio.Task | None = None  # held: the event loop keeps only weak references to tasks
 
-    def start(self) -> WebhookSender:
-        """Start sending in the running event loop."""
-        self._loop_task = asyncio.get_running_loop().create_task(self._loop())
-        return self
-
-    async def _loop(self) -> None:
-        housekeeping = 0.0
-        while True:
-            try:
-                await self.send_due()
-                if time.monotonic() - housekeeping > HOUSEKEEPING_S:
-                    housekeeping = time.monotonic()
-                    await asyncio.to_thread(self.outbox.purge)
-            except Exception as error:  # noqa: BLE001 - the store may be briefly unreachable; keep trying
-                logger.warning("webhook sender: %s: %s", type(error).__name__, error)
-            await asyncio.sleep(POLL_S)
-
-    async def send_due(self) -> int:
-        """Claim due deliveries while a slot is free and start sending each; how many were started."""
-        started = 0
-        lease_s = self.timeout_s + LEASE_MARGIN_S
-        while len(self._sending) < self.at_once:
-            full = frozenset(key_id for key_id, held in self._held.items() if held >= self.per_key)
-            claim = (self.worker, lease_s, self.retries.attempts, None, full)
-            delivery = await asyncio.to_thread(self.outbox.claim, *claim)
-            if delivery is None:
-                break
+    async def claim(self) -> Delivery | None:
+        """The due delivery whose key's turn it is, leased for an attempt (None: none, or no slot free)."""
+        if sum(self._held.values()) >= self.at_once:
+            return None
+        full = frozenset(key_id for key_id, held in self._held.items() if held >= self.per_key)
+        claim = (self.worker, self.timeout_s + LEASE_MARGIN_S, self.retries.attempts, None, full)
+        delivery = await asyncio.to_thread(self.outbox.claim, *claim)
+        if delivery is not None:
             self._held[delivery.key_id] += 1
-            task = asyncio.create_task(self.attempt(delivery))
-            self._sending.add(task)
-            task.add_done_callback(lambda done, key_id=delivery.key_id: self._done(done, key_id))
-            started += 1
-        return started
+        return delivery
 
-    def _done(self, task: asyncio.Task, key_id: str | None) -> None:
-        self._sending.discard(task)
-        self._held[key_id] -= 1
-        if self._held[key_id] <= 0:
-            del self._held[key_id]
+    def finished(self, delivery: Delivery) -> None:
+        """Its key's slot is free again."""
+        self._held[delivery.key_id] -= 1
+        if self._held[delivery.key_id] <= 0:
+            del self._held[delivery.key_id]
 
-    async def attempt(self, delivery: Delivery) -> bool:
+    async def housekeeping(self) -> None:
+        """Delete the deliveries past their retention."""
+        await asyncio.to_thread(self.outbox.purge)
+
+    async def work(self, delivery: Delivery) -> bool:
         """POST ``delivery`` once (signed now) and record how it went; whether it was delivered."""
         last = False  # no attempt can succeed
         try:
@@ -139,16 +120,7 @@ class WebhookSender:
                         break
             return response.status_code
 
-    async def wait_idle(self) -> None:
-        """Wait for the attempts under way (tests, and a replica stopping)."""
-        while self._sending:
-            await asyncio.gather(*self._sending, return_exceptions=True)
-
     async def close(self) -> None:
         """Stop looking for deliveries; the attempts under way finish."""
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
-        await self.wait_idle()
+        await super().close()
         await self.client.aclose()

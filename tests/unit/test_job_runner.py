@@ -27,7 +27,7 @@ def _run_all(store, run, jobs: int, **runner) -> None:
     async def main():
         job_runner = JobRunner(store, run, retry=FAST, **runner)
         for _ in range(jobs):
-            await job_runner._run(store.claim(job_runner.worker, 30))
+            await job_runner.work(store.claim(job_runner.worker, 30))
 
     asyncio.run(main())
 

@@ -102,7 +102,7 @@ def _sender(outbox, handler, key_secrets=None, **options) -> WebhookSender:
 async def _deliver_all(sender: WebhookSender, rounds: int = 10) -> None:
     """Claim and send until nothing is due (bounded)."""
     for _ in range(rounds):
-        started = await sender.send_due()
+        started = await sender.claim_due()
         await sender.wait_idle()
         if not started:
             return
@@ -254,7 +254,7 @@ def test_a_key_s_receivers_that_never_answer_hold_its_share_of_slots_and_another
 
     async def scenario() -> None:
         sender = _sender(outbox, receivers, key_secrets, at_once=4, per_key=2)
-        assert await sender.send_due() == 3  # a's two slots, then b's; a's share is taken: no more of a's
+        assert await sender.claim_due() == 3  # a's two slots, then b's; a's share is taken: no more of a's
         for _ in range(500):  # b's attempt ends while a's are held (bounded)
             if len(calls) == 3 and outbox.get(quick.id).status is DeliveryStatus.DELIVERED:
                 break

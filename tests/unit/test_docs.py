@@ -97,3 +97,13 @@ def test_the_quick_start_is_runnable_and_shows_what_each_step_prints():
     marked = {str(p.relative_to(PROJECT_ROOT)) for p in MARKDOWN if "```bash run" in p.read_text()}
     marked |= {str(p.relative_to(PROJECT_ROOT)) for p in MARKDOWN if "```python run" in p.read_text()}
     assert marked <= set(RUN_ORDER), marked - set(RUN_ORDER)
+
+
+def test_the_recipe_for_an_engine_backed_route_names_files_that_exist():
+    """docs/guides/development.md's recipe walks real files: each path it names, in order, is one of the checkout."""
+    guide = (PROJECT_ROOT / "docs" / "guides" / "development.md").read_text()
+    recipe = guide.split("## Adding an engine-backed route", 1)[1]
+    named = re.findall(r"`((?:serve|build_engines|tests|docs)/[\w/.-]+\.(?:py|md))`", recipe)
+    assert len(named) >= 15, named
+    assert [path for path in named if not (PROJECT_ROOT / path).is_file()] == []
+

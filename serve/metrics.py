@@ -319,8 +319,8 @@ AUDIT_EVENTS = MetricSpec(
 IMAGE_STORE_BYTES = MetricSpec(
     "easel_image_store_bytes",
     "gauge",
-    "The image store's bytes, by part: kept (every kept image's) and bound (--image-store-bytes), as of the last image "
-    "a Gateway replica kept.",
+    "The image store's bytes, by part: kept (every kept image's) and bound (--image-store-bytes), as a Gateway replica "
+    "that keeps images last summed them (at most every 10 s).",
     ("part",),
 )
 

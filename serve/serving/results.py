@@ -125,6 +125,10 @@ def key_quotas(store_url: str, defaults) -> QuotaOf:
     return quota_of
 
 
+REPORT_BYTES_S = 10.0
+"""How often a replica sums the kept images' bytes for ``easel_image_store_bytes`` (the alert waits 30 minutes)."""
+
+
 class Results:
     """Generated images kept (:class:`ImageStore`; None: the stack keeps none), their URLs signed by ``signer``.
 
@@ -141,6 +145,7 @@ class Results:
         self.store, self.public_url = store, (public_url or "").rstrip("/")
         self.signer = signer or UrlSigner(secrets.token_bytes(32))  # none: this process's own
         self.quota_of = quota_of or (lambda owner: None)
+        self._next_report = 0.0  # when the kept images' bytes are summed and published again (monotonic seconds)
 
     @classmethod
     def of(cls, settings: ResultSettings, store_url: str, secret_path: str | None, quotas=None) -> Results:
@@ -192,12 +197,16 @@ class Results:
                 continue
             self.store.keep(StoredImage(image_id, owner, media_type, len(data), time.time(), record), data, owned)
             answered.append(Delivered(data, self.url(image_id) if request.response_format == "url" else None))
-        if self.store is not None and answered:
+        if self.store is not None and answered and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + REPORT_BYTES_S
             self._report_bytes()
         return answered
 
     def _report_bytes(self) -> None:
-        """Publish the kept images' bytes and their bound (alerted on near it: deployments/prometheus/alerts.yml)."""
+        """Publish the kept images' bytes and their bound (alerted on near it: deployments/prometheus/alerts.yml).
+
+        The bytes are a sum over the whole store: at most once every :data:`REPORT_BYTES_S`, never on every answer.
+        """
         metrics.set_gauge(metrics.IMAGE_STORE_BYTES, self.store.records.total(), part="kept")
         metrics.set_gauge(metrics.IMAGE_STORE_BYTES, self.store.max_bytes, part="bound")
 

@@ -106,4 +106,3 @@ def test_the_recipe_for_an_engine_backed_route_names_files_that_exist():
     named = re.findall(r"`((?:serve|build_engines|tests|docs)/[\w/.-]+\.(?:py|md))`", recipe)
     assert len(named) >= 15, named
     assert [path for path in named if not (PROJECT_ROOT / path).is_file()] == []
-

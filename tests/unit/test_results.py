@@ -196,6 +196,33 @@ def test_the_store_stays_under_its_bytes_bound_as_answers_are_kept_the_oldest_go
     assert 0 < len(kept) < len(ids) and kept == ids[-len(kept) :]
 
 
+def test_the_kept_bytes_are_summed_for_the_gauge_once_per_interval_not_per_answer(engine_dir, tmp_path, monkeypatch):
+    import asyncio
+
+    from serve import metrics
+    from serve.protocol.schema import GenerationRequest
+    from serve.serving import results as results_module
+
+    generations, results = _generations(engine_dir, tmp_path)
+    admit = _admission(generations)
+    sums, published = [], []
+    total = results.store.records.total
+    monkeypatch.setattr(results.store.records, "total", lambda: sums.append(1) or total())
+    monkeypatch.setattr(metrics, "set_gauge", lambda spec, value, **tags: published.append((spec.name, tags, value)))
+
+    async def answers(count: int, first_seed: int) -> None:
+        for seed in range(first_seed, first_seed + count):
+            await generations.served_answer(await admit(GenerationRequest(prompt="a fox", seed=seed), None), None)
+
+    asyncio.run(answers(3, 0))
+    kept = [value for name, tags, value in published if name == "easel_image_store_bytes" and tags["part"] == "kept"]
+    assert len(sums) == 1 and len(kept) == 1 and 0 < kept[0] < total()  # summed after the first answer only
+    monkeypatch.setattr(results_module, "REPORT_BYTES_S", 0.0)
+    results._next_report = 0.0  # the interval passed
+    asyncio.run(answers(2, 10))
+    assert len(sums) == 3  # once for each answer after each interval
+
+
 def test_a_rerun_is_priced_as_its_generation_and_refused_for_another_key_or_a_record_kept_without(engine_dir, tmp_path):
     import asyncio
 

@@ -246,6 +246,13 @@ class StackOptions(AppSettings, TlsSettings):
         "as face restorer NAME for `restore_faces` (repeatable). One not recognised is listed with why (GET "
         "/v1/upscalers, `face_restorers`) and not served.",
     )
+    interpolators: Annotated[
+        dict[str, Path], Cli("--interpolator", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
+    ] = Field(
+        {},
+        description="A RIFE flownet.pkl (Practical-RIFE v4.25/4.26), served as interpolator NAME for videos' "
+        "`interpolate` (repeatable). One not recognised is listed with why (GET /v1/upscalers) and not served.",
+    )
     safety_checker: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
         None,
         description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "

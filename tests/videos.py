@@ -39,3 +39,21 @@ def reference_frames_from(pipeline, scheduler: str, image, frames: int, seed: in
     generator = torch.Generator().manual_seed(seed)
     answer = pipeline(video=[image] * frames, decode_chunk_size=frames, generator=generator, output_type="np", **kwargs)
     return (np.asarray(answer.frames[0]) * 255).round().astype(np.uint8)
+
+
+def rife_reference(net, frames: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 frames (F', H, W, 3): ``frames`` with IFNet's in between, as Practical-RIFE's ``inference_video.py``
+    makes them at ``--multi factor``: each side zero-padded to a multiple of 128, timesteps ``k / factor``."""
+    import torch.nn.functional as F
+
+    height, width = frames.shape[1:3]
+    pad = (0, -width % 128, 0, -height % 128)
+    tensors = [F.pad(torch.from_numpy(f).permute(2, 0, 1)[None].float() / 255, pad) for f in frames]
+    out = [frames[0]]
+    with torch.no_grad():
+        for index, (first, second) in enumerate(zip(tensors, tensors[1:], strict=False)):
+            for k in range(1, factor):
+                middle = net(first, second, torch.tensor([[k / factor]]))[0, :, :height, :width]
+                out.append((middle.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
+            out.append(frames[index + 1])
+    return np.stack(out)

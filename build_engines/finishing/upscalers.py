@@ -1,4 +1,4 @@
-"""``easel up --upscaler NAME=FILE`` (and ``--face-restorer``): each file recognised, exported, checked, installed.
+"""``easel up --upscaler NAME=FILE`` (``--face-restorer``, ``--interpolator``): each file read, exported, installed.
 
 A ``.pth``/``.safetensors`` file is read into the project's own module (:mod:`serve.finishing.recognise`), exported
 at the engine's tile size with a dynamic batch axis, and checked against PyTorch on fresh random tiles. An ``.onnx``
@@ -22,10 +22,13 @@ import onnx
 import torch
 
 from build_engines.finishing.checked_export import export_checked
+from build_engines.finishing.interpolators import EXPORT_VERSION as INTERPOLATOR_EXPORT_VERSION
+from build_engines.finishing.interpolators import build_interpolator
 from build_engines.finishing.restorers import EXPORT_VERSION as RESTORER_EXPORT_VERSION
 from build_engines.finishing.restorers import build_restorer
 from build_engines.text_to_image.export import OPSET, ParityError
 from serve.files import files_hash
+from serve.finishing.interpolators import INTERPOLATOR_PREFIX, Interpolators
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import RESTORER_PREFIX, Restorers
 from serve.finishing.upscalers import ERROR, TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
@@ -40,13 +43,20 @@ EXPORT_VERSION = 1
 
 
 def upscalers_dir(
-    upscalers: Mapping[str, Path], tile: int = TILE, restorers: Mapping[str, Path] = MappingProxyType({})
+    upscalers: Mapping[str, Path],
+    tile: int = TILE,
+    restorers: Mapping[str, Path] = MappingProxyType({}),
+    interpolators: Mapping[str, Path] = MappingProxyType({}),
 ) -> Path:
     """The cache folder of these finishing engines: named by their names, files' content, tile and versions."""
-    listed = {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(upscalers.items())}
-    faces = {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(restorers.items())}
+    listed, faces, frames = (
+        {name: files_hash([Path(path)], Path(path).parent) for name, path in sorted(files.items())}
+        for files in (upscalers, restorers, interpolators)
+    )
     versions = [tile, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__]
-    key = json.dumps([listed, *versions, *([faces, RESTORER_EXPORT_VERSION] if faces else [])])
+    more = [*([faces, RESTORER_EXPORT_VERSION] if faces else [])]
+    more += [frames, INTERPOLATOR_EXPORT_VERSION] if frames else []
+    key = json.dumps([listed, *versions, *more])
     return easel_home() / "engines" / f"upscalers-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -56,21 +66,24 @@ def build_upscalers(
     tile: int = TILE,
     force: bool = False,
     restorers: Mapping[str, Path] = MappingProxyType({}),
+    interpolators: Mapping[str, Path] = MappingProxyType({}),
 ) -> Path | None:
-    """Build (or reuse) the engines of ``upscalers`` and face ``restorers``, install the ready ones; their folder.
+    """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators), install the ready ones.
 
-    None when there are none. Finishing engines an earlier start installed and this one has not are removed.
+    Their folder; None when there are none. Finishing engines an earlier start installed, not this one, are removed.
     """
-    if not upscalers and not restorers:
+    if not upscalers and not restorers and not interpolators:
         _remove_stale(repository, set())
         return None
-    folder = upscalers_dir(upscalers, tile, restorers)
+    folder = upscalers_dir(upscalers, tile, restorers, interpolators)
     if force or not (folder / "upscalers.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         entries = [_build_one(name, Path(path), folder, tile) for name, path in sorted(upscalers.items())]
         faces = [build_restorer(name, Path(path), folder) for name, path in sorted(restorers.items())]
-        Upscalers(tuple(entries), Restorers(tuple(faces))).write(folder)  # written last: a folder with it is complete
+        frames = [build_interpolator(name, Path(path), folder) for name, path in sorted(interpolators.items())]
+        finishing = Upscalers(tuple(entries), Restorers(tuple(faces)), Interpolators(tuple(frames)))
+        finishing.write(folder)  # the upscalers' listing written last: a folder with it is complete
     built = Upscalers.read(folder)
     _remove_stale(repository, {spec.name for spec in built.specs})
     for spec in built.specs if repository is not None else ():
@@ -80,7 +93,7 @@ def build_upscalers(
 
 def _remove_stale(repository: Path | None, wanted: set[str]) -> None:
     """Remove from ``repository`` the finishing engines an earlier start installed that are not ``wanted`` now."""
-    for prefix in (UPSCALER_PREFIX, RESTORER_PREFIX) if repository is not None else ():
+    for prefix in (UPSCALER_PREFIX, RESTORER_PREFIX, INTERPOLATOR_PREFIX) if repository is not None else ():
         for stale in repository.glob(f"{prefix}*"):
             if stale.name not in wanted:
                 uninstall_model(stale.name, repository)

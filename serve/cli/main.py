@@ -36,6 +36,7 @@ from serve.cli.text_to_image import (
     embedded_option,
     eval_generate,
     random_controlnet,
+    random_flownet,
     random_motion_adapter,
     train_default,
     train_lcm,
@@ -70,7 +71,7 @@ ELSEWHERE = [
 """The command groups that live beside their code (the stack's, the admin routes', the tools')."""
 
 
-@click.group(commands=[*ELSEWHERE, random_controlnet, random_motion_adapter])
+@click.group(commands=[*ELSEWHERE, random_controlnet, random_motion_adapter, random_flownet])
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def main(verbose: bool) -> None:
     """Easel: text-to-image and vectorize serving on Triton Inference Server and Ray Serve."""

@@ -1,4 +1,4 @@
-"""``easel train default``, ``lcm``, ``eval generate``, ``random-controlnet``, ``random-motion-adapter``."""
+"""``easel train default``, ``lcm``, ``eval generate``, and the random-weights makers (ControlNet, motion, RIFE)."""
 
 from __future__ import annotations
 
@@ -138,3 +138,16 @@ def random_motion_adapter(model_dir: Path, out_dir: Path, seed: int) -> None:
     from build_engines.text_to_image.motion import random_motion_adapter as make
 
     click.echo(f"created {make(model_dir, out_dir, seed=seed)}")
+
+
+@click.command("random-flownet")
+@click.argument("out_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True)
+def random_flownet(out_file: Path, seed: int) -> None:
+    """Create a RIFE flownet.pkl with random weights in Practical-RIFE v4.25's layout at OUT_FILE.
+
+    Serve it with `easel up --interpolator NAME=OUT_FILE`: it draws frames between frames; it knows no motion.
+    """
+    from build_engines.finishing.ifnet import random_flownet as make
+
+    click.echo(f"created {make(out_file, seed=seed)}")

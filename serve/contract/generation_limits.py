@@ -319,6 +319,14 @@ VIDEO_LIMITS = (
         f"the few-step samplers (lcm, tcd) take at most {MAX_FEW_STEPS} steps",
         "a rule across two fields",
     ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("interpolate.interpolator",),
+        "interpolate.interpolator:",
+        "an interpolator GET /v1/upscalers lists as ready (interpolators; absent: its first)",
+        "the interpolators are the stack's, `easel up --interpolator NAME=FILE`",
+    ),
     *(
         dataclasses.replace(limit, path=VIDEOS)
         for limit in GENERATION_LIMITS

@@ -6,6 +6,7 @@ Imports no image library and no torch: Ray Serve's HTTP proxy loads the routes, 
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -27,6 +28,28 @@ RESTORE_FACES_FIELD = (
     "were found in `faces`; with none, the image is unchanged and `faces.note` says so."
 )
 """A request's ``restore_faces``, as the document describes it."""
+
+
+INTERPOLATE_FIELD = (
+    "Frame interpolation (GET /v1/upscalers lists the interpolators): factor - 1 frames drawn between each two, "
+    "so n frames become (n - 1) x factor + 1, shown at factor x fps (the video object's frames and fps say so)."
+)
+"""A video's ``interpolate``, as the document describes it."""
+
+
+class Interpolate(BaseModel):
+    """A video's frames multiplied: an interpolator this stack serves and the factor."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    factor: Literal[2, 4, 8] = Field(description="Frames drawn per gap + 1: 2, 4 or 8.")
+    interpolator: str | None = Field(
+        None, min_length=1, max_length=64, description="An interpolator of this stack (default: its first ready)."
+    )
+
+    def frames_from(self, frames: int) -> int:
+        """The frames ``frames`` become: ``factor - 1`` new ones between each two."""
+        return (frames - 1) * self.factor + 1
 
 
 class RestoreFaces(BaseModel):

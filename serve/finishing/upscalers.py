@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from serve.errors import InvalidInput
+from serve.finishing.interpolators import Interpolators
 from serve.finishing.restorers import Restorers
 from serve.finishing.tiles import Tiling
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
@@ -75,29 +76,32 @@ class UpscalerEntry:
 class Upscalers:
     """The finishing engines a stack was started with (ready or refused with why): listed, checked, their engines.
 
-    Its upscalers, and the face restorers built into the same folder (``restorers``).
+    Its upscalers, and the face restorers and frame interpolators built into the same folder.
     """
 
     entries: tuple[UpscalerEntry, ...] = ()
     restorers: Restorers = field(default_factory=Restorers)
+    interpolators: Interpolators = field(default_factory=Interpolators)
 
     @classmethod
     def read(cls, folder: Path | str | None) -> Upscalers:
-        """The upscalers and face restorers built into ``folder`` (None or a folder without a listing: none)."""
+        """The finishing engines built into ``folder`` (None or a folder without a listing: none)."""
         path = Path(folder) / LISTING if folder else None
         if path is None or not path.is_file():
             return cls()
-        return cls(tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text())), Restorers.read(folder))
+        entries = tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text()))
+        return cls(entries, Restorers.read(folder), Interpolators.read(folder))
 
     def write(self, folder: Path) -> None:
         """Save the listings in ``folder`` (the build does, beside the engines; the upscalers' last)."""
         self.restorers.write(folder)
+        self.interpolators.write(folder)
         (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
 
     @property
     def specs(self) -> list[ModelSpec]:
-        """The Triton models of every ready upscaler and face restorer."""
-        return [entry.spec for entry in (*self.ready, *self.restorers.ready)]
+        """The Triton models of every ready upscaler, face restorer and frame interpolator."""
+        return [entry.spec for entry in (*self.ready, *self.restorers.ready, *self.interpolators.ready)]
 
     @property
     def ready(self) -> tuple[UpscalerEntry, ...]:

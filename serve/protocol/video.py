@@ -12,6 +12,7 @@ frames as PNGs (lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Literal, Protocol
@@ -19,6 +20,7 @@ from typing import Annotated, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from serve.errors import InvalidInput, invalid_input
+from serve.finishing.schema import INTERPOLATE_FIELD, Interpolate
 from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
@@ -56,11 +58,22 @@ class VideoGeneration(GenerationRequest):
     frames: int = Field(ge=1, le=MAX_FRAMES)
     fps: int = Field(ge=1, le=MAX_FPS)
     motion_adapter: str = Field(min_length=1)
+    interpolate: Interpolate | None = None
+
+    @property
+    def shown_frames(self) -> int:
+        """The frames the video has: those drawn, with an interpolation's between them."""
+        return self.interpolate.frames_from(self.frames) if self.interpolate else self.frames
+
+    @property
+    def shown_fps(self) -> int:
+        """The frames per second it is shown at: ``fps``, times an interpolation's factor."""
+        return self.fps * (self.interpolate.factor if self.interpolate else 1)
 
     @property
     def seconds(self) -> str:
         """The clip's duration, as OpenAI's video object says it (``"2"``, ``"0.5"``)."""
-        return f"{self.frames / self.fps:g}"
+        return f"{self.shown_frames / self.shown_fps:g}"
 
 
 class VideoRequest(BaseModel):
@@ -121,7 +134,19 @@ class VideoRequest(BaseModel):
         description=f"With input_reference: how much of the schedule runs from it, in (0, 1] (default "
         f"{DEFAULT_STRENGTH}): steps x strength steps run.",
     )
+    interpolate: Interpolate | None = Field(None, description=INTERPOLATE_FIELD)
     priority: Priority = Priority.NORMAL
+
+    @field_validator("interpolate", mode="before")
+    @classmethod
+    def _form_json(cls, value: object) -> object:
+        """A multipart form carries ``interpolate`` as JSON text."""
+        if isinstance(value, str):
+            try:
+                return json.loads(value)
+            except ValueError:
+                return value  # pydantic names the field: not an object
+        return value
 
     @field_validator("prompt", "negative_prompt")
     @classmethod
@@ -192,6 +217,7 @@ class VideoRequest(BaseModel):
                 motion_adapter=motion_adapter,
                 image=[self.input_reference] if self.input_reference else [],
                 strength=self.strength,
+                interpolate=self.interpolate,
             )
         except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it
             refused = invalid_input(error)

@@ -47,7 +47,7 @@ from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import against_model
 from serve.serving.results import Results
 from serve.serving.streaming import Streaming
-from serve.serving.upscale import Upscaling
+from serve.serving.upscale import Upscaling, finishes
 from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.best_of import check_best_of
@@ -154,11 +154,11 @@ class Generations(Streaming):
             check_scores(["clip_score"] if request.scores else [], self.scores, "scores")
             check_best_of(request.candidates, request.best_of, self.scores)
         self.results.check(request)
-        if request.upscale is not None or request.restore_faces is not None:
-            self.upscaling.check_generation(request, work.width, work.height)
-        faces = self.upscaling.restoration_cost(request.restore_faces, request.rows)
+        self.upscaling.check_generation(request, work.width, work.height)
+        finishing = self.upscaling.finishing_cost(request, work.width, work.height)
         drawing = Drawing.of(request, work.width, work.height, draw_seed(request.seed))  # its seed drawn here
-        return Admitted(request, assignment, model, work.cost + faces, asked, plan, drawing, owner=owner, models=models)
+        cost = work.cost + finishing
+        return Admitted(request, assignment, model, cost, asked, plan, drawing, owner=owner, models=models)
 
     async def admitted(
         self,
@@ -356,7 +356,7 @@ class Generations(Streaming):
         A hires fix's second pass is priced with the first, at the door (:meth:`admitted`; its replica admits it alone).
         """
         request = admitted.request
-        if request.upscale is None and request.restore_faces is None:
+        if not finishes(request):
             return result
 
         async def img2img(second: GenerationRequest) -> list[bytes]:

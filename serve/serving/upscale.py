@@ -1,8 +1,9 @@
 """Upscale requests (an image and an upscaler, JSON or multipart) and a generation's ``upscale``, by tile engines.
 
-A generation's ``upscale`` and ``restore_faces`` are checked with the request (:meth:`Upscaling.check_generation`)
-and applied to its images before they are answered (:meth:`Upscaling.finish`), whichever door it came by: HTTP,
-gRPC or a job. Faces are restored last (after a hires fix's second pass), by the face restorer's engine.
+A generation's ``upscale`` and ``restore_faces`` (and a video's ``interpolate``) are checked with the request
+(:meth:`Upscaling.check_generation`) and applied to its images before they are answered (:meth:`Upscaling.finish`),
+whichever door it came by: HTTP, gRPC or a job. Faces are restored after a hires fix's second pass, by the face
+restorer's engine; a video's frames are interpolated last.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ from PIL import Image
 
 from serve.errors import InvalidInput
 from serve.finishing.faces import MAX_FACES
+from serve.finishing.interpolators import interpolate_frames, padded_side
 from serve.finishing.restorers import FACE_SIDE, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import MAX_SIDE, SIDE_MULTIPLE
+from serve.protocol.video import VideoGeneration
 from serve.text_to_image.admission import Work
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
@@ -35,6 +38,12 @@ Img2Img = Callable[[GenerationRequest], Awaitable[list[bytes]]]
 """A hires fix's second pass: the request (one upscaled input image) generated, its encoded images."""
 RESTORATION_MEGAPIXELS = MAX_FACES * FACE_SIDE * FACE_SIDE / 1e6
 """An image's face restoration, as the price counts it: a restorer pass for each face it may restore."""
+
+
+def finishes(request: GenerationRequest) -> bool:
+    """Whether a generation asks for finishing: an upscale, restored faces, a video's interpolation."""
+    interpolates = isinstance(request, VideoGeneration) and request.interpolate is not None
+    return request.upscale is not None or request.restore_faces is not None or interpolates
 
 
 class UpscaleBody(NamedTuple):
@@ -83,7 +92,7 @@ class Upscaling:
 
         None of them ready, or no URL: no runner (the upscale route answers that none is ready).
         """
-        if not ((upscalers.ready or upscalers.restorers.ready) and triton_grpc_url):
+        if not ((upscalers.ready or upscalers.restorers.ready or upscalers.interpolators.ready) and triton_grpc_url):
             return cls(upscalers, None)
         return cls(upscalers, replica_runner(TritonClient(grpc_url_on_this_node(triton_grpc_url))))
 
@@ -93,6 +102,7 @@ class Upscaling:
             "object": "list",
             "data": self.upscalers.listing(),
             "face_restorers": self.upscalers.restorers.listing(),
+            "interpolators": self.upscalers.interpolators.listing(),
         }
 
     async def restored(self, pixels: np.ndarray, choice: RestoreFaces) -> tuple[np.ndarray, dict]:
@@ -142,8 +152,21 @@ class Upscaling:
         self.upscalers.restorers.choose(choice.restorer)
         return images * RESTORATION_MEGAPIXELS
 
+    def finishing_cost(self, request: GenerationRequest, width: int, height: int) -> float:
+        """What a generation's finishing adds to its price (megapixel passes): its faces, a video's new frames.
+
+        Each new frame is one interpolator pass over the frame padded as the engine takes it.
+        """
+        faces = self.restoration_cost(request.restore_faces, request.rows)
+        if not isinstance(request, VideoGeneration) or request.interpolate is None:
+            return faces
+        new_frames = request.interpolate.frames_from(request.frames) - request.frames
+        return faces + new_frames * padded_side(width) * padded_side(height) / 1e6
+
     def check_generation(self, request: GenerationRequest, width: int, height: int) -> None:
-        """Refuse (a 400 naming the field) a generation's ``upscale`` or ``restore_faces`` this stack cannot do."""
+        """Refuse (a 400 naming the field) a generation's finishing this stack cannot do."""
+        if isinstance(request, VideoGeneration) and request.interpolate is not None:
+            self.upscalers.interpolators.choose(request.interpolate.interpolator)
         if request.restore_faces is not None:
             self.upscalers.restorers.choose(request.restore_faces.restorer)
         choice = request.upscale
@@ -166,12 +189,28 @@ class Upscaling:
     ) -> tuple[list[bytes], list[dict] | None]:
         """A generation's encoded ``images`` finished as it asks, and each image's ``faces`` (None: not asked).
 
-        Upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size), then their faces restored.
+        Upscaled (then, with ``denoise``, redrawn by ``img2img`` at that size), then their faces restored; a video's
+        frames, then interpolated.
         """
         if request.upscale is not None:
             images = await self._upscaled(request, images, seed, img2img)
-        if request.restore_faces is None:
-            return images, None
+        faces = None
+        if request.restore_faces is not None:
+            images, faces = await self._restored_faces(request, images)
+        if isinstance(request, VideoGeneration) and request.interpolate is not None:
+            images = await self._interpolated(request, images)
+        return images, faces
+
+    async def _interpolated(self, request: VideoGeneration, frames: list[bytes]) -> list[bytes]:
+        """A video's encoded ``frames`` with the frames its ``interpolate`` draws between them (PNGs, lossless)."""
+        entry = self.upscalers.interpolators.choose(request.interpolate.interpolator)
+        pixels = await asyncio.to_thread(lambda: [decode(frame) for frame in frames])
+        every = await interpolate_frames(pixels, request.interpolate.factor, entry, self.runner)
+        encoding = (request.raster_format, request.output_compression)
+        return await asyncio.to_thread(lambda: [encode_image(frame, *encoding) for frame in every])
+
+    async def _restored_faces(self, request: GenerationRequest, images: list[bytes]) -> tuple[list[bytes], list[dict]]:
+        """Each image with its faces restored as ``restore_faces`` asks, and each image's ``faces``."""
         encoding = (request.raster_format, request.output_compression)
         finished, notes = [], []
         for image in images:

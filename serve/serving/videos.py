@@ -51,8 +51,8 @@ def video_object(job: Job) -> dict:
         "prompt": request.prompt,
         "created_at": int(job.created_at),
         "completed_at": int(job.finished_at) if job.status is JobStatus.SUCCEEDED and job.finished_at else None,
-        "frames": request.frames,
-        "fps": request.fps,
+        "frames": request.shown_frames,  # with an interpolation's, as the MP4 has them
+        "fps": request.shown_fps,
         "seed": request.seed,
     }
     if job.status is JobStatus.CANCELED:
@@ -108,7 +108,7 @@ class Videos:
         pngs = frames_of(job.result)
         if variant == "frames":
             return await asyncio.to_thread(frames_zip, pngs)
-        return await asyncio.to_thread(mp4, pngs, video_request(job).fps)
+        return await asyncio.to_thread(mp4, pngs, video_request(job).shown_fps)
 
     async def cancel(self, key: ApiKey | None, video_id: str) -> dict:
         """Cancel a queued or running video (its job's cancel: it stops at its next step); 409 once it is over."""

@@ -186,11 +186,13 @@ class StartPlan:
         return built
 
     def upscalers(self) -> Path | None:
-        """Build (or reuse) the ``--upscaler`` and ``--face-restorer`` engines, install the ready ones; their folder."""
+        """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators), install the ready ones."""
         from build_engines.finishing.upscalers import build_upscalers
 
         opts = self.options
-        return build_upscalers(opts.upscalers, opts.repository, restorers=opts.face_restorers)
+        return build_upscalers(
+            opts.upscalers, opts.repository, restorers=opts.face_restorers, interpolators=opts.interpolators
+        )
 
     def safety_checker(self) -> Path | None:
         """Build (or reuse) the image safety checker's engine and install it; its folder (None: no checker).

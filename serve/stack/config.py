@@ -84,7 +84,7 @@ def triton_models(
     ``scorer_dir``, the scorer's engines.
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
-    specs += Upscalers.read(upscalers_dir).specs  # and the face restorers
+    specs += Upscalers.read(upscalers_dir).specs  # and the face restorers and interpolators
     specs += [SAFETY_CHECKER_SPEC] if safety_checker_dir else []
     specs += [TEXT_MODERATOR_SPEC] if text_moderator_dir else []
     specs += list(read_specs(scorer_dir).values()) if scorer_dir else []

@@ -4,7 +4,8 @@ It serves tiny random-weight upscalers too, saved in the community files' layout
 is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
 finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
 flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, a
-tiny random motion adapter (videos), and a tiny random CLIP and aesthetic head as its scorer (``--scorer``).
+tiny random motion adapter and a RIFE interpolator of random weights (videos), and a tiny random CLIP and
+aesthetic head as its scorer (``--scorer``).
 
 It names three remote models on ports chosen now (:func:`remote_ports`), whose services ``test_remote`` starts while
 it runs (a second stack, ``b``; a service that hangs, ``hang``; one that floods, ``huge``): elsewhere they are
@@ -14,6 +15,7 @@ unreachable, and the default model's chain (``spare``, then ``b``) ends in a 503
 import grpc
 import pytest
 
+from build_engines.finishing.ifnet import random_flownet
 from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from build_engines.moderation.text_moderator import random_text_moderator
@@ -64,6 +66,12 @@ def motion_adapter(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
+def flownet(tmp_path_factory):
+    """A RIFE ``flownet.pkl`` of random weights in Practical-RIFE v4.25's layout: the stack's interpolator ``rife``."""
+    return random_flownet(tmp_path_factory.mktemp("rife") / "flownet.pkl", seed=2)
+
+
+@pytest.fixture(scope="package")
 def scorers(tmp_path_factory) -> dict:
     """A tiny random CLIP folder and aesthetic head (LAION's layout) over it: the stack's ``--scorer``."""
     folder = tmp_path_factory.mktemp("scorer")
@@ -84,12 +92,13 @@ def stack(
     safety_checker,
     text_moderator,
     motion_adapter,
+    flownet,
     scorers,
     remote_ports,
 ):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker, the text moderator, a motion adapter (videos), a scorer, remote models (a hanging
-    one cut at 2 s, a flooding one at 1 MB) and a fallback chain."""
+    restorer, the safety checker, the text moderator, a motion adapter and an interpolator (videos), a scorer, remote
+    models (a hanging one cut at 2 s, a flooding one at 1 MB) and a fallback chain."""
     remotes = {name: {"url": f"http://127.0.0.1:{port}"} for name, port in remote_ports.items()}
     remotes["hang"] |= {"timeout_s": 2}
     remotes["huge"] |= {"max_mb": 1}
@@ -103,6 +112,7 @@ def stack(
         safety_checker=safety_checker,
         text_moderator=text_moderator,
         motion_adapters={"wave": motion_adapter},
+        interpolators={"rife": flownet},
         scorers=scorers,
         remotes=remotes,
         fallbacks={DEFAULT_MODEL: ("spare", "b")},  # spare: served only while test_text_to_image's fallback test runs

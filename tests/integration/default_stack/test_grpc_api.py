@@ -150,6 +150,18 @@ def test_a_video_made_over_grpc_is_the_http_api_s_video_and_bad_input_names_the_
     assert refused.value.details().startswith("frames:"), refused.value.details()
 
 
+def test_an_interpolated_video_made_over_grpc_has_the_factor_s_frames_and_fps(easel):
+    asked = easel_pb2.VideoRequest(**VIDEO, interpolate=easel_pb2.Interpolate(factor=2, interpolator="rife"))
+    made = easel.CreateVideo(asked, timeout=60)
+    assert (made.frames, made.fps) == (7, 8)
+    assert over(easel, made.id).status == "completed"
+    frames = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=made.id, variant="frames"), timeout=60)
+    assert len(pngs_in(frames.data)) == 7
+    with pytest.raises(grpc.RpcError) as refused:
+        easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO, interpolate=easel_pb2.Interpolate(factor=3)), timeout=30)
+    assert refused.value.details().startswith("interpolate.factor"), refused.value.details()
+
+
 def test_an_image_to_video_made_over_grpc_is_the_http_api_s_and_a_bad_image_names_the_field(api, easel):
     buffer = io.BytesIO()
     Image.fromarray(np.random.default_rng(4).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(buffer, "PNG")

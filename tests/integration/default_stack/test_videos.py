@@ -11,9 +11,10 @@ import openai
 import pytest
 from PIL import Image
 
+from build_engines.finishing.ifnet import read_flownet
 from tests.conftest import psnr
 from tests.integration.conftest import decode_images, post_together
-from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
+from tests.videos import animatediff, reference_frames, reference_frames_from, rife_reference, video_to_video
 
 pytestmark = pytest.mark.integration
 VIDEO = {"prompt": "a red fox running", "negative_prompt": "blurry", "size": "64x64", "seed": 5, "steps": 2}
@@ -136,6 +137,8 @@ def test_the_openai_client_makes_a_video_from_an_image_that_matches_video_to_vid
         ({"loras": [{"name": "ink"}]}, "loras.0.name"),  # this stack serves no LoRAs (no --loras)
         ({"size": "60x64"}, "size"),
         ({"steps": 0}, "steps"),
+        ({"interpolate": {"factor": 3}}, "interpolate.factor"),
+        ({"interpolate": {"factor": 2, "interpolator": "dain"}}, "interpolate.interpolator"),
     ],
 )
 def test_bad_videos_are_400s_naming_the_field_and_the_stack_stays_up(api, change, field):
@@ -172,3 +175,24 @@ def test_a_canceled_video_stops_at_its_next_step(api, client):
     job = api.get(f"/v1/jobs/{video_id}").json()
     assert job["status"] == "canceled" and job["progress"]["step"] < 150
     assert api.get(f"/v1/videos/{video_id}/content").status_code == 409
+
+
+def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client, api, flownet):
+    listed = api.get("/v1/upscalers").json()["interpolators"]
+    assert listed == [{"name": "rife", "status": "ready", "architecture": "RIFE 4.25"}]
+    body = VIDEO | {"frames": 8, "fps": 4}
+    plain = finished(client, api.post("/v1/videos", json=body).json()["id"])
+    drawn = frames(api, plain.id)
+    net = read_flownet(flownet)
+    for factor in (2, 4):
+        made = api.post("/v1/videos", json=body | {"interpolate": {"factor": factor}}).json()
+        assert (made["frames"], made["fps"]) == (7 * factor + 1, 4 * factor)
+        assert finished(client, made["id"]).status == "completed"
+        got = frames(api, made["id"])
+        assert len(got) == 7 * factor + 1
+        np.testing.assert_array_equal(got[::factor], drawn)  # the drawn frames, as drawn; RIFE's between them
+        want = rife_reference(net, drawn, factor)
+        assert min(psnr(got[k], want[k]) for k in range(len(got)) if k % factor) >= 40
+        with av.open(io.BytesIO(client.videos.download_content(made["id"]).read())) as container:
+            stream = container.streams.video[0]
+            assert (len(list(container.decode(stream))), stream.average_rate) == (7 * factor + 1, 4 * factor)

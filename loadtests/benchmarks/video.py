@@ -13,6 +13,11 @@ then ``repeats`` times by each path, the median kept:
 
 Seconds per frame-step: the time over frames x steps (it includes the text encoder and the VAE's decode of every
 frame, as a user waits for them).
+
+With ``interpolate`` (a factor), frame interpolation too (RIFE v4.25's layout, random weights:
+:func:`build_engines.finishing.ifnet.random_flownet`): the same video with ``interpolate`` through the stack, the
+new frames' cost the difference from the plain video's median; and the IFNet module in this process over the same
+number of new frames at the video's size, padded as the engine's are.
 """
 
 from __future__ import annotations
@@ -36,6 +41,18 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.02
 PROMPT = "a red fox running"
+
+
+@dataclass(frozen=True)
+class InterpolationRow:
+    """One model and path of frame interpolation: the new frames of a video and the milliseconds each took."""
+
+    model: str
+    path: str
+    size: int
+    factor: int
+    new_frames: int
+    ms_per_new_frame: float
 
 
 @dataclass(frozen=True)
@@ -94,18 +111,57 @@ def _served_once(api: httpx.Client, body: dict, timeout_s: float = 3600) -> floa
     return time.perf_counter() - started
 
 
-def served(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
-    """The video through a scratch stack serving ``model_dir`` with ``adapter``."""
+def served(
+    model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int, rife: tuple[Path, int] | None
+) -> tuple[VideoRow, InterpolationRow | None]:
+    """The video through a scratch stack serving ``model_dir`` with ``adapter``, and its row.
+
+    With ``rife`` (a flownet file and a factor): also the same video interpolated, its new frames' cost.
+    """
     from serve.stack import scratch_stack
 
-    with scratch_stack(model_dir, motion_adapters={"bench": adapter}) as stack:
+    interpolators = {"rife": rife[0]} if rife else {}
+    with scratch_stack(model_dir, motion_adapters={"bench": adapter}, interpolators=interpolators) as stack:
         size = stack.engines.family.dims.native_size
         body = {"prompt": PROMPT, "frames": frames, "steps": steps, "seed": 0, "size": f"{size}x{size}"}
         with httpx.Client(base_url=stack.info.api_url, timeout=600) as api:
             _served_once(api, body)  # warm-up: engines loaded, sessions opened
             with PeakMemory(psutil.Process()) as memory:
                 times = [_served_once(api, body) for _ in range(repeats)]
-    return _row(name, "served (Triton + Ray)", size, frames, steps, times, memory.peak)
+            row, interpolated = _row(name, "served (Triton + Ray)", size, frames, steps, times, memory.peak), None
+            if rife:
+                asked = body | {"interpolate": {"factor": rife[1]}}
+                _served_once(api, asked)
+                more = statistics.median(_served_once(api, asked) for _ in range(repeats)) - row.seconds
+                new = (frames - 1) * (rife[1] - 1)
+                interpolated = InterpolationRow(name, "served (Triton + Ray)", size, rife[1], new, 1000 * more / new)
+    return row, interpolated
+
+
+def rife_in_process(flownet: Path, name: str, size: int, frames: int, factor: int, repeats: int) -> InterpolationRow:
+    """IFNet in this process (PyTorch): the new frames of a ``frames``-frame video at ``size``, padded as served."""
+    from build_engines.finishing.ifnet import read_flownet
+    from serve.finishing.interpolators import padded_side, timesteps
+
+    net, side = read_flownet(flownet), padded_side(size)
+    first, second = torch.rand(1, 3, side, side), torch.rand(1, 3, side, side)
+    moments = timesteps(factor)
+
+    def once() -> float:
+        started = time.perf_counter()
+        with torch.no_grad():
+            for _ in range(frames - 1):
+                net(
+                    first.expand(len(moments), -1, -1, -1),
+                    second.expand(len(moments), -1, -1, -1),
+                    torch.tensor(moments).view(-1, 1),
+                )
+        return time.perf_counter() - started
+
+    once()
+    new = (frames - 1) * (factor - 1)
+    seconds = statistics.median(once() for _ in range(repeats))
+    return InterpolationRow(name, "IFNet in-process", size, factor, new, 1000 * seconds / new)
 
 
 def in_process(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
@@ -137,20 +193,39 @@ def _row(name: str, path: str, size: int, frames: int, steps: int, times: list[f
     return row
 
 
-def run(models: dict[str, Path], folder: Path, frames: int, steps: int, repeats: int, out: Path) -> str:
-    """Both paths for each of ``models`` (name -> diffusers folder); JSON to ``out``, the table back."""
+def run(
+    models: dict[str, Path], folder: Path, frames: int, steps: int, repeats: int, out: Path, interpolate: int = 0
+) -> str:
+    """Both paths for each of ``models`` (name -> diffusers folder); JSON to ``out``, the tables back.
+
+    ``interpolate``: frame interpolation's rows at that factor too (0: none).
+    """
+    from build_engines.finishing.ifnet import random_flownet
     from build_engines.text_to_image.motion import random_motion_adapter
 
-    rows = []
+    rife = (random_flownet(folder / "rife" / "flownet.pkl"), interpolate) if interpolate else None
+    rows, interpolations = [], []
     for name, model_dir in models.items():
         adapter = folder / f"motion_{name}"
         if not (adapter / "config.json").is_file():
             random_motion_adapter(model_dir, adapter)
-        rows.append(served(model_dir, adapter, name, frames, steps, repeats))
-        rows.append(in_process(model_dir, adapter, name, frames, steps, repeats))
-    loop.write_json(out, [], frames=frames, steps=steps, repeats=repeats, videos=[asdict(row) for row in rows])
+        row, interpolated = served(model_dir, adapter, name, frames, steps, repeats, rife)
+        rows += [row, in_process(model_dir, adapter, name, frames, steps, repeats)]
+        if rife:
+            interpolations += [interpolated, rife_in_process(rife[0], name, row.size, frames, interpolate, repeats)]
+    videos, interpolation = [asdict(row) for row in rows], [asdict(row) for row in interpolations]
+    loop.write_json(out, [], frames=frames, steps=steps, repeats=repeats, videos=videos, interpolation=interpolation)
     columns = [("model", "<6"), ("path", "<22"), ("size", ">5"), ("s / video", ">10.2f")]
     columns += [("s / frame-step", ">15.3f"), ("peak GiB", ">9.2f")]
     cells = [(r.model, r.path, r.size, r.seconds, r.seconds_per_frame_step, r.peak_gib) for r in rows]
     heading = f"Videos (AnimateDiff, random motion adapters): {frames} frames, {steps} steps, guidance 7.5"
-    return "\n".join([heading, text_table(columns, cells), f"written to {out}"])
+    tables = [heading, text_table(columns, cells)]
+    if interpolations:
+        columns = [("model", "<6"), ("path", "<22"), ("size", ">5"), ("factor", ">7"), ("new frames", ">11")]
+        columns += [("ms / new frame", ">15.1f")]
+        cells = [(r.model, r.path, r.size, r.factor, r.new_frames, r.ms_per_new_frame) for r in interpolations]
+        tables += [
+            f"Frame interpolation (RIFE v4.25 layout, random weights): x{interpolate}",
+            text_table(columns, cells),
+        ]
+    return "\n".join([*tables, f"written to {out}"])

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from starlette.routing import compile_path
 
 from serve.adapters.registry import MAX_LORA_BYTES
-from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, UpscaleJson
+from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, Interpolate, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
@@ -63,9 +63,15 @@ class Route:
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, by its admission (serve.http.admission)
     form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; "vectorize",
-    # "analysis": an upload as a form, JSON or a raw image (to trace, to analyze); None: JSON
+    # "analysis": an upload as a form, JSON or a raw image (to trace, to analyze); "interpolate": JSON and the path's
+    # video; None: JSON
     costed: bool = False  # admitted by serve.http.admission.admit: its body's cost taken from the key's cost limit
     engine: bool = False  # runs an engine (a model, a checker, the scorer, vtracer): costed, and priced in the docs
+
+    @property
+    def json_body(self) -> bool:
+        """Whether its body is JSON alone, read as :attr:`body` (the document's request body is that model's)."""
+        return self.body is not None and self.form in (None, "interpolate")
 
     @property
     def prefix(self) -> str:
@@ -125,6 +131,17 @@ ROUTES = (
         form="video",
         rpc="CreateVideo",
         costed=True,  # frames x steps x megapixels (serve.text_to_image.admission.Work)
+        engine=True,
+    ),
+    Route(
+        "post",
+        "/v1/videos/{video_id}/interpolate",
+        Scope.GENERATE,
+        (404, 409),
+        pipeline=TEXT_TO_IMAGE,
+        body=Interpolate,
+        form="interpolate",
+        costed=True,  # the frames it draws x the padded frame's megapixels (Upscaling.finishing_cost)
         engine=True,
     ),
     Route("get", "/v1/videos/{video_id}", Scope.GENERATE, (404,), rpc="GetVideo"),

@@ -169,7 +169,7 @@ def openapi(document: dict[str, Any]) -> dict[str, Any]:
             for parameter in operation.get("parameters", ()):
                 if parameter["name"] == "Idempotency-Key":  # generations, edits, videos: one check for all
                     parameter["schema"] = IDEMPOTENCY_KEY
-            if declared and declared.body is not None and declared.form is None and "requestBody" not in operation:
+            if declared and declared.json_body and "requestBody" not in operation:
                 _add_schema(components, declared.body)  # a JSON body its admission reads, once, not FastAPI
                 operation["requestBody"] = {
                     "required": True,

@@ -63,13 +63,8 @@ LORA = {
     "sha256": "5be1...",
     "created_at": 1795709200.0,
 }
-REFERENCE = {
-    "id": "ref_2f1c...",
-    "object": "reference",
-    "model": "easel-default",
-    "created_at": 1795709300,
-    "name": "ada",
-}
+REFERENCE = {"id": "ref_2f1c...", "object": "reference", "model": "easel-default"}
+REFERENCE |= {"created_at": 1795709300, "name": "ada"}
 VIDEO = {
     "id": "job_7d0e...",
     "object": "video",
@@ -188,6 +183,10 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/videos"): {
         "request": _json("POST /v1/videos", '{"prompt": "a red fox running", "frames": 16, "fps": 8, "seed": 1}'),
         "answer": VIDEO,
+    },
+    ("post", "/v1/videos/{video_id}/interpolate"): {
+        "request": _json("POST /v1/videos/job_7d0e.../interpolate", '{"factor": 4, "interpolator": "rife"}'),
+        "answer": VIDEO | {"id": "job_9a41...", "seconds": "1.90625", "frames": 61, "fps": 32},
     },
     ("get", "/v1/videos/{video_id}"): {"request": "GET /v1/videos/job_7d0e...", "answer": VIDEO | {"progress": 40}},
     ("get", "/v1/videos/{video_id}/content"): {

@@ -327,6 +327,22 @@ VIDEO_LIMITS = (
         "an interpolator GET /v1/upscalers lists as ready (interpolators; absent: its first)",
         "the interpolators are the stack's, `easel up --interpolator NAME=FILE`",
     ),
+    UnstatedLimit(
+        "post",
+        f"{VIDEOS}/{{video_id}}/interpolate",
+        ("interpolator",),
+        "interpolator:",
+        "an interpolator GET /v1/upscalers lists as ready (interpolators; absent: its first)",
+        "the interpolators are the stack's, `easel up --interpolator NAME=FILE`",
+    ),
+    UnstatedLimit(
+        "post",
+        f"{VIDEOS}/{{video_id}}/interpolate",
+        ("video_id",),
+        "interpolated already",
+        "a video as drawn, not one interpolated already (interpolate its source at the factor wanted)",
+        "what a video was made from is the stack's record of it",
+    ),
     *(
         dataclasses.replace(limit, path=VIDEOS)
         for limit in GENERATION_LIMITS

@@ -20,6 +20,7 @@ from serve.finishing.schema import UpscaleJson, UpscaleOptions
 from serve.http.forms import read_edit_form, read_video_form
 from serve.images import base64_bytes
 from serve.protocol.schema import GenerationRequest
+from serve.protocol.video import InterpolateBody
 from serve.routes import Route
 from serve.serving.upscale import UpscaleBody
 from serve.serving.vectorize import VectorizeBody
@@ -27,7 +28,7 @@ from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 from serve.wire import UTF8_NAMES, media_and_charset, read_json
 
 
-async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody | VectorizeBody:
+async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody | VectorizeBody | InterpolateBody:
     """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or a 400.
 
     JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
@@ -44,6 +45,9 @@ async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody |
         content_type = request.headers.get("content-type")
         if found.form == "video" and (content_type or "").lower().startswith("multipart/form-data"):
             return await read_video_form(request)  # as the openai client sends it
+        if found.form == "interpolate":  # the finished video the path names, and how to interpolate it
+            options = read_json(found.body, await request.body(), content_type)
+            return InterpolateBody(request.path_params["video_id"], options)
         return read_json(found.body, await request.body(), content_type)
     except (StarletteHTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts)
         detail = str(getattr(error, "detail", error))

@@ -35,6 +35,20 @@ async def create(
     return await videos(http).create(admitted, job_owner(caller(http)), idempotency_key)
 
 
+async def interpolate(
+    http: Request,
+    video_id: str,
+    admitted: Admit,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> JSONResponse:
+    """A finished video's frames multiplied (RIFE, ``factor`` - 1 frames between each two): a new video, as a job.
+
+    JSON ``{"factor": 2|4|8, "interpolator": NAME}``. Answers the new video object, ``queued``; its cost (the frames
+    it draws) was taken. Nothing is drawn again: the frames are the finished video's.
+    """
+    return await videos(http).create(admitted, job_owner(caller(http)), idempotency_key)
+
+
 async def show(http: Request, video_id: str) -> dict:
     """OpenAI's video object: ``status`` (queued, in_progress, completed, failed), progress, model, seconds, size."""
     return await videos(http).show(caller(http), video_id)
@@ -52,6 +66,7 @@ async def cancel(http: Request, video_id: str) -> dict:
 
 ROUTES: tuple[tuple[str, str, Callable], ...] = (
     ("POST", "/v1/videos", create),
+    ("POST", "/v1/videos/{video_id}/interpolate", interpolate),
     ("GET", "/v1/videos/{video_id}", show),
     ("GET", "/v1/videos/{video_id}/content", content),
     ("DELETE", "/v1/videos/{video_id}", cancel),

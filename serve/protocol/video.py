@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import Annotated, Literal, Protocol
+from typing import Annotated, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -59,6 +59,7 @@ class VideoGeneration(GenerationRequest):
     fps: int = Field(ge=1, le=MAX_FPS)
     motion_adapter: str = Field(min_length=1)
     interpolate: Interpolate | None = None
+    source_video: str | None = None  # made from that video's frames (POST /v1/videos/{id}/interpolate): none drawn
 
     @property
     def shown_frames(self) -> int:
@@ -224,6 +225,39 @@ class VideoRequest(BaseModel):
             if refused.field == "num_inference_steps":  # the generation's name of the video's steps
                 refused = InvalidInput(refused.message.replace("num_inference_steps", "steps", 1), "steps")
             raise refused from None
+
+
+class InterpolateBody(NamedTuple):
+    """``POST /v1/videos/{video_id}/interpolate``: the finished video named by the path, and its body."""
+
+    video_id: str
+    options: Interpolate
+
+
+def interpolation_of(source: VideoGeneration, video_id: str, options: Interpolate) -> VideoGeneration:
+    """The video a finished one's frames make at ``options``: its request, made from its frames (nothing drawn).
+
+    A video interpolated already is a 400 naming ``video_id`` (its source, at a larger factor, is the same frames).
+    """
+    if source.interpolate is not None or source.source_video is not None:
+        raise InvalidInput(
+            f"video_id: video {video_id} is interpolated already (x{source.interpolate.factor}): interpolate the "
+            "video it was drawn as, at the factor wanted",
+            "video_id",
+        )
+    return source.model_copy(update={"interpolate": options, "source_video": video_id, "webhook": None})
+
+
+@contextmanager
+def body_fields_named(prefix: str) -> Iterator[None]:
+    """A 400 naming a field under ``prefix`` names it as the body does, without it (a body that is that part)."""
+    try:
+        yield
+    except InvalidInput as error:
+        if not (error.field or "").startswith(prefix):
+            raise
+        field = error.field.removeprefix(prefix)
+        raise InvalidInput(error.message.replace(error.field, field, 1), field) from None
 
 
 @contextmanager

@@ -18,6 +18,7 @@ decoded to refuse one that does not decode with a 400 rather than a failed job (
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from dataclasses import dataclass
 
 from serve.access import Caller, charge
@@ -27,7 +28,7 @@ from serve.moderation.requests import ModerationRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import GenerationRequest
-from serve.protocol.video import VideoRequest, input_reference_named
+from serve.protocol.video import InterpolateBody, VideoRequest, body_fields_named, input_reference_named
 from serve.results.rerun import RerunRequest
 from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
@@ -37,11 +38,12 @@ from serve.serving.prices import analysis_cost, moderation_cost, reference_cost,
 from serve.serving.prompts import analyzed_model
 from serve.serving.upscale import UpscaleBody, Upscaling
 from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizing
+from serve.serving.videos import Videos
 from serve.text_to_image.scores import check_scores
 
 OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest
 """The bodies priced by their own work (:mod:`serve.serving.prices`), admitted as an :class:`AdmittedBody`."""
-Body = GenerationRequest | VideoRequest | UpscaleBody | RerunRequest | VectorizeBody | OwnPriced
+Body = GenerationRequest | VideoRequest | InterpolateBody | UpscaleBody | RerunRequest | VectorizeBody | OwnPriced
 """Every body admission takes."""
 
 
@@ -122,6 +124,13 @@ class Admission:
         if isinstance(body, RerunRequest):  # a kept image made again: the generation its record holds
             request = await self.generations.results.rerun_request(body, key)
             return AdmittedRerun(body, await self.generations.admitted(request, key))
+        if isinstance(body, InterpolateBody):  # a finished video's frames multiplied: priced by the frames it draws
+            request = await Videos(self.jobs).interpolation(body, key)
+            with body_fields_named("interpolate."):  # the body is the interpolate part: its 400s name its fields
+                admitted = await self.generations.admitted(request, key)
+            sampling = admitted.drawing.sampling
+            cost = self.upscaling.finishing_cost(request, sampling.width, sampling.height)
+            return await self._submittable(dataclasses.replace(admitted, cost=cost))
         if isinstance(body, VideoRequest):  # a video: the generation it runs as, on the model it names
             admitted = await self.generations.video_admitted(body, key)
             with input_reference_named():  # its job's image checks name its input_reference

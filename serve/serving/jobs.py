@@ -6,6 +6,7 @@ A job's state, a page of jobs, a cancel and the Server-Sent Events of its progre
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import time
@@ -24,13 +25,14 @@ from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore
 from serve.moderation import Policy
 from serve.protocol.schema import GenerationRequest
-from serve.protocol.video import stored_request
+from serve.protocol.video import VideoGeneration, stored_request
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
 from serve.stores import quota_bound
 from serve.text_to_image.generation import Progress
 from serve.text_to_image.images import decode_images
+from serve.text_to_image.video import frames_of
 from serve.webhooks import WebhookSender, WebhookSettings
 
 SSE_POLL_S = 0.25
@@ -173,6 +175,8 @@ class BackgroundJobs:
             if await asyncio.to_thread(self.store.progress, *args):
                 raise JobCanceled(lease.job_id)
 
+        if isinstance(stored.request, VideoGeneration) and stored.request.source_video is not None:
+            return await self._interpolated(stored.request)
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
         try:
             # its model now (replaced, or removed: a 400); its moderation policy as submitted
@@ -184,6 +188,13 @@ class BackgroundJobs:
                 raise
             raise cause from None
         return body
+
+    async def _interpolated(self, request: VideoGeneration) -> dict:
+        """A video made from a finished one's frames (``source_video``), interpolated: its answer (nothing drawn)."""
+        source = await asyncio.to_thread(self.store.require, request.source_video)
+        frames = await self.generations.upscaling.interpolated(request, frames_of(source.result))
+        items = [{"b64_json": base64.b64encode(frame).decode()} for frame in frames]
+        return {"created": int(time.time()), "data": items, "model": request.model, "seed": request.seed}
 
     async def visible(self, key: ApiKey | None, job_id: str) -> Job:
         """The job, if ``key`` may see it; another key's job is as unknown as a missing one (404)."""

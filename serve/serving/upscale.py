@@ -198,10 +198,10 @@ class Upscaling:
         if request.restore_faces is not None:
             images, faces = await self._restored_faces(request, images)
         if isinstance(request, VideoGeneration) and request.interpolate is not None:
-            images = await self._interpolated(request, images)
+            images = await self.interpolated(request, images)
         return images, faces
 
-    async def _interpolated(self, request: VideoGeneration, frames: list[bytes]) -> list[bytes]:
+    async def interpolated(self, request: VideoGeneration, frames: list[bytes]) -> list[bytes]:
         """A video's encoded ``frames`` with the frames its ``interpolate`` draws between them (PNGs, lossless)."""
         entry = self.upscalers.interpolators.choose(request.interpolate.interpolator)
         pixels = await asyncio.to_thread(lambda: [decode(frame) for frame in frames])

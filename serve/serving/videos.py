@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
 from serve.jobs.model import Job, JobStatus, Owner
-from serve.protocol.video import VideoGeneration
+from serve.protocol.video import InterpolateBody, VideoGeneration, interpolation_of
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import BackgroundJobs, JobRequest
 from serve.text_to_image.video import frames_of, frames_zip, mp4
@@ -109,6 +109,17 @@ class Videos:
         if variant == "frames":
             return await asyncio.to_thread(frames_zip, pngs)
         return await asyncio.to_thread(mp4, pngs, video_request(job).shown_fps)
+
+    async def interpolation(self, body: InterpolateBody, key: ApiKey | None) -> VideoGeneration:
+        """The video ``body`` asks for: the finished video it names (``key``'s), its frames interpolated.
+
+        404 for a video ``key`` may not see, 409 for one not completed, 400 for one interpolated already.
+        """
+        job = await self._video(key, body.video_id)
+        if job.status is not JobStatus.SUCCEEDED:
+            status = video_object(job)["status"]
+            raise Conflict(f"video_id: video {body.video_id} is {status}, not completed: no frames yet", "video_id")
+        return interpolation_of(video_request(job), job.id, body.options)
 
     async def cancel(self, key: ApiKey | None, video_id: str) -> dict:
         """Cancel a queued or running video (its job's cancel: it stops at its next step); 409 once it is over."""

@@ -126,7 +126,8 @@ def test_every_route_that_takes_an_idempotency_key_states_its_pattern_and_every_
         for parameter in operation.get("parameters", ())
         if parameter["name"] == "Idempotency-Key" and parameter["schema"] == IDEMPOTENCY_KEY
     }
-    assert taking == {("post", "/v1/images/generations"), ("post", "/v1/images/edits"), ("post", "/v1/videos")}
+    videos = {("post", "/v1/videos"), ("post", "/v1/videos/{video_id}/interpolate")}
+    assert taking == {("post", "/v1/images/generations"), ("post", "/v1/images/edits"), *videos}
     with pytest.raises(InvalidInput) as refused:
         GenerationHeaders(idempotency_key="has space")
     assert refused.value.field == "Idempotency-Key"

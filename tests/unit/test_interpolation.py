@@ -133,3 +133,19 @@ def test_an_interpolator_is_chosen_by_name_or_the_first_ready():
     assert refused.value.field == "interpolate.interpolator"
     with pytest.raises(InvalidInput, match="start the stack with --interpolator"):
         Interpolators().choose(None)
+
+
+def test_a_finished_video_interpolated_later_keeps_its_request_and_draws_nothing():
+    from serve.finishing.schema import Interpolate
+    from serve.protocol.video import interpolation_of
+
+    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline"})
+    source = VideoRequest(prompt="a fox", frames=8, fps=6, seed=3).generation("easel-default", 64, family)
+    later = interpolation_of(source, "job_1", Interpolate(factor=4))
+    assert (later.source_video, later.shown_frames, later.shown_fps, later.seed) == ("job_1", 29, 24, 3)
+    assert later.model_dump(exclude={"interpolate", "source_video"}) == source.model_dump(
+        exclude={"interpolate", "source_video"}
+    )
+    with pytest.raises(InvalidInput, match="interpolated already") as refused:
+        interpolation_of(later, "job_2", Interpolate(factor=2))
+    assert refused.value.field == "video_id"

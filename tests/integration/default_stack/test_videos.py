@@ -183,7 +183,7 @@ def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client,
     body = VIDEO | {"frames": 8, "fps": 4}
     plain = finished(client, api.post("/v1/videos", json=body).json()["id"])
     drawn = frames(api, plain.id)
-    net = read_flownet(flownet)
+    net, made_with = read_flownet(flownet), {}
     for factor in (2, 4):
         made = api.post("/v1/videos", json=body | {"interpolate": {"factor": factor}}).json()
         assert (made["frames"], made["fps"]) == (7 * factor + 1, 4 * factor)
@@ -196,3 +196,19 @@ def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client,
         with av.open(io.BytesIO(client.videos.download_content(made["id"]).read())) as container:
             stream = container.streams.video[0]
             assert (len(list(container.decode(stream))), stream.average_rate) == (7 * factor + 1, 4 * factor)
+        made_with[factor] = (made["id"], got)
+    # the finished video interpolated afterwards: the same frames, nothing drawn again
+    later = api.post(f"/v1/videos/{plain.id}/interpolate", json={"factor": 2, "interpolator": "rife"})
+    assert later.status_code == 200, later.text
+    assert (later.json()["frames"], later.json()["fps"], later.json()["status"]) == (15, 8, "queued")
+    assert finished(client, later.json()["id"]).status == "completed"
+    np.testing.assert_array_equal(frames(api, later.json()["id"]), made_with[2][1])
+    again = api.post(f"/v1/videos/{made_with[4][0]}/interpolate", json={"factor": 2})
+    assert (again.status_code, again.json()["error"]["param"]) == (400, "video_id"), again.text  # interpolated already
+    for video_id, body, status, field in (
+        ("job_" + "0" * 24, {"factor": 2}, 404, "video_id"),
+        (plain.id, {"factor": 3}, 400, "factor"),
+        (plain.id, {"factor": 2, "interpolator": "dain"}, 400, "interpolator"),
+    ):
+        refused = api.post(f"/v1/videos/{video_id}/interpolate", json=body)
+        assert (refused.status_code, refused.json()["error"]["param"]) == (status, field), refused.text

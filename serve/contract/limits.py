@@ -17,6 +17,7 @@ from serve.contract.unstated import (
     MODERATIONS,
     UPSCALE,
     VECTORIZE,
+    VIDEOS,
     UnstatedLimit,
 )
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS
@@ -184,10 +185,13 @@ UNSTATED_LIMITS = (
         f"an image that decodes (PNG, JPEG, WebP, ...) whose upscaled size is at most {MAX_OUTPUT_PIXELS} pixels",
         f"{BY_DECODING}, and its size by reading its header",
     ),
-    UnstatedLimit("post", GENERATIONS, ("upscale.upscaler", "upscale.scale"), "", _UPSCALER, _THE_STACK_S_UPSCALERS),
+    *(
+        UnstatedLimit("post", path, ("upscale.upscaler", "upscale.scale"), "", _UPSCALER, _THE_STACK_S_UPSCALERS)
+        for path in (GENERATIONS, VIDEOS)
+    ),
     *(
         UnstatedLimit("post", path, ("restore_faces.restorer",), "face restorer", _RESTORER, _THE_STACK_S_UPSCALERS)
-        for path in (GENERATIONS, EDITS, UPSCALE)
+        for path in (GENERATIONS, EDITS, UPSCALE, VIDEOS)
     ),
     UnstatedLimit(
         "post",

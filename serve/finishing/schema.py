@@ -97,8 +97,8 @@ class UpscaleJson(UpscaleOptions):
     )
 
 
-class UpscaleChoice(BaseModel):
-    """A generation's ``upscale``: its images upscaled before they are answered (with ``denoise``: a hires fix)."""
+class FrameUpscale(BaseModel):
+    """A video's ``upscale``: each frame upscaled as a still is (no hires fix: a frame redrawn alone would flicker)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -106,6 +106,11 @@ class UpscaleChoice(BaseModel):
     scale: float | None = Field(
         None, ge=1, le=MAX_UPSCALE, description="1 up to the upscaler's scale (default: its own)."
     )
+
+
+class UpscaleChoice(FrameUpscale):
+    """A generation's ``upscale``: its images upscaled before they are answered (with ``denoise``: a hires fix)."""
+
     denoise: float | None = Field(
         None,
         gt=0,

@@ -341,7 +341,7 @@ class FeedbackReply(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
-    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate")
+    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate", "upscale")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -359,6 +359,7 @@ class VideoRequest(_message.Message):
     INPUT_REFERENCE_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     model: str
     size: str
@@ -376,7 +377,8 @@ class VideoRequest(_message.Message):
     input_reference: bytes
     strength: float
     interpolate: Interpolate
-    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ...) -> None: ...
+    upscale: Upscale
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ...) -> None: ...
 
 class Interpolate(_message.Message):
     __slots__ = ("factor", "interpolator")

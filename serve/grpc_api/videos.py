@@ -23,8 +23,9 @@ def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
     """
     body = fields(parsed(message, "CreateVideo"))
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
-    if "interpolate" in body:
-        body["interpolate"] = fields(body["interpolate"])
+    for part in ("interpolate", "upscale"):
+        if part in body:
+            body[part] = fields(body[part])
     if INPUT_REFERENCE in body:  # bytes here, the HTTP API's base64 there
         body[INPUT_REFERENCE] = base64.b64encode(body[INPUT_REFERENCE]).decode()
     try:

@@ -20,7 +20,14 @@ from typing import Annotated, Literal, NamedTuple, Protocol
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from serve.errors import InvalidInput, invalid_input
-from serve.finishing.schema import INTERPOLATE_FIELD, Interpolate
+from serve.finishing.schema import (
+    INTERPOLATE_FIELD,
+    RESTORE_FACES_FIELD,
+    FrameUpscale,
+    Interpolate,
+    RestoreFaces,
+    UpscaleChoice,
+)
 from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
@@ -65,6 +72,14 @@ class VideoGeneration(GenerationRequest):
     def shown_frames(self) -> int:
         """The frames the video has: those drawn, with an interpolation's between them."""
         return self.interpolate.frames_from(self.frames) if self.interpolate else self.frames
+
+    @property
+    def shown_size(self) -> str:
+        """The frames' size: ``size``, times an upscale's scale (named at admission)."""
+        if self.upscale is None or self.upscale.scale is None:
+            return self.size
+        width, height = (round(int(side) * self.upscale.scale) for side in self.size.split("x"))
+        return f"{width}x{height}"
 
     @property
     def shown_fps(self) -> int:
@@ -135,13 +150,17 @@ class VideoRequest(BaseModel):
         description=f"With input_reference: how much of the schedule runs from it, in (0, 1] (default "
         f"{DEFAULT_STRENGTH}): steps x strength steps run.",
     )
+    upscale: FrameUpscale | None = Field(
+        None, description="Each frame upscaled (GET /v1/upscalers), tiled and batched as a still's; before interpolate."
+    )
+    restore_faces: RestoreFaces | None = Field(None, description=f"Per frame. {RESTORE_FACES_FIELD}")
     interpolate: Interpolate | None = Field(None, description=INTERPOLATE_FIELD)
     priority: Priority = Priority.NORMAL
 
-    @field_validator("interpolate", mode="before")
+    @field_validator("interpolate", "upscale", "restore_faces", mode="before")
     @classmethod
     def _form_json(cls, value: object) -> object:
-        """A multipart form carries ``interpolate`` as JSON text."""
+        """A multipart form carries the finishing objects as JSON text."""
         if isinstance(value, str):
             try:
                 return json.loads(value)
@@ -218,6 +237,8 @@ class VideoRequest(BaseModel):
                 motion_adapter=motion_adapter,
                 image=[self.input_reference] if self.input_reference else [],
                 strength=self.strength,
+                upscale=UpscaleChoice(**self.upscale.model_dump()) if self.upscale else None,
+                restore_faces=self.restore_faces,
                 interpolate=self.interpolate,
             )
         except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it

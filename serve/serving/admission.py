@@ -129,7 +129,7 @@ class Admission:
             with body_fields_named("interpolate."):  # the body is the interpolate part: its 400s name its fields
                 admitted = await self.generations.admitted(request, key)
             sampling = admitted.drawing.sampling
-            cost = self.upscaling.finishing_cost(request, sampling.width, sampling.height)
+            cost = self.upscaling.interpolation_cost(request, sampling.width, sampling.height)
             return await self._submittable(dataclasses.replace(admitted, cost=cost))
         if isinstance(body, VideoRequest):  # a video: the generation it runs as, on the model it names
             admitted = await self.generations.video_admitted(body, key)

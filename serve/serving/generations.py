@@ -189,7 +189,7 @@ class Generations(Streaming):
         if request.model in models.remotes:
             raise InvalidInput(f"model: {request.model} is a remote model; videos are drawn by this stack", "model")
         model = models.served.resolve(request.model)
-        generation = request.generation(model.name, model.native_size, model.folder.family)
+        generation = self.upscaling.scale_named(request.generation(model.name, model.native_size, model.folder.family))
         with input_reference_named():  # its image read as a still's (its header here)
             return await self.admitted(generation, key, model, models)
 

@@ -152,16 +152,36 @@ class Upscaling:
         self.upscalers.restorers.choose(choice.restorer)
         return images * RESTORATION_MEGAPIXELS
 
-    def finishing_cost(self, request: GenerationRequest, width: int, height: int) -> float:
-        """What a generation's finishing adds to its price (megapixel passes): its faces, a video's new frames.
+    def scale_named(self, video: VideoGeneration) -> VideoGeneration:
+        """A video whose ``upscale`` leaves its scale to the upscaler, with that scale named (its size is known)."""
+        if video.upscale is None or video.upscale.scale is not None:
+            return video
+        _, scale = self.upscalers.choose(video.upscale.upscaler, None, "upscale.upscaler")
+        return video.model_copy(update={"upscale": video.upscale.model_copy(update={"scale": scale})})
 
-        Each new frame is one interpolator pass over the frame padded as the engine takes it.
+    def finishing_cost(self, request: GenerationRequest, width: int, height: int) -> float:
+        """What a generation's finishing adds to its price (megapixel passes).
+
+        Its faces (a video's: each frame's), a video's new frames (:meth:`interpolation_cost`).
         """
-        faces = self.restoration_cost(request.restore_faces, request.rows)
-        if not isinstance(request, VideoGeneration) or request.interpolate is None:
-            return faces
-        new_frames = request.interpolate.frames_from(request.frames) - request.frames
-        return faces + new_frames * padded_side(width) * padded_side(height) / 1e6
+        if not isinstance(request, VideoGeneration):
+            return self.restoration_cost(request.restore_faces, request.rows)
+        faces = self.restoration_cost(request.restore_faces, request.rows * request.frames)
+        return faces + self.interpolation_cost(request, width, height)
+
+    def interpolation_cost(self, video: VideoGeneration, width: int, height: int) -> float:
+        """What a video's new frames cost (none without ``interpolate``).
+
+        Each is one interpolator pass over the frame (``width`` x ``height`` as drawn, upscaled first if it asks),
+        padded as the engine takes it.
+        """
+        if video.interpolate is None:
+            return 0.0
+        if video.upscale is not None:
+            _, scale = self.upscalers.choose(video.upscale.upscaler, video.upscale.scale, "upscale.upscaler")
+            width, height = output_size(width, height, scale)
+        new_frames = video.interpolate.frames_from(video.frames) - video.frames
+        return new_frames * padded_side(width) * padded_side(height) / 1e6
 
     def check_generation(self, request: GenerationRequest, width: int, height: int) -> None:
         """Refuse (a 400 naming the field) a generation's finishing this stack cannot do."""
@@ -199,6 +219,8 @@ class Upscaling:
             images, faces = await self._restored_faces(request, images)
         if isinstance(request, VideoGeneration) and request.interpolate is not None:
             images = await self.interpolated(request, images)
+            factor = request.interpolate.factor  # the drawn frames keep their faces; the new ones restored none
+            faces = faces and [None if k % factor else faces[k // factor] for k in range(len(images))]
         return images, faces
 
     async def interpolated(self, request: VideoGeneration, frames: list[bytes]) -> list[bytes]:

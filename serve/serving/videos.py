@@ -47,7 +47,7 @@ def video_object(job: Job) -> dict:
         "progress": 100 if job.status is JobStatus.SUCCEEDED else int(100 * job.step / max(job.total, 1)),
         "model": request.model,
         "seconds": request.seconds,
-        "size": request.size,
+        "size": request.shown_size,  # upscaled, as its frames are
         "prompt": request.prompt,
         "created_at": int(job.created_at),
         "completed_at": int(job.finished_at) if job.status is JobStatus.SUCCEEDED and job.finished_at else None,

@@ -309,12 +309,13 @@ class Admission:
                 self._turn.notify_all()
 
 
-def upscale_work(request, width: int, height: int) -> Work | None:
+def upscale_work(request, width: int, height: int, frames: int = 1) -> Work | None:
     """What ``request``'s ``upscale`` runs after its ``width`` x ``height`` images (None: no ``upscale``).
 
-    Each image decoded and upscaled: a pass at the upscaled megapixels. A hires fix (``denoise``) then runs img2img
-    at that size at ``denoise`` (its input decoded); that pass is counted in its place. A ``scale`` not given is the
-    upscaler's own, priced at the largest Easel recognises (:data:`serve.finishing.schema.MAX_UPSCALE`).
+    Each image (a video's ``frames`` each) decoded and upscaled: a pass at the upscaled megapixels. A hires fix
+    (``denoise``) then runs img2img at that size at ``denoise`` (its input decoded); that pass is counted in its
+    place. A ``scale`` not given is the upscaler's own, priced at the largest Easel recognises
+    (:data:`serve.finishing.schema.MAX_UPSCALE`).
     """
     choice = request.upscale
     if choice is None:
@@ -322,7 +323,7 @@ def upscale_work(request, width: int, height: int) -> Work | None:
     scale = choice.scale or MAX_UPSCALE
     side_x, side_y = round(width * scale), round(height * scale)
     if choice.denoise is None:
-        return Work(request.rows, 0, side_x, side_y, input_pixels=request.rows * width * height)
+        return Work(request.rows, 0, side_x, side_y, input_pixels=request.rows * width * height * frames, frames=frames)
     steps = min(int(request.num_inference_steps * choice.denoise), request.num_inference_steps)
     reference = any(ip.choice.images for ip in ip_choices(request))
     return Work(request.rows, steps, side_x, side_y, request.passes, True, reference, request.rows * side_x * side_y)

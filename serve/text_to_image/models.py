@@ -143,6 +143,7 @@ class ServedModel:
         """
         width, height = output_size(request, self.native_size)
         batch = self.folder.specs[self.folder.family.denoiser].max_batch_size
+        frames = motion.frames if (motion := motion_of(request)) else 1
         return Work(
             request.drawn_rows,  # best-of-n's candidates are drawn (and priced) too
             request.denoising_steps,
@@ -152,9 +153,9 @@ class ServedModel:
             encodes=bool(request.image) or self.folder.family.dims.inpainting,
             reference=any(ip.choice.images for ip in ip_choices(request)),
             input_pixels=input_pixels(request),
-            upscale=upscale_work(request, width, height),
+            upscale=upscale_work(request, width, height, frames),
             lora_rank_rows=lora_rank * batch,
-            frames=motion.frames if (motion := motion_of(request)) else 1,
+            frames=frames,
             guided=request.guidance_scale > 1.0,
         )
 

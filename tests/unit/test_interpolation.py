@@ -149,3 +149,38 @@ def test_a_finished_video_interpolated_later_keeps_its_request_and_draws_nothing
     with pytest.raises(InvalidInput, match="interpolated already") as refused:
         interpolation_of(later, "job_2", Interpolate(factor=2))
     assert refused.value.field == "video_id"
+
+
+def test_a_video_s_finishing_is_priced_per_frame_and_its_new_frames_at_the_upscaled_padded_size():
+    from serve.finishing.restorers import RestorerEntry, Restorers
+    from serve.finishing.upscalers import UpscalerEntry, Upscalers
+    from serve.serving.upscale import RESTORATION_MEGAPIXELS, Upscaling
+
+    upscalers = Upscalers(
+        (UpscalerEntry("general", "g.pth", architecture="SRVGGNetCompact", scale=4),),
+        Restorers((RestorerEntry("face", "f.pth", architecture="GFPGANv1Clean"),)),
+        Interpolators((InterpolatorEntry("rife", "flownet.pkl", architecture="RIFE 4.25"),)),
+    )
+    finishing = Upscaling(upscalers, None)
+    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline"})
+
+    def video(**fields):
+        body = VideoRequest(prompt="a fox", size="192x192", frames=8, **fields)
+        return finishing.scale_named(body.generation("easel-default", 64, family))
+
+    plain = video(interpolate={"factor": 4})
+    assert finishing.finishing_cost(plain, 192, 192) == pytest.approx(21 * 256 * 256 / 1e6)  # padded to 256
+    upscaled = video(interpolate={"factor": 4}, upscale={"upscaler": "general", "scale": 2})
+    assert upscaled.shown_size == "384x384"
+    assert finishing.finishing_cost(upscaled, 192, 192) == pytest.approx(21 * 384 * 384 / 1e6)
+    own_scale = video(upscale={"upscaler": "general"})
+    assert (own_scale.upscale.scale, own_scale.shown_size, finishing.finishing_cost(own_scale, 192, 192)) == (
+        4.0,
+        "768x768",
+        0.0,
+    )
+    faces = video(restore_faces={"restorer": "face"})
+    assert finishing.finishing_cost(faces, 192, 192) == pytest.approx(8 * RESTORATION_MEGAPIXELS)
+    with pytest.raises(InvalidInput, match="unknown upscaler") as refused:
+        video(upscale={"upscaler": "x9"})
+    assert refused.value.field == "upscale.upscaler"

@@ -212,3 +212,27 @@ def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client,
     ):
         refused = api.post(f"/v1/videos/{video_id}/interpolate", json=body)
         assert (refused.status_code, refused.json()["error"]["param"]) == (status, field), refused.text
+
+
+def test_a_video_s_frames_are_upscaled_and_faces_restored_each_then_interpolated(client, api, flownet):
+    body = VIDEO | {"frames": 4, "fps": 4}
+    plain = frames(api, finished(client, api.post("/v1/videos", json=body).json()["id"]).id)
+    upscaled = []
+    for frame in plain:  # each frame through the upscale route: what the video's finishing must give
+        image = base64.b64encode(png(Image.fromarray(frame))).decode()
+        answer = api.post("/v1/images/upscale", json={"image": image, "upscaler": "general", "scale": 2})
+        upscaled.append(np.asarray(Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"])))))
+    finishing = {"upscale": {"upscaler": "general", "scale": 2}, "interpolate": {"factor": 2}}
+    made = api.post("/v1/videos", json=body | finishing).json()
+    assert (made["frames"], made["fps"], made["size"]) == (7, 8, "128x128")
+    assert finished(client, made["id"]).status == "completed"
+    got = frames(api, made["id"])
+    assert got.shape == (7, 128, 128, 3)
+    np.testing.assert_array_equal(got[::2], np.stack(upscaled))  # upscaled each, then RIFE between them
+    want = rife_reference(read_flownet(flownet), np.stack(upscaled), 2)
+    assert min(psnr(got[k], want[k]) for k in (1, 3, 5)) >= 40
+    restored = api.post("/v1/videos", json=body | {"restore_faces": {"restorer": "face"}}).json()
+    assert finished(client, restored["id"]).status == "completed"
+    np.testing.assert_array_equal(frames(api, restored["id"]), plain)  # no face in these frames: each unchanged
+    refused = api.post("/v1/videos", json=body | {"upscale": {"upscaler": "general", "denoise": 0.5}})
+    assert (refused.status_code, refused.json()["error"]["param"]) == (400, "upscale.denoise"), refused.text

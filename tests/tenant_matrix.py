@@ -39,6 +39,7 @@ ROWS = (
     Row("job", "get", "/v1/videos/{video_id}", _VIDEO, _VIDEO),
     Row("job", "get", "/v1/videos/{video_id}/content", _VIDEO, _VIDEO),
     Row("job", "delete", "/v1/videos/{video_id}", _VIDEO, _VIDEO),
+    Row("job", "post", "/v1/videos/{video_id}/interpolate", _VIDEO, _VIDEO),
     Row("job", "rpc", "GetVideo", _VIDEO, _VIDEO, where="rpc"),
     Row("job", "rpc", "GetVideoContent", _VIDEO, _VIDEO, where="rpc"),
     Row("job", "rpc", "CancelVideo", _VIDEO, _VIDEO, where="rpc"),

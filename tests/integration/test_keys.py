@@ -708,7 +708,8 @@ def test_grpc_and_jobs_answer_urls_and_bad_delivery_fields_are_400s_naming_them(
 
 # -- the hostile-tenant matrix (tests/tenant_matrix.py): another key's thing answers as an unknown id does -----------
 
-_BODIES = {"/v1/feedback": {"rating": 5}}  # what a row's body carries besides the id
+_BODIES = {"/v1/feedback": {"rating": 5}, "/v1/videos/{video_id}/interpolate": {"factor": 2}}
+"""What a row's body carries besides the id (a path row's, its whole body)."""
 
 
 def test_a_key_over_its_image_quota_drops_its_own_oldest_and_leaves_another_key_s_images_alone(api, keys):
@@ -765,7 +766,7 @@ def _answer(api, stack, row: Row, key: str, given: str) -> tuple:
             method(message(row.field, given), metadata=(("authorization", f"Bearer {key}"),), timeout=60)
         return failed.value.code(), None, None, failed.value.details().replace(given, "ID")
     path = row.path.replace(f"{{{row.field}}}", given)
-    body = {row.field: given} | _BODIES.get(row.path, {}) if row.where == "body" else None
+    body = {row.field: given} | _BODIES.get(row.path, {}) if row.where == "body" else _BODIES.get(row.path)
     params = {row.field: given} if row.where == "query" else None
     answer = api.request(row.method, path, json=body, params=params, headers=_bearer(key))
     error = answer.json()["error"]

@@ -51,6 +51,13 @@ export async function call(method, path, body, { form, signal } = {}) {
   return response.status === 204 ? null : response.json();
 }
 
+/** `GET path` as a Blob (a video's MP4), or an ApiError. */
+export async function fetchBlob(path) {
+  const response = await fetch(ownPath(path), { credentials: "same-origin", headers: headers() });
+  if (!response.ok) throw await refusal(response);
+  return response.blob();
+}
+
 /** Whether `GET path` answers 2xx for this key (a scope probe). */
 export async function allowed(path) {
   try {

@@ -7,6 +7,7 @@ import * as history from "./history.js";
 import * as jobs from "./jobs.js";
 import * as operate from "./operate.js";
 import * as vectorize from "./vectorize.js";
+import * as video from "./video.js";
 
 const studio = { jobs: false, admin: false }; // what the key may do, shared with the sections
 const LOADERS = { history: () => history.load(), jobs: () => jobs.load(), operate: () => operate.load() };
@@ -83,6 +84,7 @@ setUpTabs();
 draw.setUp(studio);
 history.setUp(showTab);
 vectorize.setUp();
+video.setUp();
 jobs.setUp();
 operate.setUp();
 showTab("draw");

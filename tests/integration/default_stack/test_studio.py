@@ -5,6 +5,7 @@ revoked after it). Every request the page makes is checked to go to the stack's 
 """
 
 import base64
+import json
 import re
 import time
 
@@ -132,3 +133,25 @@ def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack)
     finally:
         store.revoke(record.id)
         time.sleep(ACTIVE_CHECK_S + 0.5)
+
+
+def test_a_video_is_played_when_done_then_interpolated_and_the_call_is_the_api_s(studio, api):
+    studio.click("#tab-video")
+    for field, value in {"frames": 4, "fps": 4, "steps": 2, "seed": 5}.items():
+        studio.fill(f"#video-{field}", str(value))
+    curl = studio.locator("#video-call pre").first.inner_text()
+    body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
+    assert body == {"prompt": "a red fox running", "frames": 4, "fps": 4, "steps": 2, "seed": 5}
+    studio.click("#video-form button[type=submit]")
+    player = studio.locator("#video-player video")
+    expect(player).to_have_count(1, timeout=120_000)
+    assert player.get_attribute("src").startswith("blob:")
+    expect(studio.locator("#video-facts")).to_contain_text("4 at 4 fps")
+    studio.select_option("#video-more-factor", "2")
+    studio.click("#video-interpolate-finished")  # the finished video's frames multiplied: a new video
+    expect(studio.locator("#video-facts")).to_contain_text("7 at 8 fps", timeout=120_000)
+    expect(studio.locator("#video-status")).to_have_text("completed: 100%")
+    shown = studio.locator("#video-facts dd").first.inner_text()
+    assert api.get(f"/v1/videos/{shown}").json()["frames"] == 7
+    studio.click("#video-interpolate-finished")  # interpolated already: the API's 400, shown
+    expect(studio.locator("#video-error")).to_contain_text("interpolated already")

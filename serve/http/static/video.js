@@ -1,0 +1,89 @@
+// Video: a clip (AnimateDiff) made as a background job, its frames multiplied by RIFE if asked, played when done.
+
+import { call, fetchBlob } from "./api.js";
+import { curlJson, showCalls } from "./calls.js";
+import { $, downloadLink, h } from "./dom.js";
+
+const POLL_MS = 500;
+let shown = null; // the video object shown last
+
+function body() {
+  const made = {
+    prompt: $("#video-prompt").value,
+    frames: Number($("#video-frames").value),
+    fps: Number($("#video-fps").value),
+    steps: Number($("#video-steps").value),
+  };
+  if ($("#video-seed").value !== "") made.seed = Number($("#video-seed").value);
+  const factor = Number($("#video-factor").value);
+  if (factor) made.interpolate = { factor };
+  return made;
+}
+
+function updateCall() {
+  showCalls($("#video-call"), [["curl", curlJson("/v1/videos", body())]]);
+}
+
+function showRefusal(error) {
+  const field = String(error.param ?? "").split(".")[0];
+  const place = $(`#video-${CSS.escape(field)}-error`) || $("#video-error");
+  place.textContent = error.message;
+}
+
+function facts(video) {
+  const rows = [
+    ["video", video.id],
+    ["status", video.status],
+    ["frames", `${video.frames} at ${video.fps} fps (${video.seconds} s)`],
+    ["size", video.size],
+    ["seed", video.seed],
+  ];
+  return h("dl", { class: "facts" }, ...rows.flatMap(([name, value]) => [h("dt", {}, name), h("dd", {}, String(value))]));
+}
+
+/** Follow video `id` until it is over (its progress shown), then play it. */
+async function follow(id) {
+  for (;;) {
+    const video = await call("GET", `/v1/videos/${encodeURIComponent(id)}`);
+    $("#video-bar").value = video.progress;
+    $("#video-status").textContent = `${video.status}: ${video.progress}%`;
+    $("#video-facts").replaceChildren(facts(video));
+    if (video.status === "completed") return play(video);
+    if (video.status === "failed") throw new Error(video.error?.message ?? "the video failed");
+    await new Promise((resolve) => setTimeout(resolve, POLL_MS));
+  }
+}
+
+async function play(video) {
+  shown = video;
+  const mp4 = await fetchBlob(`/v1/videos/${encodeURIComponent(video.id)}/content`);
+  const player = h("video", { src: URL.createObjectURL(mp4), controls: "", loop: "", "aria-label": `video ${video.id}` });
+  $("#video-player").replaceChildren(player, downloadLink("Download MP4", mp4, `${video.id}.mp4`));
+  $("#video-more").hidden = false; // a finished video may be interpolated afterwards
+}
+
+async function run(send) {
+  for (const error of document.querySelectorAll("#video-form .error")) error.textContent = "";
+  $("#video-more").hidden = true;
+  $("#video-status").textContent = "queued";
+  try {
+    await follow((await send()).id);
+  } catch (error) {
+    $("#video-status").textContent = "refused";
+    showRefusal(error);
+  }
+}
+
+/** Wire the Video section. */
+export function setUp() {
+  $("#video-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    run(() => call("POST", "/v1/videos", body()));
+  });
+  $("#video-form").addEventListener("input", updateCall);
+  $("#video-interpolate-finished").addEventListener("click", () => {
+    const factor = Number($("#video-more-factor").value);
+    run(() => call("POST", `/v1/videos/${encodeURIComponent(shown.id)}/interpolate`, { factor }));
+  });
+  updateCall();
+}

@@ -232,6 +232,10 @@ class Gateway:
         """``CreateVideo`` (:meth:`Servicer.CreateVideo`)."""
         return await self.rpcs.CreateVideo(message, grpc_context)
 
+    async def InterpolateVideo(self, message, grpc_context):  # noqa: N802
+        """``InterpolateVideo`` (:meth:`Servicer.InterpolateVideo`)."""
+        return await self.rpcs.InterpolateVideo(message, grpc_context)
+
     async def GetVideo(self, message, grpc_context):  # noqa: N802
         """``GetVideo`` (:meth:`Servicer.GetVideo`)."""
         return await self.rpcs.GetVideo(message, grpc_context)

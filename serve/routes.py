@@ -141,6 +141,7 @@ ROUTES = (
         pipeline=TEXT_TO_IMAGE,
         body=Interpolate,
         form="interpolate",
+        rpc="InterpolateVideo",
         costed=True,  # the frames it draws x the padded frame's megapixels (Upscaling.finishing_cost)
         engine=True,
     ),

@@ -43,6 +43,7 @@ ROWS = (
     Row("job", "rpc", "GetVideo", _VIDEO, _VIDEO, where="rpc"),
     Row("job", "rpc", "GetVideoContent", _VIDEO, _VIDEO, where="rpc"),
     Row("job", "rpc", "CancelVideo", _VIDEO, _VIDEO, where="rpc"),
+    Row("job", "rpc", "InterpolateVideo", _VIDEO, _VIDEO, where="rpc"),
     Row("image", "get", "/v1/images/{image_id}", "image_id", "image_id"),
     Row("image", "delete", "/v1/images/{image_id}", "image_id", "image_id"),
     Row("image", "post", "/v1/images/rerun", "image_id", "image_id", where="body"),

@@ -380,6 +380,14 @@ class VideoRequest(_message.Message):
     upscale: Upscale
     def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ...) -> None: ...
 
+class InterpolateVideoRequest(_message.Message):
+    __slots__ = ("video_id", "interpolate")
+    VIDEO_ID_FIELD_NUMBER: _ClassVar[int]
+    INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
+    video_id: str
+    interpolate: Interpolate
+    def __init__(self, video_id: _Optional[str] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ...) -> None: ...
+
 class Interpolate(_message.Message):
     __slots__ = ("factor", "interpolator")
     FACTOR_FIELD_NUMBER: _ClassVar[int]

@@ -59,6 +59,11 @@ class EaselStub:
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoRequest.SerializeToString,
                 response_deserializer=serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
                 _registered_method=True)
+        self.InterpolateVideo = channel.unary_unary(
+                '/easel.v1.Easel/InterpolateVideo',
+                request_serializer=serve_dot_grpc__api_dot_easel__pb2.InterpolateVideoRequest.SerializeToString,
+                response_deserializer=serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+                _registered_method=True)
         self.GetVideo = channel.unary_unary(
                 '/easel.v1.Easel/GetVideo',
                 request_serializer=serve_dot_grpc__api_dot_easel__pb2.VideoId.SerializeToString,
@@ -115,6 +120,12 @@ class EaselServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InterpolateVideo(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetVideo(self, request, context):
         """The video's status and progress (GET /v1/videos/{id}).
         """
@@ -162,6 +173,11 @@ def add_EaselServicer_to_server(servicer, server):
             'CreateVideo': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateVideo,
                     request_deserializer=serve_dot_grpc__api_dot_easel__pb2.VideoRequest.FromString,
+                    response_serializer=serve_dot_grpc__api_dot_easel__pb2.Video.SerializeToString,
+            ),
+            'InterpolateVideo': grpc.unary_unary_rpc_method_handler(
+                    servicer.InterpolateVideo,
+                    request_deserializer=serve_dot_grpc__api_dot_easel__pb2.InterpolateVideoRequest.FromString,
                     response_serializer=serve_dot_grpc__api_dot_easel__pb2.Video.SerializeToString,
             ),
             'GetVideo': grpc.unary_unary_rpc_method_handler(
@@ -314,6 +330,33 @@ class Easel:
             target,
             '/easel.v1.Easel/CreateVideo',
             serve_dot_grpc__api_dot_easel__pb2.VideoRequest.SerializeToString,
+            serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InterpolateVideo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/easel.v1.Easel/InterpolateVideo',
+            serve_dot_grpc__api_dot_easel__pb2.InterpolateVideoRequest.SerializeToString,
             serve_dot_grpc__api_dot_easel__pb2.Video.FromString,
             options,
             channel_credentials,

@@ -34,6 +34,7 @@ REQUESTS: dict[str, type[Message]] = {
     "Analyze": easel_pb2.VectorizeRequest,
     "Feedback": easel_pb2.FeedbackRequest,
     "CreateVideo": easel_pb2.VideoRequest,
+    "InterpolateVideo": easel_pb2.InterpolateVideoRequest,
     "GetVideo": easel_pb2.VideoId,
     "GetVideoContent": easel_pb2.VideoContentRequest,
     "CancelVideo": easel_pb2.VideoId,

@@ -14,7 +14,7 @@ from contextlib import aclosing
 
 from serve.access import rpc_caller
 from serve.grpc_api import easel_pb2, messages
-from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
+from serve.grpc_api.videos import content_request, interpolate_request, video_id, video_reply, video_request
 from serve.serving.admission import Admission
 from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
@@ -87,9 +87,17 @@ class Servicer:
 
     async def CreateVideo(self, message, grpc_context) -> easel_pb2.Video:  # noqa: N802
         """``POST /v1/videos``: the video, queued (metadata ``idempotency-key``: the HTTP header)."""
+        return await self._queued_video(grpc_context, "CreateVideo", lambda: video_request(message))
+
+    async def InterpolateVideo(self, message, grpc_context) -> easel_pb2.Video:  # noqa: N802
+        """``POST /v1/videos/{id}/interpolate``: a finished video's frames multiplied, queued as a new video."""
+        return await self._queued_video(grpc_context, "InterpolateVideo", lambda: interpolate_request(message))
+
+    async def _queued_video(self, grpc_context, rpc: str, body) -> easel_pb2.Video:
+        """A video's body (read by ``body()``) admitted and queued as ``rpc``'s (``idempotency-key``: the header's)."""
         try:
-            async with rpc_caller(grpc_context, "CreateVideo") as caller:
-                admitted = await self.admission.admit(video_request(message), caller)
+            async with rpc_caller(grpc_context, rpc) as caller:
+                admitted = await self.admission.admit(body(), caller)
                 idempotency_key = dict(grpc_context.invocation_metadata()).get("idempotency-key")
                 video, _ = await self.videos.queued(admitted, job_owner(caller.key), idempotency_key)
             return video_reply(video)

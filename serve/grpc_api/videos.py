@@ -10,10 +10,11 @@ import base64
 from pydantic import ValidationError
 
 from serve.errors import InvalidInput, invalid_input
-from serve.grpc_api.easel_pb2 import Video, VideoContentRequest, VideoError, VideoId
+from serve.finishing.schema import Interpolate
+from serve.grpc_api.easel_pb2 import InterpolateVideoRequest, Video, VideoContentRequest, VideoError, VideoId
 from serve.grpc_api.easel_pb2 import VideoRequest as VideoMessage
 from serve.grpc_api.messages import Unparsed, fields, parsed
-from serve.protocol.video import INPUT_REFERENCE, VideoRequest
+from serve.protocol.video import INPUT_REFERENCE, InterpolateBody, VideoRequest
 
 
 def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
@@ -30,6 +31,15 @@ def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
         body[INPUT_REFERENCE] = base64.b64encode(body[INPUT_REFERENCE]).decode()
     try:
         return VideoRequest.model_validate(body)
+    except ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def interpolate_request(message: InterpolateVideoRequest | Unparsed) -> InterpolateBody:
+    """The HTTP route's body for an ``InterpolateVideoRequest``: the video named, the interpolation asked."""
+    request = parsed(message, "InterpolateVideo")
+    try:
+        return InterpolateBody(request.video_id, Interpolate.model_validate(fields(request.interpolate)))
     except ValidationError as error:
         raise invalid_input(error) from None
 

@@ -740,6 +740,9 @@ _RPC_MESSAGES = {
     "GetVideo": lambda field, given: easel_pb2.VideoId(video_id=given),
     "GetVideoContent": lambda field, given: easel_pb2.VideoContentRequest(video_id=given),
     "CancelVideo": lambda field, given: easel_pb2.VideoId(video_id=given),
+    "InterpolateVideo": lambda field, given: easel_pb2.InterpolateVideoRequest(
+        video_id=given, interpolate=easel_pb2.Interpolate(factor=2)
+    ),
 }
 
 

@@ -165,6 +165,7 @@ def test_the_grpc_proxy_keeps_each_method_s_message_unparsed_and_bounded_by_its_
         "/easel.v1.Easel/Analyze": MAX_UPLOAD_BYTES,
         "/easel.v1.Easel/Feedback": DEFAULT_BODY_LIMIT,
         "/easel.v1.Easel/CreateVideo": MAX_REQUEST_BYTES,
+        "/easel.v1.Easel/InterpolateVideo": DEFAULT_BODY_LIMIT,
         "/easel.v1.Easel/GetVideo": DEFAULT_BODY_LIMIT,
         "/easel.v1.Easel/GetVideoContent": DEFAULT_BODY_LIMIT,
         "/easel.v1.Easel/CancelVideo": DEFAULT_BODY_LIMIT,

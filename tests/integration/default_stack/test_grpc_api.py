@@ -160,6 +160,13 @@ def test_an_interpolated_video_made_over_grpc_has_the_factor_s_frames_and_fps(ea
     with pytest.raises(grpc.RpcError) as refused:
         easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO, interpolate=easel_pb2.Interpolate(factor=3)), timeout=30)
     assert refused.value.details().startswith("interpolate.factor"), refused.value.details()
+    plain = easel.CreateVideo(easel_pb2.VideoRequest(**VIDEO), timeout=60)
+    assert over(easel, plain.id).status == "completed"
+    asked = easel_pb2.InterpolateVideoRequest(video_id=plain.id, interpolate=easel_pb2.Interpolate(factor=2))
+    later = easel.InterpolateVideo(asked, timeout=60)  # the finished video's frames: the same as asked at once
+    assert (later.frames, later.fps) == (7, 8) and over(easel, later.id).status == "completed"
+    again = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=later.id, variant="frames"), timeout=60)
+    np.testing.assert_array_equal(pngs_in(again.data), pngs_in(frames.data))
 
 
 def test_an_image_to_video_made_over_grpc_is_the_http_api_s_and_a_bad_image_names_the_field(api, easel):

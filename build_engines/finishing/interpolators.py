@@ -18,13 +18,8 @@ import torch
 
 from build_engines.finishing.ifnet import Interpolator, read_flownet
 from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
-from serve.finishing.interpolators import (
-    ERROR,
-    INTERPOLATOR_PREFIX,
-    SIDE_MULTIPLE,
-    InterpolatorEntry,
-    interpolator_spec,
-)
+from serve.finishing.interpolators import INTERPOLATOR_PREFIX, SIDE_MULTIPLE, InterpolatorEntry, interpolator_spec
+from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session

@@ -13,24 +13,17 @@ is what the build recognised; a request naming one that is not ready is a 400.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from serve.errors import InvalidInput
+from serve.finishing.listing import FileEntry, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 INTERPOLATOR_PREFIX = "interpolator_"
 SIDE_MULTIPLE = 128
 """Frames are padded (zeros, right and bottom) to sides of this multiple, as Practical-RIFE pads them at scale 1."""
 MAX_ROWS_PER_CALL = 8
-FACTORS = (2, 4, 8)
-LISTING = "interpolators.json"
-READY = "ready"
-ERROR = "error"
 
 
 def interpolator_spec(name: str) -> ModelSpec:
@@ -48,19 +41,8 @@ def interpolator_spec(name: str) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class InterpolatorEntry:
+class InterpolatorEntry(FileEntry):
     """One ``--interpolator NAME=FILE``: ready with its architecture, or the error that keeps it out."""
-
-    name: str
-    source: str
-    status: str = READY
-    architecture: str | None = None
-    error: str | None = None
-
-    def public(self) -> dict:
-        """Its ``GET /v1/upscalers`` entry (under ``interpolators``)."""
-        entry = {"name": self.name, "status": self.status, "architecture": self.architecture}
-        return entry | ({"error": self.error} if self.error else {})
 
     @property
     def spec(self) -> ModelSpec:
@@ -69,42 +51,17 @@ class InterpolatorEntry:
 
 
 @dataclass(frozen=True)
-class Interpolators:
+class Interpolators(Listing):
     """The frame interpolators a stack was started with (ready or refused with why): listed, chosen, their engines."""
 
-    entries: tuple[InterpolatorEntry, ...] = ()
-
-    @classmethod
-    def read(cls, folder: Path | str | None) -> Interpolators:
-        """The interpolators built into ``folder`` (None or a folder without a listing: none)."""
-        path = Path(folder) / LISTING if folder else None
-        if path is None or not path.is_file():
-            return cls()
-        return cls(tuple(InterpolatorEntry(**entry) for entry in json.loads(path.read_text())))
-
-    def write(self, folder: Path) -> None:
-        """Save the listing in ``folder`` (the build does, beside the engines)."""
-        (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
-
-    @property
-    def ready(self) -> tuple[InterpolatorEntry, ...]:
-        """The entries whose engines were built."""
-        return tuple(entry for entry in self.entries if entry.status == READY)
-
-    def listing(self) -> list[dict]:
-        """Every interpolator the stack was started with, ready or with its error."""
-        return [entry.public() for entry in self.entries]
+    LISTING = "interpolators.json"
+    ENTRY = InterpolatorEntry
+    KIND = "interpolator"
+    OPTION = "--interpolator"
 
     def choose(self, name: str | None, field: str = "interpolate.interpolator") -> InterpolatorEntry:
         """The ready interpolator ``name`` (None: the first ready); a 400 naming ``field`` otherwise."""
-        ready = ", ".join(e.name for e in self.ready) or "none: start the stack with --interpolator NAME=FILE"
-        entry = next((e for e in self.entries if e.name == name), None) if name else next(iter(self.ready), None)
-        if entry is None:
-            asked = f"unknown interpolator {name!r}" if name else "no interpolator is served"
-            raise InvalidInput(f"{field}: {asked} (ready: {ready})", field)
-        if entry.status != READY:
-            raise InvalidInput(f"{field}: interpolator {name!r} cannot be served: {entry.error}", field)
-        return entry
+        return self.chosen(name, field)
 
 
 def timesteps(factor: int) -> list[float]:

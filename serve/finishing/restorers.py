@@ -9,23 +9,17 @@ restorers' engine folder is what the build recognised; a request naming one that
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from serve.errors import InvalidInput
 from serve.finishing import faces
+from serve.finishing.listing import FileEntry, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 RESTORER_PREFIX = "restorer_"
 FACE_SIDE = 512
 """The restorers' input side (GFPGAN's)."""
-LISTING = "restorers.json"
-READY = "ready"
-ERROR = "error"
 NO_FACE = "no face found: the image is unchanged"
 
 
@@ -41,19 +35,8 @@ def restorer_spec(name: str, side: int = FACE_SIDE) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class RestorerEntry:
+class RestorerEntry(FileEntry):
     """One ``--face-restorer NAME=FILE``: ready with its architecture, or the error that keeps it out."""
-
-    name: str
-    source: str
-    status: str = READY
-    architecture: str | None = None
-    error: str | None = None
-
-    def public(self) -> dict:
-        """Its ``GET /v1/upscalers`` entry (under ``face_restorers``)."""
-        entry = {"name": self.name, "status": self.status, "architecture": self.architecture}
-        return entry | ({"error": self.error} if self.error else {})
 
     @property
     def spec(self) -> ModelSpec:
@@ -62,41 +45,17 @@ class RestorerEntry:
 
 
 @dataclass(frozen=True)
-class Restorers:
+class Restorers(Listing):
     """The face restorers a stack was started with (ready or refused with why): listed, checked, their engines."""
 
-    entries: tuple[RestorerEntry, ...] = ()
-
-    @classmethod
-    def read(cls, folder: Path | str | None) -> Restorers:
-        """The restorers built into ``folder`` (None or a folder without a listing: none)."""
-        path = Path(folder) / LISTING if folder else None
-        if path is None or not path.is_file():
-            return cls()
-        return cls(tuple(RestorerEntry(**entry) for entry in json.loads(path.read_text())))
-
-    def write(self, folder: Path) -> None:
-        """Save the listing in ``folder`` (the build does, beside the engines)."""
-        (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
-
-    @property
-    def ready(self) -> tuple[RestorerEntry, ...]:
-        """The entries whose engines were built."""
-        return tuple(entry for entry in self.entries if entry.status == READY)
-
-    def listing(self) -> list[dict]:
-        """Every face restorer the stack was started with, ready or with its error."""
-        return [entry.public() for entry in self.entries]
+    LISTING = "restorers.json"
+    ENTRY = RestorerEntry
+    KIND = "face restorer"
+    OPTION = "--face-restorer"
 
     def choose(self, name: str, field: str = "restore_faces.restorer") -> RestorerEntry:
         """The ready restorer ``name``; a 400 naming ``field`` otherwise."""
-        entry = next((e for e in self.entries if e.name == name), None)
-        if entry is None:
-            ready = ", ".join(e.name for e in self.ready) or "none: start the stack with --face-restorer NAME=FILE"
-            raise InvalidInput(f"{field}: unknown face restorer {name!r} (ready: {ready})", field)
-        if entry.status != READY:
-            raise InvalidInput(f"{field}: face restorer {name!r} cannot be served: {entry.error}", field)
-        return entry
+        return self.chosen(name, field)
 
 
 async def restore_faces(

@@ -30,6 +30,16 @@ RESTORE_FACES_FIELD = (
 """A request's ``restore_faces``, as the document describes it."""
 
 
+def form_json(value: object) -> object:
+    """A form field's JSON text read as the object it carries (not JSON: as it is, for pydantic to name the field)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
 INTERPOLATE_FIELD = (
     "Frame interpolation (GET /v1/upscalers lists the interpolators): factor - 1 frames drawn between each two, "
     "so n frames become (n - 1) x factor + 1, shown at factor x fps (the video object's frames and fps say so)."
@@ -81,12 +91,7 @@ class UpscaleOptions(BaseModel):
     @classmethod
     def _form_json(cls, value: object) -> object:
         """A multipart form carries ``restore_faces`` as JSON text."""
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except ValueError:
-                return value  # pydantic names the field: not an object
-        return value
+        return form_json(value)
 
 
 class UpscaleJson(UpscaleOptions):

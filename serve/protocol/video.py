@@ -12,7 +12,6 @@ frames as PNGs (lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Literal, NamedTuple, Protocol
@@ -27,6 +26,7 @@ from serve.finishing.schema import (
     Interpolate,
     RestoreFaces,
     UpscaleChoice,
+    form_json,
 )
 from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
@@ -161,12 +161,7 @@ class VideoRequest(BaseModel):
     @classmethod
     def _form_json(cls, value: object) -> object:
         """A multipart form carries the finishing objects as JSON text."""
-        if isinstance(value, str):
-            try:
-                return json.loads(value)
-            except ValueError:
-                return value  # pydantic names the field: not an object
-        return value
+        return form_json(value)
 
     @field_validator("prompt", "negative_prompt")
     @classmethod

@@ -4,6 +4,9 @@ A model with a loop model inside Triton (:attr:`ServedModel.loop <serve.text_to_
 ``easel up --loop``; a GPU's default) draws the requests it takes there, one call per generation; the others run
 on the replica's loop, one Triton call per engine per step. Each answer names its loop (``Easel-Loop``) and
 ``easel_generation_requests`` counts them by loop.
+
+torch and diffusers load in a replica's constructor, not with this module: Serve's build of the app imports the
+module for its class and need not load them (it took 6 s of CPU on every stack's start).
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from ray import serve
 
 from serve import metrics
@@ -33,13 +36,15 @@ from serve.text_to_image.images import decode_base64, decode_images, ip_referenc
 from serve.text_to_image.loop_client import TritonLoop
 from serve.text_to_image.loop_protocol import draws_in_triton
 from serve.text_to_image.models import ServedModel, ServedModels
-from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.scores import Scorer
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
 from serve.triton.spec import EngineRunner
+
+if TYPE_CHECKING:
+    from serve.text_to_image.pipeline import TextToImagePipeline
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +58,8 @@ class ModelPipeline:
     def __init__(
         self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None, triton_url: str = ""
     ) -> None:
+        from serve.text_to_image.pipeline import TextToImagePipeline  # torch and diffusers (see the module's note)
+
         self.model = model
         self.pipeline = TextToImagePipeline(model.folder, model_runner(engines, model.prefix), reuse)
         self.loop = TritonLoop(triton_url, model.loop_model) if model.loop_model else None
@@ -85,6 +92,10 @@ class TextToImage:
         scorer_dir: str | None = None,
     ) -> None:
         """``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores)."""
+        import torch  # see the module's note
+
+        from serve.text_to_image.pipeline import TextToImagePipeline  # noqa: F401 - diffusers: now, not on a request
+
         torch.set_num_threads(1)
         self.models = models
         self.defaults = defaults or StackDefaults()

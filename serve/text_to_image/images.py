@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
-from scipy import ndimage
 
 from serve.adapters.ip_adapter import preprocessed_masks
 from serve.errors import InvalidInput
@@ -162,6 +161,8 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     3x3 Sobel gradients of each channel, the strongest channel's at each pixel; non-maximum suppression along the
     gradient's direction (four sectors); hysteresis: pixels over ``high``, and those over ``low`` connected to them.
     """
+    from scipy import ndimage  # here: half a second of import that only a ControlNet's edges pay
+
     channels = pixels.astype(np.float64).transpose(2, 0, 1)
     gx = np.stack([ndimage.sobel(c, axis=1, mode="nearest") for c in channels])
     gy = np.stack([ndimage.sobel(c, axis=0, mode="nearest") for c in channels])

@@ -12,17 +12,19 @@ import re
 import time
 from dataclasses import dataclass
 
-import cairosvg
 import numpy as np
 import vtracer
 from PIL import Image
-from skimage.metrics import structural_similarity
 
 from serve.vectorize.params import VtracerParams
 
 logger = logging.getLogger(__name__)
 
 _PATH = re.compile(rb"<path\b")
+
+LIBRARIES = ("cairosvg", "skimage.metrics")
+"""What rendering and SSIM load on first use (about 2 s of import): the tracing workers preload them; the Gateway,
+the residency and Serve's build of the app, which import this package for its names, never load them."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ def vectorize(pixels: np.ndarray, params: VtracerParams) -> Conversion:
 
 def render(svg: str, width: int, height: int) -> np.ndarray:
     """Render ``svg`` at exactly ``width`` x ``height`` with cairosvg, flattened onto white, as RGB uint8."""
+    import cairosvg  # one of LIBRARIES
+
     png = cairosvg.svg2png(
         bytestring=svg.encode("utf-8"), output_width=width, output_height=height, background_color="white"
     )
@@ -81,6 +85,8 @@ def render(svg: str, width: int, height: int) -> np.ndarray:
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of two RGB uint8 images with the fixed EVAL.md settings."""
+    from skimage.metrics import structural_similarity  # one of LIBRARIES
+
     return float(
         structural_similarity(
             a,

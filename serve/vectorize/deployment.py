@@ -27,6 +27,7 @@ from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.vectorize import tiers
 from serve.vectorize.analysis import analysis
+from serve.vectorize.convert import LIBRARIES
 from serve.vectorize.recording import Recording
 from serve.vectorize.schema import Tier, VectorizeOptions
 from serve.vectorize.spec import ENSEMBLE
@@ -84,7 +85,7 @@ class Vectorizer:
         self.versions = TableReader(table_path)
         self.recording = recording or Recording()
         self.workers = {
-            size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers",)).start()
+            size: DeadlineWorker(f"vectorize-{size}", preload=("serve.vectorize.tiers", *LIBRARIES)).start()
             for size in ("small", "large")
         }
 

@@ -14,7 +14,6 @@ import math
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import uniform_filter
 
 WORK_SIDE = 128
 
@@ -73,6 +72,8 @@ def _entropy(grey: np.ndarray) -> float:
 
 def _harris(gx: np.ndarray, gy: np.ndarray) -> np.ndarray:
     """Harris's corner response (``k`` 0.05, a 3x3 window) of a grey image's gradients."""
+    from scipy.ndimage import uniform_filter  # here: half a second of import that the Gateway never pays
+
     ixx = uniform_filter(gx * gx, 3)
     iyy = uniform_filter(gy * gy, 3)
     ixy = uniform_filter(gx * gy, 3)

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage  # noqa: F401 - compute_features' filter, loaded with the model, not on its first image
 
 from serve.vectorize.features import FEATURE_NAMES, compute_features
 from serve.vectorize.tiers import TIER1_FILE, Tier1Map, candidates

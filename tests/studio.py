@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 CHROMIUM = "/usr/bin/chromium"
@@ -38,3 +39,17 @@ def shown_call(page: Page) -> dict:
     """The JSON body of the curl call the page shows beside Draw."""
     curl = page.locator("#draw-call pre").first.inner_text()
     return json.loads(re.search(r"-d '(.*)'", curl).group(1))
+
+
+SERIOUS = ("serious", "critical")
+"""The axe-core impacts the Studio must have none of (``minor`` and ``moderate`` are listed, not failed)."""
+
+
+def accessibility_violations(page: Page, impacts: tuple[str, ...] = SERIOUS) -> list[str]:
+    """axe-core's violations of ``impacts`` on the page as it shows now: each rule, its help and the elements."""
+    found = Axe().run(page).response["violations"]
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']]}"
+        for v in found
+        if v["impact"] in impacts
+    ]

@@ -46,7 +46,7 @@ async function loras() {
   };
   $("#lora-list").replaceChildren(
     table(
-      ["LoRA", "model", "status", "source", "bytes", ""],
+      ["LoRA", "model", "status", "source", "bytes", "remove"],
       list.map((l) => [
         l.name,
         l.model,

@@ -17,7 +17,7 @@ from serve.access.keys import KeyLimits
 from serve.paths import ICONS_DEV
 from serve.routes import Scope
 from tests.images import dev_icon_png
-from tests.studio import PNG, draw, shown_call
+from tests.studio import PNG, accessibility_violations, draw, shown_call
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,21 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     facts = studio.inner_text("#vectorize-facts")
     ssim = re.search(r"SSIM\s+(\S+)", facts)  # a simple icon can trace perfectly: 1
     assert ssim and 0 < float(ssim[1]) <= 1 and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
+
+
+def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_phone(studio):
+    """axe-core on each section as an admin sees it, a picture drawn and listed, at a desktop's size and a phone's."""
+    draw(studio, prompt="a blue anchor icon", seed=3, num_inference_steps=2, size="64x64")
+    tabs = ("draw", "history", "vectorize", "video", "jobs", "operate")
+    for width, height in ((1280, 800), (390, 844)):
+        studio.set_viewport_size({"width": width, "height": height})
+        for tab in tabs:
+            studio.click(f"#tab-{tab}")
+            expect(studio.locator(f"section#{tab}")).to_be_visible()
+            assert accessibility_violations(studio) == [], f"{tab} at {width}x{height}"
+    assert len(tabs) == studio.locator("[role=tab]:visible").count()  # every section the page has was checked
+    studio.evaluate("document.body.append(Object.assign(document.createElement('img'), {src: 'data:,'}))")
+    assert any(v.startswith("image-alt") for v in accessibility_violations(studio))  # the check sees one
 
 
 def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack):

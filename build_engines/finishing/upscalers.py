@@ -29,9 +29,10 @@ from build_engines.finishing.restorers import build_restorer
 from build_engines.text_to_image.export import OPSET, ParityError
 from serve.files import files_hash
 from serve.finishing.interpolators import INTERPOLATOR_PREFIX, Interpolators
+from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import RESTORER_PREFIX, Restorers
-from serve.finishing.upscalers import ERROR, TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
+from serve.finishing.upscalers import TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
 from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session

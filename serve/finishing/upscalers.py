@@ -8,9 +8,7 @@ upscalers' engine folder is what the build recognised; a request naming one that
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from PIL import Image
 
 from serve.errors import InvalidInput
 from serve.finishing.interpolators import Interpolators
+from serve.finishing.listing import READY, FileEntry, Listing
 from serve.finishing.restorers import Restorers
 from serve.finishing.tiles import Tiling
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
@@ -28,9 +27,6 @@ TILE = 128
 OVERLAP = 16
 """Input pixels neighbouring tiles share (tiled against whole-image: > 60 dB PSNR on random RRDBNet weights)."""
 MAX_TILES_PER_CALL = 8
-LISTING = "upscalers.json"
-READY = "ready"
-ERROR = "error"
 
 
 def upscaler_spec(name: str, scale: int, tile: int = TILE) -> ModelSpec:
@@ -45,21 +41,15 @@ def upscaler_spec(name: str, scale: int, tile: int = TILE) -> ModelSpec:
 
 
 @dataclass(frozen=True)
-class UpscalerEntry:
+class UpscalerEntry(FileEntry):
     """One ``--upscaler NAME=FILE``: ready with its architecture and scale, or the error that keeps it out."""
 
-    name: str
-    source: str
-    status: str = READY
-    architecture: str | None = None
     scale: int | None = None
     tile: int = TILE
-    error: str | None = None
 
     def public(self) -> dict:
         """Its ``GET /v1/upscalers`` entry."""
-        entry = {"name": self.name, "status": self.status, "architecture": self.architecture, "scale": self.scale}
-        return entry | ({"error": self.error} if self.error else {})
+        return super().public() | {"scale": self.scale}
 
     @property
     def spec(self) -> ModelSpec:
@@ -73,11 +63,16 @@ class UpscalerEntry:
 
 
 @dataclass(frozen=True)
-class Upscalers:
+class Upscalers(Listing):
     """The finishing engines a stack was started with (ready or refused with why): listed, checked, their engines.
 
     Its upscalers, and the face restorers and frame interpolators built into the same folder.
     """
+
+    LISTING = "upscalers.json"
+    ENTRY = UpscalerEntry
+    KIND = "upscaler"
+    OPTION = "--upscaler"
 
     entries: tuple[UpscalerEntry, ...] = ()
     restorers: Restorers = field(default_factory=Restorers)
@@ -85,32 +80,22 @@ class Upscalers:
 
     @classmethod
     def read(cls, folder: Path | str | None) -> Upscalers:
-        """The finishing engines built into ``folder`` (None or a folder without a listing: none)."""
-        path = Path(folder) / LISTING if folder else None
-        if path is None or not path.is_file():
-            return cls()
-        entries = tuple(UpscalerEntry(**entry) for entry in json.loads(path.read_text()))
-        return cls(entries, Restorers.read(folder), Interpolators.read(folder))
+        """The finishing engines built into ``folder`` (None or a folder without the upscalers' listing: none)."""
+        upscalers = super().read(folder)
+        if not folder or not (Path(folder) / cls.LISTING).is_file():  # written last: the build's end
+            return upscalers
+        return replace(upscalers, restorers=Restorers.read(folder), interpolators=Interpolators.read(folder))
 
     def write(self, folder: Path) -> None:
         """Save the listings in ``folder`` (the build does, beside the engines; the upscalers' last)."""
         self.restorers.write(folder)
         self.interpolators.write(folder)
-        (folder / LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
+        super().write(folder)
 
     @property
     def specs(self) -> list[ModelSpec]:
         """The Triton models of every ready upscaler, face restorer and frame interpolator."""
         return [entry.spec for entry in (*self.ready, *self.restorers.ready, *self.interpolators.ready)]
-
-    @property
-    def ready(self) -> tuple[UpscalerEntry, ...]:
-        """The entries whose engines were built."""
-        return tuple(entry for entry in self.entries if entry.status == READY)
-
-    def listing(self) -> list[dict]:
-        """``GET /v1/upscalers``: every upscaler the stack was started with, ready or with its error."""
-        return [entry.public() for entry in self.entries]
 
     def choose(self, name: str, scale: float | None, field: str = "upscaler") -> tuple[UpscalerEntry, float]:
         """The ready upscaler ``name`` and the scale asked (its own when None); a 400 naming the field otherwise."""

@@ -5,13 +5,13 @@ A model with a loop model inside Triton (:attr:`ServedModel.loop <serve.text_to_
 on the replica's loop, one Triton call per engine per step. Each answer names its loop (``Easel-Loop``) and
 ``easel_generation_requests`` counts them by loop.
 
-torch and diffusers load in a replica's constructor, not with this module: Serve's build of the app imports the
-module for its class and need not load them (it took 6 s of CPU on every stack's start).
+What a replica runs with loads in its constructor (:data:`LIBRARIES`), not with this module.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -48,6 +48,11 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+LIBRARIES = ("torch", "serve.text_to_image.pipeline", "scipy.ndimage")
+"""What a replica loads in its constructor, so no request waits for them: torch, diffusers (the loop) and scipy (a
+ControlNet's edges). Not with this module: Serve's build of the app imports it for the class (6 s of CPU on every
+stack's start when it loaded them)."""
+
 MAX_MODELS_PER_REPLICA = 8
 """Models whose loops a replica keeps open (Ray Serve's multiplexing drops the least recently used past it)."""
 
@@ -58,7 +63,7 @@ class ModelPipeline:
     def __init__(
         self, model: ServedModel, engines: EngineRunner, reuse: LatentReuse | None = None, triton_url: str = ""
     ) -> None:
-        from serve.text_to_image.pipeline import TextToImagePipeline  # torch and diffusers (see the module's note)
+        from serve.text_to_image.pipeline import TextToImagePipeline  # one of LIBRARIES
 
         self.model = model
         self.pipeline = TextToImagePipeline(model.folder, model_runner(engines, model.prefix), reuse)
@@ -92,9 +97,9 @@ class TextToImage:
         scorer_dir: str | None = None,
     ) -> None:
         """``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores)."""
-        import torch  # see the module's note
-
-        from serve.text_to_image.pipeline import TextToImagePipeline  # noqa: F401 - diffusers: now, not on a request
+        for library in LIBRARIES:
+            importlib.import_module(library)
+        import torch  # one of LIBRARIES
 
         torch.set_num_threads(1)
         self.models = models

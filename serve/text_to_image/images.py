@@ -161,7 +161,7 @@ def canny(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
     3x3 Sobel gradients of each channel, the strongest channel's at each pixel; non-maximum suppression along the
     gradient's direction (four sectors); hysteresis: pixels over ``high``, and those over ``low`` connected to them.
     """
-    from scipy import ndimage  # here: half a second of import that only a ControlNet's edges pay
+    from scipy import ndimage  # here, not at the top: the Gateway never loads it (a TextToImage replica at its start)
 
     channels = pixels.astype(np.float64).transpose(2, 0, 1)
     gx = np.stack([ndimage.sobel(c, axis=1, mode="nearest") for c in channels])

@@ -10,13 +10,15 @@ One thread per watched process, so a slow restart of one never delays noticing a
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
-from serve.processes.managed import ManagedProcess, ProcessStartError
+from serve.processes.managed import ProcessStartError
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,36 @@ class Event:
     what: str
 
 
+class Supervised(Protocol):
+    """What the supervisor watches and restarts through its own ``start``.
+
+    A :class:`~serve.processes.ManagedProcess`, or a server owning one whose start does more than spawn it (Triton's
+    reads what failed from this start's log lines only).
+    """
+
+    name: str
+
+    @property
+    def process(self) -> subprocess.Popen | None:
+        """The current run (None before the first start)."""
+
+    @property
+    def pid(self) -> int | None:
+        """Its process id, if started."""
+
+    def running(self) -> bool:
+        """Whether it lives."""
+
+    def start(self, timeout_s: float) -> object:
+        """Start it and wait until it is ready; :class:`ProcessStartError` if it does not become ready."""
+
+    def kill(self) -> None:
+        """SIGKILL it and whatever it spawned."""
+
+    def stop(self, grace_s: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_s``."""
+
+
 class Watch:
     """One process under supervision: restarted when dead, ``check`` run while it lives.
 
@@ -44,7 +76,7 @@ class Watch:
 
     def __init__(
         self,
-        process: ManagedProcess,
+        process: Supervised,
         supervisor: Supervisor,
         check: Callable[[], str | None] | None,
         restart_after: int,
@@ -127,7 +159,7 @@ class Supervisor:
 
     def watch(
         self,
-        process: ManagedProcess,
+        process: Supervised,
         check: Callable[[], str | None] | None = None,
         restart_after: int = 3,
         start_timeout_s: float = 180.0,

@@ -128,7 +128,7 @@ class Stack:
             dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
         if self.triton is not None:  # loading its models while Ray started
             self.triton.wait_ready()
-            self.supervisor.watch(self.triton.managed, self.triton.check)
+            self.supervisor.watch(self.triton, self.triton.check)
         if opts.address is not None:  # a Triton per model node, once Ray is reachable
             from serve.triton.node import NodeTritons
 

@@ -48,7 +48,7 @@ class NodeTriton:
         log = Path(log_dir) / f"triton-{node[:12]}.log"
         self.server = TritonServer(Path(repository), log, models, pools=pools).start()
         self.supervisor = Supervisor()
-        self.supervisor.watch(self.server.managed, self.server.check)
+        self.supervisor.watch(self.server, self.server.check)
 
     def endpoints(self) -> TritonEndpoints:
         """Where this node's Triton listens."""

@@ -70,6 +70,8 @@ class TritonServer:
     change while it runs).
     """
 
+    name = "tritonserver"
+
     def __init__(
         self,
         repository: Path,
@@ -95,7 +97,7 @@ class TritonServer:
         self.pools_dir = log_path.parent / f"{log_path.stem}-memory"
         self.control_key = secrets.token_urlsafe(24)
         self.managed = ManagedProcess(
-            "tritonserver",
+            self.name,
             self.command,
             log_path,
             self.ready,
@@ -122,6 +124,19 @@ class TritonServer:
         """The running ``subprocess.Popen`` (None before the first start)."""
         return self.managed.process
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, if started."""
+        return self.managed.pid
+
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.managed.running()
+
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs."""
+        self.managed.kill()
+
     def command(self) -> list[str]:
         """The tritonserver command line."""
         e = self.endpoints
@@ -147,15 +162,19 @@ class TritonServer:
         ]
 
     def start(self, timeout_s: float = 180.0) -> TritonServer:
-        """Start Triton and wait until it and every model are ready (:meth:`spawn`, then :meth:`wait_ready`)."""
+        """Start Triton and wait until it and every model are ready (:meth:`spawn`, then :meth:`wait_ready`).
+
+        The supervisor restarts it here too: a start reads only its own log lines for what failed (a model that
+        failed to load in an earlier life, read again, had every later restart killed at once).
+        """
         return self.spawn().wait_ready(timeout_s)
 
     def spawn(self) -> TritonServer:
-        """Create the activation pools and start the process, without waiting for it.
+        """Create the activation pools (at the first start) and start the process, without waiting for it.
 
         The pools outlive restarts of the process (the entries of stubs that died are dropped at the next look).
         """
-        for name, spec in self.pool_specs.items():
+        for name, spec in self.pool_specs.items() if not self.pools else ():
             pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
             self.pools |= dict.fromkeys(spec.engines, pool)
         write_python_paths(self.repository)

@@ -214,6 +214,26 @@ def test_sigkill_of_triton_is_a_503_then_ready_within_20_s_with_nothing_orphaned
     logger.info("ready again %.1f s after the SIGKILL of tritonserver", seconds)
 
 
+def test_a_triton_restart_that_failed_is_tried_again_until_triton_is_back(stack, api):
+    """A restart that fails (a model Triton cannot load meanwhile) is tried again with backoff, each start judged by
+    its own log lines: the earlier start's "failed to load" once had every later restart killed at once, for good."""
+    model = next(name for name, spec in stack.triton.loaded().items() if not spec.ensemble)
+    script = stack.triton.repository / model / "1" / "model.py"
+    code, before = script.read_text(), len(stack.supervisor.events)
+    script.write_text('raise RuntimeError("broken on purpose")\n' + code)
+    try:
+        stack.triton.process.kill()
+        deadline = time.monotonic() + 60
+        while not any("restart failed" in e.what for e in stack.supervisor.events[before:]):
+            assert time.monotonic() < deadline, [e.what for e in stack.supervisor.events[before:]]
+            time.sleep(0.2)
+    finally:
+        script.write_text(code)
+    seconds = _until_ready(api, 60)
+    assert api.post(GENERATE, json=SMALL).status_code == 200
+    logger.info("back %.1f s after %s could be loaded again: %s", seconds, model, stack.supervisor.events[before:])
+
+
 def test_sigkill_of_the_unet_stub_is_a_503_then_ready_within_20_s(stack, api):
     stub = _unet_stubs(stack)[0]  # one of the small default UNet's two instances
     stub.kill()

@@ -37,6 +37,7 @@ def interpolator_spec(name: str) -> ModelSpec:
         outputs=(TensorSpec("middle", "float32", (3, -1, -1), axis_names=("height", "width")),),
         max_batch_size=MAX_ROWS_PER_CALL,
         dynamic_batching=DynamicBatching(max_queue_delay_us=2000),
+        canary_side=SIDE_MULTIPLE,  # RIFE's pyramid has nothing left of an 8-pixel frame
     )
 
 

@@ -321,7 +321,7 @@ class TritonServer:
         for name, spec in loaded.items():
             if spec.ensemble or spec.decoupled or self._answered_since_last_look(name):
                 continue
-            body = {"inputs": [_canary_input(tensor, spec) for tensor in spec.inputs]}
+            body = canary_body(spec)
             busy_before = _cpu_seconds(self._stubs().get(name, []))
             try:
                 response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
@@ -367,14 +367,17 @@ def _cpu_seconds(processes: list[psutil.Process]) -> float:
     return total
 
 
-def _canary_input(tensor, spec: ModelSpec) -> dict:
-    """A KServe v2 JSON input of zeros (empty strings): one row, 8 for the reference of its dynamic axes."""
+def canary_body(spec: ModelSpec) -> dict:
+    """The KServe v2 JSON body of ``spec``'s canary: zeros (empty strings), one row, dynamic axes at its canary side."""
     from serve.triton.spec import triton_dtype_name
 
-    dims = list(tensor.shape(8)) or [1]
-    shape = [1, *dims] if spec.max_batch_size > 0 else dims
-    if tensor.dtype == "bytes":  # e.g. a LoRA-ready engine's adapters: none
-        data = [""] * int(np.prod(shape))
-    else:
-        data = np.zeros(shape, dtype=tensor.numpy_dtype).reshape(-1).tolist()
-    return {"name": tensor.name, "shape": shape, "datatype": triton_dtype_name(tensor.dtype), "data": data}
+    inputs = []
+    for tensor in spec.inputs:
+        dims = list(tensor.shape(spec.canary_side)) or [1]
+        shape = [1, *dims] if spec.max_batch_size > 0 else dims
+        if tensor.dtype == "bytes":  # e.g. a LoRA-ready engine's adapters: none
+            data = [""] * int(np.prod(shape))
+        else:
+            data = np.zeros(shape, dtype=tensor.numpy_dtype).reshape(-1).tolist()
+        inputs.append({"name": tensor.name, "shape": shape, "datatype": triton_dtype_name(tensor.dtype), "data": data})
+    return {"inputs": inputs}

@@ -149,6 +149,8 @@ class ModelSpec:
     ensemble: tuple[EnsembleStep, ...] = ()
     python_model: str | None = None
     decoupled: bool = False
+    canary_side: int = 8
+    """The reference length of the supervisor's canary inference: the smallest its engine takes."""
 
     @property
     def batch_axis(self) -> str | None:

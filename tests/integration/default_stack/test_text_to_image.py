@@ -18,7 +18,7 @@ from serve.names import DEFAULT_MODEL
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
-from serve.triton.server import CONTROL_HEADER
+from serve.triton.server import CONTROL_HEADER, canary_body
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (
@@ -228,6 +228,16 @@ def test_triton_is_reachable_directly_over_grpc(stack):
     tensor.set_data_from_numpy(ids)
     hidden = client.infer("text_encoder", [tensor]).as_numpy("last_hidden_state")
     assert hidden.shape[:2] == (1, length) and np.isfinite(hidden).all()
+
+
+def test_every_triton_model_of_the_stack_takes_its_canary(stack):
+    """The supervisor's canary of each model (upscalers, restorers, RIFE, checkers, scorers, the loop's engines) is an
+    inference the model answers: a refused one had RIFE unloaded and loaded again every 10 s."""
+    for name, spec in stack.triton.loaded().items():
+        if spec.ensemble or spec.decoupled:
+            continue
+        answer = httpx.post(f"{stack.info.triton_http_url}/v2/models/{name}/infer", json=canary_body(spec), timeout=60)
+        assert answer.status_code == 200, f"{name}: {answer.text[:300]}"
 
 
 def test_triton_down_is_a_503_with_retry_after_and_the_stack_recovers(api, stack):

@@ -13,11 +13,12 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, Strict, model_validator
 from pydantic_core import PydanticCustomError
 
+from serve.schema_rules import exactly_one
+
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{24}$"
 JOB_ID_PATTERN = r"^job_[0-9a-f]{24}$"
 RATINGS = (1, 5)
 """A rating's range; rating r is the reward (r - 1) / 4."""
-RATED_BY = (("reward", "number"), ("rating", "integer"))
 
 
 def new_image_id() -> str:
@@ -25,10 +26,7 @@ def new_image_id() -> str:
     return f"img_{secrets.token_hex(12)}"
 
 
-ONE_OF_EACH = [
-    {"oneOf": [{"required": [name], "properties": {name: {"type": "string"}}} for name in ("image_id", "job_id")]},
-    {"oneOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in RATED_BY]},
-]
+ONE_OF_EACH = [exactly_one(image_id="string", job_id="string"), exactly_one(reward="number", rating="integer")]
 """What the schema states of the two pairs: exactly one of ``image_id`` and ``job_id``, one of ``reward`` and
 ``rating``, given (and not null)."""
 

@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, fiel
 from pydantic_core import PydanticCustomError
 
 from serve.errors import InvalidInput
+from serve.schema_rules import when
 
 WEIGHT_TOLERANCE = 1e-6
 """How far a split's weights may sum from 1."""
@@ -80,13 +81,26 @@ def _variants_error(message: str) -> PydanticCustomError:
     return PydanticCustomError("variants", message, {"field": "variants"})
 
 
+SHAPES = [
+    when(
+        "policy",
+        Policy.BANDIT,
+        then={"properties": {"variants": {"type": "array", "minItems": 2, "uniqueItems": True}}},
+        otherwise={"properties": {"variants": {"type": "object", "additionalProperties": {"exclusiveMinimum": 0}}}},
+    ),
+    when("mode", Mode.PERSONAL, then={"required": ["policy"], "properties": {"policy": {"const": Policy.BANDIT}}}),
+]
+"""What the schema states of the fields together: a bandit's variants are two or more different models, a split's
+a mapping to weights > 0 (their sum of 1 it cannot state); personal is a bandit's."""
+
+
 class ExperimentSpec(BaseModel):
     """An experiment's declaration: its policy and variants (``easel up --experiment``, ``PUT /v1/experiments/{name}``).
 
     ``split``: a mapping of served model -> weight (each > 0, summing to 1); ``bandit``: a list of served models.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra={"allOf": SHAPES})
 
     policy: Policy = Field(Policy.SPLIT, description="split: by weight, sticky per user; bandit: Thompson sampling.")
     reward: Reward = Field(

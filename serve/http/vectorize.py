@@ -15,7 +15,7 @@ from fastapi.responses import Response
 from serve.access import caller
 from serve.http.admission import AdmitVectorize
 from serve.serving.vectorize import Vectorizing
-from serve.vectorize.versions import VersionChange
+from serve.vectorize.versions import NewVersion, VersionChange
 
 
 def vectorizing(http: Request) -> Vectorizing:
@@ -37,7 +37,7 @@ async def vectorize_versions(http: Request) -> dict:
     return await vectorizing(http).versions()
 
 
-async def vectorize_version_added(http: Request, body: VersionChange) -> dict:
+async def vectorize_version_added(http: Request, body: NewVersion) -> dict:
     """Install a trained folder as a new vectorize version beside the current one (admin; 400 if malformed)."""
     return await vectorizing(http).change("POST", body)
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 from ray.serve.handle import DeploymentHandle
 
 from serve.errors import Conflict, InvalidInput
@@ -16,6 +17,7 @@ from serve.names import NAME, NAME_RULE
 from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import Circuits
+from serve.schema_rules import exactly_one
 from serve.serving.current_models import CurrentModels
 from serve.text_to_image.model_table import ModelFolder
 from serve.text_to_image.models import ServedModel
@@ -24,8 +26,22 @@ MAX_CHAIN = 16
 """The most links a fallback chain may have."""
 
 
+WHAT_DRAWS = {
+    "allOf": [
+        exactly_one(engine_dir="string", remote="object"),
+        {
+            "if": {"required": ["remote"], "properties": {"remote": {"type": "object"}}},
+            "then": {"properties": {"loras_dir": {"type": "null"}}},
+        },
+    ]
+}
+"""What the schema states: exactly one of ``engine_dir`` and ``remote``, and no ``loras_dir`` with a remote."""
+
+
 class NewModel(ModelFolder):
     """``POST /v1/models``' body: a name and what draws it, a built engine folder or a remote service."""
+
+    model_config = ConfigDict(json_schema_extra=WHAT_DRAWS)
 
     name: str = Field(pattern=NAME.pattern, description=f"The model's name: {NAME_RULE}.")
     engine_dir: str | None = Field(
@@ -41,6 +57,15 @@ class NewModel(ModelFolder):
         "key_env must name a variable declared for remotes' keys (`easel up --remote-key-envs`, EASEL_REMOTE_* by "
         "default) and set in the stack's environment; its value is never shown back.",
     )
+
+    @model_validator(mode="after")
+    def _engines_or_remote(self) -> NewModel:
+        if (self.engine_dir is None) == (self.remote is None):
+            message = "give engine_dir (a built engine folder) or remote, one of them"
+            raise PydanticCustomError("one_of", message, {"field": "engine_dir"})
+        if self.remote is not None and self.loras_dir is not None:
+            raise PydanticCustomError("no_loras", "a remote model takes no LoRAs", {"field": "loras_dir"})
+        return self
 
 
 class FallbackChain(BaseModel):
@@ -100,20 +125,14 @@ class ModelAdmin:
     async def add(self, body: NewModel) -> dict:
         """Serve a built engine folder, or a remote service, as a new model.
 
-        409 for a name an experiment has (a model may not shadow it); a 400 unless exactly one of ``engine_dir``
-        and ``remote`` is given, or naming ``remote.key_env`` where the remote's key_env is not a variable declared
-        for remotes' keys (then it is not read) or is not set in the stack's environment.
+        409 for a name an experiment has (a model may not shadow it); a 400 naming ``remote.key_env`` where the
+        remote's key_env is not a variable declared for remotes' keys (then it is not read) or is not set in the
+        stack's environment.
         """
         if await asyncio.to_thread(self.experiments.exists, body.name):
             raise Conflict(f"name: an experiment is named {body.name!r}; a model may not shadow it", "name")
-        if (body.engine_dir is None) == (body.remote is None):
-            raise InvalidInput(
-                "engine_dir: give engine_dir (a built engine folder) or remote, one of them", "engine_dir"
-            )
         if body.remote is None:
             return await self.residency.add.remote(body.name, body.engine_dir, body.loras_dir)
-        if body.loras_dir is not None:
-            raise InvalidInput("loras_dir: a remote model takes no LoRAs", "loras_dir")
         try:
             body.remote.api_key(self.models.key_envs)
         except ValueError as error:

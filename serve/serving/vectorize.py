@@ -21,7 +21,7 @@ from serve.experiments.traffic import Assignment, Experiments
 from serve.serving.prices import vectorize_cost
 from serve.vectorize.deployment import VectorizeResult
 from serve.vectorize.schema import VectorizeOptions
-from serve.vectorize.versions import TableReader, VersionChange, variant_version
+from serve.vectorize.versions import NewVersion, TableReader, VersionChange, variant_version
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class Vectorizing:
         """The vectorize model versions installed, the current one marked."""
         return await self.residency.vectorize_versions.remote()
 
-    async def change(self, method: str, body: VersionChange | None = None, version: int | None = None) -> dict:
+    async def change(
+        self, method: str, body: NewVersion | VersionChange | None = None, version: int | None = None
+    ) -> dict:
         """Add (POST), replace or serve again (PUT), or remove (DELETE) a vectorize model version (admin)."""
         return await self.residency.change_vectorize.remote(method, body, version)
 

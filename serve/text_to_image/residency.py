@@ -40,7 +40,7 @@ from serve.triton.residency import (
     write_parked,
 )
 from serve.vectorize.version_admin import VectorizeVersionAdmin
-from serve.vectorize.versions import VersionChange
+from serve.vectorize.versions import NewVersion, VersionChange
 
 logger = logging.getLogger(__name__)
 
@@ -183,15 +183,17 @@ class ModelResidency:
         """The vectorize versions installed, the current one marked (:mod:`serve.vectorize.version_admin`)."""
         return self.vectorize.listing()
 
-    async def change_vectorize(self, method: str, change: VersionChange | None, version: int | None = None) -> dict:
+    async def change_vectorize(
+        self, method: str, change: NewVersion | VersionChange | None, version: int | None = None
+    ) -> dict:
         """``POST`` (add), ``PUT`` (replace, or serve an installed version) or ``DELETE`` a vectorize version."""
         if method == "DELETE":
             return await self.vectorize.remove(version)
+        if method == "POST":
+            return await self.vectorize.add(change.trained_dir)
         if change.version is not None:
-            if method == "POST":
-                raise InvalidInput("version: POST installs a trained_dir; PUT makes a version current", "version")
             return await self.vectorize.serve(change.version)
-        return await (self.vectorize.add if method == "POST" else self.vectorize.replace)(change.trained_dir)
+        return await self.vectorize.replace(change.trained_dir)
 
     async def _retabled(self, change: Callable[[ModelTable], None]) -> None:
         """Make ``change`` to the table where it loads nothing (a remote model, a chain), and publish it."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from serve.errors import Conflict, InvalidInput
 from serve.integers import json_int
+from serve.schema_rules import exactly_one
 from serve.triton.engine_files import ONNX
 from serve.triton.repository import install_model, uninstall_model
 from serve.triton.spec import Backend, ModelSpec
@@ -40,20 +41,28 @@ ENGINES = (QUALITY, POLICY)
 """The trained ONNX engines of a version, each ``<name>.onnx`` in its trained folder."""
 
 
-class VersionChange(BaseModel):
-    """The body of ``POST`` and ``PUT /v1/vectorize/models``: a trained folder to install, or (PUT) a version."""
+_TRAINED_DIR = (
+    "A folder `easel train vectorize` wrote, on the stack's machine (ONNX predictor and policy, tier1.json): "
+    "installed as a new version."
+)
+
+
+class NewVersion(BaseModel):
+    """The body of ``POST /v1/vectorize/models``: a trained folder to install."""
 
     model_config = ConfigDict(extra="forbid")
 
-    trained_dir: str | None = Field(
-        None,
-        min_length=1,
-        max_length=4096,
-        description="A folder `easel train vectorize` wrote, on the stack's machine (ONNX predictor and policy, "
-        "tier1.json): installed as a new version.",
-    )
+    trained_dir: str = Field(min_length=1, max_length=4096, description=_TRAINED_DIR)
+
+
+class VersionChange(BaseModel):
+    """The body of ``PUT /v1/vectorize/models``: a trained folder to install, or a version, made current."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=exactly_one(trained_dir="string", version="integer"))
+
+    trained_dir: str | None = Field(None, min_length=1, max_length=4096, description=_TRAINED_DIR)
     version: json_int(ge=1) | None = Field(
-        None, description="PUT only: an installed version to make current again (an instant rollback)."
+        None, description="Or an installed version to make current again (a rollback)."
     )
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ import itertools
 import json
 import re
 
+import jsonschema
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -14,6 +15,7 @@ from serve import errors
 from serve.contract import IDEMPOTENCY_KEY, UNSTATED_LIMITS
 from serve.errors import InvalidInput
 from serve.experiments.feedback import FeedbackRequest
+from serve.experiments.policy import ExperimentSpec
 from serve.http.app import api
 from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
@@ -21,8 +23,9 @@ from serve.protocol.prompt_batch import PROMPT_PATTERN
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import SIZE_PATTERN, Outpaint
 from serve.routes import ROUTES, route
+from serve.serving.models import NewModel
 from serve.vectorize.schema import BASE64_PATTERN, VectorizeJson
-from serve.vectorize.versions import VersionChange
+from serve.vectorize.versions import NewVersion, VersionChange
 
 DOCUMENT = api.openapi()
 
@@ -185,6 +188,57 @@ def test_an_integer_field_takes_2_0_as_json_schema_counts_it_an_integer_and_refu
         changed = {read: wrong} if read != "prompts" else {"prompts": [{"prompt": "a", "seed": wrong}]}
         with pytest.raises(ValidationError):
             model.model_validate(body | changed)
+
+
+_REMOTE = {"url": "http://127.0.0.1:9/v1", "model": "m"}
+_SHAPED = {
+    NewModel: [
+        ({"name": "a", "engine_dir": "/x"}, True),
+        ({"name": "a", "remote": _REMOTE}, True),
+        ({"name": "a", "engine_dir": "/x", "remote": None}, True),
+        ({"name": "a", "engine_dir": "/x", "remote": _REMOTE}, False),
+        ({"name": "a"}, False),
+    ],
+    VersionChange: [
+        ({"trained_dir": "/t"}, True),
+        ({"version": 2}, True),
+        ({}, False),
+        ({"trained_dir": "/t", "version": 2}, False),
+    ],
+    NewVersion: [({"trained_dir": "/t"}, True), ({"trained_dir": "/t", "version": 2}, False), ({}, False)],
+    ExperimentSpec: [
+        ({"variants": {"a": 0.5, "b": 0.5}}, True),
+        ({"policy": "bandit", "variants": ["a", "b"]}, True),
+        ({"policy": "bandit", "mode": "personal", "variants": ["a", "b"]}, True),
+        ({"variants": ["a", "b"]}, False),
+        ({"variants": {"a": 0.0, "b": 1.0}}, False),
+        ({"policy": "bandit", "variants": {"a": 1.0}}, False),
+        ({"policy": "bandit", "variants": ["a", "a"]}, False),
+        ({"policy": "bandit", "variants": ["a"]}, False),
+        ({"mode": "personal", "variants": {"a": 1.0}}, False),
+    ],
+}
+
+
+@pytest.mark.parametrize(("model", "body", "valid"), [(m, b, v) for m, cases in _SHAPED.items() for b, v in cases])
+def test_a_rule_across_fields_is_the_schema_s_as_it_is_the_model_s(model, body, valid):
+    """Issue 76: exactly one of two fields, a policy's variants, personal's policy: what the document states (JSON
+    Schema, in the operation's request body) is what the server takes, in both directions."""
+    operation = next(op for path in DOCUMENT["paths"].values() for op in path.values() if _body_model(op) == model)
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    stated = jsonschema.Draft202012Validator({**schema, "components": DOCUMENT["components"]}).is_valid(body)
+    try:
+        model.model_validate(body)
+        taken = True
+    except ValidationError:
+        taken = False
+    assert (stated, taken) == (valid, valid)
+
+
+def _body_model(operation: dict) -> type | None:
+    ref = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
+    name = ref.get("$ref", "").rsplit("/", 1)[-1]
+    return next((model for model in _SHAPED if model.__name__ == name), None)
 
 
 def test_every_costed_route_and_only_those_is_admitted_by_the_one_admission():

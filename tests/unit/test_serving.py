@@ -330,18 +330,20 @@ def test_a_vectorize_answer_names_its_model_version(client):
 
 
 @pytest.mark.parametrize(
-    ("body", "field"),
+    ("method", "body", "field"),
     [
-        ({}, "body"),
-        ({"trained_dir": "/x", "version": 2}, "body"),
-        ({"version": 0}, "version"),
-        ({"x": 1}, "x"),
+        ("PUT", {}, "body"),
+        ("PUT", {"trained_dir": "/x", "version": 2}, "body"),
+        ("PUT", {"version": 0}, "version"),
+        ("PUT", {"x": 1}, "x"),
+        ("POST", {"version": 2}, "trained_dir"),  # POST installs a folder; PUT also makes a version current
+        ("POST", {"trained_dir": "/x", "version": 2}, "version"),
     ],
 )
-def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(client, body, field):
+def test_a_vectorize_version_change_it_cannot_read_is_a_400_and_changes_nothing(client, method, body, field):
     http, _ = client
     residency = api.state.gateway.vectorizing.residency
-    response = http.post("/v1/vectorize/models", json=body)
+    response = http.request(method, "/v1/vectorize/models", json=body)
     assert response.status_code == 400 and response.json()["error"]["param"] == field, response.text
     assert residency.changes == []
     assert http.put("/v1/vectorize/models", json={"version": 1}).status_code == 200

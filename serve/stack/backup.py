@@ -4,9 +4,9 @@ What is copied is one declaration, :data:`PARTS` (a new store joins it): the sto
 so every image row the copy holds has its bytes (an image's bytes are written before its row). The SQLite store
 (keys, jobs, the webhook outbox, LoRA and reference entries, image rows, experiments, the caches: one file) is copied
 by SQLite's online backup, one consistent snapshot while writers go on; a Redis store (``--store redis://``) as a
-DUMP of each of its ``easel:*`` keys (each key consistent, not the whole; for one instant, ``BGSAVE`` on the Redis
-server). Not copied: an image store outside the run folder (``--image-store`` elsewhere, or S3), the engine cache
-and the models' folders (the table names them), what a run makes anew (Ray's GCS, logs, Triton's repository).
+DUMP of each of its ``easel:*`` keys, all taken by one script (one instant of the whole store). Not copied: an
+image store outside the run folder (``--image-store`` elsewhere, or S3), the engine cache and the models' folders
+(the table names them), what a run makes anew (Ray's GCS, logs, Triton's repository).
 
 A restore writes into a run folder where no stack runs; paths the copy names in the folder it came from (a LoRA's
 prepared file, a model's LoRA folder) are rewritten for the folder it goes into.
@@ -210,20 +210,27 @@ def _copy(source: Path, target: Path) -> dict:
     return {"files": files, "bytes": size}
 
 
+_SNAPSHOT = """
+local taken = {}
+for _, name in ipairs(redis.call('KEYS', ARGV[1])) do
+    table.insert(taken, name)
+    table.insert(taken, redis.call('PTTL', name))
+    table.insert(taken, redis.call('DUMP', name))
+end
+return taken
+"""
+"""Every key matching ``ARGV[1]`` with its time to live and its DUMP, in one script: Redis runs nothing else
+meanwhile, so the copy is one instant of the whole store (its keys are a few thousand small ones: milliseconds)."""
+
+
 def _redis_dump(url: str, out: Path) -> int:
-    """Each ``easel:*`` key of the Redis store at ``url``, DUMPed with its time to live into ``out``; how many."""
-    client, count = redis_client(url, decode=False), 0
+    """Every ``easel:*`` key of the Redis store at ``url`` at one instant, DUMPed with its time to live into ``out``."""
+    taken = redis_client(url, decode=False).eval(_SNAPSHOT, 0, REDIS_KEYS)
     with out.open("w") as file:
-        for name in client.scan_iter(match=REDIS_KEYS, count=1000):
-            pipe = client.pipeline(transaction=True)
-            pipe.dump(name).pttl(name)
-            value, ttl = pipe.execute()
-            if value is None:  # gone since the scan
-                continue
+        for name, ttl, value in zip(taken[0::3], taken[1::3], taken[2::3], strict=True):
             key, dumped = base64.b64encode(name).decode(), base64.b64encode(value).decode()
             file.write(json.dumps({"key": key, "ttl_ms": max(ttl, 0), "dump": dumped}) + "\n")
-            count += 1
-    return count
+    return len(taken) // 3
 
 
 def _redis_restore(dump: Path, url: str) -> None:

@@ -32,3 +32,41 @@ def test_a_backup_of_a_redis_store_dumps_easel_s_keys_and_restores_them(store, r
     restore(tmp_path / "backup", tmp_path / "fresh", redis_url)
     assert {k.id for k in RedisKeyStore(redis_url).list()} == {k.id for k in made}
     assert client.get("not-easel") is None and 0 < client.ttl("easel:expiring") <= 600
+
+
+def test_a_backup_of_a_redis_store_is_one_instant_of_it_while_writers_move_items_between_keys(redis_url, tmp_path):
+    """A writer moves items from one ``easel:*`` list to another in transactions (their total is 200 at every
+    instant); each of five backups taken meanwhile restores to lists holding 200 together."""
+    import threading
+
+    from serve.stack.backup import backup, restore
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    client.rpush("easel:from", *range(200))
+    stop = threading.Event()
+
+    def move() -> None:
+        source, target = "easel:from", "easel:to"
+        while not stop.is_set():
+            with client.pipeline(transaction=True) as pipe:
+                pipe.lmove(source, target)
+                if pipe.execute()[0] is None:  # emptied: back the other way
+                    source, target = target, source
+
+    writer = threading.Thread(target=move)
+    writer.start()
+    try:
+        totals = []
+        for copy in range(5):
+            backup(tmp_path / "run", tmp_path / f"backup{copy}", redis_url)
+        stop.set()
+        writer.join()
+        for copy in range(5):
+            client.flushdb()
+            restore(tmp_path / f"backup{copy}", tmp_path / f"fresh{copy}", redis_url)
+            totals.append(client.llen("easel:from") + client.llen("easel:to"))
+    finally:
+        stop.set()
+        writer.join()
+    assert totals == [200] * 5

@@ -68,6 +68,9 @@ export async function allowed(path) {
   }
 }
 
+/** A job stream's final events, and the status each ends the job in. */
+export const JOB_ENDS = { completed: "succeeded", failed: "failed", canceled: "canceled" };
+
 /** The Server-Sent Events of `path` as {type, data} (read with fetch: EventSource cannot send the key). */
 export async function* events(path, signal) {
   const response = await fetch(ownPath(path), { headers: headers({ Accept: "text/event-stream" }), signal });

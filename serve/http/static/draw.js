@@ -1,13 +1,12 @@
 // Draw: the generation form, the prompt's analysis as it is typed, progress, cancel, the pictures and the call.
 
-import { ApiError, call, events } from "./api.js";
+import { ApiError, JOB_ENDS, call, events } from "./api.js";
 import { generationCalls, showCalls } from "./calls.js";
 import { $, b64Blob, dataUrl, downloadLink, h, imageType } from "./dom.js";
 
 const GENERATE = "/v1/images/generations";
 const FIELDS = ["negative_prompt", "model", "size", "num_inference_steps", "guidance_scale", "scheduler", "seed", "n"];
 const NUMBERS = ["num_inference_steps", "guidance_scale", "seed", "n"];
-const FINAL = { completed: "succeeded", failed: "failed", canceled: "canceled" };
 
 let studio; // what main.js learned of the stack and the key: {jobs, admin}
 let running = null; // the generation in flight: {job, abort}
@@ -107,8 +106,8 @@ async function viaJob(body, abort) {
   for await (const event of events(`/v1/jobs/${job.id}/events`, abort.signal)) {
     const at = event.type === "state" ? event.data.progress : event.data;
     if ((event.type === "state" || event.type === "progress") && at?.total) progress(at.step, at.total);
-    if (event.type in FINAL) {
-      final = FINAL[event.type];
+    if (event.type in JOB_ENDS) {
+      final = JOB_ENDS[event.type];
       break;
     }
   }

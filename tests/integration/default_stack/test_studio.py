@@ -93,6 +93,20 @@ def test_cancel_stops_a_long_drawing_and_the_next_one_is_drawn(studio):
     expect(studio.locator("#draw-progress")).to_have_text("step 2 of 2: done")
 
 
+def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio, api):
+    """A job's progress moves on the page with no refresh (its event stream); its Cancel ends it, shown as such."""
+    body = {"prompt": "a slow one", "num_inference_steps": 150, "size": "64x64", "seed": 9, "background": True}
+    job = api.post(GENERATE, json=body).json()["id"]
+    studio.click("#tab-jobs")
+    progress = studio.locator(f'td[data-job="{job}"]')
+    expect(progress).to_have_text(re.compile(r"[1-9]\d* of 150"), timeout=60_000)
+    seen = progress.inner_text().strip()
+    expect(progress).not_to_have_text(seen, timeout=30_000)  # moved on, Refresh never clicked
+    studio.click(f"text=Cancel {job}")
+    expect(studio.locator("#jobs-list tr", has_text=job)).to_contain_text("canceled", timeout=60_000)
+    assert api.get(f"/v1/jobs/{job}").json()["status"] == "canceled"
+
+
 def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studio, tmp_path):
     icon = tmp_path / "icon.png"
     icon.write_bytes(dev_icon_png(ICONS_DEV / "val"))

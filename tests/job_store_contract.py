@@ -11,7 +11,7 @@ import time
 import pytest
 
 from serve.errors import Conflict, NotFound, Overloaded
-from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner
+from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner, Stage
 from serve.jobs.store import LeaseLost, attempt_record
 from serve.priority import Priority
 
@@ -82,6 +82,21 @@ def test_progress_events_then_exactly_one_final_event(store):
     assert done.to_api()["data"] == [{"b64_json": "eA=="}]
     with pytest.raises(LeaseLost):  # over: nobody holds it
         store.progress(job.id, "w", 30, 4, 3, None)
+
+
+def test_a_job_s_progress_says_its_stage_and_a_retried_attempt_starts_denoising_again(store):
+    """A video's interpolation is a stage of its own: the state and each event say what step and total count."""
+    job = store.submit(REQUEST, Priority.NORMAL)[0]
+    store.claim("w", 30)
+    store.progress(job.id, "w", 30, 3, 3, None)
+    assert store.get(job.id).to_api()["progress"] == {"step": 3, "total": 3, "stage": "denoise"}
+    store.progress(job.id, "w", 30, 1, 7, None, Stage.INTERPOLATE)
+    assert store.get(job.id).to_api()["progress"] == {"step": 1, "total": 7, "stage": "interpolate"}
+    assert [e.data.get("stage") for e in store.events(job.id)] == [None, "denoise", "interpolate"]
+    store.progress(job.id, "w", 0.01, 2, 7, None, Stage.INTERPOLATE)  # its worker dies: the lease runs out
+    time.sleep(0.05)
+    again = store.claim("w2", 30)
+    assert again.id == job.id and (again.step, again.stage) == (0, Stage.DENOISE)
 
 
 def test_cancel_a_queued_job_at_once_a_running_one_at_its_next_step_a_finished_one_never(store):

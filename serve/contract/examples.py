@@ -39,7 +39,7 @@ JOB = {
     "object": "image.generation.job",
     "status": "succeeded",
     "priority": "normal",
-    "progress": {"step": 20, "total": 20},
+    "progress": {"step": 20, "total": 20, "stage": "denoise"},
     "created_at": 1795709101.05,
     "started_at": 1795709101.05,
     "finished_at": 1795709101.74,
@@ -256,7 +256,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/jobs/{job_id}/cancel"): {
         "request": "POST /v1/jobs/job_013723972e827da58356432d/cancel",
         "answer": {key: JOB[key] for key in ("id", "object", "priority", "created_at")}
-        | {"status": "canceled", "progress": {"step": 3, "total": 20}, "cancel_requested": True},
+        | {"status": "canceled", "progress": {"step": 3, "total": 20, "stage": "denoise"}, "cancel_requested": True},
     },
     ("get", "/v1/jobs/{job_id}/events"): {
         "request": "GET /v1/jobs/job_013723972e827da58356432d/events",

@@ -13,6 +13,7 @@ is what the build recognised; a request naming one that is not ready is a 400.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,13 +91,20 @@ def frame_pixels(middle: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 async def interpolate_frames(
-    frames: list[np.ndarray], factor: int, entry: InterpolatorEntry, runner: EngineRunner
+    frames: list[np.ndarray],
+    factor: int,
+    entry: InterpolatorEntry,
+    runner: EngineRunner,
+    pair_done: Callable[[int, int], Awaitable[None]] | None = None,
 ) -> list[np.ndarray]:
-    """RGB ``uint8`` ``frames`` with ``factor - 1`` frames drawn by ``entry``'s engine between each two, in order."""
+    """RGB ``uint8`` ``frames`` with ``factor - 1`` frames drawn by ``entry``'s engine between each two, in order.
+
+    ``pair_done(done, total)`` is awaited after each pair of frames (what it raises stops the interpolation).
+    """
     height, width = frames[0].shape[:2]
     moments = timesteps(factor)
     out = [frames[0]]
-    for first, second in zip(frames, frames[1:], strict=False):
+    for done, (first, second) in enumerate(zip(frames, frames[1:], strict=False), start=1):
         pairs, times = await asyncio.to_thread(pair_rows, first, second, moments)
         middles = []
         for start in range(0, len(moments), MAX_ROWS_PER_CALL):
@@ -105,4 +113,6 @@ async def interpolate_frames(
             middles.extend(answer["middle"])
         out.extend(await asyncio.to_thread(lambda m=middles: [frame_pixels(x, height, width) for x in m]))
         out.append(second)
+        if pair_done is not None:
+            await pair_done(done, len(frames) - 1)
     return out

@@ -37,7 +37,7 @@ class JobStatus(enum.StrEnum):
 
 
 class EventType(enum.StrEnum):
-    """What a job's event stream says: one ``progress`` per denoising step, then exactly one final event.
+    """What a job's event stream says: one ``progress`` per step of its stage, then exactly one final event.
 
     ``attempt_failed``: an attempt failed (its error, and ``retry_in_s``: when the next starts, or null: no retry).
     """
@@ -48,6 +48,13 @@ class EventType(enum.StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELED = "canceled"
+
+
+class Stage(enum.StrEnum):
+    """What a job's progress counts: its denoising steps, then (a video that asks for it) its interpolated pairs."""
+
+    DENOISE = "denoise"
+    INTERPOLATE = "interpolate"
 
 
 FINAL_EVENTS = {
@@ -70,6 +77,7 @@ class Job:
     finished_at: float | None = None
     step: int = 0
     total: int = 0
+    stage: Stage = Stage.DENOISE  # what step and total count
     attempts: int = 0
     cancel_requested: bool = False
     result: dict | None = None
@@ -85,7 +93,7 @@ class Job:
             "object": JOB_OBJECT,
             "status": self.status.value,
             "priority": self.priority.value,
-            "progress": {"step": self.step, "total": self.total},
+            "progress": {"step": self.step, "total": self.total, "stage": self.stage.value},
             "created_at": self.created_at,
             "started_at": self.started_at,
             "finished_at": self.finished_at,

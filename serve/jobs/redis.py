@@ -8,8 +8,15 @@ from collections import Counter
 from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, webhook_delivery
+from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, Stage
+from serve.jobs.store import (
+    JobStore,
+    LeaseLost,
+    attempts_exhausted,
+    final_event,
+    progress_data,
+    webhook_delivery,
+)
 from serve.priority import Priority
 from serve.stores import redis_client
 from serve.webhooks import redis as outbox
@@ -68,6 +75,7 @@ class RedisJobStore(JobStore):
             finished_at=number("finished_at"),
             step=int(fields.get("step", 0)),
             total=int(fields.get("total", 0)),
+            stage=Stage(fields.get("stage", Stage.DENOISE)),
             attempts=int(fields.get("attempts", 0)),
             cancel_requested=fields.get("cancel_requested") == "1",
             result=json.loads(fields["result"]) if fields.get("result") else None,
@@ -218,6 +226,7 @@ class RedisJobStore(JobStore):
                 "attempts": job.attempts + 1,
                 "started_at": fields.get("started_at") or repr(now),
                 "step": 0,
+                "stage": Stage.DENOISE.value,
             },
         )
         self._append(pipe, job_id, fields, EventType.RUNNING, {"attempt": job.attempts + 1})
@@ -229,15 +238,24 @@ class RedisJobStore(JobStore):
             raise LeaseLost(job_id)
         return fields
 
-    def progress(self, job_id: str, worker: str, lease_s: float, step: int, total: int, preview: str | None) -> bool:
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        lease_s: float,
+        step: int,
+        total: int,
+        preview: str | None,
+        stage: Stage = Stage.DENOISE,
+    ) -> bool:
         """See :meth:`JobStore.progress`."""
 
         def record(pipe) -> bool:
             fields = self._owned(pipe, job_id, worker)
             pipe.multi()
-            pipe.hset(_job_key(job_id), mapping={"step": step, "total": total})
+            pipe.hset(_job_key(job_id), mapping={"step": step, "total": total, "stage": stage.value})
             pipe.zadd(_LEASES, {job_id: time.time() + lease_s})
-            data = {"step": step, "total": total} | ({"preview": preview} if preview else {})
+            data = progress_data(step, total, preview, stage)
             self._append(pipe, job_id, fields, EventType.PROGRESS, data)
             return fields.get("cancel_requested") == "1"
 

@@ -9,8 +9,15 @@ from collections import Counter
 from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner
-from serve.jobs.store import JobStore, LeaseLost, attempts_exhausted, final_event, webhook_delivery
+from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, Stage
+from serve.jobs.store import (
+    JobStore,
+    LeaseLost,
+    attempts_exhausted,
+    final_event,
+    progress_data,
+    webhook_delivery,
+)
 from serve.priority import Priority
 from serve.stores import serialized, sqlite_open
 from serve.webhooks import sqlite as outbox
@@ -26,6 +33,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     step INTEGER NOT NULL DEFAULT 0,
     total INTEGER NOT NULL DEFAULT 0,
+    stage TEXT NOT NULL DEFAULT 'denoise',
     attempts INTEGER NOT NULL DEFAULT 0,
     cancel_requested INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
@@ -66,6 +74,8 @@ class SqliteJobStore(JobStore):
         for column in ("owner", "failures"):  # a store made before jobs had owners, or kept their failed attempts
             if column not in columns:
                 self.db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
+        if "stage" not in columns:  # made before a video's interpolation was a stage of its progress
+            self.db.execute("ALTER TABLE jobs ADD COLUMN stage TEXT NOT NULL DEFAULT 'denoise'")
         outbox.upgrade(self.db)
         self.db.executescript(_SCHEMA_INDEXES)
 
@@ -80,6 +90,7 @@ class SqliteJobStore(JobStore):
             finished_at=row["finished_at"],
             step=row["step"],
             total=row["total"],
+            stage=Stage(row["stage"]),
             attempts=row["attempts"],
             cancel_requested=bool(row["cancel_requested"]),
             result=json.loads(row["result"]) if row["result"] else None,
@@ -191,7 +202,7 @@ class SqliteJobStore(JobStore):
                 return None
             self.db.execute(
                 "UPDATE jobs SET status = 'running', worker = ?, lease_until = ?, attempts = attempts + 1, "
-                "started_at = COALESCE(started_at, ?), step = 0 WHERE id = ?",
+                "started_at = COALESCE(started_at, ?), step = 0, stage = 'denoise' WHERE id = ?",
                 (worker, now + lease_s, now, job.id),
             )
             self._append(job.id, EventType.RUNNING, {"attempt": job.attempts + 1})
@@ -206,16 +217,25 @@ class SqliteJobStore(JobStore):
         return row
 
     @serialized
-    def progress(self, job_id: str, worker: str, lease_s: float, step: int, total: int, preview: str | None) -> bool:
+    def progress(
+        self,
+        job_id: str,
+        worker: str,
+        lease_s: float,
+        step: int,
+        total: int,
+        preview: str | None,
+        stage: Stage = Stage.DENOISE,
+    ) -> bool:
         """See :meth:`JobStore.progress`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self._owned(job_id, worker)
             self.db.execute(
-                "UPDATE jobs SET step = ?, total = ?, lease_until = ? WHERE id = ?",
-                (step, total, time.time() + lease_s, job_id),
+                "UPDATE jobs SET step = ?, total = ?, stage = ?, lease_until = ? WHERE id = ?",
+                (step, total, stage.value, time.time() + lease_s, job_id),
             )
-            data = {"step": step, "total": total} | ({"preview": preview} if preview else {})
+            data = progress_data(step, total, preview, stage)
             self._append(job_id, EventType.PROGRESS, data)
             return bool(row["cancel_requested"])
 

@@ -18,7 +18,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi.responses import JSONResponse
@@ -52,15 +52,12 @@ from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.best_of import check_best_of
 from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, Progress, draw_seed
+from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, OnStep, Progress, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.scores import check_scores
 
 logger = logging.getLogger(__name__)
-
-OnStep = Callable[[Progress], Awaitable[None]]
-"""What a job's generation hands each step to (it writes the step to the store)."""
 
 
 def seed_header(seed: int | None) -> dict[str, str]:
@@ -317,7 +314,7 @@ class Generations(Streaming):
                     result = await self._pipeline(served).generate.remote(drawing, plan, time.time(), scope)
                 else:
                     result = await self._generate_reporting(served, drawing, plan, on_step, scope)
-                result = await self._finished(served, admitted, result, scope)
+                result = await self._finished(served, admitted, result, scope, on_step)
         result, moderated = await self.moderation.checked(result, admitted.screening)  # marked; blacked out (block)
         observe_scores(admitted.assignment, result.scores)
         answer = admitted.drawing.answer
@@ -349,9 +346,11 @@ class Generations(Streaming):
         return result, model.headers(admitted.asked)  # what it was drawn without: asked, dropped at admission
 
     async def _finished(
-        self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str
+        self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str, on_step: OnStep | None
     ) -> EncodedImages:
         """``result`` with its images upscaled (and redrawn, a hires fix), their faces restored, as the request asks.
+
+        A video's interpolation reports each pair of frames done to ``on_step`` (its own stage).
 
         A hires fix's second pass is priced with the first, at the door (:meth:`admitted`; its replica admits it alone).
         """
@@ -364,7 +363,7 @@ class Generations(Streaming):
             drawing = Drawing.of(second, work.width, work.height, second.seed)
             return (await self._pipeline(served).generate.remote(drawing, plan, time.time(), scope)).images
 
-        images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img)
+        images, faces = await self.upscaling.finish(request, result.images, result.seed, img2img, on_step)
         return dataclasses.replace(result, images=images, faces=faces)
 
     async def _generate_reporting(

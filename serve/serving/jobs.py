@@ -30,7 +30,7 @@ from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
 from serve.stores import quota_bound
-from serve.text_to_image.generation import Progress
+from serve.text_to_image.generation import OnStep, Progress
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.video import frames_of
 from serve.webhooks import WebhookSender, WebhookSettings
@@ -172,11 +172,11 @@ class BackgroundJobs:
 
         async def report(progress: Progress) -> None:
             args = (lease.job_id, lease.worker, lease.lease_s, progress.step, progress.total, progress.preview)
-            if await asyncio.to_thread(self.store.progress, *args):
+            if await asyncio.to_thread(self.store.progress, *args, progress.stage):
                 raise JobCanceled(lease.job_id)
 
         if isinstance(stored.request, VideoGeneration) and stored.request.source_video is not None:
-            return await self._interpolated(stored.request)
+            return await self._interpolated(stored.request, report)
         chosen = await asyncio.to_thread(self.experiments.served_by, job.id)  # at submission
         try:
             # its model now (replaced, or removed: a 400); its moderation policy as submitted
@@ -189,10 +189,10 @@ class BackgroundJobs:
             raise cause from None
         return body
 
-    async def _interpolated(self, request: VideoGeneration) -> dict:
+    async def _interpolated(self, request: VideoGeneration, report: OnStep) -> dict:
         """A video made from a finished one's frames (``source_video``), interpolated: its answer (nothing drawn)."""
         source = await asyncio.to_thread(self.store.require, request.source_video)
-        frames = await self.generations.upscaling.interpolated(request, frames_of(source.result))
+        frames = await self.generations.upscaling.interpolated(request, frames_of(source.result), report)
         items = [{"b64_json": base64.b64encode(frame).decode()} for frame in frames]
         return {"created": int(time.time()), "data": items, "model": request.model, "seed": request.seed}
 

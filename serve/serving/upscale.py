@@ -25,10 +25,12 @@ from serve.finishing.restorers import FACE_SIDE, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
+from serve.jobs.model import Stage
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import MAX_SIDE, SIDE_MULTIPLE
 from serve.protocol.video import VideoGeneration
 from serve.text_to_image.admission import Work
+from serve.text_to_image.generation import OnStep, Progress
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import replica_runner
@@ -205,7 +207,12 @@ class Upscaling:
             )
 
     async def finish(
-        self, request: GenerationRequest, images: list[bytes], seed: int, img2img: Img2Img
+        self,
+        request: GenerationRequest,
+        images: list[bytes],
+        seed: int,
+        img2img: Img2Img,
+        on_step: OnStep | None = None,
     ) -> tuple[list[bytes], list[dict] | None]:
         """A generation's encoded ``images`` finished as it asks, and each image's ``faces`` (None: not asked).
 
@@ -218,16 +225,26 @@ class Upscaling:
         if request.restore_faces is not None:
             images, faces = await self._restored_faces(request, images)
         if isinstance(request, VideoGeneration) and request.interpolate is not None:
-            images = await self.interpolated(request, images)
+            images = await self.interpolated(request, images, on_step)
             factor = request.interpolate.factor  # the drawn frames keep their faces; the new ones restored none
             faces = faces and [None if k % factor else faces[k // factor] for k in range(len(images))]
         return images, faces
 
-    async def interpolated(self, request: VideoGeneration, frames: list[bytes]) -> list[bytes]:
-        """A video's encoded ``frames`` with the frames its ``interpolate`` draws between them (PNGs, lossless)."""
+    async def interpolated(
+        self, request: VideoGeneration, frames: list[bytes], on_step: OnStep | None = None
+    ) -> list[bytes]:
+        """A video's encoded ``frames`` with the frames its ``interpolate`` draws between them (PNGs, lossless).
+
+        Each pair of frames done is a step of the interpolate stage to ``on_step`` (what it raises stops it).
+        """
         entry = self.upscalers.interpolators.choose(request.interpolate.interpolator)
         pixels = await asyncio.to_thread(lambda: [decode(frame) for frame in frames])
-        every = await interpolate_frames(pixels, request.interpolate.factor, entry, self.runner)
+
+        async def pair_done(done: int, total: int) -> None:
+            if on_step is not None:
+                await on_step(Progress(done, total, stage=Stage.INTERPOLATE))
+
+        every = await interpolate_frames(pixels, request.interpolate.factor, entry, self.runner, pair_done)
         encoding = (request.raster_format, request.output_compression)
         return await asyncio.to_thread(lambda: [encode_image(frame, *encoding) for frame in every])
 

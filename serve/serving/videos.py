@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import Job, JobStatus, Owner
+from serve.jobs.model import Job, JobStatus, Owner, Stage
 from serve.protocol.video import InterpolateBody, VideoGeneration, interpolation_of
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import BackgroundJobs, JobRequest
@@ -37,6 +37,19 @@ def video_request(job: Job) -> VideoGeneration:
     return JobRequest.read(job.request).request
 
 
+def percent_done(job: Job, request: VideoGeneration) -> int:
+    """OpenAI's ``progress``: the share of the video's stages done, each an equal part.
+
+    Its denoising, then its interpolation if it asks for one (a finished video's interpolation: that stage alone).
+    """
+    if job.status is JobStatus.SUCCEEDED:
+        return 100
+    stages = [Stage.DENOISE] if request.source_video is None else []
+    stages += [Stage.INTERPOLATE] if request.interpolate is not None else []
+    before = stages.index(job.stage) if job.stage in stages else 0
+    return int(100 * (before + job.step / max(job.total, 1)) / max(len(stages), 1))
+
+
 def video_object(job: Job) -> dict:
     """OpenAI's video object for a video job (``GET /v1/videos/{id}``)."""
     request = video_request(job)
@@ -44,7 +57,7 @@ def video_object(job: Job) -> dict:
         "id": job.id,
         "object": VIDEO_OBJECT,
         "status": STATUSES[job.status],
-        "progress": 100 if job.status is JobStatus.SUCCEEDED else int(100 * job.step / max(job.total, 1)),
+        "progress": percent_done(job, request),
         "model": request.model,
         "seconds": request.seconds,
         "size": request.shown_size,  # upscaled, as its frames are

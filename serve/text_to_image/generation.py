@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from serve.jobs.model import Stage
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.priority import Priority
 from serve.protocol.ip_scale import ip_choices
@@ -214,11 +215,19 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class Progress:
-    """One denoising step done (a stream's event): with a preview PNG (base64) every few steps when asked."""
+    """One step of a stage done (a stream's event).
+
+    A denoising step (with a preview PNG, base64, every few steps when asked), or a video's pair of frames interpolated.
+    """
 
     step: int
     total: int
     preview: str | None = None
+    stage: Stage = Stage.DENOISE
+
+
+OnStep = Callable[[Progress], Awaitable[None]]
+"""What a job's generation hands each step to (it writes the step to the store)."""
 
 
 PROMPT_TRUNCATED = "prompt_tokens_truncated"

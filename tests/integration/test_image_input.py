@@ -208,7 +208,7 @@ def test_an_edit_runs_as_a_background_job_with_progress(api):
         if job["status"] in ("succeeded", "failed"):
             break
         time.sleep(0.1)
-    assert job["status"] == "succeeded" and job["progress"] == {"step": 5, "total": 5}, job
+    assert job["status"] == "succeeded" and job["progress"] == {"step": 5, "total": 5, "stage": "denoise"}, job
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(job["data"][0]["b64_json"]))).convert("RGB"))
     np.testing.assert_array_equal(image[None], _ok(_edit(api, [input_image(64)], strength=0.5)))
 

@@ -72,7 +72,7 @@ def test_a_background_job_is_queued_runs_and_answers_as_the_synchronous_call_doe
     assert job["object"] == "image.generation.job" and job["id"].startswith("job_")
     assert job["status"] in ("queued", "running") and job["priority"] == "normal"
     done = wait_for(api, job["id"])
-    assert done["status"] == "succeeded" and done["progress"] == {"step": 6, "total": 6}, done
+    assert done["status"] == "succeeded" and done["progress"] == {"step": 6, "total": 6, "stage": "denoise"}, done
     assert done["started_at"] >= done["created_at"] and done["finished_at"] >= done["started_at"]
     synchronous = api.post(GENERATE, json=SMALL, headers={"Cache-Control": "no-cache"})  # generated, not cached
     assert synchronous.headers["Easel-Cache"] == "miss"

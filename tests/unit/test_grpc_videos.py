@@ -8,7 +8,7 @@ import pytest
 from serve.errors import InvalidInput
 from serve.grpc_api import easel_pb2
 from serve.grpc_api.videos import content_request, video_id, video_reply, video_request
-from serve.jobs.model import Job, JobStatus
+from serve.jobs.model import Job, JobStatus, Stage
 from serve.priority import Priority
 from serve.protocol.video import DEFAULT_FPS, VideoGeneration
 from serve.serving.videos import VARIANTS, video_object
@@ -73,6 +73,20 @@ def test_the_reply_is_openai_s_video_object_its_unset_parts_left_unset():
     done = video_reply(video_object(replace(canceled, status=JobStatus.SUCCEEDED, finished_at=1.7e9 + 9)))
     assert (done.status, done.progress, done.completed_at) == ("completed", 100, 1_700_000_009)
     assert not done.HasField("error")
+
+
+def test_a_video_s_progress_counts_its_interpolation_as_a_stage_after_its_denoising():
+    """OpenAI's percent: denoising then interpolating, each half; a finished video's interpolation, the whole."""
+    asked = {"prompt": "a fox", "size": "64x64", "frames": 4, "fps": 8, "motion_adapter": "wave", "seed": 5}
+    interpolated = VideoGeneration(**asked, interpolate={"factor": 2}).model_dump(mode="json")
+    job = Job("job-1", JobStatus.RUNNING, Priority.NORMAL, interpolated, 1.7e9, step=2, total=4)
+    assert video_object(job)["progress"] == 25
+    assert video_object(replace(job, step=4))["progress"] == 50
+    assert video_object(replace(job, step=1, total=3, stage=Stage.INTERPOLATE))["progress"] == 66
+    again = VideoGeneration(**asked, interpolate={"factor": 2}, source_video="job-0").model_dump(mode="json")
+    assert video_object(replace(job, request=again, step=1, total=3, stage=Stage.INTERPOLATE))["progress"] == 33
+    plain = replace(job, request=VideoGeneration(**asked).model_dump(mode="json"))
+    assert video_object(plain)["progress"] == 50
 
 
 def test_the_gateway_answers_every_rpc_by_its_servicer_streaming_where_the_proto_streams():

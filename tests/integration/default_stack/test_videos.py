@@ -2,6 +2,7 @@
 
 import base64
 import io
+import json
 import time
 import zipfile
 
@@ -177,6 +178,21 @@ def test_a_canceled_video_stops_at_its_next_step(api, client):
     assert api.get(f"/v1/videos/{video_id}/content").status_code == 409
 
 
+def stages_seen(api, job_id: str) -> list[tuple[str, int, int]]:
+    """(stage, step, total) of each progress event of a job's stream, from now until the job ends."""
+    seen, event = [], None
+    with api.stream("GET", f"/v1/jobs/{job_id}/events", timeout=300) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.removeprefix("event:").strip()
+            elif line.startswith("data:") and event == "progress":
+                data = json.loads(line.removeprefix("data:"))
+                seen.append((data["stage"], data["step"], data["total"]))
+            elif line.startswith("data:") and event in ("completed", "failed", "canceled"):
+                break
+    return seen
+
+
 def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client, api, flownet):
     listed = api.get("/v1/upscalers").json()["interpolators"]
     assert listed == [{"name": "rife", "status": "ready", "architecture": "RIFE 4.25"}]
@@ -187,6 +203,9 @@ def test_rife_x2_and_x4_draw_the_module_s_frames_between_the_video_s_own(client,
     for factor in (2, 4):
         made = api.post("/v1/videos", json=body | {"interpolate": {"factor": factor}}).json()
         assert (made["frames"], made["fps"]) == (7 * factor + 1, 4 * factor)
+        stages = stages_seen(api, made["id"])  # its interpolation a stage of its progress, a step per pair
+        assert stages[-7:] == [("interpolate", pair, 7) for pair in range(1, 8)], stages
+        assert {stage for stage, _, _ in stages[:-7]} == {"denoise"}, stages
         assert finished(client, made["id"]).status == "completed"
         got = frames(api, made["id"])
         assert len(got) == 7 * factor + 1

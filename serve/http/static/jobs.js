@@ -16,8 +16,9 @@ async function cancel(id) {
   await load();
 }
 
-function showProgress(cell, { step, total }) {
-  cell.replaceChildren(h("progress", { max: total || 1, value: step, "aria-label": `progress of ${cell.dataset.job}` }), ` ${step} of ${total}`);
+function showProgress(cell, { step, total, stage }) {
+  const what = stage === "interpolate" ? " pairs interpolated" : ""; // a video's second stage, after its steps
+  cell.replaceChildren(h("progress", { max: total || 1, value: step, "aria-label": `progress of ${cell.dataset.job}` }), ` ${step} of ${total}${what}`);
 }
 
 /** Follow job `id`'s event stream: its row's status and progress as they change; the list again when it ends. */

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from serve.errors import Conflict, NotFound, Overloaded
-from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner, Stage
+from serve.jobs.model import MAX_ATTEMPTS, EventType, JobStatus, Owner, Progress, Stage
 from serve.jobs.store import LeaseLost, attempt_record
 from serve.priority import Priority
 
@@ -69,7 +69,7 @@ def test_progress_events_then_exactly_one_final_event(store):
     job = store.submit(REQUEST, Priority.NORMAL)[0]
     store.claim("w", 30)
     for step in (1, 2, 3):
-        assert store.progress(job.id, "w", 30, step, 3, "cHJldmlldw==" if step == 2 else None) is False
+        assert store.progress(job.id, "w", 30, Progress(step, 3, "cHJldmlldw==" if step == 2 else None)) is False
     store.finish(job.id, "w", JobStatus.SUCCEEDED, {"seed": 1, "data": [{"b64_json": "eA=="}]}, None)
     events = store.events(job.id)
     assert [e.type for e in events] == [EventType.RUNNING, *[EventType.PROGRESS] * 3, EventType.COMPLETED]
@@ -81,19 +81,19 @@ def test_progress_events_then_exactly_one_final_event(store):
     assert done.status is JobStatus.SUCCEEDED and done.step == 3 and done.finished_at is not None
     assert done.to_api()["data"] == [{"b64_json": "eA=="}]
     with pytest.raises(LeaseLost):  # over: nobody holds it
-        store.progress(job.id, "w", 30, 4, 3, None)
+        store.progress(job.id, "w", 30, Progress(4, 3))
 
 
 def test_a_job_s_progress_says_its_stage_and_a_retried_attempt_starts_denoising_again(store):
     """A video's interpolation is a stage of its own: the state and each event say what step and total count."""
     job = store.submit(REQUEST, Priority.NORMAL)[0]
     store.claim("w", 30)
-    store.progress(job.id, "w", 30, 3, 3, None)
+    store.progress(job.id, "w", 30, Progress(3, 3))
     assert store.get(job.id).to_api()["progress"] == {"step": 3, "total": 3, "stage": "denoise"}
-    store.progress(job.id, "w", 30, 1, 7, None, Stage.INTERPOLATE)
+    store.progress(job.id, "w", 30, Progress(1, 7, stage=Stage.INTERPOLATE))
     assert store.get(job.id).to_api()["progress"] == {"step": 1, "total": 7, "stage": "interpolate"}
     assert [e.data.get("stage") for e in store.events(job.id)] == [None, "denoise", "interpolate"]
-    store.progress(job.id, "w", 0.01, 2, 7, None, Stage.INTERPOLATE)  # its worker dies: the lease runs out
+    store.progress(job.id, "w", 0.01, Progress(2, 7, stage=Stage.INTERPOLATE))  # its worker dies: the lease runs out
     time.sleep(0.05)
     again = store.claim("w2", 30)
     assert again.id == job.id and (again.step, again.stage) == (0, Stage.DENOISE)
@@ -107,7 +107,7 @@ def test_cancel_a_queued_job_at_once_a_running_one_at_its_next_step_a_finished_o
     running = store.submit(REQUEST, Priority.NORMAL)[0]
     store.claim("w", 30)
     assert store.cancel(running.id).cancel_requested
-    assert store.progress(running.id, "w", 30, 1, 10, None) is True
+    assert store.progress(running.id, "w", 30, Progress(1, 10)) is True
     assert store.heartbeat(running.id, "w", 30) is True
     store.finish(running.id, "w", JobStatus.CANCELED, None, None)
     assert store.get(running.id).status is JobStatus.CANCELED
@@ -120,13 +120,13 @@ def test_cancel_a_queued_job_at_once_a_running_one_at_its_next_step_a_finished_o
 def test_an_expired_lease_lets_another_worker_run_the_job_again_and_the_first_one_lose_it(store):
     job = store.submit(REQUEST, Priority.NORMAL)[0]
     store.claim("dead", 0.2)
-    store.progress(job.id, "dead", 0.2, 3, 10, None)
+    store.progress(job.id, "dead", 0.2, Progress(3, 10))
     assert store.claim("alive", 30) is None  # the lease still holds
     time.sleep(0.3)
     again = store.claim("alive", 30)
     assert again.id == job.id and again.attempts == 2 and again.step == 0
     with pytest.raises(LeaseLost):
-        store.progress(job.id, "dead", 30, 4, 10, None)
+        store.progress(job.id, "dead", 30, Progress(4, 10))
     with pytest.raises(LeaseLost):
         store.finish(job.id, "dead", JobStatus.SUCCEEDED, {}, None)
     store.finish(job.id, "alive", JobStatus.SUCCEEDED, {"data": []}, None)

@@ -57,6 +57,19 @@ class Stage(enum.StrEnum):
     INTERPOLATE = "interpolate"
 
 
+@dataclass(frozen=True)
+class Progress:
+    """One step of a stage done (a stream's event).
+
+    A denoising step (with a preview PNG, base64, every few steps when asked), or a video's pair of frames interpolated.
+    """
+
+    step: int
+    total: int
+    preview: str | None = None
+    stage: Stage = Stage.DENOISE
+
+
 FINAL_EVENTS = {
     JobStatus.SUCCEEDED: EventType.COMPLETED,
     JobStatus.FAILED: EventType.FAILED,

@@ -8,7 +8,17 @@ from collections import Counter
 from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, Stage
+from serve.jobs.model import (
+    DEFAULT_RETENTION_S,
+    MAX_ATTEMPTS,
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Owner,
+    Progress,
+    Stage,
+)
 from serve.jobs.store import (
     JobStore,
     LeaseLost,
@@ -238,24 +248,16 @@ class RedisJobStore(JobStore):
             raise LeaseLost(job_id)
         return fields
 
-    def progress(
-        self,
-        job_id: str,
-        worker: str,
-        lease_s: float,
-        step: int,
-        total: int,
-        preview: str | None,
-        stage: Stage = Stage.DENOISE,
-    ) -> bool:
+    def progress(self, job_id: str, worker: str, lease_s: float, progress: Progress) -> bool:
         """See :meth:`JobStore.progress`."""
 
         def record(pipe) -> bool:
             fields = self._owned(pipe, job_id, worker)
             pipe.multi()
-            pipe.hset(_job_key(job_id), mapping={"step": step, "total": total, "stage": stage.value})
+            at = {"step": progress.step, "total": progress.total, "stage": progress.stage.value}
+            pipe.hset(_job_key(job_id), mapping=at)
             pipe.zadd(_LEASES, {job_id: time.time() + lease_s})
-            data = progress_data(step, total, preview, stage)
+            data = progress_data(progress)
             self._append(pipe, job_id, fields, EventType.PROGRESS, data)
             return fields.get("cancel_requested") == "1"
 

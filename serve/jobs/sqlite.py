@@ -9,7 +9,17 @@ from collections import Counter
 from collections.abc import Callable
 
 from serve.errors import Conflict, NotFound
-from serve.jobs.model import DEFAULT_RETENTION_S, MAX_ATTEMPTS, Event, EventType, Job, JobStatus, Owner, Stage
+from serve.jobs.model import (
+    DEFAULT_RETENTION_S,
+    MAX_ATTEMPTS,
+    Event,
+    EventType,
+    Job,
+    JobStatus,
+    Owner,
+    Progress,
+    Stage,
+)
 from serve.jobs.store import (
     JobStore,
     LeaseLost,
@@ -217,25 +227,16 @@ class SqliteJobStore(JobStore):
         return row
 
     @serialized
-    def progress(
-        self,
-        job_id: str,
-        worker: str,
-        lease_s: float,
-        step: int,
-        total: int,
-        preview: str | None,
-        stage: Stage = Stage.DENOISE,
-    ) -> bool:
+    def progress(self, job_id: str, worker: str, lease_s: float, progress: Progress) -> bool:
         """See :meth:`JobStore.progress`."""
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             row = self._owned(job_id, worker)
             self.db.execute(
                 "UPDATE jobs SET step = ?, total = ?, stage = ?, lease_until = ? WHERE id = ?",
-                (step, total, stage.value, time.time() + lease_s, job_id),
+                (progress.step, progress.total, progress.stage.value, time.time() + lease_s, job_id),
             )
-            data = progress_data(step, total, preview, stage)
+            data = progress_data(progress)
             self._append(job_id, EventType.PROGRESS, data)
             return bool(row["cancel_requested"])
 

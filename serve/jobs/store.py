@@ -29,7 +29,7 @@ from serve.jobs.model import (
     Job,
     JobStatus,
     Owner,
-    Stage,
+    Progress,
     new_job_id,
 )
 from serve.priority import Priority
@@ -121,17 +121,8 @@ class JobStore(ABC):
         """Take the most urgent, oldest job of ``priorities`` that is queued or whose worker's lease expired."""
 
     @abstractmethod
-    def progress(
-        self,
-        job_id: str,
-        worker: str,
-        lease_s: float,
-        step: int,
-        total: int,
-        preview: str | None,
-        stage: Stage = Stage.DENOISE,
-    ) -> bool:
-        """Record a step of ``stage`` (an event) and renew the lease; whether a cancel was asked. :class:`LeaseLost`."""
+    def progress(self, job_id: str, worker: str, lease_s: float, progress: Progress) -> bool:
+        """Record a step (an event) and renew the lease; return whether a cancel was asked. :class:`LeaseLost`."""
 
     @abstractmethod
     def heartbeat(self, job_id: str, worker: str, lease_s: float) -> bool:
@@ -185,9 +176,10 @@ def idempotency_conflict(key: str) -> Conflict:
     return Conflict(f"Idempotency-Key: {key!r} was used before with a different request body", field="Idempotency-Key")
 
 
-def progress_data(step: int, total: int, preview: str | None, stage: Stage) -> dict:
+def progress_data(progress: Progress) -> dict:
     """A ``progress`` event's data: the step of its stage, and the preview PNG (base64) when one was made."""
-    return {"step": step, "total": total, "stage": stage.value} | ({"preview": preview} if preview else {})
+    step = {"step": progress.step, "total": progress.total, "stage": progress.stage.value}
+    return step | ({"preview": progress.preview} if progress.preview else {})
 
 
 def final_event(status: JobStatus, result: dict | None, error: dict | None) -> tuple[EventType, dict]:

@@ -34,6 +34,7 @@ from serve.experiments.feedback import new_image_id
 from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
+from serve.jobs.model import Progress
 from serve.moderation import Policy
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import VideoRequest, input_reference_named
@@ -52,7 +53,7 @@ from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.admission import Plan
 from serve.text_to_image.best_of import check_best_of
 from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, OnStep, Progress, draw_seed
+from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, OnStep, draw_seed
 from serve.text_to_image.models import ServedModel
 from serve.text_to_image.references import References
 from serve.text_to_image.scores import check_scores

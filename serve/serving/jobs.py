@@ -20,7 +20,7 @@ from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.errors import invalid_input
 from serve.experiments.traffic import Experiments
-from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, check_idempotency_key
+from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, Progress, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore
 from serve.moderation import Policy
@@ -30,7 +30,7 @@ from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import PASSING, unwrap
 from serve.stores import quota_bound
-from serve.text_to_image.generation import OnStep, Progress
+from serve.text_to_image.generation import OnStep
 from serve.text_to_image.images import decode_images
 from serve.text_to_image.video import frames_of
 from serve.webhooks import WebhookSender, WebhookSettings
@@ -171,8 +171,7 @@ class BackgroundJobs:
             raise invalid_input(error) from None
 
         async def report(progress: Progress) -> None:
-            args = (lease.job_id, lease.worker, lease.lease_s, progress.step, progress.total, progress.preview)
-            if await asyncio.to_thread(self.store.progress, *args, progress.stage):
+            if await asyncio.to_thread(self.store.progress, lease.job_id, lease.worker, lease.lease_s, progress):
                 raise JobCanceled(lease.job_id)
 
         if isinstance(stored.request, VideoGeneration) and stored.request.source_video is not None:

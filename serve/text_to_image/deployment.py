@@ -22,6 +22,7 @@ from ray import serve
 from serve import metrics
 from serve.errors import Diverged, InvalidInput
 from serve.images.raster import encode_image
+from serve.jobs.model import Progress
 from serve.latent_cache import open_latent_store
 from serve.protocol.prompt_batch import run_together, steps_together
 from serve.protocol.prompt_weights import plain_text
@@ -31,7 +32,7 @@ from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.best_of import choose
 from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.generation import EncodedImages, Generation, Progress, StackDefaults, StepCallback
+from serve.text_to_image.generation import EncodedImages, Generation, StackDefaults, StepCallback
 from serve.text_to_image.images import decode_base64, decode_images, ip_references
 from serve.text_to_image.loop_client import TritonLoop
 from serve.text_to_image.loop_protocol import draws_in_triton

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.jobs.model import Stage
+from serve.jobs.model import Progress
 from serve.latent_cache import DEFAULT_SIMILARITY
 from serve.priority import Priority
 from serve.protocol.ip_scale import ip_choices
@@ -211,19 +211,6 @@ class GenerationResult:
     seed: int
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # a similar prompt's kept latents skipped these steps (None: not asked)
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a stage done (a stream's event).
-
-    A denoising step (with a preview PNG, base64, every few steps when asked), or a video's pair of frames interpolated.
-    """
-
-    step: int
-    total: int
-    preview: str | None = None
-    stage: Stage = Stage.DENOISE
 
 
 OnStep = Callable[[Progress], Awaitable[None]]

@@ -178,7 +178,7 @@ class Handles:
 
     async def _stream(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
         """The generation as gRPC's ``Generate`` streams it: one step, then the images."""
-        from serve.text_to_image.generation import Progress
+        from serve.jobs.model import Progress
 
         yield Progress(1, 1, None)
         yield await self._generate(drawing, plan, sent_at, cache_scope, model)

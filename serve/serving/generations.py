@@ -347,7 +347,7 @@ class Generations(Streaming):
         return result, model.headers(admitted.asked)  # what it was drawn without: asked, dropped at admission
 
     async def _finished(
-        self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str, on_step: OnStep | None
+        self, served: ServedModel, admitted: Admitted, result: EncodedImages, scope: str, on_step: OnStep | None = None
     ) -> EncodedImages:
         """``result`` with its images upscaled (and redrawn, a hires fix), their faces restored, as the request asks.
 

@@ -106,8 +106,12 @@ def check_trained_folder(trained_dir: str | Path, field_name: str = "trained_dir
     """
     import onnx  # a few ms; only an admin change reads it
 
-    folder = Path(trained_dir).expanduser()
-    if not folder.is_dir():
+    try:
+        folder = Path(trained_dir).expanduser()
+        folder_there = folder.is_dir()
+    except (OSError, RuntimeError, ValueError):  # a name too long, a user ~ does not know, a character no name has
+        folder_there = False
+    if not folder_there:
         raise InvalidInput(f"{field_name}: {str(trained_dir)!r} is not a folder", field_name)
     for spec in ENGINES:
         path = folder / f"{spec.name}.onnx"

@@ -70,6 +70,14 @@ def test_a_malformed_trained_folder_is_a_400_naming_the_field_and_the_fault(tmp_
     assert refused.value.message.startswith("trained_dir: ")
 
 
+@pytest.mark.parametrize("name", ["0" * 300, "~no-such-user/trained", "trained\x00dir"])
+def test_a_name_no_folder_can_have_is_a_400_naming_trained_dir_never_a_503(name):
+    """A contract run's 300-character trained_dir was a 503: ``is_dir`` raised "File name too long"."""
+    with pytest.raises(InvalidInput) as refused:
+        check_trained_folder(name)
+    assert refused.value.field == "trained_dir" and "is not a folder" in refused.value.message
+
+
 def test_the_table_adds_side_by_side_serves_one_and_never_reuses_a_number(tmp_path):
     table = VectorizeTable.start("/a")
     assert table.add("/b") == 2 and table.current == 1 and table.resolve(None) == 1 and table.resolve(2) == 2

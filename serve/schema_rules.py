@@ -8,6 +8,11 @@ def exactly_one(**kinds: str) -> dict:
     return {"oneOf": [{"required": [name], "properties": {name: {"type": kind}}} for name, kind in kinds.items()]}
 
 
+def one_or_more(*lists: str) -> dict:
+    """A body whose lists ``lists`` hold at least one item between them."""
+    return {"anyOf": [{"required": [name], "properties": {name: {"minItems": 1}}} for name in lists]}
+
+
 def when(field: str, value: str, then: dict, otherwise: dict | None = None) -> dict:
     """A rule on the other fields of a body whose ``field`` is ``value`` (given: a default is never matched)."""
     rule = {"if": {"required": [field], "properties": {field: {"const": value}}}, "then": then}

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
 from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
+from serve.schema_rules import one_or_more
 
 MAX_IP_SCALE = 2.0
 MAX_IP_ADAPTERS = 4
@@ -61,7 +62,7 @@ def checked_shape(value):
 class IpAdapterChoice(BaseModel):
     """One IP-Adapter of a request: its references, their weight and, optionally, a region mask for each."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=one_or_more("images", "references"))
 
     name: str | None = Field(
         None, max_length=64, description="An IP-Adapter of the model (GET /v1/models lists them); absent: the first."

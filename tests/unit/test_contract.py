@@ -19,6 +19,7 @@ from serve.experiments.policy import ExperimentSpec
 from serve.http.app import api
 from serve.http.generations import GenerationHeaders
 from serve.jobs.model import check_idempotency_key
+from serve.protocol.ip_scale import IpAdapterChoice
 from serve.protocol.prompt_batch import PROMPT_PATTERN
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import SIZE_PATTERN, Outpaint
@@ -191,6 +192,7 @@ def test_an_integer_field_takes_2_0_as_json_schema_counts_it_an_integer_and_refu
 
 
 _REMOTE = {"url": "http://127.0.0.1:9/v1", "model": "m"}
+PNG_B64 = base64.b64encode(b"\x89PNG\r\n\x1a\n").decode()  # read as base64 only: never decoded here
 _SHAPED = {
     NewModel: [
         ({"name": "a", "engine_dir": "/x"}, True),
@@ -217,28 +219,27 @@ _SHAPED = {
         ({"policy": "bandit", "variants": ["a"]}, False),
         ({"mode": "personal", "variants": {"a": 1.0}}, False),
     ],
+    IpAdapterChoice: [
+        ({"images": [PNG_B64]}, True),
+        ({"references": ["ref_" + "0" * 24]}, True),
+        ({"images": [], "references": []}, False),
+        ({"scale": 0.5}, False),
+    ],
 }
 
 
 @pytest.mark.parametrize(("model", "body", "valid"), [(m, b, v) for m, cases in _SHAPED.items() for b, v in cases])
 def test_a_rule_across_fields_is_the_schema_s_as_it_is_the_model_s(model, body, valid):
-    """Issue 76: exactly one of two fields, a policy's variants, personal's policy: what the document states (JSON
-    Schema, in the operation's request body) is what the server takes, in both directions."""
-    operation = next(op for path in DOCUMENT["paths"].values() for op in path.values() if _body_model(op) == model)
-    schema = operation["requestBody"]["content"]["application/json"]["schema"]
-    stated = jsonschema.Draft202012Validator({**schema, "components": DOCUMENT["components"]}).is_valid(body)
+    """Issue 76: exactly one of two fields, a policy's variants, personal's policy, an IP-Adapter's references: what
+    the document states (JSON Schema, the component its operations name) is what the server takes, both ways."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}", "components": DOCUMENT["components"]}
+    stated = jsonschema.Draft202012Validator(schema).is_valid(body)
     try:
         model.model_validate(body)
         taken = True
     except ValidationError:
         taken = False
     assert (stated, taken) == (valid, valid)
-
-
-def _body_model(operation: dict) -> type | None:
-    ref = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
-    name = ref.get("$ref", "").rsplit("/", 1)[-1]
-    return next((model for model in _SHAPED if model.__name__ == name), None)
 
 
 def test_every_costed_route_and_only_those_is_admitted_by_the_one_admission():

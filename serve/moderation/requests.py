@@ -23,8 +23,8 @@ MAX_MODERATION_URL_CHARS = 4 * MAX_MODERATION_IMAGE_BYTES // 3
 """Characters an image's data URL may have: its base64 decodes to at most :data:`MAX_MODERATION_IMAGE_BYTES`."""
 MAX_MODERATION_REQUEST_BYTES = 16 << 20
 """Bytes the request body may have (its images travel base64 in the JSON)."""
-DATA_URL_PATTERN = r"^data:image/[^;,]*;base64,"
-"""How an image item's URL starts: a data URL (nothing is fetched from elsewhere)."""
+DATA_URL_PATTERN = r"^data:image/[^;,]*;base64,[A-Za-z0-9+/]"
+"""How an image item's URL starts: a data URL (nothing is fetched from elsewhere) with data after its comma."""
 
 Text = Annotated[str, Field(max_length=MAX_MODERATION_TEXT_CHARS)]
 

@@ -265,7 +265,8 @@ def test_the_moderations_body_takes_openai_s_shapes():
         ({"input": ["a"] * (MAX_MODERATION_INPUTS + 1)}, "input", f"at most {MAX_MODERATION_INPUTS} items"),
         ({"input": []}, "input", "at least 1 item"),
         ({"input": [{"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}, None, "match pattern"),
-        ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,!!"}}]}, None, "not base64"),
+        ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,A!!"}}]}, None, "not base64"),
+        ({"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,"}}]}, None, "match pattern"),
         (
             {"input": [{"type": "image_url", "image_url": {"url": "data:image/png;base64," + "A" * (6 << 20)}}]},
             None,

@@ -239,11 +239,7 @@ class Upscaling:
         """
         entry = self.upscalers.interpolators.choose(request.interpolate.interpolator)
         pixels = await asyncio.to_thread(lambda: [decode(frame) for frame in frames])
-
-        async def pair_done(done: int, total: int) -> None:
-            if on_step is not None:
-                await on_step(Progress(done, total, stage=Stage.INTERPOLATE))
-
+        pair_done = on_step and (lambda done, total: on_step(Progress(done, total, stage=Stage.INTERPOLATE)))
         every = await interpolate_frames(pixels, request.interpolate.factor, entry, self.runner, pair_done)
         encoding = (request.raster_format, request.output_compression)
         return await asyncio.to_thread(lambda: [encode_image(frame, *encoding) for frame in every])

@@ -174,9 +174,10 @@ class TritonServer:
 
         The pools outlive restarts of the process (the entries of stubs that died are dropped at the next look).
         """
-        for name, spec in self.pool_specs.items() if not self.pools else ():
-            pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
-            self.pools |= dict.fromkeys(spec.engines, pool)
+        if not self.pools:
+            for name, spec in self.pool_specs.items():
+                pool = ActivationPool.create(self.pools_dir / f"{name}.json", spec.capacity)
+                self.pools |= dict.fromkeys(spec.engines, pool)
         write_python_paths(self.repository)
         self.start_log.begin()
         self.managed.spawn()

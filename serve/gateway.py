@@ -23,6 +23,7 @@ from serve.finishing.upscalers import Upscalers
 from serve.grpc_api.servicer import Servicer
 from serve.http.app import api
 from serve.jobs import open_job_store
+from serve.models.served import ServedModels
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
@@ -47,7 +48,6 @@ from serve.serving.videos import Videos
 from serve.settings import AppSettings
 from serve.stores import default_url, stack_quotas
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ServedModels
 from serve.text_to_image.scores import score_names
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
@@ -251,8 +251,8 @@ class Gateway:
 
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder (``serve.gateway:build_app``); a Gateway replica does not import the loop's."""
+    from serve.models.residency import ModelResidency
     from serve.text_to_image.deployment import TextToImage
-    from serve.text_to_image.residency import ModelResidency
 
     ip = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
     adapters = {n: StackAdapters(args.loras_dir.get(n), ip[n], args.store, n, args.lora_limits) for n in args.models}

@@ -1,7 +1,7 @@
 """Generation priority: which requests start first, whose denoising steps go first, in the replica and in Triton.
 
 Three levels (``high``, ``normal``, ``low``; synchronous requests and jobs alike). A replica starts waiting requests
-in priority order (:class:`serve.text_to_image.admission.Admission`); while a generation of a higher priority is in
+in priority order (:class:`serve.models.admission.Admission`); while a generation of a higher priority is in
 flight, lower ones hold their next UNet step (:class:`PriorityGate`), so the higher one's steps run in batches of
 their own instead of beside a saturating load; and every engine call carries its level to Triton, whose dynamic
 batcher takes higher levels first from its queue (``priority_levels`` in the engines' configs). The gate works per

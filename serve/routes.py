@@ -130,7 +130,7 @@ ROUTES = (
         body=VideoRequest,
         form="video",
         rpc="CreateVideo",
-        costed=True,  # frames x steps x megapixels (serve.text_to_image.admission.Work)
+        costed=True,  # frames x steps x megapixels (serve.models.admission.Work)
         engine=True,
     ),
     Route(

@@ -21,6 +21,7 @@ from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.experiments.policy import Experiment, ExperimentSpec
+from serve.models.admission import DEFAULT_MAX_COST
 from serve.moderation import Policy
 from serve.moderation.text import Blocklist
 from serve.names import DEFAULT_MODEL
@@ -32,7 +33,6 @@ from serve.resilience.settings import ResilienceSettings
 from serve.results.settings import ResultSettings
 from serve.spelling import NOT_ON_CLI, Cli
 from serve.stores import QuotaSettings, default_url
-from serve.text_to_image.admission import DEFAULT_MAX_COST
 from serve.text_to_image.prompt_chunks import MAX_PROMPT_CHUNKS
 from serve.text_to_image.settings import DrawingSettings
 from serve.triton.graph_shapes import GraphShapes, parse_size

@@ -40,12 +40,12 @@ from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.support import AdapterSupport
 from serve.errors import InvalidInput, UnsupportedModel
 from serve.files import content_hash
+from serve.models.served import triton_specs
 from serve.paths import easel_home
 from serve.text_to_image import engine_folder as layout
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import Family, family_of_folder
 from serve.text_to_image.families.folder import MODEL_INDEX
-from serve.text_to_image.models import triton_specs
 from serve.text_to_image.spec import ALL_ENGINE_NAMES, CONTROLNET_PREFIX, UNET, VAE_DECODER
 from serve.triton.engine_files import ONNX, PLAN
 from serve.triton.repository import install_model
@@ -159,7 +159,7 @@ def build(
     where PyTorch sees one); ``vae_decoder``: a diffusers ``AutoencoderTiny`` folder served as the model's
     ``vae_decoder``; ``motion_adapters``: NAME -> diffusers ``MotionAdapter`` folder, a
     video UNet engine each (:mod:`build_engines.text_to_image.motion`; one that does not fit is refused);
-    ``prefix``: the Triton model names start with it (:meth:`serve.text_to_image.models.ServedModels.prefix`);
+    ``prefix``: the Triton model names start with it (:meth:`serve.models.served.ServedModels.prefix`);
     ``measure_memory`` off: each engine's memory is not measured (a fresh process each; a stack needs it, a benchmark
     that bounds no run by it does not).
     ``repository`` None: built and measured, not installed (``easel models add`` hands the folder to a running stack,
@@ -254,7 +254,7 @@ def fits_here(folder: EngineFolder) -> bool:
     As the stack's start and admission decide it, from the engines' measured memory: the weights leave room for one
     row of every engine (the VAE decoder's in tiles where they fit).
     """
-    from serve.text_to_image.admission import Admission, Limits, Work
+    from serve.models.admission import Admission, Limits, Work
     from serve.triton.memory import MemoryBudgetTooSmall
 
     side = folder.family.dims.native_size

@@ -100,7 +100,7 @@ def install_registry(
 ) -> None:
     """Save ``registry`` in ``folder`` (:func:`write_registry_folder`), linked as ``loras`` into each LoRA-ready engine.
 
-    ``prefix``: the model's Triton names' (:meth:`serve.text_to_image.models.ServedModels.prefix`).
+    ``prefix``: the model's Triton names' (:meth:`serve.models.served.ServedModels.prefix`).
     """
     write_registry_folder(registry, folder, engines, model_dir)
     for engine in engines.lora_slots():

@@ -371,8 +371,8 @@ async def replica_row(run: ModelRun, folder: EngineFolder, server, repository: P
     The loop model's stub keeps the machine's NumPy (it reads tensors by DLPack); these stubs read ``as_numpy``,
     which Triton 2.51's stub misreads under NumPy 2: :data:`GpuBenchSettings.stub_numpy` is put first on their path.
     """
+    from serve.models.served import triton_specs
     from serve.text_to_image.generation import Generation
-    from serve.text_to_image.models import triton_specs
     from serve.text_to_image.pipeline import TextToImagePipeline
     from serve.text_to_image.spec import TRANSFORMER, UNET, VAE_DECODER
     from serve.triton.client import TritonClient

@@ -4,7 +4,7 @@ A key is ``easel-<id>-<secret>``: the id names it in logs, metrics and ``easel k
 stored (the secret is 32 random bytes, so a fast hash is enough). Each key has scopes and limits:
 
 - **requests per minute** and **cost per minute** (cost = images x megapixels x engine passes + input megapixels,
-  as admission counts it: :class:`serve.text_to_image.admission.Work`; a vectorize request costs 0): token buckets
+  as admission counts it: :class:`serve.models.admission.Work`; a vectorize request costs 0): token buckets
   that refill continuously, full after a minute;
 - **concurrent requests**: at most that many of the key's requests in flight at once (a slot each, held while the
   request lives: its replica renews it, and one not renewed for ``SLOT_LEASE_S`` is dropped);

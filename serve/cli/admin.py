@@ -2,7 +2,7 @@
 
 ``easel models`` builds the engine folder (``easel build``'s code: export, parity checks, memory measured), then
 hands it to the stack's admin route (``POST /v1/models``, ``PUT`` or ``DELETE /v1/models/{id}``), which installs it
-in Triton's repository, loads it and switches the model table (:mod:`serve.text_to_image.residency`). The stack is
+in Triton's repository, loads it and switches the model table (:mod:`serve.models.residency`). The stack is
 found through its run state, as ``easel down`` finds it; a key with scope ``admin`` goes in ``$EASEL_API_KEY``.
 A model's name is checked with the server's own rule (:data:`serve.cli.options.NAME`) before any call, and every
 part of a URL's path is quoted: no name reaches another resource.

@@ -93,8 +93,8 @@ def _say_model_table(options: StackOptions) -> None:
     A ``--remote`` named as a model the kept table serves is refused here, before anything is built, and so is a
     remote the kept table holds whose key_env ``--remote-key-envs`` does not declare (its key is never read).
     """
+    from serve.models.table import ModelTable, start_said
     from serve.remote.settings import RemoteBackend
-    from serve.text_to_image.model_table import ModelTable, start_said
 
     kept = None if options.reset_models else ModelTable.kept(options.run_dir)
     if kept is not None:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from fastapi import Request
 
 from serve.http.admission import serving
+from serve.models.table import ModelFolder
 from serve.serving.models import FallbackChain, NewModel
-from serve.text_to_image.model_table import ModelFolder
 
 
 async def controlnets_listed(http: Request) -> dict:

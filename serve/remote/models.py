@@ -11,10 +11,10 @@ import httpx
 
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, NotReady
+from serve.models.admission import DEFAULT_MAX_COST, Checked, Plan, Work
 from serve.remote import openai_images
 from serve.remote.answer_images import check_images
 from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Checked, Plan, Work
 from serve.text_to_image.generation import EncodedImages
 from serve.text_to_image.images import output_size
 

@@ -1,7 +1,7 @@
 """Adapters while the stack runs: LoRAs uploaded, replaced, removed and listed; IP-Adapter references stored.
 
 The LoRA routes go to :class:`serve.adapters.catalog.LoraCatalog`, the reference routes to
-:class:`serve.text_to_image.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
+:class:`serve.serving.references.References` (a reference is encoded once by a ``TextToImage`` replica's image
 encoder); each caller sees only its own key's references (an admin key, or an open API, sees all), and its own
 LoRAs with the shared set (an admin key sees every key's). A key's quotas (:data:`serve.stores.QUOTA_KINDS`: its own,
 else the stack's) bound what it keeps: ``references``, ``loras``, and both together (``stored_items``,
@@ -22,11 +22,11 @@ from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.adapters.catalog import Caller, LoraCatalog
 from serve.errors import QuotaExceeded
+from serve.models.served import ServedModel
 from serve.protocol.reference_request import NewReference
 from serve.serving.current_models import CurrentModels
+from serve.serving.references import References
 from serve.stores import QUOTAS, quota
-from serve.text_to_image.models import ServedModel
-from serve.text_to_image.references import References
 
 
 def lora_caller(key: ApiKey | None) -> Caller:

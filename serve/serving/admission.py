@@ -10,7 +10,7 @@ generation it runs as, a rerun as the generation its image's record holds, an up
 caller's key (:func:`serve.access.charge`: 429 past its cost limit): a request refused is never charged. The handler
 runs what was admitted, as it is.
 
-Costs are megapixel-passes (:class:`serve.text_to_image.admission.Work`): a 512x512 image through one engine pass is
+Costs are megapixel-passes (:class:`serve.models.admission.Work`): a 512x512 image through one engine pass is
 0.26. Images are priced from their headers: no pixel is decoded before the cost is taken, but a background job's,
 decoded to refuse one that does not decode with a 400 rather than a failed job (:meth:`BackgroundJobs.check`).
 """
@@ -103,7 +103,7 @@ class Admission:
     async def admit(self, body: Body, caller: Caller) -> Priced:
         """``body`` admitted for ``caller`` (a 400 naming the field if not), then its cost charged (429 past its limit).
 
-        The cost is the work of the model it resolved to (:meth:`serve.text_to_image.models.ServedModel.work`), which
+        The cost is the work of the model it resolved to (:meth:`serve.models.served.ServedModel.work`), which
         the replicas' admission counts too, or the work it runs (:mod:`serve.serving.prices`); its images' headers
         are read from :func:`serve.images.base64_bytes` (decoded once in the process). Whatever can refuse it is
         checked before the charge: a refused request costs its key nothing.

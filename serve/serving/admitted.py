@@ -10,13 +10,13 @@ import dataclasses
 from dataclasses import dataclass
 
 from serve.experiments.traffic import Assignment
+from serve.models.admission import Plan
+from serve.models.served import ServedModel
 from serve.moderation import Screening
 from serve.protocol.schema import GenerationRequest
 from serve.remote.models import RemoteModel
 from serve.serving.current_models import ModelsNow
-from serve.text_to_image.admission import Plan
 from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.models import ServedModel
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import httpx
 
+from serve.models.served import ServedModel, ServedModels
+from serve.models.table import ModelTable
 from serve.remote.models import RemoteModel
 from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend
-from serve.text_to_image.model_table import ModelTable
-from serve.text_to_image.models import ServedModel, ServedModels
 
 
 @dataclass(frozen=True)

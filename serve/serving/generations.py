@@ -3,7 +3,7 @@
 Every door admits a generation by :meth:`Generations.admitted` (in the admission step every route and RPC that runs
 work names, :class:`serve.serving.admission.Admission`, for a synchronous request and a job's submission alike; a
 job is admitted again by :meth:`Generations.readmitted` as it runs): its model resolved once, every rule checked that
-can be without running (:meth:`serve.text_to_image.models.ServedModel.check`) and its cost counted on that model, before
+can be without running (:meth:`serve.models.served.ServedModel.check`) and its cost counted on that model, before
 any model loads. Every generation,
 synchronous or a job's, is then answered by :meth:`Generations.served_answer` (the result cache, the model's version
 kept loaded, the ``TextToImage`` deployment, the Vectorizer for SVG); gRPC's ``Generate`` streams the same steps
@@ -35,6 +35,8 @@ from serve.experiments.policy import FEEDBACK
 from serve.experiments.traffic import Assignment, Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.jobs.model import Progress
+from serve.models.admission import Plan
+from serve.models.served import ServedModel
 from serve.moderation import Policy
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import VideoRequest, input_reference_named
@@ -46,16 +48,14 @@ from serve.serving.current_models import CurrentModels, ModelsNow
 from serve.serving.fallbacks import Fallbacks
 from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import against_model
+from serve.serving.references import References
 from serve.serving.results import Results
 from serve.serving.streaming import Streaming
 from serve.serving.upscale import Upscaling, finishes
 from serve.serving.variants import observe_scores, variant_measured
-from serve.text_to_image.admission import Plan
 from serve.text_to_image.best_of import check_best_of
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, OnStep, draw_seed
-from serve.text_to_image.models import ServedModel
-from serve.text_to_image.references import References
 from serve.text_to_image.scores import check_scores
 
 logger = logging.getLogger(__name__)

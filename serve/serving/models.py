@@ -13,14 +13,14 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.errors import Conflict, InvalidInput
 from serve.experiments.traffic import Experiments
+from serve.models.served import ServedModel
+from serve.models.table import ModelFolder
 from serve.names import NAME, NAME_RULE
 from serve.remote.models import RemoteModel
 from serve.remote.settings import RemoteBackend
 from serve.resilience.circuits import Circuits
 from serve.schema_rules import exactly_one
 from serve.serving.current_models import CurrentModels
-from serve.text_to_image.model_table import ModelFolder
-from serve.text_to_image.models import ServedModel
 
 MAX_CHAIN = 16
 """The most links a fallback chain may have."""

@@ -4,11 +4,11 @@ A moderation by its texts' characters and its images' pixels (:func:`moderation_
 image's decode and encode (:func:`reference_cost`), a score by each image's pixels (:func:`score_cost`), a prompt
 analysis by its tokens and its moderation verdict (:func:`analysis_cost`), a vectorize request by its image's pixels
 and the passes its tier may run (:func:`vectorize_cost`). A generation's price is its model's
-(:meth:`serve.text_to_image.models.ServedModel.work`), an upscale's :meth:`serve.serving.upscale.Upscaling.work`.
+(:meth:`serve.models.served.ServedModel.work`), an upscale's :meth:`serve.serving.upscale.Upscaling.work`.
 Admission (:class:`serve.serving.admission.Admission`) takes them from the caller's key; each route's price is a row
 of docs/guides/keys-and-limits.md ("What each route costs").
 
-Costs are megapixel-passes (:class:`serve.text_to_image.admission.Work`): a 512x512 image through one pass is 0.26.
+Costs are megapixel-passes (:class:`serve.models.admission.Work`): a 512x512 image through one pass is 0.26.
 Images are priced from their headers (:func:`serve.images.raster.header_size`, its 400 or 413 naming the field).
 """
 

@@ -15,6 +15,7 @@ import functools
 
 from serve.access.keys import ApiKey
 from serve.errors import InvalidInput
+from serve.models.served import ServedModel
 from serve.moderation import Policy, policy_of
 from serve.protocol.prompt_weights import parse_weighted
 from serve.protocol.quality_requests import PromptAnalysisRequest
@@ -22,7 +23,6 @@ from serve.remote.models import RemoteModel
 from serve.serving.current_models import CurrentModels
 from serve.serving.moderation import Moderation
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ServedModel
 from serve.text_to_image.prompt_chunks import PromptChunks, truncated
 
 

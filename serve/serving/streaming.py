@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from serve.access.keys import ApiKey
 from serve.cache import cache_scope
 from serve.jobs.model import Progress
+from serve.models.served import ServedModel
 from serve.remote.models import RemoteModel
 from serve.serving.admitted import Admitted
 from serve.serving.answer_items import traced
 from serve.serving.fallbacks import Fallback
 from serve.serving.variants import variant_measured
 from serve.text_to_image.generation import EncodedImages
-from serve.text_to_image.models import ServedModel
 from serve.vectorize.schema import Tier
 
 

@@ -26,10 +26,10 @@ from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.jobs.model import Progress, Stage
+from serve.models.admission import Work
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import MAX_SIDE, SIDE_MULTIPLE
 from serve.protocol.video import VideoGeneration
-from serve.text_to_image.admission import Work
 from serve.text_to_image.generation import OnStep
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node

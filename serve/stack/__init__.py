@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 
 import psutil
 
+from serve.models.served import ServedModels
+from serve.models.table import MODEL_TABLE
 from serve.observability.prometheus import PrometheusError, PrometheusServer, ray_targets_file, render_config
 from serve.paths import run_dir
 from serve.processes import STACK_ENV, Supervisor, free_port, free_ports
@@ -43,7 +45,6 @@ from serve.stack.config import MODEL_DEPLOYMENTS, app_settings, largest_admitted
 from serve.stack.detached import FIRST_REQUEST, FirstRequest, StillStarting, send_first_requests, start_detached
 from serve.stack.ray_serve import RAY_ENV, deploy, is_loopback, sigterm_kept, start_ray, wait_until_ready
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import MODEL_TABLE, ServedModels
 from serve.triton.control import CONTROL_KEY_ENV
 from serve.triton.node import THIS_NODE
 from serve.triton.server import TritonServer

@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from serve.access.audit import AUDIT_FILE, OLDER_FILE
+from serve.models.table import MODEL_TABLE
 from serve.processes.run_state import running_stack
 from serve.results.tokens import SECRET_FILE
 from serve.stores import default_url, redis_client, scheme, sqlite_path
-from serve.text_to_image.model_table import MODEL_TABLE
 from serve.vectorize.versions import VECTORIZE_TABLE
 from serve.webhooks.signing import SECRET_FILE as WEBHOOK_SECRET_FILE
 

@@ -15,11 +15,11 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from serve.models.served import ServedModels
+from serve.models.table import MODEL_TABLE, ModelTable
 from serve.settings import StackOptions
 from serve.stack.config import triton_models
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
-from serve.text_to_image.models import ServedModels
 from serve.triton.residency import IN_FLIGHT_FILE, Residency, write_parked
 from serve.triton.runtimes import DEFAULT_DEVICE, DEFAULT_PRECISION, DEFAULT_RUNTIME
 from serve.triton.spec import Backend

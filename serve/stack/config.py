@@ -8,15 +8,15 @@ import yaml
 
 from serve.errors import InvalidInput
 from serve.finishing.upscalers import Upscalers
+from serve.models.admission import Admission, Limits, Work
+from serve.models.served import ServedModels
 from serve.moderation.images import SAFETY_CHECKER_SPEC
 from serve.moderation.text_model import TEXT_MODERATOR_SPEC
 from serve.protocol.schema import MAX_IMAGES
 from serve.protocol.sizes import MAX_SIDE, MIN_SIDE
 from serve.results.tokens import SECRET_FILE
 from serve.settings import AppSettings, StackOptions
-from serve.text_to_image.admission import Admission, Limits, Work
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.models import ServedModels
 from serve.text_to_image.scores import read_specs
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
 from serve.vectorize.versions import VectorizeTable, version_specs

@@ -1,6 +1,6 @@
 """Ray Serve ``TextToImage`` deployment: runs a generation on its model's loop inside Triton, or its own loop.
 
-A model with a loop model inside Triton (:attr:`ServedModel.loop <serve.text_to_image.models.ServedModel.loop>`,
+A model with a loop model inside Triton (:attr:`ServedModel.loop <serve.models.served.ServedModel.loop>`,
 ``easel up --loop``; a GPU's default) draws the requests it takes there, one call per generation; the others run
 on the replica's loop, one Triton call per engine per step. Each answer names its loop (``Easel-Loop``) and
 ``easel_generation_requests`` counts them by loop.
@@ -24,11 +24,12 @@ from serve.errors import Diverged, InvalidInput
 from serve.images.raster import encode_image
 from serve.jobs.model import Progress
 from serve.latent_cache import open_latent_store
+from serve.models.admission import Admission, Plan
+from serve.models.served import ServedModel, ServedModels
 from serve.protocol.prompt_batch import run_together, steps_together
 from serve.protocol.prompt_weights import plain_text
 from serve.stores import default_url
 from serve.text_to_image import approximate
-from serve.text_to_image.admission import Admission, Plan
 from serve.text_to_image.approximate import LatentReuse
 from serve.text_to_image.best_of import choose
 from serve.text_to_image.drawing import Drawing
@@ -36,7 +37,6 @@ from serve.text_to_image.generation import EncodedImages, Generation, StackDefau
 from serve.text_to_image.images import decode_base64, decode_images, ip_references
 from serve.text_to_image.loop_client import TritonLoop
 from serve.text_to_image.loop_protocol import draws_in_triton
-from serve.text_to_image.models import ServedModel, ServedModels
 from serve.text_to_image.preview import LatentPreview, wants_preview
 from serve.text_to_image.scores import Scorer
 from serve.triton.client import TritonClient
@@ -134,7 +134,7 @@ class TextToImage:
         """Run one admitted generation and return the encoded images (``sent_at``: when the Gateway sent it, epoch s).
 
         ``drawing``: the generation as the Gateway's admission built it (all but its pixels, which decode here);
-        ``plan``: how the Gateway's check (:meth:`~serve.text_to_image.models.ServedModel.check`) said to run it;
+        ``plan``: how the Gateway's check (:meth:`~serve.models.served.ServedModel.check`) said to run it;
         the replica checks nothing again and keeps only its slot: it waits for its turn in the replica's in-flight
         capacity. ``cache_scope``: whose kept latents the approximate cache may start it from
         (:func:`serve.cache.cache_scope`). For ``output_format`` svg the images are PNGs, for the Vectorizer.

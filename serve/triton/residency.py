@@ -3,7 +3,7 @@
 A model here is a group of Triton models (one served model's engines) and the bytes of its weights. The weights of
 the loaded models share one room (:class:`Residency`'s ``room_bytes``); a model that does not fit is loaded once the
 least recently used models with no request in flight, and not pinned, are unloaded. :class:`Residency` decides;
-whoever holds Triton's control key carries the loads and unloads out (``serve.text_to_image.residency``). The Triton
+whoever holds Triton's control key carries the loads and unloads out (``serve.models.residency``). The Triton
 models that are not loaded are written to a file (:func:`write_parked`) that Triton's supervisor reads: it watches,
 and after a restart loads, every model of the stack but those.
 """

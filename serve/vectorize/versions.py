@@ -1,13 +1,13 @@
 """Vectorize model versions: each trained set (predictor, policy, tier-1 table) installed as Triton models of its own.
 
 A trained folder (what ``easel train vectorize`` writes) becomes version N of the ``vectorize`` ensemble; its four
-Triton models are named as text-to-image versions are (:meth:`serve.text_to_image.models.ServedModels.prefix`): version
+Triton models are named as text-to-image versions are (:meth:`serve.models.served.ServedModels.prefix`): version
 1, what the stack starts with, keeps the bare names (``vectorize``, ``vectorize_features``...), version N is ``NAME.vN``
 (``vectorize.v2``, ``vectorize_features.v2``...), its ensemble calling its own steps.
 
 :class:`VectorizeTable` is what the stack serves now: the versions installed (side by side, each loaded) and the current
 one, which a request without ``model_version`` gets. It is a file in the run folder that the ``ModelResidency`` writes
-(:class:`serve.text_to_image.residency.ModelResidency`, the one writer of model tables) and every Vectorizer replica
+(:class:`serve.models.residency.ModelResidency`, the one writer of model tables) and every Vectorizer replica
 reads again when it changes. A restart serves the versions the API installed again, and keeps the current one
 (:meth:`VectorizeTable.kept`), as text-to-image models are kept. A replace installs and loads the new version before it
 becomes current, and leaves the old one loaded: nothing in flight is dropped, and a rollback (a replace with the

@@ -16,6 +16,8 @@ from serve.errors import InvalidInput
 from serve.finishing.upscalers import UpscalerEntry, Upscalers
 from serve.http.admission import admit
 from serve.http.bodies import read_body
+from serve.models.admission import Work, upscale_work
+from serve.models.served import ServedModels
 from serve.protocol.schema import GenerationRequest
 from serve.routes import Scope, required_scope, route
 from serve.serving.admission import Admission
@@ -23,8 +25,6 @@ from serve.serving.moderation import Moderation
 from serve.serving.upscale import Upscaling
 from serve.settings import DEFAULT_MODEL
 from serve.stack import OpenToTheNetwork, StackOptions, check_exposure
-from serve.text_to_image.admission import Work, upscale_work
-from serve.text_to_image.models import ServedModels
 from tests.controls import b64, input_image
 
 

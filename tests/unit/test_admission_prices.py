@@ -37,8 +37,8 @@ from serve.serving.prices import (
     vectorize_cost,
     vectorize_passes,
 )
+from serve.serving.references import References
 from serve.serving.vectorize import VectorizeBody, Vectorizing
-from serve.text_to_image.references import References
 from serve.vectorize.schema import VectorizeOptions
 from serve.vectorize.versions import TableReader
 from serve.webhooks import WebhookSettings
@@ -162,8 +162,8 @@ class Engines:
 @pytest.fixture(scope="module")
 def models(engine_dir):
     """The embedded default's model table (SD: one text encoder, no IP-Adapter)."""
+    from serve.models.served import ServedModels
     from serve.serving.current_models import CurrentModels
-    from serve.text_to_image.models import ServedModels
 
     return CurrentModels(ServedModels.open({"easel-default": str(engine_dir)}))
 

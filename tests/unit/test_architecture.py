@@ -162,7 +162,7 @@ LOOP = ("torch", "diffusers", "transformers", "onnxruntime")
 TRACING = ("cairosvg", "scipy")
 REPLICA_MODULES = {
     "serve.gateway": (*LOOP, *TRACING),
-    "serve.text_to_image.residency": (*LOOP, *TRACING),
+    "serve.models.residency": (*LOOP, *TRACING),
     "serve.text_to_image.deployment": LOOP,
     "serve.vectorize.deployment": (*LOOP, *TRACING),
     "serve.grpc_api.easel_pb2_grpc": ("torch", "fastapi", "serve.serving"),
@@ -197,7 +197,7 @@ def test_reading_a_request_loads_nothing_that_draws():
     modules = sorted(m for m in import_graph() if m.startswith(PROTOCOL))
     assert f"{PROTOCOL}.schema" in modules and f"{PROTOCOL}.video" in modules
     assert sorted(m for m in loaded_by(modules) if m.startswith(DRAWS)) == []
-    assert "serve.text_to_image" in loaded_by(["serve.text_to_image.models"])  # the check sees what a deployable loads
+    assert "serve.text_to_image" in loaded_by(["serve.models.served"])  # the check sees what a deployable loads
 
 
 def test_every_room_has_a_floor_and_every_arrow_runs_down():

@@ -15,12 +15,12 @@ from serve.adapters.registry import READY, UPLOAD, LoraEntry
 from serve.adapters.store import StoredReference
 from serve.cli.main import main
 from serve.jobs import open_job_store
+from serve.models.table import MODEL_TABLE
 from serve.priority import Priority
 from serve.results import StoredImage, open_image_store
 from serve.routes import Scope
 from serve.stack.backup import MANIFEST, PARTS, BackupError, backup, restore
 from serve.stores import default_url
-from serve.text_to_image.model_table import MODEL_TABLE
 
 
 def _image(store, i: int) -> None:

@@ -19,6 +19,7 @@ from serve.errors import InvalidInput, NotReady, Overloaded, Saturated
 from serve.experiments import open_experiment_store
 from serve.experiments.traffic import Experiments
 from serve.jobs.model import Progress
+from serve.models.served import ServedModels
 from serve.protocol.schema import GenerationRequest
 from serve.resilience.circuits import CircuitOpen, Circuits
 from serve.resilience.settings import ResilienceSettings
@@ -26,7 +27,6 @@ from serve.serving.current_models import CurrentModels
 from serve.serving.fallbacks import Fallback
 from serve.serving.generations import Generations
 from serve.serving.ray_errors import against_model, cannot_serve
-from serve.text_to_image.models import ServedModels
 from tests.unit.test_serving import Handles
 
 

@@ -24,7 +24,7 @@ def test_the_benchmark_imports_nothing_the_gpu_machine_lacks():
         f"import sys; sys.modules.update(dict.fromkeys({absent!r}))\n"  # None: importing them raises ImportError
         "import loadtests.benchmarks.gpu_cli, loadtests.benchmarks.gpu, loadtests.benchmarks.gpu_rows\n"
         "import loadtests.benchmarks.gpu_engines, loadtests.benchmarks.gpu_models, loadtests.benchmarks.gpu_pack\n"
-        "import serve.text_to_image.triton_loop, serve.text_to_image.loop_client, serve.text_to_image.models\n"
+        "import serve.text_to_image.triton_loop, serve.text_to_image.loop_client, serve.models.served\n"
         "import serve.triton.server, serve.triton.client, serve.triton.runners, serve.text_to_image.pipeline\n"
         "import build_engines.text_to_image.build, build_engines.text_to_image.published, build_engines.memory\n"
         "import build_engines.text_to_image.export, build_engines.openvino\n"

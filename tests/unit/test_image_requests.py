@@ -282,8 +282,8 @@ def test_the_edits_form_takes_utf_8_text_beyond_ascii():
 def test_an_image_is_base64_decoded_once_in_a_process_from_its_check_to_its_pixels(monkeypatch, engine_dir):
     """The schema's check, the doors' price, a job's submission check and the decoding read the same bytes."""
     from serve import images
+    from serve.models.served import ServedModels
     from serve.settings import DEFAULT_MODEL
-    from serve.text_to_image.models import ServedModels
 
     models = ServedModels.open({DEFAULT_MODEL: str(engine_dir)})
 

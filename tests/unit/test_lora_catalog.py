@@ -292,9 +292,9 @@ def test_replaced_and_removed_files_go_once_no_entry_names_them(catalog, default
 
 
 def test_a_request_s_lora_rows_are_priced_by_rank_for_every_row_of_the_batch_they_slow(catalog, engine_dir):
-    from serve.text_to_image.admission import LORA_RANK_PER_PASS
+    from serve.models.admission import LORA_RANK_PER_PASS
+    from serve.models.served import ServedModel
     from serve.text_to_image.engine_folder import EngineFolder
-    from serve.text_to_image.models import ServedModel
 
     model = ServedModel("easel-default", EngineFolder(engine_dir))
     request = GenerationRequest(prompt="x", num_inference_steps=10, size="64x64")

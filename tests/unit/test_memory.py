@@ -7,9 +7,9 @@ import pytest
 
 from build_engines.memory import SIDES, measured, save, sides_up_to
 from serve.errors import InvalidInput, Saturated
+from serve.models.admission import Admission, Limits, Plan, Work
 from serve.priority import Priority
 from serve.serving.ray_errors import cannot_serve
-from serve.text_to_image.admission import Admission, Limits, Plan, Work
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.activations import ActivationPool
 from serve.triton.engine_files import EngineFiles

@@ -10,11 +10,11 @@ import pytest
 from build_engines.text_to_image.build import install
 from serve.cli.fields import model_options, model_values
 from serve.errors import Conflict, EaselError, InvalidInput, NotFound
+from serve.models.served import ServedModels
+from serve.models.table import MODEL_TABLE, ModelTable, start_said
 from serve.protocol.schema import GenerationRequest
 from serve.settings import DEFAULT_MODEL, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable, start_said
-from serve.text_to_image.models import ServedModels
 from serve.triton.activations import ANY_ENGINE
 from serve.triton.spec import read_model_config
 from tests.controls import b64, edges_image

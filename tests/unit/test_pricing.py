@@ -12,11 +12,11 @@ import shutil
 
 import pytest
 
+from serve.models.admission import DEFAULT_MAX_COST, Admission, Limits, Work
+from serve.models.served import ServedModels
+from serve.models.table import MODEL_TABLE, ModelTable
 from serve.protocol.schema import GenerationRequest
 from serve.settings import DEFAULT_MODEL
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Limits, Work
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
-from serve.text_to_image.models import ServedModels
 from serve.text_to_image.tiling import VaeTiling
 from tests.images import png_header_only
 

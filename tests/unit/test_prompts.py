@@ -207,11 +207,11 @@ def test_past_the_most_chunks_is_cut_and_counted(sd):
 
 def test_the_analysis_says_what_each_encoder_reads_and_what_a_generation_would_cut(engine_dir):
     """``POST /v1/prompts/analyze``'s class: weights, tokens and chunks per encoder, the cut, the verdict."""
+    from serve.models.served import ServedModels
     from serve.protocol.quality_requests import PromptAnalysisRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.moderation import Moderation
     from serve.serving.prompts import PromptAnalysis
-    from serve.text_to_image.models import ServedModels
 
     served = ServedModels.open({"default": str(engine_dir)}, remotes={"far": {"url": "http://127.0.0.1:9"}})
     analysis = PromptAnalysis(CurrentModels(served), Moderation())

@@ -17,11 +17,11 @@ from serve.access.keys import ApiKey, KeyLimits
 from serve.adapters import requests as requests_module
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, NotFound
+from serve.models.served import ServedModels
 from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import GenerationRequest
 from serve.routes import Scope
-from serve.text_to_image.models import ServedModels
-from serve.text_to_image.references import References
+from serve.serving.references import References
 
 
 def _key(key_id: str, *scopes: Scope) -> ApiKey:

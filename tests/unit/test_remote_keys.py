@@ -22,6 +22,8 @@ from pydantic import ValidationError
 from serve.cli.main import main
 from serve.cli.options import NAME_LIST
 from serve.errors import BadGateway, InvalidInput, NotReady
+from serve.models.served import ServedModels
+from serve.models.table import MODEL_TABLE, ModelTable
 from serve.protocol.schema import GenerationRequest
 from serve.remote.models import RemoteModel
 from serve.remote.openai_images import REDACTED, _message
@@ -29,8 +31,6 @@ from serve.remote.settings import DEFAULT_KEY_ENVS, RemoteBackend, RemoteSetting
 from serve.serving.current_models import CurrentModels
 from serve.serving.models import ModelAdmin, NewModel
 from serve.settings import DEFAULT_MODEL, StackOptions
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
-from serve.text_to_image.models import ServedModels
 from tests.unit.test_remote_answers import answer_of, png
 
 KEY = "sk-remote-secret-0123456789"

@@ -82,9 +82,9 @@ def test_a_residency_replica_started_again_resumes_the_requests_in_flight(engine
     """Its counts are recorded at every begin and end: the next replica (the last one died) starts from them."""
     import asyncio
 
+    from serve.models.residency import ModelResidency
+    from serve.models.served import ServedModels
     from serve.text_to_image.engine_folder import EngineFolder
-    from serve.text_to_image.models import ServedModels
-    from serve.text_to_image.residency import ModelResidency
     from serve.triton.control import CONTROL_KEY_ENV
 
     monkeypatch.setenv(CONTROL_KEY_ENV, "key")  # as the stack gives Ray: the residency may load and unload

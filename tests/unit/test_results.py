@@ -97,11 +97,11 @@ def _generations(engine_dir, tmp_path, **store_limits):
     """Generations over fake handles (tests.unit.test_serving's) keeping images in ``tmp_path``."""
     from serve.experiments import open_experiment_store
     from serve.experiments.traffic import Experiments
+    from serve.models.served import ServedModels
     from serve.results import open_image_store
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.serving.results import Results
-    from serve.text_to_image.models import ServedModels
     from tests.unit.test_serving import Handles
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"

@@ -164,7 +164,7 @@ class Handles:
         return Routed(self, multiplexed_model_id.rsplit(".v", 1)[0])
 
     async def _generate(self, drawing, plan, sent_at: float, cache_scope: str = "", model: str = ""):
-        from serve.text_to_image.admission import Plan
+        from serve.models.admission import Plan
         from serve.text_to_image.drawing import Drawing
         from serve.text_to_image.generation import EncodedImages
 
@@ -195,10 +195,10 @@ def test_a_generation_is_answered_by_its_variant_cached_and_refused_before_any_l
     from serve.cache import open_cache
     from serve.errors import InvalidInput
     from serve.experiments.policy import ExperimentSpec
+    from serve.models.served import ServedModels
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
-    from serve.text_to_image.models import ServedModels
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
@@ -236,10 +236,10 @@ def test_a_generation_reads_the_model_table_once_and_resolves_its_model_once(eng
     """Admitted (a model, or an experiment's alias), its chain looked up, kept loaded, drawn: one look at the model
     table, one resolution of its name, and the residency and replica asked for the admitted version by its id."""
     from serve.experiments.policy import ExperimentSpec
+    from serve.models.served import ServedModels
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
-    from serve.text_to_image.models import ServedModels
 
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
     traffic = Experiments(open_experiment_store(f"sqlite:///{tmp_path / 'easel.db'}"), models.names)
@@ -265,10 +265,10 @@ def test_a_generation_reads_the_model_table_once_and_resolves_its_model_once(eng
 
 def test_an_experiment_rewarded_by_a_score_measures_each_image_and_says_it_only_if_asked(engine_dir, tmp_path):
     from serve.experiments.policy import ExperimentSpec
+    from serve.models.served import ServedModels
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
-    from serve.text_to_image.models import ServedModels
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     models = CurrentModels(ServedModels.open({"easel-default": str(engine_dir), "b": str(engine_dir)}, max_cost=64))
@@ -296,10 +296,10 @@ def test_what_a_model_cannot_run_is_refused_before_any_load_and_as_a_job_at_subm
     """A sampler the model's family lacks, or step caching on a stack without its engines: a 400 before the residency
     loads anything, and a job's at submission (the replica alone found them out, after a load, a job's after a 202).
     """
+    from serve.models.served import ServedModels
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
-    from serve.text_to_image.models import ServedModels
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
     served = {"easel-default": str(engine_dir), "b": str(engine_dir), "sd3": str(transformer_engine_dirs["tiny-sd3"])}
@@ -412,13 +412,13 @@ def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_ow
     """With a real result cache: a repeat of a flagged generation is generated again; a clean one is a hit, but not
     for a request under another policy (its marks differ)."""
     from serve.cache import open_cache
+    from serve.models.served import ServedModels
     from serve.moderation import Policy
     from serve.moderation.text import Blocklist
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.serving.moderation import Moderation
-    from serve.text_to_image.models import ServedModels
     from tests.unit.test_moderation import RedFlagger
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"
@@ -452,13 +452,13 @@ def test_a_flagged_answer_is_never_a_cache_hit_and_a_policy_s_answers_are_its_ow
 def test_under_block_a_flagged_image_is_blacked_out_before_it_is_traced_to_svg(engine_dir, tmp_path):
     from PIL import Image
 
+    from serve.models.served import ServedModels
     from serve.moderation import Policy
     from serve.moderation.text import Blocklist
     from serve.protocol.schema import GenerationRequest
     from serve.serving.current_models import CurrentModels
     from serve.serving.generations import Generations
     from serve.serving.moderation import Moderation
-    from serve.text_to_image.models import ServedModels
     from tests.unit.test_moderation import RedFlagger
 
     url = f"sqlite:///{tmp_path / 'easel.db'}"

@@ -21,11 +21,11 @@ from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.http.forms import read_video_form
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
+from serve.models.admission import Work
 from serve.moderation import Policy
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import VideoGeneration, VideoRequest, input_reference_named
 from serve.serving.jobs import JobRequest
-from serve.text_to_image.admission import Work
 from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
@@ -266,7 +266,7 @@ def test_the_form_takes_input_reference_as_a_file_and_names_any_other_file_or_on
 
 
 def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(video_engines):
-    from serve.text_to_image.admission import Admission, Limits
+    from serve.models.admission import Admission, Limits
 
     body = VideoRequest(prompt="x", frames=8, steps=4, size="64x64")
     video = body.generation("easel-default", 64, video_engines.family)

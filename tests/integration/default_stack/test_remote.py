@@ -25,10 +25,10 @@ from loadtests.scenario import Scenario, format_summary, locust_env, run_locust,
 from serve.cli import admin as model_admin
 from serve.errors import BadGateway
 from serve.grpc_api import easel_pb2
+from serve.models.table import MODEL_TABLE, ModelTable
 from serve.names import DEFAULT_MODEL
 from serve.paths import ICONS_DEV
 from serve.processes import free_port
-from serve.text_to_image.model_table import MODEL_TABLE, ModelTable
 from serve.triton.server import CONTROL_HEADER
 from tests.integration.conftest import GENERATE, decode_images, easel_down, easel_up, home_with_shared_engines
 from tests.unit.test_remote_answers import answer_of, giant_png

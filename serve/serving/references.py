@@ -20,9 +20,9 @@ import numpy as np
 from serve.adapters.requests import unknown_reference
 from serve.adapters.store import AdapterStore, StoredReference
 from serve.errors import InvalidInput, NotFound
+from serve.models.served import ServedModel, ServedModels
 from serve.protocol.ip_scale import ip_choices
 from serve.protocol.reference_request import NewReference
-from serve.text_to_image.models import ServedModel, ServedModels
 
 Visible = Callable[[str | None], bool]
 

@@ -9,7 +9,7 @@ resumes them, so a model with requests in flight is never unloaded under them. I
 the environment the stack gave Ray (:data:`~serve.triton.control.CONTROL_KEY_ENV`); without one (a cluster's Tritons)
 every model stays loaded.
 
-It is also the one writer of the model table (:class:`~serve.text_to_image.models.ModelTable`): :meth:`add`,
+It is also the one writer of the model table (:class:`~serve.models.served.ModelTable`): :meth:`add`,
 :meth:`replace` and :meth:`remove` install an engine folder already built (nothing is built here), load it, and
 write the table, which every replica reads again. A replaced or removed version is retired: it takes no new request,
 finishes those it has, and is unloaded (and forgotten) once they have ended.
@@ -28,7 +28,8 @@ from ray import serve
 
 from serve import metrics
 from serve.errors import Conflict, InvalidInput, NotReady
-from serve.text_to_image.models import ModelEntry, ModelTable, ServedModel, ServedModels
+from serve.models.served import ServedModel, ServedModels
+from serve.models.table import ModelEntry, ModelTable
 from serve.triton.control import CONTROL_KEY_ENV, TritonControl
 from serve.triton.residency import (
     IN_FLIGHT_FILE,

@@ -7,7 +7,7 @@ engines keep their bare names (``unet``, ``vae_decoder``: a one-model stack is w
 model's carry its name (``sdxl.unet``), and a version installed while the stack runs its name and version
 (``sdxl.v2.unet``).
 
-:class:`~serve.text_to_image.model_table.ModelTable` (its own module) is what the stack serves now; every replica
+:class:`~serve.models.table.ModelTable` (its own module) is what the stack serves now; every replica
 reads it again when it changes (:meth:`ServedModels.refreshed`).
 """
 
@@ -20,13 +20,13 @@ from pathlib import Path
 from serve.adapters.catalog import LoraTarget, registry_folder
 from serve.adapters.requests import StackAdapters, lora_rows
 from serve.errors import InvalidInput, NotFound
+from serve.models.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
+from serve.models.table import ModelEntry, ModelTable, check_name
 from serve.protocol.ip_scale import ip_choices
-from serve.text_to_image.admission import DEFAULT_MAX_COST, Admission, Checked, Limits, Work, engines_used, upscale_work
 from serve.text_to_image.engine_folder import MANIFEST, EngineFolder, open_engine_folder
 from serve.text_to_image.generation import Outline
 from serve.text_to_image.images import input_pixels, output_size
 from serve.text_to_image.loop_protocol import LOOP_MODEL, loop_spec
-from serve.text_to_image.model_table import MODEL_TABLE, ModelEntry, ModelTable, check_name  # noqa: F401 - the table's old home
 from serve.text_to_image.video import motion_of
 from serve.triton.activations import ANY_ENGINE, PoolSpec
 from serve.triton.engine_files import LORAS_LINK

@@ -1,7 +1,7 @@
 """The model table: the models a stack serves now by name, each at a version, and the old versions still finishing.
 
 It is a file in the run folder (``models.json``) that the ``ModelResidency`` writes when a model is added, replaced or
-removed, and every replica reads again when it changes (:meth:`~serve.text_to_image.models.ServedModels.refreshed`).
+removed, and every replica reads again when it changes (:meth:`~serve.models.served.ServedModels.refreshed`).
 It is the stack's state: the next start resumes it (:meth:`ModelTable.resumed`). A command line that names models
 (``easel up --model ...``) wins for what it names: its first model is the default, and each model it names serves
 this start's build; the table's other models stay. A command line that names none serves the table as it was.

@@ -1,12 +1,9 @@
 """The HTTP API's adapter routes: LoRAs (``/v1/loras``) and stored IP-Adapter references (``/v1/references``).
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (after the generations;
-added one by one, not as an included router, whose lock Ray Serve could not pickle with the Gateway). Each hands its
-call to the Gateway's :class:`serve.serving.adapters.Adapters`; a route's docstring is its description in the
-document. Their scopes and body limits are :mod:`serve.routes`'.
+Each handler names the operation it answers (:func:`serve.http.operations.answers`) and hands its call to the
+Gateway's :class:`serve.serving.adapters.Adapters`; its docstring is its description in the OpenAPI document.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import File, Form, Request
@@ -16,6 +13,7 @@ from serve.access import caller
 from serve.adapters.registry import NAME as LORA_NAME
 from serve.adapters.registry import PRIVATE, SHARED
 from serve.http.admission import AdmitBody
+from serve.http.operations import answers
 from serve.serving.adapters import Adapters
 
 LORA_NAME_PATTERN = f"^{LORA_NAME.pattern}$"
@@ -29,6 +27,7 @@ def adapters(http: Request) -> Adapters:
     return http.app.state.gateway.adapters
 
 
+@answers("GET", "/v1/loras")
 async def loras(http: Request) -> dict:
     """The LoRA adapters the caller may use (``--loras DIR``, the shared uploads, its own; an admin key: all).
 
@@ -37,6 +36,7 @@ async def loras(http: Request) -> dict:
     return await adapters(http).loras_listed(caller(http))
 
 
+@answers("POST", "/v1/loras")
 async def lora_added(
     http: Request,
     file: Annotated[FormFile, File()],
@@ -52,6 +52,7 @@ async def lora_added(
     return await adapters(http).lora_added(name, model or None, file.file, caller(http), visibility)
 
 
+@answers("PUT", "/v1/loras/{name}")
 async def lora_replaced(
     http: Request,
     name: str,
@@ -67,6 +68,7 @@ async def lora_replaced(
     return await adapters(http).lora_replaced(name, file and file.file, caller(http), visibility or None, owner)
 
 
+@answers("DELETE", "/v1/loras/{name}")
 async def lora_removed(http: Request, name: str, owner: str | None = None) -> dict:
     """Remove the caller's uploaded LoRA adapter (404 if none, another key's too; 409 for a ``--loras`` folder's).
 
@@ -75,6 +77,7 @@ async def lora_removed(http: Request, name: str, owner: str | None = None) -> di
     return await adapters(http).lora_removed(name, caller(http), owner)
 
 
+@answers("POST", "/v1/references")
 async def reference_added(http: Request, admitted: AdmitBody) -> dict:
     """Store an IP-Adapter reference: encoded once, its embeddings kept as the caller's key's.
 
@@ -83,29 +86,22 @@ async def reference_added(http: Request, admitted: AdmitBody) -> dict:
     return await adapters(http).reference_added(admitted.body, caller(http))
 
 
+@answers("GET", "/v1/references")
 async def references_listed(http: Request) -> dict:
     """The caller's stored references (an admin key's, or an open API's: everyone's), newest first."""
     return await adapters(http).references_listed(caller(http))
 
 
+@answers("GET", "/v1/references/{reference_id}")
 async def reference(http: Request, reference_id: str) -> dict:
     """One stored reference; another key's is as unknown as a missing one (404)."""
     return await adapters(http).reference(caller(http), reference_id)
 
 
+@answers("DELETE", "/v1/references/{reference_id}")
 async def reference_removed(http: Request, reference_id: str) -> dict:
     """Forget a stored reference (404 for an unknown id or another key's)."""
     return await adapters(http).reference_removed(caller(http), reference_id)
 
 
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("GET", "/v1/loras", loras),
-    ("POST", "/v1/loras", lora_added),
-    ("PUT", "/v1/loras/{name}", lora_replaced),
-    ("DELETE", "/v1/loras/{name}", lora_removed),
-    ("POST", "/v1/references", reference_added),
-    ("GET", "/v1/references", references_listed),
-    ("GET", "/v1/references/{reference_id}", reference),
-    ("DELETE", "/v1/references/{reference_id}", reference_removed),
-)
 """(method, path, handler), in the document's order."""

@@ -1,10 +1,10 @@
 """The public HTTP API's assembly: the FastAPI app, its error handlers and middleware, and every route in its place.
 
-Each concern's routes are a module of this package (:data:`ROUTE_MODULES`, in the OpenAPI document's order), each
-route handing its call to one of the Gateway's plain serving classes (:mod:`serve.serving`); a handler that runs work
-names its admission in its signature (:mod:`serve.http.admission`). Every JSON body is read by the one strict reader
-(:func:`serve.wire.read_json`, :class:`StrictJsonRoute`). The Gateway deployment serves this app
-(:mod:`serve.gateway`).
+Each concern's handlers are a module of this package (:data:`ROUTE_MODULES`), each naming the operation of
+:data:`serve.routes.ROUTES` it answers (:mod:`serve.http.operations`) and handing its call to one of the Gateway's
+plain serving classes (:mod:`serve.serving`); a handler that runs work names its admission in its signature
+(:mod:`serve.http.admission`). Every JSON body is read by the one strict reader (:func:`serve.wire.read_json`,
+:class:`StrictJsonRoute`). The Gateway deployment serves this app (:mod:`serve.gateway`).
 """
 
 import logging
@@ -43,6 +43,7 @@ from serve.http import (
     vectorize,
     videos,
 )
+from serve.http.operations import handled
 from serve.routes import BODY_LIMITS, PIPELINES, allowed_methods
 from serve.serving.ray_errors import as_easel_error
 from serve.wire import BodyLimits, read_json_value
@@ -183,25 +184,9 @@ async def _record_metrics(request: Request, call_next):
         )
 
 
-ROUTE_MODULES = (
-    health,
-    generations,
-    results,
-    adapters,
-    models,
-    moderation,
-    quality,
-    videos,
-    experiments,
-    jobs,
-    upscale,
-    vectorize,
-    audit,
-)
-"""Each concern's routes (its module's ``ROUTES``), in the order the OpenAPI document lists them. They are added one
-by one, not as included routers, whose lock Ray Serve could not pickle with the Gateway; a route's docstring is its
-description in the document."""
-for _module in ROUTE_MODULES:
-    for _method, _path, _handler in _module.ROUTES:
-        api.add_api_route(_path, _handler, methods=[_method])
+ROUTE_MODULES = (health, generations, results, adapters, models, moderation, quality, videos, experiments, jobs)
+ROUTE_MODULES += (upscale, vectorize, audit)
+"""The modules whose handlers name their operations (:func:`serve.http.operations.answers`), imported to do so."""
+for _method, _path, _handler in handled():  # serve.routes' order, the OpenAPI document's; one by one, not as included
+    api.add_api_route(_path, _handler, methods=[_method])  # routers, whose lock Ray Serve could not pickle
 studio.add_to(api)

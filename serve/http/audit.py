@@ -1,19 +1,19 @@
 """The HTTP API's audit route: ``GET /v1/audit``, the audit log of admin actions and scope refusals (admin).
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.experiments`'). It reads this machine's log (:mod:`serve.access.audit`) in a worker thread; its
+It reads this machine's log (:mod:`serve.access.audit`) in a worker thread; its
 scope is :mod:`serve.routes`'.
 """
 
 import asyncio
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Query
 
 from serve.access.audit import AUDIT, MAX_AUDIT_PAGE
+from serve.http.operations import answers
 
 
+@answers("GET", "/v1/audit")
 async def audit_log(after: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_AUDIT_PAGE)] = 50) -> dict:
     """Admin actions and refusals for a missing scope, newest first (admin).
 
@@ -24,7 +24,3 @@ async def audit_log(after: str | None = None, limit: Annotated[int, Query(ge=1, 
     if AUDIT.log is None:
         return {"object": "list", "data": [], "has_more": False}
     return await asyncio.to_thread(AUDIT.log.page, after, limit)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (("GET", "/v1/audit", audit_log),)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

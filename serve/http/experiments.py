@@ -1,12 +1,9 @@
 """The HTTP API's feedback, experiment and preference routes: ``/v1/feedback``, ``/v1/experiments``, ``/v1/users``.
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.adapters`': one by one, not as an included router, whose lock Ray Serve could not pickle with the
-Gateway). Each hands its call to the Gateway's :class:`serve.serving.experiments.ExperimentsAndFeedback`; a route's
-docstring is its description in the document. Their scopes and body limits are :mod:`serve.routes`'.
+Each hands its call to the Gateway's :class:`serve.serving.experiments.ExperimentsAndFeedback`; a route's
+docstring is its description in the OpenAPI document.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Path, Query, Request
@@ -14,6 +11,7 @@ from fastapi import Path, Query, Request
 from serve.access import caller
 from serve.experiments.feedback import FeedbackRequest
 from serve.experiments.policy import NAME_PATTERN, ExperimentSpec
+from serve.http.operations import answers
 from serve.protocol.schema import MAX_USER_CHARS
 from serve.serving.experiments import ExperimentsAndFeedback
 
@@ -26,6 +24,7 @@ def experiments(http: Request) -> ExperimentsAndFeedback:
     return http.app.state.gateway.experiments
 
 
+@answers("POST", "/v1/feedback")
 async def feedback(http: Request, body: FeedbackRequest) -> dict:
     """A reward (0 to 1) or a 1-5 rating for a generated image (its ``id``) or a background job (its id).
 
@@ -35,16 +34,19 @@ async def feedback(http: Request, body: FeedbackRequest) -> dict:
     return await experiments(http).rate(body, caller(http))
 
 
+@answers("GET", "/v1/experiments")
 async def experiments_listed(http: Request) -> dict:
     """Every experiment: its policy, its variants and each variant's posterior (admin)."""
     return await experiments(http).listing()
 
 
+@answers("GET", "/v1/experiments/{name}")
 async def experiment(http: Request, name: str) -> dict:
     """One experiment with its variants' posteriors (admin; 404 if there is none)."""
     return await experiments(http).describe(name)
 
 
+@answers("PUT", "/v1/experiments/{name}")
 async def experiment_defined(
     http: Request, name: Annotated[str, Path(pattern=NAME_PATTERN)], spec: ExperimentSpec
 ) -> dict:
@@ -55,11 +57,13 @@ async def experiment_defined(
     return await experiments(http).define(name, spec)
 
 
+@answers("DELETE", "/v1/experiments/{name}")
 async def experiment_deleted(http: Request, name: str) -> dict:
     """Remove experiment ``name`` and its posteriors (admin; 404 if there is none)."""
     return await experiments(http).delete(name)
 
 
+@answers("GET", "/v1/users/{user:path}/preferences")
 async def preferences(http: Request, user: User, owner: Owner = None) -> dict:
     """What an end user's ratings taught: per key and record, each variant's posterior.
 
@@ -71,6 +75,7 @@ async def preferences(http: Request, user: User, owner: Owner = None) -> dict:
     return await experiments(http).preferences(user, caller(http), owner)
 
 
+@answers("DELETE", "/v1/users/{user:path}/preferences")
 async def preferences_deleted(http: Request, user: User, owner: Owner = None) -> dict:
     """Delete an end user's records under the calling key (an admin key: under ``owner``); 404 if there are none.
 
@@ -79,13 +84,4 @@ async def preferences_deleted(http: Request, user: User, owner: Owner = None) ->
     return await experiments(http).forget(user, caller(http), owner)
 
 
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("POST", "/v1/feedback", feedback),
-    ("GET", "/v1/experiments", experiments_listed),
-    ("GET", "/v1/experiments/{name}", experiment),
-    ("PUT", "/v1/experiments/{name}", experiment_defined),
-    ("DELETE", "/v1/experiments/{name}", experiment_deleted),
-    ("GET", "/v1/users/{user:path}/preferences", preferences),
-    ("DELETE", "/v1/users/{user:path}/preferences", preferences_deleted),
-)
 """(method, path, handler), in the document's order; ``user`` may hold ``/`` (a request's ``user`` is any string)."""

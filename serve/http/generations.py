@@ -4,7 +4,6 @@ Each names its admission (:data:`serve.http.admission.Admit`): the body read onc
 generation admitted on its model and its cost charged, before the handler runs it, at once or as a background job.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -12,6 +11,7 @@ from fastapi.responses import JSONResponse
 
 from serve.access import caller
 from serve.http.admission import Admit, serving
+from serve.http.operations import answers
 from serve.jobs.model import check_idempotency_key
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import job_owner
@@ -29,6 +29,7 @@ class GenerationHeaders:
         self.fresh = "no-cache" in (cache_control or "").lower()  # generate afresh, whatever the result cache holds
 
 
+@answers("POST", "/v1/images/generations")
 async def generate(http: Request, headers: Annotated[GenerationHeaders, Depends()], admitted: Admit) -> JSONResponse:
     """OpenAI Images API: generate ``n`` images for a prompt, returned as base64 (svg: text -> image -> SVG).
 
@@ -40,6 +41,7 @@ async def generate(http: Request, headers: Annotated[GenerationHeaders, Depends(
     return await _generation(http, headers, admitted)
 
 
+@answers("POST", "/v1/images/edits")
 async def edit(http: Request, headers: Annotated[GenerationHeaders, Depends()], admitted: Admit) -> JSONResponse:
     """OpenAI Images API's edits: multipart ``image`` (one or several) and ``mask`` files, the generation's fields.
 
@@ -55,10 +57,3 @@ async def _generation(http: Request, headers: GenerationHeaders, admitted: Admit
     if admitted.request.background:
         return await gateway.jobs.submit(admitted, owner, headers.idempotency_key)
     return await gateway.generations.answer(admitted, owner and owner.key_id, headers.fresh)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("POST", "/v1/images/generations", generate),
-    ("POST", "/v1/images/edits", edit),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

@@ -3,30 +3,33 @@
 Each hands its call to the Gateway's :class:`serve.serving.models.ModelAdmin`.
 """
 
-from collections.abc import Callable
-
 from fastapi import Request
 
 from serve.http.admission import serving
+from serve.http.operations import answers
 from serve.models.table import ModelFolder
 from serve.serving.models import FallbackChain, NewModel
 
 
+@answers("GET", "/v1/controlnets")
 async def controlnets_listed(http: Request) -> dict:
     """The ControlNets of this stack (``easel up --controlnet NAME=DIR``): each ready, or listed with why not."""
     return serving(http).models.controlnets()
 
 
+@answers("GET", "/v1/models")
 async def models_listed(http: Request) -> dict:
     """OpenAI's model list: every model this stack serves (the default first), with its family and what it takes."""
     return await serving(http).models.listing()
 
 
+@answers("GET", "/v1/models/{model_id}")
 async def model(http: Request, model_id: str) -> dict:
     """One served model, as the list gives it (404 if this stack serves none of that name)."""
     return await serving(http).models.describe(model_id)
 
 
+@answers("POST", "/v1/models")
 async def model_added(http: Request, body: NewModel) -> dict:
     """Serve a built engine folder as a new model (admin): installed in Triton and loaded if it fits the room.
 
@@ -37,6 +40,7 @@ async def model_added(http: Request, body: NewModel) -> dict:
     return await serving(http).models.add(body)
 
 
+@answers("PUT", "/v1/models/{model_id}")
 async def model_replaced(http: Request, model_id: str, body: ModelFolder) -> dict:
     """Serve a built engine folder as the model's next version (admin; 404 if none is served under that name).
 
@@ -48,6 +52,7 @@ async def model_replaced(http: Request, model_id: str, body: ModelFolder) -> dic
     return replaced
 
 
+@answers("PUT", "/v1/models/{model_id}/fallback")
 async def model_fallback(http: Request, model_id: str, body: FallbackChain) -> dict:
     """Set the model's fallback chain (admin): the models that answer, in turn, when it cannot serve; its entry.
 
@@ -57,21 +62,10 @@ async def model_fallback(http: Request, model_id: str, body: FallbackChain) -> d
     return await serving(http).models.chain(model_id, body)
 
 
+@answers("DELETE", "/v1/models/{model_id}")
 async def model_removed(http: Request, model_id: str) -> dict:
     """Stop serving a model (admin): its requests in flight finish; its jobs not started fail naming ``model``.
 
     404 if none is served under that name; 409 for the default model or one an experiment has as a variant.
     """
     return await serving(http).models.remove(model_id)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("GET", "/v1/controlnets", controlnets_listed),
-    ("GET", "/v1/models", models_listed),
-    ("GET", "/v1/models/{model_id}", model),
-    ("POST", "/v1/models", model_added),
-    ("PUT", "/v1/models/{model_id}", model_replaced),
-    ("PUT", "/v1/models/{model_id}/fallback", model_fallback),
-    ("DELETE", "/v1/models/{model_id}", model_removed),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

@@ -1,16 +1,14 @@
 """The HTTP API's moderation route: ``POST /v1/moderations``, OpenAI's shape (``client.moderations.create``).
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.vectorize`'). Each hands its call to the Gateway's :class:`serve.serving.moderation.Moderation`;
+It hands its call to the Gateway's :class:`serve.serving.moderation.Moderation`;
 its scope and body limit are :mod:`serve.routes`'.
 """
-
-from collections.abc import Callable
 
 from fastapi import Request
 
 from serve.access import caller
 from serve.http.admission import AdmitBody
+from serve.http.operations import answers
 from serve.serving.moderation import Moderation
 
 
@@ -19,6 +17,7 @@ def moderation(http: Request) -> Moderation:
     return http.app.state.gateway.moderation
 
 
+@answers("POST", "/v1/moderations")
 async def moderations(http: Request, admitted: AdmitBody) -> dict:
     """OpenAI's moderations: one result (``flagged``, ``categories``, ``category_scores``) per ``input`` item.
 
@@ -27,7 +26,3 @@ async def moderations(http: Request, admitted: AdmitBody) -> dict:
     none). Priced by its texts' characters and its images' pixels.
     """
     return await moderation(http).moderations(admitted.body, caller(http))
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (("POST", "/v1/moderations", moderations),)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

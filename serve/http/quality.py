@@ -1,23 +1,22 @@
 """The HTTP API's routes for knowing what is good: ``POST /v1/prompts/analyze`` and ``POST /v1/images/score``.
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.moderation`'). Each names its admission (:data:`serve.http.admission.AdmitBody`: its body read once,
+Each names its admission (:data:`serve.http.admission.AdmitBody`: its body read once,
 every check that can refuse it made and its price taken, :mod:`serve.serving.prices`), then hands its call to
 :class:`serve.serving.prompts.PromptAnalysis` (over the Gateway's models and moderation) or
 :class:`serve.serving.scores.ImageScores` (over its ``TextToImage`` handle); their scopes and body limits are
 :mod:`serve.routes`'.
 """
 
-from collections.abc import Callable
-
 from fastapi import Request
 
 from serve.access import caller
 from serve.http.admission import AdmitBody, serving
+from serve.http.operations import answers
 from serve.serving.prompts import PromptAnalysis
 from serve.serving.scores import ImageScores
 
 
+@answers("POST", "/v1/prompts/analyze")
 async def analyze(http: Request, admitted: AdmitBody) -> dict:
     """A prompt as the model's text encoders would read it: per encoder its tokens, chunks and what would be cut.
 
@@ -29,6 +28,7 @@ async def analyze(http: Request, admitted: AdmitBody) -> dict:
     return await PromptAnalysis(gateway.generations.models, gateway.moderation).analyze(admitted.body, caller(http))
 
 
+@answers("POST", "/v1/images/score")
 async def score(http: Request, admitted: AdmitBody) -> dict:
     """Each image's scores by the stack's scorer (``easel up --scorer``): ``clip_score`` with a prompt, ``aesthetic``.
 
@@ -36,10 +36,3 @@ async def score(http: Request, admitted: AdmitBody) -> dict:
     it over 4,194,304 pixels. Priced by each image's pixels (from its header, before any is decoded).
     """
     return await ImageScores(serving(http).generations.text_to_image).scored(admitted.body)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("POST", "/v1/prompts/analyze", analyze),
-    ("POST", "/v1/images/score", score),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

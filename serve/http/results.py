@@ -1,11 +1,9 @@
 """The HTTP API's image routes: an image by its id (with a key) or its signed URL (none), a key's history, deletion.
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.moderation`'). Each hands its call to the Gateway's :class:`serve.serving.results.Results`; their
+Each hands its call to the Gateway's :class:`serve.serving.results.Results`; their
 scopes are :mod:`serve.routes`'.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Query, Request
@@ -13,6 +11,7 @@ from fastapi.responses import Response
 
 from serve.access import caller
 from serve.http.admission import AdmitRerun
+from serve.http.operations import answers
 from serve.serving.results import MAX_HISTORY_PAGE, Results
 
 
@@ -21,6 +20,7 @@ def results(http: Request) -> Results:
     return http.app.state.gateway.generations.results
 
 
+@answers("GET", "/v1/images")
 async def history(
     http: Request, after: str | None = None, limit: Annotated[int, Query(ge=1, le=MAX_HISTORY_PAGE)] = 20
 ) -> dict:
@@ -31,6 +31,7 @@ async def history(
     return await results(http).history(caller(http), after, limit)
 
 
+@answers("POST", "/v1/images/rerun")
 async def rerun(http: Request, admitted: AdmitRerun) -> dict:
     """Make a kept image (``image_id``) again from its record, priced and admitted as the generation it reruns.
 
@@ -42,26 +43,19 @@ async def rerun(http: Request, admitted: AdmitRerun) -> dict:
     return await generations.results.rerun_answer(admitted.rerun, key, generation.model, body)
 
 
+@answers("GET", "/v1/images/{image_id}")
 async def image(http: Request, image_id: str) -> Response:
     """A kept image, as it was answered (a PNG carries its record); another key's is a 404, as an unknown id is."""
     return await results(http).image(caller(http), image_id)
 
 
+@answers("DELETE", "/v1/images/{image_id}")
 async def image_deleted(http: Request, image_id: str) -> dict:
     """Drop a kept image now (404 as GET's)."""
     return await results(http).delete(caller(http), image_id)
 
 
+@answers("GET", "/v1/images/{image_id}/content")
 async def signed_image(http: Request, image_id: str, expires: int, signature: str) -> Response:
     """A kept image by its signed URL (``response_format: url``): no key; 403 when expired or not its signature."""
     return await results(http).signed(image_id, expires, signature)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("GET", "/v1/images", history),
-    ("POST", "/v1/images/rerun", rerun),
-    ("GET", "/v1/images/{image_id}", image),
-    ("DELETE", "/v1/images/{image_id}", image_deleted),
-    ("GET", "/v1/images/{image_id}/content", signed_image),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

@@ -4,19 +4,20 @@ The upscale names its admission (:data:`serve.http.admission.AdmitUpscale`): its
 the work it runs, before the handler runs it on the Gateway's :class:`serve.serving.upscale.Upscaling`.
 """
 
-from collections.abc import Callable
-
 from fastapi import Request
 
 from serve.http.admission import AdmitUpscale, serving
+from serve.http.operations import answers
 from serve.moderation.policy import marked
 
 
+@answers("GET", "/v1/upscalers")
 async def upscalers_listed(http: Request) -> dict:
     """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
     return serving(http).upscaling.listing()
 
 
+@answers("POST", "/v1/images/upscale")
 async def upscale(http: Request, admitted: AdmitUpscale) -> dict:
     """Upscale an image with a served upscaler: JSON (base64 ``image``) or multipart (an ``image`` file part).
 
@@ -24,10 +25,3 @@ async def upscale(http: Request, admitted: AdmitUpscale) -> dict:
     ``image``, before its cost is taken).
     """
     return marked(await serving(http).upscaling.upscale(*admitted.body), admitted.screening)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("GET", "/v1/upscalers", upscalers_listed),
-    ("POST", "/v1/images/upscale", upscale),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

@@ -1,11 +1,9 @@
 """The HTTP API's video routes: OpenAI's videos API (``client.videos``); gRPC's are the servicer's.
 
-:data:`ROUTES`: the routes :mod:`serve.http.app` adds where they stand in the OpenAPI document (as
-:mod:`serve.http.moderation`'). Each hands its call to the Gateway's :class:`serve.serving.videos.Videos`; the scope
+Each hands its call to the Gateway's :class:`serve.serving.videos.Videos`; the scope
 and body limit are :mod:`serve.routes`', a video's admission (its body read, admitted, charged) is named in ``create``.
 """
 
-from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import Header, Request
@@ -13,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.access import caller
 from serve.http.admission import Admit
+from serve.http.operations import answers
 from serve.serving.jobs import job_owner
 from serve.serving.videos import Variant, Videos
 
@@ -22,6 +21,7 @@ def videos(http: Request) -> Videos:
     return http.app.state.gateway.videos
 
 
+@answers("POST", "/v1/videos")
 async def create(
     http: Request, admitted: Admit, idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None
 ) -> JSONResponse:
@@ -35,6 +35,7 @@ async def create(
     return await videos(http).create(admitted, job_owner(caller(http)), idempotency_key)
 
 
+@answers("POST", "/v1/videos/{video_id}/interpolate")
 async def interpolate(
     http: Request,
     video_id: str,
@@ -49,26 +50,19 @@ async def interpolate(
     return await videos(http).create(admitted, job_owner(caller(http)), idempotency_key)
 
 
+@answers("GET", "/v1/videos/{video_id}")
 async def show(http: Request, video_id: str) -> dict:
     """OpenAI's video object: ``status`` (queued, in_progress, completed, failed), progress, model, seconds, size."""
     return await videos(http).show(caller(http), video_id)
 
 
+@answers("GET", "/v1/videos/{video_id}/content")
 async def content(http: Request, video_id: str, variant: Variant = "video") -> Response:
     """The completed video: an MP4 (H.264), or with ``variant=frames`` Easel's lossless frames (PNGs in a zip)."""
     return await videos(http).content(caller(http), video_id, variant)
 
 
+@answers("DELETE", "/v1/videos/{video_id}")
 async def cancel(http: Request, video_id: str) -> dict:
     """Cancel a queued or running video (it stops at its next denoising step); 409 once it is over."""
     return await videos(http).cancel(caller(http), video_id)
-
-
-ROUTES: tuple[tuple[str, str, Callable], ...] = (
-    ("POST", "/v1/videos", create),
-    ("POST", "/v1/videos/{video_id}/interpolate", interpolate),
-    ("GET", "/v1/videos/{video_id}", show),
-    ("GET", "/v1/videos/{video_id}/content", content),
-    ("DELETE", "/v1/videos/{video_id}", cancel),
-)
-"""Method, path and handler of each route, in the OpenAPI document's order."""

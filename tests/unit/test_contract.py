@@ -255,3 +255,14 @@ def test_every_costed_route_and_only_those_is_admitted_by_the_one_admission():
         for method in r.methods
     }
     assert admitted == {(r.method, r.path) for r in ROUTES if r.costed}
+
+
+def test_a_handler_answers_one_declared_operation_and_no_other():
+    """The app adds serve.routes' operations, each its one handler's: a path not declared, or answered twice, fails."""
+    from serve.http.operations import HANDLERS, answers
+
+    with pytest.raises(LookupError, match="not an operation"):
+        answers("GET", "/v1/nothing-declared")
+    taken = next(iter(HANDLERS))
+    with pytest.raises(LookupError, match="answered twice"):
+        answers(taken.method, HANDLERS[taken][0])(lambda: None)

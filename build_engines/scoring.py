@@ -11,21 +11,19 @@ against its PyTorch module (the towers against ``CLIPModel``'s own ``image_embed
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
+from build_engines.onnx_export import engine_cache, export_graph
 from build_engines.text_to_image.embedded import clip_tokenizer
-from build_engines.text_to_image.export import OPSET, ParityError
+from build_engines.text_to_image.export import ParityError
 from serve.files import content_hash, files_hash
 from serve.moderation.images import PREPROCESSOR
-from serve.paths import easel_home
 from serve.text_to_image.scores import (
     AESTHETIC,
     CLIP_IMAGE,
@@ -151,18 +149,8 @@ def load_clip(folder: Path):
 
 def _export(module: torch.nn.Module, spec: ModelSpec, sample: torch.Tensor, out_path: Path) -> float:
     """Export ``module`` with ``spec``'s names and a dynamic batch; its max |onnx - torch| on ``sample``."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
+    export_graph(module.eval(), (sample[:1],), out_path, spec)
     with torch.no_grad():
-        torch.onnx.export(
-            module.eval(),
-            (sample[:1],),
-            str(out_path),
-            input_names=[t.name for t in spec.inputs],
-            output_names=[t.name for t in spec.outputs],
-            dynamic_axes=spec.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
         expected = module(sample).numpy()
     [got] = make_session(out_path).run(None, {spec.inputs[0].name: sample.numpy()})
     error = float(np.max(np.abs(got - expected)))
@@ -209,8 +197,7 @@ def engine_dir(sources: dict[str, Path]) -> Path:
         name: content_hash(path) if path.is_dir() else files_hash([path], path.parent)
         for name, path in sorted(sources.items())
     }
-    key = json.dumps([hashes, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__])
-    return easel_home() / "engines" / f"scorer-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return engine_cache("scorer", [hashes, EXPORT_VERSION])
 
 
 def build_scorer(sources: dict[str, Path], repository: Path | None, force: bool = False) -> Path | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from build_engines.onnx_export import export_graph
+from build_engines.text_to_image.export import PARITY_TOLERANCE, ParityError
 from serve.triton.onnx_backend import make_session
 
 logger = logging.getLogger(__name__)
@@ -16,19 +17,9 @@ logger = logging.getLogger(__name__)
 
 def export_checked(module: torch.nn.Module, out_path: Path, spec, side: int, output: str, what: str) -> float:
     """Export an image module (``side`` square, dynamic batch); its relative error against PyTorch on 2 images."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     sample = torch.rand(1, 3, side, side, generator=torch.Generator().manual_seed(0))
+    export_graph(module, (sample,), out_path, spec)
     with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (sample,),
-            str(out_path),
-            input_names=["image"],
-            output_names=[output],
-            dynamic_axes=spec.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
         check = torch.rand(2, 3, side, side, generator=torch.Generator().manual_seed(1))
         expected = module(check).numpy()
     got = make_session(out_path).run(None, {"image": check.numpy()})[0]

@@ -17,7 +17,8 @@ import onnx
 import torch
 
 from build_engines.finishing.ifnet import Interpolator, read_flownet
-from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from build_engines.onnx_export import export_graph
+from build_engines.text_to_image.export import PARITY_TOLERANCE, ParityError
 from serve.finishing.interpolators import INTERPOLATOR_PREFIX, SIDE_MULTIPLE, InterpolatorEntry, interpolator_spec
 from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler
@@ -47,20 +48,9 @@ def export_interpolator(net: torch.nn.Module, out_path: Path) -> float:
     """Export ``net`` (an IFNet) as the engine; its relative error against PyTorch over :data:`CHECKED_SIDES`."""
     module = Interpolator(net).eval()
     spec = interpolator_spec("check")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     sample = torch.rand(1, 6, SIDE_MULTIPLE, SIDE_MULTIPLE, generator=generator)
-    with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (sample, torch.full((1, 1), 0.5)),
-            str(out_path),
-            input_names=["pair", "timestep"],
-            output_names=["middle"],
-            dynamic_axes=spec.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
+    export_graph(module, (sample, torch.full((1, 1), 0.5)), out_path, spec)
     session = make_session(out_path)
     worst = 0.0
     for height, width in CHECKED_SIDES:

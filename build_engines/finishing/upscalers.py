@@ -26,7 +26,8 @@ from build_engines.finishing.interpolators import EXPORT_VERSION as INTERPOLATOR
 from build_engines.finishing.interpolators import build_interpolator
 from build_engines.finishing.restorers import EXPORT_VERSION as RESTORER_EXPORT_VERSION
 from build_engines.finishing.restorers import build_restorer
-from build_engines.text_to_image.export import OPSET, ParityError
+from build_engines.onnx_export import OPSET
+from build_engines.text_to_image.export import ParityError
 from serve.files import files_hash
 from serve.finishing.interpolators import INTERPOLATOR_PREFIX, Interpolators
 from serve.finishing.listing import ERROR

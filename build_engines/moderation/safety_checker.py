@@ -9,21 +9,19 @@ and installs it in Triton's repository as :data:`~serve.moderation.images.SAFETY
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker, cosine_distance
 
-from build_engines.text_to_image.export import OPSET, PARITY_TOLERANCE, ParityError
+from build_engines.onnx_export import engine_cache, export_graph
+from build_engines.text_to_image.export import PARITY_TOLERANCE, ParityError
 from serve.files import content_hash
 from serve.moderation.images import PREPROCESSOR, SAFETY_CHECKER, SAFETY_CHECKER_SPEC, SIDE, Preprocessing
-from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session
 from serve.triton.repository import install_model, uninstall_model
@@ -133,20 +131,9 @@ def load_safety_checker(folder: Path) -> StableDiffusionSafetyChecker:
 def export_safety_checker(checker: StableDiffusionSafetyChecker, out_path: Path) -> float:
     """Export ``checker``'s :class:`SafetyScores` with a dynamic batch; its max |onnx - torch| on 3 random images."""
     module = SafetyScores(checker).eval()
-    names = [t.name for t in SAFETY_CHECKER_SPEC.outputs]
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     sample = torch.randn(1, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(0))
+    export_graph(module, (sample,), out_path, SAFETY_CHECKER_SPEC)
     with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (sample,),
-            str(out_path),
-            input_names=["clip_input"],
-            output_names=names,
-            dynamic_axes=SAFETY_CHECKER_SPEC.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
         check = torch.randn(3, 3, SIDE, SIDE, generator=torch.Generator().manual_seed(1))
         expected = module(check)[0].numpy()
     got = make_session(out_path).run(None, {"clip_input": check.numpy()})[0]
@@ -160,8 +147,7 @@ def export_safety_checker(checker: StableDiffusionSafetyChecker, out_path: Path)
 def engine_dir(source: Path) -> Path:
     """The cache folder of ``source``'s checker engine: named by its files' content and the exporter's versions."""
     content = content_hash(source / SAFETY_CHECKER) + content_hash(source / FEATURE_EXTRACTOR)
-    key = json.dumps([content, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__])
-    return easel_home() / "engines" / f"safety-checker-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return engine_cache("safety-checker", [content, EXPORT_VERSION])
 
 
 def build_safety_checker(source: Path | None, repository: Path | None, force: bool = False) -> Path | None:

@@ -11,18 +11,16 @@ engine under ``$EASEL_HOME/engines/text-moderator-<hash>`` and installs it in Tr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import shutil
 import string
 from pathlib import Path
 
 import numpy as np
-import onnx
 import torch
 
-from build_engines.text_to_image.export import OPSET, ParityError
+from build_engines.onnx_export import engine_cache, export_graph
+from build_engines.text_to_image.export import ParityError
 from serve.files import content_hash
 from serve.moderation.text_model import (
     LABELS,
@@ -33,7 +31,6 @@ from serve.moderation.text_model import (
     Labels,
     windows,
 )
-from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session
 from serve.triton.repository import install_model, uninstall_model
@@ -146,21 +143,11 @@ def labels_of(model) -> Labels:
 def export_text_moderator(model, out_path: Path) -> float:
     """Export ``model``'s :class:`Probabilities` with a dynamic batch; its max |onnx - torch| on 3 random rows."""
     module = Probabilities(model).eval()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (3, WINDOW), generator=generator)
     mask = (torch.arange(WINDOW) < torch.tensor([[WINDOW], [40], [7]])).long()
+    export_graph(module, (ids[:1], mask[:1]), out_path, TEXT_MODERATOR_SPEC)
     with torch.no_grad():
-        torch.onnx.export(
-            module,
-            (ids[:1], mask[:1]),
-            str(out_path),
-            input_names=[t.name for t in TEXT_MODERATOR_SPEC.inputs],
-            output_names=[t.name for t in TEXT_MODERATOR_SPEC.outputs],
-            dynamic_axes=TEXT_MODERATOR_SPEC.onnx_dynamic_axes(),
-            opset_version=OPSET,
-            dynamo=False,
-        )
         expected = module(ids, mask).numpy()
     [got] = make_session(out_path).run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     error = float(np.max(np.abs(got - expected)))
@@ -172,8 +159,7 @@ def export_text_moderator(model, out_path: Path) -> float:
 
 def engine_dir(source: Path) -> Path:
     """The cache folder of ``source``'s moderator engine: named by its files' content and the exporter's versions."""
-    key = json.dumps([content_hash(source), EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__])
-    return easel_home() / "engines" / f"text-moderator-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return engine_cache("text-moderator", [content_hash(source), EXPORT_VERSION])
 
 
 def build_text_moderator(source: Path | None, repository: Path | None, force: bool = False) -> Path | None:

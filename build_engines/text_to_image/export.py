@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 
+from build_engines.onnx_export import OPSET
 from build_engines.openvino import choose_runtime
 from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
@@ -39,7 +40,6 @@ from serve.triton.torch_runtime import CastIO
 
 logger = logging.getLogger(__name__)
 
-OPSET = 17
 # Bump when the exported graphs change, so cached engines are rebuilt.
 EXPORTER_VERSION = 6
 # Max |onnx - torch| / max(1, max |torch|) allowed on fresh random inputs.

@@ -9,12 +9,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from build_engines.onnx_export import export_graph
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
-
-OPSET = 17
 
 
 class ParityError(RuntimeError):
@@ -43,18 +42,7 @@ def export_onnx(module: nn.Module, spec: ModelSpec, path: Path, seed: int = 0, t
     """
     module = module.eval()
     rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    example = tuple(torch.as_tensor(a) for a in _random_inputs(spec, 2, rng))
-    torch.onnx.export(
-        module,
-        example,
-        str(path),
-        input_names=[t.name for t in spec.inputs],
-        output_names=[t.name for t in spec.outputs],
-        dynamic_axes=spec.onnx_dynamic_axes(),
-        opset_version=OPSET,
-        dynamo=False,
-    )
+    export_graph(module, tuple(torch.as_tensor(a) for a in _random_inputs(spec, 2, rng)), path, spec)
     session = make_session(path, intra_op_threads=1)
     worst = 0.0
     for batch in (1, 37):

@@ -15,9 +15,8 @@ from ray.serve.handle import DeploymentHandle
 
 from serve.access import open_access
 from serve.adapters.requests import StackAdapters
-from serve.cache import DEFAULT_CACHE_BYTES, open_cache
+from serve.cache import open_cache
 from serve.experiments import open_experiment_store
-from serve.experiments.policy import ExperimentSpec
 from serve.experiments.traffic import Experiments
 from serve.finishing.upscalers import Upscalers
 from serve.grpc_api.servicer import Servicer
@@ -27,10 +26,7 @@ from serve.models.served import ServedModels
 from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
-from serve.remote.settings import DEFAULT_KEY_ENVS
 from serve.resilience.circuits import Circuits
-from serve.resilience.settings import ResilienceSettings
-from serve.results.settings import ResultSettings
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
 from serve.serving.current_models import CurrentModels
@@ -46,13 +42,13 @@ from serve.serving.upscale import Upscaling
 from serve.serving.vectorize import Vectorizing
 from serve.serving.videos import Videos
 from serve.settings import AppSettings
-from serve.stores import default_url, stack_quotas
+from serve.stores import stack_quotas
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.scores import score_names
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
-from serve.webhooks import WebhookSettings, sender_of
+from serve.webhooks import sender_of
 
 
 class AppArgs(AppSettings):
@@ -133,40 +129,23 @@ class Gateway:
         vectorizer: DeploymentHandle,
         residency: DeploymentHandle,
         models: ServedModels,
-        store_url: str | None = None,
-        cache_bytes: int = DEFAULT_CACHE_BYTES,
-        experiments: dict[str, ExperimentSpec] | None = None,
-        share_caches: bool = False,
-        vectorize_table_path: str | None = None,
-        upscalers: Upscalers | None = None,
-        triton_grpc_url: str | None = None,
-        moderation: Moderation | None = None,
-        safety_checker_dir: str | None = None,
-        text_moderator_dir: str | None = None,
-        results: ResultSettings | None = None,
-        url_secret_path: str | None = None,
-        webhooks: WebhookSettings | None = None,
-        webhook_secret_path: str | None = None,
-        resilience: ResilienceSettings | None = None,
-        scorer_dir: str | None = None,
-        remote_key_envs: tuple[str, ...] = DEFAULT_KEY_ENVS,
-        audit_folder: str | None = None,
-        quotas=None,
+        args: AppArgs,
     ) -> None:
-        store_url = store_url or default_url()
-        current = CurrentModels(models, key_envs=remote_key_envs)  # served and remote models, fallback chains
-        cache = open_cache(store_url, cache_bytes) if cache_bytes > 0 else None
-        vectorize_versions = TableReader(vectorize_table_path)  # an experiment's variants may be vectorize versions
+        """The pipelines' handles, the models served and the app's settings, each part read by what owns it."""
+        store_url, triton_grpc_url = args.store, args.triton_grpc_url
+        current = CurrentModels(models, key_envs=args.remote_key_envs)  # served and remote models, fallback chains
+        cache = open_cache(store_url, args.cache_bytes) if args.cache_bytes > 0 else None
+        vectorize_versions = TableReader(args.vectorize_table_path)  # an experiment's variants may be vectorize's
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
-        scores = score_names(scorer_dir)  # what the stack's scorer gives (none: no scorer)
+        scores = score_names(args.scorer_dir)  # what the stack's scorer gives (none: no scorer)
         traffic = Experiments(open_experiment_store(store_url), variants, scores=scores)
-        for name, spec in (experiments or {}).items():  # declared at start-up (easel up --experiment): seeds them
+        for name, spec in args.experiments.items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
-        self.upscaling = Upscaling.on_triton(upscalers or Upscalers(), triton_grpc_url)
+        quotas = stack_quotas(args)  # the stack's quotas per key (serve.stores.Quotas)
+        self.upscaling = Upscaling.on_triton(Upscalers.read(args.upscalers_dir), triton_grpc_url)
         self.adapters = Adapters(current, text_to_image, quotas)  # quotas: the stack's per key (None: the defaults)
-        resilience = resilience or ResilienceSettings()
-        circuits = Circuits(resilience, failed=against_model)  # this replica's breakers, one per model
+        circuits = Circuits(args, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
             current,
             text_to_image,
@@ -175,22 +154,21 @@ class Gateway:
             cache,
             traffic,
             references=self.adapters.references,  # a generation naming a stored reference is checked against them
-            share_caches=share_caches,
+            share_caches=args.share_caches,
             upscaling=self.upscaling,
             circuits=circuits,
-            fallback_queue_wait_s=resilience.fallback_queue_wait_s,
+            fallback_queue_wait_s=args.fallback_queue_wait_s,
             scores=scores,  # a generation's scores and candidates are checked against them at admission
-            results=Results.of(results or ResultSettings(), store_url, url_secret_path, quotas),  # images kept, URLs
-            moderation=(moderation or Moderation()).checking(
-                ImageChecker.on_triton(safety_checker_dir, triton_grpc_url),
-                TextModerator.on_triton(text_moderator_dir, triton_grpc_url),
+            results=Results.of(args, store_url, args.url_secret_path, quotas),  # images kept, their URLs
+            moderation=Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)).checking(
+                ImageChecker.on_triton(args.safety_checker_dir, triton_grpc_url),
+                TextModerator.on_triton(args.text_moderator_dir, triton_grpc_url),
             ),
         )
         self.moderation = self.generations.moderation
-        open_access(store_url, audit_folder)  # keys checked, admin actions audited
-        webhooks, job_store = webhooks or WebhookSettings(), open_job_store(store_url)
-        sender = sender_of(webhooks, store_url, webhook_secret_path)  # this replica's webhook deliveries
-        self.jobs = BackgroundJobs(job_store, self.generations, traffic, webhooks, sender, quotas)
+        open_access(store_url, args.audit_folder)  # keys checked, admin actions audited
+        sender = sender_of(args, store_url, args.webhook_secret_path)  # this replica's webhook deliveries
+        self.jobs = BackgroundJobs(open_job_store(store_url), self.generations, traffic, args, sender, quotas)
         self.videos = Videos(self.jobs)
         self.models = ModelAdmin(current, text_to_image, residency, traffic, circuits)
         self.experiments = ExperimentsAndFeedback(traffic)
@@ -275,23 +253,5 @@ def build_app(args: AppArgs) -> serve.Application:
         Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,
-        args.store,
-        args.cache_bytes,
-        args.experiments,
-        args.share_caches,
-        args.vectorize_table_path,
-        Upscalers.read(args.upscalers_dir),
-        args.triton_grpc_url,
-        Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
-        args.safety_checker_dir,
-        args.text_moderator_dir,
-        ResultSettings.model_validate(args.model_dump(include=set(ResultSettings.model_fields))),
-        args.url_secret_path,
-        WebhookSettings.model_validate(args.model_dump(include=set(WebhookSettings.model_fields))),
-        args.webhook_secret_path,
-        ResilienceSettings.model_validate(args.model_dump(include=set(ResilienceSettings.model_fields))),
-        args.scorer_dir,
-        args.remote_key_envs,
-        args.audit_folder,
-        quotas=stack_quotas(args),  # the stack's quotas per key (serve.stores.Quotas)
+        args,
     )

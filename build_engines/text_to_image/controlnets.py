@@ -21,6 +21,7 @@ from serve.files import content_hash
 from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSupport, residual_layout
 from serve.text_to_image.families import FAMILIES, Family
 from serve.text_to_image.families.exports import ExportModule, UnetModule
+from serve.text_to_image.families.folder import component_config
 from serve.text_to_image.spec import CONTROLNET_PREFIX, UNET
 from serve.text_to_image.torch_engines import ControlNetReadyUnet
 
@@ -44,15 +45,10 @@ def fit(family: Family, unet_config: Mapping, folder: Path) -> str | None:
     """Why the ControlNet in ``folder`` cannot serve ``family``'s model (None: it fits)."""
     if not family.takes_images:
         return f"{family.pipeline_class} models take no ControlNets"
-    path = folder / "config.json"
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        return f"{path} is not readable JSON ({error})"
-    if config.get("_class_name") != "ControlNetModel":
-        return f"{path} is a {config.get('_class_name')!r}, not a diffusers ControlNetModel"
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        return f"{folder} has no weights (.safetensors)"
+        config = component_config(folder, "ControlNetModel")
+    except ValueError as why:
+        return str(why)
     kind = made_for(config)
     if kind != family.name:
         return f"made for {FAMILIES[kind].pipeline_class} models; this stack serves a {family.pipeline_class} model"

@@ -15,6 +15,7 @@ from pathlib import Path
 from serve.errors import UnsupportedModel
 from serve.files import content_hash
 from serve.text_to_image.families import Family
+from serve.text_to_image.families.folder import component_config
 from serve.text_to_image.spec import UNET
 
 LORA_MOTION_EXPORT = 1
@@ -36,15 +37,10 @@ def motion_fit(family: Family, model_dir: Path, folder: Path) -> str | None:
     """Why the ``MotionAdapter`` in ``folder`` cannot serve ``model_dir``'s model (None: it fits)."""
     if family.name != "sd":
         return f"motion adapters serve StableDiffusionPipeline (SD 1.x) models, not {family.pipeline_class} models"
-    path = folder / "config.json"
     try:
-        config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        return f"{path} is not readable JSON ({error})"
-    if config.get("_class_name") != "MotionAdapter":
-        return f"{path} is a {config.get('_class_name')!r}, not a diffusers MotionAdapter"
-    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
-        return f"{folder} has no weights (.safetensors)"
+        config = component_config(folder, "MotionAdapter")
+    except ValueError as why:
+        return str(why)
     unet = json.loads((model_dir / UNET / "config.json").read_text())
     if list(config.get("block_out_channels", ())) != list(unet["block_out_channels"]):
         return (

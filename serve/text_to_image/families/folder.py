@@ -72,6 +72,23 @@ def read_config(model_dir: Path, component: str, file: str = "config.json") -> d
     return json.loads((model_dir / component / file).read_text())
 
 
+def component_config(folder: Path, class_name: str) -> dict:
+    """An outside diffusers component's ``config.json`` (a ControlNet's, a motion adapter's), if it is one.
+
+    A ``ValueError`` says why not: unreadable, not a ``class_name``, or no weights.
+    """
+    path = folder / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not readable JSON ({error})") from None
+    if config.get("_class_name") != class_name:
+        raise ValueError(f"{path} is a {config.get('_class_name')!r}, not a diffusers {class_name}")
+    if not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        raise ValueError(f"{folder} has no weights (.safetensors)")
+    return config
+
+
 def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 128) -> dict:
     """The dims every family reads from the denoiser's and the VAE's configs.
 

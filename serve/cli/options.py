@@ -118,42 +118,28 @@ class NamedValue(click.ParamType):
 
 
 class NamedFolder(NamedValue):
-    """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder."""
+    """``NAME=DIR``: a name (:data:`NAME`: it names a Triton model) and a folder.
 
-    name = "named folder"
-    form = f"NAME=DIR with NAME of {NAME_RULE}"
+    ``kind`` ``FILE``: a file instead (``--upscaler``); ``PATH``: either (``--scorer clip=DIR``, ``aesthetic=FILE``).
+    """
+
+    KINDS = {
+        "DIR": ("named folder", Path.is_dir, "is not a folder"),
+        "FILE": ("named file", Path.is_file, "is not a file"),
+        "PATH": ("named path", Path.exists, "does not exist"),
+    }
+    """Each kind: its type's name, the check its path passes, and what the error says of one that does not."""
+
+    def __init__(self, kind: str = "DIR") -> None:
+        self.name, self._fits, self._unfit = self.KINDS[kind]
+        self.form = f"NAME={kind} with NAME of {NAME_RULE}"
 
     def _names(self, name: str) -> bool:
         return bool(NAME.match(name))
 
-    def _value(self, value, folder: str, param, ctx) -> Path:
-        path = Path(folder)
-        if not path.is_dir():
-            self.fail(f"{value!r}: {folder} is not a folder", param, ctx)
-        return path
-
-
-class NamedFile(NamedFolder):
-    """``NAME=FILE``: a name (:data:`NAME`: it names a Triton model) and a file (``--upscaler``)."""
-
-    name = "named file"
-    form = f"NAME=FILE with NAME of {NAME_RULE}"
-
     def _value(self, value, path: str, param, ctx) -> Path:
-        if not Path(path).is_file():
-            self.fail(f"{value!r}: {path} is not a file", param, ctx)
-        return Path(path)
-
-
-class NamedPath(NamedFolder):
-    """``NAME=PATH``: a name and a folder or a file (``--scorer clip=DIR``, ``--scorer aesthetic=FILE``)."""
-
-    name = "named path"
-    form = f"NAME=PATH with NAME of {NAME_RULE}"
-
-    def _value(self, value, path: str, param, ctx) -> Path:
-        if not Path(path).exists():
-            self.fail(f"{value!r}: {path} does not exist", param, ctx)
+        if not self._fits(Path(path)):
+            self.fail(f"{value!r}: {path} {self._unfit}", param, ctx)
         return Path(path)
 
 
@@ -163,10 +149,9 @@ class ModelFolder(NamedFolder):
     ``embedded``: the names that stand alone for an embedded model (its folder None: the stack makes it).
     """
 
-    name = "model folder"
-
     def __init__(self, embedded: tuple[str, ...]) -> None:
-        self.embedded = embedded
+        super().__init__("DIR")
+        self.name, self.embedded = "model folder", embedded
 
     def convert(self, value, param, ctx) -> tuple[str, Path | None]:
         """``(name, folder)`` of ``value``; ``(name, None)`` for an embedded model."""
@@ -298,8 +283,8 @@ HOST_LIST = HostList()
 NAME_LIST = NameList()
 INT_LIST = IntList()
 NAMED_FOLDER = NamedFolder()
-NAMED_FILE = NamedFile()
-NAMED_PATH = NamedPath()
+NAMED_FILE = NamedFolder("FILE")
+NAMED_PATH = NamedFolder("PATH")
 NAMED_JSON = NamedJson()
 NAMED_LIST = NamedList()
 NAMED_REMOTE = NamedRemote()

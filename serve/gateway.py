@@ -230,7 +230,7 @@ class Gateway:
 def build_app(args: AppArgs) -> serve.Application:
     """Typed Serve application builder (``serve.gateway:build_app``); a Gateway replica does not import the loop's."""
     from serve.models.residency import ModelResidency
-    from serve.text_to_image.deployment import TextToImage
+    from serve.models.text_to_image import TextToImage
 
     ip = {name: EngineFolder(path).adapters.ip_adapter is not None for name, path in args.models.items()}
     adapters = {n: StackAdapters(args.loras_dir.get(n), ip[n], args.store, n, args.lora_limits) for n in args.models}

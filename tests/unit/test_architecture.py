@@ -163,7 +163,7 @@ TRACING = ("cairosvg", "scipy")
 REPLICA_MODULES = {
     "serve.gateway": (*LOOP, *TRACING),
     "serve.models.residency": (*LOOP, *TRACING),
-    "serve.text_to_image.deployment": LOOP,
+    "serve.models.text_to_image": LOOP,
     "serve.vectorize.deployment": (*LOOP, *TRACING),
     "serve.grpc_api.easel_pb2_grpc": ("torch", "fastapi", "serve.serving"),
 }

@@ -22,11 +22,11 @@ from serve.errors import InvalidInput, invalid_input
 from serve.http.forms import read_video_form
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
 from serve.models.admission import Work
+from serve.models.text_to_image import encode_image
 from serve.moderation import Policy
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import VideoGeneration, VideoRequest, input_reference_named
 from serve.serving.jobs import JobRequest
-from serve.text_to_image.deployment import encode_image
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.generation import AdapterInputs, Generation, ImageInputs, Motion, Outline, SamplingParams

@@ -67,17 +67,23 @@ export function generationCalls(body) {
   ];
 }
 
-/** Show `calls` ([title, text] pairs) in `where`, each with a copy button. */
+/** `text` with each long base64 run (an image's bytes) cut short to be read; Copy takes the whole call. */
+function shortened(text) {
+  return text.replace(/[A-Za-z0-9+/]{200,}={0,2}/g, (run) => `${run.slice(0, 24)}...(${run.length} characters: Copy has them all)`);
+}
+
+/** Show `calls` ([title, text] pairs) in `where`, each with a copy button (an image's base64 shown shortened). */
 export function showCalls(where, calls) {
   where.replaceChildren(
     ...calls.map(([title, text]) => {
-      const code = h("code", {}, text);
+      const code = h("code", {}, shortened(text));
       const status = h("span", { class: "copied", role: "status" });
       const copy = async () => {
         try {
           await navigator.clipboard.writeText(text);
           status.textContent = "copied";
         } catch {
+          code.textContent = text; // the whole call, to be copied by hand
           getSelection().selectAllChildren(code);
           status.textContent = "selected: press Ctrl+C";
         }

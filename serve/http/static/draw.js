@@ -3,6 +3,7 @@
 import { ApiError, JOB_ENDS, call, events } from "./api.js";
 import { generationCalls, showCalls } from "./calls.js";
 import { $, b64Blob, dataUrl, downloadLink, h, imageType } from "./dom.js";
+import * as imagesIn from "./images_in.js";
 
 const GENERATE = "/v1/images/generations";
 const FIELDS = ["negative_prompt", "model", "size", "num_inference_steps", "guidance_scale", "scheduler", "seed", "n"];
@@ -31,7 +32,7 @@ export function requestBody() {
     scale: numberOf($(`#lora-scale-${box.dataset.index}`).value) ?? 1,
   }));
   if (loras.length) body.loras = loras;
-  return body;
+  return { ...body, ...imagesIn.imageFields() };
 }
 
 function updateCall() {
@@ -68,11 +69,14 @@ function figure(item, prompt, seed) {
     h(
       "figcaption",
       {},
-      h("span", {}, `seed ${seed}`),
+      h("span", {}, `seed ${item.seed ?? seed}`),
+      item.scores ? h("span", { class: "scores" }, ` ${Object.entries(item.scores).map(([name, value]) => `${name} ${typeof value === "number" ? value.toFixed(3) : value}`).join(", ")}`) : "",
       " ",
       downloadLink("Download", b64Blob(item.b64_json, type), `${item.id ?? "image"}.${extension}`),
       " ",
-      h("button", { type: "button", onclick: () => useSeed(seed) }, "Use seed"),
+      h("button", { type: "button", onclick: () => useSeed(item.seed ?? seed) }, "Use seed"),
+      " ",
+      h("button", { type: "button", onclick: () => imagesIn.useAsInput(item.b64_json, type) }, "Use as input"),
     ),
   );
 }
@@ -258,6 +262,7 @@ export function setUp(context) {
   $("#cancel-button").addEventListener("click", cancel);
   for (const id of ["prompt", "negative_prompt", "model"]) $(`#${id}`).addEventListener("input", analyzeSoon);
   $("#model").addEventListener("change", showNativeSize);
+  imagesIn.setUp();
   $("#random-seed").addEventListener("click", () => useSeed(crypto.getRandomValues(new Uint32Array(1))[0] >>> 1));
   updateCall();
 }
@@ -266,6 +271,7 @@ export function setUp(context) {
 export async function refresh() {
   await loadModels();
   await loadLoras().catch(() => ($("#loras").hidden = true));
+  await imagesIn.loadFinishing().catch(() => {});
   updateCall();
   analyzeSoon();
 }

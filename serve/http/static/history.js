@@ -2,8 +2,9 @@
 
 import { call } from "./api.js";
 import { curlJson, showCalls } from "./calls.js";
-import { $, dataUrl, h, imageType } from "./dom.js";
+import { $, dataUrl, fileBase64, h, imageType } from "./dom.js";
 import { useRecord, useSeed } from "./draw.js";
+import { useAsInput } from "./images_in.js";
 
 const PAGE = 12;
 let last = null; // the last id shown: the next page starts after it
@@ -80,6 +81,12 @@ function showCompare() {
   );
 }
 
+/** A kept image as the Draw form's input image. */
+async function asInput(item) {
+  const blob = await (await fetch(ownUrl(item.url))).blob();
+  useAsInput(await fileBase64(blob), blob.type || "image/png");
+}
+
 function card(item) {
   const prompt = item.record?.prompt ?? "";
   const below = h("div", { class: "rerun-result" });
@@ -97,6 +104,7 @@ function card(item) {
       h("button", { type: "button", onclick: () => rerun(item, below) }, "Rerun"),
       item.record ? h("button", { type: "button", onclick: () => (useSeed(item.record.seed), showTab("draw")) }, "Use seed") : "",
       item.record ? h("button", { type: "button", onclick: () => (useRecord(item.record), showTab("draw")) }, "Use settings") : "",
+      h("button", { type: "button", onclick: () => asInput(item).then(() => showTab("draw")) }, "Use as input"),
       h("a", { href: ownUrl(item.url), download: `${item.id}.png`, class: "button" }, "Download"),
       h("span", {}, box, h("label", { for: box.id }, "Compare")),
     ),

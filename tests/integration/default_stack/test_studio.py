@@ -5,11 +5,14 @@ revoked after it). Every request the page makes is checked to go to the stack's 
 """
 
 import base64
+import io
 import json
 import re
 import time
 
+import numpy as np
 import pytest
+from PIL import Image
 from playwright.sync_api import expect
 
 from serve.access import ACTIVE_CHECK_S, open_key_store
@@ -123,9 +126,68 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     assert ssim and 0 < float(ssim[1]) <= 1 and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
 
 
+def sent_body(studio) -> dict:
+    """The body the page sends for its form as it stands (the shown call's, its base64 whole)."""
+    return studio.evaluate("async () => (await import('/studio/draw.js')).requestBody()")
+
+
+def test_an_input_image_with_a_painted_mask_upscaled_is_the_api_s_answer_and_can_be_used_again(studio, api, tmp_path):
+    icon = tmp_path / "icon.png"
+    icon.write_bytes(dev_icon_png(ICONS_DEV))
+    studio.click("#more summary")
+    studio.set_input_files("#image", icon)
+    mask = studio.locator("#mask")
+    expect(mask).to_be_visible()
+    box = mask.bounding_box()
+    studio.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    studio.mouse.down()
+    studio.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=5)
+    studio.mouse.up()
+    studio.select_option("#upscale", "general")
+    studio.select_option("#restore_faces", "face")
+    draw(studio, prompt="a green leaf icon", seed=9, num_inference_steps=3)
+    image = studio.locator("#draw-images img")
+    expect(image).to_have_count(1)
+    body = sent_body(studio)
+    assert body["image"] == [base64.b64encode(icon.read_bytes()).decode()] and body["seed"] == 9
+    assert body["upscale"] == {"upscaler": "general"} and body["restore_faces"] == {"restorer": "face"}
+    alpha = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["mask"]))).convert("RGBA"))[..., 3]
+    assert alpha.shape == Image.open(icon).size[::-1] and (alpha == 0).any() and (alpha == 255).any()
+    answer = api.post(GENERATE, json=body)
+    assert answer.status_code == 200, answer.text
+    assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
+    shown = studio.locator("#draw-call pre").first.inner_text()
+    assert "characters: Copy has them all)" in shown and body["image"][0] not in shown
+    studio.locator("#draw-images").get_by_role("button", name="Use as input").click()
+    side = Image.open(io.BytesIO(base64.b64decode(answer.json()["data"][0]["b64_json"]))).size
+    expect(studio.locator("#image-name")).to_have_text(f"{side[0]}x{side[1]}")
+    assert sent_body(studio)["image"] == [answer.json()["data"][0]["b64_json"]] and "mask" not in sent_body(studio)
+    studio.click("#image-clear")
+    studio.select_option("#upscale", "")
+    studio.select_option("#restore_faces", "")
+    assert {"image", "mask", "upscale", "restore_faces"}.isdisjoint(sent_body(studio))
+
+
+def test_candidates_are_scored_and_the_best_is_the_api_s_answer_with_its_scores(studio, api):
+    studio.click("#more summary")
+    studio.fill("#candidates", "3")
+    studio.select_option("#best_of", "clip_score")
+    studio.check("#scores")
+    draw(studio, prompt="a yellow sun icon", seed=5, num_inference_steps=2, size="64x64")
+    image = studio.locator("#draw-images img")
+    expect(image).to_have_count(1)
+    body = shown_call(studio)
+    assert body["candidates"] == 3 and body["best_of"] == "clip_score" and body["scores"] is True
+    answer = api.post(GENERATE, json=body).json()
+    assert image.get_attribute("src") == PNG + answer["data"][0]["b64_json"]
+    expect(studio.locator("#draw-images .scores")).to_contain_text("clip_score")
+    assert f"seed {answer['data'][0]['seed']}" in studio.inner_text("#draw-images figcaption")
+
+
 def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_phone(studio):
     """axe-core on each section as an admin sees it, a picture drawn and listed, at a desktop's size and a phone's."""
     draw(studio, prompt="a blue anchor icon", seed=3, num_inference_steps=2, size="64x64")
+    studio.click("#more summary")  # the images, finishing and best-of controls too
     tabs = ("draw", "history", "vectorize", "video", "jobs", "operate")
     for width, height in ((1280, 800), (390, 844)):
         studio.set_viewport_size({"width": width, "height": height})

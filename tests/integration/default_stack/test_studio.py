@@ -138,6 +138,7 @@ def test_an_input_image_with_a_painted_mask_upscaled_is_the_api_s_answer_and_can
     studio.set_input_files("#image", icon)
     mask = studio.locator("#mask")
     expect(mask).to_be_visible()
+    mask.scroll_into_view_if_needed()  # the mouse paints where the window shows
     box = mask.bounding_box()
     studio.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
     studio.mouse.down()

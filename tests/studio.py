@@ -41,6 +41,11 @@ def shown_call(page: Page) -> dict:
     return json.loads(re.search(r"-d '(.*)'", curl).group(1))
 
 
+def sent_body(page: Page) -> dict:
+    """The body the page sends for its Draw form as it stands (the shown call's, an image's base64 whole)."""
+    return page.evaluate("async () => (await import('/studio/draw.js')).requestBody()")
+
+
 SERIOUS = ("serious", "critical")
 """The axe-core impacts the Studio must have none of (``minor`` and ``moderate`` are listed, not failed)."""
 

@@ -25,7 +25,7 @@ from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, NO_CANARY_S, batch_histogram, decode_images, post_together
-from tests.studio import PNG, chromium, draw, shown_call
+from tests.studio import PNG, chromium, draw, sent_body, shown_call
 from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 from tests.videos import reference_frames
 
@@ -590,7 +590,8 @@ def browser():
 
 def test_an_admin_uploads_a_lora_in_the_studio_and_draws_with_it(studio, api, default_model, tmp_path):
     """The Studio's Operate section uploads a LoRA file (an open API: every caller administers it); Draw lists it, and
-    the picture drawn with it is the API's answer for the call the page shows, not the picture without it."""
+    the picture drawn with it is the API's answer for the call the page shows, not the picture without it; with a
+    reference image added (IP-Adapter), the API's answer for the body the page sends, and another picture."""
     from build_engines.text_to_image.random_adapters import make_lora
 
     path = make_lora(default_model, tmp_path / "studio.safetensors", rank=4, seed=12, strength=1.5)
@@ -612,6 +613,20 @@ def test_an_admin_uploads_a_lora_in_the_studio_and_draws_with_it(studio, api, de
         assert drawn == PNG + with_lora.json()["data"][0]["b64_json"]
         without = api.post(GENERATE, json={field: value for field, value in body.items() if field != "loras"})
         assert drawn != PNG + without.json()["data"][0]["b64_json"]  # the LoRA changed the picture
+        reference = tmp_path / "reference.png"
+        reference.write_bytes(base64.b64decode(reference_image(seed=8)[1]))
+        studio.click("#more summary")
+        studio.set_input_files("#ip_adapter_image", str(reference))
+        studio.fill("#ip_adapter_scale", "0.8")
+        studio.click("#draw-button")
+        expect(studio.locator("#draw-button")).to_be_enabled(timeout=120_000)
+        body = sent_body(studio)
+        assert body["ip_adapter_image"] == base64.b64encode(reference.read_bytes()).decode()
+        assert body["ip_adapter_scale"] == 0.8 and body["loras"] == [{"name": "studio", "scale": 1}]
+        with_both = api.post(GENERATE, json=body)
+        assert with_both.status_code == 200, with_both.text
+        referenced = studio.locator("#draw-images img").get_attribute("src")
+        assert referenced == PNG + with_both.json()["data"][0]["b64_json"] and referenced != drawn
     finally:
         api.delete("/v1/loras/studio")
 

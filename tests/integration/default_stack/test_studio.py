@@ -20,7 +20,7 @@ from serve.access.keys import KeyLimits
 from serve.paths import ICONS_DEV
 from serve.routes import Scope
 from tests.images import dev_icon_png
-from tests.studio import PNG, accessibility_violations, draw, shown_call
+from tests.studio import PNG, accessibility_violations, draw, sent_body, shown_call
 
 pytestmark = pytest.mark.integration
 
@@ -124,11 +124,6 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     facts = studio.inner_text("#vectorize-facts")
     ssim = re.search(r"SSIM\s+(\S+)", facts)  # a simple icon can trace perfectly: 1
     assert ssim and 0 < float(ssim[1]) <= 1 and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
-
-
-def sent_body(studio) -> dict:
-    """The body the page sends for its form as it stands (the shown call's, its base64 whole)."""
-    return studio.evaluate("async () => (await import('/studio/draw.js')).requestBody()")
 
 
 def test_an_input_image_with_a_painted_mask_upscaled_is_the_api_s_answer_and_can_be_used_again(studio, api, tmp_path):

@@ -195,22 +195,16 @@ def event(item: Progress | StreamedImages) -> easel_pb2.GenerateEvent:
     return result(item.seed, images, item.model, item.experiment, item.steps_skipped, item.prompt_tokens_dropped)
 
 
+VECTORIZE_REPLY = tuple(easel_pb2.VectorizeReply.DESCRIPTOR.fields_by_name)
+"""A ``VectorizeReply``'s fields: a :class:`~serve.vectorize.deployment.VectorizeResult`'s of the same names."""
+
+
 def vectorize_reply(result) -> easel_pb2.VectorizeReply:
     """A ``VectorizeReply`` from the Vectorizer's :class:`~serve.vectorize.deployment.VectorizeResult`.
 
     Through an experiment it names the experiment and the answer's id (for ``Feedback``).
     """
-    return easel_pb2.VectorizeReply(
-        svg=result.svg,
-        tier=result.tier,
-        requested_tier=result.requested_tier,
-        why=result.why,
-        ssim=result.ssim,
-        fallback=result.fallback,
-        model_version=result.model_version,
-        experiment=result.experiment,
-        id=result.id,
-    )
+    return easel_pb2.VectorizeReply(**{name: getattr(result, name) for name in VECTORIZE_REPLY})
 
 
 def analyze_reply(analysis: dict) -> easel_pb2.AnalyzeReply:

@@ -214,28 +214,19 @@ class VideoRequest(BaseModel):
                 "serve SD 1.x models started with easel up --motion-adapter NAME=DIR)",
                 "motion_adapter",
             )
-        try:
-            return VideoGeneration(
-                prompt=self.prompt,
-                model=model,
-                size=self.size or f"{native_size}x{native_size}",
-                seed=self.seed,
-                num_inference_steps=self.steps,
-                scheduler=self.scheduler,
-                guidance_scale=self.guidance_scale,
-                negative_prompt=self.negative_prompt,
-                loras=self.loras,
-                priority=self.priority,
-                background=True,
-                frames=self.frame_count,
-                fps=self.fps,
-                motion_adapter=motion_adapter,
-                image=[self.input_reference] if self.input_reference else [],
-                strength=self.strength,
-                upscale=UpscaleChoice(**self.upscale.model_dump()) if self.upscale else None,
-                restore_faces=self.restore_faces,
-                interpolate=self.interpolate,
-            )
+        decided = {
+            "model": model,
+            "size": self.size or f"{native_size}x{native_size}",
+            "frames": self.frame_count,
+            "motion_adapter": motion_adapter,
+            "num_inference_steps": self.steps,
+            "image": [self.input_reference] if self.input_reference else [],
+            "upscale": UpscaleChoice(**self.upscale.model_dump()) if self.upscale else None,
+            "background": True,
+        }
+        same = (VideoRequest.model_fields.keys() & VideoGeneration.model_fields.keys()) - decided.keys()
+        try:  # the fields a video's body shares with a generation's, by name, pass as they are
+            return VideoGeneration(**{name: getattr(self, name) for name in same}, **decided)
         except ValidationError as error:  # what the generation's rules refuse (a size, a sampler): 400 naming it
             refused = invalid_input(error)
             if refused.field == "num_inference_steps":  # the generation's name of the video's steps

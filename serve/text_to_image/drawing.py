@@ -56,6 +56,10 @@ class AnswerForm:
         return items
 
 
+ANSWER_FIELDS = dataclasses.fields(AnswerForm)
+"""How an answer is formed; a request's fields of the same names say it (:meth:`Drawing.of`), the rest is derived."""
+
+
 @dataclass(frozen=True)
 class Drawing:
     """A generation admitted, typed, all but its pixels: one job per prompt, its images as sent, its answer's form.
@@ -80,17 +84,10 @@ class Drawing:
     def of(cls, request, width: int, height: int, seed: int) -> Drawing:
         """``request`` (an API ``GenerationRequest``, a video's too) drawn at ``width`` x ``height`` from ``seed``."""
         singles = request.singles(seed)  # one-prompt requests, each with its seed
+        said = [field.name for field in ANSWER_FIELDS if field.name in type(request).model_fields]
+        asked = {name: getattr(request, name) for name in said}
         answer = AnswerForm(
-            output_format=request.output_format,
-            output_compression=request.output_compression,
-            vectorize_tier=request.vectorize_tier,
-            scores=request.scores,
-            candidates=request.candidates,
-            best_of=request.best_of,
-            rows_per_prompt=request.rows // request.prompt_count,
-            prompted=request.prompts is not None,
-            upscale=request.upscale,
-            restore_faces=request.restore_faces,
+            **asked, rows_per_prompt=request.rows // request.prompt_count, prompted=request.prompts is not None
         )
         return cls(
             jobs=tuple(_job(single, width, height) for single in singles),

@@ -74,3 +74,11 @@ def test_every_module_the_page_imports_is_a_file_it_serves():
     imported = {m for body in text.values() for m in re.findall(r'from "\./([\w.]+)"', body)}
     assert imported and imported <= set(FILES), imported - set(FILES)
     assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(", "".join(text.values()))
+
+
+def test_the_page_s_grpc_call_knows_generate_request_s_fields_as_the_proto_declares_them():
+    """Draw shows a gRPC call only for a body whose every field ``GenerateRequest`` has: the page's list is the proto's."""
+    from serve.grpc_api import easel_pb2
+
+    listed = re.search(r"const GRPC_FIELDS = \[(.*?)\];", (STATIC / "calls.js").read_text(), re.S).group(1)
+    assert re.findall(r'"(\w+)"', listed) == list(easel_pb2.GenerateRequest.DESCRIPTOR.fields_by_name)

@@ -44,7 +44,35 @@ export function curlForm(path, fields) {
 const SAVE_PNG =
   'import base64, json, sys; open("image.png", "wb").write(base64.b64decode(json.load(sys.stdin)["data"][0]["b64_json"]))';
 
-/** A generation's body as curl (saving image.png) and as the openai client. */
+const GRPC_FIELDS = [
+  "prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler",
+  "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale",
+  "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval",
+  "model", "user", "approximate_cache", "upscale", "ip_adapters", "response_format", "output_compression", "metadata",
+  "prompts",
+];
+/** `GenerateRequest`'s fields (serve/grpc_api/easel.proto; tests/unit/test_studio.py holds them equal). */
+
+/** A generation's body as the gRPC `Generate` call (the repository's stub), or null when a field has no gRPC twin. */
+function grpcCall(body) {
+  if (!Object.keys(body).every((name) => GRPC_FIELDS.includes(name))) return null;
+  const auth = key.get() ? ', metadata=[("authorization", f"Bearer {os.environ[\'EASEL_KEY\']}")]' : "";
+  return [
+    "import os",
+    "",
+    "import grpc",
+    "from google.protobuf import json_format",
+    "from serve.grpc_api import easel_pb2, easel_pb2_grpc  # in the Easel repository: the stub of easel.proto",
+    "",
+    `request = json_format.ParseDict(${python(body)}, easel_pb2.GenerateRequest())`,
+    `channel = grpc.insecure_channel(os.environ.get("EASEL_GRPC", "${location.hostname}:9000"))`,
+    `for event in easel_pb2_grpc.EaselStub(channel).Generate(request${auth}):`,
+    '    if event.HasField("result"):  # before it: progress {step, total}',
+    '        open("image.png", "wb").write(event.result.images[0].data)',
+  ].join("\n");
+}
+
+/** A generation's body as curl (saving image.png), as the openai client and, where every field has one, gRPC. */
 export function generationCalls(body) {
   const own = Object.fromEntries(Object.entries(body).filter(([name]) => OPENAI_ARGS.includes(name)));
   const extra = Object.fromEntries(Object.entries(body).filter(([name]) => !OPENAI_ARGS.includes(name)));
@@ -61,9 +89,11 @@ export function generationCalls(body) {
     ")",
     'open("image.png", "wb").write(base64.b64decode(answer.data[0].b64_json))',
   ].join("\n");
+  const grpc = grpcCall(body);
   return [
     ["curl", curlJson("/v1/images/generations", body, SAVE_PNG)],
     ["Python (openai)", client],
+    ...(grpc ? [["Python (gRPC)", grpc]] : []),
   ];
 }
 

@@ -7,7 +7,10 @@ revoked after it). Every request the page makes is checked to go to the stack's 
 import base64
 import io
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -17,7 +20,7 @@ from playwright.sync_api import expect
 
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
-from serve.paths import ICONS_DEV
+from serve.paths import ICONS_DEV, PROJECT_ROOT
 from serve.routes import Scope
 from tests.images import dev_icon_png
 from tests.studio import PNG, accessibility_violations, draw, sent_body, shown_call
@@ -27,7 +30,9 @@ pytestmark = pytest.mark.integration
 GENERATE = "/v1/images/generations"
 
 
-def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_progress_reaches_the_last_step(studio, api):
+def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_progress_reaches_the_last_step(
+    studio, api, stack, tmp_path
+):
     draw(studio, prompt="a red heart icon", seed=7, num_inference_steps=4, size="64x64")
     expect(studio.locator("#draw-progress")).to_have_text("step 4 of 4: done")
     image = studio.locator("#draw-images img")
@@ -47,6 +52,13 @@ def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_prog
     assert answer.status_code == 200, answer.text
     assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
     assert "seed 7" in studio.inner_text("#draw-time")
+    shown = studio.locator("#draw-call figure").filter(has_text="Python (gRPC)").locator("pre").inner_text()
+    env = {**os.environ, "EASEL_GRPC": stack.info.grpc_address, "PYTHONPATH": str(PROJECT_ROOT)}
+    ran = subprocess.run(
+        [sys.executable, "-c", shown], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert PNG + base64.b64encode((tmp_path / "image.png").read_bytes()).decode() == image.get_attribute("src")
 
 
 def test_the_drawing_is_in_the_history_and_its_rerun_there_is_the_same_picture(studio):

@@ -77,7 +77,7 @@ def test_every_module_the_page_imports_is_a_file_it_serves():
 
 
 def test_the_page_s_grpc_call_knows_generate_request_s_fields_as_the_proto_declares_them():
-    """Draw shows a gRPC call only for a body whose every field ``GenerateRequest`` has: the page's list is the proto's."""
+    """Draw shows a gRPC call only for a body whose every field is GenerateRequest's: the page lists the proto's."""
     from serve.grpc_api import easel_pb2
 
     listed = re.search(r"const GRPC_FIELDS = \[(.*?)\];", (STATIC / "calls.js").read_text(), re.S).group(1)

@@ -1,7 +1,8 @@
-// Operate (admin keys only): the stack's readiness, its models (circuit, fallback chain), LoRA upload and removal.
+// Operate (admin keys only): the stack's readiness, its models (added, replaced, removed, their circuit and fallback
+// chain), LoRA upload and removal.
 
 import { call } from "./api.js";
-import { curlForm, showCalls } from "./calls.js";
+import { curlForm, curlJson, showCalls } from "./calls.js";
 import { $, h } from "./dom.js";
 import { loadLoras, showError } from "./draw.js";
 
@@ -24,14 +25,74 @@ async function readiness() {
   );
 }
 
+/** `change` (a call), then the models again; its refusal shown below the table. */
+async function changed(change) {
+  $("#models-error").textContent = "";
+  try {
+    await change();
+  } catch (error) {
+    $("#models-error").textContent = error.message;
+  }
+  await models();
+}
+
+function chainCell(m) {
+  const id = `chain-${m.id}`;
+  const input = h("input", { id, value: (m.fallback ?? []).join(","), placeholder: "none", autocomplete: "off" });
+  const chain = () => input.value.split(",").map((link) => link.trim()).filter(Boolean);
+  const set = () => changed(() => call("PUT", `/v1/models/${encodeURIComponent(m.id)}/fallback`, { chain: chain() }));
+  return h(
+    "span",
+    { class: "row" },
+    h("label", { for: id, class: "visually-hidden" }, `Fallback chain of ${m.id}`),
+    input,
+    h("button", { type: "button", onclick: set }, `Set chain of ${m.id}`),
+  );
+}
+
 async function models() {
   const list = (await call("GET", "/v1/models")).data;
+  const remove = (m) => changed(() => call("DELETE", `/v1/models/${encodeURIComponent(m.id)}`));
   $("#models").replaceChildren(
     table(
-      ["model", "family", "native size", "loaded", "version", "circuit", "fallback"],
-      list.map((m) => [m.id, m.family, m.native_size, m.loaded ? "yes" : "no", String(m.version), m.circuit, (m.fallback ?? []).join(" → ") || "none"]),
+      ["model", "family", "native size", "loaded", "version", "circuit", "fallback", "remove"],
+      list.map((m) => [
+        m.id,
+        m.family,
+        m.native_size,
+        m.loaded ? "yes" : "no",
+        String(m.version),
+        m.circuit,
+        chainCell(m),
+        h("button", { type: "button", onclick: () => remove(m) }, `Remove ${m.id}`),
+      ]),
     ),
   );
+}
+
+/** Add a model from a built engine folder (`replace`: serve it as the named model's next version). */
+async function modelSent(event, replace = false) {
+  event.preventDefault();
+  const form = $("#model-form");
+  for (const error of form.querySelectorAll(".error")) error.textContent = "";
+  const name = $("#model-name").value.trim();
+  const engineDir = $("#model-engine_dir").value.trim();
+  $("#model-status").textContent = replace ? "replacing" : "adding";
+  try {
+    const done = replace
+      ? await call("PUT", `/v1/models/${encodeURIComponent(name)}`, { engine_dir: engineDir })
+      : await call("POST", "/v1/models", { name, engine_dir: engineDir });
+    $("#model-status").textContent = `${done.id ?? name}: ${replace ? "replaced" : "added"}`;
+  } catch (error) {
+    $("#model-status").textContent = "refused";
+    showError(form, Object.assign(error, { param: error.param && `model-${error.param}` }), $("#model-error"));
+  }
+  await models();
+}
+
+function updateModelCall() {
+  const body = { name: $("#model-name").value || "NAME", engine_dir: $("#model-engine_dir").value || "/path/to/engines" };
+  showCalls($("#model-call"), [["curl", curlJson("/v1/models", body)]]);
 }
 
 async function loras() {
@@ -93,6 +154,10 @@ export async function load() {
 
 /** Wire the Operate section. */
 export function setUp() {
+  $("#model-form").addEventListener("submit", (event) => modelSent(event));
+  $("#model-replace").addEventListener("click", (event) => modelSent(event, true));
+  $("#model-form").addEventListener("input", updateModelCall);
+  updateModelCall();
   $("#lora-form").addEventListener("submit", upload);
   $("#lora-form").addEventListener("input", updateCall);
   $("#operate-refresh").addEventListener("click", load);

@@ -20,6 +20,7 @@ from playwright.sync_api import expect
 
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
+from serve.names import DEFAULT_MODEL
 from serve.paths import ICONS_DEV, PROJECT_ROOT
 from serve.routes import Scope
 from tests.images import dev_icon_png
@@ -206,6 +207,34 @@ def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_
     assert len(tabs) == studio.locator("[role=tab]:visible").count()  # every section the page has was checked
     studio.evaluate("document.body.append(Object.assign(document.createElement('img'), {src: 'data:,'}))")
     assert any(v.startswith("image-alt") for v in accessibility_violations(studio))  # the check sees one
+
+
+def test_operate_adds_a_model_sets_its_fallback_chain_and_removes_it(studio, api, stack):
+    """On an open stack (every caller administers it): a model added from an engine folder, its chain set in its row,
+    then removed there; each change is the API's (its model entry), and the stack is left as it was."""
+    try:
+        studio.click("#tab-operate")
+        studio.fill("#model-name", "studio")
+        studio.fill("#model-engine_dir", str(stack.models.default.folder.path))
+        studio.click("#model-add")
+        expect(studio.locator("#model-status")).to_have_text("studio: added", timeout=120_000)
+        studio.fill("#chain-studio", DEFAULT_MODEL)
+        studio.get_by_role("button", name="Set chain of studio").click()
+        expect(studio.locator("#chain-studio")).to_have_value(DEFAULT_MODEL)
+        assert api.get("/v1/models/studio").json()["fallback"] == [DEFAULT_MODEL]
+        studio.fill("#chain-studio", "nothing-served")
+        studio.get_by_role("button", name="Set chain of studio").click()
+        expect(studio.locator("#models-error")).to_contain_text("chain")
+        studio.get_by_role("button", name="Remove studio").click()
+        expect(studio.get_by_role("button", name="Remove studio")).to_have_count(0)
+        assert api.get("/v1/models/studio").status_code == 404
+        studio.click("#model-add")  # the same name and folder again, then a name served already: a 409 shown
+        expect(studio.locator("#model-status")).to_have_text("studio: added", timeout=120_000)
+        studio.click("#model-add")
+        expect(studio.locator("#model-status")).to_have_text("refused")
+        assert studio.inner_text("#model-name-error") or studio.inner_text("#model-error")
+    finally:
+        api.delete("/v1/models/studio")
 
 
 def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack):

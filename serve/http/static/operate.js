@@ -25,22 +25,29 @@ async function readiness() {
   );
 }
 
-/** `change` (a call), then the models again; its refusal shown below the table. */
-async function changed(change) {
+/** `change` (a call), then the models again; `done` said once it is made, or its refusal below the table. */
+async function changed(change, done) {
   $("#models-error").textContent = "";
+  $("#models-status").textContent = "";
   try {
     await change();
+    await models();
+    $("#models-status").textContent = done;
   } catch (error) {
     $("#models-error").textContent = error.message;
+    await models();
   }
-  await models();
 }
 
 function chainCell(m) {
   const id = `chain-${m.id}`;
   const input = h("input", { id, value: (m.fallback ?? []).join(","), placeholder: "none", autocomplete: "off" });
   const chain = () => input.value.split(",").map((link) => link.trim()).filter(Boolean);
-  const set = () => changed(() => call("PUT", `/v1/models/${encodeURIComponent(m.id)}/fallback`, { chain: chain() }));
+  const set = () =>
+    changed(
+      () => call("PUT", `/v1/models/${encodeURIComponent(m.id)}/fallback`, { chain: chain() }),
+      `${m.id}'s fallback chain: ${chain().join(", ") || "none"}`,
+    );
   return h(
     "span",
     { class: "row" },
@@ -52,7 +59,7 @@ function chainCell(m) {
 
 async function models() {
   const list = (await call("GET", "/v1/models")).data;
-  const remove = (m) => changed(() => call("DELETE", `/v1/models/${encodeURIComponent(m.id)}`));
+  const remove = (m) => changed(() => call("DELETE", `/v1/models/${encodeURIComponent(m.id)}`), `${m.id} removed`);
   $("#models").replaceChildren(
     table(
       ["model", "family", "native size", "loaded", "version", "circuit", "fallback", "remove"],

@@ -220,12 +220,13 @@ def test_operate_adds_a_model_sets_its_fallback_chain_and_removes_it(studio, api
         expect(studio.locator("#model-status")).to_have_text("studio: added", timeout=120_000)
         studio.fill("#chain-studio", DEFAULT_MODEL)
         studio.get_by_role("button", name="Set chain of studio").click()
-        expect(studio.locator("#chain-studio")).to_have_value(DEFAULT_MODEL)
+        expect(studio.locator("#models-status")).to_have_text(f"studio's fallback chain: {DEFAULT_MODEL}")
         assert api.get("/v1/models/studio").json()["fallback"] == [DEFAULT_MODEL]
         studio.fill("#chain-studio", "studio")  # the model itself: a 400 naming chain
         studio.get_by_role("button", name="Set chain of studio").click()
         expect(studio.locator("#models-error")).to_contain_text("chain")
         studio.get_by_role("button", name="Remove studio").click()
+        expect(studio.locator("#models-status")).to_have_text("studio removed")
         expect(studio.get_by_role("button", name="Remove studio")).to_have_count(0)
         assert api.get("/v1/models/studio").status_code == 404
         studio.click("#model-add")  # the same name and folder again, then a name served already: a 409 shown

@@ -53,6 +53,11 @@ def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_prog
     assert answer.status_code == 200, answer.text
     assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
     assert "seed 7" in studio.inner_text("#draw-time")
+    curl = studio.locator("#draw-call figure").filter(has_text="Copy curl").locator("pre").inner_text()
+    pasted = subprocess.run(["bash", "-c", curl], cwd=tmp_path, capture_output=True, text=True)  # into a shell
+    assert pasted.returncode == 0, pasted.stderr[-2000:]
+    assert PNG + base64.b64encode((tmp_path / "image.png").read_bytes()).decode() == image.get_attribute("src")
+    (tmp_path / "image.png").unlink()
     shown = studio.locator("#draw-call figure").filter(has_text="Python (gRPC)").locator("pre").inner_text()
     env = {**os.environ, "EASEL_GRPC": stack.info.grpc_address, "PYTHONPATH": str(PROJECT_ROOT)}
     ran = subprocess.run(

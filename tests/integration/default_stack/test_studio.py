@@ -82,6 +82,22 @@ def test_the_drawing_is_in_the_history_and_its_rerun_there_is_the_same_picture(s
     expect(studio.locator("#seed")).to_have_value("11")
 
 
+def test_two_kept_images_side_by_side_and_a_rating_sent_to_the_feedback_route(studio):
+    for seed in (21, 22):
+        draw(studio, prompt=f"a purple circle {seed}", seed=seed, num_inference_steps=2, size="64x64")
+    studio.click("#tab-history")
+    cards = studio.locator("#history-list li.card")
+    expect(cards.first.locator(".prompt")).to_have_text("a purple circle 22")
+    for index in (0, 1):
+        cards.nth(index).locator("input.compare").check()
+    compare = studio.locator("#compare")
+    expect(compare.locator("img")).to_have_count(2)
+    assert compare.locator("img").first.get_attribute("alt") == "a purple circle 22"
+    studio.select_option("#rating-0", "4")
+    compare.get_by_role("button", name="Send rating").first.click()
+    expect(compare.locator("[role=status]").first).to_have_text(f"rated 4: reward 0.75 for {DEFAULT_MODEL}")
+
+
 def test_a_weight_out_of_range_is_the_api_s_400_shown_beside_prompt(studio, api):
     draw(studio, prompt="a (cat:11) icon", seed=1, num_inference_steps=2, size="64x64")
     refused = api.post(GENERATE, json=shown_call(studio))

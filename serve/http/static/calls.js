@@ -56,17 +56,10 @@ const GRPC_FIELDS = [
 /** A generation's body as the gRPC `Generate` call (the repository's stub), or null when a field has no gRPC twin. */
 function grpcCall(body) {
   if (!Object.keys(body).every((name) => GRPC_FIELDS.includes(name))) return null;
-  const auth = key.get() ? ', metadata=[("authorization", f"Bearer {os.environ[\'EASEL_KEY\']}")]' : "";
   return [
-    "import os",
-    "",
-    "import grpc",
-    "from google.protobuf import json_format",
-    "from serve.grpc_api import easel_pb2, easel_pb2_grpc  # in the Easel repository: the stub of easel.proto",
-    "",
+    ...grpcLines(),
     `request = json_format.ParseDict(${python(body)}, easel_pb2.GenerateRequest())`,
-    `channel = grpc.insecure_channel(os.environ.get("EASEL_GRPC", "${location.hostname}:9000"))`,
-    `for event in easel_pb2_grpc.EaselStub(channel).Generate(request${auth}):`,
+    "for event in easel.Generate(request, metadata=metadata):",
     '    if event.HasField("result"):  # before it: progress {step, total}',
     '        open("image.png", "wb").write(event.result.images[0].data)',
   ].join("\n");
@@ -100,6 +93,60 @@ export function generationCalls(body) {
 /** `text` with each long base64 run (an image's bytes) cut short to be read; Copy takes the whole call. */
 function shortened(text) {
   return text.replace(/[A-Za-z0-9+/]{200,}={0,2}/g, (run) => `${run.slice(0, 24)}...(${run.length} characters: Copy has them all)`);
+}
+
+/** The gRPC preamble: the repository's stub, a channel to `EASEL_GRPC` (default this host's gRPC port). */
+function grpcLines() {
+  return [
+    "import os",
+    "",
+    "import grpc",
+    "from google.protobuf import json_format",
+    "from serve.grpc_api import easel_pb2, easel_pb2_grpc  # in the Easel repository: the stub of easel.proto",
+    "",
+    `easel = easel_pb2_grpc.EaselStub(grpc.insecure_channel(os.environ.get("EASEL_GRPC", "${location.hostname}:9000")))`,
+    `metadata = ${key.get() ? '[("authorization", f"Bearer {os.environ[\'EASEL_KEY\']}")]' : "[]"}`,
+  ];
+}
+
+/** A video's JSON body (`POST /v1/videos`) as curl, as the openai client and as gRPC, each saving video.mp4. */
+export function videoCalls(body) {
+  const { prompt, ...extra } = body;
+  const client = [
+    "import os, time",
+    "",
+    "from openai import OpenAI",
+    "",
+    `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ.get("EASEL_KEY", "none"))`,
+    `video = client.videos.create(prompt=${python(prompt)}, extra_body=${python(extra)})`,
+    'while (video := client.videos.retrieve(video.id)).status in ("queued", "in_progress"):',
+    "    time.sleep(1)",
+    'client.videos.download_content(video.id).write_to_file("video.mp4")',
+  ].join("\n");
+  const grpc = [
+    "import time",
+    ...grpcLines(),
+    `video = easel.CreateVideo(json_format.ParseDict(${python(body)}, easel_pb2.VideoRequest()), metadata=metadata)`,
+    'while video.status in ("queued", "in_progress"):',
+    "    time.sleep(1)",
+    "    video = easel.GetVideo(easel_pb2.VideoId(video_id=video.id), metadata=metadata)",
+    'content = easel.GetVideoContent(easel_pb2.VideoContentRequest(video_id=video.id), metadata=metadata)',
+    'open("video.mp4", "wb").write(content.data)',
+  ].join("\n");
+  return [
+    ["curl", curlJson("/v1/videos", body)],
+    ["Python (openai)", client],
+    ["Python (gRPC)", grpc],
+  ];
+}
+
+/** A raster vectorized at `tier`, as gRPC's `Vectorize` (the file `name` read), saving image.svg. */
+export function vectorizeGrpc(name, tier) {
+  return [
+    ...grpcLines(),
+    `request = easel_pb2.VectorizeRequest(image=open(${python(name)}, "rb").read(), tier=${python(tier)}, validate=True)`,
+    'open("image.svg", "w").write(easel.Vectorize(request, metadata=metadata).svg)',
+  ].join("\n");
 }
 
 /** Show `calls` ([title, text] pairs) in `where`, each with a copy button (an image's base64 shown shortened). */

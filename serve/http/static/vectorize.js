@@ -1,7 +1,7 @@
 // Vectorize: a raster dropped or chosen, a tier picked, its SVG beside it with its SSIM, bytes and parameters.
 
 import { call } from "./api.js";
-import { curlForm, showCalls } from "./calls.js";
+import { curlForm, showCalls, vectorizeGrpc } from "./calls.js";
 import { $, dataUrl, downloadLink, fileBase64, h } from "./dom.js";
 import { showError } from "./draw.js";
 
@@ -17,7 +17,10 @@ function pick(file) {
 
 function updateCall() {
   const fields = { file: `@${picked?.name ?? "image.png"}`, tier: $("#tier").value, validate: "true" };
-  showCalls($("#vectorize-call"), [["curl", `${curlForm("/v1/vectorize", fields)} \\\n  -H 'Accept: application/json'`]]);
+  showCalls($("#vectorize-call"), [
+    ["curl", `${curlForm("/v1/vectorize", fields)} \\\n  -H 'Accept: application/json'`],
+    ["Python (gRPC)", vectorizeGrpc(picked?.name ?? "image.png", $("#tier").value)],
+  ]);
 }
 
 function facts(answer) {

@@ -1,7 +1,7 @@
 // Video: a clip (AnimateDiff) made as a background job, its frames multiplied by RIFE if asked, played when done.
 
 import { call, fetchBlob } from "./api.js";
-import { curlJson, showCalls } from "./calls.js";
+import { showCalls, videoCalls } from "./calls.js";
 import { $, downloadLink, h } from "./dom.js";
 
 const POLL_MS = 500;
@@ -21,7 +21,7 @@ function body() {
 }
 
 function updateCall() {
-  showCalls($("#video-call"), [["curl", curlJson("/v1/videos", body())]]);
+  showCalls($("#video-call"), videoCalls(body()));
 }
 
 function showRefusal(error) {

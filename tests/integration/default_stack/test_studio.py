@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import av
 import numpy as np
 import pytest
 from PIL import Image
@@ -144,7 +145,7 @@ def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio
     assert api.get(f"/v1/jobs/{job}").json()["status"] == "canceled"
 
 
-def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studio, tmp_path):
+def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studio, stack, tmp_path):
     icon = tmp_path / "icon.png"
     icon.write_bytes(dev_icon_png(ICONS_DEV / "val"))
     studio.click("#tab-vectorize")
@@ -158,6 +159,11 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     facts = studio.inner_text("#vectorize-facts")
     ssim = re.search(r"SSIM\s+(\S+)", facts)  # a simple icon can trace perfectly: 1
     assert ssim and 0 < float(ssim[1]) <= 1 and re.search(rf"bytes\s+{len(source.encode())}\b", facts), facts
+    code = studio.locator("#vectorize-call figure").filter(has_text="Python (gRPC)").locator("pre").inner_text()
+    env = {**os.environ, "EASEL_GRPC": stack.info.grpc_address, "PYTHONPATH": str(PROJECT_ROOT)}
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]  # the shown gRPC call, run beside the file, traces it too
+    assert "<path" in (tmp_path / "image.svg").read_text()
 
 
 def test_an_input_image_with_a_painted_mask_upscaled_is_the_api_s_answer_and_can_be_used_again(studio, api, tmp_path):
@@ -285,13 +291,21 @@ def test_operate_is_an_admin_s_and_a_generate_key_sees_none_of_it(studio, stack)
         time.sleep(ACTIVE_CHECK_S + 0.5)
 
 
-def test_a_video_is_played_when_done_then_interpolated_and_the_call_is_the_api_s(studio, api):
+def test_a_video_is_played_when_done_then_interpolated_and_the_call_is_the_api_s(studio, api, stack, tmp_path):
     studio.click("#tab-video")
     for field, value in {"frames": 4, "fps": 4, "steps": 2, "seed": 5}.items():
         studio.fill(f"#video-{field}", str(value))
     curl = studio.locator("#video-call pre").first.inner_text()
     body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
     assert body == {"prompt": "a red fox running", "frames": 4, "fps": 4, "steps": 2, "seed": 5}
+    env = {**os.environ, "EASEL_GRPC": stack.info.grpc_address, "PYTHONPATH": str(PROJECT_ROOT)}
+    for client in ("Python (openai)", "Python (gRPC)"):  # each shown call, run, saves the video's MP4
+        code = studio.locator("#video-call figure").filter(has_text=client).locator("pre").inner_text()
+        ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, f"{client}: {ran.stderr[-2000:]}"
+        with av.open(str(tmp_path / "video.mp4")) as container:
+            assert sum(1 for _ in container.decode(video=0)) == 4, client
+        (tmp_path / "video.mp4").unlink()
     studio.click("#video-form button[type=submit]")
     player = studio.locator("#video-player video")
     expect(player).to_have_count(1, timeout=120_000)

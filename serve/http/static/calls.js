@@ -149,6 +149,18 @@ export function vectorizeGrpc(name, tier) {
   ].join("\n");
 }
 
+/** A feedback body (`POST /v1/feedback`) as curl and as gRPC's `Feedback`. */
+export function feedbackCalls(body) {
+  const grpc = [
+    ...grpcLines(),
+    `print(easel.Feedback(json_format.ParseDict(${python(body)}, easel_pb2.FeedbackRequest()), metadata=metadata))`,
+  ].join("\n");
+  return [
+    ["curl", curlJson("/v1/feedback", body)],
+    ["Python (gRPC)", grpc],
+  ];
+}
+
 /** Show `calls` ([title, text] pairs) in `where`, each with a copy button (an image's base64 shown shortened). */
 export function showCalls(where, calls) {
   where.replaceChildren(

@@ -1,7 +1,7 @@
 // History: the kept images (GET /v1/images, paged) with their records; rerun, use seed, download, compare and rate.
 
 import { call } from "./api.js";
-import { curlJson, showCalls } from "./calls.js";
+import { curlJson, feedbackCalls, showCalls } from "./calls.js";
 import { $, dataUrl, fileBase64, h, imageType } from "./dom.js";
 import { useRecord, useSeed } from "./draw.js";
 import { useAsInput } from "./images_in.js";
@@ -46,8 +46,10 @@ function choose(item, box) {
 }
 
 async function rate(item, rating, where) {
+  const body = { image_id: item.id, rating };
+  showCalls($("#history-call"), feedbackCalls(body));
   try {
-    const answer = await call("POST", "/v1/feedback", { image_id: item.id, rating });
+    const answer = await call("POST", "/v1/feedback", body);
     where.textContent = `rated ${rating}: reward ${answer.reward} for ${answer.model}${answer.experiment ? ` in ${answer.experiment}` : ""}`;
   } catch (error) {
     where.textContent = error.message;
@@ -65,6 +67,7 @@ function showCompare() {
       ...chosen.map((item, index) => {
         const status = h("p", { role: "status" });
         const select = h("select", { id: `rating-${index}` }, ...[5, 4, 3, 2, 1].map((n) => h("option", { value: n }, `${n}`)));
+        select.addEventListener("change", () => showCalls($("#history-call"), feedbackCalls({ image_id: item.id, rating: Number(select.value) })));
         return h(
           "figure",
           { class: "picture" },

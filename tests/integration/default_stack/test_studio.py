@@ -83,7 +83,7 @@ def test_the_drawing_is_in_the_history_and_its_rerun_there_is_the_same_picture(s
     expect(studio.locator("#seed")).to_have_value("11")
 
 
-def test_two_kept_images_side_by_side_and_a_rating_sent_to_the_feedback_route(studio):
+def test_two_kept_images_side_by_side_and_a_rating_sent_to_the_feedback_route(studio, stack):
     for seed in (21, 22):
         draw(studio, prompt=f"a purple circle {seed}", seed=seed, num_inference_steps=2, size="64x64")
     studio.click("#tab-history")
@@ -97,6 +97,14 @@ def test_two_kept_images_side_by_side_and_a_rating_sent_to_the_feedback_route(st
     studio.select_option("#rating-0", "4")
     compare.get_by_role("button", name="Send rating").first.click()
     expect(compare.locator("[role=status]").first).to_have_text(f"rated 4: reward 0.75 for {DEFAULT_MODEL}")
+    studio.select_option("#rating-1", "2")  # the other's rating, its call shown before it is sent: sent as gRPC
+    code = studio.locator("#history-call figure").filter(has_text="Python (gRPC)").locator("pre").inner_text()
+    env = {**os.environ, "EASEL_GRPC": stack.info.grpc_address, "PYTHONPATH": str(PROJECT_ROOT)}
+    ran = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0 and "reward: 0.25" in ran.stdout, ran.stderr[-2000:]
+    compare.get_by_role("button", name="Send rating").nth(1).click()  # rated already, by that call: the API's 409
+    expect(compare.locator("[role=status]").nth(1)).not_to_be_empty()
+    assert not compare.locator("[role=status]").nth(1).inner_text().startswith("rated")
 
 
 def test_a_weight_out_of_range_is_the_api_s_400_shown_beside_prompt(studio, api):

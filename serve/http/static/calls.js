@@ -26,10 +26,12 @@ function authLines() {
   return key.get() ? [`  -H "Authorization: Bearer $EASEL_KEY"`] : [];
 }
 
-/** `POST path` with a JSON body, as curl; `save`: a Python line that writes the answer's first image. */
-export function curlJson(path, body, save) {
-  const lines = [`curl -s ${location.origin}${path}`, ...authLines(), `  -H 'Content-Type: application/json'`];
-  lines.push(`  -d ${shellQuote(JSON.stringify(body))}`);
+/** `POST path` with a JSON body, as curl; `save`: a Python line that writes the answer's first image; `method`:
+ * another method than POST (a body of `undefined`: none). */
+export function curlJson(path, body, save, method = "POST") {
+  const named = method !== "POST" || body === undefined; // curl's own: POST with -d, GET without
+  const lines = [`curl -s${named ? ` -X ${method}` : ""} ${location.origin}${path}`, ...authLines()];
+  if (body !== undefined) lines.push(`  -H 'Content-Type: application/json'`, `  -d ${shellQuote(JSON.stringify(body))}`);
   const text = lines.join(" \\\n");
   return save ? `${text} \\\n  | python -c ${shellQuote(save)}` : text;
 }

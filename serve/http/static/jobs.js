@@ -1,6 +1,7 @@
 // Jobs: the key's background jobs (GET /v1/jobs), the open ones' progress live from their event streams, and cancel.
 
 import { JOB_ENDS, call, events } from "./api.js";
+import { curlJson, showCalls } from "./calls.js";
 import { $, h } from "./dom.js";
 
 const OPEN = ["queued", "running"];
@@ -8,8 +9,10 @@ const FOLLOWED = 4; // open jobs followed live: a browser keeps 6 connections to
 let following = null; // aborts the streams of the jobs listed now (a new list follows its own)
 
 async function cancel(id) {
+  const path = `/v1/jobs/${encodeURIComponent(id)}/cancel`;
+  showCalls($("#jobs-call"), [["curl", curlJson(path, undefined)]]);
   try {
-    await call("POST", `/v1/jobs/${encodeURIComponent(id)}/cancel`);
+    await call("POST", path);
   } catch (error) {
     $("#jobs-error").textContent = error.message;
   }

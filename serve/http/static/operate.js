@@ -26,7 +26,8 @@ async function readiness() {
 }
 
 /** `change` (a call), then the models again; `done` said once it is made, or its refusal below the table. */
-async function changed(change, done) {
+async function changed(change, done, shown) {
+  showCalls($("#model-call"), [["curl", shown]]);
   $("#models-error").textContent = "";
   $("#models-status").textContent = "";
   try {
@@ -43,10 +44,12 @@ function chainCell(m) {
   const id = `chain-${m.id}`;
   const input = h("input", { id, value: (m.fallback ?? []).join(","), placeholder: "none", autocomplete: "off" });
   const chain = () => input.value.split(",").map((link) => link.trim()).filter(Boolean);
+  const path = `/v1/models/${encodeURIComponent(m.id)}/fallback`;
   const set = () =>
     changed(
-      () => call("PUT", `/v1/models/${encodeURIComponent(m.id)}/fallback`, { chain: chain() }),
+      () => call("PUT", path, { chain: chain() }),
       `${m.id}'s fallback chain: ${chain().join(", ") || "none"}`,
+      curlJson(path, { chain: chain() }, undefined, "PUT"),
     );
   return h(
     "span",
@@ -59,7 +62,10 @@ function chainCell(m) {
 
 async function models() {
   const list = (await call("GET", "/v1/models")).data;
-  const remove = (m) => changed(() => call("DELETE", `/v1/models/${encodeURIComponent(m.id)}`), `${m.id} removed`);
+  const remove = (m) => {
+    const path = `/v1/models/${encodeURIComponent(m.id)}`;
+    return changed(() => call("DELETE", path), `${m.id} removed`, curlJson(path, undefined, undefined, "DELETE"));
+  };
   $("#models").replaceChildren(
     table(
       ["model", "family", "native size", "loaded", "version", "circuit", "fallback", "remove"],
@@ -85,10 +91,11 @@ async function modelSent(event, replace = false) {
   const name = $("#model-name").value.trim();
   const engineDir = $("#model-engine_dir").value.trim();
   $("#model-status").textContent = replace ? "replacing" : "adding";
+  const path = replace ? `/v1/models/${encodeURIComponent(name)}` : "/v1/models";
+  const sent = replace ? { engine_dir: engineDir } : { name, engine_dir: engineDir };
+  showCalls($("#model-call"), [["curl", curlJson(path, sent, undefined, replace ? "PUT" : "POST")]]);
   try {
-    const done = replace
-      ? await call("PUT", `/v1/models/${encodeURIComponent(name)}`, { engine_dir: engineDir })
-      : await call("POST", "/v1/models", { name, engine_dir: engineDir });
+    const done = await call(replace ? "PUT" : "POST", path, sent);
     $("#model-status").textContent = `${done.id ?? name}: ${replace ? "replaced" : "added"}`;
   } catch (error) {
     $("#model-status").textContent = "refused";

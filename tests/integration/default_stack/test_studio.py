@@ -139,7 +139,7 @@ def test_cancel_stops_a_long_drawing_and_the_next_one_is_drawn(studio):
     expect(studio.locator("#draw-progress")).to_have_text("step 2 of 2: done")
 
 
-def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio, api):
+def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio, api, stack):
     """A job's progress moves on the page with no refresh (its event stream); its Cancel ends it, shown as such."""
     body = {"prompt": "a slow one", "num_inference_steps": 150, "size": "64x64", "seed": 9, "background": True}
     job = api.post(GENERATE, json=body).json()["id"]
@@ -151,6 +151,7 @@ def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio
     studio.click(f"text=Cancel {job}")
     expect(studio.locator("#jobs-list tr", has_text=job)).to_contain_text("canceled", timeout=60_000)
     assert api.get(f"/v1/jobs/{job}").json()["status"] == "canceled"
+    assert f"curl -s -X POST {stack.info.api_url}/v1/jobs/{job}/cancel" in studio.inner_text("#jobs-call")
 
 
 def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studio, stack, tmp_path):
@@ -257,6 +258,9 @@ def test_operate_adds_a_model_sets_its_fallback_chain_and_removes_it(studio, api
         studio.get_by_role("button", name="Set chain of studio").click()
         expect(studio.locator("#models-status")).to_have_text(f"studio's fallback chain: {DEFAULT_MODEL}")
         assert api.get("/v1/models/studio").json()["fallback"] == [DEFAULT_MODEL]
+        shown = studio.inner_text("#model-call")  # the call the row made
+        assert "-X PUT" in shown and "/v1/models/studio/fallback" in shown
+        assert f'{{"chain":["{DEFAULT_MODEL}"]}}' in shown
         studio.fill("#chain-studio", "studio")  # the model itself: a 400 naming chain
         studio.get_by_role("button", name="Set chain of studio").click()
         expect(studio.locator("#models-error")).to_contain_text("chain")

@@ -67,6 +67,17 @@ function grpcCall(body) {
   ].join("\n");
 }
 
+/** The openai client's preamble after `imports`: a client of this stack (its key from `EASEL_KEY`). */
+function openaiLines(imports) {
+  return [
+    imports,
+    "",
+    "from openai import OpenAI",
+    "",
+    `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ.get("EASEL_KEY", "none"))`,
+  ];
+}
+
 /** A generation's body as curl (saving image.png), as the openai client and, where every field has one, gRPC. */
 export function generationCalls(body) {
   const own = Object.fromEntries(Object.entries(body).filter(([name]) => OPENAI_ARGS.includes(name)));
@@ -74,11 +85,7 @@ export function generationCalls(body) {
   const args = Object.entries(own).map(([name, value]) => `    ${name}=${python(value, "    ")},`);
   if (Object.keys(extra).length) args.push(`    extra_body=${python(extra, "    ")},`);
   const client = [
-    "import base64, os",
-    "",
-    "from openai import OpenAI",
-    "",
-    `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ.get("EASEL_KEY", "none"))`,
+    ...openaiLines("import base64, os"),
     "answer = client.images.generate(",
     ...args,
     ")",
@@ -115,11 +122,7 @@ function grpcLines() {
 export function videoCalls(body) {
   const { prompt, ...extra } = body;
   const client = [
-    "import os, time",
-    "",
-    "from openai import OpenAI",
-    "",
-    `client = OpenAI(base_url="${location.origin}/v1", api_key=os.environ.get("EASEL_KEY", "none"))`,
+    ...openaiLines("import os, time"),
     `video = client.videos.create(prompt=${python(prompt)}, extra_body=${python(extra)})`,
     'while (video := client.videos.retrieve(video.id)).status in ("queued", "in_progress"):',
     "    time.sleep(1)",

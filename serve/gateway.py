@@ -130,8 +130,13 @@ class Gateway:
         residency: DeploymentHandle,
         models: ServedModels,
         args: AppArgs,
+        upscalers: Upscalers,
+        moderation: Moderation,
     ) -> None:
-        """The pipelines' handles, the models served and the app's settings, each part read by what owns it."""
+        """The pipelines' handles, the models served and the app's settings, each part read by what owns it.
+
+        ``upscalers`` and ``moderation``: as the builder read them from their files, once, where the app starts.
+        """
         store_url, triton_grpc_url = args.store, args.triton_grpc_url
         current = CurrentModels(models, key_envs=args.remote_key_envs)  # served and remote models, fallback chains
         cache = open_cache(store_url, args.cache_bytes) if args.cache_bytes > 0 else None
@@ -143,7 +148,7 @@ class Gateway:
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)
         quotas = stack_quotas(args)  # the stack's quotas per key (serve.stores.Quotas)
-        self.upscaling = Upscaling.on_triton(Upscalers.read(args.upscalers_dir), triton_grpc_url)
+        self.upscaling = Upscaling.on_triton(upscalers, triton_grpc_url)
         self.adapters = Adapters(current, text_to_image, quotas)  # quotas: the stack's per key (None: the defaults)
         circuits = Circuits(args, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
@@ -160,7 +165,7 @@ class Gateway:
             fallback_queue_wait_s=args.fallback_queue_wait_s,
             scores=scores,  # a generation's scores and candidates are checked against them at admission
             results=Results.of(args, store_url, args.url_secret_path, quotas),  # images kept, their URLs
-            moderation=Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)).checking(
+            moderation=moderation.checking(
                 ImageChecker.on_triton(args.safety_checker_dir, triton_grpc_url),
                 TextModerator.on_triton(args.text_moderator_dir, triton_grpc_url),
             ),
@@ -254,4 +259,6 @@ def build_app(args: AppArgs) -> serve.Application:
         residency,
         models,
         args,
+        Upscalers.read(args.upscalers_dir),
+        Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
     )

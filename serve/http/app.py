@@ -184,8 +184,21 @@ async def _record_metrics(request: Request, call_next):
         )
 
 
-ROUTE_MODULES = (health, generations, results, adapters, models, moderation, quality, videos, experiments, jobs)
-ROUTE_MODULES += (upscale, vectorize, audit)
+ROUTE_MODULES = (
+    health,
+    generations,
+    results,
+    adapters,
+    models,
+    moderation,
+    quality,
+    videos,
+    experiments,
+    jobs,
+    upscale,
+    vectorize,
+    audit,
+)
 """The modules whose handlers name their operations (:func:`serve.http.operations.answers`), imported to do so."""
 for _method, _path, _handler in handled():  # serve.routes' order, the OpenAPI document's; one by one, not as included
     api.add_api_route(_path, _handler, methods=[_method])  # routers, whose lock Ray Serve could not pickle

@@ -50,3 +50,10 @@ export function b64Blob(b64, type) {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   return new Blob([bytes], { type });
 }
+
+/** A form field's number (empty: undefined); text that is no number passes as it is, for the API to name. */
+export function numberOf(text) {
+  const trimmed = text.trim();
+  if (trimmed === "") return undefined;
+  return /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(trimmed) ? Number(trimmed) : trimmed;
+}

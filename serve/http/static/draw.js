@@ -2,7 +2,7 @@
 
 import { ApiError, JOB_ENDS, call, events } from "./api.js";
 import { generationCalls, showCalls } from "./calls.js";
-import { $, b64Blob, dataUrl, downloadLink, h, imageType } from "./dom.js";
+import { $, b64Blob, dataUrl, downloadLink, h, imageType, numberOf } from "./dom.js";
 import * as imagesIn from "./images_in.js";
 
 const GENERATE = "/v1/images/generations";
@@ -12,12 +12,6 @@ const NUMBERS = ["num_inference_steps", "guidance_scale", "seed", "n"];
 let studio; // what main.js learned of the stack and the key: {jobs, admin}
 let running = null; // the generation in flight: {job, abort}
 let models = []; // GET /v1/models' list
-
-function numberOf(text) {
-  const trimmed = text.trim();
-  if (trimmed === "") return undefined;
-  return /^-?\d+(\.\d+)?([eE][-+]?\d+)?$/.test(trimmed) ? Number(trimmed) : trimmed; // the API names a bad value
-}
 
 /** The generation's body, as the form says it (empty fields left to the API's defaults). */
 export function requestBody() {

@@ -1,14 +1,10 @@
 // Draw's images and finishing: an input image with a mask painted on it, a reference, upscale, faces, best-of.
 
 import { call } from "./api.js";
-import { $, dataUrl, fileBase64, h } from "./dom.js";
+import { $, dataUrl, fileBase64, h, numberOf } from "./dom.js";
 
 const BRUSH = 0.08; // the brush's width, as a share of the image's longer side
 const state = { image: null, reference: null, painted: false }; // base64 of the chosen files; whether a mask is
-
-function numberOf(text) {
-  return text.trim() === "" ? undefined : Number(text);
-}
 
 /** The body's fields these controls set (none when left alone). */
 export function imageFields() {

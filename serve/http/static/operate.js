@@ -112,8 +112,10 @@ function updateModelCall() {
 async function loras() {
   const list = (await call("GET", "/v1/loras")).data;
   const remove = async (name) => {
+    const path = `/v1/loras/${encodeURIComponent(name)}`;
+    showCalls($("#lora-call"), [["curl", curlJson(path, undefined, undefined, "DELETE")]]);
     try {
-      await call("DELETE", `/v1/loras/${encodeURIComponent(name)}`);
+      await call("DELETE", path);
     } catch (error) {
       $("#lora-error").textContent = error.message;
     }

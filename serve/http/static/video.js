@@ -1,7 +1,7 @@
 // Video: a clip (AnimateDiff) made as a background job, its frames multiplied by RIFE if asked, played when done.
 
 import { call, fetchBlob } from "./api.js";
-import { showCalls, videoCalls } from "./calls.js";
+import { curlJson, showCalls, videoCalls } from "./calls.js";
 import { $, downloadLink, h } from "./dom.js";
 
 const POLL_MS = 500;
@@ -82,8 +82,10 @@ export function setUp() {
   });
   $("#video-form").addEventListener("input", updateCall);
   $("#video-interpolate-finished").addEventListener("click", () => {
-    const factor = Number($("#video-more-factor").value);
-    run(() => call("POST", `/v1/videos/${encodeURIComponent(shown.id)}/interpolate`, { factor }));
+    const path = `/v1/videos/${encodeURIComponent(shown.id)}/interpolate`;
+    const asked = { factor: Number($("#video-more-factor").value) };
+    showCalls($("#video-call"), [["curl", curlJson(path, asked)]]);
+    run(() => call("POST", path, asked));
   });
   updateCall();
 }

@@ -325,6 +325,7 @@ def test_a_video_is_played_when_done_then_interpolated_and_the_call_is_the_api_s
     expect(studio.locator("#video-facts")).to_contain_text("4 at 4 fps")
     studio.select_option("#video-more-factor", "2")
     studio.click("#video-interpolate-finished")  # the finished video's frames multiplied: a new video
+    assert "/interpolate" in studio.inner_text("#video-call") and '{"factor":2}' in studio.inner_text("#video-call")
     expect(studio.locator("#video-facts")).to_contain_text("7 at 8 fps", timeout=120_000)  # shown from its creation
     expect(studio.locator("#video-status")).to_have_text("completed: 100%", timeout=120_000)
     shown = studio.locator("#video-facts dd").first.inner_text()

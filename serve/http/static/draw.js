@@ -1,7 +1,7 @@
 // Draw: the generation form, the prompt's analysis as it is typed, progress, cancel, the pictures and the call.
 
 import { ApiError, JOB_ENDS, call, events } from "./api.js";
-import { generationCalls, showCalls } from "./calls.js";
+import { curlJson, generationCalls, showCalls } from "./calls.js";
 import { $, b64Blob, dataUrl, downloadLink, h, imageType, numberOf } from "./dom.js";
 import * as imagesIn from "./images_in.js";
 
@@ -159,7 +159,11 @@ async function cancel() {
   if (!running) return;
   $("#cancel-button").disabled = true;
   $("#draw-progress").textContent = "canceling";
-  if (running.job) await call("POST", `/v1/jobs/${running.job}/cancel`).catch(() => running?.abort.abort());
+  if (running.job) {
+    const path = `/v1/jobs/${running.job}/cancel`;
+    showCalls($("#draw-call"), [["curl", curlJson(path, undefined)]]); // the drawing's own call again on the next edit
+    await call("POST", path).catch(() => running?.abort.abort());
+  }
   else running.abort.abort();
 }
 

@@ -135,8 +135,10 @@ def test_cancel_stops_a_long_drawing_and_the_next_one_is_drawn(studio):
     studio.click("#cancel-button")
     expect(studio.locator("#draw-progress")).to_have_text("canceled", timeout=60_000)
     assert studio.locator("#draw-images img").count() == 0
+    assert re.search(r"curl -s -X POST \S+/v1/jobs/job_\w+/cancel", studio.inner_text("#draw-call"))  # its call
     draw(studio, num_inference_steps=2)
     expect(studio.locator("#draw-progress")).to_have_text("step 2 of 2: done")
+    assert "/v1/images/generations" in studio.inner_text("#draw-call")  # the form's own call again
 
 
 def test_the_jobs_section_follows_an_open_job_live_and_its_cancel_ends_it(studio, api, stack):

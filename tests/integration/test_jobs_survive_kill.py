@@ -87,11 +87,12 @@ def test_kill_9_of_every_process_loses_no_job_and_each_gives_the_uninterrupted_i
         while not webhook_receiver.calls:
             assert time.monotonic() < deadline, "the quick job's webhook call did not come"
             time.sleep(0.2)
-        # A video and 14 low-priority jobs: 8 run at once (4 per Gateway replica), the others wait in the queue. A job
-        # takes about 2.5 s here: the moment with jobs both mid-denoising and queued is seen in one read of the list.
-        video_id = api.post("/v1/videos", json={**VIDEO, "priority": "low"}).json()["id"]
+        # 14 low-priority jobs and a video: 8 run at once (4 per Gateway replica), the others wait in the queue, the
+        # video last (a short video can finish before the first images reach step 2: it must still be there at the
+        # kill). A job takes about 2.5 s here: the moment with jobs both mid-denoising and queued is seen in one read.
         bodies = [{**BODY, "seed": 100 + i, "priority": "low", "background": True, "webhook": hook} for i in range(14)]
         ids = [api.post("/v1/images/generations", json=body).json()["id"] for body in bodies]
+        video_id = api.post("/v1/videos", json={**VIDEO, "priority": "low"}).json()["id"]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             listed = {j["id"]: j for j in api.get("/v1/jobs", params={"limit": 100}).json()["data"]}

@@ -32,6 +32,16 @@ def export_graph(module: torch.nn.Module, example: tuple, out_path: Path, spec: 
         )
 
 
+def rename_io(model: onnx.ModelProto, renames: dict[str, str]) -> onnx.ModelProto:
+    """``model`` with its graph inputs and outputs renamed as ``renames`` says (old -> new), in place; the model."""
+    for value in (*model.graph.input, *model.graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in model.graph.node:
+        node.input[:] = [renames.get(name, name) for name in node.input]
+        node.output[:] = [renames.get(name, name) for name in node.output]
+    return model
+
+
 def engine_cache(kind: str, made_from: list) -> Path:
     """The cache folder of a built engine: its ``kind`` and a hash of what made it and of the exporter's versions."""
     key = json.dumps([*made_from, OPSET, torch.__version__.split("+")[0], onnx.__version__])

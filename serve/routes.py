@@ -21,6 +21,7 @@ from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, Interpolate, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
+from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import MAX_REQUEST_BYTES, GenerationRequest
@@ -253,6 +254,15 @@ ROUTES = (
         body_limit=MAX_REQUEST_BYTES,
         body=ScoreRequest,
         costed=True,  # each image's megapixels and one scorer pass (serve.serving.prices.score_cost)
+        engine=True,
+    ),
+    Route(
+        "post",
+        "/v1/faces/analyze",
+        Scope.GENERATE,
+        body_limit=MAX_REQUEST_BYTES,
+        body=FaceAnalysisRequest,
+        costed=True,  # its image's megapixels, a detector pass, a recognizer pass a face (prices.face_analysis_cost)
         engine=True,
     ),
     Route("post", "/v1/feedback", Scope.GENERATE, (404, 409), rpc="Feedback"),

@@ -253,6 +253,12 @@ class StackOptions(AppSettings, TlsSettings):
         description="A RIFE flownet.pkl (Practical-RIFE v4.25/4.26), served as interpolator NAME for videos' "
         "`interpolate` (repeatable). One not recognised is listed with why (GET /v1/upscalers) and not served.",
     )
+    faces: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
+        None,
+        description="A face model folder in InsightFace's model-zoo layout (as buffalo_l: an SCRFD det_*.onnx and an "
+        "ArcFace w600k_*.onnx), served as the engines faces_detector and faces_recognizer for POST /v1/faces/analyze. "
+        "One that cannot be served is listed with why (GET /v1/upscalers, `faces`).",
+    )
     safety_checker: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
         None,
         description="An image safety checker: a folder with diffusers' safety_checker/ (StableDiffusionSafetyChecker) "

@@ -20,8 +20,8 @@ from build_engines.finishing.ifnet import Interpolator, read_flownet
 from build_engines.onnx_export import export_graph
 from build_engines.text_to_image.export import PARITY_TOLERANCE, ParityError
 from serve.finishing.interpolators import INTERPOLATOR_PREFIX, SIDE_MULTIPLE, InterpolatorEntry, interpolator_spec
-from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler
+from serve.listing import ERROR
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
 

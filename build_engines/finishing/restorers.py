@@ -17,9 +17,9 @@ import torch
 
 from build_engines.finishing.checked_export import export_checked
 from build_engines.text_to_image.export import ParityError
-from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import FACE_SIDE, RESTORER_PREFIX, RestorerEntry, restorer_spec
+from serve.listing import ERROR
 from serve.triton.engine_files import ONNX
 
 logger = logging.getLogger(__name__)

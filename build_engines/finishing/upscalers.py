@@ -1,4 +1,4 @@
-"""``easel up --upscaler NAME=FILE`` (``--face-restorer``, ``--interpolator``): each file read, exported, installed.
+"""``easel up --upscaler NAME=FILE`` (``--face-restorer``, ``--interpolator``, ``--faces``): each read, installed.
 
 A ``.pth``/``.safetensors`` file is read into the project's own module (:mod:`serve.finishing.recognise`), exported
 at the engine's tile size with a dynamic batch axis, and checked against PyTorch on fresh random tiles. An ``.onnx``
@@ -21,19 +21,22 @@ import numpy as np
 import onnx
 import torch
 
+from build_engines.faces.build import EXPORT_VERSION as FACES_EXPORT_VERSION
+from build_engines.faces.build import build_faces
 from build_engines.finishing.checked_export import export_checked
 from build_engines.finishing.interpolators import EXPORT_VERSION as INTERPOLATOR_EXPORT_VERSION
 from build_engines.finishing.interpolators import build_interpolator
 from build_engines.finishing.restorers import EXPORT_VERSION as RESTORER_EXPORT_VERSION
 from build_engines.finishing.restorers import build_restorer
-from build_engines.onnx_export import OPSET
+from build_engines.onnx_export import OPSET, rename_io
 from build_engines.text_to_image.export import ParityError
+from serve.faces.pack import DETECTOR, RECOGNIZER, Faces
 from serve.files import files_hash
 from serve.finishing.interpolators import INTERPOLATOR_PREFIX, Interpolators
-from serve.finishing.listing import ERROR
 from serve.finishing.recognise import UnrecognisedUpscaler, read_state, recognise
 from serve.finishing.restorers import RESTORER_PREFIX, Restorers
 from serve.finishing.upscalers import TILE, UPSCALER_PREFIX, UpscalerEntry, Upscalers, upscaler_spec
+from serve.listing import ERROR
 from serve.paths import easel_home
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session
@@ -42,6 +45,8 @@ from serve.triton.repository import install_model, uninstall_model
 logger = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1
+FINISHING_PREFIXES = (UPSCALER_PREFIX, RESTORER_PREFIX, INTERPOLATOR_PREFIX, DETECTOR, RECOGNIZER)
+"""The Triton names of the finishing engines (and face models) a start installs: an earlier start's are removed."""
 
 
 def upscalers_dir(
@@ -49,6 +54,7 @@ def upscalers_dir(
     tile: int = TILE,
     restorers: Mapping[str, Path] = MappingProxyType({}),
     interpolators: Mapping[str, Path] = MappingProxyType({}),
+    face_models: Path | None = None,
 ) -> Path:
     """The cache folder of these finishing engines: named by their names, files' content, tile and versions."""
     listed, faces, frames = (
@@ -58,6 +64,9 @@ def upscalers_dir(
     versions = [tile, EXPORT_VERSION, OPSET, torch.__version__.split("+")[0], onnx.__version__]
     more = [*([faces, RESTORER_EXPORT_VERSION] if faces else [])]
     more += [frames, INTERPOLATOR_EXPORT_VERSION] if frames else []
+    if face_models is not None:
+        onnx_files = sorted(Path(face_models).glob("*.onnx"))
+        more += [Path(face_models).name, files_hash(onnx_files, Path(face_models)), FACES_EXPORT_VERSION]
     key = json.dumps([listed, *versions, *more])
     return easel_home() / "engines" / f"upscalers-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
@@ -69,22 +78,24 @@ def build_upscalers(
     force: bool = False,
     restorers: Mapping[str, Path] = MappingProxyType({}),
     interpolators: Mapping[str, Path] = MappingProxyType({}),
+    face_models: Path | None = None,
 ) -> Path | None:
-    """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators), install the ready ones.
+    """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators, face models), install them.
 
     Their folder; None when there are none. Finishing engines an earlier start installed, not this one, are removed.
     """
-    if not upscalers and not restorers and not interpolators:
+    if not upscalers and not restorers and not interpolators and face_models is None:
         _remove_stale(repository, set())
         return None
-    folder = upscalers_dir(upscalers, tile, restorers, interpolators)
+    folder = upscalers_dir(upscalers, tile, restorers, interpolators, face_models)
     if force or not (folder / "upscalers.json").is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         entries = [_build_one(name, Path(path), folder, tile) for name, path in sorted(upscalers.items())]
         faces = [build_restorer(name, Path(path), folder) for name, path in sorted(restorers.items())]
         frames = [build_interpolator(name, Path(path), folder) for name, path in sorted(interpolators.items())]
-        finishing = Upscalers(tuple(entries), Restorers(tuple(faces)), Interpolators(tuple(frames)))
+        models = () if face_models is None else (build_faces(Path(face_models), folder),)
+        finishing = Upscalers(tuple(entries), Restorers(tuple(faces)), Interpolators(tuple(frames)), Faces(models))
         finishing.write(folder)  # the upscalers' listing written last: a folder with it is complete
     built = Upscalers.read(folder)
     _remove_stale(repository, {spec.name for spec in built.specs})
@@ -95,7 +106,7 @@ def build_upscalers(
 
 def _remove_stale(repository: Path | None, wanted: set[str]) -> None:
     """Remove from ``repository`` the finishing engines an earlier start installed that are not ``wanted`` now."""
-    for prefix in (UPSCALER_PREFIX, RESTORER_PREFIX, INTERPOLATOR_PREFIX) if repository is not None else ():
+    for prefix in FINISHING_PREFIXES if repository is not None else ():
         for stale in repository.glob(f"{prefix}*"):
             if stale.name not in wanted:
                 uninstall_model(stale.name, repository)
@@ -135,12 +146,7 @@ def _take_onnx(path: Path, engine_dir: Path, tile: int) -> int:
     onnx.checker.check_model(model)
     if len(model.graph.input) != 1 or len(model.graph.output) != 1:
         raise UnrecognisedUpscaler(f"{path}: an ONNX upscaler takes one image and gives one (this one has more)")
-    renames = {model.graph.input[0].name: "image", model.graph.output[0].name: "upscaled"}
-    for value in (*model.graph.input, *model.graph.output):
-        value.name = renames[value.name]
-    for node in model.graph.node:
-        node.input[:] = [renames.get(name, name) for name in node.input]
-        node.output[:] = [renames.get(name, name) for name in node.output]
+    rename_io(model, {model.graph.input[0].name: "image", model.graph.output[0].name: "upscaled"})
     engine_dir.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(engine_dir / ONNX))
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.finishing.listing import FileEntry, Listing
+from serve.listing import FileEntry, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 INTERPOLATOR_PREFIX = "interpolator_"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.finishing import faces
-from serve.finishing.listing import FileEntry, Listing
+from serve.listing import FileEntry, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 RESTORER_PREFIX = "restorer_"

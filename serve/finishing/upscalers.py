@@ -15,10 +15,11 @@ import numpy as np
 from PIL import Image
 
 from serve.errors import InvalidInput
+from serve.faces.pack import Faces
 from serve.finishing.interpolators import Interpolators
-from serve.finishing.listing import READY, FileEntry, Listing
 from serve.finishing.restorers import Restorers
 from serve.finishing.tiles import Tiling
+from serve.listing import READY, FileEntry, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 UPSCALER_PREFIX = "upscaler_"
@@ -66,7 +67,7 @@ class UpscalerEntry(FileEntry):
 class Upscalers(Listing):
     """The finishing engines a stack was started with (ready or refused with why): listed, checked, their engines.
 
-    Its upscalers, and the face restorers and frame interpolators built into the same folder.
+    Its upscalers, and the face restorers, frame interpolators and face models built into the same folder.
     """
 
     LISTING = "upscalers.json"
@@ -77,6 +78,7 @@ class Upscalers(Listing):
     entries: tuple[UpscalerEntry, ...] = ()
     restorers: Restorers = field(default_factory=Restorers)
     interpolators: Interpolators = field(default_factory=Interpolators)
+    faces: Faces = field(default_factory=Faces)
 
     @classmethod
     def read(cls, folder: Path | str | None) -> Upscalers:
@@ -84,18 +86,26 @@ class Upscalers(Listing):
         upscalers = super().read(folder)
         if not folder or not (Path(folder) / cls.LISTING).is_file():  # written last: the build's end
             return upscalers
-        return replace(upscalers, restorers=Restorers.read(folder), interpolators=Interpolators.read(folder))
+        others = {"restorers": Restorers, "interpolators": Interpolators, "faces": Faces}
+        return replace(upscalers, **{name: listing.read(folder) for name, listing in others.items()})
 
     def write(self, folder: Path) -> None:
         """Save the listings in ``folder`` (the build does, beside the engines; the upscalers' last)."""
         self.restorers.write(folder)
         self.interpolators.write(folder)
+        self.faces.write(folder)
         super().write(folder)
 
     @property
     def specs(self) -> list[ModelSpec]:
-        """The Triton models of every ready upscaler, face restorer and frame interpolator."""
-        return [entry.spec for entry in (*self.ready, *self.restorers.ready, *self.interpolators.ready)]
+        """The Triton models of every ready upscaler, face restorer, frame interpolator and face model."""
+        finishing = [entry.spec for entry in (*self.ready, *self.restorers.ready, *self.interpolators.ready)]
+        return finishing + self.faces.specs
+
+    @property
+    def any_ready(self) -> bool:
+        """Whether any of its engines is ready (else nothing here runs on Triton)."""
+        return bool(self.specs)
 
     def choose(self, name: str, scale: float | None, field: str = "upscaler") -> tuple[UpscalerEntry, float]:
         """The ready upscaler ``name`` and the scale asked (its own when None); a 400 naming the field otherwise."""

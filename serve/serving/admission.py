@@ -25,6 +25,7 @@ from serve.access import Caller, charge
 from serve.access.keys import ApiKey
 from serve.moderation import Screening
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import GenerationRequest
@@ -34,14 +35,14 @@ from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
 from serve.serving.generations import Generations
 from serve.serving.jobs import BackgroundJobs
-from serve.serving.prices import analysis_cost, moderation_cost, reference_cost, score_cost
+from serve.serving.prices import analysis_cost, face_analysis_cost, moderation_cost, reference_cost, score_cost
 from serve.serving.prompts import analyzed_model
 from serve.serving.upscale import UpscaleBody, Upscaling
 from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizing
 from serve.serving.videos import Videos
 from serve.text_to_image.scores import check_scores
 
-OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest
+OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest | FaceAnalysisRequest
 """The bodies priced by their own work (:mod:`serve.serving.prices`), admitted as an :class:`AdmittedBody`."""
 Body = GenerationRequest | VideoRequest | InterpolateBody | UpscaleBody | RerunRequest | VectorizeBody | OwnPriced
 """Every body admission takes."""
@@ -153,6 +154,9 @@ class Admission:
             cost = await asyncio.to_thread(score_cost, body)  # each image's header: a 413 past the bound
             check_scores(["clip_score"], self.generations.scores, "images")  # no scorer served: a 400
             return cost
+        if isinstance(body, FaceAnalysisRequest):
+            entry = self.upscaling.upscalers.faces.served("image")  # no face models served: a 400
+            return await asyncio.to_thread(face_analysis_cost, body, entry.face_side)
         if isinstance(body, PromptAnalysisRequest):
             model = analyzed_model(self.generations.models, body)  # unknown, or remote: a 400 naming model
             return analysis_cost(body, len(model.folder.family.prompt_encoders()))

@@ -14,9 +14,11 @@ Images are priced from their headers (:func:`serve.images.raster.header_size`, i
 
 from __future__ import annotations
 
+from serve.faces.pack import DETECTION_SIDE
 from serve.images import base64_bytes
 from serve.images.raster import MAX_PIXELS, header_size
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
 from serve.text_to_image.images import header_size as input_header_size
@@ -51,6 +53,16 @@ def reference_cost(body: NewReference) -> float:
     """Its image's decoded megapixels and one image-encoder pass (as a generation's ``ip_adapter_image`` counts it)."""
     width, height = input_header_size(base64_bytes(body.image), "image")
     return width * height / 1e6 + ENCODER_MEGAPIXELS
+
+
+def face_analysis_cost(body: FaceAnalysisRequest, face_side: int) -> float:
+    """Its image's decoded megapixels, one detector pass and a recognizer pass for each face it may report.
+
+    An image over :data:`~serve.images.raster.MAX_PIXELS` is a 413 naming ``image``, one that is no image a 400:
+    refused before any pixel is decoded.
+    """
+    width, height = header_size(base64_bytes(body.image), "image", MAX_PIXELS)
+    return width * height / 1e6 + DETECTION_SIDE**2 / 1e6 + body.max_faces * face_side**2 / 1e6
 
 
 def score_cost(body: ScoreRequest) -> float:

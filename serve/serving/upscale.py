@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from serve.errors import InvalidInput
+from serve.faces.analyze import analyze_faces
 from serve.finishing.faces import MAX_FACES
 from serve.finishing.interpolators import interpolate_frames, padded_side
 from serve.finishing.restorers import FACE_SIDE, restore_faces
@@ -27,6 +28,7 @@ from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size,
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.jobs.model import Progress, Stage
 from serve.models.admission import Work
+from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import MAX_SIDE, SIDE_MULTIPLE
 from serve.protocol.video import VideoGeneration
@@ -94,7 +96,7 @@ class Upscaling:
 
         None of them ready, or no URL: no runner (the upscale route answers that none is ready).
         """
-        if not ((upscalers.ready or upscalers.restorers.ready or upscalers.interpolators.ready) and triton_grpc_url):
+        if not (upscalers.any_ready and triton_grpc_url):
             return cls(upscalers, None)
         return cls(upscalers, replica_runner(TritonClient(grpc_url_on_this_node(triton_grpc_url))))
 
@@ -105,7 +107,16 @@ class Upscaling:
             "data": self.upscalers.listing(),
             "face_restorers": self.upscalers.restorers.listing(),
             "interpolators": self.upscalers.interpolators.listing(),
+            "faces": self.upscalers.faces.listing(),
         }
+
+    async def faces(self, body: FaceAnalysisRequest) -> dict:
+        """``POST /v1/faces/analyze``: the faces in the image, best-scored first, by the stack's face models."""
+        entry = self.upscalers.faces.served("image")
+        pixels = await asyncio.to_thread(decode, base64.b64decode(body.image))
+        found = await analyze_faces(pixels, entry, self.runner, body.max_faces)
+        height, width = pixels.shape[:2]
+        return {"object": "list", "model": entry.name, "size": f"{width}x{height}", "data": [f.public() for f in found]}
 
     async def restored(self, pixels: np.ndarray, choice: RestoreFaces) -> tuple[np.ndarray, dict]:
         """``pixels`` with their faces restored as ``choice`` asks, and the image object's ``faces``."""

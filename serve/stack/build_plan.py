@@ -186,12 +186,16 @@ class StartPlan:
         return built
 
     def upscalers(self) -> Path | None:
-        """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators), install the ready ones."""
+        """Build (or reuse) the finishing engines (upscalers, face restorers, interpolators, face models); install."""
         from build_engines.finishing.upscalers import build_upscalers
 
         opts = self.options
         return build_upscalers(
-            opts.upscalers, opts.repository, restorers=opts.face_restorers, interpolators=opts.interpolators
+            opts.upscalers,
+            opts.repository,
+            restorers=opts.face_restorers,
+            interpolators=opts.interpolators,
+            face_models=opts.faces,
         )
 
     def safety_checker(self) -> Path | None:

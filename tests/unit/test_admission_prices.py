@@ -20,6 +20,7 @@ from serve.images.raster import ImageRejected
 from serve.jobs import open_job_store
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
+from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import GenerationRequest
@@ -31,6 +32,7 @@ from serve.serving.prices import (
     ENCODER_MEGAPIXELS,
     TOKENS_PER_COST,
     analysis_cost,
+    face_analysis_cost,
     moderation_cost,
     reference_cost,
     score_cost,
@@ -85,6 +87,14 @@ def test_a_score_costs_each_image_s_pixels_and_one_scorer_pass_read_from_its_hea
     body = ScoreRequest(images=[b64(input_image(512)), _header_b64(2048)])  # the second has no pixels to decode
     assert score_cost(body) == pytest.approx((512 * 512 + 2048 * 2048) / 1e6 + 2 * ENCODER_MEGAPIXELS)
     assert score_cost(ScoreRequest(images=[_header_b64(2048)] * 16)) == pytest.approx(67.91, abs=0.01)
+
+
+def test_a_face_analysis_costs_its_pixels_the_detector_s_pass_and_a_recognizer_pass_a_face_it_may_report():
+    body = FaceAnalysisRequest(image=_header_b64(2048), max_faces=4)  # no pixel to decode: the header is read
+    assert face_analysis_cost(body, 112) == pytest.approx(2048 * 2048 / 1e6 + 640 * 640 / 1e6 + 4 * 112 * 112 / 1e6)
+    with pytest.raises(ImageRejected) as refused:
+        face_analysis_cost(FaceAnalysisRequest(image=_header_b64(4096)), 112)
+    assert (refused.value.status, refused.value.field) == (413, "image")
 
 
 def test_a_scored_image_over_the_documented_bound_is_a_413_naming_it_and_one_that_is_no_image_a_400():
@@ -188,6 +198,7 @@ REFUSED = [  # the body, and the status, field and words of its refusal
     (ScoreRequest(images=[_header_b64(4096)] * 16), 413, "images.0", "at most 4194304"),  # issue 76's reproduction
     (ScoreRequest(images=[_header_b64(64)]), 400, "images", "serves no scorer"),
     (PromptAnalysisRequest(prompt="x", model="nope"), 400, "model", "unknown model"),
+    (FaceAnalysisRequest(image=_header_b64(64)), 400, "image", "no face models are served"),
     (ModerationRequest(input=[_data_url(b64(input_image(64)))]), 400, "input", "no image moderation model"),
     (NewReference(image=b64(input_image(64))), 400, "model", "has no IP-Adapter"),
     (GenerationRequest(**SMALL, scores=True), 400, "scores", "serves no scorer"),  # found by the replica, charged

@@ -18,10 +18,10 @@ from build_engines.finishing.restorers import UnitRange, build_restorer
 from serve.errors import InvalidInput
 from serve.finishing import faces
 from serve.finishing.face_architecture import GFPGANv1Clean
-from serve.finishing.listing import READY
 from serve.finishing.recognise import read_state, recognise
 from serve.finishing.restorers import FACE_SIDE, NO_FACE, Restorers, restore_faces
 from serve.finishing.schema import UpscaleOptions
+from serve.listing import READY
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
 

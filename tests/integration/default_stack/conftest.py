@@ -4,8 +4,8 @@ It serves tiny random-weight upscalers too, saved in the community files' layout
 is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
 finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
 flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, a
-tiny random motion adapter and a RIFE interpolator of random weights (videos), and a tiny random CLIP and
-aesthetic head as its scorer (``--scorer``).
+tiny random motion adapter and a RIFE interpolator of random weights (videos), a tiny random CLIP and
+aesthetic head as its scorer (``--scorer``), and face models of random weights in ``buffalo_l``'s layout (``--faces``).
 
 It names three remote models on ports chosen now (:func:`remote_ports`), whose services ``test_remote`` starts while
 it runs (a second stack, ``b``; a service that hangs, ``hang``; one that floods, ``huge``): elsewhere they are
@@ -15,6 +15,7 @@ unreachable, and the default model's chain (``spare``, then ``b``) ends in a 503
 import grpc
 import pytest
 
+from build_engines.faces.random_pack import random_face_pack
 from build_engines.finishing.ifnet import random_flownet
 from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
@@ -79,6 +80,12 @@ def scorers(tmp_path_factory) -> dict:
 
 
 @pytest.fixture(scope="package")
+def face_models(tmp_path_factory):
+    """An SCRFD detector and an ArcFace recognizer of random weights in a ``buffalo_l`` folder: ``--faces``."""
+    return random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l")
+
+
+@pytest.fixture(scope="package")
 def remote_ports() -> dict[str, int]:
     """The loopback ports of the remote models' services: ``b`` (a second stack), ``hang`` and ``huge``."""
     return dict(zip(("b", "hang", "huge"), free_ports(3), strict=True))
@@ -94,11 +101,12 @@ def stack(
     motion_adapter,
     flownet,
     scorers,
+    face_models,
     remote_ports,
 ):
     """The embedded default's stack, shared by this package's modules (no result cache), with the upscalers, the face
-    restorer, the safety checker, the text moderator, a motion adapter and an interpolator (videos), a scorer, remote
-    models (a hanging one cut at 2 s, a flooding one at 1 MB) and a fallback chain."""
+    restorer, the safety checker, the text moderator, a motion adapter and an interpolator (videos), a scorer, face
+    models, remote models (a hanging one cut at 2 s, a flooding one at 1 MB) and a fallback chain."""
     remotes = {name: {"url": f"http://127.0.0.1:{port}"} for name, port in remote_ports.items()}
     remotes["hang"] |= {"timeout_s": 2}
     remotes["huge"] |= {"max_mb": 1}
@@ -114,6 +122,7 @@ def stack(
         motion_adapters={"wave": motion_adapter},
         interpolators={"rife": flownet},
         scorers=scorers,
+        faces=face_models,
         remotes=remotes,
         fallbacks={DEFAULT_MODEL: ("spare", "b")},  # spare: served only while test_text_to_image's fallback test runs
     )

@@ -1,8 +1,8 @@
-"""A finishing engine's file as ``easel up`` was given it (ready, or listed with why not), and one kind's listing.
+"""An engine's file as ``easel up`` was given it (ready, or listed with why not), and one kind's listing.
 
-The face restorers (:mod:`serve.finishing.restorers`) and the frame interpolators
-(:mod:`serve.finishing.interpolators`) are each a :class:`Listing` of their entries, saved as JSON in the finishing
-engines' folder beside the engines; a request naming one that is not ready is a 400 naming its field.
+The face restorers (:mod:`serve.finishing.restorers`), the frame interpolators (:mod:`serve.finishing.interpolators`)
+and the face models (:mod:`serve.faces.pack`) are each a :class:`Listing` of their entries, saved as JSON in the
+finishing engines' folder beside the engines; a request naming one that is not ready is a 400 naming its field.
 """
 
 from __future__ import annotations

@@ -10,23 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 PNG = "iVBORw0KGgo..."
-MODEL = {
-    "id": "easel-default",
-    "object": "model",
-    "created": 1795707696,
-    "owned_by": "easel",
-    "family": "sd",
-    "native_size": "64x64",
-    "loaded": True,
-    "loras": False,
-    "ip_adapter": False,
-    "ip_adapters": [],
-    "controlnets": [],
-    "takes_images": True,
-    "version": 1,
-    "circuit": "closed",
-    "fallback": [],
-}
+MODEL = {"id": "easel-default", "object": "model", "created": 1795707696, "owned_by": "easel", "family": "sd"}
+MODEL |= {"native_size": "64x64", "loaded": True, "loras": False, "ip_adapter": False, "ip_adapters": []}
+MODEL |= {"controlnets": [], "takes_images": True, "version": 1, "circuit": "closed", "fallback": []}
+FACE = {"box": [62.05, 61.13, 129.61, 129.56], "score": 0.877, "embedding": [-0.0899, -0.0213, -0.0168, "..."]}
+FACE |= {"landmarks": [[79.57, 83.35], [111.53, 83.2], [96.13, 97.17], [83.23, 112.02], [108.9, 112.07]]}
 IMAGES = {
     "created": 1795709100,
     "seed": 0,
@@ -359,6 +347,10 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("post", "/v1/images/score"): {
         "request": _json("POST /v1/images/score", f'{{"images": ["{PNG}"], "prompt": "a red heart icon"}}'),
         "answer": {"object": "list", "data": [{"index": 0, "clip_score": 0.21, "aesthetic": 5.3}]},
+    },
+    ("post", "/v1/faces/analyze"): {
+        "request": _json("POST /v1/faces/analyze", f'{{"image": "{PNG}", "max_faces": 4}}'),
+        "answer": {"object": "list", "model": "buffalo_l", "size": "320x240", "data": [FACE]},
     },
     ("post", "/v1/feedback"): {
         "request": _json("POST /v1/feedback", '{"image_id": "img_59b70a8550e819ebf3a0789b", "rating": 5}'),

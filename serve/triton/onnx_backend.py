@@ -177,7 +177,8 @@ def run_batched(
         bounds = np.cumsum([0, *sizes])
         for i, start, stop in zip(members, bounds[:-1], bounds[1:], strict=True):
             failed = [refused[row] for row in range(start, stop) if row in refused]
-            outputs_of = {name: out[start:stop] for name, out in zip(session.output_names, outputs, strict=True)}
+            rows = slice(None) if len(members) == 1 else slice(start, stop)  # alone: all (an unbatched engine's)
+            outputs_of = {name: out[rows] for name, out in zip(session.output_names, outputs, strict=True)}
             results[i] = failed[0] if failed else outputs_of
     return results
 

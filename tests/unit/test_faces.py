@@ -19,7 +19,7 @@ from build_engines.faces.random_pack import RECOGNIZER_FILE, drawn_faces, random
 from build_engines.onnx_export import OPSET
 from serve.errors import InvalidInput
 from serve.faces.analyze import analyze_faces
-from serve.faces.pack import MAX_FACES, FaceEntry, Faces
+from serve.faces.pack import MAX_FACES, FaceEntry, Faces, detector_spec
 from serve.listing import ERROR, READY
 from serve.protocol.face_requests import MAX_ANALYZED_FACES
 from serve.triton.engine_files import ONNX
@@ -130,3 +130,23 @@ def test_the_listing_round_trips_through_its_file(built, tmp_path):
 def test_embeddings_are_unit_length(built):
     faces = _analyzed(built, drawn_faces(TWO_FACES))
     assert np.allclose([np.linalg.norm(face["embedding"]) for face in faces], 1.0, atol=1e-5)
+
+
+def test_the_python_backend_answers_an_unbatched_engine_s_outputs_whole(built):
+    """The detector's outputs have a row per anchor, not per request: the backend gave a lone request its first row."""
+    from serve.triton.onnx_backend import run_batched
+
+    _, folder = built
+
+    class Session:
+        output_names = [t.name for t in detector_spec().outputs]
+
+        def __init__(self) -> None:
+            self.session = make_session(folder / "faces_detector" / ONNX)
+
+        def run(self, feeds, shared=None):
+            return self.session.run(self.output_names, feeds)
+
+    blob = np.zeros(detector_spec().inputs[0].dims, np.float32)
+    (answer,) = run_batched(Session(), [{"image": blob}])
+    assert {name: a.shape for name, a in answer.items()} == {t.name: t.dims for t in detector_spec().outputs}

@@ -21,6 +21,7 @@ from serve.adapters.registry import DEFAULT_RESIDENT
 from serve.cache import DEFAULT_CACHE_BYTES
 from serve.errors import InvalidInput
 from serve.experiments.policy import Experiment, ExperimentSpec
+from serve.finishing.settings import FinishingSettings
 from serve.models.admission import DEFAULT_MAX_COST
 from serve.moderation import Policy
 from serve.moderation.text import Blocklist
@@ -147,8 +148,8 @@ class AppSettings(
         return self.store_url or default_url()
 
 
-class StackOptions(AppSettings, TlsSettings):
-    """What ``easel up`` starts, and where (and the certificate its API presents: :class:`TlsSettings`)."""
+class StackOptions(AppSettings, TlsSettings, FinishingSettings):
+    """What ``easel up`` starts and where; the certificate (TlsSettings), finishing engines (FinishingSettings)."""
 
     model_config = ConfigDict(extra="forbid")  # a misspelt option is an error, not the default silently
 
@@ -231,33 +232,6 @@ class StackOptions(AppSettings, TlsSettings):
         {},
         description="A diffusers MotionAdapter folder (AnimateDiff), served as motion adapter NAME for videos "
         "(POST /v1/videos) of the default model, an SD 1.x one (repeatable; one that does not fit is refused).",
-    )
-    upscalers: Annotated[dict[str, Path], Cli("--upscaler", "NAMED_FILE", metavar="NAME=FILE", multiple=True)] = Field(
-        {},
-        description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
-        "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
-        "recognised is listed with why (GET /v1/upscalers) and not served.",
-    )
-    face_restorers: Annotated[
-        dict[str, Path], Cli("--face-restorer", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
-    ] = Field(
-        {},
-        description="A face restorer weights file (.pth, .safetensors: GFPGAN v1 clean, as GFPGANv1.4.pth), served "
-        "as face restorer NAME for `restore_faces` (repeatable). One not recognised is listed with why (GET "
-        "/v1/upscalers, `face_restorers`) and not served.",
-    )
-    interpolators: Annotated[
-        dict[str, Path], Cli("--interpolator", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
-    ] = Field(
-        {},
-        description="A RIFE flownet.pkl (Practical-RIFE v4.25/4.26), served as interpolator NAME for videos' "
-        "`interpolate` (repeatable). One not recognised is listed with why (GET /v1/upscalers) and not served.",
-    )
-    faces: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
-        None,
-        description="A face model folder in InsightFace's model-zoo layout (as buffalo_l: an SCRFD det_*.onnx and an "
-        "ArcFace w600k_*.onnx), served as the engines faces_detector and faces_recognizer for POST /v1/faces/analyze. "
-        "One that cannot be served is listed with why (GET /v1/upscalers, `faces`).",
     )
     safety_checker: Annotated[Path | None, Cli(type="EXISTING_FOLDER")] = Field(
         None,

@@ -3,7 +3,7 @@
 Each step is InsightFace's (``SCRFD.detect`` at one ``det_size``, ``face_align.norm_crop``), on RGB ``uint8``
 pixels: the image is resized to fit the detector's square (its top left corner, the rest black), the anchors whose
 score passes :data:`THRESHOLD` decoded into boxes and landmarks, overlapping ones dropped (:data:`NMS_OVERLAP`), and
-each face cut out by the similarity transform that takes its landmarks to ArcFace's.
+each face cut out by the similarity transform that takes its landmarks to ArcFace's (Umeyama's estimate).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from skimage.transform import SimilarityTransform
 
 from serve.faces.pack import ANCHORS, STRIDES
 
@@ -113,7 +112,24 @@ def alignment(landmarks: np.ndarray, side: int) -> np.ndarray:
     """The 2 x 3 similarity transform taking a face's 5 ``landmarks`` to ArcFace's, at ``side`` (112 or 128 x k)."""
     ratio, shift = (side / 112.0, 0.0) if side % 112 == 0 else (side / 128.0, 8.0 * side / 128.0)
     target = ARCFACE_LANDMARKS * ratio + np.array([shift, 0.0], dtype=np.float32)
-    return SimilarityTransform.from_estimate(landmarks, target).params[:2]
+    return similarity(landmarks, target)
+
+
+def similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The least-squares similarity (rotation, one scale, shift) from ``source`` points to ``target``'s, 2 x 3.
+
+    Umeyama's estimate, as scikit-image's ``SimilarityTransform`` (InsightFace's) computes it, in numpy: scikit-image
+    would bring SciPy into the Gateway for ten lines of linear algebra.
+    """
+    source, target = np.asarray(source, np.float64), np.asarray(target, np.float64)
+    source_mean, target_mean = source.mean(0), target.mean(0)
+    centred = source - source_mean
+    covariance = (target - target_mean).T @ centred / len(source)
+    signs = np.array([1.0, -1.0 if np.linalg.det(covariance) < 0 else 1.0])
+    u, singular, vt = np.linalg.svd(covariance)
+    rotation = u @ np.diag(signs) @ vt
+    scale = (singular @ signs) / centred.var(0).sum()
+    return np.hstack([scale * rotation, (target_mean - scale * rotation @ source_mean)[:, None]])
 
 
 def aligned_face(pixels: np.ndarray, landmarks: np.ndarray, side: int) -> np.ndarray:

@@ -150,3 +150,18 @@ def test_the_python_backend_answers_an_unbatched_engine_s_outputs_whole(built):
     blob = np.zeros(detector_spec().inputs[0].dims, np.float32)
     (answer,) = run_batched(Session(), [{"image": blob}])
     assert {name: a.shape for name, a in answer.items()} == {t.name: t.dims for t in detector_spec().outputs}
+
+
+def test_the_alignment_is_scikit_image_s_similarity_estimate_as_insightface_makes_it():
+    from skimage.transform import SimilarityTransform
+
+    from serve.faces.geometry import ARCFACE_LANDMARKS, similarity
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        source = ARCFACE_LANDMARKS * rng.uniform(0.3, 4) + rng.uniform(-50, 200, 2) + rng.normal(0, 3, (5, 2))
+        want = SimilarityTransform.from_estimate(source, ARCFACE_LANDMARKS).params[:2]
+        assert np.allclose(similarity(source, ARCFACE_LANDMARKS), want, atol=1e-9)
+    mirrored = ARCFACE_LANDMARKS * [-1, 1]  # a reflection is no similarity: the closest rotation, as scikit-image's
+    want = SimilarityTransform.from_estimate(mirrored, ARCFACE_LANDMARKS).params[:2]
+    assert np.allclose(similarity(mirrored, ARCFACE_LANDMARKS), want, atol=1e-9)

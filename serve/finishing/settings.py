@@ -6,33 +6,34 @@ Each names files ``easel up`` builds into the finishing engines' folder (:mod:`b
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field
 
 from serve.spelling import Cli
 
 
+def named_files(option: str) -> Any:
+    """The type of a repeatable ``OPTION NAME=FILE``: files by the names they are served under."""
+    return Annotated[dict[str, Path], Cli(option, "NAMED_FILE", metavar="NAME=FILE", multiple=True)]
+
+
 class FinishingSettings(BaseModel):
     """The upscalers, face restorers, frame interpolators and face models a stack serves."""
 
-    upscalers: Annotated[dict[str, Path], Cli("--upscaler", "NAMED_FILE", metavar="NAME=FILE", multiple=True)] = Field(
+    upscalers: named_files("--upscaler") = Field(
         {},
         description="An upscaler weights file (.pth, .safetensors: RRDBNet ESRGAN/Real-ESRGAN x4plus/x2plus, "
         "SRVGGNetCompact realesr-general; or .onnx), served as upscaler NAME by tiles (repeatable). One not "
         "recognised is listed with why (GET /v1/upscalers) and not served.",
     )
-    face_restorers: Annotated[
-        dict[str, Path], Cli("--face-restorer", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
-    ] = Field(
+    face_restorers: named_files("--face-restorer") = Field(
         {},
         description="A face restorer weights file (.pth, .safetensors: GFPGAN v1 clean, as GFPGANv1.4.pth), served "
         "as face restorer NAME for `restore_faces` (repeatable). One not recognised is listed with why (GET "
         "/v1/upscalers, `face_restorers`) and not served.",
     )
-    interpolators: Annotated[
-        dict[str, Path], Cli("--interpolator", "NAMED_FILE", metavar="NAME=FILE", multiple=True)
-    ] = Field(
+    interpolators: named_files("--interpolator") = Field(
         {},
         description="A RIFE flownet.pkl (Practical-RIFE v4.25/4.26), served as interpolator NAME for videos' "
         "`interpolate` (repeatable). One not recognised is listed with why (GET /v1/upscalers) and not served.",

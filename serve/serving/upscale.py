@@ -25,6 +25,7 @@ from serve.finishing.interpolators import interpolate_frames, padded_side
 from serve.finishing.restorers import FACE_SIDE, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
+from serve.images import base64_bytes
 from serve.images.raster import ImageRejected, decode_image, encode_image
 from serve.jobs.model import Progress, Stage
 from serve.models.admission import Work
@@ -113,7 +114,7 @@ class Upscaling:
     async def faces(self, body: FaceAnalysisRequest) -> dict:
         """``POST /v1/faces/analyze``: the faces in the image, best-scored first, by the stack's face models."""
         entry = self.upscalers.faces.served("image")
-        pixels = await asyncio.to_thread(decode, base64.b64decode(body.image))
+        pixels = await asyncio.to_thread(decode, base64_bytes(body.image))  # decoded once, at admission
         found = await analyze_faces(pixels, entry, self.runner, body.max_faces)
         height, width = pixels.shape[:2]
         return {"object": "list", "model": entry.name, "size": f"{width}x{height}", "data": [f.public() for f in found]}

@@ -140,8 +140,9 @@ async function draw(event) {
     const prompt = body.prompt;
     $("#draw-images").replaceChildren(...answer.data.map((item) => figure(item, prompt, answer.seed)));
     $("#draw-time").textContent = `${answer.data.length} image(s) by ${answer.model} in ${seconds} s, seed ${answer.seed}`;
-    if (studio.jobs) $("#draw-progress").textContent += ": done";
-    else $("#draw-progress").textContent = "done";
+    const stepped = studio.jobs && $("#draw-progress").textContent.startsWith("step "); // no steps: a kept answer
+    $("#draw-bar").value = $("#draw-bar").max;
+    $("#draw-progress").textContent = stepped ? `${$("#draw-progress").textContent}: done` : "done";
   } catch (error) {
     if (error.name === "AbortError") $("#draw-progress").textContent = "canceled";
     else {

@@ -3,6 +3,7 @@
 import { allowed, call, key } from "./api.js";
 import { $ } from "./dom.js";
 import * as draw from "./draw.js";
+import * as faces from "./faces.js";
 import * as history from "./history.js";
 import * as jobs from "./jobs.js";
 import * as operate from "./operate.js";
@@ -34,7 +35,12 @@ async function probe() {
     $("#key").focus();
     return;
   }
-  const [jobsOk, adminOk] = await Promise.all([allowed("/v1/jobs?limit=1"), allowed("/v1/experiments")]);
+  const [jobsOk, adminOk, facesOk] = await Promise.all([
+    allowed("/v1/jobs?limit=1"),
+    allowed("/v1/experiments"),
+    faces.served(),
+  ]);
+  $("#tab-faces").hidden = !facesOk;
   studio.jobs = jobsOk;
   studio.admin = adminOk;
   $("#tab-jobs").hidden = !jobsOk;
@@ -84,6 +90,7 @@ setUpTabs();
 draw.setUp(studio);
 history.setUp(showTab);
 vectorize.setUp();
+faces.setUp();
 video.setUp();
 jobs.setUp();
 operate.setUp();

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from build_engines.faces.random_pack import drawn_faces
 from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import KeyLimits
 from serve.names import DEFAULT_MODEL
@@ -177,6 +178,37 @@ def test_vectorize_shows_the_svg_beside_the_raster_with_its_ssim_and_bytes(studi
     assert "<path" in (tmp_path / "image.svg").read_text()
 
 
+def test_faces_are_drawn_over_their_image_and_two_images_first_faces_compared_as_the_api_answers(studio, api, tmp_path):
+    """The stack serves face models (``--faces``): its Faces tab shows; a field the API refuses is shown beside it."""
+    files = []
+    for name, pixels in (
+        ("a.png", drawn_faces([(80, 100, 40), (220, 120, 50)])),
+        ("b.png", drawn_faces([(300, 200, 120)], (640, 400))),
+    ):
+        Image.fromarray(pixels).save(tmp_path / name)
+        files.append(tmp_path / name)
+    studio.click("#tab-faces")
+    studio.set_input_files("#face-a", files[0])
+    studio.set_input_files("#face-b", files[1])
+    studio.get_by_role("button", name="Analyze", exact=True).click()
+    expect(studio.locator("#faces-status")).to_have_text("done", timeout=60_000)
+    answers = [
+        api.post("/v1/faces/analyze", json={"image": base64.b64encode(f.read_bytes()).decode(), "max_faces": 16}).json()
+        for f in files
+    ]
+    assert all(answer["data"] for answer in answers)
+    expect(studio.locator("#faces-a rect.face-box")).to_have_count(len(answers[0]["data"]))
+    expect(studio.locator("#faces-b circle.face-point")).to_have_count(5 * len(answers[1]["data"]))
+    cosine = float(np.dot(answers[0]["data"][0]["embedding"], answers[1]["data"][0]["embedding"]))
+    expect(studio.locator("#faces-cosine")).to_have_text(f"cosine of A's first face and B's: {cosine:.4f}")
+    curl = studio.locator("#faces-call pre").first.inner_text()
+    assert "/v1/faces/analyze" in curl and '"max_faces":16' in curl, curl
+    studio.fill("#max_faces", "17")
+    studio.get_by_role("button", name="Analyze", exact=True).click()
+    expect(studio.locator("#max_faces-error")).to_contain_text("less than or equal to 16")
+    expect(studio.locator("#max_faces")).to_have_attribute("aria-invalid", "true")
+
+
 def test_an_input_image_with_a_painted_mask_upscaled_is_the_api_s_answer_and_can_be_used_again(studio, api, tmp_path):
     icon = tmp_path / "icon.png"
     icon.write_bytes(dev_icon_png(ICONS_DEV))
@@ -235,7 +267,7 @@ def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_
     """axe-core on each section as an admin sees it, a picture drawn and listed, at a desktop's size and a phone's."""
     draw(studio, prompt="a blue anchor icon", seed=3, num_inference_steps=2, size="64x64")
     studio.click("#more summary")  # the images, finishing and best-of controls too
-    tabs = ("draw", "history", "vectorize", "video", "jobs", "operate")
+    tabs = ("draw", "history", "vectorize", "faces", "video", "jobs", "operate")
     for width, height in ((1280, 800), (390, 844)):
         studio.set_viewport_size({"width": width, "height": height})
         for tab in tabs:

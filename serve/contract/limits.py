@@ -42,6 +42,7 @@ _VECTORIZE_MODELS = "/v1/vectorize/models"
 _PROMPT_ANALYSIS = "/v1/prompts/analyze"
 _IMAGE_SIZE = f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
 _SCORER, _SCORE = "the scorer is the stack's", "/v1/images/score"
+_FACE_MODELS, _FACES = "the face models are the stack's", "/v1/faces/analyze"
 _UPSCALER = "an upscaler GET /v1/upscalers lists as ready, at a scale from 1 up to its own"
 _THE_STACK_S_UPSCALERS = "the upscalers are the stack's"
 _RESTORER = "a face restorer GET /v1/upscalers lists as ready (face_restorers)"
@@ -254,6 +255,9 @@ UNSTATED_LIMITS = (
         "post", _SCORE, ("images", "images.*"), "", "base64 images that decode (PNG, JPEG, WebP)", BY_DECODING
     ),
     UnstatedLimit("post", _SCORE, ("images.*",), "", _IMAGE_SIZE, "an image's size is known by reading it", status=413),
+    UnstatedLimit("post", _FACES, ("image",), "no face models", "a stack serving `easel up --faces DIR`", _FACE_MODELS),
+    UnstatedLimit("post", _FACES, ("image",), "", "a base64 image that decodes (PNG, JPEG, WebP)", BY_DECODING),
+    UnstatedLimit("post", _FACES, ("image",), "", _IMAGE_SIZE, "an image's size is known by reading it", status=413),
 )
 """Every limit of the API that no schema states."""
 

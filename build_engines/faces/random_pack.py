@@ -2,10 +2,10 @@
 
 ``det_10g.onnx``: SCRFD's graph contract (one ``1x3xHxW`` input; 9 outputs, the scores, box distances and 5
 landmarks of 2 anchors at strides 8, 16 and 32, in that order); ``w600k_r50.onnx``: ArcFace's (``Nx3x112x112`` in,
-a 512-d embedding out). The detector's score rises with an anchor's brightness, so a light disc on a dark ground is
-"a face" (:func:`drawn_faces`), mostly at the coarsest stride; its distances and landmarks are positive biases plus
-random weights, so boxes and landmarks move with the picture as a trained detector's do. Both read as InsightFace's
-model router reads them.
+a 512-d embedding out). The detector's score rises with the brightness around an anchor, so a light disc on a dark
+ground is "a face" (:func:`drawn_faces`), found near its centre at the coarsest stride; its distances and landmarks
+are positive biases plus random weights, so boxes and landmarks move with the picture as a trained detector's do.
+Both read as InsightFace's model router reads them.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class RandomScrfd(torch.nn.Module):
                 score.bias.fill_(0.0)
             for box in self.boxes:
                 box.weight.mul_(0.2)
-                box.bias.fill_(2.0)  # about 2 strides from the centre to each side
+                box.bias.fill_(3.0)  # about 2 strides from the centre to each side
             for landmark in self.landmarks:
                 landmark.weight.mul_(0.1)
                 landmark.bias.copy_(torch.tensor([v for point in LANDMARKS for v in point] * 2))
@@ -53,7 +53,7 @@ class RandomScrfd(torch.nn.Module):
         for i, stride in enumerate(STRIDES):
             pooled = torch.nn.functional.avg_pool2d(image, stride)
             features = torch.tanh(self.stem(pooled))
-            bright = pooled.mean(1, keepdim=True)
+            bright = torch.nn.functional.avg_pool2d(pooled.mean(1, keepdim=True), 3, 1, 1)  # its neighbours too
             logit = 12.0 * (bright - 0.6) - SCORE_SHIFT[stride] + self.scores[i](features)
             scores.append(torch.sigmoid(logit).permute(0, 2, 3, 1).reshape(-1, 1))
             boxes.append(torch.nn.functional.softplus(self.boxes[i](features)).permute(0, 2, 3, 1).reshape(-1, 4))

@@ -13,8 +13,8 @@ PNG = "iVBORw0KGgo..."
 MODEL = {"id": "easel-default", "object": "model", "created": 1795707696, "owned_by": "easel", "family": "sd"}
 MODEL |= {"native_size": "64x64", "loaded": True, "loras": False, "ip_adapter": False, "ip_adapters": []}
 MODEL |= {"controlnets": [], "takes_images": True, "version": 1, "circuit": "closed", "fallback": []}
-FACE = {"box": [62.05, 61.13, 129.61, 129.56], "score": 0.877, "embedding": [-0.0899, -0.0213, -0.0168, "..."]}
-FACE |= {"landmarks": [[79.57, 83.35], [111.53, 83.2], [96.13, 97.17], [83.23, 112.02], [108.9, 112.07]]}
+FACE = {"box": [159.2, 78.82, 256.29, 176.9], "score": 0.865, "embedding": [-0.0151, -0.0598, 0.0122, "..."]}
+FACE |= {"landmarks": [[191.85, 115.32], [224.2, 114.96], [207.74, 129.79], [195.63, 143.73], [221.0, 144.28]]}
 IMAGES = {
     "created": 1795709100,
     "seed": 0,

@@ -211,7 +211,7 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/v1/controlnets"): {"request": "GET /v1/controlnets", "answer": {"object": "list", "data": []}},
     ("get", "/v1/upscalers"): {
         "request": "GET /v1/upscalers",
-        "answer": {"object": "list", "data": [], "face_restorers": [], "interpolators": []},
+        "answer": {"object": "list", "data": [], "face_restorers": [], "interpolators": [], "faces": []},
     },
     ("post", "/v1/images/upscale"): {
         "request": "POST /v1/images/upscale\nContent-Type: multipart/form-data\n\n"

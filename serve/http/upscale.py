@@ -13,7 +13,7 @@ from serve.moderation.policy import marked
 
 @answers("GET", "/v1/upscalers")
 async def upscalers_listed(http: Request) -> dict:
-    """The upscalers of this stack (``easel up --upscaler NAME=FILE``): each ready, or listed with why not."""
+    """This stack's finishing engines (upscalers, face restorers, interpolators, face models): ready, or why not."""
     return serving(http).upscaling.listing()
 
 

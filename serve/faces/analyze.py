@@ -38,7 +38,10 @@ class Face:
 async def analyze_faces(
     pixels: np.ndarray, entry: FaceEntry, runner: EngineRunner, max_faces: int = MAX_FACES
 ) -> list[Face]:
-    """The faces in RGB ``uint8`` ``pixels``, best-scored first (at most ``max_faces``: the largest, most central)."""
+    """The faces in RGB ``uint8`` ``pixels``, best-scored first; past ``max_faces``, the largest and most central.
+
+    Those kept past ``max_faces`` come in that order (largest and most central first), as InsightFace's ``max_num``.
+    """
     detector, recognizer = entry.specs
     height, width = pixels.shape[:2]
     blob, scale = await asyncio.to_thread(letterbox, pixels, DETECTION_SIDE)

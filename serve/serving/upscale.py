@@ -112,7 +112,7 @@ class Upscaling:
         }
 
     async def faces(self, body: FaceAnalysisRequest) -> dict:
-        """``POST /v1/faces/analyze``: the faces in the image, best-scored first, by the stack's face models."""
+        """``POST /v1/faces/analyze``: the faces in the image, by the stack's face models (:func:`analyze_faces`)."""
         entry = self.upscalers.faces.served("image")
         pixels = await asyncio.to_thread(decode, base64_bytes(body.image))  # decoded once, at admission
         found = await analyze_faces(pixels, entry, self.runner, body.max_faces)

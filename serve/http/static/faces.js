@@ -6,25 +6,24 @@ import { curlJson, showCalls } from "./calls.js";
 import { $, fileBase64, h, numberOf } from "./dom.js";
 import { showError } from "./draw.js";
 
-const SVG = "http://www.w3.org/2000/svg";
-
-function svg(tag, props) {
-  const element = document.createElementNS(SVG, tag);
-  for (const [name, value] of Object.entries(props)) element.setAttribute(name, String(value));
+/** A mark over the picture, placed in percent of its size (CSSOM, not a style attribute: the page's policy). */
+function mark(className, place) {
+  const element = h("div", { class: className });
+  for (const [name, value] of Object.entries(place)) element.style[name] = `${value}%`;
   return element;
 }
 
 /** The image with each face's box and 5 landmarks drawn over it, and the faces listed. */
 function shown(file, answer, size) {
   const [width, height] = size.split("x").map(Number);
-  const overlay = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "faces-overlay", "aria-hidden": "true" });
-  for (const face of answer.data) {
+  const marks = answer.data.flatMap((face) => {
     const [x1, y1, x2, y2] = face.box;
-    overlay.append(svg("rect", { x: x1, y: y1, width: x2 - x1, height: y2 - y1, class: "face-box" }));
-    for (const [x, y] of face.landmarks) overlay.append(svg("circle", { cx: x, cy: y, r: 2, class: "face-point" }));
-  }
-  const picture = h("div", { class: "faces-picture" }, h("img", { src: URL.createObjectURL(file), alt: file.name }));
-  picture.append(overlay);
+    const box = { left: (100 * x1) / width, top: (100 * y1) / height };
+    Object.assign(box, { width: (100 * (x2 - x1)) / width, height: (100 * (y2 - y1)) / height });
+    const points = face.landmarks.map(([x, y]) => mark("face-point", { left: (100 * x) / width, top: (100 * y) / height }));
+    return [mark("face-box", box), ...points];
+  });
+  const picture = h("div", { class: "faces-picture" }, h("img", { src: URL.createObjectURL(file), alt: file.name }), ...marks);
   const rows = answer.data.map((face, i) =>
     h("li", {}, `face ${i + 1}: score ${face.score.toFixed(3)}, box ${face.box.map((v) => v.toFixed(1)).join(", ")}`),
   );

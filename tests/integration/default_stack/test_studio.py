@@ -197,8 +197,8 @@ def test_faces_are_drawn_over_their_image_and_two_images_first_faces_compared_as
         for f in files
     ]
     assert all(answer["data"] for answer in answers)
-    expect(studio.locator("#faces-a rect.face-box")).to_have_count(len(answers[0]["data"]))
-    expect(studio.locator("#faces-b circle.face-point")).to_have_count(5 * len(answers[1]["data"]))
+    expect(studio.locator("#faces-a .face-box")).to_have_count(len(answers[0]["data"]))
+    expect(studio.locator("#faces-b .face-point")).to_have_count(5 * len(answers[1]["data"]))
     cosine = float(np.dot(answers[0]["data"][0]["embedding"], answers[1]["data"][0]["embedding"]))
     expect(studio.locator("#faces-cosine")).to_have_text(f"cosine of A's first face and B's: {cosine:.4f}")
     curl = studio.locator("#faces-call pre").first.inner_text()

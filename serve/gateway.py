@@ -29,6 +29,7 @@ from serve.moderation.text_model import TextModerator
 from serve.resilience.circuits import Circuits
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
+from serve.serving.characters import Characters
 from serve.serving.current_models import CurrentModels
 from serve.serving.experiments import ExperimentsAndFeedback
 from serve.serving.generations import Generations
@@ -150,6 +151,7 @@ class Gateway:
         quotas = stack_quotas(args)  # the stack's quotas per key (serve.stores.Quotas)
         self.upscaling = Upscaling.on_triton(upscalers, triton_grpc_url)
         self.adapters = Adapters(current, text_to_image, quotas)  # quotas: the stack's per key (None: the defaults)
+        self.characters = Characters(self.adapters, self.upscaling)  # their pictures' faces: the face engines
         circuits = Circuits(args, failed=against_model)  # this replica's breakers, one per model
         self.generations = Generations(
             current,
@@ -164,6 +166,7 @@ class Gateway:
             circuits=circuits,
             fallback_queue_wait_s=args.fallback_queue_wait_s,
             scores=scores,  # a generation's scores and candidates are checked against them at admission
+            characters=self.characters,  # a generation naming one is drawn with it
             results=Results.of(args, store_url, args.url_secret_path, quotas),  # images kept, their URLs
             moderation=moderation.checking(
                 ImageChecker.on_triton(args.safety_checker_dir, triton_grpc_url),
@@ -178,7 +181,9 @@ class Gateway:
         self.models = ModelAdmin(current, text_to_image, residency, traffic, circuits)
         self.experiments = ExperimentsAndFeedback(traffic)
         self.vectorizing = Vectorizing(vectorizer, residency, traffic, vectorize_versions)
-        self.admission = Admission(self.generations, self.upscaling, self.jobs, self.vectorizing, self.adapters)
+        self.admission = Admission(
+            self.generations, self.upscaling, self.jobs, self.vectorizing, self.adapters, self.characters
+        )
         self.health = Health(text_to_image, vectorizer, self.models, self.moderation.triton_models)
         self.rpcs = Servicer(self.admission, self.generations, self.experiments, self.vectorizing, self.videos)
 

@@ -21,6 +21,7 @@ from serve.adapters.registry import MAX_LORA_BYTES
 from serve.finishing.schema import MAX_UPSCALE_REQUEST_BYTES, Interpolate, UpscaleJson
 from serve.metrics import TEXT_TO_IMAGE, UPSCALE, VECTORIZE
 from serve.moderation.requests import MAX_MODERATION_REQUEST_BYTES, ModerationRequest
+from serve.protocol.character_requests import NewCharacter
 from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
@@ -64,15 +65,15 @@ class Route:
     rpc: str | None = None  # the gRPC method (``easel.v1.Easel``) that shares its scope and limits
     body: type[BaseModel] | None = None  # its body's model: read once, by its admission (serve.http.admission)
     form: str | None = None  # "edits": the edits form; "upscale", "video": JSON or its form; "vectorize",
-    # "analysis": an upload as a form, JSON or a raw image (to trace, to analyze); "interpolate": JSON and the path's
-    # video; None: JSON
+    # "analysis": an upload as a form, JSON or a raw image (to trace, to analyze); "interpolate", "character": JSON
+    # and the path's video or character; None: JSON
     costed: bool = False  # admitted by serve.http.admission.admit: its body's cost taken from the key's cost limit
     engine: bool = False  # runs an engine (a model, a checker, the scorer, vtracer): costed, and priced in the docs
 
     @property
     def json_body(self) -> bool:
         """Whether its body is JSON alone, read as :attr:`body` (the document's request body is that model's)."""
-        return self.body is not None and self.form in (None, "interpolate")
+        return self.body is not None and self.form in (None, "interpolate", "character")
 
     @property
     def prefix(self) -> str:
@@ -164,7 +165,30 @@ ROUTES = (
     ),
     Route("get", "/v1/references", Scope.GENERATE),
     Route("get", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
-    Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404,)),
+    Route("delete", "/v1/references/{reference_id}", Scope.GENERATE, (404, 409)),
+    Route(
+        "post",
+        "/v1/characters",
+        Scope.GENERATE,
+        body_limit=MAX_REQUEST_BYTES,
+        body=NewCharacter,
+        costed=True,  # its pictures' decode, image-encoder and face passes (serve.serving.prices.character_cost)
+        engine=True,
+    ),
+    Route("get", "/v1/characters", Scope.GENERATE),
+    Route("get", "/v1/characters/{name}", Scope.GENERATE, (404,)),
+    Route(
+        "put",
+        "/v1/characters/{name}",
+        Scope.GENERATE,
+        (404,),
+        body_limit=MAX_REQUEST_BYTES,
+        body=NewCharacter,
+        form="character",
+        costed=True,
+        engine=True,
+    ),
+    Route("delete", "/v1/characters/{name}", Scope.GENERATE, (404,)),
     Route("get", "/v1/images", Scope.GENERATE),
     Route(
         "post",

@@ -134,8 +134,9 @@ QUOTA_KINDS = (
     QuotaKind("image_bytes", "bytes of kept images", 1 << 30, evicts=True, size=True),
     QuotaKind("references", "stored references", 1_000),
     QuotaKind("loras", "uploaded LoRAs", 32),
-    QuotaKind("stored_items", "references and LoRA uploads together", 0),
-    QuotaKind("stored_bytes", "bytes of references and LoRA uploads", 2 << 30, size=True),
+    QuotaKind("characters", "characters", 100),
+    QuotaKind("stored_items", "references, LoRA uploads and characters together", 0),
+    QuotaKind("stored_bytes", "bytes of references (characters' too) and LoRA uploads", 2 << 30, size=True),
     QuotaKind("concurrent_jobs", "unfinished (queued or running) background jobs", 100),
 )
 """What a key may keep at once, by kind: each stack's default (`easel up --quota-NAME`), each key's own over it."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from serve.adapters.registry import READY, UPLOAD, LoraEntry
-from serve.adapters.store import StoredReference
+from serve.adapters.store import Character, StoredReference
 from serve.errors import InvalidInput
 
 
@@ -104,3 +104,36 @@ def test_names_are_per_owner_and_rows_kept_before_owners_are_the_shared_set_s(st
     old = json.loads(_entry("before").to_json())
     del old["owner"]  # a row kept before LoRAs had owners: the shared set's
     assert LoraEntry.from_json(json.dumps(old)).owner is None
+
+
+def _character(name: str, owner, note: str = "") -> Character:
+    face = tuple(float(v) for v in np.linspace(-1, 1, 8) / 2)
+    lora = {"name": "style", "scale": 0.5}
+    return Character(name, owner, "easel-default", ("ref_a", "ref_b"), lora, "zed person", note, face, 2, 4.0)
+
+
+def test_characters_are_per_owner_kept_replaced_listed_and_removed(store, store_factory):
+    ann, ben = _character("zed", "ann"), _character("zed", "ben")
+    assert store.put_character(ann, replace=False) is None and store.put_character(ben, replace=False) is None
+    with pytest.raises(InvalidInput, match="name: a character is named 'zed' already"):
+        store.put_character(_character("zed", "ann", "again"), replace=False)
+    assert store.put_character(_character("nobody", "ann"), replace=True) is None
+    other = store_factory()
+    try:
+        assert other.character("zed", "ann") == ann and other.character("zed", "eve") is None
+        assert other.character("nobody", "ann") is None  # a replacement of none kept nothing
+    finally:
+        other.close()
+    store.put_character(_character("amy", "ann"), replace=False)
+    assert [(c.name, c.owner) for c in store.characters("ann")] == [("amy", "ann"), ("zed", "ann")]
+    assert sorted((c.name, c.owner) for c in store.characters(None)) == [("amy", "ann"), ("zed", "ann"), ("zed", "ben")]
+    newer = _character("zed", "ann", "newer")
+    assert store.put_character(newer, replace=True) == ann and store.character("zed", "ann").note == "newer"
+    assert store.remove_character("zed", "ann") == newer and store.remove_character("zed", "ann") is None
+    assert store.character("zed", "ben") == ben and store.character("zed", "ann") is None
+
+
+def test_a_character_s_reference_says_which_holds_it(store):
+    held = dataclasses.replace(_reference("ref_h", "ann", 5.0), held_by="zed")
+    store.add_reference(held)
+    assert store.reference("ref_h").held_by == "zed" and store.reference("ref_h").public()["character"] == "zed"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 class Row:
     """One door naming a stored thing of one key: another key asking it must get what an unknown id gets."""
 
-    thing: str  # what key A makes: "job", "image", "reference", "lora"
+    thing: str  # what key A makes: "job", "image", "reference", "lora", "character"
     method: str  # an HTTP method (lower case, as ROUTES writes it), or "rpc"
     path: str  # a ROUTES path, or the gRPC method's name
     field: str  # where the id goes: the path's {param}, a body field (dotted into lists), or the query's
@@ -27,6 +27,7 @@ class Row:
 
 
 _LORA = "loras.0.name"  # a generation naming a LoRA it may not use: a 400 naming the list's item
+_CHARACTER = "character.name"  # a generation naming a character: a 400 naming its name
 _VIDEO = "video_id"  # a video is a job: another key's (or a still's) job is as unknown to the video doors as none
 
 ROWS = (
@@ -65,6 +66,11 @@ ROWS = (
     Row("lora", "delete", "/v1/loras/{name}", "name", "name", stack="adapters"),
     Row("lora", "post", "/v1/images/generations", "loras.0.name", _LORA, where="body", status=400, stack="adapters"),
     Row("lora", "post", "/v1/videos", "loras.0.name", _LORA, where="body", status=400, stack="adapters"),
+    Row("character", "get", "/v1/characters/{name}", "name", "name", stack="adapters"),
+    Row("character", "put", "/v1/characters/{name}", "name", "name", stack="adapters"),
+    Row("character", "delete", "/v1/characters/{name}", "name", "name", stack="adapters"),
+    Row("character", "post", "/v1/images/generations", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
+    Row("character", "post", "/v1/videos", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
     Row("user", "get", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
     Row("user", "delete", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
 )
@@ -84,7 +90,7 @@ SHARED = {
 """Path parameters that name no key's thing: the stack's own catalogs, and the signed URL (why, for each)."""
 
 STORED_FIELDS = {"image_id": "image", "job_id": "job", "video_id": "job", "ip_adapter_reference": "reference"}
-STORED_FIELDS |= {"loras": "lora"}
+STORED_FIELDS |= {"loras": "lora", "character": "character"}
 """Request fields (of a body model or a gRPC message) that name a stored thing: each has its row on its door."""
 
 UNKNOWN = {
@@ -92,6 +98,7 @@ UNKNOWN = {
     "image": "img_" + "0" * 24,
     "reference": "ref_" + "0" * 24,
     "lora": "never-uploaded",
+    "character": "never-made",
     "user": "never-served",
 }
 """An id of each thing's shape that names nothing."""

@@ -2,6 +2,7 @@
 
 LoRAs: one hash, stored name (:func:`serve.adapters.store.stored_name`) -> the entry's JSON. References: a hash
 per reference (its fields, the embeddings as bytes) and a sorted set per owner (and one of all), by creation time.
+Characters: one hash, stored name -> the character's JSON.
 """
 
 from __future__ import annotations
@@ -9,11 +10,19 @@ from __future__ import annotations
 import json
 
 from serve.adapters.registry import LoraEntry
-from serve.adapters.store import AdapterStore, StoredReference, name_taken, stored_name
+from serve.adapters.store import (
+    AdapterStore,
+    Character,
+    StoredReference,
+    character_taken,
+    name_taken,
+    stored_name,
+)
 from serve.stores import redis_client
 
 _LORAS = "easel:loras"
 _ALL_REFERENCES = "easel:references"
+_CHARACTERS = "easel:characters"
 
 
 def _reference_key(reference_id: str) -> str:
@@ -74,6 +83,7 @@ class RedisAdapterStore(AdapterStore):
     def add_reference(self, reference: StoredReference) -> None:
         """See :meth:`AdapterStore.add_reference`."""
         meta = {"owner": reference.owner, "model": reference.model, "name": reference.name}
+        meta["held_by"] = reference.held_by
         fields = {"meta": json.dumps(meta), "created_at": reference.created_at, "embeds": reference.embeds_bytes()}
         with self.binary.pipeline() as pipe:
             pipe.hset(_reference_key(reference.id), mapping=fields)
@@ -90,7 +100,8 @@ class RedisAdapterStore(AdapterStore):
         meta = json.loads(raw[b"meta"])
         embeds = StoredReference.embeds_from(raw[b"embeds"])
         created = float(raw[b"created_at"])
-        return StoredReference(reference_id, meta["owner"], meta["model"], embeds, meta["name"], created)
+        held_by = meta.get("held_by")  # kept before characters held references: none
+        return StoredReference(reference_id, meta["owner"], meta["model"], embeds, meta["name"], created, held_by)
 
     def references(self, owner: str | None) -> list[StoredReference]:
         """See :meth:`AdapterStore.references`."""
@@ -109,6 +120,45 @@ class RedisAdapterStore(AdapterStore):
                 pipe.zrem(_owned_key(found.owner), reference_id)
             removed, *_ = pipe.execute()
         return bool(removed)
+
+    def put_character(self, character: Character, replace: bool) -> Character | None:
+        """See :meth:`AdapterStore.put_character`."""
+        stored = stored_name(character.name, character.owner)
+
+        def change(pipe) -> str | None:
+            old = pipe.hget(_CHARACTERS, stored)
+            pipe.multi()
+            if (old is not None) == replace:  # a replacement of one kept, or a new name
+                pipe.hset(_CHARACTERS, stored, character.to_json())
+            return old
+
+        old = self.redis.transaction(change, _CHARACTERS, value_from_callable=True)
+        if old is not None and not replace:
+            raise character_taken(character.name)
+        return None if old is None else Character.from_json(old)
+
+    def character(self, name: str, owner: str | None) -> Character | None:
+        """See :meth:`AdapterStore.character`."""
+        raw = self.redis.hget(_CHARACTERS, stored_name(name, owner))
+        return None if raw is None else Character.from_json(raw)
+
+    def characters(self, owner: str | None) -> list[Character]:
+        """See :meth:`AdapterStore.characters`."""
+        raw = self.redis.hgetall(_CHARACTERS)
+        found = [Character.from_json(raw[name]) for name in sorted(raw)]
+        return [c for c in found if owner is None or c.owner == owner]
+
+    def remove_character(self, name: str, owner: str | None) -> Character | None:
+        """See :meth:`AdapterStore.remove_character`."""
+        stored = stored_name(name, owner)
+
+        def change(pipe) -> Character | None:
+            old = pipe.hget(_CHARACTERS, stored)
+            pipe.multi()
+            pipe.hdel(_CHARACTERS, stored)
+            return None if old is None else Character.from_json(old)
+
+        return self.redis.transaction(change, _CHARACTERS, value_from_callable=True)
 
     def close(self) -> None:
         """See :meth:`AdapterStore.close`."""

@@ -1,11 +1,18 @@
-"""The adapter store in the stack's SQLite file (one machine)."""
+"""The adapter store in the stack's SQLite file (one machine): LoRAs, references and characters."""
 
 from __future__ import annotations
 
 import sqlite3
 
 from serve.adapters.registry import LoraEntry
-from serve.adapters.store import AdapterStore, StoredReference, name_taken, stored_name
+from serve.adapters.store import (
+    AdapterStore,
+    Character,
+    StoredReference,
+    character_taken,
+    name_taken,
+    stored_name,
+)
 from serve.stores import serialized, sqlite_open
 
 _SCHEMA = """
@@ -13,6 +20,7 @@ CREATE TABLE IF NOT EXISTS loras (name TEXT PRIMARY KEY, entry TEXT NOT NULL);  
 CREATE TABLE IF NOT EXISTS adapter_references (id TEXT PRIMARY KEY, owner TEXT, model TEXT NOT NULL, name TEXT,
     created_at REAL NOT NULL, embeds BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS adapter_references_owner ON adapter_references (owner, created_at);
+CREATE TABLE IF NOT EXISTS characters (name TEXT PRIMARY KEY, owner TEXT, entry TEXT NOT NULL);  -- stored_name
 """
 
 
@@ -21,6 +29,9 @@ class SqliteAdapterStore(AdapterStore):
 
     def __init__(self, url: str) -> None:
         self.db, self._lock = sqlite_open(url, _SCHEMA)
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(adapter_references)")}
+        if "held_by" not in columns:  # a store made before characters held references
+            self.db.execute("ALTER TABLE adapter_references ADD COLUMN held_by TEXT")
 
     @serialized
     def add_lora(self, entry: LoraEntry) -> None:
@@ -67,8 +78,8 @@ class SqliteAdapterStore(AdapterStore):
     def add_reference(self, reference: StoredReference) -> None:
         """See :meth:`AdapterStore.add_reference`."""
         self.db.execute(
-            "INSERT INTO adapter_references (id, owner, model, name, created_at, embeds) VALUES (?, ?, ?, ?, ?, ?)",
-            (*_fields(reference), reference.embeds_bytes()),
+            f"INSERT INTO adapter_references ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (*_fields(reference), reference.embeds_bytes(), reference.held_by),
         )
 
     @serialized
@@ -93,12 +104,57 @@ class SqliteAdapterStore(AdapterStore):
         """See :meth:`AdapterStore.remove_reference`."""
         return self.db.execute("DELETE FROM adapter_references WHERE id = ?", (reference_id,)).rowcount > 0
 
+    @serialized
+    def put_character(self, character: Character, replace: bool) -> Character | None:
+        """See :meth:`AdapterStore.put_character`."""
+        stored = stored_name(character.name, character.owner)
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = self._character(stored)
+            if replace and old is None:
+                return None
+            if not replace and old is not None:
+                raise character_taken(character.name)
+            self.db.execute(
+                "INSERT OR REPLACE INTO characters (name, owner, entry) VALUES (?, ?, ?)",
+                (stored, character.owner, character.to_json()),
+            )
+        return old
+
+    @serialized
+    def character(self, name: str, owner: str | None) -> Character | None:
+        """See :meth:`AdapterStore.character`."""
+        return self._character(stored_name(name, owner))
+
+    def _character(self, stored: str) -> Character | None:
+        row = self.db.execute("SELECT entry FROM characters WHERE name = ?", (stored,)).fetchone()
+        return None if row is None else Character.from_json(row["entry"])
+
+    @serialized
+    def characters(self, owner: str | None) -> list[Character]:
+        """See :meth:`AdapterStore.characters`."""
+        rows = (
+            self.db.execute("SELECT entry FROM characters ORDER BY name")
+            if owner is None
+            else self.db.execute("SELECT entry FROM characters WHERE owner = ? ORDER BY name", (owner,))
+        )
+        return [Character.from_json(row["entry"]) for row in rows]
+
+    @serialized
+    def remove_character(self, name: str, owner: str | None) -> Character | None:
+        """See :meth:`AdapterStore.remove_character`."""
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            old = self._character(stored_name(name, owner))
+            self.db.execute("DELETE FROM characters WHERE name = ?", (stored_name(name, owner),))
+        return old
+
     def close(self) -> None:
         """See :meth:`AdapterStore.close`."""
         self.db.close()
 
 
-_COLUMNS = "id, owner, model, name, created_at, embeds"
+_COLUMNS = "id, owner, model, name, created_at, embeds, held_by"
 
 
 def _name(entry: LoraEntry) -> str:
@@ -111,4 +167,5 @@ def _fields(reference: StoredReference) -> tuple:
 
 def _reference(row) -> StoredReference:
     embeds = StoredReference.embeds_from(row["embeds"])
-    return StoredReference(row["id"], row["owner"], row["model"], embeds, row["name"], row["created_at"])
+    fields = row["id"], row["owner"], row["model"], embeds, row["name"], row["created_at"], row["held_by"]
+    return StoredReference(*fields)

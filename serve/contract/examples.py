@@ -9,120 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-PNG = "iVBORw0KGgo..."
-MODEL = {"id": "easel-default", "object": "model", "created": 1795707696, "owned_by": "easel", "family": "sd"}
-MODEL |= {"native_size": "64x64", "loaded": True, "loras": False, "ip_adapter": False, "ip_adapters": []}
-MODEL |= {"controlnets": [], "takes_images": True, "version": 1, "circuit": "closed", "fallback": []}
-FACE = {"box": [159.2, 78.82, 256.29, 176.9], "score": 0.865, "embedding": [-0.0151, -0.0598, 0.0122, "..."]}
-FACE |= {"landmarks": [[191.85, 115.32], [224.2, 114.96], [207.74, 129.79], [195.63, 143.73], [221.0, 144.28]]}
-IMAGES = {
-    "created": 1795709100,
-    "seed": 0,
-    "data": [{"id": "img_59b70a8550e819ebf3a0789b", "b64_json": PNG}],
-    "model": "easel-default",
-    "experiment": None,
-}
-JOB = {
-    "id": "job_013723972e827da58356432d",
-    "object": "image.generation.job",
-    "status": "succeeded",
-    "priority": "normal",
-    "progress": {"step": 20, "total": 20, "stage": "denoise"},
-    "created_at": 1795709101.05,
-    "started_at": 1795709101.05,
-    "finished_at": 1795709101.74,
-    "cancel_requested": False,
-    "created": 1795709101,
-    "seed": 1,
-    "data": [{"id": "img_90567f6aeb4c49a748a1b59a", "b64_json": PNG}],
-    "model": "easel-default",
-    "experiment": None,
-}
-LORA = {
-    "id": "ink",
-    "object": "lora",
-    "name": "ink",
-    "status": "ready",
-    "rank": 4,
-    "bytes": 301872,
-    "layers": {"unet": 32, "text_encoder": 12},
-    "model": "easel-default",
-    "source": "upload",
-    "sha256": "5be1...",
-    "created_at": 1795709200.0,
-}
-REFERENCE = {"id": "ref_2f1c...", "object": "reference", "model": "easel-default"}
-REFERENCE |= {"created_at": 1795709300, "name": "ada"}
-VIDEO = {
-    "id": "job_7d0e...",
-    "object": "video",
-    "status": "queued",
-    "progress": 0,
-    "model": "easel-default",
-    "seconds": "2",
-    "size": "64x64",
-    "created_at": 1795709400,
-    "completed_at": None,
-    "frames": 16,
-    "fps": 8,
-    "seed": 1,
-}
-EXPERIMENT = {
-    "object": "experiment",
-    "id": "logo-v",
-    "policy": "split",
-    "reward": "feedback",
-    "mode": "pooled",
-    "variants": {"easel-default": 1.0},
-    "posteriors": {"easel-default": {"alpha": 1.0, "beta": 1.0, "mean": 0.5, "feedback": 0}},
-}
-PREFERENCES = {
-    "object": "user.preferences",
-    "user": "ann",
-    "owner": "4f1c9a2b7d3e",
-    "by": "experiment",
-    "experiment": "art",
-    "preferred": "sd-v2",
-    "variants": {
-        "sd-v1": {"alpha": 1.0, "beta": 3.0, "mean": 0.25, "feedback": 2},
-        "sd-v2": {"alpha": 5.0, "beta": 1.0, "mean": 0.833, "feedback": 4},
-    },
-}
-TASTE = {
-    "object": "user.preferences",
-    "user": "ann",
-    "owner": "4f1c9a2b7d3e",
-    "by": "lora",
-    "experiment": None,
-    "preferred": "ink-wash",
-    "variants": {"ink-wash": {"alpha": 4.0, "beta": 1.0, "mean": 0.8, "feedback": 3}},
-}
-VERSION = {"version": 1, "current": True, "triton_model": "vectorize", "trained_dir": "build_engines/vectorize/trained"}
-VECTORIZE_PARAMETERS = {"colormode": "color", "mode": "polygon", "filter_speckle": 4, "path_precision": 1}
-IMAGE_ID = "img_59b70a8550e819ebf3a0789b"
-SIGNED = f"http://127.0.0.1:8000/v1/images/{IMAGE_ID}/content?expires=1795712700&signature=Zk3..."
-KEPT = {
-    "id": IMAGE_ID,
-    "object": "image",
-    "created_at": 1795709100.4,
-    "media_type": "image/png",
-    "bytes": 6571,
-    "record": {
-        "prompt": "a red heart icon",
-        "negative_prompt": "",
-        "model": "easel-default",
-        "model_version": 1,
-        "sampler": "ddim",
-        "steps": 20,
-        "guidance_scale": 7.5,
-        "seed": 0,
-        "size": "64x64",
-        "n": 1,
-        "index": 0,
-        "easel_version": "0.1.0",
-    },
-    "url": SIGNED,
-}
+from serve.contract.answers import (
+    CHARACTER,
+    EXPERIMENT,
+    FACE,
+    IMAGE_ID,
+    IMAGES,
+    JOB,
+    KEPT,
+    LORA,
+    MODEL,
+    PNG,
+    PREFERENCES,
+    REFERENCE,
+    SIGNED,
+    TASTE,
+    VECTORIZE_PARAMETERS,
+    VERSION,
+    VIDEO,
+)
 
 
 def _json(line: str, body: str) -> str:
@@ -132,6 +37,10 @@ def _json(line: str, body: str) -> str:
 AUDIT_ENTRY = {"id": "audit_18a2b3c4d5e6f7a8ab12", "created_at": 1795709100.123, "key_id": "4f1c9a2b7d3e"}
 AUDIT_ENTRY |= {"key_name": "ops", "action": "PUT /v1/models/{model_id}/fallback", "path": "/v1/models/m/fallback"}
 AUDIT_PAGE = {"object": "list", "data": [AUDIT_ENTRY | {"status": 200, "outcome": "ok", "via": "http", "detail": None}]}
+CHARACTER_BODY = (
+    '{"name": "ada", "images": ["iVBORw0KGgoAAAANSUhEUgAA", "iVBORw0KGgoAAAANSUhEUgAA"], "trigger_words": "ada woman", '
+    '"lora": {"name": "ink", "scale": 0.8}}'
+)
 EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("get", "/healthz"): {"request": "GET /healthz", "answer": {"status": "ok"}},
     ("get", "/readyz"): {
@@ -207,6 +116,14 @@ EXAMPLES: dict[tuple[str, str], dict[str, Any]] = {
     ("delete", "/v1/references/{reference_id}"): {
         "request": "DELETE /v1/references/ref_2f1c...",
         "answer": {"id": "ref_2f1c...", "object": "reference", "deleted": True},
+    },
+    ("post", "/v1/characters"): {"request": _json("POST /v1/characters", CHARACTER_BODY), "answer": CHARACTER},
+    ("get", "/v1/characters"): {"request": "GET /v1/characters", "answer": {"object": "list", "data": [CHARACTER]}},
+    ("get", "/v1/characters/{name}"): {"request": "GET /v1/characters/ada", "answer": CHARACTER},
+    ("put", "/v1/characters/{name}"): {"request": _json("PUT /v1/characters/ada", CHARACTER_BODY), "answer": CHARACTER},
+    ("delete", "/v1/characters/{name}"): {
+        "request": "DELETE /v1/characters/ada",
+        "answer": {"object": "character", "name": "ada", "deleted": True},
     },
     ("get", "/v1/controlnets"): {"request": "GET /v1/controlnets", "answer": {"object": "list", "data": []}},
     ("get", "/v1/upscalers"): {

@@ -88,6 +88,15 @@ GENERATION_LIMITS = (
     UnstatedLimit(
         "post",
         GENERATIONS,
+        ("character.name",),
+        "",
+        "a character of the key's, GET /v1/characters, made for the model drawing it, whose LoRA and pictures fit "
+        "beside the request's loras and ip_adapters",
+        "the characters are the stack's store's, each key's own",
+    ),
+    UnstatedLimit(
+        "post",
+        GENERATIONS,
         ("loras",),
         "each adapter may appear once",
         "each adapter appears once",
@@ -346,7 +355,8 @@ VIDEO_LIMITS = (
     *(
         dataclasses.replace(limit, path=VIDEOS)
         for limit in GENERATION_LIMITS
-        if limit.params in (("model",), ("loras.*.name",), ("loras",), ("scheduler",), ("size",), PROMPTS)
+        if limit.params
+        in (("model",), ("loras.*.name",), ("loras",), ("character.name",), ("scheduler",), ("size",), PROMPTS)
     ),
 )
 """Limits of a video's fields (``POST /v1/videos``): its own, and the generation's it runs as."""

@@ -40,6 +40,7 @@ _ENGINE_DIR = (
 _ON_THE_MACHINE = "what a folder holds, and whether Triton loads it, is known by reading and loading it"
 _VECTORIZE_MODELS = "/v1/vectorize/models"
 _PROMPT_ANALYSIS = "/v1/prompts/analyze"
+_CHARACTERS = "/v1/characters"
 _IMAGE_SIZE = f"at most {MAX_SIDE} pixels a side and {MAX_PIXELS} pixels in all"
 _SCORER, _SCORE = "the scorer is the stack's", "/v1/images/score"
 _FACE_MODELS, _FACES = "the face models are the stack's", "/v1/faces/analyze"
@@ -127,6 +128,20 @@ UNSTATED_LIMITS = (
         "",
         "an image that decodes (PNG, JPEG or WebP, sides up to 4096) for a served model with an IP-Adapter",
         f"{BY_DECODING}; the IP-Adapter is the stack's",
+    ),
+    *(
+        UnstatedLimit(
+            method,
+            path,
+            ("images.*", "model", "lora.name", "name"),
+            "",
+            "pictures that decode (PNG, JPEG or WebP, sides up to 4096), each showing one face where the stack serves "
+            "face models (or face: largest), for a served model, with a LoRA the key may use; POST: a name the key "
+            "has not; PUT: the path's name, one the key has",
+            f"{BY_DECODING}; the models, LoRAs and characters are the stack's",
+            status,
+        )
+        for method, path, status in (("post", _CHARACTERS, 400), ("put", f"{_CHARACTERS}/{{name}}", 400))
     ),
     UnstatedLimit(
         "post",

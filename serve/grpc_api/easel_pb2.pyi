@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval", "model", "user", "approximate_cache", "upscale", "ip_adapters", "response_format", "output_compression", "metadata", "prompts")
+    __slots__ = ("prompt", "negative_prompt", "size", "n", "num_inference_steps", "guidance_scale", "seed", "scheduler", "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale", "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval", "model", "user", "approximate_cache", "upscale", "ip_adapters", "response_format", "output_compression", "metadata", "prompts", "character")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,7 @@ class GenerateRequest(_message.Message):
     OUTPUT_COMPRESSION_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     PROMPTS_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     negative_prompt: str
     size: str
@@ -70,7 +71,16 @@ class GenerateRequest(_message.Message):
     output_compression: int
     metadata: str
     prompts: _containers.RepeatedCompositeFieldContainer[Prompt]
-    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., approximate_cache: _Optional[bool] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapter, _Mapping]]] = ..., response_format: _Optional[str] = ..., output_compression: _Optional[int] = ..., metadata: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ...) -> None: ...
+    character: Character
+    def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., approximate_cache: _Optional[bool] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapter, _Mapping]]] = ..., response_format: _Optional[str] = ..., output_compression: _Optional[int] = ..., metadata: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., character: _Optional[_Union[Character, _Mapping]] = ...) -> None: ...
+
+class Character(_message.Message):
+    __slots__ = ("name", "scale")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    scale: float
+    def __init__(self, name: _Optional[str] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class Prompt(_message.Message):
     __slots__ = ("prompt", "seed")
@@ -341,7 +351,7 @@ class FeedbackReply(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
-    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate", "upscale")
+    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate", "upscale", "character")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -360,6 +370,7 @@ class VideoRequest(_message.Message):
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     INTERPOLATE_FIELD_NUMBER: _ClassVar[int]
     UPSCALE_FIELD_NUMBER: _ClassVar[int]
+    CHARACTER_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     model: str
     size: str
@@ -378,7 +389,8 @@ class VideoRequest(_message.Message):
     strength: float
     interpolate: Interpolate
     upscale: Upscale
-    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ...) -> None: ...
+    character: Character
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., character: _Optional[_Union[Character, _Mapping]] = ...) -> None: ...
 
 class InterpolateVideoRequest(_message.Message):
     __slots__ = ("video_id", "interpolate")

@@ -79,8 +79,9 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
     for name in ("ip_adapter_image", "mask"):
         if name in body:
             body[name] = _base64(body[name])
-    if "upscale" in body:
-        body["upscale"] = fields(body["upscale"])
+    for part in ("upscale", "character"):
+        if part in body:
+            body[part] = fields(body[part])
     if "outpaint" in body:
         body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
     _scale_json(body, "ip_adapter_scale", "ip_adapter_scale_json", "ip_adapter_scale_json")

@@ -24,7 +24,7 @@ def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
     """
     body = fields(parsed(message, "CreateVideo"))
     body["loras"] = [fields(lora) for lora in body.get("loras", [])]
-    for part in ("interpolate", "upscale"):
+    for part in ("interpolate", "upscale", "character"):
         if part in body:
             body[part] = fields(body[part])
     if INPUT_REFERENCE in body:  # bytes here, the HTTP API's base64 there

@@ -30,6 +30,7 @@ from serve.errors import EaselError, RouteError, invalid_input
 from serve.http import (
     adapters,
     audit,
+    characters,
     experiments,
     faces,
     generations,
@@ -190,6 +191,7 @@ ROUTE_MODULES = (
     generations,
     results,
     adapters,
+    characters,
     models,
     moderation,
     quality,

@@ -19,6 +19,7 @@ from serve.errors import InvalidInput, invalid_input
 from serve.finishing.schema import UpscaleJson, UpscaleOptions
 from serve.http.forms import read_edit_form, read_video_form
 from serve.images import base64_bytes
+from serve.protocol.character_requests import CharacterReplacement
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import InterpolateBody
 from serve.routes import Route
@@ -28,7 +29,7 @@ from serve.vectorize.schema import VectorizeJson, VectorizeOptions
 from serve.wire import UTF8_NAMES, media_and_charset, read_json
 
 
-async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody | VectorizeBody | InterpolateBody:
+async def read_body(found: Route, request: Request) -> BaseModel | tuple:
     """The request's body read as ``found.body`` (its size bounded by :class:`serve.wire.BodyLimits`), or a 400.
 
     JSON in UTF-8 (:func:`serve.wire.read_json`), or the edits form (:func:`read_edit_form`, its charset UTF-8), or
@@ -48,6 +49,9 @@ async def read_body(found: Route, request: Request) -> BaseModel | UpscaleBody |
         if found.form == "interpolate":  # the finished video the path names, and how to interpolate it
             options = read_json(found.body, await request.body(), content_type)
             return InterpolateBody(request.path_params["video_id"], options)
+        if found.form == "character":  # the character the path names, made again
+            character = read_json(found.body, await request.body(), content_type)
+            return CharacterReplacement(request.path_params["name"], character)
         return read_json(found.body, await request.body(), content_type)
     except (StarletteHTTPException, MultiPartException) as error:  # the multipart parser's refusal (too many parts)
         detail = str(getattr(error, "detail", error))

@@ -14,14 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from pydantic import (
-    ConfigDict,
-    Field,
-    Strict,
-    StrictBool,
-    field_validator,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, Strict, StrictBool, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from serve.adapters.ip_adapter import MAX_REFERENCES
@@ -33,6 +26,7 @@ from serve.priority import Priority
 from serve.protocol import ip_scale
 from serve.protocol.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
 from serve.protocol.best_of import BestOf
+from serve.protocol.character_requests import CharacterChoice
 from serve.protocol.delivery import Delivery
 from serve.protocol.ip_scale import (
     MAX_IP_ADAPTERS,
@@ -219,6 +213,11 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         f"its references (up to {MAX_REFERENCES}), scale and region masks, as diffusers' load_ip_adapter with lists "
         "and ip_adapter_masks; instead of ip_adapter_image, ip_adapter_reference and ip_adapter_scale.",
     )
+    character: CharacterChoice | None = Field(
+        None,
+        description="A character of POST /v1/characters: its trigger words before the prompt, its LoRA after "
+        "loras, its pictures (encoded when it was made) one more of ip_adapters at this scale.",
+    )
     image: list[Base64Image] = Field(
         [],
         max_length=MAX_IMAGES,
@@ -349,8 +348,8 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         """
         if self.size is None:
             return native_size, native_size
-        width, height = self.size.split("x")
-        return int(width), int(height)
+        width, height = map(int, self.size.split("x"))
+        return width, height
 
     @property
     def rows(self) -> int:
@@ -367,9 +366,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         """The strength a request with images runs at (1.0 without images)."""
         if not self.image:
             return 1.0
-        if self.strength is not None:
-            return self.strength
-        return 1.0 if self.inpainting else DEFAULT_STRENGTH
+        return self.strength if self.strength is not None else 1.0 if self.inpainting else DEFAULT_STRENGTH
 
     @property
     def denoising_steps(self) -> int:
@@ -392,7 +389,6 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
             control["image"] = content_digest(control["image"])
         for choice in body["ip_adapters"]:
             choice["images"], choice["masks"] = (
-                [content_digest(i) for i in choice["images"]],
-                [content_digest(m) for m in choice["masks"]],
+                [content_digest(i) for i in choice[part]] for part in ("images", "masks")
             )
         return body

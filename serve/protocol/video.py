@@ -31,6 +31,7 @@ from serve.finishing.schema import (
 from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
+from serve.protocol.character_requests import CharacterChoice
 from serve.protocol.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, PROMPT_PATTERN
 from serve.protocol.prompt_weights import checked_prompt
 from serve.protocol.schema import (
@@ -133,6 +134,9 @@ class VideoRequest(BaseModel):
         "AnimateDiff loads them.",
     )
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
+    character: CharacterChoice | None = Field(
+        None, description="A character of POST /v1/characters, drawn in as a still's generation draws it."
+    )
     input_reference: str | None = Field(
         None,
         min_length=1,

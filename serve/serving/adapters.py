@@ -45,9 +45,9 @@ class Adapters:
             lambda: [model.adapters for model in models.now().values()],
         )
         self.loras.refresh()  # uploads kept by the store, for engines built anew since
-        self.references = References(models.now, self._encoded_reference)
+        self.references = References(models.now, self.encoded_reference)
 
-    async def _encoded_reference(self, model: ServedModel, image: str) -> np.ndarray:
+    async def encoded_reference(self, model: ServedModel, image: str) -> np.ndarray:
         """A reference image's embeddings, by ``model``'s image encoder (in a ``TextToImage`` replica)."""
         return await self.text_to_image.options(multiplexed_model_id=model.version_id).encode_reference.remote(image)
 
@@ -95,7 +95,7 @@ class Adapters:
         await self.check_quota(key, 0, "references")
 
     async def check_quota(self, key: ApiKey | None, adding_bytes: int, kind: str) -> None:
-        """Refuse (:class:`QuotaExceeded`) one more ``kind`` (``references`` or ``loras``) of ``adding_bytes``.
+        """Refuse (:class:`QuotaExceeded`) one more ``kind`` (references, loras, characters) of ``adding_bytes``.
 
         ``key``'s quotas hold: the kind's, ``stored_items`` and ``stored_bytes`` (no key: an open API, no quota).
         """
@@ -116,12 +116,13 @@ class Adapters:
                 raise QuotaExceeded(message, name)
 
     def stored_by(self, owner: str) -> tuple[dict[str, int], int]:
-        """How many references and LoRA uploads ``owner`` keeps (by kind), and their bytes together."""
+        """How many references, LoRA uploads and characters ``owner`` keeps (by kind), and their bytes together."""
         store = self.references.store()
         references = store.references(owner)
         loras = [entry for entry in store.loras() if entry.owner == owner]
         size = sum(r.embeds.nbytes for r in references) + sum(entry.bytes or 0 for entry in loras)
-        return {"references": len(references), "loras": len(loras)}, size
+        counts = {"references": len(references), "loras": len(loras), "characters": len(store.characters(owner))}
+        return counts, size
 
     async def references_listed(self, key: ApiKey | None) -> dict:
         """The references ``key`` may see, newest first."""

@@ -25,6 +25,7 @@ from serve.access import Caller, charge
 from serve.access.keys import ApiKey
 from serve.moderation import Screening
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.character_requests import CharacterReplacement, NewCharacter
 from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
@@ -33,6 +34,7 @@ from serve.protocol.video import InterpolateBody, VideoRequest, body_fields_name
 from serve.results.rerun import RerunRequest
 from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
+from serve.serving.characters import Characters
 from serve.serving.generations import Generations
 from serve.serving.jobs import BackgroundJobs
 from serve.serving.prices import analysis_cost, face_analysis_cost, moderation_cost, reference_cost, score_cost
@@ -42,7 +44,15 @@ from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizin
 from serve.serving.videos import Videos
 from serve.text_to_image.scores import check_scores
 
-OwnPriced = ModerationRequest | NewReference | ScoreRequest | PromptAnalysisRequest | FaceAnalysisRequest
+OwnPriced = (
+    ModerationRequest
+    | NewReference
+    | ScoreRequest
+    | PromptAnalysisRequest
+    | FaceAnalysisRequest
+    | NewCharacter
+    | CharacterReplacement
+)
 """The bodies priced by their own work (:mod:`serve.serving.prices`), admitted as an :class:`AdmittedBody`."""
 Body = GenerationRequest | VideoRequest | InterpolateBody | UpscaleBody | RerunRequest | VectorizeBody | OwnPriced
 """Every body admission takes."""
@@ -86,7 +96,8 @@ class Admission:
     """The doors' one admission: what a costed request runs, admitted once, its cost charged to its caller's key.
 
     ``jobs``: where a background generation is queued (its submission's checks run here); ``vectorizing``: the
-    vectorize requests' serving class; ``adapters``: the stored references' quota. None of these: such a request's
+    vectorize requests' serving class; ``adapters``: the stored references' quota; ``characters``: a character's
+    checks. None of these: such a request's
     checks are not made (a test's admission of generations alone).
     """
 
@@ -97,9 +108,10 @@ class Admission:
         jobs: BackgroundJobs | None = None,
         vectorizing: Vectorizing | None = None,
         adapters: Adapters | None = None,
+        characters: Characters | None = None,
     ) -> None:
         self.generations, self.upscaling = generations, upscaling
-        self.jobs, self.vectorizing, self.adapters = jobs, vectorizing, adapters
+        self.jobs, self.vectorizing, self.adapters, self.characters = jobs, vectorizing, adapters, characters
 
     async def admit(self, body: Body, caller: Caller) -> Priced:
         """``body`` admitted for ``caller`` (a 400 naming the field if not), then its cost charged (429 past its limit).
@@ -157,6 +169,9 @@ class Admission:
         if isinstance(body, FaceAnalysisRequest):
             entry = self.upscaling.upscalers.faces.served("image")  # no face models served: a 400
             return await asyncio.to_thread(face_analysis_cost, body, entry.face_side)
+        if isinstance(body, NewCharacter | CharacterReplacement):  # its model, LoRA, name, quota; its pictures' price
+            new = isinstance(body, NewCharacter)
+            return await self.characters.admitted(*((body, key, None) if new else (body.character, key, body.name)))
         if isinstance(body, PromptAnalysisRequest):
             model = analyzed_model(self.generations.models, body)  # unknown, or remote: a 400 naming model
             return analysis_cost(body, len(model.folder.family.prompt_encoders()))

@@ -44,6 +44,7 @@ from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
 from serve.serving.admitted import Admitted
 from serve.serving.answer_items import answer_items
+from serve.serving.characters import Characters
 from serve.serving.current_models import CurrentModels, ModelsNow
 from serve.serving.fallbacks import Fallbacks
 from serve.serving.moderation import Moderation
@@ -90,7 +91,9 @@ class Generations(Streaming):
         circuits: Circuits | None = None,
         fallback_queue_wait_s: float | None = None,
         scores: tuple[str, ...] = (),
+        characters: Characters | None = None,
     ) -> None:
+        self.characters = characters  # a generation naming one is drawn with it (serve.serving.characters)
         self.scores = scores  # what the stack's scorer gives (none: no scorer): checked here, before the charge
         self.circuits = circuits or Circuits(failed=against_model)  # each model's breaker
         self.fallbacks = Fallbacks(self._relinked, fallback_queue_wait_s)  # down each model's chain
@@ -175,6 +178,8 @@ class Generations(Streaming):
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
         models = models or self.models.snapshot()
         assigned, assignment, model = await self._resolved(request, model, key and key.id, models)  # alias: variant
+        if self.characters is not None:  # its trigger words, LoRA and pictures, as if sent by hand
+            assigned = await self.characters.expanded(assigned, model, key)
         args = (assigned, assignment, model, request, key and key.id, models)
         admitted = await asyncio.to_thread(self._checked, *args)
         if self.references is not None:

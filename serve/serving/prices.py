@@ -1,10 +1,11 @@
 """What a request priced by its own work costs, read from the request alone: no pixel decoded, nothing run.
 
 A moderation by its texts' characters and its images' pixels (:func:`moderation_cost`), a stored reference by its
-image's decode and encode (:func:`reference_cost`), a score by each image's pixels (:func:`score_cost`), a prompt
-analysis by its tokens and its moderation verdict (:func:`analysis_cost`), a vectorize request by its image's pixels
-and the passes its tier may run (:func:`vectorize_cost`). A generation's price is its model's
-(:meth:`serve.models.served.ServedModel.work`), an upscale's :meth:`serve.serving.upscale.Upscaling.work`.
+image's decode and encode (:func:`reference_cost`), a character by its pictures' (:func:`character_cost`), a score by
+each image's pixels (:func:`score_cost`), a prompt analysis by its tokens and its moderation verdict
+(:func:`analysis_cost`), a vectorize request by its image's pixels and the passes its tier may run
+(:func:`vectorize_cost`). A generation's price is its model's (:meth:`serve.models.served.ServedModel.work`), an
+upscale's :meth:`serve.serving.upscale.Upscaling.work`.
 Admission (:class:`serve.serving.admission.Admission`) takes them from the caller's key; each route's price is a row
 of docs/guides/keys-and-limits.md ("What each route costs").
 
@@ -18,6 +19,7 @@ from serve.faces.pack import DETECTION_SIDE
 from serve.images import base64_bytes
 from serve.images.raster import MAX_PIXELS, header_size
 from serve.moderation.requests import ModerationRequest
+from serve.protocol.character_requests import NewCharacter
 from serve.protocol.face_requests import FaceAnalysisRequest
 from serve.protocol.quality_requests import PromptAnalysisRequest, ScoreRequest
 from serve.protocol.reference_request import NewReference
@@ -53,6 +55,20 @@ def reference_cost(body: NewReference) -> float:
     """Its image's decoded megapixels and one image-encoder pass (as a generation's ``ip_adapter_image`` counts it)."""
     width, height = input_header_size(base64_bytes(body.image), "image")
     return width * height / 1e6 + ENCODER_MEGAPIXELS
+
+
+def character_cost(body: NewCharacter, face_side: int | None) -> float:
+    """Each picture's decoded megapixels and one image-encoder pass; with face models (``face_side``), their passes.
+
+    A picture's faces: one detector pass and one recognizer pass (its face's). Refused as a reference's image is.
+    """
+    cost = 0.0
+    for i, image in enumerate(body.images):
+        width, height = input_header_size(base64_bytes(image), f"images.{i}")
+        cost += width * height / 1e6 + ENCODER_MEGAPIXELS
+        if face_side is not None:
+            cost += DETECTION_SIDE**2 / 1e6 + face_side**2 / 1e6
+    return cost
 
 
 def face_analysis_cost(body: FaceAnalysisRequest, face_side: int) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from serve.adapters.requests import unknown_reference
 from serve.adapters.store import AdapterStore, StoredReference
-from serve.errors import InvalidInput, NotFound
+from serve.errors import Conflict, InvalidInput, NotFound
 from serve.models.served import ServedModel, ServedModels
 from serve.protocol.ip_scale import ip_choices
 from serve.protocol.reference_request import NewReference
@@ -76,8 +76,11 @@ class References:
         return (await self._visible(reference_id, visible)).public()
 
     async def remove(self, reference_id: str, visible: Visible) -> dict:
-        """Forget a stored reference (404 for an unknown id or another key's)."""
-        await self._visible(reference_id, visible)
+        """Forget a stored reference (404 for an unknown id or another key's; 409 for a character's)."""
+        stored = await self._visible(reference_id, visible)
+        if stored.held_by is not None:
+            message = f"{reference_id} is a picture of character {stored.held_by!r} (DELETE /v1/characters/NAME)"
+            raise Conflict(message, "reference_id")
         await asyncio.to_thread(self.store().remove_reference, reference_id)
         return {"id": reference_id, "object": "reference", "deleted": True}
 

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 from playwright.sync_api import expect
 
+from build_engines.faces.random_pack import drawn_faces, random_face_pack
 from build_engines.text_to_image.motion import random_motion_adapter
 from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_motion_lora
 from serve.adapters.ip_adapter import MAX_REFERENCES
@@ -58,7 +59,7 @@ def wave(default_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
     """The embedded model with every test LoRA (at most 2 held per engine instance), two IP-Adapters and a motion
-    adapter."""
+    adapter, and face models (characters)."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -71,6 +72,7 @@ def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
         lora_max_rank=MAX_RANK,
         ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
         motion_adapters={"wave": wave},
+        faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),  # characters' faces
         canary_interval_s=NO_CANARY_S,  # a test counts the image encoder's executions
     )
     with Stack(options) as stack:
@@ -567,6 +569,76 @@ def test_a_stored_reference_gives_the_inline_image_without_encoding_it_again(api
     assert api.get(f"/v1/references/{reference['id']}").status_code == 404
 
 
+def _face_png(*centres: tuple[int, int, int], seed: int = 0) -> str:
+    """A picture the random face models find a face in at each ``(x, y, radius)``, base64 PNG."""
+    return base64.b64encode(encode(Image.fromarray(drawn_faces(list(centres), seed=seed)))).decode()
+
+
+PICTURES = [_face_png((150 + 10 * i, 120, 56), seed=i) for i in range(3)]
+CHARACTER = {"name": "zed", "images": PICTURES, "lora": {"name": "style", "scale": 0.7}, "trigger_words": "zed person"}
+CHARACTER |= {"face": "largest"}  # the random detector finds a disc more than once
+
+
+def test_a_character_draws_as_its_pictures_lora_and_trigger_words_sent_by_hand(api, stack):
+    made = api.post("/v1/characters", json=CHARACTER | {"note": "the hero"})
+    assert made.status_code == 200, made.text
+    character = made.json()
+    assert (character["images"], character["face"], len(character["references"])) == (3, True, 3)
+    before = _encoder_executions(stack)
+    by_name = _served(api, character={"name": "zed", "scale": 0.6})
+    assert _encoder_executions(stack) == before, "a character's pictures were encoded again"
+    by_hand = _served(
+        api,
+        prompt=f"zed person, {BODY['prompt']}",
+        loras=[{"name": "style", "scale": 0.7}],
+        ip_adapters=[{"images": PICTURES, "scale": 0.6}],
+    )
+    assert psnr(by_name, by_hand) >= 40
+    assert api.get("/v1/characters/zed").json() == character
+    assert [c["name"] for c in api.get("/v1/characters").json()["data"]] == ["zed"]
+    held = api.delete(f"/v1/references/{character['references'][0]}")
+    assert held.status_code == 409 and held.json()["error"]["param"] == "reference_id", held.text
+    faces = [api.post("/v1/faces/analyze", json={"image": picture}).json()["data"] for picture in PICTURES]
+    largest = [max(found, key=lambda f: (f["box"][2] - f["box"][0]) * (f["box"][3] - f["box"][1])) for found in faces]
+    mean = np.mean([face["embedding"] for face in largest], axis=0)
+    from serve.adapters import open_adapter_store
+
+    kept = open_adapter_store(stack.options.store)  # what a restarted stack reads
+    try:
+        np.testing.assert_allclose(kept.character("zed", None).face, mean / np.linalg.norm(mean), atol=1e-5)
+        assert kept.character("zed", None).references == tuple(character["references"])
+    finally:
+        kept.close()
+    again = api.put("/v1/characters/zed", json=CHARACTER | {"images": PICTURES[:2], "trigger_words": ""})
+    assert again.status_code == 200 and again.json()["images"] == 2, again.text
+    assert api.get(f"/v1/references/{character['references'][0]}").status_code == 404  # the old pictures went
+    assert api.delete("/v1/characters/zed").json()["deleted"] is True
+    gone = api.post(GENERATE, json=BODY | {"character": {"name": "zed"}})
+    assert gone.status_code == 400 and gone.json()["error"]["param"] == "character.name", gone.text
+    assert all(r.get("character") is None for r in api.get("/v1/references").json()["data"])
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "param"),
+    [
+        ("post", "/v1/characters", CHARACTER | {"images": [PICTURES[0], _face_png()]}, "images.1"),
+        ("post", "/v1/characters", CHARACTER | {"face": "only"}, "images.0"),  # found more than once
+        ("post", "/v1/characters", CHARACTER | {"images": PICTURES + PICTURES[:2]}, "images"),
+        ("post", "/v1/characters", CHARACTER | {"images": ["bm90IGFuIGltYWdl"]}, "images.0"),
+        ("post", "/v1/characters", CHARACTER | {"lora": {"name": "nope"}}, "lora.name"),
+        ("post", "/v1/characters", CHARACTER | {"model": "nope"}, "model"),
+        ("post", "/v1/characters", CHARACTER | {"name": "not a name"}, "name"),
+        ("put", "/v1/characters/other", CHARACTER, "name"),
+        ("post", GENERATE, BODY | {"character": {"name": "never-made"}}, "character.name"),
+    ],
+)
+def test_a_bad_character_is_a_400_naming_the_field(api, method, path, body, param):
+    response = api.request(method, path, json=body)
+    assert response.status_code == 400 and response.json()["error"]["param"] == param, response.text
+    assert api.get("/v1/characters").json()["data"] == []
+    assert api.get("/healthz").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -765,6 +837,12 @@ def test_zz_a_key_keeps_no_more_stored_things_than_its_quota(stack, default_mode
 def _row_request(row: Row, given: str) -> dict:
     """``row``'s request naming ``given`` (httpx's keywords): its path, or its body's field, or its upload."""
     path = row.path.replace(f"{{{row.field}}}", given)
+    if row.field == "character.name":
+        video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
+        body = video if row.path == "/v1/videos" else BODY
+        return {"method": row.method, "url": path, "json": body | {"character": {"name": given}}}
+    if (row.method, row.thing) == ("put", "character"):
+        return {"method": row.method, "url": path, "json": CHARACTER | {"name": given}}
     if row.field == "loras.0.name":
         video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
         body = video if row.path == "/v1/videos" else BODY
@@ -793,6 +871,9 @@ def test_zz_another_key_s_reference_or_lora_answers_as_an_unknown_one(stack, def
         if row.thing == "reference":
             made = client.post("/v1/references", json={"image": reference_image(seed=6)[1]}, headers=mine)
             given = made.json()["id"]
+        elif row.thing == "character":
+            given = f"matrix-{row.method}-{row.path.count('/')}"
+            made = client.post("/v1/characters", json=CHARACTER | {"name": given, "lora": None}, headers=mine)
         else:
             given = f"matrix-{row.method}-{row.path.count('/')}"
             lora = make_lora(default_model, tmp_path / "m.safetensors", rank=2, seed=12).read_bytes()

@@ -1,0 +1,72 @@
+"""A character's words: ``POST /v1/characters``' body, and the ``character`` a generation, job or video names.
+
+Apart from the store and the code that makes one, so that the routes' table imports no engine code.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve.adapters.registry import NAME
+from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
+from serve.protocol.adapter_choices import LoraChoice
+from serve.protocol.ip_scale import MAX_IP_SCALE, IpScale
+
+MAX_CHARACTER_IMAGES = 8
+MAX_TRIGGER_CHARS = 200
+MAX_NOTE_CHARS = 1000
+CHARACTER_NAME_PATTERN = f"^{NAME.pattern}$"
+
+
+class NewCharacter(BaseModel):
+    """``POST /v1/characters`` (and ``PUT /v1/characters/{name}``) body: who the character is, made once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=CHARACTER_NAME_PATTERN, description="Its name, as a generation's character names it.")
+    model: str | None = Field(
+        None,
+        max_length=64,
+        description="The served model it is drawn by (absent: the default): its images' "
+        "IP-Adapter embeddings are that model's.",
+    )
+    images: list[Base64Image] = Field(
+        min_length=1,
+        max_length=MAX_CHARACTER_IMAGES,
+        description=f"1 to {MAX_CHARACTER_IMAGES} pictures of the character, base64 PNG/JPEG/WebP of at most "
+        f"{MAX_IMAGE_BYTES >> 20} MiB each: encoded once by the model's IP-Adapter (where it has one) and, where the "
+        "stack serves face models (easel up --faces), each face embedded for scores.identity.",
+    )
+    face: Literal["only", "largest"] = Field(
+        "only",
+        description="With face models served, which face of each image is the character's: only (an image with "
+        "several faces is a 400 naming it) or largest. An image with no face is a 400 naming it.",
+    )
+    lora: LoraChoice | None = Field(None, description="A LoRA adapter of the key's (GET /v1/loras) and its weight.")
+    trigger_words: str = Field(
+        "", max_length=MAX_TRIGGER_CHARS, description="Put before each prompt that names the character."
+    )
+    note: str = Field("", max_length=MAX_NOTE_CHARS, description="Free text, shown with it.")
+
+    @field_validator("images")
+    @classmethod
+    def _base64(cls, value: list[str]) -> list[str]:
+        return [checked_base64(image, f"image {index}") for index, image in enumerate(value)]
+
+
+class CharacterChoice(BaseModel):
+    """The character a generation draws: its LoRA, trigger words and pictures (as IP-Adapter references)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64, description="A character of GET /v1/characters.")
+    scale: IpScale = Field(1.0, description=f"Its pictures' weight as IP-Adapter references, in [0, {MAX_IP_SCALE:g}].")
+
+
+class CharacterReplacement(NamedTuple):
+    """``PUT /v1/characters/{name}``: the character the path names, and its new body (whose name must be that)."""
+
+    name: str
+    character: NewCharacter

@@ -1,0 +1,212 @@
+"""Characters: made once from pictures, a LoRA and trigger words (``/v1/characters``), drawn by naming them.
+
+:class:`Characters` answers the routes and expands a generation (a job's, a video's, a gRPC call's) that names one
+(:meth:`Characters.expanded`, at admission): its trigger words before each prompt, its LoRA after the request's, its
+pictures as one more IP-Adapter's references (stored references, encoded once when it was made, kept and deleted
+with it). A character is its key's: another key's is as unknown as a missing one (404 on its routes, a 400 naming
+``character.name`` in a generation, as an unknown LoRA is). Where the stack serves face models (``easel up
+--faces``) each picture must show one face (or ``face: largest``): the character keeps their mean embedding.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+import numpy as np
+
+from serve.access import owner_filter
+from serve.access.keys import ApiKey
+from serve.adapters.ip_adapter import MAX_REFERENCES
+from serve.adapters.store import AdapterStore, Character, StoredReference, character_taken
+from serve.errors import InvalidInput, NotFound
+from serve.faces.analyze import analyze_faces
+from serve.faces.pack import FaceEntry
+from serve.images import base64_bytes
+from serve.images.raster import decode_image
+from serve.models.served import ServedModel
+from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
+from serve.protocol.character_requests import NewCharacter
+from serve.protocol.ip_scale import MAX_IP_ADAPTERS, IpAdapterChoice
+from serve.serving.adapters import Adapters
+from serve.serving.prices import character_cost
+from serve.serving.references import new_reference_id
+from serve.serving.upscale import Upscaling
+
+FIELD = "character.name"
+
+
+def unknown_character(name: str) -> InvalidInput:
+    """The 400 for a generation naming a character its key has not (another key's too: the same answer)."""
+    return InvalidInput(f"{FIELD}: no character {name!r} (POST /v1/characters makes one)", FIELD)
+
+
+class Characters:
+    """The character routes, and the expansion of a generation that names one."""
+
+    def __init__(self, adapters: Adapters, upscaling: Upscaling) -> None:
+        self.adapters, self.upscaling = adapters, upscaling
+
+    def store(self) -> AdapterStore:
+        """The stack's adapter store (characters beside references and LoRA uploads)."""
+        return self.adapters.references.store()
+
+    def faces(self) -> FaceEntry | None:
+        """The face models served (None: none; a character then keeps no face)."""
+        ready = self.upscaling.upscalers.faces.ready
+        return ready[0] if ready and self.upscaling.runner is not None else None
+
+    async def admitted(self, body: NewCharacter, key: ApiKey | None, path_name: str | None) -> float:
+        """What can refuse ``body`` before its work, checked at admission; its price (:func:`character_cost`).
+
+        ``path_name``: a replacement's (``PUT``), which must be the body's name and be kept; a new one's name must be
+        free and the key under its ``characters`` quota.
+        """
+        if path_name is not None and body.name != path_name:
+            raise InvalidInput(f"name: {body.name!r} is not the path's character {path_name!r}", "name")
+        model = self._model(body)
+        if model.adapters.ip_adapter and len(body.images) > MAX_REFERENCES:
+            message = f"model {model.name}'s IP-Adapter takes {MAX_REFERENCES} references a request, not {len(body.images)}"
+            raise InvalidInput(f"images: {message}", "images")
+        if body.lora is not None:
+            self._check_lora(model, body.lora, key and key.id)
+        faces = self.faces()
+        cost = await asyncio.to_thread(character_cost, body, faces and faces.face_side)
+        kept = await asyncio.to_thread(self.store().character, body.name, key and key.id)
+        if path_name is None and kept is not None:
+            raise character_taken(body.name)
+        if path_name is not None and kept is None:
+            raise NotFound(f"no character {path_name!r}", "name")
+        if path_name is None:
+            await self.adapters.check_quota(key, 0, "characters")
+        return cost
+
+    async def made(self, body: NewCharacter, key: ApiKey | None, replace: bool) -> dict:
+        """``body``'s character made (its pictures encoded and their faces embedded, once) and kept as ``key``'s."""
+        owner, model = key and key.id, self._model(body)
+        face = await self._face(body)
+        embeds = []
+        if model.adapters.ip_adapter:
+            embeds = [np.asarray(await self.adapters.encoded_reference(model, i), np.float32) for i in body.images]
+        if not replace:
+            await self.adapters.check_quota(key, sum(e.nbytes for e in embeds), "characters")
+        now = time.time()
+        references = [StoredReference(new_reference_id(), owner, model.name, e, None, now, body.name) for e in embeds]
+        for reference in references:
+            await asyncio.to_thread(self.store().add_reference, reference)
+        lora = body.lora and body.lora.model_dump()
+        character = Character(
+            body.name, owner, model.name, tuple(r.id for r in references), lora, body.trigger_words, body.note,
+            face, len(body.images), now,
+        )  # fmt: skip
+        try:
+            old = await asyncio.to_thread(self.store().put_character, character, replace)
+        except InvalidInput:  # a racing POST of its name won
+            await self._forget(character)
+            raise
+        if replace and old is None:  # deleted while this was made
+            await self._forget(character)
+            raise NotFound(f"no character {body.name!r}", "name")
+        if old is not None:
+            await self._forget(old)
+        return character.public()
+
+    async def listing(self, key: ApiKey | None) -> dict:
+        """The characters ``key`` keeps (an admin key, or an open API: everyone's), by name."""
+        found = await asyncio.to_thread(self.store().characters, owner_filter(key))
+        return {"object": "list", "data": [character.public() for character in found]}
+
+    async def get(self, name: str, key: ApiKey | None) -> dict:
+        """``key``'s character ``name`` (404: none, another key's too)."""
+        return (await self._kept(name, key)).public()
+
+    async def removed(self, name: str, key: ApiKey | None) -> dict:
+        """``key``'s character ``name`` forgotten, its references with it (404: none, another key's too)."""
+        character = await asyncio.to_thread(self.store().remove_character, name, key and key.id)
+        if character is None:
+            raise NotFound(f"no character {name!r}", "name")
+        await self._forget(character)
+        return {"object": "character", "name": name, "deleted": True}
+
+    async def expanded(self, request, model: ServedModel, key: ApiKey | None):
+        """``request`` with its character drawn in by hand: trigger words, LoRA, pictures (400s naming the field)."""
+        choice = request.character
+        if choice is None:
+            return request
+        character = await asyncio.to_thread(self.store().character, choice.name, key and key.id)
+        if character is None:
+            raise unknown_character(choice.name)
+        if character.model != model.name:
+            why = f"{choice.name!r} was made for model {character.model}; this request is drawn by {model.name}"
+            raise InvalidInput(f"{FIELD}: {why}", FIELD)
+        update: dict = {"character": None}
+        if character.trigger_words:
+            words = character.trigger_words
+            if request.prompts is not None:
+                prompts = [p.model_copy(update={"prompt": f"{words}, {p.prompt}"}) for p in request.prompts]
+                update["prompts"] = prompts
+            else:
+                update["prompt"] = f"{words}, {request.prompt}"
+        if character.lora is not None:
+            update["loras"] = [*request.loras, LoraChoice(**character.lora)]
+            if character.lora["name"] in {lora.name for lora in request.loras} or len(update["loras"]) > MAX_LORAS:
+                why = f"its LoRA {character.lora['name']!r} makes loras repeat one or pass {MAX_LORAS}"
+                raise InvalidInput(f"{FIELD}: {why}", FIELD)
+        if character.references:
+            if request.ip_adapter_image is not None or request.ip_adapter_reference is not None:
+                message = "its pictures are IP-Adapter references: send the request's own in ip_adapters"
+                raise InvalidInput(f"{FIELD}: {message}", FIELD)
+            choices = [*request.ip_adapters, IpAdapterChoice(references=list(character.references), scale=choice.scale)]
+            if len(choices) > MAX_IP_ADAPTERS:
+                raise InvalidInput(f"{FIELD}: its pictures make ip_adapters pass {MAX_IP_ADAPTERS}", FIELD)
+            update["ip_adapters"] = choices
+        return request.model_copy(update=update)
+
+    def _model(self, body: NewCharacter) -> ServedModel:
+        return self.adapters.references.models().resolve(body.model)
+
+    @staticmethod
+    def _check_lora(model: ServedModel, lora: LoraChoice, owner: str | None) -> None:
+        """A 400 naming ``lora.name`` for a LoRA ``owner`` cannot use with ``model``."""
+        try:
+            model.adapters.check(SimpleNamespace(loras=[lora], ip_adapters=[], **dict.fromkeys(_SHORTHAND)), owner)
+        except InvalidInput as error:
+            raise InvalidInput(error.message.replace("loras.0.name", "lora.name", 1), "lora.name") from None
+
+    async def _face(self, body: NewCharacter) -> tuple[float, ...] | None:
+        """The mean of each picture's face's embedding, unit length (None: no face models served); 400s naming one."""
+        entry = self.faces()
+        if entry is None:
+            return None
+        found = []
+        for index, image in enumerate(body.images):
+            field = f"images.{index}"
+            pixels = await asyncio.to_thread(decode_image, base64_bytes(image), field)
+            faces = await analyze_faces(pixels, entry, self.upscaling.runner)
+            if not faces:
+                raise InvalidInput(f"{field}: no face found (a character's pictures each show its face)", field)
+            if len(faces) > 1 and body.face == "only":
+                message = f"{len(faces)} faces found: crop it to the character's, or send face: largest"
+                raise InvalidInput(f"{field}: {message}", field)
+            found.append(max(faces, key=_area).embedding)
+        mean = np.mean(found, axis=0)
+        return tuple(float(v) for v in mean / np.linalg.norm(mean))
+
+    async def _kept(self, name: str, key: ApiKey | None) -> Character:
+        character = await asyncio.to_thread(self.store().character, name, key and key.id)
+        if character is None:
+            raise NotFound(f"no character {name!r}", "name")
+        return character
+
+    async def _forget(self, character: Character) -> None:
+        for reference_id in character.references:
+            await asyncio.to_thread(self.store().remove_reference, reference_id)
+
+
+_SHORTHAND = ("ip_adapter_image", "ip_adapter_reference", "motion_adapter")
+
+
+def _area(face) -> float:
+    x1, y1, x2, y2 = face.box
+    return float((x2 - x1) * (y2 - y1))

@@ -67,7 +67,8 @@ class Characters:
             raise InvalidInput(f"name: {body.name!r} is not the path's character {path_name!r}", "name")
         model = self._model(body)
         if model.adapters.ip_adapter and len(body.images) > MAX_REFERENCES:
-            message = f"model {model.name}'s IP-Adapter takes {MAX_REFERENCES} references a request, not {len(body.images)}"
+            count = len(body.images)
+            message = f"model {model.name}'s IP-Adapter takes {MAX_REFERENCES} references a request, not {count}"
             raise InvalidInput(f"images: {message}", "images")
         if body.lora is not None:
             self._check_lora(model, body.lora, key and key.id)

@@ -183,7 +183,7 @@ class Characters:
         found = []
         for index, image in enumerate(body.images):
             field = f"images.{index}"
-            pixels = await asyncio.to_thread(decode_image, base64_bytes(image), field)
+            pixels = await asyncio.to_thread(picture, image, index)
             faces = await analyze_faces(pixels, entry, self.upscaling.runner)
             if not faces:
                 raise InvalidInput(f"{field}: no face found (a character's pictures each show its face)", field)
@@ -203,6 +203,11 @@ class Characters:
     async def _forget(self, character: Character) -> None:
         for reference_id in character.references:
             await asyncio.to_thread(self.store().remove_reference, reference_id)
+
+
+def picture(image: str, index: int) -> np.ndarray:
+    """A character's picture ``index`` decoded (RGB ``uint8``); one that is no image a 400 naming ``images.N``."""
+    return decode_image(base64_bytes(image), f"images.{index}")
 
 
 _SHORTHAND = ("ip_adapter_image", "ip_adapter_reference", "motion_adapter")

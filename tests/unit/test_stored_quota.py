@@ -30,7 +30,7 @@ def _key(**limits) -> ApiKey:
 def test_a_key_under_its_quotas_may_store_one_more(tmp_path):
     adapters = _adapters(tmp_path, "k1", "other", "other")
     asyncio.run(adapters.check_quota(_key(stored_items=2, stored_bytes=32, references=2), 16, "references"))
-    assert adapters.stored_by("k1") == ({"references": 1, "loras": 0}, 16)
+    assert adapters.stored_by("k1") == ({"references": 1, "loras": 0, "characters": 0}, 16)
 
 
 @pytest.mark.parametrize(

@@ -593,7 +593,7 @@ def test_a_character_draws_as_its_pictures_lora_and_trigger_words_sent_by_hand(a
         loras=[{"name": "style", "scale": 0.7}],
         ip_adapters=[{"images": PICTURES, "scale": 0.6}],
     )
-    assert psnr(by_name, by_hand) >= 40
+    np.testing.assert_array_equal(by_name, by_hand)  # the same embeddings: the same pixels (>= 40 dB asked)
     assert api.get("/v1/characters/zed").json() == character
     assert [c["name"] for c in api.get("/v1/characters").json()["data"]] == ["zed"]
     held = api.delete(f"/v1/references/{character['references'][0]}")

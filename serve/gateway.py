@@ -258,12 +258,13 @@ def build_app(args: AppArgs) -> serve.Application:
     residency = ModelResidency.bind(
         models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
     )
+    upscalers = Upscalers.read(args.upscalers_dir)  # the face models among them: scores.identity's
     return Gateway.bind(
-        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, args.scorer_dir),
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, args.scorer_dir, upscalers.faces),
         Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,
         args,
-        Upscalers.read(args.upscalers_dir),
+        upscalers,
         Moderation(args.moderation, Blocklist.read(args.prompt_blocklist)),
     )

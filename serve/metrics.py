@@ -255,7 +255,16 @@ VARIANT_AESTHETIC = MetricSpec(
     ("experiment", "variant"),
     tuple(0.25 * i for i in range(1, 41)),
 )
-SCORE_METRICS = {"clip_score": VARIANT_CLIP_SCORE, "aesthetic": VARIANT_AESTHETIC}
+VARIANT_IDENTITY = MetricSpec(
+    "easel_variant_identity",
+    "histogram",
+    "Identity score (the cosine of a generated image's best face with its character's, easel up --faces DIR) of "
+    "generated images that named a character and asked scores, by experiment and variant (the model): _sum / _count "
+    "is the mean, the 0.1 quantile the p10 (at or below 0.025, a negative one too, in the first bucket).",
+    ("experiment", "variant"),
+    tuple(round(0.025 * i, 3) for i in range(1, 41)),
+)
+SCORE_METRICS = {"clip_score": VARIANT_CLIP_SCORE, "aesthetic": VARIANT_AESTHETIC, "identity": VARIANT_IDENTITY}
 """Each image score's metric."""
 VARIANT_SVG_BYTES = MetricSpec(
     "easel_variant_svg_bytes",

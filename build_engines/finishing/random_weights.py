@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFilter
 
 from serve.finishing.architectures import RRDBNet, SRVGGNetCompact
+from serve.finishing.codeformer_architecture import CodeFormer
 from serve.finishing.face_architecture import GFPGANv1Clean, ModulatedConv2d
 
 FULL_SIZE = {
@@ -22,9 +23,17 @@ FULL_SIZE = {
     "SRVGGNetCompact": {"features": 64, "convs": 32},
 }
 TINY = {"RRDBNet": {"features": 8, "blocks": 2, "growth": 8}, "SRVGGNetCompact": {"features": 16, "convs": 4}}
-WRAPPER = {"RRDBNet": "params_ema", "SRVGGNetCompact": "params", "GFPGANv1Clean": "params_ema"}
+WRAPPER = {
+    "RRDBNet": "params_ema",
+    "SRVGGNetCompact": "params",
+    "GFPGANv1Clean": "params_ema",
+    "CodeFormer": "params_ema",
+}
 TINY_RESTORER = {"style": 64, "channel_multiplier": 1, "narrow": 0.125}
 """GFPGAN's layout (512x512, v1.4's options) with an eighth of its channels and a 64-wide style."""
+SMALL_CODEFORMER = {"width": 64, "layers": 1, "codebook_size": 64, "fused": ("32", "64")}
+"""CodeFormer's layout with a narrow, one-layer transformer and a small codebook (its VQGAN is the file's, full size:
+no smaller one loads as CodeFormer); ``codeformer.pth``'s: 512 wide, 9 layers, 1024 codes, fused at 32 to 256."""
 
 
 def random_upscaler(kind: str, scale: int, seed: int = 0, **arguments) -> torch.nn.Module:
@@ -67,6 +76,15 @@ def random_restorer(seed: int = 0, **arguments) -> GFPGANv1Clean:
                 layer.modulation.bias.fill_(1.0)
         for index in range(len(module.stylegan_decoder.noises._buffers)):
             getattr(module.stylegan_decoder.noises, f"noise{index}").normal_()
+    return module.eval()
+
+
+def random_codeformer(seed: int = 0, **arguments) -> CodeFormer:
+    """A CodeFormer with random weights (:data:`SMALL_CODEFORMER` unless told), its positions' embedding drawn too."""
+    torch.manual_seed(seed)
+    module = CodeFormer(**(SMALL_CODEFORMER | arguments))
+    with torch.no_grad():
+        module.position_emb.normal_()
     return module.eval()
 
 

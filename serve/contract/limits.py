@@ -47,6 +47,7 @@ _FACE_MODELS, _FACES = "the face models are the stack's", "/v1/faces/analyze"
 _UPSCALER = "an upscaler GET /v1/upscalers lists as ready, at a scale from 1 up to its own"
 _THE_STACK_S_UPSCALERS = "the upscalers are the stack's"
 _RESTORER = "a face restorer GET /v1/upscalers lists as ready (face_restorers)"
+_FIDELITY = "a fidelity only for a restorer that takes one (a CodeFormer)"
 _TRAINED_DIR = (
     "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
     "policy's ONNX files with the inputs and outputs the ensemble wires, and a readable tier1.json)"
@@ -194,6 +195,10 @@ UNSTATED_LIMITS = (
     ),
     *(
         UnstatedLimit("post", path, ("restore_faces.restorer",), "face restorer", _RESTORER, _THE_STACK_S_UPSCALERS)
+        for path in (GENERATIONS, EDITS, UPSCALE, VIDEOS)
+    ),
+    *(
+        UnstatedLimit("post", path, ("restore_faces.fidelity",), "takes no fidelity", _FIDELITY, _THE_STACK_S_UPSCALERS)
         for path in (GENERATIONS, EDITS, UPSCALE, VIDEOS)
     ),
     UnstatedLimit(

@@ -42,18 +42,22 @@ async def analyze_faces(
 
     Those kept past ``max_faces`` come in that order (largest and most central first), as InsightFace's ``max_num``.
     """
-    detector, recognizer = entry.specs
-    height, width = pixels.shape[:2]
-    blob, scale = await asyncio.to_thread(letterbox, pixels, DETECTION_SIDE)
-    outputs = await runner.infer(detector, {"image": blob})
-    found = await asyncio.to_thread(decode, outputs, DETECTION_SIDE, scale)
-    found = most_central(found, height, width, max_faces)
+    found = await detect_faces(pixels, entry, runner, max_faces)
     if not len(found):
         return []
     faces = await asyncio.to_thread(_recognizer_input, pixels, found.landmarks, entry)
-    embeddings = (await runner.infer(recognizer, {"face": faces}))["embedding"]
+    embeddings = (await runner.infer(entry.specs[1], {"face": faces}))["embedding"]
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     return [Face(*face) for face in zip(found.boxes, found.scores, found.landmarks, embeddings, strict=True)]
+
+
+async def detect_faces(pixels: np.ndarray, entry: FaceEntry, runner: EngineRunner, max_faces: int = MAX_FACES):
+    """The faces the detector finds in ``pixels``: boxes, scores and 5 landmarks each, as :func:`analyze_faces`."""
+    height, width = pixels.shape[:2]
+    blob, scale = await asyncio.to_thread(letterbox, pixels, DETECTION_SIDE)
+    outputs = await runner.infer(entry.specs[0], {"image": blob})
+    found = await asyncio.to_thread(decode, outputs, DETECTION_SIDE, scale)
+    return most_central(found, height, width, max_faces)
 
 
 def _recognizer_input(pixels: np.ndarray, landmarks: np.ndarray, entry: FaceEntry) -> np.ndarray:

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from serve.finishing.architectures import RRDBNet, SRVGGNetCompact
+from serve.finishing.codeformer_architecture import CodeFormer, codeformer_arguments
 from serve.finishing.face_architecture import GFPGANv1Clean
 
 SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -52,7 +53,16 @@ class Architecture:
 
 
 ARCHITECTURES = {"RRDBNet": RRDBNet, "SRVGGNetCompact": SRVGGNetCompact, "GFPGANv1Clean": GFPGANv1Clean}
-RESTORERS = ("GFPGANv1Clean",)
+ARCHITECTURES["CodeFormer"] = CodeFormer
+RESTORERS = ("GFPGANv1Clean", "CodeFormer")
+CODEFORMER_KEYS = (
+    "position_emb",
+    "idx_pred_layer.1.weight",
+    "quantize.embedding.weight",
+    "ft_layers.0.self_attn.in_proj_weight",
+    "encoder.blocks.0.weight",
+)
+"""The keys spandrel recognises CodeFormer by."""
 
 
 def read_state(path: Path) -> dict[str, torch.Tensor]:
@@ -86,10 +96,12 @@ def recognise(state: dict[str, torch.Tensor]) -> Architecture:
         return _compact(state)
     if "stylegan_decoder.constant_input.weight" in state and "conv_body_first.weight" in state:
         return _gfpgan(state)
+    if all(key in state for key in CODEFORMER_KEYS):
+        return Architecture("CodeFormer", 1, codeformer_arguments(state))
     sample = ", ".join(sorted(state)[:4])
     raise UnrecognisedUpscaler(
         f"not a known upscaler: the keys ({sample}, ...) match neither RRDBNet (ESRGAN, Real-ESRGAN x4plus/x2plus) "
-        "nor SRVGGNetCompact (realesr-general) with PReLU, nor GFPGAN v1 clean (a face restorer)"
+        "nor SRVGGNetCompact (realesr-general) with PReLU, nor GFPGAN v1 clean or CodeFormer (face restorers)"
     )
 
 

@@ -71,6 +71,13 @@ class RestoreFaces(BaseModel):
     weight: float = Field(
         0.5, ge=0, le=1, description="How much of the restored face replaces the original: 0 none, 1 all of it."
     )
+    fidelity: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="A CodeFormer restorer's fidelity (its w): 0 the most restored, 1 the most faithful to the face "
+        "given; default 0.5. Not taken by other restorers (GFPGAN).",
+    )
 
 
 class UpscaleOptions(BaseModel):

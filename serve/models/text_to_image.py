@@ -11,6 +11,7 @@ What a replica runs with loads in its constructor (:data:`LIBRARIES`), not with 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
 import logging
 from pathlib import Path
@@ -21,6 +22,8 @@ from ray import serve
 
 from serve import metrics
 from serve.errors import Diverged, InvalidInput
+from serve.faces.identity import identity_scores
+from serve.faces.pack import Faces
 from serve.images.raster import encode_image
 from serve.jobs.model import Progress
 from serve.latent_cache import open_latent_store
@@ -38,7 +41,7 @@ from serve.text_to_image.images import decode_base64, decode_images, ip_referenc
 from serve.text_to_image.loop_client import TritonLoop
 from serve.text_to_image.loop_protocol import draws_in_triton
 from serve.text_to_image.preview import LatentPreview, wants_preview
-from serve.text_to_image.scores import Scorer
+from serve.text_to_image.scores import Scorer, Scoring
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner
@@ -96,8 +99,13 @@ class TextToImage:
         defaults: StackDefaults | None = None,
         store_url: str | None = None,
         scorer_dir: str | None = None,
+        faces: Faces | None = None,
     ) -> None:
-        """``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores)."""
+        """The models, Triton, the stack's defaults and store, the scorer's folder and the face models.
+
+        ``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores); ``faces``: the face
+        models served (a character's ``scores.identity``).
+        """
         for library in LIBRARIES:
             importlib.import_module(library)
         import torch  # one of LIBRARIES
@@ -108,6 +116,7 @@ class TextToImage:
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.engines = replica_runner(self.triton)  # one for every model: their Triton names differ
         self.scorer = Scorer(self.engines, Path(scorer_dir)) if scorer_dir else None
+        self.faces = next(iter(faces.ready), None) if faces is not None else None
         self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
         if self.defaults.approximate_cache > 0:
             store = open_latent_store(store_url or default_url())
@@ -219,9 +228,10 @@ class TextToImage:
         """
         answer = drawing.answer
         prompts = [plain_text(job.sampling.prompt) for job in drawing.jobs]
+        scoring = Scoring(self.scorer, self._identity(answer.character_face))
         if answer.candidates > 1:
             chosen = [
-                await choose(self.scorer, result.images, result.seed, prompt, answer.best_of, answer.rows_per_prompt)
+                await choose(scoring, result.images, result.seed, prompt, answer.best_of, answer.rows_per_prompt)
                 for result, prompt in zip(results, prompts, strict=True)
             ]
             candidates = [
@@ -238,9 +248,16 @@ class TextToImage:
             )
         scores = None
         if answer.scores:
-            scored = [await self.scorer.score(r.images, prompt) for r, prompt in zip(results, prompts, strict=True)]
+            scored = [await scoring.score(r.images, prompt) for r, prompt in zip(results, prompts, strict=True)]
             scores = [score for batch in scored for score in batch]
         return [image for result in results for image in result.images], scores, None, None
+
+    def _identity(self, face: tuple[float, ...] | None):
+        """Each image's ``identity`` against a character's ``face`` (None: none, or no face models here)."""
+        if face is None or self.faces is None:
+            return None
+        reference = np.asarray(face, np.float32)
+        return functools.partial(identity_scores, reference=reference, entry=self.faces, runner=self.engines)
 
     async def _jobs(self, drawing: Drawing, plan: Plan, served: ModelPipeline, cache_scope: str) -> list[Generation]:
         """The drawing's jobs with its images decoded (400s naming the field) for ``served``'s loop.

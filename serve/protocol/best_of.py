@@ -32,10 +32,11 @@ class BestOf(BaseModel):
         "each with its seed, and every candidate's seed and scores are listed. Priced as candidates x n images. "
         "Text to image only (no input image, no approximate cache).",
     )
-    best_of: Literal["clip_score", "aesthetic"] = Field(
+    best_of: Literal["clip_score", "aesthetic", "identity"] = Field(
         "clip_score",
         description="With candidates: the score that ranks them (clip_score: against the prompt; aesthetic: needs "
-        "the stack's aesthetic head).",
+        "the stack's aesthetic head; identity: the candidate whose face is most its character's, with a character "
+        "made where the stack serves face models).",
     )
 
     @model_validator(mode="after")

@@ -141,7 +141,9 @@ class Characters:
         if character.model != model.name:
             why = f"{choice.name!r} was made for model {character.model}; this request is drawn by {model.name}"
             raise InvalidInput(f"{FIELD}: {why}", FIELD)
-        update: dict = {"character": None}
+        if _holds(request, character):  # admitted before (a rerun's record, a video's source): drawn as it is
+            return request
+        update: dict = {}
         if character.trigger_words:
             words = character.trigger_words
             if request.prompts is not None:
@@ -163,6 +165,18 @@ class Characters:
                 raise InvalidInput(f"{FIELD}: its pictures make ip_adapters pass {MAX_IP_ADAPTERS}", FIELD)
             update["ip_adapters"] = choices
         return request.model_copy(update=update)
+
+    def face_of(self, request, owner: str | None) -> tuple[float, ...] | None:
+        """The face of the character ``request`` names, its images' ``scores.identity`` reference (None: none).
+
+        ``best_of: identity`` without one is a 400 naming ``best_of``.
+        """
+        named = request.character and self.store().character(request.character.name, owner)
+        face = named.face if named and self.faces() is not None else None
+        if face is None and request.candidates > 1 and request.best_of == "identity":
+            why = "identity ranks candidates by a character's face: name one made where the stack serves face models"
+            raise InvalidInput(f"best_of: {why}", "best_of")
+        return face
 
     def _model(self, body: NewCharacter) -> ServedModel:
         return self.adapters.references.models().resolve(body.model)
@@ -211,6 +225,16 @@ def picture(image: str, index: int) -> np.ndarray:
 
 
 _SHORTHAND = ("ip_adapter_image", "ip_adapter_reference", "motion_adapter")
+
+
+def _holds(request, character: Character) -> bool:
+    """Whether ``request`` holds ``character``'s parts already: its pictures, LoRA and trigger words."""
+    pictures = set(character.references)
+    held = not pictures or any(pictures <= set(choice.references) for choice in request.ip_adapters)
+    lora = character.lora is None or character.lora["name"] in {choice.name for choice in request.loras}
+    prompts = [request.prompt] if request.prompts is None else [choice.prompt for choice in request.prompts]
+    words = not character.trigger_words or all(p.startswith(f"{character.trigger_words}, ") for p in prompts)
+    return held and lora and words
 
 
 def _area(face) -> float:

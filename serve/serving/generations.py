@@ -149,15 +149,17 @@ class Generations(Streaming):
         work, plan = model.check(request, owner)
         chain = models.chains.get(model.name, ())
         plan = dataclasses.replace(plan, queue_wait_s=self.fallbacks.queue_wait(request, chain))
+        face = None  # its character's, its images' scores.identity are against it
         if isinstance(model, RemoteModel):  # what it draws without (unsupported=drop) is no longer asked
             request = model.drawn(request)
         else:  # drawn and scored by a replica: with scores the stack's scorer gives (an experiment's reward too)
-            check_scores(["clip_score"] if request.scores else [], self.scores, "scores")
-            check_best_of(request.candidates, request.best_of, self.scores)
+            face = self.characters.face_of(request, owner) if self.characters is not None else None
+            check_scores(["clip_score"] if request.scores and not face else [], self.scores, "scores")
+            check_best_of(request.candidates, request.best_of, (*self.scores, *(("identity",) if face else ())))
         self.results.check(request)
         self.upscaling.check_generation(request, work.width, work.height)
         finishing = self.upscaling.finishing_cost(request, work.width, work.height)
-        drawing = Drawing.of(request, work.width, work.height, draw_seed(request.seed))  # its seed drawn here
+        drawing = Drawing.of(request, work.width, work.height, draw_seed(request.seed), face)  # its seed drawn here
         cost = work.cost + finishing
         return Admitted(request, assignment, model, cost, asked, plan, drawing, owner=owner, models=models)
 
@@ -220,7 +222,8 @@ class Generations(Streaming):
     def _rechecked(admitted: Admitted, served: ServedModel) -> Admitted:
         """``admitted`` checked again by ``served``, its model's version now (its plan and drawing; the same seed)."""
         work, plan = served.check(admitted.request, admitted.owner)
-        drawing = Drawing.of(admitted.request, work.width, work.height, admitted.drawing.seed)
+        face = admitted.drawing.answer.character_face
+        drawing = Drawing.of(admitted.request, work.width, work.height, admitted.drawing.seed, face)
         return dataclasses.replace(admitted, plan=plan, drawing=drawing)
 
     async def answer(self, admitted: Admitted, owner: str | None, fresh: bool) -> JSONResponse:

@@ -20,9 +20,10 @@ from PIL import Image
 
 from serve.errors import InvalidInput
 from serve.faces.analyze import analyze_faces
+from serve.faces.pack import DETECTION_SIDE, FaceEntry
 from serve.finishing.faces import MAX_FACES
 from serve.finishing.interpolators import interpolate_frames, padded_side
-from serve.finishing.restorers import FACE_SIDE, restore_faces
+from serve.finishing.restorers import FACE_SIDE, RestorerEntry, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images import base64_bytes
@@ -121,14 +122,19 @@ class Upscaling:
 
     async def restored(self, pixels: np.ndarray, choice: RestoreFaces) -> tuple[np.ndarray, dict]:
         """``pixels`` with their faces restored as ``choice`` asks, and the image object's ``faces``."""
-        entry = self.upscalers.restorers.choose(choice.restorer)
-        return await restore_faces(pixels, entry, choice.weight, self.runner)
+        entry = self.upscalers.restorers.choose(choice.restorer, fidelity=choice.fidelity)
+        aligned_by = self.face_models(entry)
+        return await restore_faces(pixels, entry, choice.weight, self.runner, choice.fidelity, aligned_by)
+
+    def face_models(self, restorer: RestorerEntry) -> FaceEntry | None:
+        """The face models that find and align ``restorer``'s faces (a CodeFormer's, where served); None: none."""
+        return next(iter(self.upscalers.faces.ready), None) if restorer.takes_fidelity else None
 
     async def upscale(self, data: bytes, options: UpscaleOptions) -> dict:
         """The image upscaled (its faces restored if asked), in the images API's shape, with what was used."""
         entry, scale = self.upscalers.choose(options.upscaler, options.scale)
         if options.restore_faces is not None:
-            self.upscalers.restorers.choose(options.restore_faces.restorer)
+            self.upscalers.restorers.choose(options.restore_faces.restorer, fidelity=options.restore_faces.fidelity)
         pixels = await asyncio.to_thread(decode, data)
         upscaled = await upscale_pixels(pixels, entry, scale, self.runner)
         image: dict = {}
@@ -163,8 +169,9 @@ class Upscaling:
         """What restoring the faces of ``images`` costs (megapixel passes); a 400 for a restorer not served."""
         if choice is None:
             return 0.0
-        self.upscalers.restorers.choose(choice.restorer)
-        return images * RESTORATION_MEGAPIXELS
+        entry = self.upscalers.restorers.choose(choice.restorer, fidelity=choice.fidelity)
+        detection = DETECTION_SIDE**2 / 1e6 if self.face_models(entry) is not None else 0.0  # the landmarks' pass
+        return images * (RESTORATION_MEGAPIXELS + detection)
 
     def scale_named(self, video: VideoGeneration) -> VideoGeneration:
         """A video whose ``upscale`` leaves its scale to the upscaler, with that scale named (its size is known)."""
@@ -202,7 +209,7 @@ class Upscaling:
         if isinstance(request, VideoGeneration) and request.interpolate is not None:
             self.upscalers.interpolators.choose(request.interpolate.interpolator)
         if request.restore_faces is not None:
-            self.upscalers.restorers.choose(request.restore_faces.restorer)
+            self.upscalers.restorers.choose(request.restore_faces.restorer, fidelity=request.restore_faces.fidelity)
         choice = request.upscale
         if choice is None:
             return

@@ -36,5 +36,7 @@ def observe_scores(assignment: Assignment, scores: list[dict] | None) -> None:
     """
     for image in scores or ():
         for name, value in image.items():
+            if value is None:  # an identity where no face was found
+                continue
             score = max(value, 0.0)
             metrics.observe(metrics.SCORE_METRICS[name], score, experiment=assignment.label, variant=assignment.model)

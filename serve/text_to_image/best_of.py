@@ -14,14 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from serve.errors import InvalidInput
+from serve.faces.identity import NO_FACE_RANK
 from serve.protocol.best_of import candidate_seeds
-from serve.text_to_image.scores import Scorer, check_scores
+from serve.text_to_image.scores import Scoring, check_scores
 
 
 def check_best_of(candidates: int, best_of: str, given: Collection[str]) -> None:
     """A 400 naming ``candidates`` when there is no scorer to rank them, ``best_of`` for a score it does not give.
 
-    ``given``: the scores the stack's scorer gives (none: it serves no scorer); checked at the Gateway's admission.
+    ``given``: the scores the stack gives the request (its scorer's; ``identity`` with a character's face; none: no
+    scorer and no face); checked at the Gateway's admission.
     """
     if candidates <= 1:
         return
@@ -42,14 +44,18 @@ class Chosen:
     candidates: list[dict]  # every row's seed, scores and whether it was answered, in drawn order
 
 
-def best(scores: list[dict[str, float]], by: str, n: int) -> list[int]:
-    """The rows of the ``n`` highest ``by`` scores, best first (a tie: the earlier row)."""
-    return sorted(range(len(scores)), key=lambda row: (-scores[row][by], row))[:n]
+def best(scores: list[dict[str, float | None]], by: str, n: int) -> list[int]:
+    """The rows of the ``n`` highest ``by`` scores, best first (a tie: the earlier row; None: below every one)."""
+    return sorted(range(len(scores)), key=lambda row: (-_ranked(scores[row][by]), row))[:n]
 
 
-async def choose(scorer: Scorer, images: list[np.ndarray], seed: int, prompt: str, by: str, n: int) -> Chosen:
+def _ranked(score: float | None) -> float:
+    return NO_FACE_RANK if score is None else score
+
+
+async def choose(scoring: Scoring, images: list[np.ndarray], seed: int, prompt: str, by: str, n: int) -> Chosen:
     """The best ``n`` of ``images`` (drawn with :func:`candidate_seeds` of ``seed``) by score ``by`` on ``prompt``."""
-    scores = await scorer.score(images, prompt)
+    scores = await scoring.score(images, prompt)
     seeds = candidate_seeds(seed, len(images))
     kept = best(scores, by, n)
     candidates = [{"seed": s, "scores": scores[row], "kept": row in kept} for row, s in enumerate(seeds)]

@@ -38,6 +38,7 @@ class AnswerForm:
     prompted: bool = False  # it gave ``prompts``: each image names its ``prompt_index``
     upscale: UpscaleChoice | None = None
     restore_faces: RestoreFaces | None = None
+    character_face: tuple[float, ...] | None = None  # each image's scores.identity is against it
 
     @property
     def raster_format(self) -> str:
@@ -81,14 +82,16 @@ class Drawing:
     kind: str = "text"  # what it asks (the metrics' kind): text, img2img, inpaint or outpaint
 
     @classmethod
-    def of(cls, request, width: int, height: int, seed: int) -> Drawing:
-        """``request`` (an API ``GenerationRequest``, a video's too) drawn at ``width`` x ``height`` from ``seed``."""
+    def of(cls, request, width: int, height: int, seed: int, face: tuple[float, ...] | None = None) -> Drawing:
+        """``request`` (an API ``GenerationRequest``, a video's too) drawn at ``width`` x ``height`` from ``seed``.
+
+        ``face``: the face of the character it names (its images' ``scores.identity``), found at admission.
+        """
         singles = request.singles(seed)  # one-prompt requests, each with its seed
         said = [field.name for field in ANSWER_FIELDS if field.name in type(request).model_fields]
         asked = {name: getattr(request, name) for name in said}
-        answer = AnswerForm(
-            **asked, rows_per_prompt=request.rows // request.prompt_count, prompted=request.prompts is not None
-        )
+        rows_per_prompt, prompted = request.rows // request.prompt_count, request.prompts is not None
+        answer = AnswerForm(**asked, rows_per_prompt=rows_per_prompt, prompted=prompted, character_face=face)
         return cls(
             jobs=tuple(_job(single, width, height) for single in singles),
             seed=seed,

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ TOKENIZER = "tokenizer"
 SCORER_FILE = "scorer.json"
 """The engines' shapes (image side, text length, embedding width) and whether a head is built, written last."""
 SCORES = ("clip_score", "aesthetic")
-"""The scores an image may be given (``clip_score`` needs a prompt)."""
+"""The scores the scorer gives an image (``clip_score`` needs a prompt); a character's face adds ``identity``."""
 MAX_ROWS_PER_CALL = 8
 BATCHING = DynamicBatching(max_queue_delay_us=2000)
 
@@ -111,6 +112,26 @@ class Scorer:
         parts = [np.stack(rows[i : i + MAX_ROWS_PER_CALL]) for i in range(0, len(rows), MAX_ROWS_PER_CALL)]
         outputs = await asyncio.gather(*(self.runner.infer(spec, {name: part}) for part in parts))
         return np.concatenate([out[spec.outputs[0].name] for out in outputs])
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What scores a generation's images: the stack's scorer (None: none) and, naming a character, its identity.
+
+    ``identity``: each image's :func:`serve.faces.identity.identity_scores` against the character's face (None: the
+    request names no character with a face, or the stack serves no face models).
+    """
+
+    scorer: Scorer | None
+    identity: Callable[[list[np.ndarray]], Awaitable[list[float | None]]] | None = None
+
+    async def score(self, images: list[np.ndarray], prompt: str | None) -> list[dict[str, float | None]]:
+        """Each image's scores: the scorer's (:meth:`Scorer.score`), and ``identity``."""
+        scores = await self.scorer.score(images, prompt) if self.scorer is not None else [{} for _ in images]
+        if self.identity is not None:
+            for row, value in zip(scores, await self.identity(images), strict=True):
+                row["identity"] = value
+        return scores
 
 
 def check_scores(asked: Collection[str], given: Collection[str], field: str) -> None:

@@ -618,6 +618,70 @@ def test_a_character_draws_as_its_pictures_lora_and_trigger_words_sent_by_hand(a
     assert all(r.get("character") is None for r in api.get("/v1/references").json()["data"])
 
 
+def test_a_character_is_drawn_by_a_job_a_grpc_call_and_a_video_as_by_hand(api, stack):
+    import grpc
+
+    from serve.grpc_api import easel_pb2, easel_pb2_grpc
+
+    assert api.post("/v1/characters", json=CHARACTER | {"name": "kit"}).status_code == 200
+    named = {"character": {"name": "kit", "scale": 0.5}}
+    loras, pictures = [{"name": "style", "scale": 0.7}], [{"images": PICTURES, "scale": 0.5}]
+    by_hand = _served(api, prompt=f"zed person, {BODY['prompt']}", loras=loras, ip_adapters=pictures)
+    job = api.post(GENERATE, json=BODY | named | {"background": True}).json()
+    deadline = time.monotonic() + 120
+    while (job := api.get(f"/v1/jobs/{job['id']}").json())["status"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    assert job["status"] == "succeeded", job
+    drawn = np.asarray(Image.open(io.BytesIO(base64.b64decode(job["data"][0]["b64_json"]))).convert("RGB"))
+    np.testing.assert_array_equal(drawn[None], by_hand)
+    fields = {k: BODY[k] for k in ("prompt", "seed", "num_inference_steps", "size", "scheduler")}
+    message = easel_pb2.GenerateRequest(**fields, character=easel_pb2.Character(name="kit", scale=0.5))
+    with grpc.insecure_channel(stack.info.grpc_address) as channel:
+        events = list(easel_pb2_grpc.EaselStub(channel).Generate(message, timeout=120))
+    rpc = np.asarray(Image.open(io.BytesIO(events[-1].result.images[0].data)).convert("RGB"))
+    np.testing.assert_array_equal(rpc[None], by_hand)
+    video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3} | named
+    video_id = api.post("/v1/videos", json=video).json()["id"]
+    while (made := api.get(f"/v1/videos/{video_id}").json())["status"] in ("queued", "in_progress"):
+        assert time.monotonic() < deadline + 120, made
+        time.sleep(0.2)
+    assert made["status"] == "completed" and made["frames"] == 4, made
+    assert api.delete("/v1/characters/kit").status_code == 200
+
+
+def _identity(api, image: str, face: np.ndarray) -> float | None:
+    """The reference identity of a base64 image: its faces (POST /v1/faces/analyze) against ``face``, the best."""
+    found = api.post("/v1/faces/analyze", json={"image": image}).json()["data"]
+    return max((float(np.dot(f["embedding"], face)) for f in found), default=None)
+
+
+def test_a_character_s_images_are_scored_by_identity_and_best_of_identity_keeps_the_best(api, stack):
+    from serve.adapters import open_adapter_store
+
+    assert api.post("/v1/characters", json=CHARACTER | {"name": "ida"}).status_code == 200
+    kept = open_adapter_store(stack.options.store)
+    try:
+        face = np.asarray(kept.character("ida", None).face)
+    finally:
+        kept.close()
+    body = BODY | {"character": {"name": "ida"}, "scores": True, "n": 2, "size": "128x128"}
+    answer = api.post(GENERATE, json=body)
+    assert answer.status_code == 200, answer.text
+    for item in answer.json()["data"]:
+        identity, reference = item["scores"]["identity"], _identity(api, item["b64_json"], face)
+        assert (identity is None) == (reference is None)
+        assert identity is None or abs(identity - reference) <= 1e-4, (identity, reference)
+    ranked = api.post(GENERATE, json=body | {"n": 1, "candidates": 3, "best_of": "identity"})
+    assert ranked.status_code == 200, ranked.text
+    candidates = ranked.json()["candidates"]
+    values = [-2.0 if c["scores"]["identity"] is None else c["scores"]["identity"] for c in candidates]
+    assert [c["kept"] for c in candidates] == [i == int(np.argmax(values)) for i in range(3)]
+    refused = api.post(GENERATE, json=BODY | {"candidates": 2, "best_of": "identity"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "best_of", refused.text
+    assert api.delete("/v1/characters/ida").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("method", "path", "body", "param"),
     [

@@ -165,3 +165,16 @@ def test_the_alignment_is_scikit_image_s_similarity_estimate_as_insightface_make
     mirrored = ARCFACE_LANDMARKS * [-1, 1]  # a reflection is no similarity: the closest rotation, as scikit-image's
     want = SimilarityTransform.from_estimate(mirrored, ARCFACE_LANDMARKS).params[:2]
     assert np.allclose(similarity(mirrored, ARCFACE_LANDMARKS), want, atol=1e-9)
+
+
+def test_identity_is_the_best_face_s_cosine_with_insightface_s_embeddings_and_none_without_a_face(pack, built):
+    from serve.faces.identity import identity_scores
+
+    entry, folder = built
+    reference = insightface_faces(pack, drawn_faces([(160, 120, 60)]))[0]["embedding"]
+    reference = reference / np.linalg.norm(reference)
+    pictures = [drawn_faces(TWO_FACES, seed=3), drawn_faces([])]
+    served = asyncio.run(identity_scores(pictures, reference, entry, InProcess(folder)))
+    theirs = [f["embedding"] / np.linalg.norm(f["embedding"]) for f in insightface_faces(pack, pictures[0])]
+    assert served[1] is None and len(theirs) > 1
+    assert served[0] == pytest.approx(max(float(np.dot(e, reference)) for e in theirs), abs=1e-4)

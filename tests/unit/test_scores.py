@@ -24,6 +24,7 @@ from serve.text_to_image.scores import (
     CLIP_IMAGE,
     CLIP_TEXT,
     Scorer,
+    Scoring,
     check_scores,
     read_specs,
     score_names,
@@ -145,7 +146,7 @@ def test_best_of_n_answers_the_best_of_the_single_requests_with_those_seeds(buil
     assert len(rows) == 4
     for row, single in zip(rows, singles, strict=True):  # one batch of 4, each row its own seed's image
         assert np.abs(row.astype(int) - single).max() <= 1
-    chosen = asyncio.run(choose(scorer, rows, 21, "red heart", request.best_of, request.rows))
+    chosen = asyncio.run(choose(Scoring(scorer), rows, 21, "red heart", request.best_of, request.rows))
     single_scores = [s["clip_score"] for s in asyncio.run(scorer.score(singles, "red heart"))]
     top = int(np.argmax(single_scores))
     assert np.ptp(single_scores) > 0 and chosen.seeds == [21 + top]
@@ -160,12 +161,27 @@ def test_best_of_n_keeps_n_best_first_by_the_named_score(built, pipeline):
     scorer = Scorer(_OnnxRunner(folder), folder)
     request, rows = drawn(pipeline, candidates=3, n=2, best_of="aesthetic")
     assert len(rows) == 6
-    chosen = asyncio.run(choose(scorer, rows, 21, "red heart", request.best_of, request.rows))
+    chosen = asyncio.run(choose(Scoring(scorer), rows, 21, "red heart", request.best_of, request.rows))
     aesthetic = [c["scores"]["aesthetic"] for c in chosen.candidates]
     order = list(np.argsort(aesthetic)[::-1][:2])
     assert chosen.seeds == [21 + int(i) for i in order]
     assert [s["aesthetic"] for s in chosen.scores] == sorted(aesthetic, reverse=True)[:2]
     assert best([{"s": 1.0}, {"s": 3.0}, {"s": 3.0}], "s", 2) == [1, 2]  # a tie: the earlier row
+    assert best([{"s": None}, {"s": -0.9}, {"s": None}], "s", 2) == [1, 0]  # no face: below every cosine
+
+
+def test_identity_joins_the_scorer_s_scores_and_alone_ranks_without_a_scorer(built):
+    folder = built[0]
+    scorer = Scorer(_OnnxRunner(folder), folder)
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (40, 200, 120)]
+
+    async def identity(pictures):
+        return [None if p[0, 0, 0] == 40 else float(p[0, 0, 0]) / 255 for p in pictures]
+
+    both = asyncio.run(Scoring(scorer, identity).score(images, "red heart"))
+    assert [s["identity"] for s in both] == [None, 200 / 255, 120 / 255] and all("clip_score" in s for s in both)
+    chosen = asyncio.run(choose(Scoring(None, identity), images, 5, "red heart", "identity", 1))
+    assert chosen.seeds == [6] and chosen.scores == [{"identity": 200 / 255}]
 
 
 def test_best_of_n_without_a_scorer_or_with_a_score_it_lacks_names_the_field(built):

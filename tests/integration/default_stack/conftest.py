@@ -1,11 +1,12 @@
 """One default stack for every module here: their tests leave it as they found it (a start and stop cost ~45 s).
 
 It serves tiny random-weight upscalers too, saved in the community files' layouts (:data:`UPSCALERS`; a file that
-is no upscaler is listed with why), and a tiny random GFPGAN face restorer (``--face-restorer face=...``), so the
-finishing routes are tested on the same stack, a tiny random image safety checker (``--safety-checker``) made to
-flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to flag one chosen prompt, a
-tiny random motion adapter and a RIFE interpolator of random weights (videos), a tiny random CLIP and
-aesthetic head as its scorer (``--scorer``), and face models of random weights in ``buffalo_l``'s layout (``--faces``).
+is no upscaler is listed with why), a tiny random GFPGAN face restorer (``--face-restorer face=...``) and a random
+CodeFormer (``cf``), so the finishing routes are tested on the same stack, a tiny random image safety checker
+(``--safety-checker``) made to flag one chosen picture, a tiny random text classifier (``--text-moderator``) made to
+flag one chosen prompt, a tiny random motion adapter and a RIFE interpolator of random weights (videos), a tiny random
+CLIP and aesthetic head as its scorer (``--scorer``), and face models of random weights in ``buffalo_l``'s layout
+(``--faces``).
 
 It names three remote models on ports chosen now (:func:`remote_ports`), whose services ``test_remote`` starts while
 it runs (a second stack, ``b``; a service that hangs, ``hang``; one that floods, ``huge``): elsewhere they are
@@ -17,7 +18,7 @@ import pytest
 
 from build_engines.faces.random_pack import random_face_pack
 from build_engines.finishing.ifnet import random_flownet
-from build_engines.finishing.random_weights import random_restorer, random_upscaler, save_upscaler
+from build_engines.finishing.random_weights import random_codeformer, random_restorer, random_upscaler, save_upscaler
 from build_engines.moderation.safety_checker import chosen_pictures, random_safety_checker
 from build_engines.moderation.text_moderator import random_text_moderator
 from build_engines.scoring import random_aesthetic, random_clip
@@ -46,6 +47,12 @@ def upscaler_files(tmp_path_factory) -> dict:
 def restorer_file(tmp_path_factory):
     """A tiny random GFPGAN v1 clean file, in ``GFPGANv1.4.pth``'s layout: the stack's face restorer ``face``."""
     return save_upscaler(random_restorer(seed=1), tmp_path_factory.mktemp("restorers") / "GFPGANv1.4.pth")
+
+
+@pytest.fixture(scope="package")
+def codeformer_file(tmp_path_factory):
+    """A random CodeFormer in ``codeformer.pth``'s layout (its VQGAN full size): the stack's face restorer ``cf``."""
+    return save_upscaler(random_codeformer(seed=4), tmp_path_factory.mktemp("restorers") / "codeformer.pth")
 
 
 @pytest.fixture(scope="package")
@@ -96,6 +103,7 @@ def stack(
     tmp_path_factory,
     upscaler_files,
     restorer_file,
+    codeformer_file,
     safety_checker,
     text_moderator,
     motion_adapter,
@@ -116,7 +124,7 @@ def stack(
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         upscalers=upscaler_files,
-        face_restorers={"face": restorer_file},
+        face_restorers={"face": restorer_file, "cf": codeformer_file},
         safety_checker=safety_checker,
         text_moderator=text_moderator,
         motion_adapters={"wave": motion_adapter},

@@ -1,4 +1,5 @@
-"""Face restoration through the running stack: the served GFPGAN engine against the PyTorch module on the same crop.
+"""Face restoration through the running stack: the served GFPGAN engine against the PyTorch module on the same crop,
+and the served CodeFormer, its faces aligned by the stack's face models, against the same engines run here.
 
 The picture is a drawn face (:func:`~build_engines.finishing.random_weights.drawn_face`) the Haar cascade finds
 after the stack's ``general`` upscaler (tiny, random) has made it 4x larger.
@@ -13,8 +14,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from build_engines.faces.build import build_faces
+from build_engines.faces.random_pack import drawn_faces
 from build_engines.finishing.random_weights import drawn_face, random_restorer
+from build_engines.finishing.restorers import build_restorer
 from serve.finishing.restorers import NO_FACE, RestorerEntry, restore_faces
+from serve.triton.engine_files import ONNX
+from serve.triton.onnx_backend import make_session
 from tests.images import encode, icon_pixels
 from tests.integration.default_stack.test_upscale import BODY, GENERATE, UPSCALE, answered_pixels, psnr
 from tests.unit.test_finishing_faces import TorchRunner
@@ -26,7 +32,10 @@ def image_b64(pixels: np.ndarray) -> str:
 
 def test_face_restorers_are_listed_beside_the_upscalers(api):
     listed = api.get("/v1/upscalers").json()["face_restorers"]
-    assert listed == [{"name": "face", "status": "ready", "architecture": "GFPGANv1Clean"}]
+    assert listed == [
+        {"name": "face", "status": "ready", "architecture": "GFPGANv1Clean"},
+        {"name": "cf", "status": "ready", "architecture": "CodeFormer"},
+    ]
 
 
 def test_a_face_is_restored_as_the_pytorch_module_restores_its_crop(api):
@@ -70,6 +79,44 @@ def test_an_edit_takes_restore_faces_as_a_form_field(api):
     assert answer.json()["data"][0]["faces"] == {"found": 0, "note": NO_FACE}
 
 
+class Engines:
+    """The face models' and a restorer's engines, built here and run by ONNX Runtime (the stack's, in-process)."""
+
+    def __init__(self, *folders) -> None:
+        self.folders, self.sessions = folders, {}
+
+    async def infer(self, spec, inputs, priority=0):
+        if spec.name not in self.sessions:
+            folder = next(f for f in self.folders if (f / spec.name / ONNX).is_file())
+            self.sessions[spec.name] = make_session(folder / spec.name / ONNX)
+        names = [t.name for t in spec.outputs]
+        return dict(zip(names, self.sessions[spec.name].run(names, dict(inputs)), strict=True))
+
+
+def test_codeformer_restores_aligned_faces_at_their_fidelity_as_its_engines_do_here(
+    api, codeformer_file, face_models, tmp_path
+):
+    picture = drawn_faces([(160, 120, 60)], seed=2)
+    body = {"image": image_b64(picture), "upscaler": "general", "scale": 1}
+    plain = answered_pixels(api.post(UPSCALE, json=body))
+    answers = {
+        fidelity: api.post(
+            UPSCALE, json=body | {"restore_faces": {"restorer": "cf", "weight": 1, "fidelity": fidelity}}
+        )
+        for fidelity in (0.0, 0.9)
+    }
+    face_entry = build_faces(face_models, tmp_path / "faces")
+    restorer = build_restorer("cf", codeformer_file, tmp_path / "restorer")
+    engines = Engines(tmp_path / "faces", tmp_path / "restorer")
+    for fidelity, answer in answers.items():
+        served, faces = answered_pixels(answer), answer.json()["data"][0]["faces"]
+        assert faces["aligned"] is True and faces["found"] >= 1, faces
+        want, found = asyncio.run(restore_faces(plain, restorer, 1.0, engines, fidelity, face_entry))
+        assert found == faces and psnr(served, want) >= 40
+        assert psnr(served, plain) < 35  # restored, not passed through
+    assert psnr(answered_pixels(answers[0.0]), answered_pixels(answers[0.9])) < 45  # the fidelity counts
+
+
 @pytest.mark.parametrize(
     ("route", "restore_faces", "field"),
     [
@@ -77,6 +124,8 @@ def test_an_edit_takes_restore_faces_as_a_form_field(api):
         (GENERATE, {"restorer": "nope"}, "restore_faces.restorer"),
         (GENERATE, {"restorer": "face", "weight": 1.5}, "restore_faces.weight"),
         (UPSCALE, {"restorer": "face", "weight": -0.1}, "restore_faces.weight"),
+        (UPSCALE, {"restorer": "face", "fidelity": 0.5}, "restore_faces.fidelity"),
+        (GENERATE, {"restorer": "cf", "fidelity": 1.5}, "restore_faces.fidelity"),
     ],
 )
 def test_a_bad_restore_faces_is_a_400_naming_the_field(api, route, restore_faces, field):

@@ -642,7 +642,9 @@ def test_a_character_is_drawn_by_a_job_a_grpc_call_and_a_video_as_by_hand(api, s
     rpc = np.asarray(Image.open(io.BytesIO(events[-1].result.images[0].data)).convert("RGB"))
     np.testing.assert_array_equal(rpc[None], by_hand)
     video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3} | named
-    video_id = api.post("/v1/videos", json=video).json()["id"]
+    created = api.post("/v1/videos", json=video)
+    assert created.status_code == 200, created.text
+    video_id = created.json()["id"]
     while (made := api.get(f"/v1/videos/{video_id}").json())["status"] in ("queued", "in_progress"):
         assert time.monotonic() < deadline + 120, made
         time.sleep(0.2)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from build_engines.faces.build import build_faces
 from build_engines.faces.random_pack import drawn_faces
 from build_engines.finishing.random_weights import drawn_face, random_restorer
-from build_engines.finishing.restorers import build_restorer
 from serve.finishing.restorers import NO_FACE, RestorerEntry, restore_faces
+from serve.finishing.upscalers import Upscalers
+from serve.paths import live_repository
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
 from tests.images import encode, icon_pixels
@@ -33,8 +33,8 @@ def image_b64(pixels: np.ndarray) -> str:
 def test_face_restorers_are_listed_beside_the_upscalers(api):
     listed = api.get("/v1/upscalers").json()["face_restorers"]
     assert listed == [
-        {"name": "face", "status": "ready", "architecture": "GFPGANv1Clean"},
         {"name": "cf", "status": "ready", "architecture": "CodeFormer"},
+        {"name": "face", "status": "ready", "architecture": "GFPGANv1Clean"},
     ]
 
 
@@ -80,22 +80,19 @@ def test_an_edit_takes_restore_faces_as_a_form_field(api):
 
 
 class Engines:
-    """The face models' and a restorer's engines, built here and run by ONNX Runtime (the stack's, in-process)."""
+    """The stack's engines as its Triton repository holds them, run here by ONNX Runtime (the reference)."""
 
-    def __init__(self, *folders) -> None:
-        self.folders, self.sessions = folders, {}
+    def __init__(self, repository) -> None:
+        self.repository, self.sessions = repository, {}
 
     async def infer(self, spec, inputs, priority=0):
         if spec.name not in self.sessions:
-            folder = next(f for f in self.folders if (f / spec.name / ONNX).is_file())
-            self.sessions[spec.name] = make_session(folder / spec.name / ONNX)
+            self.sessions[spec.name] = make_session(self.repository / spec.name / "1" / ONNX)
         names = [t.name for t in spec.outputs]
         return dict(zip(names, self.sessions[spec.name].run(names, dict(inputs)), strict=True))
 
 
-def test_codeformer_restores_aligned_faces_at_their_fidelity_as_its_engines_do_here(
-    api, codeformer_file, face_models, tmp_path
-):
+def test_codeformer_restores_aligned_faces_at_their_fidelity_as_its_engines_do_here(api, stack, face_models):
     picture = drawn_faces([(160, 120, 60)], seed=2)
     body = {"image": image_b64(picture), "upscaler": "general", "scale": 1}
     plain = answered_pixels(api.post(UPSCALE, json=body))
@@ -105,9 +102,10 @@ def test_codeformer_restores_aligned_faces_at_their_fidelity_as_its_engines_do_h
         )
         for fidelity in (0.0, 0.9)
     }
-    face_entry = build_faces(face_models, tmp_path / "faces")
-    restorer = build_restorer("cf", codeformer_file, tmp_path / "restorer")
-    engines = Engines(tmp_path / "faces", tmp_path / "restorer")
+    repository = live_repository(stack.options.run_dir)
+    built = (repository / "restorer_cf" / "1" / ONNX).resolve().parents[1]  # the finishing engines' folder
+    face_entry, restorer = Upscalers.read(built).faces.ready[0], RestorerEntry("cf", "", architecture="CodeFormer")
+    engines = Engines(repository)
     for fidelity, answer in answers.items():
         served, faces = answered_pixels(answer), answer.json()["data"][0]["faces"]
         assert faces["aligned"] is True and faces["found"] >= 1, faces

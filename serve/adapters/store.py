@@ -92,6 +92,7 @@ class Character:
         """What the API shows of it."""
         shown = {"object": "character", "name": self.name, "model": self.model, "images": self.images}
         shown |= {"references": list(self.references), "lora": self.lora, "trigger_words": self.trigger_words}
+        shown |= {"visibility": "private" if self.owner else "shared"}
         return shown | {"note": self.note, "face": self.face is not None, "created_at": int(self.created_at)}
 
     def to_json(self) -> str:

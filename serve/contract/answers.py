@@ -47,7 +47,7 @@ LORA = {
 }
 CHARACTER = {"object": "character", "name": "ada", "model": "easel-default", "images": 2}
 CHARACTER |= {"references": ["ref_5d0a...", "ref_77c1..."], "lora": {"name": "ink", "scale": 0.8}}
-CHARACTER |= {"trigger_words": "ada woman", "note": "", "face": True, "created_at": 1795709300}
+CHARACTER |= {"trigger_words": "ada woman", "visibility": "private", "note": "", "face": True, "created_at": 1795709300}
 REFERENCE = {"id": "ref_2f1c...", "object": "reference", "model": "easel-default"}
 REFERENCE |= {"created_at": 1795709300, "name": "ada"}
 VIDEO = {

@@ -49,6 +49,11 @@ class NewCharacter(BaseModel):
         "", max_length=MAX_TRIGGER_CHARS, description="Put before each prompt that names the character."
     )
     note: str = Field("", max_length=MAX_NOTE_CHARS, description="Free text, shown with it.")
+    visibility: Literal["private", "shared"] = Field(
+        "private",
+        description="private: the key's alone; shared: every key may draw it (an admin key's to give, a 403 "
+        "otherwise; an open API's are shared). A PUT replaces the one of this visibility.",
+    )
 
     @field_validator("images")
     @classmethod

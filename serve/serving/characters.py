@@ -19,8 +19,9 @@ import numpy as np
 from serve.access import owner_filter
 from serve.access.keys import ApiKey
 from serve.adapters.ip_adapter import MAX_REFERENCES
+from serve.adapters.registry import SHARED
 from serve.adapters.store import AdapterStore, Character, StoredReference, character_taken
-from serve.errors import InvalidInput, NotFound
+from serve.errors import Forbidden, InvalidInput, NotFound
 from serve.faces.analyze import analyze_faces
 from serve.faces.pack import FaceEntry
 from serve.images import base64_bytes
@@ -35,6 +36,15 @@ from serve.serving.references import new_reference_id
 from serve.serving.upscale import Upscaling
 
 FIELD = "character.name"
+
+
+def _owner(visibility: str, key: ApiKey | None) -> str | None:
+    """Whose a character made by ``key`` is: the key's, or (``shared``) every key's, an admin key's to give (403)."""
+    if visibility != SHARED:
+        return key and key.id
+    if key is not None and owner_filter(key) is not None:
+        raise Forbidden("visibility: only an admin key shares a character", "visibility")
+    return None
 
 
 def unknown_character(name: str) -> InvalidInput:
@@ -65,7 +75,7 @@ class Characters:
         """
         if path_name is not None and body.name != path_name:
             raise InvalidInput(f"name: {body.name!r} is not the path's character {path_name!r}", "name")
-        model = self._model(body)
+        owner, model = _owner(body.visibility, key), self._model(body)
         if model.adapters.ip_adapter and len(body.images) > MAX_REFERENCES:
             count = len(body.images)
             message = f"model {model.name}'s IP-Adapter takes {MAX_REFERENCES} references a request, not {count}"
@@ -74,23 +84,23 @@ class Characters:
             self._check_lora(model, body.lora, key and key.id)
         faces = self.faces()
         cost = await asyncio.to_thread(character_cost, body, faces and faces.face_side)
-        kept = await asyncio.to_thread(self.store().character, body.name, key and key.id)
+        kept = await asyncio.to_thread(self.store().character, body.name, owner)
         if path_name is None and kept is not None:
             raise character_taken(body.name)
         if path_name is not None and kept is None:
-            raise NotFound(f"no character {path_name!r}", "name")
-        if path_name is None:
+            raise NotFound(f"no {body.visibility} character {path_name!r}", "name")
+        if path_name is None and owner is not None:  # a shared one is no key's to count
             await self.adapters.check_quota(key, 0, "characters")
         return cost
 
     async def made(self, body: NewCharacter, key: ApiKey | None, replace: bool) -> dict:
         """``body``'s character made (its pictures encoded and their faces embedded, once) and kept as ``key``'s."""
-        owner, model = key and key.id, self._model(body)
+        owner, model = _owner(body.visibility, key), self._model(body)
         face = await self._face(body)
         embeds = []
         if model.adapters.ip_adapter:
             embeds = [np.asarray(await self.adapters.encoded_reference(model, i), np.float32) for i in body.images]
-        if not replace:
+        if not replace and owner is not None:
             await self.adapters.check_quota(key, sum(e.nbytes for e in embeds), "characters")
         now = time.time()
         references = [StoredReference(new_reference_id(), owner, model.name, e, None, now, body.name) for e in embeds]
@@ -114,28 +124,49 @@ class Characters:
         return character.public()
 
     async def listing(self, key: ApiKey | None) -> dict:
-        """The characters ``key`` keeps (an admin key, or an open API: everyone's), by name."""
-        found = await asyncio.to_thread(self.store().characters, owner_filter(key))
-        return {"object": "list", "data": [character.public() for character in found]}
+        """The characters ``key`` may draw, its own and the shared ones (an admin key, an open API: all), by name."""
+        mine = owner_filter(key)
+        found = await asyncio.to_thread(self.store().characters, None)
+        shown = [c for c in found if mine is None or c.owner in (None, mine)]
+        return {"object": "list", "data": [character.public() for character in shown]}
 
     async def get(self, name: str, key: ApiKey | None) -> dict:
-        """``key``'s character ``name`` (404: none, another key's too)."""
-        return (await self._kept(name, key)).public()
+        """``key``'s character ``name``, else the shared one (404: none, another key's too)."""
+        character = await asyncio.to_thread(self.visible, name, key and key.id)
+        if character is None:
+            raise NotFound(f"no character {name!r}", "name")
+        return character.public()
 
     async def removed(self, name: str, key: ApiKey | None) -> dict:
-        """``key``'s character ``name`` forgotten, its references with it (404: none, another key's too)."""
-        character = await asyncio.to_thread(self.store().remove_character, name, key and key.id)
+        """``key``'s character ``name`` forgotten, its references with it (404: none, another key's too).
+
+        Without one of its own, an admin key (an open API) forgets the shared one; another key is refused (403).
+        """
+        owner = key and key.id
+        if owner is not None and await asyncio.to_thread(self.store().character, name, owner) is None:
+            shared = await asyncio.to_thread(self.store().character, name, None)
+            if shared is None:
+                raise NotFound(f"no character {name!r}", "name")
+            if owner_filter(key) is not None:
+                raise Forbidden(f"name: {name!r} is shared: only an admin key deletes it", "name")
+            owner = None
+        character = await asyncio.to_thread(self.store().remove_character, name, owner)
         if character is None:
             raise NotFound(f"no character {name!r}", "name")
         await self._forget(character)
         return {"object": "character", "name": name, "deleted": True}
+
+    def visible(self, name: str, owner: str | None) -> Character | None:
+        """The character ``name`` as the key ``owner`` names it: its own, else the shared one (None: neither)."""
+        own = owner and self.store().character(name, owner)
+        return own or self.store().character(name, None)
 
     async def expanded(self, request, model: ServedModel, key: ApiKey | None):
         """``request`` with its character drawn in by hand: trigger words, LoRA, pictures (400s naming the field)."""
         choice = request.character
         if choice is None:
             return request
-        character = await asyncio.to_thread(self.store().character, choice.name, key and key.id)
+        character = await asyncio.to_thread(self.visible, choice.name, key and key.id)
         if character is None:
             raise unknown_character(choice.name)
         if character.model != model.name:
@@ -171,7 +202,7 @@ class Characters:
 
         ``best_of: identity`` without one is a 400 naming ``best_of``.
         """
-        named = request.character and self.store().character(request.character.name, owner)
+        named = request.character and self.visible(request.character.name, owner)
         face = named.face if named and self.faces() is not None else None
         if face is None and request.candidates > 1 and request.best_of == "identity":
             why = "identity ranks candidates by a character's face: name one made where the stack serves face models"
@@ -207,12 +238,6 @@ class Characters:
             found.append(max(faces, key=_area).embedding)
         mean = np.mean(found, axis=0)
         return tuple(float(v) for v in mean / np.linalg.norm(mean))
-
-    async def _kept(self, name: str, key: ApiKey | None) -> Character:
-        character = await asyncio.to_thread(self.store().character, name, key and key.id)
-        if character is None:
-            raise NotFound(f"no character {name!r}", "name")
-        return character
 
     async def _forget(self, character: Character) -> None:
         for reference_id in character.references:

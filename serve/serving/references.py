@@ -90,7 +90,10 @@ class References:
             for index, reference_id in enumerate(ip.choice.references):
                 field = ip.name_of("references", index)
                 stored = await asyncio.to_thread(self.store().reference, reference_id)
-                if stored is None or not visible(stored.owner):
+                shared = (
+                    stored is not None and stored.owner is None and stored.held_by is not None
+                )  # a shared character's
+                if stored is None or not (visible(stored.owner) or shared):
                     raise unknown_reference(reference_id, field)
                 if stored.model != model.name:
                     message = f"{field}: {reference_id} was stored for model {stored.model}, not {model.name}"

@@ -967,6 +967,38 @@ def test_zz_another_key_s_reference_or_lora_answers_as_an_unknown_one(stack, def
     assert theirs[:3] == (row.status, kind, row.param), theirs
 
 
+def test_zz_an_admin_shares_a_character_that_every_key_draws_and_only_an_admin_deletes(stack):
+    from serve.access import ACTIVE_CHECK_S, open_key_store
+    from serve.access.keys import KeyLimits
+    from serve.routes import Scope
+
+    store = open_key_store(stack.options.store)
+    keys = {
+        who: store.create(who, scopes, KeyLimits())[1]
+        for who, scopes in (("chief", {Scope.ADMIN}), ("dana", {Scope.GENERATE}))
+    }
+    time.sleep(ACTIVE_CHECK_S + 0.5)
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+
+        def call(who: str, method: str, path: str, **kwargs) -> httpx.Response:
+            return client.request(method, path, headers={"Authorization": f"Bearer {keys[who]}"}, **kwargs)
+
+        refused = call("dana", "POST", "/v1/characters", json=CHARACTER | {"name": "mine", "visibility": "shared"})
+        assert refused.status_code == 403 and refused.json()["error"]["param"] == "visibility", refused.text
+        made = call("chief", "POST", "/v1/characters", json=CHARACTER | {"name": "hero", "visibility": "shared"})
+        assert made.status_code == 200 and made.json()["visibility"] == "shared", made.text
+        assert "hero" in [c["name"] for c in call("dana", "GET", "/v1/characters").json()["data"]]
+        drawn = call("dana", "POST", GENERATE, json=BODY | {"character": {"name": "hero"}})
+        by_hand = {"prompt": f"zed person, {BODY['prompt']}", "loras": [{"name": "style", "scale": 0.7}]}
+        by_hand = call("dana", "POST", GENERATE, json=BODY | by_hand | {"ip_adapters": [{"images": PICTURES}]})
+        np.testing.assert_array_equal(decode_images(drawn), decode_images(by_hand))
+        taken = call("dana", "DELETE", "/v1/characters/hero")
+        assert taken.status_code == 403 and taken.json()["error"]["param"] == "name", taken.text
+        assert call("chief", "DELETE", "/v1/characters/hero").status_code == 200
+        gone = call("dana", "POST", GENERATE, json=BODY | {"character": {"name": "hero"}})
+        assert gone.status_code == 400 and gone.json()["error"]["param"] == "character.name", gone.text
+
+
 def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everything(stack, default_model, tmp_path):
     """A scripted sequence of admin calls is in ``GET /v1/audit`` with each key's id and outcome; ``easel backup``
     while generations and jobs run, ``easel restore`` into a fresh folder: every key, job, image (byte-equal),

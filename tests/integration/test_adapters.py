@@ -1002,7 +1002,7 @@ def test_zz_an_admin_shares_a_character_that_every_key_draws_and_only_an_admin_d
 def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everything(stack, default_model, tmp_path):
     """A scripted sequence of admin calls is in ``GET /v1/audit`` with each key's id and outcome; ``easel backup``
     while generations and jobs run, ``easel restore`` into a fresh folder: every key, job, image (byte-equal),
-    reference and LoRA of the copy is there."""
+    reference, LoRA and character of the copy is there."""
     import threading
 
     from click.testing import CliRunner
@@ -1041,6 +1041,8 @@ def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everythi
         assert client.get("/v1/audit", headers={"Authorization": f"Bearer {paint}"}).status_code == 403
         reference = {"image": reference_image(seed=7)[1]}  # a stored reference, for the backup below (not audited)
         assert client.post("/v1/references", json=reference, headers={"Authorization": f"Bearer {paint}"}).is_success
+        character = CHARACTER | {"name": "kept", "lora": None}  # and a character, its pictures stored references
+        assert client.post("/v1/characters", json=character, headers={"Authorization": f"Bearer {paint}"}).is_success
         page = client.get("/v1/audit", params={"limit": 10}, headers={"Authorization": f"Bearer {boss}"})
     assert page.status_code == 200, page.text
     ids = {boss: auditor.id, paint: painter.id}
@@ -1068,6 +1070,7 @@ def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everythi
             "images": {row.id: images.read(row) for row in images.page(None, None, 10_000)},
             "loras": {(e.name, e.owner, e.sha256) for e in open_adapter_store(store_url).loras()},
             "references": {r.id for r in open_adapter_store(store_url).references(None)},
+            "characters": {(c.name, c.owner, c.references) for c in open_adapter_store(store_url).characters(None)},
         }
 
     writer = threading.Thread(target=load)
@@ -1085,7 +1088,7 @@ def test_zzz_admin_actions_are_audited_and_a_backup_under_load_restores_everythi
     put = CliRunner().invoke(main, ["restore", str(tmp_path / "backup"), "--run-folder", str(fresh)])
     assert put.exit_code == 0, put.output
     restored, after = contents(fresh, default_url(fresh)), contents(run, url)
-    for part in ("keys", "loras", "references"):  # unchanged by the load: all of them, no more
+    for part in ("keys", "loras", "references", "characters"):  # unchanged by the load: all of them, no more
         assert restored[part] == before[part] == after[part] and restored[part], part
     for part in ("jobs", "images"):  # all that were there when the backup began, none that never was
         assert set(before[part]) <= set(restored[part]) <= set(after[part]), part

@@ -26,6 +26,7 @@ export function requestBody() {
     scale: numberOf($(`#lora-scale-${box.dataset.index}`).value) ?? 1,
   }));
   if (loras.length) body.loras = loras;
+  if ($("#character").value) body.character = { name: $("#character").value };
   return { ...body, ...imagesIn.imageFields() };
 }
 
@@ -251,6 +252,18 @@ export async function loadLoras() {
   return ready;
 }
 
+/** The characters of GET /v1/characters (the key's own and the shared ones), a choice of their names. */
+export async function loadCharacters() {
+  const found = (await call("GET", "/v1/characters")).data;
+  const select = $("#character");
+  const kept = select.value;
+  $("#character-field").hidden = found.length === 0;
+  const named = found.map((character) => h("option", { value: character.name }, `${character.name} (${character.model})`));
+  select.replaceChildren(h("option", { value: "" }, "none"), ...named);
+  select.value = found.some((character) => character.name === kept) ? kept : "";
+  return found;
+}
+
 /** Wire the Draw section to `context` (the key's scopes: {jobs, admin}). */
 export function setUp(context) {
   studio = context;
@@ -270,6 +283,7 @@ export function setUp(context) {
 export async function refresh() {
   await loadModels();
   await loadLoras().catch(() => ($("#loras").hidden = true));
+  await loadCharacters().catch(() => ($("#character-field").hidden = true));
   await imagesIn.loadFinishing().catch(() => {});
   updateCall();
   analyzeSoon();

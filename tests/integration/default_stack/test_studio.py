@@ -33,6 +33,12 @@ pytestmark = pytest.mark.integration
 GENERATE = "/v1/images/generations"
 
 
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def test_a_seeded_drawing_is_the_api_s_answer_for_the_call_it_shows_and_its_progress_reaches_the_last_step(
     studio, api, stack, tmp_path
 ):
@@ -261,6 +267,30 @@ def test_candidates_are_scored_and_the_best_is_the_api_s_answer_with_its_scores(
     assert image.get_attribute("src") == PNG + answer["data"][0]["b64_json"]
     expect(studio.locator("#draw-images .scores")).to_contain_text("clip_score")
     assert f"seed {answer['data'][0]['seed']}" in studio.inner_text("#draw-images figcaption")
+
+
+def test_a_character_chosen_in_draw_is_drawn_as_the_api_draws_it(studio, api):
+    picture = base64.b64encode(_png(drawn_faces([(160, 120, 60)]))).decode()
+    made = api.post(
+        "/v1/characters", json={"name": "zed", "images": [picture], "face": "largest", "trigger_words": "zed"}
+    )
+    assert made.status_code == 200, made.text
+    try:
+        studio.reload()
+        expect(studio.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+        studio.click("#more summary")
+        studio.select_option("#character", "zed")
+        draw(studio, prompt="a portrait", seed=4, num_inference_steps=2, size="64x64")
+        image = studio.locator("#draw-images img")
+        expect(image).to_have_count(1)
+        body = shown_call(studio)
+        assert body["character"] == {"name": "zed"} and sent_body(studio)["character"] == {"name": "zed"}
+        answer = api.post(GENERATE, json=body)
+        assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
+        plain = api.post(GENERATE, json={k: v for k, v in body.items() if k != "character"})
+        assert plain.json()["data"][0]["b64_json"] != answer.json()["data"][0]["b64_json"]  # its trigger words drew
+    finally:
+        assert api.delete("/v1/characters/zed").status_code == 200
 
 
 def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_phone(studio):

@@ -144,7 +144,8 @@ class Gateway:
         vectorize_versions = TableReader(args.vectorize_table_path)  # an experiment's variants may be vectorize's
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
         scores = score_names(args.scorer_dir)  # what the stack's scorer gives (none: no scorer)
-        traffic = Experiments(open_experiment_store(store_url), variants, scores=scores)
+        identity = ("identity",) if upscalers.faces.ready else ()  # a character's face kept, with face models
+        traffic = Experiments(open_experiment_store(store_url), variants, scores=(*scores, *identity))
         for name, spec in args.experiments.items():  # declared at start-up (easel up --experiment): seeds them
             if not traffic.exists(name):  # one the store holds (the API may have edited it) stays as it is
                 traffic.define(name, spec)

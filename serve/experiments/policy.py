@@ -63,10 +63,10 @@ class Mode(enum.StrEnum):
 
 
 FEEDBACK = "feedback"
-SCORE_RANGES = {"clip_score": (-1.0, 1.0), "aesthetic": (1.0, 10.0)}
+SCORE_RANGES = {"clip_score": (-1.0, 1.0), "aesthetic": (1.0, 10.0), "identity": (-1.0, 1.0)}
 """Each score an experiment may be rewarded by, and the range mapped onto rewards 0 to 1 (clamped): CLIP's cosine,
 LAION's aesthetic scale."""
-Reward = Literal["feedback", "clip_score", "aesthetic"]
+Reward = Literal["feedback", "clip_score", "aesthetic", "identity"]
 """What rewards an experiment's variants: users' feedback alone, or a score of each image served (feedback on an
 image still replaces its score's reward)."""
 
@@ -106,8 +106,9 @@ class ExperimentSpec(BaseModel):
     reward: Reward = Field(
         FEEDBACK,
         description="What rewards its variants: feedback (POST /v1/feedback) alone, or a score of every image served "
-        "(clip_score: CLIP's cosine, -1 to 1, as a reward 0 to 1; aesthetic: 1 to 10 as 0 to 1; easel up --scorer), "
-        "which an image's feedback still replaces.",
+        "(clip_score: CLIP's cosine, -1 to 1, as a reward 0 to 1; aesthetic: 1 to 10 as 0 to 1; easel up --scorer; "
+        "identity: a character's face kept, a cosine, -1 to 1, as 0 to 1, of the images of generations naming a "
+        "character, easel up --faces), which an image's feedback still replaces.",
     )
     mode: Mode = Field(
         Mode.POOLED,
@@ -170,10 +171,10 @@ class Experiment:
     def check(self, served: Collection[str], scores: Collection[str] = ()) -> None:
         """Refuse (400) a malformed name, one that shadows a served model, a variant not served, or a bad reward.
 
-        ``scores``: those the stack's scorer gives (an experiment rewarded by another score is refused).
+        ``scores``: those the stack gives (its scorer's; ``identity`` with face models); another reward is refused.
         """
         if self.spec.reward != FEEDBACK and self.spec.reward not in scores:
-            given = ", ".join(scores) or "none: easel up --scorer clip=DIR"
+            given = ", ".join(scores) or "none: easel up --scorer clip=DIR, --faces DIR"
             raise InvalidInput(f"reward: {self.spec.reward} is not a score this stack gives ({given})", "reward")
         if not re.match(NAME_PATTERN, self.name):
             raise InvalidInput(f"name: {self.name!r} does not match {NAME_PATTERN}", "name")

@@ -137,7 +137,7 @@ class Experiments:
         if assignment.experiment is None or assignment.reward == FEEDBACK:
             return
         for item_id, measured in zip(item_ids, scores, strict=True):
-            if measured is None:
+            if measured is None or measured.get(assignment.reward) is None:  # identity: no character, or no face
                 continue
             reward = score_reward(assignment.reward, measured)
             self.store.rate(item_id, reward, measured=True)

@@ -128,7 +128,8 @@ class Generations(Streaming):
         if request.model and request.model not in served:
             chosen = await asyncio.to_thread(self.experiments.assign, request.model, request.user, owner, served)
             if chosen is not None:  # rewarded by a score: each image's is measured (and said only if asked)
-                update = {"model": chosen.model} | ({"scores": True} if chosen.reward != FEEDBACK else {})
+                measured = chosen.reward != FEEDBACK and (chosen.reward != "identity" or request.character)
+                update = {"model": chosen.model} | ({"scores": True} if measured else {})
                 return request.model_copy(update=update), chosen, models.named(chosen.model)
         model = models.named(request.model)
         return request, Assignment(model.name), model

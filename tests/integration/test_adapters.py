@@ -691,6 +691,14 @@ def test_a_character_s_images_are_scored_by_identity_and_best_of_identity_keeps_
     assert [c["kept"] for c in candidates] == [i == int(np.argmax(values)) for i in range(3)]
     refused = api.post(GENERATE, json=BODY | {"candidates": 2, "best_of": "identity"})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == "best_of", refused.text
+    experiment = {"variants": {"easel-default": 1.0}, "reward": "identity"}  # learns from the faces kept
+    assert api.put("/v1/experiments/kept", json=experiment).status_code == 200
+    through = api.post(GENERATE, json=body | {"model": "kept"})
+    plain = api.post(GENERATE, json=BODY | {"model": "kept"})  # no character: no evidence, and no scorer needed
+    assert through.status_code == plain.status_code == 200, (through.text, plain.text)
+    measured = sum(item["scores"]["identity"] is not None for item in through.json()["data"])
+    assert api.get("/v1/experiments/kept").json()["posteriors"]["easel-default"]["feedback"] == measured
+    assert api.delete("/v1/experiments/kept").status_code == 200
     assert api.delete("/v1/characters/ida").status_code == 200
 
 

@@ -263,6 +263,19 @@ def test_a_score_maps_its_range_onto_rewards_0_to_1():
     assert score_reward("clip_score", {"clip_score": 0.2}) == pytest.approx(0.6)
     assert score_reward("aesthetic", {"aesthetic": 5.5, "clip_score": 1.0}) == pytest.approx(0.5)
     assert score_reward("aesthetic", {"aesthetic": 11.0}) == 1.0 and score_reward("aesthetic", {"aesthetic": 0}) == 0
+    assert score_reward("identity", {"identity": 0.5}) == pytest.approx(0.75)
+
+
+def test_an_experiment_rewarded_by_identity_learns_from_images_with_a_face_and_skips_the_rest(experiments):
+    with pytest.raises(InvalidInput, match="identity is not a score") as caught:  # no face models
+        experiments.define("kept", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"], reward="identity"))
+    assert caught.value.field == "reward"
+    faced = Experiments(experiments.store, lambda: SERVED, random.Random(7), scores=("identity",))
+    faced.define("kept", ExperimentSpec(policy=Policy.BANDIT, variants=["v1", "v2"], reward="identity"))
+    assignment = faced.assign("kept", None)
+    faced.record(["img_a", "img_b", "img_c"], assignment, None)
+    faced.measure(["img_a", "img_b", "img_c"], [{"identity": 0.5}, {"identity": None}, {}], assignment)
+    assert faced.store.posteriors("kept")[assignment.model] == Posterior(0.75, 0.25, 1)  # the face-less two: none
 
 
 def test_the_bandit_rewarded_by_scores_sends_most_traffic_to_the_better_scored_variant(tmp_path):

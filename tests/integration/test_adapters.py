@@ -682,6 +682,7 @@ def test_a_character_s_images_are_scored_by_identity_and_best_of_identity_keeps_
     assert answer.status_code == 200, answer.text
     for item in answer.json()["data"]:
         identity, reference = item["scores"]["identity"], _identity(api, item["b64_json"], face)
+        logger.info("scores.identity %s, its reference %s", identity, reference)
         assert (identity is None) == (reference is None)
         assert identity is None or abs(identity - reference) <= 1e-4, (identity, reference)
     ranked = api.post(GENERATE, json=body | {"n": 1, "candidates": 3, "best_of": "identity"})

@@ -134,15 +134,14 @@ UNSTATED_LIMITS = (
         UnstatedLimit(
             method,
             path,
-            ("images.*", "model", "lora.name", "name"),
+            ("images", "images.*", "model", "lora.name", "name"),
             "",
             "pictures that decode (PNG, JPEG or WebP, sides up to 4096), each showing one face where the stack serves "
             "face models (or face: largest), for a served model, with a LoRA the key may use; POST: a name the key "
             "has not; PUT: the path's name, one the key has",
             f"{BY_DECODING}; the models, LoRAs and characters are the stack's",
-            status,
         )
-        for method, path, status in (("post", _CHARACTERS, 400), ("put", f"{_CHARACTERS}/{{name}}", 400))
+        for method, path in (("post", _CHARACTERS), ("put", f"{_CHARACTERS}/{{name}}"))
     ),
     UnstatedLimit(
         "post",

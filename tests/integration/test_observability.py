@@ -4,6 +4,7 @@ The module starts its own stack with the Ray dashboard on (Prometheus then reads
 and Prometheus on a free loopback port scraping every second; both are stopped when the module ends.
 """
 
+import base64
 import math
 import os
 import re
@@ -15,7 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from PIL import Image
 
+from build_engines.faces.random_pack import drawn_faces, random_face_pack
 from build_engines.scoring import random_aesthetic, random_clip
 from serve import metrics
 from serve.access import ACTIVE_CHECK_S, open_key_store
@@ -26,7 +29,7 @@ from serve.paths import ICONS_DEV
 from serve.routes import Scope
 from serve.stack import Stack, StackOptions
 from tests.adapters import make_adapters
-from tests.images import dev_icon_png
+from tests.images import dev_icon_png, encode
 from tests.integration.conftest import triton_killed
 
 pytestmark = [
@@ -47,7 +50,7 @@ def stack(default_model, tmp_path_factory):
     """Stack + Ray dashboard + Prometheus (1 s scrapes, storage in a temp dir), all stopped after the module.
 
     With LoRA adapters, one held per engine instance, so the load's adapters are loaded and evicted every round;
-    with a tiny random scorer.
+    with a tiny random scorer and face models of random weights (a character's ``scores.identity``).
     """
     adapters = make_adapters(default_model, tmp_path_factory.mktemp("adapters"))
     scorer = tmp_path_factory.mktemp("scorer")
@@ -66,6 +69,7 @@ def stack(default_model, tmp_path_factory):
             approximate_cache=0.5,
             vectorize_record_rate=1.0,  # every vectorize answer recorded: the predictor's error has data
             scorers={"clip": random_clip(scorer / "clip"), "aesthetic": random_aesthetic(scorer / "aesthetic.pth")},
+            faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),  # a character's identity score
         )
     )
     try:
@@ -100,6 +104,7 @@ def _icon() -> bytes:
 
 
 VECTORIZE_EXPERIMENT = "vectorize-ab"  # over the stack's vectorize version: the dashboard's variant panels have data
+CHARACTER = "observed"  # a character the load's scored generations name: their faces give scores.identity
 
 
 def _vectorize(api, tier: str, **fields: str) -> httpx.Response:
@@ -148,7 +153,7 @@ def _round(api, round_: int) -> list[int]:
     ]
     jobs[1]["loras"], jobs[2]["loras"] = [{"name": "style"}], [{"name": "line"}]  # loaded and evicted each round
     jobs[3]["approximate_cache"] = True  # a miss in the first round, then starts from its kept latents
-    jobs[0]["scores"] = True  # each image scored: the score panels have data
+    jobs[0] |= {"scores": True, "character": {"name": CHARACTER}, "size": "128x128", "n": 2}  # the score panels' data
     with ThreadPoolExecutor(4) as pool:
         statuses = [r.status_code for r in pool.map(lambda job: api.post("/v1/images/generations", json=job), jobs)]
         statuses += [r.status_code for r in pool.map(lambda tier: _vectorize(api, tier), ["1", "2", "3", "auto"])]
@@ -171,6 +176,9 @@ def load(stack, api, prometheus):
     """
     variants = {"policy": "split", "variants": {"vectorize.v1": 1.0}}
     assert api.put(f"/v1/experiments/{VECTORIZE_EXPERIMENT}", json=variants).status_code == 200
+    picture = base64.b64encode(encode(Image.fromarray(drawn_faces([(160, 120, 60)])))).decode()
+    made = api.post("/v1/characters", json={"name": CHARACTER, "images": [picture], "face": "largest"})
+    assert made.status_code == 200, made.text
     with triton_killed(stack):
         statuses = [api.post("/v1/images/generations", json={"prompt": "x", "num_inference_steps": 2}).status_code]
         statuses.append(_vectorize(api, "3").status_code)

@@ -60,15 +60,8 @@ class RedisAdapterStore(AdapterStore):
 
     def remove_lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.remove_lora`."""
-        stored = stored_name(name, owner)
-
-        def change(pipe) -> LoraEntry | None:
-            old = pipe.hget(_LORAS, stored)
-            pipe.multi()
-            pipe.hdel(_LORAS, stored)
-            return None if old is None else LoraEntry.from_json(old)
-
-        return self.redis.transaction(change, _LORAS, value_from_callable=True)
+        old = self._popped(_LORAS, stored_name(name, owner))
+        return None if old is None else LoraEntry.from_json(old)
 
     def lora(self, name: str, owner: str | None = None) -> LoraEntry | None:
         """See :meth:`AdapterStore.lora`."""
@@ -150,15 +143,19 @@ class RedisAdapterStore(AdapterStore):
 
     def remove_character(self, name: str, owner: str | None) -> Character | None:
         """See :meth:`AdapterStore.remove_character`."""
-        stored = stored_name(name, owner)
+        old = self._popped(_CHARACTERS, stored_name(name, owner))
+        return None if old is None else Character.from_json(old)
 
-        def change(pipe) -> Character | None:
-            old = pipe.hget(_CHARACTERS, stored)
+    def _popped(self, table: str, field: str) -> str | None:
+        """``field`` of hash ``table`` removed in one optimistic transaction; what it held (None: nothing)."""
+
+        def change(pipe) -> str | None:
+            old = pipe.hget(table, field)
             pipe.multi()
-            pipe.hdel(_CHARACTERS, stored)
-            return None if old is None else Character.from_json(old)
+            pipe.hdel(table, field)
+            return old
 
-        return self.redis.transaction(change, _CHARACTERS, value_from_callable=True)
+        return self.redis.transaction(change, table, value_from_callable=True)
 
     def close(self) -> None:
         """See :meth:`AdapterStore.close`."""

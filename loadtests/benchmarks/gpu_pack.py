@@ -63,6 +63,7 @@ CARRIED = (
     "requests",
     "urllib3",
     "charset-normalizer",
+    "standardwebhooks",
 )
 """What ``easel bench gpu`` imports that the GPU machine lacks (and what those import)."""
 STUB_NUMPY = "numpy==1.26.4"

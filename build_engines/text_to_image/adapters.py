@@ -61,25 +61,39 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
         return None
     folders = build.ip_folders()
     unet = weightless(model_dir, "unet")
+    processors = list(unet.attn_processors)
+    for name, folder in zip(build.ip_adapters, folders, strict=True):
+        if folder.face_id and folder.lora(processors) and not build.lora:
+            why = "ships a LoRA, drawn with it: serve the model LoRA-ready (--loras MODEL=DIR; an empty folder will do)"
+            raise IpAdapterError(f"IP-Adapter FaceID {name} ({folder.weights}) {why}")
     layers, hidden_states = load_into_unet(unet, folders)
-    if len(set(hidden_states)) > 1:  # one image encoder output for all (the first adapter's encoder, as diffusers)
+    encoded = [(folder, states) for folder, states in zip(folders, hidden_states, strict=True) if not folder.face_id]
+    if len({states for _, states in encoded}) > 1:  # one image encoder output for all (the first's, as diffusers)
         raise IpAdapterError("IP-Adapters read by image embeddings and by hidden states (Plus) cannot be mixed")
-    config = json.loads((folders[0].image_encoder / "config.json").read_text())
-    vision = config.get("vision_config", config)
-    if hidden_states[0]:
-        tokens = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
-        shape = (tokens, vision["hidden_size"])
-    else:
-        shape = (config.get("projection_dim", vision.get("projection_dim")),)
+    image_size, image_shape = 0, ()
+    if encoded:
+        config = json.loads((encoded[0][0].image_encoder / "config.json").read_text())
+        vision = config.get("vision_config", config)
+        image_size = int(vision["image_size"])
+        if encoded[0][1]:
+            image_shape = ((vision["image_size"] // vision["patch_size"]) ** 2 + 1, vision["hidden_size"])
+        else:
+            image_shape = (config.get("projection_dim", vision.get("projection_dim")),)
     return IpAdapterInfo(
         names=tuple(build.ip_adapters),
         weights=tuple(str(folder.weights) for folder in folders),
-        image_size=int(vision["image_size"]),
-        embeds_shapes=(shape,) * len(folders),
-        hidden_states=hidden_states[0],
+        image_size=image_size,
+        embeds_shapes=tuple(_face_shape(folder) if folder.face_id else image_shape for folder in folders),
+        hidden_states=bool(encoded and encoded[0][1]),
         layers=layers,
         levels=tuple(layer_level(unet, name) for name in layers),
+        faces=tuple(folder.face_id for folder in folders),
     )
+
+
+def _face_shape(folder: IpAdapterFolder) -> tuple[int]:
+    """A FaceID's reference: one face embedding (its projection's input width, 512 for ArcFace's)."""
+    return (int(folder.state_dict()["image_proj"]["proj.0.weight"].shape[1]),)
 
 
 def adapter_modules(
@@ -105,9 +119,9 @@ def adapter_modules(
             return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels)
 
         modules["unet"] = ExportModule(unet_with_ip, unet_source.keep_fp32)
-        modules[IMAGE_ENCODER] = ExportModule(
-            lambda dtype: load_image_encoder(folders[0].image_encoder, dtype, ip.hidden_states)
-        )
+        encoder = next((folder.image_encoder for folder in folders if not folder.face_id), None)
+        if encoder is not None:  # FaceIDs read faces' embeddings, found by the face models
+            modules[IMAGE_ENCODER] = ExportModule(lambda dtype: load_image_encoder(encoder, dtype, ip.hidden_states))
     if between is not None:
         modules = between(modules)
     if support.lora:

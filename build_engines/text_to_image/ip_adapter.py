@@ -27,10 +27,10 @@ class IpAdapterError(ValueError):
 
 @dataclass(frozen=True)
 class IpAdapterFolder:
-    """An IP-Adapter on disk: its weights file and its image encoder folder."""
+    """An IP-Adapter on disk: its weights file and its image encoder folder (None: a FaceID, which reads faces)."""
 
     weights: Path
-    image_encoder: Path
+    image_encoder: Path | None
 
     @classmethod
     def read(cls, folder: Path) -> IpAdapterFolder:
@@ -43,10 +43,17 @@ class IpAdapterFolder:
             raise IpAdapterError(
                 f"--ip-adapter {folder}: needs exactly one weights file (*.safetensors or *.bin), found {found}"
             )
+        if is_face_id(cls(weights[0], None).state_dict()):
+            return cls(weights[0], None)
         encoder = folder / IMAGE_ENCODER
         if not (encoder / "config.json").is_file():
             raise IpAdapterError(f"--ip-adapter {folder}: has no image encoder ({IMAGE_ENCODER}/config.json)")
         return cls(weights[0], encoder)
+
+    @property
+    def face_id(self) -> bool:
+        """Whether it is an IP-Adapter FaceID: its references are faces' ArcFace embeddings."""
+        return self.image_encoder is None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"image_proj": ..., "ip_adapter": ...}`` as ``load_ip_adapter`` reads the weights file."""
@@ -63,6 +70,28 @@ class IpAdapterFolder:
         if not isinstance(state, dict) or not state.get("image_proj") or not state.get("ip_adapter"):
             raise IpAdapterError(f"{self.weights}: no image_proj and ip_adapter weights (not an IP-Adapter file)")
         return state
+
+    def lora(self, attention_processors: list[str]) -> dict[str, torch.Tensor]:
+        """The LoRA a FaceID ships with, keyed as ``load_ip_adapter`` hands it to ``load_lora_weights`` ({}: none).
+
+        ``attention_processors``: the UNet's, in order (the weights number them).
+        """
+        ip = self.state_dict()["ip_adapter"]
+        lora = {}
+        for key_id, name in enumerate(attention_processors):
+            for part in ("to_q", "to_k", "to_v", "to_out"):
+                for end in ("down", "up"):
+                    found = ip.get(f"{key_id}.{part}_lora.{end}.weight")
+                    if found is not None:
+                        lora[f"unet.{name}.{part}_lora.{end}.weight"] = found.contiguous()
+        return lora
+
+
+def is_face_id(state: dict[str, dict[str, torch.Tensor]]) -> bool:
+    """Whether IP-Adapter weights are a FaceID's (its projection reads a face embedding), as diffusers tells them."""
+    projection = state["image_proj"]
+    others = ("proj.weight", "proj.3.weight", "perceiver_resampler.proj_in.weight")
+    return "norm.weight" in projection and not any(key in projection for key in others)
 
 
 class _IpInputs:

@@ -12,11 +12,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import shutil
 from pathlib import Path
 
+from serve.adapters.ip_adapter import face_lora
 from serve.adapters.limits import LoraLimits
-from serve.adapters.lora_files import AdapterError, prepare_into
+from serve.adapters.lora_files import AdapterError, prepare_into, weightless
 from serve.adapters.registry import (
     DEFAULT_RESIDENT,
     ERROR,
@@ -51,19 +53,53 @@ def build_registry(
     cache.mkdir(parents=True, exist_ok=True)
     configs = lora_configs(engines, model_dir, cache)
     entries: dict[str, LoraEntry] = {}
+    prepared = (cache, configs, pipeline_class, slots, engines.key)
     for path in sorted(loras_dir.glob("*.safetensors")):
         name = path.stem
         if not NAME.fullmatch(name):
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
-            prepared = (cache, configs, pipeline_class, slots, engines.key, limits or LoraLimits())
-            entries[name] = _prepare_one(path, name, *prepared)
-        entry = entries[name] = dataclasses.replace(entries[name], model=model)
+            entries[name] = _prepare_one(path, name, *prepared, limits or LoraLimits())
+    for name, path in face_id_loras(
+        engines, model_dir, cache
+    ).items():  # the operator's adapter's own: past upload limits
+        entries[name] = _prepare_one(path, name, *prepared, SHIPPED)
+    for name, entry in entries.items():
+        entries[name] = dataclasses.replace(entry, model=model)
         if entry.status == ERROR:
-            logger.warning("LoRA %r (%s) cannot be served: %s", name, path, entry.error)
+            logger.warning("LoRA %r cannot be served: %s", name, entry.error)
     ready = sum(e.status == READY for e in entries.values())
     logger.info("LoRA adapters in %s: %d ready, %d with errors", loras_dir, ready, len(entries) - ready)
     return LoraRegistry(entries, resident)
+
+
+SHIPPED = LoraLimits(max_rank=1 << 16, max_norm=math.inf)
+"""What a LoRA an adapter ships with (a FaceID's) is checked against: finite weights only."""
+
+
+def face_id_loras(engines: EngineFolder, model_dir: Path, cache: Path) -> dict[str, Path]:
+    """The LoRA each IP-Adapter FaceID of ``engines`` ships with, written to ``cache`` by its :func:`face_lora` name.
+
+    ``load_ip_adapter`` loads it beside the adapter and draws every image with it; here it is a LoRA of the registry
+    that a request with an ``identity`` is drawn with (its other rows are not).
+    """
+    info = engines.adapters.ip_adapter
+    if info is None or not any(info.faces):
+        return {}
+    from safetensors.torch import save_file
+
+    from build_engines.text_to_image.ip_adapter import IpAdapterFolder
+
+    processors = list(weightless(model_dir, "unet").attn_processors)
+    written = {}
+    for index, name in enumerate(info.names):
+        folder = IpAdapterFolder(Path(info.weights[index]), None)
+        lora = folder.lora(processors) if info.reads_faces(index) else {}
+        if lora:
+            path = cache / f"{face_lora(name)}.safetensors"
+            save_file(lora, path)
+            written[face_lora(name)] = path
+    return written
 
 
 def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_key, limits) -> LoraEntry:

@@ -6,6 +6,8 @@
   (``lora_unet_<module>.lora_down.weight``, ``.lora_up.weight``, ``.alpha``).
 * :func:`make_ip_adapter`: an IP-Adapter folder as ``load_ip_adapter`` reads it: one ``ip_adapter.safetensors``
   (``image_proj.*`` and ``ip_adapter.<n>.to_k_ip.weight`` ...) and an ``image_encoder/`` CLIP vision model.
+* :func:`make_faceid_adapter`: an IP-Adapter FaceID as h94 ships it: one ``.bin`` (its face projection, its
+  ``to_k_ip``/``to_v_ip`` and its LoRA) and no image encoder.
 
 Tests, the adapter benchmark and ``easel random-adapter`` make their adapters here.
 """
@@ -184,4 +186,43 @@ def make_ip_adapter(model_dir: Path, out_dir: Path, seed: int = 0, image_size: i
         key_id += 2
     save_file({k: v.contiguous() for k, v in tensors.items()}, out_dir / IP_WEIGHTS)
     logger.info("random IP-Adapter for %s written to %s (%d attention layers)", model_dir, out_dir, key_id // 2)
+    return out_dir
+
+
+FACEID_WEIGHTS = "ip-adapter-faceid.bin"
+
+
+def make_faceid_adapter(model_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4, face_dim: int = 512) -> Path:
+    """Write a random IP-Adapter FaceID in h94's layout: one ``.bin`` and no image encoder.
+
+    ``image_proj``: the face embedding's feed-forward and norm (``proj.0``, ``proj.2``, ``norm``: 4 tokens);
+    ``ip_adapter``: each cross-attention's ``to_k_ip``/``to_v_ip`` and, on every attention layer, the LoRA FaceID
+    ships with (``to_{q,k,v,out}_lora.{down,up}``, ``rank``), as ``load_ip_adapter`` reads them.
+    """
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    cross, tokens, hidden = unet.config.cross_attention_dim, 4, face_dim * 2
+    proj = {
+        "proj.0.weight": torch.randn(hidden, face_dim) / face_dim**0.5,
+        "proj.0.bias": 0.1 * torch.randn(hidden),
+        "proj.2.weight": torch.randn(cross * tokens, hidden) / hidden**0.5,
+        "proj.2.bias": 0.1 * torch.randn(cross * tokens),
+        "norm.weight": 1 + 0.1 * torch.randn(cross),
+        "norm.bias": 0.1 * torch.randn(cross),
+    }
+    ip = {}
+    for key_id, name in enumerate(unet.attn_processors):
+        attention = unet.get_submodule(name.removesuffix(".processor"))
+        for part in ("to_q", "to_k", "to_v", "to_out"):
+            layer = attention.to_out[0] if part == "to_out" else getattr(attention, part)
+            ip[f"{key_id}.{part}_lora.down.weight"] = torch.randn(rank, layer.in_features) / layer.in_features**0.5
+            ip[f"{key_id}.{part}_lora.up.weight"] = 0.3 * torch.randn(layer.out_features, rank) / rank**0.5
+        if not name.endswith("attn1.processor"):
+            for part in ("to_k_ip", "to_v_ip"):
+                ip[f"{key_id}.{part}.weight"] = torch.randn(attention.to_k.weight.shape) / cross**0.5
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / FACEID_WEIGHTS)
+    logger.info("random IP-Adapter FaceID for %s written to %s (LoRA rank %d)", model_dir, out_dir, rank)
     return out_dir

@@ -29,6 +29,11 @@ MAX_REFERENCES = 4
 """References one adapter takes per request (the UNet's inputs are padded to it)."""
 
 
+def face_lora(adapter: str) -> str:
+    """The name the LoRA of IP-Adapter FaceID ``adapter`` is listed by (``GET /v1/loras``); identities draw with it."""
+    return f"{adapter}.lora"
+
+
 @dataclass(frozen=True)
 class IpAdapterInfo:
     """What the engines built with IP-Adapters take (saved beside them).
@@ -36,7 +41,9 @@ class IpAdapterInfo:
     ``names`` and ``weights``: the adapters, in the order of their inputs; ``embeds_shapes``: one reference's
     embeddings per adapter, ``[D]`` (image embeddings) or ``[T, D]`` (the encoder's hidden states: IP-Adapter Plus);
     ``layers``: the attention processors that attend to image tokens, in ``ip_scale``'s column order, and ``levels``
-    the resolution level of each (its queries are the latent downsampled ``2**level`` times).
+    the resolution level of each (its queries are the latent downsampled ``2**level`` times). ``faces``: which are
+    IP-Adapter FaceIDs (their references are ArcFace embeddings of faces, their negative zeros, their LoRA
+    :func:`face_lora`); the image encoder (``image_size``) is the first other adapter's, none if all are FaceIDs.
     """
 
     names: tuple[str, ...]
@@ -47,12 +54,27 @@ class IpAdapterInfo:
     layers: tuple[str, ...]
     levels: tuple[int, ...]
     references: int = MAX_REFERENCES
+    faces: tuple[bool, ...] = ()
 
     @classmethod
     def from_json(cls, raw: dict) -> IpAdapterInfo:
         """Read what :func:`dataclasses.asdict` wrote."""
-        tuples = {k: tuple(raw[k]) for k in ("names", "weights", "layers", "levels")}
+        tuples = {k: tuple(raw.get(k, ())) for k in ("names", "weights", "layers", "levels", "faces")}
         return cls(**{**raw, **tuples, "embeds_shapes": tuple(tuple(s) for s in raw["embeds_shapes"])})
+
+    @property
+    def encoder_shape(self) -> tuple[int, ...] | None:
+        """The image encoder's output per image (None: no image encoder, every adapter a FaceID)."""
+        return next((shape for i, shape in enumerate(self.embeds_shapes) if not self.reads_faces(i)), None)
+
+    def reads_faces(self, index: int) -> bool:
+        """Whether adapter ``index`` is an IP-Adapter FaceID."""
+        return index < len(self.faces) and self.faces[index]
+
+    def face_adapter(self, name: str | None) -> int | None:
+        """The input index of FaceID ``name`` (None: the first FaceID); None if there is no such FaceID."""
+        found = [i for i, adapter in enumerate(self.names) if self.reads_faces(i) and name in (None, adapter)]
+        return found[0] if found else None
 
     @property
     def mask_levels(self) -> tuple[int, ...]:
@@ -60,9 +82,12 @@ class IpAdapterInfo:
         return tuple(sorted(set(self.levels)))
 
     def index(self, name: str | None) -> int:
-        """The input index of adapter ``name`` (None: the first); ValueError naming the served ones if unknown."""
+        """The input index of adapter ``name`` (None: the first but FaceIDs); ValueError naming the served ones."""
         if name is None:
-            return 0
+            index = next((i for i in range(len(self.names)) if not self.reads_faces(i)), None)
+            if index is None:
+                raise ValueError("the model's IP-Adapters are FaceIDs: send a face as identity")
+            return index
         if name not in self.names:
             raise ValueError(f"unknown IP-Adapter {name!r} (served: {', '.join(self.names)})")
         return self.names.index(name)

@@ -23,6 +23,7 @@ from serve.adapters.ip_adapter import (
     IP_REFERENCES,
     IP_SCALE,
     IpScales,
+    face_lora,
     image_processor,
     level_sides,
     region_masks,
@@ -109,9 +110,13 @@ class StackAdapters:
     def resolve(self, request, owner: str | None = None) -> tuple[tuple[str, float], ...]:
         """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
 
-        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones.
+        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones. One
+        with an ``identity`` is drawn with its FaceID's LoRA too, at 1 (as ``load_ip_adapter`` loads it).
         """
-        return lora_rows(self.chosen(request, owner), request)
+        rows = lora_rows(self.chosen(request, owner), request)
+        identity = getattr(request, "identity", None)
+        shipped = identity and identity.adapter and self.folder_registry().get(face_lora(identity.adapter))
+        return (*rows, (shipped.key, 1.0)) if shipped and shipped.status == READY else rows
 
     def chosen(self, request, owner: str | None = None) -> tuple[LoraEntry, ...]:
         """The entries of ``request``'s LoRAs as ``owner`` sees them (a 400 naming the field for one it cannot use)."""
@@ -219,7 +224,7 @@ class GenerationAdapters:
             encoded = [await self.encode(engines, image) for image in ip.images]
             given = np.concatenate([np.reshape(e, (-1, *info.embeds_shapes[a])) for e in (*encoded, *ip.embeds)])
             embeds[a][-1, : len(given)] = given
-            if guided and info.hidden_states:
+            if guided and info.hidden_states and not info.reads_faces(a):  # a FaceID's negative: zeros
                 embeds[a][0, : len(given)] = (await self._negative_embeds(engines)).reshape(info.embeds_shapes[a])
             scale[a], present[a, : len(given)] = self.scales(ip.scale), 1.0
             if ip.masks is not None:
@@ -233,8 +238,8 @@ class GenerationAdapters:
 
     async def encode(self, engines, image: np.ndarray) -> np.ndarray:
         """A reference's image embeddings ``[1, 1, *embeds_shape]``: preprocessed as the pipeline does, then encoded."""
-        if self.support.ip_adapter is None:
-            raise InvalidInput("image: this model has no IP-Adapter (start the stack with --ip-adapter DIR)", "image")
+        if self.support.ip_adapter is None or self.support.ip_adapter.encoder_shape is None:
+            raise InvalidInput("image: this model has no IP-Adapter that reads images (--ip-adapter DIR)", "image")
         pixels = await asyncio.to_thread(self._pixels, image)
         return (await engines.infer(self.specs[IMAGE_ENCODER], {"pixel_values": pixels}))[IMAGE_EMBEDS][:, None]
 

@@ -62,11 +62,12 @@ class AdapterSupport:
         if ip is not None:
             unet = specs["unet"]
             specs["unet"] = dataclasses.replace(unet, inputs=(*unet.inputs, *ip_inputs(ip)))
+        if ip is not None and ip.encoder_shape is not None:
             side = ip.image_size
             specs[IMAGE_ENCODER] = ModelSpec(
                 name=IMAGE_ENCODER,
                 inputs=(TensorSpec("pixel_values", "float32", (3, side, side)),),
-                outputs=(TensorSpec(IMAGE_EMBEDS, "float32", ip.embeds_shapes[0]),),
+                outputs=(TensorSpec(IMAGE_EMBEDS, "float32", ip.encoder_shape),),
                 max_batch_size=IMAGE_ENCODER_MAX_BATCH,
                 dynamic_batching=DynamicBatching(**PRIORITIES),
             )

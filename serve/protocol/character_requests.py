@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve.adapters.registry import NAME
 from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
@@ -68,6 +68,53 @@ class CharacterChoice(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, description="A character of GET /v1/characters.")
     scale: IpScale = Field(1.0, description=f"Its pictures' weight as IP-Adapter references, in [0, {MAX_IP_SCALE:g}].")
+
+
+MAX_EMBEDDING = 2048
+
+
+class IdentityChoice(BaseModel):
+    """The face a generation keeps (``identity``): an IP-Adapter FaceID's reference, drawn with its LoRA.
+
+    One of ``image`` (its face found and embedded by the stack's face models), ``character`` (the face kept with it)
+    or ``embedding`` (as ``POST /v1/faces/analyze`` answers one). At admission the first two become the third.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: Base64Image | None = Field(
+        None,
+        description=f"A picture of the face: base64 PNG/JPEG/WebP of at most {MAX_IMAGE_BYTES >> 20} MiB, read by "
+        "the stack's face models (easel up --faces). One with no face is a 400 naming identity.image.",
+    )
+    face: Literal["only", "largest"] = Field(
+        "only", description="Which face of image: only (several faces are a 400 naming identity.image) or largest."
+    )
+    character: str | None = Field(
+        None, min_length=1, max_length=64, description="A character of GET /v1/characters made with face models."
+    )
+    embedding: list[float] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_EMBEDDING,
+        description="A face's embedding as POST /v1/faces/analyze answers it (ArcFace's 512, unit length).",
+    )
+    strength: float = Field(1.0, ge=0, le=MAX_IP_SCALE, description="The face's weight (the FaceID's IP scale).")
+    adapter: str | None = Field(
+        None, min_length=1, max_length=64, description="The model's IP-Adapter FaceID (absent: its first)."
+    )
+
+    @field_validator("image")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        return None if value is None else checked_base64(value, "image")
+
+    @model_validator(mode="after")
+    def _one_face(self) -> IdentityChoice:
+        given = [name for name in ("image", "character", "embedding") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of image, character and embedding, not {len(given) or 'none'}")
+        return self
 
 
 class CharacterReplacement(NamedTuple):

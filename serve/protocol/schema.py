@@ -26,7 +26,7 @@ from serve.priority import Priority
 from serve.protocol import ip_scale
 from serve.protocol.adapter_choices import MAX_CONTROLNETS, MAX_LORAS, ControlNetChoice, LoraChoice, Unit
 from serve.protocol.best_of import BestOf
-from serve.protocol.character_requests import CharacterChoice
+from serve.protocol.character_requests import CharacterChoice, IdentityChoice
 from serve.protocol.delivery import Delivery
 from serve.protocol.ip_scale import (
     MAX_IP_ADAPTERS,
@@ -218,6 +218,7 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         description="A character of POST /v1/characters: its trigger words before the prompt, its LoRA after "
         "loras, its pictures (encoded when it was made) one more of ip_adapters at this scale.",
     )
+    identity: IdentityChoice | None = Field(None, description="A face to keep, by the model's IP-Adapter FaceID.")
     image: list[Base64Image] = Field(
         [],
         max_length=MAX_IMAGES,

@@ -198,12 +198,16 @@ class Characters:
         return request.model_copy(update=update)
 
     def face_of(self, request, owner: str | None) -> tuple[float, ...] | None:
-        """The face of the character ``request`` names, its images' ``scores.identity`` reference (None: none).
+        """The face its images' ``scores.identity`` is against: its identity's, else its character's (None: none).
 
         ``best_of: identity`` without one is a 400 naming ``best_of``.
         """
         named = request.character and self.visible(request.character.name, owner)
         face = named.face if named and self.faces() is not None else None
+        identity = getattr(request, "identity", None)
+        if identity is not None and identity.embedding is not None and self.faces() is not None:  # the face it keeps
+            vector = np.asarray(identity.embedding, np.float64)
+            face = tuple(float(v) for v in vector / np.linalg.norm(vector))
         if face is None and request.candidates > 1 and request.best_of == "identity":
             why = "identity ranks candidates by a character's face: name one made where the stack serves face models"
             raise InvalidInput(f"best_of: {why}", "best_of")
@@ -235,7 +239,7 @@ class Characters:
             if len(faces) > 1 and body.face == "only":
                 message = f"{len(faces)} faces found: crop it to the character's, or send face: largest"
                 raise InvalidInput(f"{field}: {message}", field)
-            found.append(max(faces, key=_area).embedding)
+            found.append(max(faces, key=face_area).embedding)
         mean = np.mean(found, axis=0)
         return tuple(float(v) for v in mean / np.linalg.norm(mean))
 
@@ -270,6 +274,7 @@ def _holds(request, character: Character) -> bool:
     return held and lora and words
 
 
-def _area(face) -> float:
+def face_area(face) -> float:
+    """A found face's box area (the largest is a picture's chosen face)."""
     x1, y1, x2, y2 = face.box
     return float((x2 - x1) * (y2 - y1))

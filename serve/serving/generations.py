@@ -47,6 +47,7 @@ from serve.serving.answer_items import answer_items
 from serve.serving.characters import Characters
 from serve.serving.current_models import CurrentModels, ModelsNow
 from serve.serving.fallbacks import Fallbacks
+from serve.serving.identity import identified
 from serve.serving.moderation import Moderation
 from serve.serving.ray_errors import against_model
 from serve.serving.references import References
@@ -181,10 +182,13 @@ class Generations(Streaming):
         screening = await self.moderation.screened(request, key)  # flagged input under block: a 400, before any work
         models = models or self.models.snapshot()
         assigned, assignment, model = await self._resolved(request, model, key and key.id, models)  # alias: variant
-        if self.characters is not None:  # its trigger words, LoRA and pictures, as if sent by hand
+        found = 0.0  # the price of finding its identity's face
+        if self.characters is not None:  # its trigger words, LoRA and pictures, as if sent by hand; its face embedded
             assigned = await self.characters.expanded(assigned, model, key)
+            assigned, found = await identified(assigned, model, key, self.characters)
         args = (assigned, assignment, model, request, key and key.id, models)
         admitted = await asyncio.to_thread(self._checked, *args)
+        admitted = dataclasses.replace(admitted, cost=admitted.cost + found)
         if self.references is not None:
             await self.references.check(assigned, model, functools.partial(may_see, key))
         return dataclasses.replace(await self.fallbacks.priced(admitted), screening=screening)

@@ -57,6 +57,15 @@ def reference_cost(body: NewReference) -> float:
     return width * height / 1e6 + ENCODER_MEGAPIXELS
 
 
+def identity_cost(image: str, face_side: int) -> float:
+    """An ``identity.image``'s decoded megapixels, one detector pass and its face's recognizer pass.
+
+    Refused from its header as an input image is (a 400 or 413 naming ``identity.image``).
+    """
+    width, height = input_header_size(base64_bytes(image), "identity.image")
+    return width * height / 1e6 + DETECTION_SIDE**2 / 1e6 + face_side**2 / 1e6
+
+
 def character_cost(body: NewCharacter, face_side: int | None) -> float:
     """Each picture's decoded megapixels and one image-encoder pass; with face models (``face_side``), their passes.
 

@@ -21,6 +21,7 @@ from serve.errors import InvalidInput
 from serve.images import base64_bytes, content_digest, raster
 from serve.images.raster import ImageRejected, check_size, decode_image
 from serve.protocol.adapter_choices import ControlNetChoice
+from serve.protocol.character_requests import IdentityChoice
 from serve.protocol.ip_scale import IpRequest, ip_choices
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.sizes import MAX_SIDE, MIN_SIDE, SIDE_MULTIPLE, Outpaint
@@ -38,7 +39,7 @@ class ImageSources:
     """A generation's images as sent (base64), with the fields their errors name: decoded where it runs.
 
     Its input images, mask, outpainting's padding, ControlNets and IP-Adapters (:func:`decode_images`,
-    :func:`ip_references`).
+    :func:`ip_references`), and its identity (a face's embedding by then: :mod:`serve.serving.identity`).
     """
 
     images: tuple[str, ...] = ()
@@ -46,13 +47,13 @@ class ImageSources:
     outpaint: Outpaint | None = None
     controlnets: tuple[ControlNetChoice, ...] = ()
     ip: tuple[IpRequest, ...] = ()
+    identity: IdentityChoice | None = None
 
     @classmethod
     def of(cls, request) -> ImageSources:
         """An API request's (a ``GenerationRequest``'s)."""
-        return cls(
-            tuple(request.image), request.mask, request.outpaint, tuple(request.controlnets), tuple(ip_choices(request))
-        )
+        images, controls, ip = tuple(request.image), tuple(request.controlnets), tuple(ip_choices(request))
+        return cls(images, request.mask, request.outpaint, controls, ip, getattr(request, "identity", None))
 
     def hashed(self) -> ImageSources:
         """Each image replaced by its content's SHA-256 (:func:`~serve.images.content_digest`): a cache key's."""
@@ -70,7 +71,8 @@ class ImageSources:
             for ip in self.ip
         )
         mask = None if self.mask is None else content_digest(self.mask)
-        return ImageSources(tuple(content_digest(image) for image in self.images), mask, self.outpaint, controls, ip)
+        images = tuple(content_digest(image) for image in self.images)
+        return ImageSources(images, mask, self.outpaint, controls, ip, self.identity)
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,8 @@ def ip_references(sources: ImageSources, width: int, height: int, adapters, stor
             index = info.index(ip.choice.name)
         except ValueError as error:
             raise InvalidInput(f"{field}: {error}", field) from None
+        if info.reads_faces(index):
+            raise InvalidInput(f"{field}: {ip.choice.name} is an IP-Adapter FaceID: send its face as identity", field)
         choice = ip.choice
         images = [_decode(base64_bytes(text), ip.name_of("images", i)) for i, text in enumerate(choice.images)]
         embeds = [stored(ref, ip.name_of("references", i)) for i, ref in enumerate(choice.references)]
@@ -224,6 +228,10 @@ def ip_references(sources: ImageSources, width: int, height: int, adapters, stor
                     raise InvalidInput(message, where)
             masks = preprocessed_masks(pixels, height, width)
         found.append(IpReferences(index, tuple(images), tuple(embeds), choice.scale, masks))
+    identity = sources.identity
+    if identity is not None:  # admitted: its FaceID named, its face an embedding
+        face = np.asarray(identity.embedding, np.float32)[None]
+        found.append(IpReferences(info.names.index(identity.adapter), (), (face,), identity.strength))
     return tuple(found)
 
 

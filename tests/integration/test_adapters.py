@@ -19,8 +19,14 @@ from playwright.sync_api import expect
 
 from build_engines.faces.random_pack import drawn_faces, random_face_pack
 from build_engines.text_to_image.motion import random_motion_adapter
-from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_motion_lora
-from serve.adapters.ip_adapter import MAX_REFERENCES
+from build_engines.text_to_image.random_adapters import (
+    FACEID_WEIGHTS,
+    IP_WEIGHTS,
+    make_faceid_adapter,
+    make_ip_adapter,
+    make_motion_lora,
+)
+from serve.adapters.ip_adapter import MAX_REFERENCES, face_lora
 from serve.stack import Stack, StackOptions
 from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
@@ -51,15 +57,21 @@ def face_adapter(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def faceid(default_model, tmp_path_factory):
+    """A random IP-Adapter FaceID in h94's layout (its LoRA of the test LoRAs' largest rank), served as ``faceid``."""
+    return make_faceid_adapter(default_model, tmp_path_factory.mktemp("faceid"), seed=8, rank=MAX_RANK)
+
+
+@pytest.fixture(scope="module")
 def wave(default_model, tmp_path_factory):
     """A tiny random motion adapter (videos with LoRAs)."""
     return random_motion_adapter(default_model, tmp_path_factory.mktemp("motion") / "wave")
 
 
 @pytest.fixture(scope="module")
-def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
-    """The embedded model with every test LoRA (at most 2 held per engine instance), two IP-Adapters and a motion
-    adapter, and face models (characters)."""
+def stack(default_model, adapters, face_adapter, faceid, wave, tmp_path_factory):
+    """The embedded model with every test LoRA (at most 2 held per engine instance), two IP-Adapters, a FaceID and a
+    motion adapter, and face models (characters, identities)."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -70,7 +82,7 @@ def stack(default_model, adapters, face_adapter, wave, tmp_path_factory):
         lora_resident=RESIDENT,
         lora_files_kept_s=FILES_KEPT_S,
         lora_max_rank=MAX_RANK,
-        ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter},
+        ip_adapters={"ip": adapters.ip_adapter, "face": face_adapter, "faceid": faceid},
         motion_adapters={"wave": wave},
         faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),  # characters' faces
         canary_interval_s=NO_CANARY_S,  # a test counts the image encoder's executions
@@ -126,7 +138,7 @@ def _served(api, **fields) -> np.ndarray:
 
 def test_the_folder_is_listed_with_the_broken_adapter_and_why(api):
     listed = {entry["name"]: entry for entry in api.get("/v1/loras").json()["data"]}
-    assert {name for name, entry in listed.items() if entry["status"] == "ready"} == set(LORAS)
+    assert {name for name, entry in listed.items() if entry["status"] == "ready"} == {*LORAS, face_lora("faceid")}
     assert listed["broken"]["status"] == "error" and "not a readable LoRA file" in listed["broken"]["error"]
     assert listed["kohya"]["layers"]["text_encoder"] > 0 and listed["kohya"]["layers"]["unet"] > 0
 
@@ -701,6 +713,62 @@ def test_a_character_s_images_are_scored_by_identity_and_best_of_identity_keeps_
     assert api.get("/v1/experiments/kept").json()["posteriors"]["easel-default"]["feedback"] == measured
     assert api.delete("/v1/experiments/kept").status_code == 200
     assert api.delete("/v1/characters/ida").status_code == 200
+
+
+FACE = _face_png((160, 120, 60), seed=9)
+IDENTITY = {"image": FACE, "face": "largest", "strength": 0.8}
+
+
+def test_an_identity_draws_as_diffusers_draws_with_the_faceid_its_embedding_and_seed(api, default_model, faceid):
+    from diffusers import StableDiffusionPipeline
+
+    found = api.post("/v1/faces/analyze", json={"image": FACE, "max_faces": 1})
+    assert found.status_code == 200, found.text
+    embedding = found.json()["data"][0]["embedding"]
+    by_image = _served(api, identity=IDENTITY)
+    by_embedding = _served(api, identity={"embedding": embedding, "strength": 0.8})
+    np.testing.assert_array_equal(by_image, by_embedding)
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_ip_adapter(str(faceid), subfolder="", weight_name=FACEID_WEIGHTS, image_encoder_folder=None)
+    pipeline.set_ip_adapter_scale(0.8)
+    face = torch.tensor(embedding)[None, None]
+    expected = _diffusers(pipeline, [], ip_adapter_image_embeds=[torch.cat([torch.zeros_like(face), face])])
+    logger.info("identity against diffusers: %.1f dB", psnr(by_image, expected))
+    assert psnr(by_image, expected) >= 40
+    assert psnr(by_image, _served(api)) < 30, "the identity changed nothing"
+
+
+def test_an_identity_is_scored_against_its_own_face_and_a_character_s_face_draws_it(api):
+    scored = api.post(GENERATE, json=BODY | {"identity": IDENTITY, "scores": True})
+    assert scored.status_code == 200, scored.text
+    assert "identity" in scored.json()["data"][0]["scores"]  # against its face (None where no face is drawn)
+    made = api.post("/v1/characters", json={"name": "ida", "images": [FACE], "face": "largest"})
+    assert made.status_code == 200, made.text
+    by_character = _served(api, identity={"character": "ida", "strength": 0.8})
+    assert psnr(by_character, _served(api, identity=IDENTITY)) >= 40  # one picture: its face, kept unit length
+    assert api.delete("/v1/characters/ida").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("identity", "param"),
+    [
+        ({"image": _face_png(seed=1)}, "identity.image"),  # no face
+        ({"image": _face_png((100, 120, 50), (230, 120, 50))}, "identity.image"),  # several, and face: only
+        ({"character": "nobody"}, "identity.character"),
+        ({"embedding": [0.1] * 3}, "identity.embedding"),
+        ({"embedding": [0.0] * 512}, "identity.embedding"),
+        ({"embedding": [0.1] * 512, "adapter": "ip"}, "identity.adapter"),
+        ({"embedding": [0.1] * 512, "image": FACE}, "identity"),
+        ({"embedding": [0.1] * 512, "strength": 9}, "identity.strength"),
+    ],
+)
+def test_a_bad_identity_is_a_400_naming_the_field(api, identity, param):
+    refused = api.post(GENERATE, json=BODY | {"identity": identity})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    as_ip = api.post(GENERATE, json=BODY | {"ip_adapters": [{"name": "faceid", "images": [FACE]}]})
+    assert as_ip.status_code == 400 and as_ip.json()["error"]["param"] == "ip_adapters.0.name", as_ip.text
+    assert api.post(GENERATE, json=BODY).status_code == 200
 
 
 @pytest.mark.parametrize(

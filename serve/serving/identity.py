@@ -1,0 +1,85 @@
+"""A generation's ``identity``: the face an IP-Adapter FaceID keeps, made an embedding at admission.
+
+``identity.image`` is read by the stack's face models (its face found, aligned and embedded, as
+``POST /v1/faces/analyze`` does); ``identity.character`` is the face a character keeps (the mean of its pictures');
+``identity.embedding`` is taken as sent. Each becomes ``identity.embedding`` of a named FaceID before the request is
+checked, priced and drawn, so that a job, a rerun and the cache key hold the face itself. The replica adds it as one
+more IP-Adapter reference (:func:`serve.text_to_image.images.ip_references`) and draws its rows with the LoRA the
+FaceID ships with (:func:`serve.adapters.ip_adapter.face_lora`), as diffusers' ``load_ip_adapter`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+
+from serve.access.keys import ApiKey
+from serve.errors import InvalidInput
+from serve.faces.analyze import analyze_faces
+from serve.faces.pack import FaceEntry
+from serve.images import base64_bytes
+from serve.images.raster import decode_image
+from serve.models.served import ServedModel
+from serve.serving.characters import Characters, face_area
+from serve.serving.prices import identity_cost
+
+
+async def identified(request, model: ServedModel, key: ApiKey | None, characters: Characters) -> tuple:
+    """``request`` with its identity as an embedding of the model's FaceID it names, and the price of finding it.
+
+    400s naming ``identity.*``; an image's price (:func:`serve.serving.prices.identity_cost`) is read from its header
+    before its face is looked for.
+    """
+    identity = getattr(request, "identity", None)
+    if identity is None:
+        return request, 0.0
+    info = getattr(getattr(model, "folder", None), "adapters", None)
+    info = info and info.ip_adapter
+    index = info and info.face_adapter(identity.adapter)
+    if index is None:
+        field = "identity.adapter" if identity.adapter else "identity"
+        named = f" {identity.adapter!r}" if identity.adapter else ""
+        why = f"model {model.name} has no IP-Adapter FaceID{named} (easel up --ip-adapter {model.name}:NAME=DIR)"
+        raise InvalidInput(f"{field}: {why}", field)
+    embedding, cost = identity.embedding, 0.0
+    if identity.character is not None:
+        embedding = await _character_face(identity.character, key, characters)
+    elif identity.image is not None:
+        entry = characters.faces()
+        if entry is None:
+            raise InvalidInput(
+                "identity.image: the stack serves no face models (easel up --faces DIR)", "identity.image"
+            )
+        cost = await asyncio.to_thread(identity_cost, identity.image, entry.face_side)
+        embedding = await _image_face(identity.image, identity.face, entry, characters)
+    width = info.embeds_shapes[index][0]
+    vector = np.asarray(embedding, np.float64)
+    if len(vector) != width or not np.isfinite(vector).all() or not vector.any():
+        why = f"{len(vector)} values; FaceID {info.names[index]} takes {width} finite values, not all 0"
+        raise InvalidInput(f"identity.embedding: {why}", "identity.embedding")
+    update = {"image": None, "character": None, "embedding": [float(v) for v in vector], "adapter": info.names[index]}
+    return request.model_copy(update={"identity": identity.model_copy(update=update)}), cost
+
+
+async def _character_face(name: str, key: ApiKey | None, characters: Characters) -> tuple[float, ...]:
+    """The face character ``name`` keeps (another key's is as unknown as a missing one)."""
+    field = "identity.character"
+    character = await asyncio.to_thread(characters.visible, name, key and key.id)
+    if character is None:
+        raise InvalidInput(f"{field}: no character {name!r} (POST /v1/characters makes one)", field)
+    if character.face is None:
+        raise InvalidInput(f"{field}: {name!r} keeps no face (made where the stack served no face models)", field)
+    return character.face
+
+
+async def _image_face(image: str, which: str, entry: FaceEntry, characters: Characters) -> np.ndarray:
+    """The embedding of ``image``'s face (its only one, or its largest with ``which`` largest)."""
+    field = "identity.image"
+    pixels = await asyncio.to_thread(decode_image, base64_bytes(image), field)
+    faces = await analyze_faces(pixels, entry, characters.upscaling.runner)
+    if not faces:
+        raise InvalidInput(f"{field}: no face found", field)
+    if len(faces) > 1 and which == "only":
+        raise InvalidInput(f"{field}: {len(faces)} faces found: crop it to one, or send identity.face: largest", field)
+    return max(faces, key=face_area).embedding

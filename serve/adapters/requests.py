@@ -110,13 +110,15 @@ class StackAdapters:
     def resolve(self, request, owner: str | None = None) -> tuple[tuple[str, float], ...]:
         """``request``'s LoRAs as the engines take them: (content key, weight), the weights of this moment.
 
-        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones. One
-        with an ``identity`` is drawn with its FaceID's LoRA too, at 1 (as ``load_ip_adapter`` loads it).
+        A request resolved before a ``PUT`` keeps the old weights to its end; one after it gets the new ones.
         """
-        rows = lora_rows(self.chosen(request, owner), request)
+        return lora_rows(self.chosen(request, owner), request)
+
+    def shipped(self, request) -> tuple[LoraEntry, ...]:
+        """The LoRA ``request``'s identity is drawn with at 1: its FaceID's (as ``load_ip_adapter`` loads it)."""
         identity = getattr(request, "identity", None)
-        shipped = identity and identity.adapter and self.folder_registry().get(face_lora(identity.adapter))
-        return (*rows, (shipped.key, 1.0)) if shipped and shipped.status == READY else rows
+        entry = identity and identity.adapter and self.folder_registry().get(face_lora(identity.adapter))
+        return (entry,) if entry and entry.status == READY else ()
 
     def chosen(self, request, owner: str | None = None) -> tuple[LoraEntry, ...]:
         """The entries of ``request``'s LoRAs as ``owner`` sees them (a 400 naming the field for one it cannot use)."""

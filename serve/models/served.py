@@ -120,12 +120,14 @@ class ServedModel:
 
         ``owner``: the key it came with, whose LoRAs (with the shared set) its names are; the plan carries them.
         """
-        loras = self.adapters.check(request, owner)
-        work, family = self.work(request, sum(entry.rank or 0 for entry in loras)), self.folder.family
+        loras, shipped = self.adapters.check(request, owner), self.adapters.shipped(request)
+        ranks = sum(entry.rank or 0 for entry in (*loras, *shipped))
+        work, family = self.work(request, ranks), self.folder.family
         family.check(Outline.of_request(request, work.width, work.height), request.controlnets)
         uses = engines_used(request, family.dims.inpainting)
         plan = Admission.for_engines(self.folder, self.limits).check(work, uses)
-        return Checked(work, replace(plan, loras=lora_rows(loras, request)))
+        rows = (*lora_rows(loras, request), *((entry.key, 1.0) for entry in shipped))  # an identity's FaceID's LoRA
+        return Checked(work, replace(plan, loras=rows))
 
     def lora_target(self) -> LoraTarget:
         """This model as a LoRA upload is read against (400 naming ``model`` when its engines are not LoRA-ready)."""

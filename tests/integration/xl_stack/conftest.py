@@ -2,7 +2,7 @@
 
 import pytest
 
-from build_engines.text_to_image.random_adapters import make_ip_adapter, make_lora
+from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_ip_adapter, make_lora
 from serve.names import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.adapters import make_adapters
@@ -24,6 +24,12 @@ def face_adapter(tiny_xl_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
+def faceid(tiny_xl_model, tmp_path_factory):
+    """A random IP-Adapter FaceID of the tiny-xl (h94's layout), served as ``faceid``."""
+    return make_faceid_adapter(tiny_xl_model, tmp_path_factory.mktemp("faceid-xl"), seed=9, rank=4)
+
+
+@pytest.fixture(scope="package")
 def default_loras(default_model, tmp_path_factory):
     """The embedded SD's own LoRA folder: one SD LoRA, ``sd-style``."""
     folder = tmp_path_factory.mktemp("loras-sd")
@@ -36,15 +42,16 @@ def stack(
     tiny_xl_model,
     adapters,
     face_adapter,
+    faceid,
     default_loras,
     controlnet_dirs,
     inpaint_model,
     xl_inpaint_model,
     tmp_path_factory,
 ):
-    """``xl`` (default) with LoRAs, two IP-Adapters and the ControlNets ``edges`` and ``depth`` (and ``sd``, made for
-    SD: refused); the embedded SD with a LoRA; the inpainting checkpoints ``sd`` and ``sdxl``. No result cache: tests
-    send the same seeded requests alone and together."""
+    """``xl`` (default) with LoRAs, two IP-Adapters, a FaceID and the ControlNets ``edges`` and ``depth`` (and
+    ``sd``, made for SD: refused); the embedded SD with a LoRA; the inpainting checkpoints ``sd`` and ``sdxl``. No
+    result cache: tests send the same seeded requests alone and together."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -53,7 +60,7 @@ def stack(
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         loras_dir={XL: adapters.loras, DEFAULT_MODEL: default_loras},  # --loras xl=DIR --loras easel-default=DIR
-        ip_adapters={f"{XL}:ip": adapters.ip_adapter, f"{XL}:face": face_adapter},  # --ip-adapter xl:ip=DIR ...
+        ip_adapters={f"{XL}:ip": adapters.ip_adapter, f"{XL}:face": face_adapter, f"{XL}:faceid": faceid},
         controlnets={f"{XL}:{name}": folder for name, folder in controlnet_dirs.for_sdxl.items()},
     )
     with Stack(options) as stack:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from build_engines.text_to_image.random_adapters import IP_WEIGHTS
+from build_engines.text_to_image.random_adapters import FACEID_WEIGHTS, IP_WEIGHTS
 from serve.names import DEFAULT_MODEL
 from tests.adapters import LORAS, reference_image
 from tests.conftest import psnr, reference_images
@@ -118,6 +118,32 @@ def test_sdxl_two_ip_adapters_with_region_masks_match_diffusers(api, tiny_xl_mod
     )
     assert psnr(got, want) >= 40
     assert psnr(want, base) < 35
+
+
+def test_an_sdxl_identity_draws_as_diffusers_with_the_faceid_its_lora_and_the_embedding(api, tiny_xl_model, faceid):
+    """An identity sent as an embedding (no face models needed) against ``load_ip_adapter`` of h94's FaceID layout
+    (which loads its LoRA) and ``ip_adapter_image_embeds``."""
+    from diffusers import StableDiffusionXLPipeline
+
+    face = np.random.default_rng(4).standard_normal(512).astype(np.float32)
+    face /= np.linalg.norm(face)
+    identity = {"embedding": face.tolist(), "strength": 0.7}
+    response = api.post(GENERATE, json=BODY | {"identity": identity})
+    assert response.status_code == 200, response.text
+    pipeline = StableDiffusionXLPipeline.from_pretrained(tiny_xl_model, add_watermarker=False)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_ip_adapter(str(faceid), subfolder="", weight_name=FACEID_WEIGHTS, image_encoder_folder=None)
+    pipeline.set_ip_adapter_scale(0.7)
+    embeds = torch.from_numpy(face)[None, None]
+    kwargs = {"prompt": BODY["prompt"], "width": 128, "height": 96, "num_inference_steps": 8, "seed": 5}
+    kwargs |= {"guidance_scale": 6.0, "ip_adapter_image_embeds": [torch.cat([torch.zeros_like(embeds), embeds])]}
+    want = reference_images(pipeline, "euler", **kwargs)
+    got = decode_images(response)
+    plain = api.post(GENERATE, json=BODY)
+    assert plain.status_code == 200, plain.text
+    logger.info("sdxl FaceID: PSNR %.1f dB against diffusers", psnr(got, want))
+    assert psnr(got, want) >= 40
+    assert psnr(got, decode_images(plain)) < 35, "the identity changed nothing"
 
 
 def _xl_with_loras(api, loras: list[dict]) -> np.ndarray:

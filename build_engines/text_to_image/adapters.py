@@ -23,14 +23,15 @@ from build_engines.text_to_image.ip_adapter import (
     load_image_encoder,
     load_into_unet,
 )
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo
+from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo, face_lora
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.exports import ExportModule, with_lora_slots
 
-IP_EXPORT = 2
-"""The IP-Adapter UNet's export version (part of the engine cache key): bumped when its graph changes."""
+IP_EXPORT = 3
+"""The IP-Adapter engines' export version (part of the engine cache key): bumped when their graph or files change
+(3: a FaceID's LoRA kept beside the engines)."""
 LORA_EXPORT = 2
 """The LoRA layers' export version (part of the engine cache key): 2 selects rows, where 1 scaled them by 0."""
 
@@ -89,6 +90,22 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
         levels=tuple(layer_level(unet, name) for name in layers),
         faces=tuple(folder.face_id for folder in folders),
     )
+
+
+def write_face_loras(folder: Path, build: AdapterBuild, model_dir: Path) -> None:
+    """Save the LoRA each FaceID of ``build`` ships with in ``folder`` (``NAME.lora.safetensors``), if any has one.
+
+    Kept beside the engines (:meth:`serve.text_to_image.engine_folder.EngineFolder.face_loras`), where the stack's
+    LoRA registry reads them; keyed as ``load_ip_adapter`` hands them to ``load_lora_weights``.
+    """
+    from safetensors.torch import save_file
+
+    processors = list(weightless(model_dir, "unet").attn_processors) if build.ip_adapters else []
+    for name, folder_in in zip(build.ip_adapters, build.ip_folders(), strict=True):
+        lora = folder_in.lora(processors) if folder_in.face_id else {}
+        if lora:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_file(lora, folder / f"{face_lora(name)}.safetensors")
 
 
 def _face_shape(folder: IpAdapterFolder) -> tuple[int]:

@@ -23,7 +23,7 @@ import torch
 from build_engines.memory import measure as measure_memory
 from build_engines.memory import measured, sides_up_to
 from build_engines.tensorrt import build_plan, latent_range, profile
-from build_engines.text_to_image.adapters import AdapterBuild, ip_info
+from build_engines.text_to_image.adapters import AdapterBuild, ip_info, write_face_loras
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
 from build_engines.text_to_image.export import (
@@ -340,6 +340,7 @@ def _build_into(
         else:
             reports = reuse_graphs(EngineFolder(exported), partial, runtime, precision)
         _write_beside_engines(partial, family, model_dir)
+        write_face_loras(partial / layout.FACE_LORAS, adapters, model_dir)
         manifest = {"model_dir": str(model_dir.resolve()), "engines": [dataclasses.asdict(r) for r in reports]}
         (partial / layout.MANIFEST).write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(engine_dir, ignore_errors=True)

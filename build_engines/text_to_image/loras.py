@@ -16,9 +16,8 @@ import math
 import shutil
 from pathlib import Path
 
-from serve.adapters.ip_adapter import face_lora
 from serve.adapters.limits import LoraLimits
-from serve.adapters.lora_files import AdapterError, prepare_into, weightless
+from serve.adapters.lora_files import AdapterError, prepare_into
 from serve.adapters.registry import (
     DEFAULT_RESIDENT,
     ERROR,
@@ -60,9 +59,7 @@ def build_registry(
             entries[name] = LoraEntry(name, ERROR, f"name must match {NAME.pattern}")
         else:
             entries[name] = _prepare_one(path, name, *prepared, limits or LoraLimits())
-    for name, path in face_id_loras(
-        engines, model_dir, cache
-    ).items():  # the operator's adapter's own: past upload limits
+    for name, path in engines.face_loras().items():  # a FaceID's own (the operator's adapter): past upload limits
         entries[name] = _prepare_one(path, name, *prepared, SHIPPED)
     for name, entry in entries.items():
         entries[name] = dataclasses.replace(entry, model=model)
@@ -75,31 +72,6 @@ def build_registry(
 
 SHIPPED = LoraLimits(max_rank=1 << 16, max_norm=math.inf)
 """What a LoRA an adapter ships with (a FaceID's) is checked against: finite weights only."""
-
-
-def face_id_loras(engines: EngineFolder, model_dir: Path, cache: Path) -> dict[str, Path]:
-    """The LoRA each IP-Adapter FaceID of ``engines`` ships with, written to ``cache`` by its :func:`face_lora` name.
-
-    ``load_ip_adapter`` loads it beside the adapter and draws every image with it; here it is a LoRA of the registry
-    that a request with an ``identity`` is drawn with (its other rows are not).
-    """
-    info = engines.adapters.ip_adapter
-    if info is None or not any(info.faces):
-        return {}
-    from safetensors.torch import save_file
-
-    from build_engines.text_to_image.ip_adapter import IpAdapterFolder
-
-    processors = list(weightless(model_dir, "unet").attn_processors)
-    written = {}
-    for index, name in enumerate(info.names):
-        folder = IpAdapterFolder(Path(info.weights[index]), None)
-        lora = folder.lora(processors) if info.reads_faces(index) else {}
-        if lora:
-            path = cache / f"{face_lora(name)}.safetensors"
-            save_file(lora, path)
-            written[face_lora(name)] = path
-    return written
 
 
 def _prepare_one(path, name, cache, model_dir, pipeline_class, slots, engines_key, limits) -> LoraEntry:

@@ -79,9 +79,14 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
     for name in ("ip_adapter_image", "mask"):
         if name in body:
             body[name] = _base64(body[name])
-    for part in ("upscale", "character"):
+    for part in ("upscale", "character", "identity"):
         if part in body:
             body[part] = fields(body[part])
+    identity = body.get("identity", {})
+    if "image" in identity:
+        identity["image"] = _base64(identity["image"])
+    if "embedding" in identity:
+        identity["embedding"] = list(identity["embedding"])
     if "outpaint" in body:
         body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
     _scale_json(body, "ip_adapter_scale", "ip_adapter_scale_json", "ip_adapter_scale_json")

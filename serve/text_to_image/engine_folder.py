@@ -43,6 +43,7 @@ ADAPTERS = "adapters.json"
 CONTROLNETS = "controlnets.json"
 MANIFEST = "manifest.json"
 UNET_CONFIG = "unet_config.json"
+FACE_LORAS = "face_loras"
 SCHEDULER = "scheduler"
 FEATURE_EXTRACTOR = "feature_extractor"
 DIFFUSERS = "diffusers"
@@ -169,6 +170,11 @@ class EngineFolder:
     def feature_extractor(self) -> Path:
         """The image preprocessing of IP-Adapter references, if the model has one."""
         return self.path / FEATURE_EXTRACTOR
+
+    def face_loras(self) -> dict[str, Path]:
+        """The LoRAs its IP-Adapter FaceIDs ship with, by the name the registry lists them (``NAME.lora``)."""
+        folder = self.path / FACE_LORAS
+        return {path.stem: path for path in sorted(folder.glob("*.safetensors"))} if folder.is_dir() else {}
 
     def lora_slots(self) -> dict[str, list[Slot]]:
         """The slot tables of the LoRA-ready engines, by engine."""

@@ -51,7 +51,7 @@ const GRPC_FIELDS = [
   "output_format", "vectorize_tier", "priority", "loras", "ip_adapter_image", "ip_adapter_scale",
   "ip_adapter_scale_json", "image", "mask", "strength", "outpaint", "controlnets", "guidance_cutoff", "cache_interval",
   "model", "user", "approximate_cache", "upscale", "ip_adapters", "response_format", "output_compression", "metadata",
-  "prompts", "character",
+  "prompts", "character", "identity",
 ];
 /** `GenerateRequest`'s fields (serve/grpc_api/easel.proto; tests/unit/test_studio.py holds them equal). */
 

@@ -198,3 +198,12 @@ def test_a_message_is_parsed_only_by_the_gateway_and_one_over_its_limit_is_a_413
     assert vectorize_request(Unparsed(image, len(image), 1 << 20), "Analyze")[0] == b"png"
     with pytest.raises(PayloadTooLarge, match="Analyze takes at most"):
         vectorize_request(Unparsed(b"", 2 << 20, 1 << 20), "Analyze")
+
+
+def test_an_identity_travels_as_the_http_api_s_field():
+    identity = easel_pb2.Identity(image=b"png bytes", face="largest", strength=0.6, adapter="faceid")
+    request = generation_request(easel_pb2.GenerateRequest(prompt="x", identity=identity))
+    assert request.identity.image == "cG5nIGJ5dGVz" and request.identity.face == "largest"
+    assert (request.identity.strength, request.identity.adapter, request.identity.embedding) == (0.6, "faceid", None)
+    embedded = generation_request(easel_pb2.GenerateRequest(prompt="x", identity={"embedding": [0.25, -0.5]}))
+    assert embedded.identity.embedding == [0.25, -0.5] and embedded.identity.strength == 1.0

@@ -1,0 +1,62 @@
+"""IP-Adapter FaceID at build time and in the request: h94's layout read, its LoRA keyed as diffusers loads it, and
+``identity``'s shape. Its images against diffusers: ``tests/integration/test_adapters.py`` and the SDXL stack's."""
+
+import pytest
+from pydantic import ValidationError
+
+from build_engines.text_to_image.adapters import AdapterBuild, ip_info
+from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
+from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_ip_adapter
+from serve.adapters.ip_adapter import face_lora
+from serve.adapters.lora_files import weightless
+from serve.protocol.schema import GenerationRequest
+
+FACE = [0.5] * 512
+
+
+@pytest.fixture(scope="module")
+def faceid(default_model, tmp_path_factory):
+    return make_faceid_adapter(default_model, tmp_path_factory.mktemp("faceid"), rank=3)
+
+
+def test_a_faceid_folder_needs_no_image_encoder_and_its_lora_is_keyed_as_load_ip_adapter_hands_it_on(
+    default_model, faceid
+):
+    folder = IpAdapterFolder.read(faceid)
+    assert folder.face_id and folder.image_encoder is None
+    processors = list(weightless(default_model, "unet").attn_processors)
+    lora = folder.lora(processors)
+    assert len(lora) == len(processors) * 4 * 2  # to_q, to_k, to_v, to_out; down and up
+    assert f"unet.{processors[0]}.to_k_lora.down.weight" in lora and lora[next(iter(lora))].shape[0] == 3
+
+
+def test_a_faceid_reads_faces_beside_an_image_adapter_whose_encoder_serves_the_others(default_model, faceid, tmp_path):
+    image_adapter = make_ip_adapter(default_model, tmp_path / "ip")
+    info = ip_info(AdapterBuild(lora=True, ip_adapters={"faceid": faceid, "ip": image_adapter}), default_model)
+    assert info.faces == (True, False) and info.embeds_shapes[0] == (512,)
+    assert info.encoder_shape == info.embeds_shapes[1] and info.image_size == 32
+    assert info.index(None) == 1 and info.face_adapter(None) == 0 and info.face_adapter("ip") is None
+    alone = ip_info(AdapterBuild(lora=True, ip_adapters={"faceid": faceid}), default_model)
+    assert alone.encoder_shape is None and alone.image_size == 0
+    with pytest.raises(ValueError, match="FaceIDs"):
+        alone.index(None)
+    assert face_lora("faceid") == "faceid.lora"
+
+
+def test_a_faceid_with_a_lora_on_engines_that_are_not_lora_ready_is_refused_naming_loras(default_model, faceid):
+    with pytest.raises(IpAdapterError, match="--loras"):
+        ip_info(AdapterBuild(lora=False, ip_adapters={"faceid": faceid}), default_model)
+
+
+@pytest.mark.parametrize(
+    "identity",
+    [{}, {"image": "iVBORw0KGgo=", "embedding": FACE}, {"embedding": []}, {"embedding": FACE, "strength": -1}],
+)
+def test_an_identity_is_one_of_image_character_and_embedding_within_its_bounds(identity):
+    with pytest.raises(ValidationError):
+        GenerationRequest(prompt="x", identity=identity)
+
+
+def test_an_identity_takes_a_face_by_each_of_its_three_ways():
+    for way in ({"embedding": FACE}, {"character": "zed"}, {"image": "iVBORw0KGgo=", "face": "largest"}):
+        assert GenerationRequest(prompt="x", identity=way).identity.strength == 1.0

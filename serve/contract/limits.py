@@ -52,6 +52,57 @@ _TRAINED_DIR = (
     "an absolute path, on the stack's machine, to a folder `easel train vectorize` wrote (the predictor's and the "
     "policy's ONNX files with the inputs and outputs the ensemble wires, and a readable tier1.json)"
 )
+
+
+def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
+    """A generation's ``identity`` (an IP-Adapter FaceID's face) on route ``path``."""
+    return (
+        UnstatedLimit(
+            "post",
+            path,
+            ("identity", "identity.adapter"),
+            "IP-Adapter FaceID",
+            "a model served with an IP-Adapter FaceID (`easel up --ip-adapter MODEL:NAME=DIR` of h94's FaceID layout); "
+            "`adapter`, when given, one of its FaceIDs",
+            "the IP-Adapters are the stack's, `easel up --ip-adapter NAME=DIR`",
+        ),
+        UnstatedLimit(
+            "post",
+            path,
+            ("identity.image",),
+            "identity.image: ",
+            "a picture that decodes (PNG, JPEG, WebP) within the image limits, on a stack serving face models "
+            "(`easel up --faces`), in which they find one face (or several, with `face: largest`)",
+            f"{BY_DECODING}; the face models are the stack's",
+        ),
+        UnstatedLimit(
+            "post",
+            path,
+            ("identity.image",),
+            "identity.image: ",
+            _IMAGE_SIZE,
+            "an image's size is known by reading its header",
+            status=413,
+        ),
+        UnstatedLimit(
+            "post",
+            path,
+            ("identity.character",),
+            "identity.character: ",
+            "a character of the key's (GET /v1/characters) made where the stack served face models",
+            "the characters are the stack's store's, each key's own",
+        ),
+        UnstatedLimit(
+            "post",
+            path,
+            ("identity.embedding",),
+            "identity.embedding: ",
+            "as many finite values as the FaceID takes (ArcFace's 512), not all 0",
+            "the FaceID's width is the stack's engines'",
+        ),
+    )
+
+
 UNSTATED_LIMITS = (
     *VIDEO_LIMITS,
     *(
@@ -61,6 +112,8 @@ UNSTATED_LIMITS = (
     ),
     *GENERATION_LIMITS,
     *(dataclasses.replace(limit, path=EDITS) for limit in GENERATION_LIMITS),
+    *_identity_limits(GENERATIONS),
+    *_identity_limits(EDITS),
     UnstatedLimit(
         "post",
         EDITS,

@@ -13,6 +13,7 @@ from serve.adapters.registry import NAME
 from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
 from serve.protocol.adapter_choices import LoraChoice
 from serve.protocol.ip_scale import MAX_IP_SCALE, IpScale
+from serve.schema_rules import exactly_one
 
 MAX_CHARACTER_IMAGES = 8
 MAX_TRIGGER_CHARS = 200
@@ -80,7 +81,9 @@ class IdentityChoice(BaseModel):
     or ``embedding`` (as ``POST /v1/faces/analyze`` answers one). At admission the first two become the third.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra=exactly_one(image="string", character="string", embedding="array")
+    )
 
     image: Base64Image | None = Field(
         None,

@@ -28,6 +28,7 @@ class Row:
 
 _LORA = "loras.0.name"  # a generation naming a LoRA it may not use: a 400 naming the list's item
 _CHARACTER = "character.name"  # a generation naming a character: a 400 naming its name
+_IDENTITY = "identity.character"  # a generation keeping a character's face: a 400 naming it
 _VIDEO = "video_id"  # a video is a job: another key's (or a still's) job is as unknown to the video doors as none
 
 ROWS = (
@@ -71,6 +72,7 @@ ROWS = (
     Row("character", "delete", "/v1/characters/{name}", "name", "name", stack="adapters"),
     Row("character", "post", "/v1/images/generations", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
     Row("character", "post", "/v1/videos", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
+    Row("character", "post", "/v1/images/generations", _IDENTITY, _IDENTITY, "body", 400, "adapters"),
     Row("user", "get", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
     Row("user", "delete", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
 )
@@ -90,7 +92,7 @@ SHARED = {
 """Path parameters that name no key's thing: the stack's own catalogs, and the signed URL (why, for each)."""
 
 STORED_FIELDS = {"image_id": "image", "job_id": "job", "video_id": "job", "ip_adapter_reference": "reference"}
-STORED_FIELDS |= {"loras": "lora", "character": "character"}
+STORED_FIELDS |= {"loras": "lora", "character": "character", "identity": "character"}
 """Request fields (of a body model or a gRPC message) that name a stored thing: each has its row on its door."""
 
 UNKNOWN = {

@@ -996,6 +996,8 @@ def _row_request(row: Row, given: str) -> dict:
         video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
         body = video if row.path == "/v1/videos" else BODY
         return {"method": row.method, "url": path, "json": body | {"character": {"name": given}}}
+    if row.field == "identity.character":
+        return {"method": row.method, "url": path, "json": BODY | {"identity": {"character": given}}}
     if (row.method, row.thing) == ("put", "character"):
         return {"method": row.method, "url": path, "json": CHARACTER | {"name": given}}
     if row.field == "loras.0.name":

@@ -752,6 +752,27 @@ def test_an_identity_is_scored_against_its_own_face_and_a_character_s_face_draws
     assert api.delete("/v1/characters/ida").status_code == 200
 
 
+def test_a_character_s_face_kept_in_the_studio_is_the_api_s_identity(studio, api):
+    made = api.post("/v1/characters", json={"name": "ivy", "images": [FACE], "face": "largest"})
+    assert made.status_code == 200, made.text
+    try:
+        studio.reload()
+        expect(studio.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+        studio.click("#more summary")
+        studio.select_option("#identity", "ivy")
+        draw(studio, prompt=BODY["prompt"], seed=4, num_inference_steps=2, size="64x64")
+        image = studio.locator("#draw-images img")
+        expect(image).to_have_count(1)
+        body = shown_call(studio)
+        assert body["identity"] == {"character": "ivy"} and sent_body(studio)["identity"] == {"character": "ivy"}
+        answer = api.post(GENERATE, json=body)
+        assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
+        plain = api.post(GENERATE, json={k: v for k, v in body.items() if k != "identity"})
+        assert plain.json()["data"][0]["b64_json"] != answer.json()["data"][0]["b64_json"]  # the face drew
+    finally:
+        assert api.delete("/v1/characters/ivy").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("identity", "param"),
     [

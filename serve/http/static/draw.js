@@ -27,6 +27,7 @@ export function requestBody() {
   }));
   if (loras.length) body.loras = loras;
   if ($("#character").value) body.character = { name: $("#character").value };
+  if ($("#identity").value) body.identity = { character: $("#identity").value };
   return { ...body, ...imagesIn.imageFields() };
 }
 
@@ -252,15 +253,22 @@ export async function loadLoras() {
   return ready;
 }
 
-/** The characters of GET /v1/characters (the key's own and the shared ones), a choice of their names. */
+/** `characters` as the choices of select `id` (its field shown only when there are some), its choice kept. */
+function choose(id, characters, label) {
+  const select = $(`#${id}`);
+  const kept = select.value;
+  $(`#${id}-field`).hidden = characters.length === 0;
+  const named = characters.map((character) => h("option", { value: character.name }, label(character)));
+  select.replaceChildren(h("option", { value: "" }, "none"), ...named);
+  select.value = characters.some((character) => character.name === kept) ? kept : "";
+}
+
+/** The characters of GET /v1/characters (the key's own and the shared ones): to draw, and those with a face to keep
+ * (a model's IP-Adapter FaceID draws it). */
 export async function loadCharacters() {
   const found = (await call("GET", "/v1/characters")).data;
-  const select = $("#character");
-  const kept = select.value;
-  $("#character-field").hidden = found.length === 0;
-  const named = found.map((character) => h("option", { value: character.name }, `${character.name} (${character.model})`));
-  select.replaceChildren(h("option", { value: "" }, "none"), ...named);
-  select.value = found.some((character) => character.name === kept) ? kept : "";
+  choose("character", found, (character) => `${character.name} (${character.model})`);
+  choose("identity", found.filter((character) => character.face), (character) => character.name);
   return found;
 }
 
@@ -283,7 +291,7 @@ export function setUp(context) {
 export async function refresh() {
   await loadModels();
   await loadLoras().catch(() => ($("#loras").hidden = true));
-  await loadCharacters().catch(() => ($("#character-field").hidden = true));
+  await loadCharacters().catch(() => ($("#character-field").hidden = $("#identity-field").hidden = true));
   await imagesIn.loadFinishing().catch(() => {});
   updateCall();
   analyzeSoon();

@@ -14,7 +14,8 @@ Three parts, on one embedded model with ``N`` random LoRAs made for it (``random
   adapters that all fit the resident bound, and on more adapters than it holds; with the UNet rows per execution
   Triton formed. Then LoRAs uploaded while it runs (``POST /v1/loras``): the upload's time, from the upload to the
   first image with it (a never-seen adapter's first request), and that adapter warm; and a stored reference
-  (``POST /v1/references``) against the same image sent inline, with the image encoder's executions.
+  (``POST /v1/references``) against the same image sent inline, with the image encoder's executions; and a request
+  keeping a face (``identity`` by an IP-Adapter FaceID) by its embedding and by a picture, against none.
 """
 
 from __future__ import annotations
@@ -257,6 +258,43 @@ def stored_reference(api_url: str, triton_http_url: str, settings: AdapterBenchS
     return asyncio.run(run())
 
 
+def identity_costs(api_url: str, settings: AdapterBenchSettings, rounds: int = 5) -> dict:
+    """Requests keeping a face (``identity``, an IP-Adapter FaceID) against the same without: seconds each.
+
+    By how the face is sent: its embedding, or a picture whose face the face models find and embed at admission.
+    """
+    from PIL import Image
+
+    from build_engines.faces.random_pack import drawn_faces
+
+    buffer = io.BytesIO()
+    Image.fromarray(drawn_faces([(160, 120, 60)])).save(buffer, format="PNG")
+    picture = base64.b64encode(buffer.getvalue()).decode()
+
+    async def run() -> dict:
+        async with httpx.AsyncClient(base_url=api_url, timeout=600) as client:
+            analyzed = await client.post("/v1/faces/analyze", json={"image": picture, "max_faces": 1})
+            analyzed.raise_for_status()
+            embedding = analyzed.json()["data"][0]["embedding"]
+            found = {}
+            for label, field in (
+                ("without", {}),
+                ("embedding", {"identity": {"embedding": embedding}}),
+                ("picture", {"identity": {"image": picture, "face": "largest"}}),
+            ):
+                times = []
+                for index in range(rounds):
+                    started = time.perf_counter()
+                    (
+                        await client.post("/v1/images/generations", json=_body(settings, index, []) | field)
+                    ).raise_for_status()
+                    times.append(time.perf_counter() - started)
+                found[label] = times
+            return found
+
+    return asyncio.run(run())
+
+
 def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSettings, out: Path, stack: bool) -> str:
     """The adapter benchmark on ``model_dir``; with ``stack``, its served part too. Writes JSON, returns the report."""
     folder = run_dir() / "bench"
@@ -266,7 +304,8 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
     report: dict = {"settings": asdict(settings), "model": label}
     rows = []
     if stack:
-        from build_engines.text_to_image.random_adapters import make_ip_adapter
+        from build_engines.faces.random_pack import random_face_pack
+        from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_ip_adapter
 
         uploads_dir = folder / f"uploads-{label}"
         made = make_loras(model_dir, uploads_dir, settings, "up", UPLOADS)
@@ -278,11 +317,17 @@ def run_adapter_benchmark(model_dir: Path, label: str, settings: AdapterBenchSet
             result = served(running.info.api_url, running.info.triton_http_url, names, settings)
             report["uploaded"] = uploaded(running.info.api_url, uploads, settings)
             report["ready_s"] = {"load into an instance (mean)": _triton_load_seconds(running.info.triton_metrics_url)}
-        ip_adapter = folder / f"ip-adapter-{label}"
+        ip_adapter, faceid = folder / f"ip-adapter-{label}", folder / f"faceid-{label}"
         if not ip_adapter.is_dir():
             make_ip_adapter(model_dir, ip_adapter, seed=5)
-        with scratch_stack(model_dir, folder / "ip", ip_adapters={"ip": ip_adapter}) as running:  # a UNet with refs
+        if not faceid.is_dir():
+            make_faceid_adapter(model_dir, faceid, seed=5)
+        faces, no_loras = random_face_pack(folder / "buffalo_l"), folder / "no-loras"
+        no_loras.mkdir(exist_ok=True)  # a FaceID's LoRA is drawn by LoRA-ready engines
+        adapted = {"ip_adapters": {"ip": ip_adapter, "faceid": faceid}, "faces": faces, "loras_dir": no_loras}
+        with scratch_stack(model_dir, folder / "ip", **adapted) as running:  # a UNet with references and faces
             report["reference"] = stored_reference(running.info.api_url, running.info.triton_http_url, settings)
+            report["identity"] = identity_costs(running.info.api_url, settings)
         rows = result.pop("rows")
         report |= {"cold_first_request_s": result["cold_s"], "warm_request_s": result["warm_s"]}
         report["unet_rows_per_execution"] = result["unet_rows_per_execution"]
@@ -354,6 +399,11 @@ def _lines(report: dict) -> list[str]:
                 f"executions in {len(r['s'])} requests)"
                 for label, r in reference.items()
             )
+        )
+    if "identity" in report:
+        lines.append(
+            "identity (IP-Adapter FaceID), p50: "
+            + ", ".join(f"{label} {statistics.median(s) * 1000:.0f} ms" for label, s in report["identity"].items())
         )
     lines += [
         "making an adapter ready: "

@@ -23,15 +23,15 @@ from build_engines.text_to_image.ip_adapter import (
     load_image_encoder,
     load_into_unet,
 )
-from serve.adapters.ip_adapter import IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo, face_lora
+from serve.adapters.ip_adapter import IMAGE, IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo, face_lora
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.exports import ExportModule, with_lora_slots
 
-IP_EXPORT = 3
+IP_EXPORT = 4
 """The IP-Adapter engines' export version (part of the engine cache key): bumped when their graph or files change
-(3: a FaceID's LoRA kept beside the engines)."""
+(3: a FaceID's LoRA kept beside the engines; 4: a FaceID Plus's encoder states as inputs)."""
 LORA_EXPORT = 2
 """The LoRA layers' export version (part of the engine cache key): 2 selects rows, where 1 scaled them by 0."""
 
@@ -68,27 +68,30 @@ def ip_info(build: AdapterBuild, model_dir: Path) -> IpAdapterInfo | None:
             why = "ships a LoRA, drawn with it: serve the model LoRA-ready (--loras MODEL=DIR; an empty folder will do)"
             raise IpAdapterError(f"IP-Adapter FaceID {name} ({folder.weights}) {why}")
     layers, hidden_states = load_into_unet(unet, folders)
-    encoded = [(folder, states) for folder, states in zip(folders, hidden_states, strict=True) if not folder.face_id]
-    if len({states for _, states in encoded}) > 1:  # one image encoder output for all (the first's, as diffusers)
-        raise IpAdapterError("IP-Adapters read by image embeddings and by hidden states (Plus) cannot be mixed")
-    image_size, image_shape = 0, ()
+    # The adapters that read the image encoder: its output is one for all (the first's encoder, as diffusers)
+    encoded = [(f, f.kind != IMAGE or h) for f, h in zip(folders, hidden_states, strict=True) if f.image_encoder]
+    if len({states for _, states in encoded}) > 1:
+        why = "by image embeddings and by hidden states (Plus, FaceID Plus) cannot be mixed"
+        raise IpAdapterError(f"IP-Adapters read {why}")
+    image_size, encoder_output = 0, ()
     if encoded:
         config = json.loads((encoded[0][0].image_encoder / "config.json").read_text())
         vision = config.get("vision_config", config)
         image_size = int(vision["image_size"])
         if encoded[0][1]:
-            image_shape = ((vision["image_size"] // vision["patch_size"]) ** 2 + 1, vision["hidden_size"])
+            encoder_output = ((vision["image_size"] // vision["patch_size"]) ** 2 + 1, vision["hidden_size"])
         else:
-            image_shape = (config.get("projection_dim", vision.get("projection_dim")),)
+            encoder_output = (config.get("projection_dim", vision.get("projection_dim")),)
     return IpAdapterInfo(
         names=tuple(build.ip_adapters),
         weights=tuple(str(folder.weights) for folder in folders),
         image_size=image_size,
-        embeds_shapes=tuple(_face_shape(folder) if folder.face_id else image_shape for folder in folders),
+        embeds_shapes=tuple(_face_shape(folder) if folder.face_id else encoder_output for folder in folders),
         hidden_states=bool(encoded and encoded[0][1]),
         layers=layers,
         levels=tuple(layer_level(unet, name) for name in layers),
-        faces=tuple(folder.face_id for folder in folders),
+        kinds=tuple(folder.kind for folder in folders),
+        encoder_output=encoder_output,
     )
 
 
@@ -133,11 +136,11 @@ def adapter_modules(
             load_into_unet(module.unet, folders)
             module.unet.to(dtype)
             module.added = (*module.added, IMAGE_EMBEDS)
-            return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels)
+            return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels, ip)
 
         modules["unet"] = ExportModule(unet_with_ip, unet_source.keep_fp32)
-        encoder = next((folder.image_encoder for folder in folders if not folder.face_id), None)
-        if encoder is not None:  # FaceIDs read faces' embeddings, found by the face models
+        encoder = next((folder.image_encoder for folder in folders if folder.image_encoder), None)
+        if encoder is not None:  # plain FaceIDs read faces' embeddings only, found by the face models
             modules[IMAGE_ENCODER] = ExportModule(lambda dtype: load_image_encoder(encoder, dtype, ip.hidden_states))
     if between is not None:
         modules = between(modules)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from serve.adapters.ip_adapter import IMAGE_ENCODER
+from serve.adapters.ip_adapter import FACEID, FACEID_PLUS, FACEID_PLUSV2, IMAGE, IMAGE_ENCODER
 from serve.text_to_image.families.folder import WEIGHT_SUFFIXES
 
 
@@ -27,10 +27,15 @@ class IpAdapterError(ValueError):
 
 @dataclass(frozen=True)
 class IpAdapterFolder:
-    """An IP-Adapter on disk: its weights file and its image encoder folder (None: a FaceID, which reads faces)."""
+    """An IP-Adapter on disk: its weights file, its image encoder folder (None: a FaceID's) and what it reads.
+
+    ``kind`` (:data:`serve.adapters.ip_adapter.KINDS`) as diffusers tells the weights apart; a FaceID Plus is v2 (its
+    tokens' shortcut on) when its file is named so, as h94 names them (``ip-adapter-faceid-plusv2_sd15.bin``).
+    """
 
     weights: Path
     image_encoder: Path | None
+    kind: str = IMAGE
 
     @classmethod
     def read(cls, folder: Path) -> IpAdapterFolder:
@@ -43,17 +48,18 @@ class IpAdapterFolder:
             raise IpAdapterError(
                 f"--ip-adapter {folder}: needs exactly one weights file (*.safetensors or *.bin), found {found}"
             )
-        if is_face_id(cls(weights[0], None).state_dict()):
-            return cls(weights[0], None)
+        kind = kind_of(cls(weights[0], None).state_dict(), weights[0].name)
+        if kind == FACEID:
+            return cls(weights[0], None, kind)
         encoder = folder / IMAGE_ENCODER
         if not (encoder / "config.json").is_file():
             raise IpAdapterError(f"--ip-adapter {folder}: has no image encoder ({IMAGE_ENCODER}/config.json)")
-        return cls(weights[0], encoder)
+        return cls(weights[0], encoder, kind)
 
     @property
     def face_id(self) -> bool:
-        """Whether it is an IP-Adapter FaceID: its references are faces' ArcFace embeddings."""
-        return self.image_encoder is None
+        """Whether it is an IP-Adapter FaceID (Plus or not): its references are faces' ArcFace embeddings."""
+        return self.kind != IMAGE
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"image_proj": ..., "ip_adapter": ...}`` as ``load_ip_adapter`` reads the weights file."""
@@ -87,11 +93,14 @@ class IpAdapterFolder:
         return lora
 
 
-def is_face_id(state: dict[str, dict[str, torch.Tensor]]) -> bool:
-    """Whether IP-Adapter weights are a FaceID's (its projection reads a face embedding), as diffusers tells them."""
+def kind_of(state: dict[str, dict[str, torch.Tensor]], file_name: str) -> str:
+    """What IP-Adapter weights read (:data:`serve.adapters.ip_adapter.KINDS`), as diffusers tells them apart."""
     projection = state["image_proj"]
-    others = ("proj.weight", "proj.3.weight", "perceiver_resampler.proj_in.weight")
-    return "norm.weight" in projection and not any(key in projection for key in others)
+    if "perceiver_resampler.proj_in.weight" in projection:
+        return FACEID_PLUSV2 if "plusv2" in file_name.lower() else FACEID_PLUS
+    if "norm.weight" in projection and not any(key in projection for key in ("proj.weight", "proj.3.weight")):
+        return FACEID
+    return IMAGE
 
 
 class _IpInputs:
@@ -189,16 +198,29 @@ class RowScaledIPAttnProcessor(torch.nn.Module):
 class IpReadyUnet(torch.nn.Module):
     """The export UNet (``UnetModule`` taking ``image_embeds``) with the IP inputs after the UNet's own.
 
-    In: the UNet's inputs, ``ip_embeds_i`` per adapter, ``ip_scale``, ``ip_references``, ``ip_masked``, then
-    ``ip_mask_l`` per resolution level (:class:`serve.adapters.ip_adapter.IpAdapterInfo`).
+    In: the UNet's inputs, ``ip_embeds_i`` per adapter, ``ip_scale``, ``ip_references``, ``ip_masked``,
+    ``ip_mask_l`` per resolution level, then ``ip_clip_i`` per FaceID Plus (its projection's ``clip_embeds``, as
+    diffusers' users set them) (:class:`serve.adapters.ip_adapter.IpAdapterInfo`).
     """
 
-    def __init__(self, module: torch.nn.Module, inputs: _IpInputs, adapters: int, levels: tuple[int, ...]) -> None:
+    def __init__(
+        self, module: torch.nn.Module, inputs: _IpInputs, adapters: int, levels: tuple[int, ...], info=None
+    ) -> None:
         super().__init__()
         self.module, self.inputs, self.adapters, self.levels = module, inputs, adapters, levels
+        self.face_states = info.face_states if info is not None else ()
+        projections = module.unet.encoder_hid_proj.image_projection_layers if self.face_states else ()
+        for index in self.face_states:  # v2: the face's tokens added to the resampler's
+            projections[index].shortcut = info.kind(index) == FACEID_PLUSV2
 
     def forward(self, *args):
         """The noise prediction with each row's image tokens weighed by its scales and masks."""
+        clips = len(self.face_states)
+        if clips:
+            args, states = args[:-clips], args[-clips:]
+            projections = self.module.unet.encoder_hid_proj.image_projection_layers
+            for index, clip in zip(self.face_states, states, strict=True):
+                projections[index].clip_embeds = clip
         count = self.adapters + 3 + len(self.levels)
         base, ip = args[: len(args) - count], args[len(args) - count :]
         embeds, (scale, references, masked), masks = (
@@ -218,7 +240,8 @@ class IpReadyUnet(torch.nn.Module):
 
 def ip_layers(unet) -> tuple[str, ...]:
     """The attention processors an IP-Adapter adds image tokens to (every one but self-attention), in order."""
-    return tuple(name for name in unet.attn_processors if not name.endswith("attn1.processor"))
+    own = (name for name in unet.attn_processors if not name.startswith("encoder_hid_proj."))  # not a resampler's
+    return tuple(name for name in own if not name.endswith("attn1.processor"))
 
 
 def layer_level(unet, name: str) -> int:

@@ -190,10 +190,16 @@ def make_ip_adapter(model_dir: Path, out_dir: Path, seed: int = 0, image_size: i
 
 
 FACEID_WEIGHTS = "ip-adapter-faceid.bin"
+FACEID_PLUSV2_WEIGHTS = "ip-adapter-faceid-plusv2.bin"
 
 
-def make_faceid_adapter(model_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4, face_dim: int = 512) -> Path:
+def make_faceid_adapter(
+    model_dir: Path, out_dir: Path, seed: int = 0, rank: int = 4, face_dim: int = 512, plus: bool = False
+) -> Path:
     """Write a random IP-Adapter FaceID in h94's layout: one ``.bin`` and no image encoder.
+
+    ``plus``: a FaceID Plus v2 (``ip-adapter-faceid-plusv2.bin``), whose projection also reads the aligned face's
+    CLIP hidden states: with a random CLIP vision model in ``image_encoder/`` (224 px, as the real one's).
 
     ``image_proj``: the face embedding's feed-forward and norm (``proj.0``, ``proj.2``, ``norm``: 4 tokens);
     ``ip_adapter``: each cross-attention's ``to_k_ip``/``to_v_ip`` and, on every attention layer, the LoRA FaceID
@@ -222,7 +228,61 @@ def make_faceid_adapter(model_dir: Path, out_dir: Path, seed: int = 0, rank: int
         if not name.endswith("attn1.processor"):
             for part in ("to_k_ip", "to_v_ip"):
                 ip[f"{key_id}.{part}.weight"] = torch.randn(attention.to_k.weight.shape) / cross**0.5
+    if plus:  # FaceID Plus: a perceiver resampler over the aligned face's CLIP hidden states, and its image encoder
+        proj = _face_plus_projection(proj, cross, face_dim, _random_image_encoder(out_dir / IMAGE_ENCODER, 224))
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / FACEID_WEIGHTS)
-    logger.info("random IP-Adapter FaceID for %s written to %s (LoRA rank %d)", model_dir, out_dir, rank)
+    weights = FACEID_PLUSV2_WEIGHTS if plus else FACEID_WEIGHTS
+    torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / weights)
+    logger.info("random IP-Adapter %s for %s written to %s (LoRA rank %d)", weights, model_dir, out_dir, rank)
     return out_dir
+
+
+def _random_image_encoder(folder: Path, image_size: int) -> int:
+    """A tiny random CLIP vision model saved in ``folder``; its hidden size."""
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=image_size,
+        patch_size=32, projection_dim=24,
+    )  # fmt: skip
+    CLIPVisionModelWithProjection(config).eval().save_pretrained(folder)
+    return config.hidden_size
+
+
+def _face_plus_projection(plain: dict, width: int, face_dim: int, hidden: int, depth: int = 4) -> dict:
+    """FaceID Plus's ``image_proj`` in h94's keys.
+
+    The face's feed-forward (its tokens ``width`` wide) and a ``perceiver_resampler`` of ``depth`` blocks (one
+    64-wide head) over the encoder's ``hidden``-wide states.
+    """
+    inner, tokens = 64, 4
+
+    def linear(rows: int, cols: int) -> torch.Tensor:
+        return torch.randn(rows, cols) / cols**0.5
+
+    proj = {
+        "proj.0.weight": linear(face_dim * 2, face_dim),
+        "proj.0.bias": 0.1 * torch.randn(face_dim * 2),
+        "proj.2.weight": linear(width * tokens, face_dim * 2),
+        "proj.2.bias": 0.1 * torch.randn(width * tokens),
+        "norm.weight": plain["norm.weight"][:width],
+        "norm.bias": plain["norm.bias"][:width],
+    }
+    resampler = {
+        "proj_in.weight": linear(width, hidden),
+        "proj_in.bias": 0.1 * torch.randn(width),
+        "proj_out.weight": linear(width, width),
+        "proj_out.bias": 0.1 * torch.randn(width),
+        "norm_out.weight": 1 + 0.1 * torch.randn(width),
+        "norm_out.bias": 0.1 * torch.randn(width),
+    }
+    for i in range(depth):
+        for norm in ("0.norm1", "0.norm2", "1.0"):
+            resampler[f"layers.{i}.{norm}.weight"] = 1 + 0.1 * torch.randn(width)
+            resampler[f"layers.{i}.{norm}.bias"] = 0.1 * torch.randn(width)
+        resampler[f"layers.{i}.0.to_q.weight"] = linear(inner, width)
+        resampler[f"layers.{i}.0.to_kv.weight"] = linear(2 * inner, width)
+        resampler[f"layers.{i}.0.to_out.weight"] = linear(width, inner)
+        resampler[f"layers.{i}.1.1.weight"] = linear(width * 4, width)
+        resampler[f"layers.{i}.1.3.weight"] = linear(width, width * 4)
+    return proj | {f"perceiver_resampler.{key}": value for key, value in resampler.items()}

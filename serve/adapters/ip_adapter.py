@@ -21,12 +21,19 @@ logger = logging.getLogger(__name__)
 IMAGE_ENCODER = "image_encoder"  # the adapters' engine (the first adapter's encoder, as diffusers loads it)
 IMAGE_EMBEDS = "image_embeds"  # the image encoder's output
 IP_EMBEDS = "ip_embeds_{}"  # the UNet's input of adapter i: each row's references' embeddings
+IP_CLIP = "ip_clip_{}"  # a FaceID Plus i's: each row's references' aligned faces' encoder hidden states
 IP_SCALE = "ip_scale"  # [adapter, layer]: each adapter's scale per IP layer
 IP_REFERENCES = "ip_references"  # [adapter, reference]: 1 for a reference given, 0 for padding
 IP_MASKED = "ip_masked"  # [adapter]: 1 where the adapter's references have region masks
 IP_MASK = "ip_mask_{}"  # [adapter, reference, h, w]: the masks downsampled to resolution level l (1/2**l)
 MAX_REFERENCES = 4
 """References one adapter takes per request (the UNet's inputs are padded to it)."""
+IMAGE, FACEID, FACEID_PLUS, FACEID_PLUSV2 = "image", "faceid", "faceid_plus", "faceid_plusv2"
+KINDS = (IMAGE, FACEID, FACEID_PLUS, FACEID_PLUSV2)
+"""What an adapter reads: an image's CLIP embeddings (IP-Adapter, Plus), a face's ArcFace embedding (FaceID), or
+both the face's embedding and the aligned face's CLIP hidden states (FaceID Plus; v2 adds its tokens' shortcut)."""
+FACE_CROP = 224
+"""The side FaceID Plus's aligned face is cropped at (InsightFace's ``norm_crop(..., image_size=224)``)."""
 
 
 def face_lora(adapter: str) -> str:
@@ -41,9 +48,10 @@ class IpAdapterInfo:
     ``names`` and ``weights``: the adapters, in the order of their inputs; ``embeds_shapes``: one reference's
     embeddings per adapter, ``[D]`` (image embeddings) or ``[T, D]`` (the encoder's hidden states: IP-Adapter Plus);
     ``layers``: the attention processors that attend to image tokens, in ``ip_scale``'s column order, and ``levels``
-    the resolution level of each (its queries are the latent downsampled ``2**level`` times). ``faces``: which are
-    IP-Adapter FaceIDs (their references are ArcFace embeddings of faces, their negative zeros, their LoRA
-    :func:`face_lora`); the image encoder (``image_size``) is the first other adapter's, none if all are FaceIDs.
+    the resolution level of each (its queries are the latent downsampled ``2**level`` times). ``kinds``: each
+    adapter's (:data:`KINDS`): a FaceID's references are ArcFace embeddings of faces (their negative zeros, their LoRA
+    :func:`face_lora`), a FaceID Plus also reads the aligned face's encoder states (``ip_clip_i``). The image encoder
+    (``image_size``, ``encoder_output`` per image; none: ``()``) is the first adapter's that has one.
     """
 
     names: tuple[str, ...]
@@ -54,22 +62,36 @@ class IpAdapterInfo:
     layers: tuple[str, ...]
     levels: tuple[int, ...]
     references: int = MAX_REFERENCES
-    faces: tuple[bool, ...] = ()
+    kinds: tuple[str, ...] = ()
+    encoder_output: tuple[int, ...] = ()
 
     @classmethod
     def from_json(cls, raw: dict) -> IpAdapterInfo:
         """Read what :func:`dataclasses.asdict` wrote."""
-        tuples = {k: tuple(raw.get(k, ())) for k in ("names", "weights", "layers", "levels", "faces")}
+        tuples = {k: tuple(raw.get(k, ())) for k in ("names", "weights", "layers", "levels", "kinds", "encoder_output")}
         return cls(**{**raw, **tuples, "embeds_shapes": tuple(tuple(s) for s in raw["embeds_shapes"])})
 
     @property
     def encoder_shape(self) -> tuple[int, ...] | None:
-        """The image encoder's output per image (None: no image encoder, every adapter a FaceID)."""
-        return next((shape for i, shape in enumerate(self.embeds_shapes) if not self.reads_faces(i)), None)
+        """The image encoder's output per image (None: no image encoder, every adapter a plain FaceID)."""
+        return self.encoder_output or None
+
+    def kind(self, index: int) -> str:
+        """Adapter ``index``'s kind (:data:`KINDS`)."""
+        return self.kinds[index] if index < len(self.kinds) else IMAGE
 
     def reads_faces(self, index: int) -> bool:
-        """Whether adapter ``index`` is an IP-Adapter FaceID."""
-        return index < len(self.faces) and self.faces[index]
+        """Whether adapter ``index`` is an IP-Adapter FaceID (Plus or not): its references are faces."""
+        return self.kind(index) != IMAGE
+
+    def reads_face_states(self, index: int) -> bool:
+        """Whether adapter ``index`` is a FaceID Plus: it reads the aligned face's encoder states too."""
+        return self.kind(index) in (FACEID_PLUS, FACEID_PLUSV2)
+
+    @property
+    def face_states(self) -> tuple[int, ...]:
+        """The FaceID Plus adapters, in the order of their ``ip_clip_i`` inputs."""
+        return tuple(i for i in range(len(self.names)) if self.reads_face_states(i))
 
     def face_adapter(self, name: str | None) -> int | None:
         """The input index of FaceID ``name`` (None: the first FaceID); None if there is no such FaceID."""

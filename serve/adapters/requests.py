@@ -17,6 +17,7 @@ from serve.adapters import open_adapter_store
 from serve.adapters.ip_adapter import (
     IMAGE_EMBEDS,
     IMAGE_ENCODER,
+    IP_CLIP,
     IP_EMBEDS,
     IP_MASK,
     IP_MASKED,
@@ -217,6 +218,7 @@ class GenerationAdapters:
             return {}
         rows, adapters, count = 2 if guided else 1, len(info.names), info.references
         embeds = [np.zeros((rows, count, *shape), np.float32) for shape in info.embeds_shapes]
+        states = {a: np.zeros((rows, count, *info.encoder_output), np.float32) for a in info.face_states}
         scale = np.zeros((adapters, len(info.layers)), np.float32)
         present, masked = np.zeros((adapters, count), np.float32), np.zeros(adapters, np.float32)
         sides = level_sides(*latent, info.mask_levels)
@@ -224,6 +226,12 @@ class GenerationAdapters:
         for ip in job.adapters.ip:
             a = ip.adapter
             encoded = [await self.encode(engines, image) for image in ip.images]
+            if a in states:  # a FaceID Plus: its images are the aligned faces, read by the encoder's states
+                faces = np.concatenate([np.reshape(e, (-1, *info.encoder_output)) for e in encoded])
+                states[a][-1, : len(faces)] = faces
+                if guided:
+                    states[a][0, : len(faces)] = (await self._negative_embeds(engines)).reshape(info.encoder_output)
+                encoded = []
             given = np.concatenate([np.reshape(e, (-1, *info.embeds_shapes[a])) for e in (*encoded, *ip.embeds)])
             embeds[a][-1, : len(given)] = given
             if guided and info.hidden_states and not info.reads_faces(a):  # a FaceID's negative: zeros
@@ -234,6 +242,7 @@ class GenerationAdapters:
                 for level, grid in region_masks(ip.masks, sides).items():
                     masks[level][a, : len(grid)] = grid
         feeds = {IP_EMBEDS.format(a): rows_of for a, rows_of in enumerate(embeds)}
+        feeds |= {IP_CLIP.format(a): rows_of for a, rows_of in states.items()}
         per_row = {IP_SCALE: scale, IP_REFERENCES: present, IP_MASKED: masked}
         per_row |= {IP_MASK.format(level): grid for level, grid in masks.items()}
         return feeds | {name: np.repeat(value[None], rows, axis=0) for name, value in per_row.items()}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from serve.adapters.ip_adapter import (
     IMAGE_EMBEDS,
     IMAGE_ENCODER,
+    IP_CLIP,
     IP_EMBEDS,
     IP_MASK,
     IP_MASKED,
@@ -100,4 +101,5 @@ def ip_inputs(ip: IpAdapterInfo) -> tuple[TensorSpec, ...]:
         for level in ip.mask_levels
         for names in [(f"ip_mask_{level}_height", f"ip_mask_{level}_width")]
     )
-    return (*embeds, *rows, *masks)
+    clips = tuple(TensorSpec(IP_CLIP.format(i), "float32", (references, *ip.encoder_output)) for i in ip.face_states)
+    return (*embeds, *rows, *masks, *clips)

@@ -87,6 +87,14 @@ def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
         UnstatedLimit(
             "post",
             path,
+            ("identity.aligned_face",),
+            "identity.aligned_face: ",
+            "for a FaceID Plus: with an embedding, the face aligned at 224 px as a picture that decodes",
+            f"{BY_DECODING}; which adapters are FaceID Plus is the stack's",
+        ),
+        UnstatedLimit(
+            "post",
+            path,
             ("identity.character",),
             "identity.character: ",
             "a character of the key's (GET /v1/characters) made where the stack served face models",

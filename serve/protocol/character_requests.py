@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from serve.adapters.registry import NAME
 from serve.images import MAX_IMAGE_BYTES, Base64Image, checked_base64
@@ -102,15 +102,20 @@ class IdentityChoice(BaseModel):
         max_length=MAX_EMBEDDING,
         description="A face's embedding as POST /v1/faces/analyze answers it (ArcFace's 512, unit length).",
     )
+    aligned_face: Base64Image | None = Field(
+        None,
+        description="With embedding, for a FaceID Plus: the face aligned as InsightFace's norm_crop at 224 px "
+        "(base64 PNG), whose CLIP hidden states it reads too; made from image at admission.",
+    )
     strength: float = Field(1.0, ge=0, le=MAX_IP_SCALE, description="The face's weight (the FaceID's IP scale).")
     adapter: str | None = Field(
         None, min_length=1, max_length=64, description="The model's IP-Adapter FaceID (absent: its first)."
     )
 
-    @field_validator("image")
+    @field_validator("image", "aligned_face")
     @classmethod
-    def _base64(cls, value: str | None) -> str | None:
-        return None if value is None else checked_base64(value, "image")
+    def _base64(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else checked_base64(value, info.field_name)
 
     @model_validator(mode="after")
     def _one_face(self) -> IdentityChoice:

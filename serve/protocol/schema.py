@@ -383,9 +383,9 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
         """The request as JSON with each image replaced by its content's SHA-256 (an image's record keeps it)."""
         body = self.model_dump(mode="json")
         body["image"] = [content_digest(image) for image in self.image]
-        for name in ("mask", "ip_adapter_image"):
-            if body[name] is not None:
-                body[name] = content_digest(body[name])
+        for part, name in ((body, "mask"), (body, "ip_adapter_image"), (body["identity"] or {}, "aligned_face")):
+            if part.get(name) is not None:
+                part[name] = content_digest(part[name])
         for control in body["controlnets"]:
             control["image"] = content_digest(control["image"])
         for choice in body["ip_adapters"]:

@@ -11,15 +11,18 @@ FaceID ships with (:func:`serve.adapters.ip_adapter.face_lora`), as diffusers' `
 from __future__ import annotations
 
 import asyncio
+import base64
 
 import numpy as np
 
 from serve.access.keys import ApiKey
+from serve.adapters.ip_adapter import FACE_CROP
 from serve.errors import InvalidInput
 from serve.faces.analyze import analyze_faces
+from serve.faces.geometry import aligned_face
 from serve.faces.pack import FaceEntry
 from serve.images import base64_bytes
-from serve.images.raster import decode_image
+from serve.images.raster import decode_image, encode_image
 from serve.models.served import ServedModel
 from serve.serving.characters import Characters, face_area
 from serve.serving.prices import identity_cost
@@ -42,8 +45,12 @@ async def identified(request, model: ServedModel, key: ApiKey | None, characters
         named = f" {identity.adapter!r}" if identity.adapter else ""
         why = f"model {model.name} has no IP-Adapter FaceID{named} (easel up --ip-adapter {model.name}:NAME=DIR)"
         raise InvalidInput(f"{field}: {why}", field)
-    embedding, cost = identity.embedding, 0.0
+    plus, named = info.reads_face_states(index), info.names[index]
+    embedding, crop, cost = identity.embedding, identity.aligned_face, 0.0
     if identity.character is not None:
+        if plus:
+            why = f"FaceID Plus {named} reads a picture of the face too: send identity.image"
+            raise InvalidInput(f"identity.character: {why}", "identity.character")
         embedding = await _character_face(identity.character, key, characters)
     elif identity.image is not None:
         entry = characters.faces()
@@ -52,13 +59,19 @@ async def identified(request, model: ServedModel, key: ApiKey | None, characters
                 "identity.image: the stack serves no face models (easel up --faces DIR)", "identity.image"
             )
         cost = await asyncio.to_thread(identity_cost, identity.image, entry.face_side)
-        embedding = await _image_face(identity.image, identity.face, entry, characters)
+        embedding, crop = await _image_face(identity.image, identity.face, entry, characters)
+    if plus and crop is None:
+        why = f"FaceID Plus {named} reads the aligned face too: send identity.image, or it with the embedding"
+        raise InvalidInput(f"identity.aligned_face: {why}", "identity.aligned_face")
+    if plus and identity.aligned_face is not None:  # sent: read now, refused before the charge if it is no image
+        await asyncio.to_thread(decode_image, base64_bytes(crop), "identity.aligned_face")
     width = info.embeds_shapes[index][0]
     vector = np.asarray(embedding, np.float64)
     if len(vector) != width or not np.isfinite(vector).all() or not vector.any():
-        why = f"{len(vector)} values; FaceID {info.names[index]} takes {width} finite values, not all 0"
+        why = f"{len(vector)} values; FaceID {named} takes {width} finite values, not all 0"
         raise InvalidInput(f"identity.embedding: {why}", "identity.embedding")
-    update = {"image": None, "character": None, "embedding": [float(v) for v in vector], "adapter": info.names[index]}
+    update = {"image": None, "character": None, "embedding": [float(v) for v in vector], "adapter": named}
+    update["aligned_face"] = crop if plus else None
     return request.model_copy(update={"identity": identity.model_copy(update=update)}), cost
 
 
@@ -73,8 +86,11 @@ async def _character_face(name: str, key: ApiKey | None, characters: Characters)
     return character.face
 
 
-async def _image_face(image: str, which: str, entry: FaceEntry, characters: Characters) -> np.ndarray:
-    """The embedding of ``image``'s face (its only one, or its largest with ``which`` largest)."""
+async def _image_face(image: str, which: str, entry: FaceEntry, characters: Characters) -> tuple[np.ndarray, str]:
+    """The embedding of ``image``'s face, and the face aligned as a FaceID Plus reads it (base64 PNG).
+
+    Its only face, or with ``which`` largest its largest; aligned at :data:`~serve.adapters.ip_adapter.FACE_CROP`.
+    """
     field = "identity.image"
     pixels = await asyncio.to_thread(decode_image, base64_bytes(image), field)
     faces = await analyze_faces(pixels, entry, characters.upscaling.runner)
@@ -82,4 +98,6 @@ async def _image_face(image: str, which: str, entry: FaceEntry, characters: Char
         raise InvalidInput(f"{field}: no face found", field)
     if len(faces) > 1 and which == "only":
         raise InvalidInput(f"{field}: {len(faces)} faces found: crop it to one, or send identity.face: largest", field)
-    return max(faces, key=face_area).embedding
+    face = max(faces, key=face_area)
+    crop = await asyncio.to_thread(aligned_face, pixels, face.landmarks, FACE_CROP)
+    return face.embedding, base64.b64encode(await asyncio.to_thread(encode_image, crop, "png")).decode()

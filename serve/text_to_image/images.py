@@ -71,8 +71,11 @@ class ImageSources:
             for ip in self.ip
         )
         mask = None if self.mask is None else content_digest(self.mask)
+        identity = self.identity
+        if identity is not None and identity.aligned_face is not None:
+            identity = identity.model_copy(update={"aligned_face": content_digest(identity.aligned_face)})
         images = tuple(content_digest(image) for image in self.images)
-        return ImageSources(images, mask, self.outpaint, controls, ip, self.identity)
+        return ImageSources(images, mask, self.outpaint, controls, ip, identity)
 
 
 @dataclass(frozen=True)
@@ -229,9 +232,10 @@ def ip_references(sources: ImageSources, width: int, height: int, adapters, stor
             masks = preprocessed_masks(pixels, height, width)
         found.append(IpReferences(index, tuple(images), tuple(embeds), choice.scale, masks))
     identity = sources.identity
-    if identity is not None:  # admitted: its FaceID named, its face an embedding
-        face = np.asarray(identity.embedding, np.float32)[None]
-        found.append(IpReferences(info.names.index(identity.adapter), (), (face,), identity.strength))
+    if identity is not None:  # admitted: its FaceID named, its face an embedding (and a FaceID Plus's aligned face)
+        face, crop = np.asarray(identity.embedding, np.float32)[None], identity.aligned_face
+        aligned = () if crop is None else (decode_base64(crop, "identity.aligned_face"),)
+        found.append(IpReferences(info.names.index(identity.adapter), aligned, (face,), identity.strength))
     return tuple(found)
 
 

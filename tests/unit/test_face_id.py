@@ -6,9 +6,10 @@ from pydantic import ValidationError
 
 from build_engines.text_to_image.adapters import AdapterBuild, ip_info
 from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
-from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_ip_adapter
-from serve.adapters.ip_adapter import face_lora
+from build_engines.text_to_image.random_adapters import FACEID_PLUSV2_WEIGHTS, make_faceid_adapter, make_ip_adapter
+from serve.adapters.ip_adapter import IP_CLIP, face_lora
 from serve.adapters.lora_files import weightless
+from serve.adapters.support import ip_inputs
 from serve.protocol.schema import GenerationRequest
 
 FACE = [0.5] * 512
@@ -33,7 +34,7 @@ def test_a_faceid_folder_needs_no_image_encoder_and_its_lora_is_keyed_as_load_ip
 def test_a_faceid_reads_faces_beside_an_image_adapter_whose_encoder_serves_the_others(default_model, faceid, tmp_path):
     image_adapter = make_ip_adapter(default_model, tmp_path / "ip")
     info = ip_info(AdapterBuild(lora=True, ip_adapters={"faceid": faceid, "ip": image_adapter}), default_model)
-    assert info.faces == (True, False) and info.embeds_shapes[0] == (512,)
+    assert info.kinds == ("faceid", "image") and info.embeds_shapes[0] == (512,)
     assert info.encoder_shape == info.embeds_shapes[1] and info.image_size == 32
     assert info.index(None) == 1 and info.face_adapter(None) == 0 and info.face_adapter("ip") is None
     alone = ip_info(AdapterBuild(lora=True, ip_adapters={"faceid": faceid}), default_model)
@@ -60,3 +61,22 @@ def test_an_identity_is_one_of_image_character_and_embedding_within_its_bounds(i
 def test_an_identity_takes_a_face_by_each_of_its_three_ways():
     for way in ({"embedding": FACE}, {"character": "zed"}, {"image": "iVBORw0KGgo=", "face": "largest"}):
         assert GenerationRequest(prompt="x", identity=way).identity.strength == 1.0
+
+
+def test_a_faceid_plus_v2_reads_the_encoder_s_states_of_the_face_beside_its_embedding(default_model, faceid, tmp_path):
+    plus = make_faceid_adapter(default_model, tmp_path / "plus", plus=True)
+    folder = IpAdapterFolder.read(plus)
+    assert (folder.kind, folder.weights.name, folder.image_encoder.name) == (
+        "faceid_plusv2",
+        FACEID_PLUSV2_WEIGHTS,
+        "image_encoder",
+    )
+    info = ip_info(AdapterBuild(lora=True, ip_adapters={"faceid": faceid, "plus": plus}), default_model)
+    assert info.kinds == ("faceid", "faceid_plusv2") and info.face_states == (1,) and info.hidden_states
+    assert info.encoder_output == ((224 // 32) ** 2 + 1, 32) and info.embeds_shapes == ((512,), (512,))
+    clip = [spec for spec in ip_inputs(info) if spec.name == IP_CLIP.format(1)]
+    assert [spec.dims for spec in clip] == [(info.references, 50, 32)]
+    assert info.layers and not any(layer.startswith("encoder_hid_proj") for layer in info.layers)
+    image = make_ip_adapter(default_model, tmp_path / "ip")  # read by image embeddings: one encoder output for all
+    with pytest.raises(IpAdapterError, match="cannot be mixed"):
+        ip_info(AdapterBuild(lora=True, ip_adapters={"ip": image, "plus": plus}), default_model)

@@ -1,0 +1,102 @@
+"""IP-Adapter FaceID Plus v2 through a real Triton and Ray Serve app, against diffusers' ``load_ip_adapter``.
+
+Its own stack: a FaceID Plus reads the image encoder's hidden states, which the other test stacks' plain IP-Adapters
+(image embeddings) cannot share. The reference side aligns the face with InsightFace's own ``norm_crop`` and encodes
+it with diffusers' ``prepare_ip_adapter_image_embeds``, as h94's and diffusers' documentation do.
+"""
+
+import base64
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from build_engines.faces.random_pack import drawn_faces, random_face_pack
+from build_engines.text_to_image.random_adapters import FACEID_PLUSV2_WEIGHTS, make_faceid_adapter
+from serve.stack import Stack, StackOptions
+from tests.conftest import psnr, reference_images
+from tests.images import encode
+from tests.integration.conftest import GENERATE, NO_CANARY_S, decode_images
+
+pytestmark = pytest.mark.integration
+
+BODY = {"prompt": "a portrait", "seed": 3, "num_inference_steps": 6, "size": "64x64", "scheduler": "ddim"}
+PIXELS = drawn_faces([(160, 120, 60)], seed=9)
+PICTURE = base64.b64encode(encode(Image.fromarray(PIXELS))).decode()
+
+
+@pytest.fixture(scope="module")
+def plus(default_model, tmp_path_factory):
+    """A random FaceID Plus v2 (h94's layout, its CLIP image encoder beside it), served as ``plus``."""
+    return make_faceid_adapter(default_model, tmp_path_factory.mktemp("plus"), seed=3, plus=True)
+
+
+@pytest.fixture(scope="module")
+def stack(plus, tmp_path_factory):
+    """The embedded model, LoRA-ready (the FaceID's LoRA), with the FaceID Plus and face models."""
+    options = StackOptions(
+        port=0,
+        dashboard=False,
+        repository=tmp_path_factory.mktemp("repository"),
+        run_dir=tmp_path_factory.mktemp("run"),
+        cache_bytes=0,
+        loras_dir=tmp_path_factory.mktemp("loras"),
+        ip_adapters={"plus": plus},
+        faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),
+        canary_interval_s=NO_CANARY_S,
+    )
+    with Stack(options) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
+        yield client
+
+
+def _served(api, identity: dict) -> np.ndarray:
+    response = api.post(GENERATE, json=BODY | {"identity": identity})
+    assert response.status_code == 200, response.text
+    return decode_images(response)
+
+
+def test_a_faceid_plus_v2_identity_draws_as_diffusers_with_the_aligned_face_s_clip_states(api, default_model, plus):
+    from diffusers import StableDiffusionPipeline
+    from insightface.utils.face_align import norm_crop
+
+    found = api.post("/v1/faces/analyze", json={"image": PICTURE, "max_faces": 1}).json()["data"][0]
+    by_image = _served(api, {"image": PICTURE, "face": "largest", "strength": 0.9})
+    crop = norm_crop(PIXELS, np.asarray(found["landmarks"], np.float32), image_size=224)
+    sent = {"embedding": found["embedding"], "aligned_face": base64.b64encode(encode(Image.fromarray(crop))).decode()}
+    assert psnr(_served(api, sent | {"strength": 0.9}), by_image) >= 40  # the face and its crop sent by hand
+    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_ip_adapter(
+        str(plus), subfolder="", weight_name=FACEID_PLUSV2_WEIGHTS, image_encoder_folder="image_encoder"
+    )
+    pipeline.set_ip_adapter_scale(0.9)
+    projection = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
+    projection.clip_embeds = pipeline.prepare_ip_adapter_image_embeds([Image.fromarray(crop)], None, "cpu", 1, True)[0]
+    projection.shortcut = True  # v2
+    face = torch.tensor(found["embedding"])[None, None]
+    kwargs = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 6, "seed": 3}
+    expected = reference_images(pipeline, "ddim", ip_adapter_image_embeds=[torch.cat([face * 0, face])], **kwargs)
+    assert psnr(by_image, expected) >= 40, psnr(by_image, expected)
+    assert psnr(by_image, decode_images(api.post(GENERATE, json=BODY))) < 30, "the identity changed nothing"
+
+
+@pytest.mark.parametrize(
+    ("identity", "param"),
+    [
+        ({"character": "zed"}, "identity.character"),  # a character keeps no picture's aligned face
+        ({"embedding": [0.1] * 512}, "identity.aligned_face"),
+        ({"embedding": [0.1] * 512, "aligned_face": "bm90IGFuIGltYWdl"}, "identity.aligned_face"),
+    ],
+)
+def test_a_faceid_plus_refuses_an_identity_without_its_picture_naming_the_field(api, identity, param):
+    refused = api.post(GENERATE, json=BODY | {"identity": identity})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
+    assert api.post(GENERATE, json=BODY).status_code == 200

@@ -215,7 +215,8 @@ class StackOptions(AppSettings, TlsSettings, FinishingSettings):
         description="An IP-Adapter folder: its weights (as load_ip_adapter reads them) and image_encoder/, served as "
         "IP-Adapter NAME of served model MODEL (DIR alone: named after its folder; no MODEL: the default model's); "
         "repeatable: several at once, as load_ip_adapter with lists (the first's image encoder encodes references "
-        "for all). References per request.",
+        "for all). References per request. An IP-Adapter FaceID (h94's layout; a FaceID Plus with image_encoder/) "
+        "draws a generation's identity, with its LoRA (the model must be LoRA-ready).",
     )
     controlnets: Annotated[
         dict[str, dict[str, Path]],

@@ -64,7 +64,7 @@ async def identified(request, model: ServedModel, key: ApiKey | None, characters
         why = f"FaceID Plus {named} reads the aligned face too: send identity.image, or it with the embedding"
         raise InvalidInput(f"identity.aligned_face: {why}", "identity.aligned_face")
     if plus and identity.aligned_face is not None:  # sent: read now, refused before the charge if it is no image
-        await asyncio.to_thread(decode_image, base64_bytes(crop), "identity.aligned_face")
+        await asyncio.to_thread(picture, crop, "identity.aligned_face")
     width = info.embeds_shapes[index][0]
     vector = np.asarray(embedding, np.float64)
     if len(vector) != width or not np.isfinite(vector).all() or not vector.any():
@@ -92,7 +92,7 @@ async def _image_face(image: str, which: str, entry: FaceEntry, characters: Char
     Its only face, or with ``which`` largest its largest; aligned at :data:`~serve.adapters.ip_adapter.FACE_CROP`.
     """
     field = "identity.image"
-    pixels = await asyncio.to_thread(decode_image, base64_bytes(image), field)
+    pixels = await asyncio.to_thread(picture, image, field)
     faces = await analyze_faces(pixels, entry, characters.upscaling.runner)
     if not faces:
         raise InvalidInput(f"{field}: no face found", field)
@@ -101,3 +101,8 @@ async def _image_face(image: str, which: str, entry: FaceEntry, characters: Char
     face = max(faces, key=face_area)
     crop = await asyncio.to_thread(aligned_face, pixels, face.landmarks, FACE_CROP)
     return face.embedding, base64.b64encode(await asyncio.to_thread(encode_image, crop, "png")).decode()
+
+
+def picture(image: str, field: str) -> np.ndarray:
+    """An identity's picture (base64) decoded, RGB ``uint8``; one that is no image a 400 naming ``field``."""
+    return decode_image(base64_bytes(image), field)

@@ -17,7 +17,7 @@ from serve.images.raster import header_size as raster_header_size
 from serve.moderation.requests import ModerationRequest
 from serve.paths import PROJECT_ROOT
 from serve.protocol.schema import GenerationRequest
-from serve.serving import characters, upscale
+from serve.serving import characters, identity, upscale
 from serve.serving.moderation import Moderation
 from serve.serving.upscale import image_size
 from serve.text_to_image.images import ImageSources, decode_base64, decode_images, edit_mask, output_size
@@ -55,6 +55,7 @@ CALLERS = {
     "serve/text_to_image/images.py:edit_mask": (lambda: edit_mask(NOT_AN_IMAGE), "mask"),
     "serve/serving/upscale.py:decode": (lambda: upscale.decode(NOT_AN_IMAGE), "image"),
     "serve/serving/characters.py:picture": (lambda: characters.picture(B64, 1), "images.1"),
+    "serve/serving/identity.py:picture": (lambda: identity.picture(B64, "identity.image"), "identity.image"),
     "serve/serving/upscale.py:image_size": (lambda: image_size(NOT_AN_IMAGE), "image"),
     "serve/vectorize/deployment.py:_decode": (lambda: asyncio.run(vectorize_deployment._decode(NOT_AN_IMAGE)), "image"),
     "serve/serving/moderation.py:Moderation._images_checked": (_moderated, "input.1.image_url.image_url.url"),

@@ -35,6 +35,30 @@ def draw(page: Page, **fields) -> None:
     expect(page.locator("#draw-button")).to_be_enabled(timeout=120_000)
 
 
+def drawn_with_choice(page: Page, select: str, value: str, **fields):
+    """The page reloaded (its lists read again), ``value`` chosen in Draw's ``select`` (under More), ``fields`` drawn:
+    the one picture drawn."""
+    page.reload()
+    expect(page.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+    page.click("#more summary")
+    page.select_option(f"#{select}", value)
+    draw(page, **fields)
+    image = page.locator("#draw-images img")
+    expect(image).to_have_count(1)
+    return image
+
+
+def assert_drawn_as_the_api_draws_it(page: Page, api, image, field: str, value) -> None:
+    """Draw showed and sent ``field``: ``value``; its picture ``image`` is the API's for the shown call, and another
+    picture than the same call without ``field``'s."""
+    body = shown_call(page)
+    assert body[field] == value and sent_body(page)[field] == value
+    answer = api.post("/v1/images/generations", json=body).json()["data"][0]["b64_json"]
+    assert image.get_attribute("src") == PNG + answer
+    plain = api.post("/v1/images/generations", json={k: v for k, v in body.items() if k != field})
+    assert plain.json()["data"][0]["b64_json"] != answer, f"{field} changed nothing"
+
+
 def shown_call(page: Page) -> dict:
     """The JSON body of the curl call the page shows beside Draw."""
     curl = page.locator("#draw-call pre").first.inner_text()

@@ -32,7 +32,7 @@ from tests.adapters import LORAS, make_adapters, reference_image
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, NO_CANARY_S, batch_histogram, decode_images, post_together
-from tests.studio import PNG, chromium, draw, sent_body, shown_call
+from tests.studio import PNG, assert_drawn_as_the_api_draws_it, chromium, draw, drawn_with_choice, sent_body, shown_call
 from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
 from tests.videos import reference_frames
 
@@ -756,19 +756,9 @@ def test_a_character_s_face_kept_in_the_studio_is_the_api_s_identity(studio, api
     made = api.post("/v1/characters", json={"name": "ivy", "images": [FACE], "face": "largest"})
     assert made.status_code == 200, made.text
     try:
-        studio.reload()
-        expect(studio.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
-        studio.click("#more summary")
-        studio.select_option("#identity", "ivy")
-        draw(studio, prompt=BODY["prompt"], seed=4, num_inference_steps=2, size="64x64")
-        image = studio.locator("#draw-images img")
-        expect(image).to_have_count(1)
-        body = shown_call(studio)
-        assert body["identity"] == {"character": "ivy"} and sent_body(studio)["identity"] == {"character": "ivy"}
-        answer = api.post(GENERATE, json=body)
-        assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
-        plain = api.post(GENERATE, json={k: v for k, v in body.items() if k != "identity"})
-        assert plain.json()["data"][0]["b64_json"] != answer.json()["data"][0]["b64_json"]  # the face drew
+        fields = {"prompt": BODY["prompt"], "seed": 4, "num_inference_steps": 2, "size": "64x64"}
+        image = drawn_with_choice(studio, "identity", "ivy", **fields)
+        assert_drawn_as_the_api_draws_it(studio, api, image, "identity", {"character": "ivy"})
     finally:
         assert api.delete("/v1/characters/ivy").status_code == 200
 

@@ -8,7 +8,6 @@ it with diffusers' ``prepare_ip_adapter_image_embeds``, as h94's and diffusers' 
 import base64
 import logging
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -16,10 +15,9 @@ from PIL import Image
 
 from build_engines.faces.random_pack import drawn_faces, random_face_pack
 from build_engines.text_to_image.random_adapters import FACEID_PLUSV2_WEIGHTS, make_faceid_adapter
-from serve.stack import Stack, StackOptions
 from tests.conftest import psnr, reference_images
 from tests.images import encode
-from tests.integration.conftest import GENERATE, NO_CANARY_S, decode_images
+from tests.integration.conftest import GENERATE, NO_CANARY_S, decode_images, default_stack
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -38,25 +36,14 @@ def plus(default_model, tmp_path_factory):
 @pytest.fixture(scope="module")
 def stack(plus, tmp_path_factory):
     """The embedded model, LoRA-ready (the FaceID's LoRA), with the FaceID Plus and face models."""
-    options = StackOptions(
-        port=0,
-        dashboard=False,
+    yield from default_stack(
+        tmp_path_factory,
         repository=tmp_path_factory.mktemp("repository"),
-        run_dir=tmp_path_factory.mktemp("run"),
-        cache_bytes=0,
         loras_dir=tmp_path_factory.mktemp("loras"),
         ip_adapters={"plus": plus},
         faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),
         canary_interval_s=NO_CANARY_S,
     )
-    with Stack(options) as stack:
-        yield stack
-
-
-@pytest.fixture(scope="module")
-def api(stack):
-    with httpx.Client(base_url=stack.info.api_url, timeout=300) as client:
-        yield client
 
 
 def _served(api, identity: dict) -> np.ndarray:

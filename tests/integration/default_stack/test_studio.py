@@ -26,7 +26,15 @@ from serve.names import DEFAULT_MODEL
 from serve.paths import ICONS_DEV, PROJECT_ROOT
 from serve.routes import Scope
 from tests.images import dev_icon_png
-from tests.studio import PNG, accessibility_violations, draw, sent_body, shown_call
+from tests.studio import (
+    PNG,
+    accessibility_violations,
+    assert_drawn_as_the_api_draws_it,
+    draw,
+    drawn_with_choice,
+    sent_body,
+    shown_call,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -276,19 +284,9 @@ def test_a_character_chosen_in_draw_is_drawn_as_the_api_draws_it(studio, api):
     )
     assert made.status_code == 200, made.text
     try:
-        studio.reload()
-        expect(studio.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
-        studio.click("#more summary")
-        studio.select_option("#character", "zed")
-        draw(studio, prompt="a portrait", seed=4, num_inference_steps=2, size="64x64")
-        image = studio.locator("#draw-images img")
-        expect(image).to_have_count(1)
-        body = shown_call(studio)
-        assert body["character"] == {"name": "zed"} and sent_body(studio)["character"] == {"name": "zed"}
-        answer = api.post(GENERATE, json=body)
-        assert image.get_attribute("src") == PNG + answer.json()["data"][0]["b64_json"]
-        plain = api.post(GENERATE, json={k: v for k, v in body.items() if k != "character"})
-        assert plain.json()["data"][0]["b64_json"] != answer.json()["data"][0]["b64_json"]  # its trigger words drew
+        fields = {"prompt": "a portrait", "seed": 4, "num_inference_steps": 2, "size": "64x64"}
+        image = drawn_with_choice(studio, "character", "zed", **fields)
+        assert_drawn_as_the_api_draws_it(studio, api, image, "character", {"name": "zed"})  # its trigger words drew
     finally:
         assert api.delete("/v1/characters/zed").status_code == 200
 

@@ -264,6 +264,7 @@ class Results:
         inputs = [name for name in INPUT_IMAGES if stored.get(name)] + ["ip_adapters"] * any(
             choice["images"] for choice in stored.get("ip_adapters", [])
         )
+        inputs += ["identity.aligned_face"] * bool((stored.get("identity") or {}).get("aligned_face"))
         if inputs:
             fields = ", ".join(sorted(set(inputs)))
             raise InvalidInput(f"image_id: made from input images ({fields}), which are not kept", "image_id")

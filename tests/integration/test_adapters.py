@@ -752,6 +752,14 @@ def test_an_identity_is_scored_against_its_own_face_and_a_character_s_face_draws
     assert api.delete("/v1/characters/ida").status_code == 200
 
 
+def test_an_identity_s_image_is_made_again_by_a_rerun_from_the_face_it_kept(api):
+    made = api.post(GENERATE, json=BODY | {"identity": IDENTITY})
+    assert made.status_code == 200, made.text
+    rerun = api.post("/v1/images/rerun", json={"image_id": made.json()["data"][0]["id"]})
+    assert rerun.status_code == 200, rerun.text
+    assert rerun.json()["data"][0]["b64_json"] == made.json()["data"][0]["b64_json"]
+
+
 def test_a_character_s_face_kept_in_the_studio_is_the_api_s_identity(studio, api):
     made = api.post("/v1/characters", json={"name": "ivy", "images": [FACE], "face": "largest"})
     assert made.status_code == 200, made.text

@@ -90,3 +90,11 @@ def test_a_faceid_plus_refuses_an_identity_without_its_picture_naming_the_field(
     refused = api.post(GENERATE, json=BODY | {"identity": identity})
     assert refused.status_code == 400 and refused.json()["error"]["param"] == param, refused.text
     assert api.post(GENERATE, json=BODY).status_code == 200
+
+
+def test_a_faceid_plus_image_is_not_made_again_by_a_rerun_as_its_aligned_face_is_not_kept(api):
+    made = api.post(GENERATE, json=BODY | {"identity": {"image": PICTURE, "face": "largest"}})
+    assert made.status_code == 200, made.text
+    rerun = api.post("/v1/images/rerun", json={"image_id": made.json()["data"][0]["id"]})
+    error = rerun.json()["error"]
+    assert rerun.status_code == 400 and error["param"] == "image_id" and "identity.aligned_face" in error["message"]

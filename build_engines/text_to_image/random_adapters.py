@@ -229,7 +229,7 @@ def make_faceid_adapter(
             for part in ("to_k_ip", "to_v_ip"):
                 ip[f"{key_id}.{part}.weight"] = torch.randn(attention.to_k.weight.shape) / cross**0.5
     if plus:  # FaceID Plus: a perceiver resampler over the aligned face's CLIP hidden states, and its image encoder
-        proj = _face_plus_projection(proj, cross, face_dim, _random_image_encoder(out_dir / IMAGE_ENCODER, 224))
+        proj |= _perceiver_resampler(cross, _random_image_encoder(out_dir / IMAGE_ENCODER, 224))
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = FACEID_PLUSV2_WEIGHTS if plus else FACEID_WEIGHTS
     torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / weights)
@@ -249,25 +249,16 @@ def _random_image_encoder(folder: Path, image_size: int) -> int:
     return config.hidden_size
 
 
-def _face_plus_projection(plain: dict, width: int, face_dim: int, hidden: int, depth: int = 4) -> dict:
-    """FaceID Plus's ``image_proj`` in h94's keys.
+def _perceiver_resampler(width: int, hidden: int, depth: int = 4) -> dict:
+    """FaceID Plus's ``perceiver_resampler`` in h94's keys, beside the face's feed-forward FaceID has already.
 
-    The face's feed-forward (its tokens ``width`` wide) and a ``perceiver_resampler`` of ``depth`` blocks (one
-    64-wide head) over the encoder's ``hidden``-wide states.
+    ``depth`` blocks of one 64-wide head, its tokens ``width`` wide, over the encoder's ``hidden``-wide states.
     """
-    inner, tokens = 64, 4
+    inner = 64
 
     def linear(rows: int, cols: int) -> torch.Tensor:
         return torch.randn(rows, cols) / cols**0.5
 
-    proj = {
-        "proj.0.weight": linear(face_dim * 2, face_dim),
-        "proj.0.bias": 0.1 * torch.randn(face_dim * 2),
-        "proj.2.weight": linear(width * tokens, face_dim * 2),
-        "proj.2.bias": 0.1 * torch.randn(width * tokens),
-        "norm.weight": plain["norm.weight"][:width],
-        "norm.bias": plain["norm.bias"][:width],
-    }
     resampler = {
         "proj_in.weight": linear(width, hidden),
         "proj_in.bias": 0.1 * torch.randn(width),
@@ -285,4 +276,4 @@ def _face_plus_projection(plain: dict, width: int, face_dim: int, hidden: int, d
         resampler[f"layers.{i}.0.to_out.weight"] = linear(width, inner)
         resampler[f"layers.{i}.1.1.weight"] = linear(width * 4, width)
         resampler[f"layers.{i}.1.3.weight"] = linear(width, width * 4)
-    return proj | {f"perceiver_resampler.{key}": value for key, value in resampler.items()}
+    return {f"perceiver_resampler.{key}": value for key, value in resampler.items()}

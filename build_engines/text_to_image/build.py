@@ -366,8 +366,9 @@ def _link_engines(base: EngineFolder, folder: Path, skip: str) -> list[EngineRep
 def _write_beside_engines(folder: Path, family: Family, model_dir: Path) -> None:
     """What serving reads beside the engines: the family and dims, the adapters, tokenizers and scheduler config."""
     kept = [*family.tokenizers(), layout.SCHEDULER, MODEL_INDEX]
-    if family.adapters.ip_adapter is not None and (model_dir / layout.FEATURE_EXTRACTOR).is_dir():
-        kept.append(layout.FEATURE_EXTRACTOR)  # the image preprocessing diffusers uses for IP-Adapter references
+    reads_images = family.adapters.ip_adapter is not None or family.animates_images
+    if reads_images and (model_dir / layout.FEATURE_EXTRACTOR).is_dir():
+        kept.append(layout.FEATURE_EXTRACTOR)  # the CLIP preprocessing of IP-Adapter references, of SVD's still
     for name in kept:
         source = model_dir / name
         copy = shutil.copytree if source.is_dir() else shutil.copy2

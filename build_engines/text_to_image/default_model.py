@@ -4,7 +4,7 @@ Nothing is downloaded: ``tiny`` is read from :data:`TRAINED` (written by ``easel
 deterministic random model created locally; ``tiny-xl`` is SDXL's layout (:mod:`.tiny_xl`); ``tiny-inpaint`` and
 ``tiny-xl-inpaint`` are ``tiny`` and ``tiny-xl`` as inpainting checkpoints (a 9-channel UNet, :mod:`.random_controls`);
 ``tiny-sd3``, ``tiny-flux`` (dev-like) and ``tiny-flux-schnell`` are the transformer families' layouts
-(:mod:`.tiny_transformers`).
+(:mod:`.tiny_transformers`); ``tiny-svd`` is Stable Video Diffusion's (:mod:`.tiny_svd`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,17 @@ from build_engines.text_to_image.embedded import (
     tiny_vae,
 )
 
-MODELS = ("tiny", "bench", "tiny-xl", "tiny-inpaint", "tiny-xl-inpaint", "tiny-sd3", "tiny-flux", "tiny-flux-schnell")
+MODELS = (
+    "tiny",
+    "bench",
+    "tiny-xl",
+    "tiny-inpaint",
+    "tiny-xl-inpaint",
+    "tiny-sd3",
+    "tiny-flux",
+    "tiny-flux-schnell",
+    "tiny-svd",
+)
 INPAINTING = "-inpaint"
 """A variant's suffix for its base model as an inpainting checkpoint."""
 # Embedded models whose weights are committed: variant -> diffusers folder.
@@ -78,6 +88,10 @@ def create_default_model(out_dir: Path, variant: str = "tiny") -> Path:
         from build_engines.text_to_image.tiny_transformers import create_tiny_sd3
 
         return create_tiny_sd3(out_dir)
+    if variant == "tiny-svd":  # Stable Video Diffusion's layout (tiny_svd.py)
+        from build_engines.text_to_image.tiny_svd import create_tiny_svd
+
+        return create_tiny_svd(out_dir)
     if variant in ("tiny-flux", "tiny-flux-schnell"):
         from build_engines.text_to_image.tiny_transformers import create_tiny_flux
 

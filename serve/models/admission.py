@@ -35,7 +35,7 @@ from serve.errors import InvalidInput, Saturated
 from serve.finishing.schema import MAX_UPSCALE
 from serve.priority import Priority
 from serve.protocol.ip_scale import ip_choices
-from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER
+from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VAE_ENCODER, VIDEO_AXES
 from serve.text_to_image.tiling import VaeTiling
 from serve.triton.memory import MemoryModel
 from serve.triton.spec import ModelSpec
@@ -211,30 +211,33 @@ class Admission:
         for name, model in self.models.items():
             if optional_engine(name) and name not in uses:
                 continue
-            need = model.per_row(self._positions(name, model, latent))
-            if name == self.denoiser and work.frames > 1:  # a video's row: its frames' UNet rows in one call
-                self._check_frames(need, work)
+            video_row = self._video_row(name)  # a row of this engine is a whole video (SVD's engines)
+            need = model.per_row(self._positions(name, model, latent, work.frames if video_row else 1))
+            if name == self.denoiser and work.frames > 1:  # a video's call: its frames' UNet rows, or its video row
+                self._check_frames(need if video_row else need * work.frames, work)
             if need <= self.pool_bytes:
                 continue
-            if name == VAE_DECODER:
+            if name == VAE_DECODER and not video_row:
                 tiling = self._tiling_within(model, self.pool_bytes, latent)
                 if tiling is not None:
                     continue
+            field = "frames" if video_row else "size"
             raise InvalidInput(
-                f"size: {width}x{height} needs about {need / 2**30:.2f} GiB per image in the {name} engine; the "
-                f"memory budget leaves {self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
-                field="size",
+                f"{field}: {width}x{height}{f' x {work.frames} frames' if video_row else ''} needs about "
+                f"{need / 2**30:.2f} GiB per image in the {name} engine; the memory budget leaves "
+                f"{self.pool_bytes / 2**30:.2f} GiB for activations (easel up --memory-budget)",
+                field=field,
             )
         return Plan(work.pass_cost, tiling, self._rows_per_call(latent))  # in flight: what this replica runs
 
-    def _check_frames(self, frame_bytes: int, work: Work) -> None:
-        """Raise :class:`InvalidInput` naming ``frames`` when a video's frames (each a UNet row) overrun the pool."""
-        need = frame_bytes * work.frames * (2 if work.guided else 1)
+    def _check_frames(self, video_bytes: int, work: Work) -> None:
+        """Raise :class:`InvalidInput` naming ``frames`` when a video's frames (one UNet call) overrun the pool."""
+        need = video_bytes * (2 if work.guided else 1)
         if need > self.pool_bytes:
             guided = " (guided: two rows each)" if work.guided else ""
             raise InvalidInput(
                 f"frames: {work.frames} frames{guided} of {work.width}x{work.height} need about "
-                f"{need / 2**30:.2f} GiB in the motion UNet; the memory budget leaves {self.pool_bytes / 2**30:.2f} "
+                f"{need / 2**30:.2f} GiB in the video UNet; the memory budget leaves {self.pool_bytes / 2**30:.2f} "
                 "GiB for activations (fewer frames, a smaller size, or easel up --memory-budget)",
                 field="frames",
             )
@@ -248,10 +251,20 @@ class Admission:
             tiling = tiling.halved()
         return None
 
-    def _positions(self, name: str, model: MemoryModel, latent: tuple[int, int]) -> int:
-        """The positions engine ``name``'s memory and time are fitted over, for a request of ``latent`` size."""
+    def _video_row(self, name: str) -> bool:
+        """Whether a row of engine ``name`` is a whole video (its positions: frames x the latent's)."""
+        spec = self.specs.get(name)
+        first = next((t for t in spec.inputs if -1 in t.dims), None) if spec is not None else None
+        return first is not None and first.axis_names == VIDEO_AXES
+
+    def _positions(self, name: str, model: MemoryModel, latent: tuple[int, int], frames: int = 1) -> int:
+        """The positions engine ``name``'s memory and time are fitted over, for a request of ``latent`` size.
+
+        ``frames``: a video row's (:meth:`_video_row`).
+        """
         if name in self.specs:
-            return self.specs[name].positions(*latent)
+            sides = (frames, *latent) if self._video_row(name) else latent
+            return self.specs[name].positions(*sides)
         return latent[0] * latent[1] if model.coefficients[1:] != (0, 0) else 1
 
     def _rows_per_call(self, latent: tuple[int, int]) -> dict[str, int]:

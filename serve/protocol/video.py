@@ -1,4 +1,4 @@
-"""Videos (AnimateDiff) through OpenAI's videos API: the body, the generation it becomes, the video object, the files.
+"""Videos (AnimateDiff, SVD) through OpenAI's videos API: the body, the generation it becomes, the files.
 
 ``POST /v1/videos`` takes OpenAI's fields (``prompt``, ``model``, ``size``, ``seconds``) and Easel's (``frames``,
 ``fps``, ``seed``, ``steps``, ``scheduler``, ``guidance_scale``, ``negative_prompt``, ``loras``, ``motion_adapter``),
@@ -7,7 +7,10 @@ as JSON or as the multipart form the ``openai`` client sends; ``input_reference`
 :class:`VideoGeneration`: a generation request whose frames are one axis of its latents, denoised together by the
 motion adapter's UNet (``unet_motion_<name>``), run as a background job of the job store. The job's answer is its
 frames as PNGs (lossless); ``GET /v1/videos/{id}/content`` encodes them as an MP4 (H.264, PyAV) or, with
-``variant=frames``, zips them (Easel's: the exact frames, for parity).
+``variant=frames``, zips them (Easel's: the exact frames, for parity). On an image-to-video model (Stable Video
+Diffusion) the ``input_reference`` is the still every frame is drawn from, no prompt is read (it is the video's
+caption), and SVD's own conditioning applies: ``motion_bucket_id``, ``noise_aug_strength``, ``decode_chunk_size``
+and ``min_guidance_scale`` (its guidance grows over the frames up to ``guidance_scale``).
 """
 
 from __future__ import annotations
@@ -48,16 +51,34 @@ MAX_FRAMES = 32
 """A video's most frames: AnimateDiff's motion modules' positions (``MotionAdapter``'s ``motion_max_seq_length``)."""
 DEFAULT_FRAMES = 16
 DEFAULT_FPS = 8
+MAX_MOTION_BUCKET = 255  # SVD's micro-conditioning: how much the video moves (diffusers' default 127)
+MAX_NOISE_AUG = 1.0  # SVD's: the noise added to the still before it is encoded (default 0.02)
 MAX_FPS = 30
 MAX_VIDEO_FORM_FIELDS = 32
 INPUT_REFERENCE = "input_reference"
 
 
 class VideoFamily(Protocol):
-    """What a video's generation reads of its model's family (:class:`serve.text_to_image.families.Family`)."""
+    """What a video's generation reads of its model's family (:class:`serve.text_to_image.families.Family`).
+
+    An image-to-video family (SVD) also says its default frames and size (``default_frames``, ``default_size``).
+    """
 
     motion_adapters: Collection[str]
     pipeline_class: str
+    animates_images: bool
+
+
+SVD_CONDITIONING = {
+    "motion_bucket_id": 127,
+    "noise_aug_strength": 0.02,
+    "decode_chunk_size": None,
+    "min_guidance_scale": 1.0,
+}
+"""An image-to-video model's conditioning and diffusers' defaults (``decode_chunk_size`` None: every frame at once)."""
+ANIMATEDIFF_DEFAULTS = {"guidance_scale": Sampling.guidance_scale, "scheduler": Sampling.scheduler}
+SVD_DEFAULTS = {"guidance_scale": 3.0, "scheduler": "euler"}
+"""``guidance_scale`` and ``scheduler`` when a video asks none: the stills' for AnimateDiff, the pipeline's for SVD."""
 
 
 class VideoGeneration(GenerationRequest):
@@ -65,7 +86,11 @@ class VideoGeneration(GenerationRequest):
 
     frames: int = Field(ge=1, le=MAX_FRAMES)
     fps: int = Field(ge=1, le=MAX_FPS)
-    motion_adapter: str = Field(min_length=1)
+    motion_adapter: str = ""  # AnimateDiff's; "": an image-to-video model's (its conditioning below)
+    motion_bucket_id: int | None = Field(None, ge=0, le=MAX_MOTION_BUCKET)
+    noise_aug_strength: float | None = Field(None, ge=0.0, le=MAX_NOISE_AUG)
+    decode_chunk_size: int | None = Field(None, ge=1, le=MAX_FRAMES)
+    min_guidance_scale: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     interpolate: Interpolate | None = None
     source_video: str | None = None  # made from that video's frames (POST /v1/videos/{id}/interpolate): none drawn
 
@@ -124,8 +149,32 @@ class VideoRequest(BaseModel):
     fps: int = Field(DEFAULT_FPS, ge=1, le=MAX_FPS, description="Frames per second of the MP4.")
     seed: Annotated[int, Field(ge=0, le=MAX_SEED)] | None = Field(None, description="Random seed; drawn when omitted.")
     steps: int = Field(Sampling.steps, ge=1, le=MAX_STEPS, description="Denoising steps.")
-    scheduler: Literal[SCHEDULER_NAMES] = Field(Sampling.scheduler, description="A sampler the model runs.")
-    guidance_scale: float = Field(Sampling.guidance_scale, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False)
+    scheduler: Literal[SCHEDULER_NAMES] | None = Field(
+        None, description=f"A sampler the model runs; default: {Sampling.scheduler} (SVD: euler, its only one)."
+    )
+    guidance_scale: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_GUIDANCE,
+        allow_inf_nan=False,
+        description=f"Default {Sampling.guidance_scale} (SVD: 3.0, its last frame's: it grows over the frames).",
+    )
+    motion_bucket_id: int | None = Field(
+        None, ge=0, le=MAX_MOTION_BUCKET, description="SVD: how much the video moves (default 127)."
+    )
+    noise_aug_strength: float | None = Field(
+        None,
+        ge=0.0,
+        le=MAX_NOISE_AUG,
+        allow_inf_nan=False,
+        description="SVD: noise added to the still before it is encoded (default 0.02; more: freer motion).",
+    )
+    decode_chunk_size: int | None = Field(
+        None, ge=1, le=MAX_FRAMES, description="SVD: frames decoded together per VAE call (default: all)."
+    )
+    min_guidance_scale: float | None = Field(
+        None, ge=0.0, le=MAX_GUIDANCE, allow_inf_nan=False, description="SVD: the first frame's guidance (default 1.0)."
+    )
     negative_prompt: str = Field("", max_length=MAX_PROMPT_CHARS)
     loras: list[LoraChoice] = Field(
         [],
@@ -196,9 +245,13 @@ class VideoRequest(BaseModel):
     @property
     def frame_count(self) -> int:
         """The video's frames: ``frames``, else ``seconds`` x ``fps``, else 16."""
+        return self.frames_or(DEFAULT_FRAMES)
+
+    def frames_or(self, default: int) -> int:
+        """The video's frames: ``frames``, else ``seconds`` x ``fps``, else ``default`` (the model's)."""
         if self.frames is not None:
             return self.frames
-        return self.seconds * self.fps if self.seconds is not None else DEFAULT_FRAMES
+        return self.seconds * self.fps if self.seconds is not None else default
 
     @model_validator(mode="after")
     def _strength_with_a_reference(self) -> VideoRequest:
@@ -209,25 +262,19 @@ class VideoRequest(BaseModel):
     def generation(self, model: str, native_size: int, family: VideoFamily) -> VideoGeneration:
         """The generation request this video runs as on ``model`` (of ``family``, ``native_size``).
 
-        Its motion adapter: this body's, else the model's first (none: a 400 naming ``motion_adapter``).
+        AnimateDiff's (:meth:`_animated`) or an image-to-video model's (:meth:`_still_animated`); what a field
+        does not say, the model's kind decides.
         """
-        motion_adapter = self.motion_adapter or next(iter(family.motion_adapters), None)
-        if motion_adapter is None:
-            raise InvalidInput(
-                f"motion_adapter: model {model} serves no motion adapters (a {family.pipeline_class} model; they "
-                "serve SD 1.x models started with easel up --motion-adapter NAME=DIR)",
-                "motion_adapter",
-            )
+        kind = self._still_animated(model, family) if family.animates_images else self._animated(model, family)
         decided = {
             "model": model,
             "size": self.size or f"{native_size}x{native_size}",
             "frames": self.frame_count,
-            "motion_adapter": motion_adapter,
             "num_inference_steps": self.steps,
             "image": [self.input_reference] if self.input_reference else [],
             "upscale": UpscaleChoice(**self.upscale.model_dump()) if self.upscale else None,
             "background": True,
-        }
+        } | kind
         same = (VideoRequest.model_fields.keys() & VideoGeneration.model_fields.keys()) - decided.keys()
         try:  # the fields a video's body shares with a generation's, by name, pass as they are
             return VideoGeneration(**{name: getattr(self, name) for name in same}, **decided)
@@ -236,6 +283,61 @@ class VideoRequest(BaseModel):
             if refused.field == "num_inference_steps":  # the generation's name of the video's steps
                 refused = InvalidInput(refused.message.replace("num_inference_steps", "steps", 1), "steps")
             raise refused from None
+
+    def _defaults(self, defaults: dict) -> dict:
+        """``guidance_scale`` and ``scheduler``: this body's, else the model kind's ``defaults``."""
+        return {name: value if (value := getattr(self, name)) is not None else defaults[name] for name in defaults}
+
+    def _animated(self, model: str, family: VideoFamily) -> dict:
+        """AnimateDiff's fields: its motion adapter (this body's, else the model's first; none: a 400 naming it).
+
+        SVD's conditioning fields are a 400 naming the first given.
+        """
+        if given := next((name for name in SVD_CONDITIONING if getattr(self, name) is not None), None):
+            raise InvalidInput(
+                f"{given}: Stable Video Diffusion's conditioning; model {model} is a {family.pipeline_class} model "
+                "(its videos move by a motion adapter)",
+                given,
+            )
+        motion_adapter = self.motion_adapter or next(iter(family.motion_adapters), None)
+        if motion_adapter is None:
+            raise InvalidInput(
+                f"motion_adapter: model {model} serves no motion adapters (a {family.pipeline_class} model; they "
+                "serve SD 1.x models started with easel up --motion-adapter NAME=DIR)",
+                "motion_adapter",
+            )
+        return {"motion_adapter": motion_adapter, **self._defaults(ANIMATEDIFF_DEFAULTS)}
+
+    def _still_animated(self, model: str, family: VideoFamily) -> dict:
+        """An image-to-video model's fields: its still (required), frames and size by default, SVD's conditioning.
+
+        What only AnimateDiff reads (a motion adapter, a strength, a negative prompt) is a 400 naming it.
+        """
+        if self.input_reference is None:
+            raise InvalidInput(
+                f"{INPUT_REFERENCE}: model {model} ({family.pipeline_class}) animates a still: send one",
+                INPUT_REFERENCE,
+            )
+        given = {
+            "motion_adapter": self.motion_adapter,
+            "strength": self.strength,
+            "negative_prompt": self.negative_prompt,
+        }
+        if refused := next((name for name, value in given.items() if value), None):
+            raise InvalidInput(
+                f"{refused}: model {model} ({family.pipeline_class}) draws every frame from the still and reads no "
+                f"prompt; {refused} is AnimateDiff's",
+                refused,
+            )
+        asked = {name: getattr(self, name) for name in SVD_CONDITIONING}
+        return {
+            "motion_adapter": "",
+            "frames": self.frames_or(family.default_frames),
+            "size": self.size or family.default_size,
+            "strength": 1.0,  # every step runs: the frames start from noise, the still conditions them
+            **{name: value if value is not None else SVD_CONDITIONING[name] for name, value in asked.items()},
+            **self._defaults(SVD_DEFAULTS),
+        }
 
 
 class InterpolateBody(NamedTuple):

@@ -103,11 +103,30 @@ class CachePolicy:
 
 
 @dataclass(frozen=True)
+class VideoConditioning:
+    """What an image-to-video model (SVD) is conditioned on besides its still.
+
+    The API's defaults are :data:`serve.protocol.video.SVD_CONDITIONING`; ``decode_chunk_size``: frames per VAE call
+    (None: all of them).
+    """
+
+    fps: int
+    motion_bucket_id: int
+    noise_aug_strength: float
+    decode_chunk_size: int | None
+    min_guidance_scale: float
+
+
+@dataclass(frozen=True)
 class Motion:
-    """A video's part of a generation: its motion adapter (by name) and its frame count, all denoised together."""
+    """A video's part of a generation: its frame count, all denoised together, and what moves them.
+
+    A motion adapter (AnimateDiff's, by name), or an image-to-video model's ``conditioning`` (SVD's; adapter "").
+    """
 
     adapter: str
     frames: int
+    conditioning: VideoConditioning | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ classifier-free; the loop sends the conditioning with each step's latents (NCHW:
 another layout, Flux's packed patches, packs them inside its engine). Input images (img2img, inpainting) set the
 starting latents and what each step adds (:mod:`serve.text_to_image.image_to_image`); ControlNets add their residuals
 to each UNet call (:mod:`serve.text_to_image.controlnet`); a text-only request takes neither path, and may start
-from a similar earlier prompt's kept latents some steps in (:mod:`serve.text_to_image.approximate`). The engines are
+from a similar earlier prompt's kept latents some steps in (:mod:`serve.text_to_image.approximate`). An
+image-to-video model (SVD) runs its own loop (:mod:`serve.text_to_image.image_to_video`). The engines are
 reached through an :class:`~serve.triton.spec.EngineRunner`: Triton in the served stack (a job's chain of runners
 built by :func:`serve.triton.runners.job_runner`), ONNX Runtime in-process (:mod:`serve.text_to_image.onnx_runner`)
 for benchmarks and unit tests, PyTorch to measure the loop on a GPU without Triton (the benchmarks'
@@ -33,6 +34,7 @@ from serve.text_to_image.controlnet import JobControls
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.generation import Generation, GenerationResult, StepCallback
 from serve.text_to_image.image_to_image import ImageProcessors, strength_timesteps
+from serve.text_to_image.image_to_video import ImageToVideo, StillNormalisation
 from serve.text_to_image.resident import place_for
 from serve.text_to_image.spec import VAE_DECODER
 from serve.text_to_image.step_cache import JobStepCache
@@ -63,6 +65,11 @@ class TextToImagePipeline:
         self.gate = PriorityGate()
         self.reuse = reuse  # the stack's approximate cache (serve.text_to_image.approximate), if it keeps latents
         self.place = lambda: place_for(device)  # where a generation's tensors live between engine calls
+        self.animation = (  # an image-to-video model's own loop (SVD)
+            ImageToVideo(self.specs, StillNormalisation.read(folder.feature_extractor))
+            if self.family.animates_images
+            else None
+        )
 
     def make_scheduler(self, name: str):
         """A fresh scheduler for sampler ``name`` (one of the family's) built from the model's scheduler config."""
@@ -83,6 +90,9 @@ class TextToImagePipeline:
         """
         engines = job_runner(self.engines, job.priority, rows_per_call, self.adapters.row(job))
         async with self.gate.active(job.priority):
+            if self.animation is not None:
+                scheduler = self.make_scheduler(job.sampling.scheduler)
+                return await self.animation.generate(job, engines, scheduler, self.place(), on_step)
             return await self._generate(job, engines, tiling, on_step)
 
     async def _generate(

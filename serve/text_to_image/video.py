@@ -15,13 +15,18 @@ import numpy as np
 from PIL import Image
 
 from serve.protocol.schema import GenerationRequest
-from serve.protocol.video import VideoGeneration
-from serve.text_to_image.generation import Motion
+from serve.protocol.video import SVD_CONDITIONING, VideoGeneration
+from serve.text_to_image.generation import Motion, VideoConditioning
 
 
 def motion_of(request: GenerationRequest) -> Motion | None:
-    """A video request's motion part (None for a still)."""
-    return Motion(request.motion_adapter, request.frames) if isinstance(request, VideoGeneration) else None
+    """A video request's motion part (None for a still): an image-to-video model's has its conditioning."""
+    if not isinstance(request, VideoGeneration):
+        return None
+    if request.motion_adapter:
+        return Motion(request.motion_adapter, request.frames)
+    asked = {name: getattr(request, name) for name in SVD_CONDITIONING}
+    return Motion("", request.frames, VideoConditioning(fps=request.fps, **asked))
 
 
 def frames_of(answer: dict) -> list[bytes]:

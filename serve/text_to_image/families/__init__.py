@@ -1,6 +1,7 @@
 """Model families, each declared once and recognised from ``model_index.json``'s class.
 
-``sd.py`` and ``sdxl.py`` (UNets), ``sd3.py`` and ``flux.py`` (flow-matching transformers, ``flow.py``).
+``sd.py`` and ``sdxl.py`` (UNets), ``sd3.py`` and ``flux.py`` (flow-matching transformers, ``flow.py``), ``svd.py``
+(Stable Video Diffusion: a still animated).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from serve.text_to_image.families.folder import read_model_index
 from serve.text_to_image.families.sd import StableDiffusion
 from serve.text_to_image.families.sd3 import StableDiffusion3
 from serve.text_to_image.families.sdxl import StableDiffusionXL
+from serve.text_to_image.families.svd import StableVideoDiffusion
 
 FAMILIES: dict[str, type[Family]] = {
-    family.name: family for family in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
+    family.name: family for family in (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux, StableVideoDiffusion)
 }
 
 __all__ = ["FAMILIES", "Family", "PipelineDims", "family_of_folder"]

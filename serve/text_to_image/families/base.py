@@ -113,6 +113,8 @@ class Family(ABC):
     """Whether requests may bring images: input images and masks (img2img, inpainting) and ControlNets."""
     added_conditioning: ClassVar[tuple[str, ...]] = ()
     """The UNet's conditioning after ``encoder_hidden_states`` (SDXL's ``text_embeds``, ``time_ids``)."""
+    animates_images: ClassVar[bool] = False
+    """Whether its models make a video from a still (SVD: :mod:`serve.text_to_image.image_to_video`), not a prompt."""
     upcasts_vae: ClassVar[bool] = True
     """Whether the VAE stays in fp32 in an fp16 export when its config says ``force_upcast``, as the pipeline does."""
 

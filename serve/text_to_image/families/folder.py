@@ -89,12 +89,12 @@ def component_config(folder: Path, class_name: str) -> dict:
     return config
 
 
-def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 128) -> dict:
+def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 128, plain_unet: bool = True) -> dict:
     """The dims every family reads from the denoiser's and the VAE's configs.
 
     A UNet takes the VAE's latents, or (an inpainting UNet) those, a mask and the masked image's latents; its down
     blocks make the residuals a ControlNet adds. ``default_sample_size``: the latent side of a denoiser whose config
-    has none (diffusers' Flux default).
+    has none (diffusers' Flux default); ``plain_unet``: the UNet is a ``UNet2DConditionModel`` (not SVD's).
     """
     config = read_config(model_dir, denoiser)
     vae = read_config(model_dir, "vae")
@@ -108,7 +108,7 @@ def vae_dims(model_dir: Path, denoiser: str = UNET, default_sample_size: int = 1
         "sample_size": int(sample_size[0] if isinstance(sample_size, list) else sample_size),
         "vae_sample_size": int(vae_sample_size[0] if isinstance(vae_sample_size, list) else vae_sample_size),
         "unet_bytes": sum(f.stat().st_size for f in (model_dir / denoiser).iterdir() if f.suffix in WEIGHT_SUFFIXES),
-    } | (_unet_dims(config, latent_channels, model_dir) if denoiser == UNET else {})
+    } | (_unet_dims(config, latent_channels, model_dir) if denoiser == UNET and plain_unet else {})
 
 
 def _unet_dims(unet: Mapping, latent_channels: int, model_dir: Path) -> dict:

@@ -121,7 +121,7 @@ def test_the_openai_client_animates_a_still_as_stable_video_diffusion_does(clien
         extra_body=FIELDS | {"decode_chunk_size": 4},
     )
     video = finished(client, created.id)
-    assert (video.status, video.model, video.size, video.seconds) == ("completed", SVD, "96x64", "1")
+    assert (video.status, video.model, video.size, video.seconds) == ("completed", SVD, "96x64", "1"), video.error
     served = client.videos.download_content(created.id).read()
     want = reference(diffusers_svd, decode_chunk_size=4)
     expected = luma(mp4([png(Image.fromarray(frame)) for frame in want], FIELDS["fps"]))

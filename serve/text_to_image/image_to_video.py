@@ -108,11 +108,12 @@ class ImageToVideo:
 
     async def _decode(self, latents: torch.Tensor, chunk: int, engines: EngineRunner) -> np.ndarray:
         """The frames (F, 3, H, W) of ``latents`` (F, C, h, w): ``chunk`` frames per call, decoded together."""
-        parts = []
-        for start in range(0, len(latents), chunk):
-            part = latents[start : start + chunk][None].numpy()
-            parts.append((await engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"][0])
+        parts = [await self.decode(latents[i : i + chunk].numpy(), engines) for i in range(0, len(latents), chunk)]
         return np.concatenate(parts)
+
+    async def decode(self, latents: np.ndarray, engines: EngineRunner) -> np.ndarray:
+        """``latents`` (N, C, h, w) decoded together as one row of frames by the temporal decoder: (N, 3, H, W)."""
+        return (await engines.infer(self.specs[VAE_DECODER], {"latent": latents[None]}))["image"][0]
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:

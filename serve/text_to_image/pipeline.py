@@ -197,6 +197,8 @@ class TextToImagePipeline:
         engines = engines or self.engines
 
         async def run(part: np.ndarray) -> np.ndarray:
+            if self.animation is not None:  # a temporal decoder: the latents are one row of frames
+                return await self.animation.decode(part, engines)
             return (await engines.infer(self.specs[VAE_DECODER], {"latent": part}))["image"]
 
         if tiling is not None and tiling.applies(*latents.shape[2:]):

@@ -9,6 +9,9 @@ import dataclasses
 
 from serve.contract.unstated import BY_DECODING, GENERATIONS, VIDEOS, UnstatedLimit
 from serve.protocol.schema import MAX_FEW_STEPS
+from serve.protocol.video import SVD_CONDITIONING
+
+SVD_FIELDS = tuple(SVD_CONDITIONING)
 
 BEYOND_FOUR_CONDITIONS = (
     "a fifth condition between this body's fields is more than schemathesis' generator draws from (its canonical form "
@@ -303,6 +306,22 @@ VIDEO_LIMITS = (
         "the cost, frames x megapixels x (steps + 1), is at most the stack's cost ceiling (`easel up --max-cost`), and "
         "the frames' UNet rows fit the activation memory the memory budget leaves (`easel up --memory-budget`)",
         "a product of three fields against settings and engines of the stack",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        SVD_FIELDS,
+        "Stable Video Diffusion's conditioning",
+        f"{', '.join(SVD_FIELDS)}: an image-to-video (SVD) model's fields",
+        "the models are the stack's, `easel up --model NAME=DIR`",
+    ),
+    UnstatedLimit(
+        "post",
+        VIDEOS,
+        ("input_reference", "strength", "motion_adapter", "negative_prompt"),
+        "animates a still",
+        "an image-to-video (SVD) model takes an input_reference, and no strength, motion_adapter or negative_prompt",
+        "the models are the stack's, and what each reads is its family's",
     ),
     UnstatedLimit(
         "post",

@@ -325,8 +325,8 @@ class VideoRequest(BaseModel):
         }
         if refused := next((name for name, value in given.items() if value), None):
             raise InvalidInput(
-                f"{refused}: model {model} ({family.pipeline_class}) draws every frame from the still and reads no "
-                f"prompt; {refused} is AnimateDiff's",
+                f"{refused}: model {model} ({family.pipeline_class}) animates a still, every frame drawn from it, and "
+                f"reads no prompt; {refused} is AnimateDiff's",
                 refused,
             )
         asked = {name: getattr(self, name) for name in SVD_CONDITIONING}

@@ -30,8 +30,9 @@ MODELS = (
     "tiny-sd3",
     "tiny-flux",
     "tiny-flux-schnell",
-    "tiny-svd",
 )
+VIDEO_MODELS = ("tiny-svd",)
+"""Embedded image-to-video models (``easel bench video``'s SVD rows; tests)."""
 INPAINTING = "-inpaint"
 """A variant's suffix for its base model as an inpainting checkpoint."""
 # Embedded models whose weights are committed: variant -> diffusers folder.

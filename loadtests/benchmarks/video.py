@@ -1,4 +1,4 @@
-"""``easel bench video``: a video's seconds per frame-step, served against diffusers' AnimateDiffPipeline, and memory.
+"""``easel bench video``: a video's seconds per frame-step, served against diffusers' pipelines, and memory.
 
 For each model (``tiny``: the embedded default; ``sd15``: SD 1.5's architecture with random weights, as ``easel
 random-model sd15`` makes it) a random ``MotionAdapter`` of its UNet's shape is made
@@ -13,6 +13,10 @@ then ``repeats`` times by each path, the median kept:
 
 Seconds per frame-step: the time over frames x steps (it includes the text encoder and the VAE's decode of every
 frame, as a user waits for them).
+
+An image-to-video model (``svd``: the tiny Stable Video Diffusion, :mod:`build_engines.text_to_image.tiny_svd`)
+animates a random still at its default size (guidance growing to 3.0 over the frames), against diffusers'
+``StableVideoDiffusionPipeline`` the same way.
 
 With ``interpolate`` (a factor), frame interpolation too (RIFE v4.25's layout, random weights:
 :func:`build_engines.finishing.ifnet.random_flownet`): the same video with ``interpolate`` through the stack, the
@@ -111,19 +115,52 @@ def _served_once(api: httpx.Client, body: dict, timeout_s: float = 3600) -> floa
     return time.perf_counter() - started
 
 
+def animates_images(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is an image-to-video model (SVD), not one a motion adapter animates."""
+    from serve.text_to_image.families import family_of_folder
+
+    return family_of_folder(model_dir).animates_images
+
+
+def _still_body(size: tuple[int, int]) -> dict:
+    """An image-to-video request's still: random pixels at ``size`` (width, height), base64 PNG."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
+    return {"input_reference": base64.b64encode(buffer.getvalue()).decode(), "size": f"{size[0]}x{size[1]}"}
+
+
 def served(
-    model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int, rife: tuple[Path, int] | None
+    model_dir: Path,
+    adapter: Path | None,
+    name: str,
+    frames: int,
+    steps: int,
+    repeats: int,
+    rife: tuple[Path, int] | None,
 ) -> tuple[VideoRow, InterpolationRow | None]:
-    """The video through a scratch stack serving ``model_dir`` with ``adapter``, and its row.
+    """The video through a scratch stack serving ``model_dir`` with ``adapter`` (None: SVD's still), and its row.
 
     With ``rife`` (a flownet file and a factor): also the same video interpolated, its new frames' cost.
     """
     from serve.stack import scratch_stack
 
     interpolators = {"rife": rife[0]} if rife else {}
-    with scratch_stack(model_dir, motion_adapters={"bench": adapter}, interpolators=interpolators) as stack:
-        size = stack.engines.family.dims.native_size
+    motion = {"bench": adapter} if adapter is not None else {}
+    with scratch_stack(model_dir, motion_adapters=motion, interpolators=interpolators) as stack:
+        family = stack.engines.family
+        size = family.dims.native_size
         body = {"prompt": PROMPT, "frames": frames, "steps": steps, "seed": 0, "size": f"{size}x{size}"}
+        if adapter is None:  # SVD: its still at its default size
+            body |= _still_body(tuple(int(side) for side in family.default_size.split("x")))
+            size = int(body["size"].split("x")[0])
         with httpx.Client(base_url=stack.info.api_url, timeout=600) as api:
             _served_once(api, body)  # warm-up: engines loaded, sessions opened
             with PeakMemory(psutil.Process()) as memory:
@@ -162,6 +199,33 @@ def rife_in_process(flownet: Path, name: str, size: int, frames: int, factor: in
     new = (frames - 1) * (factor - 1)
     seconds = statistics.median(once() for _ in range(repeats))
     return InterpolationRow(name, "IFNet in-process", size, factor, new, 1000 * seconds / new)
+
+
+def svd_in_process(model_dir: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
+    """The same video by diffusers' ``StableVideoDiffusionPipeline`` in this process, from the same still."""
+    import base64
+    import io
+
+    from diffusers import StableVideoDiffusionPipeline
+    from PIL import Image
+
+    from serve.text_to_image.families import family_of_folder
+
+    width, height = (int(side) for side in family_of_folder(model_dir).default_size.split("x"))
+    still = Image.open(io.BytesIO(base64.b64decode(_still_body((width, height))["input_reference"])))
+    pipeline = StableVideoDiffusionPipeline.from_pretrained(model_dir)
+    pipeline.set_progress_bar_config(disable=True)
+
+    def once() -> float:
+        started = time.perf_counter()
+        generator = torch.Generator().manual_seed(0)
+        pipeline(still, height=height, width=width, num_frames=frames, num_inference_steps=steps, generator=generator)
+        return time.perf_counter() - started
+
+    once()
+    peak_rss_reset()
+    times = [once() for _ in range(repeats)]
+    return _row(name, "diffusers in-process", width, frames, steps, times, rss_bytes(peak=True))
 
 
 def in_process(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
@@ -206,11 +270,15 @@ def run(
     rife = (random_flownet(folder / "rife" / "flownet.pkl"), interpolate) if interpolate else None
     rows, interpolations = [], []
     for name, model_dir in models.items():
-        adapter = folder / f"motion_{name}"
-        if not (adapter / "config.json").is_file():
-            random_motion_adapter(model_dir, adapter)
-        row, interpolated = served(model_dir, adapter, name, frames, steps, repeats, rife)
-        rows += [row, in_process(model_dir, adapter, name, frames, steps, repeats)]
+        if animates_images(model_dir):  # SVD: no motion adapter, its own pipeline
+            row, interpolated = served(model_dir, None, name, frames, steps, repeats, rife)
+            rows += [row, svd_in_process(model_dir, name, frames, steps, repeats)]
+        else:
+            adapter = folder / f"motion_{name}"
+            if not (adapter / "config.json").is_file():
+                random_motion_adapter(model_dir, adapter)
+            row, interpolated = served(model_dir, adapter, name, frames, steps, repeats, rife)
+            rows += [row, in_process(model_dir, adapter, name, frames, steps, repeats)]
         if rife:
             interpolations += [interpolated, rife_in_process(rife[0], name, row.size, frames, interpolate, repeats)]
     videos, interpolation = [asdict(row) for row in rows], [asdict(row) for row in interpolations]
@@ -218,7 +286,9 @@ def run(
     columns = [("model", "<6"), ("path", "<22"), ("size", ">5"), ("s / video", ">10.2f")]
     columns += [("s / frame-step", ">15.3f"), ("peak GiB", ">9.2f")]
     cells = [(r.model, r.path, r.size, r.seconds, r.seconds_per_frame_step, r.peak_gib) for r in rows]
-    heading = f"Videos (AnimateDiff, random motion adapters): {frames} frames, {steps} steps, guidance 7.5"
+    heading = (
+        f"Videos (AnimateDiff with random motion adapters, guidance 7.5; SVD to 3.0): {frames} frames, {steps} steps"
+    )
     tables = [heading, text_table(columns, cells)]
     if interpolations:
         columns = [("model", "<6"), ("path", "<22"), ("size", ">5"), ("factor", ">7"), ("new frames", ">11")]

@@ -300,20 +300,24 @@ def bench_text_moderator(concurrency: str, prompts: int, out: Path) -> None:
 
 
 @bench.command("video")
-@names_option("--models", ("tiny", "sd15"), "Models: tiny (the embedded default), sd15 (SD 1.5, random weights).")
+@names_option(
+    "--models",
+    ("tiny", "sd15", "svd"),
+    "Models: tiny (the embedded default), sd15 (SD 1.5, random weights), svd (the tiny Stable Video Diffusion).",
+)
 @click.option("--frames", default=16, show_default=True, help="Frames of each video.")
 @click.option("--steps", default=1, show_default=True, help="Denoising steps of each video.")
 @click.option("--repeats", default=2, show_default=True, help="Timed videos per path (the median is kept).")
 @click.option("--interpolate", type=click.Choice(["0", "2", "4", "8"]), default="0", help="RIFE rows at this factor.")
 @out_option("out/bench_video.json")
 def bench_video(models: tuple[str, ...], frames: int, steps: int, repeats: int, interpolate: str, out: Path) -> None:
-    """Videos (AnimateDiff): seconds per frame-step served against diffusers' AnimateDiffPipeline, peak memory."""
+    """Videos (AnimateDiff, SVD): seconds per frame-step served against diffusers' pipelines, peak memory."""
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.text_to_image.published import create_random_model
     from loadtests.benchmarks.video import run
 
     folder = out.parent / "video_bench"
-    dirs = {"tiny": default_model_dir("tiny")}
+    dirs = {"tiny": default_model_dir("tiny"), "svd": default_model_dir("tiny-svd")}
     if "sd15" in models and not (folder / "sd15" / "model_index.json").is_file():
         create_random_model("sd15", folder / "sd15")
     dirs["sd15"] = folder / "sd15"

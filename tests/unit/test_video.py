@@ -278,7 +278,7 @@ def test_a_video_costs_frames_x_steps_x_megapixels_and_its_refusal_names_frames(
         admission.check(frames)
     assert error.value.field == "frames"
     small = Admission.for_engines(video_engines, Limits(video_engines.memory_budget(600 << 20)))
-    with pytest.raises(InvalidInput, match="motion UNet") as error:
+    with pytest.raises(InvalidInput, match="video UNet") as error:
         small.check(Work(1, 4, 512, 512, frames=32))
     assert error.value.field == "frames"
 

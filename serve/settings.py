@@ -159,7 +159,8 @@ class StackOptions(AppSettings, TlsSettings, FinishingSettings):
         dict[str, Path | None], Cli("--model", "DEFAULT_MODEL_FOLDERS", metavar="[NAME=]DIR", multiple=True)
     ] = Field(
         {},
-        description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3 or Flux pipeline) served as model NAME "
+        description="A local diffusers model folder (an SD 1.x/2.x, SDXL, SD3, Flux or Stable Video Diffusion "
+        "pipeline) served as model NAME "
         "(repeatable: a request's `model` picks one, the first is the default; DIR alone: named after its folder; "
         f"`{DEFAULT_MODEL}` alone: the embedded model). Default: the embedded model, as `{DEFAULT_MODEL}`. On a "
         "run folder that served before, the models named win (the first is the default, each serves this build); "

@@ -312,7 +312,7 @@ VIDEO_LIMITS = (
         VIDEOS,
         SVD_FIELDS,
         "Stable Video Diffusion's conditioning",
-        f"{', '.join(SVD_FIELDS)}: an image-to-video (SVD) model's fields",
+        "only an image-to-video (Stable Video Diffusion) model takes them",
         "the models are the stack's, `easel up --model NAME=DIR`",
     ),
     UnstatedLimit(

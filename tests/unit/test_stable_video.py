@@ -136,7 +136,7 @@ def test_a_video_whose_row_overruns_the_pool_is_refused_naming_frames(svd_engine
     limits = Limits(svd_engines.memory_budget())
     admission = Admission.for_engines(svd_engines, limits)
     admission.check(Work(1, 4, 96, 64, encodes=True, frames=6, guided=True))
-    small = Admission.for_engines(svd_engines, Limits(svd_engines.memory_budget(200 << 20)))
+    small = Admission.for_engines(svd_engines, Limits(svd_engines.memory_budget(400 << 20)))
     with pytest.raises(InvalidInput, match="video UNet") as error:
         small.check(Work(1, 4, 512, 512, encodes=True, frames=32, guided=True))
     assert error.value.field == "frames"

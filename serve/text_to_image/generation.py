@@ -147,7 +147,8 @@ class Outline:
     loras: bool = False
     referenced: bool = False  # an IP-Adapter reference (an image, or a stored reference)
     cache_interval: int = 1
-    motion_adapter: str = ""  # a video's motion adapter ("": a still)
+    motion_adapter: str = ""  # a video's motion adapter ("": a still, or an image-to-video model's video)
+    video: bool = False  # it makes a video (frames), not a still
 
     @property
     def adapted(self) -> bool:
@@ -168,6 +169,7 @@ class Outline:
             referenced=bool(ip_choices(request)),
             cache_interval=request.cache_interval,
             motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.protocol.video)
+            video=hasattr(request, "frames"),
         )
 
 
@@ -196,6 +198,7 @@ class Generation:
             referenced=self.adapters.referenced,
             cache_interval=self.cache.interval,
             motion_adapter=self.motion.adapter if self.motion else "",
+            video=self.motion is not None,
         )
 
     def replaced(self, **changes) -> Generation:

@@ -103,7 +103,11 @@ def test_the_pairs_are_padded_as_practical_rife_pads_them():
 
 def test_a_video_s_interpolation_shows_its_frames_at_the_factor_s_fps():
     request = VideoRequest(prompt="a fox", frames=8, fps=8, interpolate={"factor": 4})
-    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False})
+    family = type(
+        "Family",
+        (),
+        {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False},
+    )
     video = request.generation("easel-default", 64, family)
     assert (video.frames, video.shown_frames, video.shown_fps, video.seconds) == (8, 29, 32, "0.90625")
     plain = VideoRequest(prompt="a fox", frames=8, fps=8).generation("easel-default", 64, family)
@@ -139,7 +143,11 @@ def test_a_finished_video_interpolated_later_keeps_its_request_and_draws_nothing
     from serve.finishing.schema import Interpolate
     from serve.protocol.video import interpolation_of
 
-    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False})
+    family = type(
+        "Family",
+        (),
+        {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False},
+    )
     source = VideoRequest(prompt="a fox", frames=8, fps=6, seed=3).generation("easel-default", 64, family)
     later = interpolation_of(source, "job_1", Interpolate(factor=4))
     assert (later.source_video, later.shown_frames, later.shown_fps, later.seed) == ("job_1", 29, 24, 3)
@@ -162,7 +170,11 @@ def test_a_video_s_finishing_is_priced_per_frame_and_its_new_frames_at_the_upsca
         Interpolators((InterpolatorEntry("rife", "flownet.pkl", architecture="RIFE 4.25"),)),
     )
     finishing = Upscaling(upscalers, None)
-    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False})
+    family = type(
+        "Family",
+        (),
+        {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline", "animates_images": False},
+    )
 
     def video(**fields):
         body = VideoRequest(prompt="a fox", size="192x192", frames=8, **fields)

@@ -144,6 +144,9 @@ class StableVideoDiffusion(Family):
 
     def check(self, asked: Outline, controlnets=()) -> None:
         """A video from one still: its sampler and size as every family's; no mask, ControlNets, adapters or LoRAs."""
+        if not asked.video:
+            why = f"{self.name} models make videos from a still (POST /v1/videos with an input_reference), not images"
+            raise InvalidInput(f"model: {why}", "model")
         if not asked.images:
             raise InvalidInput(f"image: {self.name} models animate a still: send one (input_reference)", "image")
         given = {

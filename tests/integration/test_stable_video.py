@@ -192,6 +192,8 @@ def test_bad_svd_videos_are_400s_naming_the_field_and_the_stack_stays_up(api, ch
 
 
 def test_a_still_from_an_svd_model_is_a_400_naming_model(api):
-    answer = api.post("/v1/images/generations", json={"model": SVD, "prompt": "x", "size": "96x64", "image": STILL_B64})
+    answer = api.post(
+        "/v1/images/generations", json={"model": SVD, "prompt": "x", "size": "96x64", "image": [STILL_B64]}
+    )
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "model" and "videos" in answer.json()["error"]["message"]

@@ -1,7 +1,13 @@
-"""AnimateDiff's own pipeline, the reference videos are checked against (unit and integration tests)."""
+"""AnimateDiff's own pipeline, the reference videos are checked against (unit and integration tests), and a served
+video's frames as the tests read them."""
+
+import io
+import time
+import zipfile
 
 import numpy as np
 import torch
+from PIL import Image
 
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 
@@ -57,3 +63,27 @@ def rife_reference(net, frames: np.ndarray, factor: int) -> np.ndarray:
                 out.append((middle.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy())
             out.append(frames[index + 1])
     return np.stack(out)
+
+
+def png(image: Image.Image) -> bytes:
+    """``image`` as PNG bytes."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def finished(client, video_id: str, timeout_s: float = 120.0):
+    """The video once it is over (polled with the ``openai`` client's ``retrieve``)."""
+    deadline = time.monotonic() + timeout_s
+    while (video := client.videos.retrieve(video_id)).status in ("queued", "in_progress"):
+        assert time.monotonic() < deadline, f"video {video_id} still {video.status}"
+        time.sleep(0.2)
+    return video
+
+
+def frames(api, video_id: str) -> np.ndarray:
+    """The video's exact frames (``variant=frames``: PNGs in a zip), (F, H, W, 3) uint8."""
+    answer = api.get(f"/v1/videos/{video_id}/content", params={"variant": "frames"})
+    assert answer.status_code == 200, answer.text
+    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
+        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])

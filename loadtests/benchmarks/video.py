@@ -216,16 +216,8 @@ def svd_in_process(model_dir: Path, name: str, frames: int, steps: int, repeats:
     pipeline = StableVideoDiffusionPipeline.from_pretrained(model_dir)
     pipeline.set_progress_bar_config(disable=True)
 
-    def once() -> float:
-        started = time.perf_counter()
-        generator = torch.Generator().manual_seed(0)
-        pipeline(still, height=height, width=width, num_frames=frames, num_inference_steps=steps, generator=generator)
-        return time.perf_counter() - started
-
-    once()
-    peak_rss_reset()
-    times = [once() for _ in range(repeats)]
-    return _row(name, "diffusers in-process", width, frames, steps, times, rss_bytes(peak=True))
+    call = {"image": still, "height": height, "width": width, "num_frames": frames, "num_inference_steps": steps}
+    return _diffusers_row(pipeline, call, name, width, repeats)
 
 
 def in_process(model_dir: Path, adapter: Path, name: str, frames: int, steps: int, repeats: int) -> VideoRow:
@@ -238,15 +230,22 @@ def in_process(model_dir: Path, adapter: Path, name: str, frames: int, steps: in
     pipeline.set_progress_bar_config(disable=True)
     size = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
 
+    call = {"prompt": PROMPT, "num_frames": frames, "height": size, "width": size, "num_inference_steps": steps}
+    return _diffusers_row(pipeline, call, name, size, repeats)
+
+
+def _diffusers_row(pipeline, call: dict, name: str, size: int, repeats: int) -> VideoRow:
+    """``pipeline(**call)`` from seed 0, once to warm up then ``repeats`` times: its row, peak resident memory."""
+
     def once() -> float:
         started = time.perf_counter()
-        generator = torch.Generator().manual_seed(0)
-        pipeline(PROMPT, num_frames=frames, height=size, width=size, num_inference_steps=steps, generator=generator)
+        pipeline(**call, generator=torch.Generator().manual_seed(0))
         return time.perf_counter() - started
 
     once()
     peak_rss_reset()
     times = [once() for _ in range(repeats)]
+    frames, steps = call["num_frames"], call["num_inference_steps"]
     return _row(name, "diffusers in-process", size, frames, steps, times, rss_bytes(peak=True))
 
 

@@ -19,6 +19,7 @@ from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from serve.text_to_image.video import mp4
 from tests.conftest import psnr
+from tests.videos import finished, frames, png
 
 pytestmark = pytest.mark.integration
 SVD = "svd"
@@ -26,12 +27,6 @@ STILL = Image.fromarray(np.random.default_rng(8).integers(0, 256, (64, 96, 3), d
 """The still every frame is drawn from, at the videos' size (so neither side resizes it)."""
 FIELDS = {"frames": 6, "fps": 6, "steps": 4, "seed": 9, "motion_bucket_id": 90, "noise_aug_strength": 0.05}
 """An SVD video's fields besides the still (decode_chunk_size per test)."""
-
-
-def png(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +86,6 @@ def luma(video: bytes) -> np.ndarray:
     """An MP4's decoded frames' luma (F, H, W)."""
     with av.open(io.BytesIO(video)) as container:
         return np.stack([frame.to_ndarray(format="gray") for frame in container.decode(container.streams.video[0])])
-
-
-def finished(client, video_id: str, timeout_s: float = 180.0):
-    deadline = time.monotonic() + timeout_s
-    while (video := client.videos.retrieve(video_id)).status in ("queued", "in_progress"):
-        assert time.monotonic() < deadline, f"video {video_id} still {video.status}"
-        time.sleep(0.2)
-    return video
-
-
-def frames(api, video_id: str) -> np.ndarray:
-    """The video's exact frames (``variant=frames``), (F, H, W, 3) uint8."""
-    import zipfile
-
-    answer = api.get(f"/v1/videos/{video_id}/content", params={"variant": "frames"})
-    assert answer.status_code == 200, answer.text
-    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
-        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])
 
 
 def test_the_openai_client_animates_a_still_as_stable_video_diffusion_does(client, api, diffusers_svd):

@@ -4,7 +4,6 @@ import base64
 import io
 import json
 import time
-import zipfile
 
 import av
 import numpy as np
@@ -15,17 +14,19 @@ from PIL import Image
 from build_engines.finishing.ifnet import read_flownet
 from tests.conftest import psnr
 from tests.integration.conftest import decode_images, post_together
-from tests.videos import animatediff, reference_frames, reference_frames_from, rife_reference, video_to_video
+from tests.videos import (
+    animatediff,
+    finished,
+    frames,
+    png,
+    reference_frames,
+    reference_frames_from,
+    rife_reference,
+    video_to_video,
+)
 
 pytestmark = pytest.mark.integration
 VIDEO = {"prompt": "a red fox running", "negative_prompt": "blurry", "size": "64x64", "seed": 5, "steps": 2}
-
-
-def png(image: Image.Image) -> bytes:
-    """``image`` as PNG bytes."""
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG")
-    return buffer.getvalue()
 
 
 REFERENCE = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8))
@@ -43,23 +44,6 @@ def client(stack):
 def animatediff_pipeline(diffusers_pipeline, motion_adapter):
     """diffusers' ``AnimateDiffPipeline`` over the stack's model and motion adapter: the reference."""
     return animatediff(diffusers_pipeline, motion_adapter)
-
-
-def finished(client, video_id: str, timeout_s: float = 120.0):
-    """The video once it is over (polled with ``retrieve``)."""
-    deadline = time.monotonic() + timeout_s
-    while (video := client.videos.retrieve(video_id)).status in ("queued", "in_progress"):
-        assert time.monotonic() < deadline, f"video {video_id} still {video.status}"
-        time.sleep(0.2)
-    return video
-
-
-def frames(api, video_id: str) -> np.ndarray:
-    """The video's exact frames (``variant=frames``: PNGs in a zip), (F, H, W, 3) uint8."""
-    answer = api.get(f"/v1/videos/{video_id}/content", params={"variant": "frames"})
-    assert answer.status_code == 200, answer.text
-    with zipfile.ZipFile(io.BytesIO(answer.content)) as archive:
-        return np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])
 
 
 @pytest.mark.parametrize("scheduler", ["ddim", "euler"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from serve.adapters.lora import SCALE_INPUT, LoraBanks, load_slots
+from serve.text_to_image.spec import sampled_sides
 from serve.triton.engine_files import EngineFiles
 from serve.triton.environment import allocator_environment
 from serve.triton.memory import MemoryModel, peak_rss_reset, rss_bytes
@@ -42,6 +43,12 @@ def sides_up_to(native: int) -> tuple[int, ...]:
     return SIDES if native <= SIDES[-1] else (*SIDES, native * 3 // 4, native)
 
 
+def sampled_positions(spec: ModelSpec, side: int) -> int:
+    """The positions of a row measured at reference ``side`` (a video's at :func:`sampled_sides`'s frames)."""
+    first = next((t for t in spec.inputs if -1 in t.dims), spec.inputs[0])
+    return spec.positions(*sampled_sides(first, side))
+
+
 def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
     """Axes (batch axis first, so 1-based) of the first input that has dynamic dims; () when none has."""
     for tensor in spec.inputs:
@@ -54,7 +61,7 @@ def dynamic_axes(spec: ModelSpec) -> tuple[int, ...]:
 def _row(spec: ModelSpec, side: int, rng: np.random.Generator, folder: Path) -> dict[str, np.ndarray]:
     feeds = {}
     for tensor in spec.graph_inputs:
-        shape = (1, *tensor.shape(side))
+        shape = (1, *tensor.shape(*sampled_sides(tensor, side)))
         if tensor.dtype.startswith("int"):
             feeds[tensor.name] = rng.integers(0, 300, shape).astype(tensor.numpy_dtype)
         else:
@@ -94,7 +101,7 @@ def measure_here(model_path: Path, spec: ModelSpec, sides: tuple[int, ...] = SID
         started = time.perf_counter()
         session.run(feeds)
         seconds = time.perf_counter() - started
-        positions = spec.positions(side)
+        positions = sampled_positions(spec, side)
         measured.append((positions, max(0, used(peak=True) - before)))
         timed.append((positions, seconds))
         logger.info(
@@ -133,7 +140,7 @@ def measured(files: EngineFiles, spec: ModelSpec, sides: tuple[int, ...] = SIDES
     if not files.memory.exists():
         return False
     model = MemoryModel.load(files.memory)
-    largest = spec.positions(max(sides)) if dynamic_axes(spec) else 1
+    largest = sampled_positions(spec, max(sides)) if dynamic_axes(spec) else 1
     return model.seconds is not None and max(p for p, _ in model.measured) >= largest
 
 

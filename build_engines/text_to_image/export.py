@@ -29,7 +29,7 @@ from build_engines.text_to_image.adapters import AdapterBuild, adapter_modules
 from build_engines.text_to_image.controlnets import controlnet_modules
 from serve.text_to_image.families import Family
 from serve.text_to_image.families.exports import ExportModule
-from serve.text_to_image.spec import VAE_DECODER, VIDEO_AXES
+from serve.text_to_image.spec import VAE_DECODER, sampled_sides
 from serve.text_to_image.torch_engines import tiny_vae_decoder
 from serve.triton.engine_files import LORA_SLOTS, MODULE_CONFIG, EngineFiles
 from serve.triton.onnx_backend import ShardedSession, make_session
@@ -48,8 +48,6 @@ PRECISIONS = {name: getattr(torch, p.graph_dtype) for name, p in RUNTIME_PRECISI
 """Each ``--precision``'s dtype of the exported graph (bf16 and int8 are the CPU runtime's business: fp32 graphs)."""
 # The largest latent side traced and checked: a full-size UNet at its native size would take minutes per call here.
 MAX_CHECK_SIDE = 32
-CHECKED_FRAMES = 8
-"""A video's frames when traced and checked (within every motion adapter's positions; the axis stays dynamic)."""
 EXTERNAL_DATA_SUFFIX = ".data"
 _ALIGN = 4096
 
@@ -110,8 +108,7 @@ def sample_inputs(
     """
     feeds = {}
     for tensor in spec.graph_inputs:
-        sides = (min(size, CHECKED_FRAMES), size, size) if tensor.axis_names == VIDEO_AXES else (size,)
-        shape = (batch, *tensor.shape(*sides, chunks=chunks))
+        shape = (batch, *tensor.shape(*sampled_sides(tensor, size), chunks=chunks))
         if tensor.dtype == "int64":
             feeds[tensor.name] = torch.randint(0, 400, shape, generator=generator)
         elif tensor.name in ("timestep", "time_ids"):

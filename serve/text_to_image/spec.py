@@ -54,6 +54,14 @@ MAX_PROMPT_CHUNKS = 16
 """A prompt's most chunks of its text encoders' length (75 tokens and BOS/EOS for CLIP: 1200 tokens); a longer one
 is cut there, and the answer says so (``Easel-Prompt-Truncated``)."""
 VIDEO_AXES = ("frames", *LATENT_AXES)
+SAMPLED_FRAMES = 8
+"""A video row's frames where an engine is traced, checked or measured at a reference side: within every motion
+adapter's positions, and a video of ``side`` frames at a full-size model's side would take minutes a row."""
+
+
+def sampled_sides(tensor: TensorSpec, side: int) -> tuple[int, ...]:
+    """``tensor``'s dynamic axes' sides at reference ``side`` (a video's frames at most :data:`SAMPLED_FRAMES`)."""
+    return (min(side, SAMPLED_FRAMES), side, side) if tensor.axis_names == VIDEO_AXES else (side,)
 
 
 def text_encoder_spec(name: str, text_length: int, outputs: tuple[TensorSpec, ...]) -> ModelSpec:

@@ -3,6 +3,8 @@ diffusers' pipeline through the same H.264 encoding, gRPC, two videos merged in 
 
 import base64
 import io
+import json
+import re
 import time
 
 import av
@@ -174,3 +176,31 @@ def test_a_still_from_an_svd_model_is_a_400_naming_model(api):
     )
     assert answer.status_code == 400, answer.text
     assert answer.json()["error"]["param"] == "model" and "videos" in answer.json()["error"]["message"]
+
+
+def test_the_studio_animates_a_still_with_an_svd_model_and_shows_the_call(studio, tmp_path):
+    from playwright.sync_api import expect
+
+    studio.click("#tab-video")
+    expect(studio.locator("#video-svd")).to_be_hidden()  # the default model: AnimateDiff's fields
+    studio.select_option("#video-model", SVD)
+    expect(studio.locator("#video-svd")).to_be_visible()
+    (tmp_path / "still.png").write_bytes(png(STILL))
+    studio.set_input_files("#video-still", str(tmp_path / "still.png"))
+    for field, value in {"frames": 4, "fps": 6, "steps": 2, "seed": 5, "motion_bucket_id": 80}.items():
+        studio.fill(f"#video-{field}", str(value))
+    expect(studio.locator("#video-call pre").first).to_contain_text('"input_reference"')
+    body = json.loads(re.search(r"-d '(.*)'", studio.locator("#video-call pre").first.inner_text()).group(1))
+    assert body == {
+        "prompt": "a red fox running",
+        "frames": 4,
+        "fps": 6,
+        "steps": 2,
+        "seed": 5,
+        "model": SVD,
+        "input_reference": STILL_B64,
+        "motion_bucket_id": 80,
+    }
+    studio.click("#video-form button[type=submit]")
+    expect(studio.locator("#video-player video")).to_have_count(1, timeout=120_000)
+    expect(studio.locator("#video-facts")).to_contain_text("4 at 6 fps")

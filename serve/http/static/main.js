@@ -11,7 +11,12 @@ import * as vectorize from "./vectorize.js";
 import * as video from "./video.js";
 
 const studio = { jobs: false, admin: false }; // what the key may do, shared with the sections
-const LOADERS = { history: () => history.load(), jobs: () => jobs.load(), operate: () => operate.load() };
+const LOADERS = {
+  history: () => history.load(),
+  jobs: () => jobs.load(),
+  operate: () => operate.load(),
+  video: () => video.loadModels().catch(() => {}), // a refused key: the default model alone
+};
 
 /** Show section `name` (its tab selected), and load what it shows. */
 function showTab(name) {

@@ -1,11 +1,19 @@
-// Video: a clip (AnimateDiff) made as a background job, its frames multiplied by RIFE if asked, played when done.
+// Video: a clip (AnimateDiff, or SVD animating a still) made as a background job, its frames multiplied by RIFE if
+// asked, played when done.
 
 import { call, fetchBlob } from "./api.js";
 import { curlJson, showCalls, videoCalls } from "./calls.js";
-import { $, downloadLink, h } from "./dom.js";
+import { $, downloadLink, fileBase64, h } from "./dom.js";
 
 const POLL_MS = 500;
+const ANIMATES_STILLS = "svd"; // the family whose models animate a still (input_reference), SVD's fields shown
 let shown = null; // the video object shown last
+let still = null; // the chosen still, base64
+let models = []; // GET /v1/models' list
+
+function animatesStill() {
+  return models.find((model) => model.id === $("#video-model").value)?.family === ANIMATES_STILLS;
+}
 
 function body() {
   const made = {
@@ -15,6 +23,9 @@ function body() {
     steps: Number($("#video-steps").value),
   };
   if ($("#video-seed").value !== "") made.seed = Number($("#video-seed").value);
+  if ($("#video-model").value) made.model = $("#video-model").value;
+  if (still) made.input_reference = still;
+  if (animatesStill()) made.motion_bucket_id = Number($("#video-motion_bucket_id").value);
   const factor = Number($("#video-factor").value);
   if (factor) made.interpolate = { factor };
   return made;
@@ -74,8 +85,32 @@ async function run(send) {
   }
 }
 
+/** The models of GET /v1/models in the Model field (an SVD one shows its fields). */
+export async function loadModels() {
+  const select = $("#video-model");
+  const kept = select.value;
+  models = (await call("GET", "/v1/models")).data;
+  select.replaceChildren(
+    h("option", { value: "" }, "the stack's default"),
+    ...models.map((model) => h("option", { value: model.id }, `${model.id} (${model.family})`)),
+  );
+  select.value = models.some((model) => model.id === kept) ? kept : "";
+  chosenModel();
+}
+
+function chosenModel() {
+  $("#video-svd").hidden = !animatesStill();
+  updateCall();
+}
+
 /** Wire the Video section. */
 export function setUp() {
+  $("#video-model").addEventListener("change", chosenModel);
+  $("#video-still").addEventListener("change", async () => {
+    const file = $("#video-still").files[0];
+    still = file ? await fileBase64(file) : null;
+    updateCall();
+  });
   $("#video-form").addEventListener("submit", (event) => {
     event.preventDefault();
     run(() => call("POST", "/v1/videos", body()));

@@ -318,9 +318,10 @@ VIDEO_LIMITS = (
     UnstatedLimit(
         "post",
         VIDEOS,
-        ("input_reference", "strength", "motion_adapter", "negative_prompt"),
+        ("input_reference", "strength", "motion_adapter", "negative_prompt", "character"),
         "animates a still",
-        "an image-to-video (SVD) model takes an input_reference, and no strength, motion_adapter or negative_prompt",
+        "an image-to-video (SVD) model takes an input_reference, and no strength, motion_adapter, negative_prompt or "
+        "character",
         "the models are the stack's, and what each reads is its family's",
     ),
     UnstatedLimit(

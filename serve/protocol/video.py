@@ -311,7 +311,7 @@ class VideoRequest(BaseModel):
     def _still_animated(self, model: str, family: VideoFamily) -> dict:
         """An image-to-video model's fields: its still (required), frames and size by default, SVD's conditioning.
 
-        What only AnimateDiff reads (a motion adapter, a strength, a negative prompt) is a 400 naming it.
+        What only AnimateDiff reads (a motion adapter, a strength, a negative prompt, a character) is a 400 naming it.
         """
         if self.input_reference is None:
             raise InvalidInput(
@@ -322,6 +322,7 @@ class VideoRequest(BaseModel):
             "motion_adapter": self.motion_adapter,
             "strength": self.strength,
             "negative_prompt": self.negative_prompt,
+            "character": self.character,  # its trigger words, LoRA and pictures: nothing SVD reads
         }
         if refused := next((name for name, value in given.items() if value), None):
             raise InvalidInput(

@@ -12,6 +12,7 @@ Triton's batcher.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,9 +61,18 @@ class ImageToVideo:
         self.specs, self.normalisation = specs, normalisation
 
     async def generate(
-        self, job: Generation, engines: EngineRunner, scheduler, place, on_step: StepCallback | None
+        self,
+        job: Generation,
+        engines: EngineRunner,
+        scheduler,
+        place,
+        on_step: StepCallback | None,
+        turn: Callable[[], Awaitable[None]],
     ) -> GenerationResult:
-        """The job's frames (``job.motion``'s count and conditioning) from its still, ``scheduler`` fresh."""
+        """The job's frames (``job.motion``'s count and conditioning) from its still, ``scheduler`` fresh.
+
+        ``turn``: awaited before each step (its turn behind higher-priority generations, as a still's steps wait).
+        """
         motion, sampling = job.motion, job.sampling
         video: VideoConditioning = motion.conditioning
         guided = sampling.guidance_scale > 1.0
@@ -93,6 +103,7 @@ class ImageToVideo:
                 "encoder_hidden_states": embeds,
                 "added_time_ids": time_ids,
             }
+            await turn()
             noise = torch.from_numpy((await engines.infer(self.specs[UNET], inputs))["noise_pred"])
             if guided:
                 uncond, cond = noise.chunk(2)

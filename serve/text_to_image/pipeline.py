@@ -18,6 +18,7 @@ state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from collections.abc import Mapping
@@ -92,7 +93,8 @@ class TextToImagePipeline:
         async with self.gate.active(job.priority):
             if self.animation is not None:
                 scheduler = self.make_scheduler(job.sampling.scheduler)
-                return await self.animation.generate(job, engines, scheduler, self.place(), on_step)
+                turn = functools.partial(self.gate.turn, job.priority)
+                return await self.animation.generate(job, engines, scheduler, self.place(), on_step, turn)
             return await self._generate(job, engines, tiling, on_step)
 
     async def _generate(

@@ -122,11 +122,11 @@ class Stack:
         self.memory_budget_bytes = built.memory_budget_bytes
         if opts.address is None:
             self._spawn_triton(built)
-        spare = iter(free_ports(3, opts.host))  # together, so no two can be the same port
+        spare = iter(free_ports(4, opts.host))  # together, so no two can be the same port (the GCS's among them)
         port, grpc_port = opts.port or next(spare), opts.grpc_port or next(spare)
         self._enter(STARTING_RAY)
         with sigterm_kept():  # ray.init installs its own handler
-            dashboard_url = self._start_ray(opts.dashboard_port or next(spare))
+            dashboard_url = self._start_ray(opts.dashboard_port or next(spare), next(spare))
         if self.triton is not None:  # loading its models while Ray started
             self.triton.wait_ready()
             self.supervisor.watch(self.triton, self.triton.check)
@@ -236,9 +236,9 @@ class Stack:
         self.supervisor.watch(server.managed)
         self.info = replace(self.info, prometheus_url=server.url)
 
-    def _start_ray(self, dashboard_port: int) -> str | None:
-        """Start (or join) Ray, keep its head's GCS; the dashboard's URL."""
-        context, dashboard_url = start_ray(self.options, self.stack_id, dashboard_port)
+    def _start_ray(self, dashboard_port: int, gcs_port: int) -> str | None:
+        """Start (or join) Ray, keep its head's GCS (on ``gcs_port`` where it starts one); the dashboard's URL."""
+        context, dashboard_url = start_ray(self.options, self.stack_id, dashboard_port, gcs_port)
         self.ray_session_dir = Path(context.address_info["session_dir"])
         self._keep_gcs(context.address_info["gcs_address"], owned=self.options.address is None)
         return dashboard_url

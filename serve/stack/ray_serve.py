@@ -15,7 +15,6 @@ from contextlib import contextmanager
 
 import httpx
 
-from serve.processes import free_port
 from serve.processes.gcs import storage_env
 from serve.processes.loopback import API_HOST_ENV
 from serve.processes.run_state import environ
@@ -62,8 +61,11 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def start_ray(opts: StackOptions, stack_id: str, dashboard_port: int):
-    """Start (or join, with ``opts.address``) Ray with Easel's settings; Ray's context and the dashboard's URL."""
+def start_ray(opts: StackOptions, stack_id: str, dashboard_port: int, gcs_port: int):
+    """Start (or join, with ``opts.address``) Ray with Easel's settings; Ray's context and the dashboard's URL.
+
+    ``gcs_port``: its own head's GCS's (chosen with the stack's other ports, so none is the same).
+    """
     one_machine = opts.address is None or is_loopback(opts.address.rsplit(":", 1)[0])
     for name, value in RAY_ENV.items():
         if one_machine or name not in SINGLE_MACHINE_ENV:
@@ -83,7 +85,7 @@ def start_ray(opts: StackOptions, stack_id: str, dashboard_port: int):
             runtime_env={"worker_process_setup_hook": WORKER_SETUP_HOOK, "env_vars": env},
         )
         return context, f"http://{context.dashboard_url}" if context.dashboard_url else None
-    gcs_env = storage_env(opts.store, opts.run_dir, stack_id, free_port())
+    gcs_env = storage_env(opts.store, opts.run_dir, stack_id, gcs_port)
     shutil.rmtree(opts.run_dir / "gcs", ignore_errors=True)  # a GCS's state belongs to its own Ray
     with environ(gcs_env):  # read by the GCS Ray starts
         context = ray.init(

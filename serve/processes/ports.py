@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import socket
+from collections import deque
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -17,6 +18,10 @@ GRPC_PORT = 9000
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 RAY_WORKER_PORTS_END = 19999
 """The last of Ray's default worker ports (10002-19999)."""
+_HANDED_OUT: deque[int] = deque(maxlen=256)
+"""Ports this process handed out lately: a server given one may not have bound it yet (Triton binds its metrics port
+seconds after it starts), so the next call must not hand it out again."""
+_ENTROPY = random.SystemRandom()  # not the global generator, which a library may seed (then two picks repeat)
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
@@ -25,11 +30,13 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
     Where the kernel's ephemeral range is known they come from between Ray's worker ports and that range: a port the
     kernel chose stays free for any process's ``bind(0)`` until it is bound, and a server started meanwhile may take
     it (Ray's runtime-env agent took the API's port once in CI, and the proxy could not start). All are held open
-    until each is found: ports asked for one at a time may come back equal.
+    until each is found: ports asked for one at a time may come back equal. None is one this process handed out lately.
     """
     with ExitStack() as held:
         found: list[int] = []
         for port in [*_outside_the_ephemeral_range(), *[0] * count]:  # 0: the kernel's choice, where no range is left
+            if port in _HANDED_OUT:
+                continue
             sock = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             try:
                 sock.bind((host, port))
@@ -40,6 +47,7 @@ def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
             found.append(sock.getsockname()[1])
             if len(found) == count:
                 break
+        _HANDED_OUT.extend(found)
         return found
 
 
@@ -50,7 +58,7 @@ def _outside_the_ephemeral_range(tries: int = 200) -> list[int]:
     except (OSError, ValueError, IndexError):
         return []
     candidates = range(RAY_WORKER_PORTS_END + 1, first_ephemeral)
-    return random.sample(candidates, min(tries, len(candidates)))
+    return _ENTROPY.sample(candidates, min(tries, len(candidates)))
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -21,11 +21,15 @@ def test_a_port_handed_out_is_not_handed_out_again_while_its_server_may_not_have
     """Triton's metrics port, picked and not yet bound, was handed to the API's proxy next (it could not start)."""
     import random
 
-    given = set(free_ports(3))
-    random.seed(0)  # the global generator seeded (as a library may): the next picks are the OS's, and new
-    again = set(free_ports(3))
-    random.seed(0)
-    assert given.isdisjoint(again) and again.isdisjoint(free_ports(40))
+    state = random.getstate()
+    try:
+        given = set(free_ports(3))
+        random.seed(0)  # the global generator seeded (as a library may): the next picks are the OS's, and new
+        again = set(free_ports(3))
+        random.seed(0)
+        assert given.isdisjoint(again) and again.isdisjoint(free_ports(40))
+    finally:
+        random.setstate(state)
 
 
 @pytest.mark.skipif(not EPHEMERAL_RANGE.exists(), reason="the kernel's ephemeral range is read from Linux's /proc")

@@ -44,11 +44,10 @@ class StillNormalisation:
         config = json.loads(path.read_text()) if path.is_file() else {}
         return cls(tuple(config.get("image_mean", CLIP_MEAN)), tuple(config.get("image_std", CLIP_STD)))
 
-    def pixel_values(self, still: np.ndarray) -> np.ndarray:
-        """The still (RGB uint8) as CLIP reads it: [-1, 1], resized with antialiasing to 224 px, then normalised."""
+    def pixel_values(self, pixels: torch.Tensor) -> np.ndarray:
+        """The still (1, 3, H, W) in [-1, 1] as CLIP reads it: resized with antialiasing to 224 px, normalised."""
         from diffusers.pipelines.stable_video_diffusion.pipeline_stable_video_diffusion import _resize_with_antialiasing
 
-        pixels = torch.from_numpy(still).permute(2, 0, 1)[None].float() / 255 * 2 - 1
         pixels = (_resize_with_antialiasing(pixels, (CLIP_SIDE, CLIP_SIDE)) + 1) / 2
         mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (self.mean, self.std))
         return ((pixels - mean) / std).numpy()
@@ -78,9 +77,9 @@ class ImageToVideo:
         guided = sampling.guidance_scale > 1.0
         still = job.inputs.images[0]
         generator = torch.Generator("cpu").manual_seed(sampling.seed)
-        clip = {"pixel_values": self.normalisation.pixel_values(still)}
+        image = torch.from_numpy(still).permute(2, 0, 1)[None].float() / 255 * 2 - 1  # (1, 3, H, W) in [-1, 1]
+        clip = {"pixel_values": self.normalisation.pixel_values(image)}
         embeds = (await engines.infer(self.specs[IMAGE_ENCODER], clip))[IMAGE_EMBEDS][:, None]  # (1, 1, width)
-        image = torch.from_numpy(still).permute(2, 0, 1)[None].float() / 255 * 2 - 1
         image = image + video.noise_aug_strength * _randn(image.shape, generator)
         latents_mode = (await engines.infer(self.specs[VAE_ENCODER], {"image": image.numpy()}))["latent_mode"]
         still_latents = torch.from_numpy(latents_mode)[:, None].repeat(1, motion.frames, 1, 1, 1)

@@ -23,7 +23,15 @@ from build_engines.text_to_image.ip_adapter import (
     load_image_encoder,
     load_into_unet,
 )
-from serve.adapters.ip_adapter import IMAGE, IMAGE_EMBEDS, IMAGE_ENCODER, MAX_REFERENCES, IpAdapterInfo, face_lora
+from serve.adapters.ip_adapter import (
+    IMAGE,
+    IMAGE_EMBEDS,
+    IMAGE_ENCODER,
+    INSTANTID,
+    MAX_REFERENCES,
+    IpAdapterInfo,
+    face_lora,
+)
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
@@ -31,7 +39,8 @@ from serve.text_to_image.families.exports import ExportModule, with_lora_slots
 
 IP_EXPORT = 4
 """The IP-Adapter engines' export version (part of the engine cache key): bumped when their graph or files change
-(3: a FaceID's LoRA kept beside the engines; 4: a FaceID Plus's encoder states as inputs)."""
+(3: a FaceID's LoRA kept beside the engines; 4: a FaceID Plus's encoder states as inputs; an InstantID's folder adds
+its IdentityNet, keyed by the folder's content)."""
 LORA_EXPORT = 2
 """The LoRA layers' export version (part of the engine cache key): 2 selects rows, where 1 scaled them by 0."""
 
@@ -111,9 +120,21 @@ def write_face_loras(folder: Path, build: AdapterBuild, model_dir: Path) -> None
             save_file(lora, folder / f"{face_lora(name)}.safetensors")
 
 
-def _face_shape(folder: IpAdapterFolder) -> tuple[int]:
-    """A FaceID's reference: one face embedding (its projection's input width, 512 for ArcFace's)."""
-    return (int(folder.state_dict()["image_proj"]["proj.0.weight"].shape[1]),)
+def _face_shape(folder: IpAdapterFolder) -> tuple[int, ...]:
+    """A FaceID's reference: one face embedding (its projection's input width, 512 for ArcFace's).
+
+    An InstantID's resampler reads it as one token: ``(1, width)``.
+    """
+    projection = folder.state_dict()["image_proj"]
+    if folder.kind == INSTANTID:
+        return (1, int(projection["proj_in.weight"].shape[1]))
+    return (int(projection["proj.0.weight"].shape[1]),)
+
+
+def identity_nets(build: AdapterBuild) -> dict[str, Path]:
+    """The InstantIDs of ``build`` by adapter name: each folder's IdentityNet is a ControlNet engine of that name."""
+    return {name: folder.weights.parent for name, folder in zip(build.ip_adapters, build.ip_folders(), strict=True)
+            if folder.kind == INSTANTID}  # fmt: skip
 
 
 def adapter_modules(

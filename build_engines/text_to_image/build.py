@@ -23,7 +23,7 @@ import torch
 from build_engines.memory import measure as measure_memory
 from build_engines.memory import measured, sides_up_to
 from build_engines.tensorrt import build_plan, latent_range, profile
-from build_engines.text_to_image.adapters import AdapterBuild, ip_info, write_face_loras
+from build_engines.text_to_image.adapters import AdapterBuild, identity_nets, ip_info, write_face_loras
 from build_engines.text_to_image.controlnets import controlnet_support, controlnets_key
 from build_engines.text_to_image.default_model import INPAINTING, TRAINED, create_default_model
 from build_engines.text_to_image.export import (
@@ -233,7 +233,7 @@ def _build_new(
     """
     family = family.with_engines(
         AdapterSupport(adapters.lora, ip_info(adapters, model_dir)),
-        controlnet_support(family, model_dir, controlnets),
+        controlnet_support(family, model_dir, controlnets, identity_nets(adapters)),
         step_cache,
         motion,
     )

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from build_engines.text_to_image.ip_adapter import IdentityNetModule, IpAdapterError, IpAdapterFolder, face_projection
+from serve.adapters.ip_adapter import IDENTITY_NET
 from serve.files import content_hash
 from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSupport, residual_layout
 from serve.text_to_image.families import FAMILIES, Family
@@ -76,10 +78,24 @@ def tuple_of(value):
     return tuple(tuple_of(v) for v in value) if isinstance(value, list | tuple) else value
 
 
-def controlnet_support(family: Family, model_dir: Path, controlnets: Mapping[str, Path]) -> ControlNetSupport:
-    """The entry of each ControlNet for ``model_dir``'s model: ready to build, or why not (logged)."""
+def controlnet_support(
+    family: Family, model_dir: Path, controlnets: Mapping[str, Path], identity_nets: Mapping[str, Path] | None = None
+) -> ControlNetSupport:
+    """The entry of each ControlNet for ``model_dir``'s model: ready to build, or why not (logged).
+
+    ``identity_nets``: InstantID folders by adapter name, whose IdentityNets join as ControlNets of that name that
+    read the face (a name both lists use is refused: :class:`IpAdapterError`).
+    """
     unet_config = json.loads((model_dir / UNET / "config.json").read_text()) if family.denoiser == UNET else {}
     entries = []
+    for name, folder in sorted((identity_nets or {}).items()):
+        if name in controlnets:
+            raise IpAdapterError(f"InstantID {name} and ControlNet {name}: its IdentityNet is a ControlNet of its name")
+        error = fit(family, unet_config, folder / IDENTITY_NET)
+        if error:
+            raise IpAdapterError(f"InstantID {name} ({folder}): its IdentityNet {error}")
+        width = IpAdapterFolder.read(folder).state_dict()["image_proj"]["proj_in.weight"].shape[1]
+        entries.append(ControlNetEntry(name, str(folder), family=family.name, face=int(width)))
     for name, folder in sorted(controlnets.items()):
         config_path = folder / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}
@@ -113,5 +129,14 @@ def controlnet_modules(modules: dict, family: Family, support: ControlNetSupport
     modules[UNET] = ExportModule(ready_unet, source.keep_fp32)
     for entry in support.entries:
         if entry.status != ERROR:
-            modules[f"{CONTROLNET_PREFIX}{entry.name}"] = family.controlnet_export(Path(entry.source))
+            modules[f"{CONTROLNET_PREFIX}{entry.name}"] = _export(family, entry)
     return modules
+
+
+def _export(family: Family, entry: ControlNetEntry) -> ExportModule:
+    """A ready ControlNet's engine module: diffusers' ``ControlNetModel``, or an InstantID's IdentityNet."""
+    if not entry.face:
+        return family.controlnet_export(Path(entry.source))
+    folder = IpAdapterFolder.read(Path(entry.source))
+    controlnet = family.controlnet_export(folder.identity_net)
+    return ExportModule(lambda dtype: IdentityNetModule(face_projection(folder, dtype), controlnet.load(dtype)))

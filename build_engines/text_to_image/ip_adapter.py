@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from serve.adapters.ip_adapter import FACEID, FACEID_PLUS, FACEID_PLUSV2, IMAGE, IMAGE_ENCODER
+from serve.adapters.ip_adapter import FACEID, FACEID_PLUS, FACEID_PLUSV2, IDENTITY_NET, IMAGE, IMAGE_ENCODER, INSTANTID
 from serve.text_to_image.families.folder import WEIGHT_SUFFIXES
 
 
@@ -30,7 +30,8 @@ class IpAdapterFolder:
     """An IP-Adapter on disk: its weights file, its image encoder folder (None: a FaceID's) and what it reads.
 
     ``kind`` (:data:`serve.adapters.ip_adapter.KINDS`) as diffusers tells the weights apart; a FaceID Plus is v2 (its
-    tokens' shortcut on) when its file is named so, as h94 names them (``ip-adapter-faceid-plusv2_sd15.bin``).
+    tokens' shortcut on) when its file is named so, as h94 names them (``ip-adapter-faceid-plusv2_sd15.bin``). An
+    InstantID (InstantX's layout: ``ip-adapter.bin`` beside ``ControlNetModel/``, its IdentityNet) has no encoder.
     """
 
     weights: Path
@@ -49,7 +50,9 @@ class IpAdapterFolder:
                 f"--ip-adapter {folder}: needs exactly one weights file (*.safetensors or *.bin), found {found}"
             )
         kind = kind_of(cls(weights[0], None).state_dict(), weights[0].name)
-        if kind == FACEID:
+        if kind == IMAGE and (folder / IDENTITY_NET / "config.json").is_file():
+            kind = INSTANTID
+        if kind in (FACEID, INSTANTID):
             return cls(weights[0], None, kind)
         encoder = folder / IMAGE_ENCODER
         if not (encoder / "config.json").is_file():
@@ -60,6 +63,11 @@ class IpAdapterFolder:
     def face_id(self) -> bool:
         """Whether it is an IP-Adapter FaceID (Plus or not): its references are faces' ArcFace embeddings."""
         return self.kind != IMAGE
+
+    @property
+    def identity_net(self) -> Path | None:
+        """An InstantID's IdentityNet folder (a diffusers ``ControlNetModel``); None for the other kinds."""
+        return self.weights.parent / IDENTITY_NET if self.kind == INSTANTID else None
 
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"image_proj": ..., "ip_adapter": ...}`` as ``load_ip_adapter`` reads the weights file."""
@@ -282,6 +290,30 @@ def load_into_unet(unet, folders: list[IpAdapterFolder]) -> tuple[tuple[str, ...
     unet.ip_inputs = inputs
     projections = unet.encoder_hid_proj.image_projection_layers
     return layers, tuple(not isinstance(projection, ImageProjection) for projection in projections)
+
+
+def face_projection(folder: IpAdapterFolder, dtype: torch.dtype) -> torch.nn.Module:
+    """An InstantID's resampler (face embedding -> tokens), as ``load_ip_adapter`` makes it from the weights."""
+    from diffusers import UNet2DConditionModel
+
+    convert = UNet2DConditionModel._convert_ip_adapter_image_proj_to_diffusers  # reads no UNet state
+    return convert(None, folder.state_dict()["image_proj"], low_cpu_mem_usage=False).to(dtype).eval()
+
+
+class IdentityNetModule(torch.nn.Module):
+    """InstantID's IdentityNet as one engine: the face's tokens made by the adapter's resampler, then the ControlNet.
+
+    In: a ControlNet engine's inputs with ``face_embeds`` (``[rows, 1, width]``) where the prompt's states were: its
+    pipeline feeds the ControlNet the face's tokens (``encoder_hidden_states=prompt_image_emb``), not the prompt's.
+    """
+
+    def __init__(self, projection: torch.nn.Module, controlnet: torch.nn.Module) -> None:
+        super().__init__()
+        self.projection, self.controlnet = projection, controlnet
+
+    def forward(self, sample, timestep, face_embeds, *rest):
+        """The residuals, steered by the face's tokens and its drawn landmarks."""
+        return self.controlnet(sample, timestep, self.projection(face_embeds), *rest)
 
 
 class ImageEncoderModule(torch.nn.Module):

@@ -8,6 +8,8 @@
   (``image_proj.*`` and ``ip_adapter.<n>.to_k_ip.weight`` ...) and an ``image_encoder/`` CLIP vision model.
 * :func:`make_faceid_adapter`: an IP-Adapter FaceID as h94 ships it: one ``.bin`` (its face projection, its
   ``to_k_ip``/``to_v_ip`` and its LoRA) and no image encoder.
+* :func:`make_instantid`: an InstantID as InstantX ships it: ``ip-adapter.bin`` (a resampler over the face embedding,
+  its ``to_k_ip``/``to_v_ip``) beside ``ControlNetModel/``, its IdentityNet.
 
 Tests, the adapter benchmark and ``easel random-adapter`` make their adapters here.
 """
@@ -19,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from serve.adapters.ip_adapter import IDENTITY_NET
 from serve.text_to_image.families import family_of_folder
 
 logger = logging.getLogger(__name__)
@@ -250,11 +253,16 @@ def _random_image_encoder(folder: Path, image_size: int) -> int:
 
 
 def _perceiver_resampler(width: int, hidden: int, depth: int = 4) -> dict:
-    """FaceID Plus's ``perceiver_resampler`` in h94's keys, beside the face's feed-forward FaceID has already.
+    """FaceID Plus's ``perceiver_resampler`` in h94's keys, beside the face's feed-forward FaceID has already."""
+    return {f"perceiver_resampler.{key}": value for key, value in _resampler(width, hidden, depth).items()}
 
-    ``depth`` blocks of one 64-wide head, its tokens ``width`` wide, over the encoder's ``hidden``-wide states.
+
+def _resampler(width: int, hidden: int, depth: int = 4, output: int | None = None) -> dict:
+    """A resampler in IP-Adapter's keys, its tokens ``width`` wide over ``hidden``-wide inputs.
+
+    ``depth`` blocks of one 64-wide head; out ``output`` wide (default ``width``).
     """
-    inner = 64
+    inner, output = 64, output or width
 
     def linear(rows: int, cols: int) -> torch.Tensor:
         return torch.randn(rows, cols) / cols**0.5
@@ -262,10 +270,10 @@ def _perceiver_resampler(width: int, hidden: int, depth: int = 4) -> dict:
     resampler = {
         "proj_in.weight": linear(width, hidden),
         "proj_in.bias": 0.1 * torch.randn(width),
-        "proj_out.weight": linear(width, width),
-        "proj_out.bias": 0.1 * torch.randn(width),
-        "norm_out.weight": 1 + 0.1 * torch.randn(width),
-        "norm_out.bias": 0.1 * torch.randn(width),
+        "proj_out.weight": linear(output, width),
+        "proj_out.bias": 0.1 * torch.randn(output),
+        "norm_out.weight": 1 + 0.1 * torch.randn(output),
+        "norm_out.bias": 0.1 * torch.randn(output),
     }
     for i in range(depth):
         for norm in ("0.norm1", "0.norm2", "1.0"):
@@ -276,4 +284,35 @@ def _perceiver_resampler(width: int, hidden: int, depth: int = 4) -> dict:
         resampler[f"layers.{i}.0.to_out.weight"] = linear(width, inner)
         resampler[f"layers.{i}.1.1.weight"] = linear(width * 4, width)
         resampler[f"layers.{i}.1.3.weight"] = linear(width, width * 4)
-    return {f"perceiver_resampler.{key}": value for key, value in resampler.items()}
+    return resampler
+
+
+INSTANTID_WEIGHTS = "ip-adapter.bin"
+
+
+def make_instantid(model_dir: Path, out_dir: Path, seed: int = 0, face_dim: int = 512, tokens: int = 16) -> Path:
+    """Write a random InstantID in InstantX's layout: ``ip-adapter.bin`` beside ``ControlNetModel/``.
+
+    ``image_proj``: a resampler reading the face embedding as one token (``latents``: ``tokens`` queries, 64 wide),
+    out as wide as the UNet's cross-attention; ``ip_adapter``: each cross-attention's ``to_k_ip``/``to_v_ip``;
+    ``ControlNetModel``: its IdentityNet, a random ControlNet of the model's UNet (:func:`make_controlnet`).
+    """
+    from diffusers import UNet2DConditionModel
+
+    from build_engines.text_to_image.random_controls import make_controlnet
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    cross, hidden = unet.config.cross_attention_dim, 64
+    proj = {"latents": torch.randn(1, tokens, hidden) / hidden**0.5} | _resampler(hidden, face_dim, output=cross)
+    ip = {}
+    for key_id, name in enumerate(unet.attn_processors):
+        if not name.endswith("attn1.processor"):
+            shape = unet.get_submodule(name.removesuffix(".processor")).to_k.weight.shape
+            for part in ("to_k_ip", "to_v_ip"):
+                ip[f"{key_id}.{part}.weight"] = torch.randn(shape) / cross**0.5
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / INSTANTID_WEIGHTS)
+    make_controlnet(model_dir, out_dir / IDENTITY_NET, seed=seed + 1)
+    logger.info("random InstantID for %s written to %s", model_dir, out_dir)
+    return out_dir

@@ -29,9 +29,14 @@ IP_MASK = "ip_mask_{}"  # [adapter, reference, h, w]: the masks downsampled to r
 MAX_REFERENCES = 4
 """References one adapter takes per request (the UNet's inputs are padded to it)."""
 IMAGE, FACEID, FACEID_PLUS, FACEID_PLUSV2 = "image", "faceid", "faceid_plus", "faceid_plusv2"
-KINDS = (IMAGE, FACEID, FACEID_PLUS, FACEID_PLUSV2)
-"""What an adapter reads: an image's CLIP embeddings (IP-Adapter, Plus), a face's ArcFace embedding (FaceID), or
-both the face's embedding and the aligned face's CLIP hidden states (FaceID Plus; v2 adds its tokens' shortcut)."""
+INSTANTID = "instantid"
+KINDS = (IMAGE, FACEID, FACEID_PLUS, FACEID_PLUSV2, INSTANTID)
+"""What an adapter reads: an image's CLIP embeddings (IP-Adapter, Plus), a face's ArcFace embedding (FaceID), both
+the face's embedding and the aligned face's CLIP hidden states (FaceID Plus; v2 adds its tokens' shortcut), or the
+face's embedding as one token of a resampler whose tokens its IdentityNet reads too, beside the face's landmarks
+drawn (InstantID)."""
+IDENTITY_NET = "ControlNetModel"
+"""An InstantID folder's IdentityNet: a ControlNet reading the face's tokens and its drawn landmarks (InstantX's)."""
 FACE_CROP = 224
 """The side FaceID Plus's aligned face is cropped at (InsightFace's ``norm_crop(..., image_size=224)``)."""
 
@@ -83,6 +88,10 @@ class IpAdapterInfo:
     def reads_faces(self, index: int) -> bool:
         """Whether adapter ``index`` is an IP-Adapter FaceID (Plus or not): its references are faces."""
         return self.kind(index) != IMAGE
+
+    def reads_landmarks(self, index: int) -> bool:
+        """Whether adapter ``index`` is an InstantID: its IdentityNet reads the face's landmarks, drawn."""
+        return self.kind(index) == INSTANTID
 
     def reads_face_states(self, index: int) -> bool:
         """Whether adapter ``index`` is a FaceID Plus: it reads the aligned face's encoder states too."""

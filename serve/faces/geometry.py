@@ -135,3 +135,30 @@ def similarity(source: np.ndarray, target: np.ndarray) -> np.ndarray:
 def aligned_face(pixels: np.ndarray, landmarks: np.ndarray, side: int) -> np.ndarray:
     """The face at ``landmarks`` cut out and aligned as ArcFace was trained: ``side`` x ``side`` x 3 ``uint8``."""
     return cv2.warpAffine(pixels, alignment(landmarks, side), (side, side), borderValue=0.0)
+
+
+KEYPOINT_COLOURS = ((255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (255, 0, 255))
+"""InstantID's colour per landmark (eyes, nose tip, mouth corners), RGB."""
+LIMBS = ((0, 2), (1, 2), (3, 2), (4, 2))
+"""The landmarks InstantID joins by a stick: each eye and mouth corner to the nose tip."""
+
+
+def keypoints_drawing(landmarks: np.ndarray, width: int, height: int) -> np.ndarray:
+    """A face's 5 ``landmarks`` drawn as InstantID's ``draw_kps`` draws them (its IdentityNet was trained on these).
+
+    On a black ``width`` x ``height`` canvas: a stick 4 px thick from each eye and mouth corner to the nose tip in
+    the first point's colour, dimmed to 60 %, then a dot of radius 10 at each landmark. RGB ``uint8``.
+    """
+    canvas = np.zeros((height, width, 3), np.float64)
+    points = np.asarray(landmarks)  # in their own dtype (InsightFace's float32), as InstantID reads them
+    for start, end in LIMBS:
+        (x0, y0), (x1, y1) = points[start], points[end]
+        length = ((x0 - x1) ** 2 + (y0 - y1) ** 2) ** 0.5
+        angle = int(np.degrees(np.arctan2(y0 - y1, x0 - x1)))
+        centre = (int((x0 + x1) / 2), int((y0 + y1) / 2))
+        polygon = cv2.ellipse2Poly(centre, (int(length / 2), 4), angle, 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, KEYPOINT_COLOURS[start])
+    canvas = (canvas * 0.6).astype(np.uint8)
+    for (x, y), colour in zip(points, KEYPOINT_COLOURS, strict=True):
+        cv2.circle(canvas, (int(x), int(y)), 10, colour, -1)
+    return canvas

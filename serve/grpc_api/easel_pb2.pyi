@@ -77,20 +77,24 @@ class GenerateRequest(_message.Message):
     def __init__(self, prompt: _Optional[str] = ..., negative_prompt: _Optional[str] = ..., size: _Optional[str] = ..., n: _Optional[int] = ..., num_inference_steps: _Optional[int] = ..., guidance_scale: _Optional[float] = ..., seed: _Optional[int] = ..., scheduler: _Optional[str] = ..., output_format: _Optional[str] = ..., vectorize_tier: _Optional[str] = ..., priority: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., ip_adapter_image: _Optional[bytes] = ..., ip_adapter_scale: _Optional[float] = ..., ip_adapter_scale_json: _Optional[str] = ..., image: _Optional[_Iterable[bytes]] = ..., mask: _Optional[bytes] = ..., strength: _Optional[float] = ..., outpaint: _Optional[_Union[Outpaint, _Mapping]] = ..., controlnets: _Optional[_Iterable[_Union[ControlNet, _Mapping]]] = ..., guidance_cutoff: _Optional[float] = ..., cache_interval: _Optional[int] = ..., model: _Optional[str] = ..., user: _Optional[str] = ..., approximate_cache: _Optional[bool] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapter, _Mapping]]] = ..., response_format: _Optional[str] = ..., output_compression: _Optional[int] = ..., metadata: _Optional[str] = ..., prompts: _Optional[_Iterable[_Union[Prompt, _Mapping]]] = ..., character: _Optional[_Union[Character, _Mapping]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ...) -> None: ...
 
 class Identity(_message.Message):
-    __slots__ = ("image", "face", "character", "embedding", "strength", "adapter")
+    __slots__ = ("image", "face", "character", "embedding", "strength", "adapter", "pose_strength", "keypoints")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FACE_FIELD_NUMBER: _ClassVar[int]
     CHARACTER_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     STRENGTH_FIELD_NUMBER: _ClassVar[int]
     ADAPTER_FIELD_NUMBER: _ClassVar[int]
+    POSE_STRENGTH_FIELD_NUMBER: _ClassVar[int]
+    KEYPOINTS_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     face: str
     character: str
     embedding: _containers.RepeatedScalarFieldContainer[float]
     strength: float
     adapter: str
-    def __init__(self, image: _Optional[bytes] = ..., face: _Optional[str] = ..., character: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., strength: _Optional[float] = ..., adapter: _Optional[str] = ...) -> None: ...
+    pose_strength: float
+    keypoints: bytes
+    def __init__(self, image: _Optional[bytes] = ..., face: _Optional[str] = ..., character: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., strength: _Optional[float] = ..., adapter: _Optional[str] = ..., pose_strength: _Optional[float] = ..., keypoints: _Optional[bytes] = ...) -> None: ...
 
 class Character(_message.Message):
     __slots__ = ("name", "scale")

@@ -83,8 +83,7 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
         if part in body:
             body[part] = fields(body[part])
     identity = body.get("identity", {})
-    if "image" in identity:
-        identity["image"] = _base64(identity["image"])
+    identity |= {name: _base64(identity[name]) for name in ("image", "keypoints") if name in identity}
     if "embedding" in identity:
         identity["embedding"] = list(identity["embedding"])
     if "outpaint" in body:

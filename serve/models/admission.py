@@ -139,8 +139,14 @@ def optional_engine(name: str) -> bool:
 
 
 def engines_used(request, inpainting: bool) -> list[str]:
-    """The optional engines ``request`` uses: its ControlNets', the VAE encoder for images in (or ``inpainting``)."""
+    """The optional engines ``request`` uses: its ControlNets' (an InstantID's IdentityNet too), the VAE encoder.
+
+    The VAE encoder for images in (or ``inpainting``).
+    """
     uses = [f"{CONTROLNET_PREFIX}{control.name}" for control in request.controlnets]
+    identity = getattr(request, "identity", None)
+    if identity is not None and identity.keypoints is not None:  # an InstantID: its IdentityNet
+        uses.append(f"{CONTROLNET_PREFIX}{identity.adapter}")
     return [*uses, VAE_ENCODER] if request.image or inpainting else uses
 
 

@@ -75,10 +75,11 @@ MAX_EMBEDDING = 2048
 
 
 class IdentityChoice(BaseModel):
-    """The face a generation keeps (``identity``): an IP-Adapter FaceID's reference, drawn with its LoRA.
+    """The face a generation keeps (``identity``): an IP-Adapter FaceID's or an InstantID's reference.
 
-    One of ``image`` (its face found and embedded by the stack's face models), ``character`` (the face kept with it)
-    or ``embedding`` (as ``POST /v1/faces/analyze`` answers one). At admission the first two become the third.
+    A FaceID draws with its LoRA; an InstantID's IdentityNet reads the face's landmarks drawn (``keypoints``). One of
+    ``image`` (its face found and embedded by the stack's face models), ``character`` (the face kept with it) or
+    ``embedding`` (as ``POST /v1/faces/analyze`` answers one). At admission the first two become the third.
     """
 
     model_config = ConfigDict(
@@ -107,12 +108,20 @@ class IdentityChoice(BaseModel):
         description="With embedding, for a FaceID Plus: the face aligned as InsightFace's norm_crop at 224 px "
         "(base64 PNG), whose CLIP hidden states it reads too; made from image at admission.",
     )
-    strength: float = Field(1.0, ge=0, le=MAX_IP_SCALE, description="The face's weight (the FaceID's IP scale).")
+    keypoints: Base64Image | None = Field(
+        None,
+        description="For an InstantID: the face's five landmarks drawn as InstantID draws them (base64 PNG), what its "
+        "IdentityNet reads; drawn from image at admission. Sent (with any of the three), the pose of another face.",
+    )
+    strength: float = Field(1.0, ge=0, le=MAX_IP_SCALE, description="The face's weight (the adapter's IP scale).")
+    pose_strength: float = Field(
+        1.0, ge=0, le=2, description="For an InstantID: its IdentityNet's conditioning scale (InstantX use 0.8)."
+    )
     adapter: str | None = Field(
-        None, min_length=1, max_length=64, description="The model's IP-Adapter FaceID (absent: its first)."
+        None, min_length=1, max_length=64, description="The model's IP-Adapter FaceID or InstantID (absent: its first)."
     )
 
-    @field_validator("image", "aligned_face")
+    @field_validator("image", "aligned_face", "keypoints")
     @classmethod
     def _base64(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else checked_base64(value, info.field_name)

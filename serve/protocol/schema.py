@@ -376,8 +376,8 @@ class GenerationRequest(PromptBatch, Delivery, BestOf):
 
     @property
     def passes(self) -> int:
-        """UNet-sized engine calls per step: the UNet and each ControlNet."""
-        return 1 + len(self.controlnets)
+        """UNet-sized engine calls per step: the UNet, each ControlNet and an InstantID's IdentityNet."""
+        return 1 + len(self.controlnets) + bool(self.identity and self.identity.keypoints)
 
     def images_hashed(self) -> dict:
         """The request as JSON with each image replaced by its content's SHA-256 (an image's record keeps it)."""

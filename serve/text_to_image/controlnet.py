@@ -5,7 +5,9 @@
 without control), so requests with different ControlNets, scales or none still share UNet executions. A folder that
 does not fit (made for another family, another UNet) is listed with why, and naming it is a 400. Several ControlNets
 in one request add up their residuals, as diffusers' ``MultiControlNetModel`` does; ``start`` and ``end`` are its
-``control_guidance_start`` / ``control_guidance_end``.
+``control_guidance_start`` / ``control_guidance_end``. An InstantID's IdentityNet (``--ip-adapter MODEL:NAME=DIR`` of
+InstantX's layout) is a ControlNet ``NAME`` that reads the face's embedding where the others read the prompt; a
+request reaches it through ``identity``, never by name.
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ import numpy as np
 
 from serve.errors import InvalidInput
 from serve.text_to_image.generation import Control, Generation
-from serve.text_to_image.spec import CONTROLNET_PREFIX, RESIDUAL_PREFIX, UNET, controlnet_spec, residual_inputs
+from serve.text_to_image.spec import (
+    CONTROLNET_PREFIX,
+    FACE_EMBEDS,
+    RESIDUAL_PREFIX,
+    UNET,
+    controlnet_spec,
+    residual_inputs,
+)
 from serve.triton.spec import EngineRunner, ModelSpec
 
 if TYPE_CHECKING:
@@ -63,10 +72,12 @@ class ControlNetEntry:
     status: str = READY
     family: str | None = None  # the model family it was made for, where known
     error: str | None = None
+    face: int = 0  # an InstantID's IdentityNet: the face embedding's width it reads (0: it reads the prompt)
 
     def public(self) -> dict:
         """Its ``GET /v1/controlnets`` entry."""
         entry = {"name": self.name, "status": self.status, "family": self.family}
+        entry |= {"identity": True} if self.face else {}
         return entry | ({"error": self.error} if self.error else {})
 
 
@@ -104,7 +115,8 @@ class ControlNetSupport:
         unet = specs[UNET]
         specs = {**specs, UNET: dataclasses.replace(unet, inputs=(*unet.inputs, *residual_inputs(dims.residuals)))}
         for name in self.ready:
-            spec = controlnet_spec(name, plain_unet, dims.latent_channels, dims.vae_scale_factor, dims.residuals)
+            face = self.get(name).face
+            spec = controlnet_spec(name, plain_unet, dims.latent_channels, dims.vae_scale_factor, dims.residuals, face)
             specs[spec.name] = spec
         return specs
 
@@ -122,6 +134,9 @@ class ControlNetSupport:
                 raise InvalidInput(f"{field}: unknown ControlNet {choice.name!r} (ready: {ready})", field)
             if entry.status != READY:
                 raise InvalidInput(f"{field}: ControlNet {choice.name!r} cannot be served: {entry.error}", field)
+            if entry.face:
+                why = f"{choice.name!r} is InstantID's IdentityNet: send a face as identity"
+                raise InvalidInput(f"{field}: {why}", field)
 
 
 def control_weight(control: Control, index: int, total: int) -> float:
@@ -153,6 +168,7 @@ class JobControls:
         self.images = [
             np.concatenate([image.repeat_interleave(job.sampling.n, dim=0).numpy()] * factor) for image in images
         ]
+        self.faces = [None if c.face is None else _face_rows(c.face, job.sampling.n, guided) for c in self.controls]
         self._zeros: dict[str, np.ndarray] | None = None
 
     async def residuals(
@@ -169,8 +185,8 @@ class JobControls:
             return {}
         weights = [control_weight(control, index, total) for control in self.controls]
         calls = [
-            self._run(engines, control, image, weight, model_input, timestep, conditioning)
-            for control, image, weight in zip(self.controls, self.images, weights, strict=True)
+            self._run(engines, control, image, face, weight, model_input, timestep, conditioning)
+            for control, image, face, weight in zip(self.controls, self.images, self.faces, weights, strict=True)
             if weight != 0.0  # a ControlNet off at this step adds exactly nothing
         ]
         if not calls:
@@ -182,10 +198,12 @@ class JobControls:
                 total_residuals[name] = total_residuals[name] + residual
         return total_residuals
 
-    async def _run(self, engines, control, image, weight, model_input, timestep, conditioning) -> dict:
+    async def _run(self, engines, control, image, face, weight, model_input, timestep, conditioning) -> dict:
         spec = self.specs[f"{CONTROLNET_PREFIX}{control.name}"]
         taken = {t.name for t in spec.inputs}
         inputs = {name: rows for name, rows in conditioning.items() if name in taken}
+        if face is not None:  # an IdentityNet: the face's rows where a ControlNet reads the prompt's
+            inputs[FACE_EMBEDS] = _on_device(face, model_input)
         rows = len(model_input)
         inputs |= {
             "sample": model_input,
@@ -211,3 +229,21 @@ class JobControls:
             else:
                 self._zeros = {name: np.zeros(shape, np.float32) for name, shape in shapes.items()}
         return self._zeros
+
+
+def _face_rows(face: tuple[float, ...], n: int, guided: bool) -> np.ndarray:
+    """An IdentityNet's ``face_embeds`` rows, ``[rows, 1, width]``.
+
+    Zeros for the negative's (as InstantID's pipeline), the face for each image's.
+    """
+    rows = np.repeat(np.asarray(face, np.float32)[None, None], n, axis=0)
+    return np.concatenate([np.zeros_like(rows), rows]) if guided else rows
+
+
+def _on_device(rows: np.ndarray, model_input):
+    """``rows`` where ``model_input`` is: on its GPU for the loop inside Triton, else as they are."""
+    if not getattr(model_input, "is_cuda", False):
+        return rows
+    import torch
+
+    return torch.from_numpy(rows).to(model_input.device)

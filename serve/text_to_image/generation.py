@@ -19,7 +19,8 @@ from serve.protocol.ip_scale import ip_choices
 class Control:
     """One ControlNet of a job: its name, control image (RGB uint8, any size), scale, and the steps it guides.
 
-    ``start`` and ``end`` are diffusers' ``control_guidance_start`` / ``control_guidance_end``.
+    ``start`` and ``end`` are diffusers' ``control_guidance_start`` / ``control_guidance_end``; ``face``: the face
+    embedding an InstantID's IdentityNet reads (its image the face's landmarks drawn; None: a ControlNet).
     """
 
     name: str
@@ -27,6 +28,7 @@ class Control:
     scale: float = 1.0
     start: float = 0.0
     end: float = 1.0
+    face: tuple[float, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,10 @@ class ImageSources:
         )
         mask = None if self.mask is None else content_digest(self.mask)
         identity = self.identity
-        if identity is not None and identity.aligned_face is not None:
-            identity = identity.model_copy(update={"aligned_face": content_digest(identity.aligned_face)})
+        if identity is not None:
+            pictures = {name: getattr(identity, name) for name in ("aligned_face", "keypoints")}
+            digests = {name: content_digest(text) for name, text in pictures.items() if text is not None}
+            identity = identity.model_copy(update=digests)
         images = tuple(content_digest(image) for image in self.images)
         return ImageSources(images, mask, self.outpaint, controls, ip, identity)
 
@@ -232,7 +234,7 @@ def ip_references(sources: ImageSources, width: int, height: int, adapters, stor
             masks = preprocessed_masks(pixels, height, width)
         found.append(IpReferences(index, tuple(images), tuple(embeds), choice.scale, masks))
     identity = sources.identity
-    if identity is not None:  # admitted: its FaceID named, its face an embedding (and a FaceID Plus's aligned face)
+    if identity is not None:  # admitted: its adapter named, its face an embedding (and a FaceID Plus's aligned face)
         face, crop = np.asarray(identity.embedding, np.float32)[None], identity.aligned_face
         aligned = () if crop is None else (decode_base64(crop, "identity.aligned_face"),)
         found.append(IpReferences(info.names.index(identity.adapter), aligned, (face,), identity.strength))
@@ -261,4 +263,8 @@ def decode_images(sources: ImageSources, width: int, height: int) -> RequestImag
         if choice.preprocess == "canny":
             pixels = canny(pixels, choice.low_threshold, choice.high_threshold)
         controls.append(Control(choice.name, pixels, choice.scale, choice.start, choice.end))
+    identity = sources.identity
+    if identity is not None and identity.keypoints is not None:  # an InstantID's: its IdentityNet reads them
+        pixels = decode_base64(identity.keypoints, "identity.keypoints")
+        controls.append(Control(identity.adapter, pixels, identity.pose_strength, face=tuple(identity.embedding)))
     return RequestImages(width, height, tuple(images), mask, tuple(controls))

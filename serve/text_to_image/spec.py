@@ -23,6 +23,8 @@ VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 CONTROLNET_PREFIX = "controlnet_"
 """A ControlNet's engine is ``controlnet_<name>`` (``easel up --controlnet NAME=DIR``)."""
+FACE_EMBEDS = "face_embeds"
+"""An InstantID IdentityNet's input where a ControlNet takes the prompt's states: each row's face embedding."""
 RESIDUAL_PREFIX = "residual_"
 """A ControlNet's outputs, a ControlNet-ready UNet's inputs: ``residual_down_<i>``, then ``residual_mid``."""
 # Every engine name some family uses: a build removes the ones its family does not use from the model repository
@@ -174,13 +176,19 @@ def residual_inputs(residuals) -> tuple[TensorSpec, ...]:
     )
 
 
-def controlnet_spec(name: str, unet: ModelSpec, latent_channels: int, vae_scale_factor: int, residuals) -> ModelSpec:
+def controlnet_spec(
+    name: str, unet: ModelSpec, latent_channels: int, vae_scale_factor: int, residuals, face: int = 0
+) -> ModelSpec:
     """ControlNet ``name``'s engine; its residuals out.
 
     In: the latents, timestep and conditioning of ``unet`` (a plain UNet's spec), the control image (``[0, 1]``, at
-    the image's size) and a per-row scale.
+    the image's size) and a per-row scale. ``face``: an InstantID's IdentityNet, which takes each row's face
+    embedding (``face`` wide, :data:`FACE_EMBEDS`) in place of the prompt's states.
     """
     conditioning = tuple(t for t in unet.inputs if t.name not in ("sample", "timestep"))
+    if face:
+        own = TensorSpec(FACE_EMBEDS, "float32", (1, face))
+        conditioning = tuple(own if t.name == "encoder_hidden_states" else t for t in conditioning)
     return ModelSpec(
         name=f"{CONTROLNET_PREFIX}{name}",
         inputs=(

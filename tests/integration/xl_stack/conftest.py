@@ -2,7 +2,8 @@
 
 import pytest
 
-from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_ip_adapter, make_lora
+from build_engines.faces.random_pack import random_face_pack
+from build_engines.text_to_image.random_adapters import make_faceid_adapter, make_instantid, make_ip_adapter, make_lora
 from serve.names import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
 from tests.adapters import make_adapters
@@ -30,6 +31,12 @@ def faceid(tiny_xl_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="package")
+def instantid(tiny_xl_model, tmp_path_factory):
+    """A random InstantID of the tiny-xl (InstantX's layout), served as ``instantid``."""
+    return make_instantid(tiny_xl_model, tmp_path_factory.mktemp("instantid-xl"), seed=11)
+
+
+@pytest.fixture(scope="package")
 def default_loras(default_model, tmp_path_factory):
     """The embedded SD's own LoRA folder: one SD LoRA, ``sd-style``."""
     folder = tmp_path_factory.mktemp("loras-sd")
@@ -43,15 +50,16 @@ def stack(
     adapters,
     face_adapter,
     faceid,
+    instantid,
     default_loras,
     controlnet_dirs,
     inpaint_model,
     xl_inpaint_model,
     tmp_path_factory,
 ):
-    """``xl`` (default) with LoRAs, two IP-Adapters, a FaceID and the ControlNets ``edges`` and ``depth`` (and
-    ``sd``, made for SD: refused); the embedded SD with a LoRA; the inpainting checkpoints ``sd`` and ``sdxl``. No
-    result cache: tests send the same seeded requests alone and together."""
+    """``xl`` (default) with LoRAs, two IP-Adapters, a FaceID, an InstantID and the ControlNets ``edges`` and
+    ``depth`` (and ``sd``, made for SD: refused); the embedded SD with a LoRA; the inpainting checkpoints ``sd`` and
+    ``sdxl``; face models. No result cache: tests send the same seeded requests alone and together."""
     options = StackOptions(
         port=0,
         dashboard=False,
@@ -60,7 +68,13 @@ def stack(
         run_dir=tmp_path_factory.mktemp("run"),
         cache_bytes=0,
         loras_dir={XL: adapters.loras, DEFAULT_MODEL: default_loras},  # --loras xl=DIR --loras easel-default=DIR
-        ip_adapters={f"{XL}:ip": adapters.ip_adapter, f"{XL}:face": face_adapter, f"{XL}:faceid": faceid},
+        ip_adapters={
+            f"{XL}:ip": adapters.ip_adapter,
+            f"{XL}:face": face_adapter,
+            f"{XL}:faceid": faceid,
+            f"{XL}:instantid": instantid,
+        },
+        faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),
         controlnets={f"{XL}:{name}": folder for name, folder in controlnet_dirs.for_sdxl.items()},
     )
     with Stack(options) as stack:

@@ -62,8 +62,8 @@ def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
             path,
             ("identity", "identity.adapter"),
             "IP-Adapter FaceID",
-            "a model served with an IP-Adapter FaceID (`easel up --ip-adapter MODEL:NAME=DIR` of h94's FaceID layout); "
-            "`adapter`, when given, one of its FaceIDs",
+            "a model served with an IP-Adapter FaceID or InstantID (`easel up --ip-adapter MODEL:NAME=DIR` of h94's "
+            "FaceID layout or InstantX's); `adapter`, when given, one of them",
             "the IP-Adapters are the stack's, `easel up --ip-adapter NAME=DIR`",
         ),
         UnstatedLimit(
@@ -95,6 +95,15 @@ def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
         UnstatedLimit(
             "post",
             path,
+            ("identity.keypoints",),
+            "identity.keypoints: ",
+            "for an InstantID only: the face's landmarks drawn, a picture that decodes, drawn from `image` or sent with "
+            "the embedding or character",
+            f"{BY_DECODING}; which adapters are InstantIDs is the stack's",
+        ),
+        UnstatedLimit(
+            "post",
+            path,
             ("identity.character",),
             "identity.character: ",
             "a character of the key's (GET /v1/characters) made where the stack served face models",
@@ -105,8 +114,8 @@ def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
             path,
             ("identity.embedding",),
             "identity.embedding: ",
-            "as many finite values as the FaceID takes (ArcFace's 512), not all 0",
-            "the FaceID's width is the stack's engines'",
+            "as many finite values as the adapter takes (ArcFace's 512), not all 0",
+            "the adapter's width is the stack's engines'",
         ),
     )
 

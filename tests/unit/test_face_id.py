@@ -1,16 +1,30 @@
-"""IP-Adapter FaceID at build time and in the request: h94's layout read, its LoRA keyed as diffusers loads it, and
-``identity``'s shape. Its images against diffusers: ``tests/integration/test_adapters.py`` and the SDXL stack's."""
+"""IP-Adapter FaceID and InstantID at build time and in the request: h94's and InstantX's layouts read, FaceID's LoRA
+keyed as diffusers loads it, InstantID's IdentityNet and landmarks, and ``identity``'s shape. Their images against
+diffusers: ``tests/integration/test_adapters.py`` and the SDXL stack's."""
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
 from pydantic import ValidationError
 
-from build_engines.text_to_image.adapters import AdapterBuild, ip_info
+from build_engines.text_to_image.adapters import AdapterBuild, identity_nets, ip_info
+from build_engines.text_to_image.controlnets import controlnet_support
 from build_engines.text_to_image.ip_adapter import IpAdapterError, IpAdapterFolder
-from build_engines.text_to_image.random_adapters import FACEID_PLUSV2_WEIGHTS, make_faceid_adapter, make_ip_adapter
-from serve.adapters.ip_adapter import IP_CLIP, face_lora
+from build_engines.text_to_image.random_adapters import (
+    FACEID_PLUSV2_WEIGHTS,
+    make_faceid_adapter,
+    make_instantid,
+    make_ip_adapter,
+)
+from serve.adapters.ip_adapter import IDENTITY_NET, IP_CLIP, face_lora
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import ip_inputs
+from serve.faces.geometry import keypoints_drawing
 from serve.protocol.schema import GenerationRequest
+from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.spec import CONTROLNET_PREFIX, FACE_EMBEDS, UNET
+from tests.instantid import draw_kps
 
 FACE = [0.5] * 512
 
@@ -80,3 +94,65 @@ def test_a_faceid_plus_v2_reads_the_encoder_s_states_of_the_face_beside_its_embe
     image = make_ip_adapter(default_model, tmp_path / "ip")  # read by image embeddings: one encoder output for all
     with pytest.raises(IpAdapterError, match="cannot be mixed"):
         ip_info(AdapterBuild(lora=True, ip_adapters={"ip": image, "plus": plus}), default_model)
+
+
+@pytest.fixture(scope="module")
+def instantid(tiny_xl_model, tmp_path_factory):
+    return make_instantid(tiny_xl_model, tmp_path_factory.mktemp("instantid"), seed=2)
+
+
+def test_an_instantid_folder_reads_the_face_as_one_token_and_its_identitynet_is_a_controlnet_reading_it(
+    tiny_xl_model, instantid
+):
+    folder = IpAdapterFolder.read(instantid)
+    assert (folder.kind, folder.image_encoder, folder.identity_net) == ("instantid", None, instantid / IDENTITY_NET)
+    assert folder.lora([]) == {}  # no LoRA ships with it
+    build = AdapterBuild(lora=True, ip_adapters={"iid": instantid})
+    info = ip_info(build, tiny_xl_model)
+    assert info.kinds == ("instantid",) and info.embeds_shapes == ((1, 512),) and info.encoder_shape is None
+    assert info.face_adapter(None) == 0 and info.reads_landmarks(0) and not info.reads_face_states(0)
+    family = family_of_folder(tiny_xl_model)
+    support = controlnet_support(family, tiny_xl_model, {}, identity_nets(build))
+    assert [(entry.name, entry.face) for entry in support.entries] == [("iid", 512)]
+    assert support.listing() == [{"name": "iid", "status": "ready", "family": "sdxl", "identity": True}]
+    spec = support.specs(family.specs, family.specs[UNET], family.dims)[f"{CONTROLNET_PREFIX}iid"]
+    names = [tensor.name for tensor in spec.inputs]
+    assert FACE_EMBEDS in names and "encoder_hidden_states" not in names and "text_embeds" in names
+    assert next(t for t in spec.inputs if t.name == FACE_EMBEDS).dims == (1, 512)
+    with pytest.raises(IpAdapterError, match="IdentityNet is a ControlNet of its name"):
+        controlnet_support(family, tiny_xl_model, {"iid": instantid / IDENTITY_NET}, identity_nets(build))
+
+
+def test_the_identitynet_module_feeds_the_controlnet_the_face_s_resampled_tokens(tiny_xl_model, instantid):
+    from build_engines.text_to_image.ip_adapter import IdentityNetModule, face_projection
+
+    folder = IpAdapterFolder.read(instantid)
+    projection = face_projection(folder, torch.float32)
+    face = torch.randn(2, 1, 512)
+    tokens = projection(face)
+    assert tokens.shape[:2] == (2, 16)
+    seen = {}
+
+    class Recording(torch.nn.Module):
+        def forward(self, sample, timestep, states, *rest):
+            seen["states"] = states
+            return (sample,)
+
+    IdentityNetModule(projection, Recording())(torch.zeros(2, 4, 8, 8), torch.zeros(2), face)
+    assert torch.equal(seen["states"], tokens)
+
+
+def test_the_landmarks_are_drawn_pixel_for_pixel_as_instantid_draws_them():
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        width, height = (int(v) for v in rng.integers(40, 240, 2))
+        landmarks = rng.uniform(-10, 250, (5, 2)).astype(np.float32)  # InsightFace's dtype; some off the canvas
+        expected = np.asarray(draw_kps(Image.new("RGB", (width, height)), landmarks))
+        assert np.array_equal(keypoints_drawing(landmarks, width, height), expected)
+
+
+def test_an_identity_takes_keypoints_and_a_pose_strength_within_bounds():
+    identity = GenerationRequest(prompt="x", identity={"embedding": FACE, "keypoints": "iVBORw0KGgo="}).identity
+    assert identity.pose_strength == 1.0 and identity.keypoints
+    with pytest.raises(ValidationError):
+        GenerationRequest(prompt="x", identity={"embedding": FACE, "pose_strength": 2.5})

@@ -27,7 +27,14 @@ from tests.integration.conftest import GENERATE, decode_images
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
 
-BODY = {"prompt": "a portrait", "seed": 5, "num_inference_steps": 6, "size": "128x96", "guidance_scale": 5.0}
+BODY = {
+    "prompt": "a portrait",
+    "seed": 5,
+    "num_inference_steps": 6,
+    "size": "128x96",
+    "scheduler": "euler",
+    "guidance_scale": 5.0,
+}
 PIXELS = drawn_faces([(160, 120, 60)], seed=9)
 PICTURE = base64.b64encode(encode(Image.fromarray(PIXELS))).decode()
 

@@ -313,6 +313,6 @@ def make_instantid(model_dir: Path, out_dir: Path, seed: int = 0, face_dim: int 
                 ip[f"{key_id}.{part}.weight"] = torch.randn(shape) / cross**0.5
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"image_proj": proj, "ip_adapter": ip}, out_dir / INSTANTID_WEIGHTS)
-    make_controlnet(model_dir, out_dir / IDENTITY_NET, seed=seed + 1)
+    make_controlnet(model_dir, out_dir / IDENTITY_NET, seed=seed + 1, image_gain=6.0)  # its landmarks steer it
     logger.info("random InstantID for %s written to %s", model_dir, out_dir)
     return out_dir

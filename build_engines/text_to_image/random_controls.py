@@ -24,8 +24,14 @@ logger = logging.getLogger(__name__)
 INPAINT_PIPELINES = {"sd": "StableDiffusionInpaintPipeline", "sdxl": "StableDiffusionXLInpaintPipeline"}
 
 
-def make_controlnet(model_dir: Path, out_dir: Path, seed: int = 0, strength: float = 0.5) -> Path:
-    """Write a random ControlNet for ``model_dir``'s UNet to ``out_dir`` (``strength``: its zero convs' scale)."""
+def make_controlnet(
+    model_dir: Path, out_dir: Path, seed: int = 0, strength: float = 0.5, image_gain: float = 1.0
+) -> Path:
+    """Write a random ControlNet for ``model_dir``'s UNet to ``out_dir`` (``strength``: its zero convs' scale).
+
+    ``image_gain`` scales the conditioning embedding's other convolutions: above 1, a sparse control image (a few
+    dots, as InstantID's landmarks) steers the residuals as much as a dense one does at 1.
+    """
     from diffusers import ControlNetModel, UNet2DConditionModel
 
     family = family_of_folder(model_dir)
@@ -35,6 +41,9 @@ def make_controlnet(model_dir: Path, out_dir: Path, seed: int = 0, strength: flo
     controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32, 96, 256)[:levels])
     zero_convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
     with torch.no_grad():
+        embedding = controlnet.controlnet_cond_embedding
+        for conv in [embedding.conv_in, *embedding.blocks]:
+            conv.weight.mul_(image_gain)
         for conv in [*zero_convs, controlnet.controlnet_cond_embedding.conv_out]:
             fan_in = conv.weight[0].numel()
             conv.weight.copy_(torch.randn_like(conv.weight) * strength / fan_in**0.5)

@@ -771,6 +771,44 @@ def test_a_character_s_face_kept_in_the_studio_is_the_api_s_identity(studio, api
         assert api.delete("/v1/characters/ivy").status_code == 200
 
 
+def test_a_character_made_in_the_studio_is_kept_as_the_api_keeps_it_offered_to_draw_and_deleted(studio, api, tmp_path):
+    """The Studio's Characters tab: a bad name refused beside its field; a character made from three pictures with a
+    LoRA and trigger words, kept as the API keeps it, listed, offered to Draw, then deleted."""
+    files = [tmp_path / f"zoe-{i}.png" for i in range(len(PICTURES))]
+    for file, picture in zip(files, PICTURES, strict=True):
+        file.write_bytes(base64.b64decode(picture))
+    studio.click("#tab-characters")
+    studio.fill("#characters-name", "not a name")
+    studio.set_input_files("#characters-images", [str(file) for file in files])
+    studio.select_option("#characters-face", "largest")
+    studio.fill("#characters-lora", "style")
+    studio.fill("#characters-lora-scale", "0.7")
+    studio.fill("#characters-trigger_words", "zoe person")
+    studio.click("#characters-form button[type=submit]")
+    expect(studio.locator("#characters-name-error")).to_contain_text("name")
+    studio.fill("#characters-name", "zoe")
+    expect(studio.locator("#characters-call")).to_contain_text("/v1/characters")
+    studio.click("#characters-form button[type=submit]")
+    try:
+        made = "zoe: made from 3 picture(s), its face kept"
+        expect(studio.locator("#characters-status")).to_have_text(made, timeout=60_000)
+        kept = api.get("/v1/characters/zoe").json()
+        assert (kept["images"], kept["lora"], kept["trigger_words"], kept["face"]) == (
+            3,
+            {"name": "style", "scale": 0.7},
+            "zoe person",
+            True,
+        )
+        expect(studio.locator("#characters-list li[data-name=zoe]")).to_contain_text("LoRA style at 0.7")
+        expect(studio.locator("#character option[value=zoe]")).to_have_count(1)  # Draw offers it
+        studio.click("#characters-list li[data-name=zoe] button")
+        expect(studio.locator("#characters-status")).to_have_text("zoe: deleted")
+        expect(studio.locator("#characters-list li[data-name=zoe]")).to_have_count(0)
+        assert api.get("/v1/characters/zoe").status_code == 404
+    finally:
+        api.delete("/v1/characters/zoe")
+
+
 @pytest.mark.parametrize(
     ("identity", "param"),
     [

@@ -1,6 +1,7 @@
 // Easel Studio's entry: the key, what it may do (scopes probed with read-only calls), the sections as tabs.
 
 import { allowed, call, key } from "./api.js";
+import * as characters from "./characters.js";
 import { $ } from "./dom.js";
 import * as draw from "./draw.js";
 import * as faces from "./faces.js";
@@ -12,6 +13,7 @@ import * as video from "./video.js";
 
 const studio = { jobs: false, admin: false }; // what the key may do, shared with the sections
 const LOADERS = {
+  characters: () => characters.opened(),
   history: () => history.load(),
   jobs: () => jobs.load(),
   operate: () => operate.load(),
@@ -96,6 +98,7 @@ draw.setUp(studio);
 history.setUp(showTab);
 vectorize.setUp();
 faces.setUp();
+characters.setUp();
 video.setUp();
 jobs.setUp();
 operate.setUp();

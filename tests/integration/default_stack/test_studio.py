@@ -295,7 +295,7 @@ def test_every_section_has_no_serious_accessibility_violation_on_a_desktop_or_a_
     """axe-core on each section as an admin sees it, a picture drawn and listed, at a desktop's size and a phone's."""
     draw(studio, prompt="a blue anchor icon", seed=3, num_inference_steps=2, size="64x64")
     studio.click("#more summary")  # the images, finishing and best-of controls too
-    tabs = ("draw", "history", "vectorize", "faces", "video", "jobs", "operate")
+    tabs = ("draw", "history", "vectorize", "faces", "characters", "video", "jobs", "operate")
     for width, height in ((1280, 800), (390, 844)):
         studio.set_viewport_size({"width": width, "height": height})
         for tab in tabs:

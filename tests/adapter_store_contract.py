@@ -109,7 +109,8 @@ def test_names_are_per_owner_and_rows_kept_before_owners_are_the_shared_set_s(st
 def _character(name: str, owner, note: str = "") -> Character:
     face = tuple(float(v) for v in np.linspace(-1, 1, 8) / 2)
     lora = {"name": "style", "scale": 0.5}
-    return Character(name, owner, "easel-default", ("ref_a", "ref_b"), lora, "zed person", note, face, 2, 4.0)
+    first = {"landmarks": [[1.5, 2.25]] * 5, "width": 64, "height": 48, "aligned_face": "iVBORw0KGgo="}
+    return Character(name, owner, "easel-default", ("ref_a", "ref_b"), lora, "zed person", note, face, 2, 4.0, first)
 
 
 def test_characters_are_per_owner_kept_replaced_listed_and_removed(store, store_factory):
@@ -131,6 +132,9 @@ def test_characters_are_per_owner_kept_replaced_listed_and_removed(store, store_
     assert store.put_character(newer, replace=True) == ann and store.character("zed", "ann").note == "newer"
     assert store.remove_character("zed", "ann") == newer and store.remove_character("zed", "ann") is None
     assert store.character("zed", "ben") == ben and store.character("zed", "ann") is None
+    old = json.loads(ben.to_json())
+    del old["first_face"]  # kept before characters kept their first picture's face
+    assert Character.from_json(json.dumps(old)).first_face is None
 
 
 def test_a_character_s_reference_says_which_holds_it(store):

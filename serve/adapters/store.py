@@ -74,7 +74,9 @@ class Character:
     """A character made once (``POST /v1/characters``), owned by a key: what a generation naming it draws with.
 
     ``references``: the stored references of its pictures (its model's IP-Adapter embeddings; none without one);
-    ``face``: its pictures' faces' mean embedding, unit length (None: no face models served when it was made).
+    ``face``: its pictures' faces' mean embedding, unit length (None: no face models served when it was made);
+    ``first_face``: its first picture's face as the adapters that read more than an embedding read it (its
+    ``landmarks`` on a picture ``width`` x ``height``: an InstantID's; ``aligned_face``, base64 PNG: a FaceID Plus's).
     """
 
     name: str
@@ -87,6 +89,7 @@ class Character:
     face: tuple[float, ...] | None = None
     images: int = 0
     created_at: float = 0.0
+    first_face: dict | None = None
 
     def public(self) -> dict:
         """What the API shows of it."""

@@ -97,8 +97,8 @@ def _identity_limits(path: str) -> tuple[UnstatedLimit, ...]:
             path,
             ("identity.keypoints",),
             "identity.keypoints: ",
-            "for an InstantID only: the face's landmarks drawn, a picture that decodes, drawn from `image` or sent with "
-            "the embedding or character",
+            "for an InstantID only: the face's landmarks drawn, a picture that decodes, drawn from `image` or a "
+            "character's, or sent",
             f"{BY_DECODING}; which adapters are InstantIDs is the stack's",
         ),
         UnstatedLimit(

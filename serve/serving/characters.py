@@ -11,6 +11,7 @@ with it). A character is its key's: another key's is as unknown as a missing one
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from types import SimpleNamespace
 
@@ -18,14 +19,15 @@ import numpy as np
 
 from serve.access import owner_filter
 from serve.access.keys import ApiKey
-from serve.adapters.ip_adapter import MAX_REFERENCES
+from serve.adapters.ip_adapter import FACE_CROP, MAX_REFERENCES
 from serve.adapters.registry import SHARED
 from serve.adapters.store import AdapterStore, Character, StoredReference, character_taken
 from serve.errors import Forbidden, InvalidInput, NotFound
 from serve.faces.analyze import analyze_faces
+from serve.faces.geometry import aligned_face
 from serve.faces.pack import FaceEntry
 from serve.images import base64_bytes
-from serve.images.raster import decode_image
+from serve.images.raster import decode_image, encode_image
 from serve.models.served import ServedModel
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
 from serve.protocol.character_requests import NewCharacter
@@ -96,7 +98,7 @@ class Characters:
     async def made(self, body: NewCharacter, key: ApiKey | None, replace: bool) -> dict:
         """``body``'s character made (its pictures encoded and their faces embedded, once) and kept as ``key``'s."""
         owner, model = _owner(body.visibility, key), self._model(body)
-        face = await self._face(body)
+        face, first_face = await self._face(body)
         embeds = []
         if model.adapters.ip_adapter:
             embeds = [np.asarray(await self.adapters.encoded_reference(model, i), np.float32) for i in body.images]
@@ -109,7 +111,7 @@ class Characters:
         lora = body.lora and body.lora.model_dump()
         character = Character(
             body.name, owner, model.name, tuple(r.id for r in references), lora, body.trigger_words, body.note,
-            face, len(body.images), now,
+            face, len(body.images), now, first_face,
         )  # fmt: skip
         try:
             old = await asyncio.to_thread(self.store().put_character, character, replace)
@@ -224,12 +226,15 @@ class Characters:
         except InvalidInput as error:
             raise InvalidInput(error.message.replace("loras.0.name", "lora.name", 1), "lora.name") from None
 
-    async def _face(self, body: NewCharacter) -> tuple[float, ...] | None:
-        """The mean of each picture's face's embedding, unit length (None: no face models served); 400s naming one."""
+    async def _face(self, body: NewCharacter) -> tuple[tuple[float, ...] | None, dict | None]:
+        """The mean of each picture's face's embedding, unit length, and the first picture's face (:func:`first_face`).
+
+        (None, None) without face models; 400s naming a picture.
+        """
         entry = self.faces()
         if entry is None:
-            return None
-        found = []
+            return None, None
+        found, first = [], None
         for index, image in enumerate(body.images):
             field = f"images.{index}"
             pixels = await asyncio.to_thread(picture, image, index)
@@ -239,13 +244,27 @@ class Characters:
             if len(faces) > 1 and body.face == "only":
                 message = f"{len(faces)} faces found: crop it to the character's, or send face: largest"
                 raise InvalidInput(f"{field}: {message}", field)
-            found.append(max(faces, key=face_area).embedding)
+            chosen = max(faces, key=face_area)
+            found.append(chosen.embedding)
+            first = first or await asyncio.to_thread(first_face, pixels, chosen)
         mean = np.mean(found, axis=0)
-        return tuple(float(v) for v in mean / np.linalg.norm(mean))
+        return tuple(float(v) for v in mean / np.linalg.norm(mean)), first
 
     async def _forget(self, character: Character) -> None:
         for reference_id in character.references:
             await asyncio.to_thread(self.store().remove_reference, reference_id)
+
+
+def first_face(pixels: np.ndarray, face) -> dict:
+    """A picture's chosen face as a character keeps it for InstantID and FaceID Plus.
+
+    Its landmarks on the picture's size (InstantID draws them), and the face aligned at
+    :data:`~serve.adapters.ip_adapter.FACE_CROP` (base64 PNG).
+    """
+    height, width = pixels.shape[:2]
+    crop = encode_image(aligned_face(pixels, face.landmarks, FACE_CROP), "png")
+    kept = {"landmarks": np.asarray(face.landmarks, np.float32).tolist(), "width": width, "height": height}
+    return kept | {"aligned_face": base64.b64encode(crop).decode()}
 
 
 def picture(image: str, index: int) -> np.ndarray:

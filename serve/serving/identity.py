@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -66,10 +65,7 @@ async def identified(request, model: ServedModel, key: ApiKey | None, characters
         raise InvalidInput(f"identity.keypoints: {why}", "identity.keypoints")
     face, cost = _Face(identity.embedding, identity.aligned_face, identity.keypoints), 0.0
     if identity.character is not None:
-        if reads.aligned_face:
-            why = f"FaceID Plus {reads.name} reads a picture of the face too: send identity.image"
-            raise InvalidInput(f"identity.character: {why}", "identity.character")
-        face = dataclasses.replace(face, embedding=await _character_face(identity.character, key, characters))
+        face = await _character_face(identity, reads, key, characters)
     elif identity.image is not None:
         face, cost = await _image_face(identity, reads, characters)
     await _pictures_checked(identity, face, reads)
@@ -109,15 +105,23 @@ async def _pictures_checked(identity, face: _Face, reads: _Reads) -> None:
             await asyncio.to_thread(picture, getattr(identity, name), f"identity.{name}")
 
 
-async def _character_face(name: str, key: ApiKey | None, characters: Characters) -> tuple[float, ...]:
-    """The face character ``name`` keeps (another key's is as unknown as a missing one)."""
-    field = "identity.character"
+async def _character_face(identity, reads: _Reads, key: ApiKey | None, characters: Characters) -> _Face:
+    """The face character ``identity.character`` keeps (another key's is as unknown as a missing one), as read.
+
+    Its pictures' mean embedding; its first picture's aligned face and landmarks (drawn unless ``identity.keypoints``
+    brings another pose), where ``reads`` reads them.
+    """
+    field, name = "identity.character", identity.character
     character = await asyncio.to_thread(characters.visible, name, key and key.id)
     if character is None:
         raise InvalidInput(f"{field}: no character {name!r} (POST /v1/characters makes one)", field)
     if character.face is None:
         raise InvalidInput(f"{field}: {name!r} keeps no face (made where the stack served no face models)", field)
-    return character.face
+    first, drawn = character.first_face or {}, identity.keypoints
+    if reads.keypoints and drawn is None and first:
+        landmarks, size = np.asarray(first["landmarks"], np.float32), (first["width"], first["height"])
+        drawn = await asyncio.to_thread(_png, keypoints_drawing(landmarks, *size))
+    return _Face(character.face, first.get("aligned_face"), drawn)
 
 
 async def _image_face(identity, reads: _Reads, characters: Characters) -> tuple[_Face, float]:

@@ -98,3 +98,13 @@ def test_a_faceid_plus_image_is_not_made_again_by_a_rerun_as_its_aligned_face_is
     rerun = api.post("/v1/images/rerun", json={"image_id": made.json()["data"][0]["id"]})
     error = rerun.json()["error"]
     assert rerun.status_code == 400 and error["param"] == "image_id" and "identity.aligned_face" in error["message"]
+
+
+def test_a_character_keeps_its_first_picture_s_aligned_face_and_draws_as_that_picture(api):
+    made = api.post("/v1/characters", json={"name": "ida", "images": [PICTURE], "face": "largest"})
+    assert made.status_code == 200, made.text
+    try:
+        by_image = _served(api, {"image": PICTURE, "face": "largest", "strength": 0.9})
+        assert psnr(_served(api, {"character": "ida", "strength": 0.9}), by_image) >= 40
+    finally:
+        assert api.delete("/v1/characters/ida").status_code == 200

@@ -96,6 +96,18 @@ def test_the_pose_of_another_face_and_the_face_sent_by_hand_draw_as_the_picture_
     assert psnr(posed, by_image) < 35, "the pose sent changed nothing"
 
 
+def test_a_character_s_face_and_first_picture_s_pose_draw_as_its_picture_does(api, found):
+    """A character keeps its first picture's landmarks: named, it draws as that picture sent as identity.image."""
+    made = api.post("/v1/characters", json={"name": "iris", "images": [PICTURE], "face": "largest"})
+    assert made.status_code == 200, made.text
+    try:
+        by_image = _served(api, {"image": PICTURE, "face": "largest", "adapter": "instantid"})
+        by_name = _served(api, {"character": "iris", "adapter": "instantid"})
+        assert psnr(by_name, by_image) >= 40
+    finally:
+        assert api.delete("/v1/characters/iris").status_code == 200
+
+
 @pytest.mark.parametrize(
     ("identity", "field"),
     [

@@ -51,14 +51,16 @@ def found(api) -> dict:
     return api.post("/v1/faces/analyze", json={"image": PICTURE, "max_faces": 1}).json()["data"][0]
 
 
-def test_an_instantid_identity_draws_as_diffusers_with_its_identitynet_reading_the_face(
-    api, tiny_xl_model, instantid, found
-):
+def _reference(tiny_xl_model, instantid, found: dict, others: list) -> tuple:
+    """Diffusers' SDXL ControlNet pipeline with the InstantID loaded, and the face's ``ip_adapter_image_embeds``.
+
+    Its ControlNets: ``others``, then the IdentityNet, which reads the resampled face; the embeds: the negative's
+    zeros first.
+    """
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-    identity = {"image": PICTURE, "face": "largest", "strength": 0.8, "pose_strength": 0.7, "adapter": "instantid"}
-    got = _served(api, identity)
-    controlnet = ControlNetModel.from_pretrained(instantid / IDENTITY_NET)
+    identity_net = ControlNetModel.from_pretrained(instantid / IDENTITY_NET)
+    controlnet = [*others, identity_net] if others else identity_net
     pipeline = StableDiffusionXLControlNetPipeline.from_pretrained(
         tiny_xl_model, controlnet=controlnet, add_watermarker=False
     )
@@ -73,10 +75,22 @@ def test_an_instantid_identity_draws_as_diffusers_with_its_identitynet_reading_t
     def reads_the_face(module, args, kwargs):
         return args, kwargs | {"encoder_hidden_states": tokens}
 
-    controlnet.register_forward_pre_hook(reads_the_face, with_kwargs=True)
-    pose = draw_kps(Image.fromarray(PIXELS), np.asarray(found["landmarks"], np.float32))
+    identity_net.register_forward_pre_hook(reads_the_face, with_kwargs=True)
+    return pipeline, embeds
+
+
+def _pose(found: dict) -> Image.Image:
+    return draw_kps(Image.fromarray(PIXELS), np.asarray(found["landmarks"], np.float32))
+
+
+def test_an_instantid_identity_draws_as_diffusers_with_its_identitynet_reading_the_face(
+    api, tiny_xl_model, instantid, found
+):
+    identity = {"image": PICTURE, "face": "largest", "strength": 0.8, "pose_strength": 0.7, "adapter": "instantid"}
+    got = _served(api, identity)
+    pipeline, embeds = _reference(tiny_xl_model, instantid, found, [])
     kwargs = {"prompt": BODY["prompt"], "width": 128, "height": 96, "num_inference_steps": 6, "seed": 5}
-    kwargs |= {"guidance_scale": 5.0, "image": pose, "controlnet_conditioning_scale": 0.7}
+    kwargs |= {"guidance_scale": 5.0, "image": _pose(found), "controlnet_conditioning_scale": 0.7}
     want = reference_images(pipeline, "euler", ip_adapter_image_embeds=[embeds], **kwargs)
     logger.info("InstantID: PSNR %.1f dB against diffusers", psnr(got, want))
     assert psnr(got, want) >= 40
@@ -84,10 +98,32 @@ def test_an_instantid_identity_draws_as_diffusers_with_its_identitynet_reading_t
     assert psnr(got, plain) < 35, "the identity changed nothing"
 
 
+def test_an_instantid_identity_beside_another_controlnet_draws_as_diffusers_with_both(
+    api, tiny_xl_model, instantid, controlnet_dirs, found
+):
+    """The IdentityNet beside a ControlNet the request names: their residuals summed as ``MultiControlNetModel`` does.
+
+    The request's ControlNets first, the IdentityNet last.
+    """
+    from diffusers import ControlNetModel
+
+    identity = {"image": PICTURE, "face": "largest", "strength": 0.8, "pose_strength": 0.7, "adapter": "instantid"}
+    control = {"name": "edges", "image": PICTURE, "scale": 0.5}
+    got = _served(api, identity, BODY | {"controlnets": [control]})
+    edges = ControlNetModel.from_pretrained(controlnet_dirs.for_sdxl["edges"])
+    pipeline, embeds = _reference(tiny_xl_model, instantid, found, [edges])
+    kwargs = {"prompt": BODY["prompt"], "width": 128, "height": 96, "num_inference_steps": 6, "seed": 5}
+    kwargs |= {"guidance_scale": 5.0, "image": [Image.fromarray(PIXELS), _pose(found)]}
+    kwargs |= {"controlnet_conditioning_scale": [0.5, 0.7]}
+    want = reference_images(pipeline, "euler", ip_adapter_image_embeds=[embeds], **kwargs)
+    logger.info("InstantID with a ControlNet: PSNR %.1f dB against diffusers", psnr(got, want))
+    assert psnr(got, want) >= 40
+    assert psnr(got, _served(api, identity)) < 35, "the ControlNet changed nothing"
+
+
 def test_the_pose_of_another_face_and_the_face_sent_by_hand_draw_as_the_picture_does(api, found):
     by_image = _served(api, {"image": PICTURE, "face": "largest", "adapter": "instantid"})
-    drawn = draw_kps(Image.fromarray(PIXELS), np.asarray(found["landmarks"], np.float32))
-    keypoints = base64.b64encode(encode(drawn)).decode()
+    keypoints = base64.b64encode(encode(_pose(found))).decode()
     by_hand = _served(api, {"embedding": found["embedding"], "keypoints": keypoints, "adapter": "instantid"})
     assert psnr(by_hand, by_image) >= 40
     moved = np.asarray(found["landmarks"], np.float32) + np.float32(30)  # another pose: the same face elsewhere

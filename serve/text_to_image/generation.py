@@ -159,16 +159,21 @@ class Outline:
 
     @classmethod
     def of_request(cls, request, width: int, height: int) -> Outline:
-        """A request's outline (an API ``GenerationRequest``), its output ``width`` x ``height`` as already read."""
+        """A request's outline (an API ``GenerationRequest``), its output ``width`` x ``height`` as already read.
+
+        An ``identity`` is an IP-Adapter reference (and with an InstantID's landmarks, its IdentityNet a ControlNet),
+        as the replica's job reads it.
+        """
+        identity = getattr(request, "identity", None)
         return cls(
             scheduler=request.scheduler,
             width=width,
             height=height,
             images=bool(request.image),
             mask=request.mask is not None,
-            controls=bool(request.controlnets),
+            controls=bool(request.controlnets) or bool(identity and identity.keypoints),
             loras=bool(request.loras),
-            referenced=bool(ip_choices(request)),
+            referenced=bool(ip_choices(request)) or identity is not None,
             cache_interval=request.cache_interval,
             motion_adapter=getattr(request, "motion_adapter", ""),  # a video's (serve.protocol.video)
             video=hasattr(request, "frames"),

@@ -23,6 +23,7 @@ from serve.adapters.support import ip_inputs
 from serve.faces.geometry import keypoints_drawing
 from serve.protocol.schema import GenerationRequest
 from serve.text_to_image.families import family_of_folder
+from serve.text_to_image.generation import Outline
 from serve.text_to_image.spec import CONTROLNET_PREFIX, FACE_EMBEDS, UNET
 from tests.instantid import draw_kps
 
@@ -156,3 +157,11 @@ def test_an_identity_takes_keypoints_and_a_pose_strength_within_bounds():
     assert identity.pose_strength == 1.0 and identity.keypoints
     with pytest.raises(ValidationError):
         GenerationRequest(prompt="x", identity={"embedding": FACE, "pose_strength": 2.5})
+
+
+def test_an_identity_is_outlined_as_the_replica_reads_it_a_reference_and_an_instantid_s_controlnet():
+    faceid = Outline.of_request(GenerationRequest(prompt="x", identity={"embedding": FACE}), 64, 64)
+    assert faceid.referenced and not faceid.controls and faceid.adapted
+    posed = {"embedding": FACE, "keypoints": "iVBORw0KGgo="}
+    instantid = Outline.of_request(GenerationRequest(prompt="x", identity=posed), 64, 64)
+    assert instantid.referenced and instantid.controls

@@ -108,17 +108,17 @@ def test_an_instantid_identity_beside_another_controlnet_draws_as_diffusers_with
     from diffusers import ControlNetModel
 
     identity = {"image": PICTURE, "face": "largest", "strength": 0.8, "pose_strength": 0.7, "adapter": "instantid"}
-    control = {"name": "edges", "image": PICTURE, "scale": 0.5}
+    control = {"name": "edges", "image": PICTURE, "scale": 2.0}
     got = _served(api, identity, BODY | {"controlnets": [control]})
     edges = ControlNetModel.from_pretrained(controlnet_dirs.for_sdxl["edges"])
     pipeline, embeds = _reference(tiny_xl_model, instantid, found, [edges])
     kwargs = {"prompt": BODY["prompt"], "width": 128, "height": 96, "num_inference_steps": 6, "seed": 5}
     kwargs |= {"guidance_scale": 5.0, "image": [Image.fromarray(PIXELS), _pose(found)]}
-    kwargs |= {"controlnet_conditioning_scale": [0.5, 0.7]}
+    kwargs |= {"controlnet_conditioning_scale": [2.0, 0.7]}
     want = reference_images(pipeline, "euler", ip_adapter_image_embeds=[embeds], **kwargs)
     logger.info("InstantID with a ControlNet: PSNR %.1f dB against diffusers", psnr(got, want))
     assert psnr(got, want) >= 40
-    assert psnr(got, _served(api, identity)) < 35, "the ControlNet changed nothing"
+    assert psnr(got, _served(api, identity)) < 40, "the ControlNet changed nothing (more than parity's bar)"
 
 
 def test_the_pose_of_another_face_and_the_face_sent_by_hand_draw_as_the_picture_does(api, found):

@@ -207,3 +207,6 @@ def test_an_identity_travels_as_the_http_api_s_field():
     assert (request.identity.strength, request.identity.adapter, request.identity.embedding) == (0.6, "faceid", None)
     embedded = generation_request(easel_pb2.GenerateRequest(prompt="x", identity={"embedding": [0.25, -0.5]}))
     assert embedded.identity.embedding == [0.25, -0.5] and embedded.identity.strength == 1.0
+    posed = easel_pb2.Identity(embedding=[0.25], keypoints=b"png bytes", pose_strength=0.8, adapter="instantid")
+    instantid = generation_request(easel_pb2.GenerateRequest(prompt="x", identity=posed)).identity
+    assert (instantid.keypoints, instantid.pose_strength) == ("cG5nIGJ5dGVz", 0.8)  # an InstantID's, bytes as base64

@@ -6,6 +6,7 @@ Copied from a stack on the embedded default (ids, times and base64 shortened).
 PNG = "iVBORw0KGgo..."
 MODEL = {"id": "easel-default", "object": "model", "created": 1795707696, "owned_by": "easel", "family": "sd"}
 MODEL |= {"native_size": "64x64", "loaded": True, "loras": False, "ip_adapter": False, "ip_adapters": []}
+MODEL |= {"ip_adapter_kinds": {}}
 MODEL |= {"controlnets": [], "takes_images": True, "version": 1, "circuit": "closed", "fallback": []}
 FACE = {"box": [159.2, 78.82, 256.29, 176.9], "score": 0.865, "embedding": [-0.0151, -0.0598, 0.0122, "..."]}
 FACE |= {"landmarks": [[191.85, 115.32], [224.2, 114.96], [207.74, 129.79], [195.63, 143.73], [221.0, 144.28]]}

@@ -176,6 +176,7 @@ class ServedModel:
             "loras": self.adapters.loras_dir is not None,
             "ip_adapter": self.adapters.ip_adapter,
             "ip_adapters": list(ip.names) if (ip := self.folder.adapters.ip_adapter) is not None else [],
+            "ip_adapter_kinds": {name: ip.kind(i) for i, name in enumerate(ip.names)} if ip is not None else {},
             "controlnets": list(family.controlnets.ready),
             "takes_images": family.takes_images,
             "version": self.version,

@@ -78,11 +78,16 @@ def _duration(seconds: float) -> str:
     return f"{hours}h {minutes:02d}m {secs:02d}s" if hours else f"{minutes}m {secs:02d}s"
 
 
+def _ip_adapter(name: str, kind: str | None) -> str:
+    """An IP-Adapter as ``easel status`` names it: a FaceID's or InstantID's kind beside its name."""
+    return f"IP-Adapter {name}" + (f" ({kind})" if kind and kind != "image" else "")
+
+
 def _model_line(model: dict) -> str:
     """One model: name, version, family, size, loaded or not, adapters; its circuit unless closed; its chain if any."""
     adapters = [
         *(["LoRAs"] if model.get("loras") else []),
-        *(f"IP-Adapter {name}" for name in model.get("ip_adapters", [])),
+        *(_ip_adapter(name, model.get("ip_adapter_kinds", {}).get(name)) for name in model.get("ip_adapters", [])),
         *(f"ControlNet {name}" for name in model.get("controlnets", [])),
     ]
     loaded = "loaded" if model.get("loaded") else "not loaded (loads on its first request)"

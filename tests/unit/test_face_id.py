@@ -165,3 +165,11 @@ def test_an_identity_is_outlined_as_the_replica_reads_it_a_reference_and_an_inst
     posed = {"embedding": FACE, "keypoints": "iVBORw0KGgo="}
     instantid = Outline.of_request(GenerationRequest(prompt="x", identity=posed), 64, 64)
     assert instantid.referenced and instantid.controls
+
+
+def test_easel_status_names_each_ip_adapter_s_kind_beside_it_where_it_reads_faces():
+    from serve.stack.status import _model_line
+
+    model = {"id": "xl", "version": 1, "family": "sdxl", "native_size": "64x64", "loaded": True}
+    model |= {"ip_adapters": ["ip", "iid"], "ip_adapter_kinds": {"ip": "image", "iid": "instantid"}}
+    assert "IP-Adapter ip, IP-Adapter iid (instantid)" in _model_line(model)

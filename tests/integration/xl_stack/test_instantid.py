@@ -163,6 +163,8 @@ def test_an_instantid_s_bad_identity_is_a_400_naming_the_field(api, identity, fi
 def test_the_identitynet_is_listed_and_never_named_as_a_controlnet(api):
     listed = {entry["name"]: entry for entry in api.get("/v1/controlnets").json()["data"]}
     assert listed["instantid"]["identity"] is True and listed["instantid"]["status"] == "ready"
+    model = next(entry for entry in api.get("/v1/models").json()["data"] if entry["id"] == "xl")
+    assert model["ip_adapter_kinds"] == {"ip": "image", "face": "image", "faceid": "faceid", "instantid": "instantid"}
     body = BODY | {"controlnets": [{"name": "instantid", "image": PICTURE}]}
     response = api.post(GENERATE, json=body)
     assert response.status_code == 400 and "identity" in response.json()["error"]["message"], response.text

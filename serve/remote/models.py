@@ -126,6 +126,7 @@ class RemoteModel:
             "loras": False,
             "ip_adapter": False,
             "ip_adapters": [],
+            "ip_adapter_kinds": {},
             "controlnets": [],
             "takes_images": False,
             "version": self.version,

@@ -7,6 +7,7 @@ palette, grey and alpha images are converted to RGB; alpha is flattened onto whi
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import warnings
@@ -177,6 +178,11 @@ def resize(pixels: np.ndarray, size: int) -> np.ndarray:
 
 
 _PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def png_base64(pixels: np.ndarray) -> str:
+    """``pixels`` (HWC ``uint8``) as the API's base64 PNG."""
+    return base64.b64encode(encode_image(pixels, "png")).decode()
 
 
 def encode_image(pixels: np.ndarray, output_format: str, quality: int | None = None) -> bytes:

@@ -11,7 +11,6 @@ with it). A character is its key's: another key's is as unknown as a missing one
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from types import SimpleNamespace
 
@@ -27,7 +26,7 @@ from serve.faces.analyze import analyze_faces
 from serve.faces.geometry import aligned_face
 from serve.faces.pack import FaceEntry
 from serve.images import base64_bytes
-from serve.images.raster import decode_image, encode_image
+from serve.images.raster import decode_image, png_base64
 from serve.models.served import ServedModel
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
 from serve.protocol.character_requests import NewCharacter
@@ -262,9 +261,8 @@ def first_face(pixels: np.ndarray, face) -> dict:
     :data:`~serve.adapters.ip_adapter.FACE_CROP` (base64 PNG).
     """
     height, width = pixels.shape[:2]
-    crop = encode_image(aligned_face(pixels, face.landmarks, FACE_CROP), "png")
     kept = {"landmarks": np.asarray(face.landmarks, np.float32).tolist(), "width": width, "height": height}
-    return kept | {"aligned_face": base64.b64encode(crop).decode()}
+    return kept | {"aligned_face": png_base64(aligned_face(pixels, face.landmarks, FACE_CROP))}
 
 
 def picture(image: str, index: int) -> np.ndarray:

@@ -13,7 +13,6 @@ control image (:func:`serve.text_to_image.images.decode_images`).
 from __future__ import annotations
 
 import asyncio
-import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,7 +24,7 @@ from serve.errors import InvalidInput
 from serve.faces.analyze import analyze_faces
 from serve.faces.geometry import aligned_face, keypoints_drawing
 from serve.images import base64_bytes
-from serve.images.raster import decode_image, encode_image
+from serve.images.raster import decode_image, png_base64
 from serve.models.served import ServedModel
 from serve.serving.characters import Characters, face_area
 from serve.serving.prices import identity_cost
@@ -120,7 +119,7 @@ async def _character_face(identity, reads: _Reads, key: ApiKey | None, character
     first, drawn = character.first_face or {}, identity.keypoints
     if reads.keypoints and drawn is None and first:
         landmarks, size = np.asarray(first["landmarks"], np.float32), (first["width"], first["height"])
-        drawn = await asyncio.to_thread(_png, keypoints_drawing(landmarks, *size))
+        drawn = await asyncio.to_thread(png_base64, keypoints_drawing(landmarks, *size))
     return _Face(character.face, first.get("aligned_face"), drawn)
 
 
@@ -145,16 +144,11 @@ async def _image_face(identity, reads: _Reads, characters: Characters) -> tuple[
     found = max(faces, key=face_area)
     crop, drawn = None, identity.keypoints
     if reads.aligned_face:
-        crop = await asyncio.to_thread(_png, aligned_face(pixels, found.landmarks, FACE_CROP))
+        crop = await asyncio.to_thread(png_base64, aligned_face(pixels, found.landmarks, FACE_CROP))
     if reads.keypoints and drawn is None:
         height, width = pixels.shape[:2]
-        drawn = await asyncio.to_thread(_png, keypoints_drawing(found.landmarks, width, height))
+        drawn = await asyncio.to_thread(png_base64, keypoints_drawing(found.landmarks, width, height))
     return _Face(found.embedding, crop, drawn), cost
-
-
-def _png(pixels: np.ndarray) -> str:
-    """``pixels`` as the API's base64 PNG."""
-    return base64.b64encode(encode_image(pixels, "png")).decode()
 
 
 def picture(image: str, field: str) -> np.ndarray:

@@ -9,7 +9,6 @@ restorer's engine; a video's frames are interpolated last.
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +26,7 @@ from serve.finishing.restorers import FACE_SIDE, RestorerEntry, restore_faces
 from serve.finishing.schema import RestoreFaces, UpscaleOptions
 from serve.finishing.upscalers import MAX_OUTPUT_PIXELS, Upscalers, engine_size, output_size, upscale_pixels
 from serve.images import base64_bytes
-from serve.images.raster import ImageRejected, decode_image, encode_image
+from serve.images.raster import ImageRejected, decode_image, encode_image, png_base64
 from serve.jobs.model import Progress, Stage
 from serve.models.admission import Work
 from serve.protocol.face_requests import FaceAnalysisRequest
@@ -77,13 +76,6 @@ def decode(data: bytes) -> np.ndarray:
         return decode_image(data, "image", max_pixels=MAX_OUTPUT_PIXELS)
     except ImageRejected as error:
         raise InvalidInput(str(error), error.field) from error
-
-
-def png_base64(pixels: np.ndarray) -> str:
-    """``pixels`` as a base64 PNG."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
 
 
 class Upscaling:

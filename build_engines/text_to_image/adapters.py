@@ -125,15 +125,12 @@ def _face_shape(folder: IpAdapterFolder) -> tuple[int, ...]:
 
     An InstantID's resampler reads it as one token: ``(1, width)``.
     """
-    projection = folder.state_dict()["image_proj"]
-    if folder.kind == INSTANTID:
-        return (1, int(projection["proj_in.weight"].shape[1]))
-    return (int(projection["proj.0.weight"].shape[1]),)
+    return (1, folder.face_width) if folder.kind == INSTANTID else (folder.face_width,)
 
 
-def identity_nets(build: AdapterBuild) -> dict[str, Path]:
+def identity_nets(build: AdapterBuild) -> dict[str, IpAdapterFolder]:
     """The InstantIDs of ``build`` by adapter name: each folder's IdentityNet is a ControlNet engine of that name."""
-    return {name: folder.weights.parent for name, folder in zip(build.ip_adapters, build.ip_folders(), strict=True)
+    return {name: folder for name, folder in zip(build.ip_adapters, build.ip_folders(), strict=True)
             if folder.kind == INSTANTID}  # fmt: skip
 
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 
 from build_engines.text_to_image.ip_adapter import IdentityNetModule, IpAdapterError, IpAdapterFolder, face_projection
-from serve.adapters.ip_adapter import IDENTITY_NET
 from serve.files import content_hash
 from serve.text_to_image.controlnet import ERROR, ControlNetEntry, ControlNetSupport, residual_layout
 from serve.text_to_image.families import FAMILIES, Family
@@ -79,23 +78,26 @@ def tuple_of(value):
 
 
 def controlnet_support(
-    family: Family, model_dir: Path, controlnets: Mapping[str, Path], identity_nets: Mapping[str, Path] | None = None
+    family: Family,
+    model_dir: Path,
+    controlnets: Mapping[str, Path],
+    identity_nets: Mapping[str, IpAdapterFolder] | None = None,
 ) -> ControlNetSupport:
     """The entry of each ControlNet for ``model_dir``'s model: ready to build, or why not (logged).
 
-    ``identity_nets``: InstantID folders by adapter name, whose IdentityNets join as ControlNets of that name that
+    ``identity_nets``: InstantIDs by adapter name, whose IdentityNets join as ControlNets of that name that
     read the face (a name both lists use is refused: :class:`IpAdapterError`).
     """
     unet_config = json.loads((model_dir / UNET / "config.json").read_text()) if family.denoiser == UNET else {}
     entries = []
-    for name, folder in sorted((identity_nets or {}).items()):
+    for name, instantid in sorted((identity_nets or {}).items()):
+        source = instantid.weights.parent
         if name in controlnets:
             raise IpAdapterError(f"InstantID {name} and ControlNet {name}: its IdentityNet is a ControlNet of its name")
-        error = fit(family, unet_config, folder / IDENTITY_NET)
+        error = fit(family, unet_config, instantid.identity_net)
         if error:
-            raise IpAdapterError(f"InstantID {name} ({folder}): its IdentityNet {error}")
-        width = IpAdapterFolder.read(folder).state_dict()["image_proj"]["proj_in.weight"].shape[1]
-        entries.append(ControlNetEntry(name, str(folder), family=family.name, face=int(width)))
+            raise IpAdapterError(f"InstantID {name} ({source}): its IdentityNet {error}")
+        entries.append(ControlNetEntry(name, str(source), family=family.name, face=instantid.face_width))
     for name, folder in sorted(controlnets.items()):
         config_path = folder / "config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}

@@ -69,6 +69,12 @@ class IpAdapterFolder:
         """An InstantID's IdentityNet folder (a diffusers ``ControlNetModel``); None for the other kinds."""
         return self.weights.parent / IDENTITY_NET if self.kind == INSTANTID else None
 
+    @property
+    def face_width(self) -> int:
+        """A FaceID's or InstantID's face embedding width (ArcFace's 512): what its projection's first layer reads."""
+        projection = self.state_dict()["image_proj"]
+        return int(projection["proj_in.weight" if self.kind == INSTANTID else "proj.0.weight"].shape[1])
+
     def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
         """``{"image_proj": ..., "ip_adapter": ...}`` as ``load_ip_adapter`` reads the weights file."""
         if self.weights.suffix == ".safetensors":

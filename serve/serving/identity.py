@@ -118,8 +118,7 @@ async def _character_face(identity, reads: _Reads, key: ApiKey | None, character
         raise InvalidInput(f"{field}: {name!r} keeps no face (made where the stack served no face models)", field)
     first, drawn = character.first_face or {}, identity.keypoints
     if reads.keypoints and drawn is None and first:
-        landmarks, size = np.asarray(first["landmarks"], np.float32), (first["width"], first["height"])
-        drawn = await asyncio.to_thread(png_base64, keypoints_drawing(landmarks, *size))
+        drawn = await _drawn(np.asarray(first["landmarks"], np.float32), first["width"], first["height"])
     return _Face(character.face, first.get("aligned_face"), drawn)
 
 
@@ -146,9 +145,13 @@ async def _image_face(identity, reads: _Reads, characters: Characters) -> tuple[
     if reads.aligned_face:
         crop = await asyncio.to_thread(png_base64, aligned_face(pixels, found.landmarks, FACE_CROP))
     if reads.keypoints and drawn is None:
-        height, width = pixels.shape[:2]
-        drawn = await asyncio.to_thread(png_base64, keypoints_drawing(found.landmarks, width, height))
+        drawn = await _drawn(found.landmarks, pixels.shape[1], pixels.shape[0])
     return _Face(found.embedding, crop, drawn), cost
+
+
+async def _drawn(landmarks: np.ndarray, width: int, height: int) -> str:
+    """An InstantID's control image: a face's landmarks drawn on a ``width`` x ``height`` canvas, base64 PNG."""
+    return await asyncio.to_thread(lambda: png_base64(keypoints_drawing(landmarks, width, height)))
 
 
 def picture(image: str, field: str) -> np.ndarray:

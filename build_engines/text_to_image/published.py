@@ -1,12 +1,13 @@
 """Full-size models with random weights, made locally from the published component configs committed beside this file.
 
-``published/`` holds the configs (no weights) of Stable Diffusion 1.5 (``sd15``), SDXL base 1.0 (``sdxl``), SD3
-medium (``sd3``) and FLUX.1 dev (``flux``). :func:`create_random_model` builds every component from them with freshly
-initialised weights and saves a diffusers folder, so the full-size engines can be exported, served and timed without
-any download. The CLIP tokenizers are CLIP's real BPE, rebuilt from the merges file that the ``openai-clip`` package
-ships. No installed package ships T5's SentencePiece vocabulary: the T5 tokenizers are unigram tokenizers of T5's
-size (32000 pieces and 100 sentinels) whose pieces are CLIP's BPE tokens, words opening with SentencePiece's ``▁``,
-so prompts split into word pieces as T5's do (with other ids: the weights are random anyway).
+``published/`` holds the configs (no weights) of Stable Diffusion 1.5 (``sd15``), SDXL base 1.0 (``sdxl``), SD3 medium
+(``sd3``), FLUX.1 dev (``flux``) and Stable Video Diffusion img2vid (``svd``: 14 frames at 1024x576).
+:func:`create_random_model` builds every component from them with freshly initialised weights and saves a diffusers
+folder, so the full-size engines can be exported, served and timed without any download. The CLIP tokenizers are CLIP's
+real BPE, rebuilt from the merges file that the ``openai-clip`` package ships. No installed package ships T5's
+SentencePiece vocabulary: the T5 tokenizers are unigram tokenizers of T5's size (32000 pieces and 100 sentinels) whose
+pieces are CLIP's BPE tokens, words opening with SentencePiece's ``▁``, so prompts split into word pieces as T5's do
+(with other ids: the weights are random anyway).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 PUBLISHED_DIR = Path(__file__).parent / "published"
-PUBLISHED = ("sd15", "sdxl", "sd3", "flux")
+PUBLISHED = ("sd15", "sdxl", "sd3", "flux", "svd")
+COPIED = ("scheduler", "feature_extractor")
+"""Components whose published folder is their whole self (configs, no weights): copied as they are."""
 T5_PIECES = 32000
 """T5's SentencePiece vocabulary size (its tokenizer adds 100 sentinel ids)."""
 OPTIONAL_T5 = ("text_encoder_3", "tokenizer_3")
@@ -151,7 +154,7 @@ def create_random_model(
             write_clip_tokenizer(config_dir, partial / component)
         elif class_name in ("T5Tokenizer", "T5TokenizerFast"):
             write_t5_tokenizer(config_dir, partial / component)
-        elif component == "scheduler":
+        elif component in COPIED:
             shutil.copytree(config_dir, partial / component)
         else:
             _create_component(library, class_name, config_dir, partial / component, device)

@@ -8,7 +8,9 @@ the text encoders and the UNet take the ONNX path's LoRA inputs: each is loaded 
 Nothing is exported: each engine runs the module its ONNX graph would be exported from
 (:mod:`serve.text_to_image.torch_engines`), so its parity with diffusers is the module's own (fp32) or fp16's
 rounding, which a GPU measures (``easel bench gpu``). The denoisers and ControlNets (every engine taking a
-``timestep``) get batch buckets, captured as CUDA graphs when served on a GPU (:mod:`serve.triton.torch_runtime`).
+``timestep``) get batch buckets, captured as CUDA graphs when served on a GPU (:mod:`serve.triton.torch_runtime`);
+a video's (SVD's UNet: a whole video per row) runs eager, its calls too large for launches to matter and too large
+to capture at every bucket.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from serve.errors import UnsupportedModel
 from serve.text_to_image.engine_folder import DIFFUSERS
 from serve.text_to_image.families import Family
 from serve.text_to_image.families.exports import ExportModule
-from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER
+from serve.text_to_image.spec import CONTROLNET_PREFIX, VAE_DECODER, VIDEO_AXES
 from serve.text_to_image.torch_engines import LINKED, LOADER, engine_modules, linked_engines, lora_fields
 from serve.triton.engine_files import EngineFiles
 from serve.triton.runtimes import Runtime, RuntimeChoice
@@ -79,7 +81,8 @@ def torch_engine(
     inputs = tuple((t.name, t.dtype, t.shape(side)) for t in spec.graph_inputs)
     axes = tuple(dim_axes(t.dims, t.axis_names) for t in spec.graph_inputs)  # what capture resizes
     denoiser = any(t.name == "timestep" for t in spec.inputs)
-    buckets = tuple(size for size in DEFAULT_BUCKETS if size <= spec.max_batch_size) if denoiser else ()
+    video = any(VIDEO_AXES[0] in t.axis_names for t in spec.inputs)  # a video per row: compute-bound, run eager
+    buckets = tuple(size for size in DEFAULT_BUCKETS if size <= spec.max_batch_size) if denoiser and not video else ()
     outputs = tuple(t.name for t in spec.outputs)
     engine = TorchEngine(spec.name, LOADER, inputs, outputs, keep_fp32, buckets, axes, side, scale)
     if slots is None:

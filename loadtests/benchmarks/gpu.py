@@ -33,14 +33,23 @@ MODELS = {
     "tiny": GpuModel("tiny", 64, (1, 8, 4), (4, 8), psnr=True, weight=0.4),
     "sd15": GpuModel("sd15", 512, (1, 16, 8, 4), (16, 4, 8), weight=1.2, replica_loop=True, variants=True),
     "sdxl": GpuModel("sdxl", 1024, (1, 4), (4,), weight=1.0, fractional=False),
+    "svd": GpuModel("svd", 1024, (1, 2), (), weight=0.6, video=True),
+    "tiny-svd": GpuModel("tiny-svd", 128, (1, 2), (), weight=0.4, video=True),
 }
 """Each model's rows, acceptance's first: SD 1.5 c=1, 16, 8 (then 4) and its wave of 16, the loop's variants; SDXL c=1,
 4 and its wave of 4. SDXL's fractional image is left out (fp32 at 1024 costs a quarter of its share); SD 1.5 at c=32
-was measured once (docs/PERFORMANCE.md) and is not worth its 17 s of a lent machine here."""
+was measured once (docs/PERFORMANCE.md) and is not worth its 17 s of a lent machine here. ``svd`` (Stable Video
+Diffusion, 14 frames at 1024x576) and ``tiny-svd`` (its toy, the CPU's) run the video stages
+(:mod:`loadtests.benchmarks.gpu_video`)."""
 
 
 def smoke_model(model: GpuModel) -> GpuModel:
-    """``model`` on a CPU: 64 px, SD 1.5's acceptance rows (c=1, 8, 16, the wave of 16), every stage."""
+    """``model`` on a CPU: 64 px, SD 1.5's acceptance rows (c=1, 8, 16, the wave of 16), every stage.
+
+    A video model as it is: its clip is its model's default.
+    """
+    if model.video:
+        return model
     return replace(
         model, size=64, concurrency=(1, 16, 8), waves=(16,), fractional=True, replica_loop=True, variants=True
     )
@@ -62,7 +71,9 @@ def run_gpu_bench(settings: GpuBenchSettings, out: Path, work: Path, keep_log: b
     deadline = Deadline.after(settings.budget_s)
     cuda = settings.device == "cuda"
     device_name = torch.cuda.get_device_name() if cuda else "cpu"
+    videos = [name for name in settings.models if MODELS[name].video]
     report = Report(out, device=device_name, torch=torch.__version__, settings=asdict(settings), work=str(work))
+    report.data["video_models"] = videos
     watchdog = Watchdog(deadline, lambda: _expired(report)).start()
     try:
         weights = [MODELS[name].weight for name in settings.models]

@@ -201,9 +201,12 @@ def per_model_lines(data: dict, models: list[str]) -> list[Verdict]:
 
 
 def evaluate(data: dict) -> list[Verdict]:
-    """Every acceptance line of issue 74 for the run ``data`` (its settings name the models and whether a smoke run)."""
+    """Every acceptance line of issue 74 for the run ``data`` (its settings name the models and whether a smoke run).
+
+    Its ``video_models`` (image-to-video, measured by the video stages) have no line of their own here.
+    """
     settings = data.get("settings", {})
-    models = list(settings.get("models", ()))
+    models = [name for name in settings.get("models", ()) if name not in data.get("video_models", ())]
     smoke = bool(settings.get("smoke"))
     sd15 = "sd15" if "sd15" in models else ("tiny" if smoke and "tiny" in models else None)
     label = f"{sd15} (smoke, in SD 1.5's place)" if sd15 == "tiny" else "SD 1.5 512x512"

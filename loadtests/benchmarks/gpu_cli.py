@@ -37,9 +37,10 @@ logger = logging.getLogger(__name__)
 )
 @click.option(
     "--models",
-    default="sd15,sdxl",
+    default="sd15,sdxl,svd",
     show_default=True,
-    help="sd15 (512), sdxl (1024): random weights; tiny (the embedded default: its images' PSNR against diffusers').",
+    help="sd15 (512), sdxl (1024), svd (14 frames at 1024x576): random weights; tiny (the embedded default: its "
+    "images' PSNR against diffusers'), tiny-svd (the tiny SVD).",
 )
 @click.option("--steps", type=click.IntRange(min=1), default=20, show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=2, show_default=True, help="Timed requests per slot.")

@@ -16,13 +16,13 @@ logger = logging.getLogger(__name__)
 
 
 def model_dir(name: str, device: str) -> Path:
-    """The model's diffusers folder: the embedded default, or a published model with random weights (made once)."""
+    """The model's diffusers folder: a tiny model, or a published model with random weights (made once)."""
     from build_engines.text_to_image.build import default_model_dir
     from build_engines.text_to_image.published import create_random_model
     from serve.paths import easel_home
 
-    if name == "tiny":
-        return default_model_dir("tiny")
+    if name.startswith("tiny"):  # tiny (the embedded default), tiny-svd: made locally, as the stack makes them
+        return default_model_dir(name)
     folder = easel_home() / "models" / f"random-{name}"
     if (folder / "model_index.json").exists():
         return folder

@@ -24,7 +24,7 @@ OUT_FILES = (JSON, TEXT, LOG)
 """What a run writes into its out folder, and nothing else."""
 MAX_LOG_BYTES = 6 * 2**20
 TRITON_TAIL_BYTES = 2**20
-KINDS = ("rows", "parity", "fractional", "per_step", "psnr", "vae", "skipped", "failed")
+KINDS = ("rows", "parity", "fractional", "per_step", "psnr", "vae", "video", "skipped", "failed")
 
 
 class Report:
@@ -85,6 +85,7 @@ class Report:
             f"{v['relative_error']:.1e} against fp32"
             for v in d["vae"]
         ]
+        lines += [_video(v) for v in d.get("video", [])]
         lines += [f"skipped {s}" for s in d["skipped"]]
         lines += [
             f"failed {f.get('model')} {f.get('stage') or f.get('method') or ''}: {f['error']}" for f in d["failed"]
@@ -99,6 +100,14 @@ def _parity(check: dict) -> str:
         f"parity {check['model']} {check['engine']} ({check['dtype']} vs fp32) {check['rows']} rows {where}: "
         f"relative error {check['relative_error']:.1e}"
     )
+
+
+def _video(entry: dict) -> str:
+    head = f"video {entry['model']} {entry['method']} c={entry['concurrency']}: "
+    if "ms_per_new_frame" in entry:
+        return head + f"{entry['ms_per_new_frame']:.1f} ms per new frame ({entry['new_frames']} frames)"
+    clip = f"{entry['frames']} frames x {entry['steps']} steps at {entry['size']}"
+    return head + f"{entry['ms_per_frame_step']:.1f} ms per frame-step ({clip})"
 
 
 def _method(row: dict) -> str:

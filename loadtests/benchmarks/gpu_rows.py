@@ -8,6 +8,8 @@
    1-step row (with the c=1 row: the loop's per-step cost), unmerged at c=1; the replica's loop calling Triton at every
    step at c=1 (its engine models loaded last, on the NumPy the stub reads right).
 
+A video model (:attr:`GpuModel.video`) runs :mod:`loadtests.benchmarks.gpu_video`'s stages after step 1 instead.
+
 Each stage frees what it loaded before the next. Rows come in the order of what issue 74's acceptance reads first;
 each row checks its deadline before every call (:func:`loadtests.benchmarks.gpu_clock.timed_calls`).
 """
@@ -60,13 +62,14 @@ class GpuModel:
     fractional: bool = True  # the fractional-timestep image, fp16 against fp32
     replica_loop: bool = False  # the replica's loop, Triton per step, at c=1
     variants: bool = False  # the loop's variants beside it (gpu_variants: tensors via the host, finer buckets)
+    video: bool = False  # an image-to-video model: the video stages instead (gpu_video: SVD and RIFE)
 
 
 @dataclass(frozen=True)
 class GpuBenchSettings:
     """What ``easel bench gpu`` runs: the models in order, sampling, timed requests per slot, the time budget."""
 
-    models: tuple[str, ...] = ("sd15", "sdxl")
+    models: tuple[str, ...] = ("sd15", "sdxl", "svd")
     device: str = "cuda"
     steps: int = 20
     guidance_scale: float = 7.5
@@ -203,18 +206,21 @@ def run_model(run: ModelRun, work: Path, log_triton: Callable[[str, Path], None]
     repository = work / "model_repository"
     precision = "fp16" if cuda else "fp32"
     folder = build_unmeasured(run.model_dir, repository, run.prefix, precision, run.settings.device)
+    if run.model.video:
+        from loadtests.benchmarks.gpu_video import video_stages
+
+        video_stages(run, folder, repository, work, log_triton)
+        return
     whole = run.deadline
     run.deadline = whole.within(whole.left_s() * ENGINES_SHARE)
-    replay = _stage(run, "engine checks", lambda: EngineChecks(run, folder).run_all(run.deadline))
+    replay = stage(run, "engine checks", lambda: EngineChecks(run, folder).run_all(run.deadline))
     run.deadline = whole.within(whole.left_s() * DIFFUSERS_SHARE)
-    reference = _stage(run, "diffusers", lambda: asyncio.run(diffusers_rows(run, folder))) or []
+    reference = stage(run, "diffusers", lambda: asyncio.run(diffusers_rows(run, folder))) or []
     run.deadline = whole
-    _stage(
-        run, "Triton", lambda: asyncio.run(served_rows(run, folder, repository, work, reference, replay, log_triton))
-    )
+    stage(run, "Triton", lambda: asyncio.run(served_rows(run, folder, repository, work, reference, replay, log_triton)))
 
 
-def _stage(run: ModelRun, name: str, stage: Callable):
+def stage(run: ModelRun, name: str, stage: Callable):
     """``stage()``'s result; its failure recorded (None), so that the model's next stage still runs."""
     try:
         return stage()

@@ -171,8 +171,9 @@ def runs_on_gpu(files: EngineFiles) -> bool:
     return RuntimeChoice.of(files).runtime is Runtime.TORCH and gpu_present()
 
 
-TORCH_JSON_FORMAT = 2
-"""``torch.json``'s format (2: each input's axes, the native latent side and the VAE's scale, which capture reads)."""
+TORCH_JSON_FORMAT = 3
+"""``torch.json``'s format (2: each input's axes, the native latent side and the VAE's scale, which capture reads;
+3: a video's denoiser without buckets)."""
 
 
 def runtime_versions(runtime: str) -> str:

@@ -202,6 +202,9 @@ def test_clip_bpe_from_the_openai_clip_package_tokenizes_as_clip():
         ("sd3/text_encoder_3", 4762.3),
         ("flux/transformer", 11901.4),
         ("flux/vae", 83.8),
+        ("svd/unet", 1524.6),
+        ("svd/vae", 97.7),
+        ("svd/image_encoder", 632.1),
     ],
 )
 def test_committed_published_configs_are_the_full_size_architectures(name, parameters_m):
@@ -302,6 +305,37 @@ def test_random_model_from_published_configs_is_a_servable_folder(name, tmp_path
 
     tokenizer = CLIPTokenizer.from_pretrained(model_dir / "tokenizer")
     assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+_SHRUNK_SVD = {
+    "unet/config.json": {
+        "block_out_channels": [32, 64],
+        "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+        "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
+        "num_attention_heads": [2, 4],
+        "cross_attention_dim": 32,
+        "addition_time_embed_dim": 8,
+        "projection_class_embeddings_input_dim": 24,
+        "layers_per_block": 1,
+        "sample_size": 16,
+    },
+    "vae/config.json": {"block_out_channels": [32, 32, 32, 32]},
+    "image_encoder/config.json": _SHRUNK["text_encoder/config.json"] | {"projection_dim": 32, "patch_size": 32},
+}
+
+
+def test_a_random_svd_from_published_configs_is_a_servable_image_to_video_folder(tmp_path, monkeypatch):
+    from build_engines.text_to_image import published
+
+    configs = shutil.copytree(PUBLISHED_DIR, tmp_path / "published")
+    for path, overrides in _SHRUNK_SVD.items():
+        file = configs / "svd" / path
+        file.write_text(json.dumps(json.loads(file.read_text()) | overrides))
+    monkeypatch.setattr(published, "PUBLISHED_DIR", configs)
+    family = family_of_folder(published.create_random_model("svd", tmp_path / "svd"))
+    assert (family.name, family.animates_images, family.default_frames) == ("svd", True, 14)
+    assert family.default_size == "168x96"  # SVD's 1024x576 for its 768 px UNet, here 128 px (16 latents, 8x)
+    assert list(family.specs) == ["image_encoder", "unet", "vae_encoder", "vae_decoder"]
 
 
 def test_installing_a_family_removes_the_other_familys_engines(engine_dir, tiny_xl_engine_dir, tmp_path):

@@ -28,6 +28,8 @@ def test_the_benchmark_imports_nothing_the_gpu_machine_lacks():
         "import serve.triton.server, serve.triton.client, serve.triton.runners, serve.text_to_image.pipeline\n"
         "import build_engines.text_to_image.build, build_engines.text_to_image.published, build_engines.memory\n"
         "import build_engines.text_to_image.export, build_engines.openvino\n"
+        "import loadtests.benchmarks.gpu_video, build_engines.finishing.interpolators, build_engines.finishing.ifnet\n"
+        "import serve.finishing.interpolators, serve.text_to_image.image_to_video, serve.protocol.video\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr[-2000:]

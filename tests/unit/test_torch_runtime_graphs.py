@@ -244,6 +244,14 @@ def test_chunk_counts_capture_once_for_an_engine_without_text_states(tmp_path):
     assert session.shapes == (NATIVE,)
 
 
+def test_a_video_s_denoiser_runs_eager_an_image_s_gets_buckets():
+    """SVD's UNet takes a whole video per row: compute-bound calls, too large to capture at every bucket."""
+    image = family_of_folder(default_model_dir("tiny"))
+    video = family_of_folder(default_model_dir("tiny-svd"))
+    assert torch_engine(image.specs["unet"], image.dims.sample_size, keep_fp32=False).buckets == (1, 2, 4, 8, 16, 32)
+    assert torch_engine(video.specs["unet"], video.dims.sample_size, keep_fp32=False).buckets == ()
+
+
 def test_the_build_records_each_input_s_axes_and_its_latent_side(tmp_path):
     family = family_of_folder(default_model_dir("tiny"))
     side = family.dims.sample_size

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from loadtests.benchmarks.gpu_clock import Deadline, Watchdog
 from loadtests.benchmarks.gpu_report import LOG, CappedLog, Report
-from loadtests.benchmarks.gpu_rows import LIVE_SERVERS, GpuBenchSettings, GpuModel, ModelRun, run_model
+from loadtests.benchmarks.gpu_rows import LIVE_SERVERS, GpuBenchSettings, GpuModel, ModelRun, build_model, image_stages
+from loadtests.benchmarks.gpu_video import video_stages
 
 logger = logging.getLogger(__name__)
 
@@ -85,7 +86,9 @@ def run_gpu_bench(settings: GpuBenchSettings, out: Path, work: Path, keep_log: b
                 continue
             logger.info("%s: %.0f s of the %.0f s left", name, share.left_s(), deadline.left_s())
             try:
-                run_model(ModelRun(model, settings, report, share), work, log.append)
+                run = ModelRun(model, settings, report, share)
+                folder, repository = build_model(run, work)
+                (video_stages if model.video else image_stages)(run, folder, repository, work, log.append)
             except Exception as error:  # noqa: BLE001 - one model's failure is recorded; the next model still runs
                 logger.exception("model %s failed", name)
                 report.add("failed", {"model": name, "error": f"{type(error).__name__}: {error}"[:2000]})

@@ -37,7 +37,7 @@ from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GpuBenchSettings", "GpuModel", "ModelRun", "Report", "psnr", "run_model"]
+__all__ = ["GpuBenchSettings", "GpuModel", "ModelRun", "Report", "build_model", "image_stages", "psnr"]
 
 LOOP_UNMERGED = "easel, loop in Triton, unmerged"
 REPLICA_LOOP = "easel, replica's loop, Triton per step"
@@ -196,8 +196,8 @@ def first_on_path(folder: str) -> Iterator[None]:
         sys.path.remove(folder)
 
 
-def run_model(run: ModelRun, work: Path, log_triton: Callable[[str, Path], None]) -> None:
-    """Make and build the model, then its stages, each within its share of ``run.deadline``."""
+def build_model(run: ModelRun, work: Path) -> tuple[EngineFolder, Path]:
+    """Make the model (``run.model_dir``) and build its engines into the work folder's repository: the folder, it."""
     from loadtests.benchmarks.gpu_models import build_unmeasured, model_dir
 
     cuda = run.settings.device == "cuda"
@@ -205,12 +205,13 @@ def run_model(run: ModelRun, work: Path, log_triton: Callable[[str, Path], None]
     run.prefix = f"{run.model.name}."
     repository = work / "model_repository"
     precision = "fp16" if cuda else "fp32"
-    folder = build_unmeasured(run.model_dir, repository, run.prefix, precision, run.settings.device)
-    if run.model.video:
-        from loadtests.benchmarks.gpu_video import video_stages
+    return build_unmeasured(run.model_dir, repository, run.prefix, precision, run.settings.device), repository
 
-        video_stages(run, folder, repository, work, log_triton)
-        return
+
+def image_stages(
+    run: ModelRun, folder: EngineFolder, repository: Path, work: Path, log_triton: Callable[[str, Path], None]
+) -> None:
+    """A text-to-image model's stages, each within its share of ``run.deadline``."""
     whole = run.deadline
     run.deadline = whole.within(whole.left_s() * ENGINES_SHARE)
     replay = stage(run, "engine checks", lambda: EngineChecks(run, folder).run_all(run.deadline))

@@ -32,15 +32,16 @@ from serve.adapters.ip_adapter import (
     IpAdapterInfo,
     face_lora,
 )
+from serve.adapters.lora import MOTION_UNET_PREFIX
 from serve.adapters.lora_files import weightless
 from serve.adapters.support import AdapterSupport
 from serve.files import content_hash
 from serve.text_to_image.families.exports import ExportModule, with_lora_slots
 
-IP_EXPORT = 4
+IP_EXPORT = 5
 """The IP-Adapter engines' export version (part of the engine cache key): bumped when their graph or files change
 (3: a FaceID's LoRA kept beside the engines; 4: a FaceID Plus's encoder states as inputs; an InstantID's folder adds
-its IdentityNet, keyed by the folder's content)."""
+its IdentityNet, keyed by the folder's content; 5: the motion UNets take the IP inputs too)."""
 LORA_EXPORT = 2
 """The LoRA layers' export version (part of the engine cache key): 2 selects rows, where 1 scaled them by 0."""
 
@@ -139,24 +140,28 @@ def adapter_modules(
 ) -> dict:
     """The family's export modules made adapter-ready, plus the image encoder.
 
-    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet. ``between``: what else changes
-    the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them (ControlNet residual inputs,
-    which the specs order between the two).
+    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet and the motion UNets (theirs
+    among them). ``between``: what else changes the modules after the IP-Adapter's UNet is made and before LoRA
+    slots wrap them (ControlNet residual inputs, which the specs order between the two).
     """
     modules = dict(modules)
     ip = support.ip_adapter
     if ip is not None:
         folders = build.ip_folders()
-        unet_source = modules["unet"]
 
-        def unet_with_ip(dtype: torch.dtype) -> torch.nn.Module:
-            module = unet_source.load(dtype)
-            load_into_unet(module.unet, folders)
-            module.unet.to(dtype)
-            module.added = (*module.added, IMAGE_EMBEDS)
-            return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels, ip)
+        def with_ip(source: ExportModule, video: bool) -> ExportModule:
+            def load(dtype: torch.dtype) -> torch.nn.Module:
+                module = source.load(dtype)
+                load_into_unet(module.unet, folders)
+                module.unet.to(dtype)
+                module.added = (*module.added, IMAGE_EMBEDS)
+                return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels, ip, video)
 
-        modules["unet"] = ExportModule(unet_with_ip, unet_source.keep_fp32)
+            return ExportModule(load, source.keep_fp32)
+
+        for name in ("unet", *(name for name in lora_engines if name.startswith(MOTION_UNET_PREFIX))):
+            if name in modules:  # the UNet, and each motion UNet (a video's references, as AnimateDiff's)
+                modules[name] = with_ip(modules[name], video=name != "unet")
         encoder = next((folder.image_encoder for folder in folders if folder.image_encoder), None)
         if encoder is not None:  # plain FaceIDs read faces' embeddings only, found by the face models
             modules[IMAGE_ENCODER] = ExportModule(lambda dtype: load_image_encoder(encoder, dtype, ip.hidden_states))

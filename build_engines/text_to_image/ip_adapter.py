@@ -218,10 +218,18 @@ class IpReadyUnet(torch.nn.Module):
     """
 
     def __init__(
-        self, module: torch.nn.Module, inputs: _IpInputs, adapters: int, levels: tuple[int, ...], info=None
+        self,
+        module: torch.nn.Module,
+        inputs: _IpInputs,
+        adapters: int,
+        levels: tuple[int, ...],
+        info=None,
+        video: bool = False,
     ) -> None:
         super().__init__()
         self.module, self.inputs, self.adapters, self.levels = module, inputs, adapters, levels
+        self.video = video  # a motion UNet's: a row is a video, its attention's rows are its frames'
+
         self.face_states = info.face_states if info is not None else ()
         projections = module.unet.encoder_hid_proj.image_projection_layers if self.face_states else ()
         for index in self.face_states:  # v2: the face's tokens added to the resampler's
@@ -242,6 +250,10 @@ class IpReadyUnet(torch.nn.Module):
             ip[self.adapters : self.adapters + 3],
             ip[self.adapters + 3 :],
         )
+        if self.video:  # each row's scales and masks for each of its frames (the UNet repeats the tokens so)
+            frames = base[0].shape[2]
+            scale, references, masked = (x.repeat_interleave(frames, dim=0) for x in (scale, references, masked))
+            masks = tuple(mask.repeat_interleave(frames, dim=0) for mask in masks)
         inputs = self.inputs
         inputs.scale, inputs.references, inputs.masked = scale, references, masked
         inputs.masks = dict(zip(self.levels, masks, strict=True))
@@ -255,7 +267,8 @@ class IpReadyUnet(torch.nn.Module):
 def ip_layers(unet) -> tuple[str, ...]:
     """The attention processors an IP-Adapter adds image tokens to (every one but self-attention), in order."""
     own = (name for name in unet.attn_processors if not name.startswith("encoder_hid_proj."))  # not a resampler's
-    return tuple(name for name in own if not name.endswith("attn1.processor"))
+    spatial = (name for name in own if ".motion_modules." not in name)  # a motion UNet's temporal attention reads none
+    return tuple(name for name in spatial if not name.endswith("attn1.processor"))
 
 
 def layer_level(unet, name: str) -> int:

@@ -61,8 +61,7 @@ class AdapterSupport:
         specs = dict(specs)
         ip = self.ip_adapter
         if ip is not None:
-            unet = specs["unet"]
-            specs["unet"] = dataclasses.replace(unet, inputs=(*unet.inputs, *ip_inputs(ip)))
+            specs["unet"] = self.ip_ready(specs["unet"])
         if ip is not None and ip.encoder_shape is not None:
             side = ip.image_size
             specs[IMAGE_ENCODER] = ModelSpec(
@@ -73,6 +72,11 @@ class AdapterSupport:
                 dynamic_batching=DynamicBatching(**PRIORITIES),
             )
         return specs | self.lora_specs({name: specs[name] for name in lora_engines if name in specs})
+
+    def ip_ready(self, spec: ModelSpec) -> ModelSpec:
+        """``spec`` (the UNet's, a motion UNet's) taking the IP-Adapters' inputs after its own (none: as it is)."""
+        ip = self.ip_adapter
+        return spec if ip is None else dataclasses.replace(spec, inputs=(*spec.inputs, *ip_inputs(ip)))
 
     def lora_specs(self, specs: dict[str, ModelSpec]) -> dict[str, ModelSpec]:
         """``specs`` (engines that take LoRA slots) with the per-row adapters input, when the engines are LoRA-ready."""

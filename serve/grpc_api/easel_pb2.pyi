@@ -373,7 +373,7 @@ class FeedbackReply(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., model: _Optional[str] = ..., experiment: _Optional[str] = ...) -> None: ...
 
 class VideoRequest(_message.Message):
-    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate", "upscale", "character", "motion_bucket_id", "noise_aug_strength", "decode_chunk_size", "min_guidance_scale")
+    __slots__ = ("prompt", "model", "size", "seconds", "frames", "fps", "seed", "steps", "scheduler", "guidance_scale", "negative_prompt", "loras", "motion_adapter", "priority", "input_reference", "strength", "interpolate", "upscale", "character", "motion_bucket_id", "noise_aug_strength", "decode_chunk_size", "min_guidance_scale", "ip_adapters", "identity")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -397,6 +397,8 @@ class VideoRequest(_message.Message):
     NOISE_AUG_STRENGTH_FIELD_NUMBER: _ClassVar[int]
     DECODE_CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     MIN_GUIDANCE_SCALE_FIELD_NUMBER: _ClassVar[int]
+    IP_ADAPTERS_FIELD_NUMBER: _ClassVar[int]
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     model: str
     size: str
@@ -420,7 +422,9 @@ class VideoRequest(_message.Message):
     noise_aug_strength: float
     decode_chunk_size: int
     min_guidance_scale: float
-    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., character: _Optional[_Union[Character, _Mapping]] = ..., motion_bucket_id: _Optional[int] = ..., noise_aug_strength: _Optional[float] = ..., decode_chunk_size: _Optional[int] = ..., min_guidance_scale: _Optional[float] = ...) -> None: ...
+    ip_adapters: _containers.RepeatedCompositeFieldContainer[IpAdapter]
+    identity: Identity
+    def __init__(self, prompt: _Optional[str] = ..., model: _Optional[str] = ..., size: _Optional[str] = ..., seconds: _Optional[int] = ..., frames: _Optional[int] = ..., fps: _Optional[int] = ..., seed: _Optional[int] = ..., steps: _Optional[int] = ..., scheduler: _Optional[str] = ..., guidance_scale: _Optional[float] = ..., negative_prompt: _Optional[str] = ..., loras: _Optional[_Iterable[_Union[Lora, _Mapping]]] = ..., motion_adapter: _Optional[str] = ..., priority: _Optional[str] = ..., input_reference: _Optional[bytes] = ..., strength: _Optional[float] = ..., interpolate: _Optional[_Union[Interpolate, _Mapping]] = ..., upscale: _Optional[_Union[Upscale, _Mapping]] = ..., character: _Optional[_Union[Character, _Mapping]] = ..., motion_bucket_id: _Optional[int] = ..., noise_aug_strength: _Optional[float] = ..., decode_chunk_size: _Optional[int] = ..., min_guidance_scale: _Optional[float] = ..., ip_adapters: _Optional[_Iterable[_Union[IpAdapter, _Mapping]]] = ..., identity: _Optional[_Union[Identity, _Mapping]] = ...) -> None: ...
 
 class InterpolateVideoRequest(_message.Message):
     __slots__ = ("video_id", "interpolate")

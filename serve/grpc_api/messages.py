@@ -79,26 +79,35 @@ def generation_request(message: easel_pb2.GenerateRequest | Unparsed) -> Generat
     for name in ("ip_adapter_image", "mask"):
         if name in body:
             body[name] = _base64(body[name])
-    for part in ("upscale", "character", "identity"):
+    for part in ("upscale", "character"):
         if part in body:
             body[part] = fields(body[part])
-    identity = body.get("identity", {})
-    identity |= {name: _base64(identity[name]) for name in ("image", "keypoints") if name in identity}
-    if "embedding" in identity:
-        identity["embedding"] = list(identity["embedding"])
     if "outpaint" in body:
         body["outpaint"] = {side: getattr(body["outpaint"], side) for side in ("left", "top", "right", "bottom")}
     _scale_json(body, "ip_adapter_scale", "ip_adapter_scale_json", "ip_adapter_scale_json")
+    references_read(body)
+    try:
+        return GenerationRequest.model_validate(body)
+    except ValidationError as error:
+        raise invalid_input(error) from None
+
+
+def references_read(body: dict) -> None:
+    """``body``'s ``ip_adapters`` and ``identity`` (a generation's, a video's) as the HTTP API's, in place.
+
+    Images travel as bytes (the HTTP API's base64), an InstantStyle mapping as JSON text.
+    """
+    if "identity" in body:
+        identity = body["identity"] = fields(body["identity"])
+        identity |= {name: _base64(identity[name]) for name in ("image", "keypoints") if name in identity}
+        if "embedding" in identity:
+            identity["embedding"] = list(identity["embedding"])
     body["ip_adapters"] = [fields(choice) for choice in body.get("ip_adapters", [])]
     for index, choice in enumerate(body["ip_adapters"]):
         choice["images"] = [_base64(image) for image in choice.get("images", [])]
         choice["masks"] = [_base64(mask) for mask in choice.get("masks", [])]
         choice["references"] = list(choice.get("references", []))
         _scale_json(choice, "scale", "scale_json", f"ip_adapters.{index}.scale_json")
-    try:
-        return GenerationRequest.model_validate(body)
-    except ValidationError as error:
-        raise invalid_input(error) from None
 
 
 def _scale_json(body: dict, scale: str, mapping: str, field: str) -> None:

@@ -13,7 +13,7 @@ from serve.errors import InvalidInput, invalid_input
 from serve.finishing.schema import Interpolate
 from serve.grpc_api.easel_pb2 import InterpolateVideoRequest, Video, VideoContentRequest, VideoError, VideoId
 from serve.grpc_api.easel_pb2 import VideoRequest as VideoMessage
-from serve.grpc_api.messages import Unparsed, fields, parsed
+from serve.grpc_api.messages import Unparsed, fields, parsed, references_read
 from serve.protocol.video import INPUT_REFERENCE, InterpolateBody, VideoRequest
 
 
@@ -27,6 +27,7 @@ def video_request(message: VideoMessage | Unparsed) -> VideoRequest:
     for part in ("interpolate", "upscale", "character"):
         if part in body:
             body[part] = fields(body[part])
+    references_read(body)  # ip_adapters and identity, as a generation's
     if INPUT_REFERENCE in body:  # bytes here, the HTTP API's base64 there
         body[INPUT_REFERENCE] = base64.b64encode(body[INPUT_REFERENCE]).decode()
     try:

@@ -34,7 +34,8 @@ from serve.finishing.schema import (
 from serve.images import BASE64_IMAGE, MAX_IMAGE_BYTES, MAX_IMAGE_CHARS, checked_base64
 from serve.priority import Priority
 from serve.protocol.adapter_choices import MAX_LORAS, LoraChoice
-from serve.protocol.character_requests import CharacterChoice
+from serve.protocol.character_requests import CharacterChoice, IdentityChoice
+from serve.protocol.ip_scale import MAX_IP_ADAPTERS, IpAdapterChoice
 from serve.protocol.prompt_batch import MAX_PROMPT_CHARS, MAX_SEED, PROMPT_PATTERN
 from serve.protocol.prompt_weights import checked_prompt
 from serve.protocol.schema import (
@@ -184,8 +185,12 @@ class VideoRequest(BaseModel):
     )
     motion_adapter: str | None = Field(None, description="A motion adapter of the model; default: its first.")
     character: CharacterChoice | None = Field(
-        None, description="A character of POST /v1/characters, drawn in as a still's generation draws it."
+        None, description="A character of POST /v1/characters: its trigger words, LoRA and pictures, as a still's."
     )
+    ip_adapters: list[IpAdapterChoice] = Field(
+        [], max_length=MAX_IP_ADAPTERS, description="IP-Adapters and their references, as a still's, in every frame."
+    )
+    identity: IdentityChoice | None = Field(None, description="A face to keep in every frame, as a still's identity.")
     input_reference: str | None = Field(
         None,
         min_length=1,
@@ -210,10 +215,10 @@ class VideoRequest(BaseModel):
     interpolate: Interpolate | None = Field(None, description=INTERPOLATE_FIELD)
     priority: Priority = Priority.NORMAL
 
-    @field_validator("interpolate", "upscale", "restore_faces", mode="before")
+    @field_validator("interpolate", "upscale", "restore_faces", "character", "ip_adapters", "identity", mode="before")
     @classmethod
     def _form_json(cls, value: object) -> object:
-        """A multipart form carries the finishing objects as JSON text."""
+        """A multipart form carries the objects as JSON text."""
         return form_json(value)
 
     @field_validator("prompt", "negative_prompt")
@@ -311,7 +316,8 @@ class VideoRequest(BaseModel):
     def _still_animated(self, model: str, family: VideoFamily) -> dict:
         """An image-to-video model's fields: its still (required), frames and size by default, SVD's conditioning.
 
-        What only AnimateDiff reads (a motion adapter, a strength, a negative prompt, a character) is a 400 naming it.
+        What only AnimateDiff reads (a motion adapter, a strength, a negative prompt, a character, references, an
+        identity) is a 400 naming it.
         """
         if self.input_reference is None:
             raise InvalidInput(
@@ -323,6 +329,8 @@ class VideoRequest(BaseModel):
             "strength": self.strength,
             "negative_prompt": self.negative_prompt,
             "character": self.character,  # its trigger words, LoRA and pictures: nothing SVD reads
+            "ip_adapters": self.ip_adapters,
+            "identity": self.identity,
         }
         if refused := next((name for name, value in given.items() if value), None):
             raise InvalidInput(

@@ -188,7 +188,7 @@ class Characters:
             if character.lora["name"] in {lora.name for lora in request.loras} or len(update["loras"]) > MAX_LORAS:
                 why = f"its LoRA {character.lora['name']!r} makes loras repeat one or pass {MAX_LORAS}"
                 raise InvalidInput(f"{FIELD}: {why}", FIELD)
-        if _pictures(request, character):
+        if character.references:  # its pictures, a still's or a video's (each frame's, as AnimateDiff's)
             if request.ip_adapter_image is not None or request.ip_adapter_reference is not None:
                 message = "its pictures are IP-Adapter references: send the request's own in ip_adapters"
                 raise InvalidInput(f"{FIELD}: {message}", FIELD)
@@ -273,17 +273,9 @@ def picture(image: str, index: int) -> np.ndarray:
 _SHORTHAND = ("ip_adapter_image", "ip_adapter_reference", "motion_adapter")
 
 
-def _pictures(request, character: Character) -> tuple[str, ...]:
-    """The stored references ``request`` draws ``character``'s pictures by; none for a video (trigger words, LoRA).
-
-    AnimateDiff takes no IP-Adapter references yet.
-    """
-    return () if getattr(request, "motion_adapter", None) else character.references
-
-
 def _holds(request, character: Character) -> bool:
     """Whether ``request`` holds ``character``'s parts already: its pictures, LoRA and trigger words."""
-    pictures = set(_pictures(request, character))
+    pictures = set(character.references)
     held = not pictures or any(pictures <= set(choice.references) for choice in request.ip_adapters)
     lora = character.lora is None or character.lora["name"] in {choice.name for choice in request.loras}
     prompts = [request.prompt] if request.prompts is None else [choice.prompt for choice in request.prompts]

@@ -104,8 +104,7 @@ class TextToImagePipeline:
         place = self.place()
         guided = self.family.classifier_free(job)
         conditioning, dropped = await self.family.condition(engines, self.tokenizers, job, guided)
-        if job.motion is None:  # a motion UNet takes no IP-Adapter inputs (a video takes no references)
-            conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[2:])
+        conditioning |= await self.adapters.ip_rows(engines, job, guided, self._latent_shape(job)[-2:])
         # Rows [negative..., prompt...], each repeated per image, as diffusers lays them out.
         unrepeated = conditioning
         conditioning = {

@@ -112,6 +112,8 @@ def test_a_video_on_an_svd_model_takes_the_model_s_defaults_and_svd_s_conditioni
         ({"motion_adapter": "wave"}, "motion_adapter"),
         ({"negative_prompt": "blurry"}, "negative_prompt"),
         ({"character": {"name": "zed"}}, "character"),
+        ({"ip_adapters": [{"images": [still_b64()]}]}, "ip_adapters"),
+        ({"identity": {"embedding": [1.0] * 512}}, "identity"),
     ],
 )
 def test_what_an_svd_model_does_not_read_is_refused_naming_the_field(svd_model, change, field):

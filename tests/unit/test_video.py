@@ -16,7 +16,7 @@ from starlette.requests import Request
 from build_engines.text_to_image.adapters import AdapterBuild
 from build_engines.text_to_image.loras import build_registry, save_registry
 from build_engines.text_to_image.motion import motion_fit, random_motion_adapter
-from build_engines.text_to_image.random_adapters import make_lora, make_motion_lora
+from build_engines.text_to_image.random_adapters import IP_WEIGHTS, make_ip_adapter, make_lora, make_motion_lora
 from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.http.forms import read_video_form
@@ -29,7 +29,15 @@ from serve.protocol.video import VideoGeneration, VideoRequest, input_reference_
 from serve.serving.jobs import JobRequest
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.text_to_image.families import family_of_folder
-from serve.text_to_image.generation import AdapterInputs, Generation, ImageInputs, Motion, Outline, SamplingParams
+from serve.text_to_image.generation import (
+    AdapterInputs,
+    Generation,
+    ImageInputs,
+    IpReferences,
+    Motion,
+    Outline,
+    SamplingParams,
+)
 from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
@@ -45,12 +53,19 @@ def motion_adapter(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def video_engines(default_model, motion_adapter, tmp_path_factory):
-    """The tiny SD's engines with the motion adapter's UNet (``unet_motion_wave``)."""
+def ip_adapter(default_model, tmp_path_factory):
+    """A random IP-Adapter (with its image encoder) for the tiny SD's UNet, made here."""
+    return make_ip_adapter(default_model, tmp_path_factory.mktemp("ip-adapter") / "ip", seed=5)
+
+
+@pytest.fixture(scope="module")
+def video_engines(default_model, motion_adapter, ip_adapter, tmp_path_factory):
+    """The tiny SD's engines, LoRA- and IP-Adapter-ready, with the motion adapter's UNet (``unet_motion_wave``)."""
     from build_engines.text_to_image.build import build
 
     repository = tmp_path_factory.mktemp("repository-motion")
-    built = build(default_model, repository, adapters=AdapterBuild(lora=True), motion_adapters={"wave": motion_adapter})
+    adapters = AdapterBuild(lora=True, ip_adapters={"ip": ip_adapter})
+    built = build(default_model, repository, adapters=adapters, motion_adapters={"wave": motion_adapter})
     return EngineFolder(built.path)
 
 
@@ -137,6 +152,33 @@ def test_every_frame_with_loras_matches_animatediff_with_load_lora_weights(
         assert min(psnr(a, b) for a, b in zip(got, without_swing, strict=True)) < 40
 
 
+def test_every_frame_with_a_reference_matches_animatediff_with_load_ip_adapter(
+    default_model, motion_adapter, ip_adapter, video_engines, video_runner
+):
+    """An IP-Adapter reference in every frame of a video, as AnimateDiff's ``ip_adapter_image``; it moves them."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    reference = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    ours = TextToImagePipeline(video_engines, video_runner)
+    sampling = SamplingParams("a red fox", "blurry", 1, 64, 48, 3, 7.5, 5, "ddim")
+    adapters = AdapterInputs(ip=(IpReferences(0, images=(reference,), scale=0.7),))
+    got = np.stack(asyncio.run(ours.generate(Generation(sampling, adapters=adapters, motion=Motion("wave", 6)))).images)
+    plain = np.stack(asyncio.run(ours.generate(Generation(sampling, motion=Motion("wave", 6)))).images)
+    pipeline = AnimateDiffPipeline.from_pretrained(
+        default_model, motion_adapter=MotionAdapter.from_pretrained(motion_adapter)
+    )
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_ip_adapter(str(ip_adapter), subfolder="", weight_name=IP_WEIGHTS)
+    pipeline.set_ip_adapter_scale(0.7)
+    kwargs = {"prompt": "a red fox", "negative_prompt": "blurry", "width": 64, "height": 48, "guidance_scale": 7.5}
+    want = reference_frames(
+        pipeline, "ddim", 6, 5, num_inference_steps=3, ip_adapter_image=Image.fromarray(reference), **kwargs
+    )
+    assert got.shape == want.shape == (6, 48, 64, 3)
+    assert min(psnr(a, b) for a, b in zip(got, want, strict=True)) >= 40
+    assert max(psnr(a, b) for a, b in zip(got, plain, strict=True)) < 30  # the reference changed every frame
+
+
 def test_a_motion_lora_is_refused_for_stills_naming_the_field(video_loras, tmp_path):
     adapters = StackAdapters(str(video_loras[2]), store_url=f"sqlite:///{tmp_path / 'adapters.db'}")
     with pytest.raises(InvalidInput, match="'swing' is a motion LoRA") as refused:
@@ -190,7 +232,7 @@ def test_unknown_adapters_and_adapted_videos_are_refused_naming_the_field(video_
     with pytest.raises(InvalidInput, match="ControlNets") as error:
         family.check(Outline("ddim", 64, 64, controls=True, motion_adapter="wave"))
     assert error.value.field == "motion_adapter"
-    family.check(Outline("ddim", 64, 64, loras=True, motion_adapter="wave"))
+    family.check(Outline("ddim", 64, 64, loras=True, referenced=True, motion_adapter="wave"))
 
 
 def test_a_motion_adapter_that_does_not_fit_is_refused_before_any_build(

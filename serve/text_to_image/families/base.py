@@ -144,7 +144,7 @@ class Family(ABC):
         plain = self.engine_specs()
         if self.motion_adapters and UNET not in plain:
             raise UnsupportedModel(f"motion adapters serve UNet models, not {self.name} models")
-        motion = {name: motion_unet_spec(name, plain[UNET]) for name in self.motion_engines}
+        motion = {name: motion_unet_spec(name, self.adapters.ip_ready(plain[UNET])) for name in self.motion_engines}
         if step_cache and UNET not in plain:
             raise UnsupportedModel(f"step caching serves UNet models, not {self.name} models")
         if dims.distilled_unet:  # the plain UNet's inputs: it takes no adapters or ControlNets
@@ -326,8 +326,8 @@ class Family(ABC):
         why = None
         if self.name != "sd":
             why = f"motion adapters serve SD 1.x models; this is a {self.pipeline_class} model"
-        elif asked.controls or asked.referenced:
-            why = "a video takes no IP-Adapter references or ControlNets yet"
+        elif asked.controls:
+            why = "a video takes no ControlNets yet"
         elif self.step_engine(asked) not in self.specs:
             served = ", ".join(self.motion_adapters) or "none: easel up --motion-adapter NAME=DIR"
             why = f"{asked.motion_adapter!r} is not a motion adapter of this model (it serves: {served})"

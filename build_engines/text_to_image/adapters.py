@@ -155,7 +155,9 @@ def adapter_modules(
                 load_into_unet(module.unet, folders)
                 module.unet.to(dtype)
                 module.added = (*module.added, IMAGE_EMBEDS)
-                return IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels, ip, video)
+                ready = IpReadyUnet(module, module.unet.ip_inputs, len(folders), ip.mask_levels, ip, video)
+                ready.side_files = getattr(module, "side_files", {})  # a motion UNet's config
+                return ready
 
             return ExportModule(load, source.keep_fp32)
 

@@ -150,7 +150,8 @@ def motion_unet_export(unet_folder: Path, adapter_folder: Path) -> ExportModule:
         unet = diffusers_model("UNet2DConditionModel", unet_folder, dtype)
         adapter = diffusers_model("MotionAdapter", adapter_folder, dtype)
         module = MotionUnetModule(diffusers.UNetMotionModel.from_unet2d(unet, adapter).to(dtype).eval())
-        module.side_files = {MODULE_CONFIG: module.unet.to_json_file}  # what LoRA files for it are read against
+        config = module.unet.to_json_string()  # what LoRA files for it are read against (before any IP-Adapter)
+        module.side_files = {MODULE_CONFIG: lambda path: Path(path).write_text(config)}
         return module
 
     return ExportModule(load)

@@ -668,9 +668,11 @@ def test_a_character_is_drawn_by_a_job_a_grpc_call_and_a_video_as_by_hand(api, s
     rpc = np.asarray(Image.open(io.BytesIO(events[-1].result.images[0].data)).convert("RGB"))
     np.testing.assert_array_equal(rpc[None], by_hand)
     video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
-    by_name = _video_frames(api, video | named)  # a video takes its trigger words and LoRA (no IP-Adapter yet)
-    by_hand = _video_frames(api, video | {"prompt": f"zed person, {BODY['prompt']}", "loras": loras})
+    by_name = _video_frames(api, video | named)  # its trigger words, LoRA and pictures, in every frame
+    words = {"prompt": f"zed person, {BODY['prompt']}", "loras": loras}
+    by_hand = _video_frames(api, video | words | {"ip_adapters": pictures})
     np.testing.assert_array_equal(by_name, by_hand)
+    assert psnr(by_name, _video_frames(api, video | words)) < 35, "its pictures changed no frame"
     assert api.delete("/v1/characters/kit").status_code == 200
 
 
@@ -739,6 +741,28 @@ def test_an_identity_draws_as_diffusers_draws_with_the_faceid_its_embedding_and_
     logger.info("identity against diffusers: %.1f dB", psnr(by_image, expected))
     assert psnr(by_image, expected) >= 40
     assert psnr(by_image, _served(api)) < 30, "the identity changed nothing"
+
+
+def test_a_video_s_identity_draws_every_frame_as_animatediff_with_the_faceid(api, default_model, faceid, wave):
+    """An identity on a video: the face's embedding in every frame, as AnimateDiffPipeline with load_ip_adapter."""
+    from diffusers import AnimateDiffPipeline, MotionAdapter
+
+    embedding = api.post("/v1/faces/analyze", json={"image": FACE, "max_faces": 1}).json()["data"][0]["embedding"]
+    video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
+    video |= {"scheduler": "ddim", "guidance_scale": 7.5}
+    got = _video_frames(api, video | {"identity": IDENTITY})
+    pipeline = AnimateDiffPipeline.from_pretrained(default_model, motion_adapter=MotionAdapter.from_pretrained(wave))
+    pipeline.set_progress_bar_config(disable=True)
+    pipeline.load_ip_adapter(str(faceid), subfolder="", weight_name=FACEID_WEIGHTS, image_encoder_folder=None)
+    pipeline.set_ip_adapter_scale(0.8)
+    face = torch.tensor(embedding)[None, None]
+    embeds = [torch.cat([torch.zeros_like(face), face])]  # diffusers' negative for given embeddings: zeros
+    kwargs = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 4, "guidance_scale": 7.5}
+    want = reference_frames(pipeline, "ddim", 4, 3, ip_adapter_image_embeds=embeds, **kwargs)  # with its LoRA
+    values = [psnr(a, b) for a, b in zip(got, want, strict=True)]
+    logger.info("a video's identity against AnimateDiff: %s dB", [round(v, 1) for v in values])
+    assert len(got) == 4 and min(values) >= 40
+    assert psnr(got, _video_frames(api, video)) < 30, "the identity changed nothing"
 
 
 def test_an_identity_is_scored_against_its_own_face_and_a_character_s_face_draws_it(api):

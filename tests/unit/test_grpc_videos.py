@@ -32,6 +32,25 @@ def test_an_input_reference_travels_as_bytes_and_is_the_http_api_s_base64():
     assert video_request(easel_pb2.VideoRequest(prompt="x")).input_reference is None
 
 
+def test_references_and_an_identity_travel_as_a_generation_s_and_become_the_video_s_generation():
+    png = b"\x89PNG\r\n\x1a\n not decoded here"
+    message = easel_pb2.VideoRequest(prompt="x", frames=4, identity=easel_pb2.Identity(image=png, strength=0.7))
+    message.ip_adapters.add(name="ip", images=[png], references=["ref_" + "0" * 24], scale=0.5)
+    request = video_request(message)
+    (choice,) = request.ip_adapters
+    assert (choice.name, choice.images, choice.references, choice.scale) == (
+        "ip",
+        [base64.b64encode(png).decode()],
+        ["ref_" + "0" * 24],
+        0.5,
+    )
+    assert request.identity.image == base64.b64encode(png).decode() and request.identity.strength == 0.7
+    family = type("Family", (), {"motion_adapters": ("wave",), "pipeline_class": "StableDiffusionPipeline"})
+    family.animates_images = False
+    drawn = request.generation("easel-default", 64, family)
+    assert drawn.ip_adapters == request.ip_adapters and drawn.identity == request.identity
+
+
 @pytest.mark.parametrize(
     ("message", "field"),
     [

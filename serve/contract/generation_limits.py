@@ -318,10 +318,10 @@ VIDEO_LIMITS = (
     UnstatedLimit(
         "post",
         VIDEOS,
-        ("input_reference", "strength", "motion_adapter", "negative_prompt", "character"),
+        ("input_reference", "strength", "motion_adapter", "negative_prompt", "character", "ip_adapters", "identity"),
         "animates a still",
-        "an image-to-video (SVD) model takes an input_reference, and no strength, motion_adapter, negative_prompt or "
-        "character",
+        "an image-to-video (SVD) model takes an input_reference, and no strength, motion_adapter, negative_prompt, "
+        "character, ip_adapters or identity",
         "the models are the stack's, and what each reads is its family's",
     ),
     UnstatedLimit(

@@ -131,6 +131,12 @@ UNSTATED_LIMITS = (
     *(dataclasses.replace(limit, path=EDITS) for limit in GENERATION_LIMITS),
     *_identity_limits(GENERATIONS),
     *_identity_limits(EDITS),
+    *_identity_limits(VIDEOS),
+    *(  # a video's references are a still's, in every frame
+        dataclasses.replace(limit, path=VIDEOS)
+        for limit in GENERATION_LIMITS
+        if limit.params[0].startswith("ip_adapters")
+    ),
     UnstatedLimit(
         "post",
         EDITS,

@@ -73,6 +73,7 @@ ROWS = (
     Row("character", "post", "/v1/images/generations", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
     Row("character", "post", "/v1/videos", _CHARACTER, _CHARACTER, "body", 400, "adapters"),
     Row("character", "post", "/v1/images/generations", _IDENTITY, _IDENTITY, "body", 400, "adapters"),
+    Row("character", "post", "/v1/videos", _IDENTITY, _IDENTITY, "body", 400, "adapters"),
     Row("user", "get", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
     Row("user", "delete", "/v1/users/{user}/preferences", "user", "user", stack="in-process"),
 )

@@ -1,4 +1,5 @@
-"""IP-Adapter FaceID Plus v2 through a real Triton and Ray Serve app, against diffusers' ``load_ip_adapter``.
+"""IP-Adapter FaceID Plus v2 (SD 1.x and SDXL) through a real Triton and Ray Serve app, against diffusers'
+``load_ip_adapter``.
 
 Its own stack: a FaceID Plus reads the image encoder's hidden states, which the other test stacks' plain IP-Adapters
 (image embeddings) cannot share. The reference side aligns the face with InsightFace's own ``norm_crop`` and encodes
@@ -15,11 +16,13 @@ from PIL import Image
 
 from build_engines.faces.random_pack import drawn_faces, random_face_pack
 from build_engines.text_to_image.random_adapters import FACEID_PLUSV2_WEIGHTS, make_faceid_adapter
+from serve.names import DEFAULT_MODEL
 from tests.conftest import psnr, reference_images
 from tests.images import encode
 from tests.integration.conftest import GENERATE, NO_CANARY_S, decode_images, default_stack
 
 pytestmark = pytest.mark.integration
+XL = "xl"
 logger = logging.getLogger(__name__)
 
 BODY = {"prompt": "a portrait", "seed": 3, "num_inference_steps": 6, "size": "64x64", "scheduler": "ddim"}
@@ -34,37 +37,58 @@ def plus(default_model, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def stack(plus, tmp_path_factory):
-    """The embedded model, LoRA-ready (the FaceID's LoRA), with the FaceID Plus and face models."""
+def plus_xl(tiny_xl_model, tmp_path_factory):
+    """A random SDXL FaceID Plus v2 (h94's layout for SDXL: the same keys at SDXL's widths), served as ``xl:plus``."""
+    return make_faceid_adapter(tiny_xl_model, tmp_path_factory.mktemp("plus-xl"), seed=4, plus=True)
+
+
+@pytest.fixture(scope="module")
+def stack(plus, plus_xl, tiny_xl_model, tmp_path_factory):
+    """The embedded model (the default) and the tiny SDXL ``xl``, LoRA-ready (the FaceIDs' LoRAs), each with its
+    FaceID Plus, and face models."""
+    loras = tmp_path_factory.mktemp("loras")
     yield from default_stack(
         tmp_path_factory,
+        models={DEFAULT_MODEL: None, XL: tiny_xl_model},
         repository=tmp_path_factory.mktemp("repository"),
-        loras_dir=tmp_path_factory.mktemp("loras"),
-        ip_adapters={"plus": plus},
+        loras_dir={DEFAULT_MODEL: loras, XL: loras},
+        ip_adapters={f"{DEFAULT_MODEL}:plus": plus, f"{XL}:plus": plus_xl},
         faces=random_face_pack(tmp_path_factory.mktemp("faces") / "buffalo_l"),
         canary_interval_s=NO_CANARY_S,
     )
 
 
-def _served(api, identity: dict) -> np.ndarray:
-    response = api.post(GENERATE, json=BODY | {"identity": identity})
+def _served(api, identity: dict, body: dict = BODY) -> np.ndarray:
+    response = api.post(GENERATE, json=body | {"identity": identity})
     assert response.status_code == 200, response.text
     return decode_images(response)
 
 
-def test_a_faceid_plus_v2_identity_draws_as_diffusers_with_the_aligned_face_s_clip_states(api, default_model, plus):
-    from diffusers import StableDiffusionPipeline
+@pytest.mark.parametrize("model", [DEFAULT_MODEL, XL])
+def test_a_faceid_plus_v2_identity_draws_as_diffusers_with_the_aligned_face_s_clip_states(
+    api, default_model, tiny_xl_model, plus, plus_xl, model
+):
+    """SD 1.x's and SDXL's FaceID Plus v2, each against its diffusers pipeline with ``load_ip_adapter``."""
+    import diffusers
     from insightface.utils.face_align import norm_crop
 
+    body = BODY | {"model": model}
     found = api.post("/v1/faces/analyze", json={"image": PICTURE, "max_faces": 1}).json()["data"][0]
-    by_image = _served(api, {"image": PICTURE, "face": "largest", "strength": 0.9})
+    by_image = _served(api, {"image": PICTURE, "face": "largest", "strength": 0.9}, body)
     crop = norm_crop(PIXELS, np.asarray(found["landmarks"], np.float32), image_size=224)
     sent = {"embedding": found["embedding"], "aligned_face": base64.b64encode(encode(Image.fromarray(crop))).decode()}
-    assert psnr(_served(api, sent | {"strength": 0.9}), by_image) >= 40  # the face and its crop sent by hand
-    pipeline = StableDiffusionPipeline.from_pretrained(default_model)
+    assert psnr(_served(api, sent | {"strength": 0.9}, body), by_image) >= 40  # the face and its crop sent by hand
+    xl = model == XL
+    pipeline_class = diffusers.StableDiffusionXLPipeline if xl else diffusers.StableDiffusionPipeline
+    pipeline = pipeline_class.from_pretrained(
+        tiny_xl_model if xl else default_model, **({"add_watermarker": False} if xl else {})
+    )
     pipeline.set_progress_bar_config(disable=True)
     pipeline.load_ip_adapter(
-        str(plus), subfolder="", weight_name=FACEID_PLUSV2_WEIGHTS, image_encoder_folder="image_encoder"
+        str(plus_xl if xl else plus),
+        subfolder="",
+        weight_name=FACEID_PLUSV2_WEIGHTS,
+        image_encoder_folder="image_encoder",
     )
     pipeline.set_ip_adapter_scale(0.9)
     projection = pipeline.unet.encoder_hid_proj.image_projection_layers[0]
@@ -73,9 +97,9 @@ def test_a_faceid_plus_v2_identity_draws_as_diffusers_with_the_aligned_face_s_cl
     face = torch.tensor(found["embedding"])[None, None]
     kwargs = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 6, "seed": 3}
     expected = reference_images(pipeline, "ddim", ip_adapter_image_embeds=[torch.cat([face * 0, face])], **kwargs)
-    logger.info("FaceID Plus v2: PSNR %.1f dB against diffusers", psnr(by_image, expected))
+    logger.info("%s FaceID Plus v2: PSNR %.1f dB against diffusers", model, psnr(by_image, expected))
     assert psnr(by_image, expected) >= 40
-    assert psnr(by_image, decode_images(api.post(GENERATE, json=BODY))) < 30, "the identity changed nothing"
+    assert psnr(by_image, decode_images(api.post(GENERATE, json=body))) < 30, "the identity changed nothing"
 
 
 @pytest.mark.parametrize(

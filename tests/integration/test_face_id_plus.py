@@ -25,7 +25,14 @@ pytestmark = pytest.mark.integration
 XL = "xl"
 logger = logging.getLogger(__name__)
 
-BODY = {"prompt": "a portrait", "seed": 3, "num_inference_steps": 6, "size": "64x64", "scheduler": "ddim"}
+BODY = {
+    "prompt": "a portrait",
+    "seed": 3,
+    "num_inference_steps": 6,
+    "size": "64x64",
+    "scheduler": "ddim",
+    "guidance_scale": 7.5,
+}
 PIXELS = drawn_faces([(160, 120, 60)], seed=9)
 PICTURE = base64.b64encode(encode(Image.fromarray(PIXELS))).decode()
 
@@ -95,7 +102,14 @@ def test_a_faceid_plus_v2_identity_draws_as_diffusers_with_the_aligned_face_s_cl
     projection.clip_embeds = pipeline.prepare_ip_adapter_image_embeds([Image.fromarray(crop)], None, "cpu", 1, True)[0]
     projection.shortcut = True  # v2
     face = torch.tensor(found["embedding"])[None, None]
-    kwargs = {"prompt": BODY["prompt"], "width": 64, "height": 64, "num_inference_steps": 6, "seed": 3}
+    kwargs = {
+        "prompt": BODY["prompt"],
+        "width": 64,
+        "height": 64,
+        "num_inference_steps": 6,
+        "seed": 3,
+        "guidance_scale": 7.5,
+    }
     expected = reference_images(pipeline, "ddim", ip_adapter_image_embeds=[torch.cat([face * 0, face])], **kwargs)
     logger.info("%s FaceID Plus v2: PSNR %.1f dB against diffusers", model, psnr(by_image, expected))
     assert psnr(by_image, expected) >= 40

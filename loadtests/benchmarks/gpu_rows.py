@@ -135,6 +135,20 @@ class ModelRun:
         """List ``what`` as skipped."""
         self.report.add("skipped", {"model": self.model.name, **what, "why": why})
 
+    def engine_models_may_run(self, method: str) -> bool:
+        """Whether rows calling Triton's engine models may run (else ``method`` is listed as skipped, with why).
+
+        They read tensors with ``as_numpy``, which Triton 2.51's stub misreads under NumPy 2 (:func:`stub_reads_numpy`).
+        """
+        if not stub_reads_numpy(self.settings.stub_numpy):
+            why = "Triton's engine models read tensors with as_numpy, which this stub (built before NumPy 2) misreads"
+            self.skip({"method": method}, why + "; the pack's NumPy for the stub was not given (--stub-numpy)")
+            return False
+        if self.deadline.expired():
+            self.skip({"method": method})
+            return False
+        return True
+
     async def timed(
         self, method: str, concurrency: int, call: Callable, images_per_call: int = 1, repeats: int | None = None
     ) -> dict | None:
@@ -386,12 +400,7 @@ async def replica_row(run: ModelRun, folder: EngineFolder, server, repository: P
     from serve.triton.repository import write_python_paths
     from serve.triton.runners import model_runner, replica_runner
 
-    if not stub_reads_numpy(run.settings.stub_numpy):
-        why = "Triton's engine models read tensors with as_numpy, which this stub (built before NumPy 2) misreads"
-        run.skip({"method": REPLICA_LOOP}, why + "; the pack's NumPy for the stub was not given (--stub-numpy)")
-        return
-    if run.deadline.expired():
-        run.skip({"method": REPLICA_LOOP})
+    if not run.engine_models_may_run(REPLICA_LOOP):
         return
     named = triton_specs(folder, run.prefix)
     engines = [spec for engine, spec in named.items() if engine.startswith("text_encoder")]

@@ -26,13 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from loadtests.benchmarks.gpu_engines import free, psnr
-from loadtests.benchmarks.gpu_rows import (
-    LIVE_SERVERS,
-    ModelRun,
-    first_on_path,
-    stage,
-    stub_reads_numpy,
-)
+from loadtests.benchmarks.gpu_rows import LIVE_SERVERS, ModelRun, first_on_path, stage
 from serve.text_to_image.engine_folder import EngineFolder
 
 logger = logging.getLogger(__name__)
@@ -178,12 +172,7 @@ async def served_rows(
     from serve.triton.runners import model_runner, replica_runner
     from serve.triton.server import TritonServer
 
-    if not stub_reads_numpy(run.settings.stub_numpy):
-        why = "Triton's engine models read tensors with as_numpy, which this stub (built before NumPy 2) misreads"
-        run.skip({"method": SVD_SERVED}, why + "; the pack's NumPy for the stub was not given (--stub-numpy)")
-        return
-    if run.deadline.expired():
-        run.skip({"method": SVD_SERVED})
+    if not run.engine_models_may_run(SVD_SERVED):
         return
     finishing = work / "finishing"
     interpolator = build_interpolator("rife", flownet, finishing)

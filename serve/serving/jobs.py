@@ -20,6 +20,7 @@ from serve.access import may_see, owner_filter
 from serve.access.keys import ApiKey
 from serve.errors import invalid_input
 from serve.experiments.traffic import Experiments
+from serve.images.video import frames_of
 from serve.jobs.model import FINAL_EVENTS, Job, JobStatus, Owner, Progress, check_idempotency_key
 from serve.jobs.runner import JobCanceled, JobLease, JobRunner
 from serve.jobs.store import JobStore
@@ -32,7 +33,6 @@ from serve.serving.ray_errors import PASSING, unwrap
 from serve.stores import quota_bound
 from serve.text_to_image.generation import OnStep
 from serve.text_to_image.images import decode_images
-from serve.text_to_image.video import frames_of
 from serve.webhooks import WebhookSender, WebhookSettings
 
 SSE_POLL_S = 0.25

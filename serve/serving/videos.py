@@ -13,11 +13,11 @@ from fastapi.responses import JSONResponse, Response
 
 from serve.access.keys import ApiKey
 from serve.errors import Conflict, NotFound
+from serve.images.video import frames_of, frames_zip, mp4
 from serve.jobs.model import Job, JobStatus, Owner, Stage
 from serve.protocol.video import InterpolateBody, VideoGeneration, interpolation_of
 from serve.serving.admitted import Admitted
 from serve.serving.jobs import BackgroundJobs, JobRequest
-from serve.text_to_image.video import frames_of, frames_zip, mp4
 
 Variant = Literal["video", "frames"]
 VARIANTS: dict[Variant, str] = {"video": "video/mp4", "frames": "application/zip"}

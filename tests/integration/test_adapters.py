@@ -5,7 +5,9 @@ import base64
 import dataclasses
 import hashlib
 import io
+import json
 import logging
+import re
 import time
 import zipfile
 from pathlib import Path
@@ -798,6 +800,33 @@ def test_a_character_s_face_kept_in_the_studio_is_the_api_s_identity(studio, api
         assert_drawn_as_the_api_draws_it(studio, api, image, "identity", {"character": "ivy"})
     finally:
         assert api.delete("/v1/characters/ivy").status_code == 200
+
+
+def test_a_character_and_its_face_chosen_for_a_studio_video_draw_as_the_api_draws_them(studio, api):
+    made = api.post("/v1/characters", json={"name": "vic", "images": [FACE], "face": "largest"})
+    assert made.status_code == 200, made.text
+    try:
+        studio.reload()  # its lists read again
+        expect(studio.locator("body")).to_have_attribute("data-ready", "true", timeout=30_000)
+        studio.click("#tab-video")
+        for field, value in {"frames": 2, "fps": 2, "steps": 2, "seed": 5}.items():
+            studio.fill(f"#video-{field}", str(value))
+        studio.select_option("#video-character", "vic")
+        studio.select_option("#video-identity", "vic")
+        curl = studio.locator("#video-call pre").first.inner_text()
+        body = json.loads(re.search(r"-d '(.*)'", curl).group(1))
+        assert body["character"] == {"name": "vic"} and body["identity"] == {"character": "vic"}, body
+        studio.click("#video-form button[type=submit]")
+        expect(studio.locator("#video-status")).to_have_text("completed: 100%", timeout=120_000)
+        shown = studio.locator("#video-facts dd").first.inner_text()
+        content = api.get(f"/v1/videos/{shown}/content", params={"variant": "frames"})
+        with zipfile.ZipFile(io.BytesIO(content.content)) as archive:
+            frames = np.stack([np.asarray(Image.open(io.BytesIO(archive.read(n)))) for n in sorted(archive.namelist())])
+        np.testing.assert_array_equal(frames, _video_frames(api, body))
+        plain = {name: value for name, value in body.items() if name not in ("character", "identity")}
+        assert psnr(frames, _video_frames(api, plain)) < 35, "the character and its face changed nothing"
+    finally:
+        assert api.delete("/v1/characters/vic").status_code == 200
 
 
 def test_a_character_made_in_the_studio_is_kept_as_the_api_keeps_it_offered_to_draw_and_deleted(studio, api, tmp_path):

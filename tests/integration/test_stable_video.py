@@ -17,9 +17,9 @@ from PIL import Image
 
 from build_engines.text_to_image.build import default_model_dir
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.images.video import mp4
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
-from serve.text_to_image.video import mp4
 from tests.conftest import psnr
 from tests.videos import finished, frames, png
 

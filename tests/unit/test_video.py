@@ -21,6 +21,7 @@ from serve.adapters.requests import StackAdapters
 from serve.errors import InvalidInput, invalid_input
 from serve.http.forms import read_video_form
 from serve.images import MAX_IMAGE_BYTES, MAX_IMAGE_CHARS
+from serve.images.video import frames_zip, mp4
 from serve.models.admission import Work
 from serve.models.text_to_image import encode_image
 from serve.moderation import Policy
@@ -41,7 +42,7 @@ from serve.text_to_image.generation import (
 from serve.text_to_image.images import header_size
 from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
 from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.video import frames_zip, motion_of, mp4
+from serve.text_to_image.video import motion_of
 from tests.conftest import psnr
 from tests.videos import animatediff, reference_frames, reference_frames_from, video_to_video
 

@@ -264,11 +264,13 @@ function choose(id, characters, label) {
 }
 
 /** The characters of GET /v1/characters (the key's own and the shared ones): to draw, and those with a face to keep
- * (a model's IP-Adapter FaceID draws it). */
+ * (a model's IP-Adapter FaceID draws it), for Draw and for Video. */
 export async function loadCharacters() {
   const found = (await call("GET", "/v1/characters")).data;
-  choose("character", found, (character) => `${character.name} (${character.model})`);
-  choose("identity", found.filter((character) => character.face), (character) => character.name);
+  for (const prefix of ["", "video-"]) {
+    choose(`${prefix}character`, found, (character) => `${character.name} (${character.model})`);
+    choose(`${prefix}identity`, found.filter((character) => character.face), (character) => character.name);
+  }
   return found;
 }
 
@@ -291,7 +293,9 @@ export function setUp(context) {
 export async function refresh() {
   await loadModels();
   await loadLoras().catch(() => ($("#loras").hidden = true));
-  await loadCharacters().catch(() => ($("#character-field").hidden = $("#identity-field").hidden = true));
+  await loadCharacters().catch(() => {
+    for (const id of ["character", "identity", "video-character", "video-identity"]) $(`#${id}-field`).hidden = true;
+  });
   await imagesIn.loadFinishing().catch(() => {});
   updateCall();
   analyzeSoon();

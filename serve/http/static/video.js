@@ -26,6 +26,8 @@ function body() {
   if ($("#video-model").value) made.model = $("#video-model").value;
   if (still) made.input_reference = still;
   if (animatesStill()) made.motion_bucket_id = Number($("#video-motion_bucket_id").value);
+  if ($("#video-character").value) made.character = { name: $("#video-character").value };
+  if ($("#video-identity").value) made.identity = { character: $("#video-identity").value };
   const factor = Number($("#video-factor").value);
   if (factor) made.interpolate = { factor };
   return made;

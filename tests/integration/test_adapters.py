@@ -1107,18 +1107,17 @@ def test_zz_a_key_keeps_no_more_stored_things_than_its_quota(stack, default_mode
 def _row_request(row: Row, given: str) -> dict:
     """``row``'s request naming ``given`` (httpx's keywords): its path, or its body's field, or its upload."""
     path = row.path.replace(f"{{{row.field}}}", given)
-    if row.field == "character.name":
-        video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
-        body = video if row.path == "/v1/videos" else BODY
-        return {"method": row.method, "url": path, "json": body | {"character": {"name": given}}}
-    if row.field == "identity.character":
-        return {"method": row.method, "url": path, "json": BODY | {"identity": {"character": given}}}
+    video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
+    body = video if row.path == "/v1/videos" else BODY
+    named = {
+        "character.name": {"character": {"name": given}},
+        "identity.character": {"identity": {"character": given}},
+        "loras.0.name": {"loras": [{"name": given}]},
+    }
+    if row.field in named:
+        return {"method": row.method, "url": path, "json": body | named[row.field]}
     if (row.method, row.thing) == ("put", "character"):
         return {"method": row.method, "url": path, "json": CHARACTER | {"name": given}}
-    if row.field == "loras.0.name":
-        video = {"prompt": BODY["prompt"], "size": "64x64", "frames": 4, "fps": 4, "steps": 4, "seed": 3}
-        body = video if row.path == "/v1/videos" else BODY
-        return {"method": row.method, "url": path, "json": body | {"loras": [{"name": given}]}}
     if row.where == "body":
         return {"method": row.method, "url": path, "json": BODY | {row.field: given}}
     if (row.method, row.thing) == ("put", "lora"):

@@ -63,7 +63,7 @@ CALLERS = {
 ENCODED_BY_EASEL = {
     "serve/images/raster.py:load_image": "an icon file of the training set",
     "serve/moderation/policy.py:blacked_out": "a generated image",
-    "serve/text_to_image/video.py:mp4": "a video's generated frames",
+    "serve/images/video.py:mp4": "a video's generated frames",
     "serve/serving/results.py:Results._delivered": "a generated image, its size read for its record",
     "serve/vectorize/convert.py:render": "the PNG an SVG rendered to",
 }

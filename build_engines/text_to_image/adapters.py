@@ -140,9 +140,9 @@ def adapter_modules(
 ) -> dict:
     """The family's export modules made adapter-ready, plus the image encoder.
 
-    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet and the motion UNets (theirs
-    among them). ``between``: what else changes the modules after the IP-Adapter's UNet is made and before LoRA
-    slots wrap them (ControlNet residual inputs, which the specs order between the two).
+    LoRA slots go into ``lora_engines`` (the family's), the IP-Adapter into the UNet and the motion UNets. ``between``:
+    what else changes the modules after the IP-Adapter's UNet is made and before LoRA slots wrap them (ControlNet
+    residual inputs, which the specs order between the two).
     """
     modules = dict(modules)
     ip = support.ip_adapter
@@ -161,9 +161,8 @@ def adapter_modules(
 
             return ExportModule(load, source.keep_fp32)
 
-        for name in ("unet", *(name for name in lora_engines if name.startswith(MOTION_UNET_PREFIX))):
-            if name in modules:  # the UNet, and each motion UNet (a video's references, as AnimateDiff's)
-                modules[name] = with_ip(modules[name], video=name != "unet")
+        for name in [name for name in modules if name == "unet" or name.startswith(MOTION_UNET_PREFIX)]:
+            modules[name] = with_ip(modules[name], video=name != "unet")  # a motion UNet's: a video's references
         encoder = next((folder.image_encoder for folder in folders if folder.image_encoder), None)
         if encoder is not None:  # plain FaceIDs read faces' embeddings only, found by the face models
             modules[IMAGE_ENCODER] = ExportModule(lambda dtype: load_image_encoder(encoder, dtype, ip.hidden_states))

@@ -229,7 +229,6 @@ class IpReadyUnet(torch.nn.Module):
         super().__init__()
         self.module, self.inputs, self.adapters, self.levels = module, inputs, adapters, levels
         self.video = video  # a motion UNet's: a row is a video, its attention's rows are its frames'
-
         self.face_states = info.face_states if info is not None else ()
         projections = module.unet.encoder_hid_proj.image_projection_layers if self.face_states else ()
         for index in self.face_states:  # v2: the face's tokens added to the resampler's

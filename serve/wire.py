@@ -237,7 +237,9 @@ class ShapedProxyErrors:
 
     When a replica dies with a request in it, the proxy answers nothing and uvicorn sends a text/plain 500; its
     back-pressure and timeout answers are text too. Those become the JSON error with ``Retry-After`` (a 500 becomes
-    a 503: it is never the client's fault). Answers from the app itself, always JSON, pass untouched.
+    a 503: it is never the client's fault). Answers from the app itself, always JSON, pass untouched. An answer's
+    start is held until its first body part: a replica that dies between the two (the proxy then ends the answer
+    there) gets the JSON 503 too, not a connection closed mid-answer.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -248,27 +250,32 @@ class ShapedProxyErrors:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = {"started": False, "replaced": None}
+        state = {"held": None, "sent": False, "replaced": None}
 
         async def shaped_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state["started"] = True
                 if _is_proxy_failure(message):
                     state["replaced"] = message["status"]
-                    return
-            elif state["replaced"] is not None:
+                else:
+                    state["held"] = message
+                return
+            if state["replaced"] is not None:
                 if not message.get("more_body", False):
                     await send_error(send, _proxy_error(state["replaced"]))
+                    state["sent"] = True
                 return
+            if state["held"] is not None:
+                await send(state["held"])
+                state["held"], state["sent"] = None, True
             await send(message)
 
         try:
             await self.app(scope, receive, shaped_send)
         except Exception:
-            if state["started"]:
+            if state["sent"]:
                 raise
             logger.exception("the proxy failed before answering %s %s", scope["method"], scope["path"])
-        if not state["started"]:
+        if not state["sent"]:
             await send_error(send, _proxy_error(500))
 
 

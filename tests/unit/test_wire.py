@@ -46,11 +46,24 @@ async def _raising(scope, receive, send):
     raise RuntimeError("actor died")
 
 
+def _dying_after_the_start(raises: bool):
+    """The replica sent its answer's start and died: the proxy ends the answer there, or raises."""
+
+    async def app(scope, receive, send):
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-type", b"application/json")]})
+        if raises:
+            raise RuntimeError("actor died")
+
+    return app
+
+
 @pytest.mark.parametrize(
     ("app", "status"),
     [
         (_silent, 503),
         (_raising, 503),
+        (_dying_after_the_start(raises=False), 503),
+        (_dying_after_the_start(raises=True), 503),
         (_answering(500, b"text/plain", b"Internal Server Error"), 503),
         (_answering(503, b"text/plain", b"Service Unavailable"), 503),
         (_answering(429, b"text/plain; charset=utf-8", b"backpressure"), 429),

@@ -2,8 +2,8 @@
 
 ``easel up --scorer clip=DIR`` (a transformers ``CLIPModel`` folder with its tokenizer and image processor) and
 ``--scorer aesthetic=FILE`` (LAION's ``improved-aesthetic-predictor`` weights, ``.pth`` or ``.safetensors``, over that
-CLIP's image embedding). :func:`export_scorer` writes :data:`~serve.text_to_image.scores.CLIP_IMAGE`,
-:data:`~serve.text_to_image.scores.CLIP_TEXT` and :data:`~serve.text_to_image.scores.AESTHETIC`, each checked
+CLIP's image embedding). :func:`export_scorer` writes :data:`~serve.scoring.CLIP_IMAGE`,
+:data:`~serve.scoring.CLIP_TEXT` and :data:`~serve.scoring.AESTHETIC`, each checked
 against its PyTorch module (the towers against ``CLIPModel``'s own ``image_embeds`` and ``text_embeds``);
 :func:`build_scorer` caches the folder under ``$EASEL_HOME/engines/scorer-<hash>`` and installs the engines.
 :func:`random_clip` and :func:`random_aesthetic` make tiny random ones for tests.
@@ -24,7 +24,7 @@ from build_engines.text_to_image.embedded import clip_tokenizer
 from build_engines.text_to_image.export import ParityError
 from serve.files import content_hash, files_hash
 from serve.moderation.images import PREPROCESSOR
-from serve.text_to_image.scores import (
+from serve.scoring import (
     AESTHETIC,
     CLIP_IMAGE,
     CLIP_TEXT,

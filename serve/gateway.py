@@ -27,6 +27,7 @@ from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
 from serve.moderation.text_model import TextModerator
 from serve.resilience.circuits import Circuits
+from serve.scoring import score_names
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
 from serve.serving.characters import Characters
@@ -45,7 +46,6 @@ from serve.serving.videos import Videos
 from serve.settings import AppSettings
 from serve.stores import stack_quotas
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.scores import score_names
 from serve.vectorize.deployment import Vectorizer
 from serve.vectorize.recording import Recording
 from serve.vectorize.versions import TableReader
@@ -92,7 +92,7 @@ class AppArgs(AppSettings):
     )
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
     scorer_dir: str | None = Field(
-        None, description="The scorer's engine folder the stack built (serve.text_to_image.scores); None: no scores."
+        None, description="The scorer's engine folder the stack built (serve.scoring); None: no scores."
     )
     url_secret_path: str | None = Field(
         None, description="The stack's secret that signs image URLs, a file in the run folder; None: this process's."

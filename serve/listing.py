@@ -36,30 +36,34 @@ class FileEntry:
 
 
 @dataclass(frozen=True)
+class Kind:
+    """One kind of listed engine: its listing's file, its entry type, what a request calls one, its option."""
+
+    file: str
+    entry: type[FileEntry]
+    noun: str
+    option: str
+
+
+@dataclass(frozen=True)
 class Listing:
-    """The entries of one kind a stack was started with (ready or refused with why): listed, chosen, saved.
+    """The entries of one kind a stack was started with (ready or refused with why): listed, chosen, saved."""
 
-    A kind names its file (``LISTING``), its entry type, what a request calls one (``KIND``) and its option.
-    """
-
-    LISTING: ClassVar[str]
-    ENTRY: ClassVar[type[FileEntry]]
-    KIND: ClassVar[str]
-    OPTION: ClassVar[str]
+    KIND: ClassVar[Kind]
 
     entries: tuple[FileEntry, ...] = ()
 
     @classmethod
     def read(cls, folder: Path | str | None) -> Self:
         """The entries built into ``folder`` (None or a folder without this listing: none)."""
-        path = Path(folder) / cls.LISTING if folder else None
+        path = Path(folder) / cls.KIND.file if folder else None
         if path is None or not path.is_file():
             return cls()
-        return cls(tuple(cls.ENTRY(**entry) for entry in json.loads(path.read_text())))
+        return cls(tuple(cls.KIND.entry(**entry) for entry in json.loads(path.read_text())))
 
     def write(self, folder: Path) -> None:
         """Save the listing in ``folder`` (the build does, beside the engines)."""
-        (folder / self.LISTING).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
+        (folder / self.KIND.file).write_text(json.dumps([dataclasses.asdict(e) for e in self.entries], indent=2))
 
     @property
     def ready(self) -> tuple[FileEntry, ...]:
@@ -72,11 +76,11 @@ class Listing:
 
     def chosen(self, name: str | None, field: str) -> FileEntry:
         """The ready entry ``name`` (None: the first ready); a 400 naming ``field`` otherwise."""
-        ready = ", ".join(e.name for e in self.ready) or f"none: start the stack with {self.OPTION} NAME=FILE"
+        ready = ", ".join(e.name for e in self.ready) or f"none: start the stack with {self.KIND.option} NAME=FILE"
         entry = next((e for e in self.entries if e.name == name), None) if name else next(iter(self.ready), None)
         if entry is None:
-            asked = f"unknown {self.KIND} {name!r}" if name else f"no {self.KIND} is served"
+            asked = f"unknown {self.KIND.noun} {name!r}" if name else f"no {self.KIND.noun} is served"
             raise InvalidInput(f"{field}: {asked} (ready: {ready})", field)
         if entry.status != READY:
-            raise InvalidInput(f"{field}: {self.KIND} {name!r} cannot be served: {entry.error}", field)
+            raise InvalidInput(f"{field}: {self.KIND.noun} {name!r} cannot be served: {entry.error}", field)
         return entry

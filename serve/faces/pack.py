@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from serve.errors import InvalidInput
-from serve.listing import FileEntry, Listing
+from serve.listing import FileEntry, Kind, Listing
 from serve.triton.spec import DynamicBatching, ModelSpec, TensorSpec
 
 DETECTOR = "faces_detector"
@@ -76,10 +76,7 @@ class FaceEntry(FileEntry):
 class Faces(Listing):
     """The face models a stack was started with (one folder at most), ready or listed with why not."""
 
-    LISTING = "faces.json"
-    ENTRY = FaceEntry
-    KIND = "face model folder"
-    OPTION = "--faces"
+    KIND = Kind("faces.json", FaceEntry, "face model folder", "--faces")
 
     def served(self, field: str) -> FaceEntry:
         """The ready face models; a 400 naming ``field`` when there are none."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve.listing import FileEntry, Listing
+from serve.listing import FileEntry, Kind, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 INTERPOLATOR_PREFIX = "interpolator_"
@@ -56,10 +56,7 @@ class InterpolatorEntry(FileEntry):
 class Interpolators(Listing):
     """The frame interpolators a stack was started with (ready or refused with why): listed, chosen, their engines."""
 
-    LISTING = "interpolators.json"
-    ENTRY = InterpolatorEntry
-    KIND = "interpolator"
-    OPTION = "--interpolator"
+    KIND = Kind("interpolators.json", InterpolatorEntry, "interpolator", "--interpolator")
 
     def choose(self, name: str | None, field: str = "interpolate.interpolator") -> InterpolatorEntry:
         """The ready interpolator ``name`` (None: the first ready); a 400 naming ``field`` otherwise."""

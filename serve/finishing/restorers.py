@@ -17,7 +17,7 @@ from serve.errors import InvalidInput
 from serve.faces.analyze import detect_faces
 from serve.faces.pack import FaceEntry
 from serve.finishing import aligned_faces, faces
-from serve.listing import FileEntry, Listing
+from serve.listing import FileEntry, Kind, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 RESTORER_PREFIX = "restorer_"
@@ -64,10 +64,7 @@ class RestorerEntry(FileEntry):
 class Restorers(Listing):
     """The face restorers a stack was started with (ready or refused with why): listed, checked, their engines."""
 
-    LISTING = "restorers.json"
-    ENTRY = RestorerEntry
-    KIND = "face restorer"
-    OPTION = "--face-restorer"
+    KIND = Kind("restorers.json", RestorerEntry, "face restorer", "--face-restorer")
 
     def choose(self, name: str, field: str = "restore_faces.restorer", fidelity: float | None = None) -> RestorerEntry:
         """The ready restorer ``name``; a 400 naming ``field`` otherwise, or its ``fidelity`` one that takes none."""

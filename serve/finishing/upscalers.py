@@ -19,7 +19,7 @@ from serve.faces.pack import Faces
 from serve.finishing.interpolators import Interpolators
 from serve.finishing.restorers import Restorers
 from serve.finishing.tiles import Tiling
-from serve.listing import READY, FileEntry, Listing
+from serve.listing import READY, FileEntry, Kind, Listing
 from serve.triton.spec import DynamicBatching, EngineRunner, ModelSpec, TensorSpec
 
 UPSCALER_PREFIX = "upscaler_"
@@ -70,10 +70,7 @@ class Upscalers(Listing):
     Its upscalers, and the face restorers, frame interpolators and face models built into the same folder.
     """
 
-    LISTING = "upscalers.json"
-    ENTRY = UpscalerEntry
-    KIND = "upscaler"
-    OPTION = "--upscaler"
+    KIND = Kind("upscalers.json", UpscalerEntry, "upscaler", "--upscaler")
 
     entries: tuple[UpscalerEntry, ...] = ()
     restorers: Restorers = field(default_factory=Restorers)
@@ -84,7 +81,7 @@ class Upscalers(Listing):
     def read(cls, folder: Path | str | None) -> Upscalers:
         """The finishing engines built into ``folder`` (None or a folder without the upscalers' listing: none)."""
         upscalers = super().read(folder)
-        if not folder or not (Path(folder) / cls.LISTING).is_file():  # written last: the build's end
+        if not folder or not (Path(folder) / cls.KIND.file).is_file():  # written last: the build's end
             return upscalers
         others = {"restorers": Restorers, "interpolators": Interpolators, "faces": Faces}
         return replace(upscalers, **{name: listing.read(folder) for name, listing in others.items()})

@@ -31,6 +31,7 @@ from serve.models.admission import Admission, Plan
 from serve.models.served import ServedModel, ServedModels
 from serve.protocol.prompt_batch import run_together, steps_together
 from serve.protocol.prompt_weights import plain_text
+from serve.scoring import Scorer, Scoring
 from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.approximate import LatentReuse
@@ -41,7 +42,6 @@ from serve.text_to_image.images import decode_base64, decode_images, ip_referenc
 from serve.text_to_image.loop_client import TritonLoop
 from serve.text_to_image.loop_protocol import draws_in_triton
 from serve.text_to_image.preview import LatentPreview, wants_preview
-from serve.text_to_image.scores import Scorer, Scoring
 from serve.triton.client import TritonClient
 from serve.triton.node import grpc_url_on_this_node
 from serve.triton.runners import model_runner, replica_runner

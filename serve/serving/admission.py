@@ -32,6 +32,7 @@ from serve.protocol.reference_request import NewReference
 from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import InterpolateBody, VideoRequest, body_fields_named, input_reference_named
 from serve.results.rerun import RerunRequest
+from serve.scoring import check_scores
 from serve.serving.adapters import Adapters
 from serve.serving.admitted import Admitted
 from serve.serving.characters import Characters
@@ -42,7 +43,6 @@ from serve.serving.prompts import analyzed_model
 from serve.serving.upscale import UpscaleBody, Upscaling
 from serve.serving.vectorize import AdmittedVectorize, VectorizeBody, Vectorizing
 from serve.serving.videos import Videos
-from serve.text_to_image.scores import check_scores
 
 OwnPriced = (
     ModerationRequest

@@ -42,6 +42,7 @@ from serve.protocol.schema import GenerationRequest
 from serve.protocol.video import VideoRequest, input_reference_named
 from serve.remote.models import DROPPED_HEADER, RemoteModel
 from serve.resilience.circuits import Circuits
+from serve.scoring import check_scores
 from serve.serving.admitted import Admitted
 from serve.serving.answer_items import answer_items
 from serve.serving.characters import Characters
@@ -58,7 +59,6 @@ from serve.serving.variants import observe_scores, variant_measured
 from serve.text_to_image.best_of import check_best_of
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.generation import PROMPT_TRUNCATED, EncodedImages, OnStep, draw_seed
-from serve.text_to_image.scores import check_scores
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``POST /v1/images/score``: images scored by the stack's scorer engines, with an optional prompt.
 
 The images are decoded and scored in a ``TextToImage`` replica, where the scorer's engines are reached
-(:class:`serve.text_to_image.scores.Scorer`): ``clip_score`` (the prompt-image cosine, with a prompt) and
+(:class:`serve.scoring.Scorer`): ``clip_score`` (the prompt-image cosine, with a prompt) and
 ``aesthetic`` (with the head served), each image's in order. The request was admitted first
 (:func:`serve.serving.prices.score_cost`: each image's size read from its header, the scorer's presence checked, its
 cost taken): nothing here decodes before that.

@@ -15,9 +15,9 @@ from serve.moderation.text_model import TEXT_MODERATOR_SPEC
 from serve.protocol.schema import MAX_IMAGES
 from serve.protocol.sizes import MAX_SIDE, MIN_SIDE
 from serve.results.tokens import SECRET_FILE
+from serve.scoring import read_specs
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.scores import read_specs
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
 from serve.vectorize.versions import VectorizeTable, version_specs
 from serve.webhooks.signing import SECRET_FILE as WEBHOOK_SECRET_FILE

@@ -1,7 +1,7 @@
 """Best-of-n drawn: every candidate row scored against the prompt, the best ``n`` by ``best_of`` answered.
 
 A request asking ``candidates: k`` (:class:`serve.protocol.best_of.BestOf`) is one job of ``k x n`` rows (one batch:
-every step's denoiser call carries them all). The served scorer (:class:`serve.text_to_image.scores.Scorer`) scores
+every step's denoiser call carries them all). The served scorer (:class:`serve.scoring.Scorer`) scores
 every row, and the ``n`` best are answered, best first, each with its seed; the answer lists every candidate's seed
 and scores.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from serve.errors import InvalidInput
 from serve.faces.identity import NO_FACE_RANK
 from serve.protocol.best_of import candidate_seeds
-from serve.text_to_image.scores import Scoring, check_scores
+from serve.scoring import Scoring, check_scores
 
 
 def check_best_of(candidates: int, best_of: str, given: Collection[str]) -> None:

@@ -259,7 +259,7 @@ class EncodedImages:
     prompt_tokens_dropped: int
     steps_skipped: int | None = None  # started from a similar prompt's kept latents this many steps in
     faces: list[dict] | None = None  # restore_faces: each image's faces found (serve.finishing.restorers)
-    scores: list[dict] | None = None  # scores: each image's, as generated (serve.text_to_image.scores)
+    scores: list[dict] | None = None  # scores: each image's, as generated (serve.scoring)
     seeds: list[int] | None = None  # best-of-n: each answered image's seed (serve.text_to_image.best_of)
     candidates: list[dict] | None = None  # best-of-n: every candidate's seed, scores and whether it was answered
     loop: str | None = None  # the loop that drew them: "triton" or "replica" (None: not drawn here)

@@ -91,17 +91,8 @@ class RedisOutbox(Outbox):
         found = [self.get(delivery_id) for delivery_id in self.redis.lrange(_source_key(source), 0, -1)]
         return [delivery for delivery in found if delivery is not None]
 
-    def claim(
-        self,
-        worker: str,
-        lease_s: float,
-        max_attempts: int,
-        now: float | None = None,
-        skip: frozenset[str | None] = frozenset(),
-    ) -> Delivery | None:
-        """See :meth:`Outbox.claim`."""
-        now = time.time() if now is None else now
-        skipped = {key_id or "" for key_id in skip}
+    def _claim(self, worker: str, lease_s: float, max_attempts: int, now: float, skipped: set[str]) -> Delivery | None:
+        """See :meth:`Outbox._claim`."""
         while (due := self._first_due(now, skipped)) is not None:
             key_id, delivery_id = due
             turn = self.redis.incr(_TURN)

@@ -106,17 +106,8 @@ class SqliteOutbox(Outbox):
         return [_delivery(row) for row in rows]
 
     @serialized
-    def claim(
-        self,
-        worker: str,
-        lease_s: float,
-        max_attempts: int,
-        now: float | None = None,
-        skip: frozenset[str | None] = frozenset(),
-    ) -> Delivery | None:
-        """See :meth:`Outbox.claim`."""
-        now = time.time() if now is None else now
-        skipped = sorted(key_id or "" for key_id in skip)
+    def _claim(self, worker: str, lease_s: float, max_attempts: int, now: float, skipped: set[str]) -> Delivery | None:
+        """See :meth:`Outbox._claim`."""
         query = (
             "SELECT d.* FROM webhook_deliveries d LEFT JOIN webhook_turns t ON t.key_id = d.key_id "
             f"WHERE d.status = 'pending' AND d.due_at <= ? AND d.key_id NOT IN ({', '.join('?' * len(skipped))}) "

@@ -92,7 +92,6 @@ class Outbox(ABC):
     def of_source(self, source: str) -> list[Delivery]:
         """The deliveries that tell of ``source`` (a job's id), oldest first."""
 
-    @abstractmethod
     def claim(
         self,
         worker: str,
@@ -107,6 +106,11 @@ class Outbox(ABC):
         served least recently; of its deliveries, the one due first. A due delivery whose ``max_attempts`` have all
         begun (its sender died during the last) fails instead.
         """
+        return self._claim(worker, lease_s, max_attempts, time.time() if now is None else now, {k or "" for k in skip})
+
+    @abstractmethod
+    def _claim(self, worker: str, lease_s: float, max_attempts: int, now: float, skipped: set[str]) -> Delivery | None:
+        """:meth:`claim` at ``now``, the keys of ``skip`` as strings (a key's absence as "")."""
 
     @abstractmethod
     def record(self, delivery_id: str, worker: str, outcome: str, delivered: bool, retry_at: float | None) -> bool:

@@ -14,12 +14,7 @@ from PIL import Image
 from build_engines.scoring import AestheticPredictor, build_scorer, random_aesthetic, random_clip
 from serve.errors import InvalidInput
 from serve.protocol.schema import GenerationRequest
-from serve.text_to_image.best_of import best, check_best_of, choose
-from serve.text_to_image.drawing import Drawing
-from serve.text_to_image.engine_folder import EngineFolder
-from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
-from serve.text_to_image.pipeline import TextToImagePipeline
-from serve.text_to_image.scores import (
+from serve.scoring import (
     AESTHETIC,
     CLIP_IMAGE,
     CLIP_TEXT,
@@ -29,6 +24,11 @@ from serve.text_to_image.scores import (
     read_specs,
     score_names,
 )
+from serve.text_to_image.best_of import best, check_best_of, choose
+from serve.text_to_image.drawing import Drawing
+from serve.text_to_image.engine_folder import EngineFolder
+from serve.text_to_image.onnx_runner import OnnxRuntimeRunner
+from serve.text_to_image.pipeline import TextToImagePipeline
 from serve.triton.engine_files import ONNX
 from serve.triton.onnx_backend import make_session
 from serve.triton.spec import read_model_config

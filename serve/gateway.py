@@ -23,11 +23,9 @@ from serve.grpc_api.servicer import Servicer
 from serve.http.app import api
 from serve.jobs import open_job_store
 from serve.models.served import ServedModels
-from serve.moderation.images import ImageChecker
 from serve.moderation.text import Blocklist
-from serve.moderation.text_model import TextModerator
 from serve.resilience.circuits import Circuits
-from serve.scoring import score_names
+from serve.service_engines import ServiceEngines
 from serve.serving.adapters import Adapters
 from serve.serving.admission import Admission
 from serve.serving.characters import Characters
@@ -85,14 +83,10 @@ class AppArgs(AppSettings):
     repository: str | None = Field(
         None, description="Triton's model repository, where a model added or replaced while the stack runs goes."
     )
-    upscalers_dir: str | None = Field(
-        None,
-        description="The finishing engines' folder `easel up --upscaler` and `--face-restorer` built (upscalers.json, "
-        "restorers.json); None: none.",
-    )
     vectorize_table_path: str | None = Field(None, description="The file naming the vectorize versions; None: v1.")
-    scorer_dir: str | None = Field(
-        None, description="The scorer's engine folder the stack built (serve.scoring); None: no scores."
+    service_engines: ServiceEngines = Field(
+        default_factory=ServiceEngines,
+        description="The folders of the engines the stack built beside its models: finishing, moderation, scoring.",
     )
     url_secret_path: str | None = Field(
         None, description="The stack's secret that signs image URLs, a file in the run folder; None: this process's."
@@ -102,16 +96,6 @@ class AppArgs(AppSettings):
     )
     audit_folder: str | None = Field(
         None, description="Where the audit log is kept (the run folder's `audit.jsonl`); None: no audit log."
-    )
-    safety_checker_dir: str | None = Field(
-        None,
-        description="The image safety checker's engine folder the stack built (its CLIP processor's settings beside "
-        "the engine; serve.moderation.images.ImageChecker.on_triton); None: no image checker.",
-    )
-    text_moderator_dir: str | None = Field(
-        None,
-        description="The text moderator's engine folder the stack built (its tokenizer and labels beside the engine; "
-        "serve.moderation.text_model.TextModerator.on_triton); None: prompts are checked by the blocklist alone.",
     )
 
 
@@ -143,7 +127,7 @@ class Gateway:
         cache = open_cache(store_url, args.cache_bytes) if args.cache_bytes > 0 else None
         vectorize_versions = TableReader(args.vectorize_table_path)  # an experiment's variants may be vectorize's
         variants = lambda: current.names() | set(vectorize_versions.now().variant_names())  # noqa: E731
-        scores = score_names(args.scorer_dir)  # what the stack's scorer gives (none: no scorer)
+        scores = args.service_engines.score_names()  # what the stack's scorer gives (none: no scorer)
         identity = ("identity",) if upscalers.faces.ready else ()  # a character's face kept, with face models
         traffic = Experiments(open_experiment_store(store_url), variants, scores=(*scores, *identity))
         for name, spec in args.experiments.items():  # declared at start-up (easel up --experiment): seeds them
@@ -170,8 +154,8 @@ class Gateway:
             characters=self.characters,  # a generation naming one is drawn with it
             results=Results.of(args, store_url, args.url_secret_path, quotas),  # images kept, their URLs
             moderation=moderation.checking(
-                ImageChecker.on_triton(args.safety_checker_dir, triton_grpc_url),
-                TextModerator.on_triton(args.text_moderator_dir, triton_grpc_url),
+                args.service_engines.image_checker(triton_grpc_url),
+                args.service_engines.text_checker(triton_grpc_url),
             ),
         )
         self.moderation = self.generations.moderation
@@ -259,9 +243,10 @@ def build_app(args: AppArgs) -> serve.Application:
     residency = ModelResidency.bind(
         models, args.pin, args.triton_http_url, args.parked_path, args.repository, args.vectorize_table_path
     )
-    upscalers = Upscalers.read(args.upscalers_dir)  # the face models among them: scores.identity's
+    engines = args.service_engines
+    upscalers = engines.finishing()  # the face models among them: scores.identity's
     return Gateway.bind(
-        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, args.scorer_dir, upscalers.faces),
+        TextToImage.bind(models, args.triton_grpc_url, args.defaults, args.store, engines, upscalers.faces),
         Vectorizer.bind(args.triton_grpc_url, args.vectorize_table_path, Recording.of(args)),
         residency,
         models,

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 
 from loadtests.benchmarks import loop
-from serve.moderation.text_model import TEXT_MODERATOR, TextModerator
+from serve.moderation.text_model import TEXT_MODERATOR
 from serve.tables import text_table
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ async def _measure(way: str, call, concurrency: int, prompts: int, triton_http_u
 
 async def _rows(stack, concurrencies: list[int], prompts: int) -> list[ModeratorRow]:
     """Each concurrency through the moderator's door, then through the API."""
-    moderator = TextModerator.on_triton(stack.text_moderator_dir, stack.info.triton_grpc_url)
+    moderator = stack.service_engines.text_checker(stack.info.triton_grpc_url)
     triton = stack.info.triton_http_url
     rows = []
     async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=120) as client:

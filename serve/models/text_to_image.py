@@ -14,7 +14,6 @@ import asyncio
 import functools
 import importlib
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -31,7 +30,8 @@ from serve.models.admission import Admission, Plan
 from serve.models.served import ServedModel, ServedModels
 from serve.protocol.prompt_batch import run_together, steps_together
 from serve.protocol.prompt_weights import plain_text
-from serve.scoring import Scorer, Scoring
+from serve.scoring import Scoring
+from serve.service_engines import ServiceEngines
 from serve.stores import default_url
 from serve.text_to_image import approximate
 from serve.text_to_image.approximate import LatentReuse
@@ -98,13 +98,13 @@ class TextToImage:
         triton_grpc_url: str,
         defaults: StackDefaults | None = None,
         store_url: str | None = None,
-        scorer_dir: str | None = None,
+        service_engines: ServiceEngines | None = None,
         faces: Faces | None = None,
     ) -> None:
-        """The models, Triton, the stack's defaults and store, the scorer's folder and the face models.
+        """The models, Triton, the stack's defaults and store, the stack's scorer and face models.
 
-        ``scorer_dir``: the scorer's engine folder (``AppArgs.scorer_dir``; None: no scores); ``faces``: the face
-        models served (a character's ``scores.identity``).
+        ``service_engines``: the scorer's among them (None: no scores); ``faces``: the face models served (a
+        character's ``scores.identity``).
         """
         for library in LIBRARIES:
             importlib.import_module(library)
@@ -115,7 +115,7 @@ class TextToImage:
         self.defaults = defaults or StackDefaults()
         self.triton = TritonClient(grpc_url_on_this_node(triton_grpc_url))
         self.engines = replica_runner(self.triton)  # one for every model: their Triton names differ
-        self.scorer = Scorer(self.engines, Path(scorer_dir)) if scorer_dir else None
+        self.scorer = (service_engines or ServiceEngines()).scoring(self.engines)
         self.faces = next(iter(faces.ready), None) if faces is not None else None
         self.reuse = None  # the stack's approximate cache, in its store (keyed by each model's engine folder)
         if self.defaults.approximate_cache > 0:

@@ -112,7 +112,7 @@ class TextModerator:
 
     @classmethod
     def on_triton(cls, folder: str | Path | None, triton_grpc_url: str | None) -> TextModerator | None:
-        """The moderator built in ``folder`` (``AppArgs.text_moderator_dir``), run by the Triton at the URL.
+        """The moderator built in ``folder`` (``ServiceEngines.text_moderator``), run by the Triton at the URL.
 
         None when the stack serves no text moderator (no folder) or has no Triton.
         """

@@ -39,6 +39,7 @@ from serve.processes.run_state import (
 )
 from serve.processes.signals import children_paused, stop_stack_processes
 from serve.processes.tls import client_verify
+from serve.service_engines import ServiceEngines
 from serve.settings import StackOptions
 from serve.stack.build_plan import Built, StartPlan
 from serve.stack.config import MODEL_DEPLOYMENTS, app_settings, largest_admitted_side, load_serve_config, triton_models
@@ -107,8 +108,7 @@ class Stack:
         self.memory_budget_bytes: int | None = None  # the default model's, resolved at start
         self.engines: EngineFolder | None = None  # the default model's engines, once built
         self.models: ServedModels | None = None  # every served model, once built
-        self.safety_checker_dir: Path | None = None  # the image safety checker's engine folder, once built (or None)
-        self.text_moderator_dir: Path | None = None  # the text moderator's engine folder, once built (or None)
+        self.service_engines: ServiceEngines | None = None  # finishing, moderation and scoring's folders, once built
 
     def start(self, timeout_s: float = 300.0) -> StackInfo:
         """Build what is missing, start Triton and Ray Serve, and wait until ``/readyz`` answers 200."""
@@ -118,7 +118,7 @@ class Stack:
         self._enter(BUILDING)
         built = StartPlan(opts).build()
         self.engines, self.models = built.engines, built.served
-        self.safety_checker_dir, self.text_moderator_dir = built.safety_checker_dir, built.text_moderator_dir
+        self.service_engines = built.service_engines
         self.memory_budget_bytes = built.memory_budget_bytes
         if opts.address is None:
             self._spawn_triton(built)
@@ -195,10 +195,7 @@ class Stack:
             vectorize_table_path=str(built.vectorize_table) if built.vectorize_table else None,
             repository=str(opts.repository.resolve()),
             loras_dir=built.loras_dirs,
-            upscalers_dir=str(built.upscalers_dir) if built.upscalers_dir else None,
-            safety_checker_dir=str(built.safety_checker_dir) if built.safety_checker_dir else None,
-            text_moderator_dir=str(built.text_moderator_dir) if built.text_moderator_dir else None,
-            scorer_dir=str(built.scorer_dir) if built.scorer_dir else None,
+            service_engines=built.service_engines,
             **app_settings(opts, self.memory_budget_bytes, port),
         )
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from serve.models.served import ServedModels
 from serve.models.table import MODEL_TABLE, ModelTable
+from serve.service_engines import ServiceEngines
 from serve.settings import StackOptions
 from serve.stack.config import triton_models
 from serve.text_to_image.engine_folder import EngineFolder
@@ -94,10 +95,7 @@ class Built:
     """What a start built and installed, and the files the Serve app and Triton read it from."""
 
     engine_dirs: dict[str, str]  # model name -> engine folder
-    upscalers_dir: Path | None
-    safety_checker_dir: Path | None
-    text_moderator_dir: Path | None
-    scorer_dir: Path | None
+    service_engines: ServiceEngines  # the finishing, moderation and scoring engines' folders
     loras_dirs: dict[str, str]  # model name -> its LoRA registry folder
     table: Path | None  # the model table (None on a cluster)
     vectorize: bool
@@ -115,8 +113,7 @@ class Built:
 
     def triton_models_of(self, served: ServedModels) -> list:
         """The specs of every Triton model served now, with the models ``served`` (the table as changed since)."""
-        checks = (self.safety_checker_dir, self.text_moderator_dir, self.scorer_dir)
-        return triton_models(served, self.vectorize, self.vectorize_table, self.upscalers_dir, *checks)
+        return triton_models(served, self.vectorize, self.vectorize_table, self.service_engines)
 
 
 class StartPlan:
@@ -134,10 +131,12 @@ class StartPlan:
         opts = self.options
         on_this_machine = opts.address is None  # with --address, Triton runs on the cluster's model nodes
         engine_dirs = self.models()
-        upscalers_dir = self.upscalers()
-        safety_checker_dir = self.safety_checker()
-        text_moderator_dir = build_text_moderator(opts.text_moderator, opts.repository)
-        scorer_dir = build_scorer(opts.scorers, opts.repository)
+        service_engines = ServiceEngines.built(
+            upscalers=self.upscalers(),
+            safety_checker=self.safety_checker(),
+            text_moderator=build_text_moderator(opts.text_moderator, opts.repository),
+            scorer=build_scorer(opts.scorers, opts.repository),
+        )
         loras_dirs = self.loras(engine_dirs)
         table = self.model_table(engine_dirs) if on_this_machine else None
         served = ServedModels.open(
@@ -149,18 +148,13 @@ class StartPlan:
         vectorize_table = self.vectorize_table() if vectorize and on_this_machine else None
         return Built(
             engine_dirs=engine_dirs,
-            upscalers_dir=upscalers_dir,
-            safety_checker_dir=safety_checker_dir,
-            text_moderator_dir=text_moderator_dir,
-            scorer_dir=scorer_dir,
+            service_engines=service_engines,
             loras_dirs=loras_dirs,
             table=table,
             vectorize=vectorize,
             vectorize_table=vectorize_table,
             pools={"text_to_image": served.pool()},  # one activation pool for every model's engines
-            triton_models=triton_models(
-                served, vectorize, vectorize_table, upscalers_dir, safety_checker_dir, text_moderator_dir, scorer_dir
-            ),
+            triton_models=triton_models(served, vectorize, vectorize_table, service_engines),
             parked=self.park(served) if on_this_machine else None,
             served=served,
             memory_budget_bytes=served.room_bytes + served.activation_bytes,

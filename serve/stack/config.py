@@ -7,15 +7,12 @@ from pathlib import Path
 import yaml
 
 from serve.errors import InvalidInput
-from serve.finishing.upscalers import Upscalers
 from serve.models.admission import Admission, Limits, Work
 from serve.models.served import ServedModels
-from serve.moderation.images import SAFETY_CHECKER_SPEC
-from serve.moderation.text_model import TEXT_MODERATOR_SPEC
 from serve.protocol.schema import MAX_IMAGES
 from serve.protocol.sizes import MAX_SIDE, MIN_SIDE
 from serve.results.tokens import SECRET_FILE
-from serve.scoring import read_specs
+from serve.service_engines import ServiceEngines
 from serve.settings import AppSettings, StackOptions
 from serve.text_to_image.engine_folder import EngineFolder
 from serve.triton.node import NODE_RESOURCE, NODE_RESOURCE_PER_REPLICA
@@ -72,22 +69,15 @@ def triton_models(
     models: ServedModels,
     vectorize: bool,
     vectorize_table: Path | None = None,
-    upscalers_dir: Path | None = None,
-    safety_checker_dir: Path | None = None,
-    text_moderator_dir: Path | None = None,
-    scorer_dir: Path | None = None,
+    service_engines: ServiceEngines | None = None,
 ) -> list:
     """The specs of every Triton model the stack serves (the ones readiness, supervision and canaries cover).
 
-    With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's; with a
-    ``safety_checker_dir``, the image safety checker; with a ``text_moderator_dir``, the text classifier; with a
-    ``scorer_dir``, the scorer's engines.
+    With ``vectorize``, every vectorize version its table (``vectorize_table``) names, else version 1's; the
+    ``service_engines`` built (finishing, moderation, scoring).
     """
     specs = [spec for model in models.values() for spec in model.triton_specs()]
-    specs += Upscalers.read(upscalers_dir).specs  # and the face restorers and interpolators
-    specs += [SAFETY_CHECKER_SPEC] if safety_checker_dir else []
-    specs += [TEXT_MODERATOR_SPEC] if text_moderator_dir else []
-    specs += list(read_specs(scorer_dir).values()) if scorer_dir else []
+    specs += (service_engines or ServiceEngines()).triton_specs()
     if not vectorize:
         return specs
     versions = VectorizeTable.read(vectorize_table).versions if vectorize_table else {1: ""}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from build_engines.scoring import AestheticPredictor, build_scorer, random_aesthetic, random_clip
 from serve.errors import InvalidInput
+from serve.gateway import AppArgs
 from serve.protocol.schema import GenerationRequest
 from serve.scoring import (
     AESTHETIC,
@@ -24,6 +25,7 @@ from serve.scoring import (
     read_specs,
     score_names,
 )
+from serve.service_engines import ServiceEngines
 from serve.text_to_image.best_of import best, check_best_of, choose
 from serve.text_to_image.drawing import Drawing
 from serve.text_to_image.engine_folder import EngineFolder
@@ -108,6 +110,17 @@ def test_the_build_installs_each_engine_once_and_refuses_what_it_cannot_score(so
     wide = random_aesthetic(tmp_path / "wide.pth", input_size=24)
     with pytest.raises(ValueError, match="24 wide"):
         build_scorer({"clip": sources["clip"], "aesthetic": wide}, None)
+
+
+def test_the_built_scorer_reaches_the_app_through_its_service_engines_and_nothing_else_names_its_folder(built):
+    folder, _, _ = built
+    args = AppArgs(models={"m": "e"}, triton_grpc_url="t", service_engines=ServiceEngines.built(scorer=folder))
+    engines = AppArgs.model_validate_json(args.model_dump_json()).service_engines  # as the Serve app receives it
+    assert engines.score_names() == ("clip_score", "aesthetic")
+    assert {spec.name for spec in engines.triton_specs()} == {CLIP_IMAGE, CLIP_TEXT, AESTHETIC}
+    assert isinstance(engines.scoring(_OnnxRunner(folder)), Scorer)
+    none = ServiceEngines()
+    assert (none.score_names(), none.triton_specs(), none.scoring(_OnnxRunner(folder))) == ((), [], None)
 
 
 def test_scores_asked_of_a_stack_without_them_name_the_field(built):

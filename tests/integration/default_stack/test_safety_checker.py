@@ -33,7 +33,7 @@ def test_image_checker_flags_the_chosen_picture_through_triton(stack, safety_che
     before = batch_histogram(stack.info.triton_http_url, SAFETY_CHECKER)
 
     async def check():
-        checker = ImageChecker.on_triton(stack.safety_checker_dir, stack.info.triton_grpc_url)
+        checker = stack.service_engines.image_checker(stack.info.triton_grpc_url)
         return await checker.check(images)
 
     verdicts = asyncio.run(check())

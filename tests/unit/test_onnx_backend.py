@@ -122,3 +122,41 @@ def test_the_eager_metric_needs_triton_s_metrics_api_and_a_counting_session(tmp_
     assert EagerCalls(session, "sd.unet", older_triton).metric is None
     onnx = _double_model(tmp_path / "m.onnx")
     assert EagerCalls(onnx, "sd.unet", older_triton).publish() == 0  # the CPU runtimes count nothing
+
+
+class _StubTensor:
+    """A python-backend tensor as Triton 2.51's stub gives one under NumPy 2: ``as_numpy`` misreads, DLPack works."""
+
+    def __init__(self, name: str, array: np.ndarray) -> None:
+        self.name, self.array = name, array
+
+    def as_numpy(self):
+        raise AssertionError("as_numpy misreads NumPy 2's arrays in Triton 2.51's stub")
+
+    def __dlpack__(self, stream=None):
+        return self.array.__dlpack__(stream=stream)
+
+    def __dlpack_device__(self):
+        return self.array.__dlpack_device__()
+
+    @classmethod
+    def from_dlpack(cls, name: str, tensor) -> "_StubTensor":
+        strides = np.asarray(tensor).strides
+        assert strides == np.empty_like(tensor, order="C").strides, "the stub refuses strides not C-order's"
+        return cls(name, np.from_dlpack(tensor))
+
+
+def test_the_torch_runtime_s_tensors_cross_the_stub_by_dlpack_never_as_numpy(tmp_path, monkeypatch):
+    model = _torch_model(tmp_path)
+    stub = types.SimpleNamespace(
+        Tensor=_StubTensor,
+        get_input_tensor_by_name=lambda request, name: request[name],
+        InferenceResponse=lambda output_tensors=None, error=None: types.SimpleNamespace(tensors=output_tensors),
+        TritonError=str,
+    )
+    monkeypatch.setitem(__import__("sys").modules, "triton_python_backend_utils", stub)
+    rows = [np.arange(6, dtype=np.float32).reshape(2, 3), np.ones((1, 3), np.float32)]
+    responses = model.execute([{"x": _StubTensor("x", x)} for x in rows])
+    for response, x in zip(responses, rows, strict=True):
+        (y,) = response.tensors
+        assert y.name == "y" and np.array_equal(y.array, x * 2)

@@ -195,7 +195,7 @@ class Stack:
             vectorize_table_path=str(built.vectorize_table) if built.vectorize_table else None,
             repository=str(opts.repository.resolve()),
             loras_dir=built.loras_dirs,
-            service_engines=built.service_engines,
+            service_engines=built.service_engines.model_dump(),  # the Serve config holds JSON
             **app_settings(opts, self.memory_budget_bytes, port),
         )
 

@@ -105,7 +105,7 @@ class ImageChecker:
 
     @classmethod
     def on_triton(cls, folder: str | Path | None, triton_grpc_url: str | None) -> ImageChecker | None:
-        """The checker built in ``folder`` (``ServiceEngines.safety_checker``), run by the Triton at ``triton_grpc_url``.
+        """The checker built in ``folder`` (``ServiceEngines.safety_checker``), run by the Triton at the URL.
 
         None when the stack serves no safety checker (no folder) or has no Triton.
         """

@@ -217,7 +217,6 @@ class OnnxRuntimeModel:
         self.inputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["input"]}
         self.outputs = {t["name"]: np.dtype(_numpy_dtype(t["data_type"])) for t in config["output"]}
         how = RuntimeChoice.of(self.files)
-        self.by_dlpack = how.runtime is Runtime.TORCH  # torch is loaded: tensors cross the stub without as_numpy
         logger.info("%s: %s %s, %d cores", config["name"], how.runtime.value, how.precision, shards or cpu_count())
 
     def execute(self, requests: list) -> list:
@@ -227,12 +226,14 @@ class OnnxRuntimeModel:
         feeds = [self._feed(request, pb_utils) for request in requests]
         results = run_batched(self.session, feeds, self.bound, self.prepare)
         self.eager.publish()
-        responses, outs = [], self.outputs.items()
+        responses = []
         for result in results:
             if isinstance(result, Exception):
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(result))))
                 continue
-            tensors = [self._tensor(pb_utils, name, result[name].astype(dtype, copy=False)) for name, dtype in outs]
+            tensors = [
+                pb_utils.Tensor(name, result[name].astype(dtype, copy=False)) for name, dtype in self.outputs.items()
+            ]
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
         return responses
 
@@ -242,31 +243,9 @@ class OnnxRuntimeModel:
     def _feed(self, request, pb_utils) -> dict[str, np.ndarray]:
         feed = {}
         for name, dtype in self.inputs.items():
-            array = self._array(pb_utils.get_input_tensor_by_name(request, name), dtype)
+            array = pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dtype, copy=False)
             feed[name] = graph_input(array, self.input_ranks.get(name))
         return feed
-
-    def _array(self, tensor, dtype: np.dtype) -> np.ndarray:
-        """A request's tensor as NumPy: by DLPack on the torch runtime, else by ``as_numpy``.
-
-        Triton 2.51's stub predates NumPy 2, whose arrays its ``as_numpy`` misreads; strings, and the CPU runtimes'
-        tensors (their processes load no torch), still go by ``as_numpy``.
-        """
-        if not self.by_dlpack or dtype == np.object_:
-            return tensor.as_numpy().astype(dtype, copy=False)
-        import torch
-
-        return torch.from_dlpack(tensor).numpy().astype(dtype, copy=False)
-
-    def _tensor(self, pb_utils, name: str, array: np.ndarray):
-        """An output tensor for the response: by DLPack on the torch runtime, as :meth:`_array` reads one.
-
-        A fresh C-order copy: its strides are the plain ones, which the stub's contiguity check (Triton 2.51's, that
-        also checks a dimension of size 1) accepts where torch's own strides for such a dimension fail it.
-        """
-        if not self.by_dlpack or array.dtype.kind not in "fiu":
-            return pb_utils.Tensor(name, array)
-        return pb_utils.Tensor.from_dlpack(name, np.array(array, order="C", copy=True))
 
 
 class EagerCalls:

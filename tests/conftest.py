@@ -21,6 +21,17 @@ for _name, _value in RAY_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+def pytest_collection_modifyitems(items) -> None:
+    """One pytest-xdist worker runs the integration tests, the other the unit tests beside them.
+
+    pyproject's addopts run the suite on two workers (``-n 2 --dist loadgroup``): the integration tests stay in their
+    order on one (the stacks a package shares start once), the unit tests take the other.
+    """
+    for item in items:
+        group = "integration" if "integration" in item.path.relative_to(PROJECT_ROOT).parts else "unit"
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def git_status() -> str | None:
     """``git status --porcelain`` of the checkout the tests run from (None: not a git checkout)."""
     try:

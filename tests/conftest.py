@@ -21,6 +21,7 @@ for _name, _value in RAY_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
 def pytest_collection_modifyitems(items) -> None:
     """One pytest-xdist worker runs the integration tests, the other the unit tests beside them.
 

@@ -22,8 +22,9 @@ FLAT_OVER_S = 2400.0
 """A long run's memory is judged over its last 40 minutes (the warm-up grows to what comes before them)."""
 REFUSED = ("429", "RESOURCE_EXHAUSTED")
 """A caller refused for its rate or a full queue: shaped, and apart from availability (the service answered)."""
-SERVED = ("200", "202", "OK")
-"""A request served: an answer, a job taken, a gRPC call completed."""
+SERVED = ("200", "202", "409", "OK")
+"""A request served: an answer, a job taken, a gRPC call completed, a cancel of a job that had already ended (only a
+cancel's 409 is shaped: :func:`loadtests.soak.load.shaped`)."""
 
 
 @dataclass

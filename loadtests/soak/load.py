@@ -33,11 +33,20 @@ class Outcome:
 
 
 def shaped(response: httpx.Response) -> bool:
-    """A success, or a failure as documented: a 503/429 with ``Retry-After`` and a JSON ``error``."""
+    """A success, or a failure as documented: a 503/429 with ``Retry-After`` and a JSON ``error``.
+
+    A cancel's 409 (the job had already ended) is an answer as documented too, with its JSON ``error``.
+    """
     if response.status_code < 400:
         return True
+    if response.status_code == 409 and response.request.url.path.endswith("/cancel"):
+        return _names_an_error(response)
     if response.status_code not in (429, 503) or "Retry-After" not in response.headers:
         return False
+    return _names_an_error(response)
+
+
+def _names_an_error(response: httpx.Response) -> bool:
     try:
         return "error" in response.json()
     except ValueError:
@@ -103,7 +112,7 @@ class Load(Clients):
                     self._record(kind, type(error).__name__, False, began)
 
     def _job(self, client: httpx.Client, rng: random.Random) -> httpx.Response:
-        """Submit a background job; follow its event stream to the end, or cancel it, or leave it."""
+        """Submit a background job; follow its event stream to the end, cancel it (its answer judged) or leave it."""
         body = {**SMALL, "seed": rng.randrange(10**6), "background": True}
         response = client.post(GENERATE, json=body)
         if response.status_code != 202:
@@ -113,7 +122,9 @@ class Load(Clients):
             self.jobs[job_id] = body
         follow = rng.random()
         if follow < 0.2:
-            client.post(f"/v1/jobs/{job_id}/cancel")
+            began = time.monotonic()
+            canceled = client.post(f"/v1/jobs/{job_id}/cancel")
+            self._record("cancel", str(canceled.status_code), shaped(canceled), began)
         elif follow < 0.6:
             self._follow(client, job_id)
         return response

@@ -122,10 +122,26 @@ def test_windows_count_failures_and_the_generations_latency():
         (503, {"Retry-After": "5"}, b"upstream died", False),  # not Easel's JSON error
         (500, {"Retry-After": "5"}, b'{"error": {"message": "boom"}}', False),
         (400, {}, b'{"error": {"message": "bad"}}', False),  # the soak sends only valid requests
+        (409, {}, b'{"error": {"message": "already ended"}}', False),  # a generation is never a conflict
     ],
 )
 def test_a_failed_request_is_shaped_only_as_503_or_429_with_retry_after_and_a_json_error(status, headers, body, want):
-    assert shaped(httpx.Response(status, headers=headers, content=body)) is want
+    request = httpx.Request("POST", "http://127.0.0.1:8000/v1/images/generations")
+    assert shaped(httpx.Response(status, headers=headers, content=body, request=request)) is want
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "want"),
+    [
+        (200, b'{"id": "job_1", "status": "canceled"}', True),
+        (409, b'{"error": {"message": "job job_1 is already succeeded", "param": "id"}}', True),  # it had ended
+        (409, b"conflict", False),  # not Easel's JSON error
+        (500, b'{"error": {"message": "boom"}}', False),
+    ],
+)
+def test_a_cancel_s_answer_is_judged_and_a_409_for_a_job_already_ended_is_shaped(status, body, want):
+    request = httpx.Request("POST", "http://127.0.0.1:8000/v1/jobs/job_1/cancel")
+    assert shaped(httpx.Response(status, content=body, request=request)) is want
 
 
 def test_a_report_fails_on_a_failed_check_only_prints_every_check_and_plots(tmp_path):

@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,12 +123,14 @@ def _json_error(response: httpx.Response) -> bool:
         return False
 
 
-def _replicas(deployment: str) -> list[psutil.Process]:
-    return [
-        p
-        for p in psutil.process_iter(["cmdline"])
-        if any(f"ServeReplica:easel:{deployment}" in part for part in p.info["cmdline"] or [])
-    ]
+def _replicas(stack_id: str, deployment: str) -> list[psutil.Process]:
+    """The replicas of ``deployment`` of stack ``stack_id``: never another stack's on the same machine."""
+    found = []
+    for process in stack_processes(stack_id):
+        with suppress(psutil.Error):
+            if any(f"ServeReplica:easel:{deployment}" in part for part in process.cmdline()):
+                found.append(process)
+    return found
 
 
 def _memory_gib(stack_id: str) -> float:
@@ -175,8 +178,8 @@ class Chaos:
         injections = (
             lambda: os.kill(self.stack.triton.process.pid, signal.SIGKILL),
             self._kill_unet_stub,
-            lambda: _replicas("TextToImage")[0].kill(),
-            lambda: _replicas("Gateway")[0].kill(),
+            lambda: _replicas(self.stack.stack_id, "TextToImage")[0].kill(),
+            lambda: _replicas(self.stack.stack_id, "Gateway")[0].kill(),
             self._largest_requests,
         )
         return {name: inject for name, inject in zip(FAULTS, injections, strict=True) if name in self.chosen}

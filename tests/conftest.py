@@ -21,16 +21,37 @@ for _name, _value in RAY_ENV.items():
     os.environ.setdefault(_name, _value)
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
-def pytest_collection_modifyitems(items) -> None:
-    """One pytest-xdist worker runs the integration tests, the other the unit tests beside them.
+SECOND_WORKER = (
+    "tests/integration/xl_stack/",
+    "tests/integration/test_face_id_plus.py",
+    "tests/integration/test_gpu_bench_video.py",
+    "tests/integration/test_gpu_pack.py",
+    "tests/integration/test_loop_in_triton.py",
+    "tests/integration/test_many_models.py",
+    "tests/integration/test_stable_video.py",
+    "tests/integration/test_text_to_image_transformers.py",
+)
+"""Integration tests, each with its own stack and killing only its own processes, that the second worker runs after
+the unit tests: about a third of the integration tests' time, which balances the two workers."""
 
-    pyproject's addopts run the suite on two workers (``-n 2 --dist loadgroup``): the integration tests stay in their
-    order on one (the stacks a package shares start once), the unit tests take the other.
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Split the suite between two pytest-xdist workers, each running its share in order.
+
+    pyproject's addopts run the suite on two workers (``-n 2 --dist loadgroup``): the first runs the integration tests
+    (the stacks a package shares start once), the second the unit tests and then :data:`SECOND_WORKER`'s modules.
     """
+
+    def second(item: pytest.Item) -> bool:
+        return item.path.relative_to(PROJECT_ROOT).as_posix().startswith(SECOND_WORKER)
+
+    def unit(item: pytest.Item) -> bool:
+        return "integration" not in item.path.relative_to(PROJECT_ROOT).parts
+
+    items.sort(key=second)  # stable: the moved modules last, after the unit tests, each in its order
     for item in items:
-        group = "integration" if "integration" in item.path.relative_to(PROJECT_ROOT).parts else "unit"
-        item.add_marker(pytest.mark.xdist_group(group))
+        item.add_marker(pytest.mark.xdist_group("second" if unit(item) or second(item) else "first"))
 
 
 def git_status() -> str | None:

@@ -32,7 +32,7 @@ def test_a_soak_with_each_process_killed_keeps_every_job_and_shapes_every_failur
     judged = [name for name, check in checks.items() if check["passed"] is None]
     assert all("flat" in name for name in judged), judged  # only the trends need a longer run
     assert report["jobs"]["submitted"] > 0 and report["jobs"]["compared"] > 0, report["jobs"]
-    assert set(report["requests"]) == {"generate", "job", "vectorize", "grpc"}, report["requests"]
+    assert set(report["requests"]) == {"generate", "job", "cancel", "vectorize", "grpc"}, report["requests"]
 
 
 def test_easel_chaos_plays_a_fault_under_load_and_nothing_is_left_after_the_stack_stops(stack):

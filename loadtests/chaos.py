@@ -17,14 +17,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
 import psutil
 
-from serve.processes.signals import stack_processes
+from serve.processes.signals import stack_processes, stack_replicas
 from serve.stack import Stack, largest_admitted_side
 
 logger = logging.getLogger(__name__)
@@ -123,16 +122,6 @@ def _json_error(response: httpx.Response) -> bool:
         return False
 
 
-def _replicas(stack_id: str, deployment: str) -> list[psutil.Process]:
-    """The replicas of ``deployment`` of stack ``stack_id``: never another stack's on the same machine."""
-    found = []
-    for process in stack_processes(stack_id):
-        with suppress(psutil.Error):
-            if any(f"ServeReplica:easel:{deployment}" in part for part in process.cmdline()):
-                found.append(process)
-    return found
-
-
 def _memory_gib(stack_id: str) -> float:
     total = 0
     for process in stack_processes(stack_id):
@@ -178,8 +167,8 @@ class Chaos:
         injections = (
             lambda: os.kill(self.stack.triton.process.pid, signal.SIGKILL),
             self._kill_unet_stub,
-            lambda: _replicas(self.stack.stack_id, "TextToImage")[0].kill(),
-            lambda: _replicas(self.stack.stack_id, "Gateway")[0].kill(),
+            lambda: stack_replicas(self.stack.stack_id, "TextToImage")[0].kill(),
+            lambda: stack_replicas(self.stack.stack_id, "Gateway")[0].kill(),
             self._largest_requests,
         )
         return {name: inject for name, inject in zip(FAULTS, injections, strict=True) if name in self.chosen}

@@ -26,7 +26,7 @@ import psutil
 from loadtests.soak.checks import READY_WITHIN_S
 from loadtests.soak.samples import process_label
 from serve.processes import STACK_ENV, ManagedProcess
-from serve.processes.signals import stack_processes
+from serve.processes.signals import stack_replicas
 from serve.stack import Stack
 
 logger = logging.getLogger(__name__)
@@ -96,8 +96,7 @@ def kill(fault: Fault, stack: Stack, rng: random.Random) -> None:
         process = rng.choice([p for p in stubs if "triton_python_backend_stub" in p.name()])
     else:
         deployment = {"text_to_image": "TextToImage", "gateway": "Gateway"}[fault.kind]
-        title = f"ServeReplica:easel:{deployment}"
-        replicas = [p for p in stack_processes(stack.stack_id) if title in process_label(p)]
+        replicas = stack_replicas(stack.stack_id, deployment)
         process = rng.choice(sorted(replicas, key=lambda p: p.pid))
     fault.target = process_label(process)
     logger.info("SIGKILL %s (pid %d)", fault.target, process.pid)

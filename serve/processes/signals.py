@@ -42,6 +42,18 @@ def stack_processes(stack_id: str) -> list[psutil.Process]:
     return list(found.values())
 
 
+def stack_replicas(stack_id: str, *deployments: str) -> list[psutil.Process]:
+    """Stack ``stack_id``'s Ray Serve replicas of ``deployments`` (or Ray's proxy, ``ProxyActor``); never another's."""
+    marks = tuple(f"ServeReplica:easel:{name}" if name != "ProxyActor" else "ray::ProxyActor" for name in deployments)
+    found = []
+    for process in stack_processes(stack_id):
+        with suppress(psutil.Error):
+            command = " ".join(process.cmdline())
+            if any(mark in command for mark in marks):
+                found.append(process)
+    return found
+
+
 def _alive(process: psutil.Process) -> bool:
     try:
         return process.status() != psutil.STATUS_ZOMBIE

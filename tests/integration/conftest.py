@@ -16,13 +16,11 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, expect
 
 from serve.paths import easel_home
-from serve.processes.signals import stack_processes
 from serve.stack import Stack, StackOptions, wait_until_ready
 from tests.studio import chromium
 
@@ -149,20 +147,6 @@ def assert_unet_goes_quiet(stack: Stack, settle_s: float = 4.0, window_s: float 
     time.sleep(window_s)
     ran = unet_executions(stack) - before
     assert ran <= 1, f"the UNet ran {ran} executions {settle_s:g}-{settle_s + window_s:g} s after its caller left"
-
-
-def stack_replicas(stack: Stack, *deployments: str) -> list[psutil.Process]:
-    """The stack's Ray Serve replicas of ``deployments`` (or Ray's proxy, ``ProxyActor``); never another stack's."""
-    found = []
-    for process in stack_processes(stack.stack_id):
-        try:
-            command = " ".join(process.cmdline())
-        except psutil.Error:
-            continue
-        marks = (f"ServeReplica:easel:{name}" if name != "ProxyActor" else "ray::ProxyActor" for name in deployments)
-        if any(mark in command for mark in marks):
-            found.append(process)
-    return found
 
 
 def engine_names(stack: Stack) -> tuple[str, ...]:

@@ -23,6 +23,7 @@ from serve.access import ACTIVE_CHECK_S, open_key_store
 from serve.access.keys import SLOT_LEASE_S, KeyLimits
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
 from serve.moderation import Policy
+from serve.processes.signals import stack_replicas
 from serve.results.tokens import UrlSigner
 from serve.routes import Scope
 from tests.controls import b64, input_image
@@ -31,7 +32,6 @@ from tests.integration.conftest import (
     decode_images,
     default_stack,
     settled_unet_executions,
-    stack_replicas,
     unet_executions,
 )
 from tests.tenant_matrix import UNKNOWN, Row, row_id, rows
@@ -417,7 +417,7 @@ def test_the_slots_of_a_replica_that_died_expire_in_seconds(api, stack, keys):
             readers.append(events.iter_lines())
             assert next(readers[-1]) == "event: state"
         assert store.in_flight(record.id) == 12
-        stack_replicas(stack, "Gateway")[0].kill()
+        stack_replicas(stack.stack_id, "Gateway")[0].kill()
         killed = time.monotonic()
     time.sleep(2)  # the live replica has given back its streams' slots; the dead one's are neither given nor renewed
     assert store.in_flight(record.id) > 0, "the replica that was killed held none of the streams"

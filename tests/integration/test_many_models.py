@@ -27,6 +27,7 @@ from serve.access.keys import API_KEY_ENV, KeyLimits
 from serve.cli import admin as model_admin
 from serve.cli.main import built_engines
 from serve.grpc_api import easel_pb2, easel_pb2_grpc
+from serve.processes.signals import stack_replicas
 from serve.routes import Scope
 from serve.settings import DEFAULT_MODEL
 from serve.stack import Stack, StackOptions
@@ -36,7 +37,6 @@ from tests.integration.conftest import (
     batch_histogram,
     decode_images,
     post_together,
-    stack_replicas,
     triton_killed,
 )
 
@@ -186,8 +186,8 @@ def test_a_model_s_request_in_flight_survives_the_residency_s_restart_and_its_mo
     while not all(api.get(f"/v1/jobs/{job}").json()["progress"]["step"] > 0 for job in jobs.values()):
         assert time.monotonic() < deadline, "the long jobs did not start"
         time.sleep(0.05)
-    (keeper,) = stack_replicas(stack, "ModelResidency")
-    generating = stack_replicas(stack, "TextToImage")
+    (keeper,) = stack_replicas(stack.stack_id, "ModelResidency")
+    generating = stack_replicas(stack.stack_id, "TextToImage")
     for replica in generating:  # the requests stay in flight, whatever the replica's restart takes
         replica.suspend()
     try:

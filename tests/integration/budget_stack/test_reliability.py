@@ -14,14 +14,14 @@ import psutil
 import pytest
 
 from loadtests.benchmarks.vectorize import noise_png, upload_and_hold
-from serve.processes.signals import stack_processes
+from serve.processes.signals import stack_processes, stack_replicas
 from serve.protocol.schema import MAX_REQUEST_BYTES
 from serve.stack import largest_admitted_side
 from serve.vectorize.schema import MAX_UPLOAD_BYTES
 from serve.wire import BODY_DEADLINE_S
 from tests.images import icon_png
 from tests.integration.budget_stack.conftest import BUDGET
-from tests.integration.conftest import assert_unet_goes_quiet, stack_replicas, unet_executions
+from tests.integration.conftest import assert_unet_goes_quiet, unet_executions
 
 pytestmark = pytest.mark.integration
 logger = logging.getLogger(__name__)
@@ -72,7 +72,7 @@ def test_chunked_upload_over_the_limit_is_a_413_after_reading_no_more_than_the_l
 def test_json_body_over_the_limit_is_refused_without_the_proxy_or_a_gateway_holding_it(stack, api):
     for _ in range(10):  # both Gateway replicas warmed up: their first requests' own allocations are not the body
         assert api.post(GENERATE, json={"prompt": ""}).status_code == 400
-    gateways = stack_replicas(stack, "Gateway", "ProxyActor")
+    gateways = stack_replicas(stack.stack_id, "Gateway", "ProxyActor")
     before = sum(p.memory_info().rss for p in gateways)
     head = (
         b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -260,7 +260,7 @@ def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retr
         while unet_executions(stack) < before + 3:  # the replica dies with the request in its loop
             assert time.monotonic() < deadline and not in_flight.done(), "the generation never started"
             time.sleep(0.05)
-        for replica in stack_replicas(stack, "TextToImage"):
+        for replica in stack_replicas(stack.stack_id, "TextToImage"):
             replica.kill()
         response = in_flight.result()
     assert response.status_code == 503, response.text
@@ -272,7 +272,7 @@ def test_a_killed_text_to_image_replica_gives_in_flight_requests_a_503_with_retr
 
 
 def test_a_killed_gateway_replica_does_not_stop_the_api(stack, api):
-    gateways = stack_replicas(stack, "Gateway")
+    gateways = stack_replicas(stack.stack_id, "Gateway")
     assert len(gateways) >= 2
     gateways[0].kill()
     statuses, slowest = [], 0.0

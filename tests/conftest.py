@@ -23,16 +23,20 @@ for _name, _value in RAY_ENV.items():
 
 SECOND_WORKER = (
     "tests/integration/xl_stack/",
+    "tests/integration/test_cli.py",
+    "tests/integration/test_contract.py",
     "tests/integration/test_face_id_plus.py",
     "tests/integration/test_gpu_bench_video.py",
     "tests/integration/test_gpu_pack.py",
+    "tests/integration/test_jobs.py",
     "tests/integration/test_loop_in_triton.py",
     "tests/integration/test_many_models.py",
     "tests/integration/test_stable_video.py",
     "tests/integration/test_text_to_image_transformers.py",
 )
 """Integration tests, each with its own stack and killing only its own processes, that the second worker runs after
-the unit tests: about a third of the integration tests' time, which balances the two workers."""
+the unit tests. Chosen by ``--durations`` so that each worker has about half the suite's time
+(docs/guides/development.md, "Tests")."""
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the groups

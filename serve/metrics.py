@@ -11,15 +11,15 @@ UNet batch sizes are not recorded here: Triton's own ``nv_inference_count`` (sam
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
-logger = logging.getLogger(__name__)
+from serve import gauge_refresh
 
 RAY_PREFIX = "ray_"
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -371,8 +371,10 @@ def observe(spec: MetricSpec, value: float, **tags: object) -> None:
 
 
 def set_gauge(spec: MetricSpec, value: float, **tags: object) -> None:
-    """Set gauge ``spec`` to ``value``."""
-    _metric(spec).set(value, tags=_tags(spec, tags))
+    """Set gauge ``spec`` to ``value``; it stays exported until set again (:mod:`serve.gauge_refresh`)."""
+    metric, named = _metric(spec), _tags(spec, tags)
+    metric.set(value, tags=named)
+    gauge_refresh.hold((spec.name, *sorted(named.items())), partial(metric.set, value, tags=named))
 
 
 @contextmanager

@@ -343,10 +343,3 @@ class ModelResidency:
             metrics.set_gauge(metrics.MODEL_LOADED, int(model.version_id in self.residency.loaded), model=name)
         metrics.set_gauge(metrics.MODEL_MEMORY_BYTES, self.residency.used_bytes, part="loaded")
         metrics.set_gauge(metrics.MODEL_MEMORY_BYTES, self.residency.room_bytes or 0, part="budget")
-
-    async def check_health(self) -> None:
-        """Ray Serve's health check: the event loop answers.
-
-        It also sets again which models are loaded: a gauge not set for a while is no longer exported.
-        """
-        self._gauges()

@@ -190,21 +190,26 @@ def load(stack, api, prometheus):
         _exported(prometheus, "sum(ray_easel_job_queue_seconds_count)", round_)
         _exported(prometheus, 'sum(ray_easel_cache_requests_total{result="hit"})', round_)
         _exported(prometheus, "sum(ray_easel_job_cancels_total)", round_)
-    _until_every_quantile_has_a_rate(api, prometheus)
+    _until_every_panel_has_data(api, prometheus)
     return statuses
 
 
-def _until_every_quantile_has_a_rate(api, prometheus) -> None:
-    """More rounds until every quantile a panel shows is a number.
+def _until_every_panel_has_data(api, prometheus) -> None:
+    """More rounds until every panel query this stack can answer is a number.
 
-    A replica's histogram series is born at its first observation and Ray exports custom metrics every few seconds:
-    if a series was first scraped already holding all of its observations, its rate is zero and the quantile NaN
-    however long one waits. Another round raises every series while Prometheus watches.
+    A replica's counter or histogram series is born at its first observation and Ray exports custom metrics every few
+    seconds: if a series was first scraped already holding all of its observations, its rate is zero (a quantile or a
+    ratio of rates NaN) however long one waits. Another round raises every series while Prometheus watches. Before
+    each, one report interval of Ray's (10 s) for what is only late.
     """
-    quantiles = [q.promql(WINDOW) for q in QUERIES if "histogram_quantile" in q.expr]
     vectorized = 'sum(ray_easel_http_requests_total{endpoint="/v1/vectorize"})'
     for extra in range(1, 7):
-        if all(_finite(query(prometheus, q)) for q in quantiles):
+        reported = time.monotonic() + 12
+        while not (answered := all(_finite(query(prometheus, q.promql(WINDOW))) for q in _served(prometheus))):
+            if time.monotonic() > reported:
+                break
+            time.sleep(2)
+        if answered:
             return
         before = sum(float(r["value"][1]) for r in query(prometheus, vectorized))
         _round(api, 100 + extra)

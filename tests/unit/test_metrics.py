@@ -34,6 +34,34 @@ def test_recording_checks_tag_keys():
         metrics.count(metrics.DENOISING_STEPS, 1, sampler="ddim")
 
 
+def test_a_gauge_set_once_is_set_again_until_another_value_replaces_it(monkeypatch):
+    """Ray drops a gauge not set for 20 s: a circuit that opened once must still read open minutes later."""
+    import time
+
+    from serve import gauge_refresh
+
+    class Recorded:
+        def __init__(self):
+            self.sets = []
+
+        def set(self, value, tags):
+            self.sets.append((value, tags["model"]))
+
+    gauge = Recorded()
+    monkeypatch.setattr(metrics, "_metric", lambda spec: gauge)
+    monkeypatch.setattr(gauge_refresh, "_latest", {})  # this test's gauges only
+    monkeypatch.setattr(gauge_refresh, "REFRESH_S", 0.02)
+    metrics.set_gauge(metrics.MODEL_CIRCUIT_STATE, 2, model="a")
+    metrics.set_gauge(metrics.MODEL_CIRCUIT_STATE, 0, model="b")
+    metrics.set_gauge(metrics.MODEL_CIRCUIT_STATE, 1, model="a")  # replaces a's 2
+    set_by_hand = len(gauge.sets)
+    deadline = time.monotonic() + 30  # the refresher may be asleep for its last (default) interval first
+    while gauge.sets[set_by_hand:].count((1, "a")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    again = gauge.sets[set_by_hand:]
+    assert again.count((1, "a")) >= 2 and (0, "b") in again and (2, "a") not in again
+
+
 def test_timed_marks_errors(monkeypatch):
     seen = []
     monkeypatch.setattr(metrics, "observe", lambda spec, value, **tags: seen.append((spec, value, tags)))

@@ -111,7 +111,8 @@ class TritonServer:
         self._last_canary = 0.0
         self._next_http_check = 0.0
         self._successes: dict[str, int] = {}
-        self._stub_names: dict[psutil.Process, str] = {}  # Triton's children at the last look: their model
+        self._stub_names: dict[psutil.Process, str] = {}  # Triton's children at the last listing: their model
+        self._next_listing = 0.0  # when Triton's children are listed again even if no known stub died
 
     @property
     def models(self) -> dict[str, ModelSpec]:
@@ -262,49 +263,51 @@ class TritonServer:
                 return f"{model}: {why}; reload failed: {error}"
         return "; ".join(f"{model}: {why}, reloaded" for model, why in broken.items())
 
-    def _stubs(self) -> dict[str, list[psutil.Process]]:
-        """The live python-backend stub processes of each model, by name: one look at Triton's children.
+    def _stubs(self, listed: bool = False) -> dict[str, list[psutil.Process]]:
+        """The live python-backend stub processes of each model, by name.
 
-        Listing a process's children reads every process's parent, and the check runs four times a second: a look per
-        model (nine in the default stack) kept a fifth of a core busy in the stack's own process. A stub's command
-        line, which names its model, is read once per process once it names one: a child caught between Triton's fork
-        and its exec still has Triton's command line (remembered as no stub, a model's new stub went uncounted and
-        the model was reloaded as if its stub had died, under load).
+        Listing Triton's children reads every process's parent (a hundred per stack) and the check runs four times a
+        second: between listings (every :data:`HTTP_CHECK_S`, or ``listed``) the stubs of the last one are only asked
+        whether they still run. A stub's command line, which names its model, is read once per process once it names
+        one: a child caught between Triton's fork and its exec still has Triton's command line (remembered as no
+        stub, a model's new stub went uncounted and the model was reloaded as if its stub had died, under load).
         """
+        if not listed and time.monotonic() < self._next_listing:
+            return _by_model({child: name for child, name in self._stub_names.items() if _runs(child)})
         try:
             children = psutil.Process(self.managed.pid).children()
         except psutil.Error:
             return {}
-        found: dict[str, list[psutil.Process]] = {}
         names = {}
         for child in children:
             try:
-                if child.status() == psutil.STATUS_ZOMBIE:
-                    continue
-                name = self._stub_names.get(child) or _stub_model(child.cmdline())
+                if _runs(child) and (name := self._stub_names.get(child) or _stub_model(child.cmdline())):
+                    names[child] = name
             except psutil.Error:
                 continue
-            if name:
-                names[child] = name
-                found.setdefault(name, []).append(child)
-        self._stub_names = names  # the children of this look: a process gone is forgotten
-        return found
+        self._stub_names = names  # the children of this listing: a process gone is forgotten
+        self._next_listing = time.monotonic() + HTTP_CHECK_S
+        return _by_model(names)
 
     def _models_without_stub(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
         """Python-backend models of ``loaded`` with fewer live stub processes than instances, while Triton runs.
 
-        Triton is asked again after its children were listed: one that died meanwhile has none (its stubs went to
-        init), and reloading its models through it waited for an answer (a soak saw the unload time out after 60 s)
-        before the supervisor noticed the death and restarted it.
+        One short of stubs is looked at again in a new listing (a model loaded since has new ones). Triton is asked
+        again after its children were listed: one that died meanwhile has none (its stubs went to init), and reloading
+        its models through it waited for an answer (a soak saw the unload time out after 60 s) before the supervisor
+        noticed the death and restarted it.
         """
         if not self.managed.running():
             return {}
-        stubs = self._stubs()
-        missing = {
-            name: "stub process died"
-            for name, spec in loaded.items()
-            if not spec.ensemble and len(stubs.get(name, ())) < spec.instance_count
-        }
+        for listed in (False, True):
+            stubs = self._stubs(listed)
+            missing = {
+                name: "stub process died"
+                for name, spec in loaded.items()
+                if not spec.ensemble and len(stubs.get(name, ())) < spec.instance_count
+            }
+            if not missing:
+                break
         return missing if self.managed.running() else {}
 
     def _models_not_ready(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
@@ -355,6 +358,18 @@ def _stub_model(cmdline: list[str]) -> str | None:
     """The model a python-backend stub serves, from its command line (``.../<model>/1/model.py``); None: not a stub."""
     script = next((arg for arg in cmdline if arg.endswith("/model.py")), None)
     return script.rsplit("/", 3)[-3] if script and script.count("/") >= 3 else None
+
+
+def _runs(process: psutil.Process) -> bool:
+    """Whether ``process`` still runs (a zombie, dead but not yet reaped by Triton, does not)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _by_model(names: dict[psutil.Process, str]) -> dict[str, list[psutil.Process]]:
+    return {model: [process for process, name in names.items() if name == model] for model in set(names.values())}
 
 
 def _cpu_seconds(processes: list[psutil.Process]) -> float:

@@ -3,8 +3,9 @@
 Every check runs on every operation, positive-data acceptance included: a schema-valid request may be refused only for
 a limit of :data:`serve.contract.limits.UNSTATED_LIMITS` (the document lists them under the status they answer). Then
 the stateful phase: sequences of calls linked by what one answer gives the next (a job's id, an experiment's name),
-every check on each step. Both run with an ``admin`` key and with a key that may only ``generate`` (its other routes
-are 403s, which the document declares). One stack for all. The stack's cost ceiling is tiny, so most schema-valid
+every check on each step. Both run with an ``admin`` key, which may call every operation, and with a key that may only
+``generate``: on the operations it may not call (403s, which the document declares; on the others it is answered as
+the admin key is). One stack for all. The stack's cost ceiling is tiny, so most schema-valid
 generations are refused for it (400 naming ``num_inference_steps``) and those that run take a second.
 """
 
@@ -19,7 +20,7 @@ from schemathesis.core.transport import Response
 from serve.access import open_key_store
 from serve.access.keys import KeyLimits
 from serve.contract.limits import refuses_for_an_unstated_limit
-from serve.routes import Scope
+from serve.routes import Scope, required_scope
 from serve.stack import scratch_stack
 
 pytestmark = pytest.mark.integration
@@ -49,20 +50,31 @@ def keys(contract_stack) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module", params=sorted(KEYS))
-def auth(request, keys) -> dict[str, str]:
-    """The ``Authorization`` header of one kind of key."""
-    return {"Authorization": f"Bearer {keys[request.param]}"}
+def kind(request) -> str:
+    """One kind of key of :data:`KEYS`."""
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def api_schema(contract_stack, auth):
-    return schemathesis.openapi.from_url(
+def auth(kind, keys) -> dict[str, str]:
+    """The ``Authorization`` header of the kind's key."""
+    return {"Authorization": f"Bearer {keys[kind]}"}
+
+
+@pytest.fixture(scope="module")
+def api_schema(contract_stack, kind, auth):
+    """The stack's document; for a key short of ``admin``, only the operations its scopes do not reach."""
+    schema = schemathesis.openapi.from_url(
         f"{contract_stack.info.api_url}/openapi.json",
         headers=auth,
         config=SchemathesisConfig(
             projects=ProjectsConfig(default=ProjectConfig(headers=auth, generation=GenerationConfig(allow_x00=False)))
         ),
     )
+    if Scope.ADMIN in KEYS[kind]:
+        return schema
+    reached = {None, *KEYS[kind]}  # None: an open route, answered alike to every key
+    return schema.include(lambda ctx: required_scope(ctx.operation.path, ctx.operation.method) not in reached)
 
 
 schema = schemathesis.pytest.from_fixture("api_schema")

@@ -193,7 +193,7 @@ def test_a_triton_that_dies_while_its_stubs_are_counted_is_left_to_the_superviso
     try:
         assert server.check() is not None and reloads == ["vectorize_features"]  # alive, no stub: a stub died
 
-        def killed_while_counting() -> dict:
+        def killed_while_counting(listed: bool = False) -> dict:
             server.managed.process.kill()
             server.managed.process.wait()
             return {}
@@ -223,8 +223,8 @@ def test_a_child_seen_before_its_exec_is_counted_once_it_is_a_stub(tmp_path):
         while not psutil.Process(server.managed.process.pid).children():
             assert time.monotonic() < deadline, "the child never showed"
             time.sleep(0.05)
-        assert server._stubs() == {}  # not a stub yet
-        while not server._stubs().get(FEATURES.name):
+        assert server._stubs(listed=True) == {}  # not a stub yet
+        while not server._stubs(listed=True).get(FEATURES.name):
             assert time.monotonic() < deadline, "the child, a stub after its exec, was never counted"
             time.sleep(0.1)
     finally:
@@ -234,8 +234,9 @@ def test_a_child_seen_before_its_exec_is_counted_once_it_is_a_stub(tmp_path):
         server.managed.process.wait()
 
 
-def test_one_look_at_triton_s_children_finds_each_model_s_stubs(tmp_path):
-    """A check lists Triton's children once (not once per model) and reads each stub's command line once."""
+def test_one_look_at_triton_s_children_finds_each_model_s_stubs(tmp_path, monkeypatch):
+    """A check lists Triton's children once (not once per model) and reads each stub's command line once; between
+    listings a stub that dies is seen without one."""
     from serve.triton.server import TritonServer, _stub_model
     from serve.vectorize.spec import FEATURES
 
@@ -249,11 +250,20 @@ def test_one_look_at_triton_s_children_finds_each_model_s_stubs(tmp_path):
     server.managed.process = subprocess.Popen([sys.executable, "-c", parent, str(script)])
     try:
         deadline = time.monotonic() + 30
-        while len(server._stubs().get(FEATURES.name, [])) < 2:
+        while len(server._stubs(listed=True).get(FEATURES.name, [])) < 2:
             assert time.monotonic() < deadline, "the two stubs never showed"
             time.sleep(0.1)
         assert server._models_without_stub(server.loaded()) == {}  # instance_count 1: two live stubs are enough
         assert set(server._stub_names.values()) == {FEATURES.name}
+        listings, children = [], psutil.Process.children
+        monkeypatch.setattr(psutil.Process, "children", lambda p, **kw: listings.append(p) or children(p, **kw))
+        monkeypatch.setattr(server, "_next_listing", float("inf"))  # no listing is due
+        dead = server._stubs()[FEATURES.name][0]
+        dead.kill()
+        while len(server._stubs().get(FEATURES.name, [])) != 1:
+            assert time.monotonic() < deadline, "the killed stub was still counted"
+            time.sleep(0.05)
+        assert listings == []  # seen dead without listing Triton's children
     finally:
         for child in psutil.Process(server.managed.process.pid).children():
             child.kill()

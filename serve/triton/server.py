@@ -214,8 +214,7 @@ class TritonServer:
 
     def ready(self) -> bool:
         """Whether the server and every model it hosts for the stack answer ready."""
-        paths = ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in self.loaded())]
-        return all(self._http.get(path).status_code == 200 for path in paths)
+        return self._http.get("/v2/health/ready").status_code == 200 and not self._models_not_ready(self.loaded())
 
     def log_tail(self, lines: int = 40) -> str:
         """The last ``lines`` lines of the server log."""
@@ -266,11 +265,10 @@ class TritonServer:
     def _stubs(self, listed: bool = False) -> dict[str, list[psutil.Process]]:
         """The live python-backend stub processes of each model, by name.
 
-        Listing Triton's children reads every process's parent (a hundred per stack) and the check runs four times a
-        second: between listings (every :data:`HTTP_CHECK_S`, or ``listed``) the stubs of the last one are only asked
-        whether they still run. A stub's command line, which names its model, is read once per process once it names
-        one: a child caught between Triton's fork and its exec still has Triton's command line (remembered as no
-        stub, a model's new stub went uncounted and the model was reloaded as if its stub had died, under load).
+        Listing Triton's children reads every process's parent, and the check runs four times a second: between
+        listings (every :data:`HTTP_CHECK_S`, or ``listed``) the last one's stubs are only asked whether they run. A
+        stub's command line, which names its model, is read once it names one: a child caught between Triton's fork
+        and its exec still has Triton's (a model's new stub went uncounted, and the model was reloaded, under load).
         """
         if not listed and time.monotonic() < self._next_listing:
             return _by_model({child: name for child, name in self._stub_names.items() if _runs(child)})
@@ -311,7 +309,10 @@ class TritonServer:
         return missing if self.managed.running() else {}
 
     def _models_not_ready(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
-        return {name: "not ready" for name in loaded if self._http.get(f"/v2/models/{name}/ready").status_code != 200}
+        """Models of ``loaded`` that Triton's repository index (one request for all) does not list as ready."""
+        index = self._http.post("/v2/repository/index", json={}, headers={CONTROL_HEADER: self.control_key})
+        ready = {model["name"] for model in index.json() if model.get("state") == "READY"} if index.is_success else ()
+        return {name: "not ready" for name in loaded if name not in ready}
 
     def _models_failing_canary(self, loaded: dict[str, ModelSpec]) -> dict[str, str]:
         """Models of ``loaded`` whose smallest possible inference fails (a stub that is alive but broken).

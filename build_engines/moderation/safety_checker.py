@@ -21,7 +21,15 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from build_engines.onnx_export import engine_cache, export_graph
 from build_engines.text_to_image.export import PARITY_TOLERANCE, ParityError
 from serve.files import content_hash
-from serve.moderation.images import PREPROCESSOR, SAFETY_CHECKER, SAFETY_CHECKER_SPEC, SIDE, Preprocessing
+from serve.moderation.images import (
+    FEATURE_EXTRACTOR,
+    PREPROCESSOR,
+    SAFETY_CHECKER,
+    SAFETY_CHECKER_SPEC,
+    SIDE,
+    Preprocessing,
+    has_safety_checker,
+)
 from serve.triton.engine_files import ONNX, EngineFiles
 from serve.triton.onnx_backend import make_session
 from serve.triton.repository import install_model, uninstall_model
@@ -29,7 +37,6 @@ from serve.triton.repository import install_model, uninstall_model
 logger = logging.getLogger(__name__)
 
 EXPORT_VERSION = 1
-FEATURE_EXTRACTOR = "feature_extractor"
 SPECIAL_CARE_ADJUSTMENT = 0.01
 """What diffusers adds to every concept score of an image that matched a special-care concept."""
 TINY_VISION = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4}
@@ -116,11 +123,6 @@ def add_safety_checker(model_dir: Path) -> Path:
     }
     path.write_text(json.dumps(index, indent=2) + "\n")
     return model_dir
-
-
-def has_safety_checker(folder: Path | None) -> bool:
-    """Whether ``folder`` is a checker folder: ``safety_checker/`` and ``feature_extractor/`` in it."""
-    return folder is not None and all((folder / name).is_dir() for name in (SAFETY_CHECKER, FEATURE_EXTRACTOR))
 
 
 def load_safety_checker(folder: Path) -> StableDiffusionSafetyChecker:

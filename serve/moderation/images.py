@@ -28,6 +28,7 @@ SAFETY_CHECKER = "safety_checker"
 """The engine's Triton model name, and its folder in the checker's engine folder."""
 PREPROCESSOR = "preprocessor_config.json"
 """The CLIP image processor's settings (a diffusers folder's ``feature_extractor/``), beside the engine."""
+FEATURE_EXTRACTOR = "feature_extractor"
 CATEGORY = "sexual"
 CONCEPTS = 17
 """diffusers' concept embeddings (its ``concept_embeds``)."""
@@ -88,6 +89,11 @@ class Preprocessing:
         scaled = (cropped.astype(np.float64) * self.rescale_factor).astype(np.float32)
         normalized = (scaled - np.array(self.mean, np.float32)) / np.array(self.std, np.float32)
         return np.ascontiguousarray(normalized.transpose(2, 0, 1))
+
+
+def has_safety_checker(folder: Path | None) -> bool:
+    """Whether ``folder`` is a checker folder: ``safety_checker/`` and ``feature_extractor/`` in it."""
+    return folder is not None and all((folder / name).is_dir() for name in (SAFETY_CHECKER, FEATURE_EXTRACTOR))
 
 
 def verdict(scores: np.ndarray, flagged: bool) -> Verdict:

@@ -195,12 +195,17 @@ class StartPlan:
     def safety_checker(self) -> Path | None:
         """Build (or reuse) the image safety checker's engine and install it; its folder (None: no checker).
 
-        ``--safety-checker DIR``, else the default model's own (an SD 1.x folder with ``safety_checker/``).
+        ``--safety-checker DIR``, else the default model's own (an SD 1.x folder with ``safety_checker/``). None to
+        build and none to remove imports nothing (torch and diffusers were most of a fresh start's build).
         """
-        from build_engines.moderation.safety_checker import build_safety_checker, has_safety_checker
+        from serve.moderation.images import SAFETY_CHECKER, has_safety_checker
 
         opts = self.options
         source = opts.safety_checker or (opts.model_dir if has_safety_checker(opts.model_dir) else None)
+        if source is None and (opts.repository is None or not (opts.repository / SAFETY_CHECKER).exists()):
+            return None
+        from build_engines.moderation.safety_checker import build_safety_checker
+
         return build_safety_checker(source, opts.repository)
 
     def loras(self, engine_dirs: dict[str, str]) -> dict[str, str]:

@@ -307,6 +307,17 @@ def test_every_panel_query_returns_data(prometheus, answers, panel_query):
         pytest.fail(f"no finite data for {panel_query.promql(WINDOW)}: got {result[:3]}; raw series: {raw}")
 
 
+def test_a_gauge_set_once_is_still_exported_after_ray_would_drop_it(api, prometheus, load):
+    """Ray stops exporting a gauge not set for 20 s (two report intervals). The kept images' bytes are set as answers
+    are kept, a circuit's state as it changes: both must still read half a minute after (their alerts wait 30 and 1
+    minutes), so each process sets its gauges again (serve/gauge_refresh.py)."""
+    body = {"prompt": "a held gauge", "size": "64x64", "num_inference_steps": 2, "seed": 77}
+    assert api.post("/v1/images/generations", json=body).status_code == 200
+    time.sleep(25)  # the last answer's gauge set at least this long ago: past Ray's 20 s, plus a scrape
+    parts = {s["metric"]["part"] for s in query(prometheus, "ray_easel_image_store_bytes")}
+    assert parts == {"kept", "bound"}
+
+
 def test_fallbacks_and_errors_are_counted_by_reason_and_status(prometheus, load):
 
     def missing():

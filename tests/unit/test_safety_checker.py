@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -192,3 +195,16 @@ def test_the_stack_builds_the_checker_given_or_the_default_models_own(tmp_path, 
         built = StartPlan(options).safety_checker()
         assert (built is None) == (source is None)
         assert (options.repository / SAFETY_CHECKER / "config.pbtxt").is_file() == (source is not None)
+
+
+def test_a_start_with_no_checker_to_build_or_remove_imports_neither_torch_nor_diffusers(tmp_path):
+    """The embedded default has no checker: a fresh start's build spent most of its time importing what makes one."""
+    code = (
+        "import sys; from pathlib import Path; from serve.stack import StackOptions;"
+        "from serve.stack.build_plan import StartPlan;"
+        f"print(StartPlan(StackOptions(run_dir=Path({str(tmp_path / 'run')!r}))).safety_checker(),"
+        " sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    )
+    env = {**os.environ, "EASEL_HOME": str(tmp_path / "home")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert result.stdout.strip() == "None []"

@@ -429,17 +429,24 @@ def test_a_put_under_load_drops_nothing_and_each_image_has_the_weights_of_its_mo
                 response = await client.post(GENERATE, json=BODY | {"loras": [{"name": "swap"}]})
                 answers.append((sent, time.monotonic(), response))
 
+    async def answered_after(moment: float) -> None:
+        """Until a request sent after ``moment`` is answered (a fixed wait once saw none answered before the PUT)."""
+        deadline = time.monotonic() + 120
+        while not any(sent > moment for sent, *_ in answers):
+            assert time.monotonic() < deadline, f"no request sent after {moment} answered in 120 s"
+            await asyncio.sleep(0.1)
+
     async def replace_under_load() -> tuple[float, float]:
         until = asyncio.Event()
         clients = [asyncio.create_task(load(until)) for _ in range(3)]
-        await asyncio.sleep(2.0)
+        await answered_after(0.0)
         began = time.monotonic()
         async with httpx.AsyncClient(base_url=stack.info.api_url, timeout=300) as client:
             file = (adapters.loras / "spare.safetensors").read_bytes()
             put = await client.put("/v1/loras/swap", files={"file": ("spare.safetensors", file)})
         answered = time.monotonic()
         assert put.status_code == 200, put.text
-        await asyncio.sleep(2.0)
+        await answered_after(answered)
         until.set()
         await asyncio.gather(*clients)
         return began, answered

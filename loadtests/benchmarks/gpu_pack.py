@@ -208,11 +208,11 @@ def triton_archive(python: str = PYTHON) -> Path:
     return archive
 
 
-def source_archive(target: Path) -> None:
+def source_archive(target: Path, preset: int = 6) -> None:
     """The project's files under :data:`SOURCE` that git tracks or would (no caches, no build outputs): ``target``."""
     command = ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *SOURCE]
     listed = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, check=True, text=True).stdout
-    with tarfile.open(target, "w:xz", preset=6) as tar:
+    with tarfile.open(target, "w:xz", preset=preset) as tar:
         for name in filter(None, listed.split("\0")):
             if (PROJECT_ROOT / name).is_file():
                 tar.add(PROJECT_ROOT / name, arcname=f"src/{name}")
@@ -238,7 +238,7 @@ def make_pack(folder: Path, python: str = PYTHON) -> int:
     folder.mkdir(parents=True)
     shutil.copy2(deps_archive(python), folder / DEPS_ARCHIVE)
     shutil.copy2(triton_archive(python), folder / TRITON_ARCHIVE)
-    source_archive(folder / SOURCE_ARCHIVE)
+    source_archive(folder / SOURCE_ARCHIVE, preset=6 if python == PYTHON else 2)  # a rehearsal's: fast, as Triton's
     (folder / RUN_SCRIPT).write_text(RUN)
     (folder / RUN_SCRIPT).chmod(0o755)
     size = folder_bytes(folder)

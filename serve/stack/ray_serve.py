@@ -33,12 +33,16 @@ logger = logging.getLogger(__name__)
 # macOS) keeps them on 127.0.0.1. Ray reads that switch when imported. Ray names its processes (``ray::DashboardAgent``)
 # with setproctitle, which by default writes the title over the process's environment block, so ``/proc/PID/environ``
 # lost the stack's mark and ``easel down`` could not find Ray's agents (they outlived the stack); ``SPT_NOENV`` makes
-# it write within the command line only. A value already in the environment wins.
+# it write within the command line only. Ray starts a worker per CPU when the first driver connects, for tasks Easel
+# never sends (every replica is an actor with a worker of its own): two ``ray::IDLE`` processes per stack, 1.1 CPU-s
+# at start and 1.4 % of a core idle (``easel bench idle``), gone with ``prestart_worker_first_driver=0``. A value
+# already in the environment wins.
 RAY_ENV = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_max_direct_call_object_size": str(16 << 20),
+    "RAY_prestart_worker_first_driver": "0",
     "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
     "SPT_NOENV": "1",
 }

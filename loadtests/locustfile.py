@@ -8,6 +8,7 @@ vectorize users); ``EASEL_API_KEY`` when the stack has API keys.
 from __future__ import annotations
 
 import io
+import math
 import os
 import random
 import time
@@ -19,6 +20,7 @@ from locust import HttpUser, User, between, events, task
 from PIL import Image
 
 from serve.access.keys import client_headers
+from serve.triton.spec import AXIS_SCALE
 
 grpc_gevent.init_gevent()
 
@@ -102,6 +104,8 @@ class VectorizeUser(EaselUser):
 
 CHUNK = 77
 """One chunk of a prompt's tokens (CLIP's window): the length a UNet's dynamic text axis is sent at."""
+LATENT_SIDE = 32
+"""The latent side of :class:`TritonGrpcUser`'s UNet calls (a 256x256 image for a VAE factor of 8)."""
 SIZES = (64, 128, 256, 512)
 """The icon sides a mixed-size vectorize user uploads (the uploads resized, each side equally often)."""
 _sized: list[tuple[int, bytes]] = []
@@ -237,14 +241,20 @@ class TritonGrpcUser(User):
         self.grpc = grpcclient
         self.client = grpcclient.InferenceServerClient(os.environ["EASEL_TRITON_GRPC"])
         meta = {i.name: list(i.shape) for i in self.client.get_model_metadata("unet").inputs}
-        sample = [2, meta["sample"][1], 32, 32]
+        parameters = self.client.get_model_config("unet", as_json=True)["config"].get("parameters", {})
+        sample = [2, meta.pop("sample")[1], LATENT_SIDE, LATENT_SIDE]
         self.unet_inputs = {
             "sample": np.random.default_rng(0).standard_normal(sample).astype(np.float32),
             "timestep": np.full((2, 1), 500.0, np.float32),
             "encoder_hidden_states": np.zeros(
-                [2, *(d if d > 0 else CHUNK for d in meta["encoder_hidden_states"][1:])], np.float32
+                [2, *(d if d > 0 else CHUNK for d in meta.pop("encoder_hidden_states")[1:])], np.float32
             ),
         }
+        meta.pop("timestep")
+        for name, shape in meta.items():  # a ControlNet-ready UNet's residuals: zeros, as for a row without one
+            scale = float(parameters.get(f"{AXIS_SCALE}{name}", {}).get("string_value", 1))
+            side = math.ceil(LATENT_SIDE * scale)
+            self.unet_inputs[name] = np.zeros([2, *(d if d > 0 else side for d in shape[1:])], np.float32)
         self.icon = np.full((256, 256, 3), 255, np.uint8)
         self.icon[64:192, 64:192] = (200, 40, 40)
 

@@ -64,6 +64,11 @@ def gpu_work(arrays: Mapping[str, object]) -> Callable[[], None] | None:
     return event.synchronize
 
 
+AXIS_SCALE = "axis_scale:"
+"""A model config parameter per input whose dynamic axes are not the reference length (a ControlNet-ready UNet's
+residuals, 1/2, 1/4, ...; an image, the VAE's factor): ``axis_scale:NAME`` -> :attr:`TensorSpec.axis_scale`."""
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """A tensor without its batch dimension; ``-1`` marks a dynamic axis, named in ``axis_names``.
@@ -218,6 +223,9 @@ class ModelSpec:
                 config.dynamic_batching.default_priority_level = self.dynamic_batching.default_priority_level
         for key, value in sorted(self.parameters.items()):
             config.parameters[key].string_value = value
+        for tensor in self.inputs:  # what a client of Triton alone cannot read from the metadata's -1s
+            if tensor.chunks is None and -1 in tensor.dims and tensor.axis_scale != 1:
+                config.parameters[f"{AXIS_SCALE}{tensor.name}"].string_value = repr(tensor.axis_scale)
         return config
 
 

@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -7,7 +8,15 @@ from serve.finishing.upscalers import UPSCALER_PREFIX
 from serve.paths import MODEL_REPOSITORY
 from serve.text_to_image.families import family_of_folder
 from serve.text_to_image.families.sd import SDDims, StableDiffusion
-from serve.triton.spec import Backend, ModelSpec, TensorSpec, read_model_config, triton_dtype_name, write_model_config
+from serve.triton.spec import (
+    AXIS_SCALE,
+    Backend,
+    ModelSpec,
+    TensorSpec,
+    read_model_config,
+    triton_dtype_name,
+    write_model_config,
+)
 from serve.vectorize.spec import ENSEMBLE, FEATURES, POLICY, QUALITY
 
 
@@ -85,3 +94,17 @@ def test_vectorize_ensemble_wires_existing_tensors():
         assert set(step.input_map.values()) <= produced, step.model_name
         produced |= set(step.output_map.values())
     assert {o.name for o in config.output} <= produced
+
+
+def test_an_input_off_the_reference_length_names_its_scale_in_the_config_for_clients_of_triton_alone():
+    """A ControlNet-ready UNet's residuals are ``-1`` in Triton's metadata: the config says each one's scale."""
+    from serve.text_to_image.spec import residual_inputs
+
+    residuals = residual_inputs(((32, 1), (64, 2), (64, 4)))
+    sample = TensorSpec("sample", "float32", (4, -1, -1), ("latent_height", "latent_width"))
+    spec = ModelSpec("unet", inputs=(sample, *residuals), outputs=(sample,), max_batch_size=8)
+    parameters = {key: value.string_value for key, value in spec.to_model_config().parameters.items()}
+    assert parameters == {f"{AXIS_SCALE}residual_down_1": "0.5", f"{AXIS_SCALE}residual_mid": "0.25"}
+    for tensor in residuals:  # what the locust Triton user makes of it: each residual's shape at a latent side
+        scale = float(parameters.get(f"{AXIS_SCALE}{tensor.name}", 1))
+        assert tuple(math.ceil(9 * scale) if d == -1 else d for d in tensor.dims) == tensor.shape(9)

@@ -265,3 +265,17 @@ class EngineRunner(Protocol):
         self, spec: ModelSpec, inputs: Mapping[str, np.ndarray], priority: int = 0
     ) -> dict[str, np.ndarray]:
         """Return the engine's outputs by name (``priority``: Triton's level, 1 first; 0 the default)."""
+
+
+def canary_body(spec: ModelSpec) -> dict:
+    """The KServe v2 JSON body of ``spec``'s canary: zeros (empty strings), one row, dynamic axes at its canary side."""
+    inputs = []
+    for tensor in spec.inputs:
+        dims = list(tensor.shape(spec.canary_side)) or [1]
+        shape = [1, *dims] if spec.max_batch_size > 0 else dims
+        if tensor.dtype == "bytes":  # e.g. a LoRA-ready engine's adapters: none
+            data = [""] * int(np.prod(shape))
+        else:
+            data = np.zeros(shape, dtype=tensor.numpy_dtype).reshape(-1).tolist()
+        inputs.append({"name": tensor.name, "shape": shape, "datatype": triton_dtype_name(tensor.dtype), "data": data})
+    return {"inputs": inputs}

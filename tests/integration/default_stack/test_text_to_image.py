@@ -18,7 +18,8 @@ from serve.names import DEFAULT_MODEL
 from serve.stack import FIRST_REQUEST
 from serve.text_to_image.samplers import NOISE_SAMPLERS
 from serve.text_to_image.spec import DISTILLED_UNET, UNET
-from serve.triton.server import CONTROL_HEADER, canary_body
+from serve.triton.server import CONTROL_HEADER
+from serve.triton.spec import canary_body
 from tests.bad_requests import BAD_GENERATIONS, deeply_nested
 from tests.conftest import psnr, reference_images
 from tests.integration.conftest import (

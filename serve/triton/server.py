@@ -334,7 +334,8 @@ class TritonServer:
             busy_before = _cpu_seconds(self._stubs().get(name, []))
             try:
                 response = self._http.post(f"/v2/models/{name}/infer", json=body, timeout=CANARY_TIMEOUT_S)
-                self._canary_due[name] = time.monotonic() + (time.monotonic() - sent) / CANARY_SHARE
+                answered = time.monotonic()
+                self._canary_due[name] = answered + (answered - sent) / CANARY_SHARE
             except httpx.TimeoutException:
                 idle = _cpu_seconds(self._stubs().get(name, [])) - busy_before < 0.5
                 pool = pool_of(self.pools, name)

@@ -1,7 +1,7 @@
 """``easel loadtest ramp``: a deployment's replicas, requests in flight and latency while users rise and fall.
 
-Replicas come from Serve's own state (``serve.status()``, sampled by the process that holds the stack), requests in
-flight and the autoscaler's decision from Ray Serve's metrics in the stack's Prometheus
+Replicas come from Serve's own state (the controller's details, sampled by the process that holds the stack),
+requests in flight and the autoscaler's decision from Ray Serve's metrics in the stack's Prometheus
 (``serve_autoscaling_total_requests``: the autoscaler's input; ``serve_autoscaling_desired_replicas``: its raw
 decision), users and latency from locust's stats history (p50/p95 over locust's rolling 10 s window).
 """
@@ -57,13 +57,19 @@ class ReplicaSampler(threading.Thread):
         self._done = threading.Event()
 
     def run(self) -> None:
-        """Sample until :meth:`stop`."""
-        from ray import serve
+        """Sample until :meth:`stop`.
 
+        Serve's details are read as the controller sends them: ``serve.status()`` validates them into models whose
+        request routers are pickled, a second of CPU a look in a process that has torch loaded.
+        """
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client()
         while not self._done.is_set():
-            for app in serve.status().applications.values():
-                if (status := app.deployments.get(self.deployment)) is not None:
-                    self.samples.append((time.time(), status.replica_states.get("RUNNING", 0)))
+            for app in client.get_serve_details().get("applications", {}).values():
+                if (deployment := app.get("deployments", {}).get(self.deployment)) is not None:
+                    running = sum(replica.get("state") == "RUNNING" for replica in deployment.get("replicas", []))
+                    self.samples.append((time.time(), running))
                     self.sampled.set()
             self._done.wait(SAMPLE_S)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -91,7 +92,7 @@ class PrometheusServer:
 
     def ready(self) -> bool:
         """Whether ``/-/ready`` answers 200."""
-        return httpx.get(f"{self.url}/-/ready", timeout=2).status_code == 200
+        return _client().get(f"{self.url}/-/ready", timeout=2).status_code == 200
 
     def start(self, binary: Path = PROMETHEUS_BINARY, timeout_s: float = 60.0) -> PrometheusServer:
         """Write the config, start Prometheus and wait until it is ready."""
@@ -122,13 +123,19 @@ def query_range(prometheus_url: str, expr: str, start: float, end: float, step_s
 
 def metric_names(prometheus_url: str) -> set[str]:
     """Every metric name Prometheus holds series for."""
-    response = httpx.get(f"{prometheus_url}/api/v1/label/__name__/values", timeout=10)
+    response = _client().get(f"{prometheus_url}/api/v1/label/__name__/values", timeout=10)
     return set(response.json()["data"])
+
+
+@functools.cache
+def _client() -> httpx.Client:
+    """One client for every query: a client made per call builds a TLS context each time (26 ms of CPU)."""
+    return httpx.Client()
 
 
 def _api(prometheus_url: str, endpoint: str, params: dict, timeout_s: float) -> list[dict]:
     try:
-        response = httpx.get(f"{prometheus_url}/api/v1/{endpoint}", params=params, timeout=timeout_s)
+        response = _client().get(f"{prometheus_url}/api/v1/{endpoint}", params=params, timeout=timeout_s)
     except httpx.TransportError as error:
         raise PrometheusError(f"cannot reach Prometheus at {prometheus_url}: {error}") from error
     body = response.json() if response.headers.get("content-type", "").startswith("application/json") else {}

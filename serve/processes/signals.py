@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 
@@ -23,22 +24,29 @@ logger = logging.getLogger(__name__)
 def stack_processes(stack_id: str) -> list[psutil.Process]:
     """Every live process (but this one) whose environment marks it as part of stack ``stack_id``, and their children.
 
-    Children count unmarked too: a process can rewrite its own environment block (setproctitle does by default).
+    Children count unmarked too: a process can rewrite its own environment block (setproctitle does by default). One
+    pass over the processes reads both the marks and the parents (psutil's ``children()`` reads every process's parent
+    again for each process it is asked about: a stack has about forty).
     """
     found: dict[int, psutil.Process] = {}
+    children: dict[int, list[psutil.Process]] = defaultdict(list)
     for process in psutil.process_iter():
         if process.pid == os.getpid():
             continue
         try:
+            children[process.ppid()].append(process)
             if process.environ().get(STACK_ENV) == stack_id and process.status() != psutil.STATUS_ZOMBIE:
                 found[process.pid] = process
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
-    for process in list(found.values()):
-        with suppress(psutil.Error):
-            for child in process.children(recursive=True):
-                if child.pid != os.getpid() and _alive(child):
-                    found.setdefault(child.pid, child)
+    parents, seen = list(found), set(found)
+    while parents:
+        for child in children.get(parents.pop(), ()):
+            if child.pid not in seen:
+                seen.add(child.pid)
+                parents.append(child.pid)
+                if _alive(child):
+                    found[child.pid] = child
     return list(found.values())
 
 

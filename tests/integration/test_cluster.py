@@ -29,7 +29,7 @@ from serve.processes.gcs import NAMESPACE, REDIS_ADDRESS, find_gcs
 from serve.protocol.schema import MAX_STEPS
 from serve.stack import RAY_ENV, Stack, StackOptions
 from serve.triton.node import NODE_RESOURCE
-from tests.integration.conftest import engine_names
+from tests.integration.conftest import LOCAL, engine_names
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def _unet_calls(triton_http_url: str, models: tuple[str, ...]) -> int:
     """Successful inferences of ``models`` on one Triton (its statistics API)."""
     total = 0
     for model in models:
-        stats = httpx.get(f"{triton_http_url}/v2/models/{model}/stats", timeout=10).json()
+        stats = LOCAL.get(f"{triton_http_url}/v2/models/{model}/stats", timeout=10).json()
         total += sum(s["inference_stats"]["success"]["count"] for s in stats["model_stats"])
     return total
 
@@ -104,7 +104,7 @@ def _generate(api_url: str, seed: int) -> tuple[float, int]:
     """(seconds taken, status code; 0 for a transport error)."""
     start = time.monotonic()
     try:
-        code = httpx.post(f"{api_url}/v1/images/generations", json={**BODY, "seed": seed}, timeout=REQUEST_TIMEOUT_S)
+        code = LOCAL.post(f"{api_url}/v1/images/generations", json={**BODY, "seed": seed}, timeout=REQUEST_TIMEOUT_S)
         return time.monotonic() - start, code.status_code
     except httpx.TransportError:
         return time.monotonic() - start, 0
@@ -160,11 +160,11 @@ def test_the_head_s_gcs_killed_under_load_is_restarted_while_requests_are_answer
         thread.start()
     time.sleep(3)
     job = {**BODY, "num_inference_steps": 20, "background": True}
-    jobs = [httpx.post(f"{api}/v1/images/generations", json={**job, "seed": 300 + i}, timeout=30) for i in range(4)]
+    jobs = [LOCAL.post(f"{api}/v1/images/generations", json={**job, "seed": 300 + i}, timeout=30) for i in range(4)]
     old_pid = stack.gcs.pid
     killed_at = time.monotonic()
     os.kill(old_pid, signal.SIGKILL)
-    jobs += [httpx.post(f"{api}/v1/images/generations", json={**job, "seed": 400 + i}, timeout=30) for i in range(4)]
+    jobs += [LOCAL.post(f"{api}/v1/images/generations", json={**job, "seed": 400 + i}, timeout=30) for i in range(4)]
     while not (stack.gcs.pid != old_pid and stack.gcs.running()) and time.monotonic() - killed_at < 30:
         time.sleep(0.1)
     restarted_s = time.monotonic() - killed_at
@@ -189,7 +189,7 @@ def test_the_head_s_gcs_killed_under_load_is_restarted_while_requests_are_answer
     statuses: list[str] = []
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        statuses = [httpx.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
+        statuses = [LOCAL.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
         if all(s == "succeeded" for s in statuses):
             break
         time.sleep(1)
@@ -215,7 +215,7 @@ def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster
     time.sleep(5)
     long_job = {**BODY, "num_inference_steps": MAX_STEPS, "background": True}  # still running when the node dies
     jobs = [
-        httpx.post(f"{api}/v1/images/generations", json={**long_job, "seed": 100 + i}, timeout=30) for i in range(8)
+        LOCAL.post(f"{api}/v1/images/generations", json={**long_job, "seed": 100 + i}, timeout=30) for i in range(8)
     ]  # each replica's runner takes up to 4: both nodes run some
     assert all(j.status_code == 202 for j in jobs), [j.text for j in jobs]
     time.sleep(2)
@@ -242,7 +242,7 @@ def test_a_worker_node_killed_under_load_costs_a_short_window_and_no_job(cluster
     deadline = time.monotonic() + 120
     statuses = []
     while time.monotonic() < deadline:
-        statuses = [httpx.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
+        statuses = [LOCAL.get(f"{api}/v1/jobs/{j.json()['id']}", timeout=30).json()["status"] for j in jobs]
         if all(s == "succeeded" for s in statuses):
             break
         time.sleep(1)

@@ -34,6 +34,7 @@ from serve.stack import Stack, StackOptions
 from tests.conftest import diffusers_reference, psnr, reference_images
 from tests.integration.conftest import (
     GENERATE,
+    LOCAL,
     batch_histogram,
     decode_images,
     post_together,
@@ -46,8 +47,9 @@ logger = logging.getLogger(__name__)
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
-LONG = {"num_inference_steps": 150, "size": "192x192", "n": 2, "seed": 11}  # outlasts a replace on a busy machine
-"""A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds)."""
+LONG = {"num_inference_steps": 60, "size": "192x192", "n": 2, "seed": 11}
+"""A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds). The replace takes about a
+second beside the load, the two long requests together half a minute (150 steps took two minutes)."""
 BODY = {
     "prompt": "a red heart icon",
     "size": "64x64",
@@ -141,7 +143,7 @@ def test_what_a_cold_model_cannot_run_is_refused_before_it_loads_and_as_a_job_at
         refused = api.post(GENERATE, json=BODY | {"model": parked, "cache_interval": 2, "background": background})
         assert refused.status_code == 400 and refused.json()["error"]["param"] == "cache_interval", refused.text
     assert _loaded(api) == before
-    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{parked}.unet/ready").status_code != 200
+    assert LOCAL.get(f"{stack.info.triton_http_url}/v2/models/{parked}.unet/ready").status_code != 200
 
 
 def test_a_cold_model_loads_on_demand_and_the_least_recently_used_makes_room(stack, api):
@@ -152,7 +154,7 @@ def test_a_cold_model_loads_on_demand_and_the_least_recently_used_makes_room(sta
     logger.info("xl loaded in %s s", cold.headers[LOAD_SECONDS])
     assert float(cold.headers[LOAD_SECONDS]) > 0
     assert _loaded(api) == {DEFAULT_MODEL: True, SD: False, XL: True}
-    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code != 200
+    assert LOCAL.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code != 200
     assert LOAD_SECONDS not in api.post(GENERATE, json=BODY | {"model": XL}).headers  # loaded now
 
 
@@ -198,11 +200,11 @@ def test_a_model_s_request_in_flight_survives_the_residency_s_restart_and_its_mo
         for replica in generating:
             replica.resume()
     with ThreadPoolExecutor(1) as pool:
-        answer = pool.submit(httpx.post, f"{stack.info.api_url}{GENERATE}", json=BODY | {"model": cold}, timeout=300)
+        answer = pool.submit(LOCAL.post, f"{stack.info.api_url}{GENERATE}", json=BODY | {"model": cold}, timeout=300)
         while not answer.done() or not all(_ended(api, job) for job in jobs.values()):
             for name, job in jobs.items():
                 unet = stack.models[name].triton_name("unet")
-                if httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready", timeout=10).status_code != 200:
+                if LOCAL.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready", timeout=10).status_code != 200:
                     settled = time.monotonic() + 3  # its job ends a moment after its request let go of the model
                     while not _ended(api, job) and time.monotonic() < settled:
                         time.sleep(0.1)
@@ -270,7 +272,7 @@ def test_a_restarted_triton_loads_what_was_loaded_and_a_parked_model_still_loads
         pass
     assert _loaded(api) == before
     unet = "unet" if parked == DEFAULT_MODEL else f"{parked}.unet"
-    assert httpx.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready").status_code != 200
+    assert LOCAL.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready").status_code != 200
     cold = api.post(GENERATE, json=BODY | {"model": parked})
     assert cold.status_code == 200 and LOAD_SECONDS in cold.headers, cold.text
 
@@ -288,7 +290,7 @@ def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_
     alone = {name: decode_images(api.post(GENERATE, json=BODY | {"model": name})) for name in (DEFAULT_MODEL, SD)}
     long = BODY | LONG | {"model": SD}
     with ThreadPoolExecutor(1) as pool:  # the long request, synchronous and as a job, both in flight over the replace
-        synchronous = pool.submit(httpx.post, f"{stack.info.api_url}{GENERATE}", json=long, timeout=600)
+        synchronous = pool.submit(LOCAL.post, f"{stack.info.api_url}{GENERATE}", json=long, timeout=600)
         on_the_old = api.post(GENERATE, json=long | {"background": True}).json()["id"]
         deadline = time.monotonic() + 120
         while api.get(f"/v1/jobs/{on_the_old}").json()["progress"]["step"] == 0:
@@ -317,7 +319,7 @@ def test_a_model_replaced_under_load_drops_nothing_and_new_requests_get_the_new_
     assert finished["status"] == "succeeded"
     assert (decode_images(httpx.Response(200, json=finished)) == version_1).all()
     deadline = time.monotonic() + 60  # version 1, its requests ended, is unloaded
-    while httpx.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code == 200:
+    while LOCAL.get(f"{stack.info.triton_http_url}/v2/models/sd.unet/ready").status_code == 200:
         assert time.monotonic() < deadline, "the old version stayed loaded"
         time.sleep(0.5)
     assert api.get(f"/v1/models/{SD}").json()["version"] == 2

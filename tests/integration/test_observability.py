@@ -419,7 +419,7 @@ def test_a_ramp_records_replicas_requests_in_flight_and_latency_over_time(stack,
     scenario = Scenario.model_validate({"user_classes": ["SmallImageUser"], "stages": stages})
     code, points = record_ramp(stack.info, scenario, ICONS_DEV / "val", tmp_path)
     assert code == 0
-    assert points and all(p.replicas and p.replicas >= 1 for p in points)  # serve.status() throughout
+    assert points and all(p.replicas and p.replicas >= 1 for p in points)  # Serve's replica count throughout
     users = [p.users for p in points if p.users is not None]
     assert max(users) == 3 and users[-1] < 3  # the shape rose, then fell
     assert any(p.p50_ms for p in points) and any(p.requests_per_s for p in points)

@@ -61,35 +61,49 @@ def _to_unit(image: torch.Tensor) -> np.ndarray:
     return ((image.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
-def test_the_module_is_spandrel_s_on_the_same_file(codeformer_file):
+FIDELITIES = (0.0, 0.7)  # 0: the original skips the fusion, which here adds nothing
+
+
+@pytest.fixture(scope="module")
+def face() -> torch.Tensor:
+    """One random face at the restorer's side, in ``[-1, 1]``."""
+    return torch.rand(1, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(5)) * 2 - 1
+
+
+@pytest.fixture(scope="module")
+def restored(codeformer_file, face) -> dict[float, torch.Tensor]:
+    """The project's module's restoration of ``face`` at each of :data:`FIDELITIES` (a 512-pixel CodeFormer run takes
+    seconds here: both tests compare against these)."""
+    state = read_state(codeformer_file)
+    module = recognise(state).module(state)
+    with torch.no_grad():
+        return {fidelity: module(face, torch.tensor([fidelity])) for fidelity in FIDELITIES}
+
+
+def test_the_module_is_spandrel_s_on_the_same_file(codeformer_file, face, restored):
     state = read_state(codeformer_file)
     recognised = recognise(state)
     assert (recognised.kind, recognised.restores_faces) == ("CodeFormer", True)
     assert recognised.arguments == {"width": 64, "layers": 1, "codebook_size": 64, "fused": ("32", "64")}
     theirs = _spandrel_codeformer()(dim_embd=64, n_layers=1, codebook_size=64, connect_list=["32", "64"]).eval()
     theirs.load_state_dict(state, strict=True)
-    ours = recognised.module(state)
-    face = torch.rand(1, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(5)) * 2 - 1
-    for fidelity in (0.0, 0.7):  # 0: the original skips the fusion, which here adds nothing
+    for fidelity, got in restored.items():
         with torch.no_grad():
             want = theirs(face, weight=fidelity)[0]
-            got = ours(face, torch.tensor([fidelity]))
         torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
         assert psnr(_to_unit(got)[0], _to_unit(want)[0]) >= 40
 
 
-def test_the_engine_takes_a_fidelity_per_face_and_matches_the_module(codeformer_file, tmp_path):
+def test_the_engine_takes_a_fidelity_per_face_and_matches_the_module(codeformer_file, face, restored, tmp_path):
     entry = build_restorer("cf", codeformer_file, tmp_path)
     assert (entry.status, entry.architecture, entry.takes_fidelity) == (READY, "CodeFormer", True)
     assert [t.name for t in entry.spec.inputs] == ["image", FIDELITY]
-    crops = torch.rand(2, 3, FACE_SIDE, FACE_SIDE, generator=torch.Generator().manual_seed(6))
-    fidelity = np.array([[0.0], [0.9]], np.float32)
-    served = make_session(tmp_path / "restorer_cf" / ONNX).run(None, {"image": crops.numpy(), FIDELITY: fidelity})[0]
-    module = recognise(read_state(codeformer_file)).module(read_state(codeformer_file))
-    with torch.no_grad():
-        want = (module(crops * 2 - 1, torch.from_numpy(fidelity[:, 0])) + 1) / 2
-    assert np.abs(served - want.numpy()).max() < 1e-3
-    assert np.abs(served[0] - served[1]).max() > 0.01  # each crop its own fidelity
+    crops = ((face + 1) / 2).repeat(len(FIDELITIES), 1, 1, 1).numpy()  # the same face in each row, in [0, 1]
+    fidelity = np.array([[f] for f in FIDELITIES], np.float32)
+    served = make_session(tmp_path / "restorer_cf" / ONNX).run(None, {"image": crops, FIDELITY: fidelity})[0]
+    want = np.concatenate([((restored[f] + 1) / 2).numpy() for f in FIDELITIES])
+    assert np.abs(served - want).max() < 1e-3
+    assert np.abs(served[0] - served[1]).max() > 0.01  # one face, two fidelities: each row its own
 
 
 def test_a_fidelity_for_a_restorer_without_one_is_a_400_naming_it():

@@ -28,6 +28,7 @@ SECOND_WORKER = (
     "tests/integration/test_face_id_plus.py",
     "tests/integration/test_gpu_bench_video.py",
     "tests/integration/test_gpu_pack.py",
+    "tests/integration/test_image_input.py",
     "tests/integration/test_jobs.py",
     "tests/integration/test_loop_in_triton.py",
     "tests/integration/test_many_models.py",

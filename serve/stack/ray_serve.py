@@ -35,10 +35,14 @@ logger = logging.getLogger(__name__)
 # lost the stack's mark and ``easel down`` could not find Ray's agents (they outlived the stack); ``SPT_NOENV`` makes
 # it write within the command line only. Ray starts a worker per CPU when the first driver connects, for tasks Easel
 # never sends (every replica is an actor with a worker of its own): two ``ray::IDLE`` processes per stack, 1.1 CPU-s
-# at start and 1.4 % of a core idle (``easel bench idle``), gone with ``prestart_worker_first_driver=0``. A value
-# already in the environment wins.
+# at start and 1.4 % of a core idle (``easel bench idle``), gone with ``prestart_worker_first_driver=0``. Serve's
+# controller kills a proxy that is not ready after three checks of 5 s and starts another from scratch. Ray runs its
+# workers at niceness 15, so beside busy processes of niceness 0 (CI: the other test worker, a loaded stack's Triton)
+# a proxy took over 15 s to start, was killed, and the stack's start failed; three checks of 60 s let it finish (the
+# start's own timeout still bounds it: :func:`_start_serve`). A value already in the environment wins.
 RAY_ENV = {
     "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.wire:proxy_middlewares",
+    "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
     "RAY_SERVE_CONTROL_LOOP_INTERVAL_S": "0.5",
     "RAY_SERVE_METRICS_EXPORT_INTERVAL_MS": "1000",
     "RAY_max_direct_call_object_size": str(16 << 20),
@@ -144,13 +148,7 @@ def deploy(config, timeout_s: float) -> None:
     deployment's request router by pickling it, which scans every imported module (a second of CPU a look in a
     process that has torch and diffusers loaded, twice a second while the replicas start).
     """
-    from ray.serve._private import api as serve_api
-
-    client = serve_api.serve_start(
-        http_options=config.http_options.model_dump(),
-        grpc_options=config.grpc_options.model_dump(),
-        proxy_location=config.proxy_location,
-    )
+    client = _start_serve(config)
     logger.info(SERVE_STARTED)
     client.deploy_apps(config, _blocking=False)
     deadline, built = time.monotonic() + timeout_s, False
@@ -166,6 +164,28 @@ def deploy(config, timeout_s: float) -> None:
             return
         time.sleep(0.5)
     raise TimeoutError(f"Serve applications not running after {timeout_s:.0f} s")
+
+
+def _start_serve(config):
+    """Start Serve's controller and proxies; the controller's client.
+
+    ``serve.start`` waits a fixed minute for its first proxy, and fails if the controller replaced a proxy that was not
+    ready in time. On a busy machine that is not a failed start: the controller runs and starts its proxy again, so
+    the stack goes on, and :func:`wait_until_ready` (through the proxy, with the start's own timeout) waits for it.
+    """
+    from ray.exceptions import RayActorError
+    from ray.serve._private import api as serve_api
+
+    options = {
+        "http_options": config.http_options.model_dump(),
+        "grpc_options": config.grpc_options.model_dump(),
+        "proxy_location": config.proxy_location,
+    }
+    try:
+        return serve_api.serve_start(**options)
+    except (TimeoutError, RayActorError) as error:
+        logger.warning("Serve's proxy not ready yet (%s); waiting for it through the API", str(error).splitlines()[0])
+        return serve_api.serve_start(**options)  # the controller runs: this is its client
 
 
 def wait_until_ready(api_url: str, timeout_s: float, verify: ssl.SSLContext | bool = True) -> None:

@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 SD, XL = "sd", "xl"
 MODELS = (DEFAULT_MODEL, SD, XL)
 LOAD_SECONDS = "Easel-Model-Load-Seconds"
+LOAD_WAIT_S = 120
+"""How long a question to Triton's HTTP may wait. Triton loads a model on the HTTP thread that read the load request
+(triton-inference-server/server#8635), and a question on a connection that thread holds waits out the load (a cold
+model's). The residency test's 10 s wait timed out in CI while another stack started beside it."""
 LONG = {"num_inference_steps": 60, "size": "192x192", "n": 2, "seed": 11}
 """A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds). The replace takes about a
 second beside the load, the two long requests together half a minute (150 steps took two minutes)."""
@@ -204,7 +208,8 @@ def test_a_model_s_request_in_flight_survives_the_residency_s_restart_and_its_mo
         while not answer.done() or not all(_ended(api, job) for job in jobs.values()):
             for name, job in jobs.items():
                 unet = stack.models[name].triton_name("unet")
-                if LOCAL.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready", timeout=10).status_code != 200:
+                ready = LOCAL.get(f"{stack.info.triton_http_url}/v2/models/{unet}/ready", timeout=LOAD_WAIT_S)
+                if ready.status_code != 200:
                     settled = time.monotonic() + 3  # its job ends a moment after its request let go of the model
                     while not _ended(api, job) and time.monotonic() < settled:
                         time.sleep(0.1)

@@ -50,7 +50,7 @@ LOAD_SECONDS = "Easel-Model-Load-Seconds"
 LOAD_WAIT_S = 120
 """How long a question to Triton's HTTP may wait. Triton loads a model on the HTTP thread that read the load request
 (triton-inference-server/server#8635), and a question on a connection that thread holds waits out the load (a cold
-model's). The residency test's 10 s wait timed out in CI while another stack started beside it."""
+model's). The residency test failed in CI on a read timeout with this wait at 10 s (its only short one)."""
 LONG = {"num_inference_steps": 60, "size": "192x192", "n": 2, "seed": 11}
 """A job that runs across a replace (a tiny model's step at 64x64 takes milliseconds). The replace takes about a
 second beside the load, the two long requests together half a minute (150 steps took two minutes)."""

@@ -94,8 +94,11 @@ def face_models(tmp_path_factory):
 
 @pytest.fixture(scope="package")
 def remote_ports() -> dict[str, int]:
-    """The loopback ports of the remote models' services: ``b`` (a second stack), ``hang`` and ``huge``."""
-    return dict(zip(("b", "hang", "huge"), free_ports(3), strict=True))
+    """The loopback ports of the remote models' services: ``b`` (a second stack), ``hang`` and ``huge``.
+
+    Reserved for the package's whole run: test_remote binds them only when it runs (the other test worker's Triton
+    was once handed one in between, and could not start)."""
+    return dict(zip(("b", "hang", "huge"), free_ports(3, lease_s=3600), strict=True))
 
 
 @pytest.fixture(scope="package")

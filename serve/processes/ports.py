@@ -49,8 +49,8 @@ def free_ports(count: int, host: str = "127.0.0.1", lease_s: float = LEASE_S) ->
                 if port == 0:
                     raise
                 continue
-            if _lease(sock.getsockname()[1], lease_s):
-                found.append(sock.getsockname()[1])
+            if _lease(bound := sock.getsockname()[1], lease_s):
+                found.append(bound)
             if len(found) == count:
                 break
         return found
